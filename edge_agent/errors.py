@@ -1,0 +1,55 @@
+"""One exception root for everything edge-agent raises on purpose.
+
+Callers catch :class:`EdgeAgentError` to handle any expected failure (bad input, bad config, a
+bundle that fails verification, a budget that does not fit) without catching programming errors.
+"""
+
+from __future__ import annotations
+
+
+class EdgeAgentError(Exception):
+    """Root of every error edge-agent raises deliberately."""
+
+
+class ConfigError(EdgeAgentError):
+    """A config or firmware profile is invalid.
+
+    ``str(err)`` reads ``path:line: field: problem`` for every problem found, one per line.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, problems: list[str] | None = None):
+        super().__init__(message)
+        self.path = path
+        self.problems = problems or [message]
+
+
+class ModelError(EdgeAgentError):
+    """A generative model or neural model is malformed: shapes, normalisation, NaN, ranges."""
+
+
+class InputError(EdgeAgentError):
+    """Run-time input is out of range or of the wrong shape (observations, actions)."""
+
+
+class BundleError(EdgeAgentError):
+    """A bundle is malformed, oversized, path-escaping, altered or otherwise refused."""
+
+
+class SignatureError(BundleError):
+    """A bundle or command signature is missing, invalid or from an untrusted key."""
+
+
+class BudgetError(EdgeAgentError):
+    """A memory reservation does not fit in the budget."""
+
+
+class BackendUnavailableError(EdgeAgentError):
+    """An inference backend's optional dependency is not installed."""
+
+
+class ProtocolError(EdgeAgentError):
+    """A fleet message is malformed, oversized, of the wrong schema, or refused."""
+
+
+class SnapshotError(EdgeAgentError):
+    """A state snapshot is corrupt, truncated or of an unknown version."""

@@ -1,0 +1,53 @@
+# shellcheck shell=bash
+# Sourced by scripts/test and scripts/demo: make a venv in .venv with everything the project needs,
+# on a fresh Debian/Ubuntu machine, and put it first on PATH. Idempotent and quiet when done.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${EDGE_AGENT_VENV:-$ROOT/.venv}"
+STAMP="$VENV/.edge-agent-installed"
+EXTRAS="${EDGE_AGENT_EXTRAS:-dev,onnx,tflite,host}"
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else
+        echo "need root to run: $*" >&2; return 1; fi
+}
+
+apt_install() {
+    # Install Debian packages only when a listed command is missing.
+    echo "bootstrap: apt-get install $*" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+find_python() {
+    for py in python3.11 python3.12 python3.13 python3; do
+        if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            echo "$py"; return 0
+        fi
+    done
+    return 1
+}
+
+PY="$(find_python || true)"
+if [ -z "$PY" ]; then
+    apt_install python3 python3-venv python3-dev
+    PY="$(find_python)" || { echo "bootstrap: Python >= 3.11 is required" >&2; exit 1; }
+fi
+if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "bootstrap: creating $VENV with $PY" >&2
+    "$PY" -m venv "$VENV"
+fi
+# Reinstall when pyproject.toml changed since the last install.
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+    echo "bootstrap: installing edge-agent[$EXTRAS] into $VENV" >&2
+    "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]" >&2
+    touch "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
+export EDGE_AGENT_ROOT="$ROOT"
