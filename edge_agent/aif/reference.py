@@ -22,8 +22,6 @@ from edge_agent.errors import InputError
 EPS = 1e-16
 #: spm_MDP_G: states below this probability are left out, and it is added inside log(p(o|s)).
 EXP_M16 = float(np.exp(-16.0))
-#: pymdp's ``select_highest`` treats actions within this of the maximum as tied.
-TIE_TOL = 1e-8
 
 
 def log_stable(x: np.ndarray) -> np.ndarray:
@@ -217,11 +215,8 @@ class ReferenceAgent:
 
 
 def _first_max(x: np.ndarray) -> int:
-    """Index of the maximum; among entries within ``TIE_TOL`` of it, the lowest index.
-
-    pymdp breaks such ties at random; we break them by index so runs are reproducible.
-    """
-    return int(np.flatnonzero(x >= x.max() - TIE_TOL)[0])
+    """Index of the maximum, the first one on exact ties (pymdp 0.0.7.1's ``np.argmax``)."""
+    return int(np.argmax(x))
 
 
 def _outer(qs: list[np.ndarray]) -> np.ndarray:
