@@ -1,0 +1,461 @@
+"""Batched simulated worlds: one object steps the worlds of N agents at once.
+
+Every environment is the generative process of a :class:`~edge_agent.aif.model.GenerativeModel`
+(here the process equals the model an agent should use), simulated for ``N`` agents with array
+operations only: no Python loop over agents, every per-agent array allocated up front and reused.
+
+Shapes (``N`` agents, ``F`` state factors, ``M`` modalities):
+
+* ``reset(mask=None) -> obs``: ``mask`` is ``(N,) bool`` or ``None`` for all agents. Masked agents
+  get new hidden states (from ``D`` or the world's episode rules) and a new observation; the
+  others keep their state and their last observation.
+* ``step(actions) -> obs``: ``actions`` is ``(N, F)`` integers, ``actions[i, f] < U_f``; anything
+  else raises :class:`~edge_agent.errors.InputError`. ``obs`` is ``(N, M) int64``.
+* ``true_states``: ``(N, F) int64``.
+
+Arrays returned by ``reset``, ``step`` and the properties are **read-only views of buffers the
+environment reuses**: they change on the next ``reset``/``step`` and are replaced by ``resize``.
+Copy them to keep them.
+
+Observations and transitions are drawn by inverse-CDF sampling on precomputed cumulative columns
+(:class:`ColumnSampler`), with one ``numpy.random.Generator`` per environment, so a seed fixes a
+run. The worlds: :mod:`edge_agent.sim.gridworld`, :mod:`edge_agent.sim.tmaze`,
+:mod:`edge_agent.sim.explorer`; look them up by name with :mod:`edge_agent.sim.registry`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from edge_agent.aif.model import GenerativeModel
+from edge_agent.errors import InputError, ModelError
+
+IntArray = NDArray[np.int64]
+IndexArray = NDArray[np.intp]
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+#: Columns with at most this many possible outcomes are searched slot by slot; wider columns in
+#: two levels (blocks of ``ceil(sqrt(K))`` slots), so a draw costs ``O(sqrt(K))`` passes.
+ONE_PASS_MAX_SLOTS = 8
+
+# Larger than any cumulative probability: marks padding slots that must never be chosen.
+_PAD_CDF = 2.0
+
+__all__ = [
+    "ONE_PASS_MAX_SLOTS",
+    "BatchEnv",
+    "ColumnSampler",
+    "SamplerScratch",
+    "check_n_agents",
+    "sample_columns",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class ColumnSampler:
+    """Inverse-CDF sampler over the columns of a column-stochastic table ``(O, C)``.
+
+    Only the nonzero entries of each column are kept, as ``K`` *slots* (``K`` = most nonzero
+    entries in any column), so an outcome of probability 0 is never drawn. A column's cumulative
+    probabilities are laid out as ``blocks`` blocks of ``block`` slots. A draw counts the block
+    ends ``<= u`` (which block), then the slots ``<= u`` inside that block (which slot): that is
+    ``searchsorted(cdf[:, col], u, side="right")``, for every agent at once, one pass over the
+    agents per slot, with ``(n,)`` scratch whatever ``K`` is.
+    """
+
+    support: IndexArray  # (C * K,) outcome of slot k of column c at c * K + k; padding repeats
+    cdf_slots: FloatArray  # (block, C * blocks) cumulative probability of slot k of each block
+    block_ends: FloatArray  # (blocks, C) cumulative probability at the last slot of each block
+    num_outcomes: int  # O
+    slots: int  # K
+    block: int  # slots per block
+    blocks: int  # blocks per column
+
+    @property
+    def num_columns(self) -> int:
+        return int(self.block_ends.shape[1])
+
+    @property
+    def deterministic(self) -> bool:
+        """Every column has a single possible outcome: sampling needs no random number."""
+        return self.slots == 1
+
+    @classmethod
+    def from_table(cls, table: np.ndarray) -> ColumnSampler:
+        """Precompute the cumulative columns of ``table`` ``(O, C)``; columns must sum to 1."""
+        tab = np.asarray(table, dtype=np.float64)
+        if tab.ndim != 2 or tab.shape[0] == 0 or tab.shape[1] == 0:
+            raise ModelError(
+                f"sampling table has shape {tab.shape}, expected (O, C) with O, C >= 1"
+            )
+        if not np.all(np.isfinite(tab)) or np.any(tab < 0):
+            raise ModelError("sampling table has a negative or non-finite probability")
+        num_outcomes, num_columns = tab.shape
+        nonzero = tab > 0
+        counts = nonzero.sum(axis=0)
+        if np.any(counts == 0):
+            col = int(np.flatnonzero(counts == 0)[0])
+            raise ModelError(f"sampling table column {col} has no probability mass")
+        slots = int(counts.max())
+        # Outcome indices with nonzero probability first, in index order: (K, C).
+        order = np.argsort(~nonzero, axis=0, kind="stable")[:slots]
+        probs = np.take_along_axis(tab, order, axis=0)
+        valid = np.arange(slots)[:, None] < counts[None, :]
+        probs = np.where(valid, probs, 0.0)
+        cum = np.cumsum(probs, axis=0) / probs.sum(axis=0, keepdims=True)
+        cols = np.arange(num_columns)
+        cum[counts - 1, cols] = 1.0  # exact: no u < 1 can pass a column's last outcome
+        cum = np.where(valid, cum, _PAD_CDF)
+        support = np.where(valid, order, order[counts - 1, cols][None, :])
+
+        block = slots if slots <= ONE_PASS_MAX_SLOTS else math.isqrt(slots - 1) + 1
+        blocks = -(-slots // block)
+        cum_cols = np.full((num_columns, blocks * block), _PAD_CDF)
+        cum_cols[:, :slots] = cum.T
+        by_block = cum_cols.reshape(num_columns, blocks, block)
+        support_flat = np.ascontiguousarray(support.T, dtype=np.intp).reshape(-1)
+        cdf_slots = np.ascontiguousarray(by_block.reshape(num_columns * blocks, block).T)
+        block_ends = np.ascontiguousarray(by_block[:, :, -1].T)
+        for arr in (support_flat, cdf_slots, block_ends):
+            arr.setflags(write=False)
+        return cls(
+            support=support_flat,
+            cdf_slots=cdf_slots,
+            block_ends=block_ends,
+            num_outcomes=int(num_outcomes),
+            slots=slots,
+            block=block,
+            blocks=blocks,
+        )
+
+
+class SamplerScratch:
+    """Preallocated ``(n,)`` work arrays for :func:`sample_columns` on up to ``n`` agents."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.values: FloatArray = np.empty(n, dtype=np.float64)
+        self.below: BoolArray = np.empty(n, dtype=np.bool_)
+        self.block: IndexArray = np.empty(n, dtype=np.intp)
+        self.slot: IndexArray = np.empty(n, dtype=np.intp)
+        self.index: IndexArray = np.empty(n, dtype=np.intp)
+
+
+def sample_columns(
+    sampler: ColumnSampler,
+    cols: IndexArray,
+    u: FloatArray,
+    out: IndexArray,
+    scratch: SamplerScratch,
+) -> None:
+    """Draw ``out[i]`` from column ``cols[i]`` of the sampler's table with uniform ``u[i]``.
+
+    ``cols``, ``u``, ``out``: ``(n,)`` with ``n == scratch.n``; ``u`` in ``[0, 1)`` (unused when
+    the sampler is deterministic). Pure: writes only ``out`` and ``scratch``, allocates no array.
+    """
+    if cols.shape != (scratch.n,):
+        raise ValueError(f"cols has shape {cols.shape}, scratch serves ({scratch.n},)")
+    if sampler.deterministic:
+        np.take(sampler.support, cols, out=out, mode="clip")
+        return
+    values, below = scratch.values, scratch.below
+    # The last block end and the last slot of the chosen block are > u by construction (1.0 or
+    # padding), so they are never counted and not compared.
+    if sampler.blocks > 1:
+        block = scratch.block
+        block.fill(0)
+        for k in range(sampler.blocks - 1):
+            np.take(sampler.block_ends[k], cols, out=values, mode="clip")
+            np.less_equal(values, u, out=below)
+            np.add(block, below, out=block)
+        rows = scratch.index
+        np.multiply(cols, sampler.blocks, out=rows)
+        np.add(rows, block, out=rows)
+    else:
+        rows = cols
+    slot = scratch.slot
+    slot.fill(0)
+    for k in range(sampler.block - 1):
+        np.take(sampler.cdf_slots[k], rows, out=values, mode="clip")
+        np.less_equal(values, u, out=below)
+        np.add(slot, below, out=slot)
+    if sampler.blocks > 1:
+        np.multiply(scratch.block, sampler.block, out=scratch.block)
+        np.add(slot, scratch.block, out=slot)
+    flat = scratch.index
+    np.multiply(cols, sampler.slots, out=flat)
+    np.add(flat, slot, out=flat)
+    np.take(sampler.support, flat, out=out, mode="clip")
+
+
+def check_n_agents(n_agents: object) -> int:
+    """An agent count from outside: a positive int, else :class:`InputError`."""
+    if isinstance(n_agents, bool) or not isinstance(n_agents, (int, np.integer)):
+        raise InputError(f"n_agents must be an int, got {type(n_agents).__name__}")
+    n = int(n_agents)
+    if n < 1:
+        raise InputError(f"n_agents must be >= 1, got {n}")
+    return n
+
+
+class BatchEnv:
+    """``N`` independent copies of one world, stepped together.
+
+    Used directly, it simulates any model as its own generative process: hidden states start from
+    ``D``, move by ``B`` and are observed through ``A``, with no episodes. The built-in worlds
+    subclass it and add episode rules and statistics through the ``_`` hooks below.
+
+    Step order: validate ``actions``; decide which agents start a new episode at this step
+    (:meth:`_restart_before_step`); move every agent by ``B``; put the restarting agents at fresh
+    spawn states (their action is ignored) and zero their ``episode_steps``; observe every agent
+    through ``A``; update statistics (:meth:`_record_step`).
+    """
+
+    def __init__(self, model: GenerativeModel, n_agents: int, *, seed: int = 0) -> None:
+        n = check_n_agents(n_agents)
+        self._model = model
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._num_states = model.num_states
+        self._num_controls = model.num_controls
+        # A[m] flattened to (O_m, S_0 * ... * S_{F-1}): the column of a state is its row-major
+        # joint index sum_f s_f * stride_f.
+        self._obs_samplers = tuple(
+            ColumnSampler.from_table(a.reshape(a.shape[0], -1)) for a in model.A
+        )
+        # B[f] flattened to (S_f, S_f * U_f): the column of (s, u) is s * U_f + u.
+        self._move_samplers = tuple(
+            ColumnSampler.from_table(b.reshape(b.shape[0], -1)) for b in model.B
+        )
+        spawn = self._spawn_distributions()
+        if len(spawn) != model.num_factors:
+            raise ModelError(f"{len(spawn)} spawn distributions for {model.num_factors} factors")
+        self._spawn_samplers = tuple(
+            ColumnSampler.from_table(np.asarray(d, dtype=np.float64).reshape(-1, 1)) for d in spawn
+        )
+        for f, sampler in enumerate(self._spawn_samplers):
+            if sampler.num_outcomes != self._num_states[f]:
+                raise ModelError(
+                    f"spawn distribution {f} has {sampler.num_outcomes} states, "
+                    f"factor {f} has {self._num_states[f]}"
+                )
+        strides = [1] * model.num_factors
+        for f in range(model.num_factors - 2, -1, -1):
+            strides[f] = strides[f + 1] * self._num_states[f + 1]
+        self._strides = tuple(strides)
+        self._n = 0
+        self._arrays: dict[str, NDArray[Any]] = {}
+        self._views: dict[str, NDArray[Any]] = {}
+        self._allocate(n)
+        self.reset()
+
+    # -- public interface ------------------------------------------------------------------
+
+    @property
+    def model(self) -> GenerativeModel:
+        """The generative model an agent should use for this world (equal to the process)."""
+        return self._model
+
+    @property
+    def n_agents(self) -> int:
+        return self._n
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def true_states(self) -> IntArray:
+        """``(N, F) int64`` hidden states, read-only view."""
+        return self._views["states"]
+
+    @property
+    def obs(self) -> IntArray:
+        """``(N, M) int64`` last observation of every agent, read-only view."""
+        return self._views["obs"]
+
+    @property
+    def episode_steps(self) -> IntArray:
+        """``(N,) int64`` steps taken since each agent's episode began (0 on the first obs)."""
+        return self._views["episode_steps"]
+
+    @property
+    def episode_start(self) -> BoolArray:
+        """``(N,) bool``: the last ``reset``/``step`` began a new episode for this agent.
+
+        Its hidden state was redrawn, so a controller should reset that agent's beliefs to ``D``.
+        """
+        return self._views["episode_start"]
+
+    def reset(self, mask: ArrayLike | None = None) -> IntArray:
+        """Start new episodes for all agents, or for those where ``mask`` ``(N,) bool`` is True.
+
+        Masked agents get spawn states, ``episode_steps`` 0 and a new observation; the others
+        keep their state, observation and counters. Returns the ``(N, M)`` observation view.
+        """
+        where = self._mask
+        if mask is None:
+            where.fill(True)
+        else:
+            arr = mask if isinstance(mask, np.ndarray) else np.asarray(mask)
+            if arr.shape != (self._n,):
+                raise InputError(f"mask has shape {arr.shape}, expected ({self._n},)")
+            if arr.dtype != np.bool_:
+                raise InputError(f"mask has dtype {arr.dtype}, expected bool")
+            np.copyto(where, arr)
+        self._spawn(where)
+        steps = self._arrays["episode_steps"]
+        np.copyto(steps, 0, where=where)
+        np.copyto(self._arrays["episode_start"], where)
+        self._begin_episodes(where)
+        self._observe(where)
+        return self._views["obs"]
+
+    def step(self, actions: ArrayLike) -> IntArray:
+        """Apply ``actions`` ``(N, F)`` int and return the new ``(N, M)`` observation view."""
+        acts = self._check_actions(actions)
+        restart = self._restart
+        self._restart_before_step(restart)
+        states = self._arrays["states"]
+        cols, draw = self._cols, self._draw
+        for f, sampler in enumerate(self._move_samplers):
+            np.multiply(states[:, f], self._num_controls[f], out=cols)
+            np.add(cols, acts[:, f], out=cols)
+            self._sample(sampler, cols, draw)
+            states[:, f] = draw
+        steps = self._arrays["episode_steps"]
+        np.add(steps, 1, out=steps)
+        if restart.any():
+            self._spawn(restart)
+            np.copyto(steps, 0, where=restart)
+            self._begin_episodes(restart)
+        np.copyto(self._arrays["episode_start"], restart)
+        self._observe(None)
+        self._record_step()
+        return self._views["obs"]
+
+    def resize(self, n_agents: int) -> None:
+        """Change the number of agents, keeping the first ``min(old, new)`` agents as they are.
+
+        New agents start fresh episodes with zero counters. Every buffer is reallocated, so views
+        returned before are stale.
+        """
+        n = check_n_agents(n_agents)
+        old, keep = self._arrays, min(n, self._n)
+        self._allocate(n)
+        for name, arr in old.items():
+            self._arrays[name][:keep] = arr[:keep]
+        if n > keep:
+            fresh = np.zeros(n, dtype=np.bool_)
+            fresh[keep:] = True
+            self.reset(fresh)
+
+    def summary(self) -> dict[str, float]:
+        """Aggregate statistics over all agents, for logs and the demo."""
+        return {
+            "agents": float(self._n),
+            "mean_episode_steps": float(self._arrays["episode_steps"].mean()),
+        }
+
+    # -- hooks for the worlds ----------------------------------------------------------------
+
+    def _spawn_distributions(self) -> Sequence[np.ndarray]:
+        """Per factor, the distribution new episodes start from. Default: the model's ``D``."""
+        return self._model.D
+
+    def _agent_arrays(self, n: int) -> dict[str, NDArray[Any]]:
+        """Per-agent statistics and flags (first axis ``n``), kept by :meth:`resize`."""
+        del n
+        return {}
+
+    def _restart_before_step(self, out: BoolArray) -> None:
+        """Write into ``out`` which agents start a new episode at this step. Default: none."""
+        out.fill(False)
+
+    def _begin_episodes(self, mask: BoolArray) -> None:
+        """Clear per-episode flags of the agents in ``mask`` (their states were just spawned)."""
+        del mask
+
+    def _record_step(self) -> None:
+        """Update statistics from ``states`` and ``obs`` after a step."""
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _allocate(self, n: int) -> None:
+        F, M = len(self._num_states), len(self._obs_samplers)
+        arrays: dict[str, NDArray[Any]] = {
+            "states": np.zeros((n, F), dtype=np.int64),
+            "obs": np.zeros((n, M), dtype=np.int64),
+            "episode_steps": np.zeros(n, dtype=np.int64),
+            "episode_start": np.zeros(n, dtype=np.bool_),
+        }
+        extra = self._agent_arrays(n)
+        clash = sorted(set(extra) & set(arrays))
+        if clash:
+            raise ValueError(f"per-agent arrays {clash} shadow the base arrays")
+        arrays.update(extra)
+        self._arrays = arrays
+        self._views = {}
+        for name, arr in arrays.items():
+            view = arr.view()
+            view.flags.writeable = False
+            self._views[name] = view
+        self._n = n
+        self._mask: BoolArray = np.zeros(n, dtype=np.bool_)
+        self._restart: BoolArray = np.zeros(n, dtype=np.bool_)
+        self._flags: BoolArray = np.zeros((3, n), dtype=np.bool_)  # rows: subclass temporaries
+        self._u: FloatArray = np.empty(n, dtype=np.float64)
+        self._cols: IndexArray = np.zeros(n, dtype=np.intp)
+        self._tmp: IndexArray = np.zeros(n, dtype=np.intp)
+        self._draw: IndexArray = np.zeros(n, dtype=np.intp)
+        self._zeros: IndexArray = np.zeros(n, dtype=np.intp)
+        self._scratch = SamplerScratch(n)
+
+    def _sample(self, sampler: ColumnSampler, cols: IndexArray, out: IndexArray) -> None:
+        if not sampler.deterministic:
+            self._rng.random(out=self._u)
+        sample_columns(sampler, cols, self._u, out, self._scratch)
+
+    def _spawn(self, where: BoolArray) -> None:
+        states = self._arrays["states"]
+        for f, sampler in enumerate(self._spawn_samplers):
+            self._sample(sampler, self._zeros, self._draw)
+            np.copyto(states[:, f], self._draw, where=where)
+
+    def _observe(self, where: BoolArray | None) -> None:
+        states, obs = self._arrays["states"], self._arrays["obs"]
+        joint = self._cols
+        np.multiply(states[:, 0], self._strides[0], out=joint)
+        for f in range(1, len(self._strides)):
+            np.multiply(states[:, f], self._strides[f], out=self._tmp)
+            np.add(joint, self._tmp, out=joint)
+        for m, sampler in enumerate(self._obs_samplers):
+            self._sample(sampler, joint, self._draw)
+            if where is None:
+                obs[:, m] = self._draw
+            else:
+                np.copyto(obs[:, m], self._draw, where=where)
+
+    def _check_actions(self, actions: object) -> NDArray[np.integer[Any]]:
+        acts = actions if isinstance(actions, np.ndarray) else np.asarray(actions)
+        expected = (self._n, len(self._num_controls))
+        if acts.shape != expected:
+            raise InputError(f"actions has shape {acts.shape}, expected {expected}")
+        if not np.issubdtype(acts.dtype, np.integer):
+            raise InputError(f"actions has dtype {acts.dtype}, expected an integer dtype")
+        for f, num in enumerate(self._num_controls):
+            col = acts[:, f]
+            if int(col.min()) < 0 or int(col.max()) >= num:
+                bad = int(np.flatnonzero((col < 0) | (col >= num))[0])
+                raise InputError(
+                    f"actions[{bad}, {f}] = {int(col[bad])} is out of range: "
+                    f"factor {f} has {num} action(s), 0..{num - 1}"
+                )
+        return acts

@@ -1,0 +1,120 @@
+"""Built-in workloads by name: their generative models and batched environments.
+
+========== ===================================================================================
+name       world
+========== ===================================================================================
+grid10     :class:`~edge_agent.sim.gridworld.GridWorldEnv` 10 x 10, goal (9, 9), noise 0.1
+grid       the grid world with any parameters (defaults: 10 x 10, goal bottom-right)
+tmaze      :class:`~edge_agent.sim.tmaze.TMazeEnv`, pymdp's T-maze (reward_probs 0.98 / 0.02)
+explorer   :class:`~edge_agent.sim.explorer.ExplorerEnv`, 10 x 10 map, 5 terrains, 5 % targets
+========== ===================================================================================
+
+``make_env(name, n_agents, seed=0, **params)`` builds the environment and
+``builtin_model(name, **params)`` its model; ``params`` override the workload's defaults. An
+unknown name or parameter raises :class:`~edge_agent.errors.ModelError` listing what is known.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from edge_agent.aif.model import GenerativeModel
+from edge_agent.errors import ModelError
+from edge_agent.sim import BatchEnv
+from edge_agent.sim.explorer import ExplorerEnv, explorer_model
+from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
+from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
+
+# Parameters of an environment's constructor that are not world parameters.
+_ENV_OWN_PARAMS = frozenset({"self", "n_agents", "seed"})
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named world: how to build its model and its environment, and its fixed defaults."""
+
+    name: str
+    description: str
+    env_class: Callable[..., BatchEnv]
+    model_factory: Callable[..., GenerativeModel]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def model_params(self) -> tuple[str, ...]:
+        """Parameters :func:`builtin_model` accepts for this workload."""
+        return tuple(inspect.signature(self.model_factory).parameters)
+
+    def env_params(self) -> tuple[str, ...]:
+        """Parameters :func:`make_env` accepts for this workload (besides n_agents, seed)."""
+        params = inspect.signature(self.env_class).parameters
+        return tuple(p for p in params if p not in _ENV_OWN_PARAMS)
+
+
+BUILTIN_WORKLOADS: Mapping[str, Workload] = MappingProxyType(
+    {
+        "grid10": Workload(
+            name="grid10",
+            description="10 x 10 grid world, goal (9, 9), location seen with noise 0.1",
+            env_class=GridWorldEnv,
+            model_factory=gridworld_model,
+            defaults=MappingProxyType({"height": 10, "width": 10, "goal": (9, 9), "noise": 0.1}),
+        ),
+        "grid": Workload(
+            name="grid",
+            description="grid world with chosen height, width, goal, noise, start",
+            env_class=GridWorldEnv,
+            model_factory=gridworld_model,
+            defaults=MappingProxyType({"height": 10, "width": 10}),
+        ),
+        "tmaze": Workload(
+            name="tmaze",
+            description="pymdp's T-maze: centre, two arms, a cue; reward 0.98 in the cued arm",
+            env_class=TMazeEnv,
+            model_factory=tmaze_model,
+        ),
+        "explorer": Workload(
+            name="explorer",
+            description="10 x 10 map of 5 terrains, unknown position, prefers the rare target",
+            env_class=ExplorerEnv,
+            model_factory=explorer_model,
+        ),
+    }
+)
+
+
+def get_workload(name: str) -> Workload:
+    """The workload called ``name``, else :class:`ModelError` naming the known ones."""
+    try:
+        return BUILTIN_WORKLOADS[name]
+    except KeyError:
+        known = ", ".join(sorted(BUILTIN_WORKLOADS))
+        raise ModelError(f"unknown workload {name!r}; known workloads: {known}") from None
+
+
+def _merged(
+    workload: Workload, params: Mapping[str, Any], accepted: tuple[str, ...], what: str
+) -> dict[str, Any]:
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ModelError(
+            f"workload {workload.name!r} {what} has no parameter(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted)}"
+        )
+    return {**workload.defaults, **params}
+
+
+def builtin_model(name: str, **params: Any) -> GenerativeModel:
+    """The generative model of workload ``name``; ``params`` override its defaults."""
+    workload = get_workload(name)
+    kwargs = _merged(workload, params, workload.model_params(), "model")
+    return workload.model_factory(**kwargs)
+
+
+def make_env(name: str, n_agents: int, seed: int = 0, **params: Any) -> BatchEnv:
+    """A batched environment of workload ``name`` for ``n_agents`` agents."""
+    workload = get_workload(name)
+    kwargs = _merged(workload, params, workload.env_params(), "environment")
+    return workload.env_class(n_agents, seed=seed, **kwargs)

@@ -1,0 +1,641 @@
+"""Built-in worlds: their models, their batched environments and the workload registry."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.model import GenerativeModel
+from edge_agent.errors import InputError, ModelError
+from edge_agent.sim import BatchEnv, ColumnSampler, SamplerScratch, sample_columns
+from edge_agent.sim.explorer import TARGET, ExplorerEnv, explorer_model, explorer_terrain
+from edge_agent.sim.gridworld import (
+    DOWN,
+    LEFT,
+    RIGHT,
+    STAY,
+    UP,
+    GridWorldEnv,
+    grid_moves,
+    gridworld_model,
+)
+from edge_agent.sim.registry import BUILTIN_WORKLOADS, builtin_model, make_env
+from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
+
+
+def chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
+    """Pearson statistic of ``counts`` against ``probs``; impossible outcomes must not occur."""
+    counts = np.asarray(counts, dtype=np.float64)
+    assert np.all(counts[probs == 0] == 0), "an outcome of probability 0 was drawn"
+    possible = probs > 0
+    expected = counts.sum() * probs[possible]
+    stat = float(((counts[possible] - expected) ** 2 / expected).sum())
+    return stat, int(possible.sum()) - 1
+
+
+def assert_fits(stat: float, dof: int) -> None:
+    # About 7 standard deviations of a chi-square with `dof` degrees of freedom: a correct sampler
+    # passes with any seed in practice; a wrong one is off by orders of magnitude.
+    assert stat < dof + 10.0 * np.sqrt(2.0 * dof), (stat, dof)
+
+
+def column_fit(states: np.ndarray, obs: np.ndarray, A: np.ndarray) -> tuple[float, int]:
+    """Chi-square of observations against ``A[:, s]``, summed over the states that occur."""
+    total, dof = 0.0, 0
+    for s in np.unique(states):
+        counts = np.bincount(obs[states == s], minlength=A.shape[0])
+        stat, d = chi_square(counts, A[:, s])
+        total, dof = total + stat, dof + d
+    return total, dof
+
+
+# -- sampler ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("num_outcomes", "num_columns"), [(5, 7), (40, 9), (1, 3)])
+def test_sample_columns_is_inverse_cdf_of_each_column(num_outcomes: int, num_columns: int) -> None:
+    rng = np.random.default_rng(3)
+    table = rng.random((num_outcomes, num_columns))
+    table[rng.random(table.shape) < 0.4] = 0.0
+    table[0, table.sum(axis=0) == 0] = 1.0
+    table /= table.sum(axis=0)
+    sampler = ColumnSampler.from_table(table)
+    n = 5000
+    cols = rng.integers(0, num_columns, n).astype(np.intp)
+    u = rng.random(n)
+    out = np.empty(n, dtype=np.intp)
+    sample_columns(sampler, cols, u, out, SamplerScratch(n))
+    cdf = np.cumsum(table, axis=0)
+    expected = np.array(
+        [
+            min(np.searchsorted(cdf[:, c], x, side="right"), num_outcomes - 1)
+            for c, x in zip(cols, u, strict=True)
+        ]
+    )
+    np.testing.assert_array_equal(out, expected)
+    assert np.all(table[out, cols] > 0)
+
+
+def test_sampler_two_level_layout_and_validation() -> None:
+    wide = ColumnSampler.from_table(np.full((30, 2), 1 / 30))
+    assert (wide.slots, wide.block, wide.blocks) == (30, 6, 5)
+    assert ColumnSampler.from_table(np.eye(3)).deterministic
+    with pytest.raises(ModelError, match="no probability mass"):
+        ColumnSampler.from_table(np.array([[1.0, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ModelError, match="negative"):
+        ColumnSampler.from_table(np.array([[1.5], [-0.5]]))
+
+
+def test_sampler_at_u_extremes_and_ties() -> None:
+    below_one = np.nextafter(1.0, 0.0)
+    table = np.array([[0.0, 0.5], [1.0, 0.0], [0.0, 0.5]])
+    sampler = ColumnSampler.from_table(table)
+    cols = np.array([0, 0, 1, 1, 1], dtype=np.intp)
+    u = np.array([0.0, below_one, 0.0, 0.5, below_one])
+    out = np.empty(5, dtype=np.intp)
+    sample_columns(sampler, cols, u, out, SamplerScratch(5))
+    # Zero-probability outcomes are never drawn; u on a step of the CDF goes right (searchsorted
+    # side="right").
+    np.testing.assert_array_equal(out, [1, 1, 0, 2, 2])
+
+
+# -- grid world model ------------------------------------------------------------------------
+
+
+def test_grid_transitions_are_deterministic_with_walls() -> None:
+    model = gridworld_model(3, 4, goal=(2, 3))
+    B = model.B[0]
+    assert B.shape == (12, 12, 5)
+    assert np.all((B == 0) | (B == 1))
+    assert np.all(B.sum(axis=0) == 1)
+    expected = {  # (cell, action) -> next cell, cells row-major on a 3 x 4 grid
+        (0, STAY): 0, (0, UP): 0, (0, LEFT): 0, (0, DOWN): 4, (0, RIGHT): 1,
+        (5, UP): 1, (5, DOWN): 9, (5, LEFT): 4, (5, RIGHT): 6,
+        (11, DOWN): 11, (11, RIGHT): 11, (11, UP): 7, (11, LEFT): 10,
+        (3, RIGHT): 3, (3, UP): 3, (8, LEFT): 8, (8, DOWN): 8,
+    }  # fmt: skip
+    for (s, u), nxt in expected.items():
+        assert B[nxt, s, u] == 1.0, (s, u)
+        assert grid_moves(3, 4)[s, u] == nxt
+
+
+def test_grid_observation_columns() -> None:
+    model = gridworld_model(10, 10, goal=(9, 9), noise=0.1)
+    A = model.A[0]
+    corner, edge, inner = 0, 5, 55
+    assert A[corner, corner] == pytest.approx(0.9)
+    assert sorted(np.flatnonzero(A[:, corner])) == [0, 1, 10]
+    np.testing.assert_allclose(A[[1, 10], corner], 0.05)
+    assert sorted(np.flatnonzero(A[:, edge])) == [4, 5, 6, 15]
+    np.testing.assert_allclose(A[[4, 6, 15], edge], 0.1 / 3)
+    assert sorted(np.flatnonzero(A[:, inner])) == [45, 54, 55, 56, 65]
+    np.testing.assert_allclose(A[[45, 54, 56, 65], inner], 0.025)
+    np.testing.assert_allclose(A.sum(axis=0), 1.0)
+    assert np.all(np.count_nonzero(A, axis=0) <= 5)
+    single = gridworld_model(1, 1, goal=(0, 0), noise=0.3)
+    assert single.A[0][0, 0] == 1.0
+
+
+def test_grid_preferences_and_prior() -> None:
+    model = gridworld_model(4, 5, goal=(1, 2), preference_scale=2.0, start=(3, 0))
+    C = model.C[0]
+    assert C[1 * 5 + 2] == 0.0
+    assert C[0] == -2.0 * (1 + 2)
+    assert C[19] == -2.0 * (2 + 2)
+    np.testing.assert_array_equal(model.D[0], np.eye(20)[15])
+    np.testing.assert_allclose(gridworld_model(4, 5).D[0], 1 / 20)
+    assert gridworld_model(4, 5).C[0][19] == 0.0  # default goal: bottom-right
+
+
+def test_grid_one_step_planner_walks_to_the_goal() -> None:
+    model = gridworld_model(10, 10, goal=(9, 9), noise=0.1)
+    A, B, C = model.A[0], model.B[0], model.C[0]
+    utility = C @ A  # expected log-preference of each state: sum_o A[o, s] C[o]
+    cells = np.arange(100)
+    for _ in range(18):  # the largest Manhattan distance on a 10 x 10 grid
+        nxt = np.argmax(B[:, cells, :], axis=0)  # (cells, actions) deterministic next cell
+        cells = nxt[np.arange(100), np.argmax(utility[nxt], axis=1)]
+    assert np.all(cells == 99)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"goal": (10, 0)}, "outside"),
+        ({"goal": (1,)}, "pair"),
+        ({"noise": 1.5}, "noise"),
+        ({"start": (-1, 0)}, "outside"),
+        ({"preference_scale": float("nan")}, "preference_scale"),
+    ],
+)
+def test_grid_model_rejects_bad_parameters(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ModelError, match=match):
+        gridworld_model(10, 10, **kwargs)  # type: ignore[arg-type]
+
+
+def test_grid_model_rejects_bad_dimensions() -> None:
+    with pytest.raises(ModelError, match="height"):
+        gridworld_model(0, 3)
+
+
+# -- T-maze model ------------------------------------------------------------------------------
+
+# pymdp 0.0.7.1 pymdp/envs/tmaze.py, TMazeEnv(reward_probs=[0.98, 0.02]), written out by hand.
+# Axes: [outcome][location][condition]; locations centre, right arm, left arm, cue location;
+# conditions reward-on-right, reward-on-left.
+PYMDP_A_LOCATION = np.array(
+    [
+        [[1, 1], [0, 0], [0, 0], [0, 0]],
+        [[0, 0], [1, 1], [0, 0], [0, 0]],
+        [[0, 0], [0, 0], [1, 1], [0, 0]],
+        [[0, 0], [0, 0], [0, 0], [1, 1]],
+    ],
+    dtype=np.float64,
+)
+PYMDP_A_REWARD = np.array(
+    [  # no reward, reward, loss
+        [[1, 1], [0, 0], [0, 0], [1, 1]],
+        [[0, 0], [0.98, 0.02], [0.02, 0.98], [0, 0]],
+        [[0, 0], [0.02, 0.98], [0.98, 0.02], [0, 0]],
+    ],
+    dtype=np.float64,
+)
+PYMDP_A_CUE = np.array(
+    [  # cue right, cue left
+        [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [1, 0]],
+        [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0, 1]],
+    ],
+    dtype=np.float64,
+)
+# B[location][:, :, u] for u = 0..3 (axes [u][next location][location]): every location moves to u.
+PYMDP_B_LOCATION_BY_ACTION = np.array(
+    [
+        [[1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+        [[0, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]],
+        [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]],
+        [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]],
+    ],
+    dtype=np.float64,
+)
+
+
+def test_tmaze_matches_pymdp_construction() -> None:
+    model = tmaze_model()
+    np.testing.assert_array_equal(model.A[0], PYMDP_A_LOCATION)
+    np.testing.assert_array_equal(model.A[1], PYMDP_A_REWARD)
+    np.testing.assert_array_equal(model.A[2], PYMDP_A_CUE)
+    np.testing.assert_array_equal(model.B[0], np.moveaxis(PYMDP_B_LOCATION_BY_ACTION, 0, 2))
+    np.testing.assert_array_equal(model.B[1], np.eye(2).reshape(2, 2, 1))
+    # pymdp's own recipe for B[location]: eye, tile over actions, transpose(1, 2, 0).
+    B_locs = np.tile(np.eye(4).reshape(4, 4, 1), (1, 1, 4)).transpose(1, 2, 0)
+    np.testing.assert_array_equal(model.B[0], B_locs)
+    assert model.num_states == (4, 2)
+    assert model.num_obs == (4, 3, 2)
+    assert model.num_controls == (4, 1)
+
+
+def test_tmaze_preferences_and_prior() -> None:
+    model = tmaze_model(reward=3.0, punishment=-3.0)
+    np.testing.assert_array_equal(model.C[0], np.zeros(4))
+    np.testing.assert_array_equal(model.C[1], [0.0, 3.0, -3.0])
+    np.testing.assert_array_equal(model.C[2], np.zeros(2))
+    np.testing.assert_array_equal(model.D[0], [1, 0, 0, 0])
+    np.testing.assert_array_equal(model.D[1], [0.5, 0.5])
+    other = tmaze_model(reward_probs=(0.8, 0.2))
+    assert other.A[1][1, 1, 0] == pytest.approx(0.8)
+    assert other.A[1][1, 2, 0] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("probs", [(0.9, 0.2), (1.2, -0.2), (0.5, 0.3, 0.2)])
+def test_tmaze_rejects_bad_reward_probs(probs: tuple[float, float]) -> None:
+    with pytest.raises(ModelError, match="reward_probs"):
+        tmaze_model(reward_probs=probs)
+
+
+# -- explorer model --------------------------------------------------------------------------
+
+
+def test_explorer_map_and_model() -> None:
+    terrain = explorer_terrain(10, 10, map_seed=7)
+    np.testing.assert_array_equal(terrain, explorer_terrain(10, 10, map_seed=7))
+    assert not np.array_equal(terrain, explorer_terrain(10, 10, map_seed=8))
+    assert int((terrain == TARGET).sum()) == 5
+    assert set(np.unique(terrain[terrain != TARGET])) == {0, 1, 2, 3}
+    model = explorer_model(map_seed=7)
+    assert model.num_states == (100,)
+    assert model.num_obs == (5,)
+    assert model.num_controls == (5,)
+    A = model.A[0]
+    np.testing.assert_allclose(A[terrain, np.arange(100)], 0.9)
+    off = np.ones_like(A, dtype=bool)
+    off[terrain, np.arange(100)] = False
+    np.testing.assert_allclose(A[off], 0.025)
+    np.testing.assert_array_equal(model.C[0], [0, 0, 0, 0, 2])
+    np.testing.assert_allclose(model.D[0], 0.01)
+    np.testing.assert_array_equal(model.B[0], gridworld_model(10, 10).B[0])
+
+
+# -- environments: sampling ------------------------------------------------------------------
+
+
+def test_grid_observation_frequencies_match_a() -> None:
+    env = GridWorldEnv(20_000, seed=11, start=(0, 0))
+    obs = env.obs[:, 0]
+    assert np.all(env.true_states[:, 0] == 0)
+    stat, dof = chi_square(np.bincount(obs, minlength=100), env.model.A[0][:, 0])
+    assert_fits(stat, dof)
+    # One step right from the corner: every agent at cell 1, seen through A[:, 1].
+    obs = env.step(np.full((20_000, 1), RIGHT))[:, 0]
+    assert np.all(env.true_states[:, 0] == 1)
+    stat, dof = chi_square(np.bincount(obs, minlength=100), env.model.A[0][:, 1])
+    assert_fits(stat, dof)
+
+
+def test_explorer_observation_frequencies_match_a() -> None:
+    env = ExplorerEnv(20_000, seed=5)
+    states = env.true_states[:, 0].copy()
+    assert len(np.unique(states)) == 100
+    stat, dof = column_fit(states, env.obs[:, 0].copy(), env.model.A[0])
+    assert_fits(stat, dof)
+    stat, dof = chi_square(np.bincount(states, minlength=100), env.model.D[0])
+    assert_fits(stat, dof)
+
+
+def test_tmaze_observation_frequencies_match_a() -> None:
+    n = 20_000
+    env = TMazeEnv(n, seed=2)
+    cond = env.conditions.copy()
+    stat, dof = chi_square(np.bincount(cond, minlength=2), np.array([0.5, 0.5]))
+    assert_fits(stat, dof)
+    actions = np.zeros((n, 2), dtype=np.int64)
+    actions[:, 0] = np.where(np.arange(n) % 2 == 0, 1, 2)  # half right arm, half left arm
+    obs = env.step(actions)
+    loc = env.true_states[:, 0]
+    np.testing.assert_array_equal(obs[:, 0], loc)
+    A_reward = env.model.A[1]
+    for arm in (1, 2):
+        for c in (0, 1):
+            sel = (loc == arm) & (cond == c)
+            counts = np.bincount(obs[sel, 1], minlength=3)
+            stat, dof = chi_square(counts, A_reward[:, arm, c])
+            assert_fits(stat, dof)
+    stat, dof = chi_square(np.bincount(obs[:, 2], minlength=2), np.array([0.5, 0.5]))
+    assert_fits(stat, dof)  # the cue is uninformative in the arms
+    actions[:, 0] = 3
+    obs = env.step(actions)  # trial_len 3: still the same trial, now at the cue
+    np.testing.assert_array_equal(obs[:, 2], cond)
+    np.testing.assert_array_equal(obs[:, 1], 0)
+
+
+def test_stochastic_transitions_follow_b() -> None:
+    rng = np.random.default_rng(4)
+    B0 = rng.random((3, 3, 2))
+    B0 /= B0.sum(axis=0)
+    B1 = np.array([[[0.7], [0.0]], [[0.3], [1.0]]])
+    A = rng.random((4, 3, 2))
+    A /= A.sum(axis=0)
+    model = GenerativeModel.from_arrays([A], [B0, B1], D=[np.eye(3)[2], np.eye(2)[0]])
+    n = 20_000
+    env = BatchEnv(model, n, seed=9)
+    assert np.all(env.true_states == [2, 0])
+    env.step(np.tile([1, 0], (n, 1)))
+    states = env.true_states
+    stat, dof = chi_square(np.bincount(states[:, 0], minlength=3), B0[:, 2, 1])
+    assert_fits(stat, dof)
+    stat, dof = chi_square(np.bincount(states[:, 1], minlength=2), B1[:, 0, 0])
+    assert_fits(stat, dof)
+    joint = states[:, 0] * 2 + states[:, 1]
+    stat, dof = column_fit(joint, env.obs[:, 0].copy(), A.reshape(4, -1))
+    assert_fits(stat, dof)
+
+
+def test_same_seed_same_run_and_different_seed_differs() -> None:
+    rng = np.random.default_rng(0)
+    actions = [rng.integers(0, 5, (500, 1)) for _ in range(5)]
+    runs = []
+    for seed in (1, 1, 2):
+        env = GridWorldEnv(500, seed=seed)
+        runs.append(np.stack([env.obs.copy()] + [env.step(a).copy() for a in actions]))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+
+
+# -- environments: episodes ------------------------------------------------------------------
+
+
+def test_grid_goal_is_counted_then_agent_respawns_next_step() -> None:
+    n = 50
+    env = GridWorldEnv(n, seed=0, start=(9, 8), noise=0.0)
+    np.testing.assert_array_equal(env.true_states[:, 0], 98)
+    obs = env.step(np.full((n, 1), RIGHT))
+    np.testing.assert_array_equal(obs[:, 0], 99)
+    assert env.goal_reached.all()
+    np.testing.assert_array_equal(env.goals_reached, 1)
+    np.testing.assert_array_equal(env.goal_steps, 1)
+    np.testing.assert_array_equal(env.episode_steps, 1)
+    assert not env.episode_start.any()
+    obs = env.step(np.full((n, 1), UP))  # ignored: the agents respawn at the start
+    np.testing.assert_array_equal(obs[:, 0], 98)
+    assert env.episode_start.all()
+    assert not env.goal_reached.any()
+    np.testing.assert_array_equal(env.episode_steps, 0)
+    env.step(np.full((n, 1), LEFT))
+    env.step(np.full((n, 1), RIGHT))
+    env.step(np.full((n, 1), RIGHT))
+    np.testing.assert_array_equal(env.goals_reached, 2)
+    np.testing.assert_array_equal(env.goal_steps, 1 + 3)
+    summary = env.summary()
+    assert summary["goals_reached"] == 2 * n
+    assert summary["mean_steps_to_goal"] == pytest.approx(2.0)
+
+
+def test_grid_spawns_anywhere_but_the_goal() -> None:
+    env = GridWorldEnv(20_000, seed=3, goal=(4, 4))
+    cells = np.bincount(env.true_states[:, 0], minlength=100)
+    assert cells[44] == 0
+    assert np.all(np.delete(cells, 44) > 0)
+    with pytest.raises(ModelError, match="spawn"):
+        GridWorldEnv(10, start=(4, 4), goal=(4, 4))
+
+
+def test_tmaze_trials_and_cue_statistics() -> None:
+    n = 2000
+    env = TMazeEnv(n, seed=8, trial_len=3)
+    actions = np.zeros((n, 2), dtype=np.int64)
+
+    def move(loc: np.ndarray | int) -> np.ndarray:
+        actions[:, 0] = loc
+        return env.step(actions).copy()
+
+    np.testing.assert_array_equal(env.true_states[:, 0], 0)
+    first_conditions = env.conditions.copy()
+    obs = move(3)  # t = 1: visit the cue
+    np.testing.assert_array_equal(env.cue_visits, 1)
+    obs = move(1 + obs[:, 2])  # t = 2: the cued arm; last step of the trial
+    assert env.rewards.sum() == pytest.approx(0.98 * n, abs=5 * np.sqrt(0.02 * n))
+    assert env.rewards.sum() + env.losses.sum() == n
+    np.testing.assert_array_equal(env.trials, 1)
+    assert env.cue_first.all()
+    assert env.last_trial_cue_first.all()
+    np.testing.assert_array_equal(env.cue_first_trials, 1)
+
+    obs = move(2)  # the next trial begins: the action is ignored
+    np.testing.assert_array_equal(env.true_states[:, 0], 0)
+    np.testing.assert_array_equal(obs[:, 1], 0)
+    assert env.episode_start.all()
+    np.testing.assert_array_equal(env.episode_steps, 0)
+    assert not env.cue_first.any()
+    changed = np.mean(env.conditions != first_conditions)
+    assert 0.45 < changed < 0.55  # conditions are redrawn per trial
+
+    move(1)  # arm first ...
+    move(3)  # ... then the cue: not a cue-first trial
+    np.testing.assert_array_equal(env.trials, 2)
+    np.testing.assert_array_equal(env.cue_first_trials, 1)
+    assert not env.last_trial_cue_first.any()
+    np.testing.assert_array_equal(env.cue_visits, 2)
+    summary = env.summary()
+    assert summary["trials"] == 2 * n
+    assert summary["cue_first_fraction"] == pytest.approx(0.5)
+
+
+def test_tmaze_rejects_short_trials() -> None:
+    with pytest.raises(InputError, match="trial_len"):
+        TMazeEnv(4, trial_len=1)
+
+
+def test_explorer_statistics_follow_the_map() -> None:
+    n = 5000
+    env = ExplorerEnv(n, seed=1)
+    rng = np.random.default_rng(2)
+    visits = np.zeros(n, dtype=np.int64)
+    sightings = np.zeros(n, dtype=np.int64)
+    for _ in range(4):
+        obs = env.step(rng.integers(0, 5, (n, 1)))
+        on = env.terrain[env.true_states[:, 0]] == TARGET
+        np.testing.assert_array_equal(env.on_target, on)
+        visits += on
+        sightings += obs[:, 0] == TARGET
+    np.testing.assert_array_equal(env.target_visits, visits)
+    np.testing.assert_array_equal(env.target_sightings, sightings)
+    assert visits.sum() > 0
+
+
+# -- environments: reset, validation, resize, memory ------------------------------------------
+
+
+def test_reset_mask_only_resets_masked_agents() -> None:
+    n = 300
+    env = TMazeEnv(n, seed=4, trial_len=5)
+    actions = np.zeros((n, 2), dtype=np.int64)
+    actions[:, 0] = 3
+    env.step(actions)
+    actions[:, 0] = 1
+    env.step(actions)  # in the right arm: reward and cue outcomes are random
+    before = {
+        "states": env.true_states.copy(),
+        "obs": env.obs.copy(),
+        "steps": env.episode_steps.copy(),
+        "cue_visits": env.cue_visits.copy(),
+    }
+    mask = np.arange(n) % 3 == 0
+    obs = env.reset(mask)
+    keep = ~mask
+    np.testing.assert_array_equal(env.true_states[keep], before["states"][keep])
+    np.testing.assert_array_equal(obs[keep], before["obs"][keep])
+    np.testing.assert_array_equal(env.episode_steps[keep], 2)
+    np.testing.assert_array_equal(env.true_states[mask, 0], 0)
+    np.testing.assert_array_equal(obs[mask, 0], 0)
+    np.testing.assert_array_equal(env.episode_steps[mask], 0)
+    np.testing.assert_array_equal(env.episode_start, mask)
+    np.testing.assert_array_equal(env.cue_visits, before["cue_visits"])  # counters are kept
+    assert np.all(before["states"][:, 0] == 1)
+
+
+def test_reset_without_mask_resets_everyone() -> None:
+    env = GridWorldEnv(400, seed=6)
+    env.step(np.full((400, 1), DOWN))
+    env.reset()
+    assert env.episode_start.all()
+    np.testing.assert_array_equal(env.episode_steps, 0)
+
+
+@pytest.mark.parametrize(
+    ("actions", "match"),
+    [
+        (np.zeros(8, dtype=np.int64), r"shape \(8,\), expected \(8, 1\)"),
+        (np.zeros((8, 2), dtype=np.int64), "shape"),
+        (np.zeros((7, 1), dtype=np.int64), "shape"),
+        (np.zeros((8, 1), dtype=np.float64), "dtype"),
+        (np.zeros((8, 1), dtype=np.bool_), "dtype"),
+        (np.full((8, 1), 5), r"actions\[0, 0\] = 5 is out of range"),
+        (np.array([[0]] * 7 + [[-1]]), r"actions\[7, 0\] = -1"),
+    ],
+)
+def test_step_validates_actions(actions: np.ndarray, match: str) -> None:
+    env = GridWorldEnv(8)
+    with pytest.raises(InputError, match=match):
+        env.step(actions)
+
+
+def test_step_validates_uncontrolled_factor_and_accepts_lists() -> None:
+    env = TMazeEnv(2)
+    with pytest.raises(InputError, match=r"actions\[1, 1\] = 1"):
+        env.step(np.array([[3, 0], [3, 1]]))
+    obs = env.step([[3, 0], [1, 0]])
+    np.testing.assert_array_equal(obs[:, 0], [3, 1])
+
+
+@pytest.mark.parametrize(
+    ("mask", "match"),
+    [(np.ones(5, dtype=np.bool_), "shape"), (np.ones(8, dtype=np.int64), "dtype")],
+)
+def test_reset_validates_mask(mask: np.ndarray, match: str) -> None:
+    env = GridWorldEnv(8)
+    with pytest.raises(InputError, match=match):
+        env.reset(mask)
+
+
+@pytest.mark.parametrize("n_agents", [0, -3, 2.5, True])
+def test_env_rejects_bad_agent_counts(n_agents: object) -> None:
+    with pytest.raises(InputError, match="n_agents"):
+        GridWorldEnv(n_agents)  # type: ignore[arg-type]
+
+
+def test_resize_keeps_existing_agents() -> None:
+    env = GridWorldEnv(100, seed=2, start=(9, 8), noise=0.0)
+    env.step(np.full((100, 1), RIGHT))
+    states, goals = env.true_states.copy(), env.goals_reached.copy()
+    env.resize(150)
+    assert env.n_agents == 150
+    np.testing.assert_array_equal(env.true_states[:100], states)
+    np.testing.assert_array_equal(env.goals_reached[:100], goals)
+    np.testing.assert_array_equal(env.goals_reached[100:], 0)
+    np.testing.assert_array_equal(env.true_states[100:, 0], 98)
+    np.testing.assert_array_equal(env.episode_start[100:], True)
+    env.step(np.full((150, 1), STAY))
+    np.testing.assert_array_equal(env.true_states[:100, 0], 98)  # respawned after the goal
+    np.testing.assert_array_equal(env.true_states[100:, 0], 98)
+    env.resize(40)
+    assert env.obs.shape == (40, 1)
+    np.testing.assert_array_equal(env.goals_reached, 1)
+    with pytest.raises(InputError, match="shape"):
+        env.step(np.zeros((150, 1), dtype=np.int64))
+    env.step(np.zeros((40, 1), dtype=np.int64))
+
+
+def test_returned_arrays_are_read_only_views() -> None:
+    env = GridWorldEnv(10)
+    obs = env.step(np.zeros((10, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match="read-only"):
+        obs[0, 0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        env.true_states[0, 0] = 1
+    again = env.step(np.zeros((10, 1), dtype=np.int64))
+    assert np.shares_memory(obs, again)
+
+
+@pytest.mark.parametrize("name", ["grid10", "tmaze", "explorer"])
+def test_step_of_100k_agents_allocates_no_per_agent_arrays(name: str) -> None:
+    n = 100_000
+    env = make_env(name, n, seed=0)
+    rng = np.random.default_rng(1)
+    actions = np.stack([rng.integers(0, u, n) for u in env.model.num_controls], axis=1)
+    env.step(actions)
+    env.step(actions)
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        for _ in range(5):
+            obs = env.step(actions)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert obs.shape == (n, env.model.num_modalities)
+    # One (N,) int64 array is 800 kB: a step creates none, only numpy's fixed-size buffers.
+    assert peak - start < 200_000, peak - start
+    assert current - start < 10_000, current - start
+
+
+# -- registry ------------------------------------------------------------------------------
+
+
+def test_registry_names_and_models() -> None:
+    assert set(BUILTIN_WORKLOADS) == {"grid10", "grid", "tmaze", "explorer"}
+    for name in BUILTIN_WORKLOADS:
+        model = builtin_model(name)
+        assert isinstance(model, GenerativeModel)
+        env = make_env(name, 3, seed=1)
+        assert env.n_agents == 3
+        for built, used in zip(model.A + model.B, env.model.A + env.model.B, strict=True):
+            np.testing.assert_array_equal(built, used)
+    grid10 = builtin_model("grid10")
+    assert grid10.num_states == (100,)
+    assert grid10.C[0][99] == 0.0
+    assert grid10.A[0][0, 0] == pytest.approx(0.9)
+    assert isinstance(make_env("tmaze", 2), TMazeEnv)
+    assert isinstance(make_env("explorer", 2), ExplorerEnv)
+
+
+def test_registry_parameters() -> None:
+    env = make_env("grid", 5, seed=3, height=4, width=6, goal=(0, 0))
+    assert isinstance(env, GridWorldEnv)
+    assert env.model.num_states == (24,)
+    assert env.goal == (0, 0)
+    assert builtin_model("grid", height=3, width=3).C[0][8] == 0.0
+    tmaze = make_env("tmaze", 2, trial_len=4)
+    assert isinstance(tmaze, TMazeEnv)
+    assert tmaze.trial_len == 4
+    with pytest.raises(ModelError, match="trial_len"):
+        builtin_model("tmaze", trial_len=4)
+    with pytest.raises(ModelError, match="no parameter"):
+        make_env("grid10", 2, colour="red")
+
+
+def test_registry_unknown_name_lists_known_names() -> None:
+    with pytest.raises(ModelError, match="known workloads: explorer, grid, grid10, tmaze"):
+        make_env("maze", 2)
+    with pytest.raises(ModelError, match="unknown workload 'maze'"):
+        builtin_model("maze")
