@@ -1,0 +1,653 @@
+"""Crash-safe snapshots of beliefs and history.
+
+A snapshot is one file, ``snapshot-<seq>.eas``, written by :meth:`SnapshotStore.save` and read
+back by :meth:`SnapshotStore.load_latest`. A process killed at any instant leaves either the
+previous snapshots or the new one, never half a file under a snapshot name: the bytes go to a
+temporary file in the same directory, are flushed and ``fsync``-ed, renamed over the final name
+with ``os.replace`` and the directory is ``fsync``-ed before older snapshots are deleted.
+
+Format v1 (little-endian, no pickle anywhere)::
+
+    magic     8 bytes   b"EASNAP" + format version as u16 big-endian (b"\\x00\\x01")
+    hlen      u32       length of the header
+    header    hlen      msgpack map: format_version, created (wall clock, s), monotonic (the
+                        writer's time.monotonic(), s), meta (caller's map), data_nbytes, arrays:
+                        [{name, dtype (numpy dtype str, e.g. "<f4"), shape, offset, nbytes}]
+    padding   zeros up to a multiple of 64 bytes; the data section starts here
+    data      each array's raw C-order bytes at data start + offset (offsets 64-byte aligned)
+    trailer   32 bytes  sha256 of every byte before it
+
+Only bool, signed and unsigned integer and float (up to 64-bit) arrays are stored; anything else
+is refused with :class:`~edge_agent.errors.SnapshotError`. One process owns a state directory:
+it calls :meth:`SnapshotStore.load_latest` once at start-up (which also removes the temporary
+files a crash left behind) and then saves.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import math
+import os
+import re
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.errors import SnapshotError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "LoadedSnapshot",
+    "SnapshotInfo",
+    "SnapshotStore",
+    "read_snapshot",
+]
+
+FORMAT_VERSION = 1
+_SIGNATURE = b"EASNAP"
+MAGIC = _SIGNATURE + FORMAT_VERSION.to_bytes(2, "big")
+_HEADER_LEN = struct.Struct("<I")
+_PREFIX_SIZE = len(MAGIC) + _HEADER_LEN.size
+_DIGEST_SIZE = hashlib.sha256().digest_size
+_ALIGN = 64
+_MAX_HEADER_BYTES = 16 * 1024 * 1024
+_HOUR_S = 3600.0
+_ALLOWED_KINDS = frozenset("biuf")
+_MAX_ITEMSIZE = 8  # no long double: its layout differs between x86 and arm64
+
+_SNAPSHOT_RE = re.compile(r"snapshot-(\d+)\.eas")
+_TEMP_PREFIX = ".snapshot-"
+_TEMP_SUFFIX = ".tmp"
+_CORRUPT_DIR = "corrupt"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """What :meth:`SnapshotStore.save` wrote."""
+
+    path: Path
+    seq: int
+    nbytes: int
+    duration_s: float
+    created: float
+    """Wall-clock time (``time.time()``) stored in the header."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSnapshot:
+    """A verified snapshot.
+
+    ``arrays`` are writable views into one buffer holding the file (no second copy); ``monotonic``
+    is the writer's ``time.monotonic()`` and means nothing after a reboot; ``seq`` is -1 when the
+    file name is not ``snapshot-<seq>.eas``.
+    """
+
+    path: Path
+    seq: int
+    created: float
+    monotonic: float
+    meta: dict[str, Any]
+    arrays: dict[str, npt.NDArray[Any]]
+    nbytes: int
+
+
+def read_snapshot(path: Path) -> LoadedSnapshot:
+    """Read and verify one snapshot file; raise :class:`SnapshotError` naming the path if bad."""
+    try:
+        return _read(path)
+    except SnapshotError as err:
+        raise SnapshotError(f"{path}: {err}") from err
+
+
+class SnapshotStore:
+    """Snapshots in ``state_dir``, at most ``max_writes_per_hour`` of them per sliding hour.
+
+    The write budget protects SD cards: :meth:`save` returns ``None`` and counts a skip when
+    ``max_writes_per_hour`` writes were attempted in the last hour. ``force=True`` (the final
+    snapshot at shutdown) bypasses the limit but still counts against it. The newest ``keep``
+    snapshots are kept; unusable ones are moved to ``state_dir/corrupt/``, of which the newest
+    ``keep_corrupt`` are kept for inspection (they can be as large as a snapshot).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        max_writes_per_hour: int,
+        keep: int = 2,
+        keep_corrupt: int = 3,
+    ) -> None:
+        if max_writes_per_hour < 1:
+            raise ValueError(f"max_writes_per_hour must be >= 1, got {max_writes_per_hour}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        if keep_corrupt < 0:
+            raise ValueError(f"keep_corrupt must be >= 0, got {keep_corrupt}")
+        self.state_dir = Path(state_dir)
+        self.max_writes_per_hour = max_writes_per_hour
+        self.keep = keep
+        self.keep_corrupt = keep_corrupt
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as err:
+            raise SnapshotError(f"cannot create state directory {self.state_dir}: {err}") from err
+
+        self._lock = threading.Lock()
+        # Monotonic times of the last max_writes_per_hour write attempts: a write is allowed when
+        # the oldest of them is more than an hour old, which is exactly "fewer than max in the
+        # last hour", so older entries never matter and the deque is bounded.
+        self._write_times: collections.deque[float] = collections.deque(maxlen=max_writes_per_hour)
+        existing = self._list_snapshots()
+        self._next_seq = existing[0][0] + 1 if existing else 1
+        self._unremovable: set[Path] = set()
+
+        self.writes = 0
+        self.write_errors = 0
+        self.skipped_by_rate_limit = 0
+        self.bytes_written_total = 0
+        self.last_write_time: float | None = None
+        self.last_write_bytes = 0
+        self.last_duration_s: float | None = None
+        self.last_seq: int | None = None
+        self.temp_files_removed = 0
+        self.corrupt_events: list[tuple[str, str]] = []
+        """``(file, reason)`` per unusable snapshot found; ``file`` is where it was moved to."""
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def save(
+        self,
+        arrays: Mapping[str, npt.NDArray[Any]],
+        meta: Mapping[str, Any],
+        now: float | None = None,
+        force: bool = False,
+    ) -> SnapshotInfo | None:
+        """Write a snapshot of ``arrays`` and ``meta``; ``None`` if the hourly budget is spent.
+
+        ``meta`` must be msgpack-serialisable (str keys; int, float, str, bytes, bool, None, lists
+        and maps of them). ``now`` is a ``time.monotonic()`` reading, used for the budget. The
+        arrays are read while the file is written (a non-contiguous one is copied, one at a time):
+        do not change them from another thread meanwhile. Raises :class:`SnapshotError` for an
+        unsupported array or meta value (before any budget is used) and when writing fails (the
+        attempt counts against the budget).
+        """
+        if now is None:
+            now = time.monotonic()
+        checked, directory, data_nbytes = _layout(arrays)
+        created = time.time()
+        header = _pack_header(
+            {
+                "format_version": FORMAT_VERSION,
+                "created": created,
+                "monotonic": float(now),
+                "meta": dict(meta),
+                "data_nbytes": data_nbytes,
+                "arrays": directory,
+            }
+        )
+        with self._lock:
+            if not force and self._budget_spent(now):
+                self.skipped_by_rate_limit += 1
+                logger.debug("snapshot skipped: %d writes in the last hour", len(self._write_times))
+                return None
+            self._write_times.append(now)
+            seq = self._next_seq
+            self._next_seq += 1
+
+        path = self.state_dir / f"snapshot-{seq:010d}.eas"
+        started = time.perf_counter()
+        try:
+            nbytes = self._write_atomically(path, header, checked, directory)
+        except OSError as err:
+            with self._lock:
+                self.write_errors += 1
+            raise SnapshotError(f"writing snapshot {path} failed: {err}") from err
+        duration = time.perf_counter() - started
+
+        with self._lock:
+            self.writes += 1
+            self.bytes_written_total += nbytes
+            self.last_write_time = created
+            self.last_write_bytes = nbytes
+            self.last_duration_s = duration
+            self.last_seq = seq
+        logger.debug("snapshot %s written: %d bytes in %.3f s", path.name, nbytes, duration)
+        self._prune()
+        return SnapshotInfo(path=path, seq=seq, nbytes=nbytes, duration_s=duration, created=created)
+
+    def _budget_spent(self, now: float) -> bool:
+        window = self._write_times
+        return len(window) == window.maxlen and now - window[0] < _HOUR_S
+
+    def _write_atomically(
+        self,
+        path: Path,
+        header: bytes,
+        arrays: list[npt.NDArray[Any]],
+        directory: list[dict[str, Any]],
+    ) -> int:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=self.state_dir
+        )
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                nbytes = _write_body(f, header, arrays, directory)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.state_dir)
+        return nbytes
+
+    def _prune(self) -> None:
+        """Delete all but the newest ``keep`` snapshots (and those known to be unusable)."""
+        try:
+            listed = self._list_snapshots()
+        except SnapshotError as err:
+            logger.warning("not pruning old snapshots: %s", err)
+            return
+        snapshots = [(seq, path) for seq, path in listed if path not in self._unremovable]
+        for _, path in snapshots[self.keep :]:
+            _remove(path)
+        for path in list(self._unremovable):
+            if _remove(path):
+                self._unremovable.discard(path)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def load_latest(self) -> LoadedSnapshot | None:
+        """The newest snapshot that verifies, or ``None`` if there is none.
+
+        Removes temporary files left by a crashed write first. Each unusable snapshot met on the
+        way (corrupt, truncated, unknown version, unreadable) is logged, moved to ``corrupt/``
+        with a UTC timestamp suffix, recorded in :attr:`corrupt_events`, and the next older one is
+        tried.
+        """
+        self.remove_temp_files()
+        for _, path in self._list_snapshots():
+            try:
+                snapshot = _read(path)
+            except SnapshotError as err:
+                self._set_aside(path, str(err))
+                continue
+            logger.info(
+                "loaded snapshot %s (%d bytes, %d arrays)",
+                path.name,
+                snapshot.nbytes,
+                len(snapshot.arrays),
+            )
+            return snapshot
+        return None
+
+    def remove_temp_files(self) -> int:
+        """Delete temporary files of interrupted writes; return how many were removed."""
+        try:
+            names = os.listdir(self.state_dir)
+        except OSError as err:
+            raise SnapshotError(f"cannot list {self.state_dir}: {err}") from err
+        removed = 0
+        for name in names:
+            is_temp = name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)
+            if is_temp and _remove(self.state_dir / name):
+                removed += 1
+        if removed:
+            logger.warning(
+                "removed %d temporary snapshot file(s) left by an interrupted write", removed
+            )
+            with self._lock:
+                self.temp_files_removed += removed
+        return removed
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        corrupt_dir = self.state_dir / _CORRUPT_DIR
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = corrupt_dir / f"{path.name}.{stamp}"
+        suffix = 1
+        while dest.exists():
+            dest = corrupt_dir / f"{path.name}.{stamp}-{suffix}"
+            suffix += 1
+        try:
+            corrupt_dir.mkdir(mode=0o700, exist_ok=True)
+            os.replace(path, dest)
+            _fsync_dir(self.state_dir)
+        except OSError as err:
+            logger.error(
+                "snapshot %s is unusable (%s) and could not be moved aside: %s", path, reason, err
+            )
+            self._unremovable.add(path)
+            where = str(path)
+        else:
+            logger.warning("snapshot %s is unusable (%s); moved to %s", path.name, reason, dest)
+            where = str(dest)
+            self._prune_corrupt(corrupt_dir)
+        with self._lock:
+            self.corrupt_events.append((where, reason))
+
+    def _prune_corrupt(self, corrupt_dir: Path) -> None:
+        entries = []
+        try:
+            for entry in os.scandir(corrupt_dir):
+                entries.append((entry.stat().st_ctime_ns, entry.name, Path(entry.path)))
+        except OSError as err:
+            logger.warning("not pruning %s: %s", corrupt_dir, err)
+            return
+        entries.sort(reverse=True)
+        for _, _, path in entries[self.keep_corrupt :]:
+            _remove(path)
+
+    def _list_snapshots(self) -> list[tuple[int, Path]]:
+        """``(seq, path)`` of the snapshot files, newest first."""
+        found = []
+        try:
+            for entry in os.scandir(self.state_dir):
+                match = _SNAPSHOT_RE.fullmatch(entry.name)
+                if match is not None and entry.is_file(follow_symlinks=False):
+                    found.append((int(match.group(1)), Path(entry.path)))
+        except OSError as err:
+            raise SnapshotError(f"cannot list {self.state_dir}: {err}") from err
+        found.sort(reverse=True)
+        return found
+
+    # --- status --------------------------------------------------------------------------------
+
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """JSON-able counters for ``edge-agent status`` and telemetry (``now``: monotonic)."""
+        if now is None:
+            now = time.monotonic()
+        with self._lock:
+            in_last_hour = sum(1 for t in self._write_times if now - t < _HOUR_S)
+            return {
+                "writes": self.writes,
+                "write_errors": self.write_errors,
+                "skipped_by_rate_limit": self.skipped_by_rate_limit,
+                "bytes_written_total": self.bytes_written_total,
+                "last_write_time": self.last_write_time,
+                "last_write_bytes": self.last_write_bytes,
+                "last_duration_s": self.last_duration_s,
+                "last_seq": self.last_seq,
+                "writes_in_last_hour": in_last_hour,
+                "max_writes_per_hour": self.max_writes_per_hour,
+                "temp_files_removed": self.temp_files_removed,
+                "corrupt_found": len(self.corrupt_events),
+            }
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+def _align(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def _layout(
+    arrays: Mapping[str, npt.NDArray[Any]],
+) -> tuple[list[npt.NDArray[Any]], list[dict[str, Any]], int]:
+    """Check ``arrays`` and place them: (the arrays, header directory, data section size)."""
+    checked: list[npt.NDArray[Any]] = []
+    directory: list[dict[str, Any]] = []
+    offset = 0
+    for name, array in arrays.items():
+        if not isinstance(name, str) or not name:
+            raise SnapshotError(f"array names must be non-empty strings, got {name!r}")
+        if not isinstance(array, np.ndarray):
+            raise SnapshotError(
+                f"arrays[{name!r}] is {type(array).__name__}, expected numpy.ndarray"
+            )
+        problem = _dtype_problem(array.dtype)
+        if problem is not None:
+            raise SnapshotError(f"arrays[{name!r}]: {problem}")
+        offset = _align(offset)
+        directory.append(
+            {
+                "name": name,
+                "dtype": array.dtype.str,
+                "shape": list(array.shape),
+                "offset": offset,
+                "nbytes": array.nbytes,
+            }
+        )
+        checked.append(array)
+        offset += array.nbytes
+    return checked, directory, offset
+
+
+def _dtype_problem(dtype: np.dtype[Any]) -> str | None:
+    if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        return f"dtype {dtype} is not allowed (only bool, integers and floats)"
+    if dtype.itemsize > _MAX_ITEMSIZE:
+        return f"dtype {dtype} is not allowed (wider than 64 bits)"
+    return None
+
+
+def _check_meta(value: Any, where: str) -> None:
+    """Refuse what msgpack would not give back unchanged (tuples, non-str keys, numpy scalars)."""
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_meta(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SnapshotError(f"{where} has a non-str key {key!r}")
+            _check_meta(item, f"{where}[{key!r}]")
+        return
+    raise SnapshotError(
+        f"{where} is {type(value).__name__}; meta holds only None, bool, int, float, str, bytes,"
+        " lists and str-keyed dicts"
+    )
+
+
+def _pack_header(header: dict[str, Any]) -> bytes:
+    _check_meta(header["meta"], "meta")
+    try:
+        packed: bytes = msgpack.packb(header, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise SnapshotError(f"meta is not msgpack-serialisable: {err}") from err
+    if len(packed) > _MAX_HEADER_BYTES:
+        raise SnapshotError(f"snapshot header is {len(packed)} bytes, limit {_MAX_HEADER_BYTES}")
+    return packed
+
+
+def _write_body(
+    f: BinaryIO,
+    header: bytes,
+    arrays: list[npt.NDArray[Any]],
+    directory: list[dict[str, Any]],
+) -> int:
+    """Write magic, header, data and trailer to ``f``; return the number of bytes."""
+    digest = hashlib.sha256()
+    written = 0
+
+    def put(chunk: bytes | memoryview) -> None:
+        nonlocal written
+        f.write(chunk)
+        digest.update(chunk)
+        written += len(chunk)
+
+    put(MAGIC)
+    put(_HEADER_LEN.pack(len(header)))
+    put(header)
+    data_start = _align(written)
+    put(bytes(data_start - written))
+    for array, entry in zip(arrays, directory, strict=True):
+        put(bytes(data_start + entry["offset"] - written))
+        # A view for a C-contiguous array; a copy of this one array otherwise.
+        put(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+    trailer = digest.digest()
+    f.write(trailer)
+    return written + len(trailer)
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> LoadedSnapshot:
+    seq_match = _SNAPSHOT_RE.fullmatch(path.name)
+    seq = int(seq_match.group(1)) if seq_match is not None else -1
+    try:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            buf = bytearray(size)
+            view = memoryview(buf)
+            filled = 0
+            while filled < size:
+                n = f.readinto(view[filled:])
+                if not n:
+                    break
+                filled += n
+    except OSError as err:
+        raise SnapshotError(f"unreadable: {err}") from err
+    if filled != size:
+        raise SnapshotError(f"truncated while reading: {filled} of {size} bytes")
+    return _decode(buf, path, seq)
+
+
+def _decode(buf: bytearray, path: Path, seq: int) -> LoadedSnapshot:
+    size = len(buf)
+    if size < len(MAGIC):
+        raise SnapshotError(f"truncated: {size} bytes")
+    if buf[: len(_SIGNATURE)] != _SIGNATURE:
+        raise SnapshotError("not a snapshot (bad magic)")
+    version = int.from_bytes(buf[len(_SIGNATURE) : len(MAGIC)], "big")
+    if version != FORMAT_VERSION:
+        raise SnapshotError(f"unknown format version {version} (this build reads {FORMAT_VERSION})")
+    if size < _PREFIX_SIZE + _DIGEST_SIZE:
+        raise SnapshotError(f"truncated: {size} bytes")
+
+    body = memoryview(buf)[: size - _DIGEST_SIZE]
+    if hashlib.sha256(body).digest() != buf[size - _DIGEST_SIZE :]:
+        raise SnapshotError(_diagnose_mismatch(buf))
+
+    header, data_start = _unpack_header(buf)
+    data_nbytes = _field(header, "data_nbytes", int)
+    if data_nbytes < 0 or data_start + data_nbytes + _DIGEST_SIZE != size:
+        raise SnapshotError(f"size {size} does not match the header's data size {data_nbytes}")
+    created = float(_field(header, "created", (int, float)))
+    monotonic = float(_field(header, "monotonic", (int, float)))
+    meta = _field(header, "meta", dict)
+    entries = _field(header, "arrays", list)
+
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    for entry in entries:
+        name, array = _decode_array(buf, entry, data_start, data_nbytes)
+        if name in arrays:
+            raise SnapshotError(f"array {name!r} appears twice")
+        arrays[name] = array
+    return LoadedSnapshot(
+        path=path,
+        seq=seq,
+        created=created,
+        monotonic=monotonic,
+        meta=meta,
+        arrays=arrays,
+        nbytes=size,
+    )
+
+
+def _diagnose_mismatch(buf: bytearray) -> str:
+    """Why the checksum failed, as far as the (untrusted) header can tell: truncation or not."""
+    size = len(buf)
+    (header_len,) = _HEADER_LEN.unpack_from(buf, len(MAGIC))
+    needed = _PREFIX_SIZE + header_len + _DIGEST_SIZE
+    if needed > size:
+        return f"truncated or corrupt: {size} bytes, but the header length field needs {needed}"
+    try:
+        header, data_start = _unpack_header(buf)
+        data_nbytes: int = _field(header, "data_nbytes", int)
+    except SnapshotError:
+        return "sha256 mismatch (corrupt header)"
+    declared = data_start + data_nbytes + _DIGEST_SIZE
+    if declared != size:
+        return f"truncated or extended: {size} bytes, but the header says {declared}"
+    return "sha256 mismatch (corrupt)"
+
+
+def _unpack_header(buf: bytearray) -> tuple[dict[str, Any], int]:
+    (header_len,) = _HEADER_LEN.unpack_from(buf, len(MAGIC))
+    end = _PREFIX_SIZE + header_len
+    if header_len > _MAX_HEADER_BYTES or end > len(buf) - _DIGEST_SIZE:
+        raise SnapshotError(f"header length {header_len} out of range")
+    try:
+        header = msgpack.unpackb(bytes(buf[_PREFIX_SIZE:end]), raw=False)
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as err:
+        raise SnapshotError(f"header is not valid msgpack: {err}") from err
+    if not isinstance(header, dict):
+        raise SnapshotError("header is not a map")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise SnapshotError(
+            f"header format_version {header.get('format_version')!r} does not match the magic"
+        )
+    return header, _align(end)
+
+
+def _field(mapping: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = mapping.get(key)
+    # bool is an int subclass; no field of the format is a bool.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise SnapshotError(f"header field {key!r} is missing or of the wrong type")
+    return value
+
+
+def _decode_array(
+    buf: bytearray, entry: Any, data_start: int, data_nbytes: int
+) -> tuple[str, npt.NDArray[Any]]:
+    if not isinstance(entry, dict):
+        raise SnapshotError("array directory entry is not a map")
+    name = _field(entry, "name", str)
+    shape_list = _field(entry, "shape", list)
+    offset = _field(entry, "offset", int)
+    nbytes = _field(entry, "nbytes", int)
+    try:
+        dtype = np.dtype(_field(entry, "dtype", str))
+    except (TypeError, ValueError) as err:
+        raise SnapshotError(f"array {name!r}: bad dtype: {err}") from err
+    problem = _dtype_problem(dtype)
+    if problem is not None:
+        raise SnapshotError(f"array {name!r}: {problem}")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape_list):
+        raise SnapshotError(f"array {name!r}: bad shape {shape_list!r}")
+    count = math.prod(shape_list)
+    if nbytes != count * dtype.itemsize or offset < 0 or offset + nbytes > data_nbytes:
+        raise SnapshotError(f"array {name!r}: offset/size out of range")
+    flat = np.frombuffer(buf, dtype=dtype, count=count, offset=data_start + offset)
+    return name, flat.reshape(tuple(shape_list))
+
+
+# --- file system ---------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> bool:
+    """Unlink ``path``; ``True`` if it is gone. Failures are logged, never raised."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        logger.warning("could not remove %s: %s", path, err)
+        return False
+    return True

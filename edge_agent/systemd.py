@@ -1,0 +1,370 @@
+"""systemd integration without dependencies: sd_notify, a progress-based watchdog, the unit file.
+
+* :class:`SdNotifier` speaks the ``sd_notify(3)`` datagram protocol over ``$NOTIFY_SOCKET``
+  (a filesystem path, or the abstract namespace when it starts with ``@``). Every method is a
+  no-op returning ``False`` when the daemon is not run by systemd, and a failed send is logged
+  once and counted, never raised: systemd being slow must not take the tick loop down.
+* :class:`WatchdogGate` decides when ``WATCHDOG=1`` may be sent. It reports progress, not
+  liveness: the daemon records every completed tick and pings only while ticks keep finishing, so
+  a scheduler stuck in a backend call stops the pings and systemd restarts the service.
+* :func:`render_unit` produces ``systemd/edge-agent.service``; the shipped file is
+  ``render_unit()`` called with the ``DEFAULT_*`` values below (the Raspberry Pi 4 2 GB profile),
+  and ``edge-agent systemd-unit --profile NAME`` renders it for any other profile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Mapping
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_EXEC_START",
+    "DEFAULT_MEMORY_HIGH_MB",
+    "DEFAULT_MEMORY_MAX_MB",
+    "DEFAULT_USER",
+    "DEFAULT_WATCHDOG_SEC",
+    "SdNotifier",
+    "WatchdogGate",
+    "render_unit",
+]
+
+# A datagram to a systemd that is alive is delivered at once; the timeout only bounds how long a
+# wedged service manager can stall the caller (the tick loop) before the send counts as failed.
+_SEND_TIMEOUT_S = 1.0
+
+
+class SdNotifier:
+    """Send ``sd_notify`` state changes to the service manager.
+
+    ``env`` defaults to ``os.environ``; it is read once, at construction. One unbound
+    ``AF_UNIX``/``SOCK_DGRAM`` socket is opened on the first send and reused; each call sends one
+    datagram. Methods return ``True`` when the datagram was sent and ``False`` when
+    ``NOTIFY_SOCKET`` is unset or unusable or the send failed. Safe to call from several threads.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env: Mapping[str, str] = os.environ if env is None else env
+        self._address = _parse_notify_socket(self._env.get("NOTIFY_SOCKET"))
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.send_errors = 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a usable ``NOTIFY_SOCKET`` was given (the process runs under ``Type=notify``)."""
+        return self._address is not None
+
+    def notify(self, *assignments: str) -> bool:
+        """Send ``VAR=value`` assignments as one datagram, joined by newlines."""
+        if self._address is None:
+            return False
+        payload = "\n".join(assignments).encode("utf-8")
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._sock = socket.socket(
+                        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                    )
+                    self._sock.settimeout(_SEND_TIMEOUT_S)
+                self._sock.sendto(payload, self._address)
+            except OSError as err:
+                self.send_errors += 1
+                if self.send_errors == 1:
+                    logger.warning(
+                        "sd_notify to %r failed: %s (further failures are only counted)",
+                        self._env.get("NOTIFY_SOCKET"),
+                        err,
+                    )
+                else:
+                    logger.debug("sd_notify failed again (%d failures): %s", self.send_errors, err)
+                return False
+            self.sent += 1
+            return True
+
+    def ready(self, status: str | None = None) -> bool:
+        """``READY=1``, optionally with ``STATUS=``: start-up (or a reload) has finished."""
+        if status is None:
+            return self.notify("READY=1")
+        return self.notify("READY=1", _status_assignment(status))
+
+    def status(self, text: str) -> bool:
+        """``STATUS=text``: one line shown by ``systemctl status`` (newlines become spaces)."""
+        return self.notify(_status_assignment(text))
+
+    def watchdog(self) -> bool:
+        """``WATCHDOG=1``: keep-alive ping; send it only when :class:`WatchdogGate` says so."""
+        return self.notify("WATCHDOG=1")
+
+    def stopping(self, status: str | None = None) -> bool:
+        """``STOPPING=1``: shutdown has begun (the final snapshot is being written)."""
+        if status is None:
+            return self.notify("STOPPING=1")
+        return self.notify("STOPPING=1", _status_assignment(status))
+
+    def reloading(self) -> bool:
+        """``RELOADING=1`` with ``MONOTONIC_USEC`` (CLOCK_MONOTONIC in µs).
+
+        systemd >= 253 (``Type=notify-reload``) uses the timestamp to match the reload it asked
+        for; older versions ignore it. Send :meth:`ready` once the reload is done.
+        """
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
+
+    def extend_timeout(self, seconds: float) -> bool:
+        """``EXTEND_TIMEOUT_USEC``: ask for ``seconds`` more before the start/stop timeout fires."""
+        if not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds!r}")
+        return self.notify(f"EXTEND_TIMEOUT_USEC={round(seconds * 1_000_000)}")
+
+    def watchdog_interval(self) -> float | None:
+        """The watchdog timeout in seconds from ``WATCHDOG_USEC``, or ``None`` when disabled.
+
+        As ``sd_watchdog_enabled(3)``: when ``WATCHDOG_PID`` is set and is not this process's pid
+        the watchdog belongs to another process and ``None`` is returned. Ping at half of it.
+        """
+        raw_usec = self._env.get("WATCHDOG_USEC")
+        if raw_usec is None:
+            return None
+        raw_pid = self._env.get("WATCHDOG_PID")
+        if raw_pid is not None:
+            try:
+                pid = int(raw_pid)
+            except ValueError:
+                logger.warning(
+                    "ignoring the systemd watchdog: WATCHDOG_PID=%r is not a pid", raw_pid
+                )
+                return None
+            if pid != os.getpid():
+                return None
+        try:
+            usec = int(raw_usec)
+        except ValueError:
+            logger.warning(
+                "ignoring the systemd watchdog: WATCHDOG_USEC=%r is not a number", raw_usec
+            )
+            return None
+        if usec <= 0:
+            return None
+        return usec / 1_000_000
+
+    def stats(self) -> dict[str, int | bool]:
+        """JSON-able counters for status and telemetry."""
+        return {"enabled": self.enabled, "sent": self.sent, "send_errors": self.send_errors}
+
+    def close(self) -> None:
+        """Close the socket; a later call opens a new one."""
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+def _parse_notify_socket(value: str | None) -> str | None:
+    """``NOTIFY_SOCKET`` as an ``AF_UNIX`` address (``@name`` -> ``"\\0name"``) or ``None``."""
+    if not value:
+        return None
+    if value.startswith("@"):
+        return "\0" + value[1:]
+    if value.startswith("/"):
+        return value
+    logger.warning(
+        "ignoring NOTIFY_SOCKET=%r: only AF_UNIX paths and @abstract names are supported", value
+    )
+    return None
+
+
+def _status_assignment(text: str) -> str:
+    return "STATUS=" + text.replace("\r", " ").replace("\n", " ")
+
+
+class WatchdogGate:
+    """Decide when to send ``WATCHDOG=1`` from tick progress.
+
+    ``watchdog_interval_s`` is the watchdog timeout (:meth:`SdNotifier.watchdog_interval`);
+    ``tick_period_s`` the scheduler's tick period. :meth:`should_ping` is true only when
+
+    * the last completed tick ended within ``max(2 * tick_period_s, stale_floor_s)`` of ``now``,
+      so a stalled loop stops pinging and systemd's watchdog fires; and
+    * at least ``watchdog_interval_s / 2`` has passed since the last ping it allowed (systemd's
+      advice), so a fast loop does not flood the notify socket.
+
+    A ``True`` answer counts as a ping sent. ``now`` is ``time.monotonic()``; the gate reads no
+    clock itself. Keep ``2 * tick_period_s`` below ``watchdog_interval_s`` or stalls shorter than
+    that go unnoticed.
+    """
+
+    def __init__(
+        self, *, watchdog_interval_s: float, tick_period_s: float, stale_floor_s: float = 2.0
+    ) -> None:
+        if not watchdog_interval_s > 0:
+            raise ValueError(f"watchdog_interval_s must be > 0, got {watchdog_interval_s!r}")
+        if not tick_period_s > 0:
+            raise ValueError(f"tick_period_s must be > 0, got {tick_period_s!r}")
+        if not stale_floor_s >= 0:
+            raise ValueError(f"stale_floor_s must be >= 0, got {stale_floor_s!r}")
+        self.watchdog_interval_s = watchdog_interval_s
+        self.ping_every_s = watchdog_interval_s / 2
+        self.stale_after_s = max(2 * tick_period_s, stale_floor_s)
+        self.last_tick: float | None = None
+        self.last_ping: float | None = None
+        self.pings = 0
+        self.stale_refusals = 0
+
+    def record_tick(self, now: float) -> None:
+        """Note that a tick completed at ``now``."""
+        self.last_tick = now
+
+    def is_stalled(self, now: float) -> bool:
+        """Whether no tick has completed within the staleness window (or none ever did)."""
+        return self.last_tick is None or now - self.last_tick > self.stale_after_s
+
+    def should_ping(self, now: float) -> bool:
+        """Whether to send ``WATCHDOG=1`` now; a ``True`` answer is recorded as the ping."""
+        if self.is_stalled(now):
+            self.stale_refusals += 1
+            return False
+        if self.last_ping is not None and now - self.last_ping < self.ping_every_s:
+            return False
+        self.last_ping = now
+        self.pings += 1
+        return True
+
+
+# --- the unit file ---------------------------------------------------------------------------
+
+DEFAULT_EXEC_START = "/opt/edge-agent/venv/bin/edge-agentd --config /etc/edge-agent/config.toml"
+"""``ExecStart=`` of the shipped unit: the venv layout of ``docs/deployment.md``."""
+DEFAULT_MEMORY_HIGH_MB = 528
+"""``MemoryHigh=`` of the shipped unit: ``memory_high_mb`` of ``firmware_profiles/pi4-2gb.toml``."""
+DEFAULT_MEMORY_MAX_MB = 576
+"""``MemoryMax=`` of the shipped unit: ``memory_max_mb`` of ``firmware_profiles/pi4-2gb.toml``."""
+DEFAULT_WATCHDOG_SEC = 30
+"""``WatchdogSec=`` of the shipped unit: ``watchdog_interval_s`` of the pi4-2gb profile."""
+DEFAULT_USER = "edge-agent"
+"""``User=`` and ``Group=`` of the shipped unit."""
+
+_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,30}")
+
+_UNIT_TEMPLATE = """\
+# edge-agentd as a systemd service. Rendered by edge_agent.systemd.render_unit();
+# `edge-agent systemd-unit --profile NAME` renders it for another device profile.
+# Install and the reason for every line: docs/deployment.md.
+
+[Unit]
+Description=edge-agent daemon: int8 Active Inference agents
+After=network.target mosquitto.service
+# Give up after 5 failed starts in 5 minutes (`systemctl reset-failed edge-agent` to retry).
+StartLimitIntervalSec=300
+StartLimitBurst=5
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={exec_start}
+ExecReload=/bin/kill -HUP $MAINPID
+# Pinged only while ticks keep completing (edge_agent.systemd.WatchdogGate).
+WatchdogSec={watchdog_sec}
+Restart=on-failure
+RestartSec=5
+# Exit status 2 is a refused config or budget: restarting cannot fix it.
+RestartPreventExitStatus=2
+# Snapshot restore and backend warm-up come before READY=1 (EXTEND_TIMEOUT_USEC gets more).
+TimeoutStartSec=120
+# Time for STOPPING=1, the final snapshot (fsync on an SD card) and a clean exit.
+TimeoutStopSec=60
+
+User={user}
+Group={user}
+StateDirectory=edge-agent
+StateDirectoryMode=0700
+RuntimeDirectory=edge-agent
+ConfigurationDirectory=edge-agent
+UMask=0077
+# A watchdog kill (SIGABRT) prints every thread's Python stack to the journal first.
+Environment=PYTHONFAULTHANDLER=1 PYTHONDONTWRITEBYTECODE=1
+
+# Memory: throttle and reclaim above MemoryHigh, OOM-kill above MemoryMax; no swap on the SD card.
+MemoryHigh={memory_high_mb}M
+MemoryMax={memory_max_mb}M
+MemorySwapMax=0
+OOMScoreAdjust=200
+CPUWeight=90
+LimitNOFILE=4096
+
+# Sandbox.
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateMounts=yes
+ProtectProc=invisible
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RemoveIPC=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def render_unit(
+    *,
+    exec_start: str,
+    memory_high_mb: int,
+    memory_max_mb: int,
+    watchdog_sec: int,
+    user: str = DEFAULT_USER,
+) -> str:
+    """The text of ``edge-agent.service``.
+
+    ``memory_high_mb``/``memory_max_mb`` become ``MemoryHigh=``/``MemoryMax=`` (MiB) and must
+    satisfy ``0 < high < max`` (as a firmware profile does); ``watchdog_sec`` 0 disables the
+    watchdog. ``user`` is both ``User=`` and ``Group=``. Raises ``ValueError`` for values systemd
+    would reject or misread.
+    """
+    if not exec_start.strip() or any(ch in exec_start for ch in "\r\n\0"):
+        raise ValueError(f"exec_start must be one non-empty line, got {exec_start!r}")
+    if not exec_start.startswith("/"):
+        raise ValueError(f"exec_start must start with an absolute path, got {exec_start!r}")
+    if memory_high_mb <= 0:
+        raise ValueError(f"memory_high_mb must be > 0, got {memory_high_mb}")
+    if memory_max_mb <= memory_high_mb:
+        raise ValueError(
+            f"memory_max_mb ({memory_max_mb}) must be > memory_high_mb ({memory_high_mb})"
+        )
+    if watchdog_sec < 0:
+        raise ValueError(f"watchdog_sec must be >= 0, got {watchdog_sec}")
+    if _USER_RE.fullmatch(user) is None:
+        raise ValueError(f"user {user!r} is not a valid system user name")
+    return _UNIT_TEMPLATE.format(
+        exec_start=exec_start,
+        memory_high_mb=memory_high_mb,
+        memory_max_mb=memory_max_mb,
+        watchdog_sec=watchdog_sec,
+        user=user,
+    )
