@@ -1,0 +1,568 @@
+"""The daemon's TOML config: strict, frozen pydantic models and a loader that reports lines.
+
+A config has three tables: ``[daemon]`` (profile, state directory, tick rate, logging, trusted
+keys), one ``[[groups]]`` table per agent group (model, count, history, priority, precision, seed,
+observation source, action sink, Active Inference settings) and ``[mqtt]`` (the broker
+connection). ``docs/configuration.md`` documents every key; :func:`default_config` is the demo.
+
+Every problem in a file, TOML syntax errors included, raises one
+:class:`~edge_agent.errors.ConfigError` whose lines read ``path:line: field: problem``, e.g.
+``/etc/edge-agent/config.toml:14: groups[1].count: must be >= 1, got 0``.
+
+Paths may use ``~`` and ``${VAR}`` / ``${VAR:-default}`` environment references; relative paths
+in a file are resolved against the file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Collection, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from edge_agent.aif.settings import AifSettings
+from edge_agent.errors import ConfigError
+from edge_agent.profiles import (
+    AUTO,
+    DeviceFacts,
+    FirmwareProfile,
+    load_profiles,
+    read_device_facts,
+    select_profile,
+)
+from edge_agent.tomlpos import (
+    Problem,
+    StrictModel,
+    TomlDocument,
+    raise_problems,
+    validate_toml,
+)
+
+__all__ = [
+    "BuiltinModel",
+    "BundleModel",
+    "DaemonConfig",
+    "DaemonSection",
+    "GroupConfig",
+    "LogSink",
+    "MqttSection",
+    "MqttSink",
+    "MqttSource",
+    "MqttTls",
+    "SimSink",
+    "SimSource",
+    "StrictModel",
+    "check_config",
+    "default_config",
+    "default_config_text",
+    "expand_path",
+    "load_config",
+    "parse_config",
+    "profile_problems",
+]
+
+_NAME = r"^[a-z0-9_-]{1,32}$"
+_PROFILE_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DEFAULT_CONFIG = "default_config.toml"
+
+
+# ------------------------------------------------------------------------------------------ paths
+def expand_path(
+    text: str, base_dir: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """Expand ``${VAR}``, ``${VAR:-default}`` and a leading ``~``, then anchor at ``base_dir``.
+
+    ``${VAR:-default}`` takes the default when VAR is unset or empty, as in the shell; a bare
+    ``${VAR}`` that is unset raises ValueError. Relative results are joined to ``base_dir`` when
+    one is given.
+    """
+    env = os.environ if environ is None else environ
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match[1], match[2]
+        value = env.get(name, "")
+        if value:
+            return value
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set (write ${{{name}:-default}})")
+        return default
+
+    path = Path(_ENV_REF.sub(substitute, text)).expanduser()
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    return path
+
+
+def _as_path(value: object, info: ValidationInfo, *, optional: bool) -> Path | None:
+    """Before-validator body shared by every path field."""
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    if not value:
+        if optional:
+            return None
+        raise ValueError("must not be empty")
+    base = (info.context or {}).get("base_dir")
+    return expand_path(value, Path(base) if base is not None else None)
+
+
+# ----------------------------------------------------------------------------------- [daemon]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class DaemonSection(StrictModel):
+    """``[daemon]``: what the daemon runs as, where it keeps state, how fast it ticks."""
+
+    profile: str = Field(
+        AUTO,
+        pattern=rf"^auto$|{_PROFILE_NAME}",
+        description="Firmware profile name, or 'auto' to detect it from the device.",
+    )
+    state_dir: Path = Field(
+        Path("/var/lib/edge-agent"),
+        description="Directory for snapshots, the outbox and sequence numbers.",
+    )
+    tick_hz: float | None = Field(
+        None, gt=0, le=1000, description="Tick rate (Hz); default: the profile's tick_hz."
+    )
+    status_file: Path | None = Field(
+        None, description="Status JSON for 'edge-agent status'; default {state_dir}/status.json."
+    )
+    log_level: LogLevel = Field("info", description="Log level of the daemon (stderr/journald).")
+    trusted_keys_dir: Path | None = Field(
+        None,
+        description="Directory of *.pub ed25519 keys trusted for bundles and hub commands; "
+        "empty: no signed content is accepted.",
+    )
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _required_path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _as_path(value, info, optional=False)
+
+    @field_validator("status_file", "trusted_keys_dir", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _as_path(value, info, optional=True)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str, info: ValidationInfo) -> str:
+        known: Collection[str] | None = (info.context or {}).get("profile_names")
+        if known is not None and name != AUTO and name not in known:
+            raise ValueError(
+                f"unknown firmware profile {name!r}; known: auto, {', '.join(sorted(known))}"
+            )
+        return name
+
+    @property
+    def status_path(self) -> Path:
+        """Where the status file goes: ``status_file`` or ``{state_dir}/status.json``."""
+        return self.status_file if self.status_file is not None else self.state_dir / "status.json"
+
+    def tick_hz_for(self, profile: FirmwareProfile) -> float:
+        """The tick rate in force: ``tick_hz`` if set, else the profile's."""
+        return self.tick_hz if self.tick_hz is not None else profile.tick_hz
+
+
+# ------------------------------------------------------------------------------------ [[groups]]
+class BuiltinModel(StrictModel):
+    """A generative model that ships with edge-agent (``grid10``, ``tmaze``)."""
+
+    type: Literal["builtin"] = Field(description="Selects this kind of model.")
+    name: str = Field(pattern=_NAME, description="Name of the built-in model.")
+
+
+class BundleModel(StrictModel):
+    """A signed model bundle (directory or .tar) made by ``edge-agent-host``."""
+
+    type: Literal["bundle"] = Field(description="Selects this kind of model.")
+    path: Path = Field(description="Bundle directory or .tar; relative to the config file.")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _as_path(value, info, optional=False)
+
+
+ModelSpec = Annotated[BuiltinModel | BundleModel, Field(discriminator="type")]
+
+
+def _check_topic(topic: str, *, wildcards: bool) -> str:
+    if "\0" in topic:
+        raise ValueError("must not contain NUL")
+    levels = topic.split("/")
+    for index, level in enumerate(levels):
+        if not wildcards and ("+" in level or "#" in level):
+            raise ValueError(f"a publish topic cannot contain wildcards, got {topic!r}")
+        if "+" in level and level != "+":
+            raise ValueError(f"'+' must be a whole topic level, got {topic!r}")
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            raise ValueError(f"'#' must be the whole last topic level, got {topic!r}")
+    return topic
+
+
+class SimSource(StrictModel):
+    """Observations from the model's own simulated environment, stepped with the agents."""
+
+    type: Literal["sim"] = Field(description="Selects this kind of source.")
+
+
+class MqttSource(StrictModel):
+    """Observations from MQTT messages on a topic filter (wildcards allowed)."""
+
+    type: Literal["mqtt"] = Field(description="Selects this kind of source.")
+    topic: str = Field(
+        min_length=1, max_length=256, description="MQTT topic filter, e.g. 'sensors/grid/+'."
+    )
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, topic: str) -> str:
+        return _check_topic(topic, wildcards=True)
+
+
+SourceSpec = Annotated[SimSource | MqttSource, Field(discriminator="type")]
+
+
+class SimSink(StrictModel):
+    """Actions go back to the simulated environment."""
+
+    type: Literal["sim"] = Field(description="Selects this kind of sink.")
+
+
+class MqttSink(StrictModel):
+    """Actions are published on an MQTT topic (through the durable outbox)."""
+
+    type: Literal["mqtt"] = Field(description="Selects this kind of sink.")
+    topic: str = Field(
+        min_length=1, max_length=256, description="MQTT topic, no wildcards: 'actuators/grid'."
+    )
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, topic: str) -> str:
+        return _check_topic(topic, wildcards=False)
+
+
+class LogSink(StrictModel):
+    """Actions are written to the daemon's log and go nowhere else."""
+
+    type: Literal["log"] = Field(description="Selects this kind of sink.")
+
+
+SinkSpec = Annotated[SimSink | MqttSink | LogSink, Field(discriminator="type")]
+
+
+class GroupConfig(StrictModel):
+    """``[[groups]]``: agents that share one model and are stepped as one batch."""
+
+    name: str = Field(pattern=_NAME, description="Unique group name, [a-z0-9_-]{1,32}.")
+    model: ModelSpec = Field(description="The model every agent of the group runs.")
+    count: int = Field(ge=1, le=1_000_000, description="Number of agents in the group.")
+    history_capacity: int | None = Field(
+        None, ge=1, le=65536, description="Steps kept per agent; default: the profile's."
+    )
+    priority: int = Field(
+        5, ge=0, le=9, description="0-9, higher is more important; low ones pause first."
+    )
+    precision: Literal["int8", "float64"] = Field(
+        "int8", description="int8 tables and beliefs, or the float64 reference path."
+    )
+    seed: int = Field(
+        0, ge=0, le=2**63 - 1, description="Seed of the group's random generator (sim, sampling)."
+    )
+    source: SourceSpec = Field(description="Where observations come from.")
+    sink: SinkSpec = Field(description="Where actions go.")
+    settings: AifSettings = Field(
+        default_factory=AifSettings,
+        description="Active Inference settings (pymdp Agent defaults).",
+    )
+
+    def history_capacity_for(self, profile: FirmwareProfile) -> int:
+        """The history capacity in force: the group's, else the profile's."""
+        if self.history_capacity is not None:
+            return self.history_capacity
+        return profile.history_capacity
+
+
+# -------------------------------------------------------------------------------------- [mqtt]
+class MqttTls(StrictModel):
+    """``[mqtt.tls]``: TLS to the broker; without ``ca_file`` the system's CAs are used."""
+
+    enabled: bool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(None, description="CA bundle (PEM); empty: the system's CAs.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+
+    @field_validator("ca_file", "cert_file", "key_file", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _as_path(value, info, optional=True)
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> MqttTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            other = "cert_file" if missing == "key_file" else "key_file"
+            raise_problems("MqttTls", [((missing,), f"required when {other} is set")])
+        return self
+
+
+class MqttSection(StrictModel):
+    """``[mqtt]``: the broker connection used by the fleet protocol, MQTT sources and sinks."""
+
+    enabled: bool = Field(False, description="Connect to the broker at all.")
+    host: str = Field("127.0.0.1", min_length=1, max_length=253, description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
+    fleet: str = Field(
+        "default", pattern=_NAME, description="Fleet name: topics live under ea/v1/{fleet}/."
+    )
+    node_id: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_-]{0,64}$",
+        description="This node's id in topics; empty: the host name.",
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive (s).")
+    username: str = Field("", max_length=128, description="Broker user name; empty: anonymous.")
+    password_file: Path | None = Field(
+        None, description="File whose first line is the broker password."
+    )
+    tls: MqttTls = Field(default_factory=MqttTls, description="TLS settings.")
+    outbox_max_bytes: int = Field(
+        8_000_000,
+        ge=65_536,
+        le=4 * 1024**3,
+        description="Bound (bytes) of the durable store-and-forward outbox on disk.",
+    )
+
+    @field_validator("password_file", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _as_path(value, info, optional=True)
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> MqttSection:
+        if self.password_file is not None and not self.username:
+            raise_problems("MqttSection", [(("password_file",), "requires username to be set")])
+        return self
+
+    def effective_node_id(self) -> str:
+        """``node_id``, or the host name reduced to the characters a topic level may use."""
+        if self.node_id:
+            return self.node_id
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:64]
+        return host or "node"
+
+
+# ---------------------------------------------------------------------------------- the config
+class DaemonConfig(StrictModel):
+    """A whole daemon config file."""
+
+    daemon: DaemonSection = Field(default_factory=DaemonSection, description="[daemon]")
+    groups: tuple[GroupConfig, ...] = Field(
+        min_length=1, max_length=64, description="[[groups]], one table per agent group."
+    )
+    mqtt: MqttSection = Field(default_factory=MqttSection, description="[mqtt]")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DaemonConfig:
+        problems: list[Problem] = []
+        first: dict[str, int] = {}
+        for index, group in enumerate(self.groups):
+            if group.name in first:
+                problems.append(
+                    (
+                        ("groups", index, "name"),
+                        f"duplicate group name {group.name!r} "
+                        f"(first used in groups[{first[group.name]}])",
+                    )
+                )
+            else:
+                first[group.name] = index
+            if not self.mqtt.enabled:
+                for part in ("source", "sink"):
+                    if getattr(group, part).type == "mqtt":
+                        problems.append(
+                            (("groups", index, part), f"an mqtt {part} needs [mqtt] enabled = true")
+                        )
+        raise_problems("DaemonConfig", problems)
+        return self
+
+    @property
+    def total_agents(self) -> int:
+        return sum(g.count for g in self.groups)
+
+    def group(self, name: str) -> GroupConfig:
+        """The group called ``name`` (KeyError if there is none)."""
+        for group in self.groups:
+            if group.name == name:
+                return group
+        raise KeyError(name)
+
+
+def profile_problems(config: DaemonConfig, profile: FirmwareProfile) -> list[Problem]:
+    """What in ``config`` does not suit ``profile`` (memory is checked by the budget, not here)."""
+    problems: list[Problem] = []
+    running = 0
+    for index, group in enumerate(config.groups):
+        running += group.count
+        if running > profile.max_agents:
+            problems.append(
+                (
+                    ("groups", index, "count"),
+                    f"brings the total to {running} agents, over max_agents {profile.max_agents} "
+                    f"of profile {profile.name!r}",
+                )
+            )
+            break
+    tick_hz = config.daemon.tick_hz_for(profile)
+    slowest = 1 / (tick_hz * profile.thermal.throttled_tick_factor)
+    if slowest * 2 > profile.watchdog_interval_s:
+        problems.append(
+            (
+                ("daemon", "tick_hz"),
+                f"{tick_hz:g} Hz is too slow for the {profile.watchdog_interval_s:g} s watchdog of "
+                f"profile {profile.name!r} (a throttled tick takes {slowest:g} s)",
+            )
+        )
+    return problems
+
+
+# -------------------------------------------------------------------------------------- loading
+def parse_config(
+    text: str,
+    path: str = "<string>",
+    *,
+    base_dir: str | Path | None = None,
+    profiles: Mapping[str, FirmwareProfile] | None = None,
+) -> DaemonConfig:
+    """Validate config ``text``; ``path`` names it in errors.
+
+    Relative paths in the text are resolved against ``base_dir`` (left relative when None). With
+    ``profiles``, ``[daemon] profile`` must be ``"auto"`` or one of their names. Raises
+    ConfigError with one ``path:line: field: problem`` line per problem.
+    """
+    document = TomlDocument.parse(text, path)
+    return _validate(document, base_dir, profiles)
+
+
+def load_config(
+    path: str | Path, *, profiles: Mapping[str, FirmwareProfile] | None = None
+) -> DaemonConfig:
+    """Read and validate a config file; relative paths in it are relative to its directory."""
+    document = TomlDocument.read(path)
+    return _validate(document, Path(path).absolute().parent, profiles)
+
+
+def _validate(
+    document: TomlDocument,
+    base_dir: str | Path | None,
+    profiles: Mapping[str, FirmwareProfile] | None,
+) -> DaemonConfig:
+    context: dict[str, Any] = {"base_dir": base_dir}
+    if profiles is not None:
+        context["profile_names"] = frozenset(profiles)
+    return validate_toml(DaemonConfig, document, context=context)
+
+
+def default_config_text() -> str:
+    """The embedded demo config (``edge_agent/data/default_config.toml``) as text."""
+    return resources.files("edge_agent").joinpath("data", _DEFAULT_CONFIG).read_text("utf-8")
+
+
+def default_config() -> DaemonConfig:
+    """The demo config: profile x86-dev, 1,000 grid10 and 1,000 tmaze int8 agents, simulated.
+
+    Its state directory is ``${XDG_STATE_HOME:-~/.local/state}/edge-agent``.
+    """
+    return parse_config(default_config_text(), f"<embedded {_DEFAULT_CONFIG}>")
+
+
+def check_config(
+    path: str | Path,
+    *,
+    profiles: Mapping[str, FirmwareProfile] | None = None,
+    facts: DeviceFacts | None = None,
+) -> tuple[bool, str]:
+    """Validate a config file for ``edge-agent check-config``: ``(ok, report)``.
+
+    Checks the schema, the profile name (``"auto"`` is detected with ``facts``, default: this
+    machine) and what :func:`profile_problems` checks. On failure the report is one
+    ``path:line: field: problem`` line per problem; on success it summarises the config.
+    The memory budget is not checked here.
+    """
+    try:
+        known = profiles if profiles is not None else load_profiles()
+        document = TomlDocument.read(path)
+        config = _validate(document, Path(path).absolute().parent, known)
+    except ConfigError as err:
+        return False, str(err)
+    device = facts
+    if config.daemon.profile == AUTO and device is None:
+        device = read_device_facts()
+    try:
+        profile = select_profile(config.daemon.profile, known, device)
+    except ConfigError as err:
+        return False, str(document.error([(("daemon", "profile"), str(err))]))
+    problems = profile_problems(config, profile)
+    if problems:
+        return False, str(document.error(problems))
+    return True, _summary(document.path, config, profile, device)
+
+
+def _summary(
+    path: str, config: DaemonConfig, profile: FirmwareProfile, facts: DeviceFacts | None
+) -> str:
+    daemon = config.daemon
+    detected = (
+        f", auto-detected from {facts.describe()}" if daemon.profile == AUTO and facts else ""
+    )
+    tick = daemon.tick_hz_for(profile)
+    tick_note = "" if daemon.tick_hz is not None else " (profile default)"
+    lines = [
+        f"{path}: OK",
+        f"  profile: {profile.name}{detected}",
+        f"  memory: budget {profile.memory_budget_mb} MiB + base {profile.base_mb} MiB, "
+        f"soft limit {profile.soft_limit_mb} MiB",
+        f"  tick: {tick:g} Hz{tick_note}",
+        f"  state_dir: {daemon.state_dir}",
+        f"  status_file: {daemon.status_path}",
+        f"  groups: {len(config.groups)}, {config.total_agents} agents "
+        f"(profile allows {profile.max_agents})",
+    ]
+    width = max(len(g.name) for g in config.groups)
+    for group in config.groups:
+        model = group.model
+        what = (
+            f"builtin {model.name}" if isinstance(model, BuiltinModel) else f"bundle {model.path}"
+        )
+        lines.append(
+            f"    {group.name:<{width}}  {group.count} x {what}, {group.precision}, history "
+            f"{group.history_capacity_for(profile)}, priority {group.priority}, "
+            f"source {_endpoint(group.source)}, sink {_endpoint(group.sink)}"
+        )
+    mqtt = config.mqtt
+    if mqtt.enabled:
+        tls = " (TLS)" if mqtt.tls.enabled else ""
+        lines.append(
+            f"  mqtt: {mqtt.host}:{mqtt.port}{tls}, fleet {mqtt.fleet!r}, "
+            f"node {mqtt.effective_node_id()!r}"
+        )
+    else:
+        lines.append("  mqtt: disabled")
+    return "\n".join(lines)
+
+
+def _endpoint(spec: SimSource | MqttSource | SimSink | MqttSink | LogSink) -> str:
+    if isinstance(spec, MqttSource | MqttSink):
+        return f"mqtt {spec.topic!r}"
+    return spec.type

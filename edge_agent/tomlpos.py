@@ -1,0 +1,693 @@
+"""TOML with line numbers: the one strict config base and its loader.
+
+:mod:`tomllib` parses TOML but forgets where each value came from. :class:`TomlPositions` scans the
+same text once more and records the line of every key, table header, array-of-tables entry and
+array element under its *location*: the tuple of keys and indices that pydantic reports in a
+validation error, e.g. ``("groups", 1, "count")`` for ``count`` in the second ``[[groups]]`` table.
+
+:func:`validate_toml` ties the two together: it validates a parsed :class:`TomlDocument` against a
+:class:`StrictModel` and turns every problem into one ``path:line: field: problem`` line of a
+:class:`~edge_agent.errors.ConfigError`. TOML syntax errors get the same shape. A problem without a
+line of its own (a missing key) points at the header of the table that lacks it; a problem about
+the whole document points at line 1.
+
+Cross-field checks inside a model validator report precise locations with :func:`raise_problems`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+
+from edge_agent.errors import ConfigError
+
+__all__ = [
+    "Loc",
+    "Problem",
+    "StrictModel",
+    "TomlDocument",
+    "TomlPositions",
+    "format_loc",
+    "normalize_loc",
+    "raise_problems",
+    "validate_toml",
+]
+
+#: A location inside a document: keys and array indices, outermost first.
+Loc = tuple[str | int, ...]
+#: One problem found after parsing: where, and what is wrong there.
+Problem = tuple[Loc, str]
+
+M = TypeVar("M", bound=BaseModel)
+
+_BARE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
+_SCALAR_END = frozenset(",]}#\r\n")
+_CHECK_ERROR_TYPE = "edge_agent_check"
+
+
+class StrictModel(BaseModel):
+    """Base of every config and profile model: unknown keys are errors, instances are frozen.
+
+    Documents are validated in pydantic's strict mode (see :func:`validate_toml`), so ``"10"`` is
+    not an integer and ``true`` is not ``1``; models built in Python code use the usual lax mode.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------------------------ positions
+class _ScanError(Exception):
+    """The scanner met text it does not understand (only possible for text tomllib rejects)."""
+
+
+class _Scanner:
+    """Walks a TOML document that tomllib accepted and notes the line of every location."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.line = 1
+        self.explicit: dict[Loc, int] = {}
+        self.implicit: dict[Loc, int] = {}
+        self.array_tables: dict[Loc, int] = {}  # array-of-tables location -> last index
+
+    # -- characters
+    def peek(self, n: int = 1) -> str:
+        return self.text[self.pos : self.pos + n]
+
+    def advance(self, n: int = 1) -> None:
+        self.line += self.text.count("\n", self.pos, self.pos + n)
+        self.pos += n
+
+    def expect(self, token: str) -> None:
+        if self.peek(len(token)) != token:
+            raise _ScanError(f"expected {token!r} at line {self.line}")
+        self.advance(len(token))
+
+    def skip_blank(self) -> None:
+        while self.peek() in (" ", "\t") and self.pos < len(self.text):
+            self.pos += 1
+
+    def skip_comment(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] not in "\r\n":
+            self.pos += 1
+
+    def skip_space(self) -> None:
+        """Blanks, newlines and comments, as allowed between array elements."""
+        while self.pos < len(self.text):
+            char = self.text[self.pos]
+            if char in " \t\r\n":
+                self.advance()
+            elif char == "#":
+                self.skip_comment()
+            else:
+                return
+
+    # -- bookkeeping
+    def mark(self, loc: Loc, line: int, *, explicit: bool) -> None:
+        (self.explicit if explicit else self.implicit).setdefault(loc, line)
+
+    def resolve(self, keys: Sequence[str]) -> Loc:
+        """Concrete location of a header path: an array of tables means its last entry."""
+        out: list[str | int] = []
+        for key in keys:
+            out.append(key)
+            last = self.array_tables.get(tuple(out))
+            if last is not None:
+                out.append(last)
+        return tuple(out)
+
+    # -- document
+    def run(self) -> None:
+        table: Loc = ()
+        while self.pos < len(self.text):
+            self.skip_blank()
+            char = self.peek()
+            if char in ("\r", "\n"):
+                self.advance()
+            elif char == "#":
+                self.skip_comment()
+            elif char == "":
+                return
+            elif self.peek(2) == "[[":
+                table = self.array_table_header()
+            elif char == "[":
+                table = self.table_header()
+            else:
+                self.key_value(table)
+
+    def table_header(self) -> Loc:
+        line = self.line
+        self.expect("[")
+        self.skip_blank()
+        keys = self.key()
+        self.skip_blank()
+        self.expect("]")
+        for n in range(1, len(keys)):
+            self.mark(self.resolve(keys[:n]), line, explicit=False)
+        loc = self.resolve(keys)
+        self.mark(loc, line, explicit=True)
+        return loc
+
+    def array_table_header(self) -> Loc:
+        line = self.line
+        self.expect("[[")
+        self.skip_blank()
+        keys = self.key()
+        self.skip_blank()
+        self.expect("]]")
+        for n in range(1, len(keys)):
+            self.mark(self.resolve(keys[:n]), line, explicit=False)
+        array = (*self.resolve(keys[:-1]), keys[-1])
+        index = self.array_tables.get(array, -1) + 1
+        self.array_tables[array] = index
+        self.mark(array, line, explicit=True)
+        self.mark((*array, index), line, explicit=True)
+        return (*array, index)
+
+    def key_value(self, table: Loc) -> None:
+        line = self.line
+        keys = self.key()
+        for n in range(1, len(keys)):
+            self.mark((*table, *keys[:n]), line, explicit=False)
+        loc = (*table, *keys)
+        self.mark(loc, line, explicit=True)
+        self.skip_blank()
+        self.expect("=")
+        self.skip_blank()
+        self.value(loc)
+
+    # -- keys
+    def key(self) -> list[str]:
+        parts: list[str] = []
+        while True:
+            self.skip_blank()
+            char = self.peek()
+            if char == '"':
+                parts.append(self.basic_string())
+            elif char == "'":
+                parts.append(self.literal_string())
+            else:
+                start = self.pos
+                while self.pos < len(self.text) and self.text[self.pos] in _BARE_KEY_CHARS:
+                    self.pos += 1
+                if self.pos == start:
+                    raise _ScanError(f"expected a key at line {self.line}")
+                parts.append(self.text[start : self.pos])
+            self.skip_blank()
+            if self.peek() != ".":
+                return parts
+            self.advance()
+
+    def basic_string(self) -> str:
+        self.expect('"')
+        out: list[str] = []
+        while True:
+            char = self.peek()
+            if char in ("", "\n"):
+                raise _ScanError(f"unterminated string at line {self.line}")
+            if char == '"':
+                self.advance()
+                return "".join(out)
+            if char == "\\":
+                code = self.peek(2)[1:]
+                if code in _ESCAPES:
+                    out.append(_ESCAPES[code])
+                    self.advance(2)
+                elif code in ("u", "U"):
+                    width = 4 if code == "u" else 8
+                    digits = self.text[self.pos + 2 : self.pos + 2 + width]
+                    out.append(chr(int(digits, 16)))
+                    self.advance(2 + width)
+                else:
+                    raise _ScanError(f"bad escape at line {self.line}")
+            else:
+                out.append(char)
+                self.advance()
+
+    def literal_string(self) -> str:
+        self.expect("'")
+        end = self.text.find("'", self.pos)
+        if end < 0:
+            raise _ScanError(f"unterminated string at line {self.line}")
+        value = self.text[self.pos : end]
+        self.advance(end + 1 - self.pos)
+        return value
+
+    # -- values
+    def value(self, loc: Loc) -> None:
+        char = self.peek()
+        if char == "{":
+            self.inline_table(loc)
+        elif char == "[":
+            self.array(loc)
+        elif self.peek(3) in ('"""', "'''"):
+            self.multiline_string(self.peek(3))
+        elif char == '"':
+            self.basic_string()
+        elif char == "'":
+            self.literal_string()
+        else:
+            start = self.pos
+            while self.pos < len(self.text) and self.text[self.pos] not in _SCALAR_END:
+                self.pos += 1
+            if self.pos == start:
+                raise _ScanError(f"expected a value at line {self.line}")
+
+    def multiline_string(self, quotes: str) -> None:
+        self.advance(3)
+        while self.pos < len(self.text):
+            char = self.text[self.pos]
+            if char == quotes[0]:
+                run = 0
+                while self.peek(run + 1)[-1:] == char and self.pos + run < len(self.text):
+                    run += 1
+                self.advance(run)
+                if run >= 3:
+                    return
+            elif char == "\\" and quotes == '"""':
+                self.advance(2)
+            else:
+                self.advance()
+        raise _ScanError("unterminated multi-line string")
+
+    def inline_table(self, loc: Loc) -> None:
+        self.expect("{")
+        while True:
+            self.skip_space()
+            if self.peek() == "}":
+                self.advance()
+                return
+            self.key_value(loc)
+            self.skip_space()
+            if self.peek() == ",":
+                self.advance()
+            elif self.peek() == "}":
+                self.advance()
+                return
+            else:
+                raise _ScanError(f"expected ',' or '}}' at line {self.line}")
+
+    def array(self, loc: Loc) -> None:
+        self.expect("[")
+        index = 0
+        while True:
+            self.skip_space()
+            if self.peek() == "]":
+                self.advance()
+                return
+            self.mark((*loc, index), self.line, explicit=True)
+            self.value((*loc, index))
+            self.skip_space()
+            if self.peek() == ",":
+                self.advance()
+                index += 1
+            elif self.peek() == "]":
+                self.advance()
+                return
+            else:
+                raise _ScanError(f"expected ',' or ']' at line {self.line}")
+
+
+class TomlPositions:
+    """The line (1-based) of every location in a TOML document.
+
+    A key's location is its full dotted path from the root, with the index of each
+    array-of-tables entry and array element: in ::
+
+        [[groups]]
+        name = "a"
+        [[groups]]
+        name = "b"
+        model = { type = "bundle", path = "b.tar" }
+
+    ``("groups", 1, "model", "path")`` is on line 5 and ``("groups", 1)`` on line 3. Tables that
+    exist only as a prefix (``a`` in ``[a.b]`` or ``a.b = 1``) get the line where they first appear
+    unless they are also defined explicitly. Text that tomllib rejects is scanned as far as it can
+    be; locations past the first unreadable spot are unknown.
+    """
+
+    def __init__(self, text: str) -> None:
+        scanner = _Scanner(text)
+        # Only invalid TOML stops the scan early: keep what was found before the bad spot.
+        with contextlib.suppress(_ScanError, ValueError, IndexError):
+            scanner.run()
+        self._lines: dict[Loc, int] = {**scanner.implicit, **scanner.explicit}
+        self._last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
+
+    def exact(self, loc: Sequence[str | int]) -> int | None:
+        """The line of exactly this location, or None if the document does not contain it."""
+        return self._lines.get(tuple(loc))
+
+    def line_of(self, loc: Sequence[str | int]) -> int:
+        """The line of ``loc`` or, if absent, of its nearest enclosing table; 1 for the root."""
+        key = tuple(loc)
+        for n in range(len(key), 0, -1):
+            line = self._lines.get(key[:n])
+            if line is not None:
+                return line
+        return 1
+
+    @property
+    def last_line(self) -> int:
+        """The number of the document's last line (at least 1)."""
+        return max(self._last_line, 1)
+
+    def locations(self) -> dict[Loc, int]:
+        """A copy of every location found and its line."""
+        return dict(self._lines)
+
+
+# ------------------------------------------------------------------------------------ locations
+def normalize_loc(data: object, loc: Sequence[str | int]) -> Loc:
+    """Turn a pydantic error location into a location in the document ``data``.
+
+    pydantic inserts the tag of a discriminated union (``("model", "bundle", "path")``) and the
+    names of validator functions; they are not keys of the document and are dropped. A key that
+    the document lacks is kept (it is what a "missing" error is about).
+    """
+    out: list[str | int] = []
+    node: object = data
+    for part in loc:
+        if isinstance(part, int):
+            out.append(part)
+            in_range = isinstance(node, list | tuple) and 0 <= part < len(node)
+            node = node[part] if in_range else None  # type: ignore[index]
+            continue
+        if isinstance(node, Mapping):
+            if part in node:
+                out.append(part)
+                node = node[part]
+                continue
+            if node.get("type") == part:
+                continue  # the tag of a union keyed on `type`
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", part):
+            continue  # a validator's name, e.g. "function-after[...]"
+        out.append(part)
+        node = None
+    return tuple(out)
+
+
+def format_loc(loc: Sequence[str | int]) -> str:
+    """``("groups", 1, "model", "path")`` -> ``groups[1].model.path``; ``()`` -> ``<document>``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            key = part if part and set(part) <= _BARE_KEY_CHARS else '"' + part + '"'
+            text += f".{key}" if text else key
+    return text or "<document>"
+
+
+def raise_problems(title: str, problems: Sequence[Problem]) -> None:
+    """From a model validator: report each problem at its own location (relative to the model).
+
+    Raises pydantic's ValidationError, which pydantic merges into the surrounding validation, so
+    that :func:`validate_toml` can give each problem the line of the key it is about. Does nothing
+    when ``problems`` is empty.
+    """
+    if not problems:
+        return
+    raise ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError(_CHECK_ERROR_TYPE, "{problem}", {"problem": message}),
+                loc=loc,
+                input=None,
+            )
+            for loc, message in problems
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------ documents
+_SYNTAX_AT = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+_SYNTAX_END = re.compile(r"^(?P<msg>.*?)\s*\(at end of document\)$")
+
+
+@dataclass(frozen=True)
+class TomlDocument:
+    """A TOML text that parsed, with where it came from and the line of every key."""
+
+    path: str
+    text: str
+    data: dict[str, Any]
+    positions: TomlPositions
+
+    @classmethod
+    def parse(cls, text: str, path: str = "<string>") -> TomlDocument:
+        """Parse ``text``; a syntax error raises ConfigError ``path:line: syntax: problem``."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise _syntax_error(str(err), text, path) from err
+        return cls(path=path, text=text, data=data, positions=TomlPositions(text))
+
+    @classmethod
+    def read(cls, path: str | Path) -> TomlDocument:
+        """Read and parse a UTF-8 file; unreadable files raise ConfigError too."""
+        name = str(path)
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as err:
+            problem = f"{name}:1: <file>: cannot read: {err.strerror or err}"
+            raise ConfigError(problem, path=name, problems=[problem]) from err
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw[: err.start].count(b"\n") + 1
+            problem = f"{name}:{line}: syntax: not UTF-8 text (byte {err.start})"
+            raise ConfigError(problem, path=name, problems=[problem]) from err
+        return cls.parse(text, name)
+
+    def line_of(self, loc: Sequence[str | int]) -> int:
+        """The line of a (normalized) location, or of its nearest enclosing table."""
+        return self.positions.line_of(loc)
+
+    def problem(self, loc: Sequence[str | int], message: str) -> str:
+        """One report line: ``path:line: field: problem``."""
+        return f"{self.path}:{self.line_of(loc)}: {format_loc(loc)}: {message}"
+
+    def error(self, problems: Sequence[Problem]) -> ConfigError:
+        """A ConfigError with one line per problem, sorted by line."""
+        ordered = sorted(problems, key=lambda p: self.line_of(p[0]))
+        lines = [self.problem(loc, message) for loc, message in ordered]
+        return ConfigError("\n".join(lines), path=self.path, problems=lines)
+
+
+def _syntax_error(message: str, text: str, path: str) -> ConfigError:
+    match = _SYNTAX_AT.match(message)
+    if match is not None:
+        line = int(match["line"])
+        detail = f"{match['msg']} (column {match['col']})"
+    else:
+        end = _SYNTAX_END.match(message)
+        line = max(text.count("\n") + (0 if text.endswith("\n") else 1), 1)
+        detail = f"{end['msg']} (at end of document)" if end is not None else message
+    problem = f"{path}:{line}: syntax: {detail}"
+    return ConfigError(problem, path=path, problems=[problem])
+
+
+# ------------------------------------------------------------------------------------ validation
+def validate_toml(
+    model: type[M], document: TomlDocument, *, context: Mapping[str, Any] | None = None
+) -> M:
+    """Validate ``document`` as ``model`` in strict mode; every problem gets its file line.
+
+    ``context`` is passed to the model's validators (e.g. the directory that relative paths are
+    resolved against). Raises ConfigError with one ``path:line: field: problem`` line per problem.
+    """
+    try:
+        return model.model_validate(
+            _tuplify(document.data), strict=True, context=dict(context or {})
+        )
+    except ValidationError as err:
+        errors = _without_echoes(err.errors())
+        problems = [_describe_error(model, document.data, e) for e in errors]
+        raise document.error(problems) from err
+
+
+def _without_echoes(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """Drop "too short" errors of arrays that are short only because their items failed."""
+    failed_inside = {tuple(e["loc"][:n]) for e in errors for n in range(len(e["loc"]))}
+    return [
+        e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in failed_inside)
+    ]
+
+
+def _tuplify(value: object) -> object:
+    """Arrays become tuples: strict mode validates ``tuple[...]`` fields only from tuples."""
+    if isinstance(value, dict):
+        return {k: _tuplify(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+_TOML_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "float"),
+    (str, "string"),
+    (dict, "table"),
+    (list, "array"),
+    (tuple, "array"),
+)
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "dict_type": "a table",
+    "tuple_type": "an array",
+    "list_type": "an array",
+}
+
+_BOUNDS = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "string_too_short": "must have at least {min_length} characters",
+    "string_too_long": "must have at most {max_length} characters",
+    "too_short": "must have at least {min_length} items",
+    "too_long": "must have at most {max_length} items",
+    "string_pattern_mismatch": "must match {pattern}",
+}
+
+
+def _toml_type(value: object) -> str:
+    for kind, name in _TOML_TYPES:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value) if isinstance(value, str | int | float) else _toml_type(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe_error(root: type[BaseModel], data: object, error: ErrorDetails) -> Problem:
+    kind = error["type"]
+    raw_loc = tuple(error["loc"])
+    loc = normalize_loc(data, raw_loc)
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    if kind == _CHECK_ERROR_TYPE:
+        return loc, str(ctx.get("problem", error["msg"]))
+    if kind == "missing":
+        return loc, "required key is missing"
+    if kind == "extra_forbidden":
+        return loc, _unknown_key(root, raw_loc)
+    if kind == "union_tag_invalid":
+        expected = ctx.get("expected_tags")
+        return (*loc, "type"), f"unknown type {ctx.get('tag')!r}; expected one of {expected}"
+    if kind == "union_tag_not_found":
+        tags = ", ".join(repr(t) for t in _union_tags(root, raw_loc))
+        return loc, f"required key 'type' is missing (one of {tags})"
+    if kind in _EXPECTED:
+        return loc, f"expected {_EXPECTED[kind]}, got {_toml_type(value)} {_show(value)}"
+    if kind in ("too_short", "too_long"):
+        return loc, f"{_BOUNDS[kind].format(**ctx)}, got {ctx.get('actual_length')}"
+    if kind in _BOUNDS:
+        return loc, f"{_BOUNDS[kind].format(**ctx)}, got {_show(value)}"
+    if kind == "literal_error":
+        return loc, f"must be {ctx.get('expected')}, got {_show(value)}"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return loc, message
+
+
+# ------------------------------------------------------------------------- walking model types
+def _unwrap(annotation: object) -> object:
+    """Strip ``Annotated`` and ``X | None`` down to what holds the keys."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _is_model(annotation: object) -> typing.TypeGuard[type[BaseModel]]:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _union_members(annotation: object) -> list[type[BaseModel]]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for m in (_unwrap(a) for a in typing.get_args(annotation)) if _is_model(m)]
+    return []
+
+
+def _tag_of(member: type[BaseModel]) -> object:
+    field = member.model_fields.get("type")
+    if field is None or typing.get_origin(field.annotation) is not Literal:
+        return None
+    return typing.get_args(field.annotation)[0]
+
+
+def _type_at(root: type[BaseModel], loc: Sequence[str | int]) -> object:
+    """The annotation at a raw pydantic location (tags included), or None if it cannot be told."""
+    current: object = root
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(part, int):
+            args = typing.get_args(current)
+            if typing.get_origin(current) in (tuple, list) and args:
+                current = args[0]
+                continue
+            return None
+        if _is_model(current):
+            field = current.model_fields.get(part)
+            if field is None:
+                return None
+            current = field.annotation
+            continue
+        chosen = [m for m in _union_members(current) if _tag_of(m) == part]
+        if not chosen:
+            return None
+        current = chosen[0]
+    return _unwrap(current)
+
+
+def _union_tags(root: type[BaseModel], loc: Sequence[str | int]) -> list[object]:
+    return [_tag_of(m) for m in _union_members(_type_at(root, loc))]
+
+
+def _unknown_key(root: type[BaseModel], loc: Sequence[str | int]) -> str:
+    key = str(loc[-1]) if loc else ""
+    parent = _type_at(root, loc[:-1])
+    if not _is_model(parent):
+        return "unknown key"
+    allowed = list(parent.model_fields)
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key; did you mean {close[0]!r}?"
+    return f"unknown key (allowed: {', '.join(allowed)})"
