@@ -1,0 +1,145 @@
+"""Daemon benchmarks (issue 3): cold start to READY, RSS, tick latency, snapshot cost.
+
+Runs the real daemon (`python -m edge_agent run --config ...`) as a subprocess with a test-owned
+NOTIFY_SOCKET, for each configuration, and prints one JSON object per line. Cold start is also
+expressed as a ratio to a baseline measured in the same run: the time for a bare
+`python -c "import numpy"` (interpreter + numpy), because absolute times on a shared machine
+drift from run to run.
+
+    python benchmarks/bench_daemon.py [--seconds 30] [--agents 1000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config_text(state: Path, grid: int, tmaze: int, hz: float) -> str:
+    groups = []
+    if grid:
+        groups.append(f"""
+[[groups]]
+name = "grid"
+model = {{ type = "builtin", name = "grid10" }}
+count = {grid}
+source = {{ type = "sim" }}
+sink = {{ type = "sim" }}
+""")
+    if tmaze:
+        groups.append(f"""
+[[groups]]
+name = "tmaze"
+model = {{ type = "builtin", name = "tmaze" }}
+count = {tmaze}
+source = {{ type = "sim" }}
+sink = {{ type = "sim" }}
+""")
+    return f"""
+[daemon]
+profile = "x86-dev"
+state_dir = "{state}"
+status_file = "{state / "status.json"}"
+tick_hz = {hz}
+log_level = "warning"
+""" + "".join(groups)
+
+
+def baseline_start_s(repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import numpy"], check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_daemon(grid: int, tmaze: int, hz: float, seconds: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        state = tmpdir / "state"
+        cfg = tmpdir / "cfg.toml"
+        cfg.write_text(config_text(state, grid, tmaze, hz))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(tmpdir / "notify.sock"))
+        sock.settimeout(60)
+        env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(tmpdir / "notify.sock"),
+            "EDGE_AGENT_PROFILES_DIR": str(REPO / "firmware_profiles"),
+        }
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            while True:
+                msg = sock.recv(65536).decode()
+                if "READY=1" in msg:
+                    ready_s = time.perf_counter() - t0
+                    break
+            time.sleep(seconds)
+            status = json.loads((state / "status.json").read_text())
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            final = json.loads((state / "status.json").read_text())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            sock.close()
+    snap = final["snapshots"]["last"] or {}
+    agents = grid + tmaze
+    return {
+        "bench": "daemon",
+        "grid10_agents": grid,
+        "tmaze_agents": tmaze,
+        "tick_hz": hz,
+        "seconds": seconds,
+        "ready_s": round(ready_s, 3),
+        "rss_mb": round(status["rss_bytes"] / 2**20, 2),
+        "rss_peak_mb": round(status["rss_peak_bytes"] / 2**20, 2),
+        "budget_used_mb": round(status["budget"]["used_bytes"] / 2**20, 2),
+        "ticks": status["tick"]["ticks"],
+        "tick_p50_ms": status["tick"]["p50_ms"],
+        "tick_p99_ms": status["tick"]["p99_ms"],
+        "overruns": status["tick"]["overruns"],
+        "snapshot_bytes": snap.get("bytes"),
+        "snapshot_s": snap.get("seconds"),
+        "snapshot_bytes_per_1000_agents": (
+            round(snap["bytes"] * 1000 / agents) if snap.get("bytes") else None
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="run time per configuration")
+    parser.add_argument("--agents", type=int, default=1000, help="grid10 agents")
+    parser.add_argument("--quick", action="store_true", help="5 s runs")
+    args = parser.parse_args()
+    seconds = 5.0 if args.quick else args.seconds
+    base = baseline_start_s(3 if args.quick else 7)
+    print(json.dumps({"bench": "baseline", "python_import_numpy_s": round(base, 3)}))
+    for grid, tmaze in ((args.agents, 0), (args.agents, args.agents), (10 * args.agents, 0)):
+        row = run_daemon(grid, tmaze, 10.0, seconds)
+        row["ready_vs_baseline"] = round(float(row["ready_s"]) / base, 2)  # type: ignore[arg-type]
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

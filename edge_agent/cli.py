@@ -1,0 +1,357 @@
+"""``edge-agent`` and ``edge-agentd`` command lines; the only place that configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.errors import ConfigError, EdgeAgentError
+
+logger = logging.getLogger("edge_agent")
+
+DESCRIPTION = """\
+edge-agent: run thousands of int8 Active Inference agents on a small device.
+
+commands:
+  run           start the daemon in the foreground (--demo: built-in simulated agents)
+  status        show the running daemon's status (from its status file)
+  check-config  validate a daemon config and its memory budget
+  profiles      list firmware profiles; 'profile show NAME' explains one
+  replay        replay a recorded episode through one agent
+  systemd-unit  print the systemd unit rendered for a profile
+"""
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if os.environ.get("JOURNAL_STREAM"):  # under systemd: journald adds its own timestamps
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+
+# -- run ------------------------------------------------------------------------------------------
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="start the daemon in the foreground",
+        description="Start edge-agentd in the foreground. Stops on SIGTERM/SIGINT after a final "
+        "snapshot; SIGHUP reloads the config file.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", type=Path, help="daemon config (TOML)")
+    src.add_argument(
+        "--demo",
+        action="store_true",
+        help="the embedded default config: x86-dev profile, simulated grid-world and T-maze "
+        "agents, no broker",
+    )
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument(
+        "--report-every",
+        type=float,
+        default=None,
+        metavar="S",
+        help="log what the agents do and cost every S seconds (default: 2 with --demo, else off)",
+    )
+    p.add_argument("--state-dir", type=Path, help="override [daemon] state_dir")
+    p.add_argument("--log-level", default=None, help="override [daemon] log_level")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.config import default_config, load_config
+    from edge_agent.service import Daemon
+
+    config = default_config() if (args.demo or args.config is None) else load_config(args.config)
+    if args.state_dir is not None:
+        daemon_section = config.daemon.model_copy(update={"state_dir": args.state_dir})
+        config = config.model_copy(update={"daemon": daemon_section})
+    configure_logging(args.log_level or config.daemon.log_level)
+    report = args.report_every if args.report_every is not None else (2.0 if args.demo else 0.0)
+    daemon = Daemon.from_config(
+        config,
+        None if (args.demo or args.config is None) else args.config,
+        report_interval_s=report,
+    )
+    daemon.install_signal_handlers()
+    return daemon.run(duration_s=args.duration)
+
+
+def daemon_main(argv: Sequence[str] | None = None) -> int:
+    """``edge-agentd``: the same as ``edge-agent run``."""
+    return main(["run", *(sys.argv[1:] if argv is None else argv)])
+
+
+# -- status ---------------------------------------------------------------------------------------
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="show the running daemon's status")
+    p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--status-file", type=Path, help="status file to read")
+    where.add_argument("--config", type=Path, help="find the status file from this config")
+
+
+#: Where a daemon under systemd keeps its status (RuntimeDirectory=edge-agent).
+SYSTEMD_STATUS_FILE = Path("/run/edge-agent/status.json")
+
+
+def _default_status_file(config_path: Path | None) -> Path:
+    """The status file of ``config_path``; without one, systemd's location if it exists, else
+    the demo config's."""
+    from edge_agent.config import default_config, load_config
+    from edge_agent.service import Daemon
+
+    if config_path is None and SYSTEMD_STATUS_FILE.exists():
+        return SYSTEMD_STATUS_FILE
+    config = default_config() if config_path is None else load_config(config_path)
+    return Daemon._status_path(config)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = args.status_file or _default_status_file(args.config)
+    try:
+        status = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"no status at {path}: is edge-agentd running? (see --status-file)", file=sys.stderr)
+        return 3
+    except (OSError, ValueError) as err:
+        print(f"cannot read status {path}: {err}", file=sys.stderr)
+        return 1
+    age = time.time() - float(status.get("updated_at", 0))
+    alive = _pid_alive(int(status.get("pid", -1)))
+    status["stale"] = bool(age > 10 or not alive)
+    status["age_s"] = round(age, 1)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(format_status(status))
+    return 0 if status["state"] == "running" and not status["stale"] else 3
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mb(n: Any) -> str:
+    from edge_agent.budget import format_bytes
+
+    return format_bytes(int(n)) if n is not None else "n/a"
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """Human view of a status dict."""
+    budget, tick, th, snaps = s["budget"], s["tick"], s["thermal"], s["snapshots"]
+    stale = f"  (STALE: last update {s['age_s']} s ago)" if s.get("stale") else ""
+    temp = f"{th['temp_c']:.1f} C" if th.get("temp_c") is not None else "no sensor"
+    last = snaps.get("last") or {}
+    lines = [
+        f"edge-agentd {s['version']}  pid {s['pid']}  {s['state']}{stale}",
+        f"  config     {s['config']}",
+        f"  profile    {s['profile']}",
+        f"  budget     {_mb(budget['used_bytes'])} used of {_mb(budget['total_bytes'])}, "
+        f"{_mb(budget['available_bytes'])} left",
+        f"  RSS        {_mb(s['rss_bytes'])} (peak {_mb(s['rss_peak_bytes'])}, soft limit "
+        f"{_mb(s['soft_limit_bytes'])})",
+        f"  ticks      {tick['ticks']} at {tick['hz']} Hz (base {tick['base_hz']}), "
+        f"p50 {tick['p50_ms']:.2f} ms, p99 {tick['p99_ms']:.2f} ms, overruns {tick['overruns']}",
+        f"  thermal    {temp}{' THROTTLED' if th['throttled'] else ''}",
+        f"  snapshot   {last.get('path', 'none yet')}"
+        + (f" ({_mb(last['bytes'])}, {last['seconds']} s)" if last else "")
+        + f"; writes in last hour {snaps.get('writes_in_last_hour', 0)}",
+        f"  agents     {s['agents']} in {len(s['groups'])} group(s)",
+    ]
+    for g in s["groups"]:
+        flag = f" PAUSED ({g['paused_reason']})" if g["paused"] else ""
+        world = ", ".join(f"{k}={v}" for k, v in g.get("world", {}).items())
+        lines.append(
+            f"    {g['name']:<10} {g['agents']:>6} x {g['model']} [{g['precision']}, prio "
+            f"{g['priority']}] {g['bytes_per_agent']} B/agent, {g['steps']} steps{flag}"
+        )
+        if world:
+            lines.append(f"               {world}")
+    for d in s.get("degradations", [])[-3:]:
+        lines.append(f"  degraded   {d}")
+    if s["reloads"]["last_error"]:
+        lines.append(f"  reload     refused: {s['reloads']['last_error'].splitlines()[0]}")
+    return "\n".join(lines)
+
+
+# -- check-config ---------------------------------------------------------------------------------
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check-config",
+        help="validate a daemon config and its memory budget",
+        description="Validate FILE: schema errors print as 'file:line: field: problem'; then the "
+        "groups are admitted against the profile's memory budget, as the daemon does at start.",
+    )
+    p.add_argument("file", type=Path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from edge_agent.budget import format_bytes
+    from edge_agent.config import load_config
+    from edge_agent.profiles import select_profile
+    from edge_agent.service import Daemon, build_groups
+
+    config = load_config(args.file)
+    profile = select_profile(config.daemon.profile)
+    budget = Daemon._new_budget(profile)
+    groups = build_groups(config, profile, budget)
+    print(f"{args.file}: OK (profile {profile.name})")
+    for g in groups:
+        print(
+            f"  group {g.name}: {g.agents.n_agents} agents x {g.agents.per_agent_nbytes()} B, "
+            f"model {format_bytes(g.agents.shared_nbytes)} shared"
+        )
+    print(
+        f"  budget: {format_bytes(budget.used)} of {format_bytes(budget.total)} "
+        f"({format_bytes(budget.available)} left)"
+    )
+    return 0
+
+
+# -- profiles -------------------------------------------------------------------------------------
+def _add_profiles(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser("profiles", help="list firmware profiles")
+    p = sub.add_parser("profile", help="explain one firmware profile")
+    psub = p.add_subparsers(dest="profile_cmd", required=True)
+    show = psub.add_parser("show", help="explain one profile")
+    show.add_argument("name", help="profile name, or 'auto' for this device")
+
+
+def cmd_profiles(_args: argparse.Namespace) -> int:
+    from edge_agent.profiles import format_profiles_table, load_profiles
+
+    print(format_profiles_table(load_profiles()))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from edge_agent.profiles import explain_profile, select_profile
+
+    print(explain_profile(select_profile(args.name)))
+    return 0
+
+
+def _add_unit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("systemd-unit", help="print the systemd unit rendered for a profile")
+    p.add_argument("--profile", default="auto", help="profile name (default: this device's)")
+    p.add_argument(
+        "--exec-start",
+        default="/opt/edge-agent/venv/bin/edge-agentd --config /etc/edge-agent/config.toml",
+    )
+
+
+def cmd_unit(args: argparse.Namespace) -> int:
+    from edge_agent.profiles import select_profile
+    from edge_agent.systemd import render_unit
+
+    profile = select_profile(args.profile)
+    print(
+        render_unit(
+            exec_start=args.exec_start,
+            memory_high_mb=profile.memory_high_mb,
+            memory_max_mb=profile.memory_max_mb,
+            watchdog_sec=max(1, round(profile.watchdog_interval_s)),
+        ),
+        end="",
+    )
+    return 0
+
+
+# -- replay ---------------------------------------------------------------------------------------
+def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="replay a recorded episode through one agent",
+        description="Replay REC.npz (obs (T, M), actions (T, F), optional trial_start (T,)) "
+        "through one agent on MODEL.npz (pymdp keys A0.., B0.., C0.., D0.., E) and write per "
+        "step qs{f}, q_pi, chosen_action and the policies to OUT.npz.",
+    )
+    p.add_argument("model", type=Path)
+    p.add_argument("--recording", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--policy-len", type=int, default=1)
+    p.add_argument("--precision", choices=("float64", "int8"), default="float64")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edge_agent.aif.model import load_npz
+    from edge_agent.aif.settings import AifSettings
+    from edge_agent.replay import load_recording, replay
+
+    model = load_npz(args.model)
+    rec = load_recording(args.recording, model)
+    out = replay(
+        model, rec, settings=AifSettings(policy_len=args.policy_len), precision=args.precision
+    )
+    np.savez(args.out, **out)  # type: ignore[arg-type]
+    agree = int((out["chosen_action"] == rec["actions"]).all(axis=1).sum())
+    print(
+        f"replayed {len(rec['obs'])} steps -> {args.out} "
+        f"(agent would have taken the recorded action at {agree} steps)"
+    )
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "check-config": cmd_check_config,
+    "profiles": cmd_profiles,
+    "profile": cmd_profile,
+    "systemd-unit": cmd_unit,
+    "replay": cmd_replay,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_status, _add_check, _add_profiles, _add_replay, _add_unit):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "run":
+        configure_logging("warning")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as err:  # already one 'path:line: field: problem' per line
+        print(str(err), file=sys.stderr)
+        return 2
+    except EdgeAgentError as err:
+        print(f"edge-agent {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Replay a recorded episode through one agent, to validate a model against a training pipeline.
+
+``REC.npz`` holds ``obs (T, M)``, ``actions (T, F)`` (the action taken after step ``t``; it drives
+the prior at ``t + 1``) and optionally ``trial_start (T,)`` (truthy: reset to ``D`` before step
+``t``). The output holds, per step, ``qs{f} (T, S_f)``, ``q_pi (T, P)``, ``chosen_action (T, F)``
+(what the agent would have done) and ``policies (P, L, F)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.agents import AifAgentGroup, Precision
+from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.settings import AifSettings
+from edge_agent.errors import InputError
+
+
+def load_recording(path: str | Path, model: GenerativeModel) -> dict[str, np.ndarray]:
+    """Read and validate a recording against ``model``; errors name the array and the problem."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            rec = {k: np.asarray(data[k]) for k in data.files}
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: no such recording") from err
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a plain-array .npz recording ({err})") from err
+    for key in ("obs", "actions"):
+        if key not in rec:
+            raise InputError(f"{path}: missing array {key!r} (has {sorted(rec)})")
+    obs, actions = rec["obs"], rec["actions"]
+    T = obs.shape[0] if obs.ndim == 2 else -1
+    if obs.ndim != 2 or obs.shape[1] != model.num_modalities:
+        raise InputError(f"{path}: obs has shape {obs.shape}, expected (T, {model.num_modalities})")
+    if actions.shape != (T, model.num_factors):
+        raise InputError(
+            f"{path}: actions has shape {actions.shape}, expected ({T}, {model.num_factors})"
+        )
+    for name, arr in (("obs", obs), ("actions", actions)):
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"{path}: {name} must be integers, got {arr.dtype}")
+    for m, o in enumerate(model.num_obs):
+        if obs[:, m].min() < 0 or obs[:, m].max() >= o:
+            raise InputError(f"{path}: obs[:, {m}] outside [0, {o})")
+    for f, u in enumerate(model.num_controls):
+        if actions[:, f].min() < 0 or actions[:, f].max() >= u:
+            raise InputError(f"{path}: actions[:, {f}] outside [0, {u})")
+    trial_start = rec.get("trial_start")
+    if trial_start is None:
+        trial_start = np.zeros(T, dtype=bool)
+    elif trial_start.shape != (T,):
+        raise InputError(f"{path}: trial_start has shape {trial_start.shape}, expected ({T},)")
+    return {"obs": obs, "actions": actions, "trial_start": trial_start.astype(bool)}
+
+
+def replay(
+    model: GenerativeModel,
+    recording: dict[str, np.ndarray],
+    *,
+    settings: AifSettings | None = None,
+    precision: Precision = "float64",
+) -> dict[str, np.ndarray]:
+    """Run one agent through the recording; returns the arrays ``edge-agent replay`` writes."""
+    group = AifAgentGroup(model, 1, settings=settings, precision=precision, seed=0)
+    obs, actions, trial_start = recording["obs"], recording["actions"], recording["trial_start"]
+    T = obs.shape[0]
+    qs = [np.zeros((T, s)) for s in model.num_states]
+    q_pi = np.zeros((T, group.cm.num_policies))
+    chosen = np.zeros((T, model.num_factors), dtype=np.int64)
+    for t in range(T):
+        if t > 0 and trial_start[t]:
+            group.reset()
+        for f, q in enumerate(group.infer_states(obs[t : t + 1])):
+            qs[f][t] = q[0]
+        q_pi[t] = group.infer_policies()[0][0]
+        chosen[t] = group.sample_action()[0]
+        group.set_action(actions[t : t + 1])
+    out: dict[str, np.ndarray] = {f"qs{f}": q for f, q in enumerate(qs)}
+    out.update(q_pi=q_pi, chosen_action=chosen, policies=group.cm.tree.policies)
+    return out

@@ -1,0 +1,350 @@
+"""edge-agentd as a real process: sd_notify datagrams, signals, reload, snapshots, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILES = REPO / "firmware_profiles"
+
+
+def write_config(
+    path: Path,
+    state_dir: Path,
+    *,
+    grid: int = 200,
+    tmaze: int = 200,
+    tick_hz: float = 20.0,
+    profile: str = "x86-dev",
+) -> None:
+    path.write_text(
+        f"""
+[daemon]
+profile = "{profile}"
+state_dir = "{state_dir}"
+status_file = "{state_dir / "status.json"}"
+tick_hz = {tick_hz}
+log_level = "info"
+
+[[groups]]
+name = "grid"
+model = {{ type = "builtin", name = "grid10" }}
+count = {grid}
+priority = 5
+source = {{ type = "sim" }}
+sink = {{ type = "sim" }}
+
+[[groups]]
+name = "tmaze"
+model = {{ type = "builtin", name = "tmaze" }}
+count = {tmaze}
+priority = 1
+source = {{ type = "sim" }}
+sink = {{ type = "sim" }}
+"""
+    )
+
+
+class NotifySocket:
+    """A test-owned NOTIFY_SOCKET: collects every datagram the daemon sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+
+    def wait_for(self, needle: str, timeout: float) -> str:
+        end = time.monotonic() + timeout
+        for msg in self.messages:
+            if needle in msg:
+                return msg
+        while time.monotonic() < end:
+            try:
+                data = self.sock.recv(65536).decode()
+            except TimeoutError:
+                continue
+            self.messages.append(data)
+            if needle in data:
+                return data
+        raise AssertionError(f"no {needle!r} within {timeout} s; got {self.messages[-5:]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    def __init__(self, config: Path, notify: NotifySocket, extra_env: dict[str, str] | None = None):
+        env = dict(os.environ)
+        env.update(
+            NOTIFY_SOCKET=str(notify.path),
+            WATCHDOG_USEC="2000000",
+            EDGE_AGENT_PROFILES_DIR=str(PROFILES),
+            PYTHONUNBUFFERED="1",
+        )
+        env.pop("WATCHDOG_PID", None)
+        env.update(extra_env or {})
+        self.log = config.with_suffix(".log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+def read_status(path: Path) -> dict:
+    out = subprocess.run(  # noqa: PLW1510 - exit codes are asserted
+        [sys.executable, "-m", "edge_agent", "status", "--json", "--status-file", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert out.stdout, out.stderr
+    return json.loads(out.stdout)
+
+
+def wait_status(path: Path, predicate, timeout: float = 20) -> dict:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    last: dict = {}
+    while time.monotonic() < end:
+        if path.exists():
+            try:
+                last = json.loads(path.read_text())
+            except ValueError:
+                last = {}
+            if last and predicate(last):
+                return last
+        time.sleep(0.1)
+    raise AssertionError(f"status never satisfied the condition; last: {json.dumps(last)[:800]}")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[Path, Path, NotifySocket]]:
+    state = tmp_path / "state"
+    config = tmp_path / "edge-agent.toml"
+    write_config(config, state)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    yield config, state, notify
+    notify.close()
+
+
+def test_ready_watchdog_status_and_clean_stop(env: tuple[Path, Path, NotifySocket]) -> None:
+    config, state, notify = env
+    daemon = Daemon(config, notify)
+    try:
+        ready = notify.wait_for("READY=1", 60)
+        assert "STATUS=running" in ready
+        notify.wait_for("WATCHDOG=1", 10)
+        status = wait_status(state / "status.json", lambda s: s["tick"]["ticks"] >= 10)
+        assert status["state"] == "running"
+        assert status["profile"] == "x86-dev"
+        assert status["agents"] == 400
+        assert [g["name"] for g in status["groups"]] == ["grid", "tmaze"]
+        assert status["budget"]["used_bytes"] > 0
+        assert (
+            status["budget"]["used_bytes"] + status["budget"]["available_bytes"]
+            == status["budget"]["total_bytes"]
+        )
+        assert status["rss_bytes"] > 10_000_000
+        # The CLI's view of the same file
+        view = read_status(state / "status.json")
+        assert view["stale"] is False
+        human = subprocess.run(  # noqa: PLW1510 - exit codes are asserted
+            [
+                sys.executable,
+                "-m",
+                "edge_agent",
+                "status",
+                "--status-file",
+                str(state / "status.json"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        assert human.returncode == 0, human.stderr
+        assert "profile    x86-dev" in human.stdout
+        assert "grid" in human.stdout
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+        notify.wait_for("STOPPING=1", 5)
+    finally:
+        daemon.kill()
+    final = json.loads((state / "status.json").read_text())
+    assert final["state"] == "stopped"
+    assert final["snapshots"]["last"] is not None
+    assert list((state / "snapshots").glob("snapshot-*.eas"))
+
+
+def test_sighup_with_broken_config_keeps_old_then_good_config_applies(
+    env: tuple[Path, Path, NotifySocket],
+) -> None:
+    config, state, notify = env
+    daemon = Daemon(config, notify)
+    status_path = state / "status.json"
+    try:
+        notify.wait_for("READY=1", 60)
+        before = wait_status(status_path, lambda s: s["tick"]["ticks"] >= 3)
+        good_text = config.read_text()
+        config.write_text(good_text.replace("count = 200", "count = -5", 1))
+        daemon.signal(signal.SIGHUP)
+        refused = wait_status(status_path, lambda s: s["reloads"]["refused"] == 1)
+        assert "groups[0].count" in refused["reloads"]["last_error"]
+        assert refused["config_digest"] == before["config_digest"]
+        ticks = refused["tick"]["ticks"]
+        wait_status(status_path, lambda s: s["tick"]["ticks"] > ticks + 5)  # still ticking
+        assert daemon.proc.poll() is None
+        config.write_text(good_text.replace("count = 200", "count = 300", 1))
+        daemon.signal(signal.SIGHUP)
+        applied = wait_status(status_path, lambda s: s["reloads"]["ok"] == 1)
+        assert applied["agents"] == 500
+        assert applied["config_digest"] != before["config_digest"]
+        notify.wait_for("RELOADING=1", 5)
+        daemon.signal(signal.SIGINT)
+        assert daemon.wait() == 0
+    finally:
+        daemon.kill()
+
+
+def test_over_budget_config_is_refused_with_the_numbers(tmp_path: Path) -> None:
+    config = tmp_path / "big.toml"
+    write_config(config, tmp_path / "state", grid=60_000, tmaze=10, profile="pi-zero-2w")
+    out = subprocess.run(  # noqa: PLW1510 - exit codes are asserted
+        [sys.executable, "-m", "edge_agent", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "EDGE_AGENT_PROFILES_DIR": str(PROFILES)},
+    )
+    assert out.returncode == 2
+    assert "grid" in out.stderr
+    assert "MiB" in out.stderr
+    assert "pi-zero-2w" in out.stderr
+    run = subprocess.run(  # noqa: PLW1510 - exit codes are asserted
+        [sys.executable, "-m", "edge_agent", "run", "--config", str(config), "--duration", "5"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "EDGE_AGENT_PROFILES_DIR": str(PROFILES)},
+    )
+    assert run.returncode == 2
+    assert "READY" not in run.stderr
+    assert not (tmp_path / "state" / "status.json").exists()
+
+
+def test_sigkill_during_snapshot_restores_previous_good_snapshot(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    text = (PROFILES / "x86-dev.toml").read_text()
+    text = text.replace('name = "x86-dev"', 'name = "fast-snap"')
+    text = text.replace("snapshot_interval_s = 60", "snapshot_interval_s = 1")
+    text = text.replace("max_snapshot_writes_per_hour = 120", "max_snapshot_writes_per_hour = 3600")
+    (profiles / "fast-snap.toml").write_text(text)
+    state = tmp_path / "state"
+    config = tmp_path / "cfg.toml"
+    write_config(config, state, grid=4000, tmaze=10, profile="fast-snap", tick_hz=5)
+    notify = NotifySocket(tmp_path / "n.sock")
+    snaps = state / "snapshots"
+    try:
+        daemon = Daemon(config, notify, {"EDGE_AGENT_PROFILES_DIR": str(profiles)})
+        notify.wait_for("READY=1", 60)
+        # Wait for one complete snapshot, then for the next write to be in flight, and kill.
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not list(snaps.glob("snapshot-*.eas")):
+            time.sleep(0.01)
+        good = sorted(snaps.glob("snapshot-*.eas"))
+        assert good, "no snapshot written"
+        killed_mid_write = False
+        while time.monotonic() < end:
+            if list(snaps.glob(".snapshot-*.tmp")):
+                daemon.proc.kill()
+                killed_mid_write = True
+                break
+            time.sleep(0.001)
+        daemon.kill()
+        assert killed_mid_write, "never caught a snapshot in flight"
+        assert list(snaps.glob(".snapshot-*.tmp")), "the interrupted write left its temp file"
+        newest_good = sorted(snaps.glob("snapshot-*.eas"))[-1]
+
+        notify2 = NotifySocket(tmp_path / "n2.sock")
+        daemon2 = Daemon(config, notify2, {"EDGE_AGENT_PROFILES_DIR": str(profiles)})
+        try:
+            notify2.wait_for("READY=1", 60)
+            status = wait_status(
+                state / "status.json",
+                lambda s: s["pid"] == daemon2.proc.pid and s["tick"]["ticks"] >= 1,
+            )
+            assert status["snapshots"]["restored_from"] == str(newest_good)
+            assert status["snapshots"]["temp_files_removed"] >= 1
+            assert not any(e["kind"] == "snapshot_corrupt" for e in status["events"])
+            daemon2.signal(signal.SIGTERM)
+            assert daemon2.wait(60) == 0
+        finally:
+            daemon2.kill()
+            notify2.close()
+    finally:
+        notify.close()
+
+
+def test_corrupt_snapshot_is_set_aside_and_reported(env: tuple[Path, Path, NotifySocket]) -> None:
+    config, state, notify = env
+    first = Daemon(config, notify)
+    try:
+        notify.wait_for("READY=1", 60)
+        wait_status(state / "status.json", lambda s: s["tick"]["ticks"] >= 3)
+        first.signal(signal.SIGTERM)
+        assert first.wait() == 0
+    finally:
+        first.kill()
+    snap = sorted((state / "snapshots").glob("snapshot-*.eas"))[-1]
+    data = bytearray(snap.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    snap.write_bytes(bytes(data))
+    second = Daemon(config, notify)
+    try:
+        notify.wait_for("READY=1", 60)
+        status = wait_status(
+            state / "status.json", lambda s: s["pid"] == second.proc.pid and s["tick"]["ticks"] >= 1
+        )
+        kinds = [e["kind"] for e in status["events"]]
+        assert "snapshot_corrupt" in kinds
+        assert status["snapshots"]["restored_from"] != str(snap)
+        assert list((state / "snapshots" / "corrupt").iterdir())
+        second.signal(signal.SIGTERM)
+        assert second.wait() == 0
+    finally:
+        second.kill()

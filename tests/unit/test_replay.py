@@ -1,0 +1,139 @@
+"""``edge-agent replay``: a recorded episode through one agent, checked against the oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.model import GenerativeModel, load_npz, save_npz
+from edge_agent.aif.reference import ReferenceAgent
+from edge_agent.aif.settings import AifSettings
+from edge_agent.cli import main
+
+
+def make_model(rng: np.random.Generator) -> GenerativeModel:
+    A = [np.moveaxis(rng.dirichlet(np.ones(4), size=(3, 2)), -1, 0), np.full((2, 3, 2), 0.5)]
+    B = [np.moveaxis(rng.dirichlet(np.ones(3), size=(3, 2)), -1, 0), np.eye(2)[:, :, None]]
+    return GenerativeModel.from_arrays(A, B, [rng.normal(size=4), np.zeros(2)], None)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path, GenerativeModel, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(11)
+    model = make_model(rng)
+    model_path = tmp_path / "model.npz"
+    save_npz(model, model_path)
+    T = 12
+    rec = {
+        "obs": np.stack([rng.integers(0, 4, T), rng.integers(0, 2, T)], axis=1),
+        "actions": np.stack([rng.integers(0, 2, T), np.zeros(T, dtype=int)], axis=1),
+        "trial_start": np.isin(np.arange(T), [0, 5]),
+    }
+    rec_path = tmp_path / "rec.npz"
+    np.savez(rec_path, **rec)
+    return model_path, rec_path, model, rec
+
+
+@pytest.mark.parametrize("policy_len", [1, 2])
+def test_replay_matches_reference_driven_by_recorded_actions(
+    files: tuple[Path, Path, GenerativeModel, dict[str, np.ndarray]],
+    tmp_path: Path,
+    policy_len: int,
+) -> None:
+    model_path, rec_path, _, rec = files
+    out_path = tmp_path / "out.npz"
+    code = main(
+        [
+            "replay",
+            str(model_path),
+            "--recording",
+            str(rec_path),
+            "--out",
+            str(out_path),
+            "--policy-len",
+            str(policy_len),
+        ]
+    )
+    assert code == 0
+    out = np.load(out_path, allow_pickle=False)
+    ref = ReferenceAgent(load_npz(model_path), AifSettings(policy_len=policy_len))
+    np.testing.assert_array_equal(out["policies"], ref.policies)
+    for t in range(len(rec["obs"])):
+        if t > 0 and rec["trial_start"][t]:
+            ref.reset()
+        qs = ref.infer_states(rec["obs"][t])
+        q_pi, _ = ref.infer_policies()
+        chosen = ref.sample_action()
+        for f, q in enumerate(qs):
+            np.testing.assert_allclose(out[f"qs{f}"][t], q, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(out["q_pi"][t], q_pi, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(out["chosen_action"][t], chosen)
+        ref.action = rec["actions"][t].astype(np.int64)  # the recorded action drives the prior
+
+
+def test_replay_int8_is_close_to_float(
+    files: tuple[Path, Path, GenerativeModel, dict[str, np.ndarray]],
+    tmp_path: Path,
+) -> None:
+    model_path, rec_path, _, _ = files
+    for precision in ("float64", "int8"):
+        assert (
+            main(
+                [
+                    "replay",
+                    str(model_path),
+                    "--recording",
+                    str(rec_path),
+                    "--out",
+                    str(tmp_path / f"{precision}.npz"),
+                    "--precision",
+                    precision,
+                ]
+            )
+            == 0
+        )
+    f64 = np.load(tmp_path / "float64.npz")
+    i8 = np.load(tmp_path / "int8.npz")
+    assert np.abs(f64["qs0"] - i8["qs0"]).max() < 0.02
+    assert np.abs(f64["q_pi"] - i8["q_pi"]).max() < 0.05
+
+
+def test_bad_recordings_are_refused_with_the_reason(
+    files: tuple[Path, Path, GenerativeModel, dict[str, np.ndarray]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model_path, _, _, rec = files
+    cases = {
+        "missing": ({"obs": rec["obs"]}, "missing array 'actions'"),
+        "shape": ({**rec, "obs": rec["obs"][:, :1]}, "obs has shape (12, 1), expected (T, 2)"),
+        "range": ({**rec, "obs": rec["obs"] + 10}, "obs[:, 0] outside [0, 4)"),
+        "action": ({**rec, "actions": rec["actions"] + 5}, "actions[:, 0] outside [0, 2)"),
+        "float": ({**rec, "obs": rec["obs"].astype(float)}, "obs must be integers"),
+    }
+    for name, (arrays, message) in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **arrays)
+        code = main(
+            ["replay", str(model_path), "--recording", str(path), "--out", str(tmp_path / "o.npz")]
+        )
+        assert code == 2, name
+        assert message in capsys.readouterr().err, name
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, obs=np.array([{"a": 1}], dtype=object), actions=rec["actions"])
+    assert (
+        main(
+            [
+                "replay",
+                str(model_path),
+                "--recording",
+                str(pickled),
+                "--out",
+                str(tmp_path / "o.npz"),
+            ]
+        )
+        == 2
+    )
+    assert "not a plain-array" in capsys.readouterr().err
