@@ -1,0 +1,261 @@
+"""``edge-agent-host``: write, sign, verify and inspect bundles on the host.
+
+Each subcommand is one entry in :data:`COMMANDS`: a help line, a function that adds its arguments
+to an ``argparse`` parser, and a function that runs it and returns the exit code. Adding a command
+means adding one entry. This module is the only place in the host tool that configures logging.
+
+Exit codes: 0 success, 1 the operation failed (bad bundle, bad signature, bad key), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from edge_agent.bundle import Bundle, load_bundle, sign_bundle
+from edge_agent.errors import EdgeAgentError, SignatureError
+from edge_agent.signing import TrustedKeys, key_id
+from edge_agent_host.keys import (
+    DEFAULT_KEY_NAME,
+    KEY_NAME_RE,
+    generate_keypair,
+    load_signing_key,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COMMANDS", "Command", "build_parser", "main"]
+
+
+class Command(NamedTuple):
+    """One subcommand: its help line, how to add its arguments, and how to run it."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# keygen ------------------------------------------------------------------------------------------
+
+
+def _key_name(value: str) -> str:
+    if not KEY_NAME_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _configure_keygen(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="directory to write the keys into")
+    parser.add_argument(
+        "--name",
+        type=_key_name,
+        default=DEFAULT_KEY_NAME,
+        help=f"key file name stem: NAME.key and NAME.pub (default: {DEFAULT_KEY_NAME})",
+    )
+
+
+def _run_keygen(args: argparse.Namespace) -> int:
+    pair = generate_keypair(args.out, args.name)
+    print(f"key id:      {pair.key_id}")
+    print(f"private key: {pair.private_path}  (keep secret; mode 0600)")
+    print(f"public key:  {pair.public_path}  (copy into each device's trusted key directory)")
+    return 0
+
+
+# sign --------------------------------------------------------------------------------------------
+
+
+def _configure_sign(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="bundle directory or .tar to sign in place")
+    parser.add_argument("--key", required=True, type=Path, help="private key file (NAME.key)")
+    parser.add_argument("--signer", default=None, help="who signs, recorded in the manifest")
+
+
+def _run_sign(args: argparse.Namespace) -> int:
+    private_key = load_signing_key(args.key)
+    manifest = sign_bundle(args.bundle, private_key, signer=args.signer)
+    print(
+        f"signed {args.bundle} ({manifest.name} {manifest.version}) "
+        f"with key {key_id(private_key.public_key())}"
+    )
+    return 0
+
+
+# verify ------------------------------------------------------------------------------------------
+
+
+def _configure_verify(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="bundle directory or .tar")
+    parser.add_argument(
+        "--trusted", required=True, type=Path, help="directory of trusted *.pub keys"
+    )
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    trusted = TrustedKeys.from_dir(args.trusted)
+    try:
+        bundle = load_bundle(args.bundle, trusted_keys=trusted, require_signature=True)
+    except EdgeAgentError as err:
+        print(f"FAILED: {err}")
+        return 1
+    print(
+        f"OK: {bundle.path}: {bundle.manifest.name} {bundle.manifest.version} "
+        f"({bundle.manifest.kind}), {len(bundle.manifest.files)} files, {bundle.nbytes} bytes, "
+        f"signed by key {bundle.key_id}, sha256 {bundle.sha256}"
+    )
+    return 0
+
+
+# inspect -----------------------------------------------------------------------------------------
+
+
+def _configure_inspect(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="bundle directory or .tar")
+    parser.add_argument("--json", action="store_true", help="print a JSON report")
+    parser.add_argument(
+        "--trusted", type=Path, default=None, help="directory of trusted *.pub keys to verify with"
+    )
+
+
+def _inspect_report(bundle: Bundle, status: str, detail: str | None) -> dict[str, Any]:
+    manifest = bundle.manifest
+    return {
+        "path": str(bundle.path),
+        "sha256": bundle.sha256,
+        "nbytes": bundle.nbytes,
+        "signature": {
+            "status": status,
+            "detail": detail,
+            "key_id": bundle.key_id,
+            "signer": manifest.signer,
+        },
+        "manifest": manifest.model_dump(mode="json"),
+    }
+
+
+def _shape(shape: Sequence[int] | None) -> str:
+    return "" if shape is None else "[" + ", ".join(str(dim) for dim in shape) + "]"
+
+
+def _print_inspect(bundle: Bundle, status: str, detail: str | None) -> None:
+    manifest = bundle.manifest
+    signature = "unsigned" if bundle.key_id is None else f"key {bundle.key_id}"
+    if manifest.signer is not None:
+        signature += f" (signer: {manifest.signer})"
+    print(f"bundle     {bundle.path}")
+    print(f"name       {manifest.name} {manifest.version}")
+    print(f"kind       {manifest.kind}")
+    print(f"created    {manifest.created.isoformat()}")
+    print(f"sha256     {bundle.sha256}")
+    print(f"signature  {signature}: {status}" + (f" ({detail})" if detail else ""))
+    print(f"files      {len(manifest.files)} files, {bundle.nbytes} bytes")
+    width = max((len(rel) for rel in manifest.files), default=0)
+    for rel, entry in sorted(manifest.files.items()):
+        array = "" if entry.dtype is None else f"  {entry.dtype}{_shape(entry.shape)}"
+        print(f"  {rel:<{width}}  {entry.size:>10} B{array}")
+    if manifest.aif is not None:
+        aif = manifest.aif
+        print(
+            f"aif        num_obs={list(aif.num_obs)} num_states={list(aif.num_states)} "
+            f"num_controls={list(aif.num_controls)} quant={aif.quant_scheme}"
+        )
+        arrays = " ".join(f"{name}={rel}" for name, rel in sorted(aif.arrays.items()))
+        print(f"           arrays: {arrays}")
+        if aif.shared_factors:
+            print(f"           shared_factors: {list(aif.shared_factors)}")
+    if manifest.neural is not None:
+        neural = manifest.neural
+        print(
+            f"neural     {neural.backend} {neural.model_file} window={neural.window} "
+            f"output={neural.output_kind}"
+        )
+        for direction, tensors in (("in ", neural.inputs), ("out", neural.outputs)):
+            for tensor in tensors:
+                quant = (
+                    ""
+                    if tensor.scale is None
+                    else f" scale={tensor.scale} zero_point={tensor.zero_point}"
+                )
+                tensor_type = f"{tensor.dtype}{_shape(tensor.shape)}"
+                print(f"           {direction} {tensor.name} {tensor_type}{quant}")
+        if neural.action_low is not None and neural.action_high is not None:
+            print(
+                f"           actions low={list(neural.action_low)} high={list(neural.action_high)}"
+            )
+    if manifest.quantization:
+        print(f"quantization {json.dumps(manifest.quantization, sort_keys=True)}")
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    trusted = TrustedKeys.from_dir(args.trusted) if args.trusted is not None else None
+    detail: str | None = None
+    try:
+        bundle = load_bundle(args.bundle, trusted_keys=trusted, require_signature=False)
+    except SignatureError as err:
+        bundle = load_bundle(args.bundle, trusted_keys=None, require_signature=False)
+        status, detail = "failed", str(err)
+    else:
+        if bundle.signature_verified:
+            status = "verified"
+        elif bundle.key_id is None:
+            status = "unsigned"
+        else:
+            status, detail = "not-checked", "pass --trusted DIR to verify"
+    if args.json:
+        print(json.dumps(_inspect_report(bundle, status, detail), indent=2, sort_keys=True))
+    else:
+        _print_inspect(bundle, status, detail)
+    return 1 if status == "failed" else 0
+
+
+COMMANDS: dict[str, Command] = {
+    "keygen": Command("generate an Ed25519 signing key pair", _configure_keygen, _run_keygen),
+    "sign": Command("sign a bundle in place", _configure_sign, _run_sign),
+    "verify": Command("verify a bundle against trusted keys", _configure_verify, _run_verify),
+    "inspect": Command("show a bundle's manifest and status", _configure_inspect, _run_inspect),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edge-agent-host`` argument parser with every command in :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="edge-agent-host", description="Host-side tool for edge-agent bundles."
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.configure(subparsers.add_parser(name, help=command.help, description=command.help))
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``edge-agent-host``; returns the exit code (argparse exits 2 on usage errors)."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    command = COMMANDS[args.command]
+    try:
+        return command.run(args)
+    except (EdgeAgentError, OSError) as err:
+        logger.debug("%s failed", args.command, exc_info=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
