@@ -211,9 +211,16 @@ def _check_topic(topic: str, *, wildcards: bool) -> str:
 
 
 class SimSource(StrictModel):
-    """Observations from the model's own simulated environment, stepped with the agents."""
+    """Observations from a built-in simulated world, stepped with the agents."""
 
     type: Literal["sim"] = Field(description="Selects this kind of source.")
+    world: str | None = Field(
+        None,
+        pattern=_NAME,
+        description="Built-in world that produces the observations (grid10, tmaze, explorer). "
+        "Default: the group's built-in model. Required with a bundle model, whose dimensions "
+        "must match the world's.",
+    )
 
 
 class MqttSource(StrictModel):

@@ -32,12 +32,15 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.agents import AifAgentGroup
 from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.settings import AifSettings
 from edge_agent.budget import MemoryBudget, RssSampler, format_bytes
-from edge_agent.config import BuiltinModel, DaemonConfig, GroupConfig, load_config
-from edge_agent.errors import BudgetError, ConfigError, EdgeAgentError, SnapshotError
+from edge_agent.bundle import load_bundle
+from edge_agent.config import BuiltinModel, DaemonConfig, GroupConfig, SimSource, load_config
+from edge_agent.errors import BudgetError, BundleError, ConfigError, EdgeAgentError, SnapshotError
 from edge_agent.profiles import FirmwareProfile, select_profile
-from edge_agent.quant import QuantizedModel
+from edge_agent.quant import SCHEME, QuantizedModel
 from edge_agent.scheduler import TickClock, TickStats
+from edge_agent.signing import TrustedKeys
 from edge_agent.sim import BatchEnv
 from edge_agent.sim.registry import builtin_model, make_env
 from edge_agent.state import SnapshotStore
@@ -111,24 +114,80 @@ def describe_model(cfg: GroupConfig) -> str:
 
 def world_name(cfg: GroupConfig) -> str:
     """The built-in world that simulates the group's observations."""
+    if isinstance(cfg.source, SimSource) and cfg.source.world is not None:
+        return cfg.source.world
     if isinstance(cfg.model, BuiltinModel):
         return cfg.model.name
     raise ConfigError(
-        f"group {cfg.name!r}: a simulated source needs a built-in model (the simulator is the "
-        f"model's world); bundle {cfg.model.path} has no simulator",
+        f"group {cfg.name!r}: source type 'sim' with a bundle model needs "
+        "source.world (the built-in world that produces its observations)",
         path=None,
     )
 
 
-def load_group_model(cfg: GroupConfig, config: DaemonConfig) -> GenerativeModel | QuantizedModel:
-    """The group's model: a built-in one, or an int8 Active Inference bundle (verified)."""
+def trusted_keys(config: DaemonConfig) -> TrustedKeys | None:
+    """The daemon's trusted signing keys, or None when none are configured."""
+    directory = config.daemon.trusted_keys_dir
+    return None if directory is None else TrustedKeys.from_dir(directory)
+
+
+def load_group_model(
+    cfg: GroupConfig, config: DaemonConfig, keys: TrustedKeys | None
+) -> tuple[GenerativeModel | QuantizedModel, AifSettings]:
+    """The group's model and settings: built-in, or a verified int8 Active Inference bundle.
+
+    A bundle's own settings apply, overridden by the settings the config sets explicitly. With
+    ``[daemon] trusted_keys_dir`` set, bundles must be signed by one of those keys.
+    """
     if cfg.source.type != "sim" or cfg.sink.type not in ("sim", "log"):
         raise ConfigError(
             f"group {cfg.name!r}: MQTT observation sources and action sinks are not wired into "
             "this version of the daemon; use source/sink type 'sim'",
             path=None,
         )
-    return builtin_model(world_name(cfg))
+    world = builtin_model(world_name(cfg))
+    if isinstance(cfg.model, BuiltinModel):
+        return world, cfg.settings
+    if keys is None:
+        logger.warning(
+            "group %s: bundle %s loaded WITHOUT signature verification: set [daemon] "
+            "trusted_keys_dir",
+            cfg.name,
+            cfg.model.path,
+        )
+    bundle = load_bundle(cfg.model.path, trusted_keys=keys, require_signature=keys is not None)
+    spec = bundle.manifest.aif
+    if spec is None or bundle.manifest.kind != "aif":
+        raise BundleError(
+            f"{cfg.model.path}: group {cfg.name!r} needs an Active Inference bundle, "
+            f"got kind {bundle.manifest.kind!r}"
+        )
+    if spec.quant_scheme != SCHEME:
+        raise BundleError(f"{cfg.model.path}: unknown quantization scheme {spec.quant_scheme!r}")
+    model = QuantizedModel.from_arrays(bundle.aif_arrays())
+    dims = (model.num_obs, model.num_states, model.num_controls)
+    expected = (world.num_obs, world.num_states, world.num_controls)
+    if dims != expected:
+        raise ConfigError(
+            f"group {cfg.name!r}: bundle {cfg.model.path} has (obs, states, controls) {dims}, "
+            f"world {world_name(cfg)!r} needs {expected}",
+            path=None,
+        )
+    try:
+        settings = AifSettings(
+            **{**spec.settings, **cfg.settings.model_dump(include=cfg.settings.model_fields_set)}
+        )
+    except ValueError as err:
+        raise BundleError(f"{cfg.model.path}: invalid agent settings: {err}") from err
+    logger.info(
+        "group %s: bundle %s %s (sha256 %s, %s)",
+        cfg.name,
+        bundle.manifest.name,
+        bundle.manifest.version,
+        bundle.sha256[:12],
+        "signed by " + bundle.key_id if bundle.signature_verified and bundle.key_id else "unsigned",
+    )
+    return model, settings
 
 
 def build_groups(
@@ -139,10 +198,12 @@ def build_groups(
     Raises :class:`BudgetError` with every line that does not fit before anything is allocated.
     """
     plans = []
-    models = {g.name: load_group_model(g, config) for g in config.groups}
+    keys = trusted_keys(config)
+    models = {g.name: load_group_model(g, config, keys) for g in config.groups}
     for g in config.groups:
         hist = g.history_capacity_for(profile)
-        probe = AifAgentGroup(models[g.name], 1, settings=g.settings, precision=g.precision)
+        model, settings = models[g.name]
+        probe = AifAgentGroup(model, 1, settings=settings, precision=g.precision)
         plans.append(
             (
                 (g.name, "agents", probe.bytes_for(g.count, hist), None),
@@ -164,10 +225,11 @@ def build_groups(
         )
     groups = []
     for g in config.groups:
+        model, settings = models[g.name]
         agents = AifAgentGroup(
-            models[g.name],
+            model,
             g.count,
-            settings=g.settings,
+            settings=settings,
             precision=g.precision,
             seed=g.seed,
             history_capacity=g.history_capacity_for(profile),
