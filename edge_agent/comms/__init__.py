@@ -1,0 +1,37 @@
+"""Transports: the publish/subscribe interface and its implementations.
+
+``edge_agent.comms.mqtt`` (paho) is imported only by whoever selects it, so importing this package
+never imports paho.
+"""
+
+from __future__ import annotations
+
+from edge_agent.comms.base import (
+    Backoff,
+    BoundedQueue,
+    Incoming,
+    PublishHandle,
+    Subscription,
+    Transport,
+    TransportEvent,
+    TransportEventKind,
+    Will,
+    WillFactory,
+    check_topic,
+    topic_matches,
+)
+
+__all__ = [
+    "Backoff",
+    "BoundedQueue",
+    "Incoming",
+    "PublishHandle",
+    "Subscription",
+    "Transport",
+    "TransportEvent",
+    "TransportEventKind",
+    "Will",
+    "WillFactory",
+    "check_topic",
+    "topic_matches",
+]

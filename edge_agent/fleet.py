@@ -1,0 +1,566 @@
+"""FleetLink: one node's link to the fleet, tying the transport, the outbox and the protocol.
+
+The daemon loop owns it and calls, each tick, :meth:`FleetLink.pump` (non-blocking: handles
+connection events and PUBACKs, answers rebirth requests, sends from the outbox), publishes with
+:meth:`FleetLink.publish` and friends, drains :meth:`FleetLink.receive` between ticks, and ends
+the tick with :meth:`FleetLink.flush` (what was published is durable once it returns).
+
+Presence (see ``docs/protocol.md``): before every connection attempt the link increments
+``bdseq``, persists it in ``state_dir`` and registers the will -- the retained
+``NodeState(online=False)`` with that ``bdseq`` on the node's state topic. On CONNECTED it
+publishes the retained ``NodeState(online=True)`` and the retained :class:`Birth`, both with the
+same ``bdseq``, before anything from the outbox. A clean :meth:`FleetLink.stop` publishes a
+:class:`Death` and disconnects asking the broker to publish the will, so a crash and a stop leave
+the same retained state.
+
+Incoming messages are decoded and validated on the transport's thread; malformed ones are
+counted by reason and dropped, never raised into the daemon. This module imports nothing of the
+agents or the runtime: the daemon hands it plain mappings or protocol models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from edge_agent import __version__
+from edge_agent.comms.base import (
+    BoundedQueue,
+    Incoming,
+    PublishHandle,
+    Transport,
+    TransportEventKind,
+    Will,
+)
+from edge_agent.errors import EdgeAgentError, ProtocolError
+from edge_agent.outbox import Outbox
+from edge_agent.protocol import (
+    DECODE_REASONS,
+    DEFAULT_MAX_BYTES,
+    UINT32,
+    ActionBatch,
+    Birth,
+    Body,
+    CommandResult,
+    Death,
+    DeathReason,
+    DecodeError,
+    Envelope,
+    Event,
+    EventKind,
+    NodeState,
+    OutboxCounters,
+    RebirthRequest,
+    Route,
+    SeqResult,
+    SeqTracker,
+    Severity,
+    Telemetry,
+    Topics,
+    body_model,
+    check_name,
+    clock_synced,
+    decode,
+    encode,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE: Final = "fleet_link.json"
+MALFORMED_REASONS: Final = (*DECODE_REASONS, "topic", "type_mismatch", "node_mismatch")
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One valid incoming message, as the daemon sees it."""
+
+    topic: str
+    route: Route
+    envelope: Envelope
+    retained: bool
+    seq: SeqResult | None
+    """Gap verdict for messages on topics owned by a peer; None for messages addressed to us."""
+
+
+class FleetLink:
+    """One node's link to the fleet. See the module docstring for the tick protocol."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        outbox: Outbox,
+        node_id: str,
+        fleet: str,
+        state_dir: str | Path,
+        *,
+        birth: Birth | Mapping[str, Any] | None = None,
+        subscriptions: Iterable[tuple[str, int]] = (),
+        max_payload_bytes: int = DEFAULT_MAX_BYTES,
+        max_inbox: int = 1000,
+        max_peers: int = 4096,
+        rebirth_min_interval_s: float = 5.0,
+        rebirth_request_interval_s: float = 30.0,
+        request_rebirth_on_gap: bool = True,
+        clock_check_every_s: float = 60.0,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock_sync_check: Callable[[], bool] = clock_synced,
+    ) -> None:
+        self.node_id = check_name(node_id, "node")
+        self.topics = Topics(fleet)
+        self.fleet = fleet
+        self.transport = transport
+        self.outbox = outbox
+        self.state_dir = Path(state_dir)
+        self.max_payload_bytes = max_payload_bytes
+        self.max_peers = max_peers
+        self.rebirth_min_interval_s = rebirth_min_interval_s
+        self.rebirth_request_interval_s = rebirth_request_interval_s
+        self.request_rebirth_on_gap = request_rebirth_on_gap
+        self.clock_check_every_s = clock_check_every_s
+        self._wall = wall_clock
+        self._mono = monotonic
+        self._clock_sync_check = clock_sync_check
+        self._lock = threading.RLock()
+        self._inbox: BoundedQueue[Received] = BoundedQueue(max_inbox)
+        self._birth = self._to_birth(birth)
+        self._extra_subs = list(subscriptions)
+        self._seq = 0
+        self._bdseq: int | None = self._load_bdseq()
+        self._session_bdseq: tuple[int, int] | None = None
+        self._online_session: int | None = None
+        self._synced = False
+        self._next_clock_check = -1e18
+        self._rebirth_pending = False
+        self._last_birth = -1e18
+        self._rebirth_wanted: set[str] = set()
+        self._rebirth_asked: OrderedDict[str, float] = OrderedDict()
+        self._trackers: OrderedDict[str, SeqTracker] = OrderedDict()
+        self._started = False
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "received",
+                "births_sent",
+                "connects",
+                "disconnects",
+                "rebirths_received",
+                "rebirth_requests_sent",
+                "seq_gaps",
+                "seq_no_birth",
+                "qos0_dropped",
+                "outbox_refused",
+            ),
+            0,
+        )
+        for reason in MALFORMED_REASONS:
+            self.counters[f"malformed.{reason}"] = 0
+
+    # Life -----------------------------------------------------------------------------------
+    @property
+    def bdseq(self) -> int | None:
+        """The bdseq of the current (or last) connection attempt; None before the first."""
+        with self._lock:
+            return self._bdseq
+
+    @property
+    def online(self) -> bool:
+        """True between processing CONNECTED and DISCONNECTED in :meth:`pump`."""
+        return self._online_session is not None
+
+    def start(self) -> None:
+        """Subscribe to the node's inbox and start connecting (returns at once)."""
+        if self._started:
+            return
+        self._started = True
+        self.transport.on_message = self._on_message
+        for pattern in self.topics.node_inbox(self.node_id):
+            self.transport.subscribe(pattern, 1)
+        for pattern, qos in self._extra_subs:
+            self.transport.subscribe(pattern, qos)
+        self.transport.connect(self._make_will)
+
+    def stop(
+        self, *, reason: DeathReason = DeathReason.SHUTDOWN, drain_timeout_s: float = 1.0
+    ) -> None:
+        """Publish a Death, try to drain the outbox for ``drain_timeout_s``, then disconnect.
+
+        The broker publishes the will (offline state) on the way out. The outbox stays open (its
+        owner closes it); whatever was not acknowledged is sent after the next start.
+        """
+        if not self._started:
+            return
+        self.pump()
+        if self.online:
+            self._publish_direct(Death.TYPE, Death(reason=reason), self.topics.death(self.node_id))
+            deadline = self._mono() + drain_timeout_s
+            while self._mono() < deadline and self.online and self.outbox.depth_rows:
+                self.pump()
+                time.sleep(0.01)
+        self.outbox.flush()
+        self.transport.disconnect(publish_will=True)
+        self.pump()
+        self._online_session = None
+        self.outbox.on_connection_lost()
+        self._started = False
+
+    def subscribe(self, pattern: str, qos: int = 1) -> None:
+        """Subscribe to more topics (e.g. ``topics.all_nodes("beliefs")``), now and on reconnect."""
+        self.transport.subscribe(pattern, qos)
+
+    def set_birth(self, birth: Birth | Mapping[str, Any]) -> None:
+        """Replace what the birth says; published again at once when online (a rebirth)."""
+        new = self._to_birth(birth)
+        with self._lock:
+            self._birth = new
+            self._rebirth_pending = True
+            self._last_birth = -1e18
+
+    # Tick -----------------------------------------------------------------------------------
+    def pump(self) -> int:
+        """Handle transport events, rebirths and send from the outbox. Never blocks.
+
+        Returns how many outbox messages went on the wire.
+        """
+        for event in self.transport.events.drain():
+            if event.kind is TransportEventKind.ACK:
+                if event.handle is not None:
+                    self.outbox.on_ack(event.handle, event.reason_code)
+            elif event.kind is TransportEventKind.CONNECTED:
+                self._on_connected(event.session)
+            elif (
+                event.kind is TransportEventKind.DISCONNECTED
+                and event.session == self._online_session
+            ):
+                self._online_session = None
+                self.outbox.on_connection_lost()
+                self._count("disconnects")
+                logger.info("fleet link offline: %s", event.detail)
+        if not self.online:
+            return 0
+        now = self._mono()
+        with self._lock:
+            rebirth = (
+                self._rebirth_pending and now - self._last_birth >= self.rebirth_min_interval_s
+            )
+            wanted = sorted(self._rebirth_wanted)
+            self._rebirth_wanted.clear()
+        if rebirth:
+            self._publish_birth()
+        for node in wanted:
+            self.request_rebirth(node, "sequence gap")
+        return self.outbox.pump(self._send_stored)
+
+    def flush(self) -> None:
+        """Make everything published so far durable (commit the outbox)."""
+        self.outbox.flush()
+
+    def receive(self, max_messages: int | None = None) -> list[Received]:
+        """Valid incoming messages, oldest first (the inbox drops the newest when full)."""
+        return self._inbox.drain(max_messages)
+
+    # Publishing -----------------------------------------------------------------------------
+    def publish(
+        self,
+        msg_type: str,
+        body: Body | Mapping[str, Any],
+        cls: str = "event",
+        *,
+        topic: str | None = None,
+        qos: int = 1,
+        retain: bool = False,
+    ) -> int:
+        """Publish one message; returns its ``seq``.
+
+        QoS 1 goes through the outbox under class ``cls`` (may raise
+        :class:`~edge_agent.outbox.OutboxFullError`); QoS 0 is sent at once if online and
+        otherwise dropped (counted ``qos0_dropped``). ``topic`` defaults to the sender's topic
+        for ``msg_type``.
+        """
+        model = body_model(msg_type)
+        if not isinstance(body, model):
+            try:
+                body = model.model_validate(dict(body))
+            except (ValidationError, TypeError, ValueError) as err:
+                raise ProtocolError(f"bad {msg_type} body: {err}") from err
+        if topic is None:
+            topic = self._default_topic(msg_type, body)
+        env = self._envelope(msg_type, body)
+        payload = encode(env, self.max_payload_bytes)
+        if qos == 0:
+            if self.transport.publish(topic, payload, 0, retain) is None:
+                self._count("qos0_dropped")
+            return env.seq
+        if qos != 1:
+            raise ProtocolError(f"qos {qos} is not supported, use 0 or 1")
+        try:
+            self.outbox.put(topic, payload, cls, retain=retain)
+        except EdgeAgentError:
+            self._count("outbox_refused")
+            raise
+        return env.seq
+
+    def publish_telemetry(self, telemetry: Telemetry | Mapping[str, Any]) -> int:
+        """Publish telemetry; fills in the outbox counters and the link's counters."""
+        data = telemetry.model_dump() if isinstance(telemetry, Telemetry) else dict(telemetry)
+        if data.get("outbox") is None:
+            stats = self.outbox.stats()
+            data["outbox"] = OutboxCounters.model_validate(
+                {k: v for k, v in stats.items() if k in OutboxCounters.model_fields}
+            )
+        counters = {f"link.{k}": v for k, v in self.counters.items() if v}
+        counters.update(data.get("counters") or {})
+        data["counters"] = counters
+        return self.publish(Telemetry.TYPE, data, "telemetry")
+
+    def publish_event(
+        self,
+        kind: EventKind | str,
+        detail: str = "",
+        *,
+        severity: Severity | str = Severity.INFO,
+        group: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        body: dict[str, Any] = {
+            "kind": kind,
+            "severity": severity,
+            "detail": detail,
+            "group": group,
+            "data": dict(data or {}),
+        }
+        return self.publish(Event.TYPE, body, "event")
+
+    def publish_result(self, result: CommandResult | Mapping[str, Any]) -> int:
+        return self.publish(CommandResult.TYPE, result, "result")
+
+    def request_rebirth(self, node: str, reason: str = "") -> bool:
+        """Ask ``node`` to publish its birth again (at most once per interval per node)."""
+        check_name(node, "node")
+        now = self._mono()
+        with self._lock:
+            last = self._rebirth_asked.get(node)
+            if last is not None and now - last < self.rebirth_request_interval_s:
+                return False
+        sent = self._publish_direct(
+            RebirthRequest.TYPE, RebirthRequest(reason=reason[:256]), self.topics.rebirth(node)
+        )
+        if sent:
+            with self._lock:
+                self._rebirth_asked[node] = now
+                self._rebirth_asked.move_to_end(node)
+                while len(self._rebirth_asked) > self.max_peers:
+                    self._rebirth_asked.popitem(last=False)
+            self._count("rebirth_requests_sent")
+        return sent
+
+    def stats(self) -> dict[str, int | float | bool]:
+        """Counters of the link, its inbox, the transport and the outbox (``outbox.*``)."""
+        with self._lock:
+            out: dict[str, int | float | bool] = dict(self.counters)
+            out["peers_tracked"] = len(self._trackers)
+            out["bdseq"] = -1 if self._bdseq is None else self._bdseq
+        out["online"] = self.online
+        out["inbox_depth"] = len(self._inbox)
+        out["inbox_dropped"] = self._inbox.dropped
+        out["transport_incoming_dropped"] = self.transport.incoming.dropped
+        out["transport_events_dropped"] = self.transport.events.dropped
+        out["transport_handler_errors"] = self.transport.handler_errors
+        for key, value in self.outbox.stats().items():
+            out[f"outbox.{key}"] = value
+        return out
+
+    # Internals ------------------------------------------------------------------------------
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+    @staticmethod
+    def _to_birth(birth: Birth | Mapping[str, Any] | None) -> Birth:
+        if isinstance(birth, Birth):
+            return birth
+        if birth is None:
+            return Birth(software_version=__version__, profile="unknown", budget_bytes=0)
+        try:
+            return Birth.model_validate(dict(birth))
+        except ValidationError as err:
+            raise ProtocolError(f"bad birth: {err}") from err
+
+    def _default_topic(self, msg_type: str, body: Body) -> str:
+        node = self.node_id
+        simple: dict[str, Callable[[str], str]] = {
+            "state": self.topics.node_state,
+            "birth": self.topics.birth,
+            "death": self.topics.death,
+            "telemetry": self.topics.telemetry,
+            "event": self.topics.event,
+            "result": self.topics.command_result,
+            "beliefs": self.topics.beliefs,
+        }
+        if msg_type in simple:
+            return simple[msg_type](node)
+        if isinstance(body, ActionBatch):
+            return self.topics.action(node, body.group)
+        raise ProtocolError(f"{msg_type} messages have no default topic; pass topic=")
+
+    def _clock_is_synced(self) -> bool:
+        now = self._mono()
+        if now >= self._next_clock_check:
+            self._next_clock_check = now + self.clock_check_every_s
+            self._synced = bool(self._clock_sync_check())
+        return self._synced
+
+    def _envelope(self, msg_type: str, body: Body, bdseq: int | None = None) -> Envelope:
+        with self._lock:
+            seq = self._seq
+            self._seq = (seq + 1) % UINT32
+            use_bdseq = bdseq if bdseq is not None else (self._bdseq or 0)
+            synced = self._clock_is_synced()
+        return Envelope(
+            type=msg_type,
+            node=self.node_id,
+            seq=seq,
+            bdseq=use_bdseq,
+            ts=max(0.0, self._wall()),
+            clock_synced=synced,
+            body=body,
+        )
+
+    def _send_stored(self, topic: str, payload: bytes, retain: bool) -> PublishHandle | None:
+        return self.transport.publish(topic, payload, 1, retain)
+
+    def _publish_direct(self, msg_type: str, body: Body, topic: str, retain: bool = False) -> bool:
+        """Presence and control messages: sent now or not at all (the next connect redoes them)."""
+        payload = encode(self._envelope(msg_type, body), self.max_payload_bytes)
+        return self.transport.publish(topic, payload, 1, retain) is not None
+
+    def _publish_birth(self) -> None:
+        with self._lock:
+            birth = self._birth
+            self._rebirth_pending = False
+            self._last_birth = self._mono()
+        if self._publish_direct(Birth.TYPE, birth, self.topics.birth(self.node_id), retain=True):
+            self._count("births_sent")
+
+    def _on_connected(self, session: int) -> None:
+        with self._lock:
+            current = self._session_bdseq
+        if session != self.transport.session or current is None or current[0] != session:
+            return  # a stale session: its DISCONNECTED follows
+        self._online_session = session
+        self.outbox.on_connection_lost()  # a fresh window; unacked rows go again, oldest first
+        self._count("connects")
+        logger.info("fleet link online (session %d, bdseq %d)", session, current[1])
+        self._publish_direct(
+            NodeState.TYPE,
+            NodeState(online=True),
+            self.topics.node_state(self.node_id),
+            retain=True,
+        )
+        self._publish_birth()
+
+    def _make_will(self, session: int) -> Will:
+        """Called by the transport before each connection attempt (on its thread)."""
+        with self._lock:
+            bdseq = 0 if self._bdseq is None else (self._bdseq + 1) % UINT32
+            self._save_bdseq(bdseq)
+            self._bdseq = bdseq
+            self._session_bdseq = (session, bdseq)
+        env = self._envelope(NodeState.TYPE, NodeState(online=False), bdseq)
+        return Will(self.topics.node_state(self.node_id), encode(env), qos=1, retain=True)
+
+    def _state_path(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    def _load_bdseq(self) -> int | None:
+        path = self._state_path()
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            logger.error("fleet link state %s unreadable (%s); bdseq restarts", path, err)
+            return None
+        value = data.get("bdseq") if isinstance(data, dict) else None
+        if type(value) is not int or not 0 <= value < UINT32:
+            logger.error("fleet link state %s has no valid bdseq; bdseq restarts", path)
+            return None
+        return value
+
+    def _save_bdseq(self, bdseq: int) -> None:
+        """Write temp, fsync, rename, fsync the directory: the new bdseq survives a crash."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self._state_path()
+        tmp = path.with_name(path.name + ".tmp")
+        data = json.dumps({"bdseq": bdseq, "node": self.node_id, "fleet": self.fleet})
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(self.state_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _on_message(self, msg: Incoming) -> None:
+        """Transport thread: decode, validate, route, enqueue. Never raises for bad input."""
+        try:
+            env = decode(msg.payload, self.max_payload_bytes)
+        except DecodeError as err:
+            self._malformed(err.reason, msg.topic, str(err))
+            return
+        route = self.topics.parse(msg.topic)
+        if route is None:
+            self._malformed("topic", msg.topic, "not a topic of this fleet's protocol")
+            return
+        expected = route.expected_type
+        if expected is not None and env.type != expected:
+            self._malformed("type_mismatch", msg.topic, f"{env.type} on a {route.kind} topic")
+            return
+        if route.node_owned and env.node != route.node:
+            self._malformed("node_mismatch", msg.topic, f"sent by {env.node}")
+            return
+        if route.kind == "rebirth":
+            if route.node == self.node_id:
+                with self._lock:
+                    self._rebirth_pending = True
+                self._count("rebirths_received")
+            return
+        verdict: SeqResult | None = None
+        if route.node_owned and env.node != self.node_id:
+            verdict = self._track(env)
+        self._count("received")
+        self._inbox.put(Received(msg.topic, route, env, msg.retain, verdict))
+
+    def _track(self, env: Envelope) -> SeqResult:
+        with self._lock:
+            tracker = self._trackers.get(env.node)
+            if tracker is None:
+                tracker = self._trackers[env.node] = SeqTracker()
+                while len(self._trackers) > self.max_peers:
+                    self._trackers.popitem(last=False)
+            else:
+                self._trackers.move_to_end(env.node)
+            result = tracker.observe(env.type, env.bdseq, env.seq)
+            if result.verdict == "gap":
+                self.counters["seq_gaps"] += 1
+            elif result.verdict == "no_birth":
+                self.counters["seq_no_birth"] += 1
+            if result.needs_rebirth and self.request_rebirth_on_gap:
+                self._rebirth_wanted.add(env.node)
+        return result
+
+    def _malformed(self, reason: str, topic: str, detail: str) -> None:
+        self._count(f"malformed.{reason}")
+        logger.debug("dropped malformed message on %s: %s", topic, detail)

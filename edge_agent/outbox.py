@@ -1,0 +1,386 @@
+"""Durable store-and-forward for QoS 1 messages, in SQLite (WAL).
+
+Contract
+--------
+- Every message is inserted here before it is sent, and its row is deleted only when the broker
+  acknowledged it (PUBACK). Nothing is kept in paho's or the broker's session memory.
+- Writes are batched: a transaction is committed after ``commit_every`` writes, after
+  ``commit_interval_s`` (checked on the next call), on :meth:`Outbox.flush`, and at the start of
+  :meth:`Outbox.pump` (so nothing goes on the wire before it is committed). **A message is durable
+  once ``flush()`` returned** -- the FleetLink flushes at the end of every tick. With WAL and
+  ``synchronous=NORMAL`` a committed transaction survives the daemon being SIGKILLed (the WAL is in
+  the OS page cache); a power cut can lose the last transactions before a WAL checkpoint, unless
+  ``synchronous_full=True`` (fsync on every commit). Deletions of acked rows are batched the same
+  way, so a crash can re-send a few acked messages: delivery is at-least-once.
+- Bounded in bytes (payload + topic per row). Per-class policy: ``drop_oldest`` classes
+  (telemetry) make room by deleting their own oldest rows and, when nothing of theirs is left to
+  drop, drop the new message (counted ``dropped``); other classes (event, action, result) are kept:
+  a new one first evicts drop-oldest rows, and if it still does not fit it is refused with
+  :class:`OutboxFullError`, counted ``refused``, and :attr:`Outbox.full_alarm` is raised until the
+  depth falls below ``low_water`` of the bound.
+- Per-class TTL on the wall clock: expired rows are deleted (counted ``expired``) when met by the
+  pump and in a sweep every ``expire_every_s``. A clock step moves expiry with it.
+- Our own in-flight window: at most ``max_inflight`` sent-but-unacked rows. After a reconnect
+  (:meth:`Outbox.on_connection_lost`), everything unacked is sent again from the oldest row.
+- A PUBACK with an error reason code (>= 0x80, e.g. not authorised) deletes the row and counts it
+  ``rejected``: retrying cannot succeed; 0x97 (quota exceeded) keeps it for the next session.
+
+Single-threaded: one owner thread calls every method (the daemon loop, via the FleetLink).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final
+
+from edge_agent.errors import EdgeAgentError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+PUBACK_QUOTA_EXCEEDED: Final = 0x97
+
+
+class OutboxFullError(EdgeAgentError):
+    """The outbox is full of messages that must be kept; the new one was refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClassPolicy:
+    drop_oldest: bool
+    """True: when full, older rows of this class are dropped (telemetry). False: keep, refuse."""
+    ttl_s: float
+    """Rows older than this are deleted unsent."""
+
+
+DEFAULT_POLICIES: Final[Mapping[str, ClassPolicy]] = MappingProxyType(
+    {
+        "telemetry": ClassPolicy(drop_oldest=True, ttl_s=3600.0),
+        "event": ClassPolicy(drop_oldest=False, ttl_s=7 * 86400.0),
+        "action": ClassPolicy(drop_oldest=False, ttl_s=300.0),
+        "result": ClassPolicy(drop_oldest=False, ttl_s=86400.0),
+    }
+)
+
+Send = Callable[[str, bytes, bool], Hashable | None]
+"""``send(topic, payload, retain)`` -> a handle for the ACK, or None when it could not be sent."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    cls TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_class ON messages (cls, id);
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires);
+"""
+
+
+@dataclass(slots=True)
+class _Inflight:
+    row_id: int
+    size: int
+
+
+class Outbox:
+    """Durable, bounded QoS 1 message store with an in-flight window. See the module docstring."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int = 16 * 1024 * 1024,
+        policies: Mapping[str, ClassPolicy] = DEFAULT_POLICIES,
+        max_inflight: int = 16,
+        commit_every: int = 256,
+        commit_interval_s: float = 0.5,
+        expire_every_s: float = 5.0,
+        low_water: float = 0.8,
+        synchronous_full: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes < 1024:
+            raise EdgeAgentError(f"outbox max_bytes is {max_bytes}, need >= 1024")
+        if not 1 <= max_inflight <= 65535 or commit_every < 1 or not 0 < low_water <= 1:
+            raise EdgeAgentError("outbox needs 1 <= max_inflight <= 65535, commit_every >= 1")
+        if not policies:
+            raise EdgeAgentError("outbox needs at least one message class policy")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.policies = dict(policies)
+        self.max_inflight = max_inflight
+        self.commit_every = commit_every
+        self.commit_interval_s = commit_interval_s
+        self.expire_every_s = expire_every_s
+        self.low_water_bytes = int(max_bytes * low_water)
+        self._clock = clock
+        self._inflight: dict[Hashable, _Inflight] = {}
+        self._inflight_rows: set[int] = set()
+        self._cursor = 0
+        self._writes = 0
+        self._txn_started = 0.0
+        self._next_expire = 0.0
+        self.full_alarm = False
+        self.stored = self.sent = self.acked = self.rejected = 0
+        self.expired = self.dropped = self.refused = 0
+        self._conn = self._open(synchronous_full)
+        rows, size = self._conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM messages"
+        ).fetchone()
+        self.depth_rows: int = rows
+        self.depth_bytes: int = size
+
+    def _open(self, synchronous_full: bool) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    logger.warning("outbox %s: journal_mode is %s, not WAL", self.path, mode)
+                conn.execute(f"PRAGMA synchronous={'FULL' if synchronous_full else 'NORMAL'}")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version not in (0, SCHEMA_VERSION):
+                    raise EdgeAgentError(
+                        f"outbox {self.path} has schema version {version}, this build reads "
+                        f"{SCHEMA_VERSION}; move it away to start empty"
+                    )
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.DatabaseError as err:
+            raise EdgeAgentError(f"outbox {self.path} cannot be opened: {err}") from err
+        return conn
+
+    # Writing --------------------------------------------------------------------------------
+    def put(self, topic: str, payload: bytes, cls: str, *, retain: bool = False) -> int | None:
+        """Store one message; returns its row id, or None when a drop-oldest class had no room.
+
+        Raises :class:`OutboxFullError` when a keep class does not fit.
+        """
+        policy = self.policies.get(cls)
+        if policy is None:
+            raise EdgeAgentError(f"unknown outbox class {cls!r}; known: {sorted(self.policies)}")
+        size = len(payload) + len(topic.encode())  # SQLite's own overhead is not counted
+        if size > self.max_bytes:
+            self.refused += 1
+            raise OutboxFullError(
+                f"a {size}-byte {cls} message can never fit the {self.max_bytes}-byte outbox"
+            )
+        now = self._clock()
+        if self.depth_bytes + size > self.max_bytes:
+            self._make_room(size, cls if policy.drop_oldest else None, now)
+        if self.depth_bytes + size > self.max_bytes:
+            if policy.drop_oldest:
+                self.dropped += 1
+                return None
+            self.refused += 1
+            if not self.full_alarm:
+                logger.error(
+                    "outbox %s is full (%d bytes): refusing %s", self.path, self.depth_bytes, cls
+                )
+            self.full_alarm = True
+            raise OutboxFullError(
+                f"outbox full: {self.depth_bytes} of {self.max_bytes} bytes used by messages that "
+                f"must be kept; a {size}-byte {cls} message was refused"
+            )
+        self._begin()
+        cur = self._conn.execute(
+            "INSERT INTO messages (cls, topic, payload, retain, created, expires, size) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (cls, topic, bytes(payload), int(retain), now, now + policy.ttl_s, size),
+        )
+        self.stored += 1
+        self.depth_rows += 1
+        self.depth_bytes += size
+        self._wrote()
+        if cur.lastrowid is None:
+            raise EdgeAgentError("SQLite did not report the new outbox row id")
+        return cur.lastrowid
+
+    def _make_room(self, size: int, own_cls: str | None, now: float) -> None:
+        """Expire, then drop oldest rows of drop-oldest classes until ``size`` fits."""
+        self.expire(now)
+        if own_cls is not None:
+            victims = [own_cls]
+        else:
+            victims = [name for name, p in self.policies.items() if p.drop_oldest]
+        for name in victims:
+            if self.depth_bytes + size <= self.max_bytes:
+                return
+            rows = self._conn.execute(
+                "SELECT id, size FROM messages WHERE cls = ? ORDER BY id", (name,)
+            ).fetchall()
+            doomed: list[tuple[int]] = []
+            freed = 0
+            for row_id, row_size in rows:
+                if row_id in self._inflight_rows:
+                    continue
+                doomed.append((row_id,))
+                freed += row_size
+                if self.depth_bytes - freed + size <= self.max_bytes:
+                    break
+            if doomed:
+                self._delete(doomed, freed)
+                self.dropped += len(doomed)
+
+    def _delete(self, ids: list[tuple[int]], size: int) -> None:
+        self._begin()
+        self._conn.executemany("DELETE FROM messages WHERE id = ?", ids)
+        self.depth_rows -= len(ids)
+        self.depth_bytes -= size
+        self._wrote(len(ids))
+        if self.full_alarm and self.depth_bytes <= self.low_water_bytes:
+            self.full_alarm = False
+            logger.info("outbox %s is below its low-water mark again", self.path)
+
+    def _begin(self) -> None:
+        if not self._conn.in_transaction:
+            self._conn.execute("BEGIN")
+            self._txn_started = time.monotonic()
+            self._writes = 0
+
+    def _wrote(self, n: int = 1) -> None:
+        self._writes += n
+        if (
+            self._writes >= self.commit_every
+            or time.monotonic() - self._txn_started >= self.commit_interval_s
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit everything written so far. Messages put before this call are now durable."""
+        if self._conn.in_transaction:
+            self._conn.execute("COMMIT")
+        self._writes = 0
+
+    # Sending --------------------------------------------------------------------------------
+    def pump(self, send: Send) -> int:
+        """Send stored rows, oldest first, while the in-flight window has room.
+
+        Returns how many were sent. Stops at the first ``send`` that returns None (not
+        connected). An :class:`EdgeAgentError` from ``send`` (e.g. an invalid topic) rejects that
+        row for good.
+        """
+        now = self._clock()
+        if now >= self._next_expire:
+            self.expire(now)
+        self.flush()  # stored (committed) before sent
+        sent = 0
+        while len(self._inflight) < self.max_inflight:
+            rows = self._conn.execute(
+                "SELECT id, topic, payload, retain, expires, size FROM messages "
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (self._cursor, self.max_inflight - len(self._inflight)),
+            ).fetchall()
+            if not rows:
+                break
+            for row_id, topic, payload, retain, expires, size in rows:
+                if row_id in self._inflight_rows:
+                    self._cursor = row_id
+                    continue
+                if expires <= now:
+                    self._cursor = row_id
+                    self._delete([(row_id,)], size)
+                    self.expired += 1
+                    continue
+                try:
+                    handle = send(topic, payload, bool(retain))
+                except EdgeAgentError as err:
+                    logger.error("outbox: rejecting row %d for %s: %s", row_id, topic, err)
+                    self._cursor = row_id
+                    self._delete([(row_id,)], size)
+                    self.rejected += 1
+                    continue
+                if handle is None:
+                    return sent
+                self._cursor = row_id
+                self._inflight[handle] = _Inflight(row_id, size)
+                self._inflight_rows.add(row_id)
+                self.sent += 1
+                sent += 1
+        return sent
+
+    def on_ack(self, handle: Hashable, reason_code: int = 0) -> bool:
+        """A PUBACK arrived; delete the row. False when ``handle`` is not one of ours."""
+        entry = self._inflight.pop(handle, None)
+        if entry is None:
+            return False
+        self._inflight_rows.discard(entry.row_id)
+        if reason_code == PUBACK_QUOTA_EXCEEDED:
+            return True  # stays stored; sent again after the next reconnect
+        if reason_code >= 0x80:
+            logger.error("outbox: broker refused row %d (reason 0x%02x)", entry.row_id, reason_code)
+            self.rejected += 1
+        else:
+            self.acked += 1
+        self._delete([(entry.row_id,)], entry.size)
+        return True
+
+    def on_connection_lost(self) -> None:
+        """Forget the in-flight window: every unacked row is sent again, oldest first."""
+        self._inflight.clear()
+        self._inflight_rows.clear()
+        self._cursor = 0
+
+    def expire(self, now: float | None = None) -> int:
+        """Delete rows past their TTL (not those in flight); returns how many."""
+        now = self._clock() if now is None else now
+        self._next_expire = now + self.expire_every_s
+        rows = self._conn.execute(
+            "SELECT id, size FROM messages WHERE expires <= ?", (now,)
+        ).fetchall()
+        doomed = [(row_id,) for row_id, _ in rows if row_id not in self._inflight_rows]
+        if not doomed:
+            return 0
+        size = sum(s for row_id, s in rows if row_id not in self._inflight_rows)
+        self._delete(doomed, size)
+        self.expired += len(doomed)
+        return len(doomed)
+
+    # Reading --------------------------------------------------------------------------------
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def stats(self) -> dict[str, int | bool]:
+        return {
+            "stored": self.stored,
+            "sent": self.sent,
+            "acked": self.acked,
+            "rejected": self.rejected,
+            "expired": self.expired,
+            "dropped": self.dropped,
+            "refused": self.refused,
+            "depth_rows": self.depth_rows,
+            "depth_bytes": self.depth_bytes,
+            "inflight": len(self._inflight),
+            "max_bytes": self.max_bytes,
+            "full": self.full_alarm,
+        }
+
+    def close(self) -> None:
+        """Commit and close. The outbox cannot be used afterwards."""
+        try:
+            self.flush()
+        finally:
+            self._conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

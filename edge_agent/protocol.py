@@ -1,0 +1,785 @@
+"""The fleet wire protocol: topic names, message schemas, encoding and sequence numbers.
+
+Every topic name is built by :class:`Topics` and nowhere else. Every payload is one msgpack map,
+the :class:`Envelope`, whose ``body`` is validated by the pydantic model registered for its
+``type``. All models forbid unknown keys and are strict (no "1" -> 1 coercion), so a message either
+matches the versioned schema exactly or :func:`decode` raises :class:`DecodeError` (a
+:class:`~edge_agent.errors.ProtocolError`) naming the reason.
+
+Sequence numbers (see ``docs/protocol.md`` for the full rules):
+
+- ``seq``: per-node message counter, uint32, wraps to 0, one increment per message the node
+  encodes, whatever its topic. Receivers track it per node with :class:`SeqTracker`.
+- ``bdseq``: birth/death sequence, uint32, persisted by the node across restarts, incremented for
+  every connection attempt. The birth of a session and the will registered for that session carry
+  the same ``bdseq``, so a receiver can tell a stale death from the current one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+
+from edge_agent.errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION: Final = 1
+TOPIC_ROOT: Final = "ea/v1"
+DEFAULT_MAX_BYTES: Final = 256 * 1024
+"""Largest payload :func:`encode` writes and :func:`decode` accepts unless told otherwise."""
+
+UINT32: Final = 1 << 32
+_HALF: Final = 1 << 31
+
+NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Node ids, fleet names, group names and agent ids: one safe MQTT topic level, 1-64 chars."""
+_NAME_RE: Final = re.compile(NAME_PATTERN)
+
+
+def check_name(value: str, what: str) -> str:
+    """Return ``value`` if it is a valid topic level name, else raise :class:`ProtocolError`."""
+    if not isinstance(value, str) or _NAME_RE.fullmatch(value) is None:
+        raise ProtocolError(
+            f"{what} {value!r} is not a valid name: 1-64 characters from A-Z a-z 0-9 _ . -, "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Topics
+
+
+class TopicKind(StrEnum):
+    """The last fixed level of a topic: what the messages on it are."""
+
+    STATE = "state"
+    BIRTH = "birth"
+    DEATH = "death"
+    TELEMETRY = "telemetry"
+    EVENT = "event"
+    COMMAND = "cmd"
+    RESULT = "result"
+    REBIRTH = "rebirth"
+    BELIEFS = "beliefs"
+    OBS = "obs"
+    ACTION = "action"
+    TASKS = "tasks"
+
+
+_NODE_KINDS: Final = frozenset(
+    {
+        TopicKind.STATE,
+        TopicKind.BIRTH,
+        TopicKind.DEATH,
+        TopicKind.TELEMETRY,
+        TopicKind.EVENT,
+        TopicKind.COMMAND,
+        TopicKind.RESULT,
+        TopicKind.REBIRTH,
+        TopicKind.BELIEFS,
+    }
+)
+_GROUP_KINDS: Final = frozenset({TopicKind.OBS, TopicKind.ACTION})
+
+# Topics written only by the node named in them: the envelope's ``node`` must match.
+NODE_OWNED_KINDS: Final = frozenset(
+    {
+        TopicKind.STATE,
+        TopicKind.BIRTH,
+        TopicKind.DEATH,
+        TopicKind.TELEMETRY,
+        TopicKind.EVENT,
+        TopicKind.RESULT,
+        TopicKind.BELIEFS,
+        TopicKind.ACTION,
+    }
+)
+
+# The one message type each topic kind carries; ``tasks`` carries any registered extension type.
+_KIND_TYPE: Final[Mapping[TopicKind, str]] = {
+    TopicKind.STATE: "state",
+    TopicKind.BIRTH: "birth",
+    TopicKind.DEATH: "death",
+    TopicKind.TELEMETRY: "telemetry",
+    TopicKind.EVENT: "event",
+    TopicKind.COMMAND: "command",
+    TopicKind.RESULT: "result",
+    TopicKind.REBIRTH: "rebirth",
+    TopicKind.BELIEFS: "beliefs",
+    TopicKind.OBS: "obs",
+    TopicKind.ACTION: "action",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A parsed topic: which fleet, which node, what kind, and for obs/action which group/agent."""
+
+    fleet: str
+    kind: TopicKind
+    node: str | None = None
+    group: str | None = None
+    agent: str | None = None
+
+    @property
+    def node_owned(self) -> bool:
+        """True when only ``node`` may publish here (its envelope ``node`` must equal it)."""
+        return self.kind in NODE_OWNED_KINDS
+
+    @property
+    def expected_type(self) -> str | None:
+        """The envelope ``type`` this topic carries, or None when any registered type may."""
+        return _KIND_TYPE.get(self.kind)
+
+
+class Topics:
+    """Every topic name of one fleet, built in one place.
+
+    ``ea/v1/{fleet}/node/{node}/{kind}`` for per-node topics,
+    ``ea/v1/{fleet}/node/{node}/{obs|action}/{group}[/{agent}]`` for agent streams and
+    ``ea/v1/{fleet}/tasks`` for fleet-wide task allocation.
+    """
+
+    def __init__(self, fleet: str) -> None:
+        self.fleet = check_name(fleet, "fleet")
+        self.base = f"{TOPIC_ROOT}/{fleet}"
+
+    def _node(self, node: str, kind: TopicKind) -> str:
+        return f"{self.base}/node/{check_name(node, 'node')}/{kind.value}"
+
+    def node_state(self, node: str) -> str:
+        """Retained online/offline :class:`NodeState`; also the topic of the node's MQTT will."""
+        return self._node(node, TopicKind.STATE)
+
+    def birth(self, node: str) -> str:
+        """Retained :class:`Birth`, published on every connect and on rebirth requests."""
+        return self._node(node, TopicKind.BIRTH)
+
+    def death(self, node: str) -> str:
+        """:class:`Death`, published by a node that stops on purpose."""
+        return self._node(node, TopicKind.DEATH)
+
+    def telemetry(self, node: str) -> str:
+        return self._node(node, TopicKind.TELEMETRY)
+
+    def event(self, node: str) -> str:
+        return self._node(node, TopicKind.EVENT)
+
+    def command(self, node: str) -> str:
+        """Hub -> node :class:`Command`."""
+        return self._node(node, TopicKind.COMMAND)
+
+    def command_result(self, node: str) -> str:
+        """Node -> hub :class:`CommandResult`."""
+        return self._node(node, TopicKind.RESULT)
+
+    def rebirth(self, node: str) -> str:
+        """Anyone -> node :class:`RebirthRequest`."""
+        return self._node(node, TopicKind.REBIRTH)
+
+    def beliefs(self, node: str) -> str:
+        """Node -> peers :class:`BeliefBatch`."""
+        return self._node(node, TopicKind.BELIEFS)
+
+    def _stream(self, node: str, kind: TopicKind, group: str, agent: str | int | None) -> str:
+        topic = f"{self._node(node, kind)}/{check_name(group, 'group')}"
+        if agent is not None:
+            topic += "/" + check_name(str(agent), "agent")
+        return topic
+
+    def obs(self, node: str, group: str, agent: str | int | None = None) -> str:
+        """Observations into ``node``'s ``group`` (:class:`ObservationBatch`)."""
+        return self._stream(node, TopicKind.OBS, group, agent)
+
+    def action(self, node: str, group: str, agent: str | int | None = None) -> str:
+        """Actions out of ``node``'s ``group`` (:class:`ActionBatch`)."""
+        return self._stream(node, TopicKind.ACTION, group, agent)
+
+    def tasks(self) -> str:
+        """Fleet-wide task allocation messages (types registered by the coordination layer)."""
+        return f"{self.base}/{TopicKind.TASKS.value}"
+
+    # Wildcard subscriptions -------------------------------------------------------------
+    def all_nodes(self, kind: TopicKind | str) -> str:
+        """``kind`` of every node, e.g. ``all_nodes("state")`` for fleet presence."""
+        kind = TopicKind(kind)
+        if kind in _GROUP_KINDS:
+            return f"{self.base}/node/+/{kind.value}/#"
+        if kind not in _NODE_KINDS:
+            raise ProtocolError(f"{kind.value!r} is not a per-node topic kind")
+        return f"{self.base}/node/+/{kind.value}"
+
+    def node_all(self, node: str) -> str:
+        """Everything about one node."""
+        return f"{self.base}/node/{check_name(node, 'node')}/#"
+
+    def fleet_all(self) -> str:
+        """Everything in the fleet (hub, debugging)."""
+        return f"{self.base}/#"
+
+    def obs_all(self, node: str) -> str:
+        """Every observation stream into ``node``."""
+        return f"{self._node(node, TopicKind.OBS)}/#"
+
+    def node_inbox(self, node: str) -> list[str]:
+        """The patterns a node subscribes to for messages addressed to it."""
+        return [self.command(node), self.rebirth(node), self.obs_all(node)]
+
+    def parse(self, topic: str) -> Route | None:
+        """Parse a topic of this fleet; None when it is not one this protocol defines."""
+        parts = topic.split("/")
+        if len(parts) < 4 or parts[0] != "ea" or parts[1] != "v1" or parts[2] != self.fleet:
+            return None
+        if len(parts) == 4 and parts[3] == TopicKind.TASKS.value:
+            return Route(self.fleet, TopicKind.TASKS)
+        if len(parts) < 6 or parts[3] != "node" or _NAME_RE.fullmatch(parts[4]) is None:
+            return None
+        try:
+            kind = TopicKind(parts[5])
+        except ValueError:
+            return None
+        node = parts[4]
+        if kind in _NODE_KINDS:
+            return Route(self.fleet, kind, node) if len(parts) == 6 else None
+        if kind in _GROUP_KINDS and len(parts) in (7, 8):
+            rest = parts[6:]
+            if any(_NAME_RE.fullmatch(level) is None for level in rest):
+                return None
+            return Route(self.fleet, kind, node, rest[0], rest[1] if len(rest) == 2 else None)
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Schemas
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class Body(_Model):
+    """Base of every message body; subclasses set ``TYPE`` and are listed in the registry."""
+
+    TYPE: ClassVar[str] = ""
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+U32 = Annotated[int, Field(ge=0, lt=UINT32)]
+Count = Annotated[int, Field(ge=0, lt=1 << 63)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+ShortText = Annotated[str, Field(max_length=256)]
+Detail = Annotated[str, Field(max_length=1024)]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Scalar = bool | int | float | Annotated[str, Field(max_length=4096)] | bytes | None
+ArgValue = Scalar | Annotated[list[Scalar], Field(max_length=256)]
+Args = Annotated[dict[Annotated[str, Field(max_length=64)], ArgValue], Field(max_length=64)]
+
+
+class NodeState(Body):
+    """Retained presence. ``online=True`` after connect; the will says ``online=False``."""
+
+    TYPE: ClassVar[str] = "state"
+    online: bool
+
+
+class GroupInfo(_Model):
+    agents: Count = Field(description="agents in the group")
+    bundle: ShortText | None = Field(default=None, description="bundle name the group runs")
+    bundle_sha256: Sha256Hex | None = Field(default=None, description="sha256 of the manifest")
+
+
+class Birth(Body):
+    """Who the node is, sent on every connect and on request. Resets receivers' seq tracking."""
+
+    TYPE: ClassVar[str] = "birth"
+    software_version: ShortText
+    profile: ShortText
+    budget_bytes: Count = Field(description="memory budget of the profile")
+    groups: Annotated[dict[Name, GroupInfo], Field(max_length=1024)] = Field(default_factory=dict)
+    capabilities: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=64)] = (
+        Field(default_factory=list)
+    )
+
+
+class DeathReason(StrEnum):
+    SHUTDOWN = "shutdown"
+    RESTART = "restart"
+    UPGRADE = "upgrade"
+    ERROR = "error"
+
+
+class Death(Body):
+    """Published by a node that stops on purpose, before its retained state goes offline."""
+
+    TYPE: ClassVar[str] = "death"
+    reason: Annotated[DeathReason, Strict(False)]
+
+
+class OutboxCounters(_Model):
+    stored: Count
+    sent: Count
+    acked: Count
+    rejected: Count
+    expired: Count
+    dropped: Count
+    refused: Count
+    depth_rows: Count
+    depth_bytes: Count
+    full: bool
+
+
+class Telemetry(Body):
+    TYPE: ClassVar[str] = "telemetry"
+    uptime_s: NonNegFloat
+    rss_bytes: Count
+    budget_used_bytes: Count
+    budget_total_bytes: Count
+    ticks: Count
+    tick_p50_ms: NonNegFloat
+    tick_p99_ms: NonNegFloat
+    overruns: Count
+    groups: Annotated[dict[Name, Count], Field(max_length=1024)] = Field(default_factory=dict)
+    cpu_temp_c: float | None = None
+    outbox: OutboxCounters | None = None
+    counters: Annotated[
+        dict[Annotated[str, Field(max_length=64)], int | float], Field(max_length=256)
+    ] = Field(default_factory=dict)
+
+
+class EventKind(StrEnum):
+    ALARM = "alarm"
+    BUDGET = "budget"
+    THERMAL = "thermal"
+    OVERRUN = "overrun"
+    ROLLBACK = "rollback"
+    DEPLOY = "deploy"
+    REJECTED_INPUT = "rejected_input"
+    OUTBOX = "outbox"
+    CONNECTIVITY = "connectivity"
+    CLOCK = "clock"
+    CONFIG = "config"
+    OTHER = "other"
+
+
+class Severity(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class Event(Body):
+    TYPE: ClassVar[str] = "event"
+    kind: Annotated[EventKind, Strict(False)]
+    severity: Annotated[Severity, Strict(False)] = Severity.INFO
+    detail: Detail = ""
+    group: Name | None = None
+    data: Args = Field(default_factory=dict)
+
+
+Nonce = Annotated[bytes, Field(min_length=8, max_length=64)]
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return [[k, _canonical(value[k])] for k in sorted(value)]
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+class Command(Body):
+    """Hub -> node command. The signature is made and checked elsewhere; see ``signing_bytes``."""
+
+    TYPE: ClassVar[str] = "command"
+    target: Name = Field(description="node the command is for; covered by the signature")
+    nonce: Nonce = Field(description="random, never reused; the node refuses replays")
+    expires: NonNegFloat = Field(description="wall-clock seconds after which it is refused")
+    key_id: Annotated[str, Field(max_length=64)]
+    signature: Annotated[bytes, Field(max_length=128)] = b""
+    name: Name
+    args: Args = Field(default_factory=dict)
+
+    def signing_bytes(self, fleet: str) -> bytes:
+        """The exact bytes the signature covers: everything but the signature, canonical order."""
+        fields = [
+            PROTOCOL_VERSION,
+            fleet,
+            self.target,
+            self.nonce,
+            self.expires,
+            self.key_id,
+            self.name,
+            _canonical(self.args),
+        ]
+        packed: bytes = msgpack.packb(fields, use_bin_type=True)
+        return packed
+
+
+class ResultCode(StrEnum):
+    OK = "ok"
+    ACCEPTED = "accepted"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    EXPIRED = "expired"
+    REPLAYED = "replayed"
+    UNKNOWN_COMMAND = "unknown_command"
+    BAD_ARGS = "bad_args"
+    BUSY = "busy"
+    FAILED = "failed"
+
+
+class CommandResult(Body):
+    TYPE: ClassVar[str] = "result"
+    nonce: Nonce = Field(description="the nonce of the command this answers")
+    name: Name
+    code: Annotated[ResultCode, Strict(False)]
+    detail: Detail = ""
+    data: Args = Field(default_factory=dict)
+
+
+class RebirthRequest(Body):
+    """Ask a node to publish its birth again (e.g. after a sequence gap)."""
+
+    TYPE: ClassVar[str] = "rebirth"
+    reason: ShortText = ""
+
+
+ARRAY_DTYPES: Final[Mapping[str, str]] = {
+    "int8": "<i1",
+    "uint8": "<u1",
+    "int16": "<i2",
+    "int32": "<i4",
+    "float32": "<f4",
+}
+ArrayDtype = Literal["int8", "uint8", "int16", "int32", "float32"]
+MAX_BATCH_AGENTS: Final = 1 << 16
+
+
+class _ArrayBatch(Body):
+    """One value row per agent, packed as little-endian bytes (msgpack bin)."""
+
+    group: Name
+    tick: Count = Field(description="sender's tick number")
+    agent_ids: bytes = Field(description="little-endian uint32, one per agent")
+    dtype: ArrayDtype
+    width: Annotated[int, Field(ge=1, le=4096)] = Field(description="values per agent")
+    values: bytes = Field(description="(n_agents, width) row-major, little-endian dtype")
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> Self:
+        if len(self.agent_ids) % 4:
+            raise ValueError(f"agent_ids has {len(self.agent_ids)} bytes, not a multiple of 4")
+        n = len(self.agent_ids) // 4
+        if n > MAX_BATCH_AGENTS:
+            raise ValueError(f"{n} agents in one batch, at most {MAX_BATCH_AGENTS}")
+        itemsize = np.dtype(ARRAY_DTYPES[self.dtype]).itemsize
+        if len(self.values) != n * self.width * itemsize:
+            raise ValueError(
+                f"values has {len(self.values)} bytes, expected {n} agents x {self.width} x "
+                f"{itemsize} = {n * self.width * itemsize}"
+            )
+        return self
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.agent_ids) // 4
+
+    @classmethod
+    def from_arrays(
+        cls, group: str, tick: int, agent_ids: npt.ArrayLike, values: npt.ArrayLike
+    ) -> Self:
+        """Pack ``agent_ids: (n,)`` and ``values: (n, width)`` (a supported dtype)."""
+        ids = np.asarray(agent_ids)
+        vals = np.asarray(values)
+        if ids.ndim != 1:
+            raise ValueError(f"agent_ids has shape {ids.shape}, expected (n,)")
+        if vals.ndim != 2 or vals.shape[0] != ids.shape[0]:
+            raise ValueError(f"values has shape {vals.shape}, expected ({ids.shape[0]}, width)")
+        if ids.size and (ids.min() < 0 or ids.max() >= UINT32):
+            raise ValueError("agent_ids must be in [0, 2**32)")
+        names = {np.dtype(v).name: k for k, v in ARRAY_DTYPES.items()}
+        dtype = names.get(vals.dtype.name)
+        if dtype is None:
+            raise ValueError(f"values dtype {vals.dtype} is not one of {sorted(ARRAY_DTYPES)}")
+        return cls(
+            group=group,
+            tick=tick,
+            agent_ids=ids.astype("<u4").tobytes(),
+            dtype=dtype,  # type: ignore[arg-type]  # checked against ARRAY_DTYPES above
+            width=vals.shape[1],
+            values=vals.astype(ARRAY_DTYPES[dtype]).tobytes(),
+        )
+
+    def arrays(self) -> tuple[npt.NDArray[np.uint32], npt.NDArray[Any]]:
+        """``(agent_ids: (n,) uint32, values: (n, width))``, read-only views of the payload."""
+        ids = np.frombuffer(self.agent_ids, dtype="<u4").astype(np.uint32, copy=False)
+        vals = np.frombuffer(self.values, dtype=ARRAY_DTYPES[self.dtype])
+        return ids, vals.reshape(self.n_agents, self.width)
+
+
+class ObservationBatch(_ArrayBatch):
+    TYPE: ClassVar[str] = "obs"
+
+
+class ActionBatch(_ArrayBatch):
+    TYPE: ClassVar[str] = "action"
+
+
+class BeliefBatch(_ArrayBatch):
+    """Shared posterior beliefs (``qs``), one row per agent, for peers."""
+
+    TYPE: ClassVar[str] = "beliefs"
+
+
+_BODY_TYPES: dict[str, type[Body]] = {}
+
+
+def register_body_type(model: type[Body]) -> None:
+    """Add a message type (e.g. the coordination layer's task messages on ``tasks``)."""
+    name = model.TYPE
+    if re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name) is None:
+        raise ProtocolError(f"message type {name!r} must match [a-z][a-z0-9_]{{0,31}}")
+    if name in _BODY_TYPES and _BODY_TYPES[name] is not model:
+        raise ProtocolError(f"message type {name!r} is already registered")
+    _BODY_TYPES[name] = model
+
+
+for _model in (
+    NodeState,
+    Birth,
+    Death,
+    Telemetry,
+    Event,
+    Command,
+    CommandResult,
+    RebirthRequest,
+    ObservationBatch,
+    ActionBatch,
+    BeliefBatch,
+):
+    register_body_type(_model)
+
+
+def body_model(msg_type: str) -> type[Body]:
+    """The body model of ``msg_type``; :class:`ProtocolError` if unknown."""
+    try:
+        return _BODY_TYPES[msg_type]
+    except KeyError:
+        raise ProtocolError(f"unknown message type {msg_type!r}") from None
+
+
+class Envelope(_Model):
+    """What every payload is. ``body`` is the model registered for ``type``."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    type: str
+    node: Name = Field(description="sender")
+    seq: U32 = Field(description="sender's message sequence, wraps at 2**32")
+    bdseq: U32 = Field(description="sender's birth/death sequence")
+    ts: NonNegFloat = Field(description="sender's wall clock, seconds since the epoch")
+    clock_synced: bool = Field(description="whether the sender's clock was NTP-synchronised")
+    body: Body
+
+    @model_validator(mode="after")
+    def _body_matches_type(self) -> Self:
+        model = _BODY_TYPES.get(self.type)
+        if model is None:
+            raise ValueError(f"unknown message type {self.type!r}")
+        if type(self.body) is not model:
+            raise ValueError(f"type {self.type!r} needs a {model.__name__} body")
+        return self
+
+
+class DecodeError(ProtocolError):
+    """A payload was refused; ``reason`` is one of :data:`DECODE_REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+DECODE_REASONS: Final = (
+    "oversized",
+    "not_msgpack",
+    "not_a_map",
+    "version",
+    "unknown_type",
+    "schema",
+)
+
+
+def encode(envelope: Envelope, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Pack ``envelope`` as msgpack (arrays as bin); ProtocolError when over ``max_bytes``."""
+    data = {
+        "v": envelope.v,
+        "type": envelope.type,
+        "node": envelope.node,
+        "seq": envelope.seq,
+        "bdseq": envelope.bdseq,
+        "ts": envelope.ts,
+        "clock_synced": envelope.clock_synced,
+        "body": envelope.body.model_dump(mode="python"),
+    }
+    payload: bytes = msgpack.packb(data, use_bin_type=True)
+    if len(payload) > max_bytes:
+        raise ProtocolError(
+            f"{envelope.type} message is {len(payload)} bytes, the limit is {max_bytes}"
+        )
+    return payload
+
+
+def decode(payload: bytes | bytearray, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
+    """Validate and unpack one payload. Raises only :class:`DecodeError`."""
+    if not isinstance(payload, bytes | bytearray):
+        raise DecodeError("not_msgpack", f"payload is a {type(payload).__name__}, not bytes")
+    if len(payload) > max_bytes:
+        raise DecodeError("oversized", f"{len(payload)} bytes, the limit is {max_bytes}")
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception as err:  # msgpack raises many unrelated types on bad input
+        raise DecodeError("not_msgpack", f"{type(err).__name__}: {err}") from err
+    if not isinstance(obj, dict):
+        raise DecodeError("not_a_map", f"payload is a msgpack {type(obj).__name__}, not a map")
+    version = obj.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise DecodeError("version", f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    msg_type = obj.get("type")
+    if not isinstance(msg_type, str) or msg_type not in _BODY_TYPES:
+        raise DecodeError("unknown_type", f"message type {msg_type!r}")
+    try:
+        body = _BODY_TYPES[msg_type].model_validate(obj.get("body"))
+        return Envelope.model_validate({**obj, "body": body})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise DecodeError("schema", f"{msg_type}: {where}: {first['msg']}") from err
+    except RecursionError as err:
+        raise DecodeError("schema", f"{msg_type}: nested too deeply") from err
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence numbers
+
+
+def seq_distance(older: int, newer: int) -> int:
+    """``(newer - older) mod 2**32``: how far ``newer`` is ahead of ``older`` on the ring."""
+    return (newer - older) % UINT32
+
+
+class SeqVerdict(StrEnum):
+    BIRTH = "birth"
+    """A birth: tracking restarts from its seq."""
+    IN_ORDER = "in_order"
+    GAP = "gap"
+    """``missing`` messages were skipped; ask for a rebirth."""
+    LATE = "late"
+    """Not ahead of the last one seen: a duplicate or a re-send after reconnect."""
+    STALE_SESSION = "stale_session"
+    """From an older birth/death session (an outbox re-send from before the current birth)."""
+    NO_BIRTH = "no_birth"
+    """No birth of this session was seen; ask for a rebirth."""
+    UNTRACKED = "untracked"
+    """Presence and deaths are not sequenced (the will is built before the session starts)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeqResult:
+    verdict: SeqVerdict
+    missing: int = 0
+
+    @property
+    def needs_rebirth(self) -> bool:
+        return self.verdict in (SeqVerdict.GAP, SeqVerdict.NO_BIRTH)
+
+
+_UNSEQUENCED: Final = frozenset({"state", "death"})
+
+
+class SeqTracker:
+    """Gap detection for the messages of one remote node (wrap-around safe).
+
+    A birth sets the reference ``(bdseq, seq)``. A later message of the same ``bdseq`` is in order
+    when its ``seq`` is exactly one ahead, a gap when it is further ahead (by less than 2**31),
+    and late (duplicate or re-send) otherwise. A message of an older ``bdseq`` is a stale-session
+    re-send; one of a newer ``bdseq`` means its birth was missed.
+    """
+
+    __slots__ = ("bdseq", "gaps", "last_seq", "missing")
+
+    def __init__(self) -> None:
+        self.bdseq: int | None = None
+        self.last_seq = 0
+        self.gaps = 0
+        self.missing = 0
+
+    def observe(self, msg_type: str, bdseq: int, seq: int) -> SeqResult:
+        if msg_type in _UNSEQUENCED:
+            return SeqResult(SeqVerdict.UNTRACKED)
+        if msg_type == Birth.TYPE:
+            self.bdseq, self.last_seq = bdseq, seq
+            return SeqResult(SeqVerdict.BIRTH)
+        if self.bdseq is None:
+            return SeqResult(SeqVerdict.NO_BIRTH)
+        if bdseq != self.bdseq:
+            if 0 < seq_distance(self.bdseq, bdseq) < _HALF:
+                return SeqResult(SeqVerdict.NO_BIRTH)
+            return SeqResult(SeqVerdict.STALE_SESSION)
+        ahead = seq_distance(self.last_seq, seq)
+        if ahead == 1:
+            self.last_seq = seq
+            return SeqResult(SeqVerdict.IN_ORDER)
+        if ahead == 0 or ahead >= _HALF:
+            return SeqResult(SeqVerdict.LATE)
+        self.last_seq = seq
+        self.gaps += 1
+        self.missing += ahead - 1
+        return SeqResult(SeqVerdict.GAP, ahead - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Clock
+
+
+TIMESYNC_FLAG: Final = Path("/run/systemd/timesync/synchronized")
+_TIME_ERROR: Final = 5  # adjtimex(2) return value while the kernel clock is unsynchronised
+_TIMEX_BYTES: Final = 512  # struct timex is 208 bytes on LP64; ``modes`` (offset 0) = 0 reads only
+
+
+def clock_synced() -> bool:
+    """Whether the wall clock is synchronised to a time source.
+
+    True when systemd-timesyncd has written ``/run/systemd/timesync/synchronized``, or when the
+    kernel's NTP state (``adjtimex(2)`` read-only, which chrony, ntpd and timesyncd all maintain)
+    is not ``TIME_ERROR``. False when neither says so or the call is unavailable. In a container
+    the kernel answer is the host's.
+    """
+    if TIMESYNC_FLAG.exists():
+        return True
+    state = _adjtimex_state()
+    return state is not None and state != _TIME_ERROR
+
+
+def _adjtimex_state() -> int | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        adjtimex = libc.adjtimex
+    except (OSError, AttributeError):
+        return None
+    buf = ctypes.create_string_buffer(_TIMEX_BYTES)
+    state = int(adjtimex(buf))
+    return None if state < 0 else state

@@ -1,0 +1,155 @@
+"""Run a real mosquitto for tests: free loopback port, generated config, persistence off.
+
+``MosquittoBroker.start()`` waits until the port accepts connections; ``kill()`` is SIGKILL (a
+crash: no will is published, retained messages are lost with persistence off); ``stop()`` is
+SIGTERM; ``restart()`` kills and starts again on the same port. The broker's log goes to
+``workdir/mosquitto-N.log`` (one per start) and its tail is included in start-up errors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+INSTALL_HINT = "install it: apt-get install mosquitto (scripts/test does this)"
+
+
+class MosquittoMissingError(RuntimeError):
+    pass
+
+
+def find_mosquitto() -> str:
+    """Path of the mosquitto binary (also looked up in /usr/sbin, which is not always on PATH)."""
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise MosquittoMissingError(f"mosquitto not found; {INSTALL_HINT}")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class MosquittoBroker:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        extra_config: str = "",
+        certfile: Path | None = None,
+        keyfile: Path | None = None,
+        users: Mapping[str, str] | None = None,
+    ) -> None:
+        """``certfile``/``keyfile`` make the listener TLS; ``users`` turns anonymous access off."""
+        self.binary = find_mosquitto()
+        self.certfile = certfile
+        self.keyfile = keyfile
+        self.users = dict(users or {})
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.extra_config = extra_config
+        self.config_path = workdir / "mosquitto.conf"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._log_file: Path | None = None
+
+    def _write_config(self) -> None:
+        lines = [f"listener {self.port} {self.host}"]
+        if self.certfile is not None and self.keyfile is not None:
+            lines += [f"certfile {self.certfile}", f"keyfile {self.keyfile}"]
+        if self.users:
+            lines += ["allow_anonymous false", f"password_file {self._password_file()}"]
+        else:
+            lines.append("allow_anonymous true")
+        lines += [
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "max_queued_messages 100000",
+            "max_inflight_messages 100",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # do not drop privileges: nothing here needs it
+        self.config_path.write_text("\n".join(lines) + "\n" + self.extra_config)
+
+    def _password_file(self) -> Path:
+        path = self.workdir / "passwords"
+        path.write_text("")
+        passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        for user, password in self.users.items():
+            subprocess.run([passwd, "-b", str(path), user, password], check=True)
+        return path
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        if self.running:
+            return
+        self._write_config()
+        self.starts += 1
+        self._log_file = self.workdir / f"mosquitto-{self.starts}.log"
+        with open(self._log_file, "wb") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"mosquitto did not listen on {self.port} in {timeout_s} s")
+
+    def kill(self) -> None:
+        """SIGKILL: the broker dies like a crash."""
+        self._end(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """SIGTERM: an orderly broker shutdown."""
+        self._end(signal.SIGTERM)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def _end(self, sig: signal.Signals) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        if self._log_file is None or not self._log_file.exists():
+            return ""
+        return self._log_file.read_text(errors="replace")[-4000:]

@@ -1,0 +1,499 @@
+"""Wire protocol: topics, schemas, encode/decode, sequence tracking, clock flag."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_agent import protocol
+from edge_agent.errors import ProtocolError
+from edge_agent.protocol import (
+    UINT32,
+    ActionBatch,
+    BeliefBatch,
+    Birth,
+    Body,
+    Command,
+    CommandResult,
+    Death,
+    DecodeError,
+    Envelope,
+    Event,
+    GroupInfo,
+    NodeState,
+    ObservationBatch,
+    OutboxCounters,
+    RebirthRequest,
+    SeqTracker,
+    SeqVerdict,
+    Telemetry,
+    Topics,
+    decode,
+    encode,
+)
+
+SHA = "ab" * 32
+
+
+def envelope(body: Body, seq: int = 7, bdseq: int = 3, node: str = "pi-01") -> Envelope:
+    return Envelope(
+        type=body.TYPE,
+        node=node,
+        seq=seq,
+        bdseq=bdseq,
+        ts=1_700_000_000.25,
+        clock_synced=True,
+        body=body,
+    )
+
+
+SAMPLE_BODIES: list[Body] = [
+    NodeState(online=True),
+    Birth(
+        software_version="0.1.0",
+        profile="pi4-2g",
+        budget_bytes=400 << 20,
+        groups={"thermo": GroupInfo(agents=1000, bundle="thermo", bundle_sha256=SHA)},
+        capabilities=["onnxruntime", "ota"],
+    ),
+    Death(reason="shutdown"),
+    Telemetry(
+        uptime_s=12.5,
+        rss_bytes=123 << 20,
+        budget_used_bytes=100 << 20,
+        budget_total_bytes=400 << 20,
+        ticks=1000,
+        tick_p50_ms=3.2,
+        tick_p99_ms=9.9,
+        overruns=2,
+        groups={"thermo": 1000},
+        cpu_temp_c=61.5,
+        outbox=OutboxCounters(
+            stored=5,
+            sent=5,
+            acked=4,
+            rejected=0,
+            expired=0,
+            dropped=1,
+            refused=0,
+            depth_rows=1,
+            depth_bytes=300,
+            full=False,
+        ),
+        counters={"link.received": 3, "load": 0.5},
+    ),
+    Event(kind="thermal", severity="warning", detail="hot", group="thermo", data={"c": 81.0}),
+    Command(
+        target="pi-01",
+        nonce=b"\x01" * 16,
+        expires=1_700_000_060.0,
+        key_id="hub-2024",
+        signature=b"\x02" * 64,
+        name="set_rate",
+        args={"hz": 5, "groups": ["a", "b"], "blob": b"\x00\xff", "dry": False, "none": None},
+    ),
+    CommandResult(nonce=b"\x01" * 16, name="set_rate", code="ok", detail="", data={"hz": 5}),
+    RebirthRequest(reason="gap"),
+    ObservationBatch.from_arrays("thermo", 9, [0, 1, 2], np.array([[1], [2], [3]], np.int8)),
+    ActionBatch.from_arrays("thermo", 9, [4, 5], np.zeros((2, 3), np.uint8)),
+    BeliefBatch.from_arrays("thermo", 9, [7], np.full((1, 4), 0.25, np.float32)),
+]
+
+
+@pytest.mark.parametrize("body", SAMPLE_BODIES, ids=lambda b: b.TYPE)
+def test_every_message_type_round_trips(body: Body) -> None:
+    env = envelope(body)
+    payload = encode(env)
+    assert decode(payload) == env
+    assert isinstance(decode(payload).body, type(body))
+
+
+def test_payload_is_one_msgpack_map_with_arrays_as_bin() -> None:
+    batch = ObservationBatch.from_arrays("g", 1, np.arange(100), np.ones((100, 2), np.int8))
+    raw = msgpack.unpackb(encode(envelope(batch)), raw=False)
+    assert set(raw) == {"v", "type", "node", "seq", "bdseq", "ts", "clock_synced", "body"}
+    assert isinstance(raw["body"]["agent_ids"], bytes)
+    assert isinstance(raw["body"]["values"], bytes)
+    # 100 agents x 2 int8 values + 100 uint32 ids, plus a small fixed overhead.
+    assert len(encode(envelope(batch))) < 200 + 400 + 200
+
+
+def test_array_batch_round_trips_numbers() -> None:
+    ids = np.array([3, 1, 2**32 - 1], dtype=np.uint32)
+    vals = np.array([[-128, 0], [1, 127], [5, -5]], dtype=np.int8)
+    batch = decode(encode(envelope(ActionBatch.from_arrays("g", 4, ids, vals)))).body
+    assert isinstance(batch, ActionBatch)
+    got_ids, got_vals = batch.arrays()
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got_vals, vals)
+    assert got_vals.dtype == np.int8
+    assert batch.n_agents == 3
+
+
+def test_array_batch_checks_shapes_and_sizes() -> None:
+    with pytest.raises(ValueError, match=r"values has shape \(3,\), expected \(3, width\)"):
+        ActionBatch.from_arrays("g", 0, [1, 2, 3], np.zeros(3, np.int8))
+    with pytest.raises(ValueError, match="dtype float64"):
+        ActionBatch.from_arrays("g", 0, [1], np.zeros((1, 1), np.float64))
+    with pytest.raises(ValueError, match="values has 3 bytes, expected 2 agents"):
+        ActionBatch(group="g", tick=0, agent_ids=b"\x00" * 8, dtype="int8", width=1, values=b"123")
+
+
+def test_encode_refuses_oversized() -> None:
+    event = Event(kind="other", detail="x" * 1000)
+    with pytest.raises(ProtocolError, match="limit is 500"):
+        encode(envelope(event), max_bytes=500)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xc1", "not_msgpack"),
+        (b"", "not_msgpack"),
+        (b"\x92\x01", "not_msgpack"),  # truncated array
+        (msgpack.packb([1, 2, 3]), "not_a_map"),
+        (msgpack.packb({1: 2}), "not_msgpack"),  # non-string map key
+        (msgpack.packb("text"), "not_a_map"),
+        (msgpack.packb({"v": 2, "type": "event"}), "version"),
+        (msgpack.packb({"v": True, "type": "event"}), "version"),
+        (msgpack.packb({"v": "1", "type": "event"}), "version"),
+        (msgpack.packb({"type": "event"}), "version"),
+        (msgpack.packb({"v": 1, "type": "nope"}), "unknown_type"),
+        (msgpack.packb({"v": 1, "type": ["event"]}), "unknown_type"),
+        (msgpack.packb({"v": 1, "type": "event", "body": {}}), "schema"),
+    ],
+)
+def test_decode_reasons(payload: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(payload)
+    assert info.value.reason == reason
+    assert isinstance(info.value, ProtocolError)
+
+
+def test_decode_refuses_oversized_before_parsing() -> None:
+    payload = encode(envelope(Event(kind="other", detail="y" * 900)))
+    with pytest.raises(DecodeError) as info:
+        decode(payload, max_bytes=len(payload) - 1)
+    assert info.value.reason == "oversized"
+    assert decode(payload, max_bytes=len(payload)).type == "event"
+
+
+def _raw(body: Body) -> dict[str, Any]:
+    raw: dict[str, Any] = msgpack.unpackb(encode(envelope(body)), raw=False)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        (lambda r: r.update(extra=1), "extra"),
+        (lambda r: r["body"].update(extra=1), "extra"),
+        (lambda r: r.update(seq=-1), "seq"),
+        (lambda r: r.update(seq=UINT32), "seq"),
+        (lambda r: r.update(bdseq="1"), "bdseq"),
+        (lambda r: r.update(ts=math.nan), "ts"),
+        (lambda r: r.update(ts=-1.0), "ts"),
+        (lambda r: r.update(clock_synced=1), "clock_synced"),
+        (lambda r: r.update(node="bad/node"), "node"),
+        (lambda r: r.update(node="+"), "node"),
+        (lambda r: r["body"].update(kind="meteor"), "kind"),
+        (lambda r: r["body"].update(severity=3), "severity"),
+        (lambda r: r["body"].update(detail=b"bytes"), "detail"),
+        (lambda r: r["body"].update(data={"x": {"nested": 1}}), "data"),
+        (lambda r: r["body"].pop("kind"), "kind"),
+        (lambda r: r.update(body=[1, 2]), "<root>"),
+        (lambda r: r.update(type="state"), "online"),  # body of another type
+    ],
+)
+def test_decode_schema_errors(mutate: Any, where: str) -> None:
+    raw = _raw(Event(kind="alarm", detail="d", data={"n": 1}))
+    mutate(raw)
+    with pytest.raises(DecodeError) as info:
+        decode(msgpack.packb(raw, use_bin_type=True))
+    assert info.value.reason == "schema"
+    assert where in str(info.value)
+
+
+def test_decode_is_strict_about_types() -> None:
+    raw = _raw(
+        Telemetry(
+            uptime_s=1.0,
+            rss_bytes=1,
+            budget_used_bytes=1,
+            budget_total_bytes=1,
+            ticks=1,
+            tick_p50_ms=1.0,
+            tick_p99_ms=1.0,
+            overruns=0,
+        )
+    )
+    raw["body"]["ticks"] = True  # a bool is not an int here
+    with pytest.raises(DecodeError, match="ticks"):
+        decode(msgpack.packb(raw))
+    raw["body"]["ticks"] = 1.0  # nor is a float
+    with pytest.raises(DecodeError, match="ticks"):
+        decode(msgpack.packb(raw))
+
+
+def test_envelope_refuses_body_of_another_type() -> None:
+    with pytest.raises(ValueError, match="needs a Event body"):
+        Envelope(
+            type="event",
+            node="n",
+            seq=0,
+            bdseq=0,
+            ts=0.0,
+            clock_synced=False,
+            body=Death(reason="shutdown"),
+        )
+
+
+def test_command_signing_bytes_cover_everything_but_the_signature() -> None:
+    base = SAMPLE_BODIES[5]
+    assert isinstance(base, Command)
+    reordered = base.model_copy(update={"args": dict(reversed(list(base.args.items())))})
+    assert base.signing_bytes("f") == reordered.signing_bytes("f")
+    resigned = base.model_copy(update={"signature": b"\x09" * 64})
+    assert base.signing_bytes("f") == resigned.signing_bytes("f")
+    for field, value in [
+        ("target", "pi-02"),
+        ("nonce", b"\x03" * 16),
+        ("expires", 1.0),
+        ("key_id", "other"),
+        ("name", "reboot"),
+        ("args", {"hz": 6}),
+    ]:
+        changed = base.model_copy(update={field: value})
+        assert changed.signing_bytes("f") != base.signing_bytes("f"), field
+    assert base.signing_bytes("f") != base.signing_bytes("g")
+
+
+# Topics -------------------------------------------------------------------------------------
+
+
+def test_topic_tree() -> None:
+    t = Topics("plant1")
+    assert t.node_state("pi-01") == "ea/v1/plant1/node/pi-01/state"
+    assert t.birth("pi-01") == "ea/v1/plant1/node/pi-01/birth"
+    assert t.death("pi-01") == "ea/v1/plant1/node/pi-01/death"
+    assert t.telemetry("pi-01") == "ea/v1/plant1/node/pi-01/telemetry"
+    assert t.event("pi-01") == "ea/v1/plant1/node/pi-01/event"
+    assert t.command("pi-01") == "ea/v1/plant1/node/pi-01/cmd"
+    assert t.command_result("pi-01") == "ea/v1/plant1/node/pi-01/result"
+    assert t.rebirth("pi-01") == "ea/v1/plant1/node/pi-01/rebirth"
+    assert t.beliefs("pi-01") == "ea/v1/plant1/node/pi-01/beliefs"
+    assert t.obs("pi-01", "thermo") == "ea/v1/plant1/node/pi-01/obs/thermo"
+    assert t.obs("pi-01", "thermo", 17) == "ea/v1/plant1/node/pi-01/obs/thermo/17"
+    assert t.action("pi-01", "thermo", "a7") == "ea/v1/plant1/node/pi-01/action/thermo/a7"
+    assert t.tasks() == "ea/v1/plant1/tasks"
+    assert t.all_nodes("state") == "ea/v1/plant1/node/+/state"
+    assert t.all_nodes("action") == "ea/v1/plant1/node/+/action/#"
+    assert t.node_all("pi-01") == "ea/v1/plant1/node/pi-01/#"
+    assert t.fleet_all() == "ea/v1/plant1/#"
+    assert t.node_inbox("pi-01") == [
+        "ea/v1/plant1/node/pi-01/cmd",
+        "ea/v1/plant1/node/pi-01/rebirth",
+        "ea/v1/plant1/node/pi-01/obs/#",
+    ]
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "a b", "-lead", "x" * 65, "é"])
+def test_topic_names_are_checked(bad: str) -> None:
+    with pytest.raises(ProtocolError, match="not a valid name"):
+        Topics("f").telemetry(bad)
+    with pytest.raises(ProtocolError):
+        Topics(bad)
+
+
+def test_topic_parse() -> None:
+    t = Topics("f")
+    route = t.parse(t.action("n1", "g", 5))
+    assert route is not None
+    assert (route.kind, route.node, route.group, route.agent) == ("action", "n1", "g", "5")
+    assert route.node_owned
+    assert route.expected_type == "action"
+    cmd = t.parse(t.command("n1"))
+    assert cmd is not None
+    assert cmd.kind == "cmd"
+    assert not cmd.node_owned
+    tasks = t.parse(t.tasks())
+    assert tasks is not None
+    assert tasks.expected_type is None
+    for foreign in [
+        "ea/v1/other/node/n1/event",
+        "ea/v2/f/node/n1/event",
+        "ea/v1/f/node/n1/unknown",
+        "ea/v1/f/node/n1/event/extra",
+        "ea/v1/f/node/n1/obs",
+        "ea/v1/f/node/n1/obs/g/a/b",
+        "ea/v1/f/node/bad node/event",
+        "ea/v1/f",
+    ]:
+        assert t.parse(foreign) is None, foreign
+
+
+# Sequence numbers ---------------------------------------------------------------------------
+
+
+def test_seq_tracker_in_order_gap_and_late() -> None:
+    tr = SeqTracker()
+    assert tr.observe("event", 0, 5).verdict is SeqVerdict.NO_BIRTH
+    assert tr.observe("birth", 4, 10).verdict is SeqVerdict.BIRTH
+    assert tr.observe("event", 4, 11).verdict is SeqVerdict.IN_ORDER
+    gap = tr.observe("telemetry", 4, 15)
+    assert (gap.verdict, gap.missing, gap.needs_rebirth) == (SeqVerdict.GAP, 3, True)
+    assert tr.observe("event", 4, 16).verdict is SeqVerdict.IN_ORDER
+    assert tr.observe("event", 4, 16).verdict is SeqVerdict.LATE  # duplicate
+    assert tr.observe("event", 4, 12).verdict is SeqVerdict.LATE  # re-send of an older one
+    assert tr.observe("event", 3, 99).verdict is SeqVerdict.STALE_SESSION
+    newer = tr.observe("event", 5, 0)
+    assert newer.verdict is SeqVerdict.NO_BIRTH
+    assert newer.needs_rebirth
+    assert tr.observe("state", 9, 0).verdict is SeqVerdict.UNTRACKED
+    assert tr.observe("death", 9, 0).verdict is SeqVerdict.UNTRACKED
+    assert (tr.gaps, tr.missing) == (1, 3)
+
+
+def test_seq_tracker_wraps_around() -> None:
+    tr = SeqTracker()
+    tr.observe("birth", UINT32 - 1, UINT32 - 2)
+    assert tr.observe("event", UINT32 - 1, UINT32 - 1).verdict is SeqVerdict.IN_ORDER
+    assert tr.observe("event", UINT32 - 1, 0).verdict is SeqVerdict.IN_ORDER
+    gap = tr.observe("event", UINT32 - 1, 3)
+    assert (gap.verdict, gap.missing) == (SeqVerdict.GAP, 2)
+    assert tr.observe("event", UINT32 - 1, UINT32 - 1).verdict is SeqVerdict.LATE
+    # bdseq wraps too: 0 is newer than 2**32 - 1.
+    assert tr.observe("event", 0, 4).verdict is SeqVerdict.NO_BIRTH
+
+
+@given(start=st.integers(0, UINT32 - 1), steps=st.lists(st.integers(1, 1000), max_size=30))
+def test_seq_tracker_counts_missing_exactly(start: int, steps: list[int]) -> None:
+    tr = SeqTracker()
+    tr.observe("birth", 1, start)
+    seq = start
+    for step in steps:
+        seq = (seq + step) % UINT32
+        tr.observe("event", 1, seq)
+    assert tr.missing == sum(s - 1 for s in steps)
+    assert tr.gaps == sum(1 for s in steps if s > 1)
+
+
+# Clock ------------------------------------------------------------------------------------------
+
+
+def test_clock_synced_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flag = tmp_path / "synchronized"
+    monkeypatch.setattr(protocol, "TIMESYNC_FLAG", flag)
+    monkeypatch.setattr(protocol, "_adjtimex_state", lambda: 5)  # TIME_ERROR
+    assert protocol.clock_synced() is False
+    monkeypatch.setattr(protocol, "_adjtimex_state", lambda: None)  # unavailable
+    assert protocol.clock_synced() is False
+    monkeypatch.setattr(protocol, "_adjtimex_state", lambda: 0)  # TIME_OK
+    assert protocol.clock_synced() is True
+    monkeypatch.setattr(protocol, "_adjtimex_state", lambda: 5)
+    flag.touch()
+    assert protocol.clock_synced() is True
+
+
+def test_adjtimex_reads_the_kernel_state() -> None:
+    state = protocol._adjtimex_state()
+    assert state is not None
+    assert 0 <= state <= 5
+
+
+# Property tests: decode raises nothing but DecodeError ----------------------------------------
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+_FIELDS = ["v", "type", "node", "seq", "bdseq", "ts", "clock_synced", "body"]
+
+
+def decode_or_reason(payload: bytes) -> Envelope | str:
+    """The envelope, or the DecodeError's reason; any other exception fails the test."""
+    try:
+        return decode(payload)
+    except DecodeError as err:
+        return err.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_decode_random_bytes(payload: bytes) -> None:
+    result = decode_or_reason(payload)
+    assert isinstance(result, Envelope) or result in protocol.DECODE_REASONS
+
+
+@settings(max_examples=300, deadline=None)
+@given(msgpack_values)
+def test_decode_random_msgpack(value: Any) -> None:
+    result = decode_or_reason(msgpack.packb(value, use_bin_type=True))
+    assert isinstance(result, Envelope) or result in protocol.DECODE_REASONS
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.sampled_from(SAMPLE_BODIES),
+    field=st.sampled_from(_FIELDS),
+    body_field=st.text(min_size=1, max_size=12),
+    value=msgpack_values,
+    in_body=st.booleans(),
+)
+def test_decode_mutated_envelopes(
+    body: Body, field: str, body_field: str, value: Any, in_body: bool
+) -> None:
+    raw = _raw(body)
+    if in_body:
+        keys = sorted(raw["body"])
+        raw["body"][keys[hash(body_field) % len(keys)] if keys else body_field] = value
+    else:
+        raw[field] = value
+    result = decode_or_reason(msgpack.packb(raw, use_bin_type=True))
+    if isinstance(result, Envelope):
+        assert result == decode(encode(result))  # whatever passes also round-trips
+    else:
+        assert result in protocol.DECODE_REASONS
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seq=st.integers(0, UINT32 - 1),
+    bdseq=st.integers(0, UINT32 - 1),
+    ts=st.floats(0, 4e9),
+    detail=st.text(max_size=200),
+    data=st.dictionaries(
+        st.text(max_size=10),
+        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=9),
+        max_size=5,
+    ),
+)
+def test_valid_events_round_trip(
+    seq: int, bdseq: int, ts: float, detail: str, data: dict[str, Any]
+) -> None:
+    env = Envelope(
+        type="event",
+        node="n-1",
+        seq=seq,
+        bdseq=bdseq,
+        ts=ts,
+        clock_synced=False,
+        body=Event(kind="other", detail=detail, data=data),
+    )
+    assert decode(encode(env)) == env
