@@ -1,0 +1,289 @@
+"""What every inference backend provides: a :class:`Session` that runs real-valued batches.
+
+A backend loads a model file into a :class:`Session`. Callers always see **real values**: inputs
+are float arrays, outputs are ``float32`` arrays. When the model itself takes or produces int8
+(or another integer type) with a quantization scale and zero point, the session quantizes inputs
+(``q = clip(round(x / scale) + zero_point)``) and dequantizes outputs
+(``x = scale * (q - zero_point)``) with the declared parameters.
+
+Memory: a session owns one set of buffers for the current batch size, allocated by
+:meth:`Session.set_batch` and reused by every :meth:`Session.run`; nothing that scales with the
+batch is allocated per call (LiteRT resizes its tensors and re-plans its arena once per batch-size
+change, never per tick). :meth:`Session.input_buffer` exposes the real-valued input staging array
+so that a caller can write its batch there directly and skip one copy.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.bundle import TensorSpec
+from edge_agent.errors import InputError, ModelError
+
+__all__ = [
+    "FloatArray",
+    "QuantParams",
+    "Session",
+    "dequantize_into",
+    "quantize_into",
+]
+
+FloatArray = NDArray[np.float32]
+#: ``(scale, zero_point)`` of a quantized tensor: ``real = scale * (q - zero_point)``.
+QuantParams = tuple[float, int]
+
+_INTEGER_KINDS = "iu"
+
+
+def quantize_into(
+    real: np.ndarray, scale: float, zero_point: int, out: np.ndarray, scratch: FloatArray
+) -> None:
+    """``out = clip(round(real / scale) + zero_point)`` in ``out``'s integer dtype, no allocation.
+
+    ``scratch`` is a float32 array of ``real``'s shape. Rounding is half-to-even (numpy's
+    ``rint``), as TFLite and ONNX Runtime do.
+    """
+    info = np.iinfo(out.dtype)
+    np.divide(real, np.float32(scale), out=scratch, casting="same_kind")
+    np.rint(scratch, out=scratch)
+    np.add(scratch, np.float32(zero_point), out=scratch)
+    np.clip(scratch, info.min, info.max, out=scratch)
+    np.copyto(out, scratch, casting="unsafe")
+
+
+def dequantize_into(q: np.ndarray, scale: float, zero_point: int, out: FloatArray) -> None:
+    """``out = scale * (q - zero_point)`` as float32, no allocation."""
+    np.copyto(out, q, casting="unsafe")
+    if zero_point:
+        np.subtract(out, np.float32(zero_point), out=out)
+    np.multiply(out, np.float32(scale), out=out)
+
+
+def _static_dims(kind: str, spec: TensorSpec) -> tuple[int, ...]:
+    """The dimensions after the batch axis, which must all be fixed."""
+    if len(spec.shape) < 1:
+        raise ModelError(
+            f"{kind} {spec.name!r} is a scalar; edge-agent needs a leading batch dimension"
+        )
+    tail = spec.shape[1:]
+    if any(dim < 0 for dim in tail):
+        raise ModelError(
+            f"{kind} {spec.name!r} has shape {list(spec.shape)}: every dimension after the batch "
+            "must be fixed"
+        )
+    return tail
+
+
+class Session(abc.ABC):
+    """A loaded model that runs batches of real-valued inputs; see the module docstring.
+
+    Subclasses set :attr:`backend`, call ``super().__init__`` with the model's tensors, and
+    implement :meth:`_resize` (allocate the model-side buffers for a batch size) and
+    :meth:`_invoke` (run the model from the staging inputs into the real-valued outputs).
+    """
+
+    backend: str = ""
+
+    def __init__(
+        self,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        threads: int,
+    ) -> None:
+        if not inputs or not outputs:
+            raise ModelError(f"{self.backend} model has no inputs or no outputs")
+        self.threads = threads
+        self._input_specs = tuple(inputs)
+        self._output_specs = tuple(outputs)
+        self._input_dims = {t.name: _static_dims("input", t) for t in self._input_specs}
+        for spec in self._input_specs:
+            if is_integer_dtype(spec.dtype) and spec.scale is None:
+                raise ModelError(
+                    f"input {spec.name!r} is {spec.dtype} without a quantization scale and zero "
+                    "point: edge-agent feeds real values and cannot quantize it"
+                )
+        self._batch = 0
+        self._staging: dict[str, FloatArray] = {}
+        self._outputs: dict[str, FloatArray] = {}
+
+    # -- description ---------------------------------------------------------------------------
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        """The model's inputs: name, shape (``-1`` for a dynamic batch), dtype, quantization."""
+        return self._input_specs
+
+    @property
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        """The model's outputs, as :attr:`input_specs`."""
+        return self._output_specs
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size buffers are allocated for (0 before the first :meth:`set_batch`)."""
+        return self._batch
+
+    def input_shape(self, name: str) -> tuple[int, ...]:
+        """Shape ``(batch, ...)`` an input must have at the current batch size."""
+        return (self._batch, *self._input_dims[name])
+
+    def nbytes_per_item(self) -> int:
+        """Bytes of this session's own buffers per batch item (the runtime's arena not included).
+
+        Per input element: 4 (float32 staging), plus for a non-float32 model input its own
+        itemsize, plus 4 more (rounding scratch) when it is quantized. Per output element: 4
+        (float32 result), plus the model's itemsize for a non-float32 output.
+        """
+        total = 0
+        for spec in self._input_specs:
+            items = math.prod(self._input_dims[spec.name])
+            extra = 0
+            if spec.dtype != "float32":
+                extra = np.dtype(spec.dtype).itemsize + (4 if spec.scale is not None else 0)
+            total += items * (4 + extra)
+        for spec in self._output_specs:
+            items = math.prod(_static_dims("output", spec))
+            extra = 0 if spec.dtype == "float32" else np.dtype(spec.dtype).itemsize
+            total += items * (4 + extra)
+        return total
+
+    # -- batch -----------------------------------------------------------------------------------
+    def set_batch(self, n: int) -> None:
+        """Allocate every buffer for batches of ``n`` (once per change of ``n``)."""
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise InputError(f"batch size must be an integer >= 1, got {n!r}")
+        n = int(n)
+        if n == self._batch:
+            return
+        for spec in self._input_specs:
+            fixed = spec.shape[0]
+            if fixed >= 0 and fixed != n:
+                raise InputError(
+                    f"{self.backend} model input {spec.name!r} has a fixed batch of {fixed} "
+                    f"(shape {list(spec.shape)}); cannot run {n} items in one call. Export the "
+                    "model with a dynamic batch dimension"
+                )
+        # Until everything is allocated the session has no batch: a failure leaves it unusable
+        # until the next successful set_batch, never half-resized.
+        self._batch = 0
+        self._staging = {}
+        self._outputs = {}
+        self._resize(n)
+        self._staging = {
+            name: np.zeros((n, *dims), dtype=np.float32) for name, dims in self._input_dims.items()
+        }
+        self._allocate_model_buffers(n)
+        self._batch = n
+
+    def input_buffer(self, name: str) -> FloatArray:
+        """The real-valued ``(batch, ...)`` float32 staging array of input ``name``.
+
+        Write a batch here and pass this very array to :meth:`run` to skip the copy.
+        """
+        self._require_batch()
+        try:
+            return self._staging[name]
+        except KeyError as err:
+            raise InputError(
+                f"model has no input {name!r}; inputs are {sorted(self._staging)}"
+            ) from err
+
+    def warm_up(self) -> None:
+        """Run one batch of zeros (first calls are slow: allocation, kernel selection)."""
+        self._require_batch()
+        for buf in self._staging.values():
+            buf.fill(0.0)
+        self._invoke()
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, FloatArray]:
+        """Run one batch; ``inputs[name]`` is a real-valued ``(batch, ...)`` array.
+
+        Returns real-valued float32 outputs by name. They are views of buffers this session reuses:
+        valid until the next :meth:`run` or :meth:`set_batch`; copy them to keep them.
+        """
+        self._require_batch()
+        if inputs.keys() != self._staging.keys():
+            raise InputError(
+                f"model inputs are {sorted(self._staging)}, got {sorted(inputs)}"
+            )
+        for name, staging in self._staging.items():
+            value = inputs[name]
+            if value is staging:
+                continue
+            arr = np.asarray(value)
+            if arr.shape != staging.shape:
+                raise InputError(
+                    f"input {name!r} has shape {arr.shape}, expected {staging.shape} "
+                    f"(batch size {self._batch}; call set_batch to change it)"
+                )
+            if arr.dtype.kind not in "fiub":
+                raise InputError(f"input {name!r} must be numeric, got dtype {arr.dtype}")
+            np.copyto(staging, arr, casting="unsafe")
+        self._invoke()
+        return dict(self._outputs)
+
+    def _require_batch(self) -> None:
+        if self._batch == 0:
+            raise InputError(f"{self.backend} session: call set_batch(n) before running it")
+
+    # -- for subclasses ----------------------------------------------------------------------------
+    def _stage(self, spec: TensorSpec, dest: np.ndarray, scratch: FloatArray | None) -> None:
+        """Convert input ``spec``'s staging array into the model's buffer ``dest``."""
+        src = self._staging[spec.name]
+        if dest is src:
+            return
+        if spec.scale is not None and spec.zero_point is not None:
+            if scratch is None:
+                raise ModelError(f"input {spec.name!r}: quantizing needs a scratch buffer")
+            quantize_into(src, spec.scale, spec.zero_point, dest, scratch)
+        else:
+            np.copyto(dest, src, casting="unsafe")
+
+    def _unstage(self, spec: TensorSpec, src: np.ndarray) -> None:
+        """Convert the model's output ``src`` into the real-valued result of ``spec``."""
+        dest = self._outputs[spec.name]
+        if src is dest:
+            return
+        if spec.scale is not None and spec.zero_point is not None:
+            dequantize_into(src, spec.scale, spec.zero_point, dest)
+        else:
+            np.copyto(dest, src, casting="unsafe")
+
+    def _new_outputs(self, n: int) -> None:
+        """Allocate the real-valued float32 output arrays for batch ``n``."""
+        self._outputs = {
+            spec.name: np.zeros((n, *_static_dims("output", spec)), dtype=np.float32)
+            for spec in self._output_specs
+        }
+
+    @abc.abstractmethod
+    def _resize(self, n: int) -> None:
+        """Prepare the runtime for batches of ``n`` (LiteRT: resize and allocate tensors)."""
+
+    @abc.abstractmethod
+    def _allocate_model_buffers(self, n: int) -> None:
+        """Allocate model-dtype buffers for batch ``n`` and fill :attr:`_outputs`."""
+
+    @abc.abstractmethod
+    def _invoke(self) -> None:
+        """Run the model from :attr:`_staging` into :attr:`_outputs`."""
+
+
+def spec_dtype(dtype: Any) -> str:
+    """A numpy dtype as a :class:`TensorSpec` dtype name; ModelError for unsupported ones."""
+    name = str(np.dtype(dtype).name)
+    allowed = ("bool", "int8", "uint8", "int16", "int32", "int64", "float16", "float32")
+    if name not in allowed:
+        raise ModelError(f"tensor type {name} is not supported (supported: {', '.join(allowed)})")
+    return name
+
+
+def is_integer_dtype(dtype: str) -> bool:
+    """Whether a :class:`TensorSpec` dtype holds quantized integers (not bool)."""
+    return np.dtype(dtype).kind in _INTEGER_KINDS

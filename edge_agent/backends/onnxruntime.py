@@ -1,0 +1,211 @@
+"""The ONNX Runtime backend (``pip install 'edge-agent[onnx]'``).
+
+Sessions run on the CPU execution provider with ``threads`` intra-op threads (the caller passes
+the firmware profile's ``inference_threads``), one inter-op thread, sequential execution and
+**no spinning**: idle worker threads sleep instead of burning a core between ticks, which matters
+on a 4-core Pi that also runs the Active Inference kernels.
+
+Inputs and outputs are bound once per batch size with an ``IOBinding`` to preallocated numpy
+buffers, so a run writes into the same memory every tick. ONNX graph inputs carry no quantization
+parameters: QDQ models (what ``edge-agent-host convert onnx`` writes) keep float32 inputs and
+outputs, and a model with int8 inputs needs ``quantization={name: (scale, zero_point)}``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from edge_agent.backends.base import FloatArray, QuantParams, Session, is_integer_dtype
+from edge_agent.bundle import TensorSpec
+from edge_agent.errors import BackendUnavailableError, InputError, ModelError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BACKEND", "OnnxRuntimeBackend", "OnnxRuntimeSession"]
+
+_ONNX_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+@cache
+def _ort() -> Any:
+    """Import onnxruntime once; BackendUnavailableError naming the extra if it is missing."""
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError as err:
+        raise BackendUnavailableError(
+            "inference backend 'onnxruntime' needs the onnxruntime package, which is not "
+            "installed: pip install 'edge-agent[onnx]'"
+        ) from err
+
+
+@cache
+def _errors() -> tuple[type[BaseException], ...]:
+    """Every exception class onnxruntime raises from C++ (they derive from Exception only)."""
+    state = importlib.import_module("onnxruntime.capi.onnxruntime_pybind11_state")
+    found = [
+        cls for cls in vars(state).values()
+        if isinstance(cls, type) and issubclass(cls, Exception)
+    ]
+    return (RuntimeError, ValueError, *found)
+
+
+def _dim(value: object) -> int:
+    return value if isinstance(value, int) and value >= 0 else -1
+
+
+def _spec(arg: Any, quant: QuantParams | None) -> TensorSpec:
+    dtype = _ONNX_TYPES.get(str(arg.type))
+    if dtype is None:
+        raise ModelError(f"tensor {arg.name!r} has unsupported type {arg.type}")
+    shape = tuple(_dim(d) for d in (arg.shape or ()))
+    scale, zero_point = (None, None) if quant is None else (float(quant[0]), int(quant[1]))
+    if quant is not None and not is_integer_dtype(dtype):
+        raise ModelError(f"tensor {arg.name!r} is {dtype}; quantization applies to integer tensors")
+    return TensorSpec(name=arg.name, shape=shape, dtype=dtype, scale=scale, zero_point=zero_point)
+
+
+class OnnxRuntimeSession(Session):
+    """An ONNX model in an ``onnxruntime.InferenceSession``; see :class:`Session`."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        model_bytes: bytes,
+        threads: int = 1,
+        *,
+        quantization: Mapping[str, QuantParams] | None = None,
+    ) -> None:
+        ort = _ort()
+        if threads < 1:
+            raise InputError(f"threads must be >= 1, got {threads}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                bytes(model_bytes), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except _errors() as err:
+            raise ModelError(f"onnxruntime cannot load the model: {err}") from err
+        quant = dict(quantization or {})
+        inputs = [_spec(a, quant.pop(a.name, None)) for a in self._session.get_inputs()]
+        outputs = [_spec(a, quant.pop(a.name, None)) for a in self._session.get_outputs()]
+        if quant:
+            raise ModelError(f"quantization given for unknown tensors {sorted(quant)}")
+        super().__init__(inputs, outputs, threads)
+        self._output_specs = self._resolve_output_shapes()
+        self._binding: Any = None
+        self._values: list[Any] = []  # OrtValues that wrap our buffers: kept alive with them
+        self._model_in: dict[str, np.ndarray] = {}
+        self._scratch: dict[str, FloatArray] = {}
+        self._model_out: dict[str, np.ndarray] = {}
+
+    def _resolve_output_shapes(self) -> tuple[TensorSpec, ...]:
+        """Outputs whose non-batch dimensions ONNX leaves symbolic get them from one probe run."""
+        if all(d >= 0 for spec in self._output_specs for d in spec.shape[1:]):
+            return self._output_specs
+        feed = {
+            spec.name: np.zeros((1, *self._input_dims[spec.name]), dtype=np.dtype(spec.dtype))
+            for spec in self._input_specs
+        }
+        try:
+            results = self._session.run(None, feed)
+        except _errors() as err:
+            raise ModelError(f"onnxruntime cannot run the model on a batch of 1: {err}") from err
+        resolved = []
+        for spec, value in zip(self._output_specs, results, strict=True):
+            shape = (spec.shape[0] if spec.shape else -1, *np.shape(value)[1:])
+            resolved.append(spec.model_copy(update={"shape": shape}))
+        return tuple(resolved)
+
+    def _resize(self, n: int) -> None:
+        self._binding = None
+        self._values = []
+
+    def _allocate_model_buffers(self, n: int) -> None:
+        ort = _ort()
+        self._new_outputs(n)
+        self._model_in, self._scratch, self._model_out = {}, {}, {}
+        binding = self._session.io_binding()
+        values = []
+        for spec in self._input_specs:
+            staging = self._staging[spec.name]
+            if spec.dtype == "float32":
+                buf: np.ndarray = staging
+            else:
+                buf = np.zeros(staging.shape, dtype=np.dtype(spec.dtype))
+                if spec.scale is not None:
+                    self._scratch[spec.name] = np.zeros(staging.shape, dtype=np.float32)
+            self._model_in[spec.name] = buf
+            value = ort.OrtValue.ortvalue_from_numpy(buf)
+            binding.bind_ortvalue_input(spec.name, value)
+            values.append(value)
+        for spec in self._output_specs:
+            result = self._outputs[spec.name]
+            out = result if spec.dtype == "float32" else np.zeros(
+                result.shape, dtype=np.dtype(spec.dtype)
+            )
+            self._model_out[spec.name] = out
+            value = ort.OrtValue.ortvalue_from_numpy(out)
+            binding.bind_ortvalue_output(spec.name, value)
+            values.append(value)
+        self._binding = binding
+        self._values = values
+
+    def _invoke(self) -> None:
+        for spec in self._input_specs:
+            self._stage(spec, self._model_in[spec.name], self._scratch.get(spec.name))
+        try:
+            self._session.run_with_iobinding(self._binding)
+        except _errors() as err:
+            raise ModelError(f"onnxruntime run failed: {err}") from err
+        for spec in self._output_specs:
+            self._unstage(spec, self._model_out[spec.name])
+
+
+class OnnxRuntimeBackend:
+    """Loads ONNX models into :class:`OnnxRuntimeSession` objects."""
+
+    name = "onnxruntime"
+    extra = "onnx"
+
+    def require(self) -> None:
+        """Raise BackendUnavailableError if onnxruntime is not installed."""
+        _ort()
+
+    def version(self) -> str:
+        return str(_ort().__version__)
+
+    def load(
+        self,
+        model_bytes: bytes,
+        threads: int = 1,
+        *,
+        quantization: Mapping[str, QuantParams] | None = None,
+    ) -> OnnxRuntimeSession:
+        """A session for an ONNX model held in memory; ModelError if it does not load."""
+        return OnnxRuntimeSession(model_bytes, threads, quantization=quantization)
+
+
+BACKEND = OnnxRuntimeBackend()

@@ -1,0 +1,502 @@
+"""Neural agent groups: many agents, one int8 policy model, one batched backend call per tick.
+
+A :class:`NeuralAgentGroup` keeps the last ``T`` observations of every agent in a
+:class:`~edge_agent.history.HistoryRing` (``max_window = T``, so a window that wraps around the
+ring is gathered in the ring's preallocated scratch), stacks the windows of all ``N`` agents into
+the backend session's preallocated ``(N, T, F)`` input, and runs the model **once** for the
+whole group. Nothing that scales with ``N`` is allocated per tick; buffers change only when
+:meth:`NeuralAgentGroup.resize` changes ``N``.
+
+The model's first output becomes the actions:
+
+* ``output_kind = "discrete"``: ``(N, A)`` logits; the action is their argmax, or a sample from
+  ``softmax(logits / temperature)`` with the group's seeded generator (``selection="sample"``).
+* ``output_kind = "continuous"``: ``(N, D)`` actions, clipped to the bundle's
+  ``action_low``/``action_high``.
+* ``output_kind = "observation"``: a perception model for an Active Inference agent; use
+  :meth:`NeuralAgentGroup.forward` or :class:`edge_agent.perception.PerceptionAifGroup`.
+
+Input layout: the model's single input is ``(batch, T, F)``, or ``(batch, T * F)`` (the same
+memory, flattened). Until an agent has seen ``T`` observations (at the start, after
+:meth:`NeuralAgentGroup.reset`) the missing older steps are zeros.
+
+Memory: the model bytes are reserved once per model (shared key: the model file's sha256); every
+agent reserves its ring (``(capacity + T) * F * 4`` bytes), its share of the session's buffers and
+its actions before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.backends import Session, get_backend
+from edge_agent.budget import MemoryBudget, Reservation
+from edge_agent.bundle import Bundle, NeuralSpec, TensorSpec
+from edge_agent.errors import BundleError, InputError, ModelError
+from edge_agent.history import HistoryRing
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MODEL_BYTES_FACTOR",
+    "NeuralAgentGroup",
+    "Selection",
+    "check_session",
+    "window_layout",
+]
+
+Selection = Literal["argmax", "sample"]
+FloatArray = NDArray[np.float32]
+IntArray = NDArray[np.int64]
+
+#: Shared bytes reserved per model, as a multiple of the model file: the verified file bytes plus
+#: the runtime's own copy of the weights (an estimate; activations are counted per agent).
+MODEL_BYTES_FACTOR = 2
+
+
+def window_layout(spec: NeuralSpec) -> tuple[str, int]:
+    """``(input name, F)`` for a policy model's single input; ModelError if it does not fit.
+
+    The input must be ``(-1, T, F)`` with ``T == spec.window``, or ``(-1, T * F)``.
+    """
+    if len(spec.inputs) != 1:
+        raise ModelError(
+            f"a neural agent model must have exactly one input (the observation window), "
+            f"got {[t.name for t in spec.inputs]}"
+        )
+    tensor = spec.inputs[0]
+    shape = tensor.shape
+    T = spec.window
+    if len(shape) == 3:
+        if shape[1] != T or shape[2] < 1:
+            raise ModelError(
+                f"input {tensor.name!r} has shape {list(shape)}, expected [-1, {T}, F] for "
+                f"window {T}"
+            )
+        return tensor.name, shape[2]
+    if len(shape) == 2 and shape[1] >= 1:
+        if shape[1] % T:
+            raise ModelError(
+                f"input {tensor.name!r} has {shape[1]} features per item, not a multiple of "
+                f"window {T}"
+            )
+        return tensor.name, shape[1] // T
+    raise ModelError(
+        f"input {tensor.name!r} has shape {list(shape)}; expected [-1, T, F] or [-1, T*F]"
+    )
+
+
+def _same_shape(declared: tuple[int, ...], actual: tuple[int, ...]) -> bool:
+    return len(declared) == len(actual) and all(
+        a < 0 or b < 0 or a == b for a, b in zip(declared, actual, strict=True)
+    )
+
+
+def check_session(spec: NeuralSpec, session: Session) -> None:
+    """The loaded model must have exactly the tensors the manifest declares; else ModelError."""
+    for label, declared, actual in (
+        ("input", spec.inputs, session.input_specs),
+        ("output", spec.outputs, session.output_specs),
+    ):
+        by_name = {t.name: t for t in actual}
+        if sorted(by_name) != sorted(t.name for t in declared):
+            raise ModelError(
+                f"the manifest declares {label}s {sorted(t.name for t in declared)}, the model "
+                f"has {sorted(by_name)}"
+            )
+        for tensor in declared:
+            got = by_name[tensor.name]
+            if got.dtype != tensor.dtype or not _same_shape(tensor.shape, got.shape):
+                raise ModelError(
+                    f"{label} {tensor.name!r}: the manifest says {tensor.dtype}"
+                    f"{list(tensor.shape)}, the model has {got.dtype}{list(got.shape)}"
+                )
+            if (tensor.scale is None) != (got.scale is None) or (
+                tensor.scale is not None
+                and got.scale is not None
+                and (not math.isclose(tensor.scale, got.scale, rel_tol=1e-6)
+                     or tensor.zero_point != got.zero_point)
+            ):
+                raise ModelError(
+                    f"{label} {tensor.name!r}: the manifest says scale {tensor.scale} zero_point "
+                    f"{tensor.zero_point}, the model has {got.scale} and {got.zero_point}"
+                )
+
+
+def _quantization(spec: NeuralSpec) -> dict[str, tuple[float, int]]:
+    return {
+        t.name: (t.scale, t.zero_point)
+        for t in (*spec.inputs, *spec.outputs)
+        if t.scale is not None and t.zero_point is not None
+    }
+
+
+class NeuralAgentGroup:
+    """``n_agents`` agents sharing one neural policy (see the module docstring).
+
+    Parameters
+    ----------
+    spec, model_bytes:
+        The bundle's :class:`~edge_agent.bundle.NeuralSpec` and model file.
+    threads:
+        Intra-op threads of the backend (pass the firmware profile's ``inference_threads``).
+    selection, temperature:
+        Discrete outputs: ``"argmax"`` or ``"sample"`` from ``softmax(logits / temperature)``.
+    history_capacity:
+        Rows of observations kept per agent (at least the window ``T``).
+    budget:
+        Reserve the model (shared, once per model file) and the agents before allocating.
+    """
+
+    history: HistoryRing
+    _filled: IntArray
+    _actions: np.ndarray
+    _probs: FloatArray | None
+    _below: NDArray[np.bool_] | None
+    _u: NDArray[np.float64] | None
+    _threshold: FloatArray | None
+
+    def __init__(
+        self,
+        spec: NeuralSpec,
+        model_bytes: bytes,
+        n_agents: int,
+        *,
+        threads: int = 1,
+        selection: Selection = "argmax",
+        temperature: float = 1.0,
+        seed: int | None = 0,
+        history_capacity: int = 0,
+        budget: MemoryBudget | None = None,
+        name: str = "neural",
+    ) -> None:
+        if isinstance(n_agents, bool) or not isinstance(n_agents, int | np.integer) or n_agents < 1:
+            raise InputError(f"group {name!r}: n_agents must be an integer >= 1, got {n_agents!r}")
+        if selection not in ("argmax", "sample"):
+            raise InputError(f"selection must be 'argmax' or 'sample', got {selection!r}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise InputError(f"temperature must be a positive number, got {temperature}")
+        self.name = name
+        self.spec = spec
+        self.selection: Selection = selection
+        self.temperature = float(temperature)
+        self.window = spec.window
+        self.input_name, self.num_features = window_layout(spec)
+        self.history_capacity = max(int(history_capacity), self.window)
+        self.key = hashlib.sha256(model_bytes).hexdigest()[:16]
+        self.shared_nbytes = MODEL_BYTES_FACTOR * len(model_bytes)
+        self._reservations: list[Reservation] = []
+        self._agent_reservation: Reservation | None = None
+        if budget is not None:
+            self._reservations.append(
+                budget.reserve(
+                    f"model:{self.key}", "model", self.shared_nbytes, shared_key=f"nn:{self.key}"
+                )
+            )
+        try:
+            backend = get_backend(spec.backend)
+            self.session = backend.load(model_bytes, threads, quantization=_quantization(spec))
+            check_session(spec, self.session)
+            # The first output, as the loaded model has it (its shapes fully known).
+            self.output: TensorSpec = next(
+                t for t in self.session.output_specs if t.name == spec.outputs[0].name
+            )
+            self._out_dims = self._check_output()
+            if budget is not None:
+                self._agent_reservation = budget.reserve(
+                    name, "agents", self.bytes_for(int(n_agents)),
+                    hint=f"reduce group {name!r} count or its window/history",
+                )
+                self._reservations.append(self._agent_reservation)
+        except BaseException:
+            self.release()
+            raise
+        self.rng = np.random.default_rng(seed)
+        self._fields = {"obs": ((self.num_features,), np.dtype(np.float32))}
+        self.n_agents = 0
+        self.ticks = 0
+        try:
+            self._allocate(int(n_agents))
+            self.session.warm_up()
+        except BaseException:
+            self.release()
+            raise
+
+    # -- layout ----------------------------------------------------------------------------------
+    def _check_output(self) -> tuple[int, ...]:
+        kind = self.spec.output_kind
+        dims = tuple(self.output.shape[1:])
+        if kind in ("discrete", "continuous") and (len(dims) != 1 or dims[0] < 1):
+            raise ModelError(
+                f"output {self.output.name!r} has shape {list(self.output.shape)}; {kind} "
+                "actions need [-1, A]"
+            )
+        if kind == "continuous":
+            assert self.spec.action_low is not None  # NeuralSpec guarantees it for continuous
+            if dims[0] != len(self.spec.action_low):
+                raise ModelError(
+                    f"output {self.output.name!r} has {dims[0]} values per agent, the action "
+                    f"bounds have {len(self.spec.action_low)}"
+                )
+        return dims
+
+    @property
+    def num_actions(self) -> int:
+        """Discrete: actions to choose from; continuous: action dimensions."""
+        return int(self._out_dims[0]) if self._out_dims else 1
+
+    # -- memory ----------------------------------------------------------------------------------
+    def per_agent_nbytes(self) -> int:
+        """Bytes allocated per agent: ring and window scratch, session buffers, actions."""
+        ring = HistoryRing.bytes_needed(
+            1, self.history_capacity, {"obs": ((self.num_features,), np.float32)},
+            max_window=self.window,
+        )
+        kind = self.spec.output_kind
+        if kind == "continuous":
+            actions = 4 * self.num_actions  # float32 actions
+        else:
+            actions = 8  # an int64 action (unused by perception models, still allocated)
+            if kind == "discrete" and self.selection == "sample":
+                # float32 probabilities and a bool row per action, a float64 uniform and a
+                # float32 threshold.
+                actions += self.num_actions * 5 + 12
+        return ring + self.session.nbytes_per_item() + actions + 8  # + filled counter
+
+    def bytes_for(self, n_agents: int) -> int:
+        """Bytes to reserve for ``n_agents`` (the model is reserved separately, once)."""
+        return n_agents * self.per_agent_nbytes()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the per-agent arrays allocated by the group itself (ring, actions)."""
+        arrays = [self._filled, self._actions, *self._sample_buffers()]
+        return int(self.history.nbytes + sum(a.nbytes for a in arrays))
+
+    def _sample_buffers(self) -> list[np.ndarray]:
+        return [b for b in (self._probs, self._below, self._u, self._threshold) if b is not None]
+
+    def _allocate(self, n_agents: int) -> None:
+        old = self.n_agents
+        keep = min(old, n_agents)
+        if old == 0:
+            self.history = HistoryRing(
+                n_agents, self.history_capacity, self._fields, max_window=self.window
+            )
+            filled = np.zeros(n_agents, dtype=np.int64)
+        else:
+            self.history.resize_agents(n_agents)
+            filled = np.zeros(n_agents, dtype=np.int64)
+            filled[:keep] = self._filled[:keep]
+        self._filled = filled
+        self.session.set_batch(n_agents)
+        kind = self.spec.output_kind
+        A = self.num_actions
+        self._probs = self._below = self._u = self._threshold = None
+        if kind == "continuous":
+            self._actions = np.zeros((n_agents, A), dtype=np.float32)
+            self._low = np.asarray(self.spec.action_low, dtype=np.float32)
+            self._high = np.asarray(self.spec.action_high, dtype=np.float32)
+        else:
+            self._actions = np.zeros(n_agents, dtype=np.int64)
+            if kind == "discrete" and self.selection == "sample":
+                self._probs = np.zeros((n_agents, A), dtype=np.float32)
+                self._below = np.zeros((n_agents, A), dtype=bool)
+                self._u = np.zeros(n_agents, dtype=np.float64)
+                self._threshold = np.zeros(n_agents, dtype=np.float32)
+        staging = self.session.input_buffer(self.input_name)
+        # (N, T, F) view of the session's input, and its time-major (T, N, F) transpose.
+        self._batch = staging.reshape(n_agents, self.window, self.num_features)
+        self._batch_tmajor = self._batch.transpose(1, 0, 2)
+        self._staging = staging
+        self._inputs = {self.input_name: staging}
+        self._old_rows = np.zeros(n_agents, dtype=bool)
+        self.n_agents = n_agents
+
+    def resize(self, n_agents: int) -> None:
+        """Grow or shrink the group, reserving first; new agents start with an empty window."""
+        if isinstance(n_agents, bool) or not isinstance(n_agents, int | np.integer) or n_agents < 1:
+            raise InputError(f"group {self.name!r}: n_agents must be an integer >= 1")
+        if self._agent_reservation is not None:
+            self._agent_reservation.resize(
+                self.bytes_for(int(n_agents)), hint=f"reduce group {self.name!r} count"
+            )
+        self._allocate(int(n_agents))
+
+    def release(self) -> None:
+        """Give the group's reservations back to the budget."""
+        for reservation in self._reservations:
+            reservation.release()
+        self._reservations.clear()
+
+    # -- ticking ---------------------------------------------------------------------------------
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """Forget the windows of the agents in ``mask`` (all by default): they restart empty."""
+        if mask is None:
+            self._filled.fill(0)
+            return
+        sel = np.asarray(mask)
+        if sel.shape != (self.n_agents,) or sel.dtype != np.bool_:
+            raise InputError(f"mask must be a bool array of shape ({self.n_agents},)")
+        self._filled[sel] = 0
+
+    def check_obs(self, obs: np.ndarray) -> np.ndarray:
+        """``obs`` must be a finite real ``(N, F)`` array; InputError naming what is wrong."""
+        arr = np.asarray(obs)
+        expected = (self.n_agents, self.num_features)
+        if arr.shape != expected:
+            raise InputError(f"obs has shape {arr.shape}, expected {expected}")
+        if arr.dtype.kind not in "fiu":
+            raise InputError(f"obs must be real numbers, got dtype {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.isfinite(np.sum(arr, dtype=np.float64)):
+            bad = np.argwhere(~np.isfinite(arr))
+            if len(bad):
+                agent, feature = (int(i) for i in bad[0])
+                raise InputError(
+                    f"obs[{agent}, {feature}] is {arr[agent, feature]}: observations must be "
+                    f"finite ({len(bad)} bad value(s))"
+                )
+        return arr
+
+    def forward(self, obs: np.ndarray, now: float | None = None) -> dict[str, FloatArray]:
+        """Append ``obs`` ``(N, F)`` to every agent's window and run the model once.
+
+        Returns the model's real-valued outputs ``{name: (N, ...)}``: views of the session's
+        buffers, valid until the next call.
+        """
+        del now  # observations are timed per tick by the caller; kept for a uniform signature
+        o = self.check_obs(obs)
+        self.history.append(obs=o)
+        np.add(self._filled, 1, out=self._filled)
+        np.minimum(self._filled, self.window, out=self._filled)
+        self._stack_windows()
+        outputs = self.session.run(self._inputs)
+        self.ticks += 1
+        return outputs
+
+    def _stack_windows(self) -> None:
+        T = self.window
+        rows = min(len(self.history), T)
+        tmajor = self._batch_tmajor
+        np.copyto(tmajor[T - rows :], self.history.window("obs", rows))
+        if rows < T:
+            tmajor[: T - rows] = 0.0
+        # Agents whose window restarted (reset, or joined later) see zeros before their start.
+        for t in range(T - rows, T):
+            np.less(self._filled, T - t, out=self._old_rows)
+            if not self._old_rows.any():
+                break
+            tmajor[t][self._old_rows] = 0.0
+
+    def step(self, obs: np.ndarray, now: float | None = None) -> np.ndarray:
+        """One tick: ``obs`` ``(N, F)`` in, actions out.
+
+        Discrete: ``(N,)`` int64; continuous: ``(N, D)`` float32 within the bounds. The result is
+        the group's own action array (overwritten next tick).
+        """
+        kind = self.spec.output_kind
+        if kind == "observation":
+            raise InputError(
+                f"group {self.name!r} runs a perception model (output_kind 'observation'): "
+                "use forward(), or PerceptionAifGroup to feed an Active Inference agent"
+            )
+        out = self.forward(obs, now)[self.output.name]
+        if kind == "continuous":
+            np.clip(out, self._low, self._high, out=self._actions)
+        elif self.selection == "argmax":
+            np.argmax(out, axis=1, out=self._actions)
+        else:
+            self._sample(out)
+        return self._actions
+
+    def _sample(self, logits: FloatArray) -> None:
+        probs, below, u, threshold = self._probs, self._below, self._u, self._threshold
+        if probs is None or below is None or u is None or threshold is None:
+            raise InputError(f"group {self.name!r} was not built for sampling")
+        np.divide(logits, np.float32(self.temperature), out=probs)
+        np.max(probs, axis=1, out=threshold)
+        np.subtract(probs, threshold[:, None], out=probs)
+        np.exp(probs, out=probs)
+        np.cumsum(probs, axis=1, out=probs)
+        self.rng.random(out=u)
+        np.multiply(u, probs[:, -1], out=threshold, casting="same_kind")
+        np.less_equal(probs, threshold[:, None], out=below)
+        np.sum(below, axis=1, out=self._actions)
+        np.minimum(self._actions, self.num_actions - 1, out=self._actions)
+
+    @property
+    def actions(self) -> np.ndarray:
+        """The last actions (read-only view)."""
+        view = self._actions.view()
+        view.flags.writeable = False
+        return view
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays that restore the windows, fill counters and last actions exactly."""
+        out = {f"history.{k}": v for k, v in self.history.state_dict().items()}
+        out["filled"] = self._filled.copy()
+        out["actions"] = self._actions.copy()
+        out["ticks"] = np.array(self.ticks, dtype=np.int64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict`; InputError if it does not fit this group."""
+        for key, like in (("filled", self._filled), ("actions", self._actions)):
+            if key not in state:
+                raise InputError(f"group {self.name!r} snapshot lacks {key!r}")
+            if np.shape(state[key]) != like.shape:
+                raise InputError(
+                    f"group {self.name!r} snapshot {key!r} has shape {np.shape(state[key])}, "
+                    f"expected {like.shape}"
+                )
+        history = {k[len("history."):]: v for k, v in state.items() if k.startswith("history.")}
+        self.history.load_state_dict(history)
+        self._filled[...] = np.minimum(np.asarray(state["filled"]), self.window)
+        self._actions[...] = state["actions"]
+        self.ticks = int(state.get("ticks", np.array(0)))
+
+    # -- bundles ---------------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        n_agents: int,
+        *,
+        threads: int = 1,
+        selection: Selection = "argmax",
+        temperature: float = 1.0,
+        seed: int | None = 0,
+        history_capacity: int = 0,
+        budget: MemoryBudget | None = None,
+        name: str = "neural",
+    ) -> NeuralAgentGroup:
+        """A group running the neural model of a verified bundle (kind ``neural``)."""
+        manifest = bundle.manifest
+        spec = manifest.neural
+        if spec is None or manifest.kind != "neural":
+            raise BundleError(
+                f"{bundle.path}: a neural agent group needs a bundle of kind 'neural', "
+                f"got {manifest.kind!r}"
+            )
+        if spec.output_kind == "observation":
+            raise BundleError(
+                f"{bundle.path}: the model outputs observations, not actions; pair it with an "
+                "Active Inference model in an 'aif+perception' bundle"
+            )
+        logger.info(
+            "group %s: neural bundle %s %s (%s, window %d, %s output)", name, manifest.name,
+            manifest.version, spec.backend, spec.window, spec.output_kind,
+        )
+        return cls(
+            spec, bundle.file_bytes(spec.model_file), n_agents, threads=threads,
+            selection=selection, temperature=temperature, seed=seed,
+            history_capacity=history_capacity, budget=budget, name=name,
+        )

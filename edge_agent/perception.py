@@ -1,0 +1,211 @@
+"""Perception for Active Inference: a neural observation model in front of an agent group.
+
+A bundle of kind ``aif+perception`` pairs a generative model (``A``, ``B``, ``C``, ``D`` in
+``logu8-v1``) with a neural model whose ``output_kind`` is ``observation``. The neural model turns
+each agent's raw sensor window into one tensor of **logits per observation modality**: output
+``m`` is ``(batch, O_m)``, in the order of the generative model's modalities. (Outputs are logits,
+not probabilities: int8 keeps small probabilities badly, logits well.)
+
+:class:`PerceptionAifGroup` runs both as one batch per tick:
+
+* ``evidence="hard"``: the observation of modality ``m`` is ``argmax`` of its logits, and the
+  agents get ``(N, M)`` integer outcomes, exactly as from any other source;
+* ``evidence="soft"``: the agents get ``softmax(logits)``, a distribution over outcomes per
+  modality (``M`` arrays ``(N, O_m)``), and weigh the likelihood with it,
+  ``L(s) = sum_o p(o) A[o, s]``, so an unsure classifier moves beliefs less.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+from edge_agent.agents import AifAgentGroup, Precision
+from edge_agent.aif.settings import AifSettings
+from edge_agent.budget import MemoryBudget
+from edge_agent.bundle import Bundle
+from edge_agent.errors import BundleError, InputError, ModelError
+from edge_agent.neural import NeuralAgentGroup
+from edge_agent.quant import SCHEME, QuantizedModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Evidence", "PerceptionAifGroup"]
+
+Evidence = Literal["hard", "soft"]
+
+
+class PerceptionAifGroup:
+    """Raw sensor vectors -> observation model -> Active Inference agents, one batch per tick.
+
+    ``perception`` is a :class:`NeuralAgentGroup` with ``output_kind = "observation"``; ``aif`` is
+    the agents' :class:`AifAgentGroup`. Both must have the same number of agents.
+    """
+
+    def __init__(
+        self,
+        perception: NeuralAgentGroup,
+        aif: AifAgentGroup,
+        *,
+        evidence: Evidence = "hard",
+    ) -> None:
+        if perception.spec.output_kind != "observation":
+            raise ModelError(
+                f"the perception model's output_kind is {perception.spec.output_kind!r}, "
+                "expected 'observation'"
+            )
+        if evidence not in ("hard", "soft"):
+            raise InputError(f"evidence must be 'hard' or 'soft', got {evidence!r}")
+        if perception.n_agents != aif.n_agents:
+            raise InputError(
+                f"the perception model runs {perception.n_agents} agents, the Active Inference "
+                f"group {aif.n_agents}"
+            )
+        num_obs = aif.cm.num_obs
+        outputs = perception.spec.outputs
+        if len(outputs) != len(num_obs):
+            raise ModelError(
+                f"the observation model has {len(outputs)} outputs, the generative model "
+                f"{len(num_obs)} modalities: output m must give the logits of modality m"
+            )
+        for m, (tensor, outcomes) in enumerate(zip(outputs, num_obs, strict=True)):
+            if tuple(tensor.shape[1:]) != (outcomes,):
+                raise ModelError(
+                    f"output {m} {tensor.name!r} has shape {list(tensor.shape)}, modality {m} "
+                    f"has {outcomes} outcomes: expected [-1, {outcomes}]"
+                )
+        self.perception = perception
+        self.aif = aif
+        self.evidence: Evidence = evidence
+        self._allocate(aif.n_agents)
+
+    def _allocate(self, n_agents: int) -> None:
+        num_obs = self.aif.cm.num_obs
+        self._obs = np.zeros((n_agents, len(num_obs)), dtype=np.int64)
+        self._index = np.zeros(n_agents, dtype=np.int64)
+        self._soft = [np.zeros((n_agents, size), dtype=self.aif.dtype) for size in num_obs]
+        self._row = np.zeros(n_agents, dtype=self.aif.dtype)
+
+    @property
+    def n_agents(self) -> int:
+        return self.aif.n_agents
+
+    def per_agent_nbytes(self) -> int:
+        """Bytes per agent: both groups' and the observation buffers."""
+        own = 8 * (len(self.aif.cm.num_obs) + 1) + self.aif.dtype.itemsize * (
+            sum(self.aif.cm.num_obs) + 1
+        )
+        return self.perception.per_agent_nbytes() + self.aif.per_agent_nbytes() + own
+
+    # -- ticking -----------------------------------------------------------------------------------
+    def perceive(self, raw: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """Run the observation model on ``raw`` ``(N, F)`` sensor vectors.
+
+        Returns ``(N, M)`` int64 outcomes (hard evidence) or ``M`` arrays ``(N, O_m)`` of outcome
+        probabilities (soft evidence): buffers reused on the next call.
+        """
+        outputs = self.perception.forward(raw)
+        for m, tensor in enumerate(self.perception.spec.outputs):
+            logits = outputs[tensor.name]
+            if self.evidence == "hard":
+                np.argmax(logits, axis=1, out=self._index)
+                self._obs[:, m] = self._index
+            else:
+                probs, row = self._soft[m], self._row
+                np.copyto(probs, logits, casting="same_kind")
+                np.max(probs, axis=1, out=row)
+                np.subtract(probs, row[:, None], out=probs)
+                np.exp(probs, out=probs)
+                np.sum(probs, axis=1, out=row)
+                np.divide(probs, row[:, None], out=probs)
+        return self._obs if self.evidence == "hard" else self._soft
+
+    def step(self, raw: np.ndarray, now: float | None = None) -> np.ndarray:
+        """One tick: perceive ``raw`` ``(N, F)``, then infer, plan and act; actions ``(N, F_f)``."""
+        evidence = self.perceive(raw)
+        if isinstance(evidence, np.ndarray):
+            return self.aif.step(evidence, now)
+        # Soft evidence: AifAgentGroup.step takes one (N, O_m) distribution per modality.
+        soft: Any = evidence
+        return self.aif.step(soft, now)
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """New trial for the agents in ``mask``: empty sensor windows, beliefs back to ``D``."""
+        self.perception.reset(mask)
+        self.aif.reset(mask)
+
+    def resize(self, n_agents: int) -> None:
+        """Grow or shrink both groups (each reserves before allocating)."""
+        self.perception.resize(n_agents)
+        self.aif.resize(n_agents)
+        self._allocate(n_agents)
+
+    def release(self) -> None:
+        self.perception.release()
+        self.aif.release()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {f"perception.{k}": v for k, v in self.perception.state_dict().items()}
+        out.update({f"aif.{k}": v for k, v in self.aif.state_dict().items()})
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.perception.load_state_dict(
+            {k[len("perception."):]: v for k, v in state.items() if k.startswith("perception.")}
+        )
+        self.aif.load_state_dict(
+            {k[len("aif."):]: v for k, v in state.items() if k.startswith("aif.")}
+        )
+
+    # -- bundles -----------------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        n_agents: int,
+        *,
+        threads: int = 1,
+        evidence: Evidence = "hard",
+        precision: Precision = "int8",
+        settings: AifSettings | None = None,
+        seed: int | None = 0,
+        history_capacity: int = 0,
+        budget: MemoryBudget | None = None,
+        name: str = "perception",
+    ) -> PerceptionAifGroup:
+        """Both models of a verified ``aif+perception`` bundle (``settings`` override its own)."""
+        manifest = bundle.manifest
+        if manifest.kind != "aif+perception" or manifest.aif is None or manifest.neural is None:
+            raise BundleError(
+                f"{bundle.path}: perception needs a bundle of kind 'aif+perception', "
+                f"got {manifest.kind!r}"
+            )
+        if manifest.aif.quant_scheme != SCHEME:
+            raise BundleError(
+                f"{bundle.path}: unknown quantization scheme {manifest.aif.quant_scheme!r}"
+            )
+        try:
+            agent_settings = settings or AifSettings(**manifest.aif.settings)
+        except ValueError as err:
+            raise BundleError(f"{bundle.path}: invalid agent settings: {err}") from err
+        model = QuantizedModel.from_arrays(bundle.aif_arrays())
+        perception = NeuralAgentGroup(
+            manifest.neural, bundle.file_bytes(manifest.neural.model_file), n_agents,
+            threads=threads, seed=seed, budget=budget, name=f"{name}.perception",
+        )
+        try:
+            aif = AifAgentGroup(
+                model, n_agents, settings=agent_settings, precision=precision, seed=seed,
+                history_capacity=history_capacity, budget=budget, name=name,
+            )
+        except BaseException:
+            perception.release()
+            raise
+        logger.info(
+            "group %s: perception bundle %s %s (%s evidence, %s agents)", name, manifest.name,
+            manifest.version, evidence, precision,
+        )
+        return cls(perception, aif, evidence=evidence)

@@ -1,0 +1,323 @@
+"""``edge-agent-host convert aif``: model formats, the rollout report, thresholds, signing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edge_agent.agents import AifAgentGroup
+from edge_agent.aif.model import GenerativeModel, save_npz
+from edge_agent.aif.reference import ReferenceAgent
+from edge_agent.aif.settings import AifSettings
+from edge_agent.bundle import load_bundle
+from edge_agent.errors import BundleError, ModelError, SignatureError
+from edge_agent.quant import SCHEME, QuantizedModel, quantize_model
+from edge_agent.signing import TrustedKeys
+from edge_agent.sim import BatchEnv
+from edge_agent.sim.tmaze import tmaze_model
+from edge_agent_host.cli import main
+from edge_agent_host.convert_aif import (
+    AifThresholds,
+    compare_rollouts,
+    convert_aif,
+    convert_pymdp,
+    load_aif_model,
+    load_json_model,
+    model_from_pymdp,
+    settings_from_pymdp,
+)
+from edge_agent_host.keys import generate_keypair
+from edge_agent_host.report import progress, progress_enabled
+
+
+def dense_model(seed: int = 0) -> GenerativeModel:
+    """A small model with dense, uneven tables: int8 changes its beliefs measurably."""
+    rng = np.random.default_rng(seed)
+
+    def dist(*shape: int) -> np.ndarray:
+        p = rng.dirichlet(np.ones(shape[0]) * 0.5, size=shape[1:])
+        return np.moveaxis(p, -1, 0)
+
+    return GenerativeModel.from_arrays(
+        [dist(5, 4)], [dist(4, 4, 3)], [rng.normal(size=5)], [dist(4)]
+    )
+
+
+def model_json(model: GenerativeModel) -> dict[str, object]:
+    return {
+        "A": [a.tolist() for a in model.A],
+        "B": [b.tolist() for b in model.B],
+        "C": [c.tolist() for c in model.C],
+        "D": [d.tolist() for d in model.D],
+    }
+
+
+def same_model(a: GenerativeModel, b: GenerativeModel) -> bool:
+    pairs = zip((*a.A, *a.B, *a.C, *a.D), (*b.A, *b.B, *b.C, *b.D), strict=True)
+    return all(np.array_equal(x, y) for x, y in pairs)
+
+
+# -- reading models --------------------------------------------------------------------------------
+def test_json_and_npz_give_the_same_model(tmp_path: Path) -> None:
+    model = tmaze_model()
+    (tmp_path / "m.json").write_text(json.dumps(model_json(model)))
+    save_npz(model, tmp_path / "m.npz")
+    assert same_model(load_aif_model(tmp_path / "m.json"), model)
+    assert same_model(load_aif_model(tmp_path / "m.npz"), model)
+    with pytest.raises(ModelError, match=r"unknown model format '.txt'"):
+        load_aif_model(tmp_path / "m.txt")
+
+
+def test_json_layout_errors_are_clear(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('{"A": [[[1.0]]],\n "B": }')
+    with pytest.raises(ModelError, match=r"m.json:2:7: invalid JSON"):
+        load_json_model(path)
+    path.write_text(json.dumps({"A": [[[1.0]]], "B": [[[[1.0]]]], "F": 1}))
+    with pytest.raises(ModelError, match=r"unexpected key\(s\) \['F'\]"):
+        load_json_model(path)
+    path.write_text(json.dumps({"A": [[[1.0]]]}))
+    with pytest.raises(ModelError, match=r"missing key 'B'"):
+        load_json_model(path)
+    path.write_text(json.dumps({"A": [[[0.5, 0.5], [0.5]]], "B": [[[[1.0]]]]}))
+    with pytest.raises(ModelError, match=r"A\[0\] is not a rectangular numeric array"):
+        load_json_model(path)
+    path.write_text(json.dumps({"A": [[[0.7], [0.7]]], "B": [[[1.0]]]}))
+    with pytest.raises(ModelError, match=r"A0 is not normalised"):
+        load_json_model(path)
+    path.write_text(json.dumps({"A": [[0.5, 0.5]], "B": [[[1.0]]], "E": "x"}))
+    with pytest.raises(ModelError, match=r"E is not a flat numeric list"):
+        load_json_model(path)
+
+
+def test_pymdp_agents_are_read_by_duck_typing(tmp_path: Path) -> None:
+    model = tmaze_model()
+
+    def obj_array(arrays: tuple[np.ndarray, ...]) -> np.ndarray:
+        out = np.empty(len(arrays), dtype=object)
+        for i, a in enumerate(arrays):
+            out[i] = a
+        return out
+
+    agent = SimpleNamespace(
+        A=obj_array(model.A), B=obj_array(model.B), C=obj_array(model.C), D=obj_array(model.D),
+        E=np.full(4, 0.25), policy_len=1, gamma=np.float64(8.0), alpha=16.0, use_utility=True,
+        use_states_info_gain=False, action_selection="stochastic", sampling_mode="full",
+        control_fac_idx=[0], inference_params={"num_iter": 5, "dF_tol": 0.01},
+    )
+    read = model_from_pymdp(agent)
+    assert same_model(read, model)
+    assert read.E is not None
+    assert np.allclose(read.E, 0.25)
+    settings = settings_from_pymdp(agent)
+    assert settings == AifSettings(
+        policy_len=1, gamma=8.0, alpha=16.0, use_states_info_gain=False,
+        action_selection="stochastic", sampling_mode="full", control_fac_idx=(0,), num_iter=5,
+        dF_tol=0.01,
+    )
+    report = convert_pymdp(agent, tmp_path / "pymdp", name="tmaze", rollouts=10, steps=3)
+    assert report.source == "pymdp agent SimpleNamespace"
+    assert report.bundle is not None
+    bundle = load_bundle(tmp_path / "pymdp", trusted_keys=None, require_signature=False)
+    assert bundle.manifest.aif is not None
+    assert AifSettings(**bundle.manifest.aif.settings) == settings
+    with pytest.raises(ModelError, match=r"needs .A and .B"):
+        model_from_pymdp(SimpleNamespace(A=agent.A))
+    with pytest.raises(ModelError, match=r"settings not supported"):
+        settings_from_pymdp(SimpleNamespace(gamma=-1.0))
+
+
+# -- the report against an independent computation -------------------------------------------------
+def reference_rollouts(model: GenerativeModel, n: int, steps: int, seed: int) -> dict[str, float]:
+    """The same experiment with the one-agent float64 oracle on the float and decoded tables."""
+    decoded = quantize_model(model).dequantize()
+    floats = [ReferenceAgent(model) for _ in range(n)]
+    int8s = [ReferenceAgent(decoded) for _ in range(n)]
+    world = BatchEnv(model, n, seed=seed)
+    obs = world.reset().copy()
+    kls, agree, q_pi = [], 0, 0.0
+    for _ in range(steps):
+        actions = np.zeros((n, model.num_factors), dtype=np.int64)
+        for i in range(n):
+            actions[i] = floats[i].step(obs[i])
+            own = int8s[i].step(obs[i])
+            kl = 0.0
+            for p, q in zip(floats[i].qs, int8s[i].qs, strict=True):
+                kl += float(np.sum(p * (np.log(p + 1e-16) - np.log(q + 1e-16))))
+            kls.append(max(kl, 0.0))
+            agree += int(np.array_equal(own, actions[i]))
+            assert floats[i].q_pi is not None
+            assert int8s[i].q_pi is not None
+            q_pi = max(q_pi, float(np.abs(floats[i].q_pi - int8s[i].q_pi).max()))
+            int8s[i].action = actions[i].copy()  # the int8 agent follows the float agent
+        obs = world.step(actions).copy()
+    return {"kl_mean": float(np.mean(kls)), "kl_max": float(np.max(kls)),
+            "agreement": agree / (n * steps), "q_pi": q_pi}
+
+
+def test_rollout_numbers_match_an_independent_float64_computation() -> None:
+    model = dense_model(1)
+    report = compare_rollouts(model, quantize_model(model), AifSettings(), n_agents=12, steps=8,
+                              seed=3)
+    ref = reference_rollouts(model, 12, 8, seed=3)
+    assert report["agent_steps"] == 96
+    assert report["belief_kl"]["mean"] > 1e-7  # int8 measurably changes these beliefs
+    assert report["belief_kl"]["mean"] == pytest.approx(ref["kl_mean"], rel=0.02)
+    assert report["belief_kl"]["max"] == pytest.approx(ref["kl_max"], rel=0.02)
+    assert report["action_agreement"] == pytest.approx(ref["agreement"])
+    assert report["q_pi_max_abs_diff"] == pytest.approx(ref["q_pi"], rel=0.02, abs=1e-6)
+    assert report["belief_kl"]["median"] <= report["belief_kl"]["p99"] <= report["belief_kl"]["max"]
+
+
+def test_identical_models_agree_exactly() -> None:
+    model = tmaze_model()
+    report = compare_rollouts(model, quantize_model(model), AifSettings(policy_len=2),
+                              n_agents=50, steps=6)
+    assert report["action_agreement"] == 1.0
+    assert report["belief_kl"]["max"] < 1e-9
+
+
+# -- converting ------------------------------------------------------------------------------------
+def test_convert_writes_a_bundle_the_device_loads(tmp_path: Path) -> None:
+    model = dense_model(2)
+    settings = AifSettings(policy_len=2, gamma=8.0)
+    report = convert_aif(model, tmp_path / "m.tar", name="dense", settings=settings,
+                         rollouts=20, steps=5, source="dense.npz")
+    assert report.passed
+    assert report.bundle is not None
+    bundle = load_bundle(tmp_path / "m.tar", trusted_keys=None, require_signature=False)
+    spec = bundle.manifest.aif
+    assert bundle.manifest.kind == "aif"
+    assert spec is not None
+    assert spec.quant_scheme == SCHEME
+    assert AifSettings(**spec.settings) == settings
+    loaded = QuantizedModel.from_arrays(bundle.aif_arrays())
+    expected = quantize_model(model).to_arrays()
+    assert set(loaded.to_arrays()) == set(expected)
+    for name, array in loaded.to_arrays().items():
+        np.testing.assert_array_equal(array, expected[name])
+    # The device runs it; the recorded report is the one printed.
+    group = AifAgentGroup(loaded, 4, settings=settings)
+    assert group.step(np.zeros((4, 1), dtype=np.int64)).shape == (4, 1)
+    recorded = bundle.manifest.quantization
+    assert recorded["rollouts"] == report.data["rollouts"]
+    assert recorded["size"]["int8_bytes"] == quantize_model(model).nbytes
+    assert recorded["size"]["float64_bytes"] == sum(
+        a.nbytes for a in (*model.A, *model.B, *model.C, *model.D)
+    )
+    assert report.bundle["nbytes"] == bundle.nbytes
+    assert "latency_ms" not in recorded
+
+
+def test_a_failed_check_writes_nothing_unless_forced(tmp_path: Path) -> None:
+    model = dense_model(3)
+    strict = AifThresholds(max_kl=0.0, min_action_agreement=0.5)
+    report = convert_aif(model, tmp_path / "a", name="dense", rollouts=10, steps=4,
+                         thresholds=strict)
+    assert not report.passed
+    assert report.bundle is None
+    assert not (tmp_path / "a").exists()
+    failed = [c for c in report.checks if not c.passed]
+    assert [c.option for c in failed] == ["--max-kl"]
+    assert "FAILED" in report.render()
+    assert "use --force" in report.render()
+    forced = convert_aif(model, tmp_path / "a", name="dense", rollouts=10, steps=4,
+                         thresholds=strict, force=True)
+    assert forced.bundle is not None
+    assert (tmp_path / "a" / "manifest.json").exists()
+
+
+def test_cli_convert_signs_and_reports_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = generate_keypair(tmp_path / "keys", "release")
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(model_json(tmaze_model())))
+    out = tmp_path / "tmaze.tar.gz"
+    code = main(["convert", "aif", str(path), "--out", str(out), "--policy-len", "2",
+                 "--rollouts", "30", "--steps", "6", "--sign", str(keys.private_path),
+                 "--signer", "ci", "--json", "--quiet"])
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert printed["passed"] is True
+    assert printed["kind"] == "aif"
+    assert printed["bundle"]["key_id"] == keys.key_id
+    assert printed["bundle"]["signer"] == "ci"
+    assert printed["rollouts"]["agents"] == 30
+    assert printed["rollouts"]["steps"] == 6
+    bundle = load_bundle(out, trusted_keys=TrustedKeys.from_dir(tmp_path / "keys"))
+    assert bundle.signature_verified
+    assert bundle.key_id == keys.key_id
+    assert bundle.manifest.name == "m"
+    assert bundle.sha256 == printed["bundle"]["sha256"]
+    other = generate_keypair(tmp_path / "other", "other")
+    with pytest.raises(SignatureError, match=r"untrusted key"):
+        load_bundle(out, trusted_keys=TrustedKeys([load_public(other.public_path)]))
+    assert main(["verify", str(out), "--trusted", str(tmp_path / "keys")]) == 0
+
+
+def load_public(path: Path):  # type: ignore[no-untyped-def]
+    from edge_agent.signing import load_public_key
+
+    return load_public_key(path)
+
+
+def test_cli_threshold_failure_exits_1_with_the_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "dense.npz"
+    save_npz(dense_model(4), path)
+    code = main(["convert", "aif", str(path), "--out", str(tmp_path / "b"), "--max-kl", "0",
+                 "--rollouts", "10", "--steps", "3"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "belief KL mean" in printed
+    assert "required <= 0, --max-kl): FAILED" in printed
+    assert not (tmp_path / "b").exists()
+    code = main(["convert", "aif", str(path), "--out", str(tmp_path / "b"), "--max-kl", "0",
+                 "--rollouts", "10", "--steps", "3", "--force"])
+    assert code == 0
+    assert (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_cli_refuses_bad_settings_and_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"A": [[[0.7], [0.7]]], "B": [[[1.0]]]}))
+    assert main(["convert", "aif", str(path), "--out", str(tmp_path / "x")]) == 1
+    assert "A0 is not normalised" in capsys.readouterr().err
+    save_npz(tmaze_model(), tmp_path / "t.npz")
+    assert main(["convert", "aif", str(tmp_path / "t.npz"), "--out", str(tmp_path / "y"),
+                 "--gamma", "-1"]) == 1
+    assert "invalid agent settings: gamma" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        main(["convert", "aif", str(tmp_path / "t.npz"), "--out", str(tmp_path / "z"),
+              "--name", "Bad Name"])
+    assert err.value.code == 2
+
+
+def test_progress_bars_only_for_a_tty(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert progress_enabled(quiet=False) is False  # pytest's stderr is not a terminal
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert progress_enabled(quiet=False) is True
+    assert progress_enabled(quiet=True) is False
+    assert list(progress(range(3), total=3, desc="x", enabled=False)) == [0, 1, 2]
+    assert capsys.readouterr().err == ""
+    assert list(progress(range(3), total=3, desc="rollouts", enabled=True)) == [0, 1, 2]
+    assert "rollouts" in capsys.readouterr().err
+
+
+def test_an_occupied_output_fails_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    (tmp_path / "b.tar").write_bytes(b"")
+    for out in (tmp_path / "full", tmp_path / "b.tar"):
+        with pytest.raises(BundleError, match=r"(already exists|not an empty directory)"):
+            convert_aif(tmaze_model(), out, name="t", rollouts=1_000_000, steps=1_000)

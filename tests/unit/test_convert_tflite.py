@@ -1,0 +1,158 @@
+"""``edge-agent-host convert tflite`` with the shipped LiteRT fixtures (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.backends import available_backends
+from edge_agent.bundle import load_bundle
+from edge_agent.errors import EdgeAgentError, InputError, ModelError
+from edge_agent.neural import NeuralAgentGroup
+from edge_agent_host.builders import mlp_forward
+from edge_agent_host.cli import main
+from edge_agent_host.convert_onnx import NeuralOptions
+from edge_agent_host.convert_tflite import convert_tflite
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "data"))
+
+import make_tflite_fixture as fixture  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _runtimes() -> None:
+    if not available_backends()["litert"]:
+        pytest.fail("LiteRT is not installed: pip install 'edge-agent[tflite]'")
+
+
+@pytest.fixture
+def heldout(tmp_path: Path) -> Path:
+    X, y = fixture.fixture_world().sample_windows(500, fixture.WINDOW, seed=21)
+    np.savez(tmp_path / "heldout.npz", window=X, labels=y)
+    return tmp_path / "heldout.npz"
+
+
+def test_fixtures_are_what_the_script_says() -> None:
+    """The shipped float model computes the script's weights; the int8 one is full-integer."""
+    X = fixture.calibration_windows()
+    assert X.shape == (512, fixture.WINDOW, 8)
+    from edge_agent.backends import get_backend
+
+    session = get_backend("litert").load(fixture.FLOAT_PATH.read_bytes())
+    session.set_batch(len(X))
+    out = session.run({session.input_specs[0].name: X})[session.output_specs[0].name]
+    np.testing.assert_allclose(out, mlp_forward(fixture.fixture_layers(), X), rtol=1e-4,
+                               atol=1e-4)
+    int8 = get_backend("litert").load(fixture.INT8_PATH.read_bytes())
+    assert {t.dtype for t in (*int8.input_specs, *int8.output_specs)} == {"int8"}
+    # Calibrated on these windows: the input scale covers their range in 256 steps.
+    spec = int8.input_specs[0]
+    assert spec.scale is not None
+    assert spec.zero_point is not None
+    low, high = spec.scale * (-128 - spec.zero_point), spec.scale * (127 - spec.zero_point)
+    assert low <= X.min() + spec.scale
+    assert high >= X.max() - spec.scale
+
+
+def test_prequantized_pair_report_matches_an_independent_run(
+    heldout: Path, tmp_path: Path
+) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    report = convert_tflite(fixture.FLOAT_PATH, tmp_path / "b.tar", name="sensor",
+                            int8_path=fixture.INT8_PATH, heldout_path=heldout,
+                            options=NeuralOptions(latency_repeats=3))
+    assert report.passed
+    assert report.bundle is not None
+    held = np.load(heldout)
+    X, labels = held["window"], held["labels"]
+    reference = mlp_forward(fixture.fixture_layers(), X)  # float64 numpy, not LiteRT
+    interp = Interpreter(model_content=fixture.INT8_PATH.read_bytes())
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.resize_tensor_input(inp["index"], list(X.shape))
+    interp.allocate_tensors()
+    scale, zero = inp["quantization"]
+    interp.set_tensor(inp["index"], np.clip(np.rint(X / scale) + zero, -128, 127).astype(np.int8))
+    interp.invoke()
+    oscale, ozero = out["quantization"]
+    got = oscale * (interp.get_tensor(out["index"]).astype(np.float64) - ozero)
+    acc = report.data["accuracy"]
+    diff = np.abs(reference - got)
+    assert acc["max_abs_error"] == pytest.approx(diff.max(), rel=1e-4, abs=1e-4)
+    assert acc["mean_abs_error"] == pytest.approx(diff.mean(), rel=1e-3)
+    assert acc["top1_agreement"] == pytest.approx(np.mean(reference.argmax(1) == got.argmax(1)))
+    assert acc["top1_agreement"] >= 0.99
+    assert acc["label_accuracy"]["int8"] == pytest.approx(np.mean(got.argmax(1) == labels))
+    assert report.data["size"] == {
+        "float_bytes": fixture.FLOAT_PATH.stat().st_size,
+        "int8_bytes": fixture.INT8_PATH.stat().st_size,
+        "ratio": fixture.INT8_PATH.stat().st_size / fixture.FLOAT_PATH.stat().st_size,
+    }
+    assert report.data["scheme"] == "tflite-int8-full-integer"
+    assert report.data["calibration"]["source"] == "prequantized"
+    bundle = load_bundle(tmp_path / "b.tar", trusted_keys=None, require_signature=False)
+    spec = bundle.manifest.neural
+    assert spec is not None
+    assert spec.backend == "litert"
+    assert spec.model_file == "model.tflite"
+    assert spec.inputs[0].dtype == "int8"
+    assert spec.inputs[0].scale == pytest.approx(scale)
+    assert spec.outputs[0].zero_point == ozero
+    assert bundle.file_bytes("model.tflite") == fixture.INT8_PATH.read_bytes()
+
+
+def test_cli_bundle_runs_int8_agents_with_litert(
+    heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent_host.keys import generate_keypair
+
+    keys = generate_keypair(tmp_path / "keys", "ci")
+    out = tmp_path / "sensor.tar"
+    assert main(["convert", "tflite", str(fixture.FLOAT_PATH), "--int8",
+                 str(fixture.INT8_PATH), "--heldout", str(heldout), "--out", str(out),
+                 "--sign", str(keys.private_path), "--json", "--latency-repeats", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["bundle"]["key_id"] == keys.key_id
+    from edge_agent.signing import TrustedKeys
+
+    bundle = load_bundle(out, trusted_keys=TrustedKeys.from_dir(tmp_path / "keys"))
+    group = NeuralAgentGroup.from_bundle(bundle, 300, threads=2)
+    world = fixture.fixture_world(300, seed=22)
+    obs = world.reset()
+    rewards = []
+    for tick in range(25):
+        obs = world.step(group.step(obs))
+        if tick >= fixture.WINDOW:
+            rewards.append(float(world.reward.mean()))
+    assert np.mean(rewards) > 0.9
+
+
+def test_without_tensorflow_the_error_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    (tmp_path / "saved_model").mkdir()
+    with pytest.raises(EdgeAgentError, match=r"needs TensorFlow: pip install 'tensorflow-cpu"):
+        convert_tflite(tmp_path / "saved_model", tmp_path / "b", name="m",
+                       input_range=(-1.0, 1.0))
+    assert main(["convert", "tflite", str(tmp_path / "saved_model"), "--out",
+                 str(tmp_path / "b"), "--input-range", "-1", "1"]) == 1
+    assert "pip install 'tensorflow-cpu" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_option_errors(tmp_path: Path, heldout: Path) -> None:
+    with pytest.raises(InputError, match=r"pass its int8 version with --int8"):
+        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m", heldout_path=heldout)
+    with pytest.raises(InputError, match=r"--method entropy applies to ONNX models"):
+        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m", int8_path=fixture.INT8_PATH,
+                       heldout_path=heldout, options=NeuralOptions(method="entropy"))
+    with pytest.raises(ModelError, match=r"a full-integer model has int8 inputs and outputs"):
+        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
+                       int8_path=fixture.FLOAT_PATH, heldout_path=heldout)
+    assert not (tmp_path / "b").exists()

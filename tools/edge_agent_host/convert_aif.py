@@ -1,0 +1,402 @@
+"""Convert an Active Inference model to an int8 (``logu8-v1``) bundle and measure what it costs.
+
+Inputs:
+
+* ``.npz`` in pymdp's key layout (``A0..``, ``B0..``, ``C0..``, ``D0..``, ``E``), read by
+  :func:`edge_agent.aif.model.load_npz`;
+* ``.json``: one object with keys ``A`` and ``B`` (required), ``C``, ``D`` and ``E`` (optional).
+  ``A``, ``B``, ``C`` and ``D`` are **lists with one nested-list array per modality / factor**
+  (``A[m]`` has shape ``(O_m, S_0, ..., S_{F-1})``, ``B[f]`` ``(S_f, S_f, U_f)``, ``C[m]``
+  ``(O_m,)``, ``D[f]`` ``(S_f,)``); ``E`` is one flat list over policies. Any other key is an
+  error. Example: ``{"A": [[[0.9, 0.1], [0.1, 0.9]]], "B": [[[[1], [0]], [[0], [1]]]]}``;
+* a pymdp (0.0.x, numpy) ``Agent`` object through :func:`model_from_pymdp` and
+  :func:`settings_from_pymdp` (duck-typed: reads ``.A``, ``.B``, ``.C``, ``.D``, ``.E`` and the
+  agent's settings; pymdp itself is not imported).
+
+The report compares the float64 agents with the int8 agents over simulated rollouts: ``N`` agents
+for ``T`` steps in a world that *is* the float model (states from ``D`` and ``B``, observations
+from ``A``: :class:`edge_agent.sim.BatchEnv`). Both groups see the same observations; the int8
+agents commit the float agents' actions, so their beliefs stay comparable step by step. Reported:
+belief KL ``KL(q_float || q_int8)`` summed over factors (mean, median, max over agent-steps), the
+fraction of agent-steps whose own int8 action equals the float action, and the largest absolute
+difference of the policy posteriors ``q_pi``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.agents import AifAgentGroup
+from edge_agent.aif.model import GenerativeModel, load_npz
+from edge_agent.aif.settings import AifSettings
+from edge_agent.bundle import AifSpec
+from edge_agent.errors import InputError, ModelError
+from edge_agent.quant import SCHEME, QuantizedModel, quantize_model
+from edge_agent.sim import BatchEnv
+from edge_agent_host.output import check_output, write_output
+from edge_agent_host.report import Check, ConversionReport, progress
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AIF_ARRAY_DIR",
+    "AifThresholds",
+    "aif_bundle_arrays",
+    "compare_rollouts",
+    "convert_aif",
+    "convert_pymdp",
+    "load_aif_model",
+    "load_json_model",
+    "model_from_pymdp",
+    "settings_from_pymdp",
+]
+
+#: Payload directory of the int8 arrays inside a bundle.
+AIF_ARRAY_DIR = "aif"
+_JSON_KEYS = ("A", "B", "C", "D", "E")
+_KL_EPS = 1e-16
+
+
+@dataclass(frozen=True)
+class AifThresholds:
+    """Accuracy a conversion must reach: mean belief KL and action agreement."""
+
+    max_kl: float = 0.01
+    min_action_agreement: float = 0.95
+
+
+# -- reading models --------------------------------------------------------------------------------
+def _array_list(source: str, key: str, value: object) -> list[np.ndarray]:
+    if not isinstance(value, list) or not value:
+        raise ModelError(f"{source}: {key} must be a non-empty list with one array per entry")
+    out = []
+    for i, item in enumerate(value):
+        try:
+            out.append(np.asarray(item, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise ModelError(f"{source}: {key}[{i}] is not a rectangular numeric array") from err
+    return out
+
+
+def load_json_model(path: str | Path) -> GenerativeModel:
+    """A model from the JSON layout of the module docstring; ModelError naming what is wrong."""
+    source = str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ModelError(f"{source}: no such model file") from err
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{source}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from err
+    if not isinstance(data, dict):
+        raise ModelError(f"{source}: expected a JSON object with keys A, B, C, D, E")
+    unknown = sorted(set(data) - set(_JSON_KEYS))
+    if unknown:
+        raise ModelError(f"{source}: unexpected key(s) {unknown} (allowed: A, B, C, D, E)")
+    for key in ("A", "B"):
+        if key not in data:
+            raise ModelError(f"{source}: missing key {key!r}")
+    A = _array_list(source, "A", data["A"])
+    B = _array_list(source, "B", data["B"])
+    C = _array_list(source, "C", data["C"]) if data.get("C") is not None else None
+    D = _array_list(source, "D", data["D"]) if data.get("D") is not None else None
+    E = None
+    if data.get("E") is not None:
+        try:
+            E = np.asarray(data["E"], dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ModelError(f"{source}: E is not a flat numeric list") from err
+    try:
+        return GenerativeModel.from_arrays(A, B, C, D, E)
+    except ModelError as err:
+        raise ModelError(f"{source}: {err}") from err
+
+
+def load_aif_model(path: str | Path) -> GenerativeModel:
+    """Read a model from ``.npz`` (pymdp keys) or ``.json`` (by suffix)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        return load_npz(p)
+    if suffix == ".json":
+        return load_json_model(p)
+    raise ModelError(f"{p}: unknown model format {suffix!r}; use .npz (pymdp keys) or .json")
+
+
+def _object_list(agent: object, attr: str) -> list[np.ndarray] | None:
+    value = getattr(agent, attr, None)
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return [np.asarray(value, dtype=np.float64)]
+    try:
+        return [np.asarray(item, dtype=np.float64) for item in value]
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"pymdp agent: .{attr} is not a list of numeric arrays") from err
+
+
+def model_from_pymdp(agent: object) -> GenerativeModel:
+    """The generative model of a pymdp (0.0.x numpy) ``Agent``, read from ``.A`` ... ``.E``.
+
+    ``.A``/``.B`` (required), ``.C``/``.D`` (optional) are object arrays or lists of arrays, ``.E``
+    a vector over policies. Validated like any other model (ModelError on a bad table).
+    """
+    A = _object_list(agent, "A")
+    B = _object_list(agent, "B")
+    if A is None or B is None:
+        raise ModelError("pymdp agent: needs .A and .B")
+    C = _object_list(agent, "C")
+    D = _object_list(agent, "D")
+    E_raw = getattr(agent, "E", None)
+    E = None if E_raw is None else np.asarray(E_raw, dtype=np.float64).ravel()
+    return GenerativeModel.from_arrays(A, B, C, D, E)
+
+
+def settings_from_pymdp(agent: object) -> AifSettings:
+    """The :class:`AifSettings` of a pymdp ``Agent`` (attributes it lacks keep pymdp's defaults)."""
+    names = {
+        "policy_len": "policy_len",
+        "gamma": "gamma",
+        "alpha": "alpha",
+        "use_utility": "use_utility",
+        "use_states_info_gain": "use_states_info_gain",
+        "action_selection": "action_selection",
+        "sampling_mode": "sampling_mode",
+    }
+    values: dict[str, Any] = {}
+    for attr, field_name in names.items():
+        value = getattr(agent, attr, None)
+        if value is not None:
+            values[field_name] = value.item() if isinstance(value, np.generic) else value
+    fac = getattr(agent, "control_fac_idx", None)
+    if fac is not None:
+        values["control_fac_idx"] = tuple(int(f) for f in fac)
+    inference = getattr(agent, "inference_params", None)
+    if isinstance(inference, Mapping):
+        if "num_iter" in inference:
+            values["num_iter"] = int(inference["num_iter"])
+        if "dF_tol" in inference:
+            values["dF_tol"] = float(inference["dF_tol"])
+    try:
+        return AifSettings(**values)
+    except ValueError as err:
+        raise ModelError(f"pymdp agent: settings not supported: {err}") from err
+
+
+# -- measuring -------------------------------------------------------------------------------------
+def _kl_rows(p: list[np.ndarray], q: list[np.ndarray], out: np.ndarray) -> None:
+    """``out[i] = sum_f KL(p_f[i] || q_f[i])`` for beliefs ``(N, S_f)``."""
+    out.fill(0.0)
+    for pf, qf in zip(p, q, strict=True):
+        pf64 = np.asarray(pf, dtype=np.float64)
+        qf64 = np.asarray(qf, dtype=np.float64)
+        out += np.sum(pf64 * (np.log(pf64 + _KL_EPS) - np.log(qf64 + _KL_EPS)), axis=1)
+    np.maximum(out, 0.0, out=out)
+
+
+def compare_rollouts(
+    model: GenerativeModel,
+    quantized: QuantizedModel,
+    settings: AifSettings,
+    *,
+    n_agents: int,
+    steps: int,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """float64 vs int8 agents over ``n_agents`` x ``steps`` simulated steps (module docstring).
+
+    Returns ``belief_kl`` (``mean``, ``median``, ``p99``, ``max``), ``action_agreement``,
+    ``q_pi_max_abs_diff``, ``agent_steps``.
+    """
+    if n_agents < 1 or steps < 1:
+        raise InputError(f"rollouts need n_agents >= 1 and steps >= 1, got {n_agents}, {steps}")
+    float_group = AifAgentGroup(model, n_agents, settings=settings, precision="float64", seed=seed)
+    int8_group = AifAgentGroup(
+        quantized, n_agents, settings=settings, precision="int8", seed=seed
+    )
+    world = BatchEnv(model, n_agents, seed=seed)
+    obs = world.reset()
+    kl = np.zeros((steps, n_agents), dtype=np.float64)
+    agree = 0
+    q_pi_diff = 0.0
+    for t in progress(range(steps), total=steps, desc="rollouts", enabled=show_progress):
+        float_actions = float_group.step(obs).copy()
+        own_actions = int8_group.step(obs).copy()
+        _kl_rows(float_group.qs, int8_group.qs, kl[t])
+        agree += int(np.count_nonzero(np.all(own_actions == float_actions, axis=1)))
+        diff = np.abs(float_group.q_pi - int8_group.q_pi.astype(np.float64))
+        q_pi_diff = max(q_pi_diff, float(diff.max()))
+        int8_group.set_action(float_actions)
+        obs = world.step(float_actions)
+    total = steps * n_agents
+    flat = kl.ravel()
+    return {
+        "agents": n_agents,
+        "steps": steps,
+        "agent_steps": total,
+        "belief_kl": {
+            "mean": float(flat.mean()),
+            "median": float(np.median(flat)),
+            "p99": float(np.quantile(flat, 0.99)),
+            "max": float(flat.max()),
+        },
+        "action_agreement": agree / total,
+        "q_pi_max_abs_diff": q_pi_diff,
+    }
+
+
+def model_nbytes(model: GenerativeModel) -> int:
+    """Bytes of the float64 tables (A, B, C, D, E) as loaded."""
+    arrays = [*model.A, *model.B, *model.C, *model.D]
+    if model.E is not None:
+        arrays.append(model.E)
+    return int(sum(a.nbytes for a in arrays))
+
+
+def aif_bundle_arrays(quantized: QuantizedModel) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``(payload path -> array, logical name -> payload path)`` for a bundle's AifSpec.
+
+    Logical names are :meth:`QuantizedModel.to_arrays` keys, so a device rebuilds the model with
+    ``QuantizedModel.from_arrays(bundle.aif_arrays())``.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    names: dict[str, str] = {}
+    for logical, array in quantized.to_arrays().items():
+        rel = f"{AIF_ARRAY_DIR}/{logical}.npy"
+        arrays[rel] = np.asarray(array)
+        names[logical] = rel
+    return arrays, names
+
+
+def aif_spec(quantized: QuantizedModel, settings: AifSettings, names: dict[str, str]) -> AifSpec:
+    return AifSpec(
+        num_obs=quantized.num_obs,
+        num_states=quantized.num_states,
+        num_controls=quantized.num_controls,
+        quant_scheme=SCHEME,
+        settings=settings.model_dump(mode="json"),
+        arrays=names,
+    )
+
+
+def aif_report_data(
+    model: GenerativeModel,
+    quantized: QuantizedModel,
+    settings: AifSettings,
+    *,
+    rollouts: int,
+    steps: int,
+    seed: int,
+    show_progress: bool,
+) -> tuple[dict[str, Any], list[tuple[str, ...]]]:
+    """The AIF part of a report: sizes, error bounds and rollout agreement, plus table rows."""
+    float_bytes = model_nbytes(model)
+    int8_bytes = quantized.nbytes
+    agreement = compare_rollouts(
+        model, quantized, settings, n_agents=rollouts, steps=steps, seed=seed,
+        show_progress=show_progress,
+    )
+    bounds = quantized.error_bounds()
+    data = {
+        "scheme": SCHEME,
+        "model": {
+            "num_obs": list(model.num_obs),
+            "num_states": list(model.num_states),
+            "num_controls": list(model.num_controls),
+            "policy_len": settings.policy_len,
+        },
+        "size": {
+            "float64_bytes": float_bytes,
+            "int8_bytes": int8_bytes,
+            "ratio": int8_bytes / float_bytes if float_bytes else 0.0,
+        },
+        "error_bounds": bounds,
+        "rollouts": agreement,
+    }
+    kl = agreement["belief_kl"]
+    log_bound = max((v for k, v in bounds.items() if not k.startswith("C")), default=0.0)
+    rows: list[tuple[str, ...]] = [
+        ("", "float64", "int8", "int8/float"),
+        ("model size (bytes)", f"{float_bytes:,}", f"{int8_bytes:,}",
+         f"{100 * int8_bytes / max(1, float_bytes):.1f} %"),
+        ("rollouts", f"{agreement['agents']} agents x {agreement['steps']} steps"),
+        ("belief KL mean", f"{kl['mean']:.3g}"),
+        ("belief KL median / p99", f"{kl['median']:.3g} / {kl['p99']:.3g}"),
+        ("belief KL max", f"{kl['max']:.3g}"),
+        ("action agreement", f"{100 * agreement['action_agreement']:.2f} %"),
+        ("q_pi max abs diff", f"{agreement['q_pi_max_abs_diff']:.3g}"),
+        ("largest log error bound", f"{log_bound:.3g} (A, B, D, E)"),
+    ]
+    return data, rows
+
+
+def aif_checks(data: Mapping[str, Any], thresholds: AifThresholds) -> list[Check]:
+    rollouts = data["rollouts"]
+    return [
+        Check("belief KL mean", rollouts["belief_kl"]["mean"], thresholds.max_kl, "max",
+              "--max-kl"),
+        Check("action agreement", rollouts["action_agreement"], thresholds.min_action_agreement,
+              "min", "--min-action-agreement"),
+    ]
+
+
+def convert_aif(
+    model: GenerativeModel,
+    out: str | Path,
+    *,
+    settings: AifSettings | None = None,
+    name: str,
+    version: str = "1.0.0",
+    source: str = "model",
+    rollouts: int = 200,
+    steps: int = 30,
+    seed: int = 0,
+    thresholds: AifThresholds | None = None,
+    force: bool = False,
+    sign_key: Ed25519PrivateKey | None = None,
+    signer: str | None = None,
+    show_progress: bool = False,
+) -> ConversionReport:
+    """Quantize ``model``, measure it, and write (and sign) the bundle if the checks pass.
+
+    Returns the report; ``report.bundle`` is ``None`` when the checks failed and ``force`` is not
+    set (then nothing is written).
+    """
+    check_output(out)
+    agent_settings = settings or AifSettings()
+    quantized = quantize_model(model)
+    data, rows = aif_report_data(
+        model, quantized, agent_settings, rollouts=rollouts, steps=steps, seed=seed,
+        show_progress=show_progress,
+    )
+    report = ConversionReport(
+        kind="aif", source=source, data=data, rows=rows,
+        checks=aif_checks(data, thresholds or AifThresholds()),
+    )
+    if not report.passed and not force:
+        return report
+    arrays, names = aif_bundle_arrays(quantized)
+    report.bundle = write_output(
+        out, name=name, version=version, kind="aif", arrays=arrays,
+        aif=aif_spec(quantized, agent_settings, names),
+        quantization=report.manifest_record(), sign_key=sign_key, signer=signer,
+    )
+    return report
+
+
+def convert_pymdp(agent: object, out: str | Path, *, name: str, **kwargs: Any) -> ConversionReport:
+    """:func:`convert_aif` for a pymdp ``Agent``: its model and its settings (duck-typed).
+
+    ``kwargs`` are :func:`convert_aif`'s keyword arguments; ``settings`` overrides the agent's.
+    """
+    settings = kwargs.pop("settings", None) or settings_from_pymdp(agent)
+    kwargs.setdefault("source", f"pymdp agent {type(agent).__name__}")
+    return convert_aif(model_from_pymdp(agent), out, name=name, settings=settings, **kwargs)
