@@ -1,0 +1,65 @@
+"""Coordination between agents on different nodes: belief sharing and task allocation.
+
+* :mod:`~edge_agent.coordination.fusion` -- pure kernels: the wire code of likelihood messages
+  and the fusion rule (a tempered product of experts, bounded per peer).
+* :mod:`~edge_agent.coordination.beliefs` -- :class:`BeliefSharer`: which agents publish, token
+  buckets, the peer table, fusing into a group's prior.
+* :mod:`~edge_agent.coordination.tasks` -- task utilities, EFE bid costs, per-agent task
+  preferences, the award rule, the replicated ledger and the auction bookkeeping.
+* :mod:`~edge_agent.coordination.messages` -- the task messages on the ``tasks`` topic.
+* :mod:`~edge_agent.coordination.engine` -- :class:`CoordinationEngine`, one node's layer
+  between its groups and its :class:`~edge_agent.fleet.FleetLink`.
+
+``docs/coordination.md`` derives the fusion rule and specifies the protocol.
+"""
+
+from __future__ import annotations
+
+from edge_agent.coordination.beliefs import BeliefSharer, SharingSettings
+from edge_agent.coordination.engine import (
+    CoordinatedGroup,
+    CoordinationEngine,
+    CoordinationSettings,
+)
+from edge_agent.coordination.messages import (
+    ReleaseStatus,
+    TaskAnnounce,
+    TaskBids,
+    TaskRelease,
+    TaskSpec,
+    TaskState,
+    TaskSync,
+)
+from edge_agent.coordination.tasks import (
+    Auctioneer,
+    AuctionSettings,
+    Bid,
+    TaskBoard,
+    TaskPreferences,
+    award,
+    task_costs,
+    task_utility,
+)
+
+__all__ = [
+    "AuctionSettings",
+    "Auctioneer",
+    "BeliefSharer",
+    "Bid",
+    "CoordinatedGroup",
+    "CoordinationEngine",
+    "CoordinationSettings",
+    "ReleaseStatus",
+    "SharingSettings",
+    "TaskAnnounce",
+    "TaskBids",
+    "TaskBoard",
+    "TaskPreferences",
+    "TaskRelease",
+    "TaskSpec",
+    "TaskState",
+    "TaskSync",
+    "award",
+    "task_costs",
+    "task_utility",
+]

@@ -1,0 +1,891 @@
+"""CoordinationEngine: one node's coordination layer, between its agent groups and its FleetLink.
+
+The daemon owns one engine per node and calls it around every tick:
+
+1. for every message the FleetLink received, :meth:`CoordinationEngine.handle` (it keeps the
+   coordination messages in a bounded queue and returns True; anything else returns False);
+2. :meth:`CoordinationEngine.before_step`: up to ``max_messages_per_tick`` queued messages are
+   merged (beliefs into the peer tables, task messages into the ledger, presence into the dead
+   sessions), then peers' evidence is fused into every sharing group's prior;
+3. each group steps -- :meth:`CoordinationEngine.step` runs ``group.step(obs)``, or, while some
+   of its agents hold a task, the same step with their preferences replaced
+   (:class:`~edge_agent.coordination.tasks.TaskPreferences`);
+4. :meth:`CoordinationEngine.after_step`: own evidence is accumulated and belief messages go out;
+   the auction moves on (bids for new rounds, awards, holders' preferences, releases of done or
+   expired tasks, ``task_state`` and, on a digest mismatch, ``task_sync``).
+
+Nothing here blocks: every message is handled in time proportional to its size, the queue is
+bounded (the newest message is dropped and counted when it is full), and publishing goes through
+the link (QoS 1 into its outbox, QoS 0 straight to the transport).
+
+Presence: the engine subscribes to every node's ``state``, ``birth`` and ``death``. An offline
+state (the MQTT will) or a death with ``bdseq = b`` makes sessions ``<= b`` of that node dead:
+their bids stop counting, the tasks they won move to the next epoch (re-auctioned), and their
+belief slot is freed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_agent.agents import AifAgentGroup
+from edge_agent.aif import kernels
+from edge_agent.comms.base import BoundedQueue
+from edge_agent.coordination.beliefs import BeliefSharer, SharingSettings
+from edge_agent.coordination.messages import (
+    MAX_BIDS_PER_MESSAGE,
+    MAX_CLAIMS,
+    MAX_TASKS_PER_MESSAGE,
+    Claim,
+    Release,
+    ReleaseStatus,
+    TaskAnnounce,
+    TaskBids,
+    TaskRelease,
+    TaskSpec,
+    TaskState,
+    TaskSync,
+)
+from edge_agent.coordination.tasks import (
+    Auctioneer,
+    AuctionSettings,
+    Bid,
+    TaskBoard,
+    TaskPreferences,
+    abandon,
+    select_bids,
+    task_costs,
+    task_utility,
+)
+from edge_agent.errors import EdgeAgentError, InputError
+from edge_agent.protocol import (
+    UINT32,
+    BeliefBatch,
+    Birth,
+    Body,
+    Death,
+    Envelope,
+    NodeState,
+    Route,
+    TopicKind,
+    Topics,
+    check_name,
+)
+
+logger = logging.getLogger(__name__)
+
+_NO_ROWS: Final[NDArray[np.int64]] = np.empty(0, dtype=np.int64)
+
+UTILITY_CACHE: Final = 1024
+"""Task utility vectors kept per group (LRU); one is ``S_joint`` float64."""
+TELEMETRY_KEY_CHARS: Final = 64
+"""Longest counter name a Telemetry message carries."""
+SILENCE_PERIODS: Final = 2.5
+"""A peer silent for this many task_state periods, then heard again, was cut off: sync."""
+DIGEST_HISTORY: Final = 64
+"""Own ledger digests remembered (one per tick that changed the ledger), to explain peers'."""
+
+
+class LinkLike(Protocol):
+    """What the engine needs of :class:`~edge_agent.fleet.FleetLink`."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def topics(self) -> Topics: ...
+
+    @property
+    def bdseq(self) -> int | None: ...
+
+    def publish(
+        self,
+        msg_type: str,
+        body: Body,
+        cls: str = "event",
+        *,
+        topic: str | None = None,
+        qos: int = 1,
+        retain: bool = False,
+    ) -> int: ...
+
+    def subscribe(self, pattern: str, qos: int = 1) -> None: ...
+
+
+class MessageLike(Protocol):
+    """What the engine needs of :class:`~edge_agent.fleet.Received`."""
+
+    @property
+    def route(self) -> Route: ...
+
+    @property
+    def envelope(self) -> Envelope: ...
+
+
+class CoordinationSettings(BaseModel):
+    """Settings of a node's coordination engine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    auction: AuctionSettings = Field(default_factory=AuctionSettings)
+    max_inbox: int = Field(
+        4096, ge=1, le=1 << 20, description="Coordination messages queued between ticks."
+    )
+    max_messages_per_tick: int = Field(
+        1024, ge=1, le=1 << 20, description="Queued messages merged per tick (the rest wait)."
+    )
+    tick_period_s: float = Field(
+        0.1, gt=0.0, le=3600.0, description="The node's tick period (age of belief messages)."
+    )
+    max_peers: int = Field(4096, ge=1, le=1 << 20, description="Peer nodes tracked.")
+
+
+@dataclass
+class CoordinatedGroup:
+    """A group as the engine sees it: what it shares and which tasks it can take."""
+
+    group: AifAgentGroup
+    sharing: SharingSettings | None = None
+    capabilities: tuple[str, ...] = ()
+    channels: NDArray[np.integer] | None = None
+
+
+class _GroupState:
+    def __init__(self, name: str, spec: CoordinatedGroup, node_id: str, max_held: int) -> None:
+        self.name = name
+        self.group = spec.group
+        self.capabilities = frozenset(spec.capabilities)
+        for cap in self.capabilities:
+            check_name(cap, "capability")
+        g = spec.group
+        self.sharer: BeliefSharer | None = None
+        if spec.sharing is not None:
+            self.sharer = BeliefSharer(
+                name,
+                g.cm.num_states,
+                g.n_agents,
+                spec.sharing,
+                channels=spec.channels,
+                node_id=node_id,
+                dtype=g.dtype.type,
+            )
+        self.prefs = TaskPreferences(
+            g.cm, g.n_agents, use_utility=g.settings.use_utility, max_held=max_held
+        )
+        self.utilities: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self.completed: NDArray[np.int64] = _NO_ROWS
+
+    def accepts(self, spec: TaskSpec) -> bool:
+        cm = self.group.cm
+        return (
+            spec.capability in self.capabilities
+            and spec.goal_factor < cm.num_factors
+            and spec.goal_state < cm.num_states[spec.goal_factor]
+        )
+
+    def utility(self, spec: TaskSpec, scale: float) -> np.ndarray:
+        key = (spec.goal_factor, spec.goal_state)
+        u = self.utilities.get(key)
+        if u is None:
+            u = task_utility(self.group.cm, spec.goal_factor, spec.goal_state, scale=scale)
+            self.utilities[key] = u
+            while len(self.utilities) > UTILITY_CACHE:
+                self.utilities.popitem(last=False)
+        else:
+            self.utilities.move_to_end(key)
+        return u
+
+
+_SUBSCRIBED_KINDS: Final = frozenset(
+    {TopicKind.BELIEFS, TopicKind.TASKS, TopicKind.STATE, TopicKind.BIRTH, TopicKind.DEATH}
+)
+
+
+class CoordinationEngine:
+    """Belief sharing and task allocation for one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        link: LinkLike,
+        groups: Mapping[str, CoordinatedGroup],
+        settings: CoordinationSettings | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        clock_synced: Callable[[], bool] | None = None,
+    ) -> None:
+        self.link = link
+        self.node_id = link.node_id
+        self.topics = link.topics
+        self.settings = settings or CoordinationSettings()
+        self._mono = monotonic
+        self._wall = wall_clock
+        self._clock_synced = clock_synced
+        auction = self.settings.auction
+        self.groups: dict[str, _GroupState] = {}
+        for name, spec in groups.items():
+            check_name(name, "group")
+            self.groups[name] = _GroupState(name, spec, self.node_id, auction.max_held_per_group)
+        self.board = TaskBoard(
+            max_tasks=auction.max_tasks,
+            max_bids=auction.max_bids,
+            max_nodes=self.settings.max_peers,
+        )
+        self.auctioneer = Auctioneer(
+            self.node_id, self.board, auction, max_peers=self.settings.max_peers
+        )
+        self._queue: BoundedQueue[MessageLike] = BoundedQueue(self.settings.max_inbox)
+        self._alive: OrderedDict[str, int] = OrderedDict()
+        self._bseq = 0
+        self.tick = 0
+        self._started_at: float | None = None
+        self._last_state = -math.inf
+        self._next_state = -math.inf
+        self._state_dirty = False
+        self._last_sync = -math.inf
+        self._sync_wanted = False
+        self._digests: deque[tuple[bytes, float]] = deque(maxlen=DIGEST_HISTORY)
+        self._digest_version = -1
+        self._unexplained: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._last_heard: OrderedDict[str, float] = OrderedDict()
+        self._acted_version = -1
+        self._act_due = -math.inf
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "task_msgs_sent",
+                "task_msgs_received",
+                "bids_sent",
+                "belief_msgs_sent",
+                "belief_msgs_received",
+                "publish_refused",
+                "malformed",
+                "tasks_done",
+                "tasks_expired",
+                "tasks_preempted",
+                "holdings_refused",
+                "syncs_sent",
+                "syncs_received",
+                "digest_mismatches",
+                "peers_returned",
+                "deaths_seen",
+                "death_reauctions",
+            ),
+            0,
+        )
+
+    # -- wiring ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Subscribe to beliefs, tasks and presence (now and on every reconnect)."""
+        t = self.topics
+        for pattern in (
+            t.all_nodes(TopicKind.BELIEFS),
+            t.tasks(),
+            t.all_nodes(TopicKind.STATE),
+            t.all_nodes(TopicKind.BIRTH),
+            t.all_nodes(TopicKind.DEATH),
+        ):
+            self.link.subscribe(pattern, 1)
+
+    def handle(self, msg: MessageLike) -> bool:
+        """Queue a received message if it is the engine's; False when it is not."""
+        if msg.route.kind not in _SUBSCRIBED_KINDS:
+            return False
+        if msg.envelope.node == self.node_id and msg.route.kind is not TopicKind.STATE:
+            return True  # our own (a retained birth, an outbox re-send): nothing to learn
+        self._queue.put(msg)
+        return True
+
+    @property
+    def my_bdseq(self) -> int:
+        bdseq = self.link.bdseq
+        return 0 if bdseq is None else bdseq
+
+    def reset_agents(self, group: str, mask: NDArray[np.bool_] | None = None) -> None:
+        """Agents of ``group`` start a new episode (their beliefs went back to ``D``): their
+        unsent evidence is dropped. Call it where ``group.reset(mask)`` is called."""
+        sharer = self.groups[group].sharer
+        if sharer is not None:
+            sharer.reset(mask)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the per-agent coordination arrays of every group (the ledger is extra:
+        bounded by ``max_tasks`` and ``max_bids``)."""
+        total = 0
+        for gs in self.groups.values():
+            total += gs.prefs.nbytes
+            if gs.sharer is not None:
+                total += gs.sharer.nbytes
+        return total
+
+    def live_nodes(self) -> int:
+        """This node and the peers whose last known session is not dead."""
+        dead = self.board.dead
+        return 1 + sum(
+            1 for n, b in self._alive.items() if n != self.node_id and b > dead.get(n, -1)
+        )
+
+    # -- the tick -------------------------------------------------------------------------------
+    def before_step(self, now: float | None = None) -> None:
+        """Merge queued messages, then fuse peers' evidence into the sharing groups' priors."""
+        now = self._mono() if now is None else now
+        if self._started_at is None:
+            self._started_at = now
+        for msg in self._queue.drain(self.settings.max_messages_per_tick):
+            try:
+                self._process(msg, now)
+            except (EdgeAgentError, ValueError) as err:
+                self.counters["malformed"] += 1
+                logger.warning(
+                    "coordination: dropped %s from %s: %s",
+                    msg.envelope.type,
+                    msg.envelope.node,
+                    err,
+                )
+        for gs in self.groups.values():
+            if gs.sharer is not None:
+                gs.sharer.fuse(gs.group.prior)
+
+    def step(self, name: str, obs: np.ndarray) -> NDArray[np.int64]:
+        """Step group ``name`` with its holders' task preferences; returns its actions.
+
+        The whole group takes its ordinary (fused) step; then the agents holding a task decide
+        again with their preferences replaced: ``G += Delta G``, ``q_pi``, action and next prior
+        recomputed for those rows only (pymdp's general-path kernels). Same result as planning
+        them with the task's ``C`` in the first place. Until ``AifAgentGroup`` takes the
+        preference hook (``docs/coordination.md``), a group's history records the holders'
+        action from before the override.
+        """
+        gs = self.groups[name]
+        group = gs.group
+        actions = group.step(obs)
+        rows = gs.prefs.rows
+        if rows.size == 0:
+            return actions
+        s = group.settings
+        cm = group.cm
+        qs_rows = [q[rows] for q in group.qs]
+        G_rows = group.G[rows] + gs.prefs.policy_delta(qs_rows, rows)
+        q_rows = kernels.policy_posterior(G_rows, cm.lnE, s.gamma)
+        group.G[rows] = G_rows
+        group.q_pi[rows] = q_rows
+        chosen = kernels.select_actions(
+            cm,
+            q_rows,
+            mode=s.sampling_mode,
+            deterministic=s.action_selection == "deterministic",
+            alpha=s.alpha,
+            rng=group.rng,
+        )
+        actions[rows] = chosen
+        for prior, new in zip(
+            group.prior, kernels.next_prior(cm, qs_rows, chosen, None), strict=True
+        ):
+            prior[rows] = new
+        return actions
+
+    def after_step(self, now: float | None = None) -> None:
+        """Publish beliefs, run the auction, update holders, release finished tasks."""
+        now = self._mono() if now is None else now
+        if self._started_at is None:
+            self._started_at = now
+        wall = self._wall()
+        for gs in self.groups.values():
+            if gs.sharer is not None:
+                gs.sharer.observe(gs.group.qs)
+                for batch in gs.sharer.publish(self.tick, now):
+                    if self._publish(
+                        BeliefBatch.TYPE,
+                        batch,
+                        qos=gs.sharer.settings.qos,
+                        topic=self.topics.beliefs(self.node_id),
+                    ):
+                        self.counters["belief_msgs_sent"] += 1
+        self.tick += 1
+        # Holders that finished let go first (their agents can bid again); then bids for the
+        # rounds this node just saw and for rounds left without a winner; then one award.
+        self._finish(wall)
+        opened = self._update(now)
+        if opened:
+            self._bid(opened, now, rebid=False)
+        due = self.auctioneer.rebid_due(now)
+        if due:
+            self._bid(due, now, rebid=True)
+        self._update(now)
+        self._act(now)
+        self._anti_entropy(now)
+        self._publish_state(now)
+
+    # -- announcing -----------------------------------------------------------------------------
+    def announce(self, specs: list[TaskSpec]) -> None:
+        """Announce tasks from this node (the hub does the same on the ``tasks`` topic)."""
+        for spec in specs:
+            if spec.announced_by != self.node_id:
+                raise InputError(
+                    f"task {spec.task!r} says it is announced by "
+                    f"{spec.announced_by!r}, not {self.node_id!r}"
+                )
+            self.board.add_spec(spec)
+        for start in range(0, len(specs), MAX_TASKS_PER_MESSAGE):
+            self._publish_task(TaskAnnounce(tasks=specs[start : start + MAX_TASKS_PER_MESSAGE]))
+
+    # -- internals: publishing ------------------------------------------------------------------
+    def _publish(
+        self,
+        msg_type: str,
+        body: Body,
+        *,
+        qos: int = 1,
+        topic: str | None = None,
+    ) -> bool:
+        try:
+            self.link.publish(
+                msg_type, body, self.settings.auction.outbox_class, topic=topic, qos=qos
+            )
+        except EdgeAgentError as err:
+            self.counters["publish_refused"] += 1
+            logger.warning("coordination: could not publish %s: %s", msg_type, err)
+            return False
+        return True
+
+    def _publish_task(self, body: Body) -> bool:
+        sent = self._publish(body.TYPE, body, topic=self.topics.tasks())
+        if sent:
+            self.counters["task_msgs_sent"] += 1
+        return sent
+
+    def _next_bseq(self) -> int:
+        self._bseq = (self._bseq + 1) % UINT32
+        return self._bseq
+
+    # -- internals: incoming --------------------------------------------------------------------
+    def _process(self, msg: MessageLike, now: float) -> None:
+        env = msg.envelope
+        body = env.body
+        kind = msg.route.kind
+        if kind is TopicKind.BELIEFS:
+            if isinstance(body, BeliefBatch):
+                self._on_beliefs(env, body, now)
+            return
+        if kind is TopicKind.STATE:
+            if isinstance(body, NodeState):
+                if body.online:
+                    self._on_alive(env.node, env.bdseq)
+                else:
+                    self._on_dead(env.node, env.bdseq, now)
+            return
+        if kind is TopicKind.DEATH:
+            if isinstance(body, Death):
+                self._on_dead(env.node, env.bdseq, now)
+            return
+        if kind is TopicKind.BIRTH:
+            if isinstance(body, Birth):
+                self._on_alive(env.node, env.bdseq)
+                # A new node, a restart, a reconnect, or a rebirth after a sequence gap (e.g. a
+                # healed partition): it may lack what we know, and we what it knows.
+                self._sync_wanted = True
+                self._next_state = now
+            return
+        self.counters["task_msgs_received"] += 1
+        if isinstance(body, TaskAnnounce):
+            for spec in body.tasks:
+                self.board.add_spec(spec)
+        elif isinstance(body, TaskBids):
+            self._on_bids(env, body)
+        elif isinstance(body, TaskRelease):
+            for item in body.items:
+                if item.node != env.node:
+                    raise ValueError(f"release of {item.node}'s agent sent by {env.node}")
+                self.board.add_release(item)
+        elif isinstance(body, TaskState):
+            self._on_state(env.node, body, now)
+        elif isinstance(body, TaskSync):
+            self.counters["syncs_received"] += 1
+            _, held = self.board.merge_sync(body)
+            self._reauction(held)
+
+    def _on_beliefs(self, env: Envelope, batch: BeliefBatch, now: float) -> None:
+        self.counters["belief_msgs_received"] += 1
+        gs = self.groups.get(batch.group)
+        if gs is None or gs.sharer is None:
+            return
+        transit = 0.0
+        if env.clock_synced and self._clock_synced is not None and self._clock_synced():
+            transit = max(0.0, self._wall() - env.ts)
+        gs.sharer.receive(
+            env.node,
+            env.bdseq,
+            env.seq,
+            batch,
+            transit_s=transit,
+            tick_period_s=self.settings.tick_period_s,
+        )
+
+    def _on_bids(self, env: Envelope, body: TaskBids) -> None:
+        epochs, task_index, agents, costs = body.arrays()
+        self.board.add_bids(
+            env.node,
+            body.group,
+            env.bdseq,
+            body.bseq,
+            body.tasks,
+            epochs=epochs.tolist(),
+            task_index=task_index.tolist(),
+            agents=agents.tolist(),
+            costs=costs.tolist(),
+        )
+
+    def _on_alive(self, node: str, bdseq: int) -> None:
+        if self._alive.get(node, -1) < bdseq:
+            self._alive[node] = bdseq
+        self._alive.move_to_end(node)
+        while len(self._alive) > self.settings.max_peers:
+            self._alive.popitem(last=False)
+
+    def _on_dead(self, node: str, bdseq: int, now: float) -> None:
+        if node == self.node_id and bdseq >= self.my_bdseq:
+            return  # not about a session of ours that ended
+        if self.board.is_dead(node, bdseq):
+            return
+        self.counters["deaths_seen"] += 1
+        held = self.board.add_dead(node, bdseq)
+        self._reauction(held)
+        if self._alive.get(node, -1) <= bdseq:
+            for gs in self.groups.values():
+                if gs.sharer is not None:
+                    gs.sharer.forget_peer(node)
+            self.auctioneer.forget_peer(node, now)
+        if held:
+            logger.info(
+                "coordination: %s (bdseq %d) died; re-auctioning %d task(s)", node, bdseq, len(held)
+            )
+
+    def _reauction(self, held: list[Bid]) -> None:
+        """A dead session's tasks move to their next epoch (a fact every node derives too)."""
+        for bid in held:
+            self.board.add_release(abandon(bid))
+        self.counters["death_reauctions"] += len(held)
+
+    def _on_state(self, node: str, body: TaskState, now: float) -> None:
+        """Claims feed conflict detection; the digest is checked against ours (anti-entropy).
+
+        A peer's digest is *explained* when our ledger had that digest within ``sync_after_s``
+        (the peer is a little behind) or gets it later (the peer was a little ahead). One left
+        unexplained for ``sync_after_s`` means facts are missing on one side: we send a sync.
+        A peer heard again after more than ``SILENCE_PERIODS`` state periods of silence (a
+        partition, a broker outage), or claiming a task our award gives to someone else (a
+        conflict: its ledger or ours lacks bids), gets a sync at once.
+        """
+        period = self.settings.auction.state_every_s
+        last = self._last_heard.get(node)
+        if last is not None and now - last > SILENCE_PERIODS * period:
+            self._sync_wanted = True
+            self.counters["peers_returned"] += 1
+        self._last_heard[node] = now
+        self._last_heard.move_to_end(node)
+        while len(self._last_heard) > self.settings.max_peers:
+            self._last_heard.popitem(last=False)
+        conflicts = self.auctioneer.metrics.conflicts_detected
+        self.auctioneer.on_claims(node, list(body.claims), now)
+        if self.auctioneer.metrics.conflicts_detected > conflicts:
+            self._sync_wanted = True
+        self._record_digest(now)
+        horizon = now - self.settings.auction.sync_after_s
+        if any(d == body.digest and t >= horizon for d, t in self._digests):
+            self._unexplained.pop(node, None)
+            return
+        self.counters["digest_mismatches"] += 1
+        since = self._unexplained.get(node, (b"", now))[1]
+        self._unexplained[node] = (body.digest, since)
+        self._unexplained.move_to_end(node)
+        while len(self._unexplained) > self.settings.max_peers:
+            self._unexplained.popitem(last=False)
+
+    def _record_digest(self, now: float) -> None:
+        if self.board.version != self._digest_version:
+            self._digest_version = self.board.version
+            self._digests.append((self.board.digest(), now))
+
+    def _anti_entropy(self, now: float) -> None:
+        self._record_digest(now)
+        current = self._digests[-1][0] if self._digests else self.board.digest()
+        auction = self.settings.auction
+        for node, (digest, since) in list(self._unexplained.items()):
+            if digest == current:
+                del self._unexplained[node]
+            elif now - since >= auction.sync_after_s:
+                self._sync_wanted = True
+                self._unexplained[node] = (digest, now)
+        if self._sync_wanted and now - self._last_sync >= auction.sync_min_interval_s:
+            self._sync_wanted = False
+            self._last_sync = now
+            for part in self.board.sync_parts():
+                if self._publish_task(part):
+                    self.counters["syncs_sent"] += 1
+
+    # -- internals: the auction -----------------------------------------------------------------
+    def _update(self, now: float) -> list[tuple[str, int]]:
+        return self.auctioneer.update(now)
+
+    def _eligible(self, gs: _GroupState, winners: set[tuple[str, int]]) -> NDArray[np.int64]:
+        mask = np.ones(gs.group.n_agents, dtype=bool)
+        mask[gs.prefs.rows] = False
+        taken = [a for g, a in winners if g == gs.name]
+        if taken:
+            mask[taken] = False
+        return np.flatnonzero(mask)
+
+    def _bid(self, rounds: list[tuple[str, int]], now: float, *, rebid: bool) -> None:
+        auction = self.settings.auction
+        winners = self.auctioneer.winners()
+        specs = [self.board.specs[t] for t, _ in rounds if t in self.board.specs]
+        epochs = dict(rounds)
+        for gs in self.groups.values():
+            mine = [s for s in specs if gs.accepts(s)]
+            if not mine:
+                continue
+            rows = self._eligible(gs, winners)
+            if rows.size == 0:
+                continue
+            group = gs.group
+            U = np.stack([gs.utility(s, auction.preference_scale) for s in mine], axis=1)
+            costs = task_costs(
+                group.cm,
+                [q[rows] for q in group.qs],
+                group.G[rows],
+                U,
+                base_utility=group.cm.utility if group.settings.use_utility else None,
+            )
+            if rebid:
+                k = auction.min_bids_per_task
+                for j, s in enumerate(mine):
+                    already = self.board.bidders(s.task, self.node_id, gs.name)
+                    if already:
+                        costs[np.isin(rows, list(already)), j] = np.inf
+            else:
+                k = math.ceil(len(mine) / self.live_nodes())
+                k = max(auction.min_bids_per_task, min(auction.max_bids_per_task, k))
+            task_index, agent_pos, cost = select_bids(costs, k)
+            keep = np.isfinite(cost)
+            self._send_bids(
+                gs.name,
+                mine,
+                epochs,
+                task_index=task_index[keep],
+                agents=rows[agent_pos[keep]],
+                costs=cost[keep],
+            )
+        for t, e in rounds:
+            self.auctioneer.note_bid(t, e, now)
+
+    def _send_bids(
+        self,
+        group: str,
+        specs: list[TaskSpec],
+        epochs: Mapping[str, int],
+        *,
+        task_index: NDArray[np.int64],
+        agents: NDArray[np.int64],
+        costs: np.ndarray,
+    ) -> None:
+        if task_index.size == 0:
+            return
+        bdseq = self.my_bdseq
+        order = np.argsort(task_index, kind="stable")
+        task_index, agents, costs = task_index[order], agents[order], costs[order]
+        costs32 = costs.astype(np.float32)
+        per_msg_tasks = MAX_TASKS_PER_MESSAGE
+        for t0 in range(0, len(specs), per_msg_tasks):
+            t1 = min(len(specs), t0 + per_msg_tasks)
+            lo, hi = np.searchsorted(task_index, [t0, t1])
+            for b0 in range(int(lo), int(hi), MAX_BIDS_PER_MESSAGE):
+                b1 = min(int(hi), b0 + MAX_BIDS_PER_MESSAGE)
+                sub_t = task_index[b0:b1] - t0
+                names = [s.task for s in specs[t0:t1]]
+                bseq = self._next_bseq()
+                body = TaskBids.from_arrays(
+                    group,
+                    bseq,
+                    names,
+                    epochs=[epochs[n] for n in names],
+                    task_index=sub_t,
+                    agents=agents[b0:b1],
+                    costs=costs32[b0:b1],
+                )
+                self.board.add_bids(
+                    self.node_id,
+                    group,
+                    bdseq,
+                    bseq,
+                    names,
+                    epochs=[epochs[n] for n in names],
+                    task_index=sub_t.tolist(),
+                    agents=agents[b0:b1].tolist(),
+                    costs=costs32[b0:b1].tolist(),
+                )
+                if self._publish_task(body):
+                    self.counters["bids_sent"] += b1 - b0
+
+    def _act(self, now: float) -> None:
+        """Give this node's winners their tasks' preferences, take them from agents that lost
+        theirs. Runs when the board changed or a bidding window closed."""
+        if self.board.version == self._acted_version and now < self._act_due:
+            return
+        self._acted_version = self.board.version
+        self._act_due = self.auctioneer.next_window_close(now)
+        holdings = self.auctioneer.holdings(now)
+        auction = self.settings.auction
+        for gs in self.groups.values():
+            prefs = gs.prefs
+            for agent, held in prefs.held.items():
+                bid = holdings.get((gs.name, agent))
+                if bid is None or (bid.task, bid.epoch) != held:
+                    prefs.release(agent)
+                    self.counters["tasks_preempted"] += 1
+                    self._state_dirty = True
+        for (group, agent), bid in holdings.items():
+            target = self.groups.get(group)
+            if target is None or target.prefs.slot[agent] >= 0:
+                continue
+            spec = self.board.specs[bid.task]
+            utility = target.utility(spec, auction.preference_scale)
+            key = (spec.goal_factor, spec.goal_state)
+            if target.prefs.assign(agent, spec, bid.epoch, utility, key=key):
+                self._state_dirty = True
+            else:
+                self.counters["holdings_refused"] += 1
+
+    def complete(self, group: str, agents: NDArray[np.integer] | list[int]) -> None:
+        """The application says these agents of ``group`` finished their tasks (released as
+        ``done`` at the end of this tick); agents without a task are ignored."""
+        gs = self.groups[group]
+        rows = np.asarray(agents, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= gs.group.n_agents):
+            raise InputError(f"agents out of range [0, {gs.group.n_agents}) in group {group!r}")
+        gs.completed = np.union1d(gs.completed, rows)
+
+    def _finish(self, wall: float) -> bool:
+        """Release the tasks of holders that reached their goal, were told so (:meth:`complete`)
+        or ran past the deadline."""
+        auction = self.settings.auction
+        items: list[Release] = []
+        bdseq = self.my_bdseq
+        for gs in self.groups.values():
+            prefs = gs.prefs
+            if prefs.rows.size == 0:
+                gs.completed = _NO_ROWS
+                continue
+            done = gs.completed
+            gs.completed = _NO_ROWS
+            if auction.done_belief is not None:
+                reached = prefs.reached(gs.group.qs, auction.done_belief)
+                done = np.union1d(done, reached) if done.size else reached
+            expired = prefs.expired(wall)
+            for rows, status in ((done, ReleaseStatus.DONE), (expired, ReleaseStatus.EXPIRED)):
+                for agent in rows.tolist():
+                    held = prefs.release(agent)
+                    if held is None:
+                        continue
+                    task, epoch = held
+                    items.append(
+                        Release(
+                            task=task,
+                            epoch=epoch,
+                            node=self.node_id,
+                            group=gs.name,
+                            agent=agent,
+                            bdseq=bdseq,
+                            bseq=self._next_bseq(),
+                            status=status,
+                        )
+                    )
+                    key = "tasks_done" if status is ReleaseStatus.DONE else "tasks_expired"
+                    self.counters[key] += 1
+        if not items:
+            return False
+        for item in items:
+            self.board.add_release(item)
+        for start in range(0, len(items), MAX_TASKS_PER_MESSAGE):
+            self._publish_task(TaskRelease(items=items[start : start + MAX_TASKS_PER_MESSAGE]))
+        self._state_dirty = True
+        return True
+
+    def _publish_state(self, now: float) -> None:
+        auction = self.settings.auction
+        due = now >= self._next_state or (
+            self._state_dirty and now - self._last_state >= auction.state_min_interval_s
+        )
+        if not due:
+            return
+        claims = []
+        for gs in self.groups.values():
+            for agent, (task, epoch) in gs.prefs.held.items():
+                claims.append(Claim(task=task, epoch=epoch, group=gs.name, agent=agent))
+        body = TaskState(
+            digest=self.board.digest(),
+            open_tasks=len(self.board.open_epochs()),
+            claims=claims[:MAX_CLAIMS],
+        )
+        self._publish_task(body)
+        self._last_state = now
+        self._next_state = now + auction.state_every_s
+        self._state_dirty = False
+
+    # -- metrics --------------------------------------------------------------------------------
+    def telemetry_counters(self, now: float | None = None) -> dict[str, float]:
+        """:meth:`metrics` as ``coord.*`` keys for ``Telemetry.counters`` (keys of at most 64
+        characters: per-group keys of very long group names are left out)."""
+        return {
+            f"coord.{k}": v
+            for k, v in self.metrics(now).items()
+            if len(k) + len("coord.") <= TELEMETRY_KEY_CHARS
+        }
+
+    def assignment(self) -> dict[str, tuple[str, str, int]]:
+        """The local award: ``task -> (node, group, agent)``."""
+        return {t: b.holder for t, b in self.board.award().items()}
+
+    def metrics(self, now: float | None = None) -> dict[str, float]:
+        """Counters and derived figures for telemetry (flat, numeric)."""
+        now = self._mono() if now is None else now
+        out: dict[str, float] = {k: float(v) for k, v in self.counters.items()}
+        m = self.auctioneer.metrics
+        mean, worst, n = self.auctioneer.converge_stats()
+        out.update(
+            rounds=float(m.rounds),
+            reawards=float(m.reawards),
+            conflicts_detected=float(m.conflicts_detected),
+            conflicts_resolved=float(m.conflicts_resolved),
+            conflicts_open=float(len(self.auctioneer.conflicts)),
+            resolve_s_mean=m.resolve_s_total / m.conflicts_resolved
+            if m.conflicts_resolved
+            else 0.0,
+            converge_s_mean=mean,
+            converge_s_max=worst,
+            converged_rounds=float(n),
+            messages_per_task=self.counters["task_msgs_sent"] / m.rounds if m.rounds else 0.0,
+            tasks_open=float(len(self.board.open_epochs())),
+            tasks_held=float(sum(gs.prefs.rows.size for gs in self.groups.values())),
+            live_nodes=float(self.live_nodes()),
+            board_bids=float(self.board.n_bids),
+            board_overflow=float(self.board.overflow),
+            stale_bids=float(self.board.stale_bids),
+            inbox_depth=float(len(self._queue)),
+            inbox_dropped=float(self._queue.dropped),
+        )
+        elapsed = now - self._started_at if self._started_at is not None else 0.0
+        for name, gs in self.groups.items():
+            if gs.sharer is not None:
+                for key, value in gs.sharer.stats(elapsed).items():
+                    out[f"beliefs.{name}.{key}"] = value
+        return out

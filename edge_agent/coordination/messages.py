@@ -1,0 +1,331 @@
+"""Wire messages of the coordination layer, registered on the fleet protocol.
+
+Belief sharing reuses the protocol's :class:`~edge_agent.protocol.BeliefBatch` on
+``node/{node}/beliefs`` (see :mod:`edge_agent.coordination.beliefs` for what its fields carry).
+Task allocation adds five message types on the fleet-wide ``tasks`` topic, registered with
+:func:`~edge_agent.protocol.register_body_type` when this module is imported:
+
+========================= ==================================================================
+``task_announce``          :class:`TaskAnnounce`: tasks (id, epoch, goal, capability, deadline)
+``task_bids``              :class:`TaskBids`: one node's bids, columnar
+``task_release``           :class:`TaskRelease`: a holder finished, gave up, or ran out of time
+``task_state``             :class:`TaskState`: digest of the sender's ledger and what it pursues
+``task_sync``              :class:`TaskSync`: part of a ledger, to merge after a partition
+========================= ==================================================================
+
+Arrays are little-endian ``bin`` columns, as in the protocol's batches; every length is checked
+by the model, so a body either matches exactly or is refused at decode time.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar, Final, Self
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+
+from edge_agent.protocol import (
+    NAME_PATTERN,
+    UINT32,
+    Body,
+    register_body_type,
+)
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+U32 = Annotated[int, Field(ge=0, lt=UINT32)]
+
+MAX_TASKS_PER_MESSAGE: Final = 1024
+"""Task specs, releases or task names in one message."""
+MAX_BIDS_PER_MESSAGE: Final = 8192
+"""Bid rows in one message (a sync part is then at most ~220 KB, under the 256 KiB limit)."""
+MAX_CLAIMS: Final = 4096
+DIGEST_BYTES: Final = 16
+MAX_GOAL_FACTOR: Final = 63
+MAX_GOAL_STATE: Final = 1 << 20
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class TaskSpec(_Strict):
+    """What a task is. Two specs of one task are ordered by :meth:`order_key`; the larger wins."""
+
+    task: Name = Field(description="task id, unique in the fleet")
+    epoch: U32 = Field(description="auction round; a re-announced or released task has more")
+    capability: Name = Field(description="only groups declaring this capability bid")
+    goal_factor: Annotated[int, Field(ge=0, le=MAX_GOAL_FACTOR)] = Field(
+        default=0, description="hidden-state factor the goal is on"
+    )
+    goal_state: Annotated[int, Field(ge=0, lt=MAX_GOAL_STATE)] = Field(
+        description="state of goal_factor the holder must reach"
+    )
+    deadline: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.0, description="wall-clock seconds since the epoch; 0 means none"
+    )
+    announced_by: Name
+
+    def order_key(self) -> tuple[int, str, str, int, int, float]:
+        return (
+            self.epoch,
+            self.announced_by,
+            self.capability,
+            self.goal_factor,
+            self.goal_state,
+            self.deadline,
+        )
+
+
+class TaskAnnounce(Body):
+    TYPE: ClassVar[str] = "task_announce"
+    tasks: Annotated[list[TaskSpec], Field(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
+
+
+def _u32(values: npt.ArrayLike) -> bytes:
+    return np.asarray(values).astype("<u4").tobytes()
+
+
+def _u16(values: npt.ArrayLike) -> bytes:
+    return np.asarray(values).astype("<u2").tobytes()
+
+
+def _f32(values: npt.ArrayLike) -> bytes:
+    return np.asarray(values).astype("<f4").tobytes()
+
+
+def _check_column(name: str, data: bytes, itemsize: int, rows: int) -> None:
+    if len(data) != rows * itemsize:
+        raise ValueError(f"{name} has {len(data)} bytes, expected {rows} x {itemsize}")
+
+
+class TaskBids(Body):
+    """Bids of the sending node's ``group``: row ``i`` is agent ``agents[i]`` bidding ``costs[i]``
+    on task ``tasks[task_index[i]]`` at epoch ``epochs[task_index[i]]``.
+
+    ``bseq`` orders this node's bids and releases (with the envelope's ``bdseq`` in front): for
+    the same (task, epoch, agent) the bid with the larger ``(bdseq, bseq)`` replaces the other.
+    """
+
+    TYPE: ClassVar[str] = "task_bids"
+    group: Name
+    bseq: U32
+    tasks: Annotated[list[Name], Field(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
+    epochs: bytes = Field(description="little-endian uint32 per task")
+    task_index: bytes = Field(description="little-endian uint16 per bid")
+    agents: bytes = Field(description="little-endian uint32 per bid")
+    costs: bytes = Field(description="little-endian float32 per bid, finite")
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> Self:
+        _check_column("epochs", self.epochs, 4, len(self.tasks))
+        if len(self.task_index) % 2:
+            raise ValueError("task_index is not a whole number of uint16")
+        rows = len(self.task_index) // 2
+        if rows > MAX_BIDS_PER_MESSAGE:
+            raise ValueError(f"{rows} bids in one message, at most {MAX_BIDS_PER_MESSAGE}")
+        _check_column("agents", self.agents, 4, rows)
+        _check_column("costs", self.costs, 4, rows)
+        if rows and int(np.frombuffer(self.task_index, "<u2").max()) >= len(self.tasks):
+            raise ValueError("task_index points past the task list")
+        if not np.isfinite(np.frombuffer(self.costs, "<f4")).all():
+            raise ValueError("costs must be finite")
+        return self
+
+    @property
+    def n_bids(self) -> int:
+        return len(self.task_index) // 2
+
+    @classmethod
+    def from_arrays(
+        cls,
+        group: str,
+        bseq: int,
+        tasks: list[str],
+        *,
+        epochs: npt.ArrayLike,
+        task_index: npt.ArrayLike,
+        agents: npt.ArrayLike,
+        costs: npt.ArrayLike,
+    ) -> Self:
+        return cls(
+            group=group,
+            bseq=bseq,
+            tasks=tasks,
+            epochs=_u32(epochs),
+            task_index=_u16(task_index),
+            agents=_u32(agents),
+            costs=_f32(costs),
+        )
+
+    def arrays(
+        self,
+    ) -> tuple[
+        npt.NDArray[np.uint32],
+        npt.NDArray[np.uint16],
+        npt.NDArray[np.uint32],
+        npt.NDArray[np.float32],
+    ]:
+        """``(epochs per task, task_index, agents, costs)`` as read-only arrays."""
+        return (
+            np.frombuffer(self.epochs, "<u4"),
+            np.frombuffer(self.task_index, "<u2"),
+            np.frombuffer(self.agents, "<u4"),
+            np.frombuffer(self.costs, "<f4"),
+        )
+
+
+class ReleaseStatus(StrEnum):
+    DONE = "done"
+    """The holder reached the goal: the task is closed."""
+    EXPIRED = "expired"
+    """The deadline passed while it was held: the task is closed."""
+    ABANDONED = "abandoned"
+    """The holder gave it up: the task is auctioned again at ``epoch + 1``."""
+
+
+class Release(_Strict):
+    """A holder let go of a task. ``node``/``group``/``agent`` name the holder; its bids up to
+    ``(bdseq, bseq)`` are consumed (they can never win again)."""
+
+    task: Name
+    epoch: U32
+    node: Name
+    group: Name
+    agent: U32
+    bdseq: U32
+    bseq: U32
+    status: Annotated[ReleaseStatus, Strict(False)]
+
+
+class TaskRelease(Body):
+    TYPE: ClassVar[str] = "task_release"
+    items: Annotated[list[Release], Field(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
+
+
+class Claim(_Strict):
+    """The sender's agent ``group/agent`` is pursuing ``task`` at ``epoch``."""
+
+    task: Name
+    epoch: U32
+    group: Name
+    agent: U32
+
+
+class TaskState(Body):
+    """Sent periodically and when holdings change: peers compare digests (and ask for a sync
+    when they differ) and check the claims against their own award (conflict detection)."""
+
+    TYPE: ClassVar[str] = "task_state"
+    digest: Annotated[bytes, Field(min_length=DIGEST_BYTES, max_length=DIGEST_BYTES)]
+    open_tasks: Annotated[int, Field(ge=0, lt=UINT32)]
+    claims: Annotated[list[Claim], Field(max_length=MAX_CLAIMS)] = Field(default_factory=list)
+
+
+class DeadSession(_Strict):
+    """Every message of ``node`` with a ``bdseq`` up to this one is from a session that died."""
+
+    node: Name
+    bdseq: U32
+
+
+class Tombstone(_Strict):
+    """``task`` was closed (done or expired) at ``epoch``; a spec of a larger epoch reopens it."""
+
+    task: Name
+    epoch: U32
+
+
+class Consumed(_Strict):
+    """Bids of ``node/group/agent`` up to ``(bdseq, bseq)`` were used up by a release."""
+
+    node: Name
+    group: Name
+    agent: U32
+    bdseq: U32
+    bseq: U32
+
+
+class BidColumns(_Strict):
+    """Bids of any nodes, columnar; names are indices into ``nodes``, ``groups`` and ``tasks``."""
+
+    nodes: Annotated[list[Name], Field(max_length=4096)] = Field(default_factory=list)
+    groups: Annotated[list[Name], Field(max_length=4096)] = Field(default_factory=list)
+    tasks: Annotated[list[Name], Field(max_length=MAX_BIDS_PER_MESSAGE)] = Field(
+        default_factory=list
+    )
+    task_index: bytes = b""
+    epoch: bytes = b""
+    node_index: bytes = b""
+    bdseq: bytes = b""
+    group_index: bytes = b""
+    agent: bytes = b""
+    cost: bytes = b""
+    bseq: bytes = b""
+
+    _SIZES: ClassVar[tuple[tuple[str, int], ...]] = (
+        ("task_index", 2),
+        ("epoch", 4),
+        ("node_index", 2),
+        ("bdseq", 4),
+        ("group_index", 2),
+        ("agent", 4),
+        ("cost", 4),
+        ("bseq", 4),
+    )
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> Self:
+        if len(self.task_index) % 2:
+            raise ValueError("task_index is not a whole number of uint16")
+        rows = len(self.task_index) // 2
+        if rows > MAX_BIDS_PER_MESSAGE:
+            raise ValueError(f"{rows} bids in one message, at most {MAX_BIDS_PER_MESSAGE}")
+        for name, size in self._SIZES:
+            _check_column(name, getattr(self, name), size, rows)
+        if rows:
+            for column, names in (
+                ("task_index", self.tasks),
+                ("node_index", self.nodes),
+                ("group_index", self.groups),
+            ):
+                if int(np.frombuffer(getattr(self, column), "<u2").max()) >= len(names):
+                    raise ValueError(f"{column} points past its name list")
+            if not np.isfinite(np.frombuffer(self.cost, "<f4")).all():
+                raise ValueError("costs must be finite")
+        return self
+
+    @property
+    def n_bids(self) -> int:
+        return len(self.task_index) // 2
+
+    def column(self, name: str) -> npt.NDArray[np.generic]:
+        dtype = {2: "<u2", 4: "<u4"}[dict(self._SIZES)[name]]
+        if name == "cost":
+            dtype = "<f4"
+        return np.frombuffer(getattr(self, name), dtype)
+
+
+class TaskSync(Body):
+    """One part of a node's ledger. Parts are independent: each merges on its own."""
+
+    TYPE: ClassVar[str] = "task_sync"
+    tasks: Annotated[list[TaskSpec], Field(max_length=MAX_TASKS_PER_MESSAGE)] = Field(
+        default_factory=list
+    )
+    closed: Annotated[list[Tombstone], Field(max_length=MAX_TASKS_PER_MESSAGE)] = Field(
+        default_factory=list
+    )
+    consumed: Annotated[list[Consumed], Field(max_length=MAX_TASKS_PER_MESSAGE)] = Field(
+        default_factory=list
+    )
+    dead: Annotated[list[DeadSession], Field(max_length=MAX_TASKS_PER_MESSAGE)] = Field(
+        default_factory=list
+    )
+    bids: BidColumns = Field(default_factory=BidColumns)
+
+
+MESSAGE_TYPES: Final = (TaskAnnounce, TaskBids, TaskRelease, TaskState, TaskSync)
+for _model in MESSAGE_TYPES:
+    register_body_type(_model)
