@@ -1,0 +1,18 @@
+# Thin shortcuts to the scripts that do the work; CI runs .ci/run, not make.
+.PHONY: test demo lint test-arm64
+
+# ruff, mypy and pytest in .venv (created on first use). Args: make test ARGS="-k config"
+test:
+	scripts/test $(ARGS)
+
+# edge-agentd --demo in the foreground; Ctrl-C stops it.
+demo:
+	scripts/demo $(ARGS)
+
+# ruff and mypy only, as scripts/test runs them.
+lint:
+	bash -c 'source scripts/bootstrap.sh && ruff check edge_agent tools tests benchmarks && mypy'
+
+# The daemon on emulated arm64 (debootstrap + qemu-user, as root): docs/arm64.md.
+test-arm64:
+	scripts/test-arm64
