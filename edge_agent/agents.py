@@ -13,6 +13,8 @@ float tables in float64 and gives pymdp's numbers.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -32,6 +34,12 @@ IntArray = NDArray[np.int64]
 
 #: Agents per kernel call; bounds temporary memory to ``block_size * per-agent scratch``.
 DEFAULT_BLOCK = 2048
+#: A block's scratch is kept below this many bytes (fewer agents per block for big policy trees):
+#: large enough that per-call overhead is amortised, small enough to stay in a Pi's L2/L3 cache.
+BLOCK_SCRATCH_BYTES = 8 << 20
+#: With a local planner the dense evaluation only serves a few agents per tick (and
+#: ``infer_policies`` without an observation): its scratch is kept to this.
+DENSE_FALLBACK_BYTES = 1 << 20
 
 
 def model_key(model: GenerativeModel | QuantizedModel, precision: str, policies: np.ndarray) -> str:
@@ -50,6 +58,20 @@ def model_key(model: GenerativeModel | QuantizedModel, precision: str, policies:
     return h.hexdigest()[:16]
 
 
+@dataclass(eq=False)
+class _BlockRows:
+    """One block of a group: its agents, its scratch views, and views of the group's rows."""
+
+    sl: slice
+    blk: kernels.Block
+    qs: list[np.ndarray]
+    prior: list[np.ndarray]
+    G: np.ndarray
+    q_pi: np.ndarray
+    action: np.ndarray
+    has_action: np.ndarray
+
+
 def _small_uint(limit: int) -> type[np.unsignedinteger]:
     return np.uint8 if limit <= 256 else np.uint16
 
@@ -61,6 +83,19 @@ class AifAgentGroup:
     ``qs[f]`` posterior ``(N, S_f)``; ``prior[f]`` prior for the next observation;
     ``action`` last committed action ``(N, F)``; ``q_pi`` and ``G`` ``(N, P)``.
     """
+
+    qs: list[np.ndarray]
+    prior: list[np.ndarray]
+    q_pi: np.ndarray
+    G: np.ndarray
+    action: IntArray
+    has_action: NDArray[np.bool_]
+    history: HistoryRing | None
+    _times: HistoryRing
+    _now: np.ndarray
+    _qs_row: NDArray[np.uint8]
+    _obs_row: np.ndarray
+    _action_row: np.ndarray
 
     def __init__(
         self,
@@ -106,6 +141,19 @@ class AifAgentGroup:
         self._reservations: list[Reservation] = []
         # Reserve before allocating: shared tables once per model, then per-agent state.
         self.cm = kernels.compile_model(source, pol, dtype=dtype)
+        per = kernels.Workspace.bytes_per_agent(
+            self.cm, info_gain=self.settings.use_states_info_gain
+        )
+        common, dense, self._scratch_small = per["all"], per["dense"], per["small"]
+        self._scratch_common, self._scratch_dense = common, dense
+        if self.cm.local is None:
+            self.block_size = max(1, min(self.block_size, BLOCK_SCRATCH_BYTES // (common + dense)))
+            self.dense_block_size = self.block_size
+        else:
+            self.block_size = max(1, min(self.block_size, BLOCK_SCRATCH_BYTES // common))
+            self.dense_block_size = max(1, min(self.block_size, DENSE_FALLBACK_BYTES // dense))
+        self._obs_limit = np.array(self.cm.num_obs, dtype=np.uint64)
+        self._workspace: kernels.Workspace | None = None
         shared = self.cm.nbytes + (self.quantized.nbytes if self.quantized is not None else 0)
         self.shared_nbytes = shared
         if budget is not None:
@@ -126,6 +174,14 @@ class AifAgentGroup:
             )
             self._reservations.append(self._agent_reservation)
         self.rng = np.random.default_rng(seed)
+        st = self.settings
+        self._num_iter, self._dF_tol, self._alpha = st.num_iter, st.dF_tol, st.alpha
+        self._gamma = np.array(st.gamma, dtype=self.dtype)  # 0-d: cheap in tiny blocks
+        self._use_utility, self._use_info_gain = st.use_utility, st.use_states_info_gain
+        self._sampling_mode = st.sampling_mode
+        self._deterministic = st.action_selection == "deterministic"
+        self._rows: list[_BlockRows] = []
+        self._dense_rows: list[_BlockRows] = []
         self.n_agents = 0
         self._allocate(n_agents)
         self.ticks = 0
@@ -143,32 +199,39 @@ class AifAgentGroup:
         if cap > 0:
             # Timestamps are per tick and shared by the group: counted in bytes_for.
             history = HistoryRing.bytes_needed(1, cap, self._history_fields, max_window=0)
+            # Rows staged for append: uint8 beliefs, outcomes and actions in the fields' dtypes.
+            fields = self._history_fields
+            history += sum(self.cm.num_states)
+            history += self.cm.num_modalities * fields["obs"][1].itemsize
+            history += self.cm.num_factors * fields["action"][1].itemsize
         return beliefs + policy + actions + history
 
     def scratch_nbytes_per_agent(self) -> int:
-        """Upper bound of one agent's temporaries in a kernel call (policy-tree states, outcomes)."""
-        S_joint, O_joint = self.cm.A_joint_T.shape
-        worst = 0
-        for depth in self.cm.tree.depths:
-            nodes = sum(len(p) * s for p, s in zip(depth.parent, self.cm.num_states, strict=True))
-            worst = max(worst, nodes + len(depth.joint) * (2 * int(S_joint) + 2 * int(O_joint)))
-        return worst * self.dtype.itemsize
+        """Kernel scratch per agent of a full block (an upper bound; see :meth:`scratch_nbytes`)."""
+        return self._scratch_common + self._scratch_dense + self._scratch_small
+
+    def scratch_nbytes(self, n_agents: int) -> int:
+        """Kernel scratch bytes for a group of ``n_agents`` (preallocated once, see Workspace)."""
+        return (
+            min(self.block_size, n_agents) * self._scratch_common
+            + min(self.dense_block_size, n_agents) * self._scratch_dense
+            + min(self.block_size, n_agents, kernels.SMALL_BLOCK) * self._scratch_small
+        )
 
     def bytes_for(self, n_agents: int, history_capacity: int) -> int:
         """Bytes to reserve for ``n_agents``: state, history, shared timestamps, block scratch."""
         times = 8 * history_capacity
-        scratch = min(self.block_size, n_agents) * (
-            self.scratch_nbytes_per_agent() + sum(self.cm.num_states)
-        )
+        scratch = self.scratch_nbytes(n_agents)
         return n_agents * self.per_agent_nbytes(history_capacity) + times + scratch
 
     @property
     def nbytes(self) -> int:
-        """Bytes of per-agent arrays currently allocated (not the shared model)."""
+        """Bytes of per-agent arrays currently allocated (not the shared model, not scratch)."""
         arrays = [*self.qs, *self.prior, self.q_pi, self.G, self.action, self.has_action]
         total = sum(a.nbytes for a in arrays)
         if self.history is not None:
             total += self.history.nbytes + self._times.nbytes
+            total += self._qs_row.nbytes + self._obs_row.nbytes + self._action_row.nbytes
         return int(total)
 
     def _allocate(self, n_agents: int) -> None:
@@ -190,7 +253,20 @@ class AifAgentGroup:
             has_action[:keep] = self.has_action[:keep]
         self.qs, self.prior, self.q_pi, self.G = qs, prior, q_pi, G
         self.action, self.has_action = action, has_action
+        self._rows.clear()
+        self._dense_rows.clear()
         self.n_agents = n_agents
+        capacity = min(self.block_size, n_agents)
+        dense_capacity = min(self.dense_block_size, n_agents)
+        ws = self._workspace
+        if ws is None or (ws.capacity, ws.dense_capacity) != (capacity, dense_capacity):
+            self._workspace = None  # release the old scratch before allocating the new one
+            self._workspace = kernels.Workspace(
+                self.cm,
+                capacity,
+                info_gain=self.settings.use_states_info_gain,
+                dense_capacity=dense_capacity,
+            )
         if n_agents > keep:
             self.reset(np.arange(n_agents) >= keep)
         if self.history_capacity > 0:
@@ -200,9 +276,15 @@ class AifAgentGroup:
                 self.history = HistoryRing(
                     n_agents, self.history_capacity, self._history_fields, max_window=0
                 )
-                self._times = HistoryRing(1, self.history_capacity, {"t": ((), np.dtype(np.float64))})
+                self._times = HistoryRing(
+                    1, self.history_capacity, {"t": ((), np.dtype(np.float64))}
+                )
                 self._now = np.zeros(1, dtype=np.float64)
+            # Rows staged in the history's own dtypes, so that append only copies.
             self._qs_row = np.empty((n_agents, sum(self.cm.num_states)), dtype=np.uint8)
+            obs_dt, act_dt = self._history_fields["obs"][1], self._history_fields["action"][1]
+            self._obs_row = np.empty((n_agents, self.cm.num_modalities), dtype=obs_dt)
+            self._action_row = np.empty((n_agents, self.cm.num_factors), dtype=act_dt)
         else:
             self.history = None
 
@@ -247,10 +329,52 @@ class AifAgentGroup:
         expected = (self.n_agents, self.cm.num_modalities)
         if arr.shape != expected:
             raise InputError(f"obs has shape {arr.shape}, expected {expected}")
-        if not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype.kind not in "iu":
             raise InputError(f"obs must be integer outcomes, got dtype {arr.dtype}")
+        o = np.ascontiguousarray(arr, dtype=np.int64)
+        if self.n_agents == 1:  # one agent: plain Python beats numpy calls (loop over modalities)
+            ok = all(
+                0 <= v < limit for v, limit in zip(o[0].tolist(), self.cm.num_obs, strict=True)
+            )
+        else:  # one pass over the batch: negative outcomes wrap to huge unsigned values
+            ok = bool(np.less(o.view(np.uint64), self._obs_limit).all())
+        if not ok:
+            self._raise_out_of_range(o)
+        return o
+
+    def check_evidence(
+        self, obs: np.ndarray | Sequence[np.ndarray]
+    ) -> tuple[IntArray | None, list[np.ndarray] | None]:
+        """``(hard, None)`` for ``(N, M)`` integer outcomes (see :meth:`check_obs`), or
+        ``(None, soft)`` for soft evidence: a sequence of ``M`` float arrays ``(N, O_m)``, a
+        distribution over each modality's outcomes (pymdp's ``distr_obs``: the likelihood is
+        ``sum_o p_m(o) A[m][o]``)."""
+        if (
+            isinstance(obs, list | tuple)
+            and obs
+            and all(isinstance(p, np.ndarray) and p.dtype.kind == "f" for p in obs)
+        ):
+            M = self.cm.num_modalities
+            if len(obs) != M:
+                raise InputError(f"soft evidence has {len(obs)} modalities, expected {M}")
+            soft = []
+            for m, (p, o) in enumerate(zip(obs, self.cm.num_obs, strict=True)):
+                if p.shape != (self.n_agents, o):
+                    raise InputError(
+                        f"soft evidence of modality {m} has shape {p.shape}, "
+                        f"expected {(self.n_agents, o)}"
+                    )
+                if not (np.isfinite(p).all() and (p >= 0).all()):
+                    raise InputError(
+                        f"soft evidence of modality {m} must be finite and non-negative"
+                    )
+                soft.append(np.ascontiguousarray(p, dtype=self.dtype))
+            return None, soft
+        return self.check_obs(np.asarray(obs)), None
+
+    def _raise_out_of_range(self, obs: IntArray) -> None:
         for m, o in enumerate(self.cm.num_obs):
-            col = arr[:, m]
+            col = obs[:, m]
             bad = (col < 0) | (col >= o)
             if bad.any():
                 agent = int(np.flatnonzero(bad)[0])
@@ -258,7 +382,6 @@ class AifAgentGroup:
                     f"obs[{agent}, {m}] = {int(col[agent])} is out of range [0, {o}) "
                     f"({int(bad.sum())} agent(s) out of range in modality {m})"
                 )
-        return arr.astype(np.int64, copy=False)
 
     def check_actions(self, actions: np.ndarray) -> IntArray:
         arr = np.asarray(actions)
@@ -273,97 +396,216 @@ class AifAgentGroup:
                 raise InputError(f"actions on factor {f} must be in [0, {u}), got {int(col.max())}")
         return arr.astype(np.int64, copy=False)
 
-    def _blocks(self) -> range:
-        return range(0, self.n_agents, self.block_size)
+    def _blocks(self, dense: bool = False) -> list[_BlockRows]:
+        """The group cut into blocks of ``block_size`` agents (``dense_block_size`` if ``dense``).
 
-    def infer_states(self, obs: np.ndarray) -> list[np.ndarray]:
-        """Update every agent's posterior from ``obs (N, M)``; returns ``qs`` (views)."""
-        o = self.check_obs(obs)
-        for start in self._blocks():
-            self._infer_block(o, slice(start, start + self.block_size))
+        Cached until the arrays are reallocated: a tick slices nothing.
+        """
+        cached = self._dense_rows if dense else self._rows
+        if cached:
+            return cached
+        assert self._workspace is not None  # allocated with the agents
+        step = self.dense_block_size if dense else self.block_size
+        for start in range(0, self.n_agents, step):
+            nb = min(step, self.n_agents - start)
+            sl = slice(start, start + nb)
+            cached.append(
+                _BlockRows(
+                    sl=sl,
+                    blk=self._workspace.block(nb),
+                    qs=[q[sl] for q in self.qs],
+                    prior=[p[sl] for p in self.prior],
+                    G=self.G[sl],
+                    q_pi=self.q_pi[sl],
+                    action=self.action[sl],
+                    has_action=self.has_action[sl],
+                )
+            )
+        return cached
+
+    def infer_states(self, obs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Update every agent's posterior from ``obs (N, M)`` (or soft evidence, see
+        :meth:`check_evidence`); returns ``qs`` (views)."""
+        o, soft = self.check_evidence(obs)
+        for rows in self._blocks():
+            self._infer_block(o, soft, rows, roots=False)
         return self.qs
 
-    def _infer_block(self, obs: IntArray, sl: slice) -> None:
-        s = self.settings
-        post = kernels.infer_states(
-            self.cm, obs[sl], [p[sl] for p in self.prior], num_iter=s.num_iter, dF_tol=s.dF_tol
+    def _infer_block(
+        self,
+        obs: IntArray | None,
+        soft: list[np.ndarray] | None,
+        rows: _BlockRows,
+        *,
+        roots: bool,
+    ) -> None:
+        sl = rows.sl
+        kernels.infer_block(
+            self.cm,
+            None if obs is None else obs[sl],
+            rows.prior,
+            rows.qs,
+            rows.blk,
+            num_iter=self._num_iter,
+            dF_tol=self._dF_tol,
+            roots=roots,
+            soft=None if soft is None else [p[sl] for p in soft],
         )
-        for q, new in zip(self.qs, post, strict=True):
-            q[sl] = new
 
     def infer_policies(self) -> tuple[np.ndarray, np.ndarray]:
         """``q_pi`` and ``G`` ``(N, P)`` for the current beliefs."""
-        for start in self._blocks():
-            self._plan_block(slice(start, start + self.block_size))
+        for rows in self._blocks(dense=True):
+            kernels.load_roots(rows.qs, rows.blk)
+            self._plan_block(rows, None, self._planner(rows, None))
         return self.q_pi, self.G
 
-    def _plan_block(self, sl: slice) -> kernels.PolicyEvaluation:
-        s = self.settings
-        ev = kernels.evaluate_policies(
-            self.cm, [q[sl] for q in self.qs],
-            use_utility=s.use_utility, use_info_gain=s.use_states_info_gain,
-        )
-        self.G[sl] = ev.G
-        self.q_pi[sl] = kernels.policy_posterior(ev.G, self.cm.lnE, s.gamma)
-        return ev
+    def _planner(self, rows: _BlockRows, obs: IntArray | None) -> str:
+        """Which evaluation a block gets: ``"small"``, ``"local"``, ``"tree"`` (dense) or
+        ``"chunks"`` (dense in sub-blocks: a block larger than the dense scratch, as with a local
+        planner and soft evidence)."""
+        if rows.blk.small and self.cm.small is not None:
+            return "small"
+        if obs is not None and self.cm.local is not None:
+            return "local"
+        return "tree" if rows.blk.dense else "chunks"
+
+    def _plan_block(self, rows: _BlockRows, obs: IntArray | None, planner: str) -> None:
+        """``G`` and ``q_pi`` of the block (``q_pi`` also left in ``blk.x``, state-major).
+
+        ``obs``: the observation :meth:`_infer_block` just used (the local planner needs it);
+        ``planner``: from :meth:`_planner`.
+        """
+        cm, blk, G = self.cm, rows.blk, rows.G
+        if planner == "small":
+            kernels.evaluate_small_block(
+                cm,
+                rows.qs[0],
+                blk,
+                G,
+                use_utility=self._use_utility,
+                use_info_gain=self._use_info_gain,
+            )
+        elif planner == "local":
+            assert obs is not None
+            dense = kernels.evaluate_local_block(
+                cm,
+                obs[:, 0],
+                rows.qs[0],
+                blk,
+                G,
+                use_utility=self._use_utility,
+                use_info_gain=self._use_info_gain,
+            )
+            if len(dense):
+                self._plan_agents_densely(rows, dense)
+        elif planner == "chunks":  # larger than the dense scratch: plan it in sub-blocks
+            self._plan_agents_densely(rows, np.arange(blk.nb))
+        else:
+            kernels.evaluate_block(
+                cm,
+                blk,
+                use_utility=self._use_utility,
+                use_info_gain=self._use_info_gain,
+                gamma=self._gamma,
+            )
+            np.copyto(G, blk.G.T)
+            np.copyto(rows.q_pi, blk.x.T)
+            return
+        kernels.policy_posterior_block(cm, G, blk, self._gamma)
+        np.copyto(rows.q_pi, blk.x.T)
+
+    def _plan_agents_densely(self, rows: _BlockRows, agents: np.ndarray) -> None:
+        """``G`` of a few agents of a block (indices ``agents``) with the dense evaluation."""
+        assert self._workspace is not None
+        for start in range(0, len(agents), self.dense_block_size):
+            chunk = agents[start : start + self.dense_block_size]
+            sub = self._workspace.block(len(chunk))  # buffers the local planner does not use
+            kernels.load_roots([q[chunk] for q in rows.qs], sub)
+            kernels.evaluate_block(
+                self.cm,
+                sub,
+                use_utility=self._use_utility,
+                use_info_gain=self._use_info_gain,
+                gamma=self._gamma,
+            )
+            rows.G[chunk] = sub.G.T
 
     def sample_action(self) -> IntArray:
         """Select and commit each agent's next action ``(N, F)``; it drives the next prior."""
-        for start in self._blocks():
-            self._act_block(slice(start, start + self.block_size), None)
+        for rows in self._blocks():
+            np.copyto(rows.blk.x, rows.q_pi.T)
+            self._act_block(rows, "propagate")
         return self.action
 
-    def _act_block(self, sl: slice, ev: kernels.PolicyEvaluation | None) -> None:
-        s = self.settings
-        actions = kernels.select_actions(
-            self.cm, self.q_pi[sl], mode=s.sampling_mode,
-            deterministic=s.action_selection == "deterministic", alpha=s.alpha, rng=self.rng,
+    def _act_block(self, rows: _BlockRows, planner: str) -> None:
+        """Select actions from ``blk.x`` (q_pi, state-major) and commit them; ``planner`` (see
+        :meth:`_plan_block`) says where the next prior can come from."""
+        cm, blk, actions = self.cm, rows.blk, rows.action
+        kernels.select_block(
+            cm,
+            blk.x,
+            blk,
+            actions,
+            mode=self._sampling_mode,
+            deterministic=self._deterministic,
+            alpha=self._alpha,
+            rng=self.rng,
         )
-        self._commit_block(sl, actions, ev)
-
-    def _commit_block(
-        self, sl: slice, actions: IntArray, ev: kernels.PolicyEvaluation | None
-    ) -> None:
-        self.action[sl] = actions
-        self.has_action[sl] = True
-        nxt = kernels.next_prior(
-            self.cm, [q[sl] for q in self.qs], actions, None if ev is None else ev.first_step
-        )
-        for p, new in zip(self.prior, nxt, strict=True):
-            p[sl] = new
+        rows.has_action.fill(True)
+        if planner == "small" and kernels.small_prior_block(cm, blk, actions[:, 0], rows.prior[0]):
+            return
+        if planner == "tree" and kernels.prior_block(cm, blk, actions, rows.prior):
+            return
+        kernels.propagate_block(cm, rows.qs, actions, rows.prior, blk)
 
     def set_action(self, actions: np.ndarray) -> None:
         """Commit externally chosen actions ``(N, F)`` (replay, manual control)."""
         a = self.check_actions(actions)
-        for start in self._blocks():
-            sl = slice(start, start + self.block_size)
-            self._commit_block(sl, a[sl], None)
+        self.action[...] = a
+        self.has_action[...] = True
+        for rows in self._blocks():
+            kernels.propagate_block(self.cm, rows.qs, a[rows.sl], rows.prior, rows.blk)
 
-    def step(self, obs: np.ndarray, now: float | None = None) -> IntArray:
+    def step(self, obs: np.ndarray | Sequence[np.ndarray], now: float | None = None) -> IntArray:
         """One full tick for every agent: infer states, plan, act, record history.
 
-        Returns the committed actions ``(N, F)`` (a view of the group's action array).
+        ``obs``: ``(N, M)`` integer outcomes, or soft evidence (see :meth:`check_evidence`; the
+        history then records each modality's most probable outcome). Returns the committed
+        actions ``(N, F)`` (a view of the group's action array).
         """
-        o = self.check_obs(obs)
-        for start in self._blocks():
-            sl = slice(start, start + self.block_size)
-            self._infer_block(o, sl)
-            ev = self._plan_block(sl)
-            self._act_block(sl, ev)
-        if self.history is not None:
+        o, soft = self.check_evidence(obs)
+        record = self.history is not None
+        for rows in self._blocks():
+            ob = None if o is None else o[rows.sl]
+            planner = self._planner(rows, ob)
+            self._infer_block(o, soft, rows, roots=planner == "tree")
+            self._plan_block(rows, ob, planner)
+            self._act_block(rows, planner)
+            if record:
+                self._encode_block(rows)
+        if record:
+            if o is None:
+                assert soft is not None
+                o = np.stack([p.argmax(axis=1) for p in soft], axis=1)
             self._record(o, now)
         self.ticks += 1
         return self.action
 
-    def _record(self, obs: IntArray, now: float | None) -> None:
-        if self.history is None:
-            return
+    def _encode_block(self, rows: _BlockRows) -> None:
+        """Quantize the block's beliefs into the staged history row (uint8, see quant)."""
         offset = 0
-        for q in self.qs:
-            width = q.shape[1]
-            encode_beliefs_u8(q, out=self._qs_row[:, offset : offset + width])
-            offset += width
-        self.history.append(obs=obs, action=self.action, qs=self._qs_row)
+        for q in rows.qs:
+            w = q.shape[1]
+            cols = slice(offset, offset + w)
+            encode_beliefs_u8(q, out=self._qs_row[rows.sl, cols], scratch=rows.blk.enc[:, cols])
+            offset += w
+
+    def _record(self, obs: IntArray, now: float | None) -> None:
+        assert self.history is not None  # step() checked
+        # obs were range-checked and actions come from the model: the casts cannot overflow.
+        np.copyto(self._obs_row, obs, casting="unsafe")
+        np.copyto(self._action_row, self.action, casting="unsafe")
+        self.history.append(obs=self._obs_row, action=self._action_row, qs=self._qs_row)
         self._now[0] = np.nan if now is None else now
         self._times.append(t=self._now)
 
@@ -392,7 +634,8 @@ class AifAgentGroup:
             arr = np.asarray(state[name])
             if arr.shape != like.shape:
                 raise InputError(
-                    f"group {self.name!r} snapshot {name!r} has shape {arr.shape}, expected {like.shape}"
+                    f"group {self.name!r} snapshot {name!r} has shape {arr.shape}, "
+                    f"expected {like.shape}"
                 )
             return arr
 

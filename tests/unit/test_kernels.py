@@ -1,0 +1,496 @@
+"""The fast paths of ``edge_agent.aif.kernels`` against its general (agent-major) path.
+
+Every fast path computes the same sums as the general path, in another layout and order, so the
+two must agree to rounding: ``rtol`` 1e-10 in float64, a few float32 ulps (relative to the largest
+entry) in float32. Models are random and cover what the fast paths special-case: deterministic
+transitions that are not injective (walls: several sources per target) or leave targets without a
+source, stochastic sparse transitions, dense transitions, sparse and dense likelihoods, one and
+several factors, one and several policy steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.agents import AifAgentGroup
+from edge_agent.aif import kernels
+from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.policies import construct_policies
+from edge_agent.aif.reference import EXP_M16, ReferenceAgent
+from edge_agent.aif.settings import AifSettings
+from edge_agent.errors import InputError
+from edge_agent.quant import quantize_model
+from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
+
+TOL = {np.float64: {"rtol": 1e-10, "atol": 1e-12}, np.float32: {"rtol": 2e-4, "atol": 2e-6}}
+
+
+def transitions(rng: np.random.Generator, S: int, U: int, kind: str) -> np.ndarray:
+    """``B (S, S, U)``: ``walls`` deterministic maps with merges and unreachable targets,
+    ``sparse`` 1-2 random targets per column with random weights, ``dense`` Dirichlet columns."""
+    B = np.zeros((S, S, U))
+    cols = np.arange(S)
+    for u in range(U):
+        if kind == "walls":
+            target = rng.integers(0, S, S)
+            target[rng.random(S) < 0.3] = 0  # many sources into state 0 (a wall)
+            B[target, cols, u] = 1.0
+        elif kind == "sparse":
+            for s in range(S):
+                k = int(rng.integers(1, 3))
+                tgt = rng.choice(S, size=k, replace=False)
+                B[tgt, s, u] = rng.dirichlet(np.ones(k))
+        else:
+            B[:, :, u] = rng.dirichlet(np.ones(S), size=S).T
+    return B
+
+
+def likelihood(
+    rng: np.random.Generator, n_out: int, states: tuple[int, ...], nnz: int
+) -> np.ndarray:
+    """``A (n_out, *states)`` with ``nnz`` non-zero outcomes per column (all if nnz >= n_out)."""
+    S = int(np.prod(states))
+    A = np.zeros((n_out, S))
+    for s in range(S):
+        k = min(nnz, n_out)
+        rows = rng.choice(n_out, size=k, replace=False)
+        A[rows, s] = rng.dirichlet(np.ones(k) * 0.8)
+    return A.reshape(n_out, *states)
+
+
+def random_model(
+    seed: int, states: tuple[int, ...], obs: tuple[int, ...], controls: tuple[int, ...], *,
+    b_kind: str, a_nnz: int,
+) -> GenerativeModel:
+    rng = np.random.default_rng(seed)
+    A = [likelihood(rng, o, states, a_nnz) for o in obs]
+    B = [transitions(rng, s, u, b_kind) for s, u in zip(states, controls, strict=True)]
+    C = [rng.normal(size=o) for o in obs]
+    D = [rng.dirichlet(np.ones(s)) for s in states]
+    return GenerativeModel.from_arrays(A, B, C, D)
+
+
+MODELS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], str, int]] = {
+    # name: (num_states, num_obs, num_controls, B kind, non-zeros per A column)
+    "walls": ((12,), (12,), (4,), "walls", 2),
+    "sparse_B": ((10,), (9,), (3,), "sparse", 3),
+    "dense_B": ((6,), (5,), (3,), "dense", 5),
+    "two_modalities": ((8,), (6, 3), (3,), "walls", 2),
+    "two_factors": ((4, 3), (5, 3), (3, 2), "walls", 3),
+    "three_factors": ((3, 2, 3), (4,), (2, 1, 2), "sparse", 2),
+}
+
+
+def beliefs(rng: np.random.Generator, n: int, S: int) -> np.ndarray:
+    """Random beliefs, many nearly one-hot (entries far below the info-gain threshold)."""
+    q = rng.dirichlet(np.ones(S) * 0.3, size=n)
+    sharp = rng.random(n) < 0.5
+    q[sharp] = q[sharp] ** 8
+    q[rng.random((n, S)) < 0.2] = 0.0
+    q += 1e-30
+    return q / q.sum(axis=1, keepdims=True)
+
+
+def compiled(
+    model: GenerativeModel, policy_len: int, dtype: type[np.floating]
+) -> kernels.CompiledModel:
+    pol = construct_policies(model.num_controls, policy_len)
+    return kernels.compile_model(model, pol, dtype=dtype)
+
+
+def close(actual: np.ndarray, expected: np.ndarray, dtype: Any, msg: str = "") -> None:
+    tol = TOL[dtype]
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(
+        actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=msg
+    )
+
+
+# ------------------------------------------------------------------------------------ tables
+def test_row_maps_and_diagonals_equal_dense_products() -> None:
+    rng = np.random.default_rng(0)
+    for n_out, S, nnz in [(20, 30, 3), (30, 20, 1), (7, 7, 7)]:
+        A = likelihood(rng, n_out, (S,), nnz)
+        x = rng.random((S, 9))
+        x_rows = np.vstack([x, np.zeros((1, 9))])  # the zero row a RowMap reads for "none"
+        expected = A @ x
+        rm = kernels.outcome_row_map(A)
+        out = np.full((n_out, 9), np.nan)
+        kernels.apply_row_map(rm, x_rows, out, np.empty(2 * rm.max_extra * 9))
+        np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-15)
+        dg = kernels.diagonals(A)
+        out = np.full((n_out, 9), np.nan)
+        kernels.apply_diagonals(dg, x, out, np.empty((n_out, 9)))
+        np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-15)
+
+
+def test_grid_outcomes_use_five_diagonals() -> None:
+    cm = compiled(gridworld_model(10, 10), 1, np.float32)
+    assert isinstance(cm.fast.outcome_map, kernels.Diagonals)
+    assert sorted(d for d, *_ in cm.fast.outcome_map.diagonals) == [-10, -1, 0, 1, 10]
+
+
+@pytest.mark.parametrize("kind", ["walls", "sparse", "dense"])
+def test_per_agent_propagation_equals_general(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    S, U, n = 11, 4, 37
+    model = GenerativeModel.from_arrays(
+        [likelihood(rng, 5, (S,), 2)], [transitions(rng, S, U, kind)]
+    )
+    cm = compiled(model, 1, np.float64)
+    trans = cm.transitions[0]
+    q = beliefs(rng, n, S)
+    actions = rng.integers(0, U, (n, 1))
+    expected = kernels.propagate_per_agent(trans, q, actions[:, 0])
+    blk = kernels.Workspace(cm, n, info_gain=True).block(n)
+    out = np.full((n, S), np.nan)
+    kernels.propagate_block(cm, [q], actions, [out], blk)
+    np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-15)
+    # and both equal B[:, :, a] @ q per agent
+    direct = np.stack([model.B[0][:, :, a] @ q[i] for i, a in enumerate(actions[:, 0])])
+    np.testing.assert_allclose(out, direct, rtol=1e-12, atol=1e-15)
+    if kind == "walls":
+        ap = cm.fast.agent_propagation[0]
+        assert ap is not None
+        assert ap.extra, "merging maps need an extra layer"
+
+
+# ------------------------------------------------------------------- the whole fast pipeline
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("policy_len", [1, 2])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_dense_fast_path_equals_general_path(name: str, policy_len: int, dtype: Any) -> None:
+    states, obs_sizes, controls, b_kind, a_nnz = MODELS[name]
+    model = random_model(7, states, obs_sizes, controls, b_kind=b_kind, a_nnz=a_nnz)
+    source = model if dtype is np.float64 else quantize_model(model)
+    pol = construct_policies(model.num_controls, policy_len)
+    cm = kernels.compile_model(source, pol, dtype=dtype)
+    rng = np.random.default_rng(3)
+    n = 23
+    prior = [beliefs(rng, n, s).astype(dtype) for s in states]
+    obs = np.stack([rng.integers(0, o, n) for o in obs_sizes], axis=1)
+    settings = AifSettings(policy_len=policy_len)
+
+    expected_qs = kernels.infer_states(
+        cm, obs, prior, num_iter=settings.num_iter, dF_tol=settings.dF_tol
+    )
+    ev = kernels.evaluate_policies(cm, expected_qs, use_utility=True, use_info_gain=True)
+    expected_q_pi = kernels.policy_posterior(ev.G, cm.lnE, settings.gamma)
+
+    blk = kernels.Workspace(cm, n, info_gain=True).block(n)
+    qs = [np.full((n, s), np.nan, dtype=dtype) for s in states]
+    kernels.infer_block(cm, obs, prior, qs, blk, num_iter=settings.num_iter, dF_tol=settings.dF_tol)
+    for f in range(len(states)):
+        close(qs[f], expected_qs[f], dtype, f"qs{f}")
+    kernels.evaluate_block(cm, blk, use_utility=True, use_info_gain=True, gamma=settings.gamma)
+    close(blk.G.T, ev.G, dtype, "G")
+    close(blk.x.T, expected_q_pi, dtype, "q_pi")
+
+    # Action selection from the same q_pi, deterministic and with the same random numbers.
+    for mode in ("marginal", "full"):
+        for deterministic in (True, False):
+            kw = {"mode": mode, "deterministic": deterministic, "alpha": 16.0}
+            expected_a = kernels.select_actions(
+                cm, expected_q_pi, rng=np.random.default_rng(5), **kw  # type: ignore[arg-type]
+            )
+            np.copyto(blk.x, expected_q_pi.T)
+            actions = np.full((n, len(states)), -1, dtype=np.int64)
+            kernels.select_block(
+                cm, blk.x, blk, actions, rng=np.random.default_rng(5), **kw  # type: ignore[arg-type]
+            )
+            np.testing.assert_array_equal(actions, expected_a, err_msg=f"{mode} {deterministic}")
+
+    # The next prior: reused from the first depth of the tree, or propagated per agent.
+    actions = np.stack([rng.integers(0, u, n) for u in controls], axis=1)
+    expected_prior = kernels.next_prior(cm, expected_qs, actions, None)
+    out = [np.full((n, s), np.nan, dtype=dtype) for s in states]
+    if kernels.prior_block(cm, blk, actions, out):
+        for f in range(len(states)):
+            close(out[f], expected_prior[f], dtype, f"prior{f} from the tree")
+    out = [np.full((n, s), np.nan, dtype=dtype) for s in states]
+    kernels.propagate_block(cm, qs, actions, out, blk)
+    for f in range(len(states)):
+        close(out[f], expected_prior[f], dtype, f"prior{f} propagated")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["walls", "sparse_B", "dense_B"])
+def test_small_block_planner_equals_general_path(name: str, dtype: Any) -> None:
+    states, obs_sizes, controls, b_kind, a_nnz = MODELS[name]
+    model = random_model(11, states, obs_sizes, controls, b_kind=b_kind, a_nnz=a_nnz)
+    cm = compiled(model, 1, dtype)
+    assert cm.small is not None
+    rng = np.random.default_rng(4)
+    n = kernels.SMALL_BLOCK
+    q = beliefs(rng, n, states[0]).astype(dtype)
+    ev = kernels.evaluate_policies(cm, [q], use_utility=True, use_info_gain=True)
+    blk = kernels.Workspace(cm, n, info_gain=True).block(n)
+    G = np.full((n, cm.num_policies), np.nan, dtype=dtype)
+    kernels.evaluate_small_block(cm, q, blk, G, use_utility=True, use_info_gain=True)
+    close(G, ev.G, dtype, "G")
+    actions = rng.integers(0, controls[0], n)
+    prior = np.full((n, states[0]), np.nan, dtype=dtype)
+    assert kernels.small_prior_block(cm, blk, actions, prior)
+    close(prior, kernels.next_prior(cm, [q], actions[:, None], None)[0], dtype, "prior")
+
+
+def local_model(seed: int, b_kind: str) -> GenerativeModel:
+    """A corridor of 40 cells: one factor, one modality, two or three cells produce each outcome;
+    moves by -2..2 cells, stopped by the walls (``walls``: deterministic, so the end cells have two
+    or three sources and the far ones none) or landing on one of two cells (``sparse``)."""
+    rng = np.random.default_rng(seed)
+    S = 40
+    A = np.zeros((S, S))
+    for s in range(S):
+        rows = np.unique([s, (s + 1) % S, (s + int(rng.integers(2, 6))) % S])
+        A[rows, s] = rng.dirichlet(np.ones(len(rows)))
+    B = np.zeros((S, S, 4))
+    for u, step in enumerate((-2, -1, 1, 2)):
+        for s in range(S):
+            t = min(max(s + step, 0), S - 1)
+            if b_kind == "walls":
+                B[t, s, u] = 1.0
+            else:
+                t2 = min(max(s + step + 1, 0), S - 1)
+                w = rng.random()
+                B[t, s, u] += w
+                B[t2, s, u] += 1.0 - w
+    return GenerativeModel.from_arrays([A], [B], [rng.normal(size=S)], [rng.dirichlet(np.ones(S))])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("b_kind", ["walls", "sparse"])
+def test_local_planner_equals_general_path(b_kind: str, dtype: Any) -> None:
+    model = local_model(2, b_kind)
+    cm = compiled(model, 1, dtype)
+    assert cm.local is not None
+    rng = np.random.default_rng(8)
+    n = 300
+    prior = beliefs(rng, n, 40).astype(dtype)
+    obs = rng.integers(0, 40, (n, 1))
+    blk = kernels.Workspace(cm, n, info_gain=True).block(n)
+    q = np.full((n, 40), np.nan, dtype=dtype)
+    kernels.infer_block(cm, obs, [prior], [q], blk, num_iter=10, dF_tol=1e-3, roots=False)
+    ev = kernels.evaluate_policies(cm, [q], use_utility=True, use_info_gain=True)
+    G = np.full((n, cm.num_policies), np.nan, dtype=dtype)
+    dense = kernels.evaluate_local_block(
+        cm, obs[:, 0], q, blk, G, use_utility=True, use_info_gain=True
+    )
+    ok = np.ones(n, dtype=bool)
+    ok[dense] = False
+    assert ok.sum() > n // 2
+    close(G[ok], ev.G[ok], dtype, "G of agents the local planner may serve")
+    # The agents it refuses are those whose posterior has mass off the observation's cells.
+    A = cm.A_rows[0]
+    off = np.where(A[obs[:, 0]] == 0, q, 0).max(axis=1)
+    assert np.all(off[ok] <= EXP_M16 / 4)
+
+
+def test_local_planner_refuses_agents_whose_prior_contradicts_the_observation() -> None:
+    model = gridworld_model(8, 8)
+    cm = compiled(model, 1, np.float64)
+    assert cm.local is not None
+    n = 3
+    prior = np.full((n, 64), 1e-30)
+    prior[:, 63] = 1.0  # sure to be in the far corner
+    obs = np.array([[0], [63], [1]])  # ... but two agents see the opposite corner
+    blk = kernels.Workspace(cm, n, info_gain=True).block(n)
+    q = np.empty((n, 64))
+    kernels.infer_block(cm, obs, [prior], [q], blk, num_iter=10, dF_tol=1e-3, roots=False)
+    G = np.empty((n, cm.num_policies))
+    dense = kernels.evaluate_local_block(
+        cm, obs[:, 0], q, blk, G, use_utility=True, use_info_gain=True
+    )
+    assert list(dense) == [0, 2]
+
+
+# ------------------------------------------------------------------------------ agent groups
+def grid_without_ties(height: int, width: int, seed: int) -> GenerativeModel:
+    """The grid world with random preferences: no two moves tie (the shaped preferences of
+    ``gridworld_model`` make mirror moves tie exactly, and rounding then picks one)."""
+    grid = gridworld_model(height, width)
+    rng = np.random.default_rng(seed)
+    return GenerativeModel.from_arrays(
+        list(grid.A), list(grid.B), [rng.normal(size=height * width) * 2], list(grid.D)
+    )
+
+
+def decided(q_pi: np.ndarray, margin: float) -> np.ndarray:
+    """Agents whose best action beats the runner-up by more than ``margin`` (one-step policies:
+    the action marginal is ``q_pi``). Below it, rounding may pick either of two tied moves
+    (at a wall, staying and walking into the wall predict the same cell)."""
+    top = np.sort(q_pi, axis=1)
+    return np.asarray(top[:, -1] - top[:, -2] > margin)
+
+
+@pytest.mark.parametrize("precision", ["float64", "int8"])
+def test_group_gives_the_same_results_whatever_the_block_size(precision: str) -> None:
+    """Block size 1 runs the small-block planner, 37 the local one (with the dense fallback for
+    respawned agents), 60 too; the dense tree is checked against them in 'reference'."""
+    n, steps = 60, 12
+    dtype = np.float64 if precision == "float64" else np.float32
+    model = grid_without_ties(8, 8, seed=1)
+    groups = {
+        bs: AifAgentGroup(model, n, precision=precision, block_size=bs)  # type: ignore[arg-type]
+        for bs in (1, 37, 60)
+    }
+    assert groups[37].cm.local is not None
+    assert groups[1].cm.small is not None
+    env = GridWorldEnv(n, height=8, width=8, seed=2)
+    obs = env.reset()
+    for _ in range(steps):
+        if env.episode_start.any():
+            for g in groups.values():
+                g.reset(env.episode_start)
+        actions = {bs: g.step(obs).copy() for bs, g in groups.items()}
+        ref = groups[60]
+        sure = decided(ref.q_pi, 1e-6 if precision == "float64" else 1e-3)
+        assert sure.mean() > 0.5
+        for bs in (1, 37):
+            g = groups[bs]
+            np.testing.assert_array_equal(actions[bs][sure], actions[60][sure], f"block {bs}")
+            close(g.q_pi, ref.q_pi, dtype, f"q_pi, block {bs}")
+            close(g.G, ref.G, dtype, f"G, block {bs}")
+            close(g.qs[0], ref.qs[0], dtype, f"qs, block {bs}")
+        # The dense policy tree on the same beliefs (infer_policies has no observation to go on).
+        G_local = ref.G.copy()
+        ref.infer_policies()
+        close(ref.G, G_local, dtype, "G of the dense tree")
+        for g in groups.values():  # same trajectory for all, whatever near-ties picked
+            g.set_action(actions[60])
+        for bs in (1, 37):
+            close(groups[bs].prior[0], ref.prior[0], dtype, f"prior, block {bs}")
+        obs = env.step(actions[60])
+
+
+def test_group_on_the_grid_matches_the_reference_agent() -> None:
+    n, steps = 5, 8
+    model = grid_without_ties(4, 4, seed=3)
+    env = GridWorldEnv(n, height=4, width=4, seed=9)
+    group = AifAgentGroup(model, n, precision="float64", block_size=n)
+    refs = [ReferenceAgent(model) for _ in range(n)]
+    obs = env.reset()
+    for _ in range(steps):
+        for i, ref in enumerate(refs):
+            if env.episode_start[i]:
+                ref.reset()
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        actions = group.step(obs).copy()
+        sure = decided(group.q_pi, 1e-6)
+        for i, ref in enumerate(refs):
+            expected = ref.step(obs[i])
+            if sure[i]:
+                np.testing.assert_array_equal(actions[i], expected)
+            else:
+                ref.action = actions[i].copy()  # follow the group through a rounding tie
+            np.testing.assert_allclose(group.q_pi[i], ref.q_pi, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(group.qs[0][i], ref.qs[0], rtol=1e-9, atol=1e-14)
+        obs = env.step(actions)
+
+
+def test_group_sends_contradicted_agents_to_the_dense_tree() -> None:
+    model = grid_without_ties(8, 8, seed=4)
+    n = 50
+    group = AifAgentGroup(model, n, precision="float64", block_size=n)
+    rng = np.random.default_rng(0)
+    group.prior[0][...] = 1e-30
+    group.prior[0][np.arange(n), rng.integers(0, 64, n)] = 1.0  # sure, and mostly wrong
+    group.prior[0] /= group.prior[0].sum(axis=1, keepdims=True)
+    obs = rng.integers(0, 64, (n, 1))
+    group.step(obs)
+    assert group.cm.local is not None
+    blk = group._blocks()[0].blk
+    assert 0 < int(blk.l_bad.sum()) < n, "some agents, not all, need the fallback"
+    G_step = group.G.copy()
+    group.infer_policies()  # the dense tree for everyone
+    np.testing.assert_allclose(G_step, group.G, rtol=1e-10, atol=1e-12)
+
+
+def test_planner_choice_and_scratch_accounting() -> None:
+    grid = AifAgentGroup(gridworld_model(10, 10), 5000, history_capacity=64)
+    assert grid.cm.local is not None
+    assert grid.cm.small is not None
+    ws = grid._workspace
+    assert ws is not None
+    assert grid.scratch_nbytes(5000) == ws.nbytes
+    assert grid.bytes_for(5000, 64) == 5000 * grid.per_agent_nbytes(64) + 8 * 64 + ws.nbytes
+    deep = AifAgentGroup(gridworld_model(4, 4), 10, settings=AifSettings(policy_len=2))
+    assert deep.cm.local is None  # one-step planners only
+    assert deep.cm.small is None
+
+
+def test_dense_outcome_row_map_path_is_used_and_exact() -> None:
+    """Force the RowMap form of the outcome table (chosen for scattered sparse likelihoods)."""
+    model = random_model(5, (30,), (30,), (3,), b_kind="walls", a_nnz=2)
+    cm = compiled(model, 1, np.float64)
+    forced = dataclasses.replace(
+        cm, fast=dataclasses.replace(cm.fast, outcome_map=kernels.outcome_row_map(
+            np.ascontiguousarray(cm.fast.A_joint)
+        )), local=None, small=None,
+    )
+    rng = np.random.default_rng(6)
+    n = 64  # wide enough for the sparse outcome table
+    q = beliefs(rng, n, 30)
+    blk = kernels.Workspace(forced, n, info_gain=True).block(n)
+    kernels.load_roots([q], blk)
+    kernels.evaluate_block(forced, blk, use_utility=True, use_info_gain=True, gamma=16.0)
+    ev = kernels.evaluate_policies(cm, [q], use_utility=True, use_info_gain=True)
+    close(blk.G.T, ev.G, np.float64)
+
+
+@pytest.mark.parametrize("name", ["two_modalities", "two_factors", "walls"])
+def test_soft_evidence_weighs_each_modality_by_its_outcome_distribution(name: str) -> None:
+    """``L(s) = prod_m sum_o p_m(o) A[m][o, s]``; one-hot evidence is the hard observation."""
+    states, obs_sizes, controls, b_kind, a_nnz = MODELS[name]
+    model = random_model(13, states, obs_sizes, controls, b_kind=b_kind, a_nnz=a_nnz)
+    cm = compiled(model, 1, np.float64)
+    rng = np.random.default_rng(9)
+    n = 17
+    prior = [beliefs(rng, n, s) for s in states]
+    soft = [rng.dirichlet(np.ones(o), size=n) for o in obs_sizes]
+    L = np.ones((n, int(np.prod(states))))
+    for m, p in enumerate(soft):
+        L *= p @ model.A[m].reshape(obs_sizes[m], -1)
+    np.testing.assert_allclose(kernels.soft_likelihood(cm, soft), L, rtol=1e-12)
+    expected = kernels.infer_states(cm, None, prior, num_iter=10, dF_tol=1e-3, soft=soft)
+    blk = kernels.Workspace(cm, n, info_gain=True).block(n)
+    qs = [np.empty((n, s)) for s in states]
+    kernels.infer_block(cm, None, prior, qs, blk, num_iter=10, dF_tol=1e-3, soft=soft)
+    for q, e in zip(qs, expected, strict=True):
+        close(q, e, np.float64)
+    # Through the group: one-hot soft evidence gives the same step as the integer outcomes.
+    obs = np.stack([rng.integers(0, o, n) for o in obs_sizes], axis=1)
+    onehot = [np.eye(o)[obs[:, m]] for m, o in enumerate(obs_sizes)]
+    hard = AifAgentGroup(model, n, precision="float64", history_capacity=4)
+    fuzzy = AifAgentGroup(model, n, precision="float64", history_capacity=4)
+    np.testing.assert_array_equal(hard.step(obs), fuzzy.step(onehot))
+    close(fuzzy.q_pi, hard.q_pi, np.float64)
+    np.testing.assert_array_equal(fuzzy.history.latest("obs"), hard.history.latest("obs"))
+    with pytest.raises(InputError, match="soft evidence of modality 0 has shape"):
+        fuzzy.step([p[:3] for p in onehot])
+
+
+def test_soft_evidence_on_a_model_with_a_local_planner() -> None:
+    """The local planner needs hard outcomes: soft evidence goes to the dense tree in chunks."""
+    n = 300
+    model = grid_without_ties(10, 10, seed=5)
+    env = GridWorldEnv(n, seed=4)
+    obs = env.reset()
+    hard = AifAgentGroup(model, n, precision="float64")
+    fuzzy = AifAgentGroup(model, n, precision="float64")
+    assert fuzzy.cm.local is not None
+    assert fuzzy.dense_block_size < n
+    for _ in range(3):
+        a = hard.step(obs).copy()
+        b = fuzzy.step([np.eye(100)[obs[:, 0]]])
+        sure = decided(hard.q_pi, 1e-6)
+        np.testing.assert_array_equal(a[sure], b[sure])
+        close(fuzzy.G, hard.G, np.float64)
+        fuzzy.set_action(a)
+        hard.set_action(a)
+        obs = env.step(a)
