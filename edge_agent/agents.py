@@ -33,7 +33,7 @@ Precision = Literal["int8", "float64"]
 IntArray = NDArray[np.int64]
 
 #: Agents per kernel call; bounds temporary memory to ``block_size * per-agent scratch``.
-DEFAULT_BLOCK = 2048
+DEFAULT_BLOCK = 512
 #: A block's scratch is kept below this many bytes (fewer agents per block for big policy trees):
 #: large enough that per-call overhead is amortised, small enough to stay in a Pi's L2/L3 cache.
 BLOCK_SCRATCH_BYTES = 8 << 20
@@ -45,9 +45,7 @@ DENSE_FALLBACK_BYTES = 1 << 20
 def model_key(model: GenerativeModel | QuantizedModel, precision: str, policies: np.ndarray) -> str:
     """A stable identity for shared tables: same model + precision + policies -> same key."""
     h = hashlib.sha256(precision.encode())
-    arrays = (
-        model.to_arrays() if isinstance(model, QuantizedModel) else model.to_npz_dict()
-    )
+    arrays = model.to_arrays() if isinstance(model, QuantizedModel) else model.to_npz_dict()
     for name in sorted(arrays):
         arr = np.ascontiguousarray(arrays[name])
         h.update(name.encode())
@@ -169,7 +167,9 @@ class AifAgentGroup:
         self._agent_reservation: Reservation | None = None
         if budget is not None:
             self._agent_reservation = budget.reserve(
-                name, "agents", self.bytes_for(n_agents, self.history_capacity),
+                name,
+                "agents",
+                self.bytes_for(n_agents, self.history_capacity),
                 hint=f"reduce group {name!r} count or history_capacity",
             )
             self._reservations.append(self._agent_reservation)
@@ -613,7 +613,9 @@ class AifAgentGroup:
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays that restore this group's beliefs, actions and history exactly."""
         out: dict[str, np.ndarray] = {
-            "action": self.action, "has_action": self.has_action, "q_pi": self.q_pi,
+            "action": self.action,
+            "has_action": self.has_action,
+            "q_pi": self.q_pi,
             "ticks": np.array(self.ticks, dtype=np.int64),
         }
         for f in range(self.cm.num_factors):
@@ -628,6 +630,7 @@ class AifAgentGroup:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore from :meth:`state_dict`; shapes must match this group exactly."""
+
         def take(name: str, like: np.ndarray) -> np.ndarray:
             if name not in state:
                 raise InputError(f"group {self.name!r} snapshot lacks {name!r}")
@@ -647,8 +650,8 @@ class AifAgentGroup:
             self.prior[f][...] = take(f"prior{f}", self.prior[f])
         self.ticks = int(state.get("ticks", np.array(0)))
         if self.history is not None:
-            hist = {k[len("history."):]: v for k, v in state.items() if k.startswith("history.")}
-            times = {k[len("times."):]: v for k, v in state.items() if k.startswith("times.")}
+            hist = {k[len("history.") :]: v for k, v in state.items() if k.startswith("history.")}
+            times = {k[len("times.") :]: v for k, v in state.items() if k.startswith("times.")}
             if hist:
                 self.history.load_state_dict(hist)
                 self._times.load_state_dict(times)

@@ -21,12 +21,18 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from edge_agent.errors import SignatureError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+# ``cryptography`` (about 9 MB resident) is imported by the functions that need it, so a daemon
+# that never verifies a signature does not pay for it.
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +81,10 @@ def parse_public_key(data: bytes, source: str = "public key") -> Ed25519PublicKe
     ``source`` names where the bytes came from, for the error message.
     Raises :class:`SignatureError` if the data is neither, or is a key of another algorithm.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     text = data.strip()
     if text.startswith(b"-----BEGIN"):
         try:
@@ -106,6 +116,10 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """Load an unencrypted PEM PKCS#8 Ed25519 private key."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     data = _read_key_file(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -120,6 +134,8 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
 
 def public_key_to_pem(public_key: Ed25519PublicKey) -> bytes:
     """PEM SubjectPublicKeyInfo bytes of ``public_key`` (the ``*.pub`` format)."""
+    from cryptography.hazmat.primitives import serialization
+
     return public_key.public_bytes(
         encoding=serialization.Encoding.PEM,
         format=serialization.PublicFormat.SubjectPublicKeyInfo,
@@ -128,6 +144,8 @@ def public_key_to_pem(public_key: Ed25519PublicKey) -> bytes:
 
 def private_key_to_pem(private_key: Ed25519PrivateKey) -> bytes:
     """Unencrypted PEM PKCS#8 bytes of ``private_key``."""
+    from cryptography.hazmat.primitives import serialization
+
     return private_key.private_bytes(
         encoding=serialization.Encoding.PEM,
         format=serialization.PrivateFormat.PKCS8,
@@ -137,6 +155,8 @@ def private_key_to_pem(private_key: Ed25519PrivateKey) -> bytes:
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """First 16 hex characters of sha256 over the raw 32-byte public key."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(
         encoding=serialization.Encoding.Raw, format=serialization.PublicFormat.Raw
     )
@@ -150,6 +170,8 @@ def sign_bytes(private_key: Ed25519PrivateKey, data: bytes) -> bytes:
 
 def verify_bytes(public_key: Ed25519PublicKey, data: bytes, signature: bytes) -> None:
     """Check an Ed25519 signature; raise :class:`SignatureError` ("bad signature") if it fails."""
+    from cryptography.exceptions import InvalidSignature
+
     if len(signature) != SIGNATURE_BYTES:
         raise SignatureError(f"bad signature: {len(signature)} bytes, expected {SIGNATURE_BYTES}")
     try:
@@ -243,6 +265,8 @@ class TrustedKeys:
 
 
 def _raw(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(
         encoding=serialization.Encoding.Raw, format=serialization.PublicFormat.Raw
     )

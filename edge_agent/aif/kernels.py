@@ -96,9 +96,7 @@ class SparseTransition:
 Transition = DenseTransition | SparseTransition
 
 
-def make_transition(
-    B: np.ndarray | LogU8 | SparseColumns, dtype: type[np.floating]
-) -> Transition:
+def make_transition(B: np.ndarray | LogU8 | SparseColumns, dtype: type[np.floating]) -> Transition:
     """Compile one factor's transitions from a dense float table or a quantized one.
 
     Column-sparse tables (quantized ``SparseColumns``, or dense float tables with at most
