@@ -188,11 +188,75 @@ def format_status(s: dict[str, Any]) -> str:
         )
         if world:
             lines.append(f"               {world}")
+        if g.get("bundle_sha256"):
+            lines.append(
+                f"               bundle {g.get('bundle') or ''} sha256 {g['bundle_sha256']}"
+            )
+        io = g.get("io")
+        if io:
+            waiting = (
+                f", WAITING ({io['unobserved']} agents never observed)" if io["waiting"] else ""
+            )
+            lines.append(
+                f"               mqtt in: {io['rows']} rows, {io['rows_rejected']} rejected, "
+                f"{io['stale_agent_ticks']} stale agent-ticks, oldest {io['max_age_ticks']} "
+                f"ticks{waiting}"
+            )
+        actions = g.get("actions")
+        if actions:
+            lines.append(
+                f"               mqtt out: {actions['batches']} batches, "
+                f"{actions['dropped']} refused"
+            )
+    lines.extend(_fleet_lines(s))
     for d in s.get("degradations", [])[-3:]:
         lines.append(f"  degraded   {d}")
     if s["reloads"]["last_error"]:
         lines.append(f"  reload     refused: {s['reloads']['last_error'].splitlines()[0]}")
     return "\n".join(lines)
+
+
+def _fleet_lines(s: dict[str, Any]) -> list[str]:
+    """The fleet link, hub commands and deployment part of the status view."""
+    lines = []
+    fleet = s.get("fleet")
+    if fleet:
+        link = fleet.get("link", {})
+        depth = _mb(link.get("outbox.depth_bytes", 0))
+        lines.append(
+            f"  fleet      node {fleet['node_id']} of {fleet['fleet']} at {fleet['broker']}: "
+            f"{'online' if fleet['online'] else 'OFFLINE'}, outbox "
+            f"{link.get('outbox.depth_rows', 0)} messages ({depth})"
+            f"{' FULL' if link.get('outbox.full') else ''}, bdseq {link.get('bdseq')}"
+        )
+        lines.append(
+            f"             published: {fleet['telemetry_published']} telemetry, "
+            f"{fleet['events_published']} events, {fleet['results_published']} results; "
+            f"refused by the outbox {fleet['publish_refused'] + fleet['actions_refused']}"
+        )
+        malformed = {
+            k.split(".", 1)[1]: v for k, v in link.items() if k.startswith("malformed.") and v
+        }
+        if malformed:
+            lines.append(f"             malformed input: {malformed}")
+    cmds = s.get("commands")
+    if cmds:
+        refused = {k.split(".", 1)[1]: v for k, v in cmds.items() if k.startswith("refused.")}
+        lines.append(
+            f"  commands   {cmds['received']} received: {cmds['ok']} ok, {cmds['accepted']} "
+            f"accepted, {cmds['failed']} failed, {cmds['refused']} refused"
+            + (f" {refused}" if refused else "")
+        )
+    deploy = s.get("deploy") or {}
+    if deploy.get("phase"):
+        progress = f" {deploy['received']}/{deploy['total']} chunks" if "received" in deploy else ""
+        lines.append(
+            f"  deploy     {deploy['phase']}{progress}: group {deploy['group']} -> "
+            f"{deploy['sha256'][:12]} {deploy.get('detail', '')}".rstrip()
+        )
+    for problem in s.get("overlay_problems") or []:
+        lines.append(f"  deployed   {problem}")
+    return lines
 
 
 # -- check-config ---------------------------------------------------------------------------------

@@ -350,8 +350,33 @@ class MqttSection(StrictModel):
         le=4 * 1024**3,
         description="Bound (bytes) of the durable store-and-forward outbox on disk.",
     )
+    hub_keys_dir: Path | None = Field(
+        None,
+        description="Directory of *.pub ed25519 keys whose signed hub commands are obeyed; "
+        "empty: [daemon] trusted_keys_dir; neither: every command is refused.",
+    )
+    telemetry_interval_s: float | None = Field(
+        None, ge=0.1, le=3600, description="Seconds between telemetry; default: the profile's."
+    )
+    action_qos: Literal[0, 1] = Field(
+        1,
+        description="QoS of MQTT action sinks: 1 stores actions in the outbox until acknowledged; "
+        "0 sends them only while connected (dropped and counted otherwise).",
+    )
+    command_max_ttl_s: float = Field(
+        3600.0,
+        ge=1,
+        le=7 * 86400,
+        description="Refuse hub commands whose expiry lies further ahead than this (s).",
+    )
+    reconnect_initial_s: float = Field(
+        0.5, gt=0, le=60, description="First reconnect delay (s); doubles up to reconnect_max_s."
+    )
+    reconnect_max_s: float = Field(
+        60.0, gt=0, le=3600, description="Longest reconnect delay (s), before jitter."
+    )
 
-    @field_validator("password_file", mode="before")
+    @field_validator("password_file", "hub_keys_dir", mode="before")
     @classmethod
     def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
         return _as_path(value, info, optional=True)
@@ -360,6 +385,10 @@ class MqttSection(StrictModel):
     def _password_needs_user(self) -> MqttSection:
         if self.password_file is not None and not self.username:
             raise_problems("MqttSection", [(("password_file",), "requires username to be set")])
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise_problems(
+                "MqttSection", [(("reconnect_max_s",), "must be >= reconnect_initial_s")]
+            )
         return self
 
     def effective_node_id(self) -> str:

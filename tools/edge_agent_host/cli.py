@@ -28,6 +28,7 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.bundle import Bundle, load_bundle, sign_bundle
 from edge_agent.errors import EdgeAgentError, InputError, SignatureError
 from edge_agent.signing import TrustedKeys, key_id
+from edge_agent_host import hub, tasks
 from edge_agent_host.convert_aif import AifThresholds, convert_aif, load_aif_model
 from edge_agent_host.convert_onnx import (
     CALIBRATION_METHODS,
@@ -453,6 +454,14 @@ COMMANDS: dict[str, Command] = {
         "quantize a model, report its accuracy and write a (signed) bundle",
         _configure_convert,
         _run_convert,
+    ),
+    "hub": Command(
+        "talk to a fleet over MQTT: list it, watch it, send commands, deploy bundles",
+        hub.configure,
+        hub.run,
+    ),
+    "tasks": Command(
+        "announce tasks to a fleet's agents and see who holds them", tasks.configure, tasks.run
     ),
 }
 

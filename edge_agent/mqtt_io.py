@@ -1,0 +1,390 @@
+"""Agent I/O over MQTT: observations in from a topic filter, actions out on a topic.
+
+Wire format (both directions): one protocol envelope (:func:`edge_agent.protocol.encode`) per
+message, ``type`` ``obs`` with an :class:`~edge_agent.protocol.ObservationBatch` body, or
+``action`` with an :class:`~edge_agent.protocol.ActionBatch` body: ``group``, ``tick``,
+``agent_ids`` (little-endian uint32, the agent's index in its group, 0 ... count-1), ``dtype``,
+``width`` and ``values`` (``(n, width)`` row-major). An observation row holds one outcome index
+per modality of the group's model (``width`` = number of modalities, integer dtype); an action
+row one action per hidden-state factor. :func:`encode_observations` and :func:`decode_actions`
+are all a sensor process needs.
+
+Observations (:class:`ObservationBuffer`, one per group):
+
+- The transport thread decodes, validates and writes each batch into the group's *pending* row
+  of each agent, under a lock: the newest observation of an agent replaces an older one that the
+  tick has not taken yet (newest wins, later rows of a batch beat earlier ones). The buffer is
+  one preallocated row per agent, so it is bounded whatever the sender does.
+- Each tick takes the fresh rows (:meth:`ObservationBuffer.take`). An agent without a fresh
+  observation keeps its last one and is counted *stale* for that tick (``stale_agent_ticks``,
+  and its ``age`` in ticks grows). A group does not step at all until every agent has received
+  at least one observation (``waiting``, ``unobserved`` agents), so no agent acts on a made-up
+  observation.
+- A malformed batch (not decodable, wrong type, group, dtype or width, an agent id outside the
+  group, or, on a per-agent topic ``.../obs/{group}/{agent}``, ids other than that agent) is
+  dropped whole; rows with an outcome out of range for its modality are dropped one by one. Both
+  are counted by reason and never raised; the daemon turns the counts into ``rejected_input``
+  events.
+
+Actions (:class:`ActionPublisher`): once per tick per group, the whole group's actions as
+batches of at most :data:`~edge_agent.protocol.MAX_BATCH_AGENTS` agents that fit the payload
+limit, ids ``0 ... n-1``, the smallest unsigned dtype that holds every action.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.comms.base import Incoming, topic_matches
+from edge_agent.errors import ProtocolError
+from edge_agent.protocol import (
+    DEFAULT_MAX_BYTES,
+    MAX_BATCH_AGENTS,
+    ActionBatch,
+    DecodeError,
+    Envelope,
+    ObservationBatch,
+    TopicKind,
+    Topics,
+    decode,
+    encode,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ActionPublisher",
+    "ObservationBuffer",
+    "ObservationRouter",
+    "decode_actions",
+    "encode_observations",
+]
+
+_INTEGER_DTYPES: Final = frozenset({"int8", "uint8", "int16", "int32"})
+_ENVELOPE_OVERHEAD: Final = 512
+"""Bytes reserved for the envelope and body keys when sizing an action batch."""
+
+REJECT_REASONS: Final = (
+    "decode",
+    "type",
+    "group",
+    "dtype",
+    "width",
+    "agent_id",
+    "agent_topic",
+    "value",
+)
+
+
+class ObservationBuffer:
+    """The newest observation of every agent of one group (see the module docstring).
+
+    ``obs: (n_agents, num_modalities) int64`` is what the group steps on; only :meth:`take`
+    (the tick) writes it. :meth:`offer` (any thread) writes the pending rows.
+    """
+
+    def __init__(self, group: str, n_agents: int, num_obs: Sequence[int]) -> None:
+        self.group = group
+        self.num_obs = tuple(int(o) for o in num_obs)
+        self._limit = np.asarray(self.num_obs, dtype=np.int64)
+        self._lock = threading.Lock()
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("batches", "rows", "rows_rejected", "batches_rejected", "stale_agent_ticks"), 0
+        )
+        self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self.last_reject = ""
+        self.waiting_ticks = 0
+        self.last_fresh = 0
+        self._allocate(n_agents)
+
+    def _allocate(self, n_agents: int) -> None:
+        m = len(self.num_obs)
+        self.n_agents = n_agents
+        self.obs = np.zeros((n_agents, m), dtype=np.int64)
+        self.seen = np.zeros(n_agents, dtype=bool)
+        self.age = np.zeros(n_agents, dtype=np.uint32)
+        self._pending = np.zeros((n_agents, m), dtype=np.int64)
+        self._fresh = np.zeros(n_agents, dtype=bool)
+        self._primed = False
+
+    def resize(self, n_agents: int) -> None:
+        """Change the number of agents, keeping the rows of the first ``min(old, new)``."""
+        with self._lock:
+            keep = min(self.n_agents, n_agents)
+            old: list[npt.NDArray[Any]] = [self.obs, self.seen, self.age, self._pending]
+            old.append(self._fresh)
+            self._allocate(n_agents)
+            new: list[npt.NDArray[Any]] = [self.obs, self.seen, self.age, self._pending]
+            new.append(self._fresh)
+            for dst, src in zip(new, old, strict=True):
+                dst[:keep] = src[:keep]
+            self._primed = bool(self.seen.all())
+
+    # Transport thread ---------------------------------------------------------------------
+    def reject(self, reason: str, detail: str, rows: int = 0) -> None:
+        """Count a whole batch as dropped."""
+        with self._lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            self.counters["batches_rejected"] += 1
+            self.counters["rows_rejected"] += rows
+            self.last_reject = f"{reason}: {detail}"[:256]
+        logger.debug("group %s: observation batch rejected: %s: %s", self.group, reason, detail)
+
+    def offer(self, batch: ObservationBatch, topic_agent: str | None = None) -> int:
+        """Validate ``batch`` and keep its valid rows as the newest observations.
+
+        Returns how many rows were kept. Never raises for what the batch contains.
+        """
+        n = batch.n_agents
+        if batch.group != self.group:
+            self.reject("group", f"batch for group {batch.group!r}", n)
+            return 0
+        if batch.dtype not in _INTEGER_DTYPES:
+            self.reject("dtype", f"dtype {batch.dtype}, outcomes are integers", n)
+            return 0
+        if batch.width != len(self.num_obs):
+            self.reject("width", f"width {batch.width}, the model has {len(self.num_obs)}", n)
+            return 0
+        ids, values = batch.arrays()
+        if n and int(ids.max()) >= self.n_agents:
+            self.reject("agent_id", f"agent id {int(ids.max())} >= {self.n_agents} agents", n)
+            return 0
+        if topic_agent is not None and (
+            not topic_agent.isdigit() or (n and not bool((ids == int(topic_agent)).all()))
+        ):
+            self.reject("agent_topic", f"ids other than {topic_agent!r} on its own topic", n)
+            return 0
+        vals = values.astype(np.int64)
+        ok = ((vals >= 0) & (vals < self._limit)).all(axis=1)
+        bad = n - int(ok.sum())
+        if bad:
+            ids, vals = ids[ok], vals[ok]
+        if len(ids) and len(np.unique(ids)) != len(ids):
+            # Keep the last row of every agent: later rows of a batch are newer.
+            _, last = np.unique(ids[::-1], return_index=True)
+            keep = len(ids) - 1 - last
+            ids, vals = ids[keep], vals[keep]
+        with self._lock:
+            if len(ids) and int(ids.max()) < self.n_agents:  # a resize may have happened
+                self._pending[ids] = vals
+                self._fresh[ids] = True
+            self.counters["batches"] += 1
+            self.counters["rows"] += len(ids)
+            if bad:
+                self.counters["rows_rejected"] += bad
+                self.rejected["value"] += bad
+                self.last_reject = f"value: {bad} row(s) with outcomes out of range"
+        return len(ids)
+
+    # Tick thread ----------------------------------------------------------------------------
+    def take(self) -> bool:
+        """Merge the fresh rows into :attr:`obs`; True when the group can step this tick."""
+        with self._lock:
+            fresh = self._fresh
+            np.copyto(self.obs, self._pending, where=fresh[:, None])
+            n_fresh = int(np.count_nonzero(fresh))
+            self.age += 1
+            np.copyto(self.age, 0, where=fresh)
+            self.seen |= fresh
+            fresh[:] = False
+        self.last_fresh = n_fresh
+        if not self._primed:
+            self._primed = bool(self.seen.all())
+            if not self._primed:
+                self.waiting_ticks += 1
+                return False
+        self.counters["stale_agent_ticks"] += self.n_agents - n_fresh
+        return True
+
+    @property
+    def unobserved(self) -> int:
+        return int(self.n_agents - np.count_nonzero(self.seen))
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            out: dict[str, object] = dict(self.counters)
+            out["rejected"] = {k: v for k, v in self.rejected.items() if v}
+            out["last_reject"] = self.last_reject
+        out["waiting"] = not self._primed
+        out["waiting_ticks"] = self.waiting_ticks
+        out["unobserved"] = self.unobserved
+        out["fresh_last_tick"] = self.last_fresh
+        out["max_age_ticks"] = int(self.age.max()) if self.n_agents else 0
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    pattern: str
+    buffer: ObservationBuffer
+
+
+class ObservationRouter:
+    """Claims incoming messages on the MQTT sources' topic filters (transport thread).
+
+    :meth:`handle` returns False for a topic no source filter matches, so the caller passes the
+    message on (to the fleet link).
+    """
+
+    def __init__(self, topics: Topics, *, max_payload_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.topics = topics
+        self.max_payload_bytes = max_payload_bytes
+        self._routes: tuple[_Route, ...] = ()
+        self.claimed = 0
+
+    def bind(self, routes: Mapping[str, Sequence[ObservationBuffer]]) -> None:
+        """Replace the routing table: topic filter -> the buffers of the groups reading it."""
+        self._routes = tuple(
+            _Route(pattern, buf) for pattern, bufs in routes.items() for buf in bufs
+        )
+
+    @property
+    def patterns(self) -> list[str]:
+        return sorted({r.pattern for r in self._routes})
+
+    def handle(self, msg: Incoming) -> bool:
+        matches = [r.buffer for r in self._routes if topic_matches(r.pattern, msg.topic)]
+        if not matches:
+            return False
+        self.claimed += 1
+        try:
+            env = decode(msg.payload, self.max_payload_bytes)
+        except DecodeError as err:
+            matches[0].reject("decode", str(err)[:200])
+            return True
+        self.deliver(msg.topic, env, matches)
+        return True
+
+    def deliver(
+        self,
+        topic: str,
+        env: Envelope,
+        matches: Sequence[ObservationBuffer] | None = None,
+    ) -> bool:
+        """Hand a decoded envelope to the buffer of its group; False if no filter matches."""
+        if matches is None:
+            matches = [r.buffer for r in self._routes if topic_matches(r.pattern, topic)]
+            if not matches:
+                return False
+        body = env.body
+        if not isinstance(body, ObservationBatch):
+            matches[0].reject("type", f"{env.type} message on an observation topic")
+            return True
+        target = next((b for b in matches if b.group == body.group), None)
+        if target is None:
+            matches[0].reject("group", f"batch for group {body.group!r}", body.n_agents)
+            return True
+        route = self.topics.parse(topic)
+        agent = route.agent if route is not None and route.kind is TopicKind.OBS else None
+        target.offer(body, agent)
+        return True
+
+
+class ActionPublisher:
+    """Packs one group's actions into :class:`ActionBatch` bodies, once per tick."""
+
+    def __init__(
+        self,
+        group: str,
+        topic: str,
+        n_agents: int,
+        num_controls: Sequence[int],
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.group = group
+        self.topic = topic
+        self.num_controls = tuple(int(u) for u in num_controls)
+        top = max(self.num_controls)
+        self._dtype = "uint8" if top <= 256 else "int32"
+        self._np_dtype: np.dtype[Any] = np.dtype("<u1" if top <= 256 else "<i4")
+        width = len(self.num_controls)
+        row = 4 + width * self._np_dtype.itemsize
+        self.rows_per_batch = max(
+            1, min(MAX_BATCH_AGENTS, (max_payload_bytes - _ENVELOPE_OVERHEAD) // row)
+        )
+        self.published = 0
+        self.batches = 0
+        self.dropped = 0
+        self.resize(n_agents)
+
+    def resize(self, n_agents: int) -> None:
+        """Precompute the id bytes of every batch (they never change between ticks)."""
+        self.n_agents = n_agents
+        ids = np.arange(n_agents, dtype="<u4")
+        self._slices: list[tuple[slice, bytes]] = []
+        for start in range(0, n_agents, self.rows_per_batch):
+            sl = slice(start, min(start + self.rows_per_batch, n_agents))
+            self._slices.append((sl, ids[sl].tobytes()))
+
+    def bodies(self, tick: int, actions: npt.NDArray[np.integer]) -> list[ActionBatch]:
+        """``actions: (n_agents, num_factors)`` -> the batches to publish for this tick."""
+        if actions.shape != (self.n_agents, len(self.num_controls)):
+            raise ProtocolError(
+                f"actions has shape {actions.shape}, expected "
+                f"({self.n_agents}, {len(self.num_controls)})"
+            )
+        out = []
+        for sl, id_bytes in self._slices:
+            out.append(
+                ActionBatch(
+                    group=self.group,
+                    tick=tick,
+                    agent_ids=id_bytes,
+                    dtype=self._dtype,  # type: ignore[arg-type]  # one of the literal names
+                    width=len(self.num_controls),
+                    values=actions[sl].astype(self._np_dtype).tobytes(),
+                )
+            )
+        return out
+
+
+# Sensor-side helpers ---------------------------------------------------------------------------
+def encode_observations(
+    sender: str,
+    group: str,
+    tick: int,
+    agent_ids: npt.ArrayLike,
+    values: npt.ArrayLike,
+    *,
+    seq: int = 0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> bytes:
+    """One observation message for ``group``: ``values (n, num_modalities)`` integer outcomes.
+
+    Integer values are sent as uint8 when every one fits, else as int32.
+    """
+    vals = np.asarray(values)
+    if np.issubdtype(vals.dtype, np.integer) and vals.dtype.name not in _INTEGER_DTYPES:
+        small = vals.size == 0 or (int(vals.min()) >= 0 and int(vals.max()) < 256)
+        vals = vals.astype(np.uint8 if small else np.int32)
+    body = ObservationBatch.from_arrays(group, tick, agent_ids, vals)
+    env = Envelope(
+        type=ObservationBatch.TYPE,
+        node=sender,
+        seq=seq % (1 << 32),
+        bdseq=0,
+        ts=time.time(),
+        clock_synced=False,
+        body=body,
+    )
+    return encode(env, max_bytes)
+
+
+def decode_actions(
+    payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[ActionBatch, npt.NDArray[np.uint32], npt.NDArray[np.int64]]:
+    """``(batch, agent_ids (n,), actions (n, num_factors) int64)`` of one action message."""
+    env = decode(payload, max_bytes)
+    if not isinstance(env.body, ActionBatch):
+        raise DecodeError("schema", f"expected an action message, got {env.type}")
+    ids, values = env.body.arrays()
+    return env.body, ids, values.astype(np.int64)

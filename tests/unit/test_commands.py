@@ -1,0 +1,369 @@
+"""Hub command verification, the durable nonce store and dispatch (edge_agent.commands)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_agent.commands import (
+    ARG_MODELS,
+    CommandProcessor,
+    CommandVerifier,
+    DeployArgs,
+    NonceStore,
+    Outcome,
+    ResizeArgs,
+    parse_args,
+)
+from edge_agent.commands import ArgsError as CommandArgsError
+from edge_agent.protocol import (
+    Command,
+    DecodeError,
+    Envelope,
+    ResultCode,
+    decode,
+    encode,
+)
+from edge_agent.signing import TrustedKeys, key_id, sign_bytes
+
+FLEET = "unit"
+NODE = "pi-01"
+NOW = 1_700_000_000.0
+
+HUB_KEY = Ed25519PrivateKey.generate()
+OTHER_KEY = Ed25519PrivateKey.generate()
+TRUSTED = TrustedKeys([HUB_KEY.public_key()])
+
+
+def signed(
+    name: str = "ping",
+    args: dict[str, Any] | None = None,
+    *,
+    target: str = NODE,
+    expires: float = NOW + 60,
+    nonce: bytes | None = None,
+    key: Ed25519PrivateKey = HUB_KEY,
+    fleet: str = FLEET,
+) -> Command:
+    cmd = Command(
+        target=target,
+        nonce=nonce or os.urandom(16),
+        expires=expires,
+        key_id=key_id(key.public_key()),
+        name=name,
+        args=args or {},
+    )
+    return cmd.model_copy(update={"signature": sign_bytes(key, cmd.signing_bytes(fleet))})
+
+
+@pytest.fixture
+def nonces(tmp_path: Path) -> Iterator[NonceStore]:
+    store = NonceStore(tmp_path / "nonces.sqlite3", max_entries=8, clock=lambda: NOW)
+    yield store
+    store.close()
+
+
+def verifier(nonces: NonceStore, keys: TrustedKeys | None = TRUSTED) -> CommandVerifier:
+    return CommandVerifier(
+        keys, fleet=FLEET, node_id=NODE, nonces=nonces, max_ttl_s=3600, clock=lambda: NOW
+    )
+
+
+# ------------------------------------------------------------------------------ verification
+def test_a_signed_fresh_command_passes_once_then_is_a_replay(nonces: NonceStore) -> None:
+    v = verifier(nonces)
+    cmd = signed()
+    assert v.verify(cmd) is None
+    again = v.verify(cmd)
+    assert again is not None
+    assert again.code is ResultCode.REPLAYED
+    assert len(nonces) == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (lambda: signed().model_copy(update={"signature": b""}), ResultCode.BAD_SIGNATURE),
+        (lambda: signed(key=OTHER_KEY), ResultCode.UNKNOWN_KEY),
+        (
+            lambda: signed().model_copy(update={"key_id": key_id(HUB_KEY.public_key())[::-1]}),
+            ResultCode.UNKNOWN_KEY,
+        ),
+        (lambda: signed(fleet="elsewhere"), ResultCode.BAD_SIGNATURE),
+        (lambda: signed(target="pi-02"), ResultCode.BAD_ARGS),
+        (lambda: signed(expires=NOW - 1), ResultCode.EXPIRED),
+        (lambda: signed(expires=NOW), ResultCode.EXPIRED),
+        (lambda: signed(expires=NOW + 7200), ResultCode.BAD_ARGS),
+        (
+            lambda: signed("resize_group", {"group": "a", "agents": 5}).model_copy(
+                update={"args": {"group": "a", "agents": 6}}
+            ),
+            ResultCode.BAD_SIGNATURE,
+        ),
+        (
+            lambda: signed().model_copy(update={"expires": NOW + 61}),
+            ResultCode.BAD_SIGNATURE,
+        ),
+    ],
+    ids=[
+        "unsigned",
+        "untrusted-key",
+        "unknown-key-id",
+        "other-fleet",
+        "other-target",
+        "expired",
+        "expires-now",
+        "too-far-ahead",
+        "args-changed",
+        "expiry-changed",
+    ],
+)
+def test_refusals(nonces: NonceStore, make: Any, code: ResultCode) -> None:
+    outcome = verifier(nonces).verify(make())
+    assert outcome is not None
+    assert outcome.code is code
+    assert len(nonces) == 0  # nothing refused is remembered
+
+
+def test_no_hub_keys_refuses_everything_signed(nonces: NonceStore) -> None:
+    outcome = verifier(nonces, keys=None).verify(signed())
+    assert outcome is not None
+    assert outcome.code is ResultCode.UNKNOWN_KEY
+    assert "none configured" in outcome.detail
+
+
+def test_deploy_chunks_skip_signature_and_nonce_but_not_the_target(nonces: NonceStore) -> None:
+    v = verifier(nonces)
+    chunk = Command(
+        target=NODE, nonce=b"c" * 16, expires=0.0, key_id="", name="deploy_chunk", args={}
+    )
+    assert v.verify(chunk) is None
+    assert v.verify(chunk) is None  # a re-sent chunk is harmless; no nonce is stored
+    assert len(nonces) == 0
+    elsewhere = chunk.model_copy(update={"target": "pi-02"})
+    refused = v.verify(elsewhere)
+    assert refused is not None
+    assert refused.code is ResultCode.BAD_ARGS
+
+
+# ---------------------------------------------------------------------------------- nonce store
+def test_nonces_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "n.sqlite3"
+    first = NonceStore(path, clock=lambda: NOW)
+    cmd = signed()
+    assert verifier(first).verify(cmd) is None
+    first.close()
+    second = NonceStore(path, clock=lambda: NOW)
+    try:
+        outcome = verifier(second).verify(cmd)
+        assert outcome is not None
+        assert outcome.code is ResultCode.REPLAYED
+    finally:
+        second.close()
+
+
+def test_nonce_store_is_bounded_and_forgets_only_expired_nonces(tmp_path: Path) -> None:
+    now = [NOW]
+    store = NonceStore(tmp_path / "n.sqlite3", max_entries=3, clock=lambda: now[0])
+    try:
+        for i in range(3):
+            assert store.record(bytes([i]) * 8, NOW + 10 * (i + 1))
+        v = CommandVerifier(TRUSTED, fleet=FLEET, node_id=NODE, nonces=store, clock=lambda: now[0])
+        full = v.verify(signed(expires=NOW + 60))
+        assert full is not None
+        assert full.code is ResultCode.BUSY  # never forget a live nonce to make room
+        now[0] = NOW + 15  # the first nonce's command has expired
+        assert v.verify(signed(expires=NOW + 60)) is None
+        assert len(store) == 3
+        assert not store.seen(b"\x00" * 8)
+        assert store.seen(b"\x01" * 8)
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------------------------------- dispatch
+def test_processor_dispatches_validates_and_never_raises(nonces: NonceStore) -> None:
+    calls: list[tuple[str, Any]] = []
+
+    def resize(args: ResizeArgs, _cmd: Command) -> Outcome:
+        calls.append(("resize", args))
+        return Outcome(ResultCode.OK, "resized", {"agents": args.agents})
+
+    def boom(_args: Any, _cmd: Command) -> Outcome:
+        raise RuntimeError("handler bug")
+
+    proc = CommandProcessor(verifier(nonces), {"resize_group": resize, "ping": boom}, max_pending=3)
+    good = signed("resize_group", {"group": "grid", "agents": 7})
+    results = [
+        proc.handle(good),
+        proc.handle(signed("resize_group", {"group": "grid", "agents": 0})),
+        proc.handle(signed("resize_group", {"group": "grid", "agents": "7"})),
+        proc.handle(signed("resize_group", {"group": "grid", "agents": 7, "x": 1})),
+        proc.handle(signed("teleport")),
+        proc.handle(signed("ping")),
+        proc.handle(good),
+    ]
+    codes = [r.code for r in results]
+    assert codes == [
+        ResultCode.OK,
+        ResultCode.BAD_ARGS,
+        ResultCode.BAD_ARGS,
+        ResultCode.BAD_ARGS,
+        ResultCode.UNKNOWN_COMMAND,
+        ResultCode.FAILED,
+        ResultCode.REPLAYED,
+    ]
+    assert results[0].nonce == good.nonce
+    assert results[0].data == {"agents": 7}
+    assert "handler bug" in results[5].detail
+    assert calls == [("resize", ResizeArgs(group="grid", agents=7))]
+    stats = proc.stats()
+    assert stats["ok"] == 1
+    assert stats["errors"] == 1
+    assert stats["refused"] == 1
+    assert stats["refused.replayed"] == 1
+    # The queue is bounded and counts what it drops.
+    for _ in range(5):
+        proc.offer(signed("ping"))
+    assert proc.counters["dropped"] == 2
+    assert len(proc.process(2)) == 2
+    assert len(proc.process(10)) == 1
+
+
+def test_deploy_args_need_one_hash_per_chunk() -> None:
+    base: dict[str, Any] = {
+        "group": "grid",
+        "sha256": "a" * 64,
+        "file_sha256": "b" * 64,
+        "size": 5000,
+        "chunk_size": 2048,
+    }
+    args = parse_args("deploy", {**base, "chunk_hashes": b"\x00" * 96})
+    assert isinstance(args, DeployArgs)
+    assert args.chunks == 3
+    assert args.chunk_length(2) == 5000 - 4096
+    with pytest.raises(CommandArgsError, match="need 3 hashes"):
+        parse_args("deploy", {**base, "chunk_hashes": b"\x00" * 64})
+
+
+# ------------------------------------------------------------------------- property-based tests
+names = st.sampled_from(sorted(ARG_MODELS))
+arg_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+)
+args_st = st.dictionaries(st.text(min_size=1, max_size=12), arg_values, max_size=4)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=names, args=args_st, ttl=st.floats(min_value=1, max_value=3000))
+def test_any_signed_command_verifies_and_any_changed_byte_does_not(
+    tmp_path: Path, name: str, args: dict[str, Any], ttl: float
+) -> None:
+    store = NonceStore(tmp_path / f"{os.urandom(4).hex()}.sqlite3", clock=lambda: NOW)
+    try:
+        v = verifier(store)
+        cmd = signed(name, args, expires=NOW + ttl)
+        # Through the wire and back: what was signed still verifies.
+        env = Envelope(
+            type="command", node="hub", seq=1, bdseq=0, ts=NOW, clock_synced=True, body=cmd
+        )
+        wire = decode(encode(env)).body
+        assert isinstance(wire, Command)
+        if name == "deploy_chunk":
+            return  # authenticated by its hash, not its signature (tested above)
+        for i in range(0, len(cmd.signature), 7):
+            sig = bytearray(cmd.signature)
+            sig[i] ^= 0x01
+            bad = v.verify(wire.model_copy(update={"signature": bytes(sig)}))
+            assert bad is not None
+            assert bad.code is ResultCode.BAD_SIGNATURE
+        other_nonce = v.verify(wire.model_copy(update={"nonce": wire.nonce[::-1] + b"x"}))
+        assert other_nonce is not None
+        assert other_nonce.code is ResultCode.BAD_SIGNATURE
+        assert v.verify(wire) is None
+        replay = v.verify(wire)
+        assert replay is not None
+        assert replay.code is ResultCode.REPLAYED
+    finally:
+        store.close()
+
+
+def _forged(name: str, args: dict[str, Any], kid: str, sig: bytes, nonce: bytes) -> bytes:
+    cmd = Command(
+        target=NODE, nonce=nonce, expires=NOW + 30, key_id=kid, name=name, args=args, signature=sig
+    )
+    env = Envelope(type="command", node="hub", seq=0, bdseq=0, ts=NOW, clock_synced=False, body=cmd)
+    return encode(env)
+
+
+forged = st.builds(
+    _forged,
+    st.sampled_from(sorted(set(ARG_MODELS) - {"deploy_chunk"})),
+    args_st,
+    st.sampled_from([key_id(HUB_KEY.public_key()), key_id(OTHER_KEY.public_key()), "k"]),
+    st.binary(max_size=70),
+    st.binary(min_size=8, max_size=64),
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    payload=st.one_of(
+        forged,
+        st.binary(max_size=300),
+        st.builds(
+            lambda body: msgpack.packb(
+                {
+                    "v": 1,
+                    "type": "command",
+                    "node": "hub",
+                    "seq": 0,
+                    "bdseq": 0,
+                    "ts": 1.0,
+                    "clock_synced": False,
+                    "body": body,
+                },
+                use_bin_type=True,
+            ),
+            st.dictionaries(
+                st.sampled_from(
+                    ["target", "nonce", "expires", "key_id", "signature", "name", "args", "zz"]
+                ),
+                arg_values | args_st,
+                max_size=8,
+            ),
+        ),
+    )
+)
+def test_random_payloads_are_refused_or_answered_never_raised(
+    nonces: NonceStore, payload: bytes
+) -> None:
+    proc = CommandProcessor(verifier(nonces), {"ping": lambda _a, _c: Outcome(ResultCode.OK)})
+    reason = None
+    try:
+        env = decode(payload)
+    except DecodeError as err:
+        reason = err.reason
+    if reason is not None:
+        assert reason in ("not_msgpack", "not_a_map", "version", "unknown_type", "schema")
+        return
+    assert isinstance(env.body, Command)
+    result = proc.handle(env.body)
+    assert result.code is not ResultCode.OK  # nothing random carries a valid signature

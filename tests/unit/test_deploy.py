@@ -1,0 +1,424 @@
+"""Deployments: transfer, verification, staging, journal recovery, overlay, rollback."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.settings import AifSettings
+from edge_agent.bundle import load_bundle, pack_tar, sign_bundle, write_bundle
+from edge_agent.commands import ChunkArgs, DeployArgs
+from edge_agent.config import parse_config
+from edge_agent.deploy import DeployManager, Overlay, Phase, ReadyToSwitch
+from edge_agent.errors import EdgeAgentError
+from edge_agent.protocol import ResultCode
+from edge_agent.quant import SCHEME, quantize_model
+from edge_agent.service import Daemon
+from edge_agent.signing import TrustedKeys, load_private_key
+from edge_agent.sim.registry import builtin_model
+from edge_agent_host.keys import generate_keypair
+
+CHUNK = 2048
+NONCE = b"n" * 16
+
+
+def bundle_tar(tmp: Path, key: Path, *, world: str = "grid10", policy_len: int = 2) -> Path:
+    """A signed bundle of a built-in world's model, packed as a tar (``{world}-{policy_len}``)."""
+    q = quantize_model(builtin_model(world))
+    out = tmp / f"{world}-{policy_len}"
+    write_bundle(
+        out,
+        name=world,
+        version=f"1.{policy_len}.0",
+        kind="aif",
+        arrays={f"aif/{k}.npy": v for k, v in q.to_arrays().items()},
+        aif={
+            "num_obs": q.num_obs,
+            "num_states": q.num_states,
+            "num_controls": q.num_controls,
+            "quant_scheme": SCHEME,
+            "settings": AifSettings(policy_len=policy_len).model_dump(),
+            "arrays": {k: f"aif/{k}.npy" for k in q.to_arrays()},
+        },
+    )
+    sign_bundle(out, load_private_key(key))
+    tar = tmp / f"{world}-{policy_len}.tar"
+    pack_tar(out, tar)
+    return tar
+
+
+def deploy_args(data: bytes, sha256: str, **extra: Any) -> DeployArgs:
+    chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+    return DeployArgs(
+        group="grid",
+        sha256=sha256,
+        file_sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        chunk_size=CHUNK,
+        chunk_hashes=b"".join(hashlib.sha256(c).digest() for c in chunks),
+        **extra,
+    )
+
+
+def chunk(data: bytes, sha256: str, index: int) -> ChunkArgs:
+    return ChunkArgs(sha256=sha256, index=index, data=data[index * CHUNK : (index + 1) * CHUNK])
+
+
+def bundle_sha(tar: Path, keys: TrustedKeys) -> str:
+    return load_bundle(tar, trusted_keys=keys, require_signature=True).sha256
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[TrustedKeys, Path, Path]:
+    pair = generate_keypair(tmp_path / "keys", "ci")
+    return TrustedKeys.from_dir(tmp_path / "keys"), pair.private_path, tmp_path / "keys"
+
+
+def manager(state: Path, trusted: TrustedKeys, health: Any = None) -> DeployManager:
+    m = DeployManager(state, bundle_keys=trusted)
+    m.recover()
+    m.bind(
+        health or (lambda group, path, steps, timeout: ("payload", group, path.name)),
+        current_sha=lambda _g: None,
+        group_exists=lambda g: g == "grid",
+    )
+    return m
+
+
+def wait_ready(m: DeployManager, timeout: float = 30.0) -> ReadyToSwitch | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = m.poll()
+        if ready is not None or m.journal is None or m.journal.phase is not Phase.VERIFYING:
+            return ready
+        time.sleep(0.01)
+    raise AssertionError("the verification worker did not finish")
+
+
+def codes(m: DeployManager) -> list[tuple[str | None, str | None]]:
+    return [(r.code.value if r.code else None, r.event) for r in m.take_reports()]
+
+
+def test_transfer_verify_stage_switch_and_watch(tmp_path: Path, keys: Any) -> None:
+    trusted, private, _ = keys
+    tar = bundle_tar(tmp_path, private)
+    data, sha = tar.read_bytes(), bundle_sha(tar, trusted)
+    state = tmp_path / "state"
+    m = manager(state, trusted)
+    args = deploy_args(data, sha, watch_ticks=3)
+    started = m.start(args, NONCE)
+    assert started.code is ResultCode.ACCEPTED
+    assert started.data["have"] == bytes(len(started.data["have"]))
+    assert started.data["total"] == args.chunks >= 3
+    bad = chunk(data, sha, 1).model_copy(update={"data": b"x" * CHUNK})
+    assert m.chunk(bad).code is ResultCode.BAD_ARGS
+    short = chunk(data, sha, 0).model_copy(update={"data": b"x"})
+    assert m.chunk(short).code is ResultCode.BAD_ARGS
+    assert m.chunk(chunk(data, "0" * 64, 0)).code is ResultCode.BAD_ARGS
+    for i in reversed(range(args.chunks)):  # any order
+        assert m.chunk(chunk(data, sha, i)).code is ResultCode.OK
+    assert m.chunk(chunk(data, sha, 0)).code is ResultCode.OK  # late duplicate: harmless
+    assert m.counters["chunks_rejected"] == 3
+    ready = wait_ready(m)
+    assert ready is not None
+    assert ready.payload == ("payload", "grid", f"{sha}.tar")
+    staged = state / "bundles" / f"{sha}.tar"
+    assert staged.read_bytes() == data
+    assert not any((state / "bundles" / "incoming").iterdir())
+    m.switched(ready, '{"model": "old"}')
+    assert m.watching_group == "grid"
+    entry = Overlay(state)
+    entry.load()
+    assert entry.get("grid") is not None
+    assert [m.watch_tick() for _ in range(3)] == [False, False, True]
+    assert m.journal is not None
+    assert m.journal.phase is Phase.DONE
+    reports = m.take_reports()
+    final = [r for r in reports if r.code is not None]
+    assert [(r.code, r.nonce) for r in final] == [(ResultCode.OK, NONCE)]
+    assert staged.exists()  # the overlay names it
+
+
+@pytest.mark.parametrize("problem", ["tampered", "wrong-identity", "unhealthy"])
+def test_refused_bundles_never_replace_the_group(tmp_path: Path, keys: Any, problem: str) -> None:
+    trusted, private, _ = keys
+    tar = bundle_tar(tmp_path, private)
+    sha = bundle_sha(tar, trusted)
+    data = tar.read_bytes()
+    health = None
+    if problem == "tampered":
+        # Flip one byte of a payload file inside the tar: the tar is still a tar.
+        with tarfile.open(tar) as t:
+            member = next(x for x in t.getmembers() if x.name.endswith(".npy"))
+            offset = member.offset_data + member.size - 1
+        raw = bytearray(data)
+        raw[offset] ^= 0x01
+        data = bytes(raw)
+    elif problem == "wrong-identity":
+        sha = "f" * 64
+    else:
+
+        def health(*_a: Any) -> Any:
+            raise EdgeAgentError("non-finite beliefs after step 3")
+
+    state = tmp_path / "state"
+    m = manager(state, trusted, health)
+    args = deploy_args(data, sha)
+    assert m.start(args, NONCE).code is ResultCode.ACCEPTED
+    for i in range(args.chunks):
+        assert m.chunk(chunk(data, sha, i)).code is ResultCode.OK
+    assert wait_ready(m) is None
+    assert m.journal is not None
+    assert m.journal.phase is Phase.FAILED
+    stage = "health" if problem == "unhealthy" else "verify"
+    assert m.journal.detail.startswith(stage), m.journal.detail
+    assert codes(m)[-1] == ("failed", "deploy")
+    assert list((state / "bundles").glob("*.tar")) == []  # nothing staged, or removed again
+    assert not any((state / "bundles" / "incoming").iterdir())
+    assert Overlay(state).entries == {}
+
+
+def test_restart_mid_transfer_resumes_from_the_chunks_held(tmp_path: Path, keys: Any) -> None:
+    trusted, private, _ = keys
+    tar = bundle_tar(tmp_path, private)
+    data, sha = tar.read_bytes(), bundle_sha(tar, trusted)
+    state = tmp_path / "state"
+    m = manager(state, trusted)
+    args = deploy_args(data, sha, watch_ticks=1)
+    m.start(args, NONCE)
+    for i in (0, 2):
+        m.chunk(chunk(data, sha, i))
+    m.close()  # the daemon dies here
+    again = manager(state, trusted)
+    assert again.journal is not None
+    assert again.journal.phase is Phase.RECEIVING
+    # Found again by hashing what the file holds: the chunks written, and any chunk of the tar
+    # that is all zeros (end-of-archive blocks), which the preallocated file already holds.
+    held = {0, 2} | {i for i in range(args.chunks) if not any(chunk(data, sha, i).data)}
+    assert again.stats()["received"] == len(held)
+    assert codes(again) == [(None, "deploy")]  # "transfer ... resumes"
+    resumed = again.start(args, b"m" * 16)
+    assert resumed.code is ResultCode.ACCEPTED
+    have = resumed.data["have"]
+    assert {i for i in range(args.chunks) if have[i // 8] >> (i % 8) & 1} == held
+    for i in range(args.chunks):
+        again.chunk(chunk(data, sha, i))
+    ready = wait_ready(again)
+    assert ready is not None
+    assert again.counters["chunks_duplicate"] == len(held)
+    again.switched(ready, "{}")
+    assert again.watch_tick()
+    final = [r for r in again.take_reports() if r.code is not None]
+    assert [(r.code, r.nonce) for r in final] == [(ResultCode.OK, b"m" * 16)]
+
+
+def test_restart_after_an_idle_transfer_discards_it(tmp_path: Path, keys: Any) -> None:
+    trusted, private, _ = keys
+    tar = bundle_tar(tmp_path, private)
+    data, sha = tar.read_bytes(), bundle_sha(tar, trusted)
+    state = tmp_path / "state"
+    m = manager(state, trusted)
+    m.start(deploy_args(data, sha, transfer_timeout_s=60), NONCE)
+    m.chunk(chunk(data, sha, 0))
+    m.close()
+    part = state / "bundles" / "incoming" / f"{sha}.part"
+    old = time.time() - 120
+    os.utime(part, (old, old))
+    again = manager(state, trusted)
+    assert again.journal is not None
+    assert again.journal.phase is Phase.FAILED
+    assert "idle" in again.journal.detail
+    assert again.counters["discarded"] == 1
+    reports = again.take_reports()
+    assert [(r.code, r.nonce) for r in reports] == [(ResultCode.FAILED, NONCE)]
+    assert not part.exists()
+
+
+def test_restart_while_watching_rolls_the_overlay_back(tmp_path: Path, keys: Any) -> None:
+    trusted, private, _ = keys
+    state = tmp_path / "state"
+    shas = []
+    for policy_len in (1, 2):  # deploy A and finish; then B, and die while B is watched
+        tar = bundle_tar(tmp_path, private, policy_len=policy_len)
+        data, sha = tar.read_bytes(), bundle_sha(tar, trusted)
+        shas.append(sha)
+        m = manager(state, trusted)
+        args = deploy_args(data, sha, watch_ticks=1)
+        m.start(args, NONCE)
+        for i in range(args.chunks):
+            m.chunk(chunk(data, sha, i))
+        ready = wait_ready(m)
+        assert ready is not None
+        m.switched(ready, "{}")
+        if policy_len == 1:
+            assert m.watch_tick()
+        m.close()
+    overlay = Overlay(state)
+    overlay.load()
+    assert overlay.entries["grid"].sha256 == shas[1]
+    again = manager(state, trusted)
+    assert again.journal is not None
+    assert again.journal.phase is Phase.ROLLED_BACK
+    assert again.overlay.entries["grid"].sha256 == shas[0]
+    assert codes(again) == [("failed", "rollback")]
+    assert sorted(p.name for p in (state / "bundles").glob("*.tar")) == [f"{shas[0]}.tar"]
+
+
+def test_one_deployment_at_a_time(tmp_path: Path, keys: Any) -> None:
+    trusted, private, _ = keys
+    tar = bundle_tar(tmp_path, private)
+    data, sha = tar.read_bytes(), bundle_sha(tar, trusted)
+    m = manager(tmp_path / "state", trusted)
+    assert m.start(deploy_args(data, sha), NONCE).code is ResultCode.ACCEPTED
+    other = deploy_args(data + b"\0" * 512, sha)
+    assert m.start(other, b"o" * 16).code is ResultCode.BUSY
+    assert m.start(deploy_args(data, sha).model_copy(update={"group": "x"}), NONCE).code is (
+        ResultCode.BAD_ARGS
+    )
+    no_keys = DeployManager(tmp_path / "other", bundle_keys=None)
+    no_keys.recover()
+    assert no_keys.start(deploy_args(data, sha), NONCE).code is ResultCode.FAILED
+
+
+# ---------------------------------------------------------------------- the daemon's side
+def daemon(tmp_path: Path, keys_dir: Path, model: str = "grid10") -> Daemon:
+    """An in-process daemon (no MQTT) with one group of 16 agents on a built-in model."""
+    config = parse_config(
+        f"""
+[daemon]
+profile = "x86-dev"
+state_dir = "{tmp_path / "state"}"
+trusted_keys_dir = "{keys_dir}"
+
+[[groups]]
+name = "grid"
+model = {{ type = "builtin", name = "{model}" }}
+count = 16
+source = {{ type = "sim" }}
+sink = {{ type = "sim" }}
+""",
+        "unit.toml",
+    )
+    return Daemon.from_config(config, None)
+
+
+def switch_daemon(d: Daemon, tar: Path, sha: str, watch_ticks: int) -> None:
+    data = tar.read_bytes()
+    args = deploy_args(data, sha, watch_ticks=watch_ticks)
+    assert d._cmd_deploy(args, _FakeCommand()).code is ResultCode.ACCEPTED  # type: ignore[arg-type]
+    for i in range(args.chunks):
+        d._cmd_deploy_chunk(chunk(data, sha, i), _FakeCommand())  # type: ignore[arg-type]
+    deadline = time.monotonic() + 30
+    while d._watch_old is None:
+        assert time.monotonic() < deadline, d.deployer.stats()
+        d._fleet_before_tick()
+        time.sleep(0.01)
+
+
+class _FakeCommand:
+    nonce = NONCE
+
+
+@pytest.mark.parametrize("failure", ["exception", "nan"])
+def test_daemon_rolls_back_a_group_that_fails_after_the_switch(
+    tmp_path: Path, keys: Any, failure: str
+) -> None:
+    trusted, private, keys_dir = keys
+    tar = bundle_tar(tmp_path, private)
+    sha = bundle_sha(tar, trusted)
+    d = daemon(tmp_path, keys_dir)
+    try:
+        old = d._find("grid")
+        assert old is not None
+        used_before = d.budget.used
+        switch_daemon(d, tar, sha, watch_ticks=10)
+        new = d._find("grid")
+        assert new is not None
+        assert new is not old
+        assert new.bundle_sha256 == sha
+        assert d.budget.used > used_before  # old and new are both held while watched
+        d._tick(time.monotonic())  # one good tick
+        if failure == "exception":
+
+            def step(*_a: Any, **_k: Any) -> Any:
+                raise FloatingPointError("boom")
+
+            new.agents.step = step  # type: ignore[method-assign]
+        else:
+            real = new.agents.step
+
+            def step(obs: Any, now: Any = None) -> Any:
+                out = real(obs, now)
+                new.agents.qs[0][0, :] = np.nan
+                return out
+
+            new.agents.step = step  # type: ignore[method-assign]
+        d._tick(time.monotonic())
+        assert d._find("grid") is old
+        assert d._watch_old is None
+        assert d.budget.used == used_before
+        assert d.deployer.journal is not None
+        assert d.deployer.journal.phase is Phase.ROLLED_BACK
+        assert d.deployer.overlay.entries == {}
+        kinds = [e["kind"] for e in d.events]
+        assert "rollback" in kinds
+        d._tick(time.monotonic())  # the old group ticks on
+    finally:
+        d.shutdown()
+
+
+def test_daemon_keeps_a_bundle_that_passes_its_watch_and_after_a_restart(
+    tmp_path: Path, keys: Any
+) -> None:
+    trusted, private, keys_dir = keys
+    tar = bundle_tar(tmp_path, private)
+    sha = bundle_sha(tar, trusted)
+    d = daemon(tmp_path, keys_dir)
+    try:
+        used_before = d.budget.used
+        switch_daemon(d, tar, sha, watch_ticks=3)
+        for _ in range(3):
+            d._tick(time.monotonic())
+        assert d._watch_old is None
+        assert d.deployer.journal is not None
+        assert d.deployer.journal.phase is Phase.DONE
+        assert d.budget.used != used_before  # policy_len 2: a different model, old released
+        assert d._birth().groups["grid"].bundle_sha256 == sha
+    finally:
+        d.shutdown()
+    again = daemon(tmp_path, keys_dir)  # the config still names the built-in model
+    try:
+        g = again._find("grid")
+        assert g is not None
+        assert g.bundle_sha256 == sha
+        assert again.status()["groups"][0]["bundle_sha256"] == sha
+    finally:
+        again.shutdown()
+
+
+def test_a_config_change_supersedes_the_deployment(tmp_path: Path, keys: Any) -> None:
+    trusted, private, keys_dir = keys
+    tar = bundle_tar(tmp_path, private)
+    sha = bundle_sha(tar, trusted)
+    d = daemon(tmp_path, keys_dir)
+    try:
+        switch_daemon(d, tar, sha, watch_ticks=1)
+        d._tick(time.monotonic())
+    finally:
+        d.shutdown()
+    changed = daemon(tmp_path, keys_dir, model="tmaze")
+    try:
+        g = changed._find("grid")
+        assert g is not None
+        assert g.bundle_sha256 is None
+        assert "config's model changed" in changed.status()["overlay_problems"][0]
+        assert changed.deployer.overlay.entries == {}
+    finally:
+        changed.shutdown()

@@ -1,0 +1,340 @@
+"""``edge-agent-host tasks``: announce tasks to a fleet and see who holds them.
+
+Tasks are auctioned among the fleet's agents by the nodes themselves (``docs/coordination.md``):
+whoever announces a task publishes a ``task_announce`` on the fleet's ``tasks`` topic, and every
+node bids, computes the same award and lets the winning agent pursue it. This command is a hub
+doing that; a node can do the same (``CoordinationRuntime.announce``).
+
+    edge-agent-host tasks [--host H --port P --fleet F] announce --capability C ID=GOAL ...
+    edge-agent-host tasks ... announce --capability C --count N --goal-states S [--seed 0]
+    edge-agent-host tasks ... list [--wait S] [--json]
+
+``ID=GOAL``: task ``ID`` (a topic-level name) is to reach state ``GOAL`` of hidden-state factor
+``--goal-factor`` (default 0). ``--count N --goal-states S`` makes ``N`` tasks
+``{prefix}0000 ...`` with goals drawn uniformly from ``0 ... S-1``. ``--epoch`` re-announces a
+task as a new round; ``--deadline-in S`` gives it a deadline ``S`` seconds from now.
+``announce --wait S`` then waits until a node claims every task (its holder's node says so in its
+periodic ``task_state``) and prints the assignment; ``list`` prints what the nodes claim and
+whether their ledgers agree (the same digest).
+
+Task messages are not signed (``docs/coordination.md``, *Limits*): anyone who may publish on the
+fleet's topics may announce.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+from pydantic import ValidationError
+
+from edge_agent.coordination.messages import (
+    MAX_TASKS_PER_MESSAGE,
+    Claim,
+    TaskAnnounce,
+    TaskSpec,
+    TaskState,
+)
+from edge_agent.errors import InputError, ProtocolError
+from edge_agent.protocol import NAME_PATTERN
+from edge_agent_host.hub import HubClient, HubError
+
+__all__ = [
+    "TaskView",
+    "announce",
+    "configure",
+    "format_claims",
+    "make_specs",
+    "random_specs",
+    "run",
+    "watch_claims",
+]
+
+_NAME_RE: Final = re.compile(NAME_PATTERN)
+
+
+# ---------------------------------------------------------------------------------------- specs
+def make_specs(
+    goals: Mapping[str, int],
+    *,
+    capability: str,
+    announced_by: str,
+    goal_factor: int = 0,
+    epoch: int = 0,
+    deadline: float = 0.0,
+) -> list[TaskSpec]:
+    """One :class:`TaskSpec` per ``task id -> goal state``; :class:`InputError` if one is bad."""
+    try:
+        return [
+            TaskSpec(
+                task=task,
+                epoch=epoch,
+                capability=capability,
+                goal_factor=goal_factor,
+                goal_state=goal,
+                deadline=deadline,
+                announced_by=announced_by,
+            )
+            for task, goal in goals.items()
+        ]
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise InputError(f"invalid task: {problems}") from err
+
+
+def random_specs(
+    count: int,
+    goal_states: int,
+    *,
+    seed: int = 0,
+    prefix: str = "t",
+    **spec: Any,
+) -> list[TaskSpec]:
+    """``count`` tasks ``{prefix}0000 ...`` with goals drawn uniformly from ``[0, goal_states)``."""
+    if count < 1 or goal_states < 1:
+        raise InputError(f"need count >= 1 and goal states >= 1, got {count} and {goal_states}")
+    goals = np.random.default_rng(seed).integers(0, goal_states, count)
+    width = max(4, len(str(count - 1)))
+    return make_specs({f"{prefix}{i:0{width}d}": int(g) for i, g in enumerate(goals)}, **spec)
+
+
+def announce(client: HubClient, specs: Sequence[TaskSpec]) -> int:
+    """Publish ``specs`` on the fleet's ``tasks`` topic; returns how many messages it took."""
+    sent = 0
+    for start in range(0, len(specs), MAX_TASKS_PER_MESSAGE):
+        body = TaskAnnounce(tasks=list(specs[start : start + MAX_TASKS_PER_MESSAGE]))
+        client._publish(client.topics.tasks(), body)  # the hub's one way of sending
+        sent += 1
+    return sent
+
+
+# --------------------------------------------------------------------------------------- claims
+@dataclass
+class TaskView:
+    """What the nodes said in their last ``task_state``: claims, open tasks, ledger digests."""
+
+    claims: dict[str, list[Claim]] = field(default_factory=dict)
+    open_tasks: dict[str, int] = field(default_factory=dict)
+    digests: dict[str, bytes] = field(default_factory=dict)
+    heard_at: dict[str, float] = field(default_factory=dict)
+    announced: dict[str, TaskSpec] = field(default_factory=dict)
+
+    def take(self, node: str, body: object) -> None:
+        if isinstance(body, TaskState):
+            self.claims[node] = list(body.claims)
+            self.open_tasks[node] = body.open_tasks
+            self.digests[node] = body.digest
+            self.heard_at[node] = time.monotonic()
+        elif isinstance(body, TaskAnnounce):
+            for spec in body.tasks:
+                self.announced[spec.task] = spec
+
+    def holders(self) -> dict[str, list[tuple[str, str, int, int]]]:
+        """``task -> [(node, group, agent, epoch)]`` over every node's claims, sorted."""
+        out: dict[str, list[tuple[str, str, int, int]]] = {}
+        for node, claims in self.claims.items():
+            for c in claims:
+                out.setdefault(c.task, []).append((node, c.group, c.agent, c.epoch))
+        return {t: sorted(h) for t, h in sorted(out.items())}
+
+    def agree(self) -> bool:
+        """Whether every node heard from reports the same ledger digest."""
+        return len(set(self.digests.values())) <= 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nodes": {
+                node: {
+                    "open_tasks": self.open_tasks[node],
+                    "digest": self.digests[node].hex(),
+                    "claims": len(self.claims[node]),
+                }
+                for node in sorted(self.digests)
+            },
+            "agree": self.agree(),
+            "tasks": {t: [list(h) for h in hs] for t, hs in self.holders().items()},
+        }
+
+
+def watch_claims(
+    client: HubClient,
+    seconds: float,
+    *,
+    view: TaskView | None = None,
+    until: Callable[[TaskView], bool] | None = None,
+) -> TaskView:
+    """Listen for ``seconds`` (or until ``until(view)``) and collect what the nodes say."""
+    view = view or TaskView()
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        for msg in client.poll(min(left, 0.1)):
+            view.take(msg.envelope.node, msg.envelope.body)
+        if until is not None and until(view):
+            break
+    return view
+
+
+def format_claims(view: TaskView, only: Iterable[str] | None = None) -> str:
+    """The ``tasks list`` view: one line per node, then one per claimed task."""
+    lines = [f"{'NODE':<20} {'OPEN':>5} {'HOLDING':>7}  DIGEST"]
+    for node in sorted(view.digests):
+        lines.append(
+            f"{node:<20} {view.open_tasks[node]:>5} {len(view.claims[node]):>7}  "
+            f"{view.digests[node].hex()[:16]}"
+        )
+    if not view.digests:
+        lines.append("(no node reported its tasks)")
+    elif view.agree():
+        lines.append(f"ledgers agree ({len(view.digests)} node(s), one digest)")
+    else:
+        lines.append(f"ledgers DIFFER: {len(set(view.digests.values()))} digests")
+    lines.append(f"{'TASK':<24} {'EPOCH':>5}  {'NODE':<20} {'GROUP':<16} {'AGENT':>6}")
+    wanted = None if only is None else set(only)
+    for task, holders in view.holders().items():
+        if wanted is not None and task not in wanted:
+            continue
+        flag = "  DUPLICATE" if len(holders) > 1 else ""
+        for node, group, agent, epoch in holders:
+            lines.append(f"{task:<24} {epoch:>5}  {node:<20} {group:<16} {agent:>6}{flag}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _task_goal(text: str) -> tuple[str, int]:
+    task, sep, goal = text.partition("=")
+    if not sep or _NAME_RE.fullmatch(task) is None or not goal.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write tasks as ID=GOAL (ID: 1-64 of A-Z a-z 0-9 _ . -; GOAL: a state index)"
+        )
+    return task, int(goal)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``tasks`` arguments and its subcommands."""
+    parser.add_argument("--host", default="127.0.0.1", help="broker host")
+    parser.add_argument("--port", type=int, default=1883, help="broker port")
+    parser.add_argument("--fleet", default="default", help="fleet name (topics ea/v1/FLEET/...)")
+    parser.add_argument("--hub-id", default="hub", help="this hub's name: the tasks' announcer")
+    parser.add_argument("--username", default=None, help="broker user")
+    parser.add_argument("--password-file", default=None, help="broker password file")
+    parser.add_argument("--ca-file", default=None, help="CA (PEM) for TLS to the broker")
+    sub = parser.add_subparsers(dest="tasks_command", required=True, metavar="SUBCOMMAND")
+
+    ann = sub.add_parser("announce", help="announce tasks to the fleet's agents")
+    ann.add_argument("tasks", nargs="*", type=_task_goal, help="ID=GOAL, one per task")
+    ann.add_argument("--capability", required=True, help="groups with this capability bid")
+    ann.add_argument("--goal-factor", type=int, default=0, help="factor of the goal states")
+    ann.add_argument("--count", type=int, default=0, help="also N tasks with random goals")
+    ann.add_argument("--goal-states", type=int, default=0, help="random goals in 0 ... S-1")
+    ann.add_argument("--prefix", default="t", help="id prefix of the random tasks")
+    ann.add_argument("--seed", type=int, default=0, help="seed of the random goals")
+    ann.add_argument("--epoch", type=int, default=0, help="auction round (re-announce: +1)")
+    ann.add_argument("--deadline-in", type=float, default=0.0, help="deadline, s from now")
+    ann.add_argument(
+        "--wait", type=float, default=0.0, help="then wait up to S s for every task's holder"
+    )
+    ann.add_argument("--json", action="store_true", help="print JSON")
+
+    lst = sub.add_parser("list", help="what the nodes hold, and whether their ledgers agree")
+    lst.add_argument("--wait", type=float, default=2.5, help="seconds to listen (>= 1 state)")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _client(args: argparse.Namespace) -> HubClient:
+    password = None
+    if args.password_file is not None:
+        with open(args.password_file, encoding="utf-8") as f:
+            password = f.readline().rstrip("\n")
+    client = HubClient(
+        fleet=args.fleet,
+        host=args.host,
+        port=args.port,
+        hub_id=args.hub_id,
+        username=args.username,
+        password=password,
+        ca_file=args.ca_file,
+    )
+    client.connect()
+    return client
+
+
+def _specs(args: argparse.Namespace) -> list[TaskSpec]:
+    common: dict[str, Any] = {
+        "capability": args.capability,
+        "announced_by": args.hub_id,
+        "goal_factor": args.goal_factor,
+        "epoch": args.epoch,
+        "deadline": time.time() + args.deadline_in if args.deadline_in > 0 else 0.0,
+    }
+    specs = make_specs(dict(args.tasks), **common)
+    if args.count:
+        specs += random_specs(
+            args.count, args.goal_states, seed=args.seed, prefix=args.prefix, **common
+        )
+    if not specs:
+        raise InputError("no task: give ID=GOAL arguments or --count N --goal-states S")
+    names = [s.task for s in specs]
+    if len(set(names)) != len(names):
+        raise InputError("a task id is given twice")
+    return specs
+
+
+def _run_announce(args: argparse.Namespace) -> int:
+    specs = _specs(args)
+    client = _client(args)
+    try:
+        messages = announce(client, specs)
+        wanted = {(s.task, s.epoch) for s in specs}
+        if args.wait <= 0:
+            print(f"announced {len(specs)} task(s) in {messages} message(s)")
+            return 0
+
+        def claimed(view: TaskView) -> bool:
+            held = {(t, h[3]) for t, hs in view.holders().items() for h in hs}
+            return wanted <= held
+
+        view = watch_claims(client, args.wait, until=claimed)
+    finally:
+        client.close()
+    names = [s.task for s in specs]
+    if args.json:
+        print(json.dumps(view.to_json(), sort_keys=True))
+    else:
+        print(format_claims(view, only=names))
+    missing = wanted - {(t, h[3]) for t, hs in view.holders().items() for h in hs}
+    if missing:
+        print(f"{len(missing)} of {len(specs)} unclaimed after {args.wait:g} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        view = watch_claims(client, args.wait)
+    finally:
+        client.close()
+    print(json.dumps(view.to_json(), sort_keys=True) if args.json else format_claims(view))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``edge-agent-host tasks SUBCOMMAND``."""
+    runners: dict[str, Callable[[argparse.Namespace], int]] = {
+        "announce": _run_announce,
+        "list": _run_list,
+    }
+    try:
+        return runners[args.tasks_command](args)
+    except (HubError, ProtocolError, InputError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
