@@ -242,6 +242,9 @@ class _CoordinatedNode:
         self.seed = seed
         self.serial = 0
         self.ticks = 0
+        self.total_s = 0.0  # CPU of the measured node's ticks, and of it:
+        self.link_s = 0.0  # the fleet link's pump, receive and flush
+        self.engine_s = 0.0  # the engine's before_step and after_step
         self.fleet.tick(3)
         self._top_up()
         self.fleet.tick(5)
@@ -255,12 +258,33 @@ class _CoordinatedNode:
             self.serial += 1
 
     def step(self) -> float:
-        """One tick of both nodes; returns the CPU seconds of the measured node's tick."""
+        """One tick of both nodes; returns the CPU seconds of the measured node's tick.
+
+        The measured node's tick is :meth:`SimNode.tick` with its phases timed: the link's
+        work (pump, receive, flush: any daemon with ``[mqtt]`` pays it), the engine's
+        ``before_step``/``after_step`` and the group's step through ``engine.step`` (which
+        includes the holders' re-decision) with its world's step.
+        """
         if self.busy:
             self._top_up()
-        t0 = time.process_time()
-        self.node.tick()
-        spent = time.process_time() - t0
+        node, clock = self.node, time.process_time
+        t0 = clock()
+        node.receive()
+        t1 = clock()
+        node.engine.before_step()
+        t2 = clock()
+        for name, env in node.envs.items():
+            env.step(node.engine.step(name, env.obs))
+        t3 = clock()
+        node.engine.after_step()
+        t4 = clock()
+        node.link.pump()
+        node.link.flush()
+        t5 = clock()
+        spent = t5 - t0
+        self.total_s += spent
+        self.link_s += (t1 - t0) + (t5 - t4)
+        self.engine_s += (t2 - t1) + (t4 - t3)
         self.ticks += 1
         self.other.tick()
         self.fleet.clock.now += TICK_S
@@ -269,6 +293,16 @@ class _CoordinatedNode:
 
 def bench_efficiency(root: Path, *, agents: int, seconds: float, seed: int) -> dict[str, Any]:
     """``agents`` agents as one batch with coordination vs ``agents`` x one agent alone.
+
+    ``efficiency = X(N) / (N * X(1))`` with ``X`` the agent-steps per second of CPU: ``X(1)`` of
+    one agent stepped alone, ``X(N)`` of ``N`` agents stepped as one batch (plain, or a node's
+    whole coordinated tick). Since ``X(N) = N / T(N)`` for a tick of ``T(N)``, the efficiency is
+    ``T(1) / T(N)``: above 1 only if a tick of ``N`` agents took less than a tick of one. The
+    batching gain ``X(N) / X(1) = N * efficiency`` is how much faster the ``N`` agents go than
+    the same ``N`` stepped one at a time. A coordinated tick is also split into the fleet link's
+    share (pump, receive, flush: any daemon with ``[mqtt]`` pays it), the engine's
+    ``before_step``/``after_step``, and the step (``engine.step``: the group's step and the
+    holders' re-decision, with the world's step).
 
     The four workloads run interleaved, in rounds of about 50 ms each, and are timed with the
     process's CPU clock, so that other load on the machine hits them alike.
@@ -311,18 +345,29 @@ def bench_efficiency(root: Path, *, agents: int, seconds: float, seed: int) -> d
                     spent[name] += step()
                 steps[name] += per_round[name]
         rate = {name: steps[name] * work[name][1] / spent[name] for name in work}
+        tick_ms = {name: spent[name] / steps[name] * 1e3 for name in work}
         out: dict[str, Any] = {
             "bench": "coordination_efficiency",
             "agents": agents,
             "single_agent_steps_per_s": rate["single"],
+            "single_tick_ms": tick_ms["single"],
             "batch_steps_per_s_no_coordination": rate["plain"],
+            "plain_tick_ms": tick_ms["plain"],
             "efficiency_no_coordination": rate["plain"] / (agents * rate["single"]),
+            "batching_gain_no_coordination": rate["plain"] / rate["single"],
         }
         for name, run in (("steady", steady), ("busy", busy)):
             m = run.node.engine.metrics()
+            link = tick_ms[name] * run.link_s / run.total_s
+            engine = tick_ms[name] * run.engine_s / run.total_s
             out[f"{name}_steps_per_s"] = rate[name]
             out[f"{name}_efficiency"] = rate[name] / (agents * rate["single"])
-            out[f"{name}_tick_ms"] = spent[name] / steps[name] * 1e3
+            out[f"{name}_batching_gain"] = rate[name] / rate["single"]
+            out[f"{name}_tick_ms"] = tick_ms[name]
+            out[f"{name}_link_ms"] = link
+            out[f"{name}_engine_ms"] = engine
+            out[f"{name}_step_ms"] = tick_ms[name] - link - engine
+            out[f"{name}_efficiency_without_link"] = tick_ms["single"] / (tick_ms[name] - link)
             out[f"{name}_agents_holding"] = int(m["tasks_held"])
             out[f"{name}_tasks_done_per_s"] = m["tasks_done"] / (run.ticks * TICK_S)
         return out

@@ -209,6 +209,7 @@ def format_status(s: dict[str, Any]) -> str:
                 f"{actions['dropped']} refused"
             )
     lines.extend(_fleet_lines(s))
+    lines.extend(_coordination_lines(s))
     for d in s.get("degradations", [])[-3:]:
         lines.append(f"  degraded   {d}")
     if s["reloads"]["last_error"]:
@@ -256,6 +257,37 @@ def _fleet_lines(s: dict[str, Any]) -> list[str]:
         )
     for problem in s.get("overlay_problems") or []:
         lines.append(f"  deployed   {problem}")
+    return lines
+
+
+def _coordination_lines(s: dict[str, Any]) -> list[str]:
+    """The coordination part of the status view: tasks, holders, beliefs, problems."""
+    c = s.get("coordination")
+    if not c:
+        return []
+    m = c["metrics"]
+    lines = [
+        f"  coordination  {int(m['live_nodes'])} live node(s); {c['awarded']} task(s) awarded, "
+        f"{int(m['tasks_open'])} open, {len(c['holding'])} held here; window {c['window_s']} s, "
+        f"converged in <= {m['converge_s_max']:.3f} s, {int(m['reawards'])} re-award(s)",
+        f"             conflicts {int(m['conflicts_detected'])} detected, "
+        f"{int(m['conflicts_resolved'])} resolved; done {int(m['tasks_done'])}, expired "
+        f"{int(m['tasks_expired'])}, re-auctioned after deaths {int(m['death_reauctions'])}; "
+        f"ledger {c['digest'][:12]}, memory {_mb(c['reserved_bytes'])}",
+    ]
+    for name, g in sorted(c["groups"].items()):
+        caps = ", ".join(g["capabilities"]) or "no tasks"
+        share = g.get("sharing")
+        what = ""
+        if share:
+            key = f"beliefs.{name}."
+            what = (
+                f", shares factor(s) {share['factors']} with {int(m.get(key + 'peers', 0))} "
+                f"peer(s), {m.get(key + 'bytes_per_agent_s', 0.0):.1f} B/agent/s"
+            )
+        lines.append(f"             {name}: {caps}; {g['holding']} holding{what}")
+    for name, problem in sorted(c.get("problems", {}).items()):
+        lines.append(f"             {name}: {problem}")
     return lines
 
 

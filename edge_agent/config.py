@@ -2,8 +2,10 @@
 
 A config has three tables: ``[daemon]`` (profile, state directory, tick rate, logging, trusted
 keys), one ``[[groups]]`` table per agent group (model, count, history, priority, precision, seed,
-observation source, action sink, Active Inference settings) and ``[mqtt]`` (the broker
-connection). ``docs/configuration.md`` documents every key; :func:`default_config` is the demo.
+observation source, action sink, Active Inference settings, coordination) and ``[mqtt]`` (the
+broker connection), and optionally ``[coordination]`` (the node's coordination engine, see
+:mod:`edge_agent.coordination.config`). ``docs/configuration.md`` documents every key;
+:func:`default_config` is the demo.
 
 Every problem in a file, TOML syntax errors included, raises one
 :class:`~edge_agent.errors.ConfigError` whose lines read ``path:line: field: problem``, e.g.
@@ -27,6 +29,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edge_agent.aif.settings import AifSettings
+from edge_agent.coordination.config import CoordinationConfig, GroupCoordinationConfig
 from edge_agent.errors import ConfigError
 from edge_agent.profiles import (
     AUTO,
@@ -293,6 +296,11 @@ class GroupConfig(StrictModel):
         default_factory=AifSettings,
         description="Active Inference settings (pymdp Agent defaults).",
     )
+    coordination: GroupCoordinationConfig | None = Field(
+        None,
+        description="[groups.coordination]: the task capabilities the group bids for and the "
+        "factors it shares with its peers (needs [mqtt] enabled).",
+    )
 
     def history_capacity_for(self, profile: FirmwareProfile) -> int:
         """The history capacity in force: the group's, else the profile's."""
@@ -408,6 +416,11 @@ class DaemonConfig(StrictModel):
         min_length=1, max_length=64, description="[[groups]], one table per agent group."
     )
     mqtt: MqttSection = Field(default_factory=MqttSection, description="[mqtt]")
+    coordination: CoordinationConfig | None = Field(
+        None,
+        description="[coordination]: the node's task auction and coordination engine "
+        "(used when a group has [groups.coordination]).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DaemonConfig:
@@ -430,6 +443,12 @@ class DaemonConfig(StrictModel):
                         problems.append(
                             (("groups", index, part), f"an mqtt {part} needs [mqtt] enabled = true")
                         )
+                if group.coordination is not None:
+                    problems.append(
+                        (("groups", index, "coordination"), "needs [mqtt] enabled = true")
+                    )
+        if self.coordination is not None and not self.mqtt.enabled:
+            problems.append((("coordination",), "needs [mqtt] enabled = true"))
         raise_problems("DaemonConfig", problems)
         return self
 
@@ -595,7 +614,25 @@ def _summary(
         )
     else:
         lines.append("  mqtt: disabled")
+    lines.extend(_coordination_summary(config))
     return "\n".join(lines)
+
+
+def _coordination_summary(config: DaemonConfig) -> list[str]:
+    """What the node coordinates (``check-config``): groups, tasks, shared factors, window."""
+    node = config.coordination or CoordinationConfig()
+    parts = []
+    for group in config.groups:
+        c = group.coordination
+        if c is None or not c.active:
+            continue
+        what = [f"tasks {', '.join(c.capabilities)}"] if c.capabilities else []
+        if c.sharing is not None:
+            what.append(f"shares factor(s) {list(c.sharing.factors)}, trust {c.sharing.trust:g}")
+        parts.append(f"{group.name} ({'; '.join(what)})")
+    if not parts or not node.enabled:
+        return ["  coordination: off"] if parts else []
+    return [f"  coordination: {', '.join(parts)}; bidding window {node.auction.window_s:g} s"]
 
 
 def _endpoint(spec: SimSource | MqttSource | SimSink | MqttSink | LogSink) -> str:

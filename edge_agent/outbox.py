@@ -14,10 +14,10 @@ Contract
   way, so a crash can re-send a few acked messages: delivery is at-least-once.
 - Bounded in bytes (payload + topic per row). Per-class policy: ``drop_oldest`` classes
   (telemetry) make room by deleting their own oldest rows and, when nothing of theirs is left to
-  drop, drop the new message (counted ``dropped``); other classes (event, action, result) are kept:
-  a new one first evicts drop-oldest rows, and if it still does not fit it is refused with
-  :class:`OutboxFullError`, counted ``refused``, and :attr:`Outbox.full_alarm` is raised until the
-  depth falls below ``low_water`` of the bound.
+  drop, drop the new message (counted ``dropped``); other classes (event, action, result,
+  coordination) are kept: a new one first evicts drop-oldest rows, and if it still does not fit
+  it is refused with :class:`OutboxFullError`, counted ``refused``, and :attr:`Outbox.full_alarm`
+  is raised until the depth falls below ``low_water`` of the bound.
 - Per-class TTL on the wall clock: expired rows are deleted (counted ``expired``) when met by the
   pump and in a sweep every ``expire_every_s``. A clock step moves expiry with it.
 - Our own in-flight window: at most ``max_inflight`` sent-but-unacked rows. After a reconnect
@@ -65,6 +65,9 @@ DEFAULT_POLICIES: Final[Mapping[str, ClassPolicy]] = MappingProxyType(
         "event": ClassPolicy(drop_oldest=False, ttl_s=7 * 86400.0),
         "action": ClassPolicy(drop_oldest=False, ttl_s=300.0),
         "result": ClassPolicy(drop_oldest=False, ttl_s=86400.0),
+        # Task messages (docs/coordination.md): releases and syncs must not be dropped, but a
+        # bid or a ledger digest is worthless after minutes.
+        "coordination": ClassPolicy(drop_oldest=False, ttl_s=600.0),
     }
 )
 

@@ -69,15 +69,18 @@ from edge_agent.config import (
     SimSource,
     load_config,
 )
+from edge_agent.coordination.config import CoordinationConfig
+from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding, wanted
 from edge_agent.deploy import DeployManager, OverlayEntry, ReadyToSwitch
 from edge_agent.errors import (
     BudgetError,
     BundleError,
     ConfigError,
     EdgeAgentError,
+    InputError,
     SnapshotError,
 )
-from edge_agent.fleet import FleetLink
+from edge_agent.fleet import FleetLink, Received
 from edge_agent.mqtt_io import ActionPublisher, ObservationBuffer, ObservationRouter
 from edge_agent.outbox import Outbox
 from edge_agent.profiles import FirmwareProfile, select_profile
@@ -92,6 +95,7 @@ from edge_agent.protocol import (
     ResultCode,
     Severity,
     Topics,
+    clock_synced,
 )
 from edge_agent.quant import SCHEME, QuantizedModel
 from edge_agent.scheduler import TickClock, TickStats
@@ -182,19 +186,31 @@ class GroupRuntime:
     def name(self) -> str:
         return self.config.name
 
-    def tick(self, now: float) -> bool:
-        """One batched step of every agent in the group; False if it could not step yet."""
+    def tick(self, now: float, coordination: CoordinationRuntime | None = None) -> bool:
+        """One batched step of every agent in the group; False if it could not step yet.
+
+        With ``coordination`` the step and the resets go through it (peers' evidence, holders'
+        task preferences)."""
+        agents = self.agents
         if self.env is not None:
             started = self.env.episode_start
             if started.any():
-                self.agents.reset(started)
-            actions = self.agents.step(self.obs, now)
-            self.obs = self.env.step(actions)
+                if coordination is None:
+                    agents.reset(started)
+                else:
+                    coordination.reset(self.name, agents, started)
+            obs = self.obs
         else:
             assert self.inbox is not None  # an mqtt source has an inbox
             if not self.inbox.take():
                 return False  # waiting until every agent has had an observation
-            self.agents.step(self.inbox.obs, now)
+            obs = self.inbox.obs
+        if coordination is None:
+            actions = agents.step(obs, now)
+        else:
+            actions = coordination.step(self.name, agents, obs, now)
+        if self.env is not None:
+            self.obs = self.env.step(actions)
         self.steps += 1
         return True
 
@@ -574,6 +590,7 @@ class Daemon:
         self.commands: CommandProcessor | None = None
         self.nonces: NonceStore | None = None
         self.node_id: str | None = None
+        self.coordination: CoordinationRuntime | None = None
         if config.mqtt.enabled:
             self._open_fleet(config)
         self.deployer.bind(
@@ -678,8 +695,11 @@ class Daemon:
             m.fleet,
             self.state_dir,
             birth=self._birth(),
-            max_inbox=128,
+            max_inbox=128 + (config.coordination or CoordinationConfig()).max_inbox,
         )
+        self._open_coordination(config)
+        if self.coordination is not None:
+            self.link.set_birth(self._birth())  # says "coordination"; sent once connected
         self.router = ObservationRouter(self.topics)
         self._bind_sources()
         self.nonces = NonceStore(self.state_dir / NONCE_DB)
@@ -703,6 +723,32 @@ class Daemon:
         }
         self.commands = CommandProcessor(verifier, handlers)
 
+    def _coordination_groups(self) -> dict[str, GroupBinding]:
+        """The groups with a coordination table, as they are now (the runtime follows them)."""
+        return {
+            g.name: GroupBinding(g.agents, g.config.coordination)
+            for g in self.groups
+            if g.config.coordination is not None
+        }
+
+    def _open_coordination(self, config: DaemonConfig) -> None:
+        """The coordination runtime, when a group takes part (reserves its memory first)."""
+        if self.link is None or not wanted(
+            config.coordination, self._coordination_groups(), config.mqtt.enabled
+        ):
+            return
+        try:
+            self.coordination = CoordinationRuntime(
+                config.coordination or CoordinationConfig(),
+                self.link,
+                self._coordination_groups,
+                tick_period_s=1.0 / self.base_hz,
+                budget=lambda: self.budget,
+                clock_synced=clock_synced,
+            )
+        except InputError as err:
+            raise ConfigError(f"[groups.coordination]: {err}", path=None) from err
+
     def _bind_sources(self) -> None:
         """Point the MQTT sources' topic filters at their groups' observation buffers."""
         if self.router is None:
@@ -717,6 +763,8 @@ class Daemon:
         """Start connecting (in the background) and route observation topics to the groups."""
         if self.link is None or self.router is None:
             return
+        if self.coordination is not None:
+            self.coordination.start()
         self.link.start()
         fallback = self.transport.on_message
         router = self.router
@@ -857,6 +905,7 @@ class Daemon:
                 break
             start = time.monotonic()
             self._fleet_step(self._fleet_before_tick)
+            self._fleet_step(self._coordination_before_tick)
             failed = False
             try:
                 self._tick(start)
@@ -867,6 +916,7 @@ class Daemon:
             if self.link is not None and time.monotonic() >= next_telemetry:
                 next_telemetry = time.monotonic() + self.telemetry_interval_s
                 self._fleet_step(self._publish_telemetry)
+            self._fleet_step(self._coordination_after_tick)
             self._fleet_step(self._fleet_after_tick)
             if self._reload_deferred and self._watch_old is None:
                 self._reload_deferred = False
@@ -923,6 +973,8 @@ class Daemon:
                 self.link.stop(drain_timeout_s=1.0)
             except Exception:  # shutting down: report and go on closing
                 logger.exception("fleet link did not stop cleanly")
+        if self.coordination is not None:
+            self.coordination.close()
         if self.outbox is not None:
             self.outbox.close()
         if self.nonces is not None:
@@ -936,13 +988,13 @@ class Daemon:
                 continue
             if g.name == watched:
                 self._tick_watched(g, now)
-            elif g.tick(now):
+            elif g.tick(now, self.coordination):
                 self._publish_actions(g)
 
     def _tick_watched(self, g: GroupRuntime, now: float) -> None:
         """A freshly deployed group: any exception or non-finite belief rolls it back."""
         try:
-            stepped = g.tick(now)
+            stepped = g.tick(now, self.coordination)
             problem = None if not stepped or beliefs_finite(g.agents) else "non-finite beliefs"
         except Exception as err:  # the new bundle's boundary: roll back, do not crash
             logger.exception("group %s failed on its new bundle", g.name)
@@ -1013,6 +1065,8 @@ class Daemon:
             g.agents.release()
         if new_config.mqtt != self.config.mqtt:
             logger.warning("[mqtt] changes take effect at the next restart")
+        if new_config.coordination != self.config.coordination:
+            logger.warning("[coordination] changes take effect at the next restart")
         self.config, self.profile, self.budget, self.groups = new_config, profile, budget, groups
         self.deployer.bundle_keys = trusted_keys(new_config)
         self._set_base_rate(new_config.daemon.tick_hz_for(profile))
@@ -1163,7 +1217,7 @@ class Daemon:
                     self._event("connectivity", "info", f"connected to {m.host}:{m.port}")
                 else:
                     self._event("connectivity", "warning", f"lost {m.host}:{m.port}")
-            for received in link.receive(min(commands.room, MAX_MESSAGES_PER_TICK)):
+            for received in self._receive(link, min(commands.room, MAX_MESSAGES_PER_TICK)):
                 body = received.envelope.body
                 if isinstance(body, Command):
                     commands.offer(body)
@@ -1198,6 +1252,28 @@ class Daemon:
                 self._rollback(g, "the group did not step its watch_ticks within watch_timeout_s")
         self._publish_deploy_reports()
         self._report_rejected_input()
+
+    def _receive(self, link: FleetLink, limit: int) -> list[Received]:
+        """Up to ``limit`` incoming messages for the daemon; coordination messages met on the
+        way go to the coordination runtime's bounded queue and do not count."""
+        coordination = self.coordination
+        if coordination is None:
+            return link.receive(limit)
+        out: list[Received] = []
+        for _ in range(1 + coordination.config.max_inbox // MAX_MESSAGES_PER_TICK):
+            batch = link.receive(limit - len(out))
+            out.extend(m for m in batch if not coordination.handle(m))
+            if not batch or len(out) >= limit:
+                break
+        return out
+
+    def _coordination_before_tick(self) -> None:
+        if self.coordination is not None:
+            self.coordination.before_tick()
+
+    def _coordination_after_tick(self) -> None:
+        if self.coordination is not None:
+            self.coordination.after_tick()
 
     def _fleet_after_tick(self) -> None:
         if self.link is not None:
@@ -1298,6 +1374,8 @@ class Daemon:
                 io["io.stale_agent_ticks"] += g.inbox.counters["stale_agent_ticks"]
         counters.update(io)
         counters["paused_groups"] = sum(1 for g in self.groups if g.paused)
+        if self.coordination is not None:
+            counters.update(self.coordination.telemetry_counters())
         self.link.publish_telemetry(
             {
                 "uptime_s": round(time.monotonic() - self.started_mono, 3),
@@ -1328,7 +1406,7 @@ class Daemon:
                 )
                 for g in self.groups
             },
-            capabilities=list(CAPABILITIES),
+            capabilities=[*CAPABILITIES, *(["coordination"] if self.coordination else [])],
         )
 
     def _rebirth(self) -> None:
@@ -1591,6 +1669,7 @@ class Daemon:
             "degradations": self.degradations[-10:],
             "events": self.events[-10:],
             "fleet": self._fleet_status(),
+            "coordination": None if self.coordination is None else self.coordination.status(),
             "commands": None if self.commands is None else self.commands.stats(),
             "deploy": self.deployer.stats(),
             "overlay_problems": [p.detail for p in self.overlay_problems],

@@ -9,6 +9,10 @@
 * :mod:`~edge_agent.coordination.messages` -- the task messages on the ``tasks`` topic.
 * :mod:`~edge_agent.coordination.engine` -- :class:`CoordinationEngine`, one node's layer
   between its groups and its :class:`~edge_agent.fleet.FleetLink`.
+* :mod:`~edge_agent.coordination.config` -- ``[coordination]`` and ``[groups.coordination]`` of
+  the daemon config.
+* :mod:`~edge_agent.coordination.runtime` -- ``CoordinationRuntime``: the engine in the daemon
+  (groups that change, memory, status, telemetry).
 
 ``docs/coordination.md`` derives the fusion rule and specifies the protocol.
 """

@@ -231,6 +231,21 @@ class BeliefSharer:
             0,
         )
 
+    @classmethod
+    def bytes_for(
+        cls,
+        n_agents: int,
+        num_states: Sequence[int],
+        settings: SharingSettings,
+        *,
+        dtype: type[np.floating] = np.float32,
+    ) -> int:
+        """:attr:`nbytes` of a sharer of ``n_agents``, before allocating it (every one of its
+        arrays has one row per agent, so it is ``n_agents`` times that of a one-agent sharer)."""
+        if n_agents < 1:
+            raise InputError(f"n_agents must be >= 1, got {n_agents}")
+        return n_agents * cls("probe", num_states, 1, settings, dtype=dtype).nbytes
+
     @property
     def nbytes(self) -> int:
         """Bytes of every per-agent array (for the memory budget): the peer table,

@@ -163,7 +163,12 @@ class CoordinatedGroup:
 class _GroupState:
     def __init__(self, name: str, spec: CoordinatedGroup, node_id: str, max_held: int) -> None:
         self.name = name
+        self.spec = spec
         self.group = spec.group
+        self.key = spec.group.key
+        self.stepped = False
+        """Whether the group stepped since the last ``before_step`` (only then is there new
+        evidence of its own to accumulate)."""
         self.capabilities = frozenset(spec.capabilities)
         for cap in self.capabilities:
             check_name(cap, "capability")
@@ -204,6 +209,19 @@ class _GroupState:
         else:
             self.utilities.move_to_end(key)
         return u
+
+
+def _same_agents(gs: _GroupState, b: CoordinatedGroup) -> bool:
+    """Whether ``b`` describes the agents ``gs`` was built for, doing the same coordination
+    (a group resized in place is the same object with another size)."""
+    a = gs.spec
+    if gs.key != b.group.key or gs.prefs.n_agents != b.group.n_agents:
+        return False
+    if a.sharing != b.sharing or tuple(a.capabilities) != tuple(b.capabilities):
+        return False
+    if a.channels is None or b.channels is None:
+        return a.channels is None and b.channels is None
+    return bool(np.array_equal(a.channels, b.channels))
 
 
 _SUBSCRIBED_KINDS: Final = frozenset(
@@ -279,6 +297,7 @@ class CoordinationEngine:
                 "peers_returned",
                 "deaths_seen",
                 "death_reauctions",
+                "tasks_abandoned",
             ),
             0,
         )
@@ -310,12 +329,70 @@ class CoordinationEngine:
         bdseq = self.link.bdseq
         return 0 if bdseq is None else bdseq
 
+    def rebind(self, groups: Mapping[str, CoordinatedGroup]) -> None:
+        """The daemon rebuilt, resized, replaced or removed groups (reload, resize, deployment).
+
+        A group whose agents keep their meaning -- same name, same model (``group.key``), same
+        size, same sharing settings, capabilities and channels -- keeps its state (evidence not
+        yet sent or fused, its holders and their preferences): only the group object is swapped.
+        Any other group starts afresh, and the tasks its agents had won are released as
+        ``abandoned``, so every node re-auctions them at the next epoch.
+        """
+        max_held = self.settings.auction.max_held_per_group
+        new: dict[str, _GroupState] = {}
+        for name, spec in groups.items():
+            check_name(name, "group")
+            prev = self.groups.get(name)
+            if prev is not None and _same_agents(prev, spec):
+                prev.spec, prev.group = spec, spec.group
+                new[name] = prev
+            else:
+                new[name] = _GroupState(name, spec, self.node_id, max_held)
+        gone = {name for name, gs in self.groups.items() if new.get(name) is not gs}
+        self.groups = new
+        if gone:
+            won = self.board.award().values()
+            self._give_up([b for b in won if b.node == self.node_id and b.group in gone])
+        self._acted_version = -1  # give the new groups' winners their tasks at the next tick
+
+    def _give_up(self, bids: list[Bid]) -> None:
+        """Release won tasks as ``abandoned`` (re-auctioned at the next epoch everywhere)."""
+        if not bids:
+            return
+        items = [abandon(b) for b in bids]
+        for item in items:
+            self.board.add_release(item)
+        for start in range(0, len(items), MAX_TASKS_PER_MESSAGE):
+            self._publish_task(TaskRelease(items=items[start : start + MAX_TASKS_PER_MESSAGE]))
+        self.counters["tasks_abandoned"] += len(items)
+        self._state_dirty = True
+        logger.info("coordination: gave up %d task(s) of groups that changed", len(items))
+
     def reset_agents(self, group: str, mask: NDArray[np.bool_] | None = None) -> None:
         """Agents of ``group`` start a new episode (their beliefs went back to ``D``): their
         unsent evidence is dropped. Call it where ``group.reset(mask)`` is called."""
         sharer = self.groups[group].sharer
         if sharer is not None:
             sharer.reset(mask)
+
+    @staticmethod
+    def bytes_for(
+        groups: Mapping[str, CoordinatedGroup], settings: CoordinationSettings | None = None
+    ) -> int:
+        """:attr:`nbytes` of an engine over ``groups``, before building it (reserve, then
+        allocate)."""
+        max_held = (settings or CoordinationSettings()).auction.max_held_per_group
+        total = 0
+        for spec in groups.values():
+            g = spec.group
+            total += TaskPreferences.bytes_for(
+                g.cm, g.n_agents, use_utility=g.settings.use_utility, max_held=max_held
+            )
+            if spec.sharing is not None:
+                total += BeliefSharer.bytes_for(
+                    g.n_agents, g.cm.num_states, spec.sharing, dtype=g.dtype.type
+                )
+        return total
 
     @property
     def nbytes(self) -> int:
@@ -356,8 +433,12 @@ class CoordinationEngine:
             if gs.sharer is not None:
                 gs.sharer.fuse(gs.group.prior)
 
-    def step(self, name: str, obs: np.ndarray) -> NDArray[np.int64]:
+    def step(self, name: str, obs: np.ndarray, now: float | None = None) -> NDArray[np.int64]:
         """Step group ``name`` with its holders' task preferences; returns its actions.
+
+        ``now`` is passed to ``group.step`` (the history's timestamp). A group that does not
+        step in a tick (paused, waiting for observations) simply is not passed here: it neither
+        accumulates nor publishes evidence of its own that tick.
 
         The whole group takes its ordinary (fused) step; then the agents holding a task decide
         again with their preferences replaced: ``G += Delta G``, ``q_pi``, action and next prior
@@ -368,7 +449,8 @@ class CoordinationEngine:
         """
         gs = self.groups[name]
         group = gs.group
-        actions = group.step(obs)
+        actions = group.step(obs, now)
+        gs.stepped = True
         rows = gs.prefs.rows
         if rows.size == 0:
             return actions
@@ -387,11 +469,16 @@ class CoordinationEngine:
             alpha=s.alpha,
             rng=group.rng,
         )
+        # The group's next prior already follows from the action it chose; only the holders
+        # whose action changed need theirs again (most keep it: re-deciding is then cheap).
+        changed = np.flatnonzero((chosen != actions[rows]).any(axis=1))
         actions[rows] = chosen
-        for prior, new in zip(
-            group.prior, kernels.next_prior(cm, qs_rows, chosen, None), strict=True
-        ):
-            prior[rows] = new
+        if changed.size:
+            moved = [q[changed] for q in qs_rows]
+            for prior, new in zip(
+                group.prior, kernels.next_prior(cm, moved, chosen[changed], None), strict=True
+            ):
+                prior[rows[changed]] = new
         return actions
 
     def after_step(self, now: float | None = None) -> None:
@@ -401,7 +488,8 @@ class CoordinationEngine:
             self._started_at = now
         wall = self._wall()
         for gs in self.groups.values():
-            if gs.sharer is not None:
+            stepped, gs.stepped = gs.stepped, False
+            if gs.sharer is not None and stepped:
                 gs.sharer.observe(gs.group.qs)
                 for batch in gs.sharer.publish(self.tick, now):
                     if self._publish(
@@ -753,9 +841,13 @@ class CoordinationEngine:
                     prefs.release(agent)
                     self.counters["tasks_preempted"] += 1
                     self._state_dirty = True
+        ghosts = []
         for (group, agent), bid in holdings.items():
             target = self.groups.get(group)
-            if target is None or target.prefs.slot[agent] >= 0:
+            if target is None or agent >= target.prefs.n_agents:
+                ghosts.append(bid)  # the group was removed or shrunk since the agent bid
+                continue
+            if target.prefs.slot[agent] >= 0:
                 continue
             spec = self.board.specs[bid.task]
             utility = target.utility(spec, auction.preference_scale)
@@ -764,6 +856,8 @@ class CoordinationEngine:
                 self._state_dirty = True
             else:
                 self.counters["holdings_refused"] += 1
+        if ghosts:
+            self._give_up(ghosts)
 
     def complete(self, group: str, agents: NDArray[np.integer] | list[int]) -> None:
         """The application says these agents of ``group`` finished their tasks (released as

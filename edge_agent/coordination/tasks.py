@@ -312,6 +312,16 @@ class TaskPreferences:
         self._free = list(range(self.max_held - 1, -1, -1))
         self.rows: IntArray = np.empty(0, dtype=np.int64)
 
+    @classmethod
+    def bytes_for(
+        cls, group_cm: CompiledModel, n_agents: int, *, use_utility: bool, max_held: int = 256
+    ) -> int:
+        """:attr:`nbytes` of preferences for ``n_agents``, before allocating them: one ``int32``
+        slot per agent and ``min(max_held, n_agents)`` rows (measured on a one-slot table)."""
+        probe = cls(group_cm, 1, use_utility=use_utility, max_held=1)
+        per_row = probe.nbytes - probe.slot.nbytes
+        return n_agents * probe.slot.itemsize + max(1, min(max_held, n_agents)) * per_row
+
     @property
     def nbytes(self) -> int:
         """Bytes of the per-agent and per-slot tables (for the memory budget)."""

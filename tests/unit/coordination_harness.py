@@ -93,6 +93,26 @@ class GroupSpec:
     precision: str = "int8"
 
 
+def memory_link(
+    broker: MemoryBroker, root: Path, node_id: str, clock: Clock
+) -> tuple[FleetLink, Outbox, MemoryTransport]:
+    """A node's FleetLink with its SQLite outbox (under ``root/node_id``) on ``broker``, on the
+    test's clock; the caller starts it."""
+    outbox = Outbox(root / node_id / "outbox.sqlite3", max_inflight=256)
+    transport = MemoryTransport(broker, f"ea-{node_id}", max_incoming=100_000)
+    link = FleetLink(
+        transport,
+        outbox,
+        node_id,
+        FLEET,
+        root / node_id,
+        monotonic=clock,
+        clock_sync_check=lambda: False,
+        max_inbox=100_000,
+    )
+    return link, outbox, transport
+
+
 class SimNode:
     def __init__(
         self,
@@ -109,18 +129,7 @@ class SimNode:
         self.node_id = node_id
         self.clock = clock
         self.alive = True
-        self.outbox = Outbox(root / node_id / "outbox.sqlite3", max_inflight=256)
-        self.transport = MemoryTransport(broker, f"ea-{node_id}", max_incoming=100_000)
-        self.link = FleetLink(
-            self.transport,
-            self.outbox,
-            node_id,
-            FLEET,
-            root / node_id,
-            monotonic=clock,
-            clock_sync_check=lambda: False,
-            max_inbox=100_000,
-        )
+        self.link, self.outbox, self.transport = memory_link(broker, root, node_id, clock)
         self.groups: dict[str, AifAgentGroup] = {}
         self.envs: dict[str, World] = {}
         coordinated = {}
