@@ -316,13 +316,13 @@ def load_group_model(
         model = world if world is not None else builtin_model(cfg.model.name)
         return LoadedModel(model, cfg.settings)
     if keys is None:
-        logger.warning(
-            "group %s: bundle %s loaded WITHOUT signature verification: set [daemon] "
-            "trusted_keys_dir",
-            cfg.name,
-            cfg.model.path,
+        raise ConfigError(
+            f"group {cfg.name!r}: bundle {cfg.model.path} cannot be verified: set [daemon] "
+            "trusted_keys_dir to the directory of the keys that sign your bundles "
+            "(edge-agent-host keygen / sign)",
+            path=None,
         )
-    bundle = load_bundle(cfg.model.path, trusted_keys=keys, require_signature=keys is not None)
+    bundle = load_bundle(cfg.model.path, trusted_keys=keys, require_signature=True)
     spec = bundle.manifest.aif
     if spec is None or bundle.manifest.kind != "aif":
         raise BundleError(

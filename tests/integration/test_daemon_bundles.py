@@ -140,3 +140,27 @@ def test_bad_bundle_is_refused_at_start(
     assert out.returncode == 2, out.stderr
     assert expected in out.stderr.lower(), out.stderr
     assert "READY" not in out.stderr
+
+
+def test_bundle_without_configured_trust_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    _, private = keys
+    bundle = make_bundle(tmp_path / "b", private)
+    cfg = tmp_path / "cfg.toml"
+    config(cfg, tmp_path / "state", bundle, tmp_path / "unused")
+    cfg.write_text(
+        "\n".join(
+            line for line in cfg.read_text().splitlines() if not line.startswith("trusted_keys_dir")
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "check-config", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "trusted_keys_dir" in out.stderr
