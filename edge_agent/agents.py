@@ -566,15 +566,22 @@ class AifAgentGroup:
         for rows in self._blocks():
             kernels.propagate_block(self.cm, rows.qs, a[rows.sl], rows.prior, rows.blk)
 
-    def step(self, obs: np.ndarray | Sequence[np.ndarray], now: float | None = None) -> IntArray:
+    def step(
+        self,
+        obs: np.ndarray | Sequence[np.ndarray],
+        now: float | None = None,
+        *,
+        record: bool = True,
+    ) -> IntArray:
         """One full tick for every agent: infer states, plan, act, record history.
 
         ``obs``: ``(N, M)`` integer outcomes, or soft evidence (see :meth:`check_evidence`; the
-        history then records each modality's most probable outcome). Returns the committed
-        actions ``(N, F)`` (a view of the group's action array).
+        history then records each modality's most probable outcome). ``record=False`` leaves the
+        history untouched (warm-up). Returns the committed actions ``(N, F)`` (a view of the
+        group's action array).
         """
         o, soft = self.check_evidence(obs)
-        record = self.history is not None
+        record = record and self.history is not None
         for rows in self._blocks():
             ob = None if o is None else o[rows.sl]
             planner = self._planner(rows, ob)

@@ -838,10 +838,15 @@ class Daemon:
         )
 
     def warm_up(self) -> None:
-        """Run every group's kernels once on a scratch copy so the first real tick is not cold."""
+        """Run every group's kernels once so the first real tick is not cold, then put the
+        beliefs back. Histories are not touched, so only the small per-agent arrays are copied."""
         for g in self.groups:
-            state = {k: np.array(v, copy=True) for k, v in g.agents.state_dict().items()}
-            g.agents.step(g.obs)
+            state = {
+                k: np.array(v, copy=True)
+                for k, v in g.agents.state_dict().items()
+                if not k.startswith(("history.", "times."))
+            }
+            g.agents.step(g.obs, record=False)
             g.agents.load_state_dict(state)
 
     def snapshot(self, *, force: bool = False) -> None:

@@ -233,3 +233,18 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
         GenerativeModel.from_arrays([model.A[0] * 0.5], list(model.B))
     with pytest.raises(ModelError, match=r"A0 has shape \(3, 5\)"):
         GenerativeModel.from_arrays([np.full((3, 5), 1 / 3)], list(model.B))
+
+
+def test_step_without_recording_leaves_the_history_alone() -> None:
+    env = GridWorldEnv(20, seed=1)
+    group = AifAgentGroup(env.model, 20, history_capacity=8)
+    obs = env.reset()
+    group.step(obs)
+    assert group.history is not None
+    rows, total = len(group.history), group.history.total_appended
+    before = group.history.window("qs").copy()
+    group.step(obs, record=False)
+    assert (len(group.history), group.history.total_appended) == (rows, total)
+    np.testing.assert_array_equal(group.history.window("qs"), before)
+    group.step(obs)
+    assert group.history.total_appended == total + 1
