@@ -57,7 +57,10 @@ from tests.integration.test_fleet_daemon import (
 
 pytestmark = pytest.mark.integration
 
-WINDOW_S = 1.0
+#: Bidding window of the allocation tests. Agreement takes 0.2-0.5 s on this 2-core machine
+#: (benchmarks/RESULTS.md); the window leaves room for a CI machine that is busy with other work,
+#: since the assertion that awards settle within it reads the wall clock.
+WINDOW_S = 2.0
 TICK_HZ = 4
 """Tick rate of the belief-sharing daemons: their status file (1 s) sees every fourth step."""
 GRID_GROUP = """
