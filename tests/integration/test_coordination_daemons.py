@@ -197,7 +197,7 @@ def test_five_daemons_allocate_a_hundred_tasks_within_the_window(
         assert view["award_changed_at"] - announced <= WINDOW_S
     # What the hub's CLI and the status command show.
     out = subprocess.run(
-        [*tasks_cli(mosquitto), "list", "--wait", "1.5", "--json"],
+        [*tasks_cli(mosquitto), "list", "--wait", "3", "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
