@@ -39,12 +39,14 @@ from broker import MosquittoBroker, free_port
 
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle import write_bundle
+from edge_agent.bundle import sign_bundle, write_bundle
 from edge_agent.coordination import fusion
 from edge_agent.mqtt_io import decode_actions, encode_observations
 from edge_agent.protocol import BeliefBatch, Envelope, Topics, encode
 from edge_agent.quant import SCHEME, quantize_model
+from edge_agent.signing import load_private_key
 from edge_agent_host.hub import HubClient
+from edge_agent_host.keys import generate_keypair
 from edge_agent_host.tasks import announce, random_specs
 from tests.integration.test_daemon import REPO
 from tests.integration.test_fleet_daemon import (
@@ -406,7 +408,13 @@ def static_world(num_states: int, accuracy: float) -> GenerativeModel:
     )
 
 
+def bundle_keys(bundle: Path) -> Path:
+    """The trusted-keys directory of the bundles this module signs."""
+    return bundle.parent / "bundle-keys"
+
+
 def static_bundle(out: Path, num_states: int, accuracy: float) -> Path:
+    """A signed bundle of :func:`static_world`; its public key is in :func:`bundle_keys`."""
     q = quantize_model(static_world(num_states, accuracy))
     write_bundle(
         out,
@@ -423,6 +431,8 @@ def static_bundle(out: Path, num_states: int, accuracy: float) -> Path:
             "arrays": {name: f"aif/{name}.npy" for name in q.to_arrays()},
         },
     )
+    pair = generate_keypair(bundle_keys(out), out.name)
+    sign_bundle(out, load_private_key(pair.private_path))
     return out
 
 
@@ -449,7 +459,15 @@ sink = {{ type = "mqtt", topic = "act/{node}" }}
 [groups.coordination.sharing]
 {sharing}
 """
-    return Node(tmp, broker, node, groups=groups, tick_hz=tick_hz, telemetry_s=1.0)
+    return Node(
+        tmp,
+        broker,
+        node,
+        groups=groups,
+        tick_hz=tick_hz,
+        telemetry_s=1.0,
+        keys_dir=bundle_keys(bundle),
+    )
 
 
 class Sensors:
