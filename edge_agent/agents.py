@@ -13,6 +13,7 @@ float tables in float64 and gives pymdp's numbers.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -68,6 +69,25 @@ class _BlockRows:
     q_pi: np.ndarray
     action: np.ndarray
     has_action: np.ndarray
+
+
+#: Compiled tables by model key. Weak: a model's tables live as long as a group uses them, and
+#: every group on the same model (and the daemon's admission probe) shares one copy, which is
+#: what the budget counts once per model.
+_COMPILED: weakref.WeakValueDictionary[str, kernels.CompiledModel] = weakref.WeakValueDictionary()
+
+
+def _compiled(
+    key: str,
+    model: GenerativeModel | QuantizedModel,
+    policies: np.ndarray,
+    dtype: type[np.floating],
+) -> kernels.CompiledModel:
+    cm = _COMPILED.get(key)
+    if cm is None:
+        cm = kernels.compile_model(model, policies, dtype=dtype)
+        _COMPILED[key] = cm
+    return cm
 
 
 def _small_uint(limit: int) -> type[np.unsignedinteger]:
@@ -138,7 +158,7 @@ class AifAgentGroup:
         self._budget = budget
         self._reservations: list[Reservation] = []
         # Reserve before allocating: shared tables once per model, then per-agent state.
-        self.cm = kernels.compile_model(source, pol, dtype=dtype)
+        self.cm = _compiled(self.key, source, pol, dtype)
         per = kernels.Workspace.bytes_per_agent(
             self.cm, info_gain=self.settings.use_states_info_gain
         )

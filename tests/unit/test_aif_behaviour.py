@@ -248,3 +248,12 @@ def test_step_without_recording_leaves_the_history_alone() -> None:
     np.testing.assert_array_equal(group.history.window("qs"), before)
     group.step(obs)
     assert group.history.total_appended == total + 1
+
+
+def test_groups_on_the_same_model_share_one_compiled_copy() -> None:
+    model = gridworld_model(5, 5, goal=(4, 4))
+    a = AifAgentGroup(model, 3)
+    b = AifAgentGroup(model, 7, seed=1)
+    assert a.cm is b.cm  # counted once in the budget, and held once in memory
+    assert AifAgentGroup(model, 3, precision="float64").cm is not a.cm
+    assert AifAgentGroup(model, 3, settings=AifSettings(policy_len=2)).cm is not a.cm
