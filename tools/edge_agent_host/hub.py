@@ -421,12 +421,13 @@ class HubClient:
         if now - self._rebirth_asked.get(node, -1e18) >= self.rebirth_interval_s:
             self._rebirth_asked[node] = now
             reason = f"sequence gap of {verdict.missing}" if verdict.missing else "no birth seen"
-            self._publish(self.topics.rebirth(node), RebirthRequest(reason=reason))
+            self.publish(self.topics.rebirth(node), RebirthRequest(reason=reason))
             view.rebirths_requested += 1
         return max(verdict.missing, 1)
 
     # Sending ----------------------------------------------------------------------------------
-    def _publish(self, topic: str, body: Any) -> None:
+    def publish(self, topic: str, body: Any) -> None:
+        """Send one message body from the hub, with the hub's node id and next sequence number."""
         env = Envelope(
             type=body.TYPE,
             node=self.hub_id,
@@ -471,7 +472,7 @@ class HubClient:
         node = to or cmd.target
         with self._lock:
             self._sent.add(cmd.nonce)
-        self._publish(self.topics.command(node), cmd)
+        self.publish(self.topics.command(node), cmd)
         if self.store is not None:
             self.store.command_sent(cmd.nonce, node, cmd.name)
         return cmd.nonce

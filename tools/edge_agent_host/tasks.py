@@ -112,7 +112,7 @@ def announce(client: HubClient, specs: Sequence[TaskSpec]) -> int:
     sent = 0
     for start in range(0, len(specs), MAX_TASKS_PER_MESSAGE):
         body = TaskAnnounce(tasks=list(specs[start : start + MAX_TASKS_PER_MESSAGE]))
-        client._publish(client.topics.tasks(), body)  # the hub's one way of sending
+        client.publish(client.topics.tasks(), body)
         sent += 1
     return sent
 
