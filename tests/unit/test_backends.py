@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent.aif import agreement
 from edge_agent.backends import BACKENDS, available_backends, get_backend
 from edge_agent.backends import litert as litert_plugin
 from edge_agent.backends import onnxruntime as ort_plugin
@@ -322,7 +323,9 @@ def test_litert_int8_session_dequantizes_like_a_manual_interpreter_run() -> None
     expected = oscale * (interp.get_tensor(out["index"]).astype(np.float32) - ozero)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     reference = mlp_forward(fixture.fixture_layers(), X)
-    assert np.mean(got.argmax(axis=1) == reference.argmax(axis=1)) >= 0.98
+    # Tie-aware: the int8 argmax is the float model's best to rounding on >= 98 % of inputs.
+    tol = 1e-6 * max(1.0, float(np.abs(reference).max()))
+    assert np.mean(agreement.choice_agrees(reference, got.argmax(axis=1), tol=tol)) >= 0.98
 
 
 def test_litert_resizes_once_per_batch_change(monkeypatch: pytest.MonkeyPatch) -> None:

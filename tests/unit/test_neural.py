@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from edge_agent.agents import AifAgentGroup
+from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.backends import available_backends
 from edge_agent.budget import MemoryBudget, MiB
@@ -155,7 +156,10 @@ def test_argmax_actions_match_the_float_policy_and_solve_the_sensor_world() -> N
         actions = group.step(obs)
         if tick >= T - 1:
             window = np.stack(history[-T:], axis=1)
-            np.testing.assert_array_equal(actions, mlp_forward(layers, window).argmax(axis=1))
+            # onnxruntime and numpy sum in another order: the action is optimal to rounding.
+            logits = mlp_forward(layers, window)
+            tol = 1e-5 * max(1.0, float(np.abs(logits).max()))
+            assert agreement.choice_agrees(logits, actions, tol=tol).all()
         obs = world.step(actions)
         if tick >= T:
             rewards.append(float(world.reward.mean()))
