@@ -381,7 +381,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="replay a recorded episode through one agent",
         description="Replay REC.npz (obs (T, M), actions (T, F), optional trial_start (T,)) "
         "through one agent on MODEL.npz (pymdp keys A0.., B0.., C0.., D0.., E) and write per "
-        "step qs{f}, q_pi, chosen_action and the policies to OUT.npz.",
+        "step qs{f}, q_pi, chosen_action, tied, recorded_shortfall and the policies to OUT.npz.",
     )
     p.add_argument("model", type=Path)
     p.add_argument("--recording", type=Path, required=True)
@@ -403,10 +403,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         model, rec, settings=AifSettings(policy_len=args.policy_len), precision=args.precision
     )
     np.savez(args.out, **out)  # type: ignore[arg-type]
-    agree = int((out["chosen_action"] == rec["actions"]).all(axis=1).sum())
+    from edge_agent.aif.agreement import ROUNDING_TOL
+
+    steps = len(rec["obs"])
+    same = int((out["chosen_action"] == rec["actions"]).all(axis=1).sum())
+    optimal = int(np.count_nonzero(out["recorded_shortfall"] <= ROUNDING_TOL))
     print(
-        f"replayed {len(rec['obs'])} steps -> {args.out} "
-        f"(agent would have taken the recorded action at {agree} steps)"
+        f"replayed {steps} steps -> {args.out}\n"
+        f"  the recorded action was optimal for the agent at {optimal} of {steps} steps "
+        f"(ties count; the agent's own argmax equals it at {same})\n"
+        f"  {int(out['tied'].sum())} of {steps} steps had tied actions "
+        "(two or more equally good: argmax picks one on rounding noise)"
     )
     return 0
 

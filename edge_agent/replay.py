@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.agents import AifAgentGroup, Precision
+from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.settings import AifSettings
 from edge_agent.errors import InputError
@@ -63,13 +64,23 @@ def replay(
     settings: AifSettings | None = None,
     precision: Precision = "float64",
 ) -> dict[str, np.ndarray]:
-    """Run one agent through the recording; returns the arrays ``edge-agent replay`` writes."""
+    """Run one agent through the recording; returns the arrays ``edge-agent replay`` writes.
+
+    Per step ``t``: ``qs{f}`` and ``q_pi``, the agent's own ``chosen_action``, ``tied`` (two or
+    more actions equally good to rounding, where argmax picks one on noise) and
+    ``recorded_shortfall``: how far below its best the agent's action marginal rates the
+    recorded action (0 when the recorded action is optimal, ties included).
+    """
     group = AifAgentGroup(model, 1, settings=settings, precision=precision, seed=0)
     obs, actions, trial_start = recording["obs"], recording["actions"], recording["trial_start"]
     T = obs.shape[0]
     qs = [np.zeros((T, s)) for s in model.num_states]
     q_pi = np.zeros((T, group.cm.num_policies))
     chosen = np.zeros((T, model.num_factors), dtype=np.int64)
+    tied = np.zeros(T, dtype=bool)
+    shortfall = np.zeros(T)
+    onehot = group.cm.tree.first_action_onehot
+    mode = group.settings.sampling_mode
     for t in range(T):
         if t > 0 and trial_start[t]:
             group.reset()
@@ -77,7 +88,14 @@ def replay(
             qs[f][t] = q[0]
         q_pi[t] = group.infer_policies()[0][0]
         chosen[t] = group.sample_action()[0]
+        tied[t] = agreement.count_ties(q_pi[t : t + 1], onehot)[0]
+        shortfall[t] = agreement.action_shortfall(
+            q_pi[t : t + 1], onehot, actions[t : t + 1], mode=mode
+        )[0]
         group.set_action(actions[t : t + 1])
     out: dict[str, np.ndarray] = {f"qs{f}": q for f, q in enumerate(qs)}
-    out.update(q_pi=q_pi, chosen_action=chosen, policies=group.cm.tree.policies)
+    out.update(
+        q_pi=q_pi, chosen_action=chosen, policies=group.cm.tree.policies, tied=tied,
+        recorded_shortfall=shortfall,
+    )
     return out

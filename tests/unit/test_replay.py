@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent.agents import AifAgentGroup
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel, load_npz, save_npz
 from edge_agent.aif.reference import ReferenceAgent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.cli import main
+from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 
 
 def make_model(rng: np.random.Generator) -> GenerativeModel:
@@ -142,3 +144,39 @@ def test_bad_recordings_are_refused_with_the_reason(
         == 2
     )
     assert "not a plain-array" in capsys.readouterr().err
+
+
+def test_replay_reports_ties_on_a_symmetric_grid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On the grid two moves often tie: replay marks those steps, counts a recorded action that
+    is one of the tied optima as optimal, and a recorded action the agent rates badly as not."""
+    model = gridworld_model(4, 4)
+    model_path = tmp_path / "grid.npz"
+    save_npz(model, model_path)
+    env = GridWorldEnv(1, height=4, width=4, seed=3)
+    obs = [env.reset()[0].copy()]
+    T = 12
+    group = AifAgentGroup(model, 1, precision="float64")
+    taken = []
+    for t in range(T):
+        a = group.step(obs[-1][None]).copy()
+        if t == T - 1:
+            a[0, 0] = int(np.argmin(group.q_pi[0]))  # a move the agent rates worst
+        taken.append(a[0])
+        obs.append(env.step(a)[0].copy())
+    rec = {"obs": np.array(obs[:T]), "actions": np.array(taken),
+           "trial_start": np.zeros(T, dtype=bool)}
+    np.savez(tmp_path / "rec.npz", **rec)
+    assert main(["replay", str(model_path), "--recording", str(tmp_path / "rec.npz"),
+                 "--out", str(tmp_path / "out.npz")]) == 0
+    out = np.load(tmp_path / "out.npz")
+    onehot = [np.eye(5)[out["policies"][:, 0, 0]]]
+    expected_ties = agreement.count_ties(out["q_pi"], onehot)
+    np.testing.assert_array_equal(out["tied"], expected_ties)
+    assert 0 < int(out["tied"].sum()) < T
+    assert (out["recorded_shortfall"][:-1] <= agreement.ROUNDING_TOL).all()
+    assert out["recorded_shortfall"][-1] > 0.01
+    text = capsys.readouterr().out
+    assert f"optimal for the agent at {T - 1} of {T} steps" in text
+    assert f"{int(out['tied'].sum())} of {T} steps had tied actions" in text

@@ -292,8 +292,13 @@ def _add_aif_options(parser: argparse.ArgumentParser) -> None:
                        help=f"largest mean belief KL accepted (default {AifThresholds.max_kl})")
     group.add_argument("--min-action-agreement", type=_fraction,
                        default=AifThresholds.min_action_agreement,
-                       help="smallest fraction of int8 actions equal to float64 ones "
+                       help="smallest fraction of int8 actions that the float64 agents rate "
+                       "optimal, ties counted as agreeing "
                        f"(default {AifThresholds.min_action_agreement})")
+    group.add_argument("--tie-tolerance", type=_fraction, default=AifThresholds.tie_tolerance,
+                       help="an int8 action agrees when the float64 posterior gives it at most "
+                       "this much less probability than its best action "
+                       f"(default {AifThresholds.tie_tolerance})")
 
 
 def _add_neural_options(parser: argparse.ArgumentParser) -> None:
@@ -393,7 +398,8 @@ def _run_convert(args: argparse.Namespace) -> int:
     show = progress_enabled(args.quiet)
     name = args.name or _default_name(args.model)
     aif_thresholds = AifThresholds(
-        max_kl=args.max_kl, min_action_agreement=args.min_action_agreement
+        max_kl=args.max_kl, min_action_agreement=args.min_action_agreement,
+        tie_tolerance=args.tie_tolerance,
     )
     common: dict[str, Any] = {
         "name": name, "version": args.version, "seed": args.seed, "force": args.force,

@@ -18,8 +18,9 @@ for ``T`` steps in a world that *is* the float model (states from ``D`` and ``B`
 from ``A``: :class:`edge_agent.sim.BatchEnv`). Both groups see the same observations; the int8
 agents commit the float agents' actions, so their beliefs stay comparable step by step. Reported:
 belief KL ``KL(q_float || q_int8)`` summed over factors (mean, median, max over agent-steps), the
-fraction of agent-steps whose own int8 action equals the float action, and the largest absolute
-difference of the policy posteriors ``q_pi``.
+fraction of agent-steps whose own int8 action is optimal under the float posterior within
+``TIE_TOLERANCE`` (tie-aware agreement; the raw fraction of equal actions beside it), the fraction
+of steps with tied actions, and the largest absolute difference of the policy posteriors ``q_pi``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.agents import AifAgentGroup
+from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel, load_npz
 from edge_agent.aif.settings import AifSettings
 from edge_agent.bundle import AifSpec
@@ -63,6 +65,10 @@ __all__ = [
 AIF_ARRAY_DIR = "aif"
 _JSON_KEYS = ("A", "B", "C", "D", "E")
 _KL_EPS = 1e-16
+#: An int8 action agrees when the float posterior rates it within this much (probability of the
+#: action marginal) of its best: ties broken by rounding agree, a changed behaviour does not
+#: (docs/host-tool.md, "Action agreement").
+TIE_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class AifThresholds:
 
     max_kl: float = 0.01
     min_action_agreement: float = 0.95
+    #: An int8 action agrees when the float posterior rates it within this of its best.
+    tie_tolerance: float = TIE_TOLERANCE
 
 
 # -- reading models --------------------------------------------------------------------------------
@@ -209,11 +217,15 @@ def compare_rollouts(
     n_agents: int,
     steps: int,
     seed: int = 0,
+    tie_tol: float = TIE_TOLERANCE,
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """float64 vs int8 agents over ``n_agents`` x ``steps`` simulated steps (module docstring).
 
-    Returns ``belief_kl`` (``mean``, ``median``, ``p99``, ``max``), ``action_agreement``,
+    Returns ``belief_kl`` (``mean``, ``median``, ``p99``, ``max``), ``action_agreement`` (the
+    int8 action is optimal within ``tie_tol`` under the float posterior), the raw
+    ``action_agreement_exact``, ``tied_steps`` (the float posterior has two or more actions
+    equal to rounding), ``action_shortfall`` (``p99``, ``max``),
     ``q_pi_max_abs_diff``, ``agent_steps``.
     """
     if n_agents < 1 or steps < 1:
@@ -225,13 +237,21 @@ def compare_rollouts(
     world = BatchEnv(model, n_agents, seed=seed)
     obs = world.reset()
     kl = np.zeros((steps, n_agents), dtype=np.float64)
-    agree = 0
+    shortfall = np.zeros((steps, n_agents), dtype=np.float64)
+    exact = ties = 0
     q_pi_diff = 0.0
+    onehot = float_group.cm.tree.first_action_onehot
+    mode = settings.sampling_mode
     for t in progress(range(steps), total=steps, desc="rollouts", enabled=show_progress):
         float_actions = float_group.step(obs).copy()
         own_actions = int8_group.step(obs).copy()
         _kl_rows(float_group.qs, int8_group.qs, kl[t])
-        agree += int(np.count_nonzero(np.all(own_actions == float_actions, axis=1)))
+        # How far below its best the float posterior rates the int8 agent's own action.
+        shortfall[t] = agreement.action_shortfall(
+            float_group.q_pi, onehot, own_actions, mode=mode
+        )
+        exact += int(np.count_nonzero(np.all(own_actions == float_actions, axis=1)))
+        ties += int(np.count_nonzero(agreement.count_ties(float_group.q_pi, onehot)))
         diff = np.abs(float_group.q_pi - int8_group.q_pi.astype(np.float64))
         q_pi_diff = max(q_pi_diff, float(diff.max()))
         int8_group.set_action(float_actions)
@@ -248,7 +268,14 @@ def compare_rollouts(
             "p99": float(np.quantile(flat, 0.99)),
             "max": float(flat.max()),
         },
-        "action_agreement": agree / total,
+        "action_agreement": float(np.mean(shortfall <= tie_tol)),
+        "action_agreement_exact": exact / total,
+        "tie_tolerance": tie_tol,
+        "tied_steps": ties / total,
+        "action_shortfall": {
+            "p99": float(np.quantile(shortfall, 0.99)),
+            "max": float(shortfall.max()),
+        },
         "q_pi_max_abs_diff": q_pi_diff,
     }
 
@@ -296,13 +323,14 @@ def aif_report_data(
     steps: int,
     seed: int,
     show_progress: bool,
+    tie_tol: float = TIE_TOLERANCE,
 ) -> tuple[dict[str, Any], list[tuple[str, ...]]]:
     """The AIF part of a report: sizes, error bounds and rollout agreement, plus table rows."""
     float_bytes = model_nbytes(model)
     int8_bytes = quantized.nbytes
-    agreement = compare_rollouts(
+    rollouts_data = compare_rollouts(
         model, quantized, settings, n_agents=rollouts, steps=steps, seed=seed,
-        show_progress=show_progress,
+        tie_tol=tie_tol, show_progress=show_progress,
     )
     bounds = quantized.error_bounds()
     data = {
@@ -319,20 +347,23 @@ def aif_report_data(
             "ratio": int8_bytes / float_bytes if float_bytes else 0.0,
         },
         "error_bounds": bounds,
-        "rollouts": agreement,
+        "rollouts": rollouts_data,
     }
-    kl = agreement["belief_kl"]
+    kl = rollouts_data["belief_kl"]
     log_bound = max((v for k, v in bounds.items() if not k.startswith("C")), default=0.0)
     rows: list[tuple[str, ...]] = [
         ("", "float64", "int8", "int8/float"),
         ("model size (bytes)", f"{float_bytes:,}", f"{int8_bytes:,}",
          f"{100 * int8_bytes / max(1, float_bytes):.1f} %"),
-        ("rollouts", f"{agreement['agents']} agents x {agreement['steps']} steps"),
+        ("rollouts", f"{rollouts_data['agents']} agents x {rollouts_data['steps']} steps"),
         ("belief KL mean", f"{kl['mean']:.3g}"),
         ("belief KL median / p99", f"{kl['median']:.3g} / {kl['p99']:.3g}"),
         ("belief KL max", f"{kl['max']:.3g}"),
-        ("action agreement", f"{100 * agreement['action_agreement']:.2f} %"),
-        ("q_pi max abs diff", f"{agreement['q_pi_max_abs_diff']:.3g}"),
+        ("action agreement", f"{100 * rollouts_data['action_agreement']:.2f} % (tie-aware, "
+         f"tolerance {rollouts_data['tie_tolerance']:g})"),
+        ("action agreement, exact", f"{100 * rollouts_data['action_agreement_exact']:.2f} % "
+         f"({100 * rollouts_data['tied_steps']:.1f} % of steps have tied actions)"),
+        ("q_pi max abs diff", f"{rollouts_data['q_pi_max_abs_diff']:.3g}"),
         ("largest log error bound", f"{log_bound:.3g} (A, B, D, E)"),
     ]
     return data, rows
@@ -372,14 +403,14 @@ def convert_aif(
     """
     check_output(out)
     agent_settings = settings or AifSettings()
+    limits = thresholds or AifThresholds()
     quantized = quantize_model(model)
     data, rows = aif_report_data(
         model, quantized, agent_settings, rollouts=rollouts, steps=steps, seed=seed,
-        show_progress=show_progress,
+        show_progress=show_progress, tie_tol=limits.tie_tolerance,
     )
     report = ConversionReport(
-        kind="aif", source=source, data=data, rows=rows,
-        checks=aif_checks(data, thresholds or AifThresholds()),
+        kind="aif", source=source, data=data, rows=rows, checks=aif_checks(data, limits)
     )
     if not report.passed and not force:
         return report

@@ -648,13 +648,14 @@ def finish_neural(
         kind = "aif+perception"
         settings = aif_settings or AifSettings()
         quantized = quantize_model(aif_model)
+        limits = aif_thresholds or AifThresholds()
         aif_data, aif_rows = aif_report_data(
             aif_model, quantized, settings, rollouts=rollouts, steps=steps, seed=seed,
-            show_progress=show_progress,
+            show_progress=show_progress, tie_tol=limits.tie_tolerance,
         )
         data["aif"] = aif_data
         rows += [("active inference model",), *aif_rows]
-        checks += aif_checks(aif_data, aif_thresholds or AifThresholds())
+        checks += aif_checks(aif_data, limits)
         arrays, names = aif_bundle_arrays(quantized)
         aif = aif_spec(quantized, settings, names)
     report = ConversionReport(kind=kind, source=source, data=data, rows=rows, checks=checks)
