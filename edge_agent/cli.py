@@ -13,21 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, missing_module_message
 
 logger = logging.getLogger("edge_agent")
 
-DESCRIPTION = """\
-edge-agent: run thousands of int8 Active Inference agents on a small device.
-
-commands:
-  run           start the daemon in the foreground (--demo: built-in simulated agents)
-  status        show the running daemon's status (from its status file)
-  check-config  validate a daemon config and its memory budget
-  profiles      list firmware profiles; 'profile show NAME' explains one
-  replay        replay a recorded episode through one agent
-  systemd-unit  print the systemd unit rendered for a profile
-"""
+DESCRIPTION = "edge-agent: run thousands of int8 Active Inference agents on a small device."
+RUN_DESCRIPTION = (
+    "Start edge-agentd in the foreground. Stops on SIGTERM/SIGINT after a final snapshot; "
+    "SIGHUP reloads the config file."
+)
 
 
 def configure_logging(level: str) -> None:
@@ -45,10 +39,13 @@ def configure_logging(level: str) -> None:
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
-        help="start the daemon in the foreground",
-        description="Start edge-agentd in the foreground. Stops on SIGTERM/SIGINT after a final "
-        "snapshot; SIGHUP reloads the config file.",
+        help="start the daemon in the foreground (--demo: built-in simulated agents)",
+        description=RUN_DESCRIPTION,
     )
+    _run_arguments(p)
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", type=Path, help="daemon config (TOML)")
     src.add_argument(
@@ -88,9 +85,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return daemon.run(duration_s=args.duration)
 
 
+def build_daemon_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agentd", description=RUN_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"edge-agentd {__version__}")
+    _run_arguments(parser)
+    return parser
+
+
 def daemon_main(argv: Sequence[str] | None = None) -> int:
-    """``edge-agentd``: the same as ``edge-agent run``."""
-    return main(["run", *(sys.argv[1:] if argv is None else argv)])
+    """``edge-agentd``: the same as ``edge-agent run``, under its own name."""
+    args = build_daemon_parser().parse_args(argv)
+    args.command = "run"
+    return _dispatch(args)
 
 
 # -- status ---------------------------------------------------------------------------------------
@@ -299,7 +305,7 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Validate FILE: schema errors print as 'file:line: field: problem'; then the "
         "groups are admitted against the profile's memory budget, as the daemon does at start.",
     )
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="the daemon config (TOML) to check")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -354,6 +360,7 @@ def _add_unit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--exec-start",
         default="/opt/edge-agent/venv/bin/edge-agentd --config /etc/edge-agent/config.toml",
+        help="the unit's ExecStart= command line (default: the venv install of docs/deployment.md)",
     )
 
 
@@ -383,11 +390,13 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "through one agent on MODEL.npz (pymdp keys A0.., B0.., C0.., D0.., E) and write per "
         "step qs{f}, q_pi, chosen_action, tied, recorded_shortfall and the policies to OUT.npz.",
     )
-    p.add_argument("model", type=Path)
-    p.add_argument("--recording", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--policy-len", type=int, default=1)
-    p.add_argument("--precision", choices=("float64", "int8"), default="float64")
+    p.add_argument("model", type=Path, help="the float model (.npz, pymdp keys A0.., B0.., ...)")
+    p.add_argument("--recording", type=Path, required=True,
+                   help="REC.npz: obs (T, M), actions (T, F), optional trial_start (T,)")
+    p.add_argument("--out", type=Path, required=True, help="OUT.npz to write, one row per step")
+    p.add_argument("--policy-len", type=int, default=1, help="planning horizon (default 1)")
+    p.add_argument("--precision", choices=("float64", "int8"), default="float64",
+                   help="the agent's tables: float64 as given, or int8 as on a device")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -430,11 +439,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-agent",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog="edge-agent", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_run, _add_status, _add_check, _add_profiles, _add_replay, _add_unit):
@@ -446,6 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "run":
         configure_logging("warning")
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as err:  # already one 'path:line: field: problem' per line
@@ -454,6 +463,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeAgentError as err:
         print(f"edge-agent {args.command}: {err}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:
+        message = missing_module_message(err)
+        if message is None:
+            raise
+        print(f"edge-agent {args.command}: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

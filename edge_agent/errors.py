@@ -6,6 +6,30 @@ bundle that fails verification, a budget that does not fit) without catching pro
 
 from __future__ import annotations
 
+#: Top-level module -> the pip extra that installs it (``pip install 'edge-agent[EXTRA]'``).
+EXTRA_OF_MODULE = {
+    "onnxruntime": "onnx",
+    "ai_edge_litert": "tflite",
+    "tflite_runtime": "tflite",
+    "onnx": "host",
+    "sympy": "host",
+    "tqdm": "host",
+    "tensorflow": "tf-convert",
+}
+
+
+def missing_module_message(err: ModuleNotFoundError) -> str | None:
+    """One line naming the extra that installs the module ``err`` misses, or ``None`` when the
+    module is not one of our optional dependencies (then it is a bug, not a missing extra)."""
+    root = (err.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(root)
+    if extra is None:
+        return None
+    return (
+        f"needs the Python package {root!r}, which is not installed: "
+        f"pip install 'edge-agent[{extra}]'"
+    )
+
 
 class EdgeAgentError(Exception):
     """Root of every error edge-agent raises deliberately."""

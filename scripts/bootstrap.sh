@@ -6,7 +6,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${EDGE_AGENT_VENV:-$ROOT/.venv}"
 STAMP="$VENV/.edge-agent-installed"
-EXTRAS="${EDGE_AGENT_EXTRAS:-dev,onnx,tflite,host}"
+EXTRAS="${EDGE_AGENT_EXTRAS-dev,onnx,tflite,host}"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else
@@ -42,12 +42,25 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "bootstrap: creating $VENV with $PY" >&2
     "$PY" -m venv "$VENV"
 fi
-# Reinstall when pyproject.toml changed since the last install.
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
-    echo "bootstrap: installing edge-agent[$EXTRAS] into $VENV" >&2
+# The stamp lists the extras installed into this venv (one per line). A caller that needs more
+# (scripts/demo installs none, scripts/test all) installs the union; a pyproject.toml newer than
+# the stamp reinstalls everything the venv already had.
+have=""
+if [ -f "$STAMP" ] && [ ! "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+    have="$(tr -s ' \n' ',' <"$STAMP")"
+elif [ -f "$STAMP" ]; then
+    stale="$(tr -s ' \n' ',' <"$STAMP")"
+fi
+union="$(printf '%s,%s,%s' "${stale:-}" "$have" "$EXTRAS" | tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd, -)"
+missing="$(comm -13 <(printf '%s' "$have" | tr ',' '\n' | sed '/^$/d' | sort -u) \
+    <(printf '%s' "$union" | tr ',' '\n' | sed '/^$/d' | sort -u) | paste -sd, -)"
+if [ ! -f "$STAMP" ] || [ -n "$missing" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+    target="$ROOT"
+    [ -n "$union" ] && target="$ROOT[$union]"
+    echo "bootstrap: installing edge-agent${union:+[$union]} into $VENV${missing:+ (adding $missing)}" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]" >&2
-    touch "$STAMP"
+    "$VENV/bin/python" -m pip install -q -e "$target" >&2
+    printf '%s\n' "$union" | tr ',' '\n' | sed '/^$/d' >"$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
 export EDGE_AGENT_ROOT="$ROOT"

@@ -361,3 +361,30 @@ def test_random_weights_are_reported_honestly(data: dict[str, Path], tmp_path: P
     assert 0.9 < top1 < 1.0
     assert not report.passed
     assert report.bundle is None
+
+
+def test_a_model_saved_with_a_newer_ir_version_converts_with_one_warning(
+    tmp_path: Path, data: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """onnx 1.23 saves IR 14, which onnxruntime 1.31 refuses with a C++ signature: the converter
+    relabels it as the newest IR onnxruntime reads and says so in one line."""
+    import onnxruntime
+
+    from edge_agent_host.convert_onnx import max_onnxruntime_ir_version
+
+    newest = max_onnxruntime_ir_version()
+    model = onnx.load(data["model"])
+    model.ir_version = newest + 1
+    path = tmp_path / "policy.onnx"
+    onnx.save(model, path)
+    with pytest.raises(Exception, match="Unsupported model IR version"):
+        ort_run(path.read_bytes(), np.zeros((1, T, F)))  # what onnxruntime itself says
+    with caplog.at_level(logging.WARNING):
+        report = convert_onnx(path, tmp_path / "b", name="policy",
+                              calibration_path=data["calibration"], heldout_path=data["heldout"])
+    assert report.passed
+    lines = [r.getMessage() for r in caplog.records if "IR version" in r.getMessage()]
+    assert lines == [
+        f"{path}: ONNX IR version {newest + 1} is newer than onnxruntime "
+        f"{onnxruntime.__version__} reads ({newest}); converting it as IR {newest}"
+    ]

@@ -24,9 +24,10 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from edge_agent import __version__
 from edge_agent.aif.settings import AifSettings
 from edge_agent.bundle import Bundle, load_bundle, sign_bundle
-from edge_agent.errors import EdgeAgentError, InputError, SignatureError
+from edge_agent.errors import EdgeAgentError, InputError, SignatureError, missing_module_message
 from edge_agent.signing import TrustedKeys, key_id
 from edge_agent_host import hub, tasks
 from edge_agent_host.convert_aif import AifThresholds, convert_aif, load_aif_model
@@ -480,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
     )
+    parser.add_argument(
+        "--version", action="version", version=f"edge-agent-host {__version__}"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         command.configure(subparsers.add_parser(name, help=command.help, description=command.help))
@@ -503,6 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EdgeAgentError, OSError) as err:
         logger.debug("%s failed", args.command, exc_info=True)
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as err:
+        message = missing_module_message(err)
+        if message is None:
+            raise
+        print(f"error: {args.command} {message}", file=sys.stderr)
         return 1
 
 

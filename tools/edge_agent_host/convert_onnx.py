@@ -22,6 +22,7 @@ both models in this process, through the same backend sessions a device uses). A
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import tempfile
@@ -219,8 +220,8 @@ class CalibrationReader:
 # -- quantization ----------------------------------------------------------------------------------
 def _quantization_module() -> Any:
     try:
-        from onnxruntime import quantization  # noqa: PLC0415
-        from onnxruntime.quantization import shape_inference  # noqa: PLC0415
+        from onnxruntime import quantization
+        from onnxruntime.quantization import shape_inference
     except ImportError as err:
         raise EdgeAgentError(
             "ONNX quantization needs onnxruntime, onnx and sympy: pip install 'edge-agent[host]'"
@@ -278,6 +279,59 @@ def quantize_onnx(
         finally:
             if chatter.getvalue().strip():
                 logger.debug("onnxruntime quantization: %s", chatter.getvalue().strip())
+
+
+# -- IR versions -----------------------------------------------------------------------------------
+@functools.cache
+def max_onnxruntime_ir_version() -> int:
+    """The newest ONNX IR version the installed onnxruntime reads, found by loading a one-node
+    model at each IR version from onnx's own downwards (onnxruntime publishes no constant)."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [value],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    for ir in range(onnx.IR_VERSION, 6, -1):
+        model.ir_version = ir
+        try:
+            onnxruntime.InferenceSession(
+                model.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
+        except Exception:  # onnxruntime raises its own Fail for an IR it cannot read
+            continue
+        return ir
+    return 7
+
+
+def readable_ir_version(model_bytes: bytes, source: Path) -> bytes:
+    """``model_bytes`` with an IR version the installed onnxruntime reads.
+
+    ``onnx`` saves models with its newest IR version (1.23: IR 14) before onnxruntime reads it
+    (1.31: IR 13). The IR version labels the file format; a model that uses none of the newer
+    IR's additions is the same model under the older label, so the label is lowered (with one
+    warning line). A model that does use them is refused by onnxruntime when it loads.
+    """
+    import onnx
+
+    model = onnx.load_from_string(model_bytes)
+    newest = max_onnxruntime_ir_version()
+    if model.ir_version <= newest:
+        return model_bytes
+    logger.warning(
+        "%s: ONNX IR version %d is newer than onnxruntime %s reads (%d); converting it as IR %d",
+        source, model.ir_version, _onnxruntime_version(), newest, newest,
+    )
+    model.ir_version = newest
+    return bytes(model.SerializeToString())
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -534,6 +588,7 @@ def convert_onnx(
     if aif_model is not None and opts.output_kind != "observation":
         raise InputError("a perception bundle (--aif) needs --output-kind observation")
     backend = get_backend("onnxruntime")
+    float_bytes = readable_ir_version(float_bytes, source)
     float_session = backend.load(float_bytes, opts.threads)
     inputs = float_session.input_specs
     window = infer_window(inputs, opts.window)
@@ -545,8 +600,10 @@ def convert_onnx(
     )
     with tempfile.TemporaryDirectory(prefix="edge-agent-onnx-") as tmp:
         int8_path = Path(tmp) / "model.int8.onnx"
+        float_path = Path(tmp) / source.name
+        float_path.write_bytes(float_bytes)
         quantize_onnx(
-            source, int8_path, calibration, method=opts.method, per_channel=opts.per_channel,
+            float_path, int8_path, calibration, method=opts.method, per_channel=opts.per_channel,
             percentile=opts.percentile, batch=opts.calibration_batch, show_progress=show_progress,
         )
         int8_bytes = int8_path.read_bytes()

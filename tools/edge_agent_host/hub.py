@@ -748,7 +748,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_targets(deploy)
     deploy.add_argument("bundle", type=Path, help="signed bundle directory or .tar")
     deploy.add_argument("--group", required=True, help="the group that runs the bundle")
-    deploy.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_BYTES)
+    deploy.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_BYTES,
+                        help=f"bytes per chunk (default {DEFAULT_CHUNK_BYTES})")
     deploy.add_argument("--window", type=int, default=8, help="unacknowledged chunks at most")
     deploy.add_argument("--watch-ticks", type=int, default=50, help="ticks watched after switch")
     deploy.add_argument("--health-steps", type=int, default=20, help="health-check steps")

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from tqdm import tqdm
-
 __all__ = [
     "Check",
     "ConversionReport",
@@ -36,9 +34,17 @@ def progress_enabled(quiet: bool) -> bool:
 def progress(
     iterable: Iterable[T], *, total: int | None, desc: str, enabled: bool
 ) -> Iterator[T]:
-    """``iterable`` with a tqdm bar on stderr when ``enabled``."""
-    bar = tqdm(iterable, total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False)
-    yield from bar
+    """``iterable`` with a tqdm bar on stderr when ``enabled`` (and tqdm, from the ``host`` extra,
+    is installed; without it, no bar)."""
+    if not enabled:
+        yield from iterable
+        return
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        yield from iterable
+        return
+    yield from tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
 
 
 def median_latency_ms(run: Callable[[], object], repeats: int, warmup: int = 3) -> float:

@@ -1,0 +1,66 @@
+"""Every command line says what each command and option does, under its own name."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+
+import pytest
+
+from edge_agent import __version__
+from edge_agent.cli import build_daemon_parser, build_parser
+from edge_agent_host.cli import build_parser as build_host_parser
+
+
+def parsers(
+    parser: argparse.ArgumentParser, path: str
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from parsers(sub, f"{path} {name}")
+
+
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [("edge-agent", build_parser), ("edge-agentd", build_daemon_parser),
+     ("edge-agent-host", build_host_parser)],
+)
+def test_every_command_and_option_has_help(name: str, build: object) -> None:
+    missing = []
+    for path, parser in parsers(build(), name):  # type: ignore[operator]
+        assert parser.prog.startswith(name), f"{path}: prog is {parser.prog!r}"
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                missing += [f"{path} {c}" for c in action.choices if not helps.get(c)]
+            elif not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, f"no help text: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [("edge-agent", build_parser), ("edge-agentd", build_daemon_parser),
+     ("edge-agent-host", build_host_parser)],
+)
+def test_version(name: str, build: object, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build().parse_args(["--version"])  # type: ignore[operator]
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"{name} {__version__}"
+
+
+def test_top_level_help_lists_each_command_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for command in ("run", "status", "check-config", "profiles", "replay", "systemd-unit"):
+        assert sum(line.split()[:1] == [command] for line in text.splitlines()) == 1, command
+
+
+def test_daemon_help_names_the_daemon(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_daemon_parser().parse_args(["--help"])
+    assert capsys.readouterr().out.startswith("usage: edge-agentd ")
