@@ -378,7 +378,9 @@ def test_telemetry_and_events_arrive_complete_across_broker_restarts(
     assert final["state"] == "stopped"
     sent_telemetry = final["fleet"]["telemetry_published"]
     sent_events = final["fleet"]["events_published"]
-    assert sent_telemetry >= 8
+    # At least the three seen before the first outage; how many more depends on the clock (the
+    # outbox rows waited for during outages may be events). Completeness is what is checked.
+    assert sent_telemetry >= 3
     assert sent_events >= 8  # started, connected, and lost + connected per restart
     wait_until(
         lambda: (
