@@ -362,7 +362,9 @@ class MemoryBudget:
         every shared key given inconsistent sizes. ``hints`` maps an owner to what the operator
         should change for it; owners without one get a generic suggestion.
 
-        Raises BudgetError listing every offending line (numbered from 1).
+        Raises BudgetError listing every offending request (numbered from 1), with
+        ``err.offenders``: ``(owner, problem)`` per offending request, so that a caller that
+        knows where an owner is configured can report it at that place.
         """
         hints = hints or {}
         with self._lock:
@@ -374,6 +376,7 @@ class MemoryBudget:
         running = 0
         problems: list[str] = []
         offenders: list[str] = []
+        details: list[tuple[str, str]] = []
         for line, request in enumerate(requests, start=1):
             try:
                 owner, kind, nbytes, key = request
@@ -388,20 +391,24 @@ class MemoryBudget:
                 if key in shared:
                     known_n, known_kind = shared[key]
                     if (known_n, known_kind) != (n, kind):
-                        problems.append(
-                            f"  line {line}: {owner!r} {kind} {format_bytes(n)} under shared key "
-                            f"{key!r}, which is {known_kind} of {format_bytes(known_n)} elsewhere"
+                        detail = (
+                            f"{kind} {format_bytes(n)} under shared key {key!r}, which is "
+                            f"{known_kind} of {format_bytes(known_n)} elsewhere"
                         )
+                        problems.append(f"  request {line}: {owner!r} {detail}")
                         offenders.append(owner)
+                        details.append((owner, detail))
                     continue
                 shared[key] = (n, kind)
             running += n
             if running > left:
-                problems.append(
-                    f"  line {line}: {owner!r} {kind} {format_bytes(n)} brings the total to "
-                    f"{format_bytes(running)}, over the {format_bytes(left)} left"
+                detail = (
+                    f"{kind} {format_bytes(n)} brings the total to {format_bytes(running)}, over "
+                    f"the {format_bytes(left)} left"
                 )
+                problems.append(f"  request {line}: {owner!r} {detail}")
                 offenders.append(owner)
+                details.append((owner, detail))
         if not problems:
             return
         advice = [hints[o] for o in dict.fromkeys(offenders) if o in hints]
@@ -411,13 +418,16 @@ class MemoryBudget:
                 "with a larger budget"
             )
         short = f"; short by {format_bytes(running - left)}" if running > left else ""
-        raise BudgetError(
+        summary = (
             f"configuration refused by the {_amount(self._total)} budget of profile "
             f"{self._profile!r}: it needs {_amount(running)} and {_amount(left)} is left "
-            f"({format_bytes(used)} used{short}). Requests that do not fit:\n"
-            + "\n".join(problems)
-            + "\nTo fit: "
-            + "; ".join(advice)
+            f"({format_bytes(used)} used{short})"
+        )
+        to_fit = "To fit: " + "; ".join(advice)
+        raise BudgetError(
+            f"{summary}. Requests that do not fit:\n" + "\n".join(problems) + "\n" + to_fit,
+            offenders=details,
+            summary=f"{summary}. {to_fit}",
         )
 
     # --------------------------------------------------------------------------------- reports

@@ -67,20 +67,21 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_agent.config import default_config, load_config
+    import dataclasses
+
+    from edge_agent.config import read_config
     from edge_agent.service import Daemon
 
-    config = default_config() if (args.demo or args.config is None) else load_config(args.config)
+    path = None if (args.demo or args.config is None) else args.config
+    source = read_config(path)
+    config = source.config
     if args.state_dir is not None:
         daemon_section = config.daemon.model_copy(update={"state_dir": args.state_dir})
         config = config.model_copy(update={"daemon": daemon_section})
+        source = dataclasses.replace(source, config=config)
     configure_logging(args.log_level or config.daemon.log_level)
     report = args.report_every if args.report_every is not None else (2.0 if args.demo else 0.0)
-    daemon = Daemon.from_config(
-        config,
-        None if (args.demo or args.config is None) else args.config,
-        report_interval_s=report,
-    )
+    daemon = Daemon.from_file(source, path, report_interval_s=report)
     daemon.install_signal_handlers()
     return daemon.run(duration_s=args.duration)
 
@@ -112,49 +113,61 @@ def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 SYSTEMD_STATUS_FILE = Path("/run/edge-agent/status.json")
 
 
-def _default_status_file(config_path: Path | None) -> Path:
-    """The status file of ``config_path``; without one, systemd's location if it exists, else
-    the demo config's."""
+def _find_status_file(config_path: Path | None) -> tuple[Path | None, str]:
+    """The status file to show and, when it is a guess, a note saying which file was read and
+    how to point elsewhere. ``(None, message)`` when several daemons run (choose one)."""
+    from edge_agent import discovery
     from edge_agent.config import default_config, load_config
     from edge_agent.service import Daemon
 
-    if config_path is None and SYSTEMD_STATUS_FILE.exists():
-        return SYSTEMD_STATUS_FILE
-    config = default_config() if config_path is None else load_config(config_path)
-    return Daemon._status_path(config)
+    if config_path is not None:
+        return Daemon._status_path(load_config(config_path)), ""
+    running = discovery.running_daemons()
+    if len(running) == 1:
+        return running[0].status_file, ""
+    if running:
+        listing = "\n".join(
+            f"  pid {d.pid}: --config {d.config}  (--status-file {d.status_file})" for d in running
+        )
+        return None, f"{len(running)} daemons are running; choose one:\n{listing}"
+    if SYSTEMD_STATUS_FILE.exists():
+        return SYSTEMD_STATUS_FILE, ""
+    demo = Daemon._status_path(default_config())
+    return demo, (
+        f"no running daemon announced in {discovery.runtime_dir()}; read the demo config's "
+        f"status file {demo}. For another daemon: edge-agent status --config FILE "
+        "(or --status-file PATH)"
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = args.status_file or _default_status_file(args.config)
+    path, note = (args.status_file, "") if args.status_file else _find_status_file(args.config)
+    if path is None:
+        print(note, file=sys.stderr)
+        return 3
     try:
         status = json.loads(path.read_text())
     except FileNotFoundError:
-        print(f"no status at {path}: is edge-agentd running? (see --status-file)", file=sys.stderr)
+        print(note or f"no status at {path}: is edge-agentd running? (see --status-file)",
+              file=sys.stderr)
         return 3
     except (OSError, ValueError) as err:
         print(f"cannot read status {path}: {err}", file=sys.stderr)
         return 1
     age = time.time() - float(status.get("updated_at", 0))
-    alive = _pid_alive(int(status.get("pid", -1)))
+    from edge_agent.discovery import pid_alive
+
+    alive = pid_alive(int(status.get("pid", -1)))
     status["stale"] = bool(age > 10 or not alive)
     status["age_s"] = round(age, 1)
+    status["status_file"] = str(path)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print(format_status(status))
+    if note and status["stale"]:
+        print(note, file=sys.stderr)
     return 0 if status["state"] == "running" and not status["stale"] else 3
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _mb(n: Any) -> str:
@@ -310,24 +323,24 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.budget import format_bytes
-    from edge_agent.config import load_config
-    from edge_agent.profiles import select_profile
-    from edge_agent.service import Daemon, build_groups
+    from edge_agent.config import describe_config, read_config
+    from edge_agent.service import admit
 
-    config = load_config(args.file)
-    profile = select_profile(config.daemon.profile)
-    budget = Daemon._new_budget(profile)
-    groups = build_groups(config, profile, budget)
-    print(f"{args.file}: OK (profile {profile.name})")
+    source = read_config(args.file)
+    profile, budget, groups = admit(source)
+    print(describe_config(source, profile))
+    print("  memory plan:")
     for g in groups:
         print(
-            f"  group {g.name}: {g.agents.n_agents} agents x {g.agents.per_agent_nbytes()} B, "
+            f"    group {g.name}: {g.agents.n_agents} agents x {g.agents.per_agent_nbytes()} B, "
             f"model {format_bytes(g.agents.shared_nbytes)} shared"
         )
     print(
-        f"  budget: {format_bytes(budget.used)} of {format_bytes(budget.total)} "
+        f"    budget: {format_bytes(budget.used)} of {format_bytes(budget.total)} "
         f"({format_bytes(budget.available)} left)"
     )
+    for g in groups:
+        g.agents.release()
     return 0
 
 
@@ -390,30 +403,41 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "through one agent on MODEL.npz (pymdp keys A0.., B0.., C0.., D0.., E) and write per "
         "step qs{f}, q_pi, chosen_action, tied, recorded_shortfall and the policies to OUT.npz.",
     )
-    p.add_argument("model", type=Path, help="the float model (.npz, pymdp keys A0.., B0.., ...)")
+    p.add_argument("model", type=Path,
+                   help="the model: a float .npz (pymdp keys A0.., B0.., ...) or an Active "
+                   "Inference bundle (directory or .tar, run in int8 with its own settings)")
+    p.add_argument("--trusted-keys", type=Path, default=None, metavar="DIR",
+                   help="require a bundle to be signed by one of these keys")
     p.add_argument("--recording", type=Path, required=True,
                    help="REC.npz: obs (T, M), actions (T, F), optional trial_start (T,)")
     p.add_argument("--out", type=Path, required=True, help="OUT.npz to write, one row per step")
-    p.add_argument("--policy-len", type=int, default=1, help="planning horizon (default 1)")
+    p.add_argument("--policy-len", type=int, default=None,
+                   help="planning horizon (default: the bundle's, 1 for a .npz)")
     p.add_argument("--precision", choices=("float64", "int8"), default="float64",
-                   help="the agent's tables: float64 as given, or int8 as on a device")
+                   help="a .npz's tables: float64 as given, or int8 as on a device (a bundle "
+                   "always runs int8)")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from edge_agent.aif.model import load_npz
-    from edge_agent.aif.settings import AifSettings
-    from edge_agent.replay import load_recording, replay
-
-    model = load_npz(args.model)
-    rec = load_recording(args.recording, model)
-    out = replay(
-        model, rec, settings=AifSettings(policy_len=args.policy_len), precision=args.precision
-    )
-    np.savez(args.out, **out)  # type: ignore[arg-type]
+    from edge_agent.agents import Precision
     from edge_agent.aif.agreement import ROUNDING_TOL
+    from edge_agent.aif.settings import AifSettings
+    from edge_agent.quant import QuantizedModel
+    from edge_agent.replay import load_recording, load_replay_model, replay
+    from edge_agent.signing import TrustedKeys
 
+    keys = TrustedKeys.from_dir(args.trusted_keys) if args.trusted_keys else None
+    model, settings, what = load_replay_model(args.model, trusted_keys=keys)
+    if args.policy_len is not None or settings is None:
+        base = settings.model_dump() if settings is not None else {}
+        settings = AifSettings(**{**base, "policy_len": args.policy_len or 1})
+    rec = load_recording(args.recording, model)
+    precision: Precision = "int8" if isinstance(model, QuantizedModel) else args.precision
+    out = replay(model, rec, settings=settings, precision=precision)
+    np.savez(args.out, **out)  # type: ignore[arg-type]
+    print(f"replayed {what}, policy_len {settings.policy_len}")
     steps = len(rec["obs"])
     same = int((out["chosen_action"] == rec["actions"]).all(axis=1).sum())
     optimal = int(np.count_nonzero(out["recorded_shortfall"] <= ROUNDING_TOL))

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,6 +40,7 @@ from edge_agent.profiles import (
     read_device_facts,
     select_profile,
 )
+from edge_agent.sim.registry import BUILTIN_WORKLOADS
 from edge_agent.tomlpos import (
     Problem,
     StrictModel,
@@ -50,6 +52,7 @@ from edge_agent.tomlpos import (
 __all__ = [
     "BuiltinModel",
     "BundleModel",
+    "ConfigFile",
     "DaemonConfig",
     "DaemonSection",
     "GroupConfig",
@@ -64,10 +67,13 @@ __all__ = [
     "check_config",
     "default_config",
     "default_config_text",
+    "describe_config",
     "expand_path",
     "load_config",
     "parse_config",
     "profile_problems",
+    "read_config",
+    "resolve_profile",
 ]
 
 _NAME = r"^[a-z0-9_-]{1,32}$"
@@ -183,6 +189,11 @@ class BuiltinModel(StrictModel):
     type: Literal["builtin"] = Field(description="Selects this kind of model.")
     name: str = Field(pattern=_NAME, description="Name of the built-in model.")
 
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        return _known_workload(name, "built-in model")
+
 
 class BundleModel(StrictModel):
     """A signed model bundle (directory or .tar) made by ``edge-agent-host``."""
@@ -197,6 +208,12 @@ class BundleModel(StrictModel):
 
 
 ModelSpec = Annotated[BuiltinModel | BundleModel, Field(discriminator="type")]
+
+
+def _known_workload(name: str, what: str) -> str:
+    if name not in BUILTIN_WORKLOADS:
+        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(sorted(BUILTIN_WORKLOADS))}")
+    return name
 
 
 def _check_topic(topic: str, *, wildcards: bool) -> str:
@@ -224,6 +241,11 @@ class SimSource(StrictModel):
         "Default: the group's built-in model. Required with a bundle model, whose dimensions "
         "must match the world's.",
     )
+
+    @field_validator("world")
+    @classmethod
+    def _known_world(cls, name: str | None) -> str | None:
+        return None if name is None else _known_workload(name, "built-in world")
 
 
 class MqttSource(StrictModel):
@@ -301,6 +323,19 @@ class GroupConfig(StrictModel):
         description="[groups.coordination]: the task capabilities the group bids for and the "
         "factors it shares with its peers (needs [mqtt] enabled).",
     )
+
+    @model_validator(mode="after")
+    def _source_fits_sink_and_model(self) -> GroupConfig:
+        problems: list[Problem] = []
+        if isinstance(self.source, MqttSource) and isinstance(self.sink, SimSink):
+            problems.append((("sink", "type"), "a 'sim' sink acts on a simulated world and needs "
+                             "a 'sim' source; with an mqtt source use sink type 'mqtt' or 'log'"))
+        if (isinstance(self.source, SimSource) and self.source.world is None
+                and isinstance(self.model, BundleModel)):
+            problems.append((("source", "world"), "a 'sim' source with a bundle model needs the "
+                             "built-in world that produces its observations"))
+        raise_problems("GroupConfig", problems)
+        return self
 
     def history_capacity_for(self, profile: FirmwareProfile) -> int:
         """The history capacity in force: the group's, else the profile's."""
@@ -529,6 +564,69 @@ def _validate(
     return validate_toml(DaemonConfig, document, context=context)
 
 
+@dataclass(frozen=True)
+class ConfigFile:
+    """A validated config and the document it came from, so that problems found later (the
+    profile, the models, the memory budget) are reported at the line of the key they are about.
+    """
+
+    config: DaemonConfig
+    document: TomlDocument
+
+    @property
+    def path(self) -> str:
+        return self.document.path
+
+    def error(self, problems: list[Problem]) -> ConfigError:
+        """``path:line: field: problem`` for each problem, sorted by line."""
+        return self.document.error(problems)
+
+    def group_loc(self, name: str, *keys: str) -> tuple[str | int, ...]:
+        """The location of group ``name`` (and a key inside it)."""
+        for index, group in enumerate(self.config.groups):
+            if group.name == name:
+                return ("groups", index, *keys)
+        return ("groups",)
+
+
+def read_config(
+    path: str | Path | None, *, profiles: Mapping[str, FirmwareProfile] | None = None
+) -> ConfigFile:
+    """Read and validate a config file (``None``: the embedded demo config) against the schema
+    and the known profile names. Raises ConfigError, one ``path:line: field: problem`` each."""
+    known = profiles if profiles is not None else load_profiles()
+    if path is None:
+        document = TomlDocument.parse(default_config_text(), f"<embedded {_DEFAULT_CONFIG}>")
+        base_dir = None
+    else:
+        document = TomlDocument.read(path)
+        base_dir = Path(path).absolute().parent
+    return ConfigFile(_validate(document, base_dir, known), document)
+
+
+def resolve_profile(
+    source: ConfigFile,
+    *,
+    profiles: Mapping[str, FirmwareProfile] | None = None,
+    facts: DeviceFacts | None = None,
+) -> FirmwareProfile:
+    """The firmware profile ``source`` runs on, checked against what the profile allows
+    (:func:`profile_problems`). ``"auto"`` is detected from ``facts`` (default: this machine)."""
+    known = profiles if profiles is not None else load_profiles()
+    config = source.config
+    device = facts
+    if config.daemon.profile == AUTO and device is None:
+        device = read_device_facts()
+    try:
+        profile = select_profile(config.daemon.profile, known, device)
+    except ConfigError as err:
+        raise source.error([(("daemon", "profile"), str(err))]) from err
+    problems = profile_problems(config, profile)
+    if problems:
+        raise source.error(problems)
+    return profile
+
+
 def default_config_text() -> str:
     """The embedded demo config (``edge_agent/data/default_config.toml``) as text."""
     return resources.files("edge_agent").joinpath("data", _DEFAULT_CONFIG).read_text("utf-8")
@@ -548,30 +646,30 @@ def check_config(
     profiles: Mapping[str, FirmwareProfile] | None = None,
     facts: DeviceFacts | None = None,
 ) -> tuple[bool, str]:
-    """Validate a config file for ``edge-agent check-config``: ``(ok, report)``.
+    """Validate a config file and its profile: ``(ok, report)``.
 
-    Checks the schema, the profile name (``"auto"`` is detected with ``facts``, default: this
-    machine) and what :func:`profile_problems` checks. On failure the report is one
-    ``path:line: field: problem`` line per problem; on success it summarises the config.
-    The memory budget is not checked here.
+    The same steps as the daemon (:func:`read_config`, :func:`resolve_profile`; ``"auto"`` is
+    detected with ``facts``, default: this machine). On failure the report is one
+    ``path:line: field: problem`` line per problem; on success it summarises the config. The
+    models and the memory budget are checked by ``edge-agent check-config``
+    (``edge_agent.service.admit``), which needs the models themselves.
     """
     try:
-        known = profiles if profiles is not None else load_profiles()
-        document = TomlDocument.read(path)
-        config = _validate(document, Path(path).absolute().parent, known)
+        source = read_config(path, profiles=profiles)
+        profile = resolve_profile(source, profiles=profiles, facts=facts)
     except ConfigError as err:
         return False, str(err)
+    return True, describe_config(source, profile, facts)
+
+
+def describe_config(
+    source: ConfigFile, profile: FirmwareProfile, facts: DeviceFacts | None = None
+) -> str:
+    """The summary ``check-config`` prints for a config that passed: profile, tick, groups."""
     device = facts
-    if config.daemon.profile == AUTO and device is None:
+    if source.config.daemon.profile == AUTO and device is None:
         device = read_device_facts()
-    try:
-        profile = select_profile(config.daemon.profile, known, device)
-    except ConfigError as err:
-        return False, str(document.error([(("daemon", "profile"), str(err))]))
-    problems = profile_problems(config, profile)
-    if problems:
-        return False, str(document.error(problems))
-    return True, _summary(document.path, config, profile, device)
+    return _summary(source.path, source.config, profile, device)
 
 
 def _summary(

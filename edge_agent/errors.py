@@ -64,7 +64,18 @@ class SignatureError(BundleError):
 
 
 class BudgetError(EdgeAgentError):
-    """A memory reservation does not fit in the budget."""
+    """A memory reservation does not fit in the budget.
+
+    A refused plan carries ``offenders``, ``(owner, problem)`` per request that does not fit, and
+    ``summary``, the totals and what to change, so that callers can place each problem.
+    """
+
+    def __init__(
+        self, message: str, *, offenders: list[tuple[str, str]] | None = None, summary: str = ""
+    ):
+        super().__init__(message)
+        self.offenders = offenders or []
+        self.summary = summary or message
 
 
 class BackendUnavailableError(EdgeAgentError):

@@ -8,18 +8,58 @@ the prior at ``t + 1``) and optionally ``trial_start (T,)`` (truthy: reset to ``
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import numpy as np
 
 from edge_agent.agents import AifAgentGroup, Precision
 from edge_agent.aif import agreement
-from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.model import GenerativeModel, load_npz
 from edge_agent.aif.settings import AifSettings
+from edge_agent.bundle import load_bundle
 from edge_agent.errors import InputError
+from edge_agent.quant import SCHEME, QuantizedModel
+from edge_agent.signing import TrustedKeys
 
 
-def load_recording(path: str | Path, model: GenerativeModel) -> dict[str, np.ndarray]:
+def load_replay_model(
+    path: str | Path, *, trusted_keys: TrustedKeys | None = None
+) -> tuple[GenerativeModel | QuantizedModel, AifSettings | None, str]:
+    """The model to replay: a float ``.npz`` (pymdp keys), or an Active Inference bundle
+    (directory or ``.tar``) as a device runs it (int8, with the bundle's settings).
+
+    With ``trusted_keys`` a bundle must carry a valid signature by one of them; without, its
+    files are still checked against the manifest's hashes (replay runs on a workstation, on
+    bundles the operator chose). Returns the model, the bundle's settings (None for ``.npz``)
+    and a one-line description for the report.
+    """
+    p = Path(path)
+    if p.is_dir() or (p.is_file() and tarfile.is_tarfile(p)):
+        bundle = load_bundle(
+            p, trusted_keys=trusted_keys, require_signature=trusted_keys is not None
+        )
+        spec = bundle.manifest.aif
+        if spec is None:
+            raise InputError(
+                f"{p} is a {bundle.manifest.kind!r} bundle; replay takes an Active Inference "
+                "model: a .npz (pymdp keys A0.., B0..) or a bundle of kind 'aif'"
+            )
+        if spec.quant_scheme != SCHEME:
+            raise InputError(f"{p}: unknown quantization scheme {spec.quant_scheme!r}")
+        signed = (
+            f"signed by {bundle.key_id}" if bundle.signature_verified
+            else "signature not checked (--trusted-keys DIR checks it)"
+        )
+        what = f"bundle {bundle.manifest.name} {bundle.manifest.version}, int8, {signed}"
+        model = QuantizedModel.from_arrays(bundle.aif_arrays())
+        return model, AifSettings(**spec.settings), what
+    return load_npz(p), None, f"model {p}"
+
+
+def load_recording(
+    path: str | Path, model: GenerativeModel | QuantizedModel
+) -> dict[str, np.ndarray]:
     """Read and validate a recording against ``model``; errors name the array and the problem."""
     path = Path(path)
     try:
@@ -34,11 +74,11 @@ def load_recording(path: str | Path, model: GenerativeModel) -> dict[str, np.nda
             raise InputError(f"{path}: missing array {key!r} (has {sorted(rec)})")
     obs, actions = rec["obs"], rec["actions"]
     T = obs.shape[0] if obs.ndim == 2 else -1
-    if obs.ndim != 2 or obs.shape[1] != model.num_modalities:
-        raise InputError(f"{path}: obs has shape {obs.shape}, expected (T, {model.num_modalities})")
-    if actions.shape != (T, model.num_factors):
+    if obs.ndim != 2 or obs.shape[1] != len(model.num_obs):
+        raise InputError(f"{path}: obs has shape {obs.shape}, expected (T, {len(model.num_obs)})")
+    if actions.shape != (T, len(model.num_states)):
         raise InputError(
-            f"{path}: actions has shape {actions.shape}, expected ({T}, {model.num_factors})"
+            f"{path}: actions has shape {actions.shape}, expected ({T}, {len(model.num_states)})"
         )
     for name, arr in (("obs", obs), ("actions", actions)):
         if not np.issubdtype(arr.dtype, np.integer):
@@ -58,7 +98,7 @@ def load_recording(path: str | Path, model: GenerativeModel) -> dict[str, np.nda
 
 
 def replay(
-    model: GenerativeModel,
+    model: GenerativeModel | QuantizedModel,
     recording: dict[str, np.ndarray],
     *,
     settings: AifSettings | None = None,
@@ -76,7 +116,7 @@ def replay(
     T = obs.shape[0]
     qs = [np.zeros((T, s)) for s in model.num_states]
     q_pi = np.zeros((T, group.cm.num_policies))
-    chosen = np.zeros((T, model.num_factors), dtype=np.int64)
+    chosen = np.zeros((T, len(model.num_states)), dtype=np.int64)
     tied = np.zeros(T, dtype=bool)
     shortfall = np.zeros(T)
     onehot = group.cm.tree.first_action_onehot

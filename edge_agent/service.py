@@ -38,7 +38,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from edge_agent import __version__
+from edge_agent import __version__, discovery
 from edge_agent.agents import AifAgentGroup
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.settings import AifSettings
@@ -60,6 +60,7 @@ from edge_agent.comms.base import Backoff, Incoming
 from edge_agent.config import (
     BuiltinModel,
     BundleModel,
+    ConfigFile,
     DaemonConfig,
     GroupConfig,
     LogSink,
@@ -67,7 +68,8 @@ from edge_agent.config import (
     MqttSource,
     SimSink,
     SimSource,
-    load_config,
+    read_config,
+    resolve_profile,
 )
 from edge_agent.coordination.config import CoordinationConfig
 from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding, wanted
@@ -83,7 +85,7 @@ from edge_agent.errors import (
 from edge_agent.fleet import FleetLink, Received
 from edge_agent.mqtt_io import ActionPublisher, ObservationBuffer, ObservationRouter
 from edge_agent.outbox import Outbox
-from edge_agent.profiles import FirmwareProfile, select_profile
+from edge_agent.profiles import FirmwareProfile
 from edge_agent.protocol import (
     ActionBatch,
     Birth,
@@ -100,11 +102,12 @@ from edge_agent.protocol import (
 from edge_agent.quant import SCHEME, QuantizedModel
 from edge_agent.scheduler import TickClock, TickStats
 from edge_agent.signing import TrustedKeys
-from edge_agent.sim import BatchEnv
+from edge_agent.sim import BatchEnv, format_summary
 from edge_agent.sim.registry import builtin_model, make_env
 from edge_agent.state import SnapshotStore
 from edge_agent.systemd import SdNotifier, WatchdogGate
 from edge_agent.thermal import ThermalGovernor, read_cpu_temp_c
+from edge_agent.tomlpos import Problem, TomlDocument
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +237,9 @@ class GroupRuntime:
             "sink": _endpoint(self.config.sink),
         }
         if self.env is not None:
-            out["world"] = {k: round(float(v), 4) for k, v in self.env.summary().items()}
+            out["world"] = {
+                k: v if isinstance(v, int) else round(v, 4) for k, v in self.env.summary().items()
+            }
         if self.inbox is not None:
             out["io"] = self.inbox.stats()
         if self.sink is not None:
@@ -372,10 +377,14 @@ def resolve_models(
     config: DaemonConfig,
     overlay: dict[str, OverlayEntry] | None = None,
     problems: list[OverlayProblem] | None = None,
+    source: ConfigFile | None = None,
 ) -> dict[str, tuple[GroupConfig, LoadedModel]]:
     """Every group's effective config and model: a deployed bundle where the overlay has a valid
-    one (see :mod:`edge_agent.deploy`), else the config's model."""
+    one (see :mod:`edge_agent.deploy`), else the config's model. A configured model that cannot
+    be loaded is a config problem: with ``source``, every such group is reported at its model's
+    line in one ConfigError."""
     keys = trusted_keys(config)
+    located: list[Problem] = []
     out: dict[str, tuple[GroupConfig, LoadedModel]] = {}
     for g in config.groups:
         entry = (overlay or {}).get(g.name)
@@ -411,7 +420,15 @@ def resolve_models(
                 else:
                     out[g.name] = (deployed, loaded)
                     continue
-        out[g.name] = (g, load_group_model(g, config, keys))
+        try:
+            out[g.name] = (g, load_group_model(g, config, keys))
+        except EdgeAgentError as err:
+            if source is None:
+                raise
+            key = "path" if isinstance(g.model, BundleModel) else "name"
+            located.append((source.group_loc(g.name, "model", key), str(err)))
+    if located and source is not None:
+        raise source.error(located)
     return out
 
 
@@ -422,15 +439,18 @@ def build_groups(
     *,
     overlay: dict[str, OverlayEntry] | None = None,
     problems: list[OverlayProblem] | None = None,
+    source: ConfigFile | None = None,
 ) -> list[GroupRuntime]:
     """Admit the whole plan against the budget, then build every group (reserve, then allocate).
 
     ``overlay``: deployed bundles that replace a group's configured model (see
-    :func:`resolve_models`). Raises :class:`BudgetError` with every line that does not fit before
-    anything is allocated.
+    :func:`resolve_models`). Raises :class:`BudgetError` with every request that does not fit
+    before anything is allocated; with ``source`` (the config file), a ConfigError instead that
+    names each group at the line of its ``count``. ``edge-agent check-config``, ``run`` and a
+    SIGHUP reload all come through here (:func:`admit`).
     """
     plans = []
-    models = resolve_models(config, overlay, problems)
+    models = resolve_models(config, overlay, problems, source)
     for g in config.groups:
         hist = g.history_capacity_for(profile)
         loaded = models[g.name][1]
@@ -447,7 +467,19 @@ def build_groups(
         "or choose a profile with a larger budget"
         for g in config.groups
     }
-    budget.plan(requests, hints=hints)
+    try:
+        budget.plan(requests, hints=hints)
+    except BudgetError as err:
+        if source is None or not err.offenders:
+            raise
+        owner_group = {f"model:{p[1][3]}": p[0][0] for p in reversed(plans)}
+        located = source.error([
+            (source.group_loc(owner_group.get(owner, owner), "count"), problem)
+            for owner, problem in err.offenders
+        ])
+        raise ConfigError(
+            f"{located}\n{err.summary}", path=source.path, problems=located.problems
+        ) from err
     total_agents = sum(g.count for g in config.groups)
     if total_agents > profile.max_agents:
         raise BudgetError(
@@ -469,6 +501,25 @@ def build_groups(
         )
         groups.append(make_runtime(cfg, agents, config, loaded))
     return groups
+
+
+def new_budget(profile: FirmwareProfile) -> MemoryBudget:
+    """An empty budget of ``profile``: its total, soft limit and daemon base."""
+    return MemoryBudget(
+        profile.total_budget_bytes,
+        soft_limit_bytes=profile.soft_limit_bytes,
+        base_bytes=profile.base_bytes,
+        profile_name=profile.name,
+    )
+
+
+def admit(source: ConfigFile) -> tuple[FirmwareProfile, MemoryBudget, list[GroupRuntime]]:
+    """Everything the daemon checks before it runs a config, as ``check-config`` runs it: the
+    profile and what it allows, every group's model, and the memory plan; problems as
+    ``file:line: field: problem``. Returns the profile, the budget and the built groups."""
+    profile = resolve_profile(source)
+    budget = new_budget(profile)
+    return profile, budget, build_groups(source.config, profile, budget, source=source)
 
 
 def make_runtime(
@@ -506,6 +557,17 @@ def beliefs_finite(agents: AifAgentGroup) -> bool:
     )
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``5.0 min``, ``3.2 h``, ``2.1 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def _config_digest(config: DaemonConfig) -> str:
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
 
@@ -522,9 +584,12 @@ class Daemon:
         notifier: SdNotifier | None = None,
         status_interval_s: float = 1.0,
         report_interval_s: float = 0.0,
+        source: ConfigFile | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
+        #: Where ``config`` came from, for file:line in model and budget problems.
+        self.source = source
         self.profile = profile
         self.notifier = notifier or SdNotifier()
         self.state = State.STARTING
@@ -549,7 +614,7 @@ class Daemon:
         self.deployer = DeployManager(self.state_dir, bundle_keys=trusted_keys(config))
         self.deployer.recover()
         self.overlay_problems: list[OverlayProblem] = []
-        self.groups = self._build_groups(config, profile, self.budget)
+        self.groups = self._build_groups(config, profile, self.budget, source)
         self._watch_old: GroupRuntime | None = None
         self.snapshots = SnapshotStore(
             self.state_dir / "snapshots",
@@ -566,6 +631,7 @@ class Daemon:
             watchdog_interval_s=self.notifier.watchdog_interval() or profile.watchdog_interval_s,
         )
         self.restored_from: str | None = None
+        self._announced: Path | None = None
         self.last_snapshot: dict[str, Any] | None = None
         self._noisy: dict[tuple[str, str | None], tuple[float, int]] = {}
         self.fleet_counters: dict[str, int] = dict.fromkeys(
@@ -605,12 +671,7 @@ class Daemon:
     # -- construction ---------------------------------------------------------------------------
     @staticmethod
     def _new_budget(profile: FirmwareProfile) -> MemoryBudget:
-        return MemoryBudget(
-            profile.total_budget_bytes,
-            soft_limit_bytes=profile.soft_limit_bytes,
-            base_bytes=profile.base_bytes,
-            profile_name=profile.name,
-        )
+        return new_budget(profile)
 
     @staticmethod
     def _status_path(config: DaemonConfig) -> Path:
@@ -623,17 +684,31 @@ class Daemon:
 
     @classmethod
     def from_config(cls, config: DaemonConfig, config_path: Path | None, **kwargs: Any) -> Daemon:
-        profile = select_profile(config.daemon.profile)
-        return cls(config, config_path=config_path, profile=profile, **kwargs)
+        """A daemon on a config built in code (problems are reported without a line)."""
+        source = ConfigFile(config, TomlDocument.parse("", "<config>"))
+        return cls.from_file(source, config_path, **kwargs)
+
+    @classmethod
+    def from_file(cls, source: ConfigFile, config_path: Path | None, **kwargs: Any) -> Daemon:
+        """A daemon on a config read by :func:`edge_agent.config.read_config`: the same checks
+        as ``check-config`` and a reload, each problem at its line."""
+        profile = resolve_profile(source)
+        return cls(source.config, config_path=config_path, profile=profile, source=source,
+                   **kwargs)
 
     def _build_groups(
-        self, config: DaemonConfig, profile: FirmwareProfile, budget: MemoryBudget
+        self,
+        config: DaemonConfig,
+        profile: FirmwareProfile,
+        budget: MemoryBudget,
+        source: ConfigFile | None,
     ) -> list[GroupRuntime]:
         """Build groups with the deployed bundles applied; drop overlay entries the config
         superseded."""
         problems: list[OverlayProblem] = []
         groups = build_groups(
-            config, profile, budget, overlay=self.deployer.overlay.entries, problems=problems
+            config, profile, budget, overlay=self.deployer.overlay.entries, problems=problems,
+            source=source,
         )
         for problem in problems:
             logger.error("%s", problem.detail)
@@ -809,10 +884,12 @@ class Daemon:
         for path, reason in self.snapshots.corrupt_events:
             self._event("snapshot_corrupt", "warning", f"{path}: {reason}")
         if snap is None:
-            logger.info("no snapshot to restore in %s", self.snapshots.state_dir)
+            logger.info(
+                "fresh start: no snapshot to restore in %s", self.snapshots.state_dir
+            )
             return
         groups_meta = snap.meta.get("groups", {})
-        restored = []
+        restored: dict[str, int] = {}
         for g in self.groups:
             meta = groups_meta.get(g.name)
             if (
@@ -828,14 +905,23 @@ class Daemon:
             except EdgeAgentError as err:
                 logger.warning("snapshot for group %s not restored: %s", g.name, err)
                 continue
-            restored.append(g.name)
+            restored[g.name] = g.agents.n_agents
         self.restored_from = str(snap.path)
         logger.info(
-            "restored groups %s from %s (seq %d)",
-            ", ".join(restored) or "(none)",
+            "restored %s from snapshot %s (seq %d, written %s, %s ago, by config %s); "
+            "to start fresh, move it away or run with another state_dir",
+            ", ".join(f"{name} ({n} agents)" for name, n in restored.items()) or "no group",
             snap.path,
             snap.seq,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.created)),
+            _duration(max(0.0, time.time() - snap.created)),
+            snap.meta.get("config", "unknown"),
         )
+        for name in groups_meta:
+            if name not in restored:
+                logger.info(
+                    "snapshot group %s not restored: no group of that name, model and size", name
+                )
 
     def warm_up(self) -> None:
         """Run every group's kernels once so the first real tick is not cold, then put the
@@ -851,7 +937,12 @@ class Daemon:
 
     def snapshot(self, *, force: bool = False) -> None:
         arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {"format": SNAPSHOT_FORMAT, "groups": {}, "version": __version__}
+        meta: dict[str, Any] = {
+            "format": SNAPSHOT_FORMAT,
+            "groups": {},
+            "version": __version__,
+            "config": str(self.config_path) if self.config_path else "<embedded demo config>",
+        }
         for g in self.groups:
             for k, v in g.agents.state_dict().items():
                 arrays[f"group.{g.name}.{k}"] = v
@@ -885,6 +976,10 @@ class Daemon:
             format_bytes(self.budget.total),
         )
         self._start_fleet()  # returns at once: the broker may be down, the agents still tick
+        self._announced = discovery.announce(
+            self.status_path,
+            str(self.config_path) if self.config_path else "<embedded demo config>",
+        )
         self._event(
             "started",
             "info",
@@ -961,6 +1056,7 @@ class Daemon:
         self.write_status()
         self.state = State.STOPPED
         self.write_status()
+        discovery.withdraw(self._announced)
         logger.info(
             "stopped after %d ticks (%d overruns); final snapshot %s",
             self.stats.ticks,
@@ -1041,10 +1137,11 @@ class Daemon:
         self.notifier.reloading()
         try:
             # Plan against a fresh budget first: nothing is allocated unless the plan fits.
-            new_config = load_config(self.config_path)
-            profile = select_profile(new_config.daemon.profile)
+            source = read_config(self.config_path)
+            new_config = source.config
+            profile = resolve_profile(source)
             budget = self._new_budget(profile)
-            groups = self._build_groups(new_config, profile, budget)
+            groups = self._build_groups(new_config, profile, budget, source)
         except EdgeAgentError as err:
             self.reloads_refused += 1
             self.last_reload_error = str(err)
@@ -1073,6 +1170,7 @@ class Daemon:
         if new_config.coordination != self.config.coordination:
             logger.warning("[coordination] changes take effect at the next restart")
         self.config, self.profile, self.budget, self.groups = new_config, profile, budget, groups
+        self.source = source
         self.deployer.bundle_keys = trusted_keys(new_config)
         self._set_base_rate(new_config.daemon.tick_hz_for(profile))
         self._bind_sources()
@@ -1731,7 +1829,7 @@ class Daemon:
         )
         for g in self.groups:
             if g.env is not None:
-                world = ", ".join(f"{k} {v:.3g}" for k, v in g.env.summary().items())
+                world = format_summary(g.env.summary())
             elif g.inbox is not None:
                 io = g.inbox.stats()
                 world = (

@@ -26,7 +26,7 @@ run. The worlds: :mod:`edge_agent.sim.gridworld`, :mod:`edge_agent.sim.tmaze`,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ __all__ = [
     "ColumnSampler",
     "SamplerScratch",
     "check_n_agents",
+    "format_summary",
     "sample_columns",
 ]
 
@@ -193,6 +194,14 @@ def sample_columns(
     np.multiply(cols, sampler.slots, out=flat)
     np.add(flat, slot, out=flat)
     np.take(sampler.support, flat, out=out, mode="clip")
+
+
+def format_summary(summary: Mapping[str, int | float]) -> str:
+    """``agents 1000, goals_reached 131026, at_goal 0.412``: counts as integers, the rest to
+    three significant digits."""
+    return ", ".join(
+        f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3g}" for k, v in summary.items()
+    )
 
 
 def check_n_agents(n_agents: object) -> int:
@@ -357,10 +366,11 @@ class BatchEnv:
             fresh[keep:] = True
             self.reset(fresh)
 
-    def summary(self) -> dict[str, float]:
-        """Aggregate statistics over all agents, for logs and the demo."""
+    def summary(self) -> dict[str, int | float]:
+        """Aggregate statistics over all agents, for logs and the demo: counts as ``int``,
+        rates and means as ``float`` (:func:`format_summary` prints them so)."""
         return {
-            "agents": float(self._n),
+            "agents": self._n,
             "mean_episode_steps": float(self._arrays["episode_steps"].mean()),
         }
 

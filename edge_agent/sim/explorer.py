@@ -132,12 +132,12 @@ class ExplorerEnv(BatchEnv):
     def target_sightings(self) -> IntArray:
         return self._views["target_sightings"]
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, int | float]:
         return {
             **super().summary(),
             "on_target": float(self._arrays["on_target"].mean()),
-            "target_visits": float(self._arrays["target_visits"].sum()),
-            "target_sightings": float(self._arrays["target_sightings"].sum()),
+            "target_visits": int(self._arrays["target_visits"].sum()),
+            "target_sightings": int(self._arrays["target_sightings"].sum()),
         }
 
     def _agent_arrays(self, n: int) -> dict[str, NDArray[Any]]:

@@ -173,12 +173,12 @@ class GridWorldEnv(BatchEnv):
     def goal_steps(self) -> IntArray:
         return self._views["goal_steps"]
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, int | float]:
         goals = int(self._arrays["goals_reached"].sum())
         steps = int(self._arrays["goal_steps"].sum())
         return {
             **super().summary(),
-            "goals_reached": float(goals),
+            "goals_reached": goals,
             "mean_steps_to_goal": steps / goals if goals else float("nan"),
             "at_goal": float(self._arrays["goal_reached"].mean()),
         }

@@ -156,7 +156,7 @@ class TMazeEnv(BatchEnv):
     def last_trial_cue_first(self) -> BoolArray:
         return self._views["last_trial_cue_first"]
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, int | float]:
         trials = int(self._arrays["trials"].sum())
 
         def per_trial(name: str) -> float:
@@ -164,7 +164,7 @@ class TMazeEnv(BatchEnv):
 
         return {
             **super().summary(),
-            "trials": float(trials),
+            "trials": trials,
             "rewards_per_trial": per_trial("rewards"),
             "losses_per_trial": per_trial("losses"),
             "cue_first_fraction": per_trial("cue_first_trials"),

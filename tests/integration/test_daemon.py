@@ -93,6 +93,7 @@ class Daemon:
             NOTIFY_SOCKET=str(notify.path),
             WATCHDOG_USEC="2000000",
             EDGE_AGENT_PROFILES_DIR=str(PROFILES),
+            EDGE_AGENT_RUNTIME_DIR=str(config.parent / "run"),  # where status finds daemons
             PYTHONUNBUFFERED="1",
         )
         env.pop("WATCHDOG_PID", None)
@@ -240,7 +241,10 @@ def test_sighup_with_broken_config_keeps_old_then_good_config_applies(
 
 def test_over_budget_config_is_refused_with_the_numbers(tmp_path: Path) -> None:
     config = tmp_path / "big.toml"
-    write_config(config, tmp_path / "state", grid=60_000, tmaze=10, profile="pi-zero-2w")
+    # 3,000 T-maze agents with 8,192-step histories do not fit pi-zero-2w's 96 MiB.
+    text = (REPO / "tests" / "data" / "configs" / "over_budget.toml").read_text()
+    config.write_text(text.replace('profile = "pi-zero-2w"',
+                                   f'profile = "pi-zero-2w"\nstate_dir = "{tmp_path / "state"}"'))
     out = subprocess.run(  # noqa: PLW1510 - exit codes are asserted
         [sys.executable, "-m", "edge_agent", "check-config", str(config)],
         capture_output=True,
@@ -250,7 +254,8 @@ def test_over_budget_config_is_refused_with_the_numbers(tmp_path: Path) -> None:
         env={**os.environ, "EDGE_AGENT_PROFILES_DIR": str(PROFILES)},
     )
     assert out.returncode == 2
-    assert "grid" in out.stderr
+    assert "groups[1].count: agents" in out.stderr
+    assert "group 'tmaze' count" in out.stderr
     assert "MiB" in out.stderr
     assert "pi-zero-2w" in out.stderr
     run = subprocess.run(  # noqa: PLW1510 - exit codes are asserted
@@ -348,3 +353,73 @@ def test_corrupt_snapshot_is_set_aside_and_reported(env: tuple[Path, Path, Notif
         assert second.wait() == 0
     finally:
         second.kill()
+
+
+def test_restore_says_what_it_restored_and_from_where(tmp_path: Path) -> None:
+    """A fresh clone once restored another checkout's demo snapshot without a word: the log now
+    names the snapshot, its age, the config that wrote it, and how to start fresh."""
+    config = tmp_path / "daemon.toml"
+    state = tmp_path / "state"
+    write_config(config, state, grid=30, tmaze=20)
+    cmd = [sys.executable, "-m", "edge_agent", "run", "--config", str(config), "--duration", "2"]
+    envs = {**os.environ, "EDGE_AGENT_PROFILES_DIR": str(PROFILES)}
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120, env=envs,
+                           check=True)
+    assert f"fresh start: no snapshot to restore in {state / 'snapshots'}" in first.stderr
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120, env=envs,
+                            check=True)
+    line = next(x for x in second.stderr.splitlines() if "restored grid" in x)
+    assert f"restored grid (30 agents), tmaze (20 agents) from snapshot {state / 'snapshots'}/" \
+        in line
+    assert f"by config {config})" in line
+    assert "ago" in line
+    assert "another state_dir" in line
+
+
+def test_status_without_arguments_finds_the_running_daemon(tmp_path: Path) -> None:
+    """``edge-agent status`` showed a stale demo status while a daemon with another config ran:
+    daemons announce their status file; one is shown, several are listed, none is explained."""
+    run_dir = tmp_path / "run"
+    envs = {**os.environ, "EDGE_AGENT_RUNTIME_DIR": str(run_dir),
+            "EDGE_AGENT_PROFILES_DIR": str(PROFILES)}
+
+    def status() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: PLW1510 - exit codes are asserted
+            [sys.executable, "-m", "edge_agent", "status", "--json"], capture_output=True,
+            text=True, cwd=REPO, timeout=60, env=envs,
+        )
+
+    daemons = []
+    try:
+        for name in ("a", "b"):
+            folder = tmp_path / name
+            folder.mkdir()
+            config = folder / "daemon.toml"
+            write_config(config, folder / "state", grid=10 if name == "a" else 20, tmaze=5)
+            notify = NotifySocket(folder / "notify.sock")
+            daemon = Daemon(config, notify, extra_env={"EDGE_AGENT_RUNTIME_DIR": str(run_dir)})
+            daemons.append((daemon, notify, folder))
+            notify.wait_for("READY=1", 60)
+            wait_status(folder / "state" / "status.json", lambda s: s["tick"]["ticks"] >= 1)
+            if name == "a":
+                one = status()
+                assert one.returncode == 0, one.stderr
+                shown = json.loads(one.stdout)
+                assert shown["agents"] == 15
+                assert shown["status_file"] == str(folder / "state" / "status.json")
+        both = status()
+        assert both.returncode == 3
+        assert "2 daemons are running; choose one:" in both.stderr
+        for d, _, folder in daemons:
+            assert f"pid {d.proc.pid}: --config {folder / 'daemon.toml'}" in both.stderr
+        for d, _, _ in daemons:
+            d.signal(signal.SIGTERM)
+            assert d.wait() == 0
+        none = status()
+        assert none.returncode == 3
+        assert f"no running daemon announced in {run_dir}" in none.stderr
+        assert "edge-agent status --config FILE" in none.stderr
+    finally:
+        for d, notify, _ in daemons:
+            d.kill()
+            notify.close()

@@ -174,8 +174,17 @@ def test_plan_reports_every_line_that_does_not_fit() -> None:
         budget.plan(requests, hints={"patrol": "reduce group 'patrol' count to at most 750"})
     message = str(info.value)
     lines = message.splitlines()
-    offending = [line for line in lines if line.startswith("  line ")]
-    assert [line.split(":")[0] for line in offending] == ["  line 5", "  line 6", "  line 7"]
+    offending = [line for line in lines if line.startswith("  request ")]
+    assert [line.split(":")[0] for line in offending] == [
+        "  request 5", "  request 6", "  request 7"
+    ]
+    # Each offender by owner, for callers that know where the owner is configured.
+    assert [owner for owner, _ in info.value.offenders] == ["patrol", "scout", "scout"]
+    assert info.value.offenders[0][1] == (
+        "history 20.0 MiB brings the total to 90.0 MiB, over the 85.0 MiB left"
+    )
+    assert info.value.summary.endswith("lower agent counts or history capacities, remove groups, "
+                                       "or choose a profile with a larger budget")
     expected = "'patrol' history 20.0 MiB brings the total to 90.0 MiB, over the 85.0 MiB left"
     assert expected in offending[0]
     assert "shared key 'model:a', which is model of 5.0 MiB elsewhere" in offending[2]

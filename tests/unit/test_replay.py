@@ -180,3 +180,37 @@ def test_replay_reports_ties_on_a_symmetric_grid(
     text = capsys.readouterr().out
     assert f"optimal for the agent at {T - 1} of {T} steps" in text
     assert f"{int(out['tied'].sum())} of {T} steps had tied actions" in text
+
+
+def test_replay_takes_a_bundle_as_the_device_runs_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``replay`` on a bundle .tar once said it 'contains pickled (object) data': it now runs the
+    bundle's int8 model with the bundle's settings, and checks its signature when asked."""
+    from edge_agent_host.convert_aif import convert_aif
+    from edge_agent_host.keys import generate_keypair, load_signing_key
+
+    model = gridworld_model(4, 4)
+    keys = tmp_path / "keys"
+    pair = generate_keypair(keys, "fleet")
+    report = convert_aif(model, tmp_path / "grid.tar", name="grid", rollouts=10, steps=5,
+                         settings=AifSettings(policy_len=2),
+                         sign_key=load_signing_key(pair.private_path))
+    assert report.bundle is not None
+    unsigned = convert_aif(model, tmp_path / "plain.tar", name="plain", rollouts=10, steps=5)
+    assert unsigned.bundle is not None
+    env = GridWorldEnv(1, height=4, width=4, seed=1)
+    obs = np.array([env.reset()[0]] * 6)
+    rec = {"obs": obs, "actions": np.zeros((6, 1), dtype=np.int64)}
+    np.savez(tmp_path / "rec.npz", **rec)
+    args = ["--recording", str(tmp_path / "rec.npz"), "--out", str(tmp_path / "out.npz")]
+    assert main(["replay", str(tmp_path / "grid.tar"), *args, "--trusted-keys", str(keys)]) == 0
+    text = capsys.readouterr().out
+    assert f"replayed bundle grid 1.0.0, int8, signed by {pair.key_id}" in text
+    assert "policy_len 2" in text
+    out = np.load(tmp_path / "out.npz")
+    assert out["policies"].shape[1] == 2  # the bundle's settings
+    assert main(["replay", str(tmp_path / "plain.tar"), *args]) == 0
+    assert "signature not checked" in capsys.readouterr().out
+    assert main(["replay", str(tmp_path / "plain.tar"), *args, "--trusted-keys", str(keys)]) == 2
+    assert "signature" in capsys.readouterr().err

@@ -639,3 +639,26 @@ def test_registry_unknown_name_lists_known_names() -> None:
         make_env("maze", 2)
     with pytest.raises(ModelError, match="unknown workload 'maze'"):
         builtin_model("maze")
+
+
+def test_summaries_print_counts_as_integers() -> None:
+    """The demo log showed 'agents 1e+03' and 'trials 1.31e+05': counts are ints, printed so."""
+    from edge_agent.sim import format_summary
+    from edge_agent.sim.tmaze import TMazeEnv
+
+    for env in (GridWorldEnv(1000, seed=0), TMazeEnv(1000, seed=0), ExplorerEnv(1000, seed=0)):
+        rng = np.random.default_rng(0)
+        env.reset()
+        for _ in range(30):
+            env.step(np.stack([rng.integers(0, u, 1000) for u in env.model.num_controls], axis=1))
+        summary = env.summary()
+        assert summary["agents"] == 1000
+        assert isinstance(summary["agents"], int)
+        text = format_summary(summary)
+        assert text.startswith("agents 1000, ")
+        assert "e+" not in text
+        counts = {"goals_reached", "trials", "target_visits", "target_sightings"} & set(summary)
+        assert counts, type(env).__name__
+        for key in counts:
+            assert isinstance(summary[key], int), key
+            assert f"{key} {summary[key]}" in text
