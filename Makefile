@@ -11,7 +11,7 @@ demo:
 
 # ruff and mypy only, as scripts/test runs them.
 lint:
-	bash -c 'source scripts/bootstrap.sh && ruff check edge_agent tools tests benchmarks && mypy'
+	bash -c 'source scripts/bootstrap.sh && ruff check edge_agent tools tests benchmarks examples && mypy'
 
 # The daemon on emulated arm64 (debootstrap + qemu-user, as root): docs/arm64.md.
 test-arm64:

@@ -104,6 +104,8 @@ def daemon_main(argv: Sequence[str] | None = None) -> int:
 def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="show the running daemon's status")
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for the daemon to report that it runs")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--status-file", type=Path, help="status file to read")
     where.add_argument("--config", type=Path, help="find the status file from this config")
@@ -141,33 +143,51 @@ def _find_status_file(config_path: Path | None) -> tuple[Path | None, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path, note = (args.status_file, "") if args.status_file else _find_status_file(args.config)
-    if path is None:
-        print(note, file=sys.stderr)
-        return 3
-    try:
-        status = json.loads(path.read_text())
-    except FileNotFoundError:
-        print(note or f"no status at {path}: is edge-agentd running? (see --status-file)",
-              file=sys.stderr)
-        return 3
-    except (OSError, ValueError) as err:
-        print(f"cannot read status {path}: {err}", file=sys.stderr)
-        return 1
-    age = time.time() - float(status.get("updated_at", 0))
+    deadline = time.monotonic() + max(0.0, args.wait)
+    while True:
+        final = time.monotonic() >= deadline
+        code = _show_status(args, final=final)
+        if code != 3 or final:
+            return code
+        time.sleep(0.2)
+
+
+def _show_status(args: argparse.Namespace, *, final: bool) -> int:
+    """Print the status; 0 while the daemon runs, 3 when it does not (stale, stopped, not
+    found), 1 when the file cannot be read. With ``final`` false (``--wait`` will look again),
+    nothing is printed unless the daemon runs."""
     from edge_agent.discovery import pid_alive
 
+    path, note = (args.status_file, "") if args.status_file else _find_status_file(args.config)
+    status: dict[str, Any] | None = None
+    problem, code = note, 3
+    if path is not None:
+        try:
+            status = json.loads(path.read_text())
+        except FileNotFoundError:
+            problem = note or f"no status at {path}: is edge-agentd running? (see --status-file)"
+        except (OSError, ValueError) as err:
+            problem, code = f"cannot read status {path}: {err}", 1
+    if status is None or path is None:
+        if final:
+            print(problem, file=sys.stderr)
+            return code
+        return 3
+    age = time.time() - float(status.get("updated_at", 0))
     alive = pid_alive(int(status.get("pid", -1)))
     status["stale"] = bool(age > 10 or not alive)
     status["age_s"] = round(age, 1)
     status["status_file"] = str(path)
+    running = status["state"] == "running" and not status["stale"]
+    if not running and not final:
+        return 3
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print(format_status(status))
     if note and status["stale"]:
         print(note, file=sys.stderr)
-    return 0 if status["state"] == "running" and not status["stale"] else 3
+    return 0 if running else 3
 
 
 def _mb(n: Any) -> str:

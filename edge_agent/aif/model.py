@@ -224,6 +224,9 @@ def model_from_npz_dict(arrays: dict[str, np.ndarray], source: str = "model") ->
         raise ModelError(f"{source}: {err}") from err
 
 
-def save_npz(model: GenerativeModel, path: str | Path) -> None:
-    """Write a model with pymdp-convention keys."""
-    np.savez(Path(path), **model.to_npz_dict())  # type: ignore[arg-type]
+def save_npz(model: GenerativeModel, path: str | Path, *, compress: bool = False) -> None:
+    """Write a model with pymdp-convention keys (``A0..``, ``B0..``, ``C0..``, ``D0..``, ``E``),
+    the file ``edge-agent-host convert aif`` reads; ``compress`` zips the arrays (mostly-zero
+    tables shrink a lot)."""
+    save = np.savez_compressed if compress else np.savez
+    save(Path(path), **model.to_npz_dict())  # type: ignore[arg-type]

@@ -133,6 +133,48 @@ def test_pymdp_agents_are_read_by_duck_typing(tmp_path: Path) -> None:
         settings_from_pymdp(SimpleNamespace(gamma=-1.0))
 
 
+def test_pymdp_1x_jax_agents_are_read_by_duck_typing(tmp_path: Path) -> None:
+    """pymdp 1.x keeps every array with a leading batch axis, ``A[m]`` over only the factors in
+    ``A_dependencies[m]``, and its settings as (batched) arrays. A stand-in with exactly that
+    layout (pymdp and JAX are not installed here: ``np.asarray`` is what reads a JAX array)."""
+    model = tmaze_model()  # location (4) x context (2) states; A[m] over both factors
+    batch = 3
+
+    def batched(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        return [np.broadcast_to(a, (batch, *a.shape)).copy() for a in arrays]
+
+    # Modality 0 (location) depends on the location factor only: keep just that slice.
+    A = batched(model.A)
+    A[0] = A[0][:, :, :, 0]
+    agent = SimpleNamespace(
+        A=A, B=batched(model.B), C=batched(model.C), D=batched(model.D),
+        E=np.full((batch, 4), 0.25), batch_size=batch,
+        A_dependencies=[[0], [0, 1], [0, 1]], B_dependencies=[[0], [1]],
+        policy_len=1, gamma=np.full(batch, 8.0), alpha=np.full(batch, 16.0), num_iter=10,
+        inference_algo="fpi", use_utility=True, use_states_info_gain=True,
+        action_selection="deterministic", sampling_mode="marginal",
+    )
+    assert np.array_equal(model.A[0][:, :, 0], model.A[0][:, :, 1])  # the dependency is real
+    read = model_from_pymdp(agent)
+    assert same_model(read, model)
+    settings = settings_from_pymdp(agent)
+    assert settings == AifSettings(policy_len=1, gamma=8.0, alpha=16.0, num_iter=10)
+    save_npz(read, tmp_path / "tmaze.npz")
+    assert same_model(load_aif_model(tmp_path / "tmaze.npz"), model)
+    # Refused with one line each: a batch of different models, coupled transitions, other
+    # inference algorithms, per-agent settings.
+    mixed = SimpleNamespace(**{**vars(agent), "D": [d.copy() for d in agent.D]})
+    mixed.D[0][1] = np.roll(mixed.D[0][1], 1)
+    with pytest.raises(ModelError, match=r"\.D\[0\] differs across its batch of 3"):
+        model_from_pymdp(mixed)
+    with pytest.raises(ModelError, match=r"B_dependencies .* couple factors"):
+        model_from_pymdp(SimpleNamespace(**{**vars(agent), "B_dependencies": [[0, 1], [1]]}))
+    with pytest.raises(ModelError, match=r"inference_algo 'mmp'"):
+        settings_from_pymdp(SimpleNamespace(**{**vars(agent), "inference_algo": "mmp"}))
+    with pytest.raises(ModelError, match=r"\.gamma = .* not one value"):
+        settings_from_pymdp(SimpleNamespace(**{**vars(agent), "gamma": np.array([1.0, 2.0])}))
+
+
 # -- the report against an independent computation -------------------------------------------------
 def reference_rollouts(model: GenerativeModel, n: int, steps: int, seed: int) -> dict[str, float]:
     """The same experiment with the one-agent float64 oracle on the float and decoded tables."""

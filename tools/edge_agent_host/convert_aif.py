@@ -150,11 +150,65 @@ def _object_list(agent: object, attr: str) -> list[np.ndarray] | None:
         raise ModelError(f"pymdp agent: .{attr} is not a list of numeric arrays") from err
 
 
-def model_from_pymdp(agent: object) -> GenerativeModel:
-    """The generative model of a pymdp (0.0.x numpy) ``Agent``, read from ``.A`` ... ``.E``.
+def _pymdp_batch(agent: object) -> int | None:
+    """pymdp 1.x (JAX) agents carry a leading batch axis on every array and a ``batch_size``;
+    0.0.x agents have neither."""
+    size = getattr(agent, "batch_size", None)
+    return None if size is None else int(size)
 
-    ``.A``/``.B`` (required), ``.C``/``.D`` (optional) are object arrays or lists of arrays, ``.E``
-    a vector over policies. Validated like any other model (ModelError on a bad table).
+
+def _one_of_batch(arrays: list[np.ndarray], attr: str, batch: int) -> list[np.ndarray]:
+    """The first element of each batched array; every element of the batch must be the same
+    model (edge-agent runs many agents of one model as one group)."""
+    out = []
+    for index, a in enumerate(arrays):
+        if a.ndim == 0 or a.shape[0] != batch:
+            raise ModelError(
+                f"pymdp agent: .{attr}[{index}] has shape {a.shape}, expected a leading batch "
+                f"axis of {batch}"
+            )
+        if batch > 1 and not np.allclose(a, a[:1]):
+            raise ModelError(
+                f"pymdp agent: .{attr}[{index}] differs across its batch of {batch}: convert "
+                "one model at a time (a bundle holds one model that many agents run)"
+            )
+        out.append(a[0])
+    return out
+
+
+def _expand_dependencies(
+    A: list[np.ndarray], deps: object, num_states: list[int]
+) -> list[np.ndarray]:
+    """pymdp 1.x ``A_dependencies``: ``A[m]`` spans only the factors ``deps[m]``; edge-agent's
+    ``A[m]`` spans every factor, so the table is repeated along the factors it ignores."""
+    if deps is None:
+        return A
+    out = []
+    for m, (a, factors) in enumerate(zip(A, list(deps), strict=True)):  # type: ignore[call-overload]
+        fs = [int(f) for f in factors]
+        if a.shape[1:] != tuple(num_states[f] for f in fs):
+            raise ModelError(
+                f"pymdp agent: A[{m}] has shape {a.shape}, A_dependencies[{m}] = {fs} needs "
+                f"(O, {', '.join(str(num_states[f]) for f in fs)})"
+            )
+        order = sorted(range(len(fs)), key=lambda i: fs[i])
+        sorted_a = np.transpose(a, (0, *(1 + i for i in order)))
+        shape = [a.shape[0]] + [n if f in fs else 1 for f, n in enumerate(num_states)]
+        full = np.broadcast_to(sorted_a.reshape(shape), (a.shape[0], *num_states))
+        out.append(np.ascontiguousarray(full))
+    return out
+
+
+def model_from_pymdp(agent: object) -> GenerativeModel:
+    """The generative model of a pymdp ``Agent``, read from ``.A`` ... ``.E`` (duck-typed: pymdp
+    is not imported).
+
+    pymdp 0.0.x (numpy): ``.A``/``.B`` (required), ``.C``/``.D`` (optional) are object arrays or
+    lists of arrays, ``.E`` a vector over policies. pymdp 1.x (JAX): the same lists of arrays with
+    a leading batch axis (``.batch_size``; every batch element must be the same model) and
+    ``A[m]`` over the factors in ``.A_dependencies[m]``; transitions must depend only on their
+    own factor (``.B_dependencies[f] == [f]``). Validated like any other model (ModelError on a
+    bad table).
     """
     A = _object_list(agent, "A")
     B = _object_list(agent, "B")
@@ -162,9 +216,37 @@ def model_from_pymdp(agent: object) -> GenerativeModel:
         raise ModelError("pymdp agent: needs .A and .B")
     C = _object_list(agent, "C")
     D = _object_list(agent, "D")
-    E_raw = getattr(agent, "E", None)
-    E = None if E_raw is None else np.asarray(E_raw, dtype=np.float64).ravel()
+    E_list = _object_list(agent, "E")
+    batch = _pymdp_batch(agent)
+    if batch is not None:
+        A, B = _one_of_batch(A, "A", batch), _one_of_batch(B, "B", batch)
+        C = None if C is None else _one_of_batch(C, "C", batch)
+        D = None if D is None else _one_of_batch(D, "D", batch)
+        E_list = None if E_list is None else _one_of_batch(
+            [np.concatenate([e.reshape(batch, -1) for e in E_list], axis=1)], "E", batch
+        )
+        b_deps = getattr(agent, "B_dependencies", None)
+        if b_deps is not None and [list(map(int, d)) for d in b_deps] != [
+            [f] for f in range(len(B))
+        ]:
+            raise ModelError(
+                f"pymdp agent: B_dependencies {b_deps} couple factors; edge-agent's transitions "
+                "depend on their own factor only"
+            )
+        A = _expand_dependencies(A, getattr(agent, "A_dependencies", None),
+                                 [b.shape[0] for b in B])
+    E = None if E_list is None else np.concatenate([e.ravel() for e in E_list])
     return GenerativeModel.from_arrays(A, B, C, D, E)
+
+
+def _scalar(value: object, attr: str) -> Any:
+    """A setting as a Python scalar: numpy/JAX scalars and batched arrays whose elements agree."""
+    if isinstance(value, str | bool | int | float):
+        return value
+    array = np.asarray(value)
+    if array.size == 0 or not np.all(array == array.flat[0]):
+        raise ModelError(f"pymdp agent: .{attr} = {value!r} is not one value for every agent")
+    return array.flat[0].item()
 
 
 def settings_from_pymdp(agent: object) -> AifSettings:
@@ -182,10 +264,17 @@ def settings_from_pymdp(agent: object) -> AifSettings:
     for attr, field_name in names.items():
         value = getattr(agent, attr, None)
         if value is not None:
-            values[field_name] = value.item() if isinstance(value, np.generic) else value
+            values[field_name] = _scalar(value, attr)
     fac = getattr(agent, "control_fac_idx", None)
     if fac is not None:
         values["control_fac_idx"] = tuple(int(f) for f in fac)
+    if getattr(agent, "num_iter", None) is not None:  # pymdp 1.x keeps it on the agent
+        values["num_iter"] = int(_scalar(agent.num_iter, "num_iter"))  # type: ignore[attr-defined]
+    algo = getattr(agent, "inference_algo", None)
+    if algo is not None and str(algo).lower() not in ("fpi", "vanilla_fpi", "vanilla"):
+        raise ModelError(
+            f"pymdp agent: inference_algo {algo!r}; edge-agent runs fixed-point iteration (fpi)"
+        )
     inference = getattr(agent, "inference_params", None)
     if isinstance(inference, Mapping):
         if "num_iter" in inference:

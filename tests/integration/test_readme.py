@@ -1,0 +1,66 @@
+"""The README's "Using it" commands, verbatim and in order, on the shipped examples.
+
+Each ``sh`` block runs as one ``bash -e`` script in a directory holding a copy of ``examples/``
+(the repository root as the README assumes it), with this venv's console scripts first on PATH;
+then the Python block runs there too. A command that fails fails the test, so the README cannot
+drift from what the tools do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def using_it_blocks() -> list[tuple[str, str]]:
+    """``(language, code)`` of every fenced block in the README's "Using it" section."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Using it", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+
+
+def test_the_blocks_are_the_ones_expected() -> None:
+    kinds = [kind for kind, _ in using_it_blocks()]
+    assert kinds == ["sh", "sh", "python"]
+
+
+def test_readme_using_it_runs_verbatim(tmp_path: Path) -> None:
+    work = tmp_path / "repo"
+    shutil.copytree(REPO / "examples", work / "examples")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "EDGE_AGENT_RUNTIME_DIR": str(tmp_path / "run")}
+    outputs = []
+    for kind, code in using_it_blocks():
+        if kind == "sh":
+            result = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", code], cwd=work, env=env, capture_output=True,
+                text=True, timeout=600, check=False,
+            )
+        else:
+            result = subprocess.run(
+                [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
+                timeout=600, check=False,
+            )
+        assert result.returncode == 0, f"{kind} block failed:\n{code}\n{result.stderr[-4000:]}"
+        outputs.append(result.stdout + result.stderr)
+    host, device, _ = outputs
+    assert host.count("checks") == 2  # two conversion reports
+    assert "FAILED" not in host
+    assert "OK:" in host  # verify
+    assert "examples/grid-bundle.toml: OK" in device  # check-config
+    assert re.search(r"^edge-agentd \S+  pid \d+  running$", device, flags=re.M)  # status
+    assert "    group grid: 200 agents" in device
+    assert "replayed bundle grid10 1.0.0, int8, signed by" in device
+    assert (work / "grid.bundle").is_dir() or (work / "grid.bundle").is_file()
+    assert (work / "replay.npz").is_file()
+    assert list((work / ".state" / "grid-bundle" / "snapshots").glob("snapshot-*.eas"))
