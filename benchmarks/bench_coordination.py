@@ -26,13 +26,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_agent.agents import AifAgentGroup  # noqa: E402
 from edge_agent.coordination import (  # noqa: E402
     AuctionSettings,
     CoordinationSettings,
     SharingSettings,
     TaskSpec,
 )
+from edge_agent.core.agents import AifAgentGroup  # noqa: E402
 from edge_agent.sim import BatchEnv  # noqa: E402
 from edge_agent.sim.gridworld import gridworld_model  # noqa: E402
 from tests.unit.coordination_harness import (  # noqa: E402

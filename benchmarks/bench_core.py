@@ -1,9 +1,9 @@
 """Runtime-core benchmark (issue 2): batched Active Inference agents on one core.
 
-For every workload and agent count, an :class:`~edge_agent.agents.AifAgentGroup` (int8 by default)
-steps through its own built-in world (:mod:`edge_agent.sim`), so beliefs are those of agents that
-act and observe, not of random observations; only ``group.step(obs)`` is timed (the world's step
-and episode resets are not). One JSON object per line:
+For every workload and agent count, an :class:`~edge_agent.core.agents.AifAgentGroup` (int8 by
+default) steps through its own built-in world (:mod:`edge_agent.sim`), so beliefs are those of
+agents that act and observe, not of random observations; only ``group.step(obs)`` is timed (the
+world's step and episode resets are not). One JSON object per line:
 
 * ``agent_steps_per_s``: agents x timed steps / wall time of those steps; ``cpu_agent_steps_per_s``
   the same over the process CPU time (less sensitive to other load on a shared machine);
@@ -16,7 +16,7 @@ and episode resets are not). One JSON object per line:
   The reference is measured on a few agents (``reference_agents`` x ``reference_steps``) in the
   same world and extrapolated per agent: its cost is linear in the number of agents;
 * a last line ``workload: "import"`` with the RSS of a fresh interpreter after ``import
-  edge_agent`` (and after ``import edge_agent.agents``, which loads numpy and pydantic).
+  edge_agent`` (and after ``import edge_agent.core.agents``, which loads numpy and pydantic).
 
 The process runs one thread (``OPENBLAS_NUM_THREADS=1``; numpy does not thread otherwise), so it
 uses one core at a time, as the targets say; ``--cpu N`` also pins it to CPU ``N`` (on a shared
@@ -81,7 +81,7 @@ def import_rss() -> dict[str, Any]:
     )
     out: dict[str, Any] = {"workload": "import"}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for key, mod in (("edge_agent", "edge_agent"), ("edge_agent_agents", "edge_agent.agents")):
+    for key, mod in (("edge_agent", "edge_agent"), ("edge_agent_agents", "edge_agent.core.agents")):
         res = subprocess.run(
             [sys.executable, "-c", probe.format(mod=mod)],
             capture_output=True, text=True, check=True, env=env,
@@ -103,8 +103,8 @@ def time_group(
 ) -> dict[str, Any]:
     import numpy as np
 
-    from edge_agent.agents import AifAgentGroup
     from edge_agent.aif.settings import AifSettings
+    from edge_agent.core.agents import AifAgentGroup
     from edge_agent.sim.registry import make_env
 
     env = make_env(workload, n, seed=1)
@@ -162,8 +162,8 @@ def profile(case: str, precision: str, history: int, seconds: float) -> None:
     import cProfile
     import pstats
 
-    from edge_agent.agents import AifAgentGroup
     from edge_agent.aif.settings import AifSettings
+    from edge_agent.core.agents import AifAgentGroup
     from edge_agent.sim.registry import make_env
 
     workload, policy_len, n = case.split(":")

@@ -48,11 +48,11 @@ import paho.mqtt.client as paho  # noqa: E402
 from broker import MosquittoBroker  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
-from edge_agent.comms.base import Backoff  # noqa: E402
-from edge_agent.comms.mqtt import MqttSettings, MqttTransport  # noqa: E402
-from edge_agent.fleet import FleetLink  # noqa: E402
-from edge_agent.outbox import Outbox  # noqa: E402
-from edge_agent.protocol import Envelope, Event, encode  # noqa: E402
+from edge_agent.fleet.comms.base import Backoff  # noqa: E402
+from edge_agent.fleet.comms.mqtt import MqttSettings, MqttTransport  # noqa: E402
+from edge_agent.fleet.link import FleetLink  # noqa: E402
+from edge_agent.fleet.outbox import Outbox  # noqa: E402
+from edge_agent.fleet.protocol import Envelope, Event, encode  # noqa: E402
 
 FLEET = "bench"
 

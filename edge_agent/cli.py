@@ -69,8 +69,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from edge_agent.config import read_config
-    from edge_agent.service import Daemon
+    from edge_agent.config.daemon import read_config
+    from edge_agent.daemon.service import Daemon
 
     path = None if (args.demo or args.config is None) else args.config
     source = read_config(path)
@@ -118,9 +118,9 @@ SYSTEMD_STATUS_FILE = Path("/run/edge-agent/status.json")
 def _find_status_file(config_path: Path | None) -> tuple[Path | None, str]:
     """The status file to show and, when it is a guess, a note saying which file was read and
     how to point elsewhere. ``(None, message)`` when several daemons run (choose one)."""
-    from edge_agent import discovery
-    from edge_agent.config import default_config, load_config
-    from edge_agent.service import Daemon
+    from edge_agent.config.daemon import default_config, load_config
+    from edge_agent.daemon import discovery
+    from edge_agent.daemon.service import Daemon
 
     if config_path is not None:
         return Daemon._status_path(load_config(config_path)), ""
@@ -156,7 +156,7 @@ def _show_status(args: argparse.Namespace, *, final: bool) -> int:
     """Print the status; 0 while the daemon runs, 3 when it does not (stale, stopped, not
     found), 1 when the file cannot be read. With ``final`` false (``--wait`` will look again),
     nothing is printed unless the daemon runs."""
-    from edge_agent.discovery import pid_alive
+    from edge_agent.daemon.discovery import pid_alive
 
     path, note = (args.status_file, "") if args.status_file else _find_status_file(args.config)
     status: dict[str, Any] | None = None
@@ -191,7 +191,7 @@ def _show_status(args: argparse.Namespace, *, final: bool) -> int:
 
 
 def _mb(n: Any) -> str:
-    from edge_agent.budget import format_bytes
+    from edge_agent.core.budget import format_bytes
 
     return format_bytes(int(n)) if n is not None else "n/a"
 
@@ -342,9 +342,9 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from edge_agent.budget import format_bytes
-    from edge_agent.config import describe_config, read_config
-    from edge_agent.service import admit
+    from edge_agent.config.daemon import describe_config, read_config
+    from edge_agent.core.budget import format_bytes
+    from edge_agent.daemon.service import admit
 
     source = read_config(args.file)
     profile, budget, groups = admit(source)
@@ -374,14 +374,14 @@ def _add_profiles(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def cmd_profiles(_args: argparse.Namespace) -> int:
-    from edge_agent.profiles import format_profiles_table, load_profiles
+    from edge_agent.config.profiles import format_profiles_table, load_profiles
 
     print(format_profiles_table(load_profiles()))
     return 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from edge_agent.profiles import explain_profile, select_profile
+    from edge_agent.config.profiles import explain_profile, select_profile
 
     print(explain_profile(select_profile(args.name)))
     return 0
@@ -398,8 +398,8 @@ def _add_unit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_unit(args: argparse.Namespace) -> int:
-    from edge_agent.profiles import select_profile
-    from edge_agent.systemd import render_unit
+    from edge_agent.config.profiles import select_profile
+    from edge_agent.daemon.systemd import render_unit
 
     profile = select_profile(args.profile)
     print(
@@ -441,12 +441,12 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def cmd_replay(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from edge_agent.agents import Precision
     from edge_agent.aif.agreement import ROUNDING_TOL
+    from edge_agent.aif.quant import QuantizedModel
     from edge_agent.aif.settings import AifSettings
-    from edge_agent.quant import QuantizedModel
-    from edge_agent.replay import load_recording, load_replay_model, replay
-    from edge_agent.signing import TrustedKeys
+    from edge_agent.bundle.signing import TrustedKeys
+    from edge_agent.core.agents import Precision
+    from edge_agent.core.replay import load_recording, load_replay_model, replay
 
     keys = TrustedKeys.from_dir(args.trusted_keys) if args.trusted_keys else None
     model, settings, what = load_replay_model(args.model, trusted_keys=keys)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif.model import save_npz
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent.sim.tmaze import tmaze_model

@@ -23,7 +23,7 @@ Two implementations of the same maths live here:
 * the **fast paths** work on one block of agents at a time and write into the preallocated
   buffers of a :class:`Workspace` (nothing is allocated per tick). They compute the same sums in
   another order and layout, so they agree with the general path to rounding
-  (``tests/unit/test_kernels.py``). :class:`~edge_agent.agents.AifAgentGroup` runs them:
+  (``tests/unit/test_kernels.py``). :class:`~edge_agent.core.agents.AifAgentGroup` runs them:
 
   - :func:`infer_block`: state inference, one factor agent-major, several factors state-major;
   - :func:`evaluate_block`: the policy tree in a *state-major* layout (agent index last), any
@@ -47,9 +47,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.quant import SPARSE_RATIO, LogU8, QuantizedModel, SparseColumns, decode_log_u8
 from edge_agent.aif.reference import EPS, EXP_M16
 from edge_agent.errors import ModelError
-from edge_agent.quant import SPARSE_RATIO, LogU8, QuantizedModel, SparseColumns, decode_log_u8
 
 #: Joint outcome x joint state tables larger than this are refused (memory of the info gain).
 MAX_JOINT_TABLE = 1 << 24

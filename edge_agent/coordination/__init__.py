@@ -8,7 +8,7 @@
   preferences, the award rule, the replicated ledger and the auction bookkeeping.
 * :mod:`~edge_agent.coordination.messages` -- the task messages on the ``tasks`` topic.
 * :mod:`~edge_agent.coordination.engine` -- :class:`CoordinationEngine`, one node's layer
-  between its groups and its :class:`~edge_agent.fleet.FleetLink`.
+  between its groups and its :class:`~edge_agent.fleet.link.FleetLink`.
 * :mod:`~edge_agent.coordination.config` -- ``[coordination]`` and ``[groups.coordination]`` of
   the daemon config.
 * :mod:`~edge_agent.coordination.runtime` -- ``CoordinationRuntime``: the engine in the daemon

@@ -1,6 +1,6 @@
 """Belief sharing for one agent group: what to publish, and fusing what peers published.
 
-A :class:`BeliefSharer` sits around one :class:`~edge_agent.agents.AifAgentGroup` and is called
+A :class:`BeliefSharer` sits around one :class:`~edge_agent.core.agents.AifAgentGroup` and is called
 three times a tick, in this order:
 
 1. :meth:`BeliefSharer.fuse` before the group steps: peers' messages received since the last
@@ -21,8 +21,8 @@ per agent: ``bytes_per_agent_s`` refill per second, ``burst_s`` seconds of capac
 its 4-byte channel id, its codes, and its share of the message overhead. Agents lacking tokens are
 deferred (counted ``rows_deferred_budget``); their evidence keeps accumulating.
 
-**On the wire** a :class:`~edge_agent.protocol.BeliefBatch` on ``node/{node}/beliefs`` (QoS 0 by
-default: beliefs are perishable and the next message supersedes a lost one):
+**On the wire** a :class:`~edge_agent.fleet.protocol.BeliefBatch` on ``node/{node}/beliefs`` (QoS 0
+by default: beliefs are perishable and the next message supersedes a lost one):
 
 =============== ==========================================================================
 ``group``        the group's name; receivers fuse only into their group of the same name
@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.coordination import fusion
 from edge_agent.errors import InputError
-from edge_agent.protocol import (
+from edge_agent.fleet.protocol import (
     UINT32,
     BeliefBatch,
     Envelope,

@@ -22,7 +22,7 @@ A node coordinates when ``[mqtt]`` is enabled and at least one group has a ``coo
     factors = [0]
     trust = 0.5
 
-Everything here is a :class:`~edge_agent.tomlpos.StrictModel` (or the engine's own strict
+Everything here is a :class:`~edge_agent.config.toml_lines.StrictModel` (or the engine's own strict
 settings): unknown keys are errors, instances are frozen, every field is described and bounded.
 ``docs/configuration.md`` lists the keys; ``docs/coordination.md`` explains them.
 """
@@ -34,12 +34,12 @@ from typing import Final
 
 from pydantic import Field, field_validator
 
+from edge_agent.config.toml_lines import StrictModel
 from edge_agent.coordination.beliefs import SharingSettings
 from edge_agent.coordination.engine import CoordinationSettings
 from edge_agent.coordination.tasks import AuctionSettings
-from edge_agent.outbox import DEFAULT_POLICIES
-from edge_agent.protocol import NAME_PATTERN, UINT32
-from edge_agent.tomlpos import StrictModel
+from edge_agent.fleet.outbox import DEFAULT_POLICIES
+from edge_agent.fleet.protocol import NAME_PATTERN, UINT32
 
 __all__ = ["AuctionConfig", "CoordinationConfig", "GroupCoordinationConfig"]
 

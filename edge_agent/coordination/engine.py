@@ -38,9 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif import kernels
-from edge_agent.comms.base import BoundedQueue
 from edge_agent.coordination.beliefs import BeliefSharer, SharingSettings
 from edge_agent.coordination.messages import (
     MAX_BIDS_PER_MESSAGE,
@@ -67,8 +65,10 @@ from edge_agent.coordination.tasks import (
     task_costs,
     task_utility,
 )
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import EdgeAgentError, InputError
-from edge_agent.protocol import (
+from edge_agent.fleet.comms.base import BoundedQueue
+from edge_agent.fleet.protocol import (
     UINT32,
     BeliefBatch,
     Birth,
@@ -97,7 +97,7 @@ DIGEST_HISTORY: Final = 64
 
 
 class LinkLike(Protocol):
-    """What the engine needs of :class:`~edge_agent.fleet.FleetLink`."""
+    """What the engine needs of :class:`~edge_agent.fleet.link.FleetLink`."""
 
     @property
     def node_id(self) -> str: ...
@@ -123,7 +123,7 @@ class LinkLike(Protocol):
 
 
 class MessageLike(Protocol):
-    """What the engine needs of :class:`~edge_agent.fleet.Received`."""
+    """What the engine needs of :class:`~edge_agent.fleet.link.Received`."""
 
     @property
     def route(self) -> Route: ...

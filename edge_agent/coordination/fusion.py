@@ -26,9 +26,9 @@ Wire code (``ea-llr8``): ``Lambda - max Lambda`` lies in ``[-R, 0]`` after clipp
 ``R = WIRE_RANGE_NATS``; it is sent as ``uint8`` ``code = round(-x * 255 / R)``, so the absolute
 error is at most ``R / 510`` nats (0.031 for ``R = 16``) on every entry. A log-domain linear code
 fits because messages are *added* in the log domain: a bounded absolute error in nats is a
-bounded relative error on the likelihood. The probability codes of :mod:`edge_agent.quant` do not
-fit: ``encode_beliefs_u8`` is linear in probability (every likelihood ratio beyond 255 becomes an
-impossible state) and ``logu8-v1`` keeps two float32 per column, more than the codes themselves
+bounded relative error on the likelihood. The probability codes of :mod:`edge_agent.aif.quant` do
+not fit: ``encode_beliefs_u8`` is linear in probability (every likelihood ratio beyond 255 becomes
+an impossible state) and ``logu8-v1`` keeps two float32 per column, more than the codes themselves
 for the small factors shared in practice.
 
 Every function takes ``(n_agents, S)`` (or ``(n_peers, n_agents, S)``) arrays and, where it

@@ -1,9 +1,9 @@
 """Wire messages of the coordination layer, registered on the fleet protocol.
 
-Belief sharing reuses the protocol's :class:`~edge_agent.protocol.BeliefBatch` on
+Belief sharing reuses the protocol's :class:`~edge_agent.fleet.protocol.BeliefBatch` on
 ``node/{node}/beliefs`` (see :mod:`edge_agent.coordination.beliefs` for what its fields carry).
 Task allocation adds five message types on the fleet-wide ``tasks`` topic, registered with
-:func:`~edge_agent.protocol.register_body_type` when this module is imported:
+:func:`~edge_agent.fleet.protocol.register_body_type` when this module is imported:
 
 ========================= ==================================================================
 ``task_announce``          :class:`TaskAnnounce`: tasks (id, epoch, goal, capability, deadline)
@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-from edge_agent.protocol import (
+from edge_agent.fleet.protocol import (
     NAME_PATTERN,
     UINT32,
     Body,

@@ -1,5 +1,5 @@
 """The daemon's coordination layer: one :class:`CoordinationEngine` between edge-agentd's groups
-and its :class:`~edge_agent.fleet.FleetLink`.
+and its :class:`~edge_agent.fleet.link.FleetLink`.
 
 :class:`CoordinationRuntime` is what ``service.py`` holds when ``[mqtt]`` is enabled and a group
 has a ``[groups.coordination]`` table (:func:`wanted`). It adds to the engine what a long-running
@@ -12,7 +12,7 @@ daemon needs:
   (:meth:`CoordinationEngine.rebind`: unchanged agents keep their evidence and tasks, changed
   ones give their tasks up for re-auction). The daemon calls nothing extra at those places.
 * **Memory: reserve, then allocate.** :meth:`CoordinationEngine.bytes_for` of the groups is
-  reserved in the daemon's :class:`~edge_agent.budget.MemoryBudget` (owner ``coordination``)
+  reserved in the daemon's :class:`~edge_agent.core.budget.MemoryBudget` (owner ``coordination``)
   before the engine allocates anything; a reload's new budget gets a new reservation. A request
   that does not fit raises :class:`~edge_agent.errors.BudgetError` at start; later (a reload that
   grew a group) the groups that do not fit run uncoordinated and the status says why.
@@ -39,8 +39,6 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.agents import AifAgentGroup
-from edge_agent.budget import MemoryBudget, Reservation
 from edge_agent.coordination.config import CoordinationConfig, GroupCoordinationConfig
 from edge_agent.coordination.engine import (
     TELEMETRY_KEY_CHARS,
@@ -50,6 +48,8 @@ from edge_agent.coordination.engine import (
     MessageLike,
 )
 from edge_agent.coordination.messages import TaskSpec
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.errors import BudgetError, EdgeAgentError
 
 logger = logging.getLogger(__name__)

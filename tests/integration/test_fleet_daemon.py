@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from broker import MosquittoBroker
 
-from edge_agent.mqtt_io import encode_observations
-from edge_agent.protocol import (
+from edge_agent.bundle.signing import key_id, sign_bytes
+from edge_agent.fleet.agent_io import encode_observations
+from edge_agent.fleet.protocol import (
     ActionBatch,
     Birth,
     CommandResult,
@@ -42,7 +43,6 @@ from edge_agent.protocol import (
     Topics,
     encode,
 )
-from edge_agent.signing import key_id, sign_bytes
 from edge_agent_host.hub import HubClient
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.test_daemon import REPO, Daemon, NotifySocket

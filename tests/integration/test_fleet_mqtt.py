@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from broker import MosquittoBroker
 
-from edge_agent.comms.base import Backoff, TransportEvent, TransportEventKind
-from edge_agent.comms.mqtt import MqttSettings, MqttTransport, TlsSettings
-from edge_agent.fleet import FleetLink
-from edge_agent.outbox import Outbox
-from edge_agent.protocol import (
+from edge_agent.fleet.comms.base import Backoff, TransportEvent, TransportEventKind
+from edge_agent.fleet.comms.mqtt import MqttSettings, MqttTransport, TlsSettings
+from edge_agent.fleet.link import FleetLink
+from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.protocol import (
     Birth,
     Command,
     DecodeError,

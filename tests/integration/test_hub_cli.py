@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.protocol import Envelope, Telemetry, encode
+from edge_agent.fleet.protocol import Envelope, Telemetry, encode
 from edge_agent_host.hub import HubClient, HubStore
 from edge_agent_host.keys import generate_keypair
 from tests.integration.broker import MosquittoBroker

@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_agent.backends import available_backends
-from edge_agent.budget import MemoryBudget, MiB
-from edge_agent.bundle import load_bundle
-from edge_agent.neural import NeuralAgentGroup
-from edge_agent.signing import TrustedKeys
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.signing import TrustedKeys
+from edge_agent.core.budget import MemoryBudget, MiB
+from edge_agent.neural.backends import available_backends
+from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent.sim.tmaze import tmaze_model
 from edge_agent_host.builders import mlp_onnx, sensor_policy

@@ -1,10 +1,10 @@
 """Several coordination nodes in one process, on the in-memory broker (tests and benchmarks).
 
-Each :class:`SimNode` is a real :class:`~edge_agent.fleet.FleetLink` (with its SQLite outbox) on a
-:class:`~edge_agent.comms.memory.MemoryTransport`, a :class:`CoordinationEngine`, and for each of
-its groups a simulated world. :class:`SimFleet` ticks all nodes on one test-owned clock and can
-partition the broker: a message whose sender is on the other side of the partition is dropped on
-delivery (the sender's broker acknowledged it, as a broken bridge would), wills included.
+Each :class:`SimNode` is a real :class:`~edge_agent.fleet.link.FleetLink` (with its SQLite outbox)
+on a :class:`~edge_agent.fleet.comms.memory.MemoryTransport`, a :class:`CoordinationEngine`, and
+for each of its groups a simulated world. :class:`SimFleet` ticks all nodes on one test-owned clock
+and can partition the broker: a message whose sender is on the other side of the partition is
+dropped on delivery (the sender's broker acknowledged it, as a broken bridge would), wills included.
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ from typing import Protocol
 import msgpack
 import numpy as np
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.settings import AifSettings
-from edge_agent.comms.base import Incoming
-from edge_agent.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.coordination import (
     CoordinatedGroup,
     CoordinationEngine,
     CoordinationSettings,
     SharingSettings,
 )
-from edge_agent.fleet import FleetLink
-from edge_agent.outbox import Outbox
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.fleet.comms.base import Incoming
+from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
+from edge_agent.fleet.link import FleetLink
+from edge_agent.fleet.outbox import Outbox
 from edge_agent.sim import BatchEnv
 
 FLEET = "coord"

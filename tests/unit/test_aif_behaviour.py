@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.quant import SparseColumns, quantize_model
 from edge_agent.aif.reference import ReferenceAgent
 from edge_agent.aif.settings import AifSettings
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError, ModelError
-from edge_agent.quant import SparseColumns, quantize_model
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 from edge_agent.sim.tmaze import CUE_LOCATION, CUE_MODALITY, LOCATION_MODALITY, TMazeEnv
 

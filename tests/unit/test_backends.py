@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from edge_agent.aif import agreement
-from edge_agent.backends import BACKENDS, available_backends, get_backend
-from edge_agent.backends import litert as litert_plugin
-from edge_agent.backends import onnxruntime as ort_plugin
-from edge_agent.backends.base import dequantize_into, quantize_into
 from edge_agent.errors import BackendUnavailableError, InputError, ModelError
+from edge_agent.neural.backends import BACKENDS, available_backends, get_backend
+from edge_agent.neural.backends import litert as litert_plugin
+from edge_agent.neural.backends import onnxruntime as ort_plugin
+from edge_agent.neural.backends.base import dequantize_into, quantize_into
 from edge_agent_host.builders import int8_io_onnx, mlp_forward, mlp_onnx, random_mlp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def mlp_bytes(seed: int = 0) -> tuple[bytes, list[tuple[np.ndarray, np.ndarray]]
 def test_registry_names_match_the_bundle_schema() -> None:
     from typing import get_args
 
-    from edge_agent.bundle import NeuralSpec
+    from edge_agent.bundle.loader import NeuralSpec
 
     backend_field = NeuralSpec.model_fields["backend"].annotation
     assert set(BACKENDS) == set(get_args(backend_field))
@@ -66,7 +66,8 @@ def test_unknown_backend_is_an_input_error() -> None:
 
 def test_importing_the_device_side_imports_no_runtime() -> None:
     code = (
-        "import sys, edge_agent.backends, edge_agent.neural, edge_agent.perception, "
+        "import sys, edge_agent.neural.backends, edge_agent.neural.groups, "
+        "edge_agent.neural.perception, "
         "edge_agent.sim.sensors; "
         "print([m for m in ('onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'tensorflow', "
         "'edge_agent_host') if m in sys.modules])"

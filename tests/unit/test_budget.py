@@ -9,7 +9,7 @@ import numpy as np
 import psutil
 import pytest
 
-from edge_agent.budget import MemoryBudget, MiB, RssSampler, format_bytes
+from edge_agent.core.budget import MemoryBudget, MiB, RssSampler, format_bytes
 from edge_agent.errors import BudgetError, EdgeAgentError, InputError
 
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edge_agent.bundle import (
+from edge_agent.bundle.loader import (
     AifSpec,
     Bundle,
     Manifest,
@@ -34,14 +34,14 @@ from edge_agent.bundle import (
     sign_bundle,
     write_bundle,
 )
-from edge_agent.errors import BundleError, SignatureError
-from edge_agent.signing import (
+from edge_agent.bundle.signing import (
     TrustedKeys,
     encode_signature,
     key_id,
     sign_bytes,
     verify_bytes,
 )
+from edge_agent.errors import BundleError, SignatureError
 
 A = np.arange(12, dtype=np.uint8).reshape(3, 4)
 B = np.linspace(-1.0, 1.0, 8, dtype=">f4").reshape(2, 4)  # big-endian on purpose

@@ -1,4 +1,4 @@
-"""Hub command verification, the durable nonce store and dispatch (edge_agent.commands)."""
+"""Hub command verification, the durable nonce store and dispatch (edge_agent.fleet.commands)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.commands import (
+from edge_agent.bundle.signing import TrustedKeys, key_id, sign_bytes
+from edge_agent.fleet.commands import (
     ARG_MODELS,
     CommandProcessor,
     CommandVerifier,
@@ -23,8 +24,8 @@ from edge_agent.commands import (
     ResizeArgs,
     parse_args,
 )
-from edge_agent.commands import ArgsError as CommandArgsError
-from edge_agent.protocol import (
+from edge_agent.fleet.commands import ArgsError as CommandArgsError
+from edge_agent.fleet.protocol import (
     Command,
     DecodeError,
     Envelope,
@@ -32,7 +33,6 @@ from edge_agent.protocol import (
     decode,
     encode,
 )
-from edge_agent.signing import TrustedKeys, key_id, sign_bytes
 
 FLEET = "unit"
 NODE = "pi-01"

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edge_agent.config import (
+from edge_agent.config.daemon import (
     BuiltinModel,
     BundleModel,
     DaemonConfig,
@@ -33,9 +33,9 @@ from edge_agent.config import (
     parse_config,
     profile_problems,
 )
+from edge_agent.config.profiles import DeviceFacts, FirmwareProfile, load_profiles
+from edge_agent.config.toml_lines import Loc, TomlPositions, format_loc, normalize_loc
 from edge_agent.errors import ConfigError
-from edge_agent.profiles import DeviceFacts, FirmwareProfile, load_profiles
-from edge_agent.tomlpos import Loc, TomlPositions, format_loc, normalize_loc
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "tests" / "data" / "configs"

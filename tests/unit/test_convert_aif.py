@@ -9,14 +9,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif.model import GenerativeModel, save_npz
+from edge_agent.aif.quant import SCHEME, QuantizedModel, quantize_model
 from edge_agent.aif.reference import ReferenceAgent
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle import load_bundle
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.signing import TrustedKeys
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import BundleError, ModelError, SignatureError
-from edge_agent.quant import SCHEME, QuantizedModel, quantize_model
-from edge_agent.signing import TrustedKeys
 from edge_agent.sim import BatchEnv
 from edge_agent.sim.gridworld import gridworld_model
 from edge_agent.sim.tmaze import tmaze_model
@@ -313,7 +313,7 @@ def test_cli_convert_signs_and_reports_json(
 
 
 def load_public(path: Path):  # type: ignore[no-untyped-def]
-    from edge_agent.signing import load_public_key
+    from edge_agent.bundle.signing import load_public_key
 
     return load_public_key(path)
 

@@ -13,12 +13,12 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from edge_agent.aif.model import GenerativeModel, save_npz
-from edge_agent.backends import available_backends
-from edge_agent.bundle import load_bundle
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import BundleError, InputError, ModelError, SignatureError
-from edge_agent.neural import NeuralAgentGroup
-from edge_agent.perception import PerceptionAifGroup
-from edge_agent.signing import TrustedKeys
+from edge_agent.neural.backends import available_backends
+from edge_agent.neural.groups import NeuralAgentGroup
+from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.builders import conv_onnx, mlp_onnx, random_mlp, sensor_policy
 from edge_agent_host.cli import main

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.backends import available_backends
-from edge_agent.bundle import load_bundle
+from edge_agent.bundle.loader import load_bundle
 from edge_agent.errors import EdgeAgentError, InputError, ModelError
-from edge_agent.neural import NeuralAgentGroup
+from edge_agent.neural.backends import available_backends
+from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent_host.builders import mlp_forward
 from edge_agent_host.cli import main
 from edge_agent_host.convert_onnx import NeuralOptions
@@ -41,7 +41,7 @@ def test_fixtures_are_what_the_script_says() -> None:
     """The shipped float model computes the script's weights; the int8 one is full-integer."""
     X = fixture.calibration_windows()
     assert X.shape == (512, fixture.WINDOW, 8)
-    from edge_agent.backends import get_backend
+    from edge_agent.neural.backends import get_backend
 
     session = get_backend("litert").load(fixture.FLOAT_PATH.read_bytes())
     session.set_batch(len(X))
@@ -118,7 +118,7 @@ def test_cli_bundle_runs_int8_agents_with_litert(
                  "--sign", str(keys.private_path), "--json", "--latency-repeats", "2"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["bundle"]["key_id"] == keys.key_id
-    from edge_agent.signing import TrustedKeys
+    from edge_agent.bundle.signing import TrustedKeys
 
     bundle = load_bundle(out, trusted_keys=TrustedKeys.from_dir(tmp_path / "keys"))
     group = NeuralAgentGroup.from_bundle(bundle, 300, threads=2)

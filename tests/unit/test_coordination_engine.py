@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif import agreement
 from edge_agent.aif.settings import AifSettings
 from edge_agent.coordination import (
@@ -25,8 +24,9 @@ from edge_agent.coordination import (
     TaskState,
     task_utility,
 )
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError
-from edge_agent.protocol import Body, Envelope, Route, Telemetry, TopicKind, Topics
+from edge_agent.fleet.protocol import Body, Envelope, Route, Telemetry, TopicKind, Topics
 from edge_agent.sim import BatchEnv
 from edge_agent.sim.gridworld import gridworld_model
 from tests.unit.coordination_harness import (

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif.reference import EPS
 from edge_agent.coordination import fusion
 from edge_agent.coordination.beliefs import BeliefSharer, SharingSettings
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError
-from edge_agent.protocol import BeliefBatch
+from edge_agent.fleet.protocol import BeliefBatch
 from tests.unit.coordination_harness import static_world_model
 
 R = fusion.WIRE_RANGE_NATS

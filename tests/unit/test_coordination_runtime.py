@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.agents import AifAgentGroup
-from edge_agent.budget import MemoryBudget
-from edge_agent.comms.memory import MemoryBroker
-from edge_agent.config import check_config, parse_config
+from edge_agent.config.daemon import check_config, parse_config
+from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.coordination import (
     BeliefSharer,
     CoordinatedGroup,
@@ -32,12 +30,14 @@ from edge_agent.coordination.runtime import (
     GroupBinding,
     wanted,
 )
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.budget import MemoryBudget
 from edge_agent.errors import BudgetError, ConfigError, InputError
-from edge_agent.outbox import DEFAULT_POLICIES
-from edge_agent.protocol import Telemetry
+from edge_agent.fleet.comms.memory import MemoryBroker
+from edge_agent.fleet.outbox import DEFAULT_POLICIES
+from edge_agent.fleet.protocol import Telemetry
 from edge_agent.sim import BatchEnv
 from edge_agent.sim.gridworld import gridworld_model
-from edge_agent.tomlpos import TomlDocument, validate_toml
 from tests.unit.coordination_harness import (
     FLEET,
     TICK_S,
@@ -149,7 +149,7 @@ class FakeLink:
     bdseq = 0
 
     def __init__(self) -> None:
-        from edge_agent.protocol import Topics
+        from edge_agent.fleet.protocol import Topics
 
         self.topics = Topics(FLEET)
 

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif import kernels
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies
@@ -40,7 +39,8 @@ from edge_agent.coordination.tasks import (
     task_utility,
     transition_support,
 )
-from edge_agent.protocol import DEFAULT_MAX_BYTES, DecodeError, Envelope, decode, encode
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.fleet.protocol import DEFAULT_MAX_BYTES, DecodeError, Envelope, decode, encode
 from edge_agent.sim import BatchEnv
 from edge_agent.sim.gridworld import gridworld_model, manhattan_to
 

@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_agent.aif.quant import SCHEME, quantize_model
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle import load_bundle, pack_tar, sign_bundle, write_bundle
-from edge_agent.commands import ChunkArgs, DeployArgs
-from edge_agent.config import parse_config
-from edge_agent.deploy import DeployManager, Overlay, Phase, ReadyToSwitch
+from edge_agent.bundle.loader import load_bundle, pack_tar, sign_bundle, write_bundle
+from edge_agent.bundle.signing import TrustedKeys, load_private_key
+from edge_agent.config.daemon import parse_config
+from edge_agent.daemon.service import Daemon
 from edge_agent.errors import EdgeAgentError
-from edge_agent.protocol import ResultCode
-from edge_agent.quant import SCHEME, quantize_model
-from edge_agent.service import Daemon
-from edge_agent.signing import TrustedKeys, load_private_key
+from edge_agent.fleet.commands import ChunkArgs, DeployArgs
+from edge_agent.fleet.deploy import DeployManager, Overlay, Phase, ReadyToSwitch
+from edge_agent.fleet.protocol import ResultCode
 from edge_agent.sim.registry import builtin_model
 from edge_agent_host.keys import generate_keypair
 

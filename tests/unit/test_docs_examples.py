@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import read_config, resolve_profile
-from edge_agent.profiles import FirmwareProfile, load_profiles
+from edge_agent.config.daemon import read_config, resolve_profile
+from edge_agent.config.profiles import FirmwareProfile, load_profiles
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"

@@ -11,7 +11,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_agent.comms.base import (
+from edge_agent.errors import ProtocolError
+from edge_agent.fleet.comms.base import (
     Backoff,
     BoundedQueue,
     Incoming,
@@ -19,11 +20,10 @@ from edge_agent.comms.base import (
     check_topic,
     topic_matches,
 )
-from edge_agent.comms.memory import MemoryBroker, MemoryTransport
-from edge_agent.errors import ProtocolError
-from edge_agent.fleet import FleetLink
-from edge_agent.outbox import Outbox, OutboxFullError
-from edge_agent.protocol import (
+from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
+from edge_agent.fleet.link import FleetLink
+from edge_agent.fleet.outbox import Outbox, OutboxFullError
+from edge_agent.fleet.protocol import (
     ActionBatch,
     Birth,
     Command,

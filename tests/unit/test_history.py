@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge_agent.core.history import TOTAL_APPENDED_KEY, HistoryRing
 from edge_agent.errors import InputError
-from edge_agent.history import TOTAL_APPENDED_KEY, HistoryRing
 
 FIELDS: dict[str, tuple[tuple[int, ...], Any]] = {
     "obs": ((2,), np.int16),

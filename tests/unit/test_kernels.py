@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif import agreement, kernels
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies
+from edge_agent.aif.quant import quantize_model
 from edge_agent.aif.reference import EPS, EXP_M16, ReferenceAgent
 from edge_agent.aif.settings import AifSettings
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError
-from edge_agent.quant import quantize_model
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 
 TOL = {np.float64: {"rtol": 1e-10, "atol": 1e-12}, np.float32: {"rtol": 2e-4, "atol": 2e-6}}

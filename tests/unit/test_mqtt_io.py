@@ -1,4 +1,4 @@
-"""Agent I/O over MQTT: observation buffers, routing, action batches (edge_agent.mqtt_io)."""
+"""Agent I/O over MQTT: observation buffers, routing, action batches (edge_agent.fleet.agent_io)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.comms.base import Incoming
 from edge_agent.errors import ProtocolError
-from edge_agent.mqtt_io import (
+from edge_agent.fleet.agent_io import (
     ActionPublisher,
     ObservationBuffer,
     ObservationRouter,
     decode_actions,
     encode_observations,
 )
-from edge_agent.protocol import (
+from edge_agent.fleet.comms.base import Incoming
+from edge_agent.fleet.protocol import (
     MAX_BATCH_AGENTS,
     ActionBatch,
     Envelope,

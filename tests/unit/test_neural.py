@@ -10,16 +10,16 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel
-from edge_agent.backends import available_backends
-from edge_agent.budget import MemoryBudget, MiB
-from edge_agent.bundle import NeuralSpec, TensorSpec, load_bundle, write_bundle
+from edge_agent.aif.quant import quantize_model
+from edge_agent.bundle.loader import NeuralSpec, TensorSpec, load_bundle, write_bundle
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.budget import MemoryBudget, MiB
 from edge_agent.errors import BudgetError, BundleError, InputError, ModelError
-from edge_agent.neural import NeuralAgentGroup, window_layout
-from edge_agent.perception import PerceptionAifGroup
-from edge_agent.quant import quantize_model
+from edge_agent.neural.backends import available_backends
+from edge_agent.neural.groups import NeuralAgentGroup, window_layout
+from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim.sensors import SensorWorld, sensor_prototypes
 from edge_agent_host.builders import (
     constant_onnx,
@@ -355,7 +355,7 @@ def test_from_bundle_refuses_other_kinds(tmp_path: Path) -> None:
 
 
 def test_litert_bundle_runs_int8_agents(tmp_path: Path) -> None:
-    from edge_agent.backends import get_backend
+    from edge_agent.neural.backends import get_backend
 
     data = fixture.INT8_PATH.read_bytes()
     session = get_backend("litert").load(data)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import EdgeAgentError, ProtocolError
-from edge_agent.outbox import ClassPolicy, Outbox, OutboxFullError
+from edge_agent.fleet.outbox import ClassPolicy, Outbox, OutboxFullError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -296,7 +296,7 @@ def test_refuses_unknown_schema_and_garbage(tmp_path: Path) -> None:
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from edge_agent.outbox import Outbox
+    from edge_agent.fleet.outbox import Outbox
     box = Outbox(sys.argv[1], commit_every=10**6, commit_interval_s=3600.0)
     n = int(sys.argv[2])
     for i in range(n):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.errors import ConfigError
-from edge_agent.profiles import (
+from edge_agent.config.profiles import (
+    OVERRIDES_DIR_ENV,
     PROFILES_DIR_ENV,
     DeviceFacts,
     FirmwareProfile,
@@ -19,11 +19,12 @@ from edge_agent.profiles import (
     get_profile,
     load_profile_file,
     load_profiles,
-    profile_search_path,
     read_device_facts,
     select_profile,
+    shipped_profiles_dir,
     systemd_dropin,
 )
+from edge_agent.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "firmware_profiles"
@@ -79,11 +80,32 @@ def test_every_shipped_profile_validates_and_is_named_after_its_file(
         assert load_profile_file(path).name == path.stem
 
 
-def test_default_directory_is_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_directory_is_the_package_data(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PROFILES_DIR_ENV, raising=False)
-    assert default_profiles_dir() == SHIPPED
-    assert profile_search_path()[-1].parts[-3:] == ("share", "edge-agent", "firmware_profiles")
+    monkeypatch.setenv(OVERRIDES_DIR_ENV, "/nonexistent")
+    assert default_profiles_dir() == shipped_profiles_dir()
+    assert shipped_profiles_dir().resolve() == SHIPPED.resolve()
+    assert shipped_profiles_dir().parts[-2:] == ("edge_agent", "firmware_profiles")
     assert set(load_profiles()) == SHIPPED_NAMES
+
+
+def test_profiles_d_adds_and_replaces_profiles(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The operator's /etc/edge-agent/profiles.d: new boards, and shipped profiles replaced."""
+    monkeypatch.delenv(PROFILES_DIR_ENV, raising=False)
+    monkeypatch.setenv(OVERRIDES_DIR_ENV, str(tmp_path))
+    text = (SHIPPED / "pi-zero-2w.toml").read_text()
+    fewer = text.replace("max_agents = 4000", "max_agents = 3000")
+    (tmp_path / "pi-zero-2w.toml").write_text(fewer)
+    (tmp_path / "my-board.toml").write_text(text.replace('"pi-zero-2w"', '"my-board"'))
+    profiles = load_profiles()
+    assert set(profiles) == SHIPPED_NAMES | {"my-board"}
+    assert profiles["pi-zero-2w"].max_agents == 3000
+    assert profiles["my-board"].max_agents == 4000
+    (tmp_path / "broken.toml").write_text('name = "broken"\ntick_hz = -1\n')
+    with pytest.raises(ConfigError, match=r"broken.toml:\d+: "):
+        load_profiles()
 
 
 def test_environment_variable_overrides_the_directory(

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import protocol
 from edge_agent.errors import ProtocolError
-from edge_agent.protocol import (
+from edge_agent.fleet import protocol
+from edge_agent.fleet.protocol import (
     UINT32,
     ActionBatch,
     BeliefBatch,

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.reference import ReferenceAgent
 from edge_agent.aif.settings import AifSettings
+from edge_agent.core.agents import AifAgentGroup
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "pymdp_golden.npz"
 SCENARIOS = ("single", "single_l2", "multi", "multi_l2", "uncontrolled", "tmaze")

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel, load_npz, save_npz
 from edge_agent.aif.reference import ReferenceAgent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.cli import main
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 
 

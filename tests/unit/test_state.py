@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from edge_agent.daemon.snapshots import MAGIC, SnapshotStore, read_snapshot
 from edge_agent.errors import SnapshotError
-from edge_agent.state import MAGIC, SnapshotStore, read_snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -457,7 +457,7 @@ WRITER = """
 import os, sys, time
 from pathlib import Path
 import numpy as np
-from edge_agent.state import SnapshotStore
+from edge_agent.daemon.snapshots import SnapshotStore
 
 state_dir, first, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 store = SnapshotStore(state_dir, max_writes_per_hour=1_000_000, keep=2)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import systemd
-from edge_agent.systemd import SdNotifier, WatchdogGate, render_unit
+from edge_agent.daemon import systemd
+from edge_agent.daemon.systemd import SdNotifier, WatchdogGate, render_unit
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_UNIT = REPO / "systemd" / "edge-agent.service"
@@ -160,7 +160,7 @@ def test_send_errors_are_counted_and_logged_once(
 ) -> None:
     n = SdNotifier(env={"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
     try:
-        with caplog.at_level(logging.DEBUG, logger="edge_agent.systemd"):
+        with caplog.at_level(logging.DEBUG, logger="edge_agent.daemon.systemd"):
             assert n.watchdog() is False
             assert n.watchdog() is False
             assert n.ready() is False

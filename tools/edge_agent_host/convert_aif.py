@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.agents import AifAgentGroup
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel, load_npz
+from edge_agent.aif.quant import SCHEME, QuantizedModel, quantize_model
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle import AifSpec
+from edge_agent.bundle.loader import AifSpec
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError, ModelError
-from edge_agent.quant import SCHEME, QuantizedModel, quantize_model
 from edge_agent.sim import BatchEnv
 from edge_agent_host.output import check_output, write_output
 from edge_agent_host.report import Check, ConversionReport, progress

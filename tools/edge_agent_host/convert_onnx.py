@@ -36,12 +36,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.quant import quantize_model
 from edge_agent.aif.settings import AifSettings
-from edge_agent.backends import Session, get_backend
-from edge_agent.bundle import BundleKind, NeuralSpec, TensorSpec
+from edge_agent.bundle.loader import BundleKind, NeuralSpec, TensorSpec
 from edge_agent.errors import EdgeAgentError, InputError, ModelError
-from edge_agent.neural import window_layout
-from edge_agent.quant import quantize_model
+from edge_agent.neural.backends import Session, get_backend
+from edge_agent.neural.groups import window_layout
 from edge_agent_host.convert_aif import (
     AifThresholds,
     aif_bundle_arrays,

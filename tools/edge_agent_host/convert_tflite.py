@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.settings import AifSettings
-from edge_agent.backends import get_backend
 from edge_agent.errors import EdgeAgentError, InputError, ModelError
+from edge_agent.neural.backends import get_backend
 from edge_agent_host.convert_aif import AifThresholds
 from edge_agent_host.convert_onnx import (
     NeuralOptions,

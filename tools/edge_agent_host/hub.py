@@ -38,11 +38,12 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle import load_bundle, pack_tar
-from edge_agent.commands import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
-from edge_agent.comms.base import Transport
+from edge_agent.bundle.loader import load_bundle, pack_tar
+from edge_agent.bundle.signing import key_id, sign_bytes
 from edge_agent.errors import BundleError, EdgeAgentError, ProtocolError
-from edge_agent.protocol import (
+from edge_agent.fleet.commands import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
+from edge_agent.fleet.comms.base import Transport
+from edge_agent.fleet.protocol import (
     Birth,
     Command,
     CommandResult,
@@ -61,7 +62,6 @@ from edge_agent.protocol import (
     decode,
     encode,
 )
-from edge_agent.signing import key_id, sign_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +262,8 @@ class HubClient:
         self._lock = threading.Lock()
         if transport is None:
             # paho is imported only when a hub actually connects.
-            from edge_agent.comms.base import Backoff  # noqa: PLC0415
-            from edge_agent.comms.mqtt import (  # noqa: PLC0415
+            from edge_agent.fleet.comms.base import Backoff  # noqa: PLC0415
+            from edge_agent.fleet.comms.mqtt import (  # noqa: PLC0415
                 MqttSettings,
                 MqttTransport,
                 TlsSettings,

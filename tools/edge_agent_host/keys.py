@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent import signing
+from edge_agent.bundle import signing
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """Writing a converter's bundle: a directory or a tar, optionally signed, then verified.
 
-The bundle is written through :func:`edge_agent.bundle.write_bundle`, packed with
-:func:`edge_agent.bundle.pack_tar` when ``out`` ends in ``.tar``, ``.tar.gz`` or ``.tgz``, signed
-with :func:`edge_agent.bundle.sign_bundle`, and finally loaded back exactly as a device would
-(with the signer's public key as the only trusted key), so what the tool reports is what loads.
+The bundle is written through :func:`edge_agent.bundle.loader.write_bundle`, packed with
+:func:`edge_agent.bundle.loader.pack_tar` when ``out`` ends in ``.tar``, ``.tar.gz`` or ``.tgz``,
+signed with :func:`edge_agent.bundle.loader.sign_bundle`, and finally loaded back exactly as a
+device would (with the signer's public key as the only trusted key), so what the tool reports is
+what loads.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle import (
+from edge_agent.bundle.loader import (
     AifSpec,
     BundleKind,
     NeuralSpec,
@@ -28,8 +29,8 @@ from edge_agent.bundle import (
     sign_bundle,
     write_bundle,
 )
+from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import BundleError
-from edge_agent.signing import TrustedKeys
 
 logger = logging.getLogger(__name__)
 

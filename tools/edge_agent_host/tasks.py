@@ -43,7 +43,7 @@ from edge_agent.coordination.messages import (
     TaskState,
 )
 from edge_agent.errors import InputError, ProtocolError
-from edge_agent.protocol import NAME_PATTERN
+from edge_agent.fleet.protocol import NAME_PATTERN
 from edge_agent_host.hub import HubClient, HubError
 
 __all__ = [

@@ -1,8 +1,8 @@
 """Agent I/O over MQTT: observations in from a topic filter, actions out on a topic.
 
-Wire format (both directions): one protocol envelope (:func:`edge_agent.protocol.encode`) per
-message, ``type`` ``obs`` with an :class:`~edge_agent.protocol.ObservationBatch` body, or
-``action`` with an :class:`~edge_agent.protocol.ActionBatch` body: ``group``, ``tick``,
+Wire format (both directions): one protocol envelope (:func:`edge_agent.fleet.protocol.encode`) per
+message, ``type`` ``obs`` with an :class:`~edge_agent.fleet.protocol.ObservationBatch` body, or
+``action`` with an :class:`~edge_agent.fleet.protocol.ActionBatch` body: ``group``, ``tick``,
 ``agent_ids`` (little-endian uint32, the agent's index in its group, 0 ... count-1), ``dtype``,
 ``width`` and ``values`` (``(n, width)`` row-major). An observation row holds one outcome index
 per modality of the group's model (``width`` = number of modalities, integer dtype); an action
@@ -27,7 +27,7 @@ Observations (:class:`ObservationBuffer`, one per group):
   events.
 
 Actions (:class:`ActionPublisher`): once per tick per group, the whole group's actions as
-batches of at most :data:`~edge_agent.protocol.MAX_BATCH_AGENTS` agents that fit the payload
+batches of at most :data:`~edge_agent.fleet.protocol.MAX_BATCH_AGENTS` agents that fit the payload
 limit, ids ``0 ... n-1``, the smallest unsigned dtype that holds every action.
 """
 
@@ -43,9 +43,9 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.comms.base import Incoming, topic_matches
 from edge_agent.errors import ProtocolError
-from edge_agent.protocol import (
+from edge_agent.fleet.comms.base import Incoming, topic_matches
+from edge_agent.fleet.protocol import (
     DEFAULT_MAX_BYTES,
     MAX_BATCH_AGENTS,
     ActionBatch,

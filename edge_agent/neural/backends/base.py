@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.bundle import TensorSpec
+from edge_agent.bundle.loader import TensorSpec
 from edge_agent.errors import InputError, ModelError
 
 __all__ = [

@@ -38,26 +38,13 @@ from typing import Any, Final
 
 import numpy as np
 
-from edge_agent import __version__, discovery
-from edge_agent.agents import AifAgentGroup
+from edge_agent import __version__
 from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings
-from edge_agent.budget import MemoryBudget, RssSampler, format_bytes
-from edge_agent.bundle import load_bundle
-from edge_agent.commands import (
-    NONCE_DB,
-    ChunkArgs,
-    CommandProcessor,
-    CommandVerifier,
-    DeployArgs,
-    GroupArgs,
-    NonceStore,
-    Outcome,
-    ResizeArgs,
-    TickRateArgs,
-)
-from edge_agent.comms.base import Backoff, Incoming
-from edge_agent.config import (
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.signing import TrustedKeys
+from edge_agent.config.daemon import (
     BuiltinModel,
     BundleModel,
     ConfigFile,
@@ -71,9 +58,17 @@ from edge_agent.config import (
     read_config,
     resolve_profile,
 )
+from edge_agent.config.profiles import FirmwareProfile
+from edge_agent.config.toml_lines import Problem, TomlDocument
 from edge_agent.coordination.config import CoordinationConfig
 from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding, wanted
-from edge_agent.deploy import DeployManager, OverlayEntry, ReadyToSwitch
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
+from edge_agent.daemon import discovery
+from edge_agent.daemon.scheduler import TickClock, TickStats
+from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.systemd import SdNotifier, WatchdogGate
+from edge_agent.daemon.thermal import ThermalGovernor, read_cpu_temp_c
 from edge_agent.errors import (
     BudgetError,
     BundleError,
@@ -82,11 +77,24 @@ from edge_agent.errors import (
     InputError,
     SnapshotError,
 )
-from edge_agent.fleet import FleetLink, Received
-from edge_agent.mqtt_io import ActionPublisher, ObservationBuffer, ObservationRouter
-from edge_agent.outbox import Outbox
-from edge_agent.profiles import FirmwareProfile
-from edge_agent.protocol import (
+from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer, ObservationRouter
+from edge_agent.fleet.commands import (
+    NONCE_DB,
+    ChunkArgs,
+    CommandProcessor,
+    CommandVerifier,
+    DeployArgs,
+    GroupArgs,
+    NonceStore,
+    Outcome,
+    ResizeArgs,
+    TickRateArgs,
+)
+from edge_agent.fleet.comms.base import Backoff, Incoming
+from edge_agent.fleet.deploy import DeployManager, OverlayEntry, ReadyToSwitch
+from edge_agent.fleet.link import FleetLink, Received
+from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.protocol import (
     ActionBatch,
     Birth,
     Command,
@@ -99,15 +107,8 @@ from edge_agent.protocol import (
     Topics,
     clock_synced,
 )
-from edge_agent.quant import SCHEME, QuantizedModel
-from edge_agent.scheduler import TickClock, TickStats
-from edge_agent.signing import TrustedKeys
 from edge_agent.sim import BatchEnv, format_summary
 from edge_agent.sim.registry import builtin_model, make_env
-from edge_agent.state import SnapshotStore
-from edge_agent.systemd import SdNotifier, WatchdogGate
-from edge_agent.thermal import ThermalGovernor, read_cpu_temp_c
-from edge_agent.tomlpos import Problem, TomlDocument
 
 logger = logging.getLogger(__name__)
 
@@ -380,9 +381,9 @@ def resolve_models(
     source: ConfigFile | None = None,
 ) -> dict[str, tuple[GroupConfig, LoadedModel]]:
     """Every group's effective config and model: a deployed bundle where the overlay has a valid
-    one (see :mod:`edge_agent.deploy`), else the config's model. A configured model that cannot
-    be loaded is a config problem: with ``source``, every such group is reported at its model's
-    line in one ConfigError."""
+    one (see :mod:`edge_agent.fleet.deploy`), else the config's model. A configured model that
+    cannot be loaded is a config problem: with ``source``, every such group is reported at its
+    model's line in one ConfigError."""
     keys = trusted_keys(config)
     located: list[Problem] = []
     out: dict[str, tuple[GroupConfig, LoadedModel]] = {}
@@ -690,8 +691,8 @@ class Daemon:
 
     @classmethod
     def from_file(cls, source: ConfigFile, config_path: Path | None, **kwargs: Any) -> Daemon:
-        """A daemon on a config read by :func:`edge_agent.config.read_config`: the same checks
-        as ``check-config`` and a reload, each problem at its line."""
+        """A daemon on a config read by :func:`edge_agent.config.daemon.read_config`: the same
+        checks as ``check-config`` and a reload, each problem at its line."""
         profile = resolve_profile(source)
         return cls(source.config, config_path=config_path, profile=profile, source=source,
                    **kwargs)
@@ -720,7 +721,7 @@ class Daemon:
     def _open_fleet(self, config: DaemonConfig) -> None:
         """Outbox, transport, link, observation router and command processor (no connection yet)."""
         # paho is imported only by daemons that use MQTT.
-        from edge_agent.comms.mqtt import (  # noqa: PLC0415
+        from edge_agent.fleet.comms.mqtt import (  # noqa: PLC0415
             MqttSettings,
             MqttTransport,
             TlsSettings,

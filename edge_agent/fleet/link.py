@@ -34,7 +34,8 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from edge_agent import __version__
-from edge_agent.comms.base import (
+from edge_agent.errors import EdgeAgentError, ProtocolError
+from edge_agent.fleet.comms.base import (
     BoundedQueue,
     Incoming,
     PublishHandle,
@@ -42,9 +43,8 @@ from edge_agent.comms.base import (
     TransportEventKind,
     Will,
 )
-from edge_agent.errors import EdgeAgentError, ProtocolError
-from edge_agent.outbox import Outbox
-from edge_agent.protocol import (
+from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.protocol import (
     DECODE_REASONS,
     DEFAULT_MAX_BYTES,
     UINT32,
@@ -282,7 +282,7 @@ class FleetLink:
         """Publish one message; returns its ``seq``.
 
         QoS 1 goes through the outbox under class ``cls`` (may raise
-        :class:`~edge_agent.outbox.OutboxFullError`); QoS 0 is sent at once if online and
+        :class:`~edge_agent.fleet.outbox.OutboxFullError`); QoS 0 is sent at once if online and
         otherwise dropped (counted ``qos0_dropped``). ``topic`` defaults to the sender's topic
         for ``msg_type``.
         """

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.backends.base import FloatArray, QuantParams, Session, is_integer_dtype
-from edge_agent.bundle import TensorSpec
+from edge_agent.bundle.loader import TensorSpec
 from edge_agent.errors import BackendUnavailableError, InputError, ModelError
+from edge_agent.neural.backends.base import FloatArray, QuantParams, Session, is_integer_dtype
 
 logger = logging.getLogger(__name__)
 

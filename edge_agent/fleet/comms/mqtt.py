@@ -1,7 +1,7 @@
 """MQTT v5 transport on paho-mqtt 2.x: the only module of edge-agent that imports paho.
 
-Durability lives in :mod:`edge_agent.outbox`, not here. So every connection session starts with a
-fresh paho client and ``clean_start=True``: nothing that paho or the broker queued for an old
+Durability lives in :mod:`edge_agent.fleet.outbox`, not here. So every connection session starts
+with a fresh paho client and ``clean_start=True``: nothing that paho or the broker queued for an old
 session is replayed behind the outbox's back, message ids of old sessions cannot be confused with
 new ones (handles carry the session number), and each session gets the will built for it.
 
@@ -13,8 +13,8 @@ One supervisor thread (``edge-agent-mqtt``) owns the connection cycle:
    transport connected and emit CONNECTED;
 3. wait until paho reports the connection lost (or :meth:`MqttTransport.disconnect`), emit
    DISCONNECTED, stop paho's thread;
-4. sleep the :class:`~edge_agent.comms.base.Backoff` delay (exponential, jittered) and start over.
-   The back-off is reset only after a session stayed up ``stable_after_s``, so a broker that
+4. sleep the :class:`~edge_agent.fleet.comms.base.Backoff` delay (exponential, jittered) and start
+   over. The back-off is reset only after a session stayed up ``stable_after_s``, so a broker that
    kicks the client right after CONNACK is not hammered.
 
 paho's callbacks only build a small record and enqueue it (or hand it to ``on_message``).
@@ -36,7 +36,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.comms.base import (
+from edge_agent.errors import EdgeAgentError, ProtocolError
+from edge_agent.fleet.comms.base import (
     Backoff,
     Incoming,
     PublishHandle,
@@ -48,7 +49,6 @@ from edge_agent.comms.base import (
     WillFactory,
     check_topic,
 )
-from edge_agent.errors import EdgeAgentError, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class _Session:
 
 
 class MqttTransport(Transport):
-    """:class:`~edge_agent.comms.base.Transport` over a real MQTT v5 broker."""
+    """:class:`~edge_agent.fleet.comms.base.Transport` over a real MQTT v5 broker."""
 
     def __init__(
         self,

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.agents import AifAgentGroup, Precision
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel, load_npz
+from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle import load_bundle
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.signing import TrustedKeys
+from edge_agent.core.agents import AifAgentGroup, Precision
 from edge_agent.errors import InputError
-from edge_agent.quant import SCHEME, QuantizedModel
-from edge_agent.signing import TrustedKeys
 
 
 def load_replay_model(

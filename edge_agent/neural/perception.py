@@ -23,13 +23,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge_agent.agents import AifAgentGroup, Precision
+from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings
-from edge_agent.budget import MemoryBudget
-from edge_agent.bundle import Bundle
+from edge_agent.bundle.loader import Bundle
+from edge_agent.core.agents import AifAgentGroup, Precision
+from edge_agent.core.budget import MemoryBudget
 from edge_agent.errors import BundleError, InputError, ModelError
-from edge_agent.neural import NeuralAgentGroup
-from edge_agent.quant import SCHEME, QuantizedModel
+from edge_agent.neural.groups import NeuralAgentGroup
 
 logger = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """Transports: the publish/subscribe interface and its implementations.
 
-``edge_agent.comms.mqtt`` (paho) is imported only by whoever selects it, so importing this package
-never imports paho.
+``edge_agent.fleet.comms.mqtt`` (paho) is imported only by whoever selects it, so importing this
+package never imports paho.
 """
 
 from __future__ import annotations
 
-from edge_agent.comms.base import (
+from edge_agent.fleet.comms.base import (
     Backoff,
     BoundedQueue,
     Incoming,

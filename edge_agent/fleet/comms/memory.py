@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from edge_agent.comms.base import (
+from edge_agent.errors import ProtocolError
+from edge_agent.fleet.comms.base import (
     Incoming,
     PublishHandle,
     Subscription,
@@ -24,7 +25,6 @@ from edge_agent.comms.base import (
     check_topic,
     topic_matches,
 )
-from edge_agent.errors import ProtocolError
 
 PUBACK_SUCCESS = 0
 PUBACK_NO_MATCHING_SUBSCRIBERS = 0x10

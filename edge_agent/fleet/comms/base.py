@@ -11,8 +11,8 @@ what happens through two bounded, thread-safe queues that the daemon drains betw
   and enqueue; an exception from it is logged and counted, never raised into the transport.
 
 Neither queue blocks: when one is full the newest item is dropped and counted.
-Implementations: :mod:`edge_agent.comms.mqtt` (paho, the only module importing it) and
-:mod:`edge_agent.comms.memory` (an in-memory twin for unit tests).
+Implementations: :mod:`edge_agent.fleet.comms.mqtt` (paho, the only module importing it) and
+:mod:`edge_agent.fleet.comms.memory` (an in-memory twin for unit tests).
 """
 
 from __future__ import annotations

@@ -9,12 +9,13 @@ happens on the device, one deployment at a time:
 ``receiving``   chunks are written into ``bundles/incoming/{sha256}.part`` (preallocated, written
                 at their offsets); a ``deploy`` command for the same bundle resumes the transfer
                 and is answered with the bitmap of the chunks already held.
-``verifying``   (a worker thread) the whole file's sha256; :func:`~edge_agent.bundle.load_bundle`
-                with the trusted bundle keys (signature and every payload hash); the manifest's
-                identity must be the one the signed command named. Only then is the file *staged*:
-                renamed to ``bundles/{sha256}.tar``, beside the running bundle. Then the health
-                check: the daemon loads it for the group and steps a scratch group of at most 64
-                agents ``health_steps`` times on random valid observations within
+``verifying``   (a worker thread) the whole file's sha256;
+                :func:`~edge_agent.bundle.loader.load_bundle` with the trusted bundle keys
+                (signature and every payload hash); the manifest's identity must be the one the
+                signed command named. Only then is the file *staged*: renamed to
+                ``bundles/{sha256}.tar``, beside the running bundle. Then the health check: the
+                daemon loads it for the group and steps a scratch group of at most 64 agents
+                ``health_steps`` times on random valid observations within
                 ``health_timeout_s``, with finite beliefs and policies after every step.
 ``watching``    between two ticks the daemon builds the group on the new bundle (the old group is
                 kept, with its memory reservation) and switches. For ``watch_ticks`` ticks of the
@@ -69,11 +70,11 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_agent.bundle import load_bundle
-from edge_agent.commands import ChunkArgs, DeployArgs, Outcome
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError
-from edge_agent.protocol import ResultCode
-from edge_agent.signing import TrustedKeys
+from edge_agent.fleet.commands import ChunkArgs, DeployArgs, Outcome
+from edge_agent.fleet.protocol import ResultCode
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Neural inference backends, looked up by name and imported only when selected.
 
-* ``onnxruntime``: :mod:`edge_agent.backends.onnxruntime` (``pip install 'edge-agent[onnx]'``)
-* ``litert``: :mod:`edge_agent.backends.litert` (``pip install 'edge-agent[tflite]'``)
+* ``onnxruntime``: :mod:`edge_agent.neural.backends.onnxruntime` (``pip install
+'edge-agent[onnx]'``) * ``litert``: :mod:`edge_agent.neural.backends.litert` (``pip install
+'edge-agent[tflite]'``)
 
 ::
 
@@ -22,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge_agent.backends.base import QuantParams, Session
 from edge_agent.errors import BackendUnavailableError, InputError
+from edge_agent.neural.backends.base import QuantParams, Session
 
 __all__ = [
     "BACKENDS",
@@ -45,8 +46,8 @@ class BackendEntry:
 
 
 BACKENDS: dict[str, BackendEntry] = {
-    "onnxruntime": BackendEntry("edge_agent.backends.onnxruntime", "onnx"),
-    "litert": BackendEntry("edge_agent.backends.litert", "tflite"),
+    "onnxruntime": BackendEntry("edge_agent.neural.backends.onnxruntime", "onnx"),
+    "litert": BackendEntry("edge_agent.neural.backends.litert", "tflite"),
 }
 """Backend name -> plugin module and extra. A plugin module defines ``BACKEND``."""
 

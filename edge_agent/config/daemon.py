@@ -30,9 +30,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edge_agent.aif.settings import AifSettings
-from edge_agent.coordination.config import CoordinationConfig, GroupCoordinationConfig
-from edge_agent.errors import ConfigError
-from edge_agent.profiles import (
+from edge_agent.config.profiles import (
     AUTO,
     DeviceFacts,
     FirmwareProfile,
@@ -40,14 +38,16 @@ from edge_agent.profiles import (
     read_device_facts,
     select_profile,
 )
-from edge_agent.sim.registry import BUILTIN_WORKLOADS
-from edge_agent.tomlpos import (
+from edge_agent.config.toml_lines import (
     Problem,
     StrictModel,
     TomlDocument,
     raise_problems,
     validate_toml,
 )
+from edge_agent.coordination.config import CoordinationConfig, GroupCoordinationConfig
+from edge_agent.errors import ConfigError
+from edge_agent.sim.registry import BUILTIN_WORKLOADS
 
 __all__ = [
     "BuiltinModel",
@@ -652,7 +652,7 @@ def check_config(
     detected with ``facts``, default: this machine). On failure the report is one
     ``path:line: field: problem`` line per problem; on success it summarises the config. The
     models and the memory budget are checked by ``edge-agent check-config``
-    (``edge_agent.service.admit``), which needs the models themselves.
+    (``edge_agent.daemon.service.admit``), which needs the models themselves.
     """
     try:
         source = read_config(path, profiles=profiles)

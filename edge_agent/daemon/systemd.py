@@ -254,7 +254,7 @@ DEFAULT_USER = "edge-agent"
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,30}")
 
 _UNIT_TEMPLATE = """\
-# edge-agentd as a systemd service. Rendered by edge_agent.systemd.render_unit();
+# edge-agentd as a systemd service. Rendered by edge_agent.daemon.systemd.render_unit();
 # `edge-agent systemd-unit --profile NAME` renders it for another device profile.
 # Install and the reason for every line: docs/deployment.md.
 
@@ -270,7 +270,7 @@ Type=notify
 NotifyAccess=main
 ExecStart={exec_start}
 ExecReload=/bin/kill -HUP $MAINPID
-# Pinged only while ticks keep completing (edge_agent.systemd.WatchdogGate).
+# Pinged only while ticks keep completing (edge_agent.daemon.systemd.WatchdogGate).
 WatchdogSec={watchdog_sec}
 Restart=on-failure
 RestartSec=5

@@ -1,7 +1,7 @@
 """Neural agent groups: many agents, one int8 policy model, one batched backend call per tick.
 
 A :class:`NeuralAgentGroup` keeps the last ``T`` observations of every agent in a
-:class:`~edge_agent.history.HistoryRing` (``max_window = T``, so a window that wraps around the
+:class:`~edge_agent.core.history.HistoryRing` (``max_window = T``, so a window that wraps around the
 ring is gathered in the ring's preallocated scratch), stacks the windows of all ``N`` agents into
 the backend session's preallocated ``(N, T, F)`` input, and runs the model **once** for the
 whole group. Nothing that scales with ``N`` is allocated per tick; buffers change only when
@@ -14,7 +14,7 @@ The model's first output becomes the actions:
 * ``output_kind = "continuous"``: ``(N, D)`` actions, clipped to the bundle's
   ``action_low``/``action_high``.
 * ``output_kind = "observation"``: a perception model for an Active Inference agent; use
-  :meth:`NeuralAgentGroup.forward` or :class:`edge_agent.perception.PerceptionAifGroup`.
+  :meth:`NeuralAgentGroup.forward` or :class:`edge_agent.neural.perception.PerceptionAifGroup`.
 
 Input layout: the model's single input is ``(batch, T, F)``, or ``(batch, T * F)`` (the same
 memory, flattened). Until an agent has seen ``T`` observations (at the start, after
@@ -36,11 +36,11 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.backends import Session, get_backend
-from edge_agent.budget import MemoryBudget, Reservation
-from edge_agent.bundle import Bundle, NeuralSpec, TensorSpec
+from edge_agent.bundle.loader import Bundle, NeuralSpec, TensorSpec
+from edge_agent.core.budget import MemoryBudget, Reservation
+from edge_agent.core.history import HistoryRing
 from edge_agent.errors import BundleError, InputError, ModelError
-from edge_agent.history import HistoryRing
+from edge_agent.neural.backends import Session, get_backend
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class NeuralAgentGroup:
     Parameters
     ----------
     spec, model_bytes:
-        The bundle's :class:`~edge_agent.bundle.NeuralSpec` and model file.
+        The bundle's :class:`~edge_agent.bundle.loader.NeuralSpec` and model file.
     threads:
         Intra-op threads of the backend (pass the firmware profile's ``inference_threads``).
     selection, temperature:

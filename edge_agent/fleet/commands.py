@@ -1,7 +1,7 @@
 """Hub commands on the device: verification, the durable nonce store, argument schemas, dispatch.
 
-A :class:`~edge_agent.protocol.Command` is obeyed only if all of these hold, checked in this order
-(the first that fails is the result code):
+A :class:`~edge_agent.fleet.protocol.Command` is obeyed only if all of these hold, checked in this
+order (the first that fails is the result code):
 
 1. ``target`` is this node (``bad_args``: ``target`` is signed, so a command signed for another
    node is never obeyed here);
@@ -20,8 +20,8 @@ against the strict schema of that name (``bad_args``); the handler returns ``ok`
 
 ``deploy_chunk`` is the one exception to 2 to 5: a chunk is authenticated by its sha256,
 which must equal the hash listed for that index in the signed ``deploy`` command that started the
-transfer (see :mod:`edge_agent.deploy`). A chunk cannot change anything the hub did not sign, and
-re-sending one is harmless, so chunks need neither a signature nor a nonce.
+transfer (see :mod:`edge_agent.fleet.deploy`). A chunk cannot change anything the hub did not sign,
+and re-sending one is harmless, so chunks need neither a signature nor a nonce.
 
 The daemon calls :meth:`CommandProcessor.process` between ticks only, with a bound on how many
 commands one call handles; the queue in front of it is bounded and counts what it drops.
@@ -40,9 +40,9 @@ from typing import Annotated, Any, Final, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError, SignatureError
-from edge_agent.protocol import NAME_PATTERN, Command, CommandResult, ResultCode
-from edge_agent.signing import TrustedKeys
+from edge_agent.fleet.protocol import NAME_PATTERN, Command, CommandResult, ResultCode
 
 logger = logging.getLogger(__name__)
 

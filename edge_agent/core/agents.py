@@ -5,7 +5,7 @@ optional circular history) in preallocated arrays, and calls the pure kernels of
 :mod:`edge_agent.aif.kernels` on the whole batch, in blocks of at most ``block_size`` agents so that
 temporary arrays stay bounded (and cache-friendly) however many agents there are.
 
-``precision="int8"`` stores the model in the ``logu8-v1`` scheme (:mod:`edge_agent.quant`) and
+``precision="int8"`` stores the model in the ``logu8-v1`` scheme (:mod:`edge_agent.aif.quant`) and
 computes in float32 from tables decoded once per model; ``precision="float64"`` computes from the
 float tables in float64 and gives pymdp's numbers.
 """
@@ -24,11 +24,11 @@ from numpy.typing import NDArray
 from edge_agent.aif import kernels
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies, validate_policies
+from edge_agent.aif.quant import QuantizedModel, encode_beliefs_u8, quantize_model
 from edge_agent.aif.settings import AifSettings
-from edge_agent.budget import MemoryBudget, Reservation
+from edge_agent.core.budget import MemoryBudget, Reservation
+from edge_agent.core.history import HistoryRing
 from edge_agent.errors import InputError
-from edge_agent.history import HistoryRing
-from edge_agent.quant import QuantizedModel, encode_beliefs_u8, quantize_model
 
 Precision = Literal["int8", "float64"]
 IntArray = NDArray[np.int64]

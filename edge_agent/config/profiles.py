@@ -6,16 +6,15 @@ memory budget, the systemd memory limits, thread count, tick rate, history lengt
 picks one by name (``[daemon] profile = "pi4-4gb"``) or detects it (``"auto"``) from the
 device-tree model, the total memory and the CPU architecture; the most specific match wins.
 
-Where profiles are found, first hit wins:
-
-1. the ``directory`` argument of :func:`load_profiles`;
-2. ``$EDGE_AGENT_PROFILES_DIR``;
-3. ``firmware_profiles/`` next to the ``edge_agent`` package (a source checkout or an editable
-   install);
-4. ``{sys.prefix}/share/edge-agent/firmware_profiles`` (where a packaged install puts them).
+Where profiles are found: the ``directory`` argument of :func:`load_profiles`, else
+``$EDGE_AGENT_PROFILES_DIR``, else the profiles shipped as package data
+(``edge_agent/firmware_profiles/``, read with ``importlib.resources``; the repository's top-level
+``firmware_profiles`` points there). Then ``/etc/edge-agent/profiles.d/*.toml``
+(``$EDGE_AGENT_PROFILES_OVERRIDES``) adds profiles and replaces shipped ones of the same name:
+the place for an operator's own boards, kept across package upgrades.
 
 Memory accounting, in MiB: the daemon's own overhead ``base_mb`` plus what models and agents may
-reserve, ``memory_budget_mb``, make the :class:`~edge_agent.budget.MemoryBudget` total
+reserve, ``memory_budget_mb``, make the :class:`~edge_agent.core.budget.MemoryBudget` total
 (:attr:`FirmwareProfile.total_budget_bytes`), in which the base is counted as used from the start.
 RSS above ``soft_limit_mb`` triggers degradation; ``memory_high_mb`` and ``memory_max_mb`` are the
 unit's systemd ``MemoryHigh`` and ``MemoryMax``.
@@ -26,17 +25,16 @@ from __future__ import annotations
 import os
 import platform
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import psutil
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from edge_agent.errors import ConfigError
-from edge_agent.tomlpos import (
+from edge_agent.config.toml_lines import (
     Loc,
     Problem,
     StrictModel,
@@ -44,6 +42,7 @@ from edge_agent.tomlpos import (
     raise_problems,
     validate_toml,
 )
+from edge_agent.errors import ConfigError
 
 __all__ = [
     "AUTO",
@@ -61,9 +60,10 @@ __all__ = [
     "get_profile",
     "load_profile_file",
     "load_profiles",
-    "profile_search_path",
+    "overrides_dir",
     "read_device_facts",
     "select_profile",
+    "shipped_profiles_dir",
     "systemd_dropin",
 ]
 
@@ -71,8 +71,11 @@ MiB = 1024 * 1024
 
 #: The profile name that asks for auto-detection.
 AUTO = "auto"
-#: Environment variable naming a profiles directory that overrides the built-in search path.
+#: Environment variable naming a profiles directory used instead of the shipped profiles.
 PROFILES_DIR_ENV = "EDGE_AGENT_PROFILES_DIR"
+#: The operator's profiles, added to (and replacing by name) whichever set is loaded.
+OVERRIDES_DIR_ENV = "EDGE_AGENT_PROFILES_OVERRIDES"
+DEFAULT_OVERRIDES_DIR = "/etc/edge-agent/profiles.d"
 #: Where the kernel exposes the device-tree model string, first readable wins.
 DEVICE_TREE_MODEL_PATHS = (
     Path("/proc/device-tree/model"),
@@ -380,26 +383,24 @@ def _memory_problems(
 
 
 # -------------------------------------------------------------------------------------- loading
-def profile_search_path() -> list[Path]:
-    """Directories searched for profiles when none is given, in order."""
-    paths: list[Path] = []
-    env = os.environ.get(PROFILES_DIR_ENV)
-    if env:
-        paths.append(Path(env).expanduser())
-    paths.append(Path(__file__).resolve().parent.parent / "firmware_profiles")
-    paths.append(Path(sys.prefix) / "share" / "edge-agent" / "firmware_profiles")
-    return paths
+def shipped_profiles_dir() -> Path:
+    """The profiles shipped with the package (``edge_agent/firmware_profiles``)."""
+    return Path(str(resources.files("edge_agent").joinpath("firmware_profiles")))
+
+
+def overrides_dir() -> Path:
+    """The operator's profiles: ``$EDGE_AGENT_PROFILES_OVERRIDES`` or /etc/edge-agent/profiles.d."""
+    return Path(os.environ.get(OVERRIDES_DIR_ENV) or DEFAULT_OVERRIDES_DIR).expanduser()
 
 
 def default_profiles_dir() -> Path:
-    """The first directory of :func:`profile_search_path` that holds ``*.toml`` files."""
-    searched = profile_search_path()
-    for directory in searched:
-        if directory.is_dir() and any(directory.glob("*.toml")):
-            return directory
-    listed = ", ".join(str(d) for d in searched)
-    message = f"no firmware profiles found (searched {listed}); set {PROFILES_DIR_ENV} or reinstall"
-    raise ConfigError(message, path=None, problems=[message])
+    """``$EDGE_AGENT_PROFILES_DIR`` if set, else the shipped profiles."""
+    env = os.environ.get(PROFILES_DIR_ENV)
+    folder = Path(env).expanduser() if env else shipped_profiles_dir()
+    if not (folder.is_dir() and any(folder.glob("*.toml"))):
+        message = f"no firmware profiles in {folder}; set {PROFILES_DIR_ENV} or reinstall"
+        raise ConfigError(message, path=None, problems=[message])
+    return folder
 
 
 def load_profile_file(path: str | Path) -> FirmwareProfile:
@@ -418,6 +419,10 @@ def load_profiles(directory: str | Path | None = None) -> dict[str, FirmwareProf
     if not files:
         message = f"{folder}: no firmware profiles (*.toml) in this directory"
         raise ConfigError(message, path=str(folder), problems=[message])
+    if directory is None:  # the operator's profiles.d adds and replaces by name
+        extra = overrides_dir()
+        if extra.is_dir():
+            files += sorted(extra.glob("*.toml"))
     profiles: dict[str, FirmwareProfile] = {}
     problems: list[str] = []
     for file in files:

@@ -44,7 +44,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent import signing
+from edge_agent.bundle import signing
 from edge_agent.errors import BundleError, SignatureError
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ class AifSpec(_Schema):
     )
     quant_scheme: str = Field(
         pattern=r"^[a-z0-9][a-z0-9._-]{0,31}$",
-        description="How the arrays are quantized, e.g. 'logu8-v1' (see edge_agent.quant).",
+        description="How the arrays are quantized, e.g. 'logu8-v1' (see edge_agent.aif.quant).",
     )
     settings: dict[str, JsonValue] = Field(
         default_factory=dict,
