@@ -31,7 +31,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -39,59 +38,55 @@ from typing import Any, Final
 import numpy as np
 
 from edge_agent import __version__
-from edge_agent.aif.model import GenerativeModel
-from edge_agent.aif.quant import SCHEME, QuantizedModel
-from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import load_bundle
-from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.config.daemon import (
-    BuiltinModel,
-    BundleModel,
     ConfigFile,
     DaemonConfig,
-    GroupConfig,
     LogSink,
-    MqttSink,
     MqttSource,
-    SimSink,
-    SimSource,
     read_config,
     resolve_profile,
 )
 from edge_agent.config.profiles import FirmwareProfile
-from edge_agent.config.toml_lines import Problem, TomlDocument
+from edge_agent.config.toml_lines import TomlDocument
 from edge_agent.coordination.config import CoordinationConfig
 from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding, wanted
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon import discovery
+from edge_agent.daemon.groups import (
+    GroupRuntime,
+    LoadedModel,
+    OverlayProblem,
+    beliefs_finite,
+    build_groups,
+    hub_keys,
+    load_group_model,
+    model_spec_key,
+    new_budget,
+    trusted_keys,
+    with_bundle,
+)
+from edge_agent.daemon.handlers import CommandHandlers
+from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.daemon.systemd import SdNotifier, WatchdogGate
-from edge_agent.daemon.thermal import ThermalGovernor, read_cpu_temp_c
+from edge_agent.daemon.thermal import read_cpu_temp_c
 from edge_agent.errors import (
-    BudgetError,
-    BundleError,
     ConfigError,
     EdgeAgentError,
     InputError,
     SnapshotError,
 )
-from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer, ObservationRouter
+from edge_agent.fleet.agent_io import ObservationBuffer, ObservationRouter
 from edge_agent.fleet.commands import (
     NONCE_DB,
-    ChunkArgs,
     CommandProcessor,
     CommandVerifier,
-    DeployArgs,
-    GroupArgs,
     NonceStore,
-    Outcome,
-    ResizeArgs,
-    TickRateArgs,
 )
 from edge_agent.fleet.comms.base import Backoff, Incoming
-from edge_agent.fleet.deploy import DeployManager, OverlayEntry, ReadyToSwitch
+from edge_agent.fleet.deploy import DeployManager, ReadyToSwitch
 from edge_agent.fleet.link import FleetLink, Received
 from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.protocol import (
@@ -107,14 +102,11 @@ from edge_agent.fleet.protocol import (
     Topics,
     clock_synced,
 )
-from edge_agent.sim import BatchEnv, format_summary
-from edge_agent.sim.registry import builtin_model, make_env
+from edge_agent.sim import format_summary
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "edge-agent-groups-v1"
-#: Never shrink a history below this many steps when degrading.
-MIN_HISTORY = 8
 
 
 #: Agents of the scratch group a deployment's health check steps.
@@ -131,6 +123,7 @@ CAPABILITIES: Final = ("commands", "ota", "mqtt_io")
 EVENT_KINDS: Final = {
     "memory_degraded": EventKind.BUDGET,
     "thermal_throttle": EventKind.THERMAL,
+    "thermal_critical": EventKind.THERMAL,
     "snapshot_failed": EventKind.ALARM,
     "snapshot_corrupt": EventKind.ALARM,
     "tick_failed": EventKind.ALARM,
@@ -153,409 +146,6 @@ class State(enum.Enum):
     RELOADING = "reloading"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A group's model and settings, and which bundle they came from (None: built-in)."""
-
-    model: GenerativeModel | QuantizedModel
-    settings: AifSettings
-    bundle_name: str | None = None
-    bundle_sha256: str | None = None
-
-
-@dataclass
-class GroupRuntime:
-    """A configured group: its agents, where observations come from and where actions go.
-
-    ``env`` is the simulated world of a ``sim`` source (None for an ``mqtt`` source, whose
-    observations arrive in ``inbox``); ``sink`` publishes actions for an ``mqtt`` sink.
-    """
-
-    config: GroupConfig
-    agents: AifAgentGroup
-    env: BatchEnv | None
-    obs: np.ndarray
-    inbox: ObservationBuffer | None = None
-    sink: ActionPublisher | None = None
-    bundle_name: str | None = None
-    bundle_sha256: str | None = None
-    paused: bool = False
-    paused_reason: str = ""
-    steps: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    def tick(self, now: float, coordination: CoordinationRuntime | None = None) -> bool:
-        """One batched step of every agent in the group; False if it could not step yet.
-
-        With ``coordination`` the step and the resets go through it (peers' evidence, holders'
-        task preferences)."""
-        agents = self.agents
-        if self.env is not None:
-            started = self.env.episode_start
-            if started.any():
-                if coordination is None:
-                    agents.reset(started)
-                else:
-                    coordination.reset(self.name, agents, started)
-            obs = self.obs
-        else:
-            assert self.inbox is not None  # an mqtt source has an inbox
-            if not self.inbox.take():
-                return False  # waiting until every agent has had an observation
-            obs = self.inbox.obs
-        if coordination is None:
-            actions = agents.step(obs, now)
-        else:
-            actions = coordination.step(self.name, agents, obs, now)
-        if self.env is not None:
-            self.obs = self.env.step(actions)
-        self.steps += 1
-        return True
-
-    def describe(self) -> dict[str, Any]:
-        a = self.agents
-        out: dict[str, Any] = {
-            "name": self.name,
-            "model": describe_model(self.config),
-            "bundle": self.bundle_name,
-            "bundle_sha256": self.bundle_sha256,
-            "agents": a.n_agents,
-            "precision": a.precision,
-            "priority": self.config.priority,
-            "paused": self.paused,
-            "paused_reason": self.paused_reason,
-            "history_capacity": a.history_capacity,
-            "bytes_per_agent": a.per_agent_nbytes(),
-            "shared_model_bytes": a.shared_nbytes,
-            "steps": self.steps,
-            "source": _endpoint(self.config.source),
-            "sink": _endpoint(self.config.sink),
-        }
-        if self.env is not None:
-            out["world"] = {
-                k: v if isinstance(v, int) else round(v, 4) for k, v in self.env.summary().items()
-            }
-        if self.inbox is not None:
-            out["io"] = self.inbox.stats()
-        if self.sink is not None:
-            out["actions"] = {
-                "batches": self.sink.batches,
-                "published": self.sink.published,
-                "dropped": self.sink.dropped,
-            }
-        return out
-
-
-def _endpoint(spec: SimSource | MqttSource | SimSink | MqttSink | LogSink) -> str:
-    if isinstance(spec, MqttSource | MqttSink):
-        return f"mqtt {spec.topic}"
-    return spec.type
-
-
-def describe_model(cfg: GroupConfig) -> str:
-    if isinstance(cfg.model, BuiltinModel):
-        return cfg.model.name
-    return f"bundle {cfg.model.path}"
-
-
-def model_spec_key(cfg: GroupConfig) -> str:
-    """The config's model of a group as canonical JSON (what a deployment overlays)."""
-    return json.dumps(cfg.model.model_dump(mode="json"), sort_keys=True)
-
-
-def world_name(cfg: GroupConfig) -> str:
-    """The built-in world that simulates the group's observations."""
-    if isinstance(cfg.source, SimSource) and cfg.source.world is not None:
-        return cfg.source.world
-    if isinstance(cfg.model, BuiltinModel):
-        return cfg.model.name
-    raise ConfigError(
-        f"group {cfg.name!r}: source type 'sim' with a bundle model needs "
-        "source.world (the built-in world that produces its observations)",
-        path=None,
-    )
-
-
-def with_bundle(cfg: GroupConfig, path: Path) -> GroupConfig:
-    """``cfg`` running the bundle at ``path`` instead of its configured model."""
-    update: dict[str, Any] = {"model": BundleModel(type="bundle", path=path)}
-    if isinstance(cfg.source, SimSource) and cfg.source.world is None:
-        update["source"] = SimSource(type="sim", world=world_name(cfg))
-    return cfg.model_copy(update=update)
-
-
-def trusted_keys(config: DaemonConfig) -> TrustedKeys | None:
-    """The daemon's trusted signing keys, or None when none are configured."""
-    directory = config.daemon.trusted_keys_dir
-    return None if directory is None else TrustedKeys.from_dir(directory)
-
-
-def hub_keys(config: DaemonConfig) -> TrustedKeys | None:
-    """Keys whose signed commands the daemon obeys: ``[mqtt] hub_keys_dir``, else the trusted."""
-    directory = config.mqtt.hub_keys_dir or config.daemon.trusted_keys_dir
-    return None if directory is None else TrustedKeys.from_dir(directory)
-
-
-def load_group_model(
-    cfg: GroupConfig, config: DaemonConfig, keys: TrustedKeys | None
-) -> LoadedModel:
-    """The group's model and settings: built-in, or a verified int8 Active Inference bundle.
-
-    A bundle's own settings apply, overridden by the settings the config sets explicitly. With
-    ``[daemon] trusted_keys_dir`` set, bundles must be signed by one of those keys. With a ``sim``
-    source the model's dimensions must match the simulated world's.
-    """
-    if isinstance(cfg.source, MqttSource) and isinstance(cfg.sink, SimSink):
-        raise ConfigError(
-            f"group {cfg.name!r}: a 'sim' sink acts on a simulated world and needs a 'sim' "
-            "source; with an mqtt source use sink type 'mqtt' or 'log'",
-            path=None,
-        )
-    world = builtin_model(world_name(cfg)) if isinstance(cfg.source, SimSource) else None
-    if isinstance(cfg.model, BuiltinModel):
-        model = world if world is not None else builtin_model(cfg.model.name)
-        return LoadedModel(model, cfg.settings)
-    if keys is None:
-        raise ConfigError(
-            f"group {cfg.name!r}: bundle {cfg.model.path} cannot be verified: set [daemon] "
-            "trusted_keys_dir to the directory of the keys that sign your bundles "
-            "(edge-agent-host keygen / sign)",
-            path=None,
-        )
-    bundle = load_bundle(cfg.model.path, trusted_keys=keys, require_signature=True)
-    spec = bundle.manifest.aif
-    if spec is None or bundle.manifest.kind != "aif":
-        raise BundleError(
-            f"{cfg.model.path}: group {cfg.name!r} needs an Active Inference bundle, "
-            f"got kind {bundle.manifest.kind!r}"
-        )
-    if spec.quant_scheme != SCHEME:
-        raise BundleError(f"{cfg.model.path}: unknown quantization scheme {spec.quant_scheme!r}")
-    qmodel = QuantizedModel.from_arrays(bundle.aif_arrays())
-    if world is not None:
-        dims = (qmodel.num_obs, qmodel.num_states, qmodel.num_controls)
-        expected = (world.num_obs, world.num_states, world.num_controls)
-        if dims != expected:
-            raise ConfigError(
-                f"group {cfg.name!r}: bundle {cfg.model.path} has (obs, states, controls) "
-                f"{dims}, world {world_name(cfg)!r} needs {expected}",
-                path=None,
-            )
-    try:
-        settings = AifSettings(
-            **{**spec.settings, **cfg.settings.model_dump(include=cfg.settings.model_fields_set)}
-        )
-    except ValueError as err:
-        raise BundleError(f"{cfg.model.path}: invalid agent settings: {err}") from err
-    logger.info(
-        "group %s: bundle %s %s (sha256 %s, %s)",
-        cfg.name,
-        bundle.manifest.name,
-        bundle.manifest.version,
-        bundle.sha256[:12],
-        "signed by " + bundle.key_id if bundle.signature_verified and bundle.key_id else "unsigned",
-    )
-    name = f"{bundle.manifest.name}@{bundle.manifest.version}"[:256]
-    return LoadedModel(qmodel, settings, name, bundle.sha256)
-
-
-@dataclass(frozen=True)
-class OverlayProblem:
-    """A deployed bundle that was not used for ``group``; ``superseded``: the config changed."""
-
-    group: str
-    detail: str
-    superseded: bool = False
-
-
-def resolve_models(
-    config: DaemonConfig,
-    overlay: dict[str, OverlayEntry] | None = None,
-    problems: list[OverlayProblem] | None = None,
-    source: ConfigFile | None = None,
-) -> dict[str, tuple[GroupConfig, LoadedModel]]:
-    """Every group's effective config and model: a deployed bundle where the overlay has a valid
-    one (see :mod:`edge_agent.fleet.deploy`), else the config's model. A configured model that
-    cannot be loaded is a config problem: with ``source``, every such group is reported at its
-    model's line in one ConfigError."""
-    keys = trusted_keys(config)
-    located: list[Problem] = []
-    out: dict[str, tuple[GroupConfig, LoadedModel]] = {}
-    for g in config.groups:
-        entry = (overlay or {}).get(g.name)
-        if entry is not None:
-            if entry.config_model != model_spec_key(g):
-                if problems is not None:
-                    problems.append(
-                        OverlayProblem(
-                            g.name,
-                            f"group {g.name!r}: the config's model changed since bundle "
-                            f"{entry.sha256[:12]} was deployed; the config wins",
-                            superseded=True,
-                        )
-                    )
-            else:
-                deployed = with_bundle(g, Path(entry.path))
-                try:
-                    loaded = load_group_model(deployed, config, keys)
-                    if loaded.bundle_sha256 != entry.sha256:
-                        raise BundleError(
-                            f"{entry.path} is bundle {loaded.bundle_sha256}, the deployment "
-                            f"recorded {entry.sha256}"
-                        )
-                except EdgeAgentError as err:
-                    if problems is not None:
-                        problems.append(
-                            OverlayProblem(
-                                g.name,
-                                f"group {g.name!r}: deployed bundle ignored, the config's model "
-                                f"runs: {err}",
-                            )
-                        )
-                else:
-                    out[g.name] = (deployed, loaded)
-                    continue
-        try:
-            out[g.name] = (g, load_group_model(g, config, keys))
-        except EdgeAgentError as err:
-            if source is None:
-                raise
-            key = "path" if isinstance(g.model, BundleModel) else "name"
-            located.append((source.group_loc(g.name, "model", key), str(err)))
-    if located and source is not None:
-        raise source.error(located)
-    return out
-
-
-def build_groups(
-    config: DaemonConfig,
-    profile: FirmwareProfile,
-    budget: MemoryBudget,
-    *,
-    overlay: dict[str, OverlayEntry] | None = None,
-    problems: list[OverlayProblem] | None = None,
-    source: ConfigFile | None = None,
-) -> list[GroupRuntime]:
-    """Admit the whole plan against the budget, then build every group (reserve, then allocate).
-
-    ``overlay``: deployed bundles that replace a group's configured model (see
-    :func:`resolve_models`). Raises :class:`BudgetError` with every request that does not fit
-    before anything is allocated; with ``source`` (the config file), a ConfigError instead that
-    names each group at the line of its ``count``. ``edge-agent check-config``, ``run`` and a
-    SIGHUP reload all come through here (:func:`admit`).
-    """
-    plans = []
-    models = resolve_models(config, overlay, problems, source)
-    for g in config.groups:
-        hist = g.history_capacity_for(profile)
-        loaded = models[g.name][1]
-        probe = AifAgentGroup(loaded.model, 1, settings=loaded.settings, precision=g.precision)
-        plans.append(
-            (
-                (g.name, "agents", probe.bytes_for(g.count, hist), None),
-                (f"model:{probe.key}", "model", probe.shared_nbytes, probe.key),
-            )
-        )
-    requests = [req for pair in plans for req in (pair[1], pair[0])]
-    hints = {
-        g.name: f"reduce group {g.name!r} count (now {g.count}) or history_capacity, "
-        "or choose a profile with a larger budget"
-        for g in config.groups
-    }
-    try:
-        budget.plan(requests, hints=hints)
-    except BudgetError as err:
-        if source is None or not err.offenders:
-            raise
-        owner_group = {f"model:{p[1][3]}": p[0][0] for p in reversed(plans)}
-        located = source.error([
-            (source.group_loc(owner_group.get(owner, owner), "count"), problem)
-            for owner, problem in err.offenders
-        ])
-        raise ConfigError(
-            f"{located}\n{err.summary}", path=source.path, problems=located.problems
-        ) from err
-    total_agents = sum(g.count for g in config.groups)
-    if total_agents > profile.max_agents:
-        raise BudgetError(
-            f"config asks for {total_agents} agents; profile {profile.name!r} allows at most "
-            f"{profile.max_agents}: reduce group counts or choose a larger profile"
-        )
-    groups = []
-    for g in config.groups:
-        cfg, loaded = models[g.name]
-        agents = AifAgentGroup(
-            loaded.model,
-            g.count,
-            settings=loaded.settings,
-            precision=g.precision,
-            seed=g.seed,
-            history_capacity=g.history_capacity_for(profile),
-            budget=budget,
-            name=g.name,
-        )
-        groups.append(make_runtime(cfg, agents, config, loaded))
-    return groups
-
-
-def new_budget(profile: FirmwareProfile) -> MemoryBudget:
-    """An empty budget of ``profile``: its total, soft limit and daemon base."""
-    return MemoryBudget(
-        profile.total_budget_bytes,
-        soft_limit_bytes=profile.soft_limit_bytes,
-        base_bytes=profile.base_bytes,
-        profile_name=profile.name,
-    )
-
-
-def admit(source: ConfigFile) -> tuple[FirmwareProfile, MemoryBudget, list[GroupRuntime]]:
-    """Everything the daemon checks before it runs a config, as ``check-config`` runs it: the
-    profile and what it allows, every group's model, and the memory plan; problems as
-    ``file:line: field: problem``. Returns the profile, the budget and the built groups."""
-    profile = resolve_profile(source)
-    budget = new_budget(profile)
-    return profile, budget, build_groups(source.config, profile, budget, source=source)
-
-
-def make_runtime(
-    cfg: GroupConfig, agents: AifAgentGroup, config: DaemonConfig, loaded: LoadedModel
-) -> GroupRuntime:
-    """Wire a group's agents to its source and sink."""
-    n = agents.n_agents
-    env: BatchEnv | None = None
-    inbox: ObservationBuffer | None = None
-    if isinstance(cfg.source, SimSource):
-        env = make_env(world_name(cfg), n, seed=cfg.seed)
-        obs = env.reset()
-    else:
-        inbox = ObservationBuffer(cfg.name, n, agents.cm.num_obs)
-        obs = inbox.obs
-    sink = None
-    if isinstance(cfg.sink, MqttSink):
-        sink = ActionPublisher(cfg.name, cfg.sink.topic, n, agents.cm.num_controls)
-    return GroupRuntime(
-        config=cfg,
-        agents=agents,
-        env=env,
-        obs=obs,
-        inbox=inbox,
-        sink=sink,
-        bundle_name=loaded.bundle_name,
-        bundle_sha256=loaded.bundle_sha256,
-    )
-
-
-def beliefs_finite(agents: AifAgentGroup) -> bool:
-    """Whether every posterior and policy posterior of the group is finite."""
-    return all(bool(np.isfinite(q).all()) for q in agents.qs) and bool(
-        np.isfinite(agents.q_pi).all()
-    )
 
 
 def _duration(seconds: float) -> str:
@@ -605,9 +195,9 @@ class Daemon:
         self.reloads_ok = 0
         self.reloads_refused = 0
         self.last_reload_error = ""
-        self.degradations: list[str] = []
         self.stats = TickStats()
         self.rss = RssSampler()
+        self.health = HealthMonitor(profile, self.rss, self._event)
         self.budget = self._new_budget(profile)
         self.state_dir = Path(config.daemon.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -622,9 +212,6 @@ class Daemon:
             max_writes_per_hour=profile.max_snapshot_writes_per_hour,
         )
         self.status_path = self._status_path(config)
-        self.thermal = ThermalGovernor(
-            profile.thermal.throttle_c, profile.thermal.throttled_tick_factor
-        )
         self.base_hz = config.daemon.tick_hz_for(profile)
         self.clock = TickClock(self.base_hz, self.stop_event)
         self.watchdog = WatchdogGate(
@@ -663,7 +250,7 @@ class Daemon:
         self.deployer.bind(
             self._health_check,
             current_sha=self._group_sha,
-            group_exists=lambda name: self._find(name) is not None,
+            group_exists=lambda name: self.find_group(name) is not None,
         )
         for problem in self.overlay_problems:
             severity = "warning" if problem.superseded else "error"
@@ -786,17 +373,7 @@ class Daemon:
             nonces=self.nonces,
             max_ttl_s=m.command_max_ttl_s,
         )
-        handlers: dict[str, Callable[[Any, Command], Outcome]] = {
-            "ping": self._cmd_ping,
-            "snapshot": self._cmd_snapshot,
-            "rebirth": self._cmd_rebirth,
-            "start_group": self._cmd_start_group,
-            "stop_group": self._cmd_stop_group,
-            "resize_group": self._cmd_resize_group,
-            "set_tick_rate": self._cmd_set_tick_rate,
-            "deploy": self._cmd_deploy,
-            "deploy_chunk": self._cmd_deploy_chunk,
-        }
+        handlers = CommandHandlers(self).table()
         self.commands = CommandProcessor(verifier, handlers)
 
     def _coordination_groups(self) -> dict[str, GroupBinding]:
@@ -1121,11 +698,11 @@ class Daemon:
     def telemetry_interval_s(self) -> float:
         return self.config.mqtt.telemetry_interval_s or self.profile.telemetry_interval_s
 
-    def _find(self, name: str) -> GroupRuntime | None:
+    def find_group(self, name: str) -> GroupRuntime | None:
         return next((g for g in self.groups if g.name == name), None)
 
     def _group_sha(self, name: str) -> str | None:
-        g = self._find(name)
+        g = self.find_group(name)
         return None if g is None else g.bundle_sha256
 
     # -- reload ---------------------------------------------------------------------------------
@@ -1173,10 +750,10 @@ class Daemon:
         self.config, self.profile, self.budget, self.groups = new_config, profile, budget, groups
         self.source = source
         self.deployer.bundle_keys = trusted_keys(new_config)
-        self._set_base_rate(new_config.daemon.tick_hz_for(profile))
+        self.set_base_rate(new_config.daemon.tick_hz_for(profile))
         self._bind_sources()
         self._subscribe_sources()
-        self._rebirth()
+        self.rebirth()
         self.reloads_ok += 1
         self.last_reload_error = ""
         logger.info(
@@ -1186,70 +763,19 @@ class Daemon:
         self.notifier.ready(self._status_line())
         return True
 
-    def _set_base_rate(self, hz: float) -> None:
+    def set_base_rate(self, hz: float) -> None:
         self.base_hz = hz
         factor = self.profile.thermal.throttled_tick_factor
-        self.clock.set_rate(hz * (factor if self.thermal.throttled else 1.0))
+        self.clock.set_rate(hz * (factor if self.health.thermal.throttled else 1.0))
         self.watchdog.stale_after_s = max(2.0 / (hz * factor), 2.0)
 
     # -- health -------------------------------------------------------------------------------
     def _check_memory(self) -> None:
-        rss = self.rss.sample()
-        soft = self.profile.soft_limit_bytes
-        if rss <= soft:
-            if rss < 0.9 * soft:
-                self._resume_paused()
-            return
-        # Step 1: shrink histories by half (not below MIN_HISTORY); step 2: pause low priority.
-        shrinkable = [g for g in self.groups if g.agents.history_capacity > MIN_HISTORY]
-        if shrinkable:
-            for g in shrinkable:
-                new_cap = max(MIN_HISTORY, g.agents.history_capacity // 2)
-                g.agents.resize_history(new_cap)
-            msg = (
-                f"RSS {format_bytes(rss)} above soft limit {format_bytes(soft)}: histories halved "
-                f"({', '.join(f'{g.name}={g.agents.history_capacity}' for g in shrinkable)})"
-            )
-        else:
-            running = sorted(
-                (g for g in self.groups if not g.paused), key=lambda g: g.config.priority
-            )
-            if len(running) <= 1:
-                msg = f"RSS {format_bytes(rss)} above soft limit; nothing left to degrade"
-                if msg in self.degradations[-1:]:
-                    return
-            else:
-                victim = running[0]
-                victim.paused, victim.paused_reason = True, "memory"
-                msg = (
-                    f"RSS {format_bytes(rss)} above soft limit {format_bytes(soft)}: paused group "
-                    f"{victim.name} (priority {victim.config.priority})"
-                )
-        self.degradations.append(msg)
-        logger.warning("%s", msg)
-        self._event("memory_degraded", "warning", msg)
-
-    def _resume_paused(self) -> None:
-        for g in self.groups:
-            if g.paused and g.paused_reason == "memory":
-                g.paused, g.paused_reason = False, ""
-                logger.info("RSS back under the soft limit: resumed group %s", g.name)
+        self.health.check_memory(self.groups)
 
     def _check_thermal(self) -> None:
         temp = read_cpu_temp_c(self.profile.thermal.zone_glob)
-        change = self.thermal.update(temp)
-        if change is True:
-            hz = self.base_hz * self.profile.thermal.throttled_tick_factor
-            self.clock.set_rate(hz)
-            msg = (
-                f"CPU {temp:.1f} C >= {self.thermal.throttle_c:.1f} C: "
-                f"tick rate lowered to {hz:.2f} Hz"
-            )
-            logger.warning("%s", msg)
-            self._event("thermal_throttle", "warning", msg)
-        elif change is False:
-            self.clock.set_rate(self.base_hz)
-            logger.info("CPU %.1f C: tick rate restored to %.2f Hz", temp or 0.0, self.base_hz)
+        self.health.check_thermal(self.groups, self.clock, self.base_hz, temp)
 
     def _event(
         self,
@@ -1351,7 +877,7 @@ class Daemon:
             self._switch(ready)
         watched = self.deployer.watching_group
         if self._watch_old is not None and watched and self.deployer.watch_expired():
-            g = self._find(watched)
+            g = self.find_group(watched)
             if g is not None:
                 self._rollback(g, "the group did not step its watch_ticks within watch_timeout_s")
         self._publish_deploy_reports()
@@ -1491,7 +1017,7 @@ class Daemon:
                 "tick_p99_ms": round(p99, 4),
                 "overruns": self.stats.overruns,
                 "groups": {g.name: g.agents.n_agents for g in self.groups},
-                "cpu_temp_c": self.thermal.last_temp_c,
+                "cpu_temp_c": self.health.thermal.last_temp_c,
                 "counters": counters,
             }
         )
@@ -1513,126 +1039,12 @@ class Daemon:
             capabilities=[*CAPABILITIES, *(["coordination"] if self.coordination else [])],
         )
 
-    def _rebirth(self) -> None:
+    def rebirth(self) -> None:
         """The node's groups changed: publish a new birth."""
         if self.link is not None:
             self.link.set_birth(self._birth())
 
     # -- commands (applied between ticks) -------------------------------------------------------
-    def _group_for_command(self, name: str) -> GroupRuntime | Outcome:
-        g = self._find(name)
-        if g is None:
-            known = ", ".join(x.name for x in self.groups)
-            return Outcome(ResultCode.BAD_ARGS, f"no group {name!r} (groups: {known})")
-        if g.name == self.deployer.watching_group:
-            return Outcome(ResultCode.BUSY, f"group {name!r} is being watched after a deployment")
-        return g
-
-    def _cmd_ping(self, _args: Any, _cmd: Command) -> Outcome:
-        return Outcome(
-            ResultCode.OK,
-            "pong",
-            {
-                "uptime_s": round(time.monotonic() - self.started_mono, 3),
-                "ticks": self.stats.ticks,
-            },
-        )
-
-    def _cmd_snapshot(self, _args: Any, _cmd: Command) -> Outcome:
-        before = self.last_snapshot
-        self.snapshot(force=True)
-        after = self.last_snapshot
-        if after is None or after is before:
-            return Outcome(ResultCode.FAILED, "snapshot not written; see the events")
-        return Outcome(
-            ResultCode.OK, after["path"], {"path": after["path"], "bytes": after["bytes"]}
-        )
-
-    def _cmd_rebirth(self, _args: Any, _cmd: Command) -> Outcome:
-        self._rebirth()
-        return Outcome(ResultCode.OK, "birth published again")
-
-    def _cmd_stop_group(self, args: GroupArgs, _cmd: Command) -> Outcome:
-        g = self._group_for_command(args.group)
-        if isinstance(g, Outcome):
-            return g
-        if g.paused:
-            return Outcome(ResultCode.OK, f"group {g.name!r} already paused ({g.paused_reason})")
-        g.paused, g.paused_reason = True, "command"
-        logger.info("group %s stopped by a hub command", g.name)
-        return Outcome(ResultCode.OK, f"group {g.name!r} stopped")
-
-    def _cmd_start_group(self, args: GroupArgs, _cmd: Command) -> Outcome:
-        g = self._group_for_command(args.group)
-        if isinstance(g, Outcome):
-            return g
-        if not g.paused:
-            return Outcome(ResultCode.OK, f"group {g.name!r} already running")
-        if g.paused_reason != "command":
-            return Outcome(
-                ResultCode.FAILED,
-                f"group {g.name!r} was paused by {g.paused_reason} degradation and resumes by "
-                "itself",
-            )
-        g.paused, g.paused_reason = False, ""
-        logger.info("group %s started by a hub command", g.name)
-        return Outcome(ResultCode.OK, f"group {g.name!r} started")
-
-    def _cmd_resize_group(self, args: ResizeArgs, _cmd: Command) -> Outcome:
-        g = self._group_for_command(args.group)
-        if isinstance(g, Outcome):
-            return g
-        n = args.agents
-        total = self.total_agents - g.agents.n_agents + n
-        if total > self.profile.max_agents:
-            return Outcome(
-                ResultCode.FAILED,
-                f"{total} agents in all would exceed max_agents {self.profile.max_agents} of "
-                f"profile {self.profile.name!r}",
-            )
-        old = g.agents.n_agents
-        g.agents.resize(n)  # reserves first: BudgetError leaves the group as it was
-        if g.env is not None:
-            # The simulated world is rebuilt for the new size: every agent starts afresh.
-            g.env = make_env(world_name(g.config), n, seed=g.config.seed)
-            g.obs = g.env.reset()
-            g.agents.reset()
-        if g.inbox is not None:
-            g.inbox.resize(n)
-            g.obs = g.inbox.obs
-        if g.sink is not None:
-            g.sink.resize(n)
-        self._rebirth()
-        logger.info("group %s resized from %d to %d agents by a hub command", g.name, old, n)
-        return Outcome(ResultCode.OK, f"group {g.name!r}: {old} -> {n} agents", {"agents": n})
-
-    def _cmd_set_tick_rate(self, args: TickRateArgs, _cmd: Command) -> Outcome:
-        factor = self.profile.thermal.throttled_tick_factor
-        slowest = 1.0 / (args.hz * factor)
-        if slowest * 2 > self.profile.watchdog_interval_s:
-            return Outcome(
-                ResultCode.BAD_ARGS,
-                f"{args.hz:g} Hz is too slow for the {self.profile.watchdog_interval_s:g} s "
-                f"watchdog (a throttled tick takes {slowest:g} s)",
-            )
-        old = self.base_hz
-        self._set_base_rate(args.hz)
-        logger.info("tick rate %.3g -> %.3g Hz by a hub command", old, args.hz)
-        return Outcome(ResultCode.OK, f"{old:g} -> {args.hz:g} Hz", {"hz": self.clock.hz})
-
-    def _cmd_deploy(self, args: DeployArgs, cmd: Command) -> Outcome:
-        g = self._find(args.group)
-        if g is not None and g.paused and g.name != self.deployer.watching_group:
-            return Outcome(
-                ResultCode.FAILED,
-                f"group {g.name!r} is paused ({g.paused_reason}): a deployment needs it running "
-                "to watch the new bundle",
-            )
-        return self.deployer.start(args, cmd.nonce)
-
-    def _cmd_deploy_chunk(self, args: ChunkArgs, _cmd: Command) -> Outcome:
-        return self.deployer.chunk(args)
-
     # -- deployment -----------------------------------------------------------------------------
     def _health_check(self, group: str, path: Path, steps: int, timeout_s: float) -> LoadedModel:
         """The deployment worker's check: load for ``group``, step a scratch group (any thread)."""
@@ -1641,7 +1053,7 @@ class Daemon:
             cfg = config.group(group)
         except KeyError:
             raise EdgeAgentError(f"no group {group!r} in the config") from None
-        current = self._find(group)
+        current = self.find_group(group)
         deadline = time.monotonic() + timeout_s
         loaded = load_group_model(with_bundle(cfg, path), config, trusted_keys(config))
         n = min(HEALTH_CHECK_AGENTS, current.agents.n_agents if current else cfg.count)
@@ -1710,7 +1122,7 @@ class Daemon:
             return
         self.groups[index] = new
         self._watch_old = old
-        self._rebirth()
+        self.rebirth()
         logger.info("group %s switched to bundle %s", old.name, ready.sha256[:12])
 
     def _rollback(self, g: GroupRuntime, problem: str) -> None:
@@ -1724,7 +1136,7 @@ class Daemon:
         self._watch_old = None
         g.agents.release()
         self.deployer.rollback(problem)
-        self._rebirth()
+        self.rebirth()
         self._publish_deploy_reports()
 
     # -- status -------------------------------------------------------------------------------
@@ -1756,9 +1168,11 @@ class Daemon:
             "agents": self.total_agents,
             "groups": [g.describe() for g in self.groups],
             "thermal": {
-                "temp_c": self.thermal.last_temp_c,
-                "throttled": self.thermal.throttled,
-                "throttle_c": self.thermal.throttle_c,
+                "temp_c": self.health.thermal.last_temp_c,
+                "throttled": self.health.thermal.throttled,
+                "throttle_c": self.health.thermal.throttle_c,
+                "critical": self.health.thermal.critical,
+                "critical_c": self.health.thermal.critical_c,
             },
             "snapshots": {
                 **self.snapshots.stats(),
@@ -1770,7 +1184,7 @@ class Daemon:
                 "refused": self.reloads_refused,
                 "last_error": self.last_reload_error,
             },
-            "degradations": self.degradations[-10:],
+            "degradations": self.health.degradations[-10:],
             "events": self.events[-10:],
             "fleet": self._fleet_status(),
             "coordination": None if self.coordination is None else self.coordination.status(),

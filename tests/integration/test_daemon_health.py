@@ -131,3 +131,54 @@ def test_rss_above_the_soft_limit_shrinks_histories_then_pauses_low_priority(
     finally:
         daemon.kill()
         notify.close()
+
+
+def test_critical_temperature_pauses_every_group_until_below_throttle(tmp_path: Path) -> None:
+    """Above ``critical_c`` no agent steps (the loop, watchdog and status go on); the groups
+    resume once the CPU is below ``throttle_c``, not before."""
+    zone = tmp_path / "thermal_zone0"
+    zone.mkdir()
+    (zone / "temp").write_text("45000\n")
+    profiles = custom_profile(
+        tmp_path / "profiles", "crit-test", append=f'zone_glob = "{tmp_path}/thermal_zone*/temp"'
+    )
+    state = tmp_path / "state"
+    cfg = tmp_path / "cfg.toml"
+    write_config(cfg, state, "crit-test")
+    notify = NotifySocket(tmp_path / "n.sock")
+    daemon = Daemon(cfg, notify, {"EDGE_AGENT_PROFILES_DIR": str(profiles)})
+    status_path = state / "status.json"
+
+    def steps(s: dict) -> dict[str, int]:  # type: ignore[type-arg]
+        return {g["name"]: g["steps"] for g in s["groups"]}
+
+    try:
+        notify.wait_for("READY=1", 60)
+        wait_status(status_path, lambda s: s["thermal"]["temp_c"] == 45.0)
+        (zone / "temp").write_text("101000\n")  # x86-dev: throttle 90 C, critical 100 C
+        hot = wait_status(status_path, lambda s: s["thermal"]["critical"], timeout=20)
+        assert all(g["paused"] and g["paused_reason"] == "thermal" for g in hot["groups"])
+        assert any(e["kind"] == "thermal_critical" for e in hot["events"])
+        ticks = hot["tick"]["ticks"]
+        frozen = steps(wait_status(status_path, lambda s: s["tick"]["ticks"] > ticks))
+        later = wait_status(status_path, lambda s: s["tick"]["ticks"] > ticks + 10)
+        assert steps(later) == frozen  # ticking, but no agent stepped
+        (zone / "temp").write_text("95000\n")  # below critical, still above throttle: paused
+        warm = wait_status(status_path, lambda s: s["thermal"]["temp_c"] == 95.0, timeout=20)
+        assert all(g["paused"] for g in warm["groups"])
+        (zone / "temp").write_text("85000\n")  # below throttle_c: every group resumes
+        cooled = wait_status(status_path, lambda s: not s["thermal"]["critical"], timeout=20)
+        resumed = wait_status(
+            status_path, lambda s: all(not g["paused"] for g in s["groups"]), timeout=20
+        )
+        assert cooled["thermal"]["temp_c"] == 85.0
+        moving = wait_status(
+            status_path, lambda s: all(steps(s)[n] > frozen[n] for n in frozen), timeout=20
+        )
+        assert moving["thermal"]["throttled"] is True  # still within the 5 C hysteresis
+        assert resumed["state"] == "running"
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        daemon.kill()
+        notify.close()

@@ -17,6 +17,7 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.bundle.loader import load_bundle, pack_tar, sign_bundle, write_bundle
 from edge_agent.bundle.signing import TrustedKeys, load_private_key
 from edge_agent.config.daemon import parse_config
+from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.service import Daemon
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.commands import ChunkArgs, DeployArgs
@@ -312,9 +313,9 @@ sink = {{ type = "sim" }}
 def switch_daemon(d: Daemon, tar: Path, sha: str, watch_ticks: int) -> None:
     data = tar.read_bytes()
     args = deploy_args(data, sha, watch_ticks=watch_ticks)
-    assert d._cmd_deploy(args, _FakeCommand()).code is ResultCode.ACCEPTED  # type: ignore[arg-type]
+    assert CommandHandlers(d).deploy(args, _FakeCommand()).code is ResultCode.ACCEPTED  # type: ignore[arg-type]
     for i in range(args.chunks):
-        d._cmd_deploy_chunk(chunk(data, sha, i), _FakeCommand())  # type: ignore[arg-type]
+        CommandHandlers(d).deploy_chunk(chunk(data, sha, i), _FakeCommand())  # type: ignore[arg-type]
     deadline = time.monotonic() + 30
     while d._watch_old is None:
         assert time.monotonic() < deadline, d.deployer.stats()
@@ -335,11 +336,11 @@ def test_daemon_rolls_back_a_group_that_fails_after_the_switch(
     sha = bundle_sha(tar, trusted)
     d = daemon(tmp_path, keys_dir)
     try:
-        old = d._find("grid")
+        old = d.find_group("grid")
         assert old is not None
         used_before = d.budget.used
         switch_daemon(d, tar, sha, watch_ticks=10)
-        new = d._find("grid")
+        new = d.find_group("grid")
         assert new is not None
         assert new is not old
         assert new.bundle_sha256 == sha
@@ -361,7 +362,7 @@ def test_daemon_rolls_back_a_group_that_fails_after_the_switch(
 
             new.agents.step = step  # type: ignore[method-assign]
         d._tick(time.monotonic())
-        assert d._find("grid") is old
+        assert d.find_group("grid") is old
         assert d._watch_old is None
         assert d.budget.used == used_before
         assert d.deployer.journal is not None
@@ -395,7 +396,7 @@ def test_daemon_keeps_a_bundle_that_passes_its_watch_and_after_a_restart(
         d.shutdown()
     again = daemon(tmp_path, keys_dir)  # the config still names the built-in model
     try:
-        g = again._find("grid")
+        g = again.find_group("grid")
         assert g is not None
         assert g.bundle_sha256 == sha
         assert again.status()["groups"][0]["bundle_sha256"] == sha
@@ -415,7 +416,7 @@ def test_a_config_change_supersedes_the_deployment(tmp_path: Path, keys: Any) ->
         d.shutdown()
     changed = daemon(tmp_path, keys_dir, model="tmaze")
     try:
-        g = changed._find("grid")
+        g = changed.find_group("grid")
         assert g is not None
         assert g.bundle_sha256 is None
         assert "config's model changed" in changed.status()["overlay_problems"][0]

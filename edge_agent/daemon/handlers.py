@@ -1,0 +1,192 @@
+"""Hub commands: the whole handler table in one class (Frigate's ``dispatcher.py`` shape).
+
+:class:`~edge_agent.fleet.commands.CommandProcessor` verifies a signed command (signature, target,
+expiry, nonce) and calls the handler registered under its name with the validated arguments;
+every handler returns an :class:`~edge_agent.fleet.commands.Outcome`. Handlers act on the
+daemon only through :class:`DaemonControl`, the small protocol the daemon implements, so this
+module never imports the service module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from edge_agent.config.profiles import FirmwareProfile
+from edge_agent.daemon.groups import GroupRuntime, world_name
+from edge_agent.daemon.scheduler import TickClock, TickStats
+from edge_agent.fleet.commands import (
+    ChunkArgs,
+    DeployArgs,
+    GroupArgs,
+    Outcome,
+    ResizeArgs,
+    TickRateArgs,
+)
+from edge_agent.fleet.deploy import DeployManager
+from edge_agent.fleet.protocol import Command, ResultCode
+from edge_agent.sim.registry import make_env
+
+logger = logging.getLogger(__name__)
+
+
+class DaemonControl(Protocol):
+    """What hub commands may read and do on the running daemon (between two ticks)."""
+
+    groups: list[GroupRuntime]
+    profile: FirmwareProfile
+    stats: TickStats
+    clock: TickClock
+    started_mono: float
+    base_hz: float
+    deployer: DeployManager
+    last_snapshot: dict[str, Any] | None
+
+    @property
+    def total_agents(self) -> int: ...
+
+    def find_group(self, name: str) -> GroupRuntime | None: ...
+
+    def snapshot(self, *, force: bool = False) -> None: ...
+
+    def rebirth(self) -> None: ...
+
+    def set_base_rate(self, hz: float) -> None: ...
+
+
+class CommandHandlers:
+    """One method per hub command; :meth:`table` is what the command processor dispatches on."""
+
+    def __init__(self, daemon: DaemonControl) -> None:
+        self.daemon = daemon
+
+    def table(self) -> dict[str, Callable[[Any, Command], Outcome]]:
+        return {
+            "ping": self.ping,
+            "snapshot": self.snapshot,
+            "rebirth": self.rebirth,
+            "start_group": self.start_group,
+            "stop_group": self.stop_group,
+            "resize_group": self.resize_group,
+            "set_tick_rate": self.set_tick_rate,
+            "deploy": self.deploy,
+            "deploy_chunk": self.deploy_chunk,
+        }
+
+    def _group(self, name: str) -> GroupRuntime | Outcome:
+        g = self.daemon.find_group(name)
+        if g is None:
+            known = ", ".join(x.name for x in self.daemon.groups)
+            return Outcome(ResultCode.BAD_ARGS, f"no group {name!r} (groups: {known})")
+        if g.name == self.daemon.deployer.watching_group:
+            return Outcome(ResultCode.BUSY, f"group {name!r} is being watched after a deployment")
+        return g
+
+    def ping(self, _args: Any, _cmd: Command) -> Outcome:
+        return Outcome(
+            ResultCode.OK,
+            "pong",
+            {
+                "uptime_s": round(time.monotonic() - self.daemon.started_mono, 3),
+                "ticks": self.daemon.stats.ticks,
+            },
+        )
+
+    def snapshot(self, _args: Any, _cmd: Command) -> Outcome:
+        before = self.daemon.last_snapshot
+        self.daemon.snapshot(force=True)
+        after = self.daemon.last_snapshot
+        if after is None or after is before:
+            return Outcome(ResultCode.FAILED, "snapshot not written; see the events")
+        return Outcome(
+            ResultCode.OK, after["path"], {"path": after["path"], "bytes": after["bytes"]}
+        )
+
+    def rebirth(self, _args: Any, _cmd: Command) -> Outcome:
+        self.daemon.rebirth()
+        return Outcome(ResultCode.OK, "birth published again")
+
+    def stop_group(self, args: GroupArgs, _cmd: Command) -> Outcome:
+        g = self._group(args.group)
+        if isinstance(g, Outcome):
+            return g
+        if g.paused:
+            return Outcome(ResultCode.OK, f"group {g.name!r} already paused ({g.paused_reason})")
+        g.paused, g.paused_reason = True, "command"
+        logger.info("group %s stopped by a hub command", g.name)
+        return Outcome(ResultCode.OK, f"group {g.name!r} stopped")
+
+    def start_group(self, args: GroupArgs, _cmd: Command) -> Outcome:
+        g = self._group(args.group)
+        if isinstance(g, Outcome):
+            return g
+        if not g.paused:
+            return Outcome(ResultCode.OK, f"group {g.name!r} already running")
+        if g.paused_reason != "command":
+            return Outcome(
+                ResultCode.FAILED,
+                f"group {g.name!r} was paused by {g.paused_reason} degradation and resumes by "
+                "itself",
+            )
+        g.paused, g.paused_reason = False, ""
+        logger.info("group %s started by a hub command", g.name)
+        return Outcome(ResultCode.OK, f"group {g.name!r} started")
+
+    def resize_group(self, args: ResizeArgs, _cmd: Command) -> Outcome:
+        g = self._group(args.group)
+        if isinstance(g, Outcome):
+            return g
+        n = args.agents
+        profile = self.daemon.profile
+        total = self.daemon.total_agents - g.agents.n_agents + n
+        if total > profile.max_agents:
+            return Outcome(
+                ResultCode.FAILED,
+                f"{total} agents in all would exceed max_agents {profile.max_agents} of "
+                f"profile {profile.name!r}",
+            )
+        old = g.agents.n_agents
+        g.agents.resize(n)  # reserves first: BudgetError leaves the group as it was
+        if g.env is not None:
+            # The simulated world is rebuilt for the new size: every agent starts afresh.
+            g.env = make_env(world_name(g.config), n, seed=g.config.seed)
+            g.obs = g.env.reset()
+            g.agents.reset()
+        if g.inbox is not None:
+            g.inbox.resize(n)
+            g.obs = g.inbox.obs
+        if g.sink is not None:
+            g.sink.resize(n)
+        self.daemon.rebirth()
+        logger.info("group %s resized from %d to %d agents by a hub command", g.name, old, n)
+        return Outcome(ResultCode.OK, f"group {g.name!r}: {old} -> {n} agents", {"agents": n})
+
+    def set_tick_rate(self, args: TickRateArgs, _cmd: Command) -> Outcome:
+        factor = self.daemon.profile.thermal.throttled_tick_factor
+        slowest = 1.0 / (args.hz * factor)
+        if slowest * 2 > self.daemon.profile.watchdog_interval_s:
+            return Outcome(
+                ResultCode.BAD_ARGS,
+                f"{args.hz:g} Hz is too slow for the {self.daemon.profile.watchdog_interval_s:g} s "
+                f"watchdog (a throttled tick takes {slowest:g} s)",
+            )
+        old = self.daemon.base_hz
+        self.daemon.set_base_rate(args.hz)
+        logger.info("tick rate %.3g -> %.3g Hz by a hub command", old, args.hz)
+        return Outcome(ResultCode.OK, f"{old:g} -> {args.hz:g} Hz", {"hz": self.daemon.clock.hz})
+
+    def deploy(self, args: DeployArgs, cmd: Command) -> Outcome:
+        g = self.daemon.find_group(args.group)
+        if g is not None and g.paused and g.name != self.daemon.deployer.watching_group:
+            return Outcome(
+                ResultCode.FAILED,
+                f"group {g.name!r} is paused ({g.paused_reason}): a deployment needs it running "
+                "to watch the new bundle",
+            )
+        return self.daemon.deployer.start(args, cmd.nonce)
+
+    def deploy_chunk(self, args: ChunkArgs, _cmd: Command) -> Outcome:
+        return self.daemon.deployer.chunk(args)
+

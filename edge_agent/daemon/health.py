@@ -1,0 +1,123 @@
+"""The daemon's health: memory degradation and thermal protection, one owner for both.
+
+Memory (every second): RSS above the profile's soft limit halves every history (not below
+:data:`MIN_HISTORY` steps), then pauses the lowest-priority running group, one step per check;
+groups paused for memory resume once RSS is back under 90 % of the limit.
+
+Temperature (every 5 s, the hottest thermal zone): at ``throttle_c`` the tick rate drops to
+``throttled_tick_factor`` x the base rate until the CPU is ``5 C`` below ``throttle_c``; at
+``critical_c`` every running group pauses (no agent steps, the daemon keeps its loop, watchdog,
+status and fleet link) until the temperature falls below ``throttle_c``.
+
+Every change is logged and reported through the ``emit`` callback the daemon passes in (its
+event log, which publishes over MQTT), so this module never imports the service.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from edge_agent.config.profiles import FirmwareProfile
+from edge_agent.core.budget import RssSampler, format_bytes
+from edge_agent.daemon.groups import GroupRuntime
+from edge_agent.daemon.scheduler import TickClock
+from edge_agent.daemon.thermal import ThermalGovernor
+
+logger = logging.getLogger(__name__)
+
+#: Never shrink a history below this many steps when degrading.
+MIN_HISTORY = 8
+
+#: ``emit(name, severity, message)``: the daemon's event log.
+EventSink = Callable[[str, str, str], None]
+
+
+class HealthMonitor:
+    """Watches RSS and temperature and degrades, pauses and resumes groups accordingly."""
+
+    def __init__(self, profile: FirmwareProfile, rss: RssSampler, emit: EventSink) -> None:
+        self.profile = profile
+        self.rss = rss
+        self.emit = emit
+        t = profile.thermal
+        self.thermal = ThermalGovernor(
+            t.throttle_c, t.throttled_tick_factor, critical_c=t.critical_c
+        )
+        self.degradations: list[str] = []
+
+    # -- memory -----------------------------------------------------------------------------------
+    def check_memory(self, groups: Sequence[GroupRuntime]) -> None:
+        rss = self.rss.sample()
+        soft = self.profile.soft_limit_bytes
+        if rss <= soft:
+            if rss < 0.9 * soft:
+                self._resume(groups, "memory", "RSS back under the soft limit")
+            return
+        # Step 1: shrink histories by half (not below MIN_HISTORY); step 2: pause low priority.
+        shrinkable = [g for g in groups if g.agents.history_capacity > MIN_HISTORY]
+        if shrinkable:
+            for g in shrinkable:
+                g.agents.resize_history(max(MIN_HISTORY, g.agents.history_capacity // 2))
+            msg = (
+                f"RSS {format_bytes(rss)} above soft limit {format_bytes(soft)}: histories halved "
+                f"({', '.join(f'{g.name}={g.agents.history_capacity}' for g in shrinkable)})"
+            )
+        else:
+            running = sorted((g for g in groups if not g.paused), key=lambda g: g.config.priority)
+            if len(running) <= 1:
+                msg = f"RSS {format_bytes(rss)} above soft limit; nothing left to degrade"
+                if msg in self.degradations[-1:]:
+                    return
+            else:
+                victim = running[0]
+                victim.paused, victim.paused_reason = True, "memory"
+                msg = (
+                    f"RSS {format_bytes(rss)} above soft limit {format_bytes(soft)}: paused group "
+                    f"{victim.name} (priority {victim.config.priority})"
+                )
+        self.degradations.append(msg)
+        logger.warning("%s", msg)
+        self.emit("memory_degraded", "warning", msg)
+
+    # -- temperature ------------------------------------------------------------------------------
+    def check_thermal(
+        self, groups: Sequence[GroupRuntime], clock: TickClock, base_hz: float, temp: float | None
+    ) -> None:
+        """Act on a temperature reading: throttle or restore the tick rate, pause every group
+        above ``critical_c`` and resume them below ``throttle_c``."""
+        was_critical = self.thermal.critical
+        change = self.thermal.update(temp)
+        if change is True:
+            hz = base_hz * self.thermal.factor
+            clock.set_rate(hz)
+            msg = (
+                f"CPU {temp:.1f} C >= {self.thermal.throttle_c:.1f} C: "
+                f"tick rate lowered to {hz:.2f} Hz"
+            )
+            logger.warning("%s", msg)
+            self.emit("thermal_throttle", "warning", msg)
+        elif change is False:
+            clock.set_rate(base_hz)
+            logger.info("CPU %.1f C: tick rate restored to %.2f Hz", temp or 0.0, base_hz)
+        if self.thermal.critical and not was_critical:
+            paused = [g.name for g in groups if not g.paused]
+            for g in groups:
+                if not g.paused:
+                    g.paused, g.paused_reason = True, "thermal"
+            msg = (
+                f"CPU {temp:.1f} C >= critical {self.thermal.critical_c:.1f} C: every group "
+                f"paused ({', '.join(paused) or 'none running'}) until below "
+                f"{self.thermal.throttle_c:.1f} C"
+            )
+            self.degradations.append(msg)
+            logger.error("%s", msg)
+            self.emit("thermal_critical", "error", msg)
+        elif was_critical and not self.thermal.critical:
+            self._resume(groups, "thermal", f"CPU {temp:.1f} C below {self.thermal.throttle_c} C")
+
+    def _resume(self, groups: Sequence[GroupRuntime], reason: str, why: str) -> None:
+        for g in groups:
+            if g.paused and g.paused_reason == reason:
+                g.paused, g.paused_reason = False, ""
+                logger.info("%s: resumed group %s", why, g.name)
