@@ -24,15 +24,34 @@ RUN_DESCRIPTION = (
 )
 
 
+class JournalFormatter(logging.Formatter):
+    """Under systemd (``JOURNAL_STREAM`` set) every line starts with its syslog priority,
+    ``<3>`` for errors to ``<7>`` for debug, which journald reads (``SyslogLevelPrefix=``, on by
+    default) so that ``journalctl -p warning`` filters; journald adds its own timestamps. Every
+    line of a multi-line record (a traceback) carries the prefix."""
+
+    PRIORITY = {  # noqa: RUF012 - a constant table
+        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{self.PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if os.environ.get("JOURNAL_STREAM"):  # under systemd: journald adds its own timestamps
+    if os.environ.get("JOURNAL_STREAM"):  # under systemd: priorities for journald
         for handler in logging.getLogger().handlers:
-            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            handler.setFormatter(JournalFormatter())
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -344,7 +363,7 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.config.daemon import describe_config, read_config
     from edge_agent.core.budget import format_bytes
-    from edge_agent.daemon.service import admit
+    from edge_agent.daemon.groups import admit
 
     source = read_config(args.file)
     profile, budget, groups = admit(source)

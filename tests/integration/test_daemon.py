@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,8 @@ sink = {{ type = "sim" }}
 
 
 class NotifySocket:
-    """A test-owned NOTIFY_SOCKET: collects every datagram the daemon sends."""
+    """A test-owned NOTIFY_SOCKET that, like systemd, reads every datagram as it arrives (a
+    thread drains it: an unread socket fills after a few messages and the daemon's sends block)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -66,23 +68,42 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
 
-    def wait_for(self, needle: str, timeout: float) -> str:
-        end = time.monotonic() + timeout
-        for msg in self.messages:
-            if needle in msg:
-                return msg
-        while time.monotonic() < end:
+    def _drain(self) -> None:
+        while not self._closed.is_set():
             try:
                 data = self.sock.recv(65536).decode()
             except TimeoutError:
                 continue
-            self.messages.append(data)
-            if needle in data:
-                return data
-        raise AssertionError(f"no {needle!r} within {timeout} s; got {self.messages[-5:]}")
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(data)
+
+    def wait_for(self, needle: str, timeout: float) -> str:
+        end = time.monotonic() + timeout
+        seen = 0
+        while True:
+            with self._lock:
+                new = self.messages[seen:]
+            seen += len(new)
+            for msg in new:
+                if needle in msg:
+                    return msg
+            if time.monotonic() >= end:
+                break
+            time.sleep(0.05)
+        with self._lock:
+            last = self.messages[-5:]
+        raise AssertionError(f"no {needle!r} within {timeout} s; got {last}")
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join(2)
         self.sock.close()
 
 
@@ -423,3 +444,28 @@ def test_status_without_arguments_finds_the_running_daemon(tmp_path: Path) -> No
         for d, notify, _ in daemons:
             d.kill()
             notify.close()
+
+
+def test_under_journald_every_line_carries_its_syslog_priority(tmp_path: Path) -> None:
+    """With JOURNAL_STREAM set (systemd's stdout/stderr to journald), lines start with <N> so
+    that ``journalctl -p warning`` works as docs/deployment.md says."""
+    envs = {**os.environ, "JOURNAL_STREAM": "8:12345", "EDGE_AGENT_PROFILES_DIR": str(PROFILES),
+            "EDGE_AGENT_RUNTIME_DIR": str(tmp_path / "run")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "run", "--demo", "--duration", "4",
+         "--state-dir", str(tmp_path / "state")],
+        stderr=subprocess.PIPE, text=True, cwd=REPO, env=envs,
+    )
+    try:
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGHUP)  # the demo has no file to reload: a warning
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    lines = [line for line in err.splitlines() if line]
+    assert lines
+    assert all(line[:3] in {"<2>", "<3>", "<4>", "<6>", "<7>"} for line in lines), lines[:5]
+    assert any(line.startswith("<6>INFO ") and "READY" in line for line in lines)
+    assert any(line.startswith("<4>WARNING ") and "SIGHUP ignored" in line for line in lines)

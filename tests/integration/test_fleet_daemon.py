@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -197,44 +196,6 @@ class Listener(Sniffer):
         return {n for ev in events if isinstance(n := ev.data.get("n"), int)}
 
 
-class DrainedNotify(NotifySocket):
-    """A notify socket read all the time by a thread: a long test must not let the datagram
-    queue fill up, or every sd_notify of the daemon waits for its send timeout."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536).decode()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.messages.append(data)
-
-    def wait_for(self, needle: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                found = next((m for m in self.messages if needle in m), None)
-            if found is not None:
-                return found
-            time.sleep(0.02)
-        raise AssertionError(f"no {needle!r} within {timeout} s")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        super().close()
-
-
 class Node:
     """One daemon process with its own config, state directory and notify socket."""
 
@@ -246,13 +207,13 @@ class Node:
         self.config = fleet_config(self.dir / "cfg.toml", self.state, broker.port, name, **config)
         self._starts = 0
         self.proc: Daemon | None = None
-        self.notify: DrainedNotify | None = None
+        self.notify: NotifySocket | None = None
 
     def start(self, *, wait_ready: bool = True) -> None:
         self._starts += 1
         if self.notify is not None:
             self.notify.close()
-        self.notify = DrainedNotify(self.dir / f"n{self._starts}.sock")
+        self.notify = NotifySocket(self.dir / f"n{self._starts}.sock")
         self.proc = Daemon(self.config, self.notify)
         if wait_ready:
             self.notify.wait_for("READY=1", 60)
