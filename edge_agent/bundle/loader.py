@@ -22,7 +22,6 @@ import math
 import os
 import stat
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from pydantic import (
 
 from edge_agent.bundle import signing
 from edge_agent.errors import BundleError, SignatureError
+from edge_agent.fsutil import write_atomic
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -1000,20 +1000,6 @@ def _encode_npy(rel: str, array: npt.ArrayLike) -> tuple[bytes, str, tuple[int, 
     return buffer.getvalue(), arr.dtype.name, tuple(int(dim) for dim in arr.shape)
 
 
-def _atomic_write(dest: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _manifest_file_bytes(raw: Mapping[str, Any]) -> bytes:
     """``manifest.json`` as written to disk: canonical JSON (signature included) and a newline."""
     return _canonical_json(raw) + b"\n"
@@ -1082,7 +1068,7 @@ def write_bundle(
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    _atomic_write(out / MANIFEST_NAME, manifest_data)
+    write_atomic(out / MANIFEST_NAME, manifest_data, mode=0o644)
     logger.info("wrote bundle %s (%s %s, %d files)", out, name, version, len(entries))
     return manifest
 
@@ -1111,7 +1097,7 @@ def _write_tar(
     data = _tar_bytes(manifest_data, payloads)
     if compress:
         data = gzip.compress(data, compresslevel=9, mtime=0)
-    _atomic_write(dest, data)
+    write_atomic(dest, data, mode=0o644)
 
 
 def pack_tar(bundle_dir: str | os.PathLike[str], tar_path: str | os.PathLike[str]) -> Manifest:
@@ -1162,7 +1148,7 @@ def sign_bundle(
     manifest_data = _manifest_file_bytes(raw)
     _, manifest = _parse_manifest(source.label, manifest_data)
     if isinstance(source, _DirSource):
-        _atomic_write(bundle_path / MANIFEST_NAME, manifest_data)
+        write_atomic(bundle_path / MANIFEST_NAME, manifest_data, mode=0o644)
     else:
         _write_tar(bundle_path, manifest_data, bundle._payloads, source.compressed)
     logger.info("signed %s with key %s", bundle_path, raw["signature"]["key_id"])

@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.fsutil import write_atomic
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,10 +52,7 @@ def announce(status_file: Path, config: str, directory: Path | None = None) -> P
     entry = folder / f"{os.getpid()}.json"
     record = {"pid": os.getpid(), "status_file": str(status_file.absolute()), "config": config}
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(entry)
+        write_atomic(entry, json.dumps(record).encode(), durable=False, mkdir=True)
     except OSError as err:
         logger.warning("cannot announce the status file in %s: %s", folder, err)
         return None

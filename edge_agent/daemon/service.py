@@ -102,6 +102,7 @@ from edge_agent.fleet.protocol import (
     Topics,
     clock_synced,
 )
+from edge_agent.fsutil import write_atomic
 from edge_agent.sim import format_summary
 
 logger = logging.getLogger(__name__)
@@ -1210,11 +1211,8 @@ class Daemon:
     def write_status(self) -> None:
         """Atomically replace the status file (tmpfs under systemd; no fsync needed)."""
         data = json.dumps(self.status(), default=str).encode()
-        tmp = self.status_path.with_name(self.status_path.name + ".tmp")
         try:
-            self.status_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, self.status_path)
+            write_atomic(self.status_path, data, durable=False, mkdir=True)
         except OSError as err:
             logger.warning("cannot write status file %s: %s", self.status_path, err)
 

@@ -32,7 +32,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -45,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import SnapshotError
+from edge_agent.fsutil import atomic_writer, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -240,21 +240,8 @@ class SnapshotStore:
         arrays: list[npt.NDArray[Any]],
         directory: list[dict[str, Any]],
     ) -> int:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=self.state_dir
-        )
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                nbytes = _write_body(f, header, arrays, directory)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.state_dir)
-        return nbytes
+        with atomic_writer(path, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX) as f:
+            return _write_body(f, header, arrays, directory)
 
     def _prune(self) -> None:
         """Delete all but the newest ``keep`` snapshots (and those known to be unusable)."""
@@ -326,7 +313,7 @@ class SnapshotStore:
         try:
             corrupt_dir.mkdir(mode=0o700, exist_ok=True)
             os.replace(path, dest)
-            _fsync_dir(self.state_dir)
+            fsync_dir(self.state_dir)
         except OSError as err:
             logger.error(
                 "snapshot %s is unusable (%s) and could not be moved aside: %s", path, reason, err
@@ -635,12 +622,6 @@ def _decode_array(
 # --- file system ---------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: Path) -> bool:

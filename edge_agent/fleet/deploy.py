@@ -75,6 +75,7 @@ from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.commands import ChunkArgs, DeployArgs, Outcome
 from edge_agent.fleet.protocol import ResultCode
+from edge_agent.fsutil import fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -105,24 +106,9 @@ daemon with :class:`ReadyToSwitch`.
 """
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write temp, fsync, rename, fsync the directory: ``path`` is old or new after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """``data`` as JSON, crash-safely: ``path`` is old or new after a crash."""
+    write_atomic(path, json.dumps(data, sort_keys=True).encode(), mkdir=True)
 
 
 def _read_json(path: Path) -> Any:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -73,6 +72,7 @@ from edge_agent.fleet.protocol import (
     decode,
     encode,
 )
+from edge_agent.fsutil import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -498,20 +498,8 @@ class FleetLink:
 
     def _save_bdseq(self, bdseq: int) -> None:
         """Write temp, fsync, rename, fsync the directory: the new bdseq survives a crash."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self._state_path()
-        tmp = path.with_name(path.name + ".tmp")
         data = json.dumps({"bdseq": bdseq, "node": self.node_id, "fleet": self.fleet})
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self._state_path(), data.encode(), mkdir=True)
 
     def _on_message(self, msg: Incoming) -> None:
         """Transport thread: decode, validate, route, enqueue. Never raises for bad input."""
