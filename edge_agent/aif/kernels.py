@@ -1093,7 +1093,7 @@ def buffer_class(name: str) -> str:
     return "all"
 
 
-def block_layout(
+def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to audit sizes
     cm: CompiledModel, *, info_gain: bool
 ) -> dict[str, tuple[int, np.dtype[np.generic]]]:
     """Elements *per agent* of every scratch buffer of :class:`Workspace`, and its dtype."""
@@ -1202,7 +1202,7 @@ class Block:
     :func:`evaluate_small_block` are there (the block is within their capacity).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - allocates every scratch buffer of a block, one per line
         self,
         cm: CompiledModel,
         flat: dict[str, np.ndarray],

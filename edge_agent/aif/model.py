@@ -67,7 +67,7 @@ class GenerativeModel:
         return len(self.B)
 
     @classmethod
-    def from_arrays(
+    def from_arrays(  # noqa: PLR0912 - one check per table property, each with its message
         cls,
         A: list[np.ndarray] | tuple[np.ndarray, ...],
         B: list[np.ndarray] | tuple[np.ndarray, ...],

@@ -68,7 +68,7 @@ from edge_agent.daemon.groups import (
 )
 from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.health import HealthMonitor
-from edge_agent.daemon.scheduler import TickClock, TickStats
+from edge_agent.daemon.scheduler import Periodic, TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.daemon.systemd import SdNotifier, WatchdogGate
 from edge_agent.daemon.thermal import read_cpu_temp_c
@@ -566,22 +566,18 @@ class Daemon:
             f"{len(self.groups)} group(s), {self.total_agents} agents",
         )
         deadline = None if duration_s is None else time.monotonic() + duration_s
-        next_status = next_snapshot = next_rss = next_thermal = next_report = time.monotonic()
-        next_telemetry = time.monotonic()
-        next_snapshot += self.profile.snapshot_interval_s
-        self.clock.next_deadline = time.monotonic()
-        while True:
-            if not self.clock.wait(self.stats):
-                if self._reload_requested:
-                    self._reload_requested = False
-                    self.stop_event.clear()
-                    if self._watch_old is not None:
-                        self._reload_deferred = True
-                        logger.info("reload deferred until the deployment's watch ends")
-                    else:
-                        self.reload()
-                    continue
-                break
+        now = time.monotonic()
+        after_tick = [
+            Periodic(1.0, self._check_memory, now=now),
+            Periodic(5.0, self._check_thermal, now=now),
+            Periodic(self.profile.snapshot_interval_s, self.snapshot, now=now, first_after=True),
+            Periodic(self.status_interval_s, self._write_and_notify_status, now=now),
+        ]
+        if self.report_interval_s:
+            after_tick.append(Periodic(self.report_interval_s, self._report, now=now))
+        telemetry = Periodic(lambda: self.telemetry_interval_s, self._publish_telemetry, now=now)
+        self.clock.next_deadline = now
+        while self._next_tick():
             start = time.monotonic()
             self._fleet_step(self._fleet_before_tick)
             self._fleet_step(self._coordination_before_tick)
@@ -592,9 +588,8 @@ class Daemon:
                 logger.exception("tick failed")
                 self._event("tick_failed", "error", "exception in tick; see the log")
                 failed = True
-            if self.link is not None and time.monotonic() >= next_telemetry:
-                next_telemetry = time.monotonic() + self.telemetry_interval_s
-                self._fleet_step(self._publish_telemetry)
+            if self.link is not None and time.monotonic() >= telemetry.next_at:
+                self._fleet_step(lambda: telemetry.run_if_due(time.monotonic()))
             self._fleet_step(self._coordination_after_tick)
             self._fleet_step(self._fleet_after_tick)
             if self._reload_deferred and self._watch_old is None:
@@ -607,25 +602,30 @@ class Daemon:
             self.watchdog.record_tick(end)
             if self.watchdog.should_ping(end):
                 self.notifier.watchdog()
-            if end >= next_rss:
-                next_rss = end + 1.0
-                self._check_memory()
-            if end >= next_thermal:
-                next_thermal = end + 5.0
-                self._check_thermal()
-            if end >= next_snapshot:
-                next_snapshot = end + self.profile.snapshot_interval_s
-                self.snapshot()
-            if end >= next_status:
-                next_status = end + self.status_interval_s
-                self.write_status()
-                self.notifier.status(self._status_line())
-            if self.report_interval_s and end >= next_report:
-                next_report = end + self.report_interval_s
-                self._report()
+            for job in after_tick:
+                job.run_if_due(end)
             if deadline is not None and end >= deadline:
                 break
         return self.shutdown()
+
+    def _next_tick(self) -> bool:
+        """Wait for the next deadline; apply a requested reload between ticks (deferred while a
+        deployment is watched). False when the daemon is asked to stop."""
+        while not self.clock.wait(self.stats):
+            if not self._reload_requested:
+                return False
+            self._reload_requested = False
+            self.stop_event.clear()
+            if self._watch_old is not None:
+                self._reload_deferred = True
+                logger.info("reload deferred until the deployment's watch ends")
+            else:
+                self.reload()
+        return True
+
+    def _write_and_notify_status(self) -> None:
+        self.write_status()
+        self.notifier.status(self._status_line())
 
     def shutdown(self) -> int:
         self.state = State.STOPPING
@@ -825,7 +825,7 @@ class Daemon:
             logger.warning("event %s not published: %s", kind, err)
 
     # -- fleet ----------------------------------------------------------------------------------
-    def _fleet_step(self, step: Callable[[], None]) -> None:
+    def _fleet_step(self, step: Callable[[], object]) -> None:
         """Run one piece of fleet work; its failure is logged and counted, never the tick's."""
         try:
             step()

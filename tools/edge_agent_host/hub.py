@@ -260,6 +260,14 @@ class HubClient:
         self._sent: set[bytes] = set()
         self._rebirth_asked: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._body_handlers: dict[type, Callable[[Envelope, Any, bool], None]] = {
+            NodeState: self._on_state,
+            Birth: self._on_birth,
+            Death: self._on_death,
+            Telemetry: self._on_telemetry,
+            Event: self._on_event,
+            CommandResult: self._on_result,
+        }
         if transport is None:
             # paho is imported only when a hub actually connects.
             from edge_agent.fleet.comms.base import Backoff  # noqa: PLC0415
@@ -356,52 +364,63 @@ class HubClient:
         gap = 0
         if route.node_owned and route.node is not None:
             gap = self._track(route.node, env, retained)
-        body = env.body
-        node = env.node
-        if isinstance(body, NodeState):
-            view = self._view(node)
-            # A will from an older session than the birth we hold is stale (see the protocol).
-            if body.online or view.bdseq is None or env.bdseq >= view.bdseq:
-                view.online = body.online
-                view.bdseq = env.bdseq
-                if self.store is not None:
-                    self.store.node(node, online=body.online, bdseq=env.bdseq, live=not retained)
-        elif isinstance(body, Birth):
-            # Presence is the state topic's: a retained birth may outlive its node.
-            view = self._view(node)
-            view.birth, view.bdseq = body, env.bdseq
-            if not retained:
-                view.online = True
-            if self.store is not None:
-                self.store.node(
-                    node,
-                    birth=body,
-                    bdseq=env.bdseq,
-                    online=None if retained else True,
-                    live=not retained,
-                )
-        elif isinstance(body, Death):
-            view = self._view(node)
-            view.deaths += 1
-            if self.store is not None:
-                self.store.node(node, death=True)
-        elif isinstance(body, Telemetry):
-            view = self._view(node)
-            view.telemetry, view.telemetry_ts = body, env.ts
-            if self.store is not None:
-                self.store.telemetry(node, env.ts, body)
-        elif isinstance(body, Event):
-            if self.store is not None:
-                self.store.event(node, env.ts, body)
-        elif isinstance(body, CommandResult):
-            with self._lock:  # only answers to what this client sent: bounded by its own use
-                if body.nonce in self._sent:
-                    self.results.setdefault(body.nonce, []).append(body)
-            if self.store is not None:
-                self.store.command_result(body)
+        handler = self._body_handlers.get(type(env.body))
+        if handler is not None:
+            handler(env, env.body, retained)
         if route.node_owned and not retained:
-            self._view(node).last_seen = time.time()
+            self._view(env.node).last_seen = time.time()
         return HubMessage(topic, route, env, retained, gap)
+
+    # -- what each kind of message does to the registry (one method per body type) -------------
+    def _on_state(self, env: Envelope, body: NodeState, retained: bool) -> None:
+        view = self._view(env.node)
+        # A will from an older session than the birth we hold is stale (see the protocol).
+        if body.online or view.bdseq is None or env.bdseq >= view.bdseq:
+            view.online = body.online
+            view.bdseq = env.bdseq
+            if self.store is not None:
+                self.store.node(env.node, online=body.online, bdseq=env.bdseq, live=not retained)
+
+    def _on_birth(self, env: Envelope, body: Birth, retained: bool) -> None:
+        # Presence is the state topic's: a retained birth may outlive its node.
+        view = self._view(env.node)
+        view.birth, view.bdseq = body, env.bdseq
+        if not retained:
+            view.online = True
+        if self.store is not None:
+            self.store.node(
+                env.node,
+                birth=body,
+                bdseq=env.bdseq,
+                online=None if retained else True,
+                live=not retained,
+            )
+
+    def _on_death(self, env: Envelope, body: Death, retained: bool) -> None:
+        del body, retained
+        self._view(env.node).deaths += 1
+        if self.store is not None:
+            self.store.node(env.node, death=True)
+
+    def _on_telemetry(self, env: Envelope, body: Telemetry, retained: bool) -> None:
+        del retained
+        view = self._view(env.node)
+        view.telemetry, view.telemetry_ts = body, env.ts
+        if self.store is not None:
+            self.store.telemetry(env.node, env.ts, body)
+
+    def _on_event(self, env: Envelope, body: Event, retained: bool) -> None:
+        del retained
+        if self.store is not None:
+            self.store.event(env.node, env.ts, body)
+
+    def _on_result(self, env: Envelope, body: CommandResult, retained: bool) -> None:
+        del retained
+        with self._lock:  # only answers to what this client sent: bounded by its own use
+            if body.nonce in self._sent:
+                self.results.setdefault(body.nonce, []).append(body)
+        if self.store is not None:
+            self.store.command_result(body)
 
     def _track(self, node: str, env: Envelope, retained: bool) -> int:
         view = self._view(node)
