@@ -407,29 +407,41 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _add_unit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("systemd-unit", help="print the systemd unit rendered for a profile")
-    p.add_argument("--profile", default="auto", help="profile name (default: this device's)")
-    p.add_argument(
-        "--exec-start",
-        default="/opt/edge-agent/venv/bin/edge-agentd --config /etc/edge-agent/config.toml",
-        help="the unit's ExecStart= command line (default: the venv install of docs/deployment.md)",
+    sub.add_parser(
+        "systemd-unit",
+        help="print the static systemd unit (to /etc/systemd/system/edge-agent.service)",
+        description="Print the unit shipped with the package (systemd/edge-agent.service in the "
+        "repository). Per-device values go in a drop-in: see systemd-dropin.",
     )
+    p = sub.add_parser(
+        "systemd-dropin",
+        help="print the systemd drop-in with a profile's memory limits and watchdog",
+        description="The unit (systemd/edge-agent.service) is a static file; what differs per "
+        "device goes in a drop-in: sudo edge-agent systemd-dropin --profile NAME | sudo tee "
+        "/etc/systemd/system/edge-agent.service.d/profile.conf, then systemctl daemon-reload.",
+    )
+    p.add_argument("--profile", default="auto", help="profile name (default: this device's)")
+    p.add_argument("--exec-start", default=None, metavar="CMD",
+                   help="also replace the unit's ExecStart= with CMD (an absolute command line)")
+
+
+def cmd_static_unit(_args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    unit = resources.files("edge_agent").joinpath("data", "edge-agent.service")
+    print(unit.read_text(encoding="utf-8"), end="")
+    return 0
 
 
 def cmd_unit(args: argparse.Namespace) -> int:
     from edge_agent.config.profiles import select_profile
-    from edge_agent.daemon.systemd import render_unit
+    from edge_agent.daemon.systemd import profile_dropin
 
-    profile = select_profile(args.profile)
-    print(
-        render_unit(
-            exec_start=args.exec_start,
-            memory_high_mb=profile.memory_high_mb,
-            memory_max_mb=profile.memory_max_mb,
-            watchdog_sec=max(1, round(profile.watchdog_interval_s)),
-        ),
-        end="",
-    )
+    try:
+        print(profile_dropin(select_profile(args.profile), exec_start=args.exec_start), end="")
+    except ValueError as err:
+        print(f"edge-agent systemd-dropin: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -496,7 +508,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check-config": cmd_check_config,
     "profiles": cmd_profiles,
     "profile": cmd_profile,
-    "systemd-unit": cmd_unit,
+    "systemd-unit": cmd_static_unit,
+    "systemd-dropin": cmd_unit,
     "replay": cmd_replay,
 }
 

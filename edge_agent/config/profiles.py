@@ -64,7 +64,6 @@ __all__ = [
     "read_device_facts",
     "select_profile",
     "shipped_profiles_dir",
-    "systemd_dropin",
 ]
 
 MiB = 1024 * 1024
@@ -716,13 +715,3 @@ def explain_profile(profile: FirmwareProfile) -> str:
         row("telemetry_interval_s", p.telemetry_interval_s, "seconds between telemetry messages"),
     ]
     return "\n".join(lines)
-
-
-def systemd_dropin(profile: FirmwareProfile) -> str:
-    """A systemd drop-in (``[Service]`` section) with the profile's memory limits and watchdog."""
-    return (
-        "[Service]\n"
-        f"MemoryHigh={profile.memory_high_mb}M\n"
-        f"MemoryMax={profile.memory_max_mb}M\n"
-        f"WatchdogSec={profile.watchdog_interval_s:g}s\n"
-    )

@@ -7,32 +7,33 @@
 * :class:`WatchdogGate` decides when ``WATCHDOG=1`` may be sent. It reports progress, not
   liveness: the daemon records every completed tick and pings only while ticks keep finishing, so
   a scheduler stuck in a backend call stops the pings and systemd restarts the service.
-* :func:`render_unit` produces ``systemd/edge-agent.service``; the shipped file is
-  ``render_unit()`` called with the ``DEFAULT_*`` values below (the Raspberry Pi 4 2 GB profile),
-  and ``edge-agent systemd-unit --profile NAME`` renders it for any other profile.
+* The unit is a static file (``edge_agent/data/edge-agent.service``, linked from
+  ``systemd/``; ``edge-agent systemd-unit`` prints it) with the Raspberry Pi 4 2 GB profile's
+  numbers; :func:`profile_dropin` (``edge-agent systemd-dropin --profile NAME``) writes what
+  differs per device into a drop-in.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import threading
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge_agent.config.profiles import FirmwareProfile
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_EXEC_START",
-    "DEFAULT_MEMORY_HIGH_MB",
-    "DEFAULT_MEMORY_MAX_MB",
-    "DEFAULT_USER",
-    "DEFAULT_WATCHDOG_SEC",
+    "DROPIN_PATH",
+    "SHIPPED_EXEC_START",
     "SdNotifier",
     "WatchdogGate",
-    "render_unit",
+    "profile_dropin",
 ]
 
 # A datagram to a systemd that is alive is delivered at once; the timeout only bounds how long a
@@ -240,131 +241,29 @@ class WatchdogGate:
 
 # --- the unit file ---------------------------------------------------------------------------
 
-DEFAULT_EXEC_START = "/opt/edge-agent/venv/bin/edge-agentd --config /etc/edge-agent/config.toml"
-"""``ExecStart=`` of the shipped unit: the venv layout of ``docs/deployment.md``."""
-DEFAULT_MEMORY_HIGH_MB = 528
-"""``MemoryHigh=`` of the shipped unit: ``memory_high_mb`` of ``firmware_profiles/pi4-2gb.toml``."""
-DEFAULT_MEMORY_MAX_MB = 576
-"""``MemoryMax=`` of the shipped unit: ``memory_max_mb`` of ``firmware_profiles/pi4-2gb.toml``."""
-DEFAULT_WATCHDOG_SEC = 30
-"""``WatchdogSec=`` of the shipped unit: ``watchdog_interval_s`` of the pi4-2gb profile."""
-DEFAULT_USER = "edge-agent"
-"""``User=`` and ``Group=`` of the shipped unit."""
+SHIPPED_EXEC_START = "/opt/edge-agent/venv/bin/edge-agentd --config /etc/edge-agent/config.toml"
+"""``ExecStart=`` of the shipped unit (``systemd/edge-agent.service``): the venv layout of
+``docs/deployment.md``."""
 
-_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,30}")
-
-_UNIT_TEMPLATE = """\
-# edge-agentd as a systemd service. Rendered by edge_agent.daemon.systemd.render_unit();
-# `edge-agent systemd-unit --profile NAME` renders it for another device profile.
-# Install and the reason for every line: docs/deployment.md.
-
-[Unit]
-Description=edge-agent daemon: int8 Active Inference agents
-After=network.target mosquitto.service
-# Give up after 5 failed starts in 5 minutes (`systemctl reset-failed edge-agent` to retry).
-StartLimitIntervalSec=300
-StartLimitBurst=5
-
-[Service]
-Type=notify
-NotifyAccess=main
-ExecStart={exec_start}
-ExecReload=/bin/kill -HUP $MAINPID
-# Pinged only while ticks keep completing (edge_agent.daemon.systemd.WatchdogGate).
-WatchdogSec={watchdog_sec}
-Restart=on-failure
-RestartSec=5
-# Exit status 2 is a refused config or budget: restarting cannot fix it.
-RestartPreventExitStatus=2
-# Snapshot restore and backend warm-up come before READY=1 (EXTEND_TIMEOUT_USEC gets more).
-TimeoutStartSec=120
-# Time for STOPPING=1, the final snapshot (fsync on an SD card) and a clean exit.
-TimeoutStopSec=60
-
-User={user}
-Group={user}
-StateDirectory=edge-agent
-StateDirectoryMode=0700
-RuntimeDirectory=edge-agent
-ConfigurationDirectory=edge-agent
-UMask=0077
-# A watchdog kill (SIGABRT) prints every thread's Python stack to the journal first.
-Environment=PYTHONFAULTHANDLER=1 PYTHONDONTWRITEBYTECODE=1
-
-# Memory: throttle and reclaim above MemoryHigh, OOM-kill above MemoryMax; no swap on the SD card.
-MemoryHigh={memory_high_mb}M
-MemoryMax={memory_max_mb}M
-MemorySwapMax=0
-OOMScoreAdjust=200
-CPUWeight=90
-LimitNOFILE=4096
-
-# Sandbox.
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-PrivateMounts=yes
-ProtectProc=invisible
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-NoNewPrivileges=yes
-CapabilityBoundingSet=
-AmbientCapabilities=
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-RemoveIPC=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged
-SystemCallErrorNumber=EPERM
-
-[Install]
-WantedBy=multi-user.target
-"""
+DROPIN_PATH = "/etc/systemd/system/edge-agent.service.d/profile.conf"
+"""Where ``edge-agent systemd-dropin`` output goes on a device."""
 
 
-def render_unit(
-    *,
-    exec_start: str,
-    memory_high_mb: int,
-    memory_max_mb: int,
-    watchdog_sec: int,
-    user: str = DEFAULT_USER,
-) -> str:
-    """The text of ``edge-agent.service``.
-
-    ``memory_high_mb``/``memory_max_mb`` become ``MemoryHigh=``/``MemoryMax=`` (MiB) and must
-    satisfy ``0 < high < max`` (as a firmware profile does); ``watchdog_sec`` 0 disables the
-    watchdog. ``user`` is both ``User=`` and ``Group=``. Raises ``ValueError`` for values systemd
-    would reject or misread.
-    """
-    if not exec_start.strip() or any(ch in exec_start for ch in "\r\n\0"):
-        raise ValueError(f"exec_start must be one non-empty line, got {exec_start!r}")
-    if not exec_start.startswith("/"):
-        raise ValueError(f"exec_start must start with an absolute path, got {exec_start!r}")
-    if memory_high_mb <= 0:
-        raise ValueError(f"memory_high_mb must be > 0, got {memory_high_mb}")
-    if memory_max_mb <= memory_high_mb:
-        raise ValueError(
-            f"memory_max_mb ({memory_max_mb}) must be > memory_high_mb ({memory_high_mb})"
-        )
-    if watchdog_sec < 0:
-        raise ValueError(f"watchdog_sec must be >= 0, got {watchdog_sec}")
-    if _USER_RE.fullmatch(user) is None:
-        raise ValueError(f"user {user!r} is not a valid system user name")
-    return _UNIT_TEMPLATE.format(
-        exec_start=exec_start,
-        memory_high_mb=memory_high_mb,
-        memory_max_mb=memory_max_mb,
-        watchdog_sec=watchdog_sec,
-        user=user,
-    )
+def profile_dropin(profile: FirmwareProfile, *, exec_start: str | None = None) -> str:
+    """A systemd drop-in for the static unit: the profile's memory limits (``MemoryHigh=``,
+    ``MemoryMax=``) and watchdog, and optionally another ``ExecStart=`` (a drop-in first clears
+    the unit's). Raises ``ValueError`` for a command systemd would misread."""
+    lines = [
+        f"# {DROPIN_PATH}: edge-agent systemd-dropin --profile {profile.name}",
+        "[Service]",
+        f"MemoryHigh={profile.memory_high_mb}M",
+        f"MemoryMax={profile.memory_max_mb}M",
+        f"WatchdogSec={profile.watchdog_interval_s:g}s",
+    ]
+    if exec_start is not None:
+        if not exec_start.strip() or any(ch in exec_start for ch in "\r\n\0"):
+            raise ValueError(f"exec_start must be one non-empty line, got {exec_start!r}")
+        if not exec_start.startswith("/"):
+            raise ValueError(f"exec_start must start with an absolute path, got {exec_start!r}")
+        lines += ["ExecStart=", f"ExecStart={exec_start}"]
+    return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,23 @@ def test_shipped_unit_exposure_is_low(tmp_path: Path) -> None:
     # 10 is an unsandboxed root service; the shipped unit scores 1.4 with systemd 252. What is
     # left is the network (MQTT needs it), @resources syscalls and the host's root directory.
     assert float(match.group(1)) <= 2.0, result.stdout
+
+
+@pytest.mark.parametrize("profile", ["pi-zero-2w", "pi4-8gb"])
+def test_unit_with_a_profile_dropin_verifies(tmp_path: Path, profile: str) -> None:
+    """The drop-in ``edge-agent systemd-dropin`` prints is what systemd loads beside the unit:
+    verify reads it from ``edge-agent.service.d/`` and finds nothing to complain about."""
+    unit = unit_with_fake_exec(tmp_path, SHIPPED_UNIT.read_text(encoding="utf-8"))
+    dropin = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "systemd-dropin", "--profile", profile],
+        capture_output=True, text=True, timeout=60, check=True, cwd=REPO,
+    ).stdout
+    (tmp_path / "edge-agent.service.d").mkdir()
+    (tmp_path / "edge-agent.service.d" / "profile.conf").write_text(dropin, encoding="utf-8")
+    result = verify(unit)
+    assert result.returncode == 0, result.stderr
+    assert unit_problems(result, unit) == []
+    broken = dropin.replace("MemoryMax=", "MemoryMaxx=")
+    (tmp_path / "edge-agent.service.d" / "profile.conf").write_text(broken, encoding="utf-8")
+    problems = unit_problems(verify(unit), unit)
+    assert any("MemoryMaxx" in line for line in problems), problems  # the drop-in is read

@@ -22,7 +22,6 @@ from edge_agent.config.profiles import (
     read_device_facts,
     select_profile,
     shipped_profiles_dir,
-    systemd_dropin,
 )
 from edge_agent.errors import ConfigError
 
@@ -468,12 +467,6 @@ def test_explain_profile_says_what_the_numbers_mean(profiles: dict[str, Firmware
     assert "(2.5 Hz by default)" in text
     cm4 = explain_profile(profiles["cm4"])
     assert "with >= 6144 MiB of RAM: budget 2048, soft 1960, MemoryHigh 2304" in cm4
-
-
-def test_systemd_dropin(profiles: dict[str, FirmwareProfile]) -> None:
-    assert systemd_dropin(profiles["pi-zero-2w"]) == (
-        "[Service]\nMemoryHigh=144M\nMemoryMax=160M\nWatchdogSec=30s\n"
-    )
 
 
 def test_documented_profile_table_matches_the_files(profiles: dict[str, FirmwareProfile]) -> None:

@@ -9,15 +9,15 @@ import shutil
 import socket
 import tempfile
 import time
-import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edge_agent.config.profiles import load_profiles
 from edge_agent.daemon import systemd
-from edge_agent.daemon.systemd import SdNotifier, WatchdogGate, render_unit
+from edge_agent.daemon.systemd import SdNotifier, WatchdogGate, profile_dropin
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_UNIT = REPO / "systemd" / "edge-agent.service"
@@ -259,12 +259,7 @@ def test_gate_rejects_bad_arguments(interval_s: float, tick_period_s: float, flo
 
 
 def shipped_defaults() -> str:
-    return render_unit(
-        exec_start=systemd.DEFAULT_EXEC_START,
-        memory_high_mb=systemd.DEFAULT_MEMORY_HIGH_MB,
-        memory_max_mb=systemd.DEFAULT_MEMORY_MAX_MB,
-        watchdog_sec=systemd.DEFAULT_WATCHDOG_SEC,
-    )
+    return SHIPPED_UNIT.read_text(encoding="utf-8")
 
 
 def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
@@ -282,15 +277,29 @@ def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
     return sections
 
 
-def test_shipped_unit_is_render_unit_with_the_documented_defaults() -> None:
-    assert SHIPPED_UNIT.read_text(encoding="utf-8") == shipped_defaults()
+def test_shipped_defaults_are_the_pi4_2gb_profile_and_its_dropin() -> None:
+    """The static unit carries pi4-2gb's numbers; that profile's drop-in repeats exactly them,
+    and every other profile's drop-in sets its own."""
+    profiles = load_profiles(REPO / "firmware_profiles")
+    settings = dict(parse_unit(shipped_defaults())["Service"])
+    dropin = dict(parse_unit(profile_dropin(profiles["pi4-2gb"]))["Service"])
+    assert dropin == {"MemoryHigh": settings["MemoryHigh"], "MemoryMax": settings["MemoryMax"],
+                      "WatchdogSec": settings["WatchdogSec"] + "s"}
+    assert settings["ExecStart"] == systemd.SHIPPED_EXEC_START
+    zero = dict(parse_unit(profile_dropin(profiles["pi-zero-2w"]))["Service"])
+    assert zero == {"MemoryHigh": "144M", "MemoryMax": "160M", "WatchdogSec": "30s"}
 
 
-def test_shipped_defaults_are_the_pi4_2gb_profile() -> None:
-    profile = tomllib.loads((REPO / "firmware_profiles" / "pi4-2gb.toml").read_text("utf-8"))
-    assert profile["memory_high_mb"] == systemd.DEFAULT_MEMORY_HIGH_MB
-    assert profile["memory_max_mb"] == systemd.DEFAULT_MEMORY_MAX_MB
-    assert profile["watchdog_interval_s"] == systemd.DEFAULT_WATCHDOG_SEC
+def test_dropin_can_replace_exec_start_and_refuses_bad_commands() -> None:
+    profile = load_profiles(REPO / "firmware_profiles")["pi-zero-2w"]
+    text = profile_dropin(profile, exec_start="/usr/local/bin/edge-agentd --config /etc/z.toml")
+    service = parse_unit(text)["Service"]
+    assert service[-2:] == [("ExecStart", ""),
+                            ("ExecStart", "/usr/local/bin/edge-agentd --config /etc/z.toml")]
+    for bad, message in (("edge-agentd", "absolute path"), ("/bin/x\nUser=root", "one non-empty"),
+                         ("  ", "one non-empty")):
+        with pytest.raises(ValueError, match=message):
+            profile_dropin(profile, exec_start=bad)
 
 
 def test_unit_has_the_required_settings() -> None:
@@ -343,45 +352,3 @@ def test_unit_has_the_required_settings() -> None:
     assert "TimeoutStopSec" in settings
     assert "LimitNOFILE" in settings
     assert dict(sections["Install"]) == {"WantedBy": "multi-user.target"}
-
-
-def test_render_unit_takes_profile_values() -> None:
-    text = render_unit(
-        exec_start="/usr/local/bin/edge-agentd --config /etc/edge-agent/zero.toml",
-        memory_high_mb=300,
-        memory_max_mb=380,
-        watchdog_sec=45,
-        user="agents",
-    )
-    settings = dict(parse_unit(text)["Service"])
-    assert settings["ExecStart"] == "/usr/local/bin/edge-agentd --config /etc/edge-agent/zero.toml"
-    assert settings["MemoryHigh"] == "300M"
-    assert settings["MemoryMax"] == "380M"
-    assert settings["WatchdogSec"] == "45"
-    assert settings["User"] == settings["Group"] == "agents"
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"exec_start": "edge-agentd"}, "absolute path"),
-        ({"exec_start": "/bin/x\nUser=root"}, "one non-empty line"),
-        ({"exec_start": "  "}, "one non-empty line"),
-        ({"memory_high_mb": 0}, "memory_high_mb"),
-        ({"memory_high_mb": 600, "memory_max_mb": 500}, "memory_max_mb"),
-        ({"memory_high_mb": 500, "memory_max_mb": 500}, "memory_max_mb"),
-        ({"watchdog_sec": -1}, "watchdog_sec"),
-        ({"user": "Edge Agent"}, "not a valid system user"),
-        ({"user": ""}, "not a valid system user"),
-    ],
-)
-def test_render_unit_rejects_bad_values(overrides: dict[str, object], message: str) -> None:
-    kwargs: dict[str, object] = {
-        "exec_start": systemd.DEFAULT_EXEC_START,
-        "memory_high_mb": 100,
-        "memory_max_mb": 200,
-        "watchdog_sec": 30,
-    }
-    kwargs.update(overrides)
-    with pytest.raises(ValueError, match=message):
-        render_unit(**kwargs)  # type: ignore[arg-type]
