@@ -4,8 +4,10 @@
   and the fusion rule (a tempered product of experts, bounded per peer).
 * :mod:`~edge_agent.coordination.beliefs` -- :class:`BeliefSharer`: which agents publish, token
   buckets, the peer table, fusing into a group's prior.
-* :mod:`~edge_agent.coordination.tasks` -- task utilities, EFE bid costs, per-agent task
-  preferences, the award rule, the replicated ledger and the auction bookkeeping.
+* task allocation, from the maths up: :mod:`~edge_agent.coordination.utility` (task utilities
+  and batched EFE bid costs), :mod:`~edge_agent.coordination.preferences` (per-agent task
+  preferences), :mod:`~edge_agent.coordination.ledger` (the award rule and the replicated
+  ledger), :mod:`~edge_agent.coordination.auction` (one node's auction bookkeeping).
 * :mod:`~edge_agent.coordination.messages` -- the task messages on the ``tasks`` topic.
 * :mod:`~edge_agent.coordination.engine` -- :class:`CoordinationEngine`, one node's layer
   between its groups and its :class:`~edge_agent.fleet.link.FleetLink`.
@@ -19,12 +21,14 @@
 
 from __future__ import annotations
 
+from edge_agent.coordination.auction import Auctioneer, AuctionSettings
 from edge_agent.coordination.beliefs import BeliefSharer, SharingSettings
 from edge_agent.coordination.engine import (
     CoordinatedGroup,
     CoordinationEngine,
     CoordinationSettings,
 )
+from edge_agent.coordination.ledger import Bid, TaskBoard, award
 from edge_agent.coordination.messages import (
     ReleaseStatus,
     TaskAnnounce,
@@ -34,16 +38,8 @@ from edge_agent.coordination.messages import (
     TaskState,
     TaskSync,
 )
-from edge_agent.coordination.tasks import (
-    Auctioneer,
-    AuctionSettings,
-    Bid,
-    TaskBoard,
-    TaskPreferences,
-    award,
-    task_costs,
-    task_utility,
-)
+from edge_agent.coordination.preferences import TaskPreferences
+from edge_agent.coordination.utility import task_costs, task_utility
 
 __all__ = [
     "AuctionSettings",

@@ -9,7 +9,7 @@ The daemon owns one engine per node and calls it around every tick:
    sessions), then peers' evidence is fused into every sharing group's prior;
 3. each group steps -- :meth:`CoordinationEngine.step` runs ``group.step(obs)``, or, while some
    of its agents hold a task, the same step with their preferences replaced
-   (:class:`~edge_agent.coordination.tasks.TaskPreferences`);
+   (:class:`~edge_agent.coordination.preferences.TaskPreferences`);
 4. :meth:`CoordinationEngine.after_step`: own evidence is accumulated and belief messages go out;
    the auction moves on (bids for new rounds, awards, holders' preferences, releases of done or
    expired tasks, ``task_state`` and, on a digest mismatch, ``task_sync``).
@@ -39,7 +39,9 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.aif import kernels
+from edge_agent.coordination.auction import Auctioneer, AuctionSettings
 from edge_agent.coordination.beliefs import BeliefSharer, SharingSettings
+from edge_agent.coordination.ledger import Bid, TaskBoard, abandon
 from edge_agent.coordination.messages import (
     MAX_BIDS_PER_MESSAGE,
     MAX_CLAIMS,
@@ -54,17 +56,8 @@ from edge_agent.coordination.messages import (
     TaskState,
     TaskSync,
 )
-from edge_agent.coordination.tasks import (
-    Auctioneer,
-    AuctionSettings,
-    Bid,
-    TaskBoard,
-    TaskPreferences,
-    abandon,
-    select_bids,
-    task_costs,
-    task_utility,
-)
+from edge_agent.coordination.preferences import TaskPreferences
+from edge_agent.coordination.utility import select_bids, task_costs, task_utility
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import EdgeAgentError, InputError
 from edge_agent.fleet.comms.base import BoundedQueue

@@ -15,7 +15,8 @@ from edge_agent.aif import kernels
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.settings import AifSettings
-from edge_agent.coordination import tasks as tasks_module
+from edge_agent.coordination import preferences as preferences_module
+from edge_agent.coordination.ledger import Bid, TaskBoard, abandon, award
 from edge_agent.coordination.messages import (
     Release,
     ReleaseStatus,
@@ -25,12 +26,8 @@ from edge_agent.coordination.messages import (
     TaskState,
     TaskSync,
 )
-from edge_agent.coordination.tasks import (
-    Bid,
-    TaskBoard,
-    TaskPreferences,
-    abandon,
-    award,
+from edge_agent.coordination.preferences import TaskPreferences
+from edge_agent.coordination.utility import (
     policy_backward,
     policy_utility_rows,
     select_bids,
@@ -576,8 +573,8 @@ def test_task_preferences_without_the_precomputed_table(monkeypatch: pytest.Monk
     group.infer_policies()
     G0, q0 = group.G.copy(), group.q_pi.copy()
     results = []
-    for limit in (tasks_module.PRECOMPUTE_MAX, 0):
-        monkeypatch.setattr(tasks_module, "PRECOMPUTE_MAX", limit)
+    for limit in (preferences_module.PRECOMPUTE_MAX, 0):
+        monkeypatch.setattr(preferences_module, "PRECOMPUTE_MAX", limit)
         prefs = TaskPreferences(group.cm, 4, use_utility=True)
         assert (prefs.backward is None) == (limit == 0)
         for a, goal in enumerate((5, 5, 30, 12)):

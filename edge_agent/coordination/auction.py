@@ -1,0 +1,263 @@
+"""One node's auction bookkeeping around the ledger: :class:`Auctioneer` keeps bidding windows on
+the local clock, award changes, claims of peers and the conflicts they reveal, and the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_agent.coordination.ledger import Bid, TaskBoard
+from edge_agent.coordination.messages import (
+    Claim,
+)
+
+#: Largest ``P * S`` for which :class:`TaskPreferences` keeps each holder's utility along every
+#: policy precomputed (single-factor models); above it, the policy tree is walked every tick.
+PRECOMPUTE_MAX: Final = 4096
+
+
+# --------------------------------------------------------------------------------------------
+# one node's auction bookkeeping
+# --------------------------------------------------------------------------------------------
+class AuctionSettings(BaseModel):
+    """Task allocation settings of a node (the same on every node of a fleet)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_s: float = Field(
+        1.0,
+        gt=0.0,
+        le=3600.0,
+        description="Bidding window, from when this node first saw a task's epoch.",
+    )
+    min_bids_per_task: int = Field(
+        4, ge=1, le=4096, description="Fewest agents a group bids per task (when it has them)."
+    )
+    max_bids_per_task: int = Field(
+        64, ge=1, le=4096, description="Most agents a group bids per task in one round."
+    )
+    preference_scale: float = Field(
+        1.0, gt=0.0, le=100.0, description="Nats of preference per transition towards a goal."
+    )
+    done_belief: float | None = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="A holder is done when q(goal state) reaches this; None: only when the "
+        "application says so (CoordinationEngine.complete).",
+    )
+    state_every_s: float = Field(
+        1.0, gt=0.0, le=3600.0, description="Period of task_state (digest and claims) messages."
+    )
+    state_min_interval_s: float = Field(
+        0.2, ge=0.0, le=3600.0, description="Least time between two task_state messages."
+    )
+    sync_after_s: float = Field(
+        3.0,
+        gt=0.0,
+        le=3600.0,
+        description="Send a sync when a peer's digest matched none of ours for this long.",
+    )
+    sync_min_interval_s: float = Field(
+        2.0, ge=0.0, le=3600.0, description="Least time between two syncs sent."
+    )
+    max_held_per_group: int = Field(
+        256, ge=1, le=1 << 20, description="Tasks one group's agents can hold at once."
+    )
+    outbox_class: str = Field(
+        "event", min_length=1, max_length=64, description="Outbox class of task messages."
+    )
+    max_tasks: int = Field(4096, ge=1, le=1 << 20, description="Tasks in the ledger.")
+    max_bids: int = Field(1 << 17, ge=1, le=1 << 24, description="Bids in the ledger.")
+
+
+@dataclass
+class _Round:
+    """One (task, epoch) as this node saw it."""
+
+    opened: float
+    first_award: float | None = None
+    last_change: float | None = None
+    last_bid: float = -math.inf
+
+
+@dataclass
+class _Conflict:
+    detected: float
+
+
+@dataclass
+class AuctionMetrics:
+    rounds: int = 0
+    reawards: int = 0
+    conflicts_detected: int = 0
+    conflicts_resolved: int = 0
+    resolve_s_total: float = 0.0
+    converge_s_total: float = 0.0
+    converge_s_max: float = 0.0
+    converged_rounds: int = 0
+
+
+class Auctioneer:
+    """One node's view of the auctions around a :class:`TaskBoard` (no I/O, no clock reads:
+    every method takes ``now``, the node's monotonic time).
+
+    * A ``(task, epoch)`` round opens when this node first sees it open; its window closes
+      ``window_s`` later *on this node's clock*. Winners act only after that.
+    * After every change of the board the award is recomputed (:meth:`update`); a winner change
+      after the window closed is a *re-award* (late bids, a merge after a partition, a death).
+    * Peers' claims (``task_state``) that disagree with the local award are *conflicts*; a
+      conflict is *resolved* when the claim goes away or the award agrees with it.
+    * Time to converge of a round: from when it opened to its last winner change.
+    """
+
+    def __init__(
+        self, node_id: str, board: TaskBoard, settings: AuctionSettings, *, max_peers: int = 4096
+    ) -> None:
+        self.node_id = node_id
+        self.board = board
+        self.settings = settings
+        self.max_peers = max_peers
+        self.rounds: dict[tuple[str, int], _Round] = {}
+        self.current: dict[str, Bid] = {}
+        self._seen_version = -1
+        self.peer_claims: OrderedDict[str, list[Claim]] = OrderedDict()
+        self.conflicts: dict[tuple[str, str, str, int, int], _Conflict] = {}
+        self.metrics = AuctionMetrics()
+
+    # -- rounds and windows ---------------------------------------------------------------------
+    def update(self, now: float) -> list[tuple[str, int]]:
+        """Bring rounds and the award up to date with the board; returns rounds opened now."""
+        if self.board.version == self._seen_version:
+            return []
+        self._seen_version = self.board.version
+        open_epochs = self.board.open_epochs()
+        opened = []
+        for task, epoch in open_epochs.items():
+            key = (task, epoch)
+            if key not in self.rounds:
+                self.rounds[key] = _Round(opened=now)
+                self.metrics.rounds += 1
+                opened.append(key)
+        for key in [k for k in self.rounds if open_epochs.get(k[0]) != k[1]]:
+            self._finish(self.rounds.pop(key))
+        new = self.board.award()
+        for task, bid in new.items():
+            old = self.current.get(task)
+            if old is not None and old.holder == bid.holder and old.epoch == bid.epoch:
+                continue
+            rnd = self.rounds.get((task, bid.epoch))
+            if rnd is None:
+                continue
+            if rnd.first_award is None:
+                rnd.first_award = now
+            elif now >= rnd.opened + self.settings.window_s:
+                self.metrics.reawards += 1
+            rnd.last_change = now
+        for task, old in self.current.items():
+            if task not in new and (task, old.epoch) in self.rounds:
+                self.rounds[(task, old.epoch)].last_change = now
+        self.current = new
+        self._check_conflicts(now)
+        return opened
+
+    def _finish(self, rnd: _Round) -> None:
+        if rnd.last_change is not None:
+            took = rnd.last_change - rnd.opened
+            m = self.metrics
+            m.converged_rounds += 1
+            m.converge_s_total += took
+            m.converge_s_max = max(m.converge_s_max, took)
+
+    def window_closed(self, task: str, epoch: int, now: float) -> bool:
+        rnd = self.rounds.get((task, epoch))
+        return rnd is not None and now >= rnd.opened + self.settings.window_s
+
+    def holdings(self, now: float) -> dict[tuple[str, int], Bid]:
+        """``(group, agent) -> bid`` for this node's winners whose window has closed."""
+        return {
+            (b.group, b.agent): b
+            for b in self.current.values()
+            if b.node == self.node_id and self.window_closed(b.task, b.epoch, now)
+        }
+
+    def winners(self) -> set[tuple[str, int]]:
+        """``(group, agent)`` of this node's agents that win some task, window open or not."""
+        return {(b.group, b.agent) for b in self.current.values() if b.node == self.node_id}
+
+    def rebid_due(self, now: float) -> list[tuple[str, int]]:
+        """Open rounds past their window without a winner, not rebid for one window."""
+        due = []
+        for (task, epoch), rnd in self.rounds.items():
+            if (
+                task not in self.current
+                and now >= rnd.opened + self.settings.window_s
+                and now >= rnd.last_bid + self.settings.window_s
+            ):
+                due.append((task, epoch))
+        return due
+
+    def next_window_close(self, now: float) -> float:
+        """When the next bidding window still open closes (``inf`` when none is open)."""
+        window = self.settings.window_s
+        return min(
+            (r.opened + window for r in self.rounds.values() if r.opened + window > now),
+            default=math.inf,
+        )
+
+    def note_bid(self, task: str, epoch: int, now: float) -> None:
+        rnd = self.rounds.get((task, epoch))
+        if rnd is not None:
+            rnd.last_bid = now
+
+    # -- claims and conflicts -------------------------------------------------------------------
+    def on_claims(self, node: str, claims: list[Claim], now: float) -> None:
+        """A peer's ``task_state`` claims (its agents pursuing tasks)."""
+        self.peer_claims[node] = claims
+        self.peer_claims.move_to_end(node)
+        while len(self.peer_claims) > self.max_peers:
+            self.peer_claims.popitem(last=False)
+        self._check_conflicts(now)
+
+    def forget_peer(self, node: str, now: float) -> None:
+        """A dead peer's claims go away (its conflicts are resolved by its death)."""
+        if self.peer_claims.pop(node, None) is not None:
+            self._check_conflicts(now)
+
+    def _check_conflicts(self, now: float) -> None:
+        current: set[tuple[str, str, str, int, int]] = set()
+        for node, claims in self.peer_claims.items():
+            for c in claims:
+                w = self.current.get(c.task)
+                if w is None or (w.node, w.group, w.agent, w.epoch) != (
+                    node,
+                    c.group,
+                    c.agent,
+                    c.epoch,
+                ):
+                    current.add((c.task, node, c.group, c.agent, c.epoch))
+        m = self.metrics
+        for key in current - self.conflicts.keys():
+            self.conflicts[key] = _Conflict(detected=now)
+            m.conflicts_detected += 1
+        for key in self.conflicts.keys() - current:
+            m.conflicts_resolved += 1
+            m.resolve_s_total += now - self.conflicts.pop(key).detected
+
+    # -- metrics --------------------------------------------------------------------------------
+    def converge_stats(self) -> tuple[float, float, int]:
+        """(mean, max, count) of time to converge over finished rounds and open ones."""
+        m = self.metrics
+        total, worst, n = m.converge_s_total, m.converge_s_max, m.converged_rounds
+        for rnd in self.rounds.values():
+            if rnd.last_change is not None:
+                took = rnd.last_change - rnd.opened
+                total += took
+                worst = max(worst, took)
+                n += 1
+        return (total / n if n else 0.0, worst, n)
