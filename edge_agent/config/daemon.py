@@ -68,6 +68,7 @@ __all__ = [
     "default_config",
     "default_config_text",
     "describe_config",
+    "describe_endpoint",
     "expand_path",
     "load_config",
     "parse_config",
@@ -701,7 +702,7 @@ def _summary(
         lines.append(
             f"    {group.name:<{width}}  {group.count} x {what}, {group.precision}, history "
             f"{group.history_capacity_for(profile)}, priority {group.priority}, "
-            f"source {_endpoint(group.source)}, sink {_endpoint(group.sink)}"
+            f"source {describe_endpoint(group.source)}, sink {describe_endpoint(group.sink)}"
         )
     mqtt = config.mqtt
     if mqtt.enabled:
@@ -733,7 +734,8 @@ def _coordination_summary(config: DaemonConfig) -> list[str]:
     return [f"  coordination: {', '.join(parts)}; bidding window {node.auction.window_s:g} s"]
 
 
-def _endpoint(spec: SimSource | MqttSource | SimSink | MqttSink | LogSink) -> str:
+def describe_endpoint(spec: SimSource | MqttSource | SimSink | MqttSink | LogSink) -> str:
+    """A source or sink in one phrase: ``sim``, ``log`` or ``mqtt 'topic'`` (check-config)."""
     if isinstance(spec, MqttSource | MqttSink):
         return f"mqtt {spec.topic!r}"
     return spec.type

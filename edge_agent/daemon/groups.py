@@ -30,11 +30,11 @@ from edge_agent.config.daemon import (
     ConfigFile,
     DaemonConfig,
     GroupConfig,
-    LogSink,
     MqttSink,
     MqttSource,
     SimSink,
     SimSource,
+    describe_endpoint,
     resolve_profile,
 )
 from edge_agent.config.profiles import FirmwareProfile
@@ -135,8 +135,8 @@ class GroupRuntime:
             "bytes_per_agent": a.per_agent_nbytes(),
             "shared_model_bytes": a.shared_nbytes,
             "steps": self.steps,
-            "source": _endpoint(self.config.source),
-            "sink": _endpoint(self.config.sink),
+            "source": describe_endpoint(self.config.source),
+            "sink": describe_endpoint(self.config.sink),
         }
         if self.env is not None:
             out["world"] = {
@@ -151,12 +151,6 @@ class GroupRuntime:
                 "dropped": self.sink.dropped,
             }
         return out
-
-
-def _endpoint(spec: SimSource | MqttSource | SimSink | MqttSink | LogSink) -> str:
-    if isinstance(spec, MqttSource | MqttSink):
-        return f"mqtt {spec.topic}"
-    return spec.type
 
 
 def describe_model(cfg: GroupConfig) -> str:
