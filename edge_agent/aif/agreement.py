@@ -142,3 +142,29 @@ def choice_agrees(scores: np.ndarray, chosen: np.ndarray, *, tol: float) -> np.n
     if s.ndim != 2 or c.shape != (s.shape[0],):
         raise InputError(f"scores {s.shape} and chosen {c.shape} must be (N, K) and (N,)")
     return np.asarray(s[np.arange(s.shape[0]), c] >= s.max(axis=1) - tol)
+
+
+def argmax_agreement_bounds(
+    a: np.ndarray, b: np.ndarray, *, tol_a: float, tol_b: float
+) -> tuple[float, float]:
+    """The fraction of rows on which the argmaxes of ``a (N, K)`` and ``b (N, K)`` agree, for
+    every way rounding can break their near-ties: ``(lowest, highest)``.
+
+    ``a`` and ``b`` are computed by paths equal to those behind a reported rate only up to
+    rounding (another runtime, session options or summation order); a rate reported by those
+    paths lies in this range. A row surely agrees when ``a`` and ``b`` each have one index
+    within their tolerance of the row's best and it is the same index; it may agree when some
+    index is within tolerance of the best in both. Without near-ties both bounds equal the
+    plain ``mean(argmax(a) == argmax(b))``. Labels are ``b = eye(K)[labels]`` with
+    ``tol_b = 0``.
+    """
+    sa, sb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if sa.ndim != 2 or sa.shape != sb.shape:
+        raise InputError(f"a {sa.shape} and b {sb.shape} must be the same (N, K)")
+    if not (tol_a >= 0 and tol_b >= 0):
+        raise InputError(f"tolerances must be >= 0, got {tol_a}, {tol_b}")
+    near_a = sa >= sa.max(axis=1, keepdims=True) - tol_a
+    near_b = sb >= sb.max(axis=1, keepdims=True) - tol_b
+    both = near_a & near_b
+    sure = (near_a.sum(axis=1) == 1) & (near_b.sum(axis=1) == 1) & both.any(axis=1)
+    return float(np.mean(sure)), float(np.mean(both.any(axis=1)))

@@ -31,7 +31,7 @@ def test_own_choice_has_no_shortfall_and_others_do(policy_len: int, mode: str) -
     gap = agreement.action_shortfall(q_pi, onehot, other, mode=mode)  # type: ignore[arg-type]
     assert (gap > 1e-3).mean() > 0.9, "random posteriors separate actions well"
     agree = agreement.actions_agree(q_pi, onehot, other, mode=mode)  # type: ignore[arg-type]
-    assert not agree.all()
+    assert agree.mean() < 0.1, "a genuinely different action disagrees"
 
 
 def test_an_exact_tie_agrees_either_way() -> None:
@@ -69,3 +69,23 @@ def test_shapes_are_checked_at_the_boundary() -> None:
         agreement.action_shortfall(np.full((1, 5), 0.2), onehot, np.array([[7]]))
     with pytest.raises(InputError, match="tol"):
         agreement.actions_agree(np.full((1, 5), 0.2), onehot, np.array([[0]]), tol=-1.0)
+
+
+def test_argmax_agreement_bounds_widen_only_at_near_ties() -> None:
+    a = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 1.0 + 1e-9, 0.0], [0.0, 1.0, 5.0]])
+    b = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0], [0.0, 2.0, 1.0], [0.0, 1.0, 5.0]])
+    # Row 0 agrees, row 1 genuinely differs, row 2 is a tie in ``a`` (either index), row 3 agrees.
+    assert agreement.argmax_agreement_bounds(a, b, tol_a=1e-6, tol_b=1e-6) == (0.5, 0.75)
+    # No tolerance: both bounds are the plain rate (row 2: 1 + 1e-9 wins exactly).
+    exact = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
+    assert agreement.argmax_agreement_bounds(a, b, tol_a=0.0, tol_b=0.0) == (exact, exact)
+    # Against labels: ``a``'s tie may go to the label or not; ``b``'s wrong row 1 never counts.
+    labels = np.eye(3)[[0, 1, 1, 2]]
+    low, high = agreement.argmax_agreement_bounds(a, labels, tol_a=1e-6, tol_b=0.0)
+    assert (low, high) == (0.75, 1.0)
+    low, high = agreement.argmax_agreement_bounds(b, labels, tol_a=1e-6, tol_b=0.0)
+    assert (low, high) == (0.75, 0.75)
+    with pytest.raises(InputError, match="same"):
+        agreement.argmax_agreement_bounds(a, b[:2], tol_a=0.0, tol_b=0.0)
+    with pytest.raises(InputError, match="tolerances"):
+        agreement.argmax_agreement_bounds(a, b, tol_a=-1.0, tol_b=0.0)
