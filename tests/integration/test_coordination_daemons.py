@@ -40,8 +40,8 @@ from broker import MosquittoBroker, free_port
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import SCHEME, quantize_model
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import sign_bundle, write_bundle
 from edge_agent.bundle.signing import load_private_key
+from edge_agent.bundle.writer import sign_bundle, write_bundle
 from edge_agent.coordination import fusion
 from edge_agent.fleet.agent_io import decode_actions, encode_observations
 from edge_agent.fleet.protocol import BeliefBatch, Envelope, Topics, encode

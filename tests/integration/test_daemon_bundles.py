@@ -12,8 +12,8 @@ import pytest
 
 from edge_agent.aif.quant import SCHEME, quantize_model
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import sign_bundle, write_bundle
 from edge_agent.bundle.signing import load_private_key
+from edge_agent.bundle.writer import sign_bundle, write_bundle
 from edge_agent.sim.registry import builtin_model
 from edge_agent_host.keys import generate_keypair
 from tests.integration.test_daemon import REPO, Daemon, NotifySocket, wait_status

@@ -30,9 +30,6 @@ from edge_agent.bundle.loader import (
     TensorSpec,
     canonical_manifest_bytes,
     load_bundle,
-    pack_tar,
-    sign_bundle,
-    write_bundle,
 )
 from edge_agent.bundle.signing import (
     TrustedKeys,
@@ -41,6 +38,7 @@ from edge_agent.bundle.signing import (
     sign_bytes,
     verify_bytes,
 )
+from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.errors import BundleError, SignatureError
 
 A = np.arange(12, dtype=np.uint8).reshape(3, 4)

@@ -14,8 +14,9 @@ import pytest
 
 from edge_agent.aif.quant import SCHEME, quantize_model
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import load_bundle, pack_tar, sign_bundle, write_bundle
+from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys, load_private_key
+from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.config.daemon import parse_config
 from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.service import Daemon

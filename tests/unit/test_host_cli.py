@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.bundle.loader import AifSpec, load_bundle, pack_tar, write_bundle
+from edge_agent.bundle.loader import AifSpec, load_bundle
 from edge_agent.bundle.signing import TrustedKeys, key_id, load_public_key
+from edge_agent.bundle.writer import pack_tar, write_bundle
 from edge_agent_host.cli import COMMANDS, build_parser, main
 
 
@@ -174,7 +175,7 @@ def test_runs_as_a_real_process(tmp_path: Path) -> None:
         check=False,
     )
     assert signed.returncode == 0, signed.stderr
-    assert "INFO edge_agent.bundle.loader: signed" in signed.stderr
+    assert "INFO edge_agent.bundle.writer: signed" in signed.stderr
     ok = subprocess.run(
         [*command, "verify", str(tar_path), "--trusted", str(keys)],
         capture_output=True,

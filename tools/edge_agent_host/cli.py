@@ -26,8 +26,9 @@ from pydantic import ValidationError
 
 from edge_agent import __version__
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import Bundle, load_bundle, sign_bundle
+from edge_agent.bundle.loader import Bundle, load_bundle
 from edge_agent.bundle.signing import TrustedKeys, key_id
+from edge_agent.bundle.writer import sign_bundle
 from edge_agent.errors import EdgeAgentError, InputError, SignatureError, missing_module_message
 from edge_agent_host import hub, tasks
 from edge_agent_host.convert_aif import AifThresholds, convert_aif, load_aif_model

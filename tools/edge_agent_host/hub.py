@@ -38,8 +38,9 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle.loader import load_bundle, pack_tar
+from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import key_id, sign_bytes
+from edge_agent.bundle.writer import pack_tar
 from edge_agent.errors import BundleError, EdgeAgentError, ProtocolError
 from edge_agent.fleet.commands import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from edge_agent.fleet.comms.base import Transport

@@ -1,8 +1,8 @@
 """Writing a converter's bundle: a directory or a tar, optionally signed, then verified.
 
-The bundle is written through :func:`edge_agent.bundle.loader.write_bundle`, packed with
-:func:`edge_agent.bundle.loader.pack_tar` when ``out`` ends in ``.tar``, ``.tar.gz`` or ``.tgz``,
-signed with :func:`edge_agent.bundle.loader.sign_bundle`, and finally loaded back exactly as a
+The bundle is written through :func:`edge_agent.bundle.writer.write_bundle`, packed with
+:func:`edge_agent.bundle.writer.pack_tar` when ``out`` ends in ``.tar``, ``.tar.gz`` or ``.tgz``,
+signed with :func:`edge_agent.bundle.writer.sign_bundle`, and finally loaded back exactly as a
 device would (with the signer's public key as the only trusted key), so what the tool reports is
 what loads.
 """
@@ -20,16 +20,9 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle.loader import (
-    AifSpec,
-    BundleKind,
-    NeuralSpec,
-    load_bundle,
-    pack_tar,
-    sign_bundle,
-    write_bundle,
-)
+from edge_agent.bundle.loader import AifSpec, BundleKind, NeuralSpec, load_bundle
 from edge_agent.bundle.signing import TrustedKeys
+from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.errors import BundleError
 
 logger = logging.getLogger(__name__)
