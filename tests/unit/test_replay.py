@@ -182,6 +182,46 @@ def test_replay_reports_ties_on_a_symmetric_grid(
     assert f"{int(out['tied'].sum())} of {T} steps had tied actions" in text
 
 
+def test_replay_counts_the_other_tied_move_as_optimal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recording made by an implementation that breaks ties the other way (pymdp's argmax on
+    its own rounding noise): at every tied step the recorded move is the last of the equally
+    good ones, not the agent's first. Replay says the recorded action was optimal at every
+    step, and that the agent's own argmax differs exactly at the tied steps."""
+    model = gridworld_model(5, 5)
+    model_path = tmp_path / "grid.npz"
+    save_npz(model, model_path)
+    env = GridWorldEnv(1, height=5, width=5, seed=1)
+    obs = [env.reset()[0].copy()]
+    T = 16
+    group = AifAgentGroup(model, 1, precision="float64")
+    onehot = group.cm.tree.first_action_onehot
+    taken, switched = [], []
+    for _ in range(T):
+        own = group.step(obs[-1][None]).copy()
+        marginal = agreement.action_marginals(group.q_pi, onehot)[0][0]
+        optima = np.flatnonzero(marginal >= marginal.max() - 1e-9)
+        a = np.array([[optima[-1]]])  # the other end of the tie
+        group.set_action(a)
+        taken.append(a[0])
+        switched.append(bool(a[0, 0] != own[0, 0]))
+        obs.append(env.step(a)[0].copy())
+    assert 0 < sum(switched) < T  # the episode has ties broken the other way, and plain steps
+    np.savez(tmp_path / "rec.npz", obs=np.array(obs[:T]), actions=np.array(taken))
+    assert main(["replay", str(model_path), "--recording", str(tmp_path / "rec.npz"),
+                 "--out", str(tmp_path / "out.npz")]) == 0
+    out = np.load(tmp_path / "out.npz")
+    same = (out["chosen_action"] == np.array(taken)).all(axis=1)
+    np.testing.assert_array_equal(~same, switched)
+    assert out["tied"][~same].all()
+    assert (out["recorded_shortfall"] <= agreement.ROUNDING_TOL).all()
+    text = capsys.readouterr().out
+    assert (f"optimal for the agent at {T} of {T} steps (ties count; the agent's own argmax "
+            f"equals it at {T - sum(switched)})") in text
+    assert f"{int(out['tied'].sum())} of {T} steps had tied actions" in text
+
+
 def test_replay_takes_a_bundle_as_the_device_runs_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,9 +18,10 @@ for ``T`` steps in a world that *is* the float model (states from ``D`` and ``B`
 from ``A``: :class:`edge_agent.sim.BatchEnv`). Both groups see the same observations; the int8
 agents commit the float agents' actions, so their beliefs stay comparable step by step. Reported:
 belief KL ``KL(q_float || q_int8)`` summed over factors (mean, median, max over agent-steps), the
-fraction of agent-steps whose own int8 action is optimal under the float posterior within
-``TIE_TOLERANCE`` (tie-aware agreement; the raw fraction of equal actions beside it), the fraction
-of steps with tied actions, and the largest absolute difference of the policy posteriors ``q_pi``.
+fraction of agent-steps whose own int8 action equals the float one or is optimal under the float
+posterior within ``TIE_TOLERANCE`` (tie-aware agreement; the raw fraction of equal actions beside
+it), the fraction of steps with tied actions, and the largest absolute difference of the policy
+posteriors ``q_pi``.
 """
 
 from __future__ import annotations
@@ -312,9 +313,11 @@ def compare_rollouts(
     """float64 vs int8 agents over ``n_agents`` x ``steps`` simulated steps (module docstring).
 
     Returns ``belief_kl`` (``mean``, ``median``, ``p99``, ``max``), ``action_agreement`` (the
-    int8 action is optimal within ``tie_tol`` under the float posterior), the raw
-    ``action_agreement_exact``, ``tied_steps`` (the float posterior has two or more actions
-    equal to rounding), ``action_shortfall`` (``p99``, ``max``),
+    int8 action equals the float one, or is optimal within ``tie_tol`` under the float
+    posterior: :func:`edge_agent.aif.agreement.action_shortfall` with the settings'
+    ``sampling_mode``), the raw ``action_agreement_exact``, ``tied_steps`` (the float posterior
+    has two or more actions equal to rounding, :func:`~edge_agent.aif.agreement.count_ties`),
+    ``action_shortfall`` (``p99``, ``max``; 0 where the actions are equal),
     ``q_pi_max_abs_diff``, ``agent_steps``.
     """
     if n_agents < 1 or steps < 1:
@@ -335,11 +338,15 @@ def compare_rollouts(
         float_actions = float_group.step(obs).copy()
         own_actions = int8_group.step(obs).copy()
         _kl_rows(float_group.qs, int8_group.qs, kl[t])
-        # How far below its best the float posterior rates the int8 agent's own action.
+        # How far below its best the float posterior rates the int8 agent's own action; 0 where
+        # the two agents took the same action (under stochastic selection both groups draw the
+        # same random numbers, so equal sampled actions agree whatever their probability).
+        same = np.all(own_actions == float_actions, axis=1)
         shortfall[t] = agreement.action_shortfall(
             float_group.q_pi, onehot, own_actions, mode=mode
         )
-        exact += int(np.count_nonzero(np.all(own_actions == float_actions, axis=1)))
+        shortfall[t, same] = 0.0
+        exact += int(np.count_nonzero(same))
         ties += int(np.count_nonzero(agreement.count_ties(float_group.q_pi, onehot)))
         diff = np.abs(float_group.q_pi - int8_group.q_pi.astype(np.float64))
         q_pi_diff = max(q_pi_diff, float(diff.max()))

@@ -132,11 +132,26 @@ class ConversionReport:
         lines = [f"{self.kind} conversion of {self.source}"]
         width = max((len(row[0]) for row in self.rows), default=0)
         cols = max((len(row) for row in self.rows), default=1)
+        # A one-value row wider than all the value columns together (the agreement rows: a
+        # figure and what it means) is written from the first value column on instead of
+        # widening that column.
+        span = sum(
+            max((len(r[i]) for r in self.rows if len(r) > 2 and len(r) > i), default=0) + 2
+            for i in range(1, cols)
+        ) - 2
+        long_rows = {
+            i for i, row in enumerate(self.rows) if cols > 2 and len(row) == 2
+            and len(row[1]) > span
+        }
         col_width = [
-            max((len(row[i]) for row in self.rows if len(row) > i), default=0)
+            max((len(row[i]) for j, row in enumerate(self.rows)
+                 if len(row) > i and j not in long_rows), default=0)
             for i in range(cols)
         ]
-        for row in self.rows:
+        for j, row in enumerate(self.rows):
+            if j in long_rows:
+                lines.append(f"  {row[0].ljust(width)}  {row[1]}".rstrip())
+                continue
             cells = [row[0].ljust(width)]
             cells += [cell.rjust(col_width[i + 1]) for i, cell in enumerate(row[1:])]
             lines.append("  " + "  ".join(cells).rstrip())
