@@ -185,16 +185,48 @@ def with_bundle(cfg: GroupConfig, path: Path) -> GroupConfig:
     return cfg.model_copy(update=update)
 
 
-def trusted_keys(config: DaemonConfig) -> TrustedKeys | None:
-    """The daemon's trusted signing keys, or None when none are configured."""
-    directory = config.daemon.trusted_keys_dir
-    return None if directory is None else TrustedKeys.from_dir(directory)
+def trusted_keys(config: DaemonConfig, source: ConfigFile | None = None) -> TrustedKeys | None:
+    """The daemon's trusted signing keys, or None when none are configured.
+
+    With ``source`` (the config file), a directory that cannot be used is a ConfigError at the
+    line of ``[daemon] trusted_keys_dir``."""
+    return _keys_from(config.daemon.trusted_keys_dir, source, ("daemon", "trusted_keys_dir"))
 
 
-def hub_keys(config: DaemonConfig) -> TrustedKeys | None:
+def hub_keys(config: DaemonConfig, source: ConfigFile | None = None) -> TrustedKeys | None:
     """Keys whose signed commands the daemon obeys: ``[mqtt] hub_keys_dir``, else the trusted."""
-    directory = config.mqtt.hub_keys_dir or config.daemon.trusted_keys_dir
-    return None if directory is None else TrustedKeys.from_dir(directory)
+    if config.mqtt.hub_keys_dir is None:
+        return trusted_keys(config, source)
+    return _keys_from(config.mqtt.hub_keys_dir, source, ("mqtt", "hub_keys_dir"))
+
+
+def _keys_from(
+    directory: Path | None, source: ConfigFile | None, loc: tuple[str, ...]
+) -> TrustedKeys | None:
+    if directory is None:
+        return None
+    try:
+        return TrustedKeys.from_dir(directory)
+    except BundleError as err:
+        if source is None:
+            raise
+        raise source.error([(loc, str(err))]) from err
+
+
+def mqtt_password(config: DaemonConfig, source: ConfigFile | None = None) -> str | None:
+    """The first line of ``[mqtt] password_file`` (None when it is not set); a file that cannot
+    be read is a ConfigError, at the key's line when ``source`` is given."""
+    path = config.mqtt.password_file
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        problem = f"{path}: cannot read: {getattr(err, 'strerror', None) or err}"
+        if source is None:
+            raise ConfigError(f"[mqtt] password_file {problem}") from err
+        raise source.error([(("mqtt", "password_file"), problem)]) from err
+    return lines[0] if lines else ""
 
 
 def load_group_model(
@@ -279,7 +311,7 @@ def resolve_models(
     one (see :mod:`edge_agent.fleet.deploy`), else the config's model. A configured model that
     cannot be loaded is a config problem: with ``source``, every such group is reported at its
     model's line in one ConfigError."""
-    keys = trusted_keys(config)
+    keys = trusted_keys(config, source)
     located: list[Problem] = []
     out: dict[str, tuple[GroupConfig, LoadedModel]] = {}
     for g in config.groups:
@@ -409,13 +441,31 @@ def new_budget(profile: FirmwareProfile) -> MemoryBudget:
     )
 
 
-def admit(source: ConfigFile) -> tuple[FirmwareProfile, MemoryBudget, list[GroupRuntime]]:
-    """Everything the daemon checks before it runs a config, as ``check-config`` runs it: the
-    profile and what it allows, every group's model, and the memory plan; problems as
-    ``file:line: field: problem``. Returns the profile, the budget and the built groups."""
+def admit(
+    source: ConfigFile,
+    *,
+    overlay: dict[str, OverlayEntry] | None = None,
+    problems: list[OverlayProblem] | None = None,
+) -> tuple[FirmwareProfile, MemoryBudget, list[GroupRuntime]]:
+    """Everything the daemon checks before it runs a config: ``check-config``, ``run`` and a
+    SIGHUP reload all call this, so they refuse a file with the same lines.
+
+    In order: the profile and what it allows (:func:`resolve_profile`), the key directories and
+    the MQTT password file the daemon reads, every group's model, and the memory plan; each
+    problem as ``file:line: field: problem`` at the key it is about. ``overlay`` and ``problems``
+    as for :func:`build_groups` (the daemon's deployed bundles). Returns the profile, the budget
+    and the built groups.
+    """
     profile = resolve_profile(source)
+    config = source.config
+    if config.mqtt.enabled:
+        hub_keys(config, source)
+        mqtt_password(config, source)
     budget = new_budget(profile)
-    return profile, budget, build_groups(source.config, profile, budget, source=source)
+    groups = build_groups(
+        config, profile, budget, overlay=overlay, problems=problems, source=source
+    )
+    return profile, budget, groups
 
 
 def make_runtime(

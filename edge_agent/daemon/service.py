@@ -57,12 +57,13 @@ from edge_agent.daemon.groups import (
     GroupRuntime,
     LoadedModel,
     OverlayProblem,
+    admit,
     beliefs_finite,
     build_groups,
     hub_keys,
     load_group_model,
     model_spec_key,
-    new_budget,
+    mqtt_password,
     trusted_keys,
     with_bundle,
 )
@@ -169,20 +170,21 @@ class Daemon:
 
     def __init__(
         self,
-        config: DaemonConfig,
+        source: ConfigFile,
         *,
         config_path: Path | None,
-        profile: FirmwareProfile,
         notifier: SdNotifier | None = None,
         status_interval_s: float = 1.0,
         report_interval_s: float = 0.0,
-        source: ConfigFile | None = None,
     ) -> None:
+        # Refuse a config its profile does not allow before the state directory is touched;
+        # admit() below repeats this check with the rest (models, key files, memory plan).
+        resolve_profile(source)
+        config = source.config
         self.config = config
         self.config_path = config_path
-        #: Where ``config`` came from, for file:line in model and budget problems.
+        #: Where ``config`` came from, for file:line in problems found later.
         self.source = source
-        self.profile = profile
         self.notifier = notifier or SdNotifier()
         self.state = State.STARTING
         self.stop_event = threading.Event()
@@ -198,15 +200,17 @@ class Daemon:
         self.last_reload_error = ""
         self.stats = TickStats()
         self.rss = RssSampler()
-        self.health = HealthMonitor(profile, self.rss, self._event)
-        self.budget = self._new_budget(profile)
         self.state_dir = Path(config.daemon.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        # A deployment interrupted by a crash is completed or undone before groups are built.
-        self.deployer = DeployManager(self.state_dir, bundle_keys=trusted_keys(config))
+        # A deployment interrupted by a crash is completed or undone before groups are built
+        # (recovery verifies nothing, so the keys are set once admit() has checked them).
+        self.deployer = DeployManager(self.state_dir, bundle_keys=None)
         self.deployer.recover()
         self.overlay_problems: list[OverlayProblem] = []
-        self.groups = self._build_groups(config, profile, self.budget, source)
+        self.profile, self.budget, self.groups = self._admit(source)
+        profile = self.profile
+        self.deployer.bundle_keys = trusted_keys(config)
+        self.health = HealthMonitor(profile, self.rss, self._event)
         self._watch_old: GroupRuntime | None = None
         self.snapshots = SnapshotStore(
             self.state_dir / "snapshots",
@@ -259,10 +263,6 @@ class Daemon:
 
     # -- construction ---------------------------------------------------------------------------
     @staticmethod
-    def _new_budget(profile: FirmwareProfile) -> MemoryBudget:
-        return new_budget(profile)
-
-    @staticmethod
     def _status_path(config: DaemonConfig) -> Path:
         if config.daemon.status_file is not None:
             return config.daemon.status_file
@@ -280,31 +280,23 @@ class Daemon:
     @classmethod
     def from_file(cls, source: ConfigFile, config_path: Path | None, **kwargs: Any) -> Daemon:
         """A daemon on a config read by :func:`edge_agent.config.daemon.read_config`: the same
-        checks as ``check-config`` and a reload, each problem at its line."""
-        profile = resolve_profile(source)
-        return cls(source.config, config_path=config_path, profile=profile, source=source,
-                   **kwargs)
+        checks as ``check-config`` and a reload (:func:`~edge_agent.daemon.groups.admit`), each
+        problem at its line."""
+        return cls(source, config_path=config_path, **kwargs)
 
-    def _build_groups(
-        self,
-        config: DaemonConfig,
-        profile: FirmwareProfile,
-        budget: MemoryBudget,
-        source: ConfigFile | None,
-    ) -> list[GroupRuntime]:
-        """Build groups with the deployed bundles applied; drop overlay entries the config
-        superseded."""
+    def _admit(
+        self, source: ConfigFile
+    ) -> tuple[FirmwareProfile, MemoryBudget, list[GroupRuntime]]:
+        """:func:`~edge_agent.daemon.groups.admit` with the deployed bundles applied: profile,
+        fresh budget and groups. Drops overlay entries the config superseded."""
         problems: list[OverlayProblem] = []
-        groups = build_groups(
-            config, profile, budget, overlay=self.deployer.overlay.entries, problems=problems,
-            source=source,
-        )
+        admitted = admit(source, overlay=self.deployer.overlay.entries, problems=problems)
         for problem in problems:
             logger.error("%s", problem.detail)
             if problem.superseded:
                 self.deployer.overlay.restore(problem.group, None)
         self.overlay_problems = problems
-        return groups
+        return admitted
 
     def _open_fleet(self, config: DaemonConfig) -> None:
         """Outbox, transport, link, observation router and command processor (no connection yet)."""
@@ -317,13 +309,7 @@ class Daemon:
 
         m = config.mqtt
         node = m.effective_node_id()
-        password = None
-        if m.password_file is not None:
-            try:
-                lines = m.password_file.read_text(encoding="utf-8").splitlines()
-            except OSError as err:
-                raise ConfigError(f"[mqtt] password_file {m.password_file}: {err}") from err
-            password = lines[0] if lines else ""
+        password = mqtt_password(config, self.source)
         tls = None
         if m.tls.enabled:
             tls = TlsSettings(
@@ -340,7 +326,7 @@ class Daemon:
             password=password,
             tls=tls,
         )
-        keys = hub_keys(config)
+        keys = hub_keys(config, self.source)
         if keys is None:
             logger.warning(
                 "no hub keys ([mqtt] hub_keys_dir or [daemon] trusted_keys_dir): every hub "
@@ -718,9 +704,7 @@ class Daemon:
             # Plan against a fresh budget first: nothing is allocated unless the plan fits.
             source = read_config(self.config_path)
             new_config = source.config
-            profile = resolve_profile(source)
-            budget = self._new_budget(profile)
-            groups = self._build_groups(new_config, profile, budget, source)
+            profile, budget, groups = self._admit(source)
         except EdgeAgentError as err:
             self.reloads_refused += 1
             self.last_reload_error = str(err)

@@ -38,6 +38,8 @@ BAD = {
     "too_many_agents": ":14: groups[1].count: brings the total to 6000 agents, over max_agents "
     "4000 of profile 'pi-zero-2w'",
     "over_budget": ":14: groups[1].count: agents ",
+    "no_trusted_keys_dir": ":3: daemon.trusted_keys_dir: ",
+    "no_password_file": ":14: mqtt.password_file: ",
 }
 
 

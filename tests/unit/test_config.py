@@ -32,9 +32,11 @@ from edge_agent.config.daemon import (
     load_config,
     parse_config,
     profile_problems,
+    read_config,
 )
 from edge_agent.config.profiles import DeviceFacts, FirmwareProfile, load_profiles
 from edge_agent.config.toml_lines import Loc, TomlPositions, format_loc, normalize_loc
+from edge_agent.daemon.groups import admit
 from edge_agent.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -432,6 +434,79 @@ def test_check_config_reports_a_too_slow_tick(
         f"{path}:3: daemon.tick_hz: 0.05 Hz is too slow for the 30 s watchdog of profile "
         "'x86-dev' (a throttled tick takes 40 s)"
     )
+
+
+# ------------------------------------------------------------------------- admit: the one check
+#: config file -> (line, field, start of the problem) of the first line ``admit`` refuses it with.
+REFUSED = {
+    "slow_tick": (3, "daemon.tick_hz", "0.01 Hz is too slow for the 30 s watchdog of profile "
+                  "'pi-zero-2w' (a throttled tick takes 200 s)"),
+    "unknown_profile": (2, "daemon.profile", "unknown firmware profile 'pi9-64gb'; known: auto, "),
+    "unknown_model": (12, "groups[0].model.name", "unknown built-in model 'grid11'; known: "),
+    "unknown_world": (12, "groups[0].source.world", "unknown built-in world 'maze'; known: "),
+    "too_many_agents": (14, "groups[1].count", "brings the total to 6000 agents, over "
+                        "max_agents 4000 of profile 'pi-zero-2w'"),
+    "over_budget": (14, "groups[1].count", "agents "),
+    "no_trusted_keys_dir": (3, "daemon.trusted_keys_dir", f"{CONFIGS / 'no-such-keys'}: trusted "
+                            "key directory does not exist"),
+    "no_password_file": (14, "mqtt.password_file", f"{CONFIGS / 'no-such.password'}: cannot "
+                         "read: "),
+}
+
+
+@pytest.fixture
+def shipped_profiles(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``load_profiles()`` sees the shipped profiles and no operator overrides."""
+    monkeypatch.setenv("EDGE_AGENT_PROFILES_DIR", str(REPO / "firmware_profiles"))
+    monkeypatch.setenv("EDGE_AGENT_PROFILES_OVERRIDES", str(tmp_path / "no-profiles.d"))
+
+
+@pytest.mark.usefixtures("shipped_profiles")
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_admit_refuses_each_problem_at_the_line_of_its_key(name: str) -> None:
+    path = CONFIGS / f"{name}.toml"
+    with pytest.raises(ConfigError) as info:
+        admit(read_config(path))
+    line, field, problem = REFUSED[name]
+    assert str(info.value).startswith(f"{path}:{line}: {field}: {problem}"), str(info.value)
+    assert info.value.path == str(path)
+    assert info.value.problems == [str(info.value).splitlines()[0]]
+
+
+@pytest.mark.usefixtures("shipped_profiles")
+def test_over_budget_names_the_group_line_then_the_totals() -> None:
+    path = CONFIGS / "over_budget.toml"
+    with pytest.raises(ConfigError) as info:
+        admit(read_config(path))
+    located, summary = str(info.value).splitlines()
+    # The second [[groups]] table's count is on line 14 (not "line 4", its memory request).
+    assert path.read_text().splitlines()[13] == "count = 3000"
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}:14: groups\[1\]\.count: agents [0-9.]+ MiB brings the total to "
+        r"[0-9.]+ MiB, over the 96\.0 MiB left",
+        located,
+    ), located
+    assert summary.startswith(
+        "configuration refused by the 136.0 MiB (142,606,336 bytes) budget of profile "
+        "'pi-zero-2w': it needs "
+    )
+    assert summary.endswith(
+        "To fit: reduce group 'tmaze' count (now 3000) or history_capacity, or choose a profile "
+        "with a larger budget"
+    )
+
+
+@pytest.mark.usefixtures("shipped_profiles")
+@pytest.mark.parametrize(
+    "name", ["slow_tick", "unknown_profile", "unknown_model", "too_many_agents"]
+)
+def test_check_config_function_reports_what_admit_reports(name: str) -> None:
+    path = CONFIGS / f"{name}.toml"
+    ok, report = check_config(path)
+    assert not ok
+    with pytest.raises(ConfigError) as info:
+        admit(read_config(path))
+    assert report == str(info.value)
 
 
 # ---------------------------------------------------------------------------------- expand_path
