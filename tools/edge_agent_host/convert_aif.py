@@ -9,7 +9,7 @@ Inputs:
   (``A[m]`` has shape ``(O_m, S_0, ..., S_{F-1})``, ``B[f]`` ``(S_f, S_f, U_f)``, ``C[m]``
   ``(O_m,)``, ``D[f]`` ``(S_f,)``); ``E`` is one flat list over policies. Any other key is an
   error. Example: ``{"A": [[[0.9, 0.1], [0.1, 0.9]]], "B": [[[[1], [0]], [[0], [1]]]]}``;
-* a pymdp (0.0.x, numpy) ``Agent`` object through :func:`model_from_pymdp` and
+* a pymdp ``Agent`` object (0.0.x numpy or 1.x JAX) through :func:`model_from_pymdp` and
   :func:`settings_from_pymdp` (duck-typed: reads ``.A``, ``.B``, ``.C``, ``.D``, ``.E`` and the
   agent's settings; pymdp itself is not imported).
 
@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel, load_npz
+from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.quant import SCHEME, QuantizedModel, quantize_model
 from edge_agent.aif.settings import AifSettings
 from edge_agent.bundle.loader import AifSpec
@@ -139,16 +140,53 @@ def load_aif_model(path: str | Path) -> GenerativeModel:
     raise ModelError(f"{p}: unknown model format {suffix!r}; use .npz (pymdp keys) or .json")
 
 
+#: JAX computes in float32 by default, so a pymdp 1.x table's columns sum to 1 only to about
+#: 1e-7 per entry, more than ``NORM_TOL`` for a few hundred outcomes. Tables read in a lower
+#: precision than float64 whose sums are this close to 1 are renormalised in float64 first.
+LOW_PRECISION_NORM_TOL = 1e-4
+
+
+def _items(value: object) -> list[Any]:
+    """One table per modality/factor: the items of a list or object array, else ``[value]``."""
+    if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.dtype == object):
+        return list(value)
+    return [value]
+
+
 def _object_list(agent: object, attr: str) -> list[np.ndarray] | None:
+    """``agent.<attr>`` as float64 arrays: an object array or list of arrays (one per modality or
+    factor), or one array (numpy or JAX, anything ``np.asarray`` reads: pymdp 1.x's ``E``)."""
     value = getattr(agent, attr, None)
     if value is None:
         return None
-    if isinstance(value, np.ndarray) and value.dtype != object:
-        return [np.asarray(value, dtype=np.float64)]
     try:
-        return [np.asarray(item, dtype=np.float64) for item in value]
+        arrays = [np.asarray(item) for item in _items(value)]
+        if any(not np.issubdtype(a.dtype, np.number) for a in arrays):
+            raise TypeError(attr)
     except (TypeError, ValueError) as err:
         raise ModelError(f"pymdp agent: .{attr} is not a list of numeric arrays") from err
+    return [a.astype(np.float64) for a in arrays]
+
+
+def _low_precision(agent: object, attr: str) -> bool:
+    """Whether ``agent.<attr>`` holds floats narrower than float64 (JAX's default float32)."""
+    value = getattr(agent, attr, None)
+    if value is None:
+        return False
+    dtypes = [np.asarray(item).dtype for item in _items(value)]
+    return any(np.issubdtype(d, np.floating) and d.itemsize < 8 for d in dtypes)
+
+
+def _renormalised(agent: object, attr: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Tables read in float32 renormalised along axis 0 in float64 when their sums are within
+    ``LOW_PRECISION_NORM_TOL`` of 1 (others are left for validation to refuse)."""
+    if not _low_precision(agent, attr):
+        return arrays
+    out = []
+    for a in arrays:
+        sums = a.sum(axis=0, keepdims=True)
+        out.append(a / sums if np.all(np.abs(sums - 1.0) <= LOW_PRECISION_NORM_TOL) else a)
+    return out
 
 
 def _pymdp_batch(agent: object) -> int | None:
@@ -208,8 +246,9 @@ def model_from_pymdp(agent: object) -> GenerativeModel:
     lists of arrays, ``.E`` a vector over policies. pymdp 1.x (JAX): the same lists of arrays with
     a leading batch axis (``.batch_size``; every batch element must be the same model) and
     ``A[m]`` over the factors in ``.A_dependencies[m]``; transitions must depend only on their
-    own factor (``.B_dependencies[f] == [f]``). Validated like any other model (ModelError on a
-    bad table).
+    own factor (``.B_dependencies[f] == [f]``). Tables read in float32 (JAX's default) whose
+    sums are within ``LOW_PRECISION_NORM_TOL`` of 1 are renormalised in float64. Validated like
+    any other model (ModelError on a bad table).
     """
     A = _object_list(agent, "A")
     B = _object_list(agent, "B")
@@ -236,7 +275,11 @@ def model_from_pymdp(agent: object) -> GenerativeModel:
             )
         A = _expand_dependencies(A, getattr(agent, "A_dependencies", None),
                                  [b.shape[0] for b in B])
+    A, B = _renormalised(agent, "A", A), _renormalised(agent, "B", B)
+    D = None if D is None else _renormalised(agent, "D", D)
     E = None if E_list is None else np.concatenate([e.ravel() for e in E_list])
+    if E is not None:
+        E = _renormalised(agent, "E", [E])[0]
     return GenerativeModel.from_arrays(A, B, C, D, E)
 
 
@@ -282,10 +325,42 @@ def settings_from_pymdp(agent: object) -> AifSettings:
             values["num_iter"] = int(inference["num_iter"])
         if "dF_tol" in inference:
             values["dF_tol"] = float(inference["dF_tol"])
+    if _pymdp_batch(agent) is not None:  # pymdp 1.x runs exactly num_iter updates, no dF stop
+        values["dF_tol"] = 0.0
     try:
-        return AifSettings(**values)
+        settings = AifSettings(**values)
     except ValueError as err:
         raise ModelError(f"pymdp agent: settings not supported: {err}") from err
+    _refuse_unsupported_pymdp(agent, settings)
+    return settings
+
+
+def _refuse_unsupported_pymdp(agent: object, settings: AifSettings) -> None:
+    """One line for each thing a pymdp agent computes that edge-agent does not: inductive
+    planning, parameter information gain, actions shared between factors, its own policy list."""
+    if getattr(agent, "use_inductive", False):
+        raise ModelError("pymdp agent: use_inductive is not supported (G is utility + state "
+                         "information gain here)")
+    if getattr(agent, "use_param_info_gain", False) and (
+        getattr(agent, "pA", None) is not None or getattr(agent, "pB", None) is not None
+    ):
+        raise ModelError("pymdp agent: use_param_info_gain with pA/pB is not supported (no "
+                         "parameter learning on the device)")
+    if getattr(agent, "action_maps", None) is not None:
+        raise ModelError("pymdp agent: B_action_dependencies (actions shared between factors) "
+                         "are not supported")
+    policies, B = getattr(agent, "policies", None), getattr(agent, "B", None)
+    if policies is None or B is None:
+        return
+    given = np.asarray(getattr(policies, "policy_arr", policies))  # 1.x: control.Policies
+    num_controls = [int(np.shape(b)[-1]) for b in _items(B)]
+    expected = construct_policies(num_controls, settings.policy_len, settings.control_fac_idx)
+    if given.shape != expected.shape or not np.array_equal(given, expected):
+        raise ModelError(
+            f"pymdp agent: .policies {given.shape} are not every combination of actions over "
+            f"policy_len {settings.policy_len} (expected {expected.shape} in pymdp's order); "
+            "edge-agent enumerates its own policies"
+        )
 
 
 # -- measuring -------------------------------------------------------------------------------------
