@@ -51,7 +51,7 @@ if [ -f "$STAMP" ] && [ ! "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
 elif [ -f "$STAMP" ]; then
     stale="$(tr -s ' \n' ',' <"$STAMP")"
 fi
-union="$(printf '%s,%s,%s' "${stale:-}" "$have" "$EXTRAS" | tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd, -)"
+union="$(printf '%s,%s,%s' "${stale:-}" "$have" "$EXTRAS" | tr ', ' '\n\n' | sed '/^$/d' | sort -u | paste -sd, -)"
 missing="$(comm -13 <(printf '%s' "$have" | tr ',' '\n' | sed '/^$/d' | sort -u) \
     <(printf '%s' "$union" | tr ',' '\n' | sed '/^$/d' | sort -u) | paste -sd, -)"
 if [ ! -f "$STAMP" ] || [ -n "$missing" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then

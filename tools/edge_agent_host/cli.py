@@ -14,6 +14,7 @@ Exit codes: 0 success, 1 the operation failed (bad bundle, bad signature, bad ke
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import re
@@ -395,7 +396,30 @@ def _aif_settings(args: argparse.Namespace) -> AifSettings:
         raise InputError(f"invalid agent settings: {problems}") from err
 
 
+#: What ``convert KIND`` imports from the host extra (any one module of each tuple will do).
+_CONVERT_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "onnx": (("onnx",), ("onnxruntime",)),
+    "tflite": (("ai_edge_litert", "tflite_runtime"),),
+}
+
+
+def _missing_host_packages(kind: str) -> list[str]:
+    """The packages ``convert KIND`` needs that are not installed, named before any work."""
+    return [
+        modules[0].replace("_", "-") for modules in _CONVERT_NEEDS.get(kind, ())
+        if not any(importlib.util.find_spec(module) for module in modules)
+    ]
+
+
 def _run_convert(args: argparse.Namespace) -> int:
+    missing = _missing_host_packages(args.source_kind)
+    if missing:
+        print(
+            f"error: convert {args.source_kind} needs {' and '.join(missing)}, not installed: "
+            "pip install 'edge-agent[host]'",
+            file=sys.stderr,
+        )
+        return 1
     sign_key = load_signing_key(args.sign) if args.sign is not None else None
     show = progress_enabled(args.quiet)
     name = args.name or _default_name(args.model)

@@ -312,11 +312,16 @@ def readable_ir_version(model_bytes: bytes, source: Path) -> bytes:
     ``onnx`` saves models with its newest IR version (1.23: IR 14) before onnxruntime reads it
     (1.31: IR 13). The IR version labels the file format; a model that uses none of the newer
     IR's additions is the same model under the older label, so the label is lowered (with one
-    warning line). A model that does use them is refused by onnxruntime when it loads.
+    warning line). A model that does use them is refused by onnxruntime when it loads. Bytes
+    that are no ONNX model raise :class:`ModelError` in one line.
     """
     import onnx
+    from google.protobuf.message import DecodeError
 
-    model = onnx.load_from_string(model_bytes)
+    try:
+        model = onnx.load_from_string(model_bytes)
+    except DecodeError as err:
+        raise ModelError(f"{source}: not an ONNX model ({err})") from err
     newest = max_onnxruntime_ir_version()
     if model.ir_version <= newest:
         return model_bytes

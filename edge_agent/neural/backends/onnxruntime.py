@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -64,6 +65,33 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (RuntimeError, ValueError, *found)
 
 
+# onnxruntime's C++ errors quote where they were raised: "/onnxruntime_src/.../model.cc:181
+# onnxruntime::Model::Model(onnx::ModelProto&&, ...<300 characters>...) Unsupported model IR
+# version: 14, max supported IR version: 13". The location and the signature go.
+_CXX_LOCATION = re.compile(r"[/\\][^\s:]*\.(?:cc|cpp|cxx|h|hpp):\d+ ")
+
+
+def ort_message(err: BaseException) -> str:
+    """``str(err)`` on one line, without the C++ source location and function signature."""
+    text = " ".join(str(err).split())
+    while (match := _CXX_LOCATION.search(text)) is not None:
+        start = text.find("(", match.end())  # the signature's argument list
+        if start < 0:
+            break
+        depth, end = 0, -1
+        for i in range(start, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            if depth == 0:
+                end = i + 1
+                break
+        if end < 0:
+            break
+        rest = text[end:].lstrip()
+        rest = rest.removeprefix("const ").lstrip()
+        text = f"{text[: match.start()].rstrip()} {rest}".strip()
+    return text
+
+
 def _dim(value: object) -> int:
     return value if isinstance(value, int) and value >= 0 else -1
 
@@ -107,7 +135,7 @@ class OnnxRuntimeSession(Session):
                 bytes(model_bytes), sess_options=opts, providers=["CPUExecutionProvider"]
             )
         except _errors() as err:
-            raise ModelError(f"onnxruntime cannot load the model: {err}") from err
+            raise ModelError(f"onnxruntime cannot load the model: {ort_message(err)}") from err
         quant = dict(quantization or {})
         inputs = [_spec(a, quant.pop(a.name, None)) for a in self._session.get_inputs()]
         outputs = [_spec(a, quant.pop(a.name, None)) for a in self._session.get_outputs()]
@@ -132,7 +160,9 @@ class OnnxRuntimeSession(Session):
         try:
             results = self._session.run(None, feed)
         except _errors() as err:
-            raise ModelError(f"onnxruntime cannot run the model on a batch of 1: {err}") from err
+            raise ModelError(
+                f"onnxruntime cannot run the model on a batch of 1: {ort_message(err)}"
+            ) from err
         resolved = []
         for spec, value in zip(self._output_specs, results, strict=True):
             shape = (spec.shape[0] if spec.shape else -1, *np.shape(value)[1:])
@@ -179,7 +209,7 @@ class OnnxRuntimeSession(Session):
         try:
             self._session.run_with_iobinding(self._binding)
         except _errors() as err:
-            raise ModelError(f"onnxruntime run failed: {err}") from err
+            raise ModelError(f"onnxruntime run failed: {ort_message(err)}") from err
         for spec in self._output_specs:
             self._unstage(spec, self._model_out[spec.name])
 
