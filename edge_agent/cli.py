@@ -115,7 +115,7 @@ def build_daemon_parser() -> argparse.ArgumentParser:
 def daemon_main(argv: Sequence[str] | None = None) -> int:
     """``edge-agentd``: the same as ``edge-agent run``, under its own name."""
     args = build_daemon_parser().parse_args(argv)
-    args.command = "run"
+    args.command, args.error_prefix = "run", "edge-agentd"
     return _dispatch(args)
 
 
@@ -136,28 +136,43 @@ SYSTEMD_STATUS_FILE = Path("/run/edge-agent/status.json")
 
 def _find_status_file(config_path: Path | None) -> tuple[Path | None, str]:
     """The status file to show and, when it is a guess, a note saying which file was read and
-    how to point elsewhere. ``(None, message)`` when several daemons run (choose one)."""
+    how to point elsewhere. ``(None, message)`` when several daemons run (choose one) or the
+    one running cannot be read."""
     from edge_agent.config.daemon import default_config, load_config
     from edge_agent.daemon import discovery
     from edge_agent.daemon.service import Daemon
 
     if config_path is not None:
         return Daemon._status_path(load_config(config_path)), ""
+    elsewhere = "edge-agent status --config FILE (or --status-file PATH)"
     running = discovery.running_daemons()
-    if len(running) == 1:
+    if len(running) == 1 and running[0].status_file is not None:
         return running[0].status_file, ""
     if running:
         listing = "\n".join(
-            f"  pid {d.pid}: --config {d.config}  (--status-file {d.status_file})" for d in running
+            f"  pid {d.pid}: --config {d.config}  (--status-file {d.status_file})"
+            if d.status_file is not None
+            else f"  pid {d.pid}: {d.problem} (another user's daemon? try sudo)"
+            for d in running
         )
-        return None, f"{len(running)} daemons are running; choose one:\n{listing}"
+        if len(running) == 1:
+            return None, (
+                f"a daemon is running, but its entry cannot be read:\n{listing}\n"
+                f"or choose its file: {elsewhere}"
+            )
+        return None, (
+            f"{len(running)} daemons are running; choose one:\n{listing}\nwith {elsewhere}"
+        )
+    searched = ", ".join(str(d) for d in discovery.search_dirs())
     if SYSTEMD_STATUS_FILE.exists():
-        return SYSTEMD_STATUS_FILE, ""
+        return SYSTEMD_STATUS_FILE, (
+            f"no running daemon announced in {searched}; read the systemd unit's status file "
+            f"{SYSTEMD_STATUS_FILE}. For another daemon: {elsewhere}"
+        )
     demo = Daemon._status_path(default_config())
     return demo, (
-        f"no running daemon announced in {discovery.runtime_dir()}; read the demo config's "
-        f"status file {demo}. For another daemon: edge-agent status --config FILE "
-        "(or --status-file PATH)"
+        f"no running daemon announced in {searched}; read the demo config's status file "
+        f"{demo}. For another daemon: {elsewhere}"
     )
 
 
@@ -185,6 +200,12 @@ def _show_status(args: argparse.Namespace, *, final: bool) -> int:
             status = json.loads(path.read_text())
         except FileNotFoundError:
             problem = note or f"no status at {path}: is edge-agentd running? (see --status-file)"
+        except PermissionError as err:
+            problem = (
+                f"cannot read status {path}: {err.strerror} (the service's files are private "
+                "to its user: sudo edge-agent status)"
+            )
+            code = 1
         except (OSError, ValueError) as err:
             problem, code = f"cannot read status {path}: {err}", 1
     if status is None or path is None:
@@ -224,6 +245,7 @@ def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"edge-agentd {s['version']}  pid {s['pid']}  {s['state']}{stale}",
         f"  config     {s['config']}",
+        *([f"  status     {s['status_file']}"] if s.get("status_file") else []),
         f"  profile    {s['profile']}",
         f"  budget     {_mb(budget['used_bytes'])} used of {_mb(budget['total_bytes'])}, "
         f"{_mb(budget['available_bytes'])} left",
@@ -531,19 +553,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    name = getattr(args, "error_prefix", None) or f"edge-agent {args.command}"
     try:
         return COMMANDS[args.command](args)
     except ConfigError as err:  # already one 'path:line: field: problem' per line
         print(str(err), file=sys.stderr)
         return 2
     except EdgeAgentError as err:
-        print(f"edge-agent {args.command}: {err}", file=sys.stderr)
+        print(f"{name}: {err}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
         message = missing_module_message(err)
         if message is None:
             raise
-        print(f"edge-agent {args.command}: {message}", file=sys.stderr)
+        print(f"{name}: {message}", file=sys.stderr)
         return 1
 
 

@@ -9,6 +9,7 @@ the prior at ``t + 1``) and optionally ``trial_start (T,)`` (truthy: reset to ``
 from __future__ import annotations
 
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,22 @@ from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel, load_npz
 from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.loader import MANIFEST_NAME, load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.core.agents import AifAgentGroup, Precision
 from edge_agent.errors import InputError
+
+#: What ``replay`` takes, for error messages.
+MODEL_USAGE = (
+    "replay takes a float .npz model (pymdp keys A0.., B0..) or an Active Inference bundle "
+    f"(a directory or .tar with {MANIFEST_NAME})"
+)
+RECORDING_USAGE = "--recording takes REC.npz: obs (T, M), actions (T, F), optional trial_start (T,)"
+
+
+def _is_bundle_like(path: Path) -> bool:
+    """A directory or a tar: what a bundle is (whether it holds a manifest is checked later)."""
+    return path.is_dir() or (path.is_file() and tarfile.is_tarfile(path))
 
 
 def load_replay_model(
@@ -35,7 +48,9 @@ def load_replay_model(
     and a one-line description for the report.
     """
     p = Path(path)
-    if p.is_dir() or (p.is_file() and tarfile.is_tarfile(p)):
+    if p.is_dir() and not (p / MANIFEST_NAME).is_file():
+        raise InputError(f"{p}: a directory without {MANIFEST_NAME}, not a bundle; {MODEL_USAGE}")
+    if _is_bundle_like(p):
         bundle = load_bundle(
             p, trusted_keys=trusted_keys, require_signature=trusted_keys is not None
         )
@@ -54,6 +69,8 @@ def load_replay_model(
         what = f"bundle {bundle.manifest.name} {bundle.manifest.version}, int8, {signed}"
         model = QuantizedModel.from_arrays(bundle.aif_arrays())
         return model, AifSettings(**spec.settings), what
+    if p.is_file() and not zipfile.is_zipfile(p):  # numpy would call it "pickled data"
+        raise InputError(f"{p}: neither a .npz nor a bundle; {MODEL_USAGE}")
     return load_npz(p), None, f"model {p}"
 
 
@@ -62,6 +79,13 @@ def load_recording(
 ) -> dict[str, np.ndarray]:
     """Read and validate a recording against ``model``; errors name the array and the problem."""
     path = Path(path)
+    if _is_bundle_like(path):
+        raise InputError(
+            f"{path}: a bundle or directory, not a recording (a bundle is the MODEL argument); "
+            f"{RECORDING_USAGE}"
+        )
+    if path.is_file() and not zipfile.is_zipfile(path):  # numpy would call it "pickled data"
+        raise InputError(f"{path}: not a .npz recording; {RECORDING_USAGE}")
     try:
         with np.load(path, allow_pickle=False) as data:
             rec = {k: np.asarray(data[k]) for k in data.files}

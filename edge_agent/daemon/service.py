@@ -43,6 +43,7 @@ from edge_agent.config.daemon import (
     DaemonConfig,
     LogSink,
     MqttSource,
+    default_config,
     read_config,
     resolve_profile,
 )
@@ -448,9 +449,10 @@ class Daemon:
             return
         for path, reason in self.snapshots.corrupt_events:
             self._event("snapshot_corrupt", "warning", f"{path}: {reason}")
+        shared = self._shared_state_note()
         if snap is None:
             logger.info(
-                "fresh start: no snapshot to restore in %s", self.snapshots.state_dir
+                "fresh start: no snapshot to restore in %s%s", self.snapshots.state_dir, shared
             )
             return
         groups_meta = snap.meta.get("groups", {})
@@ -474,19 +476,30 @@ class Daemon:
         self.restored_from = str(snap.path)
         logger.info(
             "restored %s from snapshot %s (seq %d, written %s, %s ago, by config %s); "
-            "to start fresh, move it away or run with another state_dir",
+            "to start fresh, move it away or run with another state_dir%s",
             ", ".join(f"{name} ({n} agents)" for name, n in restored.items()) or "no group",
             snap.path,
             snap.seq,
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.created)),
             _duration(max(0.0, time.time() - snap.created)),
             snap.meta.get("config", "unknown"),
+            shared,
         )
         for name in groups_meta:
             if name not in restored:
                 logger.info(
                     "snapshot group %s not restored: no group of that name, model and size", name
                 )
+
+    def _shared_state_note(self) -> str:
+        """For the demo in its default state directory (one per user, not per checkout), a note
+        that says so and how to get a separate one; else empty."""
+        if self.config_path is not None or self.state_dir != default_config().daemon.state_dir:
+            return ""
+        return (
+            "; the demo's state_dir is shared by every checkout and run of this user "
+            "(--state-dir DIR for a separate one)"
+        )
 
     def warm_up(self) -> None:
         """Run every group's kernels once so the first real tick is not cold, then put the

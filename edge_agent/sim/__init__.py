@@ -197,11 +197,18 @@ def sample_columns(
 
 
 def format_summary(summary: Mapping[str, int | float]) -> str:
-    """``agents 1000, goals_reached 131026, at_goal 0.412``: counts as integers, the rest to
-    three significant digits."""
-    return ", ".join(
-        f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3g}" for k, v in summary.items()
-    )
+    """``agents 1000, goals_reached 131026, at_goal 0.412``: counts (``int`` or numpy integers)
+    as integers, the rest to three significant digits but never in exponent form
+    (``mean_episode_steps 1234``, not ``1.23e+03``)."""
+    return ", ".join(f"{k} {_format_number(v)}" for k, v in summary.items())
+
+
+def _format_number(v: float) -> str:
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if abs(v) >= 1000:  # also inf; nan compares false and takes .3g
+        return f"{v:.0f}"
+    return f"{v:.3g}"
 
 
 def check_n_agents(n_agents: object) -> int:

@@ -469,3 +469,74 @@ def test_under_journald_every_line_carries_its_syslog_priority(tmp_path: Path) -
     assert all(line[:3] in {"<2>", "<3>", "<4>", "<6>", "<7>"} for line in lines), lines[:5]
     assert any(line.startswith("<6>INFO ") and "READY" in line for line in lines)
     assert any(line.startswith("<4>WARNING ") and "SIGHUP ignored" in line for line in lines)
+
+
+def test_status_finds_a_daemon_in_systemds_runtime_directory(tmp_path: Path) -> None:
+    """Under the unit (User=edge-agent, no XDG_RUNTIME_DIR, PrivateTmp=yes) the daemon announced
+    itself in its private /tmp, out of sight of ``edge-agent status``: it now announces in
+    ``$RUNTIME_DIRECTORY/daemons`` (/run/edge-agent/daemons, where status looks), removes the
+    entries of daemons killed before it, and status names the file it read."""
+    runtime = tmp_path / "run-edge-agent"  # stands for /run/edge-agent
+    announced = runtime / "daemons"
+    announced.mkdir(parents=True)
+    corpse = subprocess.Popen([sys.executable, "-c", "pass"])
+    corpse.wait(30)
+    stale = announced / f"{corpse.pid}.json"
+    stale.write_text(json.dumps({"pid": corpse.pid, "status_file": "/gone", "config": "old"}))
+    config = tmp_path / "daemon.toml"
+    write_config(config, tmp_path / "state", grid=10, tmaze=5)
+    lines = config.read_text().splitlines()
+    config.write_text("\n".join(x for x in lines if not x.startswith("status_file")) + "\n")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = Daemon(config, notify, extra_env={
+        "EDGE_AGENT_RUNTIME_DIR": "", "RUNTIME_DIRECTORY": str(runtime),
+        "XDG_RUNTIME_DIR": str(tmp_path / "xdg"),
+    })
+    try:
+        notify.wait_for("READY=1", 60)
+        wait_status(runtime / "status.json", lambda s: s["tick"]["ticks"] >= 1)
+        shown = subprocess.run(  # noqa: PLW1510 - exit codes are asserted
+            [sys.executable, "-m", "edge_agent", "status"], capture_output=True, text=True,
+            cwd=REPO, timeout=60, env={**os.environ, "EDGE_AGENT_RUNTIME_DIR": str(announced)},
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert f"pid {daemon.proc.pid}  running" in shown.stdout
+        assert f"  config     {config}\n" in shown.stdout
+        assert f"  status     {runtime / 'status.json'}\n" in shown.stdout
+        assert not stale.exists()
+        assert [p.name for p in announced.iterdir()] == [f"{daemon.proc.pid}.json"]
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+        assert list(announced.iterdir()) == []
+    finally:
+        daemon.kill()
+        notify.close()
+
+
+def test_demo_says_its_state_dir_is_shared_by_every_checkout(tmp_path: Path) -> None:
+    """The demo keeps its state per user, not per checkout: a fresh clone restored another
+    one's snapshot without a word. Both the fresh start and the restore now say so, and how to
+    get a separate state dir; with --state-dir the note goes."""
+    shared = tmp_path / "xdg-state" / "edge-agent"
+    envs = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg-state"),
+            "EDGE_AGENT_PROFILES_DIR": str(PROFILES), "EDGE_AGENT_RUNTIME_DIR": str(tmp_path)}
+    demo = [sys.executable, "-m", "edge_agent", "run", "--demo", "--duration", "1.5"]
+
+    def run(*extra: str) -> str:
+        done = subprocess.run([*demo, *extra], capture_output=True, text=True, cwd=REPO,
+                              timeout=120, env=envs, check=True)
+        return done.stderr
+
+    note = ("; the demo's state_dir is shared by every checkout and run of this user "
+            "(--state-dir DIR for a separate one)")
+    first = run()
+    assert f"fresh start: no snapshot to restore in {shared / 'snapshots'}{note}\n" in first
+    second = run()
+    line = next(x for x in second.splitlines() if "restored grid" in x)
+    assert f"from snapshot {shared / 'snapshots'}/" in line
+    assert "by config <embedded demo config>)" in line
+    assert line.endswith(f"run with another state_dir{note}")
+    separate = run("--state-dir", str(tmp_path / "mine"))
+    assert f"fresh start: no snapshot to restore in {tmp_path / 'mine' / 'snapshots'}\n" \
+        in separate
+    assert "shared by every checkout" not in separate

@@ -254,3 +254,40 @@ def test_replay_takes_a_bundle_as_the_device_runs_it(
     assert "signature not checked" in capsys.readouterr().out
     assert main(["replay", str(tmp_path / "plain.tar"), *args, "--trusted-keys", str(keys)]) == 2
     assert "signature" in capsys.readouterr().err
+
+
+def test_replay_says_what_it_takes_instead_of_pickled_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """numpy calls any file that is not .npz 'pickled (object) data'; replay names what the
+    file is and what it takes, as the model and as the recording, in one line each."""
+    from edge_agent_host.convert_aif import convert_aif
+
+    bundle = tmp_path / "grid.tar"
+    assert convert_aif(gridworld_model(4, 4), bundle, name="grid", rollouts=10,
+                       steps=5).bundle is not None
+    model = tmp_path / "model.npz"
+    save_npz(gridworld_model(4, 4), model)
+    env = GridWorldEnv(1, height=4, width=4, seed=1)
+    rec = tmp_path / "rec.npz"
+    np.savez(rec, obs=np.array([env.reset()[0]] * 3), actions=np.zeros((3, 1), dtype=np.int64))
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    (tmp_path / "empty").mkdir()
+    out = ["--out", str(tmp_path / "out.npz")]
+    cases = {
+        (text, rec): f"{text}: neither a .npz nor a bundle; replay takes a float .npz model",
+        (tmp_path / "empty", rec): f"{tmp_path / 'empty'}: a directory without manifest.json, "
+        "not a bundle",
+        (model, bundle): f"{bundle}: a bundle or directory, not a recording (a bundle is the "
+        "MODEL argument); --recording takes REC.npz",
+        (model, text): f"{text}: not a .npz recording; --recording takes REC.npz",
+    }
+    for (model_arg, rec_arg), message in cases.items():
+        assert main(["replay", str(model_arg), "--recording", str(rec_arg), *out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"edge-agent replay: {message}"), err
+        assert err.count("\n") == 1, err
+        assert "pickle" not in err
+    assert main(["replay", str(bundle), "--recording", str(rec), *out]) == 0
+    assert "replayed bundle grid" in capsys.readouterr().out

@@ -662,3 +662,18 @@ def test_summaries_print_counts_as_integers() -> None:
         for key in counts:
             assert isinstance(summary[key], int), key
             assert f"{key} {summary[key]}" in text
+
+
+def test_format_summary_never_prints_counts_or_large_values_in_exponent_form() -> None:
+    """'agents 1e+03', 'trials 1.31e+05': numpy integers are counts too, and a mean of 1234
+    steps is 1234, not 1.23e+03; fractions keep three significant digits."""
+    from edge_agent.sim import format_summary
+
+    summary = {
+        "agents": np.int64(1000), "trials": 131026, "mean_episode_steps": 1234.4,
+        "at_goal": 0.41234, "rewards_per_trial": float("nan"), "rate": 0.000123456,
+    }
+    assert format_summary(summary) == (  # type: ignore[arg-type]
+        "agents 1000, trials 131026, mean_episode_steps 1234, at_goal 0.412, "
+        "rewards_per_trial nan, rate 0.000123"
+    )
