@@ -31,8 +31,6 @@ from edge_agent.config.daemon import (
     DaemonConfig,
     GroupConfig,
     MqttSink,
-    MqttSource,
-    SimSink,
     SimSource,
     describe_endpoint,
     resolve_profile,
@@ -238,12 +236,7 @@ def load_group_model(
     ``[daemon] trusted_keys_dir`` set, bundles must be signed by one of those keys. With a ``sim``
     source the model's dimensions must match the simulated world's.
     """
-    if isinstance(cfg.source, MqttSource) and isinstance(cfg.sink, SimSink):
-        raise ConfigError(
-            f"group {cfg.name!r}: a 'sim' sink acts on a simulated world and needs a 'sim' "
-            "source; with an mqtt source use sink type 'mqtt' or 'log'",
-            path=None,
-        )
+    # A 'sim' sink without a 'sim' source is refused by GroupConfig itself, at its line.
     world = builtin_model(world_name(cfg)) if isinstance(cfg.source, SimSource) else None
     if isinstance(cfg.model, BuiltinModel):
         model = world if world is not None else builtin_model(cfg.model.name)
