@@ -1,0 +1,134 @@
+"""Batched Active Inference kernels: pure functions on arrays of many agents.
+
+Every function here takes all its inputs (and, on the fast path, its scratch buffers) as arguments;
+no I/O, no clock, no logging, no Python loop over agents (loops run over factors, modalities,
+policy-tree depths, action values and sparse-table layers, which are model constants). The maths is
+pymdp 0.0.7.1's (see :mod:`edge_agent.aif.reference`), rearranged for batches:
+
+* single-factor inference ``softmax(ln(L + eps) + ln(prior + eps))`` is computed as the
+  equivalent normalised product ``(L + eps) * (prior + eps) / Z``;
+* multi-factor inference runs pymdp's simultaneous fixed-point updates with a per-agent
+  convergence mask, so each agent stops exactly when pymdp would;
+* expected free energy is evaluated on a policy *tree*: policies sharing a prefix share the
+  predicted states of that prefix, and each factor is propagated separately (mean field);
+* utility is linear in the joint predicted state, ``G_util = q(s) . sum_m A_m^T ln softmax(C_m)``,
+  and the information gain is ``q(s) . negH(s) - H[q(o)]`` over joint outcomes, with pymdp's
+  ``exp(-16)`` state threshold.
+
+Two implementations of the same maths live here:
+
+* the **general path** (:func:`infer_states`, :func:`evaluate_policies`, :func:`next_prior`, ...)
+  works on agent-major ``(n_agents, ...)`` arrays and allocates its results. It is short and
+  readable, and the unit tests use it as the yardstick for the fast paths;
+* the **fast paths** work on one block of agents at a time and write into the preallocated
+  buffers of a :class:`Workspace` (nothing is allocated per tick). They compute the same sums in
+  another order and layout, so they agree with the general path to rounding
+  (``tests/unit/test_kernels.py``). :class:`~edge_agent.core.agents.AifAgentGroup` runs them:
+
+  - :func:`infer_block`: state inference, one factor agent-major, several factors state-major;
+  - :func:`evaluate_block`: the policy tree in a *state-major* layout (agent index last), any
+    model, any horizon; sparse tables become row gathers (:class:`RowMap`) or shifted slices
+    (:class:`Diagonals`);
+  - :func:`evaluate_local_block`: one-step policies of a one-factor, one-modality model whose
+    likelihood rows are sparse (a grid world), evaluated only on the few states and outcomes the
+    last observation leaves possible (:class:`LocalPlan`); agents it cannot serve exactly are
+    reported and go to :func:`evaluate_block`;
+  - :func:`evaluate_small_block`: one-step policies of a one-factor model for blocks of a few
+    agents, with a few dense products (:class:`SmallPlan`): fewest numpy calls;
+  - :func:`select_block`, :func:`prior_block`, :func:`small_prior_block`,
+    :func:`propagate_block`: action selection and the next prior.
+
+The code lives in one module per stage; this package re-exports what the rest of the project uses:
+
+* :mod:`~edge_agent.aif.kernels.transitions`: one factor's ``B``, dense or column-sparse, and
+  :func:`propagate` through it;
+* :mod:`~edge_agent.aif.kernels.tree`: the policy tree (shared prefixes, per factor and joint);
+* :mod:`~edge_agent.aif.kernels.compiled`: :class:`CompiledModel` and :func:`compile_model`;
+* :mod:`~edge_agent.aif.kernels.inference`: state inference on the general path;
+* :mod:`~edge_agent.aif.kernels.control`: expected free energy, policy posterior, action
+  selection and the next prior on the general path;
+* :mod:`~edge_agent.aif.kernels.fast_tables`: the state-major fast path's tables (``RowMap``,
+  ``Diagonals``, ``FastPlan``);
+* :mod:`~edge_agent.aif.kernels.workspace`: the fast paths' scratch buffers (:class:`Workspace`,
+  :class:`Block`);
+* :mod:`~edge_agent.aif.kernels.block`: the state-major kernels (:func:`infer_block`,
+  :func:`evaluate_block`, :func:`select_block`, :func:`prior_block`);
+* :mod:`~edge_agent.aif.kernels.agent_major`: per-agent propagation of a block
+  (:func:`propagate_block`);
+* :mod:`~edge_agent.aif.kernels.local`: the local one-step planner (:class:`LocalPlan`);
+* :mod:`~edge_agent.aif.kernels.small`: the small-block one-step planner (:class:`SmallPlan`).
+"""
+
+from edge_agent.aif.kernels.agent_major import propagate_block
+from edge_agent.aif.kernels.block import (
+    evaluate_block,
+    infer_block,
+    load_roots,
+    prior_block,
+    select_block,
+)
+from edge_agent.aif.kernels.compiled import CompiledModel, compile_model
+from edge_agent.aif.kernels.control import (
+    evaluate_policies,
+    next_prior,
+    policy_posterior,
+    select_actions,
+)
+from edge_agent.aif.kernels.fast_tables import (
+    Diagonals,
+    apply_diagonals,
+    apply_row_map,
+    diagonals,
+    outcome_row_map,
+)
+from edge_agent.aif.kernels.inference import infer_states, soft_likelihood, softmax_rows
+from edge_agent.aif.kernels.local import LocalPlan, evaluate_local_block, policy_posterior_block
+from edge_agent.aif.kernels.small import (
+    SMALL_BLOCK,
+    SmallPlan,
+    evaluate_small_block,
+    small_prior_block,
+)
+from edge_agent.aif.kernels.transitions import (
+    DenseTransition,
+    Transition,
+    propagate,
+    propagate_per_agent,
+)
+from edge_agent.aif.kernels.workspace import Block, Workspace
+
+__all__ = [
+    "SMALL_BLOCK",
+    "Block",
+    "CompiledModel",
+    "DenseTransition",
+    "Diagonals",
+    "LocalPlan",
+    "SmallPlan",
+    "Transition",
+    "Workspace",
+    "apply_diagonals",
+    "apply_row_map",
+    "compile_model",
+    "diagonals",
+    "evaluate_block",
+    "evaluate_local_block",
+    "evaluate_policies",
+    "evaluate_small_block",
+    "infer_block",
+    "infer_states",
+    "load_roots",
+    "next_prior",
+    "outcome_row_map",
+    "policy_posterior",
+    "policy_posterior_block",
+    "prior_block",
+    "propagate",
+    "propagate_block",
+    "propagate_per_agent",
+    "select_actions",
+    "select_block",
+    "small_prior_block",
+    "soft_likelihood",
+    "softmax_rows",
+]

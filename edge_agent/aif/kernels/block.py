@@ -1,0 +1,466 @@
+"""Kernels of the state-major fast path: inference, tree evaluation, selection, prior of a block.
+
+Part of :mod:`edge_agent.aif.kernels`. Each kernel works on one block of agents and writes into the
+buffers of a :class:`~edge_agent.aif.kernels.workspace.Block`; they compute the same sums as the
+general path in another order and layout, so they agree with it to rounding
+(``tests/unit/test_kernels.py``):
+
+- :func:`infer_block`: state inference, one factor agent-major, several factors state-major;
+- :func:`evaluate_block`: the policy tree in a *state-major* layout (agent index last), any
+  model, any horizon;
+- :func:`select_block`, :func:`prior_block`: action selection and the next prior.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_agent.aif.kernels.fast_tables import (
+    SMALL_WIDTH,
+    Diagonals,
+    FastDepth,
+    FastPlan,
+    RowMap,
+    apply_dense_propagation,
+    apply_diagonals,
+    apply_row_map,
+)
+
+if TYPE_CHECKING:
+    from edge_agent.aif.kernels.compiled import CompiledModel
+    from edge_agent.aif.kernels.workspace import Block
+
+
+# --------------------------------------------------------------------------------------------
+# the state-major fast path: kernels
+# --------------------------------------------------------------------------------------------
+def _softmax_columns(x: np.ndarray, col: np.ndarray) -> None:
+    """In place: softmax over axis 0 of ``x (K, nb)``; ``col`` is ``(nb,)`` scratch."""
+    np.maximum.reduce(x, axis=0, out=col)
+    np.subtract(x, col, out=x)
+    np.exp(x, out=x)
+    np.add.reduce(x, axis=0, out=col)
+    np.divide(x, col, out=x)
+
+
+def _outer_columns(qs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray) -> None:
+    """Joint ``(S_0 * ... * S_{F-1}, nb)`` of per-factor ``(S_f, nb)`` (last factor fastest).
+
+    ``out`` and ``tmp`` are buffers of at least that many elements (``tmp`` is needed for F > 2).
+    """
+    nb = qs[0].shape[1]
+    out_flat = out.reshape(-1)
+    cur = qs[0]
+    size = qs[0].shape[0]
+    F = len(qs)
+    for f in range(1, F):
+        s = qs[f].shape[0]
+        dst_buf = out_flat if (F - 1 - f) % 2 == 0 else tmp
+        dst = dst_buf[: size * s * nb].reshape(size, s, nb)
+        np.multiply(cur[:, None, :], qs[f][None, :, :], out=dst)
+        cur = dst.reshape(size * s, nb)
+        size *= s
+    if F == 1:
+        np.copyto(out, qs[0])
+
+
+def _free_energy_columns(
+    qs: list[np.ndarray],
+    log_prior: list[np.ndarray],
+    lnL: np.ndarray | None,
+    *,
+    joint: np.ndarray | None,
+    out: np.ndarray,
+    blk: Block,
+    eps: np.ndarray,
+) -> None:
+    """pymdp's ``calc_free_energy`` per agent into ``out (nb,)``; see :func:`_free_energy`.
+
+    Uses ``blk.fp_tmp``, ``blk.weighted``, ``blk.col_a`` and ``blk.col_b`` as scratch.
+    """
+    out.fill(0)
+    a, b = blk.col_a, blk.col_b
+    for q, lp in zip(qs, log_prior, strict=True):
+        t = blk.fp_tmp[: q.size].reshape(q.shape)
+        np.add(q, eps, out=t)
+        np.log(t, out=t)
+        np.multiply(q, t, out=t)
+        np.add.reduce(t, axis=0, out=a)
+        np.multiply(q, lp, out=t)
+        np.add.reduce(t, axis=0, out=b)
+        np.subtract(a, b, out=a)
+        np.add(out, a, out=out)
+    if lnL is not None and joint is not None:
+        np.multiply(joint, lnL, out=blk.weighted)
+        np.add.reduce(blk.weighted, axis=0, out=a)
+        np.subtract(out, a, out=out)
+
+
+def fixed_point_block(
+    lnL: np.ndarray,
+    log_prior: list[np.ndarray],
+    qs: list[np.ndarray],
+    blk: Block,
+    eps: np.ndarray,
+    *,
+    num_iter: int,
+    dF_tol: float,
+) -> None:
+    """pymdp's ``run_vanilla_fpi`` for a block, agents last (see :func:`fixed_point`).
+
+    ``lnL``: ``(S_joint, nb)`` log joint likelihood (last factor fastest); ``log_prior[f]`` and the
+    output ``qs[f]``: ``(S_f, nb)``. Agents whose free energy changed by less than ``dF_tol`` stop.
+    """
+    shape = tuple(q.shape[0] for q in qs)
+    F = len(qs)
+    nb = lnL.shape[1]
+    tiny = np.finfo(lnL.dtype).tiny
+    for q in qs:
+        q.fill(1.0 / q.shape[0])
+    joint, joint_new = blk.joint, blk.joint_new
+    _outer_columns(qs, joint, blk.X2)
+    prev, vfe, dF, col, active = blk.prev, blk.vfe, blk.dF, blk.col_a, blk.active
+    _free_energy_columns(qs, log_prior, None, joint=None, out=prev, blk=blk, eps=eps)
+    dF.fill(1.0)
+    weighted = blk.weighted.reshape(*shape, nb)
+    for _ in range(num_iter):
+        np.greater_equal(dF, dF_tol, out=active)
+        n_active = int(np.count_nonzero(active))
+        if n_active == 0:
+            break
+        np.multiply(lnL, joint, out=blk.weighted)
+        for f in range(F):
+            qL = blk.new_qs[f]
+            others = tuple(i for i in range(F) if i != f)
+            np.add.reduce(weighted, axis=others, out=qL)
+            denom = blk.fp_tmp[: qL.size].reshape(qL.shape)
+            np.maximum(qs[f], tiny, out=denom)
+            np.divide(qL, denom, out=qL)
+            np.add(qL, log_prior[f], out=qL)
+            _softmax_columns(qL, col)
+        _outer_columns(blk.new_qs, joint_new, blk.X2)
+        _free_energy_columns(blk.new_qs, log_prior, lnL, joint=joint_new, out=vfe, blk=blk, eps=eps)
+        np.subtract(prev, vfe, out=blk.col_c)
+        np.abs(blk.col_c, out=blk.col_c)
+        if n_active == nb:
+            for q, new in zip(qs, blk.new_qs, strict=True):
+                np.copyto(q, new)
+            joint, joint_new = joint_new, joint
+            np.copyto(dF, blk.col_c)
+            np.copyto(prev, vfe)
+        else:
+            for q, new in zip(qs, blk.new_qs, strict=True):
+                np.copyto(q, new, where=active)
+            np.copyto(joint, joint_new, where=active)
+            np.copyto(dF, blk.col_c, where=active)
+            np.copyto(prev, vfe, where=active)
+
+
+def _block_likelihood(
+    cm: CompiledModel,
+    obs: np.ndarray | None,
+    soft: list[np.ndarray] | None,
+    out: np.ndarray,
+    blk: Block,
+) -> None:
+    """``out (nb, S_joint) = L + eps``: :func:`likelihood` or :func:`soft_likelihood`, plus eps."""
+    plan = cm.fast
+    M = cm.num_modalities
+    tmp = blk.view(blk.q_tmp2, *out.shape) if M > 1 else out
+    if soft is not None:
+        np.dot(soft[0], cm.A_rows[0], out=out)
+        for m in range(1, M):
+            np.dot(soft[m], cm.A_rows[m], out=tmp)
+            np.multiply(out, tmp, out=out)
+    elif obs is None:
+        raise ValueError("infer_block needs obs or soft evidence")
+    elif plan.A_eps is not None:  # one modality: L + eps is a row of A + eps
+        plan.A_eps.take(obs[:, 0], axis=0, out=out)
+        return
+    else:
+        cm.A_rows[0].take(obs[:, 0], axis=0, out=out)
+        for m in range(1, M):
+            cm.A_rows[m].take(obs[:, m], axis=0, out=tmp)
+            np.multiply(out, tmp, out=out)
+    np.add(out, plan.eps, out=out)
+
+
+def infer_block(
+    cm: CompiledModel,
+    obs: np.ndarray | None,
+    prior: list[np.ndarray],
+    qs: list[np.ndarray],
+    blk: Block,
+    *,
+    num_iter: int,
+    dF_tol: float,
+    roots: bool = True,
+    soft: list[np.ndarray] | None = None,
+) -> None:
+    """Posterior of a block of agents from ``obs (nb, M)`` (or soft evidence ``soft[m] (nb,
+    O_m)``, see :func:`soft_likelihood`) and ``prior[f] (nb, S_f)``.
+
+    Writes ``qs[f] (nb, S_f)`` (agent-major, e.g. the group's own rows), ``blk.evidence`` (one
+    factor) and, if ``roots``, the state-major copy ``blk.roots[f][:S_f]`` that
+    :func:`evaluate_block` starts from. Same maths as :func:`infer_states`.
+    """
+    plan = cm.fast
+    nb = blk.nb
+    eps = plan.eps
+    Sj = plan.num_joint_states
+    if cm.num_factors == 1:
+        S = cm.num_states[0]
+        q = qs[0]
+        tmp = blk.view(blk.q_tmp, nb, S)
+        _block_likelihood(cm, obs, soft, q, blk)
+        np.add(prior[0], eps, out=tmp)
+        np.multiply(q, tmp, out=q)
+        np.matmul(q, plan.ones_states[0], out=blk.evidence)
+        np.divide(q, blk.evidence[:, None], out=q)
+        if roots:
+            np.copyto(blk.roots[0][:S], q.T)
+        return
+    L = blk.view(blk.q_tmp, nb, Sj)
+    _block_likelihood(cm, obs, soft, L, blk)
+    np.log(L, out=L)
+    np.copyto(blk.lnL, L.T)
+    for f, p in enumerate(prior):
+        lp = blk.log_prior[f]
+        np.add(p.T, eps, out=lp)
+        np.log(lp, out=lp)
+    qsT = [root[:-1] for root in blk.roots]
+    fixed_point_block(blk.lnL, blk.log_prior, qsT, blk, eps, num_iter=num_iter, dF_tol=dF_tol)
+    for q, qT in zip(qs, qsT, strict=True):
+        np.copyto(q, qT.T)
+
+
+def load_roots(qs: list[np.ndarray], blk: Block) -> None:
+    """Copy agent-major beliefs ``qs[f] (nb, S_f)`` into the block's state-major roots."""
+    for q, root in zip(qs, blk.roots, strict=True):
+        np.copyto(root[:-1], q.T)
+
+
+def _joint_states(
+    cm: CompiledModel, depth: FastDepth, children: list[np.ndarray], blk: Block
+) -> np.ndarray:
+    """Joint predicted states ``(S_joint, J * nb)`` of a depth's joint nodes."""
+    nb = blk.nb
+    J = depth.num_joint
+    if cm.num_factors == 1:
+        return children[0][:-1].reshape(cm.num_states[0], J * nb)
+    per_factor = []
+    for f, (child, nodes) in enumerate(zip(children, depth.joint_nodes, strict=True)):
+        S = cm.num_states[f]
+        states = child[:-1].reshape(S, depth.num_nodes[f], nb)
+        if nodes is not None:
+            gathered = blk.gathered[f][: S * J * nb].reshape(S, J, nb)
+            states.take(nodes, axis=1, out=gathered)
+            states = gathered
+        per_factor.append(states)
+    F = cm.num_factors
+    cur = per_factor[0]
+    size = cur.shape[0]
+    for f in range(1, F):
+        s = cm.num_states[f]
+        dst_buf = blk.X if (F - 1 - f) % 2 == 0 else blk.X2
+        dst = dst_buf[: size * s * J * nb].reshape(size, s, J, nb)
+        np.multiply(cur[:, None], per_factor[f][None], out=dst)
+        cur = dst.reshape(size * s, J, nb)
+        size *= s
+    return cur.reshape(size, J * nb)
+
+
+def _node_values(
+    plan: FastPlan,
+    X: np.ndarray,
+    blk: Block,
+    out: np.ndarray,
+    *,
+    use_utility: bool,
+    use_info_gain: bool,
+) -> None:
+    """Utility plus information gain of joint states ``X (S_joint, W)`` into ``out (1, W)``."""
+    S, W = X.shape
+    if use_utility:
+        np.matmul(plan.utility_row, X, out=out)
+    else:
+        out.fill(0)
+    if not use_info_gain:
+        return
+    mask = blk.mask[: S * W].reshape(S, W)
+    M_rows = blk.M[: (S + 1) * W].reshape(S + 1, W)
+    M = M_rows[:S]
+    np.greater(X, plan.threshold, out=mask)
+    np.multiply(X, mask, out=M)
+    tmpv = blk.tmpv[:W].reshape(1, W)
+    np.matmul(plan.neg_entropy_row, M, out=tmpv)
+    np.add(out, tmpv, out=out)
+    n_out = plan.num_outcomes
+    qo = blk.qo[: n_out * W].reshape(n_out, W)
+    lq = blk.lq[: n_out * W].reshape(n_out, W)
+    om = plan.outcome_map
+    if om is None or W < SMALL_WIDTH:
+        np.matmul(plan.A_joint, M, out=qo)
+    elif isinstance(om, Diagonals):
+        apply_diagonals(om, M, qo, lq)
+    else:
+        M_rows[S].fill(0)
+        apply_row_map(om, M_rows, qo, blk.row_tmp)
+    np.add(qo, plan.eps, out=lq)
+    np.log(lq, out=lq)
+    np.multiply(lq, qo, out=lq)
+    np.matmul(plan.ones_outcomes, lq, out=tmpv)
+    np.subtract(out, tmpv, out=out)
+
+
+def evaluate_block(
+    cm: CompiledModel,
+    blk: Block,
+    *,
+    use_utility: bool,
+    use_info_gain: bool,
+    gamma: float | np.ndarray,
+) -> None:
+    """``G`` and ``q_pi`` ``(P, nb)`` into ``blk.G`` and ``blk.x`` from the beliefs ``blk.roots``.
+
+    Same maths as :func:`evaluate_policies` followed by :func:`policy_posterior`; the first depth's
+    predicted states stay in ``blk.children[0]`` for :func:`prior_block`.
+    """
+    plan = cm.fast
+    nb = blk.nb
+    parents = blk.roots
+    for root in parents:
+        root[-1].fill(0)
+    prev_nodes = [1] * cm.num_factors
+    last = len(plan.depths) - 1
+    for t, depth in enumerate(plan.depths):
+        children = blk.children[t]
+        for f, prop in enumerate(depth.propagation):
+            child = children[f]
+            if isinstance(prop, RowMap):
+                apply_row_map(prop, parents[f], child[:-1], blk.row_tmp)
+            else:
+                S = cm.num_states[f]
+                apply_dense_propagation(
+                    prop,
+                    parents[f][:-1].reshape(S, prev_nodes[f], nb),
+                    child[:-1].reshape(S, depth.num_nodes[f], nb),
+                    blk.dense_in,
+                    blk.dense_out,
+                )
+            if t < last:
+                child[-1].fill(0)
+        X = _joint_states(cm, depth, children, blk)
+        W = X.shape[1]
+        direct = t == 0 and depth.policy_joint is None
+        target = blk.G.reshape(1, W) if direct else blk.val[:W].reshape(1, W)
+        _node_values(plan, X, blk, target, use_utility=use_utility, use_info_gain=use_info_gain)
+        if not direct:
+            values = target.reshape(depth.num_joint, nb)
+            if depth.policy_joint is None:  # t > 0 here
+                np.add(blk.G, values, out=blk.G)
+            elif t == 0:
+                values.take(depth.policy_joint, axis=0, out=blk.G)
+            else:
+                values.take(depth.policy_joint, axis=0, out=blk.tmpP)
+                np.add(blk.G, blk.tmpP, out=blk.G)
+        parents = children
+        prev_nodes = list(depth.num_nodes)
+    np.multiply(blk.G, gamma, out=blk.x)
+    np.add(blk.x, plan.lnE_col, out=blk.x)
+    _softmax_columns(blk.x, blk.col_a)
+
+
+def _select_columns(
+    p: np.ndarray,
+    blk: Block,
+    *,
+    deterministic: bool,
+    alpha: float,
+    rng: np.random.Generator,
+    eps: np.ndarray,
+) -> np.ndarray:
+    """Per column of ``p (K, nb)``, the selected row (:func:`select_deterministic` or
+    :func:`select_stochastic` on the transpose); returns ``blk.ibuf``."""
+    K, nb = p.shape
+    ge = blk.ge[: K * nb].reshape(K, nb)
+    if deterministic:
+        np.argmax(p, axis=0, out=blk.ibuf)
+        return blk.ibuf
+    probs = blk.tmpP[:K] if blk.tmpP.shape[0] >= K else np.empty_like(p)
+    np.add(p, eps, out=probs)
+    np.log(probs, out=probs)
+    np.multiply(probs, alpha, out=probs)
+    _softmax_columns(probs, blk.col_b)
+    np.cumsum(probs, axis=0, out=probs)
+    rng.random(out=blk.rand)
+    u = blk.rand[:, 0]  # float64, as in select_stochastic
+    np.multiply(u, probs[-1], out=u)
+    np.less(probs, u, out=ge)
+    np.add.reduce(ge, axis=0, dtype=np.intp, out=blk.ibuf)
+    np.minimum(blk.ibuf, K - 1, out=blk.ibuf)
+    return blk.ibuf
+
+
+def select_block(
+    cm: CompiledModel,
+    q_pi: np.ndarray,
+    blk: Block,
+    actions: np.ndarray,
+    *,
+    mode: str,
+    deterministic: bool,
+    alpha: float,
+    rng: np.random.Generator,
+) -> None:
+    """Actions ``(nb, F)`` into ``actions`` from ``q_pi (P, nb)``; same as :func:`select_actions`
+    (and the same random numbers, in the same order)."""
+    plan = cm.fast
+    nb = blk.nb
+    if mode == "full":
+        idx = _select_columns(
+            q_pi, blk, deterministic=deterministic, alpha=alpha, rng=rng, eps=plan.eps
+        )
+        plan.first_actions.take(idx, axis=0, out=actions)
+        return
+    for f, onehot_T in enumerate(plan.onehot_T):
+        U = onehot_T.shape[0]
+        m = blk.view(blk.marg, U, nb)
+        if plan.onehot_is_identity[f]:  # policy p starts with action p: the marginal is q_pi
+            np.add.reduce(q_pi, axis=0, out=blk.col_a)
+            np.divide(q_pi, blk.col_a, out=m)
+        else:
+            np.matmul(onehot_T, q_pi, out=m)
+            np.add.reduce(m, axis=0, out=blk.col_a)
+            np.divide(m, blk.col_a, out=m)
+        idx = _select_columns(
+            m, blk, deterministic=deterministic, alpha=alpha, rng=rng, eps=plan.eps
+        )
+        actions[:, f] = idx
+
+
+def prior_block(
+    cm: CompiledModel, blk: Block, actions: np.ndarray, prior: list[np.ndarray]
+) -> bool:
+    """Next prior ``prior[f] (nb, S_f)`` from the first-depth predictions of :func:`evaluate_block`.
+
+    Returns False (and writes nothing) when an action has no first-depth node; the caller then
+    propagates with :func:`propagate_per_agent`.
+    """
+    plan = cm.fast
+    nb = blk.nb
+    for f, lookup in enumerate(plan.root_node_of_action):
+        if lookup.min() < 0 and lookup[actions[:, f]].min() < 0:
+            return False
+    for f, lookup in enumerate(plan.root_node_of_action):
+        S = cm.num_states[f]
+        node = blk.node
+        lookup.take(actions[:, f], out=node)
+        np.multiply(node, nb, out=node)
+        np.add(node, blk.arange, out=node)
+        idx = blk.idx[: nb * S].reshape(nb, S)
+        np.add(node[:, None], blk.state_stride[f], out=idx)
+        blk.children[0][f].reshape(-1).take(idx, out=prior[f])
+    return True

@@ -1,0 +1,414 @@
+"""Tables of the state-major fast path: sparse maps, dense propagation and the per-model FastPlan.
+
+Part of :mod:`edge_agent.aif.kernels`. The fast paths work on one block of agents at a time and
+compute the same sums as the general path in another order and layout. :func:`build_fast_plan`
+compiles the policy tree, the transitions and the outcome table once per model; sparse tables
+become row gathers (:class:`RowMap`) or shifted slices (:class:`Diagonals`). The layout is
+described in the comment below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_agent.aif.kernels._types import IndexArray, IntArray
+from edge_agent.aif.kernels.agent_major import AgentPropagation, agent_propagation
+from edge_agent.aif.kernels.transitions import SparseTransition, Transition
+from edge_agent.aif.reference import EPS, EXP_M16
+
+if TYPE_CHECKING:
+    from edge_agent.aif.kernels.tree import PolicyTree
+
+
+# --------------------------------------------------------------------------------------------
+# the state-major fast path: tables
+# --------------------------------------------------------------------------------------------
+# Layout. A block of ``nb`` agents is processed with the agent index *last*: a factor's beliefs
+# are ``(S_f, nb)`` (``q^T``); the predicted states of the ``K`` nodes of one policy-tree depth
+# are ``(S_f, K, nb)``, stored as ``S_f * K + 1`` rows of ``nb`` whose last row is zeros (the
+# source of "no source" in a :class:`RowMap`); the joint predicted states of ``J`` joint nodes are
+# ``(S_joint, J * nb)``. A gather then moves whole rows of ``nb`` agents (about as fast as a copy,
+# where a gather along the last axis of agent-major arrays costs ~10x more), sums over states are
+# BLAS matrix-vector products, and sparse tables are applied as a few row gathers
+# (:class:`RowMap`) or shifted slices (:class:`Diagonals`) instead of dense products.
+
+#: Below this many columns (joint nodes x agents) one dense BLAS product beats the several numpy
+#: calls of a sparse table, whatever the sparsity (per-call overhead dominates).
+SMALL_WIDTH = 32
+#: Cost of one multiply-add inside BLAS relative to one element of a numpy pass (about 1/4 for
+#: float32 and float64 on the x86-64 benchmark machine); picks sparse or dense outcome tables.
+MAC_PER_PASS = 0.25
+
+LayerList = tuple[tuple[IndexArray, IndexArray, np.ndarray | None], ...]
+
+
+@dataclass(frozen=True, eq=False)
+class RowMap:
+    """A sparse linear map on rows: ``out[r] = sum over layers of w[r] * x[src[r]]``.
+
+    ``x`` is ``(num_in + 1, width)``, its last row (index ``num_in``) zeros. ``first_src`` ``(R,)``
+    is every output row's first source (the zero row when it has none) and ``first_w`` ``(R, 1)``
+    its weight (``None``: all ones). ``extra`` holds further layers ``(tgt, src, w)``, each ``tgt``
+    without repeats, added in order (the order :func:`propagate` adds them in).
+    """
+
+    num_in: int
+    first_src: IndexArray
+    first_w: np.ndarray | None
+    extra: LayerList
+
+    @property
+    def max_extra(self) -> int:
+        return max((len(t) for t, _, _ in self.extra), default=0)
+
+    @property
+    def passes(self) -> int:
+        """Rows touched by :func:`apply_row_map` (a cost estimate)."""
+        rows = len(self.first_src) * (1 if self.first_w is None else 2)
+        return rows + sum(len(t) * (4 if w is None else 5) for t, _, w in self.extra)
+
+    @property
+    def nbytes(self) -> int:
+        total = self.first_src.nbytes + (0 if self.first_w is None else self.first_w.nbytes)
+        for t, s, w in self.extra:
+            total += t.nbytes + s.nbytes + (0 if w is None else w.nbytes)
+        return int(total)
+
+
+def apply_row_map(rm: RowMap, x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
+    """``out = rm(x)``: ``x`` ``(num_in + 1, W)`` with a zero last row, ``out`` ``(R, W)``.
+
+    ``tmp`` is a flat buffer of at least ``2 * rm.max_extra * W`` elements.
+    """
+    np.take(x, rm.first_src, axis=0, out=out)
+    if rm.first_w is not None:
+        np.multiply(out, rm.first_w, out=out)
+    width = x.shape[1]
+    for tgt, src, w in rm.extra:
+        k = len(tgt)
+        contrib = tmp[: k * width].reshape(k, width)
+        rows = tmp[k * width : 2 * k * width].reshape(k, width)
+        np.take(x, src, axis=0, out=contrib)
+        if w is not None:
+            np.multiply(contrib, w, out=contrib)
+        np.take(out, tgt, axis=0, out=rows)
+        np.add(rows, contrib, out=rows)
+        out[tgt] = rows
+
+
+def _row_map_from_layers(
+    num_in: int,
+    num_out: int,
+    layers: list[list[tuple[IndexArray, IndexArray, np.ndarray]]],
+    dtype: np.dtype[np.floating],
+) -> RowMap:
+    """Assemble a RowMap from per-layer lists of ``(out rows, in rows, weights)`` pieces."""
+    first_src = np.full(num_out, num_in, dtype=np.intp)
+    first_w = np.ones((num_out, 1), dtype=dtype)
+    for rows, src, w in layers[0] if layers else []:
+        first_src[rows] = src
+        first_w[rows, 0] = w
+    extra = []
+    for pieces in layers[1:]:
+        tgt = np.concatenate([p[0] for p in pieces]).astype(np.intp)
+        src = np.concatenate([p[1] for p in pieces]).astype(np.intp)
+        w = np.concatenate([p[2] for p in pieces]).astype(dtype)[:, None]
+        extra.append((tgt, src, None if np.all(w == 1) else w))
+    for arr in (first_src, first_w, *(a for layer in extra for a in layer if a is not None)):
+        arr.setflags(write=False)
+    return RowMap(
+        num_in=num_in,
+        first_src=first_src,
+        first_w=None if np.all(first_w == 1) else first_w,
+        extra=tuple(extra),
+    )
+
+
+def propagation_row_map(
+    trans: SparseTransition,
+    parent: IndexArray,
+    action: IndexArray,
+    num_parents: int,
+    dtype: np.dtype[np.floating],
+) -> RowMap:
+    """One tree depth of one factor as a RowMap: child node ``j`` is ``B[:, :, action[j]]`` applied
+    to parent node ``parent[j]``; rows are ``s * K + j`` (children) and ``s * num_parents + p``."""
+    K = len(action)
+    layers: list[list[tuple[IndexArray, IndexArray, np.ndarray]]] = []
+    for u in np.unique(action):  # model constants: actions and layers
+        nodes = np.flatnonzero(action == u)
+        for ell, (tgt, src, w) in enumerate(trans.layers[int(u)]):
+            while len(layers) <= ell:
+                layers.append([])
+            rows = (tgt[:, None] * K + nodes[None, :]).ravel()
+            srcs = (src[:, None] * num_parents + parent[nodes][None, :]).ravel()
+            weights = np.ones(len(tgt)) if w is None else w.astype(np.float64)
+            layers[ell].append((rows, srcs, np.repeat(weights, len(nodes))))
+    return _row_map_from_layers(trans.num_states * num_parents, trans.num_states * K, layers, dtype)
+
+
+def outcome_row_map(A: np.ndarray) -> RowMap:
+    """``qo = A @ m`` for a sparse ``A (O, S)`` as a RowMap (row ``o`` sums its non-zeros)."""
+    num_out, S = A.shape
+    nonzero = A != 0
+    per_row = nonzero.sum(axis=1)
+    order = np.argsort(~nonzero, axis=1, kind="stable")  # non-zero columns first
+    layers: list[list[tuple[IndexArray, IndexArray, np.ndarray]]] = []
+    for ell in range(int(per_row.max())):
+        rows = np.flatnonzero(per_row > ell)
+        cols = order[rows, ell]
+        layers.append([(rows, cols, A[rows, cols])])
+    return _row_map_from_layers(S, num_out, layers, A.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Diagonals:
+    """``out = A @ x`` for an ``A (O, S)`` whose non-zeros lie on a few diagonals ``s = o + d``.
+
+    Each entry of ``diagonals`` is ``(d, lo, hi, w)``: rows ``lo <= o < hi`` get
+    ``w[o - lo] * x[o + d]`` (``w`` is ``(hi - lo, 1)``). The first entry covers the most rows; the
+    rows it leaves out are zeroed before the others are added.
+    """
+
+    num_out: int
+    diagonals: tuple[tuple[int, int, int, np.ndarray], ...]
+
+    @property
+    def passes(self) -> int:
+        return self.num_out + sum(2 * (hi - lo) for _, lo, hi, _ in self.diagonals[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(w.nbytes for *_, w in self.diagonals))
+
+
+def diagonals(A: np.ndarray) -> Diagonals:
+    """The :class:`Diagonals` form of ``A (O, S)`` (any matrix with a non-zero entry)."""
+    o_idx, s_idx = np.nonzero(A)
+    offsets = s_idx - o_idx
+    diags = []
+    for d in np.unique(offsets):  # model constant
+        rows = o_idx[offsets == d]
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        w = np.ascontiguousarray(A[np.arange(lo, hi), np.arange(lo, hi) + d][:, None])
+        w.setflags(write=False)
+        diags.append((int(d), lo, hi, w))
+    diags.sort(key=lambda item: item[1] - item[2])  # widest first (stable)
+    return Diagonals(num_out=int(A.shape[0]), diagonals=tuple(diags))
+
+
+def apply_diagonals(dg: Diagonals, x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
+    """``out = A @ x`` for ``x (S, W)``, ``out (O, W)``; ``tmp`` is another ``(O, W)`` buffer."""
+    d, lo, hi, w = dg.diagonals[0]
+    if lo > 0:
+        out[:lo] = 0
+    if hi < dg.num_out:
+        out[hi:] = 0
+    np.multiply(x[lo + d : hi + d], w, out=out[lo:hi])
+    for d, lo, hi, w in dg.diagonals[1:]:
+        part = tmp[lo:hi]
+        np.multiply(x[lo + d : hi + d], w, out=part)
+        np.add(out[lo:hi], part, out=out[lo:hi])
+
+
+@dataclass(frozen=True, eq=False)
+class DensePropagation:
+    """One tree depth of a factor with a dense ``B``: per action, its child nodes and parents."""
+
+    BT: np.ndarray  # (U, S, S'): the DenseTransition's table
+    by_action: tuple[tuple[int, IndexArray, IndexArray], ...]  # (u, child nodes, their parents)
+    max_nodes: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(n.nbytes + p.nbytes for _, n, p in self.by_action))
+
+
+def apply_dense_propagation(
+    dp: DensePropagation,
+    parents: np.ndarray,
+    children: np.ndarray,
+    buf_in: np.ndarray,
+    buf_out: np.ndarray,
+) -> None:
+    """``children[:, j] = B[:, :, u_j] @ parents[:, p_j]`` for ``(S, K, nb)`` node arrays."""
+    S, _, nb = parents.shape
+    for u, nodes, par in dp.by_action:
+        k = len(nodes)
+        src = buf_in[: S * k * nb].reshape(S, k, nb)
+        np.take(parents, par, axis=1, out=src)
+        res = buf_out[: S * k * nb].reshape(S, k * nb)
+        np.matmul(dp.BT[u].T, src.reshape(S, k * nb), out=res)
+        children[:, nodes, :] = res.reshape(S, k, nb)
+
+
+@dataclass(frozen=True, eq=False)
+class FastDepth:
+    """One depth of the policy tree, compiled for the state-major layout."""
+
+    propagation: tuple[RowMap | DensePropagation, ...]  # per factor
+    num_nodes: tuple[int, ...]  # per factor: K_f
+    #: Per factor, the factor's node of each joint node, or None when no gather is needed (the
+    #: factor's nodes are the joint nodes, or it has a single node that broadcasts).
+    joint_nodes: tuple[IndexArray | None, ...]
+    num_joint: int
+    policy_joint: IndexArray | None  # None: policy p is joint node p
+
+    @property
+    def nbytes(self) -> int:
+        total = sum(p.nbytes for p in self.propagation)
+        total += sum(j.nbytes for j in self.joint_nodes if j is not None)
+        return int(total + (0 if self.policy_joint is None else self.policy_joint.nbytes))
+
+
+@dataclass(frozen=True, eq=False)
+class FastPlan:
+    """Everything the fast path needs beyond the :class:`CompiledModel` tables."""
+
+    num_states: tuple[int, ...]
+    num_outcomes: int  # joint outcomes O
+    depths: tuple[FastDepth, ...]
+    A_eps: np.ndarray | None  # (O_0, S): A + eps, when there is a single modality
+    A_joint: np.ndarray  # (O, S_joint), a view of CompiledModel.A_joint_T
+    outcome_map: RowMap | Diagonals | None  # None: the dense product is cheapest
+    utility_row: np.ndarray  # (1, S_joint)
+    neg_entropy_row: np.ndarray  # (1, S_joint)
+    ones_outcomes: np.ndarray  # (1, O)
+    ones_states: tuple[np.ndarray, ...]  # (S_f,)
+    onehot_T: tuple[np.ndarray, ...]  # (U_f, P): which policies start with each action
+    onehot_is_identity: tuple[bool, ...]  # per factor: onehot_T is the identity matrix
+    first_actions: IntArray  # (P, F)
+    root_node_of_action: tuple[IndexArray, ...]
+    threshold: np.ndarray  # 0-d, exp(-16) in the compute dtype
+    eps: np.ndarray  # 0-d, 1e-16 in the compute dtype
+    lnE_col: np.ndarray  # (P, 1): ln E as a column
+    max_extra_rows: int  # largest extra layer of a propagation RowMap
+    max_dense_nodes: tuple[int, ...]  # per factor, most children of one action (dense B)
+    #: Per factor, agent-major per-agent propagation tables (None for a dense B).
+    agent_propagation: tuple[AgentPropagation | None, ...]
+
+    @property
+    def num_joint_states(self) -> int:
+        return int(self.A_joint.shape[1])
+
+    @property
+    def max_joint_nodes(self) -> int:
+        return max(d.num_joint for d in self.depths)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [*self.ones_states, *self.onehot_T, self.first_actions, self.utility_row]
+        arrays += [*self.root_node_of_action, self.ones_outcomes]
+        if self.A_eps is not None:
+            arrays.append(self.A_eps)
+        total = sum(a.nbytes for a in arrays) + sum(d.nbytes for d in self.depths)
+        total += sum(ap.nbytes for ap in self.agent_propagation if ap is not None)
+        return int(total + (0 if self.outcome_map is None else self.outcome_map.nbytes))
+
+
+def build_fast_plan(
+    *,
+    lnE: np.ndarray,
+    A_rows: tuple[np.ndarray, ...],
+    transitions: tuple[Transition, ...],
+    tree: PolicyTree,
+    A_joint_T: np.ndarray,
+    utility: np.ndarray,
+    neg_entropy: np.ndarray,
+    dtype: np.dtype[np.floating],
+) -> FastPlan:
+    """Compile the tree, the transitions and the outcome table for the state-major layout."""
+    F = len(transitions)
+    num_states = tuple(
+        t.num_states if isinstance(t, SparseTransition) else int(t.BT.shape[1]) for t in transitions
+    )
+    depths = []
+    prev_nodes = [1] * F
+    max_extra = 0
+    max_dense = [0] * F
+    for depth in tree.depths:
+        props: list[RowMap | DensePropagation] = []
+        counts = []
+        for f, trans in enumerate(transitions):
+            parent = depth.parent[f].astype(np.intp)
+            action = np.empty(len(parent), dtype=np.intp)
+            for u, nodes in depth.by_action[f]:
+                action[nodes] = u
+            if isinstance(trans, SparseTransition):
+                rm = propagation_row_map(trans, parent, action, prev_nodes[f], dtype)
+                max_extra = max(max_extra, rm.max_extra)
+                props.append(rm)
+            else:
+                by_action = tuple(
+                    (int(u), nodes.astype(np.intp), parent[nodes])
+                    for u, nodes in depth.by_action[f]
+                )
+                biggest = max(len(n) for _, n, _ in by_action)
+                max_dense[f] = max(max_dense[f], biggest)
+                props.append(DensePropagation(BT=trans.BT, by_action=by_action, max_nodes=biggest))
+            counts.append(len(parent))
+        J = len(depth.joint)
+        joint_nodes: list[IndexArray | None] = []
+        for f in range(F):
+            col = depth.joint[:, f].astype(np.intp)
+            same = counts[f] == J and np.array_equal(col, np.arange(J))
+            joint_nodes.append(None if same or counts[f] == 1 else col)
+        P = len(depth.policy_joint)
+        identity = P == J and np.array_equal(depth.policy_joint, np.arange(J))
+        depths.append(
+            FastDepth(
+                propagation=tuple(props),
+                num_nodes=tuple(counts),
+                joint_nodes=tuple(joint_nodes),
+                num_joint=J,
+                policy_joint=None if identity else depth.policy_joint.astype(np.intp),
+            )
+        )
+        prev_nodes = counts
+
+    A_joint = A_joint_T.T  # (O, S_joint), F-ordered view: BLAS reads it transposed
+    num_out, S_joint = A_joint.shape
+    dense_cost = num_out * S_joint * MAC_PER_PASS
+    candidates: list[RowMap | Diagonals] = []
+    if np.any(A_joint != 0):
+        candidates = [diagonals(A_joint), outcome_row_map(np.ascontiguousarray(A_joint))]
+    best = min(candidates, key=lambda c: c.passes, default=None)
+    outcome_map = best if best is not None and best.passes < dense_cost else None
+
+    def ro(x: np.ndarray) -> np.ndarray:
+        x.setflags(write=False)
+        return x
+
+    return FastPlan(
+        num_states=num_states,
+        num_outcomes=int(num_out),
+        depths=tuple(depths),
+        A_eps=ro(A_rows[0] + dtype.type(EPS)) if len(A_rows) == 1 else None,
+        A_joint=A_joint,
+        outcome_map=outcome_map,
+        utility_row=ro(utility.reshape(1, -1)),
+        neg_entropy_row=ro(neg_entropy.reshape(1, -1)),
+        ones_outcomes=ro(np.ones((1, num_out), dtype=dtype)),
+        ones_states=tuple(ro(np.ones(s, dtype=dtype)) for s in num_states),
+        onehot_T=tuple(
+            ro(np.ascontiguousarray(m.T, dtype=dtype)) for m in tree.first_action_onehot
+        ),
+        onehot_is_identity=tuple(
+            m.shape[0] == m.shape[1] and bool(np.array_equal(m, np.eye(m.shape[0])))
+            for m in tree.first_action_onehot
+        ),
+        first_actions=ro(np.ascontiguousarray(tree.policies[:, 0, :])),
+        root_node_of_action=tuple(ro(r.astype(np.intp)) for r in tree.root_node_of_action),
+        threshold=ro(np.array(EXP_M16, dtype=dtype)),
+        eps=ro(np.array(EPS, dtype=dtype)),
+        lnE_col=ro(np.ascontiguousarray(lnE.reshape(-1, 1))),
+        max_extra_rows=max_extra,
+        max_dense_nodes=tuple(max_dense),
+        agent_propagation=tuple(
+            agent_propagation(t, dtype) if isinstance(t, SparseTransition) else None
+            for t in transitions
+        ),
+    )

@@ -1,0 +1,142 @@
+"""Transitions: one factor's ``B``, dense or column-sparse, and beliefs propagated through it.
+
+Part of :mod:`edge_agent.aif.kernels` (the package docstring has the whole picture). Every function
+takes all its inputs as arguments; no I/O, no clock, no logging, no Python loop over agents (loops
+run over action values and sparse-table layers, which are model constants). :func:`propagate` and
+:func:`propagate_per_agent` are the general path's: agent-major ``(n_agents, ...)`` arrays, results
+allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_agent.aif.kernels._types import IndexArray
+from edge_agent.aif.quant import SPARSE_RATIO, LogU8, SparseColumns, decode_log_u8
+
+
+# --------------------------------------------------------------------------------------------
+# transitions
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class DenseTransition:
+    """``BT[u]`` is ``B[:, :, u].T`` so that ``q @ BT[u]`` predicts the next state."""
+
+    BT: np.ndarray  # (U, S, S')
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.BT.nbytes)
+
+
+@dataclass(frozen=True, eq=False)
+class SparseTransition:
+    """Per action, layers of ``(target, source, weight)`` with unique targets in each layer.
+
+    ``out[..., tgt] += q[..., src] * w`` layer by layer predicts the next state; deterministic
+    transitions have ``w is None`` and usually one layer that covers every target.
+    """
+
+    num_states: int
+    layers: tuple[tuple[tuple[IndexArray, IndexArray, np.ndarray | None], ...], ...]  # [u][layer]
+    full_first: tuple[bool, ...]  # [u]: first layer's targets are exactly 0..S-1 in order
+
+    @property
+    def nbytes(self) -> int:
+        total = 0
+        for per_u in self.layers:
+            for tgt, src, w in per_u:
+                total += tgt.nbytes + src.nbytes + (w.nbytes if w is not None else 0)
+        return total
+
+
+Transition = DenseTransition | SparseTransition
+
+
+def make_transition(B: np.ndarray | LogU8 | SparseColumns, dtype: type[np.floating]) -> Transition:
+    """Compile one factor's transitions from a dense float table or a quantized one.
+
+    Column-sparse tables (quantized ``SparseColumns``, or dense float tables with at most
+    ``S / SPARSE_RATIO`` non-zeros per column) become a :class:`SparseTransition`; the weights are
+    the table's own values, so both forms compute the same products.
+    """
+    if isinstance(B, LogU8):
+        B = decode_log_u8(B)
+    if isinstance(B, np.ndarray):
+        S, _, U = B.shape
+        nonzero = B != 0
+        k = int(nonzero.sum(axis=0).max())
+        if k * SPARSE_RATIO > S:
+            return DenseTransition(BT=np.ascontiguousarray(B.transpose(2, 1, 0), dtype=dtype))
+        order = np.argsort(~nonzero, axis=0, kind="stable")[:k]  # non-zero rows first, (k, S, U)
+        weights = np.take_along_axis(B, order, axis=0)
+        return _sparse_transition(S, order, weights, dtype)
+    S = B.num_states
+    k, _, U = B.index.shape
+    dense_w = np.ones((k, S, U)) if B.values is None else decode_log_u8(B.values)
+    return _sparse_transition(S, B.index.astype(np.intp), dense_w, dtype)
+
+
+def _sparse_transition(
+    S: int, index: np.ndarray, weights: np.ndarray, dtype: type[np.floating]
+) -> SparseTransition:
+    """Layers from ``k`` (target, weight) entries per column (``index``, ``weights``: (k, S, U))."""
+    k, _, U = index.shape
+    per_u = []
+    full_first = []
+    for u in range(U):
+        tgt = index[:, :, u].astype(np.intp).ravel()
+        src = np.broadcast_to(np.arange(S), (k, S)).ravel()
+        w = weights[:, :, u].ravel()
+        keep = w > 0
+        tgt, src, w = tgt[keep], src[keep], w[keep]
+        # Split into layers where each target appears at most once.
+        order = np.lexsort((src, tgt))
+        tgt, src, w = tgt[order], src[order], w[order]
+        rank = np.zeros(len(tgt), dtype=np.intp)
+        if len(tgt) > 1:
+            same = tgt[1:] == tgt[:-1]
+            for i in np.flatnonzero(same):  # model constant, compile time only
+                rank[i + 1] = rank[i] + 1
+        layers = []
+        for r in range(int(rank.max()) + 1 if len(rank) else 0):
+            sel = rank == r
+            wr = w[sel].astype(dtype)
+            layers.append((tgt[sel], src[sel], None if np.all(wr == 1) else wr))
+        per_u.append(tuple(layers))
+        full_first.append(bool(layers) and np.array_equal(layers[0][0], np.arange(S)))
+    return SparseTransition(num_states=S, layers=tuple(per_u), full_first=tuple(full_first))
+
+
+def propagate(trans: Transition, q: np.ndarray, u: int) -> np.ndarray:
+    """Predicted next state ``B[:, :, u] @ q`` for every row of ``q`` (shape ``(..., S)``)."""
+    if isinstance(trans, DenseTransition):
+        pred: np.ndarray = q @ trans.BT[u]
+        return pred
+    layers = trans.layers[u]
+    if trans.full_first[u]:
+        _, src, w = layers[0]
+        out = np.take(q, src, axis=-1)
+        if w is not None:
+            out *= w
+        rest = layers[1:]
+    else:
+        out = np.zeros(q.shape, dtype=q.dtype)
+        rest = layers
+    for tgt, src, w in rest:
+        contrib = np.take(q, src, axis=-1)
+        if w is not None:
+            contrib *= w
+        out[..., tgt] += contrib
+    return out
+
+
+def propagate_per_agent(trans: Transition, q: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """``B[:, :, actions[n]] @ q[n]`` for every agent ``n``: loops over action values only."""
+    out = np.empty_like(q)
+    for u in np.unique(actions):
+        sel = actions == u
+        out[sel] = propagate(trans, q[sel], int(u))
+    return out

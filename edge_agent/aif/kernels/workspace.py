@@ -1,0 +1,365 @@
+"""Scratch buffers of the fast paths: their per-agent layout, the Workspace and its per-block views.
+
+Part of :mod:`edge_agent.aif.kernels`. The fast paths write into the preallocated buffers of a
+:class:`Workspace` (nothing is allocated per tick); :class:`Block` shapes them for one block of
+agents.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_agent.aif.kernels._types import IndexArray
+from edge_agent.aif.kernels.fast_tables import RowMap
+from edge_agent.aif.kernels.small import SMALL_BLOCK
+
+if TYPE_CHECKING:
+    from edge_agent.aif.kernels.compiled import CompiledModel
+
+
+# --------------------------------------------------------------------------------------------
+# the state-major fast path: scratch buffers
+# --------------------------------------------------------------------------------------------
+#: Scratch buffers only the dense (state-major policy tree) evaluation uses.
+_DENSE_ONLY: tuple[str, ...] = ("row_tmp", "dense_in", "dense_out", "mask", "M", "qo", "lq")
+_DENSE_ONLY += ("val", "tmpv", "X", "X2", "idx", "node", "arange")
+
+
+def buffer_class(name: str) -> str:
+    """Which capacity a scratch buffer is sized for: ``"dense"``, ``"small"`` or ``"all"``."""
+    if name in _DENSE_ONLY or name.startswith(("root", "child", "gathered")):
+        return "dense"
+    if name.startswith("s_"):
+        return "small"
+    return "all"
+
+
+def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to audit sizes
+    cm: CompiledModel, *, info_gain: bool
+) -> dict[str, tuple[int, np.dtype[np.generic]]]:
+    """Elements *per agent* of every scratch buffer of :class:`Workspace`, and its dtype."""
+    plan = cm.fast
+    S = cm.num_states
+    F = len(S)
+    Sj = plan.num_joint_states
+    n_out = plan.num_outcomes
+    P = cm.num_policies
+    J = plan.max_joint_nodes
+    U = max(cm.num_controls)
+    fdt: np.dtype[np.generic] = cm.dtype
+    idt: np.dtype[np.generic] = np.dtype(np.intp)
+    bdt: np.dtype[np.generic] = np.dtype(np.bool_)
+    out: dict[str, tuple[int, np.dtype[np.generic]]] = {
+        "q_tmp": (Sj, fdt),
+        "q_tmp2": (Sj if cm.num_modalities > 1 else 0, fdt),
+    }
+    for f, s in enumerate(S):
+        out[f"root{f}"] = (s + 1, fdt)
+    if F > 1:
+        for name in ("lnL", "joint", "joint_new", "weighted"):
+            out[name] = (Sj, fdt)
+        out["fp_tmp"] = (max(S), fdt)
+        for f, s in enumerate(S):
+            out[f"log_prior{f}"] = (s, fdt)
+            out[f"new_qs{f}"] = (s, fdt)
+            out[f"gathered{f}"] = (s * J, fdt)
+        for name in ("vfe", "prev", "dF", "col_c"):
+            out[name] = (1, fdt)
+        out["active"] = (1, bdt)
+        out["X"] = (Sj * J, fdt)
+        out["X2"] = (Sj * J if F > 2 else 0, fdt)
+    for t, depth in enumerate(plan.depths):
+        for f, k in enumerate(depth.num_nodes):
+            out[f"child{t}_{f}"] = (S[f] * k + 1, fdt)
+    extra = plan.max_extra_rows
+    if isinstance(plan.outcome_map, RowMap) and info_gain:
+        extra = max(extra, plan.outcome_map.max_extra * J)
+    out["row_tmp"] = (2 * extra, fdt)
+    dense = max((s * k for s, k in zip(S, plan.max_dense_nodes, strict=True)), default=0)
+    out["dense_in"] = (dense, fdt)
+    out["dense_out"] = (dense, fdt)
+    if info_gain:
+        out["mask"] = (Sj * J, bdt)
+        out["M"] = ((Sj + 1) * J, fdt)
+        out["qo"] = (n_out * J, fdt)
+        out["lq"] = (n_out * J, fdt)
+    out["val"] = (J, fdt)
+    out["tmpv"] = (J, fdt)
+    for name in ("G", "x", "tmpP"):
+        out[name] = (P, fdt)
+    out["col_a"] = (1, fdt)
+    out["col_b"] = (1, fdt)
+    out["marg"] = (U, fdt)
+    out["ge"] = (max(U, P), bdt)
+    out["ibuf"] = (1, idt)
+    out["node"] = (1, idt)
+    out["arange"] = (1, idt)
+    out["rand"] = (1, np.dtype(np.float64))
+    out["idx"] = (max(S), idt)
+    out["enc"] = (sum(S), np.dtype(np.float32))
+    out["evidence"] = (1, fdt)
+    lp = cm.local
+    if lp is not None:
+        K = len(lp.node_action)
+        out["l_idx"] = (K * lp.kt * lp.kin, idt)
+        out["l_g"] = (K * lp.kt * lp.kin, fdt)
+        out["l_w"] = (K * lp.kt * lp.kin, fdt)
+        out["l_pred"] = (K * lp.kt, fdt)
+        out["l_mask"] = (K * lp.kt, bdt)
+        out["l_nh"] = (K * lp.kt, fdt)
+        out["l_tmp"] = (K, fdt)
+        out["l_vals"] = (K if lp.policy_node is not None else 0, fdt)
+        out["l_Q"] = (K * lp.kr * lp.kt, fdt)
+        out["l_qo"] = (K * lp.kr, fdt)
+        out["l_lq"] = (K * lp.kr, fdt)
+        out["l_bad"] = (1, bdt)
+    sp = cm.small
+    if sp is not None:
+        K, S0 = sp.num_nodes, S[0]
+        out["s_out"] = (K * S0 + K, fdt)
+        out["s_idx"] = (S0, idt)
+        out["s_mask"] = (K * S0, bdt)
+        out["s_M"] = (K * S0, fdt)
+        out["s_qo_ext"] = (K * (n_out + 1), fdt)
+        out["s_lq"] = (K * n_out, fdt)
+        out["s_tmp"] = (K, fdt)
+        out["s_vals"] = (K, fdt)
+        out["s_node"] = (1, idt)
+    props = [ap for ap in plan.agent_propagation if ap is not None]
+    if props:
+        E = max(ap.max_extra for ap in props)
+        out["p_idx"] = (max(*S, E), idt)
+        out["p_idx2"] = (E, idt)
+        out["p_val"] = (max(*S, E), fdt)
+        out["p_val2"] = (E, fdt)
+    return {k: v for k, v in out.items() if v[0] > 0}
+
+
+class Block:
+    """Views of a :class:`Workspace`'s buffers shaped for a block of ``nb`` agents.
+
+    Every view is made once (blocks are cached by size), so kernels do not reshape per call.
+    ``dense`` / ``small``: whether the buffers of :func:`evaluate_block` /
+    :func:`evaluate_small_block` are there (the block is within their capacity).
+    """
+
+    def __init__(  # noqa: PLR0915 - allocates every scratch buffer of a block, one per line
+        self,
+        cm: CompiledModel,
+        flat: dict[str, np.ndarray],
+        sizes: dict[str, int],
+        nb: int,
+        *,
+        dense: bool,
+        small: bool,
+    ) -> None:
+        plan = cm.fast
+        S = cm.num_states
+        F = len(S)
+        Sj = plan.num_joint_states
+        P = cm.num_policies
+        self.nb = nb
+        self.dense = dense
+        self.small = small
+        self._row_start: dict[int, IndexArray] = {}
+        self._views: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+
+        def shaped(name: str, *shape: int) -> np.ndarray:
+            return flat[name][: int(np.prod(shape))].reshape(shape)
+
+        def buf(name: str) -> np.ndarray:
+            """The flat prefix for ``nb`` agents (reshaped where it is used)."""
+            return flat[name][: sizes[name] * nb] if name in flat else flat["col_a"][:0]
+
+        # state inference
+        self.q_tmp = buf("q_tmp")
+        self.q_tmp2 = buf("q_tmp2")
+        self.evidence = shaped("evidence", nb)
+        self.multi = F > 1
+        if self.multi:
+            self.lnL = shaped("lnL", Sj, nb)
+            self.joint = shaped("joint", Sj, nb)
+            self.joint_new = shaped("joint_new", Sj, nb)
+            self.weighted = shaped("weighted", Sj, nb)
+            self.fp_tmp = buf("fp_tmp")
+            self.log_prior = [shaped(f"log_prior{f}", s, nb) for f, s in enumerate(S)]
+            self.new_qs = [shaped(f"new_qs{f}", s, nb) for f, s in enumerate(S)]
+            self.vfe = shaped("vfe", nb)
+            self.prev = shaped("prev", nb)
+            self.dF = shaped("dF", nb)
+            self.col_c = shaped("col_c", nb)
+            self.active = shaped("active", nb)
+        # posterior over policies, action selection, history encoding
+        self.G = shaped("G", P, nb)
+        self.x = shaped("x", P, nb)
+        self.tmpP = shaped("tmpP", P, nb)
+        self.col_a = shaped("col_a", nb)
+        self.col_b = shaped("col_b", nb)
+        self.marg = buf("marg")
+        self.ge = buf("ge")
+        self.ibuf = shaped("ibuf", nb)
+        self.rand = shaped("rand", nb, 1)
+        self.enc = shaped("enc", nb, sum(S))
+        self.no_agents = np.zeros(0, dtype=np.intp)
+        # per-agent propagation
+        self.p_idx = buf("p_idx")
+        self.p_idx2 = buf("p_idx2")
+        self.p_val = buf("p_val")
+        self.p_val2 = buf("p_val2")
+        if dense:
+            self.roots = [shaped(f"root{f}", s + 1, nb) for f, s in enumerate(S)]
+            self.children = [
+                [shaped(f"child{t}_{f}", S[f] * k + 1, nb) for f, k in enumerate(depth.num_nodes)]
+                for t, depth in enumerate(plan.depths)
+            ]
+            self.row_tmp = buf("row_tmp")
+            self.dense_in = buf("dense_in")
+            self.dense_out = buf("dense_out")
+            self.info_gain = "mask" in flat
+            if self.info_gain:
+                self.mask = buf("mask")
+                self.M = buf("M")
+                self.qo = buf("qo")
+                self.lq = buf("lq")
+            self.val = buf("val")
+            self.tmpv = buf("tmpv")
+            if self.multi:
+                self.gathered = [buf(f"gathered{f}") for f in range(F)]
+                self.X = buf("X")
+                self.X2 = buf("X2")
+            self.node = shaped("node", nb)
+            self.arange = shaped("arange", nb)
+            self.arange[:] = np.arange(nb)
+            self.idx = buf("idx")
+            # Flat offset of state s of depth-0 node 0 of factor f: s * K0_f * nb.
+            self.state_stride = [
+                np.arange(s, dtype=np.intp) * k * nb
+                for s, k in zip(S, plan.depths[0].num_nodes, strict=True)
+            ]
+        lp = cm.local
+        if lp is not None:
+            K = len(lp.node_action)
+            n = K * lp.kt * lp.kin
+            self.l_idx = shaped("l_idx", nb, n)
+            self.l_g = shaped("l_g", nb, n)
+            self.l_g3 = self.l_g.reshape(nb, K * lp.kt, lp.kin)
+            self.l_w = shaped("l_w", nb, n)
+            self.l_pred = shaped("l_pred", nb, K * lp.kt)
+            self.l_mask = shaped("l_mask", nb, K * lp.kt)
+            self.l_nh = shaped("l_nh", nb, K * lp.kt)
+            self.l_nh2 = self.l_nh.reshape(nb * K, lp.kt)
+            self.l_tmp = shaped("l_tmp", nb * K)
+            self.l_tmp2 = self.l_tmp.reshape(nb, K)
+            self.l_vals = shaped("l_vals", nb, K) if "l_vals" in flat else self.l_tmp2
+            self.l_Q = shaped("l_Q", nb, K * lp.kt * lp.kr)
+            self.l_Q3 = self.l_Q.reshape(nb * K, lp.kt, lp.kr)
+            self.l_pred2 = self.l_pred.reshape(nb * K, lp.kt)
+            self.l_qo = shaped("l_qo", nb, K * lp.kr)
+            self.l_qo2 = self.l_qo.reshape(nb * K, lp.kr)
+            self.l_lq = shaped("l_lq", nb, K * lp.kr)
+            self.l_lq2 = self.l_lq.reshape(nb * K, lp.kr)
+            self.l_bad = shaped("l_bad", nb)
+        sp = cm.small
+        if sp is not None and small:
+            K, S0, n_out = sp.num_nodes, S[0], plan.num_outcomes
+            self.s_out = shaped("s_out", nb, K * S0 + K)
+            self.s_pred = self.s_out[:, : K * S0].reshape(nb, K, S0)  # a view (strided rows)
+            self.s_util = self.s_out[:, K * S0 :]
+            self.s_idx = shaped("s_idx", nb, S0)
+            self.s_states = np.arange(S0, dtype=np.intp)
+            self.s_mask = shaped("s_mask", nb, K, S0)
+            self.s_M = shaped("s_M", nb, K, S0)
+            self.s_M_rows = self.s_M.reshape(nb * K, S0)
+            self.s_qo_ext = shaped("s_qo_ext", nb, K, n_out + 1)
+            self.s_qo_ext_rows = self.s_qo_ext.reshape(nb * K, n_out + 1)
+            self.s_qo = self.s_qo_ext[:, :, :n_out]
+            self.s_negH = self.s_qo_ext[:, :, n_out]
+            self.s_lq = shaped("s_lq", nb, K, n_out)
+            self.s_tmp = shaped("s_tmp", nb, K)
+            self.s_vals = shaped("s_vals", nb, K)
+            self.s_node = shaped("s_node", nb)
+
+    def view(self, buffer: np.ndarray, *shape: int) -> np.ndarray:
+        """A prefix of one of this block's flat buffers, reshaped (made once, then cached)."""
+        key = (id(buffer), shape)
+        out = self._views.get(key)
+        if out is None:
+            out = buffer[: int(np.prod(shape))].reshape(shape)
+            self._views[key] = out
+        return out
+
+    def row_start(self, width: int) -> IndexArray:
+        """``arange(nb) * width``: flat offset of each agent's row in an ``(nb, width)`` array."""
+        out = self._row_start.get(width)
+        if out is None:
+            out = np.arange(self.nb, dtype=np.intp) * width
+            self._row_start[width] = out
+        return out
+
+
+class Workspace:
+    """Preallocated scratch of the fast paths for blocks of up to ``capacity`` agents.
+
+    Allocated once per agent group; :meth:`block` returns views shaped for a block of
+    ``nb <= capacity`` agents (cached, so a tick allocates nothing). The buffers of the dense
+    policy-tree evaluation (:func:`evaluate_block`) are sized for ``dense_capacity`` agents, which
+    is smaller when a :class:`LocalPlan` does most blocks' planning, and those of the small-block
+    planner for ``min(capacity, SMALL_BLOCK)``.
+    """
+
+    def __init__(
+        self,
+        cm: CompiledModel,
+        capacity: int,
+        *,
+        info_gain: bool,
+        dense_capacity: int | None = None,
+    ) -> None:
+        dense_cap = capacity if dense_capacity is None else dense_capacity
+        if not 1 <= dense_cap <= capacity:
+            raise ValueError(
+                f"workspace capacities {capacity}, {dense_cap}: need 1 <= dense <= all"
+            )
+        self._cm = cm
+        self.capacity = capacity
+        self.dense_capacity = dense_cap
+        self.small_capacity = min(capacity, SMALL_BLOCK)
+        caps = {"all": capacity, "dense": dense_cap, "small": self.small_capacity}
+        self._flat: dict[str, np.ndarray] = {}
+        self._per_agent: dict[str, int] = {}
+        for name, (per, dt) in block_layout(cm, info_gain=info_gain).items():
+            self._flat[name] = np.zeros(per * caps[buffer_class(name)], dtype=dt)
+            self._per_agent[name] = per
+        self._blocks: dict[int, Block] = {}
+
+    @staticmethod
+    def bytes_per_agent(cm: CompiledModel, *, info_gain: bool) -> dict[str, int]:
+        """Scratch bytes per agent of capacity, by :func:`buffer_class`."""
+        out = {"all": 0, "dense": 0, "small": 0}
+        for name, (per, dt) in block_layout(cm, info_gain=info_gain).items():
+            out[buffer_class(name)] += per * dt.itemsize
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self._flat.values()))
+
+    def block(self, nb: int) -> Block:
+        """Buffers for ``nb`` agents, ``1 <= nb <= capacity``."""
+        blk = self._blocks.get(nb)
+        if blk is None:
+            if not 1 <= nb <= self.capacity:
+                raise ValueError(f"block of {nb} agents, workspace holds 1..{self.capacity}")
+            dense, small = nb <= self.dense_capacity, nb <= self.small_capacity
+            flat = {
+                k: v
+                for k, v in self._flat.items()
+                if buffer_class(k) == "all"
+                or (buffer_class(k) == "dense" and dense)
+                or (buffer_class(k) == "small" and small)
+            }
+            blk = Block(self._cm, flat, self._per_agent, nb, dense=dense, small=small)
+            self._blocks[nb] = blk
+        return blk
