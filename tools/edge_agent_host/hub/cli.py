@@ -1,0 +1,356 @@
+"""The ``edge-agent-host hub`` subcommands (``fleet``, ``watch``, ``command``, ``deploy``).
+
+Their arguments (:func:`configure`), running them (:func:`run`) and what they print
+(:func:`format_fleet` and the ``watch`` lines); the usage is in :mod:`edge_agent_host.hub`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.errors import BundleError, ProtocolError
+from edge_agent.fleet.protocol import (
+    Birth,
+    CommandResult,
+    Death,
+    Event,
+    NodeState,
+    ResultCode,
+    Telemetry,
+)
+from edge_agent_host.hub.client import HubClient
+from edge_agent_host.hub.deploy import DEFAULT_CHUNK_BYTES
+from edge_agent_host.hub.errors import HubError
+from edge_agent_host.hub.store import HubStore, _json
+from edge_agent_host.hub.views import HubMessage
+
+__all__ = ["SUCCESS", "configure", "format_fleet", "run"]
+
+SUCCESS: Final = frozenset({ResultCode.OK, ResultCode.ACCEPTED})
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _default_db(fleet: str) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge-agent-host" / f"hub-{fleet}.sqlite3"
+
+
+def _arg_value(text: str) -> tuple[str, Any]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: write arguments as NAME=VALUE")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name, value
+
+
+def _add_targets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", required=True, type=Path, help="hub private key (NAME.key)")
+    p.add_argument("--node", action="append", default=[], help="target node (repeatable)")
+    p.add_argument(
+        "--all", action="store_true", help="every node currently online (heard for --wait s)"
+    )
+    p.add_argument("--wait", type=float, default=2.0, help="seconds to listen for nodes first")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for results")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``hub`` arguments and its subcommands."""
+    parser.add_argument("--host", default="127.0.0.1", help="broker host")
+    parser.add_argument("--port", type=int, default=1883, help="broker port")
+    parser.add_argument("--fleet", default="default", help="fleet name (topics ea/v1/FLEET/...)")
+    parser.add_argument("--hub-id", default="hub", help="this hub's name in the envelope")
+    parser.add_argument("--username", default=None, help="broker user")
+    parser.add_argument("--password-file", type=Path, default=None, help="broker password file")
+    parser.add_argument("--ca-file", default=None, help="CA (PEM) for TLS to the broker")
+    parser.add_argument("--db", type=Path, default=None, help="hub state (SQLite)")
+    sub = parser.add_subparsers(dest="hub_command", required=True, metavar="SUBCOMMAND")
+
+    fleet = sub.add_parser("fleet", help="list the fleet: presence, births, last telemetry")
+    fleet.add_argument("--wait", type=float, default=2.0, help="seconds to listen first")
+    fleet.add_argument("--json", action="store_true", help="print JSON")
+
+    watch = sub.add_parser("watch", help="print telemetry, events, results and presence live")
+    watch.add_argument("--node", action="append", default=[], help="only these nodes")
+    watch.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    command = sub.add_parser("command", help="send a signed command and wait for its result")
+    _add_targets(command)
+    command.add_argument("--ttl", type=float, default=60.0, help="seconds until it expires")
+    command.add_argument("--json", action="store_true", help="print results as JSON")
+    command.add_argument("name", help="ping, snapshot, rebirth, start_group, stop_group, ...")
+    command.add_argument("args", nargs="*", type=_arg_value, help="NAME=VALUE arguments")
+
+    deploy = sub.add_parser("deploy", help="deploy a signed bundle to a group on nodes")
+    _add_targets(deploy)
+    deploy.add_argument("bundle", type=Path, help="signed bundle directory or .tar")
+    deploy.add_argument("--group", required=True, help="the group that runs the bundle")
+    deploy.add_argument(
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_BYTES,
+        help=f"bytes per chunk (default {DEFAULT_CHUNK_BYTES})",
+    )
+    deploy.add_argument("--window", type=int, default=8, help="unacknowledged chunks at most")
+    deploy.add_argument("--watch-ticks", type=int, default=50, help="ticks watched after switch")
+    deploy.add_argument("--health-steps", type=int, default=20, help="health-check steps")
+    deploy.add_argument(
+        "--watch-timeout", type=float, default=120.0, help="seconds the watch may take"
+    )
+    deploy.set_defaults(timeout=300.0)
+
+
+def _client(args: argparse.Namespace, key: Ed25519PrivateKey | None = None) -> HubClient:
+    password = None
+    if args.password_file is not None:
+        lines = args.password_file.read_text(encoding="utf-8").splitlines()
+        password = lines[0] if lines else ""
+    store = HubStore(args.db or _default_db(args.fleet))
+    client = HubClient(
+        fleet=args.fleet,
+        host=args.host,
+        port=args.port,
+        hub_id=args.hub_id,
+        key=key,
+        username=args.username,
+        password=password,
+        ca_file=args.ca_file,
+        store=store,
+    )
+    try:
+        client.connect()
+    except HubError:
+        store.close()
+        raise
+    return client
+
+
+def _targets(client: HubClient, args: argparse.Namespace) -> list[str]:
+    client.listen(args.wait)
+    nodes = list(args.node)
+    if args.all:
+        nodes += [v.node for v in client.nodes.values() if v.online and v.node not in nodes]
+    if not nodes:
+        raise HubError("no target: give --node NODE or --all (and is any node online?)")
+    return nodes
+
+
+def _age(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    age = time.time() - ts
+    return f"{age:.0f}s" if age < 120 else f"{age / 60:.0f}m"
+
+
+def format_fleet(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The ``hub fleet`` table."""
+    lines = [
+        f"{'NODE':<16} {'STATE':<8} {'BDSEQ':>5} {'PROFILE':<12} {'GROUPS':<28} "
+        f"{'TICK p50/p99 ms':<16} {'RSS':>8} {'OUTBOX':>6} {'SEEN':>5}"
+    ]
+    for row in rows:
+        state = {True: "online", False: "offline", None: "?"}[row["online"]]
+        birth = row.get("birth") or {}
+        groups = ", ".join(
+            f"{name}={info['agents']}"
+            + (f"@{info['bundle_sha256'][:8]}" if info.get("bundle_sha256") else "")
+            for name, info in sorted((birth.get("groups") or {}).items())
+        )
+        tel = row.get("telemetry") or {}
+        tick = f"{tel['tick_p50_ms']:.2f}/{tel['tick_p99_ms']:.2f}" if tel else "-"
+        rss = f"{tel['rss_bytes'] / 2**20:.0f}MiB" if tel else "-"
+        outbox = str((tel.get("outbox") or {}).get("depth_rows", "-")) if tel else "-"
+        lines.append(
+            f"{row['node']:<16} {state:<8} {row['bdseq'] if row['bdseq'] is not None else '-':>5} "
+            f"{birth.get('profile', '-'):<12} {groups or '-':<28} {tick:<16} {rss:>8} "
+            f"{outbox:>6} {_age(row.get('last_seen')):>5}"
+        )
+    return "\n".join(lines)
+
+
+def _describe(msg: HubMessage) -> dict[str, Any]:
+    env = msg.envelope
+    out: dict[str, Any] = {
+        "ts": env.ts,
+        "node": env.node,
+        "type": env.type,
+        "seq": env.seq,
+        "bdseq": env.bdseq,
+        "retained": msg.retained,
+    }
+    if msg.gap:
+        out["gap"] = msg.gap
+    body = env.body.model_dump()
+    if env.type in ("obs", "action", "beliefs"):
+        body = {k: v for k, v in body.items() if k not in ("agent_ids", "values")}
+        out["agents"] = len(env.body.agent_ids) // 4  # type: ignore[attr-defined]
+    out["body"] = body
+    return out
+
+
+def _line(msg: HubMessage) -> str:
+    env = msg.envelope
+    body = env.body
+    stamp = time.strftime("%H:%M:%S", time.localtime(env.ts))
+    head = f"{stamp} {env.node:<14} {env.type:<9}"
+    gap = f" [gap {msg.gap}: rebirth requested]" if msg.gap else ""
+    if isinstance(body, Telemetry):
+        depth = body.outbox.depth_rows if body.outbox is not None else 0
+        text = (
+            f"ticks {body.ticks} p50 {body.tick_p50_ms:.2f} ms p99 {body.tick_p99_ms:.2f} ms "
+            f"overruns {body.overruns} rss {body.rss_bytes / 2**20:.0f} MiB outbox {depth} "
+            f"groups {body.groups}"
+        )
+    elif isinstance(body, Event):
+        text = f"{body.severity.value} {body.kind.value}: {body.detail}"
+    elif isinstance(body, CommandResult):
+        text = f"{body.name} {body.nonce.hex()[:8]} -> {body.code.value}: {body.detail}"
+    elif isinstance(body, NodeState):
+        text = "online" if body.online else "OFFLINE"
+    elif isinstance(body, Birth):
+        text = f"profile {body.profile}, groups " + ", ".join(
+            f"{n}={g.agents}" + (f"@{g.bundle_sha256[:8]}" if g.bundle_sha256 else "")
+            for n, g in body.groups.items()
+        )
+    elif isinstance(body, Death):
+        text = f"stopped ({body.reason.value})"
+    else:
+        text = ""
+    return f"{head} {text}{gap}".rstrip()
+
+
+def _print_result(node: str, result: CommandResult, as_json: bool) -> None:
+    if as_json:
+        print(_json({"node": node, **result.model_dump()}))
+    else:
+        data = {k: v for k, v in result.data.items() if not isinstance(v, bytes)}
+        extra = f" {data}" if data else ""
+        print(f"{node}: {result.name} {result.code.value}: {result.detail}{extra}")
+
+
+def _run_fleet(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        client.listen(args.wait)
+        assert client.store is not None
+        rows = client.store.nodes()
+    finally:
+        client.close()
+    if args.json:
+        print(_json(rows))
+    else:
+        print(format_fleet(rows))
+    return 0
+
+
+def _run_watch(args: argparse.Namespace) -> int:
+    client = _client(args)
+    only = set(args.node)
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            for msg in client.poll(0.2):
+                if only and msg.envelope.node not in only:
+                    continue
+                if msg.envelope.type in ("obs", "action", "beliefs") and not args.json:
+                    continue
+                print(_json(_describe(msg)) if args.json else _line(msg), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
+    return 0
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
+
+    client = _client(args, load_signing_key(args.key))
+    failures = 0
+    try:
+        nodes = _targets(client, args)
+        nonces = {
+            node: client.send_command(node, args.name, dict(args.args), ttl_s=args.ttl)
+            for node in nodes
+        }
+        for node, nonce in nonces.items():
+            try:
+                result = client.wait_result(nonce, args.timeout)
+            except HubError as err:
+                print(f"{node}: {args.name}: {err}", file=sys.stderr)
+                failures += 1
+                continue
+            _print_result(node, result, args.json)
+            failures += result.code not in SUCCESS
+    finally:
+        client.close()
+    return 1 if failures else 0
+
+
+def _run_deploy(args: argparse.Namespace) -> int:
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
+
+    client = _client(args, load_signing_key(args.key))
+    try:
+        nodes = _targets(client, args)
+        shown: dict[str, tuple[int, str]] = {}
+
+        def progress(node: str, done: int, total: int, phase: str) -> None:
+            step = max(1, total // 10)
+            last = shown.get(node)
+            if last is None or last[1] != phase or done == total or done - last[0] >= step:
+                shown[node] = (done, phase)
+                print(f"{node}: {phase} {done}/{total} chunks", flush=True)
+
+        results = client.deploy(
+            args.bundle,
+            args.group,
+            nodes,
+            chunk_size=args.chunk_size,
+            window=args.window,
+            timeout_s=args.timeout,
+            watch_ticks=args.watch_ticks,
+            watch_timeout_s=args.watch_timeout,
+            health_steps=args.health_steps,
+            progress=progress,
+        )
+    finally:
+        client.close()
+    for node in nodes:
+        result = results.get(node)
+        if result is None:
+            print(f"{node}: deploy: no result", file=sys.stderr)
+        else:
+            _print_result(node, result, False)
+    return (
+        0
+        if all(r.code is ResultCode.OK for r in results.values()) and len(results) == len(nodes)
+        else 1
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``edge-agent-host hub SUBCOMMAND``."""
+    runners: dict[str, Callable[[argparse.Namespace], int]] = {
+        "fleet": _run_fleet,
+        "watch": _run_watch,
+        "command": _run_command,
+        "deploy": _run_deploy,
+    }
+    try:
+        return runners[args.hub_command](args)
+    except (HubError, ProtocolError, BundleError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1

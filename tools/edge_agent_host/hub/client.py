@@ -1,0 +1,390 @@
+"""The hub's MQTT client: the broker link, the registry of what every node said, signed commands.
+
+:class:`HubClient` hears the whole fleet, keeps a :class:`~edge_agent_host.hub.views.NodeView` per
+node (asking a node for a rebirth on a sequence gap), signs and sends commands and waits for their
+results; :meth:`HubClient.deploy` hands a bundle to the driver in :mod:`edge_agent_host.hub.deploy`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.bundle.signing import key_id, sign_bytes
+from edge_agent.fleet.comms.base import Transport
+from edge_agent.fleet.protocol import (
+    Birth,
+    Command,
+    CommandResult,
+    Death,
+    DecodeError,
+    Envelope,
+    Event,
+    NodeState,
+    RebirthRequest,
+    Telemetry,
+    Topics,
+    clock_synced,
+    decode,
+    encode,
+)
+from edge_agent_host.hub.deploy import DEFAULT_CHUNK_BYTES, deploy_bundle
+from edge_agent_host.hub.errors import HubError
+from edge_agent_host.hub.store import HubStore
+from edge_agent_host.hub.views import HubMessage, NodeView
+
+__all__ = ["HubClient"]
+
+
+# ---------------------------------------------------------------------------------------- client
+class HubClient:
+    """An MQTT client that sees the whole fleet, signs commands and deploys bundles."""
+
+    def __init__(
+        self,
+        *,
+        fleet: str,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        hub_id: str = "hub",
+        key: Ed25519PrivateKey | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        store: HubStore | None = None,
+        rebirth_interval_s: float = 10.0,
+        transport: Transport | None = None,
+    ) -> None:
+        self.topics = Topics(fleet)
+        self.fleet = fleet
+        self.hub_id = hub_id
+        self.key = key
+        self.key_id = key_id(key.public_key()) if key is not None else ""
+        self.store = store
+        self.rebirth_interval_s = rebirth_interval_s
+        self.nodes: dict[str, NodeView] = {}
+        self.results: dict[bytes, list[CommandResult]] = {}
+        self.malformed = 0
+        self._seq = 0
+        self._sent: set[bytes] = set()
+        self._rebirth_asked: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._body_handlers: dict[type, Callable[[Envelope, Any, bool], None]] = {
+            NodeState: self._on_state,
+            Birth: self._on_birth,
+            Death: self._on_death,
+            Telemetry: self._on_telemetry,
+            Event: self._on_event,
+            CommandResult: self._on_result,
+        }
+        if transport is None:
+            # paho is imported only when a hub actually connects.
+            from edge_agent.fleet.comms.base import Backoff  # noqa: PLC0415
+            from edge_agent.fleet.comms.mqtt import (  # noqa: PLC0415
+                MqttSettings,
+                MqttTransport,
+                TlsSettings,
+            )
+
+            settings = MqttSettings(
+                client_id=f"ea-hub-{fleet}-{os.urandom(4).hex()}",
+                host=host,
+                port=port,
+                username=username,
+                password=password,
+                tls=TlsSettings(ca_file=ca_file) if ca_file else None,
+                connect_timeout_s=5.0,
+            )
+            transport = MqttTransport(
+                settings,
+                backoff=Backoff(initial_s=0.1, max_s=2.0, stable_after_s=2.0),
+                max_incoming=100_000,
+            )
+        self.transport = transport
+        self.transport.subscribe(self.topics.fleet_all(), 1)
+
+    # Connection -------------------------------------------------------------------------------
+    def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect and wait until the broker accepted us; :class:`HubError` if it does not."""
+        self.transport.connect()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.transport.is_connected:
+                return
+            time.sleep(0.02)
+        self.transport.disconnect()
+        raise HubError(f"no connection to the broker within {timeout_s:g} s")
+
+    def close(self) -> None:
+        self.transport.disconnect()
+        if self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # Receiving --------------------------------------------------------------------------------
+    def poll(self, timeout_s: float = 0.0) -> list[HubMessage]:
+        """Process what arrived (waiting up to ``timeout_s`` for something); returns it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.transport.events.drain()
+            batch = self.transport.incoming.drain()
+            if batch or time.monotonic() >= deadline:
+                break
+            time.sleep(0.002)
+        out = []
+        for msg in batch:
+            handled = self._handle(msg.topic, msg.payload, msg.retain)
+            if handled is not None:
+                out.append(handled)
+        return out
+
+    def listen(self, seconds: float) -> list[HubMessage]:
+        """Everything heard during ``seconds``."""
+        out: list[HubMessage] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            out.extend(self.poll(min(left, 0.1)))
+        return out
+
+    def _view(self, node: str) -> NodeView:
+        view = self.nodes.get(node)
+        if view is None:
+            view = self.nodes[node] = NodeView(node)
+        return view
+
+    def _handle(self, topic: str, payload: bytes, retained: bool) -> HubMessage | None:
+        try:
+            env = decode(payload)
+        except DecodeError:
+            self.malformed += 1
+            return None
+        route = self.topics.parse(topic)
+        if route is None or (route.expected_type is not None and env.type != route.expected_type):
+            self.malformed += 1
+            return None
+        if route.node_owned and env.node != route.node:
+            self.malformed += 1
+            return None
+        gap = 0
+        if route.node_owned and route.node is not None:
+            gap = self._track(route.node, env, retained)
+        handler = self._body_handlers.get(type(env.body))
+        if handler is not None:
+            handler(env, env.body, retained)
+        if route.node_owned and not retained:
+            self._view(env.node).last_seen = time.time()
+        return HubMessage(topic, route, env, retained, gap)
+
+    # -- what each kind of message does to the registry (one method per body type) -------------
+    def _on_state(self, env: Envelope, body: NodeState, retained: bool) -> None:
+        view = self._view(env.node)
+        # A will from an older session than the birth we hold is stale (see the protocol).
+        if body.online or view.bdseq is None or env.bdseq >= view.bdseq:
+            view.online = body.online
+            view.bdseq = env.bdseq
+            if self.store is not None:
+                self.store.node(env.node, online=body.online, bdseq=env.bdseq, live=not retained)
+
+    def _on_birth(self, env: Envelope, body: Birth, retained: bool) -> None:
+        # Presence is the state topic's: a retained birth may outlive its node.
+        view = self._view(env.node)
+        view.birth, view.bdseq = body, env.bdseq
+        if not retained:
+            view.online = True
+        if self.store is not None:
+            self.store.node(
+                env.node,
+                birth=body,
+                bdseq=env.bdseq,
+                online=None if retained else True,
+                live=not retained,
+            )
+
+    def _on_death(self, env: Envelope, body: Death, retained: bool) -> None:
+        del body, retained
+        self._view(env.node).deaths += 1
+        if self.store is not None:
+            self.store.node(env.node, death=True)
+
+    def _on_telemetry(self, env: Envelope, body: Telemetry, retained: bool) -> None:
+        del retained
+        view = self._view(env.node)
+        view.telemetry, view.telemetry_ts = body, env.ts
+        if self.store is not None:
+            self.store.telemetry(env.node, env.ts, body)
+
+    def _on_event(self, env: Envelope, body: Event, retained: bool) -> None:
+        del retained
+        if self.store is not None:
+            self.store.event(env.node, env.ts, body)
+
+    def _on_result(self, env: Envelope, body: CommandResult, retained: bool) -> None:
+        del retained
+        with self._lock:  # only answers to what this client sent: bounded by its own use
+            if body.nonce in self._sent:
+                self.results.setdefault(body.nonce, []).append(body)
+        if self.store is not None:
+            self.store.command_result(body)
+
+    def _track(self, node: str, env: Envelope, retained: bool) -> int:
+        view = self._view(node)
+        tracker = view.tracker
+        if env.type == Birth.TYPE:
+            view.resync = retained
+        elif view.resync and env.type not in ("state", "death") and env.bdseq == tracker.bdseq:
+            # The first live message after a retained birth sets where the sequence is.
+            view.resync = False
+            tracker.last_seq = env.seq
+            return 0
+        verdict = tracker.observe(env.type, env.bdseq, env.seq)
+        if not verdict.needs_rebirth:
+            return 0
+        view.gaps += 1
+        now = time.monotonic()
+        if now - self._rebirth_asked.get(node, -1e18) >= self.rebirth_interval_s:
+            self._rebirth_asked[node] = now
+            reason = f"sequence gap of {verdict.missing}" if verdict.missing else "no birth seen"
+            self.publish(self.topics.rebirth(node), RebirthRequest(reason=reason))
+            view.rebirths_requested += 1
+        return max(verdict.missing, 1)
+
+    # Sending ----------------------------------------------------------------------------------
+    def publish(self, topic: str, body: Any) -> None:
+        """Send one message body from the hub, with the hub's node id and next sequence number."""
+        env = Envelope(
+            type=body.TYPE,
+            node=self.hub_id,
+            seq=self._seq,
+            bdseq=0,
+            ts=time.time(),
+            clock_synced=clock_synced(),
+            body=body,
+        )
+        self._seq = (self._seq + 1) % (1 << 32)
+        if self.transport.publish(topic, encode(env), 1) is None:
+            raise HubError("not connected to the broker")
+
+    def make_command(
+        self,
+        node: str,
+        name: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        ttl_s: float = 60.0,
+        sign: bool = True,
+    ) -> Command:
+        """A command for ``node``, signed with the hub key (``sign=False``: deploy chunks)."""
+        unsigned = Command(
+            target=node,
+            nonce=os.urandom(16),
+            expires=time.time() + ttl_s,
+            key_id=self.key_id if sign else "",
+            name=name,
+            args=dict(args or {}),
+        )
+        if not sign:
+            return unsigned
+        if self.key is None:
+            raise HubError("signing a command needs a hub key (--key)")
+        signature = sign_bytes(self.key, unsigned.signing_bytes(self.fleet))
+        return unsigned.model_copy(update={"signature": signature})
+
+    def send(self, cmd: Command, *, to: str | None = None) -> bytes:
+        """Publish ``cmd`` on its target's command topic (``to``: another node's, which must
+        refuse it); returns its nonce."""
+        node = to or cmd.target
+        with self._lock:
+            self._sent.add(cmd.nonce)
+        self.publish(self.topics.command(node), cmd)
+        if self.store is not None:
+            self.store.command_sent(cmd.nonce, node, cmd.name)
+        return cmd.nonce
+
+    def send_command(
+        self, node: str, name: str, args: Mapping[str, Any] | None = None, *, ttl_s: float = 60.0
+    ) -> bytes:
+        return self.send(self.make_command(node, name, args, ttl_s=ttl_s))
+
+    def send_chunk(self, node: str, sha256: str, index: int, data: bytes) -> bytes:
+        """One ``deploy_chunk`` (unsigned: the node checks it against the signed hash list)."""
+        args = {"sha256": sha256, "index": index, "data": data}
+        return self.send(self.make_command(node, "deploy_chunk", args, sign=False))
+
+    def take_results(self, nonce: bytes) -> list[CommandResult]:
+        with self._lock:
+            return self.results.pop(nonce, [])
+
+    def wait_result(
+        self,
+        nonce: bytes,
+        timeout_s: float = 30.0,
+        accept: Callable[[CommandResult], bool] = lambda _r: True,
+    ) -> CommandResult:
+        """The first result to ``nonce`` that ``accept`` takes; :class:`HubError` on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for result in self.take_results(nonce):
+                if accept(result):
+                    return result
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HubError(f"no result to command {nonce.hex()[:8]} within {timeout_s:g} s")
+            self.poll(min(left, 0.05))
+
+    def command(
+        self,
+        node: str,
+        name: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        ttl_s: float = 60.0,
+        timeout_s: float = 30.0,
+    ) -> CommandResult:
+        """Send one signed command and wait for its first result."""
+        return self.wait_result(self.send_command(node, name, args, ttl_s=ttl_s), timeout_s)
+
+    # Deploying --------------------------------------------------------------------------------
+    def deploy(
+        self,
+        bundle: str | Path,
+        group: str,
+        nodes: Sequence[str],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_BYTES,
+        window: int = 8,
+        chunk_timeout_s: float = 10.0,
+        timeout_s: float = 300.0,
+        watch_ticks: int = 50,
+        watch_timeout_s: float = 120.0,
+        health_steps: int = 20,
+        progress: Callable[[str, int, int, str], None] | None = None,
+    ) -> dict[str, CommandResult]:
+        """Deploy a signed bundle (directory or tar) to ``group`` on every node of ``nodes``.
+
+        Returns each node's final result (``ok``: switched and watched; anything else: failed).
+        """
+        return deploy_bundle(
+            self,
+            bundle,
+            group,
+            nodes,
+            chunk_size=chunk_size,
+            window=window,
+            chunk_timeout_s=chunk_timeout_s,
+            timeout_s=timeout_s,
+            watch_ticks=watch_ticks,
+            watch_timeout_s=watch_timeout_s,
+            health_steps=health_steps,
+            progress=progress,
+        )

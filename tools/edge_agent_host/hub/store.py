@@ -1,0 +1,125 @@
+"""The hub's memory between runs: a small SQLite file of nodes, telemetry, events and commands."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from edge_agent.fleet.protocol import Birth, CommandResult, Event, Telemetry
+
+__all__ = ["HubStore"]
+
+
+# -------------------------------------------------------------------------------------- storage
+def _json(value: Any) -> str:
+    def default(obj: object) -> object:
+        if isinstance(obj, bytes | bytearray):
+            return obj.hex()
+        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+    return json.dumps(value, default=default, sort_keys=True)
+
+
+class HubStore:
+    """The hub's memory between runs (SQLite): nodes, last telemetry, recent events, commands."""
+
+    MAX_EVENTS: Final = 10_000
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS nodes (
+                node TEXT PRIMARY KEY, online INTEGER, bdseq INTEGER, birth TEXT,
+                last_seen REAL, deaths INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE IF NOT EXISTS telemetry (node TEXT PRIMARY KEY, ts REAL, body TEXT);
+            CREATE TABLE IF NOT EXISTS events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT, ts REAL, body TEXT);
+            CREATE TABLE IF NOT EXISTS commands (
+                nonce TEXT PRIMARY KEY, node TEXT, name TEXT, sent REAL, code TEXT,
+                detail TEXT, answered REAL);
+            """
+        )
+
+    def node(
+        self,
+        node: str,
+        *,
+        online: bool | None = None,
+        bdseq: int | None = None,
+        birth: Birth | None = None,
+        death: bool = False,
+        live: bool = True,
+    ) -> None:
+        """Record what was heard of ``node``; ``live``: not a retained message (it is seen now)."""
+        self.conn.execute("INSERT OR IGNORE INTO nodes (node) VALUES (?)", (node,))
+        if live:
+            self.conn.execute("UPDATE nodes SET last_seen = ? WHERE node = ?", (time.time(), node))
+        if online is not None:
+            self.conn.execute(
+                "UPDATE nodes SET online = ?, bdseq = ? WHERE node = ?", (int(online), bdseq, node)
+            )
+        if birth is not None:
+            self.conn.execute(
+                "UPDATE nodes SET birth = ? WHERE node = ?", (_json(birth.model_dump()), node)
+            )
+        if death:
+            self.conn.execute("UPDATE nodes SET deaths = deaths + 1 WHERE node = ?", (node,))
+
+    def telemetry(self, node: str, ts: float, body: Telemetry) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO telemetry (node, ts, body) VALUES (?, ?, ?)",
+            (node, ts, _json(body.model_dump())),
+        )
+
+    def event(self, node: str, ts: float, body: Event) -> None:
+        cur = self.conn.execute(
+            "INSERT INTO events (node, ts, body) VALUES (?, ?, ?)",
+            (node, ts, _json(body.model_dump())),
+        )
+        if cur.lastrowid is not None and cur.lastrowid % 1000 == 0:
+            self.conn.execute(
+                "DELETE FROM events WHERE id <= ?", (cur.lastrowid - self.MAX_EVENTS,)
+            )
+
+    def command_sent(self, nonce: bytes, node: str, name: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO commands (nonce, node, name, sent) VALUES (?, ?, ?, ?)",
+            (nonce.hex(), node, name, time.time()),
+        )
+
+    def command_result(self, result: CommandResult) -> None:
+        self.conn.execute(
+            "UPDATE commands SET code = ?, detail = ?, answered = ? WHERE nonce = ?",
+            (result.code.value, result.detail, time.time(), result.nonce.hex()),
+        )
+
+    def nodes(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT n.node, n.online, n.bdseq, n.birth, n.last_seen, n.deaths, t.ts, t.body "
+            "FROM nodes n LEFT JOIN telemetry t ON t.node = n.node ORDER BY n.node"
+        ).fetchall()
+        out = []
+        for node, online, bdseq, birth, seen, deaths, tts, tbody in rows:
+            out.append(
+                {
+                    "node": node,
+                    "online": None if online is None else bool(online),
+                    "bdseq": bdseq,
+                    "birth": json.loads(birth) if birth else None,
+                    "last_seen": seen,
+                    "deaths": deaths,
+                    "telemetry_ts": tts,
+                    "telemetry": json.loads(tbody) if tbody else None,
+                }
+            )
+        return out
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,40 @@
+"""The hub's records: what it knows of a node (:class:`NodeView`) and one message it heard
+(:class:`HubMessage`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edge_agent.fleet.protocol import Birth, Envelope, Route, SeqTracker, Telemetry
+
+__all__ = ["HubMessage", "NodeView"]
+
+
+@dataclass
+class NodeView:
+    """What the hub knows of one node."""
+
+    node: str
+    online: bool | None = None
+    bdseq: int | None = None
+    birth: Birth | None = None
+    telemetry: Telemetry | None = None
+    telemetry_ts: float | None = None
+    deaths: int = 0
+    gaps: int = 0
+    rebirths_requested: int = 0
+    last_seen: float = 0.0
+    tracker: SeqTracker = field(default_factory=SeqTracker, repr=False)
+    resync: bool = False
+    """Set by a retained birth: it says who the node is, not where its sequence is now."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubMessage:
+    """One valid message the hub heard (``gap``: messages missed before it, 0 if none)."""
+
+    topic: str
+    route: Route
+    envelope: Envelope
+    retained: bool
+    gap: int = 0
