@@ -31,7 +31,10 @@ class JournalFormatter(logging.Formatter):
     line of a multi-line record (a traceback) carries the prefix."""
 
     PRIORITY = {  # noqa: RUF012 - a constant table
-        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
         logging.CRITICAL: 2,
     }
 
@@ -123,8 +126,13 @@ def daemon_main(argv: Sequence[str] | None = None) -> int:
 def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="show the running daemon's status")
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
-    p.add_argument("--wait", type=float, default=0.0, metavar="S",
-                   help="wait up to S seconds for the daemon to report that it runs")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for the daemon to report that it runs",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--status-file", type=Path, help="status file to read")
     where.add_argument("--config", type=Path, help="find the status file from this config")
@@ -443,8 +451,12 @@ def _add_unit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "/etc/systemd/system/edge-agent.service.d/profile.conf, then systemctl daemon-reload.",
     )
     p.add_argument("--profile", default="auto", help="profile name (default: this device's)")
-    p.add_argument("--exec-start", default=None, metavar="CMD",
-                   help="also replace the unit's ExecStart= with CMD (an absolute command line)")
+    p.add_argument(
+        "--exec-start",
+        default=None,
+        metavar="CMD",
+        help="also replace the unit's ExecStart= with CMD (an absolute command line)",
+    )
 
 
 def cmd_static_unit(_args: argparse.Namespace) -> int:
@@ -476,19 +488,39 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "through one agent on MODEL.npz (pymdp keys A0.., B0.., C0.., D0.., E) and write per "
         "step qs{f}, q_pi, chosen_action, tied, recorded_shortfall and the policies to OUT.npz.",
     )
-    p.add_argument("model", type=Path,
-                   help="the model: a float .npz (pymdp keys A0.., B0.., ...) or an Active "
-                   "Inference bundle (directory or .tar, run in int8 with its own settings)")
-    p.add_argument("--trusted-keys", type=Path, default=None, metavar="DIR",
-                   help="require a bundle to be signed by one of these keys")
-    p.add_argument("--recording", type=Path, required=True,
-                   help="REC.npz: obs (T, M), actions (T, F), optional trial_start (T,)")
+    p.add_argument(
+        "model",
+        type=Path,
+        help="the model: a float .npz (pymdp keys A0.., B0.., ...) or an Active "
+        "Inference bundle (directory or .tar, run in int8 with its own settings)",
+    )
+    p.add_argument(
+        "--trusted-keys",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="require a bundle to be signed by one of these keys",
+    )
+    p.add_argument(
+        "--recording",
+        type=Path,
+        required=True,
+        help="REC.npz: obs (T, M), actions (T, F), optional trial_start (T,)",
+    )
     p.add_argument("--out", type=Path, required=True, help="OUT.npz to write, one row per step")
-    p.add_argument("--policy-len", type=int, default=None,
-                   help="planning horizon (default: the bundle's, 1 for a .npz)")
-    p.add_argument("--precision", choices=("float64", "int8"), default="float64",
-                   help="a .npz's tables: float64 as given, or int8 as on a device (a bundle "
-                   "always runs int8)")
+    p.add_argument(
+        "--policy-len",
+        type=int,
+        default=None,
+        help="planning horizon (default: the bundle's, 1 for a .npz)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("float64", "int8"),
+        default="float64",
+        help="a .npz's tables: float64 as given, or int8 as on a device (a bundle "
+        "always runs int8)",
+    )
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

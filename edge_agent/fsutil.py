@@ -31,8 +31,13 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 @contextlib.contextmanager
 def atomic_writer(
-    path: str | os.PathLike[str], *, durable: bool = True, mode: int | None = None,
-    mkdir: bool = False, prefix: str | None = None, suffix: str = ".tmp",
+    path: str | os.PathLike[str],
+    *,
+    durable: bool = True,
+    mode: int | None = None,
+    mkdir: bool = False,
+    prefix: str | None = None,
+    suffix: str = ".tmp",
 ) -> Iterator[BinaryIO]:
     """A binary file to write ``path``'s new content into; it replaces ``path`` when the block
     ends without an exception (and is deleted when it raises). ``mode``: the file's permission
@@ -61,7 +66,11 @@ def atomic_writer(
 
 
 def write_atomic(
-    path: str | os.PathLike[str], data: bytes, *, durable: bool = True, mode: int | None = None,
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    durable: bool = True,
+    mode: int | None = None,
     mkdir: bool = False,
 ) -> None:
     """Replace ``path`` with ``data`` crash-safely (see the module docstring)."""

@@ -63,7 +63,8 @@ def load_replay_model(
         if spec.quant_scheme != SCHEME:
             raise InputError(f"{p}: unknown quantization scheme {spec.quant_scheme!r}")
         signed = (
-            f"signed by {bundle.key_id}" if bundle.signature_verified
+            f"signed by {bundle.key_id}"
+            if bundle.signature_verified
             else "signature not checked (--trusted-keys DIR checks it)"
         )
         what = f"bundle {bundle.manifest.name} {bundle.manifest.version}, int8, {signed}"
@@ -159,7 +160,10 @@ def replay(
         group.set_action(actions[t : t + 1])
     out: dict[str, np.ndarray] = {f"qs{f}": q for f, q in enumerate(qs)}
     out.update(
-        q_pi=q_pi, chosen_action=chosen, policies=group.cm.tree.policies, tied=tied,
+        q_pi=q_pi,
+        chosen_action=chosen,
+        policies=group.cm.tree.policies,
+        tied=tied,
         recorded_shortfall=shortfall,
     )
     return out

@@ -189,4 +189,3 @@ class CommandHandlers:
 
     def deploy_chunk(self, args: ChunkArgs, _cmd: Command) -> Outcome:
         return self.daemon.deployer.chunk(args)
-

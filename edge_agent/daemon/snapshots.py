@@ -622,8 +622,6 @@ def _decode_array(
 # --- file system ---------------------------------------------------------------------------------
 
 
-
-
 def _remove(path: Path) -> bool:
     """Unlink ``path``; ``True`` if it is gone. Failures are logged, never raised."""
     try:

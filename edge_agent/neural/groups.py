@@ -121,8 +121,10 @@ def check_session(spec: NeuralSpec, session: Session) -> None:
             if (tensor.scale is None) != (got.scale is None) or (
                 tensor.scale is not None
                 and got.scale is not None
-                and (not math.isclose(tensor.scale, got.scale, rel_tol=1e-6)
-                     or tensor.zero_point != got.zero_point)
+                and (
+                    not math.isclose(tensor.scale, got.scale, rel_tol=1e-6)
+                    or tensor.zero_point != got.zero_point
+                )
             ):
                 raise ModelError(
                     f"{label} {tensor.name!r}: the manifest says scale {tensor.scale} zero_point "
@@ -211,7 +213,9 @@ class NeuralAgentGroup:
             self._out_dims = self._check_output()
             if budget is not None:
                 self._agent_reservation = budget.reserve(
-                    name, "agents", self.bytes_for(int(n_agents)),
+                    name,
+                    "agents",
+                    self.bytes_for(int(n_agents)),
                     hint=f"reduce group {name!r} count or its window/history",
                 )
                 self._reservations.append(self._agent_reservation)
@@ -256,7 +260,9 @@ class NeuralAgentGroup:
     def per_agent_nbytes(self) -> int:
         """Bytes allocated per agent: ring and window scratch, session buffers, actions."""
         ring = HistoryRing.bytes_needed(
-            1, self.history_capacity, {"obs": ((self.num_features,), np.float32)},
+            1,
+            self.history_capacity,
+            {"obs": ((self.num_features,), np.float32)},
             max_window=self.window,
         )
         kind = self.spec.output_kind
@@ -457,7 +463,7 @@ class NeuralAgentGroup:
                     f"group {self.name!r} snapshot {key!r} has shape {np.shape(state[key])}, "
                     f"expected {like.shape}"
                 )
-        history = {k[len("history."):]: v for k, v in state.items() if k.startswith("history.")}
+        history = {k[len("history.") :]: v for k, v in state.items() if k.startswith("history.")}
         self.history.load_state_dict(history)
         self._filled[...] = np.minimum(np.asarray(state["filled"]), self.window)
         self._actions[...] = state["actions"]
@@ -492,11 +498,23 @@ class NeuralAgentGroup:
                 "Active Inference model in an 'aif+perception' bundle"
             )
         logger.info(
-            "group %s: neural bundle %s %s (%s, window %d, %s output)", name, manifest.name,
-            manifest.version, spec.backend, spec.window, spec.output_kind,
+            "group %s: neural bundle %s %s (%s, window %d, %s output)",
+            name,
+            manifest.name,
+            manifest.version,
+            spec.backend,
+            spec.window,
+            spec.output_kind,
         )
         return cls(
-            spec, bundle.file_bytes(spec.model_file), n_agents, threads=threads,
-            selection=selection, temperature=temperature, seed=seed,
-            history_capacity=history_capacity, budget=budget, name=name,
+            spec,
+            bundle.file_bytes(spec.model_file),
+            n_agents,
+            threads=threads,
+            selection=selection,
+            temperature=temperature,
+            seed=seed,
+            history_capacity=history_capacity,
+            budget=budget,
+            name=name,
         )

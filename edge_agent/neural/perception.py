@@ -154,10 +154,10 @@ class PerceptionAifGroup:
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         self.perception.load_state_dict(
-            {k[len("perception."):]: v for k, v in state.items() if k.startswith("perception.")}
+            {k[len("perception.") :]: v for k, v in state.items() if k.startswith("perception.")}
         )
         self.aif.load_state_dict(
-            {k[len("aif."):]: v for k, v in state.items() if k.startswith("aif.")}
+            {k[len("aif.") :]: v for k, v in state.items() if k.startswith("aif.")}
         )
 
     # -- bundles -----------------------------------------------------------------------------------
@@ -193,19 +193,34 @@ class PerceptionAifGroup:
             raise BundleError(f"{bundle.path}: invalid agent settings: {err}") from err
         model = QuantizedModel.from_arrays(bundle.aif_arrays())
         perception = NeuralAgentGroup(
-            manifest.neural, bundle.file_bytes(manifest.neural.model_file), n_agents,
-            threads=threads, seed=seed, budget=budget, name=f"{name}.perception",
+            manifest.neural,
+            bundle.file_bytes(manifest.neural.model_file),
+            n_agents,
+            threads=threads,
+            seed=seed,
+            budget=budget,
+            name=f"{name}.perception",
         )
         try:
             aif = AifAgentGroup(
-                model, n_agents, settings=agent_settings, precision=precision, seed=seed,
-                history_capacity=history_capacity, budget=budget, name=name,
+                model,
+                n_agents,
+                settings=agent_settings,
+                precision=precision,
+                seed=seed,
+                history_capacity=history_capacity,
+                budget=budget,
+                name=name,
             )
         except BaseException:
             perception.release()
             raise
         logger.info(
-            "group %s: perception bundle %s %s (%s evidence, %s agents)", name, manifest.name,
-            manifest.version, evidence, precision,
+            "group %s: perception bundle %s %s (%s evidence, %s agents)",
+            name,
+            manifest.name,
+            manifest.version,
+            evidence,
+            precision,
         )
         return cls(perception, aif, evidence=evidence)

@@ -44,8 +44,7 @@ def sensor_prototypes(
     """``(K, F)`` class prototypes: random directions with norm ``separation`` (seeded)."""
     if num_classes < 2 or num_features < 1:
         raise InputError(
-            f"a sensor world needs >= 2 classes and >= 1 feature, got {num_classes}, "
-            f"{num_features}"
+            f"a sensor world needs >= 2 classes and >= 1 feature, got {num_classes}, {num_features}"
         )
     if not np.isfinite(separation) or separation <= 0:
         raise InputError(f"separation must be a positive number, got {separation}")

@@ -209,9 +209,7 @@ class Session(abc.ABC):
         """
         self._require_batch()
         if inputs.keys() != self._staging.keys():
-            raise InputError(
-                f"model inputs are {sorted(self._staging)}, got {sorted(inputs)}"
-            )
+            raise InputError(f"model inputs are {sorted(self._staging)}, got {sorted(inputs)}")
         for name, staging in self._staging.items():
             value = inputs[name]
             if value is staging:

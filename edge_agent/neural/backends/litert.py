@@ -92,8 +92,9 @@ class LiteRtSession(Session):
         output_details = self._interp.get_output_details()
         self._in_index = {str(d["name"]): int(d["index"]) for d in input_details}
         self._out_index = {str(d["name"]): int(d["index"]) for d in output_details}
-        super().__init__([_spec(d) for d in input_details], [_spec(d) for d in output_details],
-                         threads)
+        super().__init__(
+            [_spec(d) for d in input_details], [_spec(d) for d in output_details], threads
+        )
         self._model_in: dict[str, np.ndarray] = {}
         self._scratch: dict[str, FloatArray] = {}
 
@@ -192,12 +193,15 @@ class LiteRtBackend:
         """
         session = LiteRtSession(model_bytes, threads)
         for name, (scale, zero_point) in (quantization or {}).items():
-            spec = next((s for s in (*session.input_specs, *session.output_specs)
-                         if s.name == name), None)
+            spec = next(
+                (s for s in (*session.input_specs, *session.output_specs) if s.name == name), None
+            )
             if spec is None:
                 raise ModelError(f"quantization given for unknown tensor {name!r}")
-            if spec.scale is None or not np.isclose(spec.scale, scale, rtol=1e-6) or (
-                spec.zero_point != zero_point
+            if (
+                spec.scale is None
+                or not np.isclose(spec.scale, scale, rtol=1e-6)
+                or (spec.zero_point != zero_point)
             ):
                 raise ModelError(
                     f"tensor {name!r}: the model has scale {spec.scale} zero_point "

@@ -59,8 +59,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     """Every exception class onnxruntime raises from C++ (they derive from Exception only)."""
     state = importlib.import_module("onnxruntime.capi.onnxruntime_pybind11_state")
     found = [
-        cls for cls in vars(state).values()
-        if isinstance(cls, type) and issubclass(cls, Exception)
+        cls for cls in vars(state).values() if isinstance(cls, type) and issubclass(cls, Exception)
     ]
     return (RuntimeError, ValueError, *found)
 
@@ -193,8 +192,10 @@ class OnnxRuntimeSession(Session):
             values.append(value)
         for spec in self._output_specs:
             result = self._outputs[spec.name]
-            out = result if spec.dtype == "float32" else np.zeros(
-                result.shape, dtype=np.dtype(spec.dtype)
+            out = (
+                result
+                if spec.dtype == "float32"
+                else np.zeros(result.shape, dtype=np.dtype(spec.dtype))
             )
             self._model_out[spec.name] = out
             value = ort.OrtValue.ortvalue_from_numpy(out)
