@@ -152,16 +152,33 @@ class DaemonSection(StrictModel):
         description="Directory of *.pub ed25519 keys trusted for bundles and hub commands; "
         "empty: no signed content is accepted.",
     )
+    prometheus_textfile: Path | None = Field(
+        None,
+        description="Write the daemon's metrics to this *.prom file for node_exporter's textfile "
+        "collector (e.g. /var/lib/prometheus/node-exporter/edge_agent.prom); default: off.",
+    )
+    prometheus_interval_s: float = Field(
+        15.0, ge=1.0, le=3600.0, description="How often the Prometheus text file is rewritten (s)."
+    )
 
     @field_validator("state_dir", mode="before")
     @classmethod
     def _required_path(cls, value: object, info: ValidationInfo) -> Path | None:
         return _as_path(value, info, optional=False)
 
-    @field_validator("status_file", "trusted_keys_dir", mode="before")
+    @field_validator("status_file", "trusted_keys_dir", "prometheus_textfile", mode="before")
     @classmethod
     def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
         return _as_path(value, info, optional=True)
+
+    @field_validator("prometheus_textfile")
+    @classmethod
+    def _prom_suffix(cls, path: Path | None) -> Path | None:
+        if path is not None and path.suffix != ".prom":
+            raise ValueError(
+                f"{path}: node_exporter's textfile collector reads only files ending in .prom"
+            )
+        return path
 
     @field_validator("profile")
     @classmethod
@@ -329,12 +346,25 @@ class GroupConfig(StrictModel):
     def _source_fits_sink_and_model(self) -> GroupConfig:
         problems: list[Problem] = []
         if isinstance(self.source, MqttSource) and isinstance(self.sink, SimSink):
-            problems.append((("sink", "type"), "a 'sim' sink acts on a simulated world and needs "
-                             "a 'sim' source; with an mqtt source use sink type 'mqtt' or 'log'"))
-        if (isinstance(self.source, SimSource) and self.source.world is None
-                and isinstance(self.model, BundleModel)):
-            problems.append((("source", "world"), "a 'sim' source with a bundle model needs the "
-                             "built-in world that produces its observations"))
+            problems.append(
+                (
+                    ("sink", "type"),
+                    "a 'sim' sink acts on a simulated world and needs "
+                    "a 'sim' source; with an mqtt source use sink type 'mqtt' or 'log'",
+                )
+            )
+        if (
+            isinstance(self.source, SimSource)
+            and self.source.world is None
+            and isinstance(self.model, BundleModel)
+        ):
+            problems.append(
+                (
+                    ("source", "world"),
+                    "a 'sim' source with a bundle model needs the "
+                    "built-in world that produces its observations",
+                )
+            )
         raise_problems("GroupConfig", problems)
         return self
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,27 @@ class GroupRuntime:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def agents_finite(self) -> bool:
+        """Whether the agents' state is finite (a new bundle's watch checks this every tick)."""
+        return beliefs_finite(self.agents)
+
+    def replaced(
+        self, cfg: GroupConfig, agents: AifAgentGroup, loaded: LoadedModel
+    ) -> GroupRuntime:
+        """This group with new agents (a deployed bundle), on the same source and sink."""
+        return GroupRuntime(
+            config=cfg,
+            agents=agents,
+            env=self.env,
+            obs=self.obs,
+            inbox=self.inbox,
+            sink=self.sink,
+            bundle_name=loaded.bundle_name,
+            bundle_sha256=loaded.bundle_sha256,
+            paused=self.paused,
+            paused_reason=self.paused_reason,
+        )
 
     def tick(self, now: float, coordination: CoordinationRuntime | None = None) -> bool:
         """One batched step of every agent in the group; False if it could not step yet.
@@ -394,10 +416,12 @@ def build_groups(
         if source is None or not err.offenders:
             raise
         owner_group = {f"model:{p[1][3]}": p[0][0] for p in reversed(plans)}
-        located = source.error([
-            (source.group_loc(owner_group.get(owner, owner), "count"), problem)
-            for owner, problem in err.offenders
-        ])
+        located = source.error(
+            [
+                (source.group_loc(owner_group.get(owner, owner), "count"), problem)
+                for owner, problem in err.offenders
+            ]
+        )
         raise ConfigError(
             f"{located}\n{err.summary}", path=source.path, problems=located.problems
         ) from err
@@ -410,18 +434,52 @@ def build_groups(
     groups = []
     for g in config.groups:
         cfg, loaded = models[g.name]
-        agents = AifAgentGroup(
-            loaded.model,
-            g.count,
-            settings=loaded.settings,
-            precision=g.precision,
-            seed=g.seed,
-            history_capacity=g.history_capacity_for(profile),
-            budget=budget,
-            name=g.name,
+        agents = make_agents(
+            loaded, cfg, g.count, budget=budget, history_capacity=g.history_capacity_for(profile)
         )
         groups.append(make_runtime(cfg, agents, config, loaded))
     return groups
+
+
+def make_agents(
+    loaded: LoadedModel,
+    cfg: GroupConfig,
+    n_agents: int,
+    *,
+    budget: MemoryBudget | None = None,
+    history_capacity: int = 0,
+) -> AifAgentGroup:
+    """The agents of group ``cfg`` on ``loaded`` (reserved in ``budget`` when given; without a
+    budget, a scratch group such as a deployment's health check steps)."""
+    return AifAgentGroup(
+        loaded.model,
+        n_agents,
+        settings=loaded.settings,
+        precision=cfg.precision,
+        seed=cfg.seed,
+        history_capacity=history_capacity,
+        budget=budget,
+        name=cfg.name,
+    )
+
+
+def healthy_steps(
+    agents: AifAgentGroup, steps: int, *, deadline: float, timeout_s: float, seed: int | None
+) -> None:
+    """Step ``agents`` ``steps`` times on random valid observations; raise EdgeAgentError at
+    the first non-finite state or when ``deadline`` (monotonic) passes."""
+    rng = np.random.default_rng(seed)
+    n = agents.n_agents
+    num_obs = agents.cm.num_obs
+    obs = np.empty((n, len(num_obs)), dtype=np.int64)
+    for step in range(steps):
+        for m, o in enumerate(num_obs):
+            obs[:, m] = rng.integers(0, o, size=n)
+        agents.step(obs)
+        if not beliefs_finite(agents):
+            raise EdgeAgentError(f"non-finite beliefs after step {step + 1}")
+        if time.monotonic() > deadline:
+            raise EdgeAgentError(f"only {step + 1} of {steps} steps within {timeout_s:g} s")
 
 
 def new_budget(profile: FirmwareProfile) -> MemoryBudget:

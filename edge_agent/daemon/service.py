@@ -42,7 +42,6 @@ from edge_agent.config.daemon import (
     ConfigFile,
     DaemonConfig,
     LogSink,
-    MqttSource,
     default_config,
     read_config,
     resolve_profile,
@@ -51,7 +50,6 @@ from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import TomlDocument
 from edge_agent.coordination.config import CoordinationConfig
 from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding, wanted
-from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon import discovery
 from edge_agent.daemon.groups import (
@@ -59,49 +57,30 @@ from edge_agent.daemon.groups import (
     LoadedModel,
     OverlayProblem,
     admit,
-    beliefs_finite,
     build_groups,
-    hub_keys,
     load_group_model,
-    model_spec_key,
-    mqtt_password,
-    trusted_keys,
-    with_bundle,
 )
 from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.health import HealthMonitor
+from edge_agent.daemon.metrics import Metrics
+from edge_agent.daemon.rollout import Rollout
 from edge_agent.daemon.scheduler import Periodic, TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.daemon.systemd import SdNotifier, WatchdogGate
 from edge_agent.daemon.thermal import read_cpu_temp_c
+from edge_agent.daemon.uplink import FleetUplink
 from edge_agent.errors import (
     ConfigError,
     EdgeAgentError,
     InputError,
     SnapshotError,
 )
-from edge_agent.fleet.agent_io import ObservationBuffer, ObservationRouter
-from edge_agent.fleet.commands import (
-    NONCE_DB,
-    CommandProcessor,
-    CommandVerifier,
-    NonceStore,
-)
-from edge_agent.fleet.comms.base import Backoff, Incoming
-from edge_agent.fleet.deploy import DeployManager, ReadyToSwitch
-from edge_agent.fleet.link import FleetLink, Received
-from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.deploy import Report
+from edge_agent.fleet.link import FleetLink
 from edge_agent.fleet.protocol import (
-    ActionBatch,
     Birth,
-    Command,
     CommandResult,
-    EventKind,
     GroupInfo,
-    ObservationBatch,
-    ResultCode,
-    Severity,
-    Topics,
     clock_synced,
 )
 from edge_agent.fsutil import write_atomic
@@ -111,36 +90,33 @@ logger = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "edge-agent-groups-v1"
 
-
-#: Agents of the scratch group a deployment's health check steps.
-HEALTH_CHECK_AGENTS = 64
-#: Fleet work per tick is bounded: incoming messages taken, commands applied.
-MAX_MESSAGES_PER_TICK = 32
-MAX_COMMANDS_PER_TICK = 16
-#: Noisy events (rejected input, refused commands) are published at most this often per kind
-#: and group; the next one carries how many were folded into it.
-NOISY_EVENT_INTERVAL_S = 5.0
 CAPABILITIES: Final = ("commands", "ota", "mqtt_io")
 
-#: The daemon's own event names -> the protocol's event kinds.
-EVENT_KINDS: Final = {
-    "memory_degraded": EventKind.BUDGET,
-    "thermal_throttle": EventKind.THERMAL,
-    "thermal_critical": EventKind.THERMAL,
-    "snapshot_failed": EventKind.ALARM,
-    "snapshot_corrupt": EventKind.ALARM,
-    "tick_failed": EventKind.ALARM,
-    "fleet_failed": EventKind.ALARM,
-    "command_refused": EventKind.ALARM,
-    "reload_refused": EventKind.CONFIG,
-    "overlay_ignored": EventKind.CONFIG,
-    "rejected_input": EventKind.REJECTED_INPUT,
-    "deploy": EventKind.DEPLOY,
-    "rollback": EventKind.ROLLBACK,
-    "connectivity": EventKind.CONNECTIVITY,
-    "started": EventKind.OTHER,
-}
-_NOISY: Final = frozenset({"rejected_input", "command_refused"})
+#: The keys of each metrics reader that are gauges (the others only grow: counters).
+DAEMON_GAUGES: Final = (
+    "started_at",
+    "uptime_s",
+    "rss_bytes",
+    "rss_peak_bytes",
+    "budget_used_bytes",
+    "budget_total_bytes",
+    "agents",
+    "groups",
+    "paused_groups",
+    "cpu_temp_c",
+    "throttled",
+    "thermal_critical",
+)
+TICK_GAUGES: Final = ("hz", "p50_ms", "p99_ms")
+SNAPSHOT_GAUGES: Final = (
+    "last_write_time",
+    "last_write_bytes",
+    "last_duration_s",
+    "last_seq",
+    "writes_in_last_hour",
+    "max_writes_per_hour",
+)
+GROUP_GAUGES: Final = ("agents", "paused", "bytes_per_agent")
 
 
 class State(enum.Enum):
@@ -190,29 +166,26 @@ class Daemon:
         self.state = State.STARTING
         self.stop_event = threading.Event()
         self._reload_requested = False
-        self._reload_deferred = False
         self.status_interval_s = status_interval_s
         self.report_interval_s = report_interval_s
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.events: list[dict[str, Any]] = []
         self.reloads_ok = 0
+        self.prometheus_errors = 0
         self.reloads_refused = 0
         self.last_reload_error = ""
         self.stats = TickStats()
         self.rss = RssSampler()
         self.state_dir = Path(config.daemon.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        # A deployment interrupted by a crash is completed or undone before groups are built
-        # (recovery verifies nothing, so the keys are set once admit() has checked them).
-        self.deployer = DeployManager(self.state_dir, bundle_keys=None)
-        self.deployer.recover()
+        # A deployment interrupted by a crash is completed or undone before groups are built.
+        self.rollout = Rollout(self.state_dir, report=self._publish_deploy_reports)
+        self.deployer = self.rollout.deployer
         self.overlay_problems: list[OverlayProblem] = []
         self.profile, self.budget, self.groups = self._admit(source)
         profile = self.profile
-        self.deployer.bundle_keys = trusted_keys(config)
         self.health = HealthMonitor(profile, self.rss, self._event)
-        self._watch_old: GroupRuntime | None = None
         self.snapshots = SnapshotStore(
             self.state_dir / "snapshots",
             max_writes_per_hour=profile.max_snapshot_writes_per_hour,
@@ -227,37 +200,12 @@ class Daemon:
         self.restored_from: str | None = None
         self._announced: Path | None = None
         self.last_snapshot: dict[str, Any] | None = None
-        self._noisy: dict[tuple[str, str | None], tuple[float, int]] = {}
-        self.fleet_counters: dict[str, int] = dict.fromkeys(
-            (
-                "telemetry_published",
-                "events_published",
-                "events_suppressed",
-                "results_published",
-                "publish_refused",
-                "actions_refused",
-                "obs_unrouted",
-                "messages_ignored",
-                "errors",
-            ),
-            0,
-        )
-        self._last_fleet_error = -1e18
-        self._was_online = False
-        self.link: FleetLink | None = None
-        self.outbox: Outbox | None = None
-        self.router: ObservationRouter | None = None
-        self.commands: CommandProcessor | None = None
-        self.nonces: NonceStore | None = None
-        self.node_id: str | None = None
+        self.uplink: FleetUplink | None = None
         self.coordination: CoordinationRuntime | None = None
+        self.metrics = self._make_metrics()
         if config.mqtt.enabled:
             self._open_fleet(config)
-        self.deployer.bind(
-            self._health_check,
-            current_sha=self._group_sha,
-            group_exists=lambda name: self.find_group(name) is not None,
-        )
+        self.rollout.bind(self)
         for problem in self.overlay_problems:
             severity = "warning" if problem.superseded else "error"
             self._event("overlay_ignored", severity, problem.detail, group=problem.group)
@@ -300,69 +248,21 @@ class Daemon:
         return admitted
 
     def _open_fleet(self, config: DaemonConfig) -> None:
-        """Outbox, transport, link, observation router and command processor (no connection yet)."""
-        # paho is imported only by daemons that use MQTT.
-        from edge_agent.fleet.comms.mqtt import (  # noqa: PLC0415
-            MqttSettings,
-            MqttTransport,
-            TlsSettings,
-        )
-
-        m = config.mqtt
-        node = m.effective_node_id()
-        password = mqtt_password(config, self.source)
-        tls = None
-        if m.tls.enabled:
-            tls = TlsSettings(
-                ca_file=str(m.tls.ca_file) if m.tls.ca_file else None,
-                cert_file=str(m.tls.cert_file) if m.tls.cert_file else None,
-                key_file=str(m.tls.key_file) if m.tls.key_file else None,
-            )
-        settings = MqttSettings(
-            client_id=f"ea-{m.fleet}-{node}"[:256],
-            host=m.host,
-            port=m.port,
-            keepalive_s=m.keepalive_s,
-            username=m.username or None,
-            password=password,
-            tls=tls,
-        )
-        keys = hub_keys(config, self.source)
-        if keys is None:
-            logger.warning(
-                "no hub keys ([mqtt] hub_keys_dir or [daemon] trusted_keys_dir): every hub "
-                "command will be refused"
-            )
-        self.node_id = node
-        self.topics = Topics(m.fleet)
-        self.outbox = Outbox(self.state_dir / "outbox.sqlite3", max_bytes=m.outbox_max_bytes)
-        self.transport = MqttTransport(
-            settings, backoff=Backoff(initial_s=m.reconnect_initial_s, max_s=m.reconnect_max_s)
-        )
-        self.link = FleetLink(
-            self.transport,
-            self.outbox,
-            node,
-            m.fleet,
+        """The fleet uplink and, when a group takes part, coordination (no connection yet)."""
+        uplink = FleetUplink(
+            config,
+            self.source,
             self.state_dir,
             birth=self._birth(),
-            max_inbox=128 + (config.coordination or CoordinationConfig()).max_inbox,
+            handlers=CommandHandlers(self).table(),
+            event=self._event,
         )
-        self._open_coordination(config)
+        self.uplink = uplink
+        self._open_coordination(config, uplink.link)
+        uplink.coordination = self.coordination
         if self.coordination is not None:
-            self.link.set_birth(self._birth())  # says "coordination"; sent once connected
-        self.router = ObservationRouter(self.topics)
-        self._bind_sources()
-        self.nonces = NonceStore(self.state_dir / NONCE_DB)
-        verifier = CommandVerifier(
-            keys,
-            fleet=m.fleet,
-            node_id=node,
-            nonces=self.nonces,
-            max_ttl_s=m.command_max_ttl_s,
-        )
-        handlers = CommandHandlers(self).table()
-        self.commands = CommandProcessor(verifier, handlers)
+            uplink.set_birth(self._birth())  # says "coordination"; sent once connected
+        uplink.bind_sources(self.groups)
 
     def _coordination_groups(self) -> dict[str, GroupBinding]:
         """The groups with a coordination table, as they are now (the runtime follows them)."""
@@ -372,16 +272,14 @@ class Daemon:
             if g.config.coordination is not None
         }
 
-    def _open_coordination(self, config: DaemonConfig) -> None:
+    def _open_coordination(self, config: DaemonConfig, link: FleetLink) -> None:
         """The coordination runtime, when a group takes part (reserves its memory first)."""
-        if self.link is None or not wanted(
-            config.coordination, self._coordination_groups(), config.mqtt.enabled
-        ):
+        if not wanted(config.coordination, self._coordination_groups(), config.mqtt.enabled):
             return
         try:
             self.coordination = CoordinationRuntime(
                 config.coordination or CoordinationConfig(),
-                self.link,
+                link,
                 self._coordination_groups,
                 tick_period_s=1.0 / self.base_hz,
                 budget=lambda: self.budget,
@@ -389,41 +287,6 @@ class Daemon:
             )
         except InputError as err:
             raise ConfigError(f"[groups.coordination]: {err}", path=None) from err
-
-    def _bind_sources(self) -> None:
-        """Point the MQTT sources' topic filters at their groups' observation buffers."""
-        if self.router is None:
-            return
-        routes: dict[str, list[ObservationBuffer]] = {}
-        for g in self.groups:
-            if g.inbox is not None and isinstance(g.config.source, MqttSource):
-                routes.setdefault(g.config.source.topic, []).append(g.inbox)
-        self.router.bind(routes)
-
-    def _start_fleet(self) -> None:
-        """Start connecting (in the background) and route observation topics to the groups."""
-        if self.link is None or self.router is None:
-            return
-        if self.coordination is not None:
-            self.coordination.start()
-        self.link.start()
-        fallback = self.transport.on_message
-        router = self.router
-
-        def dispatch(msg: Incoming) -> None:
-            if not router.handle(msg) and fallback is not None:
-                fallback(msg)
-
-        self.transport.on_message = dispatch
-        self._subscribe_sources()
-
-    def _subscribe_sources(self) -> None:
-        if self.link is None or self.router is None or self.node_id is None:
-            return
-        inbox_prefix = self.topics.obs_all(self.node_id)[:-1]  # the node subscribes to obs/#
-        for pattern in self.router.patterns:
-            if not pattern.startswith(inbox_prefix):
-                self.link.subscribe(pattern, 1)
 
     # -- signals ------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -553,7 +416,8 @@ class Daemon:
             format_bytes(self.budget.used),
             format_bytes(self.budget.total),
         )
-        self._start_fleet()  # returns at once: the broker may be down, the agents still tick
+        if self.uplink is not None:
+            self.uplink.start()  # returns at once: the broker may be down, the agents still tick
         self._announced = discovery.announce(
             self.status_path,
             str(self.config_path) if self.config_path else "<embedded demo config>",
@@ -574,11 +438,16 @@ class Daemon:
         ]
         if self.report_interval_s:
             after_tick.append(Periodic(self.report_interval_s, self._report, now=now))
+        textfile = self.config.daemon.prometheus_textfile
+        if textfile is not None:
+            after_tick.append(
+                Periodic(self.config.daemon.prometheus_interval_s, self._write_prometheus, now=now)
+            )
         telemetry = Periodic(lambda: self.telemetry_interval_s, self._publish_telemetry, now=now)
         self.clock.next_deadline = now
         while self._next_tick():
             start = time.monotonic()
-            self._fleet_step(self._fleet_before_tick)
+            self._fleet_before_tick()
             self._fleet_step(self._coordination_before_tick)
             failed = False
             try:
@@ -587,12 +456,11 @@ class Daemon:
                 logger.exception("tick failed")
                 self._event("tick_failed", "error", "exception in tick; see the log")
                 failed = True
-            if self.link is not None and time.monotonic() >= telemetry.next_at:
+            if self.uplink is not None and time.monotonic() >= telemetry.next_at:
                 self._fleet_step(lambda: telemetry.run_if_due(time.monotonic()))
             self._fleet_step(self._coordination_after_tick)
             self._fleet_step(self._fleet_after_tick)
-            if self._reload_deferred and self._watch_old is None:
-                self._reload_deferred = False
+            if self.rollout.take_deferred_reload():
                 self.reload()
             if failed:
                 continue
@@ -615,10 +483,7 @@ class Daemon:
                 return False
             self._reload_requested = False
             self.stop_event.clear()
-            if self._watch_old is not None:
-                self._reload_deferred = True
-                logger.info("reload deferred until the deployment's watch ends")
-            else:
+            if not self.rollout.defer_reload():
                 self.reload()
         return True
 
@@ -645,50 +510,23 @@ class Daemon:
 
     def _stop_fleet(self) -> None:
         """After the final snapshot: last telemetry, death, drain briefly, disconnect, close."""
-        if self.link is not None:
-            self._fleet_step(self._publish_deploy_reports)
+        if self.uplink is not None:
+            self._fleet_step(self.rollout.publish_reports)
             self._fleet_step(self._publish_telemetry)
-            try:
-                self.link.stop(drain_timeout_s=1.0)
-            except Exception:  # shutting down: report and go on closing
-                logger.exception("fleet link did not stop cleanly")
-        if self.coordination is not None:
-            self.coordination.close()
-        if self.outbox is not None:
-            self.outbox.close()
-        if self.nonces is not None:
-            self.nonces.close()
-        self.deployer.close()
+            self.uplink.stop()
+        self.rollout.close()
 
     def _tick(self, now: float) -> None:
-        watched = self.deployer.watching_group if self._watch_old is not None else None
+        watched = self.rollout.watching
         for g in self.groups:
             if g.paused:
                 continue
             if g.name == watched:
-                self._tick_watched(g, now)
+                if self.rollout.tick_watched(g, now, self.coordination):
+                    self._publish_actions(g)
+                    self.rollout.watched_stepped()
             elif g.tick(now, self.coordination):
                 self._publish_actions(g)
-
-    def _tick_watched(self, g: GroupRuntime, now: float) -> None:
-        """A freshly deployed group: any exception or non-finite belief rolls it back."""
-        try:
-            stepped = g.tick(now, self.coordination)
-            problem = None if not stepped or beliefs_finite(g.agents) else "non-finite beliefs"
-        except Exception as err:  # the new bundle's boundary: roll back, do not crash
-            logger.exception("group %s failed on its new bundle", g.name)
-            stepped, problem = False, f"{type(err).__name__}: {err}"
-        if problem is not None:
-            self._rollback(g, problem)
-            return
-        if stepped:
-            self._publish_actions(g)
-            if self.deployer.watch_tick():
-                old = self._watch_old
-                self._watch_old = None
-                if old is not None:
-                    old.agents.release()
-                self._publish_deploy_reports()
 
     @property
     def total_agents(self) -> int:
@@ -700,10 +538,6 @@ class Daemon:
 
     def find_group(self, name: str) -> GroupRuntime | None:
         return next((g for g in self.groups if g.name == name), None)
-
-    def _group_sha(self, name: str) -> str | None:
-        g = self.find_group(name)
-        return None if g is None else g.bundle_sha256
 
     # -- reload ---------------------------------------------------------------------------------
     def reload(self) -> bool:
@@ -747,10 +581,10 @@ class Daemon:
             logger.warning("[coordination] changes take effect at the next restart")
         self.config, self.profile, self.budget, self.groups = new_config, profile, budget, groups
         self.source = source
-        self.deployer.bundle_keys = trusted_keys(new_config)
+        self.rollout.configured(new_config)
         self.set_base_rate(new_config.daemon.tick_hz_for(profile))
-        self._bind_sources()
-        self._subscribe_sources()
+        if self.uplink is not None:
+            self.uplink.bind_sources(self.groups)
         self.rebirth()
         self.reloads_ok += 1
         self.last_reload_error = ""
@@ -784,116 +618,27 @@ class Daemon:
         group: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        """Record an event for the status file and publish it to the fleet (class ``event``).
-
-        Noisy kinds (rejected input, refused commands) are published at most once per
-        :data:`NOISY_EVENT_INTERVAL_S` per group; the next carries ``suppressed``.
-        """
+        """Record an event for the status file and publish it to the fleet (class ``event``)."""
         now = time.time()
         self.events.append({"kind": kind, "severity": severity, "detail": detail, "time": now})
         del self.events[:-50]  # bounded: the newest 50 events
-        if self.link is None:
-            return
-        payload = dict(data or {})
-        if kind in _NOISY:
-            key = (kind, group)
-            last, suppressed = self._noisy.get(key, (-1e18, 0))
-            mono = time.monotonic()
-            if mono - last < NOISY_EVENT_INTERVAL_S:
-                self._noisy[key] = (last, suppressed + 1)
-                self.fleet_counters["events_suppressed"] += 1
-                return
-            self._noisy[key] = (mono, 0)
-            if suppressed:
-                payload["suppressed"] = suppressed
-        self.fleet_counters["events_published"] += 1
-        payload.update(n=self.fleet_counters["events_published"], name=kind)
-        try:
-            self.link.publish_event(
-                EVENT_KINDS.get(kind, EventKind.OTHER),
-                detail[:1024],
-                severity=severity if severity in Severity.__members__.values() else "info",
-                group=group,
-                data=payload,
-            )
-        except EdgeAgentError as err:
-            self.fleet_counters["events_published"] -= 1
-            self.fleet_counters["publish_refused"] += 1
-            logger.warning("event %s not published: %s", kind, err)
+        if self.uplink is not None:
+            self.uplink.publish_event(kind, severity, detail, group=group, data=data)
 
     # -- fleet ----------------------------------------------------------------------------------
     def _fleet_step(self, step: Callable[[], object]) -> None:
         """Run one piece of fleet work; its failure is logged and counted, never the tick's."""
-        try:
+        if self.uplink is not None:
+            self.uplink.guarded(step)
+        else:
             step()
-        except Exception:  # the fleet's boundary: the agents keep ticking
-            self.fleet_counters["errors"] += 1
-            now = time.monotonic()
-            if now - self._last_fleet_error > 60.0:
-                self._last_fleet_error = now
-                logger.exception("fleet work failed (logged at most once a minute)")
 
     def _fleet_before_tick(self) -> None:
-        """Between ticks: link events, incoming messages, commands, the deployment's progress."""
-        link, commands = self.link, self.commands
-        if link is not None and commands is not None:
-            link.pump()
-            if link.online != self._was_online:
-                self._was_online = link.online
-                m = self.config.mqtt
-                if link.online:
-                    self._event("connectivity", "info", f"connected to {m.host}:{m.port}")
-                else:
-                    self._event("connectivity", "warning", f"lost {m.host}:{m.port}")
-            for received in self._receive(link, min(commands.room, MAX_MESSAGES_PER_TICK)):
-                body = received.envelope.body
-                if isinstance(body, Command):
-                    commands.offer(body)
-                elif isinstance(body, ObservationBatch) and self.router is not None:
-                    # An observation that reached the link before the router was in place.
-                    if not self.router.deliver(received.topic, received.envelope):
-                        self.fleet_counters["obs_unrouted"] += 1
-                else:
-                    self.fleet_counters["messages_ignored"] += 1
-            answered = commands.process(MAX_COMMANDS_PER_TICK)
-            for cmd, result in answered:
-                self._publish_result(result)
-                if result.code not in (ResultCode.OK, ResultCode.ACCEPTED) and (
-                    cmd.name != "deploy_chunk"
-                ):
-                    self._event(
-                        "command_refused",
-                        "warning",
-                        f"command {cmd.name} from key {cmd.key_id[:16]!r}: {result.code.value}: "
-                        f"{result.detail}",
-                        data={"code": result.code.value, "command": cmd.name},
-                    )
-            if answered:
-                link.pump()  # results go out now, not after the groups' step
-        ready = self.deployer.poll()
-        if ready is not None:
-            self._switch(ready)
-        watched = self.deployer.watching_group
-        if self._watch_old is not None and watched and self.deployer.watch_expired():
-            g = self.find_group(watched)
-            if g is not None:
-                self._rollback(g, "the group did not step its watch_ticks within watch_timeout_s")
-        self._publish_deploy_reports()
-        self._report_rejected_input()
-
-    def _receive(self, link: FleetLink, limit: int) -> list[Received]:
-        """Up to ``limit`` incoming messages for the daemon; coordination messages met on the
-        way go to the coordination runtime's bounded queue and do not count."""
-        coordination = self.coordination
-        if coordination is None:
-            return link.receive(limit)
-        out: list[Received] = []
-        for _ in range(1 + coordination.config.max_inbox // MAX_MESSAGES_PER_TICK):
-            batch = link.receive(limit - len(out))
-            out.extend(m for m in batch if not coordination.handle(m))
-            if not batch or len(out) >= limit:
-                break
-        return out
+        """Between ticks: the uplink's messages and commands, then the deployment's progress."""
+        if self.uplink is not None:
+            self.uplink.guarded(self.uplink.before_tick)
+        self._fleet_step(self.rollout.before_tick)
+        self._fleet_step(self._report_rejected_input)
 
     def _coordination_before_tick(self) -> None:
         if self.coordination is not None:
@@ -904,25 +649,13 @@ class Daemon:
             self.coordination.after_tick()
 
     def _fleet_after_tick(self) -> None:
-        if self.link is not None:
-            self.link.pump()  # sends this tick's messages now; commits the outbox first
-            self.link.flush()
+        if self.uplink is not None:
+            self.uplink.after_tick()
 
-    def _publish_result(self, result: CommandResult) -> None:
-        if self.link is None:
-            return
-        try:
-            self.link.publish_result(result)
-        except EdgeAgentError as err:
-            self.fleet_counters["publish_refused"] += 1
-            logger.warning("result of %s not published: %s", result.name, err)
-        else:
-            self.fleet_counters["results_published"] += 1
-
-    def _publish_deploy_reports(self) -> None:
-        for report in self.deployer.take_reports():
-            if report.nonce is not None and report.code is not None:
-                self._publish_result(
+    def _publish_deploy_reports(self, reports: list[Report]) -> None:
+        for report in reports:
+            if report.nonce is not None and report.code is not None and self.uplink is not None:
+                self.uplink.publish_result(
                     CommandResult(
                         nonce=report.nonce,
                         name="deploy",
@@ -935,23 +668,11 @@ class Daemon:
                 self._event(report.event, report.severity, report.detail, group=report.group)
 
     def _publish_actions(self, g: GroupRuntime) -> None:
-        sink = g.sink
-        if sink is None:
-            if isinstance(g.config.sink, LogSink) and g.env is None:
-                logger.debug("group %s step %d actions %s", g.name, g.steps, g.agents.action[:4])
-            return
-        if self.link is None:
-            return
-        qos = self.config.mqtt.action_qos
-        for body in sink.bodies(g.steps, g.agents.action):
-            try:
-                self.link.publish(ActionBatch.TYPE, body, "action", topic=sink.topic, qos=qos)
-            except EdgeAgentError:
-                sink.dropped += 1
-                self.fleet_counters["actions_refused"] += 1
-            else:
-                sink.batches += 1
-                sink.published += body.n_agents
+        if g.sink is not None:
+            if self.uplink is not None:
+                self.uplink.publish_actions(g)
+        elif isinstance(g.config.sink, LogSink) and g.env is None:
+            logger.debug("group %s step %d actions %s", g.name, g.steps, g.agents.action[:4])
 
     def _report_rejected_input(self) -> None:
         for g in self.groups:
@@ -973,38 +694,111 @@ class Daemon:
                     },
                 )
 
-    def _publish_telemetry(self) -> None:
-        if self.link is None:
-            return
-        p50, p99 = self.stats.percentiles_ms()
-        counters: dict[str, int | float] = {
-            "telemetry.n": self.fleet_counters["telemetry_published"] + 1,
-            "daemon.started_at": self.started_wall,
-            "tick.hz": round(self.clock.hz, 4),
-            "tick.missed": self.stats.missed,
+    # -- metrics --------------------------------------------------------------------------------
+    def _make_metrics(self) -> Metrics:
+        """Every number the status file, telemetry and the Prometheus text file report."""
+        metrics = Metrics()
+        metrics.register("daemon", self._daemon_metrics, gauges=DAEMON_GAUGES, help="daemon")
+        metrics.register("tick", self._tick_metrics, gauges=TICK_GAUGES, help="tick loop")
+        metrics.register(
+            "fleet",
+            lambda: {} if self.uplink is None else self.uplink.metrics(),
+            help="fleet uplink",
+        )
+        metrics.register(
+            "commands",
+            lambda: {} if self.uplink is None else self.uplink.commands.stats(),
+            gauges=("pending", "nonces"),
+            help="hub commands",
+        )
+        metrics.register("deploy", lambda: self.deployer.counters, help="deployments")
+        metrics.register("io", self._io_metrics, help="MQTT agent input")
+        metrics.register(
+            "snapshots",
+            self.snapshots.stats,
+            gauges=SNAPSHOT_GAUGES,
+            help="snapshots",
+        )
+        metrics.register("systemd", self.notifier.stats, gauges=("enabled",), help="sd_notify")
+        metrics.register(
+            "",
+            lambda: {} if self.coordination is None else self.coordination.telemetry_counters(),
+            gauges=("*",),
+            help="coordination",
+        )
+        metrics.register_groups(self._group_metrics, gauges=GROUP_GAUGES, help="group")
+        return metrics
+
+    def _daemon_metrics(self) -> dict[str, object]:
+        thermal = self.health.thermal
+        return {
+            "started_at": self.started_wall,
+            "uptime_s": round(time.monotonic() - self.started_mono, 3),
+            "rss_bytes": self.rss.last,
+            "rss_peak_bytes": self.rss.peak,
+            "budget_used_bytes": self.budget.used,
+            "budget_total_bytes": self.budget.total,
+            "agents": self.total_agents,
+            "groups": len(self.groups),
+            "paused_groups": sum(1 for g in self.groups if g.paused),
+            "cpu_temp_c": thermal.last_temp_c,
+            "throttled": thermal.throttled,
+            "thermal_critical": thermal.critical,
+            "reloads_ok": self.reloads_ok,
+            "reloads_refused": self.reloads_refused,
         }
-        for key, value in self.fleet_counters.items():
-            if key != "telemetry_published":
-                counters[f"fleet.{key}"] = value
-        if self.commands is not None:
-            for key, value in self.commands.stats().items():
-                counters[f"commands.{key}"] = value
-        for key, value in self.deployer.stats().items():
-            if isinstance(value, int) and not isinstance(value, bool):
-                counters[f"deploy.{key}"] = value
-        io = {"io.obs_rows": 0, "io.rows_rejected": 0, "io.batches_rejected": 0}
-        io["io.stale_agent_ticks"] = 0
+
+    def _tick_metrics(self) -> dict[str, object]:
+        p50, p99 = self.stats.percentiles_ms()
+        return {
+            "hz": round(self.clock.hz, 4),
+            "ticks": self.stats.ticks,
+            "overruns": self.stats.overruns,
+            "missed": self.stats.missed,
+            "p50_ms": round(p50, 4),
+            "p99_ms": round(p99, 4),
+        }
+
+    def _io_metrics(self) -> dict[str, int]:
+        io = dict.fromkeys(("obs_rows", "rows_rejected", "batches_rejected"), 0)
+        io["stale_agent_ticks"] = 0
         for g in self.groups:
             if g.inbox is not None:
-                io["io.obs_rows"] += g.inbox.counters["rows"]
-                io["io.rows_rejected"] += g.inbox.counters["rows_rejected"]
-                io["io.batches_rejected"] += g.inbox.counters["batches_rejected"]
-                io["io.stale_agent_ticks"] += g.inbox.counters["stale_agent_ticks"]
-        counters.update(io)
-        counters["paused_groups"] = sum(1 for g in self.groups if g.paused)
-        if self.coordination is not None:
-            counters.update(self.coordination.telemetry_counters())
-        self.link.publish_telemetry(
+                c = g.inbox.counters
+                io["obs_rows"] += c["rows"]
+                io["rows_rejected"] += c["rows_rejected"]
+                io["batches_rejected"] += c["batches_rejected"]
+                io["stale_agent_ticks"] += c["stale_agent_ticks"]
+        return io
+
+    def _group_metrics(self) -> dict[str, dict[str, object]]:
+        return {
+            g.name: {
+                "agents": g.agents.n_agents,
+                "steps": g.steps,
+                "paused": g.paused,
+                "bytes_per_agent": g.agents.per_agent_nbytes(),
+            }
+            for g in self.groups
+        }
+
+    def _write_prometheus(self) -> None:
+        path = self.config.daemon.prometheus_textfile
+        if path is None:
+            return
+        labels = {} if self.uplink is None else {"node": self.uplink.node_id}
+        try:
+            self.metrics.write_prometheus(path, labels)
+        except OSError as err:
+            self.prometheus_errors += 1
+            if self.prometheus_errors == 1:
+                logger.warning("cannot write the Prometheus text file %s: %s", path, err)
+
+    def _publish_telemetry(self) -> None:
+        if self.uplink is None:
+            return
+        p50, p99 = self.stats.percentiles_ms()
+        self.uplink.publish_telemetry(
             {
                 "uptime_s": round(time.monotonic() - self.started_mono, 3),
                 "rss_bytes": self.rss.last or self.rss.sample(),
@@ -1016,10 +810,9 @@ class Daemon:
                 "overruns": self.stats.overruns,
                 "groups": {g.name: g.agents.n_agents for g in self.groups},
                 "cpu_temp_c": self.health.thermal.last_temp_c,
-                "counters": counters,
-            }
+            },
+            self.metrics.values(),
         )
-        self.fleet_counters["telemetry_published"] += 1
 
     def _birth(self) -> Birth:
         return Birth(
@@ -1039,103 +832,8 @@ class Daemon:
 
     def rebirth(self) -> None:
         """The node's groups changed: publish a new birth."""
-        if self.link is not None:
-            self.link.set_birth(self._birth())
-
-    # -- commands (applied between ticks) -------------------------------------------------------
-    # -- deployment -----------------------------------------------------------------------------
-    def _health_check(self, group: str, path: Path, steps: int, timeout_s: float) -> LoadedModel:
-        """The deployment worker's check: load for ``group``, step a scratch group (any thread)."""
-        config = self.config
-        try:
-            cfg = config.group(group)
-        except KeyError:
-            raise EdgeAgentError(f"no group {group!r} in the config") from None
-        current = self.find_group(group)
-        deadline = time.monotonic() + timeout_s
-        loaded = load_group_model(with_bundle(cfg, path), config, trusted_keys(config))
-        n = min(HEALTH_CHECK_AGENTS, current.agents.n_agents if current else cfg.count)
-        scratch = AifAgentGroup(
-            loaded.model, n, settings=loaded.settings, precision=cfg.precision, seed=cfg.seed
-        )
-        rng = np.random.default_rng(cfg.seed)
-        num_obs = scratch.cm.num_obs
-        obs = np.empty((n, len(num_obs)), dtype=np.int64)
-        for step in range(steps):
-            for m, o in enumerate(num_obs):
-                obs[:, m] = rng.integers(0, o, size=n)
-            scratch.step(obs)
-            if not beliefs_finite(scratch):
-                raise EdgeAgentError(f"non-finite beliefs after step {step + 1}")
-            if time.monotonic() > deadline:
-                raise EdgeAgentError(f"only {step + 1} of {steps} steps within {timeout_s:g} s")
-        return loaded
-
-    def _switch(self, ready: ReadyToSwitch) -> None:
-        """Between ticks: run ``ready.group`` on the new bundle, keeping the old group to roll
-        back to while it is watched."""
-        index = next((i for i, g in enumerate(self.groups) if g.name == ready.group), None)
-        if index is None:
-            self.deployer.switch_failed(f"group {ready.group!r} no longer exists")
-            return
-        old = self.groups[index]
-        loaded = ready.payload
-        if not isinstance(loaded, LoadedModel):
-            self.deployer.switch_failed("internal: the health check returned no model")
-            return
-        try:
-            agents = AifAgentGroup(
-                loaded.model,
-                old.agents.n_agents,
-                settings=loaded.settings,
-                precision=old.config.precision,
-                seed=old.config.seed,
-                history_capacity=old.agents.history_capacity,
-                budget=self.budget,
-                name=old.name,
-            )
-        except EdgeAgentError as err:
-            self.deployer.switch_failed(
-                f"the old and the new group do not fit the budget together: {err}"
-            )
-            return
-        new = GroupRuntime(
-            config=with_bundle(old.config, ready.path),
-            agents=agents,
-            env=old.env,
-            obs=old.obs,
-            inbox=old.inbox,
-            sink=old.sink,
-            bundle_name=loaded.bundle_name,
-            bundle_sha256=loaded.bundle_sha256,
-            paused=old.paused,
-            paused_reason=old.paused_reason,
-        )
-        try:
-            config_group = self.config.group(old.name)
-            self.deployer.switched(ready, model_spec_key(config_group))
-        except (KeyError, OSError) as err:
-            agents.release()
-            self.deployer.switch_failed(f"cannot record the switch: {err}")
-            return
-        self.groups[index] = new
-        self._watch_old = old
-        self.rebirth()
-        logger.info("group %s switched to bundle %s", old.name, ready.sha256[:12])
-
-    def _rollback(self, g: GroupRuntime, problem: str) -> None:
-        old = self._watch_old
-        index = next((i for i, x in enumerate(self.groups) if x is g), None)
-        if old is None or index is None:
-            return
-        old.obs = g.obs
-        old.env = g.env
-        self.groups[index] = old
-        self._watch_old = None
-        g.agents.release()
-        self.deployer.rollback(problem)
-        self.rebirth()
-        self._publish_deploy_reports()
+        if self.uplink is not None:
+            self.uplink.set_birth(self._birth())
 
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -1182,27 +880,14 @@ class Daemon:
                 "refused": self.reloads_refused,
                 "last_error": self.last_reload_error,
             },
+            "counters": self.metrics.values(),
             "degradations": self.health.degradations[-10:],
             "events": self.events[-10:],
-            "fleet": self._fleet_status(),
+            "fleet": None if self.uplink is None else self.uplink.status(),
             "coordination": None if self.coordination is None else self.coordination.status(),
-            "commands": None if self.commands is None else self.commands.stats(),
+            "commands": None if self.uplink is None else self.uplink.commands.stats(),
             "deploy": self.deployer.stats(),
             "overlay_problems": [p.detail for p in self.overlay_problems],
-        }
-
-    def _fleet_status(self) -> dict[str, Any] | None:
-        if self.link is None:
-            return None
-        m = self.config.mqtt
-        return {
-            "node_id": self.node_id,
-            "fleet": m.fleet,
-            "broker": f"{m.host}:{m.port}",
-            "online": self.link.online,
-            "telemetry_interval_s": self.telemetry_interval_s,
-            **self.fleet_counters,
-            "link": self.link.stats(),
         }
 
     def write_status(self) -> None:

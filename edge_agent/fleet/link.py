@@ -147,6 +147,7 @@ class FleetLink:
         self._rebirth_asked: OrderedDict[str, float] = OrderedDict()
         self._trackers: OrderedDict[str, SeqTracker] = OrderedDict()
         self._started = False
+        self._claims: tuple[Callable[[Incoming], bool], ...] = ()
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "received",
@@ -212,6 +213,12 @@ class FleetLink:
         self._online_session = None
         self.outbox.on_connection_lost()
         self._started = False
+
+    def claim(self, handler: Callable[[Incoming], bool]) -> None:
+        """Offer every incoming message to ``handler`` first (on the transport thread); a
+        message it returns True for is its own and goes no further. The daemon registers its
+        MQTT sources' observation routes here (they are not fleet-protocol topics)."""
+        self._claims = (*self._claims, handler)
 
     def subscribe(self, pattern: str, qos: int = 1) -> None:
         """Subscribe to more topics (e.g. ``topics.all_nodes("beliefs")``), now and on reconnect."""
@@ -503,6 +510,9 @@ class FleetLink:
 
     def _on_message(self, msg: Incoming) -> None:
         """Transport thread: decode, validate, route, enqueue. Never raises for bad input."""
+        for claim in self._claims:
+            if claim(msg):
+                return
         try:
             env = decode(msg.payload, self.max_payload_bytes)
         except DecodeError as err:

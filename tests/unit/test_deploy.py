@@ -318,7 +318,7 @@ def switch_daemon(d: Daemon, tar: Path, sha: str, watch_ticks: int) -> None:
     for i in range(args.chunks):
         CommandHandlers(d).deploy_chunk(chunk(data, sha, i), _FakeCommand())  # type: ignore[arg-type]
     deadline = time.monotonic() + 30
-    while d._watch_old is None:
+    while d.rollout.old is None:
         assert time.monotonic() < deadline, d.deployer.stats()
         d._fleet_before_tick()
         time.sleep(0.01)
@@ -364,7 +364,7 @@ def test_daemon_rolls_back_a_group_that_fails_after_the_switch(
             new.agents.step = step  # type: ignore[method-assign]
         d._tick(time.monotonic())
         assert d.find_group("grid") is old
-        assert d._watch_old is None
+        assert d.rollout.old is None
         assert d.budget.used == used_before
         assert d.deployer.journal is not None
         assert d.deployer.journal.phase is Phase.ROLLED_BACK
@@ -388,7 +388,7 @@ def test_daemon_keeps_a_bundle_that_passes_its_watch_and_after_a_restart(
         switch_daemon(d, tar, sha, watch_ticks=3)
         for _ in range(3):
             d._tick(time.monotonic())
-        assert d._watch_old is None
+        assert d.rollout.old is None
         assert d.deployer.journal is not None
         assert d.deployer.journal.phase is Phase.DONE
         assert d.budget.used != used_before  # policy_len 2: a different model, old released

@@ -1,0 +1,370 @@
+"""The daemon's side of the fleet link: one object between the tick loop and the broker.
+
+:class:`FleetUplink` builds the MQTT transport, the durable outbox, the
+:class:`~edge_agent.fleet.link.FleetLink`, the observation routes of the MQTT sources and the
+command processor, and does the fleet's bounded work between two ticks:
+
+- before the groups step (:meth:`before_tick`): connection events and acknowledgements, at most
+  :data:`MAX_MESSAGES_PER_TICK` incoming messages, at most :data:`MAX_COMMANDS_PER_TICK` hub
+  commands dispatched to the handler table and answered;
+- after (:meth:`after_tick`): the tick's messages sent, the outbox committed.
+
+It publishes what the daemon hands it (actions, events with rate-limited noisy kinds, results,
+telemetry, births) and counts what it could not. Every piece of work runs under
+:meth:`guarded`, so a fleet failure is logged and counted, never the tick's. paho is imported only
+here, and only by daemons with ``[mqtt] enabled``; nothing here imports the service module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from edge_agent.config.daemon import ConfigFile, DaemonConfig, MqttSource
+from edge_agent.coordination.config import CoordinationConfig
+from edge_agent.coordination.runtime import CoordinationRuntime
+from edge_agent.daemon.groups import GroupRuntime, hub_keys, mqtt_password
+from edge_agent.errors import EdgeAgentError
+from edge_agent.fleet.agent_io import ObservationBuffer, ObservationRouter
+from edge_agent.fleet.commands import (
+    NONCE_DB,
+    CommandProcessor,
+    CommandVerifier,
+    Handler,
+    NonceStore,
+)
+from edge_agent.fleet.comms.base import Backoff
+from edge_agent.fleet.link import FleetLink, Received
+from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.protocol import (
+    ActionBatch,
+    Birth,
+    Command,
+    CommandResult,
+    EventKind,
+    ObservationBatch,
+    ResultCode,
+    Severity,
+    Topics,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Fleet work per tick is bounded: incoming messages taken, commands applied.
+MAX_MESSAGES_PER_TICK: Final = 32
+MAX_COMMANDS_PER_TICK: Final = 16
+#: Noisy events (rejected input, refused commands) are published at most this often per kind
+#: and group; the next one carries how many were folded into it.
+NOISY_EVENT_INTERVAL_S: Final = 5.0
+
+#: The daemon's own event names -> the protocol's event kinds.
+EVENT_KINDS: Final = {
+    "memory_degraded": EventKind.BUDGET,
+    "thermal_throttle": EventKind.THERMAL,
+    "thermal_critical": EventKind.THERMAL,
+    "snapshot_failed": EventKind.ALARM,
+    "snapshot_corrupt": EventKind.ALARM,
+    "tick_failed": EventKind.ALARM,
+    "fleet_failed": EventKind.ALARM,
+    "command_refused": EventKind.ALARM,
+    "reload_refused": EventKind.CONFIG,
+    "overlay_ignored": EventKind.CONFIG,
+    "rejected_input": EventKind.REJECTED_INPUT,
+    "deploy": EventKind.DEPLOY,
+    "rollback": EventKind.ROLLBACK,
+    "connectivity": EventKind.CONNECTIVITY,
+    "started": EventKind.OTHER,
+}
+_NOISY: Final = frozenset({"rejected_input", "command_refused"})
+
+#: ``event(kind, severity, detail, group=..., data=...)``: the daemon records it and calls back
+#: :meth:`FleetUplink.publish_event`.
+EventSink = Callable[..., None]
+
+
+class FleetUplink:
+    """Transport, outbox, link, observation routes and commands of one daemon (module doc)."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        source: ConfigFile,
+        state_dir: Path,
+        *,
+        birth: Birth,
+        handlers: dict[str, Handler],
+        event: EventSink,
+    ) -> None:
+        # paho is imported only by daemons that use MQTT.
+        from edge_agent.fleet.comms.mqtt import (  # noqa: PLC0415
+            MqttSettings,
+            MqttTransport,
+            TlsSettings,
+        )
+
+        m = config.mqtt
+        self.config = config
+        self.node_id = m.effective_node_id()
+        self.topics = Topics(m.fleet)
+        self._event = event
+        password = mqtt_password(config, source)
+        tls = None
+        if m.tls.enabled:
+            tls = TlsSettings(
+                ca_file=str(m.tls.ca_file) if m.tls.ca_file else None,
+                cert_file=str(m.tls.cert_file) if m.tls.cert_file else None,
+                key_file=str(m.tls.key_file) if m.tls.key_file else None,
+            )
+        settings = MqttSettings(
+            client_id=f"ea-{m.fleet}-{self.node_id}"[:256],
+            host=m.host,
+            port=m.port,
+            keepalive_s=m.keepalive_s,
+            username=m.username or None,
+            password=password,
+            tls=tls,
+        )
+        keys = hub_keys(config, source)
+        if keys is None:
+            logger.warning(
+                "no hub keys ([mqtt] hub_keys_dir or [daemon] trusted_keys_dir): every hub "
+                "command will be refused"
+            )
+        self.outbox = Outbox(state_dir / "outbox.sqlite3", max_bytes=m.outbox_max_bytes)
+        self.transport = MqttTransport(
+            settings, backoff=Backoff(initial_s=m.reconnect_initial_s, max_s=m.reconnect_max_s)
+        )
+        self.link = FleetLink(
+            self.transport,
+            self.outbox,
+            self.node_id,
+            m.fleet,
+            state_dir,
+            birth=birth,
+            max_inbox=128 + (config.coordination or CoordinationConfig()).max_inbox,
+        )
+        self.router = ObservationRouter(self.topics)
+        self.link.claim(self.router.handle)  # MQTT sources' topics never reach the link's inbox
+        self.nonces = NonceStore(state_dir / NONCE_DB)
+        verifier = CommandVerifier(
+            keys,
+            fleet=m.fleet,
+            node_id=self.node_id,
+            nonces=self.nonces,
+            max_ttl_s=m.command_max_ttl_s,
+        )
+        self.commands = CommandProcessor(verifier, handlers)
+        self.coordination: CoordinationRuntime | None = None
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "telemetry_published",
+                "events_published",
+                "events_suppressed",
+                "results_published",
+                "publish_refused",
+                "actions_refused",
+                "obs_unrouted",
+                "messages_ignored",
+                "errors",
+            ),
+            0,
+        )
+        self._noisy: dict[tuple[str, str | None], tuple[float, int]] = {}
+        self._last_error = -1e18
+        self._was_online = False
+
+    # -- life -----------------------------------------------------------------------------------
+    @property
+    def online(self) -> bool:
+        return self.link.online
+
+    def bind_sources(self, groups: Sequence[GroupRuntime]) -> None:
+        """Point the MQTT sources' topic filters at their groups' observation buffers, and
+        subscribe to the filters outside the node's own inbox."""
+        routes: dict[str, list[ObservationBuffer]] = {}
+        for g in groups:
+            if g.inbox is not None and isinstance(g.config.source, MqttSource):
+                routes.setdefault(g.config.source.topic, []).append(g.inbox)
+        self.router.bind(routes)
+        inbox_prefix = self.topics.obs_all(self.node_id)[:-1]  # the node subscribes to obs/#
+        for pattern in self.router.patterns:
+            if not pattern.startswith(inbox_prefix):
+                self.link.subscribe(pattern, 1)
+
+    def start(self) -> None:
+        """Start connecting in the background (the broker may be down: nothing waits)."""
+        if self.coordination is not None:
+            self.coordination.start()
+        self.link.start()
+
+    def stop(self) -> None:
+        """Drain briefly, disconnect, close the stores (after the last telemetry and death)."""
+        try:
+            self.link.stop(drain_timeout_s=1.0)
+        except Exception:  # shutting down: report and go on closing
+            logger.exception("fleet link did not stop cleanly")
+        if self.coordination is not None:
+            self.coordination.close()
+        self.outbox.close()
+        self.nonces.close()
+
+    def guarded(self, step: Callable[[], object]) -> None:
+        """Run one piece of fleet work; its failure is logged and counted, never the tick's."""
+        try:
+            step()
+        except Exception:  # the fleet's boundary: the agents keep ticking
+            self.counters["errors"] += 1
+            now = time.monotonic()
+            if now - self._last_error > 60.0:
+                self._last_error = now
+                logger.exception("fleet work failed (logged at most once a minute)")
+
+    # -- between ticks ----------------------------------------------------------------------------
+    def before_tick(self) -> None:
+        """Link events, incoming messages, commands (their results go out at once)."""
+        link, commands = self.link, self.commands
+        link.pump()
+        if link.online != self._was_online:
+            self._was_online = link.online
+            m = self.config.mqtt
+            if link.online:
+                self._event("connectivity", "info", f"connected to {m.host}:{m.port}")
+            else:
+                self._event("connectivity", "warning", f"lost {m.host}:{m.port}")
+        for received in self._receive(min(commands.room, MAX_MESSAGES_PER_TICK)):
+            body = received.envelope.body
+            if isinstance(body, Command):
+                commands.offer(body)
+            elif isinstance(body, ObservationBatch):
+                # An observation on the node's own inbox topic (obs/#), routed to its group.
+                if not self.router.deliver(received.topic, received.envelope):
+                    self.counters["obs_unrouted"] += 1
+            else:
+                self.counters["messages_ignored"] += 1
+        answered = commands.process(MAX_COMMANDS_PER_TICK)
+        for cmd, result in answered:
+            self.publish_result(result)
+            if result.code not in (ResultCode.OK, ResultCode.ACCEPTED) and (
+                cmd.name != "deploy_chunk"
+            ):
+                self._event(
+                    "command_refused",
+                    "warning",
+                    f"command {cmd.name} from key {cmd.key_id[:16]!r}: {result.code.value}: "
+                    f"{result.detail}",
+                    data={"code": result.code.value, "command": cmd.name},
+                )
+        if answered:
+            link.pump()  # results go out now, not after the groups' step
+
+    def _receive(self, limit: int) -> list[Received]:
+        """Up to ``limit`` incoming messages for the daemon; coordination messages met on the
+        way go to the coordination runtime's bounded queue and do not count."""
+        coordination = self.coordination
+        if coordination is None:
+            return self.link.receive(limit)
+        out: list[Received] = []
+        for _ in range(1 + coordination.config.max_inbox // MAX_MESSAGES_PER_TICK):
+            batch = self.link.receive(limit - len(out))
+            out.extend(m for m in batch if not coordination.handle(m))
+            if not batch or len(out) >= limit:
+                break
+        return out
+
+    def after_tick(self) -> None:
+        self.link.pump()  # sends this tick's messages now; commits the outbox first
+        self.link.flush()
+
+    # -- publishing -------------------------------------------------------------------------------
+    def publish_actions(self, g: GroupRuntime) -> None:
+        """The group's actions of this tick, to its ``mqtt`` sink's topic."""
+        sink = g.sink
+        if sink is None:
+            return
+        qos = self.config.mqtt.action_qos
+        for body in sink.bodies(g.steps, g.agents.action):
+            try:
+                self.link.publish(ActionBatch.TYPE, body, "action", topic=sink.topic, qos=qos)
+            except EdgeAgentError:
+                sink.dropped += 1
+                self.counters["actions_refused"] += 1
+            else:
+                sink.batches += 1
+                sink.published += body.n_agents
+
+    def publish_result(self, result: CommandResult) -> None:
+        try:
+            self.link.publish_result(result)
+        except EdgeAgentError as err:
+            self.counters["publish_refused"] += 1
+            logger.warning("result of %s not published: %s", result.name, err)
+        else:
+            self.counters["results_published"] += 1
+
+    def publish_event(
+        self,
+        kind: str,
+        severity: str,
+        detail: str,
+        *,
+        group: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish a daemon event (class ``event``). Noisy kinds (rejected input, refused
+        commands) go out at most once per :data:`NOISY_EVENT_INTERVAL_S` per group; the next
+        carries ``suppressed``."""
+        payload = dict(data or {})
+        if kind in _NOISY:
+            key = (kind, group)
+            last, suppressed = self._noisy.get(key, (-1e18, 0))
+            mono = time.monotonic()
+            if mono - last < NOISY_EVENT_INTERVAL_S:
+                self._noisy[key] = (last, suppressed + 1)
+                self.counters["events_suppressed"] += 1
+                return
+            self._noisy[key] = (mono, 0)
+            if suppressed:
+                payload["suppressed"] = suppressed
+        self.counters["events_published"] += 1
+        payload.update(n=self.counters["events_published"], name=kind)
+        try:
+            self.link.publish_event(
+                EVENT_KINDS.get(kind, EventKind.OTHER),
+                detail[:1024],
+                severity=severity if severity in Severity.__members__.values() else "info",
+                group=group,
+                data=payload,
+            )
+        except EdgeAgentError as err:
+            self.counters["events_published"] -= 1
+            self.counters["publish_refused"] += 1
+            logger.warning("event %s not published: %s", kind, err)
+
+    def publish_telemetry(self, body: dict[str, Any], counters: dict[str, int | float]) -> None:
+        """One telemetry message: ``body`` (the protocol's fields) with ``counters`` (the
+        daemon's metrics) numbered by ``telemetry.n``."""
+        n = self.counters["telemetry_published"] + 1
+        body["counters"] = {"telemetry.n": n, **counters}
+        self.link.publish_telemetry(body)
+        self.counters["telemetry_published"] = n
+
+    def set_birth(self, birth: Birth) -> None:
+        self.link.set_birth(birth)
+
+    def metrics(self) -> dict[str, int]:
+        """The uplink's counters for the metrics registry (``fleet.*``)."""
+        return {k: v for k, v in self.counters.items() if k != "telemetry_published"}
+
+    def status(self) -> dict[str, Any]:
+        m = self.config.mqtt
+        return {
+            "node_id": self.node_id,
+            "fleet": m.fleet,
+            "broker": f"{m.host}:{m.port}",
+            "online": self.link.online,
+            **self.counters,
+            "link": self.link.stats(),
+        }
