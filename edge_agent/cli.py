@@ -393,7 +393,7 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.config.daemon import describe_config, read_config
     from edge_agent.core.budget import format_bytes
-    from edge_agent.daemon.groups import admit
+    from edge_agent.daemon.admission import admit
 
     source = read_config(args.file)
     profile, budget, groups = admit(source)

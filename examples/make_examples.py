@@ -7,7 +7,10 @@
   ``trial_start``) for ``edge-agent replay``;
 * ``sensor_policy.onnx`` with ``sensor_calibration.npz`` and ``sensor_heldout.npz`` -- a small
   float MLP that solves the built-in sensor world from an 8-step window of 8 features, and the
-  windows to calibrate and check its int8 version (``edge-agent-host convert onnx``).
+  windows to calibrate and check its int8 version (``edge-agent-host convert onnx``);
+* ``sensor_perception.onnx`` with ``perception_calibration.npz`` and ``perception_heldout.npz``
+  -- the same network for one step: a classifier of the sensor world's class, the perception of
+  the built-in Active Inference model ``sensors`` (``docs/examples/perception.toml``).
 
 Run with the host extra installed: ``python examples/make_examples.py``.
 """
@@ -60,6 +63,12 @@ def main(out: Path = HERE) -> None:
     np.savez_compressed(out / "sensor_calibration.npz", window=X)
     Xh, yh = world.sample_windows(256, WINDOW, seed=2)
     np.savez_compressed(out / "sensor_heldout.npz", window=Xh, labels=yh)
+    perception = sensor_policy(world.prototypes, world.noise, 1)
+    onnx.save(mlp_onnx(perception, 1, FEATURES), out / "sensor_perception.onnx")
+    X1, _ = world.sample_windows(128, 1, seed=3)
+    np.savez_compressed(out / "perception_calibration.npz", window=X1)
+    Xh1, yh1 = world.sample_windows(256, 1, seed=4)
+    np.savez_compressed(out / "perception_heldout.npz", window=Xh1, labels=yh1)
 
 
 if __name__ == "__main__":

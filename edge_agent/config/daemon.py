@@ -228,6 +228,34 @@ class BundleModel(StrictModel):
 ModelSpec = Annotated[BuiltinModel | BundleModel, Field(discriminator="type")]
 
 
+class PerceptionBundle(StrictModel):
+    """A signed neural bundle that turns each agent's sensor input into evidence."""
+
+    type: Literal["bundle"] = Field(description="Selects this kind of perception.")
+    path: Path = Field(description="Bundle directory or .tar; relative to the config file.")
+    evidence: Literal["soft", "hard"] = Field(
+        "soft",
+        description="soft: the classifier's probabilities weigh the likelihood; hard: its "
+        "argmax is the observation.",
+    )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _as_path(value, info, optional=False)
+
+
+class NeuralPolicy(StrictModel):
+    """``[groups.policy]``: how a neural policy's discrete outputs become actions."""
+
+    selection: Literal["argmax", "sample"] = Field(
+        "argmax", description="argmax of the logits, or a sample from softmax(logits / T)."
+    )
+    temperature: float = Field(
+        1.0, gt=0, le=100, description="T of the softmax when selection is 'sample'."
+    )
+
+
 def _known_workload(name: str, what: str) -> str:
     if name not in BUILTIN_WORKLOADS:
         raise ValueError(f"unknown {what} {name!r}; known: {', '.join(sorted(BUILTIN_WORKLOADS))}")
@@ -340,6 +368,15 @@ class GroupConfig(StrictModel):
         None,
         description="[groups.coordination]: the task capabilities the group bids for and the "
         "factors it shares with its peers (needs [mqtt] enabled).",
+    )
+    perception: PerceptionBundle | None = Field(
+        None,
+        description="A neural classifier in front of an Active Inference model: each agent's "
+        "sensor input becomes evidence for the model's first modalities.",
+    )
+    policy: NeuralPolicy = Field(
+        default_factory=NeuralPolicy,
+        description="[groups.policy]: action selection of a neural policy bundle.",
     )
 
     @model_validator(mode="after")
@@ -729,6 +766,8 @@ def _summary(
         what = (
             f"builtin {model.name}" if isinstance(model, BuiltinModel) else f"bundle {model.path}"
         )
+        if group.perception is not None:
+            what += f" + perception {group.perception.path} ({group.perception.evidence})"
         lines.append(
             f"    {group.name:<{width}}  {group.count} x {what}, {group.precision}, history "
             f"{group.history_capacity_for(profile)}, priority {group.priority}, "

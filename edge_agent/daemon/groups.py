@@ -1,68 +1,106 @@
-"""The group table and its factory: a config's groups built, wired and admitted.
+"""A group at run time: its agents, where observations come from and where actions go.
 
-Each configured group becomes a :class:`GroupRuntime`: its agents (an
-:class:`~edge_agent.core.agents.AifAgentGroup` on the model the config names, built-in or a
-verified bundle, or the bundle a deployment put in its place), where its observations come from
-(a simulated world, or an MQTT inbox) and where its actions go. :func:`build_groups` admits the
-whole plan against the memory budget before anything is allocated; :func:`admit` is everything
-the daemon checks before it runs a config, as ``check-config``, ``run`` and a reload call it.
-Nothing here imports the daemon's service module.
+Three kinds of agents run in a group, all stepped as one batch per tick:
+
+=============  ===================================================================================
+``aif``        :class:`~edge_agent.core.agents.AifAgentGroup`: an Active Inference model,
+               built-in or an int8 bundle; observations are one outcome per modality.
+``neural``     :class:`~edge_agent.neural.groups.NeuralAgentGroup`: a neural policy bundle;
+               observations are feature vectors, actions its discrete or continuous outputs.
+``perception`` :class:`~edge_agent.neural.perception.PerceptionAifGroup`: a neural classifier
+               (``perception = { type = "bundle", ... }``) in front of an Active Inference model:
+               feature vectors in, evidence for the model's first modalities, actions out.
+=============  ===================================================================================
+
+A :class:`GroupRuntime` owns its pipeline, one way: source (a simulated world, or an MQTT inbox)
+-> the agents' step (or the coordination runtime's, which wraps it) -> sink (the world again, or
+an MQTT publisher). :func:`make_agents` builds the agents of a loaded model (the factory, a
+deployment's health check and its switch all come through it) and :func:`plan_requests` says
+what they will reserve, before anything is allocated. Nothing here imports the service module.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from edge_agent.aif.model import GenerativeModel
-from edge_agent.aif.quant import SCHEME, QuantizedModel
+from edge_agent.aif.quant import QuantizedModel
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import load_bundle
-from edge_agent.bundle.signing import TrustedKeys
+from edge_agent.bundle.loader import NeuralSpec
 from edge_agent.config.daemon import (
     BuiltinModel,
     BundleModel,
-    ConfigFile,
-    DaemonConfig,
     GroupConfig,
     MqttSink,
     SimSource,
     describe_endpoint,
-    resolve_profile,
 )
-from edge_agent.config.profiles import FirmwareProfile
-from edge_agent.config.toml_lines import Problem
 from edge_agent.coordination.runtime import CoordinationRuntime
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.budget import MemoryBudget
-from edge_agent.errors import (
-    BudgetError,
-    BundleError,
-    ConfigError,
-    EdgeAgentError,
-)
-from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer
-from edge_agent.fleet.deploy import OverlayEntry
-from edge_agent.sim import BatchEnv
-from edge_agent.sim.registry import builtin_model, make_env
+from edge_agent.core.budget import MemoryBudget, PlanRequest
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.fleet.agent_io import ActionPublisher, FeatureBuffer, ObservationBuffer
+from edge_agent.neural.groups import NeuralAgentGroup
+from edge_agent.neural.perception import PerceptionAifGroup
+from edge_agent.sim import World
+from edge_agent.sim.registry import make_env
 
-logger = logging.getLogger(__name__)
+Agents = AifAgentGroup | NeuralAgentGroup | PerceptionAifGroup
+Kind = Literal["aif", "neural", "perception"]
+
+
+@dataclass(frozen=True)
+class NeuralModel:
+    """A verified neural model: how to run it and its file's bytes."""
+
+    spec: NeuralSpec
+    model_bytes: bytes
+    name: str
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A group's model and settings, and which bundle they came from (None: built-in)."""
+    """What a group runs, and which bundle it came from (``bundle_*`` None: built-in).
 
-    model: GenerativeModel | QuantizedModel
+    ``model`` is the Active Inference model (None for a neural policy); ``neural`` the neural
+    policy of a ``neural`` bundle; ``perception`` the classifier in front of ``model``.
+    """
+
+    model: GenerativeModel | QuantizedModel | None
     settings: AifSettings
     bundle_name: str | None = None
     bundle_sha256: str | None = None
+    neural: NeuralModel | None = None
+    perception: NeuralModel | None = None
+
+    @property
+    def kind(self) -> Kind:
+        if self.neural is not None:
+            return "neural"
+        return "perception" if self.perception is not None else "aif"
+
+
+def kind_of(agents: Agents) -> Kind:
+    if isinstance(agents, NeuralAgentGroup):
+        return "neural"
+    return "perception" if isinstance(agents, PerceptionAifGroup) else "aif"
+
+
+def io_signature(agents: Agents) -> tuple[object, ...]:
+    """What the group's source and sink are built for: a new model must match it to be
+    switched in place (kind, observation width, action layout)."""
+    if isinstance(agents, NeuralAgentGroup):
+        return ("neural", agents.num_features, agents.spec.output_kind, agents.num_actions)
+    if isinstance(agents, PerceptionAifGroup):
+        cm = agents.cm
+        return ("perception", agents.perception.num_features, cm.num_obs, cm.num_controls)
+    return ("aif", agents.cm.num_obs, agents.cm.num_controls)
 
 
 @dataclass
@@ -74,8 +112,8 @@ class GroupRuntime:
     """
 
     config: GroupConfig
-    agents: AifAgentGroup
-    env: BatchEnv | None
+    agents: Agents
+    env: World | None
     obs: np.ndarray
     inbox: ObservationBuffer | None = None
     sink: ActionPublisher | None = None
@@ -90,13 +128,72 @@ class GroupRuntime:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def kind(self) -> Kind:
+        return kind_of(self.agents)
+
+    def tick(self, now: float, coordination: CoordinationRuntime | None = None) -> bool:
+        """One batched step of every agent in the group; False if it could not step yet.
+
+        With ``coordination`` (Active Inference groups only) the step and the resets go through
+        it (peers' evidence, holders' task preferences)."""
+        agents = self.agents
+        env = self.env
+        if env is not None:
+            started = env.episode_start
+            if started.any():
+                if coordination is not None and isinstance(agents, AifAgentGroup):
+                    coordination.reset(self.name, agents, started)
+                else:
+                    agents.reset(started)
+            obs = self.obs
+        else:
+            assert self.inbox is not None  # an mqtt source has an inbox
+            if not self.inbox.take():
+                return False  # waiting until every agent has had an observation
+            obs = self.inbox.obs
+        if isinstance(agents, PerceptionAifGroup):
+            rest = (
+                getattr(env, "outcomes", None)
+                if agents.perceived < agents.cm.num_modalities
+                else None
+            )
+            actions = agents.step(obs, now, rest)
+        elif coordination is not None and isinstance(agents, AifAgentGroup):
+            actions = coordination.step(self.name, agents, obs, now)
+        else:
+            actions = agents.step(obs, now)
+        if env is not None:
+            self.obs = env.step(actions)
+        self.steps += 1
+        return True
+
+    def warm_up(self) -> None:
+        """Run the group's kernels once so the first real tick is not cold, then put the
+        state back (Active Inference groups keep their histories untouched)."""
+        agents = self.agents
+        if isinstance(agents, AifAgentGroup):
+            state = {
+                k: np.array(v, copy=True)
+                for k, v in agents.state_dict().items()
+                if not k.startswith(("history.", "times."))
+            }
+            agents.step(self.obs, record=False)
+        else:
+            state = {k: np.array(v, copy=True) for k, v in agents.state_dict().items()}
+            if isinstance(agents, PerceptionAifGroup):
+                num_rest = agents.cm.num_modalities - agents.perceived
+                rest = np.zeros((agents.n_agents, num_rest), dtype=np.int64) if num_rest else None
+                agents.step(self.obs, None, rest)
+            else:
+                agents.step(self.obs)
+        agents.load_state_dict(state)
+
     def agents_finite(self) -> bool:
         """Whether the agents' state is finite (a new bundle's watch checks this every tick)."""
-        return beliefs_finite(self.agents)
+        return agents_finite(self.agents)
 
-    def replaced(
-        self, cfg: GroupConfig, agents: AifAgentGroup, loaded: LoadedModel
-    ) -> GroupRuntime:
+    def replaced(self, cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> GroupRuntime:
         """This group with new agents (a deployed bundle), on the same source and sink."""
         return GroupRuntime(
             config=cfg,
@@ -111,38 +208,11 @@ class GroupRuntime:
             paused_reason=self.paused_reason,
         )
 
-    def tick(self, now: float, coordination: CoordinationRuntime | None = None) -> bool:
-        """One batched step of every agent in the group; False if it could not step yet.
-
-        With ``coordination`` the step and the resets go through it (peers' evidence, holders'
-        task preferences)."""
-        agents = self.agents
-        if self.env is not None:
-            started = self.env.episode_start
-            if started.any():
-                if coordination is None:
-                    agents.reset(started)
-                else:
-                    coordination.reset(self.name, agents, started)
-            obs = self.obs
-        else:
-            assert self.inbox is not None  # an mqtt source has an inbox
-            if not self.inbox.take():
-                return False  # waiting until every agent has had an observation
-            obs = self.inbox.obs
-        if coordination is None:
-            actions = agents.step(obs, now)
-        else:
-            actions = coordination.step(self.name, agents, obs, now)
-        if self.env is not None:
-            self.obs = self.env.step(actions)
-        self.steps += 1
-        return True
-
     def describe(self) -> dict[str, Any]:
         a = self.agents
         out: dict[str, Any] = {
             "name": self.name,
+            "kind": self.kind,
             "model": describe_model(self.config),
             "bundle": self.bundle_name,
             "bundle_sha256": self.bundle_sha256,
@@ -158,6 +228,10 @@ class GroupRuntime:
             "source": describe_endpoint(self.config.source),
             "sink": describe_endpoint(self.config.sink),
         }
+        if isinstance(a, NeuralAgentGroup):
+            out["window"] = a.window
+        if self.config.perception is not None:
+            out["perception"] = f"bundle {self.config.perception.path}"
         if self.env is not None:
             out["world"] = {
                 k: v if isinstance(v, int) else round(v, 4) for k, v in self.env.summary().items()
@@ -205,242 +279,7 @@ def with_bundle(cfg: GroupConfig, path: Path) -> GroupConfig:
     return cfg.model_copy(update=update)
 
 
-def trusted_keys(config: DaemonConfig, source: ConfigFile | None = None) -> TrustedKeys | None:
-    """The daemon's trusted signing keys, or None when none are configured.
-
-    With ``source`` (the config file), a directory that cannot be used is a ConfigError at the
-    line of ``[daemon] trusted_keys_dir``."""
-    return _keys_from(config.daemon.trusted_keys_dir, source, ("daemon", "trusted_keys_dir"))
-
-
-def hub_keys(config: DaemonConfig, source: ConfigFile | None = None) -> TrustedKeys | None:
-    """Keys whose signed commands the daemon obeys: ``[mqtt] hub_keys_dir``, else the trusted."""
-    if config.mqtt.hub_keys_dir is None:
-        return trusted_keys(config, source)
-    return _keys_from(config.mqtt.hub_keys_dir, source, ("mqtt", "hub_keys_dir"))
-
-
-def _keys_from(
-    directory: Path | None, source: ConfigFile | None, loc: tuple[str, ...]
-) -> TrustedKeys | None:
-    if directory is None:
-        return None
-    try:
-        return TrustedKeys.from_dir(directory)
-    except BundleError as err:
-        if source is None:
-            raise
-        raise source.error([(loc, str(err))]) from err
-
-
-def mqtt_password(config: DaemonConfig, source: ConfigFile | None = None) -> str | None:
-    """The first line of ``[mqtt] password_file`` (None when it is not set); a file that cannot
-    be read is a ConfigError, at the key's line when ``source`` is given."""
-    path = config.mqtt.password_file
-    if path is None:
-        return None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        problem = f"{path}: cannot read: {getattr(err, 'strerror', None) or err}"
-        if source is None:
-            raise ConfigError(f"[mqtt] password_file {problem}") from err
-        raise source.error([(("mqtt", "password_file"), problem)]) from err
-    return lines[0] if lines else ""
-
-
-def load_group_model(
-    cfg: GroupConfig, config: DaemonConfig, keys: TrustedKeys | None
-) -> LoadedModel:
-    """The group's model and settings: built-in, or a verified int8 Active Inference bundle.
-
-    A bundle's own settings apply, overridden by the settings the config sets explicitly. With
-    ``[daemon] trusted_keys_dir`` set, bundles must be signed by one of those keys. With a ``sim``
-    source the model's dimensions must match the simulated world's.
-    """
-    # A 'sim' sink without a 'sim' source is refused by GroupConfig itself, at its line.
-    world = builtin_model(world_name(cfg)) if isinstance(cfg.source, SimSource) else None
-    if isinstance(cfg.model, BuiltinModel):
-        model = world if world is not None else builtin_model(cfg.model.name)
-        return LoadedModel(model, cfg.settings)
-    if keys is None:
-        raise ConfigError(
-            f"group {cfg.name!r}: bundle {cfg.model.path} cannot be verified: set [daemon] "
-            "trusted_keys_dir to the directory of the keys that sign your bundles "
-            "(edge-agent-host keygen / sign)",
-            path=None,
-        )
-    bundle = load_bundle(cfg.model.path, trusted_keys=keys, require_signature=True)
-    spec = bundle.manifest.aif
-    if spec is None or bundle.manifest.kind != "aif":
-        raise BundleError(
-            f"{cfg.model.path}: group {cfg.name!r} needs an Active Inference bundle, "
-            f"got kind {bundle.manifest.kind!r}"
-        )
-    if spec.quant_scheme != SCHEME:
-        raise BundleError(f"{cfg.model.path}: unknown quantization scheme {spec.quant_scheme!r}")
-    qmodel = QuantizedModel.from_arrays(bundle.aif_arrays())
-    if world is not None:
-        dims = (qmodel.num_obs, qmodel.num_states, qmodel.num_controls)
-        expected = (world.num_obs, world.num_states, world.num_controls)
-        if dims != expected:
-            raise ConfigError(
-                f"group {cfg.name!r}: bundle {cfg.model.path} has (obs, states, controls) "
-                f"{dims}, world {world_name(cfg)!r} needs {expected}",
-                path=None,
-            )
-    try:
-        settings = AifSettings(
-            **{**spec.settings, **cfg.settings.model_dump(include=cfg.settings.model_fields_set)}
-        )
-    except ValueError as err:
-        raise BundleError(f"{cfg.model.path}: invalid agent settings: {err}") from err
-    logger.info(
-        "group %s: bundle %s %s (sha256 %s, %s)",
-        cfg.name,
-        bundle.manifest.name,
-        bundle.manifest.version,
-        bundle.sha256[:12],
-        "signed by " + bundle.key_id if bundle.signature_verified and bundle.key_id else "unsigned",
-    )
-    name = f"{bundle.manifest.name}@{bundle.manifest.version}"[:256]
-    return LoadedModel(qmodel, settings, name, bundle.sha256)
-
-
-@dataclass(frozen=True)
-class OverlayProblem:
-    """A deployed bundle that was not used for ``group``; ``superseded``: the config changed."""
-
-    group: str
-    detail: str
-    superseded: bool = False
-
-
-def resolve_models(
-    config: DaemonConfig,
-    overlay: dict[str, OverlayEntry] | None = None,
-    problems: list[OverlayProblem] | None = None,
-    source: ConfigFile | None = None,
-) -> dict[str, tuple[GroupConfig, LoadedModel]]:
-    """Every group's effective config and model: a deployed bundle where the overlay has a valid
-    one (see :mod:`edge_agent.fleet.deploy`), else the config's model. A configured model that
-    cannot be loaded is a config problem: with ``source``, every such group is reported at its
-    model's line in one ConfigError."""
-    keys = trusted_keys(config, source)
-    located: list[Problem] = []
-    out: dict[str, tuple[GroupConfig, LoadedModel]] = {}
-    for g in config.groups:
-        entry = (overlay or {}).get(g.name)
-        if entry is not None:
-            if entry.config_model != model_spec_key(g):
-                if problems is not None:
-                    problems.append(
-                        OverlayProblem(
-                            g.name,
-                            f"group {g.name!r}: the config's model changed since bundle "
-                            f"{entry.sha256[:12]} was deployed; the config wins",
-                            superseded=True,
-                        )
-                    )
-            else:
-                deployed = with_bundle(g, Path(entry.path))
-                try:
-                    loaded = load_group_model(deployed, config, keys)
-                    if loaded.bundle_sha256 != entry.sha256:
-                        raise BundleError(
-                            f"{entry.path} is bundle {loaded.bundle_sha256}, the deployment "
-                            f"recorded {entry.sha256}"
-                        )
-                except EdgeAgentError as err:
-                    if problems is not None:
-                        problems.append(
-                            OverlayProblem(
-                                g.name,
-                                f"group {g.name!r}: deployed bundle ignored, the config's model "
-                                f"runs: {err}",
-                            )
-                        )
-                else:
-                    out[g.name] = (deployed, loaded)
-                    continue
-        try:
-            out[g.name] = (g, load_group_model(g, config, keys))
-        except EdgeAgentError as err:
-            if source is None:
-                raise
-            key = "path" if isinstance(g.model, BundleModel) else "name"
-            located.append((source.group_loc(g.name, "model", key), str(err)))
-    if located and source is not None:
-        raise source.error(located)
-    return out
-
-
-def build_groups(
-    config: DaemonConfig,
-    profile: FirmwareProfile,
-    budget: MemoryBudget,
-    *,
-    overlay: dict[str, OverlayEntry] | None = None,
-    problems: list[OverlayProblem] | None = None,
-    source: ConfigFile | None = None,
-) -> list[GroupRuntime]:
-    """Admit the whole plan against the budget, then build every group (reserve, then allocate).
-
-    ``overlay``: deployed bundles that replace a group's configured model (see
-    :func:`resolve_models`). Raises :class:`BudgetError` with every request that does not fit
-    before anything is allocated; with ``source`` (the config file), a ConfigError instead that
-    names each group at the line of its ``count``. ``edge-agent check-config``, ``run`` and a
-    SIGHUP reload all come through here (:func:`admit`).
-    """
-    plans = []
-    models = resolve_models(config, overlay, problems, source)
-    for g in config.groups:
-        hist = g.history_capacity_for(profile)
-        loaded = models[g.name][1]
-        probe = AifAgentGroup(loaded.model, 1, settings=loaded.settings, precision=g.precision)
-        plans.append(
-            (
-                (g.name, "agents", probe.bytes_for(g.count, hist), None),
-                (f"model:{probe.key}", "model", probe.shared_nbytes, probe.key),
-            )
-        )
-    requests = [req for pair in plans for req in (pair[1], pair[0])]
-    hints = {
-        g.name: f"reduce group {g.name!r} count (now {g.count}) or history_capacity, "
-        "or choose a profile with a larger budget"
-        for g in config.groups
-    }
-    try:
-        budget.plan(requests, hints=hints)
-    except BudgetError as err:
-        if source is None or not err.offenders:
-            raise
-        owner_group = {f"model:{p[1][3]}": p[0][0] for p in reversed(plans)}
-        located = source.error(
-            [
-                (source.group_loc(owner_group.get(owner, owner), "count"), problem)
-                for owner, problem in err.offenders
-            ]
-        )
-        raise ConfigError(
-            f"{located}\n{err.summary}", path=source.path, problems=located.problems
-        ) from err
-    total_agents = sum(g.count for g in config.groups)
-    if total_agents > profile.max_agents:
-        raise BudgetError(
-            f"config asks for {total_agents} agents; profile {profile.name!r} allows at most "
-            f"{profile.max_agents}: reduce group counts or choose a larger profile"
-        )
-    groups = []
-    for g in config.groups:
-        cfg, loaded = models[g.name]
-        agents = make_agents(
-            loaded, cfg, g.count, budget=budget, history_capacity=g.history_capacity_for(profile)
-        )
-        groups.append(make_runtime(cfg, agents, config, loaded))
-    return groups
-
-
+# -- building agents ---------------------------------------------------------------------------
 def make_agents(
     loaded: LoadedModel,
     cfg: GroupConfig,
@@ -448,10 +287,27 @@ def make_agents(
     *,
     budget: MemoryBudget | None = None,
     history_capacity: int = 0,
-) -> AifAgentGroup:
+    threads: int = 1,
+) -> Agents:
     """The agents of group ``cfg`` on ``loaded`` (reserved in ``budget`` when given; without a
-    budget, a scratch group such as a deployment's health check steps)."""
-    return AifAgentGroup(
+    budget, a scratch group such as a deployment's health check steps). ``threads``: intra-op
+    threads of a neural backend (the profile's ``inference_threads``)."""
+    if loaded.neural is not None:
+        net = loaded.neural
+        return NeuralAgentGroup(
+            net.spec,
+            net.model_bytes,
+            n_agents,
+            threads=threads,
+            selection=cfg.policy.selection,
+            temperature=cfg.policy.temperature,
+            seed=cfg.seed,
+            history_capacity=history_capacity,
+            budget=budget,
+            name=cfg.name,
+        )
+    assert loaded.model is not None  # an Active Inference or perception group
+    aif = AifAgentGroup(
         loaded.model,
         n_agents,
         settings=loaded.settings,
@@ -461,80 +317,81 @@ def make_agents(
         budget=budget,
         name=cfg.name,
     )
+    if loaded.perception is None:
+        return aif
+    try:
+        net = loaded.perception
+        perception = NeuralAgentGroup(
+            net.spec,
+            net.model_bytes,
+            n_agents,
+            threads=threads,
+            seed=cfg.seed,
+            budget=budget,
+            name=f"{cfg.name}.perception",
+        )
+    except BaseException:
+        aif.release()
+        raise
+    evidence = cfg.perception.evidence if cfg.perception is not None else "soft"
+    try:
+        return PerceptionAifGroup(perception, aif, evidence=evidence)
+    except BaseException:
+        perception.release()
+        aif.release()
+        raise
 
 
-def healthy_steps(
-    agents: AifAgentGroup, steps: int, *, deadline: float, timeout_s: float, seed: int | None
-) -> None:
-    """Step ``agents`` ``steps`` times on random valid observations; raise EdgeAgentError at
-    the first non-finite state or when ``deadline`` (monotonic) passes."""
-    rng = np.random.default_rng(seed)
-    n = agents.n_agents
-    num_obs = agents.cm.num_obs
-    obs = np.empty((n, len(num_obs)), dtype=np.int64)
-    for step in range(steps):
-        for m, o in enumerate(num_obs):
-            obs[:, m] = rng.integers(0, o, size=n)
-        agents.step(obs)
-        if not beliefs_finite(agents):
-            raise EdgeAgentError(f"non-finite beliefs after step {step + 1}")
-        if time.monotonic() > deadline:
-            raise EdgeAgentError(f"only {step + 1} of {steps} steps within {timeout_s:g} s")
+def plan_requests(
+    loaded: LoadedModel, cfg: GroupConfig, history_capacity: int
+) -> list[PlanRequest]:
+    """What ``cfg.count`` agents of ``loaded`` will reserve, models first, as
+    :meth:`~edge_agent.core.budget.MemoryBudget.plan` takes it (probes of one agent: nothing of
+    the budget is touched)."""
+    requests: list[PlanRequest] = []
+    agents: list[PlanRequest] = []
+    if loaded.model is not None:
+        probe = AifAgentGroup(loaded.model, 1, settings=loaded.settings, precision=cfg.precision)
+        requests.append((f"model:{probe.key}", "model", probe.shared_nbytes, probe.key))
+        agents.append((cfg.name, "agents", probe.bytes_for(cfg.count, history_capacity), None))
+    nets = [
+        (loaded.neural, cfg.name, history_capacity),
+        (loaded.perception, f"{cfg.name}.perception", 0),
+    ]
+    for net, owner, hist in nets:
+        if net is None:
+            continue
+        nn = NeuralAgentGroup(net.spec, net.model_bytes, 1, history_capacity=hist, name=owner)
+        requests.append((f"model:{nn.key}", "model", nn.shared_nbytes, f"nn:{nn.key}"))
+        agents.append((owner, "agents", nn.bytes_for(cfg.count), None))
+    return requests + agents
 
 
-def new_budget(profile: FirmwareProfile) -> MemoryBudget:
-    """An empty budget of ``profile``: its total, soft limit and daemon base."""
-    return MemoryBudget(
-        profile.total_budget_bytes,
-        soft_limit_bytes=profile.soft_limit_bytes,
-        base_bytes=profile.base_bytes,
-        profile_name=profile.name,
-    )
-
-
-def admit(
-    source: ConfigFile,
-    *,
-    overlay: dict[str, OverlayEntry] | None = None,
-    problems: list[OverlayProblem] | None = None,
-) -> tuple[FirmwareProfile, MemoryBudget, list[GroupRuntime]]:
-    """Everything the daemon checks before it runs a config: ``check-config``, ``run`` and a
-    SIGHUP reload all call this, so they refuse a file with the same lines.
-
-    In order: the profile and what it allows (:func:`resolve_profile`), the key directories and
-    the MQTT password file the daemon reads, every group's model, and the memory plan; each
-    problem as ``file:line: field: problem`` at the key it is about. ``overlay`` and ``problems``
-    as for :func:`build_groups` (the daemon's deployed bundles). Returns the profile, the budget
-    and the built groups.
-    """
-    profile = resolve_profile(source)
-    config = source.config
-    if config.mqtt.enabled:
-        hub_keys(config, source)
-        mqtt_password(config, source)
-    budget = new_budget(profile)
-    groups = build_groups(
-        config, profile, budget, overlay=overlay, problems=problems, source=source
-    )
-    return profile, budget, groups
-
-
-def make_runtime(
-    cfg: GroupConfig, agents: AifAgentGroup, config: DaemonConfig, loaded: LoadedModel
-) -> GroupRuntime:
+def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> GroupRuntime:
     """Wire a group's agents to its source and sink."""
     n = agents.n_agents
-    env: BatchEnv | None = None
+    env: World | None = None
     inbox: ObservationBuffer | None = None
     if isinstance(cfg.source, SimSource):
         env = make_env(world_name(cfg), n, seed=cfg.seed)
         obs = env.reset()
     else:
-        inbox = ObservationBuffer(cfg.name, n, agents.cm.num_obs)
+        if isinstance(agents, NeuralAgentGroup):
+            inbox = FeatureBuffer(cfg.name, n, agents.num_features)
+        elif isinstance(agents, PerceptionAifGroup):
+            inbox = FeatureBuffer(cfg.name, n, agents.perception.num_features)
+        else:
+            inbox = ObservationBuffer(cfg.name, n, agents.cm.num_obs)
         obs = inbox.obs
     sink = None
     if isinstance(cfg.sink, MqttSink):
-        sink = ActionPublisher(cfg.name, cfg.sink.topic, n, agents.cm.num_controls)
+        if isinstance(agents, NeuralAgentGroup):
+            continuous = agents.num_actions if agents.spec.output_kind == "continuous" else 0
+            sink = ActionPublisher(
+                cfg.name, cfg.sink.topic, n, (agents.num_actions,), continuous=continuous
+            )
+        else:
+            sink = ActionPublisher(cfg.name, cfg.sink.topic, n, agents.cm.num_controls)
     return GroupRuntime(
         config=cfg,
         agents=agents,
@@ -547,8 +404,45 @@ def make_runtime(
     )
 
 
-def beliefs_finite(agents: AifAgentGroup) -> bool:
-    """Whether every posterior and policy posterior of the group is finite."""
+def random_inputs(agents: Agents, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Valid random inputs of one tick (a health check's): observations, and the outcomes of
+    the modalities a perception model does not cover (or None)."""
+    n = agents.n_agents
+    if isinstance(agents, NeuralAgentGroup):
+        return rng.standard_normal((n, agents.num_features), dtype=np.float32), None
+    num_obs = agents.cm.num_obs
+    if isinstance(agents, PerceptionAifGroup):
+        raw = rng.standard_normal((n, agents.perception.num_features), dtype=np.float32)
+        rest_sizes = num_obs[agents.perceived :]
+        if not rest_sizes:
+            return raw, None
+        return raw, np.stack([rng.integers(0, o, size=n) for o in rest_sizes], axis=1)
+    return np.stack([rng.integers(0, o, size=n) for o in num_obs], axis=1), None
+
+
+def healthy_steps(
+    agents: Agents, steps: int, *, deadline: float, timeout_s: float, seed: int | None
+) -> None:
+    """Step ``agents`` ``steps`` times on random valid inputs; raise EdgeAgentError at the first
+    non-finite state or when ``deadline`` (monotonic) passes."""
+    rng = np.random.default_rng(seed)
+    for step in range(steps):
+        obs, rest = random_inputs(agents, rng)
+        if isinstance(agents, PerceptionAifGroup):
+            agents.step(obs, None, rest)
+        else:
+            agents.step(obs)
+        if not agents_finite(agents):
+            raise EdgeAgentError(f"non-finite state after step {step + 1}")
+        if time.monotonic() > deadline:
+            raise EdgeAgentError(f"only {step + 1} of {steps} steps within {timeout_s:g} s")
+
+
+def agents_finite(agents: Agents) -> bool:
+    """Whether every posterior and policy posterior (Active Inference), or the policy's last
+    outputs (neural), are finite."""
+    if isinstance(agents, NeuralAgentGroup):
+        return agents.outputs_finite()
     return all(bool(np.isfinite(q).all()) for q in agents.qs) and bool(
         np.isfinite(agents.q_pi).all()
     )

@@ -24,16 +24,17 @@ from pathlib import Path
 from typing import Protocol
 
 from edge_agent.config.daemon import DaemonConfig
+from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.coordination.runtime import CoordinationRuntime
 from edge_agent.core.budget import MemoryBudget
+from edge_agent.daemon.admission import load_group_model, trusted_keys
 from edge_agent.daemon.groups import (
     GroupRuntime,
     LoadedModel,
     healthy_steps,
-    load_group_model,
+    io_signature,
     make_agents,
     model_spec_key,
-    trusted_keys,
     with_bundle,
 )
 from edge_agent.errors import EdgeAgentError
@@ -50,6 +51,7 @@ class RolloutHost(Protocol):
     ``groups`` are also read by the health check on the deployment's worker thread)."""
 
     config: DaemonConfig
+    profile: FirmwareProfile
     budget: MemoryBudget
     groups: list[GroupRuntime]
 
@@ -116,8 +118,16 @@ class Rollout:
         deadline = time.monotonic() + timeout_s
         loaded = load_group_model(with_bundle(cfg, path), config, trusted_keys(config))
         n = min(HEALTH_CHECK_AGENTS, current.agents.n_agents if current else cfg.count)
-        scratch = make_agents(loaded, cfg, n)
+        threads = self.host.profile.inference_threads
+        scratch = make_agents(loaded, cfg, n, threads=threads)
         try:
+            if current is not None and io_signature(scratch) != io_signature(current.agents):
+                raise EdgeAgentError(
+                    f"group {group!r} runs {current.kind} agents with inputs and actions "
+                    f"{io_signature(current.agents)[1:]}; the bundle's are "
+                    f"{io_signature(scratch)[1:]} ({loaded.kind}): its source and sink cannot "
+                    "take it"
+                )
             healthy_steps(scratch, steps, deadline=deadline, timeout_s=timeout_s, seed=cfg.seed)
         finally:
             scratch.release()
@@ -203,6 +213,7 @@ class Rollout:
                 old.agents.n_agents,
                 budget=host.budget,
                 history_capacity=old.agents.history_capacity,
+                threads=host.profile.inference_threads,
             )
         except EdgeAgentError as err:
             self.deployer.switch_failed(

@@ -50,16 +50,11 @@ from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import TomlDocument
 from edge_agent.coordination.config import CoordinationConfig
 from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding, wanted
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon import discovery
-from edge_agent.daemon.groups import (
-    GroupRuntime,
-    LoadedModel,
-    OverlayProblem,
-    admit,
-    build_groups,
-    load_group_model,
-)
+from edge_agent.daemon.admission import OverlayProblem, admit
+from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.metrics import Metrics
@@ -269,7 +264,7 @@ class Daemon:
         return {
             g.name: GroupBinding(g.agents, g.config.coordination)
             for g in self.groups
-            if g.config.coordination is not None
+            if g.config.coordination is not None and isinstance(g.agents, AifAgentGroup)
         }
 
     def _open_coordination(self, config: DaemonConfig, link: FleetLink) -> None:
@@ -365,16 +360,10 @@ class Daemon:
         )
 
     def warm_up(self) -> None:
-        """Run every group's kernels once so the first real tick is not cold, then put the
-        beliefs back. Histories are not touched, so only the small per-agent arrays are copied."""
+        """Run every group's kernels once so the first real tick is not cold (the state is put
+        back)."""
         for g in self.groups:
-            state = {
-                k: np.array(v, copy=True)
-                for k, v in g.agents.state_dict().items()
-                if not k.startswith(("history.", "times."))
-            }
-            g.agents.step(g.obs, record=False)
-            g.agents.load_state_dict(state)
+            g.warm_up()
 
     def snapshot(self, *, force: bool = False) -> None:
         arrays: dict[str, np.ndarray] = {}
@@ -944,4 +933,4 @@ class Daemon:
             )
 
 
-__all__ = ["Daemon", "GroupRuntime", "LoadedModel", "State", "build_groups", "load_group_model"]
+__all__ = ["Daemon", "State"]

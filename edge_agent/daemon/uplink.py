@@ -26,7 +26,8 @@ from typing import Any, Final
 from edge_agent.config.daemon import ConfigFile, DaemonConfig, MqttSource
 from edge_agent.coordination.config import CoordinationConfig
 from edge_agent.coordination.runtime import CoordinationRuntime
-from edge_agent.daemon.groups import GroupRuntime, hub_keys, mqtt_password
+from edge_agent.daemon.admission import hub_keys, mqtt_password
+from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.agent_io import ObservationBuffer, ObservationRouter
 from edge_agent.fleet.commands import (

@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ActionPublisher",
+    "FeatureBuffer",
     "ObservationBuffer",
     "ObservationRouter",
     "decode_actions",
@@ -105,13 +106,21 @@ class ObservationBuffer:
         self.last_fresh = 0
         self._allocate(n_agents)
 
+    #: What a row holds, for messages; its dtype in :attr:`obs`.
+    row_kind: str = "outcomes"
+    row_dtype: type[np.generic] = np.int64
+
+    @property
+    def width(self) -> int:
+        return len(self.num_obs)
+
     def _allocate(self, n_agents: int) -> None:
-        m = len(self.num_obs)
+        m = self.width
         self.n_agents = n_agents
-        self.obs = np.zeros((n_agents, m), dtype=np.int64)
+        self.obs = np.zeros((n_agents, m), dtype=self.row_dtype)
         self.seen = np.zeros(n_agents, dtype=bool)
         self.age = np.zeros(n_agents, dtype=np.uint32)
-        self._pending = np.zeros((n_agents, m), dtype=np.int64)
+        self._pending = np.zeros((n_agents, m), dtype=self.row_dtype)
         self._fresh = np.zeros(n_agents, dtype=bool)
         self._primed = False
 
@@ -147,11 +156,11 @@ class ObservationBuffer:
         if batch.group != self.group:
             self.reject("group", f"batch for group {batch.group!r}", n)
             return 0
-        if batch.dtype not in _INTEGER_DTYPES:
-            self.reject("dtype", f"dtype {batch.dtype}, outcomes are integers", n)
+        if batch.dtype not in self._dtypes:
+            self.reject("dtype", f"dtype {batch.dtype}, {self.row_kind} are {self._dtype_word}", n)
             return 0
-        if batch.width != len(self.num_obs):
-            self.reject("width", f"width {batch.width}, the model has {len(self.num_obs)}", n)
+        if batch.width != self.width:
+            self.reject("width", f"width {batch.width}, the model takes {self.width}", n)
             return 0
         ids, values = batch.arrays()
         if n and int(ids.max()) >= self.n_agents:
@@ -162,8 +171,8 @@ class ObservationBuffer:
         ):
             self.reject("agent_topic", f"ids other than {topic_agent!r} on its own topic", n)
             return 0
-        vals = values.astype(np.int64)
-        ok = ((vals >= 0) & (vals < self._limit)).all(axis=1)
+        vals = values.astype(self.row_dtype)
+        ok = self._valid_rows(vals)
         bad = n - int(ok.sum())
         if bad:
             ids, vals = ids[ok], vals[ok]
@@ -181,8 +190,16 @@ class ObservationBuffer:
             if bad:
                 self.counters["rows_rejected"] += bad
                 self.rejected["value"] += bad
-                self.last_reject = f"value: {bad} row(s) with outcomes out of range"
+                self.last_reject = f"value: {bad} row(s) {self._bad_row}"
         return len(ids)
+
+    _dtypes: frozenset[str] = _INTEGER_DTYPES
+    _dtype_word = "integers"
+    _bad_row = "with outcomes out of range"
+
+    def _valid_rows(self, vals: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        """Which rows can be used (the batch's shape and dtype are already checked)."""
+        return np.asarray(((vals >= 0) & (vals < self._limit)).all(axis=1))
 
     # Tick thread ----------------------------------------------------------------------------
     def take(self) -> bool:
@@ -219,6 +236,33 @@ class ObservationBuffer:
         out["fresh_last_tick"] = self.last_fresh
         out["max_age_ticks"] = int(self.age.max()) if self.n_agents else 0
         return out
+
+
+class FeatureBuffer(ObservationBuffer):
+    """The newest feature vector of every agent of a neural or perception group.
+
+    The same wire format and rules as :class:`ObservationBuffer` (newest wins, stale agents
+    counted, no step until every agent has been observed), with rows of ``num_features`` real
+    values: ``float32`` or, for quantized senders, ``int8``/``uint8``/``int16``/``int32`` (taken
+    as the numbers they are). A row with a NaN or an infinity is dropped (reason ``value``).
+    """
+
+    row_kind = "features"
+    row_dtype = np.float32
+    _dtypes = frozenset({"float32", *_INTEGER_DTYPES})
+    _dtype_word = "real numbers (float32 or integers)"
+    _bad_row = "with a NaN or an infinity"
+
+    def __init__(self, group: str, n_agents: int, num_features: int) -> None:
+        self.num_features = int(num_features)
+        super().__init__(group, n_agents, ())
+
+    @property
+    def width(self) -> int:
+        return self.num_features
+
+    def _valid_rows(self, vals: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        return np.asarray(np.isfinite(vals).all(axis=1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +333,12 @@ class ObservationRouter:
 
 
 class ActionPublisher:
-    """Packs one group's actions into :class:`ActionBatch` bodies, once per tick."""
+    """Packs one group's actions into :class:`ActionBatch` bodies, once per tick.
+
+    Discrete actions (``num_controls``: the choices per factor, or one entry for a neural
+    policy's ``(N,)`` actions) go out as the smallest unsigned dtype that holds them; a neural
+    policy's continuous actions (``continuous=D``) as ``float32`` rows of ``D`` values.
+    """
 
     def __init__(
         self,
@@ -298,15 +347,22 @@ class ActionPublisher:
         n_agents: int,
         num_controls: Sequence[int],
         *,
+        continuous: int = 0,
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.group = group
         self.topic = topic
         self.num_controls = tuple(int(u) for u in num_controls)
-        top = max(self.num_controls)
-        self._dtype = "uint8" if top <= 256 else "int32"
-        self._np_dtype: np.dtype[Any] = np.dtype("<u1" if top <= 256 else "<i4")
-        width = len(self.num_controls)
+        if continuous:
+            self._dtype = "float32"
+            self._np_dtype: np.dtype[Any] = np.dtype("<f4")
+            self.width = int(continuous)
+        else:
+            top = max(self.num_controls)
+            self._dtype = "uint8" if top <= 256 else "int32"
+            self._np_dtype = np.dtype("<u1" if top <= 256 else "<i4")
+            self.width = len(self.num_controls)
+        width = self.width
         row = 4 + width * self._np_dtype.itemsize
         self.rows_per_batch = max(
             1, min(MAX_BATCH_AGENTS, (max_payload_bytes - _ENVELOPE_OVERHEAD) // row)
@@ -325,12 +381,14 @@ class ActionPublisher:
             sl = slice(start, min(start + self.rows_per_batch, n_agents))
             self._slices.append((sl, ids[sl].tobytes()))
 
-    def bodies(self, tick: int, actions: npt.NDArray[np.integer]) -> list[ActionBatch]:
-        """``actions: (n_agents, num_factors)`` -> the batches to publish for this tick."""
-        if actions.shape != (self.n_agents, len(self.num_controls)):
+    def bodies(self, tick: int, actions: npt.NDArray[Any]) -> list[ActionBatch]:
+        """``actions: (n_agents, width)`` (or ``(n_agents,)`` for width 1) -> the batches to
+        publish for this tick."""
+        if actions.ndim == 1 and self.width == 1:
+            actions = actions.reshape(-1, 1)
+        if actions.shape != (self.n_agents, self.width):
             raise ProtocolError(
-                f"actions has shape {actions.shape}, expected "
-                f"({self.n_agents}, {len(self.num_controls)})"
+                f"actions has shape {actions.shape}, expected ({self.n_agents}, {self.width})"
             )
         out = []
         for sl, id_bytes in self._slices:
@@ -340,7 +398,7 @@ class ActionPublisher:
                     tick=tick,
                     agent_ids=id_bytes,
                     dtype=self._dtype,  # type: ignore[arg-type]  # one of the literal names
-                    width=len(self.num_controls),
+                    width=self.width,
                     values=actions[sl].astype(self._np_dtype).tobytes(),
                 )
             )

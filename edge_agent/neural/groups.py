@@ -17,7 +17,9 @@ The model's first output becomes the actions:
   :meth:`NeuralAgentGroup.forward` or :class:`edge_agent.neural.perception.PerceptionAifGroup`.
 
 Input layout: the model's single input is ``(batch, T, F)``, or ``(batch, T * F)`` (the same
-memory, flattened). Until an agent has seen ``T`` observations (at the start, after
+memory, flattened), or a camera frame ``(batch, C, H, W)`` / ``(batch, H, W, C)`` with window 1
+(:func:`frame_shape`; each agent's observation is one frame, passed as ``(N, *frame)`` or
+flattened ``(N, C*H*W)``). Until an agent has seen ``T`` observations (at the start, after
 :meth:`NeuralAgentGroup.reset`) the missing older steps are zeros.
 
 Memory: the model bytes are reserved once per model (shared key: the model file's sha256); every
@@ -49,6 +51,7 @@ __all__ = [
     "NeuralAgentGroup",
     "Selection",
     "check_session",
+    "frame_shape",
     "window_layout",
 ]
 
@@ -61,10 +64,32 @@ IntArray = NDArray[np.int64]
 MODEL_BYTES_FACTOR = 2
 
 
+def frame_shape(spec: NeuralSpec) -> tuple[int, ...] | None:
+    """The frame ``(C, H, W)`` or ``(H, W, C)`` of a model whose single input is 4-D
+    ``(-1, ...)``; ``None`` for window inputs. ModelError unless the frame is fixed and the
+    window is 1 (one frame per observation)."""
+    if len(spec.inputs) != 1 or len(spec.inputs[0].shape) != 4:
+        return None
+    tensor = spec.inputs[0]
+    frame = tuple(tensor.shape[1:])
+    if any(dim < 1 for dim in frame):
+        raise ModelError(
+            f"input {tensor.name!r} has shape {list(tensor.shape)}: a frame input needs fixed "
+            "channels, height and width"
+        )
+    if spec.window != 1:
+        raise ModelError(
+            f"input {tensor.name!r} has shape {list(tensor.shape)}, a frame per observation: "
+            f"window must be 1, got {spec.window}"
+        )
+    return frame
+
+
 def window_layout(spec: NeuralSpec) -> tuple[str, int]:
     """``(input name, F)`` for a policy model's single input; ModelError if it does not fit.
 
-    The input must be ``(-1, T, F)`` with ``T == spec.window``, or ``(-1, T * F)``.
+    The input must be ``(-1, T, F)`` with ``T == spec.window``, or ``(-1, T * F)``, or a frame
+    ``(-1, C, H, W)`` / ``(-1, H, W, C)`` with window 1 (``F = C * H * W``).
     """
     if len(spec.inputs) != 1:
         raise ModelError(
@@ -88,8 +113,12 @@ def window_layout(spec: NeuralSpec) -> tuple[str, int]:
                 f"window {T}"
             )
         return tensor.name, shape[1] // T
+    frame = frame_shape(spec)
+    if frame is not None:
+        return tensor.name, math.prod(frame)
     raise ModelError(
-        f"input {tensor.name!r} has shape {list(shape)}; expected [-1, T, F] or [-1, T*F]"
+        f"input {tensor.name!r} has shape {list(shape)}; expected [-1, T, F], [-1, T*F] or a "
+        "frame [-1, C, H, W] / [-1, H, W, C]"
     )
 
 
@@ -157,6 +186,8 @@ class NeuralAgentGroup:
         Reserve the model (shared, once per model file) and the agents before allocating.
     """
 
+    #: The bundle's model is int8 (the daemon's status reports a group's precision).
+    precision: Literal["int8"] = "int8"
     history: HistoryRing
     _filled: IntArray
     _actions: np.ndarray
@@ -191,6 +222,7 @@ class NeuralAgentGroup:
         self.temperature = float(temperature)
         self.window = spec.window
         self.input_name, self.num_features = window_layout(spec)
+        self.frame = frame_shape(spec)
         self.history_capacity = max(int(history_capacity), self.window)
         self.key = hashlib.sha256(model_bytes).hexdigest()[:16]
         self.shared_nbytes = MODEL_BYTES_FACTOR * len(model_bytes)
@@ -226,6 +258,7 @@ class NeuralAgentGroup:
         self._fields = {"obs": ((self.num_features,), np.dtype(np.float32))}
         self.n_agents = 0
         self.ticks = 0
+        self._last_output: np.ndarray = np.zeros(0, dtype=np.float32)
         try:
             self._allocate(int(n_agents))
             self.session.warm_up()
@@ -336,6 +369,20 @@ class NeuralAgentGroup:
             )
         self._allocate(int(n_agents))
 
+    def resize_history(self, capacity: int) -> None:
+        """Keep fewer (or more) observations per agent, never fewer than the window."""
+        capacity = max(int(capacity), self.window)
+        if self._agent_reservation is not None:
+            old = self.history_capacity
+            self.history_capacity = capacity
+            try:
+                self._agent_reservation.resize(self.bytes_for(self.n_agents))
+            except BaseException:
+                self.history_capacity = old
+                raise
+        self.history.resize(capacity)
+        self.history_capacity = capacity
+
     def release(self) -> None:
         """Give the group's reservations back to the budget."""
         for reservation in self._reservations:
@@ -354,11 +401,15 @@ class NeuralAgentGroup:
         self._filled[sel] = 0
 
     def check_obs(self, obs: np.ndarray) -> np.ndarray:
-        """``obs`` must be a finite real ``(N, F)`` array; InputError naming what is wrong."""
+        """``obs`` must be a finite real ``(N, F)`` array (or ``(N, *frame)`` for a frame model,
+        returned as its ``(N, F)`` view); InputError naming what is wrong."""
         arr = np.asarray(obs)
         expected = (self.n_agents, self.num_features)
+        if self.frame is not None and arr.shape == (self.n_agents, *self.frame):
+            arr = arr.reshape(expected)
         if arr.shape != expected:
-            raise InputError(f"obs has shape {arr.shape}, expected {expected}")
+            frames = "" if self.frame is None else f" or {(self.n_agents, *self.frame)}"
+            raise InputError(f"obs has shape {arr.shape}, expected {expected}{frames}")
         if arr.dtype.kind not in "fiu":
             raise InputError(f"obs must be real numbers, got dtype {arr.dtype}")
         if arr.dtype.kind == "f" and not np.isfinite(np.sum(arr, dtype=np.float64)):
@@ -414,6 +465,7 @@ class NeuralAgentGroup:
                 "use forward(), or PerceptionAifGroup to feed an Active Inference agent"
             )
         out = self.forward(obs, now)[self.output.name]
+        self._last_output = out
         if kind == "continuous":
             np.clip(out, self._low, self._high, out=self._actions)
         elif self.selection == "argmax":
@@ -436,6 +488,15 @@ class NeuralAgentGroup:
         np.less_equal(probs, threshold[:, None], out=below)
         np.sum(below, axis=1, out=self._actions)
         np.minimum(self._actions, self.num_actions - 1, out=self._actions)
+
+    @property
+    def action(self) -> np.ndarray:
+        """The last actions: ``(N,)`` int64 or ``(N, D)`` float32 (the group's own array)."""
+        return self._actions
+
+    def outputs_finite(self) -> bool:
+        """Whether the policy's last outputs were finite (a deployment's watch checks this)."""
+        return bool(np.isfinite(self._last_output).all())
 
     @property
     def actions(self) -> np.ndarray:

@@ -13,6 +13,11 @@ not probabilities: int8 keeps small probabilities badly, logits well.)
 * ``evidence="soft"``: the agents get ``softmax(logits)``, a distribution over outcomes per
   modality (``M`` arrays ``(N, O_m)``), and weigh the likelihood with it,
   ``L(s) = sum_o p(o) A[o, s]``, so an unsure classifier moves beliefs less.
+
+The perception model may cover only the **first** ``P`` modalities: the others are observed as
+ever, and :meth:`PerceptionAifGroup.step` takes their outcomes as ``rest`` ``(N, M - P)`` (the
+daemon's sensor world reports the reward of the last guess that way). Any classifier works as
+perception: a model of ``output_kind`` ``observation``, or a ``discrete`` policy's logits.
 """
 
 from __future__ import annotations
@@ -52,10 +57,10 @@ class PerceptionAifGroup:
         *,
         evidence: Evidence = "hard",
     ) -> None:
-        if perception.spec.output_kind != "observation":
+        if perception.spec.output_kind == "continuous":
             raise ModelError(
-                f"the perception model's output_kind is {perception.spec.output_kind!r}, "
-                "expected 'observation'"
+                "the perception model's output_kind is 'continuous': perception needs logits "
+                "per outcome ('observation' or 'discrete')"
             )
         if evidence not in ("hard", "soft"):
             raise InputError(f"evidence must be 'hard' or 'soft', got {evidence!r}")
@@ -66,12 +71,14 @@ class PerceptionAifGroup:
             )
         num_obs = aif.cm.num_obs
         outputs = perception.spec.outputs
-        if len(outputs) != len(num_obs):
+        if perception.spec.output_kind == "discrete":
+            outputs = outputs[:1]  # a policy's first output: its logits
+        if len(outputs) > len(num_obs):
             raise ModelError(
                 f"the observation model has {len(outputs)} outputs, the generative model "
                 f"{len(num_obs)} modalities: output m must give the logits of modality m"
             )
-        for m, (tensor, outcomes) in enumerate(zip(outputs, num_obs, strict=True)):
+        for m, (tensor, outcomes) in enumerate(zip(outputs, num_obs[: len(outputs)], strict=True)):
             if tuple(tensor.shape[1:]) != (outcomes,):
                 raise ModelError(
                     f"output {m} {tensor.name!r} has shape {list(tensor.shape)}, modality {m} "
@@ -80,6 +87,11 @@ class PerceptionAifGroup:
         self.perception = perception
         self.aif = aif
         self.evidence: Evidence = evidence
+        self.outputs = tuple(outputs)
+        #: Modalities the perception model observes (the first ``P``); the rest come as ``rest``.
+        self.perceived = len(outputs)
+        self.key = f"{perception.key}+{aif.key}"
+        self.precision = aif.precision
         self._allocate(aif.n_agents)
 
     def _allocate(self, n_agents: int) -> None:
@@ -88,10 +100,42 @@ class PerceptionAifGroup:
         self._index = np.zeros(n_agents, dtype=np.int64)
         self._soft = [np.zeros((n_agents, size), dtype=self.aif.dtype) for size in num_obs]
         self._row = np.zeros(n_agents, dtype=self.aif.dtype)
+        # One-hot evidence of the modalities given as ``rest``, without allocating per tick.
+        self._outcomes = [np.arange(size) for size in num_obs]
+        self._hits = [np.zeros((n_agents, size), dtype=bool) for size in num_obs]
 
     @property
     def n_agents(self) -> int:
         return self.aif.n_agents
+
+    # The Active Inference group's state is the group's (status, snapshots, health).
+    @property
+    def cm(self) -> Any:
+        return self.aif.cm
+
+    @property
+    def qs(self) -> list[np.ndarray]:
+        return self.aif.qs
+
+    @property
+    def q_pi(self) -> np.ndarray:
+        return self.aif.q_pi
+
+    @property
+    def action(self) -> np.ndarray:
+        return self.aif.action
+
+    @property
+    def history_capacity(self) -> int:
+        return self.aif.history_capacity
+
+    @property
+    def shared_nbytes(self) -> int:
+        return self.perception.shared_nbytes + self.aif.shared_nbytes
+
+    def resize_history(self, capacity: int) -> None:
+        """Shrink the Active Inference agents' history (the sensor window is the model's)."""
+        self.aif.resize_history(capacity)
 
     def per_agent_nbytes(self) -> int:
         """Bytes per agent: both groups' and the observation buffers."""
@@ -101,14 +145,37 @@ class PerceptionAifGroup:
         return self.perception.per_agent_nbytes() + self.aif.per_agent_nbytes() + own
 
     # -- ticking -----------------------------------------------------------------------------------
-    def perceive(self, raw: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    def perceive(
+        self, raw: np.ndarray, rest: np.ndarray | None = None
+    ) -> np.ndarray | list[np.ndarray]:
         """Run the observation model on ``raw`` ``(N, F)`` sensor vectors.
 
         Returns ``(N, M)`` int64 outcomes (hard evidence) or ``M`` arrays ``(N, O_m)`` of outcome
-        probabilities (soft evidence): buffers reused on the next call.
+        probabilities (soft evidence): buffers reused on the next call. ``rest``: ``(N, M - P)``
+        outcomes of the modalities the model does not perceive (one-hot in soft evidence).
         """
+        num_obs = self.aif.cm.num_obs
+        if self.perceived < len(num_obs):
+            if rest is None:
+                raise InputError(
+                    f"the perception model observes {self.perceived} of {len(num_obs)} "
+                    "modalities: pass the others' outcomes as rest"
+                )
+            r = np.asarray(rest)
+            if r.shape != (self.n_agents, len(num_obs) - self.perceived):
+                raise InputError(
+                    f"rest has shape {r.shape}, expected "
+                    f"({self.n_agents}, {len(num_obs) - self.perceived})"
+                )
+            for j, m in enumerate(range(self.perceived, len(num_obs))):
+                if self.evidence == "hard":
+                    self._obs[:, m] = r[:, j]
+                else:
+                    hit = self._hits[m]
+                    np.equal(r[:, j, None], self._outcomes[m], out=hit)
+                    np.copyto(self._soft[m], hit)
         outputs = self.perception.forward(raw)
-        for m, tensor in enumerate(self.perception.spec.outputs):
+        for m, tensor in enumerate(self.outputs):
             logits = outputs[tensor.name]
             if self.evidence == "hard":
                 np.argmax(logits, axis=1, out=self._index)
@@ -123,9 +190,12 @@ class PerceptionAifGroup:
                 np.divide(probs, row[:, None], out=probs)
         return self._obs if self.evidence == "hard" else self._soft
 
-    def step(self, raw: np.ndarray, now: float | None = None) -> np.ndarray:
-        """One tick: perceive ``raw`` ``(N, F)``, then infer, plan and act; actions ``(N, F_f)``."""
-        evidence = self.perceive(raw)
+    def step(
+        self, raw: np.ndarray, now: float | None = None, rest: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One tick: perceive ``raw`` ``(N, F)`` (and ``rest``, see :meth:`perceive`), then
+        infer, plan and act; actions ``(N, F_f)``."""
+        evidence = self.perceive(raw, rest)
         if isinstance(evidence, np.ndarray):
             return self.aif.step(evidence, now)
         # Soft evidence: AifAgentGroup.step takes one (N, O_m) distribution per modality.

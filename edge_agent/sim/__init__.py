@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -219,6 +219,23 @@ def check_n_agents(n_agents: object) -> int:
     if n < 1:
         raise InputError(f"n_agents must be >= 1, got {n}")
     return n
+
+
+class World(Protocol):
+    """What the daemon needs of a simulated world: :class:`BatchEnv` and
+    :class:`~edge_agent.sim.sensors.SensorWorld` both are one."""
+
+    @property
+    def n_agents(self) -> int: ...
+
+    @property
+    def episode_start(self) -> NDArray[np.bool_]: ...
+
+    def reset(self, mask: np.ndarray | None = None) -> np.ndarray: ...
+
+    def step(self, actions: np.ndarray) -> np.ndarray: ...
+
+    def summary(self) -> dict[str, int | float]: ...
 
 
 class BatchEnv:

@@ -7,6 +7,9 @@ grid10     :class:`~edge_agent.sim.gridworld.GridWorldEnv` 10 x 10, goal (9, 9),
 grid       the grid world with any parameters (defaults: 10 x 10, goal bottom-right)
 tmaze      :class:`~edge_agent.sim.tmaze.TMazeEnv`, pymdp's T-maze (reward_probs 0.98 / 0.02)
 explorer   :class:`~edge_agent.sim.explorer.ExplorerEnv`, 10 x 10 map, 5 terrains, 5 % targets
+sensors    :class:`~edge_agent.sim.sensors.SensorWorld`, 8 noisy features of one of 4 classes;
+           its model (:func:`~edge_agent.sim.sensors.sensor_aif_model`) names the class from a
+           perception model's evidence
 ========== ===================================================================================
 
 ``make_env(name, n_agents, seed=0, **params)`` builds the environment and
@@ -24,9 +27,10 @@ from typing import Any
 
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.errors import ModelError
-from edge_agent.sim import BatchEnv
+from edge_agent.sim import World
 from edge_agent.sim.explorer import ExplorerEnv, explorer_model
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
+from edge_agent.sim.sensors import SensorWorld, sensor_aif_model
 from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
 
 # Parameters of an environment's constructor that are not world parameters.
@@ -39,7 +43,7 @@ class Workload:
 
     name: str
     description: str
-    env_class: Callable[..., BatchEnv]
+    env_class: Callable[..., World]
     model_factory: Callable[..., GenerativeModel]
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
@@ -81,6 +85,13 @@ BUILTIN_WORKLOADS: Mapping[str, Workload] = MappingProxyType(
             env_class=ExplorerEnv,
             model_factory=explorer_model,
         ),
+        "sensors": Workload(
+            name="sensors",
+            description="noisy feature vectors of a hidden class to name (neural and perception "
+            "groups); the model guesses the class",
+            env_class=SensorWorld,
+            model_factory=sensor_aif_model,
+        ),
     }
 )
 
@@ -113,7 +124,7 @@ def builtin_model(name: str, **params: Any) -> GenerativeModel:
     return workload.model_factory(**kwargs)
 
 
-def make_env(name: str, n_agents: int, seed: int = 0, **params: Any) -> BatchEnv:
+def make_env(name: str, n_agents: int, seed: int = 0, **params: Any) -> World:
     """A batched environment of workload ``name`` for ``n_agents`` agents."""
     workload = get_workload(name)
     kwargs = _merged(workload, params, workload.env_params(), "environment")

@@ -20,6 +20,13 @@ It follows the conventions of :mod:`edge_agent.sim`: one generator per world (a 
 no Python loop over agents, buffers allocated up front, and the arrays ``reset``/``step`` return
 are **read-only views of buffers the world reuses** (copy them to keep them).
 
+In the daemon (``source = { type = "sim", world = "sensors" }``) the world feeds a neural policy
+group, whose ``(N,)`` actions are guesses of the class, or a perception group in front of the
+Active Inference model :func:`sensor_aif_model` (the built-in model ``sensors``): its second
+factor is the guess, and its second modality the reward of the last guess, which the world
+reports in :attr:`SensorWorld.outcomes`. The world has no episodes (:attr:`episode_start` is
+always false); :meth:`SensorWorld.summary` reports the share of rewarded guesses.
+
 For the maths of the ideal observer (used by the host tool's model builders): the class
 log-likelihood of one observation is ``(x . mu_k - |mu_k|^2 / 2) / noise^2`` up to a constant.
 """
@@ -29,10 +36,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.aif.model import GenerativeModel
 from edge_agent.errors import InputError
 from edge_agent.sim import check_n_agents
 
-__all__ = ["SensorWorld", "sensor_prototypes"]
+__all__ = ["SensorWorld", "sensor_aif_model", "sensor_prototypes"]
 
 FloatArray = NDArray[np.float32]
 IntArray = NDArray[np.int64]
@@ -92,6 +100,9 @@ class SensorWorld:
         self._proto32 = self.prototypes.astype(np.float32)
         self.rng = np.random.default_rng(seed)
         self.n_agents = 0
+        #: Guesses judged and guesses rewarded since the world was made (the summary's rate).
+        self.guesses = 0
+        self.rewarded = 0
         self.resize(check_n_agents(n_agents))
 
     # -- buffers ---------------------------------------------------------------------------------
@@ -112,6 +123,8 @@ class SensorWorld:
         self._u = np.zeros(n, dtype=np.float64)
         self._draw = np.zeros(n, dtype=np.int64)
         self._switch = np.zeros(n, dtype=bool)
+        self._outcome = np.zeros((n, 1), dtype=np.int64)
+        self._episode_start = np.zeros(n, dtype=bool)
         self.n_agents = n
         if n > keep:
             self.reset(np.arange(n) >= keep)
@@ -129,6 +142,22 @@ class SensorWorld:
     @property
     def obs(self) -> FloatArray:
         return _readonly(self._obs)
+
+    @property
+    def outcomes(self) -> IntArray:
+        """``(N, 1)``: 1 where the last guess was rewarded, else 0 (the reward modality of
+        :func:`sensor_aif_model`)."""
+        return _readonly(self._outcome)
+
+    @property
+    def episode_start(self) -> NDArray[np.bool_]:
+        """Always false: the world has no episodes (classes switch instead)."""
+        return _readonly(self._episode_start)
+
+    def summary(self) -> dict[str, int | float]:
+        """Guesses judged and the share rewarded, for the daemon's status and log."""
+        rate = self.rewarded / self.guesses if self.guesses else 0.0
+        return {"agents": self.n_agents, "guesses": self.guesses, "reward_rate": rate}
 
     # -- dynamics ---------------------------------------------------------------------------------
     def _uniform_classes(self) -> None:
@@ -158,6 +187,7 @@ class SensorWorld:
         sel = np.asarray(mask)
         if sel.shape != (self.n_agents,) or sel.dtype != np.bool_:
             raise InputError(f"mask must be a bool array of shape ({self.n_agents},)")
+        np.copyto(self._outcome[:, 0], 0, where=sel)
         old_obs = self._obs.copy()
         self._uniform_classes()
         np.copyto(self._class, self._draw, where=sel)
@@ -166,10 +196,13 @@ class SensorWorld:
         return self.obs
 
     def check_actions(self, actions: np.ndarray) -> IntArray:
-        """``actions`` as ``(N,)`` int64; InputError for a wrong shape, dtype or range."""
+        """``actions`` as ``(N,)`` int64; InputError for a wrong shape, dtype or range.
+
+        ``(N, 1)`` and ``(N, 2)`` are taken too: the last column is the guess (the actions of
+        :func:`sensor_aif_model`'s two factors)."""
         arr = np.asarray(actions)
-        if arr.ndim == 2 and arr.shape[1] == 1:
-            arr = arr[:, 0]
+        if arr.ndim == 2 and arr.shape[1] in (1, 2):
+            arr = arr[:, -1]
         if arr.shape != (self.n_agents,):
             raise InputError(f"actions has shape {np.shape(actions)}, expected ({self.n_agents},)")
         if not np.issubdtype(arr.dtype, np.integer):
@@ -186,6 +219,9 @@ class SensorWorld:
         a = self.check_actions(actions)
         np.equal(a, self._class, out=self._switch)
         np.copyto(self._reward, self._switch)
+        np.copyto(self._outcome[:, 0], self._switch)
+        self.guesses += self.n_agents
+        self.rewarded += int(np.count_nonzero(self._switch))
         if self.switch_prob > 0:
             self.rng.random(out=self._u)
             np.less(self._u, self.switch_prob, out=self._switch)
@@ -222,6 +258,36 @@ class SensorWorld:
         for t in range(1, window):
             X[:, t] = world.step(idle)
         return X, world.true_class.copy()
+
+
+def sensor_aif_model(
+    num_classes: int = 4, switch_prob: float = 0.02, reward_preference: float = 3.0
+) -> GenerativeModel:
+    """Active Inference agents that name the hidden class of a :class:`SensorWorld`.
+
+    Factors: the class (``K`` states, not controllable: it stays with ``1 - switch_prob`` and
+    otherwise jumps to a uniform class) and the guess (``K`` states, the action sets it).
+    Modalities: the class as perceived (``K`` outcomes, ``A[o, c, g] ~ [o == c]``: a
+    perception model supplies it as soft evidence) and the reward of the guess (``[no, yes]``,
+    ``yes`` when guess and class agree), which the agents prefer by ``reward_preference`` nats.
+    A one-step planner then guesses the class it believes most likely.
+    """
+    K = int(num_classes)
+    if K < 2:
+        raise InputError(f"num_classes must be >= 2, got {num_classes}")
+    if not 0.0 <= switch_prob <= 1.0:
+        raise InputError(f"switch_prob must be in [0, 1], got {switch_prob}")
+    eye = np.eye(K)
+    floor = 1e-3
+    A_class = np.broadcast_to(((1 - floor) * eye + floor / K)[:, :, None], (K, K, K)).copy()
+    match = eye[:, :]  # [c, g]
+    A_reward = np.stack([1.0 - match, match]) * (1 - floor) + floor / 2
+    stay = (1 - switch_prob) * eye + switch_prob / K
+    B_class = stay[:, :, None]
+    B_guess = np.broadcast_to(eye[:, None, :], (K, K, K)).copy()  # [g', g, u] = [g' == u]
+    C = [np.zeros(K), np.array([0.0, float(reward_preference)])]
+    D = [np.full(K, 1.0 / K), np.full(K, 1.0 / K)]
+    return GenerativeModel.from_arrays([A_class, A_reward], [B_class, B_guess], C, D)
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from edge_agent.config.daemon import (
 )
 from edge_agent.config.profiles import DeviceFacts, FirmwareProfile, load_profiles
 from edge_agent.config.toml_lines import Loc, TomlPositions, format_loc, normalize_loc
-from edge_agent.daemon.groups import admit
+from edge_agent.daemon.admission import admit
 from edge_agent.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -603,12 +603,15 @@ def test_step_of_100k_agents_allocates_no_per_agent_arrays(name: str) -> None:
 
 
 def test_registry_names_and_models() -> None:
-    assert set(BUILTIN_WORKLOADS) == {"grid10", "grid", "tmaze", "explorer"}
+    assert set(BUILTIN_WORKLOADS) == {"grid10", "grid", "tmaze", "explorer", "sensors"}
     for name in BUILTIN_WORKLOADS:
         model = builtin_model(name)
         assert isinstance(model, GenerativeModel)
         env = make_env(name, 3, seed=1)
         assert env.n_agents == 3
+        if name == "sensors":  # feature vectors, not a generative process of its model
+            continue
+        assert isinstance(env, BatchEnv)
         for built, used in zip(model.A + model.B, env.model.A + env.model.B, strict=True):
             np.testing.assert_array_equal(built, used)
     grid10 = builtin_model("grid10")
@@ -635,7 +638,7 @@ def test_registry_parameters() -> None:
 
 
 def test_registry_unknown_name_lists_known_names() -> None:
-    with pytest.raises(ModelError, match="known workloads: explorer, grid, grid10, tmaze"):
+    with pytest.raises(ModelError, match="known workloads: explorer, grid, grid10, sensors, tmaze"):
         make_env("maze", 2)
     with pytest.raises(ModelError, match="unknown workload 'maze'"):
         builtin_model("maze")

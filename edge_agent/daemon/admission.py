@@ -1,0 +1,495 @@
+"""Admission: a config's groups checked, planned against the budget, built and wired.
+
+Everything the daemon checks before it runs a config is here, and ``check-config``, ``run`` and a
+SIGHUP reload all come through :func:`admit`, so they refuse a file with the same lines. In
+order: the profile and what it allows, the key directories and the MQTT password file the daemon
+reads, every group's model (:func:`load_group_model`: built-in, or a verified bundle of kind
+``aif``, ``neural`` or ``aif+perception``, with a ``perception`` bundle when the group names one;
+its dimensions checked against the group's world), then the memory plan of every group
+(:func:`~edge_agent.daemon.groups.plan_requests`) before anything is allocated. Deployed bundles
+(the overlay of :mod:`edge_agent.fleet.deploy`) replace configured models where valid.
+Nothing here imports the service module.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.aif.quant import SCHEME, QuantizedModel
+from edge_agent.aif.settings import AifSettings
+from edge_agent.bundle.loader import Bundle, load_bundle
+from edge_agent.bundle.signing import TrustedKeys
+from edge_agent.config.daemon import (
+    BuiltinModel,
+    BundleModel,
+    ConfigFile,
+    DaemonConfig,
+    GroupConfig,
+    SimSource,
+    resolve_profile,
+)
+from edge_agent.config.profiles import FirmwareProfile
+from edge_agent.config.toml_lines import Problem
+from edge_agent.core.budget import MemoryBudget
+from edge_agent.daemon.groups import (
+    GroupRuntime,
+    LoadedModel,
+    NeuralModel,
+    make_agents,
+    make_runtime,
+    model_spec_key,
+    plan_requests,
+    with_bundle,
+    world_name,
+)
+from edge_agent.errors import BudgetError, BundleError, ConfigError, EdgeAgentError
+from edge_agent.fleet.deploy import OverlayEntry
+from edge_agent.sim.registry import builtin_model, make_env
+from edge_agent.sim.sensors import SensorWorld
+
+logger = logging.getLogger(__name__)
+
+
+def trusted_keys(config: DaemonConfig, source: ConfigFile | None = None) -> TrustedKeys | None:
+    """The daemon's trusted signing keys, or None when none are configured.
+
+    With ``source`` (the config file), a directory that cannot be used is a ConfigError at the
+    line of ``[daemon] trusted_keys_dir``."""
+    return _keys_from(config.daemon.trusted_keys_dir, source, ("daemon", "trusted_keys_dir"))
+
+
+def hub_keys(config: DaemonConfig, source: ConfigFile | None = None) -> TrustedKeys | None:
+    """Keys whose signed commands the daemon obeys: ``[mqtt] hub_keys_dir``, else the trusted."""
+    if config.mqtt.hub_keys_dir is None:
+        return trusted_keys(config, source)
+    return _keys_from(config.mqtt.hub_keys_dir, source, ("mqtt", "hub_keys_dir"))
+
+
+def _keys_from(
+    directory: Path | None, source: ConfigFile | None, loc: tuple[str, ...]
+) -> TrustedKeys | None:
+    if directory is None:
+        return None
+    try:
+        return TrustedKeys.from_dir(directory)
+    except BundleError as err:
+        if source is None:
+            raise
+        raise source.error([(loc, str(err))]) from err
+
+
+def mqtt_password(config: DaemonConfig, source: ConfigFile | None = None) -> str | None:
+    """The first line of ``[mqtt] password_file`` (None when it is not set); a file that cannot
+    be read is a ConfigError, at the key's line when ``source`` is given."""
+    path = config.mqtt.password_file
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        problem = f"{path}: cannot read: {getattr(err, 'strerror', None) or err}"
+        if source is None:
+            raise ConfigError(f"[mqtt] password_file {problem}") from err
+        raise source.error([(("mqtt", "password_file"), problem)]) from err
+    return lines[0] if lines else ""
+
+
+def _verified(path: Path, cfg: GroupConfig, keys: TrustedKeys | None, what: str) -> Bundle:
+    if keys is None:
+        raise ConfigError(
+            f"group {cfg.name!r}: {what} bundle {path} cannot be verified: set [daemon] "
+            "trusted_keys_dir to the directory of the keys that sign your bundles "
+            "(edge-agent-host keygen / sign)",
+            path=None,
+        )
+    bundle = load_bundle(path, trusted_keys=keys, require_signature=True)
+    logger.info(
+        "group %s: %s bundle %s %s (kind %s, sha256 %s, %s)",
+        cfg.name,
+        what,
+        bundle.manifest.name,
+        bundle.manifest.version,
+        bundle.manifest.kind,
+        bundle.sha256[:12],
+        "signed by " + bundle.key_id if bundle.signature_verified and bundle.key_id else "unsigned",
+    )
+    return bundle
+
+
+def _neural(bundle: Bundle) -> NeuralModel:
+    spec = bundle.manifest.neural
+    assert spec is not None  # checked by the caller against the manifest's kind
+    return NeuralModel(spec, bundle.file_bytes(spec.model_file), bundle.manifest.name)
+
+
+def _aif_model(bundle: Bundle) -> QuantizedModel:
+    spec = bundle.manifest.aif
+    assert spec is not None  # checked by the caller against the manifest's kind
+    if spec.quant_scheme != SCHEME:
+        raise BundleError(f"{bundle.path}: unknown quantization scheme {spec.quant_scheme!r}")
+    return QuantizedModel.from_arrays(bundle.aif_arrays())
+
+
+def _settings(bundle: Bundle, cfg: GroupConfig) -> AifSettings:
+    """The bundle's own settings, overridden by those the config sets explicitly."""
+    spec = bundle.manifest.aif
+    own = spec.settings if spec is not None else {}
+    try:
+        return AifSettings(
+            **{**own, **cfg.settings.model_dump(include=cfg.settings.model_fields_set)}
+        )
+    except ValueError as err:
+        raise BundleError(f"{bundle.path}: invalid agent settings: {err}") from err
+
+
+def _from_bundle(cfg: GroupConfig, keys: TrustedKeys | None) -> LoadedModel:
+    """A group's model from its (verified) bundle, whatever the bundle's kind."""
+    assert isinstance(cfg.model, BundleModel)
+    bundle = _verified(cfg.model.path, cfg, keys, "model")
+    manifest = bundle.manifest
+    name = f"{manifest.name}@{manifest.version}"[:256]
+    if manifest.kind == "neural":
+        if manifest.neural is None or manifest.neural.output_kind == "observation":
+            raise BundleError(
+                f"{cfg.model.path}: the neural model outputs observations, not actions: name it "
+                'as the group\'s perception (perception = {{ type = "bundle", ... }}) in front '
+                "of an Active Inference model"
+            )
+        return LoadedModel(None, cfg.settings, name, bundle.sha256, neural=_neural(bundle))
+    if manifest.kind == "aif+perception":
+        return LoadedModel(
+            _aif_model(bundle),
+            _settings(bundle, cfg),
+            name,
+            bundle.sha256,
+            perception=_neural(bundle),
+        )
+    if manifest.kind != "aif" or manifest.aif is None:
+        raise BundleError(f"{cfg.model.path}: bundle kind {manifest.kind!r} cannot run in a group")
+    return LoadedModel(_aif_model(bundle), _settings(bundle, cfg), name, bundle.sha256)
+
+
+def _check_against_world(cfg: GroupConfig, loaded: LoadedModel) -> None:
+    """A ``sim`` source's world must produce what the model takes and take what it gives."""
+    if not isinstance(cfg.source, SimSource):
+        if loaded.kind == "perception" and loaded.model is not None:
+            assert loaded.perception is not None
+            covered = len(loaded.perception.spec.outputs)
+            if covered < len(loaded.model.num_obs):
+                raise ConfigError(
+                    f"group {cfg.name!r}: the perception model gives evidence for {covered} of "
+                    f"the model's {len(loaded.model.num_obs)} modalities; an mqtt source sends "
+                    "only feature vectors, so every modality must come from perception",
+                    path=None,
+                )
+        return
+    world = world_name(cfg)
+    probe = make_env(world, 1)
+    if isinstance(probe, SensorWorld):
+        _check_sensor_world(cfg, loaded, probe, world)
+        return
+    if loaded.kind != "aif":
+        raise ConfigError(
+            f"group {cfg.name!r}: world {world!r} produces outcome indices, a {loaded.kind} group "
+            "takes feature vectors: use world 'sensors' or an mqtt source",
+            path=None,
+        )
+    model = builtin_model(world)
+    assert loaded.model is not None
+    dims = (loaded.model.num_obs, loaded.model.num_states, loaded.model.num_controls)
+    expected = (model.num_obs, model.num_states, model.num_controls)
+    if dims != expected:
+        raise ConfigError(
+            f"group {cfg.name!r}: {describe(cfg)} has (obs, states, controls) {dims}, world "
+            f"{world!r} needs {expected}",
+            path=None,
+        )
+
+
+def _check_sensor_world(
+    cfg: GroupConfig, loaded: LoadedModel, world: SensorWorld, name: str
+) -> None:
+    net = loaded.neural or loaded.perception
+    if net is None:
+        raise ConfigError(
+            f"group {cfg.name!r}: world {name!r} produces feature vectors; an Active Inference "
+            'model needs a perception bundle in front of it (perception = {{ type = "bundle", '
+            "path = ... }})",
+            path=None,
+        )
+    from edge_agent.neural.groups import window_layout  # noqa: PLC0415 - no runtime needed
+
+    features = window_layout(net.spec)[1]
+    if features != world.num_features:
+        raise ConfigError(
+            f"group {cfg.name!r}: {describe(cfg)} takes {features} features per step, world "
+            f"{name!r} gives {world.num_features}",
+            path=None,
+        )
+    if loaded.neural is not None:
+        spec = loaded.neural.spec
+        classes = spec.outputs[0].shape[-1]
+        if spec.output_kind != "discrete" or classes != world.num_classes:
+            raise ConfigError(
+                f"group {cfg.name!r}: world {name!r} takes one of {world.num_classes} guesses "
+                f"per agent, the policy gives {spec.output_kind} output of width {classes}",
+                path=None,
+            )
+        return
+    assert loaded.model is not None
+    expected = builtin_model(name)
+    dims = (loaded.model.num_obs, loaded.model.num_states, loaded.model.num_controls)
+    want = (expected.num_obs, expected.num_states, expected.num_controls)
+    if dims != want:
+        raise ConfigError(
+            f"group {cfg.name!r}: {describe(cfg)} has (obs, states, controls) {dims}, world "
+            f"{name!r} needs {want} (the built-in model 'sensors')",
+            path=None,
+        )
+
+
+def describe(cfg: GroupConfig) -> str:
+    if isinstance(cfg.model, BuiltinModel):
+        return f"model {cfg.model.name!r}"
+    return f"bundle {cfg.model.path}"
+
+
+def load_group_model(
+    cfg: GroupConfig, config: DaemonConfig, keys: TrustedKeys | None
+) -> LoadedModel:
+    """The group's model and settings: built-in, or a verified bundle (``aif``, ``neural`` or
+    ``aif+perception``), with the group's ``perception`` bundle in front of an Active Inference
+    model when it names one.
+
+    A bundle's own settings apply, overridden by the settings the config sets explicitly. With
+    ``[daemon] trusted_keys_dir`` set, bundles must be signed by one of those keys. With a ``sim``
+    source the model must fit the simulated world.
+    """
+    del config  # the group's own table says everything; kept for a stable signature
+    if isinstance(cfg.model, BuiltinModel):
+        # With a sim source the world's own model runs (the world simulates it).
+        name = world_name(cfg) if isinstance(cfg.source, SimSource) else cfg.model.name
+        loaded = LoadedModel(builtin_model(name), cfg.settings)
+    else:
+        loaded = _from_bundle(cfg, keys)
+    if cfg.perception is not None:
+        if loaded.model is None or loaded.neural is not None:
+            raise ConfigError(
+                f"group {cfg.name!r}: perception feeds an Active Inference model; "
+                f"{describe(cfg)} is a neural policy",
+                path=None,
+            )
+        if loaded.perception is not None:
+            raise ConfigError(
+                f"group {cfg.name!r}: {describe(cfg)} brings its own perception model; remove "
+                "the group's perception table",
+                path=None,
+            )
+        bundle = _verified(cfg.perception.path, cfg, keys, "perception")
+        if bundle.manifest.kind != "neural" or bundle.manifest.neural is None:
+            raise BundleError(
+                f"{cfg.perception.path}: perception needs a neural bundle, got kind "
+                f"{bundle.manifest.kind!r}"
+            )
+        loaded = LoadedModel(
+            loaded.model,
+            loaded.settings,
+            loaded.bundle_name,
+            loaded.bundle_sha256,
+            perception=_neural(bundle),
+        )
+    if cfg.coordination is not None and loaded.kind != "aif":
+        raise ConfigError(
+            f"group {cfg.name!r}: coordination shares Active Inference beliefs; a "
+            f"{loaded.kind} group cannot take part",
+            path=None,
+        )
+    _check_against_world(cfg, loaded)
+    return loaded
+
+
+@dataclass(frozen=True)
+class OverlayProblem:
+    """A deployed bundle that was not used for ``group``; ``superseded``: the config changed."""
+
+    group: str
+    detail: str
+    superseded: bool = False
+
+
+def resolve_models(
+    config: DaemonConfig,
+    overlay: dict[str, OverlayEntry] | None = None,
+    problems: list[OverlayProblem] | None = None,
+    source: ConfigFile | None = None,
+) -> dict[str, tuple[GroupConfig, LoadedModel]]:
+    """Every group's effective config and model: a deployed bundle where the overlay has a valid
+    one (see :mod:`edge_agent.fleet.deploy`), else the config's model. A configured model that
+    cannot be loaded is a config problem: with ``source``, every such group is reported at its
+    model's line in one ConfigError."""
+    keys = trusted_keys(config, source)
+    located: list[Problem] = []
+    out: dict[str, tuple[GroupConfig, LoadedModel]] = {}
+    for g in config.groups:
+        entry = (overlay or {}).get(g.name)
+        if entry is not None:
+            if entry.config_model != model_spec_key(g):
+                if problems is not None:
+                    problems.append(
+                        OverlayProblem(
+                            g.name,
+                            f"group {g.name!r}: the config's model changed since bundle "
+                            f"{entry.sha256[:12]} was deployed; the config wins",
+                            superseded=True,
+                        )
+                    )
+            else:
+                deployed = with_bundle(g, Path(entry.path))
+                try:
+                    loaded = load_group_model(deployed, config, keys)
+                    if loaded.bundle_sha256 != entry.sha256:
+                        raise BundleError(
+                            f"{entry.path} is bundle {loaded.bundle_sha256}, the deployment "
+                            f"recorded {entry.sha256}"
+                        )
+                except EdgeAgentError as err:
+                    if problems is not None:
+                        problems.append(
+                            OverlayProblem(
+                                g.name,
+                                f"group {g.name!r}: deployed bundle ignored, the config's model "
+                                f"runs: {err}",
+                            )
+                        )
+                else:
+                    out[g.name] = (deployed, loaded)
+                    continue
+        try:
+            out[g.name] = (g, load_group_model(g, config, keys))
+        except EdgeAgentError as err:
+            if source is None:
+                raise
+            located.append((_problem_loc(source, g, err), str(err)))
+    if located and source is not None:
+        raise source.error(located)
+    return out
+
+
+def _problem_loc(source: ConfigFile, g: GroupConfig, err: EdgeAgentError) -> tuple[str | int, ...]:
+    """Where a group's model problem is reported: its perception table when the perception
+    bundle is at fault, else its model's path or name."""
+    if g.perception is not None and str(g.perception.path) in str(err):
+        return source.group_loc(g.name, "perception", "path")
+    if g.coordination is not None and "coordination" in str(err):
+        return source.group_loc(g.name, "coordination")
+    key = "path" if isinstance(g.model, BundleModel) else "name"
+    return source.group_loc(g.name, "model", key)
+
+
+def build_groups(
+    config: DaemonConfig,
+    profile: FirmwareProfile,
+    budget: MemoryBudget,
+    *,
+    overlay: dict[str, OverlayEntry] | None = None,
+    problems: list[OverlayProblem] | None = None,
+    source: ConfigFile | None = None,
+) -> list[GroupRuntime]:
+    """Admit the whole plan against the budget, then build every group (reserve, then allocate).
+
+    ``overlay``: deployed bundles that replace a group's configured model (see
+    :func:`resolve_models`). Raises :class:`BudgetError` with every request that does not fit
+    before anything is allocated; with ``source`` (the config file), a ConfigError instead that
+    names each group at the line of its ``count``. ``edge-agent check-config``, ``run`` and a
+    SIGHUP reload all come through here (:func:`admit`).
+    """
+    models = resolve_models(config, overlay, problems, source)
+    requests = []
+    owner_group: dict[str, str] = {}
+    for g in config.groups:
+        plan = plan_requests(models[g.name][1], g, g.history_capacity_for(profile))
+        for owner, *_ in plan:
+            owner_group.setdefault(owner, g.name)
+        requests.extend(plan)
+    hints = {
+        g.name: f"reduce group {g.name!r} count (now {g.count}) or history_capacity, "
+        "or choose a profile with a larger budget"
+        for g in config.groups
+    }
+    try:
+        budget.plan(requests, hints=hints)
+    except BudgetError as err:
+        if source is None or not err.offenders:
+            raise
+        located = source.error(
+            [
+                (source.group_loc(owner_group.get(owner, owner), "count"), problem)
+                for owner, problem in err.offenders
+            ]
+        )
+        raise ConfigError(
+            f"{located}\n{err.summary}", path=source.path, problems=located.problems
+        ) from err
+    total_agents = sum(g.count for g in config.groups)
+    if total_agents > profile.max_agents:
+        raise BudgetError(
+            f"config asks for {total_agents} agents; profile {profile.name!r} allows at most "
+            f"{profile.max_agents}: reduce group counts or choose a larger profile"
+        )
+    groups: list[GroupRuntime] = []
+    try:
+        for g in config.groups:
+            cfg, loaded = models[g.name]
+            agents = make_agents(
+                loaded,
+                cfg,
+                g.count,
+                budget=budget,
+                history_capacity=g.history_capacity_for(profile),
+                threads=profile.inference_threads,
+            )
+            groups.append(make_runtime(cfg, agents, loaded))
+    except BaseException:
+        for built in groups:
+            built.agents.release()
+        raise
+    return groups
+
+
+def new_budget(profile: FirmwareProfile) -> MemoryBudget:
+    """An empty budget of ``profile``: its total, soft limit and daemon base."""
+    return MemoryBudget(
+        profile.total_budget_bytes,
+        soft_limit_bytes=profile.soft_limit_bytes,
+        base_bytes=profile.base_bytes,
+        profile_name=profile.name,
+    )
+
+
+def admit(
+    source: ConfigFile,
+    *,
+    overlay: dict[str, OverlayEntry] | None = None,
+    problems: list[OverlayProblem] | None = None,
+) -> tuple[FirmwareProfile, MemoryBudget, list[GroupRuntime]]:
+    """Everything the daemon checks before it runs a config: ``check-config``, ``run`` and a
+    SIGHUP reload all call this, so they refuse a file with the same lines.
+
+    In order: the profile and what it allows (:func:`resolve_profile`), the key directories and
+    the MQTT password file the daemon reads, every group's model, and the memory plan; each
+    problem as ``file:line: field: problem`` at the key it is about. ``overlay`` and ``problems``
+    as for :func:`build_groups` (the daemon's deployed bundles). Returns the profile, the budget
+    and the built groups.
+    """
+    profile = resolve_profile(source)
+    config = source.config
+    if config.mqtt.enabled:
+        hub_keys(config, source)
+        mqtt_password(config, source)
+    budget = new_budget(profile)
+    groups = build_groups(
+        config, profile, budget, overlay=overlay, problems=problems, source=source
+    )
+    return profile, budget, groups
