@@ -14,7 +14,10 @@ TensorFlow is not a project dependency; make the fixtures in a separate venv::
         msgpack paho-mqtt tqdm ai-edge-litert
     PYTHONPATH=.:tools .cache/tf-venv/bin/python tests/data/make_tflite_fixture.py
 
-It writes ``tests/data/sensor_policy_float.tflite`` and ``tests/data/sensor_policy_int8.tflite``.
+It writes ``tests/data/sensor_policy_float.tflite`` and ``tests/data/sensor_policy_int8.tflite``
+(full-integer), and the other two modes of ``convert tflite --mode``:
+``tests/data/sensor_policy_dynamic_range.tflite`` (int8 weights, float activations) and
+``tests/data/sensor_policy_float16.tflite`` (float16 weights).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from edge_agent_host.builders import Layers, sensor_policy
 HERE = Path(__file__).resolve().parent
 FLOAT_PATH = HERE / "sensor_policy_float.tflite"
 INT8_PATH = HERE / "sensor_policy_int8.tflite"
+DYNAMIC_RANGE_PATH = HERE / "sensor_policy_dynamic_range.tflite"
+FLOAT16_PATH = HERE / "sensor_policy_float16.tflite"
 WINDOW = 8
 HIDDEN = 32
 CALIBRATION_SAMPLES = 512
@@ -81,10 +86,17 @@ def main() -> int:
         model.export(str(saved), verbose=False)
         float_bytes = float_tflite_from_tensorflow(saved)
         int8_bytes = tflite_from_tensorflow(saved, {"window": calibration_windows()})
+        variants = {
+            path: tflite_from_tensorflow(saved, {}, mode=mode)
+            for path, mode in ((DYNAMIC_RANGE_PATH, "dynamic-range"), (FLOAT16_PATH, "float16"))
+        }
     FLOAT_PATH.write_bytes(float_bytes)
     INT8_PATH.write_bytes(int8_bytes)
-    print(f"wrote {FLOAT_PATH} ({len(float_bytes)} bytes) and {INT8_PATH} ({len(int8_bytes)} bytes)"
-          f" with TensorFlow {tf.__version__}")
+    for path, content in variants.items():
+        path.write_bytes(content)
+    print(f"wrote {FLOAT_PATH} ({len(float_bytes)} bytes), {INT8_PATH} ({len(int8_bytes)} bytes), "
+          + ", ".join(f"{p} ({len(b)} bytes)" for p, b in variants.items())
+          + f" with TensorFlow {tf.__version__}")
     return 0
 
 

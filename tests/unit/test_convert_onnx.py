@@ -103,8 +103,13 @@ def test_report_matches_an_independent_float_and_int8_run(
     assert set(latency) == {"float", "int8"}
     assert set(latency["int8"]) == {"1", "64"}
     assert all(v > 0 for d in latency.values() for v in d.values())
-    assert report.data["calibration"] == {"method": "minmax", "per_channel": True,
-                                          "samples": 400, "source": "npz:calibration.npz"}
+    assert report.data["calibration"] == {"method": "minmax", "samples": 400,
+                                          "source": "npz:calibration.npz"}
+    quant = report.data["quantization"]
+    assert (quant["mode"], quant["per_channel"], quant["preprocessed"]) == ("static", True, True)
+    assert quant["mode_reason"].startswith("auto: onnxruntime quantizes 100 % of the weights")
+    assert report.warnings == []
+    assert report.data["device_check"] == {"agents": 8, "ticks": T}
     spec = bundle.manifest.neural
     assert spec is not None
     assert spec.backend == "onnxruntime"

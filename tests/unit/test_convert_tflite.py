@@ -166,4 +166,115 @@ def test_option_errors(tmp_path: Path, heldout: Path) -> None:
     with pytest.raises(ModelError, match=r"a full-integer model has int8 inputs and outputs"):
         convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
                        int8_path=fixture.FLOAT_PATH, heldout_path=heldout)
+    np.savez(tmp_path / "wrong.npz", window=np.load(heldout)["window"],
+             labels=np.load(heldout)["labels"] + 100)
+    with pytest.raises(InputError, match=r"labels range over 100\.\.\d+, but output .* has 4 "
+                       r"classes"):
+        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
+                       int8_path=fixture.INT8_PATH, heldout_path=tmp_path / "wrong.npz")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "path", "scheme"),
+    [("dynamic-range", fixture.DYNAMIC_RANGE_PATH, "tflite-dynamic-range"),
+     ("float16", fixture.FLOAT16_PATH, "tflite-float16")],
+)
+def test_dynamic_range_and_float16_variants_convert_and_run(
+    heldout: Path, tmp_path: Path, mode: str, path: Path, scheme: str
+) -> None:
+    """The fixture script's TensorFlow conversions in the other two modes: float inputs and
+    outputs, int8 (dynamic-range) or float16 weights."""
+    report = convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="sensor", int8_path=path,
+                            heldout_path=heldout,
+                            options=NeuralOptions(mode=mode, latency_repeats=1))
+    assert report.passed
+    assert report.data["scheme"] == scheme
+    assert report.data["quantization"]["mode"] == mode
+    assert report.data["calibration"]["method"] is None
+    assert report.data["size"]["ratio"] < 0.7
+    assert report.warnings == []
+    held = np.load(heldout)
+    reference = mlp_forward(fixture.fixture_layers(), held["window"])
+    acc = report.data["accuracy"]
+    assert acc["top1_agreement"] >= 0.99
+    assert acc["max_abs_error"] < 0.05 * float(np.abs(reference).max())
+    bundle = load_bundle(tmp_path / "b", trusted_keys=None, require_signature=False)
+    spec = bundle.manifest.neural
+    assert spec is not None
+    assert {t.dtype for t in (*spec.inputs, *spec.outputs)} == {"float32"}
+    group = NeuralAgentGroup.from_bundle(bundle, 50)
+    world = fixture.fixture_world(50, seed=23)
+    obs = world.reset()
+    for _ in range(fixture.WINDOW + 4):
+        obs = world.step(group.step(obs))
+    assert float(world.reward.mean()) > 0.8
+
+
+def test_a_converted_model_must_be_what_the_mode_says(heldout: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"is int8; a float16 model keeps float32 inputs"):
+        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m", int8_path=fixture.INT8_PATH,
+                       heldout_path=heldout, options=NeuralOptions(mode="float16"))
+    with pytest.raises(ModelError, match=r"no tensor is float16: not a float16 model"):
+        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
+                       int8_path=fixture.DYNAMIC_RANGE_PATH, heldout_path=heldout,
+                       options=NeuralOptions(mode="float16"))
+    with pytest.raises(ModelError, match=r"is float32; a full-integer model has int8 inputs"):
+        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
+                       int8_path=fixture.FLOAT16_PATH, heldout_path=heldout)
+    with pytest.raises(InputError, match=r"--mode dynamic is not a TFLite mode"):
+        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
+                       int8_path=fixture.FLOAT16_PATH, heldout_path=heldout,
+                       options=NeuralOptions(mode="dynamic"))
+    assert not (tmp_path / "b").exists()
+
+
+class FakeConverter:
+    """Records what the converter is told (TensorFlow is not installed by the test suite; the
+    fixture script runs the real TFLiteConverter in each mode)."""
+
+    made: list[FakeConverter] = []  # noqa: RUF012
+
+    def __init__(self) -> None:
+        self.optimizations: list[str] = []
+        self.target_spec = type("Spec", (), {"supported_types": [], "supported_ops": []})()
+        self.representative_dataset = None
+        self.inference_input_type = None
+        FakeConverter.made.append(self)
+
+    @classmethod
+    def from_saved_model(cls, path: str) -> FakeConverter:
+        return cls()
+
+    def convert(self) -> bytes:
+        return b"tflite"
+
+
+def test_each_mode_sets_the_tflite_converter_up_as_documented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from edge_agent_host.convert_tflite import tflite_from_tensorflow
+
+    lite = types.SimpleNamespace(
+        TFLiteConverter=FakeConverter, Optimize=types.SimpleNamespace(DEFAULT="DEFAULT"),
+        OpsSet=types.SimpleNamespace(TFLITE_BUILTINS_INT8="INT8_OPS"),
+    )
+    fake_tf = types.SimpleNamespace(lite=lite, float16="f16", int8="i8")
+    monkeypatch.setitem(sys.modules, "tensorflow", fake_tf)
+    (tmp_path / "saved").mkdir()
+    calibration = {"window": np.zeros((4, 8, 8), dtype=np.float32)}
+    FakeConverter.made.clear()
+    for mode in ("full-integer", "dynamic-range", "float16"):
+        assert tflite_from_tensorflow(tmp_path / "saved", calibration, mode=mode) == b"tflite"
+    full, dynamic, half = FakeConverter.made
+    assert full.optimizations == dynamic.optimizations == half.optimizations == ["DEFAULT"]
+    assert full.target_spec.supported_ops == ["INT8_OPS"]
+    assert full.inference_input_type == "i8"
+    assert full.representative_dataset is not None
+    assert len(list(full.representative_dataset())) == 4
+    assert dynamic.representative_dataset is None
+    assert dynamic.target_spec.supported_types == []
+    assert half.target_spec.supported_types == ["f16"]
+    assert half.representative_dataset is None

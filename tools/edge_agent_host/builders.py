@@ -12,13 +12,22 @@ layers, none after the last), so the same network can be written as ONNX here an
   observer's guess; with ``window = 1`` it is an observation model for perception;
 * :func:`mlp_onnx` -- the MLP as an ONNX model with input ``(batch, T, F)`` (``Flatten`` first);
 * :func:`conv_onnx` -- a 1-D convolution over the window: ``(batch, T, F)`` -> transpose ->
-  ``Conv`` (``F`` in-channels) -> ReLU -> global average over time -> ``Gemm``.
+  ``Conv`` (``F`` in-channels) -> ReLU -> global average over time -> ``Gemm``;
+* :func:`recurrent_onnx` -- an ``LSTM`` or ``GRU`` over the window (``(batch, T, F)`` ->
+  transpose to time-major -> recurrent layer -> last hidden state -> ``Gemm``), laid out as
+  ``torch.onnx.export`` writes a ``batch_first`` recurrent layer;
+* :func:`image_cnn_onnx` -- a small camera classifier on frames ``(batch, C, H, W)`` (or
+  ``(batch, H, W, C)``): ``Conv`` 3x3 -> ReLU -> ``Flatten`` (or ``GlobalAveragePool``) ->
+  ``Gemm``, with :func:`conv_features` computing the same features in numpy so that the head can
+  be fitted to real images (``benchmarks/bench_convert.py`` fits it to scikit-learn's digits).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -27,14 +36,19 @@ from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
     "OPSET",
+    "ImageCnn",
     "Layers",
     "constant_onnx",
+    "conv_features",
     "conv_onnx",
     "flatten_onnx",
+    "image_cnn_onnx",
     "int8_io_onnx",
     "mlp_forward",
     "mlp_onnx",
+    "random_image_cnn",
     "random_mlp",
+    "recurrent_onnx",
     "sensor_policy",
 ]
 
@@ -264,6 +278,151 @@ def int8_io_onnx(
         "int8_io",
         [helper.make_tensor_value_info("q_in", TensorProto.INT8, ["batch", window, features])],
         [helper.make_tensor_value_info("q_out", TensorProto.INT8, ["batch", outputs])],
+        initializers,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edge-agent-host"
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def recurrent_onnx(
+    cell: Literal["LSTM", "GRU"],
+    window: int,
+    features: int,
+    hidden: int,
+    outputs: int,
+    *,
+    seed: int = 0,
+    input_name: str = "window",
+    output_name: str = "logits",
+) -> onnx.ModelProto:
+    """An ``LSTM`` or ``GRU`` policy over the window, with seeded weights (module docstring).
+
+    Input ``(batch, window, features)``, output ``(batch, outputs)`` logits from the last hidden
+    state. The recurrent weights are ONNX's ``W`` ``(1, G*hidden, features)``, ``R`` ``(1,
+    G*hidden, hidden)`` and ``B`` ``(1, 2*G*hidden)`` with ``G`` gates (4 for LSTM, 3 for GRU).
+    """
+    if cell not in ("LSTM", "GRU"):
+        raise ValueError(f"cell must be 'LSTM' or 'GRU', got {cell!r}")
+    gates = 4 if cell == "LSTM" else 3
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(hidden)
+    weights = {
+        "W": rng.uniform(-scale, scale, (1, gates * hidden, features)),
+        "R": rng.uniform(-scale, scale, (1, gates * hidden, hidden)),
+        "B": rng.uniform(-scale, scale, (1, 2 * gates * hidden)),
+        "out_w": rng.normal(0, np.sqrt(2.0 / hidden), (hidden, outputs)),
+        "out_b": rng.normal(0, 0.1, outputs),
+    }
+    nodes = [
+        helper.make_node("Transpose", [input_name], ["tnf"], perm=[1, 0, 2]),
+        helper.make_node(cell, ["tnf", "W", "R", "B"], ["", "h_last"], hidden_size=hidden),
+        helper.make_node("Squeeze", ["h_last", "axis0"], ["h"]),
+        helper.make_node("Gemm", ["h", "out_w", "out_b"], [output_name]),
+    ]
+    initializers = [
+        numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()
+    ]
+    initializers.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"))
+    return _model(
+        nodes, initializers, window=window, features=features, outputs=outputs,
+        input_name=input_name, output_name=output_name, graph_name=cell.lower(),
+    )
+
+
+@dataclass(frozen=True)
+class ImageCnn:
+    """Weights of :func:`image_cnn_onnx`: ``conv_w`` ``(K, C, 3, 3)``, ``conv_b`` ``(K,)``, and
+    the head ``head_w`` ``(features, classes)``, ``head_b`` ``(classes,)``, where ``features`` is
+    ``K * (H - 2) * (W - 2)`` after ``Flatten`` or ``K`` after ``GlobalAveragePool``."""
+
+    conv_w: NDArray[np.float32]
+    conv_b: NDArray[np.float32]
+    head_w: NDArray[np.float32]
+    head_b: NDArray[np.float32]
+
+
+def random_image_cnn(
+    channels: int, height: int, width: int, classes: int, *, filters: int = 8,
+    pool: bool = False, seed: int = 0,
+) -> ImageCnn:
+    """He-initialised :class:`ImageCnn` weights for frames ``(channels, height, width)``."""
+    rng = np.random.default_rng(seed)
+    features = filters if pool else filters * (height - 2) * (width - 2)
+    return ImageCnn(
+        conv_w=rng.normal(0, np.sqrt(2.0 / (9 * channels)),
+                          (filters, channels, 3, 3)).astype(np.float32),
+        conv_b=rng.normal(0, 0.1, filters).astype(np.float32),
+        head_w=rng.normal(0, np.sqrt(2.0 / features), (features, classes)).astype(np.float32),
+        head_b=rng.normal(0, 0.1, classes).astype(np.float32),
+    )
+
+
+def conv_features(
+    images: np.ndarray, conv_w: np.ndarray, conv_b: np.ndarray, *, pool: bool = False
+) -> NDArray[np.float64]:
+    """``ReLU(conv3x3(images))`` flattened (or averaged over space with ``pool``), in float64.
+
+    ``images`` ``(n, C, H, W)``; returns ``(n, K * (H-2) * (W-2))`` or ``(n, K)``: the input of
+    :func:`image_cnn_onnx`'s ``Gemm``, for fitting the head.
+    """
+    x = np.asarray(images, dtype=np.float64)
+    n = x.shape[0]
+    patches = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))
+    # patches (n, C, H-2, W-2, 3, 3); conv_w (K, C, 3, 3) -> (n, K, H-2, W-2)
+    out = np.einsum("nchwij,kcij->nkhw", patches, np.asarray(conv_w, dtype=np.float64))
+    out += np.asarray(conv_b, dtype=np.float64)[None, :, None, None]
+    np.maximum(out, 0.0, out=out)
+    features = out.mean(axis=(2, 3)) if pool else out.reshape(n, -1)
+    return np.asarray(features, dtype=np.float64)
+
+
+def image_cnn_onnx(
+    cnn: ImageCnn,
+    channels: int,
+    height: int,
+    width: int,
+    *,
+    layout: Literal["NCHW", "NHWC"] = "NCHW",
+    pool: bool = False,
+    input_name: str = "frame",
+    output_name: str = "logits",
+) -> onnx.ModelProto:
+    """A camera classifier: frames ``(batch, C, H, W)`` (``NHWC``: ``(batch, H, W, C)``, as
+    Keras lays them out) -> ``Conv`` 3x3 -> ReLU -> ``Flatten`` (``pool``: ``GlobalAveragePool``
+    first) -> ``Gemm`` -> ``(batch, classes)`` logits."""
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    dims = [channels, height, width] if layout == "NCHW" else [height, width, channels]
+    nodes = []
+    current = input_name
+    if layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", [input_name], ["nchw"], perm=[0, 3, 1, 2]))
+        current = "nchw"
+    nodes += [
+        helper.make_node("Conv", [current, "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["conv"], ["act"]),
+    ]
+    current = "act"
+    if pool:
+        nodes.append(helper.make_node("GlobalAveragePool", ["act"], ["pooled"]))
+        current = "pooled"
+    nodes += [
+        helper.make_node("Flatten", [current], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "head_w", "head_b"], [output_name]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.asarray(getattr(cnn, k), dtype=np.float32), k)
+        for k in ("conv_w", "conv_b", "head_w", "head_b")
+    ]
+    classes = int(cnn.head_w.shape[1])
+    graph = helper.make_graph(
+        nodes, "image_cnn",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", *dims])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", classes])],
         initializers,
     )
     model = helper.make_model(

@@ -35,11 +35,14 @@ from edge_agent_host import hub, tasks
 from edge_agent_host.convert_aif import AifThresholds, convert_aif, load_aif_model
 from edge_agent_host.convert_onnx import (
     CALIBRATION_METHODS,
+    MIN_CALIBRATION_SAMPLES,
+    QUANT_MODES,
+    SIZE_WARNING_RATIO,
     NeuralOptions,
     NeuralThresholds,
     convert_onnx,
 )
-from edge_agent_host.convert_tflite import convert_tflite
+from edge_agent_host.convert_tflite import TFLITE_MODES, convert_tflite
 from edge_agent_host.keys import (
     DEFAULT_KEY_NAME,
     KEY_NAME_RE,
@@ -307,12 +310,15 @@ def _add_aif_options(parser: argparse.ArgumentParser) -> None:
 def _add_neural_options(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("calibration and held-out data")
     data.add_argument("--calibration", type=Path, default=None, metavar="X.npz",
-                      help="real inputs keyed by input name, (n, ...) per input")
+                      help="real inputs keyed by input name, (n, ...) per input: windows "
+                      "(n, T, F), vectors (n, F) or frames (n, C, H, W) / (n, H, W, C); "
+                      f"fewer than {MIN_CALIBRATION_SAMPLES} warn, 1 is refused")
     data.add_argument("--input-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                       help="draw inputs uniformly from [LOW, HIGH) instead (warns)")
     data.add_argument("--heldout", type=Path, default=None, metavar="Y.npz",
-                      help="held-out inputs (and optional 'labels') for the report; default: the "
-                      "last 20%% of --calibration, or fresh draws from --input-range")
+                      help="held-out inputs (and optional 'labels': class indices of the first "
+                      "output) for the report; default: the last 20%% of --calibration, or "
+                      "fresh draws from --input-range")
     data.add_argument("--samples", type=_positive_int, default=256,
                       help="inputs drawn per set with --input-range (default 256)")
     quant = parser.add_argument_group("quantization")
@@ -344,6 +350,35 @@ def _add_neural_options(parser: argparse.ArgumentParser) -> None:
     _add_aif_options(parser)
 
 
+def _add_onnx_options(parser: argparse.ArgumentParser) -> None:
+    quant = parser.add_argument_group("ONNX quantization")
+    quant.add_argument("--mode", choices=QUANT_MODES, default="auto",
+                       help="static: QDQ int8 activations and weights, calibrated; dynamic: int8 "
+                       "weights, activations quantized per call (onnxruntime's only way to "
+                       "quantize LSTM); auto (default): the one that quantizes more of the "
+                       "model's weights, static on a tie")
+    quant.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
+                       help="static activation calibration: observed min/max (default), "
+                       "entropy (KL-optimal clipping) or percentile")
+    quant.add_argument("--percentile", type=float, default=99.999,
+                       help="percentile kept by --method percentile (default 99.999)")
+    quant.add_argument("--symmetric-activations", action="store_true",
+                       help="static: activation ranges symmetric around 0 (zero point 0)")
+    quant.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NAME",
+                       help="leave these nodes (by name) in float")
+    quant.add_argument("--exclude-op-types", nargs="+", default=[], metavar="OP",
+                       help="leave every node of these op types (e.g. Softmax) in float")
+    quant.add_argument("--no-preprocess", action="store_true",
+                       help="skip onnxruntime's quant_pre_process (shape inference and graph "
+                       "optimisation); without it the converter falls back to this by itself "
+                       "when pre-processing fails or breaks quantization, and says so")
+    quant.add_argument("--output", action="append", default=[], metavar="NAME",
+                       dest="outputs",
+                       help="model output to bundle (repeat for several, in order; default: "
+                       "every output that can be a policy or classifier: integer labels, single "
+                       "columns and ZipMaps are dropped with a warning)")
+
+
 def _configure_convert(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="source_kind", required=True, metavar="KIND")
     aif = kinds.add_parser(
@@ -355,29 +390,33 @@ def _configure_convert(parser: argparse.ArgumentParser) -> None:
     _add_common_convert_options(aif)
     _add_aif_options(aif)
     onnx = kinds.add_parser(
-        "onnx", help="ONNX model to static int8 (QDQ, S8S8)",
-        description="Quantize a float ONNX model to static int8 QDQ, compare it with the float "
-        "model on held-out data, and write the bundle.",
+        "onnx", help="ONNX model to int8 (static QDQ S8S8, or dynamic)",
+        description="Quantize a float ONNX model to int8 (static QDQ, or dynamic for LSTMs), "
+        "compare it with the float model on held-out data, step it as a device would, and write "
+        "the bundle. A warning says when the int8 model is not below "
+        f"{100 * SIZE_WARNING_RATIO:.0f} % of the float model's size.",
     )
     onnx.add_argument("model", type=Path, help="float .onnx model")
     _add_common_convert_options(onnx)
-    onnx.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
-                      help="activation calibration (default minmax)")
-    onnx.add_argument("--percentile", type=float, default=99.999,
-                      help="percentile kept by --method percentile (default 99.999)")
     _add_neural_options(onnx)
+    _add_onnx_options(onnx)
     tflite = kinds.add_parser(
-        "tflite", help="SavedModel / Keras model to full-integer int8 .tflite (LiteRT)",
+        "tflite", help="SavedModel / Keras model to int8 or float16 .tflite (LiteRT)",
         description="Convert a SavedModel or .keras model (needs TensorFlow) to a full-integer "
-        "int8 .tflite, or take a float .tflite and its int8 version (--int8); compare them with "
-        "LiteRT on held-out data and write the bundle.",
+        "int8, dynamic-range or float16 .tflite, or take a float .tflite and its converted "
+        "version (--int8); compare them with LiteRT on held-out data, step the bundle as a "
+        "device would, and write it.",
     )
     tflite.add_argument("model", type=Path,
                         help="SavedModel directory, .keras file, or float .tflite (with --int8)")
     tflite.add_argument("--int8", type=Path, default=None, metavar="INT8.tflite",
-                        help="already quantized int8 model of a float .tflite source")
+                        help="already converted model of a float .tflite source (of --mode)")
     _add_common_convert_options(tflite)
     _add_neural_options(tflite)
+    tflite.add_argument("--mode", choices=TFLITE_MODES, default="full-integer",
+                        help="full-integer: int8 weights, activations, inputs and outputs "
+                        "(default); dynamic-range: int8 weights, float activations; float16: "
+                        "float16 weights")
 
 
 def _default_name(path: Path) -> str:
@@ -442,9 +481,15 @@ def _run_convert(args: argparse.Namespace) -> int:
             output_kind=args.output_kind, window=args.window,
             action_low=tuple(args.action_low) if args.action_low else None,
             action_high=tuple(args.action_high) if args.action_high else None,
+            mode=args.mode,
             method=getattr(args, "method", "minmax"),
             percentile=getattr(args, "percentile", 99.999),
             per_channel=not args.per_tensor, threads=args.threads,
+            preprocess=not getattr(args, "no_preprocess", False),
+            symmetric_activations=getattr(args, "symmetric_activations", False),
+            exclude_nodes=tuple(getattr(args, "exclude_nodes", ())),
+            exclude_op_types=tuple(getattr(args, "exclude_op_types", ())),
+            outputs=tuple(getattr(args, "outputs", ())),
             latency_repeats=args.latency_repeats,
         )
         neural: dict[str, Any] = {
@@ -468,6 +513,8 @@ def _run_convert(args: argparse.Namespace) -> int:
             report = convert_tflite(args.model, args.out, int8_path=args.int8, **neural, **common)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True, allow_nan=False))
+        for warning in report.warnings:  # the table shows them; JSON readers see them here too
+            print(f"warning: {warning}", file=sys.stderr)
     else:
         print(report.render())
     if not report.passed:

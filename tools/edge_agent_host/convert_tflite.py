@@ -1,18 +1,28 @@
-"""Convert a TensorFlow model to a full-integer int8 ``.tflite``, measure it with LiteRT, bundle it.
+"""Convert a TensorFlow model to an int8 or float16 ``.tflite``, measure it with LiteRT, bundle it.
 
 Sources:
 
 * a **SavedModel** directory or a **Keras** ``.keras`` file: needs TensorFlow on the host
   (``pip install tensorflow-cpu``; tested with 2.21), imported only here and only then. The
-  converter writes a float ``.tflite`` (the reference) and a full-integer one: int8 weights and
-  activations (``TFLITE_BUILTINS_INT8``), **int8 inputs and outputs** with their scale and zero
-  point recorded in the model and the manifest, weights per channel unless ``per_channel`` is off,
-  activation ranges from a representative data set (the calibration samples).
-* a float ``.tflite`` together with an already quantized int8 ``.tflite`` (``int8_path``):
-  no TensorFlow needed; the pair is checked, measured and bundled as above.
+  converter writes a float ``.tflite`` (the reference) and, by ``mode``:
+
+  * ``full-integer`` (default): int8 weights and activations (``TFLITE_BUILTINS_INT8``), **int8
+    inputs and outputs** with their scale and zero point recorded in the model and the manifest,
+    weights per channel unless ``per_channel`` is off, activation ranges from a representative
+    data set (the calibration samples);
+  * ``dynamic-range``: int8 weights, float32 activations, inputs and outputs (LiteRT quantizes
+    activations per call in its hybrid kernels); no calibration;
+  * ``float16``: float16 weights, float32 compute, inputs and outputs (half the size; no
+    calibration).
+
+* a float ``.tflite`` together with an already converted ``.tflite`` (``int8_path``): no
+  TensorFlow needed; the pair is checked against ``mode`` (int8 inputs and outputs for
+  full-integer, float ones with int8 or float16 weights for the other two), measured and
+  bundled as above.
 
 Calibration and held-out data work as for ONNX (:mod:`edge_agent_host.convert_onnx`). The
-report compares the float and int8 models, both run with LiteRT in this process.
+report compares the float and converted models, both run with LiteRT in this process, and the
+bundle is stepped as a device steps it before it is signed.
 """
 
 from __future__ import annotations
@@ -31,25 +41,37 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.settings import AifSettings
 from edge_agent.errors import EdgeAgentError, InputError, ModelError
-from edge_agent.neural.backends import get_backend
+from edge_agent.neural.backends import Session, get_backend
+from edge_agent.neural.backends.litert import _interpreter_class
 from edge_agent_host.convert_aif import AifThresholds
 from edge_agent_host.convert_onnx import (
     NeuralOptions,
     NeuralThresholds,
     Samples,
+    check_calibration_size,
+    check_labels,
+    check_outputs,
     finish_neural,
     gather_data,
     infer_window,
     load_samples,
+    size_warning,
 )
 from edge_agent_host.output import check_output
 from edge_agent_host.report import ConversionReport, progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TENSORFLOW_HINT", "convert_tflite", "tflite_from_tensorflow"]
+__all__ = ["TENSORFLOW_HINT", "TFLITE_MODES", "convert_tflite", "tflite_from_tensorflow"]
 
 TENSORFLOW_HINT = "pip install 'tensorflow-cpu>=2.16' (tested with 2.21)"
+TFLITE_MODES = ("full-integer", "dynamic-range", "float16")
+#: The manifest's ``quantization.scheme`` per mode.
+SCHEMES = {
+    "full-integer": "tflite-int8-full-integer",
+    "dynamic-range": "tflite-dynamic-range",
+    "float16": "tflite-float16",
+}
 
 
 def _tensorflow() -> Any:
@@ -81,14 +103,36 @@ def tflite_from_tensorflow(
     source: str | Path,
     calibration: Samples,
     *,
+    mode: str = "full-integer",
     per_channel: bool = True,
     show_progress: bool = False,
 ) -> bytes:
-    """The full-integer int8 ``.tflite`` of a SavedModel or ``.keras`` model (module docstring).
+    """The ``mode`` ``.tflite`` of a SavedModel or ``.keras`` model (module docstring).
 
-    ``calibration`` holds the representative inputs (one array, the model has one input).
+    ``calibration`` holds the representative inputs of ``full-integer`` (one array, the model has
+    one input); the other modes need none.
     """
+    if mode not in TFLITE_MODES:
+        raise InputError(f"TFLite mode {mode!r}; choose one of {TFLITE_MODES}")
     tf = _tensorflow()
+    with tempfile.TemporaryDirectory(prefix="edge-agent-tf-") as tmp:
+        saved = _saved_model_dir(tf, Path(source), Path(tmp))
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif mode == "full-integer":
+            _full_integer(tf, converter, calibration, show_progress=show_progress)
+        if not per_channel:
+            converter._experimental_disable_per_channel = True
+        try:
+            return bytes(converter.convert())
+        except Exception as err:  # TensorFlow raises ConverterError and plain exceptions
+            raise ModelError(f"{source}: TFLite {mode} conversion failed: {err}") from err
+
+
+def _full_integer(tf: Any, converter: Any, calibration: Samples, *, show_progress: bool) -> None:
+    """Set ``converter`` up for int8 everything, calibrated on ``calibration``."""
     if len(calibration) != 1:
         raise ModelError("full-integer conversion supports models with exactly one input")
     samples = next(iter(calibration.values())).astype(np.float32)
@@ -98,20 +142,10 @@ def tflite_from_tensorflow(
                           enabled=show_progress):
             yield [samples[i : i + 1]]
 
-    with tempfile.TemporaryDirectory(prefix="edge-agent-tf-") as tmp:
-        saved = _saved_model_dir(tf, Path(source), Path(tmp))
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-        if not per_channel:
-            converter._experimental_disable_per_channel = True
-        try:
-            return bytes(converter.convert())
-        except Exception as err:  # TensorFlow raises ConverterError and plain exceptions
-            raise ModelError(f"{source}: TFLite int8 conversion failed: {err}") from err
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
 
 
 def float_tflite_from_tensorflow(source: str | Path) -> bytes:
@@ -150,8 +184,11 @@ def convert_tflite(
     signer: str | None = None,
     show_progress: bool = False,
 ) -> ConversionReport:
-    """Convert (or take) an int8 ``.tflite``, compare it with the float model, bundle it."""
+    """Convert (or take) a quantized ``.tflite``, compare it with the float model, bundle it."""
     opts = options or NeuralOptions()
+    mode = "full-integer" if opts.mode == "auto" else opts.mode
+    if mode not in TFLITE_MODES:
+        raise InputError(f"--mode {opts.mode} is not a TFLite mode; choose one of {TFLITE_MODES}")
     if opts.method != "minmax":
         raise InputError(
             "the TFLite converter calibrates activations from their observed ranges only; "
@@ -175,47 +212,82 @@ def convert_tflite(
     float_session = backend.load(float_bytes, opts.threads)
     inputs = float_session.input_specs
     window = infer_window(inputs, opts.window)
-    if prequantized and heldout_path is not None and (
+    check_outputs(float_session.output_specs, opts.output_kind)
+    if (prequantized or mode != "full-integer") and heldout_path is not None and (
         calibration_path is None and input_range is None
     ):
         calibration: Samples = {}
         heldout, labels = load_samples(heldout_path, inputs)
-        data_source = "prequantized"
+        data_source = "prequantized" if prequantized else "none"
     else:
         calibration, heldout, labels, data_source = gather_data(
             inputs, calibration_path=calibration_path, heldout_path=heldout_path,
             input_range=input_range, samples=samples, seed=seed,
         )
+    if opts.output_kind != "continuous":
+        check_labels(labels, float_session.output_specs[0], "held-out labels")
+    warnings: list[str] = []
+    calibrated = not prequantized and mode == "full-integer"
+    if calibrated:
+        check_calibration_size(len(next(iter(calibration.values()))), warnings)
     if prequantized and int8_path is not None:
         int8_bytes = _read(Path(int8_path))
         data_source = "prequantized"
     else:
         int8_bytes = tflite_from_tensorflow(
-            src, calibration, per_channel=opts.per_channel, show_progress=show_progress
+            src, calibration, mode=mode, per_channel=opts.per_channel,
+            show_progress=show_progress,
         )
     int8_session = backend.load(int8_bytes, opts.threads)
-    for spec in (*int8_session.input_specs, *int8_session.output_specs):
-        if spec.dtype != "int8":
-            raise ModelError(
-                f"{int8_path or src}: tensor {spec.name!r} is {spec.dtype}; a full-integer model "
-                "has int8 inputs and outputs"
-            )
+    _check_mode(mode, int8_session, int8_bytes, int8_path or src)
+    note = size_warning(len(float_bytes), len(int8_bytes), {})
+    if note is not None:
+        warnings.append(note)
     calibration_info: dict[str, Any] = {
-        "method": "minmax",
-        "per_channel": opts.per_channel,
-        "samples": 0 if prequantized or not calibration else len(next(iter(calibration.values()))),
+        "method": "minmax" if mode == "full-integer" else None,
+        "samples": len(next(iter(calibration.values()))) if calibrated and calibration else 0,
         "source": data_source,
     }
+    quantization_info: dict[str, Any] = {"mode": mode, "mode_reason": _MODE_REASONS[mode]}
+    if mode != "float16":
+        quantization_info["per_channel"] = opts.per_channel
     return finish_neural(
-        backend_name="litert", model_file="model.tflite", scheme="tflite-int8-full-integer",
+        backend_name="litert", model_file="model.tflite", scheme=SCHEMES[mode],
         source=str(src), out=out, name=name, version=version, options=opts,
         float_bytes=float_bytes, int8_bytes=int8_bytes, float_session=float_session,
         int8_session=int8_session, window=window, heldout=heldout, labels=labels,
-        calibration_info=calibration_info, thresholds=thresholds, aif_model=aif_model,
-        aif_settings=aif_settings, aif_thresholds=aif_thresholds, rollouts=rollouts,
-        steps=steps, seed=seed, force=force, sign_key=sign_key, signer=signer,
-        show_progress=show_progress,
+        calibration=calibration, calibration_info=calibration_info,
+        quantization_info=quantization_info, warnings=warnings, thresholds=thresholds,
+        aif_model=aif_model, aif_settings=aif_settings, aif_thresholds=aif_thresholds,
+        rollouts=rollouts, steps=steps, seed=seed, force=force, sign_key=sign_key,
+        signer=signer, show_progress=show_progress,
     )
+
+
+_MODE_REASONS = {
+    "full-integer": "int8 weights, activations, inputs and outputs",
+    "dynamic-range": "int8 weights; float activations, inputs and outputs",
+    "float16": "float16 weights; float32 compute, inputs and outputs",
+}
+
+
+def _tensor_dtypes(model_bytes: bytes) -> set[str]:
+    """The element types of every tensor (weights included) of a ``.tflite`` model."""
+    interpreter = _interpreter_class()(model_content=model_bytes)
+    return {np.dtype(detail["dtype"]).name for detail in interpreter.get_tensor_details()}
+
+
+def _check_mode(mode: str, session: Session, model_bytes: bytes, path: str | Path) -> None:
+    """The converted model must be what ``mode`` says; ModelError in one line otherwise."""
+    io_dtype = "int8" if mode == "full-integer" else "float32"
+    for spec in (*session.input_specs, *session.output_specs):
+        if spec.dtype != io_dtype:
+            what = ("a full-integer model has int8 inputs and outputs" if mode == "full-integer"
+                    else f"a {mode} model keeps float32 inputs and outputs")
+            raise ModelError(f"{path}: tensor {spec.name!r} is {spec.dtype}; {what}")
+    weights = {"dynamic-range": "int8", "float16": "float16"}.get(mode)
+    if weights is not None and weights not in _tensor_dtypes(model_bytes):
+        raise ModelError(f"{path}: no tensor is {weights}: not a {mode} model (--mode {mode})")
 
 
 def _read(path: Path) -> bytes:

@@ -4,7 +4,9 @@ The bundle is written through :func:`edge_agent.bundle.writer.write_bundle`, pac
 :func:`edge_agent.bundle.writer.pack_tar` when ``out`` ends in ``.tar``, ``.tar.gz`` or ``.tgz``,
 signed with :func:`edge_agent.bundle.writer.sign_bundle`, and finally loaded back exactly as a
 device would (with the signer's public key as the only trusted key), so what the tool reports is
-what loads.
+what loads. A converter's ``device_check`` runs on the loaded bundle *before* it is signed (the
+neural converters build and step the device's agent group there); if it raises, the bundle is
+removed and nothing is signed.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle.loader import AifSpec, BundleKind, NeuralSpec, load_bundle
+from edge_agent.bundle.loader import AifSpec, Bundle, BundleKind, NeuralSpec, load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.errors import BundleError
@@ -60,11 +62,13 @@ def write_output(
     quantization: Mapping[str, Any] | None = None,
     sign_key: Ed25519PrivateKey | None = None,
     signer: str | None = None,
+    device_check: Callable[[Bundle], None] | None = None,
 ) -> dict[str, Any]:
     """Write (and sign) a bundle at ``out``; returns ``{path, sha256, nbytes, key_id, signer}``.
 
     ``out`` is a directory (which must not exist or be empty) or a tar path (which must not
-    exist). Nothing is left behind if writing fails.
+    exist). ``device_check`` gets the written bundle, loaded as a device loads it, before it is
+    signed. Nothing is left behind if writing, the check or signing fails.
     """
     dest = Path(out)
     if _is_tar(dest):
@@ -87,6 +91,8 @@ def write_output(
         if not existed:
             logger.debug("created bundle directory %s", dest)
     try:
+        if device_check is not None:
+            device_check(load_bundle(dest, trusted_keys=None, require_signature=False))
         trusted = None
         if sign_key is not None:
             sign_bundle(dest, sign_key, signer=signer)

@@ -1,8 +1,10 @@
 """Conversion reports: the numbers, the accuracy thresholds, the summary table and progress bars.
 
 Every converter produces a :class:`ConversionReport`: a JSON-able ``data`` dict (all the numbers),
-table rows for people, and :class:`Check` objects for the thresholds. A conversion whose checks
-fail is refused (exit code 1) unless forced; the report says which numbers failed and by how much.
+table rows for people, :class:`Check` objects for the thresholds, and ``warnings``: one line each
+for what the user should know but that does not refuse the conversion (an int8 model that is not
+smaller, a tiny calibration set, a dropped output, a fallback). A conversion whose checks fail is
+refused (exit code 1) unless forced; the report says which numbers failed and by how much.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class ConversionReport:
     rows: list[tuple[str, ...]] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     bundle: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -117,6 +120,7 @@ class ConversionReport:
             "source": self.source,
             **self.data,
             "checks": [c.to_json() for c in self.checks],
+            "warnings": list(self.warnings),
             "passed": self.passed,
             "bundle": self.bundle,
         }
@@ -125,6 +129,8 @@ class ConversionReport:
         """What goes into the manifest's ``quantization`` field: the data without timings."""
         record = {k: v for k, v in self.data.items() if k != "latency_ms"}
         record["checks"] = [c.to_json() for c in self.checks]
+        if self.warnings:
+            record["warnings"] = list(self.warnings)
         return record
 
     def render(self) -> str:
@@ -155,6 +161,7 @@ class ConversionReport:
             cells = [row[0].ljust(width)]
             cells += [cell.rjust(col_width[i + 1]) for i, cell in enumerate(row[1:])]
             lines.append("  " + "  ".join(cells).rstrip())
+        lines.extend(f"warning: {text}" for text in self.warnings)
         if self.checks:
             lines.append("checks")
             lines.extend(f"  {check.describe()}" for check in self.checks)

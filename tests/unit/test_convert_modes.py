@@ -1,0 +1,252 @@
+"""``convert onnx`` quantization choices: dynamic and auto modes for recurrent models, real entropy
+calibration, symmetric activations, excluded nodes and op types, pre-processing, the size
+warning, and the calibration-set size rules. Real onnxruntime sessions throughout."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.errors import InputError
+from edge_agent.neural.backends import available_backends
+from edge_agent.neural.groups import NeuralAgentGroup
+from edge_agent.sim.sensors import SensorWorld
+from edge_agent_host.builders import mlp_onnx, recurrent_onnx, sensor_policy
+from edge_agent_host.cli import main
+from edge_agent_host.convert_onnx import (
+    ENTROPY_BINS,
+    MIN_CALIBRATION_SAMPLES,
+    NeuralOptions,
+    NeuralThresholds,
+    convert_onnx,
+)
+from edge_agent_host.report import ConversionReport
+
+T, F = 8, 8
+
+
+@pytest.fixture(autouse=True)
+def _runtimes() -> None:
+    if not available_backends()["onnxruntime"]:
+        pytest.fail("onnxruntime is not installed: pip install 'edge-agent[onnx]'")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("modes")
+    world = SensorWorld(1)
+    onnx.save(mlp_onnx(sensor_policy(world.prototypes, world.noise, T), T, F),
+              root / "policy.onnx")
+    X, _ = world.sample_windows(400, T, seed=1)
+    np.savez(root / "cal.npz", window=X)
+    Xh, yh = world.sample_windows(300, T, seed=2)
+    np.savez(root / "held.npz", window=Xh, labels=yh)
+    for cell in ("LSTM", "GRU"):
+        onnx.save(recurrent_onnx(cell, T, F, 64, 4, seed=3), root / f"{cell.lower()}.onnx")
+    return {p.stem: p for p in root.iterdir()}
+
+
+def convert(model: Path, out: Path, data: dict[str, Path], *, min_top1: float | None = 0.9,
+            **options: Any) -> ConversionReport:
+    return convert_onnx(model, out, name="m", calibration_path=data["cal"],
+                        heldout_path=data["held"],
+                        options=NeuralOptions(latency_repeats=1, **options),
+                        thresholds=NeuralThresholds(min_top1=min_top1))
+
+
+def ops(path: Path) -> list[str]:
+    return [node.op_type for node in onnx.load(path).graph.node]
+
+
+def test_auto_quantizes_an_lstm_dynamically_and_it_shrinks(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    report = convert(data["lstm"], tmp_path / "auto", data)
+    quant = report.data["quantization"]
+    assert quant["mode"] == "dynamic"
+    assert quant["mode_reason"].startswith("auto: onnxruntime quantizes 1 % of the weights in "
+                                           "static mode, 99 % in dynamic")
+    assert report.data["scheme"] == "onnx-dynamic-u8s8"
+    assert report.data["calibration"]["method"] is None
+    assert report.data["size"]["ratio"] < 0.35
+    assert report.data["accuracy"]["top1_agreement"] >= 0.95
+    assert report.warnings == []
+    assert "DynamicQuantizeLSTM" in ops(tmp_path / "auto" / "model.onnx")
+    bundle = load_bundle(tmp_path / "auto", trusted_keys=None, require_signature=False)
+    assert bundle.manifest.quantization["quantization"]["mode"] == "dynamic"
+    group = NeuralAgentGroup.from_bundle(bundle, 3)
+    for _ in range(T):
+        actions = group.step(np.zeros((3, F), dtype=np.float32))
+    assert actions.shape == (3,)
+
+
+def test_static_lstm_warns_that_it_did_not_shrink_and_says_what_to_do(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    report = convert(data["lstm"], tmp_path / "static", data, mode="static")
+    assert report.data["quantization"]["mode"] == "static"
+    ratio = report.data["size"]["ratio"]
+    assert ratio > 0.9
+    assert report.warnings == [
+        f"the int8 model is {100 * ratio:.1f} % of the float model's size (a conversion that "
+        "pays is below 90 %): weights left in float: LSTM 75,776 B; onnxruntime quantizes LSTM "
+        "in --mode dynamic"
+    ]
+
+
+def test_a_gru_is_quantized_by_neither_mode_and_the_warning_says_so(
+    data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["convert", "onnx", str(data["gru"]), "--out", str(tmp_path / "b"),
+                 "--calibration", str(data["cal"]), "--latency-repeats", "1",
+                 "--min-top1", "0.9"])
+    table = capsys.readouterr().out
+    assert code == 0
+    warning = next(line for line in table.splitlines() if line.startswith("warning: "))
+    assert "weights left in float: GRU" in warning
+    assert warning.endswith("onnxruntime quantizes no GRU node in either mode")
+
+
+def activation_scales(path: Path) -> dict[str, float]:
+    model = onnx.load(path)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1}
+
+
+def test_entropy_calibration_is_real_and_recorded(data: dict[str, Path], tmp_path: Path) -> None:
+    """onnxruntime's quantize_static fixes the entropy histogram at 128 bins, which leaves one
+    candidate threshold, the full range: the converter calibrates entropy itself."""
+    scales = {}
+    for method in ("minmax", "entropy"):
+        report = convert(data["policy"], tmp_path / method, data, method=method, min_top1=None)
+        scales[method] = activation_scales(tmp_path / method / "model.onnx")
+        calibration = report.data["calibration"]
+        assert calibration["method"] == method
+    assert calibration["entropy_bins"] == ENTROPY_BINS
+    minmax, entropy = scales["minmax"], scales["entropy"]
+    assert minmax.keys() == entropy.keys()
+    # KL-optimal thresholds clip tails that MinMax keeps: never larger, and smaller somewhere.
+    assert all(entropy[k] <= minmax[k] * (1 + 1e-6) for k in minmax)
+    assert sum(entropy[k] < minmax[k] * (1 - 1e-3) for k in minmax) >= 2
+    assert min(entropy[k] / minmax[k] for k in minmax) < 0.8
+    assert (tmp_path / "entropy" / "model.onnx").read_bytes() != (
+        tmp_path / "minmax" / "model.onnx").read_bytes()
+    bundle = load_bundle(tmp_path / "entropy", trusted_keys=None, require_signature=False)
+    assert bundle.manifest.quantization["calibration"]["method"] == "entropy"
+
+
+def zero_points(path: Path) -> list[np.ndarray]:
+    model = onnx.load(path)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [inits[n.input[2]] for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+
+
+def test_symmetric_activations_have_zero_points_of_zero(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    convert(data["policy"], tmp_path / "asym", data)
+    report = convert(data["policy"], tmp_path / "sym", data, symmetric_activations=True)
+    assert report.data["quantization"]["symmetric_activations"] is True
+    assert any(np.any(z != 0) for z in zero_points(tmp_path / "asym" / "model.onnx"))
+    assert all(np.all(z == 0) for z in zero_points(tmp_path / "sym" / "model.onnx"))
+
+
+def test_excluded_op_types_and_nodes_stay_float(data: dict[str, Path], tmp_path: Path) -> None:
+    report = convert(data["policy"], tmp_path / "ops", data, exclude_op_types=("Gemm",))
+    model = onnx.load(tmp_path / "ops" / "model.onnx")
+    assert {i.data_type for i in model.graph.initializer if len(i.dims) == 2} == {
+        onnx.TensorProto.FLOAT}
+    assert report.data["quantization"]["exclude_op_types"] == ["Gemm"]
+    # Name one Gemm: only the other is quantized.
+    named = onnx.load(data["policy"])
+    for i, node in enumerate(named.graph.node):
+        node.name = f"{node.op_type.lower()}{i}"
+    onnx.save(named, tmp_path / "named.onnx")
+    gemms = [n.name for n in named.graph.node if n.op_type == "Gemm"]
+    convert(tmp_path / "named.onnx", tmp_path / "node", data, exclude_nodes=(gemms[-1],))
+    model = onnx.load(tmp_path / "node" / "model.onnx")
+    int8_weights = [i for i in model.graph.initializer
+                    if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    assert len(int8_weights) == 1
+    with pytest.raises(InputError, match=r"--exclude-nodes 'nope': the model has no node of that "
+                       r"name \(its nodes: flatten0, gemm1"):
+        convert(tmp_path / "named.onnx", tmp_path / "x", data, exclude_nodes=("nope",))
+    with pytest.raises(InputError, match=r"--exclude-op-types 'Conv': the model has no such node "
+                       r"\(its op types: Flatten, Gemm, Relu\)"):
+        convert(data["policy"], tmp_path / "x", data, exclude_op_types=("Conv",))
+
+
+def test_no_preprocess_is_recorded(data: dict[str, Path], tmp_path: Path) -> None:
+    report = convert(data["policy"], tmp_path / "b", data, preprocess=False)
+    assert report.data["quantization"]["preprocessed"] is False
+    assert report.warnings == []
+    assert report.data["accuracy"]["top1_agreement"] >= 0.99
+
+
+def test_calibration_options_that_dynamic_mode_has_no_use_for_are_refused(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match=r"--method entropy calibrates static quantization, and "
+                       r"this conversion is dynamic \(auto: .*\); pass --mode static to use it"):
+        convert(data["lstm"], tmp_path / "x", data, method="entropy")
+    with pytest.raises(InputError, match=r"--symmetric-activations calibrates static"):
+        convert(data["policy"], tmp_path / "x", data, mode="dynamic",
+                symmetric_activations=True)
+
+
+def test_one_calibration_sample_is_refused_and_few_are_warned_about(
+    data: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    X = np.load(data["cal"])["window"]
+    np.savez(tmp_path / "one.npz", window=X[:1])
+    with pytest.raises(InputError, match=r"calibration uses 1 sample: .* give at least 16"):
+        convert_onnx(data["policy"], tmp_path / "x", name="m",
+                     calibration_path=tmp_path / "one.npz", heldout_path=data["held"])
+    np.savez(tmp_path / "two.npz", window=X[:2])
+    with pytest.raises(InputError, match=r"the calibration set has 2 sample\(s\): too few"):
+        convert_onnx(data["policy"], tmp_path / "x", name="m",
+                     calibration_path=tmp_path / "two.npz")
+    with pytest.raises(InputError, match=r"calibration uses 1 sample"):
+        convert_onnx(data["policy"], tmp_path / "x", name="m", input_range=(-1.0, 1.0),
+                     samples=1)
+    np.savez(tmp_path / "few.npz", window=X[:5])
+    with caplog.at_level(logging.WARNING):
+        report = convert_onnx(data["policy"], tmp_path / "b", name="m",
+                              calibration_path=tmp_path / "few.npz", heldout_path=data["held"],
+                              options=NeuralOptions(latency_repeats=1),
+                              thresholds=NeuralThresholds(min_top1=None))
+    assert report.warnings == [
+        f"calibration uses only 5 samples: activation ranges from so few inputs miss what the "
+        f"model meets in use; give at least {MIN_CALIBRATION_SAMPLES} (a few hundred is typical)"
+    ]
+    assert report.bundle is not None
+    assert not (tmp_path / "x").exists()
+    # Dynamic quantization calibrates nothing: a small set is no concern there.
+    report = convert_onnx(data["lstm"], tmp_path / "d", name="m",
+                          calibration_path=tmp_path / "few.npz", heldout_path=data["held"],
+                          options=NeuralOptions(latency_repeats=1),
+                          thresholds=NeuralThresholds(min_top1=None))
+    assert report.warnings == []
+
+
+def test_convert_help_names_every_new_option(capsys: pytest.CaptureFixture[str]) -> None:
+    for kind, options in (
+        ("onnx", ("--mode {auto,static,dynamic}", "--method {minmax,entropy,percentile}",
+                  "--symmetric-activations", "--exclude-nodes NAME", "--exclude-op-types OP",
+                  "--no-preprocess", "--output NAME", "below 90 % of")),
+        ("tflite", ("--mode {full-integer,dynamic-range,float16}",)),
+    ):
+        with pytest.raises(SystemExit):
+            main(["convert", kind, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for option in options:
+            assert option in text, (kind, option)
