@@ -154,7 +154,7 @@ def _from_bundle(cfg: GroupConfig, keys: TrustedKeys | None) -> LoadedModel:
         if manifest.neural is None or manifest.neural.output_kind == "observation":
             raise BundleError(
                 f"{cfg.model.path}: the neural model outputs observations, not actions: name it "
-                'as the group\'s perception (perception = {{ type = "bundle", ... }}) in front '
+                'as the group\'s perception (perception = { type = "bundle", ... }) in front '
                 "of an Active Inference model"
             )
         return LoadedModel(None, cfg.settings, name, bundle.sha256, neural=_neural(bundle))
@@ -215,8 +215,8 @@ def _check_sensor_world(
     if net is None:
         raise ConfigError(
             f"group {cfg.name!r}: world {name!r} produces feature vectors; an Active Inference "
-            'model needs a perception bundle in front of it (perception = {{ type = "bundle", '
-            "path = ... }})",
+            'model needs a perception bundle in front of it (perception = { type = "bundle", '
+            "path = ... })",
             path=None,
         )
     from edge_agent.neural.groups import window_layout  # noqa: PLC0415 - no runtime needed
@@ -248,6 +248,27 @@ def _check_sensor_world(
             f"{name!r} needs {want} (the built-in model 'sensors')",
             path=None,
         )
+
+
+def _check_perception(cfg: GroupConfig, net: NeuralModel, num_obs: tuple[int, ...]) -> None:
+    """The classifier's outputs must be logits of the model's first modalities, in order."""
+    spec = net.spec
+    outputs = spec.outputs[:1] if spec.output_kind == "discrete" else spec.outputs
+    where = cfg.perception.path if cfg.perception is not None else describe(cfg)
+    if spec.output_kind == "continuous" or len(outputs) > len(num_obs):
+        raise ConfigError(
+            f"group {cfg.name!r}: perception {where}: {len(outputs)} {spec.output_kind} "
+            f"output(s); perception gives logits for the model's first of {len(num_obs)} "
+            "modalities",
+            path=None,
+        )
+    for m, tensor in enumerate(outputs):
+        if tuple(tensor.shape[1:]) != (num_obs[m],):
+            raise ConfigError(
+                f"group {cfg.name!r}: perception {where}: output {tensor.name!r} has shape "
+                f"{list(tensor.shape)}, modality {m} of the model has {num_obs[m]} outcomes",
+                path=None,
+            )
 
 
 def describe(cfg: GroupConfig) -> str:
@@ -300,6 +321,8 @@ def load_group_model(
             loaded.bundle_sha256,
             perception=_neural(bundle),
         )
+    if loaded.perception is not None and loaded.model is not None:
+        _check_perception(cfg, loaded.perception, loaded.model.num_obs)
     if cfg.coordination is not None and loaded.kind != "aif":
         raise ConfigError(
             f"group {cfg.name!r}: coordination shares Active Inference beliefs; a "

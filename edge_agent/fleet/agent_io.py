@@ -416,14 +416,17 @@ def encode_observations(
     seq: int = 0,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> bytes:
-    """One observation message for ``group``: ``values (n, num_modalities)`` integer outcomes.
+    """One observation message for ``group``: ``values (n, width)``, integer outcomes (one per
+    modality) or ``float32`` features (a neural or perception group's).
 
-    Integer values are sent as uint8 when every one fits, else as int32.
+    Integer values are sent as uint8 when every one fits, else as int32; floats as float32.
     """
     vals = np.asarray(values)
     if np.issubdtype(vals.dtype, np.integer) and vals.dtype.name not in _INTEGER_DTYPES:
         small = vals.size == 0 or (int(vals.min()) >= 0 and int(vals.max()) < 256)
         vals = vals.astype(np.uint8 if small else np.int32)
+    elif vals.dtype.kind == "f":
+        vals = vals.astype(np.float32)
     body = ObservationBatch.from_arrays(group, tick, agent_ids, vals)
     env = Envelope(
         type=ObservationBatch.TYPE,
@@ -440,9 +443,12 @@ def encode_observations(
 def decode_actions(
     payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[ActionBatch, npt.NDArray[np.uint32], npt.NDArray[np.int64]]:
-    """``(batch, agent_ids (n,), actions (n, num_factors) int64)`` of one action message."""
+    """``(batch, agent_ids (n,), actions (n, width))`` of one action message: int64, or float32
+    for a continuous policy."""
     env = decode(payload, max_bytes)
     if not isinstance(env.body, ActionBatch):
         raise DecodeError("schema", f"expected an action message, got {env.type}")
     ids, values = env.body.arrays()
+    if values.dtype.kind == "f":  # a continuous policy's actions
+        return env.body, ids, values.astype(np.float32)
     return env.body, ids, values.astype(np.int64)
