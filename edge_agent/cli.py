@@ -148,10 +148,10 @@ def _find_status_file(config_path: Path | None) -> tuple[Path | None, str]:
     one running cannot be read."""
     from edge_agent.config.daemon import default_config, load_config
     from edge_agent.daemon import discovery
-    from edge_agent.daemon.service import Daemon
+    from edge_agent.daemon.status import status_path
 
     if config_path is not None:
-        return Daemon._status_path(load_config(config_path)), ""
+        return status_path(load_config(config_path)), ""
     elsewhere = "edge-agent status --config FILE (or --status-file PATH)"
     running = discovery.running_daemons()
     if len(running) == 1 and running[0].status_file is not None:
@@ -177,7 +177,7 @@ def _find_status_file(config_path: Path | None) -> tuple[Path | None, str]:
             f"no running daemon announced in {searched}; read the systemd unit's status file "
             f"{SYSTEMD_STATUS_FILE}. For another daemon: {elsewhere}"
         )
-    demo = Daemon._status_path(default_config())
+    demo = status_path(default_config())
     return demo, (
         f"no running daemon announced in {searched}; read the demo config's status file "
         f"{demo}. For another daemon: {elsewhere}"

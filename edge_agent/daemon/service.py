@@ -23,10 +23,7 @@ commands, deployments and telemetry.
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -53,6 +50,7 @@ from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding, w
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon import discovery
+from edge_agent.daemon import status as status_view
 from edge_agent.daemon.admission import OverlayProblem, admit
 from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.handlers import CommandHandlers
@@ -78,8 +76,6 @@ from edge_agent.fleet.protocol import (
     GroupInfo,
     clock_synced,
 )
-from edge_agent.fsutil import write_atomic
-from edge_agent.sim import format_summary
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +129,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def _config_digest(config: DaemonConfig) -> str:
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
-
-
 class Daemon:
     """The running service. Build with :meth:`from_config`, then :meth:`run`."""
 
@@ -185,7 +177,7 @@ class Daemon:
             self.state_dir / "snapshots",
             max_writes_per_hour=profile.max_snapshot_writes_per_hour,
         )
-        self.status_path = self._status_path(config)
+        self.status_path = status_view.status_path(config)
         self.base_hz = config.daemon.tick_hz_for(profile)
         self.clock = TickClock(self.base_hz, self.stop_event)
         self.watchdog = WatchdogGate(
@@ -206,15 +198,6 @@ class Daemon:
             self._event("overlay_ignored", severity, problem.detail, group=problem.group)
 
     # -- construction ---------------------------------------------------------------------------
-    @staticmethod
-    def _status_path(config: DaemonConfig) -> Path:
-        if config.daemon.status_file is not None:
-            return config.daemon.status_file
-        runtime = os.environ.get("RUNTIME_DIRECTORY")  # systemd RuntimeDirectory= (tmpfs)
-        if runtime:
-            return Path(runtime.split(":")[0]) / "status.json"
-        return config.daemon.status_path
-
     @classmethod
     def from_config(cls, config: DaemonConfig, config_path: Path | None, **kwargs: Any) -> Daemon:
         """A daemon on a config built in code (problems are reported without a line)."""
@@ -825,112 +808,25 @@ class Daemon:
             self.uplink.set_birth(self._birth())
 
     # -- status -------------------------------------------------------------------------------
+    @property
+    def state_name(self) -> str:
+        return self.state.value
+
+    @property
+    def overlay_details(self) -> list[str]:
+        return [p.detail for p in self.overlay_problems]
+
     def status(self) -> dict[str, Any]:
-        p50, p99 = self.stats.percentiles_ms()
-        return {
-            "pid": os.getpid(),
-            "version": __version__,
-            "state": self.state.value,
-            "updated_at": time.time(),
-            "started_at": self.started_wall,
-            "uptime_s": round(time.monotonic() - self.started_mono, 3),
-            "config": str(self.config_path) if self.config_path else "(embedded default)",
-            "config_digest": _config_digest(self.config),
-            "profile": self.profile.name,
-            "budget": self.budget.report(),
-            "rss_bytes": self.rss.last,
-            "rss_peak_bytes": self.rss.peak,
-            "soft_limit_bytes": self.profile.soft_limit_bytes,
-            "tick": {
-                "hz": round(self.clock.hz, 4),
-                "base_hz": self.base_hz,
-                "ticks": self.stats.ticks,
-                "p50_ms": round(p50, 4),
-                "p99_ms": round(p99, 4),
-                "overruns": self.stats.overruns,
-                "missed": self.stats.missed,
-            },
-            "agents": self.total_agents,
-            "groups": [g.describe() for g in self.groups],
-            "thermal": {
-                "temp_c": self.health.thermal.last_temp_c,
-                "throttled": self.health.thermal.throttled,
-                "throttle_c": self.health.thermal.throttle_c,
-                "critical": self.health.thermal.critical,
-                "critical_c": self.health.thermal.critical_c,
-            },
-            "snapshots": {
-                **self.snapshots.stats(),
-                "last": self.last_snapshot,
-                "restored_from": self.restored_from,
-            },
-            "reloads": {
-                "ok": self.reloads_ok,
-                "refused": self.reloads_refused,
-                "last_error": self.last_reload_error,
-            },
-            "counters": self.metrics.values(),
-            "degradations": self.health.degradations[-10:],
-            "events": self.events[-10:],
-            "fleet": None if self.uplink is None else self.uplink.status(),
-            "coordination": None if self.coordination is None else self.coordination.status(),
-            "commands": None if self.uplink is None else self.uplink.commands.stats(),
-            "deploy": self.deployer.stats(),
-            "overlay_problems": [p.detail for p in self.overlay_problems],
-        }
+        return status_view.status(self)
 
     def write_status(self) -> None:
-        """Atomically replace the status file (tmpfs under systemd; no fsync needed)."""
-        data = json.dumps(self.status(), default=str).encode()
-        try:
-            write_atomic(self.status_path, data, durable=False, mkdir=True)
-        except OSError as err:
-            logger.warning("cannot write status file %s: %s", self.status_path, err)
+        status_view.write_status(self.status_path, self.status())
 
     def _status_line(self) -> str:
-        p50, p99 = self.stats.percentiles_ms()
-        return (
-            f"{self.state.value}: {self.total_agents} agents in {len(self.groups)} group(s), "
-            f"{self.clock.hz:.1f} Hz, tick p50 {p50:.2f} ms p99 {p99:.2f} ms, "
-            f"overruns {self.stats.overruns}, budget {format_bytes(self.budget.used)}"
-            f"/{format_bytes(self.budget.total)}"
-        )
+        return status_view.status_line(self)
 
     def _report(self) -> None:
-        """The demo's periodic view: what agents do and what they cost."""
-        p50, p99 = self.stats.percentiles_ms()
-        rss = self.rss.last or self.rss.sample()
-        logger.info(
-            "tick %d @ %.1f Hz | p50 %.2f ms p99 %.2f ms | overruns %d | RSS %s | budget %s / %s",
-            self.stats.ticks,
-            self.clock.hz,
-            p50,
-            p99,
-            self.stats.overruns,
-            format_bytes(rss),
-            format_bytes(self.budget.used),
-            format_bytes(self.budget.total),
-        )
-        for g in self.groups:
-            if g.env is not None:
-                world = format_summary(g.env.summary())
-            elif g.inbox is not None:
-                io = g.inbox.stats()
-                world = (
-                    f"mqtt: {io['rows']} observations, {io['rows_rejected']} rejected, "
-                    f"{io['unobserved']} agents never observed"
-                )
-            else:
-                world = ""
-            logger.info(
-                "  %-8s %6d agents %s | %s B/agent + %s shared | %s",
-                g.name,
-                g.agents.n_agents,
-                g.agents.precision,
-                g.agents.per_agent_nbytes(),
-                format_bytes(g.agents.shared_nbytes),
-                world,
-            )
+        status_view.report(self)
 
 
 __all__ = ["Daemon", "State"]

@@ -1,0 +1,198 @@
+"""The daemon's status: the JSON file ``edge-agent status`` reads, the systemd STATUS= line and
+the demo's periodic report, all rendered from one read-only view of the running daemon.
+
+:class:`StatusView` is what they read (the service implements it); nothing here changes the
+daemon or imports its service module. The file is rewritten atomically every
+``status_interval_s`` (tmpfs under systemd's ``RuntimeDirectory=``: no fsync).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge_agent import __version__
+from edge_agent.config.daemon import DaemonConfig
+from edge_agent.config.profiles import FirmwareProfile
+from edge_agent.coordination.runtime import CoordinationRuntime
+from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
+from edge_agent.daemon.groups import GroupRuntime
+from edge_agent.daemon.health import HealthMonitor
+from edge_agent.daemon.metrics import Metrics
+from edge_agent.daemon.scheduler import TickClock, TickStats
+from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.uplink import FleetUplink
+from edge_agent.fleet.deploy import DeployManager
+from edge_agent.fsutil import write_atomic
+from edge_agent.sim import format_summary
+
+logger = logging.getLogger(__name__)
+
+
+class StatusView(Protocol):
+    """What the status file, the STATUS= line and the report show of the running daemon."""
+
+    config: DaemonConfig
+    config_path: Path | None
+    profile: FirmwareProfile
+    budget: MemoryBudget
+    groups: list[GroupRuntime]
+    rss: RssSampler
+    stats: TickStats
+    clock: TickClock
+    base_hz: float
+    started_wall: float
+    started_mono: float
+    health: HealthMonitor
+    snapshots: SnapshotStore
+    last_snapshot: dict[str, Any] | None
+    restored_from: str | None
+    reloads_ok: int
+    reloads_refused: int
+    last_reload_error: str
+    metrics: Metrics
+    events: list[dict[str, Any]]
+    uplink: FleetUplink | None
+    coordination: CoordinationRuntime | None
+    deployer: DeployManager
+
+    @property
+    def state_name(self) -> str: ...
+
+    @property
+    def total_agents(self) -> int: ...
+
+    @property
+    def overlay_details(self) -> list[str]: ...
+
+
+def status_path(config: DaemonConfig) -> Path:
+    """``[daemon] status_file``, else ``$RUNTIME_DIRECTORY/status.json`` under systemd, else
+    ``{state_dir}/status.json``."""
+    if config.daemon.status_file is not None:
+        return config.daemon.status_file
+    runtime = os.environ.get("RUNTIME_DIRECTORY")  # systemd RuntimeDirectory= (tmpfs)
+    if runtime:
+        return Path(runtime.split(":")[0]) / "status.json"
+    return config.daemon.status_path
+
+
+def config_digest(config: DaemonConfig) -> str:
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+
+
+def status(d: StatusView) -> dict[str, Any]:
+    """The status file's content."""
+    p50, p99 = d.stats.percentiles_ms()
+    return {
+        "pid": os.getpid(),
+        "version": __version__,
+        "state": d.state_name,
+        "updated_at": time.time(),
+        "started_at": d.started_wall,
+        "uptime_s": round(time.monotonic() - d.started_mono, 3),
+        "config": str(d.config_path) if d.config_path else "(embedded default)",
+        "config_digest": config_digest(d.config),
+        "profile": d.profile.name,
+        "budget": d.budget.report(),
+        "rss_bytes": d.rss.last,
+        "rss_peak_bytes": d.rss.peak,
+        "soft_limit_bytes": d.profile.soft_limit_bytes,
+        "tick": {
+            "hz": round(d.clock.hz, 4),
+            "base_hz": d.base_hz,
+            "ticks": d.stats.ticks,
+            "p50_ms": round(p50, 4),
+            "p99_ms": round(p99, 4),
+            "overruns": d.stats.overruns,
+            "missed": d.stats.missed,
+        },
+        "agents": d.total_agents,
+        "groups": [g.describe() for g in d.groups],
+        "thermal": {
+            "temp_c": d.health.thermal.last_temp_c,
+            "throttled": d.health.thermal.throttled,
+            "throttle_c": d.health.thermal.throttle_c,
+            "critical": d.health.thermal.critical,
+            "critical_c": d.health.thermal.critical_c,
+        },
+        "snapshots": {
+            **d.snapshots.stats(),
+            "last": d.last_snapshot,
+            "restored_from": d.restored_from,
+        },
+        "reloads": {
+            "ok": d.reloads_ok,
+            "refused": d.reloads_refused,
+            "last_error": d.last_reload_error,
+        },
+        "counters": d.metrics.values(),
+        "degradations": d.health.degradations[-10:],
+        "events": d.events[-10:],
+        "fleet": None if d.uplink is None else d.uplink.status(),
+        "coordination": None if d.coordination is None else d.coordination.status(),
+        "commands": None if d.uplink is None else d.uplink.commands.stats(),
+        "deploy": d.deployer.stats(),
+        "overlay_problems": d.overlay_details,
+    }
+
+
+def write_status(path: Path, data: dict[str, Any]) -> None:
+    """Atomically replace the status file (tmpfs under systemd; no fsync needed)."""
+    try:
+        write_atomic(path, json.dumps(data, default=str).encode(), durable=False, mkdir=True)
+    except OSError as err:
+        logger.warning("cannot write status file %s: %s", path, err)
+
+
+def status_line(d: StatusView) -> str:
+    """The systemd STATUS= line."""
+    p50, p99 = d.stats.percentiles_ms()
+    return (
+        f"{d.state_name}: {d.total_agents} agents in {len(d.groups)} group(s), "
+        f"{d.clock.hz:.1f} Hz, tick p50 {p50:.2f} ms p99 {p99:.2f} ms, "
+        f"overruns {d.stats.overruns}, budget {format_bytes(d.budget.used)}"
+        f"/{format_bytes(d.budget.total)}"
+    )
+
+
+def report(d: StatusView) -> None:
+    """The demo's periodic view: what agents do and what they cost."""
+    p50, p99 = d.stats.percentiles_ms()
+    rss = d.rss.last or d.rss.sample()
+    logger.info(
+        "tick %d @ %.1f Hz | p50 %.2f ms p99 %.2f ms | overruns %d | RSS %s | budget %s / %s",
+        d.stats.ticks,
+        d.clock.hz,
+        p50,
+        p99,
+        d.stats.overruns,
+        format_bytes(rss),
+        format_bytes(d.budget.used),
+        format_bytes(d.budget.total),
+    )
+    for g in d.groups:
+        if g.env is not None:
+            world = format_summary(g.env.summary())
+        elif g.inbox is not None:
+            io = g.inbox.stats()
+            world = (
+                f"mqtt: {io['rows']} observations, {io['rows_rejected']} rejected, "
+                f"{io['unobserved']} agents never observed"
+            )
+        else:
+            world = ""
+        logger.info(
+            "  %-8s %6d agents %s | %s B/agent + %s shared | %s",
+            g.name,
+            g.agents.n_agents,
+            g.agents.precision,
+            g.agents.per_agent_nbytes(),
+            format_bytes(g.agents.shared_nbytes),
+            world,
+        )
