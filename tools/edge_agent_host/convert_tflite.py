@@ -20,7 +20,7 @@ Sources:
   full-integer, float ones with int8 or float16 weights for the other two), measured and
   bundled as above.
 
-Calibration and held-out data work as for ONNX (:mod:`edge_agent_host.convert_onnx`). The
+Calibration and held-out data work as for ONNX (:mod:`edge_agent_host.neural_inputs`). The
 report compares the float and converted models, both run with LiteRT in this process, and the
 bundle is stepped as a device steps it before it is signed.
 """

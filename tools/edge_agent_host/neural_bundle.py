@@ -1,0 +1,205 @@
+"""From a converted neural model to its bundle (both converters: :func:`finish_neural`).
+
+The manifest's :class:`~edge_agent.bundle.loader.NeuralSpec` (:func:`neural_spec`), the float/int8
+comparison and its checks (:mod:`edge_agent_host.neural_measure`), the generative model of an
+``aif+perception`` bundle (:func:`check_perception_outputs`), then the bundle is written, loaded
+and stepped as a device does (:mod:`edge_agent_host.device_check`) and signed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
+
+from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.quant import quantize_model
+from edge_agent.aif.settings import AifSettings
+from edge_agent.bundle.loader import Bundle, BundleKind, NeuralSpec
+from edge_agent.errors import InputError, ModelError
+from edge_agent.neural.backends import Session, get_backend
+from edge_agent.neural.groups import window_layout
+from edge_agent_host.convert_aif import (
+    AifThresholds,
+    aif_bundle_arrays,
+    aif_checks,
+    aif_report_data,
+    aif_spec,
+)
+from edge_agent_host.device_check import device_check
+from edge_agent_host.neural_inputs import Samples
+from edge_agent_host.neural_measure import compare_models, neural_checks, neural_rows
+from edge_agent_host.neural_options import NeuralOptions, NeuralThresholds
+from edge_agent_host.output import write_output
+from edge_agent_host.report import ConversionReport
+
+__all__ = ["check_perception_outputs", "finish_neural", "neural_spec"]
+
+
+def neural_spec(
+    backend: Literal["onnxruntime", "litert"],
+    model_file: str,
+    session: Session,
+    options: NeuralOptions,
+    window: int,
+) -> NeuralSpec:
+    """The manifest's NeuralSpec for a converted model; ModelError if the device cannot run it."""
+    if options.output_kind != "continuous" and (
+        options.action_low is not None or options.action_high is not None
+    ):
+        raise InputError("--action-low/--action-high go with --output-kind continuous only")
+    try:
+        spec = NeuralSpec(
+            backend=backend,
+            model_file=model_file,
+            inputs=session.input_specs,
+            outputs=session.output_specs,
+            window=window,
+            output_kind=options.output_kind,
+            action_low=options.action_low,
+            action_high=options.action_high,
+        )
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'neural'}: {e['msg']}" for e in err.errors()
+        )
+        raise InputError(
+            f"the model cannot run as {options.output_kind} agents: {problems}"
+        ) from err
+    window_layout(spec)
+    return spec
+
+
+def check_perception_outputs(session: Session, model: GenerativeModel) -> None:
+    """An observation model needs one ``(batch, O_m)`` logits output per modality, in order."""
+    outputs = session.output_specs
+    if len(outputs) != model.num_modalities:
+        raise ModelError(
+            f"the observation model has {len(outputs)} outputs, the generative model "
+            f"{model.num_modalities} modalities (output m gives the logits of modality m)"
+        )
+    for m, (spec, outcomes) in enumerate(zip(outputs, model.num_obs, strict=True)):
+        if tuple(spec.shape[1:]) != (outcomes,):
+            raise ModelError(
+                f"output {m} {spec.name!r} has shape {list(spec.shape)}; modality {m} has "
+                f"{outcomes} outcomes, expected [-1, {outcomes}]"
+            )
+
+
+def finish_neural(
+    *,
+    backend_name: Literal["onnxruntime", "litert"],
+    model_file: str,
+    scheme: str,
+    source: str,
+    out: str | Path,
+    name: str,
+    version: str,
+    options: NeuralOptions,
+    float_bytes: bytes,
+    int8_bytes: bytes,
+    float_session: Session,
+    int8_session: Session,
+    window: int,
+    heldout: Samples,
+    labels: np.ndarray | None,
+    calibration: Samples,
+    calibration_info: dict[str, Any],
+    quantization_info: dict[str, Any],
+    warnings: list[str],
+    thresholds: NeuralThresholds | None,
+    aif_model: GenerativeModel | None,
+    aif_settings: AifSettings | None,
+    aif_thresholds: AifThresholds | None,
+    rollouts: int,
+    steps: int,
+    seed: int,
+    force: bool,
+    sign_key: Ed25519PrivateKey | None,
+    signer: str | None,
+    show_progress: bool,
+) -> ConversionReport:
+    """Compare, check, write, device-check and sign the bundle of a converted neural model (both
+    converters)."""
+    spec = neural_spec(backend_name, model_file, int8_session, options, window)
+    if aif_model is not None:
+        check_perception_outputs(int8_session, aif_model)
+    comparison = compare_models(
+        float_session,
+        int8_session,
+        heldout,
+        labels=labels,
+        classify=options.output_kind != "continuous",
+        latency_repeats=options.latency_repeats,
+    )
+    latency = comparison.pop("latency_ms")
+    backend = get_backend(backend_name)
+    data: dict[str, Any] = {
+        "scheme": scheme,
+        "backend": backend_name,
+        "backend_version": backend.version(),
+        "quantization": quantization_info,
+        "calibration": calibration_info,
+        "size": {
+            "float_bytes": len(float_bytes),
+            "int8_bytes": len(int8_bytes),
+            "ratio": len(int8_bytes) / len(float_bytes),
+        },
+        "accuracy": comparison,
+        "latency_ms": latency,
+    }
+    checks = neural_checks(data, thresholds or NeuralThresholds())
+    rows = neural_rows(data)
+    kind: BundleKind = "neural"
+    arrays: dict[str, np.ndarray] = {}
+    aif = None
+    if aif_model is not None:
+        kind = "aif+perception"
+        settings = aif_settings or AifSettings()
+        quantized = quantize_model(aif_model)
+        limits = aif_thresholds or AifThresholds()
+        aif_data, aif_rows = aif_report_data(
+            aif_model,
+            quantized,
+            settings,
+            rollouts=rollouts,
+            steps=steps,
+            seed=seed,
+            show_progress=show_progress,
+            tie_tol=limits.tie_tolerance,
+        )
+        data["aif"] = aif_data
+        rows += [("active inference model",), *aif_rows]
+        checks += aif_checks(aif_data, limits)
+        arrays, names = aif_bundle_arrays(quantized)
+        aif = aif_spec(quantized, settings, names)
+    report = ConversionReport(
+        kind=kind, source=source, data=data, rows=rows, checks=checks, warnings=list(warnings)
+    )
+    if not report.passed and not force:
+        return report
+    inputs = calibration if calibration else heldout
+    checked: dict[str, Any] = {}
+
+    def on_device(bundle: Bundle) -> None:
+        checked.update(device_check(bundle, inputs, int8_session))
+
+    report.bundle = write_output(
+        out,
+        name=name,
+        version=version,
+        kind=kind,
+        arrays=arrays,
+        files={model_file: int8_bytes},
+        aif=aif,
+        neural=spec,
+        quantization=report.manifest_record(),
+        sign_key=sign_key,
+        signer=signer,
+        device_check=on_device,
+    )
+    report.data["device_check"] = checked
+    return report

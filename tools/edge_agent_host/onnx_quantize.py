@@ -1,0 +1,499 @@
+"""Quantize a float ONNX model to int8 with onnxruntime (:func:`quantize_onnx`).
+
+Quantization (``NeuralOptions.mode``):
+
+* ``static``: ``onnxruntime.quantization.quantize_static`` in **QDQ** format with **int8
+  activations and int8 weights** (S8S8), weights **per channel** unless ``per_channel`` is off,
+  activation ranges calibrated with ``minmax`` (default), ``entropy`` (KL-optimal thresholds over
+  a 2048-bin histogram, :data:`ENTROPY_BINS`) or ``percentile``. The QDQ model keeps float32
+  inputs and outputs; ONNX Runtime fuses the Q/DQ pairs into int8 kernels.
+* ``dynamic``: ``quantize_dynamic``: int8 weights, activations quantized per call (uint8). The
+  only way onnxruntime quantizes ``LSTM`` weights; no calibration.
+* ``auto`` (default): whichever of the two covers more of the model's weight bytes (LSTM and
+  Attention weights: dynamic only; Gemm: static only; Conv and MatMul: both), static on a tie.
+
+Before quantizing, ``onnxruntime.quantization.shape_inference.quant_pre_process`` (symbolic shape
+inference and graph optimisation) runs unless ``preprocess`` is off; when it fails, or when the
+quantizer fails on its output (onnxruntime's per-channel bias adjustment does on skl2onnx MLPs),
+the model is quantized without it and the report says so in one line.
+
+``--exclude-nodes`` and ``--exclude-op-types`` must name nodes and op types the model has. An int8
+model not below :data:`SIZE_WARNING_RATIO` of the float model's size gets a warning naming the ops
+whose weights stayed float (:func:`size_warning`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import math
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edge_agent.errors import EdgeAgentError, InputError, ModelError
+from edge_agent_host.neural_inputs import (
+    CalibrationReader,
+    Samples,
+    _count,
+    check_calibration_size,
+)
+from edge_agent_host.neural_options import NeuralOptions
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "ENTROPY_BINS",
+    "ENTROPY_QUANTIZED_BINS",
+    "QUANTIZER_OPSET",
+    "QUANT_MODES",
+    "SIZE_WARNING_RATIO",
+    "QuantMode",
+    "choose_mode",
+    "float_weight_bytes",
+    "quantizable_op_types",
+    "quantize_onnx",
+    "size_warning",
+]
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANT_MODES = ("auto", "static", "dynamic")
+#: An int8 model not below this fraction of the float model's size gets a warning: quantization
+#: left most of it in float (or the Q/DQ bookkeeping outweighs a tiny model's weights).
+SIZE_WARNING_RATIO = 0.9
+#: Entropy calibration: histogram bins over [-max|x|, max|x|] and the int8 levels it is merged
+#: into. (onnxruntime's quantize_static fixes both at 128, which leaves one candidate threshold,
+#: the full range: entropy calibration through it is MinMax.)
+ENTROPY_BINS = 2048
+ENTROPY_QUANTIZED_BINS = 256
+#: The ai.onnx opset declared for the quantizer when a model uses only ai.onnx.ml operators.
+QUANTIZER_OPSET = 17
+QuantMode = Literal["static", "dynamic"]
+
+
+def _quantization_module() -> Any:
+    try:
+        from onnxruntime import quantization
+        from onnxruntime.quantization import shape_inference
+    except ImportError as err:
+        raise EdgeAgentError(
+            "ONNX quantization needs onnxruntime, onnx and sympy: pip install 'edge-agent[host]'"
+        ) from err
+    return quantization, shape_inference
+
+
+@functools.cache
+def quantizable_op_types() -> dict[QuantMode, frozenset[str]]:
+    """The op types onnxruntime quantizes in each mode (its own operator registries)."""
+    from onnxruntime.quantization import registry
+
+    return {
+        "static": frozenset(registry.QDQRegistry) | frozenset(registry.QLinearOpsRegistry),
+        "dynamic": frozenset(registry.IntegerOpsRegistry),
+    }
+
+
+def _tensor_nbytes(tensor: Any) -> int:
+    from onnx import helper
+
+    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return int(math.prod(tensor.dims)) * itemsize
+
+
+def float_weight_bytes(model: Any, *, min_bytes: int = 64) -> dict[str, int]:
+    """Bytes of float weights per op type: float initializers a node reads (not through
+    ``DequantizeLinear``) and float tensor or list attributes (``ai.onnx.ml`` ops keep their
+    coefficients there). Tensors under ``min_bytes`` (scales, shapes) are not counted."""
+    from onnx import AttributeProto, TensorProto
+
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+    inits = {init.name: init for init in model.graph.initializer if init.data_type in floats}
+    out: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        size = sum(_tensor_nbytes(inits[name]) for name in set(node.input) if name in inits)
+        for attr in node.attribute:
+            if attr.type == AttributeProto.FLOATS:
+                size += 4 * len(attr.floats)
+            elif attr.type == AttributeProto.TENSOR and attr.t.data_type in floats:
+                size += _tensor_nbytes(attr.t)
+        if size >= min_bytes:
+            out[node.op_type] = out.get(node.op_type, 0) + size
+    return out
+
+
+def choose_mode(model: Any, requested: str) -> tuple[QuantMode, str]:
+    """``(mode, why)``: ``requested`` itself, or for ``auto`` the mode that quantizes more of the
+    model's float weight bytes (static on a tie)."""
+    if requested not in QUANT_MODES:
+        raise InputError(f"quantization mode {requested!r}; choose one of {QUANT_MODES}")
+    weights = float_weight_bytes(model)
+    total = sum(weights.values())
+    ops = quantizable_op_types()
+    covered = {mode: sum(size for op, size in weights.items() if op in ops[mode]) for mode in ops}
+    share = {mode: covered[mode] / total if total else 0.0 for mode in covered}
+    if requested != "auto":
+        mode: QuantMode = "static" if requested == "static" else "dynamic"
+        return mode, f"as asked: onnxruntime quantizes {100 * share[mode]:.0f} % of the weights"
+    mode = "dynamic" if covered["dynamic"] > covered["static"] else "static"
+    return mode, (
+        f"auto: onnxruntime quantizes {100 * share['static']:.0f} % of the weights in static "
+        f"mode, {100 * share['dynamic']:.0f} % in dynamic"
+    )
+
+
+def _other(mode: QuantMode) -> QuantMode:
+    return "dynamic" if mode == "static" else "static"
+
+
+def size_warning(
+    float_bytes: int, int8_bytes: int, float_weights: Mapping[str, int], mode_hint: str = ""
+) -> str | None:
+    """One line when the int8 model is not below :data:`SIZE_WARNING_RATIO` of the float one,
+    naming the ops whose weights stayed float; ``None`` otherwise."""
+    ratio = int8_bytes / float_bytes if float_bytes else 1.0
+    if ratio < SIZE_WARNING_RATIO:
+        return None
+    text = (
+        f"the int8 model is {100 * ratio:.1f} % of the float model's size (a conversion that "
+        f"pays is below {100 * SIZE_WARNING_RATIO:.0f} %)"
+    )
+    if float_weights:
+        left = ", ".join(
+            f"{op} {size:,} B" for op, size in sorted(float_weights.items(), key=lambda kv: -kv[1])
+        )
+        text += f": weights left in float: {left}"
+    else:
+        text += ": the Q/DQ bookkeeping outweighs the weights of a model this small"
+    return text + (f"; {mode_hint}" if mode_hint else "")
+
+
+def _mode_hint(mode: QuantMode, float_weights: Mapping[str, int]) -> str:
+    """What to try when ``mode`` left ``float_weights`` in float."""
+    ops = quantizable_op_types()
+    other = _other(mode)
+    movable = sorted(op for op in float_weights if op in ops[other] and op not in ops[mode])
+    stuck = sorted(op for op in float_weights if op not in ops["static"] | ops["dynamic"])
+    hints = []
+    if movable:
+        hints.append(f"onnxruntime quantizes {', '.join(movable)} in --mode {other}")
+    if stuck:
+        hints.append(f"onnxruntime quantizes no {', '.join(stuck)} node in either mode")
+    return "; ".join(hints)
+
+
+def _check_exclusions(model: Any, nodes: Sequence[str], op_types: Sequence[str]) -> None:
+    names = [node.name for node in model.graph.node if node.name]
+    for name in nodes:
+        if name not in names:
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise InputError(
+                f"--exclude-nodes {name!r}: the model has no node of that name "
+                f"({'its nodes: ' + shown if names else 'its nodes have no names'})"
+            )
+    present = sorted({node.op_type for node in model.graph.node})
+    for op in op_types:
+        if op not in present:
+            raise InputError(
+                f"--exclude-op-types {op!r}: the model has no such node (its op types: "
+                f"{', '.join(present)})"
+            )
+
+
+class _RootLogToDebug(logging.Filter):
+    """onnxruntime.quantization logs through the root logger ("Please consider pre-processing"
+    ...): while it runs those records become debug lines of this module."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "root":
+            return True
+        logger.debug("onnxruntime: %s", record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[io.StringIO]:
+    """Keep onnxruntime's prints (stdout, which ``--json`` owns), its root-logger lines and its
+    C++ warnings (the calibration sessions log at the default level) out of the output."""
+    import onnxruntime
+
+    chatter = io.StringIO()
+    root = logging.getLogger()
+    quiet = _RootLogToDebug()
+    root.addFilter(quiet)
+    onnxruntime.set_default_logger_severity(3)
+    try:
+        with contextlib.redirect_stdout(chatter):
+            yield chatter
+    finally:
+        onnxruntime.set_default_logger_severity(2)
+        root.removeFilter(quiet)
+        if chatter.getvalue().strip():
+            logger.debug("onnxruntime quantization: %s", chatter.getvalue().strip())
+
+
+def _one_line(err: BaseException) -> str:
+    from edge_agent.neural.backends.onnxruntime import ort_message
+
+    return ort_message(err) or type(err).__name__
+
+
+def _preprocess(shape_inference: Any, src: Path, dst: Path, exclude_nodes: Sequence[str]) -> str:
+    """Run ``quant_pre_process``; ``""`` on success, else why it cannot be used."""
+    import onnx
+
+    try:
+        # On "Incomplete symbolic shape inference" onnxruntime saves sym_shape_infer_temp.onnx
+        # into the working directory: let that be the temporary one.
+        with _quiet_onnxruntime(), contextlib.chdir(dst.resolve().parent):
+            shape_inference.quant_pre_process(str(src.resolve()), str(dst.resolve()))
+    except Exception as err:  # onnxruntime raises plain Exceptions of many kinds
+        return _one_line(err)
+    names = {node.name for node in onnx.load(str(dst)).graph.node}
+    lost = [name for name in exclude_nodes if name not in names]
+    if lost:
+        return f"it renames node {lost[0]!r}, which --exclude-nodes names"
+    return ""
+
+
+def _entropy_overrides(
+    quantization: Any,
+    model_path: Path,
+    calibration: Samples,
+    *,
+    batch: int,
+    symmetric: bool,
+    tmp: Path,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per-tensor activation ranges from entropy (KL) calibration, as TensorQuantOverrides."""
+    calibrator = quantization.create_calibrator(
+        str(model_path),
+        None,
+        augmented_model_path=str(tmp / "entropy-augmented.onnx"),
+        calibrate_method=quantization.CalibrationMethod.Entropy,
+        providers=["CPUExecutionProvider"],
+        extra_options={
+            "num_bins": ENTROPY_BINS,
+            "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
+            "symmetric": symmetric,
+        },
+    )
+    calibrator.collect_data(CalibrationReader(calibration, batch))
+    ranges = calibrator.compute_data()
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    for name in ranges:
+        low, high = (np.asarray(v, dtype=np.float32).reshape(()) for v in ranges[name].range_value)
+        overrides[name] = [{"rmin": low, "rmax": high}]
+    return overrides
+
+
+def _quantize_static(
+    quantization: Any,
+    src: Path,
+    dst: Path,
+    calibration: Samples,
+    options: NeuralOptions,
+    *,
+    show_progress: bool,
+    tmp: Path,
+) -> None:
+    extra: dict[str, Any] = {"ActivationSymmetric": options.symmetric_activations}
+    method = quantization.CalibrationMethod.MinMax
+    if options.method == "percentile":
+        method = quantization.CalibrationMethod.Percentile
+        extra["CalibPercentile"] = float(options.percentile)
+    elif options.method == "entropy":
+        extra["TensorQuantOverrides"] = _entropy_overrides(
+            quantization,
+            src,
+            calibration,
+            batch=options.calibration_batch,
+            symmetric=options.symmetric_activations,
+            tmp=tmp,
+        )
+    op_types = None
+    if options.exclude_op_types:
+        op_types = sorted(quantizable_op_types()["static"] - set(options.exclude_op_types))
+    quantization.quantize_static(
+        str(src),
+        str(dst),
+        CalibrationReader(calibration, options.calibration_batch, show_progress=show_progress),
+        quant_format=quantization.QuantFormat.QDQ,
+        op_types_to_quantize=op_types,
+        per_channel=options.per_channel,
+        activation_type=quantization.QuantType.QInt8,
+        weight_type=quantization.QuantType.QInt8,
+        nodes_to_exclude=list(options.exclude_nodes) or None,
+        calibrate_method=method,
+        calibration_providers=["CPUExecutionProvider"],
+        extra_options=extra,
+    )
+
+
+def _quantize_dynamic(quantization: Any, src: Path, dst: Path, options: NeuralOptions) -> None:
+    op_types = None
+    if options.exclude_op_types:
+        op_types = sorted(quantizable_op_types()["dynamic"] - set(options.exclude_op_types))
+    quantization.quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=op_types,
+        per_channel=options.per_channel,
+        weight_type=quantization.QuantType.QInt8,
+        nodes_to_exclude=list(options.exclude_nodes) or None,
+    )
+
+
+def _check_static_options(options: NeuralOptions, mode: QuantMode, why: str) -> None:
+    if options.method not in CALIBRATION_METHODS:
+        raise InputError(
+            f"calibration method {options.method!r}; choose one of {CALIBRATION_METHODS}"
+        )
+    if mode == "static":
+        return
+    asked = [
+        flag
+        for flag, used in (
+            (f"--method {options.method}", options.method != "minmax"),
+            ("--symmetric-activations", options.symmetric_activations),
+        )
+        if used
+    ]
+    if asked:
+        raise InputError(
+            f"{asked[0]} calibrates static quantization, and this conversion is dynamic ({why});"
+            " pass --mode static to use it"
+        )
+
+
+def quantize_onnx(
+    float_path: str | Path,
+    out_path: str | Path,
+    calibration: Samples,
+    options: NeuralOptions | None = None,
+    *,
+    show_progress: bool = False,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
+    """Quantize ``float_path`` into ``out_path`` as ``options`` say (module docstring).
+
+    Returns what was really done (``mode``, ``mode_reason``, ``preprocessed``, ``per_channel``,
+    ``symmetric_activations``, excluded nodes and op types, the calibration ``method`` and its
+    parameters, ``None`` for dynamic). Fallbacks are appended to ``warnings`` as one line each.
+    """
+    import onnx
+
+    opts = options or NeuralOptions()
+    notes = warnings if warnings is not None else []
+    src = Path(float_path)
+    model = onnx.load(str(src))
+    mode, why = choose_mode(model, opts.mode)
+    _check_static_options(opts, mode, why)
+    if mode == "static":
+        check_calibration_size(_count(calibration) if calibration else 0, notes)
+    _check_exclusions(model, opts.exclude_nodes, opts.exclude_op_types)
+    quantization, shape_inference = _quantization_module()
+    with tempfile.TemporaryDirectory(prefix="edge-agent-onnx-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        if _normalize_opsets(model):
+            src = tmp / "opsets.onnx"
+            onnx.save(model, str(src))
+        attempts = [src]
+        if opts.preprocess:
+            pre = tmp / "preprocessed.onnx"
+            failure = _preprocess(shape_inference, src, pre, opts.exclude_nodes)
+            if failure:
+                notes.append(
+                    f"onnxruntime's quantization pre-processing fails on this model "
+                    f"({failure}): quantized without it"
+                )
+            else:
+                attempts.insert(0, pre)
+        errors: list[str] = []
+        for model_path in attempts:
+            try:
+                with _quiet_onnxruntime():
+                    if mode == "static":
+                        _quantize_static(
+                            quantization,
+                            model_path,
+                            Path(out_path),
+                            calibration,
+                            opts,
+                            show_progress=show_progress,
+                            tmp=tmp,
+                        )
+                    else:
+                        _quantize_dynamic(quantization, model_path, Path(out_path), opts)
+            except Exception as err:  # onnxruntime raises plain Exceptions of many kinds
+                errors.append(_one_line(err))
+                continue
+            if errors:
+                notes.append(
+                    f"onnxruntime's {mode} quantization fails after its shape pre-processing "
+                    f"({errors[0]}): quantized without pre-processing (--no-preprocess skips it)"
+                )
+            return _quantization_record(opts, mode, why, preprocessed=model_path in attempts[:-1])
+    raise ModelError(
+        f"{float_path}: {mode} quantization failed: {errors[-1]}" + _failure_hint(opts, mode)
+    )
+
+
+def _normalize_opsets(model: Any) -> bool:
+    """Declare each opset domain once, and the standard one at all; whether anything changed.
+
+    The quantizer needs exactly one ai.onnx entry: skl2onnx declares it twice for a
+    LogisticRegression, and not at all when a model has only ai.onnx.ml operators.
+    """
+    from onnx import helper
+
+    versions: dict[str, int] = {}
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        versions[domain] = max(versions.get(domain, 0), int(opset.version))
+    versions.setdefault("", QUANTIZER_OPSET)
+    if len(versions) == len(model.opset_import) and all(
+        op.domain != "ai.onnx" for op in model.opset_import
+    ):
+        return False
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in versions.items())
+    return True
+
+
+def _failure_hint(options: NeuralOptions, mode: QuantMode) -> str:
+    hints = []
+    if options.per_channel:
+        hints.append("--per-tensor")
+    hints.append(f"--mode {_other(mode)}")
+    if not options.exclude_op_types and not options.exclude_nodes:
+        hints.append("--exclude-op-types OP for the op that fails")
+    return "; try " + ", or ".join(hints)
+
+
+def _quantization_record(
+    options: NeuralOptions, mode: QuantMode, why: str, *, preprocessed: bool
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "mode": mode,
+        "mode_reason": why,
+        "preprocessed": preprocessed,
+        "per_channel": options.per_channel,
+        "symmetric_activations": options.symmetric_activations if mode == "static" else False,
+        "exclude_nodes": list(options.exclude_nodes),
+        "exclude_op_types": list(options.exclude_op_types),
+        "method": options.method if mode == "static" else None,
+    }
+    if mode == "static" and options.method == "percentile":
+        record["percentile"] = options.percentile
+    if mode == "static" and options.method == "entropy":
+        record["entropy_bins"] = ENTROPY_BINS
+        record["entropy_quantized_bins"] = ENTROPY_QUANTIZED_BINS
+    return record
