@@ -15,6 +15,7 @@ EXTRA_OF_MODULE = {
     "sympy": "host",
     "tqdm": "host",
     "tensorflow": "tf-convert",
+    "PIL": "camera",
 }
 
 

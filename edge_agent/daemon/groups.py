@@ -377,9 +377,10 @@ def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> Group
         obs = env.reset()
     else:
         if isinstance(agents, NeuralAgentGroup):
-            inbox = FeatureBuffer(cfg.name, n, agents.num_features)
+            inbox = FeatureBuffer(cfg.name, n, agents.num_features, agents.frame)
         elif isinstance(agents, PerceptionAifGroup):
-            inbox = FeatureBuffer(cfg.name, n, agents.perception.num_features)
+            net = agents.perception
+            inbox = FeatureBuffer(cfg.name, n, net.num_features, net.frame)
         else:
             inbox = ObservationBuffer(cfg.name, n, agents.cm.num_obs)
         obs = inbox.obs

@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -46,11 +46,13 @@ import numpy.typing as npt
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet.comms.base import Incoming, topic_matches
 from edge_agent.fleet.protocol import (
+    ARRAY_DTYPES,
     DEFAULT_MAX_BYTES,
     MAX_BATCH_AGENTS,
     ActionBatch,
     DecodeError,
     Envelope,
+    FrameBatch,
     ObservationBatch,
     TopicKind,
     Topics,
@@ -66,6 +68,7 @@ __all__ = [
     "ObservationBuffer",
     "ObservationRouter",
     "decode_actions",
+    "encode_frame",
     "encode_observations",
 ]
 
@@ -253,8 +256,12 @@ class FeatureBuffer(ObservationBuffer):
     _dtype_word = "real numbers (float32 or integers)"
     _bad_row = "with a NaN or an infinity"
 
-    def __init__(self, group: str, n_agents: int, num_features: int) -> None:
+    def __init__(
+        self, group: str, n_agents: int, num_features: int, frame: tuple[int, ...] | None = None
+    ) -> None:
         self.num_features = int(num_features)
+        #: The model's frame ``(C, H, W)`` or ``(H, W, C)`` when it takes camera frames.
+        self.frame = frame
         super().__init__(group, n_agents, ())
 
     @property
@@ -263,6 +270,96 @@ class FeatureBuffer(ObservationBuffer):
 
     def _valid_rows(self, vals: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
         return np.asarray(np.isfinite(vals).all(axis=1))
+
+    def offer_frame(self, body: FrameBatch, topic_agent: str | None = None) -> int:
+        """Decode one agent's camera frame into its pending row (1 if kept, else 0). A frame of
+        another shape than the model's (up to the channel order), an undecodable JPEG or a
+        non-finite value is counted and dropped."""
+        if self.frame is None:
+            self.reject("type", "a frame for a group whose model takes feature vectors", 1)
+            return 0
+        if body.group != self.group:
+            self.reject("group", f"frame for group {body.group!r}", 1)
+            return 0
+        agent = body.agent_id
+        if agent >= self.n_agents:
+            self.reject("agent_id", f"agent id {agent} >= {self.n_agents} agents", 1)
+            return 0
+        if topic_agent is not None and topic_agent != str(agent):
+            self.reject("agent_topic", f"agent {agent} on agent {topic_agent!r}'s topic", 1)
+            return 0
+        try:
+            pixels = decode_frame(body, channels=_channels(self.frame))
+        except ValueError as err:
+            self.reject("decode", str(err)[:200], 1)
+            return 0
+        row = _model_layout(pixels, self.frame)
+        if row is None:
+            self.reject("width", f"frame of shape {list(pixels.shape)}, the model takes "
+                        f"{list(self.frame)}", 1)  # fmt: skip
+            return 0
+        if not np.isfinite(row).all():
+            self.reject("value", "a frame with a NaN or an infinity", 1)
+            return 0
+        with self._lock:
+            if agent < self.n_agents:
+                self._pending[agent] = row.reshape(-1)
+                self._fresh[agent] = True
+            self.counters["batches"] += 1
+            self.counters["rows"] += 1
+        return 1
+
+
+def _channels_last(frame: tuple[int, ...]) -> bool:
+    """Whether a model frame is ``(H, W, C)`` (Keras) rather than ``(C, H, W)`` (torch, ONNX)."""
+    return frame[-1] in (1, 3, 4) and frame[0] not in (1, 3, 4)
+
+
+def _channels(frame: tuple[int, ...]) -> int:
+    return frame[-1] if _channels_last(frame) else frame[0]
+
+
+def _model_layout(pixels: npt.NDArray[Any], frame: tuple[int, ...]) -> npt.NDArray[Any] | None:
+    """``pixels`` (``(H, W)``, ``(H, W, C)`` or ``(C, H, W)``) in the model's frame layout, or
+    None when they are another size."""
+    if pixels.shape == frame:
+        return pixels
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]  # grayscale: one channel, last
+    if _channels_last(frame):
+        return (
+            pixels.transpose(1, 2, 0)
+            if pixels.shape == (frame[2], frame[0], frame[1])
+            else (pixels if pixels.shape == frame else None)
+        )
+    if pixels.shape == (frame[1], frame[2], frame[0]):
+        return pixels.transpose(2, 0, 1)
+    return None
+
+
+def decode_frame(body: FrameBatch, *, channels: int = 3) -> npt.NDArray[Any]:
+    """The frame's values: raw as sent, JPEG decoded with Pillow to ``(H, W)`` (one channel) or
+    ``(H, W, 3)`` uint8. ValueError with one line for what cannot be decoded."""
+    if body.encoding == "raw":
+        flat = np.frombuffer(body.data, dtype=ARRAY_DTYPES[body.dtype])
+        return flat.reshape(tuple(body.shape))
+    try:
+        from PIL import Image  # noqa: PLC0415 - the camera extra, needed only for JPEG frames
+    except ModuleNotFoundError as err:
+        raise ValueError(
+            "JPEG frames need Pillow: pip install 'edge-agent[camera]' (Pi OS: apt install "
+            "python3-pil)"
+        ) from err
+    import io  # noqa: PLC0415
+
+    try:
+        with Image.open(io.BytesIO(body.data)) as image:
+            if image.format != "JPEG":
+                raise ValueError(f"not a JPEG file ({image.format})")
+            decoded = image.convert("L" if channels == 1 else "RGB")
+            return np.asarray(decoded)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"JPEG: {err}") from err
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,16 +416,22 @@ class ObservationRouter:
             if not matches:
                 return False
         body = env.body
-        if not isinstance(body, ObservationBatch):
+        if not isinstance(body, ObservationBatch | FrameBatch):
             matches[0].reject("type", f"{env.type} message on an observation topic")
             return True
         target = next((b for b in matches if b.group == body.group), None)
+        rows = body.n_agents if isinstance(body, ObservationBatch) else 1
         if target is None:
-            matches[0].reject("group", f"batch for group {body.group!r}", body.n_agents)
+            matches[0].reject("group", f"batch for group {body.group!r}", rows)
             return True
         route = self.topics.parse(topic)
         agent = route.agent if route is not None and route.kind is TopicKind.OBS else None
-        target.offer(body, agent)
+        if isinstance(body, ObservationBatch):
+            target.offer(body, agent)
+        elif isinstance(target, FeatureBuffer):
+            target.offer_frame(body, agent)
+        else:
+            target.reject("type", "a frame for a group that takes outcome indices", 1)
         return True
 
 
@@ -430,6 +533,47 @@ def encode_observations(
     body = ObservationBatch.from_arrays(group, tick, agent_ids, vals)
     env = Envelope(
         type=ObservationBatch.TYPE,
+        node=sender,
+        seq=seq % (1 << 32),
+        bdseq=0,
+        ts=time.time(),
+        clock_synced=False,
+        body=body,
+    )
+    return encode(env, max_bytes)
+
+
+def encode_frame(
+    sender: str,
+    group: str,
+    tick: int,
+    agent_id: int,
+    frame: npt.ArrayLike,
+    *,
+    jpeg_quality: int | None = None,
+    seq: int = 0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> bytes:
+    """One camera frame message for agent ``agent_id`` of ``group``: ``frame`` ``(H, W)``,
+    ``(H, W, C)`` or ``(C, H, W)`` uint8 or float32, sent raw; with ``jpeg_quality`` (1-95) an
+    ``(H, W)`` or ``(H, W, 3)`` uint8 frame is sent as a JPEG file (Pillow, the camera extra)."""
+    arr = np.asarray(frame)
+    if jpeg_quality is None:
+        dtype: Literal["uint8", "float32"] = "float32" if arr.dtype.kind == "f" else "uint8"
+        data = arr.astype(ARRAY_DTYPES[dtype]).tobytes()
+        body = FrameBatch(group=group, tick=tick, agent_id=agent_id, encoding="raw",
+                          dtype=dtype, shape=list(arr.shape), data=data)  # fmt: skip
+    else:
+        import io  # noqa: PLC0415
+
+        from PIL import Image  # noqa: PLC0415 - the camera extra
+
+        out = io.BytesIO()
+        Image.fromarray(arr.astype(np.uint8)).save(out, format="JPEG", quality=jpeg_quality)
+        body = FrameBatch(group=group, tick=tick, agent_id=agent_id, encoding="jpeg",
+                          shape=list(arr.shape), data=out.getvalue())  # fmt: skip
+    env = Envelope(
+        type=FrameBatch.TYPE,
         node=sender,
         seq=seq % (1 << 32),
         bdseq=0,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -536,6 +537,47 @@ class ObservationBatch(_ArrayBatch):
     TYPE: ClassVar[str] = "obs"
 
 
+#: Values in one frame at most (a 1024 x 1024 RGB frame is 3 Mi).
+MAX_FRAME_VALUES: Final = 1 << 22
+
+
+class FrameBatch(Body):
+    """One camera frame for one agent of a neural or perception group (type ``frame``).
+
+    ``encoding`` ``raw``: ``data`` is the frame's values, row-major little-endian ``dtype``, of
+    ``shape`` (``(H, W)``, ``(H, W, C)`` or ``(C, H, W)``); ``jpeg``: ``data`` is a JPEG file
+    (``shape`` and ``dtype`` are then what the device decodes it to, ``(H, W)`` or
+    ``(H, W, 3)`` uint8, and only checked against the model).
+    """
+
+    TYPE: ClassVar[str] = "frame"
+    group: Name
+    tick: Count = Field(description="sender's tick number")
+    agent_id: U32 = Field(description="the agent's index in its group")
+    encoding: Literal["raw", "jpeg"]
+    dtype: Literal["uint8", "float32"] = "uint8"
+    shape: Annotated[
+        list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=3)
+    ]
+    data: bytes
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> Self:
+        values = math.prod(self.shape)
+        if values > MAX_FRAME_VALUES:
+            raise ValueError(
+                f"a frame of shape {list(self.shape)} has more than {MAX_FRAME_VALUES} values"
+            )
+        if self.encoding == "raw":
+            expected = values * np.dtype(ARRAY_DTYPES[self.dtype]).itemsize
+            if len(self.data) != expected:
+                raise ValueError(
+                    f"data has {len(self.data)} bytes, a raw {self.dtype} frame of shape "
+                    f"{list(self.shape)} has {expected}"
+                )
+        return self
+
+
 class ActionBatch(_ArrayBatch):
     TYPE: ClassVar[str] = "action"
 
@@ -569,6 +611,7 @@ for _model in (
     CommandResult,
     RebirthRequest,
     ObservationBatch,
+    FrameBatch,
     ActionBatch,
     BeliefBatch,
 ):
