@@ -224,6 +224,7 @@ class AifAgentGroup:
             history += sum(self.cm.num_states)
             history += self.cm.num_modalities * fields["obs"][1].itemsize
             history += self.cm.num_factors * fields["action"][1].itemsize
+            history += np.dtype(np.intp).itemsize  # argmax of soft evidence, for the record
         return beliefs + policy + actions + history
 
     def scratch_nbytes_per_agent(self) -> int:
@@ -252,6 +253,7 @@ class AifAgentGroup:
         if self.history is not None:
             total += self.history.nbytes + self._times.nbytes
             total += self._qs_row.nbytes + self._obs_row.nbytes + self._action_row.nbytes
+            total += self._soft_index.nbytes
         return int(total)
 
     def _allocate(self, n_agents: int) -> None:
@@ -304,6 +306,7 @@ class AifAgentGroup:
             self._qs_row = np.empty((n_agents, sum(self.cm.num_states)), dtype=np.uint8)
             obs_dt, act_dt = self._history_fields["obs"][1], self._history_fields["action"][1]
             self._obs_row = np.empty((n_agents, self.cm.num_modalities), dtype=obs_dt)
+            self._soft_index = np.empty(n_agents, dtype=np.intp)
             self._action_row = np.empty((n_agents, self.cm.num_factors), dtype=act_dt)
         else:
             self.history = None
@@ -613,7 +616,11 @@ class AifAgentGroup:
         if record:
             if o is None:
                 assert soft is not None
-                o = np.stack([p.argmax(axis=1) for p in soft], axis=1)
+                # Soft evidence: each modality's most probable outcome, into the staged row.
+                for m, p in enumerate(soft):
+                    np.argmax(p, axis=1, out=self._soft_index)
+                    np.copyto(self._obs_row[:, m], self._soft_index, casting="unsafe")
+                o = self._obs_row
             self._record(o, now)
         self.ticks += 1
         return self.action
