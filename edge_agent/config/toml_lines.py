@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from edge_agent.errors import ConfigError
+from edge_agent.strict import StrictModel
 
 __all__ = [
     "Loc",
@@ -55,16 +56,6 @@ _BARE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 _ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
 _SCALAR_END = frozenset(",]}#\r\n")
 _CHECK_ERROR_TYPE = "edge_agent_check"
-
-
-class StrictModel(BaseModel):
-    """Base of every config and profile model: unknown keys are errors, instances are frozen.
-
-    Documents are validated in pydantic's strict mode (see :func:`validate_toml`), so ``"10"`` is
-    not an integer and ``true`` is not ``1``; models built in Python code use the usual lax mode.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ------------------------------------------------------------------------------------ positions

@@ -34,12 +34,12 @@ from typing import Final
 
 from pydantic import Field, field_validator
 
-from edge_agent.config.toml_lines import StrictModel
 from edge_agent.coordination.auction import AuctionSettings
 from edge_agent.coordination.beliefs import SharingSettings
 from edge_agent.coordination.engine import CoordinationSettings
 from edge_agent.fleet.outbox import DEFAULT_POLICIES
 from edge_agent.fleet.protocol import NAME_PATTERN, UINT32
+from edge_agent.strict import StrictModel
 
 __all__ = ["AuctionConfig", "CoordinationConfig", "GroupCoordinationConfig"]
 
