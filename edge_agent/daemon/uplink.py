@@ -164,6 +164,7 @@ class FleetUplink:
                 "telemetry_published",
                 "events_published",
                 "events_suppressed",
+                "events_lost",
                 "results_published",
                 "publish_refused",
                 "actions_refused",
@@ -340,9 +341,10 @@ class FleetUplink:
                 data=payload,
             )
         except EdgeAgentError as err:
-            self.counters["events_published"] -= 1
+            # The number stays used: receivers see the gap in data.n (and events_lost counts it).
+            self.counters["events_lost"] += 1
             self.counters["publish_refused"] += 1
-            logger.warning("event %s not published: %s", kind, err)
+            logger.warning("event %s (n=%d) not published: %s", kind, payload["n"], err)
 
     def publish_telemetry(self, body: dict[str, Any], counters: dict[str, int | float]) -> None:
         """One telemetry message: ``body`` (the protocol's fields) with ``counters`` (the

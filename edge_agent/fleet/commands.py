@@ -326,7 +326,11 @@ class CommandVerifier:
         except NonceStoreFullError as err:
             return Outcome(ResultCode.BUSY, str(err))
         if not fresh:
-            return Outcome(ResultCode.REPLAYED, "this nonce was used before")
+            # Marked a duplicate: a hub that also gets the first answer (sent late from the outbox
+            # after a restart, say) keeps that one (HubClient.wait_result).
+            return Outcome(
+                ResultCode.REPLAYED, "this nonce was used before", {"duplicate": True}
+            )
         return None
 
 

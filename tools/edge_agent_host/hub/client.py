@@ -28,6 +28,7 @@ from edge_agent.fleet.protocol import (
     Event,
     NodeState,
     RebirthRequest,
+    ResultCode,
     Telemetry,
     Topics,
     clock_synced,
@@ -39,7 +40,10 @@ from edge_agent_host.hub.errors import HubError
 from edge_agent_host.hub.store import HubStore
 from edge_agent_host.hub.views import HubMessage, NodeView
 
-__all__ = ["HubClient"]
+__all__ = ["DUPLICATE_GRACE_S", "HubClient"]
+
+#: How long a result marked a duplicate waits for the command's own answer (wait_result).
+DUPLICATE_GRACE_S = 2.0
 
 
 # ---------------------------------------------------------------------------------------- client
@@ -330,14 +334,32 @@ class HubClient:
         nonce: bytes,
         timeout_s: float = 30.0,
         accept: Callable[[CommandResult], bool] = lambda _r: True,
+        *,
+        duplicate_grace_s: float = DUPLICATE_GRACE_S,
     ) -> CommandResult:
-        """The first result to ``nonce`` that ``accept`` takes; :class:`HubError` on timeout."""
+        """The first result to ``nonce`` that ``accept`` takes; :class:`HubError` on timeout.
+
+        A result the node marks a duplicate (``replayed`` with ``data.duplicate``: the command
+        had already run, e.g. before a restart) is kept back for ``duplicate_grace_s`` in case
+        the command's own answer still arrives (from the node's outbox after the restart); that
+        one wins, else the duplicate is returned."""
         deadline = time.monotonic() + timeout_s
+        duplicate: CommandResult | None = None
+        duplicate_until = deadline
         while True:
             for result in self.take_results(nonce):
-                if accept(result):
-                    return result
-            left = deadline - time.monotonic()
+                if not accept(result):
+                    continue
+                if result.code is ResultCode.REPLAYED and result.data.get("duplicate"):
+                    if duplicate is None:
+                        duplicate = result
+                        duplicate_until = min(deadline, time.monotonic() + duplicate_grace_s)
+                    continue
+                return result
+            now = time.monotonic()
+            if duplicate is not None and now >= duplicate_until:
+                return duplicate
+            left = (duplicate_until if duplicate is not None else deadline) - now
             if left <= 0:
                 raise HubError(f"no result to command {nonce.hex()[:8]} within {timeout_s:g} s")
             self.poll(min(left, 0.05))
