@@ -18,7 +18,9 @@ here, and only by daemons with ``[mqtt] enabled``; nothing here imports the serv
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -38,25 +40,46 @@ from edge_agent.fleet.commands import (
     NonceStore,
 )
 from edge_agent.fleet.comms.base import Backoff
-from edge_agent.fleet.link import FleetLink, Received
+from edge_agent.fleet.link import STATE_FILE, FleetLink, Received
 from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.protocol import (
     ActionBatch,
     Birth,
     Command,
     CommandResult,
+    Envelope,
     EventKind,
     ObservationBatch,
     ResultCode,
     Severity,
     Topics,
 )
+from edge_agent.recovery import StateHealth
 
 logger = logging.getLogger(__name__)
+
+OUTBOX_DB: Final = "outbox.sqlite3"
 
 #: Fleet work per tick is bounded: incoming messages taken, commands applied.
 MAX_MESSAGES_PER_TICK: Final = 32
 MAX_COMMANDS_PER_TICK: Final = 16
+#: Refused commands are answered at most this many per second (QoS 0, never through the outbox)
+#: and held at most this many deep; the rest are counted, not answered.
+REFUSAL_ANSWERS_PER_S: Final = 10.0
+REFUSAL_ANSWERS_HELD: Final = 64
+#: Refusals are logged as one summary line at most this often (the first one at once).
+REFUSAL_LOG_INTERVAL_S: Final = 60.0
+#: Result codes that refuse a command: answered at a bounded rate, without durability.
+REFUSALS: Final = frozenset(
+    {
+        ResultCode.BAD_SIGNATURE,
+        ResultCode.UNKNOWN_KEY,
+        ResultCode.EXPIRED,
+        ResultCode.REPLAYED,
+        ResultCode.UNKNOWN_COMMAND,
+        ResultCode.BAD_ARGS,
+    }
+)
 #: Noisy events (rejected input, refused commands) are published at most this often per kind
 #: and group; the next one carries how many were folded into it.
 NOISY_EVENT_INTERVAL_S: Final = 5.0
@@ -71,6 +94,8 @@ EVENT_KINDS: Final = {
     "tick_failed": EventKind.ALARM,
     "fleet_failed": EventKind.ALARM,
     "command_refused": EventKind.ALARM,
+    "state_recovered": EventKind.ALARM,
+    "storage_error": EventKind.ALARM,
     "reload_refused": EventKind.CONFIG,
     "overlay_ignored": EventKind.CONFIG,
     "rejected_input": EventKind.REJECTED_INPUT,
@@ -98,6 +123,7 @@ class FleetUplink:
         birth: Birth,
         handlers: dict[str, Handler],
         event: EventSink,
+        health: StateHealth | None = None,
     ) -> None:
         # paho is imported only by daemons that use MQTT.
         from edge_agent.fleet.comms.mqtt import (  # noqa: PLC0415
@@ -134,7 +160,11 @@ class FleetUplink:
                 "no hub keys ([mqtt] hub_keys_dir or [daemon] trusted_keys_dir): every hub "
                 "command will be refused"
             )
-        self.outbox = Outbox(state_dir / "outbox.sqlite3", max_bytes=m.outbox_max_bytes)
+        health = health if health is not None else StateHealth()
+        # A node that ran before (it has a sequence file or an outbox) and has no nonce store
+        # lost it: the store then refuses commands that may be replays (NonceStore).
+        ran_before = any((state_dir / name).exists() for name in (STATE_FILE, OUTBOX_DB))
+        self.outbox = Outbox(state_dir / OUTBOX_DB, max_bytes=m.outbox_max_bytes, health=health)
         self.transport = MqttTransport(
             settings, backoff=Backoff(initial_s=m.reconnect_initial_s, max_s=m.reconnect_max_s)
         )
@@ -146,10 +176,16 @@ class FleetUplink:
             state_dir,
             birth=birth,
             max_inbox=128 + (config.coordination or CoordinationConfig()).max_inbox,
+            health=health,
         )
         self.router = ObservationRouter(self.topics)
         self.link.claim(self.router.handle)  # MQTT sources' topics never reach the link's inbox
-        self.nonces = NonceStore(state_dir / NONCE_DB)
+        self.nonces = NonceStore(
+            state_dir / NONCE_DB,
+            health=health,
+            lost_floor_s=m.command_max_ttl_s,
+            missing_is_lost=ran_before,
+        )
         verifier = CommandVerifier(
             keys,
             fleet=m.fleet,
@@ -171,12 +207,25 @@ class FleetUplink:
                 "obs_unrouted",
                 "messages_ignored",
                 "errors",
+                "published_unstored",
             ),
             0,
         )
         self._noisy: dict[tuple[str, str | None], tuple[float, int]] = {}
         self._last_error = -1e18
         self._was_online = False
+        # Refusals: answers waiting for their turn (bounded), a token bucket, the log summary.
+        self._refusal_lock = threading.Lock()
+        self._refusals: deque[CommandResult] = deque()
+        self._tokens = REFUSAL_ANSWERS_PER_S
+        self._tokens_at = time.monotonic()
+        self._refused_codes: Counter[str] = Counter()
+        self._refusal_logged_at = -1e18
+        self._last_refusal = ""
+        self.refusals: dict[str, int] = dict.fromkeys(
+            ("screened", "answered", "unanswered", "logged_summaries"), 0
+        )
+        self.link.screen = self._screen
 
     # -- life -----------------------------------------------------------------------------------
     @property
@@ -224,6 +273,72 @@ class FleetUplink:
                 self._last_error = now
                 logger.exception("fleet work failed (logged at most once a minute)")
 
+    # -- refusals (a flood is screened on the transport thread) ----------------------------------
+    def _screen(self, env: Envelope) -> bool:
+        """Transport thread: a command whose target, key or signature is wrong never reaches
+        the inbox; its refusal waits for a bounded, rate-limited answer."""
+        cmd = env.body
+        if not isinstance(cmd, Command):
+            return True
+        outcome = self.commands.verifier.precheck(cmd)
+        if outcome is None:
+            return True
+        self.commands.refuse_early(cmd, outcome)
+        result = CommandResult(
+            nonce=cmd.nonce, name=cmd.name, code=outcome.code, detail=outcome.detail[:1024]
+        )
+        with self._refusal_lock:
+            self.refusals["screened"] += 1
+            self._note_refusal(cmd.name, result)
+        return False
+
+    def _note_refusal(self, name: str, result: CommandResult) -> None:
+        """Hold an answer (bounded: the oldest unanswered one is dropped) and count it for the
+        summary; the caller holds the lock."""
+        if len(self._refusals) >= REFUSAL_ANSWERS_HELD:
+            self._refusals.popleft()
+            self.refusals["unanswered"] += 1
+        self._refusals.append(result)
+        self._refused_codes[result.code.value] += 1
+        self._last_refusal = f"{name}: {result.code.value}: {result.detail}"[:256]
+
+    def _answer_refusals(self) -> None:
+        """Between ticks: answer held refusals at REFUSAL_ANSWERS_PER_S with QoS 0 (a refusal is
+        worth nothing late and never touches storage), and log the summary when due."""
+        now = time.monotonic()
+        with self._refusal_lock:
+            self._tokens = min(
+                REFUSAL_ANSWERS_PER_S,
+                self._tokens + (now - self._tokens_at) * REFUSAL_ANSWERS_PER_S,
+            )
+            self._tokens_at = now
+            answers = []
+            while self._refusals and self._tokens >= 1.0:
+                answers.append(self._refusals.popleft())
+                self._tokens -= 1.0
+            codes, last = self._refused_codes, self._last_refusal
+            summary = bool(codes) and (now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S)
+            if summary:
+                self._refused_codes = Counter()
+                self._refusal_logged_at = now
+                self.refusals["logged_summaries"] += 1
+        for result in answers:
+            try:
+                self.link.publish(CommandResult.TYPE, result, "result", qos=0)
+            except EdgeAgentError:
+                self.refusals["unanswered"] += 1
+            else:
+                self.refusals["answered"] += 1
+        if summary:
+            total = sum(codes.values())
+            by_code = ", ".join(f"{code} {n}" for code, n in codes.most_common())
+            logger.warning(
+                "refused %d command(s) (%s); last: %s; at most one such line a minute",
+                total,
+                by_code,
+                last,
+            )
+
     # -- between ticks ----------------------------------------------------------------------------
     def before_tick(self) -> None:
         """Link events, incoming messages, commands (their results go out at once)."""
@@ -248,7 +363,11 @@ class FleetUplink:
                 self.counters["messages_ignored"] += 1
         answered = commands.process(MAX_COMMANDS_PER_TICK)
         for cmd, result in answered:
-            self.publish_result(result)
+            if result.code in REFUSALS:
+                with self._refusal_lock:
+                    self._note_refusal(cmd.name, result)
+            else:
+                self.publish_result(result)
             if result.code not in (ResultCode.OK, ResultCode.ACCEPTED) and (
                 cmd.name != "deploy_chunk"
             ):
@@ -259,6 +378,7 @@ class FleetUplink:
                     f"{result.detail}",
                     data={"code": result.code.value, "command": cmd.name},
                 )
+        self._answer_refusals()
         if answered:
             link.pump()  # results go out now, not after the groups' step
 
@@ -332,6 +452,7 @@ class FleetUplink:
                 payload["suppressed"] = suppressed
         self.counters["events_published"] += 1
         payload.update(n=self.counters["events_published"], name=kind)
+        qos = self._qos()
         try:
             self.link.publish_event(
                 EVENT_KINDS.get(kind, EventKind.OTHER),
@@ -339,6 +460,7 @@ class FleetUplink:
                 severity=severity if severity in Severity.__members__.values() else "info",
                 group=group,
                 data=payload,
+                qos=qos,
             )
         except EdgeAgentError as err:
             # The number stays used: receivers see the gap in data.n (and events_lost counts it).
@@ -351,15 +473,26 @@ class FleetUplink:
         daemon's metrics) numbered by ``telemetry.n``."""
         n = self.counters["telemetry_published"] + 1
         body["counters"] = {"telemetry.n": n, **counters}
-        self.link.publish_telemetry(body)
+        self.link.publish_telemetry(body, qos=self._qos())
         self.counters["telemetry_published"] = n
+
+    def _qos(self) -> int:
+        """1 (through the outbox), or 0 while the outbox cannot commit (a full disk): what it
+        stores is lost anyway, and sent now the hub still sees the node and its storage errors."""
+        if self.outbox.commit_failing:
+            self.counters["published_unstored"] += 1
+            return 0
+        return 1
 
     def set_birth(self, birth: Birth) -> None:
         self.link.set_birth(birth)
 
     def metrics(self) -> dict[str, int]:
-        """The uplink's counters for the metrics registry (``fleet.*``)."""
-        return {k: v for k, v in self.counters.items() if k != "telemetry_published"}
+        """The uplink's counters for the metrics registry (``fleet.*``, ``fleet.refusals_*``)."""
+        out = {k: v for k, v in self.counters.items() if k != "telemetry_published"}
+        with self._refusal_lock:
+            out.update({f"refusals_{k}": v for k, v in self.refusals.items()})
+        return out
 
     def status(self) -> dict[str, Any]:
         m = self.config.mqtt
@@ -369,5 +502,11 @@ class FleetUplink:
             "broker": f"{m.host}:{m.port}",
             "online": self.link.online,
             **self.counters,
+            "refusals": dict(self.refusals),
             "link": self.link.stats(),
+            "nonces": {
+                "available": self.nonces.available,
+                "replay_floor": self.nonces.replay_floor or None,
+                "lost": self.nonces.lost,
+            },
         }

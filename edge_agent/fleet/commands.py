@@ -12,7 +12,10 @@ order (the first that fails is the result code):
    ``bad_args``): the bound is what lets the nonce store forget a nonce once it has expired;
 5. the nonce was never seen before (``replayed``). It is then recorded in the
    :class:`NonceStore` -- durably, before the command is applied, so a crash right after cannot
-   open a replay window.
+   open a replay window. After the store was lost (damaged and moved aside), a command that
+   expires before the store's *replay floor* is refused as ``expired`` instead: it may have been
+   obeyed before the loss (see :class:`NonceStore`). A store the storage refuses (a full disk)
+   refuses every signed command as ``busy``.
 
 Only then is the command's name looked up (``unknown_command``) and its arguments validated
 against the strict schema of that name (``bad_args``); the handler returns ``ok``, ``accepted``
@@ -29,8 +32,11 @@ commands one call handles; the queue in front of it is bounded and counts what i
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -43,6 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError, SignatureError
 from edge_agent.fleet.protocol import NAME_PATTERN, Command, CommandResult, ResultCode
+from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
+from edge_agent.recovery import StateHealth
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,9 @@ __all__ = [
     "Handler",
     "NoArgs",
     "NonceStore",
+    "NonceStoreError",
+    "NonceStoreFullError",
+    "NonceStoreUnavailableError",
     "Outcome",
     "ResizeArgs",
     "TickRateArgs",
@@ -186,8 +197,23 @@ def parse_args(name: str, args: Mapping[str, Any]) -> _Args:
 
 
 # ------------------------------------------------------------------------------------ nonce store
-class NonceStoreFullError(EdgeAgentError):
+class NonceStoreError(EdgeAgentError):
+    """A new command cannot be protected against replay now; it is refused (``busy``)."""
+
+
+class NonceStoreFullError(NonceStoreError):
     """Every slot holds an unexpired nonce: a new command cannot be protected against replay."""
+
+
+class NonceStoreUnavailableError(NonceStoreError):
+    """The storage refuses the nonce store (a full disk): no nonce can be recorded durably."""
+
+
+class _DamagedError(Exception):
+    """The database opened but is not a nonce store this build can use."""
+
+
+_PART: Final = "nonces"
 
 
 class NonceStore:
@@ -196,6 +222,21 @@ class NonceStore:
     A nonce is kept until its command's expiry; after that the command itself is refused as
     expired, so forgetting the nonce cannot open a replay. When ``max_entries`` unexpired nonces
     are held, :meth:`record` refuses (the daemon answers ``busy``) rather than forget one early.
+
+    Damage and loss (reported to ``health``, part ``nonces``). A damaged database (not a database,
+    corrupt, another schema, a directory in its place) is moved aside and a fresh one started, at
+    open or when SQLite reports corruption later. The nonces it held are lost, so the fresh store
+    sets a **replay floor**: ``now + lost_floor_s`` (the daemon passes ``command_max_ttl_s``).
+    A command accepted before the loss expired at most ``max_ttl_s`` after it arrived, that is
+    before the floor; every command that expires before the floor is therefore refused
+    (:attr:`replay_floor`, checked by :class:`CommandVerifier`), and one that expires after it
+    cannot have been seen before. The floor is kept in the new database, so a restart keeps it.
+    ``missing_is_lost`` treats a database that does not exist at all the same way (the daemon
+    sets it when its state directory shows that the node ran before).
+
+    When the storage refuses the database (a full disk, read-only), nothing can be recorded
+    durably, so every signed command is refused (:class:`NonceStoreUnavailableError`, ``busy``)
+    until it opens again (tried again every ``retry_interval_s``): fail closed, never open.
     """
 
     def __init__(
@@ -204,36 +245,155 @@ class NonceStore:
         *,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.time,
+        health: StateHealth | None = None,
+        lost_floor_s: float = 3600.0,
+        missing_is_lost: bool = False,
+        retry_interval_s: float = 60.0,
     ) -> None:
         if max_entries < 1:
             raise EdgeAgentError(f"nonce store max_entries is {max_entries}, need >= 1")
         self.path = Path(path)
         self.max_entries = max_entries
         self._clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.health = health if health is not None else StateHealth()
+        self.lost_floor_s = lost_floor_s
+        self.retry_interval_s = retry_interval_s
+        self.replay_floor = 0.0
+        """Commands that expire before this wall-clock time are refused (0: no floor)."""
+        self.lost = ""
+        """Why the nonces were lost, when they were; empty otherwise."""
+        self._conn: sqlite3.Connection | None = None
+        self._count = 0
+        self._retry_at = 0.0
+        missing = not os.path.lexists(self.path)
+        self._open(lost="missing: the node ran before" if missing and missing_is_lost else "")
+
+    @property
+    def available(self) -> bool:
+        return self._conn is not None
+
+    def _open(self, lost: str = "") -> bool:
+        """Open (or create) the database; True when it is usable. Moves a damaged one aside."""
+        self._retry_at = time.monotonic() + self.retry_interval_s
+        for _ in range(2):
+            reason = "not a regular file" if not_a_file(self.path) else ""
+            if not reason:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    conn = self._connect()
+                except _DamagedError as err:
+                    reason = str(err)
+                except (sqlite3.DatabaseError, OSError) as err:
+                    if isinstance(err, OSError) or not sqlite_damaged(err, opening=True):
+                        self.health.storage_error(_PART, err, f"open {self.path}")
+                        return False
+                    reason = f"{type(err).__name__}: {err}"
+                else:
+                    return self._opened(conn, lost)
+            moved = self.health.move_aside(_PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+            if moved is None:
+                return False
+            lost = f"damaged ({reason}); moved aside to {moved.name}"
+        return False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute(
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            (check,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if check != "ok":
+                raise _DamagedError(f"quick_check: {check}")
+            conn.execute(
                 "CREATE TABLE IF NOT EXISTS nonces (nonce BLOB PRIMARY KEY, expires REAL NOT NULL)"
             )
-            self._conn.execute("CREATE INDEX IF NOT EXISTS nonces_by_expiry ON nonces (expires)")
-            self._count: int = self._conn.execute("SELECT count(*) FROM nonces").fetchone()[0]
+            conn.execute("CREATE INDEX IF NOT EXISTS nonces_by_expiry ON nonces (expires)")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL)")
+            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(nonces)"))
+            if columns != ("nonce", "expires"):
+                raise _DamagedError(f"a nonces table with columns {columns}, not this store's")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _opened(self, conn: sqlite3.Connection, lost: str) -> bool:
+        """Adopt ``conn``: the floor it keeps, a new one if the nonces were ``lost``."""
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'replay_floor'").fetchone()
+            self.replay_floor = max(self.replay_floor, float(row[0]) if row else 0.0)
+            if lost:
+                self.lost = lost
+                self.replay_floor = max(self.replay_floor, self._clock() + self.lost_floor_s)
+                logger.warning(
+                    "command nonces lost (%s): commands that expire before %s are refused "
+                    "(commands accepted before the loss cannot be told from replays)",
+                    lost,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.replay_floor)),
+                )
+            if self.replay_floor > 0:
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('replay_floor', ?)",
+                    (self.replay_floor,),
+                )
+            count: int = conn.execute("SELECT count(*) FROM nonces").fetchone()[0]
         except sqlite3.DatabaseError as err:
-            raise EdgeAgentError(f"nonce store {self.path} cannot be opened: {err}") from err
+            conn.close()
+            self.health.storage_error(_PART, err, f"write {self.path}")
+            return False
+        self._conn = conn
+        self._count = count
+        self.health.storage_ok(_PART)
+        return True
+
+    def _db(self) -> sqlite3.Connection:
+        """The open database; tries to open it again when due. Raises when unavailable."""
+        if self._conn is None and time.monotonic() >= self._retry_at:
+            self._open()
+        if self._conn is None:
+            raise NonceStoreUnavailableError(
+                f"the nonce store {self.path} cannot be written (see the storage errors); "
+                "refusing commands until it can"
+            )
+        return self._conn
+
+    def _failed(self, err: sqlite3.DatabaseError, action: str) -> None:
+        """A statement failed: a damaged database is moved aside and a fresh one started (with
+        a replay floor); a storage error is counted. Raises when nothing can be recorded."""
+        if not sqlite_damaged(err, opening=False):
+            self.health.storage_error(_PART, err, action)
+            raise NonceStoreUnavailableError(f"nonce store {self.path}: {err}") from err
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        reason = f"{type(err).__name__}: {err} (while trying to {action})"
+        moved = self.health.move_aside(_PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+        if moved is None or not self._open(lost=f"damaged ({reason}); moved aside"):
+            raise NonceStoreUnavailableError(f"nonce store {self.path}: {err}") from err
 
     def __len__(self) -> int:
         return self._count
 
     def seen(self, nonce: bytes) -> bool:
-        row = self._conn.execute("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)).fetchone()
+        """True when ``nonce`` was recorded. Raises :class:`NonceStoreUnavailableError`."""
+        try:
+            row = self._db().execute("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)).fetchone()
+        except sqlite3.DatabaseError as err:
+            self._failed(err, "read nonces")
+            return False  # a fresh store: the replay floor stands in for what it held
         return row is not None
 
     def prune(self, now: float | None = None) -> int:
         """Forget nonces whose commands have expired; returns how many."""
         now = self._clock() if now is None else now
-        cur = self._conn.execute("DELETE FROM nonces WHERE expires < ?", (now,))
+        try:
+            cur = self._db().execute("DELETE FROM nonces WHERE expires < ?", (now,))
+        except NonceStoreUnavailableError:
+            return 0
+        except sqlite3.DatabaseError as err:
+            with contextlib.suppress(NonceStoreUnavailableError):
+                self._failed(err, "forget expired nonces")
+            return 0
         removed = max(cur.rowcount, 0)
         self._count -= removed
         return removed
@@ -241,7 +401,8 @@ class NonceStore:
     def record(self, nonce: bytes, expires: float) -> bool:
         """Remember ``nonce`` until ``expires``; False if it was already there (a replay).
 
-        Durable once it returns. Raises :class:`NonceStoreFullError` when full of live nonces.
+        Durable once it returns. Raises :class:`NonceStoreFullError` when full of live nonces,
+        :class:`NonceStoreUnavailableError` when the storage refuses the write.
         """
         if self.seen(nonce):
             return False
@@ -252,12 +413,24 @@ class NonceStore:
                     f"{self._count} unexpired command nonces are held (the bound); "
                     "refusing new commands until some expire"
                 )
-        self._conn.execute("INSERT INTO nonces (nonce, expires) VALUES (?, ?)", (nonce, expires))
+        insert = "INSERT INTO nonces (nonce, expires) VALUES (?, ?)"
+        try:
+            self._db().execute(insert, (nonce, expires))
+        except sqlite3.DatabaseError as err:
+            self._failed(err, "record a nonce")  # raises unless a fresh store was opened
+            try:
+                self._db().execute(insert, (nonce, expires))
+            except sqlite3.DatabaseError as again:
+                self.health.storage_error(_PART, again, "record a nonce")
+                raise NonceStoreUnavailableError(f"nonce store {self.path}: {again}") from again
         self._count += 1
+        self.health.storage_ok(_PART)
         return True
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 # ---------------------------------------------------------------------------------- verification
@@ -292,8 +465,9 @@ class CommandVerifier:
         self.unsigned = unsigned
         self._clock = clock
 
-    def verify(self, cmd: Command) -> Outcome | None:
-        """None when ``cmd`` may be applied (its nonce is then recorded); else the refusal."""
+    def precheck(self, cmd: Command) -> Outcome | None:
+        """The checks that need no clock, no storage and no lock (safe on the transport
+        thread, so a flood is refused before it queues): target, key and signature."""
         if cmd.target != self.node_id:
             return Outcome(
                 ResultCode.BAD_ARGS, f"addressed to node {cmd.target!r}, this is {self.node_id!r}"
@@ -312,6 +486,13 @@ class CommandVerifier:
             self.keys.verify(cmd.key_id, cmd.signing_bytes(self.fleet), cmd.signature)
         except SignatureError:
             return Outcome(ResultCode.BAD_SIGNATURE, f"signature does not verify with {cmd.key_id}")
+        return None
+
+    def verify(self, cmd: Command) -> Outcome | None:
+        """None when ``cmd`` may be applied (its nonce is then recorded); else the refusal."""
+        outcome = self.precheck(cmd)
+        if outcome is not None or cmd.name in self.unsigned:
+            return outcome
         now = self._clock()
         if cmd.expires <= now:
             return Outcome(ResultCode.EXPIRED, f"expired {now - cmd.expires:.1f} s ago")
@@ -321,9 +502,21 @@ class CommandVerifier:
                 f"expires in {cmd.expires - now:.0f} s, more than the {self.max_ttl_s:.0f} s "
                 "this node accepts",
             )
+        floor = self.nonces.replay_floor
+        if cmd.expires < floor:
+            # The nonce store was lost (see NonceStore): this command may have been obeyed
+            # before, and nothing can tell. One that expires at or after the floor cannot have.
+            return Outcome(
+                ResultCode.EXPIRED,
+                f"this node lost its record of used nonces; until "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(floor))} UTC it accepts only "
+                f"commands that expire after then (send with the longest ttl, "
+                f"{self.max_ttl_s:.0f} s)",
+                {"replay_floor": floor},
+            )
         try:
             fresh = self.nonces.record(cmd.nonce, cmd.expires)
-        except NonceStoreFullError as err:
+        except NonceStoreError as err:
             return Outcome(ResultCode.BUSY, str(err))
         if not fresh:
             # Marked a duplicate: a hub that also gets the first answer (sent late from the outbox
@@ -371,6 +564,8 @@ class CommandProcessor:
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self.refused_by_code: dict[str, int] = {}
         self.last_refusal = ""
+        # Refusals are also counted from the transport thread (refuse_early).
+        self._count_lock = threading.Lock()
 
     @property
     def room(self) -> int:
@@ -431,18 +626,29 @@ class CommandProcessor:
             logger.exception("command %s failed", cmd.name)
             return Outcome(ResultCode.FAILED, f"{type(err).__name__}: {err}")
 
+    def refuse_early(self, cmd: Command, outcome: Outcome) -> None:
+        """Count a command refused before it was queued (any thread; see
+        :meth:`CommandVerifier.precheck`)."""
+        with self._count_lock:
+            self.counters["received"] += 1
+        self._refused(cmd, outcome)
+
     def _refused(self, cmd: Command, outcome: Outcome) -> None:
-        self.counters["refused"] += 1
         code = outcome.code.value
-        self.refused_by_code[code] = self.refused_by_code.get(code, 0) + 1
-        if outcome.code is ResultCode.BAD_SIGNATURE and not cmd.signature:
-            self.counters["unsigned"] += 1
-        self.last_refusal = f"{cmd.name}: {code}: {outcome.detail}"[:256]
-        logger.warning("refused command %s (%s): %s", cmd.name, code, outcome.detail)
+        with self._count_lock:
+            self.counters["refused"] += 1
+            self.refused_by_code[code] = self.refused_by_code.get(code, 0) + 1
+            if outcome.code is ResultCode.BAD_SIGNATURE and not cmd.signature:
+                self.counters["unsigned"] += 1
+            self.last_refusal = f"{cmd.name}: {code}: {outcome.detail}"[:256]
+        # Not logged one by one: a flood would fill the journal. The daemon's uplink logs
+        # refusals as a summary at most once a minute (and the first at once).
 
     def stats(self) -> dict[str, int]:
-        out = dict(self.counters)
-        for code, n in self.refused_by_code.items():
+        with self._count_lock:
+            out = dict(self.counters)
+            refused = dict(self.refused_by_code)
+        for code, n in refused.items():
             out[f"refused.{code}"] = n
         out["pending"] = len(self._pending)
         out["nonces"] = len(self.verifier.nonces)

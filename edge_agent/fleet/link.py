@@ -6,7 +6,10 @@ connection events and PUBACKs, answers rebirth requests, sends from the outbox),
 the tick with :meth:`FleetLink.flush` (what was published is durable once it returns).
 
 Presence (see ``docs/protocol.md``): before every connection attempt the link increments
-``bdseq``, persists it in ``state_dir`` and registers the will -- the retained
+``bdseq``, persists it in ``state_dir`` (``fleet_link.json``; when the storage refuses the write
+the number lives on in memory, the attempt goes ahead and the write is retried every
+``save_retry_s``; a damaged file is moved aside and the count restarts) and registers the will --
+the retained
 ``NodeState(online=False)`` with that ``bdseq`` on the node's state topic. On CONNECTED it
 publishes the retained ``NodeState(online=True)`` and the retained :class:`Birth`, both with the
 same ``bdseq``, before anything from the outbox. A clean :meth:`FleetLink.stop` publishes a
@@ -72,11 +75,13 @@ from edge_agent.fleet.protocol import (
     decode,
     encode,
 )
-from edge_agent.fsutil import write_atomic
+from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
+from edge_agent.recovery import StateHealth
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE: Final = "fleet_link.json"
+PART: Final = "sequence"
 MALFORMED_REASONS: Final = (*DECODE_REASONS, "topic", "type_mismatch", "node_mismatch")
 
 
@@ -115,6 +120,8 @@ class FleetLink:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         clock_sync_check: Callable[[], bool] = clock_synced,
+        health: StateHealth | None = None,
+        save_retry_s: float = 60.0,
     ) -> None:
         self.node_id = check_name(node_id, "node")
         self.topics = Topics(fleet)
@@ -131,6 +138,10 @@ class FleetLink:
         self._wall = wall_clock
         self._mono = monotonic
         self._clock_sync_check = clock_sync_check
+        self.health = health if health is not None else StateHealth()
+        self.save_retry_s = save_retry_s
+        self._unsaved = False
+        self._save_retry_at = 0.0
         self._lock = threading.RLock()
         self._inbox: BoundedQueue[Received] = BoundedQueue(max_inbox)
         self._birth = self._to_birth(birth)
@@ -148,6 +159,10 @@ class FleetLink:
         self._trackers: OrderedDict[str, SeqTracker] = OrderedDict()
         self._started = False
         self._claims: tuple[Callable[[Incoming], bool], ...] = ()
+        #: Called on the transport thread with every valid envelope before it is queued; False
+        #: drops it (the screen counts it). The daemon refuses forged commands here, so a flood
+        #: of them never crowds the inbox (see daemon/uplink.py).
+        self.screen: Callable[[Envelope], bool] | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "received",
@@ -252,6 +267,10 @@ class FleetLink:
                 self.outbox.on_connection_lost()
                 self._count("disconnects")
                 logger.info("fleet link offline: %s", event.detail)
+        if self._unsaved and self._mono() >= self._save_retry_at:
+            with self._lock:
+                if self._unsaved and self._bdseq is not None:
+                    self._save_bdseq(self._bdseq)
         if not self.online:
             return 0
         now = self._mono()
@@ -316,7 +335,7 @@ class FleetLink:
             raise
         return env.seq
 
-    def publish_telemetry(self, telemetry: Telemetry | Mapping[str, Any]) -> int:
+    def publish_telemetry(self, telemetry: Telemetry | Mapping[str, Any], *, qos: int = 1) -> int:
         """Publish telemetry; fills in the outbox counters and the link's counters."""
         data = telemetry.model_dump() if isinstance(telemetry, Telemetry) else dict(telemetry)
         if data.get("outbox") is None:
@@ -327,7 +346,7 @@ class FleetLink:
         counters = {f"link.{k}": v for k, v in self.counters.items() if v}
         counters.update(data.get("counters") or {})
         data["counters"] = counters
-        return self.publish(Telemetry.TYPE, data, "telemetry")
+        return self.publish(Telemetry.TYPE, data, "telemetry", qos=qos)
 
     def publish_event(
         self,
@@ -337,6 +356,7 @@ class FleetLink:
         severity: Severity | str = Severity.INFO,
         group: str | None = None,
         data: Mapping[str, Any] | None = None,
+        qos: int = 1,
     ) -> int:
         body: dict[str, Any] = {
             "kind": kind,
@@ -345,7 +365,7 @@ class FleetLink:
             "group": group,
             "data": dict(data or {}),
         }
-        return self.publish(Event.TYPE, body, "event")
+        return self.publish(Event.TYPE, body, "event", qos=qos)
 
     def publish_result(self, result: CommandResult | Mapping[str, Any]) -> int:
         return self.publish(CommandResult.TYPE, result, "result")
@@ -489,24 +509,56 @@ class FleetLink:
         return self.state_dir / STATE_FILE
 
     def _load_bdseq(self) -> int | None:
+        """The persisted bdseq; None (the count restarts) when there is none. A damaged file is
+        moved aside; one the storage will not read is left alone."""
         path = self._state_path()
+        if not_a_file(path):
+            self.health.move_aside(PART, path, "not a regular file")
+            return None
         try:
-            data = json.loads(path.read_text())
+            text = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as err:
-            logger.error("fleet link state %s unreadable (%s); bdseq restarts", path, err)
+        except OSError as err:
+            self.health.storage_error(PART, err, f"read {path}")
             return None
-        value = data.get("bdseq") if isinstance(data, dict) else None
-        if type(value) is not int or not 0 <= value < UINT32:
-            logger.error("fleet link state %s has no valid bdseq; bdseq restarts", path)
-            return None
-        return value
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            problem = f"not JSON: {err}"
+        else:
+            value = data.get("bdseq") if isinstance(data, dict) else None
+            if type(value) is int and 0 <= value < UINT32:
+                return value
+            problem = "no valid bdseq"
+        self.health.move_aside(PART, path, f"{problem}; bdseq restarts")
+        return None
 
     def _save_bdseq(self, bdseq: int) -> None:
-        """Write temp, fsync, rename, fsync the directory: the new bdseq survives a crash."""
-        data = json.dumps({"bdseq": bdseq, "node": self.node_id, "fleet": self.fleet})
-        write_atomic(self._state_path(), data.encode(), mkdir=True)
+        """Write temp, fsync, rename, fsync the directory: the new bdseq survives a crash.
+
+        Never raises: when the storage refuses, the number lives on in memory (the caller
+        holds the lock) and :meth:`pump` tries again every ``save_retry_s``."""
+        data = json.dumps({"bdseq": bdseq, "node": self.node_id, "fleet": self.fleet}).encode()
+        path = self._state_path()
+        for _ in range(2):
+            try:
+                write_atomic(path, data, mkdir=True)
+            except OSError as err:
+                if (
+                    not is_storage_error(err)
+                    and not_a_file(path)
+                    and self.health.move_aside(PART, path, "not a regular file") is not None
+                ):
+                    continue  # a directory was in its place: moved aside, write again
+                self._unsaved = True
+                self._save_retry_at = self._mono() + self.save_retry_s
+                self.health.storage_error(PART, err, f"save bdseq {bdseq} to {path}")
+                return
+            if self._unsaved:
+                self._unsaved = False
+                self.health.storage_ok(PART)
+            return
 
     def _on_message(self, msg: Incoming) -> None:
         """Transport thread: decode, validate, route, enqueue. Never raises for bad input."""
@@ -538,6 +590,9 @@ class FleetLink:
         verdict: SeqResult | None = None
         if route.node_owned and env.node != self.node_id:
             verdict = self._track(env)
+        screen = self.screen
+        if screen is not None and not screen(env):
+            return
         self._count("received")
         self._inbox.put(Received(msg.topic, route, env, msg.retain, verdict))
 
