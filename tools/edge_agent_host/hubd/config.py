@@ -1,0 +1,404 @@
+"""The hub service's TOML config: strict, frozen models and a loader that reports lines.
+
+Five tables, every one optional: ``[hub]`` (this replica's name, state directory, logging, status),
+``[mqtt]`` (the broker, the fleet, the shared-subscription group), ``[database]`` (``type =
+"sqlite"`` or ``"postgresql"``), ``[queue]`` (the bounded in-memory queue in front of the
+database) and ``[retention]`` (how long and how finely telemetry, events and commands are kept).
+``docs/hub.md`` documents every key; ``example.toml`` beside this module is the commented example.
+
+A bad file raises one :class:`~edge_agent.errors.ConfigError` whose lines read
+``path:line: field: problem``, like the daemon's (:mod:`edge_agent.config.toml_lines`). Paths
+may use ``~`` and ``${VAR}``; relative paths are resolved against the file's directory.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from edge_agent.config.daemon import MqttTls, expand_path
+from edge_agent.config.toml_lines import Problem, TomlDocument, raise_problems, validate_toml
+from edge_agent.errors import ConfigError
+from edge_agent.fleet.protocol import NAME_PATTERN
+from edge_agent.strict import StrictModel
+
+__all__ = [
+    "DatabaseSpec",
+    "HubConfig",
+    "HubConfigFile",
+    "HubMqtt",
+    "HubSection",
+    "PostgresDatabase",
+    "QueueSection",
+    "RetentionSection",
+    "SqliteDatabase",
+    "example_config_text",
+    "load_hub_config",
+    "parse_hub_config",
+    "read_password",
+]
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+_SHARE_GROUP = r"^$|^[A-Za-z0-9_-]{1,64}$"
+_DAY = 86400.0
+
+
+def _path(value: object, info: ValidationInfo, *, optional: bool) -> Path | None:
+    """Before-validator body of every path field (``~``, ``${VAR}``, relative to the file)."""
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    if not value:
+        if optional:
+            return None
+        raise ValueError("must not be empty")
+    base = (info.context or {}).get("base_dir")
+    return expand_path(value, Path(base) if base is not None else None)
+
+
+# --------------------------------------------------------------------------------------- [hub]
+class HubSection(StrictModel):
+    """``[hub]``: who this replica is, where it keeps its files, how it reports."""
+
+    id: str = Field(
+        "",
+        pattern=rf"^$|{NAME_PATTERN}",
+        description="This replica's name (status, heartbeats, the envelope of its rebirth "
+        "requests); give every replica its own. Empty: the host name.",
+    )
+    state_dir: Path = Field(
+        Path("/var/lib/edge-agent-hub"),
+        description="Directory of the status file and of the SQLite database by default.",
+    )
+    status_file: Path | None = Field(
+        None, description="Status JSON ('edge-agent-hub status'); default {state_dir}/status.json."
+    )
+    status_interval_s: float = Field(
+        5.0,
+        ge=0.1,
+        le=3600.0,
+        description="How often the status file and the replica's heartbeat row are written (s).",
+    )
+    log_level: LogLevel = Field("info", description="Log level (stderr/journald).")
+    prometheus_textfile: Path | None = Field(
+        None,
+        description="Write the hub's metrics to this *.prom file for node_exporter's textfile "
+        "collector; default: off.",
+    )
+    rebirth_interval_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=86400.0,
+        description="Ask a node that sends data without the hub knowing its birth for a rebirth "
+        "at most this often (s).",
+    )
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _required_path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _path(value, info, optional=False)
+
+    @field_validator("status_file", "prometheus_textfile", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _path(value, info, optional=True)
+
+    @field_validator("prometheus_textfile")
+    @classmethod
+    def _prom_suffix(cls, path: Path | None) -> Path | None:
+        if path is not None and path.suffix != ".prom":
+            raise ValueError(
+                f"{path}: node_exporter's textfile collector reads only files ending in .prom"
+            )
+        return path
+
+    @property
+    def status_path(self) -> Path:
+        return self.status_file if self.status_file is not None else self.state_dir / "status.json"
+
+    def effective_id(self) -> str:
+        """``id``, or the host name reduced to what a protocol name may hold."""
+        if self.id:
+            return self.id
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0])[:64]
+        return host if re.fullmatch(NAME_PATTERN, host) else "hub"
+
+
+# -------------------------------------------------------------------------------------- [mqtt]
+class HubMqtt(StrictModel):
+    """``[mqtt]``: the broker and the fleet the hub listens to."""
+
+    host: str = Field("127.0.0.1", min_length=1, max_length=253, description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
+    fleet: str = Field(
+        "default",
+        pattern=NAME_PATTERN,
+        description="Fleet name, as the nodes' [mqtt] fleet: topics ea/v1/{fleet}/.",
+    )
+    share_group: str = Field(
+        "",
+        pattern=_SHARE_GROUP,
+        description="MQTT 5 shared-subscription group: replicas with the same group split the "
+        "fleet's telemetry, events, results, deaths and commands ($share/GROUP/...). Empty: "
+        "this hub hears everything alone.",
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive (s).")
+    username: str = Field("", max_length=128, description="Broker user name; empty: anonymous.")
+    password_file: Path | None = Field(
+        None, description="File whose first line is the broker password."
+    )
+    tls: MqttTls = Field(default_factory=MqttTls, description="TLS settings ([mqtt.tls]).")
+    hub_keys_dir: Path | None = Field(
+        None,
+        description="Directory of the hub keys (*.pub) the nodes trust: commands heard on the "
+        "fleet's cmd topics are journaled only when signed by one of them (others are counted "
+        "as forged). Empty: commands are journaled unverified.",
+    )
+    reconnect_initial_s: float = Field(
+        0.5, gt=0, le=60, description="First reconnect delay (s); doubles up to reconnect_max_s."
+    )
+    reconnect_max_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest reconnect delay (s), before jitter."
+    )
+
+    @field_validator("password_file", "hub_keys_dir", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _path(value, info, optional=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HubMqtt:
+        if self.password_file is not None and not self.username:
+            raise_problems("HubMqtt", [(("password_file",), "requires username to be set")])
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise_problems("HubMqtt", [(("reconnect_max_s",), "must be >= reconnect_initial_s")])
+        return self
+
+
+# ---------------------------------------------------------------------------------- [database]
+class _DatabaseBase(StrictModel):
+    reconnect_initial_s: float = Field(
+        0.5, gt=0, le=60, description="First delay before reconnecting to the database (s)."
+    )
+    reconnect_max_s: float = Field(
+        10.0, gt=0, le=600, description="Longest delay between reconnection attempts (s)."
+    )
+
+    @model_validator(mode="after")
+    def _backoff(self) -> _DatabaseBase:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise_problems("database", [(("reconnect_max_s",), "must be >= reconnect_initial_s")])
+        return self
+
+
+class SqliteDatabase(_DatabaseBase):
+    """An embedded SQLite file: nothing to install; one hub (and readers) on one machine."""
+
+    type: Literal["sqlite"] = Field("sqlite", description="Selects SQLite.")
+    path: Path | None = Field(
+        None, description="The database file; default {state_dir}/hub.sqlite3."
+    )
+    busy_timeout_s: float = Field(
+        5.0, ge=0, le=600, description="How long a write waits for another writer (s)."
+    )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _path(value, info, optional=True)
+
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
+class PostgresDatabase(_DatabaseBase):
+    """A PostgreSQL server: one database for several hub replicas (psycopg 3)."""
+
+    type: Literal["postgresql"] = Field(description="Selects PostgreSQL.")
+    host: str = Field("127.0.0.1", min_length=1, max_length=253, description="Server host.")
+    port: int = Field(5432, ge=1, le=65535, description="Server port.")
+    dbname: str = Field("edge_agent_hub", min_length=1, max_length=63, description="Database name.")
+    user: str = Field("edge_agent_hub", min_length=1, max_length=63, description="Role name.")
+    password_file: Path | None = Field(
+        None, description="File whose first line is the password; empty: none (trust, peer)."
+    )
+    sslmode: SslMode = Field("prefer", description="libpq sslmode.")
+    sslrootcert: Path | None = Field(
+        None, description="CA (PEM) to verify the server with (verify-ca, verify-full)."
+    )
+    connect_timeout_s: int = Field(
+        5, ge=2, le=600, description="Limit of one connection attempt (s, libpq's minimum is 2)."
+    )
+    statement_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Limit of one statement, and of an unanswered connection (TCP user "
+        "timeout), so that a database that hangs is treated as one that is down (s).",
+    )
+
+    @field_validator("password_file", "sslrootcert", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _path(value, info, optional=True)
+
+
+DatabaseSpec = Annotated[SqliteDatabase | PostgresDatabase, Field(discriminator="type")]
+
+
+# ------------------------------------------------------------------------------------- [queue]
+class QueueSection(StrictModel):
+    """``[queue]``: fleet messages held in memory until the database has them."""
+
+    max_messages: int = Field(100_000, ge=100, le=10_000_000, description="Messages held at most.")
+    max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=16 * 1024**3,
+        description="Payload bytes held at most (the decoded messages take a few times more).",
+    )
+    batch_max: int = Field(
+        500, ge=1, le=100_000, description="Messages written per database transaction at most."
+    )
+    report_interval_s: float = Field(
+        60.0,
+        ge=0.1,
+        le=86400.0,
+        description="While the database is unreachable, log how much is held this often (s).",
+    )
+
+
+# --------------------------------------------------------------------------------- [retention]
+class RetentionSection(StrictModel):
+    """``[retention]``: what the database keeps, so that it stays bounded."""
+
+    telemetry_raw_s: float = Field(
+        3600.0, ge=0, le=365 * _DAY, description="Every telemetry message is kept this long (s)."
+    )
+    telemetry_step_s: float = Field(
+        300.0,
+        ge=1,
+        le=_DAY,
+        description="Older telemetry keeps one point per node per this many seconds (the last).",
+    )
+    telemetry_keep_s: float = Field(
+        30 * _DAY, ge=60, le=10 * 365 * _DAY, description="Telemetry older than this is deleted."
+    )
+    telemetry_max_rows_per_node: int = Field(
+        20_000, ge=10, le=10_000_000, description="Telemetry rows per node at most (oldest go)."
+    )
+    events_keep_s: float = Field(
+        90 * _DAY, ge=60, le=10 * 365 * _DAY, description="Events older than this are deleted."
+    )
+    events_max_rows: int = Field(
+        1_000_000, ge=100, le=1_000_000_000, description="Event rows at most (oldest go)."
+    )
+    commands_keep_s: float = Field(
+        90 * _DAY,
+        ge=60,
+        le=10 * 365 * _DAY,
+        description="Commands and results older than this are deleted.",
+    )
+    commands_max_rows: int = Field(
+        1_000_000,
+        ge=100,
+        le=1_000_000_000,
+        description="Command rows, and result rows, at most (oldest go).",
+    )
+    maintenance_interval_s: float = Field(
+        60.0, ge=0.1, le=86400.0, description="How often the bounds above are applied (s)."
+    )
+    maintenance_batch: int = Field(
+        20_000,
+        ge=100,
+        le=10_000_000,
+        description="Rows one maintenance pass looks at per table at most (the rest waits).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RetentionSection:
+        if self.telemetry_keep_s < self.telemetry_raw_s:
+            raise_problems(
+                "RetentionSection", [(("telemetry_keep_s",), "must be >= telemetry_raw_s")]
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------------- the file
+class HubConfig(StrictModel):
+    """A whole ``edge-agent-hub`` config file."""
+
+    hub: HubSection = Field(default_factory=HubSection, description="[hub]")
+    mqtt: HubMqtt = Field(default_factory=HubMqtt, description="[mqtt]")
+    database: DatabaseSpec = Field(
+        default_factory=SqliteDatabase, description="[database]: type sqlite or postgresql."
+    )
+    queue: QueueSection = Field(default_factory=QueueSection, description="[queue]")
+    retention: RetentionSection = Field(default_factory=RetentionSection, description="[retention]")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file in use (None with PostgreSQL)."""
+        db = self.database
+        if not isinstance(db, SqliteDatabase):
+            return None
+        return db.path if db.path is not None else self.hub.state_dir / "hub.sqlite3"
+
+
+@dataclass(frozen=True)
+class HubConfigFile:
+    """A validated config and its document, for problems found later (a password file that
+    cannot be read) at the line of their key."""
+
+    config: HubConfig
+    document: TomlDocument
+
+    @property
+    def path(self) -> str:
+        return self.document.path
+
+    def error(self, problems: list[Problem]) -> ConfigError:
+        return self.document.error(problems)
+
+
+def parse_hub_config(
+    text: str, path: str = "<string>", *, base_dir: str | Path | None = None
+) -> HubConfigFile:
+    """Validate config ``text`` (``path`` names it in errors); ConfigError if it is bad."""
+    document = TomlDocument.parse(text, path)
+    config = validate_toml(HubConfig, document, context={"base_dir": base_dir})
+    return HubConfigFile(config, document)
+
+
+def load_hub_config(path: str | Path) -> HubConfigFile:
+    """Read and validate a config file; relative paths in it are relative to its directory."""
+    document = TomlDocument.read(path)
+    base = Path(path).absolute().parent
+    config = validate_toml(HubConfig, document, context={"base_dir": base})
+    return HubConfigFile(config, document)
+
+
+def read_password(source: HubConfigFile, loc: tuple[str, ...], path: Path | None) -> str | None:
+    """The first line of a password file (None when none is set); a file that cannot be read is
+    a ConfigError at the key's line."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise source.error([(loc, f"{path}: cannot read: {reason}")]) from err
+    return lines[0] if lines else ""
+
+
+def example_config_text() -> str:
+    """The commented example config shipped beside this module (``example.toml``)."""
+    return resources.files("edge_agent_host.hubd").joinpath("example.toml").read_text("utf-8")

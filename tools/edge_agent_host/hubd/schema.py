@@ -1,0 +1,167 @@
+"""The hub database's schema, as versioned migrations shared by both engines.
+
+A migration is a version number, a description and SQL statements written once for SQLite and
+PostgreSQL: the only words that differ are the two placeholders below, which each engine fills in
+(:attr:`~edge_agent_host.hubd.engines.Engine.types`):
+
+* ``{id}``: an integer primary key that numbers rows in insertion order;
+* ``{real}``: a double-precision float (PostgreSQL's ``REAL`` is single precision).
+
+Everything else is the common subset: ``TEXT``, ``INTEGER``, ``BIGINT``, ``UNIQUE``,
+``ON CONFLICT``. Booleans are ``INTEGER`` 0/1 and structured values JSON ``TEXT`` in both.
+The table ``schema_migrations`` records what was applied; :func:`pending` says what is missing.
+A new migration is appended with the next number and never edits an older one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["LATEST", "MIGRATIONS", "VERSIONS_TABLE", "Migration", "pending"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: Final = (
+    Migration(
+        1,
+        "fleet registry, telemetry history, events, command journal, replicas",
+        (
+            # The registry: one row per node. Presence (online, state_*) and the birth (birth_*)
+            # are applied in (bdseq, ts) order, so a late or replayed message cannot undo a newer
+            # one; telemetry_* is the newest telemetry, for the fleet table.
+            """CREATE TABLE nodes (
+                node TEXT PRIMARY KEY,
+                first_seen {real} NOT NULL,
+                last_seen {real},
+                online INTEGER,
+                state_bdseq BIGINT,
+                state_ts {real},
+                birth_bdseq BIGINT,
+                birth_ts {real},
+                birth TEXT,
+                software_version TEXT,
+                profile TEXT,
+                deaths INTEGER NOT NULL DEFAULT 0,
+                death_ts {real},
+                death_reason TEXT,
+                telemetry_ts {real},
+                telemetry TEXT
+            )""",
+            # Groups and the bundle each runs, from the newest birth.
+            """CREATE TABLE node_groups (
+                node TEXT NOT NULL,
+                grp TEXT NOT NULL,
+                agents BIGINT NOT NULL,
+                bundle TEXT,
+                bundle_sha256 TEXT,
+                since {real} NOT NULL,
+                PRIMARY KEY (node, grp)
+            )""",
+            "CREATE INDEX node_groups_bundle ON node_groups (bundle_sha256)",
+            # Telemetry history: raw rows (coarse 0), and older ones downsampled to one point per
+            # step (coarse 1, samples = how many raw rows it stands for).
+            """CREATE TABLE telemetry (
+                id {id},
+                node TEXT NOT NULL,
+                ts {real} NOT NULL,
+                bdseq BIGINT NOT NULL,
+                seq BIGINT NOT NULL,
+                received {real} NOT NULL,
+                coarse INTEGER NOT NULL DEFAULT 0,
+                samples INTEGER NOT NULL DEFAULT 1,
+                uptime_s {real},
+                rss_bytes BIGINT,
+                budget_used_bytes BIGINT,
+                budget_total_bytes BIGINT,
+                ticks BIGINT,
+                tick_p50_ms {real},
+                tick_p99_ms {real},
+                overruns BIGINT,
+                cpu_temp_c {real},
+                outbox_depth BIGINT,
+                body TEXT NOT NULL,
+                UNIQUE (node, seq, ts)
+            )""",
+            "CREATE INDEX telemetry_node_ts ON telemetry (node, ts)",
+            "CREATE INDEX telemetry_ts ON telemetry (ts)",
+            """CREATE TABLE events (
+                id {id},
+                node TEXT NOT NULL,
+                ts {real} NOT NULL,
+                bdseq BIGINT NOT NULL,
+                seq BIGINT NOT NULL,
+                received {real} NOT NULL,
+                kind TEXT NOT NULL,
+                severity TEXT NOT NULL,
+                grp TEXT,
+                detail TEXT NOT NULL,
+                data TEXT NOT NULL,
+                UNIQUE (node, seq, ts)
+            )""",
+            "CREATE INDEX events_node_ts ON events (node, ts)",
+            "CREATE INDEX events_ts ON events (ts)",
+            # The command journal: every signed command heard on the fleet's cmd topics (by any
+            # hub client), and every result the nodes sent.
+            """CREATE TABLE commands (
+                nonce TEXT PRIMARY KEY,
+                target TEXT NOT NULL,
+                name TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                verified INTEGER NOT NULL,
+                sender TEXT NOT NULL,
+                ts {real} NOT NULL,
+                expires {real} NOT NULL,
+                received {real} NOT NULL,
+                args TEXT NOT NULL
+            )""",
+            "CREATE INDEX commands_ts ON commands (ts)",
+            """CREATE TABLE results (
+                id {id},
+                node TEXT NOT NULL,
+                ts {real} NOT NULL,
+                bdseq BIGINT NOT NULL,
+                seq BIGINT NOT NULL,
+                received {real} NOT NULL,
+                nonce TEXT NOT NULL,
+                name TEXT NOT NULL,
+                code TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                data TEXT NOT NULL,
+                UNIQUE (node, seq, ts)
+            )""",
+            "CREATE INDEX results_nonce ON results (nonce)",
+            "CREATE INDEX results_ts ON results (ts)",
+            # Hub replicas: a heartbeat and a status summary each.
+            """CREATE TABLE hubs (
+                hub_id TEXT PRIMARY KEY,
+                host TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                started {real} NOT NULL,
+                heartbeat {real} NOT NULL,
+                status TEXT NOT NULL
+            )""",
+        ),
+    ),
+)
+
+LATEST: Final = MIGRATIONS[-1].version
+
+#: Created before anything else, the same way by both engines.
+VERSIONS_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied {real} NOT NULL)"
+)
+
+
+def pending(applied: Iterable[int]) -> list[Migration]:
+    """The migrations not yet in ``applied``, in order."""
+    done = set(applied)
+    return [m for m in MIGRATIONS if m.version not in done]

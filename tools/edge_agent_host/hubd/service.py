@@ -1,0 +1,537 @@
+"""``edge-agent-hub run``: the hub service's supervised loop.
+
+The transport's thread hears the fleet (:class:`~edge_agent_host.hubd.listener.FleetListener`)
+and fills the bounded queue; this loop, on the main thread, is the only writer:
+
+1. when the database is closed and its back-off delay has passed, connect (and migrate);
+2. take batches from the queue and write each in one transaction (at most half a second of it
+   per round, so the periodic jobs keep their rhythm); a batch the database could not take goes
+   back to the head of the queue and the database counts as down;
+3. run what is due: the status file, the replica's heartbeat row and the Prometheus file
+   (``status_interval_s``), the retention bounds (``maintenance_interval_s``), the "database
+   unreachable" report (``report_interval_s``, while it is), rebirth requests, the systemd
+   watchdog;
+4. wait for the next message (or, with the database down, for the next attempt).
+
+State: STARTING, RUNNING (database up), DEGRADED (database down: messages are held, bounded,
+and the status, the metrics and a log line once per ``report_interval_s`` say so), STOPPING,
+STOPPED. SIGTERM and SIGINT stop it: it stops hearing, writes what it holds (for up to
+``drain_timeout_s``), writes a last status and exits 0. Only a bad configuration or a database
+whose schema is newer than this software stops it with an error (exit 2).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Final
+
+from edge_agent import __version__
+from edge_agent.bundle.signing import TrustedKeys
+from edge_agent.daemon.metrics import Metrics
+from edge_agent.daemon.scheduler import Periodic
+from edge_agent.daemon.systemd import SdNotifier
+from edge_agent.errors import SignatureError
+from edge_agent.fleet.comms.base import Backoff, Transport
+from edge_agent.fleet.protocol import Envelope, RebirthRequest, Topics, clock_synced, encode
+from edge_agent.fsutil import write_atomic
+from edge_agent_host.hubd.config import (
+    HubConfig,
+    HubConfigFile,
+    PostgresDatabase,
+    read_password,
+)
+from edge_agent_host.hubd.engines import Engine, PostgresEngine, SqliteEngine
+from edge_agent_host.hubd.listener import FleetListener
+from edge_agent_host.hubd.queue import HeldMessages
+from edge_agent_host.hubd.store import DatabaseUnavailableError, HubDatabase, to_json
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HubService", "State", "make_engine"]
+
+_WRITE_SLICE_S: Final = 0.5
+_WATCHDOG_EVERY_S: Final = 2.0
+_REBIRTHS_PER_ROUND: Final = 100
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def make_engine(source: HubConfigFile, *, application_name: str = "edge-agent-hub") -> Engine:
+    """The engine ``[database]`` selects (reads the password file; ConfigError if it cannot)."""
+    config = source.config
+    db = config.database
+    if isinstance(db, PostgresDatabase):
+        return PostgresEngine(
+            host=db.host,
+            port=db.port,
+            dbname=db.dbname,
+            user=db.user,
+            password=read_password(source, ("database", "password_file"), db.password_file),
+            sslmode=db.sslmode,
+            sslrootcert=db.sslrootcert,
+            connect_timeout_s=db.connect_timeout_s,
+            statement_timeout_s=db.statement_timeout_s,
+            application_name=application_name,
+        )
+    path = config.sqlite_path
+    assert path is not None  # sqlite_path is None only with PostgreSQL
+    return SqliteEngine(path, busy_timeout_s=db.busy_timeout_s)
+
+
+class HubService:
+    """The hub service: hears the fleet, holds what it heard, writes it to the database."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        *,
+        engine: Engine,
+        transport: Transport,
+        hub_keys: TrustedKeys | None = None,
+        notifier: SdNotifier | None = None,
+        drain_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.hub_id = config.hub.effective_id()
+        self.topics = Topics(config.mqtt.fleet)
+        self.queue = HeldMessages(config.queue.max_messages, config.queue.max_bytes)
+        self.db = HubDatabase(engine)
+        self.transport = transport
+        self.listener = FleetListener(
+            transport,
+            self.topics,
+            self.queue,
+            share_group=config.mqtt.share_group,
+            hub_keys=hub_keys,
+            clock=clock,
+        )
+        self.notifier = notifier or SdNotifier()
+        self.drain_timeout_s = drain_timeout_s
+        self._clock = clock
+        self.stop_event = threading.Event()
+        self.state = State.STARTING
+        self.host = socket.gethostname()
+        self.started_at = clock()
+        db = config.database
+        self._db_backoff = Backoff(
+            initial_s=db.reconnect_initial_s, max_s=db.reconnect_max_s, stable_after_s=0.0
+        )
+        self._next_db_attempt = 0.0
+        self.db_down_since: float | None = None
+        self.db_outages = 0
+        self.lost_at_stop = 0
+        self.maintenance: dict[str, int] = {}
+        self._rebirth_asked: OrderedDict[str, float] = OrderedDict()
+        self.rebirths_requested = 0
+        self._seq = 0
+        self._last_watchdog = 0.0
+        self.metrics = self._make_metrics()
+        now = time.monotonic()
+        hub = config.hub
+        self._outage_report = Periodic(config.queue.report_interval_s, self._report_outage, now=now)
+        self._jobs = [
+            Periodic(hub.status_interval_s, self._report_status, now=now),
+            Periodic(
+                config.retention.maintenance_interval_s, self._maintain, now=now, first_after=True
+            ),
+            self._outage_report,
+            Periodic(1.0, self._request_rebirths, now=now, first_after=True),
+        ]
+
+    @classmethod
+    def from_config(cls, source: HubConfigFile) -> HubService:
+        """The service of a config file, with its MQTT transport and database engine."""
+        # paho is imported only by the transport module, and only by whoever runs the service.
+        from edge_agent.fleet.comms.mqtt import (  # noqa: PLC0415
+            MqttSettings,
+            MqttTransport,
+            TlsSettings,
+        )
+
+        config = source.config
+        mqtt = config.mqtt
+        hub_id = config.hub.effective_id()
+        password = read_password(source, ("mqtt", "password_file"), mqtt.password_file)
+        tls = None
+        if mqtt.tls.enabled:
+            tls = TlsSettings(
+                ca_file=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
+                cert_file=str(mqtt.tls.cert_file) if mqtt.tls.cert_file else None,
+                key_file=str(mqtt.tls.key_file) if mqtt.tls.key_file else None,
+            )
+        settings = MqttSettings(
+            client_id=f"ea-hub-{mqtt.fleet}-{hub_id}-{os.urandom(3).hex()}",
+            host=mqtt.host,
+            port=mqtt.port,
+            keepalive_s=mqtt.keepalive_s,
+            username=mqtt.username or None,
+            password=password,
+            tls=tls,
+        )
+        transport = MqttTransport(
+            settings,
+            backoff=Backoff(initial_s=mqtt.reconnect_initial_s, max_s=mqtt.reconnect_max_s),
+        )
+        keys = None
+        if mqtt.hub_keys_dir is not None:
+            try:
+                keys = TrustedKeys.from_dir(mqtt.hub_keys_dir)
+            except SignatureError as err:
+                raise source.error([(("mqtt", "hub_keys_dir"), str(err))]) from err
+        engine = make_engine(source, application_name=f"edge-agent-hub {hub_id}")
+        return cls(config, engine=engine, transport=transport, hub_keys=keys)
+
+    # metrics ----------------------------------------------------------------------------------
+    def _make_metrics(self) -> Metrics:
+        metrics = Metrics()
+        metrics.register("hub.heard", self.listener.counts, help="messages heard and dropped")
+        metrics.register(
+            "hub.queue",
+            self.queue.stats,
+            gauges=("depth", "depth_telemetry", "bytes", "max_messages", "max_bytes", "high_water"),
+            help="messages held for the database",
+        )
+        metrics.register(
+            "hub.db",
+            self._db_numbers,
+            gauges=("up", "down_s", "schema_version"),
+            help="the database",
+        )
+        metrics.register("hub.maintenance", lambda: self.maintenance, help="retention")
+        metrics.register(
+            "hub.mqtt", self._mqtt_numbers, gauges=("connected",), help="the broker link"
+        )
+        return metrics
+
+    def _db_numbers(self) -> dict[str, object]:
+        return {
+            "up": self.db.is_open,
+            "down_s": self.db_down_s(),
+            "schema_version": self.db.schema_version,
+            "written": self.db.written,
+            "rejected": self.db.rejected,
+            "transactions": self.db.transactions,
+            "opens": self.db.opens,
+            "outages": self.db_outages,
+            "lost_at_stop": self.lost_at_stop,
+        }
+
+    def _mqtt_numbers(self) -> dict[str, object]:
+        t = self.transport
+        return {
+            "connected": t.is_connected,
+            "connect_attempts": getattr(t, "connect_attempts", 0),
+            "sessions_up": getattr(t, "sessions_up", 0),
+            "handler_errors": t.handler_errors,
+            "rebirths_requested": self.rebirths_requested,
+        }
+
+    def db_down_s(self) -> float:
+        return 0.0 if self.db_down_since is None else max(0.0, self._clock() - self.db_down_since)
+
+    # life -------------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        logger.warning("edge-agent-hub does not reload its config: restart it to apply changes")
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self, duration_s: float | None = None) -> int:
+        """Start, loop until stopped (or ``duration_s``), stop; the exit status."""
+        self.start()
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        try:
+            while not self.stop_event.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                self.step()
+        finally:
+            self.shutdown()
+        return 0
+
+    def start(self) -> None:
+        """Connect to the broker (in the background) and the database (if it answers)."""
+        logger.info(
+            "edge-agent-hub %s (%s) starting: fleet %r on %s:%d%s, database %s",
+            __version__,
+            self.hub_id,
+            self.config.mqtt.fleet,
+            self.config.mqtt.host,
+            self.config.mqtt.port,
+            f", shared group {self.config.mqtt.share_group!r}"
+            if self.config.mqtt.share_group
+            else "",
+            self.db.engine.describe(),
+        )
+        self.transport.connect()
+        self._open_db()
+        self._report_status()
+        self.notifier.ready(self.status_line())
+
+    def step(self, wait_s: float = 0.2) -> None:
+        """One round of the loop (see the module docstring)."""
+        now = time.monotonic()
+        if not self.db.is_open and now >= self._next_db_attempt:
+            self._open_db()
+        self._write_some(time.monotonic() + _WRITE_SLICE_S)
+        now = time.monotonic()
+        for job in self._jobs:
+            job.run_if_due(now)
+        if now - self._last_watchdog >= _WATCHDOG_EVERY_S:
+            self._last_watchdog = now
+            self.notifier.watchdog()
+        if self.stop_event.is_set():
+            return
+        if self.db.is_open:
+            if not self.queue:
+                self.queue.wait(wait_s)
+        else:
+            self.stop_event.wait(max(0.0, min(wait_s, self._next_db_attempt - now)))
+
+    def shutdown(self) -> None:
+        """Stop hearing, write what is held (bounded by ``drain_timeout_s``), last status."""
+        self.state = State.STOPPING
+        self.notifier.stopping()
+        self.transport.disconnect()
+        deadline = time.monotonic() + self.drain_timeout_s
+        while self.queue and time.monotonic() < deadline:
+            if not self.db.is_open:
+                if time.monotonic() >= self._next_db_attempt:
+                    self._open_db()
+                if not self.db.is_open:
+                    time.sleep(0.05)  # the stop event is set: it would not wait
+                    continue
+            self._write_some(deadline)
+        self.lost_at_stop = len(self.queue)
+        if self.lost_at_stop:
+            logger.error(
+                "stopping with %d held messages not written: the database %s is unreachable",
+                self.lost_at_stop,
+                self.db.engine.describe(),
+            )
+        self.state = State.STOPPED
+        self._report_status()
+        self.db.close()
+        logger.info("edge-agent-hub stopped")
+
+    # the database -----------------------------------------------------------------------------
+    def _open_db(self) -> None:
+        try:
+            self.db.open()
+        except DatabaseUnavailableError as err:
+            self._db_lost(str(err))
+            return
+        down_s = self.db_down_s()
+        if self.db_down_since is not None:
+            logger.warning(
+                "database %s is back after %.0f s: writing %d held messages",
+                self.db.engine.describe(),
+                down_s,
+                len(self.queue),
+            )
+        else:
+            logger.info(
+                "database %s open (schema version %d)",
+                self.db.engine.describe(),
+                self.db.schema_version,
+            )
+        self.db_down_since = None
+        self._db_backoff.reset()
+        if self.state in (State.STARTING, State.DEGRADED):
+            self.state = State.RUNNING
+
+    def _db_lost(self, error: str) -> None:
+        self._next_db_attempt = time.monotonic() + self._db_backoff.next_delay()
+        if self.state in (State.STARTING, State.RUNNING):
+            self.state = State.DEGRADED
+        if self.db_down_since is not None:
+            return
+        self.db_down_since = self._clock()
+        self.db_outages += 1
+        q = self.config.queue
+        logger.warning(
+            "database unreachable: %s; holding fleet messages in memory (%d held now, at most "
+            "%d messages or %d MiB; telemetry goes first when full)",
+            error,
+            len(self.queue),
+            q.max_messages,
+            q.max_bytes // 2**20,
+        )
+        self._outage_report.next_at = time.monotonic() + q.report_interval_s
+        self.notifier.status(self.status_line())
+
+    def _write_some(self, deadline: float) -> int:
+        """Write batches until the queue is empty, the deadline passes or the database fails."""
+        written = 0
+        batch_max = self.config.queue.batch_max
+        while self.db.is_open and self.queue and time.monotonic() < deadline:
+            batch = self.queue.take(batch_max)
+            outcome = self.db.write(batch)
+            written += outcome.written
+            if outcome.left:
+                self.queue.give_back(outcome.left)
+                self._db_lost(self.db.last_error or "the connection was lost")
+                break
+        return written
+
+    # periodic jobs ----------------------------------------------------------------------------
+    def _report_outage(self) -> None:
+        if self.db_down_since is None:
+            return
+        stats = self.queue.stats()
+        logger.warning(
+            "database %s unreachable for %.0f s (%s): %d messages held (%.0f%% of %d), "
+            "%d dropped since the hub started",
+            self.db.engine.describe(),
+            self.db_down_s(),
+            self.db.last_error or "no answer",
+            stats["depth"],
+            100.0 * stats["depth"] / stats["max_messages"],
+            stats["max_messages"],
+            stats["dropped"],
+        )
+
+    def _maintain(self) -> None:
+        if not self.db.is_open:
+            return
+        try:
+            done = self.db.maintain(self.config.retention, self._clock())
+        except DatabaseUnavailableError as err:
+            self._db_lost(str(err))
+            return
+        for key, n in done.items():
+            self.maintenance[key] = self.maintenance.get(key, 0) + n
+        if any(n for k, n in done.items() if k != "telemetry_points_kept"):
+            logger.debug("maintenance: %s", done)
+
+    def _request_rebirths(self) -> None:
+        now = time.monotonic()
+        interval = self.config.hub.rebirth_interval_s
+        asked = 0
+        for node in self.listener.nodes_without_birth():
+            if asked >= _REBIRTHS_PER_ROUND:
+                break
+            last = self._rebirth_asked.get(node)
+            if last is not None and now - last < interval:
+                continue
+            if not self._publish(self.topics.rebirth(node), RebirthRequest(reason="no birth seen")):
+                return
+            self._rebirth_asked[node] = now
+            self._rebirth_asked.move_to_end(node)
+            while len(self._rebirth_asked) > self.listener.max_nodes:
+                self._rebirth_asked.popitem(last=False)
+            self.rebirths_requested += 1
+            asked += 1
+
+    def _publish(self, topic: str, body: Any) -> bool:
+        env = Envelope(
+            type=body.TYPE,
+            node=self.hub_id,
+            seq=self._seq,
+            bdseq=0,
+            ts=self._clock(),
+            clock_synced=clock_synced(),
+            body=body,
+        )
+        self._seq = (self._seq + 1) % (1 << 32)
+        return self.transport.publish(topic, encode(env), 1) is not None
+
+    def _report_status(self) -> None:
+        status = self.status()
+        path = self.config.hub.status_path
+        try:
+            write_atomic(path, (to_json(status) + "\n").encode(), durable=False, mkdir=True)
+        except OSError as err:
+            logger.warning("cannot write the status file %s: %s", path, err)
+        prom = self.config.hub.prometheus_textfile
+        if prom is not None:
+            try:
+                self.metrics.write_prometheus(prom, {"hub": self.hub_id})
+            except OSError as err:
+                logger.warning("cannot write the Prometheus file %s: %s", prom, err)
+        if self.db.is_open:
+            summary = {k: status[k] for k in ("state", "updated_at", "queue", "database")}
+            summary["heard"] = status["heard"]
+            if not self.db.heartbeat(
+                self.hub_id,
+                host=self.host,
+                pid=os.getpid(),
+                started=self.started_at,
+                status=summary,
+            ):
+                self._db_lost(self.db.last_error)
+        self.notifier.status(self.status_line())
+
+    # status -----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """What ``edge-agent-hub status`` shows (the status file's content)."""
+        mqtt = self.config.mqtt
+        heard = self.listener.counts()
+        return {
+            "hub_id": self.hub_id,
+            "version": __version__,
+            "pid": os.getpid(),
+            "host": self.host,
+            "state": self.state.value,
+            "started_at": self.started_at,
+            "updated_at": self._clock(),
+            "fleet": mqtt.fleet,
+            "mqtt": {
+                "broker": f"{mqtt.host}:{mqtt.port}",
+                "connected": self.transport.is_connected,
+                "share_group": mqtt.share_group,
+                "subscriptions": [p for p, _ in self.listener.patterns()],
+            },
+            "database": {
+                "engine": self.db.engine.name,
+                "where": self.db.engine.describe(),
+                "up": self.db.is_open,
+                "down_since": self.db_down_since,
+                "down_s": round(self.db_down_s(), 1),
+                "last_error": self.db.last_error,
+                "schema_version": self.db.schema_version,
+                "written": self.db.written,
+                "rejected": self.db.rejected,
+                "outages": self.db_outages,
+                "lost_at_stop": self.lost_at_stop,
+            },
+            "queue": self.queue.stats(),
+            "heard": heard,
+            "dropped_malformed": sum(n for k, n in heard.items() if k.startswith("malformed.")),
+            "dropped_forged": sum(n for k, n in heard.items() if k.startswith("forged.")),
+            "rebirths_requested": self.rebirths_requested,
+            "maintenance": dict(self.maintenance),
+            "counters": self.metrics.values(),
+        }
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``."""
+        held = len(self.queue)
+        db = "database up" if self.db.is_open else f"DATABASE DOWN {self.db_down_s():.0f} s"
+        broker = "broker up" if self.transport.is_connected else "broker down"
+        return f"{self.state.value}: {broker}, {db}, {held} held, {self.db.written} written"
