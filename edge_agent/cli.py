@@ -10,10 +10,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from edge_agent import __version__
-from edge_agent.errors import ConfigError, EdgeAgentError, missing_module_message
+from edge_agent.errors import (
+    BackendUnavailableError,
+    BudgetError,
+    BundleError,
+    ConfigError,
+    EdgeAgentError,
+    ModelError,
+    missing_module_message,
+)
 
 logger = logging.getLogger("edge_agent")
 
@@ -296,6 +304,7 @@ def format_status(s: dict[str, Any]) -> str:
                 f"               mqtt out: {actions['batches']} batches, "
                 f"{actions['dropped']} refused"
             )
+    lines.extend(_state_lines(s))
     lines.extend(_fleet_lines(s))
     lines.extend(_coordination_lines(s))
     for d in s.get("degradations", [])[-3:]:
@@ -303,6 +312,24 @@ def format_status(s: dict[str, Any]) -> str:
     if s["reloads"]["last_error"]:
         lines.append(f"  reload     refused: {s['reloads']['last_error'].splitlines()[0]}")
     return "\n".join(lines)
+
+
+def _state_lines(s: dict[str, Any]) -> list[str]:
+    """Damaged state moved aside and storage errors, when there were any."""
+    state = s.get("state_files") or {}
+    lines = []
+    for r in state.get("recovered", [])[-3:]:
+        where = f"moved aside to {r['moved_to']}" if r.get("moved_to") else "NOT moved aside"
+        lines.append(f"  recovered  {r['part']}: {r['path']} ({r['reason']}); {where}")
+    if state.get("storage_errors_total"):
+        last = state.get("last_storage_error") or {}
+        failing = ", ".join(state.get("storage_failing") or []) or "none now"
+        lines.append(
+            f"  storage    {state['storage_errors_total']} error(s) {state['storage_errors']}; "
+            f"failing: {failing}; last: {last.get('part')}: cannot {last.get('action')}: "
+            f"{last.get('error')}"
+        )
+    return lines
 
 
 def _fleet_lines(s: dict[str, Any]) -> list[str]:
@@ -584,6 +611,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _dispatch(args)
 
 
+#: What a refused configuration raises: the config file, the models and bundles it names, their
+#: keys, the memory plan, a backend it needs. Restarting cannot help, so ``run`` exits 2 (the
+#: unit's RestartPreventExitStatus=2); anything else that stops the daemon exits 1 and systemd
+#: restarts it (damaged runtime state does not stop it at all: edge_agent/recovery.py).
+CONFIG_ERRORS: Final = (ConfigError, BudgetError, BundleError, ModelError, BackendUnavailableError)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     name = getattr(args, "error_prefix", None) or f"edge-agent {args.command}"
     try:
@@ -593,7 +627,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 2
     except EdgeAgentError as err:
         print(f"{name}: {err}", file=sys.stderr)
-        return 2
+        return 2 if args.command != "run" or isinstance(err, CONFIG_ERRORS) else 1
     except ModuleNotFoundError as err:
         message = missing_module_message(err)
         if message is None:

@@ -39,6 +39,7 @@ from edge_agent.daemon.groups import (
 )
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.deploy import DeployManager, ReadyToSwitch, Report
+from edge_agent.recovery import StateHealth
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,16 @@ class Rollout:
     """All A/B deployment state of one daemon: the deployment manager, the group being watched
     and the old group kept to roll back to, and a reload waiting for the watch to end."""
 
-    def __init__(self, state_dir: Path, *, report: Callable[[list[Report]], None]) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        report: Callable[[list[Report]], None],
+        health: StateHealth | None = None,
+    ) -> None:
         # A deployment interrupted by a crash is completed or undone before groups are built
         # (recovery verifies nothing, so the keys are set once the config has been admitted).
-        self.deployer = DeployManager(state_dir, bundle_keys=None)
+        self.deployer = DeployManager(state_dir, bundle_keys=None, health=health)
         self.deployer.recover()
         self._report = report
         self._host: RolloutHost | None = None

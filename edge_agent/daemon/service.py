@@ -18,6 +18,12 @@ write a snapshot (bounded writes per hour).
 The fleet link never blocks start-up: it connects in the background once the daemon is READY,
 and everything published meanwhile waits in the durable outbox. ``docs/fleet.md`` describes the
 commands, deployments and telemetry.
+
+Runtime state heals itself: every store in the state directory reports to one
+:class:`~edge_agent.recovery.StateHealth`; damaged state is moved aside and started fresh
+(a ``state_recovered`` event), a full disk is counted (a ``storage_error`` event at most once a
+minute per part) and never stops the ticks or the reconnects. Only a refused configuration stops
+the process (``edge-agent run`` exits 2; see ``docs/deployment.md``).
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ from edge_agent.fleet.protocol import (
     GroupInfo,
     clock_synced,
 )
+from edge_agent.recovery import Recovery, StateHealth
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +173,12 @@ class Daemon:
         self.rss = RssSampler()
         self.state_dir = Path(config.daemon.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        #: What became of the files in state_dir: parts moved aside, storage errors.
+        self.state_health = StateHealth()
         # A deployment interrupted by a crash is completed or undone before groups are built.
-        self.rollout = Rollout(self.state_dir, report=self._publish_deploy_reports)
+        self.rollout = Rollout(
+            self.state_dir, report=self._publish_deploy_reports, health=self.state_health
+        )
         self.deployer = self.rollout.deployer
         self.overlay_problems: list[OverlayProblem] = []
         self.profile, self.budget, self.groups = self._admit(source)
@@ -176,6 +187,7 @@ class Daemon:
         self.snapshots = SnapshotStore(
             self.state_dir / "snapshots",
             max_writes_per_hour=profile.max_snapshot_writes_per_hour,
+            health=self.state_health,
         )
         self.status_path = status_view.status_path(config)
         self.base_hz = config.daemon.tick_hz_for(profile)
@@ -196,6 +208,7 @@ class Daemon:
         for problem in self.overlay_problems:
             severity = "warning" if problem.superseded else "error"
             self._event("overlay_ignored", severity, problem.detail, group=problem.group)
+        self._report_state()
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -221,7 +234,10 @@ class Daemon:
         for problem in problems:
             logger.error("%s", problem.detail)
             if problem.superseded:
-                self.deployer.overlay.restore(problem.group, None)
+                try:
+                    self.deployer.overlay.restore(problem.group, None)
+                except OSError as err:  # dropped in memory; the next save writes it
+                    self.state_health.storage_error("overlay", err, "drop a superseded entry")
         self.overlay_problems = problems
         return admitted
 
@@ -234,6 +250,7 @@ class Daemon:
             birth=self._birth(),
             handlers=CommandHandlers(self).table(),
             event=self._event,
+            health=self.state_health,
         )
         self.uplink = uplink
         self._open_coordination(config, uplink.link)
@@ -460,8 +477,43 @@ class Daemon:
         return True
 
     def _write_and_notify_status(self) -> None:
+        self._report_state()
         self.write_status()
         self.notifier.status(self._status_line())
+
+    def _report_state(self) -> None:
+        """Events for the state moved aside and the storage errors noticed since last time."""
+        for notice in self.state_health.take_notices():
+            if isinstance(notice, Recovery):
+                if notice.moved_to is None:
+                    self._event(
+                        "state_recovered",
+                        "error",
+                        f"{notice.part}: {notice.path} is damaged ({notice.reason}) and could "
+                        "not be moved aside; running without it",
+                        data={"part": notice.part, "path": notice.path, "reason": notice.reason},
+                    )
+                    continue
+                self._event(
+                    "state_recovered",
+                    "warning",
+                    f"{notice.part}: {notice.path} was damaged ({notice.reason}); moved aside "
+                    f"to {notice.moved_to}, started fresh",
+                    data={
+                        "part": notice.part,
+                        "path": notice.path,
+                        "moved_to": notice.moved_to,
+                        "reason": notice.reason,
+                    },
+                )
+            else:
+                self._event(
+                    "storage_error",
+                    "error",
+                    f"{notice.part}: cannot {notice.action}: {notice.error} ({notice.count} "
+                    "error(s) so far; running on from memory and retrying)",
+                    data={"part": notice.part, "count": notice.count, "folded": notice.folded},
+                )
 
     def shutdown(self) -> int:
         self.state = State.STOPPING
@@ -693,6 +745,12 @@ class Daemon:
         )
         metrics.register("systemd", self.notifier.stats, gauges=("enabled",), help="sd_notify")
         metrics.register(
+            "state",
+            self.state_health.metrics,
+            gauges=("storage_failing",),
+            help="state files moved aside and storage errors",
+        )
+        metrics.register(
             "",
             lambda: {} if self.coordination is None else self.coordination.telemetry_counters(),
             gauges=("*",),
@@ -820,7 +878,7 @@ class Daemon:
         return status_view.status(self)
 
     def write_status(self) -> None:
-        status_view.write_status(self.status_path, self.status())
+        status_view.write_status(self.status_path, self.status(), self.state_health)
 
     def _status_line(self) -> str:
         return status_view.status_line(self)

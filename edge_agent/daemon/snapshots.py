@@ -21,6 +21,12 @@ Only bool, signed and unsigned integer and float (up to 64-bit) arrays are store
 is refused with :class:`~edge_agent.errors.SnapshotError`. One process owns a state directory:
 it calls :meth:`SnapshotStore.load_latest` once at start-up (which also removes the temporary
 files a crash left behind) and then saves.
+
+Damage and storage (reported to the :class:`~edge_agent.recovery.StateHealth` the store is given,
+part ``snapshots``): an unusable snapshot file is moved to ``corrupt/``; anything but a directory
+where the snapshot directory should be is moved aside (``snapshots.corrupt-STAMP``) and a fresh
+directory made, at start or when a save meets it; a write the storage refuses (a full disk)
+is counted as a storage error (and ``write_errors``), and the next save is the retry.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import SnapshotError
-from edge_agent.fsutil import atomic_writer, fsync_dir
+from edge_agent.fsutil import atomic_writer, is_storage_error, not_a_dir
+from edge_agent.recovery import StateHealth
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +80,7 @@ _SNAPSHOT_RE = re.compile(r"snapshot-(\d+)\.eas")
 _TEMP_PREFIX = ".snapshot-"
 _TEMP_SUFFIX = ".tmp"
 _CORRUPT_DIR = "corrupt"
+PART = "snapshots"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +138,7 @@ class SnapshotStore:
         max_writes_per_hour: int,
         keep: int = 2,
         keep_corrupt: int = 3,
+        health: StateHealth | None = None,
     ) -> None:
         if max_writes_per_hour < 1:
             raise ValueError(f"max_writes_per_hour must be >= 1, got {max_writes_per_hour}")
@@ -141,17 +150,19 @@ class SnapshotStore:
         self.max_writes_per_hour = max_writes_per_hour
         self.keep = keep
         self.keep_corrupt = keep_corrupt
-        try:
-            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as err:
-            raise SnapshotError(f"cannot create state directory {self.state_dir}: {err}") from err
+        self.health = health if health is not None else StateHealth()
+        self._make_dir()
 
         self._lock = threading.Lock()
         # Monotonic times of the last max_writes_per_hour write attempts: a write is allowed when
         # the oldest of them is more than an hour old, which is exactly "fewer than max in the
         # last hour", so older entries never matter and the deque is bounded.
         self._write_times: collections.deque[float] = collections.deque(maxlen=max_writes_per_hour)
-        existing = self._list_snapshots()
+        try:
+            existing = self._list_snapshots()
+        except SnapshotError as err:  # the storage refuses the directory: the next save retries
+            self.health.storage_error(PART, err, f"list {self.state_dir}")
+            existing = []
         self._next_seq = existing[0][0] + 1 if existing else 1
         self._unremovable: set[Path] = set()
 
@@ -166,6 +177,18 @@ class SnapshotStore:
         self.temp_files_removed = 0
         self.corrupt_events: list[tuple[str, str]] = []
         """``(file, reason)`` per unusable snapshot found; ``file`` is where it was moved to."""
+
+    def _make_dir(self) -> bool:
+        """Create the snapshot directory, after moving aside what is in its place; False when
+        the storage refuses (counted; the next save tries again)."""
+        if not_a_dir(self.state_dir):
+            self.health.move_aside(PART, self.state_dir, "not a directory")
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as err:
+            self.health.storage_error(PART, err, f"create {self.state_dir}")
+            return False
+        return True
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -211,11 +234,16 @@ class SnapshotStore:
         path = self.state_dir / f"snapshot-{seq:010d}.eas"
         started = time.perf_counter()
         try:
+            if not self.state_dir.is_dir():
+                self._make_dir()
             nbytes = self._write_atomically(path, header, checked, directory)
         except OSError as err:
             with self._lock:
                 self.write_errors += 1
+            if is_storage_error(err):
+                self.health.storage_error(PART, err, f"write {path.name}")
             raise SnapshotError(f"writing snapshot {path} failed: {err}") from err
+        self.health.storage_ok(PART)
         duration = time.perf_counter() - started
 
         with self._lock:
@@ -303,41 +331,20 @@ class SnapshotStore:
         return removed
 
     def _set_aside(self, path: Path, reason: str) -> None:
-        corrupt_dir = self.state_dir / _CORRUPT_DIR
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        dest = corrupt_dir / f"{path.name}.{stamp}"
-        suffix = 1
-        while dest.exists():
-            dest = corrupt_dir / f"{path.name}.{stamp}-{suffix}"
-            suffix += 1
-        try:
-            corrupt_dir.mkdir(mode=0o700, exist_ok=True)
-            os.replace(path, dest)
-            fsync_dir(self.state_dir)
-        except OSError as err:
-            logger.error(
-                "snapshot %s is unusable (%s) and could not be moved aside: %s", path, reason, err
-            )
+        """Move an unusable snapshot to ``corrupt/`` (the newest ``keep_corrupt`` stay there);
+        one that cannot be moved is skipped now and deleted at the next save."""
+        dest = self.health.move_aside(
+            PART,
+            path,
+            reason,
+            into=self.state_dir / _CORRUPT_DIR,
+            keep=self.keep_corrupt,
+            notify=False,  # the daemon reports these as snapshot_corrupt events
+        )
+        if dest is None:
             self._unremovable.add(path)
-            where = str(path)
-        else:
-            logger.warning("snapshot %s is unusable (%s); moved to %s", path.name, reason, dest)
-            where = str(dest)
-            self._prune_corrupt(corrupt_dir)
         with self._lock:
-            self.corrupt_events.append((where, reason))
-
-    def _prune_corrupt(self, corrupt_dir: Path) -> None:
-        entries = []
-        try:
-            for entry in os.scandir(corrupt_dir):
-                entries.append((entry.stat().st_ctime_ns, entry.name, Path(entry.path)))
-        except OSError as err:
-            logger.warning("not pruning %s: %s", corrupt_dir, err)
-            return
-        entries.sort(reverse=True)
-        for _, _, path in entries[self.keep_corrupt :]:
-            _remove(path)
+            self.corrupt_events.append((str(path if dest is None else dest), reason))
 
     def _list_snapshots(self) -> list[tuple[int, Path]]:
         """``(seq, path)`` of the snapshot files, newest first."""

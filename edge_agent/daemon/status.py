@@ -3,7 +3,10 @@ the demo's periodic report, all rendered from one read-only view of the running 
 
 :class:`StatusView` is what they read (the service implements it); nothing here changes the
 daemon or imports its service module. The file is rewritten atomically every
-``status_interval_s`` (tmpfs under systemd's ``RuntimeDirectory=``: no fsync).
+``status_interval_s`` (tmpfs under systemd's ``RuntimeDirectory=``: no fsync); a write the storage
+refuses is counted (part ``status`` of the daemon's :class:`~edge_agent.recovery.StateHealth`,
+logged at most once a minute) and tried again at the next interval, and anything that is not a
+file in its place is moved aside.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.daemon.uplink import FleetUplink
 from edge_agent.fleet.deploy import DeployManager
-from edge_agent.fsutil import write_atomic
+from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
+from edge_agent.recovery import StateHealth
 from edge_agent.sim import format_summary
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class StatusView(Protocol):
     uplink: FleetUplink | None
     coordination: CoordinationRuntime | None
     deployer: DeployManager
+    state_health: StateHealth
 
     @property
     def state_name(self) -> str: ...
@@ -139,25 +144,47 @@ def status(d: StatusView) -> dict[str, Any]:
         "commands": None if d.uplink is None else d.uplink.commands.stats(),
         "deploy": d.deployer.stats(),
         "overlay_problems": d.overlay_details,
+        "state_files": d.state_health.status(),
     }
 
 
-def write_status(path: Path, data: dict[str, Any]) -> None:
-    """Atomically replace the status file (tmpfs under systemd; no fsync needed)."""
-    try:
-        write_atomic(path, json.dumps(data, default=str).encode(), durable=False, mkdir=True)
-    except OSError as err:
-        logger.warning("cannot write status file %s: %s", path, err)
+def write_status(path: Path, data: dict[str, Any], health: StateHealth | None = None) -> None:
+    """Atomically replace the status file (tmpfs under systemd; no fsync needed). Never raises:
+    a refused write is counted in ``health`` (part ``status``); a directory (or anything but a
+    file) in its place is moved aside."""
+    health = health if health is not None else StateHealth()
+    payload = json.dumps(data, default=str).encode()
+    for _ in range(2):
+        try:
+            write_atomic(path, payload, durable=False, mkdir=True)
+        except OSError as err:
+            if (
+                not is_storage_error(err)
+                and not_a_file(path)
+                and health.move_aside("status", path, "not a regular file") is not None
+            ):
+                continue
+            health.storage_error("status", err, f"write the status file {path}")
+            return
+        health.storage_ok("status")
+        return
 
 
 def status_line(d: StatusView) -> str:
     """The systemd STATUS= line."""
     p50, p99 = d.stats.percentiles_ms()
+    state = d.state_health.status()
+    failing = state["storage_failing"]
+    storage = (
+        f", STORAGE ERRORS {state['storage_errors_total']} ({', '.join(failing)})"
+        if failing
+        else ""
+    )
     return (
         f"{d.state_name}: {d.total_agents} agents in {len(d.groups)} group(s), "
         f"{d.clock.hz:.1f} Hz, tick p50 {p50:.2f} ms p99 {p99:.2f} ms, "
         f"overruns {d.stats.overruns}, budget {format_bytes(d.budget.used)}"
-        f"/{format_bytes(d.budget.total)}"
+        f"/{format_bytes(d.budget.total)}{storage}"
     )
 
 

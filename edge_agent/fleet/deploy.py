@@ -51,6 +51,15 @@ builds groups, at start and on reload, so a deployed bundle survives restarts al
 file still names the old model. A config whose model for that group has changed since wins: the
 entry is dropped (the operator's newer decision). An entry whose file is missing or does not
 verify is ignored with an error event, and the config's model runs.
+
+Damage (reported to the :class:`~edge_agent.recovery.StateHealth` the manager is given): an
+overlay, a journal or a ``bundles`` directory that is damaged (not JSON, not the schema, a
+directory where a file should be or a file where the directory should be) is moved aside at start
+(``NAME.corrupt-STAMP``) and the daemon starts without it: with a lost overlay the config's models
+run (the bundle files are kept this time, so the overlay can be put back by hand); with a lost
+journal no deployment is in progress (one that was watched is not rolled back: the journal held
+what to restore). Writes at start that the storage refuses (a full disk) are counted and the
+state in memory is used.
 """
 
 from __future__ import annotations
@@ -75,7 +84,8 @@ from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.commands import ChunkArgs, DeployArgs, Outcome
 from edge_agent.fleet.protocol import ResultCode
-from edge_agent.fsutil import fsync_dir, write_atomic
+from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file, write_atomic
+from edge_agent.recovery import StateHealth
 
 logger = logging.getLogger(__name__)
 
@@ -150,19 +160,34 @@ class _OverlayFile(_Record):
 class Overlay:
     """``state_dir/deployed.json``: group -> :class:`OverlayEntry` (see the module docstring)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, health: StateHealth | None = None) -> None:
         self.path = Path(state_dir) / OVERLAY_FILE
         self.entries: dict[str, OverlayEntry] = {}
         self.load_error = ""
+        self.health = health if health is not None else StateHealth()
+        #: True when :meth:`load` found the file damaged and moved it aside.
+        self.recovered = False
 
     def load(self) -> None:
-        try:
-            raw = _read_json(self.path)
-            data = _OverlayFile.model_validate(raw) if raw is not None else _OverlayFile()
-        except (OSError, ValueError, ValidationError) as err:
-            self.load_error = f"{self.path}: unreadable, deployed bundles are ignored: {err}"[:512]
-            logger.error("%s", self.load_error)
-            data = _OverlayFile()
+        """Read the overlay; a damaged one is moved aside (the config's models run)."""
+        self.load_error = ""
+        self.recovered = False
+        data = _OverlayFile()
+        reason = "not a regular file" if not_a_file(self.path) else ""
+        if not reason:
+            try:
+                raw = _read_json(self.path)
+                data = _OverlayFile.model_validate(raw) if raw is not None else _OverlayFile()
+            except OSError as err:
+                self.load_error = f"{self.path}: unreadable, deployed bundles are ignored: {err}"
+                self.health.storage_error("overlay", err, f"read {self.path}")
+            except (ValueError, ValidationError) as err:
+                reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        if reason:
+            self.load_error = f"{self.path}: damaged, deployed bundles are ignored: {reason}"
+            self.recovered = True
+            self.health.move_aside("overlay", self.path, f"{reason}; the config's models run")
+        self.load_error = self.load_error[:512]
         self.entries = dict(data.groups)
 
     def save(self) -> None:
@@ -264,13 +289,15 @@ class DeployManager:
         *,
         bundle_keys: TrustedKeys | None,
         clock: Callable[[], float] = time.time,
+        health: StateHealth | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.health = health if health is not None else StateHealth()
         self.dir = self.state_dir / BUNDLES_DIR
         self.incoming = self.dir / INCOMING_DIR
         self.journal_path = self.dir / JOURNAL_FILE
         self.bundle_keys = bundle_keys
-        self.overlay = Overlay(self.state_dir)
+        self.overlay = Overlay(self.state_dir, health=self.health)
         self.journal: JournalRecord | None = None
         self._clock = clock
         self._transfer: _Transfer | None = None
@@ -301,15 +328,42 @@ class DeployManager:
 
     # Start-up ---------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Load the overlay and the journal; complete or undo what a crash interrupted."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.overlay.load()
+        """Load the overlay and the journal; complete or undo what a crash interrupted.
+
+        Damaged files are moved aside; writes the storage refuses are counted (module doc)."""
+        if not_a_dir(self.dir):
+            self.health.move_aside("bundles", self.dir, "not a directory")
         try:
-            raw = _read_json(self.journal_path)
-            self.journal = JournalRecord.model_validate(raw) if raw is not None else None
-        except (OSError, ValueError, ValidationError) as err:
-            logger.error("deployment journal %s unreadable, ignored: %s", self.journal_path, err)
-            self.journal = None
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            self.health.storage_error("bundles", err, f"create {self.dir}")
+        self.overlay.load()
+        self.journal = self._load_journal()
+        try:
+            self._recover_journal()
+        except OSError as err:
+            if not is_storage_error(err):
+                raise
+            self.health.storage_error("journal", err, "record the recovered deployment")
+        if self.dir.is_dir():
+            self._cleanup()
+
+    def _load_journal(self) -> JournalRecord | None:
+        path = self.journal_path
+        reason = "not a regular file" if not_a_file(path) else ""
+        if not reason:
+            try:
+                raw = _read_json(path)
+                return JournalRecord.model_validate(raw) if raw is not None else None
+            except OSError as err:
+                self.health.storage_error("journal", err, f"read {path}")
+                return None
+            except (ValueError, ValidationError) as err:
+                reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        self.health.move_aside("journal", path, f"{reason}; no deployment is in progress")
+        return None
+
+    def _recover_journal(self) -> None:
         rec = self.journal
         if rec is not None and rec.phase is Phase.WATCHING:
             self.overlay.restore(rec.group, rec.previous)
@@ -323,7 +377,6 @@ class DeployManager:
             self._recover_transfer(rec)
         elif rec is not None and rec.phase is Phase.VERIFYING and self._verify_source(rec) is None:
             self._fail("verify", "the daemon restarted and the received bundle file is gone")
-        self._cleanup()
 
     def _recover_transfer(self, rec: JournalRecord) -> None:
         part = self._part(rec.sha256)
@@ -833,7 +886,7 @@ class DeployManager:
         if active is not None:
             keep.add(f"{active}.tar")
         for path in self.dir.glob("*.tar"):
-            if path.name not in keep:
+            if path.name not in keep and not self.overlay.recovered:
                 path.unlink(missing_ok=True)
         for path in self.dir.glob("*.tmp"):
             path.unlink(missing_ok=True)

@@ -25,11 +25,28 @@ Contract
 - A PUBACK with an error reason code (>= 0x80, e.g. not authorised) deletes the row and counts it
   ``rejected``: retrying cannot succeed; 0x97 (quota exceeded) keeps it for the next session.
 
+Damage and storage errors (reported to the :class:`~edge_agent.recovery.StateHealth` it is given,
+part ``outbox``; nothing here stops the daemon):
+
+- A database that is damaged -- not a database, corrupt (SQLite's ``quick_check`` runs at open),
+  another schema, a directory in its place -- is moved aside as ``NAME.corrupt-STAMP`` with its
+  ``-wal``/``-shm`` files, at open or when SQLite reports corruption later, and a fresh one is
+  started: the messages it held are lost (counted ``recovered``).
+- When the storage refuses the database at open (a full disk, a read-only file system) the outbox
+  runs *volatile*: in memory, bounded by ``min(max_bytes, VOLATILE_MAX_BYTES)``, and
+  :meth:`Outbox.flush` tries the file again every ``retry_interval_s``; when it opens, the rows in
+  memory are copied into it (the in-flight window restarts: at-least-once).
+- When a commit fails for want of space, the transaction's new messages are lost (counted
+  ``lost``) and what was committed before stays and is sent; :attr:`Outbox.commit_failing` says
+  so until a commit (or a probe write every ``retry_interval_s``) succeeds again, so that the
+  caller can send what matters without durability meanwhile.
+
 Single-threaded: one owner thread calls every method (the daemon loop, via the FleetLink).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -37,18 +54,32 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from edge_agent.errors import EdgeAgentError
+from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
+from edge_agent.recovery import StateHealth
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 1
 PUBACK_QUOTA_EXCEEDED: Final = 0x97
+#: The most a volatile (in-memory) outbox holds, whatever ``max_bytes`` says: it is RAM.
+VOLATILE_MAX_BYTES: Final = 4 * 1024 * 1024
+PART: Final = "outbox"
+_COLUMNS: Final = ("id", "cls", "topic", "payload", "retain", "created", "expires", "size")
 
 
 class OutboxFullError(EdgeAgentError):
     """The outbox is full of messages that must be kept; the new one was refused."""
+
+
+class OutboxStorageError(EdgeAgentError):
+    """The storage refused to store the message (a full disk); it was not kept."""
+
+
+class _DamagedError(Exception):
+    """The database opened but is not one this build can use (schema, quick_check)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +143,8 @@ class Outbox:
         low_water: float = 0.8,
         synchronous_full: bool = False,
         clock: Callable[[], float] = time.time,
+        health: StateHealth | None = None,
+        retry_interval_s: float = 60.0,
     ) -> None:
         if max_bytes < 1024:
             raise EdgeAgentError(f"outbox max_bytes is {max_bytes}, need >= 1024")
@@ -126,7 +159,10 @@ class Outbox:
         self.commit_every = commit_every
         self.commit_interval_s = commit_interval_s
         self.expire_every_s = expire_every_s
-        self.low_water_bytes = int(max_bytes * low_water)
+        self.low_water = low_water
+        self.synchronous_full = synchronous_full
+        self.health = health if health is not None else StateHealth()
+        self.retry_interval_s = retry_interval_s
         self._clock = clock
         self._inflight: dict[Hashable, _Inflight] = {}
         self._inflight_rows: set[int] = set()
@@ -137,36 +173,178 @@ class Outbox:
         self.full_alarm = False
         self.stored = self.sent = self.acked = self.rejected = 0
         self.expired = self.dropped = self.refused = 0
-        self._conn = self._open(synchronous_full)
+        self.lost = self.recovered = 0
+        self.commit_failing = False
+        self._txn_puts = 0
+        self._retry_at = time.monotonic() + retry_interval_s
+        self.depth_rows = self.depth_bytes = 0
+        conn = self._open_file()
+        self.volatile = conn is None
+        self._conn = conn if conn is not None else self._connect(":memory:")
+        if self.volatile:
+            logger.warning(
+                "outbox %s: running in memory (at most %d bytes, lost on a restart) until the "
+                "file can be written",
+                self.path,
+                self.capacity,
+            )
+        self._recount()
+
+    # Opening --------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        """The bound in bytes now: ``max_bytes``, or less while volatile (it is RAM then)."""
+        return min(self.max_bytes, VOLATILE_MAX_BYTES) if self.volatile else self.max_bytes
+
+    @property
+    def low_water_bytes(self) -> int:
+        return int(self.capacity * self.low_water)
+
+    def _open_file(self) -> sqlite3.Connection | None:
+        """The database file, after moving a damaged one aside; None when the storage refuses
+        it (then the outbox runs volatile and retries later)."""
+        for _ in range(2):
+            reason = "not a regular file" if not_a_file(self.path) else ""
+            if not reason:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    return self._connect(self.path)
+                except _DamagedError as err:
+                    reason = str(err)
+                except (sqlite3.DatabaseError, OSError) as err:
+                    if isinstance(err, OSError) or not sqlite_damaged(err, opening=True):
+                        self.health.storage_error(PART, err, f"open {self.path}")
+                        return None
+                    reason = f"{type(err).__name__}: {err}"
+            moved = self.health.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+            if moved is None:
+                return None
+            self.recovered += 1
+        return None
+
+    def _connect(self, target: str | Path) -> sqlite3.Connection:
+        """Open ``target`` (a path, or ``:memory:``), check it and create the schema."""
+        durable = target != ":memory:"
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        try:
+            if durable:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    logger.warning("outbox %s: journal_mode is %s, not WAL", target, mode)
+                sync = "FULL" if self.synchronous_full else "NORMAL"
+                conn.execute(f"PRAGMA synchronous={sync}")
+                (check,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+                if check != "ok":
+                    raise _DamagedError(f"quick_check: {check}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise _DamagedError(f"schema version {version}, this build reads {SCHEMA_VERSION}")
+            conn.executescript(_SCHEMA)
+            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(messages)"))
+            if columns != _COLUMNS:
+                raise _DamagedError(f"a messages table with columns {columns}, not this outbox's")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _recount(self) -> None:
         rows, size = self._conn.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM messages"
         ).fetchone()
-        self.depth_rows: int = rows
-        self.depth_bytes: int = size
+        self.depth_rows = rows
+        self.depth_bytes = size
 
-    def _open(self, synchronous_full: bool) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    # Damage and storage errors --------------------------------------------------------------
+    def _failed(self, err: sqlite3.DatabaseError, action: str) -> None:
+        """A statement failed: roll the transaction back, then move a damaged database aside
+        and start fresh, or count a storage error. The transaction's new messages are lost."""
+        with contextlib.suppress(sqlite3.DatabaseError):
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        self.lost += self._txn_puts
+        self._txn_puts = self._writes = 0
+        if sqlite_damaged(err, opening=False):
+            self._start_fresh(f"{type(err).__name__}: {err} (while trying to {action})")
+            return
+        self.health.storage_error(PART, err, action)
+        if not self.volatile:
+            self.commit_failing = True
+            self._retry_at = time.monotonic() + self.retry_interval_s
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            try:
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    logger.warning("outbox %s: journal_mode is %s, not WAL", self.path, mode)
-                conn.execute(f"PRAGMA synchronous={'FULL' if synchronous_full else 'NORMAL'}")
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
-                    raise EdgeAgentError(
-                        f"outbox {self.path} has schema version {version}, this build reads "
-                        f"{SCHEMA_VERSION}; move it away to start empty"
-                    )
-                conn.executescript(_SCHEMA)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            except BaseException:
-                conn.close()
-                raise
+            self._recount()
+        except sqlite3.DatabaseError as again:
+            if sqlite_damaged(again, opening=False):
+                self._start_fresh(f"{type(again).__name__}: {again}")
+
+    def _start_fresh(self, reason: str) -> None:
+        """The open database turned out damaged: close it, move it aside, open a new one."""
+        lost = self.depth_rows
+        with contextlib.suppress(sqlite3.DatabaseError):
+            self._conn.close()
+        conn = None
+        if not self.volatile:
+            moved = self.health.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+            if moved is not None:
+                self.recovered += 1
+                conn = self._open_file()
+        self.volatile = conn is None
+        self._conn = conn if conn is not None else self._connect(":memory:")
+        self.commit_failing = False
+        self.lost += lost
+        self.on_connection_lost()
+        self._recount()
+
+    def _retry(self) -> None:
+        """Every ``retry_interval_s`` while the storage refused us: a volatile outbox tries the
+        file again (and moves its rows there); a failing one probes with a small write."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        self._retry_at = now + self.retry_interval_s
+        if self.volatile:
+            self._become_durable()
+            return
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._conn.execute("COMMIT")
         except sqlite3.DatabaseError as err:
-            raise EdgeAgentError(f"outbox {self.path} cannot be opened: {err}") from err
-        return conn
+            self._failed(err, "write (a probe)")
+            return
+        self.commit_failing = False
+        self.health.storage_ok(PART)
+
+    def _become_durable(self) -> None:
+        conn = self._open_file()
+        if conn is None:
+            return
+        rows = self._conn.execute(
+            "SELECT cls, topic, payload, retain, created, expires, size FROM messages ORDER BY id"
+        ).fetchall()
+        try:
+            conn.execute("BEGIN")
+            conn.executemany(
+                "INSERT INTO messages (cls, topic, payload, retain, created, expires, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as err:
+            conn.close()
+            self.health.storage_error(PART, err, f"copy the messages in memory to {self.path}")
+            return
+        self._conn.close()
+        self._conn = conn
+        self.volatile = False
+        self._txn_puts = self._writes = 0
+        self.on_connection_lost()  # the rows have new ids: the window starts again
+        self._recount()
+        self.health.storage_ok(PART)
+        logger.info(
+            "outbox %s: on disk again, %d message(s) moved there from memory", self.path, len(rows)
+        )
 
     # Writing --------------------------------------------------------------------------------
     def put(self, topic: str, payload: bytes, cls: str, *, retain: bool = False) -> int | None:
@@ -178,15 +356,16 @@ class Outbox:
         if policy is None:
             raise EdgeAgentError(f"unknown outbox class {cls!r}; known: {sorted(self.policies)}")
         size = len(payload) + len(topic.encode())  # SQLite's own overhead is not counted
-        if size > self.max_bytes:
+        limit = self.capacity
+        if size > limit:
             self.refused += 1
             raise OutboxFullError(
-                f"a {size}-byte {cls} message can never fit the {self.max_bytes}-byte outbox"
+                f"a {size}-byte {cls} message can never fit the {limit}-byte outbox"
             )
         now = self._clock()
-        if self.depth_bytes + size > self.max_bytes:
+        if self.depth_bytes + size > limit:
             self._make_room(size, cls if policy.drop_oldest else None, now)
-        if self.depth_bytes + size > self.max_bytes:
+        if self.depth_bytes + size > limit:
             if policy.drop_oldest:
                 self.dropped += 1
                 return None
@@ -197,15 +376,21 @@ class Outbox:
                 )
             self.full_alarm = True
             raise OutboxFullError(
-                f"outbox full: {self.depth_bytes} of {self.max_bytes} bytes used by messages that "
+                f"outbox full: {self.depth_bytes} of {limit} bytes used by messages that "
                 f"must be kept; a {size}-byte {cls} message was refused"
             )
-        self._begin()
-        cur = self._conn.execute(
-            "INSERT INTO messages (cls, topic, payload, retain, created, expires, size) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (cls, topic, bytes(payload), int(retain), now, now + policy.ttl_s, size),
-        )
+        try:
+            self._begin()
+            cur = self._conn.execute(
+                "INSERT INTO messages (cls, topic, payload, retain, created, expires, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (cls, topic, bytes(payload), int(retain), now, now + policy.ttl_s, size),
+            )
+        except sqlite3.DatabaseError as err:
+            self._failed(err, "store a message")
+            self.lost += 1
+            raise OutboxStorageError(f"outbox {self.path}: cannot store a {cls}: {err}") from err
+        self._txn_puts += 1
         self.stored += 1
         self.depth_rows += 1
         self.depth_bytes += size
@@ -221,12 +406,11 @@ class Outbox:
             victims = [own_cls]
         else:
             victims = [name for name, p in self.policies.items() if p.drop_oldest]
+        limit = self.capacity
         for name in victims:
-            if self.depth_bytes + size <= self.max_bytes:
+            if self.depth_bytes + size <= limit:
                 return
-            rows = self._conn.execute(
-                "SELECT id, size FROM messages WHERE cls = ? ORDER BY id", (name,)
-            ).fetchall()
+            rows = self._select("SELECT id, size FROM messages WHERE cls = ? ORDER BY id", (name,))
             doomed: list[tuple[int]] = []
             freed = 0
             for row_id, row_size in rows:
@@ -234,15 +418,27 @@ class Outbox:
                     continue
                 doomed.append((row_id,))
                 freed += row_size
-                if self.depth_bytes - freed + size <= self.max_bytes:
+                if self.depth_bytes - freed + size <= limit:
                     break
             if doomed:
                 self._delete(doomed, freed)
                 self.dropped += len(doomed)
 
+    def _select(self, sql: str, params: tuple[object, ...]) -> list[Any]:
+        """Rows of a query; none when the database failed (handled by :meth:`_failed`)."""
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as err:
+            self._failed(err, "read messages")
+            return []
+
     def _delete(self, ids: list[tuple[int]], size: int) -> None:
-        self._begin()
-        self._conn.executemany("DELETE FROM messages WHERE id = ?", ids)
+        try:
+            self._begin()
+            self._conn.executemany("DELETE FROM messages WHERE id = ?", ids)
+        except sqlite3.DatabaseError as err:
+            self._failed(err, "delete messages")  # they stay, and are sent again: at-least-once
+            return
         self.depth_rows -= len(ids)
         self.depth_bytes -= size
         self._wrote(len(ids))
@@ -265,9 +461,25 @@ class Outbox:
             self.flush()
 
     def flush(self) -> None:
-        """Commit everything written so far. Messages put before this call are now durable."""
+        """Commit everything written so far. Messages put before this call are now durable.
+
+        Never raises for the storage: a failed commit is counted (see the module docstring).
+        While the storage refuses writes, this is also where they are retried.
+        """
+        if self.volatile:
+            self._retry()  # to the file, with what is in memory (committed or not)
         if self._conn.in_transaction:
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as err:
+                self._failed(err, "commit")
+                return
+            if self.commit_failing:
+                self.commit_failing = False
+                self.health.storage_ok(PART)
+            self._txn_puts = 0
+        elif self.commit_failing:
+            self._retry()  # nothing to commit: probe with a small write when due
         self._writes = 0
 
     # Sending --------------------------------------------------------------------------------
@@ -284,11 +496,11 @@ class Outbox:
         self.flush()  # stored (committed) before sent
         sent = 0
         while len(self._inflight) < self.max_inflight:
-            rows = self._conn.execute(
+            rows = self._select(
                 "SELECT id, topic, payload, retain, expires, size FROM messages "
                 "WHERE id > ? ORDER BY id LIMIT ?",
                 (self._cursor, self.max_inflight - len(self._inflight)),
-            ).fetchall()
+            )
             if not rows:
                 break
             for row_id, topic, payload, retain, expires, size in rows:
@@ -343,9 +555,7 @@ class Outbox:
         """Delete rows past their TTL (not those in flight); returns how many."""
         now = self._clock() if now is None else now
         self._next_expire = now + self.expire_every_s
-        rows = self._conn.execute(
-            "SELECT id, size FROM messages WHERE expires <= ?", (now,)
-        ).fetchall()
+        rows = self._select("SELECT id, size FROM messages WHERE expires <= ?", (now,))
         doomed = [(row_id,) for row_id, _ in rows if row_id not in self._inflight_rows]
         if not doomed:
             return 0
@@ -373,6 +583,10 @@ class Outbox:
             "inflight": len(self._inflight),
             "max_bytes": self.max_bytes,
             "full": self.full_alarm,
+            "lost": self.lost,
+            "recovered": self.recovered,
+            "volatile": self.volatile,
+            "commit_failing": self.commit_failing,
         }
 
     def close(self) -> None:

@@ -280,17 +280,30 @@ def test_batched_commits(tmp_path: Path) -> None:
             reader.close()
 
 
-def test_refuses_unknown_schema_and_garbage(tmp_path: Path) -> None:
+def test_unknown_schema_and_garbage_are_moved_aside(tmp_path: Path) -> None:
+    # More damage (truncation, a directory in its place, corruption found later, a full disk):
+    # tests/unit/test_state_recovery.py.
     path = tmp_path / "o.db"
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version=7")
     conn.close()
-    with pytest.raises(EdgeAgentError, match="schema version 7"):
-        Outbox(path)
+    box = Outbox(path)
+    assert box.recovered == 1
+    assert box.depth_rows == 0
+    assert not box.volatile
+    box.close()
+    aside = [p.name for p in tmp_path.iterdir() if p.name.startswith("o.db.corrupt-")]
+    assert len(aside) == 1
+    moved = sqlite3.connect(tmp_path / aside[0])
+    assert moved.execute("PRAGMA user_version").fetchone() == (7,)
+    moved.close()
     garbage = tmp_path / "g.db"
     garbage.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(EdgeAgentError, match="cannot be opened"):
-        Outbox(garbage)
+    box = Outbox(garbage)
+    assert box.health.moved["outbox"] == 1
+    box.close()
+    (moved,) = (p for p in tmp_path.iterdir() if p.name.startswith("g.db.corrupt-"))
+    assert moved.read_bytes() == b"this is not a database" * 100
 
 
 WRITER = textwrap.dedent(
