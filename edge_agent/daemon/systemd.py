@@ -36,10 +36,6 @@ __all__ = [
     "profile_dropin",
 ]
 
-# A datagram to a systemd that is alive is delivered at once; the timeout only bounds how long a
-# wedged service manager can stall the caller (the tick loop) before the send counts as failed.
-_SEND_TIMEOUT_S = 1.0
-
 
 class SdNotifier:
     """Send ``sd_notify`` state changes to the service manager.
@@ -74,7 +70,9 @@ class SdNotifier:
                     self._sock = socket.socket(
                         socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                     )
-                    self._sock.settimeout(_SEND_TIMEOUT_S)
+                    # Never block the tick loop: a manager that does not read its socket (or a
+                    # test harness that stopped) costs a dropped, counted notification.
+                    self._sock.setblocking(False)
                 self._sock.sendto(payload, self._address)
             except OSError as err:
                 self.send_errors += 1

@@ -352,3 +352,20 @@ def test_unit_has_the_required_settings() -> None:
     assert "TimeoutStopSec" in settings
     assert "LimitNOFILE" in settings
     assert dict(sections["Install"]) == {"WantedBy": "multi-user.target"}
+
+
+def test_a_manager_that_stops_reading_never_blocks_the_caller(tmp_path: Path) -> None:
+    """A full notify socket drops (and counts) notifications instead of stalling the tick loop
+    (a blocking send waited up to a second per tick once ten datagrams were queued)."""
+    path = tmp_path / "notify.sock"
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(path))  # bound, never read
+    try:
+        notifier = SdNotifier({"NOTIFY_SOCKET": str(path)})
+        results = [notifier.status(f"tick {i}") for i in range(2_000)]
+        assert results[0] is True
+        assert False in results  # the queue filled: later sends were refused at once
+        assert notifier.sent + notifier.send_errors == 2_000
+        assert notifier.send_errors == results.count(False)
+    finally:
+        sink.close()
