@@ -367,5 +367,6 @@ def test_a_manager_that_stops_reading_never_blocks_the_caller(tmp_path: Path) ->
         assert False in results  # the queue filled: later sends were refused at once
         assert notifier.sent + notifier.send_errors == 2_000
         assert notifier.send_errors == results.count(False)
+        notifier.close()
     finally:
         sink.close()
