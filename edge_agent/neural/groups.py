@@ -189,6 +189,8 @@ class NeuralAgentGroup:
     #: The bundle's model is int8 (the daemon's status reports a group's precision).
     precision: Literal["int8"] = "int8"
     history: HistoryRing
+    _windows: FloatArray
+    _pos: int
     _filled: IntArray
     _actions: np.ndarray
     _probs: FloatArray | None
@@ -307,7 +309,8 @@ class NeuralAgentGroup:
                 # float32 probabilities and a bool row per action, a float64 uniform and a
                 # float32 threshold.
                 actions += self.num_actions * 5 + 12
-        return ring + self.session.nbytes_per_item() + actions + 8  # + filled counter
+        windows = 2 * self.window * self.num_features * 4  # the agent-major window buffer
+        return ring + windows + self.session.nbytes_per_item() + actions + 8  # + filled counter
 
     def bytes_for(self, n_agents: int) -> int:
         """Bytes to reserve for ``n_agents`` (the model is reserved separately, once)."""
@@ -315,8 +318,8 @@ class NeuralAgentGroup:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the per-agent arrays allocated by the group itself (ring, actions)."""
-        arrays = [self._filled, self._actions, *self._sample_buffers()]
+        """Bytes of the per-agent arrays allocated by the group itself (ring, windows, actions)."""
+        arrays = [self._filled, self._actions, self._windows, *self._sample_buffers()]
         return int(self.history.nbytes + sum(a.nbytes for a in arrays))
 
     def _sample_buffers(self) -> list[np.ndarray]:
@@ -335,6 +338,16 @@ class NeuralAgentGroup:
             filled = np.zeros(n_agents, dtype=np.int64)
             filled[:keep] = self._filled[:keep]
         self._filled = filled
+        # The windows, agent-major and written twice (at p and p + T), so that every agent's
+        # window, oldest first, is one contiguous slice [pos, pos + T) and filling the model's
+        # (N, T, F) input is a copy of N contiguous blocks, not a transpose of the history.
+        T, F = self.window, self.num_features
+        windows = np.zeros((n_agents, 2 * T, F), dtype=np.float32)
+        if old:
+            windows[:keep] = self._windows[:keep]
+        else:
+            self._pos = 0
+        self._windows = windows
         self.session.set_batch(n_agents)
         kind = self.spec.output_kind
         A = self.num_actions
@@ -351,12 +364,10 @@ class NeuralAgentGroup:
                 self._u = np.zeros(n_agents, dtype=np.float64)
                 self._threshold = np.zeros(n_agents, dtype=np.float32)
         staging = self.session.input_buffer(self.input_name)
-        # (N, T, F) view of the session's input, and its time-major (T, N, F) transpose.
+        # (N, T, F) view of the session's input.
         self._batch = staging.reshape(n_agents, self.window, self.num_features)
-        self._batch_tmajor = self._batch.transpose(1, 0, 2)
         self._staging = staging
         self._inputs = {self.input_name: staging}
-        self._old_rows = np.zeros(n_agents, dtype=bool)
         self.n_agents = n_agents
 
     def resize(self, n_agents: int) -> None:
@@ -394,11 +405,13 @@ class NeuralAgentGroup:
         """Forget the windows of the agents in ``mask`` (all by default): they restart empty."""
         if mask is None:
             self._filled.fill(0)
+            self._windows.fill(0.0)
             return
         sel = np.asarray(mask)
         if sel.shape != (self.n_agents,) or sel.dtype != np.bool_:
             raise InputError(f"mask must be a bool array of shape ({self.n_agents},)")
         self._filled[sel] = 0
+        self._windows[sel] = 0.0  # older steps of a restarted window are zeros
 
     def check_obs(self, obs: np.ndarray) -> np.ndarray:
         """``obs`` must be a finite real ``(N, F)`` array (or ``(N, *frame)`` for a frame model,
@@ -433,24 +446,35 @@ class NeuralAgentGroup:
         self.history.append(obs=o)
         np.add(self._filled, 1, out=self._filled)
         np.minimum(self._filled, self.window, out=self._filled)
-        self._stack_windows()
+        self._push_window(o)
         outputs = self.session.run(self._inputs)
         self.ticks += 1
         return outputs
 
-    def _stack_windows(self) -> None:
+    def _push_window(self, obs: np.ndarray) -> None:
+        """Append ``obs`` ``(N, F)`` to every agent's window and copy the windows, oldest
+        first, into the session's input (two row writes and one blockwise copy)."""
+        T, p = self.window, self._pos
+        np.copyto(self._windows[:, p], obs, casting="unsafe")
+        np.copyto(self._windows[:, p + T], obs, casting="unsafe")
+        self._pos = pos = (p + 1) % T
+        np.copyto(self._batch, self._windows[:, pos : pos + T])
+
+    def _rebuild_windows(self) -> None:
+        """The window buffer from the history and the fill counters (after a snapshot load):
+        each agent's last ``min(filled, T)`` observations, zeros before them."""
         T = self.window
+        self._windows.fill(0.0)
+        self._pos = 0
         rows = min(len(self.history), T)
-        tmajor = self._batch_tmajor
-        np.copyto(tmajor[T - rows :], self.history.window("obs", rows))
-        if rows < T:
-            tmajor[: T - rows] = 0.0
-        # Agents whose window restarted (reset, or joined later) see zeros before their start.
-        for t in range(T - rows, T):
-            np.less(self._filled, T - t, out=self._old_rows)
-            if not self._old_rows.any():
-                break
-            tmajor[t][self._old_rows] = 0.0
+        if rows == 0:
+            return
+        recent = self.history.window("obs", rows)  # (rows, N, F), oldest first
+        for j in range(rows):  # over time steps, never over agents
+            age = rows - 1 - j  # 0: the newest
+            keep = (self._filled > age)[:, None]
+            for base in (0, T):
+                np.copyto(self._windows[:, base + T - rows + j], recent[j], where=keep)
 
     def step(self, obs: np.ndarray, now: float | None = None) -> np.ndarray:
         """One tick: ``obs`` ``(N, F)`` in, actions out.
@@ -529,6 +553,7 @@ class NeuralAgentGroup:
         self._filled[...] = np.minimum(np.asarray(state["filled"]), self.window)
         self._actions[...] = state["actions"]
         self.ticks = int(state.get("ticks", np.array(0)))
+        self._rebuild_windows()
 
     # -- bundles ---------------------------------------------------------------------------------
     @classmethod
