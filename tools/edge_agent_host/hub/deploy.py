@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.writer import pack_tar
@@ -22,16 +22,29 @@ from edge_agent.fleet.commands import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from edge_agent.fleet.protocol import CommandResult, ResultCode
 from edge_agent_host.hub.errors import HubError
 
-if TYPE_CHECKING:
-    from edge_agent_host.hub.client import HubClient
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "DeployPlan", "deploy_bundle"]
+class DeployClient(Protocol):
+    """What the deploy driver needs of a hub client (:class:`~edge_agent_host.hub.HubClient`
+    is one): send signed commands and chunks, poll the broker, take the results."""
+
+    def poll(self, timeout_s: float = 0.0) -> Sequence[object]: ...
+
+    def send_command(
+        self, node: str, name: str, args: Mapping[str, Any] | None = None, *, ttl_s: float = 60.0
+    ) -> bytes: ...
+
+    def send_chunk(self, node: str, sha256: str, index: int, data: bytes) -> bytes: ...
+
+    def take_results(self, nonce: bytes) -> list[CommandResult]: ...
+
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "DeployClient", "DeployPlan", "deploy_bundle"]
 
 DEFAULT_CHUNK_BYTES: Final = 64 * 1024
 
 
 def deploy_bundle(
-    client: HubClient,
+    client: DeployClient,
     bundle: str | Path,
     group: str,
     nodes: Sequence[str],
@@ -77,7 +90,7 @@ def deploy_bundle(
 
 
 def _advance(
-    client: HubClient,
+    client: DeployClient,
     run: _NodeDeploy,
     window: int,
     chunk_timeout_s: float,
