@@ -48,15 +48,25 @@ The code lives in one module per stage; this package re-exports what the rest of
 * :mod:`~edge_agent.aif.kernels.control`: expected free energy, policy posterior, action
   selection and the next prior on the general path;
 * :mod:`~edge_agent.aif.kernels.fast_tables`: the state-major fast path's tables (``RowMap``,
-  ``Diagonals``, ``FastPlan``);
+  ``Diagonals``, ``FastPlan``) and the per-agent propagation tables (``AgentPropagation``);
+* :mod:`~edge_agent.aif.kernels.local_plan`, :mod:`~edge_agent.aif.kernels.small_plan`: the
+  tables of the local and small-block one-step planners (:class:`LocalPlan`, :class:`SmallPlan`),
+  built at compile time;
 * :mod:`~edge_agent.aif.kernels.workspace`: the fast paths' scratch buffers (:class:`Workspace`,
   :class:`Block`);
+* :mod:`~edge_agent.aif.kernels.columns`: column operations the fast-path kernels share;
 * :mod:`~edge_agent.aif.kernels.block`: the state-major kernels (:func:`infer_block`,
   :func:`evaluate_block`, :func:`select_block`, :func:`prior_block`);
 * :mod:`~edge_agent.aif.kernels.agent_major`: per-agent propagation of a block
   (:func:`propagate_block`);
-* :mod:`~edge_agent.aif.kernels.local`: the local one-step planner (:class:`LocalPlan`);
-* :mod:`~edge_agent.aif.kernels.small`: the small-block one-step planner (:class:`SmallPlan`).
+* :mod:`~edge_agent.aif.kernels.local`: the local one-step planner's kernels
+  (:func:`evaluate_local_block`, :func:`policy_posterior_block`);
+* :mod:`~edge_agent.aif.kernels.small`: the small-block one-step planner's kernels
+  (:func:`evaluate_small_block`, :func:`small_prior_block`).
+
+Imports between the modules, type-only ones included, run one way (no cycle): the tables
+(``transitions``, ``tree``, ``fast_tables``, ``local_plan``, ``small_plan``) sit below
+``compiled``, which sits below ``workspace`` and the kernels of both paths.
 """
 
 from edge_agent.aif.kernels.agent_major import propagate_block
@@ -82,13 +92,10 @@ from edge_agent.aif.kernels.fast_tables import (
     outcome_row_map,
 )
 from edge_agent.aif.kernels.inference import infer_states, soft_likelihood, softmax_rows
-from edge_agent.aif.kernels.local import LocalPlan, evaluate_local_block, policy_posterior_block
-from edge_agent.aif.kernels.small import (
-    SMALL_BLOCK,
-    SmallPlan,
-    evaluate_small_block,
-    small_prior_block,
-)
+from edge_agent.aif.kernels.local import evaluate_local_block, policy_posterior_block
+from edge_agent.aif.kernels.local_plan import LocalPlan
+from edge_agent.aif.kernels.small import evaluate_small_block, small_prior_block
+from edge_agent.aif.kernels.small_plan import SMALL_BLOCK, SmallPlan
 from edge_agent.aif.kernels.transitions import (
     DenseTransition,
     Transition,

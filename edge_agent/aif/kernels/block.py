@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_agent.aif.kernels.columns import softmax_columns
 from edge_agent.aif.kernels.fast_tables import (
     SMALL_WIDTH,
     Diagonals,
@@ -36,15 +37,6 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------
 # the state-major fast path: kernels
 # --------------------------------------------------------------------------------------------
-def _softmax_columns(x: np.ndarray, col: np.ndarray) -> None:
-    """In place: softmax over axis 0 of ``x (K, nb)``; ``col`` is ``(nb,)`` scratch."""
-    np.maximum.reduce(x, axis=0, out=col)
-    np.subtract(x, col, out=x)
-    np.exp(x, out=x)
-    np.add.reduce(x, axis=0, out=col)
-    np.divide(x, col, out=x)
-
-
 def _outer_columns(qs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray) -> None:
     """Joint ``(S_0 * ... * S_{F-1}, nb)`` of per-factor ``(S_f, nb)`` (last factor fastest).
 
@@ -139,7 +131,7 @@ def fixed_point_block(
             np.maximum(qs[f], tiny, out=denom)
             np.divide(qL, denom, out=qL)
             np.add(qL, log_prior[f], out=qL)
-            _softmax_columns(qL, col)
+            softmax_columns(qL, col)
         _outer_columns(blk.new_qs, joint_new, blk.X2)
         _free_energy_columns(blk.new_qs, log_prior, lnL, joint=joint_new, out=vfe, blk=blk, eps=eps)
         np.subtract(prev, vfe, out=blk.col_c)
@@ -370,7 +362,7 @@ def evaluate_block(
         prev_nodes = list(depth.num_nodes)
     np.multiply(blk.G, gamma, out=blk.x)
     np.add(blk.x, plan.lnE_col, out=blk.x)
-    _softmax_columns(blk.x, blk.col_a)
+    softmax_columns(blk.x, blk.col_a)
 
 
 def _select_columns(
@@ -393,7 +385,7 @@ def _select_columns(
     np.add(p, eps, out=probs)
     np.log(probs, out=probs)
     np.multiply(probs, alpha, out=probs)
-    _softmax_columns(probs, blk.col_b)
+    softmax_columns(probs, blk.col_b)
     np.cumsum(probs, axis=0, out=probs)
     rng.random(out=blk.rand)
     u = blk.rand[:, 0]  # float64, as in select_stochastic

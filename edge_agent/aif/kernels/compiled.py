@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_agent.aif.kernels.fast_tables import FastPlan, build_fast_plan
-from edge_agent.aif.kernels.local import LocalPlan, build_local_plan
-from edge_agent.aif.kernels.small import SmallPlan, build_small_plan
+from edge_agent.aif.kernels.local_plan import LocalPlan, build_local_plan
+from edge_agent.aif.kernels.small_plan import SmallPlan, build_small_plan
 from edge_agent.aif.kernels.transitions import Transition, make_transition
 from edge_agent.aif.kernels.tree import PolicyTree, build_policy_tree
 from edge_agent.aif.model import GenerativeModel

@@ -3,7 +3,9 @@
 Part of :mod:`edge_agent.aif.kernels`. The fast paths work on one block of agents at a time and
 compute the same sums as the general path in another order and layout. :func:`build_fast_plan`
 compiles the policy tree, the transitions and the outcome table once per model; sparse tables
-become row gathers (:class:`RowMap`) or shifted slices (:class:`Diagonals`). The layout is
+become row gathers (:class:`RowMap`) or shifted slices (:class:`Diagonals`), and a sparse ``B``
+also gets the agent-major tables (:class:`AgentPropagation`) that
+:func:`~edge_agent.aif.kernels.agent_major.propagate_block` uses for the next prior. The layout is
 described in the comment below.
 """
 
@@ -15,7 +17,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_agent.aif.kernels._types import IndexArray, IntArray
-from edge_agent.aif.kernels.agent_major import AgentPropagation, agent_propagation
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
 from edge_agent.aif.reference import EPS, EXP_M16
 
@@ -212,6 +213,68 @@ def apply_diagonals(dg: Diagonals, x: np.ndarray, out: np.ndarray, tmp: np.ndarr
         part = tmp[lo:hi]
         np.multiply(x[lo + d : hi + d], w, out=part)
         np.add(out[lo:hi], part, out=out[lo:hi])
+
+
+# Per-agent propagation tables, agent-major: the next prior of a block in
+# :func:`~edge_agent.aif.kernels.agent_major.propagate_block`.
+@dataclass(frozen=True, eq=False)
+class AgentPropagation:
+    """``B[:, :, a_n] @ q[n]`` for every agent of a block, for a sparse ``B``, agent-major.
+
+    ``SparseTransition``'s layers padded per action: ``first_src (U, S)`` is each target's first
+    source (0 where it has none) and ``first_w (U, S)`` its weight (0 where none; ``None`` when
+    every weight is 1); each extra layer is ``(tgt, src, w)`` of shape ``(U, E)``, padded with
+    weight 0 on targets the action's layer does not use (so targets never repeat in a row). Same
+    additions, in the same order, as :func:`propagate`.
+    """
+
+    first_src: IndexArray
+    first_w: np.ndarray | None
+    extra: tuple[tuple[IndexArray, IndexArray, np.ndarray], ...]
+
+    @property
+    def max_extra(self) -> int:
+        return max((t.shape[1] for t, _, _ in self.extra), default=0)
+
+    @property
+    def nbytes(self) -> int:
+        total = self.first_src.nbytes + (0 if self.first_w is None else self.first_w.nbytes)
+        return int(total + sum(t.nbytes + s.nbytes + w.nbytes for t, s, w in self.extra))
+
+
+def agent_propagation(trans: SparseTransition, dtype: np.dtype[np.floating]) -> AgentPropagation:
+    """Pad a sparse transition's per-action layers into :class:`AgentPropagation` tables."""
+    S = trans.num_states
+    U = len(trans.layers)
+    first_src = np.zeros((U, S), dtype=np.intp)
+    first_w = np.zeros((U, S), dtype=dtype)
+    depth = max((len(layers) for layers in trans.layers), default=0)
+    extra = []
+    for u, layers in enumerate(trans.layers):
+        if layers:
+            tgt, src, w = layers[0]
+            first_src[u, tgt] = src
+            first_w[u, tgt] = 1 if w is None else w
+    for ell in range(1, depth):
+        E = max(len(layers[ell][0]) if len(layers) > ell else 0 for layers in trans.layers)
+        tgt_tab = np.zeros((U, E), dtype=np.intp)
+        src_tab = np.zeros((U, E), dtype=np.intp)
+        w_tab = np.zeros((U, E), dtype=dtype)
+        for u, layers in enumerate(trans.layers):
+            used = layers[ell][0] if len(layers) > ell else np.zeros(0, dtype=np.intp)
+            pad = np.setdiff1d(np.arange(S), used)[: E - len(used)]  # E <= S: enough targets
+            tgt_tab[u] = np.concatenate([used, pad])
+            if len(layers) > ell:
+                _, src, w = layers[ell]
+                src_tab[u, : len(src)] = src
+                w_tab[u, : len(src)] = 1 if w is None else w
+        extra.append((tgt_tab, src_tab, w_tab))
+    for arr in (first_src, first_w, *(a for layer in extra for a in layer)):
+        arr.setflags(write=False)
+    all_ones = bool(np.all(first_w == 1))
+    return AgentPropagation(
+        first_src=first_src, first_w=None if all_ones else first_w, extra=tuple(extra)
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_agent.aif.kernels._types import IndexArray
 from edge_agent.aif.kernels.fast_tables import RowMap
-from edge_agent.aif.kernels.small import SMALL_BLOCK
+from edge_agent.aif.kernels.small_plan import SMALL_BLOCK
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.compiled import CompiledModel
