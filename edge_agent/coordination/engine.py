@@ -301,7 +301,7 @@ class CoordinationEngine:
         t = self.topics
         for pattern in (
             t.all_nodes(TopicKind.BELIEFS),
-            t.tasks(),
+            t.all_nodes(TopicKind.TASKS),
             t.all_nodes(TopicKind.STATE),
             t.all_nodes(TopicKind.BIRTH),
             t.all_nodes(TopicKind.DEATH),
@@ -509,7 +509,7 @@ class CoordinationEngine:
 
     # -- announcing -----------------------------------------------------------------------------
     def announce(self, specs: list[TaskSpec]) -> None:
-        """Announce tasks from this node (the hub does the same on the ``tasks`` topic)."""
+        """Announce tasks from this node (the hub does the same on its own ``tasks`` topic)."""
         for spec in specs:
             if spec.announced_by != self.node_id:
                 raise InputError(
@@ -540,7 +540,7 @@ class CoordinationEngine:
         return True
 
     def _publish_task(self, body: Body) -> bool:
-        sent = self._publish(body.TYPE, body, topic=self.topics.tasks())
+        sent = self._publish(body.TYPE, body, topic=self.topics.tasks(self.node_id))
         if sent:
             self.counters["task_msgs_sent"] += 1
         return sent
@@ -579,6 +579,11 @@ class CoordinationEngine:
             return
         self.counters["task_msgs_received"] += 1
         if isinstance(body, TaskAnnounce):
+            # The sender's own announcements only (it is the node of its topic, which a broker
+            # ACL binds to its identity); other nodes' specs arrive in syncs.
+            for spec in body.tasks:
+                if spec.announced_by != env.node:
+                    raise ValueError(f"task {spec.task} announced by {spec.announced_by}")
             for spec in body.tasks:
                 self.board.add_spec(spec)
         elif isinstance(body, TaskBids):

@@ -2,7 +2,8 @@
 
 Belief sharing reuses the protocol's :class:`~edge_agent.fleet.protocol.BeliefBatch` on
 ``node/{node}/beliefs`` (see :mod:`edge_agent.coordination.beliefs` for what its fields carry).
-Task allocation adds five message types on the fleet-wide ``tasks`` topic, registered with
+Task allocation adds five message types, each sent on the sender's own ``node/{node}/tasks``
+topic (receivers subscribe to ``node/+/tasks``), registered with
 :func:`~edge_agent.fleet.protocol.register_body_type` when this module is imported:
 
 ========================= ==================================================================

@@ -91,6 +91,7 @@ _NODE_KINDS: Final = frozenset(
         TopicKind.RESULT,
         TopicKind.REBIRTH,
         TopicKind.BELIEFS,
+        TopicKind.TASKS,
     }
 )
 _GROUP_KINDS: Final = frozenset({TopicKind.OBS, TopicKind.ACTION})
@@ -106,6 +107,7 @@ NODE_OWNED_KINDS: Final = frozenset(
         TopicKind.RESULT,
         TopicKind.BELIEFS,
         TopicKind.ACTION,
+        TopicKind.TASKS,
     }
 )
 
@@ -149,9 +151,11 @@ class Route:
 class Topics:
     """Every topic name of one fleet, built in one place.
 
-    ``ea/v1/{fleet}/node/{node}/{kind}`` for per-node topics,
-    ``ea/v1/{fleet}/node/{node}/{obs|action}/{group}[/{agent}]`` for agent streams and
-    ``ea/v1/{fleet}/tasks`` for fleet-wide task allocation.
+    ``ea/v1/{fleet}/node/{node}/{kind}`` for per-node topics (``tasks`` among them: task
+    allocation messages of the node, or hub, named in the topic) and
+    ``ea/v1/{fleet}/node/{node}/{obs|action}/{group}[/{agent}]`` for agent streams. Every topic a
+    client writes names that client, so a broker ACL can bind it to the client's identity
+    (``docs/security.md``).
     """
 
     def __init__(self, fleet: str) -> None:
@@ -209,9 +213,10 @@ class Topics:
         """Actions out of ``node``'s ``group`` (:class:`ActionBatch`)."""
         return self._stream(node, TopicKind.ACTION, group, agent)
 
-    def tasks(self) -> str:
-        """Fleet-wide task allocation messages (types registered by the coordination layer)."""
-        return f"{self.base}/{TopicKind.TASKS.value}"
+    def tasks(self, node: str) -> str:
+        """Task allocation messages sent by ``node`` (types registered by the coordination
+        layer); receivers subscribe to ``all_nodes("tasks")``."""
+        return self._node(node, TopicKind.TASKS)
 
     # Wildcard subscriptions -------------------------------------------------------------
     def all_nodes(self, kind: TopicKind | str) -> str:
@@ -244,8 +249,6 @@ class Topics:
         parts = topic.split("/")
         if len(parts) < 4 or parts[0] != "ea" or parts[1] != "v1" or parts[2] != self.fleet:
             return None
-        if len(parts) == 4 and parts[3] == TopicKind.TASKS.value:
-            return Route(self.fleet, TopicKind.TASKS)
         if len(parts) < 6 or parts[3] != "node" or _NAME_RE.fullmatch(parts[4]) is None:
             return None
         try:

@@ -4,6 +4,8 @@
 crash: no will is published, retained messages are lost with persistence off); ``stop()`` is
 SIGTERM; ``restart()`` kills and starts again on the same port. The broker's log goes to
 ``workdir/mosquitto-N.log`` (one per start) and its tail is included in start-up errors.
+``config_file`` runs a configuration written elsewhere (``edge-agent-host broker init``) as it is;
+``reload()`` sends it SIGHUP.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ class MosquittoBroker:
         certfile: Path | None = None,
         keyfile: Path | None = None,
         users: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
     ) -> None:
-        """``certfile``/``keyfile`` make the listener TLS; ``users`` turns anonymous access off."""
+        """``certfile``/``keyfile`` make the listener TLS; ``users`` turns anonymous access off;
+        ``config_file`` replaces the generated configuration (its listener must be on
+        127.0.0.1:``port``)."""
         self.binary = find_mosquitto()
         self.certfile = certfile
         self.keyfile = keyfile
@@ -60,7 +65,8 @@ class MosquittoBroker:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.extra_config = extra_config
-        self.config_path = workdir / "mosquitto.conf"
+        self.config_file = config_file
+        self.config_path = config_file or workdir / "mosquitto.conf"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._log_file: Path | None = None
@@ -102,7 +108,8 @@ class MosquittoBroker:
     def start(self, timeout_s: float = 10.0) -> None:
         if self.running:
             return
-        self._write_config()
+        if self.config_file is None:
+            self._write_config()
         self.starts += 1
         self._log_file = self.workdir / f"mosquitto-{self.starts}.log"
         with open(self._log_file, "wb") as log:
@@ -123,6 +130,11 @@ class MosquittoBroker:
                 time.sleep(0.02)
         self.kill()
         raise RuntimeError(f"mosquitto did not listen on {self.port} in {timeout_s} s")
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto reads its ACL, password file and CRL again."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         """SIGKILL: the broker dies like a crash."""

@@ -18,6 +18,7 @@ from edge_agent.coordination import (
     CoordinationSettings,
     ReleaseStatus,
     SharingSettings,
+    TaskAnnounce,
     TaskBoard,
     TaskPreferences,
     TaskSpec,
@@ -372,7 +373,7 @@ class Msg:
 
 def task_msg(body: Body, node: str = "peer") -> Msg:
     env = Envelope(type=body.TYPE, node=node, seq=1, bdseq=0, ts=0.0, clock_synced=False, body=body)
-    return Msg(Route("coord", TopicKind.TASKS), env)
+    return Msg(Route("coord", TopicKind.TASKS, node), env)
 
 
 class Ticker:
@@ -448,6 +449,23 @@ def test_an_unexplained_digest_triggers_a_sync_and_an_explained_one_does_not() -
         t.tick()
     assert len(t.sent("task_sync")) > syncs
     assert t.engine.metrics()["digest_mismatches"] >= 15
+
+
+def test_an_announcement_in_another_node_s_name_is_dropped_whole() -> None:
+    """A node announces only its own tasks: its topic (bound to its broker identity) names the
+    sender, so a spec claiming someone else drops the message, the honest spec in it too."""
+    t = Ticker()
+    t.tick(2)
+    honest = TaskSpec(task="a", epoch=0, capability="grid", goal_state=5, announced_by="peer")
+    forged = honest.model_copy(update={"task": "b", "announced_by": "hub"})
+    t.engine.handle(task_msg(TaskAnnounce(tasks=[honest, forged]), node="peer"))
+    t.tick()
+    assert t.engine.counters["malformed"] == 1
+    assert t.engine.metrics()["tasks_open"] == 0
+    t.engine.handle(task_msg(TaskAnnounce(tasks=[honest]), node="peer"))
+    t.tick()
+    assert t.engine.counters["malformed"] == 1
+    assert t.engine.metrics()["tasks_open"] == 1
 
 
 def test_metrics_fit_a_telemetry_message() -> None:

@@ -292,7 +292,8 @@ def test_topic_tree() -> None:
     assert t.obs("pi-01", "thermo") == "ea/v1/plant1/node/pi-01/obs/thermo"
     assert t.obs("pi-01", "thermo", 17) == "ea/v1/plant1/node/pi-01/obs/thermo/17"
     assert t.action("pi-01", "thermo", "a7") == "ea/v1/plant1/node/pi-01/action/thermo/a7"
-    assert t.tasks() == "ea/v1/plant1/tasks"
+    assert t.tasks("pi-01") == "ea/v1/plant1/node/pi-01/tasks"
+    assert t.all_nodes("tasks") == "ea/v1/plant1/node/+/tasks"
     assert t.all_nodes("state") == "ea/v1/plant1/node/+/state"
     assert t.all_nodes("action") == "ea/v1/plant1/node/+/action/#"
     assert t.node_all("pi-01") == "ea/v1/plant1/node/pi-01/#"
@@ -323,8 +324,10 @@ def test_topic_parse() -> None:
     assert cmd is not None
     assert cmd.kind == "cmd"
     assert not cmd.node_owned
-    tasks = t.parse(t.tasks())
+    tasks = t.parse(t.tasks("n1"))
     assert tasks is not None
+    assert (tasks.kind, tasks.node) == ("tasks", "n1")
+    assert tasks.node_owned  # only n1 may send on it: a broker ACL can bind it to n1
     assert tasks.expected_type is None
     for foreign in [
         "ea/v1/other/node/n1/event",
@@ -335,6 +338,7 @@ def test_topic_parse() -> None:
         "ea/v1/f/node/n1/obs/g/a/b",
         "ea/v1/f/node/bad node/event",
         "ea/v1/f",
+        "ea/v1/f/tasks",  # the fleet-wide task topic before per-node task topics
     ]:
         assert t.parse(foreign) is None, foreign
 

@@ -31,7 +31,7 @@ from edge_agent.bundle.loader import Bundle, load_bundle
 from edge_agent.bundle.signing import TrustedKeys, key_id
 from edge_agent.bundle.writer import sign_bundle
 from edge_agent.errors import EdgeAgentError, InputError, SignatureError, missing_module_message
-from edge_agent_host import hub, tasks
+from edge_agent_host import broker, hub, tasks
 from edge_agent_host.convert_aif import AifThresholds, convert_aif, load_aif_model
 from edge_agent_host.convert_onnx import (
     CALIBRATION_METHODS,
@@ -541,6 +541,12 @@ COMMANDS: dict[str, Command] = {
     ),
     "tasks": Command(
         "announce tasks to a fleet's agents and see who holds them", tasks.configure, tasks.run
+    ),
+    "broker": Command(
+        "set up mosquitto for a fleet: TLS, one identity per client, an ACL binding each to its "
+        "topics",
+        broker.configure,
+        broker.run,
     ),
 }
 

@@ -1,7 +1,7 @@
 """``edge-agent-host tasks``: announce tasks to a fleet and see who holds them.
 
 Tasks are auctioned among the fleet's agents by the nodes themselves (``docs/coordination.md``):
-whoever announces a task publishes a ``task_announce`` on the fleet's ``tasks`` topic, and every
+whoever announces a task publishes a ``task_announce`` on its own ``tasks`` topic, and every
 node bids, computes the same award and lets the winning agent pursue it. This command is a hub
 doing that; a node can do the same (``CoordinationRuntime.announce``).
 
@@ -17,8 +17,9 @@ task as a new round; ``--deadline-in S`` gives it a deadline ``S`` seconds from 
 periodic ``task_state``) and prints the assignment; ``list`` prints what the nodes claim and
 whether their ledgers agree (the same digest).
 
-Task messages are not signed (``docs/coordination.md``, *Limits*): anyone who may publish on the
-fleet's topics may announce.
+Task messages are not signed (``docs/coordination.md``, *Limits*): the hub announces on
+``node/{hub-id}/tasks``, and a broker ACL (``edge-agent-host broker init``, ``docs/security.md``)
+decides who may write there; ``--hub-id`` must then be the hub's broker identity.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from edge_agent.coordination.messages import (
 from edge_agent.errors import InputError, ProtocolError
 from edge_agent.fleet.protocol import NAME_PATTERN
 from edge_agent_host.hub import HubClient, HubError
+from edge_agent_host.hub.cli import add_broker_arguments, connect
 
 __all__ = [
     "TaskView",
@@ -108,11 +110,19 @@ def random_specs(
 
 
 def announce(client: HubClient, specs: Sequence[TaskSpec]) -> int:
-    """Publish ``specs`` on the fleet's ``tasks`` topic; returns how many messages it took."""
+    """Publish ``specs`` on the hub's ``tasks`` topic; returns how many messages it took.
+    Every spec must be announced by the hub (``announced_by`` = its ``hub_id``): nodes drop an
+    announcement made in another's name."""
+    strangers = sorted({s.announced_by for s in specs} - {client.hub_id})
+    if strangers:
+        raise InputError(
+            f"tasks announced by {', '.join(strangers)}: the hub {client.hub_id!r} announces "
+            "only its own"
+        )
     sent = 0
     for start in range(0, len(specs), MAX_TASKS_PER_MESSAGE):
         body = TaskAnnounce(tasks=list(specs[start : start + MAX_TASKS_PER_MESSAGE]))
-        client.publish(client.topics.tasks(), body)
+        client.publish(client.topics.tasks(client.hub_id), body)
         sent += 1
     return sent
 
@@ -220,13 +230,9 @@ def _task_goal(text: str) -> tuple[str, int]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``tasks`` arguments and its subcommands."""
-    parser.add_argument("--host", default="127.0.0.1", help="broker host")
-    parser.add_argument("--port", type=int, default=1883, help="broker port")
-    parser.add_argument("--fleet", default="default", help="fleet name (topics ea/v1/FLEET/...)")
-    parser.add_argument("--hub-id", default="hub", help="this hub's name: the tasks' announcer")
-    parser.add_argument("--username", default=None, help="broker user")
-    parser.add_argument("--password-file", default=None, help="broker password file")
-    parser.add_argument("--ca-file", default=None, help="CA (PEM) for TLS to the broker")
+    add_broker_arguments(
+        parser, "this hub's name: the tasks' announcer (with a broker ACL: its broker identity)"
+    )
     sub = parser.add_subparsers(dest="tasks_command", required=True, metavar="SUBCOMMAND")
 
     ann = sub.add_parser("announce", help="announce tasks to the fleet's agents")
@@ -250,21 +256,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> HubClient:
-    password = None
-    if args.password_file is not None:
-        with open(args.password_file, encoding="utf-8") as f:
-            password = f.readline().rstrip("\n")
-    client = HubClient(
-        fleet=args.fleet,
-        host=args.host,
-        port=args.port,
-        hub_id=args.hub_id,
-        username=args.username,
-        password=password,
-        ca_file=args.ca_file,
-    )
-    client.connect()
-    return client
+    return connect(args)
 
 
 def _specs(args: argparse.Namespace) -> list[TaskSpec]:

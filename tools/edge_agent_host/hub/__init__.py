@@ -16,7 +16,10 @@ Subcommands::
     edge-agent-host hub ... deploy BUNDLE --key K --group G (--node N ... | --all)
 
 ``ARG=VALUE``: the value is read as JSON when it parses (``agents=500``, ``hz=2.5``,
-``flag=true``), else taken as a string (``group=grid``). ``docs/fleet.md`` has the details.
+``flag=true``), else taken as a string (``group=grid``). TLS to the broker: ``--ca-file``, and
+for mutual TLS the hub's identity ``--cert-file`` and ``--key-file`` (as
+``edge-agent-host broker init`` issues them; ``docs/security.md``). ``docs/fleet.md`` has the
+details.
 
 The package, one job a module: ``errors`` (:class:`HubError`), ``store`` (the SQLite memory,
 :class:`HubStore`), ``views`` (what the hub knows and hears: :class:`NodeView`,

@@ -33,7 +33,7 @@ from edge_agent_host.hub.errors import HubError
 from edge_agent_host.hub.store import HubStore, _json
 from edge_agent_host.hub.views import HubMessage
 
-__all__ = ["SUCCESS", "configure", "format_fleet", "run"]
+__all__ = ["SUCCESS", "add_broker_arguments", "configure", "connect", "format_fleet", "run"]
 
 SUCCESS: Final = frozenset({ResultCode.OK, ResultCode.ACCEPTED})
 
@@ -65,15 +65,57 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for results")
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``hub`` arguments and its subcommands."""
+def add_broker_arguments(parser: argparse.ArgumentParser, hub_id_help: str) -> None:
+    """The broker connection options of ``hub`` and ``tasks`` (read by :func:`connect`)."""
     parser.add_argument("--host", default="127.0.0.1", help="broker host")
     parser.add_argument("--port", type=int, default=1883, help="broker port")
     parser.add_argument("--fleet", default="default", help="fleet name (topics ea/v1/FLEET/...)")
-    parser.add_argument("--hub-id", default="hub", help="this hub's name in the envelope")
+    parser.add_argument("--hub-id", default="hub", help=hub_id_help)
     parser.add_argument("--username", default=None, help="broker user")
     parser.add_argument("--password-file", type=Path, default=None, help="broker password file")
     parser.add_argument("--ca-file", default=None, help="CA (PEM) for TLS to the broker")
+    parser.add_argument(
+        "--cert-file", default=None, help="client certificate (PEM) for mutual TLS; with --key-file"
+    )
+    parser.add_argument("--key-file", default=None, help="client private key (PEM)")
+
+
+def connect(
+    args: argparse.Namespace, key: Ed25519PrivateKey | None = None, store: HubStore | None = None
+) -> HubClient:
+    """A :class:`HubClient` from :func:`add_broker_arguments`' options, connected; the store
+    is closed if it cannot connect."""
+    password = None
+    if args.password_file is not None:
+        lines = Path(args.password_file).read_text(encoding="utf-8").splitlines()
+        password = lines[0] if lines else ""
+    try:
+        client = HubClient(
+            fleet=args.fleet,
+            host=args.host,
+            port=args.port,
+            hub_id=args.hub_id,
+            key=key,
+            username=args.username,
+            password=password,
+            ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
+            store=store,
+        )
+        client.connect()
+    except HubError:
+        if store is not None:
+            store.close()
+        raise
+    return client
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``hub`` arguments and its subcommands."""
+    add_broker_arguments(
+        parser, "this hub's name in the envelope (with a broker ACL: its broker identity)"
+    )
     parser.add_argument("--db", type=Path, default=None, help="hub state (SQLite)")
     sub = parser.add_subparsers(dest="hub_command", required=True, metavar="SUBCOMMAND")
 
@@ -113,28 +155,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace, key: Ed25519PrivateKey | None = None) -> HubClient:
-    password = None
-    if args.password_file is not None:
-        lines = args.password_file.read_text(encoding="utf-8").splitlines()
-        password = lines[0] if lines else ""
-    store = HubStore(args.db or _default_db(args.fleet))
-    client = HubClient(
-        fleet=args.fleet,
-        host=args.host,
-        port=args.port,
-        hub_id=args.hub_id,
-        key=key,
-        username=args.username,
-        password=password,
-        ca_file=args.ca_file,
-        store=store,
-    )
-    try:
-        client.connect()
-    except HubError:
-        store.close()
-        raise
-    return client
+    return connect(args, key, HubStore(args.db or _default_db(args.fleet)))
 
 
 def _targets(client: HubClient, args: argparse.Namespace) -> list[str]:

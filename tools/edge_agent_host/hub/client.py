@@ -61,10 +61,16 @@ class HubClient:
         username: str | None = None,
         password: str | None = None,
         ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         store: HubStore | None = None,
         rebirth_interval_s: float = 10.0,
         transport: Transport | None = None,
     ) -> None:
+        """TLS when ``ca_file`` or ``cert_file`` is given (``ca_file`` None: the system's CAs);
+        ``cert_file`` and ``key_file`` (PEM) are the hub's client certificate for mutual TLS."""
+        if (cert_file is None) != (key_file is None):
+            raise HubError("a client certificate needs both cert_file and key_file")
         self.topics = Topics(fleet)
         self.fleet = fleet
         self.hub_id = hub_id
@@ -102,7 +108,11 @@ class HubClient:
                 port=port,
                 username=username,
                 password=password,
-                tls=TlsSettings(ca_file=ca_file) if ca_file else None,
+                tls=(
+                    TlsSettings(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+                    if ca_file or cert_file
+                    else None
+                ),
                 connect_timeout_s=5.0,
             )
             transport = MqttTransport(
