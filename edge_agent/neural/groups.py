@@ -189,8 +189,8 @@ class NeuralAgentGroup:
     #: The bundle's model is int8 (the daemon's status reports a group's precision).
     precision: Literal["int8"] = "int8"
     history: HistoryRing
-    _windows: FloatArray
-    _pos: int
+    _batch: FloatArray
+    _flat: FloatArray
     _filled: IntArray
     _actions: np.ndarray
     _probs: FloatArray | None
@@ -298,7 +298,7 @@ class NeuralAgentGroup:
             1,
             self.history_capacity,
             {"obs": ((self.num_features,), np.float32)},
-            max_window=self.window,
+            max_window=0,  # the windows live in the session's input (see _push_window)
         )
         kind = self.spec.output_kind
         if kind == "continuous":
@@ -309,8 +309,7 @@ class NeuralAgentGroup:
                 # float32 probabilities and a bool row per action, a float64 uniform and a
                 # float32 threshold.
                 actions += self.num_actions * 5 + 12
-        windows = 2 * self.window * self.num_features * 4  # the agent-major window buffer
-        return ring + windows + self.session.nbytes_per_item() + actions + 8  # + filled counter
+        return ring + self.session.nbytes_per_item() + actions + 8  # + filled counter
 
     def bytes_for(self, n_agents: int) -> int:
         """Bytes to reserve for ``n_agents`` (the model is reserved separately, once)."""
@@ -318,8 +317,9 @@ class NeuralAgentGroup:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the per-agent arrays allocated by the group itself (ring, windows, actions)."""
-        arrays = [self._filled, self._actions, self._windows, *self._sample_buffers()]
+        """Bytes of the per-agent arrays allocated by the group itself (ring, actions); the
+        windows are the session's input buffer, counted by the session."""
+        arrays = [self._filled, self._actions, *self._sample_buffers()]
         return int(self.history.nbytes + sum(a.nbytes for a in arrays))
 
     def _sample_buffers(self) -> list[np.ndarray]:
@@ -330,7 +330,7 @@ class NeuralAgentGroup:
         keep = min(old, n_agents)
         if old == 0:
             self.history = HistoryRing(
-                n_agents, self.history_capacity, self._fields, max_window=self.window
+                n_agents, self.history_capacity, self._fields, max_window=0
             )
             filled = np.zeros(n_agents, dtype=np.int64)
         else:
@@ -338,17 +338,21 @@ class NeuralAgentGroup:
             filled = np.zeros(n_agents, dtype=np.int64)
             filled[:keep] = self._filled[:keep]
         self._filled = filled
-        # The windows, agent-major and written twice (at p and p + T), so that every agent's
-        # window, oldest first, is one contiguous slice [pos, pos + T) and filling the model's
-        # (N, T, F) input is a copy of N contiguous blocks, not a transpose of the history.
-        T, F = self.window, self.num_features
-        windows = np.zeros((n_agents, 2 * T, F), dtype=np.float32)
-        if old:
-            windows[:keep] = self._windows[:keep]
-        else:
-            self._pos = 0
-        self._windows = windows
+        # Every agent's window, oldest first, is its block of the session's (N, T, F) input: the
+        # windows live there and nowhere else (see _push_window), so a resize carries the kept
+        # agents' blocks over from the old buffer.
+        previous = self._batch if old else None
         self.session.set_batch(n_agents)
+        staging = self.session.input_buffer(self.input_name)
+        self._batch = staging.reshape(n_agents, self.window, self.num_features)
+        self._flat = staging.reshape(-1)
+        self._staging = staging
+        self._inputs = {self.input_name: staging}
+        if previous is None:
+            self._batch.fill(0.0)
+        elif not np.may_share_memory(previous, self._batch):
+            self._batch[:keep] = previous[:keep]
+            self._batch[keep:] = 0.0
         kind = self.spec.output_kind
         A = self.num_actions
         self._probs = self._below = self._u = self._threshold = None
@@ -363,11 +367,6 @@ class NeuralAgentGroup:
                 self._below = np.zeros((n_agents, A), dtype=bool)
                 self._u = np.zeros(n_agents, dtype=np.float64)
                 self._threshold = np.zeros(n_agents, dtype=np.float32)
-        staging = self.session.input_buffer(self.input_name)
-        # (N, T, F) view of the session's input.
-        self._batch = staging.reshape(n_agents, self.window, self.num_features)
-        self._staging = staging
-        self._inputs = {self.input_name: staging}
         self.n_agents = n_agents
 
     def resize(self, n_agents: int) -> None:
@@ -405,13 +404,13 @@ class NeuralAgentGroup:
         """Forget the windows of the agents in ``mask`` (all by default): they restart empty."""
         if mask is None:
             self._filled.fill(0)
-            self._windows.fill(0.0)
+            self._batch.fill(0.0)
             return
         sel = np.asarray(mask)
         if sel.shape != (self.n_agents,) or sel.dtype != np.bool_:
             raise InputError(f"mask must be a bool array of shape ({self.n_agents},)")
         self._filled[sel] = 0
-        self._windows[sel] = 0.0  # older steps of a restarted window are zeros
+        self._batch[sel] = 0.0  # older steps of a restarted window are zeros
 
     def check_obs(self, obs: np.ndarray) -> np.ndarray:
         """``obs`` must be a finite real ``(N, F)`` array (or ``(N, *frame)`` for a frame model,
@@ -425,7 +424,9 @@ class NeuralAgentGroup:
             raise InputError(f"obs has shape {arr.shape}, expected {expected}{frames}")
         if arr.dtype.kind not in "fiu":
             raise InputError(f"obs must be real numbers, got dtype {arr.dtype}")
-        if arr.dtype.kind == "f" and not np.isfinite(np.sum(arr, dtype=np.float64)):
+        # One float32 sum: NaN or inf anywhere makes it non-finite; a sum that overflows from
+        # finite values only sends us to the exact search below, which then finds nothing.
+        if arr.dtype.kind == "f" and not np.isfinite(arr.sum()):
             bad = np.argwhere(~np.isfinite(arr))
             if len(bad):
                 agent, feature = (int(i) for i in bad[0])
@@ -452,20 +453,25 @@ class NeuralAgentGroup:
         return outputs
 
     def _push_window(self, obs: np.ndarray) -> None:
-        """Append ``obs`` ``(N, F)`` to every agent's window and copy the windows, oldest
-        first, into the session's input (two row writes and one blockwise copy)."""
-        T, p = self.window, self._pos
-        np.copyto(self._windows[:, p], obs, casting="unsafe")
-        np.copyto(self._windows[:, p + T], obs, casting="unsafe")
-        self._pos = pos = (p + 1) % T
-        np.copyto(self._batch, self._windows[:, pos : pos + T])
+        """Append ``obs`` ``(N, F)`` to every agent's window, in the session's input itself.
+
+        The ``(N, T, F)`` input, read as one flat array, moves ``F`` values towards its start
+        (one contiguous copy: every agent's steps move one place older, and each agent's oldest
+        step lands in the previous agent's newest slot), then the newest row is written over
+        those slots. No second buffer, no per-agent work. NumPy guarantees overlapping copies
+        give the result of a copy through a temporary; this one-dimensional forward move needs
+        none.
+        """
+        if self.window > 1:
+            F = self.num_features
+            np.copyto(self._flat[:-F], self._flat[F:])
+        np.copyto(self._batch[:, -1], obs, casting="unsafe")
 
     def _rebuild_windows(self) -> None:
-        """The window buffer from the history and the fill counters (after a snapshot load):
-        each agent's last ``min(filled, T)`` observations, zeros before them."""
+        """The windows from the history and the fill counters (after a snapshot load): each
+        agent's last ``min(filled, T)`` observations, zeros before them."""
         T = self.window
-        self._windows.fill(0.0)
-        self._pos = 0
+        self._batch.fill(0.0)
         rows = min(len(self.history), T)
         if rows == 0:
             return
@@ -473,8 +479,7 @@ class NeuralAgentGroup:
         for j in range(rows):  # over time steps, never over agents
             age = rows - 1 - j  # 0: the newest
             keep = (self._filled > age)[:, None]
-            for base in (0, T):
-                np.copyto(self._windows[:, base + T - rows + j], recent[j], where=keep)
+            np.copyto(self._batch[:, T - rows + j], recent[j], where=keep)
 
     def step(self, obs: np.ndarray, now: float | None = None) -> np.ndarray:
         """One tick: ``obs`` ``(N, F)`` in, actions out.
