@@ -250,6 +250,7 @@ class Daemon:
             birth=self._birth(),
             handlers=CommandHandlers(self).table(),
             event=self._event,
+            deployer=self.deployer,
             health=self.state_health,
         )
         self.uplink = uplink

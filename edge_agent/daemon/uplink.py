@@ -40,11 +40,13 @@ from edge_agent.fleet.commands import (
     NonceStore,
 )
 from edge_agent.fleet.comms.base import Backoff
+from edge_agent.fleet.deploy import DeployManager
 from edge_agent.fleet.link import STATE_FILE, FleetLink, Received
 from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.protocol import (
     ActionBatch,
     Birth,
+    BundleChunk,
     Command,
     CommandResult,
     Envelope,
@@ -123,6 +125,7 @@ class FleetUplink:
         birth: Birth,
         handlers: dict[str, Handler],
         event: EventSink,
+        deployer: DeployManager | None = None,
         health: StateHealth | None = None,
     ) -> None:
         # paho is imported only by daemons that use MQTT.
@@ -134,6 +137,8 @@ class FleetUplink:
 
         m = config.mqtt
         self.config = config
+        self.deployer = deployer
+        self._bundle_topic: str | None = None  # the broadcast this node is subscribed to
         self.node_id = m.effective_node_id()
         self.topics = Topics(m.fleet)
         self._event = event
@@ -355,6 +360,11 @@ class FleetUplink:
             body = received.envelope.body
             if isinstance(body, Command):
                 commands.offer(body)
+            elif isinstance(body, BundleChunk):
+                if self.deployer is None:
+                    self.counters["messages_ignored"] += 1
+                else:
+                    self.deployer.broadcast_chunk(body)
             elif isinstance(body, ObservationBatch):
                 # An observation on the node's own inbox topic (obs/#), routed to its group.
                 if not self.router.deliver(received.topic, received.envelope):
@@ -379,8 +389,22 @@ class FleetUplink:
                     data={"code": result.code.value, "command": cmd.name},
                 )
         self._answer_refusals()
+        self._follow_broadcast()
         if answered:
             link.pump()  # results go out now, not after the groups' step
+
+    def _follow_broadcast(self) -> None:
+        """Subscribed to the bundle topic of the broadcast deployment being received, and to
+        nothing else of the kind (a deployment's phase changes only between ticks)."""
+        sha = self.deployer.broadcast_bundle if self.deployer is not None else None
+        topic = self.topics.bundle(sha) if sha is not None else None
+        if topic == self._bundle_topic:
+            return
+        if self._bundle_topic is not None:
+            self.link.unsubscribe(self._bundle_topic)
+        if topic is not None:
+            self.link.subscribe(topic, 1)
+        self._bundle_topic = topic
 
     def _receive(self, limit: int) -> list[Received]:
         """Up to ``limit`` incoming messages for the daemon; coordination messages met on the

@@ -48,7 +48,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError, SignatureError
-from edge_agent.fleet.protocol import NAME_PATTERN, Command, CommandResult, ResultCode
+from edge_agent.fleet.protocol import (
+    MAX_CHUNK_BYTES,
+    MAX_CHUNKS,
+    NAME_PATTERN,
+    Command,
+    CommandResult,
+    ResultCode,
+)
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
 from edge_agent.recovery import StateHealth
 
@@ -56,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARG_MODELS",
+    "MAX_CHUNKS",
+    "MAX_CHUNK_BYTES",
     "UNSIGNED_COMMANDS",
     "ChunkArgs",
     "CommandProcessor",
@@ -78,10 +87,7 @@ NONCE_DB: Final = "command_nonces.sqlite3"
 UNSIGNED_COMMANDS: Final = frozenset({"deploy_chunk"})
 """Commands authenticated by something else than their own signature (see the module docstring)."""
 
-MAX_CHUNK_BYTES: Final = 192 * 1024
-"""Largest deploy chunk: with the envelope it stays under the 256 KiB payload limit."""
 MIN_CHUNK_BYTES: Final = 1024
-MAX_CHUNKS: Final = 8192
 MAX_BUNDLE_FILE_BYTES: Final = 66 * 1024 * 1024
 """Largest bundle file a deployment accepts (the loader's 64 MiB payload limit + tar overhead)."""
 
@@ -136,6 +142,9 @@ class DeployArgs(_Args):
     health_timeout_s: float = Field(30.0, gt=0, le=3600)
     transfer_timeout_s: float = Field(600.0, gt=0, le=7 * 86400)
     watch_timeout_s: float = Field(120.0, gt=0, le=86400)
+    broadcast: bool = False
+    """Chunks come once for the whole wave on the fleet's bundle topic (``Topics.bundle``),
+    not as ``deploy_chunk`` commands to this node."""
 
     @property
     def chunks(self) -> int:
@@ -521,9 +530,7 @@ class CommandVerifier:
         if not fresh:
             # Marked a duplicate: a hub that also gets the first answer (sent late from the outbox
             # after a restart, say) keeps that one (HubClient.wait_result).
-            return Outcome(
-                ResultCode.REPLAYED, "this nonce was used before", {"duplicate": True}
-            )
+            return Outcome(ResultCode.REPLAYED, "this nonce was used before", {"duplicate": True})
         return None
 
 

@@ -83,7 +83,7 @@ from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.commands import ChunkArgs, DeployArgs, Outcome
-from edge_agent.fleet.protocol import ResultCode
+from edge_agent.fleet.protocol import BundleChunk, ResultCode
 from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file, write_atomic
 from edge_agent.recovery import StateHealth
 
@@ -244,6 +244,7 @@ class JournalRecord(_Record):
     updated_at: float
     previous: OverlayEntry | None = None
     detail: str = ""
+    broadcast: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +319,8 @@ class DeployManager:
                 "chunk_bytes",
                 "chunks_rejected",
                 "chunks_duplicate",
+                "chunks_broadcast",
+                "chunks_ignored",
                 "done",
                 "failed",
                 "rolled_back",
@@ -483,7 +486,9 @@ class DeployManager:
                     f"deployment of {rec.sha256[:12]} to group {rec.group!r} is {rec.phase.value}",
                     {"phase": rec.phase.value, "group": rec.group, "sha256": rec.sha256},
                 )
-            self._save(rec.model_copy(update={"nonce": nonce.hex(), "updated_at": self._clock()}))
+            now = self._clock()
+            update = {"nonce": nonce.hex(), "updated_at": now, "broadcast": args.broadcast}
+            self._save(rec.model_copy(update=update))
             self.counters["resumed"] += 1
             return Outcome(ResultCode.ACCEPTED, f"resuming ({rec.phase.value})", self._progress())
         if self._current_sha(args.group) == args.sha256:
@@ -511,6 +516,7 @@ class DeployManager:
             phase=Phase.RECEIVING,
             started_at=now,
             updated_at=now,
+            broadcast=args.broadcast,
         )
         self._cleanup()
         staged = self.dir / f"{args.sha256}.tar"
@@ -544,49 +550,70 @@ class DeployManager:
         )
         return Outcome(ResultCode.ACCEPTED, "receiving", self._progress())
 
+    @property
+    def broadcast_bundle(self) -> str | None:
+        """The bundle whose broadcast chunks (``Topics.bundle``) this node takes now: the one a
+        broadcast deployment is receiving, else None. The uplink keeps its subscription to it."""
+        rec = self.journal
+        if rec is None or not rec.broadcast or rec.phase is not Phase.RECEIVING:
+            return None
+        return rec.sha256 if self._transfer is not None else None
+
+    def broadcast_chunk(self, chunk: BundleChunk) -> Outcome:
+        """One chunk heard on the bundle topic: stored when this node is receiving that bundle
+        and the chunk matches its signed hash, else counted and ignored. Never answered: the
+        hub learns what a node holds from its answer to the next ``deploy`` command."""
+        if chunk.sha256 != self.broadcast_bundle:
+            self.counters["chunks_ignored"] += 1
+            return Outcome(ResultCode.OK, "not receiving this bundle")
+        self.counters["chunks_broadcast"] += 1
+        return self._store(chunk.sha256, chunk.index, chunk.data)
+
     def chunk(self, args: ChunkArgs) -> Outcome:
         """Handle one ``deploy_chunk`` (authenticated here by its hash)."""
+        return self._store(args.sha256, args.index, args.data)
+
+    def _store(self, sha256: str, index: int, data: bytes) -> Outcome:
         rec = self.journal
         tr = self._transfer
-        if rec is None or rec.sha256 != args.sha256:
+        if rec is None or rec.sha256 != sha256:
             self.counters["chunks_rejected"] += 1
-            return Outcome(ResultCode.BAD_ARGS, f"no transfer of {args.sha256[:12]} in progress")
+            return Outcome(ResultCode.BAD_ARGS, f"no transfer of {sha256[:12]} in progress")
         if rec.phase is not Phase.RECEIVING or tr is None:
             self.counters["chunks_duplicate"] += 1
             return Outcome(
-                ResultCode.OK, f"not receiving ({rec.phase.value})", self._progress(args.index)
+                ResultCode.OK, f"not receiving ({rec.phase.value})", self._progress(index)
             )
         a = tr.args
-        if args.index >= a.chunks:
+        if index >= a.chunks:
             self.counters["chunks_rejected"] += 1
-            return Outcome(ResultCode.BAD_ARGS, f"chunk {args.index} of {a.chunks}")
-        if len(args.data) != a.chunk_length(args.index):
-            self.counters["chunks_rejected"] += 1
-            return Outcome(
-                ResultCode.BAD_ARGS,
-                f"chunk {args.index} has {len(args.data)} bytes, expected "
-                f"{a.chunk_length(args.index)}",
-            )
-        if hashlib.sha256(args.data).digest() != a.chunk_hash(args.index):
+            return Outcome(ResultCode.BAD_ARGS, f"chunk {index} of {a.chunks}")
+        if len(data) != a.chunk_length(index):
             self.counters["chunks_rejected"] += 1
             return Outcome(
                 ResultCode.BAD_ARGS,
-                f"chunk {args.index} does not match its hash in the signed deploy command",
+                f"chunk {index} has {len(data)} bytes, expected {a.chunk_length(index)}",
             )
-        bit = 1 << (args.index % 8)
-        if tr.have[args.index // 8] & bit:
+        if hashlib.sha256(data).digest() != a.chunk_hash(index):
+            self.counters["chunks_rejected"] += 1
+            return Outcome(
+                ResultCode.BAD_ARGS,
+                f"chunk {index} does not match its hash in the signed deploy command",
+            )
+        bit = 1 << (index % 8)
+        if tr.have[index // 8] & bit:
             self.counters["chunks_duplicate"] += 1
-            return Outcome(ResultCode.OK, "duplicate", self._progress(args.index))
+            return Outcome(ResultCode.OK, "duplicate", self._progress(index))
         assert tr.fd is not None  # open while receiving
-        os.pwrite(tr.fd, args.data, args.index * a.chunk_size)
-        tr.have[args.index // 8] |= bit
+        os.pwrite(tr.fd, data, index * a.chunk_size)
+        tr.have[index // 8] |= bit
         tr.received += 1
         tr.last_progress = time.monotonic()
         self.counters["chunks"] += 1
-        self.counters["chunk_bytes"] += len(args.data)
+        self.counters["chunk_bytes"] += len(data)
         if tr.received == a.chunks:
             self._received_all()
-        return Outcome(ResultCode.OK, "stored", self._progress(args.index))
+        return Outcome(ResultCode.OK, "stored", self._progress(index))
 
     def _received_all(self) -> None:
         tr = self._transfer

@@ -239,6 +239,10 @@ class FleetLink:
         """Subscribe to more topics (e.g. ``topics.all_nodes("beliefs")``), now and on reconnect."""
         self.transport.subscribe(pattern, qos)
 
+    def unsubscribe(self, pattern: str) -> None:
+        """Stop receiving ``pattern`` (one :meth:`subscribe` d earlier), now and on reconnect."""
+        self.transport.unsubscribe(pattern)
+
     def set_birth(self, birth: Birth | Mapping[str, Any]) -> None:
         """Replace what the birth says; published again at once when online (a rebirth)."""
         new = self._to_birth(birth)

@@ -47,6 +47,10 @@ _HALF: Final = 1 << 31
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """Node ids, fleet names, group names and agent ids: one safe MQTT topic level, 1-64 chars."""
 _NAME_RE: Final = re.compile(NAME_PATTERN)
+_SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
+MAX_CHUNK_BYTES: Final = 192 * 1024
+"""Largest deploy chunk: with the envelope it stays under the 256 KiB payload limit."""
+MAX_CHUNKS: Final = 8192
 
 
 def check_name(value: str, what: str) -> str:
@@ -78,6 +82,7 @@ class TopicKind(StrEnum):
     OBS = "obs"
     ACTION = "action"
     TASKS = "tasks"
+    BUNDLE = "bundle"
 
 
 _NODE_KINDS: Final = frozenset(
@@ -124,18 +129,21 @@ _KIND_TYPE: Final[Mapping[TopicKind, str]] = {
     TopicKind.BELIEFS: "beliefs",
     TopicKind.OBS: "obs",
     TopicKind.ACTION: "action",
+    TopicKind.BUNDLE: "chunk",
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A parsed topic: which fleet, which node, what kind, and for obs/action which group/agent."""
+    """A parsed topic: which fleet, which node, what kind, for obs/action which group/agent, and
+    for a bundle broadcast which bundle."""
 
     fleet: str
     kind: TopicKind
     node: str | None = None
     group: str | None = None
     agent: str | None = None
+    bundle: str | None = None
 
     @property
     def node_owned(self) -> bool:
@@ -213,6 +221,17 @@ class Topics:
         """Actions out of ``node``'s ``group`` (:class:`ActionBatch`)."""
         return self._stream(node, TopicKind.ACTION, group, agent)
 
+    def bundle(self, sha256: str) -> str:
+        """Hub -> every node receiving bundle ``sha256`` (its manifest identity):
+        :class:`BundleChunk` messages, one broadcast per chunk for a whole rollout wave."""
+        if _SHA256_RE.fullmatch(sha256) is None:
+            raise ProtocolError(f"bundle id {sha256!r} is not a lowercase sha256 hex digest")
+        return f"{self.base}/bundle/{sha256}"
+
+    def all_bundles(self) -> str:
+        """Every bundle broadcast of the fleet (a broker ACL's read right for nodes)."""
+        return f"{self.base}/bundle/+"
+
     def tasks(self, node: str) -> str:
         """Task allocation messages sent by ``node`` (types registered by the coordination
         layer); receivers subscribe to ``all_nodes("tasks")``."""
@@ -249,6 +268,8 @@ class Topics:
         parts = topic.split("/")
         if len(parts) < 4 or parts[0] != "ea" or parts[1] != "v1" or parts[2] != self.fleet:
             return None
+        if len(parts) == 5 and parts[3] == "bundle" and _SHA256_RE.fullmatch(parts[4]):
+            return Route(self.fleet, TopicKind.BUNDLE, bundle=parts[4])
         if len(parts) < 6 or parts[3] != "node" or _NAME_RE.fullmatch(parts[4]) is None:
             return None
         try:
@@ -559,9 +580,7 @@ class FrameBatch(Body):
     agent_id: U32 = Field(description="the agent's index in its group")
     encoding: Literal["raw", "jpeg"]
     dtype: Literal["uint8", "float32"] = "uint8"
-    shape: Annotated[
-        list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=3)
-    ]
+    shape: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=3)]
     data: bytes
 
     @model_validator(mode="after")
@@ -591,6 +610,17 @@ class BeliefBatch(_ArrayBatch):
     TYPE: ClassVar[str] = "beliefs"
 
 
+class BundleChunk(Body):
+    """Bytes ``[index * chunk_size, ...)`` of the bundle file of bundle ``sha256``, broadcast on
+    :meth:`Topics.bundle`. Unsigned: a node takes it only while a signed ``deploy`` command for
+    that bundle is receiving, and only when it matches that command's hash for the chunk."""
+
+    TYPE: ClassVar[str] = "chunk"
+    sha256: Sha256Hex
+    index: int = Field(ge=0, lt=MAX_CHUNKS)
+    data: bytes = Field(min_length=1, max_length=MAX_CHUNK_BYTES)
+
+
 _BODY_TYPES: dict[str, type[Body]] = {}
 
 
@@ -617,6 +647,7 @@ for _model in (
     FrameBatch,
     ActionBatch,
     BeliefBatch,
+    BundleChunk,
 ):
     register_body_type(_model)
 

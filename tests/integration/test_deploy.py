@@ -14,6 +14,7 @@ from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.fleet.protocol import ResultCode
 from edge_agent_host.hub import DeployPlan
+from edge_agent_host.hub.deploy import BroadcastStats
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.broker import MosquittoBroker
 from tests.integration.test_fleet_daemon import (
@@ -179,3 +180,56 @@ def test_a_transfer_cut_by_sigkill_resumes_after_the_restart(
     status = node.wait_status(lambda s: grid_of(s)["bundle_sha256"] == sha, "the switch")
     assert status["deploy"]["chunks"] <= plan.chunks - 10  # the first ten were kept
     assert node.stop() == 0
+
+
+def test_one_broadcast_serves_every_node_and_a_late_node_is_repaired(
+    mosquitto: MosquittoBroker, tmp_path: Path, keys: Any, nodes: list[Node]
+) -> None:
+    """Three nodes, one of them down when the deployment starts: the hub publishes each chunk
+    once for the nodes that answered, and the late node gets the chunks it misses in a repair
+    round. Bytes the hub publishes grow with the bundle, not with nodes x bundle."""
+    trusted, hub_key, ci = keys
+    tar = bundle_tar(tmp_path, ci)
+    sha = sha_of(tar, trusted)
+    names = ["pi-21", "pi-22", "pi-23"]
+    for name in names:
+        nodes.append(Node(tmp_path, mosquitto, name, keys_dir=trusted))
+    for node in nodes[:2]:
+        node.start()
+    with hub_for(mosquitto, hub_key, "pi-21") as hub:
+        wait_until(hub_sees(hub, "pi-22"), "the second node")
+        size = len(tar.read_bytes())
+        stats = BroadcastStats()
+        late_started = False
+
+        def progress(node: str, _done: int, _total: int, _phase: str) -> None:
+            nonlocal late_started
+            if not late_started and node in ("pi-21", "pi-22"):
+                late_started = True
+                nodes[2].start(wait_ready=False)  # comes up while the first round goes out
+
+        results = hub.deploy(
+            tar,
+            "grid",
+            names,
+            chunk_size=4096,
+            watch_ticks=5,
+            rate_chunks_s=200.0,
+            timeout_s=120.0,
+            progress=progress,
+            stats=stats,
+        )
+        assert {n: r.code for n, r in results.items()} == dict.fromkeys(names, ResultCode.OK), (
+            results
+        )
+        plan = DeployPlan.from_bundle(tar, chunk_size=4096)
+        assert stats.rounds >= 2  # the late node needed a repair round
+        # Each round publishes at most the bundle once: 3 nodes never cost 3 x the bundle.
+        assert stats.bytes_published <= stats.rounds * size
+        assert stats.chunks_published <= stats.rounds * plan.chunks
+        assert hub.bytes_published < 3 * size  # everything the hub sent, commands included
+    for node in nodes:
+        status = node.wait_status(lambda s: grid_of(s)["bundle_sha256"] == sha, "the switch")
+        assert status["deploy"]["chunks_rejected"] == 0
+        assert status["deploy"]["chunks_broadcast"] + status["deploy"]["chunks_duplicate"] >= 1
+        assert node.stop() == 0

@@ -23,7 +23,7 @@ from edge_agent.daemon.service import Daemon
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.commands import ChunkArgs, DeployArgs
 from edge_agent.fleet.deploy import DeployManager, Overlay, Phase, ReadyToSwitch
-from edge_agent.fleet.protocol import ResultCode
+from edge_agent.fleet.protocol import BundleChunk, ResultCode
 from edge_agent.sim.registry import builtin_model
 from edge_agent_host.keys import generate_keypair
 
@@ -424,3 +424,56 @@ def test_a_config_change_supersedes_the_deployment(tmp_path: Path, keys: Any) ->
         assert changed.deployer.overlay.entries == {}
     finally:
         changed.shutdown()
+
+
+def test_broadcast_chunks_are_taken_only_while_receiving_that_bundle(
+    tmp_path: Path, keys: Any
+) -> None:
+    trusted, private, _ = keys
+    tar = bundle_tar(tmp_path, private)
+    data, sha = tar.read_bytes(), bundle_sha(tar, trusted)
+    state = tmp_path / "state"
+    m = manager(state, trusted)
+
+    def heard(index: int, payload: bytes | None = None, bundle: str = sha) -> BundleChunk:
+        part = data[index * CHUNK : (index + 1) * CHUNK] if payload is None else payload
+        return BundleChunk(sha256=bundle, index=index, data=part)
+
+    assert m.broadcast_bundle is None
+    assert m.broadcast_chunk(heard(0)).code is ResultCode.OK  # nobody asked: ignored
+    assert m.counters["chunks_ignored"] == 1
+    args = deploy_args(data, sha, watch_ticks=1, broadcast=True)
+    assert m.start(args, NONCE).code is ResultCode.ACCEPTED
+    assert m.broadcast_bundle == sha  # the uplink subscribes to Topics.bundle(sha)
+    assert m.broadcast_chunk(heard(0, bundle="0" * 64)).code is ResultCode.OK  # another bundle
+    assert m.broadcast_chunk(heard(1, b"x" * CHUNK)).code is ResultCode.BAD_ARGS  # forged
+    m.broadcast_chunk(heard(0))
+    m.close()  # the node reboots mid-transfer: it listens again after recovery
+    again = manager(state, trusted)
+    assert again.broadcast_bundle == sha
+    resumed = again.start(args, b"m" * 16)
+    assert resumed.code is ResultCode.ACCEPTED
+    have = resumed.data["have"]
+    assert have[0] & 1  # chunk 0 is held: the hub will not send it again
+    missing = [i for i in range(args.chunks) if not have[i // 8] >> (i % 8) & 1]
+    for i in missing:
+        again.broadcast_chunk(heard(i))
+    assert again.broadcast_bundle is None  # verifying: unsubscribed
+    ready = wait_ready(again)
+    assert ready is not None
+    assert (state / "bundles" / f"{sha}.tar").read_bytes() == data
+    assert again.counters["chunks_broadcast"] == len(missing)
+    assert m.counters["chunks_rejected"] == 1
+
+
+def test_a_unicast_resume_of_a_broadcast_transfer_stops_listening(
+    tmp_path: Path, keys: Any
+) -> None:
+    trusted, private, _ = keys
+    tar = bundle_tar(tmp_path, private)
+    data, sha = tar.read_bytes(), bundle_sha(tar, trusted)
+    m = manager(tmp_path / "state", trusted)
+    m.start(deploy_args(data, sha, broadcast=True), NONCE)
+    assert m.broadcast_bundle == sha
+    assert m.start(deploy_args(data, sha), b"n" * 16).code is ResultCode.ACCEPTED
+    assert m.broadcast_bundle is None

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet import protocol
@@ -20,6 +21,7 @@ from edge_agent.fleet.protocol import (
     BeliefBatch,
     Birth,
     Body,
+    BundleChunk,
     Command,
     CommandResult,
     Death,
@@ -501,3 +503,37 @@ def test_valid_events_round_trip(
         body=Event(kind="other", detail=detail, data=data),
     )
     assert decode(encode(env)) == env
+
+
+def test_bundle_broadcast_topic_and_chunk() -> None:
+    t = Topics("f")
+    sha = "ab" * 32
+    topic = t.bundle(sha)
+    assert topic == f"ea/v1/f/bundle/{sha}"
+    route = t.parse(topic)
+    assert route is not None
+    assert (route.kind, route.node, route.bundle) == ("bundle", None, sha)
+    assert not route.node_owned  # the hub writes it; nodes only read (docs/security.md)
+    assert route.expected_type == "chunk"
+    assert t.all_bundles() == "ea/v1/f/bundle/+"
+    for foreign in [
+        f"ea/v1/f/bundle/{sha[:-1]}",
+        f"ea/v1/f/bundle/{sha.upper()}",
+        "ea/v1/f/bundle",
+    ]:
+        assert t.parse(foreign) is None, foreign
+    with pytest.raises(ProtocolError):
+        t.bundle("not-a-sha")
+    env = Envelope(
+        type="chunk",
+        node="hub",
+        seq=1,
+        bdseq=0,
+        ts=1.0,
+        clock_synced=True,
+        body=BundleChunk(sha256=sha, index=3, data=b"\x01" * 10),
+    )
+    back = decode(encode(env))
+    assert back.body == env.body
+    with pytest.raises(ValidationError):
+        BundleChunk(sha256=sha, index=3, data=b"")

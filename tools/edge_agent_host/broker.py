@@ -203,8 +203,10 @@ def acl_text(state: BrokerState) -> str:
         f"pattern write {t.all_nodes(TopicKind.REBIRTH)}",
         "# ... reads its own inbox ...",
         *(f"pattern read {_own(t, kind)}" for kind in NODE_INBOX),
-        "# ... and every node's presence, beliefs and task messages.",
+        "# ... and every node's presence, beliefs and task messages, and the hub's bundle",
+        "# broadcasts (each chunk is checked against the signed deploy command's hashes).",
         *(f"pattern read {t.all_nodes(kind)}" for kind in NODE_READS),
+        f"pattern read {t.all_bundles()}",
     ]
     if state.io_topics or state.io_reads:
         lines += ["", "# Agent I/O outside the fleet tree (--io-topic, --io-read)."]
@@ -214,6 +216,7 @@ def acl_text(state: BrokerState) -> str:
         (Role.HUB, "hub: reads the fleet, commands every node", [
             f"topic read {t.fleet_all()}",
             f"topic write {t.all_nodes(TopicKind.COMMAND)}",
+            f"topic write {t.all_bundles()}",
         ]),
         (Role.OBSERVER, "observer: reads the fleet", [f"topic read {t.fleet_all()}"]),
         (Role.SENSOR, "sensor: observations into every node", [

@@ -214,6 +214,13 @@ class Transport(ABC):
             self._subs[pattern] = sub
         self._apply_subscription(sub)
 
+    def unsubscribe(self, pattern: str) -> None:
+        """Forget a subscription: now if connected, and it is not applied on reconnect."""
+        with self._subs_lock:
+            known = self._subs.pop(pattern, None) is not None
+        if known:
+            self._apply_unsubscribe(pattern)
+
     def subscriptions(self) -> list[Subscription]:
         with self._subs_lock:
             return list(self._subs.values())
@@ -221,6 +228,10 @@ class Transport(ABC):
     @abstractmethod
     def _apply_subscription(self, sub: Subscription) -> None:
         """Send one subscription now if connected; otherwise it is applied on connect."""
+
+    @abstractmethod
+    def _apply_unsubscribe(self, pattern: str) -> None:
+        """Send one unsubscription now if connected."""
 
     @abstractmethod
     def connect(self, will_factory: WillFactory | None = None) -> None:

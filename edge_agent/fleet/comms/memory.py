@@ -255,6 +255,9 @@ class MemoryTransport(Transport):
         if self.is_connected:
             self.broker._send_retained(self, sub)
 
+    def _apply_unsubscribe(self, pattern: str) -> None:
+        del pattern  # the broker matches against subscriptions(), which no longer has it
+
     # Broker side ----------------------------------------------------------------------------
     def _try_connect(self) -> None:
         with self._state_lock:

@@ -198,6 +198,14 @@ class MqttTransport(Transport):
         if client is not None:
             self._send_subscribe(client, sub)
 
+    def _apply_unsubscribe(self, pattern: str) -> None:
+        with self._lock:
+            client = self._client if self._connected else None
+        if client is not None:
+            rc, _mid = client.unsubscribe(pattern)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                logger.warning("MQTT unsubscribe from %s failed: %s", pattern, rc)
+
     # Supervisor -----------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():

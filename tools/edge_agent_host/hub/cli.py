@@ -145,7 +145,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CHUNK_BYTES,
         help=f"bytes per chunk (default {DEFAULT_CHUNK_BYTES})",
     )
-    deploy.add_argument("--window", type=int, default=8, help="unacknowledged chunks at most")
+    deploy.add_argument(
+        "--transfer",
+        choices=("broadcast", "unicast"),
+        default="broadcast",
+        help="broadcast: each chunk published once on the fleet's bundle topic for every node "
+        "(default); unicast: chunks sent to each node and acknowledged one by one",
+    )
+    deploy.add_argument(
+        "--rate", type=float, default=32.0, help="broadcast chunks per second (default 32)"
+    )
+    deploy.add_argument(
+        "--window", type=int, default=8, help="unicast: unacknowledged chunks at most"
+    )
     deploy.add_argument("--watch-ticks", type=int, default=50, help="ticks watched after switch")
     deploy.add_argument("--health-steps", type=int, default=20, help="health-check steps")
     deploy.add_argument(
@@ -339,8 +351,10 @@ def _run_deploy(args: argparse.Namespace) -> int:
             args.bundle,
             args.group,
             nodes,
+            transfer=args.transfer,
             chunk_size=args.chunk_size,
             window=args.window,
+            rate_chunks_s=args.rate,
             timeout_s=args.timeout,
             watch_ticks=args.watch_ticks,
             watch_timeout_s=args.watch_timeout,

@@ -20,6 +20,7 @@ from edge_agent.bundle.signing import key_id, sign_bytes
 from edge_agent.fleet.comms.base import Transport
 from edge_agent.fleet.protocol import (
     Birth,
+    BundleChunk,
     Command,
     CommandResult,
     Death,
@@ -35,7 +36,12 @@ from edge_agent.fleet.protocol import (
     decode,
     encode,
 )
-from edge_agent_host.hub.deploy import DEFAULT_CHUNK_BYTES, deploy_bundle
+from edge_agent_host.hub.deploy import (
+    DEFAULT_CHUNK_BYTES,
+    BroadcastStats,
+    broadcast_bundle,
+    deploy_bundle,
+)
 from edge_agent_host.hub.errors import HubError
 from edge_agent_host.hub.store import HubStore
 from edge_agent_host.hub.views import HubMessage, NodeView
@@ -81,6 +87,8 @@ class HubClient:
         self.nodes: dict[str, NodeView] = {}
         self.results: dict[bytes, list[CommandResult]] = {}
         self.malformed = 0
+        self.bytes_published = 0  # payload bytes the hub handed to the broker
+        self.messages_published = 0
         self._seq = 0
         self._sent: set[bytes] = set()
         self._rebirth_asked: dict[str, float] = {}
@@ -286,8 +294,11 @@ class HubClient:
             body=body,
         )
         self._seq = (self._seq + 1) % (1 << 32)
-        if self.transport.publish(topic, encode(env), 1) is None:
+        payload = encode(env)
+        if self.transport.publish(topic, payload, 1) is None:
             raise HubError("not connected to the broker")
+        self.bytes_published += len(payload)
+        self.messages_published += 1
 
     def make_command(
         self,
@@ -334,6 +345,11 @@ class HubClient:
         """One ``deploy_chunk`` (unsigned: the node checks it against the signed hash list)."""
         args = {"sha256": sha256, "index": index, "data": data}
         return self.send(self.make_command(node, "deploy_chunk", args, sign=False))
+
+    def broadcast_chunk(self, sha256: str, index: int, data: bytes) -> None:
+        """One chunk of bundle ``sha256`` on the fleet's bundle topic, once for every node
+        receiving it (unsigned: each node checks it against its signed hash list)."""
+        self.publish(self.topics.bundle(sha256), BundleChunk(sha256=sha256, index=index, data=data))
 
     def take_results(self, nonce: bytes) -> list[CommandResult]:
         with self._lock:
@@ -393,19 +409,41 @@ class HubClient:
         group: str,
         nodes: Sequence[str],
         *,
+        transfer: str = "broadcast",
         chunk_size: int = DEFAULT_CHUNK_BYTES,
         window: int = 8,
         chunk_timeout_s: float = 10.0,
+        rate_chunks_s: float = 32.0,
         timeout_s: float = 300.0,
         watch_ticks: int = 50,
         watch_timeout_s: float = 120.0,
         health_steps: int = 20,
         progress: Callable[[str, int, int, str], None] | None = None,
+        stats: BroadcastStats | None = None,
     ) -> dict[str, CommandResult]:
         """Deploy a signed bundle (directory or tar) to ``group`` on every node of ``nodes``.
 
-        Returns each node's final result (``ok``: switched and watched; anything else: failed).
+        ``transfer``: ``broadcast`` (each chunk published once for all nodes, the default) or
+        ``unicast`` (chunks as commands to each node, acknowledged one by one). Returns each
+        node's final result (``ok``: switched and watched; anything else: failed).
         """
+        if transfer == "broadcast":
+            return broadcast_bundle(
+                self,
+                bundle,
+                group,
+                nodes,
+                chunk_size=chunk_size,
+                rate_chunks_s=rate_chunks_s,
+                timeout_s=timeout_s,
+                watch_ticks=watch_ticks,
+                watch_timeout_s=watch_timeout_s,
+                health_steps=health_steps,
+                progress=progress,
+                stats=stats,
+            )
+        if transfer != "unicast":
+            raise HubError(f"transfer must be 'broadcast' or 'unicast', not {transfer!r}")
         return deploy_bundle(
             self,
             bundle,

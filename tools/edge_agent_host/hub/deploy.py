@@ -1,8 +1,18 @@
-"""Deploying a bundle: the chunked plan and the driver that pushes chunks and waits for acks.
+"""Deploying a bundle: the chunked plan and the two drivers that move it.
 
-:class:`DeployPlan` cuts a signed bundle into chunks and says what the ``deploy`` command carries;
-:func:`deploy_bundle` (behind :meth:`HubClient.deploy`) sends it to every node with a window of
-unacknowledged chunks, resuming from what the device already holds, and resends lost chunks.
+:class:`DeployPlan` cuts a signed bundle into chunks and says what the ``deploy`` command carries.
+
+- :func:`broadcast_bundle` (the default behind :meth:`HubClient.deploy`): every node of the wave
+  gets the signed ``deploy`` command (``broadcast=True``) and answers with the bitmap of the
+  chunks it already holds; each chunk that any of them misses is then published **once** on the
+  fleet's bundle topic (``Topics.bundle``), which every node receiving that bundle subscribes to,
+  each storing only what it misses and checking every chunk against the signed hash list. After a
+  round, nodes without a final result are asked again (the same command: a resume) and a repair
+  round sends the union of what they still miss. Bytes the hub publishes grow with the bundle's
+  size (times the rounds a lossy network needs), not with nodes x size.
+- :func:`deploy_bundle` (``unicast``): the chunks as ``deploy_chunk`` commands to each node, with
+  a window of unacknowledged chunks; for a single node or a broker without the bundle topic in its
+  ACL.
 """
 
 from __future__ import annotations
@@ -35,10 +45,19 @@ class DeployClient(Protocol):
 
     def send_chunk(self, node: str, sha256: str, index: int, data: bytes) -> bytes: ...
 
+    def broadcast_chunk(self, sha256: str, index: int, data: bytes) -> None: ...
+
     def take_results(self, nonce: bytes) -> list[CommandResult]: ...
 
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "DeployClient", "DeployPlan", "deploy_bundle"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "BroadcastStats",
+    "DeployClient",
+    "DeployPlan",
+    "broadcast_bundle",
+    "deploy_bundle",
+]
 
 DEFAULT_CHUNK_BYTES: Final = 64 * 1024
 
@@ -132,6 +151,150 @@ def _advance(
         index = run.missing.pop(0)
         nonce = client.send_chunk(run.node, plan.sha256, index, plan.chunk(index))
         run.inflight[nonce] = (index, now)
+
+
+@dataclass
+class BroadcastStats:
+    """What one broadcast deployment cost: rounds, chunks and bytes published, commands sent."""
+
+    rounds: int = 0
+    chunks_published: int = 0
+    bytes_published: int = 0
+    commands: int = 0
+
+
+@dataclass
+class _Receiver:
+    node: str
+    nonces: list[bytes] = field(default_factory=list)
+    asked_at: float = 0.0
+    have: bytes | None = None  # the bitmap of its latest answer; None: not answered since asked
+    result: CommandResult | None = None
+
+
+def broadcast_bundle(
+    client: DeployClient,
+    bundle: str | Path | DeployPlan,
+    group: str,
+    nodes: Sequence[str],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_BYTES,
+    rate_chunks_s: float = 32.0,
+    answer_timeout_s: float = 10.0,
+    repair_after_s: float = 5.0,
+    timeout_s: float = 300.0,
+    watch_ticks: int = 50,
+    watch_timeout_s: float = 120.0,
+    health_steps: int = 20,
+    progress: Callable[[str, int, int, str], None] | None = None,
+    stats: BroadcastStats | None = None,
+) -> dict[str, CommandResult]:
+    """Deploy a signed bundle to ``group`` on every node of ``nodes`` with one broadcast per
+    chunk (module docstring). Returns each node's final result, as :func:`deploy_bundle`.
+
+    ``rate_chunks_s`` paces the broadcast (a node takes at most a few dozen messages per tick);
+    a round starts when every node asked has answered, or ``answer_timeout_s`` after asking;
+    ``repair_after_s`` after a round, nodes still without a final result are asked again.
+    """
+    plan = bundle if isinstance(bundle, DeployPlan) else DeployPlan.from_bundle(bundle, chunk_size)
+    args = plan.args(group, watch_ticks=watch_ticks, health_steps=health_steps)
+    args["watch_timeout_s"] = watch_timeout_s
+    args["broadcast"] = True
+    st = stats if stats is not None else BroadcastStats()
+    runs = {node: _Receiver(node) for node in nodes}
+    full = bytes([0xFF]) * (plan.chunks // 8 + 1)
+
+    def ask(run: _Receiver, now: float) -> None:
+        run.nonces.append(client.send_command(run.node, "deploy", args))
+        run.asked_at, run.have = now, None
+        st.commands += 1
+
+    start = time.monotonic()
+    for run in runs.values():
+        ask(run, start)
+    deadline = start + timeout_s
+    queue: list[int] = []
+    sent_at = 0.0  # the pacing clock
+    round_asked = start  # when the nodes of the coming round were asked
+    round_done: float | None = None  # when the last round's last chunk went out
+    while any(r.result is None for r in runs.values()):
+        now = time.monotonic()
+        if now > deadline:
+            for r in runs.values():
+                if r.result is None:
+                    r.result = CommandResult(
+                        nonce=r.nonces[-1],
+                        name="deploy",
+                        code=ResultCode.FAILED,
+                        detail=f"no final result within {timeout_s:g} s",
+                    )
+            break
+        client.poll(0.02)
+        for run in runs.values():
+            if run.result is None:
+                _take_answers(client, run, plan, full, progress)
+        waiting = [r for r in runs.values() if r.result is None]
+        if queue:
+            # Pace: as many chunks as the rate allows since the last one, at least one.
+            due = max(1, int((now - sent_at) * rate_chunks_s)) if sent_at else 1
+            for _ in range(min(due, len(queue))):
+                index = queue.pop(0)
+                data = plan.chunk(index)
+                client.broadcast_chunk(plan.sha256, index, data)
+                st.chunks_published += 1
+                st.bytes_published += len(data)
+            sent_at = now
+            if not queue:
+                round_done = now
+            continue
+        if round_done is not None:
+            if now - round_done < repair_after_s:
+                continue
+            for run in waiting:  # a repair: what do you still miss?
+                ask(run, now)
+            round_asked, round_done = now, None
+            continue
+        answered = [r for r in waiting if r.have is not None]
+        if len(answered) < len(waiting) and now - round_asked < answer_timeout_s:
+            continue
+        missing = sorted({i for r in answered for i in range(plan.chunks) if not _held(r.have, i)})
+        if missing:
+            queue, sent_at = missing, 0.0
+            st.rounds += 1
+            continue
+        # Nobody answered with anything missing: wait for final results, ask again later.
+        round_done = now
+    return {node: r.result for node, r in runs.items() if r.result is not None}
+
+
+def _held(have: bytes | None, index: int) -> bool:
+    return have is not None and index // 8 < len(have) and bool(have[index // 8] >> (index % 8) & 1)
+
+
+def _take_answers(
+    client: DeployClient,
+    run: _Receiver,
+    plan: DeployPlan,
+    full: bytes,
+    progress: Callable[[str, int, int, str], None] | None,
+) -> None:
+    for nonce in run.nonces:
+        for result in client.take_results(nonce):
+            if result.code is ResultCode.ACCEPTED:
+                phase = str(result.data.get("phase"))
+                have = result.data.get("have")
+                run.have = bytes(have) if phase == "receiving" and isinstance(have, bytes) else full
+                if progress is not None:
+                    held = sum(_held(run.have, i) for i in range(plan.chunks))
+                    progress(run.node, held, plan.chunks, phase)
+            else:
+                run.result = result
+                if progress is not None:
+                    done = plan.chunks if result.code is ResultCode.OK else 0
+                    if result.code is not ResultCode.OK and run.have is not None:
+                        done = sum(_held(run.have, i) for i in range(plan.chunks))
+                    progress(run.node, done, plan.chunks, result.code.value)
+                return
 
 
 @dataclass
