@@ -449,6 +449,15 @@ class MqttSection(StrictModel):
         pattern=r"^[A-Za-z0-9_-]{0,64}$",
         description="This node's id in topics; empty: the host name.",
     )
+    labels: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")],
+        Annotated[str, Field(max_length=256)],
+    ] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Labels in the node's birth (e.g. { site = \"plant-3\", ring = \"canary\" }): "
+        "what the hub's rollouts select nodes by.",
+    )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive (s).")
     username: str = Field("", max_length=128, description="Broker user name; empty: anonymous.")
     password_file: Path | None = Field(

@@ -859,6 +859,7 @@ class Daemon:
                 for g in self.groups
             },
             capabilities=[*CAPABILITIES, *(["coordination"] if self.coordination else [])],
+            labels=dict(self.config.mqtt.labels),
         )
 
     def rebirth(self) -> None:

@@ -337,6 +337,9 @@ class Birth(Body):
     capabilities: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=64)] = (
         Field(default_factory=list)
     )
+    labels: Annotated[dict[Name, ShortText], Field(max_length=32)] = Field(
+        default_factory=dict, description="the node's [mqtt] labels: what rollouts select by"
+    )
 
 
 class DeathReason(StrEnum):

@@ -40,6 +40,7 @@ from edge_agent_host.hubd.store import HubDatabase
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.test_daemon import REPO, NotifySocket
 from tests.integration.test_fleet_daemon import FLEET, TOPICS, Node, wait_until
+from tests.unit.test_hubd_rollouts import ROLLOUT_SCENARIOS
 from tests.unit.test_hubd_store import SCENARIOS
 
 pytestmark = pytest.mark.integration
@@ -602,7 +603,9 @@ def test_malformed_and_forged_messages_are_counted_and_dropped(
     assert hub.stop() == 0
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__[len("check_") :])
+@pytest.mark.parametrize(
+    "scenario", SCENARIOS + ROLLOUT_SCENARIOS, ids=lambda f: f.__name__[len("check_") :]
+)
 def test_the_data_layer_on_postgresql(pg_shared: PostgresServer, scenario: Any) -> None:
     """The same statements as on SQLite (tests/unit/test_hubd_store.py), on PostgreSQL."""
     engine = PostgresEngine(

@@ -188,6 +188,7 @@ def broadcast_bundle(
     health_steps: int = 20,
     progress: Callable[[str, int, int, str], None] | None = None,
     stats: BroadcastStats | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> dict[str, CommandResult]:
     """Deploy a signed bundle to ``group`` on every node of ``nodes`` with one broadcast per
     chunk (module docstring). Returns each node's final result, as :func:`deploy_bundle`.
@@ -195,6 +196,8 @@ def broadcast_bundle(
     ``rate_chunks_s`` paces the broadcast (a node takes at most a few dozen messages per tick);
     a round starts when every node asked has answered, or ``answer_timeout_s`` after asking;
     ``repair_after_s`` after a round, nodes still without a final result are asked again.
+    ``cancel`` is asked once per loop: when it says True, the results so far are returned (the
+    nodes without one keep what they received; deploying again resumes them).
     """
     plan = bundle if isinstance(bundle, DeployPlan) else DeployPlan.from_bundle(bundle, chunk_size)
     args = plan.args(group, watch_ticks=watch_ticks, health_steps=health_steps)
@@ -218,6 +221,8 @@ def broadcast_bundle(
     round_asked = start  # when the nodes of the coming round were asked
     round_done: float | None = None  # when the last round's last chunk went out
     while any(r.result is None for r in runs.values()):
+        if cancel is not None and cancel():
+            break
         now = time.monotonic()
         if now > deadline:
             for r in runs.values():
@@ -319,12 +324,21 @@ class DeployPlan:
                 data = tar.read_bytes()
         else:
             data = path.read_bytes()
+        return cls.from_bytes(data, chunk_size, where=str(path))
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, chunk_size: int = DEFAULT_CHUNK_BYTES, *, where: str = "bundle"
+    ) -> DeployPlan:
+        """A plan for a bundle tar already in memory (e.g. from the hub's database)."""
+        if not MIN_CHUNK_BYTES <= chunk_size <= MAX_CHUNK_BYTES:
+            raise HubError(f"chunk size must be {MIN_CHUNK_BYTES}-{MAX_CHUNK_BYTES} bytes")
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / "bundle.tar"
             copy.write_bytes(data)
             loaded = load_bundle(copy, trusted_keys=None, require_signature=False)
         if loaded.key_id is None:
-            raise BundleError(f"{path}: unsigned; sign it (edge-agent-host sign) before deploying")
+            raise BundleError(f"{where}: unsigned; sign it (edge-agent-host sign) before deploying")
         return cls(data, loaded.sha256, loaded.manifest.name, loaded.manifest.version, chunk_size)
 
     @property

@@ -9,6 +9,7 @@
     edge-agent-hub events [--config FILE] [--node N] [--limit N] [--follow [--duration S]] [--json]
     edge-agent-hub telemetry NODE [--config FILE] [--since S] [--limit N] [--json]
     edge-agent-hub commands [--config FILE] [--limit N] [--json]
+    edge-agent-hub rollout start|status|list|pause|resume|abort ...   # hubd/rollout_cli.py
     edge-agent-hub systemd-unit | example-config
 
 Exit status: 0 success; 1 the database cannot be read (or, for ``status``, the service runs with
@@ -34,14 +35,15 @@ from edge_agent.daemon.discovery import pid_alive
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent_host.hub.cli import format_fleet
 from edge_agent_host.hub.errors import HubError
+from edge_agent_host.hubd import rollout_cli
+from edge_agent_host.hubd.access import open_database
 from edge_agent_host.hubd.config import (
     HubConfigFile,
     PostgresDatabase,
     example_config_text,
     load_hub_config,
 )
-from edge_agent_host.hubd.engines import SqliteEngine
-from edge_agent_host.hubd.store import DatabaseUnavailableError, HubDatabase, SchemaError
+from edge_agent_host.hubd.store import DatabaseUnavailableError, SchemaError
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_argument("--limit", type=int, default=50, help="the newest N (default 50)")
     commands.add_argument("--json", action="store_true", help="print JSON")
 
+    rollout_cli.add_parser(sub, with_config)
+
     sub.add_parser("systemd-unit", help="print the systemd unit (edge-agent-hub.service)")
     sub.add_parser("example-config", help="print the commented example config")
     return parser
@@ -126,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events": _events,
         "telemetry": _telemetry,
         "commands": _commands,
+        "rollout": rollout_cli.run,
         "systemd-unit": _systemd_unit,
         "example-config": _example_config,
     }[args.command]
@@ -189,23 +194,6 @@ def describe_config(source: HubConfigFile) -> str:
 
 
 # ------------------------------------------------------------------------------ the database
-def open_database(source: HubConfigFile) -> HubDatabase:
-    """The service's database, opened for reading (nothing is created or migrated)."""
-    from edge_agent_host.hubd.service import make_engine  # noqa: PLC0415
-
-    config = source.config
-    path = config.sqlite_path
-    if path is not None:
-        if not path.exists():
-            raise HubError(f"no hub database at {path}: has edge-agent-hub run with this config?")
-        engine: Any = SqliteEngine(path, readonly=True)
-    else:
-        engine = make_engine(source, application_name="edge-agent-hub cli")
-    db = HubDatabase(engine)
-    db.open(migrate=False)
-    return db
-
-
 def _fleet(args: argparse.Namespace) -> int:
     db = open_database(load_hub_config(args.config))
     try:

@@ -332,6 +332,32 @@ class RetentionSection(StrictModel):
         return self
 
 
+# ------------------------------------------------------------------------------- [rollouts]
+class RolloutsSection(StrictModel):
+    """``[rollouts]``: whether this replica carries staged rollouts (docs/hub.md)."""
+
+    key_file: Path | None = Field(
+        None,
+        description="The hub's command signing key (ed25519, 'edge-agent-host keygen'): a "
+        "replica with one carries the rollouts stored in the database; empty: it carries none.",
+    )
+    poll_interval_s: float = Field(
+        1.0, ge=0.05, le=60.0, description="How often an idle runner looks for work (s)."
+    )
+    lease_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description="A rollout whose runner has not renewed its lease for this long is taken "
+        "over by another replica (s).",
+    )
+
+    @field_validator("key_file", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+        return _path(value, info, optional=True)
+
+
 # ----------------------------------------------------------------------------------- the file
 class HubConfig(StrictModel):
     """A whole ``edge-agent-hub`` config file."""
@@ -343,6 +369,7 @@ class HubConfig(StrictModel):
     )
     queue: QueueSection = Field(default_factory=QueueSection, description="[queue]")
     retention: RetentionSection = Field(default_factory=RetentionSection, description="[retention]")
+    rollouts: RolloutsSection = Field(default_factory=RolloutsSection, description="[rollouts]")
 
     @property
     def sqlite_path(self) -> Path | None:

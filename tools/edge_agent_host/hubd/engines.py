@@ -43,7 +43,7 @@ class Engine(ABC):
 
     name: str
     types: Mapping[str, str]
-    """What ``{id}`` and ``{real}`` in the schema become."""
+    """What ``{id}``, ``{real}`` and ``{blob}`` in the schema become."""
     begin_sql = "BEGIN"
 
     @abstractmethod
@@ -84,7 +84,7 @@ class SqliteEngine(Engine):
     """An embedded SQLite file (WAL: readers such as ``edge-agent-hub fleet`` never block it)."""
 
     name = "sqlite"
-    types = {"id": "INTEGER PRIMARY KEY", "real": "REAL"}  # noqa: RUF012 - a constant table
+    types = {"id": "INTEGER PRIMARY KEY", "real": "REAL", "blob": "BLOB"}  # noqa: RUF012
     begin_sql = "BEGIN IMMEDIATE"
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 5.0, readonly: bool = False) -> None:
@@ -132,6 +132,7 @@ class PostgresEngine(Engine):
     types = {  # noqa: RUF012 - a constant table
         "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
         "real": "DOUBLE PRECISION",
+        "blob": "BYTEA",
     }
 
     def __init__(

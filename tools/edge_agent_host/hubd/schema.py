@@ -5,7 +5,8 @@ PostgreSQL: the only words that differ are the two placeholders below, which eac
 (:attr:`~edge_agent_host.hubd.engines.Engine.types`):
 
 * ``{id}``: an integer primary key that numbers rows in insertion order;
-* ``{real}``: a double-precision float (PostgreSQL's ``REAL`` is single precision).
+* ``{real}``: a double-precision float (PostgreSQL's ``REAL`` is single precision);
+* ``{blob}``: bytes (``BLOB``, ``BYTEA``).
 
 Everything else is the common subset: ``TEXT``, ``INTEGER``, ``BIGINT``, ``UNIQUE``,
 ``ON CONFLICT``. Booleans are ``INTEGER`` 0/1 and structured values JSON ``TEXT`` in both.
@@ -147,6 +148,50 @@ MIGRATIONS: Final = (
                 started {real} NOT NULL,
                 heartbeat {real} NOT NULL,
                 status TEXT NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "staged rollouts and the bundles they deploy",
+        (
+            # Signed bundle files the hub deploys (a rollout's and its rollback bundle).
+            """CREATE TABLE bundles (
+                sha256 TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                version TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                file_sha256 TEXT NOT NULL,
+                added {real} NOT NULL,
+                data {blob} NOT NULL
+            )""",
+            # One row per rollout: its plan (JSON), where it is, who carries it (a lease).
+            """CREATE TABLE rollouts (
+                id TEXT PRIMARY KEY,
+                created {real} NOT NULL,
+                updated {real} NOT NULL,
+                grp TEXT NOT NULL,
+                bundle_sha256 TEXT NOT NULL,
+                plan TEXT NOT NULL,
+                state TEXT NOT NULL,
+                wave INTEGER NOT NULL,
+                phase TEXT NOT NULL,
+                phase_started {real},
+                request TEXT,
+                detail TEXT NOT NULL,
+                owner TEXT,
+                lease_until {real}
+            )""",
+            "CREATE INDEX rollouts_state ON rollouts (state, created)",
+            """CREATE TABLE rollout_nodes (
+                rollout TEXT NOT NULL,
+                node TEXT NOT NULL,
+                wave INTEGER NOT NULL,
+                state TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                updated {real} NOT NULL,
+                baseline_p99_ms {real},
+                PRIMARY KEY (rollout, node)
             )""",
         ),
     ),

@@ -39,7 +39,7 @@ from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.daemon.metrics import Metrics
 from edge_agent.daemon.scheduler import Periodic
 from edge_agent.daemon.systemd import SdNotifier
-from edge_agent.errors import SignatureError
+from edge_agent.errors import EdgeAgentError, SignatureError
 from edge_agent.fleet.comms.base import Backoff, Transport
 from edge_agent.fleet.protocol import Envelope, RebirthRequest, Topics, clock_synced, encode
 from edge_agent.fsutil import write_atomic
@@ -52,11 +52,12 @@ from edge_agent_host.hubd.config import (
 from edge_agent_host.hubd.engines import Engine, PostgresEngine, SqliteEngine
 from edge_agent_host.hubd.listener import FleetListener
 from edge_agent_host.hubd.queue import HeldMessages
+from edge_agent_host.hubd.rollouts import RolloutRunner
 from edge_agent_host.hubd.store import DatabaseUnavailableError, HubDatabase, to_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubService", "State", "make_engine"]
+__all__ = ["HubService", "State", "make_engine", "rollout_runner"]
 
 _WRITE_SLICE_S: Final = 0.5
 _WATCHDOG_EVERY_S: Final = 2.0
@@ -93,6 +94,54 @@ def make_engine(source: HubConfigFile, *, application_name: str = "edge-agent-hu
     return SqliteEngine(path, busy_timeout_s=db.busy_timeout_s)
 
 
+def rollout_runner(source: HubConfigFile, password: str | None) -> RolloutRunner | None:
+    """The replica's rollout runner when ``[rollouts] key_file`` is set: its own database
+    connection and its own broker connection (a hub client that hears every result, outside any
+    shared subscription), signing with that key."""
+    config = source.config
+    key_file = config.rollouts.key_file
+    if key_file is None:
+        return None
+    from edge_agent_host.hub.client import HubClient  # noqa: PLC0415 - only with rollouts
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
+
+    try:
+        key = load_signing_key(key_file)
+    except (OSError, EdgeAgentError) as err:
+        raise source.error([(("rollouts", "key_file"), str(err))]) from err
+    mqtt, hub_id = config.mqtt, config.hub.effective_id()
+
+    def open_db() -> HubDatabase:
+        db = HubDatabase(make_engine(source, application_name=f"edge-agent-hub {hub_id} rollouts"))
+        db.open()
+        return db
+
+    def client() -> HubClient:
+        tls = mqtt.tls if mqtt.tls.enabled else None
+        hub = HubClient(
+            fleet=mqtt.fleet,
+            host=mqtt.host,
+            port=mqtt.port,
+            hub_id=hub_id,
+            key=key,
+            username=mqtt.username or None,
+            password=password,
+            ca_file=str(tls.ca_file) if tls is not None and tls.ca_file else None,
+            cert_file=str(tls.cert_file) if tls is not None and tls.cert_file else None,
+            key_file=str(tls.key_file) if tls is not None and tls.key_file else None,
+        )
+        hub.connect()
+        return hub
+
+    return RolloutRunner(
+        open_db,
+        client,
+        owner=hub_id,
+        poll_s=config.rollouts.poll_interval_s,
+        lease_s=config.rollouts.lease_s,
+    )
+
+
 class HubService:
     """The hub service: hears the fleet, holds what it heard, writes it to the database."""
 
@@ -106,8 +155,10 @@ class HubService:
         notifier: SdNotifier | None = None,
         drain_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        rollouts: RolloutRunner | None = None,
     ) -> None:
         self.config = config
+        self.rollouts = rollouts
         self.hub_id = config.hub.effective_id()
         self.topics = Topics(config.mqtt.fleet)
         self.queue = HeldMessages(config.queue.max_messages, config.queue.max_bytes)
@@ -195,7 +246,13 @@ class HubService:
             except SignatureError as err:
                 raise source.error([(("mqtt", "hub_keys_dir"), str(err))]) from err
         engine = make_engine(source, application_name=f"edge-agent-hub {hub_id}")
-        return cls(config, engine=engine, transport=transport, hub_keys=keys)
+        return cls(
+            config,
+            engine=engine,
+            transport=transport,
+            hub_keys=keys,
+            rollouts=rollout_runner(source, password),
+        )
 
     # metrics ----------------------------------------------------------------------------------
     def _make_metrics(self) -> Metrics:
@@ -290,6 +347,8 @@ class HubService:
         )
         self.transport.connect()
         self._open_db()
+        if self.rollouts is not None:
+            self.rollouts.start()
         self._report_status()
         self.notifier.ready(self.status_line())
 
@@ -317,6 +376,8 @@ class HubService:
         """Stop hearing, write what is held (bounded by ``drain_timeout_s``), last status."""
         self.state = State.STOPPING
         self.notifier.stopping()
+        if self.rollouts is not None:
+            self.rollouts.stop()  # a deploy under way stops between two rounds; resumed later
         self.transport.disconnect()
         deadline = time.monotonic() + self.drain_timeout_s
         while self.queue and time.monotonic() < deadline:
@@ -527,6 +588,7 @@ class HubService:
             "rebirths_requested": self.rebirths_requested,
             "maintenance": dict(self.maintenance),
             "counters": self.metrics.values(),
+            "rollouts": None if self.rollouts is None else self.rollouts.status(),
         }
 
     def status_line(self) -> str:

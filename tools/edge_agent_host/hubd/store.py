@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -584,6 +584,23 @@ class HubDatabase:
             {"n": min(count - max_rows, limit)},
         )
         return max(int(cur.rowcount), 0)
+
+    # for the other tables' modules (rollouts) -------------------------------------------------
+    def transaction(self) -> AbstractContextManager[None]:
+        """One transaction (:class:`DatabaseUnavailableError` when not connected)."""
+        return self._transaction()
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """One statement inside :meth:`transaction`; returns the rows it changed."""
+        return max(int(self._run(sql, params).rowcount), 0)
+
+    def execute_many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One statement for each of ``rows``, inside :meth:`transaction`."""
+        self._many(sql, rows)
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """The rows of one query (the connection counts as lost on database trouble)."""
+        return self._query(sql, params)
 
     # queries ----------------------------------------------------------------------------------
     def _query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Any]:

@@ -1,0 +1,309 @@
+"""``edge-agent-hub rollout``: start, watch and steer staged rollouts (docs/hub.md).
+
+::
+
+    edge-agent-hub rollout start BUNDLE --group G [--all | --node PATTERN ... | --label K=V ...]
+        [--waves 1,10%,50%,100% | --exponential F] [--soak S] [--max-failed-pct P]
+        [--max-error-events-pct P] [--max-tick-p99-ratio R] [--rollback-bundle FILE]
+        [--include-offline] [--dry-run] [--json]
+    edge-agent-hub rollout status [ID] [--json]       # the newest rollout without ID
+    edge-agent-hub rollout list [--json]
+    edge-agent-hub rollout pause|resume|abort ID
+
+The commands write the rollout into the hub's database; the service replica with
+``[rollouts] key_file`` carries it out (``rollouts.RolloutRunner``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from edge_agent.bundle.writer import pack_tar
+from edge_agent_host.hub.deploy import DEFAULT_CHUNK_BYTES, DeployPlan
+from edge_agent_host.hub.errors import HubError
+from edge_agent_host.hubd.access import open_database
+from edge_agent_host.hubd.config import load_hub_config
+from edge_agent_host.hubd.rollout_plan import Criteria, RolloutPlan, plan_waves, select_nodes
+from edge_agent_host.hubd.rollout_store import RolloutStore
+from edge_agent_host.hubd.store import HubDatabase
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(
+    sub: Any, with_config: Callable[[argparse.ArgumentParser], None]
+) -> argparse.ArgumentParser:
+    rollout: argparse.ArgumentParser = sub.add_parser(
+        "rollout", help="staged rollouts of a signed bundle (start, status, ...)"
+    )
+    steps = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+
+    start = steps.add_parser("start", help="plan a rollout; the service carries it out")
+    with_config(start)
+    start.add_argument("bundle", type=Path, help="signed bundle directory or .tar")
+    start.add_argument("--group", required=True, help="the group that runs the bundle")
+    who = start.add_mutually_exclusive_group()
+    who.add_argument("--all", action="store_true", help="every node with the group (default)")
+    who.add_argument(
+        "--node", action="append", default=[], metavar="PATTERN", help="node names (globs)"
+    )
+    start.add_argument(
+        "--label", action="append", default=[], metavar="K=V", help="nodes with this label"
+    )
+    how = start.add_mutually_exclusive_group()
+    how.add_argument(
+        "--waves",
+        default="1,10%,50%,100%",
+        help="cumulative node counts or percentages (default 1,10%%,50%%,100%%)",
+    )
+    how.add_argument("--exponential", type=float, help="waves of 1, F, F^2, ... nodes")
+    start.add_argument("--soak", type=float, default=60.0, help="seconds each wave soaks")
+    start.add_argument(
+        "--max-failed-pct",
+        type=float,
+        default=0.0,
+        help="halt when more of a wave's nodes fail or roll back (percent, default 0)",
+    )
+    start.add_argument(
+        "--max-error-events-pct",
+        type=float,
+        default=100.0,
+        help="halt when more deployed nodes send error events while soaking (100: off)",
+    )
+    start.add_argument(
+        "--max-tick-p99-ratio",
+        type=float,
+        default=0.0,
+        help="halt when the wave's median tick p99 grows more than this factor (0: off)",
+    )
+    start.add_argument("--baseline", type=float, default=300.0, help="baseline telemetry (s)")
+    start.add_argument(
+        "--rollback-bundle", type=Path, help="signed bundle the nodes get back after a halt"
+    )
+    start.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_BYTES, help="bytes per chunk"
+    )
+    start.add_argument("--rate", type=float, default=32.0, help="broadcast chunks per second")
+    start.add_argument("--deploy-timeout", type=float, default=600.0, help="per wave (s)")
+    start.add_argument("--watch-ticks", type=int, default=50, help="ticks watched after switch")
+    start.add_argument("--health-steps", type=int, default=20, help="health-check steps")
+    start.add_argument("--include-offline", action="store_true", help="select offline nodes too")
+    start.add_argument("--dry-run", action="store_true", help="print the plan, store nothing")
+    start.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    status = steps.add_parser("status", help="a rollout's waves and nodes")
+    with_config(status)
+    status.add_argument("id", nargs="?", help="default: the newest rollout")
+    status.add_argument("--json", action="store_true", help="print it as JSON")
+
+    listing = steps.add_parser("list", help="rollouts, newest first")
+    with_config(listing)
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
+
+    for action in ("pause", "resume", "abort"):
+        p = steps.add_parser(action, help=f"{action} a rollout")
+        with_config(p)
+        p.add_argument("id", help="the rollout's id (rollout list)")
+    return rollout
+
+
+def _open(args: argparse.Namespace) -> HubDatabase:
+    return open_database(load_hub_config(args.config), write=True)
+
+
+def _bundle_bytes(path: Path) -> bytes:
+    if path.is_dir():
+        tar = Path(f"{path}.rollout.tar")
+        try:
+            pack_tar(path, tar)
+            return tar.read_bytes()
+        finally:
+            tar.unlink(missing_ok=True)
+    return path.read_bytes()
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HubError(f"--label {item!r}: KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _start(args: argparse.Namespace) -> int:
+    data = _bundle_bytes(args.bundle)
+    plan = DeployPlan.from_bytes(data, args.chunk_size, where=str(args.bundle))
+    rollback = None
+    if args.rollback_bundle is not None:
+        rollback_data = _bundle_bytes(args.rollback_bundle)
+        rollback = DeployPlan.from_bytes(
+            rollback_data, args.chunk_size, where=str(args.rollback_bundle)
+        )
+    db = _open(args)
+    try:
+        store = RolloutStore(db)
+        labels = _labels(args.label)
+        nodes, offline = select_nodes(
+            db.fleet(),
+            args.group,
+            names=args.node,
+            labels=labels,
+            include_offline=args.include_offline,
+        )
+        if not nodes:
+            raise HubError(
+                f"no {'' if args.include_offline else 'online '}node runs group {args.group!r}"
+                + (f" with {labels}" if labels else "")
+                + (f" matching {args.node}" if args.node else "")
+                + (f" ({len(offline)} offline)" if offline else "")
+            )
+        waves = plan_waves(
+            len(nodes),
+            args.waves.split(",") if args.exponential is None else None,
+            exponential=args.exponential,
+        )
+        rollout = RolloutPlan(
+            group=args.group,
+            bundle_sha256=plan.sha256,
+            bundle_name=plan.name,
+            bundle_version=plan.version,
+            waves=waves,
+            soak_s=args.soak,
+            criteria=Criteria(
+                max_failed_pct=args.max_failed_pct,
+                max_error_events_pct=args.max_error_events_pct,
+                max_tick_p99_ratio=args.max_tick_p99_ratio,
+                baseline_s=args.baseline,
+            ),
+            rollback_sha256=rollback.sha256 if rollback is not None else None,
+            chunk_size=args.chunk_size,
+            rate_chunks_s=args.rate,
+            deploy_timeout_s=args.deploy_timeout,
+            watch_ticks=args.watch_ticks,
+            health_steps=args.health_steps,
+            selector={"nodes": args.node, "labels": labels, "skipped_offline": offline},
+        )
+        summary = {
+            "group": args.group,
+            "bundle_sha256": plan.sha256,
+            "nodes": nodes,
+            "waves": waves,
+            "skipped_offline": offline,
+        }
+        if args.dry_run:
+            print(json.dumps(summary) if args.json else _plan_text(summary))
+            return 0
+        store.put_bundle(data, plan.sha256, plan.name, plan.version)
+        if rollback is not None:
+            store.put_bundle(rollback.data, rollback.sha256, rollback.name, rollback.version)
+        rollout_id = store.create(rollout, nodes)
+    finally:
+        db.close()
+    summary["id"] = rollout_id
+    print(json.dumps(summary) if args.json else f"rollout {rollout_id}\n{_plan_text(summary)}")
+    return 0
+
+
+def _plan_text(summary: dict[str, Any]) -> str:
+    waves = summary["waves"]
+    sizes = [b - a for a, b in zip([0, *waves], waves, strict=False)]
+    text = (
+        f"{len(summary['nodes'])} node(s) of group {summary['group']} in {len(waves)} wave(s) "
+        f"of {', '.join(map(str, sizes))}"
+    )
+    if summary["skipped_offline"]:
+        text += f"; {len(summary['skipped_offline'])} offline node(s) left out"
+    return text
+
+
+def _status(args: argparse.Namespace) -> int:
+    db = _open(args)
+    try:
+        store = RolloutStore(db)
+        rollout_id = args.id
+        if rollout_id is None:
+            ids = store.ids(limit=1)
+            if not ids:
+                raise HubError("no rollout yet")
+            rollout_id = ids[0]
+        summary = store.get(rollout_id).summary()
+    finally:
+        db.close()
+    print(to_json(summary) if args.json else describe(summary))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    db = _open(args)
+    try:
+        store = RolloutStore(db)
+        rows = [store.get(i).summary() for i in store.ids()]
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "nodes"} for r in rows]))
+        return 0
+    for r in rows:
+        print(
+            f"{r['id']}  {r['state']:<11} group {r['group']} <- {r['bundle_sha256'][:12]}  "
+            f"wave {r['wave'] + 1}/{r['waves']}  {r['nodes_done']}/{r['nodes_total']} ok, "
+            f"{r['nodes_failed']} failed"
+        )
+    return 0
+
+
+def _request(args: argparse.Namespace) -> int:
+    db = _open(args)
+    try:
+        r = RolloutStore(db).request(args.id, args.rollout_command)
+    finally:
+        db.close()
+    print(f"rollout {r.id}: {args.rollout_command} requested (state {r.state.value})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "start": _start,
+        "status": _status,
+        "list": _list,
+        "pause": _request,
+        "resume": _request,
+        "abort": _request,
+    }
+    return handlers[args.rollout_command](args)
+
+
+def describe(summary: Mapping[str, Any]) -> str:
+    """``rollout status``: the rollout, each wave, each node."""
+    s = summary
+    lines = [
+        f"rollout {s['id']}: {s['state']}"
+        + (f" (wave {s['wave'] + 1}/{s['waves']} {s['phase']})" if s["phase"] else "")
+        + (f", request {s['request']}" if s["request"] else ""),
+        f"  group {s['group']} <- {s['bundle']} {s['bundle_sha256'][:12]}",
+        f"  nodes {s['nodes_total']}: {s['nodes_done']} ok, {s['nodes_failed']} failed; "
+        f"soak {s['soak_s']:g} s; rollback "
+        + (s["rollback_sha256"][:12] if s["rollback_sha256"] else "none"),
+    ]
+    if s["detail"]:
+        lines.append(f"  {s['detail']}")
+    for w in s["wave_table"]:
+        states = ", ".join(f"{k} {v}" for k, v in sorted(w["states"].items()))
+        lines.append(
+            f"  wave {w['wave'] + 1}: {w['nodes']} node(s) (up to {w['cumulative']}): {states}"
+        )
+    for node, row in s["nodes"].items():
+        detail = f"  {row['detail']}" if row["detail"] else ""
+        lines.append(f"    {node:<24} wave {row['wave'] + 1}  {row['state']}{detail}")
+    return "\n".join(lines)
+
+
+def to_json(summary: Mapping[str, Any]) -> str:
+    return json.dumps(summary, sort_keys=True, default=str)
