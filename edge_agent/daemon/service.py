@@ -61,6 +61,7 @@ from edge_agent.daemon.admission import OverlayProblem, admit
 from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.health import HealthMonitor
+from edge_agent.daemon.heap import release_free_heap
 from edge_agent.daemon.metrics import Metrics
 from edge_agent.daemon.rollout import Rollout
 from edge_agent.daemon.scheduler import Periodic, TickClock, TickStats
@@ -365,6 +366,7 @@ class Daemon:
         back)."""
         for g in self.groups:
             g.warm_up()
+        release_free_heap()  # the warm-up's copies of every state are gone: give the pages back
 
     def snapshot(self, *, force: bool = False) -> None:
         arrays: dict[str, np.ndarray] = {}
@@ -384,6 +386,8 @@ class Daemon:
             self._event("snapshot_failed", "error", str(err))
             return
         if info is not None:
+            del arrays
+            release_free_heap()  # the archive's buffers and the gathered state are gone
             self.last_snapshot = {
                 "path": str(info.path),
                 "bytes": info.nbytes,
@@ -613,6 +617,8 @@ class Daemon:
         self.rebirth()
         self.reloads_ok += 1
         self.last_reload_error = ""
+        del old
+        release_free_heap()
         logger.info(
             "reloaded %s: %d group(s), %d agents", self.config_path, len(groups), self.total_agents
         )
