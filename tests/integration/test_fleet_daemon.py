@@ -497,7 +497,9 @@ def test_hub_commands_good_bad_and_hostile(
         # The nonce store outlives the process: the accepted command stays a replay.
         assert node.stop() == 0
         node.start()
-        wait_until(lambda: node.status().get("pid") == node.pid, "the new status")
+        # Online (connected and subscribed), not only started: a command sent before the new
+        # session subscribes is lost, and a refusal is answered only once heard.
+        node.wait_status(lambda s: bool(s.get("fleet", {}).get("online")), "the node online")
         assert answer(good) is ResultCode.REPLAYED
 
 
