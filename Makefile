@@ -1,5 +1,5 @@
 # Thin shortcuts to the scripts that do the work; CI runs .ci/run, not make.
-.PHONY: test demo lint test-arm64
+.PHONY: test demo lint test-arm64 test-docker
 
 # ruff, mypy and pytest in .venv (created on first use). Args: make test ARGS="-k config"
 test:
@@ -16,3 +16,7 @@ lint:
 # The daemon on emulated arm64 (debootstrap + qemu-user, as root): docs/arm64.md.
 test-arm64:
 	scripts/test-arm64
+
+# Dockerfile.arm64 built and run under qemu, no registry (as root; after test-arm64): docs/arm64.md.
+test-docker:
+	scripts/test-docker
