@@ -21,25 +21,41 @@
 
 from __future__ import annotations
 
-from edge_agent.coordination.auction import Auctioneer, AuctionSettings
-from edge_agent.coordination.beliefs import BeliefSharer, SharingSettings
-from edge_agent.coordination.engine import (
-    CoordinatedGroup,
-    CoordinationEngine,
-    CoordinationSettings,
-)
-from edge_agent.coordination.ledger import Bid, TaskBoard, award
-from edge_agent.coordination.messages import (
-    ReleaseStatus,
-    TaskAnnounce,
-    TaskBids,
-    TaskRelease,
-    TaskSpec,
-    TaskState,
-    TaskSync,
-)
-from edge_agent.coordination.preferences import TaskPreferences
-from edge_agent.coordination.utility import task_costs, task_utility
+import importlib
+from typing import Any
+
+# Names resolved on first use (PEP 562): validating a config imports coordination.config and
+# coordination.settings only, never the engines a daemon without [coordination] does not run.
+_WHERE = {
+    "AuctionSettings": "settings",
+    "Auctioneer": "auction",
+    "BeliefSharer": "beliefs",
+    "Bid": "ledger",
+    "CoordinatedGroup": "engine",
+    "CoordinationEngine": "engine",
+    "CoordinationSettings": "settings",
+    "ReleaseStatus": "messages",
+    "SharingSettings": "settings",
+    "TaskAnnounce": "messages",
+    "TaskBids": "messages",
+    "TaskBoard": "ledger",
+    "TaskPreferences": "preferences",
+    "TaskRelease": "messages",
+    "TaskSpec": "messages",
+    "TaskState": "messages",
+    "TaskSync": "messages",
+    "award": "ledger",
+    "task_costs": "utility",
+    "task_utility": "utility",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "AuctionSettings",

@@ -9,12 +9,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from edge_agent.coordination.ledger import Bid, TaskBoard
 from edge_agent.coordination.messages import (
     Claim,
 )
+from edge_agent.coordination.settings import AuctionSettings
 
 #: Largest ``P * S`` for which :class:`TaskPreferences` keeps each holder's utility along every
 #: policy precomputed (single-factor models); above it, the policy tree is walked every tick.
@@ -24,56 +23,6 @@ PRECOMPUTE_MAX: Final = 4096
 # --------------------------------------------------------------------------------------------
 # one node's auction bookkeeping
 # --------------------------------------------------------------------------------------------
-class AuctionSettings(BaseModel):
-    """Task allocation settings of a node (the same on every node of a fleet)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    window_s: float = Field(
-        1.0,
-        gt=0.0,
-        le=3600.0,
-        description="Bidding window, from when this node first saw a task's epoch.",
-    )
-    min_bids_per_task: int = Field(
-        4, ge=1, le=4096, description="Fewest agents a group bids per task (when it has them)."
-    )
-    max_bids_per_task: int = Field(
-        64, ge=1, le=4096, description="Most agents a group bids per task in one round."
-    )
-    preference_scale: float = Field(
-        1.0, gt=0.0, le=100.0, description="Nats of preference per transition towards a goal."
-    )
-    done_belief: float | None = Field(
-        0.9,
-        gt=0.0,
-        le=1.0,
-        description="A holder is done when q(goal state) reaches this; None: only when the "
-        "application says so (CoordinationEngine.complete).",
-    )
-    state_every_s: float = Field(
-        1.0, gt=0.0, le=3600.0, description="Period of task_state (digest and claims) messages."
-    )
-    state_min_interval_s: float = Field(
-        0.2, ge=0.0, le=3600.0, description="Least time between two task_state messages."
-    )
-    sync_after_s: float = Field(
-        3.0,
-        gt=0.0,
-        le=3600.0,
-        description="Send a sync when a peer's digest matched none of ours for this long.",
-    )
-    sync_min_interval_s: float = Field(
-        2.0, ge=0.0, le=3600.0, description="Least time between two syncs sent."
-    )
-    max_held_per_group: int = Field(
-        256, ge=1, le=1 << 20, description="Tasks one group's agents can hold at once."
-    )
-    outbox_class: str = Field(
-        "event", min_length=1, max_length=64, description="Outbox class of task messages."
-    )
-    max_tasks: int = Field(4096, ge=1, le=1 << 20, description="Tasks in the ledger.")
-    max_bids: int = Field(1 << 17, ge=1, le=1 << 24, description="Bids in the ledger.")
 
 
 @dataclass

@@ -47,16 +47,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Final, Literal
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.coordination import fusion
+from edge_agent.coordination.settings import SharingSettings
 from edge_agent.errors import InputError
+from edge_agent.fleet.names import UINT32
 from edge_agent.fleet.protocol import (
-    UINT32,
     BeliefBatch,
     Envelope,
     encode,
@@ -65,52 +65,6 @@ from edge_agent.fleet.protocol import (
 
 _HALF: Final = 1 << 31
 ROW_ID_BYTES: Final = 4
-
-
-class SharingSettings(BaseModel):
-    """How a group shares beliefs over its shared factors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    factors: tuple[int, ...] = Field(
-        min_length=1, max_length=16, description="Indices of the hidden-state factors shared."
-    )
-    every_ticks: int = Field(
-        1, ge=1, le=100_000, description="An agent publishes at most once every this many ticks."
-    )
-    min_evidence_nats: float = Field(
-        0.25,
-        ge=0.0,
-        le=fusion.WIRE_RANGE_NATS,
-        description="Publish only evidence that shifts some log-odds by at least this much.",
-    )
-    trust: float = Field(
-        0.5,
-        gt=0.0,
-        le=1.0,
-        description="Weight w of a peer's evidence (1: independent sensors, exact Bayes).",
-    )
-    bound_nats: float = Field(
-        4.0,
-        gt=0.0,
-        le=fusion.WIRE_RANGE_NATS,
-        description="One peer moves any log-odds by at most trust * bound_nats per fusion.",
-    )
-    tau_s: float = Field(10.0, gt=0.0, le=1e6, description="Age decay: weight exp(-age / tau_s).")
-    max_age_s: float = Field(
-        30.0, gt=0.0, le=1e6, description="Messages older than this are dropped."
-    )
-    max_peers: int = Field(16, ge=1, le=1024, description="Peer nodes kept (table slots).")
-    bytes_per_agent_s: float = Field(
-        64.0, gt=0.0, le=1e6, description="Sending budget per agent: bytes per second."
-    )
-    burst_s: float = Field(
-        2.0, gt=0.0, le=3600.0, description="Token bucket capacity, in seconds of budget."
-    )
-    max_rows_per_message: int = Field(
-        4096, ge=1, le=65_536, description="Rows per BeliefBatch; more rows go in more messages."
-    )
-    qos: Literal[0, 1] = Field(0, description="MQTT QoS of belief messages.")
 
 
 def _newer(bdseq: int, seq: int, last: tuple[int, int]) -> bool:

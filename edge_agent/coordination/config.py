@@ -34,11 +34,8 @@ from typing import Final
 
 from pydantic import Field, field_validator
 
-from edge_agent.coordination.auction import AuctionSettings
-from edge_agent.coordination.beliefs import SharingSettings
-from edge_agent.coordination.engine import CoordinationSettings
-from edge_agent.fleet.outbox import DEFAULT_POLICIES
-from edge_agent.fleet.protocol import NAME_PATTERN, UINT32
+from edge_agent.coordination.settings import AuctionSettings, CoordinationSettings, SharingSettings
+from edge_agent.fleet.names import NAME_PATTERN, UINT32
 from edge_agent.strict import StrictModel
 
 __all__ = ["AuctionConfig", "CoordinationConfig", "GroupCoordinationConfig"]
@@ -70,6 +67,8 @@ class AuctionConfig(AuctionSettings):
     @field_validator("outbox_class")
     @classmethod
     def _known_class(cls, name: str) -> str:
+        from edge_agent.fleet.outbox import DEFAULT_POLICIES  # noqa: PLC0415 - only when given
+
         if name not in DEFAULT_POLICIES:
             raise ValueError(
                 f"unknown outbox class {name!r}; known: {', '.join(sorted(DEFAULT_POLICIES))}"

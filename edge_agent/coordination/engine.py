@@ -36,11 +36,10 @@ from typing import Final, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.aif import kernels
-from edge_agent.coordination.auction import Auctioneer, AuctionSettings
-from edge_agent.coordination.beliefs import BeliefSharer, SharingSettings
+from edge_agent.coordination.auction import Auctioneer
+from edge_agent.coordination.beliefs import BeliefSharer
 from edge_agent.coordination.ledger import Bid, TaskBoard, abandon
 from edge_agent.coordination.messages import (
     MAX_BIDS_PER_MESSAGE,
@@ -57,12 +56,13 @@ from edge_agent.coordination.messages import (
     TaskSync,
 )
 from edge_agent.coordination.preferences import TaskPreferences
+from edge_agent.coordination.settings import CoordinationSettings, SharingSettings
 from edge_agent.coordination.utility import select_bids, task_costs, task_utility
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import EdgeAgentError, InputError
 from edge_agent.fleet.comms.base import BoundedQueue
+from edge_agent.fleet.names import UINT32
 from edge_agent.fleet.protocol import (
-    UINT32,
     BeliefBatch,
     Birth,
     Body,
@@ -123,24 +123,6 @@ class MessageLike(Protocol):
 
     @property
     def envelope(self) -> Envelope: ...
-
-
-class CoordinationSettings(BaseModel):
-    """Settings of a node's coordination engine."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    auction: AuctionSettings = Field(default_factory=AuctionSettings)
-    max_inbox: int = Field(
-        4096, ge=1, le=1 << 20, description="Coordination messages queued between ticks."
-    )
-    max_messages_per_tick: int = Field(
-        1024, ge=1, le=1 << 20, description="Queued messages merged per tick (the rest wait)."
-    )
-    tick_period_s: float = Field(
-        0.1, gt=0.0, le=3600.0, description="The node's tick period (age of belief messages)."
-    )
-    max_peers: int = Field(4096, ge=1, le=1 << 20, description="Peer nodes tracked.")
 
 
 @dataclass

@@ -27,12 +27,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-from edge_agent.fleet.protocol import (
-    NAME_PATTERN,
-    UINT32,
-    Body,
-    register_body_type,
-)
+from edge_agent.fleet.names import NAME_PATTERN, UINT32
+from edge_agent.fleet.protocol import Body, register_body_type
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 U32 = Annotated[int, Field(ge=0, lt=UINT32)]

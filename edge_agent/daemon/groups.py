@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -41,15 +41,17 @@ from edge_agent.config.daemon import (
     SimSource,
     describe_endpoint,
 )
-from edge_agent.coordination.runtime import CoordinationRuntime
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, PlanRequest
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.fleet.agent_io import ActionPublisher, FeatureBuffer, ObservationBuffer
 from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim import World
 from edge_agent.sim.registry import make_env
+
+if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled (or an MQTT source, sink)
+    from edge_agent.coordination.runtime import CoordinationRuntime
+    from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer
 
 Agents = AifAgentGroup | NeuralAgentGroup | PerceptionAifGroup
 Kind = Literal["aif", "neural", "perception"]
@@ -376,6 +378,11 @@ def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> Group
         env = make_env(world_name(cfg), n, seed=cfg.seed)
         obs = env.reset()
     else:
+        from edge_agent.fleet.agent_io import (  # noqa: PLC0415 - MQTT sources only
+            FeatureBuffer,
+            ObservationBuffer,
+        )
+
         if isinstance(agents, NeuralAgentGroup):
             inbox = FeatureBuffer(cfg.name, n, agents.num_features, agents.frame)
         elif isinstance(agents, PerceptionAifGroup):
@@ -386,6 +393,8 @@ def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> Group
         obs = inbox.obs
     sink = None
     if isinstance(cfg.sink, MqttSink):
+        from edge_agent.fleet.agent_io import ActionPublisher  # noqa: PLC0415 - MQTT sinks only
+
         if isinstance(agents, NeuralAgentGroup):
             continuous = agents.num_actions if agents.spec.output_kind == "continuous" else 0
             sink = ActionPublisher(

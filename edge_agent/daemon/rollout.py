@@ -21,11 +21,10 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.config.daemon import DaemonConfig
 from edge_agent.config.profiles import FirmwareProfile
-from edge_agent.coordination.runtime import CoordinationRuntime
 from edge_agent.core.budget import MemoryBudget
 from edge_agent.daemon.admission import load_group_model, trusted_keys
 from edge_agent.daemon.groups import (
@@ -40,6 +39,9 @@ from edge_agent.daemon.groups import (
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.deploy import DeployManager, ReadyToSwitch, Report
 from edge_agent.recovery import StateHealth
+
+if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
+    from edge_agent.coordination.runtime import CoordinationRuntime
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -51,15 +51,12 @@ from edge_agent.config.daemon import (
 )
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import TomlDocument
-from edge_agent.coordination.config import CoordinationConfig
-from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding, wanted
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon import discovery
 from edge_agent.daemon import status as status_view
 from edge_agent.daemon.admission import OverlayProblem, admit
 from edge_agent.daemon.groups import GroupRuntime
-from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.heap import release_free_heap
 from edge_agent.daemon.metrics import Metrics
@@ -68,22 +65,20 @@ from edge_agent.daemon.scheduler import Periodic, TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.daemon.systemd import SdNotifier, WatchdogGate
 from edge_agent.daemon.thermal import read_cpu_temp_c
-from edge_agent.daemon.uplink import FleetUplink
 from edge_agent.errors import (
     ConfigError,
     EdgeAgentError,
     InputError,
     SnapshotError,
 )
-from edge_agent.fleet.deploy import Report
-from edge_agent.fleet.link import FleetLink
-from edge_agent.fleet.protocol import (
-    Birth,
-    CommandResult,
-    GroupInfo,
-    clock_synced,
-)
 from edge_agent.recovery import Recovery, StateHealth
+
+if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] enabled
+    from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding
+    from edge_agent.daemon.uplink import FleetUplink
+    from edge_agent.fleet.deploy import Report
+    from edge_agent.fleet.link import FleetLink
+    from edge_agent.fleet.protocol import Birth
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +239,9 @@ class Daemon:
 
     def _open_fleet(self, config: DaemonConfig) -> None:
         """The fleet uplink and, when a group takes part, coordination (no connection yet)."""
+        from edge_agent.daemon.handlers import CommandHandlers  # noqa: PLC0415 - [mqtt] only
+        from edge_agent.daemon.uplink import FleetUplink  # noqa: PLC0415
+
         uplink = FleetUplink(
             config,
             self.source,
@@ -263,6 +261,8 @@ class Daemon:
 
     def _coordination_groups(self) -> dict[str, GroupBinding]:
         """The groups with a coordination table, as they are now (the runtime follows them)."""
+        from edge_agent.coordination.runtime import GroupBinding  # noqa: PLC0415 - [mqtt] only
+
         return {
             g.name: GroupBinding(g.agents, g.config.coordination)
             for g in self.groups
@@ -271,6 +271,10 @@ class Daemon:
 
     def _open_coordination(self, config: DaemonConfig, link: FleetLink) -> None:
         """The coordination runtime, when a group takes part (reserves its memory first)."""
+        from edge_agent.coordination.config import CoordinationConfig  # noqa: PLC0415
+        from edge_agent.coordination.runtime import CoordinationRuntime, wanted  # noqa: PLC0415
+        from edge_agent.fleet.protocol import clock_synced  # noqa: PLC0415
+
         if not wanted(config.coordination, self._coordination_groups(), config.mqtt.enabled):
             return
         try:
@@ -684,6 +688,8 @@ class Daemon:
             self.uplink.after_tick()
 
     def _publish_deploy_reports(self, reports: list[Report]) -> None:
+        from edge_agent.fleet.protocol import CommandResult  # noqa: PLC0415 - [mqtt] only
+
         for report in reports:
             if report.nonce is not None and report.code is not None and self.uplink is not None:
                 self.uplink.publish_result(
@@ -852,6 +858,8 @@ class Daemon:
         )
 
     def _birth(self) -> Birth:
+        from edge_agent.fleet.protocol import Birth, GroupInfo  # noqa: PLC0415 - [mqtt] only
+
         return Birth(
             software_version=__version__,
             profile=self.profile.name,

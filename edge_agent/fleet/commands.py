@@ -48,10 +48,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError, SignatureError
+from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent.fleet.protocol import (
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
-    NAME_PATTERN,
     Command,
     CommandResult,
     ResultCode,

@@ -45,11 +45,11 @@ from edge_agent.fleet.comms.base import (
     TransportEventKind,
     Will,
 )
+from edge_agent.fleet.names import UINT32
 from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.protocol import (
     DECODE_REASONS,
     DEFAULT_MAX_BYTES,
-    UINT32,
     ActionBatch,
     Birth,
     Body,

@@ -33,6 +33,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from edge_agent.errors import ProtocolError
+from edge_agent.fleet.names import NAME_PATTERN, UINT32
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +42,8 @@ TOPIC_ROOT: Final = "ea/v1"
 DEFAULT_MAX_BYTES: Final = 256 * 1024
 """Largest payload :func:`encode` writes and :func:`decode` accepts unless told otherwise."""
 
-UINT32: Final = 1 << 32
 _HALF: Final = 1 << 31
 
-NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-"""Node ids, fleet names, group names and agent ids: one safe MQTT topic level, 1-64 chars."""
 _NAME_RE: Final = re.compile(NAME_PATTERN)
 _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 MAX_CHUNK_BYTES: Final = 192 * 1024

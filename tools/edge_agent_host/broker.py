@@ -61,7 +61,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import InputError
-from edge_agent.fleet.protocol import NAME_PATTERN, NODE_OWNED_KINDS, TopicKind, Topics
+from edge_agent.fleet.names import NAME_PATTERN
+from edge_agent.fleet.protocol import NODE_OWNED_KINDS, TopicKind, Topics
 from edge_agent.fsutil import write_atomic
 
 __all__ = [

@@ -44,7 +44,7 @@ from edge_agent.coordination.messages import (
     TaskState,
 )
 from edge_agent.errors import InputError, ProtocolError
-from edge_agent.fleet.protocol import NAME_PATTERN
+from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent_host.hub import HubClient, HubError
 from edge_agent_host.hub.cli import add_broker_arguments, connect
 

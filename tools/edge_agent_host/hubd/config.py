@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError
 from edge_agent.config.daemon import MqttTls, expand_path
 from edge_agent.config.toml_lines import Problem, TomlDocument, raise_problems, validate_toml
 from edge_agent.errors import ConfigError
-from edge_agent.fleet.protocol import NAME_PATTERN
+from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent.strict import StrictModel
 
 __all__ = [

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from pydantic import Field
 
-from edge_agent.fleet.protocol import NAME_PATTERN
+from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent.strict import StrictModel
 from edge_agent_host.hub.errors import HubError
 
