@@ -261,6 +261,27 @@ class HistoryRing:
             self._len += 1
         self._total += 1
 
+    def append_one(self, field: str, value: np.ndarray) -> None:
+        """:meth:`append` for a ring of one field, without its per-call bookkeeping when
+        ``value`` is already ``(n_agents, *field_shape)`` in the field's dtype (a group's hot
+        path); anything else goes through :meth:`append` and its checks."""
+        spec = self._specs.get(field)
+        if (
+            spec is None
+            or len(self._specs) != 1
+            or not isinstance(value, np.ndarray)
+            or value.dtype != spec[1]
+            or value.shape != (self._n_agents, *spec[0])
+        ):
+            self.append(**{field: value})
+            return
+        head = self._head
+        np.copyto(self._arenas[field][head], value)
+        self._head = (head + 1) % self._capacity
+        if self._len < self._capacity:
+            self._len += 1
+        self._total += 1
+
     # --------------------------------------------------------------------------------- reading
     def _arena(self, field: str) -> np.ndarray:
         try:

@@ -192,6 +192,7 @@ class NeuralAgentGroup:
     _batch: FloatArray
     _flat: FloatArray
     _filled: IntArray
+    _saturated: bool
     _actions: np.ndarray
     _probs: FloatArray | None
     _below: NDArray[np.bool_] | None
@@ -338,6 +339,7 @@ class NeuralAgentGroup:
             filled = np.zeros(n_agents, dtype=np.int64)
             filled[:keep] = self._filled[:keep]
         self._filled = filled
+        self._saturated = False
         # Every agent's window, oldest first, is its block of the session's (N, T, F) input: the
         # windows live there and nowhere else (see _push_window), so a resize carries the kept
         # agents' blocks over from the old buffer.
@@ -404,12 +406,14 @@ class NeuralAgentGroup:
         """Forget the windows of the agents in ``mask`` (all by default): they restart empty."""
         if mask is None:
             self._filled.fill(0)
+            self._saturated = False
             self._batch.fill(0.0)
             return
         sel = np.asarray(mask)
         if sel.shape != (self.n_agents,) or sel.dtype != np.bool_:
             raise InputError(f"mask must be a bool array of shape ({self.n_agents},)")
         self._filled[sel] = 0
+        self._saturated = False
         self._batch[sel] = 0.0  # older steps of a restarted window are zeros
 
     def check_obs(self, obs: np.ndarray) -> np.ndarray:
@@ -444,9 +448,11 @@ class NeuralAgentGroup:
         """
         del now  # observations are timed per tick by the caller; kept for a uniform signature
         o = self.check_obs(obs)
-        self.history.append(obs=o)
-        np.add(self._filled, 1, out=self._filled)
-        np.minimum(self._filled, self.window, out=self._filled)
+        self.history.append_one("obs", o)
+        if not self._saturated:  # until every agent's window is full (then nothing to count)
+            np.add(self._filled, 1, out=self._filled)
+            np.minimum(self._filled, self.window, out=self._filled)
+            self._saturated = bool(self._filled.min() >= self.window)
         self._push_window(o)
         outputs = self.session.run(self._inputs)
         self.ticks += 1
@@ -556,6 +562,7 @@ class NeuralAgentGroup:
         history = {k[len("history.") :]: v for k, v in state.items() if k.startswith("history.")}
         self.history.load_state_dict(history)
         self._filled[...] = np.minimum(np.asarray(state["filled"]), self.window)
+        self._saturated = bool(self._filled.min() >= self.window)
         self._actions[...] = state["actions"]
         self.ticks = int(state.get("ticks", np.array(0)))
         self._rebuild_windows()

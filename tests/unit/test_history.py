@@ -436,3 +436,24 @@ def test_bad_snapshots_are_refused_without_changing_the_ring(
         ring.load_state_dict(state)
     assert (len(ring), ring.total_appended) == (1, 1)
     assert int(ring.latest("obs")[0, 0]) == 50
+
+
+def test_append_one_is_append_for_a_one_field_ring() -> None:
+    fast = HistoryRing(3, 4, {"obs": ((2,), np.dtype(np.float32))})
+    slow = HistoryRing(3, 4, {"obs": ((2,), np.dtype(np.float32))})
+    rng = np.random.default_rng(0)
+    for step in range(6):
+        row = rng.random((3, 2)).astype(np.float32)
+        if step == 3:
+            row64 = row.astype(np.float64)  # another dtype: the checked path, same result
+            fast.append_one("obs", row64)
+        else:
+            fast.append_one("obs", row)
+        slow.append(obs=row)
+    assert len(fast) == len(slow) == 4
+    np.testing.assert_array_equal(fast.window("obs"), slow.window("obs"))
+    with pytest.raises(InputError, match="shape"):
+        fast.append_one("obs", np.zeros((2, 2), dtype=np.float32))
+    two = HistoryRing(3, 4, {"obs": ((2,), np.dtype(np.float32)), "a": ((), np.dtype(np.int64))})
+    with pytest.raises(InputError, match="exactly the fields"):
+        two.append_one("obs", np.zeros((3, 2), dtype=np.float32))
