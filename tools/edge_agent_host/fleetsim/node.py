@@ -1,0 +1,253 @@
+"""One simulated node: the daemon's fleet parts for real, no agents.
+
+A :class:`SimNode` is what a real node shows the hub and the broker: a real MQTT connection
+(:class:`~edge_agent.fleet.comms.mqtt.MqttTransport`), the real durable outbox and fleet link
+(birth, presence, will, telemetry, events, results, sequence numbers), real command verification
+(signatures, nonces and replays in a real nonce store) and the real deployment transfer
+(:class:`~edge_agent.fleet.deploy.DeployManager`: unicast chunks and the bundle broadcast, the
+whole file's hash, the bundle's signature against the trusted keys, staging, the overlay and the
+journal). Only the agents are missing: the health check is a rule (``fails``: this node's check
+fails) instead of stepping a scratch group, and the "group" steps by itself once per
+:meth:`step`, so that a switched bundle is watched for ``watch_ticks`` steps and reported.
+
+The simulator steps many nodes from one thread (:mod:`.fleet`); each node's transport has its
+own network thread (paho), as a real node's does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from edge_agent import __version__
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.signing import TrustedKeys
+from edge_agent.errors import EdgeAgentError
+from edge_agent.fleet.commands import (
+    NONCE_DB,
+    CommandProcessor,
+    CommandVerifier,
+    DeployArgs,
+    NonceStore,
+    Outcome,
+)
+from edge_agent.fleet.comms.base import Backoff
+from edge_agent.fleet.comms.mqtt import MqttSettings, MqttTransport
+from edge_agent.fleet.deploy import DeployManager
+from edge_agent.fleet.link import FleetLink
+from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.protocol import (
+    Birth,
+    BundleChunk,
+    Command,
+    CommandResult,
+    EventKind,
+    GroupInfo,
+    ResultCode,
+    Telemetry,
+    Topics,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GROUP", "SimNode"]
+
+GROUP: Final = "grid"
+"""The one group every simulated node has."""
+AGENTS: Final = 1000
+BUDGET: Final = 48 * 1024 * 1024
+_EVENT_KINDS: Final = frozenset(k.value for k in EventKind)
+
+
+class SimNode:
+    """A simulated node (module docstring). Single-threaded: call :meth:`step` from one thread."""
+
+    def __init__(
+        self,
+        node_id: str,
+        state_dir: Path,
+        *,
+        fleet: str,
+        host: str,
+        port: int,
+        hub_keys: TrustedKeys | None,
+        bundle_keys: TrustedKeys | None,
+        fails: bool = False,
+        fail_version: str | None = None,
+        telemetry_s: float = 10.0,
+        seed: int = 0,
+    ) -> None:
+        self.node_id = node_id
+        self.state_dir = state_dir
+        self.fails = fails
+        self.fail_version = fail_version
+        self.telemetry_s = telemetry_s
+        self.topics = Topics(fleet)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.bundle_sha: str | None = None
+        self.bundle_name: str | None = None
+        self.ticks = 0
+        self.started = time.monotonic()
+        self._next_telemetry = self.started + (seed % 97) / 97 * telemetry_s  # spread them out
+        self.deployer = DeployManager(state_dir, bundle_keys=bundle_keys)
+        self.deployer.recover()
+        entry = self.deployer.overlay.get(GROUP)
+        if entry is not None:
+            self.bundle_sha, self.bundle_name = entry.sha256, Path(entry.path).name
+        self.deployer.bind(
+            self._health_check,
+            current_sha=lambda _group: self.bundle_sha,
+            group_exists=lambda group: group == GROUP,
+        )
+        self.outbox = Outbox(state_dir / "outbox.sqlite3")
+        self.transport = MqttTransport(
+            MqttSettings(client_id=f"ea-{fleet}-{node_id}", host=host, port=port, keepalive_s=30),
+            backoff=Backoff(initial_s=0.5, max_s=10.0),
+        )
+        self.link = FleetLink(
+            self.transport, self.outbox, node_id, fleet, state_dir, birth=self._birth()
+        )
+        verifier = CommandVerifier(
+            hub_keys,
+            fleet=fleet,
+            node_id=node_id,
+            nonces=NonceStore(state_dir / NONCE_DB),
+        )
+        self.commands = CommandProcessor(
+            verifier,
+            {
+                "ping": lambda _args, _cmd: Outcome(ResultCode.OK, "pong"),
+                "rebirth": self._rebirth,
+                "deploy": self._deploy,
+                "deploy_chunk": lambda args, _cmd: self.deployer.chunk(args),
+            },
+        )
+        self._bundle_topic: str | None = None
+        self._watching = False
+
+    # life -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.link.start()
+
+    def stop(self) -> None:
+        try:
+            self.link.stop(drain_timeout_s=1.0)
+        finally:
+            self.deployer.close()
+            self.outbox.close()
+            self.commands.verifier.nonces.close()
+
+    # one round --------------------------------------------------------------------------------
+    def step(self, now: float | None = None) -> None:
+        """What a daemon does between two ticks, and the tick of its (absent) agents."""
+        now = time.monotonic() if now is None else now
+        link = self.link
+        link.pump()
+        for received in link.receive(64):
+            body = received.envelope.body
+            if isinstance(body, Command):
+                self.commands.offer(body)
+            elif isinstance(body, BundleChunk):
+                self.deployer.broadcast_chunk(body)
+        for _cmd, result in self.commands.process(64):
+            link.publish_result(result)
+        self._follow_broadcast()
+        ready = self.deployer.poll()
+        if ready is not None:
+            self.bundle_sha, self.bundle_name = ready.sha256, ready.path.name
+            self.deployer.switched(ready, "{}")
+            self._watching = True
+        self.ticks += 1
+        if self._watching and self.deployer.watch_tick():
+            self._watching = False
+            link.set_birth(self._birth())
+        self._publish_reports()
+        if now >= self._next_telemetry:
+            self._next_telemetry = now + self.telemetry_s
+            self._telemetry(now)
+        link.pump()
+
+    def _follow_broadcast(self) -> None:
+        sha = self.deployer.broadcast_bundle
+        topic = self.topics.bundle(sha) if sha is not None else None
+        if topic == self._bundle_topic:
+            return
+        if self._bundle_topic is not None:
+            self.link.unsubscribe(self._bundle_topic)
+        if topic is not None:
+            self.link.subscribe(topic, 1)
+        self._bundle_topic = topic
+
+    def _publish_reports(self) -> None:
+        for report in self.deployer.take_reports():
+            if report.nonce is not None and report.code is not None:
+                self.link.publish_result(
+                    CommandResult(
+                        nonce=report.nonce,
+                        name="deploy",
+                        code=report.code,
+                        detail=report.detail[:1024],
+                        data=report.data,
+                    )
+                )
+            if report.event is not None:
+                kind = report.event if report.event in _EVENT_KINDS else EventKind.OTHER
+                self.link.publish_event(
+                    kind, report.detail[:1024], severity=report.severity, group=report.group
+                )
+
+    def _telemetry(self, now: float) -> None:
+        # Plausible numbers, fixed per node, so a hub's tables and metrics have something real
+        # to show; no agents stand behind them.
+        h = int.from_bytes(self.node_id.encode()[-4:].rjust(4, b"\0"), "big")
+        p50 = 1.5 + (h % 100) / 100
+        self.link.publish_telemetry(
+            Telemetry(
+                uptime_s=now - self.started,
+                rss_bytes=30 * 1024 * 1024 + (h % 8) * 1024 * 1024,
+                budget_used_bytes=20 * 1024 * 1024,
+                budget_total_bytes=BUDGET,
+                ticks=self.ticks,
+                tick_p50_ms=p50,
+                tick_p99_ms=p50 * 1.6,
+                overruns=0,
+                groups={GROUP: AGENTS},
+                cpu_temp_c=45.0 + h % 15,
+            )
+        )
+
+    # commands ---------------------------------------------------------------------------------
+    def _rebirth(self, _args: Any, _cmd: Command) -> Outcome:
+        self.link.set_birth(self._birth())
+        return Outcome(ResultCode.OK, "birth sent")
+
+    def _deploy(self, args: DeployArgs, cmd: Command) -> Outcome:
+        return self.deployer.start(args, cmd.nonce)
+
+    def _health_check(self, group: str, path: Path, steps: int, timeout_s: float) -> object:
+        """Runs on the deployment's worker thread after the bundle verified."""
+        del steps, timeout_s
+        if not self.fails:
+            return None
+        if self.fail_version is not None:
+            version = load_bundle(path, trusted_keys=None, require_signature=False).manifest.version
+            if version != self.fail_version:
+                return None
+        raise EdgeAgentError(f"group {group!r}: simulated health check failure ({path.name})")
+
+    def _birth(self) -> Birth:
+        return Birth(
+            software_version=f"{__version__}+fleetsim",
+            profile="fleetsim",
+            budget_bytes=BUDGET,
+            groups={
+                GROUP: GroupInfo(
+                    agents=AGENTS, bundle=self.bundle_name, bundle_sha256=self.bundle_sha
+                )
+            },
+            capabilities=["commands", "ota"],
+            labels={"sim": "1", "fails": "1" if self.fails else "0", "pid": str(os.getpid())},
+        )
