@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--telemetry", type=float, default=10.0, help="telemetry period (s)")
     parser.add_argument("--tick", type=float, default=0.1, help="seconds between steps")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument(
+        "--connect-rate", type=float, default=50.0, help="nodes that start connecting per second"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     hub_keys = TrustedKeys.from_dir(args.hub_keys) if args.hub_keys else None
@@ -77,14 +80,19 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    for node in nodes:
-        node.start()
+    # Start connecting gradually, as a fleet powering up does, not as one burst of handshakes.
+    pending = list(nodes)
+    started_at = time.monotonic()
     deadline = None if args.duration is None else time.monotonic() + args.duration
     reported = 0.0
     try:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             start = time.monotonic()
-            for node in nodes:
+            due = len(nodes) - len(pending)
+            while pending and due < (start - started_at) * args.connect_rate + 1:
+                pending.pop(0).start()
+                due += 1
+            for node in nodes[: len(nodes) - len(pending)]:
                 node.step(start)
             if start - reported >= 2.0:
                 reported = start
