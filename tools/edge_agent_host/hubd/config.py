@@ -332,6 +332,21 @@ class RetentionSection(StrictModel):
         return self
 
 
+# ----------------------------------------------------------------------------------- [http]
+class HttpSection(StrictModel):
+    """``[http]``: Prometheus metrics, the fleet as JSON and the fleet page (read-only)."""
+
+    enabled: bool = Field(False, description="Serve /metrics, /api/fleet.json and the page.")
+    listen: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        max_length=253,
+        description="Address to listen on; keep it on loopback behind the operator's proxy "
+        "(docs/hub.md).",
+    )
+    port: int = Field(9108, ge=0, le=65535, description="TCP port (0: any free port).")
+
+
 # ------------------------------------------------------------------------------- [rollouts]
 class RolloutsSection(StrictModel):
     """``[rollouts]``: whether this replica carries staged rollouts (docs/hub.md)."""
@@ -370,6 +385,7 @@ class HubConfig(StrictModel):
     queue: QueueSection = Field(default_factory=QueueSection, description="[queue]")
     retention: RetentionSection = Field(default_factory=RetentionSection, description="[retention]")
     rollouts: RolloutsSection = Field(default_factory=RolloutsSection, description="[rollouts]")
+    http: HttpSection = Field(default_factory=HttpSection, description="[http]")
 
     @property
     def sqlite_path(self) -> Path | None:

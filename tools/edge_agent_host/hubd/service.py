@@ -54,10 +54,11 @@ from edge_agent_host.hubd.listener import FleetListener
 from edge_agent_host.hubd.queue import HeldMessages
 from edge_agent_host.hubd.rollouts import RolloutRunner
 from edge_agent_host.hubd.store import DatabaseUnavailableError, HubDatabase, to_json
+from edge_agent_host.hubd.web import FleetSnapshot, WebServer, build_snapshot
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubService", "State", "make_engine", "rollout_runner"]
+__all__ = ["HubService", "State", "make_engine", "rollout_runner", "web_server"]
 
 _WRITE_SLICE_S: Final = 0.5
 _WATCHDOG_EVERY_S: Final = 2.0
@@ -92,6 +93,21 @@ def make_engine(source: HubConfigFile, *, application_name: str = "edge-agent-hu
     path = config.sqlite_path
     assert path is not None  # sqlite_path is None only with PostgreSQL
     return SqliteEngine(path, busy_timeout_s=db.busy_timeout_s)
+
+
+def web_server(source: HubConfigFile) -> WebServer | None:
+    """The HTTP side when ``[http] enabled``, bound now so that a taken port is a config error."""
+    http = source.config.http
+    if not http.enabled:
+        return None
+    try:
+        return WebServer(http.listen, http.port)
+    except ModuleNotFoundError as err:
+        problem = f"needs prometheus_client ({err}): pip install 'edge-agent[hub]'"
+        raise source.error([(("http", "enabled"), problem)]) from err
+    except OSError as err:
+        problem = f"cannot listen on {http.listen}:{http.port}: {err.strerror or err}"
+        raise source.error([(("http", "port"), problem)]) from err
 
 
 def rollout_runner(source: HubConfigFile, password: str | None) -> RolloutRunner | None:
@@ -156,9 +172,11 @@ class HubService:
         drain_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
         rollouts: RolloutRunner | None = None,
+        web: WebServer | None = None,
     ) -> None:
         self.config = config
         self.rollouts = rollouts
+        self.web = web
         self.hub_id = config.hub.effective_id()
         self.topics = Topics(config.mqtt.fleet)
         self.queue = HeldMessages(config.queue.max_messages, config.queue.max_bytes)
@@ -252,6 +270,7 @@ class HubService:
             transport=transport,
             hub_keys=keys,
             rollouts=rollout_runner(source, password),
+            web=web_server(source),
         )
 
     # metrics ----------------------------------------------------------------------------------
@@ -349,6 +368,13 @@ class HubService:
         self._open_db()
         if self.rollouts is not None:
             self.rollouts.start()
+        if self.web is not None:
+            self.web.start()
+            logger.info(
+                "serving /metrics and the fleet page on http://%s:%d/",
+                self.config.http.listen,
+                self.web.port,
+            )
         self._report_status()
         self.notifier.ready(self.status_line())
 
@@ -378,6 +404,8 @@ class HubService:
         self.notifier.stopping()
         if self.rollouts is not None:
             self.rollouts.stop()  # a deploy under way stops between two rounds; resumed later
+        if self.web is not None:
+            self.web.stop()
         self.transport.disconnect()
         deadline = time.monotonic() + self.drain_timeout_s
         while self.queue and time.monotonic() < deadline:
@@ -546,7 +574,28 @@ class HubService:
                 status=summary,
             ):
                 self._db_lost(self.db.last_error)
+        if self.web is not None:
+            self._refresh_web(status)
         self.notifier.status(self.status_line())
+
+    def _refresh_web(self, status: dict[str, Any]) -> None:
+        """A new snapshot for /metrics and the page (the HTTP thread only reads it)."""
+        assert self.web is not None
+        queue = status["queue"]
+        hub = {
+            "id": self.hub_id,
+            "state": status["state"],
+            "db_up": int(self.db.is_open),
+            "queue_depth": queue.get("depth", 0) if isinstance(queue, dict) else 0,
+        }
+        if not self.db.is_open:  # keep showing the last snapshot, with the hub's own numbers
+            old = self.web.snapshot
+            self.web.snapshot = FleetSnapshot(old.taken, hub, old.nodes, old.rollouts)
+            return
+        try:
+            self.web.snapshot = build_snapshot(self.db, hub)
+        except DatabaseUnavailableError:
+            self._db_lost(self.db.last_error)
 
     # status -----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -589,6 +638,13 @@ class HubService:
             "maintenance": dict(self.maintenance),
             "counters": self.metrics.values(),
             "rollouts": None if self.rollouts is None else self.rollouts.status(),
+            "http": None
+            if self.web is None
+            else {
+                "url": f"http://{self.config.http.listen}:{self.web.port}/",
+                "requests": self.web.requests,
+                "refused": self.web.refused,
+            },
         }
 
     def status_line(self) -> str:
