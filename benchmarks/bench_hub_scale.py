@@ -16,7 +16,7 @@ deployment transfer, no agents) in ``--procs`` processes, and ``edge-agent-hub r
    (the simulator's ``--fail-version``), waves ``10%,50%,100%``: where it stopped, how many
    nodes it reached, that no node beyond the first wave was sent it, and the rollback.
 
-    python benchmarks/bench_hub_scale.py [--nodes 1000] [--procs 4] [--quick]
+    python benchmarks/bench_hub_scale.py [--nodes 1000] [--procs N] [--quick]
 """
 
 from __future__ import annotations
@@ -298,13 +298,20 @@ def measure_halt(hub: Hub, bad: Path, good: Path, nodes: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000, help="simulated nodes")
-    parser.add_argument("--procs", type=int, default=4, help="simulator processes")
+    parser.add_argument(
+        "--procs",
+        type=int,
+        help="simulator processes (default: one per 100 nodes, the most one "
+        "process can hold: see fleetsim)",
+    )
     parser.add_argument("--bundle-mb", type=float, default=1.0, help="bundle size (MiB)")
     parser.add_argument("--fail-fraction", type=float, default=0.05, help="nodes failing bundle 2")
     parser.add_argument("--quick", action="store_true", help="100 nodes, 2 processes")
     args = parser.parse_args(argv)
     if args.quick:
         args.nodes, args.procs = 100, 2
+    if args.procs is None:
+        args.procs = -(-args.nodes // 100)
     root = Path(tempfile.mkdtemp(prefix="bench-hub-scale-"))
     keys = root / "keys"
     hub_key = generate_keypair(keys, "hub").private_path
