@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from edge_agent.sim.registry import builtin_model  # noqa: E402
 from edge_agent_host.hubd.engines import SqliteEngine  # noqa: E402
 from edge_agent_host.hubd.store import HubDatabase  # noqa: E402
 from edge_agent_host.keys import generate_keypair  # noqa: E402
-from tests.integration.broker import MosquittoBroker  # noqa: E402
+from tests.integration.broker import MosquittoBroker, free_port  # noqa: E402
 
 FLEET = "scale"
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tools'}"}
@@ -141,6 +142,11 @@ type = "sqlite"
 [rollouts]
 key_file = "{key}"
 poll_interval_s = 0.2
+
+[http]
+enabled = true
+listen = "127.0.0.1"
+port = {free_port()}
 """
         )
         self.proc = subprocess.Popen(
@@ -176,6 +182,42 @@ poll_interval_s = 0.2
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(120)
+
+    def url(self) -> str:
+        status = json.loads((self.dir / "state" / "status.json").read_text())
+        return str(status["http"]["url"])
+
+
+def measure_http(hub: Hub, nodes: int, repeats: int = 20) -> None:
+    """/metrics and /api/fleet.json with every node in the snapshot, against /healthz (the same
+    server answering a constant): the cost of the answer itself, as a ratio."""
+    url = hub.url()
+
+    def best(path: str) -> tuple[float, int]:
+        times, size = [], 0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(url + path, timeout=30) as answer:
+                size = len(answer.read())
+            times.append(time.perf_counter() - t0)
+        return min(times), size
+
+    base_s, _ = best("healthz")
+    metrics_s, metrics_bytes = best("metrics")
+    json_s, json_bytes = best("api/fleet.json")
+    emit(
+        {
+            "bench": "http",
+            "nodes": nodes,
+            "healthz_ms": round(base_s * 1e3, 2),
+            "metrics_ms": round(metrics_s * 1e3, 2),
+            "metrics_bytes": metrics_bytes,
+            "metrics_over_healthz": round(metrics_s / base_s, 1),
+            "fleet_json_ms": round(json_s * 1e3, 2),
+            "fleet_json_bytes": json_bytes,
+            "hub_rss_peak_mb": vm_hwm_mb(hub.proc.pid),
+        }
+    )
 
 
 def wait_registry(hub: Hub, nodes: int, timeout: float) -> float:
@@ -340,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         hub = measure_registry(root, broker.port, hub_key, args.nodes, hubs)
         measure_rollout(hub, sysbytes, good, args.nodes)
         measure_halt(hub, bad, good, args.nodes)
+        measure_http(hub, args.nodes)
     finally:
         sysbytes.close()
         for h in hubs:
