@@ -470,6 +470,14 @@ class MqttSection(StrictModel):
         le=4 * 1024**3,
         description="Bound (bytes) of the durable store-and-forward outbox on disk.",
     )
+    outbox_commit_interval_s: float = Field(
+        300.0,
+        ge=1,
+        le=3600,
+        description="How often telemetry and actions still unacknowledged are committed to "
+        "storage (s): a crash loses at most this long of them; events, results and "
+        "coordination messages are committed every tick (docs/fleet.md, durability).",
+    )
     hub_keys_dir: Path | None = Field(
         None,
         description="Directory of *.pub ed25519 keys whose signed hub commands are obeyed; "

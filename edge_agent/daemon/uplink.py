@@ -169,7 +169,12 @@ class FleetUplink:
         # A node that ran before (it has a sequence file or an outbox) and has no nonce store
         # lost it: the store then refuses commands that may be replays (NonceStore).
         ran_before = any((state_dir / name).exists() for name in (STATE_FILE, OUTBOX_DB))
-        self.outbox = Outbox(state_dir / OUTBOX_DB, max_bytes=m.outbox_max_bytes, health=health)
+        self.outbox = Outbox(
+            state_dir / OUTBOX_DB,
+            max_bytes=m.outbox_max_bytes,
+            relaxed_commit_interval_s=m.outbox_commit_interval_s,
+            health=health,
+        )
         self.transport = MqttTransport(
             settings, backoff=Backoff(initial_s=m.reconnect_initial_s, max_s=m.reconnect_max_s)
         )

@@ -291,8 +291,9 @@ class FleetLink:
         return self.outbox.pump(self._send_stored)
 
     def flush(self) -> None:
-        """Make everything published so far durable (commit the outbox)."""
-        self.outbox.flush()
+        """Make the durable messages published so far durable (the outbox commits when one is
+        waiting, or when its relaxed interval has passed: ``edge_agent/fleet/outbox.py``)."""
+        self.outbox.commit_due()
 
     def receive(self, max_messages: int | None = None) -> list[Received]:
         """Valid incoming messages, oldest first (the inbox drops the newest when full)."""

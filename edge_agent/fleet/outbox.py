@@ -4,14 +4,27 @@ Contract
 --------
 - Every message is inserted here before it is sent, and its row is deleted only when the broker
   acknowledged it (PUBACK). Nothing is kept in paho's or the broker's session memory.
-- Writes are batched: a transaction is committed after ``commit_every`` writes, after
-  ``commit_interval_s`` (checked on the next call), on :meth:`Outbox.flush`, and at the start of
-  :meth:`Outbox.pump` (so nothing goes on the wire before it is committed). **A message is durable
-  once ``flush()`` returned** -- the FleetLink flushes at the end of every tick. With WAL and
-  ``synchronous=NORMAL`` a committed transaction survives the daemon being SIGKILLed (the WAL is in
-  the OS page cache); a power cut can lose the last transactions before a WAL checkpoint, unless
-  ``synchronous_full=True`` (fsync on every commit). Deletions of acked rows are batched the same
-  way, so a crash can re-send a few acked messages: delivery is at-least-once.
+- Durability is per class (``ClassPolicy.durable``), because an SD card wears with every commit
+  (a commit costs ~16 KB of page writes whatever the message size):
+
+  - **durable** classes (event, result, coordination): a transaction holding one is committed
+    after ``commit_every`` writes, after ``commit_interval_s`` (checked on the next call), on
+    :meth:`Outbox.commit_due` (the FleetLink calls it at the end of every tick) and at the start
+    of :meth:`Outbox.pump`, so such a message never goes on the wire before it is committed. **A
+    durable message is durable once ``commit_due()`` (or ``flush()``) returned.**
+  - **relaxed** classes (telemetry, action): written to the same table in the open transaction
+    and sent from it at once; the transaction is committed every ``relaxed_commit_interval_s``
+    (or with the next durable message). When every row written since the last commit has been
+    acknowledged by then and nothing else changed, the transaction is rolled back instead: with a
+    healthy broker, relaxed traffic writes nothing to storage. A relaxed message survives a
+    broker outage like any other; a crash (SIGKILL, power cut) loses the relaxed messages that
+    were neither acknowledged nor committed: at most ``relaxed_commit_interval_s`` of them.
+
+  With WAL and ``synchronous=NORMAL`` a committed transaction survives the daemon being
+  SIGKILLed (the WAL is in the OS page cache); a power cut can lose the last transactions before
+  a WAL checkpoint, unless ``synchronous_full=True`` (fsync on every commit). Deletions of acked
+  rows are committed with the next commit, so a crash can re-send a few acked messages: delivery
+  is at-least-once.
 - Bounded in bytes (payload + topic per row). Per-class policy: ``drop_oldest`` classes
   (telemetry) make room by deleting their own oldest rows and, when nothing of theirs is left to
   drop, drop the new message (counted ``dropped``); other classes (event, action, result,
@@ -67,6 +80,8 @@ PUBACK_QUOTA_EXCEEDED: Final = 0x97
 #: The most a volatile (in-memory) outbox holds, whatever ``max_bytes`` says: it is RAM.
 VOLATILE_MAX_BYTES: Final = 4 * 1024 * 1024
 PART: Final = "outbox"
+#: A relaxed-only transaction is committed after this many writes at the latest.
+RELAXED_MAX_WRITES: Final = 65536
 _COLUMNS: Final = ("id", "cls", "topic", "payload", "retain", "created", "expires", "size")
 
 
@@ -88,13 +103,18 @@ class ClassPolicy:
     """True: when full, older rows of this class are dropped (telemetry). False: keep, refuse."""
     ttl_s: float
     """Rows older than this are deleted unsent."""
+    durable: bool = True
+    """True: committed before it is sent (end of tick). False: committed at the relaxed interval
+    (see the module docstring): a crash can lose the unacknowledged ones of that interval."""
 
 
 DEFAULT_POLICIES: Final[Mapping[str, ClassPolicy]] = MappingProxyType(
     {
-        "telemetry": ClassPolicy(drop_oldest=True, ttl_s=3600.0),
+        # A telemetry sample is a gauge the next one supersedes.
+        "telemetry": ClassPolicy(drop_oldest=True, ttl_s=3600.0, durable=False),
         "event": ClassPolicy(drop_oldest=False, ttl_s=7 * 86400.0),
-        "action": ClassPolicy(drop_oldest=False, ttl_s=300.0),
+        # An action is worth little once late: sent at once, never held up by a commit.
+        "action": ClassPolicy(drop_oldest=False, ttl_s=300.0, durable=False),
         "result": ClassPolicy(drop_oldest=False, ttl_s=86400.0),
         # Task messages (docs/coordination.md): releases and syncs must not be dropped, but a
         # bid or a ledger digest is worthless after minutes.
@@ -139,6 +159,7 @@ class Outbox:
         max_inflight: int = 16,
         commit_every: int = 256,
         commit_interval_s: float = 0.5,
+        relaxed_commit_interval_s: float = 300.0,
         expire_every_s: float = 5.0,
         low_water: float = 0.8,
         synchronous_full: bool = False,
@@ -158,6 +179,7 @@ class Outbox:
         self.max_inflight = max_inflight
         self.commit_every = commit_every
         self.commit_interval_s = commit_interval_s
+        self.relaxed_commit_interval_s = relaxed_commit_interval_s
         self.expire_every_s = expire_every_s
         self.low_water = low_water
         self.synchronous_full = synchronous_full
@@ -175,7 +197,13 @@ class Outbox:
         self.expired = self.dropped = self.refused = 0
         self.lost = self.recovered = 0
         self.commit_failing = False
-        self._txn_puts = 0
+        # The open transaction: rows it inserted that are still there, whether it holds a durable
+        # message, whether it changed rows committed before (then it must be committed).
+        self._txn_live: set[int] = set()
+        self._txn_first_id = 0
+        self._durable_pending = False
+        self._txn_keep = False
+        self.commits = self.rollbacks = 0
         self._retry_at = time.monotonic() + retry_interval_s
         self.depth_rows = self.depth_bytes = 0
         conn = self._open_file()
@@ -263,8 +291,11 @@ class Outbox:
         with contextlib.suppress(sqlite3.DatabaseError):
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-        self.lost += self._txn_puts
-        self._txn_puts = self._writes = 0
+        self.lost += len(self._txn_live)
+        had_txn_rows = bool(self._txn_live)
+        self._txn_reset()
+        if had_txn_rows:
+            self.on_connection_lost()  # rows in flight may be gone: resend what is left
         if sqlite_damaged(err, opening=False):
             self._start_fresh(f"{type(err).__name__}: {err} (while trying to {action})")
             return
@@ -338,7 +369,7 @@ class Outbox:
         self._conn.close()
         self._conn = conn
         self.volatile = False
-        self._txn_puts = self._writes = 0
+        self._txn_reset()
         self.on_connection_lost()  # the rows have new ids: the window starts again
         self._recount()
         self.health.storage_ok(PART)
@@ -390,13 +421,17 @@ class Outbox:
             self._failed(err, "store a message")
             self.lost += 1
             raise OutboxStorageError(f"outbox {self.path}: cannot store a {cls}: {err}") from err
-        self._txn_puts += 1
+        if cur.lastrowid is None:
+            raise EdgeAgentError("SQLite did not report the new outbox row id")
+        if not self._txn_live and not self._txn_first_id:
+            self._txn_first_id = cur.lastrowid
+        self._txn_live.add(cur.lastrowid)
+        if policy.durable:
+            self._durable_pending = True
         self.stored += 1
         self.depth_rows += 1
         self.depth_bytes += size
         self._wrote()
-        if cur.lastrowid is None:
-            raise EdgeAgentError("SQLite did not report the new outbox row id")
         return cur.lastrowid
 
     def _make_room(self, size: int, own_cls: str | None, now: float) -> None:
@@ -439,6 +474,11 @@ class Outbox:
         except sqlite3.DatabaseError as err:
             self._failed(err, "delete messages")  # they stay, and are sent again: at-least-once
             return
+        for (row_id,) in ids:
+            if row_id in self._txn_live:
+                self._txn_live.discard(row_id)
+            else:
+                self._txn_keep = True  # a committed row deleted: keep that
         self.depth_rows -= len(ids)
         self.depth_bytes -= size
         self._wrote(len(ids))
@@ -454,33 +494,107 @@ class Outbox:
 
     def _wrote(self, n: int = 1) -> None:
         self._writes += n
-        if (
-            self._writes >= self.commit_every
-            or time.monotonic() - self._txn_started >= self.commit_interval_s
-        ):
+        age = time.monotonic() - self._txn_started
+        if self._durable_pending:
+            if self._writes >= self.commit_every or age >= self.commit_interval_s:
+                self.flush()
+        elif self._writes >= RELAXED_MAX_WRITES:
             self.flush()
+
+    def _txn_reset(self) -> None:
+        self._txn_live.clear()
+        self._txn_first_id = 0
+        self._durable_pending = self._txn_keep = False
+        self._writes = 0
+
+    def commit_due(self) -> None:
+        """Commit when the open transaction holds a durable message or the relaxed interval
+        has passed (the FleetLink calls this at the end of every tick). Never raises."""
+        relaxed_only = self._conn.in_transaction and not self._durable_pending
+        if relaxed_only and time.monotonic() - self._txn_started < self.relaxed_commit_interval_s:
+            if self.volatile or self.commit_failing:
+                self._retry()
+            return
+        self.flush()
 
     def flush(self) -> None:
         """Commit everything written so far. Messages put before this call are now durable.
 
+        A transaction whose rows were all acknowledged, and that changed nothing committed
+        before, is rolled back instead: nothing of it needs to reach storage.
         Never raises for the storage: a failed commit is counted (see the module docstring).
         While the storage refuses writes, this is also where they are retried.
         """
         if self.volatile:
             self._retry()  # to the file, with what is in memory (committed or not)
         if self._conn.in_transaction:
+            keep = self._txn_keep or self._durable_pending
+            carry = [] if keep else [r for r in self._txn_live if r in self._inflight_rows]
+            needless = not keep and len(carry) == len(self._txn_live)
             try:
-                self._conn.execute("COMMIT")
+                rows = self._carried(carry)
+                self._conn.execute("ROLLBACK" if needless else "COMMIT")
             except sqlite3.DatabaseError as err:
                 self._failed(err, "commit")
                 return
+            if needless:
+                self.rollbacks += 1
+                if self._txn_first_id:  # its row ids are free again: send them when reused
+                    self._cursor = min(self._cursor, self._txn_first_id - 1)
+                self._txn_reset()
+                if rows:
+                    self._carry_over(rows)
+                    return
+            else:
+                self.commits += 1
             if self.commit_failing:
                 self.commit_failing = False
                 self.health.storage_ok(PART)
-            self._txn_puts = 0
         elif self.commit_failing:
             self._retry()  # nothing to commit: probe with a small write when due
-        self._writes = 0
+        self._txn_reset()
+
+    def _carried(self, row_ids: list[int]) -> list[tuple[Any, ...]]:
+        """The rows of relaxed messages still in flight, read before a rollback drops them."""
+        if not row_ids:
+            return []
+        rows: list[tuple[Any, ...]] = []
+        for row_id in sorted(row_ids):
+            rows.extend(
+                self._conn.execute(
+                    "SELECT id, cls, topic, payload, retain, created, expires, size "
+                    "FROM messages WHERE id = ?",
+                    (row_id,),
+                ).fetchall()
+            )
+        return rows
+
+    def _carry_over(self, rows: list[tuple[Any, ...]]) -> None:
+        """After a rollback: the relaxed messages that were in flight (sent, not yet acked) go
+        into a new transaction, under new ids that their in-flight entries now point to. So a
+        broker that goes away before acknowledging them still finds them here."""
+        by_row = {entry.row_id: handle for handle, entry in self._inflight.items()}
+        try:
+            self._begin()
+            for old_id, cls, topic, payload, retain, created, expires, size in rows:
+                cur = self._conn.execute(
+                    "INSERT INTO messages (cls, topic, payload, retain, created, expires, size) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (cls, topic, payload, retain, created, expires, size),
+                )
+                new_id = cur.lastrowid
+                assert new_id is not None
+                if not self._txn_first_id:
+                    self._txn_first_id = new_id
+                self._txn_live.add(new_id)
+                self._cursor = max(self._cursor, new_id)  # already sent
+                handle = by_row.get(old_id)
+                if handle is not None:
+                    self._inflight[handle] = _Inflight(new_id, size)
+                self._inflight_rows.discard(old_id)
+                self._inflight_rows.add(new_id)
+        except sqlite3.DatabaseError as err:
+            self._failed(err, "carry messages in flight over")
 
     # Sending --------------------------------------------------------------------------------
     def pump(self, send: Send) -> int:
@@ -493,7 +607,7 @@ class Outbox:
         now = self._clock()
         if now >= self._next_expire:
             self.expire(now)
-        self.flush()  # stored (committed) before sent
+        self.commit_due()  # a durable message is committed before it is sent
         sent = 0
         while len(self._inflight) < self.max_inflight:
             rows = self._select(
@@ -587,6 +701,9 @@ class Outbox:
             "recovered": self.recovered,
             "volatile": self.volatile,
             "commit_failing": self.commit_failing,
+            "uncommitted_rows": len(self._txn_live),
+            "commits": self.commits,
+            "rollbacks": self.rollbacks,
         }
 
     def close(self) -> None:

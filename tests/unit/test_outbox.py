@@ -352,3 +352,182 @@ def test_flushed_messages_survive_sigkill(tmp_path: Path) -> None:
         box.pump(wire)
         # Every flushed message is there, in order; the unflushed batch was never committed.
         assert wire.payloads() == [b"flushed-%06d" % i for i in range(n)]
+
+
+# Per-class durability: relaxed classes (telemetry, action) are sent from the open transaction and
+# reach storage only at the relaxed interval, and not at all when the broker acknowledged them.
+def wal_bytes(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_relaxed_messages_go_out_before_any_commit_and_acked_ones_never_reach_storage(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, max_inflight=4, relaxed_commit_interval_s=3600) as box:
+        box.put("warm", msg(0), "event")
+        box.flush()
+        wire = FakeWire()
+        box.pump(wire)
+        box.on_ack(wire.handles()[0])
+        box.flush()  # the ack's deletion is committed
+        before = wal_bytes(path)
+        commits = box.commits
+        for tick in range(1000):  # a tick: publish, pump, the broker acks, commit_due
+            box.put("act", msg(tick), "action")
+            box.pump(wire)
+            box.on_ack(wire.handles()[-1])
+            box.commit_due()  # not due: relaxed rows only
+            if tick % 100 == 99:
+                box.flush()  # the relaxed interval passed
+        assert wire.payloads()[1:] == [msg(i) for i in range(1000)]
+        assert box.depth_rows == 0
+        assert box.commits == commits  # every transaction was rolled back: nothing to keep
+        assert box.rollbacks == 10
+        assert wal_bytes(path) == before  # not one page written
+
+
+def test_a_durable_message_is_committed_before_it_is_sent_with_the_relaxed_ones(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.db"
+    reader = sqlite3.connect(path)
+    try:
+        with Outbox(path, max_inflight=8, relaxed_commit_interval_s=3600) as box:
+
+            def committed() -> int:
+                count: int = reader.execute("SELECT count(*) FROM messages").fetchone()[0]
+                return count
+
+            wire = FakeWire()
+            box.put("tel", msg(0), "telemetry")
+            box.put("act", msg(1), "action")
+            box.commit_due()
+            assert committed() == 0  # relaxed: not due yet
+            box.pump(wire)
+            assert wire.payloads() == [msg(0), msg(1)]  # sent without a commit
+            assert committed() == 0
+            box.put("ev", msg(2), "event")
+            box.pump(wire)  # the event is committed first, the unacked relaxed rows with it
+            assert committed() == 3
+            assert wire.payloads()[-1] == msg(2)
+    finally:
+        reader.close()
+
+
+def test_relaxed_messages_wait_out_a_broker_outage_and_are_committed_at_the_interval(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, max_inflight=4, relaxed_commit_interval_s=3600) as box:
+        wire = FakeWire()
+        wire.up = False
+        for i in range(10):
+            box.put("act", msg(i), "action")
+            box.pump(wire)
+        assert box.stats()["uncommitted_rows"] == 10
+        box.relaxed_commit_interval_s = 0.0  # the interval has passed
+        box.commit_due()
+        assert box.stats()["uncommitted_rows"] == 0
+        box.put("act", msg(10), "action")  # after the last commit: a crash would lose it
+    with Outbox(path, max_inflight=100) as box:  # close() committed it too
+        wire = FakeWire()
+        box.pump(wire)
+        assert wire.payloads() == [msg(i) for i in range(11)]
+
+
+def test_rolled_back_row_ids_are_sent_when_reused(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_inflight=4, relaxed_commit_interval_s=3600) as box:
+        wire = FakeWire()
+        for i in range(3):
+            box.put("tel", msg(i), "telemetry")
+        box.pump(wire)
+        for handle in wire.handles():
+            box.on_ack(handle)
+        box.flush()  # rolled back: the ids 1..3 are free again
+        assert box.rollbacks == 1
+        box.put("tel", msg(3), "telemetry")
+        box.pump(wire)
+        assert wire.payloads()[-1] == msg(3)
+
+
+RELAXED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from edge_agent.fleet.outbox import Outbox
+    box = Outbox(sys.argv[1], relaxed_commit_interval_s=3600.0)
+    for i in range(100):  # the broker is away: nothing is acknowledged
+        box.put("ea/v1/f/node/n/telemetry", b"committed-%06d" % i, "telemetry")
+    box.put("ea/v1/f/node/n/event", b"event", "event")
+    box.commit_due()  # a durable message: committed now, the relaxed rows with it
+    for i in range(30):
+        box.put("ea/v1/f/node/n/telemetry", b"uncommitted-%06d" % i, "telemetry")
+    box.commit_due()  # relaxed only, interval not passed: not committed
+    print("ready", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_sigkill_loses_only_relaxed_messages_since_the_last_commit(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RELAXED_WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == b"ready\n", proc.stderr.read() if proc.stderr else line
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    with Outbox(path, max_inflight=1000) as box:
+        wire = FakeWire()
+        box.pump(wire)
+        expected = [b"committed-%06d" % i for i in range(100)] + [b"event"]
+        assert wire.payloads() == expected
+
+
+def test_relaxed_messages_in_flight_at_the_interval_are_carried_over_not_committed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, max_inflight=4, relaxed_commit_interval_s=3600) as box:
+        box.put("warm", msg(0), "event")
+        box.flush()
+        wire = FakeWire()
+        box.pump(wire)
+        box.on_ack(wire.handles()[0])
+        box.flush()
+        before, commits = wal_bytes(path), box.commits
+        # As in the daemon: a tick publishes and sends; the PUBACK is handled in the next tick,
+        # so at the end of every tick one action is in flight.
+        for tick in range(500):
+            box.put("act", msg(tick), "action")
+            box.pump(wire)
+            if tick:
+                box.on_ack(wire.handles()[-2])
+            if tick % 50 == 49:
+                box.flush()  # the relaxed interval passed, with the newest action in flight
+        assert box.commits == commits
+        assert box.rollbacks == 10
+        assert wal_bytes(path) == before
+        assert box.depth_rows == 1
+        # The broker goes away before acknowledging the last one: it is still here, sent again.
+        box.on_connection_lost()
+        again = FakeWire()
+        box.pump(again)
+        assert again.payloads() == [msg(499)]
+        box.on_ack(again.handles()[0])
+        assert box.depth_rows == 0
