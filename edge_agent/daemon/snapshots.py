@@ -6,16 +6,23 @@ previous snapshots or the new one, never half a file under a snapshot name: the 
 temporary file in the same directory, are flushed and ``fsync``-ed, renamed over the final name
 with ``os.replace`` and the directory is ``fsync``-ed before older snapshots are deleted.
 
-Format v1 (little-endian, no pickle anywhere)::
+Format v2 (little-endian, no pickle anywhere)::
 
-    magic     8 bytes   b"EASNAP" + format version as u16 big-endian (b"\\x00\\x01")
+    magic     8 bytes   b"EASNAP" + format version as u16 big-endian (b"\\x00\\x02")
     hlen      u32       length of the header
     header    hlen      msgpack map: format_version, created (wall clock, s), monotonic (the
                         writer's time.monotonic(), s), meta (caller's map), data_nbytes, arrays:
-                        [{name, dtype (numpy dtype str, e.g. "<f4"), shape, offset, nbytes}]
+                        [{name, dtype (numpy dtype str, e.g. "<f4"), shape, offset, nbytes,
+                        codec ("raw" or "zlib"), stored (bytes at offset)}]
     padding   zeros up to a multiple of 64 bytes; the data section starts here
-    data      each array's raw C-order bytes at data start + offset (offsets 64-byte aligned)
+    data      each array's C-order bytes at data start + offset (offsets 64-byte aligned): raw,
+              or zlib-compressed (``nbytes`` once inflated)
     trailer   32 bytes  sha256 of every byte before it
+
+Arrays of 4 KiB and more are zlib-compressed (level 1, ~25 ms for 7 MB) when that saves a tenth:
+a belief history is mostly zeros, and an SD card wears with every byte (1,000 grid10 agents
+with 64-step histories: 7.4 MB raw, 0.38 MB stored). Format v1 is v2 without ``codec`` and
+``stored`` (every array raw); it is still read, and written with ``compress=False``.
 
 Only bool, signed and unsigned integer and float (up to 64-bit) arrays are stored; anything else
 is refused with :class:`~edge_agent.errors.SnapshotError`. One process owns a state directory:
@@ -40,6 +47,7 @@ import re
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +72,12 @@ __all__ = [
     "read_snapshot",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READS = frozenset({1, 2})
 _SIGNATURE = b"EASNAP"
 MAGIC = _SIGNATURE + FORMAT_VERSION.to_bytes(2, "big")
+_COMPRESS_MIN_BYTES = 4096
+_COMPRESS_LEVEL = 1
 _HEADER_LEN = struct.Struct("<I")
 _PREFIX_SIZE = len(MAGIC) + _HEADER_LEN.size
 _DIGEST_SIZE = hashlib.sha256().digest_size
@@ -139,6 +150,7 @@ class SnapshotStore:
         keep: int = 2,
         keep_corrupt: int = 3,
         health: StateHealth | None = None,
+        compress: bool = True,
     ) -> None:
         if max_writes_per_hour < 1:
             raise ValueError(f"max_writes_per_hour must be >= 1, got {max_writes_per_hour}")
@@ -150,6 +162,7 @@ class SnapshotStore:
         self.max_writes_per_hour = max_writes_per_hour
         self.keep = keep
         self.keep_corrupt = keep_corrupt
+        self.compress = compress
         self.health = health if health is not None else StateHealth()
         self._make_dir()
 
@@ -210,11 +223,11 @@ class SnapshotStore:
         """
         if now is None:
             now = time.monotonic()
-        checked, directory, data_nbytes = _layout(arrays)
+        checked, directory, data_nbytes = _layout(arrays, compress=self.compress)
         created = time.time()
         header = _pack_header(
             {
-                "format_version": FORMAT_VERSION,
+                "format_version": FORMAT_VERSION if self.compress else 1,
                 "created": created,
                 "monotonic": float(now),
                 "meta": dict(meta),
@@ -265,11 +278,12 @@ class SnapshotStore:
         self,
         path: Path,
         header: bytes,
-        arrays: list[npt.NDArray[Any]],
+        arrays: list[npt.NDArray[Any] | bytes],
         directory: list[dict[str, Any]],
     ) -> int:
         with atomic_writer(path, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX) as f:
-            return _write_body(f, header, arrays, directory)
+            magic = MAGIC if self.compress else _SIGNATURE + (1).to_bytes(2, "big")
+            return _write_body(f, magic, header, arrays, directory)
 
     def _prune(self) -> None:
         """Delete all but the newest ``keep`` snapshots (and those known to be unusable)."""
@@ -391,10 +405,11 @@ def _align(n: int) -> int:
 
 
 def _layout(
-    arrays: Mapping[str, npt.NDArray[Any]],
-) -> tuple[list[npt.NDArray[Any]], list[dict[str, Any]], int]:
-    """Check ``arrays`` and place them: (the arrays, header directory, data section size)."""
-    checked: list[npt.NDArray[Any]] = []
+    arrays: Mapping[str, npt.NDArray[Any]], *, compress: bool = True
+) -> tuple[list[npt.NDArray[Any] | bytes], list[dict[str, Any]], int]:
+    """Check ``arrays`` and place them: (what to write for each: the array or its compressed
+    bytes, the header directory, the data section size)."""
+    checked: list[npt.NDArray[Any] | bytes] = []
     directory: list[dict[str, Any]] = []
     offset = 0
     for name, array in arrays.items():
@@ -408,18 +423,31 @@ def _layout(
         if problem is not None:
             raise SnapshotError(f"arrays[{name!r}]: {problem}")
         offset = _align(offset)
-        directory.append(
-            {
-                "name": name,
-                "dtype": array.dtype.str,
-                "shape": list(array.shape),
-                "offset": offset,
-                "nbytes": array.nbytes,
-            }
-        )
-        checked.append(array)
-        offset += array.nbytes
+        entry: dict[str, Any] = {
+            "name": name,
+            "dtype": array.dtype.str,
+            "shape": list(array.shape),
+            "offset": offset,
+            "nbytes": array.nbytes,
+        }
+        body: npt.NDArray[Any] | bytes = array
+        stored = array.nbytes
+        if compress:
+            entry["codec"] = "raw"
+            if array.nbytes >= _COMPRESS_MIN_BYTES:
+                packed = zlib.compress(_c_bytes(array), _COMPRESS_LEVEL)
+                if len(packed) <= 0.9 * array.nbytes:
+                    entry["codec"], body, stored = "zlib", packed, len(packed)
+            entry["stored"] = stored
+        directory.append(entry)
+        checked.append(body)
+        offset += stored
     return checked, directory, offset
+
+
+def _c_bytes(array: npt.NDArray[Any]) -> memoryview:
+    """The array's C-order bytes: a view for a C-contiguous array, else a copy of this one."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 def _dtype_problem(dtype: np.dtype[Any]) -> str | None:
@@ -463,8 +491,9 @@ def _pack_header(header: dict[str, Any]) -> bytes:
 
 def _write_body(
     f: BinaryIO,
+    magic: bytes,
     header: bytes,
-    arrays: list[npt.NDArray[Any]],
+    arrays: list[npt.NDArray[Any] | bytes],
     directory: list[dict[str, Any]],
 ) -> int:
     """Write magic, header, data and trailer to ``f``; return the number of bytes."""
@@ -477,15 +506,14 @@ def _write_body(
         digest.update(chunk)
         written += len(chunk)
 
-    put(MAGIC)
+    put(magic)
     put(_HEADER_LEN.pack(len(header)))
     put(header)
     data_start = _align(written)
     put(bytes(data_start - written))
     for array, entry in zip(arrays, directory, strict=True):
         put(bytes(data_start + entry["offset"] - written))
-        # A view for a C-contiguous array; a copy of this one array otherwise.
-        put(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+        put(array if isinstance(array, bytes) else _c_bytes(array))
     trailer = digest.digest()
     f.write(trailer)
     return written + len(trailer)
@@ -522,8 +550,10 @@ def _decode(buf: bytearray, path: Path, seq: int) -> LoadedSnapshot:
     if buf[: len(_SIGNATURE)] != _SIGNATURE:
         raise SnapshotError("not a snapshot (bad magic)")
     version = int.from_bytes(buf[len(_SIGNATURE) : len(MAGIC)], "big")
-    if version != FORMAT_VERSION:
-        raise SnapshotError(f"unknown format version {version} (this build reads {FORMAT_VERSION})")
+    if version not in _READS:
+        raise SnapshotError(
+            f"unknown format version {version} (this build reads {sorted(_READS)})"
+        )
     if size < _PREFIX_SIZE + _DIGEST_SIZE:
         raise SnapshotError(f"truncated: {size} bytes")
 
@@ -531,7 +561,7 @@ def _decode(buf: bytearray, path: Path, seq: int) -> LoadedSnapshot:
     if hashlib.sha256(body).digest() != buf[size - _DIGEST_SIZE :]:
         raise SnapshotError(_diagnose_mismatch(buf))
 
-    header, data_start = _unpack_header(buf)
+    header, data_start = _unpack_header(buf, version)
     data_nbytes = _field(header, "data_nbytes", int)
     if data_nbytes < 0 or data_start + data_nbytes + _DIGEST_SIZE != size:
         raise SnapshotError(f"size {size} does not match the header's data size {data_nbytes}")
@@ -542,7 +572,7 @@ def _decode(buf: bytearray, path: Path, seq: int) -> LoadedSnapshot:
 
     arrays: dict[str, npt.NDArray[Any]] = {}
     for entry in entries:
-        name, array = _decode_array(buf, entry, data_start, data_nbytes)
+        name, array = _decode_array(buf, entry, data_start, data_nbytes, version)
         if name in arrays:
             raise SnapshotError(f"array {name!r} appears twice")
         arrays[name] = array
@@ -565,7 +595,8 @@ def _diagnose_mismatch(buf: bytearray) -> str:
     if needed > size:
         return f"truncated or corrupt: {size} bytes, but the header length field needs {needed}"
     try:
-        header, data_start = _unpack_header(buf)
+        version = int.from_bytes(buf[len(_SIGNATURE) : len(MAGIC)], "big")
+        header, data_start = _unpack_header(buf, version)
         data_nbytes: int = _field(header, "data_nbytes", int)
     except SnapshotError:
         return "sha256 mismatch (corrupt header)"
@@ -575,7 +606,7 @@ def _diagnose_mismatch(buf: bytearray) -> str:
     return "sha256 mismatch (corrupt)"
 
 
-def _unpack_header(buf: bytearray) -> tuple[dict[str, Any], int]:
+def _unpack_header(buf: bytearray, version: int) -> tuple[dict[str, Any], int]:
     (header_len,) = _HEADER_LEN.unpack_from(buf, len(MAGIC))
     end = _PREFIX_SIZE + header_len
     if header_len > _MAX_HEADER_BYTES or end > len(buf) - _DIGEST_SIZE:
@@ -586,7 +617,7 @@ def _unpack_header(buf: bytearray) -> tuple[dict[str, Any], int]:
         raise SnapshotError(f"header is not valid msgpack: {err}") from err
     if not isinstance(header, dict):
         raise SnapshotError("header is not a map")
-    if header.get("format_version") != FORMAT_VERSION:
+    if header.get("format_version") != version:
         raise SnapshotError(
             f"header format_version {header.get('format_version')!r} does not match the magic"
         )
@@ -602,7 +633,7 @@ def _field(mapping: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> 
 
 
 def _decode_array(
-    buf: bytearray, entry: Any, data_start: int, data_nbytes: int
+    buf: bytearray, entry: Any, data_start: int, data_nbytes: int, version: int
 ) -> tuple[str, npt.NDArray[Any]]:
     if not isinstance(entry, dict):
         raise SnapshotError("array directory entry is not a map")
@@ -620,9 +651,25 @@ def _decode_array(
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape_list):
         raise SnapshotError(f"array {name!r}: bad shape {shape_list!r}")
     count = math.prod(shape_list)
-    if nbytes != count * dtype.itemsize or offset < 0 or offset + nbytes > data_nbytes:
+    codec, stored = "raw", nbytes
+    if version >= 2:
+        codec = _field(entry, "codec", str)
+        stored = _field(entry, "stored", int)
+        if codec not in ("raw", "zlib") or (codec == "raw" and stored != nbytes):
+            raise SnapshotError(f"array {name!r}: codec {codec!r} with {stored} bytes stored")
+    if nbytes != count * dtype.itemsize or offset < 0 or offset + stored > data_nbytes:
         raise SnapshotError(f"array {name!r}: offset/size out of range")
-    flat = np.frombuffer(buf, dtype=dtype, count=count, offset=data_start + offset)
+    start = data_start + offset
+    if codec == "zlib":
+        inflater = zlib.decompressobj()
+        try:
+            raw = bytearray(inflater.decompress(memoryview(buf)[start : start + stored], nbytes))
+        except zlib.error as err:
+            raise SnapshotError(f"array {name!r}: cannot inflate: {err}") from err
+        if len(raw) != nbytes or inflater.unconsumed_tail or not inflater.eof:
+            raise SnapshotError(f"array {name!r}: inflates to other than {nbytes} bytes")
+        return name, np.frombuffer(raw, dtype=dtype, count=count).reshape(tuple(shape_list))
+    flat = np.frombuffer(buf, dtype=dtype, count=count, offset=start)
     return name, flat.reshape(tuple(shape_list))
 
 

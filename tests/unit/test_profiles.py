@@ -463,7 +463,7 @@ def test_explain_profile_says_what_the_numbers_mean(profiles: dict[str, Firmware
     assert "systemd MemoryMax" in text
     assert "every agent steps every 200 ms" in text
     assert "6.4 s at tick_hz" in text
-    assert "every 15 min (4 an hour)" in text
+    assert "every 30 min (2 an hour)" in text
     assert "(2.5 Hz by default)" in text
     cm4 = explain_profile(profiles["cm4"])
     assert "with >= 6144 MiB of RAM: budget 2048, soft 1960, MemoryHigh 2304" in cm4

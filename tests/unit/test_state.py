@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import random
@@ -94,7 +95,7 @@ def test_round_trip_of_every_dtype_and_shape(tmp_path: Path) -> None:
     assert info is not None
     assert info.path.name == "snapshot-0000000001.eas"
     assert info.nbytes == info.path.stat().st_size
-    assert info.path.read_bytes()[:8] == MAGIC == b"EASNAP\x00\x01"
+    assert info.path.read_bytes()[:8] == MAGIC == b"EASNAP\x00\x02"
 
     loaded = SnapshotStore(tmp_path, max_writes_per_hour=10).load_latest()
     assert loaded is not None
@@ -259,13 +260,72 @@ def test_unknown_format_version_is_set_aside(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path, max_writes_per_hour=10)
     _, newer = two_snapshots(store)
     data = bytearray(newer.read_bytes())
-    data[6:8] = (2).to_bytes(2, "big")
+    data[6:8] = (3).to_bytes(2, "big")
     newer.write_bytes(data)
     fresh = SnapshotStore(tmp_path, max_writes_per_hour=10)
     loaded = fresh.load_latest()
     assert loaded is not None
     assert loaded.seq == 1
-    assert fresh.corrupt_events[0][1] == "unknown format version 2 (this build reads 1)"
+    assert fresh.corrupt_events[0][1] == "unknown format version 3 (this build reads [1, 2])"
+
+
+def belief_history(agents: int = 200, steps: int = 64, states: int = 100) -> np.ndarray:
+    """uint8 beliefs as the daemon keeps them: nearly one-hot, a few states above zero."""
+    rng = np.random.default_rng(0)
+    qs = np.zeros((steps, agents, states), np.uint8)
+    idx = rng.integers(0, states, size=(steps, agents))
+    np.put_along_axis(qs, idx[..., None], 255, axis=2)
+    qs[:, :, 1] = rng.integers(0, 3, size=(steps, agents))
+    return qs
+
+
+def test_large_arrays_are_compressed_small_ones_and_noise_stay_raw(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    arrays = {
+        "history.qs": belief_history(),
+        "noise": rng.integers(0, 256, size=20_000, dtype=np.uint8),  # does not compress
+        "small": np.arange(10, dtype=np.int64),
+    }
+    compressed = SnapshotStore(tmp_path / "z", max_writes_per_hour=10).save(arrays, {}, now=0.0)
+    plain = SnapshotStore(tmp_path / "p", max_writes_per_hour=10, compress=False).save(
+        arrays, {}, now=0.0
+    )
+    assert compressed is not None
+    assert plain is not None
+    assert plain.path.read_bytes()[:8] == b"EASNAP\x00\x01"  # v1: still written and read
+    raw_total = sum(a.nbytes for a in arrays.values())
+    assert plain.nbytes > raw_total
+    assert compressed.nbytes < raw_total - 0.9 * arrays["history.qs"].nbytes
+    for path in (compressed.path, plain.path):
+        loaded = read_snapshot(path)
+        for name, original in arrays.items():
+            restored = loaded.arrays[name]
+            assert restored.dtype == original.dtype
+            assert restored.shape == original.shape
+            assert restored.tobytes() == original.tobytes(), name
+            assert restored.flags.writeable
+    header_end = compressed.path.read_bytes()
+    assert b"zlib" in header_end[:4096]
+    assert b"raw" in header_end[:4096]
+
+
+def test_a_compressed_array_that_does_not_inflate_is_set_aside(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, max_writes_per_hour=10)
+    store.save({"qs": belief_history(), "gen": np.array([0])}, {"generation": 0}, now=0.0)
+    info = store.save({"qs": belief_history(), "gen": np.array([1])}, {"generation": 1}, now=1.0)
+    assert info is not None
+    data = bytearray(info.path.read_bytes())
+    # Damage the deflate stream and make the checksum agree, as a bad writer would.
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)
+    body = bytes(data[:-32])
+    data[-32:] = hashlib.sha256(body).digest()
+    info.path.write_bytes(data)
+    fresh = SnapshotStore(tmp_path, max_writes_per_hour=10)
+    loaded = fresh.load_latest()
+    assert loaded is not None
+    assert loaded.meta == {"generation": 0}
+    assert "qs" in fresh.corrupt_events[0][1]
 
 
 def test_no_usable_snapshot_gives_none(tmp_path: Path) -> None:
