@@ -203,9 +203,9 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_ones() -> None:
         parse_config("[mqtt]\nzzz = 1\n" + MINIMAL, "c.toml")
     assert info.value.problems == [
         "c.toml:2: mqtt.zzz: unknown key (allowed: enabled, host, port, fleet, node_id, "
-        "labels, keepalive_s, username, password_file, tls, outbox_max_bytes, hub_keys_dir, "
-        "telemetry_interval_s, action_qos, command_max_ttl_s, reconnect_initial_s, "
-        "reconnect_max_s)"
+        "labels, keepalive_s, username, password_file, tls, outbox_max_bytes, "
+        "outbox_commit_interval_s, hub_keys_dir, telemetry_interval_s, action_qos, "
+        "command_max_ttl_s, reconnect_initial_s, reconnect_max_s)"
     ]
 
 
