@@ -56,10 +56,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def ort_run(model_bytes: bytes, X: np.ndarray) -> np.ndarray:
-    """An independent float run: a plain onnxruntime session, default options."""
+    """An independent run: a plain onnxruntime session, default options but the one that makes
+    x86-64 int8 exact on CPUs without VNNI (as the device's ARM cores are; docs/host-tool.md)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    session = ort.InferenceSession(
+        model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+    )
     name = session.get_inputs()[0].name
     return np.asarray(session.run(None, {name: X.astype(np.float32)})[0])
 

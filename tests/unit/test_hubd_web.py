@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import urllib.error
 import urllib.request
 from importlib import resources
@@ -175,7 +174,7 @@ def test_the_server_answers_from_the_snapshot_and_refuses_beyond_its_bound(
         assert get(f"{url}/../etc/passwd") == 404
     finally:
         server.stop()
-    assert not any(t.name == "http" and t.is_alive() for t in threading.enumerate())
+    assert not server._thread.is_alive()
 
 
 def test_the_outbox_depth_is_read_from_the_daemons_own_telemetry_counters() -> None:

@@ -294,5 +294,7 @@ class WebServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+            self._thread.join(10)
         self.httpd.server_close()
