@@ -349,6 +349,12 @@ class GroupConfig(StrictModel):
     history_capacity: int | None = Field(
         None, ge=1, le=65536, description="Steps kept per agent; default: the profile's."
     )
+    history_beliefs: Literal["map", "full"] = Field(
+        "map",
+        description="What the history keeps of an Active Inference agent's beliefs each step: "
+        "'map', per factor the most probable state and its probability (2-3 bytes); 'full', "
+        "every state's probability (one byte per state).",
+    )
     priority: int = Field(
         5, ge=0, le=9, description="0-9, higher is more important; low ones pause first."
     )

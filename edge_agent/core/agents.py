@@ -13,6 +13,7 @@ float tables in float64 and gives pymdp's numbers.
 from __future__ import annotations
 
 import hashlib
+import logging
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,11 @@ from edge_agent.core.history import HistoryRing
 from edge_agent.errors import InputError
 
 Precision = Literal["int8", "float64"]
+#: What a history row records of the beliefs: every state's probability (uint8 codes), or per
+#: factor the most probable state and its probability ("map": 2-3 bytes instead of sum S_f).
+HistoryBeliefs = Literal["full", "map"]
+
+logger = logging.getLogger(__name__)
 IntArray = NDArray[np.int64]
 
 #: Agents per kernel call; bounds temporary memory to ``block_size * per-agent scratch``.
@@ -94,6 +100,15 @@ def _small_uint(limit: int) -> type[np.unsignedinteger]:
     return np.uint8 if limit <= 256 else np.uint16
 
 
+def _check_arguments(name: str, n_agents: int, precision: str, history_beliefs: str) -> None:
+    if n_agents < 1:
+        raise InputError(f"group {name!r}: n_agents must be >= 1, got {n_agents}")
+    if precision not in ("int8", "float64"):
+        raise InputError(f"precision must be 'int8' or 'float64', got {precision!r}")
+    if history_beliefs not in ("full", "map"):
+        raise InputError(f"history_beliefs must be 'full' or 'map', got {history_beliefs!r}")
+
+
 class AifAgentGroup:
     """``n_agents`` Active Inference agents sharing one generative model.
 
@@ -112,6 +127,9 @@ class AifAgentGroup:
     _times: HistoryRing
     _now: np.ndarray
     _qs_row: NDArray[np.uint8]
+    _map_row: np.ndarray
+    _p_row: NDArray[np.uint8]
+    _pmax: np.ndarray
     _obs_row: np.ndarray
     _action_row: np.ndarray
 
@@ -128,11 +146,10 @@ class AifAgentGroup:
         budget: MemoryBudget | None = None,
         name: str = "group",
         block_size: int = DEFAULT_BLOCK,
+        history_beliefs: HistoryBeliefs = "full",
     ) -> None:
-        if n_agents < 1:
-            raise InputError(f"group {name!r}: n_agents must be >= 1, got {n_agents}")
-        if precision not in ("int8", "float64"):
-            raise InputError(f"precision must be 'int8' or 'float64', got {precision!r}")
+        _check_arguments(name, n_agents, precision, history_beliefs)
+        self.history_beliefs: HistoryBeliefs = history_beliefs
         self.name = name
         self.settings = settings or AifSettings()
         self.precision: Precision = precision
@@ -179,11 +196,7 @@ class AifAgentGroup:
                 budget.reserve(f"model:{self.key}", "model", shared, shared_key=self.key)
             )
         self.history_capacity = int(history_capacity)
-        self._history_fields = {
-            "obs": ((self.cm.num_modalities,), np.dtype(_small_uint(max(self.cm.num_obs)))),
-            "action": ((self.cm.num_factors,), np.dtype(_small_uint(max(self.cm.num_controls)))),
-            "qs": ((sum(self.cm.num_states),), np.dtype(np.uint8)),
-        }
+        self._history_fields = self._make_history_fields()
         self._agent_reservation: Reservation | None = None
         if budget is not None:
             self._agent_reservation = budget.reserve(
@@ -207,6 +220,20 @@ class AifAgentGroup:
         self.ticks = 0
 
     # -- memory ------------------------------------------------------------------------------
+    def _make_history_fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """The history ring's fields: outcomes, actions and the beliefs in ``history_beliefs``."""
+        cm = self.cm
+        fields: dict[str, tuple[tuple[int, ...], np.dtype]] = {
+            "obs": ((cm.num_modalities,), np.dtype(_small_uint(max(cm.num_obs)))),
+            "action": ((cm.num_factors,), np.dtype(_small_uint(max(cm.num_controls)))),
+        }
+        if self.history_beliefs == "full":
+            fields["qs"] = ((sum(cm.num_states),), np.dtype(np.uint8))
+        else:  # per factor: the most probable state, and its probability as round(p * 255)
+            fields["qs_map"] = ((cm.num_factors,), np.dtype(_small_uint(max(cm.num_states))))
+            fields["qs_p"] = ((cm.num_factors,), np.dtype(np.uint8))
+        return fields
+
     def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
         """Exact bytes of one agent's state, history included."""
         cap = self.history_capacity if history_capacity is None else history_capacity
@@ -219,9 +246,13 @@ class AifAgentGroup:
         if cap > 0:
             # Timestamps are per tick and shared by the group: counted in bytes_for.
             history = HistoryRing.bytes_needed(1, cap, self._history_fields, max_window=0)
-            # Rows staged for append: uint8 beliefs, outcomes and actions in the fields' dtypes.
+            # Rows staged for append: beliefs, outcomes and actions in the fields' dtypes.
             fields = self._history_fields
-            history += sum(self.cm.num_states)
+            if self.history_beliefs == "full":
+                history += sum(self.cm.num_states)
+            else:  # index and code per factor, and the float maximum of the block's beliefs
+                F = self.cm.num_factors
+                history += F * (fields["qs_map"][1].itemsize + 1) + self.dtype.itemsize
             history += self.cm.num_modalities * fields["obs"][1].itemsize
             history += self.cm.num_factors * fields["action"][1].itemsize
             history += np.dtype(np.intp).itemsize  # argmax of soft evidence, for the record
@@ -252,8 +283,11 @@ class AifAgentGroup:
         total = sum(a.nbytes for a in arrays)
         if self.history is not None:
             total += self.history.nbytes + self._times.nbytes
-            total += self._qs_row.nbytes + self._obs_row.nbytes + self._action_row.nbytes
-            total += self._soft_index.nbytes
+            total += self._obs_row.nbytes + self._action_row.nbytes + self._soft_index.nbytes
+            if self.history_beliefs == "full":
+                total += self._qs_row.nbytes
+            else:
+                total += self._map_row.nbytes + self._p_row.nbytes + self._pmax.nbytes
         return int(total)
 
     def _allocate(self, n_agents: int) -> None:
@@ -303,7 +337,13 @@ class AifAgentGroup:
                 )
                 self._now = np.zeros(1, dtype=np.float64)
             # Rows staged in the history's own dtypes, so that append only copies.
-            self._qs_row = np.empty((n_agents, sum(self.cm.num_states)), dtype=np.uint8)
+            if self.history_beliefs == "full":
+                self._qs_row = np.empty((n_agents, sum(self.cm.num_states)), dtype=np.uint8)
+            else:
+                F = self.cm.num_factors
+                self._map_row = np.empty((n_agents, F), dtype=self._history_fields["qs_map"][1])
+                self._p_row = np.empty((n_agents, F), dtype=np.uint8)
+                self._pmax = np.empty(n_agents, dtype=self.dtype)
             obs_dt, act_dt = self._history_fields["obs"][1], self._history_fields["action"][1]
             self._obs_row = np.empty((n_agents, self.cm.num_modalities), dtype=obs_dt)
             self._soft_index = np.empty(n_agents, dtype=np.intp)
@@ -626,7 +666,19 @@ class AifAgentGroup:
         return self.action
 
     def _encode_block(self, rows: _BlockRows) -> None:
-        """Quantize the block's beliefs into the staged history row (uint8, see quant)."""
+        """Quantize the block's beliefs into the staged history row (uint8, see quant): every
+        state's probability, or (``history_beliefs = "map"``) the most probable state's index
+        and probability per factor."""
+        if self.history_beliefs == "map":
+            idx, pmax = self._soft_index[rows.sl], self._pmax[rows.sl]
+            for f, q in enumerate(rows.qs):
+                np.argmax(q, axis=1, out=idx)
+                np.copyto(self._map_row[rows.sl, f], idx, casting="unsafe")
+                np.max(q, axis=1, out=pmax)
+                np.multiply(pmax, 255.0, out=pmax)
+                np.add(pmax, 0.5, out=pmax)
+                np.copyto(self._p_row[rows.sl, f], pmax, casting="unsafe")
+            return
         offset = 0
         for q in rows.qs:
             w = q.shape[1]
@@ -639,7 +691,12 @@ class AifAgentGroup:
         # obs were range-checked and actions come from the model: the casts cannot overflow.
         np.copyto(self._obs_row, obs, casting="unsafe")
         np.copyto(self._action_row, self.action, casting="unsafe")
-        self.history.append(obs=self._obs_row, action=self._action_row, qs=self._qs_row)
+        if self.history_beliefs == "full":
+            self.history.append(obs=self._obs_row, action=self._action_row, qs=self._qs_row)
+        else:
+            self.history.append(
+                obs=self._obs_row, action=self._action_row, qs_map=self._map_row, qs_p=self._p_row
+            )
         self._now[0] = np.nan if now is None else now
         self._times.append(t=self._now)
 
@@ -687,5 +744,14 @@ class AifAgentGroup:
             hist = {k[len("history.") :]: v for k, v in state.items() if k.startswith("history.")}
             times = {k[len("times.") :]: v for k, v in state.items() if k.startswith("times.")}
             if hist:
-                self.history.load_state_dict(hist)
-                self._times.load_state_dict(times)
+                try:
+                    self.history.load_state_dict(hist)
+                    self._times.load_state_dict(times)
+                except InputError as err:  # another history layout: beliefs matter, keep them
+                    logger.warning(
+                        "group %r: beliefs restored, history not (%s); it starts empty",
+                        self.name,
+                        err,
+                    )
+                    self.history.clear()
+                    self._times.clear()

@@ -318,6 +318,7 @@ def make_agents(
         history_capacity=history_capacity,
         budget=budget,
         name=cfg.name,
+        history_beliefs=cfg.history_beliefs,
     )
     if loaded.perception is None:
         return aif
@@ -353,7 +354,13 @@ def plan_requests(
     requests: list[PlanRequest] = []
     agents: list[PlanRequest] = []
     if loaded.model is not None:
-        probe = AifAgentGroup(loaded.model, 1, settings=loaded.settings, precision=cfg.precision)
+        probe = AifAgentGroup(
+            loaded.model,
+            1,
+            settings=loaded.settings,
+            precision=cfg.precision,
+            history_beliefs=cfg.history_beliefs,
+        )
         requests.append((f"model:{probe.key}", "model", probe.shared_nbytes, probe.key))
         agents.append((cfg.name, "agents", probe.bytes_for(cfg.count, history_capacity), None))
     nets = [

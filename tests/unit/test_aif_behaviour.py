@@ -265,3 +265,48 @@ def test_groups_on_the_same_model_share_one_compiled_copy() -> None:
     assert a.cm is b.cm  # counted once in the budget, and held once in memory
     assert AifAgentGroup(model, 3, precision="float64").cm is not a.cm
     assert AifAgentGroup(model, 3, settings=AifSettings(policy_len=2)).cm is not a.cm
+
+
+@pytest.mark.parametrize("name", ["grid", "tmaze"])
+def test_map_histories_record_each_factors_most_probable_state_in_a_few_bytes(name: str) -> None:
+    env = GridWorldEnv(40, seed=3) if name == "grid" else TMazeEnv(40, seed=3)
+    full = AifAgentGroup(env.model, 40, history_capacity=16, block_size=16)
+    compact = AifAgentGroup(
+        env.model, 40, history_capacity=16, block_size=16, history_beliefs="map"
+    )
+    obs = env.reset()
+    for _ in range(5):
+        actions = full.step(obs)
+        compact.step(obs)
+        obs = env.step(actions)
+    assert compact.history is not None
+    assert full.history is not None
+    np.testing.assert_array_equal(compact.history.window("obs"), full.history.window("obs"))
+    # The newest row: per factor, the state the posterior favours and round(p * 255).
+    idx = compact.history.window("qs_map", 1)[0]
+    codes = compact.history.window("qs_p", 1)[0]
+    for f, q in enumerate(compact.qs):
+        top = q[np.arange(40), idx[:, f].astype(np.intp)]
+        np.testing.assert_array_equal(top, q.max(axis=1))  # idx is a most probable state
+        np.testing.assert_array_equal(codes[:, f], np.floor(top * 255.0 + 0.5).astype(np.uint8))
+    F, S = env.model.num_factors, sum(env.model.num_states)
+    saved = full.per_agent_nbytes() - compact.per_agent_nbytes()
+    per_row = S - F * (compact.history.window("qs_map", 1).itemsize + 1)
+    assert saved == 16 * per_row + per_row - compact.dtype.itemsize  # ring + staged row
+    assert full.nbytes - compact.nbytes == saved * 40  # what is allocated is what is counted
+    with pytest.raises(InputError, match="history_beliefs must be"):
+        AifAgentGroup(env.model, 4, history_capacity=4, history_beliefs="top3")  # type: ignore[arg-type]
+
+
+def test_beliefs_are_restored_even_when_the_history_layout_changed() -> None:
+    env = GridWorldEnv(10, seed=2)
+    full = AifAgentGroup(env.model, 10, history_capacity=8)
+    obs = env.reset()
+    for _ in range(3):
+        obs = env.step(full.step(obs))
+    compact = AifAgentGroup(env.model, 10, history_capacity=8, history_beliefs="map")
+    compact.load_state_dict(full.state_dict())
+    for mine, theirs in zip(compact.qs, full.qs, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert compact.history is not None
+    assert len(compact.history) == 0  # the old layout's history is not carried over
