@@ -234,17 +234,32 @@ sink = {{ type = "mqtt", topic = "actuators/pickers" }}
         # Every agent sees its held-out input's last step, and keeps it (newest wins, stale
         # agents reuse their last row): after WINDOW ticks its window is that input, constant.
         rows = held[:, -1, :].astype(np.float32)
-        sniff.publish(
-            "sensors/pickers", encode_observations("cam", "pickers", 1, np.arange(n), rows)
-        )
+        # Sent again until the group steps on them: the broker keeps nothing for a subscriber
+        # that is not there yet, and the node subscribes after its connection comes up.
+        seq = 0
+
+        def fed(s: dict[str, Any]) -> bool:
+            nonlocal seq
+            if s["groups"][0]["steps"] > 2:
+                return True
+            seq += 1
+            batch = encode_observations("cam", "pickers", seq, np.arange(n), rows)
+            sniff.publish("sensors/pickers", batch)
+            return False
+
+        node.wait_status(fed, "the group stepping on the published rows")
         # Malformed input is counted and dropped: a NaN row, and a batch of the wrong width.
         bad = rows[:2].copy()
         bad[0, 3] = np.nan
-        sniff.publish("sensors/pickers", encode_observations("cam", "pickers", 2, [0, 1], bad))
         sniff.publish(
-            "sensors/pickers", encode_observations("cam", "pickers", 3, [0], rows[:1, :5])
+            "sensors/pickers", encode_observations("cam", "pickers", seq + 1, [0, 1], bad)
         )
-        status = node.wait_status(lambda s: s["groups"][0]["steps"] > 2, "the group stepping")
+        sniff.publish(
+            "sensors/pickers", encode_observations("cam", "pickers", seq + 2, [0], rows[:1, :5])
+        )
+        status = node.wait_status(
+            lambda s: s["groups"][0]["io"]["rows_rejected"] >= 2, "the malformed rows counted"
+        )
         io = status["groups"][0]["io"]
         assert io["rows_rejected"] >= 2, io
         assert io["rejected"]["width"] == 1, io
