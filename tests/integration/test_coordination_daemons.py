@@ -242,9 +242,11 @@ def test_a_killed_daemon_s_tasks_are_re_auctioned_to_the_others(
     claimed = json.loads(announced.stdout)["tasks"]
     assert len(claimed) == 100
     views = wait_settled(nodes, 100)
-    assert {t: h[0][:3] for t, h in claimed.items()} == {
-        t: a[:3] for t, a in views[0]["assignment"].items()
-    }
+    # What the CLI heard first is a claim by one of the daemons; the fleet may have moved a
+    # task to a better agent since (a later claim), so the settled view is compared by task.
+    names = {n.name for n in nodes}
+    assert all(h[0][0] in names and h[0][1] == "grid" for h in claimed.values())
+    assert set(claimed) == set(views[0]["assignment"])
     before = views[0]["assignment"]
     counts = {n.name: sum(h[0] == n.name for h in before.values()) for n in nodes}
     victim = max(nodes, key=lambda n: counts[n.name])
