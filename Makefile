@@ -1,5 +1,5 @@
 # Thin shortcuts to the scripts that do the work; CI runs .ci/run, not make.
-.PHONY: test demo lint test-arm64 test-docker
+.PHONY: test demo lint test-arm64 test-docker deb test-deb
 
 # ruff, mypy and pytest in .venv (created on first use). Args: make test ARGS="-k config"
 test:
@@ -20,3 +20,12 @@ test-arm64:
 # Dockerfile.arm64 built and run under qemu, no registry (as root; after test-arm64): docs/arm64.md.
 test-docker:
 	scripts/test-docker
+
+# The .deb (as root): dist/edge-agent_<version>_arm64.deb; make deb ARGS=amd64 for amd64.
+# What it installs and how: docs/deployment.md, "Install from a .deb".
+deb:
+	scripts/build-deb $(ARGS)
+
+# The arm64 .deb built, linted, installed, upgraded and purged in the arm64 root (as root).
+test-deb:
+	scripts/test-deb $(ARGS)
