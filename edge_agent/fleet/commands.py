@@ -40,7 +40,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Self
 
@@ -49,12 +48,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError, SignatureError
 from edge_agent.fleet.names import NAME_PATTERN
+from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fleet.protocol import (
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
     Command,
     CommandResult,
-    ResultCode,
 )
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
 from edge_agent.recovery import StateHealth
@@ -443,15 +442,6 @@ class NonceStore:
 
 
 # ---------------------------------------------------------------------------------- verification
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What handling a command came to: the result code and what to tell the hub."""
-
-    code: ResultCode
-    detail: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-
 class CommandVerifier:
     """Signature, target, expiry and replay checks (see the module docstring for the order)."""
 

@@ -75,17 +75,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError
-from edge_agent.fleet.commands import ChunkArgs, DeployArgs, Outcome
-from edge_agent.fleet.protocol import BundleChunk, ResultCode
+from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file, write_atomic
 from edge_agent.recovery import StateHealth
+
+if TYPE_CHECKING:  # the wire models: imported by the command handlers, with [mqtt] only
+    from edge_agent.fleet.commands import ChunkArgs, DeployArgs
+    from edge_agent.fleet.protocol import BundleChunk
 
 logger = logging.getLogger(__name__)
 
@@ -386,6 +389,8 @@ class DeployManager:
         hashes = self._hashes_path(rec.sha256)
         try:
             mtime = part.stat().st_mtime
+            from edge_agent.fleet.commands import DeployArgs  # noqa: PLC0415 - a resumed transfer only
+
             args = DeployArgs(
                 group=rec.group,
                 sha256=rec.sha256,

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, mode
 
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet.names import NAME_PATTERN, UINT32
+from edge_agent.fleet.outcomes import ResultCode
 
 logger = logging.getLogger(__name__)
 
@@ -454,19 +455,6 @@ class Command(Body):
         ]
         packed: bytes = msgpack.packb(fields, use_bin_type=True)
         return packed
-
-
-class ResultCode(StrEnum):
-    OK = "ok"
-    ACCEPTED = "accepted"
-    BAD_SIGNATURE = "bad_signature"
-    UNKNOWN_KEY = "unknown_key"
-    EXPIRED = "expired"
-    REPLAYED = "replayed"
-    UNKNOWN_COMMAND = "unknown_command"
-    BAD_ARGS = "bad_args"
-    BUSY = "busy"
-    FAILED = "failed"
 
 
 class CommandResult(Body):
