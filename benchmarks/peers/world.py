@@ -1,0 +1,124 @@
+"""The closed-loop world every implementation in ``bench_peers.py`` acts in (numpy only).
+
+It runs in three interpreters (the project's venv and the two pymdp venvs, numpy 1.x and 2.x),
+so it imports nothing but numpy. The workload file (``.npz``, written by ``bench_peers.py``)
+holds the generative model handed to every agent and the world's episode rule:
+
+* ``A{m}`` ``(O_m, S_0, ..., S_{F-1})``, ``B{f}`` ``(S_f, S_f, U_f)``, ``C{m}`` ``(O_m,)``,
+  ``D{f}`` ``(S_f,)``: the model, float64, the same arrays for every implementation; the world
+  is its own generative process (hidden states move by ``B``, are seen through ``A``);
+* ``spawn{f}`` ``(S_f,)``: where a new episode puts factor ``f``;
+* ``rule``: ``"goal"`` (``goal_state``: an agent that reaches this state of factor 0 respawns at
+  its next step, its action ignored: ``edge_agent.sim.gridworld``) or ``"trial"``
+  (``trial_len``: a new trial every ``trial_len`` steps, the action at the last one ignored:
+  ``edge_agent.sim.tmaze``).
+
+Every step draws the same random numbers whatever the actions are (one uniform per agent and
+factor for the move, per factor for a respawn, per modality for the observation), so two
+implementations that choose the same actions see exactly the same observations: their action
+sequences, and so their digests, are then equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+
+def load_workload(path: str) -> dict[str, Any]:
+    """The arrays and episode rule of a workload file, as plain Python values."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: np.array(data[key]) for key in data.files}
+    num_modalities = sum(1 for k in arrays if k.startswith("A"))
+    num_factors = sum(1 for k in arrays if k.startswith("B"))
+    return {
+        "A": [arrays[f"A{m}"] for m in range(num_modalities)],
+        "B": [arrays[f"B{f}"] for f in range(num_factors)],
+        "C": [arrays[f"C{m}"] for m in range(num_modalities)],
+        "D": [arrays[f"D{f}"] for f in range(num_factors)],
+        "spawn": [arrays[f"spawn{f}"] for f in range(num_factors)],
+        "rule": str(arrays["rule"]),
+        "goal_state": int(arrays["goal_state"]),
+        "trial_len": int(arrays["trial_len"]),
+    }
+
+
+def _cdf_rows(table: np.ndarray) -> np.ndarray:
+    """``(C, O)`` cumulative distribution of each column of a column-stochastic ``(O, C)``."""
+    cdf = np.cumsum(table, axis=0)
+    cdf /= cdf[-1:, :]
+    cdf[-1, :] = 1.0  # exact, so that every u < 1 falls inside the column
+    return np.ascontiguousarray(cdf.T)
+
+
+def _draw(cdf_rows: np.ndarray, cols: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw per agent: outcome ``k`` with ``cdf[k - 1] <= u < cdf[k]``."""
+    drawn: np.ndarray = np.count_nonzero(cdf_rows[cols] <= u[:, None], axis=1)
+    return drawn
+
+
+class ClosedLoopWorld:
+    """``n`` independent copies of the workload's world, stepped together, seeded.
+
+    ``reset()`` and ``step(actions)`` return ``(obs, episode_start)``: ``obs`` ``(n, M)`` int64
+    outcomes and ``episode_start`` ``(n,)`` bool, True where the agent's episode began at this
+    step (its beliefs must go back to ``D`` before it sees ``obs``).
+    """
+
+    def __init__(self, workload: dict[str, Any], n: int, seed: int) -> None:
+        self.n = n
+        self.rng = np.random.default_rng(seed)
+        A, B = workload["A"], workload["B"]
+        self.num_states = [b.shape[0] for b in B]
+        self.num_controls = [b.shape[2] for b in B]
+        self.obs_cdf = [_cdf_rows(a.reshape(a.shape[0], -1)) for a in A]
+        self.move_cdf = [_cdf_rows(b.reshape(b.shape[0], -1)) for b in B]
+        self.spawn_cdf = [_cdf_rows(np.asarray(d, dtype=np.float64)[:, None]) for d in
+                          workload["spawn"]]
+        self.rule = workload["rule"]
+        self.goal_state = workload["goal_state"]
+        self.trial_len = workload["trial_len"]
+        self.states = np.zeros((n, len(B)), dtype=np.int64)
+        self.obs = np.zeros((n, len(A)), dtype=np.int64)
+        self.episode_steps = np.zeros(n, dtype=np.int64)
+        self.zeros = np.zeros(n, dtype=np.int64)
+
+    def _spawn(self, where: np.ndarray) -> None:
+        u = self.rng.random((len(self.num_states), self.n))
+        for f, cdf in enumerate(self.spawn_cdf):
+            drawn = _draw(cdf, self.zeros, u[f])
+            self.states[where, f] = drawn[where]
+        self.episode_steps[where] = 0
+
+    def _observe(self) -> np.ndarray:
+        joint = np.asarray(np.ravel_multi_index(tuple(self.states.T), tuple(self.num_states)))
+        u = self.rng.random((len(self.obs_cdf), self.n))
+        for m, cdf in enumerate(self.obs_cdf):
+            self.obs[:, m] = _draw(cdf, joint, u[m])
+        return self.obs
+
+    def reset(self) -> tuple[np.ndarray, np.ndarray]:
+        start = np.ones(self.n, dtype=np.bool_)
+        self._spawn(start)
+        return self._observe(), start
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Move every agent by ``actions`` ``(n, F)`` int; start episodes by the rule."""
+        if self.rule == "goal":
+            restart = self.states[:, 0] == self.goal_state
+        else:
+            restart = self.episode_steps >= self.trial_len - 1
+        u = self.rng.random((len(self.move_cdf), self.n))
+        for f, cdf in enumerate(self.move_cdf):
+            cols = self.states[:, f] * self.num_controls[f] + actions[:, f]
+            self.states[:, f] = _draw(cdf, cols, u[f])
+        self.episode_steps += 1
+        self._spawn(restart)
+        return self._observe(), restart
+
+
+def actions_digest(actions: np.ndarray) -> str:
+    """A short digest of an action record ``(steps, n, F)``, the same on every numpy."""
+    return hashlib.sha256(np.ascontiguousarray(actions, dtype=np.int64).tobytes()).hexdigest()[:16]
