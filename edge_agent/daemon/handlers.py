@@ -26,7 +26,8 @@ from edge_agent.fleet.commands import (
     TickRateArgs,
 )
 from edge_agent.fleet.deploy import DeployManager
-from edge_agent.fleet.protocol import Command, ResultCode
+from edge_agent.fleet.outcomes import ResultCode
+from edge_agent.fleet.protocol import Command
 from edge_agent.sim.registry import make_env
 
 logger = logging.getLogger(__name__)

@@ -43,6 +43,7 @@ from edge_agent.fleet.comms.base import Backoff
 from edge_agent.fleet.deploy import DeployManager
 from edge_agent.fleet.link import STATE_FILE, FleetLink, Received
 from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     ActionBatch,
     Birth,
@@ -52,7 +53,6 @@ from edge_agent.fleet.protocol import (
     Envelope,
     EventKind,
     ObservationBatch,
-    ResultCode,
     Severity,
     Topics,
 )

@@ -39,6 +39,7 @@ from edge_agent.fleet.comms.mqtt import MqttSettings, MqttTransport
 from edge_agent.fleet.deploy import DeployManager
 from edge_agent.fleet.link import FleetLink
 from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     Birth,
     BundleChunk,
@@ -46,7 +47,6 @@ from edge_agent.fleet.protocol import (
     CommandResult,
     EventKind,
     GroupInfo,
-    ResultCode,
     Telemetry,
     Topics,
 )

@@ -18,13 +18,13 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.errors import BundleError, ProtocolError
+from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     Birth,
     CommandResult,
     Death,
     Event,
     NodeState,
-    ResultCode,
     Telemetry,
 )
 from edge_agent_host.hub.client import HubClient

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle.signing import key_id, sign_bytes
 from edge_agent.fleet.comms.base import Transport
+from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     Birth,
     BundleChunk,
@@ -29,7 +30,6 @@ from edge_agent.fleet.protocol import (
     Event,
     NodeState,
     RebirthRequest,
-    ResultCode,
     Telemetry,
     Topics,
     clock_synced,

@@ -29,7 +29,8 @@ from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.writer import pack_tar
 from edge_agent.errors import BundleError
 from edge_agent.fleet.commands import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
-from edge_agent.fleet.protocol import CommandResult, ResultCode
+from edge_agent.fleet.outcomes import ResultCode
+from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.hub.errors import HubError
 
 

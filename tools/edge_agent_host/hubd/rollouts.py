@@ -42,7 +42,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.fleet.protocol import CommandResult, ResultCode
+from edge_agent.fleet.outcomes import ResultCode
+from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.hub.deploy import DeployClient, DeployPlan, broadcast_bundle
 from edge_agent_host.hubd.rollout_plan import ACTIVE, NodeState, RolloutState
 from edge_agent_host.hubd.rollout_store import Rollout, RolloutStore
