@@ -17,7 +17,7 @@ import logging
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,6 +30,9 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.core.history import HistoryRing
 from edge_agent.errors import InputError
+
+if TYPE_CHECKING:
+    from edge_agent.core.workers import BlockWorkers
 
 Precision = Literal["int8", "float64"]
 #: What a history row records of the beliefs: every state's probability (uint8 codes), or per
@@ -132,6 +135,10 @@ class AifAgentGroup:
     _pmax: np.ndarray
     _obs_row: np.ndarray
     _action_row: np.ndarray
+    # Several cores (start_workers): the workers, their scratch's reservation, per-block streams.
+    _workers: BlockWorkers | None
+    _workers_reservation: Reservation | None
+    _block_rngs: list[np.random.Generator] | None
 
     def __init__(
         self,
@@ -215,6 +222,8 @@ class AifAgentGroup:
         self._deterministic = st.action_selection == "deterministic"
         self._rows: list[_BlockRows] = []
         self._dense_rows: list[_BlockRows] = []
+        self._workers = self._workers_reservation = self._block_rngs = None
+        self._wanted_workers = 1
         self.n_agents = 0
         self._allocate(n_agents)
         self.ticks = 0
@@ -291,6 +300,13 @@ class AifAgentGroup:
         return int(total)
 
     def _allocate(self, n_agents: int) -> None:
+        workers = self._wanted_workers
+        self._stop_workers()  # they hold views of the arrays being replaced
+        self._allocate_arrays(n_agents)
+        if workers > 1:
+            self.start_workers(workers)
+
+    def _allocate_arrays(self, n_agents: int) -> None:
         old = self.n_agents
         keep = min(old, n_agents)
         dt = self.dtype
@@ -371,6 +387,7 @@ class AifAgentGroup:
 
     def release(self) -> None:
         """Give the group's reservations back to the budget (the group is no longer used)."""
+        self.stop_workers()
         for r in self._reservations:
             r.release()
         self._reservations.clear()
@@ -645,14 +662,13 @@ class AifAgentGroup:
         """
         o, soft = self.check_evidence(obs)
         record = record and self.history is not None
-        for rows in self._blocks():
-            ob = None if o is None else o[rows.sl]
-            planner = self._planner(rows, ob)
-            self._infer_block(o, soft, rows, roots=planner == "tree")
-            self._plan_block(rows, ob, planner)
-            self._act_block(rows, planner)
-            if record:
-                self._encode_block(rows)
+        if self._workers is not None and o is not None:
+            self._workers.step(o, record)
+        else:
+            for i, rows in enumerate(self._blocks()):
+                if self._block_rngs is not None:
+                    self.rng = self._block_rngs[i]
+                self._step_rows(rows, o, soft, record)
         if record:
             if o is None:
                 assert soft is not None
@@ -664,6 +680,95 @@ class AifAgentGroup:
             self._record(o, now)
         self.ticks += 1
         return self.action
+
+    def _step_rows(
+        self, rows: _BlockRows, o: IntArray | None, soft: list[np.ndarray] | None, record: bool
+    ) -> None:
+        """One block's tick: infer, plan, act, and stage its history row if ``record``."""
+        ob = None if o is None else o[rows.sl]
+        planner = self._planner(rows, ob)
+        self._infer_block(o, soft, rows, roots=planner == "tree")
+        self._plan_block(rows, ob, planner)
+        self._act_block(rows, planner)
+        if record:
+            self._encode_block(rows)
+
+    def _step_index(self, index: int, obs: np.ndarray, record: bool) -> None:
+        self._step_rows(self._rows[index], obs, None, record)
+
+    def _set_rng(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    # -- several cores ---------------------------------------------------------------------------
+    @property
+    def workers(self) -> int:
+        """Processes that step this group's blocks (1: the caller alone)."""
+        return 1 if self._workers is None else self._workers.count
+
+    def start_workers(self, count: int) -> int:
+        """Step the blocks on ``count`` processes (the caller and ``count - 1`` forked workers;
+        see :mod:`edge_agent.core.workers`): the per-agent state moves to shared memory and the
+        budget reserves each worker's kernel scratch. At most one process per block; returns the
+        count used. Integer observations only: soft evidence is stepped by the caller alone."""
+        from edge_agent.core.workers import BlockWorkers  # noqa: PLC0415 - multi-core groups only
+
+        self._stop_workers()
+        blocks = self._blocks()
+        count = max(1, min(int(count), len(blocks)))
+        self._wanted_workers = count
+        if count == 1:
+            return 1
+        if self._budget is not None:
+            self._workers_reservation = self._budget.reserve(
+                f"{self.name}:workers",
+                "agents",
+                (count - 1) * self.scratch_nbytes(self.n_agents),
+                hint=f"lower the workers of group {self.name!r}",
+            )
+        self._share_state()
+        blocks = self._blocks()
+        if not self._deterministic:
+            base = np.random.SeedSequence(int(self.rng.integers(2**63)))
+            self._block_rngs = [np.random.default_rng(s) for s in base.spawn(len(blocks))]
+        self._workers = BlockWorkers(
+            count,
+            [rows.sl.stop - rows.sl.start for rows in blocks],
+            (self.n_agents, self.cm.num_modalities),
+            self._step_index,
+            set_rng=self._set_rng,
+            rngs=self._block_rngs,
+        )
+        return self._workers.count
+
+    def stop_workers(self) -> None:
+        """Back to one process (the state stays where it is; nothing is lost)."""
+        self._wanted_workers = 1
+        self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+        if self._workers_reservation is not None:
+            self._workers_reservation.release()
+            self._workers_reservation = None
+
+    def _share_state(self) -> None:
+        """Move what the workers write (beliefs, priors, posteriors, actions, the staged history
+        row) into shared memory; the block views are rebuilt on the new arrays."""
+        from edge_agent.core.workers import shared_copy  # noqa: PLC0415
+
+        self.qs = [shared_copy(q) for q in self.qs]
+        self.prior = [shared_copy(p) for p in self.prior]
+        self.q_pi, self.G = shared_copy(self.q_pi), shared_copy(self.G)
+        self.action, self.has_action = shared_copy(self.action), shared_copy(self.has_action)
+        if self.history is not None:
+            if self.history_beliefs == "full":
+                self._qs_row = shared_copy(self._qs_row)
+            else:
+                self._map_row, self._p_row = shared_copy(self._map_row), shared_copy(self._p_row)
+        self._rows.clear()
+        self._dense_rows.clear()
 
     def _encode_block(self, rows: _BlockRows) -> None:
         """Quantize the block's beliefs into the staged history row (uint8, see quant): every

@@ -1,0 +1,141 @@
+"""A large group on every core: ``start_workers(k)`` against one process (issue 15, item 4).
+
+For each workload, two groups of ``N`` agents on the same model in one process: one stepped by
+the caller alone (``workers = 1``), one by the caller and ``k - 1`` forked workers
+(:mod:`edge_agent.core.workers`). Each has its own copy of the built-in world, seeded alike. Timed
+runs alternate between them (``--repeats`` rounds, each at least ``--seconds`` of steps, only the
+group's ``step`` timed, not the world's), so that load on the shared machine hits both alike;
+``ratio`` is the median rate with workers over the median without. ``same_results`` checks, on a
+third pair stepped on identical observations, that the posteriors over policies are equal (they
+are the same kernels on the same blocks). ``workers_uss_mb`` is what the workers hold that the
+caller does not (their private resident pages, after the runs); ``scratch_mb`` the budget's
+reservation per worker.
+
+    python benchmarks/bench_workers.py [--workers 2] [--agents 10000] [--workloads grid10,tmaze]
+        [--repeats 5] [--seconds 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# One BLAS thread per process, set before numpy loads: the point is processes, not BLAS threads.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge_agent.core.agents import AifAgentGroup  # noqa: E402
+from edge_agent.sim.registry import make_env  # noqa: E402
+
+
+class Loop:
+    """A group and its own world; ``run`` steps both and times the group."""
+
+    def __init__(self, workload: str, n: int, workers: int) -> None:
+        env: Any = make_env(workload, n, seed=1)
+        self.env = env
+        self.group = AifAgentGroup(env.model, n, precision="int8")
+        self.workers = self.group.start_workers(workers) if workers > 1 else 1
+        self.obs = self.env.reset()
+        for _ in range(3):
+            self.obs = self.env.step(self.group.step(self.obs))
+        self.n = n
+
+    def run(self, seconds: float) -> float:
+        busy = 0.0
+        steps = 0
+        while steps < 2 or busy < seconds:
+            t0 = time.perf_counter()
+            actions = self.group.step(self.obs)
+            busy += time.perf_counter() - t0
+            steps += 1
+            self.obs = self.env.step(actions)
+        return self.n * steps / busy
+
+
+def same_results(workload: str, n: int, workers: int, steps: int = 5) -> bool:
+    env: Any = make_env(workload, n, seed=2)
+    one = AifAgentGroup(env.model, n, precision="int8")
+    many = AifAgentGroup(env.model, n, precision="int8")
+    many.start_workers(workers)
+    obs = env.reset()
+    ok = True
+    for _ in range(steps):
+        actions = one.step(obs).copy()
+        many.step(obs)
+        ok = ok and np.array_equal(one.q_pi, many.q_pi)
+        obs = env.step(actions)
+    many.stop_workers()
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--workloads", default="grid10,tmaze")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    print(
+        json.dumps(
+            {
+                "bench": "workers",
+                "machine": True,
+                "cpus": os.cpu_count(),
+                "load_avg": [round(x, 2) for x in os.getloadavg()],
+                "numpy": np.__version__,
+                "python": sys.version.split()[0],
+            }
+        ),
+        flush=True,
+    )
+    for workload in args.workloads.split(","):
+        loops = {
+            1: Loop(workload, args.agents, 1),
+            args.workers: Loop(workload, args.agents, args.workers),
+        }
+        rates: dict[int, list[float]] = {k: [] for k in loops}
+        for _ in range(args.repeats):
+            for k, loop in loops.items():
+                rates[k].append(loop.run(args.seconds))
+        many = loops[args.workers]
+        workers_obj = many.group._workers
+        uss = workers_obj.rss_bytes() if workers_obj is not None else 0
+        one_rate = statistics.median(rates[1])
+        many_rate = statistics.median(rates[args.workers])
+        print(
+            json.dumps(
+                {
+                    "bench": "workers",
+                    "workload": workload,
+                    "n": args.agents,
+                    "workers": many.workers,
+                    "steps_per_s_1": round(one_rate),
+                    "steps_per_s_k": round(many_rate),
+                    "ratio": round(many_rate / one_rate, 3),
+                    "ratio_best": round(max(rates[args.workers]) / max(rates[1]), 3),
+                    "same_results": same_results(workload, min(args.agents, 4096), args.workers),
+                    "workers_uss_mb": round(uss / 2**20, 1),
+                    "scratch_mb": round(many.group.scratch_nbytes(args.agents) / 2**20, 2),
+                    "load_avg_1m": round(os.getloadavg()[0], 2),
+                }
+            ),
+            flush=True,
+        )
+        many.group.stop_workers()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

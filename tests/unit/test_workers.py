@@ -1,0 +1,197 @@
+"""A group's blocks on several processes (edge_agent.core.workers): the same results as one.
+
+Real forked processes and shared memory; small blocks (``block_size``) so that a few hundred
+agents make several blocks. Every check compares a group stepped with workers against the same
+group stepped by one process on identical observations: the same kernels run on the same blocks,
+so the results are equal exactly, not only up to rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.settings import AifSettings
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.budget import MemoryBudget
+from edge_agent.core.workers import split_blocks
+from edge_agent.sim.registry import make_env
+
+BLOCK = 64
+
+
+def pair(
+    workload: str, n: int, workers: int, **kw: Any
+) -> tuple[Any, AifAgentGroup, AifAgentGroup]:
+    env: Any = make_env(workload, n, seed=3)
+    one = AifAgentGroup(env.model, n, block_size=BLOCK, **kw)
+    many = AifAgentGroup(env.model, n, block_size=BLOCK, **kw)
+    assert many.start_workers(workers) == workers
+    return env, one, many
+
+
+def assert_same(one: AifAgentGroup, many: AifAgentGroup) -> None:
+    np.testing.assert_array_equal(one.q_pi, many.q_pi)
+    np.testing.assert_array_equal(one.G, many.G)
+    np.testing.assert_array_equal(one.action, many.action)
+    for a, b in zip(one.qs + one.prior, many.qs + many.prior, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_split_blocks_covers_every_block_once_in_balanced_ranges() -> None:
+    assert split_blocks([64] * 10, 2) == [range(5), range(5, 10)]
+    assert split_blocks([64] * 10, 3) == [range(4), range(4, 7), range(7, 10)]
+    assert split_blocks([64, 64, 10], 4) == [range(1), range(1, 2), range(2, 3)]
+    assert split_blocks([64], 2) == [range(1)]
+    for sizes, parts in (([5, 7, 64, 64, 64, 3], 3), ([1] * 17, 4), ([100, 1, 1, 1], 2)):
+        ranges = split_blocks(sizes, parts)
+        assert [i for r in ranges for i in r] == list(range(len(sizes)))
+        assert len(ranges) <= parts
+
+
+@pytest.mark.parametrize(
+    ("workload", "history_beliefs", "precision"),
+    [("grid10", "map", "int8"), ("tmaze", "full", "int8"), ("grid10", "full", "float64")],
+)
+def test_workers_give_the_results_and_history_of_one_process(
+    workload: str, history_beliefs: str, precision: str
+) -> None:
+    env, one, many = pair(
+        workload,
+        5 * BLOCK + 17,
+        3,
+        precision=precision,
+        history_capacity=8,
+        history_beliefs=history_beliefs,
+    )
+    assert many.workers == 3
+    obs = env.reset()
+    for _ in range(12):
+        actions = one.step(obs).copy()
+        many.step(obs)
+        assert_same(one, many)
+        obs = env.step(actions)
+    assert one.history is not None
+    assert many.history is not None
+    for (k, a), (_, b) in zip(
+        sorted(one.history.state_dict().items()),
+        sorted(many.history.state_dict().items()),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+    many.stop_workers()
+    assert many.workers == 1
+
+
+def test_resets_actions_snapshots_and_resizes_reach_the_workers() -> None:
+    env, one, many = pair("grid10", 4 * BLOCK, 2)
+    obs = env.reset()
+    for t in range(10):
+        if t == 3:
+            mask = np.arange(one.n_agents) % 3 == 0
+            one.reset(mask)
+            many.reset(mask)
+        if t == 5:
+            forced = np.random.default_rng(t).integers(0, 5, size=(one.n_agents, 1))
+            one.set_action(forced)
+            many.set_action(forced)
+        if t == 6:
+            state = one.state_dict()
+            copy = {k: np.array(v) for k, v in state.items()}
+            many.load_state_dict(copy)
+        if t == 7:
+            one.resize(6 * BLOCK)
+            many.resize(6 * BLOCK)
+            env = make_env("grid10", 6 * BLOCK, seed=9)
+            obs = env.reset()
+            assert many.workers == 2  # restarted on the new arrays
+        actions = one.step(obs).copy()
+        many.step(obs)
+        assert_same(one, many)
+        obs = env.step(actions)
+
+
+def test_stochastic_actions_do_not_depend_on_the_number_of_workers() -> None:
+    settings = AifSettings(action_selection="stochastic", alpha=4.0)
+    env: Any = make_env("grid10", 6 * BLOCK, seed=4)
+    groups = []
+    for workers in (2, 3):
+        g = AifAgentGroup(env.model, 6 * BLOCK, block_size=BLOCK, settings=settings, seed=11)
+        g.start_workers(workers)
+        groups.append(g)
+    obs = env.reset()
+    for _ in range(8):
+        a, b = (g.step(obs).copy() for g in groups)
+        np.testing.assert_array_equal(a, b)
+        obs = env.step(a)
+    # ... and the draws do vary: not every agent took the deterministic choice.
+    assert len(np.unique(a)) > 1
+
+
+def test_a_killed_worker_leaves_the_caller_stepping_every_block() -> None:
+    env, one, many = pair("grid10", 6 * BLOCK, 3)
+    obs = env.reset()
+    for _ in range(2):
+        actions = one.step(obs).copy()
+        many.step(obs)
+        obs = env.step(actions)
+    workers = many._workers
+    assert workers is not None
+    victim = workers.pids[1]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # bounded: the kernel reaps it within milliseconds
+        state = Path(f"/proc/{victim}/stat").read_text().split()[2]
+        if state == "Z":
+            break
+        time.sleep(0.01)
+    for _ in range(3):
+        actions = one.step(obs).copy()
+        many.step(obs)
+        assert_same(one, many)
+        obs = env.step(actions)
+    assert workers.failure is not None
+    assert str(victim) in workers.failure
+    assert not workers.active
+    assert workers.pids == []
+
+
+def test_workers_exit_with_their_group_and_the_budget_counts_their_scratch() -> None:
+    budget = MemoryBudget(256 << 20)
+    env: Any = make_env("grid10", 4 * BLOCK, seed=1)
+    g = AifAgentGroup(env.model, 4 * BLOCK, block_size=BLOCK, budget=budget, name="g")
+    before = budget.used
+    g.start_workers(2)
+    assert budget.used - before == g.scratch_nbytes(g.n_agents)
+    workers = g._workers
+    assert workers is not None
+    pids = workers.pids
+    g.step(env.reset())
+    g.release()
+    assert budget.used == 0
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped by close(): no zombie left
+
+
+def test_soft_evidence_is_stepped_by_the_caller_alike() -> None:
+    _env, one, many = pair("grid10", 3 * BLOCK, 2)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        p = rng.dirichlet(np.ones(one.cm.num_obs[0]), size=one.n_agents)
+        one.step([p])
+        many.step([p])
+        assert_same(one, many)
+
+
+def test_one_block_means_one_process() -> None:
+    env: Any = make_env("grid10", BLOCK, seed=1)
+    g = AifAgentGroup(env.model, BLOCK, block_size=BLOCK)
+    assert g.start_workers(4) == 1
+    assert g.workers == 1
