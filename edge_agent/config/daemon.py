@@ -340,6 +340,11 @@ class LogSink(StrictModel):
 SinkSpec = Annotated[SimSink | MqttSink | LogSink, Field(discriminator="type")]
 
 
+#: A group gets the profile's workers only with at least this many agents per process: below,
+#: a tick is short enough that a worker's memory (~10 MB) buys little (benchmarks/RESULTS.md).
+AGENTS_PER_WORKER = 2048
+
+
 class GroupConfig(StrictModel):
     """``[[groups]]``: agents that share one model and are stepped as one batch."""
 
@@ -354,6 +359,13 @@ class GroupConfig(StrictModel):
         description="What the history keeps of an Active Inference agent's beliefs each step: "
         "'map', per factor the most probable state and its probability (2-3 bytes); 'full', "
         "every state's probability (one byte per state).",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Processes that step the group's blocks of agents (an Active Inference "
+        "group of more than one block); default: the profile's.",
     )
     priority: int = Field(
         5, ge=0, le=9, description="0-9, higher is more important; low ones pause first."
@@ -410,6 +422,14 @@ class GroupConfig(StrictModel):
             )
         raise_problems("GroupConfig", problems)
         return self
+
+    def workers_for(self, profile: FirmwareProfile) -> int:
+        """The processes in force: the group's, else the profile's (0: the CPUs this process
+        may run on) for groups of at least :data:`AGENTS_PER_WORKER` agents per process."""
+        if self.workers is not None:
+            return self.workers
+        cores = profile.workers if profile.workers > 0 else len(os.sched_getaffinity(0))
+        return max(1, min(cores, self.count // AGENTS_PER_WORKER))
 
     def history_capacity_for(self, profile: FirmwareProfile) -> int:
         """The history capacity in force: the group's, else the profile's."""
@@ -791,6 +811,8 @@ def _summary(
         )
         if group.perception is not None:
             what += f" + perception {group.perception.path} ({group.perception.evidence})"
+        elif (processes := group.workers_for(profile)) > 1:
+            what += f" on up to {processes} processes"
         lines.append(
             f"    {group.name:<{width}}  {group.count} x {what}, {group.precision}, history "
             f"{group.history_capacity_for(profile)}, priority {group.priority}, "

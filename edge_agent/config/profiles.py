@@ -254,6 +254,13 @@ class FirmwareProfile(StrictModel):
     inference_threads: int = Field(
         ge=1, le=64, description="Threads for numpy/onnxruntime/LiteRT inference."
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes that step a large Active Inference group's blocks (the board's "
+        "cores); 0: the CPUs the daemon may run on.",
+    )
     tick_hz: float = Field(gt=0, le=1000, description="Default tick rate of the scheduler (Hz).")
     history_capacity: int = Field(
         ge=1, le=65536, description="Default number of steps kept per agent."
@@ -667,6 +674,7 @@ def explain_profile(profile: FirmwareProfile) -> str:
         "",
         "Scheduling",
         row("inference_threads", p.inference_threads, "threads for one batched inference call"),
+        row("workers", p.workers, "processes stepping a large group's blocks (0: every CPU)"),
         row(
             "tick_hz",
             p.tick_hz,

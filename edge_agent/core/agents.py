@@ -737,8 +737,13 @@ class AifAgentGroup:
             self._step_index,
             set_rng=self._set_rng,
             rngs=self._block_rngs,
+            name=f"group {self.name!r}",
         )
         return self._workers.count
+
+    def workers_rss_bytes(self) -> int:
+        """What the workers hold that this process does not (their unique resident pages)."""
+        return 0 if self._workers is None else self._workers.rss_bytes()
 
     def stop_workers(self) -> None:
         """Back to one process (the state stays where it is; nothing is lost)."""

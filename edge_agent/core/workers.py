@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import logging
 import mmap
 import os
 import signal
@@ -46,6 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["BlockWorkers", "shared_copy", "split_blocks"]
+
+logger = logging.getLogger(__name__)
 
 _STEP, _STEP_RECORD, _QUIT, _OK, _FAILED = b"s", b"r", b"q", b"k", b"e"
 
@@ -103,9 +106,10 @@ class BlockWorkers:
         *,
         set_rng: Callable[[np.random.Generator], None] | None = None,
         rngs: Sequence[np.random.Generator] | None = None,
+        name: str = "group",
     ) -> None:
+        self.name = name
         self.ranges = split_blocks(block_sizes, max(1, count))
-        self.count = len(self.ranges)
         self._all = range(len(block_sizes))
         self.obs = shared_copy(np.zeros(obs_shape, dtype=np.int64))
         self._step_block = step_block
@@ -120,6 +124,11 @@ class BlockWorkers:
             self._workers.append(self._fork(blocks))
 
     # -- the caller's side ------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        """Processes stepping the blocks now: the caller and its live workers."""
+        return 1 + len(self._workers)
+
     @property
     def active(self) -> bool:
         return bool(self._workers)
@@ -161,6 +170,12 @@ class BlockWorkers:
     def _fail(self, why: str) -> None:
         if self.failure is None:
             self.failure = why
+            logger.warning(
+                "%s: %s; its blocks and every other worker's are stepped by pid %d from now on",
+                self.name,
+                why,
+                os.getpid(),
+            )
 
     def _run(self, blocks: range, record: bool) -> None:
         for i in blocks:
@@ -205,9 +220,7 @@ class BlockWorkers:
                 for w in self._workers:  # earlier workers' pipes are not ours
                     os.close(w.to_worker)
                     os.close(w.from_worker)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                _quiet_signals()
                 self._serve(blocks, to_r, from_w)
                 code = 0
             finally:
@@ -227,6 +240,19 @@ class BlockWorkers:
             except BaseException:  # reported to the caller, which steps the blocks itself
                 answer = _FAILED
             os.write(answers, answer)
+
+
+def _quiet_signals() -> None:
+    """In a worker: none of the caller's signal handlers (a SIGHUP is the daemon's to handle,
+    and its wakeup pipe is the daemon's to read); SIGTERM and SIGKILL end the worker."""
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        handler = signal.getsignal(sig)
+        if callable(handler) or sig in (signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _uss_bytes(pid: int) -> int:

@@ -432,7 +432,9 @@ def build_groups(
     requests = []
     owner_group: dict[str, str] = {}
     for g in config.groups:
-        plan = plan_requests(models[g.name][1], g, g.history_capacity_for(profile))
+        plan = plan_requests(
+            models[g.name][1], g, g.history_capacity_for(profile), g.workers_for(profile)
+        )
         for owner, *_ in plan:
             owner_group.setdefault(owner, g.name)
         requests.extend(plan)
@@ -472,6 +474,7 @@ def build_groups(
                 budget=budget,
                 history_capacity=g.history_capacity_for(profile),
                 threads=profile.inference_threads,
+                workers=g.workers_for(profile),
             )
             groups.append(make_runtime(cfg, agents, loaded))
     except BaseException:

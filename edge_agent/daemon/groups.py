@@ -219,6 +219,8 @@ class GroupRuntime:
             "bundle": self.bundle_name,
             "bundle_sha256": self.bundle_sha256,
             "agents": a.n_agents,
+            "workers": a.workers if isinstance(a, AifAgentGroup) else 1,
+            "workers_rss_bytes": a.workers_rss_bytes() if isinstance(a, AifAgentGroup) else 0,
             "precision": a.precision,
             "priority": self.config.priority,
             "paused": self.paused,
@@ -290,10 +292,12 @@ def make_agents(
     budget: MemoryBudget | None = None,
     history_capacity: int = 0,
     threads: int = 1,
+    workers: int = 1,
 ) -> Agents:
     """The agents of group ``cfg`` on ``loaded`` (reserved in ``budget`` when given; without a
     budget, a scratch group such as a deployment's health check steps). ``threads``: intra-op
-    threads of a neural backend (the profile's ``inference_threads``)."""
+    threads of a neural backend (the profile's ``inference_threads``); ``workers``: processes
+    that step an Active Inference group's blocks (:meth:`GroupConfig.workers_for`)."""
     if loaded.neural is not None:
         net = loaded.neural
         return NeuralAgentGroup(
@@ -321,6 +325,12 @@ def make_agents(
         history_beliefs=cfg.history_beliefs,
     )
     if loaded.perception is None:
+        if workers > 1:
+            try:
+                aif.start_workers(workers)
+            except BaseException:
+                aif.release()
+                raise
         return aif
     try:
         net = loaded.perception
@@ -346,11 +356,11 @@ def make_agents(
 
 
 def plan_requests(
-    loaded: LoadedModel, cfg: GroupConfig, history_capacity: int
+    loaded: LoadedModel, cfg: GroupConfig, history_capacity: int, workers: int = 1
 ) -> list[PlanRequest]:
     """What ``cfg.count`` agents of ``loaded`` will reserve, models first, as
     :meth:`~edge_agent.core.budget.MemoryBudget.plan` takes it (probes of one agent: nothing of
-    the budget is touched)."""
+    the budget is touched); ``workers`` as for :func:`make_agents`."""
     requests: list[PlanRequest] = []
     agents: list[PlanRequest] = []
     if loaded.model is not None:
@@ -362,7 +372,13 @@ def plan_requests(
             history_beliefs=cfg.history_beliefs,
         )
         requests.append((f"model:{probe.key}", "model", probe.shared_nbytes, probe.key))
-        agents.append((cfg.name, "agents", probe.bytes_for(cfg.count, history_capacity), None))
+        # Each worker beyond the caller holds its own block scratch (start_workers reserves it
+        # apart; planned with the group's agents, so that a group too large is named once).
+        blocks = -(-cfg.count // probe.block_size)
+        extra = min(workers, blocks) - 1 if loaded.perception is None else 0
+        scratch = max(0, extra) * probe.scratch_nbytes(cfg.count)
+        nbytes = probe.bytes_for(cfg.count, history_capacity) + scratch
+        agents.append((cfg.name, "agents", nbytes, None))
     nets = [
         (loaded.neural, cfg.name, history_capacity),
         (loaded.perception, f"{cfg.name}.perception", 0),

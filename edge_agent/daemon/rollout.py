@@ -223,6 +223,7 @@ class Rollout:
                 budget=host.budget,
                 history_capacity=old.agents.history_capacity,
                 threads=host.profile.inference_threads,
+                workers=old.config.workers_for(host.profile),
             )
         except EdgeAgentError as err:
             self.deployer.switch_failed(
