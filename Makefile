@@ -26,6 +26,7 @@ test-docker:
 deb:
 	scripts/build-deb $(ARGS)
 
-# The arm64 .deb built, linted, installed, upgraded and purged in the arm64 root (as root).
+# The arm64 and amd64 .debs built, linted, installed, upgraded and purged, each in a Bookworm
+# root of its architecture (as root); ARGS=amd64 (or arm64, or a .deb) for one.
 test-deb:
 	scripts/test-deb $(ARGS)

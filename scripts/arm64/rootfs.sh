@@ -10,7 +10,9 @@
 #   ROOTFS_ARCH   arm64 (default) or amd64: the Debian architecture of the root
 # and may change ROOT afterwards: the directory commands run in and mounts go to. It starts as the
 # cached root itself; build-deb and test-deb point it at an overlay of the cache (overlay_root),
-# so the cache stays as debootstrap and test-arm64 left it.
+# so the cache stays as debootstrap and test-arm64 left it. A script that uses roots of both
+# architectures in turn (test-deb) switches with use_rootfs_arch, each root cached apart
+# ($CACHE/<arch>-rootfs, <arch>-pip, <arch>.lock).
 #
 # Environment:
 #   EDGE_AGENT_ARM64_CACHE   cache directory (default: .cache in the repo; CI: outside the clone)
@@ -21,18 +23,11 @@
 : "${REPO:?REPO must be set before sourcing rootfs.sh}"
 : "${SCRIPT_NAME:?SCRIPT_NAME must be set before sourcing rootfs.sh}"
 MAKE_TARGET="${MAKE_TARGET:-$SCRIPT_NAME}"
-ROOTFS_ARCH="${ROOTFS_ARCH:-arm64}"
 HELPERS="$REPO/scripts/arm64"
 CACHE="${EDGE_AGENT_ARM64_CACHE:-$REPO/.cache}"
-ROOTFS="$CACHE/$ROOTFS_ARCH-rootfs"
-ROOT="$ROOTFS"
-PIP_CACHE="$CACHE/$ROOTFS_ARCH-pip"
 SUITE=bookworm
 INCLUDE=python3,python3-venv,python3-pip,ca-certificates,passwd
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-# What the cached root was built from; a root with another key is rebuilt.
-ROOTFS_KEY="edge-agent-$ROOTFS_ARCH-rootfs v1 $SUITE $ROOTFS_ARCH minbase $INCLUDE"
-ROOTFS_STAMP="$ROOTFS/.edge-agent-rootfs"
 # The same paths, user and extras as Dockerfile.arm64, systemd/edge-agent.service and the .deb.
 VENV=/opt/edge-agent/venv
 EXTRAS=onnx,tflite
@@ -62,14 +57,27 @@ host_arch() {
 
 emulated() { [ "$ROOTFS_ARCH" != "$(host_arch)" ]; }
 
-case "$ROOTFS_ARCH" in
-    arm64 | amd64) ;;
-    *) die "unsupported root architecture '$ROOTFS_ARCH'" "use arm64 or amd64." ;;
-esac
-if emulated && [ "$ROOTFS_ARCH" != arm64 ]; then
-    die "a $ROOTFS_ARCH root on a $(host_arch) host is not supported" \
-        "only arm64 is emulated (qemu-aarch64); build $ROOTFS_ARCH on a $ROOTFS_ARCH machine."
-fi
+use_rootfs_arch() {
+    # use_rootfs_arch ARCH: the root of Debian architecture ARCH (arm64 or amd64) from now on:
+    # its cache paths, its key, and ROOT pointing at the cached root. Call it with nothing
+    # mounted (unmount_all first) and, between two roots, after unlock_cache.
+    case "$1" in
+        arm64 | amd64) ;;
+        *) die "unsupported root architecture '$1'" "use arm64 or amd64." ;;
+    esac
+    ROOTFS_ARCH="$1"
+    if emulated && [ "$ROOTFS_ARCH" != arm64 ]; then
+        die "a $ROOTFS_ARCH root on a $(host_arch) host is not supported" \
+            "only arm64 is emulated (qemu-aarch64); build $ROOTFS_ARCH on a $ROOTFS_ARCH machine."
+    fi
+    ROOTFS="$CACHE/$ROOTFS_ARCH-rootfs"
+    ROOT="$ROOTFS"
+    PIP_CACHE="$CACHE/$ROOTFS_ARCH-pip"
+    # What the cached root was built from; a root with another key is rebuilt.
+    ROOTFS_KEY="edge-agent-$ROOTFS_ARCH-rootfs v1 $SUITE $ROOTFS_ARCH minbase $INCLUDE"
+    ROOTFS_STAMP="$ROOTFS/.edge-agent-rootfs"
+}
+use_rootfs_arch "${ROOTFS_ARCH:-arm64}"
 
 # ------------------------------------------------------------------------------------ mounts
 MOUNTS=()
@@ -232,6 +240,8 @@ lock_cache() {
         flock 9
     }
 }
+
+unlock_cache() { exec 9>&-; }
 
 # ------------------------------------------------------------------------------------ the root
 detect_mirror() {

@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
+import json
+import platform
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from edge_agent import __version__
 from edge_agent.cli import build_daemon_parser, build_parser
 from edge_agent_host.cli import build_parser as build_host_parser
+
+#: scripts/arm64/check-backends, the venv check test-arm64 and build-deb run (a script, no .py).
+CHECK_BACKENDS = Path(__file__).resolve().parents[2] / "scripts" / "arm64" / "check-backends"
+
+
+def _load_check_backends() -> object:
+    loader = importlib.machinery.SourceFileLoader("check_backends", str(CHECK_BACKENDS))
+    spec = importlib.util.spec_from_loader("check_backends", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+check_backends = _load_check_backends()
 
 
 def parsers(
@@ -25,7 +47,8 @@ def parsers(
 @pytest.mark.parametrize(
     ("name", "build"),
     [("edge-agent", build_parser), ("edge-agentd", build_daemon_parser),
-     ("edge-agent-host", build_host_parser)],
+     ("edge-agent-host", build_host_parser),
+     ("check-backends", check_backends.build_parser)],  # type: ignore[attr-defined]
 )
 def test_every_command_and_option_has_help(name: str, build: object) -> None:
     missing = []
@@ -66,3 +89,32 @@ def test_daemon_help_names_the_daemon(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         build_daemon_parser().parse_args(["--help"])
     assert capsys.readouterr().out.startswith("usage: edge-agentd ")
+
+
+def test_check_backends_fails_on_another_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        check_backends.main(["--machine", "no-such-machine"])  # type: ignore[attr-defined]
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"check-backends: platform.machine() is {platform.machine()!r}, "
+        "expected 'no-such-machine'"
+    )
+
+
+def test_check_backends_default_machine_is_the_pi() -> None:
+    assert check_backends.build_parser().parse_args([]).machine == "aarch64"  # type: ignore[attr-defined]
+
+
+def test_check_backends_on_this_machine_prints_one_json_line() -> None:
+    # As build-deb runs it for an amd64 venv: --machine names the machine it runs on.
+    run = subprocess.run(
+        [sys.executable, "-B", str(CHECK_BACKENDS), "--machine", platform.machine(),
+         "--require-litert"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    (line,) = run.stdout.splitlines()
+    report = json.loads(line)
+    assert report["machine"] == platform.machine()
+    assert report["onnxruntime_matmul"] == [[9.0, 12.0]]
+    assert report["litert"]
