@@ -540,9 +540,12 @@ class AifAgentGroup:
         return self.q_pi, self.G
 
     def _planner(self, rows: _BlockRows, obs: IntArray | None) -> str:
-        """Which evaluation a block gets: ``"small"``, ``"local"``, ``"tree"`` (dense) or
+        """Which evaluation a block gets: ``"joint"`` (a whole tick on the joint small-block
+        path, see :meth:`_joint_block`), ``"small"``, ``"local"``, ``"tree"`` (dense) or
         ``"chunks"`` (dense in sub-blocks: a block larger than the dense scratch, as with a local
         planner and soft evidence)."""
+        if obs is not None and rows.blk.joint_small is not None:
+            return "joint"
         if rows.blk.small and self.cm.small is not None:
             return "small"
         if obs is not None and self.cm.local is not None:
@@ -593,6 +596,37 @@ class AifAgentGroup:
             return
         kernels.policy_posterior_block(cm, G, blk, self._gamma)
         np.copyto(rows.q_pi, blk.x.T)
+
+    def _joint_block(self, rows: _BlockRows, obs: IntArray) -> None:
+        """A whole tick of a small block of a multi-factor model on the joint small-block path:
+        infer, plan, act and the next prior (same results as the other paths, to rounding)."""
+        cm, blk = self.cm, rows.blk
+        plan, sc = cm.joint, blk.joint_small
+        assert plan is not None  # the model has joint tables: _planner checked
+        assert sc is not None
+        kernels.infer_joint(
+            plan, obs, rows.prior, rows.qs, sc, num_iter=self._num_iter, dF_tol=self._dF_tol
+        )
+        kernels.evaluate_joint(
+            plan, sc, rows.G, use_utility=self._use_utility, use_info_gain=self._use_info_gain
+        )
+        kernels.posterior_joint(plan, rows.G, rows.q_pi, sc, self._gamma)
+        if self._deterministic and self._sampling_mode == "marginal":
+            kernels.select_joint(plan, rows.q_pi, sc, rows.action)
+        else:
+            np.copyto(blk.x, rows.q_pi.T)
+            kernels.select_block(
+                cm,
+                blk.x,
+                blk,
+                rows.action,
+                mode=self._sampling_mode,
+                deterministic=self._deterministic,
+                alpha=self._alpha,
+                rng=self.rng,
+            )
+        rows.has_action.fill(True)
+        kernels.prior_joint(plan, sc, rows.action, rows.prior)
 
     def _plan_agents_densely(self, rows: _BlockRows, agents: np.ndarray) -> None:
         """``G`` of a few agents of a block (indices ``agents``) with the dense evaluation."""
@@ -687,9 +721,13 @@ class AifAgentGroup:
         """One block's tick: infer, plan, act, and stage its history row if ``record``."""
         ob = None if o is None else o[rows.sl]
         planner = self._planner(rows, ob)
-        self._infer_block(o, soft, rows, roots=planner == "tree")
-        self._plan_block(rows, ob, planner)
-        self._act_block(rows, planner)
+        if planner == "joint":
+            assert ob is not None  # _planner checked
+            self._joint_block(rows, ob)
+        else:
+            self._infer_block(o, soft, rows, roots=planner == "tree")
+            self._plan_block(rows, ob, planner)
+            self._act_block(rows, planner)
         if record:
             self._encode_block(rows)
 

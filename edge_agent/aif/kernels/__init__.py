@@ -36,7 +36,11 @@ Two implementations of the same maths live here:
   - :func:`evaluate_small_block`: one-step policies of a one-factor model for blocks of a few
     agents, with a few dense products (:class:`SmallPlan`): fewest numpy calls;
   - :func:`select_block`, :func:`prior_block`, :func:`small_prior_block`,
-    :func:`propagate_block`: action selection and the next prior.
+    :func:`propagate_block`: action selection and the next prior;
+  - :func:`infer_joint`, :func:`evaluate_joint`, :func:`posterior_joint`, :func:`select_joint`,
+    :func:`prior_joint`: a whole tick of a multi-factor model for blocks of a few agents, the
+    factors stacked side by side (:class:`JointPlan`): a few calls per fixed-point iteration
+    and per stage whatever the number of factors.
 
 The code lives in one module per stage; this package re-exports what the rest of the project uses:
 
@@ -62,11 +66,14 @@ The code lives in one module per stage; this package re-exports what the rest of
 * :mod:`~edge_agent.aif.kernels.local`: the local one-step planner's kernels
   (:func:`evaluate_local_block`, :func:`policy_posterior_block`);
 * :mod:`~edge_agent.aif.kernels.small`: the small-block one-step planner's kernels
-  (:func:`evaluate_small_block`, :func:`small_prior_block`).
+  (:func:`evaluate_small_block`, :func:`small_prior_block`);
+* :mod:`~edge_agent.aif.kernels.joint_plan`, :mod:`~edge_agent.aif.kernels.joint_scratch`,
+  :mod:`~edge_agent.aif.kernels.joint_small`: the joint small-block path's tables
+  (:class:`JointPlan`), its scratch views and its kernels.
 
 Imports between the modules, type-only ones included, run one way (no cycle): the tables
-(``transitions``, ``tree``, ``fast_tables``, ``local_plan``, ``small_plan``) sit below
-``compiled``, which sits below ``workspace`` and the kernels of both paths.
+(``transitions``, ``tree``, ``fast_tables``, ``local_plan``, ``small_plan``, ``joint_plan``) sit
+below ``compiled``, which sits below ``workspace`` (and ``joint_scratch``) and the kernels.
 """
 
 from edge_agent.aif.kernels.agent_major import propagate_block
@@ -92,6 +99,14 @@ from edge_agent.aif.kernels.fast_tables import (
     outcome_row_map,
 )
 from edge_agent.aif.kernels.inference import infer_states, soft_likelihood, softmax_rows
+from edge_agent.aif.kernels.joint_plan import JointPlan
+from edge_agent.aif.kernels.joint_small import (
+    evaluate_joint,
+    infer_joint,
+    posterior_joint,
+    prior_joint,
+    select_joint,
+)
 from edge_agent.aif.kernels.local import evaluate_local_block, policy_posterior_block
 from edge_agent.aif.kernels.local_plan import LocalPlan
 from edge_agent.aif.kernels.small import evaluate_small_block, small_prior_block
@@ -110,6 +125,7 @@ __all__ = [
     "CompiledModel",
     "DenseTransition",
     "Diagonals",
+    "JointPlan",
     "LocalPlan",
     "SmallPlan",
     "Transition",
@@ -119,22 +135,27 @@ __all__ = [
     "compile_model",
     "diagonals",
     "evaluate_block",
+    "evaluate_joint",
     "evaluate_local_block",
     "evaluate_policies",
     "evaluate_small_block",
     "infer_block",
+    "infer_joint",
     "infer_states",
     "load_roots",
     "next_prior",
     "outcome_row_map",
     "policy_posterior",
     "policy_posterior_block",
+    "posterior_joint",
     "prior_block",
+    "prior_joint",
     "propagate",
     "propagate_block",
     "propagate_per_agent",
     "select_actions",
     "select_block",
+    "select_joint",
     "small_prior_block",
     "soft_likelihood",
     "softmax_rows",

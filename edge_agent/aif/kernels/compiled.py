@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_agent.aif.kernels.fast_tables import FastPlan, build_fast_plan
+from edge_agent.aif.kernels.joint_plan import JointPlan, build_joint_plan
 from edge_agent.aif.kernels.local_plan import LocalPlan, build_local_plan
 from edge_agent.aif.kernels.small_plan import SmallPlan, build_small_plan
 from edge_agent.aif.kernels.transitions import Transition, make_transition
@@ -62,6 +63,8 @@ class CompiledModel:
     local: LocalPlan | None
     #: The small-block planner's tables, when the model suits it (see SmallPlan).
     small: SmallPlan | None
+    #: The joint small-block path's stacked-factor tables (multi-factor models; see JointPlan).
+    joint: JointPlan | None = None
     extra: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -87,6 +90,7 @@ class CompiledModel:
             + self.fast.nbytes
             + (0 if self.local is None else self.local.nbytes)
             + (0 if self.small is None else self.small.nbytes)
+            + (0 if self.joint is None else self.joint.nbytes)
         )
 
 
@@ -185,6 +189,20 @@ def compile_model(
             A_joint_T=A_joint_T,
             utility=utility,
             neg_entropy=neg_entropy,
+            dtype=np.dtype(dtype),
+        ),
+        joint=None
+        if len(transitions) < 2
+        else build_joint_plan(
+            num_states=num_states,
+            num_controls=num_controls,
+            A_rows=A_rows,
+            transitions=transitions,
+            tree=tree,
+            A_joint_T=A_joint_T,
+            utility=utility,
+            neg_entropy=neg_entropy,
+            lnE=c(lnE),
             dtype=np.dtype(dtype),
         ),
     )

@@ -13,6 +13,7 @@ import numpy as np
 
 from edge_agent.aif.kernels._types import IndexArray
 from edge_agent.aif.kernels.fast_tables import RowMap
+from edge_agent.aif.kernels.joint_scratch import JointScratch, joint_layout
 from edge_agent.aif.kernels.small_plan import SMALL_BLOCK
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 #: Scratch buffers only the dense (state-major policy tree) evaluation uses.
 _DENSE_ONLY: tuple[str, ...] = ("row_tmp", "dense_in", "dense_out", "mask", "M", "qo", "lq")
 _DENSE_ONLY += ("val", "tmpv", "X", "X2", "idx", "node", "arange")
+#: Prefix of the joint small-block path's buffers (sized for the small blocks).
+_JOINT = "s_joint_"
 
 
 def buffer_class(name: str) -> str:
@@ -127,6 +130,9 @@ def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to a
         out["s_tmp"] = (K, fdt)
         out["s_vals"] = (K, fdt)
         out["s_node"] = (1, idt)
+    if cm.joint is not None:
+        for name, entry in joint_layout(cm.joint).items():
+            out[_JOINT + name] = entry
     props = [ap for ap in plan.agent_propagation if ap is not None]
     if props:
         E = max(ap.max_extra for ap in props)
@@ -280,6 +286,12 @@ class Block:
             self.s_tmp = shaped("s_tmp", nb, K)
             self.s_vals = shaped("s_vals", nb, K)
             self.s_node = shaped("s_node", nb)
+        #: The joint small-block path's views (a multi-factor model, a small block), else None.
+        self.joint_small: JointScratch | None = None
+        if cm.joint is not None and small:
+            n = len(_JOINT)
+            own = {k[n:]: v for k, v in flat.items() if k.startswith(_JOINT)}
+            self.joint_small = JointScratch(cm.joint, own, nb)
 
     def view(self, buffer: np.ndarray, *shape: int) -> np.ndarray:
         """A prefix of one of this block's flat buffers, reshaped (made once, then cached)."""
