@@ -62,10 +62,14 @@ The code lives in one module per stage; this package re-exports what the rest of
 * :mod:`~edge_agent.aif.kernels.local`: the local one-step planner's kernels
   (:func:`evaluate_local_block`, :func:`policy_posterior_block`);
 * :mod:`~edge_agent.aif.kernels.small`: the small-block one-step planner's kernels
-  (:func:`evaluate_small_block`, :func:`small_prior_block`).
+  (:func:`evaluate_small_block`, :func:`small_prior_block`);
+* :mod:`~edge_agent.aif.kernels.deep_plan` and :mod:`~edge_agent.aif.kernels.deep`: the deep
+  planner (policies of two or more steps under deterministic transitions: every distinct node
+  of the policy tree evaluated once; :func:`evaluate_deep_block`, :class:`DeepScratch`).
 
 Imports between the modules, type-only ones included, run one way (no cycle): the tables
-(``transitions``, ``tree``, ``fast_tables``, ``local_plan``, ``small_plan``) sit below
+(``transitions``, ``tree``, ``fast_tables``, ``local_plan``, ``small_plan``, ``deep_plan``) sit
+below
 ``compiled``, which sits below ``workspace`` and the kernels of both paths.
 """
 
@@ -84,6 +88,8 @@ from edge_agent.aif.kernels.control import (
     policy_posterior,
     select_actions,
 )
+from edge_agent.aif.kernels.deep import DeepScratch, evaluate_deep_block
+from edge_agent.aif.kernels.deep_plan import DeepPlan
 from edge_agent.aif.kernels.fast_tables import (
     Diagonals,
     apply_diagonals,
@@ -108,6 +114,8 @@ __all__ = [
     "SMALL_BLOCK",
     "Block",
     "CompiledModel",
+    "DeepPlan",
+    "DeepScratch",
     "DenseTransition",
     "Diagonals",
     "LocalPlan",
@@ -119,6 +127,7 @@ __all__ = [
     "compile_model",
     "diagonals",
     "evaluate_block",
+    "evaluate_deep_block",
     "evaluate_local_block",
     "evaluate_policies",
     "evaluate_small_block",

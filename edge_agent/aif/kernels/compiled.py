@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_agent.aif.kernels.deep_plan import DeepPlan, build_deep_plan
 from edge_agent.aif.kernels.fast_tables import FastPlan, build_fast_plan
 from edge_agent.aif.kernels.local_plan import LocalPlan, build_local_plan
 from edge_agent.aif.kernels.small_plan import SmallPlan, build_small_plan
@@ -62,6 +63,8 @@ class CompiledModel:
     local: LocalPlan | None
     #: The small-block planner's tables, when the model suits it (see SmallPlan).
     small: SmallPlan | None
+    #: The deep planner's tables (policies of 2+ steps, deterministic B; see DeepPlan).
+    deep: DeepPlan | None = None
     extra: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -87,6 +90,7 @@ class CompiledModel:
             + self.fast.nbytes
             + (0 if self.local is None else self.local.nbytes)
             + (0 if self.small is None else self.small.nbytes)
+            + (0 if self.deep is None else self.deep.nbytes)
         )
 
 
@@ -185,6 +189,14 @@ def compile_model(
             A_joint_T=A_joint_T,
             utility=utility,
             neg_entropy=neg_entropy,
+            dtype=np.dtype(dtype),
+        ),
+        deep=build_deep_plan(
+            A_rows=A_rows,
+            transitions=transitions,
+            tree=tree,
+            utility=c(utility),
+            neg_entropy=c(neg_entropy),
             dtype=np.dtype(dtype),
         ),
     )
