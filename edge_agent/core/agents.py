@@ -139,6 +139,8 @@ class AifAgentGroup:
     _workers: BlockWorkers | None
     _workers_reservation: Reservation | None
     _block_rngs: list[np.random.Generator] | None
+    _deep_scratch: kernels.DeepScratch | None
+    _scratch_deep: int
 
     def __init__(
         self,
@@ -183,17 +185,7 @@ class AifAgentGroup:
         self._reservations: list[Reservation] = []
         # Reserve before allocating: shared tables once per model, then per-agent state.
         self.cm = _compiled(self.key, source, pol, dtype)
-        per = kernels.Workspace.bytes_per_agent(
-            self.cm, info_gain=self.settings.use_states_info_gain
-        )
-        common, dense, self._scratch_small = per["all"], per["dense"], per["small"]
-        self._scratch_common, self._scratch_dense = common, dense
-        if self.cm.local is None:
-            self.block_size = max(1, min(self.block_size, BLOCK_SCRATCH_BYTES // (common + dense)))
-            self.dense_block_size = self.block_size
-        else:
-            self.block_size = max(1, min(self.block_size, BLOCK_SCRATCH_BYTES // common))
-            self.dense_block_size = max(1, min(self.block_size, DENSE_FALLBACK_BYTES // dense))
+        self._size_blocks()
         self._obs_limit = np.array(self.cm.num_obs, dtype=np.uint64)
         self._workspace: kernels.Workspace | None = None
         shared = self.cm.nbytes + (self.quantized.nbytes if self.quantized is not None else 0)
@@ -267,14 +259,36 @@ class AifAgentGroup:
             history += np.dtype(np.intp).itemsize  # argmax of soft evidence, for the record
         return beliefs + policy + actions + history
 
+    def _size_blocks(self) -> None:
+        """Block sizes from the scratch one agent of a block needs: at most
+        ``BLOCK_SCRATCH_BYTES`` a block. A planner that hands only some agents to the dense
+        evaluation (local, deep) keeps the dense scratch for at most ``DENSE_FALLBACK_BYTES``."""
+        info_gain = self.settings.use_states_info_gain
+        per = kernels.Workspace.bytes_per_agent(self.cm, info_gain=info_gain)
+        common, dense, self._scratch_small = per["all"], per["dense"], per["small"]
+        self._scratch_common, self._scratch_dense = common, dense
+        deep = self.cm.deep
+        self._scratch_deep = (
+            0
+            if deep is None
+            else kernels.DeepScratch.bytes_per_agent(self.cm, deep, info_gain=info_gain)
+        )
+        if self.cm.local is None and deep is None:
+            block = dense_block = BLOCK_SCRATCH_BYTES // (common + dense)
+        else:
+            block = BLOCK_SCRATCH_BYTES // (common + self._scratch_deep)
+            dense_block = DENSE_FALLBACK_BYTES // dense
+        self.block_size = max(1, min(self.block_size, block))
+        self.dense_block_size = max(1, min(self.block_size, dense_block))
+
     def scratch_nbytes_per_agent(self) -> int:
         """Kernel scratch per agent of a full block (an upper bound; see :meth:`scratch_nbytes`)."""
-        return self._scratch_common + self._scratch_dense + self._scratch_small
+        return self._scratch_common + self._scratch_dense + self._scratch_small + self._scratch_deep
 
     def scratch_nbytes(self, n_agents: int) -> int:
         """Kernel scratch bytes for a group of ``n_agents`` (preallocated once, see Workspace)."""
         return (
-            min(self.block_size, n_agents) * self._scratch_common
+            min(self.block_size, n_agents) * (self._scratch_common + self._scratch_deep)
             + min(self.dense_block_size, n_agents) * self._scratch_dense
             + min(self.block_size, n_agents, kernels.SMALL_BLOCK) * self._scratch_small
         )
@@ -333,12 +347,17 @@ class AifAgentGroup:
         ws = self._workspace
         if ws is None or (ws.capacity, ws.dense_capacity) != (capacity, dense_capacity):
             self._workspace = None  # release the old scratch before allocating the new one
+            self._deep_scratch = None
             self._workspace = kernels.Workspace(
                 self.cm,
                 capacity,
                 info_gain=self.settings.use_states_info_gain,
                 dense_capacity=dense_capacity,
             )
+            if self.cm.deep is not None:
+                self._deep_scratch = kernels.DeepScratch(
+                    self.cm, self.cm.deep, capacity, info_gain=self.settings.use_states_info_gain
+                )
         if n_agents > keep:
             self.reset(np.arange(n_agents) >= keep)
         if self.history_capacity > 0:
@@ -541,13 +560,16 @@ class AifAgentGroup:
 
     def _planner(self, rows: _BlockRows, obs: IntArray | None) -> str:
         """Which evaluation a block gets: ``"joint"`` (a whole tick on the joint small-block
-        path, see :meth:`_joint_block`), ``"small"``, ``"local"``, ``"tree"`` (dense) or
-        ``"chunks"`` (dense in sub-blocks: a block larger than the dense scratch, as with a local
-        planner and soft evidence)."""
+        path, see :meth:`_joint_block`), ``"small"``, ``"deep"`` (policies of two or more steps
+        under deterministic transitions), ``"local"``, ``"tree"`` (dense) or ``"chunks"`` (dense
+        in sub-blocks: a block larger than the dense scratch, as with a local planner and soft
+        evidence)."""
         if obs is not None and rows.blk.joint_small is not None:
             return "joint"
         if rows.blk.small and self.cm.small is not None:
             return "small"
+        if self.cm.deep is not None:
+            return "deep"
         if obs is not None and self.cm.local is not None:
             return "local"
         return "tree" if rows.blk.dense else "chunks"
@@ -559,7 +581,23 @@ class AifAgentGroup:
         ``planner``: from :meth:`_planner`.
         """
         cm, blk, G = self.cm, rows.blk, rows.G
-        if planner == "small":
+        if planner == "deep":
+            assert cm.deep is not None
+            assert self._deep_scratch is not None
+            refused = kernels.evaluate_deep_block(
+                cm,
+                cm.deep,
+                rows.qs[0],
+                self._deep_scratch.block(blk.nb),
+                G,
+                obs=None if obs is None else obs[:, 0],
+                evidence=None if obs is None else blk.evidence,
+                use_utility=self._use_utility,
+                use_info_gain=self._use_info_gain,
+            )
+            if len(refused):
+                self._plan_agents_densely(rows, refused)
+        elif planner == "small":
             kernels.evaluate_small_block(
                 cm,
                 rows.qs[0],

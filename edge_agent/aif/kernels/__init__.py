@@ -69,11 +69,15 @@ The code lives in one module per stage; this package re-exports what the rest of
   (:func:`evaluate_small_block`, :func:`small_prior_block`);
 * :mod:`~edge_agent.aif.kernels.joint_plan`, :mod:`~edge_agent.aif.kernels.joint_scratch`,
   :mod:`~edge_agent.aif.kernels.joint_small`: the joint small-block path's tables
-  (:class:`JointPlan`), its scratch views and its kernels.
+  (:class:`JointPlan`), its scratch views and its kernels;
+* :mod:`~edge_agent.aif.kernels.deep_plan` and :mod:`~edge_agent.aif.kernels.deep`: the deep
+  planner (policies of two or more steps under deterministic transitions: every distinct node
+  of the policy tree evaluated once; :func:`evaluate_deep_block`, :class:`DeepScratch`).
 
 Imports between the modules, type-only ones included, run one way (no cycle): the tables
-(``transitions``, ``tree``, ``fast_tables``, ``local_plan``, ``small_plan``, ``joint_plan``) sit
-below ``compiled``, which sits below ``workspace`` (and ``joint_scratch``) and the kernels.
+(``transitions``, ``tree``, ``fast_tables``, ``local_plan``, ``small_plan``, ``joint_plan``,
+``deep_plan``) sit below ``compiled``, which sits below ``workspace`` (and ``joint_scratch``)
+and the kernels.
 """
 
 from edge_agent.aif.kernels.agent_major import propagate_block
@@ -91,6 +95,8 @@ from edge_agent.aif.kernels.control import (
     policy_posterior,
     select_actions,
 )
+from edge_agent.aif.kernels.deep import DeepScratch, evaluate_deep_block
+from edge_agent.aif.kernels.deep_plan import DeepPlan
 from edge_agent.aif.kernels.fast_tables import (
     Diagonals,
     apply_diagonals,
@@ -123,6 +129,8 @@ __all__ = [
     "SMALL_BLOCK",
     "Block",
     "CompiledModel",
+    "DeepPlan",
+    "DeepScratch",
     "DenseTransition",
     "Diagonals",
     "JointPlan",
@@ -135,6 +143,7 @@ __all__ = [
     "compile_model",
     "diagonals",
     "evaluate_block",
+    "evaluate_deep_block",
     "evaluate_joint",
     "evaluate_local_block",
     "evaluate_policies",

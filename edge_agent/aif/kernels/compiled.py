@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_agent.aif.kernels.deep_plan import DeepPlan, build_deep_plan
 from edge_agent.aif.kernels.fast_tables import FastPlan, build_fast_plan
 from edge_agent.aif.kernels.joint_plan import JointPlan, build_joint_plan
 from edge_agent.aif.kernels.local_plan import LocalPlan, build_local_plan
@@ -65,6 +66,8 @@ class CompiledModel:
     small: SmallPlan | None
     #: The joint small-block path's stacked-factor tables (multi-factor models; see JointPlan).
     joint: JointPlan | None = None
+    #: The deep planner's tables (policies of 2+ steps, deterministic B; see DeepPlan).
+    deep: DeepPlan | None = None
     extra: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -91,6 +94,7 @@ class CompiledModel:
             + (0 if self.local is None else self.local.nbytes)
             + (0 if self.small is None else self.small.nbytes)
             + (0 if self.joint is None else self.joint.nbytes)
+            + (0 if self.deep is None else self.deep.nbytes)
         )
 
 
@@ -203,6 +207,14 @@ def compile_model(
             utility=utility,
             neg_entropy=neg_entropy,
             lnE=c(lnE),
+            dtype=np.dtype(dtype),
+        ),
+        deep=build_deep_plan(
+            A_rows=A_rows,
+            transitions=transitions,
+            tree=tree,
+            utility=c(utility),
+            neg_entropy=c(neg_entropy),
             dtype=np.dtype(dtype),
         ),
     )

@@ -1,0 +1,287 @@
+"""The deep planner: policies of several steps of a one-factor model with deterministic moves.
+
+Part of :mod:`edge_agent.aif.kernels`. :func:`evaluate_deep_block` evaluates every distinct map of
+the policy tree once (the model's :class:`~edge_agent.aif.kernels.deep_plan.DeepPlan`, built at
+compile time; the reasoning is in :mod:`~edge_agent.aif.kernels.deep_plan`) and sums, per policy,
+the values of the maps its depths reach. With an observation and a local form it gathers only the
+states and outcomes the observation leaves possible, and reports the agents it cannot serve
+exactly (they go to :func:`~edge_agent.aif.kernels.block.evaluate_block`); otherwise it propagates
+the beliefs through every map, one generation of maps after another (rows of ``nb`` agents, map
+after map, a RowMap per generation), and evaluates all maps with batched products.
+:class:`DeepScratch` holds its preallocated buffers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_agent.aif.kernels._types import IndexArray
+from edge_agent.aif.kernels.fast_tables import apply_row_map
+
+if TYPE_CHECKING:
+    from edge_agent.aif.kernels.compiled import CompiledModel
+    from edge_agent.aif.kernels.deep_plan import DeepPlan
+
+
+# --------------------------------------------------------------------------------------------
+# the deep planner: scratch buffers
+# --------------------------------------------------------------------------------------------
+def deep_layout(
+    cm: CompiledModel, plan: DeepPlan, *, info_gain: bool
+) -> dict[str, tuple[int, np.dtype[np.generic]]]:
+    """Elements *per agent* of every buffer of :class:`DeepScratch`, and its dtype."""
+    S, K = plan.num_states, plan.num_maps
+    n_out = cm.fast.num_outcomes
+    fdt: np.dtype[np.generic] = cm.dtype
+    idt: np.dtype[np.generic] = np.dtype(np.intp)
+    bdt: np.dtype[np.generic] = np.dtype(np.bool_)
+    out: dict[str, tuple[int, np.dtype[np.generic]]] = {
+        "vals": (K, fdt),
+        "tmp": (K, fdt),
+        "bad": (1, bdt),
+        # the dense form (map-major: row 0 zeros, then map k's state t at row 1 + k * S + t)
+        "X": (1 + S * K if info_gain else S, fdt),
+        "row_tmp": (2 * plan.max_extra_rows if info_gain else 0, fdt),
+    }
+    if info_gain:
+        out["mask"] = (S * K, bdt)
+        out["qo"] = (n_out * K, fdt)
+        out["lq"] = (n_out * K, fdt)
+    lp = plan.local
+    if lp is not None:
+        n = lp.kin * K * lp.kt
+        out["l_qz"] = (S + 1, fdt)
+        out["l_idx"] = (n, idt)
+        out["l_g"] = (n, fdt)
+        out["l_pred"] = (K * lp.kt, fdt)
+        out["l_mask"] = (K * lp.kt, bdt)
+        out["l_nh"] = (K * lp.kt, fdt)
+        out["l_Q"] = (K * lp.kt * lp.kr, fdt)
+        out["l_qo"] = (K * lp.kr, fdt)
+        out["l_lq"] = (K * lp.kr, fdt)
+    return {k: v for k, v in out.items() if v[0] > 0}
+
+
+class DeepBlock:
+    """Views of a :class:`DeepScratch`'s buffers shaped for a block of ``nb`` agents (made once)."""
+
+    def __init__(self, plan: DeepPlan, flat: dict[str, np.ndarray], nb: int, n_out: int) -> None:
+        S, K = plan.num_states, plan.num_maps
+        self.nb = nb
+
+        def shaped(name: str, *shape: int) -> np.ndarray:
+            return flat[name][: int(np.prod(shape))].reshape(shape)
+
+        self.vals = shaped("vals", K, nb)  # map-major, agents last (dense form)
+        self.vals_am = shaped("vals", nb, K)  # agent-major (local form), the same buffer
+        self.tmp = shaped("tmp", K * nb)
+        self.bad = shaped("bad", nb)
+        self.no_agents = np.zeros(0, dtype=np.intp)
+        self.info_gain = "mask" in flat
+        if self.info_gain:
+            X = shaped("X", 1 + S * K, nb)
+            self.X = X  # row 0: the RowMaps' "no source", zeroed per call (blocks share it)
+            self.root = X[1 : 1 + S]
+            # Per generation: the rows it reads (every earlier map) and the rows it writes.
+            self.generations = [
+                (rm, X[: 1 + k0 * S], X[1 + k0 * S : 1 + k1 * S]) for k0, k1, rm in plan.generations
+            ]
+            self.X_maps = X[1:].reshape(K, S, nb)
+            self.row_tmp = flat["row_tmp"] if "row_tmp" in flat else flat["vals"][:0]
+            self.mask = shaped("mask", K, S, nb)
+            self.negH = shaped("tmp", K, 1, nb)
+            self.qo = shaped("qo", K, n_out, nb)
+            self.lq = shaped("lq", K, n_out, nb)
+        else:
+            self.root = shaped("X", S, nb)
+        lp = plan.local
+        if lp is not None:
+            self.qz = shaped("l_qz", nb, S + 1)
+            self.qz[:, S] = 0  # the pads' source: the same elements for every block size
+            self.q_view = self.qz[:, :S]
+            self.row_start = np.arange(nb, dtype=np.intp)[:, None] * (S + 1)
+            self.l_idx = shaped("l_idx", nb, lp.kin * K * lp.kt)
+            self.l_g = shaped("l_g", nb, lp.kin, K * lp.kt)
+            self.l_pred = shaped("l_pred", nb, K * lp.kt)
+            self.l_pred2 = self.l_pred.reshape(nb * K, lp.kt)
+            self.l_mask = shaped("l_mask", nb, K * lp.kt)
+            self.l_nh = shaped("l_nh", nb * K, lp.kt)
+            self.l_Q = shaped("l_Q", nb, K * lp.kt * lp.kr)
+            self.l_Q3 = self.l_Q.reshape(nb * K, lp.kt, lp.kr)
+            self.l_qo = shaped("l_qo", nb * K, lp.kr)
+            self.l_lq = shaped("l_lq", nb * K, lp.kr)
+            self.tmp_am = shaped("tmp", nb, K)
+            self.tmp_rows = shaped("tmp", nb * K)
+
+
+class DeepScratch:
+    """Preallocated buffers of :func:`evaluate_deep_block` for blocks of up to ``capacity`` agents.
+
+    Allocated once per agent group; :meth:`block` returns views for ``nb <= capacity`` agents
+    (cached, so a tick allocates nothing).
+    """
+
+    def __init__(
+        self, cm: CompiledModel, plan: DeepPlan, capacity: int, *, info_gain: bool
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"deep scratch capacity {capacity}, need >= 1")
+        self._plan = plan
+        self._n_out = cm.fast.num_outcomes
+        self.capacity = capacity
+        layout = deep_layout(cm, plan, info_gain=info_gain)
+        self._flat = {
+            name: np.zeros(per * capacity, dtype=dt) for name, (per, dt) in layout.items()
+        }
+        self._blocks: dict[int, DeepBlock] = {}
+
+    @staticmethod
+    def bytes_per_agent(cm: CompiledModel, plan: DeepPlan, *, info_gain: bool) -> int:
+        """Scratch bytes per agent of capacity (what the memory budget counts)."""
+        layout = deep_layout(cm, plan, info_gain=info_gain)
+        return int(sum(per * dt.itemsize for per, dt in layout.values()))
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self._flat.values()))
+
+    def block(self, nb: int) -> DeepBlock:
+        """Buffers for ``nb`` agents, ``1 <= nb <= capacity``."""
+        blk = self._blocks.get(nb)
+        if blk is None:
+            if not 1 <= nb <= self.capacity:
+                raise ValueError(f"block of {nb} agents, deep scratch holds 1..{self.capacity}")
+            blk = DeepBlock(self._plan, self._flat, nb, self._n_out)
+            self._blocks[nb] = blk
+        return blk
+
+
+# --------------------------------------------------------------------------------------------
+# the deep planner: kernels
+# --------------------------------------------------------------------------------------------
+def evaluate_deep_block(
+    cm: CompiledModel,
+    plan: DeepPlan,
+    q: np.ndarray,
+    dblk: DeepBlock,
+    G: np.ndarray,
+    *,
+    obs: np.ndarray | None = None,
+    evidence: np.ndarray | None = None,
+    use_utility: bool,
+    use_info_gain: bool,
+) -> IndexArray:
+    """``G (nb, P)`` of a block from its beliefs ``q (nb, S)`` (agent-major) on the deep planner.
+
+    ``obs (nb,)`` and ``evidence (nb,)``: the observation and evidence of the state inference that
+    just made ``q`` (``Block.evidence`` after :func:`infer_block`), or None. With both and a local
+    form, returns the agents (indices into the block) whose evidence is too small for it: their
+    rows of ``G`` are not valid and must come from :func:`evaluate_block`. Otherwise every row is
+    valid and the result is empty.
+    """
+    lp = plan.local
+    if lp is not None and obs is not None and evidence is not None:
+        _evaluate_local(
+            cm, plan, obs, q, dblk, use_utility=use_utility, use_info_gain=use_info_gain
+        )
+        np.matmul(dblk.vals_am, plan.counts_T, out=G)
+        bad = dblk.bad
+        np.less(evidence, lp.min_evidence, out=bad)
+        if not bad.any():
+            return dblk.no_agents
+        return np.flatnonzero(bad)
+    _evaluate_dense(cm, plan, q, dblk, use_utility=use_utility, use_info_gain=use_info_gain)
+    np.matmul(dblk.vals.T, plan.counts_T, out=G)
+    return dblk.no_agents
+
+
+def _evaluate_dense(
+    cm: CompiledModel,
+    plan: DeepPlan,
+    q: np.ndarray,
+    dblk: DeepBlock,
+    *,
+    use_utility: bool,
+    use_info_gain: bool,
+) -> None:
+    """Every map's value into ``dblk.vals (K, nb)``, state-major."""
+    fp = cm.fast
+    root = dblk.root
+    np.copyto(root, q.T)
+    vals = dblk.vals
+    if use_utility:  # q . utility[g_k]: linear, straight from the root
+        np.matmul(plan.utility_by_map, root, out=vals)
+    else:
+        vals.fill(0)
+    if not use_info_gain:
+        return
+    dblk.X[0].fill(0)
+    for rm, src, dst in dblk.generations:
+        apply_row_map(rm, src, dst, dblk.row_tmp)
+    M = dblk.X_maps  # masked in place: every generation has been propagated
+    np.greater(M, fp.threshold, out=dblk.mask)
+    np.multiply(M, dblk.mask, out=M)
+    negH = dblk.negH
+    np.matmul(fp.neg_entropy_row, M, out=negH)  # (K, 1, nb): one product per map
+    np.add(vals, negH[:, 0], out=vals)
+    qo, lq = dblk.qo, dblk.lq
+    np.matmul(fp.A_joint, M, out=qo)  # (K, O, nb)
+    np.add(qo, fp.eps, out=lq)
+    np.log(lq, out=lq)
+    np.multiply(lq, qo, out=lq)
+    np.matmul(fp.ones_outcomes, lq, out=negH)
+    np.subtract(vals, negH[:, 0], out=vals)
+
+
+def _evaluate_local(
+    cm: CompiledModel,
+    plan: DeepPlan,
+    obs: np.ndarray,
+    q: np.ndarray,
+    dblk: DeepBlock,
+    *,
+    use_utility: bool,
+    use_info_gain: bool,
+) -> None:
+    """Every map's value into ``dblk.vals_am (nb, K)`` from the observation's local tables."""
+    lp = plan.local
+    assert lp is not None  # the caller checked
+    fp = cm.fast
+    vals = dblk.vals_am
+    if use_utility:
+        np.matmul(q, plan.utility_by_source, out=vals)
+    else:
+        vals.fill(0)
+    if not use_info_gain:
+        return
+    # Predicted states on the target slots: the sum over each target's sources (pads: a zero).
+    np.copyto(dblk.q_view, q)
+    idx, g = dblk.l_idx, dblk.l_g
+    lp.pred_src.take(obs, axis=0, out=idx)
+    np.add(idx, dblk.row_start, out=idx)
+    dblk.qz.reshape(-1).take(idx, out=g.reshape(dblk.nb, -1))
+    pred = dblk.l_pred
+    if lp.kin == 1:
+        np.copyto(pred, g[:, 0])
+    else:
+        np.add(g[:, 0], g[:, 1], out=pred)
+        for k in range(2, lp.kin):
+            np.add(pred, g[:, k], out=pred)
+    np.greater(pred, fp.threshold, out=dblk.l_mask)
+    np.multiply(pred, dblk.l_mask, out=pred)  # the masked predicted states M
+    nh = dblk.l_nh
+    lp.neg_entropy.take(obs, axis=0, out=nh.reshape(dblk.nb, -1))
+    np.multiply(nh, dblk.l_pred2, out=nh)
+    np.matmul(nh, lp.ones_kt, out=dblk.tmp_rows)
+    np.add(vals, dblk.tmp_am, out=vals)
+    # Predicted outcomes on the outcome slots, then their entropy.
+    lp.qo_table.take(obs, axis=0, out=dblk.l_Q)
+    np.einsum("itr,it->ir", dblk.l_Q3, dblk.l_pred2, out=dblk.l_qo)
+    qo, lq = dblk.l_qo, dblk.l_lq
+    np.add(qo, fp.eps, out=lq)
+    np.log(lq, out=lq)
+    np.multiply(lq, qo, out=lq)
+    np.matmul(lq, lp.ones_kr, out=dblk.tmp_rows)
+    np.subtract(vals, dblk.tmp_am, out=vals)
