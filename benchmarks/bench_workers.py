@@ -3,13 +3,19 @@
 For each workload, two groups of ``N`` agents on the same model in one process: one stepped by
 the caller alone (``workers = 1``), one by the caller and ``k - 1`` forked workers
 (:mod:`edge_agent.core.workers`). Each has its own copy of the built-in world, seeded alike. Timed
-runs alternate between them (``--repeats`` rounds, each at least ``--seconds`` of steps, only the
-group's ``step`` timed, not the world's), so that load on the shared machine hits both alike;
-``ratio`` is the median rate with workers over the median without. ``same_results`` checks, on a
-third pair stepped on identical observations, that the posteriors over policies are equal (they
-are the same kernels on the same blocks). ``workers_uss_mb`` is what the workers hold that the
-caller does not (their private resident pages, after the runs); ``scratch_mb`` the budget's
-reservation per worker.
+runs alternate between them (``--repeats`` rounds, each run at least ``--seconds`` of steps, only
+the group's ``step`` timed, not the world's), so that load on the shared machine hits both alike.
+
+* ``ratio``: the median rate with workers over the median without; ``ratio_per_round_median``:
+  the median of the rounds' ratios (a round's runs are next to each other in time: the steadier
+  figure on a machine whose speed drifts);
+* ``independent_ratio`` (and per round): the machine's own ceiling, measured in the same rounds:
+  ``k`` unrelated processes each stepping ``N / k`` agents of their own at the same time (no
+  shared state, no barrier per tick), their summed rate over the one-process rate;
+* ``same_results``: on a third pair stepped on identical observations, the posteriors over
+  policies are equal (the same kernels on the same blocks);
+* ``workers_uss_mb``: what the workers hold that the caller does not (their private resident
+  pages, after the runs); ``scratch_mb``: the budget's reservation per worker.
 
     python benchmarks/bench_workers.py [--workers 2] [--agents 10000] [--workloads grid10,tmaze]
         [--repeats 5] [--seconds 1.0]
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -61,6 +68,29 @@ class Loop:
             steps += 1
             self.obs = self.env.step(actions)
         return self.n * steps / busy
+
+
+def _independent(workload: str, n: int, seconds: float, barrier: Any, out: Any) -> None:
+    loop = Loop(workload, n, 1)
+    barrier.wait()
+    out.put(loop.run(seconds))
+
+
+def independent_rate(workload: str, n: int, k: int, seconds: float) -> float:
+    """The machine's own ceiling: ``k`` unrelated processes, each stepping its own group of
+    ``n / k`` agents at the same time, no sharing and no barrier per tick; their summed rate."""
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(k), ctx.Queue()
+    procs = [
+        ctx.Process(target=_independent, args=(workload, n // k, seconds, barrier, out))
+        for _ in range(k)
+    ]
+    for p in procs:
+        p.start()
+    rates = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+    return float(sum(rates))
 
 
 def same_results(workload: str, n: int, workers: int, steps: int = 5) -> bool:
@@ -106,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             args.workers: Loop(workload, args.agents, args.workers),
         }
         rates: dict[int, list[float]] = {k: [] for k in loops}
+        ceiling: list[float] = []
         for _ in range(args.repeats):
             for k, loop in loops.items():
                 rates[k].append(loop.run(args.seconds))
+            ceiling.append(independent_rate(workload, args.agents, args.workers, args.seconds))
         many = loops[args.workers]
         workers_obj = many.group._workers
         uss = workers_obj.rss_bytes() if workers_obj is not None else 0
@@ -124,7 +156,18 @@ def main(argv: list[str] | None = None) -> int:
                     "steps_per_s_1": round(one_rate),
                     "steps_per_s_k": round(many_rate),
                     "ratio": round(many_rate / one_rate, 3),
+                    "ratio_per_round_median": round(
+                        statistics.median(
+                            m / o for m, o in zip(rates[args.workers], rates[1], strict=True)
+                        ),
+                        3,
+                    ),
+                    "independent_ratio_per_round_median": round(
+                        statistics.median(c / o for c, o in zip(ceiling, rates[1], strict=True)), 3
+                    ),
                     "ratio_best": round(max(rates[args.workers]) / max(rates[1]), 3),
+                    "independent_steps_per_s": round(statistics.median(ceiling)),
+                    "independent_ratio": round(statistics.median(ceiling) / one_rate, 3),
                     "same_results": same_results(workload, min(args.agents, 4096), args.workers),
                     "workers_uss_mb": round(uss / 2**20, 1),
                     "scratch_mb": round(many.group.scratch_nbytes(args.agents) / 2**20, 2),

@@ -346,18 +346,7 @@ class AifAgentGroup:
         dense_capacity = min(self.dense_block_size, n_agents)
         ws = self._workspace
         if ws is None or (ws.capacity, ws.dense_capacity) != (capacity, dense_capacity):
-            self._workspace = None  # release the old scratch before allocating the new one
-            self._deep_scratch = None
-            self._workspace = kernels.Workspace(
-                self.cm,
-                capacity,
-                info_gain=self.settings.use_states_info_gain,
-                dense_capacity=dense_capacity,
-            )
-            if self.cm.deep is not None:
-                self._deep_scratch = kernels.DeepScratch(
-                    self.cm, self.cm.deep, capacity, info_gain=self.settings.use_states_info_gain
-                )
+            self._new_scratch()
         if n_agents > keep:
             self.reset(np.arange(n_agents) >= keep)
         if self.history_capacity > 0:
@@ -385,6 +374,34 @@ class AifAgentGroup:
             self._action_row = np.empty((n_agents, self.cm.num_factors), dtype=act_dt)
         else:
             self.history = None
+
+    def _new_scratch(self) -> None:
+        """Allocate the kernel scratch for blocks of this group (the old one released first);
+        the block views are rebuilt on it when next needed."""
+        self._workspace = None
+        self._deep_scratch = None
+        capacity = min(self.block_size, self.n_agents)
+        info_gain = self.settings.use_states_info_gain
+        self._workspace = kernels.Workspace(
+            self.cm,
+            capacity,
+            info_gain=info_gain,
+            dense_capacity=min(self.dense_block_size, self.n_agents),
+        )
+        if self.cm.deep is not None:
+            self._deep_scratch = kernels.DeepScratch(
+                self.cm, self.cm.deep, capacity, info_gain=info_gain
+            )
+        self._rows.clear()
+        self._dense_rows.clear()
+
+    def _after_fork(self) -> None:
+        """In the caller and in each worker once the workers are forked: scratch of its own.
+        The scratch allocated before the fork is shared copy-on-write, and the first writes of
+        either process would copy it page by page (splitting numpy's large pages); a new
+        allocation is private from the start."""
+        self._new_scratch()
+        self._blocks()
 
     def resize(self, n_agents: int) -> None:
         """Grow or shrink the group; new agents start from ``D``. Reserves before allocating."""
@@ -814,6 +831,7 @@ class AifAgentGroup:
             set_rng=self._set_rng,
             rngs=self._block_rngs,
             name=f"group {self.name!r}",
+            after_fork=self._after_fork,
         )
         return self._workers.count
 

@@ -107,8 +107,10 @@ class BlockWorkers:
         set_rng: Callable[[np.random.Generator], None] | None = None,
         rngs: Sequence[np.random.Generator] | None = None,
         name: str = "group",
+        after_fork: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self._after_fork = after_fork
         self.ranges = split_blocks(block_sizes, max(1, count))
         self._all = range(len(block_sizes))
         self.obs = shared_copy(np.zeros(obs_shape, dtype=np.int64))
@@ -122,6 +124,8 @@ class BlockWorkers:
         gc.freeze()
         for blocks in self.ranges[1:]:
             self._workers.append(self._fork(blocks))
+        if self._after_fork is not None and self._workers:
+            self._after_fork()
 
     # -- the caller's side ------------------------------------------------------------------------
     @property
@@ -221,6 +225,8 @@ class BlockWorkers:
                     os.close(w.to_worker)
                     os.close(w.from_worker)
                 _quiet_signals()
+                if self._after_fork is not None:
+                    self._after_fork()
                 self._serve(blocks, to_r, from_w)
                 code = 0
             finally:

@@ -195,3 +195,19 @@ def test_one_block_means_one_process() -> None:
     g = AifAgentGroup(env.model, BLOCK, block_size=BLOCK)
     assert g.start_workers(4) == 1
     assert g.workers == 1
+
+
+@pytest.mark.parametrize("workload", ["grid10", "explorer"])
+def test_workers_with_the_deep_planner_give_the_results_of_one_process(workload: str) -> None:
+    settings = AifSettings(policy_len=2)
+    env, one, many = pair(workload, 3 * BLOCK + 5, 2, settings=settings)
+    assert one.cm.deep is not None  # two-step policies, deterministic moves: the deep planner
+    obs = env.reset()
+    for _ in range(6):
+        if env.episode_start.any():
+            one.reset(env.episode_start)
+            many.reset(env.episode_start)
+        actions = one.step(obs).copy()
+        many.step(obs)
+        assert_same(one, many)
+        obs = env.step(actions)
