@@ -341,7 +341,7 @@ SinkSpec = Annotated[SimSink | MqttSink | LogSink, Field(discriminator="type")]
 
 
 #: A group gets the profile's workers only with at least this many agents per process: below,
-#: a tick is short enough that a worker's memory (~10 MB) buys little (benchmarks/RESULTS.md).
+#: a tick is short enough that a worker's memory (~12 MB) buys little (benchmarks/RESULTS.md).
 AGENTS_PER_WORKER = 2048
 
 
