@@ -138,7 +138,7 @@ class AifAgentGroup:
     # Several cores (start_workers): the workers, their scratch's reservation, per-block streams.
     _workers: BlockWorkers | None
     _workers_reservation: Reservation | None
-    _block_rngs: list[np.random.Generator] | None
+    _workers_seed: int | None
     _deep_scratch: kernels.DeepScratch | None
     _scratch_deep: int
 
@@ -214,7 +214,7 @@ class AifAgentGroup:
         self._deterministic = st.action_selection == "deterministic"
         self._rows: list[_BlockRows] = []
         self._dense_rows: list[_BlockRows] = []
-        self._workers = self._workers_reservation = self._block_rngs = None
+        self._workers = self._workers_reservation = self._workers_seed = None
         self._wanted_workers = 1
         self.n_agents = 0
         self._allocate(n_agents)
@@ -752,11 +752,11 @@ class AifAgentGroup:
         o, soft = self.check_evidence(obs)
         record = record and self.history is not None
         if self._workers is not None and o is not None:
-            self._workers.step(o, record)
+            self._workers.step(o, record, self.ticks)
         else:
             for i, rows in enumerate(self._blocks()):
-                if self._block_rngs is not None:
-                    self.rng = self._block_rngs[i]
+                if self._workers_seed is not None:  # the streams the workers would draw from
+                    self.rng = np.random.default_rng((self._workers_seed, i, self.ticks))
                 self._step_rows(rows, o, soft, record)
         if record:
             if o is None:
@@ -821,15 +821,14 @@ class AifAgentGroup:
         self._share_state()
         blocks = self._blocks()
         if not self._deterministic:
-            base = np.random.SeedSequence(int(self.rng.integers(2**63)))
-            self._block_rngs = [np.random.default_rng(s) for s in base.spawn(len(blocks))]
+            self._workers_seed = int(self.rng.integers(2**63))
         self._workers = BlockWorkers(
             count,
-            [rows.sl.stop - rows.sl.start for rows in blocks],
+            len(blocks),
             (self.n_agents, self.cm.num_modalities),
             self._step_index,
             set_rng=self._set_rng,
-            rngs=self._block_rngs,
+            seed=self._workers_seed,
             name=f"group {self.name!r}",
             after_fork=self._after_fork,
         )

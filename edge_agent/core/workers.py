@@ -4,21 +4,24 @@ numpy releases the GIL inside each call, but the kernels make many short calls a
 between them holds it, so threads do not scale (measured: 0.7-1.25x on two cores). Processes do.
 :class:`BlockWorkers` moves a group's per-agent state (beliefs, priors, policy posteriors,
 actions, the staged history row) into anonymous shared memory, then forks ``count - 1`` workers.
-The blocks are cut into ``count`` contiguous ranges of about equal size; the calling process
-steps the first range itself while each worker steps its own, on the same arrays. One tick:
+One tick:
 
-1. the caller copies the checked observations into a shared buffer and writes one byte to each
-   worker's pipe;
-2. everyone steps their blocks (infer, plan, act, stage the history row) exactly as the serial
-   loop does, each in its own kernel scratch (the caller's workspace, copied on write);
+1. the caller copies the checked observations into a shared buffer, writes every block's index
+   into the tick's queue (a pipe: one write, two bytes an index) and one byte to each worker's
+   pipe;
+2. every process, the caller included, takes the next index from the queue (reads of two bytes
+   from a pipe are atomic: no block is taken twice), steps that block (infer, plan, act, stage
+   the history row) exactly as the serial loop does, in its own kernel scratch, marks it done in
+   a shared byte array, and takes the next, until the queue is empty; a process that the
+   machine preempted simply steps fewer blocks;
 3. the caller waits for one byte back from every worker: that is the tick's barrier, and the
-   only synchronisation (no block is written by two processes).
+   only synchronisation besides the queue (no block is written by two processes).
 
-So a tick's result does not depend on the split: the same blocks run the same kernels on the
-same inputs. Action sampling (``action_selection = "stochastic"``) draws from one random stream
-per block (seeded from the group's seed and the block's index) instead of the group's single
-stream, so stochastic results do not depend on the number of workers either; they differ from
-a group stepped without workers (which draws the blocks one after the other from one stream).
+So a tick's result does not depend on which process stepped which block: the same blocks run the
+same kernels on the same inputs. Action sampling (``action_selection = "stochastic"``) draws,
+for each block and tick, from a generator seeded with the group's seed, the block's index and the
+tick, so stochastic results do not depend on the number of workers either; they differ from a
+group stepped without workers (which draws the blocks one after the other from one stream).
 
 What the workers cost: each is a forked copy of the caller, sharing every page it does not
 write. It writes its blocks' kernel scratch (at most one block's, :meth:`scratch_nbytes`, the
@@ -27,30 +30,32 @@ budget reserves the scratch per worker, and :meth:`rss_bytes` reports what the w
 hold (their unique pages: ``USS``).
 
 A worker that dies or fails stops all of them: the caller steps every block itself from then on
-(the tick that failed is completed by the caller: blocks of the failed worker that had already
-been stepped in that tick are stepped twice) and :attr:`failure` says why. Workers exit when the
-caller closes them, or when the caller dies (their pipe closes).
+(the tick that failed is completed by the caller: the block the failed worker was stepping, not
+marked done, is stepped again from whatever state it left) and :attr:`failure` says why.
+Workers exit when the caller closes them, or when the caller dies (their pipe closes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import logging
 import mmap
 import os
+import select
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BlockWorkers", "shared_copy", "split_blocks"]
+__all__ = ["BlockWorkers", "shared_copy"]
 
 logger = logging.getLogger(__name__)
 
 _STEP, _STEP_RECORD, _QUIT, _OK, _FAILED = b"s", b"r", b"q", b"k", b"e"
+#: Block indices travel as two bytes, and a tick's indices in one atomic pipe write.
+_MAX_BLOCKS = min(select.PIPE_BUF // 2, 65535)
 
 
 def shared_copy(arr: np.ndarray) -> np.ndarray:
@@ -61,26 +66,11 @@ def shared_copy(arr: np.ndarray) -> np.ndarray:
     return out
 
 
-def split_blocks(sizes: Sequence[int], parts: int) -> list[range]:
-    """Cut blocks of ``sizes`` agents into ``parts`` contiguous ranges of about equal agents."""
-    total = sum(sizes)
-    bounds = [0]
-    done = 0
-    for i, size in enumerate(sizes):
-        done += size
-        # Close a range where the agents so far reach its share of the total.
-        if len(bounds) < parts and done * parts >= total * len(bounds) and i + 1 < len(sizes):
-            bounds.append(i + 1)
-    bounds.append(len(sizes))
-    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
-
-
 @dataclass(frozen=True, slots=True)
 class _Worker:
     pid: int
     to_worker: int  # the pipe the orders go down
     from_worker: int  # the pipe the answers come up
-    blocks: range
 
 
 StepBlock = Callable[[int, np.ndarray, bool], None]
@@ -88,43 +78,55 @@ StepBlock = Callable[[int, np.ndarray, bool], None]
 
 
 class BlockWorkers:
-    """``count - 1`` forked processes that step ranges of a group's blocks with the caller.
+    """``count - 1`` forked processes that step a group's blocks with the caller.
 
-    ``step_block`` is the group's own per-block step; ``block_sizes`` the agents in each block;
-    ``rngs`` per-block random streams (``None``: the group's actions are deterministic) that the
-    group's ``set_rng(generator)`` installs before each block. Create it after the group's state
-    is in shared memory (:func:`shared_copy`) and before any other thread of the caller holds a
-    lock the children could need (they only run numpy kernels and read and write their pipes).
+    ``step_block`` is the group's own per-block step; ``num_blocks`` how many blocks the group
+    has. ``seed``: the group's actions are sampled (``None``: deterministic); each block of each
+    tick then draws from its own generator, seeded ``(seed, block, tick)``, that ``set_rng``
+    installs before the block. Create it after the group's state is in shared memory
+    (:func:`shared_copy`) and before any other thread of the caller holds a lock the children
+    could need (they only run numpy kernels and read and write their pipes).
     """
 
     def __init__(
         self,
         count: int,
-        block_sizes: Sequence[int],
+        num_blocks: int,
         obs_shape: tuple[int, int],
         step_block: StepBlock,
         *,
         set_rng: Callable[[np.random.Generator], None] | None = None,
-        rngs: Sequence[np.random.Generator] | None = None,
+        seed: int | None = None,
         name: str = "group",
         after_fork: Callable[[], None] | None = None,
     ) -> None:
+        if num_blocks > _MAX_BLOCKS:
+            raise ValueError(f"at most {_MAX_BLOCKS} blocks, got {num_blocks}")
         self.name = name
         self._after_fork = after_fork
-        self.ranges = split_blocks(block_sizes, max(1, count))
-        self._all = range(len(block_sizes))
+        self._all = range(num_blocks)
+        self._indices = np.arange(num_blocks, dtype="<u2").tobytes()
         self.obs = shared_copy(np.zeros(obs_shape, dtype=np.int64))
+        self._done = shared_copy(np.zeros(max(num_blocks, 1), dtype=np.uint8))
         self._step_block = step_block
-        self._set_rng, self._rngs = set_rng, rngs
+        self._set_rng, self._seed = set_rng, seed
+        self._tick = shared_copy(np.zeros(1, dtype=np.int64))
         self.failure: str | None = None
         self._workers: list[_Worker] = []
+        # The tick's work: every block's index, two bytes each, written at once (at most
+        # PIPE_BUF bytes: atomic) and read two bytes at a time by whichever process is free.
+        self._queue_r, self._queue_w = os.pipe()
+        self._queue_open = True
+        os.set_blocking(self._queue_r, False)
         # Objects that exist now are moved out of the collector's reach: a collection in either
         # process would write to every object's header and so copy the whole heap into the
         # worker (measured: ~20 MB per worker without this, see bench_workers.py).
         gc.freeze()
-        for blocks in self.ranges[1:]:
-            self._workers.append(self._fork(blocks))
-        if self._after_fork is not None and self._workers:
+        for _ in range(max(1, min(count, num_blocks)) - 1):
+            self._workers.append(self._fork())
+        if not self._workers:
+            self.close()  # one block, or one process asked for: the caller steps them all
+        elif self._after_fork is not None:
             self._after_fork()
 
     # -- the caller's side ------------------------------------------------------------------------
@@ -141,23 +143,27 @@ class BlockWorkers:
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers]
 
-    def step(self, obs: np.ndarray, record: bool) -> None:
-        """One tick of every block; returns when all are done (by the workers or the caller)."""
+    def step(self, obs: np.ndarray, record: bool, tick: int = 0) -> None:
+        """One tick of every block; returns when all are done (by the workers or the caller).
+        ``tick`` seeds the blocks' generators when actions are sampled."""
         np.copyto(self.obs, obs)
+        self._tick[0] = tick
         if not self._workers:
-            self._run(self._all, record)
+            for i in self._all:
+                self._run(i, record)
             return
+        self._done.fill(0)
+        os.write(self._queue_w, self._indices)
         order = _STEP_RECORD if record else _STEP
         told: list[_Worker] = []
-        undone: list[range] = []
         for w in self._workers:
             try:
                 os.write(w.to_worker, order)
                 told.append(w)
             except OSError as err:
                 self._fail(f"worker {w.pid}: {err}")
-                undone.append(w.blocks)
-        self._run(self.ranges[0], record)
+        self._drain(record)
+        failed = False
         for w in told:  # the barrier
             try:
                 answer = os.read(w.from_worker, 1)
@@ -165,11 +171,23 @@ class BlockWorkers:
                 answer = b""
             if answer != _OK:
                 self._fail(f"worker {w.pid} " + ("failed" if answer == _FAILED else "exited"))
-                undone.append(w.blocks)
-        if undone:
-            for blocks in undone:
-                self._run(blocks, record)
+                failed = True
+        if failed or len(told) < len(self._workers):
+            self._drain(record)  # what no process took (a worker that could not be told)
+            for i in np.flatnonzero(self._done[: len(self._all)] == 0).tolist():
+                self._run(i, record)  # what a failed worker took and did not finish
             self.close()
+
+    def _drain(self, record: bool) -> None:
+        """Step blocks from the tick's queue until it is empty."""
+        while True:
+            try:
+                index = os.read(self._queue_r, 2)
+            except BlockingIOError:
+                return
+            i = int.from_bytes(index, "little")
+            self._run(i, record)
+            self._done[i] = 1
 
     def _fail(self, why: str) -> None:
         if self.failure is None:
@@ -181,11 +199,10 @@ class BlockWorkers:
                 os.getpid(),
             )
 
-    def _run(self, blocks: range, record: bool) -> None:
-        for i in blocks:
-            if self._rngs is not None and self._set_rng is not None:
-                self._set_rng(self._rngs[i])
-            self._step_block(i, self.obs, record)
+    def _run(self, i: int, record: bool) -> None:
+        if self._seed is not None and self._set_rng is not None:
+            self._set_rng(np.random.default_rng((self._seed, i, int(self._tick[0]))))
+        self._step_block(i, self.obs, record)
 
     def close(self) -> None:
         """Stop the workers (the caller steps everything from now on)."""
@@ -198,6 +215,10 @@ class BlockWorkers:
         for w in workers:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(w.pid, 0)
+        if self._queue_open:  # nothing is queued between ticks: the queue is no longer needed
+            self._queue_open = False
+            os.close(self._queue_r)
+            os.close(self._queue_w)
         self.ranges = [self._all]  # the caller steps every block from now on
 
     def rss_bytes(self) -> int:
@@ -208,11 +229,11 @@ class BlockWorkers:
         return total
 
     def __del__(self) -> None:
-        if getattr(self, "_workers", None):
+        if getattr(self, "_queue_open", False):
             self.close()
 
     # -- the worker's side ------------------------------------------------------------------------
-    def _fork(self, blocks: range) -> _Worker:
+    def _fork(self) -> _Worker:
         to_r, to_w = os.pipe()
         from_r, from_w = os.pipe()
         pid = os.fork()
@@ -227,21 +248,21 @@ class BlockWorkers:
                 _quiet_signals()
                 if self._after_fork is not None:
                     self._after_fork()
-                self._serve(blocks, to_r, from_w)
+                self._serve(to_r, from_w)
                 code = 0
             finally:
                 os._exit(code)
         os.close(to_r)
         os.close(from_w)
-        return _Worker(pid, to_w, from_r, blocks)
+        return _Worker(pid, to_w, from_r)
 
-    def _serve(self, blocks: range, orders: int, answers: int) -> None:
+    def _serve(self, orders: int, answers: int) -> None:
         while True:
             order = os.read(orders, 1)
             if order not in (_STEP, _STEP_RECORD):
                 return  # _QUIT, or the caller is gone (end of file)
             try:
-                self._run(blocks, order == _STEP_RECORD)
+                self._drain(order == _STEP_RECORD)
                 answer = _OK
             except BaseException:  # reported to the caller, which steps the blocks itself
                 answer = _FAILED

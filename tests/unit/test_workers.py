@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ import pytest
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget
-from edge_agent.core.workers import split_blocks
 from edge_agent.sim.registry import make_env
 
 BLOCK = 64
@@ -44,15 +44,34 @@ def assert_same(one: AifAgentGroup, many: AifAgentGroup) -> None:
         np.testing.assert_array_equal(a, b)
 
 
-def test_split_blocks_covers_every_block_once_in_balanced_ranges() -> None:
-    assert split_blocks([64] * 10, 2) == [range(5), range(5, 10)]
-    assert split_blocks([64] * 10, 3) == [range(4), range(4, 7), range(7, 10)]
-    assert split_blocks([64, 64, 10], 4) == [range(1), range(1, 2), range(2, 3)]
-    assert split_blocks([64], 2) == [range(1)]
-    for sizes, parts in (([5, 7, 64, 64, 64, 3], 3), ([1] * 17, 4), ([100, 1, 1, 1], 2)):
-        ranges = split_blocks(sizes, parts)
-        assert [i for r in ranges for i in r] == list(range(len(sizes)))
-        assert len(ranges) <= parts
+def test_a_stalled_worker_leaves_its_blocks_to_the_others() -> None:
+    """Blocks go to whichever process is free: with the worker stopped (SIGSTOP), the caller
+    steps every block of the tick and then waits only for the worker's answer."""
+    env, one, many = pair("grid10", 6 * BLOCK, 2)
+    obs = env.reset()
+    actions = one.step(obs).copy()
+    many.step(obs)
+    obs = env.step(actions)
+    workers = many._workers
+    assert workers is not None
+    pid = workers.pids[0]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stepping = threading.Thread(target=many.step, args=(obs,))
+        stepping.start()
+        deadline = time.monotonic() + 30
+        while not workers._done.all() and time.monotonic() < deadline:  # bounded
+            time.sleep(0.01)
+        assert workers._done.all()  # every block stepped, by the caller alone
+        assert stepping.is_alive()  # ... and the tick waits for the stopped worker's answer
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    stepping.join(30)
+    assert not stepping.is_alive()
+    one.step(obs)
+    assert_same(one, many)
+    assert workers.failure is None
+    assert workers.count == 2
 
 
 @pytest.mark.parametrize(
