@@ -120,7 +120,9 @@ class BlockWorkers:
         os.set_blocking(self._queue_r, False)
         # Objects that exist now are moved out of the collector's reach: a collection in either
         # process would write to every object's header and so copy the whole heap into the
-        # worker (measured: ~20 MB per worker without this, see bench_workers.py).
+        # worker. Garbage is collected first, so that only live objects are frozen (a frozen
+        # object that later dies in a reference cycle is not reclaimed: the price of this).
+        gc.collect()
         gc.freeze()
         for _ in range(max(1, min(count, num_blocks)) - 1):
             self._workers.append(self._fork())
