@@ -75,8 +75,12 @@ def test_a_good_bundle_switches_and_survives_a_restart(
         )
         assert results["pi-05"].code is ResultCode.OK, results
         assert progress[-1][0] == progress[-1][1] > 3
-        status = node.wait_status(lambda s: grid_of(s)["bundle_sha256"] == sha, "the switch")
-        assert status["deploy"]["phase"] == "done"
+        # The hub has the node's result; the status file is written on the daemon's own
+        # schedule, so it may still show the watch that ended just before the result went out.
+        status = node.wait_status(
+            lambda s: grid_of(s)["bundle_sha256"] == sha and s["deploy"]["phase"] == "done",
+            "the switch, watched and done",
+        )
         assert status["deploy"]["overlay"] == {"grid": sha}
         text = status_view(node.state)
         assert f"deploy     done: group grid -> {sha[:12]}" in text
