@@ -99,15 +99,15 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from edge_agent.config.daemon import read_config
+    from edge_agent.config.isolated import read_config_isolated
     from edge_agent.daemon.service import Daemon
 
     path = None if (args.demo or args.config is None) else args.config
-    source = read_config(path)
+    source = read_config_isolated(path)
     config = source.config
     if args.state_dir is not None:
-        daemon_section = config.daemon.model_copy(update={"state_dir": args.state_dir})
-        config = config.model_copy(update={"daemon": daemon_section})
+        daemon_section = dataclasses.replace(config.daemon, state_dir=args.state_dir)
+        config = dataclasses.replace(config, daemon=daemon_section)
         source = dataclasses.replace(source, config=config)
     configure_logging(args.log_level or config.daemon.log_level)
     report = args.report_every if args.report_every is not None else (2.0 if args.demo else 0.0)
@@ -551,6 +551,8 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import numpy as np
 
     from edge_agent.aif.agreement import ROUNDING_TOL
@@ -563,8 +565,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     keys = TrustedKeys.from_dir(args.trusted_keys) if args.trusted_keys else None
     model, settings, what = load_replay_model(args.model, trusted_keys=keys)
     if args.policy_len is not None or settings is None:
-        base = settings.model_dump() if settings is not None else {}
-        settings = AifSettings(**{**base, "policy_len": args.policy_len or 1})
+        base = settings if settings is not None else AifSettings()
+        settings = dataclasses.replace(base, policy_len=args.policy_len or 1)
     rec = load_recording(args.recording, model)
     precision: Precision = "int8" if isinstance(model, QuantizedModel) else args.precision
     out = replay(model, rec, settings=settings, precision=precision)

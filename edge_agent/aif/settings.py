@@ -2,41 +2,78 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from edge_agent.strict import Record, Rule
 
 
-class AifSettings(BaseModel):
+class AifSettings(Record):
     """How an Active Inference agent infers and acts (pymdp ``Agent`` defaults)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    policy_len: Annotated[
+        int, Rule(ge=1, le=8, description="Planning horizon L: steps per policy.")
+    ] = 1
+    gamma: Annotated[
+        float, Rule(gt=0, le=1e4, description="Policy precision: q_pi = softmax(gamma*G + ln E).")
+    ] = 16.0
+    alpha: Annotated[
+        float, Rule(gt=0, le=1e4, description="Action precision for stochastic action selection.")
+    ] = 16.0
+    use_utility: Annotated[
+        bool, Rule(description="Include expected utility (pragmatic value) in G.")
+    ] = True
+    use_states_info_gain: Annotated[
+        bool, Rule(description="Include state information gain (epistemic value) in G.")
+    ] = True
+    num_iter: Annotated[
+        int,
+        Rule(
+            ge=1, le=100, description="Maximum fixed-point iterations for multi-factor inference."
+        ),
+    ] = 10
+    dF_tol: Annotated[
+        float,
+        Rule(ge=0, description="Stop iterating once the free energy changes by less than this."),
+    ] = 1e-3
+    action_selection: Annotated[
+        Literal["deterministic", "stochastic"],
+        Rule(description="Take the most probable action, or sample it with precision alpha."),
+    ] = "deterministic"
+    sampling_mode: Annotated[
+        Literal["marginal", "full"],
+        Rule(
+            description="Select each factor's action from the action marginals, "
+            "or one whole policy."
+        ),
+    ] = "marginal"
+    control_fac_idx: Annotated[
+        tuple[int, ...] | None,
+        Rule(description="Controllable factors; default: those whose B has more than one action."),
+    ] = None
 
-    policy_len: int = Field(1, ge=1, le=8, description="Planning horizon L: steps per policy.")
-    gamma: float = Field(
-        16.0, gt=0, le=1e4, description="Policy precision: q_pi = softmax(gamma*G + ln E)."
-    )
-    alpha: float = Field(
-        16.0, gt=0, le=1e4, description="Action precision for stochastic action selection."
-    )
-    use_utility: bool = Field(True, description="Include expected utility (pragmatic value) in G.")
-    use_states_info_gain: bool = Field(
-        True, description="Include state information gain (epistemic value) in G."
-    )
-    num_iter: int = Field(
-        10, ge=1, le=100, description="Maximum fixed-point iterations for multi-factor inference."
-    )
-    dF_tol: float = Field(
-        1e-3, ge=0, description="Stop iterating once the free energy changes by less than this."
-    )
-    action_selection: Literal["deterministic", "stochastic"] = Field(
-        "deterministic",
-        description="Take the most probable action, or sample it with precision alpha.",
-    )
-    sampling_mode: Literal["marginal", "full"] = Field(
-        "marginal",
-        description="Select each factor's action from the action marginals, or one whole policy.",
-    )
-    control_fac_idx: tuple[int, ...] | None = Field(
-        None, description="Controllable factors; default: those whose B has more than one action."
-    )
+
+def settings_from_json(values: Mapping[str, object]) -> AifSettings:
+    """AifSettings from values read from a file (a bundle's manifest): validated by pydantic,
+    strictly, with unknown keys refused. Raises ValueError naming each bad field."""
+    from pydantic import TypeAdapter, ValidationError  # noqa: PLC0415 - input from files only
+
+    try:
+        return TypeAdapter(AifSettings).validate_json(json.dumps(dict(values)), strict=True)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<settings>'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in err.errors()
+        )
+        raise ValueError(problems) from err
+
+
+def settings_to_json(settings: AifSettings) -> dict[str, Any]:
+    """The settings as JSON values (what a bundle's manifest stores)."""
+    out = dataclasses.asdict(settings)
+    if settings.control_fac_idx is not None:
+        out["control_fac_idx"] = list(settings.control_fac_idx)
+    return out

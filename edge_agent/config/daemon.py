@@ -1,4 +1,4 @@
-"""The daemon's TOML config: strict, frozen pydantic models and a loader that reports lines.
+"""The daemon's TOML config: strict, frozen records and a loader that reports lines.
 
 A config has three tables: ``[daemon]`` (profile, state directory, tick rate, logging, trusted
 keys), one ``[[groups]]`` table per agent group (model, count, history, priority, precision, seed,
@@ -21,13 +21,10 @@ import os
 import re
 import socket
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
-
-from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
 from edge_agent.aif.settings import AifSettings
 from edge_agent.config.profiles import (
@@ -38,16 +35,11 @@ from edge_agent.config.profiles import (
     read_device_facts,
     select_profile,
 )
-from edge_agent.config.toml_lines import (
-    Problem,
-    StrictModel,
-    TomlDocument,
-    raise_problems,
-    validate_toml,
-)
+from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.coordination.config import CoordinationConfig, GroupCoordinationConfig
 from edge_agent.errors import ConfigError
 from edge_agent.sim.registry import BUILTIN_WORKLOADS
+from edge_agent.strict import Check, Problem, Record, Rule, WrongTypeError, raise_problems
 
 __all__ = [
     "BuiltinModel",
@@ -63,7 +55,6 @@ __all__ = [
     "MqttTls",
     "SimSink",
     "SimSource",
-    "StrictModel",
     "check_config",
     "default_config",
     "default_config_text",
@@ -72,6 +63,7 @@ __all__ = [
     "expand_path",
     "load_config",
     "parse_config",
+    "path_from_document",
     "profile_problems",
     "read_config",
     "resolve_profile",
@@ -110,85 +102,104 @@ def expand_path(
     return path
 
 
-def _as_path(value: object, info: ValidationInfo, *, optional: bool) -> Path | None:
-    """Before-validator body shared by every path field."""
+def path_from_document(value: object, context: Mapping[str, Any], *, optional: bool) -> str | None:
+    """A path field's value from a document: expanded, anchored at the file's directory (as
+    text, which the field's type then takes as a Path)."""
     if isinstance(value, Path):
         value = str(value)
     if not isinstance(value, str):
-        raise PydanticCustomError("string_type", "Input should be a valid string")
+        raise WrongTypeError("a string")
     if not value:
         if optional:
             return None
         raise ValueError("must not be empty")
-    base = (info.context or {}).get("base_dir")
-    return expand_path(value, Path(base) if base is not None else None)
+    base = context.get("base_dir")
+    return str(expand_path(value, Path(base) if base is not None else None))
+
+
+def _path(value: object, context: Mapping[str, Any]) -> str | None:
+    return path_from_document(value, context, optional=False)
+
+
+def _optional_path(value: object, context: Mapping[str, Any]) -> str | None:
+    return path_from_document(value, context, optional=True)
+
+
+#: A path in the file: ``~`` and ``${VAR}`` expanded, relative to the file's directory.
+PATH = Check(_path, before=True)
+#: The same, where an empty string means "not set".
+OPTIONAL_PATH = Check(_optional_path, before=True)
+
+
+def _prom_suffix(path: Path | None, _context: Mapping[str, Any]) -> Path | None:
+    if path is not None and path.suffix != ".prom":
+        raise ValueError(
+            f"{path}: node_exporter's textfile collector reads only files ending in .prom"
+        )
+    return path
+
+
+def _known_profile(name: str, context: Mapping[str, Any]) -> str:
+    known: Collection[str] | None = context.get("profile_names")
+    if known is not None and name != AUTO and name not in known:
+        raise ValueError(
+            f"unknown firmware profile {name!r}; known: auto, {', '.join(sorted(known))}"
+        )
+    return name
 
 
 # ----------------------------------------------------------------------------------- [daemon]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
-class DaemonSection(StrictModel):
+class DaemonSection(Record):
     """``[daemon]``: what the daemon runs as, where it keeps state, how fast it ticks."""
 
-    profile: str = Field(
-        AUTO,
-        pattern=rf"^auto$|{_PROFILE_NAME}",
-        description="Firmware profile name, or 'auto' to detect it from the device.",
-    )
-    state_dir: Path = Field(
-        Path("/var/lib/edge-agent"),
-        description="Directory for snapshots, the outbox and sequence numbers.",
-    )
-    tick_hz: float | None = Field(
-        None, gt=0, le=1000, description="Tick rate (Hz); default: the profile's tick_hz."
-    )
-    status_file: Path | None = Field(
-        None, description="Status JSON for 'edge-agent status'; default {state_dir}/status.json."
-    )
-    log_level: LogLevel = Field("info", description="Log level of the daemon (stderr/journald).")
-    trusted_keys_dir: Path | None = Field(
-        None,
-        description="Directory of *.pub ed25519 keys trusted for bundles and hub commands; "
-        "empty: no signed content is accepted.",
-    )
-    prometheus_textfile: Path | None = Field(
-        None,
-        description="Write the daemon's metrics to this *.prom file for node_exporter's textfile "
-        "collector (e.g. /var/lib/prometheus/node-exporter/edge_agent.prom); default: off.",
-    )
-    prometheus_interval_s: float = Field(
-        15.0, ge=1.0, le=3600.0, description="How often the Prometheus text file is rewritten (s)."
-    )
-
-    @field_validator("state_dir", mode="before")
-    @classmethod
-    def _required_path(cls, value: object, info: ValidationInfo) -> Path | None:
-        return _as_path(value, info, optional=False)
-
-    @field_validator("status_file", "trusted_keys_dir", "prometheus_textfile", mode="before")
-    @classmethod
-    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
-        return _as_path(value, info, optional=True)
-
-    @field_validator("prometheus_textfile")
-    @classmethod
-    def _prom_suffix(cls, path: Path | None) -> Path | None:
-        if path is not None and path.suffix != ".prom":
-            raise ValueError(
-                f"{path}: node_exporter's textfile collector reads only files ending in .prom"
-            )
-        return path
-
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, name: str, info: ValidationInfo) -> str:
-        known: Collection[str] | None = (info.context or {}).get("profile_names")
-        if known is not None and name != AUTO and name not in known:
-            raise ValueError(
-                f"unknown firmware profile {name!r}; known: auto, {', '.join(sorted(known))}"
-            )
-        return name
+    profile: Annotated[
+        str,
+        Rule(
+            pattern=rf"^auto$|{_PROFILE_NAME}",
+            description="Firmware profile name, or 'auto' to detect it from the device.",
+        ),
+        Check(_known_profile),
+    ] = AUTO
+    state_dir: Annotated[
+        Path, Rule(description="Directory for snapshots, the outbox and sequence numbers."), PATH
+    ] = Path("/var/lib/edge-agent")
+    tick_hz: Annotated[
+        float | None,
+        Rule(gt=0, le=1000, description="Tick rate (Hz); default: the profile's tick_hz."),
+    ] = None
+    status_file: Annotated[
+        Path | None,
+        Rule(description="Status JSON for 'edge-agent status'; default {state_dir}/status.json."),
+        OPTIONAL_PATH,
+    ] = None
+    log_level: Annotated[
+        LogLevel, Rule(description="Log level of the daemon (stderr/journald).")
+    ] = "info"
+    trusted_keys_dir: Annotated[
+        Path | None,
+        Rule(
+            description="Directory of *.pub ed25519 keys trusted for bundles and hub commands; "
+            "empty: no signed content is accepted."
+        ),
+        OPTIONAL_PATH,
+    ] = None
+    prometheus_textfile: Annotated[
+        Path | None,
+        Rule(
+            description="Write the daemon's metrics to this *.prom file for "
+            "node_exporter's textfile "
+            "collector (e.g. /var/lib/prometheus/node-exporter/edge_agent.prom); default: off."
+        ),
+        OPTIONAL_PATH,
+        Check(_prom_suffix),
+    ] = None
+    prometheus_interval_s: Annotated[
+        float,
+        Rule(ge=1.0, le=3600.0, description="How often the Prometheus text file is rewritten (s)."),
+    ] = 15.0
 
     @property
     def status_path(self) -> Path:
@@ -201,59 +212,69 @@ class DaemonSection(StrictModel):
 
 
 # ------------------------------------------------------------------------------------ [[groups]]
-class BuiltinModel(StrictModel):
+def _known_model(name: str, _context: Mapping[str, Any]) -> str:
+    return _known_workload(name, "built-in model")
+
+
+def _known_world(name: str | None, _context: Mapping[str, Any]) -> str | None:
+    return None if name is None else _known_workload(name, "built-in world")
+
+
+def _subscribe_topic(topic: str, _context: Mapping[str, Any]) -> str:
+    return _check_topic(topic, wildcards=True)
+
+
+def _publish_topic(topic: str, _context: Mapping[str, Any]) -> str:
+    return _check_topic(topic, wildcards=False)
+
+
+class BuiltinModel(Record):
     """A generative model that ships with edge-agent (``grid10``, ``tmaze``)."""
 
-    type: Literal["builtin"] = Field(description="Selects this kind of model.")
-    name: str = Field(pattern=_NAME, description="Name of the built-in model.")
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str) -> str:
-        return _known_workload(name, "built-in model")
+    type: Annotated[Literal["builtin"], Rule(description="Selects this kind of model.")]
+    name: Annotated[
+        str, Rule(pattern=_NAME, description="Name of the built-in model."), Check(_known_model)
+    ]
 
 
-class BundleModel(StrictModel):
+class BundleModel(Record):
     """A signed model bundle (directory or .tar) made by ``edge-agent-host``."""
 
-    type: Literal["bundle"] = Field(description="Selects this kind of model.")
-    path: Path = Field(description="Bundle directory or .tar; relative to the config file.")
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _path(cls, value: object, info: ValidationInfo) -> Path | None:
-        return _as_path(value, info, optional=False)
+    type: Annotated[Literal["bundle"], Rule(description="Selects this kind of model.")]
+    path: Annotated[
+        Path, Rule(description="Bundle directory or .tar; relative to the config file."), PATH
+    ]
 
 
-ModelSpec = Annotated[BuiltinModel | BundleModel, Field(discriminator="type")]
+ModelSpec = BuiltinModel | BundleModel
 
 
-class PerceptionBundle(StrictModel):
+class PerceptionBundle(Record):
     """A signed neural bundle that turns each agent's sensor input into evidence."""
 
-    type: Literal["bundle"] = Field(description="Selects this kind of perception.")
-    path: Path = Field(description="Bundle directory or .tar; relative to the config file.")
-    evidence: Literal["soft", "hard"] = Field(
-        "soft",
-        description="soft: the classifier's probabilities weigh the likelihood; hard: its "
-        "argmax is the observation.",
-    )
+    type: Annotated[Literal["bundle"], Rule(description="Selects this kind of perception.")]
+    path: Annotated[
+        Path, Rule(description="Bundle directory or .tar; relative to the config file."), PATH
+    ]
+    evidence: Annotated[
+        Literal["soft", "hard"],
+        Rule(
+            description="soft: the classifier's probabilities weigh the likelihood; hard: its "
+            "argmax is the observation."
+        ),
+    ] = "soft"
 
-    @field_validator("path", mode="before")
-    @classmethod
-    def _path(cls, value: object, info: ValidationInfo) -> Path | None:
-        return _as_path(value, info, optional=False)
 
-
-class NeuralPolicy(StrictModel):
+class NeuralPolicy(Record):
     """``[groups.policy]``: how a neural policy's discrete outputs become actions."""
 
-    selection: Literal["argmax", "sample"] = Field(
-        "argmax", description="argmax of the logits, or a sample from softmax(logits / T)."
-    )
-    temperature: float = Field(
-        1.0, gt=0, le=100, description="T of the softmax when selection is 'sample'."
-    )
+    selection: Annotated[
+        Literal["argmax", "sample"],
+        Rule(description="argmax of the logits, or a sample from softmax(logits / T)."),
+    ] = "argmax"
+    temperature: Annotated[
+        float, Rule(gt=0, le=100, description="T of the softmax when selection is 'sample'.")
+    ] = 1.0
 
 
 def _known_workload(name: str, what: str) -> str:
@@ -276,68 +297,62 @@ def _check_topic(topic: str, *, wildcards: bool) -> str:
     return topic
 
 
-class SimSource(StrictModel):
+class SimSource(Record):
     """Observations from a built-in simulated world, stepped with the agents."""
 
-    type: Literal["sim"] = Field(description="Selects this kind of source.")
-    world: str | None = Field(
-        None,
-        pattern=_NAME,
-        description="Built-in world that produces the observations (grid10, tmaze, explorer). "
-        "Default: the group's built-in model. Required with a bundle model, whose dimensions "
-        "must match the world's.",
-    )
-
-    @field_validator("world")
-    @classmethod
-    def _known_world(cls, name: str | None) -> str | None:
-        return None if name is None else _known_workload(name, "built-in world")
+    type: Annotated[Literal["sim"], Rule(description="Selects this kind of source.")]
+    world: Annotated[
+        str | None,
+        Rule(
+            pattern=_NAME,
+            description="Built-in world that produces the observations (grid10, tmaze, explorer). "
+            "Default: the group's built-in model. Required with a bundle model, whose dimensions "
+            "must match the world's.",
+        ),
+        Check(_known_world),
+    ] = None
 
 
-class MqttSource(StrictModel):
+class MqttSource(Record):
     """Observations from MQTT messages on a topic filter (wildcards allowed)."""
 
-    type: Literal["mqtt"] = Field(description="Selects this kind of source.")
-    topic: str = Field(
-        min_length=1, max_length=256, description="MQTT topic filter, e.g. 'sensors/grid/+'."
-    )
-
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, topic: str) -> str:
-        return _check_topic(topic, wildcards=True)
+    type: Annotated[Literal["mqtt"], Rule(description="Selects this kind of source.")]
+    topic: Annotated[
+        str,
+        Rule(min_length=1, max_length=256, description="MQTT topic filter, e.g. 'sensors/grid/+'."),
+        Check(_subscribe_topic),
+    ]
 
 
-SourceSpec = Annotated[SimSource | MqttSource, Field(discriminator="type")]
+SourceSpec = SimSource | MqttSource
 
 
-class SimSink(StrictModel):
+class SimSink(Record):
     """Actions go back to the simulated environment."""
 
-    type: Literal["sim"] = Field(description="Selects this kind of sink.")
+    type: Annotated[Literal["sim"], Rule(description="Selects this kind of sink.")]
 
 
-class MqttSink(StrictModel):
+class MqttSink(Record):
     """Actions are published on an MQTT topic (through the durable outbox)."""
 
-    type: Literal["mqtt"] = Field(description="Selects this kind of sink.")
-    topic: str = Field(
-        min_length=1, max_length=256, description="MQTT topic, no wildcards: 'actuators/grid'."
-    )
+    type: Annotated[Literal["mqtt"], Rule(description="Selects this kind of sink.")]
+    topic: Annotated[
+        str,
+        Rule(
+            min_length=1, max_length=256, description="MQTT topic, no wildcards: 'actuators/grid'."
+        ),
+        Check(_publish_topic),
+    ]
 
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, topic: str) -> str:
-        return _check_topic(topic, wildcards=False)
 
-
-class LogSink(StrictModel):
+class LogSink(Record):
     """Actions are written to the daemon's log and go nowhere else."""
 
-    type: Literal["log"] = Field(description="Selects this kind of sink.")
+    type: Annotated[Literal["log"], Rule(description="Selects this kind of sink.")]
 
 
-SinkSpec = Annotated[SimSink | MqttSink | LogSink, Field(discriminator="type")]
+SinkSpec = SimSink | MqttSink | LogSink
 
 
 #: A group gets the profile's workers only with at least this many agents per process: below,
@@ -345,60 +360,77 @@ SinkSpec = Annotated[SimSink | MqttSink | LogSink, Field(discriminator="type")]
 AGENTS_PER_WORKER = 2048
 
 
-class GroupConfig(StrictModel):
+class GroupConfig(Record):
     """``[[groups]]``: agents that share one model and are stepped as one batch."""
 
-    name: str = Field(pattern=_NAME, description="Unique group name, [a-z0-9_-]{1,32}.")
-    model: ModelSpec = Field(description="The model every agent of the group runs.")
-    count: int = Field(ge=1, le=1_000_000, description="Number of agents in the group.")
-    history_capacity: int | None = Field(
-        None, ge=1, le=65536, description="Steps kept per agent; default: the profile's."
-    )
-    history_beliefs: Literal["map", "full"] = Field(
-        "map",
-        description="What the history keeps of an Active Inference agent's beliefs each step: "
-        "'map', per factor the most probable state and its probability (2-3 bytes); 'full', "
-        "every state's probability (one byte per state).",
-    )
-    workers: int | None = Field(
-        None,
-        ge=1,
-        le=64,
-        description="Processes that step the group's blocks of agents (an Active Inference "
-        "group of more than one block); default: the profile's.",
-    )
-    priority: int = Field(
-        5, ge=0, le=9, description="0-9, higher is more important; low ones pause first."
-    )
-    precision: Literal["int8", "float64"] = Field(
-        "int8", description="int8 tables and beliefs, or the float64 reference path."
-    )
-    seed: int = Field(
-        0, ge=0, le=2**63 - 1, description="Seed of the group's random generator (sim, sampling)."
-    )
-    source: SourceSpec = Field(description="Where observations come from.")
-    sink: SinkSpec = Field(description="Where actions go.")
-    settings: AifSettings = Field(
-        default_factory=AifSettings,
-        description="Active Inference settings (pymdp Agent defaults).",
-    )
-    coordination: GroupCoordinationConfig | None = Field(
-        None,
-        description="[groups.coordination]: the task capabilities the group bids for and the "
-        "factors it shares with its peers (needs [mqtt] enabled).",
-    )
-    perception: PerceptionBundle | None = Field(
-        None,
-        description="A neural classifier in front of an Active Inference model: each agent's "
-        "sensor input becomes evidence for the model's first modalities.",
-    )
-    policy: NeuralPolicy = Field(
-        default_factory=NeuralPolicy,
-        description="[groups.policy]: action selection of a neural policy bundle.",
-    )
+    name: Annotated[str, Rule(pattern=_NAME, description="Unique group name, [a-z0-9_-]{1,32}.")]
+    model: Annotated[
+        ModelSpec,
+        Rule(discriminator="type", description="The model every agent of the group runs."),
+    ]
+    count: Annotated[int, Rule(ge=1, le=1_000_000, description="Number of agents in the group.")]
+    history_capacity: Annotated[
+        int | None,
+        Rule(ge=1, le=65536, description="Steps kept per agent; default: the profile's."),
+    ] = None
+    history_beliefs: Annotated[
+        Literal["map", "full"],
+        Rule(
+            description="What the history keeps of an Active Inference agent's beliefs each step: "
+            "'map', per factor the most probable state and its probability (2-3 bytes); 'full', "
+            "every state's probability (one byte per state)."
+        ),
+    ] = "map"
+    workers: Annotated[
+        int | None,
+        Rule(
+            ge=1,
+            le=64,
+            description="Processes that step the group's blocks of agents (an Active Inference "
+            "group of more than one block); default: the profile's.",
+        ),
+    ] = None
+    priority: Annotated[
+        int, Rule(ge=0, le=9, description="0-9, higher is more important; low ones pause first.")
+    ] = 5
+    precision: Annotated[
+        Literal["int8", "float64"],
+        Rule(description="int8 tables and beliefs, or the float64 reference path."),
+    ] = "int8"
+    seed: Annotated[
+        int,
+        Rule(
+            ge=0, le=2**63 - 1, description="Seed of the group's random generator (sim, sampling)."
+        ),
+    ] = 0
+    source: Annotated[
+        SourceSpec, Rule(discriminator="type", description="Where observations come from.")
+    ]
+    sink: Annotated[SinkSpec, Rule(discriminator="type", description="Where actions go.")]
+    settings: Annotated[
+        AifSettings, Rule(description="Active Inference settings (pymdp Agent defaults).")
+    ] = field(default_factory=AifSettings)
+    coordination: Annotated[
+        GroupCoordinationConfig | None,
+        Rule(
+            description="[groups.coordination]: the task capabilities the group bids for and the "
+            "factors it shares with its peers (needs [mqtt] enabled)."
+        ),
+    ] = None
+    perception: Annotated[
+        PerceptionBundle | None,
+        Rule(
+            description="A neural classifier in front of an Active Inference model: each agent's "
+            "sensor input becomes evidence for the model's first modalities."
+        ),
+    ] = None
+    policy: Annotated[
+        NeuralPolicy,
+        Rule(description="[groups.policy]: action selection of a neural policy bundle."),
+    ] = field(default_factory=NeuralPolicy)
 
-    @model_validator(mode="after")
-    def _source_fits_sink_and_model(self) -> GroupConfig:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         problems: list[Problem] = []
         if isinstance(self.source, MqttSource) and isinstance(self.sink, SimSink):
             problems.append(
@@ -421,7 +453,6 @@ class GroupConfig(StrictModel):
                 )
             )
         raise_problems("GroupConfig", problems)
-        return self
 
     def workers_for(self, profile: FirmwareProfile) -> int:
         """The processes in force: the group's, else the profile's (0: the CPUs this process
@@ -439,111 +470,131 @@ class GroupConfig(StrictModel):
 
 
 # -------------------------------------------------------------------------------------- [mqtt]
-class MqttTls(StrictModel):
+class MqttTls(Record):
     """``[mqtt.tls]``: TLS to the broker; without ``ca_file`` the system's CAs are used."""
 
-    enabled: bool = Field(False, description="Connect with TLS.")
-    ca_file: Path | None = Field(None, description="CA bundle (PEM); empty: the system's CAs.")
-    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
-    key_file: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    enabled: Annotated[bool, Rule(description="Connect with TLS.")] = False
+    ca_file: Annotated[
+        Path | None, Rule(description="CA bundle (PEM); empty: the system's CAs."), OPTIONAL_PATH
+    ] = None
+    cert_file: Annotated[
+        Path | None, Rule(description="Client certificate (PEM) for mutual TLS."), OPTIONAL_PATH
+    ] = None
+    key_file: Annotated[
+        Path | None, Rule(description="Client private key (PEM) for mutual TLS."), OPTIONAL_PATH
+    ] = None
 
-    @field_validator("ca_file", "cert_file", "key_file", mode="before")
-    @classmethod
-    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
-        return _as_path(value, info, optional=True)
-
-    @model_validator(mode="after")
-    def _cert_and_key(self) -> MqttTls:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.cert_file is None) != (self.key_file is None):
             missing = "key_file" if self.key_file is None else "cert_file"
             other = "cert_file" if missing == "key_file" else "key_file"
             raise_problems("MqttTls", [((missing,), f"required when {other} is set")])
-        return self
 
 
-class MqttSection(StrictModel):
+class MqttSection(Record):
     """``[mqtt]``: the broker connection used by the fleet protocol, MQTT sources and sinks."""
 
-    enabled: bool = Field(False, description="Connect to the broker at all.")
-    host: str = Field("127.0.0.1", min_length=1, max_length=253, description="Broker host.")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
-    fleet: str = Field(
-        "default", pattern=_NAME, description="Fleet name: topics live under ea/v1/{fleet}/."
+    enabled: Annotated[bool, Rule(description="Connect to the broker at all.")] = False
+    host: Annotated[str, Rule(min_length=1, max_length=253, description="Broker host.")] = (
+        "127.0.0.1"
     )
-    node_id: str = Field(
-        "",
-        pattern=r"^[A-Za-z0-9_-]{0,64}$",
-        description="This node's id in topics; empty: the host name.",
-    )
-    labels: dict[
-        Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")],
-        Annotated[str, Field(max_length=256)],
-    ] = Field(
-        default_factory=dict,
-        max_length=32,
-        description="Labels in the node's birth (e.g. { site = \"plant-3\", ring = \"canary\" }): "
-        "what the hub's rollouts select nodes by.",
-    )
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive (s).")
-    username: str = Field("", max_length=128, description="Broker user name; empty: anonymous.")
-    password_file: Path | None = Field(
-        None, description="File whose first line is the broker password."
-    )
-    tls: MqttTls = Field(default_factory=MqttTls, description="TLS settings.")
-    outbox_max_bytes: int = Field(
-        8_000_000,
-        ge=65_536,
-        le=4 * 1024**3,
-        description="Bound (bytes) of the durable store-and-forward outbox on disk.",
-    )
-    outbox_commit_interval_s: float = Field(
-        300.0,
-        ge=1,
-        le=3600,
-        description="How often telemetry and actions still unacknowledged are committed to "
-        "storage (s): a crash loses at most this long of them; events, results and "
-        "coordination messages are committed every tick (docs/fleet.md, durability).",
-    )
-    hub_keys_dir: Path | None = Field(
-        None,
-        description="Directory of *.pub ed25519 keys whose signed hub commands are obeyed; "
-        "empty: [daemon] trusted_keys_dir; neither: every command is refused.",
-    )
-    telemetry_interval_s: float | None = Field(
-        None, ge=0.1, le=3600, description="Seconds between telemetry; default: the profile's."
-    )
-    action_qos: Literal[0, 1] = Field(
-        1,
-        description="QoS of MQTT action sinks: 1 stores actions in the outbox until acknowledged; "
-        "0 sends them only while connected (dropped and counted otherwise).",
-    )
-    command_max_ttl_s: float = Field(
-        3600.0,
-        ge=1,
-        le=7 * 86400,
-        description="Refuse hub commands whose expiry lies further ahead than this (s).",
-    )
-    reconnect_initial_s: float = Field(
-        0.5, gt=0, le=60, description="First reconnect delay (s); doubles up to reconnect_max_s."
-    )
-    reconnect_max_s: float = Field(
-        60.0, gt=0, le=3600, description="Longest reconnect delay (s), before jitter."
-    )
+    port: Annotated[
+        int, Rule(ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
+    ] = 1883
+    fleet: Annotated[
+        str, Rule(pattern=_NAME, description="Fleet name: topics live under ea/v1/{fleet}/.")
+    ] = "default"
+    node_id: Annotated[
+        str,
+        Rule(
+            pattern=r"^[A-Za-z0-9_-]{0,64}$",
+            description="This node's id in topics; empty: the host name.",
+        ),
+    ] = ""
+    labels: Annotated[
+        dict[
+            Annotated[str, Rule(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")],
+            Annotated[str, Rule(max_length=256)],
+        ],
+        Rule(
+            max_length=32,
+            description='Labels in the node\'s birth (e.g. { site = "plant-3", ring = "canary" }): '
+            "what the hub's rollouts select nodes by.",
+        ),
+    ] = field(default_factory=dict)
+    keepalive_s: Annotated[int, Rule(ge=5, le=3600, description="MQTT keepalive (s).")] = 30
+    username: Annotated[
+        str, Rule(max_length=128, description="Broker user name; empty: anonymous.")
+    ] = ""
+    password_file: Annotated[
+        Path | None,
+        Rule(description="File whose first line is the broker password."),
+        OPTIONAL_PATH,
+    ] = None
+    tls: Annotated[MqttTls, Rule(description="TLS settings.")] = field(default_factory=MqttTls)
+    outbox_max_bytes: Annotated[
+        int,
+        Rule(
+            ge=65_536,
+            le=4 * 1024**3,
+            description="Bound (bytes) of the durable store-and-forward outbox on disk.",
+        ),
+    ] = 8_000_000
+    outbox_commit_interval_s: Annotated[
+        float,
+        Rule(
+            ge=1,
+            le=3600,
+            description="How often telemetry and actions still unacknowledged are committed to "
+            "storage (s): a crash loses at most this long of them; events, results and "
+            "coordination messages are committed every tick (docs/fleet.md, durability).",
+        ),
+    ] = 300.0
+    hub_keys_dir: Annotated[
+        Path | None,
+        Rule(
+            description="Directory of *.pub ed25519 keys whose signed hub commands are obeyed; "
+            "empty: [daemon] trusted_keys_dir; neither: every command is refused."
+        ),
+        OPTIONAL_PATH,
+    ] = None
+    telemetry_interval_s: Annotated[
+        float | None,
+        Rule(ge=0.1, le=3600, description="Seconds between telemetry; default: the profile's."),
+    ] = None
+    action_qos: Annotated[
+        Literal[0, 1],
+        Rule(
+            description="QoS of MQTT action sinks: 1 stores actions in the outbox "
+            "until acknowledged; "
+            "0 sends them only while connected (dropped and counted otherwise)."
+        ),
+    ] = 1
+    command_max_ttl_s: Annotated[
+        float,
+        Rule(
+            ge=1,
+            le=7 * 86400,
+            description="Refuse hub commands whose expiry lies further ahead than this (s).",
+        ),
+    ] = 3600.0
+    reconnect_initial_s: Annotated[
+        float,
+        Rule(gt=0, le=60, description="First reconnect delay (s); doubles up to reconnect_max_s."),
+    ] = 0.5
+    reconnect_max_s: Annotated[
+        float, Rule(gt=0, le=3600, description="Longest reconnect delay (s), before jitter.")
+    ] = 60.0
 
-    @field_validator("password_file", "hub_keys_dir", mode="before")
-    @classmethod
-    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
-        return _as_path(value, info, optional=True)
-
-    @model_validator(mode="after")
-    def _password_needs_user(self) -> MqttSection:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.password_file is not None and not self.username:
             raise_problems("MqttSection", [(("password_file",), "requires username to be set")])
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise_problems(
                 "MqttSection", [(("reconnect_max_s",), "must be >= reconnect_initial_s")]
             )
-        return self
 
     def effective_node_id(self) -> str:
         """``node_id``, or the host name reduced to the characters a topic level may use."""
@@ -554,22 +605,27 @@ class MqttSection(StrictModel):
 
 
 # ---------------------------------------------------------------------------------- the config
-class DaemonConfig(StrictModel):
+class DaemonConfig(Record):
     """A whole daemon config file."""
 
-    daemon: DaemonSection = Field(default_factory=DaemonSection, description="[daemon]")
-    groups: tuple[GroupConfig, ...] = Field(
-        min_length=1, max_length=64, description="[[groups]], one table per agent group."
+    daemon: Annotated[DaemonSection, Rule(description="[daemon]")] = field(
+        default_factory=DaemonSection
     )
-    mqtt: MqttSection = Field(default_factory=MqttSection, description="[mqtt]")
-    coordination: CoordinationConfig | None = Field(
-        None,
-        description="[coordination]: the node's task auction and coordination engine "
-        "(used when a group has [groups.coordination]).",
-    )
+    groups: Annotated[
+        tuple[GroupConfig, ...],
+        Rule(min_length=1, max_length=64, description="[[groups]], one table per agent group."),
+    ]
+    mqtt: Annotated[MqttSection, Rule(description="[mqtt]")] = field(default_factory=MqttSection)
+    coordination: Annotated[
+        CoordinationConfig | None,
+        Rule(
+            description="[coordination]: the node's task auction and coordination engine "
+            "(used when a group has [groups.coordination])."
+        ),
+    ] = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> DaemonConfig:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         problems: list[Problem] = []
         first: dict[str, int] = {}
         for index, group in enumerate(self.groups):
@@ -596,7 +652,6 @@ class DaemonConfig(StrictModel):
         if self.coordination is not None and not self.mqtt.enabled:
             problems.append((("coordination",), "needs [mqtt] enabled = true"))
         raise_problems("DaemonConfig", problems)
-        return self
 
     @property
     def total_agents(self) -> int:
@@ -683,6 +738,8 @@ class ConfigFile:
 
     config: DaemonConfig
     document: TomlDocument
+    #: The firmware profiles the config was checked against (None: load them when needed).
+    profiles: Mapping[str, FirmwareProfile] | None = None
 
     @property
     def path(self) -> str:
@@ -712,7 +769,7 @@ def read_config(
     else:
         document = TomlDocument.read(path)
         base_dir = Path(path).absolute().parent
-    return ConfigFile(_validate(document, base_dir, known), document)
+    return ConfigFile(_validate(document, base_dir, known), document, known)
 
 
 def resolve_profile(
@@ -722,8 +779,11 @@ def resolve_profile(
     facts: DeviceFacts | None = None,
 ) -> FirmwareProfile:
     """The firmware profile ``source`` runs on, checked against what the profile allows
-    (:func:`profile_problems`). ``"auto"`` is detected from ``facts`` (default: this machine)."""
-    known = profiles if profiles is not None else load_profiles()
+    (:func:`profile_problems`). ``"auto"`` is detected from ``facts`` (default: this machine).
+    The profiles are ``profiles``, else those ``source`` was read with, else the installed ones."""
+    known = profiles if profiles is not None else source.profiles
+    if known is None:
+        known = load_profiles()
     config = source.config
     device = facts
     if config.daemon.profile == AUTO and device is None:

@@ -22,27 +22,21 @@ unit's systemd ``MemoryHigh`` and ``MemoryMax``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import psutil
-from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from edge_agent.config.toml_lines import (
-    Loc,
-    Problem,
-    StrictModel,
-    TomlDocument,
-    raise_problems,
-    validate_toml,
-)
+from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.errors import ConfigError
+from edge_agent.strict import Check, Loc, Problem, Record, Rule, raise_problems
 
 __all__ = [
     "AUTO",
@@ -87,53 +81,70 @@ _MAX_MB = 1 << 20
 
 
 # --------------------------------------------------------------------------------------- schema
-class ProfileMatch(StrictModel):
+def _patterns_compile(patterns: tuple[str, ...], _context: Mapping[str, Any]) -> tuple[str, ...]:
+    for pattern in patterns:
+        if not pattern:
+            raise ValueError("patterns must not be empty strings")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"bad regex {pattern!r}: {err}") from err
+    return patterns
+
+
+def _name_matches_file(name: str, context: Mapping[str, Any]) -> str:
+    expected = context.get("expected_name")
+    if expected is not None and name != expected:
+        raise ValueError(f"must equal the file name without .toml ({expected!r}), got {name!r}")
+    return name
+
+
+class ProfileMatch(Record):
     """Which devices a profile is for; every criterion given must hold (empty lists match all).
 
     A profile with neither ``device_tree_model`` nor ``machine`` patterns is never auto-detected;
     it can still be chosen by name.
     """
 
-    device_tree_model: tuple[str, ...] = Field(
-        (),
-        max_length=16,
-        description="Regexes searched in /proc/device-tree/model (e.g. '^Raspberry Pi 4 Model B').",
-    )
-    machine: tuple[str, ...] = Field(
-        (),
-        max_length=16,
-        description="Regexes that must match all of platform.machine() (e.g. 'aarch64|arm64').",
-    )
-    min_mem_mib: int = Field(
-        0, ge=0, le=_MAX_MEM_MIB, description="Smallest total memory (MemTotal, MiB), inclusive."
-    )
-    max_mem_mib: int | None = Field(
-        None,
-        ge=1,
-        le=_MAX_MEM_MIB,
-        description="Largest total memory (MemTotal, MiB), inclusive; omit for no upper bound.",
-    )
+    device_tree_model: Annotated[
+        tuple[str, ...],
+        Rule(
+            max_length=16,
+            description="Regexes searched in /proc/device-tree/model (e.g. "
+            "'^Raspberry Pi 4 Model B').",
+        ),
+        Check(_patterns_compile),
+    ] = ()
+    machine: Annotated[
+        tuple[str, ...],
+        Rule(
+            max_length=16,
+            description="Regexes that must match all of platform.machine() (e.g. 'aarch64|arm64').",
+        ),
+        Check(_patterns_compile),
+    ] = ()
+    min_mem_mib: Annotated[
+        int,
+        Rule(
+            ge=0, le=_MAX_MEM_MIB, description="Smallest total memory (MemTotal, MiB), inclusive."
+        ),
+    ] = 0
+    max_mem_mib: Annotated[
+        int | None,
+        Rule(
+            ge=1,
+            le=_MAX_MEM_MIB,
+            description="Largest total memory (MemTotal, MiB), inclusive; omit for no upper bound.",
+        ),
+    ] = None
 
-    @field_validator("device_tree_model", "machine")
-    @classmethod
-    def _patterns_compile(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
-        for pattern in patterns:
-            if not pattern:
-                raise ValueError("patterns must not be empty strings")
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(f"bad regex {pattern!r}: {err}") from err
-        return patterns
-
-    @model_validator(mode="after")
-    def _range_is_ordered(self) -> ProfileMatch:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_mem_mib is not None and self.max_mem_mib < self.min_mem_mib:
             raise_problems(
                 "ProfileMatch",
                 [(("max_mem_mib",), f"must be >= min_mem_mib ({self.min_mem_mib})")],
             )
-        return self
 
     @property
     def auto_detectable(self) -> bool:
@@ -167,133 +178,172 @@ class ProfileMatch(StrictModel):
         )
 
 
-class ThermalSettings(StrictModel):
+class ThermalSettings(Record):
     """Thermal throttling: slow down before the SoC firmware does, stop before it overheats."""
 
-    throttle_c: float = Field(
-        ge=30, le=110, description="SoC temperature (°C) from which ticks slow down."
-    )
-    critical_c: float = Field(
-        ge=30,
-        le=120,
-        description="Temperature (°C) from which all groups pause until it falls below throttle_c.",
-    )
-    throttled_tick_factor: float = Field(
-        gt=0, le=1, description="Tick rate multiplier while throttled, in (0, 1]."
-    )
-    zone_glob: str = Field(
-        "/sys/class/thermal/thermal_zone*/temp",
-        min_length=1,
-        max_length=256,
-        description="Glob of sysfs files in millidegrees Celsius; the hottest zone counts.",
-    )
+    throttle_c: Annotated[
+        float, Rule(ge=30, le=110, description="SoC temperature (°C) from which ticks slow down.")
+    ]
+    critical_c: Annotated[
+        float,
+        Rule(
+            ge=30,
+            le=120,
+            description="Temperature (°C) from which all groups pause until it falls "
+            "below throttle_c.",
+        ),
+    ]
+    throttled_tick_factor: Annotated[
+        float, Rule(gt=0, le=1, description="Tick rate multiplier while throttled, in (0, 1].")
+    ]
+    zone_glob: Annotated[
+        str,
+        Rule(
+            min_length=1,
+            max_length=256,
+            description="Glob of sysfs files in millidegrees Celsius; the hottest zone counts.",
+        ),
+    ] = "/sys/class/thermal/thermal_zone*/temp"
 
-    @model_validator(mode="after")
-    def _critical_above_throttle(self) -> ThermalSettings:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.critical_c <= self.throttle_c:
             raise_problems(
                 "ThermalSettings",
                 [(("critical_c",), f"must be > throttle_c ({self.throttle_c:g} °C)")],
             )
-        return self
 
 
-class MemoryTier(StrictModel):
+class MemoryTier(Record):
     """Memory numbers for devices of one profile that have at least ``min_mem_mib`` of RAM."""
 
-    min_mem_mib: int = Field(
-        ge=1, le=_MAX_MEM_MIB, description="This tier applies from this MemTotal (MiB) up."
-    )
-    memory_budget_mb: int = Field(
-        ge=8, le=_MAX_MB, description="MiB that models and agents may reserve."
-    )
-    soft_limit_mb: int = Field(ge=16, le=_MAX_MB, description="RSS (MiB) that starts degradation.")
-    memory_high_mb: int = Field(ge=16, le=_MAX_MB, description="systemd MemoryHigh (MiB).")
-    memory_max_mb: int = Field(ge=16, le=_MAX_MB, description="systemd MemoryMax (MiB).")
-    max_agents: int = Field(ge=1, le=10_000_000, description="Sanity cap on agents in all groups.")
+    min_mem_mib: Annotated[
+        int,
+        Rule(ge=1, le=_MAX_MEM_MIB, description="This tier applies from this MemTotal (MiB) up."),
+    ]
+    memory_budget_mb: Annotated[
+        int, Rule(ge=8, le=_MAX_MB, description="MiB that models and agents may reserve.")
+    ]
+    soft_limit_mb: Annotated[
+        int, Rule(ge=16, le=_MAX_MB, description="RSS (MiB) that starts degradation.")
+    ]
+    memory_high_mb: Annotated[int, Rule(ge=16, le=_MAX_MB, description="systemd MemoryHigh (MiB).")]
+    memory_max_mb: Annotated[int, Rule(ge=16, le=_MAX_MB, description="systemd MemoryMax (MiB).")]
+    max_agents: Annotated[
+        int, Rule(ge=1, le=10_000_000, description="Sanity cap on agents in all groups.")
+    ]
 
 
-class FirmwareProfile(StrictModel):
+class FirmwareProfile(Record):
     """Everything the daemon needs to know about one class of device. All sizes in MiB."""
 
-    name: str = Field(
-        pattern=_NAME_PATTERN, description="Profile name; must equal the file name without .toml."
+    name: Annotated[
+        str,
+        Rule(
+            pattern=_NAME_PATTERN,
+            description="Profile name; must equal the file name without .toml.",
+        ),
+        Check(_name_matches_file),
+    ]
+    description: Annotated[
+        str, Rule(min_length=1, max_length=200, description="One line for humans.")
+    ]
+    match: Annotated[ProfileMatch, Rule(description="Auto-detection criteria.")] = field(
+        default_factory=ProfileMatch
     )
-    description: str = Field(min_length=1, max_length=200, description="One line for humans.")
-    match: ProfileMatch = Field(
-        default_factory=ProfileMatch, description="Auto-detection criteria."
-    )
-    memory_budget_mb: int = Field(
-        ge=8,
-        le=_MAX_MB,
-        description="MiB that models and agents may reserve (shared tables, beliefs, histories).",
-    )
-    base_mb: int = Field(
-        ge=8,
-        le=4096,
-        description="The daemon's own overhead (interpreter, libraries), counted as used at start.",
-    )
-    soft_limit_mb: int = Field(
-        ge=16,
-        le=_MAX_MB,
-        description="RSS (MiB) above which the daemon degrades; < memory_budget_mb + base_mb.",
-    )
-    memory_high_mb: int = Field(
-        ge=16,
-        le=_MAX_MB,
-        description="systemd MemoryHigh for the unit; >= memory_budget_mb + base_mb.",
-    )
-    memory_max_mb: int = Field(
-        ge=16, le=_MAX_MB, description="systemd MemoryMax for the unit; > memory_high_mb."
-    )
-    memory_tiers: tuple[MemoryTier, ...] = Field(
-        (),
-        max_length=16,
-        description="Memory numbers for larger variants of the device, by ascending min_mem_mib.",
-    )
-    inference_threads: int = Field(
-        ge=1, le=64, description="Threads for numpy/onnxruntime/LiteRT inference."
-    )
-    workers: int = Field(
-        0,
-        ge=0,
-        le=64,
-        description="Processes that step a large Active Inference group's blocks (the board's "
-        "cores); 0: the CPUs the daemon may run on.",
-    )
-    tick_hz: float = Field(gt=0, le=1000, description="Default tick rate of the scheduler (Hz).")
-    history_capacity: int = Field(
-        ge=1, le=65536, description="Default number of steps kept per agent."
-    )
-    snapshot_interval_s: float = Field(
-        ge=1, le=86400, description="Seconds between periodic state snapshots."
-    )
-    max_snapshot_writes_per_hour: int = Field(
-        ge=1,
-        le=3600,
-        description="Cap on snapshot writes of any cause (SD-card wear); extra ones are skipped.",
-    )
-    thermal: ThermalSettings = Field(description="Thermal throttling.")
-    watchdog_interval_s: float = Field(
-        ge=1, le=600, description="systemd WatchdogSec; pinged only while ticks make progress."
-    )
-    telemetry_interval_s: float = Field(
-        ge=1, le=3600, description="Seconds between telemetry publications."
-    )
-    max_agents: int = Field(
-        ge=1, le=10_000_000, description="Sanity cap on the number of agents in all groups."
-    )
+    memory_budget_mb: Annotated[
+        int,
+        Rule(
+            ge=8,
+            le=_MAX_MB,
+            description="MiB that models and agents may reserve (shared tables, "
+            "beliefs, histories).",
+        ),
+    ]
+    base_mb: Annotated[
+        int,
+        Rule(
+            ge=8,
+            le=4096,
+            description="The daemon's own overhead (interpreter, libraries), counted "
+            "as used at start.",
+        ),
+    ]
+    soft_limit_mb: Annotated[
+        int,
+        Rule(
+            ge=16,
+            le=_MAX_MB,
+            description="RSS (MiB) above which the daemon degrades; < memory_budget_mb + base_mb.",
+        ),
+    ]
+    memory_high_mb: Annotated[
+        int,
+        Rule(
+            ge=16,
+            le=_MAX_MB,
+            description="systemd MemoryHigh for the unit; >= memory_budget_mb + base_mb.",
+        ),
+    ]
+    memory_max_mb: Annotated[
+        int,
+        Rule(ge=16, le=_MAX_MB, description="systemd MemoryMax for the unit; > memory_high_mb."),
+    ]
+    memory_tiers: Annotated[
+        tuple[MemoryTier, ...],
+        Rule(
+            max_length=16,
+            description="Memory numbers for larger variants of the device, by "
+            "ascending min_mem_mib.",
+        ),
+    ] = ()
+    inference_threads: Annotated[
+        int, Rule(ge=1, le=64, description="Threads for numpy/onnxruntime/LiteRT inference.")
+    ]
+    workers: Annotated[
+        int,
+        Rule(
+            ge=0,
+            le=64,
+            description="Processes that step a large Active Inference group's blocks (the board's "
+            "cores); 0: the CPUs the daemon may run on.",
+        ),
+    ] = 0
+    tick_hz: Annotated[
+        float, Rule(gt=0, le=1000, description="Default tick rate of the scheduler (Hz).")
+    ]
+    history_capacity: Annotated[
+        int, Rule(ge=1, le=65536, description="Default number of steps kept per agent.")
+    ]
+    snapshot_interval_s: Annotated[
+        float, Rule(ge=1, le=86400, description="Seconds between periodic state snapshots.")
+    ]
+    max_snapshot_writes_per_hour: Annotated[
+        int,
+        Rule(
+            ge=1,
+            le=3600,
+            description="Cap on snapshot writes of any cause (SD-card wear); extra "
+            "ones are skipped.",
+        ),
+    ]
+    thermal: Annotated[ThermalSettings, Rule(description="Thermal throttling.")]
+    watchdog_interval_s: Annotated[
+        float,
+        Rule(
+            ge=1, le=600, description="systemd WatchdogSec; pinged only while ticks make progress."
+        ),
+    ]
+    telemetry_interval_s: Annotated[
+        float, Rule(ge=1, le=3600, description="Seconds between telemetry publications.")
+    ]
+    max_agents: Annotated[
+        int,
+        Rule(ge=1, le=10_000_000, description="Sanity cap on the number of agents in all groups."),
+    ]
 
-    @field_validator("name")
-    @classmethod
-    def _name_matches_file(cls, name: str, info: ValidationInfo) -> str:
-        expected = (info.context or {}).get("expected_name")
-        if expected is not None and name != expected:
-            raise ValueError(f"must equal the file name without .toml ({expected!r}), got {name!r}")
-        return name
-
-    @model_validator(mode="after")
-    def _consistent(self) -> FirmwareProfile:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         problems = _memory_problems((), self, self.base_mb)
         previous = 0
         for index, tier in enumerate(self.memory_tiers):
@@ -320,7 +370,6 @@ class FirmwareProfile(StrictModel):
                 )
             )
         raise_problems("FirmwareProfile", problems)
-        return self
 
     # -- derived numbers
     @property
@@ -356,8 +405,9 @@ class FirmwareProfile(StrictModel):
         update: dict[str, Any] = {"memory_tiers": ()}
         for tier in self.memory_tiers:
             if mem_mib >= tier.min_mem_mib:
-                update.update(tier.model_dump(exclude={"min_mem_mib"}))
-        return self.model_copy(update=update)
+                update.update({f.name: getattr(tier, f.name) for f in dataclasses.fields(tier)})
+        update.pop("min_mem_mib", None)
+        return dataclasses.replace(self, **update)
 
 
 def _memory_problems(

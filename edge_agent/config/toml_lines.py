@@ -1,23 +1,31 @@
-"""TOML with line numbers: the one strict config base and its loader.
+"""TOML with line numbers: the config files' reader.
 
 :mod:`tomllib` parses TOML but forgets where each value came from. :class:`TomlPositions` scans the
 same text once more and records the line of every key, table header, array-of-tables entry and
 array element under its *location*: the tuple of keys and indices that pydantic reports in a
 validation error, e.g. ``("groups", 1, "count")`` for ``count`` in the second ``[[groups]]`` table.
 
-:func:`validate_toml` ties the two together: it validates a parsed :class:`TomlDocument` against a
-:class:`StrictModel` and turns every problem into one ``path:line: field: problem`` line of a
-:class:`~edge_agent.errors.ConfigError`. TOML syntax errors get the same shape. A problem without a
-line of its own (a missing key) points at the header of the table that lacks it; a problem about
-the whole document points at line 1.
+:func:`validate_toml` ties the two together: it validates a parsed :class:`TomlDocument` as a
+:class:`~edge_agent.strict.Record` (or a pydantic model) and turns every problem into one
+``path:line: field: problem`` line of a :class:`~edge_agent.errors.ConfigError`. TOML syntax
+errors get the same shape. A problem without a line of its own (a missing key) points at the
+header of the table that lacks it; a problem about the whole document points at line 1.
 
-Cross-field checks inside a model validator report precise locations with :func:`raise_problems`.
+Cross-field checks inside a record report precise locations with :func:`raise_problems`.
+
+pydantic, the validator, is imported by :func:`validate_toml` only: a daemon that got its config
+from a validating process (:mod:`edge_agent.config.isolated`) reads documents' lines with this
+module and never loads it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import difflib
+import functools
+import json
 import re
 import tomllib
 import types
@@ -25,18 +33,26 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from edge_agent.errors import ConfigError
-from edge_agent.strict import StrictModel
+from edge_agent.strict import (
+    BARE_KEY_CHARS,
+    Loc,
+    Problem,
+    RecordError,
+    WrongTypeError,
+    format_loc,
+    mark_given,
+    raise_problems,
+)
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 __all__ = [
     "Loc",
     "Problem",
-    "StrictModel",
     "TomlDocument",
     "TomlPositions",
     "format_loc",
@@ -45,17 +61,10 @@ __all__ = [
     "validate_toml",
 ]
 
-#: A location inside a document: keys and array indices, outermost first.
-Loc = tuple[str | int, ...]
-#: One problem found after parsing: where, and what is wrong there.
-Problem = tuple[Loc, str]
+M = TypeVar("M")
 
-M = TypeVar("M", bound=BaseModel)
-
-_BARE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
 _SCALAR_END = frozenset(",]}#\r\n")
-_CHECK_ERROR_TYPE = "edge_agent_check"
 
 
 # ------------------------------------------------------------------------------------ positions
@@ -192,7 +201,7 @@ class _Scanner:
                 parts.append(self.literal_string())
             else:
                 start = self.pos
-                while self.pos < len(self.text) and self.text[self.pos] in _BARE_KEY_CHARS:
+                while self.pos < len(self.text) and self.text[self.pos] in BARE_KEY_CHARS:
                     self.pos += 1
                 if self.pos == start:
                     raise _ScanError(f"expected a key at line {self.line}")
@@ -391,40 +400,6 @@ def normalize_loc(data: object, loc: Sequence[str | int]) -> Loc:
     return tuple(out)
 
 
-def format_loc(loc: Sequence[str | int]) -> str:
-    """``("groups", 1, "model", "path")`` -> ``groups[1].model.path``; ``()`` -> ``<document>``."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            key = part if part and set(part) <= _BARE_KEY_CHARS else '"' + part + '"'
-            text += f".{key}" if text else key
-    return text or "<document>"
-
-
-def raise_problems(title: str, problems: Sequence[Problem]) -> None:
-    """From a model validator: report each problem at its own location (relative to the model).
-
-    Raises pydantic's ValidationError, which pydantic merges into the surrounding validation, so
-    that :func:`validate_toml` can give each problem the line of the key it is about. Does nothing
-    when ``problems`` is empty.
-    """
-    if not problems:
-        return
-    raise ValidationError.from_exception_data(
-        title,
-        [
-            InitErrorDetails(
-                type=PydanticCustomError(_CHECK_ERROR_TYPE, "{problem}", {"problem": message}),
-                loc=loc,
-                input=None,
-            )
-            for loc, message in problems
-        ],
-    )
-
-
 # ------------------------------------------------------------------------------------ documents
 _SYNTAX_AT = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 _SYNTAX_END = re.compile(r"^(?P<msg>.*?)\s*\(at end of document\)$")
@@ -497,19 +472,53 @@ def _syntax_error(message: str, text: str, path: str) -> ConfigError:
 def validate_toml(
     model: type[M], document: TomlDocument, *, context: Mapping[str, Any] | None = None
 ) -> M:
-    """Validate ``document`` as ``model`` in strict mode; every problem gets its file line.
+    """Validate ``document`` as ``model`` (a :class:`~edge_agent.strict.Record` or a pydantic
+    model) in strict mode; every problem gets its file line.
 
-    ``context`` is passed to the model's validators (e.g. the directory that relative paths are
+    ``context`` is passed to the fields' checks (e.g. the directory that relative paths are
     resolved against). Raises ConfigError with one ``path:line: field: problem`` line per problem.
     """
+    from pydantic import ValidationError  # noqa: PLC0415 - only where documents are validated
+
+    dates = list(_dates(document.data, ()))
+    if dates:
+        raise document.error(dates)
     try:
-        return model.model_validate(
-            _tuplify(document.data), strict=True, context=dict(context or {})
+        # Strict mode takes a record's fields from a JSON object (from a dict it wants an
+        # instance); TOML's values other than dates, refused above, are JSON's.
+        result: M = _adapter(model).validate_json(
+            json.dumps(document.data), strict=True, context=dict(context or {})
         )
     except ValidationError as err:
         errors = _without_echoes(err.errors())
-        problems = [_describe_error(model, document.data, e) for e in errors]
+        problems = [p for e in errors for p in _describe_error(model, document.data, e)]
         raise document.error(problems) from err
+    mark_given(result, document.data)
+    return result
+
+
+_ADAPTERS: dict[type, Any] = {}
+
+
+def _adapter(model: type) -> Any:
+    """pydantic's validator of ``model``, built once (building it is most of the cost)."""
+    from pydantic import TypeAdapter  # noqa: PLC0415 - only where documents are validated
+
+    if model not in _ADAPTERS:
+        _ADAPTERS[model] = TypeAdapter(model)
+    return _ADAPTERS[model]
+
+
+def _dates(value: object, loc: Loc) -> typing.Iterator[Problem]:
+    """TOML dates and times: no config key takes one."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _dates(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _dates(item, (*loc, index))
+    elif isinstance(value, datetime.date | datetime.time):
+        yield loc, f"a date or time is not allowed here, got {value.isoformat()}"
 
 
 def _without_echoes(errors: list[ErrorDetails]) -> list[ErrorDetails]:
@@ -518,15 +527,6 @@ def _without_echoes(errors: list[ErrorDetails]) -> list[ErrorDetails]:
     return [
         e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in failed_inside)
     ]
-
-
-def _tuplify(value: object) -> object:
-    """Arrays become tuples: strict mode validates ``tuple[...]`` fields only from tuples."""
-    if isinstance(value, dict):
-        return {k: _tuplify(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuplify(v) for v in value)
-    return value
 
 
 _TOML_TYPES: tuple[tuple[type, str], ...] = (
@@ -547,6 +547,8 @@ _EXPECTED = {
     "bool_type": "true or false",
     "model_type": "a table",
     "model_attributes_type": "a table",
+    "dataclass_type": "a table",
+    "dataclass_args_type": "a table",
     "dict_type": "a table",
     "tuple_type": "an array",
     "list_type": "an array",
@@ -579,36 +581,39 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _describe_error(root: type[BaseModel], data: object, error: ErrorDetails) -> Problem:
+def _describe_error(root: type, data: object, error: ErrorDetails) -> list[Problem]:
     kind = error["type"]
     raw_loc = tuple(error["loc"])
     loc = normalize_loc(data, raw_loc)
     ctx = error.get("ctx") or {}
     value = error.get("input")
-    if kind == _CHECK_ERROR_TYPE:
-        return loc, str(ctx.get("problem", error["msg"]))
-    if kind == "missing":
-        return loc, "required key is missing"
-    if kind == "extra_forbidden":
-        return loc, _unknown_key(root, raw_loc)
+    cause = ctx.get("error")
+    if isinstance(cause, RecordError):
+        return [(normalize_loc(data, (*raw_loc, *inner)), text) for inner, text in cause.problems]
+    if isinstance(cause, WrongTypeError):
+        return [(loc, f"expected {cause.expected}, got {_toml_type(value)} {_show(value)}")]
+    if kind in ("missing", "missing_argument"):
+        return [(loc, "required key is missing")]
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return [(loc, _unknown_key(root, raw_loc))]
     if kind == "union_tag_invalid":
         expected = ctx.get("expected_tags")
-        return (*loc, "type"), f"unknown type {ctx.get('tag')!r}; expected one of {expected}"
+        return [((*loc, "type"), f"unknown type {ctx.get('tag')!r}; expected one of {expected}")]
     if kind == "union_tag_not_found":
         tags = ", ".join(repr(t) for t in _union_tags(root, raw_loc))
-        return loc, f"required key 'type' is missing (one of {tags})"
+        return [(loc, f"required key 'type' is missing (one of {tags})")]
     if kind in _EXPECTED:
-        return loc, f"expected {_EXPECTED[kind]}, got {_toml_type(value)} {_show(value)}"
+        return [(loc, f"expected {_EXPECTED[kind]}, got {_toml_type(value)} {_show(value)}")]
     if kind in ("too_short", "too_long"):
-        return loc, f"{_BOUNDS[kind].format(**ctx)}, got {ctx.get('actual_length')}"
+        return [(loc, f"{_BOUNDS[kind].format(**ctx)}, got {ctx.get('actual_length')}")]
     if kind in _BOUNDS:
-        return loc, f"{_BOUNDS[kind].format(**ctx)}, got {_show(value)}"
+        return [(loc, f"{_BOUNDS[kind].format(**ctx)}, got {_show(value)}")]
     if kind == "literal_error":
-        return loc, f"must be {ctx.get('expected')}, got {_show(value)}"
+        return [(loc, f"must be {ctx.get('expected')}, got {_show(value)}")]
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    return loc, message
+    return [(loc, message)]
 
 
 # ------------------------------------------------------------------------- walking model types
@@ -627,24 +632,36 @@ def _unwrap(annotation: object) -> object:
             return annotation
 
 
-def _is_model(annotation: object) -> typing.TypeGuard[type[BaseModel]]:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+def _is_model(annotation: object) -> typing.TypeGuard[type]:
+    """A record (dataclass) or a pydantic model: something with named fields."""
+    return isinstance(annotation, type) and (
+        dataclasses.is_dataclass(annotation) or hasattr(annotation, "model_fields")
+    )
 
 
-def _union_members(annotation: object) -> list[type[BaseModel]]:
+@functools.cache
+def _fields(model: type) -> dict[str, object]:
+    """The annotation of each field of a record or pydantic model, by name."""
+    if dataclasses.is_dataclass(model):
+        hints = typing.get_type_hints(model, include_extras=True)
+        return {f.name: hints[f.name] for f in dataclasses.fields(model) if f.init}
+    return {name: f.annotation for name, f in model.model_fields.items()}  # type: ignore[attr-defined]
+
+
+def _union_members(annotation: object) -> list[type]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return [m for m in (_unwrap(a) for a in typing.get_args(annotation)) if _is_model(m)]
     return []
 
 
-def _tag_of(member: type[BaseModel]) -> object:
-    field = member.model_fields.get("type")
-    if field is None or typing.get_origin(field.annotation) is not Literal:
+def _tag_of(member: type) -> object:
+    annotation = _unwrap(_fields(member).get("type"))
+    if typing.get_origin(annotation) is not Literal:
         return None
-    return typing.get_args(field.annotation)[0]
+    return typing.get_args(annotation)[0]
 
 
-def _type_at(root: type[BaseModel], loc: Sequence[str | int]) -> object:
+def _type_at(root: type, loc: Sequence[str | int]) -> object:
     """The annotation at a raw pydantic location (tags included), or None if it cannot be told."""
     current: object = root
     for part in loc:
@@ -656,10 +673,9 @@ def _type_at(root: type[BaseModel], loc: Sequence[str | int]) -> object:
                 continue
             return None
         if _is_model(current):
-            field = current.model_fields.get(part)
-            if field is None:
+            if part not in _fields(current):
                 return None
-            current = field.annotation
+            current = _fields(current)[part]
             continue
         chosen = [m for m in _union_members(current) if _tag_of(m) == part]
         if not chosen:
@@ -668,16 +684,16 @@ def _type_at(root: type[BaseModel], loc: Sequence[str | int]) -> object:
     return _unwrap(current)
 
 
-def _union_tags(root: type[BaseModel], loc: Sequence[str | int]) -> list[object]:
+def _union_tags(root: type, loc: Sequence[str | int]) -> list[object]:
     return [_tag_of(m) for m in _union_members(_type_at(root, loc))]
 
 
-def _unknown_key(root: type[BaseModel], loc: Sequence[str | int]) -> str:
+def _unknown_key(root: type, loc: Sequence[str | int]) -> str:
     key = str(loc[-1]) if loc else ""
     parent = _type_at(root, loc[:-1])
     if not _is_model(parent):
         return "unknown key"
-    allowed = list(parent.model_fields)
+    allowed = list(_fields(parent))
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     if close:
         return f"unknown key; did you mean {close[0]!r}?"

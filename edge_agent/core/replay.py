@@ -17,7 +17,7 @@ import numpy as np
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel, load_npz
 from edge_agent.aif.quant import SCHEME, QuantizedModel
-from edge_agent.aif.settings import AifSettings
+from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.bundle.loader import MANIFEST_NAME, load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.core.agents import AifAgentGroup, Precision
@@ -69,7 +69,7 @@ def load_replay_model(
         )
         what = f"bundle {bundle.manifest.name} {bundle.manifest.version}, int8, {signed}"
         model = QuantizedModel.from_arrays(bundle.aif_arrays())
-        return model, AifSettings(**spec.settings), what
+        return model, settings_from_json(spec.settings), what
     if p.is_file() and not zipfile.is_zipfile(p):  # numpy would call it "pickled data"
         raise InputError(f"{p}: neither a .npz nor a bundle; {MODEL_USAGE}")
     return load_npz(p), None, f"model {p}"

@@ -13,13 +13,14 @@ Nothing here imports the service module.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.aif.quant import SCHEME, QuantizedModel
-from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import Bundle, load_bundle
+from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.config.daemon import (
     BuiltinModel,
@@ -48,6 +49,9 @@ from edge_agent.errors import BudgetError, BundleError, ConfigError, EdgeAgentEr
 from edge_agent.fleet.deploy import OverlayEntry
 from edge_agent.sim.registry import builtin_model, make_env
 from edge_agent.sim.sensors import SensorWorld
+
+if TYPE_CHECKING:
+    from edge_agent.bundle.loader import Bundle
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +108,8 @@ def _verified(path: Path, cfg: GroupConfig, keys: TrustedKeys | None, what: str)
             "(edge-agent-host keygen / sign)",
             path=None,
         )
+    from edge_agent.bundle.loader import load_bundle  # noqa: PLC0415 - pydantic, for bundles only
+
     bundle = load_bundle(path, trusted_keys=keys, require_signature=True)
     logger.info(
         "group %s: %s bundle %s %s (kind %s, sha256 %s, %s)",
@@ -137,9 +143,8 @@ def _settings(bundle: Bundle, cfg: GroupConfig) -> AifSettings:
     spec = bundle.manifest.aif
     own = spec.settings if spec is not None else {}
     try:
-        return AifSettings(
-            **{**own, **cfg.settings.model_dump(include=cfg.settings.model_fields_set)}
-        )
+        explicit = {name: getattr(cfg.settings, name) for name in cfg.settings.given}
+        return dataclasses.replace(settings_from_json(own), **explicit)
     except ValueError as err:
         raise BundleError(f"{bundle.path}: invalid agent settings: {err}") from err
 

@@ -21,6 +21,7 @@ what they will reserve, before anything is allocated. Nothing here imports the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ import numpy as np
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import NeuralSpec
 from edge_agent.config.daemon import (
     BuiltinModel,
     BundleModel,
@@ -50,6 +50,7 @@ from edge_agent.sim import World
 from edge_agent.sim.registry import make_env
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled (or an MQTT source, sink)
+    from edge_agent.bundle.loader import NeuralSpec
     from edge_agent.coordination.runtime import CoordinationRuntime
     from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer
 
@@ -259,7 +260,7 @@ def describe_model(cfg: GroupConfig) -> str:
 
 def model_spec_key(cfg: GroupConfig) -> str:
     """The config's model of a group as canonical JSON (what a deployment overlays)."""
-    return json.dumps(cfg.model.model_dump(mode="json"), sort_keys=True)
+    return json.dumps(dataclasses.asdict(cfg.model), sort_keys=True, default=str)
 
 
 def world_name(cfg: GroupConfig) -> str:
@@ -280,7 +281,7 @@ def with_bundle(cfg: GroupConfig, path: Path) -> GroupConfig:
     update: dict[str, Any] = {"model": BundleModel(type="bundle", path=path)}
     if isinstance(cfg.source, SimSource) and cfg.source.world is None:
         update["source"] = SimSource(type="sim", world=world_name(cfg))
-    return cfg.model_copy(update=update)
+    return dataclasses.replace(cfg, **update)
 
 
 # -- building agents ---------------------------------------------------------------------------

@@ -45,10 +45,10 @@ from edge_agent.config.daemon import (
     ConfigFile,
     DaemonConfig,
     LogSink,
-    default_config,
-    read_config,
+    expand_path,
     resolve_profile,
 )
+from edge_agent.config.isolated import read_config_isolated
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import TomlDocument
 from edge_agent.core.agents import AifAgentGroup
@@ -358,8 +358,11 @@ class Daemon:
     def _shared_state_note(self) -> str:
         """For the demo in its default state directory (one per user, not per checkout), a note
         that says so and how to get a separate one; else empty."""
-        if self.config_path is not None or self.state_dir != default_config().daemon.state_dir:
+        if self.config_path is not None:
             return ""
+        named = self.source.document.data.get("daemon", {}).get("state_dir")
+        if not isinstance(named, str) or expand_path(named) != self.state_dir:
+            return ""  # --state-dir, or a config built in code
         return (
             "; the demo's state_dir is shared by every checkout and run of this user "
             "(--state-dir DIR for a separate one)"
@@ -582,7 +585,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             # Plan against a fresh budget first: nothing is allocated unless the plan fits.
-            source = read_config(self.config_path)
+            source = read_config_isolated(self.config_path)
             new_config = source.config
             profile, budget, groups = self._admit(source)
         except EdgeAgentError as err:

@@ -11,6 +11,7 @@ file in its place is moved aside.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -90,7 +91,8 @@ def status_path(config: DaemonConfig) -> Path:
 
 
 def config_digest(config: DaemonConfig) -> str:
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def status(d: StatusView) -> dict[str, Any]:

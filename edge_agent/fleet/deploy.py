@@ -64,6 +64,7 @@ state in memory is used.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -75,16 +76,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file, write_atomic
 from edge_agent.recovery import StateHealth
+from edge_agent.strict import Record, Rule, from_json
 
 if TYPE_CHECKING:  # the wire models: imported by the command handlers, with [mqtt] only
     from edge_agent.fleet.commands import ChunkArgs, DeployArgs
@@ -139,25 +138,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 # ------------------------------------------------------------------------------------- overlay
-class OverlayEntry(_Record):
+class OverlayEntry(Record):
     """One deployed bundle: what a group runs instead of its configured model."""
 
-    path: str = Field(description="the staged bundle file")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="bundle identity")
+    path: Annotated[str, Rule(description="the staged bundle file")]
+    sha256: Annotated[str, Rule(pattern=r"^[0-9a-f]{64}$", description="bundle identity")]
     name: str = ""
     version: str = ""
-    config_model: str = Field(description="the config's model of the group when deployed (JSON)")
+    config_model: Annotated[
+        str, Rule(description="the config's model of the group when deployed (JSON)")
+    ]
     deployed_at: float = 0.0
 
 
-class _OverlayFile(_Record):
+class _OverlayFile(Record):
     version: int = 1
-    groups: dict[str, OverlayEntry] = Field(default_factory=dict)
+    groups: dict[str, OverlayEntry] = field(default_factory=dict)
 
 
 class Overlay:
@@ -180,11 +177,11 @@ class Overlay:
         if not reason:
             try:
                 raw = _read_json(self.path)
-                data = _OverlayFile.model_validate(raw) if raw is not None else _OverlayFile()
+                data = from_json(_OverlayFile, raw) if raw is not None else _OverlayFile()
             except OSError as err:
                 self.load_error = f"{self.path}: unreadable, deployed bundles are ignored: {err}"
                 self.health.storage_error("overlay", err, f"read {self.path}")
-            except (ValueError, ValidationError) as err:
+            except ValueError as err:
                 reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
         if reason:
             self.load_error = f"{self.path}: damaged, deployed bundles are ignored: {reason}"
@@ -195,7 +192,7 @@ class Overlay:
 
     def save(self) -> None:
         doc = _OverlayFile(groups=self.entries)
-        write_json_atomic(self.path, doc.model_dump(mode="json"))
+        write_json_atomic(self.path, dataclasses.asdict(doc))
 
     def get(self, group: str) -> OverlayEntry | None:
         return self.entries.get(group)
@@ -227,7 +224,7 @@ class Phase(StrEnum):
 ACTIVE_PHASES: Final = frozenset({Phase.RECEIVING, Phase.VERIFYING, Phase.WATCHING})
 
 
-class JournalRecord(_Record):
+class JournalRecord(Record):
     """``bundles/deploy.json``: the current or last deployment."""
 
     version: int = 1
@@ -241,7 +238,9 @@ class JournalRecord(_Record):
     health_timeout_s: float
     transfer_timeout_s: float
     watch_timeout_s: float = 120.0
-    nonce: str = Field(description="hex nonce of the latest deploy command: results answer it")
+    nonce: Annotated[
+        str, Rule(description="hex nonce of the latest deploy command: results answer it")
+    ]
     phase: Phase
     started_at: float
     updated_at: float
@@ -360,11 +359,11 @@ class DeployManager:
         if not reason:
             try:
                 raw = _read_json(path)
-                return JournalRecord.model_validate(raw) if raw is not None else None
+                return from_json(JournalRecord, raw) if raw is not None else None
             except OSError as err:
                 self.health.storage_error("journal", err, f"read {path}")
                 return None
-            except (ValueError, ValidationError) as err:
+            except ValueError as err:
                 reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
         self.health.move_aside("journal", path, f"{reason}; no deployment is in progress")
         return None
@@ -404,7 +403,7 @@ class DeployManager:
                 transfer_timeout_s=rec.transfer_timeout_s,
                 watch_timeout_s=rec.watch_timeout_s,
             )
-        except (OSError, ValidationError) as err:
+        except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
             self.counters["discarded"] += 1
             self._fail(
                 "transfer", f"the daemon restarted and the partial transfer is unusable: {err}"
@@ -492,8 +491,11 @@ class DeployManager:
                     {"phase": rec.phase.value, "group": rec.group, "sha256": rec.sha256},
                 )
             now = self._clock()
-            update = {"nonce": nonce.hex(), "updated_at": now, "broadcast": args.broadcast}
-            self._save(rec.model_copy(update=update))
+            self._save(
+                dataclasses.replace(
+                    rec, nonce=nonce.hex(), updated_at=now, broadcast=args.broadcast
+                )
+            )
             self.counters["resumed"] += 1
             return Outcome(ResultCode.ACCEPTED, f"resuming ({rec.phase.value})", self._progress())
         if self._current_sha(args.group) == args.sha256:
@@ -527,7 +529,7 @@ class DeployManager:
         staged = self.dir / f"{args.sha256}.tar"
         self.counters["started"] += 1
         if staged.is_file():  # already here (e.g. deployed to another group): no transfer
-            self._save(rec.model_copy(update={"phase": Phase.VERIFYING}))
+            self._save(dataclasses.replace(rec, phase=Phase.VERIFYING))
             self._start_worker(self.journal, staged)  # type: ignore[arg-type]  # just saved
             return Outcome(
                 ResultCode.ACCEPTED, "bundle already staged; verifying", self._progress()
@@ -629,7 +631,7 @@ class DeployManager:
             os.fsync(tr.fd)
             os.close(tr.fd)
             tr.fd = None
-        self._save(rec.model_copy(update={"phase": Phase.VERIFYING, "updated_at": self._clock()}))
+        self._save(dataclasses.replace(rec, phase=Phase.VERIFYING, updated_at=self._clock()))
         self._hashes_path(rec.sha256).unlink(missing_ok=True)  # only a transfer needs them
         self._report(
             None, None, f"received {rec.sha256[:12]} ({rec.size} bytes); verifying", event="deploy"
@@ -692,6 +694,8 @@ class DeployManager:
                     f"{rec.file_sha256[:12]}"
                 )
         try:
+            from edge_agent.bundle.loader import load_bundle  # noqa: PLC0415 - pydantic
+
             bundle = load_bundle(source, trusted_keys=self.bundle_keys, require_signature=True)
         except EdgeAgentError as err:
             raise EdgeAgentError(f"verify: {err}") from err
@@ -749,8 +753,8 @@ class DeployManager:
         assert rec is not None
         previous = self.overlay.get(rec.group)
         self._save(
-            rec.model_copy(
-                update={"phase": Phase.WATCHING, "previous": previous, "updated_at": self._clock()}
+            dataclasses.replace(
+                rec, phase=Phase.WATCHING, previous=previous, updated_at=self._clock()
             )
         )
         self.overlay.restore(
@@ -856,7 +860,7 @@ class DeployManager:
         return self.incoming / f"{sha}.hashes"
 
     def _save(self, rec: JournalRecord) -> None:
-        write_json_atomic(self.journal_path, rec.model_dump(mode="json"))
+        write_json_atomic(self.journal_path, dataclasses.asdict(rec))
         self.journal = rec
 
     def _report(
@@ -888,7 +892,7 @@ class DeployManager:
         if tr is not None and tr.fd is not None:
             os.close(tr.fd)
         self._transfer = None
-        self._save(rec.model_copy(update={"phase": phase, "detail": detail[:512]}))
+        self._save(dataclasses.replace(rec, phase=phase, detail=detail[:512]))
         log = logger.info if code is ResultCode.OK else logger.error
         log("deployment of %s to group %s: %s", rec.sha256[:12], rec.group, detail)
         try:

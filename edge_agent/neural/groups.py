@@ -33,16 +33,18 @@ import hashlib
 import logging
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.bundle.loader import Bundle, NeuralSpec, TensorSpec
 from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.core.history import HistoryRing
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
+
+if TYPE_CHECKING:
+    from edge_agent.bundle.loader import Bundle, NeuralSpec, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -330,9 +332,7 @@ class NeuralAgentGroup:
         old = self.n_agents
         keep = min(old, n_agents)
         if old == 0:
-            self.history = HistoryRing(
-                n_agents, self.history_capacity, self._fields, max_window=0
-            )
+            self.history = HistoryRing(n_agents, self.history_capacity, self._fields, max_window=0)
             filled = np.zeros(n_agents, dtype=np.int64)
         else:
             self.history.resize_agents(n_agents)

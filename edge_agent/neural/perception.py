@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from edge_agent.aif.quant import SCHEME, QuantizedModel
-from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import Bundle
+from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.core.agents import AifAgentGroup, Precision
 from edge_agent.core.budget import MemoryBudget
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.groups import NeuralAgentGroup
+
+if TYPE_CHECKING:
+    from edge_agent.bundle.loader import Bundle
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +260,7 @@ class PerceptionAifGroup:
                 f"{bundle.path}: unknown quantization scheme {manifest.aif.quant_scheme!r}"
             )
         try:
-            agent_settings = settings or AifSettings(**manifest.aif.settings)
+            agent_settings = settings or settings_from_json(manifest.aif.settings)
         except ValueError as err:
             raise BundleError(f"{bundle.path}: invalid agent settings: {err}") from err
         model = QuantizedModel.from_arrays(bundle.aif_arrays())

@@ -39,7 +39,7 @@ from broker import MosquittoBroker, free_port
 
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import SCHEME, quantize_model
-from edge_agent.aif.settings import AifSettings
+from edge_agent.aif.settings import AifSettings, settings_to_json
 from edge_agent.bundle.signing import load_private_key
 from edge_agent.bundle.writer import sign_bundle, write_bundle
 from edge_agent.coordination import fusion
@@ -429,7 +429,7 @@ def static_bundle(out: Path, num_states: int, accuracy: float) -> Path:
             "num_states": q.num_states,
             "num_controls": q.num_controls,
             "quant_scheme": SCHEME,
-            "settings": AifSettings().model_dump(),
+            "settings": settings_to_json(AifSettings()),
             "arrays": {name: f"aif/{name}.npy" for name in q.to_arrays()},
         },
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.aif.quant import SCHEME, quantize_model
-from edge_agent.aif.settings import AifSettings
+from edge_agent.aif.settings import AifSettings, settings_to_json
 from edge_agent.bundle.signing import load_private_key
 from edge_agent.bundle.writer import sign_bundle, write_bundle
 from edge_agent.sim.registry import builtin_model
@@ -35,7 +35,7 @@ def make_bundle(out: Path, key: Path | None, *, policy_len: int = 1) -> Path:
             "num_states": q.num_states,
             "num_controls": q.num_controls,
             "quant_scheme": SCHEME,
-            "settings": AifSettings(policy_len=policy_len).model_dump(),
+            "settings": settings_to_json(AifSettings(policy_len=policy_len)),
             "arrays": {name: f"aif/{name}.npy" for name in q.to_arrays()},
         },
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tomllib
@@ -12,7 +13,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from edge_agent.config.daemon import (
     BuiltinModel,
@@ -153,9 +153,9 @@ def test_environment_reference_in_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_config_is_frozen() -> None:
     config = parse_config(MINIMAL)
-    with pytest.raises(ValidationError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.daemon.profile = "x86-dev"  # type: ignore[misc]
-    with pytest.raises(ValidationError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.groups[0].count = 5  # type: ignore[misc]
 
 
@@ -439,18 +439,31 @@ def test_check_config_reports_a_too_slow_tick(
 # ------------------------------------------------------------------------- admit: the one check
 #: config file -> (line, field, start of the problem) of the first line ``admit`` refuses it with.
 REFUSED = {
-    "slow_tick": (3, "daemon.tick_hz", "0.01 Hz is too slow for the 30 s watchdog of profile "
-                  "'pi-zero-2w' (a throttled tick takes 200 s)"),
+    "slow_tick": (
+        3,
+        "daemon.tick_hz",
+        "0.01 Hz is too slow for the 30 s watchdog of profile "
+        "'pi-zero-2w' (a throttled tick takes 200 s)",
+    ),
     "unknown_profile": (2, "daemon.profile", "unknown firmware profile 'pi9-64gb'; known: auto, "),
     "unknown_model": (12, "groups[0].model.name", "unknown built-in model 'grid11'; known: "),
     "unknown_world": (12, "groups[0].source.world", "unknown built-in world 'maze'; known: "),
-    "too_many_agents": (14, "groups[1].count", "brings the total to 6000 agents, over "
-                        "max_agents 4000 of profile 'pi-zero-2w'"),
+    "too_many_agents": (
+        14,
+        "groups[1].count",
+        "brings the total to 6000 agents, over max_agents 4000 of profile 'pi-zero-2w'",
+    ),
     "over_budget": (14, "groups[1].count", "agents "),
-    "no_trusted_keys_dir": (3, "daemon.trusted_keys_dir", f"{CONFIGS / 'no-such-keys'}: trusted "
-                            "key directory does not exist"),
-    "no_password_file": (14, "mqtt.password_file", f"{CONFIGS / 'no-such.password'}: cannot "
-                         "read: "),
+    "no_trusted_keys_dir": (
+        3,
+        "daemon.trusted_keys_dir",
+        f"{CONFIGS / 'no-such-keys'}: trusted key directory does not exist",
+    ),
+    "no_password_file": (
+        14,
+        "mqtt.password_file",
+        f"{CONFIGS / 'no-such.password'}: cannot read: ",
+    ),
 }
 
 
@@ -523,18 +536,26 @@ def test_expand_path() -> None:
         expand_path("${B}/x", environ=env)
 
 
-def test_models_built_in_code_use_lax_mode() -> None:
+def test_records_built_in_code_are_checked_without_pydantic() -> None:
     group = GroupConfig(
         name="g",
-        model={"type": "builtin", "name": "grid10"},
+        model=BuiltinModel(type="builtin", name="grid10"),
         count=3,
-        source={"type": "sim"},
-        sink={"type": "log"},
+        source=SimSource(type="sim"),
+        sink=LogSink(type="log"),
     )
-    config = DaemonConfig(groups=[group])
+    config = DaemonConfig(groups=(group,))
     assert config.groups == (group,)
-    with pytest.raises(ValidationError, match="duplicate group name 'g'"):
+    with pytest.raises(ValueError, match=re.escape("groups[1].name: duplicate group name 'g'")):
         DaemonConfig(groups=(group, group))
+    with pytest.raises(ValueError, match="count: must be >= 1, got 0"):
+        dataclasses.replace(group, count=0)
+    with pytest.raises(ValueError, match="unknown built-in model 'nope'"):
+        BuiltinModel(type="builtin", name="nope")
+    with pytest.raises(ValueError, match=re.escape("sink.type: a 'sim' sink acts on")):
+        dataclasses.replace(
+            group, source=MqttSource(type="mqtt", topic="a/+"), sink=SimSink(type="sim")
+        )
 
 
 # --------------------------------------------------------------------------------- the locator

@@ -12,7 +12,7 @@ import pytest
 from edge_agent.aif.model import GenerativeModel, save_npz
 from edge_agent.aif.quant import SCHEME, QuantizedModel, quantize_model
 from edge_agent.aif.reference import ReferenceAgent
-from edge_agent.aif.settings import AifSettings
+from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.core.agents import AifAgentGroup
@@ -127,7 +127,7 @@ def test_pymdp_agents_are_read_by_duck_typing(tmp_path: Path) -> None:
     assert report.bundle is not None
     bundle = load_bundle(tmp_path / "pymdp", trusted_keys=None, require_signature=False)
     assert bundle.manifest.aif is not None
-    assert AifSettings(**bundle.manifest.aif.settings) == settings
+    assert settings_from_json(bundle.manifest.aif.settings) == settings
     with pytest.raises(ModelError, match=r"needs .A and .B"):
         model_from_pymdp(SimpleNamespace(A=agent.A))
     with pytest.raises(ModelError, match=r"settings not supported"):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge_agent.aif.quant import SCHEME, quantize_model
-from edge_agent.aif.settings import AifSettings
+from edge_agent.aif.settings import AifSettings, settings_to_json
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys, load_private_key
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
@@ -46,7 +46,7 @@ def bundle_tar(tmp: Path, key: Path, *, world: str = "grid10", policy_len: int =
             "num_states": q.num_states,
             "num_controls": q.num_controls,
             "quant_scheme": SCHEME,
-            "settings": AifSettings(policy_len=policy_len).model_dump(),
+            "settings": settings_to_json(AifSettings(policy_len=policy_len)),
             "arrays": {k: f"aif/{k}.npy" for k in q.to_arrays()},
         },
     )

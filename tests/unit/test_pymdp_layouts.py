@@ -16,6 +16,7 @@ The documented snippets of docs/host-tool.md "Making the model file" run here ve
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -229,8 +230,8 @@ def test_pymdp_1x_settings_reproduce_its_fixed_point_iteration() -> None:
     obs = np.array([[2, 1], [0, 4], [3, 0]])
     expected = [pymdp_1x_fpi(sparse_A, deps, list(o), list(model.D), 6) for o in obs]
     worst = {}
-    for name, s in (("1.x settings", settings), ("dF_tol 1e-3", settings.model_copy(
-            update={"dF_tol": 1e-3}))):
+    for name, s in (("1.x settings", settings), ("dF_tol 1e-3", dataclasses.replace(
+            settings, dF_tol=1e-3))):
         group = AifAgentGroup(model, len(obs), settings=s, precision="float64")
         group.step(obs)
         worst[name] = max(

@@ -23,8 +23,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import ValidationError
-
 from edge_agent import __version__
 from edge_agent.aif.settings import AifSettings
 from edge_agent.bundle.loader import Bundle, load_bundle
@@ -430,9 +428,8 @@ def _aif_settings(args: argparse.Namespace) -> AifSettings:
         return AifSettings(
             policy_len=args.policy_len, gamma=args.gamma, action_selection=args.action_selection
         )
-    except ValidationError as err:
-        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in err.errors())
-        raise InputError(f"invalid agent settings: {problems}") from err
+    except ValueError as err:  # RecordError: "field: problem; ..."
+        raise InputError(f"invalid agent settings: {err}") from err
 
 
 #: What ``convert KIND`` imports from the host extra (any one module of each tuple will do).

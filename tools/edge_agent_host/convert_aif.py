@@ -40,7 +40,7 @@ from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel, load_npz
 from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.quant import SCHEME, QuantizedModel, quantize_model
-from edge_agent.aif.settings import AifSettings
+from edge_agent.aif.settings import AifSettings, settings_from_json, settings_to_json
 from edge_agent.bundle.loader import AifSpec
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError, ModelError
@@ -328,7 +328,7 @@ def settings_from_pymdp(agent: object) -> AifSettings:
     if _pymdp_batch(agent) is not None:  # pymdp 1.x runs exactly num_iter updates, no dF stop
         values["dF_tol"] = 0.0
     try:
-        settings = AifSettings(**values)
+        settings = settings_from_json(values)
     except ValueError as err:
         raise ModelError(f"pymdp agent: settings not supported: {err}") from err
     _refuse_unsupported_pymdp(agent, settings)
@@ -480,7 +480,7 @@ def aif_spec(quantized: QuantizedModel, settings: AifSettings, names: dict[str, 
         num_states=quantized.num_states,
         num_controls=quantized.num_controls,
         quant_scheme=SCHEME,
-        settings=settings.model_dump(mode="json"),
+        settings=settings_to_json(settings),
         arrays=names,
     )
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.bundle.loader import TensorSpec
 from edge_agent.errors import InputError, ModelError
+
+if TYPE_CHECKING:
+    from edge_agent.bundle.loader import TensorSpec
 
 __all__ = [
     "FloatArray",

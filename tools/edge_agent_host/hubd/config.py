@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
-from edge_agent.config.daemon import MqttTls, expand_path
+from edge_agent.config.daemon import MqttTls, path_from_document
 from edge_agent.config.toml_lines import Problem, TomlDocument, raise_problems, validate_toml
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.names import NAME_PATTERN
-from edge_agent.strict import StrictModel
+from edge_agent_host.hubd.strict import StrictModel
 
 __all__ = [
     "DatabaseSpec",
@@ -50,18 +49,10 @@ _SHARE_GROUP = r"^$|^[A-Za-z0-9_-]{1,64}$"
 _DAY = 86400.0
 
 
-def _path(value: object, info: ValidationInfo, *, optional: bool) -> Path | None:
-    """Before-validator body of every path field (``~``, ``${VAR}``, relative to the file)."""
-    if isinstance(value, Path):
-        value = str(value)
-    if not isinstance(value, str):
-        raise PydanticCustomError("string_type", "Input should be a valid string")
-    if not value:
-        if optional:
-            return None
-        raise ValueError("must not be empty")
-    base = (info.context or {}).get("base_dir")
-    return expand_path(value, Path(base) if base is not None else None)
+def _path(value: object, info: ValidationInfo, *, optional: bool) -> str | None:
+    """Before-validator body of every path field (``~``, ``${VAR}``, relative to the file): the
+    daemon's own, as text that the field's type then takes as a Path."""
+    return path_from_document(value, info.context or {}, optional=optional)
 
 
 # --------------------------------------------------------------------------------------- [hub]
@@ -103,12 +94,12 @@ class HubSection(StrictModel):
 
     @field_validator("state_dir", mode="before")
     @classmethod
-    def _required_path(cls, value: object, info: ValidationInfo) -> Path | None:
+    def _required_path(cls, value: object, info: ValidationInfo) -> str | None:
         return _path(value, info, optional=False)
 
     @field_validator("status_file", "prometheus_textfile", mode="before")
     @classmethod
-    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+    def _optional_path(cls, value: object, info: ValidationInfo) -> str | None:
         return _path(value, info, optional=True)
 
     @field_validator("prometheus_textfile")
@@ -171,7 +162,7 @@ class HubMqtt(StrictModel):
 
     @field_validator("password_file", "hub_keys_dir", mode="before")
     @classmethod
-    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+    def _optional_path(cls, value: object, info: ValidationInfo) -> str | None:
         return _path(value, info, optional=True)
 
     @model_validator(mode="after")
@@ -212,7 +203,7 @@ class SqliteDatabase(_DatabaseBase):
 
     @field_validator("path", mode="before")
     @classmethod
-    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+    def _optional_path(cls, value: object, info: ValidationInfo) -> str | None:
         return _path(value, info, optional=True)
 
 
@@ -247,7 +238,7 @@ class PostgresDatabase(_DatabaseBase):
 
     @field_validator("password_file", "sslrootcert", mode="before")
     @classmethod
-    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+    def _optional_path(cls, value: object, info: ValidationInfo) -> str | None:
         return _path(value, info, optional=True)
 
 
@@ -369,7 +360,7 @@ class RolloutsSection(StrictModel):
 
     @field_validator("key_file", mode="before")
     @classmethod
-    def _optional_path(cls, value: object, info: ValidationInfo) -> Path | None:
+    def _optional_path(cls, value: object, info: ValidationInfo) -> str | None:
         return _path(value, info, optional=True)
 
 

@@ -12,8 +12,8 @@ from typing import Any, Final
 from pydantic import Field
 
 from edge_agent.fleet.names import NAME_PATTERN
-from edge_agent.strict import StrictModel
 from edge_agent_host.hub.errors import HubError
+from edge_agent_host.hubd.strict import StrictModel
 
 __all__ = [
     "ACTIVE",
