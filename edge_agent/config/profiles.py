@@ -32,8 +32,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import psutil
-
 from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.errors import ConfigError
 from edge_agent.strict import Check, Loc, Problem, Record, Rule, raise_problems
@@ -524,7 +522,7 @@ class DeviceFacts:
 
 
 def read_device_facts(model_paths: Sequence[Path] = DEVICE_TREE_MODEL_PATHS) -> DeviceFacts:
-    """Read the device-tree model, total memory (psutil) and CPU architecture of this machine."""
+    """Read the device-tree model, total memory and CPU architecture of this machine."""
     model: str | None = None
     for candidate in model_paths:
         try:
@@ -534,10 +532,22 @@ def read_device_facts(model_paths: Sequence[Path] = DEVICE_TREE_MODEL_PATHS) -> 
         model = raw.rstrip(b"\0\n ").decode("utf-8", "replace") or None
         break
     return DeviceFacts(
-        device_tree_model=model,
-        mem_total_bytes=int(psutil.virtual_memory().total),
-        machine=platform.machine(),
+        device_tree_model=model, mem_total_bytes=_mem_total_bytes(), machine=platform.machine()
     )
+
+
+def _mem_total_bytes() -> int:
+    """MemTotal: from ``/proc/meminfo`` where there is one (psutil, which the daemon then does
+    not load, costs 2 MB), else psutil's."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    import psutil  # noqa: PLC0415 - where there is no /proc
+
+    return int(psutil.virtual_memory().total)
 
 
 def detect_profile(

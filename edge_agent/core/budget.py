@@ -15,23 +15,29 @@ groups) are reference-counted: the bytes are counted on the first reserve and fr
 release. A request that does not fit raises :class:`~edge_agent.errors.BudgetError` saying what was
 asked, what is used and left, the budget and profile, and what to change.
 
-:class:`RssSampler` reads the process's resident set size with psutil; the daemon compares it with
-the budget's soft limit and degrades (shrinks histories, then pauses low-priority groups) instead of
-running out of memory. See ``docs/memory.md``.
+:class:`RssSampler` reads the process's resident set size (``/proc``, else psutil); the daemon
+compares it with the budget's soft limit and degrades (shrinks histories, then pauses
+low-priority groups) instead of running out of memory. See ``docs/memory.md``.
 """
 
 from __future__ import annotations
 
 import operator
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
-from typing import Any, SupportsIndex
-
-import psutil
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from edge_agent.errors import BudgetError, EdgeAgentError, InputError
+
+if TYPE_CHECKING:
+    import psutil
+
+_STATM = Path("/proc/self/statm")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 __all__ = [
     "BASE_KIND",
@@ -484,27 +490,49 @@ class MemoryBudget:
 
 
 class RssSampler:
-    """Samples the resident set size of a process (default: this one) with psutil.
+    """Samples the resident set size of a process (default: this one).
 
     RSS, not USS: it is what the kernel's OOM killer and ``systemd`` ``MemoryMax`` look at, and it
     is cheap to read. ``peak`` is the largest value this sampler has seen, not the kernel's
-    high-water mark.
+    high-water mark. This process's RSS is read from ``/proc/self/statm`` where there is one
+    (psutil, which the daemon then does not load, costs 2 MB); ``process`` (a psutil Process)
+    samples another one.
     """
 
     def __init__(self, process: psutil.Process | None = None) -> None:
-        self._process = process if process is not None else psutil.Process()
+        self._process = process
+        if process is None and not _STATM.is_file():
+            import psutil  # noqa: PLC0415 - where there is no /proc
+
+            self._process = psutil.Process()
         self._last: int | None = None
         self._peak = 0
 
     def sample(self) -> int:
         """Read the RSS now, in bytes, and update ``last`` and ``peak``."""
-        try:
-            rss = int(self._process.memory_info().rss)
-        except psutil.Error as err:
-            raise EdgeAgentError(f"cannot read the RSS of pid {self._process.pid}: {err}") from err
+        rss = self._own_rss() if self._process is None else self._process_rss(self._process)
         self._last = rss
         self._peak = max(self._peak, rss)
         return rss
+
+    @staticmethod
+    def _own_rss() -> int:
+        try:
+            resident_pages = int(_STATM.read_bytes().split()[1])
+        except (OSError, IndexError, ValueError) as err:
+            raise EdgeAgentError(
+                f"cannot read the RSS of this process from {_STATM}: {err}"
+            ) from err
+        return resident_pages * _PAGE_SIZE
+
+    @staticmethod
+    def _process_rss(process: psutil.Process) -> int:
+        import psutil  # noqa: PLC0415 - another process: psutil
+
+        try:
+            return int(process.memory_info().rss)
+        except psutil.Error as err:
+            raise EdgeAgentError(f"cannot read the RSS of pid {process.pid}: {err}") from err
 
     @property
     def last(self) -> int | None:
