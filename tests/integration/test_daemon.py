@@ -199,6 +199,10 @@ def test_ready_watchdog_status_and_clean_stop(env: tuple[Path, Path, NotifySocke
             == status["budget"]["total_bytes"]
         )
         assert status["rss_bytes"] > 10_000_000
+        # The config was validated in a child process: pydantic is not even mapped here.
+        maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+        assert "pydantic" not in maps
+        assert "numpy" in maps  # the check reads the right process
         # The CLI's view of the same file
         view = read_status(state / "status.json")
         assert view["stale"] is False
