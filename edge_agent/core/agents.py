@@ -834,6 +834,11 @@ class AifAgentGroup:
         )
         return self._workers.count
 
+    @property
+    def workers_restarts(self) -> int:
+        """How often the workers were forked again after one died or failed."""
+        return 0 if self._workers is None else self._workers.restarts
+
     def workers_rss_bytes(self) -> int:
         """What the workers hold that this process does not (their unique resident pages)."""
         return 0 if self._workers is None else self._workers.rss_bytes()

@@ -29,23 +29,35 @@ same as the caller's) and, by reference counting, some pages of the Python heap;
 budget reserves the scratch per worker, and :meth:`rss_bytes` reports what the workers really
 hold (their unique pages: ``USS``).
 
-A worker that dies or fails stops all of them: the caller steps every block itself from then on
-(the tick that failed is completed by the caller: the block the failed worker was stepping, not
-marked done, is stepped again from whatever state it left) and :attr:`failure` says why.
-Workers exit when the caller closes them, or when the caller dies (their pipe closes).
+A worker that dies or fails stops all of them: the caller completes the tick (the block the
+failed worker was stepping, not marked done, is stepped again from whatever state it left),
+:attr:`failure` says why, and the caller steps every block itself until the workers are forked
+again, :data:`RESTART_AFTER_S` later (doubling after each failure up to
+:data:`RESTART_AFTER_MAX_S`, back to the start after :data:`HEALTHY_TICKS` good ticks);
+:attr:`restarts` counts the restarts. Workers exit when the caller closes them, or when the
+caller dies (their pipe closes).
+
+The objects the caller holds when it forks are frozen out of the collector's reach
+(``gc.freeze``), so that a collection does not copy the whole heap into every worker; while no
+workers run anywhere in the process, they are unfrozen again, so that garbage made of them is
+collected as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import logging
 import mmap
 import os
 import select
 import signal
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -56,6 +68,32 @@ logger = logging.getLogger(__name__)
 _STEP, _STEP_RECORD, _QUIT, _OK, _FAILED = b"s", b"r", b"q", b"k", b"e"
 #: Block indices travel as two bytes, and a tick's indices in one atomic pipe write.
 _MAX_BLOCKS = min(select.PIPE_BUF // 2, 65535)
+#: Seconds after a failure before the workers are forked again; doubles after each failure.
+RESTART_AFTER_S: Final = 1.0
+RESTART_AFTER_MAX_S: Final = 300.0
+#: Good ticks with workers after which the next failure waits RESTART_AFTER_S again.
+HEALTHY_TICKS: Final = 1000
+
+
+class _Heap:
+    """The frozen heap: how many BlockWorkers of this process have workers (see the module
+    docstring)."""
+
+    holders = 0
+
+    @classmethod
+    def freeze(cls) -> None:
+        """Before a fork: collect the garbage, freeze what is left."""
+        gc.collect()
+        gc.freeze()
+        cls.holders += 1
+
+    @classmethod
+    def thaw(cls) -> None:
+        """After workers stopped: unfreeze once no workers run anywhere in the process."""
+        cls.holders -= 1
+        if cls.holders == 0:
+            gc.unfreeze()
 
 
 def shared_copy(arr: np.ndarray) -> np.ndarray:
@@ -75,6 +113,26 @@ class _Worker:
 
 StepBlock = Callable[[int, np.ndarray, bool], None]
 """``step_block(index, obs, record)``: one block's tick on the group's (shared) arrays."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _weakly(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``fn``, holding its object weakly if it is a bound method."""
+    if not inspect.ismethod(fn):
+        return fn
+    ref = weakref.WeakMethod(fn)
+
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        method = ref()
+        if method is None:
+            raise ReferenceError("the group these workers step is gone")
+        result: _R = method(*args, **kwargs)
+        return result
+
+    return call
 
 
 class BlockWorkers:
@@ -103,32 +161,44 @@ class BlockWorkers:
         if num_blocks > _MAX_BLOCKS:
             raise ValueError(f"at most {_MAX_BLOCKS} blocks, got {num_blocks}")
         self.name = name
-        self._after_fork = after_fork
+        # Held weakly: the group holds these workers, so strong references back would make a
+        # cycle, and a group in a cycle that the heap's freeze hides from the collector would
+        # keep its workers until the process ends. Dropped, the group frees them (``__del__``).
+        self._after_fork = _weakly(after_fork) if after_fork is not None else None
         self._all = range(num_blocks)
         self._indices = np.arange(num_blocks, dtype="<u2").tobytes()
         self.obs = shared_copy(np.zeros(obs_shape, dtype=np.int64))
         self._done = shared_copy(np.zeros(max(num_blocks, 1), dtype=np.uint8))
-        self._step_block = step_block
-        self._set_rng, self._seed = set_rng, seed
+        self._step_block = _weakly(step_block)
+        self._set_rng = _weakly(set_rng) if set_rng is not None else None
+        self._seed = seed
         self._tick = shared_copy(np.zeros(1, dtype=np.int64))
         self.failure: str | None = None
+        self.restarts = 0
+        self._wanted = max(1, min(count, num_blocks))
+        self._restart_at: float | None = None
+        self._restart_after_s = RESTART_AFTER_S
+        self._good_ticks = 0
+        self._failed_now = False
         self._workers: list[_Worker] = []
         # The tick's work: every block's index, two bytes each, written at once (at most
         # PIPE_BUF bytes: atomic) and read two bytes at a time by whichever process is free.
         self._queue_r, self._queue_w = os.pipe()
         self._queue_open = True
         os.set_blocking(self._queue_r, False)
-        # Objects that exist now are moved out of the collector's reach: a collection in either
-        # process would write to every object's header and so copy the whole heap into the
-        # worker. Garbage is collected first, so that only live objects are frozen (a frozen
-        # object that later dies in a reference cycle is not reclaimed: the price of this).
-        gc.collect()
-        gc.freeze()
-        for _ in range(max(1, min(count, num_blocks)) - 1):
-            self._workers.append(self._fork())
-        if not self._workers:
+        if self._wanted == 1:
             self.close()  # one block, or one process asked for: the caller steps them all
-        elif self._after_fork is not None:
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        """Fork the workers. Objects that exist now are moved out of the collector's reach: a
+        collection in either process would write to every object's header and so copy the whole
+        heap into the worker. Garbage is collected first, so that only live objects are frozen."""
+        _Heap.freeze()
+        for _ in range(self._wanted - 1):
+            self._workers.append(self._fork())
+        if self._after_fork is not None:
             self._after_fork()
 
     # -- the caller's side ------------------------------------------------------------------------
@@ -150,11 +220,17 @@ class BlockWorkers:
         ``tick`` seeds the blocks' generators when actions are sampled."""
         np.copyto(self.obs, obs)
         self._tick[0] = tick
+        if self._restart_at is not None and time.monotonic() >= self._restart_at:
+            self._restart_at = None
+            self.restarts += 1
+            logger.info("%s: forking its workers again (restart %d)", self.name, self.restarts)
+            self._start()
         if not self._workers:
             for i in self._all:
                 self._run(i, record)
             return
         self._done.fill(0)
+        self._failed_now = False
         os.write(self._queue_w, self._indices)
         order = _STEP_RECORD if record else _STEP
         told: list[_Worker] = []
@@ -178,7 +254,14 @@ class BlockWorkers:
             self._drain(record)  # what no process took (a worker that could not be told)
             for i in np.flatnonzero(self._done[: len(self._all)] == 0).tolist():
                 self._run(i, record)  # what a failed worker took and did not finish
-            self.close()
+            self._stop()
+            self._restart_at = time.monotonic() + self._restart_after_s
+            self._restart_after_s = min(2 * self._restart_after_s, RESTART_AFTER_MAX_S)
+            self._good_ticks = 0
+        else:
+            self._good_ticks += 1
+            if self._good_ticks == HEALTHY_TICKS:
+                self._restart_after_s = RESTART_AFTER_S
 
     def _drain(self, record: bool) -> None:
         """Step blocks from the tick's queue until it is empty."""
@@ -192,14 +275,18 @@ class BlockWorkers:
             self._done[i] = 1
 
     def _fail(self, why: str) -> None:
-        if self.failure is None:
-            self.failure = why
-            logger.warning(
-                "%s: %s; its blocks and every other worker's are stepped by pid %d from now on",
-                self.name,
-                why,
-                os.getpid(),
-            )
+        """Note a worker's failure (once per failed tick: the first reason)."""
+        if self._failed_now:
+            return
+        self._failed_now = True
+        self.failure = why
+        logger.warning(
+            "%s: %s; pid %d steps every block for %.0f s, then forks the workers again",
+            self.name,
+            why,
+            os.getpid(),
+            self._restart_after_s,
+        )
 
     def _run(self, i: int, record: bool) -> None:
         if self._seed is not None and self._set_rng is not None:
@@ -207,7 +294,17 @@ class BlockWorkers:
         self._step_block(i, self.obs, record)
 
     def close(self) -> None:
-        """Stop the workers (the caller steps everything from now on)."""
+        """Stop the workers for good (the caller steps everything from now on)."""
+        self._restart_at = None
+        self._stop()
+        if self._queue_open:  # nothing is queued between ticks: the queue is no longer needed
+            self._queue_open = False
+            os.close(self._queue_r)
+            os.close(self._queue_w)
+        self.ranges = [self._all]  # the caller steps every block from now on
+
+    def _stop(self) -> None:
+        """Stop the workers (and wait for them to exit)."""
         workers, self._workers = self._workers, []
         for w in workers:
             with contextlib.suppress(OSError):
@@ -217,11 +314,8 @@ class BlockWorkers:
         for w in workers:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(w.pid, 0)
-        if self._queue_open:  # nothing is queued between ticks: the queue is no longer needed
-            self._queue_open = False
-            os.close(self._queue_r)
-            os.close(self._queue_w)
-        self.ranges = [self._all]  # the caller steps every block from now on
+        if workers:
+            _Heap.thaw()
 
     def rss_bytes(self) -> int:
         """Memory the workers hold that the caller does not (their unique set size, USS)."""

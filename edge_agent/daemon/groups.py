@@ -222,6 +222,7 @@ class GroupRuntime:
             "agents": a.n_agents,
             "workers": a.workers if isinstance(a, AifAgentGroup) else 1,
             "workers_rss_bytes": a.workers_rss_bytes() if isinstance(a, AifAgentGroup) else 0,
+            "workers_restarts": a.workers_restarts if isinstance(a, AifAgentGroup) else 0,
             "precision": a.precision,
             "priority": self.config.priority,
             "paused": self.paused,

@@ -67,7 +67,7 @@ def wait_gone(pids: list[int], timeout: float = 10) -> None:
     raise AssertionError(f"processes {alive} still running after {timeout} s")
 
 
-def test_workers_step_a_large_group_survive_a_killed_worker_and_leave_with_the_daemon(
+def test_workers_step_a_large_group_come_back_after_a_killed_worker_and_leave_with_the_daemon(
     tmp_path: Path,
 ) -> None:
     state, config = tmp_path / "state", tmp_path / "edge-agent.toml"
@@ -83,17 +83,24 @@ def test_workers_step_a_large_group_survive_a_killed_worker_and_leave_with_the_d
         children = workers_of(daemon.proc.pid)
         assert len(children) == 1, children
         status = wait_status(status_path, lambda s: group(s, "big")["workers_rss_bytes"] > 0)
-        # A worker killed: the daemon steps its blocks from the next tick on, and says so.
+        # A worker killed: the daemon steps its blocks itself, says so, and a second later forks
+        # the workers again.
         children[0].kill()
         steps = group(status, "big")["steps"]
         status = wait_status(
             status_path,
-            lambda s: group(s, "big")["workers"] == 1 and group(s, "big")["steps"] > steps + 10,
+            lambda s: group(s, "big")["workers_restarts"] == 1
+            and group(s, "big")["workers"] == 2
+            and group(s, "big")["steps"] > steps + 10,
         )
         assert status["state"] == "running"
         log = config.with_suffix(".log").read_text()
         assert "group 'big': worker" in log
-        assert "stepped by pid" in log
+        assert "steps every block for 1 s, then forks the workers again" in log
+        assert "forking its workers again (restart 1)" in log
+        again = workers_of(daemon.proc.pid)
+        assert len(again) == 1
+        assert again[0].pid != children[0].pid
         # A reload builds the group anew, with new workers.
         write_config(config, state, 2600)
         daemon.signal(signal.SIGHUP)

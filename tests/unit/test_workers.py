@@ -8,6 +8,7 @@ so the results are equal exactly, not only up to rounding.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -21,6 +22,7 @@ import pytest
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget
+from edge_agent.core.workers import RESTART_AFTER_S
 from edge_agent.sim.registry import make_env
 
 BLOCK = 64
@@ -153,7 +155,7 @@ def test_stochastic_actions_do_not_depend_on_the_number_of_workers() -> None:
     assert len(np.unique(a)) > 1
 
 
-def test_a_killed_worker_leaves_the_caller_stepping_every_block() -> None:
+def test_a_killed_worker_leaves_the_caller_stepping_every_block_until_a_restart() -> None:
     env, one, many = pair("grid10", 6 * BLOCK, 3)
     obs = env.reset()
     for _ in range(2):
@@ -179,6 +181,26 @@ def test_a_killed_worker_leaves_the_caller_stepping_every_block() -> None:
     assert str(victim) in workers.failure
     assert not workers.active
     assert workers.pids == []
+    assert gc.get_freeze_count() == 0  # no workers left in this process: the heap is thawed
+    # RESTART_AFTER_S later, the next tick forks the workers again; results stay the same.
+    deadline = time.monotonic() + RESTART_AFTER_S + 5
+    while time.monotonic() < deadline and not workers.active:  # bounded
+        time.sleep(0.05)
+        actions = one.step(obs).copy()
+        many.step(obs)
+        assert_same(one, many)
+        obs = env.step(actions)
+    assert workers.active
+    assert workers.restarts == 1
+    assert many.workers == 3
+    assert gc.get_freeze_count() > 0
+    for _ in range(3):
+        actions = one.step(obs).copy()
+        many.step(obs)
+        assert_same(one, many)
+        obs = env.step(actions)
+    many.stop_workers()
+    assert gc.get_freeze_count() == 0
 
 
 def test_workers_exit_with_their_group_and_the_budget_counts_their_scratch() -> None:
@@ -230,3 +252,19 @@ def test_workers_with_the_deep_planner_give_the_results_of_one_process(workload:
         many.step(obs)
         assert_same(one, many)
         obs = env.step(actions)
+
+
+def test_a_group_dropped_without_stopping_its_workers_ends_them() -> None:
+    env: Any = make_env("grid10", 4 * BLOCK, seed=2)
+    g = AifAgentGroup(env.model, 4 * BLOCK, block_size=BLOCK, name="dropped")
+    g.start_workers(2)
+    workers = g._workers
+    assert workers is not None
+    pids = workers.pids
+    g.step(env.reset())
+    assert gc.get_freeze_count() > 0
+    del g, workers  # no cycle holds the group: reference counting frees it and its workers
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    assert gc.get_freeze_count() == 0
