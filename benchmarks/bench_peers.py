@@ -1,4 +1,4 @@
-"""edge-agent against pymdp 0.0.7.1 and 1.0.4 (JAX) on the same closed loops (issue 15, item 1).
+"""edge-agent against pymdp 0.0.7.1 and 1.0.4 (JAX) on the same closed loops (issue 15, items 1-2).
 
 The peers are installed on demand into their own venvs, made with the interpreter this venv was
 made from, under ``${EDGE_AGENT_BENCH_CACHE:-.cache}/peers/``:
@@ -12,7 +12,8 @@ same workload file (the built-in model's A, B, C, D as float64, and the world's 
 builds ``N`` agents and drives the same seeded world (:mod:`peers.world`) with its own actions:
 the world samples observations from ``A`` given the true state, moves the state by ``B`` given
 the action, and starts episodes as ``edge_agent.sim`` does (grid10: respawn after the goal;
-T-maze: trials of 3 steps), resetting the agents' beliefs to ``D``. Settings: pymdp 0.0.7.1's
+T-maze: trials of 3 steps; grid2f, the two-factor grid of ``edge_agent.sim.grid2f``: trials of 5
+steps), resetting the agents' beliefs to ``D``. Settings: pymdp 0.0.7.1's
 ``Agent`` defaults everywhere (gamma 16, utility and state information gain, no parameter
 information gain, deterministic actions from the action marginals, fixed-point inference with at
 most 10 iterations; pymdp 1.0.4 with ``inference_algo="fpi"``, ``num_iter=10``,
@@ -44,7 +45,7 @@ correctness measure, and ``digest`` hashes those actions.
 
 Output: one JSON object per line (``bench: "peers"``), then two markdown tables.
 
-    python benchmarks/bench_peers.py [--quick] [--cases grid10:1:1,tmaze:2:1000]
+    python benchmarks/bench_peers.py [--quick] [--cases grid10:1:1,tmaze:2:1000,grid2f:1:10]
         [--impls "edge-agent int8,edge-agent float64,pymdp 0.0.7.1,pymdp 1.0.4"]
         [--repeats 5] [--seconds 1.0] [--threads 1|all] [--no-install]
 """
@@ -84,9 +85,11 @@ FULL_CASES: tuple[tuple[str, int, int], ...] = (
     ("grid10", 2, 1), ("grid10", 2, 1000),
     ("tmaze", 1, 1), ("tmaze", 1, 10), ("tmaze", 1, 1000),
     ("tmaze", 2, 1000),
+    ("grid2f", 1, 1), ("grid2f", 1, 10), ("grid2f", 1, 1000),
+    ("grid2f", 2, 1000),
 )
 QUICK_CASES: tuple[tuple[str, int, int], ...] = (
-    ("grid10", 1, 1), ("grid10", 1, 100), ("tmaze", 1, 1000),
+    ("grid10", 1, 1), ("grid10", 1, 100), ("tmaze", 1, 1000), ("grid2f", 1, 10),
 )
 
 EDGE_IMPLS = ("edge-agent int8", "edge-agent float64")
@@ -235,7 +238,10 @@ class Local:
 
 def write_workload(name: str, path: Path) -> None:
     """The built-in model of ``name`` and its world's episode rule, as every runner reads it."""
+    from edge_agent.sim.grid2f import TwoFactorGridEnv
+    from edge_agent.sim.gridworld import GridWorldEnv
     from edge_agent.sim.registry import make_env
+    from edge_agent.sim.tmaze import TMazeEnv
 
     env: Any = make_env(name, 1, seed=0)
     model = env.model
@@ -248,11 +254,11 @@ def write_workload(name: str, path: Path) -> None:
         arrays[f"D{f}"] = np.asarray(model.D[f], dtype=np.float64)
     for f, d in enumerate(env._spawn_distributions()):  # the built-in world's own rule
         arrays[f"spawn{f}"] = np.asarray(d, dtype=np.float64)
-    if name == "grid10":
+    if isinstance(env, GridWorldEnv):
         arrays["rule"] = np.array("goal")
         arrays["goal_state"] = np.array(env.goal[0] * env.width + env.goal[1])
         arrays["trial_len"] = np.array(0)
-    elif name == "tmaze":
+    elif isinstance(env, (TMazeEnv, TwoFactorGridEnv)):
         arrays["rule"] = np.array("trial")
         arrays["goal_state"] = np.array(-1)
         arrays["trial_len"] = np.array(env.trial_len)

@@ -11,7 +11,7 @@ holds the generative model handed to every agent and the world's episode rule:
 * ``rule``: ``"goal"`` (``goal_state``: an agent that reaches this state of factor 0 respawns at
   its next step, its action ignored: ``edge_agent.sim.gridworld``) or ``"trial"``
   (``trial_len``: a new trial every ``trial_len`` steps, the action at the last one ignored:
-  ``edge_agent.sim.tmaze``).
+  ``edge_agent.sim.tmaze``, ``edge_agent.sim.grid2f``).
 
 Every step draws the same random numbers whatever the actions are (one uniform per agent and
 factor for the move, per factor for a respawn, per modality for the observation), so two

@@ -6,6 +6,8 @@ name       world
 grid10     :class:`~edge_agent.sim.gridworld.GridWorldEnv` 10 x 10, goal (9, 9), noise 0.1
 grid       the grid world with any parameters (defaults: 10 x 10, goal bottom-right)
 tmaze      :class:`~edge_agent.sim.tmaze.TMazeEnv`, pymdp's T-maze (reward_probs 0.98 / 0.02)
+grid2f     :class:`~edge_agent.sim.grid2f.TwoFactorGridEnv` 5 x 5, two factors (position, which
+           of 2 cells is rewarded), a cue cell on the way tells which; trials of 5 steps
 explorer   :class:`~edge_agent.sim.explorer.ExplorerEnv`, 10 x 10 map, 5 terrains, 5 % targets
 sensors    :class:`~edge_agent.sim.sensors.SensorWorld`, 8 noisy features of one of 4 classes;
            its model (:func:`~edge_agent.sim.sensors.sensor_aif_model`) names the class from a
@@ -29,6 +31,7 @@ from edge_agent.aif.model import GenerativeModel
 from edge_agent.errors import ModelError
 from edge_agent.sim import World
 from edge_agent.sim.explorer import ExplorerEnv, explorer_model
+from edge_agent.sim.grid2f import TwoFactorGridEnv, grid2f_model
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 from edge_agent.sim.sensors import SensorWorld, sensor_aif_model
 from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
@@ -78,6 +81,13 @@ BUILTIN_WORKLOADS: Mapping[str, Workload] = MappingProxyType(
             description="pymdp's T-maze: centre, two arms, a cue; reward 0.98 in the cued arm",
             env_class=TMazeEnv,
             model_factory=tmaze_model,
+        ),
+        "grid2f": Workload(
+            name="grid2f",
+            description="5 x 5 grid, two factors: position and which of 2 cells holds the reward "
+            "(the other a loss); a cue cell on the way tells which; trials of 5 steps",
+            env_class=TwoFactorGridEnv,
+            model_factory=grid2f_model,
         ),
         "explorer": Workload(
             name="explorer",

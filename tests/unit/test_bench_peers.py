@@ -22,7 +22,7 @@ from peers.loop import ClosedLoop  # noqa: E402
 from peers.world import ClosedLoopWorld, actions_digest, load_workload  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=["grid10", "tmaze"])
+@pytest.fixture(scope="module", params=["grid10", "tmaze", "grid2f"])
 def workload(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("peers") / f"{request.param}.npz"
     bench_peers.write_workload(request.param, path)
@@ -77,6 +77,43 @@ def test_episode_rules(workload: Path) -> None:
     for m, a in enumerate(w["A"]):
         assert obs[:, m].min() >= 0
         assert obs[:, m].max() < a.shape[0]
+
+
+def test_workload_file_holds_the_builtin_model_and_its_rule(workload: Path) -> None:
+    from edge_agent.sim.registry import make_env
+
+    w = load_workload(str(workload))
+    env = make_env(workload.stem, 1, seed=0)
+    model = env.model
+    assert len(w["A"]) == len(w["C"]) == model.num_modalities
+    assert len(w["B"]) == len(w["D"]) == len(w["spawn"]) == model.num_factors
+    tables = w["A"] + w["B"] + w["C"] + w["D"]
+    for mine, theirs in zip(tables, model.A + model.B + model.C + model.D, strict=True):
+        assert mine.dtype == np.float64
+        np.testing.assert_array_equal(mine, theirs)
+    if workload.stem == "grid10":
+        assert (w["rule"], w["goal_state"]) == ("goal", 99)
+    else:  # tmaze, grid2f: trials
+        assert (w["rule"], w["goal_state"]) == ("trial", -1)
+        assert w["trial_len"] == getattr(env, "trial_len", None)
+        for spawn, d in zip(w["spawn"], model.D, strict=True):
+            np.testing.assert_array_equal(spawn, d)
+
+
+def test_grid2f_workload_is_two_factors_and_in_the_default_cases(tmp_path: Path) -> None:
+    bench_peers.write_workload("grid2f", tmp_path / "grid2f.npz")
+    w = load_workload(str(tmp_path / "grid2f.npz"))
+    assert [b.shape for b in w["B"]] == [(25, 25, 5), (2, 2, 1)]
+    assert [a.shape for a in w["A"]] == [(25, 25, 2), (3, 25, 2), (2, 25, 2)]
+    assert w["trial_len"] == 5
+    for n in (1, 10):
+        assert ("grid2f", 1, n) in bench_peers.FULL_CASES
+        assert ("tmaze", 1, n) in bench_peers.FULL_CASES
+    # The world starts every agent at the centre with the context drawn from D.
+    world = ClosedLoopWorld(w, 2000, seed=0)
+    world.reset()
+    np.testing.assert_array_equal(world.states[:, 0], 12)
+    assert 0.45 < world.states[:, 1].mean() < 0.55
 
 
 def test_first_action_agreement_counts_ties_as_agreement() -> None:

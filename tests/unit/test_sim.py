@@ -11,6 +11,14 @@ from edge_agent.aif.model import GenerativeModel
 from edge_agent.errors import InputError, ModelError
 from edge_agent.sim import BatchEnv, ColumnSampler, SamplerScratch, sample_columns
 from edge_agent.sim.explorer import TARGET, ExplorerEnv, explorer_model, explorer_terrain
+from edge_agent.sim.grid2f import (
+    LOSS,
+    NO_REWARD,
+    REWARD,
+    TwoFactorGridEnv,
+    grid2f_layout,
+    grid2f_model,
+)
 from edge_agent.sim.gridworld import (
     DOWN,
     LEFT,
@@ -254,6 +262,80 @@ def test_tmaze_rejects_bad_reward_probs(probs: tuple[float, float]) -> None:
         tmaze_model(reward_probs=probs)
 
 
+# -- two-factor grid model ---------------------------------------------------------------------
+
+
+def test_grid2f_default_layout_and_shapes() -> None:
+    assert grid2f_layout() == ((1, 3), 7, 12)  # goals (0, 1), (0, 3); cue (1, 2); start (2, 2)
+    assert grid2f_layout(7, 9) == ((1 * 9 + 3, 1 * 9 + 5), 2 * 9 + 4, 3 * 9 + 4)
+    assert grid2f_layout(3, 3) == ((0, 2), 1, 4)  # goals on row 0 at least
+    model = grid2f_model()
+    assert model.num_states == (25, 2)
+    assert model.num_obs == (25, 3, 2)
+    assert model.num_controls == (5, 1)
+    assert model.num_factors == 2
+    for a in model.A:
+        np.testing.assert_allclose(a.sum(axis=0), 1.0)
+    for b in model.B:
+        np.testing.assert_allclose(b.sum(axis=0), 1.0)
+    # Position: the grid world's noisy table and moves, whatever the context.
+    grid = gridworld_model(5, 5, noise=0.1)
+    for k in range(2):
+        np.testing.assert_array_equal(model.A[0][:, :, k], grid.A[0])
+    np.testing.assert_array_equal(model.B[0], grid.B[0])
+    np.testing.assert_array_equal(model.B[1], np.eye(2).reshape(2, 2, 1))
+
+
+def test_grid2f_reward_and_cue_depend_on_both_factors() -> None:
+    model = grid2f_model(goals=[(0, 0), (4, 4), (0, 4)], cue=(2, 2), start=(4, 0))
+    A_reward, A_cue = model.A[1], model.A[2]
+    assert A_reward.shape == (3, 25, 3)
+    assert A_cue.shape == (3, 25, 3)
+    goals = [0, 24, 4]
+    for k, g in enumerate(goals):
+        for c in range(3):
+            expected = REWARD if k == c else LOSS
+            np.testing.assert_array_equal(A_reward[:, g, c], np.eye(3)[expected])
+    others = np.setdiff1d(np.arange(25), goals)
+    np.testing.assert_array_equal(A_reward[NO_REWARD][others], 1.0)
+    np.testing.assert_array_equal(A_cue[:, 12, :], np.eye(3))
+    np.testing.assert_allclose(np.delete(A_cue, 12, axis=1), 1 / 3)
+    np.testing.assert_array_equal(model.D[0], np.eye(25)[20])
+    np.testing.assert_allclose(model.D[1], 1 / 3)
+
+
+def test_grid2f_preferences() -> None:
+    model = grid2f_model(reward=2.0, punishment=-5.0)
+    np.testing.assert_array_equal(model.C[0], np.zeros(25))
+    np.testing.assert_array_equal(model.C[1], [0.0, 2.0, -5.0])
+    np.testing.assert_array_equal(model.C[2], np.zeros(2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"goals": []}, "non-empty"),
+        ({"goals": "ab"}, "non-empty"),
+        ({"goals": [(0, 0), (0, 0)]}, "distinct"),
+        ({"goals": [(0, 5)]}, "outside"),
+        ({"cue": (0, 1)}, "must not be a goal"),
+        ({"start": (5, 0)}, "outside"),
+        ({"noise": -0.1}, "noise"),
+        ({"reward": float("inf")}, "finite"),
+        ({"height": 2}, "at least 3 x 3"),
+    ],
+)
+def test_grid2f_model_rejects_bad_parameters(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ModelError, match=match):
+        grid2f_model(**kwargs)  # type: ignore[arg-type]
+
+
+def test_grid2f_small_grid_with_an_explicit_layout() -> None:
+    model = grid2f_model(1, 3, goals=[(0, 0), (0, 2)], cue=(0, 1), start=(0, 1))
+    assert model.num_states == (3, 2)
+    np.testing.assert_array_equal(model.A[2][:, 1, :], np.eye(2))
+
+
 # -- explorer model --------------------------------------------------------------------------
 
 
@@ -446,6 +528,109 @@ def test_tmaze_rejects_short_trials() -> None:
         TMazeEnv(4, trial_len=1)
 
 
+def test_grid2f_trials_rewards_and_cue_visits() -> None:
+    n = 2000
+    env = TwoFactorGridEnv(n, seed=5, noise=0.0)
+    assert env.trial_len == 5
+    actions = np.zeros((n, 2), dtype=np.int64)
+
+    def move(u: np.ndarray | int) -> np.ndarray:
+        actions[:, 0] = u
+        return env.step(actions).copy()
+
+    np.testing.assert_array_equal(env.true_states[:, 0], 12)  # the centre
+    first_contexts = env.contexts.copy()
+    assert 0.45 < first_contexts.mean() < 0.55
+    obs = move(UP)  # t = 1: the cue
+    np.testing.assert_array_equal(obs[:, 0], 7)
+    np.testing.assert_array_equal(obs[:, 2], first_contexts)
+    np.testing.assert_array_equal(env.cue_visits, 1)
+    move(UP)  # t = 2: (0, 2), between the goals
+    obs = move(np.where(obs[:, 2] == 0, LEFT, RIGHT))  # t = 3: the cued goal
+    np.testing.assert_array_equal(obs[:, 1], REWARD)
+    assert env.rewarded.all()
+    obs = move(np.where(env.contexts == 0, RIGHT, LEFT))  # t = 4: back to (0, 2)
+    np.testing.assert_array_equal(obs[:, 1], NO_REWARD)
+    np.testing.assert_array_equal(env.trials, 1)  # t = 4 was the trial's last step
+    np.testing.assert_array_equal(env.rewarded_trials, 1)
+    np.testing.assert_array_equal(env.rewards, 1)
+
+    obs = move(UP)  # the next trial begins: the action is ignored
+    assert env.episode_start.all()
+    np.testing.assert_array_equal(env.episode_steps, 0)
+    np.testing.assert_array_equal(env.true_states[:, 0], 12)
+    assert not env.rewarded.any()
+    changed = np.mean(env.contexts != first_contexts)
+    assert 0.45 < changed < 0.55  # contexts are redrawn per trial
+    move(UP)
+    move(UP)
+    obs = move(np.where(env.contexts == 0, RIGHT, LEFT))  # the wrong goal
+    np.testing.assert_array_equal(obs[:, 1], LOSS)
+    move(STAY)
+    np.testing.assert_array_equal(env.trials, 2)
+    np.testing.assert_array_equal(env.rewarded_trials, 1)
+    np.testing.assert_array_equal(env.losses, 2)
+    np.testing.assert_array_equal(env.cue_visits, 2)
+    summary = env.summary()
+    assert summary["trials"] == 2 * n
+    assert summary["rewarded_fraction"] == pytest.approx(0.5)
+    assert summary["losses_per_trial"] == pytest.approx(1.0)
+
+
+def test_grid2f_observation_frequencies_match_a() -> None:
+    n = 20_000
+    env = TwoFactorGridEnv(n, seed=2)
+    contexts = env.contexts.copy()
+    stat, dof = chi_square(np.bincount(contexts, minlength=2), np.array([0.5, 0.5]))
+    assert_fits(stat, dof)
+    stat, dof = chi_square(np.bincount(env.obs[:, 0], minlength=25), env.model.A[0][:, 12, 0])
+    assert_fits(stat, dof)
+    stat, dof = chi_square(np.bincount(env.obs[:, 2], minlength=2), np.array([0.5, 0.5]))
+    assert_fits(stat, dof)  # the cue is uninformative off the cue cell
+    np.testing.assert_array_equal(env.obs[:, 1], NO_REWARD)
+
+
+def test_grid2f_same_seed_same_run_and_different_seed_differs() -> None:
+    rng = np.random.default_rng(0)
+    actions = [np.stack([rng.integers(0, 5, 300), np.zeros(300, np.int64)], 1) for _ in range(12)]
+    runs = []
+    for seed in (4, 4, 5):
+        env = TwoFactorGridEnv(300, seed=seed)
+        obs = [env.obs.copy()] + [env.step(a).copy() for a in actions]
+        runs.append((np.stack(obs), env.contexts.copy(), env.true_states.copy()))
+    for a, b in zip(runs[0], runs[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(runs[0][0], runs[2][0])
+
+
+def test_grid2f_two_step_planner_visits_the_cue_then_the_cued_goal() -> None:
+    """The default layout's claim: pymdp-style agents with policy_len 2 solve every trial."""
+    from edge_agent.aif.settings import AifSettings
+    from edge_agent.core.agents import AifAgentGroup
+
+    n = 20
+    env = TwoFactorGridEnv(n, seed=3)
+    settings = AifSettings(
+        policy_len=2, gamma=16.0, num_iter=10, use_utility=True, use_states_info_gain=True,
+        action_selection="deterministic", sampling_mode="marginal",
+    )  # fmt: skip
+    group = AifAgentGroup(env.model, n, settings=settings, precision="float64")
+    obs = env.obs
+    for _ in range(4 * env.trial_len):
+        if env.episode_start.any():
+            group.reset(env.episode_start.copy())
+        obs = env.step(group.step(obs))
+    np.testing.assert_array_equal(env.trials, 4)
+    np.testing.assert_array_equal(env.rewarded_trials, 4)
+    np.testing.assert_array_equal(env.losses, 0)
+    np.testing.assert_array_equal(env.cue_visits, 4)
+
+
+def test_grid2f_rejects_short_trials() -> None:
+    with pytest.raises(InputError, match="trial_len"):
+        TwoFactorGridEnv(4, trial_len=1)
+
+
 def test_explorer_statistics_follow_the_map() -> None:
     n = 5000
     env = ExplorerEnv(n, seed=1)
@@ -577,7 +762,7 @@ def test_returned_arrays_are_read_only_views() -> None:
     assert np.shares_memory(obs, again)
 
 
-@pytest.mark.parametrize("name", ["grid10", "tmaze", "explorer"])
+@pytest.mark.parametrize("name", ["grid10", "tmaze", "explorer", "grid2f"])
 def test_step_of_100k_agents_allocates_no_per_agent_arrays(name: str) -> None:
     n = 100_000
     env = make_env(name, n, seed=0)
@@ -603,7 +788,7 @@ def test_step_of_100k_agents_allocates_no_per_agent_arrays(name: str) -> None:
 
 
 def test_registry_names_and_models() -> None:
-    assert set(BUILTIN_WORKLOADS) == {"grid10", "grid", "tmaze", "explorer", "sensors"}
+    assert set(BUILTIN_WORKLOADS) == {"grid10", "grid", "tmaze", "grid2f", "explorer", "sensors"}
     for name in BUILTIN_WORKLOADS:
         model = builtin_model(name)
         assert isinstance(model, GenerativeModel)
@@ -620,6 +805,10 @@ def test_registry_names_and_models() -> None:
     assert grid10.A[0][0, 0] == pytest.approx(0.9)
     assert isinstance(make_env("tmaze", 2), TMazeEnv)
     assert isinstance(make_env("explorer", 2), ExplorerEnv)
+    grid2f = make_env("grid2f", 2)
+    assert isinstance(grid2f, TwoFactorGridEnv)
+    assert grid2f.model.num_states == (25, 2)
+    assert grid2f.trial_len == 5
 
 
 def test_registry_parameters() -> None:
@@ -628,6 +817,13 @@ def test_registry_parameters() -> None:
     assert env.model.num_states == (24,)
     assert env.goal == (0, 0)
     assert builtin_model("grid", height=3, width=3).C[0][8] == 0.0
+    grid2f = make_env("grid2f", 3, seed=1, height=7, width=7, trial_len=8, noise=0.0)
+    assert isinstance(grid2f, TwoFactorGridEnv)
+    assert grid2f.model.num_states == (49, 2)
+    assert grid2f.trial_len == 8
+    assert builtin_model("grid2f", goals=[(0, 0), (4, 4), (0, 4)]).num_states == (25, 3)
+    with pytest.raises(ModelError, match="trial_len"):
+        builtin_model("grid2f", trial_len=8)
     tmaze = make_env("tmaze", 2, trial_len=4)
     assert isinstance(tmaze, TMazeEnv)
     assert tmaze.trial_len == 4
@@ -638,7 +834,9 @@ def test_registry_parameters() -> None:
 
 
 def test_registry_unknown_name_lists_known_names() -> None:
-    with pytest.raises(ModelError, match="known workloads: explorer, grid, grid10, sensors, tmaze"):
+    with pytest.raises(
+        ModelError, match="known workloads: explorer, grid, grid10, grid2f, sensors, tmaze"
+    ):
         make_env("maze", 2)
     with pytest.raises(ModelError, match="unknown workload 'maze'"):
         builtin_model("maze")
@@ -649,7 +847,9 @@ def test_summaries_print_counts_as_integers() -> None:
     from edge_agent.sim import format_summary
     from edge_agent.sim.tmaze import TMazeEnv
 
-    for env in (GridWorldEnv(1000, seed=0), TMazeEnv(1000, seed=0), ExplorerEnv(1000, seed=0)):
+    envs = (GridWorldEnv(1000, seed=0), TMazeEnv(1000, seed=0), ExplorerEnv(1000, seed=0),
+            TwoFactorGridEnv(1000, seed=0))  # fmt: skip
+    for env in envs:
         rng = np.random.default_rng(0)
         env.reset()
         for _ in range(30):
