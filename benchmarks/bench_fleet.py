@@ -4,7 +4,7 @@ reconnect time. One JSON object per line.
 Everything runs against a real mosquitto started here on a free loopback port (the tests' helper,
 ``tests/integration/broker.py``), with persistence off.
 
-- ``outbox_throughput``: events published through FleetLink (pydantic body, msgpack envelope,
+- ``outbox_throughput``: events published through FleetLink (msgspec body and envelope,
   SQLite outbox, paho) until every one is acknowledged, against a baseline in the same run: the
   same payloads published with bare paho at QoS 1 with the same in-flight window (16), no
   outbox. Two outbox cases: ``bulk`` (the link's batched commits, messages back to back) and

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final, NamedTuple
 
 import msgpack
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
@@ -661,7 +662,7 @@ class TaskBoard:
     def sync_parts(self) -> list[TaskSync]:
         """The whole ledger as :class:`TaskSync` parts, each under the message limits."""
         specs = [
-            s.model_copy(update={"epoch": self.floor[t]})
+            msgspec.structs.replace(s, epoch=self.floor[t])
             for t, s in self.specs.items()
             if t in self._live
         ]

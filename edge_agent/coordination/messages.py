@@ -15,7 +15,8 @@ topic (receivers subscribe to ``node/+/tasks``), registered with
 ========================= ==================================================================
 
 Arrays are little-endian ``bin`` columns, as in the protocol's batches; every length is checked
-by the model, so a body either matches exactly or is refused at decode time.
+by the model (a :class:`~edge_agent.fleet.protocol.WireModel`, like the protocol's), so a body
+either matches exactly or is refused at decode time.
 """
 
 from __future__ import annotations
@@ -23,15 +24,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, ClassVar, Final, Self
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from msgspec import Meta
 
-from edge_agent.fleet.names import NAME_PATTERN, UINT32
-from edge_agent.fleet.protocol import Body, register_body_type
-
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-U32 = Annotated[int, Field(ge=0, lt=UINT32)]
+from edge_agent.fleet.names import UINT32
+from edge_agent.fleet.protocol import U32, Body, Name, NonNegFloat, WireModel, register_body_type
 
 MAX_TASKS_PER_MESSAGE: Final = 1024
 """Task specs, releases or task names in one message."""
@@ -43,25 +42,28 @@ MAX_GOAL_FACTOR: Final = 63
 MAX_GOAL_STATE: Final = 1 << 20
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+class _Strict(WireModel, frozen=True, kw_only=True):
+    """The parts of task messages: checked as the protocol's models are."""
 
 
-class TaskSpec(_Strict):
+class TaskSpec(_Strict, frozen=True, kw_only=True):
     """What a task is. Two specs of one task are ordered by :meth:`order_key`; the larger wins."""
 
-    task: Name = Field(description="task id, unique in the fleet")
-    epoch: U32 = Field(description="auction round; a re-announced or released task has more")
-    capability: Name = Field(description="only groups declaring this capability bid")
-    goal_factor: Annotated[int, Field(ge=0, le=MAX_GOAL_FACTOR)] = Field(
-        default=0, description="hidden-state factor the goal is on"
-    )
-    goal_state: Annotated[int, Field(ge=0, lt=MAX_GOAL_STATE)] = Field(
-        description="state of goal_factor the holder must reach"
-    )
-    deadline: Annotated[float, Field(ge=0.0)] = Field(
-        default=0.0, description="wall-clock seconds since the epoch; 0 means none"
-    )
+    task: Annotated[Name, Meta(description="task id, unique in the fleet")]
+    epoch: Annotated[
+        U32, Meta(description="auction round; a re-announced or released task has more")
+    ]
+    capability: Annotated[Name, Meta(description="only groups declaring this capability bid")]
+    goal_factor: Annotated[
+        int, Meta(ge=0, le=MAX_GOAL_FACTOR, description="hidden-state factor the goal is on")
+    ] = 0
+    goal_state: Annotated[
+        int,
+        Meta(ge=0, lt=MAX_GOAL_STATE, description="state of goal_factor the holder must reach"),
+    ]
+    deadline: Annotated[
+        NonNegFloat, Meta(description="wall-clock seconds since the epoch; 0 means none")
+    ] = 0.0
     announced_by: Name
 
     def order_key(self) -> tuple[int, str, str, int, int, float]:
@@ -75,9 +77,9 @@ class TaskSpec(_Strict):
         )
 
 
-class TaskAnnounce(Body):
+class TaskAnnounce(Body, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "task_announce"
-    tasks: Annotated[list[TaskSpec], Field(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
+    tasks: Annotated[list[TaskSpec], Meta(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
 
 
 def _u32(values: npt.ArrayLike) -> bytes:
@@ -97,7 +99,7 @@ def _check_column(name: str, data: bytes, itemsize: int, rows: int) -> None:
         raise ValueError(f"{name} has {len(data)} bytes, expected {rows} x {itemsize}")
 
 
-class TaskBids(Body):
+class TaskBids(Body, frozen=True, kw_only=True):
     """Bids of the sending node's ``group``: row ``i`` is agent ``agents[i]`` bidding ``costs[i]``
     on task ``tasks[task_index[i]]`` at epoch ``epochs[task_index[i]]``.
 
@@ -108,14 +110,13 @@ class TaskBids(Body):
     TYPE: ClassVar[str] = "task_bids"
     group: Name
     bseq: U32
-    tasks: Annotated[list[Name], Field(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
-    epochs: bytes = Field(description="little-endian uint32 per task")
-    task_index: bytes = Field(description="little-endian uint16 per bid")
-    agents: bytes = Field(description="little-endian uint32 per bid")
-    costs: bytes = Field(description="little-endian float32 per bid, finite")
+    tasks: Annotated[list[Name], Meta(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
+    epochs: Annotated[bytes, Meta(description="little-endian uint32 per task")]
+    task_index: Annotated[bytes, Meta(description="little-endian uint16 per bid")]
+    agents: Annotated[bytes, Meta(description="little-endian uint32 per bid")]
+    costs: Annotated[bytes, Meta(description="little-endian float32 per bid, finite")]
 
-    @model_validator(mode="after")
-    def _sizes_agree(self) -> Self:
+    def _check(self) -> None:
         _check_column("epochs", self.epochs, 4, len(self.tasks))
         if len(self.task_index) % 2:
             raise ValueError("task_index is not a whole number of uint16")
@@ -128,7 +129,6 @@ class TaskBids(Body):
             raise ValueError("task_index points past the task list")
         if not np.isfinite(np.frombuffer(self.costs, "<f4")).all():
             raise ValueError("costs must be finite")
-        return self
 
     @property
     def n_bids(self) -> int:
@@ -182,7 +182,7 @@ class ReleaseStatus(StrEnum):
     """The holder gave it up: the task is auctioned again at ``epoch + 1``."""
 
 
-class Release(_Strict):
+class Release(_Strict, frozen=True, kw_only=True):
     """A holder let go of a task. ``node``/``group``/``agent`` name the holder; its bids up to
     ``(bdseq, bseq)`` are consumed (they can never win again)."""
 
@@ -193,15 +193,15 @@ class Release(_Strict):
     agent: U32
     bdseq: U32
     bseq: U32
-    status: Annotated[ReleaseStatus, Strict(False)]
+    status: ReleaseStatus
 
 
-class TaskRelease(Body):
+class TaskRelease(Body, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "task_release"
-    items: Annotated[list[Release], Field(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
+    items: Annotated[list[Release], Meta(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
 
 
-class Claim(_Strict):
+class Claim(_Strict, frozen=True, kw_only=True):
     """The sender's agent ``group/agent`` is pursuing ``task`` at ``epoch``."""
 
     task: Name
@@ -210,31 +210,33 @@ class Claim(_Strict):
     agent: U32
 
 
-class TaskState(Body):
+class TaskState(Body, frozen=True, kw_only=True):
     """Sent periodically and when holdings change: peers compare digests (and ask for a sync
     when they differ) and check the claims against their own award (conflict detection)."""
 
     TYPE: ClassVar[str] = "task_state"
-    digest: Annotated[bytes, Field(min_length=DIGEST_BYTES, max_length=DIGEST_BYTES)]
-    open_tasks: Annotated[int, Field(ge=0, lt=UINT32)]
-    claims: Annotated[list[Claim], Field(max_length=MAX_CLAIMS)] = Field(default_factory=list)
+    digest: Annotated[bytes, Meta(min_length=DIGEST_BYTES, max_length=DIGEST_BYTES)]
+    open_tasks: Annotated[int, Meta(ge=0, lt=UINT32)]
+    claims: Annotated[list[Claim], Meta(max_length=MAX_CLAIMS)] = msgspec.field(
+        default_factory=list
+    )
 
 
-class DeadSession(_Strict):
+class DeadSession(_Strict, frozen=True, kw_only=True):
     """Every message of ``node`` with a ``bdseq`` up to this one is from a session that died."""
 
     node: Name
     bdseq: U32
 
 
-class Tombstone(_Strict):
+class Tombstone(_Strict, frozen=True, kw_only=True):
     """``task`` was closed (done or expired) at ``epoch``; a spec of a larger epoch reopens it."""
 
     task: Name
     epoch: U32
 
 
-class Consumed(_Strict):
+class Consumed(_Strict, frozen=True, kw_only=True):
     """Bids of ``node/group/agent`` up to ``(bdseq, bseq)`` were used up by a release."""
 
     node: Name
@@ -244,12 +246,12 @@ class Consumed(_Strict):
     bseq: U32
 
 
-class BidColumns(_Strict):
+class BidColumns(_Strict, frozen=True, kw_only=True):
     """Bids of any nodes, columnar; names are indices into ``nodes``, ``groups`` and ``tasks``."""
 
-    nodes: Annotated[list[Name], Field(max_length=4096)] = Field(default_factory=list)
-    groups: Annotated[list[Name], Field(max_length=4096)] = Field(default_factory=list)
-    tasks: Annotated[list[Name], Field(max_length=MAX_BIDS_PER_MESSAGE)] = Field(
+    nodes: Annotated[list[Name], Meta(max_length=4096)] = msgspec.field(default_factory=list)
+    groups: Annotated[list[Name], Meta(max_length=4096)] = msgspec.field(default_factory=list)
+    tasks: Annotated[list[Name], Meta(max_length=MAX_BIDS_PER_MESSAGE)] = msgspec.field(
         default_factory=list
     )
     task_index: bytes = b""
@@ -272,8 +274,7 @@ class BidColumns(_Strict):
         ("bseq", 4),
     )
 
-    @model_validator(mode="after")
-    def _sizes_agree(self) -> Self:
+    def _check(self) -> None:
         if len(self.task_index) % 2:
             raise ValueError("task_index is not a whole number of uint16")
         rows = len(self.task_index) // 2
@@ -291,7 +292,6 @@ class BidColumns(_Strict):
                     raise ValueError(f"{column} points past its name list")
             if not np.isfinite(np.frombuffer(self.cost, "<f4")).all():
                 raise ValueError("costs must be finite")
-        return self
 
     @property
     def n_bids(self) -> int:
@@ -304,23 +304,23 @@ class BidColumns(_Strict):
         return np.frombuffer(getattr(self, name), dtype)
 
 
-class TaskSync(Body):
+class TaskSync(Body, frozen=True, kw_only=True):
     """One part of a node's ledger. Parts are independent: each merges on its own."""
 
     TYPE: ClassVar[str] = "task_sync"
-    tasks: Annotated[list[TaskSpec], Field(max_length=MAX_TASKS_PER_MESSAGE)] = Field(
+    tasks: Annotated[list[TaskSpec], Meta(max_length=MAX_TASKS_PER_MESSAGE)] = msgspec.field(
         default_factory=list
     )
-    closed: Annotated[list[Tombstone], Field(max_length=MAX_TASKS_PER_MESSAGE)] = Field(
+    closed: Annotated[list[Tombstone], Meta(max_length=MAX_TASKS_PER_MESSAGE)] = msgspec.field(
         default_factory=list
     )
-    consumed: Annotated[list[Consumed], Field(max_length=MAX_TASKS_PER_MESSAGE)] = Field(
+    consumed: Annotated[list[Consumed], Meta(max_length=MAX_TASKS_PER_MESSAGE)] = msgspec.field(
         default_factory=list
     )
-    dead: Annotated[list[DeadSession], Field(max_length=MAX_TASKS_PER_MESSAGE)] = Field(
+    dead: Annotated[list[DeadSession], Meta(max_length=MAX_TASKS_PER_MESSAGE)] = msgspec.field(
         default_factory=list
     )
-    bids: BidColumns = Field(default_factory=BidColumns)
+    bids: BidColumns = msgspec.field(default_factory=BidColumns)
 
 
 MESSAGE_TYPES: Final = (TaskAnnounce, TaskBids, TaskRelease, TaskState, TaskSync)

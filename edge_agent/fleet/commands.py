@@ -41,19 +41,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import msgspec
+from msgspec import Meta
 
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError, SignatureError
-from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fleet.protocol import (
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
     Command,
     CommandResult,
+    Name,
+    Sha256Hex,
+    WireModel,
+    validate,
 )
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
 from edge_agent.recovery import StateHealth
@@ -90,39 +94,38 @@ MIN_CHUNK_BYTES: Final = 1024
 MAX_BUNDLE_FILE_BYTES: Final = 66 * 1024 * 1024
 """Largest bundle file a deployment accepts (the loader's 64 MiB payload limit + tar overhead)."""
 
-Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-GroupName = Annotated[str, Field(pattern=NAME_PATTERN)]
+GroupName = Name
 
 
 # ------------------------------------------------------------------------------------- arguments
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+class _Args(WireModel, frozen=True, kw_only=True):
+    """A command's arguments: a wire model (strict, unknown keys refused) read from ``args``."""
 
 
-class NoArgs(_Args):
+class NoArgs(_Args, frozen=True, kw_only=True):
     """``ping``, ``snapshot``, ``rebirth``."""
 
 
-class GroupArgs(_Args):
+class GroupArgs(_Args, frozen=True, kw_only=True):
     """``start_group``, ``stop_group``."""
 
     group: GroupName
 
 
-class ResizeArgs(_Args):
+class ResizeArgs(_Args, frozen=True, kw_only=True):
     """``resize_group``: the group's new number of agents."""
 
     group: GroupName
-    agents: int = Field(ge=1, le=1_000_000)
+    agents: Annotated[int, Meta(ge=1, le=1_000_000)]
 
 
-class TickRateArgs(_Args):
+class TickRateArgs(_Args, frozen=True, kw_only=True):
     """``set_tick_rate``: the new base tick rate (the thermal governor still scales it)."""
 
-    hz: float = Field(gt=0, le=1000)
+    hz: Annotated[float, Meta(gt=0, le=1000)]
 
 
-class DeployArgs(_Args):
+class DeployArgs(_Args, frozen=True, kw_only=True):
     """``deploy``: start (or resume) sending one bundle file for one group.
 
     ``sha256`` is the bundle's identity (sha256 of its canonical manifest, what ``edge-agent-host
@@ -133,14 +136,14 @@ class DeployArgs(_Args):
     group: GroupName
     sha256: Sha256Hex
     file_sha256: Sha256Hex
-    size: int = Field(ge=1, le=MAX_BUNDLE_FILE_BYTES)
-    chunk_size: int = Field(ge=MIN_CHUNK_BYTES, le=MAX_CHUNK_BYTES)
-    chunk_hashes: bytes = Field(min_length=32, max_length=32 * MAX_CHUNKS)
-    watch_ticks: int = Field(50, ge=1, le=100_000)
-    health_steps: int = Field(20, ge=1, le=10_000)
-    health_timeout_s: float = Field(30.0, gt=0, le=3600)
-    transfer_timeout_s: float = Field(600.0, gt=0, le=7 * 86400)
-    watch_timeout_s: float = Field(120.0, gt=0, le=86400)
+    size: Annotated[int, Meta(ge=1, le=MAX_BUNDLE_FILE_BYTES)]
+    chunk_size: Annotated[int, Meta(ge=MIN_CHUNK_BYTES, le=MAX_CHUNK_BYTES)]
+    chunk_hashes: Annotated[bytes, Meta(min_length=32, max_length=32 * MAX_CHUNKS)]
+    watch_ticks: Annotated[int, Meta(ge=1, le=100_000)] = 50
+    health_steps: Annotated[int, Meta(ge=1, le=10_000)] = 20
+    health_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    transfer_timeout_s: Annotated[float, Meta(gt=0, le=7 * 86400)] = 600.0
+    watch_timeout_s: Annotated[float, Meta(gt=0, le=86400)] = 120.0
     broadcast: bool = False
     """Chunks come once for the whole wave on the fleet's bundle topic (``Topics.bundle``),
     not as ``deploy_chunk`` commands to this node."""
@@ -155,22 +158,20 @@ class DeployArgs(_Args):
     def chunk_length(self, index: int) -> int:
         return min(self.chunk_size, self.size - index * self.chunk_size)
 
-    @model_validator(mode="after")
-    def _hash_per_chunk(self) -> Self:
+    def _check(self) -> None:
         if len(self.chunk_hashes) != 32 * self.chunks:
             raise ValueError(
                 f"chunk_hashes has {len(self.chunk_hashes)} bytes; {self.size} bytes in chunks of "
                 f"{self.chunk_size} need {self.chunks} hashes of 32 bytes"
             )
-        return self
 
 
-class ChunkArgs(_Args):
+class ChunkArgs(_Args, frozen=True, kw_only=True):
     """``deploy_chunk``: bytes ``[index * chunk_size, ...)`` of the bundle file ``sha256``."""
 
     sha256: Sha256Hex
-    index: int = Field(ge=0, lt=MAX_CHUNKS)
-    data: bytes = Field(min_length=1, max_length=MAX_CHUNK_BYTES)
+    index: Annotated[int, Meta(ge=0, lt=MAX_CHUNKS)]
+    data: Annotated[bytes, Meta(min_length=1, max_length=MAX_CHUNK_BYTES)]
 
 
 ARG_MODELS: Final[Mapping[str, type[_Args]]] = {
@@ -197,11 +198,10 @@ def parse_args(name: str, args: Mapping[str, Any]) -> _Args:
     """
     model = ARG_MODELS[name]
     try:
-        return model.model_validate(dict(args))
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "args"
-        raise ArgsError(f"{name}: {where}: {first['msg']}") from err
+        return validate(model, args)
+    except msgspec.ValidationError as err:
+        # msgspec names the bad argument at the end (`` - at `$.agents` ``).
+        raise ArgsError(f"{name} args: {err}") from err
 
 
 # ------------------------------------------------------------------------------------ nonce store

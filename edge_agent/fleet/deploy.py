@@ -403,7 +403,7 @@ class DeployManager:
                 transfer_timeout_s=rec.transfer_timeout_s,
                 watch_timeout_s=rec.watch_timeout_s,
             )
-        except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        except (OSError, ValueError) as err:  # msgspec's ValidationError is a ValueError
             self.counters["discarded"] += 1
             self._fail(
                 "transfer", f"the daemon restarted and the partial transfer is unusable: {err}"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import ValidationError
+import msgspec
 
 from edge_agent import __version__
 from edge_agent.errors import EdgeAgentError, ProtocolError
@@ -74,6 +74,7 @@ from edge_agent.fleet.protocol import (
     clock_synced,
     decode,
     encode,
+    validate,
 )
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
 from edge_agent.recovery import StateHealth
@@ -319,9 +320,10 @@ class FleetLink:
         """
         model = body_model(msg_type)
         if not isinstance(body, model):
+            fields = msgspec.structs.asdict(body) if isinstance(body, Body) else body
             try:
-                body = model.model_validate(dict(body))
-            except (ValidationError, TypeError, ValueError) as err:
+                body = validate(model, fields)
+            except (TypeError, ValueError) as err:  # msgspec's ValidationError is a ValueError
                 raise ProtocolError(f"bad {msg_type} body: {err}") from err
         if topic is None:
             topic = self._default_topic(msg_type, body)
@@ -342,11 +344,15 @@ class FleetLink:
 
     def publish_telemetry(self, telemetry: Telemetry | Mapping[str, Any], *, qos: int = 1) -> int:
         """Publish telemetry; fills in the outbox counters and the link's counters."""
-        data = telemetry.model_dump() if isinstance(telemetry, Telemetry) else dict(telemetry)
+        if isinstance(telemetry, Telemetry):
+            data = msgspec.structs.asdict(telemetry)
+        else:
+            data = dict(telemetry)
         if data.get("outbox") is None:
             stats = self.outbox.stats()
-            data["outbox"] = OutboxCounters.model_validate(
-                {k: v for k, v in stats.items() if k in OutboxCounters.model_fields}
+            data["outbox"] = validate(
+                OutboxCounters,
+                {k: v for k, v in stats.items() if k in OutboxCounters.__struct_fields__},
             )
         counters = {f"link.{k}": v for k, v in self.counters.items() if v}
         counters.update(data.get("counters") or {})
@@ -423,8 +429,8 @@ class FleetLink:
         if birth is None:
             return Birth(software_version=__version__, profile="unknown", budget_bytes=0)
         try:
-            return Birth.model_validate(dict(birth))
-        except ValidationError as err:
+            return validate(Birth, birth)
+        except msgspec.ValidationError as err:
             raise ProtocolError(f"bad birth: {err}") from err
 
     def _default_topic(self, msg_type: str, body: Body) -> str:

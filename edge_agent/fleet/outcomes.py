@@ -1,7 +1,7 @@
 """What handling a command came to: the result codes of the protocol and an outcome to report.
 
 Kept apart from :mod:`edge_agent.fleet.protocol` and :mod:`edge_agent.fleet.commands` (and free of
-pydantic) so that the deployment manager, which every daemon runs to apply the deployment
+msgspec) so that the deployment manager, which every daemon runs to apply the deployment
 overlay, does not import the wire models of a fleet stack the node may not enable.
 """
 

@@ -42,6 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from broker import MosquittoBroker, MosquittoMissingError, free_port
+from msgspec.structs import replace
 
 from edge_agent.coordination.messages import TaskAnnounce, TaskBids, TaskSpec
 from edge_agent.fleet.protocol import (
@@ -440,7 +441,7 @@ def test_a_node_s_identity_cannot_speak_for_another_node_nor_for_the_hub(
             (TOPICS.birth("ghost"), Birth(software_version="x", profile="x", budget_bytes=0), True),
             (TOPICS.node_state("ghost"), NodeState(online=True), True),
             (TOPICS.tasks("hub"), TaskAnnounce(
-                tasks=[spec.model_copy(update={"announced_by": "hub"})]), False),
+                tasks=[replace(spec, announced_by="hub")]), False),
         ]  # fmt: skip
         forgeries += [(TOPICS.beliefs("pi-b"), beliefs, False)] * 20
         answers = [
@@ -455,7 +456,7 @@ def test_a_node_s_identity_cannot_speak_for_another_node_nor_for_the_hub(
 
         # A lie on its own topic passes the broker, and pi-b drops it: a task in pi-b's name.
         malformed = metric(b, "malformed")
-        lie = TaskAnnounce(tasks=[spec.model_copy(update={"task": "lie"})])
+        lie = TaskAnnounce(tasks=[replace(spec, task="lie")])
         assert forger.publish(TOPICS.tasks("pi-a"), envelope("pi-a", lie, ts=2.0)) == "Success"
         wait_until(lambda: metric(b, "malformed") > malformed, "pi-b to drop the lie")
         forger.drop()

@@ -11,6 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec.structs import replace
 
 from edge_agent.daemon.uplink import REFUSAL_ANSWERS_HELD, REFUSAL_ANSWERS_PER_S
 from edge_agent.fleet.protocol import ResultCode, Topics, encode
@@ -31,9 +32,7 @@ def flood(broker: MosquittoBroker, node: str, done: threading.Event, sent: list[
     try:
         forger = HubClient(fleet=FLEET, port=broker.port, key=Ed25519PrivateKey.generate())
         payloads = [
-            encode(
-                _envelope(forger.make_command(node, "ping").model_copy(update={"signature": b""}))
-            )
+            encode(_envelope(replace(forger.make_command(node, "ping"), signature=b"")))
             for _ in range(FLOOD)
         ]
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="forger")

@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from broker import MosquittoBroker
+from msgspec.structs import replace
 from postgres import PostgresMissingError, PostgresServer, find_pg_bindir
 
 from edge_agent.fleet.protocol import Envelope, Event, EventKind, Telemetry, encode
@@ -554,11 +555,11 @@ def test_malformed_and_forged_messages_are_counted_and_dropped(
         (TOPICS.telemetry("m1"), encode(envelope("telemetry", tel, node="ghost"))),
         (
             TOPICS.command("m1"),
-            encode(envelope("command", signed.model_copy(update={"name": "snapshot"}), "hub")),
+            encode(envelope("command", replace(signed, name="snapshot"), "hub")),
         ),
         (
             TOPICS.command("m1"),
-            encode(envelope("command", signed.model_copy(update={"key_id": "x"}), "hub")),
+            encode(envelope("command", replace(signed, key_id="x"), "hub")),
         ),
         (TOPICS.command("m2"), encode(envelope("command", signed, "hub"))),
     ]

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from edge_agent.bundle.signing import TrustedKeys, key_id, sign_bytes
 from edge_agent.fleet.commands import (
@@ -61,7 +62,7 @@ def signed(
         name=name,
         args=args or {},
     )
-    return cmd.model_copy(update={"signature": sign_bytes(key, cmd.signing_bytes(fleet))})
+    return replace(cmd, signature=sign_bytes(key, cmd.signing_bytes(fleet)))
 
 
 @pytest.fixture
@@ -91,10 +92,10 @@ def test_a_signed_fresh_command_passes_once_then_is_a_replay(nonces: NonceStore)
 @pytest.mark.parametrize(
     ("make", "code"),
     [
-        (lambda: signed().model_copy(update={"signature": b""}), ResultCode.BAD_SIGNATURE),
+        (lambda: replace(signed(), signature=b""), ResultCode.BAD_SIGNATURE),
         (lambda: signed(key=OTHER_KEY), ResultCode.UNKNOWN_KEY),
         (
-            lambda: signed().model_copy(update={"key_id": key_id(HUB_KEY.public_key())[::-1]}),
+            lambda: replace(signed(), key_id=key_id(HUB_KEY.public_key())[::-1]),
             ResultCode.UNKNOWN_KEY,
         ),
         (lambda: signed(fleet="elsewhere"), ResultCode.BAD_SIGNATURE),
@@ -103,13 +104,14 @@ def test_a_signed_fresh_command_passes_once_then_is_a_replay(nonces: NonceStore)
         (lambda: signed(expires=NOW), ResultCode.EXPIRED),
         (lambda: signed(expires=NOW + 7200), ResultCode.BAD_ARGS),
         (
-            lambda: signed("resize_group", {"group": "a", "agents": 5}).model_copy(
-                update={"args": {"group": "a", "agents": 6}}
+            lambda: replace(
+                signed("resize_group", {"group": "a", "agents": 5}),
+                args={"group": "a", "agents": 6},
             ),
             ResultCode.BAD_SIGNATURE,
         ),
         (
-            lambda: signed().model_copy(update={"expires": NOW + 61}),
+            lambda: replace(signed(), expires=NOW + 61),
             ResultCode.BAD_SIGNATURE,
         ),
     ],
@@ -148,7 +150,7 @@ def test_deploy_chunks_skip_signature_and_nonce_but_not_the_target(nonces: Nonce
     assert v.verify(chunk) is None
     assert v.verify(chunk) is None  # a re-sent chunk is harmless; no nonce is stored
     assert len(nonces) == 0
-    elsewhere = chunk.model_copy(update={"target": "pi-02"})
+    elsewhere = replace(chunk, target="pi-02")
     refused = v.verify(elsewhere)
     assert refused is not None
     assert refused.code is ResultCode.BAD_ARGS
@@ -289,10 +291,10 @@ def test_any_signed_command_verifies_and_any_changed_byte_does_not(
         for i in range(0, len(cmd.signature), 7):
             sig = bytearray(cmd.signature)
             sig[i] ^= 0x01
-            bad = v.verify(wire.model_copy(update={"signature": bytes(sig)}))
+            bad = v.verify(replace(wire, signature=bytes(sig)))
             assert bad is not None
             assert bad.code is ResultCode.BAD_SIGNATURE
-        other_nonce = v.verify(wire.model_copy(update={"nonce": wire.nonce[::-1] + b"x"}))
+        other_nonce = v.verify(replace(wire, nonce=wire.nonce[::-1] + b"x"))
         assert other_nonce is not None
         assert other_nonce.code is ResultCode.BAD_SIGNATURE
         assert v.verify(wire) is None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from msgspec.structs import replace
 
 from edge_agent.aif import agreement
 from edge_agent.aif.settings import AifSettings
@@ -204,7 +205,7 @@ def test_a_re_announced_task_is_auctioned_again(grid_fleet: SimFleet) -> None:
     fleet.tick(WINDOW_TICKS + 1)
     assert_one_holder_per_task(fleet, 5)
     moved = grid_tasks(1, seed=9, epoch=1)[0]  # t000 again, a new goal, epoch 1
-    fleet.nodes[3].engine.announce([moved.model_copy(update={"announced_by": "node3"})])
+    fleet.nodes[3].engine.announce([replace(moved, announced_by="node3")])
     fleet.tick(WINDOW_TICKS + 2)  # node0..2 tick before node3 sends: they see it a tick later
     final = assert_one_holder_per_task(fleet, 5)
     for node in fleet.nodes:
@@ -457,7 +458,7 @@ def test_an_announcement_in_another_node_s_name_is_dropped_whole() -> None:
     t = Ticker()
     t.tick(2)
     honest = TaskSpec(task="a", epoch=0, capability="grid", goal_state=5, announced_by="peer")
-    forged = honest.model_copy(update={"task": "b", "announced_by": "hub"})
+    forged = replace(honest, task="b", announced_by="hub")
     t.engine.handle(task_msg(TaskAnnounce(tasks=[honest, forged]), node="peer"))
     t.tick()
     assert t.engine.counters["malformed"] == 1

@@ -6,10 +6,12 @@ import itertools
 import random
 from dataclasses import replace as dc_replace
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from edge_agent.aif import kernels
 from edge_agent.aif.model import GenerativeModel
@@ -362,6 +364,7 @@ def test_task_messages_round_trip_and_refuse_bad_columns() -> None:
         costs=[1.0, 2.5, -1.0],
     )
     env = Envelope(type=body.TYPE, node="n1", seq=1, bdseq=0, ts=1.0, clock_synced=False, body=body)
+    raw = msgpack.unpackb(encode(env), raw=False)
     back = decode(encode(env)).body
     assert isinstance(back, TaskBids)
     epochs, index, agents, costs = back.arrays()
@@ -390,24 +393,16 @@ def test_task_messages_round_trip_and_refuse_bad_columns() -> None:
             type=other.TYPE, node="n1", seq=2, bdseq=0, ts=1.0, clock_synced=False, body=other
         )
         assert decode(encode(env)).body == other
-    good = dict(body.model_dump(), group="grid")
-    for field, value in (
-        ("task_index", np.array([0, 2, 1], "<u2").tobytes()),  # past the task list
-        ("costs", np.array([1.0, np.nan, 2.0], "<f4").tobytes()),
-        ("agents", np.array([1, 2], "<u4").tobytes()),
+    for field, value, problem in (
+        ("task_index", np.array([0, 2, 1], "<u2").tobytes(), "task_index points past"),
+        ("costs", np.array([1.0, np.nan, 2.0], "<f4").tobytes(), "costs must be finite"),
+        ("agents", np.array([1, 2], "<u4").tobytes(), "agents has 8 bytes"),
     ):
-        bad = Envelope.model_construct(
-            v=1,
-            type="task_bids",
-            node="n1",
-            seq=1,
-            bdseq=0,
-            ts=1.0,
-            clock_synced=False,
-            body=TaskBids.model_construct(**{**good, field: value}),
-        )
-        with pytest.raises(DecodeError, match="schema"):
-            decode(encode(bad))
+        bad = {**raw, "body": {**raw["body"], field: value}}
+        with pytest.raises(DecodeError, match=f"schema: task_bids: {problem}"):
+            decode(msgpack.packb(bad, use_bin_type=True))
+        with pytest.raises(ValueError, match=problem):  # nor can such a body be made
+            replace(body, **{field: value})
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from msgspec.structs import replace
 
 from edge_agent.aif.quant import SCHEME, quantize_model
 from edge_agent.aif.settings import AifSettings, settings_to_json
@@ -119,9 +120,9 @@ def test_transfer_verify_stage_switch_and_watch(tmp_path: Path, keys: Any) -> No
     assert started.code is ResultCode.ACCEPTED
     assert started.data["have"] == bytes(len(started.data["have"]))
     assert started.data["total"] == args.chunks >= 3
-    bad = chunk(data, sha, 1).model_copy(update={"data": b"x" * CHUNK})
+    bad = replace(chunk(data, sha, 1), data=b"x" * CHUNK)
     assert m.chunk(bad).code is ResultCode.BAD_ARGS
-    short = chunk(data, sha, 0).model_copy(update={"data": b"x"})
+    short = replace(chunk(data, sha, 0), data=b"x")
     assert m.chunk(short).code is ResultCode.BAD_ARGS
     assert m.chunk(chunk(data, "0" * 64, 0)).code is ResultCode.BAD_ARGS
     for i in reversed(range(args.chunks)):  # any order
@@ -281,9 +282,7 @@ def test_one_deployment_at_a_time(tmp_path: Path, keys: Any) -> None:
     assert m.start(deploy_args(data, sha), NONCE).code is ResultCode.ACCEPTED
     other = deploy_args(data + b"\0" * 512, sha)
     assert m.start(other, b"o" * 16).code is ResultCode.BUSY
-    assert m.start(deploy_args(data, sha).model_copy(update={"group": "x"}), NONCE).code is (
-        ResultCode.BAD_ARGS
-    )
+    assert m.start(replace(deploy_args(data, sha), group="x"), NONCE).code is ResultCode.BAD_ARGS
     no_keys = DeployManager(tmp_path / "other", bundle_keys=None)
     no_keys.recover()
     assert no_keys.start(deploy_args(data, sha), NONCE).code is ResultCode.FAILED

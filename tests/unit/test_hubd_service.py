@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from edge_agent.bundle.signing import TrustedKeys, key_id, sign_bytes
 from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
@@ -151,12 +152,13 @@ def test_records_the_fleet_and_drops_what_is_malformed_or_forged(tmp_path: Path)
     n1.send(TOPICS.telemetry("n1"), telemetry_body(), node="n2")
     good = Command(
         target="n1", nonce=os.urandom(16), expires=time.time() + 60, key_id="", name="ping"
-    ).model_copy(update={"key_id": key_id(signer.public_key())})
-    good = good.model_copy(update={"signature": sign_bytes(signer, good.signing_bytes(FLEET))})
+    )
+    good = replace(good, key_id=key_id(signer.public_key()))
+    good = replace(good, signature=sign_bytes(signer, good.signing_bytes(FLEET)))
     n1.send(TOPICS.command("n1"), good, node="hub")
-    n1.send(TOPICS.command("n1"), good.model_copy(update={"nonce": b"\x01" * 16}), node="hub")
-    n1.send(TOPICS.command("n1"), good.model_copy(update={"key_id": "nobody"}), node="hub")
-    n1.send(TOPICS.command("n2"), good.model_copy(update={"nonce": b"\x02" * 16}), node="hub")
+    n1.send(TOPICS.command("n1"), replace(good, nonce=b"\x01" * 16), node="hub")
+    n1.send(TOPICS.command("n1"), replace(good, key_id="nobody"), node="hub")
+    n1.send(TOPICS.command("n2"), replace(good, nonce=b"\x02" * 16), node="hub")
     chunk = Command(target="n1", nonce=b"\x03" * 16, expires=0.0, key_id="", name="deploy_chunk")
     n1.send(TOPICS.command("n1"), chunk, node="hub")
     run_until(service, lambda: not service.queue and service.db.written >= 7, "the writes")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from edge_agent.fleet.protocol import (
     Birth,
@@ -171,7 +172,7 @@ def check_commands_and_results_are_journaled(db: HubDatabase) -> None:
         name="resize_group",
         args={"group": "grid", "agents": 12, "blob": b"\x01\x02"},
     )
-    other = cmd.model_copy(update={"nonce": b"\xff" * 16, "name": "ping", "args": {}})
+    other = replace(cmd, nonce=b"\xff" * 16, name="ping", args={})
     accepted = CommandResult(nonce=nonce, name="resize_group", code=ResultCode.ACCEPTED)
     done = CommandResult(nonce=nonce, name="resize_group", code=ResultCode.OK, detail="12 now")
     write_all(

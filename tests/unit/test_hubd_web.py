@@ -179,10 +179,10 @@ def test_the_server_answers_from_the_snapshot_and_refuses_beyond_its_bound(
 
 
 def test_the_outbox_depth_is_read_from_the_daemons_own_telemetry_counters() -> None:
-    from edge_agent.fleet.protocol import OutboxCounters
+    from edge_agent.fleet.protocol import OutboxCounters, as_builtins, validate
 
-    counters = dict.fromkeys(OutboxCounters.model_fields, 0) | {"depth_rows": 7, "full": False}
-    telemetry = {"outbox": OutboxCounters.model_validate(counters).model_dump()}
+    counters = dict.fromkeys(OutboxCounters.__struct_fields__, 0) | {"depth_rows": 7, "full": False}
+    telemetry = {"outbox": as_builtins(validate(OutboxCounters, counters))}
     assert web._outbox_depth(telemetry) == 7
     assert web._outbox_depth({}) is None
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from msgspec import ValidationError
+from msgspec.structs import replace
 
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet import protocol
@@ -25,9 +29,11 @@ from edge_agent.fleet.protocol import (
     Command,
     CommandResult,
     Death,
+    DeathReason,
     DecodeError,
     Envelope,
     Event,
+    EventKind,
     GroupInfo,
     NodeState,
     ObservationBatch,
@@ -37,8 +43,10 @@ from edge_agent.fleet.protocol import (
     SeqVerdict,
     Telemetry,
     Topics,
+    as_builtins,
     decode,
     encode,
+    validate,
 )
 
 SHA = "ab" * 32
@@ -195,23 +203,34 @@ def _raw(body: Body) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("mutate", "where"),
     [
-        (lambda r: r.update(extra=1), "extra"),
-        (lambda r: r["body"].update(extra=1), "extra"),
-        (lambda r: r.update(seq=-1), "seq"),
-        (lambda r: r.update(seq=UINT32), "seq"),
-        (lambda r: r.update(bdseq="1"), "bdseq"),
-        (lambda r: r.update(ts=math.nan), "ts"),
-        (lambda r: r.update(ts=-1.0), "ts"),
-        (lambda r: r.update(clock_synced=1), "clock_synced"),
-        (lambda r: r.update(node="bad/node"), "node"),
-        (lambda r: r.update(node="+"), "node"),
-        (lambda r: r["body"].update(kind="meteor"), "kind"),
-        (lambda r: r["body"].update(severity=3), "severity"),
-        (lambda r: r["body"].update(detail=b"bytes"), "detail"),
-        (lambda r: r["body"].update(data={"x": {"nested": 1}}), "data"),
-        (lambda r: r["body"].pop("kind"), "kind"),
-        (lambda r: r.update(body=[1, 2]), "<root>"),
-        (lambda r: r.update(type="state"), "online"),  # body of another type
+        (lambda r: r.update(extra=1), "unknown field `extra`"),
+        (lambda r: r["body"].update(extra=1), "unknown field `extra` - at `$.body`"),
+        (lambda r: r.update(seq=-1), "`$.seq`"),
+        (lambda r: r.update(seq=UINT32), "`$.seq`"),
+        (lambda r: r.update(bdseq="1"), "got `str` - at `$.bdseq`"),
+        (lambda r: r.update(ts=math.nan), "`$.ts`"),
+        (lambda r: r.update(ts=math.inf), "`$.ts`"),
+        (lambda r: r.update(ts=-1.0), "`$.ts`"),
+        (lambda r: r.update(clock_synced=1), "got `int` - at `$.clock_synced`"),
+        (lambda r: r.update(node="bad/node"), "`$.node`"),
+        (lambda r: r.update(node="+"), "`$.node`"),
+        (lambda r: r.update(node="pi-01\n"), "`$.node`"),  # no newline before the end
+        (lambda r: r["body"].update(kind="meteor"), "`$.body.kind`"),
+        (lambda r: r["body"].update(severity=3), "`$.body.severity`"),
+        (lambda r: r["body"].update(detail=b"bytes"), "got `bytes` - at `$.body.detail`"),
+        (lambda r: r["body"].update(data={"x": {"nested": 1}}), "data['x']: a map"),
+        (lambda r: r["body"].update(data={"x": [1, [2]]}), "data['x'][1]: a list"),
+        (lambda r: r["body"].update(data={"x": math.nan}), "data['x']: nan"),
+        (lambda r: r["body"].update(data={"x": math.inf}), "data['x']: inf"),
+        (lambda r: r["body"].update(data={"x": [1.0, -math.inf]}), "data['x'][1]: -inf"),
+        (lambda r: r["body"].update(data={"x": "y" * 4097}), "data['x']: text of 4097"),
+        (lambda r: r["body"].update(data={"x": [0] * 257}), "data['x']: a list of 257"),
+        (lambda r: r["body"].update(data={"k" * 65: 1}), "`key` in `$.body.data`"),
+        (lambda r: r["body"].update(data={str(i): i for i in range(65)}), "`$.body.data`"),
+        (lambda r: r["body"].pop("kind"), "field `kind` - at `$.body`"),
+        (lambda r: r.update(body=[1, 2]), "got `array` - at `$.body`"),
+        # A body of another type: msgspec names the first key a NodeState does not have.
+        (lambda r: r.update(type="state"), "state: Object contains unknown field `kind`"),
     ],
 )
 def test_decode_schema_errors(mutate: Any, where: str) -> None:
@@ -257,12 +276,107 @@ def test_envelope_refuses_body_of_another_type() -> None:
         )
 
 
+TELEMETRY: dict[str, Any] = {
+    "uptime_s": 1.0,
+    "rss_bytes": 1,
+    "budget_used_bytes": 1,
+    "budget_total_bytes": 1,
+    "ticks": 1,
+    "tick_p50_ms": 1.0,
+    "tick_p99_ms": 1.0,
+    "overruns": 0,
+}
+
+
+@pytest.mark.parametrize(
+    ("make", "where"),
+    [
+        (lambda: NodeState(online=1), "got `int` - at `$.online`"),
+        (lambda: Telemetry(**{**TELEMETRY, "ticks": True}), "got `bool` - at `$.ticks`"),
+        (lambda: Telemetry(**{**TELEMETRY, "ticks": 1.0}), "got `float` - at `$.ticks`"),
+        (lambda: Telemetry(**{**TELEMETRY, "rss_bytes": "1"}), "got `str` - at `$.rss_bytes`"),
+        (lambda: Telemetry(**{**TELEMETRY, "uptime_s": math.inf}), "`$.uptime_s`"),
+        (lambda: Telemetry(**{**TELEMETRY, "cpu_temp_c": math.nan}), "`$.cpu_temp_c`"),
+        (lambda: Telemetry(**{**TELEMETRY, "counters": {"x": math.inf}}), "`$.counters[...]`"),
+        (lambda: Event(kind="meteor"), "Invalid enum value 'meteor' - at `$.kind`"),
+        (lambda: Event(kind="other", detail=b"x"), "got `bytes` - at `$.detail`"),
+        (lambda: Event(kind="other", group="g\n"), "`$.group`"),
+        (lambda: Event(kind="other", data={"x": math.nan}), "data['x']: nan"),
+        (lambda: Event(kind="other", data={"x": {"y": 1}}), "data['x']: a map"),
+        (lambda: Event(kind="other", data={"x": (1, 2)}), "data['x']: a tuple"),
+        (lambda: Event(kind="other", data={"x": bytearray(b"1")}), "data['x']: a bytearray"),
+        (lambda: BundleChunk(sha256="ab" * 32, index=0, data="AAAA"), "got `str` - at `$.data`"),
+        (lambda: BundleChunk(sha256="AB" * 32, index=0, data=b"x"), "`$.sha256`"),
+        (lambda: GroupInfo(agents=-1), "`$.agents`"),
+        (
+            lambda: ActionBatch(
+                group="g", tick=0, agent_ids=b"\x00" * 4, dtype="int64", width=1, values=b""
+            ),
+            "`$.dtype`",
+        ),
+    ],
+)
+def test_a_model_built_in_code_is_checked_as_a_decoded_one(make: Any, where: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(where)):
+        make()
+
+
+def test_a_model_built_in_code_holds_the_values_a_decoded_one_would() -> None:
+    assert Death(reason="shutdown").reason is DeathReason.SHUTDOWN
+    cmd = Command(target="n", nonce=bytes(8), expires=5, key_id="k", name="ping")
+    assert type(cmd.expires) is float  # as on the wire: an int is taken for a float, as a float
+    # What pydantic took as a builtin is that builtin: str enums, numpy floats, int subclasses.
+    telemetry = Telemetry(
+        **{**TELEMETRY, "uptime_s": np.float64(2.5), "counters": {"a": np.float32(0.5)}}
+    )
+    assert type(telemetry.uptime_s) is float
+    assert type(telemetry.counters["a"]) is float
+    event = Event(
+        kind="other", detail=EventKind.ALARM, data={"k": EventKind.CLOCK, "f": np.float64(1)}
+    )
+    assert type(event.detail) is str
+    assert [type(v) for v in event.data.values()] == [str, float]
+    assert event == decode(encode(envelope(event))).body
+    # replace() checks the copy again (pydantic's model_copy did not).
+    with pytest.raises(ValidationError, match=re.escape("`$.nonce`")):
+        replace(cmd, nonce=b"short")
+
+
+def test_validate_and_as_builtins() -> None:
+    birth = validate(
+        Birth,
+        {
+            "software_version": "1",
+            "profile": "p",
+            "budget_bytes": 5,
+            "groups": {"g": {"agents": 2}, "h": GroupInfo(agents=3, bundle="b")},
+        },
+    )
+    assert birth.groups["g"] == GroupInfo(agents=2)
+    with pytest.raises(ValidationError, match="unknown field `extra`"):
+        validate(Birth, {"software_version": "1", "profile": "p", "budget_bytes": 5, "extra": 1})
+    assert as_builtins(birth) == {
+        "software_version": "1",
+        "profile": "p",
+        "budget_bytes": 5,
+        "groups": {
+            "g": {"agents": 2, "bundle": None, "bundle_sha256": None},
+            "h": {"agents": 3, "bundle": "b", "bundle_sha256": None},
+        },
+        "capabilities": [],
+        "labels": {},
+    }
+    result = CommandResult(nonce=bytes(8), name="x", code="ok", data={"b": b"\x01"})
+    assert as_builtins(result)["code"] == "ok"
+    assert as_builtins(result)["data"] == {"b": b"\x01"}
+
+
 def test_command_signing_bytes_cover_everything_but_the_signature() -> None:
     base = SAMPLE_BODIES[5]
     assert isinstance(base, Command)
-    reordered = base.model_copy(update={"args": dict(reversed(list(base.args.items())))})
+    reordered = replace(base, args=dict(reversed(list(base.args.items()))))
     assert base.signing_bytes("f") == reordered.signing_bytes("f")
-    resigned = base.model_copy(update={"signature": b"\x09" * 64})
+    resigned = replace(base, signature=b"\x09" * 64)
     assert base.signing_bytes("f") == resigned.signing_bytes("f")
     for field, value in [
         ("target", "pi-02"),
@@ -272,7 +386,7 @@ def test_command_signing_bytes_cover_everything_but_the_signature() -> None:
         ("name", "reboot"),
         ("args", {"hz": 6}),
     ]:
-        changed = base.model_copy(update={field: value})
+        changed = replace(base, **{field: value})
         assert changed.signing_bytes("f") != base.signing_bytes("f"), field
     assert base.signing_bytes("f") != base.signing_bytes("g")
 
@@ -537,3 +651,31 @@ def test_bundle_broadcast_topic_and_chunk() -> None:
     assert back.body == env.body
     with pytest.raises(ValidationError):
         BundleChunk(sha256=sha, index=3, data=b"")
+
+
+def test_the_daemons_fleet_path_imports_no_pydantic() -> None:
+    """The wire models are msgspec Structs: a daemon with ``[mqtt] enabled`` (uplink, link,
+    MQTT transport, commands, deployments, coordination) builds, encodes and decodes messages
+    without pydantic, which its memory budget cannot afford (benchmarks/RESULTS.md)."""
+    code = (
+        "import sys\n"
+        "import edge_agent.cli, edge_agent.daemon.service, edge_agent.daemon.uplink\n"
+        "import edge_agent.daemon.handlers, edge_agent.fleet.comms.mqtt\n"
+        "import edge_agent.fleet.link, edge_agent.fleet.commands, edge_agent.fleet.deploy\n"
+        "import edge_agent.fleet.agent_io, edge_agent.coordination.messages\n"
+        "import edge_agent.coordination.engine, edge_agent.coordination.runtime\n"
+        "from edge_agent.fleet import protocol as p\n"
+        "from edge_agent.fleet.commands import parse_args\n"
+        "cmd = p.Command(target='n', nonce=bytes(8), expires=1, key_id='k', name='resize_group',\n"
+        "                args={'group': 'g', 'agents': 3})\n"
+        "env = p.Envelope(type='command', node='hub', seq=0, bdseq=0, ts=0, clock_synced=False,\n"
+        "                 body=cmd)\n"
+        "assert p.decode(p.encode(env)) == env\n"
+        "parse_args(cmd.name, cmd.args)\n"
+        "top = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(top & {'pydantic', 'pydantic_core'}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec.structs import replace
 
 from edge_agent import cli, fsutil
 from edge_agent.bundle.signing import TrustedKeys, key_id, sign_bytes
@@ -342,7 +343,7 @@ def signed(expires: float, nonce: bytes | None = None) -> Command:
         key_id=key_id(TRUSTED_KEY.public_key()),
         name="ping",
     )
-    return cmd.model_copy(update={"signature": sign_bytes(TRUSTED_KEY, cmd.signing_bytes(FLEET))})
+    return replace(cmd, signature=sign_bytes(TRUSTED_KEY, cmd.signing_bytes(FLEET)))
 
 
 def verifier(store: NonceStore, now: Callable[[], float]) -> CommandVerifier:

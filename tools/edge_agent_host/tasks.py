@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
 import numpy as np
-from pydantic import ValidationError
 
 from edge_agent.coordination.messages import (
     MAX_TASKS_PER_MESSAGE,
@@ -86,11 +86,9 @@ def make_specs(
             )
             for task, goal in goals.items()
         ]
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise InputError(f"invalid task: {problems}") from err
+    except msgspec.ValidationError as err:
+        # msgspec reports the first problem, with the field it is in (`` - at `$.task` ``).
+        raise InputError(f"invalid task: {err}") from err
 
 
 def random_specs(

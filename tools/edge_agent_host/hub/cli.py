@@ -26,6 +26,7 @@ from edge_agent.fleet.protocol import (
     Event,
     NodeState,
     Telemetry,
+    as_builtins,
 )
 from edge_agent_host.hub.client import HubClient
 from edge_agent_host.hub.deploy import DEFAULT_CHUNK_BYTES
@@ -225,7 +226,7 @@ def _describe(msg: HubMessage) -> dict[str, Any]:
     }
     if msg.gap:
         out["gap"] = msg.gap
-    body = env.body.model_dump()
+    body = as_builtins(env.body)
     if env.type in ("obs", "action", "beliefs"):
         body = {k: v for k, v in body.items() if k not in ("agent_ids", "values")}
         out["agents"] = len(env.body.agent_ids) // 4  # type: ignore[attr-defined]
@@ -266,7 +267,7 @@ def _line(msg: HubMessage) -> str:
 
 def _print_result(node: str, result: CommandResult, as_json: bool) -> None:
     if as_json:
-        print(_json({"node": node, **result.model_dump()}))
+        print(_json({"node": node, **as_builtins(result)}))
     else:
         data = {k: v for k, v in result.data.items() if not isinstance(v, bytes)}
         extra = f" {data}" if data else ""

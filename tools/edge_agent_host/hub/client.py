@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle.signing import key_id, sign_bytes
@@ -323,7 +324,7 @@ class HubClient:
         if self.key is None:
             raise HubError("signing a command needs a hub key (--key)")
         signature = sign_bytes(self.key, unsigned.signing_bytes(self.fleet))
-        return unsigned.model_copy(update={"signature": signature})
+        return msgspec.structs.replace(unsigned, signature=signature)
 
     def send(self, cmd: Command, *, to: str | None = None) -> bytes:
         """Publish ``cmd`` on its target's command topic (``to``: another node's, which must

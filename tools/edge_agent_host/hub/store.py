@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from edge_agent.fleet.protocol import Birth, CommandResult, Event, Telemetry
+from edge_agent.fleet.protocol import Birth, CommandResult, Event, Telemetry, as_builtins
 
 __all__ = ["HubStore"]
 
@@ -67,7 +67,7 @@ class HubStore:
             )
         if birth is not None:
             self.conn.execute(
-                "UPDATE nodes SET birth = ? WHERE node = ?", (_json(birth.model_dump()), node)
+                "UPDATE nodes SET birth = ? WHERE node = ?", (_json(as_builtins(birth)), node)
             )
         if death:
             self.conn.execute("UPDATE nodes SET deaths = deaths + 1 WHERE node = ?", (node,))
@@ -75,13 +75,13 @@ class HubStore:
     def telemetry(self, node: str, ts: float, body: Telemetry) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO telemetry (node, ts, body) VALUES (?, ?, ?)",
-            (node, ts, _json(body.model_dump())),
+            (node, ts, _json(as_builtins(body))),
         )
 
     def event(self, node: str, ts: float, body: Event) -> None:
         cur = self.conn.execute(
             "INSERT INTO events (node, ts, body) VALUES (?, ?, ?)",
-            (node, ts, _json(body.model_dump())),
+            (node, ts, _json(as_builtins(body))),
         )
         if cur.lastrowid is not None and cur.lastrowid % 1000 == 0:
             self.conn.execute(

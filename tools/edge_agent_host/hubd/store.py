@@ -41,6 +41,7 @@ from edge_agent.fleet.protocol import (
     Event,
     NodeState,
     Telemetry,
+    as_builtins,
 )
 from edge_agent_host.hub.errors import HubError
 from edge_agent_host.hubd.config import RetentionSection
@@ -336,7 +337,7 @@ class HubDatabase:
             "WHERE node = :node AND (birth_bdseq IS NULL OR :bdseq > birth_bdseq "
             "OR :ts >= birth_ts)",
             {
-                "birth": to_json(body.model_dump()),
+                "birth": to_json(as_builtins(body)),
                 "bdseq": env.bdseq,
                 "ts": env.ts,
                 "version": _text(body.software_version),
@@ -372,7 +373,7 @@ class HubDatabase:
 
     def _telemetry(self, heard: Heard, body: Telemetry) -> None:
         env = heard.envelope
-        text = to_json(body.model_dump())
+        text = to_json(as_builtins(body))
         self._run(
             "INSERT INTO telemetry (node, ts, bdseq, seq, received, uptime_s, rss_bytes, "
             "budget_used_bytes, budget_total_bytes, ticks, tick_p50_ms, tick_p99_ms, overruns, "
