@@ -62,18 +62,8 @@ from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import EdgeAgentError, InputError
 from edge_agent.fleet.comms.base import BoundedQueue
 from edge_agent.fleet.names import UINT32
-from edge_agent.fleet.protocol import (
-    BeliefBatch,
-    Birth,
-    Body,
-    Death,
-    Envelope,
-    NodeState,
-    Route,
-    TopicKind,
-    Topics,
-    check_name,
-)
+from edge_agent.fleet.protocol import BeliefBatch, Birth, Body, Death, Envelope, NodeState
+from edge_agent.fleet.topics import Route, TopicKind, Topics, check_name
 
 logger = logging.getLogger(__name__)
 

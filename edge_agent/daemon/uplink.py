@@ -54,8 +54,8 @@ from edge_agent.fleet.protocol import (
     EventKind,
     ObservationBatch,
     Severity,
-    Topics,
 )
+from edge_agent.fleet.topics import Topics
 from edge_agent.recovery import StateHealth
 
 logger = logging.getLogger(__name__)

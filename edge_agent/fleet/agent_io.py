@@ -54,11 +54,10 @@ from edge_agent.fleet.protocol import (
     Envelope,
     FrameBatch,
     ObservationBatch,
-    TopicKind,
-    Topics,
     decode,
     encode,
 )
+from edge_agent.fleet.topics import TopicKind, Topics
 
 logger = logging.getLogger(__name__)
 

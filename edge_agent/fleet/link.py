@@ -63,19 +63,17 @@ from edge_agent.fleet.protocol import (
     NodeState,
     OutboxCounters,
     RebirthRequest,
-    Route,
     SeqResult,
     SeqTracker,
     Severity,
     Telemetry,
-    Topics,
     body_model,
-    check_name,
     clock_synced,
     decode,
     encode,
     validate,
 )
+from edge_agent.fleet.topics import Route, Topics, check_name
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
 from edge_agent.recovery import StateHealth
 

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from msgspec.structs import replace
 
 from edge_agent.daemon.uplink import REFUSAL_ANSWERS_HELD, REFUSAL_ANSWERS_PER_S
-from edge_agent.fleet.protocol import ResultCode, Topics, encode
+from edge_agent.fleet.protocol import ResultCode, encode
+from edge_agent.fleet.topics import Topics
 from edge_agent_host.hub import HubClient
 from tests.integration.broker import MosquittoBroker
 from tests.integration.test_fleet_daemon import FLEET, Node, _envelope, hub_for, hub_key

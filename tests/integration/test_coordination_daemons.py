@@ -44,7 +44,8 @@ from edge_agent.bundle.signing import load_private_key
 from edge_agent.bundle.writer import sign_bundle, write_bundle
 from edge_agent.coordination import fusion
 from edge_agent.fleet.agent_io import decode_actions, encode_observations
-from edge_agent.fleet.protocol import BeliefBatch, Envelope, Topics, encode
+from edge_agent.fleet.protocol import BeliefBatch, Envelope, encode
+from edge_agent.fleet.topics import Topics
 from edge_agent_host.hub import HubClient
 from edge_agent_host.keys import generate_keypair
 from edge_agent_host.tasks import announce, random_specs

@@ -40,9 +40,9 @@ from edge_agent.fleet.protocol import (
     Event,
     ResultCode,
     Telemetry,
-    Topics,
     encode,
 )
+from edge_agent.fleet.topics import Topics
 from edge_agent_host.hub import HubClient
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.test_daemon import REPO, Daemon, NotifySocket

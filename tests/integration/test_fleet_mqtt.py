@@ -51,10 +51,10 @@ from edge_agent.fleet.protocol import (
     NodeState,
     RebirthRequest,
     Telemetry,
-    Topics,
     decode,
     encode,
 )
+from edge_agent.fleet.topics import Topics
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from paho.mqtt.client import topic_matches_sub
 from edge_agent.config.daemon import parse_config
 from edge_agent.coordination import CoordinationEngine
 from edge_agent.errors import InputError
-from edge_agent.fleet.protocol import TopicKind, Topics
+from edge_agent.fleet.topics import TopicKind, Topics
 from edge_agent_host import cli
 from edge_agent_host.broker import (
     Auth,

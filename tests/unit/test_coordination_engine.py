@@ -28,7 +28,8 @@ from edge_agent.coordination import (
 )
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError
-from edge_agent.fleet.protocol import Body, Envelope, Route, Telemetry, TopicKind, Topics
+from edge_agent.fleet.protocol import Body, Envelope, Telemetry
+from edge_agent.fleet.topics import Route, TopicKind, Topics
 from edge_agent.sim import BatchEnv
 from edge_agent.sim.gridworld import gridworld_model
 from tests.unit.coordination_harness import (

@@ -149,7 +149,7 @@ class FakeLink:
     bdseq = 0
 
     def __init__(self) -> None:
-        from edge_agent.fleet.protocol import Topics
+        from edge_agent.fleet.topics import Topics
 
         self.topics = Topics(FLEET)
 

@@ -33,10 +33,10 @@ from edge_agent.fleet.protocol import (
     RebirthRequest,
     SeqVerdict,
     Telemetry,
-    Topics,
     decode,
     encode,
 )
+from edge_agent.fleet.topics import Topics
 
 FLEET = "plant"
 TOPICS = Topics(FLEET)

@@ -23,10 +23,10 @@ from edge_agent.fleet.protocol import (
     EventKind,
     NodeState,
     RebirthRequest,
-    Topics,
     decode,
     encode,
 )
+from edge_agent.fleet.topics import Topics
 from edge_agent_host.hubd.config import parse_hub_config
 from edge_agent_host.hubd.engines import SqliteEngine
 from edge_agent_host.hubd.service import HubService, State

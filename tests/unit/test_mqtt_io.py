@@ -21,10 +21,10 @@ from edge_agent.fleet.protocol import (
     ActionBatch,
     Envelope,
     ObservationBatch,
-    Topics,
     decode,
     encode,
 )
+from edge_agent.fleet.topics import Topics
 
 NUM_OBS = (5, 3)  # two modalities
 

@@ -42,12 +42,12 @@ from edge_agent.fleet.protocol import (
     SeqTracker,
     SeqVerdict,
     Telemetry,
-    Topics,
     as_builtins,
     decode,
     encode,
     validate,
 )
+from edge_agent.fleet.topics import Topics
 
 SHA = "ab" * 32
 

@@ -26,7 +26,7 @@ the identity the MQTT client id too, so no client can take over another's sessio
 its will: "offline").
 
 **ACL** (:func:`acl_text`): ``pattern`` lines bind the topics a node writes to its identity
-(``%u``): every node-owned kind of :class:`~edge_agent.fleet.protocol.Topics` (state, birth,
+(``%u``): every node-owned kind of :class:`~edge_agent.fleet.topics.Topics` (state, birth,
 death, telemetry, event, result, beliefs, tasks, action). A node reads its inbox (cmd, rebirth,
 obs) and the fleet's presence, beliefs and tasks, and may ask any node for a rebirth. A hub
 reads the whole fleet and writes every node's ``cmd``; an observer only reads; a sensor writes
@@ -62,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import InputError
 from edge_agent.fleet.names import NAME_PATTERN
-from edge_agent.fleet.protocol import NODE_OWNED_KINDS, TopicKind, Topics
+from edge_agent.fleet.topics import NODE_OWNED_KINDS, TopicKind, Topics
 from edge_agent.fsutil import write_atomic
 
 __all__ = [

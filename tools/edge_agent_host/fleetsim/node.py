@@ -48,8 +48,8 @@ from edge_agent.fleet.protocol import (
     EventKind,
     GroupInfo,
     Telemetry,
-    Topics,
 )
+from edge_agent.fleet.topics import Topics
 
 logger = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from edge_agent.fleet.protocol import (
     NodeState,
     RebirthRequest,
     Telemetry,
-    Topics,
     clock_synced,
     decode,
     encode,
 )
+from edge_agent.fleet.topics import Topics
 from edge_agent_host.hub.deploy import (
     DEFAULT_CHUNK_BYTES,
     BroadcastStats,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge_agent.fleet.protocol import Birth, Envelope, Route, SeqTracker, Telemetry
+from edge_agent.fleet.protocol import Birth, Envelope, SeqTracker, Telemetry
+from edge_agent.fleet.topics import Route
 
 __all__ = ["HubMessage", "NodeView"]
 

@@ -35,13 +35,8 @@ from typing import Final
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import SignatureError
 from edge_agent.fleet.comms.base import Incoming, Transport
-from edge_agent.fleet.protocol import (
-    Command,
-    DecodeError,
-    TopicKind,
-    Topics,
-    decode,
-)
+from edge_agent.fleet.protocol import Command, DecodeError, decode
+from edge_agent.fleet.topics import TopicKind, Topics
 from edge_agent_host.hubd.queue import Heard, HeldMessages
 
 __all__ = ["PRESENCE_KINDS", "SHARED_KINDS", "FleetListener"]

@@ -41,7 +41,8 @@ from edge_agent.daemon.scheduler import Periodic
 from edge_agent.daemon.systemd import SdNotifier
 from edge_agent.errors import EdgeAgentError, SignatureError
 from edge_agent.fleet.comms.base import Backoff, Transport
-from edge_agent.fleet.protocol import Envelope, RebirthRequest, Topics, clock_synced, encode
+from edge_agent.fleet.protocol import Envelope, RebirthRequest, clock_synced, encode
+from edge_agent.fleet.topics import Topics
 from edge_agent.fsutil import write_atomic
 from edge_agent_host.hubd.config import (
     HubConfig,
