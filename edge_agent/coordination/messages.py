@@ -30,7 +30,15 @@ import numpy.typing as npt
 from msgspec import Meta
 
 from edge_agent.fleet.names import UINT32
-from edge_agent.fleet.protocol import U32, Body, Name, NonNegFloat, WireModel, register_body_type
+from edge_agent.fleet.protocol import (
+    U32,
+    Body,
+    Name,
+    NonNegFloat,
+    WireModel,
+    prepare_all,
+    register_body_type,
+)
 
 MAX_TASKS_PER_MESSAGE: Final = 1024
 """Task specs, releases or task names in one message."""
@@ -326,3 +334,4 @@ class TaskSync(Body, frozen=True, kw_only=True):
 MESSAGE_TYPES: Final = (TaskAnnounce, TaskBids, TaskRelease, TaskState, TaskSync)
 for _model in MESSAGE_TYPES:
     register_body_type(_model)
+prepare_all()  # msgspec's type info of every model here now, not on two threads at once

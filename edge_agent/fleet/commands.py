@@ -57,6 +57,7 @@ from edge_agent.fleet.protocol import (
     Name,
     Sha256Hex,
     WireModel,
+    prepare_all,
     validate,
 )
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
@@ -185,6 +186,7 @@ ARG_MODELS: Final[Mapping[str, type[_Args]]] = {
     "deploy": DeployArgs,
     "deploy_chunk": ChunkArgs,
 }
+prepare_all()  # msgspec's type info of the argument models now, not on two threads at once
 
 
 class ArgsError(EdgeAgentError):

@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import sys
+import threading
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -134,8 +135,40 @@ def _plain(value: Any) -> Any:
 
 _BYTES_TYPES: Final = (bytes, bytearray, memoryview)
 
+_PREPARED: set[type[WireModel]] = set()
+_PREPARING: Final = threading.Lock()
+
+
+def prepare(model: type[WireModel]) -> None:
+    """Build msgspec's type info of ``model`` (and of the models in its fields) now, once.
+
+    msgspec (0.22, GIL build) caches a Struct type's info on the class the first time the type
+    is decoded or converted, and publishes it before its fields are converted: a second thread
+    using the type in that window reads the half-built info and the process dies (a segfault;
+    reproduced with threads converting a new Struct type at once). The daemon makes messages on
+    its tick thread and its transport thread (the will), the hub on several threads: every wire
+    model is prepared when its module is imported (:func:`prepare_all`), and whatever is
+    converted is prepared first, under a lock."""
+    if model in _PREPARED:
+        return
+    with _PREPARING:
+        if model not in _PREPARED:
+            msgspec.msgpack.Decoder(model)
+            _PREPARED.add(model)
+
+
+def prepare_all() -> None:
+    """:func:`prepare` every :class:`WireModel` subclass defined so far (each module that
+    defines wire models calls it at its end, while it is imported)."""
+    todo: list[type[WireModel]] = [WireModel]
+    while todo:
+        model = todo.pop()
+        prepare(model)
+        todo.extend(model.__subclasses__())
+
 
 def _convert(model: type[M], data: Any) -> M:
+    prepare(model)
     token = _VALIDATED.set(True)
     try:
         # builtin_types: a str is not base64-decoded into a bytes field, it is refused
@@ -555,6 +588,7 @@ def register_body_type(model: type[Body]) -> None:
     if name in _BODY_TYPES and _BODY_TYPES[name] is not model:
         raise ProtocolError(f"message type {name!r} is already registered")
     _BODY_TYPES[name] = model
+    prepare(model)
     _BODY_DECODERS[name] = msgspec.msgpack.Decoder(model)
 
 
@@ -625,6 +659,9 @@ class Envelope(_Header, frozen=True, kw_only=True):
             raise ValueError(f"unknown message type {self.type!r}")
         if type(self.body) is not model:
             raise ValueError(f"type {self.type!r} needs a {model.__name__} body")
+
+
+prepare_all()  # msgspec's type info of every model above now, not on two threads at once
 
 
 class DecodeError(ProtocolError):

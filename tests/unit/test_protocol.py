@@ -653,6 +653,34 @@ def test_bundle_broadcast_topic_and_chunk() -> None:
         BundleChunk(sha256=sha, index=3, data=b"")
 
 
+def test_every_wire_model_is_prepared_when_its_module_is_imported() -> None:
+    """msgspec builds a Struct type's info on its first use, and a second thread using the type
+    meanwhile crashes the process (see ``protocol.prepare``): the daemon's tick and transport
+    threads would both use the envelope's header first at start. Every wire model's info is
+    built while its module is imported."""
+    import edge_agent.coordination.messages
+    import edge_agent.fleet.commands
+
+    models: list[type[protocol.WireModel]] = []
+    todo: list[type[protocol.WireModel]] = [protocol.WireModel]
+    while todo:
+        model = todo.pop()
+        models.append(model)
+        todo.extend(model.__subclasses__())
+    defined_here = [
+        m
+        for m in models
+        if m.__module__
+        in {
+            protocol.__name__,
+            edge_agent.fleet.commands.__name__,
+            edge_agent.coordination.messages.__name__,
+        }
+    ]
+    assert len(defined_here) > 40
+    assert [m for m in defined_here if m not in protocol._PREPARED] == []
+
+
 def test_the_daemons_fleet_path_imports_no_pydantic() -> None:
     """The wire models are msgspec Structs: a daemon with ``[mqtt] enabled`` (uplink, link,
     MQTT transport, commands, deployments, coordination) builds, encodes and decodes messages
