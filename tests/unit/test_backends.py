@@ -378,3 +378,69 @@ def test_warm_up_runs_zeros() -> None:
     np.testing.assert_allclose(
         session.run({"window": zeros})["logits"], mlp_forward(layers, zeros), rtol=1e-5, atol=1e-6
     )
+
+
+# -- sliding inputs --------------------------------------------------------------------------------
+def _sliding_sessions() -> list[tuple[str, bytes, dict[str, tuple[float, int]]]]:
+    int8 = int8_io_onnx(random_mlp((T * F, 8, A), seed=5), T, F, input_scale=0.02,
+                        input_zero_point=-5, output_scale=0.05, output_zero_point=4)
+    return [
+        ("onnxruntime", mlp_bytes(seed=4)[0], {}),  # float32 input: a slide rebinds the input
+        ("onnxruntime", int8.SerializeToString(), {"q_in": (0.02, -5), "q_out": (0.05, 4)}),
+        ("litert", fixture.FLOAT_PATH.read_bytes(), {}),
+        ("litert", fixture.INT8_PATH.read_bytes(), {}),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["ort-float", "ort-int8", "litert-float",
+                                                "litert-int8"])
+def test_a_sliding_input_runs_as_the_shifted_copy_would(case: int) -> None:
+    backend, model, quant = _sliding_sessions()[case]
+    session = get_backend(backend).load(model, quantization=quant)
+    plain = get_backend(backend).load(model, quantization=quant)
+    (spec,), (out_spec,) = session.input_specs, session.output_specs
+    n, (t, f) = 8, spec.shape[1:]
+    session.enable_slide(spec.name, f)
+    session.set_batch(n)
+    plain.set_batch(n)
+    room = (n * t * f) // (8 * f)  # an eighth of the input: 7 positions for 8 agents, T = 6
+    assert session.slide_nbytes(n) == 4 * f * min(room, 64)
+    assert len(session.input_views(spec.name)) == min(room, 64) + 1
+    rng = np.random.default_rng(case)
+    reference = np.zeros(n * t * f, dtype=np.float32)  # the old way: one shifting copy a step
+    for step in range(3 * (room + 1) + 2):  # past the copy back to the start, three times
+        staging = session.slide_input(spec.name)
+        assert session.input_buffer(spec.name) is staging
+        newest = rng.uniform(-1.0, 1.0, size=(n, f)).astype(np.float32)
+        staging.reshape(n, t, f)[:, -1] = newest
+        reference[:-f] = reference[f:].copy()
+        reference.reshape(n, t, f)[:, -1] = newest
+        np.testing.assert_array_equal(staging.reshape(-1), reference, err_msg=f"step {step}")
+        got = session.run({spec.name: staging})[out_spec.name]
+        want = plain.run({spec.name: reference.reshape(n, t, f)})[out_spec.name]
+        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+
+
+def test_slides_are_set_up_before_the_batch_and_only_for_known_inputs() -> None:
+    model, _ = mlp_bytes()
+    session = get_backend("onnxruntime").load(model)
+    with pytest.raises(InputError, match=r"no input 'nope'"):
+        session.enable_slide("nope", F)
+    for bad in (0, T * F, True, 1.5):
+        with pytest.raises(InputError, match=r"a slide moves 1 to 17 values"):
+            session.enable_slide("window", bad)  # type: ignore[arg-type]
+    session.set_batch(4)
+    with pytest.raises(InputError, match=r"does not slide"):
+        session.slide_input("window")
+    with pytest.raises(InputError, match=r"before the first set_batch"):
+        session.enable_slide("window", F)
+    assert session.slide_nbytes(4) == 0
+    assert session.input_views("window") == [session.input_buffer("window")]
+    tiny = get_backend("onnxruntime").load(model)
+    tiny.enable_slide("window", F)
+    tiny.set_batch(1)  # 18 values: no room, every slide is the copy
+    assert tiny.slide_nbytes(1) == 0
+    first = tiny.input_buffer("window")
+    first[...] = np.arange(T * F, dtype=np.float32).reshape(1, T, F)
+    assert tiny.slide_input("window") is first
+    np.testing.assert_array_equal(first.reshape(-1)[:-F], np.arange(F, T * F))

@@ -106,6 +106,42 @@ def test_windows_are_stacked_oldest_first_with_zero_padding_and_resets() -> None
     assert group.ticks == 11
 
 
+def test_windows_stay_exact_across_many_slides_resets_resizes_and_snapshots() -> None:
+    T, F, N = 4, 3, 40  # 480 input values: 20 slides of room, so ~100 ticks copy back 4 times
+    group = group_for(flatten_onnx(T, F), T, N, "observation")
+    assert len(group.session.input_views("window")) == 21
+    rng = np.random.default_rng(7)
+    history: list[np.ndarray] = []
+    filled = np.zeros(N, dtype=np.int64)
+    for tick in range(100):
+        if tick % 17 == 16:
+            mask = rng.random(N) < 0.3
+            group.reset(mask)
+            filled[mask] = 0
+        if tick == 60:  # a snapshot taken mid-room comes back in a fresh group (at position 0)
+            state = {k: v.copy() for k, v in group.state_dict().items()}
+            group = group_for(flatten_onnx(T, F), T, N, "observation", history_capacity=T)
+            group.load_state_dict(state)
+        obs = rng.normal(size=(N, F)).astype(np.float32)
+        given: np.ndarray = obs
+        if tick % 10 == 3:  # float64 and non-contiguous observations take the casting copy
+            given = obs.astype(np.float64)
+        elif tick % 10 == 5:
+            given = np.asfortranarray(obs)
+        history.append(obs)
+        filled = np.minimum(filled + 1, T)
+        out = group.forward(given)["flat"]
+        np.testing.assert_array_equal(
+            out.reshape(N, T, F), expected_windows(history, filled, T), err_msg=f"tick {tick}"
+        )
+    group.resize(N + 5)  # the kept agents' windows survive a new batch size
+    obs = rng.normal(size=(N + 5, F)).astype(np.float32)
+    out = group.forward(obs)["flat"].reshape(N + 5, T, F)
+    expected = expected_windows([*(h for h in history), obs[:N]], np.minimum(filled + 1, T), T)
+    np.testing.assert_array_equal(out[:N], expected)
+    np.testing.assert_array_equal(out[N:, :-1], 0.0)
+
+
 def test_flat_model_inputs_take_the_same_windows() -> None:
     T, F = 3, 2
     # A (batch, T*F) input: the window is the same memory, flattened.
@@ -220,26 +256,31 @@ def test_bad_observations_are_input_errors() -> None:
 
 
 # -- memory ----------------------------------------------------------------------------------------
+def _allocated(group: NeuralAgentGroup) -> int:
+    """The group's arrays and its session's buffers (a sliding input's whole buffer)."""
+    session = group.session
+    staging = [b if b.base is None else b.base for b in session._staging.values()]
+    return group.nbytes + sum(b.nbytes for b in (*staging, *session._outputs.values()))
+
+
 def test_per_agent_bytes_are_what_is_allocated() -> None:
     T, F, N = 8, 8, 100
     world = SensorWorld(1)
     model = mlp_onnx(sensor_policy(world.prototypes, world.noise, T), T, F)
     for selection in ("argmax", "sample"):
         group = group_for(model, T, N, selection=selection, history_capacity=20)
-        session = group.session
-        allocated = group.nbytes + sum(b.nbytes for b in session._staging.values())
-        allocated += sum(b.nbytes for b in session._outputs.values())
         assert group.history.capacity == 20
-        assert allocated == N * group.per_agent_nbytes()
+        # The sliding window input's room: 64 steps of 8 float32 (100 agents x 8 steps / 8 > 64).
+        assert group.session.slide_nbytes(N) == 64 * F * 4
+        assert _allocated(group) == group.bytes_for(N) == N * group.per_agent_nbytes() + 64 * F * 4
     for kind, out_model, extra in (
         ("continuous", constant_onnx(T, F, [0.0, 1.0, 2.0]), {"low": (0, 0, 0), "high": (1, 1, 1)}),
         ("observation", flatten_onnx(T, F), {}),
     ):
         group = group_for(out_model, T, N, kind, **extra)
-        session = group.session
-        allocated = group.nbytes + sum(b.nbytes for b in session._staging.values())
-        allocated += sum(b.nbytes for b in session._outputs.values())
-        assert allocated == N * group.per_agent_nbytes(), kind
+        assert _allocated(group) == group.bytes_for(N), kind
+    single = group_for(constant_onnx(1, F, [0.0, 1.0]), 1, N)  # window 1: nothing slides
+    assert _allocated(single) == single.bytes_for(N) == N * single.per_agent_nbytes()
 
 
 def test_budget_reserves_before_allocating_and_shares_the_model() -> None:

@@ -11,6 +11,15 @@ Memory: a session owns one set of buffers for the current batch size, allocated 
 batch is allocated per call (LiteRT resizes its tensors and re-plans its arena once per batch-size
 change, never per tick). :meth:`Session.input_buffer` exposes the real-valued input staging array
 so that a caller can write its batch there directly and skip one copy.
+
+Sliding inputs: a caller that keeps a window of recent steps in an input (the neural groups keep
+every agent's ``(T, F)`` window in the ``(N, T, F)`` input) moves it one step older per tick. Read
+as one flat array, that move is a shift by ``F`` values towards the start. After
+:meth:`Session.enable_slide`, :meth:`Session.slide_input` does it without moving the data: the
+input is a view into a slightly longer buffer, and a slide moves the view ``F`` values on (the
+onnxruntime session rebinds its input to the new view: a pointer, not a copy). Only once every
+:func:`slide_room` slides are the values copied back to the start of the buffer. The extra room
+(:meth:`Session.slide_nbytes`) is at most 64 steps and at most an eighth of the input.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +44,7 @@ __all__ = [
     "Session",
     "dequantize_into",
     "quantize_into",
+    "slide_room",
 ]
 
 FloatArray = NDArray[np.float32]
@@ -41,6 +52,27 @@ FloatArray = NDArray[np.float32]
 QuantParams = tuple[float, int]
 
 _INTEGER_KINDS = "iu"
+
+#: Most slides a sliding input makes before its values are copied back to the start.
+SLIDE_ROOM_MAX = 64
+
+
+def slide_room(size: int, step: int) -> int:
+    """Slides an input of ``size`` values moving ``step`` per slide gets before a copy back:
+    at most :data:`SLIDE_ROOM_MAX`, and the room (``slides * step`` values) at most an eighth of
+    the input. 0 means every slide is a copy (a tiny input)."""
+    return max(0, min(SLIDE_ROOM_MAX, size // (8 * step)))
+
+
+@dataclass(slots=True)
+class _Slide:
+    """A sliding input: ``views[k]`` is the input after ``k`` slides from the buffer's start."""
+
+    step: int
+    size: int
+    backing: FloatArray
+    views: list[FloatArray]
+    at: int = 0
 
 
 def quantize_into(
@@ -113,6 +145,8 @@ class Session(abc.ABC):
         self._batch = 0
         self._staging: dict[str, FloatArray] = {}
         self._outputs: dict[str, FloatArray] = {}
+        self._slide_steps: dict[str, int] = {}
+        self._slides: dict[str, _Slide] = {}
 
     # -- description ---------------------------------------------------------------------------
     @property
@@ -175,12 +209,71 @@ class Session(abc.ABC):
         self._batch = 0
         self._staging = {}
         self._outputs = {}
+        self._slides = {}
         self._resize(n)
-        self._staging = {
-            name: np.zeros((n, *dims), dtype=np.float32) for name, dims in self._input_dims.items()
-        }
+        for name, dims in self._input_dims.items():
+            step = self._slide_steps.get(name)
+            if step is None:
+                self._staging[name] = np.zeros((n, *dims), dtype=np.float32)
+                continue
+            size = n * math.prod(dims)
+            room = slide_room(size, step)
+            backing = np.zeros(size + room * step, dtype=np.float32)
+            views = [backing[k * step : k * step + size].reshape(n, *dims) for k in range(room + 1)]
+            self._slides[name] = _Slide(step=step, size=size, backing=backing, views=views)
+            self._staging[name] = views[0]
         self._allocate_model_buffers(n)
         self._batch = n
+
+    # -- sliding inputs --------------------------------------------------------------------------
+    def enable_slide(self, name: str, step: int) -> None:
+        """Let input ``name`` slide by ``step`` values per :meth:`slide_input` (see the module
+        docstring); call before the first :meth:`set_batch`."""
+        if name not in self._input_dims:
+            raise InputError(f"model has no input {name!r}; inputs are {sorted(self._input_dims)}")
+        items = math.prod(self._input_dims[name])
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 < step < items:
+            raise InputError(f"input {name!r}: a slide moves 1 to {items - 1} values, got {step!r}")
+        if self._batch:
+            raise InputError("enable_slide must come before the first set_batch")
+        self._slide_steps[name] = step
+
+    def input_views(self, name: str) -> list[FloatArray]:
+        """Every array :meth:`input_buffer` may return for input ``name`` until the next
+        :meth:`set_batch`: the positions of a sliding input, else the one staging array."""
+        slide = self._slides.get(name)
+        return list(slide.views) if slide is not None else [self.input_buffer(name)]
+
+    def slide_nbytes(self, n: int) -> int:
+        """Bytes of the sliding inputs' extra room at batch ``n`` (once per session)."""
+        total = 0
+        for name, step in self._slide_steps.items():
+            total += 4 * step * slide_room(n * math.prod(self._input_dims[name]), step)
+        return total
+
+    def slide_input(self, name: str) -> FloatArray:
+        """Move input ``name``, read as one flat array, one step towards its start and return its
+        staging array (a new view: the one :meth:`input_buffer` returns from now on).
+
+        The values of the first step drop out; every other value moves ``step`` places earlier;
+        the last ``step`` values are stale until the caller writes them.
+        """
+        slide = self._slides.get(name)
+        if slide is None:
+            self._require_batch()
+            raise InputError(f"input {name!r} does not slide: call enable_slide before set_batch")
+        step = slide.step
+        if slide.at + 1 < len(slide.views):
+            slide.at += 1
+        else:  # out of room: the values that stay go back to the start of the buffer
+            start = slide.at * step + step
+            kept = slide.size - step
+            np.copyto(slide.backing[:kept], slide.backing[start : start + kept])
+            slide.at = 0
+        view = slide.views[slide.at]
+        self._staging[name] = view
+        self._slid(name, slide.at)
+        return view
 
     def input_buffer(self, name: str) -> FloatArray:
         """The real-valued ``(batch, ...)`` float32 staging array of input ``name``.
@@ -261,6 +354,11 @@ class Session(abc.ABC):
             spec.name: np.zeros((n, *_static_dims("output", spec)), dtype=np.float32)
             for spec in self._output_specs
         }
+
+    @abc.abstractmethod
+    def _slid(self, name: str, at: int) -> None:
+        """Input ``name``'s staging array is now its slide view ``at``: a backend that reads
+        the staging array itself (a float32 model input) follows it."""
 
     @abc.abstractmethod
     def _resize(self, n: int) -> None:

@@ -147,6 +147,10 @@ class LiteRtSession(Session):
             if spec.scale is not None:
                 self._scratch[spec.name] = np.zeros(staging.shape, dtype=np.float32)
 
+    def _slid(self, name: str, at: int) -> None:
+        if self._model_in[name].dtype == np.float32:  # the staging array itself: follow it
+            self._model_in[name] = self._staging[name]
+
     def _invoke(self) -> None:
         interp = self._interp
         for spec in self._input_specs:

@@ -6,9 +6,12 @@ the firmware profile's ``inference_threads``), one inter-op thread, sequential e
 on a 4-core Pi that also runs the Active Inference kernels.
 
 Inputs and outputs are bound once per batch size with an ``IOBinding`` to preallocated numpy
-buffers, so a run writes into the same memory every tick. ONNX graph inputs carry no quantization
-parameters: QDQ models (what ``edge-agent-host convert onnx`` writes) keep float32 inputs and
-outputs, and a model with int8 inputs needs ``quantization={name: (scale, zero_point)}``.
+buffers, so a run writes into the same memory every tick; a sliding input (see
+:mod:`edge_agent.neural.backends.base`) has one ``OrtValue`` per position of its view, and a
+slide rebinds the input to the next one instead of moving the values. ONNX graph inputs carry no
+quantization parameters: QDQ models (what ``edge-agent-host convert onnx`` writes) keep float32
+inputs and outputs, and a model with int8 inputs needs ``quantization={name: (scale,
+zero_point)}``.
 """
 
 from __future__ import annotations
@@ -152,6 +155,7 @@ class OnnxRuntimeSession(Session):
         self._model_in: dict[str, np.ndarray] = {}
         self._scratch: dict[str, FloatArray] = {}
         self._model_out: dict[str, np.ndarray] = {}
+        self._slide_values: dict[str, list[Any]] = {}  # a sliding float32 input's OrtValues
 
     def _resolve_output_shapes(self) -> tuple[TensorSpec, ...]:
         """Outputs whose non-batch dimensions ONNX leaves symbolic get them from one probe run."""
@@ -181,12 +185,18 @@ class OnnxRuntimeSession(Session):
         ort = _ort()
         self._new_outputs(n)
         self._model_in, self._scratch, self._model_out = {}, {}, {}
+        self._slide_values = {}
         binding = self._session.io_binding()
         values = []
         for spec in self._input_specs:
             staging = self._staging[spec.name]
             if spec.dtype == "float32":
                 buf: np.ndarray = staging
+                slide = self._slides.get(spec.name)
+                if slide is not None:  # one OrtValue per view: a slide rebinds, nothing moves
+                    wrapped = [ort.OrtValue.ortvalue_from_numpy(v) for v in slide.views]
+                    self._slide_values[spec.name] = wrapped
+                    values.extend(wrapped)
             else:
                 buf = np.zeros(staging.shape, dtype=np.dtype(spec.dtype))
                 if spec.scale is not None:
@@ -208,6 +218,12 @@ class OnnxRuntimeSession(Session):
             values.append(value)
         self._binding = binding
         self._values = values
+
+    def _slid(self, name: str, at: int) -> None:
+        wrapped = self._slide_values.get(name)
+        if wrapped is not None:
+            self._model_in[name] = self._staging[name]
+            self._binding.bind_ortvalue_input(name, wrapped[at])
 
     def _invoke(self) -> None:
         for spec in self._input_specs:
