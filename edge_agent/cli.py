@@ -97,6 +97,10 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.daemon.digests import use_builtin_digests
+
+    use_builtin_digests()  # before anything imports hashlib: OpenSSL's 3.3 MB stay out
+
     import dataclasses
 
     from edge_agent.config.isolated import read_config_isolated

@@ -23,12 +23,15 @@ import errno
 import os
 import re
 import shutil
-import sqlite3
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = [
     "KEEP_MOVED_ASIDE",
@@ -57,23 +60,25 @@ _MOVED_RE = re.compile(r"(?P<name>.+)\.corrupt-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>
 #: SQLite primary result codes that mean the database cannot be used *now* (full, read-only, I/O
 #: error, locked, out of memory), as opposed to a damaged file (corrupt, not a database).
 #: A directory in the database's place is also SQLITE_CANTOPEN: openers check
-#: :func:`not_a_file` first.
+#: :func:`not_a_file` first. The numbers are SQLite's C API (https://sqlite.org/rescode.html),
+#: fixed for good; written out so that this module does not load SQLite into a daemon that
+#: keeps no database (one without MQTT: 1.5 MB resident).
 _SQLITE_UNAVAILABLE: Final = frozenset(
     {
-        sqlite3.SQLITE_PERM,
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-        sqlite3.SQLITE_NOMEM,
-        sqlite3.SQLITE_READONLY,
-        sqlite3.SQLITE_INTERRUPT,
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_FULL,
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_PROTOCOL,
-        sqlite3.SQLITE_AUTH,
+        3,  # SQLITE_PERM
+        5,  # SQLITE_BUSY
+        6,  # SQLITE_LOCKED
+        7,  # SQLITE_NOMEM
+        8,  # SQLITE_READONLY
+        9,  # SQLITE_INTERRUPT
+        10,  # SQLITE_IOERR
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL
+        23,  # SQLITE_AUTH
     }
 )
-_SQLITE_DAMAGED: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_SQLITE_DAMAGED: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -137,7 +142,8 @@ def write_atomic(
 def is_storage_error(err: BaseException) -> bool:
     """True when ``err`` says the storage refuses the operation now (full, over quota,
     read-only, an I/O error, no permission) rather than that the file's content is damaged."""
-    if isinstance(err, sqlite3.DatabaseError):
+    sqlite3 = sys.modules.get("sqlite3")  # not imported: err cannot be one of its errors
+    if sqlite3 is not None and isinstance(err, sqlite3.DatabaseError):
         code = getattr(err, "sqlite_errorcode", None)
         return code is not None and (code & 0xFF) in _SQLITE_UNAVAILABLE
     return isinstance(err, OSError) and err.errno in STORAGE_ERRNOS

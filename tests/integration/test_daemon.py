@@ -199,9 +199,12 @@ def test_ready_watchdog_status_and_clean_stop(env: tuple[Path, Path, NotifySocke
             == status["budget"]["total_bytes"]
         )
         assert status["rss_bytes"] > 10_000_000
-        # The config was validated in a child process: pydantic is not even mapped here.
+        # The config was validated in a child process: pydantic is not even mapped here. Without
+        # MQTT there is no database (no SQLite) and the digests are Python's own (no OpenSSL).
         maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
         assert "pydantic" not in maps
+        assert "libsqlite3" not in maps
+        assert "libcrypto" not in maps
         assert "numpy" in maps  # the check reads the right process
         # The CLI's view of the same file
         view = read_status(state / "status.json")
