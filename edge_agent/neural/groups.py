@@ -443,7 +443,7 @@ class NeuralAgentGroup:
                 )
         return arr
 
-    def forward(self, obs: np.ndarray, now: float | None = None) -> dict[str, FloatArray]:
+    def forward(self, obs: np.ndarray, now: float | None = None) -> Mapping[str, FloatArray]:
         """Append ``obs`` ``(N, F)`` to every agent's window and run the model once.
 
         Returns the model's real-valued outputs ``{name: (N, ...)}``: views of the session's
@@ -457,7 +457,7 @@ class NeuralAgentGroup:
             np.minimum(self._filled, self.window, out=self._filled)
             self._saturated = bool(self._filled.min() >= self.window)
         self._push_window(o)
-        outputs = self.session.run(self._inputs)
+        outputs = self.session.run_staged()  # the windows are the session's input already
         self.ticks += 1
         return outputs
 

@@ -444,3 +444,19 @@ def test_slides_are_set_up_before_the_batch_and_only_for_known_inputs() -> None:
     first[...] = np.arange(T * F, dtype=np.float32).reshape(1, T, F)
     assert tiny.slide_input("window") is first
     np.testing.assert_array_equal(first.reshape(-1)[:-F], np.arange(F, T * F))
+
+
+def test_run_staged_runs_what_is_in_the_staging_arrays() -> None:
+    model, layers = mlp_bytes()
+    session = get_backend("onnxruntime").load(model)
+    with pytest.raises(InputError, match=r"set_batch"):
+        session.run_staged()
+    session.set_batch(3)
+    staging = session.input_buffer("window")
+    staging[...] = np.linspace(-1.0, 1.0, 3 * T * F, dtype=np.float32).reshape(3, T, F)
+    outputs = session.run_staged()
+    expected = mlp_forward(layers, staging)
+    np.testing.assert_allclose(outputs["logits"], expected, rtol=1e-4, atol=1e-5)
+    assert outputs["logits"] is session.run({"window": staging})["logits"]  # the same buffers
+    with pytest.raises(TypeError):
+        outputs["logits"] = np.zeros((3, A), dtype=np.float32)  # type: ignore[index]

@@ -28,6 +28,7 @@ import abc
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -145,6 +146,7 @@ class Session(abc.ABC):
         self._batch = 0
         self._staging: dict[str, FloatArray] = {}
         self._outputs: dict[str, FloatArray] = {}
+        self._outputs_view: Mapping[str, FloatArray] = MappingProxyType(self._outputs)
         self._slide_steps: dict[str, int] = {}
         self._slides: dict[str, _Slide] = {}
 
@@ -321,6 +323,15 @@ class Session(abc.ABC):
         self._invoke()
         return dict(self._outputs)
 
+    def run_staged(self) -> Mapping[str, FloatArray]:
+        """Run the batch already in the staging arrays (written through :meth:`input_buffer`
+        or :meth:`slide_input`): :meth:`run` without its checks of the inputs, for a caller that
+        owns those arrays. The outputs as :meth:`run` gives them, in a read-only mapping the
+        session reuses."""
+        self._require_batch()
+        self._invoke()
+        return self._outputs_view
+
     def _require_batch(self) -> None:
         if self._batch == 0:
             raise InputError(f"{self.backend} session: call set_batch(n) before running it")
@@ -354,6 +365,7 @@ class Session(abc.ABC):
             spec.name: np.zeros((n, *_static_dims("output", spec)), dtype=np.float32)
             for spec in self._output_specs
         }
+        self._outputs_view = MappingProxyType(self._outputs)
 
     @abc.abstractmethod
     def _slid(self, name: str, at: int) -> None:

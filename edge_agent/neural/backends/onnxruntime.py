@@ -156,6 +156,8 @@ class OnnxRuntimeSession(Session):
         self._scratch: dict[str, FloatArray] = {}
         self._model_out: dict[str, np.ndarray] = {}
         self._slide_values: dict[str, list[Any]] = {}  # a sliding float32 input's OrtValues
+        self._converted_inputs = [t for t in self._input_specs if t.dtype != "float32"]
+        self._converted_outputs = [t for t in self._output_specs if t.dtype != "float32"]
 
     def _resolve_output_shapes(self) -> tuple[TensorSpec, ...]:
         """Outputs whose non-batch dimensions ONNX leaves symbolic get them from one probe run."""
@@ -226,13 +228,15 @@ class OnnxRuntimeSession(Session):
             self._binding.bind_ortvalue_input(name, wrapped[at])
 
     def _invoke(self) -> None:
-        for spec in self._input_specs:
+        # float32 tensors are bound to the staging and result arrays themselves: only the
+        # others are converted.
+        for spec in self._converted_inputs:
             self._stage(spec, self._model_in[spec.name], self._scratch.get(spec.name))
         try:
             self._session.run_with_iobinding(self._binding)
         except _errors() as err:
             raise ModelError(f"onnxruntime run failed: {ort_message(err)}") from err
-        for spec in self._output_specs:
+        for spec in self._converted_outputs:
             self._unstage(spec, self._model_out[spec.name])
 
 
