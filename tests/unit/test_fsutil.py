@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent import fsutil
 from edge_agent.fsutil import atomic_writer, write_atomic
 
 
@@ -44,3 +45,22 @@ def test_mkdir_prefix_and_non_durable(tmp_path: Path) -> None:
         assert names[0].endswith(".part")
         fh.write(b"{}")
     assert path.read_bytes() == b"{}"
+
+
+def test_the_written_out_sqlite_result_codes_are_sqlites() -> None:
+    import sqlite3
+
+    unavailable = {
+        sqlite3.SQLITE_PERM, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY, sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_AUTH,
+    }  # fmt: skip
+    assert unavailable == fsutil._SQLITE_UNAVAILABLE
+    assert {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB} == fsutil._SQLITE_DAMAGED
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
+    assert fsutil.is_storage_error(full)
+    corrupt = sqlite3.DatabaseError("database disk image is malformed")
+    corrupt.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+    assert not fsutil.is_storage_error(corrupt)
+    assert fsutil.sqlite_damaged(corrupt, opening=False)
