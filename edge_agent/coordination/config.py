@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import field
 from typing import Annotated, Any, Final
 
@@ -39,7 +39,7 @@ from edge_agent.coordination.settings import AuctionSettings, CoordinationSettin
 from edge_agent.fleet.names import NAME_PATTERN, UINT32
 from edge_agent.strict import Check, Record, Rule
 
-__all__ = ["AuctionConfig", "CoordinationConfig", "GroupCoordinationConfig"]
+__all__ = ["AuctionConfig", "CoordinationConfig", "GroupCoordinationConfig", "coordinates"]
 
 _NAME_RE: Final = re.compile(NAME_PATTERN)
 OUTBOX_CLASS: Final = "coordination"
@@ -172,3 +172,16 @@ class GroupCoordinationConfig(Record):
     def active(self) -> bool:
         """Whether the group takes part in anything (tasks or sharing)."""
         return bool(self.capabilities) or self.sharing is not None
+
+
+def coordinates(
+    coordination: CoordinationConfig | None,
+    groups: Iterable[GroupCoordinationConfig | None],
+    mqtt_enabled: bool,
+) -> bool:
+    """Whether a daemon with this config coordinates: ``[mqtt]`` on, ``[coordination]`` not
+    disabled, and some group (its coordination table, None without one) taking part in tasks or
+    sharing. From the config alone, so that a daemon that does not coordinate never imports the
+    engine (:mod:`edge_agent.coordination.runtime` and what it imports: 2.2 MB resident)."""
+    enabled = coordination is None or coordination.enabled
+    return mqtt_enabled and enabled and any(g is not None and g.active for g in groups)

@@ -39,7 +39,11 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.coordination.config import CoordinationConfig, GroupCoordinationConfig
+from edge_agent.coordination.config import (
+    CoordinationConfig,
+    GroupCoordinationConfig,
+    coordinates,
+)
 from edge_agent.coordination.engine import (
     TELEMETRY_KEY_CHARS,
     CoordinatedGroup,
@@ -107,10 +111,8 @@ Bindings = Mapping[str, GroupBinding]
 
 
 def wanted(coordination: CoordinationConfig | None, groups: Bindings, mqtt_enabled: bool) -> bool:
-    """Whether a daemon with this config coordinates: ``[mqtt]`` on, ``[coordination]`` not
-    disabled, and some group taking part in tasks or sharing."""
-    enabled = coordination is None or coordination.enabled
-    return mqtt_enabled and enabled and any(b.config.active for b in groups.values())
+    """:func:`~edge_agent.coordination.config.coordinates` for the groups as bound."""
+    return coordinates(coordination, (b.config for b in groups.values()), mqtt_enabled)
 
 
 class CoordinationRuntime:

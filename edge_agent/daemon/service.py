@@ -271,12 +271,14 @@ class Daemon:
 
     def _open_coordination(self, config: DaemonConfig, link: FleetLink) -> None:
         """The coordination runtime, when a group takes part (reserves its memory first)."""
-        from edge_agent.coordination.config import CoordinationConfig  # noqa: PLC0415
-        from edge_agent.coordination.runtime import CoordinationRuntime, wanted  # noqa: PLC0415
+        from edge_agent.coordination.config import CoordinationConfig, coordinates  # noqa: PLC0415
+
+        tables = (g.config.coordination for g in self.groups if isinstance(g.agents, AifAgentGroup))
+        if not coordinates(config.coordination, tables, config.mqtt.enabled):
+            return  # the engine is never imported
+        from edge_agent.coordination.runtime import CoordinationRuntime  # noqa: PLC0415
         from edge_agent.fleet.protocol import clock_synced  # noqa: PLC0415
 
-        if not wanted(config.coordination, self._coordination_groups(), config.mqtt.enabled):
-            return
         try:
             self.coordination = CoordinationRuntime(
                 config.coordination or CoordinationConfig(),

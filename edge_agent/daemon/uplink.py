@@ -23,11 +23,10 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from edge_agent.config.daemon import ConfigFile, DaemonConfig, MqttSource
 from edge_agent.coordination.config import CoordinationConfig
-from edge_agent.coordination.runtime import CoordinationRuntime
 from edge_agent.daemon.admission import hub_keys, mqtt_password
 from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.errors import EdgeAgentError
@@ -57,6 +56,9 @@ from edge_agent.fleet.protocol import (
 )
 from edge_agent.fleet.topics import Topics
 from edge_agent.recovery import StateHealth
+
+if TYPE_CHECKING:  # the engine is imported only by a daemon that coordinates (service.py)
+    from edge_agent.coordination.runtime import CoordinationRuntime
 
 logger = logging.getLogger(__name__)
 
