@@ -41,9 +41,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif.model import GenerativeModel
-from edge_agent.errors import InputError, ModelError
-from edge_agent.sim import BatchEnv, BoolArray, IntArray
+from edge_agent.errors import ModelError
+from edge_agent.sim import BoolArray, IntArray
 from edge_agent.sim.gridworld import _check_cell, check_grid_dims, grid_transitions, gridworld_model
+from edge_agent.sim.trials import TRIAL_COUNTERS, TrialEnv
 
 REWARD_OUTCOMES: tuple[str, ...] = ("no reward", "reward", "loss")
 NO_REWARD, REWARD, LOSS = range(3)
@@ -130,7 +131,7 @@ def grid2f_model(
     )
 
 
-class TwoFactorGridEnv(BatchEnv):
+class TwoFactorGridEnv(TrialEnv):
     """``N`` agents, each on its own grid with its own hidden context per trial.
 
     Actions are ``(N, 2)``: column 0 the move (0..4), column 1 always 0.
@@ -156,8 +157,6 @@ class TwoFactorGridEnv(BatchEnv):
         punishment: float = -3.0,
         trial_len: int = 5,
     ) -> None:
-        if isinstance(trial_len, bool) or not isinstance(trial_len, int) or trial_len < 2:
-            raise InputError(f"trial_len must be an int >= 2, got {trial_len!r}")
         model = grid2f_model(
             height,
             width,
@@ -172,29 +171,12 @@ class TwoFactorGridEnv(BatchEnv):
         self.goal_cells, self.cue_cell, self.start_cell = grid2f_layout(
             height, width, goals=goals, cue=cue, start=start
         )
-        self.trial_len = trial_len
-        super().__init__(model, n_agents, seed=seed)
+        super().__init__(model, n_agents, seed=seed, trial_len=trial_len)
 
     @property
     def contexts(self) -> IntArray:
         """``(N,) int64`` hidden context (the rewarded goal) of each agent's current trial."""
         return self._views["states"][:, CONTEXT_FACTOR]
-
-    @property
-    def rewards(self) -> IntArray:
-        return self._views["rewards"]
-
-    @property
-    def losses(self) -> IntArray:
-        return self._views["losses"]
-
-    @property
-    def cue_visits(self) -> IntArray:
-        return self._views["cue_visits"]
-
-    @property
-    def trials(self) -> IntArray:
-        return self._views["trials"]
 
     @property
     def rewarded_trials(self) -> IntArray:
@@ -205,29 +187,18 @@ class TwoFactorGridEnv(BatchEnv):
         return self._views["rewarded"]
 
     def summary(self) -> dict[str, int | float]:
-        trials = int(self._arrays["trials"].sum())
-
-        def per_trial(name: str) -> float:
-            return int(self._arrays[name].sum()) / trials if trials else float("nan")
-
         return {
             **super().summary(),
-            "trials": trials,
-            "rewards_per_trial": per_trial("rewards"),
-            "losses_per_trial": per_trial("losses"),
-            "rewarded_fraction": per_trial("rewarded_trials"),
-            "cue_visits_per_trial": per_trial("cue_visits"),
+            "rewarded_fraction": self.per_trial("rewarded_trials"),
+            "cue_visits_per_trial": self.per_trial("cue_visits"),
         }
 
     def _agent_arrays(self, n: int) -> dict[str, NDArray[Any]]:
-        counters = ("rewards", "losses", "cue_visits", "trials", "rewarded_trials")
+        counters = (*TRIAL_COUNTERS, "rewarded_trials")
         return {
             **{name: np.zeros(n, dtype=np.int64) for name in counters},
             "rewarded": np.zeros(n, dtype=np.bool_),
         }
-
-    def _restart_before_step(self, out: BoolArray) -> None:
-        np.greater_equal(self._arrays["episode_steps"], self.trial_len - 1, out=out)
 
     def _begin_episodes(self, mask: BoolArray) -> None:
         np.copyto(self._arrays["rewarded"], False, where=mask)

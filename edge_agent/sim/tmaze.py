@@ -34,8 +34,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif.model import GenerativeModel
-from edge_agent.errors import InputError, ModelError
-from edge_agent.sim import BatchEnv, BoolArray, IntArray
+from edge_agent.errors import ModelError
+from edge_agent.sim import BoolArray, IntArray
+from edge_agent.sim.trials import TRIAL_COUNTERS, TrialEnv
 
 LOCATIONS: tuple[str, ...] = ("centre", "right arm", "left arm", "cue location")
 CONDITIONS: tuple[str, ...] = ("reward on right", "reward on left")
@@ -95,7 +96,7 @@ def tmaze_model(
     return GenerativeModel.from_arrays([A_loc, A_reward, A_cue], [B_loc, B_cond], C, D)
 
 
-class TMazeEnv(BatchEnv):
+class TMazeEnv(TrialEnv):
     """``N`` agents, each in its own T-maze with its own hidden condition per trial.
 
     Actions are ``(N, 2)``: column 0 the location to move to (0..3), column 1 always 0.
@@ -118,31 +119,13 @@ class TMazeEnv(BatchEnv):
         punishment: float = -3.0,
         trial_len: int = 3,
     ) -> None:
-        if isinstance(trial_len, bool) or not isinstance(trial_len, int) or trial_len < 2:
-            raise InputError(f"trial_len must be an int >= 2, got {trial_len!r}")
-        self.trial_len = trial_len
-        super().__init__(tmaze_model(reward_probs, reward, punishment), n_agents, seed=seed)
+        model = tmaze_model(reward_probs, reward, punishment)
+        super().__init__(model, n_agents, seed=seed, trial_len=trial_len)
 
     @property
     def conditions(self) -> IntArray:
         """``(N,) int64`` hidden reward condition of each agent's current trial."""
         return self._views["states"][:, CONDITION_FACTOR]
-
-    @property
-    def rewards(self) -> IntArray:
-        return self._views["rewards"]
-
-    @property
-    def losses(self) -> IntArray:
-        return self._views["losses"]
-
-    @property
-    def cue_visits(self) -> IntArray:
-        return self._views["cue_visits"]
-
-    @property
-    def trials(self) -> IntArray:
-        return self._views["trials"]
 
     @property
     def cue_first_trials(self) -> IntArray:
@@ -157,29 +140,15 @@ class TMazeEnv(BatchEnv):
         return self._views["last_trial_cue_first"]
 
     def summary(self) -> dict[str, int | float]:
-        trials = int(self._arrays["trials"].sum())
-
-        def per_trial(name: str) -> float:
-            return int(self._arrays[name].sum()) / trials if trials else float("nan")
-
-        return {
-            **super().summary(),
-            "trials": trials,
-            "rewards_per_trial": per_trial("rewards"),
-            "losses_per_trial": per_trial("losses"),
-            "cue_first_fraction": per_trial("cue_first_trials"),
-        }
+        return {**super().summary(), "cue_first_fraction": self.per_trial("cue_first_trials")}
 
     def _agent_arrays(self, n: int) -> dict[str, NDArray[Any]]:
-        counters = ("rewards", "losses", "cue_visits", "trials", "cue_first_trials")
+        counters = (*TRIAL_COUNTERS, "cue_first_trials")
         flags = ("visited_cue", "visited_arm", "cue_first", "last_trial_cue_first")
         return {
             **{name: np.zeros(n, dtype=np.int64) for name in counters},
             **{name: np.zeros(n, dtype=np.bool_) for name in flags},
         }
-
-    def _restart_before_step(self, out: BoolArray) -> None:
-        np.greater_equal(self._arrays["episode_steps"], self.trial_len - 1, out=out)
 
     def _begin_episodes(self, mask: BoolArray) -> None:
         for name in ("visited_cue", "visited_arm", "cue_first"):
