@@ -1,11 +1,12 @@
 """Neural agent groups: many agents, one int8 policy model, one batched backend call per tick.
 
-A :class:`NeuralAgentGroup` keeps the last ``T`` observations of every agent in a
-:class:`~edge_agent.core.history.HistoryRing` (``max_window = T``, so a window that wraps around the
-ring is gathered in the ring's preallocated scratch), stacks the windows of all ``N`` agents into
-the backend session's preallocated ``(N, T, F)`` input, and runs the model **once** for the
-whole group. Nothing that scales with ``N`` is allocated per tick; buffers change only when
-:meth:`NeuralAgentGroup.resize` changes ``N``.
+A :class:`NeuralAgentGroup` keeps the last ``T`` observations of every agent in the backend
+session's own ``(N, T, F)`` input, which slides one step per tick (a view moved on in a slightly
+longer buffer, see :meth:`~edge_agent.neural.backends.base.Session.slide_input`), records every
+observation in a :class:`~edge_agent.core.history.HistoryRing` (what snapshots keep; the windows
+are rebuilt from it), and runs the model **once** for the whole group. Nothing that scales with
+``N`` is allocated per tick; buffers change only when :meth:`NeuralAgentGroup.resize` changes
+``N``.
 
 The model's first output becomes the actions:
 
@@ -23,8 +24,9 @@ flattened ``(N, C*H*W)``). Until an agent has seen ``T`` observations (at the st
 :meth:`NeuralAgentGroup.reset`) the missing older steps are zeros.
 
 Memory: the model bytes are reserved once per model (shared key: the model file's sha256); every
-agent reserves its ring (``(capacity + T) * F * 4`` bytes), its share of the session's buffers and
-its actions before anything is allocated.
+agent reserves its ring (``capacity * F * 4`` bytes), its share of the session's buffers and its
+actions, and the group the sliding input's room (:meth:`NeuralAgentGroup.bytes_for`), before
+anything is allocated.
 """
 
 from __future__ import annotations
