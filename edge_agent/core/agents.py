@@ -141,6 +141,8 @@ class AifAgentGroup:
     _workers_seed: int | None
     _deep_scratch: kernels.DeepScratch | None
     _scratch_deep: int
+    _scratch_deep_dense: int
+    deep_dense_block_size: int
 
     def __init__(
         self,
@@ -268,22 +270,36 @@ class AifAgentGroup:
         common, dense, self._scratch_small = per["all"], per["dense"], per["small"]
         self._scratch_common, self._scratch_dense = common, dense
         deep = self.cm.deep
-        self._scratch_deep = (
-            0
+        self._scratch_deep, self._scratch_deep_dense = (
+            (0, 0)
             if deep is None
-            else kernels.DeepScratch.bytes_per_agent(self.cm, deep, info_gain=info_gain)
+            else kernels.deep_bytes_per_agent(self.cm, deep, info_gain=info_gain)
         )
         if self.cm.local is None and deep is None:
             block = dense_block = BLOCK_SCRATCH_BYTES // (common + dense)
         else:
-            block = BLOCK_SCRATCH_BYTES // (common + self._scratch_deep)
+            # The deep planner's dense form counts as if every agent had it: not what is
+            # allocated (see below), but blocks that size are the fast ones (grid10 policy
+            # length 2: 150-225 agents; 334 and 512 measured 2x slower, the local form's
+            # arrays no longer in cache).
+            per = common + self._scratch_deep + self._scratch_deep_dense
+            block = BLOCK_SCRATCH_BYTES // per
             dense_block = DENSE_FALLBACK_BYTES // dense
         self.block_size = max(1, min(self.block_size, block))
         self.dense_block_size = max(1, min(self.block_size, dense_block))
+        # The deep planner's dense form (blocks without an observation), like the dense tree.
+        deep_dense = DENSE_FALLBACK_BYTES // max(1, self._scratch_deep_dense)
+        self.deep_dense_block_size = max(1, min(self.block_size, deep_dense))
 
     def scratch_nbytes_per_agent(self) -> int:
         """Kernel scratch per agent of a full block (an upper bound; see :meth:`scratch_nbytes`)."""
-        return self._scratch_common + self._scratch_dense + self._scratch_small + self._scratch_deep
+        return (
+            self._scratch_common
+            + self._scratch_dense
+            + self._scratch_small
+            + self._scratch_deep
+            + self._scratch_deep_dense
+        )
 
     def scratch_nbytes(self, n_agents: int) -> int:
         """Kernel scratch bytes for a group of ``n_agents`` (preallocated once, see Workspace)."""
@@ -291,6 +307,7 @@ class AifAgentGroup:
             min(self.block_size, n_agents) * (self._scratch_common + self._scratch_deep)
             + min(self.dense_block_size, n_agents) * self._scratch_dense
             + min(self.block_size, n_agents, kernels.SMALL_BLOCK) * self._scratch_small
+            + min(self.deep_dense_block_size, n_agents) * self._scratch_deep_dense
         )
 
     def bytes_for(self, n_agents: int, history_capacity: int) -> int:
@@ -390,7 +407,11 @@ class AifAgentGroup:
         )
         if self.cm.deep is not None:
             self._deep_scratch = kernels.DeepScratch(
-                self.cm, self.cm.deep, capacity, info_gain=info_gain
+                self.cm,
+                self.cm.deep,
+                capacity,
+                info_gain=info_gain,
+                dense_capacity=min(self.deep_dense_block_size, capacity),
             )
         self._rows.clear()
         self._dense_rows.clear()
@@ -600,20 +621,38 @@ class AifAgentGroup:
         cm, blk, G = self.cm, rows.blk, rows.G
         if planner == "deep":
             assert cm.deep is not None
-            assert self._deep_scratch is not None
-            refused = kernels.evaluate_deep_block(
-                cm,
-                cm.deep,
-                rows.qs[0],
-                self._deep_scratch.block(blk.nb),
-                G,
-                obs=None if obs is None else obs[:, 0],
-                evidence=None if obs is None else blk.evidence,
-                use_utility=self._use_utility,
-                use_info_gain=self._use_info_gain,
-            )
-            if len(refused):
-                self._plan_agents_densely(rows, refused)
+            scratch = self._deep_scratch
+            assert scratch is not None
+            q = rows.qs[0]
+            if obs is None and cm.deep.local is not None and blk.nb > scratch.dense_capacity:
+                # No observation for the local form: the dense form, in the sub-blocks its
+                # scratch holds (every row of G is valid: nothing is refused).
+                step = scratch.dense_capacity
+                for start in range(0, blk.nb, step):
+                    stop = min(start + step, blk.nb)
+                    kernels.evaluate_deep_block(
+                        cm,
+                        cm.deep,
+                        q[start:stop],
+                        scratch.block(stop - start),
+                        G[start:stop],
+                        use_utility=self._use_utility,
+                        use_info_gain=self._use_info_gain,
+                    )
+            else:
+                refused = kernels.evaluate_deep_block(
+                    cm,
+                    cm.deep,
+                    q,
+                    scratch.block(blk.nb),
+                    G,
+                    obs=None if obs is None else obs[:, 0],
+                    evidence=None if obs is None else blk.evidence,
+                    use_utility=self._use_utility,
+                    use_info_gain=self._use_info_gain,
+                )
+                if len(refused):
+                    self._plan_agents_densely(rows, refused)
         elif planner == "small":
             kernels.evaluate_small_block(
                 cm,

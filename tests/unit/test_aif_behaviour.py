@@ -310,3 +310,42 @@ def test_beliefs_are_restored_even_when_the_history_layout_changed() -> None:
         np.testing.assert_array_equal(mine, theirs)
     assert compact.history is not None
     assert len(compact.history) == 0  # the old layout's history is not carried over
+
+
+@pytest.mark.parametrize(
+    ("workload", "policy_len"), [("grid10", 1), ("grid10", 2), ("tmaze", 1), ("explorer", 3)]
+)
+def test_a_tick_allocates_no_block_sized_temporaries(workload: str, policy_len: int) -> None:
+    """Every fast path, every tick: the peak of what a step allocates stays small and does not
+    grow with the group (numpy's own ufunc buffers are 64 KiB), while the group's scratch is
+    megabytes. Gathers into scratch with numpy's default ``take(mode="raise")`` went through a
+    temporary the size of their output (0.7-3 MB a tick here)."""
+    import tracemalloc
+
+    from edge_agent.sim.registry import make_env
+
+    n = 3000
+    env = make_env(workload, n, seed=1)
+    settings = AifSettings(policy_len=policy_len)
+    group = AifAgentGroup(env.model, n, settings=settings, history_capacity=16)
+    assert group.scratch_nbytes(n) > 900_000
+    obs = env.reset()
+    for tick in range(12):  # past first visits: block views and tables are made once
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        obs = env.step(group.step(obs, now=float(tick)))
+    worst = 0
+    tracemalloc.start()
+    try:
+        for tick in range(12, 20):
+            if env.episode_start.any():
+                group.reset(env.episode_start)
+            before, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            actions = group.step(obs, now=float(tick))
+            _, peak = tracemalloc.get_traced_memory()
+            worst = max(worst, peak - before)
+            obs = env.step(actions)
+    finally:
+        tracemalloc.stop()
+    assert worst < 256 * 1024, f"a tick allocated {worst / 1024:.0f} KB at its peak"

@@ -349,3 +349,69 @@ def test_group_with_the_deep_planner_acts_as_the_general_path(
         assert agreement.actions_agree(deep.q_pi.astype(np.float64), onehot, a_base, tol=tol).all()
         deep.set_action(a_base)
         obs = env.step(a_base)
+
+
+# ------------------------------------------------- the dense form's scratch for few agents
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_small_dense_capacity_serves_the_local_form_for_the_whole_block(dtype: Any) -> None:
+    cm, plan = compiled(builtin_model("grid10"), 2, dtype)
+    assert plan is not None
+    assert plan.local is not None
+    n, few = 300, 40
+    obs, q, blk = posterior(cm, n, seed=11)
+    full = DeepScratch(cm, plan, n, info_gain=True)
+    small = DeepScratch(cm, plan, n, info_gain=True, dense_capacity=few)
+    every, dense = kernels.deep_bytes_per_agent(cm, plan, info_gain=True)
+    assert dense > every  # the dense form is most of a grid's scratch
+    assert small.nbytes == n * every + few * dense
+    assert full.nbytes == n * (every + dense)
+    results = []
+    for scratch in (full, small):
+        G = np.full((n, cm.num_policies), np.nan, dtype=dtype)
+        refused = evaluate_deep_block(
+            cm, plan, q, scratch.block(n), G, obs=obs, evidence=blk.evidence,
+            use_utility=True, use_info_gain=True,
+        )  # fmt: skip
+        results.append((G, refused))
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_array_equal(results[0][0], results[1][0])  # the same products, same order
+    G = np.zeros((n, cm.num_policies), dtype=dtype)
+    with pytest.raises(ValueError, match=r"a block of 300 agents without an observation"):
+        evaluate_deep_block(
+            cm, plan, q, small.block(n), G, use_utility=True, use_info_gain=True
+        )  # fmt: skip
+    ev = kernels.evaluate_policies(cm, [q[:few]], use_utility=True, use_info_gain=True)
+    evaluate_deep_block(
+        cm, plan, q[:few], small.block(few), G[:few], use_utility=True, use_info_gain=True
+    )
+    close(G[:few], ev.G, dtype, "G of a block the dense form holds")
+    with pytest.raises(ValueError, match=r"dense capacity 301, need 1..300"):
+        DeepScratch(cm, plan, n, info_gain=True, dense_capacity=n + 1)
+
+
+@pytest.mark.parametrize("precision", ["int8", "float64"])
+def test_soft_evidence_plans_a_large_block_in_sub_blocks_of_the_dense_form(precision: str) -> None:
+    """Soft evidence gives the deep planner no observation: a block larger than the dense
+    form's scratch is planned in sub-blocks, with the general path's G and posteriors."""
+    n = 100
+    env = make_env("grid10", n, seed=4)
+    kw: dict[str, Any] = {"settings": AifSettings(policy_len=2), "precision": precision}
+    deep = AifAgentGroup(builtin_model("grid10"), n, **kw)
+    base = GeneralGroup(builtin_model("grid10"), n, **kw)
+    assert deep.block_size >= n  # one block of 100 agents
+    assert deep.deep_dense_block_size < n  # planned in several sub-blocks
+    dtype = np.float64 if precision == "float64" else np.float32
+    obs = env.reset()
+    num_obs = deep.cm.num_obs
+    for step in range(4):
+        soft = [np.eye(num_obs[m], dtype=np.float64)[obs[:, m]] for m in range(len(num_obs))]
+        a_deep = deep.step(soft).copy()
+        a_base = base.step(soft).copy()
+        close(deep.G, base.G, dtype, f"step {step} G")
+        close(deep.q_pi, base.q_pi, dtype, f"step {step} q_pi")
+        onehot = base.cm.tree.first_action_onehot
+        tol = TIE_TOL[dtype]
+        assert agreement.actions_agree(deep.q_pi.astype(np.float64), onehot, a_base, tol=tol).all()
+        assert agreement.actions_agree(base.q_pi.astype(np.float64), onehot, a_deep, tol=tol).all()
+        deep.set_action(a_base)
+        obs = env.step(a_base)

@@ -23,7 +23,11 @@ Two implementations of the same maths live here:
 * the **fast paths** work on one block of agents at a time and write into the preallocated
   buffers of a :class:`Workspace` (nothing is allocated per tick). They compute the same sums in
   another order and layout, so they agree with the general path to rounding
-  (``tests/unit/test_kernels.py``). :class:`~edge_agent.core.agents.AifAgentGroup` runs them:
+  (``tests/unit/test_kernels.py``). Their gathers into those buffers are ``take(..., out=...,
+  mode="clip")``: with numpy's default ``mode="raise"`` a gather with ``out`` goes through a
+  temporary the size of ``out`` (an allocation per call, up to a megabyte, and 2.5-3x the time
+  of the gather), and every index is in range by construction (compiled tables, selected
+  actions, observations checked by ``AifAgentGroup.check_obs``). :class:`~edge_agent.core.agents.AifAgentGroup` runs them:
 
   - :func:`infer_block`: state inference, one factor agent-major, several factors state-major;
   - :func:`evaluate_block`: the policy tree in a *state-major* layout (agent index last), any
@@ -95,7 +99,7 @@ from edge_agent.aif.kernels.control import (
     policy_posterior,
     select_actions,
 )
-from edge_agent.aif.kernels.deep import DeepScratch, evaluate_deep_block
+from edge_agent.aif.kernels.deep import DeepScratch, deep_bytes_per_agent, evaluate_deep_block
 from edge_agent.aif.kernels.deep_plan import DeepPlan
 from edge_agent.aif.kernels.fast_tables import (
     Diagonals,
@@ -141,6 +145,7 @@ __all__ = [
     "apply_diagonals",
     "apply_row_map",
     "compile_model",
+    "deep_bytes_per_agent",
     "diagonals",
     "evaluate_block",
     "evaluate_deep_block",

@@ -31,26 +31,26 @@ def propagate_agents(
     flat_q = q.reshape(-1)
     starts = blk.row_start(S)[:, None]
     idx = blk.view(blk.p_idx, nb, S)
-    ap.first_src.take(actions, axis=0, out=idx)
+    ap.first_src.take(actions, axis=0, out=idx, mode="clip")
     np.add(idx, starts, out=idx)
-    flat_q.take(idx, out=out)
+    flat_q.take(idx, out=out, mode="clip")
     if ap.first_w is not None:
         w = blk.view(blk.p_val, nb, S)
-        ap.first_w.take(actions, axis=0, out=w)
+        ap.first_w.take(actions, axis=0, out=w, mode="clip")
         np.multiply(out, w, out=out)
     flat_out = out.reshape(-1)
     for tgt, src, weight in ap.extra:
         E = tgt.shape[1]
         ti, si = blk.view(blk.p_idx, nb, E), blk.view(blk.p_idx2, nb, E)
         vals, cur = blk.view(blk.p_val, nb, E), blk.view(blk.p_val2, nb, E)
-        tgt.take(actions, axis=0, out=ti)
+        tgt.take(actions, axis=0, out=ti, mode="clip")
         np.add(ti, starts, out=ti)
-        src.take(actions, axis=0, out=si)
+        src.take(actions, axis=0, out=si, mode="clip")
         np.add(si, starts, out=si)
-        flat_q.take(si, out=vals)
-        weight.take(actions, axis=0, out=cur)
+        flat_q.take(si, out=vals, mode="clip")
+        weight.take(actions, axis=0, out=cur, mode="clip")
         np.multiply(vals, cur, out=vals)
-        flat_out.take(ti, out=cur)
+        flat_out.take(ti, out=cur, mode="clip")
         np.add(cur, vals, out=cur)
         flat_out[ti] = cur
 

@@ -169,12 +169,12 @@ def _block_likelihood(
     elif obs is None:
         raise ValueError("infer_block needs obs or soft evidence")
     elif plan.A_eps is not None:  # one modality: L + eps is a row of A + eps
-        plan.A_eps.take(obs[:, 0], axis=0, out=out)
+        plan.A_eps.take(obs[:, 0], axis=0, out=out, mode="clip")
         return
     else:
-        cm.A_rows[0].take(obs[:, 0], axis=0, out=out)
+        cm.A_rows[0].take(obs[:, 0], axis=0, out=out, mode="clip")
         for m in range(1, M):
-            cm.A_rows[m].take(obs[:, m], axis=0, out=tmp)
+            cm.A_rows[m].take(obs[:, m], axis=0, out=tmp, mode="clip")
             np.multiply(out, tmp, out=out)
     np.add(out, plan.eps, out=out)
 
@@ -248,7 +248,7 @@ def _joint_states(
         states = child[:-1].reshape(S, depth.num_nodes[f], nb)
         if nodes is not None:
             gathered = blk.gathered[f][: S * J * nb].reshape(S, J, nb)
-            states.take(nodes, axis=1, out=gathered)
+            states.take(nodes, axis=1, out=gathered, mode="clip")
             states = gathered
         per_factor.append(states)
     F = cm.num_factors
@@ -354,9 +354,9 @@ def evaluate_block(
             if depth.policy_joint is None:  # t > 0 here
                 np.add(blk.G, values, out=blk.G)
             elif t == 0:
-                values.take(depth.policy_joint, axis=0, out=blk.G)
+                values.take(depth.policy_joint, axis=0, out=blk.G, mode="clip")
             else:
-                values.take(depth.policy_joint, axis=0, out=blk.tmpP)
+                values.take(depth.policy_joint, axis=0, out=blk.tmpP, mode="clip")
                 np.add(blk.G, blk.tmpP, out=blk.G)
         parents = children
         prev_nodes = list(depth.num_nodes)
@@ -415,7 +415,7 @@ def select_block(
         idx = _select_columns(
             q_pi, blk, deterministic=deterministic, alpha=alpha, rng=rng, eps=plan.eps
         )
-        plan.first_actions.take(idx, axis=0, out=actions)
+        plan.first_actions.take(idx, axis=0, out=actions, mode="clip")
         return
     for f, onehot_T in enumerate(plan.onehot_T):
         U = onehot_T.shape[0]
@@ -449,10 +449,10 @@ def prior_block(
     for f, lookup in enumerate(plan.root_node_of_action):
         S = cm.num_states[f]
         node = blk.node
-        lookup.take(actions[:, f], out=node)
+        lookup.take(actions[:, f], out=node, mode="clip")
         np.multiply(node, nb, out=node)
         np.add(node, blk.arange, out=node)
         idx = blk.idx[: nb * S].reshape(nb, S)
         np.add(node[:, None], blk.state_stride[f], out=idx)
-        blk.children[0][f].reshape(-1).take(idx, out=prior[f])
+        blk.children[0][f].reshape(-1).take(idx, out=prior[f], mode="clip")
     return True

@@ -64,12 +64,34 @@ def deep_layout(
     return {k: v for k, v in out.items() if v[0] > 0}
 
 
+#: The dense form's own buffers. With a local form they serve only the blocks planned without an
+#: observation (or refused by it: those go to the general tree), so :class:`DeepScratch` sizes
+#: them for ``dense_capacity`` agents, not for every agent of a block: most of a grid's scratch.
+DENSE_ONLY = frozenset({"X", "row_tmp", "mask", "qo", "lq"})
+
+
+def deep_bytes_per_agent(cm: CompiledModel, plan: DeepPlan, *, info_gain: bool) -> tuple[int, int]:
+    """Scratch bytes per agent ``(every agent of a block, dense form only)``; without a local
+    form the dense form is the planner itself and everything counts in the first."""
+    layout = deep_layout(cm, plan, info_gain=info_gain)
+    split = plan.local is not None
+    dense = sum(
+        per * dt.itemsize for name, (per, dt) in layout.items() if split and name in DENSE_ONLY
+    )
+    total = sum(per * dt.itemsize for per, dt in layout.values())
+    return int(total - dense), int(dense)
+
+
 class DeepBlock:
     """Views of a :class:`DeepScratch`'s buffers shaped for a block of ``nb`` agents (made once)."""
 
-    def __init__(self, plan: DeepPlan, flat: dict[str, np.ndarray], nb: int, n_out: int) -> None:
+    def __init__(
+        self, plan: DeepPlan, flat: dict[str, np.ndarray], nb: int, n_out: int, *, dense: bool
+    ) -> None:
         S, K = plan.num_states, plan.num_maps
         self.nb = nb
+        #: Whether the dense form's views are here (``nb`` within the scratch's dense capacity).
+        self.dense = dense
 
         def shaped(name: str, *shape: int) -> np.ndarray:
             return flat[name][: int(np.prod(shape))].reshape(shape)
@@ -80,7 +102,7 @@ class DeepBlock:
         self.bad = shaped("bad", nb)
         self.no_agents = np.zeros(0, dtype=np.intp)
         self.info_gain = "mask" in flat
-        if self.info_gain:
+        if dense and self.info_gain:
             X = shaped("X", 1 + S * K, nb)
             self.X = X  # row 0: the RowMaps' "no source", zeroed per call (blocks share it)
             self.root = X[1 : 1 + S]
@@ -94,7 +116,7 @@ class DeepBlock:
             self.negH = shaped("tmp", K, 1, nb)
             self.qo = shaped("qo", K, n_out, nb)
             self.lq = shaped("lq", K, n_out, nb)
-        else:
+        elif dense:
             self.root = shaped("X", S, nb)
         lp = plan.local
         if lp is not None:
@@ -120,28 +142,40 @@ class DeepScratch:
     """Preallocated buffers of :func:`evaluate_deep_block` for blocks of up to ``capacity`` agents.
 
     Allocated once per agent group; :meth:`block` returns views for ``nb <= capacity`` agents
-    (cached, so a tick allocates nothing).
+    (cached, so a tick allocates nothing). With a local form the dense form's buffers
+    (:data:`DENSE_ONLY`) hold ``dense_capacity`` agents (default: ``capacity``); a larger block
+    without an observation is evaluated in sub-blocks of that size by the caller.
     """
 
     def __init__(
-        self, cm: CompiledModel, plan: DeepPlan, capacity: int, *, info_gain: bool
+        self,
+        cm: CompiledModel,
+        plan: DeepPlan,
+        capacity: int,
+        *,
+        info_gain: bool,
+        dense_capacity: int | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"deep scratch capacity {capacity}, need >= 1")
+        dense_cap = capacity if plan.local is None or dense_capacity is None else dense_capacity
+        if not 1 <= dense_cap <= capacity:
+            raise ValueError(f"deep scratch dense capacity {dense_cap}, need 1..{capacity}")
         self._plan = plan
         self._n_out = cm.fast.num_outcomes
         self.capacity = capacity
+        self.dense_capacity = dense_cap
         layout = deep_layout(cm, plan, info_gain=info_gain)
         self._flat = {
-            name: np.zeros(per * capacity, dtype=dt) for name, (per, dt) in layout.items()
+            name: np.zeros(per * (dense_cap if name in DENSE_ONLY else capacity), dtype=dt)
+            for name, (per, dt) in layout.items()
         }
         self._blocks: dict[int, DeepBlock] = {}
 
     @staticmethod
     def bytes_per_agent(cm: CompiledModel, plan: DeepPlan, *, info_gain: bool) -> int:
-        """Scratch bytes per agent of capacity (what the memory budget counts)."""
-        layout = deep_layout(cm, plan, info_gain=info_gain)
-        return int(sum(per * dt.itemsize for per, dt in layout.values()))
+        """Scratch bytes per agent when the dense form holds every agent of a block."""
+        return sum(deep_bytes_per_agent(cm, plan, info_gain=info_gain))
 
     @property
     def nbytes(self) -> int:
@@ -153,7 +187,8 @@ class DeepScratch:
         if blk is None:
             if not 1 <= nb <= self.capacity:
                 raise ValueError(f"block of {nb} agents, deep scratch holds 1..{self.capacity}")
-            blk = DeepBlock(self._plan, self._flat, nb, self._n_out)
+            dense = nb <= self.dense_capacity
+            blk = DeepBlock(self._plan, self._flat, nb, self._n_out, dense=dense)
             self._blocks[nb] = blk
         return blk
 
@@ -192,6 +227,11 @@ def evaluate_deep_block(
         if not bad.any():
             return dblk.no_agents
         return np.flatnonzero(bad)
+    if not dblk.dense:
+        raise ValueError(
+            f"a block of {dblk.nb} agents without an observation: the deep scratch's dense form "
+            "holds fewer; evaluate it in sub-blocks of DeepScratch.dense_capacity"
+        )
     _evaluate_dense(cm, plan, q, dblk, use_utility=use_utility, use_info_gain=use_info_gain)
     np.matmul(dblk.vals.T, plan.counts_T, out=G)
     return dblk.no_agents
@@ -259,9 +299,9 @@ def _evaluate_local(
     # Predicted states on the target slots: the sum over each target's sources (pads: a zero).
     np.copyto(dblk.q_view, q)
     idx, g = dblk.l_idx, dblk.l_g
-    lp.pred_src.take(obs, axis=0, out=idx)
+    lp.pred_src.take(obs, axis=0, out=idx, mode="clip")
     np.add(idx, dblk.row_start, out=idx)
-    dblk.qz.reshape(-1).take(idx, out=g.reshape(dblk.nb, -1))
+    dblk.qz.reshape(-1).take(idx, out=g.reshape(dblk.nb, -1), mode="clip")
     pred = dblk.l_pred
     if lp.kin == 1:
         np.copyto(pred, g[:, 0])
@@ -272,12 +312,12 @@ def _evaluate_local(
     np.greater(pred, fp.threshold, out=dblk.l_mask)
     np.multiply(pred, dblk.l_mask, out=pred)  # the masked predicted states M
     nh = dblk.l_nh
-    lp.neg_entropy.take(obs, axis=0, out=nh.reshape(dblk.nb, -1))
+    lp.neg_entropy.take(obs, axis=0, out=nh.reshape(dblk.nb, -1), mode="clip")
     np.multiply(nh, dblk.l_pred2, out=nh)
     np.matmul(nh, lp.ones_kt, out=dblk.tmp_rows)
     np.add(vals, dblk.tmp_am, out=vals)
     # Predicted outcomes on the outcome slots, then their entropy.
-    lp.qo_table.take(obs, axis=0, out=dblk.l_Q)
+    lp.qo_table.take(obs, axis=0, out=dblk.l_Q, mode="clip")
     np.einsum("itr,it->ir", dblk.l_Q3, dblk.l_pred2, out=dblk.l_qo)
     qo, lq = dblk.l_qo, dblk.l_lq
     np.add(qo, fp.eps, out=lq)

@@ -46,7 +46,7 @@ def infer_joint(
     :func:`evaluate_joint` and :func:`prior_joint`.
     """
     np.dot(obs, plan.obs_strides, out=sc.oidx)
-    plan.lnL_table.take(sc.oidx, axis=0, out=sc.lnL)
+    plan.lnL_table.take(sc.oidx, axis=0, out=sc.lnL, mode="clip")
     for part, p in zip(sc.lp_parts, prior, strict=True):
         np.copyto(part, p)
     lp = sc.lp
@@ -158,7 +158,7 @@ def evaluate_joint(
     vals = G if sc.vals is None else sc.vals
     np.dot(sc.Q[sc.current], plan.B_nodes, out=sc.PF)  # every factor's nodes
     for part, nodes, out in sc.gather:
-        part.take(nodes, axis=1, out=out)
+        part.take(nodes, axis=1, out=out, mode="clip")
     _outer(sc.pred_ops)  # the nodes' joint states
     if use_utility:
         np.dot(sc.pred_rows, plan.utility, out=sc.util_rows)
@@ -219,9 +219,9 @@ def prior_joint(
             np.dot(q[0], plan.BT[f][int(actions[0, f])], out=p[0])
         return
     np.dot(sc.Q[sc.current], plan.BS, out=sc.PB)
-    actions.take(plan.prior_factor, axis=1, out=sc.pidx)
+    actions.take(plan.prior_factor, axis=1, out=sc.pidx, mode="clip")
     np.multiply(sc.pidx, plan.prior_stride, out=sc.pidx)
     np.add(sc.pidx, sc.prior_base, out=sc.pidx)
-    sc.PB_flat.take(sc.pidx, out=sc.prior)
+    sc.PB_flat.take(sc.pidx, out=sc.prior, mode="clip")
     for p, part in zip(prior, sc.prior_parts, strict=True):
         np.copyto(p, part)

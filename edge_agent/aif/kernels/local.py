@@ -54,10 +54,10 @@ def evaluate_local_block(
     if use_info_gain:
         # Predicted states on the target slots: sum over each target's sources of w * q[src].
         idx, g = blk.l_idx, blk.l_g
-        lp.pred_src.take(obs, axis=0, out=idx)
+        lp.pred_src.take(obs, axis=0, out=idx, mode="clip")
         np.add(idx, blk.row_start(q.shape[1])[:, None], out=idx)
-        q.reshape(-1).take(idx, out=g)
-        lp.pred_w.take(obs, axis=0, out=blk.l_w)
+        q.reshape(-1).take(idx, out=g, mode="clip")
+        lp.pred_w.take(obs, axis=0, out=blk.l_w, mode="clip")
         np.multiply(g, blk.l_w, out=g)
         pred = blk.l_pred
         if lp.kin == 1:
@@ -70,12 +70,12 @@ def evaluate_local_block(
         np.greater(pred, plan.threshold, out=blk.l_mask)
         np.multiply(pred, blk.l_mask, out=pred)  # the masked predicted states M
         nh = blk.l_nh
-        lp.neg_entropy.take(obs, axis=0, out=nh)
+        lp.neg_entropy.take(obs, axis=0, out=nh, mode="clip")
         np.multiply(nh, pred, out=nh)
         np.dot(blk.l_nh2, lp.ones_kt, out=blk.l_tmp)
         np.add(vals, blk.l_tmp2, out=vals)
         # Predicted outcomes on the outcome slots, then their entropy.
-        lp.qo_table.take(obs, axis=0, out=blk.l_Q)
+        lp.qo_table.take(obs, axis=0, out=blk.l_Q, mode="clip")
         # qo[i, r] = sum_t Q[i, t, r] M[i, t] per (agent, node) i; einsum's loop beats a
         # batched matmul of 13 x 5 matrices by ~2x.
         np.einsum("itr,it->ir", blk.l_Q3, blk.l_pred2, out=blk.l_qo2)
@@ -86,7 +86,7 @@ def evaluate_local_block(
         np.dot(blk.l_lq2, lp.ones_kr, out=blk.l_tmp)
         np.subtract(vals, blk.l_tmp2, out=vals)
     if lp.policy_node is not None:
-        vals.take(lp.policy_node, axis=1, out=G)
+        vals.take(lp.policy_node, axis=1, out=G, mode="clip")
     bad = blk.l_bad
     np.less(blk.evidence, lp.min_evidence, out=bad)
     if not bad.any():

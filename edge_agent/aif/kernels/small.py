@@ -56,7 +56,7 @@ def evaluate_small_block(
     else:
         vals.fill(0)
     if sp.policy_node is not None:
-        vals.take(sp.policy_node, axis=1, out=G)
+        vals.take(sp.policy_node, axis=1, out=G, mode="clip")
 
 
 def small_prior_block(
@@ -74,12 +74,12 @@ def small_prior_block(
         np.copyto(prior[0], blk.s_out[0, j * S : (j + 1) * S])
         return True
     node = blk.s_node
-    sp.node_of_action.take(actions, out=node)
+    sp.node_of_action.take(actions, out=node, mode="clip")
     if not sp.every_action_has_node and node.min() < 0:
         return False
     np.multiply(node, S, out=node)
     np.add(node, blk.row_start(blk.s_out.shape[1]), out=node)
     idx = blk.s_idx
     np.add(node[:, None], blk.s_states, out=idx)
-    blk.s_out.reshape(-1).take(idx, out=prior)
+    blk.s_out.reshape(-1).take(idx, out=prior, mode="clip")
     return True
