@@ -282,8 +282,8 @@ class AifAgentGroup:
             # allocated (see below), but blocks that size are the fast ones (grid10 policy
             # length 2: 150-225 agents; 334 and 512 measured 2x slower, the local form's
             # arrays no longer in cache).
-            per = common + self._scratch_deep + self._scratch_deep_dense
-            block = BLOCK_SCRATCH_BYTES // per
+            per_agent = common + self._scratch_deep + self._scratch_deep_dense
+            block = BLOCK_SCRATCH_BYTES // per_agent
             dense_block = DENSE_FALLBACK_BYTES // dense
         self.block_size = max(1, min(self.block_size, block))
         self.dense_block_size = max(1, min(self.block_size, dense_block))

@@ -27,7 +27,8 @@ Two implementations of the same maths live here:
   mode="clip")``: with numpy's default ``mode="raise"`` a gather with ``out`` goes through a
   temporary the size of ``out`` (an allocation per call, up to a megabyte, and 2.5-3x the time
   of the gather), and every index is in range by construction (compiled tables, selected
-  actions, observations checked by ``AifAgentGroup.check_obs``). :class:`~edge_agent.core.agents.AifAgentGroup` runs them:
+  actions, observations checked by ``AifAgentGroup.check_obs``).
+  :class:`~edge_agent.core.agents.AifAgentGroup` runs them:
 
   - :func:`infer_block`: state inference, one factor agent-major, several factors state-major;
   - :func:`evaluate_block`: the policy tree in a *state-major* layout (agent index last), any
