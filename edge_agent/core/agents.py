@@ -621,38 +621,20 @@ class AifAgentGroup:
         cm, blk, G = self.cm, rows.blk, rows.G
         if planner == "deep":
             assert cm.deep is not None
-            scratch = self._deep_scratch
-            assert scratch is not None
-            q = rows.qs[0]
-            if obs is None and cm.deep.local is not None and blk.nb > scratch.dense_capacity:
-                # No observation for the local form: the dense form, in the sub-blocks its
-                # scratch holds (every row of G is valid: nothing is refused).
-                step = scratch.dense_capacity
-                for start in range(0, blk.nb, step):
-                    stop = min(start + step, blk.nb)
-                    kernels.evaluate_deep_block(
-                        cm,
-                        cm.deep,
-                        q[start:stop],
-                        scratch.block(stop - start),
-                        G[start:stop],
-                        use_utility=self._use_utility,
-                        use_info_gain=self._use_info_gain,
-                    )
-            else:
-                refused = kernels.evaluate_deep_block(
-                    cm,
-                    cm.deep,
-                    q,
-                    scratch.block(blk.nb),
-                    G,
-                    obs=None if obs is None else obs[:, 0],
-                    evidence=None if obs is None else blk.evidence,
-                    use_utility=self._use_utility,
-                    use_info_gain=self._use_info_gain,
-                )
-                if len(refused):
-                    self._plan_agents_densely(rows, refused)
+            assert self._deep_scratch is not None
+            refused = kernels.evaluate_deep_rows(
+                cm,
+                cm.deep,
+                rows.qs[0],
+                self._deep_scratch,
+                G,
+                obs=None if obs is None else obs[:, 0],
+                evidence=None if obs is None else blk.evidence,
+                use_utility=self._use_utility,
+                use_info_gain=self._use_info_gain,
+            )
+            if len(refused):
+                self._plan_agents_densely(rows, refused)
         elif planner == "small":
             kernels.evaluate_small_block(
                 cm,

@@ -100,7 +100,12 @@ from edge_agent.aif.kernels.control import (
     policy_posterior,
     select_actions,
 )
-from edge_agent.aif.kernels.deep import DeepScratch, deep_bytes_per_agent, evaluate_deep_block
+from edge_agent.aif.kernels.deep import (
+    DeepScratch,
+    deep_bytes_per_agent,
+    evaluate_deep_block,
+    evaluate_deep_rows,
+)
 from edge_agent.aif.kernels.deep_plan import DeepPlan
 from edge_agent.aif.kernels.fast_tables import (
     Diagonals,
@@ -150,6 +155,7 @@ __all__ = [
     "diagonals",
     "evaluate_block",
     "evaluate_deep_block",
+    "evaluate_deep_rows",
     "evaluate_joint",
     "evaluate_local_block",
     "evaluate_policies",

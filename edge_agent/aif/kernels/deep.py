@@ -237,6 +237,37 @@ def evaluate_deep_block(
     return dblk.no_agents
 
 
+def evaluate_deep_rows(
+    cm: CompiledModel,
+    plan: DeepPlan,
+    q: np.ndarray,
+    scratch: DeepScratch,
+    G: np.ndarray,
+    *,
+    obs: np.ndarray | None = None,
+    evidence: np.ndarray | None = None,
+    use_utility: bool,
+    use_info_gain: bool,
+) -> IndexArray:
+    """:func:`evaluate_deep_block` for a block of up to ``scratch.capacity`` agents: one call,
+    or, for the dense form of a block larger than the scratch's dense capacity (no observation
+    for the local form), one call per sub-block it holds (every row of ``G`` is then valid)."""
+    nb = len(q)
+    step = scratch.dense_capacity
+    if plan.local is None or (obs is not None and evidence is not None) or nb <= step:
+        return evaluate_deep_block(
+            cm, plan, q, scratch.block(nb), G, obs=obs, evidence=evidence,
+            use_utility=use_utility, use_info_gain=use_info_gain,
+        )  # fmt: skip
+    for start in range(0, nb, step):
+        stop = min(start + step, nb)
+        evaluate_deep_block(
+            cm, plan, q[start:stop], scratch.block(stop - start), G[start:stop],
+            use_utility=use_utility, use_info_gain=use_info_gain,
+        )  # fmt: skip
+    return scratch.block(nb).no_agents
+
+
 def _evaluate_dense(
     cm: CompiledModel,
     plan: DeepPlan,
