@@ -132,8 +132,9 @@ def test_waves_soak_pause_resume_and_a_hub_restart(fleet: dict[str, Any], tmp_pa
     wait_until(
         lambda: rollout(hub, "status", rid, "--json")["phase"] == "soaking", "the canary's soak"
     )
-    assert runs(nodes["pi-a"], sha)
-    assert not runs(nodes["pi-b"], sha)  # nothing beyond the canary yet
+    # The hub hears the canary's result before the canary's next status file says so.
+    wait_until(lambda: runs(nodes["pi-a"], sha), "the canary on the new bundle")
+    assert not runs(nodes["pi-b"], sha)  # nothing beyond the canary yet (an 8 s soak)
     del soaking
     rollout(hub, "pause", rid)
     wait_rollout(hub, rid, {"paused"}, "the pause")
