@@ -192,13 +192,17 @@ class OnnxRuntimeSession(Session):
         values = []
         for spec in self._input_specs:
             staging = self._staging[spec.name]
+            slide = self._slides.get(spec.name)
+            if spec.dtype == "float32" and slide is not None:
+                # One OrtValue per view (the first is the staging array): a slide rebinds.
+                wrapped = [ort.OrtValue.ortvalue_from_numpy(v) for v in slide.views]
+                self._slide_values[spec.name] = wrapped
+                self._model_in[spec.name] = staging
+                binding.bind_ortvalue_input(spec.name, wrapped[0])
+                values.extend(wrapped)
+                continue
             if spec.dtype == "float32":
                 buf: np.ndarray = staging
-                slide = self._slides.get(spec.name)
-                if slide is not None:  # one OrtValue per view: a slide rebinds, nothing moves
-                    wrapped = [ort.OrtValue.ortvalue_from_numpy(v) for v in slide.views]
-                    self._slide_values[spec.name] = wrapped
-                    values.extend(wrapped)
             else:
                 buf = np.zeros(staging.shape, dtype=np.dtype(spec.dtype))
                 if spec.scale is not None:
