@@ -97,9 +97,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_agent.daemon.digests import use_builtin_digests
+    from edge_agent.daemon.openssl import keep_openssl_out
 
-    use_builtin_digests()  # before anything imports hashlib: OpenSSL's 3.3 MB stay out
+    keep_openssl_out()  # before anything imports hashlib or ssl: OpenSSL stays out until used
 
     import dataclasses
 

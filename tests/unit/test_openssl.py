@@ -1,0 +1,129 @@
+"""``edge_agent.daemon.openssl``: the daemon maps OpenSSL only when it uses it.
+
+Each check runs in a fresh interpreter (a child process), since what it changes is which modules
+a process imports; the daemon itself is checked in ``tests/integration/test_fleet_daemon.py``
+(plain TCP across broker restarts: no OpenSSL) and ``test_broker_acl.py`` (TLS: loaded).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.integration.test_daemon import REPO
+
+
+def run_fresh(code: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_paho_runs_its_socket_paths_without_ssl_and_gets_the_real_module_on_first_use() -> None:
+    out = run_fresh(
+        """
+        import socket, struct, sys
+        from edge_agent.daemon.openssl import keep_openssl_out, ssl_loaded
+        keep_openssl_out()
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+        assert not ssl_loaded(), "importing paho loaded ssl"
+
+        client = paho.Client(CallbackAPIVersion.VERSION2)
+        mine, theirs = socket.socketpair()
+        mine.setblocking(False)
+        client._sock = mine
+        try:                       # nothing to read: paho's except clauses name ssl's errors
+            client._sock_recv(1)
+        except BlockingIOError:
+            pass
+        else:
+            raise AssertionError("recv on an empty non-blocking socket returned")
+        theirs.close()
+        mine.setblocking(True)
+        assert client._sock_recv(1) == b""      # the peer closed: no exception, no ssl
+        theirs2, other = socket.socketpair()
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        other.close()                           # a reset connection
+        client._sock = theirs2
+        try:
+            client._sock_send(b"x" * 100_000)
+            client._sock_send(b"x" * 100_000)
+        except OSError:
+            pass
+        assert not ssl_loaded(), "an exception in paho's socket paths loaded ssl"
+
+        import ssl                              # what paho's tls_set and our [mqtt.tls] do
+        ctx = ssl.create_default_context()
+        assert ssl_loaded()
+        real = sys.modules["ssl"]
+        assert type(real).__name__ == "module"  # the real one, registered under its name
+        assert paho.ssl.SSLWantReadError is real.SSLWantReadError
+        assert paho.ssl.SSLContext is real.SSLContext is type(ctx)
+        assert ssl.SSLWantWriteError is real.SSLWantWriteError
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_nothing_changes_once_ssl_is_loaded() -> None:
+    out = run_fresh(
+        """
+        import ssl, sys
+        from edge_agent.daemon.openssl import defer_ssl
+        assert defer_ssl() is False and sys.modules["ssl"] is ssl
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+CHILD = """
+import sys
+from edge_agent.daemon.openssl import use_builtin_digests
+assert use_builtin_digests() is True
+assert use_builtin_digests() is True  # a second call: still so
+import hashlib, hmac, secrets
+import numpy.random  # what pulled OpenSSL in: secrets -> hmac -> _hashlib
+from edge_agent.bundle import signing  # hashlib users of the daemon import fine
+rng = numpy.random.default_rng()
+data = bytes(range(256)) * 4099
+print(hashlib.sha256(data).hexdigest())
+print(hmac.new(b"key", data, "sha256").hexdigest())
+print(hashlib.blake2b(data, digest_size=16).hexdigest())
+print(type(hashlib.sha256()).__module__, "_hashlib" in sys.modules and sys.modules["_hashlib"])
+print("libcrypto" in open("/proc/self/maps").read())
+"""
+
+
+def test_builtin_digests_equal_openssls_and_keep_it_unmapped() -> None:
+    sha, mac, blake, where, mapped = run_fresh(CHILD).splitlines()
+    import hashlib  # this process: OpenSSL's implementations
+    import hmac
+
+    data = bytes(range(256)) * 4099
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert mac == hmac.new(b"key", data, "sha256").hexdigest()
+    assert blake == hashlib.blake2b(data, digest_size=16).hexdigest()
+    assert where == "_sha256 None"  # the builtin module's type; _hashlib blocked
+    assert mapped == "False"
+
+
+def test_nothing_changes_once_hashlib_is_loaded() -> None:
+    out = run_fresh(
+        """
+        import hashlib
+        from edge_agent.daemon.openssl import use_builtin_digests
+        print(use_builtin_digests(), type(hashlib.sha256()).__module__)
+        """
+    )
+    assert out.split() == ["False", "_hashlib"]
