@@ -97,9 +97,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_agent.daemon.openssl import keep_openssl_out
+    from edge_agent.daemon.footprint import keep_unused_modules_out
 
-    keep_openssl_out()  # before anything imports hashlib or ssl: OpenSSL stays out until used
+    keep_unused_modules_out()  # before anything imports hashlib, ssl or urllib.request
 
     import dataclasses
 

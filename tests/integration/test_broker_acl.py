@@ -466,7 +466,7 @@ def test_a_node_s_identity_cannot_speak_for_another_node_nor_for_the_hub(
         assert sniffer.forged() == []
         assert sniffer.states("pi-b") == [True]  # never knocked off, never forged offline
         assert b.status()["fleet"]["online"]
-        # The daemon's `ssl` is imported on first use (edge_agent.daemon.openssl): here, by TLS.
+        # The daemon's `ssl` is imported on first use (edge_agent.daemon.footprint): here, by TLS.
         assert "libssl" in Path(f"/proc/{b.pid}/maps").read_text()
         sniffer.close()  # the hub's own connections below use the same identity
 

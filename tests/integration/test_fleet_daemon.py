@@ -340,7 +340,7 @@ def test_telemetry_and_events_arrive_complete_across_broker_restarts(
             f"reconnect {kill + 1}",
         )
     # Plain TCP: three lost connections went through paho's `except ssl.SSLWant...Error`
-    # clauses, and OpenSSL was never loaded (edge_agent.daemon.openssl's stand-in for `ssl`).
+    # clauses, and OpenSSL was never loaded (edge_agent.daemon.footprint's stand-in for `ssl`).
     maps = Path(f"/proc/{node.pid}/maps").read_text()
     assert "libssl" not in maps
     assert "libcrypto" not in maps

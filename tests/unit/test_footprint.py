@@ -1,4 +1,5 @@
-"""``edge_agent.daemon.openssl``: the daemon maps OpenSSL only when it uses it.
+"""``edge_agent.daemon.footprint``: the daemon maps OpenSSL, and runs paho's proxy imports, only
+when it uses them.
 
 Each check runs in a fresh interpreter (a child process), since what it changes is which modules
 a process imports; the daemon itself is checked in ``tests/integration/test_fleet_daemon.py``
@@ -31,8 +32,8 @@ def test_paho_runs_its_socket_paths_without_ssl_and_gets_the_real_module_on_firs
     out = run_fresh(
         """
         import socket, struct, sys
-        from edge_agent.daemon.openssl import keep_openssl_out, ssl_loaded
-        keep_openssl_out()
+        from edge_agent.daemon.footprint import keep_unused_modules_out, ssl_loaded
+        keep_unused_modules_out()
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
         assert not ssl_loaded(), "importing paho loaded ssl"
@@ -79,7 +80,7 @@ def test_nothing_changes_once_ssl_is_loaded() -> None:
     out = run_fresh(
         """
         import ssl, sys
-        from edge_agent.daemon.openssl import defer_ssl
+        from edge_agent.daemon.footprint import defer_ssl
         assert defer_ssl() is False and sys.modules["ssl"] is ssl
         print("ok")
         """
@@ -89,7 +90,7 @@ def test_nothing_changes_once_ssl_is_loaded() -> None:
 
 CHILD = """
 import sys
-from edge_agent.daemon.openssl import use_builtin_digests
+from edge_agent.daemon.footprint import use_builtin_digests
 assert use_builtin_digests() is True
 assert use_builtin_digests() is True  # a second call: still so
 import hashlib, hmac, secrets
@@ -122,8 +123,33 @@ def test_nothing_changes_once_hashlib_is_loaded() -> None:
     out = run_fresh(
         """
         import hashlib
-        from edge_agent.daemon.openssl import use_builtin_digests
+        from edge_agent.daemon.footprint import use_builtin_digests
         print(use_builtin_digests(), type(hashlib.sha256()).__module__)
         """
     )
     assert out.split() == ["False", "_hashlib"]
+
+
+def test_urllib_request_runs_on_first_use_only() -> None:
+    out = run_fresh(
+        """
+        import sys
+        from edge_agent.daemon.footprint import defer_module, keep_unused_modules_out, loaded
+        keep_unused_modules_out()
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+        client = paho.Client(CallbackAPIVersion.VERSION2)
+        assert client._get_proxy() is None      # no PySocks: paho reads no proxy settings
+        assert "http.client" not in sys.modules and "email.message" not in sys.modules
+        assert not loaded("urllib.request") and not loaded("ssl")
+        assert defer_module("urllib.request") is True       # registered already
+        import urllib.request
+        assert urllib.request is sys.modules["urllib.request"] is paho.urllib.request
+        assert isinstance(urllib.request.getproxies(), dict)    # first use: the real code runs
+        assert "http.client" in sys.modules and loaded("urllib.request")
+        assert defer_module("urllib.request") is False      # the real one now
+        assert urllib.request.Request("http://127.0.0.1/").host == "127.0.0.1"
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
