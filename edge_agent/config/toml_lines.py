@@ -23,11 +23,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import difflib
 import functools
 import json
 import re
-import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -417,6 +415,8 @@ class TomlDocument:
     @classmethod
     def parse(cls, text: str, path: str = "<string>") -> TomlDocument:
         """Parse ``text``; a syntax error raises ConfigError ``path:line: syntax: problem``."""
+        import tomllib  # noqa: PLC0415 - only where documents are parsed
+
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
@@ -694,6 +694,8 @@ def _unknown_key(root: type, loc: Sequence[str | int]) -> str:
     if not _is_model(parent):
         return "unknown key"
     allowed = list(_fields(parent))
+    import difflib  # noqa: PLC0415 - only for a document with an unknown key
+
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     if close:
         return f"unknown key; did you mean {close[0]!r}?"
