@@ -12,6 +12,11 @@ the group's ``step`` timed, not the world's), so that load on the shared machine
 * ``independent_ratio`` (and per round): the machine's own ceiling, measured in the same rounds:
   ``k`` unrelated processes each stepping ``N / k`` agents of their own at the same time (no
   shared state, no barrier per tick), their summed rate over the one-process rate;
+* ``tick_p50_ratio``: the median time of one tick without workers over the median with them
+  (all rounds' ticks); ``independent_tick_p50_ratio`` the same for the unrelated processes (the
+  one-process tick over their ticks of ``N / k`` agents). Medians leave out the ticks a
+  preemption of either process stretched, which the rates above include: the code's parallel
+  efficiency on this machine, next to what the machine delivered;
 * ``same_results``: on a third pair stepped on identical observations, the posteriors over
   policies are equal (the same kernels on the same blocks);
 * ``workers_uss_mb``: what the workers hold that the caller does not (their private resident
@@ -58,13 +63,17 @@ class Loop:
             self.obs = self.env.step(self.group.step(self.obs))
         self.n = n
 
+        self.tick_s: list[float] = []  # every timed tick, all rounds
+
     def run(self, seconds: float) -> float:
         busy = 0.0
         steps = 0
         while steps < 2 or busy < seconds:
             t0 = time.perf_counter()
             actions = self.group.step(self.obs)
-            busy += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            busy += took
+            self.tick_s.append(took)
             steps += 1
             self.obs = self.env.step(actions)
         return self.n * steps / busy
@@ -73,12 +82,14 @@ class Loop:
 def _independent(workload: str, n: int, seconds: float, barrier: Any, out: Any) -> None:
     loop = Loop(workload, n, 1)
     barrier.wait()
-    out.put(loop.run(seconds))
+    rate = loop.run(seconds)
+    out.put((rate, loop.tick_s))
 
 
-def independent_rate(workload: str, n: int, k: int, seconds: float) -> float:
+def independent_rate(workload: str, n: int, k: int, seconds: float, ticks: list[float]) -> float:
     """The machine's own ceiling: ``k`` unrelated processes, each stepping its own group of
-    ``n / k`` agents at the same time, no sharing and no barrier per tick; their summed rate."""
+    ``n / k`` agents at the same time, no sharing and no barrier per tick; their summed rate.
+    Their tick times are appended to ``ticks``."""
     ctx = multiprocessing.get_context("fork")
     barrier, out = ctx.Barrier(k), ctx.Queue()
     procs = [
@@ -87,10 +98,12 @@ def independent_rate(workload: str, n: int, k: int, seconds: float) -> float:
     ]
     for p in procs:
         p.start()
-    rates = [out.get(timeout=600) for _ in procs]
+    answers = [out.get(timeout=600) for _ in procs]
     for p in procs:
         p.join(60)
-    return float(sum(rates))
+    for _, tick_s in answers:
+        ticks.extend(tick_s)
+    return float(sum(rate for rate, _ in answers))
 
 
 def same_results(workload: str, n: int, workers: int, steps: int = 5) -> bool:
@@ -137,15 +150,20 @@ def main(argv: list[str] | None = None) -> int:
         }
         rates: dict[int, list[float]] = {k: [] for k in loops}
         ceiling: list[float] = []
+        ceiling_ticks: list[float] = []
         for _ in range(args.repeats):
             for k, loop in loops.items():
                 rates[k].append(loop.run(args.seconds))
-            ceiling.append(independent_rate(workload, args.agents, args.workers, args.seconds))
+            ceiling.append(
+                independent_rate(workload, args.agents, args.workers, args.seconds, ceiling_ticks)
+            )
         many = loops[args.workers]
         workers_obj = many.group._workers
         uss = workers_obj.rss_bytes() if workers_obj is not None else 0
         one_rate = statistics.median(rates[1])
         many_rate = statistics.median(rates[args.workers])
+        one_tick = statistics.median(loops[1].tick_s)
+        many_tick = statistics.median(many.tick_s)
         print(
             json.dumps(
                 {
@@ -168,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                     "ratio_best": round(max(rates[args.workers]) / max(rates[1]), 3),
                     "independent_steps_per_s": round(statistics.median(ceiling)),
                     "independent_ratio": round(statistics.median(ceiling) / one_rate, 3),
+                    "tick_p50_ms_1": round(one_tick * 1e3, 3),
+                    "tick_p50_ms_k": round(many_tick * 1e3, 3),
+                    "tick_p50_ratio": round(one_tick / many_tick, 3),
+                    "independent_tick_p50_ratio": round(
+                        one_tick / statistics.median(ceiling_ticks), 3
+                    ),
                     "same_results": same_results(workload, min(args.agents, 4096), args.workers),
                     "workers_uss_mb": round(uss / 2**20, 1),
                     "scratch_mb": round(many.group.scratch_nbytes(args.agents) / 2**20, 2),
