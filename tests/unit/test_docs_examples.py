@@ -57,3 +57,16 @@ def test_profile_snippets_say_what_the_shipped_profiles_say() -> None:
                 assert tier in shipped["cm4"]["memory_tiers"], tier
                 checked += 1
     assert checked >= 2
+
+
+def test_no_document_keeps_an_unfilled_template_field() -> None:
+    """A line that is only ``{name}`` is a placeholder a script or an editor meant to fill (one
+    stood in benchmarks/RESULTS.md where a results table belonged)."""
+    documents = [ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md", *ROOT.glob("docs/*.md")]
+    unfilled = [
+        f"{doc.relative_to(ROOT)}:{number}: {line}"
+        for doc in documents
+        for number, line in enumerate(doc.read_text().splitlines(), 1)
+        if re.fullmatch(r"\s*\{[a-z_]+\}\s*", line)
+    ]
+    assert unfilled == []
