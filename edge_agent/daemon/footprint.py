@@ -10,7 +10,7 @@ Three imports would put into every daemon what most never use:
   milliseconds per snapshot of 1,000 grid10 agents, off the tick. :func:`use_builtin_digests`.
 * paho-mqtt imports ``ssl`` at its own import, and ``_ssl`` links OpenSSL: 3.8-4.6 MB resident
   in a daemon whose broker link is plain TCP on a trusted network or a loopback bridge.
-  :func:`defer_ssl` puts a stand-in under the name ``ssl`` that imports the real module the first
+  :func:`defer_module` puts a stand-in under the name ``ssl`` that imports the real module the first
   time anything asks it for anything, so a daemon with ``[mqtt.tls]`` (or anything else that uses
   TLS) gets the real module at that moment, unchanged. The one exception: paho's socket
   read and write paths name ``ssl.SSLWantReadError`` and ``ssl.SSLWantWriteError`` in ``except``
@@ -47,7 +47,6 @@ from typing import Any
 __all__ = [
     "DEFERRED_MODULES",
     "defer_module",
-    "defer_ssl",
     "keep_unused_modules_out",
     "loaded",
     "ssl_loaded",
@@ -129,11 +128,6 @@ def defer_module(name: str) -> bool:
     return True
 
 
-def defer_ssl() -> bool:
-    """:func:`defer_module` for ``ssl``, unless its C part is loaded already."""
-    return "_ssl" not in sys.modules and defer_module("ssl")
-
-
 def loaded(name: str) -> bool:
     """Whether the real module ``name`` has run in this process (not only its stand-in)."""
     module = sys.modules.get(name)
@@ -150,6 +144,5 @@ def ssl_loaded() -> bool:
 def keep_unused_modules_out() -> None:
     """What ``edge-agent run`` and ``edge-agentd`` do first: all of the above."""
     use_builtin_digests()
-    defer_ssl()
     for name in DEFERRED_MODULES:
         defer_module(name)

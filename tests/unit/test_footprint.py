@@ -80,8 +80,8 @@ def test_nothing_changes_once_ssl_is_loaded() -> None:
     out = run_fresh(
         """
         import ssl, sys
-        from edge_agent.daemon.footprint import defer_ssl
-        assert defer_ssl() is False and sys.modules["ssl"] is ssl
+        from edge_agent.daemon.footprint import defer_module
+        assert defer_module("ssl") is False and sys.modules["ssl"] is ssl
         print("ok")
         """
     )
