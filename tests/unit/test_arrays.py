@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_agent.arrays import distinct, percentiles
-from tests.integration.test_daemon import REPO
+from tests.unit.test_footprint import run_fresh
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.intp, np.float64, np.uint8])
@@ -37,19 +34,12 @@ def test_percentiles_are_numpy_s_linear_ones() -> None:
 
 def test_a_running_daemon_never_imports_numpy_ma(tmp_path: Path) -> None:
     """The demo daemon (grid10 and T-maze groups, tick statistics) for a second."""
-    code = """
+    out = run_fresh(
+        f"""
         import sys
         from edge_agent.cli import main
-        assert main(["run", "--demo", "--duration", "1", "--state-dir", sys.argv[1]]) == 0
+        assert main(["run", "--demo", "--duration", "1", "--state-dir", {str(tmp_path)!r}]) == 0
         print(sorted(m for m in sys.modules if m.split(".")[:2] == ["numpy", "ma"]))
-    """
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "state")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=False,
+        """
     )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert out.strip().splitlines()[-1] == "[]"

@@ -16,6 +16,7 @@ from tests.integration.test_daemon import REPO
 
 
 def run_fresh(code: str) -> str:
+    """Run ``code`` (dedented) in a fresh interpreter in the repository; its stdout."""
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
