@@ -49,7 +49,6 @@ __all__ = [
     "defer_module",
     "keep_unused_modules_out",
     "loaded",
-    "ssl_loaded",
     "use_builtin_digests",
 ]
 
@@ -134,11 +133,6 @@ def loaded(name: str) -> bool:
     return module is not None and (
         not isinstance(module, _Deferred) or "__file__" in module.__dict__
     )
-
-
-def ssl_loaded() -> bool:
-    """Whether the real ``ssl`` (and with it OpenSSL) is in this process."""
-    return "_ssl" in sys.modules
 
 
 def keep_unused_modules_out() -> None:
