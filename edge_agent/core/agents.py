@@ -207,7 +207,8 @@ class AifAgentGroup:
                 hint=f"reduce group {name!r} count or history_capacity",
             )
             self._reservations.append(self._agent_reservation)
-        self.rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._rng: np.random.Generator | None = None
         st = self.settings
         self._num_iter, self._dF_tol, self._alpha = st.num_iter, st.dF_tol, st.alpha
         self._gamma = np.array(st.gamma, dtype=self.dtype)  # 0-d: cheap in tiny blocks
@@ -699,7 +700,7 @@ class AifAgentGroup:
                 mode=self._sampling_mode,
                 deterministic=self._deterministic,
                 alpha=self._alpha,
-                rng=self.rng,
+                rng=self._selection_rng(),
             )
         rows.has_action.fill(True)
         kernels.prior_joint(plan, sc, rows.action, rows.prior)
@@ -739,7 +740,7 @@ class AifAgentGroup:
             mode=self._sampling_mode,
             deterministic=self._deterministic,
             alpha=self._alpha,
-            rng=self.rng,
+            rng=self._selection_rng(),
         )
         rows.has_action.fill(True)
         if planner == "small" and kernels.small_prior_block(cm, blk, actions[:, 0], rows.prior[0]):
@@ -812,6 +813,21 @@ class AifAgentGroup:
 
     def _set_rng(self, rng: np.random.Generator) -> None:
         self.rng = rng
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The generator of stochastic action selection (seeded by ``seed``), made on first use:
+        a deterministic group never imports ``numpy.random`` (2.4 MB resident)."""
+        if self._rng is None:
+            self._rng = np.random.default_rng(self._seed)
+        return self._rng
+
+    @rng.setter
+    def rng(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+
+    def _selection_rng(self) -> np.random.Generator | None:
+        return None if self._deterministic else self.rng
 
     # -- several cores ---------------------------------------------------------------------------
     @property

@@ -18,9 +18,11 @@ environment reuses**: they change on the next ``reset``/``step`` and are replace
 Copy them to keep them.
 
 Observations and transitions are drawn by inverse-CDF sampling on precomputed cumulative columns
-(:class:`ColumnSampler`), with one ``numpy.random.Generator`` per environment, so a seed fixes a
-run. The worlds: :mod:`edge_agent.sim.gridworld`, :mod:`edge_agent.sim.tmaze`,
-:mod:`edge_agent.sim.explorer`; look them up by name with :mod:`edge_agent.sim.registry`.
+(:class:`ColumnSampler`), with one uniform stream per environment
+(:class:`~edge_agent.sim.uniforms.SplitMix64`: a daemon running a world never imports
+``numpy.random``), so a seed fixes a run. The worlds: :mod:`edge_agent.sim.gridworld`,
+:mod:`edge_agent.sim.tmaze`, :mod:`edge_agent.sim.explorer`; look them up by name with
+:mod:`edge_agent.sim.registry`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.errors import InputError, ModelError
+from edge_agent.sim.uniforms import SplitMix64
 
 IntArray = NDArray[np.int64]
 IndexArray = NDArray[np.intp]
@@ -255,7 +258,7 @@ class BatchEnv:
         n = check_n_agents(n_agents)
         self._model = model
         self._seed = seed
-        self._rng = np.random.default_rng(seed)
+        self._rng = SplitMix64(seed)
         self._num_states = model.num_states
         self._num_controls = model.num_controls
         # A[m] flattened to (O_m, S_0 * ... * S_{F-1}): the column of a state is its row-major

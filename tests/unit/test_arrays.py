@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from edge_agent.arrays import distinct, percentiles
-from tests.unit.test_footprint import run_fresh
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.intp, np.float64, np.uint8])
@@ -31,15 +28,3 @@ def test_percentiles_are_numpy_s_linear_ones() -> None:
     ties = np.array([3.0, 3.0, 3.0, 5.0])
     np.testing.assert_allclose(percentiles(ties, qs), np.percentile(ties, qs), rtol=1e-12)
 
-
-def test_a_running_daemon_never_imports_numpy_ma(tmp_path: Path) -> None:
-    """The demo daemon (grid10 and T-maze groups, tick statistics) for a second."""
-    out = run_fresh(
-        f"""
-        import sys
-        from edge_agent.cli import main
-        assert main(["run", "--demo", "--duration", "1", "--state-dir", {str(tmp_path)!r}]) == 0
-        print(sorted(m for m in sys.modules if m.split(".")[:2] == ["numpy", "ma"]))
-        """
-    )
-    assert out.strip().splitlines()[-1] == "[]"

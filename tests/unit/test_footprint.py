@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from tests.integration.test_daemon import REPO
 
@@ -154,3 +155,20 @@ def test_urllib_request_runs_on_first_use_only() -> None:
         """
     )
     assert out.strip() == "ok"
+
+
+def test_a_running_daemon_never_imports_numpy_ma_or_numpy_random(tmp_path: Path) -> None:
+    """The demo daemon (grid10 and T-maze groups on their built-in worlds, deterministic action
+    selection, tick statistics) for a second: numpy.ma (``edge_agent.arrays``) and numpy.random
+    (the worlds' :class:`~edge_agent.sim.uniforms.SplitMix64`, the groups' generator made on
+    first stochastic use) stay out."""
+    out = run_fresh(
+        f"""
+        import sys
+        from edge_agent.cli import main
+        assert main(["run", "--demo", "--duration", "1", "--state-dir", {str(tmp_path)!r}]) == 0
+        print(sorted(m for m in sys.modules if m.split(".")[:2] in (["numpy", "ma"],
+                                                                    ["numpy", "random"])))
+        """
+    )
+    assert out.strip().splitlines()[-1] == "[]"

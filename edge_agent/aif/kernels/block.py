@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_agent.aif.kernels.columns import softmax_columns
+from edge_agent.aif.kernels.control import needs_rng
 from edge_agent.aif.kernels.fast_tables import (
     SMALL_WIDTH,
     Diagonals,
@@ -371,7 +372,7 @@ def _select_columns(
     *,
     deterministic: bool,
     alpha: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     eps: np.ndarray,
 ) -> np.ndarray:
     """Per column of ``p (K, nb)``, the selected row (:func:`select_deterministic` or
@@ -387,7 +388,7 @@ def _select_columns(
     np.multiply(probs, alpha, out=probs)
     softmax_columns(probs, blk.col_b)
     np.cumsum(probs, axis=0, out=probs)
-    rng.random(out=blk.rand)
+    needs_rng(rng).random(out=blk.rand)
     u = blk.rand[:, 0]  # float64, as in select_stochastic
     np.multiply(u, probs[-1], out=u)
     np.less(probs, u, out=ge)
@@ -405,10 +406,11 @@ def select_block(
     mode: str,
     deterministic: bool,
     alpha: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
 ) -> None:
     """Actions ``(nb, F)`` into ``actions`` from ``q_pi (P, nb)``; same as :func:`select_actions`
-    (and the same random numbers, in the same order)."""
+    (and the same random numbers, in the same order; ``rng`` may be ``None`` when
+    ``deterministic``)."""
     plan = cm.fast
     nb = blk.nb
     if mode == "full":

@@ -119,6 +119,14 @@ def select_stochastic(p: np.ndarray, alpha: float, rng: np.random.Generator) -> 
     return out
 
 
+def needs_rng(rng: np.random.Generator | None) -> np.random.Generator:
+    """``rng``, or a clear error where stochastic selection got none (deterministic callers may
+    pass ``None`` and never import ``numpy.random``)."""
+    if rng is None:
+        raise ValueError("stochastic action selection needs a numpy.random.Generator, got None")
+    return rng
+
+
 def select_actions(
     cm: CompiledModel,
     q_pi: np.ndarray,
@@ -126,15 +134,17 @@ def select_actions(
     mode: str,
     deterministic: bool,
     alpha: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
 ) -> IntArray:
-    """Actions ``(N, F)`` from the policy posterior, pymdp's ``sample_action``."""
+    """Actions ``(N, F)`` from the policy posterior, pymdp's ``sample_action``; ``rng`` may be
+    ``None`` when ``deterministic``."""
+    rng = None if deterministic else needs_rng(rng)
     if mode == "full":
-        idx = select_deterministic(q_pi) if deterministic else select_stochastic(q_pi, alpha, rng)
+        idx = select_deterministic(q_pi) if rng is None else select_stochastic(q_pi, alpha, rng)
         return cm.tree.policies[idx, 0, :]
     marginals = action_marginals(cm, q_pi)
     cols = [
-        select_deterministic(m) if deterministic else select_stochastic(m, alpha, rng)
+        select_deterministic(m) if rng is None else select_stochastic(m, alpha, rng)
         for m in marginals
     ]
     return np.stack(cols, axis=1)
