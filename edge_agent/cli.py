@@ -32,6 +32,43 @@ RUN_DESCRIPTION = (
 )
 
 
+def _terminal_columns() -> int:
+    """The width ``shutil.get_terminal_size`` would give (``$COLUMNS``, the terminal, else 80)."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without ``shutil``: argparse imports it for the terminal's
+    width whenever a parser gets an argument, and with it ``bz2`` and ``lzma``, into the daemon
+    for as long as it runs (0.24 MB traced)."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # as argparse does
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Our parsers (and their subcommands' parsers) format help with :class:`HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 class JournalFormatter(logging.Formatter):
     """Under systemd (``JOURNAL_STREAM`` set) every line starts with its syslog priority,
     ``<3>`` for errors to ``<7>`` for debug, which journald reads (``SyslogLevelPrefix=``, on by
@@ -121,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_daemon_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-agentd", description=RUN_DESCRIPTION)
+    parser = ArgumentParser(prog="edge-agentd", description=RUN_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"edge-agentd {__version__}")
     _run_arguments(parser)
     return parser
@@ -602,7 +639,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-agent", description=DESCRIPTION)
+    parser: argparse.ArgumentParser = ArgumentParser(prog="edge-agent", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_run, _add_status, _add_check, _add_profiles, _add_replay, _add_unit):

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from edge_agent.aif.settings import AifSettings
 from edge_agent.config.profiles import (
     AUTO,
+    PACKAGE_DIR,
     DeviceFacts,
     FirmwareProfile,
     load_profiles,
@@ -600,7 +599,7 @@ class MqttSection(Record):
         """``node_id``, or the host name reduced to the characters a topic level may use."""
         if self.node_id:
             return self.node_id
-        host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:64]
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", os.uname().nodename.split(".")[0])[:64]
         return host or "node"
 
 
@@ -800,7 +799,7 @@ def resolve_profile(
 
 def default_config_text() -> str:
     """The embedded demo config (``edge_agent/data/default_config.toml``) as text."""
-    return resources.files("edge_agent").joinpath("data", _DEFAULT_CONFIG).read_text("utf-8")
+    return (PACKAGE_DIR / "data" / _DEFAULT_CONFIG).read_text("utf-8")
 
 
 def default_config() -> DaemonConfig:

@@ -8,8 +8,10 @@ device-tree model, the total memory and the CPU architecture; the most specific 
 
 Where profiles are found: the ``directory`` argument of :func:`load_profiles`, else
 ``$EDGE_AGENT_PROFILES_DIR``, else the profiles shipped as package data
-(``edge_agent/firmware_profiles/``, read with ``importlib.resources``; the repository's top-level
-``firmware_profiles`` points there). Then ``/etc/edge-agent/profiles.d/*.toml``
+(``edge_agent/firmware_profiles/``, read from the installed package's directory: the package is
+always installed as files, and ``importlib.resources`` would bring ``tempfile``, ``shutil`` and
+the compression modules into the daemon; the repository's top-level ``firmware_profiles`` points
+there). Then ``/etc/edge-agent/profiles.d/*.toml``
 (``$EDGE_AGENT_PROFILES_OVERRIDES``) adds profiles and replaces shipped ones of the same name:
 the place for an operator's own boards, kept across package upgrades.
 
@@ -28,7 +30,6 @@ import platform
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,6 +66,8 @@ AUTO = "auto"
 #: Environment variable naming a profiles directory used instead of the shipped profiles.
 PROFILES_DIR_ENV = "EDGE_AGENT_PROFILES_DIR"
 #: The operator's profiles, added to (and replacing by name) whichever set is loaded.
+#: The installed ``edge_agent`` package: profiles and the demo config are read from its files.
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 OVERRIDES_DIR_ENV = "EDGE_AGENT_PROFILES_OVERRIDES"
 DEFAULT_OVERRIDES_DIR = "/etc/edge-agent/profiles.d"
 #: Where the kernel exposes the device-tree model string, first readable wins.
@@ -439,7 +442,7 @@ def _memory_problems(
 # -------------------------------------------------------------------------------------- loading
 def shipped_profiles_dir() -> Path:
     """The profiles shipped with the package (``edge_agent/firmware_profiles``)."""
-    return Path(str(resources.files("edge_agent").joinpath("firmware_profiles")))
+    return PACKAGE_DIR / "firmware_profiles"
 
 
 def overrides_dir() -> Path:

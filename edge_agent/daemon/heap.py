@@ -13,7 +13,6 @@ On a C library without it (musl) it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 from typing import Final
@@ -24,11 +23,11 @@ __all__ = ["release_free_heap"]
 
 
 def _find_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # The process's own symbols (dlopen(NULL)): the C library the interpreter runs on, without
+    # ctypes.util.find_library (which runs ldconfig in a child and imports subprocess, shutil
+    # and tempfile into the daemon for good).
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         trim = libc.malloc_trim
     except (OSError, AttributeError):
         return None

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import socket
+
     from edge_agent.config.profiles import FirmwareProfile
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class SdNotifier:
         with self._lock:
             try:
                 if self._sock is None:
+                    import socket  # noqa: PLC0415 - only a daemon under systemd notifies
+
                     self._sock = socket.socket(
                         socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                     )
