@@ -47,11 +47,11 @@ from edge_agent.daemon.groups import (
 )
 from edge_agent.errors import BudgetError, BundleError, ConfigError, EdgeAgentError
 from edge_agent.fleet.deploy import OverlayEntry
-from edge_agent.sim.registry import builtin_model, make_env
-from edge_agent.sim.sensors import SensorWorld
+from edge_agent.sim.registry import builtin_model, get_workload, make_env
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle
+    from edge_agent.sim.sensors import SensorWorld
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,10 @@ def _check_against_world(cfg: GroupConfig, loaded: LoadedModel) -> None:
         return
     world = world_name(cfg)
     probe = make_env(world, 1)
-    if isinstance(probe, SensorWorld):
+    if get_workload(world).produces == "features":
+        from edge_agent.sim.sensors import SensorWorld  # noqa: PLC0415 - make_env imported it
+
+        assert isinstance(probe, SensorWorld)
         _check_sensor_world(cfg, loaded, probe, world)
         return
     if loaded.kind != "aif":

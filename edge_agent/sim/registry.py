@@ -21,20 +21,18 @@ unknown name or parameter raises :class:`~edge_agent.errors.ModelError` listing 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from edge_agent.aif.model import GenerativeModel
 from edge_agent.errors import ModelError
-from edge_agent.sim import World
-from edge_agent.sim.explorer import ExplorerEnv, explorer_model
-from edge_agent.sim.grid2f import TwoFactorGridEnv, grid2f_model
-from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
-from edge_agent.sim.sensors import SensorWorld, sensor_aif_model
-from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
+
+if TYPE_CHECKING:
+    from edge_agent.aif.model import GenerativeModel
+    from edge_agent.sim import World
 
 # Parameters of an environment's constructor that are not world parameters.
 _ENV_OWN_PARAMS = frozenset({"self", "n_agents", "seed"})
@@ -42,13 +40,34 @@ _ENV_OWN_PARAMS = frozenset({"self", "n_agents", "seed"})
 
 @dataclass(frozen=True)
 class Workload:
-    """A named world: how to build its model and its environment, and its fixed defaults."""
+    """A named world: where its model and environment are defined, and its fixed defaults.
+
+    The world's module is imported on first use of :attr:`env_class` or :attr:`model_factory`,
+    so a daemon imports the worlds it runs and no other. ``produces``: what its environment
+    gives the agents, outcome indices (Active Inference groups) or feature vectors (neural and
+    perception groups)."""
 
     name: str
     description: str
-    env_class: Callable[..., World]
-    model_factory: Callable[..., GenerativeModel]
+    module: str
+    env_name: str
+    model_name: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    produces: Literal["outcomes", "features"] = "outcomes"
+
+    @property
+    def env_class(self) -> Callable[..., World]:
+        """The environment's class (``(n_agents, seed=..., **params) -> World``)."""
+        env: Callable[..., World] = getattr(importlib.import_module(self.module), self.env_name)
+        return env
+
+    @property
+    def model_factory(self) -> Callable[..., GenerativeModel]:
+        """The function that builds the world's generative model from its parameters."""
+        factory: Callable[..., GenerativeModel] = getattr(
+            importlib.import_module(self.module), self.model_name
+        )
+        return factory
 
     def model_params(self) -> tuple[str, ...]:
         """Parameters :func:`builtin_model` accepts for this workload."""
@@ -65,42 +84,49 @@ BUILTIN_WORKLOADS: Mapping[str, Workload] = MappingProxyType(
         "grid10": Workload(
             name="grid10",
             description="10 x 10 grid world, goal (9, 9), location seen with noise 0.1",
-            env_class=GridWorldEnv,
-            model_factory=gridworld_model,
+            module="edge_agent.sim.gridworld",
+            env_name="GridWorldEnv",
+            model_name="gridworld_model",
             defaults=MappingProxyType({"height": 10, "width": 10, "goal": (9, 9), "noise": 0.1}),
         ),
         "grid": Workload(
             name="grid",
             description="grid world with chosen height, width, goal, noise, start",
-            env_class=GridWorldEnv,
-            model_factory=gridworld_model,
+            module="edge_agent.sim.gridworld",
+            env_name="GridWorldEnv",
+            model_name="gridworld_model",
             defaults=MappingProxyType({"height": 10, "width": 10}),
         ),
         "tmaze": Workload(
             name="tmaze",
             description="pymdp's T-maze: centre, two arms, a cue; reward 0.98 in the cued arm",
-            env_class=TMazeEnv,
-            model_factory=tmaze_model,
+            module="edge_agent.sim.tmaze",
+            env_name="TMazeEnv",
+            model_name="tmaze_model",
         ),
         "grid2f": Workload(
             name="grid2f",
             description="5 x 5 grid, two factors: position and which of 2 cells holds the reward "
             "(the other a loss); a cue cell on the way tells which; trials of 5 steps",
-            env_class=TwoFactorGridEnv,
-            model_factory=grid2f_model,
+            module="edge_agent.sim.grid2f",
+            env_name="TwoFactorGridEnv",
+            model_name="grid2f_model",
         ),
         "explorer": Workload(
             name="explorer",
             description="10 x 10 map of 5 terrains, unknown position, prefers the rare target",
-            env_class=ExplorerEnv,
-            model_factory=explorer_model,
+            module="edge_agent.sim.explorer",
+            env_name="ExplorerEnv",
+            model_name="explorer_model",
         ),
         "sensors": Workload(
             name="sensors",
             description="noisy feature vectors of a hidden class to name (neural and perception "
             "groups); the model guesses the class",
-            env_class=SensorWorld,
-            model_factory=sensor_aif_model,
+            module="edge_agent.sim.sensors",
+            env_name="SensorWorld",
+            model_name="sensor_aif_model",
+            produces="features",
         ),
     }
 )
