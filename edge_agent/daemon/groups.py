@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,18 +45,40 @@ from edge_agent.config.daemon import (
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, PlanRequest
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.neural.groups import NeuralAgentGroup
-from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim import World
 from edge_agent.sim.registry import make_env
 
-if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled (or an MQTT source, sink)
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+    # Imported only by a daemon with [mqtt] enabled (or an MQTT source, sink):
     from edge_agent.bundle.loader import NeuralSpec
     from edge_agent.coordination.runtime import CoordinationRuntime
     from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer
 
-Agents = AifAgentGroup | NeuralAgentGroup | PerceptionAifGroup
+    # Imported only by a daemon that runs a neural or perception group:
+    from edge_agent.neural.groups import NeuralAgentGroup
+    from edge_agent.neural.perception import PerceptionAifGroup
+
+    Agents = AifAgentGroup | NeuralAgentGroup | PerceptionAifGroup
+
 Kind = Literal["aif", "neural", "perception"]
+_NEURAL_MODULE = "edge_agent.neural.groups"
+_PERCEPTION_MODULE = "edge_agent.neural.perception"
+
+
+def is_neural(agents: Agents) -> TypeIs[NeuralAgentGroup]:
+    """Whether ``agents`` is a neural policy group. The neural modules are imported by the
+    groups that use them (:func:`make_agents`); a daemon without one never loads them, and no
+    object can be an instance of a class that was never loaded."""
+    module = sys.modules.get(_NEURAL_MODULE)
+    return module is not None and isinstance(agents, module.NeuralAgentGroup)
+
+
+def is_perception(agents: Agents) -> TypeIs[PerceptionAifGroup]:
+    """Whether ``agents`` is a perception -> Active Inference group (see :func:`is_neural`)."""
+    module = sys.modules.get(_PERCEPTION_MODULE)
+    return module is not None and isinstance(agents, module.PerceptionAifGroup)
 
 
 @dataclass(frozen=True)
@@ -90,17 +113,17 @@ class LoadedModel:
 
 
 def kind_of(agents: Agents) -> Kind:
-    if isinstance(agents, NeuralAgentGroup):
+    if is_neural(agents):
         return "neural"
-    return "perception" if isinstance(agents, PerceptionAifGroup) else "aif"
+    return "perception" if is_perception(agents) else "aif"
 
 
 def io_signature(agents: Agents) -> tuple[object, ...]:
     """What the group's source and sink are built for: a new model must match it to be
     switched in place (kind, observation width, action layout)."""
-    if isinstance(agents, NeuralAgentGroup):
+    if is_neural(agents):
         return ("neural", agents.num_features, agents.spec.output_kind, agents.num_actions)
-    if isinstance(agents, PerceptionAifGroup):
+    if is_perception(agents):
         cm = agents.cm
         return ("perception", agents.perception.num_features, cm.num_obs, cm.num_controls)
     return ("aif", agents.cm.num_obs, agents.cm.num_controls)
@@ -155,7 +178,7 @@ class GroupRuntime:
             if not self.inbox.take():
                 return False  # waiting until every agent has had an observation
             obs = self.inbox.obs
-        if isinstance(agents, PerceptionAifGroup):
+        if is_perception(agents):
             rest = (
                 getattr(env, "outcomes", None)
                 if agents.perceived < agents.cm.num_modalities
@@ -184,7 +207,7 @@ class GroupRuntime:
             agents.step(self.obs, record=False)
         else:
             state = {k: np.array(v, copy=True) for k, v in agents.state_dict().items()}
-            if isinstance(agents, PerceptionAifGroup):
+            if is_perception(agents):
                 num_rest = agents.cm.num_modalities - agents.perceived
                 rest = np.zeros((agents.n_agents, num_rest), dtype=np.int64) if num_rest else None
                 agents.step(self.obs, None, rest)
@@ -234,7 +257,7 @@ class GroupRuntime:
             "source": describe_endpoint(self.config.source),
             "sink": describe_endpoint(self.config.sink),
         }
-        if isinstance(a, NeuralAgentGroup):
+        if is_neural(a):
             out["window"] = a.window
         if self.config.perception is not None:
             out["perception"] = f"bundle {self.config.perception.path}"
@@ -300,6 +323,10 @@ def make_agents(
     budget, a scratch group such as a deployment's health check steps). ``threads``: intra-op
     threads of a neural backend (the profile's ``inference_threads``); ``workers``: processes
     that step an Active Inference group's blocks (:meth:`GroupConfig.workers_for`)."""
+    if loaded.neural is not None or loaded.perception is not None:
+        # Only daemons with neural or perception groups import them (see is_neural).
+        from edge_agent.neural.groups import NeuralAgentGroup  # noqa: PLC0415
+        from edge_agent.neural.perception import PerceptionAifGroup  # noqa: PLC0415
     if loaded.neural is not None:
         net = loaded.neural
         return NeuralAgentGroup(
@@ -388,6 +415,8 @@ def plan_requests(
     for net, owner, hist in nets:
         if net is None:
             continue
+        from edge_agent.neural.groups import NeuralAgentGroup  # noqa: PLC0415 - see is_neural
+
         nn = NeuralAgentGroup(net.spec, net.model_bytes, 1, history_capacity=hist, name=owner)
         requests.append((f"model:{nn.key}", "model", nn.shared_nbytes, f"nn:{nn.key}"))
         agents.append((owner, "agents", nn.bytes_for(cfg.count), None))
@@ -408,9 +437,9 @@ def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> Group
             ObservationBuffer,
         )
 
-        if isinstance(agents, NeuralAgentGroup):
+        if is_neural(agents):
             inbox = FeatureBuffer(cfg.name, n, agents.num_features, agents.frame)
-        elif isinstance(agents, PerceptionAifGroup):
+        elif is_perception(agents):
             net = agents.perception
             inbox = FeatureBuffer(cfg.name, n, net.num_features, net.frame)
         else:
@@ -420,7 +449,7 @@ def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> Group
     if isinstance(cfg.sink, MqttSink):
         from edge_agent.fleet.agent_io import ActionPublisher  # noqa: PLC0415 - MQTT sinks only
 
-        if isinstance(agents, NeuralAgentGroup):
+        if is_neural(agents):
             continuous = agents.num_actions if agents.spec.output_kind == "continuous" else 0
             sink = ActionPublisher(
                 cfg.name, cfg.sink.topic, n, (agents.num_actions,), continuous=continuous
@@ -443,10 +472,10 @@ def random_inputs(agents: Agents, rng: np.random.Generator) -> tuple[np.ndarray,
     """Valid random inputs of one tick (a health check's): observations, and the outcomes of
     the modalities a perception model does not cover (or None)."""
     n = agents.n_agents
-    if isinstance(agents, NeuralAgentGroup):
+    if is_neural(agents):
         return rng.standard_normal((n, agents.num_features), dtype=np.float32), None
     num_obs = agents.cm.num_obs
-    if isinstance(agents, PerceptionAifGroup):
+    if is_perception(agents):
         raw = rng.standard_normal((n, agents.perception.num_features), dtype=np.float32)
         rest_sizes = num_obs[agents.perceived :]
         if not rest_sizes:
@@ -463,7 +492,7 @@ def healthy_steps(
     rng = np.random.default_rng(seed)
     for step in range(steps):
         obs, rest = random_inputs(agents, rng)
-        if isinstance(agents, PerceptionAifGroup):
+        if is_perception(agents):
             agents.step(obs, None, rest)
         else:
             agents.step(obs)
@@ -476,7 +505,7 @@ def healthy_steps(
 def agents_finite(agents: Agents) -> bool:
     """Whether every posterior and policy posterior (Active Inference), or the policy's last
     outputs (neural), are finite."""
-    if isinstance(agents, NeuralAgentGroup):
+    if is_neural(agents):
         return agents.outputs_finite()
     return all(bool(np.isfinite(q).all()) for q in agents.qs) and bool(
         np.isfinite(agents.q_pi).all()
