@@ -9,11 +9,15 @@ starts on a loopback port, publishing telemetry), and reads after ``--seconds``:
   libpython, numpy's libraries, ...), the largest first;
 - ``pydantic_mapped``: whether pydantic's compiled core is mapped at all.
 
+``--optimize`` runs this tree's daemon with ``PYTHONOPTIMIZE=2`` (docstrings and asserts dropped;
+the baseline as it is): with ``--baseline .`` it measures what that setting saves.
+
 ``--baseline DIR`` runs another checkout (e.g. ``git worktree add /tmp/base HEAD~3``) in the same
 rounds, interleaved, and prints each round's difference: absolute RSS on a shared machine drifts
 by several MB between runs far apart, differences measured side by side do not.
 
     python benchmarks/bench_memory.py [--seconds 30] [--rounds 2] [--baseline DIR] [--no-mqtt]
+                                      [--optimize]
 """
 
 from __future__ import annotations
@@ -96,7 +100,9 @@ def by_mapping(pid: int) -> dict[str, float]:
     return {name: round(kb / 1024, 2) for name, kb in ordered if kb >= 256}
 
 
-def run_once(tree: Path, mqtt_port: int | None, agents: int, seconds: float) -> dict[str, object]:
+def run_once(
+    tree: Path, mqtt_port: int | None, agents: int, seconds: float, optimize: bool = False
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         work = Path(tmp)
         text = CONFIG.format(state=work / "state", agents=agents)
@@ -105,6 +111,8 @@ def run_once(tree: Path, mqtt_port: int | None, agents: int, seconds: float) -> 
         config = work / "config.toml"
         config.write_text(text)
         env = dict(os.environ, PYTHONPATH=str(tree))
+        if optimize:
+            env["PYTHONOPTIMIZE"] = "2"
         proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
             env=env,
@@ -144,6 +152,9 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=1000, help="grid10 agents")
     parser.add_argument("--baseline", type=Path, help="another checkout, run in the same rounds")
     parser.add_argument("--no-mqtt", action="store_true", help="only the run without MQTT")
+    parser.add_argument(
+        "--optimize", action="store_true", help="this tree's daemon with PYTHONOPTIMIZE=2"
+    )
     args = parser.parse_args()
     trees = [("this", REPO)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     with tempfile.TemporaryDirectory(prefix="bench-memory-broker-") as tmp:
@@ -154,7 +165,8 @@ def main() -> None:
                 rss: dict[str, list[float]] = {name: [] for name, _ in trees}
                 for round_ in range(args.rounds):
                     for name, tree in trees:
-                        row = run_once(tree, mqtt_port, args.agents, args.seconds)
+                        optimize = args.optimize and name == "this"
+                        row = run_once(tree, mqtt_port, args.agents, args.seconds, optimize)
                         rss[name].append(float(row["rss_mb"]))  # type: ignore[arg-type]
                         print(
                             json.dumps(
@@ -163,6 +175,7 @@ def main() -> None:
                                     "tree": name,
                                     "mqtt": mode,
                                     "round": round_,
+                                    "optimize": optimize,
                                     "seconds": args.seconds,
                                     **row,
                                 }

@@ -8,6 +8,7 @@ a process imports; the daemon itself is checked in ``tests/integration/test_flee
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -191,3 +192,29 @@ def test_a_running_daemon_keeps_unused_modules_out(tmp_path: Path) -> None:
         """
     )
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_the_daemon_runs_without_docstrings_and_asserts(tmp_path: Path) -> None:
+    """docs/memory.md offers ``PYTHONOPTIMIZE=2`` (``python -OO``) to save memory: nothing the
+    daemon does may depend on a docstring or an ``assert``."""
+    env = dict(os.environ, PYTHONOPTIMIZE="2")  # as the drop-in in docs/memory.md sets it
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    assert run("-c", "import sys; print(sys.flags.optimize)").stdout.strip() == "2"
+    demo = ["run", "--demo", "--duration", "1.5", "--state-dir", str(tmp_path)]
+    out = run("-m", "edge_agent", *demo)
+    assert out.returncode == 0, out.stderr
+    stopped = [line for line in out.stderr.splitlines() if "stopped after" in line]
+    assert stopped, out.stderr
+    assert " 0 ticks" not in stopped[-1]
+    assert list((tmp_path / "snapshots").glob("snapshot-*.eas")), "no final snapshot"
