@@ -426,14 +426,13 @@ class CoordinationEngine:
         q_rows = kernels.policy_posterior(G_rows, cm.lnE, s.gamma)
         group.G[rows] = G_rows
         group.q_pi[rows] = q_rows
-        deterministic = s.action_selection == "deterministic"
         chosen = kernels.select_actions(
             cm,
             q_rows,
             mode=s.sampling_mode,
-            deterministic=deterministic,
+            deterministic=s.action_selection == "deterministic",
             alpha=s.alpha,
-            rng=None if deterministic else group.rng,  # numpy.random only where it is used
+            rng=group.selection_rng(),
         )
         # The group's next prior already follows from the action it chose; only the holders
         # whose action changed need theirs again (most keep it: re-deciding is then cheap).

@@ -700,7 +700,7 @@ class AifAgentGroup:
                 mode=self._sampling_mode,
                 deterministic=self._deterministic,
                 alpha=self._alpha,
-                rng=self._selection_rng(),
+                rng=self.selection_rng(),
             )
         rows.has_action.fill(True)
         kernels.prior_joint(plan, sc, rows.action, rows.prior)
@@ -740,7 +740,7 @@ class AifAgentGroup:
             mode=self._sampling_mode,
             deterministic=self._deterministic,
             alpha=self._alpha,
-            rng=self._selection_rng(),
+            rng=self.selection_rng(),
         )
         rows.has_action.fill(True)
         if planner == "small" and kernels.small_prior_block(cm, blk, actions[:, 0], rows.prior[0]):
@@ -778,7 +778,7 @@ class AifAgentGroup:
         else:
             for i, rows in enumerate(self._blocks()):
                 if self._workers_seed is not None:  # the streams the workers would draw from
-                    self.rng = np.random.default_rng((self._workers_seed, i, self.ticks))
+                    self._rng = np.random.default_rng((self._workers_seed, i, self.ticks))
                 self._step_rows(rows, o, soft, record)
         if record:
             if o is None:
@@ -812,7 +812,7 @@ class AifAgentGroup:
         self._step_rows(self._rows[index], obs, None, record)
 
     def _set_rng(self, rng: np.random.Generator) -> None:
-        self.rng = rng
+        self._rng = rng
 
     @property
     def rng(self) -> np.random.Generator:
@@ -822,11 +822,8 @@ class AifAgentGroup:
             self._rng = np.random.default_rng(self._seed)
         return self._rng
 
-    @rng.setter
-    def rng(self, rng: np.random.Generator) -> None:
-        self._rng = rng
-
-    def _selection_rng(self) -> np.random.Generator | None:
+    def selection_rng(self) -> np.random.Generator | None:
+        """What action selection draws from: :attr:`rng`, or None when it is deterministic."""
         return None if self._deterministic else self.rng
 
     # -- several cores ---------------------------------------------------------------------------
