@@ -17,16 +17,22 @@ from pathlib import Path
 from tests.integration.test_daemon import REPO
 
 
-def run_fresh(code: str) -> str:
-    """Run ``code`` (dedented) in a fresh interpreter in the repository; its stdout."""
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+def run_python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter in the repository with ``args``; its exit, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         cwd=REPO,
+        env=env,
         timeout=120,
         check=False,
     )
+
+
+def run_fresh(code: str) -> str:
+    """Run ``code`` (dedented) in a fresh interpreter in the repository; its stdout."""
+    out = run_python("-c", textwrap.dedent(code))
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -198,21 +204,10 @@ def test_the_daemon_runs_without_docstrings_and_asserts(tmp_path: Path) -> None:
     """docs/memory.md offers ``PYTHONOPTIMIZE=2`` (``python -OO``) to save memory: nothing the
     daemon does may depend on a docstring or an ``assert``."""
     env = dict(os.environ, PYTHONOPTIMIZE="2")  # as the drop-in in docs/memory.md sets it
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            env=env,
-            timeout=120,
-            check=False,
-        )
-
-    assert run("-c", "import sys; print(sys.flags.optimize)").stdout.strip() == "2"
+    flags = run_python("-c", "import sys; print(sys.flags.optimize)", env=env)
+    assert flags.stdout.strip() == "2"
     demo = ["run", "--demo", "--duration", "1.5", "--state-dir", str(tmp_path)]
-    out = run("-m", "edge_agent", *demo)
+    out = run_python("-m", "edge_agent", *demo, env=env)
     assert out.returncode == 0, out.stderr
     stopped = [line for line in out.stderr.splitlines() if "stopped after" in line]
     assert stopped, out.stderr
