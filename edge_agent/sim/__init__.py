@@ -28,7 +28,7 @@ Observations and transitions are drawn by inverse-CDF sampling on precomputed cu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -254,9 +254,20 @@ class BatchEnv:
     through ``A``; update statistics (:meth:`_record_step`).
     """
 
-    def __init__(self, model: GenerativeModel, n_agents: int, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: GenerativeModel,
+        n_agents: int,
+        *,
+        seed: int = 0,
+        remake_model: Callable[[], GenerativeModel] | None = None,
+    ) -> None:
         n = check_n_agents(n_agents)
-        self._model = model
+        self._model: GenerativeModel | None = model
+        # A world that can make its model again lets it go once the samplers are built: they
+        # hold what stepping needs, and a daemon never asks for the model (grid10's B alone is
+        # 0.4 MB of float64).
+        self._remake_model = remake_model
         self._seed = seed
         self._rng = SplitMix64(seed)
         self._num_states = model.num_states
@@ -291,12 +302,18 @@ class BatchEnv:
         self._views: dict[str, NDArray[Any]] = {}
         self._allocate(n)
         self.reset()
+        if remake_model is not None:
+            self._model = None
 
     # -- public interface ------------------------------------------------------------------
 
     @property
     def model(self) -> GenerativeModel:
-        """The generative model an agent should use for this world (equal to the process)."""
+        """The generative model an agent should use for this world (equal to the process);
+        made again on first use by a world built with ``remake_model``."""
+        if self._model is None:
+            assert self._remake_model is not None  # only such a world lets its model go
+            self._model = self._remake_model()
         return self._model
 
     @property
@@ -404,8 +421,9 @@ class BatchEnv:
     # -- hooks for the worlds ----------------------------------------------------------------
 
     def _spawn_distributions(self) -> Sequence[np.ndarray]:
-        """Per factor, the distribution new episodes start from. Default: the model's ``D``."""
-        return self._model.D
+        """Per factor, the distribution new episodes start from (asked once, while the world is
+        built). Default: the model's ``D``."""
+        return self.model.D
 
     def _agent_arrays(self, n: int) -> dict[str, NDArray[Any]]:
         """Per-agent statistics and flags (first axis ``n``), kept by :meth:`resize`."""

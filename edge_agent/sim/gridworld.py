@@ -20,6 +20,7 @@ its action is ignored and it respawns (``episode_start`` True, ``episode_steps``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,16 +151,23 @@ class GridWorldEnv(BatchEnv):
         preference_scale: float = 1.0,
         start: tuple[int, int] | None = None,
     ) -> None:
-        model = gridworld_model(
-            height, width, goal=goal, noise=noise, preference_scale=preference_scale, start=start
+        remake = functools.partial(
+            gridworld_model,
+            height,
+            width,
+            goal=goal,
+            noise=noise,
+            preference_scale=preference_scale,
+            start=start,
         )
+        model = remake()
         self.height, self.width = int(height), int(width)
         if goal is None:
             self.goal = (self.height - 1, self.width - 1)
         else:
             self.goal = (int(goal[0]), int(goal[1]))
         self._goal_index = self.goal[0] * self.width + self.goal[1]
-        super().__init__(model, n_agents, seed=seed)
+        super().__init__(model, n_agents, seed=seed, remake_model=remake)
 
     @property
     def goal_reached(self) -> BoolArray:
@@ -184,7 +192,7 @@ class GridWorldEnv(BatchEnv):
         }
 
     def _spawn_distributions(self) -> Sequence[np.ndarray]:
-        d = np.array(self._model.D[0])
+        d = np.array(self.model.D[0])
         d[self._goal_index] = 0.0
         total = d.sum()
         if total <= 0:
