@@ -229,52 +229,26 @@ def test_a_converted_model_must_be_what_the_mode_says(heldout: Path, tmp_path: P
     assert not (tmp_path / "b").exists()
 
 
-class FakeConverter:
-    """Records what the converter is told (TensorFlow is not installed by the test suite; the
-    fixture script runs the real TFLiteConverter in each mode)."""
+def test_tensorflow_converter_errors_come_out_as_one_line() -> None:
+    """TensorFlow's ConverterError text is MLIR diagnostics: each line a long ``loc(...)`` and
+    then the message; the tool keeps the first message."""
+    from edge_agent_host.convert_tflite import tf_error_line
 
-    made: list[FakeConverter] = []  # noqa: RUF012
-
-    def __init__(self) -> None:
-        self.optimizations: list[str] = []
-        self.target_spec = type("Spec", (), {"supported_types": [], "supported_ops": []})()
-        self.representative_dataset = None
-        self.inference_input_type = None
-        FakeConverter.made.append(self)
-
-    @classmethod
-    def from_saved_model(cls, path: str) -> FakeConverter:
-        return cls()
-
-    def convert(self) -> bytes:
-        return b"tflite"
-
-
-def test_each_mode_sets_the_tflite_converter_up_as_documented(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import types
-
-    from edge_agent_host.convert_tflite import tflite_from_tensorflow
-
-    lite = types.SimpleNamespace(
-        TFLiteConverter=FakeConverter, Optimize=types.SimpleNamespace(DEFAULT="DEFAULT"),
-        OpsSet=types.SimpleNamespace(TFLITE_BUILTINS_INT8="INT8_OPS"),
+    text = (
+        '<unknown>:0: error: loc(callsite(fused["TensorListReserve:", "sequential/lstm/'
+        'TensorArrayV2_1@__inference___call___251"] at fused["StatefulPartitionedCall:", '
+        "\"StatefulPartitionedCall_1\"])): 'tf.TensorListReserve' op requires element_shape to "
+        "be static during TF Lite transformation pass\n"
+        "<unknown>:0: note: loc(fused[...]): called from\n"
+        "<unknown>:0: error: Lowering tensor list ops is failed.\n"
     )
-    fake_tf = types.SimpleNamespace(lite=lite, float16="f16", int8="i8")
-    monkeypatch.setitem(sys.modules, "tensorflow", fake_tf)
-    (tmp_path / "saved").mkdir()
-    calibration = {"window": np.zeros((4, 8, 8), dtype=np.float32)}
-    FakeConverter.made.clear()
-    for mode in ("full-integer", "dynamic-range", "float16"):
-        assert tflite_from_tensorflow(tmp_path / "saved", calibration, mode=mode) == b"tflite"
-    full, dynamic, half = FakeConverter.made
-    assert full.optimizations == dynamic.optimizations == half.optimizations == ["DEFAULT"]
-    assert full.target_spec.supported_ops == ["INT8_OPS"]
-    assert full.inference_input_type == "i8"
-    assert full.representative_dataset is not None
-    assert len(list(full.representative_dataset())) == 4
-    assert dynamic.representative_dataset is None
-    assert dynamic.target_spec.supported_types == []
-    assert half.target_spec.supported_types == ["f16"]
-    assert half.representative_dataset is None
+    assert tf_error_line(RuntimeError(text)) == (
+        "'tf.TensorListReserve' op requires element_shape to be static during TF Lite "
+        "transformation pass"
+    )
+    # What the converter prints on stderr: the location first, then the error.
+    assert tf_error_line(RuntimeError('loc(fused["a(b"]): error: not supported\n')) == (
+        "not supported"
+    )
+    assert tf_error_line(ValueError("\n  plain message\nmore")) == "plain message"
+    assert tf_error_line(RuntimeError("")) == "RuntimeError"

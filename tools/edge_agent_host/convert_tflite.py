@@ -27,13 +27,15 @@ bundle is stepped as a device steps it before it is signed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -99,6 +101,151 @@ def _saved_model_dir(tf: Any, source: Path, tmp: Path) -> Path:
     )
 
 
+def tf_error_line(err: BaseException) -> str:
+    """TensorFlow's converter error on one line: the text of its first ``error:``, without the
+    MLIR location in front of it (``loc(callsite(...))``, often longer than the message)."""
+    for line in str(err).splitlines():
+        if "error: " in line:
+            text = _without_location(line.split("error: ", 1)[1].strip())
+            if text:
+                return text[:300]
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:300]
+
+
+def _without_location(text: str) -> str:
+    """``text`` without a leading MLIR location ``loc(...)`` and the ``: `` after it; the
+    location's parentheses nest, and its quoted names may hold anything but quotes."""
+    if not text.startswith("loc("):
+        return text
+    depth, quoted = 0, False
+    for i, char in enumerate(text):
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "()":
+            depth += 1 if char == "(" else -1
+            if depth == 0:
+                rest = text[i + 1 :].lstrip()
+                return rest.removeprefix(":").strip()
+    return text
+
+
+def _needs_unrolling(err: BaseException) -> bool:
+    """Whether TFLite failed on a recurrent layer's loop over a dynamic batch: its tensor lists
+    need a static element shape, which a ``(None, T, F)`` input does not give."""
+    text = str(err)
+    return "TensorListReserve" in text or "tensor list ops" in text
+
+
+def _unrolled_export(tf: Any, source: Path, tmp: Path) -> tuple[Path, tuple[str, ...]]:
+    """The Keras model at ``source`` with every recurrent layer rebuilt with ``unroll=True`` (same
+    weights), exported as a SavedModel; and the names of the layers unrolled."""
+    keras = tf.keras
+    model = keras.models.load_model(str(source), compile=False)
+    unrolled: list[str] = []
+
+    def rebuild(layer: Any) -> Any:
+        config = layer.get_config()
+        if config.get("unroll") is False:
+            config["unroll"] = True
+            unrolled.append(str(layer.name))
+        return layer.__class__.from_config(config)
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=rebuild)
+        copy.set_weights(model.get_weights())
+    except Exception as err:  # Keras raises ValueError, TypeError, NotImplementedError
+        raise ModelError(
+            f"{source}: TFLite cannot convert the loop of a recurrent layer over a dynamic "
+            f"batch, and unrolling it failed ({tf_error_line(err)}): give the model a fixed "
+            "window (keras.Input((T, F))) and recurrent layers with unroll=True"
+        ) from err
+    if not unrolled:
+        raise ModelError(
+            f"{source}: TFLite cannot convert the loop of a recurrent layer over a dynamic "
+            "batch, and no top-level layer of this model can be unrolled: build its recurrent "
+            "layers with unroll=True (and a fixed window, keras.Input((T, F))) and save it again"
+        )
+    exported = tmp / "unrolled"
+    copy.export(str(exported), verbose=False)
+    return exported, tuple(unrolled)
+
+
+@contextlib.contextmanager
+def _native_stderr_to(sink: IO[bytes]) -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 into ``sink`` (TensorFlow's converter
+    prints its MLIR diagnostics and progress lines there, not through Python)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _tflite(
+    source: Path, setup: Callable[[Any], None], what: str
+) -> tuple[bytes, tuple[str, ...]]:
+    """Convert a SavedModel or ``.keras`` model with a converter that ``setup`` configures.
+
+    TFLite converts no recurrent loop over a dynamic batch (Keras' LSTM and GRU as saved by
+    default). For a ``.keras`` model the conversion is then tried again with the recurrent layers
+    unrolled over the window, which computes the same values; their names are returned (empty
+    when nothing was unrolled). Every failure is a ModelError of one line.
+    """
+    tf = _tensorflow()
+
+    def convert(saved: Path) -> bytes:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        setup(converter)
+        # The converter's own output is diagnostics for its developers; a failure's message is
+        # in the exception (and the first try of a recurrent model is expected to fail).
+        with tempfile.TemporaryFile() as sink, _native_stderr_to(sink):
+            return bytes(converter.convert())
+
+    with tempfile.TemporaryDirectory(prefix="edge-agent-tf-") as tmp:
+        saved = _saved_model_dir(tf, source, Path(tmp))
+        try:
+            return convert(saved), ()
+        except Exception as err:  # TensorFlow raises ConverterError and plain exceptions
+            if not _needs_unrolling(err):
+                raise ModelError(
+                    f"{source}: TFLite {what} conversion failed: {tf_error_line(err)}"
+                ) from err
+            if source.suffix != ".keras":
+                raise ModelError(
+                    f"{source}: TFLite cannot convert the loop of a recurrent layer over a "
+                    "dynamic batch (TensorList ops): pass the model as a .keras file (the "
+                    "converter then unrolls its recurrent layers over the window) or build them "
+                    "with unroll=True and export the SavedModel again"
+                ) from err
+        unrolled_dir, unrolled = _unrolled_export(tf, source, Path(tmp))
+        try:
+            return convert(unrolled_dir), unrolled
+        except Exception as err:
+            raise ModelError(
+                f"{source}: TFLite {what} conversion failed with {', '.join(unrolled)} "
+                f"unrolled: {tf_error_line(err)}"
+            ) from err
+
+
+def _quantized_setup(
+    tf: Any, calibration: Samples, mode: str, per_channel: bool, show_progress: bool
+) -> Callable[[Any], None]:
+    def setup(converter: Any) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif mode == "full-integer":
+            _full_integer(tf, converter, calibration, show_progress=show_progress)
+        if not per_channel:
+            converter._experimental_disable_per_channel = True
+
+    return setup
+
+
 def tflite_from_tensorflow(
     source: str | Path,
     calibration: Samples,
@@ -110,25 +257,15 @@ def tflite_from_tensorflow(
     """The ``mode`` ``.tflite`` of a SavedModel or ``.keras`` model (module docstring).
 
     ``calibration`` holds the representative inputs of ``full-integer`` (one array, the model has
-    one input); the other modes need none.
+    one input); the other modes need none. Recurrent layers are unrolled when TFLite needs it
+    (see :func:`_tflite`).
     """
     if mode not in TFLITE_MODES:
         raise InputError(f"TFLite mode {mode!r}; choose one of {TFLITE_MODES}")
-    tf = _tensorflow()
-    with tempfile.TemporaryDirectory(prefix="edge-agent-tf-") as tmp:
-        saved = _saved_model_dir(tf, Path(source), Path(tmp))
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if mode == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        elif mode == "full-integer":
-            _full_integer(tf, converter, calibration, show_progress=show_progress)
-        if not per_channel:
-            converter._experimental_disable_per_channel = True
-        try:
-            return bytes(converter.convert())
-        except Exception as err:  # TensorFlow raises ConverterError and plain exceptions
-            raise ModelError(f"{source}: TFLite {mode} conversion failed: {err}") from err
+    if mode == "full-integer" and len(calibration) != 1:
+        raise ModelError("full-integer conversion supports models with exactly one input")
+    setup = _quantized_setup(_tensorflow(), calibration, mode, per_channel, show_progress)
+    return _tflite(Path(source), setup, mode)[0]
 
 
 def _full_integer(tf: Any, converter: Any, calibration: Samples, *, show_progress: bool) -> None:
@@ -150,14 +287,7 @@ def _full_integer(tf: Any, converter: Any, calibration: Samples, *, show_progres
 
 def float_tflite_from_tensorflow(source: str | Path) -> bytes:
     """The float32 ``.tflite`` of a SavedModel or ``.keras`` model: the accuracy reference."""
-    tf = _tensorflow()
-    with tempfile.TemporaryDirectory(prefix="edge-agent-tf-") as tmp:
-        saved = _saved_model_dir(tf, Path(source), Path(tmp))
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-        try:
-            return bytes(converter.convert())
-        except Exception as err:
-            raise ModelError(f"{source}: TFLite float conversion failed: {err}") from err
+    return _tflite(Path(source), lambda converter: None, "float")[0]
 
 
 def convert_tflite(
@@ -198,6 +328,7 @@ def convert_tflite(
     src = Path(source)
     backend = get_backend("litert")
     prequantized = src.suffix == ".tflite"
+    unrolled: tuple[str, ...] = ()
     if prequantized:
         if int8_path is None:
             raise InputError(
@@ -208,7 +339,7 @@ def convert_tflite(
     else:
         if int8_path is not None:
             raise InputError("--int8 goes with a float .tflite source, not with a SavedModel")
-        float_bytes = float_tflite_from_tensorflow(src)
+        float_bytes, unrolled = _tflite(src, lambda converter: None, "float")
     float_session = backend.load(float_bytes, opts.threads)
     inputs = float_session.input_specs
     window = infer_window(inputs, opts.window)
@@ -234,13 +365,28 @@ def convert_tflite(
         int8_bytes = _read(Path(int8_path))
         data_source = "prequantized"
     else:
-        int8_bytes = tflite_from_tensorflow(
-            src, calibration, mode=mode, per_channel=opts.per_channel,
-            show_progress=show_progress,
+        if mode == "full-integer" and len(calibration) != 1:
+            raise ModelError("full-integer conversion supports models with exactly one input")
+        setup = _quantized_setup(_tensorflow(), calibration, mode, opts.per_channel,
+                                 show_progress)
+        int8_bytes, _ = _tflite(src, setup, mode)
+    if unrolled:
+        warnings.append(
+            f"recurrent layer(s) {', '.join(unrolled)} unrolled over the window ({window} steps): "
+            "TFLite converts no recurrent loop over a dynamic batch; the unrolled model computes "
+            "the same values, and its file grows with the window"
         )
     int8_session = backend.load(int8_bytes, opts.threads)
-    _check_mode(mode, int8_session, int8_bytes, int8_path or src)
-    note = size_warning(len(float_bytes), len(int8_bytes), {})
+    _check_mode(mode, int8_session, int8_bytes, int8_path or src, converted=not prequantized)
+    hint = (
+        "--mode dynamic-range (int8 weights only) or --mode float16 may give a smaller file"
+        if mode == "full-integer"
+        else ""
+    )
+    note = size_warning(
+        len(float_bytes), len(int8_bytes), {}, hint,
+        overhead="the quantization bookkeeping of every tensor",
+    )
     if note is not None:
         warnings.append(note)
     calibration_info: dict[str, Any] = {
@@ -277,8 +423,11 @@ def _tensor_dtypes(model_bytes: bytes) -> set[str]:
     return {np.dtype(detail["dtype"]).name for detail in interpreter.get_tensor_details()}
 
 
-def _check_mode(mode: str, session: Session, model_bytes: bytes, path: str | Path) -> None:
-    """The converted model must be what ``mode`` says; ModelError in one line otherwise."""
+def _check_mode(
+    mode: str, session: Session, model_bytes: bytes, path: str | Path, *, converted: bool
+) -> None:
+    """The converted model must be what ``mode`` says; ModelError in one line otherwise.
+    ``converted``: TensorFlow made it here (else the user passed it with ``--int8``)."""
     io_dtype = "int8" if mode == "full-integer" else "float32"
     for spec in (*session.input_specs, *session.output_specs):
         if spec.dtype != io_dtype:
@@ -287,6 +436,14 @@ def _check_mode(mode: str, session: Session, model_bytes: bytes, path: str | Pat
             raise ModelError(f"{path}: tensor {spec.name!r} is {spec.dtype}; {what}")
     weights = {"dynamic-range": "int8", "float16": "float16"}.get(mode)
     if weights is not None and weights not in _tensor_dtypes(model_bytes):
+        if mode == "dynamic-range" and converted:
+            # TensorFlow's dynamic-range pass quantizes only weight tensors of 1,024 values or
+            # more (checked with 2.21: 32 x 32 is quantized, 31 x 32 is not).
+            raise ModelError(
+                f"{path}: TensorFlow's dynamic-range quantization left every weight in float (it "
+                "skips weight tensors under 1,024 values, and this model has none larger): "
+                "--mode full-integer or --mode float16 shrinks it"
+            )
         raise ModelError(f"{path}: no tensor is {weights}: not a {mode} model (--mode {mode})")
 
 

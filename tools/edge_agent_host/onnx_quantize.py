@@ -154,10 +154,16 @@ def _other(mode: QuantMode) -> QuantMode:
 
 
 def size_warning(
-    float_bytes: int, int8_bytes: int, float_weights: Mapping[str, int], mode_hint: str = ""
+    float_bytes: int,
+    int8_bytes: int,
+    float_weights: Mapping[str, int],
+    mode_hint: str = "",
+    *,
+    overhead: str = "the Q/DQ bookkeeping",
 ) -> str | None:
     """One line when the int8 model is not below :data:`SIZE_WARNING_RATIO` of the float one,
-    naming the ops whose weights stayed float; ``None`` otherwise."""
+    naming the ops whose weights stayed float (or else ``overhead``, what outweighs the
+    weights); ``None`` otherwise."""
     ratio = int8_bytes / float_bytes if float_bytes else 1.0
     if ratio < SIZE_WARNING_RATIO:
         return None
@@ -171,7 +177,7 @@ def size_warning(
         )
         text += f": weights left in float: {left}"
     else:
-        text += ": the Q/DQ bookkeeping outweighs the weights of a model this small"
+        text += f": {overhead} outweighs the weights of a model this small"
     return text + (f"; {mode_hint}" if mode_hint else "")
 
 
