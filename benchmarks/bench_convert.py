@@ -5,7 +5,23 @@ the MLP, the logistic regression and the small CNN, the sensor world for the rec
 Each is converted by ``edge_agent_host.convert_onnx.convert_onnx`` (defaults: ``--mode auto``,
 per-channel weights, MinMax) and, for comparison, quantized by a plain call of onnxruntime's
 ``quantize_static`` with its defaults (QDQ, int8, per-tensor, MinMax, no pre-processing) and, for
-the recurrent families, ``quantize_dynamic``. One JSON object per line and family:
+the recurrent families, ``quantize_dynamic``.
+
+Families trained with the frameworks users train with (``--families`` names them; they need
+TensorFlow and torch, which are not project dependencies: run them from a separate venv, see
+``benchmarks/RESULTS.md``):
+
+* ``keras-mlp``, ``keras-cnn`` (digits as 8x8x1 frames), ``keras-lstm`` (sensor windows): a
+  Keras model trained here (seeded), converted by ``edge_agent_host.convert_tflite`` in each of
+  its modes (``full-integer``, ``dynamic-range``, ``float16``), against TensorFlow's own
+  ``TFLiteConverter`` as its guide shows it: post-training integer quantization with float
+  fallback (``Optimize.DEFAULT`` and a representative data set, float inputs and outputs),
+  integer only (int8 inputs and outputs), dynamic range and float16. Every variant runs in
+  LiteRT; agreement is with the float ``.tflite``.
+* ``torch-mlp``: a torch MLP trained on digits, exported by ``torch.onnx.export`` with a dynamic
+  batch axis, converted as the ONNX families are.
+
+One JSON object per line and family:
 
 * ``float_bytes``, ``ours_bytes`` (the bundled model), ``ort_static_bytes`` (and
   ``ort_dynamic_bytes``), each ratio to float;
@@ -15,6 +31,11 @@ the recurrent families, ``quantize_dynamic``. One JSON object per line and famil
   ``ort_static_error`` when onnxruntime's own call fails.
 
     python benchmarks/bench_convert.py [--families mlp,logreg,cnn,lstm,gru]
+    PYTHONPATH=.:tools .cache/tf-venv/bin/python benchmarks/bench_convert.py \
+        --families keras-mlp,keras-cnn,keras-lstm,torch-mlp
+
+``ours_convert_s`` is the converter's own time in this process (calibration, the held-out
+comparison, the device check; without the interpreter's start and imports).
 """
 
 from __future__ import annotations
@@ -26,6 +47,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +60,8 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 
 FAMILIES = ("mlp", "logreg", "cnn", "lstm", "gru")
+TF_FAMILIES = ("keras-mlp", "keras-cnn", "keras-lstm")
+TORCH_FAMILIES = ("torch-mlp",)
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +138,149 @@ def recurrent_model(cell: str, tmp: Path) -> dict[str, Any]:
             "model": f"onnx.helper {cell} (64 units) over 16 x 8 sensor windows, seeded weights"}
 
 
+def torch_model(tmp: Path) -> dict[str, Any]:
+    """A torch MLP (64 -> 64 -> 10) trained on digits, exported the standard way."""
+    import torch
+
+    X, y = digits()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(X[:1400]), torch.from_numpy(y[:1400]).long()
+    for _ in range(200):  # full-batch steps: seconds on a CPU
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+    net.eval()
+    path = tmp / "torch_mlp.onnx"
+    with quiet():
+        torch.onnx.export(net, (xt[:1],), str(path), input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    return {"path": path, "calibration": X[:1400], "heldout": X[1400:], "labels": y[1400:],
+            "output": "logits", "model": f"torch {torch.__version__.split('+')[0]} MLP on digits, "
+            "torch.onnx.export"}
+
+
+def keras_model(family: str, tmp: Path) -> dict[str, Any]:
+    """A Keras model trained here (seeded) on digits or sensor windows, saved as ``.keras``."""
+    import tensorflow as tf
+
+    from edge_agent.sim.sensors import SensorWorld
+
+    keras = tf.keras
+    keras.utils.set_random_seed(0)
+    if family == "keras-lstm":
+        world = SensorWorld(1)
+        X, y = world.sample_windows(1400, 16, seed=1)
+        Xh, yh = world.sample_windows(1000, 16, seed=2)
+        layers = [keras.Input((16, world.num_features), name="window"), keras.layers.LSTM(32),
+                  keras.layers.Dense(world.num_classes)]
+        what = "Keras LSTM (32 units) over 16 x 8 sensor windows"
+    else:
+        D, labels = digits()
+        if family == "keras-cnn":
+            D = D.reshape(-1, 8, 8, 1)
+            layers = [keras.Input((8, 8, 1), name="frame"),
+                      keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.Flatten(),
+                      keras.layers.Dense(10)]
+            what = "Keras CNN on 8x8x1 digit frames (N, H, W, C)"
+        else:
+            layers = [keras.Input((64,), name="x"), keras.layers.Dense(64, activation="relu"),
+                      keras.layers.Dense(10)]
+            what = "Keras MLP (64 -> 64 -> 10) on digits"
+        X, y, Xh, yh = D[:1400], labels[:1400], D[1400:], labels[1400:]
+    model = keras.Sequential(layers)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(X, y, epochs=30, batch_size=64, verbose=0)
+    path = tmp / f"{family}.keras"
+    model.save(path)
+    return {"path": path, "keras": model, "calibration": X, "heldout": Xh, "labels": yh,
+            "model": what}
+
+
+def litert_outputs(model_bytes: bytes, X: np.ndarray) -> np.ndarray:
+    """The first output of a ``.tflite`` on ``X`` in LiteRT, as real values (the project's
+    LiteRT session quantizes int8 inputs and dequantizes int8 outputs)."""
+    from edge_agent.neural.backends import get_backend
+
+    session = get_backend("litert").load(model_bytes, 1)
+    session.set_batch(len(X))
+    name = session.input_specs[0].name
+    return np.array(session.run({name: X})[session.output_specs[0].name])
+
+
+def tf_variant(kind: str, spec: dict[str, Any], ref: np.ndarray) -> dict[str, Any]:
+    """TensorFlow's own post-training quantization, as its guide sets the converter up."""
+    import tensorflow as tf
+
+    from edge_agent_host.convert_tflite import tf_error_line
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(spec["keras"])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    samples = spec["calibration"].astype(np.float32)
+
+    def representative() -> Iterator[list[np.ndarray]]:
+        for i in range(len(samples)):  # the same calibration samples as ours
+            yield [samples[i : i + 1]]
+
+    if kind in ("int8_fallback", "int8_only"):
+        converter.representative_dataset = representative
+    if kind == "int8_only":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    if kind == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    try:
+        with quiet():
+            model = bytes(converter.convert())
+        got = litert_outputs(model, spec["heldout"])
+    except Exception as err:  # TensorFlow raises ConverterError and plain exceptions
+        return {f"tf_{kind}_error": tf_error_line(err)[:160]}
+    return {
+        f"tf_{kind}_bytes": len(model),
+        f"tf_{kind}_top1": round(float(np.mean(got.argmax(1) == ref.argmax(1))), 4),
+    }
+
+
+def measure_keras(family: str, tmp: Path) -> dict[str, Any]:
+    from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds
+    from edge_agent_host.convert_tflite import convert_tflite, float_tflite_from_tensorflow
+
+    spec = keras_model(family, tmp)
+    cal, held = tmp / f"{family}.cal.npz", tmp / f"{family}.held.npz"
+    np.savez(cal, x=spec["calibration"])
+    np.savez(held, x=spec["heldout"], labels=spec["labels"])
+    with quiet():
+        float_bytes = float_tflite_from_tensorflow(spec["path"])
+    ref = litert_outputs(float_bytes, spec["heldout"])
+    line: dict[str, Any] = {"family": family, "model": spec["model"],
+                            "float_bytes": len(float_bytes)}
+    for mode in ("full-integer", "dynamic-range", "float16"):
+        key = mode.split("-")[0]
+        start = time.perf_counter()
+        with quiet():
+            report = convert_tflite(spec["path"], tmp / f"{family}.{key}.bundle", name=family,
+                                    calibration_path=cal, heldout_path=held,
+                                    options=NeuralOptions(mode=mode, latency_repeats=1),
+                                    thresholds=NeuralThresholds(min_top1=None))
+        size = report.data["size"]["int8_bytes"]
+        line[f"ours_{key}_convert_s"] = round(time.perf_counter() - start, 2)
+        line[f"ours_{key}_bytes"] = size
+        line[f"ours_{key}_ratio"] = round(size / len(float_bytes), 4)
+        line[f"ours_{key}_top1"] = round(report.data["accuracy"]["top1_agreement"], 4)
+        accuracy = report.data["accuracy"].get("label_accuracy")
+        if accuracy:
+            line.setdefault("label_accuracy_float", round(accuracy["float"], 4))
+            line[f"ours_{key}_label_accuracy"] = round(accuracy["int8"], 4)
+        if report.warnings:
+            line[f"ours_{key}_warnings"] = report.warnings
+    for kind in ("int8_fallback", "int8_only", "dynamic", "float16"):
+        line.update(tf_variant(kind, spec, ref))
+    return line
+
+
 class Reader:
     """onnxruntime calibration reader over one array."""
 
@@ -178,8 +345,12 @@ def ort_variant(fn: str, spec: dict[str, Any], tmp: Path, ref: np.ndarray) -> di
 def measure(family: str, tmp: Path) -> dict[str, Any]:
     from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx
 
+    if family in TF_FAMILIES:
+        return measure_keras(family, tmp)
     if family in ("mlp", "logreg"):
         spec = sklearn_model(family, tmp)
+    elif family == "torch-mlp":
+        spec = torch_model(tmp)
     elif family == "cnn":
         spec = cnn_model(tmp)
     else:
@@ -190,11 +361,13 @@ def measure(family: str, tmp: Path) -> dict[str, Any]:
     if spec["labels"] is not None:
         held_arrays["labels"] = spec["labels"]
     np.savez(held, **held_arrays)
+    start = time.perf_counter()
     with quiet():
         report = convert_onnx(spec["path"], tmp / f"{family}.bundle", name=family,
                               calibration_path=cal, heldout_path=held,
                               options=NeuralOptions(latency_repeats=1),
                               thresholds=NeuralThresholds(min_top1=None))
+    convert_s = time.perf_counter() - start
     ref = run(spec["path"], spec["heldout"], spec["output"])
     size = report.data["size"]
     line: dict[str, Any] = {
@@ -206,6 +379,7 @@ def measure(family: str, tmp: Path) -> dict[str, Any]:
         "ours_top1": round(report.data["accuracy"]["top1_agreement"], 4),
         "ours_mode": report.data["quantization"]["mode"],
         "ours_warnings": report.warnings,
+        "ours_convert_s": round(convert_s, 2),
     }
     if report.data["accuracy"].get("label_accuracy"):
         line["label_accuracy"] = report.data["accuracy"]["label_accuracy"]
@@ -217,11 +391,15 @@ def measure(family: str, tmp: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    every = (*FAMILIES, *TF_FAMILIES, *TORCH_FAMILIES)
     parser.add_argument("--families", default=",".join(FAMILIES),
-                        help=f"comma-separated subset of {','.join(FAMILIES)}")
+                        help=f"comma-separated subset of {','.join(every)} (the last four need "
+                        "TensorFlow and torch)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         for family in args.families.split(","):
+            if family.strip() not in every:
+                parser.error(f"unknown family {family.strip()!r}; choose from {','.join(every)}")
             print(json.dumps(measure(family.strip(), Path(tmp))), flush=True)
     return 0
 
