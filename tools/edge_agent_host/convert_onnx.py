@@ -139,6 +139,68 @@ def max_onnxruntime_ir_version() -> int:
     return 7
 
 
+def read_onnx(source: Path, warnings: list[str]) -> bytes:
+    """The ONNX model at ``source`` as one self-contained serialized model.
+
+    ``torch.onnx.export`` (the dynamo exporter, torch's default since 2.9) writes the weights to
+    an external data file next to the model (``model.onnx.data``). Those weights are read (onnx
+    checks that each location stays inside the model's directory and within its file) and put
+    into the model, which is what the bundle carries; one warning line says so. InputError in
+    one line when the file or its weights cannot be read.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    try:
+        model_bytes = source.read_bytes()
+    except OSError as err:
+        raise InputError(f"{source}: cannot read the model: {err.strerror or err}") from err
+    try:
+        model = onnx.load_from_string(model_bytes)
+    except DecodeError as err:
+        raise ModelError(f"{source}: not an ONNX model ({err})") from err
+    external = [t for t in _all_tensors(model) if uses_external_data(t)]
+    if not external:
+        return model_bytes
+    files = sorted({e.value for t in external for e in t.external_data if e.key == "location"})
+    try:
+        load_external_data_for_model(model, str(source.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        # onnx's checks: a missing file, a location outside the model's directory, past its end
+        raise InputError(
+            f"{source}: its weights are in external data ({', '.join(files)}) that cannot be "
+            f"read ({' '.join(str(err).split())}): keep the .onnx file and its data file "
+            "together, as the exporter wrote them"
+        ) from err
+    for tensor in external:  # as if saved inline: no explicit "stored here" marker
+        tensor.ClearField("data_location")
+    warnings.append(
+        f"{len(external)} weight tensor(s) read from the external data file "
+        f"{', '.join(files)} and put into the model: the bundle carries one self-contained file"
+    )
+    return bytes(model.SerializeToString())
+
+
+def _all_tensors(model: Any) -> list[Any]:
+    """Every tensor the model holds: initializers and tensor attributes (a Constant's value),
+    in subgraphs (If, Loop, Scan bodies) too."""
+    found: list[Any] = []
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        found.extend(graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    found.append(attr.t)
+                found.extend(attr.tensors)
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    return found
+
+
 def readable_ir_version(model_bytes: bytes, source: Path) -> bytes:
     """``model_bytes`` with an IR version the installed onnxruntime reads.
 
@@ -212,14 +274,11 @@ def convert_onnx(
     opts = options or NeuralOptions()
     check_output(out)
     source = Path(model_path)
-    try:
-        float_bytes = source.read_bytes()
-    except OSError as err:
-        raise InputError(f"{source}: cannot read the model: {err.strerror or err}") from err
     if aif_model is not None and opts.output_kind != "observation":
         raise InputError("a perception bundle (--aif) needs --output-kind observation")
     backend = get_backend("onnxruntime")
     warnings: list[str] = []
+    float_bytes = read_onnx(source, warnings)
     float_bytes = readable_ir_version(float_bytes, source)
     float_bytes = choose_outputs(float_bytes, opts, warnings, opts.threads)
     float_session = backend.load(float_bytes, opts.threads)
