@@ -11,7 +11,8 @@ Families trained with the frameworks users train with (``--families`` names them
 TensorFlow and torch, which are not project dependencies: run them from a separate venv, see
 ``benchmarks/RESULTS.md``):
 
-* ``keras-mlp``, ``keras-cnn`` (digits as 8x8x1 frames), ``keras-lstm`` (sensor windows): a
+* ``keras-mlp``, ``keras-cnn`` (digits as 8x8x1 frames), ``keras-lstm`` and ``keras-gru``
+  (sensor windows): a
   Keras model trained here (seeded), converted by ``edge_agent_host.convert_tflite`` in each of
   its modes (``full-integer``, ``dynamic-range``, ``float16``), against TensorFlow's own
   ``TFLiteConverter`` as its guide shows it: post-training integer quantization with float
@@ -33,7 +34,7 @@ One JSON object per line and family:
 
     python benchmarks/bench_convert.py [--families mlp,logreg,cnn,lstm,gru]
     PYTHONPATH=.:tools .cache/tf-venv/bin/python benchmarks/bench_convert.py \
-        --families keras-mlp,keras-cnn,keras-lstm,torch-mlp
+        --families keras-mlp,keras-cnn,keras-lstm,keras-gru,torch-mlp
 
 ``ours_convert_s`` is the converter's own time in this process (calibration, the held-out
 comparison, the device check; without the interpreter's start and imports).
@@ -61,7 +62,7 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 
 FAMILIES = ("mlp", "logreg", "cnn", "lstm", "gru")
-TF_FAMILIES = ("keras-mlp", "keras-cnn", "keras-lstm")
+TF_FAMILIES = ("keras-mlp", "keras-cnn", "keras-lstm", "keras-gru")
 TORCH_FAMILIES = ("torch-mlp",)
 
 
@@ -172,13 +173,14 @@ def keras_model(family: str, tmp: Path) -> dict[str, Any]:
 
     keras = tf.keras
     keras.utils.set_random_seed(0)
-    if family == "keras-lstm":
+    if family in ("keras-lstm", "keras-gru"):
+        cell = family.removeprefix("keras-").upper()
         world = SensorWorld(1)
         X, y = world.sample_windows(1400, 16, seed=1)
         Xh, yh = world.sample_windows(1000, 16, seed=2)
-        layers = [keras.Input((16, world.num_features), name="window"), keras.layers.LSTM(32),
-                  keras.layers.Dense(world.num_classes)]
-        what = "Keras LSTM (32 units) over 16 x 8 sensor windows"
+        layers = [keras.Input((16, world.num_features), name="window"),
+                  getattr(keras.layers, cell)(32), keras.layers.Dense(world.num_classes)]
+        what = f"Keras {cell} (32 units) over 16 x 8 sensor windows"
     else:
         D, labels = digits()
         if family == "keras-cnn":
@@ -402,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     every = (*FAMILIES, *TF_FAMILIES, *TORCH_FAMILIES)
     parser.add_argument("--families", default=",".join(FAMILIES),
-                        help=f"comma-separated subset of {','.join(every)} (the last four need "
-                        "TensorFlow and torch)")
+                        help=f"comma-separated subset of {','.join(every)} (the keras and torch "
+                        "families need TensorFlow and torch)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         for family in args.families.split(","):
