@@ -262,10 +262,17 @@ def tflite_from_tensorflow(
     """
     if mode not in TFLITE_MODES:
         raise InputError(f"TFLite mode {mode!r}; choose one of {TFLITE_MODES}")
+    return _quantized_tflite(Path(source), calibration, mode, per_channel, show_progress)[0]
+
+
+def _quantized_tflite(
+    source: Path, calibration: Samples, mode: str, per_channel: bool, show_progress: bool
+) -> tuple[bytes, tuple[str, ...]]:
+    """:func:`_tflite` with the converter set up for ``mode``."""
     if mode == "full-integer" and len(calibration) != 1:
         raise ModelError("full-integer conversion supports models with exactly one input")
     setup = _quantized_setup(_tensorflow(), calibration, mode, per_channel, show_progress)
-    return _tflite(Path(source), setup, mode)[0]
+    return _tflite(source, setup, mode)
 
 
 def _full_integer(tf: Any, converter: Any, calibration: Samples, *, show_progress: bool) -> None:
@@ -365,11 +372,7 @@ def convert_tflite(
         int8_bytes = _read(Path(int8_path))
         data_source = "prequantized"
     else:
-        if mode == "full-integer" and len(calibration) != 1:
-            raise ModelError("full-integer conversion supports models with exactly one input")
-        setup = _quantized_setup(_tensorflow(), calibration, mode, opts.per_channel,
-                                 show_progress)
-        int8_bytes, _ = _tflite(src, setup, mode)
+        int8_bytes, _ = _quantized_tflite(src, calibration, mode, opts.per_channel, show_progress)
     if unrolled:
         warnings.append(
             f"recurrent layer(s) {', '.join(unrolled)} unrolled over the window ({window} steps): "
