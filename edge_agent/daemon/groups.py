@@ -340,6 +340,7 @@ def make_agents(
             history_capacity=history_capacity,
             budget=budget,
             name=cfg.name,
+            check_finite=False,  # the daemon's sources drop non-finite values (see the class)
         )
     assert loaded.model is not None  # an Active Inference or perception group
     aif = AifAgentGroup(
@@ -371,6 +372,7 @@ def make_agents(
             seed=cfg.seed,
             budget=budget,
             name=f"{cfg.name}.perception",
+            check_finite=False,
         )
     except BaseException:
         aif.release()

@@ -188,6 +188,12 @@ class NeuralAgentGroup:
         Rows of observations kept per agent (at least the window ``T``).
     budget:
         Reserve the model (shared, once per model file) and the agents before allocating.
+    check_finite:
+        Scan every tick's observations for NaN and infinity (an InputError naming the first).
+        The daemon turns it off: its sources let no such value through (the MQTT inbox counts
+        and drops a non-finite row or frame where it arrives, the built-in worlds make finite
+        values), so the scan would read every observation a second time each tick. Shapes and
+        dtypes are checked either way.
     """
 
     #: The bundle's model is int8 (the daemon's status reports a group's precision).
@@ -215,6 +221,7 @@ class NeuralAgentGroup:
         history_capacity: int = 0,
         budget: MemoryBudget | None = None,
         name: str = "neural",
+        check_finite: bool = True,
     ) -> None:
         if isinstance(n_agents, bool) or not isinstance(n_agents, int | np.integer) or n_agents < 1:
             raise InputError(f"group {name!r}: n_agents must be an integer >= 1, got {n_agents!r}")
@@ -224,6 +231,7 @@ class NeuralAgentGroup:
             raise InputError(f"temperature must be a positive number, got {temperature}")
         self.name = name
         self.spec = spec
+        self.check_finite = bool(check_finite)
         self.selection: Selection = selection
         self.temperature = float(temperature)
         self.window = spec.window
@@ -422,8 +430,9 @@ class NeuralAgentGroup:
         self._batch[sel] = 0.0  # older steps of a restarted window are zeros
 
     def check_obs(self, obs: np.ndarray) -> np.ndarray:
-        """``obs`` must be a finite real ``(N, F)`` array (or ``(N, *frame)`` for a frame model,
-        returned as its ``(N, F)`` view); InputError naming what is wrong."""
+        """``obs`` must be a real ``(N, F)`` array (or ``(N, *frame)`` for a frame model,
+        returned as its ``(N, F)`` view), finite unless the group was built with
+        ``check_finite=False``; InputError naming what is wrong."""
         arr = np.asarray(obs)
         expected = (self.n_agents, self.num_features)
         if self.frame is not None and arr.shape == (self.n_agents, *self.frame):
@@ -435,7 +444,11 @@ class NeuralAgentGroup:
             raise InputError(f"obs must be real numbers, got dtype {arr.dtype}")
         # One float32 sum: NaN or inf anywhere makes it non-finite; a sum that overflows from
         # finite values only sends us to the exact search below, which then finds nothing.
-        if arr.dtype.kind == "f" and not math.isfinite(np.add.reduce(arr, axis=None)):
+        if (
+            self.check_finite
+            and arr.dtype.kind == "f"
+            and not math.isfinite(np.add.reduce(arr, axis=None))
+        ):
             bad = np.argwhere(~np.isfinite(arr))
             if len(bad):
                 agent, feature = (int(i) for i in bad[0])

@@ -103,6 +103,9 @@ def test_the_plan_counts_each_model_once_and_every_agent_exactly(
     assert isinstance(a.agents, NeuralAgentGroup)
     assert isinstance(b.agents, NeuralAgentGroup)
     assert isinstance(namers.agents, PerceptionAifGroup)
+    # The daemon's sources drop non-finite values, so its groups do not scan them again.
+    assert not a.agents.check_finite
+    assert not namers.agents.perception.check_finite
     model_file = (bundles / "policy" / "model.onnx").stat().st_size
     assert a.agents.shared_nbytes == MODEL_BYTES_FACTOR * model_file
     report = budget.report()

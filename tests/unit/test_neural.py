@@ -255,6 +255,19 @@ def test_bad_observations_are_input_errors() -> None:
         group_for(flatten_onnx(2, 3), 2, 0, "observation")
 
 
+def test_a_group_whose_source_checks_values_still_checks_shapes() -> None:
+    # The daemon's groups: its sources drop non-finite values where they arrive, so the group
+    # does not scan every observation again; a wrong shape or dtype is still refused.
+    group = group_for(flatten_onnx(2, 3), 2, 4, "observation", check_finite=False)
+    with pytest.raises(InputError, match=r"obs has shape \(4, 2\), expected \(4, 3\)"):
+        group.forward(np.zeros((4, 2)))
+    with pytest.raises(InputError, match=r"must be real numbers"):
+        group.forward(np.zeros((4, 3), dtype=bool))
+    bad = np.zeros((4, 3), dtype=np.float32)
+    bad[2, 1] = np.inf
+    assert group.check_obs(bad) is bad  # not scanned: the caller vouches for the values
+
+
 # -- memory ----------------------------------------------------------------------------------------
 def _allocated(group: NeuralAgentGroup) -> int:
     """The group's arrays and its session's buffers (a sliding input's whole buffer)."""
