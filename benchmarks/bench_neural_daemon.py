@@ -46,7 +46,10 @@ Everything a user would do, in one run, one JSON object per line:
    ``overhead_ratio`` is the median over rounds of ``neural_step / session_run`` (target
    <= 1.2); ``*_ratio`` the same for every variant. ``paced_*``: ``session_run``,
    ``neural_step`` and ``group_tick`` called in turn once per tick period (``--paced`` calls
-   each), so that every call starts cold after a sleep as in the daemon.
+   each), so that every call starts cold after a sleep as in the daemon. ``paced_in_tick_*``:
+   ``session_run`` and ``neural_step`` paced the same way, each call preceded (untimed) by what
+   ``GroupRuntime.tick`` runs between the sleep and the group's step (the world's
+   ``episode_start.any()``): the step's cost where the daemon calls it.
 5. ``rss_breakdown``: the RSS of a fresh interpreter (``/proc/self/status``) after importing
    numpy, the daemon, onnxruntime, and after loading the policy into a session.
 
@@ -417,10 +420,14 @@ def interleave(
 
 
 def paced(
-    variants: dict[str, Callable[[], object]], per_variant: int, hz: float
+    variants: dict[str, Callable[[], object]],
+    per_variant: int,
+    hz: float,
+    before: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """Median seconds of each variant called once per period of ``hz``, in turn: each call
-    starts after the process slept, as a daemon tick does."""
+    starts after the process slept, as a daemon tick does. ``before`` (untimed) runs between
+    the sleep and the call: what a tick does before its group steps."""
     names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
     period = 1.0 / hz
@@ -429,6 +436,8 @@ def paced(
         deadline += period
         time.sleep(max(0.0, deadline - time.perf_counter()))
         name = names[k % len(names)]
+        if before is not None:
+            before()
         start = time.perf_counter()
         variants[name]()
         times[name].append(time.perf_counter() - start)
@@ -493,6 +502,18 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
         args.paced,
         args.tick_hz,
     )
+
+    def tick_preamble() -> None:
+        # What GroupRuntime.tick does between the sleep and the group's step: the world's
+        # new-episode check (one reduction; its resets are not part of the step timed here).
+        env.episode_start.any()
+
+    in_tick = paced(
+        {k: variants[k] for k in ("session_run", "neural_step")},
+        args.paced,
+        args.tick_hz,
+        before=tick_preamble,
+    )
     base = medians["session_run"]
     row: dict[str, Any] = {
         "bench": "overhead",
@@ -515,6 +536,11 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
     row["paced_hz"] = args.tick_hz
     row["paced_calls"] = args.paced
     row["paced_neural_step_ratio"] = round(slow["neural_step"] / slow["session_run"], 3)
+    for name, value in in_tick.items():
+        row[f"paced_in_tick_{name}_ms"] = round(value * 1e3, 4)
+    row["paced_in_tick_neural_step_ratio"] = round(
+        in_tick["neural_step"] / in_tick["session_run"], 3
+    )
     row["overhead_ratio"] = row["neural_step_ratio"]
     row["target_overhead<=1.2"] = row["overhead_ratio"] <= OVERHEAD_TARGET
     return row
