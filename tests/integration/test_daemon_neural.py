@@ -263,6 +263,7 @@ sink = {{ type = "mqtt", topic = "actuators/pickers" }}
         io = status["groups"][0]["io"]
         assert io["rows_rejected"] >= 2, io
         assert io["rejected"]["width"] == 1, io
+        assert io["rejected"]["value"] == 1, io  # dropped here: the group does not rescan
         with hub_for(mosquitto, load_signing_key(hub_key), "pi-n2") as hub:
             result = hub.deploy(v2, "pickers", ["pi-n2"], chunk_size=4096, watch_ticks=10)["pi-n2"]
             assert result.code is ResultCode.OK, result
