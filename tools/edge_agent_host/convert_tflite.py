@@ -276,9 +276,8 @@ def _quantized_tflite(
 
 
 def _full_integer(tf: Any, converter: Any, calibration: Samples, *, show_progress: bool) -> None:
-    """Set ``converter`` up for int8 everything, calibrated on ``calibration``."""
-    if len(calibration) != 1:
-        raise ModelError("full-integer conversion supports models with exactly one input")
+    """Set ``converter`` up for int8 everything, calibrated on ``calibration`` (one array:
+    :func:`_quantized_tflite` checked that before TensorFlow loaded the model)."""
     samples = next(iter(calibration.values())).astype(np.float32)
 
     def representative() -> Iterator[list[np.ndarray]]:
