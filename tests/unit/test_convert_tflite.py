@@ -17,7 +17,7 @@ from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent_host.builders import mlp_forward
 from edge_agent_host.cli import main
 from edge_agent_host.convert_onnx import NeuralOptions
-from edge_agent_host.convert_tflite import convert_tflite
+from edge_agent_host.convert_tflite import convert_tflite, tflite_from_tensorflow
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "data"))
@@ -155,6 +155,16 @@ def test_without_tensorflow_the_error_says_how_to_install_it(
                  str(tmp_path / "b"), "--input-range", "-1", "1"]) == 1
     assert "pip install 'tensorflow-cpu" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_full_integer_of_a_model_with_two_inputs_is_refused_before_tensorflow_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # refused before it would be needed
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ModelError, match=r"^full-integer conversion supports models with "
+                       r"exactly one input$"):
+        tflite_from_tensorflow(tmp_path / "saved_model", {"a": x, "b": x}, mode="full-integer")
 
 
 def test_option_errors(tmp_path: Path, heldout: Path) -> None:
