@@ -6,7 +6,7 @@ bundle that fails verification, a budget that does not fit) without catching pro
 
 from __future__ import annotations
 
-#: Top-level module -> the pip extra that installs it (``pip install 'edge-agent[EXTRA]'``).
+#: Top-level module -> the pip extra that installs it (``pip install 'edge-agent-runtime[EXTRA]'``).
 EXTRA_OF_MODULE = {
     "onnxruntime": "onnx",
     "ai_edge_litert": "tflite",
@@ -28,7 +28,7 @@ def missing_module_message(err: ModuleNotFoundError) -> str | None:
         return None
     return (
         f"needs the Python package {root!r}, which is not installed: "
-        f"pip install 'edge-agent[{extra}]'"
+        f"pip install 'edge-agent-runtime[{extra}]'"
     )
 
 

@@ -57,7 +57,7 @@ missing="$(comm -13 <(printf '%s' "$have" | tr ',' '\n' | sed '/^$/d' | sort -u)
 if [ ! -f "$STAMP" ] || [ -n "$missing" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     target="$ROOT"
     [ -n "$union" ] && target="$ROOT[$union]"
-    echo "bootstrap: installing edge-agent${union:+[$union]} into $VENV${missing:+ (adding $missing)}" >&2
+    echo "bootstrap: installing edge-agent-runtime${union:+[$union]} into $VENV${missing:+ (adding $missing)}" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2
     "$VENV/bin/python" -m pip install -q -e "$target" >&2
     printf '%s\n' "$union" | tr ',' '\n' | sed '/^$/d' >"$STAMP"

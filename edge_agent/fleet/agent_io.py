@@ -347,7 +347,7 @@ def decode_frame(body: FrameBatch, *, channels: int = 3) -> npt.NDArray[Any]:
         from PIL import Image  # noqa: PLC0415 - the camera extra, needed only for JPEG frames
     except ModuleNotFoundError as err:
         raise ValueError(
-            "JPEG frames need Pillow: pip install 'edge-agent[camera]' (Pi OS: apt install "
+            "JPEG frames need Pillow: pip install 'edge-agent-runtime[camera]' (Pi OS: apt install "
             "python3-pil)"
         ) from err
     import io  # noqa: PLC0415

@@ -426,5 +426,5 @@ build_wheel_in_root() {
     in_root "${PIP_ENV[@]}" "$VENV/bin/pip" wheel --no-deps -q -w /tmp/edge-agent-build/wheel \
         /tmp/edge-agent-build/src \
         || die "building the edge-agent wheel in the $ROOTFS_ARCH root failed (see pip's output above)"
-    WHEEL="/tmp/edge-agent-build/wheel/$(cd "$ROOT/tmp/edge-agent-build/wheel" && ls edge_agent-*.whl)"
+    WHEEL="/tmp/edge-agent-build/wheel/$(cd "$ROOT/tmp/edge-agent-build/wheel" && ls edge_agent_runtime-*.whl)"
 }

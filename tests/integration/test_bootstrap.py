@@ -21,6 +21,8 @@ import pytest
 from edge_agent import __version__
 from edge_agent.cli import build_daemon_parser, build_parser
 from edge_agent_host.cli import build_parser as build_host_parser
+from tests.doc_blocks import commands as block_commands
+from tests.doc_blocks import doc_block
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,7 +82,10 @@ def test_demo_then_test_bootstrap_adds_the_missing_extras(tmp_path: Path) -> Non
     env["EDGE_AGENT_VENV"] = str(venv)
     stamp = venv / ".edge-agent-installed"
 
-    # 1. The demo: the daemon on its embedded config, from a venv without extras.
+    # 1. The demo: the daemon on its embedded config, from a venv without extras. The README's
+    #    quick start is these two commands (CI runs the second one through .ci/run).
+    quick_start = [c.split("#", 1)[0].strip() for c in block_commands(doc_block("README.md", 0))]
+    assert quick_start == ["scripts/demo", "scripts/test"]
     demo = run(["scripts/demo", "--duration", "3", "--state-dir", str(tmp_path / "state")],
                clone, env)
     assert demo.returncode == 0, demo.stderr[-3000:]
@@ -109,7 +114,8 @@ def test_demo_then_test_bootstrap_adds_the_missing_extras(tmp_path: Path) -> Non
                  "--out", str(tmp_path / "b")], clone, env)
         assert r.returncode == 1, r.stderr
         assert r.stderr == (
-            f"error: convert {kind} needs {names}, not installed: pip install 'edge-agent[host]'\n"
+            f"error: convert {kind} needs {names}, not installed: "
+            "pip install 'edge-agent-runtime[host]'\n"
         )
     # What needs no extra works: a key pair, and an Active Inference conversion (no tqdm, no bar).
     host = str(bin_dir / "edge-agent-host")
@@ -147,7 +153,7 @@ def test_demo_then_test_bootstrap_adds_the_missing_extras(tmp_path: Path) -> Non
     env_spaced = {**env, "EDGE_AGENT_EXTRAS": "dev, onnx"}
     redone = run(boot, clone, env_spaced)
     assert redone.returncode == 0, redone.stderr[-3000:]
-    assert "bootstrap: installing edge-agent[dev,host,onnx,tflite]" in redone.stderr
+    assert "bootstrap: installing edge-agent-runtime[dev,host,onnx,tflite]" in redone.stderr
     assert stamp.read_text().split() == ["dev", "host", "onnx", "tflite"]
     quiet = run(boot, clone, env_spaced)
     assert quiet.returncode == 0

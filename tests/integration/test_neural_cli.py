@@ -31,8 +31,8 @@ def _runtimes() -> None:
     missing = [name for name, ok in available_backends().items() if not ok]
     if missing:
         pytest.fail(
-            f"backends {missing} are not installed: pip install 'edge-agent[onnx]' "
-            "'edge-agent[tflite]'"
+            f"backends {missing} are not installed: pip install 'edge-agent-runtime[onnx]' "
+            "'edge-agent-runtime[tflite]'"
         )
 
 

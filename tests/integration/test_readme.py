@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.doc_blocks import doc_block
+
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,6 +34,8 @@ def using_it_blocks() -> list[tuple[str, str]]:
 def test_the_blocks_are_the_ones_expected() -> None:
     kinds = [kind for kind, _ in using_it_blocks()]
     assert kinds == ["sh", "sh", "python"]
+    shell = [code for kind, code in using_it_blocks() if kind == "sh"]
+    assert shell == [doc_block("README.md", 1), doc_block("README.md", 2)]
 
 
 def test_readme_using_it_runs_verbatim(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ def _tensorflow() -> None:
     except ImportError:
         pytest.fail(
             "these tests need TensorFlow: run them with scripts/test-tf, which makes a venv with "
-            "tensorflow-cpu (or pip install 'edge-agent[tf-convert]')"
+            "tensorflow-cpu (or pip install 'edge-agent-runtime[tf-convert]')"
         )
 
 

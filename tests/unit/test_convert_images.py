@@ -31,7 +31,7 @@ FILTERS = 8
 @pytest.fixture(autouse=True)
 def _runtimes() -> None:
     if not available_backends()["onnxruntime"]:
-        pytest.fail("onnxruntime is not installed: pip install 'edge-agent[onnx]'")
+        pytest.fail("onnxruntime is not installed: pip install 'edge-agent-runtime[onnx]'")
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, conver
 @pytest.fixture(autouse=True)
 def _runtimes() -> None:
     if not available_backends()["onnxruntime"]:
-        pytest.fail("onnxruntime is not installed: pip install 'edge-agent[onnx]'")
+        pytest.fail("onnxruntime is not installed: pip install 'edge-agent-runtime[onnx]'")
 
 
 def sklearn_modules() -> tuple[Any, Any]:

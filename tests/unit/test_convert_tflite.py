@@ -28,7 +28,7 @@ import make_tflite_fixture as fixture  # noqa: E402
 @pytest.fixture(autouse=True)
 def _runtimes() -> None:
     if not available_backends()["litert"]:
-        pytest.fail("LiteRT is not installed: pip install 'edge-agent[tflite]'")
+        pytest.fail("LiteRT is not installed: pip install 'edge-agent-runtime[tflite]'")
 
 
 @pytest.fixture

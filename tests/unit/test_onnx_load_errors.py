@@ -33,7 +33,7 @@ IR_REFUSAL = (
 @pytest.fixture(autouse=True)
 def _runtimes() -> None:
     if not available_backends()["onnxruntime"]:
-        pytest.fail("onnxruntime is not installed: pip install 'edge-agent[onnx]'")
+        pytest.fail("onnxruntime is not installed: pip install 'edge-agent-runtime[onnx]'")
 
 
 def relu_model(*, ir_version: int, opset: int) -> onnx.ModelProto:

@@ -452,7 +452,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     if missing:
         print(
             f"error: convert {args.source_kind} needs {' and '.join(missing)}, not installed: "
-            "pip install 'edge-agent[host]'",
+            "pip install 'edge-agent-runtime[host]'",
             file=sys.stderr,
         )
         return 1

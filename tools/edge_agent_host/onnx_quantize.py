@@ -83,7 +83,8 @@ def _quantization_module() -> Any:
         from onnxruntime.quantization import shape_inference
     except ImportError as err:
         raise EdgeAgentError(
-            "ONNX quantization needs onnxruntime, onnx and sympy: pip install 'edge-agent[host]'"
+            "ONNX quantization needs onnxruntime, onnx and sympy: "
+            "pip install 'edge-agent-runtime[host]'"
         ) from err
     return quantization, shape_inference
 

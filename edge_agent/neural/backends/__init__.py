@@ -1,8 +1,8 @@
 """Neural inference backends, looked up by name and imported only when selected.
 
 * ``onnxruntime``: :mod:`edge_agent.neural.backends.onnxruntime` (``pip install
-'edge-agent[onnx]'``) * ``litert``: :mod:`edge_agent.neural.backends.litert` (``pip install
-'edge-agent[tflite]'``)
+'edge-agent-runtime[onnx]'``) * ``litert``: :mod:`edge_agent.neural.backends.litert` (``pip install
+'edge-agent-runtime[tflite]'``)
 
 ::
 
@@ -89,7 +89,7 @@ def get_backend(name: str) -> Backend:
     except ImportError as err:  # the plugin module itself imports only numpy and edge_agent
         raise BackendUnavailableError(
             f"inference backend {name!r} cannot be imported ({err}): "
-            f"pip install 'edge-agent[{entry.extra}]'"
+            f"pip install 'edge-agent-runtime[{entry.extra}]'"
         ) from err
     backend: Backend = module.BACKEND
     backend.require()

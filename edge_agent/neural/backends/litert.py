@@ -1,4 +1,4 @@
-"""The LiteRT (TensorFlow Lite) backend (``pip install 'edge-agent[tflite]'``).
+"""The LiteRT (TensorFlow Lite) backend (``pip install 'edge-agent-runtime[tflite]'``).
 
 Uses ``ai_edge_litert.interpreter.Interpreter``; only if ai-edge-litert is not installed does it
 fall back to ``tflite_runtime.interpreter`` (older platforms without LiteRT wheels).
@@ -40,7 +40,7 @@ def _interpreter_class() -> Any:
         except ImportError:
             raise BackendUnavailableError(
                 "inference backend 'litert' needs ai-edge-litert (or tflite-runtime), which is "
-                "not installed: pip install 'edge-agent[tflite]'"
+                "not installed: pip install 'edge-agent-runtime[tflite]'"
             ) from litert_err
         logger.info("ai-edge-litert is not installed; using tflite_runtime instead")
     return module.Interpreter

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend (``pip install 'edge-agent[onnx]'``).
+"""The ONNX Runtime backend (``pip install 'edge-agent-runtime[onnx]'``).
 
 Sessions run on the CPU execution provider with ``threads`` intra-op threads (the caller passes
 the firmware profile's ``inference_threads``), one inter-op thread, sequential execution and
@@ -53,7 +53,7 @@ def _ort() -> Any:
     except ImportError as err:
         raise BackendUnavailableError(
             "inference backend 'onnxruntime' needs the onnxruntime package, which is not "
-            "installed: pip install 'edge-agent[onnx]'"
+            "installed: pip install 'edge-agent-runtime[onnx]'"
         ) from err
 
 

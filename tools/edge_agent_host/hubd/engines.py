@@ -31,7 +31,7 @@ __all__ = ["PSYCOPG_HINT", "Engine", "PostgresEngine", "SqliteEngine"]
 
 PSYCOPG_HINT: Final = (
     "PostgreSQL needs the Python package psycopg 3, which is not installed: "
-    "pip install 'edge-agent[hub]'"
+    "pip install 'edge-agent-runtime[hub]'"
 )
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _MIGRATION_LOCK: Final = 0x6564_6765_0001  # "edge" + 1: pg advisory lock keys
@@ -126,7 +126,7 @@ class SqliteEngine(Engine):
 
 
 class PostgresEngine(Engine):
-    """A PostgreSQL server through psycopg 3 (``pip install 'edge-agent[hub]'``)."""
+    """A PostgreSQL server through psycopg 3 (``pip install 'edge-agent-runtime[hub]'``)."""
 
     name = "postgresql"
     types = {  # noqa: RUF012 - a constant table

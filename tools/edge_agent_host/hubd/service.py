@@ -104,7 +104,7 @@ def web_server(source: HubConfigFile) -> WebServer | None:
     try:
         return WebServer(http.listen, http.port)
     except ModuleNotFoundError as err:
-        problem = f"needs prometheus_client ({err}): pip install 'edge-agent[hub]'"
+        problem = f"needs prometheus_client ({err}): pip install 'edge-agent-runtime[hub]'"
         raise source.error([(("http", "enabled"), problem)]) from err
     except OSError as err:
         problem = f"cannot listen on {http.listen}:{http.port}: {err.strerror or err}"
