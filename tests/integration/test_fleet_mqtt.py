@@ -478,14 +478,21 @@ def test_backoff_grows_when_the_broker_drops_the_client_after_connack() -> None:
                 continue
             accepted = time.monotonic()
             with conn:
-                conn.settimeout(2.0)
+                conn.settimeout(10.0)
                 try:
                     conn.recv(4096)  # CONNECT
                     conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK v5: success, no properties
                     time.sleep(0.1)
+                    # Hang up with a FIN, then read until the client closes: a close() with the
+                    # client's SUBSCRIBE unread would send a RST, and a RST can discard the CONNACK
+                    # before a slow client read it (the verdict would follow the machine's load).
+                    hung_up = time.monotonic()
+                    conn.shutdown(socket.SHUT_WR)
+                    while conn.recv(4096):
+                        pass
                 except OSError:
                     continue
-            sessions.append((accepted, time.monotonic()))
+            sessions.append((accepted, hung_up))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
