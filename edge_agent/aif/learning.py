@@ -1,0 +1,362 @@
+"""Dirichlet learning of ``A``, ``B`` and ``D``: pure batched kernels and the counts they update.
+
+pymdp's ``update_A``, ``update_B`` and ``update_D`` (0.0.7.1) for ``N`` agents at once. The maths
+(``pA``, ``pB``, ``pD`` are Dirichlet concentration parameters, "counts", of the same shapes as
+``A``, ``B``, ``D``):
+
+* ``A``: ``pA[m] += lr_pA * mask_A[m] * (onehot(o_m) ⊗ qs_0 ⊗ ... ⊗ qs_{F-1})``
+* ``B``: ``pB[f][:, :, a_f] += lr_pB * mask_B[f][:, :, a_f] * (qs_f ⊗ qs_prev_f)``, where ``a_f``
+  is the action that led from ``qs_prev`` to ``qs`` (the action taken at the previous step)
+* ``D``: ``pD[f] += lr_pD * (pD[f] > 0) * qs_f`` for the posterior a trial is summarised by
+
+and the table an agent infers with is the counts' expectation, ``A = pA / pA.sum(axis=0)``.
+
+Conventions, pymdp's unless said (``docs/learning.md`` lists them for users):
+
+* **The mask** of an ``A``/``B`` update is the support of the normalised table the agent used
+  (pymdp's ``A[m] > 0``): before the first refresh that is the table the model was given, after
+  it the support of the counts. Once a table is refreshed from its counts the two agree, so a
+  :class:`DirichletCounts` keeps one boolean mask per table and switches it at the first refresh.
+* **Scopes.** ``shared``: one set of counts for all agents of a group; a tick's increment is the
+  sum of every agent's (one batched reduction, a matrix product). ``per_agent``: counts of shape
+  ``(N, ...)``; each agent's increment touches only its own row (one gather-scatter).
+* **Forgetting** (not in pymdp): before each update, ``p <- p0 + (1 - forgetting) * (p - p0)``,
+  a decay toward the prior ``p0`` so that a world that changed is learned again. With
+  ``forgetting = 0`` the update is pymdp's exactly.
+* **Deltas for the fleet.** Besides the counts, :class:`DirichletCounts` accumulates the
+  experience added since the last report (``experience``, one model's size whatever the scope,
+  unaffected by forgetting) and a ``version`` that every update increments, so a node can publish
+  "what I learned since version v" and a hub can add such deltas to a prior.
+
+Shapes: ``N`` agents; ``qs[f]`` ``(N, S_f)`` float; ``obs`` ``(N, M)`` int; ``actions``
+``(N, F)`` int. The joint state space is ``S = S_0 * ... * S_{F-1}`` in C order (pymdp's
+``spm_cross``). Kernels take every array as an argument and write into ``out`` where one is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.errors import ModelError
+
+Scope = Literal["shared", "per_agent"]
+FloatArray = NDArray[np.float64]
+
+#: pymdp's ``EPS_VAL``, added inside ``spm_wnorm``.
+EPS = 1e-16
+
+
+# -- pure kernels ---------------------------------------------------------------------------------
+def joint_states(qs: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    """``(N, S)`` outer product of the factor marginals per agent, C order over factors."""
+    n = qs[0].shape[0]
+    joint = qs[0]
+    for q in qs[1:]:
+        joint = (joint[:, :, None] * q[:, None, :]).reshape(n, -1)
+    if out is None:
+        return np.array(joint, copy=True)
+    np.copyto(out, joint)
+    return out
+
+
+def onehot(index: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``(N, size)`` float rows with a 1 at ``index[n]``."""
+    n = index.shape[0]
+    if out is None:
+        out = np.zeros((n, size))
+    else:
+        out.fill(0.0)
+    out[np.arange(n), index] = 1.0
+    return out
+
+
+def a_increment_shared(obs_m: np.ndarray, joint: np.ndarray, num_obs: int) -> FloatArray:
+    """``(O, S)``: the sum over agents of ``onehot(o) ⊗ joint`` (one matrix product)."""
+    out: FloatArray = onehot(obs_m, num_obs).T @ joint
+    return out
+
+
+def b_increment_shared(
+    qs_f: np.ndarray, qs_prev_f: np.ndarray, action_f: np.ndarray, num_controls: int
+) -> FloatArray:
+    """``(S, S, U)``: per action ``u``, the sum over the agents that took it of
+    ``qs ⊗ qs_prev`` (one matrix product over ``(N, S * U)``)."""
+    n, s = qs_f.shape
+    by_action = (qs_f[:, :, None] * onehot(action_f, num_controls)[:, None, :]).reshape(n, -1)
+    out: FloatArray = (by_action.T @ qs_prev_f).reshape(s, num_controls, s).transpose(0, 2, 1)
+    return out
+
+
+def forget(counts: np.ndarray, prior: np.ndarray, forgetting: float) -> None:
+    """In place: ``counts <- prior + (1 - forgetting) * (counts - prior)``."""
+    if forgetting:
+        counts -= prior
+        counts *= 1.0 - forgetting
+        counts += prior
+
+
+def wnorm(counts: np.ndarray) -> np.ndarray:
+    """pymdp's ``spm_wnorm``: ``1 / sum(p) - 1 / p`` over axis 0, with ``EPS`` added to ``p``
+    (the expected change of ``ln A`` per count, for the parameter information gain)."""
+    p = counts + EPS
+    out: np.ndarray = 1.0 / p.sum(axis=0) - 1.0 / p
+    return out
+
+
+def normalise(counts: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The expectation of the Dirichlet: counts over their sum along ``axis``."""
+    out: np.ndarray = counts / counts.sum(axis=axis, keepdims=True)
+    return out
+
+
+# -- settings and state ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LearningSettings:
+    """What a group learns and how (pymdp's names: ``lr_pA``, ``lr_pB``, ``lr_pD``).
+
+    ``modalities``/``factors``: the indices learned (``None``: every table that has counts).
+    ``forgetting`` in ``[0, 1)``: the share of the learned difference from the prior lost at
+    each update (0 = pymdp, no forgetting).
+    """
+
+    lr_pA: float = 1.0
+    lr_pB: float = 1.0
+    lr_pD: float = 1.0
+    forgetting: float = 0.0
+    scope: Scope = "shared"
+
+    def __post_init__(self) -> None:
+        for name in ("lr_pA", "lr_pB", "lr_pD"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0.0):
+                raise ModelError(f"{name} = {value}: a learning rate is a finite number >= 0")
+        if not 0.0 <= self.forgetting < 1.0:
+            raise ModelError(f"forgetting = {self.forgetting}: expected 0 <= forgetting < 1")
+        if self.scope not in ("shared", "per_agent"):
+            raise ModelError(f"scope = {self.scope!r}: expected 'shared' or 'per_agent'")
+
+
+def check_counts(name: str, counts: np.ndarray, table: np.ndarray) -> FloatArray:
+    """Validate Dirichlet counts against the table they parameterise; one clear line if not."""
+    p = np.asarray(counts, dtype=np.float64)
+    if p.shape != table.shape:
+        raise ModelError(
+            f"p{name} has shape {p.shape}, expected {table.shape} (the shape of {name})"
+        )
+    if not np.all(np.isfinite(p)):
+        raise ModelError(f"p{name} has NaN or infinite counts")
+    if np.any(p < 0):
+        raise ModelError(f"p{name} has negative counts (a Dirichlet count is >= 0)")
+    never = (table > 0) & (p <= 0)
+    if np.any(never):
+        where = tuple(int(i) for i in np.argwhere(never)[0])
+        raise ModelError(
+            f"p{name} is 0 at {where} where {name} is {float(table[where]):.3g}: "
+            "a zero count can never be learned and would make that entry 0 at the first update"
+        )
+    return p
+
+
+@dataclass
+class DirichletCounts:
+    """The counts of one kind of table (``A``, ``B`` or ``D``) that a group learns.
+
+    ``tables``: which modality/factor each entry is; ``prior``: the counts at load (forgetting
+    decays toward them); ``counts``: now (``(N, ...)`` per agent, else the table's shape);
+    ``mask``: where updates may land (see the module doc); ``experience``: the sum of every
+    increment since :meth:`take_delta` (one table's shape whatever the scope).
+    """
+
+    kind: Literal["A", "B", "D"]
+    tables: tuple[int, ...]
+    prior: list[FloatArray]
+    counts: list[FloatArray]
+    mask: list[NDArray[np.bool_]]
+    experience: list[FloatArray]
+    scope: Scope = "shared"
+    version: int = 0
+    reported_version: int = 0
+    refreshed: bool = False
+    touched: list[NDArray[np.bool_]] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls,
+        kind: Literal["A", "B", "D"],
+        priors: dict[int, np.ndarray],
+        tables: Sequence[np.ndarray],
+        scope: Scope = "shared",
+        n_agents: int = 1,
+    ) -> DirichletCounts:
+        """Counts for the tables named in ``priors`` (index -> counts), checked against
+        ``tables`` (the model's normalised ``A``, ``B`` or ``D``)."""
+        indices = tuple(sorted(priors))
+        prior, counts, mask, experience, touched = [], [], [], [], []
+        for i in indices:
+            if not 0 <= i < len(tables):
+                what = "modality" if kind == "A" else "factor"
+                raise ModelError(
+                    f"p{kind}{i}: learning asked for {what} {i}, the model has {len(tables)}"
+                )
+            p = check_counts(f"{kind}{i}", priors[i], tables[i])
+            prior.append(p.copy())
+            counts.append(np.broadcast_to(p, (n_agents, *p.shape)).copy()
+                          if scope == "per_agent" else p.copy())
+            # D's mask is its counts' support (pymdp's update_D); A's and B's the table's.
+            mask.append(p > 0 if kind == "D" else tables[i] > 0)
+            experience.append(np.zeros_like(p))
+            touched.append(np.zeros(p.shape[1:] if kind != "D" else (1,), dtype=bool))
+        return cls(kind, indices, prior, counts, mask, experience, scope, touched=touched)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: counts, prior, mask, experience and the touched-columns flags."""
+        arrays = [*self.prior, *self.counts, *self.mask, *self.experience, *self.touched]
+        return sum(a.nbytes for a in arrays)
+
+    def add(self, slot: int, increment: np.ndarray, lr: float, forgetting: float) -> None:
+        """One shared update of table ``slot`` (a position in ``tables``): forget, then add
+        ``lr * mask * increment`` (``increment`` summed over agents)."""
+        gain = lr * self.mask[slot] * increment
+        forget(self.counts[slot], self.prior[slot], forgetting)
+        self.counts[slot] += gain
+        self.experience[slot] += gain
+        if self.kind != "D":
+            self.touched[slot] |= increment.reshape(increment.shape[0], -1).any(axis=0).reshape(
+                self.touched[slot].shape
+            )
+        self.version += 1
+
+    def add_rows(self, slot: int, rows: tuple[np.ndarray, ...], increment: np.ndarray,
+                 lr: float, forgetting: float) -> None:
+        """One per-agent update: agent ``n``'s counts gain ``lr * mask[rows] * increment[n]``
+        at ``counts[n][rows_n]`` (``rows``: index arrays into the table, one per leading axis
+        the agent's observation or action picks; ``increment`` ``(N, ...)`` the rest)."""
+        counts = self.counts[slot]
+        agents = np.arange(counts.shape[0])
+        forget(counts, self.prior[slot], forgetting)
+        if self.kind == "B":  # rows = (action,): counts[n, :, :, a_n]
+            (action,) = rows
+            gain = lr * np.moveaxis(self.mask[slot][:, :, action], -1, 0) * increment
+            counts[agents, :, :, action] += gain
+            np.add.at(self.experience[slot].transpose(2, 0, 1), action, gain)
+            self.touched[slot][:, np.unique(action)] = True
+        elif self.kind == "A":  # rows = (obs,): counts[n, o_n]
+            (obs,) = rows
+            gain = lr * self.mask[slot].reshape(self.mask[slot].shape[0], -1)[obs] * increment
+            flat = counts.reshape(counts.shape[0], counts.shape[1], -1)
+            flat[agents, obs] += gain
+            np.add.at(self.experience[slot].reshape(self.experience[slot].shape[0], -1), obs, gain)
+            self.touched[slot] |= (increment != 0).any(axis=0).reshape(self.touched[slot].shape)
+        else:  # D: counts[n] += lr * (pD > 0) * qs_n
+            gain = lr * self.mask[slot] * increment
+            counts += gain
+            self.experience[slot] += gain.sum(axis=0)
+        self.version += 1
+
+    def normalised(self, slot: int) -> FloatArray:
+        """The table the counts stand for (``(N, ...)`` per agent)."""
+        axis = 1 if self.scope == "per_agent" else 0
+        return normalise(self.counts[slot], axis=axis)
+
+    def mark_refreshed(self) -> None:
+        """The agents now infer with the normalised counts: masks become the counts' support
+        (pymdp's ``A = norm(pA)`` after an update), touched columns are cleared."""
+        if not self.refreshed and self.kind != "D":
+            for slot, p in enumerate(self.prior):
+                self.mask[slot] = p > 0
+        self.refreshed = True
+        for t in self.touched:
+            t.fill(False)
+
+    def take_delta(self) -> tuple[int, int, list[FloatArray]]:
+        """``(from_version, to_version, experience)`` since the last call, then start anew."""
+        delta = [e.copy() for e in self.experience]
+        for e in self.experience:
+            e.fill(0.0)
+        start, self.reported_version = self.reported_version, self.version
+        return start, self.version, delta
+
+
+class Learner:
+    """Updates a group's counts from one tick's experience: the batched driver of the kernels.
+
+    ``pA``/``pB``/``pD`` map a modality/factor index to its prior counts (pymdp's keys ``pA0``..
+    name them); ``A``, ``B``, ``D`` are the model's normalised tables. Call :meth:`learn_A` with
+    this tick's observations and posteriors, :meth:`learn_B` with the posteriors before and after
+    the action the agents took, :meth:`learn_D` with the posterior a trial is summarised by.
+    """
+
+    def __init__(
+        self,
+        A: Sequence[np.ndarray],
+        B: Sequence[np.ndarray],
+        D: Sequence[np.ndarray],
+        *,
+        pA: dict[int, np.ndarray] | None = None,
+        pB: dict[int, np.ndarray] | None = None,
+        pD: dict[int, np.ndarray] | None = None,
+        settings: LearningSettings | None = None,
+        n_agents: int = 1,
+    ) -> None:
+        self.settings = settings or LearningSettings()
+        scope = self.settings.scope
+        self.num_obs = tuple(int(a.shape[0]) for a in A)
+        self.num_controls = tuple(int(b.shape[2]) for b in B)
+        self.pA = DirichletCounts.create("A", pA or {}, A, scope, n_agents) if pA else None
+        self.pB = DirichletCounts.create("B", pB or {}, B, scope, n_agents) if pB else None
+        self.pD = DirichletCounts.create("D", pD or {}, D, scope, n_agents) if pD else None
+
+    @property
+    def counts(self) -> list[DirichletCounts]:
+        return [c for c in (self.pA, self.pB, self.pD) if c is not None]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.counts)
+
+    def learn_A(  # noqa: N802 - pymdp's table names
+        self, obs: np.ndarray, qs: Sequence[np.ndarray]
+    ) -> None:
+        """``obs`` ``(N, M)``, ``qs[f]`` ``(N, S_f)``: the posterior after observing ``obs``."""
+        if self.pA is None:
+            return
+        s = self.settings
+        joint = joint_states(qs)
+        for slot, m in enumerate(self.pA.tables):
+            if s.scope == "shared":
+                inc = a_increment_shared(obs[:, m], joint, self.num_obs[m])
+                self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA, s.forgetting)
+            else:
+                self.pA.add_rows(slot, (obs[:, m],), joint, s.lr_pA, s.forgetting)
+
+    def learn_B(  # noqa: N802 - pymdp's table names
+        self, qs: Sequence[np.ndarray], qs_prev: Sequence[np.ndarray], actions: np.ndarray
+    ) -> None:
+        """``actions`` ``(N, F)``: what each agent did between ``qs_prev`` and ``qs``."""
+        if self.pB is None:
+            return
+        s = self.settings
+        for slot, f in enumerate(self.pB.tables):
+            if s.scope == "shared":
+                inc = b_increment_shared(qs[f], qs_prev[f], actions[:, f], self.num_controls[f])
+                self.pB.add(slot, inc, s.lr_pB, s.forgetting)
+            else:
+                outer = qs[f][:, :, None] * qs_prev[f][:, None, :]
+                self.pB.add_rows(slot, (actions[:, f],), outer, s.lr_pB, s.forgetting)
+
+    def learn_D(self, qs: Sequence[np.ndarray]) -> None:  # noqa: N802 - pymdp's table names
+        """``qs[f]`` ``(N, S_f)``: the posterior that sums a trial up."""
+        if self.pD is None:
+            return
+        s = self.settings
+        for slot, f in enumerate(self.pD.tables):
+            if s.scope == "shared":
+                self.pD.add(slot, qs[f].sum(axis=0), s.lr_pD, s.forgetting)
+            else:
+                self.pD.add_rows(slot, (), qs[f], s.lr_pD, s.forgetting)
