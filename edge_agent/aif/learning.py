@@ -283,6 +283,25 @@ class DirichletCounts:
         return start, self.version, delta
 
 
+@dataclass(frozen=True, eq=False)
+class LearningSpec:
+    """What an agent group learns: prior counts by modality/factor, the settings, and how often
+    the tables the agents infer with are refreshed from the counts (``refresh_every`` ticks;
+    1 = every tick, pymdp's behaviour)."""
+
+    pA: dict[int, np.ndarray] = field(default_factory=dict)
+    pB: dict[int, np.ndarray] = field(default_factory=dict)
+    pD: dict[int, np.ndarray] = field(default_factory=dict)
+    settings: LearningSettings = field(default_factory=LearningSettings)
+    refresh_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.pA or self.pB or self.pD):
+            raise ModelError("learning asked for, but no pA, pB or pD counts were given")
+        if self.refresh_every < 1:
+            raise ModelError(f"refresh_every = {self.refresh_every}: expected >= 1 tick")
+
+
 class Learner:
     """Updates a group's counts from one tick's experience: the batched driver of the kernels.
 
@@ -336,12 +355,24 @@ class Learner:
                 self.pA.add_rows(slot, (obs[:, m],), joint, s.lr_pA, s.forgetting)
 
     def learn_B(  # noqa: N802 - pymdp's table names
-        self, qs: Sequence[np.ndarray], qs_prev: Sequence[np.ndarray], actions: np.ndarray
+        self,
+        qs: Sequence[np.ndarray],
+        qs_prev: Sequence[np.ndarray],
+        actions: np.ndarray,
+        acted: np.ndarray | None = None,
     ) -> None:
-        """``actions`` ``(N, F)``: what each agent did between ``qs_prev`` and ``qs``."""
+        """``actions`` ``(N, F)``: what each agent did between ``qs_prev`` and ``qs``;
+        ``acted`` ``(N,)`` bool: the agents that did act (a trial's first step has no
+        transition to learn from; ``None``: all)."""
         if self.pB is None:
             return
         s = self.settings
+        if acted is not None and not acted.all():
+            if s.scope == "per_agent":
+                raise ModelError("per-agent B learning needs every agent to have acted")
+            qs = [q[acted] for q in qs]
+            qs_prev = [q[acted] for q in qs_prev]
+            actions = actions[acted]
         for slot, f in enumerate(self.pB.tables):
             if s.scope == "shared":
                 inc = b_increment_shared(qs[f], qs_prev[f], actions[:, f], self.num_controls[f])

@@ -20,12 +20,14 @@ from edge_agent.aif.learning import (
     DirichletCounts,
     Learner,
     LearningSettings,
+    LearningSpec,
     a_increment_shared,
     b_increment_shared,
     joint_states,
 )
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.reference import LearningReferenceAgent
+from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.errors import ModelError
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "pymdp_learning_golden.npz"
@@ -291,3 +293,42 @@ def test_memory_per_agent_scope_is_counts_per_agent() -> None:
     counts_bytes = sum(p.nbytes for p in pA.values())
     assert many.nbytes - one.nbytes == 100 * counts_bytes
     assert shared.nbytes == one.nbytes
+
+
+# -- the agent group that learns ----------------------------------------------------------------
+def spec_for(name: str, **overrides: object) -> LearningSpec:
+    g = golden()
+    settings = LearningSettings(
+        lr_pA=float(g[f"{name}/lr_pA"]), lr_pB=float(g[f"{name}/lr_pB"]),
+        lr_pD=float(g[f"{name}/lr_pD"]),
+    )
+    kwargs: dict[str, object] = {
+        "pA": indexed(name, "pA"), "pB": indexed(name, "pB"), "pD": indexed(name, "pD"),
+        "settings": settings, **overrides,
+    }
+    return LearningSpec(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["learn_single", "learn_multi"])
+def test_learning_group_float64_learns_as_pymdp(name: str) -> None:
+    """One agent of the batched group, refreshed every tick, is pymdp's learning agent."""
+    g = golden()
+    ref = reference_for(name)
+    group = LearningAgentGroup(ref.model, 1, learning=spec_for(name), precision="float64")
+    obs, starts = g[f"{name}/obs"], g[f"{name}/trial_start"]
+    onehots = list(group.cm.tree.first_action_onehot)
+    for t in range(obs.shape[0]):
+        if starts[t] and t > 0:
+            group.end_trial()
+        group.step(obs[t][None])
+        for f, qs in indexed(name, "qs").items():
+            np.testing.assert_allclose(group.qs[f][0], qs[t], **BELIEF_TOL, err_msg=f"qs{f} t={t}")
+        np.testing.assert_allclose(group.q_pi[0], g[f"{name}/q_pi"][t], **BELIEF_TOL)
+        assert agreement.actions_agree(group.q_pi, onehots, g[f"{name}/action"][t][None]).all()
+    group.end_trial()
+    for key, counts in (("pA", group.learner.pA), ("pB", group.learner.pB),
+                        ("pD", group.learner.pD)):
+        final = indexed(name, f"final_{key}")
+        assert counts is not None
+        for slot, index in enumerate(counts.tables):
+            np.testing.assert_allclose(counts.counts[slot], final[index], **COUNTS_TOL)

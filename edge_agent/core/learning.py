@@ -1,0 +1,223 @@
+"""An Active Inference agent group that learns its model from experience (shared counts).
+
+:class:`LearningAgentGroup` is an :class:`~edge_agent.core.agents.AifAgentGroup` whose agents
+also learn Dirichlet counts ``pA``/``pB``/``pD`` (:mod:`edge_agent.aif.learning`) from what they
+observe and do, and infer with the tables those counts stand for. One tick, in pymdp's order:
+
+1. infer states for every agent (the prior came from last tick's action under the current ``B``);
+2. ``pA`` learns from this tick's outcomes and posteriors; ``pB`` from the posteriors before
+   and after the action each agent took last tick (agents that start a trial have none);
+3. every ``refresh_every`` ticks the tables become the counts' expectation: a new model is
+   built, quantized for ``int8`` groups, and compiled (the only cost that is not per tick);
+4. plan and act with the current tables, record the history row.
+
+``pD`` learns at :meth:`end_trial` from the posterior that ends a trial, and the tables are
+refreshed there. :meth:`reset` keeps what was learned. The counts are ``shared``: one set for the
+whole group, updated from all agents' experience in one batched reduction; they are reserved in
+the memory budget with the previous tick's posteriors ``B`` learning needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edge_agent.aif import kernels
+from edge_agent.aif.learning import Learner, LearningSpec
+from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.quant import QuantizedModel, quantize_model
+from edge_agent.core.agents import AifAgentGroup, IntArray
+from edge_agent.core.budget import Reservation
+from edge_agent.errors import InputError, ModelError
+
+
+class LearningAgentGroup(AifAgentGroup):
+    """``n_agents`` agents that share one model and learn it together (scope ``shared``).
+
+    ``learning`` says what is learned (``pA``/``pB``/``pD`` by modality or factor), at which
+    rates, with how much forgetting and how often the tables are refreshed. Every other argument
+    is :class:`AifAgentGroup`'s.
+    """
+
+    def __init__(
+        self,
+        model: GenerativeModel | QuantizedModel,
+        n_agents: int,
+        *,
+        learning: LearningSpec,
+        **kwargs: Any,
+    ) -> None:
+        name = str(kwargs.get("name", "group"))
+        if learning.settings.scope != "shared":
+            raise InputError(
+                f"group {name!r}: learning scope {learning.settings.scope!r} is not available in "
+                "agent groups: their kernels share one set of tables (use scope = 'shared')"
+            )
+        self._float_model = model.dequantize() if isinstance(model, QuantizedModel) else model
+        m = self._float_model
+        try:
+            self.learner = Learner(
+                m.A, m.B, m.D, pA=learning.pA, pB=learning.pB, pD=learning.pD,
+                settings=learning.settings, n_agents=n_agents,
+            )
+        except ModelError as err:
+            raise InputError(f"group {name!r}: {err}") from err
+        self.learning = learning
+        self._since_refresh = 0
+        self.refreshes = 0
+        super().__init__(model, n_agents, **kwargs)
+        self._learning_reservation: Reservation | None = None
+        if self._budget is not None:
+            self._learning_reservation = self._budget.reserve(
+                f"{self.name}:learning", "model", self.learner.nbytes,
+                hint=f"learn fewer tables in group {self.name!r}",
+            )
+            self._reservations.append(self._learning_reservation)
+
+    # -- memory -----------------------------------------------------------------------------------
+    def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
+        """:class:`AifAgentGroup`'s, plus the previous tick's posteriors (``B`` learns them)."""
+        previous = sum(self.cm.num_states) * self.dtype.itemsize
+        return super().per_agent_nbytes(history_capacity) + previous
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + sum(q.nbytes for q in self._qs_prev)
+
+    def _allocate_arrays(self, n_agents: int) -> None:
+        keep = min(self.n_agents, n_agents)
+        old = getattr(self, "_qs_prev", [])
+        super()._allocate_arrays(n_agents)
+        self._qs_prev = [np.empty((n_agents, s), dtype=self.dtype) for s in self.cm.num_states]
+        for new, cur in zip(self._qs_prev, old, strict=False):
+            new[:keep] = cur[:keep]
+
+    def start_workers(self, count: int) -> int:
+        if count > 1:
+            raise InputError(
+                f"group {self.name!r}: a learning group steps on one process (its counts are "
+                "one reduction over every agent); set workers = 1"
+            )
+        return super().start_workers(count)
+
+    # -- one tick ---------------------------------------------------------------------------------
+    def step(
+        self,
+        obs: np.ndarray | Sequence[np.ndarray],
+        now: float | None = None,
+        *,
+        record: bool = True,
+    ) -> IntArray:
+        """Infer, learn, refresh when due, plan and act (see the module doc); integer outcomes
+        only (the counts learn from what was observed)."""
+        o, _ = self.check_evidence(obs)
+        if o is None:
+            raise InputError(
+                f"group {self.name!r} learns from integer outcomes, not soft evidence"
+            )
+        record = record and self.history is not None
+        for rows in self._blocks():
+            self._infer_block(o, None, rows, roots=False)
+        self.learn(o)
+        self.infer_policies()
+        self.sample_action()
+        if record:
+            for rows in self._blocks():
+                self._encode_block(rows)
+            self._record(o, now)
+        self.ticks += 1
+        return self.action
+
+    def learn(self, obs: IntArray) -> None:
+        """``pA`` from ``obs`` and the current posteriors, ``pB`` from the transition of every
+        agent that acted last tick; then the tables are refreshed if due."""
+        learner = self.learner
+        learner.learn_A(obs, self.qs)
+        if learner.pB is not None and self.has_action.any():
+            learner.learn_B(self.qs, self._qs_prev, self.action, acted=self.has_action)
+        for prev, q in zip(self._qs_prev, self.qs, strict=True):
+            np.copyto(prev, q)
+        self._since_refresh += 1
+        if self._since_refresh >= self.learning.refresh_every:
+            self.refresh()
+
+    def end_trial(self, mask: np.ndarray | None = None) -> None:
+        """The agents in ``mask`` (all by default) finished a trial: ``pD`` learns from their
+        posteriors, the tables are refreshed, and they start again from the learned ``D``."""
+        sel = np.ones(self.n_agents, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if self.learner.pD is not None and sel.any():
+            self.learner.learn_D([q[sel] for q in self.qs])
+            self.refresh()
+        self.reset(sel)
+
+    def refresh(self) -> None:
+        """The agents infer with the counts' expectation from now on: the model is rebuilt from
+        the normalised counts (quantized again for ``int8``) and compiled; the kernel scratch is
+        made anew if the new tables need another planner."""
+        learner, m = self.learner, self._float_model
+        A, B, D = list(m.A), list(m.B), list(m.D)
+        for counts, tables in ((learner.pA, A), (learner.pB, B), (learner.pD, D)):
+            # A table follows its counts from their first update on; until then it is the
+            # table the model was given (pymdp: update_A sets A, not B).
+            if counts is not None and counts.version > 0:
+                for slot, index in enumerate(counts.tables):
+                    tables[index] = counts.normalised(slot)
+                counts.mark_refreshed()
+        self._float_model = GenerativeModel.from_arrays(A, B, m.C, D, m.E)
+        source = (
+            quantize_model(self._float_model) if self.precision == "int8" else self._float_model
+        )
+        old = kernels.Workspace.bytes_per_agent(self.cm, info_gain=self._use_info_gain)
+        self.cm = kernels.compile_model(source, self.cm.tree.policies, dtype=self.dtype.type)
+        if kernels.Workspace.bytes_per_agent(self.cm, info_gain=self._use_info_gain) != old or (
+            self.cm.deep is not None
+        ):
+            self._size_blocks()
+            self._new_scratch()
+            if self._agent_reservation is not None:
+                self._agent_reservation.resize(self.bytes_for(self.n_agents, self.history_capacity))
+        self._since_refresh = 0
+        self.refreshes += 1
+
+    @property
+    def model(self) -> GenerativeModel:
+        """The float model the agents infer with now (the counts' expectation since the last
+        refresh)."""
+        return self._float_model
+
+    # -- snapshots --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """:class:`AifAgentGroup`'s arrays and the counts (``learn.pA0`` ...), their versions."""
+        out = super().state_dict()
+        for f, q in enumerate(self._qs_prev):
+            out[f"learn.qs_prev{f}"] = q
+        for counts in self.learner.counts:
+            for slot, index in enumerate(counts.tables):
+                out[f"learn.p{counts.kind}{index}"] = counts.counts[slot]
+            out[f"learn.version.{counts.kind}"] = np.array(counts.version, dtype=np.int64)
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore beliefs and counts, then refresh the tables from the restored counts."""
+        super().load_state_dict(state)
+        for f, q in enumerate(self._qs_prev):
+            key = f"learn.qs_prev{f}"
+            if key in state:
+                q[...] = np.asarray(state[key]).reshape(q.shape)
+        for counts in self.learner.counts:
+            for slot, index in enumerate(counts.tables):
+                key = f"learn.p{counts.kind}{index}"
+                if key not in state:
+                    raise InputError(f"group {self.name!r} snapshot lacks {key!r}")
+                arr = np.asarray(state[key], dtype=np.float64)
+                if arr.shape != counts.counts[slot].shape:
+                    raise InputError(
+                        f"group {self.name!r} snapshot {key!r} has shape {arr.shape}, "
+                        f"expected {counts.counts[slot].shape}"
+                    )
+                counts.counts[slot][...] = arr
+            counts.version = int(state.get(f"learn.version.{counts.kind}", np.array(0)))
+            counts.reported_version = counts.version
+        self.refresh()
