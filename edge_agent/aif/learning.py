@@ -64,11 +64,13 @@ def joint_states(qs: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.
     return out
 
 
-def onehot(index: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """``(N, size)`` float rows with a 1 at ``index[n]``."""
+def onehot(
+    index: np.ndarray, size: int, out: np.ndarray | None = None, dtype: type = np.float64
+) -> np.ndarray:
+    """``(N, size)`` rows with a 1 at ``index[n]``."""
     n = index.shape[0]
     if out is None:
-        out = np.zeros((n, size))
+        out = np.zeros((n, size), dtype=dtype)
     else:
         out.fill(0.0)
     out[np.arange(n), index] = 1.0
@@ -76,19 +78,25 @@ def onehot(index: np.ndarray, size: int, out: np.ndarray | None = None) -> np.nd
 
 
 def a_increment_shared(obs_m: np.ndarray, joint: np.ndarray, num_obs: int) -> FloatArray:
-    """``(O, S)``: the sum over agents of ``onehot(o) ⊗ joint`` (one matrix product)."""
-    out: FloatArray = onehot(obs_m, num_obs).T @ joint
+    """``(O, S)``: the sum over agents of ``onehot(o) ⊗ joint``, as one weighted ``bincount``
+    over the flat index ``o * S + s`` (O(N S), float64 sums, no BLAS call in the tick)."""
+    size = joint.shape[1]
+    flat = (obs_m.astype(np.intp)[:, None] * size + np.arange(size)).ravel()
+    out: FloatArray = np.bincount(flat, weights=joint.ravel(), minlength=num_obs * size).reshape(
+        num_obs, size
+    )
     return out
 
 
 def b_increment_shared(
     qs_f: np.ndarray, qs_prev_f: np.ndarray, action_f: np.ndarray, num_controls: int
-) -> FloatArray:
+) -> np.ndarray:
     """``(S, S, U)``: per action ``u``, the sum over the agents that took it of
-    ``qs ⊗ qs_prev`` (one matrix product over ``(N, S * U)``)."""
+    ``qs ⊗ qs_prev`` (one matrix product over ``(N, S * U)``, in the posteriors' dtype)."""
     n, s = qs_f.shape
-    by_action = (qs_f[:, :, None] * onehot(action_f, num_controls)[:, None, :]).reshape(n, -1)
-    out: FloatArray = (by_action.T @ qs_prev_f).reshape(s, num_controls, s).transpose(0, 2, 1)
+    act = onehot(action_f, num_controls, dtype=qs_f.dtype.type)
+    by_action = (qs_f[:, :, None] * act[:, None, :]).reshape(n, -1)
+    out: np.ndarray = (by_action.T @ qs_prev_f).reshape(s, num_controls, s).transpose(0, 2, 1)
     return out
 
 

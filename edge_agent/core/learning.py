@@ -78,13 +78,15 @@ class LearningAgentGroup(AifAgentGroup):
 
     # -- memory -----------------------------------------------------------------------------------
     def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
-        """:class:`AifAgentGroup`'s, plus the previous tick's posteriors (``B`` learns them)."""
-        previous = sum(self.cm.num_states) * self.dtype.itemsize
+        """:class:`AifAgentGroup`'s, plus the previous tick's posteriors, action and whether it
+        acted (``B`` learns from them)."""
+        previous = sum(self.cm.num_states) * self.dtype.itemsize + self.cm.num_factors * 8 + 1
         return super().per_agent_nbytes(history_capacity) + previous
 
     @property
     def nbytes(self) -> int:
-        return super().nbytes + sum(q.nbytes for q in self._qs_prev)
+        previous = [*self._qs_prev, self._action_prev, self._acted_prev]
+        return super().nbytes + sum(a.nbytes for a in previous)
 
     def _allocate_arrays(self, n_agents: int) -> None:
         keep = min(self.n_agents, n_agents)
@@ -93,6 +95,8 @@ class LearningAgentGroup(AifAgentGroup):
         self._qs_prev = [np.empty((n_agents, s), dtype=self.dtype) for s in self.cm.num_states]
         for new, cur in zip(self._qs_prev, old, strict=False):
             new[:keep] = cur[:keep]
+        self._action_prev = np.empty_like(self.action)
+        self._acted_prev = np.empty_like(self.has_action)
 
     def start_workers(self, count: int) -> int:
         if count > 1:
@@ -110,17 +114,25 @@ class LearningAgentGroup(AifAgentGroup):
         *,
         record: bool = True,
     ) -> IntArray:
-        """Infer, learn, refresh when due, plan and act (see the module doc); integer outcomes
-        only (the counts learn from what was observed)."""
+        """One tick (see the module doc); integer outcomes only (the counts learn from what was
+        observed). A tick that refreshes the tables learns before it plans, so that the agents
+        plan with what this tick taught them (pymdp's order); the others run the group's fused
+        step and learn after it, from the same posteriors (the tables do not change between)."""
         o, _ = self.check_evidence(obs)
         if o is None:
             raise InputError(
                 f"group {self.name!r} learns from integer outcomes, not soft evidence"
             )
+        if self._since_refresh + 1 < self.learning.refresh_every:
+            np.copyto(self._action_prev, self.action)
+            np.copyto(self._acted_prev, self.has_action)
+            super().step(o, now, record=record)
+            self._learn(o, self._action_prev, self._acted_prev)
+            return self.action
         record = record and self.history is not None
         for rows in self._blocks():
             self._infer_block(o, None, rows, roots=False)
-        self.learn(o)
+        self._learn(o, self.action, self.has_action)
         self.infer_policies()
         self.sample_action()
         if record:
@@ -130,13 +142,14 @@ class LearningAgentGroup(AifAgentGroup):
         self.ticks += 1
         return self.action
 
-    def learn(self, obs: IntArray) -> None:
-        """``pA`` from ``obs`` and the current posteriors, ``pB`` from the transition of every
-        agent that acted last tick; then the tables are refreshed if due."""
+    def _learn(self, obs: IntArray, action: IntArray, acted: np.ndarray) -> None:
+        """``pA`` from ``obs`` and the posteriors, ``pB`` from the transition ``qs_prev -> qs``
+        of every agent that had acted (``action``, ``acted``: before this tick's choice); then
+        the tables are refreshed if due, and ``qs`` becomes next tick's ``qs_prev``."""
         learner = self.learner
         learner.learn_A(obs, self.qs)
-        if learner.pB is not None and self.has_action.any():
-            learner.learn_B(self.qs, self._qs_prev, self.action, acted=self.has_action)
+        if learner.pB is not None and acted.any():
+            learner.learn_B(self.qs, self._qs_prev, action, acted=acted)
         for prev, q in zip(self._qs_prev, self.qs, strict=True):
             np.copyto(prev, q)
         self._since_refresh += 1
