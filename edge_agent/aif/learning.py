@@ -82,9 +82,8 @@ def a_increment_shared(obs_m: np.ndarray, joint: np.ndarray, num_obs: int) -> Fl
     over the flat index ``o * S + s`` (O(N S), float64 sums, no BLAS call in the tick)."""
     size = joint.shape[1]
     flat = (obs_m.astype(np.intp)[:, None] * size + np.arange(size)).ravel()
-    out: FloatArray = np.bincount(flat, weights=joint.ravel(), minlength=num_obs * size).reshape(
-        num_obs, size
-    )
+    sums = np.bincount(flat, weights=joint.ravel(), minlength=num_obs * size)
+    out: FloatArray = sums.astype(np.float64, copy=False).reshape(num_obs, size)
     return out
 
 
