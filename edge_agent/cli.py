@@ -589,6 +589,61 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="a .npz's tables: float64 as given, or int8 as on a device (a bundle "
         "always runs int8)",
     )
+    learn = p.add_argument_group(
+        "learning",
+        "a .npz with Dirichlet counts pA0.., pB0.., pD0.. (pymdp's keys) learns those tables "
+        "while it replays and writes the final pA{m}, pB{f}, pD{f} (docs/learning.md)",
+    )
+    for table in ("pA", "pB", "pD"):
+        learn.add_argument(
+            f"--lr-{table}", type=float, default=1.0, metavar="RATE",
+            help=f"learning rate of {table} (pymdp's lr_{table}; default 1.0)",
+        )
+    learn.add_argument(
+        "--forgetting", type=float, default=0.0, metavar="F",
+        help="share of the learned difference from the prior counts lost at each update, "
+        "0 <= F < 1 (default 0: pymdp, no forgetting)",
+    )
+    learn.add_argument(
+        "--pD-from", choices=("last", "first"), default="last", dest="pD_from",
+        help="the posterior of a trial pD learns from at its end (default: its last; 'first' "
+        "is pymdp's update_D default)",
+    )
+    learn.add_argument(
+        "--param-info-gain", action="store_true",
+        help="add the parameter information gain of pA and pB to the expected free energy "
+        "(pymdp's use_param_info_gain)",
+    )
+
+
+def _replay_learning(args: argparse.Namespace, counts: dict[str, dict[int, Any]]) -> Any:
+    """The LearningSpec a replay runs with, or None: counts in the model file turn it on."""
+    from edge_agent.aif.learning import LearningSettings, LearningSpec
+    from edge_agent.errors import InputError
+
+    options = [
+        name for name, default in (("lr_pA", 1.0), ("lr_pB", 1.0), ("lr_pD", 1.0),
+                                   ("forgetting", 0.0))
+        if getattr(args, name) != default
+    ] + (["param_info_gain"] if args.param_info_gain else [])
+    if not counts:
+        if options:
+            flags = ", ".join("--" + o.replace("_", "-") for o in options)
+            raise InputError(
+                f"{flags}: {args.model} has no Dirichlet counts (pA0.., pB0.., pD0..) to learn"
+            )
+        return None
+    if args.param_info_gain:
+        raise InputError(
+            "--param-info-gain: the batched planners do not compute the parameter information "
+            "gain yet (docs/learning.md, 'What is not there yet')"
+        )
+    settings = LearningSettings(
+        lr_pA=args.lr_pA, lr_pB=args.lr_pB, lr_pD=args.lr_pD, forgetting=args.forgetting
+    )
+    return LearningSpec(
+        pA=counts.get("A", {}), pB=counts.get("B", {}), pD=counts.get("D", {}), settings=settings
+    )
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -604,15 +659,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from edge_agent.core.replay import load_recording, load_replay_model, replay
 
     keys = TrustedKeys.from_dir(args.trusted_keys) if args.trusted_keys else None
-    model, settings, what = load_replay_model(args.model, trusted_keys=keys)
+    counts: dict[str, dict[int, Any]] = {}
+    model, settings, what = load_replay_model(args.model, trusted_keys=keys, counts=counts)
+    learning = _replay_learning(args, counts)
     if args.policy_len is not None or settings is None:
         base = settings if settings is not None else AifSettings()
         settings = dataclasses.replace(base, policy_len=args.policy_len or 1)
     rec = load_recording(args.recording, model)
     precision: Precision = "int8" if isinstance(model, QuantizedModel) else args.precision
-    out = replay(model, rec, settings=settings, precision=precision)
+    out = replay(
+        model, rec, settings=settings, precision=precision, learning=learning,
+        pD_from=args.pD_from,
+    )
     np.savez(args.out, **out)  # type: ignore[arg-type]
     print(f"replayed {what}, policy_len {settings.policy_len}")
+    if learning is not None:
+        learned = ", ".join(f"p{kind}{i}" for kind in "ABD" for i in sorted(counts.get(kind, {})))
+        print(f"learned {learned} (final counts in {args.out})")
     steps = len(rec["obs"])
     same = int((out["chosen_action"] == rec["actions"]).all(axis=1).sum())
     optimal = int(np.count_nonzero(out["recorded_shortfall"] <= ROUNDING_TOL))

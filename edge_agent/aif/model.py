@@ -31,6 +31,11 @@ NORM_TOL = 1e-6
 Array = NDArray[np.float64]
 
 _KEY = re.compile(r"^([ABCD])(\d+)$")
+#: Dirichlet counts of a learning model, pymdp's names: pA0.., pB0.., pD0..
+_COUNT_KEY = re.compile(r"^p([ABD])(\d+)$")
+
+#: Counts by kind ("A", "B", "D") and modality/factor index.
+Counts = dict[str, dict[int, np.ndarray]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,8 +182,10 @@ def _check_normalised(label: str, arr: Array) -> None:
         )
 
 
-def load_npz(path: str | Path) -> GenerativeModel:
-    """Read a model from a pymdp-convention ``.npz`` (arrays only, no pickle)."""
+def load_npz(path: str | Path, *, counts: Counts | None = None) -> GenerativeModel:
+    """Read a model from a pymdp-convention ``.npz`` (arrays only, no pickle); ``counts``
+    collects Dirichlet counts (``pA0``..) if the caller learns (see
+    :func:`model_from_npz_dict`)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -189,16 +196,32 @@ def load_npz(path: str | Path) -> GenerativeModel:
         raise ModelError(f"{path}: not a plain-array .npz ({err})") from err
     except OSError as err:
         raise ModelError(f"{path}: cannot read as .npz ({err})") from err
-    return model_from_npz_dict(arrays, source=str(path))
+    return model_from_npz_dict(arrays, source=str(path), counts=counts)
 
 
-def model_from_npz_dict(arrays: dict[str, np.ndarray], source: str = "model") -> GenerativeModel:
-    """Assemble a model from pymdp-convention keys; unknown keys are an error."""
+def model_from_npz_dict(
+    arrays: dict[str, np.ndarray], source: str = "model", *, counts: Counts | None = None
+) -> GenerativeModel:
+    """Assemble a model from pymdp-convention keys; unknown keys are an error.
+
+    Dirichlet counts (``pA0``.., ``pB0``.., ``pD0``..) go into ``counts`` (``{"A": {0: pA0},
+    ...}``) when the caller passes a dict to fill: a caller that would drop them (no learning)
+    refuses them instead of ignoring what the model file says.
+    """
     groups: dict[str, dict[int, np.ndarray]] = {"A": {}, "B": {}, "C": {}, "D": {}}
     E = None
     for key, value in arrays.items():
         if key == "E":
             E = value
+            continue
+        counted = _COUNT_KEY.match(key)
+        if counted:
+            if counts is None:
+                raise ModelError(
+                    f"{source}: {key!r} is a Dirichlet count for learning, which this command "
+                    "does not use (edge-agent replay learns with it)"
+                )
+            counts.setdefault(counted.group(1), {})[int(counted.group(2))] = np.asarray(value)
             continue
         match = _KEY.match(key)
         if not match:

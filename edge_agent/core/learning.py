@@ -156,12 +156,23 @@ class LearningAgentGroup(AifAgentGroup):
         if self._since_refresh >= self.learning.refresh_every:
             self.refresh()
 
-    def end_trial(self, mask: np.ndarray | None = None) -> None:
+    def learn(self, obs: np.ndarray) -> None:
+        """Learn from this tick's outcomes ``obs (N, M)`` and the current posteriors, after
+        :meth:`infer_states` (``pB``: from the transition the last committed action made; the
+        API path a replay takes, where :meth:`step` does it all)."""
+        self._learn(self.check_obs(obs), self.action, self.has_action)
+
+    def end_trial(
+        self, mask: np.ndarray | None = None, *, posterior: Sequence[np.ndarray] | None = None
+    ) -> None:
         """The agents in ``mask`` (all by default) finished a trial: ``pD`` learns from their
-        posteriors, the tables are refreshed, and they start again from the learned ``D``."""
+        posteriors (``posterior[f]`` rows of the selected agents instead, e.g. a trial's first),
+        the tables are refreshed, and they start again from the learned ``D``."""
         sel = np.ones(self.n_agents, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         if self.learner.pD is not None and sel.any():
-            self.learner.learn_D([q[sel] for q in self.qs])
+            self.learner.learn_D(
+                [q[sel] for q in self.qs] if posterior is None else list(posterior)
+            )
             self.refresh()
         self.reset(sel)
 

@@ -4,6 +4,12 @@
 the prior at ``t + 1``) and optionally ``trial_start (T,)`` (truthy: reset to ``D`` before step
 ``t``). The output holds, per step, ``qs{f} (T, S_f)``, ``q_pi (T, P)``, ``chosen_action (T, F)``
 (what the agent would have done) and ``policies (P, L, F)``.
+
+With a :class:`~edge_agent.aif.learning.LearningSpec` the agent learns while it replays, in
+pymdp's order (infer, ``pA`` from the outcome, ``pB`` from the transition the recorded action
+made, then plan with the refreshed tables); ``pD`` learns at the end of each trial from the
+trial's last posterior (``pD_from="first"``: its first, pymdp's ``update_D`` default), and the
+output also holds the final counts ``pA{m}``, ``pB{f}``, ``pD{f}``.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.aif import agreement
-from edge_agent.aif.model import GenerativeModel, load_npz
+from edge_agent.aif.learning import LearningSpec
+from edge_agent.aif.model import Counts, GenerativeModel, load_npz
 from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.bundle.loader import MANIFEST_NAME, load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.core.agents import AifAgentGroup, Precision
+from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.errors import InputError
 
 #: What ``replay`` takes, for error messages.
@@ -37,7 +45,7 @@ def _is_bundle_like(path: Path) -> bool:
 
 
 def load_replay_model(
-    path: str | Path, *, trusted_keys: TrustedKeys | None = None
+    path: str | Path, *, trusted_keys: TrustedKeys | None = None, counts: Counts | None = None
 ) -> tuple[GenerativeModel | QuantizedModel, AifSettings | None, str]:
     """The model to replay: a float ``.npz`` (pymdp keys), or an Active Inference bundle
     (directory or ``.tar``) as a device runs it (int8, with the bundle's settings).
@@ -45,7 +53,8 @@ def load_replay_model(
     With ``trusted_keys`` a bundle must carry a valid signature by one of them; without, its
     files are still checked against the manifest's hashes (replay runs on a workstation, on
     bundles the operator chose). Returns the model, the bundle's settings (None for ``.npz``)
-    and a one-line description for the report.
+    and a one-line description for the report; a ``.npz``'s Dirichlet counts (``pA0``..) go
+    into ``counts``.
     """
     p = Path(path)
     if p.is_dir() and not (p / MANIFEST_NAME).is_file():
@@ -72,7 +81,7 @@ def load_replay_model(
         return model, settings_from_json(spec.settings), what
     if p.is_file() and not zipfile.is_zipfile(p):  # numpy would call it "pickled data"
         raise InputError(f"{p}: neither a .npz nor a bundle; {MODEL_USAGE}")
-    return load_npz(p), None, f"model {p}"
+    return load_npz(p, counts=counts), None, f"model {p}"
 
 
 def load_recording(
@@ -128,15 +137,26 @@ def replay(
     *,
     settings: AifSettings | None = None,
     precision: Precision = "float64",
+    learning: LearningSpec | None = None,
+    pD_from: str = "last",
 ) -> dict[str, np.ndarray]:
     """Run one agent through the recording; returns the arrays ``edge-agent replay`` writes.
 
     Per step ``t``: ``qs{f}`` and ``q_pi``, the agent's own ``chosen_action``, ``tied`` (two or
     more actions equally good to rounding, where argmax picks one on noise) and
     ``recorded_shortfall``: how far below its best the agent's action marginal rates the
-    recorded action (0 when the recorded action is optimal, ties included).
+    recorded action (0 when the recorded action is optimal, ties included). With ``learning``
+    the agent learns as it goes (module doc) and the final counts are returned too.
     """
-    group = AifAgentGroup(model, 1, settings=settings, precision=precision, seed=0)
+    if pD_from not in ("last", "first"):
+        raise InputError(f"pD_from must be 'last' or 'first', got {pD_from!r}")
+    group: AifAgentGroup
+    if learning is None:
+        group = AifAgentGroup(model, 1, settings=settings, precision=precision, seed=0)
+    else:
+        group = LearningAgentGroup(
+            model, 1, settings=settings, precision=precision, seed=0, learning=learning
+        )
     obs, actions, trial_start = recording["obs"], recording["actions"], recording["trial_start"]
     T = obs.shape[0]
     qs = [np.zeros((T, s)) for s in model.num_states]
@@ -146,11 +166,15 @@ def replay(
     shortfall = np.zeros(T)
     onehot = group.cm.tree.first_action_onehot
     mode = group.settings.sampling_mode
+    first = 0  # the step the current trial started at
     for t in range(T):
         if t > 0 and trial_start[t]:
-            group.reset()
+            _end_trial(group, qs, first if pD_from == "first" else t - 1)
+            first = t
         for f, q in enumerate(group.infer_states(obs[t : t + 1])):
             qs[f][t] = q[0]
+        if isinstance(group, LearningAgentGroup):
+            group.learn(obs[t : t + 1])
         q_pi[t] = group.infer_policies()[0][0]
         chosen[t] = group.sample_action()[0]
         tied[t] = agreement.count_ties(q_pi[t : t + 1], onehot)[0]
@@ -166,4 +190,18 @@ def replay(
         tied=tied,
         recorded_shortfall=shortfall,
     )
+    if isinstance(group, LearningAgentGroup):
+        _end_trial(group, qs, first if pD_from == "first" else T - 1)
+        for counts in group.learner.counts:
+            for slot, index in enumerate(counts.tables):
+                out[f"p{counts.kind}{index}"] = counts.counts[slot]
     return out
+
+
+def _end_trial(group: AifAgentGroup, qs: list[np.ndarray], step: int) -> None:
+    """A trial ended: a learning agent learns ``D`` from the posterior of ``step``; then the
+    next trial starts from ``D``."""
+    if isinstance(group, LearningAgentGroup):
+        group.end_trial(posterior=[q[step : step + 1] for q in qs])
+    else:
+        group.reset()
