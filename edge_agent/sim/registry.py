@@ -6,6 +6,8 @@ name       world
 grid10     :class:`~edge_agent.sim.gridworld.GridWorldEnv` 10 x 10, goal (9, 9), noise 0.1
 grid       the grid world with any parameters (defaults: 10 x 10, goal bottom-right)
 tmaze      :class:`~edge_agent.sim.tmaze.TMazeEnv`, pymdp's T-maze (reward_probs 0.98 / 0.02)
+tmaze-     :class:`~edge_agent.sim.tmaze_reversal.ReversalTMazeEnv`, the T-maze whose rewarded
+reversal   arm swaps every ``reverse_every`` trials (a world for learning agents)
 grid2f     :class:`~edge_agent.sim.grid2f.TwoFactorGridEnv` 5 x 5, two factors (position, which
            of 2 cells is rewarded), a cue cell on the way tells which; trials of 5 steps
 explorer   :class:`~edge_agent.sim.explorer.ExplorerEnv`, 10 x 10 map, 5 terrains, 5 % targets
@@ -103,6 +105,14 @@ BUILTIN_WORKLOADS: Mapping[str, Workload] = MappingProxyType(
             module="edge_agent.sim.tmaze",
             env_name="TMazeEnv",
             model_name="tmaze_model",
+        ),
+        "tmaze-reversal": Workload(
+            name="tmaze-reversal",
+            description="the T-maze whose rewarded arm swaps every reverse_every trials (50): "
+            "a frozen model fails after a reversal, a learning one finds the new arm",
+            module="edge_agent.sim.tmaze_reversal",
+            env_name="ReversalTMazeEnv",
+            model_name="tmaze_reversal_model",
         ),
         "grid2f": Workload(
             name="grid2f",

@@ -31,6 +31,7 @@ from edge_agent.sim.gridworld import (
 )
 from edge_agent.sim.registry import BUILTIN_WORKLOADS, builtin_model, make_env
 from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
+from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
 
 def chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
@@ -762,7 +763,7 @@ def test_returned_arrays_are_read_only_views() -> None:
     assert np.shares_memory(obs, again)
 
 
-@pytest.mark.parametrize("name", ["grid10", "tmaze", "explorer", "grid2f"])
+@pytest.mark.parametrize("name", ["grid10", "tmaze", "tmaze-reversal", "explorer", "grid2f"])
 def test_step_of_100k_agents_allocates_no_per_agent_arrays(name: str) -> None:
     n = 100_000
     env = make_env(name, n, seed=0)
@@ -788,7 +789,9 @@ def test_step_of_100k_agents_allocates_no_per_agent_arrays(name: str) -> None:
 
 
 def test_registry_names_and_models() -> None:
-    assert set(BUILTIN_WORKLOADS) == {"grid10", "grid", "tmaze", "grid2f", "explorer", "sensors"}
+    assert set(BUILTIN_WORKLOADS) == {
+        "grid10", "grid", "tmaze", "tmaze-reversal", "grid2f", "explorer", "sensors"
+    }
     for name in BUILTIN_WORKLOADS:
         model = builtin_model(name)
         assert isinstance(model, GenerativeModel)
@@ -906,3 +909,46 @@ def test_a_grid_world_lets_its_model_go_and_makes_it_again_on_request() -> None:
     # A world built from a model it cannot make again keeps it.
     given = tmaze_model()
     assert BatchEnv(given, 3).model is given
+
+
+# -- the reversal T-maze ------------------------------------------------------------------------
+
+
+def test_reversal_tmaze_arms_hold_the_agent_and_the_rest_is_pymdps() -> None:
+    base, held = tmaze_model(), tmaze_reversal_model()
+    for a, b in zip(base.A + base.C + base.D, held.A + held.C + held.D, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for arm in (1, 2):
+        np.testing.assert_array_equal(held.B[0][:, arm, :], np.eye(4)[:, [arm] * 4])
+    np.testing.assert_array_equal(held.B[0][:, [0, 3], :], base.B[0][:, [0, 3], :])
+
+
+def test_reversal_tmaze_swaps_the_rewarded_arm_every_reverse_every_trials() -> None:
+    """Agents that go to the cued arm every trial: 98 % rewards in the normal phases, 2 % in
+    the reversed ones (the reward and loss outcomes at the arms swap)."""
+    n, every = 2000, 3
+    env = ReversalTMazeEnv(n, seed=4, reverse_every=every)
+    obs = env.reset()
+    rates: list[float] = []
+    for _trial in range(4 * every):
+        assert not env.reversed.any() if (_trial // every) % 2 == 0 else env.reversed.all()
+        rewards = env.rewards.copy()
+        cue = np.zeros((n, 2), dtype=np.int64)
+        cue[:, 0] = 3  # to the cue
+        obs = env.step(cue)
+        arm = np.zeros((n, 2), dtype=np.int64)
+        arm[:, 0] = 1 + obs[:, 2]  # the arm the cue names
+        env.step(arm)
+        rates.append(float((env.rewards - rewards).mean()))
+        env.step(arm)  # the next trial's first step (its action is ignored)
+    normal = [r for t, r in enumerate(rates) if (t // every) % 2 == 0]
+    flipped = [r for t, r in enumerate(rates) if (t // every) % 2 == 1]
+    assert min(normal) > 0.95
+    assert max(flipped) < 0.05
+    assert env.summary()["reversed_fraction"] == 0.0
+
+
+def test_reversal_tmaze_refuses_a_bad_period() -> None:
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="reverse_every"):
+            ReversalTMazeEnv(2, reverse_every=bad)  # type: ignore[arg-type]
