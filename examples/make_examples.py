@@ -5,6 +5,10 @@
   ``edge-agent-host convert aif``;
 * ``grid10-episode.npz`` -- a recorded episode on the grid (``obs``, ``actions``,
   ``trial_start``) for ``edge-agent replay``;
+* ``tmaze-learning.npz`` -- the reversal T-maze's model with Dirichlet counts ``pA1`` for its
+  reward modality (pymdp's key), and ``tmaze-reversal-episode.npz`` -- 20 trials in that world
+  (its rewarded arm swaps after 10) of an agent that visits the cue and then the arm it names:
+  what ``edge-agent replay`` learns from (docs/learning.md);
 * ``sensor_policy.onnx`` with ``sensor_calibration.npz`` and ``sensor_heldout.npz`` -- a small
   float MLP that solves the built-in sensor world from an 8-step window of 8 features, and the
   windows to calibrate and check its int8 version (``edge-agent-host convert onnx``);
@@ -28,6 +32,7 @@ from edge_agent.core.agents import AifAgentGroup
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent.sim.tmaze import tmaze_model
+from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 from edge_agent_host.builders import mlp_onnx, sensor_policy
 
 HERE = Path(__file__).resolve().parent
@@ -52,10 +57,33 @@ def grid_episode(steps: int = 40) -> dict[str, np.ndarray]:
     return {"obs": np.array(obs), "actions": np.array(actions), "trial_start": np.array(starts)}
 
 
+def reversal_episode(trials: int = 20, every: int = 10) -> dict[str, np.ndarray]:
+    """One agent in the reversal T-maze that goes to the cue, then to the arm the cue names."""
+    env = ReversalTMazeEnv(1, seed=5, reverse_every=every)
+    o = env.reset()
+    obs, actions, starts = [], [], []
+    for _ in range(trials * env.trial_len):
+        starts.append(bool(env.episode_start[0]))
+        obs.append(o[0].copy())
+        at = int(env.episode_steps[0])
+        move = 3 if at == 0 else 1 + int(o[0, 2]) if at == 1 else int(env.true_states[0, 0])
+        actions.append(np.array([move, 0]))
+        o = env.step(np.array([[move, 0]]))
+    return {"obs": np.array(obs), "actions": np.array(actions), "trial_start": np.array(starts)}
+
+
+def learning_model() -> dict[str, np.ndarray]:
+    """The reversal T-maze's model with weak counts for the reward modality (pA1)."""
+    model = tmaze_reversal_model()
+    return {**model.to_npz_dict(), "pA1": model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)}
+
+
 def main(out: Path = HERE) -> None:
     save_npz(gridworld_model(10, 10), out / "grid10.npz", compress=True)
     save_npz(tmaze_model(), out / "tmaze.npz", compress=True)
     np.savez_compressed(out / "grid10-episode.npz", **grid_episode())
+    np.savez_compressed(out / "tmaze-learning.npz", **learning_model())
+    np.savez_compressed(out / "tmaze-reversal-episode.npz", **reversal_episode())
     world = SensorWorld(1)
     layers = sensor_policy(world.prototypes, world.noise, WINDOW)
     onnx.save(mlp_onnx(layers, WINDOW, FEATURES), out / "sensor_policy.onnx")
