@@ -633,16 +633,12 @@ def _replay_learning(args: argparse.Namespace, counts: dict[str, dict[int, Any]]
                 f"{flags}: {args.model} has no Dirichlet counts (pA0.., pB0.., pD0..) to learn"
             )
         return None
-    if args.param_info_gain:
-        raise InputError(
-            "--param-info-gain: the batched planners do not compute the parameter information "
-            "gain yet (docs/learning.md, 'What is not there yet')"
-        )
     settings = LearningSettings(
         lr_pA=args.lr_pA, lr_pB=args.lr_pB, lr_pD=args.lr_pD, forgetting=args.forgetting
     )
     return LearningSpec(
-        pA=counts.get("A", {}), pB=counts.get("B", {}), pD=counts.get("D", {}), settings=settings
+        pA=counts.get("A", {}), pB=counts.get("B", {}), pD=counts.get("D", {}),
+        settings=settings, param_info_gain=args.param_info_gain,
     )
 
 

@@ -121,6 +121,48 @@ def normalise(counts: np.ndarray, axis: int = 0) -> np.ndarray:
     return out
 
 
+def param_info_gain(
+    qs: Sequence[np.ndarray],
+    A: Sequence[np.ndarray],
+    B: Sequence[np.ndarray],
+    *,
+    pA: dict[int, np.ndarray],
+    pB: dict[int, np.ndarray],
+    policies: np.ndarray,
+) -> FloatArray:
+    """``(N, P)``: the information gain about ``pA`` and ``pB`` each policy promises (pymdp
+    0.0.7.1's ``calc_pA_info_gain`` + ``calc_pB_info_gain``, summed over the policy's steps).
+
+    ``qs[f]`` ``(N, S_f)`` the current posteriors; ``A``, ``B`` the tables the agents plan with;
+    ``pA``/``pB`` the counts by modality/factor (only those tables count); ``policies``
+    ``(P, L, F)``. Per policy, the predicted states move one step at a time (one ``(N, S_f)``
+    matrix product per factor and step), so the scratch is ``O(N * S)`` whatever ``P`` is.
+    """
+    n = qs[0].shape[0]
+    wA = {m: (wnorm(p) * (p > 0)).reshape(p.shape[0], -1) for m, p in pA.items()}
+    A_flat = {m: A[m].reshape(A[m].shape[0], -1) for m in pA}
+    wB = {f: wnorm(p) * (p > 0) for f, p in pB.items()}
+    P, L, F = policies.shape
+    out = np.zeros((n, P))
+    for p in range(P):
+        current = [np.asarray(q, dtype=np.float64) for q in qs]
+        for t in range(L):
+            actions = policies[p, t]
+            nxt = [current[f] @ B[f][:, :, int(actions[f])].T for f in range(F)]
+            for f, w in wB.items():  # -qs_pi[t][f] . (wB[:, :, a] @ previous_qs[f])
+                out[:, p] -= np.einsum(
+                    "ns,ns->n", nxt[f], current[f] @ w[:, :, int(actions[f])].T
+                )
+            if wA:
+                joint = nxt[0]
+                for f in range(1, F):
+                    joint = (joint[:, :, None] * nxt[f][:, None, :]).reshape(n, -1)
+                for m, w in wA.items():  # -qo . (wA @ qs_pi)
+                    out[:, p] -= np.einsum("no,no->n", joint @ A_flat[m].T, joint @ w.T)
+            current = nxt
+    return out
+
+
 # -- settings and state ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LearningSettings:
@@ -301,6 +343,9 @@ class LearningSpec:
     pD: dict[int, np.ndarray] = field(default_factory=dict)
     settings: LearningSettings = field(default_factory=LearningSettings)
     refresh_every: int = 1
+    #: Add the information gain about pA and pB to the expected free energy (pymdp's
+    #: ``use_param_info_gain``): agents seek what they do not know yet.
+    param_info_gain: bool = False
 
     def __post_init__(self) -> None:
         if not (self.pA or self.pB or self.pD):

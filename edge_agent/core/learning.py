@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.aif import kernels
-from edge_agent.aif.learning import Learner, LearningSpec
+from edge_agent.aif.learning import Learner, LearningSpec, param_info_gain
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel, quantize_model
 from edge_agent.core.agents import AifAgentGroup, IntArray
@@ -123,7 +123,10 @@ class LearningAgentGroup(AifAgentGroup):
             raise InputError(
                 f"group {self.name!r} learns from integer outcomes, not soft evidence"
             )
-        if self._since_refresh + 1 < self.learning.refresh_every:
+        if (
+            self._since_refresh + 1 < self.learning.refresh_every
+            and not self.learning.param_info_gain
+        ):
             np.copyto(self._action_prev, self.action)
             np.copyto(self._acted_prev, self.has_action)
             super().step(o, now, record=record)
@@ -133,7 +136,7 @@ class LearningAgentGroup(AifAgentGroup):
         for rows in self._blocks():
             self._infer_block(o, None, rows, roots=False)
         self._learn(o, self.action, self.has_action)
-        self.infer_policies()
+        self.infer_policies()  # with the parameter information gain if the group seeks it
         self.sample_action()
         if record:
             for rows in self._blocks():
@@ -161,6 +164,35 @@ class LearningAgentGroup(AifAgentGroup):
         :meth:`infer_states` (``pB``: from the transition the last committed action made; the
         API path a replay takes, where :meth:`step` does it all)."""
         self._learn(self.check_obs(obs), self.action, self.has_action)
+
+    def infer_policies(self) -> tuple[np.ndarray, np.ndarray]:
+        """``q_pi`` and ``G`` ``(N, P)``, with the parameter information gain when the group
+        seeks novelty (``LearningSpec.param_info_gain``)."""
+        super().infer_policies()
+        self._add_novelty()
+        return self.q_pi, self.G
+
+    def _add_novelty(self) -> None:
+        """``G += `` the information gain about ``pA`` and ``pB`` per policy, then
+        ``q_pi = softmax(gamma * G + ln E)`` again (float64, from the float tables)."""
+        if not self.learning.param_info_gain:
+            return
+        learner, m = self.learner, self._float_model
+        counts_A = {} if learner.pA is None else dict(
+            zip(learner.pA.tables, learner.pA.counts, strict=True)
+        )
+        counts_B = {} if learner.pB is None else dict(
+            zip(learner.pB.tables, learner.pB.counts, strict=True)
+        )
+        gain = param_info_gain(
+            self.qs, m.A, m.B, pA=counts_A, pB=counts_B, policies=self.cm.tree.policies
+        )
+        self.G += gain.astype(self.dtype, copy=False)
+        logits = self.G * self.settings.gamma + np.asarray(self.cm.lnE, dtype=self.dtype)
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        np.copyto(self.q_pi, logits)
 
     def end_trial(
         self, mask: np.ndarray | None = None, *, posterior: Sequence[np.ndarray] | None = None

@@ -310,12 +310,14 @@ def spec_for(name: str, **overrides: object) -> LearningSpec:
     return LearningSpec(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["learn_single", "learn_multi"])
+@pytest.mark.parametrize("name", SCENARIOS)
 def test_learning_group_float64_learns_as_pymdp(name: str) -> None:
-    """One agent of the batched group, refreshed every tick, is pymdp's learning agent."""
+    """One agent of the batched group, refreshed every tick, is pymdp's learning agent (with
+    the parameter information gain in ``learn_novelty``)."""
     g = golden()
     ref = reference_for(name)
-    group = LearningAgentGroup(ref.model, 1, learning=spec_for(name), precision="float64")
+    spec = spec_for(name, param_info_gain=bool(g[f"{name}/use_param_info_gain"]))
+    group = LearningAgentGroup(ref.model, 1, learning=spec, precision="float64")
     obs, starts = g[f"{name}/obs"], g[f"{name}/trial_start"]
     onehots = list(group.cm.tree.first_action_onehot)
     for t in range(obs.shape[0]):
@@ -358,14 +360,15 @@ def rate_flags(name: str) -> list[str]:
             for arg in (f"--{key.replace('_', '-')}", str(float(g[f"{name}/{key}"])))]
 
 
-@pytest.mark.parametrize("name", ["learn_single", "learn_multi"])
+@pytest.mark.parametrize("name", SCENARIOS)
 def test_replay_learns_as_pymdp(
     tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model, rec = golden_files(tmp_path, name)
     out = tmp_path / "out.npz"
+    novelty = ["--param-info-gain"] if golden()[f"{name}/use_param_info_gain"] else []
     assert main(["replay", str(model), "--recording", str(rec), "--out", str(out),
-                 *rate_flags(name)]) == 0
+                 *rate_flags(name), *novelty]) == 0
     assert "learned p" in capsys.readouterr().out
     g = golden()
     with np.load(out) as got:
@@ -424,7 +427,7 @@ def test_replay_learning_options_and_counts_are_checked_in_one_line(
         ([str(plain), "--forgetting", "0.2"], "has no Dirichlet counts"),
         ([str(model), "--forgetting", "1.5"], "forgetting = 1.5"),
         ([str(model), "--lr-pA", "-1"], "lr_pA = -1.0"),
-        ([str(model), "--param-info-gain"], "--param-info-gain"),
+        ([str(plain), "--param-info-gain"], "has no Dirichlet counts"),
     ]
     for pA0, message in ((-bad["pA0"], "negative counts"), (bad["pA0"][:2], "has shape")):
         path = tmp_path / f"bad{len(cases)}.npz"
