@@ -1,0 +1,126 @@
+"""Learning benchmark (issue 32): what shared-scope Dirichlet learning costs a group's tick.
+
+For each world and agent count, two int8 groups step side by side in one process, in
+alternating rounds, on the same observations from the world: an
+:class:`~edge_agent.core.agents.AifAgentGroup` on the model the learning group currently infers
+with (so both plan with the same tables: a learned ``B`` is denser than a deterministic one,
+which changes the planner), and a :class:`~edge_agent.core.learning.LearningAgentGroup` that
+learns ``pA`` (and ``pB`` where the row says so) every tick and refreshes its tables every
+``refresh_every`` ticks. One JSON object per line:
+
+* ``plain_agent_steps_per_s``, ``learning_agent_steps_per_s``: agents x ticks / wall time, the
+  median over rounds; ``ratio``: the median over rounds of learning time / plain time (the
+  target of issue 32 is <= 1.25 for a shared-scope learning step);
+* ``refresh_ms``: one refresh (rebuild, quantize, compile the model), the median of a few;
+  its cost per tick is ``refresh_ms / refresh_every`` and is included in the learning time;
+* ``learner_bytes``: the counts, their prior, masks and deltas (one model's worth, whatever N).
+
+The process runs one thread (``OPENBLAS_NUM_THREADS=1`` is set before numpy is imported).
+
+    python benchmarks/bench_learning.py [--quick] [--agents 1,1000,10000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: (world, learned tables, refresh_every): the T-maze learns its reward modality; the grid its
+#: observation model and its transitions.
+CASES = (("tmaze", ("A1",), 100), ("grid10", ("A0",), 100), ("grid10", ("A0", "B0"), 100))
+
+
+def counts_for(model: Any, tables: tuple[str, ...]) -> dict[str, dict[int, Any]]:
+    """Weak counts (twice the table plus 0.5 on its support) for the named tables."""
+    out: dict[str, dict[int, Any]] = {"A": {}, "B": {}}
+    for name in tables:
+        kind, index = name[0], int(name[1:])
+        table = (model.A if kind == "A" else model.B)[index]
+        out[kind][index] = table * 2.0 + 0.5 * (table > 0)
+    return out
+
+
+def measure(  # noqa: PLR0917 - one row's whole description
+    world: str, tables: tuple[str, ...], refresh_every: int, n: int, ticks: int, rounds: int
+) -> dict[str, Any]:
+    from edge_agent.aif.learning import LearningSettings, LearningSpec
+    from edge_agent.core.agents import AifAgentGroup
+    from edge_agent.core.learning import LearningAgentGroup
+    from edge_agent.sim.registry import builtin_model, make_env
+
+    model = builtin_model(world)
+    counts = counts_for(model, tables)
+    spec = LearningSpec(pA=counts["A"], pB=counts["B"], refresh_every=refresh_every,
+                        settings=LearningSettings(lr_pA=0.01, lr_pB=0.01))
+    learning = LearningAgentGroup(model, n, learning=spec, precision="int8")
+    env = make_env(world, n, seed=0)
+    # Observations from the world, walked by the learning group once (warm-up, learning on).
+    obs_seq = []
+    obs = env.reset()
+    for _ in range(ticks):
+        obs_seq.append(obs.copy())
+        obs = env.step(learning.step(obs))
+    learning.refresh()
+    plain = AifAgentGroup(learning.model, n, precision="int8")
+    plain.step(obs_seq[0])
+    times: dict[str, list[float]] = {"plain": [], "learning": []}
+    for _ in range(rounds):
+        for name, group in (("plain", plain), ("learning", learning)):
+            start = time.perf_counter()
+            for o in obs_seq:
+                group.step(o)
+            times[name].append(time.perf_counter() - start)
+    refresh = []
+    for _ in range(3):
+        start = time.perf_counter()
+        learning.refresh()
+        refresh.append(time.perf_counter() - start)
+    ratios = [lt / pt for lt, pt in zip(times["learning"], times["plain"], strict=True)]
+    steps = n * len(obs_seq)
+    return {
+        "bench": "learning",
+        "world": world,
+        "tables": list(tables),
+        "scope": "shared",
+        "refresh_every": refresh_every,
+        "agents": n,
+        "ticks": len(obs_seq),
+        "plain_agent_steps_per_s": round(steps / statistics.median(times["plain"])),
+        "learning_agent_steps_per_s": round(steps / statistics.median(times["learning"])),
+        "ratio": round(statistics.median(ratios), 3),
+        "refresh_ms": round(1e3 * statistics.median(refresh), 2),
+        "learner_bytes": learning.learner.nbytes,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="a short run for CI (seconds)")
+    parser.add_argument("--agents", default=None, help="comma-separated Ns (1,1000,10000)")
+    parser.add_argument("--ticks", type=int, default=None, help="ticks per round (200)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (5)")
+    args = parser.parse_args(argv)
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy is imported (lazily, above)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    sys.path.insert(0, str(REPO))
+    agents = [int(a) for a in (args.agents or ("1,100" if args.quick else "1,1000,10000"))
+              .split(",")]
+    ticks = args.ticks or (20 if args.quick else 200)
+    rounds = args.rounds or (2 if args.quick else 5)
+    for world, tables, refresh_every in CASES:
+        for n in agents:
+            every = min(refresh_every, ticks)
+            print(json.dumps(measure(world, tables, every, n, ticks, rounds)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
