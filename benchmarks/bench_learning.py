@@ -17,7 +17,9 @@ learns ``pA`` (and ``pB`` where the row says so) every tick and refreshes its ta
 
 The process runs one thread (``OPENBLAS_NUM_THREADS=1`` is set before numpy is imported).
 
-    python benchmarks/bench_learning.py [--quick] [--agents 1,1000,10000] [--rounds 5]
+    python benchmarks/bench_learning.py [--smoke] [--agents 1,1000,10000] [--rounds 5]
+
+``--smoke`` runs the code path at tiny sizes, for CI (its numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def measure(  # noqa: PLR0917 - one row's whole description
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="a short run for CI (seconds)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (seconds)")
     parser.add_argument("--agents", default=None, help="comma-separated Ns (1,1000,10000)")
     parser.add_argument("--ticks", type=int, default=None, help="ticks per round (200)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (5)")
@@ -111,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy is imported (lazily, above)
     os.environ["OMP_NUM_THREADS"] = "1"
     sys.path.insert(0, str(REPO))
-    agents = [int(a) for a in (args.agents or ("1,100" if args.quick else "1,1000,10000"))
+    agents = [int(a) for a in (args.agents or ("1,20" if args.smoke else "1,1000,10000"))
               .split(",")]
-    ticks = args.ticks or (20 if args.quick else 200)
-    rounds = args.rounds or (2 if args.quick else 5)
+    ticks = args.ticks or (10 if args.smoke else 200)
+    rounds = args.rounds or (1 if args.smoke else 5)
     for world, tables, refresh_every in CASES:
         for n in agents:
             every = min(refresh_every, ticks)
