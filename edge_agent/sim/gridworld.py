@@ -167,7 +167,12 @@ class GridWorldEnv(BatchEnv):
         else:
             self.goal = (int(goal[0]), int(goal[1]))
         self._goal_index = self.goal[0] * self.width + self.goal[1]
-        super().__init__(model, n_agents, seed=seed, remake_model=remake)
+        super().__init__(self._process(model), n_agents, seed=seed, remake_model=remake)
+
+    def _process(self, model: GenerativeModel) -> GenerativeModel:
+        """The generative process the world samples from; here the agents' model itself (a
+        world whose process differs from what its agents are told overrides this)."""
+        return model
 
     @property
     def goal_reached(self) -> BoolArray:

@@ -6,6 +6,8 @@ name       world
 grid10     :class:`~edge_agent.sim.gridworld.GridWorldEnv` 10 x 10, goal (9, 9), noise 0.1
 grid       the grid world with any parameters (defaults: 10 x 10, goal bottom-right)
 tmaze      :class:`~edge_agent.sim.tmaze.TMazeEnv`, pymdp's T-maze (reward_probs 0.98 / 0.02)
+grid-      :class:`~edge_agent.sim.grid_slippery.SlipperyGridEnv`, a grid whose moves slip and
+slippery   whose walls the agents' model does not know (a world for learning agents)
 tmaze-     :class:`~edge_agent.sim.tmaze_reversal.ReversalTMazeEnv`, the T-maze whose rewarded
 reversal   arm swaps every ``reverse_every`` trials (a world for learning agents)
 grid2f     :class:`~edge_agent.sim.grid2f.TwoFactorGridEnv` 5 x 5, two factors (position, which
@@ -105,6 +107,14 @@ BUILTIN_WORKLOADS: Mapping[str, Workload] = MappingProxyType(
             module="edge_agent.sim.tmaze",
             env_name="TMazeEnv",
             model_name="tmaze_model",
+        ),
+        "grid-slippery": Workload(
+            name="grid-slippery",
+            description="10 x 10 grid whose moves slip (0.2) and whose 2 x 2 inner wall the "
+            "agents' model does not know: a world for learning B",
+            module="edge_agent.sim.grid_slippery",
+            env_name="SlipperyGridEnv",
+            model_name="slippery_grid_model",
         ),
         "tmaze-reversal": Workload(
             name="tmaze-reversal",

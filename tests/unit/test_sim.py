@@ -7,7 +7,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import GenerativeModel
+from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.errors import InputError, ModelError
 from edge_agent.sim import BatchEnv, ColumnSampler, SamplerScratch, sample_columns
 from edge_agent.sim.explorer import TARGET, ExplorerEnv, explorer_model, explorer_terrain
@@ -19,6 +21,7 @@ from edge_agent.sim.grid2f import (
     grid2f_layout,
     grid2f_model,
 )
+from edge_agent.sim.grid_slippery import SlipperyGridEnv
 from edge_agent.sim.gridworld import (
     DOWN,
     LEFT,
@@ -763,7 +766,9 @@ def test_returned_arrays_are_read_only_views() -> None:
     assert np.shares_memory(obs, again)
 
 
-@pytest.mark.parametrize("name", ["grid10", "tmaze", "tmaze-reversal", "explorer", "grid2f"])
+@pytest.mark.parametrize(
+    "name", ["grid10", "grid-slippery", "tmaze", "tmaze-reversal", "explorer", "grid2f"]
+)
 def test_step_of_100k_agents_allocates_no_per_agent_arrays(name: str) -> None:
     n = 100_000
     env = make_env(name, n, seed=0)
@@ -790,7 +795,8 @@ def test_step_of_100k_agents_allocates_no_per_agent_arrays(name: str) -> None:
 
 def test_registry_names_and_models() -> None:
     assert set(BUILTIN_WORKLOADS) == {
-        "grid10", "grid", "tmaze", "tmaze-reversal", "grid2f", "explorer", "sensors"
+        "grid10", "grid", "grid-slippery", "tmaze", "tmaze-reversal", "grid2f", "explorer",
+        "sensors",
     }
     for name in BUILTIN_WORKLOADS:
         model = builtin_model(name)
@@ -838,7 +844,9 @@ def test_registry_parameters() -> None:
 
 def test_registry_unknown_name_lists_known_names() -> None:
     with pytest.raises(
-        ModelError, match="known workloads: explorer, grid, grid10, grid2f, sensors, tmaze"
+        ModelError,
+        match="known workloads: explorer, grid, grid-slippery, grid10, grid2f, sensors, tmaze, "
+        "tmaze-reversal",
     ):
         make_env("maze", 2)
     with pytest.raises(ModelError, match="unknown workload 'maze'"):
@@ -952,3 +960,53 @@ def test_reversal_tmaze_refuses_a_bad_period() -> None:
     for bad in (0, -1, 2.5, True):
         with pytest.raises(InputError, match="reverse_every"):
             ReversalTMazeEnv(2, reverse_every=bad)  # type: ignore[arg-type]
+
+
+# -- the slippery grid --------------------------------------------------------------------------
+
+
+def test_slippery_grid_world_slips_and_has_walls_its_model_lacks() -> None:
+    env = SlipperyGridEnv(50, seed=3, slip=0.25, blocked=((1, 1),))
+    plain = gridworld_model(10, 10)
+    for a, b in zip(env.model.A + env.model.B, plain.A + plain.B, strict=True):
+        np.testing.assert_array_equal(a, b)  # the agents are told the plain grid
+    B = env.process.B[0]
+    # From (1, 0), "right" leads into the wall (1, 1): the agent stays, whatever the slip.
+    assert B[10, 10, 4] == 1.0
+    # From (0, 0), "down" reaches (1, 0) with 0.75 and slips (stays) with 0.25.
+    assert B[10, 0, 2] == pytest.approx(0.75)
+    assert B[0, 0, 2] == pytest.approx(0.25)
+    np.testing.assert_allclose(B.sum(axis=0), 1.0)
+    seen = np.zeros(100, dtype=bool)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        env.step(rng.integers(0, 5, size=(50, 1)))
+        seen[env.true_states[:, 0]] = True
+    assert not seen[11]  # nobody is ever in the wall
+    with pytest.raises(ModelError, match="slip"):
+        SlipperyGridEnv(2, slip=1.0)
+    with pytest.raises(ModelError, match="blocked cell"):
+        SlipperyGridEnv(2, goal=(5, 5))
+
+
+def test_agents_learn_the_slippery_grids_transitions() -> None:
+    """pB learned in the world moves the agents' B toward the world's, on the columns they
+    used (L1 per column, against the plain grid's B they started from)."""
+    n = 100
+    env = SlipperyGridEnv(n, seed=2)
+    model = env.model
+    pB = model.B[0] * 10.0 + 0.5 * np.eye(100)[:, :, None]  # confident, but a stay is possible
+    spec = LearningSpec(pB={0: pB}, settings=LearningSettings(lr_pB=0.02), refresh_every=10)
+    group = LearningAgentGroup(model, n, learning=spec, precision="float64")
+    obs = env.reset()
+    for _ in range(150):
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        obs = env.step(group.step(obs))
+    assert group.learner.pB is not None
+    learned, true = group.model.B[0], env.process.B[0]
+    used = group.learner.pB.counts[0].sum(axis=0) - pB.sum(axis=0) > 5
+    assert used.sum() >= 10
+    before = np.abs(model.B[0] - true).sum(axis=0)[used].mean()
+    after = np.abs(learned - true).sum(axis=0)[used].mean()
+    assert after < 0.6 * before, (before, after)
