@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge_agent_host.hubd.web import FleetSnapshot, WebServer, health_of
 from edge_agent_host.keys import generate_keypair
 from tests.integration.broker import MosquittoBroker, free_port
 from tests.integration.chromium import FLAGS, Browser, chromium
@@ -272,14 +273,9 @@ def test_metrics_json_and_the_page_in_chromium(served: dict[str, Any]) -> None:
         assert "simulated health check failure" in page.evaluate(
             f"document.querySelector('#nodes tr[data-node=\"{failed_node}\"] .reason').textContent"
         )
-        act(
-            page,
-            "document.getElementById('deploy').value = ''; "
-            "document.getElementById('deploy').dispatchEvent(new Event('change'))",
-        )
+        set_control(page, "deploy", "", "change")
         assert len(page.evaluate(ROWS)) == 2
-        act(page, "document.getElementById('q').value = 'SIM-0002'; "
-                  "document.getElementById('q').dispatchEvent(new Event('input'))")  # fmt: skip
+        set_control(page, "q", "SIM-0002", "input")
         assert page.evaluate(ROWS) == ["sim-0002"]
         assert page.evaluate("document.getElementById('range').textContent") == (
             "1\u20131 of 1 matching (5 nodes)"
@@ -299,6 +295,12 @@ READY = "document.body.dataset.ready === '1'"
 ROWS = "[...document.querySelectorAll('#nodes tbody tr')].map((r) => r.dataset.node)"
 HEADERS = ["health", "node", "deployment", "bundle", "last seen", "RSS / budget", "tick p50",
            "tick p99", "CPU", "outbox", "version"]  # fmt: skip
+
+
+def set_control(page: Browser, control: str, value: str, event: str) -> None:
+    """Set a control of the page as a person does (its value, then its event) and wait."""
+    act(page, f"{{ const c = document.getElementById({control!r}); c.value = {value!r}; "
+              f"c.dispatchEvent(new Event({event!r})); }}")  # fmt: skip
 
 
 def act(page: Browser, script: str) -> None:
@@ -325,3 +327,86 @@ def test_the_http_side_serves_from_a_snapshot_bounded_and_read_only(
     for _ in range(50):  # a bounded burst of scrapes: answered from the snapshot
         assert get(f"{url}/metrics")[0] == 200
     assert time.monotonic() - t0 < 120
+
+
+def thousand_nodes(now: float) -> list[dict[str, Any]]:
+    """A snapshot's rows for 1,000 nodes (the shape build_snapshot gives): every 100th failed
+    in a halted rollout, every 7th offline (red); sim-0042's outbox has an uncommitted window."""
+    nodes = []
+    for i in range(1000):
+        failed = i % 100 == 5
+        node: dict[str, Any] = {
+            "node": f"sim-{i:04d}", "online": i % 7 != 3, "last_seen": now - 1,
+            "telemetry_ts": now - 1, "software_version": "1.0+fleetsim", "profile": "fleetsim",
+            "groups": ["grid"], "rss_bytes": (30 + i % 8) * 2**20, "budget_bytes": 48 * 2**20,
+            "tick_p50_ms": 1.5, "tick_p99_ms": 2.5, "cpu_temp_c": 40.0 + i % 30,
+            "outbox_depth": i % 3,
+            "bundles": [{"group": "grid", "bundle": "grid10@1.1.0", "bundle_sha256": "ab" * 32}],
+            "deployment": {
+                "rollout": "r-1", "rollout_state": "halted", "group": "grid",
+                "bundle": "grid10 1.2.0", "bundle_sha256": "cd" * 32, "wave": 0,
+                "state": "failed" if failed else "ok",
+                "detail": f"failed: health: simulated failure on node {i}" if failed else "",
+                "updated": now,
+            },
+        }  # fmt: skip
+        if i == 42:
+            node |= {"outbox_uncommitted_rows": 17, "outbox_uncommitted_s": 0.25}
+        node["health"] = health_of(node, now)
+        nodes.append(node)
+    return nodes
+
+
+def test_the_page_at_a_thousand_nodes(tmp_path: Path) -> None:
+    """1,000 nodes: 50 rows a page, the counts over all of them, a failed node found at once;
+    a node's uncommitted outbox window shown beside its outbox."""
+    now = time.time()
+    server = WebServer("127.0.0.1", 0)
+    rollout = {
+        "id": "r-1", "group": "grid", "bundle": "grid10 1.2.0", "bundle_sha256": "cd" * 32,
+        "state": "halted", "wave": 0, "waves": 2, "detail": "wave 1: 10 failed (1.0 % > 0 %)",
+        "nodes_total": 1000, "nodes_done": 990, "nodes_failed": 10,
+        "failed_nodes": [{"node": "sim-0005", "state": "failed",
+                          "detail": "failed: health: simulated failure on node 5"}],
+    }  # fmt: skip
+    server.snapshot = FleetSnapshot(
+        taken=now, hub={"id": "hub-a"}, nodes=thousand_nodes(now), rollouts=[rollout]
+    )
+    server.start()
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        with Browser(tmp_path / "chromium", width=1400, height=900) as page:
+            page.open(f"{url}/")
+            page.wait_for(READY, "the first render")
+            rows = page.evaluate(ROWS)
+            assert rows == [f"sim-{i:04d}" for i in range(50)]
+            assert page.evaluate("document.getElementById('range').textContent") == (
+                "1\u201350 of 1,000 nodes"
+            )
+            chips = page.evaluate(
+                "[...document.querySelectorAll('.chip')].map((c) => c.textContent.trim())"
+            )
+            assert {"143 red", "857 green", "10 failed", "990 ok"} <= set(chips), chips
+            cell = (
+                "document.querySelector('#nodes tr[data-node=\"sim-0042\"]')"
+                f".cells[{HEADERS.index('outbox')}]"
+            )
+            assert page.evaluate(f"{cell}.firstChild.textContent") == "0"  # its depth
+            assert page.evaluate(f"{cell}.querySelector('.small').textContent") == (
+                "17 uncommitted, 0.3 s"
+            )
+            set_control(page, "q", "node 905", "input")  # a failure's reason
+            assert page.evaluate(ROWS) == ["sim-0905"]
+            set_control(page, "q", "", "input")
+            set_control(page, "health", "red", "change")
+            assert len(page.evaluate(ROWS)) == 50
+            assert page.evaluate("document.getElementById('range').textContent") == (
+                "1\u201350 of 143 matching (1,000 nodes)"
+            )
+            act(page, "document.querySelector('th button[data-sort=\"cpu\"]').click()")
+            act(page, "document.querySelector('th button[data-sort=\"cpu\"]').click()")
+            assert page.evaluate(ROWS)[:2] == ["sim-0059", "sim-0269"]  # 69 °C and red
+            page.screenshot(tmp_path / "fleet-page-1000.png")
+        assert png_size(tmp_path / "fleet-page-1000.png") == (1400, 900)
+    finally:
+        server.stop()
