@@ -331,7 +331,8 @@ def test_the_http_side_serves_from_a_snapshot_bounded_and_read_only(
 
 def thousand_nodes(now: float) -> list[dict[str, Any]]:
     """A snapshot's rows for 1,000 nodes (the shape build_snapshot gives): every 100th failed
-    in a halted rollout, every 7th offline (red); sim-0042's outbox has an uncommitted window."""
+    in a halted rollout, every 7th offline (red), sim-0008 being deployed to; sim-0042's outbox
+    has an uncommitted window."""
     nodes = []
     for i in range(1000):
         failed = i % 100 == 5
@@ -352,6 +353,8 @@ def thousand_nodes(now: float) -> list[dict[str, Any]]:
         }  # fmt: skip
         if i == 42:
             node |= {"outbox_uncommitted_rows": 17, "outbox_uncommitted_s": 0.25}
+        if i == 8:  # its wave is being sent to it
+            node["deployment"] |= {"state": "pending", "detail": "deploying"}
         node["health"] = health_of(node, now)
         nodes.append(node)
     return nodes
@@ -386,7 +389,9 @@ def test_the_page_at_a_thousand_nodes(tmp_path: Path) -> None:
             chips = page.evaluate(
                 "[...document.querySelectorAll('.chip')].map((c) => c.textContent.trim())"
             )
-            assert {"143 red", "857 green", "10 failed", "990 ok"} <= set(chips), chips
+            assert {"143 red", "857 green", "10 failed", "1 pending", "989 ok"} <= set(chips)
+            badge = "document.querySelector('#nodes tr[data-node=\"sim-0008\"] .badge')"
+            assert page.evaluate(f"{badge}.textContent") == "deploying"
             cell = (
                 "document.querySelector('#nodes tr[data-node=\"sim-0042\"]')"
                 f".cells[{HEADERS.index('outbox')}]"
