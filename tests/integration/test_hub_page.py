@@ -373,7 +373,10 @@ def test_the_page_at_a_thousand_nodes(tmp_path: Path) -> None:
                           "detail": "failed: health: simulated failure on node 5"}],
     }  # fmt: skip
     server.snapshot = FleetSnapshot(
-        taken=now, hub={"id": "hub-a"}, nodes=thousand_nodes(now), rollouts=[rollout]
+        taken=now,
+        hub={"id": "hub-a", "exposure": {"held": 3, "lost_if_killed": 1, "lost_if_power_cut": 2}},
+        nodes=thousand_nodes(now),
+        rollouts=[rollout],
     )
     server.start()
     url = f"http://127.0.0.1:{server.port}"
@@ -383,6 +386,8 @@ def test_the_page_at_a_thousand_nodes(tmp_path: Path) -> None:
             page.wait_for(READY, "the first render")
             rows = page.evaluate(ROWS)
             assert rows == [f"sim-{i:04d}" for i in range(50)]
+            meta = page.evaluate("document.getElementById('meta').textContent")
+            assert "3 held (lost if killed 1, if the power fails 2)" in meta
             assert page.evaluate("document.getElementById('range').textContent") == (
                 "1\u201350 of 1,000 nodes"
             )
