@@ -416,6 +416,10 @@ def test_the_page_at_a_thousand_nodes(tmp_path: Path) -> None:
             act(page, "document.querySelector('th button[data-sort=\"cpu\"]').click()")
             act(page, "document.querySelector('th button[data-sort=\"cpu\"]').click()")
             assert page.evaluate(ROWS)[:2] == ["sim-0059", "sim-0269"]  # 69 °C and red
+            # An address with values the page does not know opens the default view.
+            page.open(f"{url}/?health=purple&deploy=x&sort=bogus&order=up&page=-3&size=0")
+            page.wait_for(READY, "the page opened from a mangled address")
+            assert page.evaluate(ROWS) == rows
             page.screenshot(tmp_path / "fleet-page-1000.png")
         assert png_size(tmp_path / "fleet-page-1000.png") == (1400, 900)
     finally:
