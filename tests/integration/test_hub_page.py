@@ -169,7 +169,7 @@ def test_metrics_json_and_the_page_in_chromium(served: dict[str, Any]) -> None:
     [failure] = halted["failed_nodes"]
     failed_node = failure["node"]
     assert failure["state"] == "failed"
-    assert "simulated health check failure" in failure["detail"]
+    assert failure["detail"].endswith("simulated health check failure of grid10@1.2.0")
     by_node = {n["node"]: n for n in data["nodes"]}
     mine = by_node[failed_node]["deployment"]
     assert (mine["rollout"], mine["rollout_state"], mine["state"]) == (

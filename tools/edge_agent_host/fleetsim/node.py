@@ -236,7 +236,9 @@ class SimNode:
             version = load_bundle(path, trusted_keys=None, require_signature=False).manifest.version
             if version != self.fail_version:
                 return None
-        raise EdgeAgentError(f"group {group!r}: simulated health check failure ({path.name})")
+        raise EdgeAgentError(
+            f"group {group!r}: simulated health check failure of {_bundle_name(path)}"
+        )
 
     def _birth(self) -> Birth:
         return Birth(
