@@ -351,6 +351,7 @@ def thousand_nodes(now: float) -> list[dict[str, Any]]:
                 "updated": now,
             },
         }  # fmt: skip
+        node |= {"outbox_uncommitted_rows": 0, "outbox_uncommitted_s": 0.0}
         if i == 42:
             node |= {"outbox_uncommitted_rows": 17, "outbox_uncommitted_s": 0.25}
         if i == 8:  # its wave is being sent to it
@@ -405,6 +406,8 @@ def test_the_page_at_a_thousand_nodes(tmp_path: Path) -> None:
             assert page.evaluate(f"{cell}.querySelector('.small').textContent") == (
                 "17 uncommitted, 0.3 s"
             )
+            other = cell.replace("sim-0042", "sim-0041")
+            assert page.evaluate(f"{other}.textContent") == "2"  # no window open: its depth only
             set_control(page, "q", "node 905", "input")  # a failure's reason
             assert page.evaluate(ROWS) == ["sim-0905"]
             set_control(page, "q", "", "input")
