@@ -96,7 +96,7 @@ class SimNode:
         self.deployer.recover()
         entry = self.deployer.overlay.get(GROUP)
         if entry is not None:
-            self.bundle_sha, self.bundle_name = entry.sha256, Path(entry.path).name
+            self.bundle_sha, self.bundle_name = entry.sha256, _bundle_name(Path(entry.path))
         self.deployer.bind(
             self._health_check,
             current_sha=lambda _group: self.bundle_sha,
@@ -157,7 +157,7 @@ class SimNode:
         self._follow_broadcast()
         ready = self.deployer.poll()
         if ready is not None:
-            self.bundle_sha, self.bundle_name = ready.sha256, ready.path.name
+            self.bundle_sha, self.bundle_name = ready.sha256, _bundle_name(ready.path)
             self.deployer.switched(ready, "{}")
             self._watching = True
         self.ticks += 1
@@ -236,7 +236,9 @@ class SimNode:
             version = load_bundle(path, trusted_keys=None, require_signature=False).manifest.version
             if version != self.fail_version:
                 return None
-        raise EdgeAgentError(f"group {group!r}: simulated health check failure ({path.name})")
+        raise EdgeAgentError(
+            f"group {group!r}: simulated health check failure of {_bundle_name(path)}"
+        )
 
     def _birth(self) -> Birth:
         return Birth(
@@ -251,3 +253,12 @@ class SimNode:
             capabilities=["commands", "ota"],
             labels={"sim": "1", "fails": "1" if self.fails else "0", "pid": str(os.getpid())},
         )
+
+
+def _bundle_name(path: Path) -> str:
+    """What a real daemon's birth calls a group's bundle: ``name@version`` of its manifest."""
+    try:
+        manifest = load_bundle(path, trusted_keys=None, require_signature=False).manifest
+    except (EdgeAgentError, OSError):
+        return path.name
+    return f"{manifest.name}@{manifest.version}"[:256]

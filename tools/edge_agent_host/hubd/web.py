@@ -27,6 +27,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Final
 
+from edge_agent_host.hubd.fleet_view import (
+    FleetQuery,
+    bundles_of,
+    deployments_by_node,
+    fleet_page,
+    rollout_failures,
+)
 from edge_agent_host.hubd.rollout_store import RolloutStore
 from edge_agent_host.hubd.store import HubDatabase
 
@@ -91,6 +98,16 @@ def build_snapshot(
 ) -> FleetSnapshot:
     """Read the registry and the recent rollouts (raises DatabaseUnavailableError)."""
     now = time.time() if now is None else now
+    # The page's per-node bundle and deployment columns (fleet_view.py): the newest 10 rollouts,
+    # each node's row in the newest one that names it, and each rollout's failed nodes.
+    store = RolloutStore(db)
+    summaries = [store.get(rollout_id).summary() for rollout_id in store.ids(limit=10)]
+    deployments = deployments_by_node(summaries)
+    rollouts = []
+    for summary in summaries:
+        summary["failed_nodes"] = rollout_failures(summary)
+        summary.pop("nodes", None)
+        rollouts.append(summary)
     nodes = []
     for row in db.fleet():
         t = row.get("telemetry") or {}
@@ -109,15 +126,11 @@ def build_snapshot(
             "tick_p99_ms": t.get("tick_p99_ms"),
             "cpu_temp_c": t.get("cpu_temp_c"),
             "outbox_depth": _outbox_depth(t),
+            "bundles": bundles_of(birth),
+            "deployment": deployments.get(row["node"]),
         }
         node["health"] = health_of(node, now)
         nodes.append(node)
-    store = RolloutStore(db)
-    rollouts = []
-    for rollout_id in store.ids(limit=10):
-        summary = store.get(rollout_id).summary()
-        summary.pop("nodes", None)
-        rollouts.append(summary)
     return FleetSnapshot(taken=now, hub=dict(hub), nodes=nodes, rollouts=rollouts)
 
 
@@ -259,13 +272,18 @@ class WebServer:
                     return
                 try:
                     server.requests += 1
-                    path = self.path.split("?", 1)[0]
+                    path, _, query = self.path.partition("?")
                     if path == "/metrics":
                         body = server._generate(server.registry)
                         self._send(200, "text/plain; version=0.0.4; charset=utf-8", body, head)
-                    elif path == "/api/fleet.json":
-                        body = json.dumps(server.snapshot.as_json()).encode()
-                        self._send(200, "application/json", body, head)
+                    elif path == "/api/fleet.json":  # filtered and paged: fleet_view.py
+                        try:
+                            wanted = FleetQuery.parse(query)
+                        except ValueError as err:
+                            self._send(400, "text/plain", f"{err}\n".encode(), head)
+                        else:
+                            answer = fleet_page(server.snapshot.as_json(), wanted)
+                            self._send(200, "application/json", json.dumps(answer).encode(), head)
                     elif path in ("/", "/index.html"):
                         self._send(200, "text/html; charset=utf-8", page, head)
                     elif path == "/healthz":
