@@ -1,9 +1,10 @@
 """A grid whose moves slip and whose walls the agents do not know: a world for learning ``B``.
 
 The agents are given the plain grid world's model
-(:func:`~edge_agent.sim.gridworld.gridworld_model`: every move succeeds, no inner walls). The world differs: a move other than "stay" fails with
-probability ``slip`` (the agent stays where it is), and the cells in ``blocked`` are walls (a move
-into one leaves the agent in place; nobody spawns there). An agent with a frozen ``B`` plans routes
+(:func:`~edge_agent.sim.gridworld.gridworld_model`: every move succeeds, no inner walls). The
+world differs: a move other than "stay" fails with probability ``slip`` (the agent stays where
+it is), and the cells in ``blocked`` are walls (a move into one leaves the agent in place;
+nobody spawns there). An agent with a frozen ``B`` plans routes
 through walls and is surprised at every slip; one that learns ``pB``
 (:mod:`edge_agent.aif.learning`) finds both. The goal, the observation noise, the preferences
 and the episodes are :class:`~edge_agent.sim.gridworld.GridWorldEnv`'s.
