@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge_agent import __version__
+from edge_agent.daemon.statelock import StateDirBusyError
 from edge_agent.errors import (
     BackendUnavailableError,
     BudgetError,
@@ -147,6 +148,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = read_config_isolated(path)
     config = source.config
     if args.state_dir is not None:
+        from edge_agent.daemon.admission import state_dir_problem
+
+        problem = state_dir_problem(args.state_dir, create=True)
+        if problem is not None:
+            raise ConfigError(f"--state-dir {problem}")
         daemon_section = dataclasses.replace(config.daemon, state_dir=args.state_dir)
         config = dataclasses.replace(config, daemon=daemon_section)
         source = dataclasses.replace(source, config=config)
@@ -714,10 +720,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: What a refused configuration raises: the config file, the models and bundles it names, their
-#: keys, the memory plan, a backend it needs. Restarting cannot help, so ``run`` exits 2 (the
-#: unit's RestartPreventExitStatus=2); anything else that stops the daemon exits 1 and systemd
-#: restarts it (damaged runtime state does not stop it at all: edge_agent/recovery.py).
-CONFIG_ERRORS: Final = (ConfigError, BudgetError, BundleError, ModelError, BackendUnavailableError)
+#: keys, the memory plan, a backend it needs, a state directory another daemon holds. Restarting
+#: cannot help, so ``run`` exits 2 (the unit's RestartPreventExitStatus=2); anything else that
+#: stops the daemon exits 1 and systemd restarts it (damaged runtime state does not stop it at
+#: all: edge_agent/recovery.py).
+CONFIG_ERRORS: Final = (
+    ConfigError,
+    BudgetError,
+    BundleError,
+    ModelError,
+    BackendUnavailableError,
+    StateDirBusyError,
+)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon import discovery
 from edge_agent.daemon import status as status_view
-from edge_agent.daemon.admission import OverlayProblem, admit
+from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
 from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.heap import release_free_heap
@@ -63,6 +63,7 @@ from edge_agent.daemon.metrics import Metrics
 from edge_agent.daemon.rollout import Rollout
 from edge_agent.daemon.scheduler import Periodic, TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.statelock import StateDirLock
 from edge_agent.daemon.systemd import SdNotifier, WatchdogGate
 from edge_agent.daemon.thermal import read_cpu_temp_c
 from edge_agent.errors import (
@@ -168,7 +169,19 @@ class Daemon:
         self.stats = TickStats()
         self.rss = RssSampler()
         self.state_dir = Path(config.daemon.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        check_state_dir(source, create=True)
+        # One daemon per state directory, taken before anything in it is read or written.
+        self.state_lock = StateDirLock.acquire(self.state_dir)
+        try:
+            self._open(source)
+        except BaseException:
+            self.state_lock.release()
+            raise
+
+    def _open(self, source: ConfigFile) -> None:
+        """The rest of the start, under the state directory's lock: an interrupted deployment,
+        admission, the stores, the clock, the metrics and the fleet link."""
+        config = source.config
         #: What became of the files in state_dir: parts moved aside, storage errors.
         self.state_health = StateHealth()
         # A deployment interrupted by a crash is completed or undone before groups are built.
@@ -538,6 +551,7 @@ class Daemon:
         self.state = State.STOPPED
         self.write_status()
         discovery.withdraw(self._announced)
+        self.state_lock.release()
         logger.info(
             "stopped after %d ticks (%d overruns); final snapshot %s",
             self.stats.ticks,
