@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,7 +54,7 @@ from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import TomlDocument
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
-from edge_agent.daemon import discovery
+from edge_agent.daemon import discovery, metric_help
 from edge_agent.daemon import status as status_view
 from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
 from edge_agent.daemon.groups import GroupRuntime
@@ -84,6 +85,7 @@ if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] en
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "edge-agent-groups-v1"
+_PYTHON: Final = ".".join(str(n) for n in sys.version_info[:3])
 
 CAPABILITIES: Final = ("commands", "ota", "mqtt_io")
 
@@ -754,33 +756,75 @@ class Daemon:
     def _make_metrics(self) -> Metrics:
         """Every number the status file, telemetry and the Prometheus text file report."""
         metrics = Metrics()
-        metrics.register("daemon", self._daemon_metrics, gauges=DAEMON_GAUGES, help="daemon")
-        metrics.register("tick", self._tick_metrics, gauges=TICK_GAUGES, help="tick loop")
+        metrics.register_info(
+            "build",
+            lambda: {"version": __version__, "python": _PYTHON},
+            help="The edge-agent version the daemon runs, and its Python.",
+        )
+        metrics.register_info(
+            "profile",
+            lambda: {"profile": self.profile.name},
+            help="The firmware profile the daemon runs with.",
+        )
+        metrics.register(
+            "daemon",
+            self._daemon_metrics,
+            gauges=DAEMON_GAUGES,
+            help="daemon",
+            describe=metric_help.DAEMON,
+        )
+        metrics.register(
+            "tick",
+            self._tick_metrics,
+            gauges=TICK_GAUGES,
+            help="tick loop",
+            describe=metric_help.TICK,
+        )
+        metrics.register_summary(
+            "tick_duration_seconds", self._tick_summary, help=metric_help.TICK_DURATION
+        )
         metrics.register(
             "fleet",
             lambda: {} if self.uplink is None else self.uplink.metrics(),
             help="fleet uplink",
+            describe=metric_help.FLEET,
         )
         metrics.register(
             "commands",
             lambda: {} if self.uplink is None else self.uplink.commands.stats(),
             gauges=("pending", "nonces"),
             help="hub commands",
+            describe=metric_help.COMMANDS,
+            parts=metric_help.COMMAND_PARTS,
         )
-        metrics.register("deploy", lambda: self.deployer.counters, help="deployments")
-        metrics.register("io", self._io_metrics, help="MQTT agent input")
+        metrics.register(
+            "deploy",
+            lambda: self.deployer.counters,
+            help="deployments",
+            describe=metric_help.DEPLOY,
+        )
+        metrics.register("io", self._io_metrics, help="MQTT agent input", describe=metric_help.IO)
         metrics.register(
             "snapshots",
             self.snapshots.stats,
             gauges=SNAPSHOT_GAUGES,
             help="snapshots",
+            describe=metric_help.SNAPSHOTS,
         )
-        metrics.register("systemd", self.notifier.stats, gauges=("enabled",), help="sd_notify")
+        metrics.register(
+            "systemd",
+            self.notifier.stats,
+            gauges=("enabled",),
+            help="sd_notify",
+            describe=metric_help.SYSTEMD,
+        )
         metrics.register(
             "state",
             self.state_health.metrics,
             gauges=("storage_failing",),
             help="state files moved aside and storage errors",
+            describe=metric_help.STATE,
+            parts=metric_help.STATE_PARTS,
         )
         metrics.register(
             "",
@@ -788,7 +832,9 @@ class Daemon:
             gauges=("*",),
             help="coordination",
         )
-        metrics.register_groups(self._group_metrics, gauges=GROUP_GAUGES, help="group")
+        metrics.register_groups(
+            self._group_metrics, gauges=GROUP_GAUGES, help="group", describe=metric_help.GROUP
+        )
         return metrics
 
     def _daemon_metrics(self) -> dict[str, object]:
@@ -820,6 +866,10 @@ class Daemon:
             "p50_ms": round(p50, 4),
             "p99_ms": round(p99, 4),
         }
+
+    def _tick_summary(self) -> tuple[dict[float, float], float, int]:
+        p50, p99 = self.stats.percentiles_ms()
+        return {0.5: p50 / 1e3, 0.99: p99 / 1e3}, self.stats.busy_s, self.stats.ticks
 
     def _io_metrics(self) -> dict[str, int]:
         io = dict.fromkeys(("obs_rows", "rows_rejected", "batches_rejected"), 0)
