@@ -157,6 +157,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, daemon=daemon_section)
         source = dataclasses.replace(source, config=config)
     configure_logging(args.log_level or config.daemon.log_level)
+    from edge_agent.daemon.systemd import fault_dumps_to_journal
+
+    fault_dumps_to_journal()  # a watchdog kill's thread stacks at priority warning
     report = args.report_every if args.report_every is not None else (2.0 if args.demo else 0.0)
     daemon = Daemon.from_file(source, path, report_interval_s=report)
     daemon.install_signal_handlers()
