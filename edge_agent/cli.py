@@ -320,6 +320,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"  ticks      {tick['ticks']} at {tick['hz']} Hz (base {tick['base_hz']}), "
         f"p50 {tick['p50_ms']:.2f} ms, p99 {tick['p99_ms']:.2f} ms, overruns {tick['overruns']}",
         f"  thermal    {temp}{' THROTTLED' if th['throttled'] else ''}",
+        *_power_lines(s.get("power")),
         f"  snapshot   {last.get('path', 'none yet')}"
         + (f" ({_mb(last['bytes'])}, {last['seconds']} s)" if last else "")
         + f"; writes in last hour {snaps.get('writes_in_last_hour', 0)}",
@@ -362,6 +363,15 @@ def format_status(s: dict[str, Any]) -> str:
     if s["reloads"]["last_error"]:
         lines.append(f"  reload     refused: {s['reloads']['last_error'].splitlines()[0]}")
     return "\n".join(lines)
+
+
+def _power_lines(power: dict[str, int] | None) -> list[str]:
+    """The Raspberry Pi firmware's flags (``vcgencmd get_throttled``), where there are any."""
+    if power is None:
+        return []
+    from edge_agent.daemon.thermal import FirmwareFlags
+
+    return [f"  power      {FirmwareFlags(int(power['raw'])).describe()}"]
 
 
 def _state_lines(s: dict[str, Any]) -> list[str]:

@@ -151,3 +151,19 @@ GROUP: Final[dict[str, str]] = {
     "paused": "1 while the group is paused.",
     "bytes_per_agent": "Memory of one agent of the group in bytes (state and history).",
 }
+
+POWER: Final[Described] = {
+    "under_voltage": "1 while the Raspberry Pi's supply is below 4.63 V (firmware flag, bit 0).",
+    "freq_capped": "1 while the firmware caps the ARM frequency (bit 1).",
+    "throttled": "1 while the firmware throttles the CPU (bit 2).",
+    "soft_temp_limit": "1 while the firmware's soft temperature limit is active (bit 3).",
+    "under_voltage_occurred": "1 once under-voltage has occurred since boot (bit 16).",
+    "freq_capped_occurred": "1 once ARM frequency capping has occurred since boot (bit 17).",
+    "throttled_occurred": "1 once throttling has occurred since boot (bit 18).",
+    "soft_temp_limit_occurred": "1 once the soft temperature limit has been reached since boot "
+    "(bit 19).",
+    "raw": Export(
+        "power_firmware_flags",
+        "The firmware's flags as one number, what vcgencmd get_throttled prints in hex.",
+    ),
+}

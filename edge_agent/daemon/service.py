@@ -66,7 +66,7 @@ from edge_agent.daemon.scheduler import Periodic, TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.daemon.statelock import StateDirLock
 from edge_agent.daemon.systemd import SdNotifier, WatchdogGate
-from edge_agent.daemon.thermal import read_cpu_temp_c
+from edge_agent.daemon.thermal import THROTTLED_GLOB, read_cpu_temp_c, read_firmware_flags
 from edge_agent.errors import (
     ConfigError,
     EdgeAgentError,
@@ -146,6 +146,7 @@ class Daemon:
         notifier: SdNotifier | None = None,
         status_interval_s: float = 1.0,
         report_interval_s: float = 0.0,
+        firmware_flags_glob: str = THROTTLED_GLOB,
     ) -> None:
         # Refuse a config its profile does not allow before the state directory is touched;
         # admit() below repeats this check with the rest (models, key files, memory plan).
@@ -161,6 +162,8 @@ class Daemon:
         self._reload_requested = False
         self.status_interval_s = status_interval_s
         self.report_interval_s = report_interval_s
+        #: Where the Raspberry Pi firmware's flags are read (:func:`read_firmware_flags`).
+        self.firmware_flags_glob = firmware_flags_glob
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.events: list[dict[str, Any]] = []
@@ -664,6 +667,7 @@ class Daemon:
     def _check_thermal(self) -> None:
         temp = read_cpu_temp_c(self.profile.thermal.zone_glob)
         self.health.check_thermal(self.groups, self.clock, self.base_hz, temp)
+        self.health.check_power(read_firmware_flags(self.firmware_flags_glob))
 
     def _event(
         self,
@@ -810,6 +814,13 @@ class Daemon:
             gauges=SNAPSHOT_GAUGES,
             help="snapshots",
             describe=metric_help.SNAPSHOTS,
+        )
+        metrics.register(
+            "power",
+            lambda: {} if self.health.power is None else self.health.power.as_dict(),
+            gauges=("*",),
+            help="Raspberry Pi firmware flags",
+            describe=metric_help.POWER,
         )
         metrics.register(
             "systemd",
