@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge_agent import __version__
-from edge_agent.daemon.statelock import StateDirBusyError
+from edge_agent.daemon.statelock import StateDirBusyError, held_by
 from edge_agent.errors import (
     BackendUnavailableError,
     BudgetError,
@@ -485,6 +485,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     source = read_config(args.file)
     profile, budget, groups = admit(source)
     print(describe_config(source, profile))
+    holder = held_by(source.config.daemon.state_dir)
+    if holder is not None:
+        print(f"  state_dir in use by the running daemon, {holder}")
     print("  memory plan:")
     for g in groups:
         print(

@@ -17,7 +17,7 @@ from typing import Final
 
 from edge_agent.errors import ConfigError, EdgeAgentError
 
-__all__ = ["LOCK_NAME", "StateDirBusyError", "StateDirLock", "lock_holder"]
+__all__ = ["LOCK_NAME", "StateDirBusyError", "StateDirLock", "held_by", "lock_holder"]
 
 LOCK_NAME: Final = "edge-agentd.lock"
 
@@ -38,6 +38,24 @@ def lock_holder(state_dir: Path) -> str:
         return "an unknown process (it has not written its pid yet)"
     command = command.strip()
     return f"pid {pid.strip()}" + (f" ({command})" if command else "")
+
+
+def held_by(state_dir: Path) -> str | None:
+    """Who holds ``state_dir``'s lock now (as :func:`lock_holder`), or None when nobody does.
+    Takes nothing: ``check-config`` beside a running daemon asks this."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return lock_holder(state_dir)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 def _command_line() -> str:

@@ -182,6 +182,9 @@ def test_a_second_daemon_on_the_same_state_dir_refuses_naming_the_first(tmp_path
     first = Daemon(config, notify)
     try:
         notify.wait_for("READY=1", 60)
+        check = edge_agent("check-config", str(config))  # beside it: OK, and says who runs
+        assert check.returncode == 0, check.stderr
+        assert f"  state_dir in use by the running daemon, pid {first.proc.pid} (" in check.stdout
         second = edge_agent("run", "--config", str(config), "--duration", "30")
         assert second.returncode == 2
         assert second.stderr.splitlines() == [
