@@ -2,10 +2,12 @@
 
 Everything the daemon checks before it runs a config is here, and ``check-config``, ``run`` and a
 SIGHUP reload all come through :func:`admit`, so they refuse a file with the same lines. In
-order: the profile and what it allows, the key directories and the MQTT password file the daemon
-reads, every group's model (:func:`load_group_model`: built-in, or a verified bundle of kind
-``aif``, ``neural`` or ``aif+perception``, with a ``perception`` bundle when the group names one;
-its dimensions checked against the group's world), then the memory plan of every group
+order: the profile and what it allows, its budget against the cgroup's memory limit
+(:mod:`edge_agent.daemon.cgroup`), the state directory, the key directories and the MQTT
+password and TLS files the daemon reads, every group's model (:func:`load_group_model`:
+built-in, or a verified bundle of kind ``aif``, ``neural`` or ``aif+perception``, with a
+``perception`` bundle when the group names one; its dimensions checked against the group's
+world), then the memory plan of every group
 (:func:`~edge_agent.daemon.groups.plan_requests`) before anything is allocated. Deployed bundles
 (the overlay of :mod:`edge_agent.fleet.deploy`) replace configured models where valid.
 Nothing here imports the service module.

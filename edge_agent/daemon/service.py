@@ -1,6 +1,7 @@
 """edge-agentd: the device daemon's lifecycle.
 
-States: ``STARTING`` (load config and profile, complete or undo an interrupted deployment, admit
+States: ``STARTING`` (load config and profile, lock the state directory (one daemon per
+directory: :mod:`edge_agent.daemon.statelock`), complete or undo an interrupted deployment, admit
 the plan against the budget, build groups, restore the last good snapshot, warm up) ->
 ``RUNNING`` (the tick loop) -> ``STOPPING`` (final snapshot, fleet link stopped) -> ``STOPPED``.
 ``SIGHUP`` reloads the config between ticks: an invalid new config is refused and logged, and the
