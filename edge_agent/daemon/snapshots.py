@@ -551,7 +551,9 @@ def _decode(buf: bytearray, path: Path, seq: int) -> LoadedSnapshot:
         raise SnapshotError("not a snapshot (bad magic)")
     version = int.from_bytes(buf[len(_SIGNATURE) : len(MAGIC)], "big")
     if version not in _READS:
-        raise SnapshotError(f"unknown format version {version} (this build reads {sorted(_READS)})")
+        raise SnapshotError(
+            f"unknown format version {version} (this build reads {sorted(_READS)})"
+        )
     if size < _PREFIX_SIZE + _DIGEST_SIZE:
         raise SnapshotError(f"truncated: {size} bytes")
 
