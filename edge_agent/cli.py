@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge_agent import __version__
+from edge_agent.daemon.statelock import StateDirBusyError, held_by
 from edge_agent.errors import (
     BackendUnavailableError,
     BudgetError,
@@ -147,10 +148,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = read_config_isolated(path)
     config = source.config
     if args.state_dir is not None:
+        from edge_agent.daemon.admission import state_dir_problem
+
+        problem = state_dir_problem(args.state_dir, create=True)
+        if problem is not None:
+            raise ConfigError(f"--state-dir {problem}")
         daemon_section = dataclasses.replace(config.daemon, state_dir=args.state_dir)
         config = dataclasses.replace(config, daemon=daemon_section)
         source = dataclasses.replace(source, config=config)
     configure_logging(args.log_level or config.daemon.log_level)
+    from edge_agent.daemon.systemd import fault_dumps_to_journal
+
+    fault_dumps_to_journal()  # a watchdog kill's thread stacks at priority warning
     report = args.report_every if args.report_every is not None else (2.0 if args.demo else 0.0)
     daemon = Daemon.from_file(source, path, report_interval_s=report)
     daemon.install_signal_handlers()
@@ -311,6 +320,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"  ticks      {tick['ticks']} at {tick['hz']} Hz (base {tick['base_hz']}), "
         f"p50 {tick['p50_ms']:.2f} ms, p99 {tick['p99_ms']:.2f} ms, overruns {tick['overruns']}",
         f"  thermal    {temp}{' THROTTLED' if th['throttled'] else ''}",
+        *_power_lines(s.get("power")),
         f"  snapshot   {last.get('path', 'none yet')}"
         + (f" ({_mb(last['bytes'])}, {last['seconds']} s)" if last else "")
         + f"; writes in last hour {snaps.get('writes_in_last_hour', 0)}",
@@ -353,6 +363,15 @@ def format_status(s: dict[str, Any]) -> str:
     if s["reloads"]["last_error"]:
         lines.append(f"  reload     refused: {s['reloads']['last_error'].splitlines()[0]}")
     return "\n".join(lines)
+
+
+def _power_lines(power: dict[str, int] | None) -> list[str]:
+    """The Raspberry Pi firmware's flags (``vcgencmd get_throttled``), where there are any."""
+    if power is None:
+        return []
+    from edge_agent.daemon.thermal import FirmwareFlags
+
+    return [f"  power      {FirmwareFlags(int(power['raw'])).describe()}"]
 
 
 def _state_lines(s: dict[str, Any]) -> list[str]:
@@ -466,6 +485,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     source = read_config(args.file)
     profile, budget, groups = admit(source)
     print(describe_config(source, profile))
+    holder = held_by(source.config.daemon.state_dir)
+    if holder is not None:
+        print(f"  state_dir in use by the running daemon, {holder}")
     print("  memory plan:")
     for g in groups:
         print(
@@ -714,10 +736,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: What a refused configuration raises: the config file, the models and bundles it names, their
-#: keys, the memory plan, a backend it needs. Restarting cannot help, so ``run`` exits 2 (the
-#: unit's RestartPreventExitStatus=2); anything else that stops the daemon exits 1 and systemd
-#: restarts it (damaged runtime state does not stop it at all: edge_agent/recovery.py).
-CONFIG_ERRORS: Final = (ConfigError, BudgetError, BundleError, ModelError, BackendUnavailableError)
+#: keys, the memory plan, a backend it needs, a state directory another daemon holds. Restarting
+#: cannot help, so ``run`` exits 2 (the unit's RestartPreventExitStatus=2); anything else that
+#: stops the daemon exits 1 and systemd restarts it (damaged runtime state does not stop it at
+#: all: edge_agent/recovery.py).
+CONFIG_ERRORS: Final = (
+    ConfigError,
+    BudgetError,
+    BundleError,
+    ModelError,
+    BackendUnavailableError,
+    StateDirBusyError,
+)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -2,10 +2,12 @@
 
 Everything the daemon checks before it runs a config is here, and ``check-config``, ``run`` and a
 SIGHUP reload all come through :func:`admit`, so they refuse a file with the same lines. In
-order: the profile and what it allows, the key directories and the MQTT password file the daemon
-reads, every group's model (:func:`load_group_model`: built-in, or a verified bundle of kind
-``aif``, ``neural`` or ``aif+perception``, with a ``perception`` bundle when the group names one;
-its dimensions checked against the group's world), then the memory plan of every group
+order: the profile and what it allows, its budget against the cgroup's memory limit
+(:mod:`edge_agent.daemon.cgroup`), the state directory, the key directories and the MQTT
+password and TLS files the daemon reads, every group's model (:func:`load_group_model`:
+built-in, or a verified bundle of kind ``aif``, ``neural`` or ``aif+perception``, with a
+``perception`` bundle when the group names one; its dimensions checked against the group's
+world), then the memory plan of every group
 (:func:`~edge_agent.daemon.groups.plan_requests`) before anything is allocated. Deployed bundles
 (the overlay of :mod:`edge_agent.fleet.deploy`) replace configured models where valid.
 Nothing here imports the service module.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +36,8 @@ from edge_agent.config.daemon import (
 )
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import Problem
-from edge_agent.core.budget import MemoryBudget
+from edge_agent.core.budget import MemoryBudget, format_bytes
+from edge_agent.daemon.cgroup import CgroupMemory, read_cgroup_memory
 from edge_agent.daemon.groups import (
     GroupRuntime,
     LoadedModel,
@@ -98,6 +102,161 @@ def mqtt_password(config: DaemonConfig, source: ConfigFile | None = None) -> str
             raise ConfigError(f"[mqtt] password_file {problem}") from err
         raise source.error([(("mqtt", "password_file"), problem)]) from err
     return lines[0] if lines else ""
+
+
+def _readable(path: Path) -> str | None:
+    """None when ``path`` can be opened and read by this user, else what stops it."""
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as err:
+        return f"{path}: cannot read: {err.strerror or err}"
+    return None
+
+
+def check_tls_files(config: DaemonConfig, source: ConfigFile | None = None) -> None:
+    """``[mqtt.tls]``: each of ``ca_file``, ``cert_file`` and ``key_file`` that is set can be
+    read, and they load as TLS does (a PEM CA bundle; a certificate and its key). A problem is a
+    ConfigError at the line of the key, instead of a failed TLS setup at every reconnect."""
+    tls = config.mqtt.tls
+    if not tls.enabled:
+        return
+    files = {"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": tls.key_file}
+    problems: list[Problem] = []
+    for key, path in files.items():
+        if path is not None and (problem := _readable(path)) is not None:
+            problems.append((("mqtt", "tls", key), problem))
+    if not problems:
+        import ssl  # noqa: PLC0415 - only a daemon with TLS, which imports it anyway
+
+        try:
+            ctx = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
+            )
+        except (OSError, ssl.SSLError) as err:
+            problems.append(
+                (("mqtt", "tls", "ca_file"), f"{tls.ca_file}: not a PEM CA bundle: {err}")
+            )
+        else:
+            if tls.cert_file is not None and tls.key_file is not None:
+                try:
+                    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+                except (OSError, ssl.SSLError) as err:
+                    problems.append(
+                        (
+                            ("mqtt", "tls", "cert_file"),
+                            f"{tls.cert_file} with key {tls.key_file}: not a PEM certificate "
+                            f"and its private key: {err}",
+                        )
+                    )
+    if problems:
+        if source is None:
+            raise ConfigError("; ".join(f"[mqtt.tls] {key[-1]} {p}" for key, p in problems))
+        raise source.error(problems)
+
+
+def state_dir_problem(path: Path, *, create: bool) -> str | None:
+    """Why the daemon cannot keep its state in ``path``, or None. With ``create``, the
+    directory is made (with its parents) as the daemon does at start; without (``check-config``),
+    only whether this user could: ``path`` a writable directory, or the nearest existing
+    directory above it writable."""
+    user = _user_name()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{path}: {probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "cannot write" if probe == path else f"cannot create it: {probe} is not writable"
+        return f"{path}: {what} (as user {user})"
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            return f"{path}: cannot create: {err.strerror or err} (as user {user})"
+    return None
+
+
+def _user_name() -> str:
+    try:
+        import pwd  # noqa: PLC0415 - POSIX only, and only for a message
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())
+
+
+def check_state_dir(source: ConfigFile, *, create: bool) -> None:
+    """``[daemon] state_dir`` is usable (see :func:`state_dir_problem`); else a ConfigError at
+    its line that says how to fix it."""
+    problem = state_dir_problem(source.config.daemon.state_dir, create=create)
+    if problem is not None:
+        hint = (
+            "; give the demo a directory it can write: --state-dir DIR"
+            if source.path.startswith("<embedded")
+            else "; create it for the daemon's user or choose a state_dir it can write"
+        )
+        raise source.error([(("daemon", "state_dir"), problem + hint)])
+
+
+#: A budget above this share of the cgroup's ``memory.max`` gets a warning: little is left
+#: for what the budget does not count (the Python heap's growth, page cache of the state files).
+CGROUP_WARN_FRACTION = 0.9
+
+
+def cgroup_memory_problems(
+    profile: FirmwareProfile, limits: CgroupMemory | None, *, under_systemd: bool
+) -> tuple[str | None, str | None]:
+    """``(refusal, warning)`` for ``profile``'s budget against the cgroup's memory limits: a
+    refusal when the budget (``memory_budget_mb + base_mb``) is above ``memory.max`` (the
+    kernel would OOM-kill the daemon as it fills), a warning when it is above ``memory.high``
+    or within 10 % of ``memory.max``."""
+    if limits is None or (limits.max_bytes is None and limits.high_bytes is None):
+        return None, None
+    total = profile.total_budget_bytes
+    budget = (
+        f"profile {profile.name!r} budgets {format_bytes(total)} (memory_budget_mb "
+        f"{profile.memory_budget_mb} + base_mb {profile.base_mb})"
+    )
+    fix = (
+        f"set the unit's limits to the profile's: edge-agent systemd-dropin --profile "
+        f"{profile.name} | sudo tee /etc/systemd/system/edge-agent.service.d/profile.conf && "
+        "sudo systemctl daemon-reload && sudo systemctl restart edge-agent"
+        if under_systemd
+        else "raise the cgroup's memory limit (a container's --memory, a unit's MemoryMax=)"
+    )
+    if limits.max_bytes is not None and total > limits.max_bytes:
+        return (
+            f"{budget}, above this process's cgroup memory limit of "
+            f"{format_bytes(limits.max_bytes)} ({limits.max_file}): {fix}, or choose a profile "
+            "with a smaller budget"
+        ), None
+    if limits.high_bytes is not None and total > limits.high_bytes:
+        return None, (
+            f"{budget}, above the cgroup's memory.high of {format_bytes(limits.high_bytes)}: the "
+            f"kernel will throttle the daemon before its budget is full; {fix}"
+        )
+    if limits.max_bytes is not None and total > CGROUP_WARN_FRACTION * limits.max_bytes:
+        return None, (
+            f"{budget}, within 10 % of the cgroup's memory limit of "
+            f"{format_bytes(limits.max_bytes)} ({limits.max_file}): little is left for what "
+            f"the budget does not count; {fix}"
+        )
+    return None, None
+
+
+def check_cgroup_memory(
+    source: ConfigFile, profile: FirmwareProfile, limits: CgroupMemory | None
+) -> None:
+    """Refuse ``profile``'s budget above the cgroup's ``memory.max`` (a ConfigError at the line
+    of ``[daemon] profile``); log a warning when it is close."""
+    refusal, warning = cgroup_memory_problems(
+        profile, limits, under_systemd="INVOCATION_ID" in os.environ
+    )
+    if refusal is not None:
+        raise source.error([(("daemon", "profile"), refusal)])
+    if warning is not None:
+        logger.warning("%s", warning)
 
 
 def _verified(path: Path, cfg: GroupConfig, keys: TrustedKeys | None, what: str) -> Bundle:
@@ -507,21 +666,26 @@ def admit(
     *,
     overlay: dict[str, OverlayEntry] | None = None,
     problems: list[OverlayProblem] | None = None,
+    limits: CgroupMemory | None = None,
 ) -> tuple[FirmwareProfile, MemoryBudget, list[GroupRuntime]]:
     """Everything the daemon checks before it runs a config: ``check-config``, ``run`` and a
     SIGHUP reload all call this, so they refuse a file with the same lines.
 
-    In order: the profile and what it allows (:func:`resolve_profile`), the key directories and
-    the MQTT password file the daemon reads, every group's model, and the memory plan; each
-    problem as ``file:line: field: problem`` at the key it is about. ``overlay`` and ``problems``
-    as for :func:`build_groups` (the daemon's deployed bundles). Returns the profile, the budget
-    and the built groups.
+    In order: the profile and what it allows (:func:`resolve_profile`), its budget against this
+    process's cgroup memory limit (``limits``, default: read now), the state directory, the key
+    directories, the MQTT password file and TLS files the daemon reads, every group's model, and
+    the memory plan; each problem as ``file:line: field: problem`` at the key it is about.
+    ``overlay`` and ``problems`` as for :func:`build_groups` (the daemon's deployed bundles).
+    Returns the profile, the budget and the built groups.
     """
     profile = resolve_profile(source)
     config = source.config
+    check_cgroup_memory(source, profile, read_cgroup_memory() if limits is None else limits)
+    check_state_dir(source, create=False)
     if config.mqtt.enabled:
         hub_keys(config, source)
         mqtt_password(config, source)
+        check_tls_files(config, source)
     budget = new_budget(profile)
     groups = build_groups(
         config, profile, budget, overlay=overlay, problems=problems, source=source

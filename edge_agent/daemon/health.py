@@ -9,6 +9,10 @@ Temperature (every 5 s, the hottest thermal zone): at ``throttle_c`` the tick ra
 ``critical_c`` every running group pauses (no agent steps, the daemon keeps its loop, watchdog,
 status and fleet link) until the temperature falls below ``throttle_c``.
 
+Power (with the temperature, on a Raspberry Pi): the firmware's under-voltage and throttling
+flags (what ``vcgencmd get_throttled`` prints) are kept for the status file, telemetry and
+Prometheus; under-voltage appearing is logged and reported as an event.
+
 Every change is logged and reported through the ``emit`` callback the daemon passes in (its
 event log, which publishes over MQTT), so this module never imports the service.
 """
@@ -22,7 +26,7 @@ from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.core.budget import RssSampler, format_bytes
 from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.scheduler import TickClock
-from edge_agent.daemon.thermal import ThermalGovernor
+from edge_agent.daemon.thermal import FirmwareFlags, ThermalGovernor
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,24 @@ class HealthMonitor:
             t.throttle_c, t.throttled_tick_factor, critical_c=t.critical_c
         )
         self.degradations: list[str] = []
+        #: The Raspberry Pi firmware's flags at the last check; None where there are none.
+        self.power: FirmwareFlags | None = None
+
+    # -- power ------------------------------------------------------------------------------------
+    def check_power(self, flags: FirmwareFlags | None) -> None:
+        """Keep the firmware's flags; under-voltage that was not there at the last check is an
+        event (a weak power supply: the first thing to check on a Pi that misbehaves)."""
+        before = self.power
+        self.power = flags
+        if flags is None or not flags.flag("under_voltage"):
+            return
+        if before is None or not before.flag("under_voltage"):
+            msg = (
+                f"under-voltage: the power supply cannot hold 5 V ({flags.describe()}); the "
+                "firmware throttles the CPU and the SD card is at risk"
+            )
+            logger.warning("%s", msg)
+            self.emit("under_voltage", "warning", msg)
 
     # -- memory -----------------------------------------------------------------------------------
     def check_memory(self, groups: Sequence[GroupRuntime]) -> None:

@@ -26,12 +26,15 @@ class TickStats:
         self.ticks = 0
         self.overruns = 0
         self.missed = 0
+        #: Seconds spent in ticks since start (a summary's sum: busy_s / ticks is the mean).
+        self.busy_s = 0.0
         self.last_tick_monotonic: float | None = None
 
     def record(self, latency_s: float, *, overrun: bool, now: float) -> None:
         self._lat[self._n % len(self._lat)] = latency_s
         self._n += 1
         self.ticks += 1
+        self.busy_s += latency_s
         self.overruns += int(overrun)
         self.last_tick_monotonic = now
 

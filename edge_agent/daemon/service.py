@@ -1,6 +1,7 @@
 """edge-agentd: the device daemon's lifecycle.
 
-States: ``STARTING`` (load config and profile, complete or undo an interrupted deployment, admit
+States: ``STARTING`` (load config and profile, lock the state directory (one daemon per
+directory: :mod:`edge_agent.daemon.statelock`), complete or undo an interrupted deployment, admit
 the plan against the budget, build groups, restore the last good snapshot, warm up) ->
 ``RUNNING`` (the tick loop) -> ``STOPPING`` (final snapshot, fleet link stopped) -> ``STOPPED``.
 ``SIGHUP`` reloads the config between ticks: an invalid new config is refused and logged, and the
@@ -31,6 +32,7 @@ from __future__ import annotations
 import enum
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,9 +55,9 @@ from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import TomlDocument
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
-from edge_agent.daemon import discovery
+from edge_agent.daemon import discovery, metric_help
 from edge_agent.daemon import status as status_view
-from edge_agent.daemon.admission import OverlayProblem, admit
+from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
 from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.heap import release_free_heap
@@ -63,8 +65,9 @@ from edge_agent.daemon.metrics import Metrics
 from edge_agent.daemon.rollout import Rollout
 from edge_agent.daemon.scheduler import Periodic, TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.statelock import StateDirLock
 from edge_agent.daemon.systemd import SdNotifier, WatchdogGate
-from edge_agent.daemon.thermal import read_cpu_temp_c
+from edge_agent.daemon.thermal import THROTTLED_GLOB, read_cpu_temp_c, read_firmware_flags
 from edge_agent.errors import (
     ConfigError,
     EdgeAgentError,
@@ -83,6 +86,7 @@ if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] en
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "edge-agent-groups-v1"
+_PYTHON: Final = ".".join(str(n) for n in sys.version_info[:3])
 
 CAPABILITIES: Final = ("commands", "ota", "mqtt_io")
 
@@ -143,6 +147,7 @@ class Daemon:
         notifier: SdNotifier | None = None,
         status_interval_s: float = 1.0,
         report_interval_s: float = 0.0,
+        firmware_flags_glob: str = THROTTLED_GLOB,
     ) -> None:
         # Refuse a config its profile does not allow before the state directory is touched;
         # admit() below repeats this check with the rest (models, key files, memory plan).
@@ -158,6 +163,8 @@ class Daemon:
         self._reload_requested = False
         self.status_interval_s = status_interval_s
         self.report_interval_s = report_interval_s
+        #: Where the Raspberry Pi firmware's flags are read (:func:`read_firmware_flags`).
+        self.firmware_flags_glob = firmware_flags_glob
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.events: list[dict[str, Any]] = []
@@ -168,7 +175,19 @@ class Daemon:
         self.stats = TickStats()
         self.rss = RssSampler()
         self.state_dir = Path(config.daemon.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        check_state_dir(source, create=True)
+        # One daemon per state directory, taken before anything in it is read or written.
+        self.state_lock = StateDirLock.acquire(self.state_dir)
+        try:
+            self._open(source)
+        except BaseException:
+            self.state_lock.release()
+            raise
+
+    def _open(self, source: ConfigFile) -> None:
+        """The rest of the start, under the state directory's lock: an interrupted deployment,
+        admission, the stores, the clock, the metrics and the fleet link."""
+        config = source.config
         #: What became of the files in state_dir: parts moved aside, storage errors.
         self.state_health = StateHealth()
         # A deployment interrupted by a crash is completed or undone before groups are built.
@@ -538,6 +557,7 @@ class Daemon:
         self.state = State.STOPPED
         self.write_status()
         discovery.withdraw(self._announced)
+        self.state_lock.release()
         logger.info(
             "stopped after %d ticks (%d overruns); final snapshot %s",
             self.stats.ticks,
@@ -648,6 +668,7 @@ class Daemon:
     def _check_thermal(self) -> None:
         temp = read_cpu_temp_c(self.profile.thermal.zone_glob)
         self.health.check_thermal(self.groups, self.clock, self.base_hz, temp)
+        self.health.check_power(read_firmware_flags(self.firmware_flags_glob))
 
     def _event(
         self,
@@ -740,33 +761,82 @@ class Daemon:
     def _make_metrics(self) -> Metrics:
         """Every number the status file, telemetry and the Prometheus text file report."""
         metrics = Metrics()
-        metrics.register("daemon", self._daemon_metrics, gauges=DAEMON_GAUGES, help="daemon")
-        metrics.register("tick", self._tick_metrics, gauges=TICK_GAUGES, help="tick loop")
+        metrics.register_info(
+            "build",
+            lambda: {"version": __version__, "python": _PYTHON},
+            help="The edge-agent version the daemon runs, and its Python.",
+        )
+        metrics.register_info(
+            "profile",
+            lambda: {"profile": self.profile.name},
+            help="The firmware profile the daemon runs with.",
+        )
+        metrics.register(
+            "daemon",
+            self._daemon_metrics,
+            gauges=DAEMON_GAUGES,
+            help="daemon",
+            describe=metric_help.DAEMON,
+        )
+        metrics.register(
+            "tick",
+            self._tick_metrics,
+            gauges=TICK_GAUGES,
+            help="tick loop",
+            describe=metric_help.TICK,
+        )
+        metrics.register_summary(
+            "tick_duration_seconds", self._tick_summary, help=metric_help.TICK_DURATION
+        )
         metrics.register(
             "fleet",
             lambda: {} if self.uplink is None else self.uplink.metrics(),
             help="fleet uplink",
+            describe=metric_help.FLEET,
         )
         metrics.register(
             "commands",
             lambda: {} if self.uplink is None else self.uplink.commands.stats(),
             gauges=("pending", "nonces"),
             help="hub commands",
+            describe=metric_help.COMMANDS,
+            parts=metric_help.COMMAND_PARTS,
         )
-        metrics.register("deploy", lambda: self.deployer.counters, help="deployments")
-        metrics.register("io", self._io_metrics, help="MQTT agent input")
+        metrics.register(
+            "deploy",
+            lambda: self.deployer.counters,
+            help="deployments",
+            describe=metric_help.DEPLOY,
+        )
+        metrics.register("io", self._io_metrics, help="MQTT agent input", describe=metric_help.IO)
         metrics.register(
             "snapshots",
             self.snapshots.stats,
             gauges=SNAPSHOT_GAUGES,
             help="snapshots",
+            describe=metric_help.SNAPSHOTS,
         )
-        metrics.register("systemd", self.notifier.stats, gauges=("enabled",), help="sd_notify")
+        metrics.register(
+            "power",
+            lambda: {} if self.health.power is None else self.health.power.as_dict(),
+            gauges=("*",),
+            help="Raspberry Pi firmware flags",
+            describe=metric_help.POWER,
+        )
+        metrics.register(
+            "systemd",
+            self.notifier.stats,
+            gauges=("enabled",),
+            help="sd_notify",
+            describe=metric_help.SYSTEMD,
+        )
         metrics.register(
             "state",
             self.state_health.metrics,
             gauges=("storage_failing",),
             help="state files moved aside and storage errors",
+            describe=metric_help.STATE,
+            parts=metric_help.STATE_PARTS,
         )
         metrics.register(
             "",
@@ -774,7 +844,9 @@ class Daemon:
             gauges=("*",),
             help="coordination",
         )
-        metrics.register_groups(self._group_metrics, gauges=GROUP_GAUGES, help="group")
+        metrics.register_groups(
+            self._group_metrics, gauges=GROUP_GAUGES, help="group", describe=metric_help.GROUP
+        )
         return metrics
 
     def _daemon_metrics(self) -> dict[str, object]:
@@ -806,6 +878,10 @@ class Daemon:
             "p50_ms": round(p50, 4),
             "p99_ms": round(p99, 4),
         }
+
+    def _tick_summary(self) -> tuple[dict[float, float], float, int]:
+        p50, p99 = self.stats.percentiles_ms()
+        return {0.5: p50 / 1e3, 0.99: p99 / 1e3}, self.stats.busy_s, self.stats.ticks
 
     def _io_metrics(self) -> dict[str, int]:
         io = dict.fromkeys(("obs_rows", "rows_rejected", "batches_rejected"), 0)

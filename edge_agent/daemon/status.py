@@ -130,6 +130,8 @@ def status(d: StatusView) -> dict[str, Any]:
             "critical": d.health.thermal.critical,
             "critical_c": d.health.thermal.critical_c,
         },
+        # The Raspberry Pi firmware's under-voltage and throttling flags; None elsewhere.
+        "power": None if d.health.power is None else d.health.power.as_dict(),
         "snapshots": {
             **d.snapshots.stats(),
             "last": d.last_snapshot,

@@ -7,6 +7,11 @@
 * :class:`WatchdogGate` decides when ``WATCHDOG=1`` may be sent. It reports progress, not
   liveness: the daemon records every completed tick and pings only while ticks keep finishing, so
   a scheduler stuck in a backend call stops the pings and systemd restarts the service.
+* :func:`fault_dumps_to_journal`: the thread stacks Python's ``faulthandler`` writes when the
+  watchdog kills the daemon (``SIGABRT``) go to their own journal stream at priority
+  ``warning``, so that ``journalctl -p warning`` shows the one trace that explains the kill
+  (written to stderr they would be ``info``: faulthandler writes raw lines from a signal
+  handler, without the ``<4>`` prefix every logged line has).
 * The unit is a static file (``edge_agent/data/edge-agent.service``, linked from
   ``systemd/``; ``edge-agent systemd-unit`` prints it) with the Raspberry Pi 4 2 GB profile's
   numbers; :func:`profile_dropin` (``edge-agent systemd-dropin --profile NAME``) writes what
@@ -31,10 +36,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DROPIN_PATH",
+    "JOURNAL_STDOUT",
     "SHIPPED_EXEC_START",
     "SdNotifier",
     "WatchdogGate",
+    "fault_dumps_to_journal",
     "profile_dropin",
+    "stderr_is_journal",
 ]
 
 
@@ -238,6 +246,71 @@ class WatchdogGate:
         self.last_ping = now
         self.pings += 1
         return True
+
+
+# --- fault dumps to the journal ---------------------------------------------------------------
+
+JOURNAL_STDOUT = "/run/systemd/journal/stdout"
+"""journald's stream socket: what ``sd_journal_stream_fd(3)`` connects to."""
+#: syslog's LOG_WARNING.
+_LOG_WARNING = 4
+#: The journal stream that fault dumps go to, kept open for the life of the process.
+_fault_stream: socket.socket | None = None
+
+
+def stderr_is_journal(env: Mapping[str, str] | None = None, fd: int = 2) -> bool:
+    """Whether ``fd`` (stderr) is the journal stream systemd connected (``JOURNAL_STREAM`` is
+    its ``device:inode``, as ``systemd.exec(5)`` says to check)."""
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+def fault_dumps_to_journal(
+    identifier: str = "edge-agentd",
+    *,
+    env: Mapping[str, str] | None = None,
+    socket_path: str = JOURNAL_STDOUT,
+) -> bool:
+    """Under journald, send ``faulthandler``'s dumps (every thread's stack on ``SIGABRT``,
+    ``SIGSEGV``, ...) to a journal stream of their own at priority ``warning``.
+
+    The stream is what ``sd_journal_stream_fd(identifier, LOG_WARNING, 0)`` opens: a connection
+    to journald's stdout socket with a header naming the identifier and priority. Returns
+    whether the dumps go there; False (stderr keeps them) when stderr is not the journal or
+    the socket cannot be reached, which is logged."""
+    global _fault_stream  # noqa: PLW0603 - one stream per process, held until it ends
+    if not stderr_is_journal(env):
+        return False
+    import faulthandler  # noqa: PLC0415 - only under journald
+    import socket  # noqa: PLC0415
+
+    stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        stream.connect(socket_path)
+        stream.shutdown(socket.SHUT_RD)
+        # identifier, unit (empty), priority, level prefix, to syslog, kmsg, console
+        stream.sendall(f"{identifier}\n\n{_LOG_WARNING}\n0\n0\n0\n0\n".encode())
+    except OSError as err:
+        stream.close()
+        logger.warning(
+            "fault dumps stay on stderr (journal priority info): cannot open a journal stream "
+            "at %s: %s",
+            socket_path,
+            err,
+        )
+        return False
+    faulthandler.enable(file=stream.fileno(), all_threads=True)
+    if _fault_stream is not None:
+        _fault_stream.close()
+    _fault_stream = stream
+    return True
 
 
 # --- the unit file ---------------------------------------------------------------------------

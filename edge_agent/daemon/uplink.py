@@ -93,6 +93,7 @@ EVENT_KINDS: Final = {
     "memory_degraded": EventKind.BUDGET,
     "thermal_throttle": EventKind.THERMAL,
     "thermal_critical": EventKind.THERMAL,
+    "under_voltage": EventKind.ALARM,
     "snapshot_failed": EventKind.ALARM,
     "snapshot_corrupt": EventKind.ALARM,
     "tick_failed": EventKind.ALARM,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config.daemon import parse_config
-from edge_agent.daemon.metrics import Metrics, metric_name
+from edge_agent.daemon import metric_help
+from edge_agent.daemon.metrics import Export, Metrics, metric_name
 from edge_agent.daemon.service import Daemon
 from edge_agent.errors import ConfigError
 
@@ -32,7 +33,7 @@ def parse_exposition(text: str) -> dict[str, tuple[str, list[tuple[str, float]]]
             continue
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ")
-            assert kind in ("counter", "gauge"), line
+            assert kind in ("counter", "gauge", "summary"), line
             assert name not in declared, f"{name} declared twice"
             declared[name] = kind
             out[name] = (kind, [])
@@ -40,7 +41,11 @@ def parse_exposition(text: str) -> dict[str, tuple[str, list[tuple[str, float]]]
         m = SAMPLE.match(line)
         assert m is not None, f"not a sample line: {line!r}"
         name = m["name"]
-        assert name in declared, f"{name} sampled before its TYPE line"
+        for suffix in ("_sum", "_count"):  # a summary's own samples
+            family = name.removesuffix(suffix)
+            if family != name and declared.get(family) == "summary":
+                out[name] = ("summary", [])
+        assert name in declared or name in out, f"{name} sampled before its TYPE line"
         out[name][1].append((m["labels"] or "", float(m["value"])))
     return out
 
@@ -87,6 +92,66 @@ def test_prometheus_text_names_types_and_labels() -> None:
     )
 
 
+def test_base_units_renames_parts_infos_and_summaries() -> None:
+    metrics = Metrics()
+    metrics.register_info("build", lambda: {"version": "1.2.3"}, help="The version.")
+    metrics.register_summary(
+        "tick_duration_seconds", lambda: ({0.5: 0.002, 0.99: 0.004}, 1.5, 600), help="Ticks."
+    )
+    metrics.register(
+        "tick",
+        lambda: {"p50_ms": 2.0, "uptime_s": 9.5, "temp_c": 51.5, "hz": 10.0, "ticks": 600},
+        gauges=("p50_ms", "uptime_s", "temp_c", "hz"),
+        help="tick loop",
+        describe={
+            "p50_ms": Export(None),
+            "ticks": "Ticks completed.\nEvery one.",
+            "hz": Export("tick_rate_hertz", "The rate."),
+        },
+    )
+    metrics.register(
+        "state",
+        lambda: {"moved_aside.outbox": 1, "moved_aside.status": 2, "moved_aside": 3},
+        describe={"moved_aside": "Moved aside, by part."},
+        parts={"moved_aside": "part"},
+    )
+    text = metrics.prometheus({"node": "n1"})
+    assert text.splitlines() == [
+        "# HELP edge_agent_build_info The version.",
+        "# TYPE edge_agent_build_info gauge",
+        'edge_agent_build_info{node="n1",version="1.2.3"} 1',
+        "# HELP edge_agent_tick_duration_seconds Ticks.",
+        "# TYPE edge_agent_tick_duration_seconds summary",
+        'edge_agent_tick_duration_seconds{node="n1",quantile="0.5"} 0.002',
+        'edge_agent_tick_duration_seconds{node="n1",quantile="0.99"} 0.004',
+        'edge_agent_tick_duration_seconds_sum{node="n1"} 1.5',
+        'edge_agent_tick_duration_seconds_count{node="n1"} 600',
+        "# HELP edge_agent_tick_uptime_seconds edge-agent tick loop: uptime_s",
+        "# TYPE edge_agent_tick_uptime_seconds gauge",
+        'edge_agent_tick_uptime_seconds{node="n1"} 9.5',
+        "# HELP edge_agent_tick_temp_celsius edge-agent tick loop: temp_c",
+        "# TYPE edge_agent_tick_temp_celsius gauge",
+        'edge_agent_tick_temp_celsius{node="n1"} 51.5',
+        "# HELP edge_agent_tick_rate_hertz The rate.",
+        "# TYPE edge_agent_tick_rate_hertz gauge",
+        'edge_agent_tick_rate_hertz{node="n1"} 10.0',
+        "# HELP edge_agent_tick_ticks_total Ticks completed.\\nEvery one.",
+        "# TYPE edge_agent_tick_ticks_total counter",
+        'edge_agent_tick_ticks_total{node="n1"} 600',
+        "# HELP edge_agent_state_moved_aside_total Moved aside, by part.",
+        "# TYPE edge_agent_state_moved_aside_total counter",
+        'edge_agent_state_moved_aside_total{node="n1",part="outbox"} 1',
+        'edge_agent_state_moved_aside_total{node="n1",part="status"} 2',
+    ]
+    # The status file and telemetry keep every key as it was.
+    assert metrics.values()["tick.p50_ms"] == 2.0
+    assert metrics.values()["state.moved_aside"] == 3
+    assert metric_name("tick.p99_ms", counter=False) == "edge_agent_tick_p99_seconds"
+    milli = Metrics()
+    milli.register("x", lambda: {"wait_ms": 250}, gauges=("wait_ms",))
+    assert "edge_agent_x_wait_seconds 0.25\n" in milli.prometheus()
+
+
 def _config(tmp_path: Path, extra: str) -> str:
     return f"""
 [daemon]
@@ -119,16 +184,31 @@ def test_the_daemon_writes_its_metrics_for_node_exporter(tmp_path: Path) -> None
     assert parsed["edge_agent_group_agents"][1] == [('group="grid"', 8.0)]
     assert parsed["edge_agent_daemon_budget_total_bytes"][0] == "gauge"
     assert "edge_agent_deploy_rolled_back_total" in parsed
-    # The status file reports the same registry: every counter under the same key.
+    # The status file reports the same registry: every counter under its key, or labelled by
+    # part beside a sum that is left to PromQL.
     counters = d.status()["counters"]
     for key, value in counters.items():
         if key.startswith(("tick.", "daemon.", "snapshots.", "systemd.")):
             continue  # these move on between the two reads
+        prefix, _, local = key.partition(".")
+        head, _, part = local.rpartition(".")
+        if prefix == "state" and local in metric_help.STATE_PARTS:
+            family = parsed[metric_name(key, counter=True)][1]
+            assert sum(v for _, v in family) == pytest.approx(value), key
+            continue
+        if prefix == "state" and head in metric_help.STATE_PARTS:
+            family = parsed[metric_name(f"state.{head}", counter=True)][1]
+            assert (f'part="{part}"', pytest.approx(value)) in family, key
+            continue
         name = metric_name(key, counter=True)
         gauge = metric_name(key, counter=False)
         sampled = parsed.get(name) or parsed.get(gauge)
         assert sampled is not None, key
         assert sampled[1][0][1] == pytest.approx(value), key
+    kind, quantiles = parsed["edge_agent_tick_duration_seconds"]
+    assert kind == "summary"
+    assert [label for label, _ in quantiles] == ['quantile="0.5"', 'quantile="0.99"']
+    assert 1 <= parsed["edge_agent_tick_duration_seconds_count"][1][0][1] <= d.stats.ticks
     assert not list(prom.parent.glob("*.tmp"))
 
 

@@ -211,6 +211,9 @@ class MqttTransport(Transport):
         while not self._stop.is_set():
             try:
                 up_for = self._one_session()
+            except EdgeAgentError as err:  # e.g. a TLS file that vanished: one line, no traceback
+                logger.error("MQTT session to %s failed: %s", self._where(), err)
+                up_for = 0.0
             except Exception:  # the supervisor loop's boundary: log, back off, retry
                 logger.exception("MQTT session to %s failed", self._where())
                 up_for = 0.0
@@ -363,12 +366,27 @@ class MqttTransport(Transport):
 
 
 def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The client's TLS context; a file that cannot be read or loaded is an EdgeAgentError
+    naming it (ssl's own errors do not)."""
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path is not None:
+            try:
+                with open(path, "rb") as fh:
+                    fh.read(1)
+            except OSError as err:
+                raise EdgeAgentError(
+                    f"MQTT TLS setup failed: {key} {path}: cannot read: {err.strerror or err}"
+                ) from err
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
         if tls.cert_file:
             ctx.load_cert_chain(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as err:
-        raise EdgeAgentError(f"MQTT TLS setup failed: {err}") from err
+        raise EdgeAgentError(
+            f"MQTT TLS setup failed (ca_file {tls.ca_file}, cert_file {tls.cert_file}, "
+            f"key_file {tls.key_file}): {err}"
+        ) from err
     return ctx
 
 

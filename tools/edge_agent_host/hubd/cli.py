@@ -40,6 +40,7 @@ from edge_agent_host.hubd.access import open_database
 from edge_agent_host.hubd.config import (
     HubConfigFile,
     PostgresDatabase,
+    check_dependencies,
     example_config_text,
     load_hub_config,
 )
@@ -152,6 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     from edge_agent_host.hubd.service import HubService  # noqa: PLC0415 - paho, only to run
 
     source = load_hub_config(args.config)
+    check_dependencies(source)  # as check-config does
     configure_logging(args.log_level or source.config.hub.log_level)
     service = HubService.from_config(source)
     service.install_signal_handlers()
@@ -160,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     source = load_hub_config(args.path)
+    check_dependencies(source)  # what run refuses before it starts
     print(describe_config(source))
     return 0
 

@@ -13,12 +13,13 @@ may use ``~`` and ``${VAR}``; relative paths are resolved against the file's dir
 
 from __future__ import annotations
 
+import importlib
 import re
 import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -431,6 +432,41 @@ def read_password(source: HubConfigFile, loc: tuple[str, ...], path: Path | None
         reason = getattr(err, "strerror", None) or err
         raise source.error([(loc, f"{path}: cannot read: {reason}")]) from err
     return lines[0] if lines else ""
+
+
+#: What a config can select that needs the ``hub`` extra: (module, location, what needs it).
+_EXTRA_MODULES: Final = (
+    ("prometheus_client", ("http", "enabled"), "[http] (the metrics and the fleet page)"),
+    ("psycopg", ("database", "type"), "PostgreSQL"),
+)
+
+
+def check_dependencies(source: HubConfigFile) -> None:
+    """The Python packages of the ``hub`` extra that the config needs are installed:
+    ``prometheus_client`` with ``[http] enabled``, ``psycopg`` with ``[database] type =
+    "postgresql"``. ``check-config`` and ``run`` both call this first, so a missing one is one
+    ``file:line: field: problem`` line from either, never found only when the service starts."""
+    config = source.config
+    needed = {
+        "prometheus_client": config.http.enabled,
+        "psycopg": isinstance(config.database, PostgresDatabase),
+    }
+    problems: list[Problem] = []
+    for module, loc, what in _EXTRA_MODULES:
+        if not needed[module]:
+            continue
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            problems.append(
+                (
+                    loc,
+                    f"{what} needs the Python package {module}, which is not installed: "
+                    "pip install 'edge-agent-runtime[hub]'",
+                )
+            )
+    if problems:
+        raise source.error(problems)
 
 
 def example_config_text() -> str:

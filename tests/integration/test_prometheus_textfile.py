@@ -1,0 +1,124 @@
+"""The daemon's Prometheus text file passes ``promtool check metrics`` (Debian ``prometheus``),
+with and without the fleet link and coordination, and names its numbers in base units."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.broker import MosquittoBroker
+from tests.integration.test_daemon import NotifySocket
+from tests.integration.test_fleet_daemon import Node, wait_until
+
+pytestmark = pytest.mark.integration
+
+COORDINATED = """
+[[groups]]
+name = "grid"
+model = { type = "builtin", name = "grid10" }
+count = 20
+source = { type = "sim" }
+sink = { type = "sim" }
+[groups.coordination]
+capabilities = ["grid"]
+"""
+
+
+def promtool_check(path: Path) -> None:
+    """``promtool check metrics`` of the file: no lint problem, exit 0."""
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool not found: apt-get install prometheus"
+    with path.open("rb") as fh:
+        done = subprocess.run(  # noqa: PLW1510 - asserted below
+            [promtool, "check", "metrics"], stdin=fh, capture_output=True, text=True, timeout=60
+        )
+    assert (done.returncode, done.stdout + done.stderr) == (0, ""), path.read_text()
+
+
+def samples(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_the_textfile_of_a_fleet_node_with_coordination_passes_promtool(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    prom = tmp_path / "textfile" / "edge_agent.prom"
+    prom.parent.mkdir()
+    node = Node(tmp_path, mosquitto, "prom-1", groups=COORDINATED)
+    text = node.config.read_text().replace(
+        'log_level = "info"',
+        f'log_level = "info"\nprometheus_textfile = "{prom}"\nprometheus_interval_s = 1',
+    )
+    node.config.write_text(text)
+    node.start()
+    try:
+        wait_until(
+            lambda: (
+                prom.exists()
+                and "edge_agent_coord_" in prom.read_text()
+                and "edge_agent_fleet_events_published_total" in prom.read_text()
+            ),
+            "the text file with the fleet's and coordination's numbers",
+        )
+        promtool_check(prom)
+        numbers = samples(prom.read_text())
+        node_label = '{node="prom-1"}'
+        assert (
+            numbers[
+                f'edge_agent_build_info{{node="prom-1",version="{_version()}",'
+                + f'python="{_python()}"}}'
+            ]
+            == 1
+        )
+        assert numbers['edge_agent_profile_info{node="prom-1",profile="x86-dev"}'] == 1
+        assert numbers[f"edge_agent_tick_duration_seconds_count{node_label}"] >= 1
+        assert 0 < numbers['edge_agent_tick_duration_seconds{node="prom-1",quantile="0.99"}'] < 5
+        assert f"edge_agent_start_time_seconds{node_label}" in numbers
+        assert 'edge_agent_state_moved_aside_total{node="prom-1",part="outbox"}' in numbers
+        assert not [n for n in numbers if n.split("{")[0].endswith(("_ms", "_s", "_at"))]
+    finally:
+        assert node.stop() == 0
+        node.close()
+
+
+def test_the_textfile_of_a_standalone_daemon_passes_promtool(tmp_path: Path) -> None:
+    from tests.integration.test_daemon import Daemon, write_config
+
+    prom = tmp_path / "edge_agent.prom"
+    config = tmp_path / "daemon.toml"
+    write_config(config, tmp_path / "state", grid=10, tmaze=10)
+    config.write_text(
+        config.read_text().replace(
+            'log_level = "info"',
+            f'log_level = "info"\nprometheus_textfile = "{prom}"\nprometheus_interval_s = 1',
+        )
+    )
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = Daemon(config, notify)
+    try:
+        notify.wait_for("READY=1", 60)
+        wait_until(prom.exists, "the text file")
+        promtool_check(prom)
+    finally:
+        daemon.kill()
+        notify.close()
+
+
+def _version() -> str:
+    from edge_agent import __version__
+
+    return __version__
+
+
+def _python() -> str:
+    import sys
+
+    return ".".join(str(n) for n in sys.version_info[:3])
