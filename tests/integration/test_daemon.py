@@ -156,7 +156,7 @@ def read_status(path: Path) -> dict:
     return json.loads(out.stdout)
 
 
-def wait_status(path: Path, predicate, timeout: float = 20) -> dict:  # type: ignore[no-untyped-def]
+def wait_status(path: Path, predicate, timeout: float = 120) -> dict:  # type: ignore[no-untyped-def]
     end = time.monotonic() + timeout
     last: dict = {}
     while time.monotonic() < end:

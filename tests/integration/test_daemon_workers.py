@@ -57,7 +57,7 @@ def workers_of(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children()
 
 
-def wait_gone(pids: list[int], timeout: float = 10) -> None:
+def wait_gone(pids: list[int], timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:  # bounded
         alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]

@@ -52,7 +52,7 @@ pytestmark = pytest.mark.integration
 
 FLEET = "itest"  # the fleet of test_fleet_mqtt.py's Sniffer
 TOPICS = Topics(FLEET)
-WAIT_S = 30.0
+WAIT_S = 120.0  # a safety net: every wait ends on an event, not on time
 
 GRID_GROUP = """
 [[groups]]

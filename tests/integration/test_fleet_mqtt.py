@@ -61,7 +61,7 @@ pytestmark = pytest.mark.integration
 FLEET = "itest"
 TOPICS = Topics(FLEET)
 REPO = Path(__file__).resolve().parents[2]
-WAIT_S = 30.0
+WAIT_S = 120.0  # a safety net: every wait ends on an event, not on time
 
 
 # The node process ---------------------------------------------------------------------------
