@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 from edge_agent.aif.quant import SCHEME, quantize_model  # noqa: E402
-from edge_agent.aif.settings import AifSettings  # noqa: E402
+from edge_agent.aif.settings import AifSettings, settings_to_json  # noqa: E402
 from edge_agent.bundle.signing import load_private_key  # noqa: E402
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle  # noqa: E402
 from edge_agent.sim.registry import builtin_model  # noqa: E402
@@ -76,7 +76,7 @@ def padded_bundle(out: Path, key: Path, version: str, pad_bytes: int, seed: int)
             "num_states": q.num_states,
             "num_controls": q.num_controls,
             "quant_scheme": SCHEME,
-            "settings": AifSettings(policy_len=1).model_dump(),
+            "settings": settings_to_json(AifSettings(policy_len=1)),
             "arrays": {k: f"aif/{k}.npy" for k in q.to_arrays()},
         },
     )
