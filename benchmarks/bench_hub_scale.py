@@ -17,6 +17,9 @@ deployment transfer, no agents) in ``--procs`` processes, and ``edge-agent-hub r
    nodes it reached, that no node beyond the first wave was sent it, and the rollback.
 
     python benchmarks/bench_hub_scale.py [--nodes 1000] [--procs N] [--quick]
+
+``--smoke``: 20 nodes in one process, a 0.1 MiB bundle, 10 % failing bundle 2: the code path, for
+CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -349,9 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle-mb", type=float, default=1.0, help="bundle size (MiB)")
     parser.add_argument("--fail-fraction", type=float, default=0.05, help="nodes failing bundle 2")
     parser.add_argument("--quick", action="store_true", help="100 nodes, 2 processes")
+    parser.add_argument("--smoke", action="store_true", help="20 nodes, 0.1 MiB: for CI")
     args = parser.parse_args(argv)
     if args.quick:
         args.nodes, args.procs = 100, 2
+    if args.smoke:
+        args.nodes, args.procs, args.bundle_mb, args.fail_fraction = 20, 1, 0.1, 0.1
     if args.procs is None:
         args.procs = -(-args.nodes // 100)
     root = Path(tempfile.mkdtemp(prefix="bench-hub-scale-"))
@@ -396,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
