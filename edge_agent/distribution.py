@@ -5,8 +5,9 @@ and its wheel also writes an import package named ``edge_agent``: installed into
 the two distributions overwrite each other's files, and uninstalling either removes files of the
 other (README.md, "Why the name"). The import packages keep their names (``edge_agent``,
 ``edge_agent_host``: users' code, config ``type`` paths and the service's venvs use them), so the
-clash is not prevented but detected: ``edge-agent --version|check-config|run``, ``edge-agentd`` and
-``edge-agent-host`` print :func:`clash_notice`'s line when it finds the other distribution.
+clash is not prevented but detected: ``edge-agent --version|check-config|run``, ``edge-agentd``,
+``edge-agent-host`` and ``edge-agent-hub`` print :func:`clash_notice`'s line when it finds the
+other distribution.
 
 The lookup lists the directories of ``sys.path`` for ``edge_agent-*.dist-info`` and
 ``edge_agent*.egg-info`` as importlib.metadata does, without importing it: importlib.metadata

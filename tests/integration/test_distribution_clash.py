@@ -61,6 +61,7 @@ def test_the_commands_name_a_foreign_edge_agent_distribution(tmp_path: Path) -> 
         "edge-agent-host --version": [str(bin_dir / "edge-agent-host"), "--version"],
         "edge-agent-host keygen": [str(bin_dir / "edge-agent-host"), "keygen", "--out",
                                    str(tmp_path / "keys")],
+        "edge-agent-hub --version": [str(bin_dir / "edge-agent-hub"), "--version"],
     }
 
     # Ours alone: not a word.

@@ -175,5 +175,5 @@ def test_postgresql_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPa
     from edge_agent_host.hubd.engines import PostgresEngine
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
-    with pytest.raises(HubError, match=r"pip install 'edge-agent\[hub\]'"):
+    with pytest.raises(HubError, match=r"pip install 'edge-agent-runtime\[hub\]'"):
         PostgresEngine(host="127.0.0.1", port=5432, dbname="d", user="u")
