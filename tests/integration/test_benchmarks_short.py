@@ -65,12 +65,24 @@ EXPECTED: dict[str, list[Record]] = {
           for case in ("daemon_default_backoff/back_to_back", "daemon_default_backoff/isolated",
                        "short_backoff/back_to_back")],
     ],
+    "bench_hub_page.py": [
+        ({"bench": "setup", "nodes": 20}, ("procs",)),
+        ({"bench": "fleet"}, ("halted", "counts")),
+        ({"bench": "api"}, ("first_page", "every_node", "sorted_by_cpu", "failed_only")),
+        ({"bench": "render"}, ("first_page", "all_rows", "browser")),
+        ({"bench": "hub"}, ("hub_rss_peak_mb",)),
+    ],
     "bench_hub_scale.py": [
         ({"bench": "setup", "nodes": 20}, ("bundle_bytes",)),
         ({"bench": "registry"}, ("first_s", "after_restart_s", "hub_rss_peak_mb")),
         ({"bench": "rollout", "state": "done"}, ("wall_s", "broker_bytes_sent", "ok")),
         ({"bench": "halt"}, ("state", "halted_in_wave", "nodes_beyond_first_wave_touched")),
         ({"bench": "http"}, ("metrics_ms", "healthz_ms", "fleet_json_bytes")),
+    ],
+    "bench_learning.py": [
+        *[({"bench": "learning", "world": w, "tables": t, "agents": 20},
+           ("plain_agent_steps_per_s", "learning_agent_steps_per_s", "ratio", "refresh_ms"))
+          for w, t in (("tmaze", ["A1"]), ("grid10", ["A0"]), ("grid10", ["A0", "B0"]))],
     ],
     "bench_limits.py": [
         ({"bench": "machine"}, ("copy_gb_s", "elementwise_gflop_s", "sgemm_gflop_s")),
