@@ -38,6 +38,9 @@ One JSON object per line and family:
 
 ``ours_convert_s`` is the converter's own time in this process (calibration, the held-out
 comparison, the device check; without the interpreter's start and imports).
+
+``--smoke`` runs the mlp, cnn and gru families with a few training iterations and small data
+sets: the code path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return (X / 16.0).astype(np.float32), y
 
 
-def sklearn_model(kind: str, tmp: Path) -> dict[str, Any]:
+def sklearn_model(kind: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
     """An MLPClassifier or LogisticRegression on digits, exported by skl2onnx as is standard."""
     from skl2onnx import to_onnx
     from sklearn.exceptions import ConvergenceWarning
@@ -84,9 +87,9 @@ def sklearn_model(kind: str, tmp: Path) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if kind == "mlp":
-            model = MLPClassifier((128,), max_iter=300, random_state=0)
+            model = MLPClassifier((128,), max_iter=5 if smoke else 300, random_state=0)
         else:
-            model = LogisticRegression(max_iter=2000)
+            model = LogisticRegression(max_iter=20 if smoke else 2000)
         model.fit(X[:1400], y[:1400])
         path = tmp / f"{kind}.onnx"
         path.write_bytes(to_onnx(model, X[:1], options={"zipmap": False}).SerializeToString())
@@ -94,7 +97,7 @@ def sklearn_model(kind: str, tmp: Path) -> dict[str, Any]:
             "output": "probabilities", "model": f"skl2onnx {type(model).__name__} on digits"}
 
 
-def cnn_model(tmp: Path) -> dict[str, Any]:
+def cnn_model(tmp: Path, smoke: bool = False) -> dict[str, Any]:
     """Conv 3x3 (8 filters) -> ReLU -> Flatten -> Gemm on 8x8 digit frames, head fitted."""
     import onnx
     from sklearn.exceptions import ConvergenceWarning
@@ -112,7 +115,7 @@ def cnn_model(tmp: Path) -> dict[str, Any]:
     cnn = random_image_cnn(1, 8, 8, 10, filters=8, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        head = LogisticRegression(max_iter=1000).fit(
+        head = LogisticRegression(max_iter=20 if smoke else 1000).fit(
             conv_features(frames[:1400], cnn.conv_w, cnn.conv_b), y[:1400]
         )
     fitted = ImageCnn(cnn.conv_w, cnn.conv_b, head.coef_.T.astype(np.float32),
@@ -124,7 +127,7 @@ def cnn_model(tmp: Path) -> dict[str, Any]:
             "model": "onnx.helper CNN on 8x8 digit frames (N, 1, 8, 8)"}
 
 
-def recurrent_model(cell: str, tmp: Path) -> dict[str, Any]:
+def recurrent_model(cell: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
     """An LSTM or GRU (64 units) over windows of 16 sensor-world steps, seeded weights."""
     import onnx
 
@@ -132,8 +135,8 @@ def recurrent_model(cell: str, tmp: Path) -> dict[str, Any]:
     from edge_agent_host.builders import recurrent_onnx
 
     world = SensorWorld(1)
-    X, _ = world.sample_windows(512, 16, seed=1)
-    Xh, _ = world.sample_windows(1000, 16, seed=2)
+    X, _ = world.sample_windows(64 if smoke else 512, 16, seed=1)
+    Xh, _ = world.sample_windows(100 if smoke else 1000, 16, seed=2)
     path = tmp / f"{cell.lower()}.onnx"
     onnx.save(recurrent_onnx(cell, 16, world.num_features, 64, world.num_classes, seed=3), path)
     return {"path": path, "calibration": X, "heldout": Xh, "labels": None, "output": "logits",
@@ -353,19 +356,19 @@ def ort_variant(fn: str, spec: dict[str, Any], tmp: Path, ref: np.ndarray) -> di
     }
 
 
-def measure(family: str, tmp: Path) -> dict[str, Any]:
+def measure(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
     from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx
 
     if family in TF_FAMILIES:
         return measure_keras(family, tmp)
     if family in ("mlp", "logreg"):
-        spec = sklearn_model(family, tmp)
+        spec = sklearn_model(family, tmp, smoke)
     elif family == "torch-mlp":
         spec = torch_model(tmp)
     elif family == "cnn":
-        spec = cnn_model(tmp)
+        spec = cnn_model(tmp, smoke)
     else:
-        spec = recurrent_model(family.upper(), tmp)
+        spec = recurrent_model(family.upper(), tmp, smoke)
     cal, held = tmp / f"{family}.cal.npz", tmp / f"{family}.held.npz"
     np.savez(cal, x=spec["calibration"])
     held_arrays = {"x": spec["heldout"]}
@@ -406,12 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma-separated subset of {','.join(every)} (the keras and torch "
                         "families need TensorFlow and torch)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="mlp,cnn,gru on tiny training and data: the code path, for CI")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.families = "mlp,cnn,gru"
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         for family in args.families.split(","):
             if family.strip() not in every:
                 parser.error(f"unknown family {family.strip()!r}; choose from {','.join(every)}")
-            print(json.dumps(measure(family.strip(), Path(tmp))), flush=True)
+            print(json.dumps(measure(family.strip(), Path(tmp), args.smoke)), flush=True)
     return 0
 
 

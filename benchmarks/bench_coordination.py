@@ -8,6 +8,9 @@ other load on a shared machine disturbs far less than wall time; ``*_s`` figures
 healing are simulated time.
 
     python benchmarks/bench_coordination.py [--quick] [--repeats 3]
+
+``--smoke`` runs each benchmark once at small sizes: the code path, for CI
+(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -376,11 +379,29 @@ def bench_efficiency(root: Path, *, agents: int, seconds: float, seed: int) -> d
         busy.fleet.close()
 
 
+def smoke() -> None:
+    """Each benchmark once at small sizes (the code path; the numbers mean nothing)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        emit(
+            bench_allocation(root / "alloc", nodes=3, agents=20, tasks=20, window_s=0.5, seed=0)
+            | {"repeat": 0}
+        )
+        emit(bench_partition(root / "partition", seed=0))
+        emit(bench_beliefs(root / "beliefs", nodes=2, agents=20, ticks=20, budget=64.0, trust=0.5,
+                           seed=1))
+        emit(bench_efficiency(root / "eff", agents=20, seconds=0.2, seed=0) | {"repeat": 0})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter runs")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="each benchmark once, small: for CI")
     args = parser.parse_args()
+    if args.smoke:
+        smoke()
+        return
     repeats = 1 if args.quick else args.repeats
     seconds = 1.0 if args.quick else 3.0
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,6 +16,9 @@ mosquitto. One JSON object per line.
   second, against the budget, and the daemons' own figure.
 
     python benchmarks/bench_coordination_daemons.py [--rounds 3] [--seconds 20]
+
+``--smoke``: two daemons, one round, one 2 s bandwidth run at 4 Hz: the code path, for CI
+(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ class Counted:
 
 
 def bench_allocation(
-    root: Path, broker: MosquittoBroker, *, rounds: int, window_s: float
+    root: Path, broker: MosquittoBroker, *, rounds: int, window_s: float, daemons: int = 5
 ) -> list[dict[str, Any]]:
     nodes = [
         Node(
@@ -113,7 +116,7 @@ def bench_allocation(
             groups=GRID_GROUP + auction(window_s, state_every_s=1.0),
             telemetry_s=1.0,
         )
-        for i in range(5)
+        for i in range(daemons)
     ]
     counter = Counted(broker)
     out = []
@@ -135,8 +138,8 @@ def bench_allocation(
                     {
                         "bench": "allocation_daemons",
                         "round": r,
-                        "daemons": 5,
-                        "agents": 500,
+                        "daemons": daemons,
+                        "agents": 100 * daemons,
                         "tasks": 100,
                         "held_before": 100 * r,
                         "window_s": window_s,
@@ -164,7 +167,7 @@ def bench_allocation(
         out.append(
             {
                 "bench": "allocation_daemons_idle",
-                "daemons": 5,
+                "daemons": daemons,
                 "tasks_held": 100 * rounds,
                 "messages_per_s": len(idle) / 3.0,
                 "bytes_per_s": sum(n for _, n in idle) / 3.0,
@@ -179,7 +182,8 @@ def bench_allocation(
 
 
 def bench_belief_bandwidth(
-    root: Path, broker: MosquittoBroker, *, seconds: float, budget: float, tick_hz: float
+    root: Path, broker: MosquittoBroker, *, seconds: float, budget: float, tick_hz: float,
+    daemons: int = 5,
 ) -> dict[str, Any]:
     S, accuracy, agents = 8, 0.3, 100
     bundle = static_bundle(root / "static8", S, accuracy)
@@ -196,7 +200,7 @@ def bench_belief_bandwidth(
             sharing=sharing,
             tick_hz=tick_hz,
         )
-        for i in range(5)
+        for i in range(daemons)
     ]
     counter = Counted(broker)
     sensors = Sensors(broker, truth, S, accuracy, {n.name: "w" for n in nodes})
@@ -212,14 +216,14 @@ def bench_belief_bandwidth(
         reported = [coord(n)["metrics"]["beliefs.w.bytes_per_agent_s"] for n in nodes]
         return {
             "bench": "belief_bandwidth_daemons",
-            "daemons": 5,
-            "agents": 5 * agents,
+            "daemons": daemons,
+            "agents": daemons * agents,
             "tick_hz": tick_hz,
             "seconds": round(end - start, 2),
             "budget_bytes_per_agent_s": budget,
-            "wire_bytes_per_agent_s": sum(n for _, n in msgs) / (5 * agents) / (end - start),
+            "wire_bytes_per_agent_s": sum(n for _, n in msgs) / (daemons * agents) / (end - start),
             "reported_bytes_per_agent_s_mean": statistics.mean(reported),
-            "messages_per_daemon_s": len(msgs) / 5 / (end - start),
+            "messages_per_daemon_s": len(msgs) / daemons / (end - start),
             "steps_per_daemon": steps,
         }
     finally:
@@ -240,17 +244,24 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=0.5)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--budget", type=float, default=64.0)
+    parser.add_argument("--daemons", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 daemons, 1 round, one 2 s run at 4 Hz: the code path, for CI")
     args = parser.parse_args()
+    rates = (4.0, 10.0)
+    if args.smoke:
+        args.daemons, args.rounds, args.seconds, rates = 2, 1, 2.0, (4.0,)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         broker = MosquittoBroker(root / "mosquitto")
         broker.start()
         try:
             for record in bench_allocation(
-                root / "alloc", broker, rounds=args.rounds, window_s=args.window
+                root / "alloc", broker, rounds=args.rounds, window_s=args.window,
+                daemons=args.daemons,
             ):
                 emit(record)
-            for tick_hz in (4.0, 10.0):
+            for tick_hz in rates:
                 emit(
                     bench_belief_bandwidth(
                         root / f"beliefs-{tick_hz:g}",
@@ -258,6 +269,7 @@ def main() -> None:
                         seconds=args.seconds,
                         budget=args.budget,
                         tick_hz=tick_hz,
+                        daemons=args.daemons,
                     )
                 )
         finally:

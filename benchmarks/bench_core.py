@@ -31,6 +31,9 @@ in the kernel that makes them).
         [--agents 1,10,100,1000,10000] [--precision int8] [--history 0] [--cpu 0]
         [--profile WORKLOAD:POLICY_LEN:N]
     python benchmarks/bench_core.py --table run1.jsonl [run2.jsonl ...] [--before old1.jsonl ...]
+
+``--smoke`` steps every case with 10 agents for 0.05 s: the code path, for CI
+(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -285,6 +288,7 @@ def reference_rate(workload: str, policy_len: int, agents: int, steps: int) -> d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="short runs (about 0.3 s each)")
+    parser.add_argument("--smoke", action="store_true", help="10 agents, 0.05 s runs: for CI")
     parser.add_argument("--workloads", default="grid10,tmaze,explorer")
     parser.add_argument("--agents", default="1,10,100,1000,10000", help="comma-separated Ns")
     parser.add_argument("--precision", default="int8", choices=["int8", "float64"])
@@ -298,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", nargs="+", default=None, help="JSON-lines runs to tabulate")
     parser.add_argument("--before", nargs="+", default=None, help="with --table: runs of old code")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.quick, args.agents, args.seconds = True, "10", 0.05
     if args.table:
         table(args.table, args.before)
         return 0

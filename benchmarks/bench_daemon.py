@@ -7,6 +7,9 @@ expressed as a ratio to a baseline measured in the same run: the time for a bare
 drift from run to run.
 
     python benchmarks/bench_daemon.py [--seconds 30] [--agents 1000] [--quick]
+
+``--smoke``: 20 agents, 2 s runs, one baseline start: the code path, for CI
+(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -131,9 +134,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="run time per configuration")
     parser.add_argument("--agents", type=int, default=1000, help="grid10 agents")
     parser.add_argument("--quick", action="store_true", help="5 s runs")
+    parser.add_argument("--smoke", action="store_true", help="20 agents, 2 s runs: for CI")
     args = parser.parse_args()
     seconds = 5.0 if args.quick else args.seconds
-    base = baseline_start_s(3 if args.quick else 7)
+    repeats = 3 if args.quick else 7
+    if args.smoke:
+        seconds, repeats, args.agents = 2.0, 1, 20
+    base = baseline_start_s(repeats)
     print(json.dumps({"bench": "baseline", "python_import_numpy_s": round(base, 3)}))
     for grid, tmaze in ((args.agents, 0), (args.agents, args.agents), (10 * args.agents, 0)):
         row = run_daemon(grid, tmaze, 10.0, seconds)

@@ -21,6 +21,9 @@ Everything runs against a real mosquitto started here on a free loopback port (t
   (0.5 s doubling to 60 s, jitter 0.5) and with a short one (0.05 s to 0.3 s).
 
     python benchmarks/bench_fleet.py [--quick] [--only outbox|command_latency|reconnect]
+
+``--smoke``: 200 messages, 3 commands at 50 Hz, one reconnect per case: the code path, for CI
+(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -286,7 +289,8 @@ socket.create_connection = _nodelay
 
 
 def bench_command_latency(
-    broker: MosquittoBroker, n: int, broker_config: str, *, client_nodelay: bool = False
+    broker: MosquittoBroker, n: int, broker_config: str, *, client_nodelay: bool = False,
+    rates: tuple[float, ...] = (10.0, 50.0),
 ) -> None:
     """``client_nodelay``: every MQTT client (hub, baseline, daemon) sets TCP_NODELAY, which
     paho does not do by itself; the daemon gets it through a ``sitecustomize`` module."""
@@ -295,7 +299,7 @@ def bench_command_latency(
         exec(NODELAY_PATCH, {})  # the same code the daemon runs; patches socket in place
     try:
         base = mqtt_round_trip(broker, n)
-        for hz in (10.0, 50.0):
+        for hz in rates:
             times = ping_daemon(broker, n, hz, client_nodelay=client_nodelay)
             emit(
                 {
@@ -394,7 +398,7 @@ def bench_reconnect(broker: MosquittoBroker, rounds: int, down_s: float) -> None
             link.start()
             wait_online(link)
             times = []
-            for _ in range(rounds):
+            for round_ in range(rounds):
                 broker.kill()
                 lost = time.monotonic()
                 while link.online and time.monotonic() - lost < 10:
@@ -403,6 +407,8 @@ def bench_reconnect(broker: MosquittoBroker, rounds: int, down_s: float) -> None
                 time.sleep(down_s)
                 broker.start()  # returns once the port accepts connections
                 times.append(wait_online(link, timeout=120))
+                if round_ == rounds - 1:
+                    break  # nothing follows to settle for
                 settle = time.monotonic() + settle_s
                 while time.monotonic() < settle:
                     link.pump()
@@ -425,6 +431,7 @@ def bench_reconnect(broker: MosquittoBroker, rounds: int, down_s: float) -> None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages and rounds")
+    parser.add_argument("--smoke", action="store_true", help="the code path at tiny sizes: CI")
     parser.add_argument(
         "--only",
         choices=("outbox", "command_latency", "reconnect"),
@@ -433,7 +440,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     only = set(args.only or ("outbox", "command_latency", "reconnect"))
-    n = 2000 if args.quick else 10_000
+    n = 200 if args.smoke else 2000 if args.quick else 10_000
     emit(
         {
             "bench": "machine",
@@ -445,14 +452,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         broker = MosquittoBroker(Path(tmp) / "broker")
         broker.start()
-        count = 50 if args.quick else 200
+        count = 3 if args.smoke else 50 if args.quick else 200
+        rates = (50.0,) if args.smoke else (10.0, 50.0)
         try:
             if "outbox" in only:
                 bench_throughput(broker, n)
             if "command_latency" in only:
-                bench_command_latency(broker, count, "mosquitto defaults")
+                bench_command_latency(broker, count, "mosquitto defaults", rates=rates)
             if "reconnect" in only:
-                bench_reconnect(broker, 3 if args.quick else 5, down_s=1.0)
+                bench_reconnect(broker, 1 if args.smoke else 3 if args.quick else 5, down_s=1.0)
         finally:
             broker.kill()
         if "command_latency" not in only:
@@ -461,8 +469,10 @@ def main() -> int:
         fast = MosquittoBroker(Path(tmp) / "nodelay", extra_config="set_tcp_nodelay true\n")
         fast.start()
         try:
-            bench_command_latency(fast, count, "set_tcp_nodelay true")
-            bench_command_latency(fast, count, "set_tcp_nodelay true", client_nodelay=True)
+            if not args.smoke:  # the same path as the one above, on another broker
+                bench_command_latency(fast, count, "set_tcp_nodelay true")
+            bench_command_latency(fast, count, "set_tcp_nodelay true", client_nodelay=True,
+                                  rates=rates)
         finally:
             fast.kill()
     return 0

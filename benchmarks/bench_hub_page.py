@@ -19,6 +19,9 @@ JSON object per line:
    browser.
 
     python benchmarks/bench_hub_page.py [--nodes 1000] [--quick]
+
+``--smoke``: 20 nodes, 2 repeats, 10 % failing bundle 2, the temporary directory removed: the code
+path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -172,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="measurements per view")
     parser.add_argument("--quick", action="store_true", help="100 nodes, 5 repeats")
     parser.add_argument("--keep", type=Path, help="copy the screenshot of the page here")
+    parser.add_argument("--smoke", action="store_true", help="20 nodes, 2 repeats: for CI")
     args = parser.parse_args(argv)
     if args.quick:
         args.nodes, args.repeats = 100, 5
+    if args.smoke:
+        args.nodes, args.repeats, args.fail_fraction = 20, 2, 0.1
     procs = -(-args.nodes // 100)
     root = Path(tempfile.mkdtemp(prefix="bench-hub-page-"))
     keys = root / "keys"
@@ -233,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         broker.stop()
+        if args.smoke:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

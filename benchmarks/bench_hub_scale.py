@@ -17,6 +17,9 @@ deployment transfer, no agents) in ``--procs`` processes, and ``edge-agent-hub r
    nodes it reached, that no node beyond the first wave was sent it, and the rollback.
 
     python benchmarks/bench_hub_scale.py [--nodes 1000] [--procs N] [--quick]
+
+``--smoke``: 20 nodes in one process, a 0.1 MiB bundle, 10 % failing bundle 2: the code path, for
+CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +46,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 from edge_agent.aif.quant import SCHEME, quantize_model  # noqa: E402
-from edge_agent.aif.settings import AifSettings  # noqa: E402
+from edge_agent.aif.settings import AifSettings, settings_to_json  # noqa: E402
 from edge_agent.bundle.signing import load_private_key  # noqa: E402
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle  # noqa: E402
 from edge_agent.sim.registry import builtin_model  # noqa: E402
@@ -76,7 +80,7 @@ def padded_bundle(out: Path, key: Path, version: str, pad_bytes: int, seed: int)
             "num_states": q.num_states,
             "num_controls": q.num_controls,
             "quant_scheme": SCHEME,
-            "settings": AifSettings(policy_len=1).model_dump(),
+            "settings": settings_to_json(AifSettings(policy_len=1)),
             "arrays": {k: f"aif/{k}.npy" for k in q.to_arrays()},
         },
     )
@@ -349,9 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle-mb", type=float, default=1.0, help="bundle size (MiB)")
     parser.add_argument("--fail-fraction", type=float, default=0.05, help="nodes failing bundle 2")
     parser.add_argument("--quick", action="store_true", help="100 nodes, 2 processes")
+    parser.add_argument("--smoke", action="store_true", help="20 nodes, 0.1 MiB: for CI")
     args = parser.parse_args(argv)
     if args.quick:
         args.nodes, args.procs = 100, 2
+    if args.smoke:
+        args.nodes, args.procs, args.bundle_mb, args.fail_fraction = 20, 1, 0.1, 0.1
     if args.procs is None:
         args.procs = -(-args.nodes // 100)
     root = Path(tempfile.mkdtemp(prefix="bench-hub-scale-"))
@@ -396,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

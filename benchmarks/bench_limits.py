@@ -22,6 +22,9 @@ object per line:
 Single-core numbers on a shared machine drift; the ratios in one run are what to compare.
 
     python benchmarks/bench_limits.py [--agents 10000] [--seconds 5] [--workloads grid10,tmaze]
+
+``--smoke``: 8 MiB arrays (in the caches: not the bandwidth), 100 agents for 0.2 s, not pinned:
+the code path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -55,9 +58,9 @@ def _best(fn: Any, repeats: int = 5) -> float:
     return best
 
 
-def machine() -> dict[str, Any]:
+def machine(mib: int = 256) -> dict[str, Any]:
     """One core's memory bandwidth and arithmetic rates (see the module docstring)."""
-    n = 64 * 1024 * 1024  # 256 MiB of float32 per array
+    n = mib * 256 * 1024  # 256 MiB of float32 per array by default
     big = [np.ones(n, dtype=np.float32), np.ones(n, dtype=np.float32), np.empty(n, np.float32)]
     copy_s = _best(lambda: np.copyto(big[2], big[0]))
     add_s = _best(lambda: np.add(big[0], big[1], out=big[2]))
@@ -66,7 +69,7 @@ def machine() -> dict[str, Any]:
     small = np.ones(width, dtype=np.float32)
     other = np.ones(width, dtype=np.float32)
     out = np.empty(width, dtype=np.float32)
-    calls = 2_000
+    calls = 2_000 if mib >= 256 else 200
 
     def elementwise() -> None:
         for _ in range(calls):
@@ -191,10 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="timed stepping per workload")
     parser.add_argument("--workloads", default="grid10,tmaze", help="comma-separated")
     parser.add_argument("--cpu", type=int, default=0, help="pin to this CPU (-1: no pinning)")
+    parser.add_argument("--smoke", action="store_true", help="tiny arrays and runs: for CI")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.agents, args.seconds, args.cpu = 100, 0.2, -1
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
-    m = machine()
+    m = machine(8 if args.smoke else 256)
     emit(m)
     for workload in args.workloads.split(","):
         arith = arithmetic(workload)

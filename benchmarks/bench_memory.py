@@ -18,6 +18,9 @@ by several MB between runs far apart, differences measured side by side do not.
 
     python benchmarks/bench_memory.py [--seconds 30] [--rounds 2] [--baseline DIR] [--no-mqtt]
                                       [--optimize]
+
+``--smoke``: 50 agents, one 3 s round with MQTT off and on: the code path, for CI
+(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -155,7 +158,10 @@ def main() -> None:
     parser.add_argument(
         "--optimize", action="store_true", help="this tree's daemon with PYTHONOPTIMIZE=2"
     )
+    parser.add_argument("--smoke", action="store_true", help="50 agents, one 3 s round: for CI")
     args = parser.parse_args()
+    if args.smoke:
+        args.agents, args.seconds, args.rounds = 50, 3.0, 1
     trees = [("this", REPO)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     with tempfile.TemporaryDirectory(prefix="bench-memory-broker-") as tmp:
         broker, port = (None, None) if args.no_mqtt else start_mosquitto(Path(tmp))

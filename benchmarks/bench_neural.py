@@ -20,6 +20,9 @@ dependency); without it the LiteRT lines use the shipped fixture
 
     python benchmarks/bench_neural.py [--agents 1000] [--window 32] [--hidden 256] [--ticks 200]
         [--threads 1] [--backends onnxruntime,litert]
+
+``--smoke``: 10 agents, window 8, 32 hidden units, 5 ticks, 2 repeats, 200 held-out windows: the
+code path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -217,7 +220,11 @@ def main() -> int:
     parser.add_argument("--heldout", type=int, default=5000, help="held-out windows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backends", default="onnxruntime,litert")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and runs: for CI")
     args = parser.parse_args()
+    if args.smoke:
+        args.agents, args.window, args.hidden, args.ticks = 10, 8, 32, 5
+        args.repeats, args.heldout = 2, 200
     world = SensorWorld(1)
     layers = sensor_policy(world.prototypes, world.noise, args.window, hidden=args.hidden)
     with tempfile.TemporaryDirectory(prefix="bench-neural-") as name:

@@ -57,6 +57,9 @@ Absolute times drift on a shared machine; compare the ratios, which are measured
 
     python benchmarks/bench_neural_daemon.py [--seconds 25] [--agents 1000] [--window 32]
         [--hidden 32] [--threads 1] [--inference-threads N] [--quick]
+
+``--smoke``: 2 s daemons of 20 agents, 2 rounds of 3 calls, 500 held-out windows: the code path,
+for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -184,7 +187,7 @@ def make_bundles(tmp: Path, args: argparse.Namespace) -> None:
     onnx.save(mlp_onnx(layers, args.window, FEATURES), policy)
     X, _ = world.sample_windows(1024, args.window, seed=1)
     np.savez(tmp / "calibration.npz", window=X)
-    Xh, yh = world.sample_windows(5000, args.window, seed=2)
+    Xh, yh = world.sample_windows(args.heldout, args.window, seed=2)
     np.savez(tmp / "heldout.npz", window=Xh, labels=yh)
 
     keygen_s, _ = host("keygen", "--out", tmp / "keys")
@@ -604,16 +607,22 @@ def main() -> int:
         default=None,
         help="override the profile's inference_threads for the daemons (default: as shipped)",
     )
+    parser.add_argument("--heldout", type=int, default=5000, help="held-out windows to convert")
     parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=20, help="calls per variant and round")
     parser.add_argument(
         "--paced", type=int, default=20, help="calls per variant at --tick-hz (cold ticks)"
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the grid10 daemon")
-    parser.add_argument("--quick", action="store_true", help="8 s daemons, 10 rounds (smoke)")
+    parser.add_argument("--quick", action="store_true", help="8 s daemons, 10 rounds")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 s daemons of 20 agents, 2 rounds of 3 calls: for CI")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.repeats, args.paced = 8.0, 10, 10
+    if args.smoke:
+        args.seconds, args.agents, args.repeats, args.calls, args.paced = 2.0, 20, 2, 3, 3
+        args.heldout = 500
     emit(machine())
     with tempfile.TemporaryDirectory(prefix="bench-neural-daemon-") as name:
         tmp = Path(name)

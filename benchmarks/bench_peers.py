@@ -48,6 +48,11 @@ Output: one JSON object per line (``bench: "peers"``), then two markdown tables.
     python benchmarks/bench_peers.py [--quick] [--cases grid10:1:1,tmaze:2:1000,grid2f:1:10]
         [--impls "edge-agent int8,edge-agent float64,pymdp 0.0.7.1,pymdp 1.0.4"]
         [--repeats 5] [--seconds 1.0] [--threads 1|all] [--no-install]
+
+``--smoke``: the two edge-agent implementations only (no peer venv is made or used), grid10 and
+grid2f at N = 10, one 0.05 s run each: the code path, for CI
+(tests/integration/test_benchmarks_short.py); its numbers mean nothing. The peers' worker
+processes are not run: their venvs take minutes to make (``--quick`` runs them).
 """
 
 from __future__ import annotations
@@ -541,6 +546,8 @@ def parse_cases(text: str) -> list[tuple[str, int, int]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a subset, short runs (< 3 min)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="edge-agent only, 2 tiny cases, one run each: for CI")
     parser.add_argument("--cases", default=None, help="WORKLOAD:POLICY_LEN:N,... to run")
     parser.add_argument("--impls", default=",".join([*EDGE_IMPLS, *PEERS]))
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row")
@@ -553,6 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", choices=["1", "all"], default="1")
     parser.add_argument("--no-install", action="store_true", help="never create a peer venv")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.impls, args.no_install = ",".join(EDGE_IMPLS), True
+        args.cases = args.cases or "grid10:1:10,grid2f:1:10"
+        args.repeats = args.repeats or 1
+        args.seconds = 0.05 if args.seconds is None else args.seconds
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 1.0)
     args.warmup = max(2, args.warmup)

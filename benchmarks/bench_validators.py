@@ -9,10 +9,13 @@ measurement is a fresh interpreter that imports numpy (as the daemon does), then
 (``import_mb``), then defines ``--models`` models and validates one document with each in strict
 mode (``models_mb``). RSS is ``VmRSS`` of ``/proc/self/status``.
 
-msgspec is not a dependency of edge-agent; the benchmark installs nothing and reports a library
-that is missing (``pip install msgspec`` into the venv to measure it).
+Both are dependencies of edge-agent-runtime (msgspec for the wire models since this comparison,
+pydantic for config files); the benchmark installs nothing and reports a library that is missing.
 
     python benchmarks/bench_validators.py [--models 63] [--repeats 3]
+
+``--smoke``: 5 models, one run per library: the code path, for CI
+(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -97,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--models", type=int, default=63, help="models per library (ours: 63)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="5 models, one run: for CI")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.repeats = 5, 1
     results: dict[str, dict[str, Any]] = {}
     for lib in ("pydantic", "msgspec"):
         runs = []

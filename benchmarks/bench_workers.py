@@ -24,6 +24,9 @@ the group's ``step`` timed, not the world's), so that load on the shared machine
 
     python benchmarks/bench_workers.py [--workers 2] [--agents 10000] [--workloads grid10,tmaze]
         [--repeats 5] [--seconds 1.0]
+
+``--smoke``: 1,200 agents (3 blocks: the workers start), one round of 0.1 s runs: the code path,
+for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -129,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="grid10,tmaze")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--smoke", action="store_true", help="1,200 agents, one 0.1 s round: CI")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.agents, args.repeats, args.seconds = 1200, 1, 0.1
     print(
         json.dumps(
             {

@@ -23,6 +23,10 @@ file (``/proc/PID/io`` cannot: the split comes from the files' sizes and the out
 
 The window should hold two of the outbox's relaxed commits (``[mqtt] outbox_commit_interval_s``,
 300 s): with a shorter one the MQTT cases show only the ticks between them.
+
+``--smoke``: every case with a 2 s window after 1 s of warm-up, in a temporary directory removed
+afterwards: the code path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean
+nothing.
 """
 
 from __future__ import annotations
@@ -186,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dir", type=Path, default=Path("/var/tmp"), help="a directory on a real disk"
     )
+    parser.add_argument("--smoke", action="store_true", help="2 s windows, cleaned up: for CI")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.seconds, args.warmup = 2.0, 1.0
     cases = [c for c in args.cases.split(",") if c]
     for case in cases:
         if case not in CASES:
@@ -200,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             emit(run_case(case, args.seconds, args.warmup, broker.port, root))
     finally:
         broker.stop()
+        if args.smoke:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

@@ -70,6 +70,32 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def print_clash_notice(prog: str) -> None:
+    """On stderr, the line saying that PyPI's ``edge-agent`` shares this environment, if it does
+    (edge_agent/distribution.py: half a millisecond, no import of importlib.metadata)."""
+    from edge_agent.distribution import clash_notice
+
+    notice = clash_notice(prog)
+    if notice is not None:
+        print(notice, file=sys.stderr)
+
+
+class VersionAction(argparse.Action):
+    """``--version``: the version on stdout, then :func:`print_clash_notice`."""
+
+    def __init__(self, option_strings: Sequence[str], version: str, dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS,
+                 help: str = "show program's version number and exit") -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+        self.version = version
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(self.version)
+        print_clash_notice(parser.prog)
+        parser.exit()
+
+
 class JournalFormatter(logging.Formatter):
     """Under systemd (``JOURNAL_STREAM`` set) every line starts with its syslog priority,
     ``<3>`` for errors to ``<7>`` for debug, which journald reads (``SyslogLevelPrefix=``, on by
@@ -168,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def build_daemon_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="edge-agentd", description=RUN_DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"edge-agentd {__version__}")
+    parser.add_argument("--version", action=VersionAction, version=f"edge-agentd {__version__}")
     _run_arguments(parser)
     return parser
 
@@ -177,6 +203,7 @@ def daemon_main(argv: Sequence[str] | None = None) -> int:
     """``edge-agentd``: the same as ``edge-agent run``, under its own name."""
     args = build_daemon_parser().parse_args(argv)
     args.command, args.error_prefix = "run", "edge-agentd"
+    print_clash_notice("edge-agentd")
     return _dispatch(args)
 
 
@@ -721,7 +748,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = ArgumentParser(prog="edge-agent", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    parser.add_argument("--version", action=VersionAction, version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_run, _add_status, _add_check, _add_profiles, _add_replay, _add_unit):
         add(sub)
@@ -732,6 +759,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "run":
         configure_logging("warning")
+    if args.command in {"run", "check-config"}:
+        print_clash_notice(f"edge-agent {args.command}")
     return _dispatch(args)
 
 

@@ -31,6 +31,7 @@ from edge_agent.neural.backends import get_backend
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.builders import mlp_onnx, random_mlp, sensor_policy
 from edge_agent_host.keys import generate_keypair, load_signing_key
+from tests.doc_blocks import doc_block
 from tests.integration.broker import MosquittoBroker
 from tests.integration.test_fleet_daemon import Listener, Node, hub_for
 from tests.unit.test_neural import spec_for
@@ -323,6 +324,7 @@ def test_the_neural_demo_in_the_docs_runs_as_written(tmp_path: Path) -> None:
     text = (REPO / "docs" / "neural-agents.md").read_text()
     section = text.split("## In the daemon", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    assert code == doc_block("docs/neural-agents.md", 0)
     work = tmp_path / "repo"
     shutil.copytree(REPO / "examples", work / "examples")
     shutil.copytree(REPO / "docs" / "examples", work / "docs" / "examples")

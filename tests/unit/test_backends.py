@@ -96,7 +96,9 @@ def test_missing_onnxruntime_names_the_extra(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     ort_plugin._ort.cache_clear()
     try:
-        with pytest.raises(BackendUnavailableError, match=r"pip install 'edge-agent\[onnx\]'"):
+        with pytest.raises(
+            BackendUnavailableError, match=r"pip install 'edge-agent-runtime\[onnx\]'"
+        ):
             get_backend("onnxruntime")
         assert available_backends()["onnxruntime"] is False
     finally:
@@ -110,7 +112,9 @@ def test_missing_litert_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
     litert_plugin._interpreter_class.cache_clear()
     try:
-        with pytest.raises(BackendUnavailableError, match=r"pip install 'edge-agent\[tflite\]'"):
+        with pytest.raises(
+            BackendUnavailableError, match=r"pip install 'edge-agent-runtime\[tflite\]'"
+        ):
             get_backend("litert")
     finally:
         litert_plugin._interpreter_class.cache_clear()

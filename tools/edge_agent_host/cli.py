@@ -28,6 +28,7 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.bundle.loader import Bundle, load_bundle
 from edge_agent.bundle.signing import TrustedKeys, key_id
 from edge_agent.bundle.writer import sign_bundle
+from edge_agent.distribution import clash_notice
 from edge_agent.errors import EdgeAgentError, InputError, SignatureError, missing_module_message
 from edge_agent_host import broker, hub, tasks
 from edge_agent_host.convert_aif import AifThresholds, convert_aif, load_aif_model
@@ -574,6 +575,9 @@ def _configure_logging(verbosity: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``edge-agent-host``; returns the exit code (argparse exits 2 on usage errors)."""
+    notice = clash_notice("edge-agent-host")  # PyPI's edge-agent in this environment
+    if notice is not None:
+        print(notice, file=sys.stderr)
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     command = COMMANDS[args.command]

@@ -32,6 +32,7 @@ from typing import Any, Final
 from edge_agent import __version__
 from edge_agent.cli import configure_logging
 from edge_agent.daemon.discovery import pid_alive
+from edge_agent.distribution import clash_notice
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent_host.hub.cli import format_fleet
 from edge_agent_host.hub.errors import HubError
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    notice = clash_notice("edge-agent-hub")  # PyPI's edge-agent in this environment
+    if notice is not None:
+        print(notice, file=sys.stderr)
     args = build_parser().parse_args(argv)
     handler = {
         "run": _run,
