@@ -40,7 +40,14 @@ from numpy.typing import NDArray
 from edge_agent.aif import kernels
 from edge_agent.coordination.auction import Auctioneer
 from edge_agent.coordination.beliefs import BeliefSharer
-from edge_agent.coordination.ledger import Bid, TaskBoard, abandon, bid_rows
+from edge_agent.coordination.ledger import (
+    Bid,
+    TaskBoard,
+    abandon,
+    bid_rows,
+    bids_from_columns,
+    seq_key,
+)
 from edge_agent.coordination.messages import (
     MAX_BIDS_PER_MESSAGE,
     MAX_CLAIMS,
@@ -650,17 +657,30 @@ class CoordinationEngine:
         * tombstones: only as the holder's signed release (``closers``), checked against the
           key the holder published, and not beyond the epoch this node knows for the task;
           bare tombstones (``closed``) are ignored.
+
+        ``relays_refused`` counts the facts left out that would have changed this ledger; an
+        honest sync has some too (facts about a live third node, which that node sends itself).
         """
+        board = self.board
         refused = 0
-        dead = [d for d in part.dead if d.bdseq < self._newest.get(d.node, -1)]
-        consumed = [
-            c for c in part.consumed if c.node == sender or self._session_over(c.node, c.bdseq)
-        ]
+        dead = []
+        for d in part.dead:
+            if d.bdseq < self._newest.get(d.node, -1):
+                dead.append(d)
+            elif not board.is_dead(d.node, d.bdseq):
+                refused += 1
+        consumed = []
+        for c in part.consumed:
+            if c.node == sender or self._session_over(c.node, c.bdseq):
+                consumed.append(c)
+            elif board.consumed.get((c.node, c.group, c.agent), -1) < seq_key(c.bdseq, c.bseq):
+                refused += 1
+        refused += sum(1 for tomb in part.closed if board.closed.get(tomb.task, -1) < tomb.epoch)
         closers: list[Release] = []
         sigs: list[bytes] = []
         fleet = self.topics.fleet
         for i, rel in enumerate(part.closers):
-            if self.board.closed.get(rel.task, -1) >= rel.epoch:
+            if board.closed.get(rel.task, -1) >= rel.epoch:
                 continue  # nothing new (not worth checking its signature)
             sig = part.closer_signature(i)
             if self._closes_unknown_epoch(rel) or not self.peer_keys.verify(
@@ -674,11 +694,10 @@ class CoordinationEngine:
         if cols.n_bids:
             own = cols.nodes.index(sender) if sender in cols.nodes else -1
             keep = cols.column("node_index") == own
-            refused += cols.n_bids - int(keep.sum())
-            cols = bid_rows(cols, keep)
-        refused += (
-            len(part.dead) - len(dead) + len(part.consumed) - len(consumed) + len(part.closed)
-        )
+            if not keep.all():
+                others = bid_rows(cols, ~keep)
+                refused += sum(1 for bid in bids_from_columns(others) if not board.knows(bid))
+                cols = bid_rows(cols, keep)
         self.counters["relays_refused"] += refused
         return TaskSync(
             tasks=part.tasks,

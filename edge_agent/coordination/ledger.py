@@ -336,6 +336,22 @@ class TaskBoard:
         hn, hg, ha = self._holder_node.data, self._holder_group.data, self._holder_agent.data
         return {int(ha[h]) for h in per.rows if hn[h] == n and hg[h] == g}
 
+    def knows(self, bid: Bid) -> bool:
+        """Whether this board holds ``bid`` or something that supersedes it (a later bid of
+        the same agent, its consumption, its session's death, a later round, the task's end)."""
+        if self.closed.get(bid.task, -1) >= bid.epoch or self.floor.get(bid.task, -1) > bid.epoch:
+            return True
+        key = seq_key(bid.bdseq, bid.bseq)
+        if self.dead.get(bid.node, -1) >= bid.bdseq:
+            return True
+        if self.consumed.get((bid.node, bid.group, bid.agent), -1) >= key:
+            return True
+        n, g = self._nodes.ids.get(bid.node), self._groups.ids.get(bid.group)
+        h = None if n is None or g is None else self._holders.get((n, g, bid.agent))
+        per = self.bids.get(bid.task)
+        row = None if h is None or per is None else per.rows.get(h)
+        return row is not None and row[1] >= key
+
     def valid_bids(self, task: str) -> Iterator[Bid]:
         """Bids that count for ``task`` at its current epoch (all the stored ones)."""
         epoch = self.floor.get(task)
