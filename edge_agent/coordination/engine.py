@@ -280,6 +280,7 @@ class CoordinationEngine:
                 "death_reauctions",
                 "tasks_abandoned",
                 "relays_refused",
+                "bids_refused",
                 "keys_learned",
             ),
             0,
@@ -289,12 +290,12 @@ class CoordinationEngine:
     def start(self) -> None:
         """Subscribe to beliefs, tasks and presence (now and on every reconnect)."""
         t = self.topics
-        for pattern in (
-            t.all_nodes(TopicKind.BELIEFS),
-            t.all_nodes(TopicKind.TASKS),
+        for pattern in (  # presence first: the retained births come before any bid
             t.all_nodes(TopicKind.STATE),
             t.all_nodes(TopicKind.BIRTH),
             t.all_nodes(TopicKind.DEATH),
+            t.all_nodes(TopicKind.BELIEFS),
+            t.all_nodes(TopicKind.TASKS),
         ):
             self.link.subscribe(pattern, 1)
         self._publish_key()
@@ -649,7 +650,8 @@ class CoordinationEngine:
         subject said (``docs/coordination.md``, "What a sync may say").
 
         * bids: only the sender's own (a node's bids reach every peer from the node itself,
-          directly or in its own syncs); a bid of any other node is dropped;
+          directly or in its own syncs), of a session this node has seen born; a bid of any
+          other node is dropped;
         * dead sessions: only sessions that ``node`` itself has since replaced (this node saw a
           message of a later session of it); the end of a node's current session comes from
           its own retained will or death;
@@ -693,7 +695,8 @@ class CoordinationEngine:
         cols = part.bids
         if cols.n_bids:
             own = cols.nodes.index(sender) if sender in cols.nodes else -1
-            keep = cols.column("node_index") == own
+            born = np.int64(self._alive.get(sender, -1))
+            keep = (cols.column("node_index") == own) & (cols.column("bdseq") <= born)
             if not keep.all():
                 others = bid_rows(cols, ~keep)
                 refused += sum(1 for bid in bids_from_columns(others) if not board.knows(bid))
@@ -726,6 +729,11 @@ class CoordinationEngine:
         )
 
     def _on_bids(self, env: Envelope, body: TaskBids) -> None:
+        if env.bdseq > self._alive.get(env.node, -1):
+            # Not a session this node has seen born: a lie that would outlive the sender's
+            # death (its will ends the session it registered, not a larger number).
+            self.counters["bids_refused"] += body.n_bids
+            return
         epochs, task_index, agents, costs = body.arrays()
         self.board.add_bids(
             env.node,

@@ -27,7 +27,7 @@ from edge_agent.coordination import (
     task_utility,
 )
 from edge_agent.coordination.ledger import Bid, bid_columns
-from edge_agent.coordination.messages import DeadSession, TaskSync, Tombstone
+from edge_agent.coordination.messages import DeadSession, TaskBids, TaskSync, Tombstone
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError
 from edge_agent.fleet.names import UINT32
@@ -560,6 +560,7 @@ def test_relayed_facts_say_no_more_than_their_subjects_said() -> None:
     spec = TaskSpec(task="a", epoch=3, capability="grid", goal_state=5, announced_by="peer")
     t.engine.handle(task_msg(TaskAnnounce(tasks=[spec]), node="peer"))
     t.engine.handle(birth("b", 5))
+    t.engine.handle(birth("peer", 0))
     t.tick()
     ghost = Bid("a", 3, "ghost", "grid", 0, -1e30, 0, 1)
     own = Bid("a", 3, "peer", "grid", 1, 5.0, 0, 1)
@@ -581,3 +582,15 @@ def test_relayed_facts_say_no_more_than_their_subjects_said() -> None:
     t.engine.handle(task_msg(TaskSync(dead=[DeadSession(node="b", bdseq=7)]), node="peer"))
     t.tick()
     assert board.dead == {"b": 7}
+    # A bid of a session its node was never seen born in (a number that would outlive the
+    # node's will) is refused, sent directly or in the node's own sync.
+    future = TaskBids.from_arrays(
+        "grid", 2, ["a"], epochs=[3], task_index=[0], agents=[2], costs=[1.0]
+    )
+    t.engine.handle(task_msg(future, node="peer", bdseq=UINT32 - 1))
+    late = own._replace(agent=3, bdseq=UINT32 - 1)
+    t.engine.handle(task_msg(TaskSync(bids=bid_columns([late])), node="peer"))
+    t.tick()
+    assert {b.agent for b in board.valid_bids("a") if b.node == "peer"} == {1}
+    assert t.engine.counters["bids_refused"] == 1
+    assert t.engine.counters["relays_refused"] == 1 + 2 + 1 + 1
