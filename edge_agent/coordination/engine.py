@@ -602,11 +602,12 @@ class CoordinationEngine:
             for item in body.items:
                 if item.node != env.node:
                     raise ValueError(f"release of {item.node}'s agent sent by {env.node}")
+            # Judged against the ledger as it was before this message (one award for all).
+            refused = [self._closes_unknown_epoch(item) for item in body.items]
+            self.counters["relays_refused"] += sum(refused)
             for i, item in enumerate(body.items):
-                if self._closes_unknown_epoch(item):
-                    self.counters["relays_refused"] += 1
-                    continue
-                self.board.add_release(item, body.signature(i))
+                if not refused[i]:
+                    self.board.add_release(item, body.signature(i))
         elif isinstance(body, TaskState):
             self._on_state(env.node, body, now)
         elif isinstance(body, TaskSync):
