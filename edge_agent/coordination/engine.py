@@ -245,6 +245,8 @@ class CoordinationEngine:
         """Per node, the largest ``bdseq`` this node has seen in a message of that node's own
         (on its own topics): how far a relayed fact about that node may go."""
         self.peer_keys = PeerKeys(self.settings.max_peers)
+        # Our own releases of an earlier run come back in peers' syncs (the key is kept).
+        self.peer_keys.learn(self.node_id, self.signer.public)
         self._bseq = 0
         self.tick = 0
         self._started_at: float | None = None
