@@ -40,7 +40,14 @@ from numpy.typing import NDArray
 from edge_agent.aif import kernels
 from edge_agent.coordination.auction import Auctioneer
 from edge_agent.coordination.beliefs import BeliefSharer
-from edge_agent.coordination.ledger import Bid, TaskBoard, abandon
+from edge_agent.coordination.ledger import (
+    Bid,
+    TaskBoard,
+    abandon,
+    bid_rows,
+    bids_from_columns,
+    seq_key,
+)
 from edge_agent.coordination.messages import (
     MAX_BIDS_PER_MESSAGE,
     MAX_CLAIMS,
@@ -50,6 +57,7 @@ from edge_agent.coordination.messages import (
     ReleaseStatus,
     TaskAnnounce,
     TaskBids,
+    TaskKey,
     TaskRelease,
     TaskSpec,
     TaskState,
@@ -57,6 +65,7 @@ from edge_agent.coordination.messages import (
 )
 from edge_agent.coordination.preferences import TaskPreferences
 from edge_agent.coordination.settings import CoordinationSettings, SharingSettings
+from edge_agent.coordination.signing import PeerKeys, TaskSigner, release_bytes
 from edge_agent.coordination.utility import select_bids, task_costs, task_utility
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import EdgeAgentError, InputError
@@ -206,8 +215,11 @@ class CoordinationEngine:
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         clock_synced: Callable[[], bool] | None = None,
+        signer: TaskSigner | None = None,
     ) -> None:
         self.link = link
+        self.signer = signer if signer is not None else TaskSigner.generate()
+        """Signs this node's releases; its public key goes out retained as ``task_key``."""
         self.node_id = link.node_id
         self.topics = link.topics
         self.settings = settings or CoordinationSettings()
@@ -229,6 +241,12 @@ class CoordinationEngine:
         )
         self._queue: BoundedQueue[MessageLike] = BoundedQueue(self.settings.max_inbox)
         self._alive: OrderedDict[str, int] = OrderedDict()
+        self._newest: OrderedDict[str, int] = OrderedDict()
+        """Per node, the largest ``bdseq`` this node has seen in a message of that node's own
+        (on its own topics): how far a relayed fact about that node may go."""
+        self.peer_keys = PeerKeys(self.settings.max_peers)
+        # Our own releases of an earlier run come back in peers' syncs (the key is kept).
+        self.peer_keys.learn(self.node_id, self.signer.public)
         self._bseq = 0
         self.tick = 0
         self._started_at: float | None = None
@@ -263,6 +281,9 @@ class CoordinationEngine:
                 "deaths_seen",
                 "death_reauctions",
                 "tasks_abandoned",
+                "relays_refused",
+                "bids_refused",
+                "keys_learned",
             ),
             0,
         )
@@ -271,14 +292,25 @@ class CoordinationEngine:
     def start(self) -> None:
         """Subscribe to beliefs, tasks and presence (now and on every reconnect)."""
         t = self.topics
-        for pattern in (
-            t.all_nodes(TopicKind.BELIEFS),
-            t.all_nodes(TopicKind.TASKS),
+        for pattern in (  # presence first: the retained births come before any bid
             t.all_nodes(TopicKind.STATE),
             t.all_nodes(TopicKind.BIRTH),
             t.all_nodes(TopicKind.DEATH),
+            t.all_nodes(TopicKind.BELIEFS),
+            t.all_nodes(TopicKind.TASKS),
         ):
             self.link.subscribe(pattern, 1)
+        self._publish_key()
+
+    def _publish_key(self) -> None:
+        """This node's public task key, retained on its own ``tasks`` topic (again with every
+        sync: a broker that lost its retained messages gets it back after the reconnects)."""
+        self._publish(
+            TaskKey.TYPE,
+            TaskKey(key=self.signer.public),
+            topic=self.topics.tasks(self.node_id),
+            retain=True,
+        )
 
     def handle(self, msg: MessageLike) -> bool:
         """Queue a received message if it is the engine's; False when it is not."""
@@ -325,10 +357,7 @@ class CoordinationEngine:
         if not bids:
             return
         items = [abandon(b) for b in bids]
-        for item in items:
-            self.board.add_release(item)
-        for start in range(0, len(items), MAX_TASKS_PER_MESSAGE):
-            self._publish_task(TaskRelease(items=items[start : start + MAX_TASKS_PER_MESSAGE]))
+        self._release(items)
         self.counters["tasks_abandoned"] += len(items)
         self._state_dirty = True
         logger.info("coordination: gave up %d task(s) of groups that changed", len(items))
@@ -500,10 +529,16 @@ class CoordinationEngine:
         *,
         qos: int = 1,
         topic: str | None = None,
+        retain: bool = False,
     ) -> bool:
         try:
             self.link.publish(
-                msg_type, body, self.settings.auction.outbox_class, topic=topic, qos=qos
+                msg_type,
+                body,
+                self.settings.auction.outbox_class,
+                topic=topic,
+                qos=qos,
+                retain=retain,
             )
         except EdgeAgentError as err:
             self.counters["publish_refused"] += 1
@@ -526,6 +561,8 @@ class CoordinationEngine:
         env = msg.envelope
         body = env.body
         kind = msg.route.kind
+        # The link checked that the envelope's node is the topic's: this is the node speaking.
+        self._note_newest(env.node, env.bdseq)
         if kind is TopicKind.BELIEFS:
             if isinstance(body, BeliefBatch):
                 self._on_beliefs(env, body, now)
@@ -550,6 +587,9 @@ class CoordinationEngine:
                 self._next_state = now
             return
         self.counters["task_msgs_received"] += 1
+        self._on_task(env, body, now)
+
+    def _on_task(self, env: Envelope, body: Body, now: float) -> None:
         if isinstance(body, TaskAnnounce):
             # The sender's own announcements only (it is the node of its topic, which a broker
             # ACL binds to its identity); other nodes' specs arrive in syncs.
@@ -564,13 +604,115 @@ class CoordinationEngine:
             for item in body.items:
                 if item.node != env.node:
                     raise ValueError(f"release of {item.node}'s agent sent by {env.node}")
-                self.board.add_release(item)
+            # Judged against the ledger as it was before this message (one award for all).
+            refused = [self._closes_unknown_epoch(item) for item in body.items]
+            self.counters["relays_refused"] += sum(refused)
+            for i, item in enumerate(body.items):
+                if not refused[i]:
+                    self.board.add_release(item, body.signature(i))
         elif isinstance(body, TaskState):
             self._on_state(env.node, body, now)
         elif isinstance(body, TaskSync):
             self.counters["syncs_received"] += 1
-            _, held = self.board.merge_sync(body)
+            _, held = self.board.merge_sync(self._admit_sync(env.node, body))
             self._reauction(held)
+        elif isinstance(body, TaskKey) and self.peer_keys.learn(env.node, body.key):
+            self.counters["keys_learned"] += 1
+
+    def _note_newest(self, node: str, bdseq: int) -> None:
+        if self._newest.get(node, -1) < bdseq:
+            self._newest[node] = bdseq
+        self._newest.move_to_end(node)
+        while len(self._newest) > self.settings.max_peers:
+            self._newest.popitem(last=False)
+
+    def _session_over(self, node: str, bdseq: int) -> bool:
+        """Whether this node knows, from ``node`` itself, that session ``bdseq`` of it ended: it
+        saw that session's will or death, or a message of a later session."""
+        return self.board.is_dead(node, bdseq) or bdseq < self._newest.get(node, -1)
+
+    def _closes_unknown_epoch(self, rel: Release) -> bool:
+        """Whether a done/expired release says more than its sender can know: it may close a
+        task only up to the largest epoch this node knows for it (a tombstone from the future
+        would close rounds not yet announced), and an open round only when this node's award
+        gives it to the releasing agent (or to no one)."""
+        if rel.status is ReleaseStatus.ABANDONED:
+            return False
+        floor = self.board.epoch(rel.task)
+        if floor is None:
+            return False
+        if rel.epoch > floor:
+            return True
+        if rel.epoch < floor or not self.board.is_open(rel.task):
+            return False
+        winner = self.board.award().get(rel.task)
+        return winner is not None and winner.holder != (rel.node, rel.group, rel.agent)
+
+    def _admit_sync(self, sender: str, part: TaskSync) -> TaskSync:
+        """What of a peer's sync part this node takes: a relayed fact may say no more than its
+        subject said (``docs/coordination.md``, "What a sync may say").
+
+        * bids: only the sender's own (a node's bids reach every peer from the node itself,
+          directly or in its own syncs), of a session this node has seen born; a bid of any
+          other node is dropped;
+        * dead sessions: only sessions that ``node`` itself has since replaced (this node saw a
+          message of a later session of it); the end of a node's current session comes from
+          its own retained will or death;
+        * consumed agents: the sender's own, or of sessions that are over (as above);
+        * tombstones: only as the holder's signed release (``closers``), checked against the
+          key the holder published, and not beyond the epoch this node knows for the task;
+          bare tombstones (``closed``) are ignored.
+
+        ``relays_refused`` counts the facts left out that would have changed this ledger; an
+        honest sync has some too (facts about a live third node, which that node sends itself).
+        """
+        board = self.board
+        refused = 0
+        dead = []
+        for d in part.dead:
+            if d.bdseq < self._newest.get(d.node, -1):
+                dead.append(d)
+            elif not board.is_dead(d.node, d.bdseq):
+                refused += 1
+        consumed = []
+        for c in part.consumed:
+            if c.node == sender or self._session_over(c.node, c.bdseq):
+                consumed.append(c)
+            elif board.consumed.get((c.node, c.group, c.agent), -1) < seq_key(c.bdseq, c.bseq):
+                refused += 1
+        refused += sum(1 for tomb in part.closed if board.closed.get(tomb.task, -1) < tomb.epoch)
+        closers: list[Release] = []
+        sigs: list[bytes] = []
+        fleet = self.topics.fleet
+        for i, rel in enumerate(part.closers):
+            if board.closed.get(rel.task, -1) >= rel.epoch:
+                continue  # nothing new (not worth checking its signature)
+            sig = part.closer_signature(i)
+            if self._closes_unknown_epoch(rel) or not self.peer_keys.verify(
+                rel.node, release_bytes(fleet, rel), sig
+            ):
+                refused += 1
+                continue
+            closers.append(rel)
+            sigs.append(sig)
+        cols = part.bids
+        if cols.n_bids:
+            own = cols.nodes.index(sender) if sender in cols.nodes else -1
+            born = np.int64(self._alive.get(sender, -1))
+            keep = (cols.column("node_index") == own) & (cols.column("bdseq") <= born)
+            if not keep.all():
+                others = bid_rows(cols, ~keep)
+                refused += sum(1 for bid in bids_from_columns(others) if not board.knows(bid))
+                cols = bid_rows(cols, keep)
+        self.counters["relays_refused"] += refused
+        return TaskSync(
+            tasks=part.tasks,
+            consumed=consumed,
+            dead=dead,
+            bids=cols,
+            closers=closers,
+            closer_sigs=b"".join(sigs),
+        )
 
     def _on_beliefs(self, env: Envelope, batch: BeliefBatch, now: float) -> None:
         self.counters["belief_msgs_received"] += 1
@@ -590,6 +732,11 @@ class CoordinationEngine:
         )
 
     def _on_bids(self, env: Envelope, body: TaskBids) -> None:
+        if env.bdseq > self._alive.get(env.node, -1):
+            # Not a session this node has seen born: a lie that would outlive the sender's
+            # death (its will ends the session it registered, not a larger number).
+            self.counters["bids_refused"] += body.n_bids
+            return
         epochs, task_index, agents, costs = body.arrays()
         self.board.add_bids(
             env.node,
@@ -687,6 +834,7 @@ class CoordinationEngine:
         if self._sync_wanted and now - self._last_sync >= auction.sync_min_interval_s:
             self._sync_wanted = False
             self._last_sync = now
+            self._publish_key()
             for part in self.board.sync_parts():
                 if self._publish_task(part):
                     self.counters["syncs_sent"] += 1
@@ -877,12 +1025,19 @@ class CoordinationEngine:
                     self.counters[key] += 1
         if not items:
             return False
-        for item in items:
-            self.board.add_release(item)
-        for start in range(0, len(items), MAX_TASKS_PER_MESSAGE):
-            self._publish_task(TaskRelease(items=items[start : start + MAX_TASKS_PER_MESSAGE]))
+        self._release(items)
         self._state_dirty = True
         return True
+
+    def _release(self, items: list[Release]) -> None:
+        """Merge this node's own releases, signed, and send them."""
+        fleet = self.topics.fleet
+        sigs = [self.signer.sign(release_bytes(fleet, item)) for item in items]
+        for item, sig in zip(items, sigs, strict=True):
+            self.board.add_release(item, sig)
+        for start in range(0, len(items), MAX_TASKS_PER_MESSAGE):
+            end = start + MAX_TASKS_PER_MESSAGE
+            self._publish_task(TaskRelease(items=items[start:end], sigs=b"".join(sigs[start:end])))
 
     def _publish_state(self, now: float) -> None:
         auction = self.settings.auction

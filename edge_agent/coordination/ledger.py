@@ -29,7 +29,6 @@ from edge_agent.coordination.messages import (
     ReleaseStatus,
     TaskSpec,
     TaskSync,
-    Tombstone,
 )
 
 #: Largest ``P * S`` for which :class:`TaskPreferences` keeps each holder's utility along every
@@ -245,6 +244,9 @@ class TaskBoard:
         self.specs: dict[str, TaskSpec] = {}
         self.floor: dict[str, int] = {}
         self.closed: dict[str, int] = {}
+        self.closers: dict[str, tuple[Release, bytes]] = {}
+        """Per closed task, the holder's signed release that closed it at ``closed[task]`` (when
+        it came signed): what a sync relays instead of a bare tombstone."""
         self.bids: dict[str, _TaskBids] = {}
         self.consumed: dict[tuple[str, str, int], int] = {}
         self.dead: dict[str, int] = {}
@@ -333,6 +335,22 @@ class TaskBoard:
             return set()
         hn, hg, ha = self._holder_node.data, self._holder_group.data, self._holder_agent.data
         return {int(ha[h]) for h in per.rows if hn[h] == n and hg[h] == g}
+
+    def knows(self, bid: Bid) -> bool:
+        """Whether this board holds ``bid`` or something that supersedes it (a later bid of
+        the same agent, its consumption, its session's death, a later round, the task's end)."""
+        if self.closed.get(bid.task, -1) >= bid.epoch or self.floor.get(bid.task, -1) > bid.epoch:
+            return True
+        key = seq_key(bid.bdseq, bid.bseq)
+        if self.dead.get(bid.node, -1) >= bid.bdseq:
+            return True
+        if self.consumed.get((bid.node, bid.group, bid.agent), -1) >= key:
+            return True
+        n, g = self._nodes.ids.get(bid.node), self._groups.ids.get(bid.group)
+        h = None if n is None or g is None else self._holders.get((n, g, bid.agent))
+        per = self.bids.get(bid.task)
+        row = None if h is None or per is None else per.rows.get(h)
+        return row is not None and row[1] >= key
 
     def valid_bids(self, task: str) -> Iterator[Bid]:
         """Bids that count for ``task`` at its current epoch (all the stored ones)."""
@@ -622,14 +640,19 @@ class TaskBoard:
         self._changed()
         return True
 
-    def add_release(self, rel: Release) -> bool:
+    def add_release(self, rel: Release, signature: bytes = b"") -> bool:
         """Merge a holder's release (its bids are consumed; done/expired close, abandoned
-        re-auctions at ``epoch + 1``)."""
+        re-auctions at ``epoch + 1``). ``signature``, the holder's, is kept with the tombstone
+        it made, for syncs to relay (the board does not check it: its caller does)."""
         changed = self.add_consumed(rel.node, rel.group, rel.agent, rel.bdseq, rel.bseq)
         if rel.status is ReleaseStatus.ABANDONED:
             changed |= self._raise_floor(rel.task, rel.epoch + 1)
         else:
             changed |= self.close(rel.task, rel.epoch)
+            if signature and self.closed.get(rel.task) == rel.epoch:
+                cur = self.closers.get(rel.task)
+                if cur is None or cur[0].epoch != rel.epoch:
+                    self.closers[rel.task] = (rel, signature)
         return changed
 
     def add_dead(self, node: str, bdseq: int) -> list[Bid]:
@@ -666,7 +689,9 @@ class TaskBoard:
             for t, s in self.specs.items()
             if t in self._live
         ]
-        closed = [Tombstone(task=t, epoch=e) for t, e in self.closed.items()]
+        closers = [
+            c for t, e in self.closed.items() if (c := self.closers.get(t)) and c[0].epoch == e
+        ]
         consumed = [
             Consumed(node=n, group=g, agent=a, bdseq=k >> 32, bseq=k & 0xFFFFFFFF)
             for (n, g, a), k in self.consumed.items()
@@ -676,7 +701,7 @@ class TaskBoard:
         step = MAX_TASKS_PER_MESSAGE
         n_parts = max(
             1,
-            *(math.ceil(len(x) / step) for x in (specs, closed, consumed, dead)),
+            *(math.ceil(len(x) / step) for x in (specs, closers, consumed, dead)),
             math.ceil(len(bids) / MAX_BIDS_PER_MESSAGE),
         )
         parts = []
@@ -686,21 +711,26 @@ class TaskBoard:
             parts.append(
                 TaskSync(
                     tasks=specs[sl],
-                    closed=closed[sl],
                     consumed=consumed[sl],
                     dead=dead[sl],
                     bids=bid_columns(chunk),
+                    closers=[rel for rel, _ in closers[sl]],
+                    closer_sigs=b"".join(sig for _, sig in closers[sl]),
                 )
             )
         return parts
 
     def merge_sync(self, part: TaskSync) -> tuple[bool, list[Bid]]:
-        """Merge one sync part; returns (changed, what newly dead sessions held)."""
+        """Merge one sync part; returns (changed, what newly dead sessions held). Everything in
+        it is taken as it is: what a receiver admits from a peer is its own decision (the
+        engine's ``_admit_sync`` keeps only what the facts' subjects said)."""
         before = self.version
         for spec in part.tasks:
             self.add_spec(spec)
         for tomb in part.closed:
             self.close(tomb.task, tomb.epoch)
+        for i, rel in enumerate(part.closers):
+            self.add_release(rel, part.closer_signature(i))
         for c in part.consumed:
             self.add_consumed(c.node, c.group, c.agent, c.bdseq, c.bseq)
         held: list[Bid] = []
@@ -733,6 +763,15 @@ def bid_columns(bids: Sequence[Bid]) -> BidColumns:
         agent=np.array([b.agent for b in bids], "<u4").tobytes(),
         cost=np.array([b.cost for b in bids], "<f4").tobytes(),
         bseq=np.array([b.bseq for b in bids], "<u4").tobytes(),
+    )
+
+
+def bid_rows(cols: BidColumns, keep: NDArray[np.bool_]) -> BidColumns:
+    """The rows of ``cols`` where ``keep`` is True (name lists unchanged)."""
+    if cols.n_bids == 0 or bool(keep.all()):
+        return cols
+    return msgspec.structs.replace(
+        cols, **{name: cols.column(name)[keep].tobytes() for name, _ in BidColumns._SIZES}
     )
 
 

@@ -2,7 +2,7 @@
 
 Belief sharing reuses the protocol's :class:`~edge_agent.fleet.protocol.BeliefBatch` on
 ``node/{node}/beliefs`` (see :mod:`edge_agent.coordination.beliefs` for what its fields carry).
-Task allocation adds five message types, each sent on the sender's own ``node/{node}/tasks``
+Task allocation adds six message types, each sent on the sender's own ``node/{node}/tasks``
 topic (receivers subscribe to ``node/+/tasks``), registered with
 :func:`~edge_agent.fleet.protocol.register_body_type` when this module is imported:
 
@@ -12,7 +12,13 @@ topic (receivers subscribe to ``node/+/tasks``), registered with
 ``task_release``           :class:`TaskRelease`: a holder finished, gave up, or ran out of time
 ``task_state``             :class:`TaskState`: digest of the sender's ledger and what it pursues
 ``task_sync``              :class:`TaskSync`: part of a ledger, to merge after a partition
+``task_key``               :class:`TaskKey`: the sender's public task key (retained)
 ========================= ==================================================================
+
+Signed facts: a release carries the holder node's ed25519 signature
+(:func:`~edge_agent.coordination.signing.release_bytes`), and a sync relays a tombstone only as
+the signed release that closed the task (``closers``). Fields added later have defaults, so a
+receiver takes messages of older senders (unsigned releases are merged, never relayed).
 
 Arrays are little-endian ``bin`` columns, as in the protocol's batches; every length is checked
 by the model (a :class:`~edge_agent.fleet.protocol.WireModel`, like the protocol's), so a body
@@ -46,6 +52,10 @@ MAX_BIDS_PER_MESSAGE: Final = 8192
 """Bid rows in one message (a sync part is then at most ~220 KB, under the 256 KiB limit)."""
 MAX_CLAIMS: Final = 4096
 DIGEST_BYTES: Final = 16
+SIGNATURE_BYTES: Final = 64
+"""A raw ed25519 signature."""
+KEY_BYTES: Final = 32
+"""A raw ed25519 public key."""
 MAX_GOAL_FACTOR: Final = 63
 MAX_GOAL_STATE: Final = 1 << 20
 
@@ -204,9 +214,26 @@ class Release(_Strict, frozen=True, kw_only=True):
     status: ReleaseStatus
 
 
+def _check_sigs(name: str, sigs: bytes, rows: int, *, optional: bool) -> None:
+    if optional and not sigs:
+        return
+    _check_column(name, sigs, SIGNATURE_BYTES, rows)
+
+
 class TaskRelease(Body, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "task_release"
     items: Annotated[list[Release], Meta(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
+    sigs: Annotated[
+        bytes,
+        Meta(description="64-byte ed25519 signature of each item by the sender; empty: unsigned"),
+    ] = b""
+
+    def _check(self) -> None:
+        _check_sigs("sigs", self.sigs, len(self.items), optional=True)
+
+    def signature(self, i: int) -> bytes:
+        """Item ``i``'s signature (empty when the sender did not sign)."""
+        return self.sigs[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
 
 
 class Claim(_Strict, frozen=True, kw_only=True):
@@ -329,9 +356,30 @@ class TaskSync(Body, frozen=True, kw_only=True):
         default_factory=list
     )
     bids: BidColumns = msgspec.field(default_factory=BidColumns)
+    closers: Annotated[
+        list[Release],
+        Meta(max_length=MAX_TASKS_PER_MESSAGE, description="signed releases behind tombstones"),
+    ] = msgspec.field(default_factory=list)
+    closer_sigs: Annotated[
+        bytes, Meta(description="the holder's 64-byte ed25519 signature of each closer")
+    ] = b""
+
+    def _check(self) -> None:
+        _check_sigs("closer_sigs", self.closer_sigs, len(self.closers), optional=False)
+
+    def closer_signature(self, i: int) -> bytes:
+        return self.closer_sigs[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
 
 
-MESSAGE_TYPES: Final = (TaskAnnounce, TaskBids, TaskRelease, TaskState, TaskSync)
+class TaskKey(Body, frozen=True, kw_only=True):
+    """The sender's public ed25519 task key, published retained on its own ``tasks`` topic:
+    peers check what it signed (its releases, when someone relays them) against this key."""
+
+    TYPE: ClassVar[str] = "task_key"
+    key: Annotated[bytes, Meta(min_length=KEY_BYTES, max_length=KEY_BYTES)]
+
+
+MESSAGE_TYPES: Final = (TaskAnnounce, TaskBids, TaskRelease, TaskState, TaskSync, TaskKey)
 for _model in MESSAGE_TYPES:
     register_body_type(_model)
 prepare_all()  # msgspec's type info of every model here now, not on two threads at once

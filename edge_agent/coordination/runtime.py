@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -52,9 +53,11 @@ from edge_agent.coordination.engine import (
     MessageLike,
 )
 from edge_agent.coordination.messages import TaskSpec
+from edge_agent.coordination.signing import TaskSigner
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.errors import BudgetError, EdgeAgentError
+from edge_agent.recovery import StateHealth
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +118,16 @@ def wanted(coordination: CoordinationConfig | None, groups: Bindings, mqtt_enabl
     return coordinates(coordination, (b.config for b in groups.values()), mqtt_enabled)
 
 
+def _task_signer(link: object) -> TaskSigner:
+    """The node's task key, kept in the link's state directory (a FleetLink's); a key for this
+    run only when the link has none (tests' in-memory links)."""
+    state_dir = getattr(link, "state_dir", None)
+    if not isinstance(state_dir, Path):
+        return TaskSigner.generate()
+    health = getattr(link, "health", None)
+    return TaskSigner.load_or_create(state_dir, health if isinstance(health, StateHealth) else None)
+
+
 class CoordinationRuntime:
     """The daemon's coordination layer (see the module docstring)."""
 
@@ -157,6 +170,7 @@ class CoordinationRuntime:
                 monotonic=monotonic,
                 wall_clock=wall_clock,
                 clock_synced=clock_synced,
+                signer=_task_signer(link),
             )
         except BaseException:
             self.close()

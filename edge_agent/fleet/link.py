@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import msgpack
 import msgspec
 
 from edge_agent import __version__
@@ -146,7 +148,7 @@ class FleetLink:
         self._birth = self._to_birth(birth)
         self._extra_subs = list(subscriptions)
         self._seq = 0
-        self._bdseq: int | None = self._load_bdseq()
+        self._bdseq: int | None = self._newest_bdseq()
         self._session_bdseq: tuple[int, int] | None = None
         self._online_session: int | None = None
         self._synced = False
@@ -221,6 +223,9 @@ class FleetLink:
             while self._mono() < deadline and self.online and self.outbox.depth_rows:
                 self.pump()
                 time.sleep(0.01)
+        with self._lock:
+            if self._unsaved and self._bdseq is not None:
+                self._save_bdseq(self._bdseq)  # the storage may have recovered since the retry
         self.outbox.flush()
         self.transport.disconnect(publish_will=True)
         self.pump()
@@ -517,6 +522,21 @@ class FleetLink:
     def _state_path(self) -> Path:
         return self.state_dir / STATE_FILE
 
+    def _newest_bdseq(self) -> int | None:
+        """The newest session number anywhere on disk: the saved one, or one that a message
+        still in the outbox carries (sessions whose number could not be saved, e.g. while the
+        disk was full, may have left messages there). The next session starts above it."""
+        newest = self._load_bdseq()
+        for payload in self.outbox.payloads():
+            try:
+                env = msgpack.unpackb(payload, raw=False)
+            except (ValueError, msgpack.ExtraData):
+                continue
+            value = env.get("bdseq") if isinstance(env, dict) else None
+            if type(value) is int and 0 <= value < UINT32 and (newest is None or value > newest):
+                newest = value
+        return newest
+
     def _load_bdseq(self) -> int | None:
         """The persisted bdseq; None (the count restarts) when there is none. A damaged file is
         moved aside; one the storage will not read is left alone."""
@@ -549,6 +569,8 @@ class FleetLink:
         Never raises: when the storage refuses, the number lives on in memory (the caller
         holds the lock) and :meth:`pump` tries again every ``save_retry_s``."""
         data = json.dumps({"bdseq": bdseq, "node": self.node_id, "fleet": self.fleet}).encode()
+        # One length for every number: a full disk can then still take it over the old file.
+        data = data.ljust(len(data) + _BDSEQ_DIGITS - len(str(bdseq))) + b"\n"
         path = self._state_path()
         for _ in range(2):
             try:
@@ -560,9 +582,14 @@ class FleetLink:
                     and self.health.move_aside(PART, path, "not a regular file") is not None
                 ):
                     continue  # a directory was in its place: moved aside, write again
+                # A full disk refuses the atomic write's new file, not the blocks of the old
+                # one: the number is written over it, so the next start is above it anyway.
+                # The atomic write is tried again every save_retry_s.
+                in_place = is_storage_error(err) and _overwrite_in_place(path, data)
                 self._unsaved = True
                 self._save_retry_at = self._mono() + self.save_retry_s
-                self.health.storage_error(PART, err, f"save bdseq {bdseq} to {path}")
+                done = " (written over the old file in place)" if in_place else ""
+                self.health.storage_error(PART, err, f"save bdseq {bdseq} to {path}{done}")
                 return
             if self._unsaved:
                 self._unsaved = False
@@ -626,3 +653,25 @@ class FleetLink:
     def _malformed(self, reason: str, topic: str, detail: str) -> None:
         self._count(f"malformed.{reason}")
         logger.debug("dropped malformed message on %s: %s", topic, detail)
+
+
+_BDSEQ_DIGITS: Final = len(str(UINT32 - 1))
+"""The saved JSON is padded with spaces as if its bdseq had this many digits."""
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Write ``data`` over the existing file ``path`` without allocating (a full disk refuses
+    the atomic write's new file, not the blocks the old one holds): padded with spaces to the
+    old length, which JSON ignores, and synced. False when that fails too."""
+    try:
+        with path.open("r+b") as fh:
+            old = len(fh.read())
+            if len(data) > old:
+                return False
+            fh.seek(0)
+            fh.write(data + b" " * (old - len(data)))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        return False
+    return True

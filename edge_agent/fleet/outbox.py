@@ -63,7 +63,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -679,6 +679,12 @@ class Outbox:
         return len(doomed)
 
     # Reading --------------------------------------------------------------------------------
+    def payloads(self) -> Iterator[bytes]:
+        """Every stored message's payload, oldest first (at start: the FleetLink reads the
+        newest session number any of them carries)."""
+        for (payload,) in self._select("SELECT payload FROM messages ORDER BY id", ()):
+            yield bytes(payload)
+
     @property
     def inflight(self) -> int:
         return len(self._inflight)

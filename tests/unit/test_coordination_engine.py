@@ -26,9 +26,12 @@ from edge_agent.coordination import (
     TaskState,
     task_utility,
 )
+from edge_agent.coordination.ledger import Bid, bid_columns
+from edge_agent.coordination.messages import DeadSession, TaskBids, TaskSync, Tombstone
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError
-from edge_agent.fleet.protocol import Body, Envelope, Telemetry
+from edge_agent.fleet.names import UINT32
+from edge_agent.fleet.protocol import Birth, Body, Envelope, Telemetry
 from edge_agent.fleet.topics import Route, TopicKind, Topics
 from edge_agent.sim import BatchEnv
 from edge_agent.sim.gridworld import gridworld_model
@@ -37,6 +40,7 @@ from tests.unit.coordination_harness import (
     GroupSpec,
     SharedTruthWorld,
     SimFleet,
+    SimNode,
     held_by_node,
     static_world_model,
 )
@@ -373,9 +377,18 @@ class Msg:
     envelope: Envelope
 
 
-def task_msg(body: Body, node: str = "peer") -> Msg:
-    env = Envelope(type=body.TYPE, node=node, seq=1, bdseq=0, ts=0.0, clock_synced=False, body=body)
-    return Msg(Route("coord", TopicKind.TASKS, node), env)
+def task_msg(
+    body: Body, node: str = "peer", *, bdseq: int = 0, kind: TopicKind = TopicKind.TASKS
+) -> Msg:
+    env = Envelope(
+        type=body.TYPE, node=node, seq=1, bdseq=bdseq, ts=0.0, clock_synced=False, body=body
+    )
+    return Msg(Route("coord", kind, node), env)
+
+
+def birth(node: str, bdseq: int) -> Msg:
+    body = Birth(software_version="x", profile="x", budget_bytes=0)
+    return task_msg(body, node, bdseq=bdseq, kind=TopicKind.BIRTH)
 
 
 class Ticker:
@@ -488,3 +501,96 @@ def test_metrics_fit_a_telemetry_message() -> None:
     )
     assert telemetry.counters == counters
     assert t.engine.nbytes == t.engine.groups["grid"].prefs.nbytes > 0
+
+
+def test_a_late_joiner_takes_a_dead_holder_s_signed_tombstones_from_a_peer(
+    tmp_path: Path,
+) -> None:
+    """Tombstones travel as the holder's signed releases: a node that joins after the holder
+    died checks them against the key the holder published (retained) and ends with the same
+    ledger as everyone, without a sync storm."""
+    fleet = SimFleet(
+        tmp_path,
+        3,
+        {"grid": GroupSpec(GRID, 20, capabilities=("grid",))},
+        settings(done_belief=0.9),
+    )
+    try:
+        fleet.tick(3)
+        fleet.nodes[1].engine.announce(grid_tasks(12, by="node1"))
+        for _ in range(150):
+            fleet.tick()
+            if all(not n.engine.board.open_epochs() for n in fleet.nodes):
+                break
+        assert all(not n.engine.board.open_epochs() for n in fleet.nodes)
+        done_by_0 = fleet.nodes[0].engine.counters["tasks_done"]
+        assert done_by_0 > 0
+        fleet.kill("node0")
+        fleet.tick(3)
+        late = SimNode(
+            fleet.broker, tmp_path, "late", {"grid": GroupSpec(GRID, 20, capabilities=("grid",))},
+            fleet.clock, settings=settings(done_belief=0.9), seed=9,
+        )  # fmt: skip
+        fleet.nodes.append(late)
+        for _ in range(40):
+            fleet.tick()
+            digests = {n.engine.board.digest() for n in fleet.live}
+            if len(digests) == 1:
+                break
+        assert len({n.engine.board.digest() for n in fleet.live}) == 1
+        board = late.engine.board
+        assert board.closed == fleet.nodes[1].engine.board.closed
+        assert len(board.closed) == 12
+        assert {r.node for r, _ in board.closers.values()} >= {"node0"}
+        fleet.tick(round(10.0 / TICK_S))  # syncs wanted before the agreement go out
+        syncs = sum(n.engine.counters["syncs_sent"] for n in fleet.live)
+        fleet.tick(round(5.0 / TICK_S))  # agreement holds: no more syncs
+        assert sum(n.engine.counters["syncs_sent"] for n in fleet.live) == syncs
+        assert len({n.engine.board.digest() for n in fleet.live}) == 1
+    finally:
+        fleet.close()
+
+
+def test_relayed_facts_say_no_more_than_their_subjects_said() -> None:
+    """A peer's sync carries facts about other nodes; each is taken only as far as this node
+    has heard it from the node it is about (unit-level; tests/integration/
+    test_coordination_relays.py runs the attacks on real daemons)."""
+    t = Ticker()
+    t.tick(2)
+    spec = TaskSpec(task="a", epoch=3, capability="grid", goal_state=5, announced_by="peer")
+    t.engine.handle(task_msg(TaskAnnounce(tasks=[spec]), node="peer"))
+    t.engine.handle(birth("b", 5))
+    t.engine.handle(birth("peer", 0))
+    t.tick()
+    ghost = Bid("a", 3, "ghost", "grid", 0, -1e30, 0, 1)
+    own = Bid("a", 3, "peer", "grid", 1, 5.0, 0, 1)
+    sync = TaskSync(
+        bids=bid_columns([ghost, own]),
+        dead=[DeadSession(node="b", bdseq=7), DeadSession(node="b", bdseq=UINT32 - 1)],
+        closed=[Tombstone(task="a", epoch=UINT32 - 1)],
+    )
+    t.engine.handle(task_msg(sync, node="peer"))
+    t.tick()
+    board = t.engine.board
+    bidders = {b.node for b in board.valid_bids("a")}
+    assert bidders == {"solo", "peer"}  # this node's own, and the sender's: not the ghost
+    assert board.dead == {}  # b's sessions 7 and later: b (at 5) never said there were any
+    assert board.is_open("a")
+    assert t.engine.counters["relays_refused"] == 1 + 2 + 1
+    # b's next session (seen from b itself) makes session 7 over: now a relay may say so.
+    t.engine.handle(birth("b", 8))
+    t.engine.handle(task_msg(TaskSync(dead=[DeadSession(node="b", bdseq=7)]), node="peer"))
+    t.tick()
+    assert board.dead == {"b": 7}
+    # A bid of a session its node was never seen born in (a number that would outlive the
+    # node's will) is refused, sent directly or in the node's own sync.
+    future = TaskBids.from_arrays(
+        "grid", 2, ["a"], epochs=[3], task_index=[0], agents=[2], costs=[1.0]
+    )
+    t.engine.handle(task_msg(future, node="peer", bdseq=UINT32 - 1))
+    late = own._replace(agent=3, bdseq=UINT32 - 1)
+    t.engine.handle(task_msg(TaskSync(bids=bid_columns([late])), node="peer"))
+    t.tick()
+    assert {b.agent for b in board.valid_bids("a") if b.node == "peer"} == {1}
+    assert t.engine.counters["bids_refused"] == 1
+    assert t.engine.counters["relays_refused"] == 1 + 2 + 1 + 1

@@ -33,7 +33,14 @@ from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.fleet.deploy import DeployManager
 from edge_agent.fleet.link import STATE_FILE, FleetLink
 from edge_agent.fleet.outbox import VOLATILE_MAX_BYTES, Outbox
-from edge_agent.fleet.protocol import Command, ResultCode
+from edge_agent.fleet.protocol import (
+    Command,
+    Envelope,
+    Event,
+    EventKind,
+    ResultCode,
+    encode,
+)
 from edge_agent.recovery import Recovery, StateHealth, StorageNotice
 
 NOW = 1_800_000_000.0
@@ -520,6 +527,68 @@ def test_a_full_disk_never_stops_the_link_connecting(
     mono.now += 30
     link.pump()  # retried: persisted now, while connected
     assert json.loads((tmp_path / STATE_FILE).read_text())["bdseq"] == 3
+    assert not health.failing("sequence")
+    link.outbox.close()
+
+
+def test_a_start_is_above_every_session_number_on_disk_the_outbox_included(
+    tmp_path: Path,
+) -> None:
+    """Sessions whose number could not be saved (a full disk) may have left messages in the
+    outbox: the next session starts above the newest number any of them carries."""
+    (tmp_path / STATE_FILE).write_text(json.dumps({"bdseq": 4}))
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    for bdseq in (5, 15, 9):
+        env = Envelope(
+            type="event", node=NODE, seq=1, bdseq=bdseq, ts=1.0, clock_synced=False,
+            body=Event(kind=EventKind.ALARM, detail="left from a session"),
+        )  # fmt: skip
+        outbox.put("t", encode(env), "event")
+    outbox.put("t", b"\xc1 not msgpack", "event")  # skipped
+    outbox.flush()
+    outbox.close()
+    broker, health, mono = MemoryBroker(), StateHealth(), Mono()
+    link = make_link(tmp_path, broker, health, mono)
+    assert link.bdseq == 15
+    link.start()
+    link.pump()
+    assert link.online
+    assert link.bdseq == 16
+    assert json.loads((tmp_path / STATE_FILE).read_text())["bdseq"] == 16
+    link.outbox.close()
+
+
+def test_a_full_disk_writes_the_number_over_the_old_file_and_the_stop_saves_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = link_module.write_atomic
+    full = [False]
+
+    def write_atomic(path: Path, data: bytes, **kwargs: Any) -> None:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(link_module, "write_atomic", write_atomic)
+    broker, health, mono = MemoryBroker(), StateHealth(), Mono()
+    link = make_link(tmp_path, broker, health, mono)
+    link.start()
+    link.pump()
+    assert link.bdseq == 0
+    full[0] = True
+    for _ in range(12):  # sessions 1 ... 12 with the disk full
+        link.transport.disconnect()  # type: ignore[attr-defined]
+        link.pump()
+        link.transport.connect(link._make_will)  # type: ignore[attr-defined]
+        link.pump()
+    assert link.bdseq == 12
+    text = (tmp_path / STATE_FILE).read_text()
+    assert json.loads(text)["bdseq"] == 12  # over the old file, padded to its length
+    assert health.failing("sequence")
+    full[0] = False
+    link.stop()  # the storage is back: saved the ordinary way on the way out
+    saved = json.loads((tmp_path / STATE_FILE).read_text())
+    assert saved == {"bdseq": 12, "node": NODE, "fleet": FLEET}
     assert not health.failing("sequence")
     link.outbox.close()
 

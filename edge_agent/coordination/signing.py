@@ -1,0 +1,159 @@
+"""A node's task key: the ed25519 key that signs what it states about itself, so that a peer
+relaying it carries the node's signature, not a claim of its own (``docs/coordination.md``).
+
+Every node publishes its public key retained on its own ``tasks`` topic (:class:`TaskKey`), which
+a broker ACL lets no one else write; peers take a node's key only from there. What is signed
+today: the node's releases (:func:`release_bytes`), which are what closes a task; a relayed
+tombstone must come with the holder's signed release.
+
+The private key lives in the node's state directory (``coordination_key``, the raw 32-byte seed,
+mode 0600), so the public key stays the same across restarts and a peer that joins later can
+still check what the node signed before. A damaged file is moved aside and a new key made; when
+the storage refuses the write the key lives in memory for this run (peers that learn the new key
+cannot check releases signed with the old one: those are not relayed to them).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import msgpack
+
+from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
+from edge_agent.recovery import StateHealth
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+    from edge_agent.coordination.messages import Release
+
+logger = logging.getLogger(__name__)
+
+KEY_FILE: Final = "coordination_key"
+SEED_BYTES: Final = 32
+PART: Final = "coordination_key"
+
+
+def release_bytes(fleet: str, rel: Release) -> bytes:
+    """What a release's signature covers: the fleet and every field of the release."""
+    packed: bytes = msgpack.packb(
+        [
+            "ea-task-release-v1",
+            fleet,
+            rel.task,
+            rel.epoch,
+            rel.node,
+            rel.group,
+            rel.agent,
+            rel.bdseq,
+            rel.bseq,
+            str(rel.status),
+        ],
+        use_bin_type=True,
+    )
+    return packed
+
+
+class TaskSigner:
+    """The node's private task key (see the module docstring)."""
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        self._private = private
+        self.public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @classmethod
+    def generate(cls) -> TaskSigner:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load_or_create(cls, state_dir: Path, health: StateHealth | None = None) -> TaskSigner:
+        """The key kept in ``state_dir``; a new one (saved when the storage lets it) when there
+        is none or the file is damaged. Never raises for the file's sake."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import (
+            Encoding,
+            NoEncryption,
+            PrivateFormat,
+        )
+
+        health = health if health is not None else StateHealth()
+        path = state_dir / KEY_FILE
+        if not_a_file(path):
+            health.move_aside(PART, path, "not a regular file")
+        else:
+            try:
+                seed = path.read_bytes()
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                health.storage_error(PART, err, f"read {path}")
+            else:
+                if len(seed) == SEED_BYTES:
+                    return cls(Ed25519PrivateKey.from_private_bytes(seed))
+                health.move_aside(PART, path, f"{len(seed)} bytes, expected {SEED_BYTES}")
+        private = Ed25519PrivateKey.generate()
+        seed = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        try:
+            write_atomic(path, seed, mkdir=True, mode=0o600)
+        except OSError as err:
+            if not is_storage_error(err):
+                logger.warning("coordination: cannot save the task key to %s: %s", path, err)
+            health.storage_error(PART, err, f"save the task key to {path}")
+        return cls(private)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private.sign(data)
+
+
+class PeerKeys:
+    """Peers' public task keys, as each node published its own (bounded; the oldest learned is
+    forgotten first)."""
+
+    def __init__(self, max_nodes: int) -> None:
+        self.max_nodes = max_nodes
+        self._raw: dict[str, bytes] = {}
+        self._keys: dict[str, Ed25519PublicKey] = {}
+
+    def learn(self, node: str, raw: bytes) -> bool:
+        """Take ``raw`` as ``node``'s key (it came on ``node``'s own topic). True when new."""
+        if self._raw.get(node) == raw:
+            return False
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        key = Ed25519PublicKey.from_public_bytes(raw)
+        self._raw.pop(node, None)
+        self._keys.pop(node, None)
+        while len(self._raw) >= self.max_nodes:
+            oldest = next(iter(self._raw))
+            del self._raw[oldest], self._keys[oldest]
+        self._raw[node] = raw
+        self._keys[node] = key
+        return True
+
+    def known(self, node: str) -> bool:
+        return node in self._keys
+
+    def verify(self, node: str, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` over ``data`` is ``node``'s (False for an unknown node)."""
+        from cryptography.exceptions import InvalidSignature
+
+        key = self._keys.get(node)
+        if key is None:
+            return False
+        try:
+            key.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._keys)
