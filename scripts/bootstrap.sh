@@ -59,6 +59,12 @@ if [ ! -f "$STAMP" ] || [ -n "$missing" ] || [ "$ROOT/pyproject.toml" -nt "$STAM
     [ -n "$union" ] && target="$ROOT[$union]"
     echo "bootstrap: installing edge-agent-runtime${union:+[$union]} into $VENV${missing:+ (adding $missing)}" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+    # A venv made before the rename holds this checkout as the distribution 'edge-agent' (the
+    # name of another project on PyPI since): both would own edge_agent, so the old one goes.
+    if "$VENV/bin/python" -m pip show -q edge-agent >/dev/null 2>&1; then
+        echo "bootstrap: removing the distribution 'edge-agent' (this project's old name)" >&2
+        "$VENV/bin/python" -m pip uninstall -q -y edge-agent >&2
+    fi
     "$VENV/bin/python" -m pip install -q -e "$target" >&2
     printf '%s\n' "$union" | tr ',' '\n' | sed '/^$/d' >"$STAMP"
 fi
