@@ -323,7 +323,7 @@ def measure_halt(hub: Hub, bad: Path, good: Path, nodes: int) -> None:
     beyond = 0
     for row in end["nodes"].values():
         states[row["state"]] = states.get(row["state"], 0) + 1
-        if row["wave"] > 0 and row["state"] != "pending":
+        if row["wave"] > 1 and row["state"] != "pending":
             beyond += 1
     emit(
         {
@@ -332,7 +332,7 @@ def measure_halt(hub: Hub, bad: Path, good: Path, nodes: int) -> None:
             "waves": plan["waves"],
             "state": end["state"],
             "detail": end["detail"],
-            "halted_in_wave": end["wave"] + 1,
+            "halted_in_wave": end["wave"],
             "node_states": states,
             "nodes_beyond_first_wave_touched": beyond,
             "wall_s": round(time.monotonic() - t0, 1),

@@ -70,6 +70,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from edge_agent.errors import EdgeAgentError
+from edge_agent.fleet.comms.base import reason_text
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
 from edge_agent.recovery import StateHealth
 
@@ -77,6 +78,10 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 1
 PUBACK_QUOTA_EXCEEDED: Final = 0x97
+_REFUSAL_HINTS: Final = {
+    0x87: " (the broker's ACL does not let this identity write that topic: a revoked identity, "
+    "or a topic outside its rights, docs/security.md)",
+}
 #: The most a volatile (in-memory) outbox holds, whatever ``max_bytes`` says: it is RAM.
 VOLATILE_MAX_BYTES: Final = 4 * 1024 * 1024
 PART: Final = "outbox"
@@ -652,7 +657,12 @@ class Outbox:
         if reason_code == PUBACK_QUOTA_EXCEEDED:
             return True  # stays stored; sent again after the next reconnect
         if reason_code >= 0x80:
-            logger.error("outbox: broker refused row %d (reason 0x%02x)", entry.row_id, reason_code)
+            logger.error(
+                "outbox: the broker refused row %d: %s%s",
+                entry.row_id,
+                reason_text(reason_code),
+                _REFUSAL_HINTS.get(reason_code, ""),
+            )
             self.rejected += 1
         else:
             self.acked += 1

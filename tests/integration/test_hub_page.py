@@ -345,7 +345,7 @@ def thousand_nodes(now: float) -> list[dict[str, Any]]:
             "bundles": [{"group": "grid", "bundle": "grid10@1.1.0", "bundle_sha256": "ab" * 32}],
             "deployment": {
                 "rollout": "r-1", "rollout_state": "halted", "group": "grid",
-                "bundle": "grid10 1.2.0", "bundle_sha256": "cd" * 32, "wave": 0,
+                "bundle": "grid10 1.2.0", "bundle_sha256": "cd" * 32, "wave": 1,
                 "state": "failed" if failed else "ok",
                 "detail": f"failed: health: simulated failure on node {i}" if failed else "",
                 "updated": now,
@@ -368,7 +368,7 @@ def test_the_page_at_a_thousand_nodes(tmp_path: Path) -> None:
     server = WebServer("127.0.0.1", 0)
     rollout = {
         "id": "r-1", "group": "grid", "bundle": "grid10 1.2.0", "bundle_sha256": "cd" * 32,
-        "state": "halted", "wave": 0, "waves": 2, "detail": "wave 1: 10 failed (1.0 % > 0 %)",
+        "state": "halted", "wave": 1, "waves": 2, "detail": "wave 1: 10 failed (1.0 % > 0 %)",
         "nodes_total": 1000, "nodes_done": 990, "nodes_failed": 10,
         "failed_nodes": [{"node": "sim-0005", "state": "failed",
                           "detail": "failed: health: simulated failure on node 5"}],

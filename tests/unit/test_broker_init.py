@@ -39,6 +39,7 @@ from edge_agent_host.broker import (
     revoke_identity,
 )
 from edge_agent_host.hub import HubClient, HubError
+from edge_agent_host.hubd.config import parse_hub_config
 
 FLEET = "plant-3"
 T = Topics(FLEET)
@@ -269,9 +270,17 @@ def test_init_writes_a_ca_the_broker_s_and_each_client_s_certificate(tmp_path: P
     assert m.tls.key_file == (out / "clients" / "pi-a" / "pi-a.key").resolve()
     assert m.tls.ca_file is not None
     assert m.tls.ca_file.read_bytes() == (out / "ca" / "ca.crt").read_bytes()
-    hub = tomllib.loads((out / "clients" / "hub" / "mqtt.toml").read_text())
-    assert hub["mqtt"]["node_id"] == "hub"
-    assert "--cert-file" in (out / "clients" / "hub" / "mqtt.toml").read_text()
+    # A hub's snippet is the start of the hub service's config: edge-agent-hub takes it as is.
+    assert not (out / "clients" / "hub" / "mqtt.toml").exists()
+    hub_text = (out / "clients" / "hub" / "hub.toml").read_text()
+    hub = parse_hub_config(hub_text + '[database]\ntype = "sqlite"\n', "hub.toml").config
+    assert hub.hub.id == "hub"
+    assert (hub.mqtt.host, hub.mqtt.port, hub.mqtt.fleet) == ("127.0.0.1", 8883, FLEET)
+    assert hub.mqtt.tls.enabled
+    assert hub.mqtt.tls.cert_file == (out / "clients" / "hub" / "hub.crt").resolve()
+    assert hub.mqtt.tls.key_file == (out / "clients" / "hub" / "hub.key").resolve()
+    assert "--cert-file" in hub_text
+    assert "it may carry rollouts" in hub_text
 
 
 def test_password_auth_writes_hashes_for_the_broker_and_passwords_for_the_clients(
@@ -301,6 +310,11 @@ def test_password_auth_writes_hashes_for_the_broker_and_passwords_for_the_client
     )
     assert m.tls.enabled
     assert m.tls.cert_file is None
+    service = parse_hub_config((out / "clients" / "hub" / "hub.toml").read_text(), "hub.toml")
+    assert (service.config.mqtt.username, service.config.mqtt.password_file) == (
+        "hub",
+        (out / "clients" / "hub" / "password").resolve(),
+    )
 
 
 def test_issue_rotate_and_revoke(tmp_path: Path) -> None:

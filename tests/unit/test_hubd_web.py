@@ -109,7 +109,7 @@ def test_a_snapshot_becomes_these_metrics() -> None:
     assert values[("edge_agent_hub_rollout_nodes", (*labels, ("state", "ok")))] == 4
     assert values[("edge_agent_hub_rollout_nodes", (*labels, ("state", "failed")))] == 1
     assert values[("edge_agent_hub_rollout_nodes", (*labels, ("state", "other")))] == 5
-    assert values[("edge_agent_hub_rollout_wave", (("rollout", "r1"),))] == 2  # 1-based
+    assert values[("edge_agent_hub_rollout_wave", (("rollout", "r1"),))] == 1  # as its summary
     assert values[("edge_agent_hub_rollout_state", (("rollout", "r1"), ("state", "running")))]
     assert values[("edge_agent_hub_queue_depth", ())] == 3
     assert values[("edge_agent_hub_db_up", ())] == 1

@@ -16,7 +16,8 @@ files that identity connects with and the ``[mqtt]`` snippet of its daemon confi
 ``passwords`` (``--auth password``), ``broker.json`` (what was issued and revoked: ``issue``
 and ``revoke`` read it), ``ca/`` (``ca.crt``, ``ca.key`` mode 0600, ``crl.pem``), ``broker/``
 (the listener's certificate and key) and ``clients/NAME/`` (``ca.crt``, ``NAME.crt`` and
-``NAME.key`` mode 0600, or ``password`` mode 0600; and ``mqtt.toml``).
+``NAME.key`` mode 0600, or ``password`` mode 0600; and ``mqtt.toml``, the ``[mqtt]`` of a node's
+daemon config, or for a hub or an observer ``hub.toml``, the start of the hub service's config).
 
 **Identity.** With ``--auth cert`` (the default) a client is the common name of its
 certificate (``require_certificate``, ``use_identity_as_username``); with ``--auth password``
@@ -288,24 +289,32 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a TOML basic string for anything a path or name holds
 
 
+SERVICE_ROLES: Final = frozenset({Role.HUB, Role.OBSERVER})
+"""Roles whose snippet is the start of an ``edge-agent-hub`` config (``hub.toml``)."""
+
+
+def snippet_name(role: Role) -> str:
+    """The file of ``clients/NAME/`` that holds the identity's connection settings."""
+    return "hub.toml" if role in SERVICE_ROLES else "mqtt.toml"
+
+
 def client_snippet(state: BrokerState, name: str, files: Mapping[str, str]) -> str:
-    """``clients/NAME/mqtt.toml``: the ``[mqtt]`` table of NAME's daemon config (for a hub,
-    the same connection as ``edge-agent-host hub`` arguments in a comment). ``files``: the
-    paths of ``ca``, ``cert``/``key`` or ``password`` on the device."""
+    """``clients/NAME/mqtt.toml``: the ``[mqtt]`` table of NAME's daemon config; for a hub or
+    an observer ``clients/NAME/hub.toml``: the start of the hub service's config (``[hub] id``
+    and ``[mqtt]``, keys ``edge-agent-hub`` reads), with the same connection as
+    ``edge-agent-host hub`` arguments in a comment. ``files``: the paths of ``ca``,
+    ``cert``/``key`` or ``password`` on the device."""
     role = state.identities[name].role
+    if role in SERVICE_ROLES:
+        return _service_snippet(state, name, files)
     lines = [
         f"# [mqtt] of {role.value} {name!r} in fleet {state.fleet!r} (edge-agent-host broker).",
         "# Install the files named here (the key or password readable by the daemon only; see",
         "# docs/security.md for systemd credentials) and append other [mqtt] keys below.",
     ]
     if state.auth is Auth.CERT:
-        tls = (
-            f"tls = {{ enabled = true, ca_file = {_toml_str(files['ca'])}, "
-            f"cert_file = {_toml_str(files['cert'])}, key_file = {_toml_str(files['key'])} }}"
-        )
         flags = f"--cert-file {files['cert']} --key-file {files['key']}"
     else:
-        tls = f"tls = {{ enabled = true, ca_file = {_toml_str(files['ca'])} }}"
         flags = f"--username {name} --password-file {files['password']}"
     if role is not Role.NODE:
         lines += [
@@ -320,13 +329,56 @@ def client_snippet(state: BrokerState, name: str, files: Mapping[str, str]) -> s
         f"port = {state.port}",
         f"fleet = {_toml_str(state.fleet)}",
         f"node_id = {_toml_str(name)}",
+        *_credentials(state, name, files),
     ]
-    if state.auth is Auth.PASSWORD:
-        lines += [
-            f"username = {_toml_str(name)}",
-            f"password_file = {_toml_str(files['password'])}",
-        ]
-    lines.append(tls)
+    return "\n".join(lines) + "\n"
+
+
+def _credentials(state: BrokerState, name: str, files: Mapping[str, str]) -> list[str]:
+    """The ``[mqtt]`` keys of an identity's secret: the user name and password file, and TLS."""
+    if state.auth is Auth.CERT:
+        tls = (
+            f"tls = {{ enabled = true, ca_file = {_toml_str(files['ca'])}, "
+            f"cert_file = {_toml_str(files['cert'])}, key_file = {_toml_str(files['key'])} }}"
+        )
+        return [tls]
+    return [
+        f"username = {_toml_str(name)}",
+        f"password_file = {_toml_str(files['password'])}",
+        f"tls = {{ enabled = true, ca_file = {_toml_str(files['ca'])} }}",
+    ]
+
+
+def _service_snippet(state: BrokerState, name: str, files: Mapping[str, str]) -> str:
+    """``clients/NAME/hub.toml`` (see :func:`client_snippet`)."""
+    role = state.identities[name].role
+    if state.auth is Auth.CERT:
+        flags = f"--cert-file {files['cert']} --key-file {files['key']}"
+    else:
+        flags = f"--username {name} --password-file {files['password']}"
+    can = (
+        "it may carry rollouts ([rollouts] key_file) and send commands"
+        if role is Role.HUB
+        else "it only reads the fleet: no [rollouts] (an observer may not write commands)"
+    )
+    lines = [
+        f"# edge-agent-hub config of {role.value} {name!r} in fleet {state.fleet!r}",
+        "# (edge-agent-host broker; docs/hub.md): the service's broker connection. One process",
+        f"# per identity; {can}.",
+        "# Install the files named here (readable by the edge-agent-hub user only), add",
+        "# [database], [rollouts], [http] below, and other [mqtt] keys under [mqtt].",
+        "# The same connection as hub CLI arguments:",
+        f"#   edge-agent-host hub --host {state.host} --port {state.port} "
+        f"--fleet {state.fleet} --hub-id {name} --ca-file {files['ca']} {flags} ...",
+        "[hub]",
+        f"id = {_toml_str(name)}",
+        "",
+        "[mqtt]",
+        f"host = {_toml_str(state.host)}",
+        f"port = {state.port}",
+        f"fleet = {_toml_str(state.fleet)}",
+        *_credentials(state, name, files),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -534,7 +586,7 @@ def _issue_files(
         written.append(_write(cdir / "password", password + "\n", private=True))
         _set_password(out, name, password_line(name, password, salt=os.urandom(_SALT_BYTES)))
         files["password"] = _device_path(state, out, name, "password")
-    written.append(_write(cdir / "mqtt.toml", client_snippet(state, name, files)))
+    written.append(_write(cdir / snippet_name(ident.role), client_snippet(state, name, files)))
     return written
 
 
@@ -787,7 +839,9 @@ def _run_init(args: argparse.Namespace) -> int:
     print(f"broker for fleet {state.fleet} in {out} ({state.auth.value} auth)")
     print(f"  run:     mosquitto -c {out / 'mosquitto.conf'}")
     for name, ident in state.identities.items():
-        print(f"  {ident.role.value:<8} {name}: {out / 'clients' / name / 'mqtt.toml'}")
+        print(
+            f"  {ident.role.value:<8} {name}: {out / 'clients' / name / snippet_name(ident.role)}"
+        )
     print(f"  keep {out / 'ca' / 'ca.key'} offline once every identity is issued")
     return 0
 
@@ -798,7 +852,7 @@ def _run_issue(args: argparse.Namespace) -> int:
         raise InputError("issue one identity at a time (--node, --hub, --observer or --sensor)")
     ((name, role),) = roles.items()
     issue_identity(args.out, name, role, rotate=args.rotate)
-    print(f"{role.value} {name}: {args.out.resolve() / 'clients' / name / 'mqtt.toml'}")
+    print(f"{role.value} {name}: {args.out.resolve() / 'clients' / name / snippet_name(role)}")
     print("reload mosquitto: kill -HUP <pid> (or systemctl reload mosquitto)")
     return 0
 

@@ -7,6 +7,7 @@ package never imports paho.
 from __future__ import annotations
 
 from edge_agent.fleet.comms.base import (
+    REASON_NAMES,
     Backoff,
     BoundedQueue,
     Incoming,
@@ -18,10 +19,12 @@ from edge_agent.fleet.comms.base import (
     Will,
     WillFactory,
     check_topic,
+    reason_text,
     topic_matches,
 )
 
 __all__ = [
+    "REASON_NAMES",
     "Backoff",
     "BoundedQueue",
     "Incoming",
@@ -33,5 +36,6 @@ __all__ = [
     "Will",
     "WillFactory",
     "check_topic",
+    "reason_text",
     "topic_matches",
 ]

@@ -48,6 +48,7 @@ from edge_agent.fleet.comms.base import (
     Will,
     WillFactory,
     check_topic,
+    reason_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -290,7 +291,8 @@ class MqttTransport(Transport):
                 self._wake.clear()
         client.loop_stop()
         if was_up:
-            logger.info("MQTT session %d ended: %s", state.number, state.reason or "closed")
+            level = logging.WARNING if state.reason.startswith("0x") else logging.INFO
+            logger.log(level, "MQTT session %d ended: %s", state.number, state.reason or "closed")
             self._emit(
                 TransportEvent(
                     TransportEventKind.DISCONNECTED, state.number, detail=state.reason or "closed"
@@ -326,13 +328,13 @@ class MqttTransport(Transport):
         def on_connect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
             state.connack = True
             state.accepted = not reason.is_failure
-            state.reason = str(reason)
+            state.reason = _reason(reason)
             state.wake.set()
 
         def on_disconnect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
             state.lost = True
             if not state.reason or state.accepted:
-                state.reason = str(reason)
+                state.reason = _reason(reason)
             state.wake.set()
 
         def on_publish(_c: Any, _u: Any, mid: int, reason: Any, _props: Any) -> None:
@@ -363,6 +365,15 @@ class MqttTransport(Transport):
         rc, _mid = client.subscribe(sub.pattern, options=options)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             logger.warning("MQTT subscribe to %s failed: %s", sub.pattern, rc)
+
+
+def _reason(reason: Any) -> str:
+    """A CONNACK's or DISCONNECT's reason as logs give it: ``0x87 not authorized`` (a failure;
+    paho says "Unspecified error" for a connection that just broke), its name otherwise."""
+    value = getattr(reason, "value", None)
+    if isinstance(value, int) and value >= 0x80:
+        return reason_text(value)
+    return str(reason)
 
 
 def _tls_context(tls: TlsSettings) -> ssl.SSLContext:

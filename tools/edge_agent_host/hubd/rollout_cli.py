@@ -252,7 +252,7 @@ def _list(args: argparse.Namespace) -> int:
     for r in rows:
         print(
             f"{r['id']}  {r['state']:<11} group {r['group']} <- {r['bundle_sha256'][:12]}  "
-            f"wave {r['wave'] + 1}/{r['waves']}  {r['nodes_done']}/{r['nodes_total']} ok, "
+            f"wave {r['wave']}/{r['waves']}  {r['nodes_done']}/{r['nodes_total']} ok, "
             f"{r['nodes_failed']} failed"
         )
     return 0
@@ -285,7 +285,7 @@ def describe(summary: Mapping[str, Any]) -> str:
     s = summary
     lines = [
         f"rollout {s['id']}: {s['state']}"
-        + (f" (wave {s['wave'] + 1}/{s['waves']} {s['phase']})" if s["phase"] else "")
+        + (f" (wave {s['wave']}/{s['waves']} {s['phase']})" if s["phase"] else "")
         + (f", request {s['request']}" if s["request"] else ""),
         f"  group {s['group']} <- {s['bundle']} {s['bundle_sha256'][:12]}",
         f"  nodes {s['nodes_total']}: {s['nodes_done']} ok, {s['nodes_failed']} failed; "
@@ -297,11 +297,11 @@ def describe(summary: Mapping[str, Any]) -> str:
     for w in s["wave_table"]:
         states = ", ".join(f"{k} {v}" for k, v in sorted(w["states"].items()))
         lines.append(
-            f"  wave {w['wave'] + 1}: {w['nodes']} node(s) (up to {w['cumulative']}): {states}"
+            f"  wave {w['wave']}: {w['nodes']} node(s) (up to {w['cumulative']}): {states}"
         )
     for node, row in s["nodes"].items():
         detail = f"  {row['detail']}" if row["detail"] else ""
-        lines.append(f"    {node:<24} wave {row['wave'] + 1}  {row['state']}{detail}")
+        lines.append(f"    {node:<24} wave {row['wave']}  {row['state']}{detail}")
     return "\n".join(lines)
 
 

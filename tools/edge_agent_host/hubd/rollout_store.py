@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from edge_agent.fleet.outcomes import ResultCode
+from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.hub.errors import HubError
 from edge_agent_host.hubd.rollout_plan import (
     ACTIVE,
@@ -46,20 +49,24 @@ class Rollout:
         return sorted(n for n, r in self.nodes.items() if r["state"] == NodeState.OK)
 
     def summary(self) -> dict[str, Any]:
+        """What ``rollout status --json``, the API and the metrics show; waves counted from 1
+        (the rows count them from 0)."""
         waves = []
         for w, count in enumerate(self.plan.waves):
             rows = [r for r in self.nodes.values() if r["wave"] == w]
             by_state: dict[str, int] = {}
             for r in rows:
                 by_state[r["state"]] = by_state.get(r["state"], 0) + 1
-            waves.append({"wave": w, "cumulative": count, "nodes": len(rows), "states": by_state})
+            waves.append(
+                {"wave": w + 1, "cumulative": count, "nodes": len(rows), "states": by_state}
+            )
         return {
             "id": self.id,
             "group": self.plan.group,
             "bundle_sha256": self.plan.bundle_sha256,
             "bundle": f"{self.plan.bundle_name} {self.plan.bundle_version}".strip(),
             "state": self.state.value,
-            "wave": self.wave,
+            "wave": self.wave + 1,
             "waves": len(self.plan.waves),
             "phase": self.phase,
             "phase_started": self.phase_started,
@@ -76,7 +83,7 @@ class Rollout:
             "nodes_done": sum(r["state"] == NodeState.OK for r in self.nodes.values()),
             "nodes_failed": sum(r["state"] == NodeState.FAILED for r in self.nodes.values()),
             "wave_table": waves,
-            "nodes": {n: dict(r) for n, r in sorted(self.nodes.items())},
+            "nodes": {n: {**r, "wave": r["wave"] + 1} for n, r in sorted(self.nodes.items())},
         }
 
 
@@ -319,3 +326,36 @@ class RolloutStore:
                 {"since": since, "kind": kind, "grp": group},
             )
         return {r[0] for r in rows} & set(nodes)
+
+    def results(self, nonces: Sequence[bytes]) -> list[tuple[int, CommandResult]]:
+        """The results the service stored for the commands ``nonces`` (row id, result), oldest
+        first. Bytes in a result's data come back as bytes for ``have`` (the chunk bitmap a
+        deploy answer carries; the journal stores bytes as hex)."""
+        out: list[tuple[int, CommandResult]] = []
+        wanted = [n.hex() for n in nonces]
+        for start in range(0, len(wanted), _IN_BATCH):
+            part = wanted[start : start + _IN_BATCH]
+            names = {f"n{i}": nonce for i, nonce in enumerate(part)}
+            rows = self.db.query(
+                "SELECT id, nonce, name, code, detail, data FROM results WHERE nonce IN ("
+                + ", ".join(f":{k}" for k in names)
+                + ")",
+                names,
+            )
+            for row_id, nonce, name, code, detail, data in rows:
+                out.append((int(row_id), _stored_result(nonce, name, code, detail, data)))
+        out.sort(key=lambda item: item[0])
+        return out
+
+
+_IN_BATCH = 500
+
+
+def _stored_result(nonce: str, name: str, code: str, detail: str, data: str) -> CommandResult:
+    values = json.loads(data) if data else {}
+    have = values.get("have")
+    if isinstance(have, str):
+        values["have"] = bytes.fromhex(have)
+    return CommandResult(
+        nonce=bytes.fromhex(nonce), name=name, code=ResultCode(code), detail=detail, data=values
+    )

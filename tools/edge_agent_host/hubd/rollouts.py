@@ -5,7 +5,10 @@ waves as cumulative node counts, soak time, abort criteria, an optional rollback
 per node (its wave, its state) and the bundles' bytes, so that any replica can carry it on after
 a restart. The operator writes them (``edge-agent-hub rollout start``) and asks for changes
 (``pause``, ``resume``, ``abort``: a request column); the hub service's :class:`RolloutRunner`,
-on its own thread, with its own broker connection and the hub's signing key, does the work:
+on its own thread, with its own database connection and the hub's signing key, does the work. It
+has no broker connection of its own: it publishes through the service's
+(:class:`~edge_agent_host.hubd.publisher.HubPublisher`) and reads the nodes' answers from what
+the service stored (:class:`~edge_agent_host.hubd.rollout_client.ServiceDeployClient`):
 
 =============  =====================================================================================
 ``pending``    created; the next runner to look takes it (a lease in the row: one replica at a
@@ -26,7 +29,12 @@ failed (transfer, verification, health check, switch) or that rolled back while 
 (``max_failed_pct``); the share of the deployed nodes that sent an error event since their
 switch (``max_error_events_pct``); the median over the deployed nodes of their tick p99 while
 soaking over their tick p99 in the ``baseline_s`` before their wave (``max_tick_p99_ratio``).
-A halt in wave *k* leaves every node of later waves untouched.
+A halt in wave *k* leaves every node of later waves untouched. A wave whose commands the broker
+refuses (``0x87 not authorized``: the service's identity lacks the hub role) halts at once, its
+nodes failed with the broker's reason.
+
+Waves are numbered from 1 wherever an operator reads them (logs, ``rollout status`` and its
+``--json``, the metrics); the tables store them from 0.
 
 A restart of the hub resumes: a wave that was deploying is deployed again (nodes that finished
 answer ``ok`` at once: the group already runs the bundle; a node mid-transfer resumes its
@@ -42,9 +50,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
-from edge_agent_host.hub.deploy import DeployClient, DeployPlan, broadcast_bundle
+from edge_agent_host.hub.deploy import DeployPlan, broadcast_bundle
+from edge_agent_host.hub.errors import HubError
+from edge_agent_host.hubd.publisher import HubPublisher
+from edge_agent_host.hubd.rollout_client import PublishRefusedError, ServiceDeployClient
 from edge_agent_host.hubd.rollout_plan import ACTIVE, NodeState, RolloutState
 from edge_agent_host.hubd.rollout_store import Rollout, RolloutStore
 from edge_agent_host.hubd.store import HubDatabase
@@ -54,34 +67,31 @@ logger = logging.getLogger(__name__)
 __all__ = ["RolloutRunner"]
 
 
-ClientFactory = Callable[[], DeployClient]
-
-
 class RolloutRunner:
     """Carries rollouts forward on its own thread (module docstring).
 
-    ``open_db`` opens this runner's own database connection; ``client_factory`` a connected hub
-    client (its own broker connection, the hub's signing key). One rollout at a time.
+    ``open_db`` opens this runner's own database connection; ``publisher`` is the service's
+    way out to the broker; ``key`` the hub's command signing key. One rollout at a time.
     """
 
     def __init__(
         self,
         open_db: Callable[[], HubDatabase],
-        client_factory: ClientFactory,
+        publisher: HubPublisher,
+        key: Ed25519PrivateKey,
         *,
         owner: str,
         poll_s: float = 1.0,
         lease_s: float = 30.0,
     ) -> None:
         self._open_db = open_db
-        self._client_factory = client_factory
         self.owner = owner
         self.poll_s = poll_s
         self.lease_s = lease_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._db: HubDatabase | None = None
-        self._client: DeployClient | None = None
+        self._client = ServiceDeployClient(publisher, self._store, key)
         self.current: str | None = None
         self.errors = 0
         self.last_error = ""
@@ -106,9 +116,6 @@ class RolloutRunner:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        close = getattr(self._client, "close", None)
-        if close is not None:
-            close()
         if self._db is not None:
             self._db.close()
 
@@ -116,6 +123,11 @@ class RolloutRunner:
         while not self._stop.is_set():
             try:
                 busy = self.step()
+            except HubError as err:  # e.g. the broker connection is down: said in one line
+                self.errors += 1
+                self.last_error = str(err)[:512]
+                logger.warning("rollout runner: %s; trying again", err)
+                busy = False
             except Exception as err:  # the runner's boundary: report, back off, go on
                 self.errors += 1
                 self.last_error = f"{type(err).__name__}: {err}"[:512]
@@ -132,9 +144,8 @@ class RolloutRunner:
             self._db = self._open_db()
         return RolloutStore(self._db)
 
-    def _client_ready(self) -> DeployClient:
-        if self._client is None:
-            self._client = self._client_factory()
+    def _client_ready(self) -> ServiceDeployClient:
+        self._client.forget()  # a new deployment: nothing of the last one is awaited
         return self._client
 
     # one step ------------------------------------------------------------------------------
@@ -215,17 +226,23 @@ class RolloutRunner:
         data = store.bundle(plan.bundle_sha256)
         deploy_plan = DeployPlan.from_bytes(data, plan.chunk_size)
         logger.info("rollout %s: wave %d: deploying to %d node(s)", r.id, wave + 1, len(nodes))
-        results = broadcast_bundle(
-            self._client_ready(),
-            deploy_plan,
-            plan.group,
-            nodes,
-            rate_chunks_s=plan.rate_chunks_s,
-            timeout_s=plan.deploy_timeout_s,
-            watch_ticks=plan.watch_ticks,
-            health_steps=plan.health_steps,
-            cancel=self._cancelled(store, r.id),
-        )
+        try:
+            results = broadcast_bundle(
+                self._client_ready(),
+                deploy_plan,
+                plan.group,
+                nodes,
+                rate_chunks_s=plan.rate_chunks_s,
+                timeout_s=plan.deploy_timeout_s,
+                watch_ticks=plan.watch_ticks,
+                health_steps=plan.health_steps,
+                cancel=self._cancelled(store, r.id),
+            )
+        except PublishRefusedError as err:
+            why = str(err)[:900]
+            store.set_nodes(r.id, dict.fromkeys(nodes, (NodeState.FAILED, why)))
+            self._start_halt(store, store.get(r.id), f"wave {wave + 1}: {why}")
+            return
         store.set_nodes(r.id, {n: _node_outcome(res) for n, res in results.items()})
         if len(results) < len(nodes):  # cancelled: the next step applies the request or resumes
             return
@@ -307,17 +324,23 @@ class RolloutRunner:
             return
         data = store.bundle(r.plan.rollback_sha256)
         logger.info("rollout %s: rolling %d node(s) back", r.id, len(deployed))
-        results = broadcast_bundle(
-            self._client_ready(),
-            DeployPlan.from_bytes(data, r.plan.chunk_size),
-            r.plan.group,
-            deployed,
-            rate_chunks_s=r.plan.rate_chunks_s,
-            timeout_s=r.plan.deploy_timeout_s,
-            watch_ticks=r.plan.watch_ticks,
-            health_steps=r.plan.health_steps,
-            cancel=self._stop.is_set,
-        )
+        try:
+            results = broadcast_bundle(
+                self._client_ready(),
+                DeployPlan.from_bytes(data, r.plan.chunk_size),
+                r.plan.group,
+                deployed,
+                rate_chunks_s=r.plan.rate_chunks_s,
+                timeout_s=r.plan.deploy_timeout_s,
+                watch_ticks=r.plan.watch_ticks,
+                health_steps=r.plan.health_steps,
+                cancel=self._stop.is_set,
+            )
+        except PublishRefusedError as err:
+            detail = f"{r.detail}; rollback not sent: {err}"
+            logger.error("rollout %s: rollback not sent: %s", r.id, err)
+            store.update(r.id, state=RolloutState.HALTED, phase="", detail=detail[:1024])
+            return
         if len(results) < len(deployed):
             return  # the hub is stopping: the next runner rolls back again
         store.set_nodes(

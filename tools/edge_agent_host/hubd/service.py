@@ -41,7 +41,7 @@ from edge_agent.daemon.scheduler import Periodic
 from edge_agent.daemon.systemd import SdNotifier
 from edge_agent.errors import EdgeAgentError, SignatureError
 from edge_agent.fleet.comms.base import Backoff, Transport
-from edge_agent.fleet.protocol import Envelope, RebirthRequest, clock_synced, encode
+from edge_agent.fleet.protocol import RebirthRequest
 from edge_agent.fleet.topics import Topics
 from edge_agent.fsutil import write_atomic
 from edge_agent_host.hubd.config import (
@@ -52,6 +52,7 @@ from edge_agent_host.hubd.config import (
 )
 from edge_agent_host.hubd.engines import Engine, PostgresEngine, SqliteEngine
 from edge_agent_host.hubd.listener import FleetListener
+from edge_agent_host.hubd.publisher import HubPublisher
 from edge_agent_host.hubd.queue import HeldMessages
 from edge_agent_host.hubd.rollouts import RolloutRunner
 from edge_agent_host.hubd.store import DatabaseUnavailableError, HubDatabase, to_json
@@ -111,52 +112,38 @@ def web_server(source: HubConfigFile) -> WebServer | None:
         raise source.error([(("http", "port"), problem)]) from err
 
 
-def rollout_runner(source: HubConfigFile, password: str | None) -> RolloutRunner | None:
-    """The replica's rollout runner when ``[rollouts] key_file`` is set: its own database
-    connection and its own broker connection (a hub client that hears every result, outside any
-    shared subscription), signing with that key."""
+def rollout_runner(source: HubConfigFile) -> Callable[[HubPublisher], RolloutRunner] | None:
+    """The replica's rollout runner when ``[rollouts] key_file`` is set, given the service's
+    publisher: its own database connection, no broker connection of its own (it publishes
+    through the service's and reads the results the service stored), signing with that key."""
     config = source.config
     key_file = config.rollouts.key_file
     if key_file is None:
         return None
-    from edge_agent_host.hub.client import HubClient  # noqa: PLC0415 - only with rollouts
-    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - only with rollouts
 
     try:
         key = load_signing_key(key_file)
     except (OSError, EdgeAgentError) as err:
         raise source.error([(("rollouts", "key_file"), str(err))]) from err
-    mqtt, hub_id = config.mqtt, config.hub.effective_id()
+    hub_id = config.hub.effective_id()
 
     def open_db() -> HubDatabase:
         db = HubDatabase(make_engine(source, application_name=f"edge-agent-hub {hub_id} rollouts"))
         db.open()
         return db
 
-    def client() -> HubClient:
-        tls = mqtt.tls if mqtt.tls.enabled else None
-        hub = HubClient(
-            fleet=mqtt.fleet,
-            host=mqtt.host,
-            port=mqtt.port,
-            hub_id=hub_id,
-            key=key,
-            username=mqtt.username or None,
-            password=password,
-            ca_file=str(tls.ca_file) if tls is not None and tls.ca_file else None,
-            cert_file=str(tls.cert_file) if tls is not None and tls.cert_file else None,
-            key_file=str(tls.key_file) if tls is not None and tls.key_file else None,
+    def runner(publisher: HubPublisher) -> RolloutRunner:
+        return RolloutRunner(
+            open_db,
+            publisher,
+            key,
+            owner=hub_id,
+            poll_s=config.rollouts.poll_interval_s,
+            lease_s=config.rollouts.lease_s,
         )
-        hub.connect()
-        return hub
 
-    return RolloutRunner(
-        open_db,
-        client,
-        owner=hub_id,
-        poll_s=config.rollouts.poll_interval_s,
-        lease_s=config.rollouts.lease_s,
-    )
+    return runner
 
 
 class HubService:
@@ -172,11 +159,10 @@ class HubService:
         notifier: SdNotifier | None = None,
         drain_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
-        rollouts: RolloutRunner | None = None,
+        rollouts: Callable[[HubPublisher], RolloutRunner] | None = None,
         web: WebServer | None = None,
     ) -> None:
         self.config = config
-        self.rollouts = rollouts
         self.web = web
         self.hub_id = config.hub.effective_id()
         self.topics = Topics(config.mqtt.fleet)
@@ -191,6 +177,9 @@ class HubService:
             hub_keys=hub_keys,
             clock=clock,
         )
+        # The one way out to the broker (rebirth requests, and the rollout runner's commands).
+        self.publisher = HubPublisher(transport, self.topics, self.hub_id, self.queue, clock=clock)
+        self.rollouts = None if rollouts is None else rollouts(self.publisher)
         self.notifier = notifier or SdNotifier()
         self.drain_timeout_s = drain_timeout_s
         self._clock = clock
@@ -209,7 +198,6 @@ class HubService:
         self.maintenance: dict[str, int] = {}
         self._rebirth_asked: OrderedDict[str, float] = OrderedDict()
         self.rebirths_requested = 0
-        self._seq = 0
         self._last_watchdog = 0.0
         self.metrics = self._make_metrics()
         now = time.monotonic()
@@ -270,7 +258,7 @@ class HubService:
             engine=engine,
             transport=transport,
             hub_keys=keys,
-            rollouts=rollout_runner(source, password),
+            rollouts=rollout_runner(source),
             web=web_server(source),
         )
 
@@ -317,6 +305,7 @@ class HubService:
             "sessions_up": getattr(t, "sessions_up", 0),
             "handler_errors": t.handler_errors,
             "rebirths_requested": self.rebirths_requested,
+            "publishes_refused": self.publisher.refused,
         }
 
     def db_down_s(self) -> float:
@@ -385,6 +374,7 @@ class HubService:
         if not self.db.is_open and now >= self._next_db_attempt:
             self._open_db()
         self._write_some(time.monotonic() + _WRITE_SLICE_S)
+        self.publisher.drain()  # the broker's answers to what the hub published
         now = time.monotonic()
         for job in self._jobs:
             job.run_if_due(now)
@@ -539,17 +529,7 @@ class HubService:
             asked += 1
 
     def _publish(self, topic: str, body: Any) -> bool:
-        env = Envelope(
-            type=body.TYPE,
-            node=self.hub_id,
-            seq=self._seq,
-            bdseq=0,
-            ts=self._clock(),
-            clock_synced=clock_synced(),
-            body=body,
-        )
-        self._seq = (self._seq + 1) % (1 << 32)
-        return self.transport.publish(topic, encode(env), 1) is not None
+        return self.publisher.publish(topic, body)
 
     def _report_status(self) -> None:
         status = self.status()

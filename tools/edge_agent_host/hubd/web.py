@@ -224,7 +224,7 @@ def collector_for(source: Any) -> Any:
                 counts["other"] = r["nodes_total"] - r["nodes_done"] - r["nodes_failed"]
                 for state, count in counts.items():
                     nodes_g.add_metric([r["id"], r["group"], state], count)
-                wave_g.add_metric([r["id"]], r["wave"] + 1)
+                wave_g.add_metric([r["id"]], r["wave"])
                 waves_g.add_metric([r["id"]], r["waves"])
                 state_g.add_metric([r["id"], r["state"]], 1)
             yield from (nodes_g, wave_g, waves_g, state_g)
