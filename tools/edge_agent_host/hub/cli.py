@@ -34,7 +34,17 @@ from edge_agent_host.hub.errors import HubError
 from edge_agent_host.hub.store import HubStore, _json
 from edge_agent_host.hub.views import HubMessage
 
-__all__ = ["SUCCESS", "add_broker_arguments", "configure", "connect", "format_fleet", "run"]
+__all__ = [
+    "SILENT_AFTER_S",
+    "SUCCESS",
+    "add_broker_arguments",
+    "add_silent_argument",
+    "configure",
+    "connect",
+    "format_fleet",
+    "presence",
+    "run",
+]
 
 SUCCESS: Final = frozenset({ResultCode.OK, ResultCode.ACCEPTED})
 
@@ -112,6 +122,18 @@ def connect(
     return client
 
 
+def add_silent_argument(parser: argparse.ArgumentParser) -> None:
+    """``--silent-after S`` of the fleet tables (:func:`presence`)."""
+    parser.add_argument(
+        "--silent-after",
+        type=float,
+        default=SILENT_AFTER_S,
+        metavar="S",
+        help="show an online node not heard for S seconds as 'silent' (a revoked node's "
+        f"retained state stays online; default {SILENT_AFTER_S:g})",
+    )
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``hub`` arguments and its subcommands."""
     add_broker_arguments(
@@ -123,6 +145,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fleet = sub.add_parser("fleet", help="list the fleet: presence, births, last telemetry")
     fleet.add_argument("--wait", type=float, default=2.0, help="seconds to listen first")
     fleet.add_argument("--json", action="store_true", help="print JSON")
+    add_silent_argument(fleet)
 
     watch = sub.add_parser("watch", help="print telemetry, events, results and presence live")
     watch.add_argument("--node", action="append", default=[], help="only these nodes")
@@ -188,14 +211,34 @@ def _age(ts: float | None) -> str:
     return f"{age:.0f}s" if age < 120 else f"{age / 60:.0f}m"
 
 
-def format_fleet(rows: Iterable[Mapping[str, Any]]) -> str:
+SILENT_AFTER_S: Final = 60.0
+"""A node whose state says online but from which nothing live came for this long is shown
+``silent``: a broker that locks a node out (``broker revoke``) keeps its session open with every
+right denied, and refuses its will, so its retained state stays "online"."""
+
+
+def presence(row: Mapping[str, Any], silent_after_s: float = SILENT_AFTER_S) -> str:
+    """``online``, ``silent`` (online, but not heard for ``silent_after_s``), ``offline`` or
+    ``?`` for one fleet row (``online``, ``last_seen``: when it was last heard live)."""
+    online = row["online"]
+    if online is None:
+        return "?"
+    if not online:
+        return "offline"
+    seen = row.get("last_seen")
+    if seen is not None and time.time() - float(seen) > silent_after_s:
+        return "silent"
+    return "online"
+
+
+def format_fleet(rows: Iterable[Mapping[str, Any]], silent_after_s: float = SILENT_AFTER_S) -> str:
     """The ``hub fleet`` table."""
     lines = [
         f"{'NODE':<16} {'STATE':<8} {'BDSEQ':>5} {'PROFILE':<12} {'GROUPS':<28} "
         f"{'TICK p50/p99 ms':<16} {'RSS':>8} {'OUTBOX':>6} {'SEEN':>5}"
     ]
     for row in rows:
-        state = {True: "online", False: "offline", None: "?"}[row["online"]]
+        state = presence(row, silent_after_s)
         birth = row.get("birth") or {}
         groups = ", ".join(
             f"{name}={info['agents']}"
@@ -285,7 +328,7 @@ def _run_fleet(args: argparse.Namespace) -> int:
     if args.json:
         print(_json(rows))
     else:
-        print(format_fleet(rows))
+        print(format_fleet(rows, args.silent_after))
     return 0
 
 

@@ -34,7 +34,7 @@ from edge_agent.cli import configure_logging
 from edge_agent.daemon.discovery import pid_alive
 from edge_agent.distribution import clash_notice
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent_host.hub.cli import format_fleet
+from edge_agent_host.hub.cli import add_silent_argument, format_fleet
 from edge_agent_host.hub.errors import HubError
 from edge_agent_host.hubd import rollout_cli
 from edge_agent_host.hubd.access import open_database
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet = sub.add_parser("fleet", help="the fleet table from the hub's database")
     with_config(fleet)
     fleet.add_argument("--json", action="store_true", help="print JSON")
+    add_silent_argument(fleet)
 
     events = sub.add_parser("events", help="events from the hub's database")
     with_config(events)
@@ -207,7 +208,7 @@ def _fleet(args: argparse.Namespace) -> int:
         rows = db.fleet()
     finally:
         db.close()
-    print(_dumps(rows) if args.json else format_fleet(rows))
+    print(_dumps(rows) if args.json else format_fleet(rows, args.silent_after))
     return 0
 
 
