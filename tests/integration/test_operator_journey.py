@@ -428,7 +428,9 @@ def test_the_operator_s_journey_on_a_secured_broker(
     other = next(n for n in NODES if n != canary)
     assert soaking["nodes"][canary]["state"] == "ok"
     assert runs(nodes[other], v7_sha)
-    op.run(f"cd {service.dir}\nID={rollout_id}\n{after}")
+    r_line = start.split("\n", 1)[0]
+    assert r_line == 'R="edge-agent-hub rollout"', r_line
+    op.run(f"cd {service.dir}\n{r_line}\nID={rollout_id}\n{after}")
     end = service.wait_rollout(rollout_id, {"rolled_back", "halted"}, "the abort's rollback")
     assert end["state"] == "rolled_back", end
     assert end["detail"].startswith("aborted by the operator"), end
