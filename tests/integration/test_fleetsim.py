@@ -22,6 +22,7 @@ from edge_agent.fleet.protocol import ResultCode
 from edge_agent_host.fleetsim.__main__ import fails
 from edge_agent_host.hub import HubClient
 from edge_agent_host.keys import generate_keypair, load_signing_key
+from tests.doc_blocks import doc_block
 from tests.integration.broker import MosquittoBroker
 from tests.integration.test_daemon import REPO
 from tests.unit.test_deploy import bundle_tar
@@ -130,3 +131,55 @@ def test_simulated_nodes_take_commands_and_deployments_like_real_ones(
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert lines
     assert lines[-1]["nodes"] == NODES
+
+
+def test_the_documented_simulation_runs_as_written(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """docs/hub.md block 4 as written (its ``PORT=`` the test broker's): 100 simulated nodes,
+    whose births and online states a hub hears; SIGTERM stops them with their summary line."""
+    block = doc_block("docs/hub.md", 4)
+    lines = block.splitlines()
+    assert lines[0].startswith("PORT=1883 "), lines[0]
+    script = "\n".join([f"PORT={mosquitto.port}", *lines[1:]])
+    work = tmp_path / "work"
+    generate_keypair(work / "keys", "hub")
+    generate_keypair(work / "keys", "ci")
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.Popen(
+        ["bash", "-e", "-c", script],
+        env={
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tools'}",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=work,
+        start_new_session=True,  # SIGTERM to its process group reaches the simulator
+    )
+    hub = HubClient(fleet="sim", port=mosquitto.port)
+    try:
+        hub.connect()
+        wanted = {f"sim-{i:04d}" for i in range(100)}
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            hub.listen(0.5)
+            heard = {n for n, v in hub.nodes.items() if v.birth is not None and v.online}
+            if heard >= wanted:
+                break
+        else:
+            proc.kill()
+            out, _ = proc.communicate(timeout=60)
+            pytest.fail(f"the hub heard {len(hub.nodes)} of 100 simulated nodes:\n{out[-3000:]}")
+        assert sorted(hub.nodes) == sorted(wanted)
+    finally:
+        hub.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert (work / "sim").is_dir()
+    summary = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert summary[-1]["nodes"] == 100, summary[-1:]
