@@ -777,7 +777,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     init.add_argument(
         "--device-dir", default=None,
-        help="where a client's files will be on its device (mqtt.toml paths; default: here)",
+        help="where a client's files will be on its device (the paths in mqtt.toml and "
+        "hub.toml; default: here)",
     )  # fmt: skip
     init.add_argument(
         "--run-as", default=None, help="user mosquitto drops to when started as root "

@@ -7,9 +7,11 @@ results; :meth:`HubClient.deploy` hands a bundle to the driver in :mod:`edge_age
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle.signing import key_id, sign_bytes
-from edge_agent.fleet.comms.base import Transport
+from edge_agent.fleet.comms.base import PublishHandle, Transport, TransportEventKind, reason_text
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     Birth,
@@ -36,7 +38,7 @@ from edge_agent.fleet.protocol import (
     decode,
     encode,
 )
-from edge_agent.fleet.topics import Topics
+from edge_agent.fleet.topics import TopicKind, Topics
 from edge_agent_host.hub.deploy import (
     DEFAULT_CHUNK_BYTES,
     BroadcastStats,
@@ -51,6 +53,9 @@ __all__ = ["DUPLICATE_GRACE_S", "HubClient"]
 
 #: How long a result marked a duplicate waits for the command's own answer (wait_result).
 DUPLICATE_GRACE_S = 2.0
+_MAX_AWAITING_ACK = 100_000
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------- client
@@ -92,6 +97,7 @@ class HubClient:
         self.messages_published = 0
         self._seq = 0
         self._sent: set[bytes] = set()
+        self._awaiting_ack: OrderedDict[PublishHandle, str] = OrderedDict()
         self._rebirth_asked: dict[str, float] = {}
         self._lock = threading.Lock()
         self._body_handlers: dict[type, Callable[[Envelope, Any, bool], None]] = {
@@ -157,10 +163,14 @@ class HubClient:
 
     # Receiving --------------------------------------------------------------------------------
     def poll(self, timeout_s: float = 0.0) -> list[HubMessage]:
-        """Process what arrived (waiting up to ``timeout_s`` for something); returns it."""
+        """Process what arrived (waiting up to ``timeout_s`` for something); returns it.
+
+        :class:`HubError` when the broker refused a command or bundle chunk this client
+        published (its reason by name, e.g. ``0x87 not authorized``: an identity without the
+        hub role); other refusals are logged."""
         deadline = time.monotonic() + timeout_s
         while True:
-            self.transport.events.drain()
+            self._take_acks()
             batch = self.transport.incoming.drain()
             if batch or time.monotonic() >= deadline:
                 break
@@ -171,6 +181,26 @@ class HubClient:
             if handled is not None:
                 out.append(handled)
         return out
+
+    def _take_acks(self) -> None:
+        refused: list[str] = []
+        for event in self.transport.events.drain():
+            if event.kind is not TransportEventKind.ACK or event.handle is None:
+                continue
+            topic = self._awaiting_ack.pop(event.handle, None)
+            if topic is None or event.reason_code < 0x80:
+                continue
+            why = f"the broker refused {topic}: {reason_text(event.reason_code)}"
+            route = self.topics.parse(topic)
+            if route is not None and route.kind in (TopicKind.COMMAND, TopicKind.BUNDLE):
+                refused.append(why)
+            else:
+                logger.warning("%s", why)
+        if refused:
+            raise HubError(
+                f"{refused[0]} (the hub's broker identity may not write there: sending commands "
+                "needs the hub role, edge-agent-host broker init --hub NAME; docs/security.md)"
+            )
 
     def listen(self, seconds: float) -> list[HubMessage]:
         """Everything heard during ``seconds``."""
@@ -296,8 +326,12 @@ class HubClient:
         )
         self._seq = (self._seq + 1) % (1 << 32)
         payload = encode(env)
-        if self.transport.publish(topic, payload, 1) is None:
+        handle = self.transport.publish(topic, payload, 1)
+        if handle is None:
             raise HubError("not connected to the broker")
+        self._awaiting_ack[handle] = topic
+        while len(self._awaiting_ack) > _MAX_AWAITING_ACK:
+            self._awaiting_ack.popitem(last=False)
         self.bytes_published += len(payload)
         self.messages_published += 1
 
