@@ -519,3 +519,14 @@ def test_a_hub_service_whose_identity_may_not_command_halts_its_rollout_with_the
     assert "0x87 not authorized" in end["nodes"][NODES[0]]["detail"], end
     assert "the broker refused ea/v1/plant-3/node/pi-0417/cmd: 0x87 not authorized" in service.log()
     assert runs(node, None)
+    # The hub CLI with that identity: the refused command ends it at once, saying why.
+    files = op.dir / "clients" / "dashboard"
+    cli = subprocess.run(
+        [str(BIN / "edge-agent-host"), "hub", "--host", "localhost", "--port", str(op.port),
+         "--fleet", FLEET, "--hub-id", "dashboard", "--ca-file", str(files / "ca.crt"),
+         "--cert-file", str(files / "dashboard.crt"), "--key-file", str(files / "dashboard.key"),
+         "command", "--key", str(key), "--node", NODES[0], "ping"],
+        capture_output=True, text=True, timeout=120, check=False, env=op.env,
+    )  # fmt: skip
+    assert cli.returncode == 1, cli
+    assert "0x87 not authorized" in cli.stdout + cli.stderr, cli
