@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import stat
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
