@@ -145,6 +145,34 @@ def test_check_config_prints_problems_and_exits_2(
     assert "127.0.0.1:1884, fleet 'default', shared group 'hubs'" in out
 
 
+def test_check_config_and_run_refuse_files_they_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the first broker connection would meet (a TLS file not installed) is a config error
+    at its line, from check-config and from run, not a traceback per reconnect."""
+    (tmp_path / "ca.crt").write_text("x")
+    path = tmp_path / "hub.toml"
+    path.write_text(
+        f'[hub]\nstate_dir = "{tmp_path / "state"}"\n[mqtt]\nport = 8883\n'
+        f'tls = {{ enabled = true, ca_file = "{tmp_path / "ca.crt"}", '
+        f'cert_file = "{tmp_path / "hub-a.crt"}", key_file = "{tmp_path / "hub-a.key"}" }}\n'
+        f'[rollouts]\nkey_file = "{tmp_path / "hub.key"}"\n'
+    )
+    for command in (["check-config", str(path)], ["run", "--config", str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert sorted(err) == sorted(
+            [
+                f"{path}:5: mqtt.tls.cert_file: {tmp_path / 'hub-a.crt'}: cannot read: "
+                "No such file or directory",
+                f"{path}:5: mqtt.tls.key_file: {tmp_path / 'hub-a.key'}: cannot read: "
+                "No such file or directory",
+                f"{path}:7: rollouts.key_file: {tmp_path / 'hub.key'}: cannot read: "
+                "No such file or directory",
+            ]
+        ), err
+
+
 def test_the_unit_runs_the_console_script_under_systemd_notify() -> None:
     unit = unit_text()
     assert "Type=notify" in unit

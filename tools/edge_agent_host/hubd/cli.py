@@ -43,6 +43,7 @@ from edge_agent_host.hubd.config import (
     PostgresDatabase,
     check_dependencies,
     example_config_text,
+    file_problems,
     load_hub_config,
 )
 from edge_agent_host.hubd.store import DatabaseUnavailableError, SchemaError
@@ -168,6 +169,9 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     source = load_hub_config(args.path)
     check_dependencies(source)  # what run refuses before it starts
+    problems = file_problems(source)
+    if problems:
+        raise source.error(problems)
     print(describe_config(source))
     return 0
 

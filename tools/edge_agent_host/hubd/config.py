@@ -472,3 +472,36 @@ def check_dependencies(source: HubConfigFile) -> None:
 def example_config_text() -> str:
     """The commented example config shipped beside this module (``example.toml``)."""
     return resources.files("edge_agent_host.hubd").joinpath("example.toml").read_text("utf-8")
+
+
+def file_problems(source: HubConfigFile) -> list[Problem]:
+    """The files the config names that cannot be read (the broker's TLS files, the password
+    files, the rollouts' key): what ``run`` would meet at its first connection, reported by
+    ``check-config`` and at start as ``file:line: key: problem``."""
+    c = source.config
+    files: list[tuple[tuple[str, ...], Path | None]] = [
+        (("mqtt", "password_file"), c.mqtt.password_file),
+        (("rollouts", "key_file"), c.rollouts.key_file),
+    ]
+    if c.mqtt.tls.enabled:
+        tls = c.mqtt.tls
+        files += [
+            (("mqtt", "tls", "ca_file"), tls.ca_file),
+            (("mqtt", "tls", "cert_file"), tls.cert_file),
+            (("mqtt", "tls", "key_file"), tls.key_file),
+        ]
+    if isinstance(c.database, PostgresDatabase):
+        files.append((("database", "password_file"), c.database.password_file))
+    problems: list[Problem] = []
+    for loc, path in files:
+        if path is None:
+            continue
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as err:
+            problems.append((loc, f"{path}: cannot read: {err.strerror or err}"))
+    hub_keys = c.mqtt.hub_keys_dir
+    if hub_keys is not None and not hub_keys.is_dir():
+        problems.append((("mqtt", "hub_keys_dir"), f"{hub_keys}: not a directory"))
+    return problems

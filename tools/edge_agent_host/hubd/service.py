@@ -48,6 +48,7 @@ from edge_agent_host.hubd.config import (
     HubConfig,
     HubConfigFile,
     PostgresDatabase,
+    file_problems,
     read_password,
 )
 from edge_agent_host.hubd.engines import Engine, PostgresEngine, SqliteEngine
@@ -225,6 +226,8 @@ class HubService:
         config = source.config
         mqtt = config.mqtt
         hub_id = config.hub.effective_id()
+        if problems := file_problems(source):  # what the first connection would meet
+            raise source.error(problems)
         password = read_password(source, ("mqtt", "password_file"), mqtt.password_file)
         tls = None
         if mqtt.tls.enabled:
