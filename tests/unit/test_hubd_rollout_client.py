@@ -215,3 +215,17 @@ def _rebirth() -> Any:
     from edge_agent.fleet.protocol import RebirthRequest
 
     return RebirthRequest(reason="test")
+
+
+def test_publishes_of_a_lost_session_are_not_awaited_forever(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    service, _ = make_service(tmp_path, broker)
+    service.transport.connect()
+    broker.hold_acks = True  # the PUBACKs never come: the connection is lost first
+    assert service.publisher.publish(TOPICS.rebirth("pi-1"), _rebirth())
+    service.publisher.drain()
+    assert service.publisher.stats()["awaiting_ack"] == 1
+    broker.stop()
+    service.publisher.drain()
+    assert service.publisher.stats()["awaiting_ack"] == 0
+    service.transport.disconnect()

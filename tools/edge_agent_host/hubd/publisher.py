@@ -143,6 +143,11 @@ class HubPublisher:
         number of refusals seen."""
         refused = 0
         for event in self.transport.events.drain():
+            if event.kind is TransportEventKind.DISCONNECTED:  # its PUBACKs will never come
+                with self._lock:
+                    for handle in [h for h in self._pending if h.session <= event.session]:
+                        del self._pending[handle]
+                continue
             if event.kind is not TransportEventKind.ACK or event.handle is None:
                 continue
             with self._lock:
