@@ -332,7 +332,13 @@ def test_only_identities_of_the_broker_s_ca_connect_and_revocation_locks_one_out
     assert "certificate verify failed" in log
 
     # pi-a's identity works; it reads pi-b's beliefs and writes only its own topics.
-    watcher = Client(broker, clients / "pi-a", subscribe=TOPICS.all_nodes("beliefs")).ready()
+    offline = envelope("pi-a", NodeState(online=False), ts=2.0)
+    watcher = Client(
+        broker,
+        clients / "pi-a",
+        subscribe=TOPICS.all_nodes("beliefs"),
+        will=(TOPICS.node_state("pi-a"), offline),
+    ).ready()
     pi_b = Client(broker, clients / "pi-b").ready()
     batch = BeliefBatch.from_arrays("g", 1, np.arange(2), np.zeros((2, 3), np.uint8))
     assert pi_b.publish(TOPICS.beliefs("pi-b"), envelope("pi-b", batch, ts=1.0)) != (
@@ -351,7 +357,15 @@ def test_only_identities_of_the_broker_s_ca_connect_and_revocation_locks_one_out
     assert len(watcher.heard) == 1
     again = Client(broker, clients / "pi-a")
     assert not again.connected(2.0), again.connack
-    for client in (watcher, pi_b, again):
+    # When its session ends, the broker refuses its will too: its retained state is not
+    # changed (docs/security.md: the hub calls such a node 'silent').
+    pi_b.close()
+    presence = Client(broker, clients / "pi-b", subscribe=TOPICS.node_state("pi-a")).ready()
+    watcher.drop()
+    wait_until(lambda: "Client pi-a closed its connection" in broker.log(), "the session's end")
+    time.sleep(1.0)
+    assert presence.states("pi-a") == []
+    for client in (presence, again):
         client.close()
     assert broker.log().count("certificate verify failed") >= 2  # the other CA, the revoked
 
