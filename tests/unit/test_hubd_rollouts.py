@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from edge_agent.fleet.outcomes import ResultCode
+from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.hub.errors import HubError
 from edge_agent_host.hubd.engines import SqliteEngine
 from edge_agent_host.hubd.rollout_cli import describe
@@ -21,6 +23,7 @@ from edge_agent_host.hubd.rollout_plan import (
 )
 from edge_agent_host.hubd.rollout_store import RolloutStore
 from edge_agent_host.hubd.store import HubDatabase
+from tests.unit.test_hubd_store import heard
 
 SHA = "ab" * 32
 
@@ -162,10 +165,38 @@ def check_one_replica_holds_a_rollout_until_its_lease_runs_out(db: HubDatabase) 
 
 
 #: Run here on SQLite and on PostgreSQL by tests/integration/test_hubd.py (via test_hubd_store).
+def check_the_runner_reads_the_results_the_service_stored(db: HubDatabase) -> None:
+    """What the rollout runner reads instead of hearing the broker: the results of its
+    commands, in order, with a deploy answer's chunk bitmap as bytes again."""
+    mine, other = b"m" * 16, b"o" * 16
+    answers = [
+        (mine, ResultCode.ACCEPTED, {"phase": "receiving", "have": b"\x05\x00"}),
+        (other, ResultCode.OK, {}),
+        (mine, ResultCode.OK, {"switched": True}),
+    ]
+    outcome = db.write(
+        [
+            heard("pi-1", CommandResult(nonce=n, name="deploy", code=c, data=d), seq=i, ts=10.0 + i)
+            for i, (n, c, d) in enumerate(answers)
+        ]
+    )
+    assert outcome.written == 3
+    store = RolloutStore(db)
+    got = store.results([mine])
+    assert [r.code for _, r in got] == [ResultCode.ACCEPTED, ResultCode.OK]
+    assert got[0][1].data == {"phase": "receiving", "have": b"\x05\x00"}
+    assert got[0][1].nonce == mine
+    assert got[0][0] < got[1][0]  # row ids: what the runner already took is skipped
+    assert store.results([]) == []
+    many = [i.to_bytes(16, "big") for i in range(1200)]  # more than one IN list
+    assert [r.nonce for _, r in store.results([*many, other, other])] == [other]
+
+
 ROLLOUT_SCENARIOS = [
     check_a_rollout_is_stored_with_its_nodes_in_waves,
     check_requests_are_checked_against_the_state,
     check_one_replica_holds_a_rollout_until_its_lease_runs_out,
+    check_the_runner_reads_the_results_the_service_stored,
 ]
 
 

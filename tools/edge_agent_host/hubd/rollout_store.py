@@ -332,7 +332,7 @@ class RolloutStore:
         first. Bytes in a result's data come back as bytes for ``have`` (the chunk bitmap a
         deploy answer carries; the journal stores bytes as hex)."""
         out: list[tuple[int, CommandResult]] = []
-        wanted = [n.hex() for n in nonces]
+        wanted = list(dict.fromkeys(n.hex() for n in nonces))  # each row once
         for start in range(0, len(wanted), _IN_BATCH):
             part = wanted[start : start + _IN_BATCH]
             names = {f"n{i}": nonce for i, nonce in enumerate(part)}
