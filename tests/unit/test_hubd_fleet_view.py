@@ -33,7 +33,7 @@ def summary(rollout_id: str, state: str, nodes: dict[str, tuple[str, str]]) -> d
         "bundle": "grid10 2.0.0",
         "bundle_sha256": "ab" * 32,
         "nodes": {
-            n: {"wave": 0, "state": s, "detail": d, "updated": NOW} for n, (s, d) in nodes.items()
+            n: {"wave": 1, "state": s, "detail": d, "updated": NOW} for n, (s, d) in nodes.items()
         },
     }
 
