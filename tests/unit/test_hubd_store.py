@@ -8,6 +8,7 @@ against a real PostgreSQL in ``tests/integration/test_hubd.py``.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -285,7 +286,7 @@ def test_the_fleet_rows_are_the_cli_hubs(db: HubDatabase) -> None:
         db,
         heard("n1", NodeState(online=True), retained=True),
         heard("n1", birth(10, SHA), retained=True),
-        heard("n1", telemetry_body(40)),
+        heard("n1", telemetry_body(40), received=time.time()),  # heard now: not 'silent'
     )
     table = format_fleet(db.fleet())
     line = table.splitlines()[1]
