@@ -123,21 +123,22 @@ def test_waves_soak_pause_resume_and_a_hub_restart(fleet: dict[str, Any], tmp_pa
         lambda: len([r for r in rollout_fleet(hub) if r["online"]]) == 4, "four nodes online"
     )
     plan = rollout(hub, "start", str(good), "--group", "grid", "--node", "pi-[abc]",
-                   "--waves", "1,100%", "--soak", "8", "--watch-ticks", "5", "--json")  # fmt: skip
+                   "--waves", "1,100%", "--soak", "30", "--watch-ticks", "5", "--json")  # fmt: skip
     assert plan["nodes"] == ["pi-a", "pi-b", "pi-c"]
     assert plan["waves"] == [1, 3]
     rid = plan["id"]
-    # The canary soaks: pause there, restart the hub, resume.
+    # The canary soaks: pause there at once (the soak is 30 s: room for a loaded machine to
+    # get the pause in before it ends), restart the hub, resume.
     soaking = wait_rollout(hub, rid, {"running"}, "the canary wave")
     wait_until(
         lambda: rollout(hub, "status", rid, "--json")["phase"] == "soaking", "the canary's soak"
     )
-    # The hub hears the canary's result before the canary's next status file says so.
-    wait_until(lambda: runs(nodes["pi-a"], sha), "the canary on the new bundle")
-    assert not runs(nodes["pi-b"], sha)  # nothing beyond the canary yet (an 8 s soak)
-    del soaking
     rollout(hub, "pause", rid)
     wait_rollout(hub, rid, {"paused"}, "the pause")
+    # The hub heard the canary's result before the canary's next status file says so.
+    wait_until(lambda: runs(nodes["pi-a"], sha), "the canary on the new bundle")
+    assert not runs(nodes["pi-b"], sha)  # nothing beyond the canary: paused in its soak
+    del soaking
     assert hub.stop() == 0
     assert hub.notify is not None
     hub.notify.close()
