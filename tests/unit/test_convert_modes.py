@@ -5,6 +5,7 @@ warning, and the calibration-set size rules. Real onnxruntime sessions throughou
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,16 @@ def test_auto_quantizes_an_lstm_dynamically_and_it_shrinks(
     report = convert(data["lstm"], tmp_path / "auto", data)
     quant = report.data["quantization"]
     assert quant["mode"] == "dynamic"
-    assert quant["mode_reason"].startswith("auto: onnxruntime quantizes 1 % of the weights in "
-                                           "static mode, 99 % in dynamic")
+    # auto measured both modes: static leaves the LSTM float, dynamic quantizes it.
+    assert re.fullmatch(
+        r"auto: static 10\d\.\d % of float, 1 % of the weights quantized, top-1 [\d.]+ %; "
+        r"dynamic 3\d\.\d % of float, 9\d % of the weights quantized, top-1 [\d.]+ %: "
+        r"dynamic \((more accurate|quantizes more of the weights)\)",
+        quant["mode_reason"],
+    ), quant["mode_reason"]
+    measured = {entry["mode"]: entry for entry in quant["auto"]}
+    assert measured["static"]["size_ratio"] > 1.0 > 0.35 > measured["dynamic"]["size_ratio"]
+    assert quant["quantized_share"] == measured["dynamic"]["quantized_share"] > 0.9
     assert report.data["scheme"] == "onnx-dynamic-u8s8"
     assert report.data["calibration"]["method"] is None
     assert report.data["size"]["ratio"] < 0.35
@@ -92,13 +101,27 @@ def test_static_lstm_warns_that_it_did_not_shrink_and_says_what_to_do(
 ) -> None:
     report = convert(data["lstm"], tmp_path / "static", data, mode="static")
     assert report.data["quantization"]["mode"] == "static"
+    assert report.data["quantization"]["mode_reason"] == "as asked: 1 % of the weights quantized"
     ratio = report.data["size"]["ratio"]
-    assert ratio > 0.9
+    assert ratio > 1.0
     assert report.warnings == [
         f"the int8 model is {100 * ratio:.1f} % of the float model's size (a conversion that "
         "pays is below 90 %): weights left in float: LSTM 75,776 B; onnxruntime quantizes LSTM "
-        "in --mode dynamic"
+        "in --mode dynamic",
+        f"the int8 model is {100 * ratio:.1f} % of the float model's size: the bundle carries "
+        "the float model instead (exact, and smaller; --force bundles the int8 one)",
     ]
+    # Not smaller than float: the float model is bundled, and no int8 accuracy check applies.
+    assert (report.data["bundled"], report.data["scheme"]) == ("float", "onnx-float32")
+    assert report.checks == []
+    assert (tmp_path / "static" / "model.onnx").read_bytes() == data["lstm"].read_bytes()
+    forced = convert_onnx(data["lstm"], tmp_path / "forced", name="m", calibration_path=data["cal"],
+                          heldout_path=data["held"], force=True,
+                          options=NeuralOptions(latency_repeats=1, mode="static"))
+    assert (forced.data["bundled"], forced.data["scheme"]) == ("int8", "onnx-qdq-s8s8")
+    assert forced.warnings[-1].endswith("of the float model's size: bundled anyway because of "
+                                        "--force")
+    assert "QuantizeLinear" in ops(tmp_path / "forced" / "model.onnx")
 
 
 def test_a_gru_is_quantized_by_neither_mode_and_the_warning_says_so(
@@ -195,9 +218,14 @@ def test_no_preprocess_is_recorded(data: dict[str, Path], tmp_path: Path) -> Non
 def test_calibration_options_that_dynamic_mode_has_no_use_for_are_refused(
     data: dict[str, Path], tmp_path: Path
 ) -> None:
+    # auto honours a static-only option: it quantizes statically, and says why.
+    report = convert(data["lstm"], tmp_path / "auto", data, method="entropy", min_top1=None)
+    assert report.data["quantization"]["mode"] == "static"
+    assert report.data["quantization"]["mode_reason"] == (
+        "auto: --method entropy calibrates static quantization: static")
     with pytest.raises(InputError, match=r"--method entropy calibrates static quantization, and "
-                       r"this conversion is dynamic \(auto: .*\); pass --mode static to use it"):
-        convert(data["lstm"], tmp_path / "x", data, method="entropy")
+                       r"this conversion is dynamic; pass --mode static \(or auto\) to use it"):
+        convert(data["lstm"], tmp_path / "x", data, mode="dynamic", method="entropy")
     with pytest.raises(InputError, match=r"--symmetric-activations calibrates static"):
         convert(data["policy"], tmp_path / "x", data, mode="dynamic",
                 symmetric_activations=True)

@@ -264,13 +264,35 @@ def gather_data(
     input_range: tuple[float, float] | None,
     samples: int,
     seed: int,
+    calibrate: bool = True,
 ) -> tuple[Samples, Samples, np.ndarray | None, str]:
-    """``(calibration, heldout, heldout labels, description)`` from the options."""
-    if (calibration_path is None) == (input_range is None):
+    """``(calibration, heldout, heldout labels, description)`` from the options.
+
+    Without ``calibrate`` (dynamic quantization calibrates nothing) calibration data are
+    optional: ``--heldout`` alone will do, and a ``--calibration`` set without ``--heldout`` is
+    held out whole (the calibration returned is then empty).
+    """
+    if calibration_path is not None and input_range is not None:
         raise InputError(
             "give calibration data (--calibration X.npz) or an input range "
             "(--input-range LOW HIGH), not both"
         )
+    if calibration_path is None and input_range is None:
+        if calibrate:
+            raise InputError(
+                "static quantization calibrates on inputs: give calibration data "
+                "(--calibration X.npz) or an input range (--input-range LOW HIGH)"
+            )
+        if heldout_path is None:
+            raise InputError(
+                "dynamic quantization calibrates nothing, but the report compares the float and "
+                "int8 models on held-out inputs: give --heldout Y.npz (or --input-range LOW HIGH)"
+            )
+        heldout, labels = load_samples(heldout_path, inputs)
+        return {}, heldout, labels, "none (dynamic)"
+    if not calibrate and calibration_path is not None and heldout_path is None:
+        heldout, labels = load_samples(calibration_path, inputs)
+        return {}, heldout, labels, f"npz:{Path(calibration_path).name} (held out)"
     labels = None
     calibration: Samples = {}
     heldout: Samples = {}
