@@ -164,6 +164,11 @@ def read_onnx(source: Path, warnings: list[str]) -> bytes:
         model = onnx.load_from_string(model_bytes)
     except DecodeError as err:
         raise ModelError(f"{source}: not an ONNX model ({err})") from err
+    if not model.graph.output:  # protobuf reads any bytes, an empty file too, as a model
+        raise ModelError(
+            f"{source}: not an ONNX model ("
+            + ("the file is empty)" if not model_bytes else "it has no graph outputs)")
+        )
     external = [t for t in _all_tensors(model) if uses_external_data(t)]
     if not external:
         return model_bytes
@@ -313,6 +318,7 @@ def convert_onnx(
             float_session=float_session,
             warnings=warnings,
             show_progress=show_progress,
+            source=source,
         )
     int8_session = backend.load(int8_bytes, opts.threads)
     left_float = float_weight_bytes(onnx.load_from_string(int8_bytes))
@@ -390,6 +396,7 @@ def _quantize(
     float_session: Any,
     warnings: list[str],
     show_progress: bool,
+    source: Path,
 ) -> tuple[bytes, dict[str, Any]]:
     """The int8 model and its quantization record. ``--mode auto`` quantizes in both modes,
     measures both on the held-out set and keeps one (:func:`pick_mode`); the record's
@@ -399,7 +406,7 @@ def _quantize(
     classify = options.output_kind != "continuous"
     ref = run_all(float_session, heldout) if len(modes) > 1 else {}
     float_size = float_path.stat().st_size
-    done: dict[str, tuple[bytes, dict[str, Any], list[str]]] = {}
+    done: dict[QuantMode, tuple[bytes, dict[str, Any], list[str]]] = {}
     results: list[ModeResult] = []
     failures: dict[str, str] = {}
     for mode in modes:
@@ -414,6 +421,7 @@ def _quantize(
                 mode=mode,
                 show_progress=show_progress,
                 warnings=notes,
+                source=source,
             )
         except ModelError as err:
             if len(modes) == 1:
@@ -433,13 +441,13 @@ def _quantize(
             )
     if not done:
         raise ModelError(
-            f"{float_path.name}: quantization failed in both modes: "
+            f"{source}: quantization failed in both modes: "
             + "; ".join(f"{mode}: {reason}" for mode, reason in failures.items())
         )
     if len(modes) > 1:
         chosen, why = pick_mode(results, failures)
     else:
-        chosen = next(iter(done))  # type: ignore[assignment]
+        chosen = next(iter(done))
     int8_bytes, record, notes = done[chosen]
     if why:
         record["mode_reason"] = why

@@ -345,7 +345,10 @@ def _entropy_overrides(
     symmetric: bool,
     tmp: Path,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per-tensor activation ranges from entropy (KL) calibration, as TensorQuantOverrides."""
+    """Per-tensor activation ranges from entropy (KL) calibration, as TensorQuantOverrides;
+    the model's head (:func:`head_tensors`) keeps its MinMax ranges."""
+    import onnx
+
     calibrator = quantization.create_calibrator(
         str(model_path),
         None,
@@ -364,7 +367,44 @@ def _entropy_overrides(
     for name in ranges:
         low, high = (np.asarray(v, dtype=np.float32).reshape(()) for v in ranges[name].range_value)
         overrides[name] = [{"rmin": low, "rmax": high}]
+
+    # The head keeps MinMax ranges: a KL-optimal threshold clips a distribution's tail, and in
+    # the logits and scores the tail is the decision (the largest value).
+    observed = calibrator.collector.histogram_dict
+    for name in head_tensors(onnx.load(str(model_path))):
+        if name in observed:
+            seen_min, seen_max = (float(v) for v in observed[name][2:4])
+            if symmetric:
+                seen_max = max(abs(seen_min), abs(seen_max))
+                seen_min = -seen_max
+            overrides[name] = [
+                {
+                    "rmin": np.asarray(seen_min, dtype=np.float32),
+                    "rmax": np.asarray(seen_max, dtype=np.float32),
+                }
+            ]
     return overrides
+
+
+def head_tensors(model: Any) -> list[str]:
+    """The graph outputs and the tensors that lead to them from the last node with weights
+    (``Gemm`` -> logits -> ``Softmax`` -> probabilities: both), through nodes of one
+    non-constant input."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    constants = {init.name for init in model.graph.initializer}
+    found: list[str] = []
+    for output in model.graph.output:
+        name = output.name
+        while name not in found:
+            found.append(name)
+            node = producers.get(name)
+            if node is None:
+                break
+            variable = [i for i in node.input if i and i not in constants]
+            if len(variable) != 1 or len(variable) != len([i for i in node.input if i]):
+                break  # a node with weights (or several inputs): the head starts at its output
+            name = variable[0]
+    return found
 
 
 def _quantize_static(
@@ -482,6 +522,7 @@ def quantize_onnx(
     mode: QuantMode | None = None,
     show_progress: bool = False,
     warnings: list[str] | None = None,
+    source: str | Path | None = None,
 ) -> dict[str, Any]:
     """Quantize ``float_path`` into ``out_path`` in ``mode`` (default ``options.mode``, which
     must then be ``static`` or ``dynamic``: ``auto`` is the converter's, which measures both).
@@ -489,8 +530,12 @@ def quantize_onnx(
     Returns what was really done (``mode``, ``mode_reason``: the share of the weights really
     quantized, ``quantized_share``, ``preprocessed``, ``per_channel``, ``symmetric_activations``,
     excluded nodes and op types, the calibration ``method`` and its parameters, ``None`` for
-    dynamic). Fallbacks are appended to ``warnings`` as one line each.
+    dynamic). Fallbacks are appended to ``warnings`` as one line each. ``source`` names the
+    model in errors (default ``float_path``). A model with no node onnxruntime quantizes in
+    ``mode`` is written unchanged (nothing to quantize or calibrate), with a warning.
     """
+    import shutil
+
     import onnx
 
     opts = options or NeuralOptions()
@@ -512,6 +557,19 @@ def quantize_onnx(
         check_calibration_size(_count(calibration) if calibration else 0, notes)
     _check_exclusions(model, opts.exclude_nodes, opts.exclude_op_types)
     quantization, shape_inference = _quantization_module()
+    present = {node.op_type for node in model.graph.node if node.name not in opts.exclude_nodes}
+    if not present & (quantizable_op_types()[mode] - set(opts.exclude_op_types)):
+        notes.append(
+            f"{mode} quantization has nothing to quantize or calibrate in this model: "
+            f"onnxruntime quantizes none of its op types ({', '.join(sorted(present))}) in "
+            f"{mode} mode"
+        )
+        shutil.copyfile(src, out_path)
+        record = _quantization_record(
+            opts, mode, "as asked: 0 % of the weights quantized", preprocessed=False
+        )
+        record["quantized_share"] = 0.0
+        return record
     with tempfile.TemporaryDirectory(prefix="edge-agent-onnx-") as tmp_dir:
         tmp = Path(tmp_dir)
         if _normalize_opsets(model):
@@ -554,13 +612,12 @@ def quantize_onnx(
                 )
             share = quantized_share(model, onnx.load(str(out_path)))
             why = f"as asked: {100 * share:.0f} % of the weights quantized"
-            record = _quantization_record(
-                opts, mode, why, preprocessed=model_path in attempts[:-1]
-            )
+            record = _quantization_record(opts, mode, why, preprocessed=model_path in attempts[:-1])
             record["quantized_share"] = round(share, 4)
             return record
     raise ModelError(
-        f"{float_path}: {mode} quantization failed: {errors[-1]}" + _failure_hint(opts, mode)
+        f"{source or float_path}: {mode} quantization failed: {errors[-1]}"
+        + _failure_hint(opts, mode)
     )
 
 
