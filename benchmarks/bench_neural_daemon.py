@@ -35,6 +35,8 @@ Everything a user would do, in one run, one JSON object per line:
      options (``--threads`` intra-op and 1 inter-op thread, sequential, all graph optimisations,
      no spinning, the x86 int8 precision mode only where the CPU needs it:
      ``x64_quant_precision`` in the row);
+   * ``session_run_x64_precision``: the same with ``session.x64quantprecision`` forced on (what
+     the backend set everywhere before issue 30: on a VNNI CPU only slower);
    * ``backend_run``: the group's own backend session on its staged batch (IOBinding, no copy);
    * ``neural_step``: the group's neural half: ``NeuralAgentGroup.step`` (append the
      observations to the ring, stack the windows into the session's input, one run, argmax) or,
@@ -373,11 +375,12 @@ def run_daemon(cfg: Path, seconds: float, env_extra: dict[str, str]) -> dict[str
 
 
 # -- overhead in process ------------------------------------------------------------------------
-def ort_session(model: bytes, threads: int | None = None) -> Any:
+def ort_session(model: bytes, threads: int | None = None, *, x64: bool | None = None) -> Any:
     """A plain InferenceSession of ``model``: onnxruntime's default options (``threads=None``,
     what a user who never read this project writes), or the project backend's options with
     ``threads`` intra-op threads (1 inter-op thread, sequential, all graph optimisations, no
-    spinning, and the x86 int8 precision mode only where the CPU needs it)."""
+    spinning, and the x86 int8 precision mode only where the CPU needs it, or as ``x64``
+    says)."""
     import onnxruntime as ort
 
     from edge_agent.neural.backends.onnxruntime import x64_quant_precision
@@ -391,7 +394,7 @@ def ort_session(model: bytes, threads: int | None = None) -> Any:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if x64_quant_precision():
+    if x64_quant_precision() if x64 is None else x64:
         opts.add_session_config_entry("session.x64quantprecision", "1")
     opts.log_severity_level = 3
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
@@ -472,6 +475,7 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
     batch = np.ascontiguousarray(staged, dtype=np.float32).copy()  # (N, T, F) of the last tick
     session = ort_session(model)  # onnxruntime's defaults: the baseline
     pinned = ort_session(model, args.threads)  # the backend's options, in a plain session
+    exact = ort_session(model, args.threads, x64=True)  # ... with the x86 exact mode forced on
     feed = {session.get_inputs()[0].name: batch}
     ref = session.run(None, feed)[0]
     own = net.session.run({net.input_name: staged})[net.output.name]
@@ -488,6 +492,7 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
     variants: dict[str, Callable[[], object]] = {
         "session_run": lambda: session.run(None, feed),
         "session_run_backend_options": lambda: pinned.run(None, feed),
+        "session_run_x64_precision": lambda: exact.run(None, feed),
         "backend_run": backend_run,
     }
     if isinstance(agents, PerceptionAifGroup):
