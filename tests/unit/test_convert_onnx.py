@@ -127,6 +127,12 @@ def test_report_matches_an_independent_float_and_int8_run(
     assert quant["quantized_share"] == 1.0
     assert report.warnings == []
     assert report.data["device_check"] == {"agents": 8, "ticks": T}
+    # The latency was measured with the kernels a device with this CPU uses (issue 30).
+    from edge_agent.neural.backends.onnxruntime import x64_quant_precision
+
+    assert report.data["x64_quant_precision"] is x64_quant_precision()
+    kernels = next(row for row in report.rows if row[0] == "int8 kernels")
+    assert ("exact mode (this CPU has no VNNI" in kernels[1]) is x64_quant_precision()
     spec = bundle.manifest.neural
     assert spec is not None
     assert spec.backend == "onnxruntime"
