@@ -19,6 +19,8 @@ One JSON line per model: medians in ms, ``*_ratio`` the median over rounds of ea
 every held-out digit, and ``x64_quant_precision`` (the backend's choice here).
 
     python benchmarks/bench_neural_digits.py [--agents 1000] [--repeats 30] [--calls 20]
+
+``--smoke``: 20 agents, 2 rounds of 3 calls: the code path, for CI; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -115,7 +117,10 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=20, help="calls per variant and round")
+    parser.add_argument("--smoke", action="store_true", help="20 agents, 2 rounds of 3 calls")
     args = parser.parse_args()
+    if args.smoke:
+        args.agents, args.repeats, args.calls = 20, 2, 3
     with tempfile.TemporaryDirectory(prefix="bench-neural-digits-") as name:
         for family in ("mlp", "cnn"):
             print(json.dumps(measure(family, Path(name), args), sort_keys=True), flush=True)
