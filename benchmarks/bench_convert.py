@@ -29,10 +29,17 @@ One JSON object per line and family:
   ``ort_dynamic_bytes``), each ratio to float;
 * ``ours_top1`` and ``ort_static_top1`` (``ort_dynamic_top1``): top-1 agreement with the float
   model on held-out inputs; ``label_accuracy`` where the data have labels;
-* ``ours_mode``, ``ours_warnings`` (the size warning, dropped outputs, fallbacks), and
+* ``ours_mode``, ``ours_mode_reason``, ``ours_bundled`` (``float`` when the int8 model did not
+  pay), ``ours_warnings`` (the size warning, dropped outputs, fallbacks), and
   ``ort_static_error`` when onnxruntime's own call fails.
 
+With ``--methods``: one ``method`` line per ONNX family and calibration method instead
+(:func:`measure_method`): the converter in static mode with that method against
+``quantize_static`` with that ``calibrate_method``, top-1 agreement and max/mean absolute output
+error against float, and the time of each.
+
     python benchmarks/bench_convert.py [--families mlp,logreg,cnn,lstm,gru]
+    python benchmarks/bench_convert.py --methods minmax,entropy,percentile   # 'method' lines
     PYTHONPATH=.:tools .cache/tf-venv/bin/python benchmarks/bench_convert.py \
         --families keras-mlp,keras-cnn,keras-lstm,keras-gru,torch-mlp
 
@@ -356,11 +363,8 @@ def ort_variant(fn: str, spec: dict[str, Any], tmp: Path, ref: np.ndarray) -> di
     }
 
 
-def measure(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
-    from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx
-
-    if family in TF_FAMILIES:
-        return measure_keras(family, tmp)
+def family_spec(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
+    """The float model of an ONNX family and its data (``cal`` and ``held`` ``.npz`` files)."""
     if family in ("mlp", "logreg"):
         spec = sklearn_model(family, tmp, smoke)
     elif family == "torch-mlp":
@@ -375,6 +379,69 @@ def measure(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
     if spec["labels"] is not None:
         held_arrays["labels"] = spec["labels"]
     np.savez(held, **held_arrays)
+    return {**spec, "cal": cal, "held": held}
+
+
+ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def measure_method(family: str, method: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
+    """Static quantization with one calibration method: the converter (``--mode static
+    --method M``, its defaults otherwise) against onnxruntime's ``quantize_static`` with
+    ``calibrate_method`` M and its other defaults; top-1 agreement and the largest absolute
+    output error against the float model on the held-out set, and each one's time."""
+    import onnxruntime
+    from onnxruntime import quantization
+
+    from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx
+
+    spec = family_spec(family, tmp, smoke)
+    ref = run(spec["path"], spec["heldout"], spec["output"])
+    line: dict[str, Any] = {"bench": "method", "family": family, "method": method}
+    start = time.perf_counter()
+    with quiet():
+        report = convert_onnx(spec["path"], tmp / f"{family}.{method}.bundle", name=family,
+                              calibration_path=spec["cal"], heldout_path=spec["held"],
+                              options=NeuralOptions(latency_repeats=1, mode="static",
+                                                    method=method),
+                              thresholds=NeuralThresholds(min_top1=None), force=True)
+    line["ours_s"] = round(time.perf_counter() - start, 2)
+    acc = report.data["accuracy"]
+    line["ours_ratio"] = round(report.data["size"]["ratio"], 4)
+    line["ours_top1"] = round(acc["top1_agreement"], 4)
+    line["ours_max_abs_error"] = round(acc["max_abs_error"], 5)
+    line["ours_mean_abs_error"] = round(acc["mean_abs_error"], 6)
+    out = tmp / f"{family}.{method}.ort.onnx"
+    name = onnxruntime.InferenceSession(
+        str(spec["path"]), providers=["CPUExecutionProvider"]
+    ).get_inputs()[0].name
+    start = time.perf_counter()
+    try:
+        with quiet():
+            quantization.quantize_static(
+                str(spec["path"]), str(out), Reader(name, spec["calibration"]),
+                calibrate_method=getattr(quantization.CalibrationMethod, ORT_METHODS[method]),
+            )
+        got = run(out, spec["heldout"], spec["output"])
+    except Exception as err:  # onnxruntime raises plain Exceptions of many kinds
+        line["ort_error"] = " ".join(str(err).split())[:160]
+        return line
+    line["ort_s"] = round(time.perf_counter() - start, 2)
+    diff = np.abs(got.astype(np.float64) - ref)
+    line["ort_ratio"] = round(model_bytes(out) / model_bytes(spec["path"]), 4)
+    line["ort_top1"] = round(float(np.mean(got.argmax(1) == ref.argmax(1))), 4)
+    line["ort_max_abs_error"] = round(float(diff.max()), 5)
+    line["ort_mean_abs_error"] = round(float(diff.mean()), 6)
+    return line
+
+
+def measure(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
+    from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx
+
+    if family in TF_FAMILIES:
+        return measure_keras(family, tmp)
+    spec = family_spec(family, tmp, smoke)
+    cal, held = spec["cal"], spec["held"]
     start = time.perf_counter()
     with quiet():
         report = convert_onnx(spec["path"], tmp / f"{family}.bundle", name=family,
@@ -392,6 +459,8 @@ def measure(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
         "ours_ratio": round(size["int8_bytes"] / model_bytes(spec["path"]), 4),
         "ours_top1": round(report.data["accuracy"]["top1_agreement"], 4),
         "ours_mode": report.data["quantization"]["mode"],
+        "ours_mode_reason": report.data["quantization"]["mode_reason"],
+        "ours_bundled": report.data["bundled"],
         "ours_warnings": report.warnings,
         "ours_convert_s": round(convert_s, 2),
     }
@@ -411,14 +480,28 @@ def main(argv: list[str] | None = None) -> int:
                         "families need TensorFlow and torch)")
     parser.add_argument("--smoke", action="store_true",
                         help="mlp,cnn,gru on tiny training and data: the code path, for CI")
+    parser.add_argument("--methods", default="",
+                        help="comma-separated calibration methods (minmax,entropy,percentile): "
+                        "one 'method' line per ONNX family and method instead of the family "
+                        "lines")
     args = parser.parse_args(argv)
     if args.smoke:
         args.families = "mlp,cnn,gru"
+    families = [f.strip() for f in args.families.split(",")]
+    for family in families:
+        if family not in every:
+            parser.error(f"unknown family {family!r}; choose from {','.join(every)}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method in methods:
+        if method not in ORT_METHODS:
+            parser.error(f"unknown method {method!r}; choose from {','.join(ORT_METHODS)}")
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
-        for family in args.families.split(","):
-            if family.strip() not in every:
-                parser.error(f"unknown family {family.strip()!r}; choose from {','.join(every)}")
-            print(json.dumps(measure(family.strip(), Path(tmp), args.smoke)), flush=True)
+        for family in families:
+            if not methods:
+                print(json.dumps(measure(family, Path(tmp), args.smoke)), flush=True)
+            for method in methods if family not in TF_FAMILIES else ():
+                print(json.dumps(measure_method(family, method, Path(tmp), args.smoke)),
+                      flush=True)
     return 0
 
 

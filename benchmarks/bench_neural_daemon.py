@@ -24,14 +24,19 @@ Everything a user would do, in one run, one JSON object per line:
 4. ``overhead``: in this process, each group as the daemon builds it
    (:func:`edge_agent.daemon.admission.load_group_model` on the same config file and signed
    bundle, :func:`edge_agent.daemon.groups.make_agents` with ``--threads`` intra-op threads,
-   :func:`make_runtime`) against a plain ``onnxruntime.InferenceSession`` of the same int8 model
-   file built with the backend's options (``--threads`` intra-op and 1 inter-op thread,
-   sequential, all graph optimisations, no spinning, CPU provider) called as
+   :func:`make_runtime`) against a plain ``onnxruntime.InferenceSession`` of the same model file
+   with onnxruntime's **default options** (no ``SessionOptions``; CPU provider) called as
    ``session.run(None, {input: batch})`` on the same ``(N, T, F)`` float32 batch (a copy of the
    batch the group staged on its last tick). Variants, interleaved in ``--repeats`` rounds of
    ``--calls`` calls each (order rotated every round), per-round medians:
 
-   * ``session_run``: the direct onnxruntime call (the baseline);
+   * ``session_run``: the direct onnxruntime call with default options (the baseline);
+   * ``session_run_backend_options``: the same call on a plain session built with the backend's
+     options (``--threads`` intra-op and 1 inter-op thread, sequential, all graph optimisations,
+     no spinning, the x86 int8 precision mode only where the CPU needs it:
+     ``x64_quant_precision`` in the row);
+   * ``session_run_x64_precision``: the same with ``session.x64quantprecision`` forced on (what
+     the backend set everywhere before issue 30: on a VNNI CPU only slower);
    * ``backend_run``: the group's own backend session on its staged batch (IOBinding, no copy);
    * ``neural_step``: the group's neural half: ``NeuralAgentGroup.step`` (append the
      observations to the ring, stack the windows into the session's input, one run, argmax) or,
@@ -370,10 +375,18 @@ def run_daemon(cfg: Path, seconds: float, env_extra: dict[str, str]) -> dict[str
 
 
 # -- overhead in process ------------------------------------------------------------------------
-def ort_session(model: bytes, threads: int) -> Any:
-    """A plain InferenceSession with the options of the project's onnxruntime backend."""
+def ort_session(model: bytes, threads: int | None = None, *, x64: bool | None = None) -> Any:
+    """A plain InferenceSession of ``model``: onnxruntime's default options (``threads=None``,
+    what a user who never read this project writes), or the project backend's options with
+    ``threads`` intra-op threads (1 inter-op thread, sequential, all graph optimisations, no
+    spinning, and the x86 int8 precision mode only where the CPU needs it, or as ``x64``
+    says)."""
     import onnxruntime as ort
 
+    from edge_agent.neural.backends.onnxruntime import x64_quant_precision
+
+    if threads is None:
+        return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -381,10 +394,8 @@ def ort_session(model: bytes, threads: int) -> Any:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    # The backend's x86-64 int8 precision mode (see OnnxRuntimeSession): without it the "direct
-    # call" would time another kernel (10-15 % faster on AVX2 without VNNI, less accurate), and
-    # the ratio would measure that option instead of the group's overhead. No effect on ARM.
-    opts.add_session_config_entry("session.x64quantprecision", "1")
+    if x64_quant_precision() if x64 is None else x64:
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     opts.log_severity_level = 3
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
@@ -462,7 +473,9 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
         net = agents
     staged = net.session.input_buffer(net.input_name)
     batch = np.ascontiguousarray(staged, dtype=np.float32).copy()  # (N, T, F) of the last tick
-    session = ort_session(model, args.threads)
+    session = ort_session(model)  # onnxruntime's defaults: the baseline
+    pinned = ort_session(model, args.threads)  # the backend's options, in a plain session
+    exact = ort_session(model, args.threads, x64=True)  # ... with the x86 exact mode forced on
     feed = {session.get_inputs()[0].name: batch}
     ref = session.run(None, feed)[0]
     own = net.session.run({net.input_name: staged})[net.output.name]
@@ -478,6 +491,8 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
 
     variants: dict[str, Callable[[], object]] = {
         "session_run": lambda: session.run(None, feed),
+        "session_run_backend_options": lambda: pinned.run(None, feed),
+        "session_run_x64_precision": lambda: exact.run(None, feed),
         "backend_run": backend_run,
     }
     if isinstance(agents, PerceptionAifGroup):
@@ -527,6 +542,7 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
         "repeats": args.repeats,
         "calls": args.calls,
         "outputs_max_abs_diff": max_diff,
+        "x64_quant_precision": getattr(net.session, "x64_precision", None),
     }
     for name, values in medians.items():
         row[f"{name}_ms"] = round(statistics.median(values) * 1e3, 4)

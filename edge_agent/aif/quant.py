@@ -222,7 +222,8 @@ class QuantizedModel:
             else:
                 out[f"B{f}"] = b.values.max_log_error if b.values is not None else 0.0
         for m, c in enumerate(self.C):
-            out[f"C{m}"] = c.scale / 2.0  # absolute error on C itself
+            # absolute error on C itself; an all-zero C (no preference) is stored exactly
+            out[f"C{m}"] = c.scale / 2.0 if np.any(c.codes) else 0.0
         for f, d in enumerate(self.D):
             out[f"D{f}"] = d.max_log_error
         if self.E is not None:

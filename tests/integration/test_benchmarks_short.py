@@ -108,6 +108,11 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "overhead"}, ("backend_run_ms", "backend_run_ratio")),
         ({"bench": "rss_breakdown"}, ("numpy_mb", "daemon_modules_mb")),
     ],
+    "bench_neural_digits.py": [
+        *[({"bench": "digits_group", "model": m},
+           ("group_step_ratio", "session_exact_ratio", "x64_quant_precision"))
+          for m in ("mlp", "cnn")],
+    ],
     "bench_peers.py": [
         *[({"bench": "peers", "workload": w, "impl": i}, ("steps_per_s", "digest"))
           for w in ("grid10", "grid2f") for i in ("edge-agent int8", "edge-agent float64")],

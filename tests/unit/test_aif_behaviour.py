@@ -91,6 +91,18 @@ def test_quantized_tables_respect_their_documented_bound() -> None:
         assert np.abs(c_exact - c_approx).max() <= bounds[f"C{m}"] + 1e-12
 
 
+def test_an_all_zero_preference_vector_has_an_error_bound_of_zero() -> None:
+    rng = np.random.default_rng(2)
+    model = random_model(rng, (6, 5), (7, 3), (3, 2))
+    flat = GenerativeModel.from_arrays(
+        model.A, model.B, [np.zeros_like(c) for c in model.C], model.D
+    )
+    q = quantize_model(flat)
+    assert all(np.array_equal(c, np.zeros_like(c)) for c in q.dequantize().C)
+    assert [q.error_bounds()[f"C{m}"] for m in range(flat.num_modalities)] == [0.0, 0.0]
+    assert quantize_model(model).error_bounds()["C0"] > 0.0
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_int8_one_step_posterior_within_bound_of_reference(name: str) -> None:
     """Given the same prior, |ln q_int8 - ln q_ref| <= 2 * (eps_A + eps_D) + float32 slack."""

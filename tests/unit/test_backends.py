@@ -197,6 +197,62 @@ def test_onnxruntime_threads_no_spinning_and_sequential() -> None:
     assert "SEQUENTIAL" in str(options.execution_mode)
 
 
+X86_AVX2_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi2
+bugs\t\t: spectre_v1
+"""
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm crc32 cpuid asimdrdm lrcpc dcpop asimddp
+"""
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "needed"),
+    [
+        ("x86_64", "avx avx2 fma", True),  # AVX2 only: u8 x s8 pairs saturate at 16 bits
+        ("x86_64", "avx2 avx512f avx512_vnni", False),
+        ("x86_64", "avx2 avx_vnni", False),
+        ("AMD64", "avx2 amx_int8 amx_tile", False),
+        ("x86_64", "", True),  # flags unknown: keep the exact kernel
+        ("aarch64", "fp asimd asimddp", False),
+        ("armv7l", "", False),
+    ],
+)
+def test_x64_quant_precision_only_where_the_cpu_saturates(
+    machine: str, flags: str, needed: bool
+) -> None:
+    assert ort_plugin.needs_x64_quant_precision(machine, frozenset(flags.split())) is needed
+
+
+def test_cpu_flags_reads_x86_and_arm_cpuinfo() -> None:
+    assert "avx2" in ort_plugin.cpu_flags(X86_AVX2_CPUINFO)
+    assert "spectre_v1" not in ort_plugin.cpu_flags(X86_AVX2_CPUINFO)  # the first flags line only
+    assert ort_plugin.cpu_flags(ARM_CPUINFO) >= {"asimd", "asimddp"}
+    assert ort_plugin.cpu_flags("processor : 0\n") == frozenset()
+    assert ort_plugin.needs_x64_quant_precision("x86_64", ort_plugin.cpu_flags(X86_AVX2_CPUINFO))
+
+
+def test_onnxruntime_session_sets_x64_precision_as_the_cpu_needs() -> None:
+    model, _ = mlp_bytes()
+
+    def entry(session: ort_plugin.OnnxRuntimeSession) -> str | None:
+        try:
+            value = session._session.get_session_options().get_session_config_entry(
+                "session.x64quantprecision"
+            )
+        except RuntimeError:  # onnxruntime: "does not have configuration with key"
+            return None
+        return str(value)
+
+    machine = ort_plugin.OnnxRuntimeSession(model)
+    assert machine.x64_precision is ort_plugin.x64_quant_precision()
+    assert entry(machine) == ("1" if ort_plugin.x64_quant_precision() else None)
+    assert entry(ort_plugin.OnnxRuntimeSession(model, x64_precision=True)) == "1"
+    assert entry(ort_plugin.OnnxRuntimeSession(model, x64_precision=False)) is None
+
+
 def test_run_writes_into_the_same_buffers_and_the_staging_input_skips_a_copy() -> None:
     model, layers = mlp_bytes()
     session = get_backend("onnxruntime").load(model)

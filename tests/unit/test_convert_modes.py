@@ -5,6 +5,7 @@ warning, and the calibration-set size rules. Real onnxruntime sessions throughou
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from edge_agent_host.convert_onnx import (
     NeuralOptions,
     NeuralThresholds,
     convert_onnx,
+    pick_mode,
 )
+from edge_agent_host.onnx_quantize import ModeResult, head_tensors
 from edge_agent_host.report import ConversionReport
 
 T, F = 8, 8
@@ -71,8 +74,17 @@ def test_auto_quantizes_an_lstm_dynamically_and_it_shrinks(
     report = convert(data["lstm"], tmp_path / "auto", data)
     quant = report.data["quantization"]
     assert quant["mode"] == "dynamic"
-    assert quant["mode_reason"].startswith("auto: onnxruntime quantizes 1 % of the weights in "
-                                           "static mode, 99 % in dynamic")
+    # auto measured both modes: static leaves the LSTM float, dynamic quantizes it.
+    assert re.fullmatch(
+        r"auto: static 10\d\.\d % of float, 1 % of the weights quantized, top-1 [\d.]+ %; "
+        r"dynamic 3\d\.\d % of float, 9\d % of the weights quantized, top-1 [\d.]+ %: "
+        r"dynamic \((more accurate|quantizes more of the weights)\)",
+        quant["mode_reason"],
+    ), quant["mode_reason"]
+    measured = {entry["mode"]: entry for entry in quant["auto"]}
+    assert measured["static"]["size_ratio"] > 1.0
+    assert measured["dynamic"]["size_ratio"] < 0.35
+    assert quant["quantized_share"] == measured["dynamic"]["quantized_share"] > 0.9
     assert report.data["scheme"] == "onnx-dynamic-u8s8"
     assert report.data["calibration"]["method"] is None
     assert report.data["size"]["ratio"] < 0.35
@@ -92,13 +104,27 @@ def test_static_lstm_warns_that_it_did_not_shrink_and_says_what_to_do(
 ) -> None:
     report = convert(data["lstm"], tmp_path / "static", data, mode="static")
     assert report.data["quantization"]["mode"] == "static"
+    assert report.data["quantization"]["mode_reason"] == "as asked: 1 % of the weights quantized"
     ratio = report.data["size"]["ratio"]
-    assert ratio > 0.9
+    assert ratio > 1.0
     assert report.warnings == [
         f"the int8 model is {100 * ratio:.1f} % of the float model's size (a conversion that "
         "pays is below 90 %): weights left in float: LSTM 75,776 B; onnxruntime quantizes LSTM "
-        "in --mode dynamic"
+        "in --mode dynamic",
+        f"the int8 model is {100 * ratio:.1f} % of the float model's size: the bundle carries "
+        "the float model instead (exact, and smaller; --force bundles the int8 one)",
     ]
+    # Not smaller than float: the float model is bundled, and no int8 accuracy check applies.
+    assert (report.data["bundled"], report.data["scheme"]) == ("float", "onnx-float32")
+    assert report.checks == []
+    assert (tmp_path / "static" / "model.onnx").read_bytes() == data["lstm"].read_bytes()
+    forced = convert_onnx(data["lstm"], tmp_path / "forced", name="m", calibration_path=data["cal"],
+                          heldout_path=data["held"], force=True,
+                          options=NeuralOptions(latency_repeats=1, mode="static"))
+    assert (forced.data["bundled"], forced.data["scheme"]) == ("int8", "onnx-qdq-s8s8")
+    assert forced.warnings[-1].endswith("of the float model's size: bundled anyway because of "
+                                        "--force")
+    assert "QuantizeLinear" in ops(tmp_path / "forced" / "model.onnx")
 
 
 def test_a_gru_is_quantized_by_neither_mode_and_the_warning_says_so(
@@ -137,6 +163,11 @@ def test_entropy_calibration_is_real_and_recorded(data: dict[str, Path], tmp_pat
     assert all(entropy[k] <= minmax[k] * (1 + 1e-6) for k in minmax)
     assert sum(entropy[k] < minmax[k] * (1 - 1e-3) for k in minmax) >= 2
     assert min(entropy[k] / minmax[k] for k in minmax) < 0.8
+    # ... except in the head: the logits keep their MinMax range (a clipped top logit is a
+    # changed decision).
+    assert head_tensors(onnx.load(data["policy"])) == ["logits"]
+    assert entropy["logits_QuantizeLinear_Input"] == pytest.approx(
+        minmax["logits_QuantizeLinear_Input"], rel=1e-6)
     assert (tmp_path / "entropy" / "model.onnx").read_bytes() != (
         tmp_path / "minmax" / "model.onnx").read_bytes()
     bundle = load_bundle(tmp_path / "entropy", trusted_keys=None, require_signature=False)
@@ -195,9 +226,14 @@ def test_no_preprocess_is_recorded(data: dict[str, Path], tmp_path: Path) -> Non
 def test_calibration_options_that_dynamic_mode_has_no_use_for_are_refused(
     data: dict[str, Path], tmp_path: Path
 ) -> None:
+    # auto honours a static-only option: it quantizes statically, and says why.
+    report = convert(data["lstm"], tmp_path / "auto", data, method="entropy", min_top1=None)
+    assert report.data["quantization"]["mode"] == "static"
+    assert report.data["quantization"]["mode_reason"] == (
+        "auto: --method entropy calibrates static quantization: static")
     with pytest.raises(InputError, match=r"--method entropy calibrates static quantization, and "
-                       r"this conversion is dynamic \(auto: .*\); pass --mode static to use it"):
-        convert(data["lstm"], tmp_path / "x", data, method="entropy")
+                       r"this conversion is dynamic; pass --mode static \(or auto\) to use it"):
+        convert(data["lstm"], tmp_path / "x", data, mode="dynamic", method="entropy")
     with pytest.raises(InputError, match=r"--symmetric-activations calibrates static"):
         convert(data["policy"], tmp_path / "x", data, mode="dynamic",
                 symmetric_activations=True)
@@ -250,3 +286,64 @@ def test_convert_help_names_every_new_option(capsys: pytest.CaptureFixture[str])
         text = " ".join(capsys.readouterr().out.split())
         for option in options:
             assert option in text, (kind, option)
+
+
+def result(mode: str, size: float, quantized: float, top1: float | None,
+           error: float = 0.01) -> ModeResult:
+    return ModeResult(mode, size, quantized, top1, error)  # type: ignore[arg-type]
+
+
+def test_auto_keeps_the_mode_that_quantizes_more_static_on_a_tie_never_the_less_accurate() -> None:
+    # Gemm in both modes (dynamic turns it into MatMulInteger): a tie, static's fused kernels.
+    mode, why = pick_mode([result("static", 0.37, 1.0, 1.0), result("dynamic", 0.34, 0.97, 1.0)],
+                          {})
+    assert mode == "static"
+    assert why == (
+        "auto: static 37.0 % of float, 100 % of the weights quantized, top-1 100.00 %; dynamic "
+        "34.0 % of float, 97 % of the weights quantized, top-1 100.00 %: static (as much "
+        "quantized and as accurate: static's fused kernels)"
+    )
+    # An LSTM: only dynamic quantizes its weights.
+    assert pick_mode([result("static", 1.01, 0.01, 0.995), result("dynamic", 0.32, 0.95, 0.996)],
+                     {})[0] == "dynamic"
+    # More quantized but less accurate by more than half a point: the other one.
+    mode, why = pick_mode([result("static", 0.31, 1.0, 0.980), result("dynamic", 0.28, 0.9, 1.0)],
+                          {})
+    assert (mode, why.endswith("dynamic (more accurate)")) == ("dynamic", True)
+    # Continuous outputs: mean abs error within 1.5x counts as accurate.
+    assert pick_mode([result("static", 0.4, 1.0, None, 0.014), result("dynamic", 0.3, 0.99, None,
+                                                                     0.010)], {})[0] == "static"
+    assert pick_mode([result("static", 0.4, 1.0, None, 0.016), result("dynamic", 0.3, 0.99, None,
+                                                                     0.010)], {})[0] == "dynamic"
+    mode, why = pick_mode([result("dynamic", 0.5, 0.9, 1.0)], {"static": "it broke"})
+    assert mode == "dynamic"
+    assert why.endswith("; static fails (it broke): dynamic (the only mode that quantizes it)")
+
+
+def test_dynamic_mode_needs_held_out_data_but_no_calibration(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    report = convert_onnx(data["lstm"], tmp_path / "held", name="m", heldout_path=data["held"],
+                          options=NeuralOptions(latency_repeats=1, mode="dynamic"),
+                          thresholds=NeuralThresholds(min_top1=0.9))
+    assert report.bundle is not None
+    assert report.data["calibration"]["samples"] == 0
+    assert report.data["accuracy"]["heldout_samples"] == 300
+    # A calibration set alone is held out whole: dynamic mode calibrates nothing.
+    report = convert_onnx(data["lstm"], tmp_path / "cal", name="m", calibration_path=data["cal"],
+                          options=NeuralOptions(latency_repeats=1, mode="dynamic"),
+                          thresholds=NeuralThresholds(min_top1=0.9))
+    assert report.data["accuracy"]["heldout_samples"] == 400
+    with pytest.raises(InputError, match=r"^dynamic quantization calibrates nothing, but the "
+                       r"report compares the float and int8 models on held-out inputs: give "
+                       r"--heldout Y.npz \(or --input-range LOW HIGH\)$"):
+        convert_onnx(data["lstm"], tmp_path / "x", name="m",
+                     options=NeuralOptions(mode="dynamic"))
+    with pytest.raises(InputError, match=r"^static quantization calibrates on inputs: give "
+                       r"calibration data \(--calibration X.npz\) or an input range "
+                       r"\(--input-range LOW HIGH\); --mode dynamic needs neither"):
+        convert_onnx(data["lstm"], tmp_path / "x", name="m", heldout_path=data["held"])
+    with pytest.raises(InputError, match=r"or an input range \(--input-range LOW HIGH\), not "
+                       r"both$"):
+        convert_onnx(data["lstm"], tmp_path / "x", name="m", calibration_path=data["cal"],
+                     input_range=(0.0, 1.0))

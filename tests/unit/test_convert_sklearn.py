@@ -87,7 +87,8 @@ def test_skl2onnx_mlp_converts_first_time_and_runs_on_the_device_path(
 ) -> None:
     onnx_model = onnx.load(models["mlp"])
     assert [o.name for o in onnx_model.graph.output] == ["label", "probabilities"]
-    report = convert(models["mlp"], tmp_path / "b", models["digits_cal"], models["digits_held"])
+    report = convert(models["mlp"], tmp_path / "b", models["digits_cal"], models["digits_held"],
+                     mode="static")
     assert report.passed
     assert report.bundle is not None
     # The int64 label output is dropped with one line; per-channel quantization after
@@ -131,30 +132,44 @@ def test_the_zipmap_default_is_bundled_as_its_probabilities(
 
 
 @pytest.mark.parametrize("stem", ["lr_iris", "lr_iris_zipmap"])
-def test_logistic_regression_converts_and_says_int8_saves_nothing(
+def test_logistic_regression_is_bundled_as_float_and_the_report_says_why(
     models: dict[str, Path], tmp_path: Path, stem: str
 ) -> None:
     """skl2onnx declares the ai.onnx opset twice (onnxruntime's quantizer refuses that) and
-    writes a LinearClassifier, which onnxruntime quantizes in neither mode."""
+    writes a LinearClassifier, which onnxruntime quantizes in neither mode: nothing is
+    quantized, so the bundle carries the float model (exit 0), and the warnings say so."""
     report = convert(models[stem], tmp_path / "b", models["iris"], models["iris"])
     assert report.passed
     assert report.data["accuracy"]["top1_agreement"] == 1.0
-    size_lines = [w for w in report.warnings if "% of the float model's size" in w]
-    assert len(size_lines) == 1
-    assert report.data["size"]["ratio"] >= 0.9
-    assert any("pre-processing fails on this model" in w for w in report.warnings)
+    assert report.data["quantization"]["quantized_share"] == 0.0
+    assert (report.data["bundled"], report.data["scheme"]) == ("float", "onnx-float32")
+    assert any(w.startswith("static quantization has nothing to quantize or calibrate in this "
+                            "model: onnxruntime quantizes none of its op types (") for w in
+               report.warnings)
+    assert report.warnings[-1].startswith("the int8 model quantizes none of the float model's "
+                                          "weights and is ")
+    assert report.warnings[-1].endswith("the bundle carries the float model instead (exact, "
+                                        "and smaller; --force bundles the int8 one)")
+    bundle = load_bundle(tmp_path / "b", trusted_keys=None, require_signature=False)
+    ops = {n.op_type for n in onnx.load_from_string(bundle.file_bytes("model.onnx")).graph.node}
+    assert "QuantizeLinear" not in ops
+    assert "LinearClassifier" in ops
+    assert bundle.manifest.quantization["bundled"] == "float"
 
 
-def test_a_larger_logistic_regression_names_the_op_left_in_float(
-    models: dict[str, Path], tmp_path: Path
+def test_percentile_on_a_model_with_nothing_to_calibrate_is_no_onnxruntime_error(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    report = convert(models["lr_digits"], tmp_path / "b", models["digits_cal"],
-                     models["digits_held"])
-    size_lines = [w for w in report.warnings if "% of the float model's size" in w]
-    assert len(size_lines) == 1
-    # 64 x 10 coefficients and 10 intercepts, float32, in the LinearClassifier's attributes.
-    assert "weights left in float: LinearClassifier 2,600 B" in size_lines[0]
-    assert "onnxruntime quantizes no LinearClassifier node in either mode" in size_lines[0]
+    """onnxruntime's percentile calibrator raised "Histogram has not been collected" (naming a
+    temporary copy of the model) when no tensor was calibrated."""
+    code = main(["convert", "onnx", str(models["lr_iris"]), "--out", str(tmp_path / "b"),
+                 "--calibration", str(models["iris"]), "--mode", "static", "--method",
+                 "percentile", "--latency-repeats", "1", "--quiet"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "Histogram" not in out.out + out.err
+    assert "warning: static quantization has nothing to quantize or calibrate" in out.out
+    assert "the bundle carries the float model instead" in out.out
 
 
 def test_labels_outside_the_classes_are_refused(
@@ -250,9 +265,21 @@ def test_a_failed_pre_processing_leaves_no_file_behind(
 ) -> None:
     """onnxruntime saves sym_shape_infer_temp.onnx into the working directory when its shape
     inference is incomplete (skl2onnx's LinearClassifier); the converter runs it elsewhere."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    X, y = load_iris(return_X_y=True)
+    X = X.astype(np.float32)
+    # PCA (a MatMul, which static mode quantizes) in front of a LinearClassifier
+    pipeline = make_pipeline(PCA(3), LogisticRegression(max_iter=1000)).fit(X, y)
+    onnx.save(to_onnx(pipeline, X[:1], options={"zipmap": False}), tmp_path / "pca_lr.onnx")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    report = convert(models["lr_iris"], tmp_path / "b", models["iris"], models["iris"])
+    report = convert(tmp_path / "pca_lr.onnx", tmp_path / "b", models["iris"], models["iris"],
+                     mode="static")
     assert any("pre-processing fails on this model" in w for w in report.warnings)
     assert list(work.iterdir()) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -110,3 +111,43 @@ def test_a_file_that_is_no_onnx_model_is_refused_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: not an ONNX model (")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_empty_onnx_file_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """protobuf reads an empty file as an empty model: it used to reach the outputs check,
+    'no output of the model is a tensor:' with nothing after it."""
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    np.savez(tmp_path / "cal.npz", window=np.zeros((32, 8), dtype=np.float32))
+    code = main(["convert", "onnx", str(tmp_path / "empty.onnx"), "--out", str(tmp_path / "b"),
+                 "--calibration", str(tmp_path / "cal.npz"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip() == f"error: {tmp_path / 'empty.onnx'}: not an ONNX model (the file is empty)"
+
+
+@pytest.mark.parametrize("kind", ["npy", "csv"])
+def test_calibration_data_in_another_format_says_what_is_expected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """A .npy gave a TypeError traceback, a .csv a message about pickles (issue 28, item 4)."""
+    onnx.save(relu_model(ir_version=max_onnxruntime_ir_version(), opset=13),
+              tmp_path / "m.onnx")
+    X = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    data = tmp_path / f"calib.{kind}"
+    if kind == "npy":
+        np.save(data, X)
+    else:
+        np.savetxt(data, X, delimiter=",")
+    code = main(["convert", "onnx", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "b"),
+                 "--calibration", str(data), "--output-kind", "continuous", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1, err
+    what = "one .npy array, not an .npz" if kind == "npy" else "not an .npz file"
+    assert err.strip() == (
+        f"error: {data}: {what}; calibration and held-out data are an .npz with one array per "
+        "model input, keyed by its name: 'window' (n, 8), plus optional integer labels (n,); "
+        "write it with numpy.savez('data.npz', window=X)"
+    )

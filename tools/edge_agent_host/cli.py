@@ -279,7 +279,8 @@ def _add_common_convert_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--force", action="store_true",
-                        help="write the bundle even if an accuracy check fails")
+                        help="write the bundle even if an accuracy check fails (neural: and "
+                        "bundle the int8 model even when it is not smaller than float)")
 
 
 def _add_aif_options(parser: argparse.ArgumentParser) -> None:
@@ -309,9 +310,9 @@ def _add_aif_options(parser: argparse.ArgumentParser) -> None:
 def _add_neural_options(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("calibration and held-out data")
     data.add_argument("--calibration", type=Path, default=None, metavar="X.npz",
-                      help="real inputs keyed by input name, (n, ...) per input: windows "
-                      "(n, T, F), vectors (n, F) or frames (n, C, H, W) / (n, H, W, C); "
-                      f"fewer than {MIN_CALIBRATION_SAMPLES} warn, 1 is refused")
+                      help="an .npz of real inputs keyed by input name (numpy.savez), (n, ...) "
+                      "per input: windows (n, T, F), vectors (n, F) or frames (n, C, H, W) / "
+                      f"(n, H, W, C); fewer than {MIN_CALIBRATION_SAMPLES} warn, 1 is refused")
     data.add_argument("--input-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                       help="draw inputs uniformly from [LOW, HIGH) instead (warns)")
     data.add_argument("--heldout", type=Path, default=None, metavar="Y.npz",
@@ -354,8 +355,9 @@ def _add_onnx_options(parser: argparse.ArgumentParser) -> None:
     quant.add_argument("--mode", choices=QUANT_MODES, default="auto",
                        help="static: QDQ int8 activations and weights, calibrated; dynamic: int8 "
                        "weights, activations quantized per call (onnxruntime's only way to "
-                       "quantize LSTM); auto (default): the one that quantizes more of the "
-                       "model's weights, static on a tie")
+                       "quantize LSTM; needs no calibration data); auto (default): quantize in "
+                       "both, measure both on the held-out set, keep the one that quantized more "
+                       "of the weights, static on a tie, never the less accurate one")
     quant.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
                        help="static activation calibration: observed min/max (default), "
                        "entropy (KL-optimal clipping) or percentile")

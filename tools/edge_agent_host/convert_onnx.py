@@ -49,7 +49,7 @@ from edge_agent_host.neural_inputs import (
     onnx_tensors,
     range_samples,
 )
-from edge_agent_host.neural_measure import compare_models, neural_checks
+from edge_agent_host.neural_measure import agreement, compare_models, neural_checks, run_all
 from edge_agent_host.neural_options import NeuralOptions, NeuralThresholds
 from edge_agent_host.neural_outputs import (
     check_outputs,
@@ -63,11 +63,15 @@ from edge_agent_host.onnx_quantize import (
     ENTROPY_BINS,
     QUANT_MODES,
     SIZE_WARNING_RATIO,
+    ModeResult,
+    QuantMode,
     _mode_hint,
-    choose_mode,
+    check_mode,
     float_weight_bytes,
+    pick_mode,
     quantize_onnx,
     size_warning,
+    static_only_options,
 )
 from edge_agent_host.output import check_output
 from edge_agent_host.report import ConversionReport
@@ -89,7 +93,6 @@ __all__ = [
     "check_calibration_size",
     "check_labels",
     "check_outputs",
-    "choose_mode",
     "compare_models",
     "convert_onnx",
     "device_check",
@@ -101,6 +104,7 @@ __all__ = [
     "neural_checks",
     "onnx_tensors",
     "output_problem",
+    "pick_mode",
     "quantize_onnx",
     "range_samples",
     "readable_ir_version",
@@ -160,6 +164,11 @@ def read_onnx(source: Path, warnings: list[str]) -> bytes:
         model = onnx.load_from_string(model_bytes)
     except DecodeError as err:
         raise ModelError(f"{source}: not an ONNX model ({err})") from err
+    if not model.graph.output:  # protobuf reads any bytes, an empty file too, as a model
+        raise ModelError(
+            f"{source}: not an ONNX model ("
+            + ("the file is empty)" if not model_bytes else "it has no graph outputs)")
+        )
     external = [t for t in _all_tensors(model) if uses_external_data(t)]
     if not external:
         return model_bytes
@@ -293,17 +302,24 @@ def convert_onnx(
         input_range=input_range,
         samples=samples,
         seed=seed,
+        calibrate=opts.mode != "dynamic",
     )
     if opts.output_kind != "continuous":
         check_labels(labels, float_session.output_specs[0], "held-out labels")
     with tempfile.TemporaryDirectory(prefix="edge-agent-onnx-") as tmp:
-        int8_path = Path(tmp) / "model.int8.onnx"
         float_path = Path(tmp) / source.name
         float_path.write_bytes(float_bytes)
-        record = quantize_onnx(
-            float_path, int8_path, calibration, opts, show_progress=show_progress, warnings=warnings
+        int8_bytes, record = _quantize(
+            float_path,
+            Path(tmp),
+            calibration,
+            heldout=heldout,
+            options=opts,
+            float_session=float_session,
+            warnings=warnings,
+            show_progress=show_progress,
+            source=source,
         )
-        int8_bytes = int8_path.read_bytes()
     int8_session = backend.load(int8_bytes, opts.threads)
     left_float = float_weight_bytes(onnx.load_from_string(int8_bytes))
     note = size_warning(
@@ -314,7 +330,7 @@ def convert_onnx(
     static = record["mode"] == "static"
     calibration_info: dict[str, Any] = {
         "method": record.pop("method"),
-        "samples": _count(calibration) if static else 0,
+        "samples": _count(calibration) if static and calibration else 0,
         "source": data_source,
         **{
             k: record.pop(k)
@@ -324,6 +340,7 @@ def convert_onnx(
     }
     return finish_neural(
         backend_name="onnxruntime",
+        quantized_share=record["quantized_share"],
         model_file="model.onnx",
         scheme="onnx-qdq-s8s8" if static else "onnx-dynamic-u8s8",
         source=str(source),
@@ -354,3 +371,96 @@ def convert_onnx(
         signer=signer,
         show_progress=show_progress,
     )
+
+
+def _auto_modes(options: NeuralOptions, calibration: Samples) -> tuple[list[QuantMode], str]:
+    """The modes ``--mode`` asks to quantize in, and why only one when ``auto`` has one."""
+    check_mode(options.mode)
+    if options.mode != "auto":
+        return ["static" if options.mode == "static" else "dynamic"], ""
+    asked = static_only_options(options)
+    if asked:
+        return ["static"], f"auto: {asked[0]} calibrates static quantization: static"
+    if not calibration:
+        return ["dynamic"], "auto: no calibration data for static quantization: dynamic"
+    return ["static", "dynamic"], ""
+
+
+def _quantize(
+    float_path: Path,
+    tmp: Path,
+    calibration: Samples,
+    *,
+    heldout: Samples,
+    options: NeuralOptions,
+    float_session: Any,
+    warnings: list[str],
+    show_progress: bool,
+    source: Path,
+) -> tuple[bytes, dict[str, Any]]:
+    """The int8 model and its quantization record. ``--mode auto`` quantizes in both modes,
+    measures both on the held-out set and keeps one (:func:`pick_mode`); the record's
+    ``mode_reason`` gives both measurements."""
+    modes, why = _auto_modes(options, calibration)
+    backend = get_backend("onnxruntime")
+    classify = options.output_kind != "continuous"
+    ref = run_all(float_session, heldout) if len(modes) > 1 else {}
+    float_size = float_path.stat().st_size
+    done: dict[QuantMode, tuple[bytes, dict[str, Any], list[str]]] = {}
+    results: list[ModeResult] = []
+    failures: dict[str, str] = {}
+    for mode in modes:
+        notes: list[str] = []
+        out = tmp / f"model.{mode}.onnx"
+        try:
+            record = quantize_onnx(
+                float_path,
+                out,
+                calibration,
+                options,
+                mode=mode,
+                show_progress=show_progress,
+                warnings=notes,
+                source=source,
+            )
+        except ModelError as err:
+            if len(modes) == 1:
+                raise
+            failures[mode] = str(err).split(": ", 1)[-1]
+            continue
+        int8_bytes = out.read_bytes()
+        done[mode] = (int8_bytes, record, notes)
+        if len(modes) > 1:
+            top1, error = agreement(
+                ref, backend.load(int8_bytes, options.threads), heldout, classify=classify
+            )
+            results.append(
+                ModeResult(
+                    mode, len(int8_bytes) / float_size, record["quantized_share"], top1, error
+                )
+            )
+    if not done:
+        raise ModelError(
+            f"{source}: quantization failed in both modes: "
+            + "; ".join(f"{mode}: {reason}" for mode, reason in failures.items())
+        )
+    if len(modes) > 1:
+        chosen, why = pick_mode(results, failures)
+    else:
+        chosen = next(iter(done))
+    int8_bytes, record, notes = done[chosen]
+    if why:
+        record["mode_reason"] = why
+    if results:
+        record["auto"] = [
+            {
+                "mode": r.mode,
+                "size_ratio": round(r.size_ratio, 4),
+                "quantized_share": round(r.quantized, 4),
+                "top1_agreement": r.top1_agreement,
+                "mean_abs_error": r.mean_abs_error,
+            }
+            for r in results
+        ]
+    warnings.extend(notes)
+    return int8_bytes, record

@@ -36,7 +36,21 @@ from edge_agent_host.neural_options import NeuralOptions, NeuralThresholds
 from edge_agent_host.output import write_output
 from edge_agent_host.report import ConversionReport
 
-__all__ = ["check_perception_outputs", "finish_neural", "neural_spec"]
+__all__ = ["check_perception_outputs", "finish_neural", "int8_does_not_pay", "neural_spec"]
+
+
+def int8_does_not_pay(size_ratio: float, quantized_share: float | None) -> str:
+    """Why an int8 model is not worth bundling (``""`` when it is): it quantized none of the
+    float model's weights (``quantized_share`` 0; ``None``: not known), or its file is not
+    smaller than the float model's."""
+    if quantized_share is not None and quantized_share <= 0.0:
+        return (
+            f"the int8 model quantizes none of the float model's weights and is "
+            f"{100 * size_ratio:.1f} % of its size"
+        )
+    if size_ratio >= 1.0:
+        return f"the int8 model is {100 * size_ratio:.1f} % of the float model's size"
+    return ""
 
 
 def neural_spec(
@@ -121,10 +135,28 @@ def finish_neural(
     sign_key: Ed25519PrivateKey | None,
     signer: str | None,
     show_progress: bool,
+    quantized_share: float | None = None,
 ) -> ConversionReport:
     """Compare, check, write, device-check and sign the bundle of a converted neural model (both
-    converters)."""
-    spec = neural_spec(backend_name, model_file, int8_session, options, window)
+    converters).
+
+    An int8 model that does not pay (:func:`int8_does_not_pay`) is measured and reported, but
+    the bundle carries the float model, with a warning that says so (``force`` keeps the int8
+    one); the accuracy checks then do not apply (``data["bundled"]`` is ``"float"``).
+    """
+    ratio = len(int8_bytes) / len(float_bytes)
+    why_float = int8_does_not_pay(ratio, quantized_share)
+    bundled: Literal["int8", "float"] = "float" if why_float and not force else "int8"
+    if why_float:
+        warnings = [
+            *warnings,
+            f"{why_float}: bundled anyway because of --force"
+            if force
+            else f"{why_float}: the bundle carries the float model instead (exact, and smaller; "
+            "--force bundles the int8 one)",
+        ]
+    device_session = float_session if bundled == "float" else int8_session
+    spec = neural_spec(backend_name, model_file, device_session, options, window)
     if aif_model is not None:
         check_perception_outputs(int8_session, aif_model)
     comparison = compare_models(
@@ -138,7 +170,8 @@ def finish_neural(
     latency = comparison.pop("latency_ms")
     backend = get_backend(backend_name)
     data: dict[str, Any] = {
-        "scheme": scheme,
+        "scheme": scheme if bundled == "int8" else f"{scheme.split('-', maxsplit=1)[0]}-float32",
+        "bundled": bundled,
         "backend": backend_name,
         "backend_version": backend.version(),
         "quantization": quantization_info,
@@ -146,12 +179,16 @@ def finish_neural(
         "size": {
             "float_bytes": len(float_bytes),
             "int8_bytes": len(int8_bytes),
-            "ratio": len(int8_bytes) / len(float_bytes),
+            "ratio": ratio,
         },
         "accuracy": comparison,
         "latency_ms": latency,
     }
-    checks = neural_checks(data, thresholds or NeuralThresholds())
+    x64_precision = getattr(int8_session, "x64_precision", None)
+    if x64_precision is not None:
+        data["x64_quant_precision"] = bool(x64_precision)
+    # The accuracy thresholds judge the int8 model: a bundle of the float model has no error.
+    checks = neural_checks(data, thresholds or NeuralThresholds()) if bundled == "int8" else []
     rows = neural_rows(data)
     kind: BundleKind = "neural"
     arrays: dict[str, np.ndarray] = {}
@@ -185,7 +222,7 @@ def finish_neural(
     checked: dict[str, Any] = {}
 
     def on_device(bundle: Bundle) -> None:
-        checked.update(device_check(bundle, inputs, int8_session))
+        checked.update(device_check(bundle, inputs, device_session))
 
     report.bundle = write_output(
         out,
@@ -193,7 +230,7 @@ def finish_neural(
         version=version,
         kind=kind,
         arrays=arrays,
-        files={model_file: int8_bytes},
+        files={model_file: int8_bytes if bundled == "int8" else float_bytes},
         aif=aif,
         neural=spec,
         quantization=report.manifest_record(),

@@ -112,10 +112,16 @@ def load_samples(
     """Input arrays (and optional ``labels``) from an ``.npz``; InputError naming what is wrong."""
     source = Path(path)
     try:
-        with np.load(source, allow_pickle=False) as data:
-            arrays = {key: np.asarray(data[key]) for key in data.files}
+        loaded = np.load(source, allow_pickle=False)
     except FileNotFoundError as err:
         raise InputError(f"{source}: no such file") from err
+    except (OSError, ValueError) as err:  # text (.csv), pickles, anything else
+        raise InputError(f"{source}: not an .npz file; {_npz_format(inputs)}") from err
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputError(f"{source}: one .npy array, not an .npz; {_npz_format(inputs)}")
+    try:
+        with loaded as data:
+            arrays = {key: np.asarray(data[key]) for key in data.files}
     except (OSError, ValueError) as err:
         raise InputError(f"{source}: not a plain-array .npz ({err})") from err
     labels = arrays.pop("labels", None)
@@ -145,6 +151,19 @@ def load_samples(
     if labels is not None and (labels.shape != (count,) or labels.dtype.kind not in "iu"):
         raise InputError(f"{source}: labels must be ({count},) integers, got {labels.shape}")
     return samples, labels
+
+
+def _npz_format(inputs: tuple[TensorSpec, ...]) -> str:
+    """What calibration and held-out files hold, and how to write one, for these inputs."""
+    shapes = ", ".join(
+        f"{spec.name!r} (n, {', '.join(str(d) for d in spec.shape[1:])})" for spec in inputs
+    )
+    first = inputs[0].name if inputs and inputs[0].name.isidentifier() else "x"
+    return (
+        f"calibration and held-out data are an .npz with one array per model input, keyed by "
+        f"its name: {shapes}, plus optional integer labels (n,); write it with "
+        f"numpy.savez('data.npz', {first}=X)"
+    )
 
 
 def range_samples(
@@ -264,13 +283,36 @@ def gather_data(
     input_range: tuple[float, float] | None,
     samples: int,
     seed: int,
+    calibrate: bool = True,
 ) -> tuple[Samples, Samples, np.ndarray | None, str]:
-    """``(calibration, heldout, heldout labels, description)`` from the options."""
-    if (calibration_path is None) == (input_range is None):
+    """``(calibration, heldout, heldout labels, description)`` from the options.
+
+    Without ``calibrate`` (dynamic quantization calibrates nothing) calibration data are
+    optional: ``--heldout`` alone will do, and a ``--calibration`` set without ``--heldout`` is
+    held out whole (the calibration returned is then empty).
+    """
+    if calibration_path is not None and input_range is not None:
         raise InputError(
             "give calibration data (--calibration X.npz) or an input range "
             "(--input-range LOW HIGH), not both"
         )
+    if calibration_path is None and input_range is None:
+        if calibrate:
+            raise InputError(
+                "static quantization calibrates on inputs: give calibration data "
+                "(--calibration X.npz) or an input range (--input-range LOW HIGH); "
+                "--mode dynamic needs neither, only held-out data (--heldout Y.npz)"
+            )
+        if heldout_path is None:
+            raise InputError(
+                "dynamic quantization calibrates nothing, but the report compares the float and "
+                "int8 models on held-out inputs: give --heldout Y.npz (or --input-range LOW HIGH)"
+            )
+        held, held_labels = load_samples(heldout_path, inputs)
+        return {}, held, held_labels, "none (dynamic)"
+    if not calibrate and calibration_path is not None and heldout_path is None:
+        held, held_labels = load_samples(calibration_path, inputs)
+        return {}, held, held_labels, f"npz:{Path(calibration_path).name} (held out)"
     labels = None
     calibration: Samples = {}
     heldout: Samples = {}

@@ -22,7 +22,14 @@ from edge_agent_host.neural_inputs import Samples, _count, _slice
 from edge_agent_host.neural_options import NeuralThresholds
 from edge_agent_host.report import Check, median_latency_ms
 
-__all__ = ["LATENCY_BATCHES", "compare_models", "neural_checks", "neural_rows"]
+__all__ = [
+    "LATENCY_BATCHES",
+    "agreement",
+    "compare_models",
+    "neural_checks",
+    "neural_rows",
+    "run_all",
+]
 
 LATENCY_BATCHES = (1, 64)
 
@@ -37,6 +44,35 @@ def _run_all(session: Session, samples: Samples, batch: int = 64) -> dict[str, n
         for name, value in session.run(part).items():
             results[name].append(value.copy())
     return {name: np.concatenate(parts) for name, parts in results.items()}
+
+
+run_all = _run_all
+
+
+def agreement(
+    ref: Mapping[str, np.ndarray], session: Session, heldout: Samples, *, classify: bool
+) -> tuple[float | None, float]:
+    """``(top-1 agreement, mean abs error)`` of ``session`` on ``heldout`` against the float
+    outputs ``ref`` (:func:`run_all` of the float session): the lowest agreement over outputs,
+    ``None`` when not ``classify``; the mean over every output value."""
+    got = _run_all(session, heldout)
+    agree: list[float] = []
+    total, count = 0.0, 0
+    for name, want in ref.items():
+        diff = np.abs(want.astype(np.float64) - got[name].astype(np.float64))
+        total += float(diff.sum())
+        count += diff.size
+        if classify:
+            n = len(want)
+            agree.append(
+                float(
+                    np.mean(
+                        want.reshape(n, -1).argmax(axis=1)
+                        == got[name].reshape(n, -1).argmax(axis=1)
+                    )
+                )
+            )
+    return (min(agree) if agree else None), total / max(1, count)
 
 
 def _latency(session: Session, samples: Samples, batch: int, repeats: int) -> float:
@@ -157,6 +193,8 @@ def neural_rows(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
     for batch in LATENCY_BATCHES:
         f, q = lat["float"][str(batch)], lat["int8"][str(batch)]
         rows.append((f"latency batch {batch} (ms)", f"{f:.3f}", f"{q:.3f}", f"{q / f:.2f}x"))
+    if data.get("x64_quant_precision") is not None:
+        rows.append(("int8 kernels", _describe_kernels(bool(data["x64_quant_precision"]))))
     rows.append(("held-out samples", f"{acc['heldout_samples']:,}"))
     rows.append(("max abs error", f"{acc['max_abs_error']:.4g}"))
     rows.append(("mean abs error", f"{acc['mean_abs_error']:.4g}"))
@@ -165,7 +203,19 @@ def neural_rows(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
     if acc.get("label_accuracy"):
         la = acc["label_accuracy"]
         rows.append(("label accuracy", f"{100 * la['float']:.2f} %", f"{100 * la['int8']:.2f} %"))
+    if data.get("bundled") == "float":
+        rows.append(("bundled", "the float model (the int8 one does not pay: see the warning)"))
     return rows
+
+
+def _describe_kernels(x64_precision: bool) -> str:
+    """What onnxruntime's int8 latency above was measured with (the device's own choice)."""
+    if x64_precision:
+        return (
+            "onnxruntime's x86 exact mode (this CPU has no VNNI; a device with VNNI or an ARM "
+            "CPU runs faster int8 kernels)"
+        )
+    return "native (this CPU's int8 dot products do not saturate: no x86 exact mode needed)"
 
 
 def _describe_quantization(

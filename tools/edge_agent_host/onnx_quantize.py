@@ -9,8 +9,13 @@ Quantization (``NeuralOptions.mode``):
   inputs and outputs; ONNX Runtime fuses the Q/DQ pairs into int8 kernels.
 * ``dynamic``: ``quantize_dynamic``: int8 weights, activations quantized per call (uint8). The
   only way onnxruntime quantizes ``LSTM`` weights; no calibration.
-* ``auto`` (default): whichever of the two covers more of the model's weight bytes (LSTM and
-  Attention weights: dynamic only; Gemm: static only; Conv and MatMul: both), static on a tie.
+* ``auto`` (default): the converter quantizes in both modes, measures both on the held-out set
+  and keeps the one that quantized more of the weights, static on a tie, never the less
+  accurate one (:func:`pick_mode`).
+
+What a mode really quantized is measured on its output (:func:`quantized_share`: the share of the
+float model's weight bytes that are no longer float), not predicted from op lists: onnxruntime's
+dynamic mode, for one, turns ``Gemm`` into ``MatMulInteger`` though its registry lists no Gemm.
 
 Before quantizing, ``onnxruntime.quantization.shape_inference.quant_pre_process`` (symbolic shape
 inference and graph optimisation) runs unless ``preprocess`` is off; when it fails, or when the
@@ -31,6 +36,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,11 +60,14 @@ __all__ = [
     "QUANTIZER_OPSET",
     "QUANT_MODES",
     "SIZE_WARNING_RATIO",
+    "ModeResult",
     "QuantMode",
-    "choose_mode",
+    "check_mode",
     "float_weight_bytes",
+    "pick_mode",
     "quantizable_op_types",
     "quantize_onnx",
+    "quantized_share",
     "size_warning",
 ]
 
@@ -75,6 +84,13 @@ ENTROPY_QUANTIZED_BINS = 256
 #: The ai.onnx opset declared for the quantizer when a model uses only ai.onnx.ml operators.
 QUANTIZER_OPSET = 17
 QuantMode = Literal["static", "dynamic"]
+#: ``auto`` (:func:`pick_mode`) never keeps a mode whose top-1 agreement with float is lower than
+#: the other mode's by more than this (classifiers), or whose mean absolute error is more than
+#: :data:`AUTO_ERROR_FACTOR` times the other's (continuous outputs); between accurate modes it
+#: keeps the one that quantized more of the weights by more than :data:`AUTO_SHARE_MARGIN`.
+AUTO_TOP1_TOLERANCE = 0.005
+AUTO_ERROR_FACTOR = 1.5
+AUTO_SHARE_MARGIN = 0.05
 
 
 def _quantization_module() -> Any:
@@ -96,7 +112,8 @@ def quantizable_op_types() -> dict[QuantMode, frozenset[str]]:
 
     return {
         "static": frozenset(registry.QDQRegistry) | frozenset(registry.QLinearOpsRegistry),
-        "dynamic": frozenset(registry.IntegerOpsRegistry),
+        # quantize_dynamic turns Gemm into MatMul first (MatMulInteger), unlisted.
+        "dynamic": frozenset(registry.IntegerOpsRegistry) | {"Gemm"},
     }
 
 
@@ -130,24 +147,73 @@ def float_weight_bytes(model: Any, *, min_bytes: int = 64) -> dict[str, int]:
     return out
 
 
-def choose_mode(model: Any, requested: str) -> tuple[QuantMode, str]:
-    """``(mode, why)``: ``requested`` itself, or for ``auto`` the mode that quantizes more of the
-    model's float weight bytes (static on a tie)."""
+def check_mode(requested: str) -> None:
+    """InputError in one line for a mode that is not one of :data:`QUANT_MODES`."""
     if requested not in QUANT_MODES:
         raise InputError(f"quantization mode {requested!r}; choose one of {QUANT_MODES}")
-    weights = float_weight_bytes(model)
-    total = sum(weights.values())
-    ops = quantizable_op_types()
-    covered = {mode: sum(size for op, size in weights.items() if op in ops[mode]) for mode in ops}
-    share = {mode: covered[mode] / total if total else 0.0 for mode in covered}
-    if requested != "auto":
-        mode: QuantMode = "static" if requested == "static" else "dynamic"
-        return mode, f"as asked: onnxruntime quantizes {100 * share[mode]:.0f} % of the weights"
-    mode = "dynamic" if covered["dynamic"] > covered["static"] else "static"
-    return mode, (
-        f"auto: onnxruntime quantizes {100 * share['static']:.0f} % of the weights in static "
-        f"mode, {100 * share['dynamic']:.0f} % in dynamic"
-    )
+
+
+def quantized_share(float_model: Any, int8_model: Any) -> float:
+    """The share of ``float_model``'s float weight bytes that ``int8_model`` no longer holds in
+    float (0.0 for a model without float weights)."""
+    total = sum(float_weight_bytes(float_model).values())
+    if not total:
+        return 0.0
+    left = sum(float_weight_bytes(int8_model).values())
+    return max(0.0, 1.0 - left / total)
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    """One mode's int8 model measured on the held-out set (``auto`` compares two)."""
+
+    mode: QuantMode
+    size_ratio: float  # int8 file / float file
+    quantized: float  # quantized_share
+    top1_agreement: float | None  # None: continuous outputs
+    mean_abs_error: float
+
+    def describe(self) -> str:
+        text = f"{self.mode} {100 * self.size_ratio:.1f} % of float, {100 * self.quantized:.0f} % "
+        text += "of the weights quantized"
+        if self.top1_agreement is not None:
+            return text + f", top-1 {100 * self.top1_agreement:.2f} %"
+        return text + f", mean abs error {self.mean_abs_error:.3g}"
+
+
+def pick_mode(results: Sequence[ModeResult], failures: Mapping[str, str]) -> tuple[QuantMode, str]:
+    """``(mode, why)`` for ``auto``, from both modes measured on the held-out set: the mode that
+    really quantized more of the weights (by more than :data:`AUTO_SHARE_MARGIN`), else static;
+    but never a mode less accurate than the other (top-1 agreement lower by more than
+    :data:`AUTO_TOP1_TOLERANCE`, or mean abs error over :data:`AUTO_ERROR_FACTOR` times the
+    other's). Static wins ties because its int8 kernels are fused and take int8 activations;
+    dynamic quantizes every activation per call, and onnxruntime's ``ConvInteger`` is slow.
+    ``failures``: the modes onnxruntime could not quantize, and why."""
+    if not results:
+        raise ValueError("pick_mode needs at least one result")
+
+    def accurate(r: ModeResult) -> bool:
+        if r.top1_agreement is not None:
+            best = max(x.top1_agreement or 0.0 for x in results)
+            return r.top1_agreement >= best - AUTO_TOP1_TOLERANCE
+        least = min(x.mean_abs_error for x in results)
+        return r.mean_abs_error <= AUTO_ERROR_FACTOR * least + 1e-12
+
+    parts = [r.describe() for r in results]
+    parts += [f"{mode} fails ({reason})" for mode, reason in failures.items()]
+    candidates = [r for r in results if accurate(r)]
+    by_mode = {r.mode: r for r in candidates}
+    if len(results) == 1:
+        chosen, why = results[0], "the only mode that quantizes it"
+    elif len(candidates) == 1:
+        chosen, why = candidates[0], "more accurate"
+    elif by_mode["dynamic"].quantized > by_mode["static"].quantized + AUTO_SHARE_MARGIN:
+        chosen, why = by_mode["dynamic"], "quantizes more of the weights"
+    elif by_mode["static"].quantized > by_mode["dynamic"].quantized + AUTO_SHARE_MARGIN:
+        chosen, why = by_mode["static"], "quantizes more of the weights"
+    else:
+        chosen, why = by_mode["static"], "as much quantized and as accurate: static's fused kernels"
+    return chosen.mode, f"auto: {'; '.join(parts)}: {chosen.mode} ({why})"
 
 
 def _other(mode: QuantMode) -> QuantMode:
@@ -279,7 +345,10 @@ def _entropy_overrides(
     symmetric: bool,
     tmp: Path,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per-tensor activation ranges from entropy (KL) calibration, as TensorQuantOverrides."""
+    """Per-tensor activation ranges from entropy (KL) calibration, as TensorQuantOverrides;
+    the model's head (:func:`head_tensors`) keeps its MinMax ranges."""
+    import onnx
+
     calibrator = quantization.create_calibrator(
         str(model_path),
         None,
@@ -298,7 +367,44 @@ def _entropy_overrides(
     for name in ranges:
         low, high = (np.asarray(v, dtype=np.float32).reshape(()) for v in ranges[name].range_value)
         overrides[name] = [{"rmin": low, "rmax": high}]
+
+    # The head keeps MinMax ranges: a KL-optimal threshold clips a distribution's tail, and in
+    # the logits and scores the tail is the decision (the largest value).
+    observed = calibrator.collector.histogram_dict
+    for name in head_tensors(onnx.load(str(model_path))):
+        if name in observed:
+            seen_min, seen_max = (float(v) for v in observed[name][2:4])
+            if symmetric:
+                seen_max = max(abs(seen_min), abs(seen_max))
+                seen_min = -seen_max
+            overrides[name] = [
+                {
+                    "rmin": np.asarray(seen_min, dtype=np.float32),
+                    "rmax": np.asarray(seen_max, dtype=np.float32),
+                }
+            ]
     return overrides
+
+
+def head_tensors(model: Any) -> list[str]:
+    """The graph outputs and the tensors that lead to them from the last node with weights
+    (``Gemm`` -> logits -> ``Softmax`` -> probabilities: both), through nodes of one
+    non-constant input."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    constants = {init.name for init in model.graph.initializer}
+    found: list[str] = []
+    for output in model.graph.output:
+        name = output.name
+        while name not in found:
+            found.append(name)
+            node = producers.get(name)
+            if node is None:
+                break
+            variable = [i for i in node.input if i and i not in constants]
+            if len(variable) != 1 or len(variable) != len([i for i in node.input if i]):
+                break  # a node with weights (or several inputs): the head starts at its output
+            name = variable[0]
+    return found
 
 
 def _quantize_static(
@@ -348,24 +454,56 @@ def _quantize_dynamic(quantization: Any, src: Path, dst: Path, options: NeuralOp
     op_types = None
     if options.exclude_op_types:
         op_types = sorted(quantizable_op_types()["dynamic"] - set(options.exclude_op_types))
+    excluded = list(options.exclude_nodes)
+    if "Gemm" in options.exclude_op_types or excluded:
+        src, gemms = _named_gemms(src, dst.with_name(dst.stem + ".named.onnx"), options)
+        # quantize_dynamic replaces each Gemm with a MatMul named "<gemm>_MatMul" before it
+        # looks at exclusions: exclude that name.
+        excluded += [f"{name}_MatMul" for name in gemms]
     quantization.quantize_dynamic(
         str(src),
         str(dst),
         op_types_to_quantize=op_types,
         per_channel=options.per_channel,
         weight_type=quantization.QuantType.QInt8,
-        nodes_to_exclude=list(options.exclude_nodes) or None,
+        nodes_to_exclude=excluded or None,
     )
 
 
-def _check_static_options(options: NeuralOptions, mode: QuantMode, why: str) -> None:
+def _named_gemms(src: Path, named: Path, options: NeuralOptions) -> tuple[Path, list[str]]:
+    """The Gemm nodes ``options`` exclude (every one for ``--exclude-op-types Gemm``), named
+    (unnamed ones get ``gemm_<i>``, the model saved to ``named``), and the model to quantize."""
+    import onnx
+
+    model = onnx.load(str(src))
+    names = {node.name for node in model.graph.node}
+    renamed = False
+    gemms = []
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "Gemm":
+            continue
+        if "Gemm" in options.exclude_op_types and not node.name:
+            while f"gemm_{i}" in names:
+                i += 1  # noqa: PLW2901
+            node.name = f"gemm_{i}"
+            names.add(node.name)
+            renamed = True
+        if "Gemm" in options.exclude_op_types or node.name in options.exclude_nodes:
+            gemms.append(node.name)
+    if renamed:
+        onnx.save(model, str(named))
+        return named, gemms
+    return src, gemms
+
+
+def static_only_options(options: NeuralOptions) -> list[str]:
+    """The flags in ``options`` that only static quantization uses (calibration settings);
+    InputError for an unknown calibration method."""
     if options.method not in CALIBRATION_METHODS:
         raise InputError(
             f"calibration method {options.method!r}; choose one of {CALIBRATION_METHODS}"
         )
-    if mode == "static":
-        return
-    asked = [
+    return [
         flag
         for flag, used in (
             (f"--method {options.method}", options.method != "minmax"),
@@ -373,11 +511,6 @@ def _check_static_options(options: NeuralOptions, mode: QuantMode, why: str) -> 
         )
         if used
     ]
-    if asked:
-        raise InputError(
-            f"{asked[0]} calibrates static quantization, and this conversion is dynamic ({why});"
-            " pass --mode static to use it"
-        )
 
 
 def quantize_onnx(
@@ -386,27 +519,57 @@ def quantize_onnx(
     calibration: Samples,
     options: NeuralOptions | None = None,
     *,
+    mode: QuantMode | None = None,
     show_progress: bool = False,
     warnings: list[str] | None = None,
+    source: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Quantize ``float_path`` into ``out_path`` as ``options`` say (module docstring).
+    """Quantize ``float_path`` into ``out_path`` in ``mode`` (default ``options.mode``, which
+    must then be ``static`` or ``dynamic``: ``auto`` is the converter's, which measures both).
 
-    Returns what was really done (``mode``, ``mode_reason``, ``preprocessed``, ``per_channel``,
-    ``symmetric_activations``, excluded nodes and op types, the calibration ``method`` and its
-    parameters, ``None`` for dynamic). Fallbacks are appended to ``warnings`` as one line each.
+    Returns what was really done (``mode``, ``mode_reason``: the share of the weights really
+    quantized, ``quantized_share``, ``preprocessed``, ``per_channel``, ``symmetric_activations``,
+    excluded nodes and op types, the calibration ``method`` and its parameters, ``None`` for
+    dynamic). Fallbacks are appended to ``warnings`` as one line each. ``source`` names the
+    model in errors (default ``float_path``). A model with no node onnxruntime quantizes in
+    ``mode`` is written unchanged (nothing to quantize or calibrate), with a warning.
     """
+    import shutil
+
     import onnx
 
     opts = options or NeuralOptions()
     notes = warnings if warnings is not None else []
     src = Path(float_path)
     model = onnx.load(str(src))
-    mode, why = choose_mode(model, opts.mode)
-    _check_static_options(opts, mode, why)
+    check_mode(opts.mode)
+    chosen = mode or opts.mode
+    if chosen not in ("static", "dynamic"):
+        raise ValueError("quantize_onnx needs mode static or dynamic; auto is convert_onnx's")
+    mode = "static" if chosen == "static" else "dynamic"
+    asked = static_only_options(opts)
+    if asked and mode == "dynamic":
+        raise InputError(
+            f"{asked[0]} calibrates static quantization, and this conversion is dynamic;"
+            " pass --mode static (or auto) to use it"
+        )
     if mode == "static":
         check_calibration_size(_count(calibration) if calibration else 0, notes)
     _check_exclusions(model, opts.exclude_nodes, opts.exclude_op_types)
     quantization, shape_inference = _quantization_module()
+    present = {node.op_type for node in model.graph.node if node.name not in opts.exclude_nodes}
+    if not present & (quantizable_op_types()[mode] - set(opts.exclude_op_types)):
+        notes.append(
+            f"{mode} quantization has nothing to quantize or calibrate in this model: "
+            f"onnxruntime quantizes none of its op types ({', '.join(sorted(present))}) in "
+            f"{mode} mode"
+        )
+        shutil.copyfile(src, out_path)
+        record = _quantization_record(
+            opts, mode, "as asked: 0 % of the weights quantized", preprocessed=False
+        )
+        record["quantized_share"] = 0.0
+        return record
     with tempfile.TemporaryDirectory(prefix="edge-agent-onnx-") as tmp_dir:
         tmp = Path(tmp_dir)
         if _normalize_opsets(model):
@@ -447,9 +610,14 @@ def quantize_onnx(
                     f"onnxruntime's {mode} quantization fails after its shape pre-processing "
                     f"({errors[0]}): quantized without pre-processing (--no-preprocess skips it)"
                 )
-            return _quantization_record(opts, mode, why, preprocessed=model_path in attempts[:-1])
+            share = quantized_share(model, onnx.load(str(out_path)))
+            why = f"as asked: {100 * share:.0f} % of the weights quantized"
+            record = _quantization_record(opts, mode, why, preprocessed=model_path in attempts[:-1])
+            record["quantized_share"] = round(share, 4)
+            return record
     raise ModelError(
-        f"{float_path}: {mode} quantization failed: {errors[-1]}" + _failure_hint(opts, mode)
+        f"{source or float_path}: {mode} quantization failed: {errors[-1]}"
+        + _failure_hint(opts, mode)
     )
 
 

@@ -12,12 +12,22 @@ slide rebinds the input to the next one instead of moving the values. ONNX graph
 quantization parameters: QDQ models (what ``edge-agent-host convert onnx`` writes) keep float32
 inputs and outputs, and a model with int8 inputs needs ``quantization={name: (scale,
 zero_point)}``.
+
+**int8 on x86-64.** Without VNNI (AVX2 only) onnxruntime computes u8 x s8 products in pairs that
+saturate at 16 bits (``VPMADDUBSW``): int8 models lose accuracy there that they do not lose on the
+Pi's ARM cores or on VNNI machines (digits CNN: 98.0 % top-1 agreement instead of 99.7 %).
+onnxruntime's ``session.x64quantprecision`` avoids it with a slower kernel, which on a CPU with
+VNNI or AMX (exact 32-bit accumulation) only costs time: 2x for the digits CNN and 2.4x for its
+MLP. :func:`x64_quant_precision` decides it once per process from the CPU (``/proc/cpuinfo``
+flags): on only where it changes the result. The host tool's converter measures its int8 latency
+through this backend, so its report and the device agree.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import platform
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -31,7 +41,20 @@ from edge_agent.neural.backends.base import FloatArray, QuantParams, Session, is
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKEND", "OnnxRuntimeBackend", "OnnxRuntimeSession"]
+__all__ = [
+    "BACKEND",
+    "EXACT_INT8_FLAGS",
+    "OnnxRuntimeBackend",
+    "OnnxRuntimeSession",
+    "cpu_flags",
+    "needs_x64_quant_precision",
+    "x64_quant_precision",
+]
+
+#: x86 CPU flags whose int8 dot products accumulate in 32 bits without saturating: with any of
+#: them onnxruntime's int8 kernels are exact and ``session.x64quantprecision`` only slows them.
+EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+_X86_MACHINES = frozenset({"x86_64", "amd64", "x64", "i386", "i486", "i586", "i686", "x86"})
 
 _ONNX_TYPES = {
     "tensor(float)": "float32",
@@ -55,6 +78,38 @@ def _ort() -> Any:
             "inference backend 'onnxruntime' needs the onnxruntime package, which is not "
             "installed: pip install 'edge-agent-runtime[onnx]'"
         ) from err
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of the first CPU in ``/proc/cpuinfo`` text (x86: ``flags``; ARM:
+    ``Features``); empty when there is no such line."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def needs_x64_quant_precision(machine: str, flags: frozenset[str]) -> bool:
+    """Whether onnxruntime's int8 kernels need ``session.x64quantprecision`` on a CPU of this
+    ``machine`` (``platform.machine()``) with these ``flags``: on x86 without VNNI or AMX (the
+    16-bit saturation, module docstring) and on x86 whose flags are unknown; never elsewhere
+    (ARM's int8 dot products do not saturate, and the option does nothing there)."""
+    if machine.lower() not in _X86_MACHINES:
+        return False
+    return not (flags & EXACT_INT8_FLAGS)
+
+
+@cache
+def x64_quant_precision() -> bool:
+    """:func:`needs_x64_quant_precision` for this machine (``/proc/cpuinfo``; an x86 machine
+    without it, macOS or Windows, keeps the exact kernel)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            flags = cpu_flags(info.read())
+    except OSError:
+        flags = frozenset()
+    return needs_x64_quant_precision(platform.machine(), flags)
 
 
 @cache
@@ -110,7 +165,11 @@ def _spec(arg: Any, quant: QuantParams | None) -> TensorSpec:
 
 
 class OnnxRuntimeSession(Session):
-    """An ONNX model in an ``onnxruntime.InferenceSession``; see :class:`Session`."""
+    """An ONNX model in an ``onnxruntime.InferenceSession``; see :class:`Session`.
+
+    ``x64_precision``: whether the session uses onnxruntime's exact int8 kernel on x86-64
+    (``None``: :func:`x64_quant_precision`, what this CPU needs).
+    """
 
     backend = "onnxruntime"
 
@@ -120,6 +179,7 @@ class OnnxRuntimeSession(Session):
         threads: int = 1,
         *,
         quantization: Mapping[str, QuantParams] | None = None,
+        x64_precision: bool | None = None,
     ) -> None:
         ort = _ort()
         if threads < 1:
@@ -131,11 +191,10 @@ class OnnxRuntimeSession(Session):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        # x86-64 without VNNI (AVX2 only) computes u8 x s8 products in pairs that saturate at
-        # 16 bits (VPMADDUBSW): int8 models lose accuracy there that they do not lose on the
-        # Pi's ARM cores or on VNNI machines (digits CNN: 98.0 % top-1 agreement instead of
-        # 99.7 %). The high-precision mode avoids it; it does nothing on ARM.
-        opts.add_session_config_entry("session.x64quantprecision", "1")
+        # The exact int8 kernel where the CPU needs it (module docstring); None: this machine's.
+        self.x64_precision = x64_quant_precision() if x64_precision is None else x64_precision
+        if self.x64_precision:
+            opts.add_session_config_entry("session.x64quantprecision", "1")
         opts.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(

@@ -1,0 +1,131 @@
+"""A neural group on the digits models against a plain onnxruntime session (issue 30).
+
+The digits MLP (skl2onnx ``MLPClassifier``, 128 units) and the small digits CNN of
+``bench_convert.py`` (frames ``(N, 1, 8, 8)``, stepped as flattened ``(N, 64)`` observations) are
+converted by the host tool (static int8, as ``--mode static`` writes them), and for each bundle a
+:class:`edge_agent.neural.groups.NeuralAgentGroup` of ``--agents`` agents (1 intra-op thread) is
+timed against plain ``onnxruntime.InferenceSession`` objects of the same int8 model file, called
+as ``session.run(None, {input: batch})`` on the same batch, interleaved in ``--repeats`` rounds
+of ``--calls`` calls (order rotated each round), per-round medians:
+
+* ``session_default``: onnxruntime's default options (no ``SessionOptions``): the baseline;
+* ``session_exact``: the default options plus ``session.x64quantprecision`` (what the backend set
+  on every x86 CPU before issue 30);
+* ``group_step``: ``NeuralAgentGroup.step`` (observation check, the window, one backend run,
+  argmax) as the device runs it, with the backend's choice of that option for this CPU.
+
+One JSON line per model: medians in ms, ``*_ratio`` the median over rounds of each variant over
+``session_default`` (target for ``group_step``: <= 1.2), whether the two sessions' argmax agree on
+every held-out digit, and ``x64_quant_precision`` (the backend's choice here).
+
+    python benchmarks/bench_neural_digits.py [--agents 1000] [--repeats 30] [--calls 20]
+
+``--smoke``: 20 agents, 2 rounds of 3 calls: the code path, for CI; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_convert import cnn_model, quiet, sklearn_model  # noqa: E402
+from bench_neural_daemon import interleave  # noqa: E402
+
+from edge_agent.bundle.loader import load_bundle  # noqa: E402
+from edge_agent.neural.backends.onnxruntime import x64_quant_precision  # noqa: E402
+from edge_agent.neural.groups import NeuralAgentGroup  # noqa: E402
+from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx  # noqa: E402
+
+TARGET = 1.2
+
+
+def plain(model: bytes, *, exact: bool) -> Any:
+    import onnxruntime as ort
+
+    if not exact:
+        return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.x64quantprecision", "1")
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def measure(family: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    spec = sklearn_model("mlp", tmp) if family == "mlp" else cnn_model(tmp)
+    np.savez(tmp / f"{family}.cal.npz", x=spec["calibration"])
+    np.savez(tmp / f"{family}.held.npz", x=spec["heldout"], labels=spec["labels"])
+    with quiet():
+        convert_onnx(spec["path"], tmp / family, name=family,
+                     calibration_path=tmp / f"{family}.cal.npz",
+                     heldout_path=tmp / f"{family}.held.npz",
+                     options=NeuralOptions(mode="static", latency_repeats=1),
+                     thresholds=NeuralThresholds(min_top1=None))
+    bundle = load_bundle(tmp / family, trusted_keys=None, require_signature=False)
+    neural = bundle.manifest.neural
+    assert neural is not None
+    model = bundle.file_bytes(neural.model_file)
+    group = NeuralAgentGroup.from_bundle(bundle, args.agents)
+    held = spec["heldout"]
+    obs = np.resize(held.reshape(len(held), -1), (args.agents, 64)).astype(np.float32)
+    batch = obs.reshape((args.agents, *held.shape[1:]))
+    default, exact = plain(model, exact=False), plain(model, exact=True)
+    name = default.get_inputs()[0].name
+    feed = {name: batch}
+    digits = {name: held.astype(np.float32)}
+    agree = bool(np.array_equal(default.run(None, digits)[0].argmax(1),
+                                exact.run(None, digits)[0].argmax(1)))
+    group_actions = group.step(obs)
+    same = bool(np.array_equal(group_actions, default.run(None, feed)[0].argmax(1)))
+    medians = interleave(
+        {
+            "session_default": lambda: default.run(None, feed),
+            "session_exact": lambda: exact.run(None, feed),
+            "group_step": lambda: group.step(obs),
+        },
+        args.repeats,
+        args.calls,
+    )
+    base = medians["session_default"]
+    row: dict[str, Any] = {
+        "bench": "digits_group", "model": family, "agents": args.agents,
+        "batch_shape": list(batch.shape), "x64_quant_precision": x64_quant_precision(),
+        "argmax_default_equals_exact": agree, "group_actions_equal_default": same,
+        "heldout_digits": len(held),
+    }
+    for key, values in medians.items():
+        row[f"{key}_ms"] = round(float(np.median(values)) * 1e3, 4)
+        if key != "session_default":
+            ratios = sorted(v / b for v, b in zip(values, base, strict=True))
+            row[f"{key}_ratio"] = round(float(np.median(ratios)), 3)
+            row[f"{key}_ratio_range"] = [round(ratios[0], 3), round(ratios[-1], 3)]
+    row[f"target_group<={TARGET}"] = row["group_step_ratio"] <= TARGET
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds")
+    parser.add_argument("--calls", type=int, default=20, help="calls per variant and round")
+    parser.add_argument("--smoke", action="store_true", help="20 agents, 2 rounds of 3 calls")
+    args = parser.parse_args()
+    if args.smoke:
+        args.agents, args.repeats, args.calls = 20, 2, 3
+    with tempfile.TemporaryDirectory(prefix="bench-neural-digits-") as name:
+        for family in ("mlp", "cnn"):
+            print(json.dumps(measure(family, Path(name), args), sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
