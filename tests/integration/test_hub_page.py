@@ -152,8 +152,8 @@ def test_metrics_json_and_the_page_in_chromium(served: dict[str, Any]) -> None:
     assert values[("edge_agent_hub_node_online", (("node", "sim-0000"),))] == 1
     assert values[("edge_agent_hub_node_budget_bytes", (("node", "sim-0000"),))] == 48 * 2**20
     assert 0 < values[("edge_agent_hub_node_tick_p99_seconds", (("node", "sim-0000"),))] < 1
-    assert values[("edge_agent_hub_node_outbox_depth", (("node", "sim-0000"),))] >= 0
-    assert values[("edge_agent_hub_db_up", ())] == 1
+    assert values[("edge_agent_hub_node_outbox_messages", (("node", "sim-0000"),))] >= 0
+    assert values[("edge_agent_hub_database_up", ())] == 1
     ok = (("group", "grid"), ("rollout", rollout_id), ("state", "ok"))
     assert values[("edge_agent_hub_rollout_nodes", ok)] == NODES
     assert values[("edge_agent_hub_rollout_state", (("rollout", rollout_id), ("state", "done")))]

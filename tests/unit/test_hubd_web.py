@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from importlib import resources
@@ -77,14 +78,42 @@ def snapshot() -> FleetSnapshot:
     return FleetSnapshot(taken=NOW, hub=hub, nodes=nodes, rollouts=[rollout])
 
 
+HUB_STATUS: dict[str, Any] = {
+    "hub_id": "hub-a",
+    "version": "9.9.9",
+    "state": "degraded",
+    "started_at": NOW - 100,
+    "heard": {
+        "received.telemetry": 40,
+        "received.birth": 2,
+        "malformed.schema": 3,
+        "forged.node_mismatch": 1,
+        "queue_full": 5,
+    },
+    "database": {"up": False, "down_s": 12.5, "written": 42, "outages": 2, "overdue": 1},
+    "queue": {"depth": 3, "bytes": 300, "max_messages": 100, "dropped.telemetry": 5},
+    "exposure": {"held": 3, "lost_if_killed": 0, "lost_if_power_cut": 2, "unsynced_s": 0.4},
+    "spool": {"durable": True, "replayed": 7, "errors": 0, "torn": 0},
+    "mqtt": {"connected": True},
+    "counters": {"hub.mqtt.connect_attempts": 2, "hub.db.transactions": 9},
+    "rollouts": {"halts": 1, "rollbacks": 1, "waves_deployed": 4, "done": 0, "errors": 0},
+}
+
+
 class Holder:
-    def __init__(self, snap: FleetSnapshot) -> None:
+    def __init__(self, snap: FleetSnapshot, status: dict[str, Any] | None = None) -> None:
         self.snapshot = snap
+        self.hub_status = status or {}
+
+    def connection_counts(self) -> dict[str, int]:
+        return {"answered": 5, "evicted": 2}
 
 
-def scrape(snap: FleetSnapshot) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(
+    snap: FleetSnapshot, status: dict[str, Any] | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry()
-    registry.register(collector_for(Holder(snap)))
+    registry.register(collector_for(Holder(snap, status)))
     text = generate_latest(registry).decode()
     out = {}
     for family in text_string_to_metric_families(text):
@@ -111,13 +140,45 @@ def test_a_snapshot_becomes_these_metrics() -> None:
     assert values[("edge_agent_hub_rollout_nodes", (*labels, ("state", "other")))] == 5
     assert values[("edge_agent_hub_rollout_wave", (("rollout", "r1"),))] == 1  # as its summary
     assert values[("edge_agent_hub_rollout_state", (("rollout", "r1"), ("state", "running")))]
-    assert values[("edge_agent_hub_queue_depth", ())] == 3
-    assert values[("edge_agent_hub_db_up", ())] == 1
     assert not any(name == "edge_agent_hub_id" for name, _ in values)  # strings are not gauges
+    # An offline node's last numbers are not exported as if they were current.
+    assert values[("edge_agent_hub_node_online", (("node", "pi-2"),))] == 0
+    assert ("edge_agent_hub_node_tick_p99_seconds", (("node", "pi-2"),)) not in values
+    assert ("edge_agent_hub_node_cpu_temperature_celsius", (("node", "pi-2"),)) not in values
+
+
+def test_the_hubs_own_numbers_become_these_metrics() -> None:
+    values = scrape(snapshot(), HUB_STATUS)
+    info = (("hub", "hub-a"), ("version", "9.9.9"))
+    assert values[("edge_agent_hub_build_info", info)] == 1
+    assert values[("edge_agent_hub_start_time_seconds", ())] == NOW - 100
+    assert values[("edge_agent_hub_state", (("state", "degraded"),))] == 1
+    assert values[("edge_agent_hub_state", (("state", "running"),))] == 0
+    received = "edge_agent_hub_messages_received_total"
+    assert values[(received, (("type", "telemetry"),))] == 40
+    dropped = "edge_agent_hub_messages_dropped_total"
+    assert values[(dropped, (("class", "malformed"), ("reason", "schema")))] == 3
+    assert values[(dropped, (("class", "forged"), ("reason", "node_mismatch")))] == 1
+    assert values[(dropped, (("class", "queue_full"), ("reason", "queue_full")))] == 5
+    assert values[("edge_agent_hub_database_up", ())] == 0
+    assert values[("edge_agent_hub_database_down_seconds", ())] == 12.5
+    assert values[("edge_agent_hub_database_messages_written_total", ())] == 42
+    assert values[("edge_agent_hub_database_outages_total", ())] == 2
+    assert values[("edge_agent_hub_database_calls_overdue_total", ())] == 1
+    assert values[("edge_agent_hub_database_transactions_total", ())] == 9
+    assert values[("edge_agent_hub_queue_messages", ())] == 3
+    assert values[("edge_agent_hub_queue_dropped_messages_total", (("type", "telemetry"),))] == 5
+    assert values[("edge_agent_hub_exposure_messages", (("if", "power_cut"),))] == 2
+    assert values[("edge_agent_hub_spool_replayed_messages_total", ())] == 7
+    assert values[("edge_agent_hub_mqtt_connected", ())] == 1
+    assert values[("edge_agent_hub_mqtt_connect_attempts_total", ())] == 2
+    assert values[("edge_agent_hub_rollout_halts_total", ())] == 1
+    assert values[("edge_agent_hub_rollout_rollbacks_total", ())] == 1
+    assert values[("edge_agent_hub_http_connections_total", (("outcome", "evicted"),))] == 2
 
 
 def test_the_grafana_dashboard_asks_only_for_exported_metrics() -> None:
-    exported = {name for name, _ in scrape(snapshot())}
+    exported = {name for name, _ in scrape(snapshot(), HUB_STATUS)}
     raw = resources.files("edge_agent_host.hubd").joinpath("grafana/edge-agent-fleet.json")
     dashboard = json.loads(raw.read_text())
     exprs = [
@@ -149,10 +210,18 @@ def get(url: str) -> int:
             return int(err.code)
 
 
-def test_the_server_answers_from_the_snapshot_and_refuses_beyond_its_bound(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    server = WebServer("127.0.0.1", 0)
+def request(port: int, head: bytes) -> bytes:
+    """One raw request; the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_the_server_answers_from_the_snapshot_and_checks_the_host() -> None:
+    server = WebServer("127.0.0.1", 0, allowed_hosts=["hub.example.org"])
     server.start()
     try:
         url = f"http://127.0.0.1:{server.port}"
@@ -161,18 +230,24 @@ def test_the_server_answers_from_the_snapshot_and_refuses_beyond_its_bound(
             data = json.loads(answer.read())
         assert [n["node"] for n in data["nodes"]] == ["pi-1", "pi-2", "pi-3"]
         assert data["rollouts"][0]["id"] == "r1"
-        # Every slot taken (requests in flight): the next one gets 503 at once, nothing queues.
-        # (The request above may still hold its slot for a moment after its answer was read.)
-        for _ in range(web.MAX_REQUESTS):
-            assert server._slots.acquire(timeout=10)
-        try:
-            assert get(f"{url}/metrics") == 503
-            assert server.refused == 1
-        finally:
-            for _ in range(web.MAX_REQUESTS):
-                server._slots.release()
         assert get(f"{url}/metrics") == 200
         assert get(f"{url}/../etc/passwd") == 404
+        for host, code in (
+            (b"evil.example", b"421"),  # DNS rebinding: a name this hub does not answer to
+            (b"evil.example:80", b"421"),
+            (b"hub.example.org", b"200"),
+            (b"HUB.example.org:9108", b"200"),
+            (b"localhost:9108", b"200"),
+            (b"127.0.0.1", b"200"),
+            (b"[::1]:9108", b"200"),
+        ):
+            answer = request(server.port, b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            assert answer.split(b" ", 2)[1] == code, (host, answer)
+        answer = request(server.port, b"POST /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 501 ")
+        answer = request(server.port, b"GET /" + b"x" * 20_000 + b" HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        assert server.connection_counts()["wrong_host"] == 2
     finally:
         server.stop()
     assert not server._thread.is_alive()

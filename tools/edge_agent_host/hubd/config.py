@@ -183,6 +183,14 @@ class _DatabaseBase(StrictModel):
     reconnect_max_s: float = Field(
         10.0, gt=0, le=600, description="Longest delay between reconnection attempts (s)."
     )
+    operation_deadline_s: float = Field(
+        30.0,
+        ge=0.5,
+        le=3600,
+        description="Longest a database operation (a connection, a batch, a maintenance pass) "
+        "may take: one still running then is an outage (the connection is dropped, messages "
+        "are held), which catches a server that hangs without closing its connections (s).",
+    )
 
     @model_validator(mode="after")
     def _backoff(self) -> _DatabaseBase:
@@ -266,6 +274,18 @@ class QueueSection(StrictModel):
         le=86400.0,
         description="While the database is unreachable, log how much is held this often (s).",
     )
+    spool: bool = Field(
+        True,
+        description="Append every held message to {state_dir}/spool before the broker is "
+        "acknowledged, so that a killed hub loses none of them (heard again at the next start).",
+    )
+    spool_sync_interval_s: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="How often the spool is fsynced while it takes messages (0: after every "
+        "one): what a power cut can lose; a killed process loses nothing either way (s).",
+    )
 
 
 # --------------------------------------------------------------------------------- [retention]
@@ -337,6 +357,25 @@ class HttpSection(StrictModel):
         "(docs/hub.md).",
     )
     port: int = Field(9108, ge=0, le=65535, description="TCP port (0: any free port).")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Host names (without port) a request's Host header may name, besides "
+        "localhost, the loopback addresses, the listen address and this machine's name; any "
+        "other gets 421 (DNS rebinding).",
+    )
+    max_connections: int = Field(
+        64,
+        ge=2,
+        le=4096,
+        description="Open HTTP connections at most (the oldest idle one is closed for a new one).",
+    )
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Time a client has to send its request and to take the answer (s).",
+    )
 
 
 # ------------------------------------------------------------------------------- [rollouts]

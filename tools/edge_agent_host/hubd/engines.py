@@ -18,7 +18,9 @@ same on both. psycopg is imported only when PostgreSQL is selected (the ``hub`` 
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -74,6 +76,10 @@ class Engine(ABC):
         """Inside the migration transaction: keep other replicas out until it commits."""
         del conn
 
+    @abstractmethod
+    def abort(self, conn: Any) -> None:
+        """From another thread: make a call that hangs on ``conn`` return with an error."""
+
     def try_lock_maintenance(self, conn: Any) -> bool:
         """Inside a maintenance transaction: whether this replica may maintain now."""
         del conn
@@ -102,7 +108,12 @@ class SqliteEngine(Engine):
             )
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_s)
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                timeout=self.busy_timeout_s,
+                check_same_thread=False,  # the hub's database thread; one user at a time
+            )
         try:
             if not self.readonly:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -123,6 +134,9 @@ class SqliteEngine(Engine):
 
     def describe(self) -> str:
         return f"sqlite {self.path}"
+
+    def abort(self, conn: Any) -> None:
+        conn.interrupt()  # thread-safe; a statement in progress fails with "interrupted"
 
 
 class PostgresEngine(Engine):
@@ -201,6 +215,16 @@ class PostgresEngine(Engine):
 
     def lock_migrations(self, conn: Any) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+
+    def abort(self, conn: Any) -> None:
+        # A stopped server leaves libpq waiting on a socket the kernel keeps acknowledging:
+        # shutting the socket down (through a duplicate descriptor, the driver keeps its own)
+        # wakes it with an error. A cancel request would go to the stopped server too.
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
 
     def try_lock_maintenance(self, conn: Any) -> bool:
         row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_MAINTENANCE_LOCK,)).fetchone()

@@ -22,6 +22,10 @@ counted when it is
 
 ``deploy_chunk`` commands (unsigned by design, thousands per deployment) are counted
 (``ignored.deploy_chunk``) and not journaled.
+
+A message that passes is held with the message as heard (topic, payload), which the queue spools
+before this callback returns, i.e. before paho acknowledges it to the broker;
+:meth:`FleetListener.replay` hears again what a previous process spooled and did not store.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Final
 
 from edge_agent.bundle.signing import TrustedKeys
@@ -38,6 +43,7 @@ from edge_agent.fleet.comms.base import Incoming, Transport
 from edge_agent.fleet.protocol import Command, DecodeError, decode
 from edge_agent.fleet.topics import TopicKind, Topics
 from edge_agent_host.hubd.queue import Heard, HeldMessages
+from edge_agent_host.hubd.spool import SpoolRecord
 
 __all__ = ["PRESENCE_KINDS", "SHARED_KINDS", "FleetListener"]
 
@@ -97,9 +103,27 @@ class FleetListener:
     # the transport's thread ---------------------------------------------------------------
     def on_message(self, msg: Incoming) -> None:
         """Decode, validate, count and enqueue one message (never raises for bad input)."""
-        heard = self._check(msg)
+        heard = self._check(msg, self._clock())
         if heard is None:
             return
+        self._hold(heard, SpoolRecord(msg.topic, msg.payload, msg.retain, heard.received))
+
+    def replay(self, records: list[tuple[int, SpoolRecord]]) -> int:
+        """Hold again what a previous process spooled (``(segment, record)``, oldest first)
+        and did not store; how many were held. Each is checked as when it was heard."""
+        held = 0
+        for segment, record in records:
+            heard = self._check(
+                Incoming(record.topic, record.payload, 1, record.retain, 0), record.received
+            )
+            if heard is None:
+                self.queue.forget([segment])
+                continue
+            self._hold(replace(heard, segment=segment), None)
+            held += 1
+        return held
+
+    def _hold(self, heard: Heard, record: SpoolRecord | None) -> None:
         self._count(f"received.{heard.kind}")
         if heard.kind == "birth":
             self._remember(self._births, heard.node)
@@ -107,10 +131,10 @@ class FleetListener:
                 self._no_birth.pop(heard.node, None)
         elif heard.kind in _DATA_KINDS and not heard.retained:
             self._note_missing_birth(heard.node)
-        if not self.queue.put(heard):
+        if not self.queue.put(heard, record):
             self._count("queue_full")
 
-    def _check(self, msg: Incoming) -> Heard | None:
+    def _check(self, msg: Incoming, received: float) -> Heard | None:
         route = self.topics.parse(msg.topic)
         if route is None or route.node is None:
             return self._refuse("malformed.topic")
@@ -138,7 +162,7 @@ class FleetListener:
             node=route.node,
             envelope=env,
             retained=msg.retain,
-            received=self._clock(),
+            received=received,
             size=len(msg.payload),
             verified=verified,
         )

@@ -14,6 +14,11 @@ Overflow policy (the outbox's, turned around): telemetry is periodic and downsam
 
 A batch given back may take the queue over its bound by at most that batch; nothing is dropped for
 it. Every count is in :meth:`HeldMessages.stats`.
+
+With a :class:`~edge_agent_host.hubd.spool.Spool`, :meth:`HeldMessages.put` appends the message
+to it first (so that what the broker was acknowledged survives the process), and a message leaves
+the spool when the service calls :meth:`HeldMessages.done` (written or refused by the database)
+or when the overflow policy drops it.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from edge_agent.fleet.protocol import Envelope
+from edge_agent_host.hubd.spool import Spool, SpoolRecord
 
 __all__ = ["TELEMETRY", "Heard", "HeldMessages"]
 
@@ -37,7 +43,8 @@ class Heard:
 
     ``node`` is the node the topic names (the sender; for a command, its target), ``received``
     the hub's wall clock at arrival, ``size`` the payload's bytes (what the queue's byte bound
-    counts), ``verified`` whether a command's signature was checked against the hub keys.
+    counts), ``verified`` whether a command's signature was checked against the hub keys,
+    ``segment`` the spool segment holding it (-1: in memory only).
     """
 
     kind: str
@@ -47,21 +54,24 @@ class Heard:
     received: float
     size: int
     verified: bool = False
+    segment: int = -1
 
 
 class HeldMessages:
     """A bounded, thread-safe FIFO of :class:`Heard` messages (policy: module docstring)."""
 
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
+    def __init__(self, max_messages: int, max_bytes: int, spool: Spool | None = None) -> None:
         if max_messages < 1 or max_bytes < 1:
             raise ValueError(f"bounds must be >= 1, got {max_messages}, {max_bytes}")
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self.spool = spool
         self._telemetry: deque[tuple[int, Heard]] = deque()
         self._other: deque[tuple[int, Heard]] = deque()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.RLock())
         self._ordinal = 0
         self._bytes = 0
+        self._memory_only = 0
         self.accepted = 0
         self.evicted_telemetry = 0
         self.given_back = 0
@@ -69,9 +79,14 @@ class HeldMessages:
         self.dropped: dict[str, int] = {}
 
     # producer side (the transport's thread) -------------------------------------------------
-    def put(self, item: Heard) -> bool:
-        """Hold ``item``; False when the policy dropped it (and counted it)."""
+    def put(self, item: Heard, record: SpoolRecord | None = None) -> bool:
+        """Hold ``item`` (spooling ``record``, the message as heard, first); False when the
+        policy dropped it (and counted it)."""
         with self._cond:
+            if record is not None and self.spool is not None:
+                item = replace(item, segment=self.spool.append(record))
+            if item.segment < 0:
+                self._memory_only += 1
             if not self._fits(item.size):
                 if item.kind == TELEMETRY:
                     return self._drop(item)
@@ -79,6 +94,7 @@ class HeldMessages:
                     _, old = self._telemetry.popleft()
                     self._bytes -= old.size
                     self.evicted_telemetry += 1
+                    self._release((old,))
                 if not self._fits(item.size):
                     return self._drop(item)
             self._ordinal += 1
@@ -96,7 +112,19 @@ class HeldMessages:
 
     def _drop(self, item: Heard) -> bool:
         self.dropped[item.kind] = self.dropped.get(item.kind, 0) + 1
+        self._release((item,))
         return False
+
+    def _release(self, items: Sequence[Heard]) -> None:
+        segments = [item.segment for item in items]
+        with self._cond:
+            self._memory_only -= sum(1 for segment in segments if segment < 0)
+        self.forget(segments)
+
+    def forget(self, segments: Sequence[int]) -> None:
+        """Release spooled records by segment number (one entry per record)."""
+        if self.spool is not None:
+            self.spool.release(list(segments))
 
     def _depth(self) -> int:
         return len(self._telemetry) + len(self._other)
@@ -130,6 +158,10 @@ class HeldMessages:
             self.given_back += len(items)
             self._cond.notify()
 
+    def done(self, items: Sequence[Heard]) -> None:
+        """``items`` (taken before) are stored or refused for good: out of the spool."""
+        self._release(items)
+
     def wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for something to be held; whether something is."""
         with self._cond:
@@ -159,6 +191,7 @@ class HeldMessages:
                 "evicted_telemetry": self.evicted_telemetry,
                 "given_back": self.given_back,
                 "high_water": self.high_water,
+                "memory_only": self._memory_only,
                 "dropped": sum(self.dropped.values()),
             }
             out.update({f"dropped.{kind}": n for kind, n in sorted(self.dropped.items())})

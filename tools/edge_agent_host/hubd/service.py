@@ -6,17 +6,27 @@ and fills the bounded queue; this loop, on the main thread, is the only writer:
 1. when the database is closed and its back-off delay has passed, connect (and migrate);
 2. take batches from the queue and write each in one transaction (at most half a second of it
    per round, so the periodic jobs keep their rhythm); a batch the database could not take goes
-   back to the head of the queue and the database counts as down;
+   back to the head of the queue and the database counts as down; a batch written or refused
+   leaves the spool;
 3. run what is due: the status file, the replica's heartbeat row and the Prometheus file
    (``status_interval_s``), the retention bounds (``maintenance_interval_s``), the "database
    unreachable" report (``report_interval_s``, while it is), rebirth requests, the systemd
    watchdog;
 4. wait for the next message (or, with the database down, for the next attempt).
 
+Every database call runs on the database's own thread with a deadline
+(:mod:`.dbthread`, ``[database] operation_deadline_s``): while it runs the loop keeps the watchdog
+and the status file going, and a call still running at its deadline is an outage like a refused
+connection (the connection is shut down, messages are held). What the hub holds is also in the
+spool (:mod:`.spool`, ``[queue] spool``) before the broker is acknowledged, so a hub that is
+killed loses none of it: the next start hears the spool again.
+
 State: STARTING, RUNNING (database up), DEGRADED (database down: messages are held, bounded,
 and the status, the metrics and a log line once per ``report_interval_s`` say so), STOPPING,
-STOPPED. SIGTERM and SIGINT stop it: it stops hearing, writes what it holds (for up to
-``drain_timeout_s``), writes a last status and exits 0. Only a bad configuration or a database
+STOPPED. An outage starts with the first failure and ends with the first commit (a database
+that opens but cannot write, such as a full disk, stays one outage). SIGTERM and SIGINT stop it:
+it stops hearing, writes what it holds (for up to ``drain_timeout_s``; the rest stays in the
+spool for the next start), writes a last status and exits 0. Only a bad configuration or a database
 whose schema is newer than this software stops it with an error (exit 2).
 """
 
@@ -32,7 +42,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from edge_agent import __version__
 from edge_agent.bundle.signing import TrustedKeys
@@ -51,12 +61,19 @@ from edge_agent_host.hubd.config import (
     file_problems,
     read_password,
 )
+from edge_agent_host.hubd.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hubd.engines import Engine, PostgresEngine, SqliteEngine
 from edge_agent_host.hubd.listener import FleetListener
 from edge_agent_host.hubd.publisher import HubPublisher
-from edge_agent_host.hubd.queue import HeldMessages
+from edge_agent_host.hubd.queue import Heard, HeldMessages
 from edge_agent_host.hubd.rollouts import RolloutRunner
-from edge_agent_host.hubd.store import DatabaseUnavailableError, HubDatabase, to_json
+from edge_agent_host.hubd.spool import Spool
+from edge_agent_host.hubd.store import (
+    DatabaseUnavailableError,
+    HubDatabase,
+    WriteOutcome,
+    to_json,
+)
 from edge_agent_host.hubd.web import FleetSnapshot, WebServer, build_snapshot
 
 logger = logging.getLogger(__name__)
@@ -66,6 +83,7 @@ __all__ = ["HubService", "State", "make_engine", "rollout_runner", "web_server"]
 _WRITE_SLICE_S: Final = 0.5
 _WATCHDOG_EVERY_S: Final = 2.0
 _REBIRTHS_PER_ROUND: Final = 100
+T = TypeVar("T")
 
 
 class State(enum.Enum):
@@ -104,7 +122,13 @@ def web_server(source: HubConfigFile) -> WebServer | None:
     if not http.enabled:
         return None
     try:
-        return WebServer(http.listen, http.port)
+        return WebServer(
+            http.listen,
+            http.port,
+            allowed_hosts=http.allowed_hosts,
+            max_connections=http.max_connections,
+            timeout_s=http.timeout_s,
+        )
     except ModuleNotFoundError as err:
         problem = f"needs prometheus_client ({err}): pip install 'edge-agent-runtime[hub]'"
         raise source.error([(("http", "enabled"), problem)]) from err
@@ -167,8 +191,16 @@ class HubService:
         self.web = web
         self.hub_id = config.hub.effective_id()
         self.topics = Topics(config.mqtt.fleet)
-        self.queue = HeldMessages(config.queue.max_messages, config.queue.max_bytes)
+        q = config.queue
+        self.spool = (
+            Spool(config.hub.state_dir / "spool", sync_interval_s=q.spool_sync_interval_s)
+            if q.spool
+            else None
+        )
+        self.queue = HeldMessages(q.max_messages, q.max_bytes, self.spool)
         self.db = HubDatabase(engine)
+        self.db_thread = DatabaseThread()
+        self._close_pending = False
         self.transport = transport
         self.listener = FleetListener(
             transport,
@@ -200,12 +232,14 @@ class HubService:
         self._rebirth_asked: OrderedDict[str, float] = OrderedDict()
         self.rebirths_requested = 0
         self._last_watchdog = 0.0
+        self._waiting = False
         self.metrics = self._make_metrics()
         now = time.monotonic()
         hub = config.hub
         self._outage_report = Periodic(config.queue.report_interval_s, self._report_outage, now=now)
+        self._status_job = Periodic(hub.status_interval_s, self._report_status, now=now)
         self._jobs = [
-            Periodic(hub.status_interval_s, self._report_status, now=now),
+            self._status_job,
             Periodic(
                 config.retention.maintenance_interval_s, self._maintain, now=now, first_after=True
             ),
@@ -344,7 +378,8 @@ class HubService:
         return 0
 
     def start(self) -> None:
-        """Connect to the broker (in the background) and the database (if it answers)."""
+        """Hear what the spool kept, connect to the broker (in the background) and the
+        database (if it answers)."""
         logger.info(
             "edge-agent-hub %s (%s) starting: fleet %r on %s:%d%s, database %s",
             __version__,
@@ -357,6 +392,7 @@ class HubService:
             else "",
             self.db.engine.describe(),
         )
+        self._replay_spool()
         self.transport.connect()
         self._open_db()
         if self.rollouts is not None:
@@ -371,26 +407,62 @@ class HubService:
         self._report_status()
         self.notifier.ready(self.status_line())
 
+    def _replay_spool(self) -> None:
+        if self.spool is None:
+            return
+        try:
+            left = self.spool.open()
+        except OSError as err:
+            logger.error(
+                "cannot use the spool %s (%s): held messages are in memory only",
+                self.spool.directory,
+                err.strerror or err,
+            )
+            self.queue.spool = self.spool = None
+            return
+        if left:
+            held = self.listener.replay(left)
+            logger.warning(
+                "the spool kept %d messages a previous run acknowledged and did not store: "
+                "%d held again to be written",
+                len(left),
+                held,
+            )
+
     def step(self, wait_s: float = 0.2) -> None:
         """One round of the loop (see the module docstring)."""
         now = time.monotonic()
-        if not self.db.is_open and now >= self._next_db_attempt:
+        if self._close_pending and not self.db_thread.busy:
+            self._close_pending = False
+            self._db_call(self.db.close)
+        if not self.db.is_open and now >= self._next_db_attempt and not self.db_thread.busy:
             self._open_db()
         self._write_some(time.monotonic() + _WRITE_SLICE_S)
         self.publisher.drain()  # the broker's answers to what the hub published
         now = time.monotonic()
         for job in self._jobs:
             job.run_if_due(now)
-        if now - self._last_watchdog >= _WATCHDOG_EVERY_S:
-            self._last_watchdog = now
-            self.notifier.watchdog()
+        self._keep_alive()
         if self.stop_event.is_set():
             return
-        if self.db.is_open:
+        if self._db_usable():
             if not self.queue:
                 self.queue.wait(wait_s)
         else:
             self.stop_event.wait(max(0.0, min(wait_s, self._next_db_attempt - now)))
+
+    def _keep_alive(self) -> None:
+        """The watchdog, the spool's fsync and (while a database call is under way) the status
+        file: what must go on whatever the database does."""
+        now = time.monotonic()
+        if self.spool is not None:
+            self.spool.sync_due(now)
+        if now - self._last_watchdog >= _WATCHDOG_EVERY_S:
+            self._last_watchdog = now
+            self.notifier.watchdog()
+        if self._waiting and now >= self._status_job.next_at:
+            self._status_job.next_at = now + self._status_job.interval_s
+            self._write_status(self.status())
 
     def shutdown(self) -> None:
         """Stop hearing, write what is held (bounded by ``drain_timeout_s``), last status."""
@@ -403,48 +475,90 @@ class HubService:
         self.transport.disconnect()
         deadline = time.monotonic() + self.drain_timeout_s
         while self.queue and time.monotonic() < deadline:
-            if not self.db.is_open:
-                if time.monotonic() >= self._next_db_attempt:
-                    self._open_db()
-                if not self.db.is_open:
+            if not self._db_usable():
+                if time.monotonic() >= self._next_db_attempt and not self.db_thread.busy:
+                    self._open_db(deadline)
+                if not self._db_usable():
                     time.sleep(0.05)  # the stop event is set: it would not wait
                     continue
             self._write_some(deadline)
         self.lost_at_stop = len(self.queue)
         if self.lost_at_stop:
+            where = (
+                f"kept in the spool {self.spool.directory} for the next start"
+                if self.spool is not None and self.spool.durable
+                else "lost"
+            )
             logger.error(
-                "stopping with %d held messages not written: the database %s is unreachable",
+                "stopping with %d held messages not written (%s): the database %s is unreachable",
                 self.lost_at_stop,
+                where,
                 self.db.engine.describe(),
             )
         self.state = State.STOPPED
         self._report_status()
-        self.db.close()
+        if not self.db_thread.busy:
+            self._db_call(self.db.close, deadline_s=5.0)
+        self.db_thread.stop()
+        if self.spool is not None:
+            self.spool.close()
         logger.info("edge-agent-hub stopped")
 
     # the database -----------------------------------------------------------------------------
-    def _open_db(self) -> None:
+    def _db_usable(self) -> bool:
+        return self.db.is_open and not self.db_thread.busy and not self._close_pending
+
+    def _db_call(self, fn: Callable[[], T], *, deadline_s: float | None = None) -> T:
+        """``fn()`` on the database thread within ``[database] operation_deadline_s`` (or
+        ``deadline_s``); the loop's keep-alive runs meanwhile. An overdue call raises
+        :class:`DatabaseOverdueError` (a DatabaseUnavailableError) and the connection is
+        dropped as soon as the call comes back."""
+        limit = self.config.database.operation_deadline_s if deadline_s is None else deadline_s
+        self._waiting = True
         try:
-            self.db.open()
+            return self.db_thread.call(
+                fn, limit, while_waiting=self._keep_alive, abort=self.db.abort
+            )
+        except DatabaseOverdueError:
+            self._close_pending = True
+            raise
+        finally:
+            self._waiting = False
+
+    def _open_db(self, deadline: float | None = None) -> None:
+        limit = None if deadline is None else max(0.5, deadline - time.monotonic())
+        try:
+            self._db_call(self.db.open, deadline_s=limit)
         except DatabaseUnavailableError as err:
             self._db_lost(str(err))
             return
-        down_s = self.db_down_s()
+        if self.db_down_since is not None:
+            logger.info(
+                "database %s answers again after %.0f s; the outage ends with its first commit",
+                self.db.engine.describe(),
+                self.db_down_s(),
+            )
+            return
+        logger.info(
+            "database %s open (schema version %d)",
+            self.db.engine.describe(),
+            self.db.schema_version,
+        )
+        self._db_backoff.reset()
+        if self.state in (State.STARTING, State.DEGRADED):
+            self.state = State.RUNNING
+
+    def _db_committed(self) -> None:
+        """A commit went through: an outage under way ends here (not at a mere connection)."""
         if self.db_down_since is not None:
             logger.warning(
                 "database %s is back after %.0f s: writing %d held messages",
                 self.db.engine.describe(),
-                down_s,
+                self.db_down_s(),
                 len(self.queue),
             )
-        else:
-            logger.info(
-                "database %s open (schema version %d)",
-                self.db.engine.describe(),
-                self.db.schema_version,
-            )
-        self.db_down_since = None
-        self._db_backoff.reset()
+            self.db_down_since = None
+            self._db_backoff.reset()
         if self.state in (State.STARTING, State.DEGRADED):
             self.state = State.RUNNING
 
@@ -458,9 +572,10 @@ class HubService:
         self.db_outages += 1
         q = self.config.queue
         logger.warning(
-            "database unreachable: %s; holding fleet messages in memory (%d held now, at most "
+            "database unreachable: %s; holding fleet messages in %s (%d held now, at most "
             "%d messages or %d MiB; telemetry goes first when full)",
             error,
+            "memory and the spool" if self.spool is not None and self.spool.durable else "memory",
             len(self.queue),
             q.max_messages,
             q.max_bytes // 2**20,
@@ -472,15 +587,26 @@ class HubService:
         """Write batches until the queue is empty, the deadline passes or the database fails."""
         written = 0
         batch_max = self.config.queue.batch_max
-        while self.db.is_open and self.queue and time.monotonic() < deadline:
+        while self._db_usable() and self.queue and time.monotonic() < deadline:
             batch = self.queue.take(batch_max)
-            outcome = self.db.write(batch)
+            outcome = self._write_batch(batch)
             written += outcome.written
+            settled = len(batch) - len(outcome.left)
+            if settled:
+                self.queue.done(batch[:settled])
+                self._db_committed()
             if outcome.left:
                 self.queue.give_back(outcome.left)
                 self._db_lost(self.db.last_error or "the connection was lost")
                 break
         return written
+
+    def _write_batch(self, batch: list[Heard]) -> WriteOutcome:
+        try:
+            return self._db_call(lambda: self.db.write(batch))
+        except DatabaseOverdueError as err:
+            self.db.last_error = str(err)
+            return WriteOutcome(left=batch)
 
     # periodic jobs ----------------------------------------------------------------------------
     def _report_outage(self) -> None:
@@ -500,10 +626,10 @@ class HubService:
         )
 
     def _maintain(self) -> None:
-        if not self.db.is_open:
+        if not self._db_usable():
             return
         try:
-            done = self.db.maintain(self.config.retention, self._clock())
+            done = self._db_call(lambda: self.db.maintain(self.config.retention, self._clock()))
         except DatabaseUnavailableError as err:
             self._db_lost(str(err))
             return
@@ -536,6 +662,32 @@ class HubService:
 
     def _report_status(self) -> None:
         status = self.status()
+        self._write_status(status)
+        if self._db_usable():
+            summary = {k: status[k] for k in ("state", "updated_at", "queue", "database")}
+            summary["heard"] = status["heard"]
+            try:
+                beat = self._db_call(
+                    lambda: self.db.heartbeat(
+                        self.hub_id,
+                        host=self.host,
+                        pid=os.getpid(),
+                        started=self.started_at,
+                        status=summary,
+                    )
+                )
+            except DatabaseUnavailableError as err:
+                self._db_lost(str(err))
+            else:
+                if beat:
+                    self._db_committed()
+                else:
+                    self._db_lost(self.db.last_error)
+        if self.web is not None:
+            self._refresh_web(status)
+
+    def _write_status(self, status: dict[str, Any]) -> None:
+        """The status file, the Prometheus file and systemd's status line (no database)."""
         path = self.config.hub.status_path
         try:
             write_atomic(path, (to_json(status) + "\n").encode(), durable=False, mkdir=True)
@@ -547,19 +699,8 @@ class HubService:
                 self.metrics.write_prometheus(prom, {"hub": self.hub_id})
             except OSError as err:
                 logger.warning("cannot write the Prometheus file %s: %s", prom, err)
-        if self.db.is_open:
-            summary = {k: status[k] for k in ("state", "updated_at", "queue", "database")}
-            summary["heard"] = status["heard"]
-            if not self.db.heartbeat(
-                self.hub_id,
-                host=self.host,
-                pid=os.getpid(),
-                started=self.started_at,
-                status=summary,
-            ):
-                self._db_lost(self.db.last_error)
         if self.web is not None:
-            self._refresh_web(status)
+            self.web.hub_status = status
         self.notifier.status(self.status_line())
 
     def _refresh_web(self, status: dict[str, Any]) -> None:
@@ -571,21 +712,24 @@ class HubService:
             "state": status["state"],
             "db_up": int(self.db.is_open),
             "queue_depth": queue.get("depth", 0) if isinstance(queue, dict) else 0,
+            "exposure": status["exposure"],
         }
-        if not self.db.is_open:  # keep showing the last snapshot, with the hub's own numbers
+        if not self._db_usable():  # keep showing the last snapshot, with the hub's own numbers
             old = self.web.snapshot
             self.web.snapshot = FleetSnapshot(old.taken, hub, old.nodes, old.rollouts)
             return
         try:
-            self.web.snapshot = build_snapshot(self.db, hub)
-        except DatabaseUnavailableError:
-            self._db_lost(self.db.last_error)
+            self.web.snapshot = self._db_call(lambda: build_snapshot(self.db, hub))
+        except DatabaseUnavailableError as err:
+            self._db_lost(str(err))
 
     # status -----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """What ``edge-agent-hub status`` shows (the status file's content)."""
         mqtt = self.config.mqtt
         heard = self.listener.counts()
+        queue = self.queue.stats()
+        spool = {} if self.spool is None else self.spool.stats()
         return {
             "hub_id": self.hub_id,
             "version": __version__,
@@ -613,8 +757,12 @@ class HubService:
                 "rejected": self.db.rejected,
                 "outages": self.db_outages,
                 "lost_at_stop": self.lost_at_stop,
+                "busy_s": round(self.db_thread.busy_s(), 1),
+                "overdue": self.db_thread.overdue,
             },
-            "queue": self.queue.stats(),
+            "queue": queue,
+            "spool": None if self.spool is None else spool,
+            "exposure": self.exposure(queue, spool),
             "heard": heard,
             "dropped_malformed": sum(n for k, n in heard.items() if k.startswith("malformed.")),
             "dropped_forged": sum(n for k, n in heard.items() if k.startswith("forged.")),
@@ -628,7 +776,23 @@ class HubService:
                 "url": f"http://{self.config.http.listen}:{self.web.port}/",
                 "requests": self.web.requests,
                 "refused": self.web.refused,
+                "connections": self.web.connection_counts(),
             },
+        }
+
+    def exposure(
+        self, queue: dict[str, int], spool: dict[str, int | float | bool]
+    ) -> dict[str, int | float]:
+        """What a crash would cost now: ``held`` messages the broker was acknowledged and the
+        database does not have yet; of them ``lost_if_killed`` are in memory only (no spool, or
+        a spool that refused them) and ``lost_if_power_cut`` also counts spooled records not
+        fsynced yet, the oldest of them ``unsynced_s`` old."""
+        memory_only = int(queue.get("memory_only", 0))
+        return {
+            "held": int(queue.get("depth", 0)),
+            "lost_if_killed": memory_only,
+            "lost_if_power_cut": memory_only + int(spool.get("unsynced", 0)),
+            "unsynced_s": float(spool.get("unsynced_s", 0.0)),
         }
 
     def status_line(self) -> str:

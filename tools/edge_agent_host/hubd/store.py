@@ -146,6 +146,13 @@ class HubDatabase:
             except Exception:  # closing a broken connection: nothing left to do with it
                 logger.debug("closing the database connection failed", exc_info=True)
 
+    def abort(self) -> None:
+        """From another thread: make the call that hangs on the connection fail (it is then
+        closed by that call, as lost)."""
+        conn = self._conn
+        if conn is not None:
+            self.engine.abort(conn)
+
     def _lost(self, err: BaseException) -> None:
         self.last_error = _one_line(err)
         logger.debug("database %s unavailable: %s", self.engine.describe(), self.last_error)

@@ -2,9 +2,9 @@
 
 The service's loop (the only database user on its thread) builds a :class:`FleetSnapshot` every
 ``[hub] status_interval_s`` -- every node with its newest telemetry, the recent rollouts -- and
-hands it over by swapping one reference. The HTTP server (stdlib, on its own thread, at most
-``MAX_REQUESTS`` requests at once: others get 503) only reads the newest snapshot, so a scrape or
-a page never touches the database nor waits for it.
+hands it over by swapping one reference, with the hub's status beside it. The HTTP server
+(stdlib asyncio, one thread; bounds and timeouts in :class:`WebServer`) only reads those, so a
+scrape or a page never touches the database nor waits for it.
 
 Routes: ``/metrics`` (Prometheus text format, ``prometheus_client``), ``/api/fleet.json``,
 ``/`` (the page: static HTML + vanilla JS that polls the JSON, no build step, no external
@@ -17,13 +17,18 @@ CPU above 75 °C, or an outbox holding over 1,000 messages; **green** otherwise.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import logging
+import resource
+import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from importlib import resources
 from typing import Any, Final
 
@@ -41,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["FleetSnapshot", "WebServer", "build_snapshot", "collector_for", "health_of"]
 
-MAX_REQUESTS: Final = 8
+_HEAD_LIMIT: Final = 16 * 1024
+_OUTCOMES: Final = ("answered", "timed_out", "evicted", "refused", "wrong_host", "hung_up")
 STALE_AFTER_S: Final = 30.0
 RSS_AMBER: Final = 0.9
 P99_AMBER_MS: Final = 100.0
@@ -67,11 +73,18 @@ class FleetSnapshot:
         }
 
 
-def _outbox_depth(telemetry: Mapping[str, Any]) -> int | None:
+def _outbox_number(telemetry: Mapping[str, Any], key: str) -> float | None:
     outbox = telemetry.get("outbox")
-    if isinstance(outbox, Mapping) and isinstance(outbox.get("depth_rows"), int):
-        return int(outbox["depth_rows"])
+    if isinstance(outbox, Mapping):
+        value = outbox.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
     return None
+
+
+def _outbox_depth(telemetry: Mapping[str, Any]) -> int | None:
+    depth = _outbox_number(telemetry, "depth_rows")
+    return None if depth is None else int(depth)
 
 
 def health_of(node: Mapping[str, Any], now: float) -> str:
@@ -128,15 +141,197 @@ def build_snapshot(
             "outbox_depth": _outbox_depth(t),
             "bundles": bundles_of(birth),
             "deployment": deployments.get(row["node"]),
+            "outbox_uncommitted_rows": _outbox_number(t, "uncommitted_rows"),
+            "outbox_uncommitted_s": _outbox_number(t, "uncommitted_s"),
         }
         node["health"] = health_of(node, now)
         nodes.append(node)
     return FleetSnapshot(taken=now, hub=dict(hub), nodes=nodes, rollouts=rollouts)
 
 
+def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
+    """The hub's own numbers (its status, as of the last status write) in base units."""
+    from prometheus_client.core import (  # noqa: PLC0415 - the hub extra
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        InfoMetricFamily,
+    )
+
+    if not status:
+        return
+    hub = str(status.get("hub_id", ""))
+    yield InfoMetricFamily(
+        "edge_agent_hub_build",
+        "The hub's software version and replica name",
+        value={"version": str(status.get("version", "")), "hub": hub},
+    )
+    yield GaugeMetricFamily(
+        "edge_agent_hub_start_time_seconds",
+        "When this hub process started (Unix time)",
+        value=float(status.get("started_at", 0.0)),
+    )
+    g = GaugeMetricFamily("edge_agent_hub_state", "1 for the hub's current state", labels=["state"])
+    for state in ("starting", "running", "degraded", "stopping", "stopped"):
+        g.add_metric([state], float(status.get("state") == state))
+    yield g
+
+    heard: Mapping[str, int] = status.get("heard") or {}
+    received = CounterMetricFamily(
+        "edge_agent_hub_messages_received",
+        "Valid fleet messages heard, by message type",
+        labels=["type"],
+    )
+    dropped = CounterMetricFamily(
+        "edge_agent_hub_messages_dropped",
+        "Fleet messages dropped on arrival, by class (malformed, forged, ignored, queue_full) "
+        "and reason",
+        labels=["class", "reason"],
+    )
+    for key, n in sorted(heard.items()):
+        kind, _, reason = key.partition(".")
+        if kind == "received":
+            received.add_metric([reason], n)
+        else:
+            dropped.add_metric([kind, reason or kind], n)
+    yield received
+    yield dropped
+
+    db: Mapping[str, Any] = status.get("database") or {}
+    counters: Mapping[str, Any] = status.get("counters") or {}
+    yield GaugeMetricFamily(
+        "edge_agent_hub_database_up",
+        "1 when the database is connected",
+        value=float(bool(db.get("up"))),
+    )
+    yield GaugeMetricFamily(
+        "edge_agent_hub_database_down_seconds",
+        "How long the current database outage has lasted (0 when up)",
+        value=float(db.get("down_s") or 0.0),
+    )
+    yield GaugeMetricFamily(
+        "edge_agent_hub_database_call_seconds",
+        "How long the database call under way has been running (0 when none is)",
+        value=float(db.get("busy_s") or 0.0),
+    )
+    yield GaugeMetricFamily(
+        "edge_agent_hub_database_schema_version",
+        "The database's schema version",
+        value=float(db.get("schema_version") or 0),
+    )
+    for name, key, doc in (
+        ("messages_written", "written", "Fleet messages written to the database"),
+        ("messages_rejected", "rejected", "Fleet messages the database refused (dropped)"),
+        ("outages", "outages", "Database outages (first failure to first commit)"),
+        ("calls_overdue", "overdue", "Database calls that missed their deadline"),
+        ("messages_lost_at_stop", "lost_at_stop", "Held messages not written at the last stop"),
+    ):
+        yield CounterMetricFamily(
+            f"edge_agent_hub_database_{name}", doc, value=float(db.get(key) or 0)
+        )
+    for name, key, doc in (
+        ("transactions", "hub.db.transactions", "Database transactions committed"),
+        ("connections", "hub.db.opens", "Database connections opened"),
+    ):
+        yield CounterMetricFamily(
+            f"edge_agent_hub_database_{name}", doc, value=float(counters.get(key) or 0)
+        )
+
+    queue: Mapping[str, Any] = status.get("queue") or {}
+    for name, key, doc in (
+        ("messages", "depth", "Fleet messages held for the database"),
+        ("bytes", "bytes", "Payload bytes held for the database"),
+        ("max_messages", "max_messages", "Messages held at most ([queue] max_messages)"),
+        ("max_bytes", "max_bytes", "Payload bytes held at most ([queue] max_bytes)"),
+        ("high_water_messages", "high_water", "Most messages held at once since the start"),
+    ):
+        yield GaugeMetricFamily(
+            f"edge_agent_hub_queue_{name}", doc, value=float(queue.get(key) or 0)
+        )
+    c = CounterMetricFamily(
+        "edge_agent_hub_queue_dropped_messages",
+        "Messages the full queue dropped, by message type",
+        labels=["type"],
+    )
+    for key, n in sorted(queue.items()):
+        if key.startswith("dropped."):
+            c.add_metric([key.split(".", 1)[1]], n)
+    yield c
+    yield CounterMetricFamily(
+        "edge_agent_hub_queue_evicted_telemetry_messages",
+        "Held telemetry evicted to make room for other messages",
+        value=float(queue.get("evicted_telemetry") or 0),
+    )
+
+    exposure: Mapping[str, Any] = status.get("exposure") or {}
+    g = GaugeMetricFamily(
+        "edge_agent_hub_exposure_messages",
+        "Messages acknowledged to the broker and not in the database, by what would lose them "
+        "(held: all of them; killed: not spooled; power_cut: not spooled or not fsynced)",
+        labels=["if"],
+    )
+    g.add_metric(["held"], float(exposure.get("held") or 0))
+    g.add_metric(["killed"], float(exposure.get("lost_if_killed") or 0))
+    g.add_metric(["power_cut"], float(exposure.get("lost_if_power_cut") or 0))
+    yield g
+    yield GaugeMetricFamily(
+        "edge_agent_hub_exposure_unsynced_seconds",
+        "Age of the oldest spooled message not fsynced yet",
+        value=float(exposure.get("unsynced_s") or 0.0),
+    )
+    spool: Mapping[str, Any] | None = status.get("spool")
+    if spool:
+        yield GaugeMetricFamily(
+            "edge_agent_hub_spool_durable",
+            "1 while the spool takes every held message",
+            value=float(bool(spool.get("durable"))),
+        )
+        for name, key, doc in (
+            ("replayed_messages", "replayed", "Spooled messages heard again at this start"),
+            ("errors", "errors", "Messages the spool's disk refused (held in memory only)"),
+            ("torn_segments", "torn", "Spool segments that ended in a partial record"),
+        ):
+            yield CounterMetricFamily(
+                f"edge_agent_hub_spool_{name}", doc, value=float(spool.get(key) or 0)
+            )
+
+    mqtt: Mapping[str, Any] = status.get("mqtt") or {}
+    yield GaugeMetricFamily(
+        "edge_agent_hub_mqtt_connected",
+        "1 when the hub is connected to the broker",
+        value=float(bool(mqtt.get("connected"))),
+    )
+    for name, key, doc in (
+        ("connect_attempts", "hub.mqtt.connect_attempts", "Connection attempts to the broker"),
+        ("sessions", "hub.mqtt.sessions_up", "Broker sessions established"),
+        ("handler_errors", "hub.mqtt.handler_errors", "Message handler failures"),
+        ("rebirths_requested", "hub.mqtt.rebirths_requested", "Rebirth requests sent to nodes"),
+    ):
+        yield CounterMetricFamily(
+            f"edge_agent_hub_mqtt_{name}", doc, value=float(counters.get(key) or 0)
+        )
+
+    rollouts: Mapping[str, Any] | None = status.get("rollouts")
+    if rollouts:
+        for name, key, doc in (
+            ("halts", "halts", "Rollouts halted by a failed health check"),
+            ("rollbacks", "rollbacks", "Rollouts rolled back"),
+            ("waves_deployed", "waves_deployed", "Rollout waves deployed"),
+            ("completed", "done", "Rollouts completed"),
+            ("runner_errors", "errors", "Rollout runner rounds that failed"),
+        ):
+            yield CounterMetricFamily(
+                f"edge_agent_hub_rollout_{name}", doc, value=float(rollouts.get(key) or 0)
+            )
+
+
 def collector_for(source: Any) -> Any:
-    """A ``prometheus_client`` collector of ``source.snapshot`` (read at every scrape)."""
-    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - the hub extra
+    """A ``prometheus_client`` collector of ``source.snapshot`` and ``source.hub_status`` (read
+    at every scrape). Per-node values are exported for online nodes only: an offline node's last
+    numbers are history (the page and the database have them), not a current value."""
+    from prometheus_client.core import (  # noqa: PLC0415 - the hub extra
+        CounterMetricFamily,
+        GaugeMetricFamily,
+    )
 
     def node_gauge(
         name: str, doc: str, nodes: Iterable[Mapping[str, Any]], key: str, scale: float = 1.0
@@ -152,7 +347,8 @@ def collector_for(source: Any) -> Any:
         def collect(self) -> Iterable[Any]:
             snap: FleetSnapshot = source.snapshot
             nodes = snap.nodes
-            online = sum(n["online"] for n in nodes)
+            live = [n for n in nodes if n["online"]]
+            online = len(live)
             g = GaugeMetricFamily(
                 "edge_agent_hub_nodes", "Nodes in the registry, by presence", labels=["state"]
             )
@@ -169,37 +365,61 @@ def collector_for(source: Any) -> Any:
                 "edge_agent_hub_node_online", "1 when the node is online", nodes, "online"
             )
             yield node_gauge(
-                "edge_agent_hub_node_rss_bytes", "The node's resident memory", nodes, "rss_bytes"
-            )
-            yield node_gauge(
-                "edge_agent_hub_node_budget_bytes",
-                "The node's memory budget (its firmware profile)",
-                nodes,
-                "budget_bytes",
-            )
-            yield node_gauge(
-                "edge_agent_hub_node_tick_p50_seconds", "Tick p50", nodes, "tick_p50_ms", 1e-3
-            )
-            yield node_gauge(
-                "edge_agent_hub_node_tick_p99_seconds", "Tick p99", nodes, "tick_p99_ms", 1e-3
-            )
-            yield node_gauge(
-                "edge_agent_hub_node_cpu_temperature_celsius",
-                "CPU temperature",
-                nodes,
-                "cpu_temp_c",
-            )
-            yield node_gauge(
-                "edge_agent_hub_node_outbox_depth",
-                "Messages held in the outbox",
-                nodes,
-                "outbox_depth",
-            )
-            yield node_gauge(
                 "edge_agent_hub_node_last_seen_timestamp_seconds",
                 "When the node was last heard (Unix time)",
                 nodes,
                 "last_seen",
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_rss_bytes",
+                "The node's resident memory (online nodes)",
+                live,
+                "rss_bytes",
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_budget_bytes",
+                "The node's memory budget, its firmware profile (online nodes)",
+                live,
+                "budget_bytes",
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_tick_p50_seconds",
+                "The node's tick time, median (online nodes)",
+                live,
+                "tick_p50_ms",
+                1e-3,
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_tick_p99_seconds",
+                "The node's tick time, 99th percentile (online nodes)",
+                live,
+                "tick_p99_ms",
+                1e-3,
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_cpu_temperature_celsius",
+                "The node's CPU temperature (online nodes)",
+                live,
+                "cpu_temp_c",
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_outbox_messages",
+                "Messages held in the node's outbox (online nodes)",
+                live,
+                "outbox_depth",
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_outbox_uncommitted_messages",
+                "Outbox messages neither acknowledged nor committed: what a crash of the node "
+                "would lose (online nodes)",
+                live,
+                "outbox_uncommitted_rows",
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_outbox_uncommitted_seconds",
+                "Age of the node's uncommitted outbox transaction (online nodes)",
+                live,
+                "outbox_uncommitted_s",
             )
             nodes_g = GaugeMetricFamily(
                 "edge_agent_hub_rollout_nodes",
@@ -228,91 +448,228 @@ def collector_for(source: Any) -> Any:
                 waves_g.add_metric([r["id"]], r["waves"])
                 state_g.add_metric([r["id"], r["state"]], 1)
             yield from (nodes_g, wave_g, waves_g, state_g)
-            for key, value in snap.hub.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    yield GaugeMetricFamily(
-                        f"edge_agent_hub_{key}", f"The hub's {key}", value=value
-                    )
+            yield from _hub_families(getattr(source, "hub_status", {}))
+            http = CounterMetricFamily(
+                "edge_agent_hub_http_connections",
+                "HTTP connections, by how they ended (answered, closed idle or slow, evicted for "
+                "a newer one, refused at the bound, wrong Host, client hung up)",
+                labels=["outcome"],
+            )
+            counts = getattr(source, "connection_counts", dict)()
+            for outcome, n in sorted(counts.items()):
+                http.add_metric([outcome], n)
+            yield http
 
     return FleetCollector()
 
 
 class WebServer:
-    """The HTTP side on its own thread; ``snapshot`` is swapped by the service's loop."""
+    """The HTTP side: one asyncio loop on its own thread (see the module docstring).
 
-    def __init__(self, listen: str, port: int) -> None:
-        from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
+    An open connection costs a descriptor and a few kilobytes, never a thread. A client has
+    ``timeout_s`` to send its request head and ``timeout_s`` to take the answer; at most
+    ``max_connections`` are open (also at most a quarter of the process's descriptor limit, so
+    that the broker and the database always find one): a new connection closes the oldest one
+    that has not sent its request yet, or is closed itself when every open one is being answered.
+    One request per connection (``Connection: close``). A request whose ``Host`` is not
+    localhost, an IP address, the listen address, this machine's name or one of
+    ``allowed_hosts`` gets 421 (DNS rebinding). A client that hangs up is counted, not logged.
+    ``snapshot`` and ``hub_status`` are swapped by the service's loop, read here.
+    """
+
+    def __init__(
+        self,
+        listen: str,
+        port: int,
+        *,
+        allowed_hosts: Iterable[str] = (),
+        max_connections: int = 64,
+        timeout_s: float = 10.0,
+    ) -> None:
+        from prometheus_client import (  # noqa: PLC0415 - the hub extra
+            CollectorRegistry,
+            ProcessCollector,
+            generate_latest,
+        )
 
         self.snapshot = FleetSnapshot()
+        self.hub_status: dict[str, Any] = {}
         self.registry = CollectorRegistry()
         self.registry.register(collector_for(self))
+        ProcessCollector(registry=self.registry)
         self._generate = generate_latest
-        self._slots = threading.BoundedSemaphore(MAX_REQUESTS)
-        self.requests = 0
-        self.refused = 0
-        page = resources.files("edge_agent_host.hubd").joinpath("web/index.html").read_bytes()
-        server = self
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.max_connections = max(2, min(max_connections, soft // 4))
+        self.timeout_s = timeout_s
+        self.allowed_hosts = frozenset(
+            h.lower().strip("[]")
+            for h in (*allowed_hosts, "localhost", listen, socket.gethostname())
+        )
+        self._counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
+        self._waiting: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
+        self._open = 0
+        self._page = resources.files("edge_agent_host.hubd").joinpath("web/index.html").read_bytes()
+        self._sock = socket.create_server((listen, port), backlog=128)
+        self.port = int(self._sock.getsockname()[1])
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="http", daemon=True)
 
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "edge-agent-hub"
+    # what the status shows -------------------------------------------------------------------
+    @property
+    def requests(self) -> int:
+        return self._counts["answered"]
 
-            def log_message(self, format: str, *args: Any) -> None:
-                logger.debug("http: %s", format % args)
+    @property
+    def refused(self) -> int:
+        return self._counts["refused"] + self._counts["evicted"]
 
-            def do_HEAD(self) -> None:
-                self._answer(head=True)
+    def connection_counts(self) -> dict[str, int]:
+        return dict(self._counts)
 
-            def do_GET(self) -> None:
-                self._answer(head=False)
-
-            def _answer(self, *, head: bool) -> None:
-                if not server._slots.acquire(blocking=False):
-                    server.refused += 1
-                    self._send(503, "text/plain", b"busy\n", head)
-                    return
-                try:
-                    server.requests += 1
-                    path, _, query = self.path.partition("?")
-                    if path == "/metrics":
-                        body = server._generate(server.registry)
-                        self._send(200, "text/plain; version=0.0.4; charset=utf-8", body, head)
-                    elif path == "/api/fleet.json":  # filtered and paged: fleet_view.py
-                        try:
-                            wanted = FleetQuery.parse(query)
-                        except ValueError as err:
-                            self._send(400, "text/plain", f"{err}\n".encode(), head)
-                        else:
-                            answer = fleet_page(server.snapshot.as_json(), wanted)
-                            self._send(200, "application/json", json.dumps(answer).encode(), head)
-                    elif path in ("/", "/index.html"):
-                        self._send(200, "text/html; charset=utf-8", page, head)
-                    elif path == "/healthz":
-                        self._send(200, "text/plain", b"ok\n", head)
-                    else:
-                        self._send(404, "text/plain", b"not found\n", head)
-                finally:
-                    server._slots.release()
-
-            def _send(self, code: int, kind: str, body: bytes, head: bool) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("X-Content-Type-Options", "nosniff")
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer((listen, port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
-
+    # life ------------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
+        self._ready.wait(10)
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self.httpd.shutdown()
+        loop, stopped = self._loop, self._stopped
+        if loop is not None and stopped is not None and self._thread.is_alive():
+            loop.call_soon_threadsafe(stopped.set)
             self._thread.join(10)
-        self.httpd.server_close()
+        self._sock.close()
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        server = await asyncio.start_server(self._connection, sock=self._sock, limit=_HEAD_LIMIT)
+        self._ready.set()
+        async with server:
+            await self._stopped.wait()
+            server.close()
+            for writer in list(self._waiting):
+                writer.transport.abort()
+
+    # one connection --------------------------------------------------------------------------
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open += 1
+        try:
+            if self._open > self.max_connections and not self._evict_one():
+                self._counts["refused"] += 1
+                writer.transport.abort()
+                return
+            self._waiting[writer] = None
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout_s)
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+                self._end_idle(writer)
+                return
+            except asyncio.LimitOverrunError:
+                self._waiting.pop(writer, None)
+                await self._reply(writer, 431, "text/plain", b"request head too large\n", False)
+                return
+            if self._waiting.pop(writer, "gone") == "gone":
+                writer.transport.abort()  # evicted after its request came in: it lost the race
+                return
+            await self._answer(writer, head)
+        finally:
+            self._open -= 1
+            self._waiting.pop(writer, None)
+
+    def _evict_one(self) -> bool:
+        """Close the oldest connection that has not sent a request; False when none is left."""
+        if not self._waiting:
+            return False
+        writer, _ = self._waiting.popitem(last=False)
+        self._counts["evicted"] += 1
+        writer.transport.abort()
+        return True
+
+    def _end_idle(self, writer: asyncio.StreamWriter) -> None:
+        if self._waiting.pop(writer, "gone") != "gone":
+            self._counts["timed_out"] += 1  # idle, slow, or hung up before its request
+        writer.transport.abort()
+
+    async def _answer(self, writer: asyncio.StreamWriter, head: bytes) -> None:
+        try:
+            request_line, *lines = head.decode("latin-1").split("\r\n")
+            method, target, _version = request_line.split(" ", 2)
+        except ValueError:
+            await self._reply(writer, 400, "text/plain", b"bad request\n", False)
+            return
+        headers = {}
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        head_only = method == "HEAD"
+        if method not in ("GET", "HEAD"):
+            await self._reply(writer, 501, "text/plain", b"only GET and HEAD\n", False)
+            return
+        if not self._host_allowed(headers.get("host")):
+            self._counts["wrong_host"] += 1
+            await self._reply(writer, 421, "text/plain", b"unknown Host\n", head_only)
+            return
+        path, _, query = target.partition("?")
+        if path == "/metrics":
+            body = self._generate(self.registry)
+            await self._reply(
+                writer, 200, "text/plain; version=0.0.4; charset=utf-8", body, head_only
+            )
+        elif path == "/api/fleet.json":  # filtered and paged: fleet_view.py
+            try:
+                wanted = FleetQuery.parse(query)
+            except ValueError as err:
+                await self._reply(writer, 400, "text/plain", f"{err}\n".encode(), head_only)
+                return
+            body = json.dumps(fleet_page(self.snapshot.as_json(), wanted)).encode()
+            await self._reply(writer, 200, "application/json", body, head_only)
+        elif path in ("/", "/index.html"):
+            await self._reply(writer, 200, "text/html; charset=utf-8", self._page, head_only)
+        elif path == "/healthz":
+            await self._reply(writer, 200, "text/plain", b"ok\n", head_only)
+        else:
+            await self._reply(writer, 404, "text/plain", b"not found\n", head_only)
+
+    def _host_allowed(self, host: str | None) -> bool:
+        if host is None:
+            return True  # HTTP/1.0 without Host: no browser sends that
+        name = host.lower()
+        if name.startswith("["):
+            name = name[1:].split("]", 1)[0]
+        elif name.count(":") == 1:
+            name = name.split(":", 1)[0]
+        if name in self.allowed_hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)  # an address is its own origin: no rebinding
+        except ValueError:
+            return False
+        return True
+
+    async def _reply(
+        self, writer: asyncio.StreamWriter, code: int, kind: str, body: bytes, head_only: bool
+    ) -> None:
+        reason = HTTPStatus(code).phrase
+        head = (
+            f"HTTP/1.1 {code} {reason}\r\n"
+            f"Server: edge-agent-hub\r\n"
+            f"Content-Type: {kind}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\n"
+            "X-Content-Type-Options: nosniff\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode("latin-1")
+        try:
+            writer.write(head if head_only else head + body)
+            await asyncio.wait_for(writer.drain(), self.timeout_s)
+        except (TimeoutError, ConnectionError, OSError):
+            self._counts["hung_up"] += 1
+            writer.transport.abort()
+            return
+        self._counts["answered"] += 1
+        writer.close()
