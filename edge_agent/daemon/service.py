@@ -758,6 +758,13 @@ class Daemon:
                 )
 
     # -- metrics --------------------------------------------------------------------------------
+    def _outbox_exposure(self) -> dict[str, object]:
+        """``uncommitted_rows`` and ``uncommitted_s`` of the outbox (telemetry, the status)."""
+        if self.uplink is None:
+            return {}
+        stats = self.uplink.outbox.stats()
+        return {k: stats[k] for k in ("uncommitted_rows", "uncommitted_s")}
+
     def _make_metrics(self) -> Metrics:
         """Every number the status file, telemetry and the Prometheus text file report."""
         metrics = Metrics()
@@ -793,6 +800,12 @@ class Daemon:
             lambda: {} if self.uplink is None else self.uplink.metrics(),
             help="fleet uplink",
             describe=metric_help.FLEET,
+        )
+        metrics.register(
+            "outbox",
+            self._outbox_exposure,
+            gauges=("*",),
+            help="outbox messages a crash would lose now",
         )
         metrics.register(
             "commands",

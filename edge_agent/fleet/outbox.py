@@ -699,7 +699,10 @@ class Outbox:
     def inflight(self) -> int:
         return len(self._inflight)
 
-    def stats(self) -> dict[str, int | bool]:
+    def stats(self) -> dict[str, int | float | bool]:
+        """Counters and depths; ``uncommitted_rows`` and ``uncommitted_s`` are what a crash
+        would lose now: relaxed messages neither acknowledged nor committed, and how long the
+        transaction holding them has been open."""
         return {
             "stored": self.stored,
             "sent": self.sent,
@@ -718,6 +721,9 @@ class Outbox:
             "volatile": self.volatile,
             "commit_failing": self.commit_failing,
             "uncommitted_rows": len(self._txn_live),
+            "uncommitted_s": round(time.monotonic() - self._txn_started, 1)
+            if self._txn_live
+            else 0.0,
             "commits": self.commits,
             "rollbacks": self.rollbacks,
         }

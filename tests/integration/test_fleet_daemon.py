@@ -392,6 +392,10 @@ def test_outbox_delivers_after_a_sigkill_during_an_outage(
     sent_telemetry = before["fleet"]["telemetry_published"]
     sent_events = before["fleet"]["events_published"]
     uncommitted = before["fleet"]["link"]["outbox.uncommitted_rows"]
+    # The exposure is in the status's counters (and so in telemetry and Prometheus) too.
+    assert before["counters"]["outbox.uncommitted_rows"] == uncommitted
+    age = before["counters"]["outbox.uncommitted_s"]
+    assert age >= 0.0 if uncommitted else age == 0.0
     heard_before = max(listener.telemetry_numbers("pi-02"), default=0)
     assert heard_before < sent_telemetry - 5
     # The daemon starts and ticks with the broker down: READY does not wait for it.

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -298,7 +297,7 @@ def web_hub(
     mosquitto: MosquittoBroker,
     nodes: list[Node],  # noqa: F811 - fixture
     hubs: list[Hub],  # noqa: F811 - fixture
-) -> Iterator[tuple[Hub, int, list[Node]]]:
+) -> tuple[Hub, int, list[Node]]:
     port = free_port()
     hub = Hub(tmp_path, "hub-web", mosquitto, sqlite_table())
     hub.config.write_text(

@@ -5,8 +5,9 @@ the broker and the node's outbox have forgotten it. So the listener appends ever
 holds to this spool *before* returning, and the service releases it once the database has it
 (written or refused) or the queue's overflow policy dropped it. A hub that is killed (SIGKILL,
 the systemd watchdog, the OOM killer) loses nothing it acknowledged: at the next start the
-records still in the spool are heard again (writes are idempotent: a message written just before
-the kill is not counted twice).
+records still in the spool are heard again. A segment is kept whole until every record in it is
+released, so a few records stored before the kill may be heard again too: the writes are
+idempotent, nothing is counted twice.
 
 Files: ``{state_dir}/spool/NNNNNNNNNN.spool``, appended to one at a time; a new segment starts
 when the current one passes :data:`SEGMENT_BYTES`. A segment whose every record was released is

@@ -73,18 +73,21 @@ class FleetSnapshot:
         }
 
 
-def _outbox_number(telemetry: Mapping[str, Any], key: str) -> float | None:
+def _outbox_depth(telemetry: Mapping[str, Any]) -> int | None:
     outbox = telemetry.get("outbox")
-    if isinstance(outbox, Mapping):
-        value = outbox.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return value
+    if isinstance(outbox, Mapping) and isinstance(outbox.get("depth_rows"), int):
+        return int(outbox["depth_rows"])
     return None
 
 
-def _outbox_depth(telemetry: Mapping[str, Any]) -> int | None:
-    depth = _outbox_number(telemetry, "depth_rows")
-    return None if depth is None else int(depth)
+def _counter(telemetry: Mapping[str, Any], key: str) -> float | None:
+    """A number of the telemetry's ``counters`` (the daemon's metrics), None when absent."""
+    counters = telemetry.get("counters")
+    if isinstance(counters, Mapping):
+        value = counters.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def health_of(node: Mapping[str, Any], now: float) -> str:
@@ -141,8 +144,9 @@ def build_snapshot(
             "outbox_depth": _outbox_depth(t),
             "bundles": bundles_of(birth),
             "deployment": deployments.get(row["node"]),
-            "outbox_uncommitted_rows": _outbox_number(t, "uncommitted_rows"),
-            "outbox_uncommitted_s": _outbox_number(t, "uncommitted_s"),
+            # What a crash of the node would lose now (its relaxed outbox commits).
+            "outbox_uncommitted_rows": _counter(t, "outbox.uncommitted_rows"),
+            "outbox_uncommitted_s": _counter(t, "outbox.uncommitted_s"),
         }
         node["health"] = health_of(node, now)
         nodes.append(node)
