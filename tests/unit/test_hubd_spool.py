@@ -3,6 +3,7 @@ with a deadline), with real files and real threads."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -13,6 +14,14 @@ import pytest
 from edge_agent_host.hubd import spool as spool_module
 from edge_agent_host.hubd.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hubd.spool import Spool, SpoolRecord
+
+
+def killed(spool: Spool) -> None:
+    """What the process's death does to a spool: its descriptors close (the lock goes), nothing
+    else happens (no fsync, no file removed)."""
+    for fd in (spool._fd, spool._lock_fd):
+        if fd >= 0:
+            os.close(fd)
 
 
 def record(n: int, topic: str = "ea/v1/f/node/n1/telemetry") -> SpoolRecord:
@@ -28,7 +37,7 @@ def test_what_is_not_released_is_read_again_after_a_kill(
     segments = [first.append(record(n)) for n in range(10)]
     done = [s for s in segments if s < segments[4]]  # the first segments, stored entirely
     first.release(done)
-    # No close(): the process is killed. What is not released is in the files.
+    killed(first)  # no close(): what is not released is in the files
     second = Spool(tmp_path / "spool")
     left = second.open()
     replayed = [r for _, r in left]
@@ -41,6 +50,17 @@ def test_what_is_not_released_is_read_again_after_a_kill(
     assert second.pending() == 0
     second.close()
     assert list((tmp_path / "spool").glob("*.spool")) == []
+
+
+def test_one_process_per_spool(tmp_path: Path) -> None:
+    first = Spool(tmp_path / "spool")
+    first.open()
+    with pytest.raises(OSError, match="another edge-agent-hub process uses this spool"):
+        Spool(tmp_path / "spool").open()
+    first.close()
+    again = Spool(tmp_path / "spool")
+    assert again.open() == []
+    again.close()
 
 
 def test_a_released_spool_stays_small_and_full_segments_go(
@@ -67,6 +87,7 @@ def test_a_torn_last_record_ends_the_replay_and_is_counted(tmp_path: Path) -> No
     path = next((tmp_path / "spool").glob("*.spool"))
     data = path.read_bytes()
     path.write_bytes(data[:-2])  # a power cut in the middle of the last record
+    killed(spool)
     again = Spool(tmp_path / "spool")
     left = again.open()
     assert [r for _, r in left] == [record(0), record(1)]

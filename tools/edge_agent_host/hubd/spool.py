@@ -28,6 +28,7 @@ service says so in its status and log.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -70,6 +71,7 @@ class Spool:
         self._lock = threading.Lock()
         self._pending: dict[int, int] = {}
         self._fd = -1
+        self._lock_fd = -1
         self._segment = 0
         self._size = 0
         self._unsynced = 0
@@ -86,10 +88,18 @@ class Spool:
 
     # start: what a previous process left -------------------------------------------------------
     def open(self) -> list[tuple[int, SpoolRecord]]:
-        """Create the directory, read what earlier runs left (``(segment, record)``, oldest
-        first; each stays pending until released) and open a new segment for appends.
-        Raises OSError when the directory cannot be made or read."""
+        """Create and lock the directory, read what earlier runs left (``(segment, record)``,
+        oldest first; each stays pending until released) and open a new segment for appends.
+        Raises OSError when the directory cannot be made or read, or another process holds
+        it."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise OSError(err.errno, "another edge-agent-hub process uses this spool") from err
         left: list[tuple[int, SpoolRecord]] = []
         for number, path in self._segments():
             count = 0
@@ -257,6 +267,9 @@ class Spool:
                 self._fd = -1
             if not self._pending.get(self._segment):
                 self._path(self._segment).unlink(missing_ok=True)
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # and with it the lock
+                self._lock_fd = -1
 
     # reading ---------------------------------------------------------------------------------
     def pending(self) -> int:
