@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
 from edge_agent.fleet.protocol import Envelope, Event, EventKind, NodeState, Telemetry
 from edge_agent_host.hubd.queue import Heard, HeldMessages
+from edge_agent_host.hubd.spool import Spool, SpoolRecord
 
 TEL = Telemetry(
     uptime_s=1.0,
@@ -107,3 +109,35 @@ def test_wait_wakes_on_put() -> None:
 def test_bounds_must_be_positive() -> None:
     with pytest.raises(ValueError, match="bounds"):
         HeldMessages(0, 10)
+
+
+def test_with_a_spool_what_leaves_the_queue_for_good_leaves_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    q = HeldMessages(4, 1 << 20, spool)
+
+    def put(kind: str, n: int) -> bool:
+        return q.put(item(kind, n), SpoolRecord(f"t/{n}", b"x" * 10, False, float(n)))
+
+    assert [put("telemetry", n) for n in range(6)] == [True] * 4 + [False] * 2
+    assert spool.pending() == 4  # the two dropped ones are released at once
+    assert put("event", 6)  # evicts the oldest telemetry: released too
+    assert spool.pending() == 4
+    assert q.stats()["memory_only"] == 0
+    batch = q.take(3)
+    q.give_back(batch[2:])  # not written: still pending
+    q.done(batch[:2])
+    assert spool.pending() == 2
+    assert len(q) == 2
+    spool.close()
+
+
+def test_without_a_spool_every_held_message_is_memory_only() -> None:
+    q = HeldMessages(100, 1 << 20)
+    for n in range(5):
+        assert q.put(item("telemetry", n))
+    assert q.stats()["memory_only"] == 5
+    batch = q.take(2)
+    assert q.stats()["memory_only"] == 5  # taken, not yet stored: still exposed
+    q.done(batch)
+    assert q.stats()["memory_only"] == 3
