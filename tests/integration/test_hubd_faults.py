@@ -176,6 +176,9 @@ def test_a_hung_or_stopped_postgresql_neither_freezes_the_hub_nor_loses_what_it_
         assert held["exposure"]["held"] == held["queue"]["depth"] > 0
         assert held["exposure"]["lost_if_killed"] == 0
         assert held["spool"]["pending"] >= held["queue"]["depth"]
+        out = hub.cli("status")  # the database part times out (connect_timeout_s), the rest shows
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "a kill would lose 0," in out.stdout, out.stdout
 
         assert hub.proc is not None
         hub.proc.kill()  # what systemd did when the watchdog starved: nothing is lost now

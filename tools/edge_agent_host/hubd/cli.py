@@ -355,6 +355,13 @@ def format_status(s: dict[str, Any]) -> str:
             f"dropped {q['dropped']}, telemetry evicted {q['evicted_telemetry']}",
             f"  dropped    {s['dropped_malformed']} malformed, {s['dropped_forged']} forged",
         ]
+        x = s.get("exposure")
+        if x is not None:  # what a crash would cost now (docs/hub.md)
+            lines.append(
+                f"  exposure   {x['held']} acknowledged, not stored: a kill would lose "
+                f"{x['lost_if_killed']}, a power cut {x['lost_if_power_cut']} "
+                f"(unsynced for {x['unsynced_s']:.1f} s)"
+            )
         heard = {k.split(".", 1)[1]: n for k, n in s["heard"].items() if k.startswith("received.")}
         lines.append(
             "  heard      " + (", ".join(f"{k} {n}" for k, n in sorted(heard.items())) or "nothing")
