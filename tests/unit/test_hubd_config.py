@@ -75,7 +75,12 @@ sslmode = "verify-full"
     assert db.password_file == tmp_path / "secret" / "db-password"
     assert source.config.hub.state_dir == tmp_path / "state"
     assert source.config.sqlite_path is None
-    assert "postgresql edge_agent_hub@db.site.lan:5432/edge_agent_hub" in describe_config(source)
+    described = describe_config(source)
+    assert "postgresql edge_agent_hub@db.site.lan:5432/edge_agent_hub" in described
+    assert "deadline 30 s a call" in described
+    assert f"spooled to {tmp_path / 'state' / 'spool'} (fsync every 1 s)" in described
+    path.write_text(path.read_text() + "\n[queue]\nspool = false\n")
+    assert "in memory only (no spool" in describe_config(load_hub_config(path))
 
 
 def test_problems_are_reported_at_their_lines() -> None:

@@ -195,9 +195,15 @@ def describe_config(source: HubConfigFile) -> str:
             f"{c.hub.status_path}",
             f"  mqtt: {mqtt.host}:{mqtt.port}{' (TLS)' if mqtt.tls.enabled else ''}, fleet "
             f"{mqtt.fleet!r}{share}",
-            f"  database: {where}",
+            f"  database: {where}, deadline {db.operation_deadline_s:g} s a call",
             f"  queue: {c.queue.max_messages} messages / {c.queue.max_bytes // 2**20} MiB, "
-            f"batches of {c.queue.batch_max}",
+            f"batches of {c.queue.batch_max}, "
+            + (
+                f"spooled to {c.hub.state_dir / 'spool'} (fsync every "
+                f"{c.queue.spool_sync_interval_s:g} s)"
+                if c.queue.spool
+                else "in memory only (no spool: a killed hub loses what it holds)"
+            ),
             f"  telemetry: raw {r.telemetry_raw_s:g} s, then one point per "
             f"{r.telemetry_step_s:g} s, kept {r.telemetry_keep_s / 86400:g} d, at most "
             f"{r.telemetry_max_rows_per_node} rows per node",
