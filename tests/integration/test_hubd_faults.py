@@ -379,6 +379,24 @@ def test_early_hang_ups_are_quiet_and_a_foreign_host_is_refused(
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         sock.close()
     assert http_get(f"http://127.0.0.1:{port}/healthz") == (200, b"ok\n")
+    # A slow client (a byte now and then, never a whole request head) is closed by timeout_s.
+    timed_out = hub.status()["http"]["connections"]["timed_out"]
+    slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        closed = False
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"y" * 200:
+            try:
+                slow.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.5)
+        assert closed, "a client that never finished its request was kept for 100 s"
+    finally:
+        slow.close()
+    hub.wait_status(
+        lambda s: s["http"]["connections"]["timed_out"] > timed_out, "the slow client timed out"
+    )
     assert http_get(f"http://127.0.0.1:{port}/", host="evil.example")[0] == 421
     assert http_get(f"http://127.0.0.1:{port}/", host="localhost")[0] == 200
     log = hub.log()
