@@ -4,9 +4,11 @@ unreachable (status, metrics, a log line per report interval) and writes them af
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 from msgspec.structs import replace
 
 from edge_agent.bundle.signing import TrustedKeys, key_id, sign_bytes
+from edge_agent.daemon.systemd import SdNotifier
 from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.fleet.protocol import (
     Command,
@@ -47,7 +50,16 @@ class _Switch:
     def execute(self, sql: str, params: Any = ()) -> Any:
         if self._engine.down:
             raise sqlite3.OperationalError("the server closed the connection (test)")
+        if self._engine.hanging.is_set():  # a stopped server: no answer until aborted
+            self._engine.released.wait(60)
+            raise sqlite3.OperationalError("the connection was shut down (test)")
+        if self._engine.full and sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            raise sqlite3.OperationalError("database or disk is full")
         return self._conn.execute(sql, params)
+
+    def interrupt(self) -> None:
+        self._engine.released.set()
+        self._conn.interrupt()
 
     def cursor(self) -> Any:
         if self._engine.down:
@@ -60,6 +72,12 @@ class _Switch:
 
 class SwitchableEngine(SqliteEngine):
     down = False
+    full = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hanging = threading.Event()
+        self.released = threading.Event()
 
     def connect(self) -> Any:
         if self.down:
@@ -94,7 +112,12 @@ class Node:
 
 
 def make_service(
-    tmp_path: Path, broker: MemoryBroker, *, max_messages: int = 100_000, **kwargs: Any
+    tmp_path: Path,
+    broker: MemoryBroker,
+    *,
+    max_messages: int = 100_000,
+    deadline_s: float = 30.0,
+    **kwargs: Any,
 ) -> tuple[HubService, SwitchableEngine]:
     text = f"""
 [hub]
@@ -113,6 +136,7 @@ max_messages = {max_messages}
 type = "sqlite"
 reconnect_initial_s = 0.05
 reconnect_max_s = 0.1
+operation_deadline_s = {deadline_s}
 """
     config = parse_hub_config(text, "hub.toml").config
     path = config.sqlite_path
@@ -322,3 +346,85 @@ def test_stop_with_the_database_down_says_what_it_could_not_write(
     assert "stopping with 5 held messages not written" in caplog.text
     on_file = (tmp_path / "state" / "status.json").read_text()
     assert '"lost_at_stop": 5' in on_file
+
+
+class CountingNotifier(SdNotifier):
+    """sd_notify without a socket: keeps when each watchdog ping would have gone."""
+
+    def __init__(self) -> None:
+        super().__init__(env={})
+        self.pings: list[float] = []
+
+    def watchdog(self) -> bool:
+        self.pings.append(time.monotonic())
+        return True
+
+
+def test_a_hung_database_call_is_an_outage_and_the_loop_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent_host.hubd")
+    broker = MemoryBroker()
+    notifier = CountingNotifier()
+    service, engine = make_service(tmp_path, broker, notifier=notifier, deadline_s=2.0)
+    service.start()
+    node = Node(broker, "n1")
+    node.send(TOPICS.birth("n1"), birth(), retain=True)
+    run_until(service, lambda: service.db.written == 1, "the birth")
+
+    engine.hanging.set()
+    hung_at = time.monotonic()
+    for _ in range(10):
+        node.send(TOPICS.telemetry("n1"), telemetry_body())
+    run_until(service, lambda: service.state is State.DEGRADED, "the overdue call noticed")
+    status = service.status()
+    assert status["database"]["overdue"] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("database unreachable: no answer within 2 s" in w for w in warnings), warnings
+    assert status["queue"]["depth"] == 10  # held, in order, none lost
+    assert engine.released.is_set()  # the connection was aborted, the call came back
+    started = time.monotonic()
+    while time.monotonic() - started < 5.0:  # the loop keeps its rhythm meanwhile
+        service.step(wait_s=0.02)
+    pings = [t for t in notifier.pings if t >= hung_at]
+    assert len(pings) >= 2
+    # Pinged every 2 s throughout (a loop blocked in the driver would not ping at all).
+    assert max(b - a for a, b in itertools.pairwise([hung_at, *pings])) < 10.0
+
+    engine.hanging.clear()
+    engine.released.clear()
+    run_until(service, lambda: service.state is State.RUNNING and not service.queue, "recovery")
+    assert count(service.db, "telemetry") == 10
+    assert service.status()["database"]["outages"] == 1
+    service.request_stop()
+    service.shutdown()
+
+
+def test_a_database_that_opens_but_cannot_write_is_one_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent_host.hubd")
+    broker = MemoryBroker()
+    service, engine = make_service(tmp_path, broker)
+    service.start()
+    node = Node(broker, "n1")
+    node.send(TOPICS.birth("n1"), birth(), retain=True)
+    run_until(service, lambda: service.db.written == 1, "the birth")
+
+    engine.full = True  # a full disk: connections open, writes fail
+    node.send(TOPICS.telemetry("n1"), telemetry_body())
+    run_until(service, lambda: service.state is State.DEGRADED, "the failed write")
+    opens = service.db.opens
+    run_until(service, lambda: service.db.opens >= opens + 5, "several reconnections")
+    assert service.status()["database"]["outages"] == 1
+    assert service.state is State.DEGRADED  # a connection that opens does not end the outage
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("database unreachable:" in m for m in messages) == 1
+    assert not any("is back after" in m for m in messages)
+
+    engine.full = False
+    run_until(service, lambda: service.state is State.RUNNING and not service.queue, "recovery")
+    assert service.status()["database"]["outages"] == 1
+    assert sum("is back after" in r.getMessage() for r in caplog.records) == 1
+    service.request_stop()
+    service.shutdown()
