@@ -34,6 +34,8 @@ def node(**over: Any) -> dict[str, Any]:
         "tick_p99_ms": 9.0,
         "cpu_temp_c": 55.0,
         "outbox_depth": 0,
+        "outbox_uncommitted_rows": 3,
+        "outbox_uncommitted_s": 1.5,
     }
     base.update(over)
     base["health"] = health_of(base, NOW)
@@ -145,6 +147,9 @@ def test_a_snapshot_becomes_these_metrics() -> None:
     assert values[("edge_agent_hub_node_online", (("node", "pi-2"),))] == 0
     assert ("edge_agent_hub_node_tick_p99_seconds", (("node", "pi-2"),)) not in values
     assert ("edge_agent_hub_node_cpu_temperature_celsius", (("node", "pi-2"),)) not in values
+    uncommitted = "edge_agent_hub_node_outbox_uncommitted_messages"
+    assert values[(uncommitted, (("node", "pi-1"),))] == 3
+    assert values[("edge_agent_hub_node_outbox_uncommitted_seconds", (("node", "pi-1"),))] == 1.5
 
 
 def test_the_hubs_own_numbers_become_these_metrics() -> None:
