@@ -373,11 +373,15 @@ def test_early_hang_ups_are_quiet_and_a_foreign_host_is_refused(
     web_hub: tuple[Hub, int, list[Node]],
 ) -> None:
     hub, port, _fleet = web_hub
+    before = sum(hub.status()["http"]["connections"].values())
     for _ in range(200):  # ask for /metrics and hang up at once (RST): no traceback each
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         sock.close()
+    hub.wait_status(  # every one of them ended (answered, hung up or closed), none left open
+        lambda s: sum(s["http"]["connections"].values()) >= before + 200, "the burst handled"
+    )
     assert http_get(f"http://127.0.0.1:{port}/healthz") == (200, b"ok\n")
     # A slow client (a byte now and then, never a whole request head) is closed by timeout_s.
     timed_out = hub.status()["http"]["connections"]["timed_out"]
