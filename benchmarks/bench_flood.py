@@ -8,7 +8,7 @@ second client floods the node's command topic with unsigned pings at ``--rate`` 
 the same forgery as the test). One JSON line with both distributions and their ratios (same
 process, same daemon, same broker: the ratio is what to compare across machines and commits)::
 
-    python benchmarks/bench_flood.py [--pings 100] [--rate 1500] [--quick]
+    python benchmarks/bench_flood.py [--pings 100] [--rate 1500] [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=100)
     parser.add_argument("--rate", type=float, default=1500.0, help="forged commands a second")
     parser.add_argument("--quick", action="store_true", help="30 pings")
+    parser.add_argument("--smoke", action="store_true", help="5 pings, for CI")
     args = parser.parse_args()
-    n = 30 if args.quick else args.pings
+    n = 5 if args.smoke else 30 if args.quick else args.pings
 
     from edge_agent_host.hub import HubClient
     from edge_agent_host.keys import generate_keypair, load_signing_key

@@ -14,7 +14,7 @@ postgres.py``). One JSON object per line:
    said ``degraded``, what the hub held and the spool replayed, and the messages published,
    stored (distinct) and lost.
 
-    python benchmarks/bench_hub_faults.py [--idle 1000] [--rate 200] [--hang 10] [--quick]
+    python benchmarks/bench_hub_faults.py [--idle 1000] [--rate 200] [--hang 10] [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -317,6 +317,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="telemetry a second")
     parser.add_argument("--hang", type=float, default=10.0, help="seconds hung before the kill")
     parser.add_argument("--quick", action="store_true", help="200 idle clients, a 5 s hang")
+    parser.add_argument("--smoke", action="store_true", help="20 idle clients, a 2 s hang, CI")
     parser.add_argument("--only", choices=("idle_http", "hung_db"), action="append")
     args = parser.parse_args()
     only = set(args.only or ("idle_http", "hung_db"))
@@ -327,9 +328,11 @@ def main() -> int:
         broker.start()
         try:
             if "idle_http" in only:
-                bench_idle_http(root, broker, 200 if args.quick else args.idle)
+                idle = 20 if args.smoke else 200 if args.quick else args.idle
+                bench_idle_http(root, broker, idle)
             if "hung_db" in only:
-                bench_hung_db(root, broker, args.rate, 5.0 if args.quick else args.hang)
+                hang = 2.0 if args.smoke else 5.0 if args.quick else args.hang
+                bench_hung_db(root, broker, args.rate, hang)
         finally:
             broker.kill()
     return 0

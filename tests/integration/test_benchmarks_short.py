@@ -72,6 +72,14 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "render"}, ("first_page", "all_rows", "browser")),
         ({"bench": "hub"}, ("hub_rss_peak_mb",)),
     ],
+    "bench_flood.py": [
+        ({"bench": "flood_latency"}, ("unflooded_p50_ms", "flooded_p50_ms", "ratio_p50")),
+    ],
+    "bench_hub_faults.py": [
+        ({"bench": "machine"}, ("cpus",)),
+        ({"bench": "idle_http"}, ("idle_clients", "ratio", "connections")),
+        ({"bench": "hung_db"}, ("degraded_after_s", "watchdog_max_gap_s", "lost")),
+    ],
     "bench_hub_scale.py": [
         ({"bench": "setup", "nodes": 20}, ("bundle_bytes",)),
         ({"bench": "registry"}, ("first_s", "after_restart_s", "hub_rss_peak_mb")),

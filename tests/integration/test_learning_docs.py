@@ -36,7 +36,7 @@ def test_the_python_block_runs_and_learns(tmp_path: Path) -> None:
 
 def test_the_replay_block_learns_the_reversal(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    block = doc_block(DOC, 0)
+    block = doc_block("docs/learning.md", 0)
     result = run(["bash", "-euo", "pipefail", "-c", block], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "learned pA1" in result.stdout
