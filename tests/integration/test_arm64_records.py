@@ -71,7 +71,8 @@ def test_the_image_block_forms_are_what_test_docker_runs() -> None:
     assert any(c.startswith("docker exec edge-agent edge-agent status --status-file "
                             "/var/lib/edge-agent/status.json") for c in block)
     script = (ROOT / "scripts" / "test-docker").read_text()
-    assert "--config /etc/edge-agent/config.toml" in script
+    assert "CONFIG=/etc/edge-agent/config.toml" in script
+    assert ':$CONFIG:ro" -- --config "$CONFIG"' in script  # the mounted config, then --config
     assert "edge-agent status --status-file" in (ROOT / "Dockerfile.arm64").read_text()
     s = summary(cache_dir() / "docker" / "summary.json", "scripts/test-docker")
     assert s["config"]["healthy_s"] > 0
