@@ -73,7 +73,9 @@ def test_the_image_block_forms_are_what_test_docker_runs() -> None:
     script = (ROOT / "scripts" / "test-docker").read_text()
     assert "CONFIG=/etc/edge-agent/config.toml" in script
     assert ':$CONFIG:ro" -- --config "$CONFIG"' in script  # the mounted config, then --config
-    assert "edge-agent status --status-file" in (ROOT / "Dockerfile.arm64").read_text()
+    assert '["edge-agent", "status", "--status-file", "/var/lib/edge-agent/status.json"]' in (
+        ROOT / "Dockerfile.arm64"
+    ).read_text()  # the HEALTHCHECK
     s = summary(cache_dir() / "docker" / "summary.json", "scripts/test-docker")
     assert s["config"]["healthy_s"] > 0
     assert s["demo"]["healthy_s"] > 0
