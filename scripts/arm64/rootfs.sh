@@ -1,18 +1,23 @@
 # shellcheck shell=bash disable=SC2034  # a library: its variables are for the scripts that source it
-# Sourced, not run: a cached Debian Bookworm root made by debootstrap, and running commands in it
-# as root (chroot; qemu-user through binfmt_misc when the root's architecture is not the host's).
-# Shared by scripts/test-arm64, scripts/build-deb and scripts/test-deb.
+# Sourced, not run: a cached Debian root (trixie or bookworm) made by debootstrap, and running
+# commands in it as root (chroot; qemu-user through binfmt_misc when the root's architecture is not
+# the host's). Shared by scripts/test-arm64, scripts/build-deb, scripts/test-deb and
+# scripts/test-py313.
 #
 # The caller sets, before sourcing:
 #   REPO          the repository root
 #   SCRIPT_NAME   prefix of every message ("test-arm64")
 #   MAKE_TARGET   the make target that runs the script, for the "must run as root" hint
 #   ROOTFS_ARCH   arm64 (default) or amd64: the Debian architecture of the root
+#   SUITE         trixie (default: Debian 13, today's Raspberry Pi OS, Python 3.13) or bookworm
+#                 (Debian 12, Python 3.11)
+#   ROOTFS_FLAVOR optional: a root of other contents beside the plain one (test-py313: "py313"),
+#                 with its own INCLUDE
 # and may change ROOT afterwards: the directory commands run in and mounts go to. It starts as the
 # cached root itself; build-deb and test-deb point it at an overlay of the cache (overlay_root),
 # so the cache stays as debootstrap and test-arm64 left it. A script that uses roots of both
-# architectures in turn (test-deb) switches with use_rootfs_arch, each root cached apart
-# ($CACHE/<arch>-rootfs, <arch>-pip, <arch>.lock).
+# suites or architectures in turn (test-deb) switches with use_root, each root cached apart
+# ($CACHE/<suite>-<arch>-rootfs and <suite>-<arch>.lock; pip's cache $CACHE/<arch>-pip).
 #
 # Environment:
 #   EDGE_AGENT_ARM64_CACHE   cache directory (default: .cache in the repo; CI: outside the clone)
@@ -25,8 +30,9 @@
 MAKE_TARGET="${MAKE_TARGET:-$SCRIPT_NAME}"
 HELPERS="$REPO/scripts/arm64"
 CACHE="${EDGE_AGENT_ARM64_CACHE:-$REPO/.cache}"
-SUITE=bookworm
-INCLUDE=python3,python3-venv,python3-pip,ca-certificates,passwd
+SUITE="${SUITE:-trixie}"
+INCLUDE="${INCLUDE:-python3,python3-venv,python3-pip,ca-certificates,passwd}"
+ROOTFS_FLAVOR="${ROOTFS_FLAVOR:-}"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # The same paths, user and extras as Dockerfile.arm64, systemd/edge-agent.service and the .deb.
 VENV=/opt/edge-agent/venv
@@ -57,27 +63,40 @@ host_arch() {
 
 emulated() { [ "$ROOTFS_ARCH" != "$(host_arch)" ]; }
 
-use_rootfs_arch() {
-    # use_rootfs_arch ARCH: the root of Debian architecture ARCH (arm64 or amd64) from now on:
-    # its cache paths, its key, and ROOT pointing at the cached root. Call it with nothing
-    # mounted (unmount_all first) and, between two roots, after unlock_cache.
+suite_version() {
+    # The Debian release number of a suite: the "+debN" of the packages built for it.
     case "$1" in
-        arm64 | amd64) ;;
-        *) die "unsupported root architecture '$1'" "use arm64 or amd64." ;;
+        bookworm) echo 12 ;;
+        trixie) echo 13 ;;
+        *) die "unsupported suite '$1'" "use trixie (Debian 13) or bookworm (Debian 12)." ;;
     esac
-    ROOTFS_ARCH="$1"
+}
+
+use_root() {
+    # use_root SUITE ARCH: the root of Debian SUITE (trixie or bookworm) and architecture ARCH
+    # (arm64 or amd64) from now on: its cache paths, its key, and ROOT pointing at the cached
+    # root. Call it with nothing mounted (unmount_all first) and, between two roots, after
+    # unlock_cache.
+    suite_version "$1" >/dev/null
+    case "$2" in
+        arm64 | amd64) ;;
+        *) die "unsupported root architecture '$2'" "use arm64 or amd64." ;;
+    esac
+    SUITE="$1"
+    ROOTFS_ARCH="$2"
     if emulated && [ "$ROOTFS_ARCH" != arm64 ]; then
         die "a $ROOTFS_ARCH root on a $(host_arch) host is not supported" \
             "only arm64 is emulated (qemu-aarch64); build $ROOTFS_ARCH on a $ROOTFS_ARCH machine."
     fi
-    ROOTFS="$CACHE/$ROOTFS_ARCH-rootfs"
+    ROOTFS_NAME="$SUITE-$ROOTFS_ARCH${ROOTFS_FLAVOR:+-$ROOTFS_FLAVOR}"
+    ROOTFS="$CACHE/$ROOTFS_NAME-rootfs"
     ROOT="$ROOTFS"
     PIP_CACHE="$CACHE/$ROOTFS_ARCH-pip"
     # What the cached root was built from; a root with another key is rebuilt.
     ROOTFS_KEY="edge-agent-$ROOTFS_ARCH-rootfs v1 $SUITE $ROOTFS_ARCH minbase $INCLUDE"
     ROOTFS_STAMP="$ROOTFS/.edge-agent-rootfs"
 }
-use_rootfs_arch "${ROOTFS_ARCH:-arm64}"
+use_root "$SUITE" "${ROOTFS_ARCH:-arm64}"
 
 # ------------------------------------------------------------------------------------ mounts
 MOUNTS=()
@@ -234,9 +253,9 @@ lock_cache() {
     # One user of the cached root at a time: two would share (and delete) the same root. The lock
     # is held on fd 9 until the process exits.
     mkdir -p "$CACHE"
-    exec 9>"$CACHE/$ROOTFS_ARCH.lock"
+    exec 9>"$CACHE/$ROOTFS_NAME.lock"
     flock -n 9 || {
-        log "another script holds $CACHE/$ROOTFS_ARCH.lock; waiting"
+        log "another script holds $CACHE/$ROOTFS_NAME.lock; waiting"
         flock 9
     }
 }
@@ -303,14 +322,14 @@ build_rootfs() {
     # In its own process group and waited for, like in_root, so a signal stops it at once.
     setsid debootstrap --arch="$ROOTFS_ARCH" --variant=minbase --include="$INCLUDE" \
         --keyring="$KEYRING" "$SUITE" "$ROOTFS.partial" "$mirror" \
-        >"$CACHE/$ROOTFS_ARCH-debootstrap.log" 2>&1 &
+        >"$CACHE/$ROOTFS_NAME-debootstrap.log" 2>&1 &
     INNER_PID=$!
     local code=0
     wait "$INNER_PID" || code=$?
     INNER_PID=""
     if [ "$code" -ne 0 ]; then
-        tail -n 25 "$CACHE/$ROOTFS_ARCH-debootstrap.log" >&2
-        die "debootstrap failed; full log: $CACHE/$ROOTFS_ARCH-debootstrap.log" \
+        tail -n 25 "$CACHE/$ROOTFS_NAME-debootstrap.log" >&2
+        die "debootstrap failed; full log: $CACHE/$ROOTFS_NAME-debootstrap.log" \
             "if the second stage could not execute arm64 binaries, qemu's binfmt entry is broken:" \
             "cat $BINFMT/qemu-aarch64"
     fi
@@ -318,7 +337,7 @@ build_rootfs() {
     mv "$ROOTFS.partial" "$ROOTFS"
     echo "$ROOTFS_KEY" >"$ROOTFS_STAMP"
     ROOTFS_BUILD_S="$(since "$start")"
-    log "$ROOTFS_ARCH root built in ${ROOTFS_BUILD_S} s"
+    log "$SUITE $ROOTFS_ARCH root built in ${ROOTFS_BUILD_S} s"
 }
 
 prepare_rootfs() {
@@ -329,18 +348,18 @@ prepare_rootfs() {
     if [ "${EDGE_AGENT_ARM64_REBUILD:-0}" = 1 ] || ! rootfs_cached; then
         build_rootfs
     else
-        log "using cached $ROOTFS_ARCH root $ROOTFS"
+        log "using cached $SUITE $ROOTFS_ARCH root $ROOTFS"
     fi
     # Prove the root runs (binfmt + qemu + a sane Python); a broken cached root is rebuilt once.
     if ! in_root /usr/bin/python3 -c 'import ensurepip, ssl, venv' 2>/dev/null; then
         if [ "$ROOTFS_BUILD_S" != 0 ]; then
-            die "the fresh $ROOTFS_ARCH root cannot run python3$via" \
+            die "the fresh $SUITE $ROOTFS_ARCH root cannot run python3$via" \
                 "$(if emulated; then echo "binfmt entry: $(tr '\n' ' ' <"$BINFMT/qemu-aarch64")"; fi)"
         fi
-        log "cached $ROOTFS_ARCH root is broken; rebuilding"
+        log "cached $SUITE $ROOTFS_ARCH root is broken; rebuilding"
         build_rootfs
         in_root /usr/bin/python3 -c 'import ensurepip, ssl, venv' \
-            || die "the rebuilt $ROOTFS_ARCH root cannot run python3$via"
+            || die "the rebuilt $SUITE $ROOTFS_ARCH root cannot run python3$via"
     fi
 }
 
@@ -425,6 +444,6 @@ build_wheel_in_root() {
         . | tar -C /tmp/edge-agent-build/src -xf -"
     in_root "${PIP_ENV[@]}" "$VENV/bin/pip" wheel --no-deps -q -w /tmp/edge-agent-build/wheel \
         /tmp/edge-agent-build/src \
-        || die "building the edge-agent wheel in the $ROOTFS_ARCH root failed (see pip's output above)"
+        || die "building the edge-agent wheel in the $SUITE $ROOTFS_ARCH root failed (see pip's output above)"
     WHEEL="/tmp/edge-agent-build/wheel/$(cd "$ROOT/tmp/edge-agent-build/wheel" && ls edge_agent_runtime-*.whl)"
 }

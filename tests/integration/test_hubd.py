@@ -642,7 +642,7 @@ def test_the_shipped_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
     fake = tmp_path / "edge-agent-hub"
     fake.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
     fake.chmod(0o755)
-    text = unit_text().replace("/opt/edge-agent/venv/bin/edge-agent-hub run", f"{fake} run")
+    text = unit_text().replace("/opt/edge-agent-hub/venv/bin/edge-agent-hub run", f"{fake} run")
     assert f"ExecStart={fake} run --config /etc/edge-agent-hub/hub.toml" in text
     unit = tmp_path / "edge-agent-hub.service"
     unit.write_text(text, encoding="utf-8")

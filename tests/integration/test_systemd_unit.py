@@ -30,18 +30,25 @@ def systemd_analyze() -> str:
 
 
 def unit_with_fake_exec(tmp_path: Path, text: str) -> Path:
-    """``text`` with ExecStart pointing at an executable script (verify checks the binary)."""
+    """``text`` with ExecStart and ExecReload's config check pointing at executable scripts
+    (verify checks the binaries)."""
     fake = tmp_path / "edge-agentd"
-    fake.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
-    fake.chmod(0o755)
+    check = tmp_path / "edge-agent"
+    for script in (fake, check):
+        script.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+        script.chmod(0o755)
     lines = []
     for line in text.splitlines(keepends=True):
         if line.startswith("ExecStart="):
             _, _, args = line.partition(" ")
             lines.append(f"ExecStart={fake} {args}")
+        elif line.startswith("ExecReload=/opt/edge-agent/venv/bin/edge-agent "):
+            _, _, args = line.partition(" ")
+            lines.append(f"ExecReload={check} {args}")
         else:
             lines.append(line)
     assert any(line.startswith(f"ExecStart={fake} --config ") for line in lines)
+    assert any(line.startswith(f"ExecReload={check} check-config ") for line in lines)
     unit = tmp_path / "edge-agent.service"
     unit.write_text("".join(lines), encoding="utf-8")
     return unit

@@ -181,7 +181,7 @@ def test_check_config_and_run_refuse_files_they_cannot_read(
 def test_the_unit_runs_the_console_script_under_systemd_notify() -> None:
     unit = unit_text()
     assert "Type=notify" in unit
-    assert "ExecStart=/opt/edge-agent/venv/bin/edge-agent-hub run --config " in unit
+    assert "ExecStart=/opt/edge-agent-hub/venv/bin/edge-agent-hub run --config " in unit
     assert "RestartPreventExitStatus=2" in unit
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'edge-agent-hub = "edge_agent_host.hubd.cli:main"' in pyproject

@@ -307,13 +307,19 @@ def test_unit_has_the_required_settings() -> None:
     unit = dict(sections["Unit"])
     service = sections["Service"]
     settings = dict(service)
+    # Reload checks the config ExecStart names before it signals: a refused config fails
+    # `systemctl reload` instead of being reported as "Reloaded".
+    assert [v for k, v in service if k == "ExecReload"] == [
+        "/opt/edge-agent/venv/bin/edge-agent check-config /etc/edge-agent/config.toml",
+        "/bin/kill -HUP $MAINPID",
+    ]
+    assert settings["ExecStart"].endswith(" --config /etc/edge-agent/config.toml")
     assert unit["StartLimitIntervalSec"] == "300"
     assert unit["StartLimitBurst"] == "5"
     expected = {
         "Type": "notify",
         "NotifyAccess": "main",
         "ExecStart": "/opt/edge-agent/venv/bin/edge-agentd --config /etc/edge-agent/config.toml",
-        "ExecReload": "/bin/kill -HUP $MAINPID",
         "WatchdogSec": "30",
         "Restart": "on-failure",
         "RestartSec": "5",
