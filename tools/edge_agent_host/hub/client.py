@@ -16,10 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle.signing import key_id, sign_bytes
+from edge_agent.bundle.signing import key_id
 from edge_agent.fleet.comms.base import PublishHandle, Transport, TransportEventKind, reason_text
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
@@ -39,6 +38,7 @@ from edge_agent.fleet.protocol import (
     encode,
 )
 from edge_agent.fleet.topics import TopicKind, Topics
+from edge_agent_host.commands import new_command
 from edge_agent_host.hub.deploy import (
     DEFAULT_CHUNK_BYTES,
     BroadcastStats,
@@ -345,20 +345,12 @@ class HubClient:
         sign: bool = True,
     ) -> Command:
         """A command for ``node``, signed with the hub key (``sign=False``: deploy chunks)."""
-        unsigned = Command(
-            target=node,
-            nonce=os.urandom(16),
-            expires=time.time() + ttl_s,
-            key_id=self.key_id if sign else "",
-            name=name,
-            args=dict(args or {}),
-        )
-        if not sign:
-            return unsigned
-        if self.key is None:
+        if sign and self.key is None:
             raise HubError("signing a command needs a hub key (--key)")
-        signature = sign_bytes(self.key, unsigned.signing_bytes(self.fleet))
-        return msgspec.structs.replace(unsigned, signature=signature)
+        key = self.key if sign else None
+        return new_command(
+            node, name, args, fleet=self.fleet, key=key, key_id=self.key_id, ttl_s=ttl_s
+        )
 
     def send(self, cmd: Command, *, to: str | None = None) -> bytes:
         """Publish ``cmd`` on its target's command topic (``to``: another node's, which must

@@ -15,18 +15,17 @@ A publish the broker refuses (``0x87 not authorized``: an identity without the h
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle.signing import key_id, sign_bytes
+from edge_agent.bundle.signing import key_id
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import BundleChunk, Command, CommandResult
 from edge_agent.fleet.topics import TopicKind, Topics
+from edge_agent_host.commands import new_command
 from edge_agent_host.hub.errors import HubError
 from edge_agent_host.hubd.publisher import HubPublisher
 from edge_agent_host.hubd.rollout_store import RolloutStore
@@ -78,18 +77,11 @@ class ServiceDeployClient:
         ttl_s: float = 60.0,
         sign: bool = True,
     ) -> Command:
-        unsigned = Command(
-            target=node,
-            nonce=os.urandom(16),
-            expires=time.time() + ttl_s,
-            key_id=self.key_id if sign else "",
-            name=name,
-            args=dict(args or {}),
+        """A command for ``node``, signed with the hub key (``sign=False``: deploy chunks)."""
+        return new_command(
+            node, name, args, fleet=self.topics.fleet, key=self.key if sign else None,
+            key_id=self.key_id, ttl_s=ttl_s,
         )
-        if not sign:
-            return unsigned
-        signature = sign_bytes(self.key, unsigned.signing_bytes(self.topics.fleet))
-        return msgspec.structs.replace(unsigned, signature=signature)
 
     def _send(self, cmd: Command) -> bytes:
         self._publish(self.topics.command(cmd.target), cmd)
