@@ -53,13 +53,16 @@ EPS = 1e-16
 
 # -- pure kernels ---------------------------------------------------------------------------------
 def joint_states(qs: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
-    """``(N, S)`` outer product of the factor marginals per agent, C order over factors."""
+    """``(N, S)`` outer product of the factor marginals per agent, C order over factors.
+
+    Without ``out`` the result is read-only to the caller: for one factor it is ``qs[0]``
+    itself (no copy in the tick)."""
     n = qs[0].shape[0]
     joint = qs[0]
     for q in qs[1:]:
         joint = (joint[:, :, None] * q[:, None, :]).reshape(n, -1)
     if out is None:
-        return np.array(joint, copy=True)
+        return joint
     np.copyto(out, joint)
     return out
 
