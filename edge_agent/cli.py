@@ -183,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, daemon=daemon_section)
         source = dataclasses.replace(source, config=config)
     configure_logging(args.log_level or config.daemon.log_level)
-    from edge_agent.daemon.systemd import fault_dumps_to_journal
+    from edge_agent.service.systemd import fault_dumps_to_journal
 
     fault_dumps_to_journal()  # a watchdog kill's thread stacks at priority warning
     report = args.report_every if args.report_every is not None else (2.0 if args.demo else 0.0)
@@ -283,7 +283,7 @@ def _show_status(args: argparse.Namespace, *, final: bool) -> int:
     """Print the status; 0 while the daemon runs, 3 when it does not (stale, stopped, not
     found), 1 when the file cannot be read. With ``final`` false (``--wait`` will look again),
     nothing is printed unless the daemon runs."""
-    from edge_agent.daemon.discovery import pid_alive
+    from edge_agent.service.pids import pid_alive
 
     path, note = (args.status_file, "") if args.status_file else _find_status_file(args.config)
     status: dict[str, Any] | None = None
@@ -586,7 +586,7 @@ def cmd_static_unit(_args: argparse.Namespace) -> int:
 
 def cmd_unit(args: argparse.Namespace) -> int:
     from edge_agent.config.profiles import select_profile
-    from edge_agent.daemon.systemd import profile_dropin
+    from edge_agent.daemon.unit import profile_dropin
 
     try:
         print(profile_dropin(select_profile(args.profile), exec_start=args.exec_start), end="")

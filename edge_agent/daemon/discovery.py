@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.fsutil import write_atomic
+from edge_agent.service.pids import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -101,19 +102,6 @@ def withdraw(entry: Path | None) -> None:
     """Remove an entry written by :func:`announce` (at a clean stop)."""
     if entry is not None:
         entry.unlink(missing_ok=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with ``pid`` exists (it may belong to another user)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def running_daemons(directories: Sequence[Path] | None = None) -> list[RunningDaemon]:

@@ -1,7 +1,7 @@
 """What each of the daemon's numbers means, and the ones Prometheus names otherwise.
 
-One table per reader of the metrics registry (:mod:`edge_agent.daemon.metrics`), keyed like the
-reader's keys: a HELP text, or an :class:`~edge_agent.daemon.metrics.Export` where the key is
+One table per reader of the metrics registry (:mod:`edge_agent.service.metrics`), keyed like the
+reader's keys: a HELP text, or an :class:`~edge_agent.service.metrics.Export` where the key is
 renamed, scaled to a base unit, labelled or left out of the Prometheus file (it stays in the
 status file and telemetry under its key). ``docs/deployment.md`` lists the resulting names.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from edge_agent.daemon.metrics import Export
+from edge_agent.service.metrics import Export
 
 Described = dict[str, str | Export]
 

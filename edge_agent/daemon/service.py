@@ -61,12 +61,10 @@ from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
 from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.heap import release_free_heap
-from edge_agent.daemon.metrics import Metrics
 from edge_agent.daemon.rollout import Rollout
-from edge_agent.daemon.scheduler import Periodic, TickClock, TickStats
+from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.daemon.statelock import StateDirLock
-from edge_agent.daemon.systemd import SdNotifier, WatchdogGate
 from edge_agent.daemon.thermal import THROTTLED_GLOB, read_cpu_temp_c, read_firmware_flags
 from edge_agent.errors import (
     ConfigError,
@@ -75,6 +73,9 @@ from edge_agent.errors import (
     SnapshotError,
 )
 from edge_agent.recovery import Recovery, StateHealth
+from edge_agent.service.metrics import Metrics
+from edge_agent.service.periodic import Periodic
+from edge_agent.service.systemd import SdNotifier, WatchdogGate
 
 if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding

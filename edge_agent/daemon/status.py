@@ -26,12 +26,12 @@ from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
-from edge_agent.daemon.metrics import Metrics
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.fleet.deploy import DeployManager
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
 from edge_agent.recovery import StateHealth
+from edge_agent.service.metrics import Metrics
 from edge_agent.sim import format_summary
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled

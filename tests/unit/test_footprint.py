@@ -176,7 +176,7 @@ KEPT_OUT = (
     "shutil",  # cli: help sized without it; deploy: os.statvfs; fsutil: only to delete a tree
     "bz2",  # shutil's
     "lzma",  # shutil's
-    "socket",  # daemon.systemd: only when NOTIFY_SOCKET is set
+    "socket",  # service.systemd: only when NOTIFY_SOCKET is set
     "edge_agent.neural",  # daemon.groups: imported by neural and perception groups (is_neural)
     "edge_agent.sim.sensors",  # sim.registry: a world's module when the world is used
     "edge_agent.sim.explorer",

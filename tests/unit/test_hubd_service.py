@@ -17,7 +17,6 @@ import pytest
 from msgspec.structs import replace
 
 from edge_agent.bundle.signing import TrustedKeys, key_id, sign_bytes
-from edge_agent.daemon.systemd import SdNotifier
 from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.fleet.protocol import (
     Command,
@@ -30,6 +29,7 @@ from edge_agent.fleet.protocol import (
     encode,
 )
 from edge_agent.fleet.topics import Topics
+from edge_agent.service.systemd import SdNotifier
 from edge_agent_host.hubd.config import parse_hub_config
 from edge_agent_host.hubd.engines import SqliteEngine
 from edge_agent_host.hubd.service import HubService, State

@@ -11,9 +11,9 @@ import pytest
 
 from edge_agent.config.daemon import parse_config
 from edge_agent.daemon import metric_help
-from edge_agent.daemon.metrics import Export, Metrics, metric_name
 from edge_agent.daemon.service import Daemon
 from edge_agent.errors import ConfigError
+from edge_agent.service.metrics import Export, Metrics, metric_name
 
 # One sample line of the text exposition format 0.0.4: name, optional labels, a number.
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"'

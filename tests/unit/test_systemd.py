@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config.profiles import load_profiles
-from edge_agent.daemon import systemd
-from edge_agent.daemon.systemd import SdNotifier, WatchdogGate, profile_dropin
+from edge_agent.daemon import unit
+from edge_agent.daemon.unit import profile_dropin
+from edge_agent.service.systemd import SdNotifier, WatchdogGate
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_UNIT = REPO / "systemd" / "edge-agent.service"
@@ -160,7 +161,7 @@ def test_send_errors_are_counted_and_logged_once(
 ) -> None:
     n = SdNotifier(env={"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
     try:
-        with caplog.at_level(logging.DEBUG, logger="edge_agent.daemon.systemd"):
+        with caplog.at_level(logging.DEBUG, logger="edge_agent.service.systemd"):
             assert n.watchdog() is False
             assert n.watchdog() is False
             assert n.ready() is False
@@ -285,7 +286,7 @@ def test_shipped_defaults_are_the_pi4_2gb_profile_and_its_dropin() -> None:
     dropin = dict(parse_unit(profile_dropin(profiles["pi4-2gb"]))["Service"])
     assert dropin == {"MemoryHigh": settings["MemoryHigh"], "MemoryMax": settings["MemoryMax"],
                       "WatchdogSec": settings["WatchdogSec"] + "s"}
-    assert settings["ExecStart"] == systemd.SHIPPED_EXEC_START
+    assert settings["ExecStart"] == unit.SHIPPED_EXEC_START
     zero = dict(parse_unit(profile_dropin(profiles["pi-zero-2w"]))["Service"])
     assert zero == {"MemoryHigh": "144M", "MemoryMax": "160M", "WatchdogSec": "30s"}
 

@@ -46,14 +46,14 @@ from typing import Any, Final, TypeVar
 
 from edge_agent import __version__
 from edge_agent.bundle.signing import TrustedKeys
-from edge_agent.daemon.metrics import Metrics
-from edge_agent.daemon.scheduler import Periodic
-from edge_agent.daemon.systemd import SdNotifier
 from edge_agent.errors import EdgeAgentError, SignatureError
 from edge_agent.fleet.comms.base import Backoff, Transport
 from edge_agent.fleet.protocol import RebirthRequest
 from edge_agent.fleet.topics import Topics
 from edge_agent.fsutil import write_atomic
+from edge_agent.service.metrics import Metrics
+from edge_agent.service.periodic import Periodic
+from edge_agent.service.systemd import SdNotifier
 from edge_agent_host.hubd.config import (
     HubConfig,
     HubConfigFile,

@@ -1,4 +1,4 @@
-"""systemd integration without dependencies: sd_notify, a progress-based watchdog, the unit file.
+"""systemd integration without dependencies: sd_notify, a progress-based watchdog, fault dumps.
 
 * :class:`SdNotifier` speaks the ``sd_notify(3)`` datagram protocol over ``$NOTIFY_SOCKET``
   (a filesystem path, or the abstract namespace when it starts with ``@``). Every method is a
@@ -12,10 +12,9 @@
   ``warning``, so that ``journalctl -p warning`` shows the one trace that explains the kill
   (written to stderr they would be ``info``: faulthandler writes raw lines from a signal
   handler, without the ``<4>`` prefix every logged line has).
-* The unit is a static file (``edge_agent/data/edge-agent.service``, linked from
-  ``systemd/``; ``edge-agent systemd-unit`` prints it) with the Raspberry Pi 4 2 GB profile's
-  numbers; :func:`profile_dropin` (``edge-agent systemd-dropin --profile NAME``) writes what
-  differs per device into a drop-in.
+
+Both services use it: ``edge-agentd`` and ``edge-agent-hub``. The device daemon's unit file and
+its per-profile drop-in are :mod:`edge_agent.daemon.unit`.
 """
 
 from __future__ import annotations
@@ -30,18 +29,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import socket
 
-    from edge_agent.config.profiles import FirmwareProfile
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DROPIN_PATH",
     "JOURNAL_STDOUT",
-    "SHIPPED_EXEC_START",
     "SdNotifier",
     "WatchdogGate",
     "fault_dumps_to_journal",
-    "profile_dropin",
     "stderr_is_journal",
 ]
 
@@ -311,33 +305,3 @@ def fault_dumps_to_journal(
         _fault_stream.close()
     _fault_stream = stream
     return True
-
-
-# --- the unit file ---------------------------------------------------------------------------
-
-SHIPPED_EXEC_START = "/opt/edge-agent/venv/bin/edge-agentd --config /etc/edge-agent/config.toml"
-"""``ExecStart=`` of the shipped unit (``systemd/edge-agent.service``): the venv layout of
-``docs/deployment.md``."""
-
-DROPIN_PATH = "/etc/systemd/system/edge-agent.service.d/profile.conf"
-"""Where ``edge-agent systemd-dropin`` output goes on a device."""
-
-
-def profile_dropin(profile: FirmwareProfile, *, exec_start: str | None = None) -> str:
-    """A systemd drop-in for the static unit: the profile's memory limits (``MemoryHigh=``,
-    ``MemoryMax=``) and watchdog, and optionally another ``ExecStart=`` (a drop-in first clears
-    the unit's). Raises ``ValueError`` for a command systemd would misread."""
-    lines = [
-        f"# {DROPIN_PATH}: edge-agent systemd-dropin --profile {profile.name}",
-        "[Service]",
-        f"MemoryHigh={profile.memory_high_mb}M",
-        f"MemoryMax={profile.memory_max_mb}M",
-        f"WatchdogSec={profile.watchdog_interval_s:g}s",
-    ]
-    if exec_start is not None:
-        if not exec_start.strip() or any(ch in exec_start for ch in "\r\n\0"):
-            raise ValueError(f"exec_start must be one non-empty line, got {exec_start!r}")
-        if not exec_start.startswith("/"):
-            raise ValueError(f"exec_start must start with an absolute path, got {exec_start!r}")
-        lines += ["ExecStart=", f"ExecStart={exec_start}"]
-    return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
-"""One registry of the daemon's numbers, read three ways: status file, MQTT telemetry, Prometheus.
+"""One registry of a service's numbers, read three ways: status file, MQTT telemetry, Prometheus.
 
+Both services use it (``edge-agentd`` and ``edge-agent-hub``); the examples are the daemon's.
 Each part keeps its own counters where it counts them (the fleet uplink, the command processor,
 the deployment manager, the MQTT inboxes, the snapshot store ...) and registers a reader here
 under a prefix. :meth:`Metrics.values` flattens every reader into ``prefix.key`` numbers: the
@@ -128,7 +129,7 @@ def _labels(pairs: Iterable[tuple[str, str]]) -> str:
 
 
 class Metrics:
-    """The daemon's counters and gauges, by prefix (see the module docstring)."""
+    """A service's counters and gauges, by prefix (see the module docstring)."""
 
     def __init__(self) -> None:
         self._sources: list[_Source] = []
