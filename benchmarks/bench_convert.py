@@ -2,7 +2,7 @@
 
 For each family the float model is built here (no downloads): scikit-learn's bundled digits for
 the MLP, the logistic regression and the small CNN, the sensor world for the recurrent policies.
-Each is converted by ``edge_agent_host.convert_onnx.convert_onnx`` (defaults: ``--mode auto``,
+Each is converted by ``edge_agent_host.converters.onnx.convert_onnx`` (defaults: ``--mode auto``,
 per-channel weights, MinMax) and, for comparison, quantized by a plain call of onnxruntime's
 ``quantize_static`` with its defaults (QDQ, int8, per-tensor, MinMax, no pre-processing) and, for
 the recurrent families, ``quantize_dynamic``.
@@ -13,7 +13,7 @@ TensorFlow and torch, which are not project dependencies: run them from a separa
 
 * ``keras-mlp``, ``keras-cnn`` (digits as 8x8x1 frames), ``keras-lstm`` and ``keras-gru``
   (sensor windows): a
-  Keras model trained here (seeded), converted by ``edge_agent_host.convert_tflite`` in each of
+  Keras model trained here (seeded), converted by ``edge_agent_host.converters.tflite`` in each of
   its modes (``full-integer``, ``dynamic-range``, ``float16``), against TensorFlow's own
   ``TFLiteConverter`` as its guide shows it: post-training integer quantization with float
   fallback (``Optimize.DEFAULT`` and a representative data set, float inputs and outputs),
@@ -229,7 +229,7 @@ def tf_variant(kind: str, spec: dict[str, Any], ref: np.ndarray) -> dict[str, An
     """TensorFlow's own post-training quantization, as its guide sets the converter up."""
     import tensorflow as tf
 
-    from edge_agent_host.convert_tflite import tf_error_line
+    from edge_agent_host.converters.tflite import tf_error_line
 
     converter = tf.lite.TFLiteConverter.from_keras_model(spec["keras"])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -260,8 +260,8 @@ def tf_variant(kind: str, spec: dict[str, Any], ref: np.ndarray) -> dict[str, An
 
 
 def measure_keras(family: str, tmp: Path) -> dict[str, Any]:
-    from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds
-    from edge_agent_host.convert_tflite import convert_tflite, float_tflite_from_tensorflow
+    from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds
+    from edge_agent_host.converters.tflite import convert_tflite, float_tflite_from_tensorflow
 
     spec = keras_model(family, tmp)
     cal, held = tmp / f"{family}.cal.npz", tmp / f"{family}.held.npz"
@@ -393,7 +393,7 @@ def measure_method(family: str, method: str, tmp: Path, smoke: bool = False) -> 
     import onnxruntime
     from onnxruntime import quantization
 
-    from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx
+    from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds, convert_onnx
 
     spec = family_spec(family, tmp, smoke)
     ref = run(spec["path"], spec["heldout"], spec["output"])
@@ -436,7 +436,7 @@ def measure_method(family: str, method: str, tmp: Path, smoke: bool = False) -> 
 
 
 def measure(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
-    from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx
+    from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds, convert_onnx
 
     if family in TF_FAMILIES:
         return measure_keras(family, tmp)

@@ -49,7 +49,7 @@ from edge_agent.neural.backends import get_backend  # noqa: E402
 from edge_agent.neural.groups import NeuralAgentGroup  # noqa: E402
 from edge_agent.sim.sensors import SensorWorld  # noqa: E402
 from edge_agent_host.builders import Layers, mlp_onnx, sensor_policy  # noqa: E402
-from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds  # noqa: E402
+from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds  # noqa: E402
 
 FEATURES = 8
 SIZE_TARGET = 0.30
@@ -144,7 +144,7 @@ def convert_quietly(convert: Any, *args: Any, **kwargs: Any) -> Any:
 
 def bench_onnxruntime(layers: Layers, data: dict[str, Path], tmp: Path,
                       args: argparse.Namespace) -> None:
-    from edge_agent_host.convert_onnx import convert_onnx
+    from edge_agent_host.converters.onnx import convert_onnx
 
     float_model = mlp_onnx(layers, args.window, FEATURES).SerializeToString()
     (tmp / "policy.onnx").write_bytes(float_model)
@@ -160,7 +160,7 @@ def bench_onnxruntime(layers: Layers, data: dict[str, Path], tmp: Path,
 
 def keras_tflite(layers: Layers, window: int, calibration: Path, tmp: Path) -> tuple[Path, Path]:
     """Float and int8 .tflite of ``layers`` through TensorFlow and the host tool's converter."""
-    from edge_agent_host.convert_tflite import (
+    from edge_agent_host.converters.tflite import (
         _tensorflow,
         float_tflite_from_tensorflow,
         tflite_from_tensorflow,
@@ -184,7 +184,7 @@ def keras_tflite(layers: Layers, window: int, calibration: Path, tmp: Path) -> t
 
 def bench_litert(layers: Layers, data: dict[str, Path], tmp: Path,
                  args: argparse.Namespace) -> None:
-    from edge_agent_host.convert_tflite import convert_tflite
+    from edge_agent_host.converters.tflite import convert_tflite
 
     if importlib.util.find_spec("tensorflow") is not None:
         float_path, int8_path = keras_tflite(layers, args.window, data["calibration"], tmp)

@@ -45,7 +45,7 @@ from bench_neural_daemon import interleave  # noqa: E402
 from edge_agent.bundle.loader import load_bundle  # noqa: E402
 from edge_agent.neural.backends.onnxruntime import x64_quant_precision  # noqa: E402
 from edge_agent.neural.groups import NeuralAgentGroup  # noqa: E402
-from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx  # noqa: E402
+from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds, convert_onnx  # noqa: E402
 
 TARGET = 1.2
 

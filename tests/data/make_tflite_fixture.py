@@ -3,9 +3,9 @@
 The network is :func:`edge_agent_host.builders.sensor_policy` for the default
 :class:`edge_agent.sim.sensors.SensorWorld` with a window of 8 (a 32-unit hidden layer), built in
 Keras with exactly those weights, exported as a SavedModel, and converted by the host tool's own
-converter (:mod:`edge_agent_host.convert_tflite`, TensorFlow's ``TFLiteConverter``), calibrated on
-512 windows from the world. Tests import this module (without TensorFlow) for the weights and the
-data, so they can check LiteRT's output against an independent float computation.
+converter (:mod:`edge_agent_host.converters.tflite`, TensorFlow's ``TFLiteConverter``),
+calibrated on 512 windows from the world. Tests import this module (without TensorFlow) for the
+weights and the data, so they can check LiteRT's output against an independent float computation.
 
 TensorFlow is not a project dependency; make the fixtures in a separate venv::
 
@@ -60,7 +60,7 @@ def calibration_windows() -> np.ndarray:
 
 
 def main() -> int:
-    from edge_agent_host.convert_tflite import (
+    from edge_agent_host.converters.tflite import (
         _tensorflow,
         float_tflite_from_tensorflow,
         tflite_from_tensorflow,

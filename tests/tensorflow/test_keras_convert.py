@@ -21,8 +21,8 @@ import pytest
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.errors import ModelError
 from edge_agent.neural.backends import get_backend
-from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds
-from edge_agent_host.convert_tflite import (
+from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds
+from edge_agent_host.converters.tflite import (
     convert_tflite,
     float_tflite_from_tensorflow,
     tflite_from_tensorflow,

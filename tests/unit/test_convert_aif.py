@@ -21,7 +21,7 @@ from edge_agent.sim import BatchEnv
 from edge_agent.sim.gridworld import gridworld_model
 from edge_agent.sim.tmaze import tmaze_model
 from edge_agent_host.cli import main
-from edge_agent_host.convert_aif import (
+from edge_agent_host.converters.aif import (
     TIE_TOLERANCE,
     AifThresholds,
     aif_report_data,

@@ -19,7 +19,7 @@ from edge_agent.bundle.loader import load_bundle
 from edge_agent.errors import InputError
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.builders import mlp_onnx, sensor_policy
-from edge_agent_host.convert_onnx import NeuralOptions, convert_onnx
+from edge_agent_host.converters.onnx import NeuralOptions, convert_onnx
 from edge_agent_host.report import ConversionReport
 
 T, F = 4, 8

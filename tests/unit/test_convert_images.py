@@ -22,7 +22,12 @@ from edge_agent.neural.groups import NeuralAgentGroup, frame_shape, window_layou
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent_host.builders import ImageCnn, conv_features, image_cnn_onnx, random_image_cnn
 from edge_agent_host.cli import main
-from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx, device_check
+from edge_agent_host.converters.onnx import (
+    NeuralOptions,
+    NeuralThresholds,
+    convert_onnx,
+    device_check,
+)
 from edge_agent_host.keys import generate_keypair, load_signing_key
 
 FILTERS = 8
@@ -156,7 +161,7 @@ def test_a_camera_perception_bundle_steps_aif_agents(
     A = np.full((K, K), 0.1 / (K - 1))
     np.fill_diagonal(A, 0.9)
     save_npz(GenerativeModel.from_arrays([A], [np.eye(K)[:, :, None]]), tmp_path / "aif.npz")
-    from edge_agent_host.convert_aif import load_aif_model
+    from edge_agent_host.converters.aif import load_aif_model
 
     report = convert_onnx(paths["model"], tmp_path / "p", name="p",
                           calibration_path=paths["cal"], heldout_path=paths["held"],

@@ -21,7 +21,7 @@ from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.builders import mlp_onnx, recurrent_onnx, sensor_policy
 from edge_agent_host.cli import main
-from edge_agent_host.convert_onnx import (
+from edge_agent_host.converters.onnx import (
     ENTROPY_BINS,
     MIN_CALIBRATION_SAMPLES,
     NeuralOptions,

@@ -24,7 +24,7 @@ from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.builders import conv_onnx, mlp_onnx, random_mlp, sensor_policy
 from edge_agent_host.cli import main
-from edge_agent_host.convert_onnx import (
+from edge_agent_host.converters.onnx import (
     CalibrationReader,
     NeuralOptions,
     NeuralThresholds,
@@ -410,7 +410,7 @@ def test_a_model_saved_with_a_newer_ir_version_converts_with_one_warning(
     relabels it as the newest IR onnxruntime reads and says so in one line."""
     import onnxruntime
 
-    from edge_agent_host.convert_onnx import max_onnxruntime_ir_version
+    from edge_agent_host.converters.onnx import max_onnxruntime_ir_version
 
     newest = max_onnxruntime_ir_version()
     model = onnx.load(data["model"])

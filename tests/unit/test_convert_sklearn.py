@@ -24,7 +24,7 @@ from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.backends import available_backends
 from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent_host.cli import main
-from edge_agent_host.convert_onnx import NeuralOptions, NeuralThresholds, convert_onnx
+from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds, convert_onnx
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,8 @@ from edge_agent.neural.backends import available_backends
 from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent_host.builders import mlp_forward
 from edge_agent_host.cli import main
-from edge_agent_host.convert_onnx import NeuralOptions
-from edge_agent_host.convert_tflite import convert_tflite, tflite_from_tensorflow
+from edge_agent_host.converters.onnx import NeuralOptions
+from edge_agent_host.converters.tflite import convert_tflite, tflite_from_tensorflow
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "data"))
@@ -242,7 +242,7 @@ def test_a_converted_model_must_be_what_the_mode_says(heldout: Path, tmp_path: P
 def test_tensorflow_converter_errors_come_out_as_one_line() -> None:
     """TensorFlow's ConverterError text is MLIR diagnostics: each line a long ``loc(...)`` and
     then the message; the tool keeps the first message."""
-    from edge_agent_host.convert_tflite import tf_error_line
+    from edge_agent_host.converters.tflite import tf_error_line
 
     text = (
         '<unknown>:0: error: loc(callsite(fused["TensorListReserve:", "sequential/lstm/'

@@ -29,7 +29,7 @@ from edge_agent_host.builders import (
     mlp_onnx,
     sensor_policy,
 )
-from edge_agent_host.convert_aif import aif_bundle_arrays, aif_spec
+from edge_agent_host.converters.aif import aif_bundle_arrays, aif_spec
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "data"))

@@ -19,7 +19,7 @@ from edge_agent.errors import ModelError
 from edge_agent.neural.backends import available_backends, get_backend
 from edge_agent.neural.backends.onnxruntime import ort_message
 from edge_agent_host.cli import main
-from edge_agent_host.convert_onnx import convert_onnx, max_onnxruntime_ir_version
+from edge_agent_host.converters.onnx import convert_onnx, max_onnxruntime_ir_version
 
 # What onnxruntime 1.31 says when it meets IR 14 (the signature is the noise).
 IR_REFUSAL = (

@@ -35,7 +35,7 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import ModelError
 from edge_agent.sim.tmaze import tmaze_model
-from edge_agent_host.convert_aif import model_from_pymdp, settings_from_pymdp
+from edge_agent_host.converters.aif import model_from_pymdp, settings_from_pymdp
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from edge_agent.bundle.loader import Bundle, BundleKind, NeuralSpec
 from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
 from edge_agent.neural.groups import window_layout
-from edge_agent_host.convert_aif import (
+from edge_agent_host.converters.aif import (
     AifThresholds,
     aif_bundle_arrays,
     aif_checks,

@@ -26,6 +26,7 @@ posteriors ``q_pi``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from collections.abc import Mapping
@@ -45,6 +46,13 @@ from edge_agent.bundle.loader import AifSpec
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError, ModelError
 from edge_agent.sim import BatchEnv
+from edge_agent_host.converters.common import (
+    Converter,
+    ConvertOptions,
+    add_common_options,
+    fraction,
+    positive_int,
+)
 from edge_agent_host.output import check_output, write_output
 from edge_agent_host.report import Check, ConversionReport, progress
 
@@ -52,8 +60,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AIF_ARRAY_DIR",
+    "CONVERTER",
     "AifThresholds",
+    "add_aif_options",
     "aif_bundle_arrays",
+    "aif_settings",
+    "aif_thresholds",
     "compare_rollouts",
     "convert_aif",
     "convert_pymdp",
@@ -602,3 +614,75 @@ def convert_pymdp(agent: object, out: str | Path, *, name: str, **kwargs: Any) -
     settings = kwargs.pop("settings", None) or settings_from_pymdp(agent)
     kwargs.setdefault("source", f"pymdp agent {type(agent).__name__}")
     return convert_aif(model_from_pymdp(agent), out, name=name, settings=settings, **kwargs)
+
+
+# ``convert aif`` -------------------------------------------------------------------------------
+
+
+def add_aif_options(parser: argparse.ArgumentParser) -> None:
+    """The generative model's options: of ``convert aif``, and of a neural conversion that pairs
+    an observation model with a generative model (``--aif``)."""
+    group = parser.add_argument_group("Active Inference model")
+    group.add_argument("--policy-len", type=positive_int, default=1,
+                       help="planning horizon L stored in the bundle's settings (default 1)")
+    group.add_argument("--gamma", type=float, default=16.0, help="policy precision (default 16)")
+    group.add_argument("--action-selection", choices=("deterministic", "stochastic"),
+                       default="deterministic", help="action selection (default deterministic)")
+    group.add_argument("--rollouts", type=positive_int, default=200,
+                       help="agents simulated for the agreement report (default 200)")
+    group.add_argument("--steps", type=positive_int, default=30,
+                       help="steps per simulated agent (default 30)")
+    group.add_argument("--max-kl", type=float, default=AifThresholds.max_kl,
+                       help=f"largest mean belief KL accepted (default {AifThresholds.max_kl})")
+    group.add_argument("--min-action-agreement", type=fraction,
+                       default=AifThresholds.min_action_agreement,
+                       help="smallest fraction of int8 actions that the float64 agents rate "
+                       "optimal, ties counted as agreeing "
+                       f"(default {AifThresholds.min_action_agreement})")
+    group.add_argument("--tie-tolerance", type=fraction, default=AifThresholds.tie_tolerance,
+                       help="an int8 action agrees when the float64 posterior gives it at most "
+                       "this much less probability than its best action "
+                       f"(default {AifThresholds.tie_tolerance})")
+
+
+def aif_settings(args: argparse.Namespace) -> AifSettings:
+    """The agent settings of :func:`add_aif_options`' arguments."""
+    try:
+        return AifSettings(
+            policy_len=args.policy_len, gamma=args.gamma, action_selection=args.action_selection
+        )
+    except ValueError as err:  # RecordError: "field: problem; ..."
+        raise InputError(f"invalid agent settings: {err}") from err
+
+
+def aif_thresholds(args: argparse.Namespace) -> AifThresholds:
+    """The thresholds of :func:`add_aif_options`' arguments."""
+    return AifThresholds(
+        max_kl=args.max_kl, min_action_agreement=args.min_action_agreement,
+        tie_tolerance=args.tie_tolerance,
+    )
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path,
+                        help="model: .npz (pymdp keys A0.., B0.., ...) or .json")
+    add_common_options(parser)
+    add_aif_options(parser)
+
+
+def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:
+    return convert_aif(
+        load_aif_model(options.model), options.out, settings=aif_settings(args),
+        source=str(options.model), rollouts=args.rollouts, steps=args.steps,
+        thresholds=aif_thresholds(args), **options.keywords(),
+    )
+
+
+CONVERTER = Converter(
+    name="aif",
+    help="Active Inference model (.npz, .json) to logu8-v1",
+    description="Quantize an Active Inference model (A, B, C, D, E) to logu8-v1, compare "
+    "float64 and int8 agents over simulated rollouts, and write the bundle.",
+    configure=_configure,
+    convert=_convert,
+)

@@ -19,6 +19,7 @@ TFLite converter, tests and benchmarks import from this module is re-exported by
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import tempfile
@@ -31,7 +32,9 @@ from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.settings import AifSettings
 from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.backends import get_backend
-from edge_agent_host.convert_aif import AifThresholds
+from edge_agent_host.converters.aif import AifThresholds
+from edge_agent_host.converters.common import Converter, ConvertOptions, add_common_options
+from edge_agent_host.converters.neural_args import add_neural_options, neural_keywords
 from edge_agent_host.device_check import DEVICE_CHECK_AGENTS, device_check
 from edge_agent_host.neural_bundle import finish_neural
 from edge_agent_host.neural_inputs import (
@@ -80,6 +83,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CALIBRATION_METHODS",
+    "CONVERTER",
     "DEVICE_CHECK_AGENTS",
     "ENTROPY_BINS",
     "HELDOUT_FRACTION",
@@ -275,8 +279,9 @@ def convert_onnx(
 
     With ``aif_model`` the bundle is ``aif+perception``: the network is the observation model
     (``output_kind`` must be ``observation``) and the generative model is quantized and measured
-    as :func:`edge_agent_host.convert_aif.convert_aif` does. Returns the report; ``report.bundle``
-    is ``None`` when a check failed and ``force`` is not set (nothing is written then).
+    as :func:`edge_agent_host.converters.aif.convert_aif` does. Returns the report;
+    ``report.bundle`` is ``None`` when a check failed and ``force`` is not set (nothing is
+    written then).
     """
     import onnx
 
@@ -464,3 +469,62 @@ def _quantize(
         ]
     warnings.extend(notes)
     return int8_bytes, record
+
+
+# ``convert onnx`` ------------------------------------------------------------------------------
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="float .onnx model")
+    add_common_options(parser)
+    add_neural_options(parser)
+    quant = parser.add_argument_group("ONNX quantization")
+    quant.add_argument("--mode", choices=QUANT_MODES, default="auto",
+                       help="static: QDQ int8 activations and weights, calibrated; dynamic: int8 "
+                       "weights, activations quantized per call (onnxruntime's only way to "
+                       "quantize LSTM; needs no calibration data); auto (default): quantize in "
+                       "both, measure both on the held-out set, keep the one that quantized more "
+                       "of the weights, static on a tie, never the less accurate one")
+    quant.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
+                       help="static activation calibration: observed min/max (default), "
+                       "entropy (KL-optimal clipping) or percentile")
+    quant.add_argument("--percentile", type=float, default=99.999,
+                       help="percentile kept by --method percentile (default 99.999)")
+    quant.add_argument("--symmetric-activations", action="store_true",
+                       help="static: activation ranges symmetric around 0 (zero point 0)")
+    quant.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NAME",
+                       help="leave these nodes (by name) in float")
+    quant.add_argument("--exclude-op-types", nargs="+", default=[], metavar="OP",
+                       help="leave every node of these op types (e.g. Softmax) in float")
+    quant.add_argument("--no-preprocess", action="store_true",
+                       help="skip onnxruntime's quant_pre_process (shape inference and graph "
+                       "optimisation); without it the converter falls back to this by itself "
+                       "when pre-processing fails or breaks quantization, and says so")
+    quant.add_argument("--output", action="append", default=[], metavar="NAME",
+                       dest="outputs",
+                       help="model output to bundle (repeat for several, in order; default: "
+                       "every output that can be a policy or classifier: integer labels, single "
+                       "columns and ZipMaps are dropped with a warning)")
+
+
+def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:
+    neural = neural_keywords(
+        args, mode=args.mode, method=args.method, percentile=args.percentile,
+        preprocess=not args.no_preprocess, symmetric_activations=args.symmetric_activations,
+        exclude_nodes=tuple(args.exclude_nodes), exclude_op_types=tuple(args.exclude_op_types),
+        outputs=tuple(args.outputs),
+    )
+    return convert_onnx(options.model, options.out, **neural, **options.keywords())
+
+
+CONVERTER = Converter(
+    name="onnx",
+    help="ONNX model to int8 (static QDQ S8S8, or dynamic)",
+    description="Quantize a float ONNX model to int8 (static QDQ, or dynamic for LSTMs), "
+    "compare it with the float model on held-out data, step it as a device would, and write "
+    "the bundle. A warning says when the int8 model is not below "
+    f"{100 * SIZE_WARNING_RATIO:.0f} % of the float model's size.",
+    configure=_configure,
+    convert=_convert,
+    needs=(("onnx",), ("onnxruntime",)),
+)

@@ -27,6 +27,7 @@ bundle is stepped as a device steps it before it is signed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import logging
@@ -45,8 +46,10 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.errors import EdgeAgentError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
 from edge_agent.neural.backends.litert import _interpreter_class
-from edge_agent_host.convert_aif import AifThresholds
-from edge_agent_host.convert_onnx import (
+from edge_agent_host.converters.aif import AifThresholds
+from edge_agent_host.converters.common import Converter, ConvertOptions, add_common_options
+from edge_agent_host.converters.neural_args import add_neural_options, neural_keywords
+from edge_agent_host.converters.onnx import (
     NeuralOptions,
     NeuralThresholds,
     Samples,
@@ -64,7 +67,13 @@ from edge_agent_host.report import ConversionReport, progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TENSORFLOW_HINT", "TFLITE_MODES", "convert_tflite", "tflite_from_tensorflow"]
+__all__ = [
+    "CONVERTER",
+    "TENSORFLOW_HINT",
+    "TFLITE_MODES",
+    "convert_tflite",
+    "tflite_from_tensorflow",
+]
 
 TENSORFLOW_HINT = "pip install 'tensorflow-cpu>=2.16' (tested with 2.21)"
 TFLITE_MODES = ("full-integer", "dynamic-range", "float16")
@@ -454,3 +463,39 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as err:
         raise InputError(f"{path}: cannot read the model: {err.strerror or err}") from err
+
+
+# ``convert tflite`` ----------------------------------------------------------------------------
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path,
+                        help="SavedModel directory, .keras file, or float .tflite (with --int8)")
+    parser.add_argument("--int8", type=Path, default=None, metavar="INT8.tflite",
+                        help="already converted model of a float .tflite source (of --mode)")
+    add_common_options(parser)
+    add_neural_options(parser)
+    parser.add_argument("--mode", choices=TFLITE_MODES, default="full-integer",
+                        help="full-integer: int8 weights, activations, inputs and outputs "
+                        "(default); dynamic-range: int8 weights, float activations; float16: "
+                        "float16 weights")
+
+
+def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:
+    neural = neural_keywords(args, mode=args.mode)
+    return convert_tflite(
+        options.model, options.out, int8_path=args.int8, **neural, **options.keywords()
+    )
+
+
+CONVERTER = Converter(
+    name="tflite",
+    help="SavedModel / Keras model to int8 or float16 .tflite (LiteRT)",
+    description="Convert a SavedModel or .keras model (needs TensorFlow) to a full-integer "
+    "int8, dynamic-range or float16 .tflite, or take a float .tflite and its converted "
+    "version (--int8); compare them with LiteRT on held-out data, step the bundle as a "
+    "device would, and write it.",
+    configure=_configure,
+    convert=_convert,
+    needs=(("ai_edge_litert", "tflite_runtime"),),
+)
