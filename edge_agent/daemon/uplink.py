@@ -1,8 +1,10 @@
 """The daemon's side of the fleet link: one object between the tick loop and the broker.
 
-:class:`FleetUplink` builds the MQTT transport, the durable outbox, the
-:class:`~edge_agent.fleet.link.FleetLink`, the observation routes of the MQTT sources and the
-command processor, and does the fleet's bounded work between two ticks:
+:class:`FleetUplink` builds the node's fleet stack from the config
+(:class:`~edge_agent.fleet.node.NodeStack`: the MQTT transport, the durable outbox, the
+:class:`~edge_agent.fleet.link.FleetLink`, the nonce store, the command verifier and processor;
+the fleet simulator builds the same), the observation routes of the MQTT sources, and does the
+fleet's bounded work between two ticks:
 
 - before the groups step (:meth:`before_tick`): connection events and acknowledgements, at most
   :data:`MAX_MESSAGES_PER_TICK` incoming messages, at most :data:`MAX_COMMANDS_PER_TICK` hub
@@ -11,8 +13,9 @@ command processor, and does the fleet's bounded work between two ticks:
 
 It publishes what the daemon hands it (actions, events with rate-limited noisy kinds, results,
 telemetry, births) and counts what it could not. Every piece of work runs under
-:meth:`guarded`, so a fleet failure is logged and counted, never the tick's. paho is imported only
-here, and only by daemons with ``[mqtt] enabled``; nothing here imports the service module.
+:meth:`guarded`, so a fleet failure is logged and counted, never the tick's. paho is imported
+only when the stack is built, and only by daemons with ``[mqtt] enabled``; nothing here imports
+the service module.
 """
 
 from __future__ import annotations
@@ -31,17 +34,11 @@ from edge_agent.daemon.admission import hub_keys, mqtt_password
 from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.agent_io import ObservationBuffer, ObservationRouter
-from edge_agent.fleet.commands import (
-    NONCE_DB,
-    CommandProcessor,
-    CommandVerifier,
-    Handler,
-    NonceStore,
-)
+from edge_agent.fleet.commands import Handler
 from edge_agent.fleet.comms.base import Backoff
 from edge_agent.fleet.deploy import DeployManager
-from edge_agent.fleet.link import STATE_FILE, FleetLink, Received
-from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.link import Received
+from edge_agent.fleet.node import NodeLimits, NodeStack
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     ActionBatch,
@@ -61,8 +58,6 @@ if TYPE_CHECKING:  # the engine is imported only by a daemon that coordinates (s
     from edge_agent.coordination.runtime import CoordinationRuntime
 
 logger = logging.getLogger(__name__)
-
-OUTBOX_DB: Final = "outbox.sqlite3"
 
 #: Fleet work per tick is bounded: incoming messages taken, commands applied.
 MAX_MESSAGES_PER_TICK: Final = 32
@@ -132,16 +127,11 @@ class FleetUplink:
         health: StateHealth | None = None,
     ) -> None:
         # paho is imported only by daemons that use MQTT.
-        from edge_agent.fleet.comms.mqtt import (  # noqa: PLC0415
-            MqttSettings,
-            MqttTransport,
-            TlsSettings,
-        )
+        from edge_agent.fleet.comms.mqtt import MqttSettings, TlsSettings  # noqa: PLC0415
 
         m = config.mqtt
         self.config = config
         self.deployer = deployer
-        self._bundle_topic: str | None = None  # the broadcast this node is subscribed to
         self.node_id = m.effective_node_id()
         self.topics = Topics(m.fleet)
         self._event = event
@@ -168,45 +158,31 @@ class FleetUplink:
                 "no hub keys ([mqtt] hub_keys_dir or [daemon] trusted_keys_dir): every hub "
                 "command will be refused"
             )
-        health = health if health is not None else StateHealth()
-        # A node that ran before (it has a sequence file or an outbox) and has no nonce store
-        # lost it: the store then refuses commands that may be replays (NonceStore).
-        ran_before = any((state_dir / name).exists() for name in (STATE_FILE, OUTBOX_DB))
-        self.outbox = Outbox(
-            state_dir / OUTBOX_DB,
-            max_bytes=m.outbox_max_bytes,
-            relaxed_commit_interval_s=m.outbox_commit_interval_s,
-            health=health,
-        )
-        self.transport = MqttTransport(
-            settings, backoff=Backoff(initial_s=m.reconnect_initial_s, max_s=m.reconnect_max_s)
-        )
-        self.link = FleetLink(
-            self.transport,
-            self.outbox,
-            self.node_id,
-            m.fleet,
+        self.stack = NodeStack(
             state_dir,
+            node_id=self.node_id,
+            fleet=m.fleet,
+            mqtt=settings,
+            backoff=Backoff(initial_s=m.reconnect_initial_s, max_s=m.reconnect_max_s),
             birth=birth,
-            max_inbox=128 + (config.coordination or CoordinationConfig()).max_inbox,
-            health=health,
+            hub_keys=keys,
+            handlers=handlers,
+            deployer=deployer,
+            limits=NodeLimits(
+                outbox_max_bytes=m.outbox_max_bytes,
+                outbox_commit_interval_s=m.outbox_commit_interval_s,
+                max_inbox=128 + (config.coordination or CoordinationConfig()).max_inbox,
+                command_max_ttl_s=m.command_max_ttl_s,
+            ),
+            health=health if health is not None else StateHealth(),
         )
+        self.outbox = self.stack.outbox
+        self.transport = self.stack.transport
+        self.link = self.stack.link
+        self.nonces = self.stack.nonces
+        self.commands = self.stack.commands
         self.router = ObservationRouter(self.topics)
         self.link.claim(self.router.handle)  # MQTT sources' topics never reach the link's inbox
-        self.nonces = NonceStore(
-            state_dir / NONCE_DB,
-            health=health,
-            lost_floor_s=m.command_max_ttl_s,
-            missing_is_lost=ran_before,
-        )
-        verifier = CommandVerifier(
-            keys,
-            fleet=m.fleet,
-            node_id=self.node_id,
-            nonces=self.nonces,
-            max_ttl_s=m.command_max_ttl_s,
-        )
-        self.commands = CommandProcessor(verifier, handlers)
         self.coordination: CoordinationRuntime | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -272,8 +248,7 @@ class FleetUplink:
             logger.exception("fleet link did not stop cleanly")
         if self.coordination is not None:
             self.coordination.close()
-        self.outbox.close()
-        self.nonces.close()
+        self.stack.close()
 
     def guarded(self, step: Callable[[], object]) -> None:
         """Run one piece of fleet work; its failure is logged and counted, never the tick's."""
@@ -397,22 +372,9 @@ class FleetUplink:
                     data={"code": result.code.value, "command": cmd.name},
                 )
         self._answer_refusals()
-        self._follow_broadcast()
+        self.stack.follow_broadcast()
         if answered:
             link.pump()  # results go out now, not after the groups' step
-
-    def _follow_broadcast(self) -> None:
-        """Subscribed to the bundle topic of the broadcast deployment being received, and to
-        nothing else of the kind (a deployment's phase changes only between ticks)."""
-        sha = self.deployer.broadcast_bundle if self.deployer is not None else None
-        topic = self.topics.bundle(sha) if sha is not None else None
-        if topic == self._bundle_topic:
-            return
-        if self._bundle_topic is not None:
-            self.link.unsubscribe(self._bundle_topic)
-        if topic is not None:
-            self.link.subscribe(topic, 1)
-        self._bundle_topic = topic
 
     def _receive(self, limit: int) -> list[Received]:
         """Up to ``limit`` incoming messages for the daemon; coordination messages met on the

@@ -1,6 +1,7 @@
 """One simulated node: the daemon's fleet parts for real, no agents.
 
-A :class:`SimNode` is what a real node shows the hub and the broker: a real MQTT connection
+A :class:`SimNode` is what a real node shows the hub and the broker, built by the daemon's own
+:class:`~edge_agent.fleet.node.NodeStack`: a real MQTT connection
 (:class:`~edge_agent.fleet.comms.mqtt.MqttTransport`), the real durable outbox and fleet link
 (birth, presence, will, telemetry, events, results, sequence numbers), real command verification
 (signatures, nonces and replays in a real nonce store) and the real deployment transfer
@@ -26,19 +27,11 @@ from edge_agent import __version__
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError
-from edge_agent.fleet.commands import (
-    NONCE_DB,
-    CommandProcessor,
-    CommandVerifier,
-    DeployArgs,
-    NonceStore,
-    Outcome,
-)
+from edge_agent.fleet.commands import DeployArgs, Outcome
 from edge_agent.fleet.comms.base import Backoff
-from edge_agent.fleet.comms.mqtt import MqttSettings, MqttTransport
+from edge_agent.fleet.comms.mqtt import MqttSettings
 from edge_agent.fleet.deploy import DeployManager
-from edge_agent.fleet.link import FleetLink
-from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.node import NodeStack
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     Birth,
@@ -102,30 +95,26 @@ class SimNode:
             current_sha=lambda _group: self.bundle_sha,
             group_exists=lambda group: group == GROUP,
         )
-        self.outbox = Outbox(state_dir / "outbox.sqlite3")
-        self.transport = MqttTransport(
-            MqttSettings(client_id=f"ea-{fleet}-{node_id}", host=host, port=port, keepalive_s=30),
-            backoff=Backoff(initial_s=0.5, max_s=10.0),
-        )
-        self.link = FleetLink(
-            self.transport, self.outbox, node_id, fleet, state_dir, birth=self._birth()
-        )
-        verifier = CommandVerifier(
-            hub_keys,
-            fleet=fleet,
+        self.stack = NodeStack(
+            state_dir,
             node_id=node_id,
-            nonces=NonceStore(state_dir / NONCE_DB),
-        )
-        self.commands = CommandProcessor(
-            verifier,
-            {
+            fleet=fleet,
+            mqtt=MqttSettings(
+                client_id=f"ea-{fleet}-{node_id}", host=host, port=port, keepalive_s=30
+            ),
+            backoff=Backoff(initial_s=0.5, max_s=10.0),
+            birth=self._birth(),
+            hub_keys=hub_keys,
+            handlers={
                 "ping": lambda _args, _cmd: Outcome(ResultCode.OK, "pong"),
                 "rebirth": self._rebirth,
                 "deploy": self._deploy,
                 "deploy_chunk": lambda args, _cmd: self.deployer.chunk(args),
             },
+            deployer=self.deployer,
         )
-        self._bundle_topic: str | None = None
+        self.link = self.stack.link
+        self.commands = self.stack.commands
         self._watching = False
 
     # life -------------------------------------------------------------------------------------
@@ -137,8 +126,7 @@ class SimNode:
             self.link.stop(drain_timeout_s=1.0)
         finally:
             self.deployer.close()
-            self.outbox.close()
-            self.commands.verifier.nonces.close()
+            self.stack.close()
 
     # one round --------------------------------------------------------------------------------
     def step(self, now: float | None = None) -> None:
@@ -154,7 +142,7 @@ class SimNode:
                 self.deployer.broadcast_chunk(body)
         for _cmd, result in self.commands.process(64):
             link.publish_result(result)
-        self._follow_broadcast()
+        self.stack.follow_broadcast()
         ready = self.deployer.poll()
         if ready is not None:
             self.bundle_sha, self.bundle_name = ready.sha256, _bundle_name(ready.path)
@@ -169,17 +157,6 @@ class SimNode:
             self._next_telemetry = now + self.telemetry_s
             self._telemetry(now)
         link.pump()
-
-    def _follow_broadcast(self) -> None:
-        sha = self.deployer.broadcast_bundle
-        topic = self.topics.bundle(sha) if sha is not None else None
-        if topic == self._bundle_topic:
-            return
-        if self._bundle_topic is not None:
-            self.link.unsubscribe(self._bundle_topic)
-        if topic is not None:
-            self.link.subscribe(topic, 1)
-        self._bundle_topic = topic
 
     def _publish_reports(self) -> None:
         for report in self.deployer.take_reports():
