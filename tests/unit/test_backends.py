@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -62,34 +60,6 @@ def test_registry_names_match_the_bundle_schema() -> None:
 def test_unknown_backend_is_an_input_error() -> None:
     with pytest.raises(InputError, match=r"unknown inference backend 'tensorrt'.*litert"):
         get_backend("tensorrt")
-
-
-def test_importing_the_device_side_imports_no_runtime() -> None:
-    code = (
-        "import sys, edge_agent.neural.backends, edge_agent.neural.groups, "
-        "edge_agent.neural.perception, "
-        "edge_agent.sim.sensors; "
-        "print([m for m in ('onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'tensorflow', "
-        "'edge_agent_host') if m in sys.modules])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
-    )
-    assert out.stdout.strip() == "[]"
-
-
-def test_device_package_never_imports_the_host_tool() -> None:
-    offenders = []
-    for path in (REPO / "edge_agent").rglob("*.py"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            offenders += [f"{path}: {n}" for n in names if n.split(".")[0] == "edge_agent_host"]
-    assert offenders == []
 
 
 def test_missing_onnxruntime_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

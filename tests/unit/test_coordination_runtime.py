@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -512,32 +509,6 @@ def test_coordination_is_wanted_only_with_mqtt_and_an_active_group() -> None:
     assert coordinates(None, [None, TASKS], mqtt_enabled=True)
     assert not coordinates(None, [None, GroupCoordinationConfig()], mqtt_enabled=True)
     assert not coordinates(CoordinationConfig(enabled=False), [TASKS], mqtt_enabled=True)
-
-
-def test_a_daemon_that_does_not_coordinate_never_imports_the_engine() -> None:
-    code = """
-import sys, types
-from edge_agent.config.daemon import parse_config
-from edge_agent.daemon.service import Daemon
-import edge_agent.daemon.uplink
-text = (
-    '[daemon]\\nprofile = "x86-dev"\\n[mqtt]\\nenabled = true\\n[[groups]]\\nname = "g"\\n'
-    'model = { type = "builtin", name = "grid10" }\\ncount = 2\\n'
-    'source = { type = "sim" }\\nsink = { type = "sim" }\\n'
-)
-config = parse_config(text, "c.toml")
-daemon = types.SimpleNamespace(groups=[], coordination=None)
-Daemon._open_coordination(daemon, config, link=None)
-assert daemon.coordination is None
-print(sorted(m for m in sys.modules if m.startswith("edge_agent.coordination")))
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert out.returncode == 0, out.stderr
-    loaded = ast.literal_eval(out.stdout.strip())
-    assert "edge_agent.coordination.runtime" not in loaded
-    assert "edge_agent.coordination.engine" not in loaded
 
 
 # ------------------------------------------------------------------------------ daemon config

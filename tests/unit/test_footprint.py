@@ -166,42 +166,6 @@ def test_urllib_request_runs_on_first_use_only() -> None:
     assert out.strip() == "ok"
 
 
-#: Modules a daemon without MQTT never needs, and what kept each out (``benchmarks/RESULTS.md``).
-KEPT_OUT = (
-    "numpy.ma",  # edge_agent.arrays: distinct() and percentiles()
-    "numpy.random",  # the worlds' SplitMix64; a group's generator made on first stochastic use
-    "ctypes.util",  # daemon.heap: malloc_trim from the process's own symbols
-    "importlib.resources",  # config: the package's files read from its directory
-    "tempfile",  # fsutil: atomic writes create their temporary file themselves
-    "shutil",  # cli: help sized without it; deploy: os.statvfs; fsutil: only to delete a tree
-    "bz2",  # shutil's
-    "lzma",  # shutil's
-    "socket",  # service.systemd: only when NOTIFY_SOCKET is set
-    "edge_agent.neural",  # daemon.groups: imported by neural and perception groups (is_neural)
-    "edge_agent.sim.sensors",  # sim.registry: a world's module when the world is used
-    "edge_agent.sim.explorer",
-)
-
-
-def test_a_running_daemon_keeps_unused_modules_out(tmp_path: Path) -> None:
-    """The demo daemon (grid10 and T-maze groups on their built-in worlds, deterministic action
-    selection, tick statistics, snapshots) for a second, outside systemd: none of
-    :data:`KEPT_OUT` is imported."""
-    out = run_fresh(
-        f"""
-        import os, sys
-        os.environ.pop("NOTIFY_SOCKET", None)
-        os.environ["EDGE_AGENT_RUNTIME_DIR"] = {str(tmp_path / "run")!r}
-        from edge_agent.cli import main
-        assert main(["run", "--demo", "--duration", "1", "--state-dir", {str(tmp_path)!r}]) == 0
-        kept_out = {KEPT_OUT!r}
-        below = tuple(name + "." for name in kept_out)
-        print(sorted(m for m in sys.modules if m in kept_out or m.startswith(below)))
-        """
-    )
-    assert out.strip().splitlines()[-1] == "[]"
-
-
 def test_the_daemon_runs_without_docstrings_and_asserts(tmp_path: Path) -> None:
     """docs/memory.md offers ``PYTHONOPTIMIZE=2`` (``python -OO``) to save memory: nothing the
     daemon does may depend on a docstring or an ``assert``."""

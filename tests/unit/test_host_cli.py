@@ -195,14 +195,3 @@ def test_runs_as_a_real_process(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "unexpected data after the last valid tar member" in bad.stdout
-
-
-def test_device_package_does_not_import_the_host_package() -> None:
-    code = (
-        "import sys, edge_agent.bundle.loader, edge_agent.bundle.signing; "
-        "print(sorted(m for m in sys.modules if m.startswith('edge_agent_host')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[]"

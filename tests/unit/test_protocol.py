@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -679,31 +677,3 @@ def test_every_wire_model_is_prepared_when_its_module_is_imported() -> None:
     ]
     assert len(defined_here) > 40
     assert [m for m in defined_here if m not in protocol._PREPARED] == []
-
-
-def test_the_daemons_fleet_path_imports_no_pydantic() -> None:
-    """The wire models are msgspec Structs: a daemon with ``[mqtt] enabled`` (uplink, link,
-    MQTT transport, commands, deployments, coordination) builds, encodes and decodes messages
-    without pydantic, which its memory budget cannot afford (benchmarks/RESULTS.md)."""
-    code = (
-        "import sys\n"
-        "import edge_agent.cli, edge_agent.daemon.service, edge_agent.daemon.uplink\n"
-        "import edge_agent.daemon.handlers, edge_agent.fleet.comms.mqtt\n"
-        "import edge_agent.fleet.link, edge_agent.fleet.commands, edge_agent.fleet.deploy\n"
-        "import edge_agent.fleet.agent_io, edge_agent.coordination.messages\n"
-        "import edge_agent.coordination.engine, edge_agent.coordination.runtime\n"
-        "from edge_agent.fleet import protocol as p\n"
-        "from edge_agent.fleet.commands import parse_args\n"
-        "cmd = p.Command(target='n', nonce=bytes(8), expires=1, key_id='k', name='resize_group',\n"
-        "                args={'group': 'g', 'agents': 3})\n"
-        "env = p.Envelope(type='command', node='hub', seq=0, bdseq=0, ts=0, clock_synced=False,\n"
-        "                 body=cmd)\n"
-        "assert p.decode(p.encode(env)) == env\n"
-        "parse_args(cmd.name, cmd.args)\n"
-        "top = {m.split('.')[0] for m in sys.modules}\n"
-        "print(sorted(top & {'pydantic', 'pydantic_core'}))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -173,23 +172,6 @@ def test_a_child_that_cannot_run_leaves_the_config_read_here(
         source = read_config_isolated(path)
     assert source.config == read_config(path).config
     assert "reading it here" in caplog.text
-
-
-def test_the_daemons_config_path_imports_no_pydantic() -> None:
-    code = (
-        "import sys\n"
-        "import edge_agent.cli, edge_agent.daemon.service\n"
-        "from edge_agent.config.isolated import read_config_isolated\n"
-        "source = read_config_isolated(None)\n"
-        "assert source.config.groups, source\n"
-        "top = {m.split('.')[0] for m in sys.modules}\n"
-        "loaded = sorted(top & {'pydantic', 'pydantic_core'})\n"
-        "print(loaded)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_replace_checks_the_record_again() -> None:

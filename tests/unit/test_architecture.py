@@ -1,0 +1,170 @@
+"""The architecture, checked: the import contracts and the memory rules, in one place.
+
+The contracts (``[tool.importlinter]`` in ``pyproject.toml``, ``docs/architecture.md``): the floors
+of the house, the device never importing the host, the shared service parts and the hub, the
+kernels' internal order. ``lint-imports`` checks them here and in ``scripts/test``.
+
+The memory rules: what a daemon must not import unless it uses it (pydantic, the inference
+runtimes, the coordination engine, the modules :data:`KEPT_OUT`), each checked in a fresh
+interpreter, since what they check is which modules a process imports.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.test_daemon import REPO
+from tests.unit.test_footprint import run_fresh
+
+
+def test_the_import_contracts_hold() -> None:
+    """``lint-imports`` keeps every contract; a contract broken names the import that breaks it."""
+    lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    assert os.path.exists(lint), (
+        "lint-imports is missing: pip install -e '.[dev]' (or source scripts/bootstrap.sh)"
+    )
+    out = subprocess.run(
+        [lint, "--no-cache"], capture_output=True, text=True, cwd=REPO, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout, out.stdout
+
+
+# -- memory rules: what a daemon does not import ---------------------------------------------------
+
+
+def test_the_daemons_config_path_imports_no_pydantic() -> None:
+    code = (
+        "import sys\n"
+        "import edge_agent.cli, edge_agent.daemon.service\n"
+        "from edge_agent.config.isolated import read_config_isolated\n"
+        "source = read_config_isolated(None)\n"
+        "assert source.config.groups, source\n"
+        "top = {m.split('.')[0] for m in sys.modules}\n"
+        "loaded = sorted(top & {'pydantic', 'pydantic_core'})\n"
+        "print(loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_daemons_fleet_path_imports_no_pydantic() -> None:
+    """The wire models are msgspec Structs: a daemon with ``[mqtt] enabled`` (uplink, link,
+    MQTT transport, commands, deployments, coordination) builds, encodes and decodes messages
+    without pydantic, which its memory budget cannot afford (benchmarks/RESULTS.md)."""
+    code = (
+        "import sys\n"
+        "import edge_agent.cli, edge_agent.daemon.service, edge_agent.daemon.uplink\n"
+        "import edge_agent.daemon.handlers, edge_agent.fleet.comms.mqtt\n"
+        "import edge_agent.fleet.link, edge_agent.fleet.commands, edge_agent.fleet.deploy\n"
+        "import edge_agent.fleet.agent_io, edge_agent.coordination.messages\n"
+        "import edge_agent.coordination.engine, edge_agent.coordination.runtime\n"
+        "from edge_agent.fleet import protocol as p\n"
+        "from edge_agent.fleet.commands import parse_args\n"
+        "cmd = p.Command(target='n', nonce=bytes(8), expires=1, key_id='k', name='resize_group',\n"
+        "                args={'group': 'g', 'agents': 3})\n"
+        "env = p.Envelope(type='command', node='hub', seq=0, bdseq=0, ts=0, clock_synced=False,\n"
+        "                 body=cmd)\n"
+        "assert p.decode(p.encode(env)) == env\n"
+        "parse_args(cmd.name, cmd.args)\n"
+        "top = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(top & {'pydantic', 'pydantic_core'}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_daemon_that_does_not_coordinate_never_imports_the_engine() -> None:
+    code = """
+import sys, types
+from edge_agent.config.daemon import parse_config
+from edge_agent.daemon.service import Daemon
+import edge_agent.daemon.uplink
+text = (
+    '[daemon]\\nprofile = "x86-dev"\\n[mqtt]\\nenabled = true\\n[[groups]]\\nname = "g"\\n'
+    'model = { type = "builtin", name = "grid10" }\\ncount = 2\\n'
+    'source = { type = "sim" }\\nsink = { type = "sim" }\\n'
+)
+config = parse_config(text, "c.toml")
+daemon = types.SimpleNamespace(groups=[], coordination=None)
+Daemon._open_coordination(daemon, config, link=None)
+assert daemon.coordination is None
+print(sorted(m for m in sys.modules if m.startswith("edge_agent.coordination")))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    loaded = ast.literal_eval(out.stdout.strip())
+    assert "edge_agent.coordination.runtime" not in loaded
+    assert "edge_agent.coordination.engine" not in loaded
+
+
+def test_importing_the_device_side_imports_no_runtime() -> None:
+    code = (
+        "import sys, edge_agent.neural.backends, edge_agent.neural.groups, "
+        "edge_agent.neural.perception, "
+        "edge_agent.sim.sensors; "
+        "print([m for m in ('onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'tensorflow', "
+        "'edge_agent_host') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_device_package_does_not_import_the_host_package() -> None:
+    code = (
+        "import sys, edge_agent.bundle.loader, edge_agent.bundle.signing; "
+        "print(sorted(m for m in sys.modules if m.startswith('edge_agent_host')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+#: Modules a daemon without MQTT never needs, and what kept each out (``benchmarks/RESULTS.md``).
+KEPT_OUT = (
+    "numpy.ma",  # edge_agent.arrays: distinct() and percentiles()
+    "numpy.random",  # the worlds' SplitMix64; a group's generator made on first stochastic use
+    "ctypes.util",  # daemon.heap: malloc_trim from the process's own symbols
+    "importlib.resources",  # config: the package's files read from its directory
+    "tempfile",  # fsutil: atomic writes create their temporary file themselves
+    "shutil",  # cli: help sized without it; deploy: os.statvfs; fsutil: only to delete a tree
+    "bz2",  # shutil's
+    "lzma",  # shutil's
+    "socket",  # service.systemd: only when NOTIFY_SOCKET is set
+    "edge_agent.neural",  # daemon.groups: imported by neural and perception groups (is_neural)
+    "edge_agent.sim.sensors",  # sim.registry: a world's module when the world is used
+    "edge_agent.sim.explorer",
+)
+
+
+def test_a_running_daemon_keeps_unused_modules_out(tmp_path: Path) -> None:
+    """The demo daemon (grid10 and T-maze groups on their built-in worlds, deterministic action
+    selection, tick statistics, snapshots) for a second, outside systemd: none of
+    :data:`KEPT_OUT` is imported."""
+    out = run_fresh(
+        f"""
+        import os, sys
+        os.environ.pop("NOTIFY_SOCKET", None)
+        os.environ["EDGE_AGENT_RUNTIME_DIR"] = {str(tmp_path / "run")!r}
+        from edge_agent.cli import main
+        assert main(["run", "--demo", "--duration", "1", "--state-dir", {str(tmp_path)!r}]) == 0
+        kept_out = {KEPT_OUT!r}
+        below = tuple(name + "." for name in kept_out)
+        print(sorted(m for m in sys.modules if m in kept_out or m.startswith(below)))
+        """
+    )
+    assert out.strip().splitlines()[-1] == "[]"
