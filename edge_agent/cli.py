@@ -23,6 +23,7 @@ from edge_agent.errors import (
     ModelError,
     missing_module_message,
 )
+from edge_agent.service.logs import configure_logging
 
 logger = logging.getLogger("edge_agent")
 
@@ -94,39 +95,6 @@ class VersionAction(argparse.Action):
         print(self.version)
         print_clash_notice(parser.prog)
         parser.exit()
-
-
-class JournalFormatter(logging.Formatter):
-    """Under systemd (``JOURNAL_STREAM`` set) every line starts with its syslog priority,
-    ``<3>`` for errors to ``<7>`` for debug, which journald reads (``SyslogLevelPrefix=``, on by
-    default) so that ``journalctl -p warning`` filters; journald adds its own timestamps. Every
-    line of a multi-line record (a traceback) carries the prefix."""
-
-    PRIORITY = {  # noqa: RUF012 - a constant table
-        logging.DEBUG: 7,
-        logging.INFO: 6,
-        logging.WARNING: 4,
-        logging.ERROR: 3,
-        logging.CRITICAL: 2,
-    }
-
-    def __init__(self) -> None:
-        super().__init__("%(levelname)s %(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        prefix = f"<{self.PRIORITY.get(record.levelno, 6)}>"
-        return "\n".join(prefix + line for line in super().format(record).split("\n"))
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if os.environ.get("JOURNAL_STREAM"):  # under systemd: priorities for journald
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JournalFormatter())
 
 
 # -- run ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ daemon, :mod:`edge_agent.daemon`) and ``edge-agent-hub`` (the hub service, on th
 * :mod:`~edge_agent.service.systemd`: sd_notify, the progress-based watchdog gate, fault dumps
   to the journal.
 * :mod:`~edge_agent.service.pids`: whether a process named in a status file still runs.
+* :mod:`~edge_agent.service.logs`: logging to stderr, with syslog priorities under journald.
 
 They import nothing of the project but :mod:`edge_agent.fsutil`, so a service loads only what it
 uses; nothing here imports :mod:`edge_agent.daemon`.

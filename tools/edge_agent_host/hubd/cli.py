@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge_agent import __version__
-from edge_agent.cli import configure_logging
 from edge_agent.distribution import clash_notice
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.service.logs import configure_logging
 from edge_agent.service.pids import pid_alive
 from edge_agent_host.hub.cli import add_silent_argument, format_fleet
 from edge_agent_host.hub.errors import HubError
