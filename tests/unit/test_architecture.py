@@ -148,6 +148,14 @@ KEPT_OUT = (
     "edge_agent.neural",  # daemon.groups: imported by neural and perception groups (is_neural)
     "edge_agent.sim.sensors",  # sim.registry: a world's module when the world is used
     "edge_agent.sim.explorer",
+    # docs/memory.md: SQLite and the fleet stack only with [mqtt] enabled; never the host tool.
+    "sqlite3",  # fleet.outbox and the nonce store: the only databases
+    "paho",  # fleet.comms.mqtt, when fleet.node builds a stack
+    "edge_agent.daemon.uplink",
+    "edge_agent.fleet.node",
+    "edge_agent.fleet.link",
+    "edge_agent.fleet.comms",
+    "edge_agent_host",
 )
 
 
