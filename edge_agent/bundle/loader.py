@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 import tarfile
 import zlib
@@ -118,6 +119,8 @@ _REL_PATH_PATTERN = rf"^(?:{_COMPONENT}/){{0,{_MAX_DIR_DEPTH - 1}}}{_COMPONENT}$
 RelPath = Annotated[str, StringConstraints(pattern=_REL_PATH_PATTERN, max_length=200)]
 """A payload path inside the bundle: relative POSIX, no ``..``, no hidden or empty components."""
 
+#: Logical names of Dirichlet counts in ``aif.arrays`` (pymdp's ``pA0``, ``pB0``, ``pD0`` ...).
+_COUNT_NAME = re.compile(r"^p([ABD])(\d+)$")
 ArrayName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.\[\]-]{0,63}$")]
 Dim = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count = Annotated[int, Field(ge=1, le=65535)]
@@ -412,6 +415,17 @@ class Bundle:
                 f"{self.path}: bundle of kind {self.manifest.kind!r} has no aif model"
             )
         return {logical: self.arrays[rel] for logical, rel in aif.arrays.items()}
+
+    def aif_counts(self) -> dict[str, dict[int, npt.NDArray[Any]]]:
+        """The Dirichlet counts a learning model carries (logical names ``pA0``.., ``pB0``..,
+        ``pD0``..), by kind and modality/factor: ``{"A": {1: pA1}}``; empty for a frozen model.
+        A learning group checks them against the model's tables (``LearningSpec``)."""
+        out: dict[str, dict[int, npt.NDArray[Any]]] = {}
+        for logical, array in self.aif_arrays().items():
+            match = _COUNT_NAME.match(logical)
+            if match:
+                out.setdefault(match.group(1), {})[int(match.group(2))] = array
+        return out
 
 
 @dataclass(frozen=True)

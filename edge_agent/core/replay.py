@@ -53,8 +53,8 @@ def load_replay_model(
     With ``trusted_keys`` a bundle must carry a valid signature by one of them; without, its
     files are still checked against the manifest's hashes (replay runs on a workstation, on
     bundles the operator chose). Returns the model, the bundle's settings (None for ``.npz``)
-    and a one-line description for the report; a ``.npz``'s Dirichlet counts (``pA0``..) go
-    into ``counts``.
+    and a one-line description for the report; the Dirichlet counts (``pA0``..) of a ``.npz``
+    or a bundle go into ``counts``.
     """
     p = Path(path)
     if p.is_dir() and not (p / MANIFEST_NAME).is_file():
@@ -78,6 +78,9 @@ def load_replay_model(
         )
         what = f"bundle {bundle.manifest.name} {bundle.manifest.version}, int8, {signed}"
         model = QuantizedModel.from_arrays(bundle.aif_arrays())
+        carried = bundle.aif_counts()
+        if carried and counts is not None:
+            counts.update(carried)
         return model, settings_from_json(spec.settings), what
     if p.is_file() and not zipfile.is_zipfile(p):  # numpy would call it "pickled data"
         raise InputError(f"{p}: neither a .npz nor a bundle; {MODEL_USAGE}")

@@ -3,7 +3,8 @@
 Inputs:
 
 * ``.npz`` in pymdp's key layout (``A0..``, ``B0..``, ``C0..``, ``D0..``, ``E``), read by
-  :func:`edge_agent.aif.model.load_npz`;
+  :func:`edge_agent.aif.model.load_npz`, with optional Dirichlet counts ``pA0..``, ``pB0..``,
+  ``pD0..`` for agents that learn (carried into the bundle, see below);
 * ``.json``: one object with keys ``A`` and ``B`` (required), ``C``, ``D`` and ``E`` (optional).
   ``A``, ``B``, ``C`` and ``D`` are **lists with one nested-list array per modality / factor**
   (``A[m]`` has shape ``(O_m, S_0, ..., S_{F-1})``, ``B[f]`` ``(S_f, S_f, U_f)``, ``C[m]``
@@ -11,7 +12,13 @@ Inputs:
   error. Example: ``{"A": [[[0.9, 0.1], [0.1, 0.9]]], "B": [[[[1], [0]], [[0], [1]]]]}``;
 * a pymdp ``Agent`` object (0.0.x numpy or 1.x JAX) through :func:`model_from_pymdp` and
   :func:`settings_from_pymdp` (duck-typed: reads ``.A``, ``.B``, ``.C``, ``.D``, ``.E`` and the
-  agent's settings; pymdp itself is not imported).
+  agent's settings; pymdp itself is not imported); its ``.pA``/``.pB``/``.pD`` are read by
+  :func:`counts_from_pymdp`.
+
+Dirichlet counts are checked against the tables they parameterise
+(:func:`edge_agent.aif.learning.check_counts`: shape, NaN, negative, zero where the table is not)
+and stored in float64 beside the int8 tables (``aif/pA0.npy`` ..., logical names ``pA0`` ...);
+:meth:`edge_agent.bundle.loader.Bundle.aif_counts` hands them to a learning group.
 
 The report compares the float64 agents with the int8 agents over simulated rollouts: ``N`` agents
 for ``T`` steps in a world that *is* the float model (states from ``D`` and ``B``, observations
@@ -38,7 +45,8 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.aif import agreement
-from edge_agent.aif.model import GenerativeModel, load_npz
+from edge_agent.aif.learning import check_counts
+from edge_agent.aif.model import Counts, GenerativeModel, load_npz
 from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.quant import SCHEME, QuantizedModel, quantize_model
 from edge_agent.aif.settings import AifSettings, settings_from_json, settings_to_json
@@ -69,6 +77,7 @@ __all__ = [
     "compare_rollouts",
     "convert_aif",
     "convert_pymdp",
+    "counts_from_pymdp",
     "load_aif_model",
     "load_json_model",
     "model_from_pymdp",
@@ -141,12 +150,13 @@ def load_json_model(path: str | Path) -> GenerativeModel:
         raise ModelError(f"{source}: {err}") from err
 
 
-def load_aif_model(path: str | Path) -> GenerativeModel:
-    """Read a model from ``.npz`` (pymdp keys) or ``.json`` (by suffix)."""
+def load_aif_model(path: str | Path, *, counts: Counts | None = None) -> GenerativeModel:
+    """Read a model from ``.npz`` (pymdp keys) or ``.json`` (by suffix); a ``.npz``'s Dirichlet
+    counts (``pA0``..) go into ``counts`` when given (else they are refused)."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".npz":
-        return load_npz(p)
+        return load_npz(p, counts=counts)
     if suffix == ".json":
         return load_json_model(p)
     raise ModelError(f"{p}: unknown model format {suffix!r}; use .npz (pymdp keys) or .json")
@@ -293,6 +303,52 @@ def model_from_pymdp(agent: object) -> GenerativeModel:
     if E is not None:
         E = _renormalised(agent, "E", [E])[0]
     return GenerativeModel.from_arrays(A, B, C, D, E)
+
+
+def _learned(agent: object, attr: str, count: int) -> list[int]:
+    """pymdp 0.0.x's ``modalities_to_learn`` / ``factors_to_learn``: ``"all"`` or indices."""
+    value = getattr(agent, attr, "all")
+    if value is None or (isinstance(value, str) and value == "all"):
+        return list(range(count))
+    return [int(i) for i in _items(value)]
+
+
+def counts_from_pymdp(agent: object, model: GenerativeModel) -> Counts:
+    """The Dirichlet counts a pymdp ``Agent`` learns with (``.pA``, ``.pB``, ``.pD``), by kind
+    and modality/factor, checked against ``model`` (:func:`model_from_pymdp` of the same agent).
+
+    pymdp 0.0.x: the modalities in ``.modalities_to_learn`` and the factors in
+    ``.factors_to_learn`` (``"all"``: every one); ``pD`` for every factor. pymdp 1.x: every
+    table, one of the batch (all must agree), ``pA[m]`` repeated along the factors outside
+    ``A_dependencies[m]`` like ``A[m]`` (each copy then learns on its own). Empty when the
+    agent learns nothing."""
+    counts: Counts = {}
+    batch = _pymdp_batch(agent)
+    learned = {
+        "A": _learned(agent, "modalities_to_learn", model.num_modalities),
+        "B": _learned(agent, "factors_to_learn", model.num_factors),
+        "D": list(range(model.num_factors)),
+    }
+    tables = {"A": model.A, "B": model.B, "D": model.D}
+    for kind in ("A", "B", "D"):
+        arrays = _object_list(agent, f"p{kind}")
+        if arrays is None:
+            continue
+        if batch is not None:
+            arrays = _one_of_batch(arrays, f"p{kind}", batch)
+            if kind == "A":
+                arrays = _expand_dependencies(
+                    arrays, getattr(agent, "A_dependencies", None), list(model.num_states)
+                )
+        if len(arrays) != len(tables[kind]):
+            raise ModelError(
+                f"pymdp agent: .p{kind} has {len(arrays)} tables, the model has "
+                f"{len(tables[kind])} {kind}"
+            )
+        counts[kind] = {
+            i: check_counts(f"{kind}{i}", arrays[i], tables[kind][i]) for i in learned[kind]
+        }
+    return counts
 
 
 def _scalar(value: object, attr: str) -> Any:
@@ -562,6 +618,24 @@ def aif_checks(data: Mapping[str, Any], thresholds: AifThresholds) -> list[Check
     ]
 
 
+def bundle_counts(model: GenerativeModel, counts: Counts) -> dict[str, np.ndarray]:
+    """``{"pA1": counts, ...}``: each table's counts checked against ``model`` (one line for
+    a wrong shape, NaN, a negative count, a zero where the table is not, a missing table)."""
+    tables = {"A": model.A, "B": model.B, "D": model.D}
+    out: dict[str, np.ndarray] = {}
+    for kind, by_index in counts.items():
+        if kind not in tables:
+            raise ModelError(f"Dirichlet counts p{kind}: expected pA, pB or pD")
+        for i, value in sorted(by_index.items()):
+            if not 0 <= i < len(tables[kind]):
+                what = "modality" if kind == "A" else "factor"
+                raise ModelError(
+                    f"p{kind}{i}: counts for {what} {i}, the model has {len(tables[kind])}"
+                )
+            out[f"p{kind}{i}"] = check_counts(f"{kind}{i}", value, tables[kind][i])
+    return out
+
+
 def convert_aif(
     model: GenerativeModel,
     out: str | Path,
@@ -578,13 +652,20 @@ def convert_aif(
     sign_key: Ed25519PrivateKey | None = None,
     signer: str | None = None,
     show_progress: bool = False,
+    counts: Counts | None = None,
 ) -> ConversionReport:
     """Quantize ``model``, measure it, and write (and sign) the bundle if the checks pass.
 
-    Returns the report; ``report.bundle`` is ``None`` when the checks failed and ``force`` is not
-    set (then nothing is written).
+    ``counts``: Dirichlet counts by kind and modality/factor (``{"A": {1: pA1}}``) for agents
+    that learn; checked against ``model`` and carried in float64 (``aif/pA1.npy``). Returns the
+    report; ``report.bundle`` is ``None`` when the checks failed and ``force`` is not set (then
+    nothing is written).
     """
     check_output(out)
+    try:
+        count_arrays = bundle_counts(model, counts or {})
+    except ModelError as err:
+        raise ModelError(f"{source}: {err}") from err
     agent_settings = settings or AifSettings()
     limits = thresholds or AifThresholds()
     quantized = quantize_model(model)
@@ -595,9 +676,16 @@ def convert_aif(
     report = ConversionReport(
         kind="aif", source=source, data=data, rows=rows, checks=aif_checks(data, limits)
     )
+    if count_arrays:
+        report.data["learning"] = {"counts": sorted(count_arrays)}
+        report.rows.append(("Dirichlet counts (float64)", ", ".join(sorted(count_arrays))))
     if not report.passed and not force:
         return report
     arrays, names = aif_bundle_arrays(quantized)
+    for logical, array in count_arrays.items():
+        rel = f"{AIF_ARRAY_DIR}/{logical}.npy"
+        arrays[rel] = array
+        names[logical] = rel
     report.bundle = write_output(
         out, name=name, version=version, kind="aif", arrays=arrays,
         aif=aif_spec(quantized, agent_settings, names),
@@ -607,13 +695,16 @@ def convert_aif(
 
 
 def convert_pymdp(agent: object, out: str | Path, *, name: str, **kwargs: Any) -> ConversionReport:
-    """:func:`convert_aif` for a pymdp ``Agent``: its model and its settings (duck-typed).
+    """:func:`convert_aif` for a pymdp ``Agent``: its model, settings and Dirichlet counts
+    (duck-typed).
 
     ``kwargs`` are :func:`convert_aif`'s keyword arguments; ``settings`` overrides the agent's.
     """
     settings = kwargs.pop("settings", None) or settings_from_pymdp(agent)
     kwargs.setdefault("source", f"pymdp agent {type(agent).__name__}")
-    return convert_aif(model_from_pymdp(agent), out, name=name, settings=settings, **kwargs)
+    model = model_from_pymdp(agent)
+    kwargs.setdefault("counts", counts_from_pymdp(agent, model))
+    return convert_aif(model, out, name=name, settings=settings, **kwargs)
 
 
 # ``convert aif`` -------------------------------------------------------------------------------
@@ -664,17 +755,21 @@ def aif_thresholds(args: argparse.Namespace) -> AifThresholds:
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path,
-                        help="model: .npz (pymdp keys A0.., B0.., ...) or .json")
+    parser.add_argument(
+        "model", type=Path,
+        help="model: .npz (pymdp keys A0.., B0.., ...; Dirichlet counts pA0.., pB0.., pD0.. "
+        "are carried into the bundle for agents that learn) or .json",
+    )
     add_common_options(parser)
     add_aif_options(parser)
 
 
 def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:
+    counts: Counts = {}  # a .npz's pA0.., pB0.., pD0.., carried into the bundle
     return convert_aif(
-        load_aif_model(options.model), options.out, settings=aif_settings(args),
+        load_aif_model(options.model, counts=counts), options.out, settings=aif_settings(args),
         source=str(options.model), rollouts=args.rollouts, steps=args.steps,
-        thresholds=aif_thresholds(args), **options.keywords(),
+        thresholds=aif_thresholds(args), counts=counts, **options.keywords(),
     )
 
 
