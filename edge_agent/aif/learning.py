@@ -45,6 +45,8 @@ from numpy.typing import NDArray
 from edge_agent.errors import ModelError
 
 Scope = Literal["shared", "per_agent"]
+#: What counts are stored in (see ``COUNTS_STORAGE_BOUND``).
+CountsDtype = Literal["float64", "float32"]
 FloatArray = NDArray[np.float64]
 
 #: pymdp's ``EPS_VAL``, added inside ``spm_wnorm``.
@@ -133,8 +135,10 @@ def wnorm(counts: np.ndarray) -> np.ndarray:
 
 
 def normalise(counts: np.ndarray, axis: int = 0) -> np.ndarray:
-    """The expectation of the Dirichlet: counts over their sum along ``axis``."""
-    out: np.ndarray = counts / counts.sum(axis=axis, keepdims=True)
+    """The expectation of the Dirichlet: counts over their sum along ``axis`` (in float64,
+    whatever the counts are stored in)."""
+    p = np.asarray(counts, dtype=np.float64)
+    out: np.ndarray = p / p.sum(axis=axis, keepdims=True)
     return out
 
 
@@ -195,6 +199,9 @@ class LearningSettings:
     lr_pD: float = 1.0
     forgetting: float = 0.0
     scope: Scope = "shared"
+    #: ``float32`` halves the counts' memory (per-agent scope); its error against float64
+    #: counts is bounded by :func:`counts_storage_bound`.
+    counts_dtype: CountsDtype = "float64"
 
     def __post_init__(self) -> None:
         for name in ("lr_pA", "lr_pB", "lr_pD"):
@@ -205,6 +212,10 @@ class LearningSettings:
             raise ModelError(f"forgetting = {self.forgetting}: expected 0 <= forgetting < 1")
         if self.scope not in ("shared", "per_agent"):
             raise ModelError(f"scope = {self.scope!r}: expected 'shared' or 'per_agent'")
+        if self.counts_dtype not in ("float64", "float32"):
+            raise ModelError(
+                f"counts_dtype = {self.counts_dtype!r}: expected 'float64' or 'float32'"
+            )
 
 
 def check_counts(name: str, counts: np.ndarray, table: np.ndarray) -> FloatArray:
@@ -226,6 +237,24 @@ def check_counts(name: str, counts: np.ndarray, table: np.ndarray) -> FloatArray
             "a zero count can never be learned and would make that entry 0 at the first update"
         )
     return p
+
+
+#: Unit roundoff of float32 storage: a stored value is the exact one times ``1 + d``, |d| <= it.
+FLOAT32_ROUNDOFF = 2.0**-24
+
+
+def counts_storage_bound(updates: int, largest_count: float) -> float:
+    """Bound on ``|c32 - c64|`` for any count after ``updates`` updates: counts stored in float32
+    against the same updates applied to float64 counts (the increments themselves are computed
+    in float64 either way).
+
+    Every update rounds a count at most 4 times (forgetting's subtract, scale and add back, then
+    the increment), each time by at most ``FLOAT32_ROUNDOFF`` of a value below
+    ``largest_count`` (the largest float64 count, prior or learned, over the run), and the prior
+    is rounded once when stored; forgetting only shrinks earlier errors. Hence
+    ``(4 * updates + 1) * 2**-24 * largest_count``. The table an agent uses, ``c / sum(c)``,
+    then moves by at most ``2 * bound / column_sum`` per entry."""
+    return (4 * updates + 1) * FLOAT32_ROUNDOFF * largest_count
 
 
 @dataclass
@@ -258,9 +287,11 @@ class DirichletCounts:
         tables: Sequence[np.ndarray],
         scope: Scope = "shared",
         n_agents: int = 1,
+        *,
+        dtype: CountsDtype = "float64",
     ) -> DirichletCounts:
         """Counts for the tables named in ``priors`` (index -> counts), checked against
-        ``tables`` (the model's normalised ``A``, ``B`` or ``D``)."""
+        ``tables`` (the model's normalised ``A``, ``B`` or ``D``), stored in ``dtype``."""
         indices = tuple(sorted(priors))
         prior, counts, mask, experience, touched = [], [], [], [], []
         for i in indices:
@@ -270,12 +301,12 @@ class DirichletCounts:
                     f"p{kind}{i}: learning asked for {what} {i}, the model has {len(tables)}"
                 )
             p = check_counts(f"{kind}{i}", priors[i], tables[i])
-            prior.append(p.copy())
-            counts.append(np.broadcast_to(p, (n_agents, *p.shape)).copy()
-                          if scope == "per_agent" else p.copy())
+            prior.append(p.astype(dtype))
+            counts.append(np.broadcast_to(p, (n_agents, *p.shape)).astype(dtype)
+                          if scope == "per_agent" else p.astype(dtype))
             # D's mask is its counts' support (pymdp's update_D); A's and B's the table's.
             mask.append(p > 0 if kind == "D" else tables[i] > 0)
-            experience.append(np.zeros_like(p))
+            experience.append(np.zeros(p.shape, dtype=dtype))
             touched.append(np.zeros(p.shape[1:] if kind != "D" else (1,), dtype=bool))
         return cls(kind, indices, prior, counts, mask, experience, scope, touched=touched)
 
@@ -289,7 +320,7 @@ class DirichletCounts:
         """One shared update of table ``slot`` (a position in ``tables``): forget, then add
         ``lr * mask * increment`` (``increment`` summed over agents)."""
         gain = lr * self.mask[slot] * increment
-        forget(self.counts[slot], self.prior[slot], forgetting)
+        self._forget(slot, forgetting)
         self.counts[slot] += gain
         self.experience[slot] += gain
         if self.kind != "D":
@@ -305,7 +336,7 @@ class DirichletCounts:
         the agent's observation or action picks; ``increment`` ``(N, ...)`` the rest)."""
         counts = self.counts[slot]
         agents = np.arange(counts.shape[0])
-        forget(counts, self.prior[slot], forgetting)
+        self._forget(slot, forgetting)
         if self.kind == "B":  # rows = (action,): counts[n, :, :, a_n]
             (action,) = rows
             gain = lr * np.moveaxis(self.mask[slot][:, :, action], -1, 0) * increment
@@ -324,6 +355,17 @@ class DirichletCounts:
             counts += gain
             self.experience[slot] += gain.sum(axis=0)
         self.version += 1
+
+    def _forget(self, slot: int, forgetting: float) -> None:
+        """Decay table ``slot`` toward its prior; the columns that still differ from it change,
+        so they count as touched (an int8 refresh re-encodes them)."""
+        if not forgetting:
+            return
+        counts = self.counts[slot]
+        if self.kind != "D":
+            axes = (0, 1) if self.scope == "per_agent" else (0,)
+            self.touched[slot] |= (counts != self.prior[slot]).any(axis=axes)
+        forget(counts, self.prior[slot], forgetting)
 
     def normalised(self, slot: int) -> FloatArray:
         """The table the counts stand for (``(N, ...)`` per agent)."""
@@ -396,9 +438,13 @@ class Learner:
         scope = self.settings.scope
         self.num_obs = tuple(int(a.shape[0]) for a in A)
         self.num_controls = tuple(int(b.shape[2]) for b in B)
-        self.pA = DirichletCounts.create("A", pA or {}, A, scope, n_agents) if pA else None
-        self.pB = DirichletCounts.create("B", pB or {}, B, scope, n_agents) if pB else None
-        self.pD = DirichletCounts.create("D", pD or {}, D, scope, n_agents) if pD else None
+        dtype = self.settings.counts_dtype
+        self.pA = DirichletCounts.create("A", pA or {}, A, scope, n_agents,
+                                         dtype=dtype) if pA else None
+        self.pB = DirichletCounts.create("B", pB or {}, B, scope, n_agents,
+                                         dtype=dtype) if pB else None
+        self.pD = DirichletCounts.create("D", pD or {}, D, scope, n_agents,
+                                         dtype=dtype) if pD else None
 
     @property
     def counts(self) -> list[DirichletCounts]:

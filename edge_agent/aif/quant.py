@@ -146,6 +146,35 @@ def encode_transition(B: np.ndarray) -> LogU8 | SparseColumns:
     return SparseColumns(num_states=S, index=index, values=_encode_padded(weights))
 
 
+def reencode_columns(
+    q: LogU8 | SparseColumns, table: np.ndarray, columns: NDArray[np.bool_]
+) -> int:
+    """In place: the columns of ``q`` selected by ``columns`` (a mask over ``table.shape[1:]``)
+    encoded anew from ``table``, exactly as :func:`encode_log_u8` / :func:`encode_transition` of
+    the whole table would encode them (every column is encoded on its own). A sparse transition
+    keeps its targets: the selected columns must have the non-zero rows ``q`` stores (a learning
+    group's tables keep their support once they follow their counts). Returns the number of
+    columns encoded."""
+    n = int(np.count_nonzero(columns))
+    if n == 0:
+        return 0
+    cols = np.asarray(table, dtype=np.float64)[:, columns]  # (rows, n)
+    if isinstance(q, SparseColumns):
+        if q.values is None:  # one target with weight 1 per column: nothing to re-encode
+            return n
+        index = q.index[:, columns].astype(np.intp)
+        padding = q.values.codes[:, columns] == ZERO_CODE
+        target = q.values
+        cols = np.where(padding, 0.0, np.take_along_axis(cols, index, axis=0))
+    else:
+        target = q
+    fresh = encode_log_u8(cols)
+    target.codes[:, columns] = fresh.codes
+    target.top[columns] = fresh.top
+    target.step[columns] = fresh.step
+    return n
+
+
 def _encode_padded(weights: F64) -> LogU8:
     # Padding weights are 0 and decode to exact zeros (code 255).
     return encode_log_u8(weights)

@@ -25,9 +25,16 @@ from typing import Any
 import numpy as np
 
 from edge_agent.aif import kernels
-from edge_agent.aif.learning import Learner, LearningSpec, param_info_gain
+from edge_agent.aif.learning import DirichletCounts, Learner, LearningSpec, param_info_gain
 from edge_agent.aif.model import GenerativeModel
-from edge_agent.aif.quant import QuantizedModel, quantize_model
+from edge_agent.aif.quant import (
+    LogU8,
+    QuantizedModel,
+    SparseColumns,
+    encode_log_u8,
+    encode_transition,
+    reencode_columns,
+)
 from edge_agent.core.agents import AifAgentGroup, IntArray
 from edge_agent.core.budget import Reservation
 from edge_agent.errors import InputError, ModelError
@@ -67,6 +74,9 @@ class LearningAgentGroup(AifAgentGroup):
         self.learning = learning
         self._since_refresh = 0
         self.refreshes = 0
+        #: int8 columns encoded by refreshes so far (a column: one distribution of A, B or D).
+        self.columns_encoded = 0
+        self._own_codes: dict[str, list[Any]] | None = None
         super().__init__(model, n_agents, **kwargs)
         self._learning_reservation: Reservation | None = None
         if self._budget is not None:
@@ -214,17 +224,27 @@ class LearningAgentGroup(AifAgentGroup):
         made anew if the new tables need another planner."""
         learner, m = self.learner, self._float_model
         A, B, D = list(m.A), list(m.B), list(m.D)
+        # int8: the group's own copy of the codes; only what changed is encoded again.
+        quantized = self.quantized
+        codes = None if quantized is None else self._owned_codes(quantized)
         for counts, tables in ((learner.pA, A), (learner.pB, B), (learner.pD, D)):
             # A table follows its counts from their first update on; until then it is the
             # table the model was given (pymdp: update_A sets A, not B).
-            if counts is not None and counts.version > 0:
-                for slot, index in enumerate(counts.tables):
-                    tables[index] = counts.normalised(slot)
-                counts.mark_refreshed()
+            if counts is None or counts.version == 0:
+                continue
+            for slot, index in enumerate(counts.tables):
+                tables[index] = counts.normalised(slot)
+                if codes is not None:
+                    self._encode_table(codes, counts, slot, index, tables[index])
+            counts.mark_refreshed()
         self._float_model = GenerativeModel.from_arrays(A, B, m.C, D, m.E)
-        source = (
-            quantize_model(self._float_model) if self.precision == "int8" else self._float_model
-        )
+        source: GenerativeModel | QuantizedModel = self._float_model
+        if quantized is not None and codes is not None:
+            source = self.quantized = QuantizedModel(
+                A=tuple(codes["A"]), B=tuple(codes["B"]), C=quantized.C, D=tuple(codes["D"]),
+                E=quantized.E, num_obs=m.num_obs, num_states=m.num_states,
+                num_controls=m.num_controls,
+            )
         old = kernels.Workspace.bytes_per_agent(self.cm, info_gain=self._use_info_gain)
         self.cm = kernels.compile_model(source, self.cm.tree.policies, dtype=self.dtype.type)
         if kernels.Workspace.bytes_per_agent(self.cm, info_gain=self._use_info_gain) != old or (
@@ -236,6 +256,36 @@ class LearningAgentGroup(AifAgentGroup):
                 self._agent_reservation.resize(self.bytes_for(self.n_agents, self.history_capacity))
         self._since_refresh = 0
         self.refreshes += 1
+
+    def _owned_codes(self, quantized: QuantizedModel) -> dict[str, list[Any]]:
+        """The int8 tables by kind; the learned ones copied once (the model the group was
+        given, or its cached compilation, may be shared with other groups)."""
+        if self._own_codes is None:
+            self._own_codes = {"A": list(quantized.A), "B": list(quantized.B),
+                               "D": list(quantized.D)}
+            for counts in self.learner.counts:
+                for index in counts.tables:
+                    self._own_codes[counts.kind][index] = _copy_codes(
+                        self._own_codes[counts.kind][index]
+                    )
+        return self._own_codes
+
+    def _encode_table(
+        self, codes: dict[str, list[Any]], counts: DirichletCounts, slot: int, index: int,
+        table: np.ndarray,
+    ) -> None:
+        """The int8 form of one learned table: whole at its first refresh (its support becomes
+        the counts' and stays so), then only the columns touched since the last refresh."""
+        kind = counts.kind
+        if kind == "D" or not counts.refreshed:
+            codes[kind][index] = (
+                encode_transition(table) if kind == "B" else encode_log_u8(table)
+            )
+            self.columns_encoded += int(np.prod(table.shape[1:]))
+        else:
+            self.columns_encoded += reencode_columns(
+                codes[kind][index], table, counts.touched[slot]
+            )
 
     @property
     def model(self) -> GenerativeModel:
@@ -274,6 +324,18 @@ class LearningAgentGroup(AifAgentGroup):
                         f"expected {counts.counts[slot].shape}"
                     )
                 counts.counts[slot][...] = arr
+                counts.touched[slot].fill(True)  # restored counts: every column may differ
             counts.version = int(state.get(f"learn.version.{counts.kind}", np.array(0)))
             counts.reported_version = counts.version
         self.refresh()
+
+
+def _copy_log(q: LogU8) -> LogU8:
+    return LogU8(codes=q.codes.copy(), top=q.top.copy(), step=q.step.copy())
+
+
+def _copy_codes(q: LogU8 | SparseColumns) -> LogU8 | SparseColumns:
+    if isinstance(q, LogU8):
+        return _copy_log(q)
+    values = None if q.values is None else _copy_log(q.values)
+    return SparseColumns(num_states=q.num_states, index=q.index.copy(), values=values)
