@@ -92,6 +92,14 @@ EXPECTED: dict[str, list[Record]] = {
            ("plain_agent_steps_per_s", "learning_agent_steps_per_s", "ratio", "refresh_ms"))
           for w, t in (("tmaze", ["A1"]), ("grid10", ["A0"]), ("grid10", ["A0", "B0"]))],
     ],
+    "bench_learning_peers.py": [
+        *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i},
+           ("steps_per_s", "state_bytes_per_agent"))
+          for w in ("tmaze", "grid10")
+          for i in ("edge-agent int8 refresh 1", "edge-agent int8 refresh 100")],
+        *[({"bench": "learning-reversal", "condition": c}, ("mean_reward_rate", "ticks_to_relearn"))
+          for c in ("frozen", "learning", "forgetting")],
+    ],
     "bench_limits.py": [
         ({"bench": "machine"}, ("copy_gb_s", "elementwise_gflop_s", "sgemm_gflop_s")),
         ({"bench": "arithmetic", "workload": "grid10"}, ("sparse_flop", "dense_flop")),

@@ -1,0 +1,227 @@
+"""One implementation's agents learning ``A`` while they act, timed.
+
+Run by ``bench_learning_peers.py`` with the python of edge-agent's venv or of a pymdp peer venv
+(``bench_peers.py`` makes those).
+
+    python learning.py IMPL WORKLOAD.npz N [--seconds S] [--repeats R] [--refresh-every K]
+
+``WORKLOAD.npz``: the model (``A0``.., ``B0``.., ``C0``.., ``D0``..), the learned table's counts
+(``pA{m}``, one modality ``m``) and ``obs`` ``(T, N_max, M)``: the observations every
+implementation's agents receive, tick after tick (open loop: the same inputs for all, whatever
+they do). One tick, per agent: infer states, learn ``pA[m]`` from the outcome and the posterior
+(learning rate 1), plan (one-step policies, utility and state information gain, gamma 16),
+choose an action (deterministic, from the action marginals):
+
+* ``pymdp 0.0.7.1``: ``N`` ``Agent`` objects with ``pA`` and ``modalities_to_learn=[m]``,
+  ``infer_states``, ``update_A``, ``infer_policies``, ``sample_action`` one agent after the other
+  (per-agent counts; ``A`` follows them every tick);
+* ``pymdp 1.0.4``: one ``Agent`` with ``batch_size=N``, ``learn_A=True`` (per-agent counts,
+  batched), the tick one ``equinox.filter_jit`` call: ``infer_states``, ``infer_parameters``,
+  ``infer_policies``, ``sample_action``, ``update_empirical_prior``;
+* ``edge-agent int8``: a :class:`~edge_agent.core.learning.LearningAgentGroup`, scope
+  ``shared`` (one set of counts that all ``N`` agents teach), tables refreshed every
+  ``--refresh-every`` ticks (1: every tick, as the peers).
+
+After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
+runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
+agent-steps per second of wall time), ``first_tick_s``, and ``state_bytes_per_agent``, the bytes
+of the arrays each agent's learning state holds (pymdp 0.0.7.1: every array of one ``Agent``;
+pymdp 1.0.4: every array leaf of the batched agent over ``N``; edge-agent: the group's per-agent
+state plus, for per-agent counts, one copy of the learned table's counts: what
+``DirichletCounts`` with scope ``per_agent`` holds per agent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+GAMMA = 16.0
+NUM_ITER = 10
+
+
+def load(path: str) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: np.asarray(data[k]) for k in data.files}
+    out: dict[str, Any] = {"obs": arrays.pop("obs")}
+    for kind in "ABCD":
+        out[kind] = [arrays[f"{kind}{i}"] for i in range(len(arrays)) if f"{kind}{i}" in arrays]
+    (key,) = [k for k in arrays if k.startswith("pA")]
+    out["m"], out["pA"] = int(key[2:]), arrays[key]
+    return out
+
+
+def _obj_array(arrays: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
+def _array_bytes(value: Any, seen: set[int]) -> int:
+    """Bytes of the numpy arrays reachable from ``value`` (object arrays, lists, dicts)."""
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            return sum(_array_bytes(v, seen) for v in value.ravel())
+        return int(value.nbytes)
+    if isinstance(value, list | tuple):
+        return sum(_array_bytes(v, seen) for v in value)
+    if isinstance(value, dict):
+        return sum(_array_bytes(v, seen) for v in value.values())
+    return 0
+
+
+class Pymdp007:
+    def __init__(self, w: dict[str, Any], n: int) -> None:
+        from pymdp.agent import Agent
+
+        m = w["m"]
+        pA = _obj_array([w["pA"] if i == m else a.copy() for i, a in enumerate(w["A"])])
+        self.agents = [
+            Agent(
+                A=_obj_array(w["A"]), B=_obj_array(w["B"]), C=_obj_array(w["C"]),
+                D=_obj_array(w["D"]), pA=pA, modalities_to_learn=[m], lr_pA=1.0,
+                policy_len=1, gamma=GAMMA, use_utility=True, use_states_info_gain=True,
+                use_param_info_gain=False, action_selection="deterministic",
+                sampling_mode="marginal", inference_algo="VANILLA",
+                inference_params={"num_iter": NUM_ITER, "dF": 1.0, "dF_tol": 0.001},
+            )
+            for _ in range(n)
+        ]
+
+    def tick(self, obs: np.ndarray) -> None:
+        rows = obs.tolist()
+        for agent, o in zip(self.agents, rows, strict=True):
+            agent.infer_states(o)
+            agent.update_A(o)
+            agent.infer_policies()
+            agent.sample_action()
+
+    def bytes_per_agent(self) -> int:
+        return _array_bytes(vars(self.agents[0]), set())
+
+
+class Pymdp104:
+    def __init__(self, w: dict[str, Any], n: int) -> None:
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        from pymdp.agent import Agent
+
+        m = w["m"]
+        self.n = n
+        self.agent = Agent(
+            A=[jnp.asarray(a) for a in w["A"]], B=[jnp.asarray(b) for b in w["B"]],
+            C=[jnp.asarray(c) for c in w["C"]], D=[jnp.asarray(d) for d in w["D"]],
+            pA=[jnp.asarray(w["pA"] if i == m else a) for i, a in enumerate(w["A"])],
+            learn_A=True, policy_len=1, gamma=GAMMA, use_utility=True,
+            use_states_info_gain=True, use_param_info_gain=False,
+            action_selection="deterministic", sampling_mode="marginal", inference_algo="fpi",
+            num_iter=NUM_ITER, batch_size=n,
+        )
+        self.prior = list(self.agent.D)
+        self._leaves = jax.tree_util.tree_leaves
+
+        def step(agent: Any, prior: list[Any], obs: Any) -> tuple[Any, Any, Any]:
+            observations = [obs[:, j] for j in range(obs.shape[1])]
+            qs = agent.infer_states(observations, prior)
+            agent = agent.infer_parameters(qs, [o[:, None] for o in observations], None)
+            q_pi, _neg_efe = agent.infer_policies(qs)
+            action = agent.sample_action(q_pi)
+            return agent, agent.update_empirical_prior(action, qs), action
+
+        self._step = eqx.filter_jit(step)
+
+    def tick(self, obs: np.ndarray) -> None:
+        self.agent, self.prior, action = self._step(self.agent, self.prior, obs.astype(np.int32))
+        np.asarray(action)  # waits for the device
+
+    def bytes_per_agent(self) -> int:
+        leaves = self._leaves(self.agent)
+        total = sum(int(getattr(x, "nbytes", 0)) for x in leaves)
+        return total // self.n
+
+
+class EdgeAgent:
+    def __init__(self, w: dict[str, Any], n: int, refresh_every: int) -> None:
+        from edge_agent.aif.learning import LearningSettings, LearningSpec
+        from edge_agent.aif.model import GenerativeModel
+        from edge_agent.core.learning import LearningAgentGroup
+
+        model = GenerativeModel.from_arrays(w["A"], w["B"], w["C"], w["D"])
+        spec = LearningSpec(pA={w["m"]: w["pA"]}, settings=LearningSettings(lr_pA=1.0),
+                            refresh_every=refresh_every)
+        self.group = LearningAgentGroup(model, n, learning=spec, precision="int8")
+        self.table_bytes = int(w["pA"].size) * 8  # float64 counts, one table per agent
+
+    def tick(self, obs: np.ndarray) -> None:
+        self.group.step(obs)
+
+    def bytes_per_agent(self) -> int:
+        return self.group.per_agent_nbytes() + self.table_bytes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("impl")
+    parser.add_argument("workload")
+    parser.add_argument("n", type=int)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--refresh-every", type=int, default=1)
+    parser.add_argument("--max-ticks", type=int, default=1_000_000)
+    args = parser.parse_args()
+    out = sys.stdout
+    sys.stdout = sys.stderr  # stray prints of the libraries must not break the JSON line
+    w = load(args.workload)
+    obs_all = w["obs"][:, : args.n]
+    t0 = time.perf_counter()
+    if args.impl == "pymdp 0.0.7.1":
+        impl: Any = Pymdp007(w, args.n)
+    elif args.impl == "pymdp 1.0.4":
+        impl = Pymdp104(w, args.n)
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        impl = EdgeAgent(w, args.n, args.refresh_every)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    impl.tick(obs_all[0])
+    first = time.perf_counter() - t0
+    impl.tick(obs_all[1])
+    tick = 2
+    rates = []
+    for _ in range(args.repeats):
+        steps = 0
+        start = time.perf_counter()
+        while True:
+            impl.tick(obs_all[tick % len(obs_all)])
+            tick += 1
+            steps += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= args.seconds or steps >= args.max_ticks:
+                break
+        rates.append(steps * args.n / elapsed)
+    out.write(json.dumps({
+        "impl": args.impl, "n": args.n, "build_s": round(build_s, 3),
+        "first_tick_s": round(first, 3), "steps_per_s": round(statistics.median(rates)),
+        "ticks": tick, "state_bytes_per_agent": impl.bytes_per_agent(),
+    }) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
