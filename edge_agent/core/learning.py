@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from edge_agent.aif import kernels
-from edge_agent.aif.learning import DirichletCounts, Learner, LearningSpec, param_info_gain
+from edge_agent.aif.learning import (
+    DirichletCounts,
+    Learner,
+    LearningSpec,
+    normalise,
+    param_info_gain,
+)
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import (
     LogU8,
@@ -77,16 +83,34 @@ class LearningAgentGroup(AifAgentGroup):
         #: int8 columns encoded by refreshes so far (a column: one distribution of A, B or D).
         self.columns_encoded = 0
         self._own_codes: dict[str, list[Any]] | None = None
+        self._codes_nbytes: int | None = None
         super().__init__(model, n_agents, **kwargs)
         self._learning_reservation: Reservation | None = None
         if self._budget is not None:
             self._learning_reservation = self._budget.reserve(
-                f"{self.name}:learning", "model", self.learner.nbytes,
+                f"{self.name}:learning", "model", self.learning_nbytes,
                 hint=f"learn fewer tables in group {self.name!r}",
             )
             self._reservations.append(self._learning_reservation)
 
     # -- memory -----------------------------------------------------------------------------------
+    @property
+    def learning_nbytes(self) -> int:
+        """What learning holds besides the agents' state: the counts (``Learner.nbytes``) and,
+        for int8, the group's own codes of the learned tables (a refresh writes there), sized by
+        the counts' support, which a learned table has from its first refresh on (a sparse
+        ``B`` with more targets per column than the model's takes more)."""
+        if self._codes_nbytes is None:
+            self._codes_nbytes = 0
+            if self.precision == "int8":
+                for counts in self.learner.counts:
+                    for slot in range(len(counts.tables)):
+                        table = normalise(counts.prior[slot])
+                        encoded = (encode_transition(table) if counts.kind == "B"
+                                   else encode_log_u8(table))
+                        self._codes_nbytes += encoded.nbytes
+        return self.learner.nbytes + self._codes_nbytes
+
     def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
         """:class:`AifAgentGroup`'s, plus the previous tick's posteriors, action and whether it
         acted (``B`` learns from them)."""

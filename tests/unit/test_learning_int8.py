@@ -14,7 +14,9 @@ from edge_agent.aif.learning import (
     counts_storage_bound,
 )
 from edge_agent.aif.quant import LogU8, SparseColumns, encode_transition, quantize_model
+from edge_agent.core.budget import MemoryBudget, MiB
 from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.errors import BudgetError
 from edge_agent.sim.grid_slippery import SlipperyGridEnv
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
@@ -127,3 +129,34 @@ def test_float32_counts_stay_within_the_stated_bound(forgetting: float) -> None:
         assert 0 < error <= bound, (kind, error, bound)
     # float32 counts take half the bytes.
     assert learners["float32"].nbytes < 0.6 * learners["float64"].nbytes
+
+
+def test_the_budget_counts_the_counts_and_the_learned_codes() -> None:
+    """An int8 learning group reserves its counts and its own copy of the learned tables' codes
+    (a refresh writes there); a budget that cannot hold them refuses the group in one line."""
+    env = SlipperyGridEnv(10, seed=1)
+    model = env.model
+    pB = model.B[0] * 10.0 + 0.5 * np.eye(100)[:, :, None]
+    spec = LearningSpec(pB={0: pB}, refresh_every=2)
+    budget = MemoryBudget(64 * MiB, profile_name="test")
+    group = LearningAgentGroup(model, 10, learning=spec, precision="int8", budget=budget,
+                               name="grid")
+    assert group.quantized is not None
+    given = group.quantized.B[0].nbytes
+    # From its first refresh B has the counts' support: two targets per column, with weights.
+    codes = encode_transition(pB / pB.sum(axis=0)).nbytes
+    assert codes > given
+    assert group.learning_nbytes == group.learner.nbytes + codes
+    assert budget.by_owner()["grid:learning"] == group.learning_nbytes
+    needed = budget.used
+    obs = env.reset()
+    for _ in range(4):
+        obs = env.step(group.step(obs))
+    assert group.refreshes == 2
+    assert group.quantized.B[0].nbytes == codes  # the copy it writes is the size reserved
+    # One byte short of what the first group needed when it was made: the learning
+    # reservation, the last one, is what is refused.
+    small = MemoryBudget(needed - 1, profile_name="test")
+    with pytest.raises(BudgetError, match=r"grid2:learning.*learn fewer tables"):
+        LearningAgentGroup(model, 10, learning=spec, precision="int8", budget=small,
+                           name="grid2")
