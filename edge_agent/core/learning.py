@@ -8,13 +8,17 @@ observe and do, and infer with the tables those counts stand for. One tick, in p
 2. ``pA`` learns from this tick's outcomes and posteriors; ``pB`` from the posteriors before
    and after the action each agent took last tick (agents that start a trial have none);
 3. every ``refresh_every`` ticks the tables become the counts' expectation: a new model is
-   built, quantized for ``int8`` groups, and compiled (the only cost that is not per tick);
+   built, for ``int8`` groups only the columns touched since the last refresh are encoded again
+   (a learned table is encoded whole at its first refresh), and it is compiled (the only cost
+   that is not per tick);
 4. plan and act with the current tables, record the history row.
 
 ``pD`` learns at :meth:`end_trial` from the posterior that ends a trial, and the tables are
 refreshed there. :meth:`reset` keeps what was learned. The counts are ``shared``: one set for the
 whole group, updated from all agents' experience in one batched reduction; they are reserved in
-the memory budget with the previous tick's posteriors ``B`` learning needs.
+the memory budget (with the group's own int8 codes of the learned tables,
+:attr:`LearningAgentGroup.learning_nbytes`), and the previous tick's posteriors ``B`` learning
+needs with the agents.
 """
 
 from __future__ import annotations
