@@ -160,3 +160,26 @@ def test_the_budget_counts_the_counts_and_the_learned_codes() -> None:
     with pytest.raises(BudgetError, match=r"grid2:learning.*learn fewer tables"):
         LearningAgentGroup(model, 10, learning=spec, precision="int8", budget=small,
                            name="grid2")
+
+
+def test_incremental_refresh_of_a_dense_b_equals_a_full_encoding() -> None:
+    """The reversal T-maze's location B learned from counts with every entry > 0: B is stored
+    dense (LogU8), and its touched columns are encoded like any table's."""
+    model = tmaze_reversal_model()
+    pB0 = model.B[0] * 5.0 + 0.1
+    spec = LearningSpec(pB={0: pB0}, settings=LearningSettings(lr_pB=0.5, forgetting=0.05),
+                        refresh_every=2)
+    group = LearningAgentGroup(model, 25, learning=spec, precision="int8")
+    env = ReversalTMazeEnv(25, seed=2, reverse_every=2)
+    obs = env.reset()
+    refreshes = 0
+    for tick in range(30):
+        if tick and env.episode_start.any():
+            group.reset(env.episode_start)
+        obs = env.step(group.step(obs))
+        if group.refreshes != refreshes:
+            refreshes = group.refreshes
+            assert group.quantized is not None
+            assert isinstance(group.quantized.B[0], LogU8)
+            same_codes(group.quantized.B[0], encode_transition(group.model.B[0]))
+    assert refreshes == 15
