@@ -11,7 +11,9 @@ the venvs ``bench_peers.py`` makes under ``.cache/peers`` (``--no-install``: nev
 
 * edge-agent: ``LearningAgentGroup`` int8, scope ``shared`` (every agent teaches one set of
   counts: the peers have no such scope, their counts are per agent), tables refreshed every tick
-  (``refresh 1``, the peers' cadence) and every 100 ticks (``refresh 100``);
+  (``refresh 1``, the peers' cadence) and every 100 ticks (``refresh 100``); and
+  ``PerAgentLearningGroup`` (``float64 per-agent``: each agent its own counts and tables, as the
+  peers), up to N = 1,000;
 * pymdp 0.0.7.1: one ``Agent`` per agent, ``update_A`` each tick, in a Python loop. Its rate does
   not depend on ``N`` (it steps agents one by one), so above ``--max-007`` agents it is measured
   on ``--max-007`` agents and marked ``"extrapolated": true``;
@@ -22,9 +24,8 @@ the venvs ``bench_peers.py`` makes under ``.cache/peers`` (``--no-install``: nev
 
 Memory, ``state_bytes_per_agent``: what each agent's learning state holds in arrays (pymdp
 0.0.7.1: every array of one ``Agent``; pymdp 1.0.4: every array leaf of the batched agent over
-N; edge-agent: the group's per-agent state plus one float64 copy of the learned table, the
-counts a per-agent scope keeps per agent: ``DirichletCounts`` with ``scope="per_agent"``; the
-agent groups do not run per-agent counts yet, see docs/learning.md).
+N; edge-agent, on every edge row: what a ``PerAgentLearningGroup`` reserves per agent, its state
+with its own learned table, and its float64 counts).
 
 The reversal: ``examples/learning_reversal.py`` (frozen, learning, learning with forgetting),
 whose ``ticks_to_relearn`` are printed as they are.
@@ -64,6 +65,9 @@ REVERSAL = REPO / "examples" / "learning_reversal.py"
 WORLDS = (("tmaze", 1), ("grid10", 0))
 TICKS = 20
 EDGE = (("edge-agent int8 refresh 1", 1), ("edge-agent int8 refresh 100", 100))
+PER_AGENT = "edge-agent float64 per-agent"
+#: The per-agent group (float64, each agent's own tables) runs up to this many agents.
+PER_AGENT_MAX = 1000
 
 
 def write_workload(world: str, modality: int, n: int, path: Path) -> None:
@@ -135,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 for impl, every in EDGE:
                     rows.append((impl, run_worker(python, "edge-agent int8", workload, n, args,
                                                   refresh_every=every)))
+                if n <= PER_AGENT_MAX:
+                    rows.append((PER_AGENT, run_worker(python, PER_AGENT, workload, n, args)))
                 if bench_peers.PYMDP_007 in peers:
                     probe = min(n, args.max_007)
                     rec = run_worker(peers[bench_peers.PYMDP_007], bench_peers.PYMDP_007,

@@ -20,15 +20,17 @@ choose an action (deterministic, from the action marginals):
   ``infer_policies``, ``sample_action``, ``update_empirical_prior``;
 * ``edge-agent int8``: a :class:`~edge_agent.core.learning.LearningAgentGroup`, scope
   ``shared`` (one set of counts that all ``N`` agents teach), tables refreshed every
-  ``--refresh-every`` ticks (1: every tick, as the peers).
+  ``--refresh-every`` ticks (1: every tick, as the peers);
+* ``edge-agent float64 per-agent``: a :class:`~edge_agent.core.learning.PerAgentLearningGroup`
+  (each agent its own counts and tables, as the peers).
 
 After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
 runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
 agent-steps per second of wall time), ``first_tick_s``, and ``state_bytes_per_agent``, the bytes
 of the arrays each agent's learning state holds (pymdp 0.0.7.1: every array of one ``Agent``;
-pymdp 1.0.4: every array leaf of the batched agent over ``N``; edge-agent: the group's per-agent
-state plus, for per-agent counts, one copy of the learned table's counts: what
-``DirichletCounts`` with scope ``per_agent`` holds per agent).
+pymdp 1.0.4: every array leaf of the batched agent over ``N``; edge-agent, whatever the row's
+scope: what a ``PerAgentLearningGroup`` reserves per agent, its state with its own learned table
+(and joint-outcome table) plus its counts).
 """
 
 from __future__ import annotations
@@ -157,22 +159,31 @@ class Pymdp104:
 
 
 class EdgeAgent:
-    def __init__(self, w: dict[str, Any], n: int, refresh_every: int) -> None:
+    def __init__(self, w: dict[str, Any], n: int, refresh_every: int, scope: str) -> None:
         from edge_agent.aif.learning import LearningSettings, LearningSpec
         from edge_agent.aif.model import GenerativeModel
-        from edge_agent.core.learning import LearningAgentGroup
+        from edge_agent.core.learning import learning_group
 
         model = GenerativeModel.from_arrays(w["A"], w["B"], w["C"], w["D"])
-        spec = LearningSpec(pA={w["m"]: w["pA"]}, settings=LearningSettings(lr_pA=1.0),
-                            refresh_every=refresh_every)
-        self.group = LearningAgentGroup(model, n, learning=spec, precision="int8")
-        self.table_bytes = int(w["pA"].size) * 8  # float64 counts, one table per agent
+
+        def spec(scope: str) -> LearningSpec:
+            return LearningSpec(pA={w["m"]: w["pA"]}, refresh_every=refresh_every,
+                                settings=LearningSettings(lr_pA=1.0, scope=scope))  # type: ignore[arg-type]
+
+        precision = "float64" if scope == "per_agent" else "int8"
+        self.group = learning_group(model, n, learning=spec(scope), precision=precision)
+        # Per-agent A learning as a PerAgentLearningGroup holds it, per agent: the agent's
+        # state with its own tables, and its counts.
+        probe = learning_group(model, 2, learning=spec("per_agent"), precision="float64")
+        counts = probe.learner.pA
+        assert counts is not None
+        self.per_agent_bytes = probe.per_agent_nbytes() + int(counts.counts[0][0].nbytes)
 
     def tick(self, obs: np.ndarray) -> None:
         self.group.step(obs)
 
     def bytes_per_agent(self) -> int:
-        return self.group.per_agent_nbytes() + self.table_bytes
+        return self.per_agent_bytes
 
 
 def main() -> int:
@@ -196,7 +207,8 @@ def main() -> int:
         impl = Pymdp104(w, args.n)
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        impl = EdgeAgent(w, args.n, args.refresh_every)
+        scope = "per_agent" if args.impl == "edge-agent float64 per-agent" else "shared"
+        impl = EdgeAgent(w, args.n, args.refresh_every, scope)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     impl.tick(obs_all[0])

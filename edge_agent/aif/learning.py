@@ -329,14 +329,18 @@ class DirichletCounts:
             )
         self.version += 1
 
-    def add_rows(self, slot: int, rows: tuple[np.ndarray, ...], increment: np.ndarray,
-                 lr: float, forgetting: float) -> None:
+    def add_rows(
+        self, slot: int, rows: tuple[np.ndarray, ...], increment: np.ndarray, lr: float,
+        forgetting: float, *, agents: np.ndarray | None = None,
+    ) -> None:
         """One per-agent update: agent ``n``'s counts gain ``lr * mask[rows] * increment[n]``
         at ``counts[n][rows_n]`` (``rows``: index arrays into the table, one per leading axis
-        the agent's observation or action picks; ``increment`` ``(N, ...)`` the rest)."""
+        the agent's observation or action picks; ``increment`` ``(N, ...)`` the rest).
+        ``agents``: the agents the rows are for (all by default); only their counts forget."""
         counts = self.counts[slot]
-        agents = np.arange(counts.shape[0])
-        self._forget(slot, forgetting)
+        if agents is None:
+            agents = np.arange(counts.shape[0])
+        self._forget(slot, forgetting, agents)
         if self.kind == "B":  # rows = (action,): counts[n, :, :, a_n]
             (action,) = rows
             gain = lr * np.moveaxis(self.mask[slot][:, :, action], -1, 0) * increment
@@ -352,16 +356,24 @@ class DirichletCounts:
             self.touched[slot] |= (increment != 0).any(axis=0).reshape(self.touched[slot].shape)
         else:  # D: counts[n] += lr * (pD > 0) * qs_n
             gain = lr * self.mask[slot] * increment
-            counts += gain
+            counts[agents] += gain
             self.experience[slot] += gain.sum(axis=0)
         self.version += 1
 
-    def _forget(self, slot: int, forgetting: float) -> None:
-        """Decay table ``slot`` toward its prior; the columns that still differ from it change,
-        so they count as touched (an int8 refresh re-encodes them)."""
+    def _forget(self, slot: int, forgetting: float, agents: np.ndarray | None = None) -> None:
+        """Decay table ``slot`` toward its prior (per agent: the rows of ``agents``, all by
+        default); the columns that still differ from it change, so they count as touched (an
+        int8 refresh re-encodes them)."""
         if not forgetting:
             return
         counts = self.counts[slot]
+        if self.scope == "per_agent" and agents is not None and len(agents) < len(counts):
+            rows = counts[agents]
+            if self.kind != "D":
+                self.touched[slot] |= (rows != self.prior[slot]).any(axis=(0, 1))
+            forget(rows, self.prior[slot], forgetting)
+            counts[agents] = rows
+            return
         if self.kind != "D":
             axes = (0, 1) if self.scope == "per_agent" else (0,)
             self.touched[slot] |= (counts != self.prior[slot]).any(axis=axes)
@@ -482,9 +494,9 @@ class Learner:
         if self.pB is None:
             return
         s = self.settings
+        agents = None
         if acted is not None and not acted.all():
-            if s.scope == "per_agent":
-                raise ModelError("per-agent B learning needs every agent to have acted")
+            agents = np.flatnonzero(acted)
             qs = [q[acted] for q in qs]
             qs_prev = [q[acted] for q in qs_prev]
             actions = actions[acted]
@@ -494,10 +506,14 @@ class Learner:
                 self.pB.add(slot, inc, s.lr_pB, s.forgetting)
             else:
                 outer = qs[f][:, :, None] * qs_prev[f][:, None, :]
-                self.pB.add_rows(slot, (actions[:, f],), outer, s.lr_pB, s.forgetting)
+                self.pB.add_rows(slot, (actions[:, f],), outer, s.lr_pB, s.forgetting,
+                                 agents=agents)
 
-    def learn_D(self, qs: Sequence[np.ndarray]) -> None:  # noqa: N802 - pymdp's table names
-        """``qs[f]`` ``(N, S_f)``: the posterior that sums a trial up."""
+    def learn_D(  # noqa: N802 - pymdp's table names
+        self, qs: Sequence[np.ndarray], agents: np.ndarray | None = None
+    ) -> None:
+        """``qs[f]`` ``(n, S_f)``: the posterior that sums a trial up, for the ``agents`` whose
+        trial ended (per-agent counts; all by default)."""
         if self.pD is None:
             return
         s = self.settings
@@ -505,4 +521,4 @@ class Learner:
             if s.scope == "shared":
                 self.pD.add(slot, qs[f].sum(axis=0), s.lr_pD, s.forgetting)
             else:
-                self.pD.add_rows(slot, (), qs[f], s.lr_pD, s.forgetting)
+                self.pD.add_rows(slot, (), qs[f], s.lr_pD, s.forgetting, agents=agents)

@@ -24,11 +24,11 @@ needs with the agents.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from edge_agent.aif import kernels
+from edge_agent.aif import kernels, per_agent
 from edge_agent.aif.learning import (
     DirichletCounts,
     Learner,
@@ -45,6 +45,7 @@ from edge_agent.aif.quant import (
     encode_transition,
     reencode_columns,
 )
+from edge_agent.aif.reference import EPS
 from edge_agent.core.agents import AifAgentGroup, IntArray
 from edge_agent.core.budget import Reservation
 from edge_agent.errors import InputError, ModelError
@@ -58,6 +59,9 @@ class LearningAgentGroup(AifAgentGroup):
     is :class:`AifAgentGroup`'s.
     """
 
+    #: The counts' scope this class runs (``learning.settings.scope`` must say the same).
+    scope: ClassVar[str] = "shared"
+
     def __init__(
         self,
         model: GenerativeModel | QuantizedModel,
@@ -67,10 +71,11 @@ class LearningAgentGroup(AifAgentGroup):
         **kwargs: Any,
     ) -> None:
         name = str(kwargs.get("name", "group"))
-        if learning.settings.scope != "shared":
+        if learning.settings.scope != self.scope:
             raise InputError(
-                f"group {name!r}: learning scope {learning.settings.scope!r} is not available in "
-                "agent groups: their kernels share one set of tables (use scope = 'shared')"
+                f"group {name!r}: learning scope {learning.settings.scope!r} needs "
+                f"{'PerAgentLearningGroup' if self.scope == 'shared' else 'LearningAgentGroup'} "
+                "(learning_group() picks the class by scope)"
             )
         self._float_model = model.dequantize() if isinstance(model, QuantizedModel) else model
         m = self._float_model
@@ -241,7 +246,8 @@ class LearningAgentGroup(AifAgentGroup):
         sel = np.ones(self.n_agents, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         if self.learner.pD is not None and sel.any():
             self.learner.learn_D(
-                [q[sel] for q in self.qs] if posterior is None else list(posterior)
+                [q[sel] for q in self.qs] if posterior is None else list(posterior),
+                agents=np.flatnonzero(sel),
             )
             self.refresh()
         self.reset(sel)
@@ -356,6 +362,169 @@ class LearningAgentGroup(AifAgentGroup):
             counts.version = int(state.get(f"learn.version.{counts.kind}", np.array(0)))
             counts.reported_version = counts.version
         self.refresh()
+
+
+class PerAgentLearningGroup(LearningAgentGroup):
+    """``n_agents`` agents that each learn their own counts and infer with their own tables
+    (scope ``per_agent``), float64.
+
+    The shared kernels compile one model for a whole group; here every learned table has an
+    agent axis (``(N, ...)`` float64 tables next to ``(N, ...)`` counts) and a tick runs the
+    batched per-agent kernels of :mod:`edge_agent.aif.per_agent` (pymdp 0.0.7.1's maths, like
+    the reference agent). Tables nobody learns stay shared. The memory budget holds the counts
+    (the learning reservation, ``N`` copies of each learned table) and the per-agent tables
+    (in :meth:`per_agent_nbytes`, with the agents); a budget without room refuses the group in
+    one line. Not here: ``int8`` (the tables are float64), histories, several workers,
+    ``param_info_gain``, :meth:`resize`: each is refused in one line.
+    """
+
+    scope: ClassVar[str] = "per_agent"
+
+    def __init__(
+        self,
+        model: GenerativeModel | QuantizedModel,
+        n_agents: int,
+        *,
+        learning: LearningSpec,
+        **kwargs: Any,
+    ) -> None:
+        name = str(kwargs.get("name", "group"))
+        refused = {
+            "precision": kwargs.get("precision", "int8") != "float64",
+            "history_capacity": bool(kwargs.get("history_capacity", 0)),
+            "param_info_gain": learning.param_info_gain,
+        }
+        for what, bad in refused.items():
+            if bad:
+                raise InputError(
+                    f"group {name!r}: per-agent learning runs float64 tables without history "
+                    f"or parameter information gain; {what} is not available with it"
+                )
+        self._tables: dict[str, list[np.ndarray]] | None = None
+        super().__init__(model, n_agents, learning=learning, **kwargs)
+        m = self._float_model
+        n = self.n_agents
+        S = int(np.prod(m.num_states))
+        # Shared tables with an agent axis of 1; the learned ones get one copy per agent.
+        tables: dict[str, list[np.ndarray]] = {
+            "A": [a.reshape(1, a.shape[0], S) for a in m.A],
+            "B": [b[None] for b in m.B],
+            "D": [d[None] for d in m.D],
+        }
+        for counts in self.learner.counts:
+            for index in counts.tables:
+                tables[counts.kind][index] = np.repeat(tables[counts.kind][index], n, axis=0)
+        self._tables = tables
+        self._lnC = [np.log(per_agent.softmax_rows(c[None])[0] + EPS) for c in m.C]
+        self._outcomes = (
+            per_agent.outcome_tables(tables["A"]) if self._use_info_gain else None
+        )
+
+    def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
+        """:class:`LearningAgentGroup`'s, plus each agent's copy of the learned tables (and of
+        the joint-outcome table and its entropies the state information gain reads, when ``A``
+        is learned)."""
+        m, total = self._float_model, 0
+        for counts in self.learner.counts:
+            for slot in range(len(counts.tables)):
+                total += counts.prior[slot].size * 8
+        if self.learner.pA is not None and self.settings.use_states_info_gain:
+            S = int(np.prod(m.num_states))  # one modality: its A is the joint table
+            joint_outcomes = int(np.prod(m.num_obs)) if m.num_modalities > 1 else 0
+            total += (joint_outcomes + 1) * S * 8
+        return super().per_agent_nbytes(history_capacity) + total
+
+    def resize(self, n_agents: int) -> None:
+        raise InputError(
+            f"group {self.name!r}: a group with per-agent counts keeps its size ({self.n_agents})"
+        )
+
+    def step(
+        self,
+        obs: np.ndarray | Sequence[np.ndarray],
+        now: float | None = None,
+        *,
+        record: bool = True,
+    ) -> IntArray:
+        """One tick: infer states with each agent's tables, learn (``pA`` from the outcome,
+        ``pB`` from the transition of every agent that had acted), refresh if due, plan, act."""
+        o, _ = self.check_evidence(obs)
+        if o is None:
+            raise InputError(
+                f"group {self.name!r} learns from integer outcomes, not soft evidence"
+            )
+        self.infer_states(o)
+        self._learn(o, self.action, self.has_action)
+        self.infer_policies()
+        self.sample_action()
+        self.ticks += 1
+        return self.action
+
+    def infer_states(self, obs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Every agent's posterior under its own ``A``, from the prior its own ``B`` (or, at a
+        trial's start, its own ``D``) gives."""
+        assert self._tables is not None
+        o = self.check_obs(np.asarray(obs))
+        t = self._tables
+        prior = per_agent.priors(t["B"], t["D"], self.qs, self.action, self.has_action)
+        qs = per_agent.infer_states(
+            per_agent.log_likelihood(t["A"], o), [np.log(p + EPS) for p in prior],
+            self.cm.num_states, self._num_iter, self._dF_tol,
+        )
+        for f, q in enumerate(qs):
+            self.prior[f][...] = prior[f]
+            self.qs[f][...] = q
+        return [q.copy() for q in self.qs]
+
+    def infer_policies(self) -> tuple[np.ndarray, np.ndarray]:
+        """``G`` with each agent's own tables and ``q_pi = softmax(gamma * G + ln E)``."""
+        assert self._tables is not None
+        G = per_agent.expected_free_energy(
+            self.qs, self._tables["A"], self._tables["B"], self._lnC, self.cm.tree.policies,
+            outcomes=self._outcomes, use_utility=self._use_utility,
+        )
+        self.G[...] = G
+        self.q_pi[...] = per_agent.softmax_rows(G * float(self._gamma) + self.cm.lnE)
+        return self.q_pi, self.G
+
+    def sample_action(self) -> IntArray:
+        self.action[...] = per_agent.select_actions(
+            self.q_pi, self.cm.tree.policies, self.cm.num_controls, mode=self._sampling_mode,
+            deterministic=self._deterministic, alpha=self._alpha, rng=self.selection_rng(),
+        )
+        self.has_action.fill(True)
+        return self.action
+
+    def set_action(self, actions: np.ndarray) -> None:
+        """Commit externally chosen actions ``(N, F)``; the next prior follows from them."""
+        self.action[...] = self.check_actions(actions)
+        self.has_action.fill(True)
+
+    def refresh(self) -> None:
+        """Each agent's learned tables become its counts' expectation."""
+        if self._tables is None:  # during construction
+            return
+        for counts in self.learner.counts:
+            if counts.version == 0:
+                continue
+            for slot, index in enumerate(counts.tables):
+                table = self._tables[counts.kind][index]
+                table[...] = counts.normalised(slot).reshape(table.shape)
+            counts.mark_refreshed()
+        if self._outcomes is not None and self.learner.pA is not None:
+            self._outcomes = per_agent.outcome_tables(self._tables["A"])
+        self._since_refresh = 0
+        self.refreshes += 1
+
+
+def learning_group(
+    model: GenerativeModel | QuantizedModel, n_agents: int, *, learning: LearningSpec,
+    **kwargs: Any,
+) -> LearningAgentGroup:
+    """The learning group for ``learning.settings.scope``: :class:`LearningAgentGroup` for
+    ``shared`` counts, :class:`PerAgentLearningGroup` for ``per_agent``."""
+    cls = PerAgentLearningGroup if learning.settings.scope == "per_agent" else LearningAgentGroup
+    return cls(model, n_agents, learning=learning, **kwargs)
 
 
 def _copy_log(q: LogU8) -> LogU8:

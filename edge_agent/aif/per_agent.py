@@ -1,0 +1,186 @@
+"""Agents that each infer with their own tables: pure batched float64 kernels.
+
+The kernels of :mod:`edge_agent.aif.kernels` share one compiled model between all agents of a
+group. Agents that learn with per-agent counts (``scope = "per_agent"``) each have their own
+``A``, ``B``, ``D``: these kernels take the tables with a leading agent axis (``N``, or ``1`` for
+a table every agent shares) and follow :class:`~edge_agent.aif.reference.ReferenceAgent`
+(pymdp 0.0.7.1) step by step, for ``N`` agents at once: fixed-point state inference with its
+free-energy stop per agent, utility and the state information gain over joint outcomes with
+pymdp's ``exp(-16)`` threshold, marginal or full action selection.
+
+Shapes: ``A[m]`` ``(N|1, O_m, S)`` over the joint state ``S = S_0 * ... * S_{F-1}`` (C order);
+``B[f]`` ``(N|1, S_f, S_f, U_f)``; ``D[f]`` ``(N|1, S_f)``; ``qs[f]`` ``(N, S_f)``; ``obs``
+``(N, M)`` int; ``policies`` ``(P, L, F)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edge_agent.aif.reference import EPS, EXP_M16
+
+
+def rows_of(table: np.ndarray, n: int) -> np.ndarray:
+    """Index of each agent's table: ``arange(n)`` for per-agent tables, zeros for shared."""
+    return np.arange(n) if table.shape[0] == n and n > 1 else np.zeros(n, dtype=np.intp)
+
+
+def softmax_rows(x: np.ndarray) -> np.ndarray:
+    e: np.ndarray = np.exp(x - x.max(axis=1, keepdims=True))
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def joint(qs: Sequence[np.ndarray]) -> np.ndarray:
+    """``(N, S)``: the outer product of the factor marginals per agent, C order."""
+    n = qs[0].shape[0]
+    out = qs[0]
+    for q in qs[1:]:
+        out = (out[:, :, None] * q[:, None, :]).reshape(n, -1)
+    return out
+
+
+def log_likelihood(A: Sequence[np.ndarray], obs: np.ndarray) -> np.ndarray:
+    """``(N, S)``: ``ln(prod_m A[m][o_m] + 1e-16)`` per agent (pymdp's ``spm_log_single``)."""
+    n = obs.shape[0]
+    lik = np.ones((n, A[0].shape[2]))
+    for m, a in enumerate(A):
+        lik *= a[rows_of(a, n), obs[:, m]]
+    out: np.ndarray = np.log(lik + EPS)
+    return out
+
+
+def priors(
+    B: Sequence[np.ndarray], D: Sequence[np.ndarray], qs: Sequence[np.ndarray],
+    action: np.ndarray, acted: np.ndarray,
+) -> list[np.ndarray]:
+    """``B[f][:, :, a_f] @ qs[f]`` for agents that acted, ``D[f]`` for the others."""
+    n = qs[0].shape[0]
+    out = []
+    for f, (b, d) in enumerate(zip(B, D, strict=True)):
+        moved = np.einsum("nij,nj->ni", b[rows_of(b, n), :, :, action[:, f]], qs[f])
+        out.append(np.where(acted[:, None], moved, d[rows_of(d, n)]))
+    return out
+
+
+def _free_energy(
+    qs: Sequence[np.ndarray], log_prior: Sequence[np.ndarray], log_lik: np.ndarray | None
+) -> np.ndarray:
+    vfe = np.zeros(qs[0].shape[0])
+    for q, lp in zip(qs, log_prior, strict=True):
+        vfe += (q * np.log(q + EPS)).sum(axis=1) - (q * lp).sum(axis=1)
+    if log_lik is not None:
+        vfe -= (joint(qs) * log_lik).sum(axis=1)
+    return vfe
+
+
+def infer_states(
+    log_lik: np.ndarray, log_prior: Sequence[np.ndarray], num_states: Sequence[int],
+    num_iter: int, dF_tol: float,
+) -> list[np.ndarray]:
+    """Posteriors ``qs[f]`` ``(N, S_f)``: ``softmax(ln L + ln prior)`` for one factor, else
+    pymdp's vanilla fixed-point iteration, each agent stopping when its free energy changes by
+    less than ``dF_tol``."""
+    n = log_lik.shape[0]
+    if len(num_states) == 1:
+        return [softmax_rows(log_lik + log_prior[0])]
+    F = len(num_states)
+    qs = [np.full((n, s), 1.0 / s) for s in num_states]
+    prev = _free_energy(qs, log_prior, None)
+    dF = np.ones(n)
+    shaped = log_lik.reshape(n, *num_states)
+    for _ in range(num_iter):
+        active = dF >= dF_tol
+        if not active.any():
+            break
+        q_joint = joint(qs).reshape(n, *num_states)
+        weighted = shaped * q_joint
+        new = []
+        for f in range(F):
+            others = tuple(1 + i for i in range(F) if i != f)
+            qL = weighted.sum(axis=others) / qs[f]
+            new.append(softmax_rows(qL + log_prior[f]))
+        vfe = _free_energy(new, log_prior, log_lik)
+        qs = [np.where(active[:, None], q_new, q) for q_new, q in zip(new, qs, strict=True)]
+        dF = np.where(active, np.abs(prev - vfe), dF)
+        prev = np.where(active, vfe, prev)
+    return qs
+
+
+def outcome_tables(A: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(A_joint, neg_entropy)``: per agent the joint-outcome likelihood ``(N|1, O, S)`` (last
+    modality fastest; ``A[0]`` itself for one modality) and ``sum_o p(o|s) ln(p(o|s) + e^-16)``
+    ``(N|1, S)``."""
+    n = max(a.shape[0] for a in A)
+    S = A[0].shape[2]
+    out = A[0]
+    if len(A) > 1:
+        out = np.ones((n, 1, S))
+        for a in A:
+            out = (out[:, :, None, :] * a[:, None, :, :]).reshape(n, -1, S)
+    neg_entropy = (out * np.log(out + EXP_M16)).sum(axis=1)
+    return out, neg_entropy
+
+
+def expected_free_energy(
+    qs: Sequence[np.ndarray], A: Sequence[np.ndarray], B: Sequence[np.ndarray],
+    lnC: Sequence[np.ndarray], policies: np.ndarray, *,
+    outcomes: tuple[np.ndarray, np.ndarray] | None, use_utility: bool,
+) -> np.ndarray:
+    """``G`` ``(N, P)``: utility ``qo . ln softmax(C)`` and (when ``outcomes`` from
+    :func:`outcome_tables` are given) the state information gain, summed over each policy's
+    steps, with each agent's own tables."""
+    n = qs[0].shape[0]
+    P, L, F = policies.shape
+    G = np.zeros((n, P))
+    for p in range(P):
+        q = list(qs)
+        for t in range(L):
+            q = [np.einsum("nij,nj->ni", B[f][rows_of(B[f], n), :, :, int(policies[p, t, f])],
+                           q[f]) for f in range(F)]
+            q_joint = joint(q)
+            if use_utility:
+                for a, ln_c in zip(A, lnC, strict=True):
+                    G[:, p] += np.einsum("nos,ns->no", a[rows_of(a, n)], q_joint) @ ln_c
+            if outcomes is not None:
+                A_joint, neg_entropy = outcomes
+                kept = np.where(q_joint > EXP_M16, q_joint, 0.0)
+                qo = np.einsum("nos,ns->no", A_joint[rows_of(A_joint, n)], kept)
+                G[:, p] += (kept * neg_entropy[rows_of(neg_entropy, n)]).sum(axis=1)
+                G[:, p] -= (qo * np.log(qo + EPS)).sum(axis=1)
+    return G
+
+
+def select_actions(
+    q_pi: np.ndarray, policies: np.ndarray, num_controls: Sequence[int], *, mode: str,
+    deterministic: bool, alpha: float, rng: np.random.Generator | None,
+) -> np.ndarray:
+    """``(N, F)``: the next action of every agent from its ``q_pi`` (pymdp's
+    ``sample_action``: ``marginal`` sums ``q_pi`` per first action of each factor, ``full``
+    picks a policy); deterministic: the first maximum, else a draw from
+    ``softmax(alpha * ln p)``."""
+    n = q_pi.shape[0]
+    first = policies[:, 0, :]
+
+    def choose(p: np.ndarray) -> np.ndarray:
+        if deterministic:
+            best: np.ndarray = np.argmax(p, axis=1)
+            return best
+        if rng is None:
+            raise ValueError("stochastic action selection needs a random generator")
+        weights = softmax_rows(np.log(p + EPS) * alpha)
+        draws = rng.random((n, 1))
+        below = np.asarray((np.cumsum(weights, axis=1) < draws).sum(axis=1))
+        chosen: np.ndarray = np.minimum(below, p.shape[1] - 1)
+        return chosen
+
+    if mode == "full":
+        return np.asarray(first[choose(q_pi)], dtype=np.int64)
+    out = np.empty((n, len(num_controls)), dtype=np.int64)
+    for f, u in enumerate(num_controls):
+        marginal = q_pi @ np.eye(u)[first[:, f]]
+        marginal /= marginal.sum(axis=1, keepdims=True)
+        out[:, f] = choose(marginal)
+    return out

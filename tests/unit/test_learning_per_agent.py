@@ -1,0 +1,137 @@
+"""Per-agent counts in an agent group (issue 32, item 1): every agent learns and infers with its
+own tables exactly as one float64 reference agent (pymdp 0.0.7.1's maths) would; the counts are
+reserved in the memory budget and refused in one line when they do not fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.learning import LearningSettings, LearningSpec
+from edge_agent.aif.reference import LearningReferenceAgent
+from edge_agent.core.budget import MemoryBudget, MiB
+from edge_agent.core.learning import LearningAgentGroup, PerAgentLearningGroup, learning_group
+from edge_agent.errors import BudgetError, InputError
+from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
+
+N = 5
+TRIAL = 3
+TOL = {"rtol": 0.0, "atol": 1e-10}
+
+
+def counts() -> dict[str, dict[int, np.ndarray]]:
+    model = tmaze_reversal_model()
+    return {
+        "A": {1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)},
+        "B": {0: model.B[0] * 5.0 + 0.5 * (model.B[0] > 0)},
+        "D": {1: np.array([1.0, 1.0])},
+    }
+
+
+def spec(**settings: float) -> LearningSpec:
+    c = counts()
+    return LearningSpec(pA=c["A"], pB=c["B"], pD=c["D"],
+                        settings=LearningSettings(scope="per_agent", **settings))
+
+
+def test_each_agent_learns_as_its_own_reference_agent() -> None:
+    """N agents whose trials start at different ticks (so some learn B or D while others do
+    not), each with its own outcomes: posteriors, policy posteriors, actions and counts equal
+    N reference agents' at every tick."""
+    model = tmaze_reversal_model()
+    rates = {"lr_pA": 0.7, "lr_pB": 0.4, "lr_pD": 0.9, "forgetting": 0.1}
+    group = learning_group(model, N, learning=spec(**rates), precision="float64")
+    assert isinstance(group, PerAgentLearningGroup)
+    c = counts()
+    refs = [
+        LearningReferenceAgent(model, pA=c["A"], pB=c["B"], pD=c["D"], lr_pA=0.7, lr_pB=0.4,
+                               lr_pD=0.9, forgetting=0.1)
+        for _ in range(N)
+    ]
+    rng = np.random.default_rng(7)
+    ties = 0
+    for t in range(14):
+        ending = np.array([t > 0 and (t + n) % TRIAL == 0 for n in range(N)])
+        if ending.any():
+            group.end_trial(ending)
+            for n in np.flatnonzero(ending):
+                refs[n].update_D(refs[n].qs)
+                refs[n].reset()
+        obs = np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1)
+        actions = group.step(obs)
+        for n, ref in enumerate(refs):
+            qs_prev = [q.copy() for q in ref.qs]
+            ref.infer_states(obs[n])
+            ref.update_A(obs[n])
+            if ref.action is not None:
+                ref.update_B(qs_prev)
+            ref.infer_policies()
+            ref_action = ref.sample_action()
+            for f in range(model.num_factors):
+                np.testing.assert_allclose(group.qs[f][n], ref.qs[f], **TOL)
+            assert ref.q_pi is not None
+            np.testing.assert_allclose(group.q_pi[n], ref.q_pi, **TOL)
+            # An action agrees when it is optimal under the reference's marginals (the arms
+            # of the maze tie; rounding breaks a tie either way); the reference then takes it.
+            for f, marginal in enumerate(ref.action_marginals()):
+                assert marginal[actions[n, f]] >= marginal.max() - 1e-9, (t, n, f, marginal)
+            ties += int(not np.array_equal(actions[n], ref_action))
+            ref.action = actions[n].copy()
+    learner = group.learner
+    assert learner.pA is not None
+    assert learner.pB is not None
+    assert learner.pD is not None
+    for n, ref in enumerate(refs):
+        np.testing.assert_allclose(learner.pA.counts[0][n], ref.pA[1], **TOL)
+        np.testing.assert_allclose(learner.pB.counts[0][n], ref.pB[0], **TOL)
+        np.testing.assert_allclose(learner.pD.counts[0][n], ref.pD[1], **TOL)
+    assert ties < N * 14 // 4  # a few ties broken the other way, not a different behaviour
+    # The agents saw different outcomes: their counts differ.
+    assert not np.allclose(learner.pA.counts[0][0], learner.pA.counts[0][1])
+
+
+def test_per_agent_counts_are_reserved_and_refused_in_one_line() -> None:
+    model = tmaze_reversal_model()
+    budget = MemoryBudget(64 * MiB, profile_name="test")
+    group = PerAgentLearningGroup(model, 100, learning=spec(), precision="float64",
+                                  budget=budget, name="maze")
+    owners = budget.by_owner()
+    learner = group.learner
+    # N copies of each learned table's counts, besides one prior, mask and experience each.
+    per_table = sum(c.prior[0].nbytes for c in learner.counts)
+    assert learner.nbytes >= 100 * per_table
+    assert owners["maze:learning"] == learner.nbytes
+    # The agents' reservation holds each agent's learned tables too.
+    assert group.per_agent_nbytes() >= per_table
+    assert owners["maze"] == group.bytes_for(100, 0)
+    needed = budget.used
+    small = MemoryBudget(needed - 1, profile_name="test")
+    with pytest.raises(BudgetError, match=r"maze2:learning") as err:
+        PerAgentLearningGroup(model, 100, learning=spec(), precision="float64", budget=small,
+                              name="maze2")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "int8"}, r"precision is not available"),
+        ({"precision": "float64", "history_capacity": 4}, r"history_capacity is not available"),
+    ],
+)
+def test_what_per_agent_groups_do_not_do_is_refused_in_one_line(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        PerAgentLearningGroup(tmaze_reversal_model(), 3, learning=spec(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_scope_picks_the_class() -> None:
+    model = tmaze_reversal_model()
+    with pytest.raises(InputError, match=r"needs PerAgentLearningGroup"):
+        LearningAgentGroup(model, 3, learning=spec(), precision="float64")
+    shared = LearningSpec(pA=counts()["A"])
+    assert type(learning_group(model, 3, learning=shared)) is LearningAgentGroup
+    group = learning_group(model, 3, learning=spec(), precision="float64")
+    with pytest.raises(InputError, match=r"keeps its size"):
+        group.resize(4)
