@@ -135,3 +135,21 @@ def test_the_scope_picks_the_class() -> None:
     group = learning_group(model, 3, learning=spec(), precision="float64")
     with pytest.raises(InputError, match=r"keeps its size"):
         group.resize(4)
+
+
+def test_a_snapshot_restores_every_agents_counts_and_tables() -> None:
+    """state_dict / load_state_dict (what the daemon's snapshots will carry): a fresh group
+    restored from it acts as the original on the next tick."""
+    model = tmaze_reversal_model()
+    group = PerAgentLearningGroup(model, N, learning=spec(lr_pA=0.8), precision="float64")
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        group.step(np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1))
+    restored = PerAgentLearningGroup(model, N, learning=spec(lr_pA=0.8), precision="float64")
+    restored.load_state_dict(group.state_dict())
+    assert restored.learner.pA is not None
+    assert group.learner.pA is not None
+    np.testing.assert_array_equal(restored.learner.pA.counts[0], group.learner.pA.counts[0])
+    obs = np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1)
+    np.testing.assert_array_equal(restored.step(obs), group.step(obs))
+    np.testing.assert_allclose(restored.q_pi, group.q_pi, rtol=0, atol=1e-12)
