@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.settings import AifSettings
 from edge_agent.config.profiles import (
     AUTO,
@@ -409,6 +410,13 @@ class GroupConfig(Record):
     settings: Annotated[
         AifSettings, Rule(description="Active Inference settings (pymdp Agent defaults).")
     ] = field(default_factory=AifSettings)
+    planning: Annotated[
+        PlanningPolicy,
+        Rule(
+            description="[groups.planning]: when an Active Inference group's agents plan "
+            "(default: every agent every tick); see docs/planning.md."
+        ),
+    ] = field(default_factory=PlanningPolicy)
     coordination: Annotated[
         GroupCoordinationConfig | None,
         Rule(

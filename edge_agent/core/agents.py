@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -24,6 +25,7 @@ from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
 from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.planning import EVERY_TICK, PlanningPolicy, must_plan, planning_order
 from edge_agent.aif.policies import construct_policies, validate_policies
 from edge_agent.aif.quant import QuantizedModel, encode_beliefs_u8, quantize_model
 from edge_agent.aif.settings import AifSettings
@@ -79,6 +81,9 @@ class _BlockRows:
     action: np.ndarray
     has_action: np.ndarray
 
+
+#: A planning policy's per-agent state that snapshots carry: the committed plans.
+_PLAN_ARRAYS = ("plan_policy", "plan_left", "plan_age", "deferred")
 
 #: Compiled tables by model key. Weak: a model's tables live as long as a group uses them, and
 #: every group on the same model (and the daemon's admission probe) shares one copy, which is
@@ -158,9 +163,15 @@ class AifAgentGroup:
         name: str = "group",
         block_size: int = DEFAULT_BLOCK,
         history_beliefs: HistoryBeliefs = "full",
+        planning: PlanningPolicy | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         _check_arguments(name, n_agents, precision, history_beliefs)
         self.history_beliefs: HistoryBeliefs = history_beliefs
+        #: When agents plan (:mod:`edge_agent.aif.planning`); ``clock``: what a planning
+        #: deadline is measured with (seconds).
+        self.planning = planning or EVERY_TICK
+        self._clock = clock
         self.name = name
         self.settings = settings or AifSettings()
         self.precision: Precision = precision
@@ -260,7 +271,16 @@ class AifAgentGroup:
             history += self.cm.num_modalities * fields["obs"][1].itemsize
             history += self.cm.num_factors * fields["action"][1].itemsize
             history += np.dtype(np.intp).itemsize  # argmax of soft evidence, for the record
-        return beliefs + policy + actions + history
+        return beliefs + policy + actions + history + self._planning_nbytes_per_agent()
+
+    def _planning_nbytes_per_agent(self) -> int:
+        """A planning policy's per-agent arrays (see :meth:`_allocate_planning`): committed
+        policy, steps left, age (int32 each), deferred, must-plan, planned, a flag scratch
+        (bool), the belief change and its sort scratch, candidates, keys and an index scratch
+        (int64), the plan's next action (int64 per factor)."""
+        if self.planning.every_tick:
+            return 0
+        return 3 * 4 + 4 + 2 * self.dtype.itemsize + 3 * 8 + 8 * self.cm.num_factors
 
     def _size_blocks(self) -> None:
         """Block sizes from the scratch one agent of a block needs: at most
@@ -302,10 +322,21 @@ class AifAgentGroup:
             + self._scratch_deep_dense
         )
 
+    def _gather_nbytes_per_agent(self) -> int:
+        """A planning policy's gather buffers, per agent of a block: beliefs, priors, ``G`` and
+        ``q_pi``, actions, outcomes (or soft evidence), and the belief change's scratch."""
+        if self.planning.every_tick:
+            return 0
+        cm, item = self.cm, self.dtype.itemsize
+        beliefs = (2 * sum(cm.num_states) + 2 * cm.num_policies + max(cm.num_states)) * item
+        evidence = cm.num_modalities * 8 + sum(cm.num_obs) * item
+        return beliefs + evidence + cm.num_factors * 8 + 1
+
     def scratch_nbytes(self, n_agents: int) -> int:
         """Kernel scratch bytes for a group of ``n_agents`` (preallocated once, see Workspace)."""
         return (
-            min(self.block_size, n_agents) * (self._scratch_common + self._scratch_deep)
+            min(self.block_size, n_agents) * self._gather_nbytes_per_agent()
+            + min(self.block_size, n_agents) * (self._scratch_common + self._scratch_deep)
             + min(self.dense_block_size, n_agents) * self._scratch_dense
             + min(self.block_size, n_agents, kernels.SMALL_BLOCK) * self._scratch_small
             + min(self.deep_dense_block_size, n_agents) * self._scratch_deep_dense
@@ -365,6 +396,7 @@ class AifAgentGroup:
         ws = self._workspace
         if ws is None or (ws.capacity, ws.dense_capacity) != (capacity, dense_capacity):
             self._new_scratch()
+        self._allocate_planning(n_agents, keep)
         if n_agents > keep:
             self.reset(np.arange(n_agents) >= keep)
         if self.history_capacity > 0:
@@ -392,6 +424,57 @@ class AifAgentGroup:
             self._action_row = np.empty((n_agents, self.cm.num_factors), dtype=act_dt)
         else:
             self.history = None
+
+    def _allocate_planning(self, n_agents: int, keep: int) -> None:
+        """A planning policy's per-agent state (committed plans) and its preallocated index,
+        key and gather buffers; nothing with the every-tick policy."""
+        if self.planning.every_tick:
+            return
+        cm, dt = self.cm, self.dtype
+        old = {
+            k: getattr(self, k)
+            for k in ("plan_policy", "plan_left", "plan_age", "deferred")
+            if keep and hasattr(self, k)
+        }
+        self.plan_policy = np.zeros(n_agents, dtype=np.int32)  # committed policy (index)
+        self.plan_left = np.zeros(n_agents, dtype=np.int32)  # its steps still to take
+        self.plan_age = np.zeros(n_agents, dtype=np.int32)  # ticks since the agent planned
+        self.deferred = np.zeros(n_agents, dtype=bool)  # put off by the budget
+        for k, v in old.items():
+            getattr(self, k)[:keep] = v[:keep]
+        self._change = np.zeros(n_agents, dtype=dt)
+        self._must = np.empty(n_agents, dtype=bool)
+        self._planned = np.empty(n_agents, dtype=bool)
+        self._flag = np.empty(n_agents, dtype=bool)
+        self._candidates = np.empty(n_agents, dtype=np.int64)
+        self._keys = np.empty(n_agents, dtype=np.int64)
+        self._index_scratch = np.empty(n_agents, dtype=np.int64)
+        self._change_scratch = np.empty(n_agents, dtype=dt)
+        self._plan_action = np.empty((n_agents, cm.num_factors), dtype=np.int64)
+        self._arange = np.arange(n_agents, dtype=np.int64)
+        # Policies as (P * L, F): the action of policy p at step t is row p * L + t.
+        L = cm.tree.policies.shape[1]
+        self._policy_steps = np.ascontiguousarray(cm.tree.policies.reshape(-1, cm.num_factors))
+        self._policy_len = L
+        nb = min(self.block_size, n_agents)
+        self._diff = np.empty((nb, max(cm.num_states)), dtype=dt)
+        self._gather = _BlockRows(  # its blk is taken from the workspace at each use
+            sl=slice(0, nb),
+            blk=self._workspace_block(nb),
+            qs=[np.empty((nb, s), dtype=dt) for s in cm.num_states],
+            prior=[np.empty((nb, s), dtype=dt) for s in cm.num_states],
+            G=np.zeros((nb, cm.num_policies), dtype=dt),
+            q_pi=np.empty((nb, cm.num_policies), dtype=dt),
+            action=np.zeros((nb, cm.num_factors), dtype=np.int64),
+            has_action=np.zeros(nb, dtype=bool),
+        )
+        self._gather_obs = np.zeros((nb, cm.num_modalities), dtype=np.int64)
+        self._gather_soft = [np.zeros((nb, o), dtype=dt) for o in cm.num_obs]
+        self.planning_counts = {"planned": 0, "deferred": 0, "agents": n_agents}
+
+    def _workspace_block(self, nb: int) -> kernels.Block:
+        assert self._workspace is not None  # allocated with the agents
+        return self._workspace.block(nb)
 
     def _new_scratch(self) -> None:
         """Allocate the kernel scratch for blocks of this group (the old one released first);
@@ -460,6 +543,9 @@ class AifAgentGroup:
         self.has_action[sel] = False
         self.q_pi[sel] = 1.0 / self.cm.num_policies
         self.G[sel] = 0.0
+        if not self.planning.every_tick:  # a new trial: plan at its first tick
+            self.plan_left[sel] = 0
+            self.plan_age[sel] = 0
 
     def check_obs(self, obs: np.ndarray) -> IntArray:
         """Validate ``obs (N, M)`` integer outcomes; raise InputError naming what is wrong."""
@@ -773,7 +859,9 @@ class AifAgentGroup:
         """
         o, soft = self.check_evidence(obs)
         record = record and self.history is not None
-        if self._workers is not None and o is not None:
+        if not self.planning.every_tick:
+            self._step_planning(o, soft, record)
+        elif self._workers is not None and o is not None:
             self._workers.step(o, record, self.ticks)
         else:
             for i, rows in enumerate(self._blocks()):
@@ -807,6 +895,150 @@ class AifAgentGroup:
             self._act_block(rows, planner)
         if record:
             self._encode_block(rows)
+
+    # -- planning policies (edge_agent.aif.planning) ----------------------------------------------
+    def _step_planning(
+        self, o: IntArray | None, soft: list[np.ndarray] | None, record: bool
+    ) -> None:
+        """One tick under a planning policy: every agent infers its states; the agents that must
+        plan (in order of need, within the budget) are gathered into blocks, planned and
+        scattered back; the others act from their committed plans; then every next prior."""
+        policy, blocks = self.planning, self._blocks()
+        measure = policy.belief_change is not None or policy.budgeted
+        for rows in blocks:
+            self._infer_block(o, soft, rows, roots=False)
+            if measure:
+                self._belief_change(rows)
+        np.add(self.plan_age, 1, out=self.plan_age)
+        must = must_plan(
+            policy, self._change, self.plan_age, self.plan_left, self.deferred,
+            out=self._must, scratch=self._flag,
+        )
+        k = int(np.count_nonzero(must))
+        candidates = self._candidates[:k]
+        np.compress(must, self._arange, out=candidates)
+        if policy.budgeted and k > 1:
+            planning_order(
+                candidates, self._change, self.plan_age, self.deferred,
+                priority=self._keys, scratch=self._index_scratch, fscratch=self._change_scratch,
+            )
+        limit = k if policy.max_agents is None else min(k, policy.max_agents)
+        deadline = None
+        if policy.deadline_ms is not None:
+            deadline = self._clock() + policy.deadline_ms / 1000.0
+        chunk, done = self._gather.G.shape[0], 0
+        while done < limit:
+            if done and deadline is not None and self._clock() >= deadline:
+                break
+            self._plan_gathered(candidates[done : min(limit, done + chunk)], o, soft)
+            done = min(limit, done + chunk)
+        planned, followers = self._planned, self._flag
+        planned.fill(False)
+        planned[candidates[:done]] = True
+        np.logical_not(planned, out=followers)
+        np.logical_and(must, followers, out=self.deferred)
+        self._follow_plans(followers)
+        for rows in blocks:
+            if followers[rows.sl].any():
+                kernels.propagate_block(self.cm, rows.qs, rows.action, rows.prior, rows.blk)
+            if record:
+                self._encode_block(rows)
+        counts = self.planning_counts
+        counts["planned"], counts["deferred"] = done, k - done
+
+    def _belief_change(self, rows: _BlockRows) -> None:
+        """How far each agent's beliefs moved this tick: the total-variation distance between
+        its prior and its posterior, the largest over factors, into ``_change``."""
+        nb = rows.sl.stop - rows.sl.start
+        change, column = self._change[rows.sl], self._change_scratch[rows.sl]
+        change.fill(0.0)
+        for q, p in zip(rows.qs, rows.prior, strict=True):
+            diff = self._diff[:nb, : q.shape[1]]
+            np.subtract(q, p, out=diff)
+            np.abs(diff, out=diff)
+            np.sum(diff, axis=1, out=column)
+            np.maximum(change, column, out=change)
+        np.multiply(change, 0.5, out=change)
+
+    def _plan_gathered(
+        self, idx: IntArray, o: IntArray | None, soft: list[np.ndarray] | None
+    ) -> None:
+        """Plan the agents ``idx`` as one block: gather their priors and evidence, run the
+        block's tick (infer, plan, act, next prior), scatter the results, commit their plans."""
+        k, g = len(idx), self._gather
+        rows = _BlockRows(
+            sl=slice(0, k),
+            blk=self._workspace_block(k),
+            qs=[q[:k] for q in g.qs],
+            prior=[p[:k] for p in g.prior],
+            G=g.G[:k],
+            q_pi=g.q_pi[:k],
+            action=g.action[:k],
+            has_action=g.has_action[:k],
+        )
+        for p, gp in zip(self.prior, rows.prior, strict=True):
+            np.take(p, idx, axis=0, out=gp)
+        ob = None if o is None else np.take(o, idx, axis=0, out=self._gather_obs[:k])
+        sb = None
+        if soft is not None:
+            sb = [
+                np.take(p, idx, axis=0, out=b[:k])
+                for p, b in zip(soft, self._gather_soft, strict=True)
+            ]
+        planner = self._planner(rows, ob)
+        if planner == "joint":
+            assert ob is not None  # _planner checked
+            self._joint_block(rows, ob)
+        else:
+            self._infer_block(ob, sb, rows, roots=planner == "tree")
+            self._plan_block(rows, ob, planner)
+            self._act_block(rows, planner)
+        for q, gq in zip(self.qs, rows.qs, strict=True):
+            q[idx] = gq
+        for p, gp in zip(self.prior, rows.prior, strict=True):
+            p[idx] = gp
+        self.G[idx] = rows.G
+        self.q_pi[idx] = rows.q_pi
+        self.action[idx] = rows.action
+        self.has_action[idx] = True
+        best = self._index_scratch[:k]  # free again: the order is computed
+        np.argmax(rows.q_pi, axis=1, out=best)
+        self.plan_policy[idx] = best
+        self.plan_left[idx] = max(1, self._policy_len - 1)
+        self.plan_age[idx] = 0
+
+    def _follow_plans(self, followers: NDArray[np.bool_]) -> None:
+        """The agents that did not plan take their committed plan's next step (policies of
+        one step: they keep their action)."""
+        L = self._policy_len
+        if L == 1:
+            return
+        step, row = self._index_scratch, self._keys
+        np.subtract(L, self.plan_left, out=step)
+        np.minimum(step, L - 1, out=step)  # a plan used up (deferred): its last step again
+        np.multiply(self.plan_policy, L, out=row)
+        np.add(row, step, out=row)
+        np.take(self._policy_steps, row, axis=0, out=self._plan_action)
+        np.copyto(self.action, self._plan_action, where=followers[:, None])
+        np.subtract(self.plan_left, 1, out=self.plan_left, where=followers)
+        np.maximum(self.plan_left, 0, out=self.plan_left)
+
+    def planning_stats(self) -> dict[str, float | int]:
+        """The last tick's planning: agents planned and deferred, the duty cycle (share of the
+        group planned), and the committed plans' mean and largest age in ticks. Every-tick
+        groups plan all their agents."""
+        n = self.n_agents
+        if self.planning.every_tick:
+            return {"planned": n, "deferred": 0, "duty_cycle": 1.0, "plan_age_mean": 0.0,
+                    "plan_age_max": 0}
+        counts = self.planning_counts
+        return {
+            "planned": counts["planned"],
+            "deferred": counts["deferred"],
+            "duty_cycle": counts["planned"] / n,
+            "plan_age_mean": float(self.plan_age.mean()),
+            "plan_age_max": int(self.plan_age.max()),
+        }
 
     def _step_index(self, index: int, obs: np.ndarray, record: bool) -> None:
         self._step_rows(self._rows[index], obs, None, record)
@@ -842,6 +1074,9 @@ class AifAgentGroup:
         self._stop_workers()
         blocks = self._blocks()
         count = max(1, min(int(count), len(blocks)))
+        if not self.planning.every_tick:
+            # A planning policy gathers agents across blocks: the caller steps them alone.
+            count = 1
         self._wanted_workers = count
         if count == 1:
             return 1
@@ -954,6 +1189,9 @@ class AifAgentGroup:
         for f in range(self.cm.num_factors):
             out[f"qs{f}"] = self.qs[f]
             out[f"prior{f}"] = self.prior[f]
+        if not self.planning.every_tick:  # the committed plans
+            for k in _PLAN_ARRAYS:
+                out[k] = getattr(self, k)
         if self.history is not None:
             for k, v in self.history.state_dict().items():
                 out[f"history.{k}"] = v
@@ -982,6 +1220,14 @@ class AifAgentGroup:
             self.qs[f][...] = take(f"qs{f}", self.qs[f])
             self.prior[f][...] = take(f"prior{f}", self.prior[f])
         self.ticks = int(state.get("ticks", np.array(0)))
+        if not self.planning.every_tick:
+            if all(k in state for k in _PLAN_ARRAYS):
+                for k in _PLAN_ARRAYS:
+                    getattr(self, k)[...] = take(k, getattr(self, k))
+            else:  # a snapshot of an every-tick group: every agent plans at its next tick
+                self.plan_left.fill(0)
+                self.plan_age.fill(0)
+                self.deferred.fill(False)
         if self.history is not None:
             hist = {k[len("history.") :]: v for k, v in state.items() if k.startswith("history.")}
             times = {k[len("times.") :]: v for k, v in state.items() if k.startswith("times.")}

@@ -353,6 +353,7 @@ def make_agents(
         budget=budget,
         name=cfg.name,
         history_beliefs=cfg.history_beliefs,
+        planning=cfg.planning,
     )
     if loaded.perception is None:
         if workers > 1:
@@ -401,12 +402,15 @@ def plan_requests(
             settings=loaded.settings,
             precision=cfg.precision,
             history_beliefs=cfg.history_beliefs,
+            planning=cfg.planning,
         )
         requests.append((f"model:{probe.key}", "model", probe.shared_nbytes, probe.key))
         # Each worker beyond the caller holds its own block scratch (start_workers reserves it
         # apart; planned with the group's agents, so that a group too large is named once).
         blocks = -(-cfg.count // probe.block_size)
         extra = min(workers, blocks) - 1 if loaded.perception is None else 0
+        if not cfg.planning.every_tick:  # a planning policy steps on the caller alone
+            extra = 0
         scratch = max(0, extra) * probe.scratch_nbytes(cfg.count)
         nbytes = probe.bytes_for(cfg.count, history_capacity) + scratch
         agents.append((cfg.name, "agents", nbytes, None))

@@ -1,0 +1,178 @@
+"""When an agent plans: the planning policy of a group, and the pure choice of who plans a tick.
+
+Every tick (the default, pymdp's behaviour) every agent infers its states, evaluates its
+policies and acts. A :class:`PlanningPolicy` lets an agent skip the evaluation on the ticks where
+nothing tells it that its plan is stale: it still infers its states every tick, and acts from the
+plan it committed to the last time it planned. An agent plans when
+
+- its plan is ``every`` ticks old (``every = 1``: every tick; ``0``: never for its age alone),
+- its beliefs moved: the total-variation distance between the prior it predicted and the
+  posterior the observation gave, ``0.5 * sum_s |qs(s) - prior(s)|`` (the largest over factors,
+  in ``[0, 1]``), reaches ``belief_change``,
+- its committed plan is used up (policies of ``policy_len > 1`` steps), or it has none yet,
+- it was deferred by the budget on an earlier tick.
+
+A budget (``max_agents`` per tick, ``deadline_ms`` per tick) bounds the planning of a tick: the
+agents in most need go first (deferred ones, then the largest belief change, then the oldest
+plan), the others keep acting from their plans and go first next tick.
+
+:func:`planning_order` is the pure part: the order in which the agents that must plan are served,
+computed in preallocated buffers (no allocation per tick).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.strict import Problem, Record, Rule, raise_problems
+
+#: Bits of the planning key (see :func:`planning_order`): the belief change, quantized, and the
+#: plan's age, capped; a deferred agent's key has the top bit set.
+CHANGE_BITS = 20
+AGE_BITS = 10
+_DEFERRED = np.int64(1) << (CHANGE_BITS + AGE_BITS)
+_PRIORITY_TOP = np.int64(1) << (CHANGE_BITS + AGE_BITS + 1)
+
+
+class PlanningPolicy(Record):
+    """``[groups.planning]``: when the agents of an Active Inference group plan."""
+
+    every: Annotated[
+        int,
+        Rule(
+            ge=0,
+            le=1_000_000,
+            description="Plan when the plan is this many ticks old: 1, every tick (today's "
+            "behaviour, the default); 0, never for its age alone.",
+        ),
+    ] = 1
+    belief_change: Annotated[
+        float | None,
+        Rule(
+            gt=0,
+            le=1,
+            description="Plan when the total-variation distance between an agent's predicted "
+            "and posterior beliefs (the largest over factors) reaches this; default: off.",
+        ),
+    ] = None
+    max_agents: Annotated[
+        int | None,
+        Rule(
+            ge=1,
+            le=10_000_000,
+            description="Plan at most this many agents a tick (most in need first); default: "
+            "no limit.",
+        ),
+    ] = None
+    deadline_ms: Annotated[
+        float | None,
+        Rule(
+            gt=0,
+            le=60_000,
+            description="Stop starting new blocks of planning this many milliseconds after the "
+            "tick's planning began (at least one block plans each tick); default: no deadline.",
+        ),
+    ] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems: list[Problem] = []
+        if self.every == 1 and self.belief_change is not None:
+            problems.append(
+                (
+                    ("belief_change",),
+                    "needs every = 0 or every > 1 (with every = 1 each agent plans every tick)",
+                )
+            )
+        if self.every == 0 and self.belief_change is None:
+            problems.append(
+                (
+                    ("every",),
+                    "0 (never for age) needs belief_change, or agents would plan only when a "
+                    "plan runs out",
+                )
+            )
+        raise_problems("PlanningPolicy", problems)
+
+    @property
+    def every_tick(self) -> bool:
+        """Every agent plans every tick with no budget: today's path, bit for bit."""
+        return self.every == 1 and self.max_agents is None and self.deadline_ms is None
+
+    @property
+    def budgeted(self) -> bool:
+        """A tick's planning is bounded (agents or time)."""
+        return self.max_agents is not None or self.deadline_ms is not None
+
+
+EVERY_TICK = PlanningPolicy()
+
+
+def must_plan(
+    policy: PlanningPolicy,
+    change: NDArray[np.floating],
+    age: NDArray[np.int32],
+    plan_left: NDArray[np.int32],
+    deferred: NDArray[np.bool_],
+    *,
+    out: NDArray[np.bool_],
+    scratch: NDArray[np.bool_],
+) -> NDArray[np.bool_]:
+    """Which agents must plan this tick, into ``out (N,)`` (``scratch (N,)`` reused).
+
+    ``change (N,)``: belief change this tick; ``age (N,)``: ticks since the agent last planned;
+    ``plan_left (N,)``: steps of its committed plan still to take (0: used up or none);
+    ``deferred (N,)``: the budget put it off on an earlier tick.
+    """
+    np.less_equal(plan_left, 0, out=out)
+    np.logical_or(out, deferred, out=out)
+    if policy.every > 0:
+        np.greater_equal(age, policy.every, out=scratch)
+        np.logical_or(out, scratch, out=out)
+    if policy.belief_change is not None:
+        np.greater_equal(change, policy.belief_change, out=scratch)
+        np.logical_or(out, scratch, out=out)
+    return out
+
+
+def planning_order(
+    candidates: NDArray[np.int64],
+    change: NDArray[np.floating],
+    age: NDArray[np.integer],
+    deferred: NDArray[np.bool_],
+    *,
+    priority: NDArray[np.int64],
+    scratch: NDArray[np.int64],
+    fscratch: NDArray[np.floating],
+) -> NDArray[np.int64]:
+    """Sort ``candidates (k,)`` (agent indices, ascending) in place into the order they plan in:
+    deferred agents first, then by belief change (largest first), then by plan age (oldest
+    first), ties by index. ``change``, ``age``, ``deferred``: ``(N,)`` per agent; ``priority``,
+    ``scratch`` (int64) and ``fscratch`` (``change``'s dtype) are ``(N,)`` buffers.
+
+    One in-place sort of ``priority << 32 | index`` (indices below 2**32); returns
+    ``candidates``."""
+    k = len(candidates)
+    if k == 0:
+        return candidates
+    lim = (1 << CHANGE_BITS) - 1
+    # The belief change quantized to CHANGE_BITS bits, then the capped age, the deferred bit.
+    np.multiply(change, lim, out=fscratch)
+    np.clip(fscratch, 0, lim, out=fscratch)
+    np.copyto(priority, fscratch, casting="unsafe")
+    np.left_shift(priority, AGE_BITS, out=priority)
+    np.minimum(age, (1 << AGE_BITS) - 1, out=scratch)
+    np.bitwise_or(priority, scratch, out=priority)
+    np.multiply(deferred, _DEFERRED, out=scratch)
+    np.bitwise_or(priority, scratch, out=priority)
+    # Highest priority first: sort (top - priority) ascending, the index in the low 32 bits.
+    np.subtract(_PRIORITY_TOP, priority, out=priority)
+    np.left_shift(priority, 32, out=priority)
+    keys = np.take(priority, candidates, out=scratch[:k])
+    np.bitwise_or(keys, candidates, out=keys)
+    keys.sort()
+    np.bitwise_and(keys, 0xFFFFFFFF, out=candidates)
+    return candidates

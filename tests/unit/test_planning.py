@@ -1,0 +1,314 @@
+"""Planning policies (edge_agent.aif.planning and AifAgentGroup's planning path, issue 33).
+
+Every policy is checked against the every-tick group, which the parity tests tie to pymdp: an
+agent that plans under a policy computes what it would every tick (to rounding), an agent that
+does not keeps its committed plan, and the budget serves the agents in order of need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.planning import PlanningPolicy, planning_order
+from edge_agent.aif.settings import AifSettings
+from edge_agent.config.daemon import load_config
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.errors import ConfigError
+from edge_agent.sim.registry import make_env
+from edge_agent.strict import RecordError
+
+
+def _run(
+    world: str,
+    n: int,
+    steps: int,
+    planning: PlanningPolicy | None,
+    policy_len: int = 1,
+    **kw: object,
+) -> Iterator[tuple[AifAgentGroup, np.ndarray]]:
+    """Step a group through its world; yields the group and the tick's observation after each
+    step."""
+    env = make_env(world, n, seed=3)
+    group = AifAgentGroup(
+        env.model, n, settings=AifSettings(policy_len=policy_len), planning=planning, **kw  # type: ignore[arg-type]
+    )
+    obs = env.reset()
+    for _ in range(steps):
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        seen = obs.copy()
+        actions = group.step(obs)
+        yield group, seen
+        obs = env.step(actions)
+
+
+def _state(group: AifAgentGroup) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in group.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------ every tick
+@pytest.mark.parametrize(("world", "policy_len"), [("grid10", 1), ("tmaze", 1), ("explorer", 3)])
+def test_every_tick_policy_is_todays_path_bit_for_bit(world: str, policy_len: int) -> None:
+    plain = _run(world, 40, 12, None, policy_len)
+    policy = _run(world, 40, 12, PlanningPolicy(every=1), policy_len)
+    for (a, _), (b, _) in zip(plain, policy, strict=True):
+        sa, sb = _state(a), _state(b)
+        assert sa.keys() == sb.keys()  # no plan arrays: the every-tick snapshot is unchanged
+        for k in sa:
+            np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+
+
+@pytest.mark.parametrize(
+    ("world", "policy_len", "block"),
+    [("grid10", 1, 512), ("grid10", 2, 512), ("tmaze", 1, 512), ("tmaze", 1, 7),
+     ("explorer", 3, 512), ("explorer", 1, 16)],
+)
+def test_gathered_planning_of_every_agent_matches_every_tick(
+    world: str, policy_len: int, block: int
+) -> None:
+    """A budget that lets every agent plan takes the gather-plan-scatter path over all agents:
+    beliefs, G, q_pi and actions are those of the every-tick group, to rounding."""
+    n = 60
+    plain = _run(world, n, 10, None, policy_len, block_size=block)
+    gathered = _run(world, n, 10, PlanningPolicy(max_agents=n), policy_len, block_size=block)
+    for (a, _), (b, _) in zip(plain, gathered, strict=True):
+        assert b.planning_stats()["planned"] == n
+        np.testing.assert_array_equal(a.action, b.action)
+        np.testing.assert_allclose(a.q_pi, b.q_pi, atol=1e-5)
+        for qa, qb in zip(a.qs + a.prior, b.qs + b.prior, strict=True):
+            np.testing.assert_allclose(qa, qb, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ triggers
+def test_every_k_plans_every_k_ticks_and_holds_the_action_between() -> None:
+    env = make_env("grid10", 30, seed=3)
+    group = AifAgentGroup(env.model, 30, planning=PlanningPolicy(every=3))
+    obs = env.reset()  # the same outcomes every tick: no episode ends, no reset
+    previous = None
+    for t in range(9):
+        group.step(obs)
+        stats = group.planning_stats()
+        assert stats["planned"] == (30 if t % 3 == 0 else 0), t
+        assert stats["duty_cycle"] == (1.0 if t % 3 == 0 else 0.0)
+        if t % 3:
+            assert previous is not None
+            np.testing.assert_array_equal(group.action, previous)  # one-step plans: held
+            assert stats["plan_age_max"] == t % 3
+        previous = group.action.copy()
+
+
+def test_a_committed_plan_is_followed_step_by_step_and_replanned_when_used_up() -> None:
+    env = make_env("grid10", 25, seed=3)
+    group = AifAgentGroup(
+        env.model, 25, settings=AifSettings(policy_len=3), planning=PlanningPolicy(every=100)
+    )
+    obs = env.reset()  # the same outcomes every tick: no episode ends, no reset
+    policies = group.cm.tree.policies
+    committed = group.plan_policy.copy()
+    for t in range(6):
+        group.step(obs)
+        if t % 3 == 0:  # no plan yet, or the last one used up
+            assert group.planning_stats()["planned"] == 25
+            committed = group.plan_policy.copy()
+        else:
+            assert group.planning_stats()["planned"] == 0
+            np.testing.assert_array_equal(group.action, policies[committed, t % 3])
+            np.testing.assert_array_equal(group.plan_left, 2 - t % 3)
+
+
+def test_belief_change_trigger_plans_exactly_the_agents_whose_beliefs_moved() -> None:
+    threshold = 0.3
+    env = make_env("grid10", 200, seed=5)
+    group = AifAgentGroup(
+        env.model, 200, planning=PlanningPolicy(every=50, belief_change=threshold)
+    )
+    obs = env.reset()
+    seen_some, seen_none = False, False
+    for t in range(12):
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        prior = [p.copy() for p in group.prior]
+        fresh = (group.plan_left <= 0).copy()
+        group.step(obs)
+        moved = np.max(
+            [0.5 * np.abs(q - p).sum(axis=1) for q, p in zip(group.qs, prior, strict=True)],
+            axis=0,
+        )
+        expected = int(((moved >= threshold) | fresh).sum())
+        assert group.planning_stats()["planned"] == expected, t
+        seen_some |= 0 < expected < 200
+        seen_none |= bool(((moved < threshold) & ~fresh).any())
+        obs = env.step(group.action)
+    assert seen_some  # the trigger chose: neither all nor none
+    assert seen_none
+
+
+# ------------------------------------------------------------------------------ the budget
+def test_planning_order_serves_deferred_then_most_changed_then_oldest() -> None:
+    change = np.array([0.1, 0.9, 0.5, 0.5, 0.0, 0.9], dtype=np.float32)
+    age = np.array([1, 2, 7, 3, 9, 2], dtype=np.int32)
+    deferred = np.array([False, False, False, False, True, False])
+    n = len(change)
+    candidates = np.arange(n, dtype=np.int64)
+    order = planning_order(
+        candidates, change, age, deferred, priority=np.empty(n, np.int64),
+        scratch=np.empty(n, np.int64), fscratch=np.empty(n, np.float32),
+    )
+    assert order.tolist() == [4, 1, 5, 2, 3, 0]
+    subset = np.array([0, 3, 5], dtype=np.int64)
+    order = planning_order(
+        subset, change, age, deferred, priority=np.empty(n, np.int64),
+        scratch=np.empty(n, np.int64), fscratch=np.empty(n, np.float32),
+    )
+    assert order.tolist() == [5, 3, 0]
+
+
+def test_max_agents_defers_the_rest_and_they_go_first_next_tick() -> None:
+    n, budget = 40, 15
+    runs = _run("grid10", n, 8, PlanningPolicy(max_agents=budget))
+    deferred_before = None
+    ever = np.zeros(n, dtype=bool)
+    for group, _ in runs:
+        stats = group.planning_stats()
+        assert stats["planned"] == budget
+        assert stats["deferred"] == int(group.deferred.sum())
+        planned = group.plan_age == 0
+        ever |= planned
+        assert int(planned.sum()) == budget
+        if deferred_before is not None:
+            # Everyone wants to plan every tick: those put off last tick are served first.
+            first = deferred_before if deferred_before.sum() <= budget else None
+            if first is not None:
+                assert planned[first].all()
+            else:
+                assert planned[deferred_before].sum() == budget
+        deferred_before = group.deferred.copy()
+    assert ever.all()
+
+
+class _Clock:
+    """A clock that advances one second each time it is read."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return float(self.reads)
+
+
+def test_deadline_stops_between_blocks_and_the_deferred_carry_over() -> None:
+    """With blocks of 4 agents and a clock that moves 1 s a read, a 2.5 s deadline lets the
+    first block in (always), then one more (1 s later), and stops before the third."""
+    n = 20
+    clock = _Clock()
+    env = make_env("grid10", n, seed=2)
+    group = AifAgentGroup(
+        env.model, n, planning=PlanningPolicy(deadline_ms=2500), clock=clock, block_size=4
+    )
+    assert group.block_size == 4
+    obs = env.reset()
+    served = np.zeros(n, dtype=int)
+    previous_deferred = None
+    for _ in range(5):
+        group.step(obs)
+        stats = group.planning_stats()
+        assert stats["planned"] == 12  # reads at 0 (deadline set), 1 and 2 s: three blocks
+        assert stats["deferred"] == n - 12
+        planned = group.plan_age == 0
+        served += planned
+        if previous_deferred is not None:
+            assert planned[previous_deferred].all()  # 8 put off last tick plan first
+        previous_deferred = group.deferred.copy()
+        obs = env.step(group.action)
+    assert (served >= 2).all()  # everyone got a turn, none starved
+
+
+# ------------------------------------------------------------------------------ snapshots
+def test_snapshot_carries_the_committed_plans() -> None:
+    policy = PlanningPolicy(every=5, belief_change=0.4, max_agents=30)
+    env = make_env("grid10", 50, seed=4)
+    a = AifAgentGroup(env.model, 50, settings=AifSettings(policy_len=2), planning=policy)
+    obs = env.reset()
+    for _ in range(7):
+        obs = env.step(a.step(obs))
+    state = _state(a)
+    for k in ("plan_policy", "plan_left", "plan_age", "deferred"):
+        assert k in state
+    b = AifAgentGroup(env.model, 50, settings=AifSettings(policy_len=2), planning=policy)
+    b.load_state_dict(state)
+    for _ in range(6):
+        act_a, act_b = a.step(obs).copy(), b.step(obs).copy()
+        np.testing.assert_array_equal(act_a, act_b)
+        assert a.planning_stats() == b.planning_stats()
+        obs = env.step(act_a)
+    # An every-tick snapshot into a group with a policy: every agent plans at its next tick.
+    c = AifAgentGroup(env.model, 50, settings=AifSettings(policy_len=2))
+    d = AifAgentGroup(env.model, 50, settings=AifSettings(policy_len=2), planning=policy)
+    d.load_state_dict(_state(c))
+    d.step(obs)
+    assert d.planning_stats()["planned"] == 30
+
+
+def test_resize_keeps_plans_and_new_agents_plan_first() -> None:
+    env = make_env("grid10", 10, seed=1)
+    group = AifAgentGroup(env.model, 10, planning=PlanningPolicy(every=4))
+    obs = env.reset()
+    group.step(obs)
+    group.resize(14)
+    group.step(np.vstack([obs, obs[:4]]))
+    assert group.planning_stats()["planned"] == 4
+    assert (group.plan_age[10:] == 0).all()
+    assert (group.plan_age[:10] == 1).all()
+
+
+def test_planning_memory_is_counted() -> None:
+    env = make_env("grid10", 10, seed=1)
+    plain = AifAgentGroup(env.model, 10)
+    planned = AifAgentGroup(env.model, 10, planning=PlanningPolicy(every=4))
+    extra = planned.per_agent_nbytes() - plain.per_agent_nbytes()
+    assert extra == 3 * 4 + 4 + 2 * 4 + 3 * 8 + 8
+    assert planned.scratch_nbytes(10) > plain.scratch_nbytes(10)
+
+
+# ------------------------------------------------------------------------------ config
+def test_policy_rules() -> None:
+    assert PlanningPolicy().every_tick
+    assert not PlanningPolicy(every=1, max_agents=5).every_tick
+    with pytest.raises(RecordError, match="belief_change: needs every = 0 or every > 1"):
+        PlanningPolicy(belief_change=0.2)
+    with pytest.raises(RecordError, match=r"every: 0 \(never for age\) needs belief_change"):
+        PlanningPolicy(every=0)
+
+
+def test_planning_table_in_the_daemon_config(tmp_path: Path) -> None:
+    base = (
+        '[[groups]]\nname = "grid"\nmodel = { type = "builtin", name = "grid10" }\n'
+        'count = 10\nsource = { type = "sim" }\nsink = { type = "sim" }\n'
+    )
+    good = tmp_path / "good.toml"
+    good.write_text(base + "[groups.planning]\nevery = 4\nbelief_change = 0.2\nmax_agents = 5\n")
+    cfg = load_config(good)
+    assert cfg.groups[0].planning == PlanningPolicy(every=4, belief_change=0.2, max_agents=5)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base + "[groups.planning]\nevery = -1\ndeadline_ms = 0\nbudget = 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert info.value.problems == [
+        f"{bad}:8: groups[0].planning.every: must be >= 0, got -1",
+        f"{bad}:9: groups[0].planning.deadline_ms: must be > 0.0, got 0",
+        f"{bad}:10: groups[0].planning.budget: unknown key "
+        "(allowed: every, belief_change, max_agents, deadline_ms)",
+    ]
+    cross = tmp_path / "cross.toml"
+    cross.write_text(base + "[groups.planning]\nbelief_change = 0.2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cross)
+    assert info.value.problems == [
+        f"{cross}:8: groups[0].planning.belief_change: needs every = 0 or every > 1 "
+        "(with every = 1 each agent plans every tick)"
+    ]
