@@ -276,11 +276,12 @@ class AifAgentGroup:
     def _planning_nbytes_per_agent(self) -> int:
         """A planning policy's per-agent arrays (see :meth:`_allocate_planning`): committed
         policy, steps left, age (int32 each), deferred, must-plan, planned, a flag scratch
-        (bool), the belief change and its sort scratch, candidates, keys and an index scratch
+        (bool), the belief change, its sort scratch and the evidence of this tick's inference,
+        candidates, keys and an index scratch
         (int64), the plan's next action (int64 per factor)."""
         if self.planning.every_tick:
             return 0
-        return 3 * 4 + 4 + 2 * self.dtype.itemsize + 3 * 8 + 8 * self.cm.num_factors
+        return 3 * 4 + 4 + 3 * self.dtype.itemsize + 3 * 8 + 8 * self.cm.num_factors
 
     def _size_blocks(self) -> None:
         """Block sizes from the scratch one agent of a block needs: at most
@@ -324,13 +325,12 @@ class AifAgentGroup:
 
     def _gather_nbytes_per_agent(self) -> int:
         """A planning policy's gather buffers, per agent of a block: beliefs, priors, ``G`` and
-        ``q_pi``, actions, outcomes (or soft evidence), and the belief change's scratch."""
+        ``q_pi``, actions, outcomes, and the belief change's scratch."""
         if self.planning.every_tick:
             return 0
         cm, item = self.cm, self.dtype.itemsize
         beliefs = (2 * sum(cm.num_states) + 2 * cm.num_policies + max(cm.num_states)) * item
-        evidence = cm.num_modalities * 8 + sum(cm.num_obs) * item
-        return beliefs + evidence + cm.num_factors * 8 + 1
+        return beliefs + cm.num_modalities * 8 + cm.num_factors * 8 + 1
 
     def scratch_nbytes(self, n_agents: int) -> int:
         """Kernel scratch bytes for a group of ``n_agents`` (preallocated once, see Workspace)."""
@@ -443,6 +443,7 @@ class AifAgentGroup:
         for k, v in old.items():
             getattr(self, k)[:keep] = v[:keep]
         self._change = np.zeros(n_agents, dtype=dt)
+        self._evidence = np.ones(n_agents, dtype=dt)
         self._must = np.empty(n_agents, dtype=bool)
         self._planned = np.empty(n_agents, dtype=bool)
         self._flag = np.empty(n_agents, dtype=bool)
@@ -469,7 +470,6 @@ class AifAgentGroup:
             has_action=np.zeros(nb, dtype=bool),
         )
         self._gather_obs = np.zeros((nb, cm.num_modalities), dtype=np.int64)
-        self._gather_soft = [np.zeros((nb, o), dtype=dt) for o in cm.num_obs]
         self.planning_counts = {"planned": 0, "deferred": 0, "agents": n_agents}
 
     def _workspace_block(self, nb: int) -> kernels.Block:
@@ -905,8 +905,11 @@ class AifAgentGroup:
         scattered back; the others act from their committed plans; then every next prior."""
         policy, blocks = self.planning, self._blocks()
         measure = policy.belief_change is not None or policy.budgeted
+        one_factor = self.cm.num_factors == 1
         for rows in blocks:
             self._infer_block(o, soft, rows, roots=False)
+            if one_factor:  # what the local and deep planners take from the inference
+                np.copyto(self._evidence[rows.sl], rows.blk.evidence)
             if measure:
                 self._belief_change(rows)
         np.add(self.plan_age, 1, out=self.plan_age)
@@ -930,7 +933,7 @@ class AifAgentGroup:
         while done < limit:
             if done and deadline is not None and self._clock() >= deadline:
                 break
-            self._plan_gathered(candidates[done : min(limit, done + chunk)], o, soft)
+            self._plan_gathered(candidates[done : min(limit, done + chunk)], o)
             done = min(limit, done + chunk)
         planned, followers = self._planned, self._flag
         planned.fill(False)
@@ -939,8 +942,7 @@ class AifAgentGroup:
         np.logical_and(must, followers, out=self.deferred)
         self._follow_plans(followers)
         for rows in blocks:
-            if followers[rows.sl].any():
-                kernels.propagate_block(self.cm, rows.qs, rows.action, rows.prior, rows.blk)
+            kernels.propagate_block(self.cm, rows.qs, rows.action, rows.prior, rows.blk)
             if record:
                 self._encode_block(rows)
         counts = self.planning_counts
@@ -960,11 +962,12 @@ class AifAgentGroup:
             np.maximum(change, column, out=change)
         np.multiply(change, 0.5, out=change)
 
-    def _plan_gathered(
-        self, idx: IntArray, o: IntArray | None, soft: list[np.ndarray] | None
-    ) -> None:
-        """Plan the agents ``idx`` as one block: gather their priors and evidence, run the
-        block's tick (infer, plan, act, next prior), scatter the results, commit their plans."""
+    def _plan_gathered(self, idx: IntArray, o: IntArray | None) -> None:
+        """Plan the agents ``idx`` as one block: gather their posteriors (this tick's, already
+        inferred) and outcomes, evaluate and select, scatter ``G``, ``q_pi`` and the actions,
+        commit their plans. The next prior of every agent is propagated afterwards. On the
+        joint small-block path (a tick in one fused pass) the gathered agents' priors are
+        gathered instead and their tick rerun."""
         k, g = len(idx), self._gather
         rows = _BlockRows(
             sl=slice(0, k),
@@ -976,27 +979,31 @@ class AifAgentGroup:
             action=g.action[:k],
             has_action=g.has_action[:k],
         )
-        for p, gp in zip(self.prior, rows.prior, strict=True):
-            np.take(p, idx, axis=0, out=gp)
         ob = None if o is None else np.take(o, idx, axis=0, out=self._gather_obs[:k])
-        sb = None
-        if soft is not None:
-            sb = [
-                np.take(p, idx, axis=0, out=b[:k])
-                for p, b in zip(soft, self._gather_soft, strict=True)
-            ]
         planner = self._planner(rows, ob)
         if planner == "joint":
             assert ob is not None  # _planner checked
+            for p, gp in zip(self.prior, rows.prior, strict=True):
+                np.take(p, idx, axis=0, out=gp)
             self._joint_block(rows, ob)
         else:
-            self._infer_block(ob, sb, rows, roots=planner == "tree")
+            for q, gq in zip(self.qs, rows.qs, strict=True):
+                np.take(q, idx, axis=0, out=gq)
+            if self.cm.num_factors == 1:
+                np.take(self._evidence, idx, out=rows.blk.evidence)
+            if planner == "tree":
+                kernels.load_roots(rows.qs, rows.blk)
             self._plan_block(rows, ob, planner)
-            self._act_block(rows, planner)
-        for q, gq in zip(self.qs, rows.qs, strict=True):
-            q[idx] = gq
-        for p, gp in zip(self.prior, rows.prior, strict=True):
-            p[idx] = gp
+            kernels.select_block(
+                self.cm,
+                rows.blk.x,
+                rows.blk,
+                rows.action,
+                mode=self._sampling_mode,
+                deterministic=self._deterministic,
+                alpha=self._alpha,
+                rng=self.selection_rng(),
+            )
         self.G[idx] = rows.G
         self.q_pi[idx] = rows.q_pi
         self.action[idx] = rows.action

@@ -1,0 +1,143 @@
+"""Planning policies (issue 33, items 1-4): CPU against behaviour, side by side in one run.
+
+For each built-in world (grid10, T-maze, explorer, tmaze-reversal, grid-slippery) and each
+planning policy (:class:`~edge_agent.aif.planning.PlanningPolicy`), an
+:class:`~edge_agent.core.agents.AifAgentGroup` (int8) steps ``--steps`` ticks through its own world
+from the same seed; only ``group.step(obs)`` is timed. One JSON object per line:
+
+* ``agent_steps_per_s`` (wall) and ``cpu_agent_steps_per_s`` (process CPU time) of the timed
+  steps; ``speedup``: ``cpu_agent_steps_per_s`` over that of the every-tick policy of the same
+  world in this run;
+* ``duty_cycle``: the share of the agents planned per tick, averaged over the timed steps;
+* ``score``: the world's own measure of behaviour over the run (``score_name``): grid worlds,
+  goals reached per agent-step; T-mazes, rewards per trial; explorer, target visits per
+  agent-step; ``score_ratio``: ``score`` over the every-tick policy's (1.0: no loss) and
+  ``steps_to_goal`` where the world has one;
+* lines with a target (grid10 and T-maze at N = 10,000: ``speedup >= 3`` at ``score_ratio >=
+  0.98``) carry ``target`` and ``met``.
+
+The process runs one thread (``OPENBLAS_NUM_THREADS=1``), so it uses one core.
+
+    python benchmarks/bench_planning.py [--agents 10000] [--steps 200]
+        [--worlds grid10:1,grid10:2,tmaze:1,explorer:3,tmaze-reversal:1,grid-slippery:1]
+
+``--smoke`` runs every world and policy with 10 agents for 6 steps: the code path, for CI
+(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+#: world:policy_len cases run by default.
+CASES = (
+    "grid10:1,grid10:2,tmaze:1,explorer:1,explorer:3,tmaze-reversal:1,grid-slippery:1"
+)
+#: name -> PlanningPolicy fields (max_agents as a share of the group: "max_share").
+POLICIES: dict[str, dict[str, Any]] = {
+    "every_tick": {},
+    "every_2": {"every": 2},
+    "every_4": {"every": 4},
+    "every_8": {"every": 8},
+    "change_0.1_every_4": {"every": 4, "belief_change": 0.1},
+    "change_0.1_every_8": {"every": 8, "belief_change": 0.1},
+    "change_0.3_every_8": {"every": 8, "belief_change": 0.3},
+    "change_0.1_every_8_max_25pct": {"every": 8, "belief_change": 0.1, "max_share": 0.25},
+    "max_50pct": {"max_share": 0.5},
+}
+#: (world, policy_len, N) with a target: at least 3x agent-steps/s at <= 2 % loss of score.
+TARGETS = {("grid10", 1, 10_000), ("tmaze", 1, 10_000), ("grid10", 2, 10_000)}
+
+
+def emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record, sort_keys=True), flush=True)
+
+
+def score_of(world: str, summary: dict[str, Any], agent_steps: int) -> tuple[str, float]:
+    if world.startswith("grid"):
+        return "goals_per_agent_step", summary["goals_reached"] / agent_steps
+    if world.startswith("tmaze"):
+        return "rewards_per_trial", float(summary["rewards_per_trial"])
+    return "target_visits_per_agent_step", summary["target_visits"] / agent_steps
+
+
+def run(world: str, policy_len: int, n: int, steps: int, name: str) -> dict[str, Any]:
+    from edge_agent.aif.planning import PlanningPolicy
+    from edge_agent.aif.settings import AifSettings
+    from edge_agent.core.agents import AifAgentGroup
+    from edge_agent.sim.registry import make_env
+
+    fields = dict(POLICIES[name])
+    share = fields.pop("max_share", None)
+    if share is not None:
+        fields["max_agents"] = max(1, int(n * share))
+    env = make_env(world, n, seed=1)
+    group = AifAgentGroup(
+        env.model, n, settings=AifSettings(policy_len=policy_len),
+        planning=PlanningPolicy(**fields),
+    )
+    obs = env.reset()
+    wall = cpu = 0.0
+    planned = 0
+    for _ in range(steps):
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        c0, t0 = time.process_time(), time.perf_counter()
+        actions = group.step(obs)
+        t1, c1 = time.perf_counter(), time.process_time()
+        wall, cpu = wall + t1 - t0, cpu + c1 - c0
+        planned += int(group.planning_stats()["planned"])
+        obs = env.step(actions)
+    summary = env.summary()
+    score_name, score = score_of(world, summary, n * steps)
+    out: dict[str, Any] = {
+        "world": world, "policy_len": policy_len, "N": n, "policy": name, "steps": steps,
+        "agent_steps_per_s": round(n * steps / wall),
+        "cpu_agent_steps_per_s": round(n * steps / cpu) if cpu > 0 else None,
+        "duty_cycle": round(planned / (n * steps), 4),
+        "score_name": score_name, "score": round(score, 5),
+    }
+    if "mean_steps_to_goal" in summary:
+        out["steps_to_goal"] = round(float(summary["mean_steps_to_goal"]), 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--worlds", default=CASES)
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    if args.smoke:
+        args.agents, args.steps = 10, 6
+    emit({"bench": "machine", "cpus": os.cpu_count(), "agents": args.agents,
+          "steps": args.steps})
+    names = args.policies.split(",")
+    if "every_tick" not in names:
+        names.insert(0, "every_tick")
+    for case in args.worlds.split(","):
+        world, policy_len = case.split(":")
+        base: dict[str, Any] | None = None
+        for name in names:
+            rec = run(world, int(policy_len), args.agents, args.steps, name)
+            if base is None:
+                base = rec
+            rec["speedup"] = round(rec["cpu_agent_steps_per_s"] / base["cpu_agent_steps_per_s"], 3)
+            rec["score_ratio"] = (
+                round(rec["score"] / base["score"], 4) if base["score"] > 0 else None
+            )
+            if (world, int(policy_len), args.agents) in TARGETS and name != "every_tick":
+                rec["target"] = {"speedup_min": 3.0, "score_ratio_min": 0.98}
+                rec["met"] = rec["speedup"] >= 3.0 and (rec["score_ratio"] or 0) >= 0.98
+            emit({"bench": "planning", **rec})
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    main()
