@@ -102,6 +102,20 @@ class PlanningPolicy(Record):
         """Every agent plans every tick with no budget: today's path, bit for bit."""
         return self.every == 1 and self.max_agents is None and self.deadline_ms is None
 
+    def describe(self) -> str:
+        """One line: ``every 4 ticks or belief change >= 0.1, at most 500 agents a tick``."""
+        when = []
+        if self.every > 0:
+            when.append("every tick" if self.every == 1 else f"every {self.every} ticks")
+        if self.belief_change is not None:
+            when.append(f"belief change >= {self.belief_change:g}")
+        parts = [" or ".join(when) + " or when a plan runs out"]
+        if self.max_agents is not None:
+            parts.append(f"at most {self.max_agents} agents a tick")
+        if self.deadline_ms is not None:
+            parts.append(f"deadline {self.deadline_ms:g} ms a tick")
+        return ", ".join(parts)
+
     @property
     def budgeted(self) -> bool:
         """A tick's planning is bounded (agents or time)."""

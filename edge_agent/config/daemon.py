@@ -878,12 +878,14 @@ def _summary(
         )
         if group.perception is not None:
             what += f" + perception {group.perception.path} ({group.perception.evidence})"
-        elif (processes := group.workers_for(profile)) > 1:
+        elif group.planning.every_tick and (processes := group.workers_for(profile)) > 1:
             what += f" on up to {processes} processes"
+        planning = "" if group.planning.every_tick else f", planning {group.planning.describe()}"
         lines.append(
             f"    {group.name:<{width}}  {group.count} x {what}, {group.precision}, history "
             f"{group.history_capacity_for(profile)}, priority {group.priority}, "
             f"source {describe_endpoint(group.source)}, sink {describe_endpoint(group.sink)}"
+            f"{planning}"
         )
     mqtt = config.mqtt
     if mqtt.enabled:

@@ -257,6 +257,8 @@ class GroupRuntime:
             "source": describe_endpoint(self.config.source),
             "sink": describe_endpoint(self.config.sink),
         }
+        if isinstance(a, AifAgentGroup) and not a.planning.every_tick:
+            out["planning"] = a.planning_stats()  # the last tick's; docs/planning.md
         if is_neural(a):
             out["window"] = a.window
         if self.config.perception is not None:

@@ -130,6 +130,13 @@ EXPECTED: dict[str, list[Record]] = {
            ("group_step_ratio", "session_exact_ratio", "x64_quant_precision"))
           for m in ("mlp", "cnn")],
     ],
+    "bench_planning.py": [
+        ({"bench": "machine"}, ("cpus", "agents", "steps")),
+        *[({"bench": "planning", "world": w, "policy": p},
+           ("cpu_agent_steps_per_s", "duty_cycle", "score", "score_ratio", "speedup"))
+          for w in ("grid10", "tmaze", "explorer", "tmaze-reversal", "grid-slippery")
+          for p in ("every_tick", "change_0.1_every_4", "max_50pct")],
+    ],
     "bench_peers.py": [
         *[({"bench": "peers", "workload": w, "impl": i}, ("steps_per_s", "digest"))
           for w in ("grid10", "grid2f") for i in ("edge-agent int8", "edge-agent float64")],
