@@ -21,6 +21,11 @@ The process runs one thread (``OPENBLAS_NUM_THREADS=1``), so it uses one core.
     python benchmarks/bench_planning.py [--agents 10000] [--steps 200]
         [--worlds grid10:1,grid10:2,tmaze:1,explorer:3,tmaze-reversal:1,grid-slippery:1]
 
+``--deadline grid10:2`` instead measures the planning deadline: the agents one core steps in a
+10 Hz tick with every-tick planning (``fits_every_tick``, from a probe of 2,000 agents), then
+twice as many planning every agent every tick within ``deadline_ms`` (half the period) for 100
+ticks: ``tick_ms_p50/p99/max``, ``ticks_over_period`` and ``duty_cycle``.
+
 ``--smoke`` runs every world and policy with 10 agents for 6 steps: the code path, for CI
 (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
 """
@@ -106,6 +111,58 @@ def run(world: str, policy_len: int, n: int, steps: int, name: str) -> dict[str,
     return out
 
 
+def deadline_run(world: str, policy_len: int, hz: float, ticks: int, smoke: bool) -> dict[str, Any]:
+    """A group twice as large as fits at ``hz`` with every-tick planning, planning every agent
+    every tick within a deadline: how long its ticks take, and how many overran the period."""
+    import numpy as np
+
+    from edge_agent.aif.planning import PlanningPolicy
+    from edge_agent.aif.settings import AifSettings
+    from edge_agent.core.agents import AifAgentGroup
+    from edge_agent.sim.registry import make_env
+
+    period = 1.0 / hz
+    probe_n = 10 if smoke else 2000
+    env = make_env(world, probe_n, seed=1)
+    group = AifAgentGroup(env.model, probe_n, settings=AifSettings(policy_len=policy_len))
+    obs, spent = env.reset(), 0.0
+    for i in range(6 if smoke else 20):
+        t0 = time.perf_counter()
+        actions = group.step(obs)
+        if i >= 2:
+            spent += time.perf_counter() - t0
+        obs = env.step(actions)
+    per_agent = spent / ((4 if smoke else 18) * probe_n)
+    fits = 20 if smoke else int(period / per_agent)
+    n = 2 * fits
+    deadline_ms = 0.5 * period * 1e3
+    env = make_env(world, n, seed=1)
+    group = AifAgentGroup(
+        env.model, n, settings=AifSettings(policy_len=policy_len),
+        planning=PlanningPolicy(deadline_ms=deadline_ms),
+    )
+    obs = env.reset()
+    times, duty = [], 0.0
+    for _ in range(ticks):
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        t0 = time.perf_counter()
+        actions = group.step(obs)
+        times.append(time.perf_counter() - t0)
+        duty += group.planning_stats()["duty_cycle"]
+        obs = env.step(actions)
+    arr = np.array(times)
+    return {
+        "bench": "deadline", "world": world, "policy_len": policy_len, "hz": hz,
+        "fits_every_tick": fits, "N": n, "deadline_ms": deadline_ms, "ticks": ticks,
+        "tick_ms_p50": round(float(np.percentile(arr, 50)) * 1e3, 2),
+        "tick_ms_p99": round(float(np.percentile(arr, 99)) * 1e3, 2),
+        "tick_ms_max": round(float(arr.max()) * 1e3, 2),
+        "ticks_over_period": int((arr > period).sum()),
+        "duty_cycle": round(duty / ticks, 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=10_000)
@@ -113,9 +170,18 @@ def main() -> None:
     parser.add_argument("--worlds", default=CASES)
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--deadline", default=None, metavar="WORLD:L",
+        help="instead: a group twice as large as fits at 10 Hz, planning within a deadline",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.agents, args.steps = 10, 6
+    if args.deadline is not None or args.smoke:
+        world, policy_len = (args.deadline or "grid10:2").split(":")
+        emit(deadline_run(world, int(policy_len), 10.0, 10 if args.smoke else 100, args.smoke))
+        if not args.smoke:
+            return
     emit({"bench": "machine", "cpus": os.cpu_count(), "agents": args.agents,
           "steps": args.steps})
     names = args.policies.split(",")
