@@ -150,6 +150,11 @@ GROUP: Final[dict[str, str]] = {
     "steps": "Batched steps of the group.",
     "paused": "1 while the group is paused.",
     "bytes_per_agent": "Memory of one agent of the group in bytes (state and history).",
+    "planning_duty_cycle": "Share of the group's agents that planned in the last tick "
+    "(groups with a planning policy).",
+    "planning_deferred": "Agents that had to plan but were put off by the planning budget in "
+    "the last tick.",
+    "plan_age_mean": "Mean age of the agents' committed plans, in ticks.",
 }
 
 POWER: Final[Described] = {

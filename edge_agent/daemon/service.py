@@ -115,7 +115,10 @@ SNAPSHOT_GAUGES: Final = (
     "writes_in_last_hour",
     "max_writes_per_hour",
 )
-GROUP_GAUGES: Final = ("agents", "paused", "bytes_per_agent")
+GROUP_GAUGES: Final = (
+    "agents", "paused", "bytes_per_agent", "planning_duty_cycle", "planning_deferred",
+    "plan_age_mean",
+)
 
 
 class State(enum.Enum):
@@ -910,15 +913,22 @@ class Daemon:
         return io
 
     def _group_metrics(self) -> dict[str, dict[str, object]]:
-        return {
-            g.name: {
+        out: dict[str, dict[str, object]] = {}
+        for g in self.groups:
+            numbers: dict[str, object] = {
                 "agents": g.agents.n_agents,
                 "steps": g.steps,
                 "paused": g.paused,
                 "bytes_per_agent": g.agents.per_agent_nbytes(),
             }
-            for g in self.groups
-        }
+            a = g.agents
+            if isinstance(a, AifAgentGroup) and not a.planning.every_tick:  # docs/planning.md
+                stats = a.planning_stats()
+                numbers["planning_duty_cycle"] = stats["duty_cycle"]
+                numbers["planning_deferred"] = stats["deferred"]
+                numbers["plan_age_mean"] = stats["plan_age_mean"]
+            out[g.name] = numbers
+        return out
 
     def _write_prometheus(self) -> None:
         path = self.config.daemon.prometheus_textfile

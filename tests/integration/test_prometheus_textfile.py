@@ -122,3 +122,48 @@ def _python() -> str:
     import sys
 
     return ".".join(str(n) for n in sys.version_info[:3])
+
+
+def test_a_group_with_a_planning_policy_shows_its_planning(tmp_path: Path) -> None:
+    """docs/planning.md: the status file's group entry and the Prometheus text file carry the
+    last tick's duty cycle, deferred agents and plan age of a group with a planning policy."""
+    import json
+
+    from tests.integration.test_daemon import Daemon, write_config
+
+    prom = tmp_path / "edge_agent.prom"
+    config = tmp_path / "daemon.toml"
+    write_config(config, tmp_path / "state", grid=40, tmaze=10)
+    text = config.read_text().replace(
+        'log_level = "info"',
+        f'log_level = "info"\nprometheus_textfile = "{prom}"\nprometheus_interval_s = 1',
+    )
+    planning = "\n[groups.planning]\nevery = 4\nbelief_change = 0.1\nmax_agents = 5\n"
+    config.write_text(text + planning)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = Daemon(config, notify)
+    status = tmp_path / "state" / "status.json"
+    try:
+        notify.wait_for("READY=1", 60)
+        wait_until(
+            lambda: prom.exists() and "edge_agent_group_planning_duty_cycle" in prom.read_text(),
+            "the planning numbers in the text file",
+        )
+        promtool_check(prom)
+        numbers = samples(prom.read_text())
+        duty = numbers['edge_agent_group_planning_duty_cycle{group="tmaze"}']
+        assert 0.0 <= duty <= 0.5  # at most 5 of its 10 agents a tick
+        assert 'edge_agent_group_plan_age_mean{group="tmaze"}' in numbers
+        assert 'edge_agent_group_planning_deferred{group="tmaze"}' in numbers
+        assert not any(k.startswith("edge_agent_group_planning") and 'group="grid"' in k
+                       for k in numbers)  # every-tick groups show nothing new
+        wait_until(status.exists, "the status file")
+        groups = {g["name"]: g for g in json.loads(status.read_text())["groups"]}
+        assert set(groups["tmaze"]["planning"]) == {
+            "planned", "deferred", "duty_cycle", "plan_age_mean", "plan_age_max"
+        }
+        assert groups["tmaze"]["planning"]["planned"] <= 5
+        assert "planning" not in groups["grid"]
+    finally:
+        daemon.kill()
+        notify.close()
