@@ -312,3 +312,25 @@ def test_planning_table_in_the_daemon_config(tmp_path: Path) -> None:
         f"{cross}:8: groups[0].planning.belief_change: needs every = 0 or every > 1 "
         "(with every = 1 each agent plans every tick)"
     ]
+
+
+def test_soft_evidence_under_a_policy() -> None:
+    """Soft evidence (one-hot here) under a policy: the gathered planning (without the local
+    planner, which needs outcomes) gives the every-tick group's q_pi, and the actions are both
+    optimal under it (a tie is no disagreement); the next tick plans no one."""
+    n = 30
+    env = make_env("grid10", n, seed=6)
+    every_tick = AifAgentGroup(env.model, n)
+    policy = AifAgentGroup(env.model, n, planning=PlanningPolicy(every=2))
+    obs = env.reset()
+    evidence = [np.eye(o, dtype=np.float32)[obs[:, m]] for m, o in enumerate(policy.cm.num_obs)]
+    a, b = every_tick.step(evidence).copy(), policy.step(evidence).copy()
+    assert policy.planning_stats()["planned"] == n
+    np.testing.assert_allclose(every_tick.q_pi, policy.q_pi, atol=1e-5)
+    rows = np.arange(n)
+    best = every_tick.q_pi.max(axis=1) - 1e-4
+    assert (every_tick.q_pi[rows, a[:, 0]] >= best).all()
+    assert (every_tick.q_pi[rows, b[:, 0]] >= best).all()
+    policy.step(evidence)
+    assert policy.planning_stats()["planned"] == 0
+    np.testing.assert_array_equal(policy.action, b)
