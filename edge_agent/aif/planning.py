@@ -72,8 +72,9 @@ class PlanningPolicy(Record):
         Rule(
             gt=0,
             le=60_000,
-            description="Stop starting new blocks of planning this many milliseconds after the "
-            "tick's planning began (at least one block plans each tick); default: no deadline.",
+            description="Start no new block of planning this many milliseconds after the "
+            "group's tick began (its state inference counts; at least one block plans each "
+            "tick); default: no deadline.",
         ),
     ] = None
 

@@ -904,6 +904,9 @@ class AifAgentGroup:
         plan (in order of need, within the budget) are gathered into blocks, planned and
         scattered back; the others act from their committed plans; then every next prior."""
         policy, blocks = self.planning, self._blocks()
+        deadline = None  # the tick began now: its inference counts against the deadline
+        if policy.deadline_ms is not None:
+            deadline = self._clock() + policy.deadline_ms / 1000.0
         measure = policy.belief_change is not None or policy.budgeted
         one_factor = self.cm.num_factors == 1
         for rows in blocks:
@@ -926,9 +929,6 @@ class AifAgentGroup:
                 priority=self._keys, scratch=self._index_scratch, fscratch=self._change_scratch,
             )
         limit = k if policy.max_agents is None else min(k, policy.max_agents)
-        deadline = None
-        if policy.deadline_ms is not None:
-            deadline = self._clock() + policy.deadline_ms / 1000.0
         chunk, done = self._gather.G.shape[0], 0
         while done < limit:
             if done and deadline is not None and self._clock() >= deadline:
