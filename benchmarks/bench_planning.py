@@ -21,7 +21,8 @@ The process runs one thread (``OPENBLAS_NUM_THREADS=1``), so it uses one core.
     python benchmarks/bench_planning.py [--agents 10000] [--steps 200]
         [--worlds grid10:1,grid10:2,tmaze:1,explorer:3,tmaze-reversal:1,grid-slippery:1]
 
-``--deadline grid10:2`` instead measures the planning deadline: the agents one core steps in a
+``--deadline grid10:2 [--workers 2]`` instead measures the planning deadline: the agents
+``--workers`` processes step in a
 10 Hz tick with every-tick planning (``fits_every_tick``, from a probe of 2,000 agents), then
 twice as many planning every agent every tick within ``deadline_ms`` (60 % of the period, from
 the start of the group's tick: the next priors and the world follow) for 100
@@ -112,9 +113,12 @@ def run(world: str, policy_len: int, n: int, steps: int, name: str) -> dict[str,
     return out
 
 
-def deadline_run(world: str, policy_len: int, hz: float, ticks: int, smoke: bool) -> dict[str, Any]:
-    """A group twice as large as fits at ``hz`` with every-tick planning, planning every agent
-    every tick within a deadline: how long its ticks take, and how many overran the period."""
+def deadline_run(
+    world: str, policy_len: int, hz: float, ticks: int, *, smoke: bool, workers: int = 1
+) -> dict[str, Any]:
+    """A group twice as large as fits at ``hz`` with every-tick planning (on ``workers``
+    processes), planning every agent every tick within a deadline: how long its ticks take,
+    and how many overran the period."""
     import numpy as np
 
     from edge_agent.aif.planning import PlanningPolicy
@@ -126,6 +130,7 @@ def deadline_run(world: str, policy_len: int, hz: float, ticks: int, smoke: bool
     probe_n = 10 if smoke else 2000
     env = make_env(world, probe_n, seed=1)
     group = AifAgentGroup(env.model, probe_n, settings=AifSettings(policy_len=policy_len))
+    group.start_workers(workers)
     obs, spent = env.reset(), 0.0
     for i in range(6 if smoke else 20):
         t0 = time.perf_counter()
@@ -134,6 +139,7 @@ def deadline_run(world: str, policy_len: int, hz: float, ticks: int, smoke: bool
             spent += time.perf_counter() - t0
         obs = env.step(actions)
     per_agent = spent / ((4 if smoke else 18) * probe_n)
+    group.release()
     fits = 20 if smoke else int(period / per_agent)
     n = 2 * fits
     deadline_ms = 0.6 * period * 1e3
@@ -142,6 +148,7 @@ def deadline_run(world: str, policy_len: int, hz: float, ticks: int, smoke: bool
         env.model, n, settings=AifSettings(policy_len=policy_len),
         planning=PlanningPolicy(deadline_ms=deadline_ms),
     )
+    group.start_workers(workers)
     obs = env.reset()
     times, duty = [], 0.0
     for _ in range(ticks):
@@ -152,9 +159,12 @@ def deadline_run(world: str, policy_len: int, hz: float, ticks: int, smoke: bool
         times.append(time.perf_counter() - t0)
         duty += group.planning_stats()["duty_cycle"]
         obs = env.step(actions)
+    used = group.workers
+    group.release()
     arr = np.array(times)
     return {
         "bench": "deadline", "world": world, "policy_len": policy_len, "hz": hz,
+        "workers": used,
         "fits_every_tick": fits, "N": n, "deadline_ms": deadline_ms, "ticks": ticks,
         "tick_ms_p50": round(float(np.percentile(arr, 50)) * 1e3, 2),
         "tick_ms_p99": round(float(np.percentile(arr, 99)) * 1e3, 2),
@@ -171,6 +181,7 @@ def main() -> None:
     parser.add_argument("--worlds", default=CASES)
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="processes (--deadline)")
     parser.add_argument(
         "--deadline", default=None, metavar="WORLD:L",
         help="instead: a group twice as large as fits at 10 Hz, planning within a deadline",
@@ -180,7 +191,10 @@ def main() -> None:
         args.agents, args.steps = 10, 6
     if args.deadline is not None or args.smoke:
         world, policy_len = (args.deadline or "grid10:2").split(":")
-        emit(deadline_run(world, int(policy_len), 10.0, 10 if args.smoke else 100, args.smoke))
+        ticks = 10 if args.smoke else 100
+        emit(deadline_run(
+            world, int(policy_len), 10.0, ticks, smoke=args.smoke, workers=args.workers
+        ))
         if not args.smoke:
             return
     emit({"bench": "machine", "cpus": os.cpu_count(), "agents": args.agents,

@@ -878,7 +878,7 @@ def _summary(
         )
         if group.perception is not None:
             what += f" + perception {group.perception.path} ({group.perception.evidence})"
-        elif group.planning.every_tick and (processes := group.workers_for(profile)) > 1:
+        elif (processes := group.workers_for(profile)) > 1:
             what += f" on up to {processes} processes"
         planning = "" if group.planning.every_tick else f", planning {group.planning.describe()}"
         lines.append(

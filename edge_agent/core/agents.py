@@ -84,6 +84,14 @@ class _BlockRows:
 
 #: A planning policy's per-agent state that snapshots carry: the committed plans.
 _PLAN_ARRAYS = ("plan_policy", "plan_left", "plan_age", "deferred")
+#: The passes of a tick under a planning policy (see AifAgentGroup._step_planning).
+_INFER, _PLAN, _PROPAGATE = 0, 1, 2
+#: What a planning tick's workers write, or read from the caller after the fork: in shared
+#: memory with the group's state (see AifAgentGroup._share_state).
+_PLAN_SHARED = (
+    "plan_policy", "plan_left", "plan_age", "_change", "_evidence", "_candidates",
+    "_plan_pass", "_plan_limit", "_plan_deadline", "_chunk_done",
+)
 
 #: Compiled tables by model key. Weak: a model's tables live as long as a group uses them, and
 #: every group on the same model (and the daemon's admission probe) shares one copy, which is
@@ -471,6 +479,10 @@ class AifAgentGroup:
         )
         self._gather_obs = np.zeros((nb, cm.num_modalities), dtype=np.int64)
         self.planning_counts = {"planned": 0, "deferred": 0, "agents": n_agents}
+        self._plan_pass = np.zeros(1, dtype=np.int64)
+        self._plan_limit = np.zeros(1, dtype=np.int64)
+        self._plan_deadline = np.zeros(1, dtype=np.float64)
+        self._chunk_done = np.zeros(-(-n_agents // nb), dtype=np.uint8)
 
     def _workspace_block(self, nb: int) -> kernels.Block:
         assert self._workspace is not None  # allocated with the agents
@@ -900,21 +912,18 @@ class AifAgentGroup:
     def _step_planning(
         self, o: IntArray | None, soft: list[np.ndarray] | None, record: bool
     ) -> None:
-        """One tick under a planning policy: every agent infers its states; the agents that must
+        """One tick under a planning policy, in three passes over the blocks (each on the
+        workers, when the group has them): every agent infers its states; the agents that must
         plan (in order of need, within the budget) are gathered into blocks, planned and
-        scattered back; the others act from their committed plans; then every next prior."""
-        policy, blocks = self.planning, self._blocks()
-        deadline = None  # the tick began now: its inference counts against the deadline
+        scattered back; then every agent's next prior. Between the passes the caller chooses
+        who plans and moves the others along their committed plans."""
+        policy = self.planning
+        deadline = np.inf  # the tick began now: its inference counts against the deadline
         if policy.deadline_ms is not None:
             deadline = self._clock() + policy.deadline_ms / 1000.0
-        measure = policy.belief_change is not None or policy.budgeted
-        one_factor = self.cm.num_factors == 1
-        for rows in blocks:
-            self._infer_block(o, soft, rows, roots=False)
-            if one_factor:  # what the local and deep planners take from the inference
-                np.copyto(self._evidence[rows.sl], rows.blk.evidence)
-            if measure:
-                self._belief_change(rows)
+        self._plan_deadline[0] = deadline
+        workers = self._workers if o is not None else None
+        self._run_pass(_INFER, o, soft, record, workers)
         np.add(self.plan_age, 1, out=self.plan_age)
         must = must_plan(
             policy, self._change, self.plan_age, self.plan_left, self.deferred,
@@ -929,24 +938,70 @@ class AifAgentGroup:
                 priority=self._keys, scratch=self._index_scratch, fscratch=self._change_scratch,
             )
         limit = k if policy.max_agents is None else min(k, policy.max_agents)
-        chunk, done = self._gather.G.shape[0], 0
-        while done < limit:
-            if done and deadline is not None and self._clock() >= deadline:
-                break
-            self._plan_gathered(candidates[done : min(limit, done + chunk)], o)
-            done = min(limit, done + chunk)
+        self._plan_limit[0] = limit
+        self._chunk_done.fill(0)
+        self._run_pass(_PLAN, o, soft, record, workers)
         planned, followers = self._planned, self._flag
         planned.fill(False)
-        planned[candidates[:done]] = True
+        chunk, done = self._gather.G.shape[0], 0
+        for i in np.flatnonzero(self._chunk_done).tolist():  # a loop over blocks of agents
+            idx = candidates[i * chunk : min(limit, (i + 1) * chunk)]
+            planned[idx] = True
+            done += len(idx)
         np.logical_not(planned, out=followers)
         np.logical_and(must, followers, out=self.deferred)
         self._follow_plans(followers)
-        for rows in blocks:
-            kernels.propagate_block(self.cm, rows.qs, rows.action, rows.prior, rows.blk)
-            if record:
-                self._encode_block(rows)
+        self._run_pass(_PROPAGATE, o, soft, record, workers)
         counts = self.planning_counts
         counts["planned"], counts["deferred"] = done, k - done
+
+    def _run_pass(
+        self,
+        what: int,
+        o: IntArray | None,
+        soft: list[np.ndarray] | None,
+        record: bool,
+        workers: BlockWorkers | None,
+    ) -> None:
+        """One pass of a planning tick over the blocks (``_INFER``, ``_PLAN`` or
+        ``_PROPAGATE``): on the workers, or here; a plan pass stops at the deadline."""
+        self._plan_pass[0] = what
+        if workers is not None:
+            assert o is not None  # soft evidence is stepped here
+            workers.step(o, record, self.ticks)
+            return
+        for i in range(len(self._blocks())):
+            if not self._pass_block(i, o, soft, record):
+                return
+
+    def _pass_block(
+        self, i: int, o: IntArray | None, soft: list[np.ndarray] | None, record: bool
+    ) -> bool:
+        """Block ``i`` of the current pass; for a plan pass, the ``i``-th block of the agents
+        that plan (False: the deadline has passed, the block was not planned)."""
+        what = int(self._plan_pass[0])
+        if what == _PLAN:
+            chunk, limit = self._gather.G.shape[0], int(self._plan_limit[0])
+            start = i * chunk
+            if start >= limit:
+                return True
+            if i and self._clock() >= self._plan_deadline[0]:
+                return False
+            self._plan_gathered(self._candidates[start : min(limit, start + chunk)], o)
+            self._chunk_done[i] = 1
+            return True
+        rows = self._blocks()[i]
+        if what == _INFER:
+            self._infer_block(o, soft, rows, roots=False)
+            if self.cm.num_factors == 1:  # what the local and deep planners take from it
+                np.copyto(self._evidence[rows.sl], rows.blk.evidence)
+            if self.planning.belief_change is not None or self.planning.budgeted:
+                self._belief_change(rows)
+            return True
+        kernels.propagate_block(self.cm, rows.qs, rows.action, rows.prior, rows.blk)
+        if record:
+            self._encode_block(rows)
+        return True
 
     def _belief_change(self, rows: _BlockRows) -> None:
         """How far each agent's beliefs moved this tick: the total-variation distance between
@@ -1048,7 +1103,10 @@ class AifAgentGroup:
         }
 
     def _step_index(self, index: int, obs: np.ndarray, record: bool) -> None:
-        self._step_rows(self._rows[index], obs, None, record)
+        if self.planning.every_tick:
+            self._step_rows(self._rows[index], obs, None, record)
+        else:
+            self._pass_block(index, obs, None, record)
 
     def _set_rng(self, rng: np.random.Generator) -> None:
         self._rng = rng
@@ -1081,9 +1139,6 @@ class AifAgentGroup:
         self._stop_workers()
         blocks = self._blocks()
         count = max(1, min(int(count), len(blocks)))
-        if not self.planning.every_tick:
-            # A planning policy gathers agents across blocks: the caller steps them alone.
-            count = 1
         self._wanted_workers = count
         if count == 1:
             return 1
@@ -1141,6 +1196,9 @@ class AifAgentGroup:
         self.prior = [shared_copy(p) for p in self.prior]
         self.q_pi, self.G = shared_copy(self.q_pi), shared_copy(self.G)
         self.action, self.has_action = shared_copy(self.action), shared_copy(self.has_action)
+        if not self.planning.every_tick:  # what the workers write, or read after the fork
+            for name in _PLAN_SHARED:
+                setattr(self, name, shared_copy(getattr(self, name)))
         if self.history is not None:
             if self.history_beliefs == "full":
                 self._qs_row = shared_copy(self._qs_row)

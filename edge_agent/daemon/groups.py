@@ -411,8 +411,6 @@ def plan_requests(
         # apart; planned with the group's agents, so that a group too large is named once).
         blocks = -(-cfg.count // probe.block_size)
         extra = min(workers, blocks) - 1 if loaded.perception is None else 0
-        if not cfg.planning.every_tick:  # a planning policy steps on the caller alone
-            extra = 0
         scratch = max(0, extra) * probe.scratch_nbytes(cfg.count)
         nbytes = probe.bytes_for(cfg.count, history_capacity) + scratch
         agents.append((cfg.name, "agents", nbytes, None))

@@ -334,3 +334,35 @@ def test_soft_evidence_under_a_policy() -> None:
     policy.step(evidence)
     assert policy.planning_stats()["planned"] == 0
     np.testing.assert_array_equal(policy.action, b)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [PlanningPolicy(every=3, belief_change=0.2), PlanningPolicy(every=2, max_agents=17)],
+)
+def test_workers_step_a_planning_group_as_one_process_does(policy: PlanningPolicy) -> None:
+    """The three passes of a planning tick on 2 processes (forked workers, shared state): the
+    same beliefs, plans and actions as the caller alone."""
+    n = 60
+    env = make_env("grid10", n, seed=8)
+    alone = AifAgentGroup(env.model, n, settings=AifSettings(policy_len=2), planning=policy,
+                          block_size=8)
+    shared = AifAgentGroup(env.model, n, settings=AifSettings(policy_len=2), planning=policy,
+                           block_size=8)
+    try:
+        assert shared.start_workers(2) == 2
+        obs = env.reset()
+        for _ in range(10):
+            if env.episode_start.any():
+                alone.reset(env.episode_start)
+                shared.reset(env.episode_start)
+            a, b = alone.step(obs).copy(), shared.step(obs).copy()
+            np.testing.assert_array_equal(a, b)
+            assert alone.planning_stats() == shared.planning_stats()
+            for k, v in _state(alone).items():
+                np.testing.assert_array_equal(v, _state(shared)[k], err_msg=k)
+            obs = env.step(a)
+        assert shared.workers == 2
+        assert shared.workers_restarts == 0
+    finally:
+        shared.release()
