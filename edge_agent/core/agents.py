@@ -285,11 +285,11 @@ class AifAgentGroup:
         """A planning policy's per-agent arrays (see :meth:`_allocate_planning`): committed
         policy, steps left, age (int32 each), deferred, must-plan, planned, a flag scratch
         (bool), the belief change, its sort scratch and the evidence of this tick's inference,
-        candidates, keys and an index scratch
-        (int64), the plan's next action (int64 per factor)."""
+        candidates, keys, an index scratch and the agents' indices (int64), the plan's next
+        action (int64 per factor)."""
         if self.planning.every_tick:
             return 0
-        return 3 * 4 + 4 + 3 * self.dtype.itemsize + 3 * 8 + 8 * self.cm.num_factors
+        return 3 * 4 + 4 + 3 * self.dtype.itemsize + 4 * 8 + 8 * self.cm.num_factors
 
     def _size_blocks(self) -> None:
         """Block sizes from the scratch one agent of a block needs: at most

@@ -271,7 +271,7 @@ def test_planning_memory_is_counted() -> None:
     plain = AifAgentGroup(env.model, 10)
     planned = AifAgentGroup(env.model, 10, planning=PlanningPolicy(every=4))
     extra = planned.per_agent_nbytes() - plain.per_agent_nbytes()
-    assert extra == 3 * 4 + 4 + 3 * 4 + 3 * 8 + 8
+    assert extra == 3 * 4 + 4 + 3 * 4 + 4 * 8 + 8
     assert planned.scratch_nbytes(10) > plain.scratch_nbytes(10)
 
 
