@@ -180,6 +180,11 @@ class AifAgentGroup:
         #: deadline is measured with (seconds).
         self.planning = planning or EVERY_TICK
         self._clock = clock
+        if not self.planning.every_tick and type(self).step is not AifAgentGroup.step:
+            raise InputError(
+                f"group {name!r}: a planning policy needs the plain Active Inference group's "
+                f"step; {type(self).__name__} steps its own way (give it none)"
+            )
         self.name = name
         self.settings = settings or AifSettings()
         self.precision: Precision = precision

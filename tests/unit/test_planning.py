@@ -17,7 +17,7 @@ from edge_agent.aif.planning import PlanningPolicy, planning_order
 from edge_agent.aif.settings import AifSettings
 from edge_agent.config.daemon import load_config
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, InputError
 from edge_agent.sim.registry import make_env
 from edge_agent.strict import RecordError
 
@@ -366,3 +366,15 @@ def test_workers_step_a_planning_group_as_one_process_does(policy: PlanningPolic
         assert shared.workers_restarts == 0
     finally:
         shared.release()
+
+
+def test_a_group_that_steps_its_own_way_refuses_a_policy() -> None:
+    from edge_agent.aif.learning import LearningSpec
+    from edge_agent.core.learning import LearningAgentGroup
+
+    env = make_env("tmaze", 4, seed=1)
+    with pytest.raises(InputError, match="LearningAgentGroup steps its own way"):
+        LearningAgentGroup(
+            env.model, 4, learning=LearningSpec(pA={1: np.ones_like(env.model.A[1])}),
+            planning=PlanningPolicy(every=2),
+        )
