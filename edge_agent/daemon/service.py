@@ -195,7 +195,6 @@ class Daemon:
         self.rollout = Rollout(
             self.state_dir, report=self._publish_deploy_reports, health=self.state_health
         )
-        self.deployer = self.rollout.deployer
         self.overlay_problems: list[OverlayProblem] = []
         self.profile, self.budget, self.groups = self._admit(source)
         profile = self.profile
@@ -246,12 +245,12 @@ class Daemon:
         """:func:`~edge_agent.daemon.groups.admit` with the deployed bundles applied: profile,
         fresh budget and groups. Drops overlay entries the config superseded."""
         problems: list[OverlayProblem] = []
-        admitted = admit(source, overlay=self.deployer.overlay.entries, problems=problems)
+        admitted = admit(source, overlay=self.rollout.deployed_bundles(), problems=problems)
         for problem in problems:
             logger.error("%s", problem.detail)
             if problem.superseded:
                 try:
-                    self.deployer.overlay.restore(problem.group, None)
+                    self.rollout.forget(problem.group)
                 except OSError as err:  # dropped in memory; the next save writes it
                     self.state_health.storage_error("overlay", err, "drop a superseded entry")
         self.overlay_problems = problems
@@ -269,7 +268,7 @@ class Daemon:
             birth=self._birth(),
             handlers=CommandHandlers(self).table(),
             event=self._event,
-            deployer=self.deployer,
+            bundles=self.rollout,
             health=self.state_health,
         )
         self.uplink = uplink
@@ -818,7 +817,7 @@ class Daemon:
         )
         metrics.register(
             "deploy",
-            lambda: self.deployer.counters,
+            self.rollout.counters,
             help="deployments",
             describe=metric_help.DEPLOY,
         )

@@ -28,7 +28,6 @@ from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
-from edge_agent.fleet.deploy import DeployManager
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
 from edge_agent.recovery import StateHealth
 from edge_agent.service.metrics import Metrics
@@ -39,6 +38,12 @@ if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
     from edge_agent.daemon.uplink import FleetUplink
 
 logger = logging.getLogger(__name__)
+
+
+class DeploymentStats(Protocol):
+    """The node's deployment, as the status file shows it."""
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 class StatusView(Protocol):
@@ -66,8 +71,10 @@ class StatusView(Protocol):
     events: list[dict[str, Any]]
     uplink: FleetUplink | None
     coordination: CoordinationRuntime | None
-    deployer: DeployManager
     state_health: StateHealth
+
+    @property
+    def rollout(self) -> DeploymentStats: ...
 
     @property
     def state_name(self) -> str: ...
@@ -148,7 +155,7 @@ def status(d: StatusView) -> dict[str, Any]:
         "fleet": None if d.uplink is None else d.uplink.status(),
         "coordination": None if d.coordination is None else d.coordination.status(),
         "commands": None if d.uplink is None else d.uplink.commands.stats(),
-        "deploy": d.deployer.stats(),
+        "deploy": d.rollout.stats(),
         "overlay_problems": d.overlay_details,
         "state_files": d.state_health.status(),
     }
