@@ -274,7 +274,7 @@ class Rollout:
         if watched and deployer.watch_expired():
             g = self._find(watched)
             if g is not None:
-                self.rollback(g, "the group did not step its watch_ticks within watch_timeout_s")
+                self._rollback(g, "the group did not step its watch_ticks within watch_timeout_s")
         self.publish_reports()
 
     def publish_reports(self) -> None:
@@ -294,7 +294,7 @@ class Rollout:
             logger.exception("group %s failed on its new bundle", g.name)
             stepped, problem = False, f"{type(err).__name__}: {err}"
         if problem is not None:
-            self.rollback(g, problem)
+            self._rollback(g, problem)
             return False
         return stepped
 
@@ -373,7 +373,7 @@ class Rollout:
         host.rebirth()
         logger.info("group %s switched to bundle %s", old.name, ready.sha256[:12])
 
-    def rollback(self, g: GroupRuntime, problem: str) -> None:
+    def _rollback(self, g: GroupRuntime, problem: str) -> None:
         """Put the old group back in place of ``g`` (the new one is released)."""
         old = self._old
         groups = self.host.groups
