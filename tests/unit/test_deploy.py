@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import tarfile
@@ -113,7 +114,19 @@ def codes(m: DeployManager) -> list[tuple[str | None, str | None]]:
     return [(r.code.value if r.code else None, r.event) for r in m.take_reports()]
 
 
-def test_transfer_verify_stage_switch_and_watch(tmp_path: Path, keys: Any) -> None:
+def transitions(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The deployment's changes of phase, as logged (``before -> after``)."""
+    return [
+        r.getMessage().rpartition(": ")[2]
+        for r in caplog.records
+        if r.name == "edge_agent.fleet.deploy" and " -> " in r.getMessage()
+    ]
+
+
+def test_transfer_verify_stage_switch_and_watch(
+    tmp_path: Path, keys: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent.fleet.deploy")
     trusted, private, _ = keys
     tar = bundle_tar(tmp_path, private)
     data, sha = tar.read_bytes(), bundle_sha(tar, trusted)
@@ -150,6 +163,12 @@ def test_transfer_verify_stage_switch_and_watch(tmp_path: Path, keys: Any) -> No
     reports = m.take_reports()
     final = [r for r in reports if r.code is not None]
     assert [(r.code, r.nonce) for r in final] == [(ResultCode.OK, NONCE)]
+    assert transitions(caplog) == [
+        "idle -> receiving",
+        "receiving -> verifying",
+        "verifying -> watching",
+        "watching -> done",
+    ]
     assert staged.exists()  # the overlay names it
 
 
@@ -336,8 +355,9 @@ class _FakeCommand:
 
 @pytest.mark.parametrize("failure", ["exception", "nan"])
 def test_daemon_rolls_back_a_group_that_fails_after_the_switch(
-    tmp_path: Path, keys: Any, failure: str
+    tmp_path: Path, keys: Any, failure: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent.fleet.deploy")
     trusted, private, keys_dir = keys
     tar = bundle_tar(tmp_path, private)
     sha = bundle_sha(tar, trusted)
@@ -373,6 +393,7 @@ def test_daemon_rolls_back_a_group_that_fails_after_the_switch(
         assert d.rollout.watching is None
         assert d.budget.used == used_before
         assert d.rollout.state is Phase.ROLLED_BACK
+        assert transitions(caplog)[-2:] == ["verifying -> watching", "watching -> rolled_back"]
         assert d.rollout.deployed_bundles() == {}
         kinds = [e["kind"] for e in d.events]
         assert "rollback" in kinds
