@@ -692,8 +692,8 @@ class DeployManager:
         return None
 
     def _start_worker(self, rec: JournalRecord, source: Path) -> None:
-        """On the loop thread: take the health check's snapshot, then verify and check on a
-        worker thread (:meth:`poll` collects the verdict)."""
+        """On the loop thread: take the trusted keys and the health check's snapshot, then verify
+        and check on a worker thread (:meth:`poll` collects the verdict)."""
         with self._worker_lock:
             self._worker_result = None
         try:
@@ -705,13 +705,20 @@ class DeployManager:
                 self._worker_result = EdgeAgentError(f"health: {err}")
             return
         self._worker = threading.Thread(
-            target=self._work, args=(rec, source, check), name="edge-agent-deploy", daemon=True
+            target=self._work,
+            args=(rec, source, self.bundle_keys, check),
+            name="edge-agent-deploy",
+            daemon=True,
         )
         self._worker.start()
 
-    def _work(self, rec: JournalRecord, source: Path, check: HealthCheck) -> None:
+    def _work(
+        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: HealthCheck
+    ) -> None:
         try:
-            result: ReadyToSwitch | EdgeAgentError = self._verify_and_check(rec, source, check)
+            result: ReadyToSwitch | EdgeAgentError = self._verify_and_check(
+                rec, source, keys, check
+            )
         except EdgeAgentError as err:
             result = err
         except Exception as err:  # the worker's boundary: a failed deployment, not a dead daemon
@@ -721,8 +728,10 @@ class DeployManager:
             self._worker_result = result
 
     def _verify_and_check(
-        self, rec: JournalRecord, source: Path, check: HealthCheck
+        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: HealthCheck
     ) -> ReadyToSwitch:
+        """The worker: ``keys`` and ``check`` were taken on the loop thread; nothing else of the
+        manager's state but its directory is read here."""
         staged = self.dir / f"{rec.sha256}.tar"
         if source != staged:
             digest = file_sha256(source)
@@ -734,7 +743,7 @@ class DeployManager:
         try:
             from edge_agent.bundle.loader import load_bundle  # noqa: PLC0415 - pydantic
 
-            bundle = load_bundle(source, trusted_keys=self.bundle_keys, require_signature=True)
+            bundle = load_bundle(source, trusted_keys=keys, require_signature=True)
         except EdgeAgentError as err:
             raise EdgeAgentError(f"verify: {err}") from err
         if bundle.sha256 != rec.sha256:
