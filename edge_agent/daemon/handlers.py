@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 class DeploymentControl(Protocol):
-    """What hub commands may ask of the node's deployment (its one owner, the rollout)."""
+    """What hub commands may ask of the node's deployment (its one owner, the A/B switch)."""
 
     @property
     def watching(self) -> str | None: ...
@@ -55,7 +55,7 @@ class DaemonControl(Protocol):
     last_snapshot: dict[str, Any] | None
 
     @property
-    def rollout(self) -> DeploymentControl: ...
+    def ab_switch(self) -> DeploymentControl: ...
 
     @property
     def total_agents(self) -> int: ...
@@ -93,7 +93,7 @@ class CommandHandlers:
         if g is None:
             known = ", ".join(x.name for x in self.daemon.groups)
             return Outcome(ResultCode.BAD_ARGS, f"no group {name!r} (groups: {known})")
-        if g.name == self.daemon.rollout.watching:
+        if g.name == self.daemon.ab_switch.watching:
             return Outcome(ResultCode.BUSY, f"group {name!r} is being watched after a deployment")
         return g
 
@@ -191,7 +191,7 @@ class CommandHandlers:
         return Outcome(ResultCode.OK, f"{old:g} -> {args.hz:g} Hz", {"hz": self.daemon.clock.hz})
 
     def deploy(self, args: DeployArgs, cmd: Command) -> Outcome:
-        return self.daemon.rollout.start(args, cmd.nonce)
+        return self.daemon.ab_switch.start(args, cmd.nonce)
 
     def deploy_chunk(self, args: ChunkArgs, _cmd: Command) -> Outcome:
-        return self.daemon.rollout.chunk(args)
+        return self.daemon.ab_switch.chunk(args)

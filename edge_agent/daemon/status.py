@@ -74,7 +74,7 @@ class StatusView(Protocol):
     state_health: StateHealth
 
     @property
-    def rollout(self) -> DeploymentStats: ...
+    def ab_switch(self) -> DeploymentStats: ...
 
     @property
     def state_name(self) -> str: ...
@@ -155,7 +155,7 @@ def status(d: StatusView) -> dict[str, Any]:
         "fleet": None if d.uplink is None else d.uplink.status(),
         "coordination": None if d.coordination is None else d.coordination.status(),
         "commands": None if d.uplink is None else d.uplink.commands.stats(),
-        "deploy": d.rollout.stats(),
+        "deploy": d.ab_switch.stats(),
         "overlay_problems": d.overlay_details,
         "state_files": d.state_health.status(),
     }

@@ -22,7 +22,7 @@ from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys, load_private_key
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.config.daemon import BuiltinModel, parse_config, read_config
-from edge_agent.daemon import rollout
+from edge_agent.daemon import ab_switch
 from edge_agent.daemon.groups import io_signature
 from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.service import Daemon
@@ -343,8 +343,8 @@ def switch_daemon(d: Daemon, tar: Path, sha: str, watch_ticks: int) -> None:
     for i in range(args.chunks):
         CommandHandlers(d).deploy_chunk(chunk(data, sha, i), _FakeCommand())  # type: ignore[arg-type]
     deadline = time.monotonic() + 30
-    while d.rollout.watching is None:
-        assert time.monotonic() < deadline, d.rollout.stats()
+    while d.ab_switch.watching is None:
+        assert time.monotonic() < deadline, d.ab_switch.stats()
         d._fleet_before_tick()
         time.sleep(0.01)
 
@@ -390,11 +390,11 @@ def test_daemon_rolls_back_a_group_that_fails_after_the_switch(
             new.agents.step = step  # type: ignore[method-assign]
         d._tick(time.monotonic())
         assert d.find_group("grid") is old
-        assert d.rollout.watching is None
+        assert d.ab_switch.watching is None
         assert d.budget.used == used_before
-        assert d.rollout.state is Phase.ROLLED_BACK
+        assert d.ab_switch.state is Phase.ROLLED_BACK
         assert transitions(caplog)[-2:] == ["verifying -> watching", "watching -> rolled_back"]
-        assert d.rollout.deployed_bundles() == {}
+        assert d.ab_switch.deployed_bundles() == {}
         kinds = [e["kind"] for e in d.events]
         assert "rollback" in kinds
         d._tick(time.monotonic())  # the old group ticks on
@@ -414,8 +414,8 @@ def test_daemon_keeps_a_bundle_that_passes_its_watch_and_after_a_restart(
         switch_daemon(d, tar, sha, watch_ticks=3)
         for _ in range(3):
             d._tick(time.monotonic())
-        assert d.rollout.watching is None
-        assert d.rollout.state is Phase.DONE
+        assert d.ab_switch.watching is None
+        assert d.ab_switch.state is Phase.DONE
         assert d.budget.used != used_before  # policy_len 2: a different model, old released
         assert d._birth().groups["grid"].bundle_sha256 == sha
     finally:
@@ -446,7 +446,7 @@ def test_a_config_change_supersedes_the_deployment(tmp_path: Path, keys: Any) ->
         assert g is not None
         assert g.bundle_sha256 is None
         assert "config's model changed" in changed.status()["overlay_problems"][0]
-        assert changed.rollout.deployed_bundles() == {}
+        assert changed.ab_switch.deployed_bundles() == {}
     finally:
         changed.shutdown()
 
@@ -472,23 +472,25 @@ sink = {{ type = "sim" }}
 
 
 class HeldCheck:
-    """The deployment's health check (:func:`rollout.check_bundle`, the real one) held at its
+    """The deployment's health check (:func:`ab_switch.check_bundle`, the real one) held at its
     start until released, keeping the snapshot it was given: what it sees is that snapshot."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
-        self.seen: list[rollout.CheckSnapshot] = []
-        real = rollout.check_bundle
+        self.seen: list[ab_switch.CheckSnapshot] = []
+        real = ab_switch.check_bundle
 
-        def held(snapshot: rollout.CheckSnapshot, path: Path, steps: int, timeout_s: float) -> Any:
+        def held(
+            snapshot: ab_switch.CheckSnapshot, path: Path, steps: int, timeout_s: float
+        ) -> Any:
             self.seen.append(snapshot)
             self.entered.set()
             if not self.release.wait(120):
                 raise EdgeAgentError("the test never released the health check")
             return real(snapshot, path, steps, timeout_s)
 
-        monkeypatch.setattr(rollout, "check_bundle", held)
+        monkeypatch.setattr(ab_switch, "check_bundle", held)
 
 
 def start_held_deployment(d: Daemon, tar: Path, sha: str, held: HeldCheck) -> None:
@@ -498,7 +500,7 @@ def start_held_deployment(d: Daemon, tar: Path, sha: str, held: HeldCheck) -> No
     assert CommandHandlers(d).deploy(args, _FakeCommand()).code is ResultCode.ACCEPTED  # type: ignore[arg-type]
     for i in range(args.chunks):
         CommandHandlers(d).deploy_chunk(chunk(data, sha, i), _FakeCommand())  # type: ignore[arg-type]
-    assert held.entered.wait(60), d.rollout.stats()
+    assert held.entered.wait(60), d.ab_switch.stats()
 
 
 def sighup_reload(d: Daemon) -> None:
@@ -512,8 +514,8 @@ def sighup_reload(d: Daemon) -> None:
 def until_checked(d: Daemon) -> None:
     """Run the between-ticks step until the health check's verdict is taken."""
     deadline = time.monotonic() + 60
-    while d.rollout.state is Phase.VERIFYING:
-        assert time.monotonic() < deadline, d.rollout.stats()
+    while d.ab_switch.state is Phase.VERIFYING:
+        assert time.monotonic() < deadline, d.ab_switch.stats()
         d._fleet_before_tick()
         time.sleep(0.01)
 
@@ -556,14 +558,14 @@ def test_a_resize_and_a_reload_during_the_health_check_leave_what_it_checks_alon
     (seen,) = held.seen
     assert seen.n_agents == 16  # the group as it was when the check started
     assert seen.config.daemon.tick_hz == 50
-    assert d.rollout.watching == "grid", d.rollout.stats()
+    assert d.ab_switch.watching == "grid", d.ab_switch.stats()
     g = d.find_group("grid")
     assert g is not None
     assert g.bundle_sha256 == sha
     assert g.agents.n_agents == 8  # the switch builds the group at its size then
     for _ in range(2):
         d._tick(time.monotonic())
-    assert d.rollout.state is Phase.DONE
+    assert d.ab_switch.state is Phase.DONE
 
 
 def test_a_reload_that_changes_the_group_during_the_health_check_refuses_the_switch(
@@ -584,15 +586,15 @@ def test_a_reload_that_changes_the_group_during_the_health_check_refuses_the_swi
     until_checked(d)
     (seen,) = held.seen
     assert seen.group.model == BuiltinModel(type="builtin", name="grid10")
-    stats = d.rollout.stats()
-    assert d.rollout.state is Phase.FAILED
+    stats = d.ab_switch.stats()
+    assert d.ab_switch.state is Phase.FAILED
     assert stats["detail"].startswith("switch: group 'grid' was reconfigured"), stats["detail"]
     g = d.find_group("grid")
     assert g is not None
     assert g.bundle_sha256 is None
     assert seen.signature is not None
     assert seen.signature != io_signature(g.agents)  # the T-maze the reload made runs on
-    assert d.rollout.deployed_bundles() == {}
+    assert d.ab_switch.deployed_bundles() == {}
 
 
 def test_broadcast_chunks_are_taken_only_while_receiving_that_bundle(

@@ -1,14 +1,15 @@
 """The node's deployments, one owner: transfer, verify, health check, switch, watch, roll back.
 
-The rest of the daemon talks to :class:`Rollout` alone, through a few verbs: the hub commands
-(:meth:`Rollout.start`, :meth:`Rollout.chunk`), the uplink's broadcast chunks
-(:meth:`Rollout.broadcast_chunk`), the loop (:meth:`Rollout.before_tick`,
-:meth:`Rollout.tick_watched`, :meth:`Rollout.watched_stepped`, reload deferral), admission
-(:meth:`Rollout.deployed_bundles`, :meth:`Rollout.forget`) and the readers (:meth:`Rollout.stats`,
-:meth:`Rollout.counters`). Inside, :class:`~edge_agent.fleet.deploy.DeployManager` moves the
-bytes and keeps the crash-safe journal and overlay; its :class:`~edge_agent.fleet.deploy.Phase`
-is the deployment's state, every change logged. This class does everything a deployment does to
-the running groups, in one place and one direction::
+The rest of the daemon talks to :class:`ABSwitch` alone, through a few verbs: the hub commands
+(:meth:`ABSwitch.start`, :meth:`ABSwitch.chunk`), the uplink's broadcast chunks
+(:meth:`ABSwitch.broadcast_chunk`), the loop (:meth:`ABSwitch.before_tick`,
+:meth:`ABSwitch.tick_watched`, :meth:`ABSwitch.watched_stepped`, reload deferral), admission
+(:meth:`ABSwitch.deployed_bundles`, :meth:`ABSwitch.forget`) and the readers
+(:meth:`ABSwitch.stats`, :meth:`ABSwitch.counters`). Inside,
+:class:`~edge_agent.fleet.deploy.DeployManager` moves the bytes and keeps the crash-safe journal
+and overlay; its :class:`~edge_agent.fleet.deploy.Phase` is the deployment's state, every change
+logged. This class does everything a deployment does to the running groups, in one place and one
+direction::
 
     loop thread                  worker thread                 loop thread (between ticks)
     start, chunks -> snapshot -> verify -> stage -> check ----> poll -> switch (old group kept)
@@ -23,7 +24,7 @@ what it checks. A switch whose group's config changed since (a reload) is refuse
 
 The old group is held (with its memory reservation) while the new one is watched, so a rollback
 is a swap, never a rebuild; a SIGHUP that arrives meanwhile is deferred until the watch ends.
-The rollout acts on the daemon only through :class:`RolloutHost`, so it never imports the
+The A/B switch acts on the daemon only through :class:`SwitchHost`, so it never imports the
 service module.
 """
 
@@ -73,8 +74,8 @@ logger = logging.getLogger(__name__)
 HEALTH_CHECK_AGENTS = 64
 
 
-class RolloutHost(Protocol):
-    """What a rollout reads and changes on the daemon, on the loop thread only (between two
+class SwitchHost(Protocol):
+    """What the A/B switch reads and changes on the daemon, on the loop thread only (between two
     ticks, or in a hub command's handler)."""
 
     config: DaemonConfig
@@ -135,7 +136,7 @@ def check_bundle(snapshot: CheckSnapshot, path: Path, steps: int, timeout_s: flo
     return loaded
 
 
-class Rollout:
+class ABSwitch:
     """All deployment state of one daemon: the deployment manager (transfer, journal, overlay),
     the group being watched and the old group kept to roll back to, and a reload waiting for the
     watch to end."""
@@ -152,12 +153,12 @@ class Rollout:
         self._deployer = DeployManager(state_dir, bundle_keys=None, health=health)
         self._deployer.recover()
         self._report = report
-        self._host: RolloutHost | None = None
+        self._host: SwitchHost | None = None
         #: The group the new bundle replaced, kept while the new one is watched.
         self._old: GroupRuntime | None = None
         self._reload_deferred = False
 
-    def bind(self, host: RolloutHost) -> None:
+    def bind(self, host: SwitchHost) -> None:
         """Attach to the daemon's groups (restarts a verification a crash interrupted)."""
         self._host = host
         self._deployer.bundle_keys = trusted_keys(host.config)
@@ -177,9 +178,9 @@ class Rollout:
         self._deployer.bundle_keys = trusted_keys(config)
 
     @property
-    def host(self) -> RolloutHost:
+    def host(self) -> SwitchHost:
         if self._host is None:
-            raise EdgeAgentError("internal: the rollout is not bound to a daemon")
+            raise EdgeAgentError("internal: the A/B switch is not bound to a daemon")
         return self._host
 
     def _find(self, name: str) -> GroupRuntime | None:
