@@ -61,7 +61,7 @@ from edge_agent.fleet.deploy import (
     Report,
 )
 from edge_agent.fleet.outcomes import Outcome, ResultCode
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime

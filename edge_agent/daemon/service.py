@@ -21,7 +21,7 @@ and everything published meanwhile waits in the durable outbox. ``docs/fleet.md`
 commands, deployments and telemetry.
 
 Runtime state heals itself: every store in the state directory reports to one
-:class:`~edge_agent.recovery.StateHealth`; damaged state is moved aside and started fresh
+:class:`~edge_agent.state_health.StateHealth`; damaged state is moved aside and started fresh
 (a ``state_recovered`` event), a full disk is counted (a ``storage_error`` event at most once a
 minute per part) and never stops the ticks or the reconnects. Only a refused configuration stops
 the process (``edge-agent run`` exits 2; see ``docs/deployment.md``).
@@ -72,10 +72,10 @@ from edge_agent.errors import (
     InputError,
     SnapshotError,
 )
-from edge_agent.recovery import Recovery, StateHealth
 from edge_agent.service.metrics import Metrics
 from edge_agent.service.periodic import Periodic
 from edge_agent.service.systemd import SdNotifier, WatchdogGate
+from edge_agent.state_health import Recovery, StateHealth
 
 if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding

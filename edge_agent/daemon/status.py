@@ -4,7 +4,7 @@ the demo's periodic report, all rendered from one read-only view of the running 
 :class:`StatusView` is what they read (the service implements it); nothing here changes the
 daemon or imports its service module. The file is rewritten atomically every
 ``status_interval_s`` (tmpfs under systemd's ``RuntimeDirectory=``: no fsync); a write the storage
-refuses is counted (part ``status`` of the daemon's :class:`~edge_agent.recovery.StateHealth`,
+refuses is counted (part ``status`` of the daemon's :class:`~edge_agent.state_health.StateHealth`,
 logged at most once a minute) and tried again at the next interval, and anything that is not a
 file in its place is moved aside.
 """
@@ -29,9 +29,9 @@ from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
-from edge_agent.recovery import StateHealth
 from edge_agent.service.metrics import Metrics
 from edge_agent.sim import format_summary
+from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime

@@ -51,7 +51,7 @@ from edge_agent.fleet.protocol import (
     Severity,
 )
 from edge_agent.fleet.topics import Topics
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:  # the engine is imported only by a daemon that coordinates (service.py)
     from edge_agent.coordination.runtime import CoordinationRuntime

@@ -52,7 +52,7 @@ file still names the old model. A config whose model for that group has changed 
 entry is dropped (the operator's newer decision). An entry whose file is missing or does not
 verify is ignored with an error event, and the config's model runs.
 
-Damage (reported to the :class:`~edge_agent.recovery.StateHealth` the manager is given): an
+Damage (reported to the :class:`~edge_agent.state_health.StateHealth` the manager is given): an
 overlay, a journal or a ``bundles`` directory that is damaged (not JSON, not the schema, a
 directory where a file should be or a file where the directory should be) is moved aside at start
 (``NAME.corrupt-STAMP``) and the daemon starts without it: with a lost overlay the config's models
@@ -82,7 +82,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file, write_atomic
 from edge_agent.records import Record, Rule, from_json
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:  # the wire models: imported by the command handlers, with [mqtt] only
     from edge_agent.fleet.commands import ChunkArgs, DeployArgs

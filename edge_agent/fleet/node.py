@@ -29,7 +29,7 @@ from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.outcomes import Outcome
 from edge_agent.fleet.protocol import Birth
 from edge_agent.fleet.topics import Topics
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:
     from edge_agent.fleet.comms.mqtt import MqttSettings, MqttTransport
