@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from edge_agent.strict import Record, Rule
+from edge_agent.records import Record, Rule
 
 
 class AifSettings(Record):

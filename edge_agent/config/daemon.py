@@ -38,8 +38,8 @@ from edge_agent.config.profiles import (
 from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.coordination.config import CoordinationConfig, GroupCoordinationConfig
 from edge_agent.errors import ConfigError
+from edge_agent.records import Check, Problem, Record, Rule, WrongTypeError, raise_problems
 from edge_agent.sim.registry import BUILTIN_WORKLOADS
-from edge_agent.strict import Check, Problem, Record, Rule, WrongTypeError, raise_problems
 
 __all__ = [
     "BuiltinModel",

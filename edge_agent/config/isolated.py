@@ -6,7 +6,7 @@ every record: about 18 MB that would stay in the daemon for as long as it runs
 :func:`~edge_agent.config.daemon.read_config` in a child process instead (``python -m
 edge_agent.config.isolated [FILE]``) and takes back the result: the validated records, the
 document with its lines and the profiles, which are plain dataclasses
-(:mod:`edge_agent.strict`), or the problems, ``path:line: field: problem`` as usual.
+(:mod:`edge_agent.records`), or the problems, ``path:line: field: problem`` as usual.
 
 The child is this same interpreter running this same package, and its answer comes over a
 pipe the daemon opened, so it is unpickled like any import of our own code. When the child

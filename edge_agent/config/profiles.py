@@ -35,7 +35,7 @@ from typing import Annotated, Any
 
 from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.errors import ConfigError
-from edge_agent.strict import Check, Loc, Problem, Record, Rule, raise_problems
+from edge_agent.records import Check, Loc, Problem, Record, Rule, raise_problems
 
 __all__ = [
     "AUTO",

@@ -6,7 +6,7 @@ array element under its *location*: the tuple of keys and indices that pydantic 
 validation error, e.g. ``("groups", 1, "count")`` for ``count`` in the second ``[[groups]]`` table.
 
 :func:`validate_toml` ties the two together: it validates a parsed :class:`TomlDocument` as a
-:class:`~edge_agent.strict.Record` (or a pydantic model) and turns every problem into one
+:class:`~edge_agent.records.Record` (or a pydantic model) and turns every problem into one
 ``path:line: field: problem`` line of a :class:`~edge_agent.errors.ConfigError`. TOML syntax
 errors get the same shape. A problem without a line of its own (a missing key) points at the
 header of the table that lacks it; a problem about the whole document points at line 1.
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from edge_agent.errors import ConfigError
-from edge_agent.strict import (
+from edge_agent.records import (
     BARE_KEY_CHARS,
     Loc,
     Problem,
@@ -472,7 +472,7 @@ def _syntax_error(message: str, text: str, path: str) -> ConfigError:
 def validate_toml(
     model: type[M], document: TomlDocument, *, context: Mapping[str, Any] | None = None
 ) -> M:
-    """Validate ``document`` as ``model`` (a :class:`~edge_agent.strict.Record` or a pydantic
+    """Validate ``document`` as ``model`` (a :class:`~edge_agent.records.Record` or a pydantic
     model) in strict mode; every problem gets its file line.
 
     ``context`` is passed to the fields' checks (e.g. the directory that relative paths are

@@ -22,7 +22,7 @@ A node coordinates when ``[mqtt]`` is enabled and at least one group has a ``coo
     factors = [0]
     trust = 0.5
 
-Everything here is a :class:`~edge_agent.strict.Record` (as are the engine's own settings):
+Everything here is a :class:`~edge_agent.records.Record` (as are the engine's own settings):
 unknown keys are errors, instances are frozen, every field is described and bounded.
 ``docs/configuration.md`` lists the keys; ``docs/coordination.md`` explains them.
 """
@@ -37,7 +37,7 @@ from typing import Annotated, Any, Final
 
 from edge_agent.coordination.settings import AuctionSettings, CoordinationSettings, SharingSettings
 from edge_agent.fleet.names import NAME_PATTERN, UINT32
-from edge_agent.strict import Check, Record, Rule
+from edge_agent.records import Check, Record, Rule
 
 __all__ = ["AuctionConfig", "CoordinationConfig", "GroupCoordinationConfig", "coordinates"]
 

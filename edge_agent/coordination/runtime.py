@@ -57,7 +57,7 @@ from edge_agent.coordination.signing import TaskSigner
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.errors import BudgetError, EdgeAgentError
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)
 

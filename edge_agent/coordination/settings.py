@@ -7,7 +7,7 @@ from dataclasses import field
 from typing import Annotated, Literal
 
 from edge_agent.coordination.fusion import WIRE_RANGE_NATS
-from edge_agent.strict import Record, Rule
+from edge_agent.records import Record, Rule
 
 __all__ = ["AuctionSettings", "CoordinationSettings", "SharingSettings"]
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 import msgpack
 
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (

@@ -25,12 +25,22 @@ from edge_agent.fleet.commands import (
     ResizeArgs,
     TickRateArgs,
 )
-from edge_agent.fleet.deploy import DeployManager
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import Command
 from edge_agent.sim.registry import make_env
 
 logger = logging.getLogger(__name__)
+
+
+class DeploymentControl(Protocol):
+    """What hub commands may ask of the node's deployment (its one owner, the A/B switch)."""
+
+    @property
+    def watching(self) -> str | None: ...
+
+    def start(self, args: DeployArgs, nonce: bytes) -> Outcome: ...
+
+    def chunk(self, args: ChunkArgs) -> Outcome: ...
 
 
 class DaemonControl(Protocol):
@@ -42,8 +52,10 @@ class DaemonControl(Protocol):
     clock: TickClock
     started_mono: float
     base_hz: float
-    deployer: DeployManager
     last_snapshot: dict[str, Any] | None
+
+    @property
+    def ab_switch(self) -> DeploymentControl: ...
 
     @property
     def total_agents(self) -> int: ...
@@ -81,7 +93,7 @@ class CommandHandlers:
         if g is None:
             known = ", ".join(x.name for x in self.daemon.groups)
             return Outcome(ResultCode.BAD_ARGS, f"no group {name!r} (groups: {known})")
-        if g.name == self.daemon.deployer.watching_group:
+        if g.name == self.daemon.ab_switch.watching:
             return Outcome(ResultCode.BUSY, f"group {name!r} is being watched after a deployment")
         return g
 
@@ -179,14 +191,7 @@ class CommandHandlers:
         return Outcome(ResultCode.OK, f"{old:g} -> {args.hz:g} Hz", {"hz": self.daemon.clock.hz})
 
     def deploy(self, args: DeployArgs, cmd: Command) -> Outcome:
-        g = self.daemon.find_group(args.group)
-        if g is not None and g.paused and g.name != self.daemon.deployer.watching_group:
-            return Outcome(
-                ResultCode.FAILED,
-                f"group {g.name!r} is paused ({g.paused_reason}): a deployment needs it running "
-                "to watch the new bundle",
-            )
-        return self.daemon.deployer.start(args, cmd.nonce)
+        return self.daemon.ab_switch.start(args, cmd.nonce)
 
     def deploy_chunk(self, args: ChunkArgs, _cmd: Command) -> Outcome:
-        return self.daemon.deployer.chunk(args)
+        return self.daemon.ab_switch.chunk(args)

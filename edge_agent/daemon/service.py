@@ -21,7 +21,7 @@ and everything published meanwhile waits in the durable outbox. ``docs/fleet.md`
 commands, deployments and telemetry.
 
 Runtime state heals itself: every store in the state directory reports to one
-:class:`~edge_agent.recovery.StateHealth`; damaged state is moved aside and started fresh
+:class:`~edge_agent.state_health.StateHealth`; damaged state is moved aside and started fresh
 (a ``state_recovered`` event), a full disk is counted (a ``storage_error`` event at most once a
 minute per part) and never stops the ticks or the reconnects. Only a refused configuration stops
 the process (``edge-agent run`` exits 2; see ``docs/deployment.md``).
@@ -57,11 +57,11 @@ from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon import discovery, metric_help
 from edge_agent.daemon import status as status_view
+from edge_agent.daemon.ab_switch import ABSwitch
 from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
 from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.heap import release_free_heap
-from edge_agent.daemon.rollout import Rollout
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.daemon.statelock import StateDirLock
@@ -72,10 +72,10 @@ from edge_agent.errors import (
     InputError,
     SnapshotError,
 )
-from edge_agent.recovery import Recovery, StateHealth
 from edge_agent.service.metrics import Metrics
 from edge_agent.service.periodic import Periodic
 from edge_agent.service.systemd import SdNotifier, WatchdogGate
+from edge_agent.state_health import Recovery, StateHealth
 
 if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding
@@ -195,10 +195,9 @@ class Daemon:
         #: What became of the files in state_dir: parts moved aside, storage errors.
         self.state_health = StateHealth()
         # A deployment interrupted by a crash is completed or undone before groups are built.
-        self.rollout = Rollout(
+        self.ab_switch = ABSwitch(
             self.state_dir, report=self._publish_deploy_reports, health=self.state_health
         )
-        self.deployer = self.rollout.deployer
         self.overlay_problems: list[OverlayProblem] = []
         self.profile, self.budget, self.groups = self._admit(source)
         profile = self.profile
@@ -223,7 +222,7 @@ class Daemon:
         self.metrics = self._make_metrics()
         if config.mqtt.enabled:
             self._open_fleet(config)
-        self.rollout.bind(self)
+        self.ab_switch.bind(self)
         for problem in self.overlay_problems:
             severity = "warning" if problem.superseded else "error"
             self._event("overlay_ignored", severity, problem.detail, group=problem.group)
@@ -249,12 +248,12 @@ class Daemon:
         """:func:`~edge_agent.daemon.groups.admit` with the deployed bundles applied: profile,
         fresh budget and groups. Drops overlay entries the config superseded."""
         problems: list[OverlayProblem] = []
-        admitted = admit(source, overlay=self.deployer.overlay.entries, problems=problems)
+        admitted = admit(source, overlay=self.ab_switch.deployed_bundles(), problems=problems)
         for problem in problems:
             logger.error("%s", problem.detail)
             if problem.superseded:
                 try:
-                    self.deployer.overlay.restore(problem.group, None)
+                    self.ab_switch.forget(problem.group)
                 except OSError as err:  # dropped in memory; the next save writes it
                     self.state_health.storage_error("overlay", err, "drop a superseded entry")
         self.overlay_problems = problems
@@ -272,7 +271,7 @@ class Daemon:
             birth=self._birth(),
             handlers=CommandHandlers(self).table(),
             event=self._event,
-            deployer=self.deployer,
+            bundles=self.ab_switch,
             health=self.state_health,
         )
         self.uplink = uplink
@@ -486,7 +485,7 @@ class Daemon:
                 self._fleet_step(lambda: telemetry.run_if_due(time.monotonic()))
             self._fleet_step(self._coordination_after_tick)
             self._fleet_step(self._fleet_after_tick)
-            if self.rollout.take_deferred_reload():
+            if self.ab_switch.take_deferred_reload():
                 self.reload()
             if failed:
                 continue
@@ -509,7 +508,7 @@ class Daemon:
                 return False
             self._reload_requested = False
             self.stop_event.clear()
-            if not self.rollout.defer_reload():
+            if not self.ab_switch.defer_reload():
                 self.reload()
         return True
 
@@ -573,20 +572,20 @@ class Daemon:
     def _stop_fleet(self) -> None:
         """After the final snapshot: last telemetry, death, drain briefly, disconnect, close."""
         if self.uplink is not None:
-            self._fleet_step(self.rollout.publish_reports)
+            self._fleet_step(self.ab_switch.publish_reports)
             self._fleet_step(self._publish_telemetry)
             self.uplink.stop()
-        self.rollout.close()
+        self.ab_switch.close()
 
     def _tick(self, now: float) -> None:
-        watched = self.rollout.watching
+        watched = self.ab_switch.watching
         for g in self.groups:
             if g.paused:
                 continue
             if g.name == watched:
-                if self.rollout.tick_watched(g, now, self.coordination):
+                if self.ab_switch.tick_watched(g, now, self.coordination):
                     self._publish_actions(g)
-                    self.rollout.watched_stepped()
+                    self.ab_switch.watched_stepped()
             elif g.tick(now, self.coordination):
                 self._publish_actions(g)
 
@@ -643,7 +642,7 @@ class Daemon:
             logger.warning("[coordination] changes take effect at the next restart")
         self.config, self.profile, self.budget, self.groups = new_config, profile, budget, groups
         self.source = source
-        self.rollout.configured(new_config)
+        self.ab_switch.configured(new_config)
         self.set_base_rate(new_config.daemon.tick_hz_for(profile))
         if self.uplink is not None:
             self.uplink.bind_sources(self.groups)
@@ -702,7 +701,7 @@ class Daemon:
         """Between ticks: the uplink's messages and commands, then the deployment's progress."""
         if self.uplink is not None:
             self.uplink.guarded(self.uplink.before_tick)
-        self._fleet_step(self.rollout.before_tick)
+        self._fleet_step(self.ab_switch.before_tick)
         self._fleet_step(self._report_rejected_input)
 
     def _coordination_before_tick(self) -> None:
@@ -821,7 +820,7 @@ class Daemon:
         )
         metrics.register(
             "deploy",
-            lambda: self.deployer.counters,
+            self.ab_switch.counters,
             help="deployments",
             describe=metric_help.DEPLOY,
         )

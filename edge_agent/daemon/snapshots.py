@@ -29,11 +29,11 @@ is refused with :class:`~edge_agent.errors.SnapshotError`. One process owns a st
 it calls :meth:`SnapshotStore.load_latest` once at start-up (which also removes the temporary
 files a crash left behind) and then saves.
 
-Damage and storage (reported to the :class:`~edge_agent.recovery.StateHealth` the store is given,
-part ``snapshots``): an unusable snapshot file is moved to ``corrupt/``; anything but a directory
-where the snapshot directory should be is moved aside (``snapshots.corrupt-STAMP``) and a fresh
-directory made, at start or when a save meets it; a write the storage refuses (a full disk)
-is counted as a storage error (and ``write_errors``), and the next save is the retry.
+Damage and storage (reported to the :class:`~edge_agent.state_health.StateHealth` the store is
+given, part ``snapshots``): an unusable snapshot file is moved to ``corrupt/``; anything but a
+directory where the snapshot directory should be is moved aside (``snapshots.corrupt-STAMP``) and
+a fresh directory made, at start or when a save meets it; a write the storage refuses (a full
+disk) is counted as a storage error (and ``write_errors``), and the next save is the retry.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ import numpy.typing as npt
 
 from edge_agent.errors import SnapshotError
 from edge_agent.fsutil import atomic_writer, is_storage_error, not_a_dir
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)
 

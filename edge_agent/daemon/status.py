@@ -4,7 +4,7 @@ the demo's periodic report, all rendered from one read-only view of the running 
 :class:`StatusView` is what they read (the service implements it); nothing here changes the
 daemon or imports its service module. The file is rewritten atomically every
 ``status_interval_s`` (tmpfs under systemd's ``RuntimeDirectory=``: no fsync); a write the storage
-refuses is counted (part ``status`` of the daemon's :class:`~edge_agent.recovery.StateHealth`,
+refuses is counted (part ``status`` of the daemon's :class:`~edge_agent.state_health.StateHealth`,
 logged at most once a minute) and tried again at the next interval, and anything that is not a
 file in its place is moved aside.
 """
@@ -28,17 +28,22 @@ from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
-from edge_agent.fleet.deploy import DeployManager
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
-from edge_agent.recovery import StateHealth
 from edge_agent.service.metrics import Metrics
 from edge_agent.sim import format_summary
+from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime
     from edge_agent.daemon.uplink import FleetUplink
 
 logger = logging.getLogger(__name__)
+
+
+class DeploymentStats(Protocol):
+    """The node's deployment, as the status file shows it."""
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 class StatusView(Protocol):
@@ -66,8 +71,10 @@ class StatusView(Protocol):
     events: list[dict[str, Any]]
     uplink: FleetUplink | None
     coordination: CoordinationRuntime | None
-    deployer: DeployManager
     state_health: StateHealth
+
+    @property
+    def ab_switch(self) -> DeploymentStats: ...
 
     @property
     def state_name(self) -> str: ...
@@ -148,7 +155,7 @@ def status(d: StatusView) -> dict[str, Any]:
         "fleet": None if d.uplink is None else d.uplink.status(),
         "coordination": None if d.coordination is None else d.coordination.status(),
         "commands": None if d.uplink is None else d.uplink.commands.stats(),
-        "deploy": d.deployer.stats(),
+        "deploy": d.ab_switch.stats(),
         "overlay_problems": d.overlay_details,
         "state_files": d.state_health.status(),
     }

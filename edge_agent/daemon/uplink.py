@@ -36,9 +36,8 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.agent_io import ObservationBuffer, ObservationRouter
 from edge_agent.fleet.commands import Handler
 from edge_agent.fleet.comms.base import Backoff
-from edge_agent.fleet.deploy import DeployManager
 from edge_agent.fleet.link import Received
-from edge_agent.fleet.node import NodeLimits, NodeStack
+from edge_agent.fleet.node import BundleReceiver, NodeLimits, NodeStack
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     ActionBatch,
@@ -52,7 +51,7 @@ from edge_agent.fleet.protocol import (
     Severity,
 )
 from edge_agent.fleet.topics import Topics
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:  # the engine is imported only by a daemon that coordinates (service.py)
     from edge_agent.coordination.runtime import CoordinationRuntime
@@ -123,7 +122,7 @@ class FleetUplink:
         birth: Birth,
         handlers: dict[str, Handler],
         event: EventSink,
-        deployer: DeployManager | None = None,
+        bundles: BundleReceiver | None = None,
         health: StateHealth | None = None,
     ) -> None:
         # paho is imported only by daemons that use MQTT.
@@ -131,7 +130,7 @@ class FleetUplink:
 
         m = config.mqtt
         self.config = config
-        self.deployer = deployer
+        self.bundles = bundles
         self.node_id = m.effective_node_id()
         self.topics = Topics(m.fleet)
         self._event = event
@@ -167,7 +166,7 @@ class FleetUplink:
             birth=birth,
             hub_keys=keys,
             handlers=handlers,
-            deployer=deployer,
+            bundles=bundles,
             limits=NodeLimits(
                 outbox_max_bytes=m.outbox_max_bytes,
                 outbox_commit_interval_s=m.outbox_commit_interval_s,
@@ -344,10 +343,10 @@ class FleetUplink:
             if isinstance(body, Command):
                 commands.offer(body)
             elif isinstance(body, BundleChunk):
-                if self.deployer is None:
+                if self.bundles is None:
                     self.counters["messages_ignored"] += 1
                 else:
-                    self.deployer.broadcast_chunk(body)
+                    self.bundles.broadcast_chunk(body)
             elif isinstance(body, ObservationBatch):
                 # An observation on the node's own inbox topic (obs/#), routed to its group.
                 if not self.router.deliver(received.topic, received.envelope):

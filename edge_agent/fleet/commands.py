@@ -61,7 +61,7 @@ from edge_agent.fleet.protocol import (
     validate,
 )
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)
 

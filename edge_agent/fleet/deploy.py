@@ -52,7 +52,7 @@ file still names the old model. A config whose model for that group has changed 
 entry is dropped (the operator's newer decision). An entry whose file is missing or does not
 verify is ignored with an error event, and the config's model runs.
 
-Damage (reported to the :class:`~edge_agent.recovery.StateHealth` the manager is given): an
+Damage (reported to the :class:`~edge_agent.state_health.StateHealth` the manager is given): an
 overlay, a journal or a ``bundles`` directory that is damaged (not JSON, not the schema, a
 directory where a file should be or a file where the directory should be) is moved aside at start
 (``NAME.corrupt-STAMP``) and the daemon starts without it: with a lost overlay the config's models
@@ -81,8 +81,8 @@ from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file, write_atomic
-from edge_agent.recovery import StateHealth
-from edge_agent.strict import Record, Rule, from_json
+from edge_agent.records import Record, Rule, from_json
+from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:  # the wire models: imported by the command handlers, with [mqtt] only
     from edge_agent.fleet.commands import ChunkArgs, DeployArgs
@@ -94,9 +94,11 @@ __all__ = [
     "BUNDLES_DIR",
     "OVERLAY_FILE",
     "DeployManager",
+    "HealthCheck",
     "Overlay",
     "OverlayEntry",
     "Phase",
+    "PrepareCheck",
     "ReadyToSwitch",
     "Report",
     "write_json_atomic",
@@ -109,12 +111,17 @@ OVERLAY_FILE: Final = "deployed.json"
 SPACE_MARGIN_BYTES: Final = 1024 * 1024
 _HASH_BLOCK: Final = 1 << 20
 
-HealthCheck = Callable[[str, Path, int, float], object]
-"""``check(group, bundle_path, steps, timeout_s) -> payload``; raises EdgeAgentError when unhealthy.
+HealthCheck = Callable[[Path, int, float], object]
+"""``check(bundle_path, steps, timeout_s) -> payload``; raises EdgeAgentError when unhealthy.
 
-Runs on the deployment's worker thread. The payload (e.g. the loaded model) is handed back to the
-daemon with :class:`ReadyToSwitch`.
+Runs on the deployment's worker thread, on what :data:`PrepareCheck` took for it. The payload
+(e.g. the loaded model) is handed back to the daemon with :class:`ReadyToSwitch`.
 """
+
+PrepareCheck = Callable[[str], HealthCheck]
+"""``prepare(group) -> check``: on the loop thread, as the verification starts, take what the
+health check of ``group`` needs (a snapshot); raises EdgeAgentError when it cannot be checked.
+The check it returns reads nothing else, so the daemon may change meanwhile."""
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -212,6 +219,8 @@ class Overlay:
 
 # ------------------------------------------------------------------------------------- journal
 class Phase(StrEnum):
+    """The states of one deployment (the module docstring's table); before the first: none."""
+
     RECEIVING = "receiving"
     VERIFYING = "verifying"
     WATCHING = "watching"
@@ -303,7 +312,7 @@ class DeployManager:
         self.journal: JournalRecord | None = None
         self._clock = clock
         self._transfer: _Transfer | None = None
-        self._health: HealthCheck | None = None
+        self._prepare: PrepareCheck | None = None
         self._current_sha: Callable[[str], str | None] = lambda _group: None
         self._group_exists: Callable[[str], bool] = lambda _group: False
         self._worker: threading.Thread | None = None
@@ -439,13 +448,13 @@ class DeployManager:
 
     def bind(
         self,
-        health_check: HealthCheck,
+        prepare_check: PrepareCheck,
         *,
         current_sha: Callable[[str], str | None],
         group_exists: Callable[[str], bool],
     ) -> None:
         """Connect to the daemon's groups; restarts an interrupted verification."""
-        self._health = health_check
+        self._prepare = prepare_check
         self._current_sha = current_sha
         self._group_exists = group_exists
         rec = self.journal
@@ -455,6 +464,23 @@ class DeployManager:
                 self._start_worker(rec, source)
 
     # Commands -----------------------------------------------------------------------------------
+    @property
+    def phase(self) -> Phase | None:
+        """The phase of the current or last deployment; None before the first."""
+        return None if self.journal is None else self.journal.phase
+
+    def deployed(self, group: str) -> OverlayEntry | None:
+        """The bundle deployed to ``group`` (the overlay's entry), or None."""
+        return self.overlay.get(group)
+
+    def deployed_bundles(self) -> dict[str, OverlayEntry]:
+        """Every group's deployed bundle (a copy of the overlay)."""
+        return dict(self.overlay.entries)
+
+    def forget(self, group: str) -> None:
+        """Drop ``group``'s deployed bundle (the config's model of it changed)."""
+        self.overlay.restore(group, None)
+
     @property
     def active(self) -> bool:
         return self.journal is not None and self.journal.phase in ACTIVE_PHASES
@@ -636,7 +662,7 @@ class DeployManager:
         self._report(
             None, None, f"received {rec.sha256[:12]} ({rec.size} bytes); verifying", event="deploy"
         )
-        if self._health is not None:
+        if self._prepare is not None:
             self._start_worker(self.journal, self._part(rec.sha256))  # type: ignore[arg-type]
 
     def _progress(self, index: int | None = None) -> dict[str, Any]:
@@ -666,16 +692,33 @@ class DeployManager:
         return None
 
     def _start_worker(self, rec: JournalRecord, source: Path) -> None:
+        """On the loop thread: take the trusted keys and the health check's snapshot, then verify
+        and check on a worker thread (:meth:`poll` collects the verdict)."""
         with self._worker_lock:
             self._worker_result = None
+        try:
+            if self._prepare is None:
+                raise EdgeAgentError("no health check bound")
+            check = self._prepare(rec.group)
+        except EdgeAgentError as err:
+            with self._worker_lock:
+                self._worker_result = EdgeAgentError(f"health: {err}")
+            return
         self._worker = threading.Thread(
-            target=self._work, args=(rec, source), name="edge-agent-deploy", daemon=True
+            target=self._work,
+            args=(rec, source, self.bundle_keys, check),
+            name="edge-agent-deploy",
+            daemon=True,
         )
         self._worker.start()
 
-    def _work(self, rec: JournalRecord, source: Path) -> None:
+    def _work(
+        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: HealthCheck
+    ) -> None:
         try:
-            result: ReadyToSwitch | EdgeAgentError = self._verify_and_check(rec, source)
+            result: ReadyToSwitch | EdgeAgentError = self._verify_and_check(
+                rec, source, keys, check
+            )
         except EdgeAgentError as err:
             result = err
         except Exception as err:  # the worker's boundary: a failed deployment, not a dead daemon
@@ -684,7 +727,11 @@ class DeployManager:
         with self._worker_lock:
             self._worker_result = result
 
-    def _verify_and_check(self, rec: JournalRecord, source: Path) -> ReadyToSwitch:
+    def _verify_and_check(
+        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: HealthCheck
+    ) -> ReadyToSwitch:
+        """The worker: ``keys`` and ``check`` were taken on the loop thread; nothing else of the
+        manager's state but its directory is read here."""
         staged = self.dir / f"{rec.sha256}.tar"
         if source != staged:
             digest = file_sha256(source)
@@ -696,7 +743,7 @@ class DeployManager:
         try:
             from edge_agent.bundle.loader import load_bundle  # noqa: PLC0415 - pydantic
 
-            bundle = load_bundle(source, trusted_keys=self.bundle_keys, require_signature=True)
+            bundle = load_bundle(source, trusted_keys=keys, require_signature=True)
         except EdgeAgentError as err:
             raise EdgeAgentError(f"verify: {err}") from err
         if bundle.sha256 != rec.sha256:
@@ -707,10 +754,8 @@ class DeployManager:
         if source != staged:
             os.replace(source, staged)
             fsync_dir(self.dir)
-        if self._health is None:
-            raise EdgeAgentError("health: no health check bound")
         try:
-            payload = self._health(rec.group, staged, rec.health_steps, rec.health_timeout_s)
+            payload = check(staged, rec.health_steps, rec.health_timeout_s)
         except EdgeAgentError as err:
             raise EdgeAgentError(f"health: {err}") from err
         return ReadyToSwitch(
@@ -860,8 +905,20 @@ class DeployManager:
         return self.incoming / f"{sha}.hashes"
 
     def _save(self, rec: JournalRecord) -> None:
+        """Journal ``rec``; every change of phase is logged here, the one place it happens."""
+        prev = self.journal
         write_json_atomic(self.journal_path, dataclasses.asdict(rec))
         self.journal = rec
+        same = prev is not None and (prev.sha256, prev.started_at) == (rec.sha256, rec.started_at)
+        before = prev.phase.value if same and prev is not None else "idle"
+        if before != rec.phase.value:
+            logger.info(
+                "deployment of %s to group %s: %s -> %s",
+                rec.sha256[:12],
+                rec.group,
+                before,
+                rec.phase.value,
+            )
 
     def _report(
         self,

@@ -77,7 +77,7 @@ from edge_agent.fleet.protocol import (
 )
 from edge_agent.fleet.topics import Route, Topics, check_name
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """One node's fleet stack, assembled in one place: transport, outbox, link, nonces, verifier,
-command processor, and the bundle broadcast the deployer is receiving.
+command processor, and the bundle broadcast the deployment is receiving.
 
 Both users build it here: the device daemon (:class:`edge_agent.daemon.uplink.FleetUplink`) and
 the fleet simulator (``edge_agent_host.fleetsim``), so a simulated node is the daemon's fleet
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.fleet.commands import (
@@ -26,17 +26,30 @@ from edge_agent.fleet.commands import (
 from edge_agent.fleet.comms.base import Backoff
 from edge_agent.fleet.link import STATE_FILE, FleetLink
 from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.outcomes import Outcome
 from edge_agent.fleet.protocol import Birth
 from edge_agent.fleet.topics import Topics
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:
     from edge_agent.fleet.comms.mqtt import MqttSettings, MqttTransport
-    from edge_agent.fleet.deploy import DeployManager
+    from edge_agent.fleet.protocol import BundleChunk
 
-__all__ = ["OUTBOX_DB", "NodeLimits", "NodeStack"]
+__all__ = ["OUTBOX_DB", "BundleReceiver", "NodeLimits", "NodeStack"]
 
 OUTBOX_DB: Final = "outbox.sqlite3"
+
+
+class BundleReceiver(Protocol):
+    """The node's deployment, as the bundle topic feeds it (broadcast transfers): the daemon's
+    A/B switch, or a deployment manager of its own (the fleet simulator)."""
+
+    @property
+    def broadcast_bundle(self) -> str | None:
+        """The bundle whose broadcast chunks this node takes now, else None."""
+        ...
+
+    def broadcast_chunk(self, chunk: BundleChunk) -> Outcome: ...
 
 
 @dataclass(frozen=True)
@@ -57,8 +70,8 @@ class NodeLimits:
 class NodeStack:
     """The fleet parts of one node, built and closed together (module docstring).
 
-    ``handlers``: the hub-command table of the command processor. ``deployer``: the node's
-    deployment manager, owned by the caller (the stack follows its bundle broadcast and never
+    ``handlers``: the hub-command table of the command processor. ``bundles``: the node's
+    deployment, owned by the caller (the stack follows its bundle broadcast and never
     closes it). ``health``: shared by the stores; a fresh one when not given.
     """
 
@@ -73,7 +86,7 @@ class NodeStack:
         birth: Birth,
         hub_keys: TrustedKeys | None,
         handlers: Mapping[str, Handler],
-        deployer: DeployManager | None = None,
+        bundles: BundleReceiver | None = None,
         limits: NodeLimits | None = None,
         health: StateHealth | None = None,
     ) -> None:
@@ -84,7 +97,7 @@ class NodeStack:
         health = health if health is not None else StateHealth()
         self.node_id = node_id
         self.topics = Topics(fleet)
-        self.deployer = deployer
+        self.bundles = bundles
         self._bundle_topic: str | None = None  # the broadcast this node is subscribed to
         # A node that ran before (it has a sequence file or an outbox) and has no nonce store
         # lost it: the store then refuses commands that may be replays (NonceStore).
@@ -124,7 +137,7 @@ class NodeStack:
     def follow_broadcast(self) -> None:
         """Subscribed to the bundle topic of the broadcast deployment being received, and to
         nothing else of the kind (call between ticks: a deployment's phase changes only then)."""
-        sha = self.deployer.broadcast_bundle if self.deployer is not None else None
+        sha = self.bundles.broadcast_bundle if self.bundles is not None else None
         topic = self.topics.bundle(sha) if sha is not None else None
         if topic == self._bundle_topic:
             return

@@ -38,8 +38,8 @@ Contract
 - A PUBACK with an error reason code (>= 0x80, e.g. not authorised) deletes the row and counts it
   ``rejected``: retrying cannot succeed; 0x97 (quota exceeded) keeps it for the next session.
 
-Damage and storage errors (reported to the :class:`~edge_agent.recovery.StateHealth` it is given,
-part ``outbox``; nothing here stops the daemon):
+Damage and storage errors (reported to the :class:`~edge_agent.state_health.StateHealth` it is
+given, part ``outbox``; nothing here stops the daemon):
 
 - A database that is damaged -- not a database, corrupt (SQLite's ``quick_check`` runs at open),
   another schema, a directory in its place -- is moved aside as ``NAME.corrupt-STAMP`` with its
@@ -72,7 +72,7 @@ from typing import Any, Final
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.comms.base import reason_text
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edge_agent.coordination.messages import Release, ReleaseStatus
 from edge_agent.coordination.signing import KEY_FILE, PeerKeys, TaskSigner, release_bytes
-from edge_agent.recovery import StateHealth
+from edge_agent.state_health import StateHealth
 
 REL = Release(
     task="t", epoch=2, node="pi-b", group="g", agent=3, bdseq=4, bseq=5, status=ReleaseStatus.DONE

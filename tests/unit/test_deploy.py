@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import signal
 import tarfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +21,13 @@ from edge_agent.aif.settings import AifSettings, settings_to_json
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys, load_private_key
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
-from edge_agent.config.daemon import parse_config
+from edge_agent.config.daemon import BuiltinModel, parse_config, read_config
+from edge_agent.daemon import ab_switch
+from edge_agent.daemon.groups import io_signature
 from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.service import Daemon
 from edge_agent.errors import EdgeAgentError
-from edge_agent.fleet.commands import ChunkArgs, DeployArgs
+from edge_agent.fleet.commands import ChunkArgs, DeployArgs, ResizeArgs
 from edge_agent.fleet.deploy import DeployManager, Overlay, Phase, ReadyToSwitch
 from edge_agent.fleet.protocol import BundleChunk, ResultCode
 from edge_agent.sim.registry import builtin_model
@@ -88,7 +93,7 @@ def manager(state: Path, trusted: TrustedKeys, health: Any = None) -> DeployMana
     m = DeployManager(state, bundle_keys=trusted)
     m.recover()
     m.bind(
-        health or (lambda group, path, steps, timeout: ("payload", group, path.name)),
+        health or (lambda group: lambda path, steps, timeout: ("payload", group, path.name)),
         current_sha=lambda _g: None,
         group_exists=lambda g: g == "grid",
     )
@@ -109,7 +114,19 @@ def codes(m: DeployManager) -> list[tuple[str | None, str | None]]:
     return [(r.code.value if r.code else None, r.event) for r in m.take_reports()]
 
 
-def test_transfer_verify_stage_switch_and_watch(tmp_path: Path, keys: Any) -> None:
+def transitions(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The deployment's changes of phase, as logged (``before -> after``)."""
+    return [
+        r.getMessage().rpartition(": ")[2]
+        for r in caplog.records
+        if r.name == "edge_agent.fleet.deploy" and " -> " in r.getMessage()
+    ]
+
+
+def test_transfer_verify_stage_switch_and_watch(
+    tmp_path: Path, keys: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent.fleet.deploy")
     trusted, private, _ = keys
     tar = bundle_tar(tmp_path, private)
     data, sha = tar.read_bytes(), bundle_sha(tar, trusted)
@@ -146,6 +163,12 @@ def test_transfer_verify_stage_switch_and_watch(tmp_path: Path, keys: Any) -> No
     reports = m.take_reports()
     final = [r for r in reports if r.code is not None]
     assert [(r.code, r.nonce) for r in final] == [(ResultCode.OK, NONCE)]
+    assert transitions(caplog) == [
+        "idle -> receiving",
+        "receiving -> verifying",
+        "verifying -> watching",
+        "watching -> done",
+    ]
     assert staged.exists()  # the overlay names it
 
 
@@ -168,8 +191,11 @@ def test_refused_bundles_never_replace_the_group(tmp_path: Path, keys: Any, prob
         sha = "f" * 64
     else:
 
-        def health(*_a: Any) -> Any:
-            raise EdgeAgentError("non-finite beliefs after step 3")
+        def health(_group: str) -> Any:
+            def check(*_a: Any) -> Any:
+                raise EdgeAgentError("non-finite beliefs after step 3")
+
+            return check
 
     state = tmp_path / "state"
     m = manager(state, trusted, health)
@@ -317,8 +343,8 @@ def switch_daemon(d: Daemon, tar: Path, sha: str, watch_ticks: int) -> None:
     for i in range(args.chunks):
         CommandHandlers(d).deploy_chunk(chunk(data, sha, i), _FakeCommand())  # type: ignore[arg-type]
     deadline = time.monotonic() + 30
-    while d.rollout.old is None:
-        assert time.monotonic() < deadline, d.deployer.stats()
+    while d.ab_switch.watching is None:
+        assert time.monotonic() < deadline, d.ab_switch.stats()
         d._fleet_before_tick()
         time.sleep(0.01)
 
@@ -329,8 +355,9 @@ class _FakeCommand:
 
 @pytest.mark.parametrize("failure", ["exception", "nan"])
 def test_daemon_rolls_back_a_group_that_fails_after_the_switch(
-    tmp_path: Path, keys: Any, failure: str
+    tmp_path: Path, keys: Any, failure: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent.fleet.deploy")
     trusted, private, keys_dir = keys
     tar = bundle_tar(tmp_path, private)
     sha = bundle_sha(tar, trusted)
@@ -363,11 +390,11 @@ def test_daemon_rolls_back_a_group_that_fails_after_the_switch(
             new.agents.step = step  # type: ignore[method-assign]
         d._tick(time.monotonic())
         assert d.find_group("grid") is old
-        assert d.rollout.old is None
+        assert d.ab_switch.watching is None
         assert d.budget.used == used_before
-        assert d.deployer.journal is not None
-        assert d.deployer.journal.phase is Phase.ROLLED_BACK
-        assert d.deployer.overlay.entries == {}
+        assert d.ab_switch.state is Phase.ROLLED_BACK
+        assert transitions(caplog)[-2:] == ["verifying -> watching", "watching -> rolled_back"]
+        assert d.ab_switch.deployed_bundles() == {}
         kinds = [e["kind"] for e in d.events]
         assert "rollback" in kinds
         d._tick(time.monotonic())  # the old group ticks on
@@ -387,9 +414,8 @@ def test_daemon_keeps_a_bundle_that_passes_its_watch_and_after_a_restart(
         switch_daemon(d, tar, sha, watch_ticks=3)
         for _ in range(3):
             d._tick(time.monotonic())
-        assert d.rollout.old is None
-        assert d.deployer.journal is not None
-        assert d.deployer.journal.phase is Phase.DONE
+        assert d.ab_switch.watching is None
+        assert d.ab_switch.state is Phase.DONE
         assert d.budget.used != used_before  # policy_len 2: a different model, old released
         assert d._birth().groups["grid"].bundle_sha256 == sha
     finally:
@@ -420,9 +446,155 @@ def test_a_config_change_supersedes_the_deployment(tmp_path: Path, keys: Any) ->
         assert g is not None
         assert g.bundle_sha256 is None
         assert "config's model changed" in changed.status()["overlay_problems"][0]
-        assert changed.deployer.overlay.entries == {}
+        assert changed.ab_switch.deployed_bundles() == {}
     finally:
         changed.shutdown()
+
+
+# ------------------------------------------------- the health check works on a snapshot
+def write_config(path: Path, state: Path, keys_dir: Path, *, model: str, tick_hz: int) -> None:
+    path.write_text(
+        f"""
+[daemon]
+profile = "x86-dev"
+state_dir = "{state}"
+trusted_keys_dir = "{keys_dir}"
+tick_hz = {tick_hz}
+
+[[groups]]
+name = "grid"
+model = {{ type = "builtin", name = "{model}" }}
+count = 16
+source = {{ type = "sim" }}
+sink = {{ type = "sim" }}
+"""
+    )
+
+
+class HeldCheck:
+    """The deployment's health check (:func:`ab_switch.check_bundle`, the real one) held at its
+    start until released, keeping the snapshot it was given: what it sees is that snapshot."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.seen: list[ab_switch.CheckSnapshot] = []
+        real = ab_switch.check_bundle
+
+        def held(
+            snapshot: ab_switch.CheckSnapshot, path: Path, steps: int, timeout_s: float
+        ) -> Any:
+            self.seen.append(snapshot)
+            self.entered.set()
+            if not self.release.wait(120):
+                raise EdgeAgentError("the test never released the health check")
+            return real(snapshot, path, steps, timeout_s)
+
+        monkeypatch.setattr(ab_switch, "check_bundle", held)
+
+
+def start_held_deployment(d: Daemon, tar: Path, sha: str, held: HeldCheck) -> None:
+    """Deploy ``tar`` to group grid; return once its health check has started (and is held)."""
+    data = tar.read_bytes()
+    args = deploy_args(data, sha, watch_ticks=2)
+    assert CommandHandlers(d).deploy(args, _FakeCommand()).code is ResultCode.ACCEPTED  # type: ignore[arg-type]
+    for i in range(args.chunks):
+        CommandHandlers(d).deploy_chunk(chunk(data, sha, i), _FakeCommand())  # type: ignore[arg-type]
+    assert held.entered.wait(60), d.ab_switch.stats()
+
+
+def sighup_reload(d: Daemon) -> None:
+    """A real SIGHUP to this process, applied by the daemon's loop between two ticks."""
+    reloads = d.reloads_ok
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert d._next_tick()
+    assert d.reloads_ok == reloads + 1, d.last_reload_error
+
+
+def until_checked(d: Daemon) -> None:
+    """Run the between-ticks step until the health check's verdict is taken."""
+    deadline = time.monotonic() + 60
+    while d.ab_switch.state is Phase.VERIFYING:
+        assert time.monotonic() < deadline, d.ab_switch.stats()
+        d._fleet_before_tick()
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def sighup_daemon(tmp_path: Path, keys: Any) -> Any:
+    """A daemon on a config file, with its signal handlers installed (restored afterwards)."""
+    _, _, keys_dir = keys
+    config = tmp_path / "edge.toml"
+    write_config(config, tmp_path / "state", keys_dir, model="grid10", tick_hz=50)
+    before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    d = Daemon.from_file(read_config(config), config)
+    d.install_signal_handlers()
+    try:
+        yield d, config
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        d.shutdown()
+
+
+def test_a_resize_and_a_reload_during_the_health_check_leave_what_it_checks_alone(
+    tmp_path: Path, keys: Any, sighup_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trusted, private, keys_dir = keys
+    d, config = sighup_daemon
+    tar = bundle_tar(tmp_path, private)
+    sha = bundle_sha(tar, trusted)
+    held = HeldCheck(monkeypatch)
+    start_held_deployment(d, tar, sha, held)
+    # While the check runs on the worker thread: a SIGHUP reloads a config that changes the
+    # daemon (its tick rate) but not the group, then a hub command resizes the group.
+    write_config(config, tmp_path / "state", keys_dir, model="grid10", tick_hz=40)
+    sighup_reload(d)
+    assert d.config.daemon.tick_hz == 40
+    resize = ResizeArgs(group="grid", agents=8)
+    assert CommandHandlers(d).resize_group(resize, _FakeCommand()).code is ResultCode.OK  # type: ignore[arg-type]
+    held.release.set()
+    until_checked(d)
+    (seen,) = held.seen
+    assert seen.n_agents == 16  # the group as it was when the check started
+    assert seen.config.daemon.tick_hz == 50
+    assert d.ab_switch.watching == "grid", d.ab_switch.stats()
+    g = d.find_group("grid")
+    assert g is not None
+    assert g.bundle_sha256 == sha
+    assert g.agents.n_agents == 8  # the switch builds the group at its size then
+    for _ in range(2):
+        d._tick(time.monotonic())
+    assert d.ab_switch.state is Phase.DONE
+
+
+def test_a_reload_that_changes_the_group_during_the_health_check_refuses_the_switch(
+    tmp_path: Path, keys: Any, sighup_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trusted, private, keys_dir = keys
+    d, config = sighup_daemon
+    tar = bundle_tar(tmp_path, private)
+    sha = bundle_sha(tar, trusted)
+    held = HeldCheck(monkeypatch)
+    start_held_deployment(d, tar, sha, held)
+    # The reload makes group grid a T-maze: agents whose inputs and actions the grid bundle does
+    # not have. A check that read the live group would refuse the bundle for that; this one
+    # checks it against the grid the deployment started on, and the switch sees the change.
+    write_config(config, tmp_path / "state", keys_dir, model="tmaze", tick_hz=50)
+    sighup_reload(d)
+    held.release.set()
+    until_checked(d)
+    (seen,) = held.seen
+    assert seen.group.model == BuiltinModel(type="builtin", name="grid10")
+    stats = d.ab_switch.stats()
+    assert d.ab_switch.state is Phase.FAILED
+    assert stats["detail"].startswith("switch: group 'grid' was reconfigured"), stats["detail"]
+    g = d.find_group("grid")
+    assert g is not None
+    assert g.bundle_sha256 is None
+    assert seen.signature is not None
+    assert seen.signature != io_signature(g.agents)  # the T-maze the reload made runs on
+    assert d.ab_switch.deployed_bundles() == {}
 
 
 def test_broadcast_chunks_are_taken_only_while_receiving_that_bundle(

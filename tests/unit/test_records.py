@@ -1,4 +1,4 @@
-"""Records (edge_agent.strict): rules checked without pydantic, the keys a document set, the
+"""Records (edge_agent.records): rules checked without pydantic, the keys a document set, the
 daemon's own files read strictly, and the config read in a child process so that the daemon
 never loads pydantic."""
 
@@ -18,7 +18,7 @@ from edge_agent.config.daemon import GroupConfig, parse_config, read_config
 from edge_agent.config.isolated import read_config_isolated
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.deploy import JournalRecord, OverlayEntry, Phase
-from edge_agent.strict import Record, RecordError, Rule, from_json
+from edge_agent.records import Record, RecordError, Rule, from_json
 
 SHA = "ab" * 32
 CONFIG = """\

@@ -41,7 +41,7 @@ from edge_agent.fleet.protocol import (
     ResultCode,
     encode,
 )
-from edge_agent.recovery import Recovery, StateHealth, StorageNotice
+from edge_agent.state_health import Recovery, StateHealth, StorageNotice
 
 NOW = 1_800_000_000.0
 FLEET = "plant"
@@ -176,7 +176,7 @@ def test_state_health_logs_a_part_once_a_minute_and_folds_the_rest(
     mono = [0.0]
     health = StateHealth(monotonic=lambda: mono[0], wall=lambda: NOW)
     err = OSError(errno.ENOSPC, "No space left on device")
-    with caplog.at_level(logging.ERROR, logger="edge_agent.recovery"):
+    with caplog.at_level(logging.ERROR, logger="edge_agent.state_health"):
         for second in range(0, 130, 5):
             mono[0] = float(second)
             health.storage_error("sequence", err, "save bdseq")

@@ -30,7 +30,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.commands import DeployArgs, Outcome
 from edge_agent.fleet.comms.base import Backoff
 from edge_agent.fleet.comms.mqtt import MqttSettings
-from edge_agent.fleet.deploy import DeployManager
+from edge_agent.fleet.deploy import DeployManager, HealthCheck
 from edge_agent.fleet.node import NodeStack
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
@@ -87,11 +87,11 @@ class SimNode:
         self._next_telemetry = self.started + (seed % 97) / 97 * telemetry_s  # spread them out
         self.deployer = DeployManager(state_dir, bundle_keys=bundle_keys)
         self.deployer.recover()
-        entry = self.deployer.overlay.get(GROUP)
+        entry = self.deployer.deployed(GROUP)
         if entry is not None:
             self.bundle_sha, self.bundle_name = entry.sha256, _bundle_name(Path(entry.path))
         self.deployer.bind(
-            self._health_check,
+            self._prepare_check,
             current_sha=lambda _group: self.bundle_sha,
             group_exists=lambda group: group == GROUP,
         )
@@ -111,7 +111,7 @@ class SimNode:
                 "deploy": self._deploy,
                 "deploy_chunk": lambda args, _cmd: self.deployer.chunk(args),
             },
-            deployer=self.deployer,
+            bundles=self.deployer,
         )
         self.link = self.stack.link
         self.commands = self.stack.commands
@@ -204,9 +204,12 @@ class SimNode:
     def _deploy(self, args: DeployArgs, cmd: Command) -> Outcome:
         return self.deployer.start(args, cmd.nonce)
 
-    def _health_check(self, group: str, path: Path, steps: int, timeout_s: float) -> object:
+    def _prepare_check(self, group: str) -> HealthCheck:
+        """The health check of ``group``'s new bundle (no agents here: a simulated verdict)."""
+        return lambda path, _steps, _timeout_s: self._health_check(group, path)
+
+    def _health_check(self, group: str, path: Path) -> object:
         """Runs on the deployment's worker thread after the bundle verified."""
-        del steps, timeout_s
         if not self.fails:
             return None
         if self.fail_version is not None:

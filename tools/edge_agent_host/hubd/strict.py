@@ -2,7 +2,7 @@
 frozen.
 
 The hub validates with pydantic models in its own process; the device's records
-(:mod:`edge_agent.strict`) are plain dataclasses instead, because the daemon cannot afford
+(:mod:`edge_agent.records`) are plain dataclasses instead, because the daemon cannot afford
 pydantic in its memory budget. The hub's documents are read by the same reader
 (:func:`edge_agent.config.toml_lines.validate_toml`), which accepts both.
 """

@@ -1,0 +1,394 @@
+"""The node's deployments, one owner: transfer, verify, health check, switch, watch, roll back.
+
+The rest of the daemon talks to :class:`ABSwitch` alone, through a few verbs: the hub commands
+(:meth:`ABSwitch.start`, :meth:`ABSwitch.chunk`), the uplink's broadcast chunks
+(:meth:`ABSwitch.broadcast_chunk`), the loop (:meth:`ABSwitch.before_tick`,
+:meth:`ABSwitch.tick_watched`, :meth:`ABSwitch.watched_stepped`, reload deferral), admission
+(:meth:`ABSwitch.deployed_bundles`, :meth:`ABSwitch.forget`) and the readers
+(:meth:`ABSwitch.stats`, :meth:`ABSwitch.counters`). Inside,
+:class:`~edge_agent.fleet.deploy.DeployManager` moves the bytes and keeps the crash-safe journal
+and overlay; its :class:`~edge_agent.fleet.deploy.Phase` is the deployment's state, every change
+logged. This class does everything a deployment does to the running groups, in one place and one
+direction::
+
+    loop thread                  worker thread                 loop thread (between ticks)
+    start, chunks -> snapshot -> verify -> stage -> check ----> poll -> switch (old group kept)
+                                                                 -> watch ticks
+                                                                    |-> done: old group released
+                                                                    '-> rollback: old group back
+
+The health check works on a :class:`CheckSnapshot` taken on the loop thread as the verification
+starts (the group's config, the trusted keys, the running group's size and signature): the worker
+never reads the daemon's live groups or config, so a reload or a resize meanwhile cannot change
+what it checks. A switch whose group's config changed since (a reload) is refused.
+
+The old group is held (with its memory reservation) while the new one is watched, so a rollback
+is a swap, never a rebuild; a SIGHUP that arrives meanwhile is deferred until the watch ends.
+The A/B switch acts on the daemon only through :class:`SwitchHost`, so it never imports the
+service module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edge_agent.bundle.signing import TrustedKeys
+from edge_agent.config.daemon import DaemonConfig, GroupConfig
+from edge_agent.config.profiles import FirmwareProfile
+from edge_agent.core.budget import MemoryBudget
+from edge_agent.daemon.admission import load_group_model, trusted_keys
+from edge_agent.daemon.groups import (
+    GroupRuntime,
+    LoadedModel,
+    healthy_steps,
+    io_signature,
+    make_agents,
+    model_spec_key,
+    with_bundle,
+)
+from edge_agent.errors import EdgeAgentError
+from edge_agent.fleet.deploy import (
+    DeployManager,
+    HealthCheck,
+    OverlayEntry,
+    Phase,
+    ReadyToSwitch,
+    Report,
+)
+from edge_agent.fleet.outcomes import Outcome, ResultCode
+from edge_agent.state_health import StateHealth
+
+if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
+    from edge_agent.coordination.runtime import CoordinationRuntime
+    from edge_agent.fleet.commands import ChunkArgs, DeployArgs
+    from edge_agent.fleet.protocol import BundleChunk
+
+logger = logging.getLogger(__name__)
+
+#: Agents of the scratch group a deployment's health check steps.
+HEALTH_CHECK_AGENTS = 64
+
+
+class SwitchHost(Protocol):
+    """What the A/B switch reads and changes on the daemon, on the loop thread only (between two
+    ticks, or in a hub command's handler)."""
+
+    config: DaemonConfig
+    profile: FirmwareProfile
+    budget: MemoryBudget
+    groups: list[GroupRuntime]
+
+    def rebirth(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSnapshot:
+    """What a deployment's health check works on, taken on the loop thread when the check is
+    prepared: the worker thread reads nothing else of the daemon."""
+
+    #: The daemon's config then (frozen: a reload replaces it, never changes it).
+    config: DaemonConfig
+    #: The group's config then (the switch is refused if a reload changed it since).
+    group: GroupConfig
+    keys: TrustedKeys | None
+    #: Agents of the scratch group: at most :data:`HEALTH_CHECK_AGENTS`, at most the group's.
+    n_agents: int
+    threads: int
+    #: The running group's kind and :func:`~edge_agent.daemon.groups.io_signature` (None: no
+    #: group of that name runs).
+    kind: str | None
+    signature: tuple[object, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedBundle:
+    """A bundle that passed its health check: the model loaded, and the snapshot it was checked
+    on (the payload of :class:`~edge_agent.fleet.deploy.ReadyToSwitch`)."""
+
+    snapshot: CheckSnapshot
+    loaded: LoadedModel
+
+
+def check_bundle(snapshot: CheckSnapshot, path: Path, steps: int, timeout_s: float) -> LoadedModel:
+    """Load the bundle at ``path`` for ``snapshot.group`` and step a scratch group of it ``steps``
+    times on random valid inputs within ``timeout_s``; raise EdgeAgentError when it cannot run
+    there (any thread: it reads only its arguments). What depends on the group's kind (loading,
+    building, the signature, the steps) is asked of :mod:`edge_agent.daemon.groups`."""
+    cfg = snapshot.group
+    deadline = time.monotonic() + timeout_s
+    loaded = load_group_model(with_bundle(cfg, path), snapshot.config, snapshot.keys)
+    scratch = make_agents(loaded, cfg, snapshot.n_agents, threads=snapshot.threads)
+    try:
+        if snapshot.signature is not None and io_signature(scratch) != snapshot.signature:
+            raise EdgeAgentError(
+                f"group {cfg.name!r} runs {snapshot.kind} agents with inputs and actions "
+                f"{snapshot.signature[1:]}; the bundle's are {io_signature(scratch)[1:]} "
+                f"({loaded.kind}): its source and sink cannot take it"
+            )
+        healthy_steps(scratch, steps, deadline=deadline, timeout_s=timeout_s, seed=cfg.seed)
+    finally:
+        scratch.release()
+    return loaded
+
+
+class ABSwitch:
+    """All deployment state of one daemon: the deployment manager (transfer, journal, overlay),
+    the group being watched and the old group kept to roll back to, and a reload waiting for the
+    watch to end."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        report: Callable[[list[Report]], None],
+        health: StateHealth | None = None,
+    ) -> None:
+        # A deployment interrupted by a crash is completed or undone before groups are built
+        # (recovery verifies nothing, so the keys are set once the config has been admitted).
+        self._deployer = DeployManager(state_dir, bundle_keys=None, health=health)
+        self._deployer.recover()
+        self._report = report
+        self._host: SwitchHost | None = None
+        #: The group the new bundle replaced, kept while the new one is watched.
+        self._old: GroupRuntime | None = None
+        self._reload_deferred = False
+
+    def bind(self, host: SwitchHost) -> None:
+        """Attach to the daemon's groups (restarts a verification a crash interrupted)."""
+        self._host = host
+        self._deployer.bundle_keys = trusted_keys(host.config)
+
+        def current_sha(name: str) -> str | None:
+            g = self._find(name)
+            return None if g is None else g.bundle_sha256
+
+        self._deployer.bind(
+            self._prepare_check,
+            current_sha=current_sha,
+            group_exists=lambda name: self._find(name) is not None,
+        )
+
+    def configured(self, config: DaemonConfig) -> None:
+        """A reload admitted ``config``: bundles are verified with its keys from now on."""
+        self._deployer.bundle_keys = trusted_keys(config)
+
+    @property
+    def host(self) -> SwitchHost:
+        if self._host is None:
+            raise EdgeAgentError("internal: the A/B switch is not bound to a daemon")
+        return self._host
+
+    def _find(self, name: str) -> GroupRuntime | None:
+        return next((g for g in self.host.groups if g.name == name), None)
+
+    # -- what the rest of the daemon reads -------------------------------------------------------
+    @property
+    def state(self) -> Phase | None:
+        """The current or last deployment's phase; None before the first."""
+        return self._deployer.phase
+
+    @property
+    def watching(self) -> str | None:
+        """The group whose new bundle is watched (the old one is still held), or None."""
+        return self._deployer.watching_group if self._old is not None else None
+
+    def deployed_bundles(self) -> dict[str, OverlayEntry]:
+        """Group -> the bundle deployed to it (what admission runs instead of its model)."""
+        return self._deployer.deployed_bundles()
+
+    def forget(self, group: str) -> None:
+        """Drop ``group``'s deployed bundle: the config's model of it changed (raises OSError
+        when the overlay cannot be written; it is dropped in memory anyway)."""
+        self._deployer.forget(group)
+
+    def stats(self) -> dict[str, Any]:
+        """The status file's ``deploy`` object (docs/status.md)."""
+        return self._deployer.stats()
+
+    def counters(self) -> dict[str, int]:
+        """The deployment counters, for the metrics registry."""
+        return self._deployer.counters
+
+    # -- hub commands and the bundle topic (the loop thread) -------------------------------------
+    def start(self, args: DeployArgs, nonce: bytes) -> Outcome:
+        """A verified ``deploy`` command: start, resume or refuse the deployment."""
+        g = self._find(args.group)
+        if g is not None and g.paused and g.name != self._deployer.watching_group:
+            return Outcome(
+                ResultCode.FAILED,
+                f"group {g.name!r} is paused ({g.paused_reason}): a deployment needs it running "
+                "to watch the new bundle",
+            )
+        return self._deployer.start(args, nonce)
+
+    def chunk(self, args: ChunkArgs) -> Outcome:
+        """A ``deploy_chunk`` command."""
+        return self._deployer.chunk(args)
+
+    @property
+    def broadcast_bundle(self) -> str | None:
+        """The bundle whose broadcast chunks this node takes now, else None."""
+        return self._deployer.broadcast_bundle
+
+    def broadcast_chunk(self, chunk: BundleChunk) -> Outcome:
+        """A chunk heard on the bundle topic."""
+        return self._deployer.broadcast_chunk(chunk)
+
+    # -- the health check: prepared on the loop thread, run on the worker's ---------------------
+    def _prepare_check(self, group: str) -> HealthCheck:
+        """Take the health check's :class:`CheckSnapshot` of ``group`` now (loop thread)."""
+        config = self.host.config
+        try:
+            cfg = config.group(group)
+        except KeyError:
+            raise EdgeAgentError(f"no group {group!r} in the config") from None
+        current = self._find(group)
+        snapshot = CheckSnapshot(
+            config=config,
+            group=cfg,
+            keys=trusted_keys(config),
+            n_agents=min(HEALTH_CHECK_AGENTS, current.agents.n_agents if current else cfg.count),
+            threads=self.host.profile.inference_threads,
+            kind=None if current is None else current.kind,
+            signature=None if current is None else io_signature(current.agents),
+        )
+
+        def check(path: Path, steps: int, timeout_s: float) -> CheckedBundle:
+            return CheckedBundle(snapshot, check_bundle(snapshot, path, steps, timeout_s))
+
+        return check
+
+    # -- between ticks ---------------------------------------------------------------------------
+    def before_tick(self) -> None:
+        """Switch a group whose bundle passed its health check; roll back one whose watch
+        expired; hand the deployment's reports on."""
+        deployer = self._deployer
+        ready = deployer.poll()
+        if ready is not None:
+            self._switch(ready)
+        watched = self.watching
+        if watched and deployer.watch_expired():
+            g = self._find(watched)
+            if g is not None:
+                self._rollback(g, "the group did not step its watch_ticks within watch_timeout_s")
+        self.publish_reports()
+
+    def publish_reports(self) -> None:
+        reports = self._deployer.take_reports()
+        if reports:
+            self._report(reports)
+
+    def tick_watched(
+        self, g: GroupRuntime, now: float, coordination: CoordinationRuntime | None
+    ) -> bool:
+        """Step the freshly deployed group: any exception or a non-finite state rolls it back.
+        Returns whether it stepped (its actions are then to be published)."""
+        try:
+            stepped = g.tick(now, coordination)
+            problem = None if not stepped or g.agents_finite() else "non-finite beliefs"
+        except Exception as err:  # the new bundle's boundary: roll back, do not crash
+            logger.exception("group %s failed on its new bundle", g.name)
+            stepped, problem = False, f"{type(err).__name__}: {err}"
+        if problem is not None:
+            self._rollback(g, problem)
+            return False
+        return stepped
+
+    def watched_stepped(self) -> None:
+        """The watched group's actions are out: count the good tick; at the end of the watch
+        release the old group."""
+        if self._deployer.watch_tick():
+            old, self._old = self._old, None
+            if old is not None:
+                old.agents.release()
+            self.publish_reports()
+
+    def defer_reload(self) -> bool:
+        """A reload asked for while a bundle is watched waits for the watch to end (True)."""
+        if self._old is None:
+            return False
+        self._reload_deferred = True
+        logger.info("reload deferred until the deployment's watch ends")
+        return True
+
+    def take_deferred_reload(self) -> bool:
+        """True once, when a deferred reload may run now."""
+        if not self._reload_deferred or self._old is not None:
+            return False
+        self._reload_deferred = False
+        return True
+
+    def _switch(self, ready: ReadyToSwitch) -> None:
+        """Run ``ready.group`` on the new bundle, keeping the old group to roll back to."""
+        host = self.host
+        groups = host.groups
+        index = next((i for i, g in enumerate(groups) if g.name == ready.group), None)
+        if index is None:
+            self._deployer.switch_failed(f"group {ready.group!r} no longer exists")
+            return
+        old = groups[index]
+        checked = ready.payload
+        if not isinstance(checked, CheckedBundle):
+            self._deployer.switch_failed("internal: the health check returned no model")
+            return
+        try:
+            cfg = host.config.group(old.name)
+        except KeyError:
+            cfg = None
+        if cfg != checked.snapshot.group:
+            self._deployer.switch_failed(
+                f"group {old.name!r} was reconfigured (a reload) while its new bundle was "
+                "checked: deploy it again"
+            )
+            return
+        loaded = checked.loaded
+        try:
+            agents = make_agents(
+                loaded,
+                old.config,
+                old.agents.n_agents,
+                budget=host.budget,
+                history_capacity=old.agents.history_capacity,
+                threads=host.profile.inference_threads,
+                workers=old.config.workers_for(host.profile),
+            )
+        except EdgeAgentError as err:
+            self._deployer.switch_failed(
+                f"the old and the new group do not fit the budget together: {err}"
+            )
+            return
+        new = old.replaced(with_bundle(old.config, ready.path), agents, loaded)
+        try:
+            self._deployer.switched(ready, model_spec_key(cfg))
+        except OSError as err:
+            agents.release()
+            self._deployer.switch_failed(f"cannot record the switch: {err}")
+            return
+        groups[index] = new
+        self._old = old
+        host.rebirth()
+        logger.info("group %s switched to bundle %s", old.name, ready.sha256[:12])
+
+    def _rollback(self, g: GroupRuntime, problem: str) -> None:
+        """Put the old group back in place of ``g`` (the new one is released)."""
+        old = self._old
+        groups = self.host.groups
+        index = next((i for i, x in enumerate(groups) if x is g), None)
+        if old is None or index is None:
+            return
+        old.obs = g.obs
+        old.env = g.env
+        groups[index] = old
+        self._old = None
+        g.agents.release()
+        self._deployer.rollback(problem)
+        self.host.rebirth()
+        self.publish_reports()
+
+    def close(self) -> None:
+        self._deployer.close()
