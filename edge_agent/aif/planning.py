@@ -27,7 +27,7 @@ from typing import Annotated
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.strict import Problem, Record, Rule, raise_problems
+from edge_agent.records import Problem, Record, Rule, raise_problems
 
 #: Bits of the planning key (see :func:`planning_order`): the belief change, quantized, and the
 #: plan's age, capped; a deferred agent's key has the top bit set.

@@ -18,8 +18,8 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.config.daemon import load_config
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import ConfigError, InputError
+from edge_agent.records import RecordError
 from edge_agent.sim.registry import make_env
-from edge_agent.strict import RecordError
 
 
 def _run(
