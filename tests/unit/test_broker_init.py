@@ -224,6 +224,13 @@ def test_init_writes_a_ca_the_broker_s_and_each_client_s_certificate(tmp_path: P
         "allow_anonymous false",
         f"acl_file {out.resolve() / 'acl'}",
         f"crlfile {out.resolve() / 'ca' / 'crl.pem'}",
+        # the hub's persistent session: queued while it is away, bounded, kept on disk
+        "persistence true",
+        f"persistence_location {out.resolve() / 'data'}/",
+        "autosave_interval 60",
+        "max_queued_messages 200000",
+        f"max_queued_bytes {128 * 2**20}",
+        "persistent_client_expiration 14d",
     ):
         assert line in conf.splitlines(), line
     assert mode(out / "ca" / "ca.key") == 0o600

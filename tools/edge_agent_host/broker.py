@@ -234,6 +234,18 @@ def acl_text(state: BrokerState) -> str:
     return "\n".join(lines) + "\n"
 
 
+MAX_QUEUED_MESSAGES: Final = 200_000
+"""Per client: QoS 1 messages the broker queues beyond those in flight (a hub away for a while:
+telemetry of 100 nodes every 10 s is 36,000 an hour); the broker drops what comes after."""
+MAX_QUEUED_BYTES: Final = 128 * 2**20
+"""Per client, the same bound in payload bytes (the first bound reached applies)."""
+PERSISTENT_CLIENT_EXPIRATION: Final = "14d"
+"""A session nobody resumed for this long is dropped (a retired hub's queue does not stay)."""
+AUTOSAVE_INTERVAL_S: Final = 60
+"""The broker writes its sessions and queues to ``data/`` this often (and when it stops), so a
+broker that crashes loses at most this much of what it queued for an absent hub."""
+
+
 def mosquitto_conf(state: BrokerState, out: Path) -> str:
     """``mosquitto.conf`` for ``state``, with absolute paths into ``out``."""
     out = out.resolve()
@@ -249,8 +261,15 @@ def mosquitto_conf(state: BrokerState, out: Path) -> str:
     if state.auth is Auth.PASSWORD:
         lines.append(f"password_file {out / 'passwords'}")
     lines += [
+        # The hub service's session outlives its process (docs/hub.md, "What a crash can
+        # cost"): what the fleet publishes while it is away is queued for it, bounded, and kept
+        # on disk across a broker restart (saved at exit and every autosave_interval).
         "persistence true",
         f"persistence_location {out / 'data'}/",
+        f"autosave_interval {AUTOSAVE_INTERVAL_S}",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
+        f"persistent_client_expiration {PERSISTENT_CLIENT_EXPIRATION}",
         "log_dest stderr",
         *(f"log_type {t}" for t in ("error", "warning", "notice", "information")),
         "connection_messages true",

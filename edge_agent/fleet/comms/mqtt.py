@@ -1,9 +1,19 @@
 """MQTT v5 transport on paho-mqtt 2.x: the only module of edge-agent that imports paho.
 
-Durability lives in :mod:`edge_agent.fleet.outbox`, not here. So every connection session starts
-with a fresh paho client and ``clean_start=True``: nothing that paho or the broker queued for an old
-session is replayed behind the outbox's back, message ids of old sessions cannot be confused with
-new ones (handles carry the session number), and each session gets the will built for it.
+Every connection starts with a fresh paho client: message ids of old connections cannot be
+confused with new ones (handles carry the connection number), and each gets the will built for it.
+What the broker keeps between connections depends on :attr:`MqttSettings.session_expiry_s`:
+
+* 0 (the nodes' choice): ``clean_start=True``, the broker forgets the session at once. A node's
+  durability lives in :mod:`edge_agent.fleet.outbox`, so nothing that paho or the broker queued
+  for an old session is replayed behind the outbox's back, and what is sent *to* a node while it
+  is away (commands, rebirth requests) is re-sent by its sender, which waits for a result;
+* > 0 (the hub service's): ``clean_start=False`` with that MQTT 5 Session Expiry Interval and a
+  fixed client id, so the broker keeps the session's subscriptions and queues the QoS 1 messages
+  that arrive for it while the client is away (killed, restarting, cut off), and re-sends on the
+  next connection the ones it delivered without getting a PUBACK. paho sends that PUBACK when the
+  message callback returns, so whatever the callback made durable is never lost in between.
+  (The transport speaks MQTT 5 only; 3.1.1's ``clean_session False`` has no place here.)
 
 One supervisor thread (``edge-agent-mqtt``) owns the connection cycle:
 
@@ -33,6 +43,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -55,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 _DISCONNECT_NORMAL = 0x00
 _DISCONNECT_WITH_WILL = 0x04
+_SESSION_EXPIRY_MAX = 2**32 - 1
 
 
 class _PahoNoise(logging.Filter):
@@ -91,12 +103,20 @@ class MqttSettings:
     tls: TlsSettings | None = None
     paho_max_inflight: int = 100
     """paho's own window; keep it >= the outbox's ``max_inflight``."""
+    session_expiry_s: int = 0
+    """0: a clean session per connection; > 0: resume the broker's session, which it keeps for
+    this long after a disconnect (MQTT 5 Session Expiry Interval; module docstring)."""
 
     def __post_init__(self) -> None:
         if not self.client_id or len(self.client_id.encode()) > 256:
             raise EdgeAgentError("MQTT client_id must be 1-256 bytes")
         if not 0 < self.port < 65536:
             raise EdgeAgentError(f"MQTT port {self.port} is out of range")
+        if not 0 <= self.session_expiry_s <= _SESSION_EXPIRY_MAX:
+            raise EdgeAgentError(
+                f"MQTT session_expiry_s {self.session_expiry_s} is out of range "
+                f"(0-{_SESSION_EXPIRY_MAX})"
+            )
         if self.keepalive_s < 1 or self.connect_timeout_s <= 0:
             raise EdgeAgentError("MQTT keepalive_s must be >= 1 and connect_timeout_s > 0")
         if self.tls and self.tls.cert_file and not self.tls.key_file:
@@ -111,6 +131,8 @@ class _Session:
     wake: threading.Event
     connack: bool = False
     accepted: bool = False
+    resumed: bool = False
+    """The broker still had this client's session (CONNACK Session Present)."""
     lost: bool = False
     reason: str = ""
     detail: list[str] = field(default_factory=list)
@@ -141,6 +163,8 @@ class MqttTransport(Transport):
         self._publish_will_on_stop = False
         self.connect_attempts = 0
         self.sessions_up = 0
+        self.sessions_resumed = 0
+        """Connections on which the broker still had the session (``session_expiry_s`` > 0)."""
 
     # Transport API --------------------------------------------------------------------------
     def connect(self, will_factory: WillFactory | None = None) -> None:
@@ -236,12 +260,18 @@ class MqttTransport(Transport):
         will = self._will_factory(number) if self._will_factory is not None else None
         client = self._new_client(state, will)
         self.connect_attempts += 1
+        expiry = self.settings.session_expiry_s
+        properties = None
+        if expiry:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = expiry
         try:
             client.connect(
                 self.settings.host,
                 self.settings.port,
                 keepalive=self.settings.keepalive_s,
-                clean_start=True,
+                clean_start=not expiry,
+                properties=properties,
             )
         except (OSError, ValueError) as err:
             logger.warning("MQTT connect to %s failed: %s", self._where(), err)
@@ -268,7 +298,13 @@ class MqttTransport(Transport):
                 self._send_subscribe(client, sub)
             connected_at = time.monotonic()
             self.sessions_up += 1
-            logger.info("MQTT connected to %s (session %d)", self._where(), number)
+            self.sessions_resumed += state.resumed
+            logger.info(
+                "MQTT connected to %s (session %d%s)",
+                self._where(),
+                number,
+                ", the broker's session resumed" if state.resumed else "",
+            )
             self._emit(TransportEvent(TransportEventKind.CONNECTED, number))
             while not (state.lost or self._stop.is_set()):
                 self._wake.wait()
@@ -325,9 +361,10 @@ class MqttTransport(Transport):
     def _bind_callbacks(self, client: paho.Client, state: _Session) -> None:
         # Each session's callbacks close over that session's record: a late callback of an old
         # client can never touch the current session.
-        def on_connect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        def on_connect(_c: Any, _u: Any, flags: Any, reason: Any, _props: Any) -> None:
             state.connack = True
             state.accepted = not reason.is_failure
+            state.resumed = state.accepted and bool(getattr(flags, "session_present", False))
             state.reason = _reason(reason)
             state.wake.set()
 

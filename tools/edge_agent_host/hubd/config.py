@@ -143,6 +143,16 @@ class HubMqtt(StrictModel):
         "this hub hears everything alone.",
     )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive (s).")
+    session_expiry_s: int = Field(
+        604_800,
+        ge=0,
+        le=2**32 - 1,
+        description="How long the broker keeps this hub's session while it is away (killed, "
+        "restarting, cut off): its subscriptions, and the fleet's QoS 1 messages queued for it "
+        "(bounded by the broker's max_queued_messages), delivered when it comes back (s). The "
+        "client id is fixed, ea-hub-{fleet}-{hub id}. 0: a clean session per connection (what "
+        "is published while the hub is away is lost to it).",
+    )
     username: str = Field("", max_length=128, description="Broker user name; empty: anonymous.")
     password_file: Path | None = Field(
         None, description="File whose first line is the broker password."

@@ -271,10 +271,12 @@ class HubService:
                 key_file=str(mqtt.tls.key_file) if mqtt.tls.key_file else None,
             )
         settings = MqttSettings(
-            client_id=f"ea-hub-{mqtt.fleet}-{hub_id}-{os.urandom(3).hex()}",
+            # Fixed, so that the broker's session (session_expiry_s) is this hub's next time too.
+            client_id=f"ea-hub-{mqtt.fleet}-{hub_id}",
             host=mqtt.host,
             port=mqtt.port,
             keepalive_s=mqtt.keepalive_s,
+            session_expiry_s=mqtt.session_expiry_s,
             username=mqtt.username or None,
             password=password,
             tls=tls,
@@ -340,6 +342,7 @@ class HubService:
             "connected": t.is_connected,
             "connect_attempts": getattr(t, "connect_attempts", 0),
             "sessions_up": getattr(t, "sessions_up", 0),
+            "sessions_resumed": getattr(t, "sessions_resumed", 0),
             "handler_errors": t.handler_errors,
             "rebirths_requested": self.rebirths_requested,
             "publishes_refused": self.publisher.refused,
