@@ -6,6 +6,7 @@ and a broker that refuses the hub's commands halting the rollout at once with th
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -89,18 +90,21 @@ def start_rollout(tmp_path: Path, service: HubService, nodes: list[str]) -> str:
         db.close()
 
 
-def runner_for(tmp_path: Path) -> Any:
+def runner_for(tmp_path: Path, *, busy_timeout_s: float = 5.0, deadline_s: float = 30.0) -> Any:
     """What ``rollout_runner`` gives the service: a runner over the service's publisher, with a
     database connection of its own (make_service's SQLite file)."""
     key = load_signing_key(generate_keypair(tmp_path / "hubkey", "hub").private_path)
 
     def runner(publisher: HubPublisher) -> RolloutRunner:
         def open_db() -> HubDatabase:
-            db = HubDatabase(SqliteEngine(tmp_path / "state" / "hub.sqlite3"))
+            engine = SqliteEngine(tmp_path / "state" / "hub.sqlite3", busy_timeout_s=busy_timeout_s)
+            db = HubDatabase(engine)
             db.open()
             return db
 
-        return RolloutRunner(open_db, publisher, key, owner="hub-unit", poll_s=0.05)
+        return RolloutRunner(
+            open_db, publisher, key, owner="hub-unit", poll_s=0.05, deadline_s=deadline_s
+        )
 
     return runner
 
@@ -161,6 +165,64 @@ def test_the_runner_uses_the_service_s_connection_and_reads_results_from_its_dat
     sent = {c.nonce.hex() for n in nodes for c in n.commands}
     assert {row["nonce"] for row in journal} == sent
     assert all(row["verified"] for row in journal), journal
+
+
+def test_a_hung_database_does_not_hang_the_rollout_runner(tmp_path: Path) -> None:
+    """The runner's database calls have the service's deadline (issue 29). Another connection
+    holds SQLite's write lock and the runner's connection would wait 600 s for it, as a driver
+    waits on a server that stopped answering: each call fails after the 0.5 s deadline, the
+    runner says so and tries again, and stops at once when asked (before, it sat in the first
+    write). When the lock goes, the rollout goes on to done."""
+    broker = MemoryBroker()
+    nodes = [DeployingNode(broker, n) for n in ("pi-1", "pi-2")]
+    runner = runner_for(tmp_path, busy_timeout_s=600.0, deadline_s=0.5)
+    service, _ = make_service(tmp_path, broker, rollouts=runner, deadline_s=0.5)
+    rollout_id = start_rollout(tmp_path, service, ["pi-1", "pi-2"])
+    rollouts = service.rollouts
+    assert rollouts is not None
+    ask(service, rollout_id, "pause")  # claimed and paused: the runner renews its lease, a write
+    lock = sqlite3.connect(tmp_path / "state" / "hub.sqlite3", isolation_level=None)
+    service.start()
+    try:
+        until(service, lambda: rollout_summary(service, rollout_id)["state"] == "paused", "paused")
+        lock.execute("BEGIN IMMEDIATE")  # every other writer waits (WAL: readers do not)
+        until(service, lambda: rollouts.status()["errors"] >= 3, "three overdue calls")
+        status = rollouts.status()
+        assert status["last_error"].startswith("the database: "), status
+        lock.rollback()
+        ask(service, rollout_id, "resume")
+        until(
+            service,
+            lambda: rollout_summary(service, rollout_id)["state"] == "done",
+            "the rollout to finish after the lock went",
+            timeout=60.0,
+        )
+    finally:
+        lock.close()
+        stop_started = time.monotonic()
+        service.shutdown()
+    assert time.monotonic() - stop_started < 15.0
+    assert [len(n.commands) for n in nodes] == [1, 1]
+
+
+def ask(service: HubService, rollout_id: str, action: str) -> None:
+    """What ``edge-agent-hub rollout pause|resume`` does: a request in the rollout's row."""
+    db = HubDatabase(service.db.engine)
+    db.open()
+    try:
+        RolloutStore(db).request(rollout_id, action)
+    finally:
+        db.close()
+
+
+def until(service: HubService, cond: Any, what: str, timeout: float = 30.0) -> None:
+    """The service's loop on this thread until ``cond()``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        service.step(wait_s=0.02)
+        if cond():
+            return
+    pytest.fail(f"timed out waiting for {what}; status {service.status_line()}")
 
 
 def test_a_broker_that_refuses_the_hub_s_commands_halts_the_rollout_with_the_reason(

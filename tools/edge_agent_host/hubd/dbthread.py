@@ -68,7 +68,10 @@ class DatabaseThread:
     ) -> T:
         """``fn()`` on the database thread; its result or its exception. Raises
         :class:`DatabaseOverdueError` when it has not finished within ``deadline_s`` (after
-        calling ``abort``) or when an earlier call still has not."""
+        calling ``abort``) or when an earlier call still has not. Called from a call that runs
+        here, ``fn`` runs at once, within that call's deadline."""
+        if threading.current_thread() is self._thread:
+            return fn()
         future: Future[object] = Future()
         with self._cond:
             if self._busy_since is not None:

@@ -1,15 +1,22 @@
-"""The rollout tables (schema migration 2): rollouts, their nodes, the bundles they deploy."""
+"""The rollout tables (schema migration 2): rollouts, their nodes, the bundles they deploy.
+
+Every method that reads or writes the database runs through the store's ``guard`` when it has
+one: the hub service's rollout runner gives it its own database thread with the service's
+deadline (``[database] operation_deadline_s``), so that a database that hangs makes a call fail
+with :class:`~edge_agent_host.hubd.dbthread.DatabaseOverdueError` instead of hanging the runner.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
@@ -23,7 +30,31 @@ from edge_agent_host.hubd.rollout_plan import (
 )
 from edge_agent_host.hubd.store import HubDatabase
 
-__all__ = ["Rollout", "RolloutStore"]
+__all__ = ["Guard", "Rollout", "RolloutStore"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Guard(Protocol):
+    """Runs one database call (e.g. on a database thread, with a deadline) and returns its
+    result; raises what the call raised, or DatabaseOverdueError."""
+
+    def __call__(self, fn: Callable[[], T], /) -> T: ...
+
+
+def _guarded(
+    method: Callable[Concatenate[RolloutStore, P], T],
+) -> Callable[Concatenate[RolloutStore, P], T]:
+    """The method runs through the store's guard, when it has one."""
+
+    @functools.wraps(method)
+    def run(store: RolloutStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        if store.guard is None:
+            return method(store, *args, **kwargs)
+        return store.guard(lambda: method(store, *args, **kwargs))
+
+    return run
 
 
 @dataclass
@@ -88,12 +119,15 @@ class Rollout:
 
 
 class RolloutStore:
-    """The rollout tables (schema migration 2) over an open :class:`HubDatabase`."""
+    """The rollout tables (schema migration 2) over an open :class:`HubDatabase`; every call
+    through ``guard`` when one is given (module docstring)."""
 
-    def __init__(self, db: HubDatabase) -> None:
+    def __init__(self, db: HubDatabase, guard: Guard | None = None) -> None:
         self.db = db
+        self.guard = guard
 
     # bundles ---------------------------------------------------------------------------------
+    @_guarded
     def put_bundle(self, data: bytes, sha256: str, name: str, version: str) -> None:
         with self.db.transaction():
             self.db.execute(
@@ -111,6 +145,7 @@ class RolloutStore:
                 },
             )
 
+    @_guarded
     def bundle(self, sha256: str) -> bytes:
         rows = self.db.query("SELECT data FROM bundles WHERE sha256 = :sha", {"sha": sha256})
         if not rows:
@@ -118,6 +153,7 @@ class RolloutStore:
         return bytes(rows[0][0])
 
     # rollouts --------------------------------------------------------------------------------
+    @_guarded
     def create(self, plan: RolloutPlan, nodes: Sequence[str]) -> str:
         """A pending rollout of ``plan`` to ``nodes`` (in wave order); returns its id."""
         if len(nodes) != plan.waves[-1]:
@@ -154,6 +190,7 @@ class RolloutStore:
             )
         return rollout_id
 
+    @_guarded
     def get(self, rollout_id: str) -> Rollout:
         rows = self.db.query(
             "SELECT id, plan, state, wave, phase, phase_started, request, detail, created, "
@@ -192,6 +229,7 @@ class RolloutStore:
             nodes=nodes,
         )
 
+    @_guarded
     def ids(self, *, active_only: bool = False, limit: int = 100) -> list[str]:
         where = ""
         if active_only:
@@ -203,6 +241,7 @@ class RolloutStore:
         )
         return [r[0] for r in rows]
 
+    @_guarded
     def request(self, rollout_id: str, action: str) -> Rollout:
         """Ask the runner to ``pause``, ``resume`` or ``abort`` (refused when it cannot apply)."""
         r = self.get(rollout_id)
@@ -222,6 +261,7 @@ class RolloutStore:
             )
         return self.get(rollout_id)
 
+    @_guarded
     def claim(self, owner: str, lease_s: float, now: float | None = None) -> str | None:
         """Take the oldest active rollout that nobody holds (or whose lease ran out, or that
         ``owner`` holds already); None when there is none."""
@@ -234,6 +274,7 @@ class RolloutStore:
                 return str(rollout_id)
         return None
 
+    @_guarded
     def renew(self, rollout_id: str, owner: str, lease_s: float, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         with self.db.transaction():
@@ -244,6 +285,7 @@ class RolloutStore:
             )
         return count == 1
 
+    @_guarded
     def release(self, rollout_id: str, owner: str) -> None:
         with self.db.transaction():
             self.db.execute(
@@ -252,7 +294,8 @@ class RolloutStore:
                 {"id": rollout_id, "owner": owner},
             )
 
-    def update(self, rollout_id: str, **fields: Any) -> None:
+    @_guarded
+    def update(self, rollout_id: str, /, **fields: Any) -> None:
         allowed = {"state", "wave", "phase", "phase_started", "request", "detail"}
         if not fields or set(fields) - allowed:
             raise HubError(f"cannot update {sorted(set(fields) - allowed)}")
@@ -264,6 +307,7 @@ class RolloutStore:
                 {**params, "now": time.time(), "id": rollout_id},
             )
 
+    @_guarded
     def set_nodes(
         self,
         rollout_id: str,
@@ -298,6 +342,7 @@ class RolloutStore:
                 )
 
     # what the nodes said ---------------------------------------------------------------------
+    @_guarded
     def mean_tick_p99(self, nodes: Sequence[str], since: float, until: float) -> dict[str, float]:
         if not nodes:
             return {}
@@ -309,6 +354,7 @@ class RolloutStore:
         wanted = set(nodes)
         return {r[0]: float(r[1]) for r in rows if r[0] in wanted and r[1] is not None}
 
+    @_guarded
     def nodes_with_events(
         self, nodes: Sequence[str], since: float, *, kind: str | None = None, group: str = ""
     ) -> set[str]:
@@ -327,6 +373,7 @@ class RolloutStore:
             )
         return {r[0] for r in rows} & set(nodes)
 
+    @_guarded
     def results(self, nonces: Sequence[bytes]) -> list[tuple[int, CommandResult]]:
         """The results the service stored for the commands ``nonces`` (row id, result), oldest
         first. Bytes in a result's data come back as bytes for ``have`` (the chunk bitmap a

@@ -36,6 +36,12 @@ nodes failed with the broker's reason.
 Waves are numbered from 1 wherever an operator reads them (logs, ``rollout status`` and its
 ``--json``, the metrics); the tables store them from 0.
 
+The runner's database calls run on a database thread of its own with the service's deadline
+(``[database] operation_deadline_s``, :mod:`.dbthread`): a database that hangs makes a call fail
+after that long (one warning line, the connection dropped when the call comes back), the runner
+tries again every ``poll_s`` and goes on where the rows say once the database answers; it never
+hangs with it, and stopping it does not wait for the database.
+
 A restart of the hub resumes: a wave that was deploying is deployed again (nodes that finished
 answer ``ok`` at once: the group already runs the bundle; a node mid-transfer resumes its
 chunks), a soak goes on until its recorded end.
@@ -48,7 +54,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -56,6 +62,7 @@ from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.hub.deploy import DeployPlan, broadcast_bundle
 from edge_agent_host.hub.errors import HubError
+from edge_agent_host.hubd.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hubd.publisher import HubPublisher
 from edge_agent_host.hubd.rollout_client import PublishRefusedError, ServiceDeployClient
 from edge_agent_host.hubd.rollout_plan import ACTIVE, NodeState, RolloutState
@@ -66,12 +73,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["RolloutRunner"]
 
+T = TypeVar("T")
+
 
 class RolloutRunner:
     """Carries rollouts forward on its own thread (module docstring).
 
     ``open_db`` opens this runner's own database connection; ``publisher`` is the service's
-    way out to the broker; ``key`` the hub's command signing key. One rollout at a time.
+    way out to the broker; ``key`` the hub's command signing key; ``deadline_s`` the longest a
+    database call may take. One rollout at a time.
     """
 
     def __init__(
@@ -83,14 +93,19 @@ class RolloutRunner:
         owner: str,
         poll_s: float = 1.0,
         lease_s: float = 30.0,
+        deadline_s: float = 30.0,
     ) -> None:
         self._open_db = open_db
         self.owner = owner
         self.poll_s = poll_s
         self.lease_s = lease_s
+        self.deadline_s = deadline_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._db: HubDatabase | None = None
+        self._db_thread = DatabaseThread("hub-rollouts-db")
+        self._stale: HubDatabase | None = None
+        """A connection whose call went overdue: closed once that call has come back."""
         self._client = ServiceDeployClient(publisher, self._store, key)
         self.current: str | None = None
         self.errors = 0
@@ -113,16 +128,30 @@ class RolloutRunner:
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop between two steps (a call under way ends by its deadline); close the
+        connection unless a call still hangs on it (then it is left to the process's end)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        if self._db is not None:
-            self._db.close()
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                self._guard(db.close)
+            except DatabaseOverdueError:
+                logger.warning("rollout runner: its database connection hangs: left open")
+        self._db_thread.stop()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 busy = self.step()
+            except DatabaseOverdueError as err:  # a hung database: drop the connection, retry
+                self.errors += 1
+                self.last_error = f"the database: {err}"[:512]
+                logger.warning("rollout runner: the database: %s; trying again", err)
+                self._stale = self._stale or self._db
+                self._db = None
+                busy = False
             except HubError as err:  # e.g. the broker connection is down: said in one line
                 self.errors += 1
                 self.last_error = str(err)[:512]
@@ -132,17 +161,29 @@ class RolloutRunner:
                 self.errors += 1
                 self.last_error = f"{type(err).__name__}: {err}"[:512]
                 logger.exception("rollout runner step failed")
-                if self._db is not None:
-                    self._db.close()
+                self._stale = self._stale or self._db
                 self._db = None
                 busy = False
             if not busy:
                 self._stop.wait(self.poll_s)
 
+    def _guard(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the runner's database thread, within ``deadline_s``."""
+        db = self._db
+
+        def abort() -> None:
+            if db is not None:
+                db.abort()
+
+        return self._db_thread.call(fn, self.deadline_s, while_waiting=_nothing, abort=abort)
+
     def _store(self) -> RolloutStore:
+        if self._stale is not None:
+            self._guard(self._stale.close)  # its call still hangs: raises, tried next step
+            self._stale = None
         if self._db is None or not self._db.is_open:
-            self._db = self._open_db()
-        return RolloutStore(self._db)
+            self._db = self._guard(self._open_db)
+        return RolloutStore(self._db, self._guard)
 
     def _client_ready(self) -> ServiceDeployClient:
         self._client.forget()  # a new deployment: nothing of the last one is awaited
@@ -360,6 +401,10 @@ class RolloutRunner:
         store.update(
             r.id, state=RolloutState.ROLLED_BACK, phase="", detail=f"{r.detail}{tail}"[:1024]
         )
+
+
+def _nothing() -> None:
+    """What the runner does while it waits for its database: nothing (it has no watchdog)."""
 
 
 def _node_outcome(result: CommandResult) -> tuple[NodeState, str]:

@@ -139,8 +139,9 @@ def web_server(source: HubConfigFile) -> WebServer | None:
 
 def rollout_runner(source: HubConfigFile) -> Callable[[HubPublisher], RolloutRunner] | None:
     """The replica's rollout runner when ``[rollouts] key_file`` is set, given the service's
-    publisher: its own database connection, no broker connection of its own (it publishes
-    through the service's and reads the results the service stored), signing with that key."""
+    publisher: its own database connection, under the same deadline as the service's, no broker
+    connection of its own (it publishes through the service's and reads the results the service
+    stored), signing with that key."""
     config = source.config
     key_file = config.rollouts.key_file
     if key_file is None:
@@ -166,6 +167,7 @@ def rollout_runner(source: HubConfigFile) -> Callable[[HubPublisher], RolloutRun
             owner=hub_id,
             poll_s=config.rollouts.poll_interval_s,
             lease_s=config.rollouts.lease_s,
+            deadline_s=config.database.operation_deadline_s,
         )
 
     return runner
