@@ -307,6 +307,11 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
     for name, key, doc in (
         ("connect_attempts", "hub.mqtt.connect_attempts", "Connection attempts to the broker"),
         ("sessions", "hub.mqtt.sessions_up", "Broker sessions established"),
+        (
+            "sessions_resumed",
+            "hub.mqtt.sessions_resumed",
+            "Broker connections that resumed the hub's session (what was queued for it came)",
+        ),
         ("handler_errors", "hub.mqtt.handler_errors", "Message handler failures"),
         ("rebirths_requested", "hub.mqtt.rebirths_requested", "Rebirth requests sent to nodes"),
     ):
