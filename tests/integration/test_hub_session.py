@@ -13,7 +13,9 @@ publishes as a node identity of its own, and the real service on SQLite:
   dead, the hub started again: nothing the nodes handed to the broker is missing. The broker
   re-sends what it had delivered unacknowledged and the spool replays what was acknowledged and
   not stored, so a message may be heard twice: the store keeps one row (telemetry, events and
-  results are unique by ``(node, seq, ts)``).
+  results are unique by ``(node, seq, ts)``);
+* the hub stopped, the loader publishes, the broker restarts (SIGTERM): ``persistence`` kept the
+  hub's session and its queue, which arrives when the hub starts.
 """
 
 from __future__ import annotations
@@ -290,3 +292,30 @@ def test_a_hub_killed_mid_flow_loses_nothing_the_fleet_handed_to_the_broker(
     assert status["queue"]["dropped"] == 0
     assert hub.stop() == 0
     assert "Traceback" not in hub.log(), hub.log()[-3000:]
+
+
+def test_what_the_broker_queued_for_an_absent_hub_survives_a_broker_restart(
+    tmp_path: Path,
+    fleet_broker: tuple[MosquittoBroker, Path],
+    hubs: list[Hub],  # noqa: F811 - fixture
+) -> None:
+    """``persistence true``: the broker saves the hub's session and its queue when it stops and
+    reads them back when it starts."""
+    broker, clients = fleet_broker
+    hub = session_hub(tmp_path, broker, clients)
+    hubs.append(hub)
+    hub.start()
+    loader = Loader(broker, clients / LOADER)
+    try:
+        subscribed(hub, loader)
+        assert hub.stop() == 0
+        loader.publish(300)
+        acked = loader.wait_acked()
+    finally:
+        loader.close()
+    broker.stop()  # SIGTERM: an orderly restart (a crash loses what was queued since the save)
+    broker.start()
+    hub.start()
+    wait_loader_stored(hub, acked)
+    assert hub.status()["counters"]["hub.mqtt.sessions_resumed"] >= 1
+    assert hub.stop() == 0
