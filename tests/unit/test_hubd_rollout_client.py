@@ -167,7 +167,9 @@ def test_the_runner_uses_the_service_s_connection_and_reads_results_from_its_dat
     assert all(row["verified"] for row in journal), journal
 
 
-def test_a_hung_database_does_not_hang_the_rollout_runner(tmp_path: Path) -> None:
+def test_a_hung_database_does_not_hang_the_rollout_runner(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The runner's database calls have the service's deadline (issue 29). Another connection
     holds SQLite's write lock and the runner's connection would wait 600 s for it, as a driver
     waits on a server that stopped answering: each call fails after the 0.5 s deadline, the
@@ -182,6 +184,7 @@ def test_a_hung_database_does_not_hang_the_rollout_runner(tmp_path: Path) -> Non
     assert rollouts is not None
     ask(service, rollout_id, "pause")  # claimed and paused: the runner renews its lease, a write
     lock = sqlite3.connect(tmp_path / "state" / "hub.sqlite3", isolation_level=None)
+    caplog.set_level(logging.WARNING, logger="edge_agent_host.hubd.rollouts")
     service.start()
     try:
         until(service, lambda: rollout_summary(service, rollout_id)["state"] == "paused", "paused")
@@ -203,6 +206,10 @@ def test_a_hung_database_does_not_hang_the_rollout_runner(tmp_path: Path) -> Non
         service.shutdown()
     assert time.monotonic() - stop_started < 15.0
     assert [len(n.commands) for n in nodes] == [1, 1]
+    said = [r.getMessage() for r in caplog.records if r.name.endswith("rollouts")]
+    # One line when the database stopped answering, one when it answered again: not one a poll.
+    assert sum("rollout runner: the database: " in m for m in said) == 1, said
+    assert sum("the database answers again" in m for m in said) == 1, said
 
 
 def ask(service: HubService, rollout_id: str, action: str) -> None:

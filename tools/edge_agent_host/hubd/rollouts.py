@@ -106,6 +106,7 @@ class RolloutRunner:
         self._db_thread = DatabaseThread("hub-rollouts-db")
         self._stale: HubDatabase | None = None
         """A connection whose call went overdue: closed once that call has come back."""
+        self._db_hangs = False
         self._client = ServiceDeployClient(publisher, self._store, key)
         self.current: str | None = None
         self.errors = 0
@@ -148,7 +149,9 @@ class RolloutRunner:
             except DatabaseOverdueError as err:  # a hung database: drop the connection, retry
                 self.errors += 1
                 self.last_error = f"the database: {err}"[:512]
-                logger.warning("rollout runner: the database: %s; trying again", err)
+                if not self._db_hangs:  # once per outage, not once per poll
+                    self._db_hangs = True
+                    logger.warning("rollout runner: the database: %s; trying again", err)
                 self._stale = self._stale or self._db
                 self._db = None
                 busy = False
@@ -164,6 +167,10 @@ class RolloutRunner:
                 self._stale = self._stale or self._db
                 self._db = None
                 busy = False
+            else:
+                if self._db_hangs:
+                    self._db_hangs = False
+                    logger.warning("rollout runner: the database answers again")
             if not busy:
                 self._stop.wait(self.poll_s)
 
