@@ -38,15 +38,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
+from edge_agent.coordination.admission import RelayAdmission
 from edge_agent.coordination.auction import Auctioneer
 from edge_agent.coordination.beliefs import BeliefSharer
 from edge_agent.coordination.ledger import (
     Bid,
     TaskBoard,
     abandon,
-    bid_rows,
-    bids_from_columns,
-    seq_key,
 )
 from edge_agent.coordination.messages import (
     MAX_BIDS_PER_MESSAGE,
@@ -240,13 +238,12 @@ class CoordinationEngine:
             self.node_id, self.board, auction, max_peers=self.settings.max_peers
         )
         self._queue: BoundedQueue[MessageLike] = BoundedQueue(self.settings.max_inbox)
-        self._alive: OrderedDict[str, int] = OrderedDict()
-        self._newest: OrderedDict[str, int] = OrderedDict()
-        """Per node, the largest ``bdseq`` this node has seen in a message of that node's own
-        (on its own topics): how far a relayed fact about that node may go."""
         self.peer_keys = PeerKeys(self.settings.max_peers)
         # Our own releases of an earlier run come back in peers' syncs (the key is kept).
         self.peer_keys.learn(self.node_id, self.signer.public)
+        self.admission = RelayAdmission(
+            self.board, self.peer_keys, self.topics.fleet, self.settings.max_peers
+        )
         self._bseq = 0
         self.tick = 0
         self._started_at: float | None = None
@@ -401,10 +398,7 @@ class CoordinationEngine:
 
     def live_nodes(self) -> int:
         """This node and the peers whose last known session is not dead."""
-        dead = self.board.dead
-        return 1 + sum(
-            1 for n, b in self._alive.items() if n != self.node_id and b > dead.get(n, -1)
-        )
+        return 1 + self.admission.live_peers(self.node_id)
 
     # -- the tick -------------------------------------------------------------------------------
     def before_step(self, now: float | None = None) -> None:
@@ -562,7 +556,7 @@ class CoordinationEngine:
         body = env.body
         kind = msg.route.kind
         # The link checked that the envelope's node is the topic's: this is the node speaking.
-        self._note_newest(env.node, env.bdseq)
+        self.admission.heard_from(env.node, env.bdseq)
         if kind is TopicKind.BELIEFS:
             if isinstance(body, BeliefBatch):
                 self._on_beliefs(env, body, now)
@@ -570,7 +564,7 @@ class CoordinationEngine:
         if kind is TopicKind.STATE:
             if isinstance(body, NodeState):
                 if body.online:
-                    self._on_alive(env.node, env.bdseq)
+                    self.admission.born_in(env.node, env.bdseq)
                 else:
                     self._on_dead(env.node, env.bdseq, now)
             return
@@ -580,7 +574,7 @@ class CoordinationEngine:
             return
         if kind is TopicKind.BIRTH:
             if isinstance(body, Birth):
-                self._on_alive(env.node, env.bdseq)
+                self.admission.born_in(env.node, env.bdseq)
                 # A new node, a restart, a reconnect, or a rebirth after a sequence gap (e.g. a
                 # healed partition): it may lack what we know, and we what it knows.
                 self._sync_wanted = True
@@ -605,7 +599,7 @@ class CoordinationEngine:
                 if item.node != env.node:
                     raise ValueError(f"release of {item.node}'s agent sent by {env.node}")
             # Judged against the ledger as it was before this message (one award for all).
-            refused = [self._closes_unknown_epoch(item) for item in body.items]
+            refused = [self.admission.closes_unknown_epoch(item) for item in body.items]
             self.counters["relays_refused"] += sum(refused)
             for i, item in enumerate(body.items):
                 if not refused[i]:
@@ -614,105 +608,12 @@ class CoordinationEngine:
             self._on_state(env.node, body, now)
         elif isinstance(body, TaskSync):
             self.counters["syncs_received"] += 1
-            _, held = self.board.merge_sync(self._admit_sync(env.node, body))
+            admitted, refused_facts = self.admission.admit_sync(env.node, body)
+            self.counters["relays_refused"] += refused_facts
+            _, held = self.board.merge_sync(admitted)
             self._reauction(held)
         elif isinstance(body, TaskKey) and self.peer_keys.learn(env.node, body.key):
             self.counters["keys_learned"] += 1
-
-    def _note_newest(self, node: str, bdseq: int) -> None:
-        if self._newest.get(node, -1) < bdseq:
-            self._newest[node] = bdseq
-        self._newest.move_to_end(node)
-        while len(self._newest) > self.settings.max_peers:
-            self._newest.popitem(last=False)
-
-    def _session_over(self, node: str, bdseq: int) -> bool:
-        """Whether this node knows, from ``node`` itself, that session ``bdseq`` of it ended: it
-        saw that session's will or death, or a message of a later session."""
-        return self.board.is_dead(node, bdseq) or bdseq < self._newest.get(node, -1)
-
-    def _closes_unknown_epoch(self, rel: Release) -> bool:
-        """Whether a done/expired release says more than its sender can know: it may close a
-        task only up to the largest epoch this node knows for it (a tombstone from the future
-        would close rounds not yet announced), and an open round only when this node's award
-        gives it to the releasing agent (or to no one)."""
-        if rel.status is ReleaseStatus.ABANDONED:
-            return False
-        floor = self.board.epoch(rel.task)
-        if floor is None:
-            return False
-        if rel.epoch > floor:
-            return True
-        if rel.epoch < floor or not self.board.is_open(rel.task):
-            return False
-        winner = self.board.award().get(rel.task)
-        return winner is not None and winner.holder != (rel.node, rel.group, rel.agent)
-
-    def _admit_sync(self, sender: str, part: TaskSync) -> TaskSync:
-        """What of a peer's sync part this node takes: a relayed fact may say no more than its
-        subject said (``docs/coordination.md``, "What a sync may say").
-
-        * bids: only the sender's own (a node's bids reach every peer from the node itself,
-          directly or in its own syncs), of a session this node has seen born; a bid of any
-          other node is dropped;
-        * dead sessions: only sessions that ``node`` itself has since replaced (this node saw a
-          message of a later session of it); the end of a node's current session comes from
-          its own retained will or death;
-        * consumed agents: the sender's own, or of sessions that are over (as above);
-        * tombstones: only as the holder's signed release (``closers``), checked against the
-          key the holder published, and not beyond the epoch this node knows for the task;
-          bare tombstones (``closed``) are ignored.
-
-        ``relays_refused`` counts the facts left out that would have changed this ledger; an
-        honest sync has some too (facts about a live third node, which that node sends itself).
-        """
-        board = self.board
-        refused = 0
-        dead = []
-        for d in part.dead:
-            if d.bdseq < self._newest.get(d.node, -1):
-                dead.append(d)
-            elif not board.is_dead(d.node, d.bdseq):
-                refused += 1
-        consumed = []
-        for c in part.consumed:
-            if c.node == sender or self._session_over(c.node, c.bdseq):
-                consumed.append(c)
-            elif board.consumed.get((c.node, c.group, c.agent), -1) < seq_key(c.bdseq, c.bseq):
-                refused += 1
-        refused += sum(1 for tomb in part.closed if board.closed.get(tomb.task, -1) < tomb.epoch)
-        closers: list[Release] = []
-        sigs: list[bytes] = []
-        fleet = self.topics.fleet
-        for i, rel in enumerate(part.closers):
-            if board.closed.get(rel.task, -1) >= rel.epoch:
-                continue  # nothing new (not worth checking its signature)
-            sig = part.closer_signature(i)
-            if self._closes_unknown_epoch(rel) or not self.peer_keys.verify(
-                rel.node, release_bytes(fleet, rel), sig
-            ):
-                refused += 1
-                continue
-            closers.append(rel)
-            sigs.append(sig)
-        cols = part.bids
-        if cols.n_bids:
-            own = cols.nodes.index(sender) if sender in cols.nodes else -1
-            born = np.int64(self._alive.get(sender, -1))
-            keep = (cols.column("node_index") == own) & (cols.column("bdseq") <= born)
-            if not keep.all():
-                others = bid_rows(cols, ~keep)
-                refused += sum(1 for bid in bids_from_columns(others) if not board.knows(bid))
-                cols = bid_rows(cols, keep)
-        self.counters["relays_refused"] += refused
-        return TaskSync(
-            tasks=part.tasks,
-            consumed=consumed,
-            dead=dead,
-            bids=cols,
-            closers=closers,
-            closer_sigs=b"".join(sigs),
-        )
 
     def _on_beliefs(self, env: Envelope, batch: BeliefBatch, now: float) -> None:
         self.counters["belief_msgs_received"] += 1
@@ -732,7 +633,7 @@ class CoordinationEngine:
         )
 
     def _on_bids(self, env: Envelope, body: TaskBids) -> None:
-        if env.bdseq > self._alive.get(env.node, -1):
+        if not self.admission.bids_allowed(env.node, env.bdseq):
             # Not a session this node has seen born: a lie that would outlive the sender's
             # death (its will ends the session it registered, not a larger number).
             self.counters["bids_refused"] += body.n_bids
@@ -750,13 +651,6 @@ class CoordinationEngine:
             costs=costs.tolist(),
         )
 
-    def _on_alive(self, node: str, bdseq: int) -> None:
-        if self._alive.get(node, -1) < bdseq:
-            self._alive[node] = bdseq
-        self._alive.move_to_end(node)
-        while len(self._alive) > self.settings.max_peers:
-            self._alive.popitem(last=False)
-
     def _on_dead(self, node: str, bdseq: int, now: float) -> None:
         if node == self.node_id and bdseq >= self.my_bdseq:
             return  # not about a session of ours that ended
@@ -765,7 +659,7 @@ class CoordinationEngine:
         self.counters["deaths_seen"] += 1
         held = self.board.add_dead(node, bdseq)
         self._reauction(held)
-        if self._alive.get(node, -1) <= bdseq:
+        if self.admission.born_session(node) <= bdseq:
             for gs in self.groups.values():
                 if gs.sharer is not None:
                     gs.sharer.forget_peer(node)

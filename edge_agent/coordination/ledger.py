@@ -722,8 +722,9 @@ class TaskBoard:
 
     def merge_sync(self, part: TaskSync) -> tuple[bool, list[Bid]]:
         """Merge one sync part; returns (changed, what newly dead sessions held). Everything in
-        it is taken as it is: what a receiver admits from a peer is its own decision (the
-        engine's ``_admit_sync`` keeps only what the facts' subjects said)."""
+        it is taken as it is: what a receiver admits from a peer is its own decision
+        (:meth:`~edge_agent.coordination.admission.RelayAdmission.admit_sync` keeps only what
+        the facts' subjects said)."""
         before = self.version
         for spec in part.tasks:
             self.add_spec(spec)
