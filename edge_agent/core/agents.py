@@ -44,8 +44,12 @@ HistoryBeliefs = Literal["full", "map"]
 logger = logging.getLogger(__name__)
 IntArray = NDArray[np.int64]
 
-#: Agents per kernel call; bounds temporary memory to ``block_size * per-agent scratch``.
-DEFAULT_BLOCK = 512
+#: Agents per kernel call at most; bounds temporary memory to ``block_size * per-agent scratch``
+#: (and ``BLOCK_SCRATCH_BYTES`` below bounds it first for all but the smallest models). A tick of
+#: a tiny model (T-maze: 8 joint states, ~1 KB of scratch per agent) is mostly the fixed cost of
+#: each numpy call, paid once per block: 2,048 agents a block ran the T-maze 1.3-1.7x faster than
+#: 512 at N = 1,000 and 10,000 (benchmarks/RESULTS.md, issue 33 item 6).
+DEFAULT_BLOCK = 2048
 #: A block's scratch is kept below this many bytes (fewer agents per block for big policy trees):
 #: large enough that per-call overhead is amortised, small enough to stay in a Pi's L2/L3 cache.
 BLOCK_SCRATCH_BYTES = 8 << 20
@@ -553,7 +557,11 @@ class AifAgentGroup:
     # -- the maths, batched ---------------------------------------------------------------------
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Start a new trial for the agents in ``mask`` (all by default): prior back to ``D``."""
-        sel = slice(None) if mask is None else np.asarray(mask, dtype=bool)
+        sel: slice | np.ndarray = slice(None)
+        if mask is not None:
+            sel = np.asarray(mask, dtype=bool)
+            if sel.all():  # every agent (trials in step): slices, not boolean gathers
+                sel = slice(None)
         for f, d in enumerate(self.cm.D):
             self.prior[f][sel] = d
             self.qs[f][sel] = d

@@ -215,10 +215,16 @@ def infer_block(
         if roots:
             np.copyto(blk.roots[0][:S], q.T)
         return
-    L = blk.view(blk.q_tmp, nb, Sj)
-    _block_likelihood(cm, obs, soft, L, blk)
-    np.log(L, out=L)
-    np.copyto(blk.lnL, L.T)
+    if soft is None and obs is not None and plan.lnL_T is not None and blk.oidx is not None:
+        # A small joint space: the observation's log likelihood is one column of the fused
+        # table (bit for bit the product, eps and log below), gathered state-major.
+        np.dot(obs, plan.obs_strides, out=blk.oidx)
+        plan.lnL_T.take(blk.oidx, axis=1, out=blk.lnL, mode="clip")
+    else:
+        L = blk.view(blk.q_tmp, nb, Sj)
+        _block_likelihood(cm, obs, soft, L, blk)
+        np.log(L, out=L)
+        np.copyto(blk.lnL, L.T)
     for f, p in enumerate(prior):
         lp = blk.log_prior[f]
         np.add(p.T, eps, out=lp)

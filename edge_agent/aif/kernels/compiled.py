@@ -55,7 +55,9 @@ class CompiledModel:
     utility: np.ndarray
     #: sum_o p(o|s) ln(p(o|s) + e^-16) over joint outcomes, per joint state.  (S_joint,)
     neg_entropy: np.ndarray
-    #: Joint outcome likelihood, transposed: (S_joint, O_joint).
+    #: Joint outcome likelihood, transposed: (S_joint, O_possible). Only the joint outcomes that
+    #: some state can produce: a row of zeros adds exactly nothing to ``H[q(o)]`` (``0 * ln eps``)
+    #: or to ``negH`` (T-maze: 12 of 24 joint outcomes are kept, grid2f 78 of 150).
     A_joint_T: np.ndarray
     tree: PolicyTree
     #: The state-major tables of the fast path (built from the fields above).
@@ -141,6 +143,7 @@ def compile_model(
     A_joint = np.ones((1, S_joint))
     for a in A_flat:  # joint over modalities, last modality fastest (pymdp's spm_cross order)
         A_joint = (A_joint[:, None, :] * a[None, :, :]).reshape(-1, S_joint)
+    A_joint = A_joint[(A_joint != 0).any(axis=1)]  # outcomes no state produces add nothing
     neg_entropy = (A_joint * np.log(A_joint + EXP_M16)).sum(axis=0)
 
     def c(x: np.ndarray) -> np.ndarray:

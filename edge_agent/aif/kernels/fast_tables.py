@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_agent.aif.kernels._types import IndexArray, IntArray
+from edge_agent.aif.kernels.joint_plan import likelihood_table
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
 from edge_agent.aif.reference import EPS, EXP_M16
 from edge_agent.arrays import distinct
@@ -43,6 +44,9 @@ SMALL_WIDTH = 32
 #: Cost of one multiply-add inside BLAS relative to one element of a numpy pass (about 1/4 for
 #: float32 and float64 on the x86-64 benchmark machine); picks sparse or dense outcome tables.
 MAC_PER_PASS = 0.25
+#: Largest fused log-likelihood table (joint states x joint outcomes, float entries) kept for
+#: multi-modality models: a hard observation's ``ln(L + eps)`` is then one gathered column.
+LIKELIHOOD_TABLE = 1 << 16
 
 LayerList = tuple[tuple[IndexArray, IndexArray, np.ndarray | None], ...]
 
@@ -338,6 +342,10 @@ class FastPlan:
     num_outcomes: int  # joint outcomes O
     depths: tuple[FastDepth, ...]
     A_eps: np.ndarray | None  # (O_0, S): A + eps, when there is a single modality
+    #: Several modalities, a small joint space: ``ln(prod_m A_m[o_m] + eps)`` of every joint
+    #: outcome, one column each, ``(S_joint, prod O_m)`` (bit for bit the product of the rows).
+    lnL_T: np.ndarray | None
+    obs_strides: np.ndarray  # (M,) int64: joint outcome index = obs @ obs_strides
     A_joint: np.ndarray  # (O, S_joint), a view of CompiledModel.A_joint_T
     outcome_map: RowMap | Diagonals | None  # None: the dense product is cheapest
     utility_row: np.ndarray  # (1, S_joint)
@@ -370,6 +378,8 @@ class FastPlan:
         arrays += [*self.root_node_of_action, self.ones_outcomes]
         if self.A_eps is not None:
             arrays.append(self.A_eps)
+        if self.lnL_T is not None:
+            arrays.append(self.lnL_T)
         total = sum(a.nbytes for a in arrays) + sum(d.nbytes for d in self.depths)
         total += sum(ap.nbytes for ap in self.agent_propagation if ap is not None)
         return int(total + (0 if self.outcome_map is None else self.outcome_map.nbytes))
@@ -448,11 +458,19 @@ def build_fast_plan(
         x.setflags(write=False)
         return x
 
+    num_obs = [a.shape[0] for a in A_rows]
+    lnL_T = None
+    if len(A_rows) > 1 and int(np.prod(num_obs)) * S_joint <= LIKELIHOOD_TABLE:
+        lnL_T = ro(np.ascontiguousarray(likelihood_table(A_rows, dtype).T))
+    strides = [int(np.prod(num_obs[m + 1 :])) for m in range(len(num_obs))]
+
     return FastPlan(
         num_states=num_states,
         num_outcomes=int(num_out),
         depths=tuple(depths),
         A_eps=ro(A_rows[0] + dtype.type(EPS)) if len(A_rows) == 1 else None,
+        lnL_T=lnL_T,
+        obs_strides=ro(np.array(strides, dtype=np.int64)),
         A_joint=A_joint,
         outcome_map=outcome_map,
         utility_row=ro(utility.reshape(1, -1)),

@@ -96,7 +96,8 @@ class JointPlan:
 
     @property
     def num_outcomes(self) -> int:
-        return int(self.lnL_table.shape[0])
+        """Joint outcomes of the information gain (those some state can produce)."""
+        return int(self.ones_outcomes.shape[0])
 
     @property
     def num_policies(self) -> int:
@@ -128,7 +129,7 @@ def _joint_index(num_states: tuple[int, ...]) -> np.ndarray:
     return grids.T
 
 
-def _likelihood_table(A_rows: tuple[np.ndarray, ...], dtype: np.dtype[np.floating]) -> np.ndarray:
+def likelihood_table(A_rows: tuple[np.ndarray, ...], dtype: np.dtype[np.floating]) -> np.ndarray:
     """``ln(A_0[o_0] * A_1[o_1] * ... + eps)`` for every joint outcome, in the compute dtype and
     in the general path's order of operations (so a row equals its log likelihood bit for bit)."""
     num_obs = tuple(a.shape[0] for a in A_rows)
@@ -213,9 +214,11 @@ def build_joint_plan(
     S, U = num_states, num_controls
     F = len(S)
     Sj, n_out = int(np.prod(S)), int(A_joint_T.shape[1])
+    O_joint = int(np.prod([a.shape[0] for a in A_rows]))  # lnL_table's rows: every outcome
     policies = tree.policies
     nodes, node_of = _nodes(policies)
-    if F < 2 or Sj * (n_out + 1) > JOINT_TABLE or len(nodes) * max(S) ** 2 > _BUILD_LIMIT:
+    too_big = Sj * max(O_joint, n_out + 1) > JOINT_TABLE
+    if F < 2 or too_big or len(nodes) * max(S) ** 2 > _BUILD_LIMIT:
         return None
     offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(S)]))
     W = offsets[-1]
@@ -273,7 +276,7 @@ def build_joint_plan(
         num_states=S,
         offsets=offsets,
         obs_strides=c(strides, i64),
-        lnL_table=c(_likelihood_table(A_rows, dtype)),
+        lnL_table=c(likelihood_table(A_rows, dtype)),
         M_avg=c(M_avg),
         M_ext=c(M_ext),
         seg_ones=c(seg_ones),

@@ -71,6 +71,7 @@ def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to a
         for name in ("vfe", "prev", "dF", "col_c"):
             out[name] = (1, fdt)
         out["active"] = (1, bdt)
+        out["oidx"] = (1 if plan.lnL_T is not None else 0, np.dtype(np.int64))
         out["X"] = (Sj * J, fdt)
         out["X2"] = (Sj * J if F > 2 else 0, fdt)
     for t, depth in enumerate(plan.depths):
@@ -197,6 +198,7 @@ class Block:
             self.dF = shaped("dF", nb)
             self.col_c = shaped("col_c", nb)
             self.active = shaped("active", nb)
+            self.oidx = shaped("oidx", nb) if "oidx" in flat else None
         # posterior over policies, action selection, history encoding
         self.G = shaped("G", P, nb)
         self.x = shaped("x", P, nb)
