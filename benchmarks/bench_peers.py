@@ -47,7 +47,13 @@ Output: one JSON object per line (``bench: "peers"``), then two markdown tables.
 
     python benchmarks/bench_peers.py [--quick] [--cases grid10:1:1,tmaze:2:1000,grid2f:1:10]
         [--impls "edge-agent int8,edge-agent float64,pymdp 0.0.7.1,pymdp 1.0.4"]
-        [--repeats 5] [--seconds 1.0] [--threads 1|all] [--no-install]
+        [--repeats 5] [--seconds 1.0] [--threads 1|all] [--no-install] [--count-ops TICKS]
+
+``--count-ops TICKS``: after the timed runs of a row, each edge-agent implementation steps
+``TICKS`` more times with its numpy calls counted (:mod:`peers.opcount`: every ufunc, array
+function and array method it calls; exact, machine-independent); the records get
+``numpy_calls_per_step`` and the 12 most frequent calls, ``numpy_calls_top``. A tick of a small
+model is mostly the fixed cost of its numpy calls (issue 33, item 6).
 
 ``--smoke``: the two edge-agent implementations only (no peer venv is made or used), grid10 and
 grid2f at N = 10, one 0.05 s run each: the code path, for CI
@@ -227,6 +233,8 @@ class Local:
         assert self.loop is not None
         if op == "run":
             return self.loop.run(kw["min_steps"], kw["min_seconds"], kw["max_steps"])
+        if op == "count":
+            return self.loop.count_calls(kw["ticks"])
         if op == "finish":
             np.savez(kw["out"], **self.loop.arrays())  # type: ignore[arg-type]
             summary = self.loop.summary()
@@ -428,6 +436,8 @@ def run_case(case: tuple[str, int, int], workload: Path, ctx: Context) -> list[d
             runs[impl].append(ctx.runners[impl].request(
                 "run", min_steps=1, min_seconds=args.seconds, max_steps=args.max_steps))
 
+    counts = {impl: ctx.runners[impl].request("count", ticks=args.count_ops)
+              for impl in setups if impl in EDGE_IMPLS and args.count_ops}
     arrays: dict[str, dict[str, np.ndarray]] = {}
     records: list[dict[str, Any]] = []
     for impl in [*setups, *probes]:
@@ -437,6 +447,7 @@ def run_case(case: tuple[str, int, int], workload: Path, ctx: Context) -> list[d
             arrays[impl] = {key: data[key] for key in data.files}
         if impl in setups:
             records.append(measured_record(case, impl, runs[impl], summary))
+            records[-1].update(counts.get(impl, {}))
         else:
             records.append(extrapolated_record(case, impl, probes[impl], ctx))
     if PYMDP_007 in setups:
@@ -559,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tol", type=float, default=1e-3, help="action-marginal tolerance")
     parser.add_argument("--threads", choices=["1", "all"], default="1")
     parser.add_argument("--no-install", action="store_true", help="never create a peer venv")
+    parser.add_argument("--count-ops", type=int, default=0, metavar="TICKS",
+                        help="after the timed runs, count edge-agent's numpy calls per step "
+                             "over TICKS steps (peers/opcount.py; JSON fields numpy_calls_*)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.impls, args.no_install = ",".join(EDGE_IMPLS), True

@@ -232,6 +232,31 @@ class ClosedLoop:
             "cpu_steps_per_s": self.n * steps / cpu if cpu > 0 else None,
         }
 
+    def count_calls(self, ticks: int) -> dict[str, Any]:
+        """Numpy calls per agents' step over the next ``ticks`` steps (the world's not counted;
+        see :mod:`peers.opcount`): the mean total and the 12 most frequent by name."""
+        from peers.opcount import count_numpy_calls
+
+        total: dict[str, float] = {}
+        actions: np.ndarray | None = None
+
+        def tick() -> None:
+            nonlocal actions
+            actions = self.adapter.step(self.obs, self.start)
+
+        for _ in range(ticks):
+            _, by_name = count_numpy_calls(tick, repeats=1)
+            for name, count in by_name.items():
+                total[name] = total.get(name, 0.0) + count / ticks
+            assert actions is not None
+            self.steps += 1
+            self.obs, self.start = self.world.step(actions)
+        top = sorted(total.items(), key=lambda kv: -kv[1])[:12]
+        return {
+            "numpy_calls_per_step": round(sum(total.values()), 1),
+            "numpy_calls_top": {k: round(v, 1) for k, v in top},
+        }
+
     def summary(self) -> dict[str, Any]:
         """Setup timings and the recorded actions' digest (over the steps actually recorded)."""
         recorded = min(self.steps, self.record.shape[0])

@@ -114,41 +114,50 @@ def fixed_point_block(
         q.fill(1.0 / q.shape[0])
     joint, joint_new = blk.joint, blk.joint_new
     _outer_columns(qs, joint, blk.X2)
-    prev, vfe, dF, col, active = blk.prev, blk.vfe, blk.dF, blk.col_a, blk.active
+    prev, vfe, dF, d, col, active = blk.prev, blk.vfe, blk.dF, blk.col_c, blk.col_a, blk.active
     _free_energy_columns(qs, log_prior, None, joint=None, out=prev, blk=blk, eps=eps)
+    # dF starts at 1: every agent takes the first iteration unless dF_tol > 1 (the comparison
+    # numpy makes, in the compute dtype).
+    all_first = float(lnL.dtype.type(dF_tol)) <= 1.0
     dF.fill(1.0)
     weighted = blk.weighted.reshape(*shape, nb)
-    for _ in range(num_iter):
-        np.greater_equal(dF, dF_tol, out=active)
-        n_active = int(np.count_nonzero(active))
-        if n_active == 0:
-            break
+    cur, new = list(qs), list(blk.new_qs)  # swapped, not copied, when every agent moves on
+    for it in range(num_iter):
+        if it > 0 or not all_first:
+            np.greater_equal(dF, dF_tol, out=active)
+            n_active = int(np.count_nonzero(active))
+            if n_active == 0:
+                break
+        else:
+            n_active = nb
         np.multiply(lnL, joint, out=blk.weighted)
         for f in range(F):
-            qL = blk.new_qs[f]
+            qL = new[f]
             others = tuple(i for i in range(F) if i != f)
             np.add.reduce(weighted, axis=others, out=qL)
             denom = blk.fp_tmp[: qL.size].reshape(qL.shape)
-            np.maximum(qs[f], tiny, out=denom)
+            np.maximum(cur[f], tiny, out=denom)
             np.divide(qL, denom, out=qL)
             np.add(qL, log_prior[f], out=qL)
             softmax_columns(qL, col)
-        _outer_columns(blk.new_qs, joint_new, blk.X2)
-        _free_energy_columns(blk.new_qs, log_prior, lnL, joint=joint_new, out=vfe, blk=blk, eps=eps)
-        np.subtract(prev, vfe, out=blk.col_c)
-        np.abs(blk.col_c, out=blk.col_c)
+        _outer_columns(new, joint_new, blk.X2)
+        _free_energy_columns(new, log_prior, lnL, joint=joint_new, out=vfe, blk=blk, eps=eps)
+        np.subtract(prev, vfe, out=d)
+        np.abs(d, out=d)
         if n_active == nb:
-            for q, new in zip(qs, blk.new_qs, strict=True):
-                np.copyto(q, new)
+            cur, new = new, cur
             joint, joint_new = joint_new, joint
-            np.copyto(dF, blk.col_c)
-            np.copyto(prev, vfe)
+            dF, d = d, dF
+            prev, vfe = vfe, prev
         else:
-            for q, new in zip(qs, blk.new_qs, strict=True):
-                np.copyto(q, new, where=active)
+            for q, q_new in zip(cur, new, strict=True):
+                np.copyto(q, q_new, where=active)
             np.copyto(joint, joint_new, where=active)
-            np.copyto(dF, blk.col_c, where=active)
+            np.copyto(dF, d, where=active)
             np.copyto(prev, vfe, where=active)
+    for q, q_cur in zip(qs, cur, strict=True):
+        if q_cur is not q:
+            np.copyto(q, q_cur)
 
 
 def _block_likelihood(
@@ -427,6 +436,9 @@ def select_block(
         return
     for f, onehot_T in enumerate(plan.onehot_T):
         U = onehot_T.shape[0]
+        if U == 1 and deterministic:  # an uncontrolled factor (a draw would still be made)
+            actions[:, f] = 0
+            continue
         m = blk.view(blk.marg, U, nb)
         if plan.onehot_is_identity[f]:  # policy p starts with action p: the marginal is q_pi
             np.add.reduce(q_pi, axis=0, out=blk.col_a)
