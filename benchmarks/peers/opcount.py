@@ -29,8 +29,21 @@ import numpy as np
 
 #: Array functions of the numpy namespace that the kernels call (the ufuncs are found by type).
 ARRAY_FUNCTIONS = (
-    "dot", "copyto", "count_nonzero", "argmax", "take", "cumsum", "ascontiguousarray",
-    "asarray", "concatenate", "stack", "where", "einsum", "put", "clip", "abs",
+    "dot",
+    "copyto",
+    "count_nonzero",
+    "argmax",
+    "take",
+    "cumsum",
+    "ascontiguousarray",
+    "asarray",
+    "concatenate",
+    "stack",
+    "where",
+    "einsum",
+    "put",
+    "clip",
+    "abs",
 )
 
 

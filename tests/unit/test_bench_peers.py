@@ -144,3 +144,37 @@ def test_edge_agent_closed_loop_runs_and_records(workload: Path, impl: str) -> N
         == 1.0
     )
     assert loop.summary()["digest"] == actions_digest(arrays["actions"])
+
+
+def test_numpy_calls_are_counted_exactly() -> None:
+    """peers.opcount sees ufuncs, array functions and array/ufunc methods, each call once, and
+    puts numpy back as it was."""
+    from peers.opcount import count_numpy_calls
+
+    a, out = np.ones((3, 4)), np.empty(4)
+    add = np.add
+
+    def five_calls() -> None:
+        np.add(a, 1.0, out=a)  # a ufunc
+        np.add.reduce(a, axis=0, out=out)  # a ufunc's method
+        a.reshape(12)  # an array method
+        np.dot(a[0], a[0])  # an array function
+        np.copyto(a, 2.0)  # another
+
+    total, by_name = count_numpy_calls(five_calls, repeats=3)
+    assert total == 5
+    assert by_name == {"add": 1, "ufunc.reduce": 1, "ndarray.reshape": 1, "dot": 1, "copyto": 1}
+    assert np.add is add
+
+
+def test_a_tmaze_tick_of_1000_agents_makes_few_numpy_calls(tmp_path: Path) -> None:
+    """Issue 33, item 6: a tick of a small model is the fixed cost of its numpy calls. The T-maze
+    at N = 1,000 made 544 a step (two blocks of 512, the likelihood a product per modality, all
+    24 joint outcomes); one block, the fused likelihood table, the 12 possible joint outcomes
+    and the swapped fixed-point buffers bring it to ~255 (see benchmarks/RESULTS.md)."""
+    path = tmp_path / "tmaze.npz"
+    bench_peers.write_workload("tmaze", path)
+    for impl in ("edge-agent int8", "edge-agent float64"):
+        loop = ClosedLoop(impl, str(path), 1000, 1, seed=1, warmup=3, record_steps=3)
+        counted = loop.count_calls(6)  # two trials of 3 steps: resets included
+        assert 150 < counted["numpy_calls_per_step"] <= 300, counted
