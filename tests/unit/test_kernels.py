@@ -542,3 +542,42 @@ def test_soft_evidence_on_a_model_with_a_local_planner() -> None:
         fuzzy.set_action(a)
         hard.set_action(a)
         obs = env.step(a)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_likelihood_table_is_the_product_bit_for_bit(dtype: type[np.floating]) -> None:
+    """Issue 33, item 6: a multi-modality model with a small joint space reads a hard
+    observation's ``ln(prod_m A_m[o_m] + eps)`` as one column of ``FastPlan.lnL_T``; every column
+    equals the product the block path computed before (same operations, same order), exactly."""
+    from edge_agent.sim.registry import make_env
+
+    for name in ("tmaze", "grid2f"):
+        model = make_env(name, 1, seed=0).model
+        policies = construct_policies(model.num_controls, 1)
+        cm = kernels.compile_model(model, policies, dtype=dtype)
+        plan = cm.fast
+        assert plan.lnL_T is not None
+        num_obs = cm.num_obs
+        for index, obs in enumerate(np.ndindex(*num_obs)):
+            assert int(np.dot(obs, plan.obs_strides)) == index
+            L = cm.A_rows[0][obs[0]].copy()
+            for m in range(1, len(num_obs)):
+                L = L * cm.A_rows[m][obs[m]]
+            np.testing.assert_array_equal(plan.lnL_T[:, index], np.log(L + plan.eps))
+
+
+def test_joint_outcomes_no_state_produces_are_left_out() -> None:
+    """Only the joint outcomes some state can produce are kept for the information gain (a row of
+    zeros adds exactly 0): T-maze 12 of 24. ``negH`` is that of the full table."""
+    from edge_agent.sim.registry import make_env
+
+    model = make_env("tmaze", 1, seed=0).model
+    cm = kernels.compile_model(model, construct_policies(model.num_controls, 1))
+    full = np.ones((1, 8))
+    for a in model.A:
+        full = (full[:, None, :] * a.reshape(a.shape[0], 8)[None]).reshape(-1, 8)
+    possible = full[(full != 0).any(axis=1)]
+    assert cm.A_joint_T.shape == (8, 12) == possible.T.shape
+    np.testing.assert_array_equal(cm.A_joint_T, possible.T)
+    negH = (full * np.log(full + EXP_M16)).sum(axis=0)
+    np.testing.assert_allclose(cm.neg_entropy, negH, rtol=0, atol=1e-15)
