@@ -71,20 +71,21 @@ def _free_energy_columns(
 ) -> None:
     """pymdp's ``calc_free_energy`` per agent into ``out (nb,)``; see :func:`_free_energy`.
 
-    Uses ``blk.fp_tmp``, ``blk.weighted``, ``blk.col_a`` and ``blk.col_b`` as scratch.
+    Uses ``blk.fp_tmp``, ``blk.weighted`` and ``blk.col_a`` as scratch.
     """
-    out.fill(0)
-    a, b = blk.col_a, blk.col_b
-    for q, lp in zip(qs, log_prior, strict=True):
+    a = blk.col_a
+    for f, (q, lp) in enumerate(zip(qs, log_prior, strict=True)):
+        # sum_s q (ln(q + eps) - ln prior): one reduction per factor
         t = blk.fp_tmp[: q.size].reshape(q.shape)
         np.add(q, eps, out=t)
         np.log(t, out=t)
+        np.subtract(t, lp, out=t)
         np.multiply(q, t, out=t)
-        np.add.reduce(t, axis=0, out=a)
-        np.multiply(q, lp, out=t)
-        np.add.reduce(t, axis=0, out=b)
-        np.subtract(a, b, out=a)
-        np.add(out, a, out=out)
+        if f == 0:
+            np.add.reduce(t, axis=0, out=out)
+        else:
+            np.add.reduce(t, axis=0, out=a)
+            np.add(out, a, out=out)
     if lnL is not None and joint is not None:
         np.multiply(joint, lnL, out=blk.weighted)
         np.add.reduce(blk.weighted, axis=0, out=a)
