@@ -59,9 +59,8 @@ def _outer_columns(qs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray) -> No
         np.copyto(out, qs[0])
 
 
-def _free_energy_columns(
-    qs: list[np.ndarray],
-    log_prior: list[np.ndarray],
+def _free_energy_stacked(
+    Q: np.ndarray,
     lnL: np.ndarray | None,
     *,
     joint: np.ndarray | None,
@@ -69,60 +68,59 @@ def _free_energy_columns(
     blk: Block,
     eps: np.ndarray,
 ) -> None:
-    """pymdp's ``calc_free_energy`` per agent into ``out (nb,)``; see :func:`_free_energy`.
+    """pymdp's ``calc_free_energy`` per agent into ``out (nb,)`` from the stacked beliefs ``Q
+    (sum S_f, nb)``: ``sum q (ln(q + eps) - ln prior)`` over every factor's states at once, less
+    ``sum_s q(s) lnL(s)`` over joint states when ``lnL`` is given (see :func:`_free_energy`).
 
-    Uses ``blk.fp_tmp``, ``blk.weighted`` and ``blk.col_a`` as scratch.
+    Uses ``blk.stk_t``, ``blk.weighted`` and ``blk.col_a`` as scratch.
     """
-    a = blk.col_a
-    for f, (q, lp) in enumerate(zip(qs, log_prior, strict=True)):
-        # sum_s q (ln(q + eps) - ln prior): one reduction per factor
-        t = blk.fp_tmp[: q.size].reshape(q.shape)
-        np.add(q, eps, out=t)
-        np.log(t, out=t)
-        np.subtract(t, lp, out=t)
-        np.multiply(q, t, out=t)
-        if f == 0:
-            np.add.reduce(t, axis=0, out=out)
-        else:
-            np.add.reduce(t, axis=0, out=a)
-            np.add(out, a, out=out)
+    t = blk.stk_t
+    np.add(Q, eps, out=t)
+    np.log(t, out=t)
+    np.subtract(t, blk.stk_lp, out=t)
+    np.multiply(Q, t, out=t)
+    np.add.reduce(t, axis=0, out=out)
     if lnL is not None and joint is not None:
         np.multiply(joint, lnL, out=blk.weighted)
-        np.add.reduce(blk.weighted, axis=0, out=a)
-        np.subtract(out, a, out=out)
+        np.add.reduce(blk.weighted, axis=0, out=blk.col_a)
+        np.subtract(out, blk.col_a, out=out)
 
 
 def fixed_point_block(
+    cm: CompiledModel,
     lnL: np.ndarray,
-    log_prior: list[np.ndarray],
-    qs: list[np.ndarray],
     blk: Block,
-    eps: np.ndarray,
     *,
     num_iter: int,
     dF_tol: float,
-) -> None:
-    """pymdp's ``run_vanilla_fpi`` for a block, agents last (see :func:`fixed_point`).
+) -> int:
+    """pymdp's ``run_vanilla_fpi`` for a block, agents last (see :func:`fixed_point`), every
+    factor at once on the stacked beliefs.
 
-    ``lnL``: ``(S_joint, nb)`` log joint likelihood (last factor fastest); ``log_prior[f]`` and the
-    output ``qs[f]``: ``(S_f, nb)``. Agents whose free energy changed by less than ``dF_tol`` stop.
+    ``lnL``: ``(S_joint, nb)`` log joint likelihood (last factor fastest); the log prior is in
+    ``blk.stk_lp``. Returns which of ``blk.stk_q`` holds the posterior. Agents whose free energy
+    changed by less than ``dF_tol`` stop. A factor's update ``softmax(E_others[lnL] + ln prior)``
+    needs no shift by its maximum: both terms lie in ``[ln eps, 0]`` (``L`` and the prior are
+    probabilities), so ``exp`` stays above ``eps^2`` (as on the joint small-block path).
     """
-    shape = tuple(q.shape[0] for q in qs)
-    F = len(qs)
+    plan = cm.fast
+    assert plan.marg_T is not None  # several factors: the stacked tables exist
+    assert plan.seg_ones is not None
+    assert plan.uniform_col is not None
+    eps = plan.eps
     nb = lnL.shape[1]
     tiny = np.finfo(lnL.dtype).tiny
-    for q in qs:
-        q.fill(1.0 / q.shape[0])
+    Qs, parts, t = blk.stk_q, blk.stk_parts, blk.stk_t
+    np.copyto(Qs[0], plan.uniform_col)
     joint, joint_new = blk.joint, blk.joint_new
-    _outer_columns(qs, joint, blk.X2)
-    prev, vfe, dF, d, col, active = blk.prev, blk.vfe, blk.dF, blk.col_c, blk.col_a, blk.active
-    _free_energy_columns(qs, log_prior, None, joint=None, out=prev, blk=blk, eps=eps)
+    _outer_columns(parts[0], joint, blk.X2)
+    prev, vfe, dF, d, active = blk.prev, blk.vfe, blk.dF, blk.col_c, blk.active
+    _free_energy_stacked(Qs[0], None, joint=None, out=prev, blk=blk, eps=eps)
     # dF starts at 1: every agent takes the first iteration unless dF_tol > 1 (the comparison
     # numpy makes, in the compute dtype).
     all_first = float(lnL.dtype.type(dF_tol)) <= 1.0
     dF.fill(1.0)
-    weighted = blk.weighted.reshape(*shape, nb)
-    cur, new = list(qs), list(blk.new_qs)  # swapped, not copied, when every agent moves on
+    cur = 0
     for it in range(num_iter):
         if it > 0 or not all_first:
             np.greater_equal(dF, dF_tol, out=active)
@@ -131,34 +129,30 @@ def fixed_point_block(
                 break
         else:
             n_active = nb
+        Q, X = Qs[cur], Qs[1 - cur]
         np.multiply(lnL, joint, out=blk.weighted)
-        for f in range(F):
-            qL = new[f]
-            others = tuple(i for i in range(F) if i != f)
-            np.add.reduce(weighted, axis=others, out=qL)
-            denom = blk.fp_tmp[: qL.size].reshape(qL.shape)
-            np.maximum(cur[f], tiny, out=denom)
-            np.divide(qL, denom, out=qL)
-            np.add(qL, log_prior[f], out=qL)
-            softmax_columns(qL, col)
-        _outer_columns(new, joint_new, blk.X2)
-        _free_energy_columns(new, log_prior, lnL, joint=joint_new, out=vfe, blk=blk, eps=eps)
+        np.matmul(plan.marg_T, blk.weighted, out=X)  # every factor's marginal of lnL * q(s)
+        np.maximum(Q, tiny, out=t)
+        np.divide(X, t, out=X)
+        np.add(X, blk.stk_lp, out=X)
+        np.exp(X, out=X)  # every factor's softmax at once (no shift needed, see above)
+        np.matmul(plan.seg_ones, X, out=t)
+        np.divide(X, t, out=X)
+        _outer_columns(parts[1 - cur], joint_new, blk.X2)
+        _free_energy_stacked(X, lnL, joint=joint_new, out=vfe, blk=blk, eps=eps)
         np.subtract(prev, vfe, out=d)
         np.abs(d, out=d)
         if n_active == nb:
-            cur, new = new, cur
+            cur = 1 - cur
             joint, joint_new = joint_new, joint
             dF, d = d, dF
             prev, vfe = vfe, prev
         else:
-            for q, q_new in zip(cur, new, strict=True):
-                np.copyto(q, q_new, where=active)
+            np.copyto(Q, X, where=active)
             np.copyto(joint, joint_new, where=active)
             np.copyto(dF, d, where=active)
             np.copyto(prev, vfe, where=active)
-    for q, q_cur in zip(qs, cur, strict=True):
-        if q_cur is not q:
-            np.copyto(q, q_cur)
+    return cur
 
 
 def _block_likelihood(
@@ -236,13 +230,14 @@ def infer_block(
         np.log(L, out=L)
         np.copyto(blk.lnL, L.T)
     for f, p in enumerate(prior):
-        lp = blk.log_prior[f]
-        np.add(p.T, eps, out=lp)
-        np.log(lp, out=lp)
-    qsT = [root[:-1] for root in blk.roots]
-    fixed_point_block(blk.lnL, blk.log_prior, qsT, blk, eps, num_iter=num_iter, dF_tol=dF_tol)
-    for q, qT in zip(qs, qsT, strict=True):
-        np.copyto(q, qT.T)
+        np.copyto(blk.log_prior[f], p.T)
+    np.add(blk.stk_lp, eps, out=blk.stk_lp)
+    np.log(blk.stk_lp, out=blk.stk_lp)
+    cur = fixed_point_block(cm, blk.lnL, blk, num_iter=num_iter, dF_tol=dF_tol)
+    for q, root, part in zip(qs, blk.roots, blk.stk_parts[cur], strict=True):
+        np.copyto(q, part.T)
+        if roots:
+            np.copyto(root[:-1], part)
 
 
 def load_roots(qs: list[np.ndarray], blk: Block) -> None:

@@ -346,6 +346,15 @@ class FastPlan:
     #: outcome, one column each, ``(S_joint, prod O_m)`` (bit for bit the product of the rows).
     lnL_T: np.ndarray | None
     obs_strides: np.ndarray  # (M,) int64: joint outcome index = obs @ obs_strides
+    #: Several factors: the beliefs stacked state-major, ``(sum S_f, nb)``, factor ``f`` in rows
+    #: ``offsets[f]:offsets[f + 1]``. ``marg_T (sum S_f, S_joint)``: 1 where joint state ``j`` has
+    #: factor state ``s`` (every factor's marginal in one product); ``seg_ones (sum S_f, sum S_f)``:
+    #: 1 where two rows belong to the same factor (every factor's softmax sum in one product);
+    #: ``uniform_col (sum S_f, 1)``: ``1 / S_f``. None with one factor.
+    offsets: tuple[int, ...]
+    marg_T: np.ndarray | None
+    seg_ones: np.ndarray | None
+    uniform_col: np.ndarray | None
     A_joint: np.ndarray  # (O, S_joint), a view of CompiledModel.A_joint_T
     outcome_map: RowMap | Diagonals | None  # None: the dense product is cheapest
     utility_row: np.ndarray  # (1, S_joint)
@@ -380,6 +389,8 @@ class FastPlan:
             arrays.append(self.A_eps)
         if self.lnL_T is not None:
             arrays.append(self.lnL_T)
+        if self.marg_T is not None and self.seg_ones is not None:
+            arrays += [self.marg_T, self.seg_ones]
         total = sum(a.nbytes for a in arrays) + sum(d.nbytes for d in self.depths)
         total += sum(ap.nbytes for ap in self.agent_propagation if ap is not None)
         return int(total + (0 if self.outcome_map is None else self.outcome_map.nbytes))
@@ -463,6 +474,18 @@ def build_fast_plan(
     if len(A_rows) > 1 and int(np.prod(num_obs)) * S_joint <= LIKELIHOOD_TABLE:
         lnL_T = ro(np.ascontiguousarray(likelihood_table(A_rows, dtype).T))
     strides = [int(np.prod(num_obs[m + 1 :])) for m in range(len(num_obs))]
+    offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(num_states)]))
+    marg_T = seg_ones = uniform_col = None
+    if F > 1:
+        joint_index = np.indices(num_states).reshape(F, -1)  # C order: last factor fastest
+        marg = np.zeros((offsets[-1], S_joint), dtype=dtype)
+        for f in range(F):
+            marg[offsets[f] + joint_index[f], np.arange(S_joint)] = 1
+        factor_of = np.repeat(np.arange(F), num_states)
+        marg_T = ro(marg)
+        seg_ones = ro((factor_of[:, None] == factor_of[None, :]).astype(dtype))
+        uniform = 1.0 / np.asarray(num_states, dtype=np.float64)
+        uniform_col = ro(uniform[factor_of, None].astype(dtype))
 
     return FastPlan(
         num_states=num_states,
@@ -471,6 +494,10 @@ def build_fast_plan(
         A_eps=ro(A_rows[0] + dtype.type(EPS)) if len(A_rows) == 1 else None,
         lnL_T=lnL_T,
         obs_strides=ro(np.array(strides, dtype=np.int64)),
+        offsets=offsets,
+        marg_T=marg_T,
+        seg_ones=seg_ones,
+        uniform_col=uniform_col,
         A_joint=A_joint,
         outcome_map=outcome_map,
         utility_row=ro(utility.reshape(1, -1)),

@@ -63,10 +63,9 @@ def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to a
     if F > 1:
         for name in ("lnL", "joint", "joint_new", "weighted"):
             out[name] = (Sj, fdt)
-        out["fp_tmp"] = (max(S), fdt)
+        for name in ("stk_qa", "stk_qb", "stk_lp", "stk_t"):
+            out[name] = (sum(S), fdt)
         for f, s in enumerate(S):
-            out[f"log_prior{f}"] = (s, fdt)
-            out[f"new_qs{f}"] = (s, fdt)
             out[f"gathered{f}"] = (s * J, fdt)
         for name in ("vfe", "prev", "dF", "col_c"):
             out[name] = (1, fdt)
@@ -190,9 +189,17 @@ class Block:
             self.joint = shaped("joint", Sj, nb)
             self.joint_new = shaped("joint_new", Sj, nb)
             self.weighted = shaped("weighted", Sj, nb)
-            self.fp_tmp = buf("fp_tmp")
-            self.log_prior = [shaped(f"log_prior{f}", s, nb) for f, s in enumerate(S)]
-            self.new_qs = [shaped(f"new_qs{f}", s, nb) for f, s in enumerate(S)]
+            # Every factor's beliefs stacked, (sum S_f, nb): two buffers (current and next
+            # fixed-point iterate), the log prior, scratch; ``*_parts``: the factors' rows.
+            Wst = sum(S)
+            offs = plan.offsets
+            self.stk_q = (shaped("stk_qa", Wst, nb), shaped("stk_qb", Wst, nb))
+            self.stk_parts = tuple(
+                [q[offs[f] : offs[f + 1]] for f in range(F)] for q in self.stk_q
+            )
+            self.stk_lp = shaped("stk_lp", Wst, nb)
+            self.stk_t = shaped("stk_t", Wst, nb)
+            self.log_prior = [self.stk_lp[offs[f] : offs[f + 1]] for f in range(F)]
             self.vfe = shaped("vfe", nb)
             self.prev = shaped("prev", nb)
             self.dF = shaped("dF", nb)
