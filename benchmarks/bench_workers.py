@@ -25,8 +25,9 @@ the group's ``step`` timed, not the world's), so that load on the shared machine
     python benchmarks/bench_workers.py [--workers 2] [--agents 10000] [--workloads grid10,tmaze]
         [--repeats 5] [--seconds 1.0]
 
-``--smoke``: 1,200 agents (3 blocks: the workers start), one round of 0.1 s runs: the code path,
-for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+``--smoke``: 5,000 agents (3-4 blocks of at most 2,048: the workers start), one round of 0.1 s
+runs: the code path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean
+nothing.
 """
 
 from __future__ import annotations
@@ -132,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="grid10,tmaze")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--smoke", action="store_true", help="1,200 agents, one 0.1 s round: CI")
+    parser.add_argument("--smoke", action="store_true", help="5,000 agents, one 0.1 s round: CI")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.agents, args.repeats, args.seconds = 1200, 1, 0.1
+        args.agents, args.repeats, args.seconds = 5000, 1, 0.1
     print(
         json.dumps(
             {
