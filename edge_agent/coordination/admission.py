@@ -20,8 +20,8 @@ from collections import OrderedDict
 import numpy as np
 
 from edge_agent.coordination.ledger import TaskBoard, bid_rows, bids_from_columns, seq_key
-from edge_agent.coordination.messages import Release, ReleaseStatus, TaskSync
-from edge_agent.coordination.signing import PeerKeys, release_bytes
+from edge_agent.coordination.messages import Release, ReleaseStatus, TaskSpec, TaskSync
+from edge_agent.coordination.signing import PeerKeys, release_bytes, spec_bytes
 
 __all__ = ["RelayAdmission"]
 
@@ -92,6 +92,11 @@ class RelayAdmission:
         winner = board.award().get(rel.task)
         return winner is not None and winner.holder != (rel.node, rel.group, rel.agent)
 
+    def spec_signed(self, spec: TaskSpec, signature: bytes) -> bool:
+        """Whether ``signature`` is the spec's announcer's (checked against the task key the
+        announcer published on its own ``tasks`` topic; False while that key is unknown)."""
+        return self.peer_keys.verify(spec.announced_by, spec_bytes(self.fleet, spec), signature)
+
     def admit_sync(self, sender: str, part: TaskSync) -> tuple[TaskSync, int]:
         """What of a peer's sync part this node takes, and how many facts it left out that would
         have changed the ledger (an honest sync has some too: facts about a live third node,
@@ -107,7 +112,9 @@ class RelayAdmission:
         * tombstones: only as the holder's signed release (``closers``), checked against the
           key the holder published, and not beyond the epoch this node knows for the task;
           bare tombstones (``closed``) are ignored;
-        * specs: taken as they are (unsigned: ``docs/security.md``, what is left).
+        * specs: only with their announcer's signature, checked against the key the announcer
+          published (a spec of a larger epoch or another goal than its announcer signed is a
+          forgery).
         """
         board = self.board
         refused = 0
@@ -137,6 +144,18 @@ class RelayAdmission:
                 continue
             closers.append(rel)
             sigs.append(sig)
+        specs: list[TaskSpec] = []
+        spec_sigs: list[bytes] = []
+        for i, spec in enumerate(part.tasks):
+            cur = board.specs.get(spec.task)
+            if cur is not None and cur.order_key() >= spec.order_key():
+                continue  # nothing new (not worth checking its signature)
+            sig = part.task_signature(i)
+            if not self.spec_signed(spec, sig):
+                refused += 1
+                continue
+            specs.append(spec)
+            spec_sigs.append(sig)
         cols = part.bids
         if cols.n_bids:
             own = cols.nodes.index(sender) if sender in cols.nodes else -1
@@ -147,7 +166,8 @@ class RelayAdmission:
                 refused += sum(1 for bid in bids_from_columns(others) if not board.knows(bid))
                 cols = bid_rows(cols, keep)
         admitted = TaskSync(
-            tasks=part.tasks,
+            tasks=specs,
+            task_sigs=b"".join(spec_sigs),
             consumed=consumed,
             dead=dead,
             bids=cols,

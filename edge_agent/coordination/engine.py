@@ -50,6 +50,7 @@ from edge_agent.coordination.messages import (
     MAX_BIDS_PER_MESSAGE,
     MAX_CLAIMS,
     MAX_TASKS_PER_MESSAGE,
+    SIGNATURE_BYTES,
     Claim,
     Release,
     ReleaseStatus,
@@ -63,7 +64,7 @@ from edge_agent.coordination.messages import (
 )
 from edge_agent.coordination.preferences import TaskPreferences
 from edge_agent.coordination.settings import CoordinationSettings, SharingSettings
-from edge_agent.coordination.signing import PeerKeys, TaskSigner, release_bytes
+from edge_agent.coordination.signing import PeerKeys, TaskSigner, release_bytes, sign_specs
 from edge_agent.coordination.utility import select_bids, task_costs, task_utility
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import EdgeAgentError, InputError
@@ -280,6 +281,7 @@ class CoordinationEngine:
                 "tasks_abandoned",
                 "relays_refused",
                 "bids_refused",
+                "specs_refused",
                 "keys_learned",
             ),
             0,
@@ -511,9 +513,13 @@ class CoordinationEngine:
                     f"task {spec.task!r} says it is announced by "
                     f"{spec.announced_by!r}, not {self.node_id!r}"
                 )
-            self.board.add_spec(spec)
-        for start in range(0, len(specs), MAX_TASKS_PER_MESSAGE):
-            self._publish_task(TaskAnnounce(tasks=specs[start : start + MAX_TASKS_PER_MESSAGE]))
+        sigs = sign_specs(self.signer.sign, self.topics.fleet, specs)
+        for i, spec in enumerate(specs):
+            self.board.add_spec(spec, sigs[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES])
+        step = MAX_TASKS_PER_MESSAGE
+        for start in range(0, len(specs), step):
+            part = sigs[start * SIGNATURE_BYTES : (start + step) * SIGNATURE_BYTES]
+            self._publish_task(TaskAnnounce(tasks=specs[start : start + step], sigs=part))
 
     # -- internals: publishing ------------------------------------------------------------------
     def _publish(
@@ -590,8 +596,14 @@ class CoordinationEngine:
             for spec in body.tasks:
                 if spec.announced_by != env.node:
                     raise ValueError(f"task {spec.task} announced by {spec.announced_by}")
-            for spec in body.tasks:
-                self.board.add_spec(spec)
+            # Taken only with the announcer's signature (the key it published on its own
+            # topic): the same check a relayed spec meets, so every spec a sync relays has one.
+            for i, spec in enumerate(body.tasks):
+                sig = body.signature(i)
+                if self.admission.spec_signed(spec, sig):
+                    self.board.add_spec(spec, sig)
+                else:
+                    self.counters["specs_refused"] += 1
         elif isinstance(body, TaskBids):
             self._on_bids(env, body)
         elif isinstance(body, TaskRelease):

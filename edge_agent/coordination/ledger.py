@@ -242,6 +242,9 @@ class TaskBoard:
         self.max_nodes = max_nodes
         self.max_holders = max_bids + max_consumed
         self.specs: dict[str, TaskSpec] = {}
+        self.spec_sigs: dict[str, bytes] = {}
+        """Per task, its announcer's signature of ``specs[task]`` (when it came signed): what a
+        sync relays with the spec (the board does not check it: its caller does)."""
         self.floor: dict[str, int] = {}
         self.closed: dict[str, int] = {}
         self.closers: dict[str, tuple[Release, bytes]] = {}
@@ -483,6 +486,7 @@ class TaskBoard:
         for task in [t for t in self.floor if t not in self._live]:
             del self.floor[task]
             self.specs.pop(task, None)
+            self.spec_sigs.pop(task, None)
 
     def _raise_floor(self, task: str, epoch: int) -> bool:
         cur = self.floor.get(task)
@@ -502,8 +506,9 @@ class TaskBoard:
         self._changed()
         return True
 
-    def add_spec(self, spec: TaskSpec) -> bool:
-        """Merge a task spec (an announcement, or one part of a sync)."""
+    def add_spec(self, spec: TaskSpec, signature: bytes = b"") -> bool:
+        """Merge a task spec (an announcement, or one part of a sync); ``signature``, its
+        announcer's, is kept with it for syncs to relay."""
         task = spec.task
         changed = self._raise_floor(task, spec.epoch)
         if task not in self.floor:
@@ -511,6 +516,10 @@ class TaskBoard:
         cur = self.specs.get(task)
         if cur is None or spec.order_key() > cur.order_key():
             self.specs[task] = spec
+            if signature:
+                self.spec_sigs[task] = signature
+            else:
+                self.spec_sigs.pop(task, None)
             if cur is None or cur.order_key()[1:] != spec.order_key()[1:]:
                 if task in self._live:
                     if cur is not None:
@@ -683,11 +692,13 @@ class TaskBoard:
 
     # -- sync -----------------------------------------------------------------------------------
     def sync_parts(self) -> list[TaskSync]:
-        """The whole ledger as :class:`TaskSync` parts, each under the message limits."""
+        """The whole ledger as :class:`TaskSync` parts, each under the message limits. Specs go
+        as their announcer signed them (a floor above a spec's epoch reaches peers in the bids
+        of that round, which each bidder sends itself), and only signed ones."""
         specs = [
-            msgspec.structs.replace(s, epoch=self.floor[t])
+            (s, sig)
             for t, s in self.specs.items()
-            if t in self._live
+            if t in self._live and (sig := self.spec_sigs.get(t))
         ]
         closers = [
             c for t, e in self.closed.items() if (c := self.closers.get(t)) and c[0].epoch == e
@@ -698,26 +709,27 @@ class TaskBoard:
         ]
         dead = [DeadSession(node=n, bdseq=b) for n, b in self.dead.items()]
         bids = [b for t in self.bids for b in self.valid_bids(t)]
-        step = MAX_TASKS_PER_MESSAGE
-        n_parts = max(
-            1,
-            *(math.ceil(len(x) / step) for x in (specs, closers, consumed, dead)),
-            math.ceil(len(bids) / MAX_BIDS_PER_MESSAGE),
-        )
+        # Facts go in parts of their own, bids in others: a part of either kind stays under the
+        # message limit (512 facts of each kind with their signatures, ~180 KB; or 8,192 bids).
+        step = MAX_TASKS_PER_MESSAGE // 2
+        n_facts = max(math.ceil(len(x) / step) for x in (specs, closers, consumed, dead))
         parts = []
-        for i in range(n_parts):
+        for i in range(n_facts):
             sl = slice(i * step, (i + 1) * step)
-            chunk = bids[i * MAX_BIDS_PER_MESSAGE : (i + 1) * MAX_BIDS_PER_MESSAGE]
             parts.append(
                 TaskSync(
-                    tasks=specs[sl],
+                    tasks=[spec for spec, _ in specs[sl]],
+                    task_sigs=b"".join(sig for _, sig in specs[sl]),
                     consumed=consumed[sl],
                     dead=dead[sl],
-                    bids=bid_columns(chunk),
                     closers=[rel for rel, _ in closers[sl]],
                     closer_sigs=b"".join(sig for _, sig in closers[sl]),
                 )
             )
+        for start in range(0, len(bids), MAX_BIDS_PER_MESSAGE):
+            parts.append(TaskSync(bids=bid_columns(bids[start : start + MAX_BIDS_PER_MESSAGE])))
+        if not parts:
+            parts.append(TaskSync())
         return parts
 
     def merge_sync(self, part: TaskSync) -> tuple[bool, list[Bid]]:
@@ -726,8 +738,8 @@ class TaskBoard:
         (:meth:`~edge_agent.coordination.admission.RelayAdmission.admit_sync` keeps only what
         the facts' subjects said)."""
         before = self.version
-        for spec in part.tasks:
-            self.add_spec(spec)
+        for i, spec in enumerate(part.tasks):
+            self.add_spec(spec, part.task_signature(i))
         for tomb in part.closed:
             self.close(tomb.task, tomb.epoch)
         for i, rel in enumerate(part.closers):

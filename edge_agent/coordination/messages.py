@@ -7,7 +7,7 @@ topic (receivers subscribe to ``node/+/tasks``), registered with
 :func:`~edge_agent.fleet.protocol.register_body_type` when this module is imported:
 
 ========================= ==================================================================
-``task_announce``          :class:`TaskAnnounce`: tasks (id, epoch, goal, capability, deadline)
+``task_announce``          :class:`TaskAnnounce`: signed tasks (id, epoch, goal, capability, ...)
 ``task_bids``              :class:`TaskBids`: one node's bids, columnar
 ``task_release``           :class:`TaskRelease`: a holder finished, gave up, or ran out of time
 ``task_state``             :class:`TaskState`: digest of the sender's ledger and what it pursues
@@ -17,8 +17,11 @@ topic (receivers subscribe to ``node/+/tasks``), registered with
 
 Signed facts: a release carries the holder node's ed25519 signature
 (:func:`~edge_agent.coordination.signing.release_bytes`), and a sync relays a tombstone only as
-the signed release that closed the task (``closers``). Fields added later have defaults, so a
-receiver takes messages of older senders (unsigned releases are merged, never relayed).
+the signed release that closed the task (``closers``). A task spec carries its announcer's
+signature (:func:`~edge_agent.coordination.signing.spec_bytes`) in the announcement and in every
+sync that relays it (``sigs``, ``task_sigs``): an unsigned announcement is malformed, so a fleet
+updates together. Other fields added later have defaults, so a receiver takes messages of older
+senders (unsigned releases are merged, never relayed).
 
 Arrays are little-endian ``bin`` columns, as in the protocol's batches; every length is checked
 by the model (a :class:`~edge_agent.fleet.protocol.WireModel`, like the protocol's), so a body
@@ -98,6 +101,15 @@ class TaskSpec(_Strict, frozen=True, kw_only=True):
 class TaskAnnounce(Body, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "task_announce"
     tasks: Annotated[list[TaskSpec], Meta(min_length=1, max_length=MAX_TASKS_PER_MESSAGE)]
+    sigs: Annotated[
+        bytes, Meta(description="the announcer's 64-byte ed25519 signature of each spec")
+    ] = b""
+
+    def _check(self) -> None:
+        _check_sigs("sigs", self.sigs, len(self.tasks), optional=False)
+
+    def signature(self, i: int) -> bytes:
+        return self.sigs[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
 
 
 def _u32(values: npt.ArrayLike) -> bytes:
@@ -363,9 +375,16 @@ class TaskSync(Body, frozen=True, kw_only=True):
     closer_sigs: Annotated[
         bytes, Meta(description="the holder's 64-byte ed25519 signature of each closer")
     ] = b""
+    task_sigs: Annotated[
+        bytes, Meta(description="the announcer's 64-byte ed25519 signature of each spec")
+    ] = b""
 
     def _check(self) -> None:
         _check_sigs("closer_sigs", self.closer_sigs, len(self.closers), optional=False)
+        _check_sigs("task_sigs", self.task_sigs, len(self.tasks), optional=False)
+
+    def task_signature(self, i: int) -> bytes:
+        return self.task_sigs[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
 
     def closer_signature(self, i: int) -> bytes:
         return self.closer_sigs[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]

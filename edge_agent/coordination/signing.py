@@ -2,9 +2,12 @@
 relaying it carries the node's signature, not a claim of its own (``docs/coordination.md``).
 
 Every node publishes its public key retained on its own ``tasks`` topic (:class:`TaskKey`), which
-a broker ACL lets no one else write; peers take a node's key only from there. What is signed
-today: the node's releases (:func:`release_bytes`), which are what closes a task; a relayed
-tombstone must come with the holder's signed release.
+a broker ACL lets no one else write; peers take a node's key only from there. What is signed:
+the node's releases (:func:`release_bytes`), which are what closes a task (a relayed tombstone
+must come with the holder's signed release), and the task specs it announces
+(:func:`spec_bytes`; a spec is taken, directly or relayed, only with its announcer's signature).
+A hub announces with its signing key (``edge-agent-host tasks announce --key``), whose public
+half it publishes as its task key on its own ``tasks`` topic in the same way.
 
 The private key lives in the node's state directory (``coordination_key``, the raw 32-byte seed,
 mode 0600), so the public key stays the same across restarts and a peer that joins later can
@@ -16,6 +19,7 @@ cannot check releases signed with the old one: those are not relayed to them).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -30,7 +34,7 @@ if TYPE_CHECKING:
         Ed25519PublicKey,
     )
 
-    from edge_agent.coordination.messages import Release
+    from edge_agent.coordination.messages import Release, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,31 @@ def release_bytes(fleet: str, rel: Release) -> bytes:
         use_bin_type=True,
     )
     return packed
+
+
+def spec_bytes(fleet: str, spec: TaskSpec) -> bytes:
+    """What a task spec's signature covers: the fleet and every field of the spec."""
+    packed: bytes = msgpack.packb(
+        [
+            "ea-task-spec-v1",
+            fleet,
+            spec.task,
+            spec.epoch,
+            spec.capability,
+            spec.goal_factor,
+            spec.goal_state,
+            spec.deadline,
+            spec.announced_by,
+        ],
+        use_bin_type=True,
+    )
+    return packed
+
+
+def sign_specs(sign: Callable[[bytes], bytes], fleet: str, specs: Iterable[TaskSpec]) -> bytes:
+    """The announcer's signatures of ``specs`` (each :func:`spec_bytes`), joined: a
+    ``task_announce``'s ``sigs``. ``sign`` is the announcer's private key's ``sign``."""
+    return b"".join(sign(spec_bytes(fleet, spec)) for spec in specs)
 
 
 class TaskSigner:

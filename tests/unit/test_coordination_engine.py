@@ -27,7 +27,14 @@ from edge_agent.coordination import (
     task_utility,
 )
 from edge_agent.coordination.ledger import Bid, bid_columns
-from edge_agent.coordination.messages import DeadSession, TaskBids, TaskSync, Tombstone
+from edge_agent.coordination.messages import (
+    DeadSession,
+    TaskBids,
+    TaskKey,
+    TaskSync,
+    Tombstone,
+)
+from edge_agent.coordination.signing import TaskSigner, sign_specs, spec_bytes
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError
 from edge_agent.fleet.names import UINT32
@@ -386,6 +393,16 @@ def task_msg(
     return Msg(Route("coord", kind, node), env)
 
 
+PEER_KEY = TaskSigner.generate()
+"""The task key of the test's ``peer`` (:meth:`Ticker.know_peer` makes the engine learn it)."""
+
+
+def announce_msg(specs: list[TaskSpec], node: str = "peer", signer: TaskSigner = PEER_KEY) -> Msg:
+    """``specs`` announced by ``node``, signed with ``signer``'s key."""
+    sigs = sign_specs(signer.sign, "coord", specs)
+    return task_msg(TaskAnnounce(tasks=specs, sigs=sigs), node=node)
+
+
 def birth(node: str, bdseq: int) -> Msg:
     body = Birth(software_version="x", profile="x", budget_bytes=0)
     return task_msg(body, node, bdseq=bdseq, kind=TopicKind.BIRTH)
@@ -407,6 +424,10 @@ class Ticker:
             monotonic=lambda: self.now,
             wall_clock=lambda: self.wall,
         )
+
+    def know_peer(self, node: str = "peer", signer: TaskSigner = PEER_KEY) -> None:
+        """``node`` publishes its task key on its own topic."""
+        self.engine.handle(task_msg(TaskKey(key=signer.public), node=node))
 
     def tick(self, n: int = 1) -> None:
         for _ in range(n):
@@ -470,14 +491,15 @@ def test_an_announcement_in_another_node_s_name_is_dropped_whole() -> None:
     """A node announces only its own tasks: its topic (bound to its broker identity) names the
     sender, so a spec claiming someone else drops the message, the honest spec in it too."""
     t = Ticker()
+    t.know_peer()
     t.tick(2)
     honest = TaskSpec(task="a", epoch=0, capability="grid", goal_state=5, announced_by="peer")
     forged = replace(honest, task="b", announced_by="hub")
-    t.engine.handle(task_msg(TaskAnnounce(tasks=[honest, forged]), node="peer"))
+    t.engine.handle(announce_msg([honest, forged]))
     t.tick()
     assert t.engine.counters["malformed"] == 1
     assert t.engine.metrics()["tasks_open"] == 0
-    t.engine.handle(task_msg(TaskAnnounce(tasks=[honest]), node="peer"))
+    t.engine.handle(announce_msg([honest]))
     t.tick()
     assert t.engine.counters["malformed"] == 1
     assert t.engine.metrics()["tasks_open"] == 1
@@ -556,9 +578,10 @@ def test_relayed_facts_say_no_more_than_their_subjects_said() -> None:
     has heard it from the node it is about (unit-level; tests/integration/
     test_coordination_relays.py runs the attacks on real daemons)."""
     t = Ticker()
+    t.know_peer()
     t.tick(2)
     spec = TaskSpec(task="a", epoch=3, capability="grid", goal_state=5, announced_by="peer")
-    t.engine.handle(task_msg(TaskAnnounce(tasks=[spec]), node="peer"))
+    t.engine.handle(announce_msg([spec]))
     t.engine.handle(birth("b", 5))
     t.engine.handle(birth("peer", 0))
     t.tick()
@@ -594,3 +617,55 @@ def test_relayed_facts_say_no_more_than_their_subjects_said() -> None:
     assert {b.agent for b in board.valid_bids("a") if b.node == "peer"} == {1}
     assert t.engine.counters["bids_refused"] == 1
     assert t.engine.counters["relays_refused"] == 1 + 2 + 1 + 1
+
+
+def test_a_spec_is_taken_only_with_its_announcer_s_signature() -> None:
+    """Specs carry their announcer's signature, directly and in every relay: a node relaying
+    a spec at a higher epoch (a new round) or with another goal, or signing another's spec
+    with its own key, is refused and counted (``relays_refused``; ``specs_refused`` for an
+    announcement); a genuine relay of the hub's spec is taken (unit-level;
+    tests/integration/test_coordination_relays.py runs the attack on real daemons)."""
+    hub, n1 = TaskSigner.generate(), TaskSigner.generate()
+    t = Ticker()
+    t.know_peer()
+    t.know_peer("hub", hub)
+    t.know_peer("n1", n1)
+    t.tick(2)
+    spec = TaskSpec(task="a", epoch=0, capability="grid", goal_state=5, announced_by="peer")
+    t.engine.handle(announce_msg([spec]))
+    t.tick()
+    board = t.engine.board
+    assert board.specs["a"] == spec
+    sig = board.spec_sigs["a"]
+    # n1 relays peer's spec as a new round and with another goal, under peer's signature, and
+    # signs one with its own key.
+    newer, other_goal = replace(spec, epoch=7), replace(spec, goal_state=6, deadline=1.0)
+    forged = TaskSync(
+        tasks=[newer, other_goal, replace(spec, epoch=8)],
+        task_sigs=sig + sig + n1.sign(spec_bytes("coord", replace(spec, epoch=8))),
+    )
+    t.engine.handle(task_msg(forged, node="n1"))
+    t.tick()
+    assert board.specs["a"] == spec
+    assert board.floor["a"] == 0
+    assert t.engine.counters["relays_refused"] == 3
+    # An announcement whose signature is not the announcer's is dropped and counted, as is
+    # one of a node whose key this node does not know.
+    t.engine.handle(announce_msg([replace(spec, task="b")], signer=n1))
+    t.engine.handle(announce_msg([replace(spec, task="c", announced_by="x")], node="x"))
+    t.tick()
+    assert not {"b", "c"} & set(board.specs)
+    assert t.engine.counters["specs_refused"] == 2
+    assert t.engine.counters["malformed"] == 0
+    # The hub's spec, relayed by n1 as the hub signed it, is taken and relayed on with it.
+    task = TaskSpec(task="h", epoch=1, capability="grid", goal_state=3, announced_by="hub")
+    relay = TaskSync(tasks=[task], task_sigs=sign_specs(hub.sign, "coord", [task]))
+    t.engine.handle(task_msg(relay, node="n1"))
+    t.tick()
+    assert board.specs["h"] == task
+    assert t.engine.counters["relays_refused"] == 3
+    mine = {s.task: s for p in board.sync_parts() for s in p.tasks}
+    assert mine == {"a": spec, "h": task}
+    # An announcement without signatures is malformed (a node of an earlier version).
+    with pytest.raises(ValueError, match="sigs has 0 bytes"):
+        TaskAnnounce(tasks=[spec])

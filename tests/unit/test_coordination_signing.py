@@ -5,8 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edge_agent.coordination.messages import Release, ReleaseStatus
-from edge_agent.coordination.signing import KEY_FILE, PeerKeys, TaskSigner, release_bytes
+from msgspec.structs import replace
+
+from edge_agent.coordination.messages import SIGNATURE_BYTES, Release, ReleaseStatus, TaskSpec
+from edge_agent.coordination.signing import (
+    KEY_FILE,
+    PeerKeys,
+    TaskSigner,
+    release_bytes,
+    sign_specs,
+    spec_bytes,
+)
 from edge_agent.state_health import StateHealth
 
 REL = Release(
@@ -52,3 +61,45 @@ def test_a_release_verifies_only_with_its_node_s_key_fleet_and_fields() -> None:
 
 def _fields(rel: Release) -> dict[str, object]:
     return {name: getattr(rel, name) for name in rel.__struct_fields__}
+
+
+SPEC = TaskSpec(
+    task="t1",
+    epoch=2,
+    capability="move",
+    goal_factor=1,
+    goal_state=5,
+    deadline=1_700_000_100.5,
+    announced_by="hub",
+)
+
+
+def test_a_spec_verifies_only_with_its_announcer_s_key_fleet_and_every_field() -> None:
+    """What a relay could change to take over a task (a new round, another goal, another
+    capability or deadline, another announcer) breaks the announcer's signature."""
+    hub, node = TaskSigner.generate(), TaskSigner.generate()
+    keys = PeerKeys(max_nodes=4)
+    keys.learn("hub", hub.public)
+    keys.learn("pi-b", node.public)
+    sigs = sign_specs(hub.sign, "plant", [SPEC, replace(SPEC, task="t2")])
+    assert len(sigs) == 2 * SIGNATURE_BYTES
+    sig = sigs[:SIGNATURE_BYTES]
+    assert keys.verify("hub", spec_bytes("plant", SPEC), sig)
+    assert keys.verify("hub", spec_bytes("plant", replace(SPEC, task="t2")), sigs[SIGNATURE_BYTES:])
+    assert not keys.verify("hub", spec_bytes("plant-2", SPEC), sig)
+    changed = {
+        "task": "t9",
+        "epoch": 3,
+        "capability": "grab",
+        "goal_factor": 0,
+        "goal_state": 6,
+        "deadline": 0.0,
+        "announced_by": "pi-b",
+    }
+    assert set(changed) == set(TaskSpec.__struct_fields__)  # every field is covered
+    for name, value in changed.items():
+        forged = replace(SPEC, **{name: value})
+        assert not keys.verify(forged.announced_by, spec_bytes("plant", forged), sig), name
+    # pi-b signing the hub's spec with its own key is no signature of the hub's
+    own = node.sign(spec_bytes("plant", SPEC))
+    assert not keys.verify("hub", spec_bytes("plant", SPEC), own)

@@ -301,7 +301,8 @@ def test_sync_merges_two_ledgers_into_one() -> None:
 def test_sync_parts_fit_the_message_limit() -> None:
     board = TaskBoard()
     for t in range(300):
-        board.add_spec(spec(f"task-{t:04d}", goal=t % 100))
+        # (a sync relays only signed specs; the board keeps the signature, its caller checks it)
+        board.add_spec(spec(f"task-{t:04d}", goal=t % 100), bytes(range(64)))
     for n in range(5):
         for t in range(300):
             board.add_bids(
@@ -317,7 +318,7 @@ def test_sync_parts_fit_the_message_limit() -> None:
             )
     assert board.n_bids == 5 * 300 * 20
     parts = board.sync_parts()
-    assert len(parts) == 4  # 30,000 bids, 8,192 per part
+    assert len(parts) == 1 + 4  # 300 signed specs; 30,000 bids, 8,192 per part
     other = TaskBoard()
     for part in parts:
         payload = encode(

@@ -210,7 +210,8 @@ def samples() -> dict[str, Envelope]:
                 tasks=[
                     spec,
                     TaskSpec(task="t2", epoch=0, capability="c", goal_state=0, announced_by="n1"),
-                ]
+                ],
+                sigs=b"\x5a" * 64 + b"\xa5" * 64,
             )
         ),
         "task_bids": env(
@@ -251,6 +252,7 @@ def samples() -> dict[str, Envelope]:
         "task_sync": env(
             TaskSync(
                 tasks=[spec],
+                task_sigs=b"\x3c" * 64,
                 closed=[Tombstone(task="t9", epoch=1)],
                 consumed=[Consumed(node="n1", group="g", agent=3, bdseq=1, bseq=2)],
                 dead=[DeadSession(node="n2", bdseq=5)],
@@ -293,16 +295,17 @@ PYDANTIC_SHA256 = {
     "frame_raw": "c1f4a313737aa63379a5a68afe4e125194a2c403b0fc7607d77b827da7abf5bc",
     "frame_jpeg": "d326f86d211e42b63d161c283255f199f82d1421d634b1b52d29ee33cdcc1de3",
     "chunk": "67e95540ee4e29483792beb789fce58a65a9eca88f3256a95f259b0625b1612c",
-    "task_announce": "636d6d55d47c9f4edd2bb31e48ba2fb1af33a198e96030f725e2abb68b1a3d8a",
+    "task_announce": "58dfadfd0510b533e3b6b4c8d434e64be33bcfb9798a2fcc48d0a8948bc27731",
     "task_bids": "1bcd37e63109b59857b2d3ee469deadf5d41b343d0f15214b02956d1f94eeafc",
     # task_release and task_sync gained the holders' signatures (sigs; closers, closer_sigs) in
-    # issue 29: the only bodies whose bytes changed on purpose since the pydantic models
+    # issue 29, then task_announce and task_sync the announcers' signatures of the specs (sigs;
+    # task_sigs): the only bodies whose bytes changed on purpose since the pydantic models
     # (docs/protocol.md, "Signed task facts").
     "task_release": "5467f8ca343798a583cd7a515fe6083f38857babc9d2753f7229da30460490c7",
     "task_state": "ef013a083359e683195e6a5962124c9aaff2ffdaf581bb95456f0496152c4eab",
     "task_state_min": "c2491e53599af3307b8ab5767db74267838508df2b4c41640d30931a625c7abf",
-    "task_sync": "cde002a2c378e75d6e9d309ebc63f7e37ead52687d12a11c7c778db3baf336cf",
-    "task_sync_min": "8b233ec6999a987ce04d2fdd0446721d3d1e4425e9a146b9b4a7e604845b4aa2",
+    "task_sync": "963075426d367780a446908a5a042af2c21b516fe152a420b65ba278e23b494f",
+    "task_sync_min": "24d5f0c81670c3d6bf1334e4fd896c88f733ec1d1fa6e5f317a99648465d343c",
 }
 
 # Two payloads written out, to read what a difference is when one appears.

@@ -5,8 +5,8 @@ whoever announces a task publishes a ``task_announce`` on its own ``tasks`` topi
 node bids, computes the same award and lets the winning agent pursue it. This command is a hub
 doing that; a node can do the same (``CoordinationRuntime.announce``).
 
-    edge-agent-host tasks [--host H --port P --fleet F] announce --capability C ID=GOAL ...
-    edge-agent-host tasks ... announce --capability C --count N --goal-states S [--seed 0]
+    edge-agent-host tasks [--host H --port P --fleet F] announce --key K --capability C ID=GOAL ...
+    edge-agent-host tasks ... announce --key K --capability C --count N --goal-states S [--seed 0]
     edge-agent-host tasks ... list [--wait S] [--json]
 
 ``ID=GOAL``: task ``ID`` (a topic-level name) is to reach state ``GOAL`` of hidden-state factor
@@ -17,9 +17,11 @@ task as a new round; ``--deadline-in S`` gives it a deadline ``S`` seconds from 
 periodic ``task_state``) and prints the assignment; ``list`` prints what the nodes claim and
 whether their ledgers agree (the same digest).
 
-Task messages are not signed (``docs/coordination.md``, *Limits*): the hub announces on
-``node/{hub-id}/tasks``, and a broker ACL (``edge-agent-host broker init``, ``docs/security.md``)
-decides who may write there; ``--hub-id`` must then be the hub's broker identity.
+Task specs are signed: ``announce --key`` is the hub's signing key (the ``command --key``), whose
+public half goes out retained as the hub's ``task_key`` on ``node/{hub-id}/tasks`` before the
+specs, each with its signature; nodes take a spec, from the hub or relayed by a peer, only with
+a valid signature of its announcer (``docs/security.md``). A broker ACL (``edge-agent-host broker
+init``) decides who may write on that topic; ``--hub-id`` must then be the hub's broker identity.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -40,9 +43,11 @@ from edge_agent.coordination.messages import (
     MAX_TASKS_PER_MESSAGE,
     Claim,
     TaskAnnounce,
+    TaskKey,
     TaskSpec,
     TaskState,
 )
+from edge_agent.coordination.signing import sign_specs
 from edge_agent.errors import InputError, ProtocolError
 from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent_host.hub import HubClient, HubError
@@ -108,19 +113,30 @@ def random_specs(
 
 
 def announce(client: HubClient, specs: Sequence[TaskSpec]) -> int:
-    """Publish ``specs`` on the hub's ``tasks`` topic; returns how many messages it took.
-    Every spec must be announced by the hub (``announced_by`` = its ``hub_id``): nodes drop an
-    announcement made in another's name."""
+    """Publish ``specs``, signed with the hub's key, on the hub's ``tasks`` topic, after the
+    key's public half (retained: the hub's ``task_key``); returns how many announcements it
+    took. Every spec must be announced by the hub (``announced_by`` = its ``hub_id``): nodes
+    drop an announcement made in another's name."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat  # noqa: PLC0415
+
     strangers = sorted({s.announced_by for s in specs} - {client.hub_id})
     if strangers:
         raise InputError(
             f"tasks announced by {', '.join(strangers)}: the hub {client.hub_id!r} announces "
             "only its own"
         )
+    if client.key is None:
+        raise HubError("announcing tasks needs the hub's signing key (--key)")
+    topic = client.topics.tasks(client.hub_id)
+    public = client.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    client.publish(topic, TaskKey(key=public), retain=True)
+    fleet = client.topics.fleet
     sent = 0
     for start in range(0, len(specs), MAX_TASKS_PER_MESSAGE):
-        body = TaskAnnounce(tasks=list(specs[start : start + MAX_TASKS_PER_MESSAGE]))
-        client.publish(client.topics.tasks(client.hub_id), body)
+        part = list(specs[start : start + MAX_TASKS_PER_MESSAGE])
+        client.publish(
+            topic, TaskAnnounce(tasks=part, sigs=sign_specs(client.key.sign, fleet, part))
+        )
         sent += 1
     return sent
 
@@ -235,6 +251,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     ann = sub.add_parser("announce", help="announce tasks to the fleet's agents")
     ann.add_argument("tasks", nargs="*", type=_task_goal, help="ID=GOAL, one per task")
+    ann.add_argument(
+        "--key", required=True, type=Path, help="hub private key (NAME.key): signs the tasks"
+    )
     ann.add_argument("--capability", required=True, help="groups with this capability bid")
     ann.add_argument("--goal-factor", type=int, default=0, help="factor of the goal states")
     ann.add_argument("--count", type=int, default=0, help="also N tasks with random goals")
@@ -254,7 +273,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> HubClient:
-    return connect(args)
+    if getattr(args, "key", None) is None:
+        return connect(args)
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
+
+    return connect(args, load_signing_key(args.key))
 
 
 def _specs(args: argparse.Namespace) -> list[TaskSpec]:

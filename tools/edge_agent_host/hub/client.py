@@ -313,7 +313,7 @@ class HubClient:
         return max(verdict.missing, 1)
 
     # Sending ----------------------------------------------------------------------------------
-    def publish(self, topic: str, body: Any) -> None:
+    def publish(self, topic: str, body: Any, *, retain: bool = False) -> None:
         """Send one message body from the hub, with the hub's node id and next sequence number."""
         env = Envelope(
             type=body.TYPE,
@@ -326,7 +326,7 @@ class HubClient:
         )
         self._seq = (self._seq + 1) % (1 << 32)
         payload = encode(env)
-        handle = self.transport.publish(topic, payload, 1)
+        handle = self.transport.publish(topic, payload, 1, retain)
         if handle is None:
             raise HubError("not connected to the broker")
         self._awaiting_ack[handle] = topic
