@@ -449,13 +449,13 @@ def test_a_node_s_identity_cannot_speak_for_another_node_nor_for_the_hub(
             (TOPICS.command_result("pi-b"), CommandResult(
                 nonce=b"n" * 16, name="ping", code=ResultCode.OK), False),
             (TOPICS.tasks("pi-b"), bids, False),
-            (TOPICS.tasks("pi-b"), TaskAnnounce(tasks=[spec]), False),
+            (TOPICS.tasks("pi-b"), TaskAnnounce(tasks=[spec], sigs=bytes(64)), False),
             (TOPICS.action("pi-b", "grid"), ActionBatch.from_arrays(
                 "grid", 1, np.arange(2), np.zeros((2, 1), np.uint8)), False),
             (TOPICS.birth("ghost"), Birth(software_version="x", profile="x", budget_bytes=0), True),
             (TOPICS.node_state("ghost"), NodeState(online=True), True),
             (TOPICS.tasks("hub"), TaskAnnounce(
-                tasks=[replace(spec, announced_by="hub")]), False),
+                tasks=[replace(spec, announced_by="hub")], sigs=bytes(64)), False),
         ]  # fmt: skip
         forgeries += [(TOPICS.beliefs("pi-b"), beliefs, False)] * 20
         answers = [
@@ -470,7 +470,7 @@ def test_a_node_s_identity_cannot_speak_for_another_node_nor_for_the_hub(
 
         # A lie on its own topic passes the broker, and pi-b drops it: a task in pi-b's name.
         malformed = metric(b, "malformed")
-        lie = TaskAnnounce(tasks=[replace(spec, task="lie")])
+        lie = TaskAnnounce(tasks=[replace(spec, task="lie")], sigs=bytes(64))
         assert forger.publish(TOPICS.tasks("pi-a"), envelope("pi-a", lie, ts=2.0)) == "Success"
         wait_until(lambda: metric(b, "malformed") > malformed, "pi-b to drop the lie")
         forger.drop()
@@ -498,8 +498,8 @@ def test_a_node_s_identity_cannot_speak_for_another_node_nor_for_the_hub(
         assert rows["pi-b"]["birth"]["groups"]["grid"]["agents"] == 30
 
         announced = host_tool(
-            "tasks", *hub, "announce", "--capability", "grid", "--count", "4",
-            "--goal-states", "100", "--wait", "15", "--json",
+            "tasks", *hub, "announce", "--key", str(hub_key.private_path), "--capability",
+            "grid", "--count", "4", "--goal-states", "100", "--wait", "15", "--json",
         )  # fmt: skip
         held = json.loads(announced)["tasks"]
         assert sorted(held) == ["t0000", "t0001", "t0002", "t0003"]

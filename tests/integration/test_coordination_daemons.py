@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -120,8 +121,12 @@ def tasks_cli(broker: MosquittoBroker) -> list[str]:
     ]
 
 
+HUB_KEY = Ed25519PrivateKey.generate()
+"""The hub's signing key in these tests: it signs the task specs it announces."""
+
+
 def hub(broker: MosquittoBroker) -> HubClient:
-    client = HubClient(fleet=FLEET, host=broker.host, port=broker.port, hub_id="hub")
+    client = HubClient(fleet=FLEET, host=broker.host, port=broker.port, hub_id="hub", key=HUB_KEY)
     client.connect()
     return client
 
@@ -234,9 +239,10 @@ def test_a_killed_daemon_s_tasks_are_re_auctioned_to_the_others(
     fleet_nodes.extend(nodes)
     start_all(nodes)
     # The hub's CLI announces and waits until a node claims every task.
+    key = generate_keypair(tmp_path / "keys", "hub").private_path
     announced = subprocess.run(
-        [*tasks_cli(mosquitto), "announce", "--capability", "grid", "--count", "100",
-         "--goal-states", "100", "--seed", "1", "--wait", "20", "--json"],
+        [*tasks_cli(mosquitto), "announce", "--key", str(key), "--capability", "grid",
+         "--count", "100", "--goal-states", "100", "--seed", "1", "--wait", "20", "--json"],
         capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
     )  # fmt: skip
     claimed = json.loads(announced.stdout)["tasks"]

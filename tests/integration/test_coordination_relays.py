@@ -12,10 +12,13 @@ restarted at once:
 * tombstones with a future epoch for every task -- bare, as signed releases of pi-b's agents
   with a signature that is not pi-b's, and as releases in pi-a's own name (signed with the key
   pi-a published) beyond the epoch of the round and at the round's epoch for agents that do not
-  hold the tasks.
+  hold the tasks;
+* the hub's task specs relayed at a higher epoch (a new round) and with another goal under the
+  hub's genuine signature, and at a higher epoch signed with pi-a's own key.
 
-Each daemon refuses them (``relays_refused``), the award stays with the agents that won, the
-fleet keeps allocating new tasks, and pi-b's next session is alive to its peer.
+Each daemon refuses them (``relays_refused``), the award stays with the agents that won (in the
+round the hub announced), the fleet keeps allocating new tasks the hub announces (signed), and
+pi-b's next session is alive to its peer.
 
 A machine without mosquitto fails these tests with the way to install it; they never skip.
 """
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -44,10 +48,11 @@ from edge_agent.coordination.messages import (
     TaskSync,
     Tombstone,
 )
-from edge_agent.coordination.signing import TaskSigner, release_bytes
+from edge_agent.coordination.signing import TaskSigner, release_bytes, sign_specs
 from edge_agent.fleet.names import UINT32
 from edge_agent.fleet.protocol import Body, Envelope, encode
-from edge_agent_host.keys import generate_keypair
+from edge_agent_host.keys import generate_keypair, load_signing_key
+from edge_agent_host.tasks import random_specs
 from tests.integration.test_broker_acl import (
     Client,
     broker_init,
@@ -75,10 +80,12 @@ def forged(body: Body, seq: int, bdseq: int = 1) -> bytes:
     )  # fmt: skip
 
 
-def announce(hub: list[str], prefix: str, count: int) -> dict[str, Any]:
-    """Announce ``count`` tasks from the hub and wait until each has a holder."""
+def announce(hub: list[str], key: Path, prefix: str, count: int) -> dict[str, Any]:
+    """Announce ``count`` tasks from the hub (signed with ``key``) and wait until each has a
+    holder."""
     out = host_tool(
-        "tasks", *hub, "announce", "--capability", "grid", "--count", str(count),
+        "tasks", *hub, "announce", "--key", str(key), "--capability", "grid",
+        "--count", str(count),
         "--goal-states", "100", "--prefix", prefix, "--wait", "30", "--json",
     )  # fmt: skip
     held: dict[str, Any] = json.loads(out)["tasks"]
@@ -113,7 +120,7 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
     daemons.append(broker)
     clients = out / "clients"
     trusted = tmp_path / "trusted"
-    generate_keypair(trusted, "hub")  # the daemons' config needs a trusted key; unused here
+    hub_key = generate_keypair(trusted, "hub").private_path  # signs the hub's task specs
     nodes = [secure_node(tmp_path, broker, name, clients, trusted) for name in ("pi-b", "pi-c")]
     daemons.extend(nodes)
     b, c = nodes
@@ -125,7 +132,7 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
     wait_until(lambda: all(metric(n, "live_nodes") == 2 for n in nodes), "the daemons to meet")
     wait_until(lambda: all(metric(n, "keys_learned") >= 1 for n in nodes), "the task keys")
     hub = hub_args(clients, broker)
-    held = announce(hub, "before-", 4)
+    held = announce(hub, hub_key, "before-", 4)
     assert sorted(held) == [f"before-{i:04d}" for i in range(4)]
     wait_until(lambda: all(len(assignment(n)) == 4 for n in nodes), "both daemons to award 4 tasks")
     before = assignment(b)
@@ -156,6 +163,15 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
     as_a_future = [release(t, "pi-a", 0, FOREVER) for t in tasks]
     as_a_now = [release(t, "pi-a", 0, epoch) for t in tasks]  # pi-a's agent holds none of them
     own = as_a_future + as_a_now
+    # The hub's specs as it announced them (what --count 4 --prefix before- made), and its
+    # genuine signatures of them: pi-a relays them as a new round and with other goals.
+    specs = random_specs(
+        4, 100, prefix="before-", capability="grid", announced_by="hub", epoch=0, deadline=0.0
+    )
+    assert [s.task for s in specs] == tasks
+    hub_sigs = sign_specs(load_signing_key(hub_key).sign, FLEET, specs)
+    newer = [replace(s, epoch=epoch + 5) for s in specs]
+    other_goal = [replace(s, goal_state=s.goal_state + 1) for s in specs]
     attack: list[Body] = [
         TaskSync(bids=bid_columns(ghost_bids)),
         TaskSync(dead=[DeadSession(node="pi-b", bdseq=FOREVER)]),
@@ -166,6 +182,9 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
             closer_sigs=b"".join(key.sign(release_bytes(FLEET, r)) for r in own),
         ),
         TaskRelease(items=own, sigs=b"".join(key.sign(release_bytes(FLEET, r)) for r in own)),
+        TaskSync(tasks=newer, task_sigs=hub_sigs),
+        TaskSync(tasks=other_goal, task_sigs=hub_sigs),
+        TaskSync(tasks=newer, task_sigs=sign_specs(key.sign, FLEET, newer)),
     ]
     received = {n.name: metric(n, "task_msgs_received") for n in nodes}
     for seq, body in enumerate(attack, start=2):
@@ -186,11 +205,15 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
         assert metric(node, "live_nodes") == 2
         assert metric(node, "deaths_seen") == 0
         # 16 ghost bids, 1 dead session, 4 bare tombstones, 4 forged signatures, 8 + 8 of
-        # pi-a's own releases (beyond the round's epoch, or of an agent that holds nothing).
-        assert metric(node, "relays_refused") - refused[node.name] == 16 + 1 + 4 + 4 + 8 + 8
+        # pi-a's own releases (beyond the round's epoch, or of an agent that holds nothing),
+        # 4 + 4 + 4 of the hub's specs (a new round, other goals, pi-a's signature).
+        assert metric(node, "relays_refused") - refused[node.name] == (
+            16 + 1 + 4 + 4 + 8 + 8 + 4 + 4 + 4
+        )
+        assert {int(h[3]) for h in award.values()} == {epoch}  # the round the hub announced
 
     # The fleet keeps allocating: new tasks get holders on both daemons' agents.
-    after = announce(hub, "after-", 20)
+    after = announce(hub, hub_key, "after-", 20)
     assert sorted(t for t in after if t.startswith("after-")) == [
         f"after-{i:04d}" for i in range(20)
     ]
@@ -203,7 +226,7 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
     b.start()
     b.wait_status(lambda s: s["fleet"]["link"]["bdseq"] > bdseq, "pi-b's next session")
     wait_until(lambda: metric(c, "live_nodes") == 2, "pi-c to see pi-b's new session alive")
-    again = announce(hub, "again-", 20)
+    again = announce(hub, hub_key, "again-", 20)
     assert sum(t.startswith("again-") for t in again) == 20
     wait_until(
         lambda: any(h[0] == "pi-b" for t, h in assignment(c).items() if t.startswith("again-")),

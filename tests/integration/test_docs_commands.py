@@ -133,7 +133,9 @@ def plant3(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[list[Node]]:
 def test_coordination_announce_and_list(
     tmp_path: Path, mosquitto: MosquittoBroker, plant3: list[Node]
 ) -> None:
-    env = environment(tmp_path, BROKER="127.0.0.1", PORT=str(mosquitto.port))
+    host(tmp_path, "keygen", "--out", "keys", "--name", "hub")
+    env = environment(tmp_path, BROKER="127.0.0.1", PORT=str(mosquitto.port),
+                      K=str(tmp_path / "keys" / "hub.key"))
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", doc_block("docs/coordination.md", 0)], cwd=tmp_path,
         env=env, capture_output=True, text=True, timeout=600, check=False,
