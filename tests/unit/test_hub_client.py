@@ -35,3 +35,39 @@ def test_an_accepted_command_waits_for_its_result_as_before(tmp_path: Path) -> N
     with pytest.raises(HubError, match="no result to command"):
         client.command("pi-1", "ping", timeout_s=0.3)
     client.close()
+
+
+def test_an_announcement_is_signed_and_acknowledged_before_the_cli_returns(
+    tmp_path: Path,
+) -> None:
+    """``tasks announce`` publishes the hub's task key (retained) and the signed specs, and
+    waits for the broker's acknowledgements (a CLI that exits at once would drop what is not
+    sent yet); a spec verifies against the key it published."""
+    from edge_agent.coordination.messages import TaskAnnounce, TaskKey
+    from edge_agent.coordination.signing import PeerKeys, spec_bytes
+    from edge_agent.fleet.protocol import decode
+    from edge_agent_host.tasks import announce, make_specs
+
+    broker = MemoryBroker()
+    listener = MemoryTransport(broker, "node")
+    listener.subscribe("ea/v1/f/node/+/tasks", 1)
+    listener.connect()
+    key = load_signing_key(generate_keypair(tmp_path, "hub").private_path)
+    client = HubClient(fleet="f", key=key, transport=MemoryTransport(broker, "hub"))
+    client.connect()
+    specs = make_specs({"t1": 3, "t2": 4}, capability="grid", announced_by="hub")
+    assert announce(client, specs) == 1
+    assert client.wait_acknowledged(10.0)
+    client.close()
+    bodies = [decode(m.payload).body for m in listener.incoming.drain()]
+    assert isinstance(bodies[0], TaskKey)
+    assert isinstance(bodies[1], TaskAnnounce)
+    keys = PeerKeys(4)
+    keys.learn("hub", bodies[0].key)
+    for i, spec in enumerate(bodies[1].tasks):
+        assert keys.verify("hub", spec_bytes("f", spec), bodies[1].signature(i))
+    unsigned = HubClient(fleet="f", transport=MemoryTransport(broker, "other"))
+    unsigned.connect()
+    with pytest.raises(HubError, match="needs the hub's signing key"):
+        announce(unsigned, specs)
+    unsigned.close()

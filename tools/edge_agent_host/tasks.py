@@ -65,6 +65,7 @@ __all__ = [
 ]
 
 _NAME_RE: Final = re.compile(NAME_PATTERN)
+_ACK_TIMEOUT_S: Final = 10.0
 
 
 # ---------------------------------------------------------------------------------------- specs
@@ -308,6 +309,10 @@ def _run_announce(args: argparse.Namespace) -> int:
         messages = announce(client, specs)
         wanted = {(s.task, s.epoch) for s in specs}
         if args.wait <= 0:
+            if not client.wait_acknowledged(_ACK_TIMEOUT_S):
+                raise HubError(
+                    f"the broker did not acknowledge the announcement in {_ACK_TIMEOUT_S:g} s"
+                )
             print(f"announced {len(specs)} task(s) in {messages} message(s)")
             return 0
 

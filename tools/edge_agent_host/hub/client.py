@@ -182,6 +182,18 @@ class HubClient:
                 out.append(handled)
         return out
 
+    def wait_acknowledged(self, timeout_s: float) -> bool:
+        """Poll until the broker acknowledged every message this client published (a CLI that
+        exits right after publishing would otherwise drop what paho has not sent yet); False
+        when ``timeout_s`` passed first. What arrives meanwhile is processed and dropped."""
+        deadline = time.monotonic() + timeout_s
+        while self._awaiting_ack:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.poll(min(left, 0.05))
+        return True
+
     def _take_acks(self) -> None:
         refused: list[str] = []
         for event in self.transport.events.drain():
