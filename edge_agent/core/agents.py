@@ -18,7 +18,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,6 +30,7 @@ from edge_agent.aif.policies import construct_policies, validate_policies
 from edge_agent.aif.quant import QuantizedModel, encode_beliefs_u8, quantize_model
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.budget import MemoryBudget, Reservation
+from edge_agent.core.contract import GroupIO
 from edge_agent.core.history import HistoryRing
 from edge_agent.errors import InputError
 
@@ -1321,3 +1322,47 @@ class AifAgentGroup:
                     )
                     self.history.clear()
                     self._times.clear()
+
+    # -- the group contract (edge_agent.core.contract.AgentGroup) --------------------------------
+    def advance(
+        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None
+    ) -> np.ndarray:
+        """One tick's step (``outcomes`` unused: ``obs`` are the world's outcomes)."""
+        del outcomes
+        return self.step(obs, now)
+
+    def io(self) -> GroupIO:
+        return GroupIO(num_obs=tuple(self.cm.num_obs), actions=tuple(self.cm.num_controls))
+
+    def io_signature(self) -> tuple[object, ...]:
+        return ("aif", self.cm.num_obs, self.cm.num_controls)
+
+    def warm_up(self, obs: np.ndarray) -> None:
+        """Step once on ``obs`` without recording, then put beliefs and actions back."""
+        state = {
+            k: np.array(v, copy=True)
+            for k, v in self.state_dict().items()
+            if not k.startswith(("history.", "times."))
+        }
+        self.step(obs, record=False)
+        self.load_state_dict(state)
+
+    def finite(self) -> bool:
+        """Whether every posterior and policy posterior is finite."""
+        return all(bool(np.isfinite(q).all()) for q in self.qs) and bool(
+            np.isfinite(self.q_pi).all()
+        )
+
+    def random_inputs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        n = self.n_agents
+        return np.stack([rng.integers(0, o, size=n) for o in self.cm.num_obs], axis=1), None
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "workers": self.workers,
+            "workers_rss_bytes": self.workers_rss_bytes(),
+            "workers_restarts": self.workers_restarts,
+        }
+        if not self.planning.every_tick:
+            out["planning"] = self.planning_stats()  # the last tick's; docs/planning.md
+        return out

@@ -121,12 +121,7 @@ def kind_of(agents: Agents) -> Kind:
 def io_signature(agents: Agents) -> tuple[object, ...]:
     """What the group's source and sink are built for: a new model must match it to be
     switched in place (kind, observation width, action layout)."""
-    if is_neural(agents):
-        return ("neural", agents.num_features, agents.spec.output_kind, agents.num_actions)
-    if is_perception(agents):
-        cm = agents.cm
-        return ("perception", agents.perception.num_features, cm.num_obs, cm.num_controls)
-    return ("aif", agents.cm.num_obs, agents.cm.num_controls)
+    return agents.io_signature()
 
 
 @dataclass
@@ -178,17 +173,10 @@ class GroupRuntime:
             if not self.inbox.take():
                 return False  # waiting until every agent has had an observation
             obs = self.inbox.obs
-        if is_perception(agents):
-            rest = (
-                getattr(env, "outcomes", None)
-                if agents.perceived < agents.cm.num_modalities
-                else None
-            )
-            actions = agents.step(obs, now, rest)
-        elif coordination is not None and isinstance(agents, AifAgentGroup):
+        if coordination is not None and isinstance(agents, AifAgentGroup):
             actions = coordination.step(self.name, agents, obs, now)
         else:
-            actions = agents.step(obs, now)
+            actions = agents.advance(obs, now, getattr(env, "outcomes", None))
         if env is not None:
             self.obs = env.step(actions)
         self.steps += 1
@@ -197,23 +185,7 @@ class GroupRuntime:
     def warm_up(self) -> None:
         """Run the group's kernels once so the first real tick is not cold, then put the
         state back (Active Inference groups keep their histories untouched)."""
-        agents = self.agents
-        if isinstance(agents, AifAgentGroup):
-            state = {
-                k: np.array(v, copy=True)
-                for k, v in agents.state_dict().items()
-                if not k.startswith(("history.", "times."))
-            }
-            agents.step(self.obs, record=False)
-        else:
-            state = {k: np.array(v, copy=True) for k, v in agents.state_dict().items()}
-            if is_perception(agents):
-                num_rest = agents.cm.num_modalities - agents.perceived
-                rest = np.zeros((agents.n_agents, num_rest), dtype=np.int64) if num_rest else None
-                agents.step(self.obs, None, rest)
-            else:
-                agents.step(self.obs)
-        agents.load_state_dict(state)
+        self.agents.warm_up(self.obs)
 
     def agents_finite(self) -> bool:
         """Whether the agents' state is finite (a new bundle's watch checks this every tick)."""
@@ -243,9 +215,7 @@ class GroupRuntime:
             "bundle": self.bundle_name,
             "bundle_sha256": self.bundle_sha256,
             "agents": a.n_agents,
-            "workers": a.workers if isinstance(a, AifAgentGroup) else 1,
-            "workers_rss_bytes": a.workers_rss_bytes() if isinstance(a, AifAgentGroup) else 0,
-            "workers_restarts": a.workers_restarts if isinstance(a, AifAgentGroup) else 0,
+            **a.describe(),
             "precision": a.precision,
             "priority": self.config.priority,
             "paused": self.paused,
@@ -257,10 +227,6 @@ class GroupRuntime:
             "source": describe_endpoint(self.config.source),
             "sink": describe_endpoint(self.config.sink),
         }
-        if isinstance(a, AifAgentGroup) and not a.planning.every_tick:
-            out["planning"] = a.planning_stats()  # the last tick's; docs/planning.md
-        if is_neural(a):
-            out["window"] = a.window
         if self.config.perception is not None:
             out["perception"] = f"bundle {self.config.perception.path}"
         if self.env is not None:
@@ -443,25 +409,18 @@ def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> Group
             ObservationBuffer,
         )
 
-        if is_neural(agents):
-            inbox = FeatureBuffer(cfg.name, n, agents.num_features, agents.frame)
-        elif is_perception(agents):
-            net = agents.perception
-            inbox = FeatureBuffer(cfg.name, n, net.num_features, net.frame)
+        io = agents.io()
+        if io.features is not None:
+            inbox = FeatureBuffer(cfg.name, n, io.features, io.frame)
         else:
-            inbox = ObservationBuffer(cfg.name, n, agents.cm.num_obs)
+            inbox = ObservationBuffer(cfg.name, n, io.num_obs)
         obs = inbox.obs
     sink = None
     if isinstance(cfg.sink, MqttSink):
         from edge_agent.fleet.agent_io import ActionPublisher  # noqa: PLC0415 - MQTT sinks only
 
-        if is_neural(agents):
-            continuous = agents.num_actions if agents.spec.output_kind == "continuous" else 0
-            sink = ActionPublisher(
-                cfg.name, cfg.sink.topic, n, (agents.num_actions,), continuous=continuous
-            )
-        else:
-            sink = ActionPublisher(cfg.name, cfg.sink.topic, n, agents.cm.num_controls)
+        io = agents.io()
+        sink = ActionPublisher(cfg.name, cfg.sink.topic, n, io.actions, continuous=io.continuous)
     return GroupRuntime(
         config=cfg,
         agents=agents,
@@ -474,22 +433,6 @@ def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> Group
     )
 
 
-def random_inputs(agents: Agents, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-    """Valid random inputs of one tick (a health check's): observations, and the outcomes of
-    the modalities a perception model does not cover (or None)."""
-    n = agents.n_agents
-    if is_neural(agents):
-        return rng.standard_normal((n, agents.num_features), dtype=np.float32), None
-    num_obs = agents.cm.num_obs
-    if is_perception(agents):
-        raw = rng.standard_normal((n, agents.perception.num_features), dtype=np.float32)
-        rest_sizes = num_obs[agents.perceived :]
-        if not rest_sizes:
-            return raw, None
-        return raw, np.stack([rng.integers(0, o, size=n) for o in rest_sizes], axis=1)
-    return np.stack([rng.integers(0, o, size=n) for o in num_obs], axis=1), None
-
-
 def healthy_steps(
     agents: Agents, steps: int, *, deadline: float, timeout_s: float, seed: int | None
 ) -> None:
@@ -497,22 +440,14 @@ def healthy_steps(
     non-finite state or when ``deadline`` (monotonic) passes."""
     rng = np.random.default_rng(seed)
     for step in range(steps):
-        obs, rest = random_inputs(agents, rng)
-        if is_perception(agents):
-            agents.step(obs, None, rest)
-        else:
-            agents.step(obs)
-        if not agents_finite(agents):
+        obs, outcomes = agents.random_inputs(rng)
+        agents.advance(obs, None, outcomes)
+        if not agents.finite():
             raise EdgeAgentError(f"non-finite state after step {step + 1}")
         if time.monotonic() > deadline:
             raise EdgeAgentError(f"only {step + 1} of {steps} steps within {timeout_s:g} s")
 
 
 def agents_finite(agents: Agents) -> bool:
-    """Whether every posterior and policy posterior (Active Inference), or the policy's last
-    outputs (neural), are finite."""
-    if is_neural(agents):
-        return agents.outputs_finite()
-    return all(bool(np.isfinite(q).all()) for q in agents.qs) and bool(
-        np.isfinite(agents.q_pi).all()
-    )
+    """Whether the state a deployment's watch checks is finite (see ``AgentGroup.finite``)."""
+    return agents.finite()

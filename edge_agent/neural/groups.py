@@ -35,12 +35,13 @@ import hashlib
 import logging
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.core.budget import MemoryBudget, Reservation
+from edge_agent.core.contract import GroupIO
 from edge_agent.core.history import HistoryRing
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
@@ -602,6 +603,41 @@ class NeuralAgentGroup:
         self._actions[...] = state["actions"]
         self.ticks = int(state.get("ticks", np.array(0)))
         self._rebuild_windows()
+
+    # -- the group contract (edge_agent.core.contract.AgentGroup) ----------------------------------
+    def advance(
+        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None
+    ) -> np.ndarray:
+        """One tick's step (``outcomes`` unused: a policy sees only its feature vectors)."""
+        del outcomes
+        return self.step(obs, now)
+
+    def io(self) -> GroupIO:
+        continuous = self.num_actions if self.spec.output_kind == "continuous" else 0
+        return GroupIO(
+            features=self.num_features,
+            frame=self.frame,
+            actions=(self.num_actions,),
+            continuous=continuous,
+        )
+
+    def io_signature(self) -> tuple[object, ...]:
+        return ("neural", self.num_features, self.spec.output_kind, self.num_actions)
+
+    def warm_up(self, obs: np.ndarray) -> None:
+        """Step once on ``obs``, then put every window, counter and action back."""
+        state = {k: np.array(v, copy=True) for k, v in self.state_dict().items()}
+        self.step(obs)
+        self.load_state_dict(state)
+
+    def finite(self) -> bool:
+        return self.outputs_finite()
+
+    def random_inputs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        return rng.standard_normal((self.n_agents, self.num_features), dtype=np.float32), None
+
+    def describe(self) -> dict[str, Any]:
+        return {"workers": 1, "workers_rss_bytes": 0, "workers_restarts": 0, "window": self.window}
 
     # -- bundles ---------------------------------------------------------------------------------
     @classmethod

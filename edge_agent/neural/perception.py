@@ -32,6 +32,7 @@ from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.core.agents import AifAgentGroup, Precision
 from edge_agent.core.budget import MemoryBudget
+from edge_agent.core.contract import GroupIO
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.groups import NeuralAgentGroup
 
@@ -231,6 +232,49 @@ class PerceptionAifGroup:
         self.aif.load_state_dict(
             {k[len("aif.") :]: v for k, v in state.items() if k.startswith("aif.")}
         )
+
+    # -- the group contract (edge_agent.core.contract.AgentGroup) ----------------------------------
+    def advance(
+        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None
+    ) -> np.ndarray:
+        """One tick's step: the modalities perception does not cover come from ``outcomes``."""
+        rest = outcomes if self.perceived < self.aif.cm.num_modalities else None
+        return self.step(obs, now, rest)
+
+    def io(self) -> GroupIO:
+        net = self.perception
+        return GroupIO(
+            num_obs=tuple(self.aif.cm.num_obs),
+            features=net.num_features,
+            frame=net.frame,
+            actions=tuple(self.aif.cm.num_controls),
+        )
+
+    def io_signature(self) -> tuple[object, ...]:
+        cm = self.aif.cm
+        return ("perception", self.perception.num_features, cm.num_obs, cm.num_controls)
+
+    def warm_up(self, obs: np.ndarray) -> None:
+        """Step once on ``obs`` (zeros for the modalities not perceived), then put it back."""
+        state = {k: np.array(v, copy=True) for k, v in self.state_dict().items()}
+        num_rest = self.aif.cm.num_modalities - self.perceived
+        rest = np.zeros((self.n_agents, num_rest), dtype=np.int64) if num_rest else None
+        self.step(obs, None, rest)
+        self.load_state_dict(state)
+
+    def finite(self) -> bool:
+        return self.aif.finite()
+
+    def random_inputs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        n = self.n_agents
+        raw = rng.standard_normal((n, self.perception.num_features), dtype=np.float32)
+        rest_sizes = self.aif.cm.num_obs[self.perceived :]
+        if not rest_sizes:
+            return raw, None
+        return raw, np.stack([rng.integers(0, o, size=n) for o in rest_sizes], axis=1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"workers": 1, "workers_rss_bytes": 0, "workers_restarts": 0}
 
     # -- bundles -----------------------------------------------------------------------------------
     @classmethod

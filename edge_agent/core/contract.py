@@ -1,0 +1,157 @@
+"""What every agent group is, whatever its kind: the contract the daemon runs groups through.
+
+A kind of agent group (Active Inference, a neural policy, perception in front of Active
+Inference, or one of your own) is a class whose objects satisfy :class:`AgentGroup`; the daemon
+never asks which kind it has. Where observations come from is a :class:`Source` and where
+actions go a :class:`Sink`; :class:`GroupIO` says what both must carry for a group's agents.
+
+=================================  ==============================================================
+``step`` / ``advance``             one batched step (``advance``: a tick's, with the world's
+                                   outcomes for kinds that observe part of it directly)
+``reset`` / ``resize``             new trials for some agents; grow or shrink the group
+``state_dict`` / ``load_state_dict``  snapshots, and carry-over on reload
+``per_agent_nbytes`` ...           memory: bytes per agent, shared model bytes, history rows
+``io`` / ``io_signature``          what its source and sink are built for
+``warm_up`` / ``finite``           the first real tick not cold; a deployment's watch
+``random_inputs``                  valid inputs of one tick, for a deployment's health check
+``describe``                       what the status and a ``describe`` command show of the kind
+=================================  ==============================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["AgentGroup", "GroupIO", "Sink", "Source"]
+
+
+@dataclass(frozen=True)
+class GroupIO:
+    """What a group's source must give and its sink takes.
+
+    ``features`` is None for agents that take one outcome index per modality (``num_obs``, one
+    size per modality); otherwise they take ``features`` float32 values per agent per step, or a
+    ``frame`` (an image) that flattens to them. ``actions`` is the action layout (one size per
+    control factor, or ``(A,)`` for a policy's outputs); ``continuous`` the number of float
+    action dimensions (0: discrete actions).
+    """
+
+    num_obs: tuple[int, ...] = ()
+    features: int | None = None
+    frame: tuple[int, ...] | None = None
+    actions: tuple[int, ...] = ()
+    continuous: int = 0
+
+
+class AgentGroup(Protocol):
+    """``n_agents`` agents of one kind stepped as one batch (the members every kind shares).
+
+    Arrays are batch-first: ``obs`` is ``(n_agents, ...)`` as :meth:`io` describes it, the
+    actions ``(n_agents, ...)``.
+    """
+
+    key: str
+    """The model's identity (snapshots and carry-over match on it)."""
+
+    @property
+    def precision(self) -> str: ...
+
+    @property
+    def n_agents(self) -> int: ...
+
+    @property
+    def history_capacity(self) -> int: ...
+
+    @property
+    def shared_nbytes(self) -> int:
+        """Bytes of the model, shared by every group that runs it."""
+        ...
+
+    @property
+    def action(self) -> np.ndarray:
+        """The last actions (the group's own array)."""
+        ...
+
+    def per_agent_nbytes(self) -> int: ...
+
+    def step(self, obs: np.ndarray, now: float | None = None) -> np.ndarray: ...
+
+    def advance(
+        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None
+    ) -> np.ndarray:
+        """One tick's step: ``obs`` from the group's source, ``outcomes`` ``(n_agents, M)`` the
+        simulated world's outcome indices when it has them (None otherwise), for kinds that
+        observe some modalities directly."""
+        ...
+
+    def reset(self, mask: np.ndarray | None = None) -> None: ...
+
+    def resize(self, n_agents: int) -> None:
+        """Grow or shrink to ``n_agents`` (reserving first: a BudgetError leaves it as it was)."""
+        ...
+
+    def resize_history(self, capacity: int) -> None: ...
+
+    def release(self) -> None:
+        """Give every reservation back to the budget (and stop any worker processes)."""
+        ...
+
+    def state_dict(self) -> dict[str, np.ndarray]: ...
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
+
+    def io(self) -> GroupIO: ...
+
+    def io_signature(self) -> tuple[object, ...]:
+        """Kind name first, then what the source and sink are built for: a new model must match
+        it to be switched in place."""
+        ...
+
+    def warm_up(self, obs: np.ndarray) -> None:
+        """Run the kernels once on ``obs`` so the first real tick is not cold, then put the
+        state back (histories untouched)."""
+        ...
+
+    def finite(self) -> bool:
+        """Whether the state a deployment's watch checks is finite."""
+        ...
+
+    def random_inputs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """Valid random ``(obs, outcomes)`` of one tick, as :meth:`advance` takes them."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What a group's description shows of its kind (workers, window, ...)."""
+        ...
+
+
+class Source(Protocol):
+    """Where a group's observations come from: a simulated world or an MQTT inbox.
+
+    :meth:`take` returns the tick's observations (or None: not every agent has had one yet)
+    and the mask of agents that start a new episode (or None)."""
+
+    def take(self) -> tuple[np.ndarray, np.ndarray | None] | None: ...
+
+    def give(self, actions: np.ndarray) -> None:
+        """The tick's actions, for a source that reacts to them (a simulated world)."""
+        ...
+
+    def resize(self, n_agents: int) -> bool:
+        """Follow the group to ``n_agents``; True when every agent starts a new episode."""
+        ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class Sink(Protocol):
+    """Where a group's actions go (a log sink is no object: the daemon logs them)."""
+
+    def put(self, tick: int, actions: np.ndarray) -> None: ...
+
+    def resize(self, n_agents: int) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
