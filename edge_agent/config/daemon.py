@@ -48,6 +48,7 @@ __all__ = [
     "DaemonConfig",
     "DaemonSection",
     "GroupConfig",
+    "KindModel",
     "LogSink",
     "MqttSection",
     "MqttSink",
@@ -246,7 +247,21 @@ class BundleModel(Record):
     ]
 
 
-ModelSpec = BuiltinModel | BundleModel
+class KindModel(Record):
+    """A kind of agent group of one's own: a module that defines ``KIND`` (a
+    :class:`~edge_agent.kinds.base.GroupKind`), which loads or builds its model itself."""
+
+    type: Annotated[Literal["kind"], Rule(description="Selects this kind of model.")]
+    module: Annotated[
+        str,
+        Rule(
+            pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+            description="Dotted path of the kind's module, importable by the daemon.",
+        ),
+    ]
+
+
+ModelSpec = BuiltinModel | BundleModel | KindModel
 
 
 class PerceptionBundle(Record):
@@ -450,12 +465,12 @@ class GroupConfig(Record):
         if (
             isinstance(self.source, SimSource)
             and self.source.world is None
-            and isinstance(self.model, BundleModel)
+            and not isinstance(self.model, BuiltinModel)
         ):
             problems.append(
                 (
                     ("source", "world"),
-                    "a 'sim' source with a bundle model needs the "
+                    f"a 'sim' source with a {self.model.type} model needs the "
                     "built-in world that produces its observations",
                 )
             )
@@ -873,9 +888,12 @@ def _summary(
     width = max(len(g.name) for g in config.groups)
     for group in config.groups:
         model = group.model
-        what = (
-            f"builtin {model.name}" if isinstance(model, BuiltinModel) else f"bundle {model.path}"
-        )
+        if isinstance(model, BuiltinModel):
+            what = f"builtin {model.name}"
+        elif isinstance(model, BundleModel):
+            what = f"bundle {model.path}"
+        else:
+            what = f"kind {model.module}"
         if group.perception is not None:
             what += f" + perception {group.perception.path} ({group.perception.evidence})"
         elif (processes := group.workers_for(profile)) > 1:

@@ -56,6 +56,7 @@ from edge_agent.coordination.messages import TaskSpec
 from edge_agent.coordination.signing import TaskSigner
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, Reservation
+from edge_agent.core.contract import AgentGroup
 from edge_agent.errors import BudgetError, EdgeAgentError
 from edge_agent.state_health import StateHealth
 
@@ -199,7 +200,7 @@ class CoordinationRuntime:
         """Queue a received message if it is coordination traffic; False otherwise."""
         return self.engine.handle(msg)
 
-    def coordinates(self, name: str, agents: AifAgentGroup) -> bool:
+    def coordinates(self, name: str, agents: AgentGroup) -> bool:
         """Whether the engine holds exactly these agents as group ``name``."""
         gs = self.engine.groups.get(name)
         return gs is not None and gs.group is agents
@@ -211,16 +212,14 @@ class CoordinationRuntime:
         self.engine.before_step(now)
 
     def step(
-        self, name: str, agents: AifAgentGroup, obs: np.ndarray, now: float | None = None
-    ) -> NDArray[np.int64]:
+        self, name: str, agents: AgentGroup, obs: np.ndarray, now: float | None = None
+    ) -> np.ndarray:
         """``agents.step(obs, now)``, with the task preferences of its holders when coordinated."""
         if self.coordinates(name, agents):
             return self.engine.step(name, obs, now)
         return agents.step(obs, now)
 
-    def reset(
-        self, name: str, agents: AifAgentGroup, mask: NDArray[np.bool_] | None = None
-    ) -> None:
+    def reset(self, name: str, agents: AgentGroup, mask: NDArray[np.bool_] | None = None) -> None:
         """``agents.reset(mask)``; coordinated agents also drop the evidence not sent yet."""
         agents.reset(mask)
         if self.coordinates(name, agents):

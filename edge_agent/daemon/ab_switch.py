@@ -44,7 +44,6 @@ from edge_agent.core.budget import MemoryBudget
 from edge_agent.daemon.admission import load_group_model, trusted_keys
 from edge_agent.daemon.groups import (
     GroupRuntime,
-    LoadedModel,
     healthy_steps,
     io_signature,
     make_agents,
@@ -61,6 +60,7 @@ from edge_agent.fleet.deploy import (
     Report,
 )
 from edge_agent.fleet.outcomes import Outcome, ResultCode
+from edge_agent.kinds.base import LoadedModel
 from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled

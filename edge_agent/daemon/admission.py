@@ -15,23 +15,18 @@ Nothing here imports the service module.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_agent.aif.quant import SCHEME, QuantizedModel
-from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.config.daemon import (
-    BuiltinModel,
     BundleModel,
     ConfigFile,
     DaemonConfig,
     GroupConfig,
-    SimSource,
     resolve_profile,
 )
 from edge_agent.config.profiles import FirmwareProfile
@@ -40,22 +35,19 @@ from edge_agent.core.budget import MemoryBudget, format_bytes
 from edge_agent.daemon.cgroup import CgroupMemory, read_cgroup_memory
 from edge_agent.daemon.groups import (
     GroupRuntime,
-    LoadedModel,
-    NeuralModel,
     make_agents,
     make_runtime,
     model_spec_key,
     plan_requests,
     with_bundle,
-    world_name,
 )
 from edge_agent.errors import BudgetError, BundleError, ConfigError, EdgeAgentError
 from edge_agent.fleet.deploy import OverlayEntry
-from edge_agent.sim.registry import builtin_model, get_workload, make_env
+from edge_agent.kinds import get_kind, kind_name
+from edge_agent.kinds.base import LoadedModel
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle
-    from edge_agent.sim.sensors import SensorWorld
 
 logger = logging.getLogger(__name__)
 
@@ -283,220 +275,32 @@ def _verified(path: Path, cfg: GroupConfig, keys: TrustedKeys | None, what: str)
     return bundle
 
 
-def _neural(bundle: Bundle) -> NeuralModel:
-    spec = bundle.manifest.neural
-    assert spec is not None  # checked by the caller against the manifest's kind
-    return NeuralModel(spec, bundle.file_bytes(spec.model_file), bundle.manifest.name)
-
-
-def _aif_model(bundle: Bundle) -> QuantizedModel:
-    spec = bundle.manifest.aif
-    assert spec is not None  # checked by the caller against the manifest's kind
-    if spec.quant_scheme != SCHEME:
-        raise BundleError(f"{bundle.path}: unknown quantization scheme {spec.quant_scheme!r}")
-    return QuantizedModel.from_arrays(bundle.aif_arrays())
-
-
-def _settings(bundle: Bundle, cfg: GroupConfig) -> AifSettings:
-    """The bundle's own settings, overridden by those the config sets explicitly."""
-    spec = bundle.manifest.aif
-    own = spec.settings if spec is not None else {}
-    try:
-        explicit = {name: getattr(cfg.settings, name) for name in cfg.settings.given}
-        return dataclasses.replace(settings_from_json(own), **explicit)
-    except ValueError as err:
-        raise BundleError(f"{bundle.path}: invalid agent settings: {err}") from err
-
-
-def _from_bundle(cfg: GroupConfig, keys: TrustedKeys | None) -> LoadedModel:
-    """A group's model from its (verified) bundle, whatever the bundle's kind."""
-    assert isinstance(cfg.model, BundleModel)
-    bundle = _verified(cfg.model.path, cfg, keys, "model")
-    manifest = bundle.manifest
-    name = f"{manifest.name}@{manifest.version}"[:256]
-    if manifest.kind == "neural":
-        if manifest.neural is None or manifest.neural.output_kind == "observation":
-            raise BundleError(
-                f"{cfg.model.path}: the neural model outputs observations, not actions: name it "
-                'as the group\'s perception (perception = { type = "bundle", ... }) in front '
-                "of an Active Inference model"
-            )
-        return LoadedModel(None, cfg.settings, name, bundle.sha256, neural=_neural(bundle))
-    if manifest.kind == "aif+perception":
-        return LoadedModel(
-            _aif_model(bundle),
-            _settings(bundle, cfg),
-            name,
-            bundle.sha256,
-            perception=_neural(bundle),
-        )
-    if manifest.kind != "aif" or manifest.aif is None:
-        raise BundleError(f"{cfg.model.path}: bundle kind {manifest.kind!r} cannot run in a group")
-    return LoadedModel(_aif_model(bundle), _settings(bundle, cfg), name, bundle.sha256)
-
-
-def _check_against_world(cfg: GroupConfig, loaded: LoadedModel) -> None:
-    """A ``sim`` source's world must produce what the model takes and take what it gives."""
-    if not isinstance(cfg.source, SimSource):
-        if loaded.kind == "perception" and loaded.model is not None:
-            assert loaded.perception is not None
-            covered = len(loaded.perception.spec.outputs)
-            if covered < len(loaded.model.num_obs):
-                raise ConfigError(
-                    f"group {cfg.name!r}: the perception model gives evidence for {covered} of "
-                    f"the model's {len(loaded.model.num_obs)} modalities; an mqtt source sends "
-                    "only feature vectors, so every modality must come from perception",
-                    path=None,
-                )
-        return
-    world = world_name(cfg)
-    probe = make_env(world, 1)
-    if get_workload(world).produces == "features":
-        from edge_agent.sim.sensors import SensorWorld  # noqa: PLC0415 - make_env imported it
-
-        assert isinstance(probe, SensorWorld)
-        _check_sensor_world(cfg, loaded, probe, world)
-        return
-    if loaded.kind != "aif":
-        raise ConfigError(
-            f"group {cfg.name!r}: world {world!r} produces outcome indices, a {loaded.kind} group "
-            "takes feature vectors: use world 'sensors' or an mqtt source",
-            path=None,
-        )
-    model = builtin_model(world)
-    assert loaded.model is not None
-    dims = (loaded.model.num_obs, loaded.model.num_states, loaded.model.num_controls)
-    expected = (model.num_obs, model.num_states, model.num_controls)
-    if dims != expected:
-        raise ConfigError(
-            f"group {cfg.name!r}: {describe(cfg)} has (obs, states, controls) {dims}, world "
-            f"{world!r} needs {expected}",
-            path=None,
-        )
-
-
-def _check_sensor_world(
-    cfg: GroupConfig, loaded: LoadedModel, world: SensorWorld, name: str
-) -> None:
-    net = loaded.neural or loaded.perception
-    if net is None:
-        raise ConfigError(
-            f"group {cfg.name!r}: world {name!r} produces feature vectors; an Active Inference "
-            'model needs a perception bundle in front of it (perception = { type = "bundle", '
-            "path = ... })",
-            path=None,
-        )
-    from edge_agent.neural.groups import window_layout  # noqa: PLC0415 - no runtime needed
-
-    features = window_layout(net.spec)[1]
-    if features != world.num_features:
-        raise ConfigError(
-            f"group {cfg.name!r}: {describe(cfg)} takes {features} features per step, world "
-            f"{name!r} gives {world.num_features}",
-            path=None,
-        )
-    if loaded.neural is not None:
-        spec = loaded.neural.spec
-        classes = spec.outputs[0].shape[-1]
-        if spec.output_kind != "discrete" or classes != world.num_classes:
-            raise ConfigError(
-                f"group {cfg.name!r}: world {name!r} takes one of {world.num_classes} guesses "
-                f"per agent, the policy gives {spec.output_kind} output of width {classes}",
-                path=None,
-            )
-        return
-    assert loaded.model is not None
-    expected = builtin_model(name)
-    dims = (loaded.model.num_obs, loaded.model.num_states, loaded.model.num_controls)
-    want = (expected.num_obs, expected.num_states, expected.num_controls)
-    if dims != want:
-        raise ConfigError(
-            f"group {cfg.name!r}: {describe(cfg)} has (obs, states, controls) {dims}, world "
-            f"{name!r} needs {want} (the built-in model 'sensors')",
-            path=None,
-        )
-
-
-def _check_perception(cfg: GroupConfig, net: NeuralModel, num_obs: tuple[int, ...]) -> None:
-    """The classifier's outputs must be logits of the model's first modalities, in order."""
-    spec = net.spec
-    outputs = spec.outputs[:1] if spec.output_kind == "discrete" else spec.outputs
-    where = cfg.perception.path if cfg.perception is not None else describe(cfg)
-    if spec.output_kind == "continuous" or len(outputs) > len(num_obs):
-        raise ConfigError(
-            f"group {cfg.name!r}: perception {where}: {len(outputs)} {spec.output_kind} "
-            f"output(s); perception gives logits for the model's first of {len(num_obs)} "
-            "modalities",
-            path=None,
-        )
-    for m, tensor in enumerate(outputs):
-        if tuple(tensor.shape[1:]) != (num_obs[m],):
-            raise ConfigError(
-                f"group {cfg.name!r}: perception {where}: output {tensor.name!r} has shape "
-                f"{list(tensor.shape)}, modality {m} of the model has {num_obs[m]} outcomes",
-                path=None,
-            )
-
-
-def describe(cfg: GroupConfig) -> str:
-    if isinstance(cfg.model, BuiltinModel):
-        return f"model {cfg.model.name!r}"
-    return f"bundle {cfg.model.path}"
-
-
 def load_group_model(
     cfg: GroupConfig, config: DaemonConfig, keys: TrustedKeys | None
 ) -> LoadedModel:
-    """The group's model and settings: built-in, or a verified bundle (``aif``, ``neural`` or
-    ``aif+perception``), with the group's ``perception`` bundle in front of an Active Inference
-    model when it names one.
+    """The group's model and settings: built-in, a verified bundle (``aif``, ``neural`` or
+    ``aif+perception``, with the group's ``perception`` bundle in front of an Active Inference
+    model when it names one), or what a kind of one's own loads (:mod:`edge_agent.kinds`).
 
     A bundle's own settings apply, overridden by the settings the config sets explicitly. With
     ``[daemon] trusted_keys_dir`` set, bundles must be signed by one of those keys. With a ``sim``
     source the model must fit the simulated world.
     """
     del config  # the group's own table says everything; kept for a stable signature
-    if isinstance(cfg.model, BuiltinModel):
-        # With a sim source the world's own model runs (the world simulates it).
-        name = world_name(cfg) if isinstance(cfg.source, SimSource) else cfg.model.name
-        loaded = LoadedModel(builtin_model(name), cfg.settings)
-    else:
-        loaded = _from_bundle(cfg, keys)
-    if cfg.perception is not None:
-        if loaded.model is None or loaded.neural is not None:
-            raise ConfigError(
-                f"group {cfg.name!r}: perception feeds an Active Inference model; "
-                f"{describe(cfg)} is a neural policy",
-                path=None,
-            )
-        if loaded.perception is not None:
-            raise ConfigError(
-                f"group {cfg.name!r}: {describe(cfg)} brings its own perception model; remove "
-                "the group's perception table",
-                path=None,
-            )
-        bundle = _verified(cfg.perception.path, cfg, keys, "perception")
-        if bundle.manifest.kind != "neural" or bundle.manifest.neural is None:
-            raise BundleError(
-                f"{cfg.perception.path}: perception needs a neural bundle, got kind "
-                f"{bundle.manifest.kind!r}"
-            )
-        loaded = LoadedModel(
-            loaded.model,
-            loaded.settings,
-            loaded.bundle_name,
-            loaded.bundle_sha256,
-            perception=_neural(bundle),
-        )
-    if loaded.perception is not None and loaded.model is not None:
-        _check_perception(cfg, loaded.perception, loaded.model.num_obs)
-    if cfg.coordination is not None and loaded.kind != "aif":
+
+    def verify(path: Path, what: str) -> Bundle:
+        return _verified(path, cfg, keys, what)
+
+    bundle = verify(cfg.model.path, "model") if isinstance(cfg.model, BundleModel) else None
+    kind = get_kind(kind_name(cfg, bundle.manifest.kind if bundle is not None else None))
+    loaded = kind.load(cfg, bundle, verify)
+    if cfg.coordination is not None and not kind.shares_beliefs:
         raise ConfigError(
             f"group {cfg.name!r}: coordination shares Active Inference beliefs; a "
             f"{loaded.kind} group cannot take part",
             path=None,
         )
-    _check_against_world(cfg, loaded)
+    kind.check(cfg, loaded)
     return loaded
 
 

@@ -1,39 +1,28 @@
 """A group at run time: its agents, where observations come from and where actions go.
 
-Three kinds of agents run in a group, all stepped as one batch per tick:
+Every kind of agent group (:mod:`edge_agent.kinds`: ``aif``, ``neural``, ``perception``, or one
+of one's own) runs here the same way, through the contract every group's agents satisfy
+(:class:`~edge_agent.core.contract.AgentGroup`); nothing here asks which kind it has.
 
-=============  ===================================================================================
-``aif``        :class:`~edge_agent.core.agents.AifAgentGroup`: an Active Inference model,
-               built-in or an int8 bundle; observations are one outcome per modality.
-``neural``     :class:`~edge_agent.neural.groups.NeuralAgentGroup`: a neural policy bundle;
-               observations are feature vectors, actions its discrete or continuous outputs.
-``perception`` :class:`~edge_agent.neural.perception.PerceptionAifGroup`: a neural classifier
-               (``perception = { type = "bundle", ... }``) in front of an Active Inference model:
-               feature vectors in, evidence for the model's first modalities, actions out.
-=============  ===================================================================================
-
-A :class:`GroupRuntime` owns its pipeline, one way: source (a simulated world, or an MQTT inbox)
--> the agents' step (or the coordination runtime's, which wraps it) -> sink (the world again, or
-an MQTT publisher). :func:`make_agents` builds the agents of a loaded model (the factory, a
-deployment's health check and its switch all come through it) and :func:`plan_requests` says
-what they will reserve, before anything is allocated. Nothing here imports the service module.
+A :class:`GroupRuntime` owns its pipeline, one way: source (a simulated world, or an MQTT inbox
+shaped by the agents' ``io()``) -> the agents' step (or the coordination runtime's, which wraps
+it) -> sink (the world again, or an MQTT publisher). :func:`make_agents` builds the agents of a
+loaded model through its kind (the factory, a deployment's health check and its switch all come
+through it) and :func:`plan_requests` says what they will reserve, before anything is allocated.
+Nothing here imports the service module.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.aif.model import GenerativeModel
-from edge_agent.aif.quant import QuantizedModel
-from edge_agent.aif.settings import AifSettings
 from edge_agent.config.daemon import (
     BuiltinModel,
     BundleModel,
@@ -42,80 +31,20 @@ from edge_agent.config.daemon import (
     SimSource,
     describe_endpoint,
 )
-from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, PlanRequest
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.core.contract import AgentGroup
+from edge_agent.errors import EdgeAgentError
+from edge_agent.kinds import get_kind
+from edge_agent.kinds.base import LoadedModel, world_name
 from edge_agent.sim import World
 from edge_agent.sim.registry import make_env
 
 if TYPE_CHECKING:
-    from typing_extensions import TypeIs
-
     # Imported only by a daemon with [mqtt] enabled (or an MQTT source, sink):
-    from edge_agent.bundle.loader import NeuralSpec
     from edge_agent.coordination.runtime import CoordinationRuntime
     from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer
 
-    # Imported only by a daemon that runs a neural or perception group:
-    from edge_agent.neural.groups import NeuralAgentGroup
-    from edge_agent.neural.perception import PerceptionAifGroup
-
-    Agents = AifAgentGroup | NeuralAgentGroup | PerceptionAifGroup
-
-Kind = Literal["aif", "neural", "perception"]
-_NEURAL_MODULE = "edge_agent.neural.groups"
-_PERCEPTION_MODULE = "edge_agent.neural.perception"
-
-
-def is_neural(agents: Agents) -> TypeIs[NeuralAgentGroup]:
-    """Whether ``agents`` is a neural policy group. The neural modules are imported by the
-    groups that use them (:func:`make_agents`); a daemon without one never loads them, and no
-    object can be an instance of a class that was never loaded."""
-    module = sys.modules.get(_NEURAL_MODULE)
-    return module is not None and isinstance(agents, module.NeuralAgentGroup)
-
-
-def is_perception(agents: Agents) -> TypeIs[PerceptionAifGroup]:
-    """Whether ``agents`` is a perception -> Active Inference group (see :func:`is_neural`)."""
-    module = sys.modules.get(_PERCEPTION_MODULE)
-    return module is not None and isinstance(agents, module.PerceptionAifGroup)
-
-
-@dataclass(frozen=True)
-class NeuralModel:
-    """A verified neural model: how to run it and its file's bytes."""
-
-    spec: NeuralSpec
-    model_bytes: bytes
-    name: str
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """What a group runs, and which bundle it came from (``bundle_*`` None: built-in).
-
-    ``model`` is the Active Inference model (None for a neural policy); ``neural`` the neural
-    policy of a ``neural`` bundle; ``perception`` the classifier in front of ``model``.
-    """
-
-    model: GenerativeModel | QuantizedModel | None
-    settings: AifSettings
-    bundle_name: str | None = None
-    bundle_sha256: str | None = None
-    neural: NeuralModel | None = None
-    perception: NeuralModel | None = None
-
-    @property
-    def kind(self) -> Kind:
-        if self.neural is not None:
-            return "neural"
-        return "perception" if self.perception is not None else "aif"
-
-
-def kind_of(agents: Agents) -> Kind:
-    if is_neural(agents):
-        return "neural"
-    return "perception" if is_perception(agents) else "aif"
+Agents = AgentGroup
 
 
 def io_signature(agents: Agents) -> tuple[object, ...]:
@@ -150,21 +79,23 @@ class GroupRuntime:
         return self.config.name
 
     @property
-    def kind(self) -> Kind:
-        return kind_of(self.agents)
+    def kind(self) -> str:
+        """The kind's name (the first item of the agents' I/O signature)."""
+        return str(self.agents.io_signature()[0])
 
     def tick(self, now: float, coordination: CoordinationRuntime | None = None) -> bool:
         """One batched step of every agent in the group; False if it could not step yet.
 
-        With ``coordination`` (Active Inference groups only) the step and the resets go through
-        it (peers' evidence, holders' task preferences)."""
+        With ``coordination``, a group with a coordination table (Active Inference, checked at
+        admission) steps and resets through it (peers' evidence, holders' task preferences)."""
         agents = self.agents
         env = self.env
+        coordinated = coordination if self.config.coordination is not None else None
         if env is not None:
             started = env.episode_start
             if started.any():
-                if coordination is not None and isinstance(agents, AifAgentGroup):
-                    coordination.reset(self.name, agents, started)
+                if coordinated is not None:
+                    coordinated.reset(self.name, agents, started)
                 else:
                     agents.reset(started)
             obs = self.obs
@@ -173,8 +104,8 @@ class GroupRuntime:
             if not self.inbox.take():
                 return False  # waiting until every agent has had an observation
             obs = self.inbox.obs
-        if coordination is not None and isinstance(agents, AifAgentGroup):
-            actions = coordination.step(self.name, agents, obs, now)
+        if coordinated is not None:
+            actions = coordinated.step(self.name, agents, obs, now)
         else:
             actions = agents.advance(obs, now, getattr(env, "outcomes", None))
         if env is not None:
@@ -247,25 +178,14 @@ class GroupRuntime:
 def describe_model(cfg: GroupConfig) -> str:
     if isinstance(cfg.model, BuiltinModel):
         return cfg.model.name
-    return f"bundle {cfg.model.path}"
+    if isinstance(cfg.model, BundleModel):
+        return f"bundle {cfg.model.path}"
+    return f"kind {cfg.model.module}"
 
 
 def model_spec_key(cfg: GroupConfig) -> str:
     """The config's model of a group as canonical JSON (what a deployment overlays)."""
     return json.dumps(dataclasses.asdict(cfg.model), sort_keys=True, default=str)
-
-
-def world_name(cfg: GroupConfig) -> str:
-    """The built-in world that simulates the group's observations."""
-    if isinstance(cfg.source, SimSource) and cfg.source.world is not None:
-        return cfg.source.world
-    if isinstance(cfg.model, BuiltinModel):
-        return cfg.model.name
-    raise ConfigError(
-        f"group {cfg.name!r}: source type 'sim' with a bundle model needs "
-        "source.world (the built-in world that produces its observations)",
-        path=None,
-    )
 
 
 def with_bundle(cfg: GroupConfig, path: Path) -> GroupConfig:
@@ -291,68 +211,15 @@ def make_agents(
     budget, a scratch group such as a deployment's health check steps). ``threads``: intra-op
     threads of a neural backend (the profile's ``inference_threads``); ``workers``: processes
     that step an Active Inference group's blocks (:meth:`GroupConfig.workers_for`)."""
-    if loaded.neural is not None or loaded.perception is not None:
-        # Only daemons with neural or perception groups import them (see is_neural).
-        from edge_agent.neural.groups import NeuralAgentGroup  # noqa: PLC0415
-        from edge_agent.neural.perception import PerceptionAifGroup  # noqa: PLC0415
-    if loaded.neural is not None:
-        net = loaded.neural
-        return NeuralAgentGroup(
-            net.spec,
-            net.model_bytes,
-            n_agents,
-            threads=threads,
-            selection=cfg.policy.selection,
-            temperature=cfg.policy.temperature,
-            seed=cfg.seed,
-            history_capacity=history_capacity,
-            budget=budget,
-            name=cfg.name,
-            check_finite=False,  # the daemon's sources drop non-finite values (see the class)
-        )
-    assert loaded.model is not None  # an Active Inference or perception group
-    aif = AifAgentGroup(
-        loaded.model,
+    return get_kind(loaded.kind).build(
+        loaded,
+        cfg,
         n_agents,
-        settings=loaded.settings,
-        precision=cfg.precision,
-        seed=cfg.seed,
-        history_capacity=history_capacity,
         budget=budget,
-        name=cfg.name,
-        history_beliefs=cfg.history_beliefs,
-        planning=cfg.planning,
+        history_capacity=history_capacity,
+        threads=threads,
+        workers=workers,
     )
-    if loaded.perception is None:
-        if workers > 1:
-            try:
-                aif.start_workers(workers)
-            except BaseException:
-                aif.release()
-                raise
-        return aif
-    try:
-        net = loaded.perception
-        perception = NeuralAgentGroup(
-            net.spec,
-            net.model_bytes,
-            n_agents,
-            threads=threads,
-            seed=cfg.seed,
-            budget=budget,
-            name=f"{cfg.name}.perception",
-            check_finite=False,
-        )
-    except BaseException:
-        aif.release()
-        raise
-    evidence = cfg.perception.evidence if cfg.perception is not None else "soft"
-    try:
-        return PerceptionAifGroup(perception, aif, evidence=evidence)
-    except BaseException:
-        perception.release()
-        aif.release()
-        raise
 
 
 def plan_requests(
@@ -361,38 +228,7 @@ def plan_requests(
     """What ``cfg.count`` agents of ``loaded`` will reserve, models first, as
     :meth:`~edge_agent.core.budget.MemoryBudget.plan` takes it (probes of one agent: nothing of
     the budget is touched); ``workers`` as for :func:`make_agents`."""
-    requests: list[PlanRequest] = []
-    agents: list[PlanRequest] = []
-    if loaded.model is not None:
-        probe = AifAgentGroup(
-            loaded.model,
-            1,
-            settings=loaded.settings,
-            precision=cfg.precision,
-            history_beliefs=cfg.history_beliefs,
-            planning=cfg.planning,
-        )
-        requests.append((f"model:{probe.key}", "model", probe.shared_nbytes, probe.key))
-        # Each worker beyond the caller holds its own block scratch (start_workers reserves it
-        # apart; planned with the group's agents, so that a group too large is named once).
-        blocks = -(-cfg.count // probe.block_size)
-        extra = min(workers, blocks) - 1 if loaded.perception is None else 0
-        scratch = max(0, extra) * probe.scratch_nbytes(cfg.count)
-        nbytes = probe.bytes_for(cfg.count, history_capacity) + scratch
-        agents.append((cfg.name, "agents", nbytes, None))
-    nets = [
-        (loaded.neural, cfg.name, history_capacity),
-        (loaded.perception, f"{cfg.name}.perception", 0),
-    ]
-    for net, owner, hist in nets:
-        if net is None:
-            continue
-        from edge_agent.neural.groups import NeuralAgentGroup  # noqa: PLC0415 - see is_neural
-
-        nn = NeuralAgentGroup(net.spec, net.model_bytes, 1, history_capacity=hist, name=owner)
-        requests.append((f"model:{nn.key}", "model", nn.shared_nbytes, f"nn:{nn.key}"))
-        agents.append((owner, "agents", nn.bytes_for(cfg.count), None))
-    return requests + agents
+    return get_kind(loaded.kind).plan(loaded, cfg, history_capacity, workers)
 
 
 def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> GroupRuntime:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from edge_agent.config.profiles import FirmwareProfile
-from edge_agent.daemon.groups import GroupRuntime, world_name
+from edge_agent.daemon.groups import GroupRuntime
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.fleet.commands import (
     ChunkArgs,
@@ -27,6 +27,7 @@ from edge_agent.fleet.commands import (
 )
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import Command
+from edge_agent.kinds.base import world_name
 from edge_agent.sim.registry import make_env
 
 logger = logging.getLogger(__name__)

@@ -145,7 +145,9 @@ KEPT_OUT = (
     "bz2",  # shutil's
     "lzma",  # shutil's
     "socket",  # service.systemd: only when NOTIFY_SOCKET is set
-    "edge_agent.neural",  # daemon.groups: imported by neural and perception groups (is_neural)
+    "edge_agent.neural",  # kinds: imported only by a group of kind neural or perception
+    "edge_agent.kinds.neural",
+    "edge_agent.kinds.perception",
     "edge_agent.sim.sensors",  # sim.registry: a world's module when the world is used
     "edge_agent.sim.explorer",
     # docs/memory.md: SQLite and the fleet stack only with [mqtt] enabled; never the host tool.

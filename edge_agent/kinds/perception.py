@@ -1,0 +1,162 @@
+"""The ``perception`` kind: a neural classifier in front of Active Inference agents.
+
+From an ``aif+perception`` bundle, or an ``aif`` model (built-in or a bundle) with the group's
+``perception = { type = "bundle", ... }`` table. Its agents are
+:class:`~edge_agent.neural.perception.PerceptionAifGroup`: feature vectors in, evidence for the
+model's first modalities (the others from the simulated world), actions out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from edge_agent.config.daemon import GroupConfig
+from edge_agent.errors import BundleError, ConfigError
+from edge_agent.kinds.aif import KIND as AIF
+from edge_agent.kinds.aif import aif_model, bundle_settings, check_dims, new_agents, plan_aif
+from edge_agent.kinds.base import (
+    GroupKind,
+    LoadedModel,
+    NeuralModel,
+    Verify,
+    describe,
+    outcome_world_mismatch,
+    sim_world,
+)
+from edge_agent.kinds.neural import check_features, neural_model, plan_net
+from edge_agent.neural.groups import NeuralAgentGroup
+from edge_agent.neural.perception import PerceptionAifGroup
+
+if TYPE_CHECKING:
+    from edge_agent.bundle.loader import Bundle
+    from edge_agent.core.budget import MemoryBudget, PlanRequest
+
+__all__ = ["KIND", "PerceptionKind"]
+
+
+def _check_perception(cfg: GroupConfig, net: NeuralModel, num_obs: tuple[int, ...]) -> None:
+    """The classifier's outputs must be logits of the model's first modalities, in order."""
+    spec = net.spec
+    outputs = spec.outputs[:1] if spec.output_kind == "discrete" else spec.outputs
+    where = cfg.perception.path if cfg.perception is not None else describe(cfg)
+    if spec.output_kind == "continuous" or len(outputs) > len(num_obs):
+        raise ConfigError(
+            f"group {cfg.name!r}: perception {where}: {len(outputs)} {spec.output_kind} "
+            f"output(s); perception gives logits for the model's first of {len(num_obs)} "
+            "modalities",
+            path=None,
+        )
+    for m, tensor in enumerate(outputs):
+        if tuple(tensor.shape[1:]) != (num_obs[m],):
+            raise ConfigError(
+                f"group {cfg.name!r}: perception {where}: output {tensor.name!r} has shape "
+                f"{list(tensor.shape)}, modality {m} of the model has {num_obs[m]} outcomes",
+                path=None,
+            )
+
+
+class PerceptionKind:
+    name = "perception"
+    shares_beliefs = False
+
+    def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
+        if bundle is not None and bundle.manifest.kind == "aif+perception":
+            if cfg.perception is not None:
+                raise ConfigError(
+                    f"group {cfg.name!r}: {describe(cfg)} brings its own perception model; "
+                    "remove the group's perception table",
+                    path=None,
+                )
+            manifest = bundle.manifest
+            loaded = LoadedModel(
+                aif_model(bundle),
+                bundle_settings(bundle, cfg),
+                f"{manifest.name}@{manifest.version}"[:256],
+                bundle.sha256,
+                perception=neural_model(bundle),
+                kind=self.name,
+            )
+        else:
+            assert cfg.perception is not None  # an aif model with a perception table (kind_name)
+            model = AIF.load(cfg, bundle, verify)
+            net = verify(cfg.perception.path, "perception")
+            if net.manifest.kind != "neural" or net.manifest.neural is None:
+                raise BundleError(
+                    f"{cfg.perception.path}: perception needs a neural bundle, got kind "
+                    f"{net.manifest.kind!r}"
+                )
+            loaded = dataclasses.replace(model, perception=neural_model(net), kind=self.name)
+        assert loaded.model is not None
+        assert loaded.perception is not None
+        _check_perception(cfg, loaded.perception, loaded.model.num_obs)
+        return loaded
+
+    def check(self, cfg: GroupConfig, loaded: LoadedModel) -> None:
+        assert loaded.model is not None
+        assert loaded.perception is not None
+        world = sim_world(cfg)
+        if world is None:
+            covered = len(loaded.perception.spec.outputs)
+            if covered < len(loaded.model.num_obs):
+                raise ConfigError(
+                    f"group {cfg.name!r}: the perception model gives evidence for {covered} of "
+                    f"the model's {len(loaded.model.num_obs)} modalities; an mqtt source sends "
+                    "only feature vectors, so every modality must come from perception",
+                    path=None,
+                )
+            return
+        name, features = world
+        if not features:
+            raise outcome_world_mismatch(cfg, self.name, name)
+        check_features(cfg, loaded.perception, name)
+        check_dims(cfg, loaded.model, name, " (the built-in model 'sensors')")
+
+    def plan(
+        self, loaded: LoadedModel, cfg: GroupConfig, history_capacity: int, workers: int
+    ) -> list[PlanRequest]:
+        del workers  # perception groups step in one process
+        assert loaded.perception is not None
+        model, agents = plan_aif(loaded, cfg, history_capacity, 1)
+        net_model, net_agents = plan_net(loaded.perception, f"{cfg.name}.perception", cfg.count, 0)
+        return [model, net_model, agents, net_agents]
+
+    def build(
+        self,
+        loaded: LoadedModel,
+        cfg: GroupConfig,
+        n_agents: int,
+        *,
+        budget: MemoryBudget | None,
+        history_capacity: int,
+        threads: int,
+        workers: int,
+    ) -> PerceptionAifGroup:
+        del workers
+        net = loaded.perception
+        assert net is not None
+        aif = new_agents(loaded, cfg, n_agents, budget, history_capacity)
+        try:
+            perception = NeuralAgentGroup(
+                net.spec,
+                net.model_bytes,
+                n_agents,
+                threads=threads,
+                seed=cfg.seed,
+                budget=budget,
+                name=f"{cfg.name}.perception",
+                check_finite=False,
+            )
+        except BaseException:
+            aif.release()
+            raise
+        evidence = cfg.perception.evidence if cfg.perception is not None else "soft"
+        try:
+            return PerceptionAifGroup(perception, aif, evidence=evidence)
+        except BaseException:
+            perception.release()
+            aif.release()
+            raise
+
+
+KIND: GroupKind = PerceptionKind()
