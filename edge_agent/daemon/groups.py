@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from edge_agent.config.daemon import (
     BuiltinModel,
     BundleModel,
     GroupConfig,
+    LogSink,
     MqttSink,
     SimSource,
     describe_endpoint,
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
     # Imported only by a daemon with [mqtt] enabled (or an MQTT source, sink):
     from edge_agent.coordination.runtime import CoordinationRuntime
     from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer
+
+logger = logging.getLogger(__name__)
 
 Agents = AgentGroup
 
@@ -72,7 +76,7 @@ class GroupRuntime:
     paused: bool = False
     paused_reason: str = ""
     steps: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    rejected_reported: int = 0
 
     @property
     def name(self) -> str:
@@ -112,6 +116,72 @@ class GroupRuntime:
             self.obs = env.step(actions)
         self.steps += 1
         return True
+
+    def publish(self) -> None:
+        """The tick's actions out: to an ``mqtt`` sink (through the port the uplink handed
+        it), or to the debug log for a ``log`` sink; a simulated world took them already."""
+        if self.sink is not None:
+            self.sink.put(self.steps, self.agents.action)
+        elif self.env is None and isinstance(self.config.sink, LogSink):
+            logger.debug(
+                "group %s step %d actions %s", self.name, self.steps, self.agents.action[:4]
+            )
+
+    # -- verbs: what others ask of a group ------------------------------------------------------
+    def pause(self, reason: str) -> bool:
+        """Stop stepping the group (``reason``: ``command``, ``memory``, ``thermal``); False
+        if it was paused already (for whatever reason)."""
+        if self.paused:
+            return False
+        self.paused, self.paused_reason = True, reason
+        return True
+
+    def resume(self, reason: str) -> bool:
+        """Step the group again if ``reason`` paused it; False otherwise."""
+        if not self.paused or self.paused_reason != reason:
+            return False
+        self.paused, self.paused_reason = False, ""
+        return True
+
+    def resize(self, n_agents: int) -> None:
+        """Grow or shrink the group. The agents reserve first (a BudgetError leaves the group
+        as it was); a simulated world is rebuilt for the new size (every agent starts afresh);
+        the inbox and the sink follow."""
+        self.agents.resize(n_agents)
+        if self.env is not None:
+            self.env = make_env(world_name(self.config), n_agents, seed=self.config.seed)
+            self.obs = self.env.reset()
+            self.agents.reset()
+        if self.inbox is not None:
+            self.inbox.resize(n_agents)
+            self.obs = self.inbox.obs
+        if self.sink is not None:
+            self.sink.resize(n_agents)
+
+    def carry_over(self, prev: GroupRuntime) -> bool:
+        """Take over ``prev``'s beliefs and histories (and its pending observations) when a
+        reload kept its model and size; False (nothing taken) otherwise."""
+        agents, old = self.agents, prev.agents
+        if old.key != agents.key or old.n_agents != agents.n_agents:
+            return False
+        agents.load_state_dict(old.state_dict())
+        if self.inbox is not None and prev.inbox is not None:
+            self.inbox = prev.inbox
+            self.obs = prev.inbox.obs
+            self.rejected_reported = prev.rejected_reported
+        return True
+
+    def rejected_input(self) -> tuple[str, dict[str, int]] | None:
+        """Observations the inbox dropped since the last call: its last reason and counters
+        (None: nothing new)."""
+        inbox = self.inbox
+        if inbox is None:
+            return None
+        batches, rows = inbox.counters["batches_rejected"], inbox.counters["rows_rejected"]
+        if batches + rows <= self.rejected_reported:
+            return None
+        self.rejected_reported = batches + rows
+        return inbox.last_reject, {"batches_rejected": batches, "rows_rejected": rows}
 
     def warm_up(self) -> None:
         """Run the group's kernels once so the first real tick is not cold, then put the

@@ -27,8 +27,6 @@ from edge_agent.fleet.commands import (
 )
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import Command
-from edge_agent.kinds.base import world_name
-from edge_agent.sim.registry import make_env
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +124,8 @@ class CommandHandlers:
         g = self._group(args.group)
         if isinstance(g, Outcome):
             return g
-        if g.paused:
+        if not g.pause("command"):
             return Outcome(ResultCode.OK, f"group {g.name!r} already paused ({g.paused_reason})")
-        g.paused, g.paused_reason = True, "command"
         logger.info("group %s stopped by a hub command", g.name)
         return Outcome(ResultCode.OK, f"group {g.name!r} stopped")
 
@@ -138,13 +135,12 @@ class CommandHandlers:
             return g
         if not g.paused:
             return Outcome(ResultCode.OK, f"group {g.name!r} already running")
-        if g.paused_reason != "command":
+        if not g.resume("command"):
             return Outcome(
                 ResultCode.FAILED,
                 f"group {g.name!r} was paused by {g.paused_reason} degradation and resumes by "
                 "itself",
             )
-        g.paused, g.paused_reason = False, ""
         logger.info("group %s started by a hub command", g.name)
         return Outcome(ResultCode.OK, f"group {g.name!r} started")
 
@@ -162,17 +158,7 @@ class CommandHandlers:
                 f"profile {profile.name!r}",
             )
         old = g.agents.n_agents
-        g.agents.resize(n)  # reserves first: BudgetError leaves the group as it was
-        if g.env is not None:
-            # The simulated world is rebuilt for the new size: every agent starts afresh.
-            g.env = make_env(world_name(g.config), n, seed=g.config.seed)
-            g.obs = g.env.reset()
-            g.agents.reset()
-        if g.inbox is not None:
-            g.inbox.resize(n)
-            g.obs = g.inbox.obs
-        if g.sink is not None:
-            g.sink.resize(n)
+        g.resize(n)  # reserves first: BudgetError leaves the group as it was
         self.daemon.rebirth()
         logger.info("group %s resized from %d to %d agents by a hub command", g.name, old, n)
         return Outcome(ResultCode.OK, f"group {g.name!r}: {old} -> {n} agents", {"agents": n})

@@ -93,7 +93,7 @@ class HealthMonitor:
                     return
             else:
                 victim = running[0]
-                victim.paused, victim.paused_reason = True, "memory"
+                victim.pause("memory")
                 msg = (
                     f"RSS {format_bytes(rss)} above soft limit {format_bytes(soft)}: paused group "
                     f"{victim.name} (priority {victim.config.priority})"
@@ -125,8 +125,7 @@ class HealthMonitor:
         if self.thermal.critical and not was_critical:
             paused = [g.name for g in groups if not g.paused]
             for g in groups:
-                if not g.paused:
-                    g.paused, g.paused_reason = True, "thermal"
+                g.pause("thermal")
             msg = (
                 f"CPU {temp:.1f} C >= critical {self.thermal.critical_c:.1f} C: every group "
                 f"paused ({', '.join(paused) or 'none running'}) until below "
@@ -140,6 +139,5 @@ class HealthMonitor:
 
     def _resume(self, groups: Sequence[GroupRuntime], reason: str, why: str) -> None:
         for g in groups:
-            if g.paused and g.paused_reason == reason:
-                g.paused, g.paused_reason = False, ""
+            if g.resume(reason):
                 logger.info("%s: resumed group %s", why, g.name)

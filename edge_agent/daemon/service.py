@@ -46,7 +46,6 @@ from edge_agent import __version__
 from edge_agent.config.daemon import (
     ConfigFile,
     DaemonConfig,
-    LogSink,
     expand_path,
     resolve_profile,
 )
@@ -584,10 +583,10 @@ class Daemon:
                 continue
             if g.name == watched:
                 if self.ab_switch.tick_watched(g, now, self.coordination):
-                    self._publish_actions(g)
+                    g.publish()
                     self.ab_switch.watched_stepped()
             elif g.tick(now, self.coordination):
-                self._publish_actions(g)
+                g.publish()
 
     @property
     def total_agents(self) -> int:
@@ -624,16 +623,8 @@ class Daemon:
         old = {g.name: g for g in self.groups}
         for g in groups:  # carry beliefs (and pending observations) over where unchanged
             prev = old.get(g.name)
-            if (
-                prev
-                and prev.agents.key == g.agents.key
-                and prev.agents.n_agents == g.agents.n_agents
-            ):
-                g.agents.load_state_dict(prev.agents.state_dict())
-                if g.inbox is not None and prev.inbox is not None:
-                    g.inbox = prev.inbox
-                    g.obs = prev.inbox.obs
-                    g.extra.update(prev.extra)
+            if prev is not None:
+                g.carry_over(prev)
         for g in self.groups:
             g.agents.release()
         if new_config.mqtt != self.config.mqtt:
@@ -733,31 +724,17 @@ class Daemon:
             if report.event is not None:
                 self._event(report.event, report.severity, report.detail, group=report.group)
 
-    def _publish_actions(self, g: GroupRuntime) -> None:
-        if g.sink is not None:
-            if self.uplink is not None:
-                self.uplink.publish_actions(g)
-        elif isinstance(g.config.sink, LogSink) and g.env is None:
-            logger.debug("group %s step %d actions %s", g.name, g.steps, g.agents.action[:4])
-
     def _report_rejected_input(self) -> None:
         for g in self.groups:
-            inbox = g.inbox
-            if inbox is None:
-                continue
-            rejected = inbox.counters["batches_rejected"] + inbox.counters["rows_rejected"]
-            seen = g.extra.get("rejected_reported", 0)
-            if rejected > seen:
-                g.extra["rejected_reported"] = rejected
+            rejected = g.rejected_input()
+            if rejected is not None:
+                reason, data = rejected
                 self._event(
                     "rejected_input",
                     "warning",
-                    f"group {g.name}: observations dropped: {inbox.last_reject}",
+                    f"group {g.name}: observations dropped: {reason}",
                     group=g.name,
-                    data={
-                        "batches_rejected": inbox.counters["batches_rejected"],
-                        "rows_rejected": inbox.counters["rows_rejected"],
-                    },
+                    data=data,
                 )
 
     # -- metrics --------------------------------------------------------------------------------

@@ -222,9 +222,12 @@ class FleetUplink:
 
     def bind_sources(self, groups: Sequence[GroupRuntime]) -> None:
         """Point the MQTT sources' topic filters at their groups' observation buffers, and
-        subscribe to the filters outside the node's own inbox."""
+        subscribe to the filters outside the node's own inbox; connect the MQTT sinks to this
+        uplink (their port)."""
         routes: dict[str, list[ObservationBuffer]] = {}
         for g in groups:
+            if g.sink is not None:
+                g.sink.connect(self)
             if g.inbox is not None and isinstance(g.config.source, MqttSource):
                 routes.setdefault(g.config.source.topic, []).append(g.inbox)
         self.router.bind(routes)
@@ -394,21 +397,17 @@ class FleetUplink:
         self.link.flush()
 
     # -- publishing -------------------------------------------------------------------------------
-    def publish_actions(self, g: GroupRuntime) -> None:
-        """The group's actions of this tick, to its ``mqtt`` sink's topic."""
-        sink = g.sink
-        if sink is None:
-            return
-        qos = self.config.mqtt.action_qos
-        for body in sink.bodies(g.steps, g.agents.action):
-            try:
-                self.link.publish(ActionBatch.TYPE, body, "action", topic=sink.topic, qos=qos)
-            except EdgeAgentError:
-                sink.dropped += 1
-                self.counters["actions_refused"] += 1
-            else:
-                sink.batches += 1
-                sink.published += body.n_agents
+    def send_actions(self, topic: str, body: ActionBatch) -> bool:
+        """An ``mqtt`` sink's port (:class:`~edge_agent.fleet.agent_io.ActionPort`): one body
+        of a group's actions to ``topic``; False, counted, if the link refused it."""
+        try:
+            self.link.publish(
+                ActionBatch.TYPE, body, "action", topic=topic, qos=self.config.mqtt.action_qos
+            )
+        except EdgeAgentError:
+            self.counters["actions_refused"] += 1
+            return False
+        return True
 
     def publish_result(self, result: CommandResult) -> None:
         try:

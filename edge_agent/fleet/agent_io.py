@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -435,8 +435,17 @@ class ObservationRouter:
         return True
 
 
+class ActionPort(Protocol):
+    """Where an :class:`ActionPublisher` sends its bodies (the daemon's uplink)."""
+
+    def send_actions(self, topic: str, body: ActionBatch) -> bool:
+        """Queue ``body`` for ``topic``; False if it was refused (counted by the port)."""
+        ...
+
+
 class ActionPublisher:
-    """Packs one group's actions into :class:`ActionBatch` bodies, once per tick.
+    """Packs one group's actions into :class:`ActionBatch` bodies, once per tick, and sends
+    them through the port it is connected to (:meth:`connect`; none: nothing is sent).
 
     Discrete actions (``num_controls``: the choices per factor, or one entry for a neural
     policy's ``(N,)`` actions) go out as the smallest unsigned dtype that holds them; a neural
@@ -473,7 +482,24 @@ class ActionPublisher:
         self.published = 0
         self.batches = 0
         self.dropped = 0
+        self.port: ActionPort | None = None
         self.resize(n_agents)
+
+    def connect(self, port: ActionPort | None) -> None:
+        self.port = port
+
+    def put(self, tick: int, actions: npt.NDArray[Any]) -> None:
+        """Send the tick's ``actions`` (see :meth:`bodies`) through the port, counting batches
+        and agents sent and batches refused."""
+        port = self.port
+        if port is None:
+            return
+        for body in self.bodies(tick, actions):
+            if port.send_actions(self.topic, body):
+                self.batches += 1
+                self.published += body.n_agents
+            else:
+                self.dropped += 1
 
     def resize(self, n_agents: int) -> None:
         """Precompute the id bytes of every batch (they never change between ticks)."""
