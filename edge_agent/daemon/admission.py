@@ -378,7 +378,7 @@ def _problem_loc(source: ConfigFile, g: GroupConfig, err: EdgeAgentError) -> tup
         return source.group_loc(g.name, "perception", "path")
     if g.coordination is not None and "coordination" in str(err):
         return source.group_loc(g.name, "coordination")
-    key = "path" if isinstance(g.model, BundleModel) else "name"
+    key = {"bundle": "path", "builtin": "name"}.get(g.model.type, "module")
     return source.group_loc(g.name, "model", key)
 
 
