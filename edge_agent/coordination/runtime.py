@@ -105,9 +105,10 @@ left)."""
 
 @dataclass(frozen=True)
 class GroupBinding:
-    """A coordinated group as the daemon has it now: its agents and its coordination table."""
+    """A coordinated group as the daemon has it now: its agents and its coordination table
+    (agents that are not Active Inference agents share nothing and are left out)."""
 
-    agents: AifAgentGroup
+    agents: AgentGroup
     config: GroupCoordinationConfig
 
 
@@ -243,7 +244,7 @@ class CoordinationRuntime:
         specs: dict[str, CoordinatedGroup] = {}
         for name, b in bindings.items():
             cfg = b.config
-            if not cfg.active:
+            if not cfg.active or not isinstance(b.agents, AifAgentGroup):
                 continue
             n = b.agents.n_agents
             channels = None
@@ -260,7 +261,7 @@ class CoordinationRuntime:
     @staticmethod
     def _signature(
         bindings: Bindings, coordinated: Collection[str]
-    ) -> dict[str, tuple[AifAgentGroup, int, GroupCoordinationConfig, bool]]:
+    ) -> dict[str, tuple[AgentGroup, int, GroupCoordinationConfig, bool]]:
         """What a rebind depends on: every group's object, size and table, and whether the
         engine holds it."""
         return {

@@ -52,7 +52,6 @@ from edge_agent.config.daemon import (
 from edge_agent.config.isolated import read_config_isolated
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import TomlDocument
-from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon import discovery, metric_help
 from edge_agent.daemon import status as status_view
@@ -281,20 +280,21 @@ class Daemon:
         uplink.bind_sources(self.groups)
 
     def _coordination_groups(self) -> dict[str, GroupBinding]:
-        """The groups with a coordination table, as they are now (the runtime follows them)."""
+        """The groups with a coordination table, as they are now (the runtime follows them;
+        admission lets only kinds that share beliefs have one)."""
         from edge_agent.coordination.runtime import GroupBinding  # noqa: PLC0415 - [mqtt] only
 
         return {
             g.name: GroupBinding(g.agents, g.config.coordination)
             for g in self.groups
-            if g.config.coordination is not None and isinstance(g.agents, AifAgentGroup)
+            if g.config.coordination is not None
         }
 
     def _open_coordination(self, config: DaemonConfig, link: FleetLink) -> None:
         """The coordination runtime, when a group takes part (reserves its memory first)."""
         from edge_agent.coordination.config import CoordinationConfig, coordinates  # noqa: PLC0415
 
-        tables = (g.config.coordination for g in self.groups if isinstance(g.agents, AifAgentGroup))
+        tables = (g.config.coordination for g in self.groups)
         if not coordinates(config.coordination, tables, config.mqtt.enabled):
             return  # the engine is never imported
         from edge_agent.coordination.runtime import CoordinationRuntime  # noqa: PLC0415
