@@ -2,8 +2,9 @@
 
 A kind of agent group (Active Inference, a neural policy, perception in front of Active
 Inference, or one of your own) is a class whose objects satisfy :class:`AgentGroup`; the daemon
-never asks which kind it has. Where observations come from is a :class:`Source` and where
-actions go a :class:`Sink`; :class:`GroupIO` says what both must carry for a group's agents.
+never asks which kind it has. :class:`GroupIO` says what the group's source (a simulated world,
+or an MQTT inbox) must give and what its sink (an MQTT publisher, or the world again) takes: the
+daemon builds both from it.
 
 =================================  ==============================================================
 ``step`` / ``advance``             one batched step (``advance``: a tick's, with the world's
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["AgentGroup", "GroupIO", "Sink", "Source"]
+__all__ = ["AgentGroup", "GroupIO"]
 
 
 @dataclass(frozen=True)
@@ -126,32 +127,3 @@ class AgentGroup(Protocol):
     def describe(self) -> dict[str, Any]:
         """What a group's description shows of its kind (workers, window, ...)."""
         ...
-
-
-class Source(Protocol):
-    """Where a group's observations come from: a simulated world or an MQTT inbox.
-
-    :meth:`take` returns the tick's observations (or None: not every agent has had one yet)
-    and the mask of agents that start a new episode (or None)."""
-
-    def take(self) -> tuple[np.ndarray, np.ndarray | None] | None: ...
-
-    def give(self, actions: np.ndarray) -> None:
-        """The tick's actions, for a source that reacts to them (a simulated world)."""
-        ...
-
-    def resize(self, n_agents: int) -> bool:
-        """Follow the group to ``n_agents``; True when every agent starts a new episode."""
-        ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-
-class Sink(Protocol):
-    """Where a group's actions go (a log sink is no object: the daemon logs them)."""
-
-    def put(self, tick: int, actions: np.ndarray) -> None: ...
-
-    def resize(self, n_agents: int) -> None: ...
-
-    def describe(self) -> dict[str, Any]: ...
