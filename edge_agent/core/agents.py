@@ -1366,3 +1366,15 @@ class AifAgentGroup:
         if not self.planning.every_tick:
             out["planning"] = self.planning_stats()  # the last tick's; docs/planning.md
         return out
+
+    def metrics(self) -> dict[str, object]:
+        """The planning policy's numbers of the last tick, when agents do not plan every tick
+        (docs/planning.md)."""
+        if self.planning.every_tick:
+            return {}
+        stats = self.planning_stats()
+        return {
+            "planning_duty_cycle": stats["duty_cycle"],
+            "planning_deferred": stats["deferred"],
+            "plan_age_mean": stats["plan_age_mean"],
+        }

@@ -15,7 +15,7 @@ daemon builds both from it.
 ``io`` / ``io_signature``          what its source and sink are built for
 ``warm_up`` / ``finite``           the first real tick not cold; a deployment's watch
 ``random_inputs``                  valid inputs of one tick, for a deployment's health check
-``describe``                       what the status and a ``describe`` command show of the kind
+``describe`` / ``metrics``         what the status shows of the kind; its numbers for telemetry
 =================================  ==============================================================
 """
 
@@ -126,4 +126,8 @@ class AgentGroup(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """What a group's description shows of its kind (workers, window, ...)."""
+        ...
+
+    def metrics(self) -> dict[str, object]:
+        """The kind's own numbers of the group for telemetry and Prometheus (may be empty)."""
         ...

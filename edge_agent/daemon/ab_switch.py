@@ -64,7 +64,6 @@ from edge_agent.kinds.base import LoadedModel
 from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
-    from edge_agent.coordination.runtime import CoordinationRuntime
     from edge_agent.fleet.commands import ChunkArgs, DeployArgs
     from edge_agent.fleet.protocol import BundleChunk
 
@@ -283,13 +282,11 @@ class ABSwitch:
         if reports:
             self._report(reports)
 
-    def tick_watched(
-        self, g: GroupRuntime, now: float, coordination: CoordinationRuntime | None
-    ) -> bool:
+    def tick_watched(self, g: GroupRuntime, now: float) -> bool:
         """Step the freshly deployed group: any exception or a non-finite state rolls it back.
         Returns whether it stepped (its actions are then to be published)."""
         try:
-            stepped = g.tick(now, coordination)
+            stepped = g.tick(now)
             problem = None if not stepped or g.agents_finite() else "non-finite beliefs"
         except Exception as err:  # the new bundle's boundary: roll back, do not crash
             logger.exception("group %s failed on its new bundle", g.name)

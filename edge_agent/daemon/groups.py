@@ -18,7 +18,8 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,32 @@ class GroupRuntime:
     paused_reason: str = ""
     steps: int = 0
     rejected_reported: int = 0
+    coordination: CoordinationRuntime | None = field(default=None, init=False, repr=False)
+    _step: Callable[[np.ndarray, float, np.ndarray | None], np.ndarray] = field(
+        init=False, repr=False
+    )
+    _reset: Callable[[np.ndarray], None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._step = self.agents.advance
+        self._reset = self.agents.reset
+
+    def coordinate(self, runtime: CoordinationRuntime | None) -> None:
+        """From now on step and reset through ``runtime`` (peers' evidence, holders' task
+        preferences) if the group has a coordination table (admission lets only kinds that share
+        beliefs have one); wrapped once here, not asked each tick."""
+        if runtime is None or self.config.coordination is None:
+            return
+        name, agents = self.name, self.agents
+
+        def step(obs: np.ndarray, now: float, outcomes: np.ndarray | None) -> np.ndarray:
+            del outcomes  # an Active Inference group observes only its outcomes
+            return runtime.step(name, agents, obs, now)
+
+        def reset(mask: np.ndarray) -> None:
+            runtime.reset(name, agents, mask)
+
+        self.coordination, self._step, self._reset = runtime, step, reset
 
     @property
     def name(self) -> str:
@@ -87,31 +114,21 @@ class GroupRuntime:
         """The kind's name (the first item of the agents' I/O signature)."""
         return str(self.agents.io_signature()[0])
 
-    def tick(self, now: float, coordination: CoordinationRuntime | None = None) -> bool:
-        """One batched step of every agent in the group; False if it could not step yet.
-
-        With ``coordination``, a group with a coordination table (Active Inference, checked at
-        admission) steps and resets through it (peers' evidence, holders' task preferences)."""
-        agents = self.agents
+    def tick(self, now: float) -> bool:
+        """One batched step of every agent in the group (through coordination when it takes
+        part: :meth:`coordinate`); False if it could not step yet."""
         env = self.env
-        coordinated = coordination if self.config.coordination is not None else None
         if env is not None:
             started = env.episode_start
             if started.any():
-                if coordinated is not None:
-                    coordinated.reset(self.name, agents, started)
-                else:
-                    agents.reset(started)
+                self._reset(started)
             obs = self.obs
         else:
             assert self.inbox is not None  # an mqtt source has an inbox
             if not self.inbox.take():
                 return False  # waiting until every agent has had an observation
             obs = self.inbox.obs
-        if coordinated is not None:
-            actions = coordinated.step(self.name, agents, obs, now)
-        else:
-            actions = agents.advance(obs, now, getattr(env, "outcomes", None))
+        actions = self._step(obs, now, getattr(env, "outcomes", None))
         if env is not None:
             self.obs = env.step(actions)
         self.steps += 1
@@ -194,7 +211,7 @@ class GroupRuntime:
 
     def replaced(self, cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> GroupRuntime:
         """This group with new agents (a deployed bundle), on the same source and sink."""
-        return GroupRuntime(
+        new = GroupRuntime(
             config=cfg,
             agents=agents,
             env=self.env,
@@ -206,6 +223,8 @@ class GroupRuntime:
             paused=self.paused,
             paused_reason=self.paused_reason,
         )
+        new.coordinate(self.coordination)
+        return new
 
     def describe(self) -> dict[str, Any]:
         a = self.agents

@@ -114,7 +114,11 @@ SNAPSHOT_GAUGES: Final = (
     "max_writes_per_hour",
 )
 GROUP_GAUGES: Final = (
-    "agents", "paused", "bytes_per_agent", "planning_duty_cycle", "planning_deferred",
+    "agents",
+    "paused",
+    "bytes_per_agent",
+    "planning_duty_cycle",
+    "planning_deferred",
     "plan_age_mean",
 )
 
@@ -275,6 +279,8 @@ class Daemon:
         self.uplink = uplink
         self._open_coordination(config, uplink.link)
         uplink.coordination = self.coordination
+        for g in self.groups:
+            g.coordinate(self.coordination)
         if self.coordination is not None:
             uplink.set_birth(self._birth())  # says "coordination"; sent once connected
         uplink.bind_sources(self.groups)
@@ -582,10 +588,10 @@ class Daemon:
             if g.paused:
                 continue
             if g.name == watched:
-                if self.ab_switch.tick_watched(g, now, self.coordination):
+                if self.ab_switch.tick_watched(g, now):
                     g.publish()
                     self.ab_switch.watched_stepped()
-            elif g.tick(now, self.coordination):
+            elif g.tick(now):
                 g.publish()
 
     @property
@@ -635,6 +641,8 @@ class Daemon:
         self.source = source
         self.ab_switch.configured(new_config)
         self.set_base_rate(new_config.daemon.tick_hz_for(profile))
+        for g in self.groups:
+            g.coordinate(self.coordination)
         if self.uplink is not None:
             self.uplink.bind_sources(self.groups)
         self.rebirth()
@@ -897,12 +905,7 @@ class Daemon:
                 "paused": g.paused,
                 "bytes_per_agent": g.agents.per_agent_nbytes(),
             }
-            a = g.agents
-            if isinstance(a, AifAgentGroup) and not a.planning.every_tick:  # docs/planning.md
-                stats = a.planning_stats()
-                numbers["planning_duty_cycle"] = stats["duty_cycle"]
-                numbers["planning_deferred"] = stats["deferred"]
-                numbers["plan_age_mean"] = stats["plan_age_mean"]
+            numbers.update(g.agents.metrics())
             out[g.name] = numbers
         return out
 

@@ -639,6 +639,9 @@ class NeuralAgentGroup:
     def describe(self) -> dict[str, Any]:
         return {"workers": 1, "workers_rss_bytes": 0, "workers_restarts": 0, "window": self.window}
 
+    def metrics(self) -> dict[str, object]:
+        return {}
+
     # -- bundles ---------------------------------------------------------------------------------
     @classmethod
     def from_bundle(

@@ -276,6 +276,9 @@ class PerceptionAifGroup:
     def describe(self) -> dict[str, Any]:
         return {"workers": 1, "workers_rss_bytes": 0, "workers_restarts": 0}
 
+    def metrics(self) -> dict[str, object]:
+        return {}
+
     # -- bundles -----------------------------------------------------------------------------------
     @classmethod
     def from_bundle(

@@ -130,6 +130,9 @@ class TallyGroup:
     def describe(self) -> dict[str, Any]:
         return {"workers": 1, "tallied": int(self.counts[:, : self.num_obs[0]].sum())}
 
+    def metrics(self) -> dict[str, object]:
+        return {}
+
 
 class TallyKind:
     name = NAME
