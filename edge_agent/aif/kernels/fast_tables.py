@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_agent.aif.kernels._types import IndexArray, IntArray
-from edge_agent.aif.kernels.joint_plan import likelihood_table
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
 from edge_agent.aif.reference import EPS, EXP_M16
 from edge_agent.arrays import distinct
@@ -49,6 +48,24 @@ MAC_PER_PASS = 0.25
 LIKELIHOOD_TABLE = 1 << 16
 
 LayerList = tuple[tuple[IndexArray, IndexArray, np.ndarray | None], ...]
+
+
+def joint_index(num_states: tuple[int, ...]) -> np.ndarray:
+    """``(S_joint, F)``: each joint state's per-factor states, C order."""
+    grids = np.indices(num_states).reshape(len(num_states), -1)
+    return grids.T
+
+
+def likelihood_table(A_rows: tuple[np.ndarray, ...], dtype: np.dtype[np.floating]) -> np.ndarray:
+    """``ln(A_0[o_0] * A_1[o_1] * ... + eps)`` for every joint outcome, in the compute dtype and
+    in the general path's order of operations (so a row equals its log likelihood bit for bit)."""
+    num_obs = tuple(a.shape[0] for a in A_rows)
+    outcomes = joint_index(num_obs)
+    L = A_rows[0][outcomes[:, 0]]
+    for m in range(1, len(A_rows)):
+        L = L * A_rows[m][outcomes[:, m]]
+    out: np.ndarray = np.log(L + dtype.type(EPS))
+    return out
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_agent.aif.kernels.fast_tables import joint_index, likelihood_table
 from edge_agent.aif.kernels.transitions import Transition, propagate
 from edge_agent.aif.reference import EPS, EXP_M16
 
@@ -123,24 +124,6 @@ class JointPlan:
         return int(sum(a.nbytes for a in arrays) + extra)
 
 
-def _joint_index(num_states: tuple[int, ...]) -> np.ndarray:
-    """``(S_joint, F)``: each joint state's per-factor states, C order."""
-    grids = np.indices(num_states).reshape(len(num_states), -1)
-    return grids.T
-
-
-def likelihood_table(A_rows: tuple[np.ndarray, ...], dtype: np.dtype[np.floating]) -> np.ndarray:
-    """``ln(A_0[o_0] * A_1[o_1] * ... + eps)`` for every joint outcome, in the compute dtype and
-    in the general path's order of operations (so a row equals its log likelihood bit for bit)."""
-    num_obs = tuple(a.shape[0] for a in A_rows)
-    outcomes = _joint_index(num_obs)
-    L = A_rows[0][outcomes[:, 0]]
-    for m in range(1, len(A_rows)):
-        L = L * A_rows[m][outcomes[:, m]]
-    out: np.ndarray = np.log(L + dtype.type(EPS))
-    return out
-
-
 def _nodes(policies: np.ndarray) -> tuple[list[tuple[int, np.ndarray]], np.ndarray]:
     """Policy-tree nodes, depth by depth: ``(depth, action prefix (t, F))`` each, and the node
     each policy passes through at each depth, ``(L, P)``."""
@@ -222,7 +205,7 @@ def build_joint_plan(
         return None
     offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(S)]))
     W = offsets[-1]
-    joint = _joint_index(S)
+    joint = joint_index(S)
     M_ext = np.zeros((Sj, W + 1))
     for f in range(F):
         M_ext[np.arange(Sj), offsets[f] + joint[:, f]] = 1.0
