@@ -145,6 +145,13 @@ FLEET: Final[Described] = {
     "refusals_logged_summaries": "Log lines summarising refused commands.",
 }
 
+PLANNING: Final[Described] = {
+    "agents": "Agents in groups with a planning policy (not every tick).",
+    "planned": "Agents of those groups that planned in the last tick.",
+    "deferred": "Agents that had to plan but were put off by a planning budget in the last tick.",
+    "duty_cycle": "Share of those agents that planned in the last tick.",
+    "plan_age_mean": "Mean age in ticks of those agents' committed plans.",
+}
 GROUP: Final[dict[str, str]] = {
     "agents": "Agents in the group.",
     "steps": "Batched steps of the group.",

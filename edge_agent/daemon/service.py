@@ -848,6 +848,13 @@ class Daemon:
         metrics.register_groups(
             self._group_metrics, gauges=GROUP_GAUGES, help="group", describe=metric_help.GROUP
         )
+        metrics.register(
+            "planning",
+            self._planning_totals,
+            gauges=("*",),
+            help="planning over the groups with a planning policy",
+            describe=metric_help.PLANNING,
+        )
         return metrics
 
     def _daemon_metrics(self) -> dict[str, object]:
@@ -908,6 +915,36 @@ class Daemon:
             numbers.update(g.agents.metrics())
             out[g.name] = numbers
         return out
+
+    def _planning_totals(self) -> dict[str, float | int]:
+        """The last tick's planning over every group with a planning policy (docs/planning.md):
+        the node's numbers for telemetry, which leaves per-group numbers out."""
+        agents = planned = deferred = 0
+        age = 0.0
+        for g in self.groups:
+            numbers = g.agents.metrics()
+            keys = ("planning_duty_cycle", "planning_deferred", "plan_age_mean")
+            duty, put_off, mean_age = (numbers.get(k) for k in keys)
+            if not (
+                isinstance(duty, float | int)
+                and isinstance(put_off, int)
+                and isinstance(mean_age, float | int)
+            ):
+                continue
+            n = g.agents.n_agents
+            agents += n
+            planned += round(duty * n)
+            deferred += put_off
+            age += mean_age * n
+        if agents == 0:
+            return {}
+        return {
+            "agents": agents,
+            "planned": planned,
+            "deferred": deferred,
+            "duty_cycle": round(planned / agents, 6),
+            "plan_age_mean": round(age / agents, 3),
+        }
 
     def _write_prometheus(self) -> None:
         path = self.config.daemon.prometheus_textfile

@@ -164,6 +164,17 @@ def test_a_group_with_a_planning_policy_shows_its_planning(tmp_path: Path) -> No
         }
         assert groups["tmaze"]["planning"]["planned"] <= 5
         assert "planning" not in groups["grid"]
+        # The node's totals over its planning groups: in Prometheus, and in the counters the
+        # status file and telemetry carry (telemetry leaves per-group numbers out).
+        assert 0.0 <= numbers["edge_agent_planning_duty_cycle"] <= 0.5
+        assert numbers["edge_agent_planning_agents"] == 10
+        counters = json.loads(status.read_text())["counters"]
+        assert counters["planning.agents"] == 10
+        assert 0 <= counters["planning.planned"] <= 5
+        assert {"planning.deferred", "planning.duty_cycle", "planning.plan_age_mean"} <= set(
+            counters
+        )
+        assert not any(k.startswith("group.") for k in counters)
     finally:
         daemon.kill()
         notify.close()
