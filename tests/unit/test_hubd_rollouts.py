@@ -3,6 +3,7 @@ runner is tested end to end in tests/integration/test_rollouts.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,11 @@ def test_selection_by_group_name_pattern_and_labels() -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> HubDatabase:
+def db(tmp_path: Path) -> Iterator[HubDatabase]:
     db = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
     db.open()
-    return db
+    yield db
+    db.close()
 
 
 def plan(**extra: Any) -> RolloutPlan:

@@ -148,6 +148,7 @@ def test_a_call_past_its_deadline_is_aborted_and_reported(tmp_path: Path) -> Non
     with pytest.raises(ZeroDivisionError):
         thread.call(lambda: 1 // 0, 5, while_waiting=release.set, abort=conn.interrupt)
     thread.stop()
+    conn.close()
 
 
 def test_while_a_call_hangs_new_calls_fail_at_once() -> None:

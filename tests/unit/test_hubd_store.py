@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +306,7 @@ def test_the_schema_is_versioned(tmp_path: Path) -> None:
         assert db.schema_version == LATEST
         assert count(db, "schema_migrations") == len(MIGRATIONS)
         db.close()
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:  # closed, and committed before
         conn.execute(
             "INSERT INTO schema_migrations VALUES (?, 'from the future', 0)", (LATEST + 1,)
         )
@@ -367,6 +368,7 @@ def test_a_message_the_database_refuses_is_dropped_alone(tmp_path: Path) -> None
     assert (outcome.written, outcome.rejected, outcome.left) == (2, 1, [])
     assert count(db, "telemetry") == 2
     assert db.rejected == 1
+    db.close()
 
 
 def test_downsample_plan() -> None:
