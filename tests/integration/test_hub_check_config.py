@@ -25,6 +25,8 @@ def without_hub_extra(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     farm = tmp_path / "site-without-hub-extra"
     farm.mkdir(exist_ok=True)
     for directory in map(Path, site.getsitepackages()):
+        if not directory.is_dir():  # Debian's Python also names .../local/lib/.../dist-packages
+            continue
         for entry in directory.iterdir():
             name = entry.name.split("-")[0].split(".")[0].lower()
             if name in HUB_EXTRA or name.startswith(("psycopg", "__editable__")):
