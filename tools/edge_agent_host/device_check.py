@@ -67,7 +67,7 @@ def device_check(bundle: Bundle, samples: Samples, reference: Session) -> dict[s
         raise ModelError(f"a device would refuse this bundle: {err}") from err
     try:
         ticks = _ticks(x, window)
-        actions = np.zeros(0)
+        actions: np.ndarray = np.zeros(0)  # argmax's integers or step's actions
         for obs in ticks:
             if observation:
                 assert isinstance(group, NeuralAgentGroup)
