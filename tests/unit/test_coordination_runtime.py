@@ -189,14 +189,18 @@ class Node:
         self.worlds: dict[str, object] = worlds or {
             name: BatchEnv(GRID, agents.n_agents, seed=seed) for name, (agents, _) in groups.items()
         }
-        self.runtime = CoordinationRuntime(
-            config,
-            self.link,
-            self.bindings,
-            tick_period_s=TICK_S,
-            budget=lambda: self.budget,
-            monotonic=clock,
-        )
+        try:
+            self.runtime = CoordinationRuntime(
+                config,
+                self.link,
+                self.bindings,
+                tick_period_s=TICK_S,
+                budget=lambda: self.budget,
+                monotonic=clock,
+            )
+        except Exception:
+            self.outbox.close()  # a refused runtime (its budget): the node is not made
+            raise
         self.runtime.start()
         self.link.start()
         self.link.pump()
