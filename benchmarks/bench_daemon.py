@@ -82,14 +82,18 @@ def run_daemon(grid: int, tmaze: int, hz: float, seconds: float) -> dict[str, ob
             "NOTIFY_SOCKET": str(tmpdir / "notify.sock"),
             "EDGE_AGENT_PROFILES_DIR": str(REPO / "firmware_profiles"),
         }
+        # The daemon's log goes to a file: a pipe nobody reads fills up (64 KiB) and then blocks
+        # the daemon in its next log line, so that it neither ticks nor exits on SIGTERM.
+        log_path = tmpdir / "daemon.log"
         t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg)],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg)],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
         try:
             while True:
                 msg = sock.recv(65536).decode()
@@ -99,7 +103,12 @@ def run_daemon(grid: int, tmaze: int, hz: float, seconds: float) -> dict[str, ob
             time.sleep(seconds)
             status = json.loads((state / "status.json").read_text())
             proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired as err:
+                tail = log_path.read_text(errors="replace")[-4000:]
+                msg = f"the daemon did not exit 60 s after SIGTERM; its log ends:\n{tail}"
+                raise SystemExit(msg) from err
             final = json.loads((state / "status.json").read_text())
         finally:
             if proc.poll() is None:
