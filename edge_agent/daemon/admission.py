@@ -300,6 +300,12 @@ def load_group_model(
             f"{loaded.kind} group cannot take part",
             path=None,
         )
+    if not cfg.planning.every_tick and not kind.plans:
+        raise ConfigError(
+            f"group {cfg.name!r}: [groups.planning] is for Active Inference agents; a "
+            f"{loaded.kind} group steps every agent every tick",
+            path=None,
+        )
     kind.check(cfg, loaded)
     return loaded
 
@@ -378,6 +384,8 @@ def _problem_loc(source: ConfigFile, g: GroupConfig, err: EdgeAgentError) -> tup
         return source.group_loc(g.name, "perception", "path")
     if g.coordination is not None and "coordination" in str(err):
         return source.group_loc(g.name, "coordination")
+    if not g.planning.every_tick and "[groups.planning]" in str(err):
+        return source.group_loc(g.name, "planning")
     key = {"bundle": "path", "builtin": "name"}.get(g.model.type, "module")
     return source.group_loc(g.name, "model", key)
 

@@ -118,6 +118,7 @@ def new_agents(
 class AifKind:
     name = "aif"
     shares_beliefs = True
+    plans = True
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         del verify  # an Active Inference group names no other bundle

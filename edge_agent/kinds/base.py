@@ -67,6 +67,8 @@ class GroupKind(Protocol):
     name: str
     shares_beliefs: bool
     """Whether its agents may take part in coordination (Active Inference beliefs)."""
+    plans: bool
+    """Whether its agents follow a ``[groups.planning]`` policy (Active Inference planning)."""
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         """The group's model: from ``bundle`` (its verified model bundle) or built in;

@@ -70,6 +70,7 @@ def plan_net(
 class NeuralKind:
     name = "neural"
     shares_beliefs = False
+    plans = False
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         del verify

@@ -59,6 +59,7 @@ def _check_perception(cfg: GroupConfig, net: NeuralModel, num_obs: tuple[int, ..
 class PerceptionKind:
     name = "perception"
     shares_beliefs = False
+    plans = True  # its Active Inference agents plan as an aif group's do
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         if bundle is not None and bundle.manifest.kind == "aif+perception":

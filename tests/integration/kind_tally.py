@@ -137,6 +137,7 @@ class TallyGroup:
 class TallyKind:
     name = NAME
     shares_beliefs = False
+    plans = False
 
     def load(self, cfg: GroupConfig, bundle: object, verify: Verify) -> LoadedModel:
         del bundle, verify

@@ -160,6 +160,12 @@ def test_the_plan_counts_each_model_once_and_every_agent_exactly(
             "coordination shares Active Inference beliefs",
         ),
         (
+            NEURAL.format(name="x", count=5) + "\n[groups.planning]\nevery = 4\n",
+            14,
+            "groups[0].planning: group 'x': [groups.planning] is for Active Inference agents; "
+            "a neural group steps every agent every tick",
+        ),
+        (
             PERCEIVING.replace('perception = { type = "bundle", path = "perception.tar" }\n', ""),
             8,
             "needs a perception bundle in front of it",
