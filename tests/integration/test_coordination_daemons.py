@@ -165,9 +165,35 @@ def wait_settled(nodes: list[Node], tasks: int, timeout: float = 120.0) -> list[
         found = settled(nodes, tasks)
         return found is not None
 
-    wait_until(check, f"{len(nodes)} daemons to agree on {tasks} tasks", timeout)
+    try:
+        wait_until(check, f"{len(nodes)} daemons to agree on {tasks} tasks", timeout)
+    except pytest.fail.Exception as failed:
+        raise AssertionError(f"{failed}; {unsettled(nodes, tasks)}") from None
     assert found is not None
     return found
+
+
+def unsettled(nodes: list[Node], tasks: int) -> str:
+    """Where the daemons stand, for a failure message: each one's award, holdings and peers,
+    and the tasks their awards disagree on."""
+    views = [coord(n) for n in nodes]
+    parts = []
+    for node, view in zip(nodes, views, strict=True):
+        metrics = view.get("metrics", {})
+        counters = {k: v for k, v in sorted(metrics.items()) if v}
+        log = node.log().splitlines()[-8:]
+        parts.append(
+            f"{node.name}: {len(view.get('assignment', {}))}/{tasks} awarded, "
+            f"{len(view.get('holding', {}))} held, metrics {counters}, log tail {log}"
+        )
+    awards = [v.get("assignment", {}) for v in views]
+    disputed = sorted({t for a in awards for t in a if any(b.get(t) != a[t] for b in awards)})
+    many = sorted(t for t, h in holders(nodes, views).items() if len(h) > 1)
+    return (
+        "; ".join(parts)
+        + f"; awards differ on {len(disputed)} tasks {disputed[:5]}"
+        + f"; held by more than one agent: {many[:5]}"
+    )
 
 
 @pytest.fixture
@@ -297,16 +323,22 @@ class Proxy:
                 continue
             except OSError:
                 return
-            if self.blocked:
-                client.close()
-                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=2)
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the 2 s were for connecting: an idle bridge stays up
+            # Admitted only under the lock :meth:`split` takes: a connection accepted while the
+            # split happened is closed here, never left forwarding across the partition.
             with self._lock:
-                self.conns += [client, upstream]
+                admitted = not self.blocked
+                if admitted:
+                    self.conns += [client, upstream]
+            if not admitted:
+                client.close()
+                upstream.close()
+                continue
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -323,8 +355,8 @@ class Proxy:
                     s.shutdown(socket.SHUT_RDWR)
 
     def split(self) -> None:
-        self.blocked = True
         with self._lock:
+            self.blocked = True
             conns, self.conns = self.conns, []
         for s in conns:
             with contextlib.suppress(OSError):
@@ -380,7 +412,7 @@ notifications false
         duplicates = sum(len(h) > 1 for h in split.values())
         assert duplicates > 0  # each side gave the tasks to its own agents
         proxy.heal()
-        after = wait_settled(nodes, 60, timeout=25)
+        after = wait_settled(nodes, 60)
         award = after[0]["assignment"]
         assert len({tuple(h[:3]) for h in award.values()}) == 60
         assert sum(v["metrics"]["conflicts_detected"] for v in after) > 0
@@ -396,7 +428,7 @@ notifications false
             )
 
         # Each daemon's conflicts close once it heard the other side's next task_state.
-        wait_until(converged, "one ledger everywhere and no open conflict", timeout=10)
+        wait_until(converged, "one ledger everywhere and no open conflict", timeout=60)
     finally:
         for node in fleet_nodes:
             node.close()

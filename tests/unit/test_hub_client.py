@@ -71,3 +71,23 @@ def test_an_announcement_is_signed_and_acknowledged_before_the_cli_returns(
     with pytest.raises(HubError, match="needs the hub's signing key"):
         announce(unsigned, specs)
     unsigned.close()
+
+
+def test_close_waits_for_the_brokers_acknowledgements(tmp_path: Path) -> None:
+    """A script that announces and closes at once (``with HubClient(...) as c: announce(c,
+    ...)``) loses nothing: closing waits until the broker acknowledged every message (mosquitto
+    drops a connection whose PUBACK it cannot send, and the packets it has not read with it)."""
+    from edge_agent_host.tasks import announce, make_specs
+
+    broker = MemoryBroker()
+    listener = MemoryTransport(broker, "node")
+    listener.subscribe("ea/v1/f/node/+/tasks", 1)
+    listener.connect()
+    key = load_signing_key(generate_keypair(tmp_path, "hub").private_path)
+    client = HubClient(fleet="f", key=key, transport=MemoryTransport(broker, "hub"))
+    client.connect()
+    with client:
+        announce(client, make_specs({"t1": 3}, capability="grid", announced_by="hub"))
+        assert client.unacknowledged == 2  # the key and the announcement, not polled yet
+    assert client.unacknowledged == 0
+    assert len(listener.incoming.drain()) == 2

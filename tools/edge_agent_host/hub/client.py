@@ -54,6 +54,8 @@ __all__ = ["DUPLICATE_GRACE_S", "HubClient"]
 #: How long a result marked a duplicate waits for the command's own answer (wait_result).
 DUPLICATE_GRACE_S = 2.0
 _MAX_AWAITING_ACK = 100_000
+CLOSE_ACK_TIMEOUT_S = 5.0
+"""How long :meth:`HubClient.close` waits for the broker's acknowledgements of what was sent."""
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +152,24 @@ class HubClient:
         self.transport.disconnect()
         raise HubError(f"no connection to the broker within {timeout_s:g} s")
 
-    def close(self) -> None:
-        self.transport.disconnect()
-        if self.store is not None:
-            self.store.close()
+    def close(self, ack_timeout_s: float = CLOSE_ACK_TIMEOUT_S) -> None:
+        """Disconnect, once the broker acknowledged what this client published (waiting up to
+        ``ack_timeout_s``): a client that hangs up right after a QoS 1 publish can lose it and
+        the messages after it, because mosquitto drops a connection whose PUBACK it cannot send
+        together with the packets it has not read yet."""
+        try:
+            if self.transport.is_connected and not self.wait_acknowledged(ack_timeout_s):
+                logger.warning(
+                    "closing with %d message(s) the broker has not acknowledged in %g s",
+                    len(self._awaiting_ack),
+                    ack_timeout_s,
+                )
+        except HubError as err:  # a refusal the caller did not poll for: said, not raised
+            logger.warning("%s", err)
+        finally:
+            self.transport.disconnect()
+            if self.store is not None:
+                self.store.close()
 
     def __enter__(self) -> HubClient:
         return self
@@ -181,6 +197,12 @@ class HubClient:
             if handled is not None:
                 out.append(handled)
         return out
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages this client published that the broker has not acknowledged yet (as far as
+        the last :meth:`poll` knows)."""
+        return len(self._awaiting_ack)
 
     def wait_acknowledged(self, timeout_s: float) -> bool:
         """Poll until the broker acknowledged every message this client published (a CLI that
