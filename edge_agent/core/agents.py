@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
@@ -178,8 +179,13 @@ class AifAgentGroup:
         history_beliefs: HistoryBeliefs = "full",
         planning: PlanningPolicy | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        shared_state: bool = False,
     ) -> None:
         _check_arguments(name, n_agents, precision, history_beliefs)
+        #: Whether the per-agent state that workers write is allocated in shared memory from the
+        #: start (``shared_state``: the caller will :meth:`start_workers`; they then move nothing,
+        #: so the state never has two copies at once), as it is after start_workers anyway.
+        self._shared_state = shared_state
         self.history_beliefs: HistoryBeliefs = history_beliefs
         #: When agents plan (:mod:`edge_agent.aif.planning`); ``clock``: what a planning
         #: deadline is measured with (seconds).
@@ -217,6 +223,8 @@ class AifAgentGroup:
         # Reserve before allocating: shared tables once per model, then per-agent state.
         self.cm = _compiled(self.key, source, pol, dtype)
         self._size_blocks()
+        if -(-n_agents // self.block_size) < 2:  # one block: the caller steps it alone
+            self._shared_state = False
         self._obs_limit = np.array(self.cm.num_obs, dtype=np.uint64)
         self._workspace: kernels.Workspace | None = None
         shared = self.cm.nbytes + (self.quantized.nbytes if self.quantized is not None else 0)
@@ -269,27 +277,40 @@ class AifAgentGroup:
 
     def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
         """Exact bytes of one agent's state, history included."""
+        return sum(self.nbytes_by_part(history_capacity).values())
+
+    def nbytes_by_part(self, history_capacity: int | None = None) -> dict[str, int]:
+        """:meth:`per_agent_nbytes` by part: ``beliefs`` (``qs`` and ``prior``), ``policy``
+        (``q_pi`` and ``G``), ``actions`` (and the flag), ``history`` (the ring's rows),
+        ``history_staging`` (the row staged for the next append), ``planning`` (a planning
+        policy's arrays)."""
         cap = self.history_capacity if history_capacity is None else history_capacity
         item = self.dtype.itemsize
         P = self.cm.num_policies
-        beliefs = 2 * sum(self.cm.num_states) * item  # qs + prior
-        policy = 2 * P * item  # q_pi + G
-        actions = self.cm.num_factors * 8 + 1  # action + has_action
-        history = 0
+        parts = {
+            "beliefs": 2 * sum(self.cm.num_states) * item,  # qs + prior
+            "policy": 2 * P * item,  # q_pi + G
+            "actions": self.cm.num_factors * 8 + 1,  # action + has_action
+            "history": 0,
+            "history_staging": 0,
+        }
         if cap > 0:
             # Timestamps are per tick and shared by the group: counted in bytes_for.
-            history = HistoryRing.bytes_needed(1, cap, self._history_fields, max_window=0)
+            parts["history"] = HistoryRing.bytes_needed(1, cap, self._history_fields, max_window=0)
             # Rows staged for append: beliefs, outcomes and actions in the fields' dtypes.
             fields = self._history_fields
+            staging = 0
             if self.history_beliefs == "full":
-                history += sum(self.cm.num_states)
+                staging += sum(self.cm.num_states)
             else:  # index and code per factor, and the float maximum of the block's beliefs
                 F = self.cm.num_factors
-                history += F * (fields["qs_map"][1].itemsize + 1) + self.dtype.itemsize
-            history += self.cm.num_modalities * fields["obs"][1].itemsize
-            history += self.cm.num_factors * fields["action"][1].itemsize
-            history += np.dtype(np.intp).itemsize  # argmax of soft evidence, for the record
-        return beliefs + policy + actions + history + self._planning_nbytes_per_agent()
+                staging += F * (fields["qs_map"][1].itemsize + 1) + self.dtype.itemsize
+            staging += self.cm.num_modalities * fields["obs"][1].itemsize
+            staging += self.cm.num_factors * fields["action"][1].itemsize
+            staging += np.dtype(np.intp).itemsize  # argmax of soft evidence, for the record
+            parts["history_staging"] = staging
+        parts["planning"] = self._planning_nbytes_per_agent()
+        return parts
 
     def _planning_nbytes_per_agent(self) -> int:
         """A planning policy's per-agent arrays (see :meth:`_allocate_planning`): committed
@@ -387,16 +408,25 @@ class AifAgentGroup:
         if workers > 1:
             self.start_workers(workers)
 
+    def _new(self, shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
+        """A zero-filled array of per-agent state that workers write: in shared memory when the
+        group is (or will be) stepped by workers, so that starting them copies nothing."""
+        if not self._shared_state:
+            return np.zeros(shape, dtype=dtype)
+        from edge_agent.core.workers import shared_empty  # noqa: PLC0415 - multi-core groups only
+
+        return shared_empty(shape, dtype)
+
     def _allocate_arrays(self, n_agents: int) -> None:
         old = self.n_agents
         keep = min(old, n_agents)
         dt = self.dtype
-        qs = [np.empty((n_agents, s), dtype=dt) for s in self.cm.num_states]
-        prior = [np.empty((n_agents, s), dtype=dt) for s in self.cm.num_states]
-        q_pi = np.empty((n_agents, self.cm.num_policies), dtype=dt)
-        G = np.zeros((n_agents, self.cm.num_policies), dtype=dt)
-        action = np.zeros((n_agents, self.cm.num_factors), dtype=np.int64)
-        has_action = np.zeros(n_agents, dtype=bool)
+        qs = [self._new((n_agents, s), dt) for s in self.cm.num_states]
+        prior = [self._new((n_agents, s), dt) for s in self.cm.num_states]
+        q_pi = self._new((n_agents, self.cm.num_policies), dt)
+        G = self._new((n_agents, self.cm.num_policies), dt)
+        action = self._new((n_agents, self.cm.num_factors), np.int64)
+        has_action = self._new(n_agents, bool)
         if keep:
             for new, cur in zip(qs + prior, self.qs + self.prior, strict=True):
                 new[:keep] = cur[:keep]
@@ -430,11 +460,11 @@ class AifAgentGroup:
                 self._now = np.zeros(1, dtype=np.float64)
             # Rows staged in the history's own dtypes, so that append only copies.
             if self.history_beliefs == "full":
-                self._qs_row = np.empty((n_agents, sum(self.cm.num_states)), dtype=np.uint8)
+                self._qs_row = self._new((n_agents, sum(self.cm.num_states)), np.uint8)
             else:
                 F = self.cm.num_factors
-                self._map_row = np.empty((n_agents, F), dtype=self._history_fields["qs_map"][1])
-                self._p_row = np.empty((n_agents, F), dtype=np.uint8)
+                self._map_row = self._new((n_agents, F), self._history_fields["qs_map"][1])
+                self._p_row = self._new((n_agents, F), np.uint8)
                 self._pmax = np.empty(n_agents, dtype=self.dtype)
             obs_dt, act_dt = self._history_fields["obs"][1], self._history_fields["action"][1]
             self._obs_row = np.empty((n_agents, self.cm.num_modalities), dtype=obs_dt)
@@ -454,18 +484,19 @@ class AifAgentGroup:
             for k in ("plan_policy", "plan_left", "plan_age", "deferred")
             if keep and hasattr(self, k)
         }
-        self.plan_policy = np.zeros(n_agents, dtype=np.int32)  # committed policy (index)
-        self.plan_left = np.zeros(n_agents, dtype=np.int32)  # its steps still to take
-        self.plan_age = np.zeros(n_agents, dtype=np.int32)  # ticks since the agent planned
+        self.plan_policy = self._new(n_agents, np.int32)  # committed policy (index)
+        self.plan_left = self._new(n_agents, np.int32)  # its steps still to take
+        self.plan_age = self._new(n_agents, np.int32)  # ticks since the agent planned
         self.deferred = np.zeros(n_agents, dtype=bool)  # put off by the budget
         for k, v in old.items():
             getattr(self, k)[:keep] = v[:keep]
-        self._change = np.zeros(n_agents, dtype=dt)
-        self._evidence = np.ones(n_agents, dtype=dt)
+        self._change = self._new(n_agents, dt)
+        self._evidence = self._new(n_agents, dt)
+        self._evidence.fill(1.0)
         self._must = np.empty(n_agents, dtype=bool)
         self._planned = np.empty(n_agents, dtype=bool)
         self._flag = np.empty(n_agents, dtype=bool)
-        self._candidates = np.empty(n_agents, dtype=np.int64)
+        self._candidates = self._new(n_agents, np.int64)
         self._keys = np.empty(n_agents, dtype=np.int64)
         self._index_scratch = np.empty(n_agents, dtype=np.int64)
         self._change_scratch = np.empty(n_agents, dtype=dt)
@@ -489,10 +520,10 @@ class AifAgentGroup:
         )
         self._gather_obs = np.zeros((nb, cm.num_modalities), dtype=np.int64)
         self.planning_counts = {"planned": 0, "deferred": 0, "agents": n_agents}
-        self._plan_pass = np.zeros(1, dtype=np.int64)
-        self._plan_limit = np.zeros(1, dtype=np.int64)
-        self._plan_deadline = np.zeros(1, dtype=np.float64)
-        self._chunk_done = np.zeros(-(-n_agents // nb), dtype=np.uint8)
+        self._plan_pass = self._new(1, np.int64)
+        self._plan_limit = self._new(1, np.int64)
+        self._plan_deadline = self._new(1, np.float64)
+        self._chunk_done = self._new(-(-n_agents // nb), np.uint8)
 
     def _workspace_block(self, nb: int) -> kernels.Block:
         assert self._workspace is not None  # allocated with the agents
@@ -1203,21 +1234,23 @@ class AifAgentGroup:
 
     def _share_state(self) -> None:
         """Move what the workers write (beliefs, priors, posteriors, actions, the staged history
-        row) into shared memory; the block views are rebuilt on the new arrays."""
-        from edge_agent.core.workers import shared_copy  # noqa: PLC0415
+        row) into shared memory (what is there already, allocated with ``shared_state``, stays
+        where it is); the block views are rebuilt on the new arrays."""
+        from edge_agent.core.workers import shared  # noqa: PLC0415
 
-        self.qs = [shared_copy(q) for q in self.qs]
-        self.prior = [shared_copy(p) for p in self.prior]
-        self.q_pi, self.G = shared_copy(self.q_pi), shared_copy(self.G)
-        self.action, self.has_action = shared_copy(self.action), shared_copy(self.has_action)
+        self._shared_state = True  # a resize allocates there from now on
+        self.qs = [shared(q) for q in self.qs]
+        self.prior = [shared(p) for p in self.prior]
+        self.q_pi, self.G = shared(self.q_pi), shared(self.G)
+        self.action, self.has_action = shared(self.action), shared(self.has_action)
         if not self.planning.every_tick:  # what the workers write, or read after the fork
             for name in _PLAN_SHARED:
-                setattr(self, name, shared_copy(getattr(self, name)))
+                setattr(self, name, shared(getattr(self, name)))
         if self.history is not None:
             if self.history_beliefs == "full":
-                self._qs_row = shared_copy(self._qs_row)
+                self._qs_row = shared(self._qs_row)
             else:
-                self._map_row, self._p_row = shared_copy(self._map_row), shared_copy(self._p_row)
+                self._map_row, self._p_row = shared(self._map_row), shared(self._p_row)
         self._rows.clear()
         self._dense_rows.clear()
 
@@ -1258,7 +1291,9 @@ class AifAgentGroup:
 
     # -- snapshots -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Arrays that restore this group's beliefs, actions and history exactly."""
+        """Arrays that restore this group's beliefs, actions and history exactly: views of the
+        group's own arrays (the history's read-only), valid until it next steps; copy them to
+        keep them."""
         out: dict[str, np.ndarray] = {
             "action": self.action,
             "has_action": self.has_action,
@@ -1271,10 +1306,10 @@ class AifAgentGroup:
         if not self.planning.every_tick:  # the committed plans
             for k in _PLAN_ARRAYS:
                 out[k] = getattr(self, k)
-        if self.history is not None:
-            for k, v in self.history.state_dict().items():
+        if self.history is not None:  # views, as the rest (a copy would double the memory)
+            for k, v in self.history.state_views().items():
                 out[f"history.{k}"] = v
-            for k, v in self._times.state_dict().items():
+            for k, v in self._times.state_views().items():
                 out[f"times.{k}"] = v
         return out
 
@@ -1338,7 +1373,21 @@ class AifAgentGroup:
         return ("aif", self.cm.num_obs, self.cm.num_controls)
 
     def warm_up(self, obs: np.ndarray) -> None:
-        """Step once on ``obs`` without recording, then put beliefs and actions back."""
+        """Step once on ``obs`` without recording, then put beliefs and actions back.
+
+        Only the first block of agents is stepped (and its state copied and put back): the
+        kernels and the model's tables are warm all the same, and a copy of every agent's state
+        would double a large group's memory at start (a million grid10 agents: 850 MB). A
+        subclass that steps its own way is stepped whole."""
+        if type(self).step is AifAgentGroup.step:
+            o, soft = self.check_evidence(obs)
+            rows = self._blocks()[0]
+            block = [*rows.qs, *rows.prior, rows.G, rows.q_pi, rows.action, rows.has_action]
+            saved = [np.array(a, copy=True) for a in block]
+            self._step_rows(rows, o, soft, record=False)
+            for a, v in zip(block, saved, strict=True):
+                np.copyto(a, v)
+            return
         state = {
             k: np.array(v, copy=True)
             for k, v in self.state_dict().items()
@@ -1348,9 +1397,12 @@ class AifAgentGroup:
         self.load_state_dict(state)
 
     def finite(self) -> bool:
-        """Whether every posterior and policy posterior is finite."""
-        return all(bool(np.isfinite(q).all()) for q in self.qs) and bool(
-            np.isfinite(self.q_pi).all()
+        """Whether every posterior and policy posterior is finite (block by block: no
+        temporary the size of the group)."""
+        return all(
+            bool(np.isfinite(a).all())
+            for rows in self._blocks()
+            for a in (*rows.qs, rows.q_pi)
         )
 
     def random_inputs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:

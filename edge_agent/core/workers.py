@@ -49,6 +49,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import math
 import mmap
 import os
 import select
@@ -60,8 +61,9 @@ from dataclasses import dataclass
 from typing import Final, ParamSpec, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
-__all__ = ["BlockWorkers", "shared_copy"]
+__all__ = ["BlockWorkers", "is_shared", "shared", "shared_copy", "shared_empty"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +98,38 @@ class _Heap:
             gc.unfreeze()
 
 
+def shared_empty(shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
+    """A new array in anonymous shared memory (zero-filled: the kernel's pages are, and they
+    become resident only when written): a child forked after this sees its writes."""
+    dt = np.dtype(dtype)
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = math.prod(dims)
+    buf = mmap.mmap(-1, max(count * dt.itemsize, 1), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+    out: np.ndarray = np.frombuffer(buf, dtype=dt, count=count).reshape(dims)
+    return out
+
+
+def is_shared(arr: np.ndarray) -> bool:
+    """Whether ``arr`` lives in memory from :func:`shared_empty` (a view of it included)."""
+    base: object = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):  # np.frombuffer's: the buffer it was given
+        base = base.obj
+    return isinstance(base, mmap.mmap)
+
+
 def shared_copy(arr: np.ndarray) -> np.ndarray:
     """``arr`` copied into anonymous shared memory: a child forked after this sees its writes."""
-    buf = mmap.mmap(-1, max(arr.nbytes, 1), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-    out: np.ndarray = np.frombuffer(buf, dtype=arr.dtype, count=arr.size).reshape(arr.shape)
+    out = shared_empty(arr.shape, arr.dtype)
     out[...] = arr
     return out
+
+
+def shared(arr: np.ndarray) -> np.ndarray:
+    """``arr`` itself if it is in shared memory already (allocated there from the start: no copy,
+    no second footprint while it moves), else :func:`shared_copy`."""
+    return arr if is_shared(arr) else shared_copy(arr)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -78,6 +78,12 @@ _SIGNATURE = b"EASNAP"
 MAGIC = _SIGNATURE + FORMAT_VERSION.to_bytes(2, "big")
 _COMPRESS_MIN_BYTES = 4096
 _COMPRESS_LEVEL = 1
+#: Arrays are compressed this many bytes at a time, and the compressed bytes are kept from the
+#: layout to the write only while all of them together stay below _KEEP_PACKED_BYTES; beyond
+#: that they are compressed again as they are written (deterministic: the same bytes), so that
+#: a snapshot of a large group never holds a compressed copy of its state (a million agents).
+_CHUNK_BYTES = 4 << 20
+_KEEP_PACKED_BYTES = 32 << 20
 _HEADER_LEN = struct.Struct("<I")
 _PREFIX_SIZE = len(MAGIC) + _HEADER_LEN.size
 _DIGEST_SIZE = hashlib.sha256().digest_size
@@ -278,7 +284,7 @@ class SnapshotStore:
         self,
         path: Path,
         header: bytes,
-        arrays: list[npt.NDArray[Any] | bytes],
+        arrays: list[npt.NDArray[Any] | _Packed],
         directory: list[dict[str, Any]],
     ) -> int:
         with atomic_writer(path, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX) as f:
@@ -404,12 +410,38 @@ def _align(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
 
 
+class _Packed:
+    """An array to be written zlib-compressed, ``stored`` bytes: its compressed bytes when they
+    were kept (``packed``), else compressed again as it is written."""
+
+    __slots__ = ("array", "packed", "stored")
+
+    def __init__(self, array: npt.NDArray[Any], packed: list[bytes] | None, stored: int) -> None:
+        self.array, self.packed, self.stored = array, packed, stored
+
+    def chunks(self) -> Iterable[bytes]:
+        return self.packed if self.packed is not None else _deflate(self.array)
+
+
+def _deflate(array: npt.NDArray[Any]) -> Iterator[bytes]:
+    """The array's C-order bytes zlib-compressed, ``_CHUNK_BYTES`` of input at a time (one zlib
+    stream, as ``zlib.compress`` gives, byte for byte the same each time)."""
+    data = _c_bytes(array)
+    packer = zlib.compressobj(_COMPRESS_LEVEL)
+    for start in range(0, len(data), _CHUNK_BYTES):
+        out = packer.compress(data[start : start + _CHUNK_BYTES])
+        if out:
+            yield out
+    yield packer.flush()
+
+
 def _layout(
     arrays: Mapping[str, npt.NDArray[Any]], *, compress: bool = True
-) -> tuple[list[npt.NDArray[Any] | bytes], list[dict[str, Any]], int]:
+) -> tuple[list[npt.NDArray[Any] | _Packed], list[dict[str, Any]], int]:
     """Check ``arrays`` and place them: (what to write for each: the array or its compressed
-    bytes, the header directory, the data section size)."""
-    checked: list[npt.NDArray[Any] | bytes] = []
+    form, the header directory, the data section size)."""
+    checked: list[npt.NDArray[Any] | _Packed] = []
+    kept = 0
     directory: list[dict[str, Any]] = []
     offset = 0
     for name, array in arrays.items():
@@ -430,14 +462,22 @@ def _layout(
             "offset": offset,
             "nbytes": array.nbytes,
         }
-        body: npt.NDArray[Any] | bytes = array
+        body: npt.NDArray[Any] | _Packed = array
         stored = array.nbytes
         if compress:
             entry["codec"] = "raw"
             if array.nbytes >= _COMPRESS_MIN_BYTES:
-                packed = zlib.compress(_c_bytes(array), _COMPRESS_LEVEL)
-                if len(packed) <= 0.9 * array.nbytes:
-                    entry["codec"], body, stored = "zlib", packed, len(packed)
+                packed: list[bytes] | None = []
+                size = 0
+                for chunk in _deflate(array):
+                    size += len(chunk)
+                    if packed is not None and kept + size <= _KEEP_PACKED_BYTES:
+                        packed.append(chunk)
+                    else:
+                        packed = None  # too much to keep: compressed again when written
+                if size <= 0.9 * array.nbytes:
+                    entry["codec"], body, stored = "zlib", _Packed(array, packed, size), size
+                    kept += size if packed is not None else 0
             entry["stored"] = stored
         directory.append(entry)
         checked.append(body)
@@ -493,7 +533,7 @@ def _write_body(
     f: BinaryIO,
     magic: bytes,
     header: bytes,
-    arrays: list[npt.NDArray[Any] | bytes],
+    arrays: list[npt.NDArray[Any] | _Packed],
     directory: list[dict[str, Any]],
 ) -> int:
     """Write magic, header, data and trailer to ``f``; return the number of bytes."""
@@ -513,7 +553,15 @@ def _write_body(
     put(bytes(data_start - written))
     for array, entry in zip(arrays, directory, strict=True):
         put(bytes(data_start + entry["offset"] - written))
-        put(array if isinstance(array, bytes) else _c_bytes(array))
+        if isinstance(array, _Packed):
+            for chunk in array.chunks():
+                put(chunk)
+        else:
+            data = _c_bytes(array)
+            for start in range(0, len(data), _CHUNK_BYTES):
+                put(data[start : start + _CHUNK_BYTES])
+        if written != data_start + entry["offset"] + entry.get("stored", entry["nbytes"]):
+            raise SnapshotError(f"array {entry['name']!r} changed while the snapshot was written")
     trailer = digest.digest()
     f.write(trailer)
     return written + len(trailer)

@@ -99,7 +99,11 @@ def new_agents(
     n_agents: int,
     budget: MemoryBudget | None,
     history_capacity: int,
+    *,
+    workers: int = 1,
 ) -> AifAgentGroup:
+    """The agents; with ``workers`` above one their state is allocated in shared memory from
+    the start (the caller starts the workers: nothing is copied then)."""
     assert loaded.model is not None
     return AifAgentGroup(
         loaded.model,
@@ -112,6 +116,7 @@ def new_agents(
         name=cfg.name,
         history_beliefs=cfg.history_beliefs,
         planning=cfg.planning,
+        shared_state=workers > 1,
     )
 
 
@@ -170,7 +175,7 @@ class AifKind:
         workers: int,
     ) -> AifAgentGroup:
         del threads  # blocks of agents go to worker processes instead
-        agents = new_agents(loaded, cfg, n_agents, budget, history_capacity)
+        agents = new_agents(loaded, cfg, n_agents, budget, history_capacity, workers=workers)
         if workers > 1:
             try:
                 agents.start_workers(workers)

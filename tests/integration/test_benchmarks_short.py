@@ -111,6 +111,11 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "memory", "mqtt": "on"}, ("rss_mb", "by_mapping")),
         ({"bench": "memory_summary", "mqtt": "on"}, ("this_rss_mb",)),
     ],
+    "bench_million.py": [
+        ({"bench": "million", "policy": "every_4"},
+         ("pss_peak_mb", "pss_steady_mb", "rss_peak_mb", "hz", "capacity_hz", "bytes_per_agent",
+          "score")),
+    ],
     "bench_neural.py": [
         *[({"bench": "neural", "backend": b, "variant": v}, ("agent_steps_per_s", "size_bytes"))
           for b in ("onnxruntime", "litert") for v in ("float", "int8")],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -361,3 +363,42 @@ def test_a_tick_allocates_no_block_sized_temporaries(workload: str, policy_len: 
     finally:
         tracemalloc.stop()
     assert worst < 256 * 1024, f"a tick allocated {worst / 1024:.0f} KB at its peak"
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_warm_up_steps_one_block_and_puts_its_state_back(
+    every: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """warm_up runs the kernels on the first block only and leaves every agent's state (and
+    the history) as it was; the next step gives what it gives without a warm-up."""
+    from edge_agent.aif.planning import EVERY_TICK, PlanningPolicy
+
+    policy = EVERY_TICK if every == 1 else PlanningPolicy(every=every)
+    env = GridWorldEnv(5 * 32, seed=2)
+    warm, cold = (
+        AifAgentGroup(env.model, 5 * 32, block_size=32, history_capacity=3, planning=policy)
+        for _ in range(2)
+    )
+    obs = env.reset()
+    for g in (warm, cold):
+        g.step(obs)
+    nxt = env.step(warm.action.copy())
+    before = {k: np.array(v) for k, v in warm.state_dict().items()}
+    stepped: list[int] = []
+    step_rows = warm._step_rows
+
+    def spy(rows: Any, *args: Any, **kwargs: Any) -> None:
+        stepped.append(rows.sl.start)
+        step_rows(rows, *args, **kwargs)
+
+    monkeypatch.setattr(warm, "_step_rows", spy)
+    warm.warm_up(nxt)
+    monkeypatch.undo()
+    assert stepped == [0]  # the first block only
+    after = warm.state_dict()
+    assert set(after) == set(before)
+    for k, v in before.items():
+        np.testing.assert_array_equal(after[k], v, err_msg=k)
+    np.testing.assert_array_equal(warm.step(nxt), cold.step(nxt))
+    for a, b in zip(warm.qs, cold.qs, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -399,6 +399,33 @@ def test_state_round_trip_restores_rows_in_order() -> None:
     assert (len(empty), empty.total_appended) == (0, 0)
 
 
+@pytest.mark.parametrize("appended", [0, 3, 5, 7, 13])
+def test_state_views_equal_the_state_and_the_ring_goes_on(appended: int) -> None:
+    """state_views rotates the arenas in place (no copy) and gives the rows state_dict gives;
+    the ring's contents, its windows and its next appends are those of a ring never rotated."""
+    ring, twin = HistoryRing(3, 5, FIELDS), HistoryRing(3, 5, FIELDS)
+    for k in range(appended):
+        ring.append(**make_row(3, k))
+        twin.append(**make_row(3, k))
+    expected = twin.state_dict()
+    views = ring.state_views()
+    assert set(views) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(views[name], value)
+        assert views[name].dtype == value.dtype
+    for name in FIELDS:
+        assert views[name].base is not None  # a view
+        assert not views[name].flags.writeable
+    for k in range(appended, appended + 4):
+        ring.append(**make_row(3, k))
+        twin.append(**make_row(3, k))
+        for name in FIELDS:
+            np.testing.assert_array_equal(ring.window(name), twin.window(name))
+    restored = HistoryRing(3, 5, FIELDS)
+    restored.load_state_dict(ring.state_views())
+    np.testing.assert_array_equal(restored.window("obs"), twin.window("obs"))
+
+
 def _state(**changes: Any) -> dict[str, Any]:
     ring = HistoryRing(3, 4, FIELDS)
     for k in range(3):

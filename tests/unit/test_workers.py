@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget
-from edge_agent.core.workers import RESTART_AFTER_S
+from edge_agent.core.workers import RESTART_AFTER_S, is_shared
 from edge_agent.sim.registry import make_env
 
 BLOCK = 64
@@ -229,6 +230,46 @@ def test_soft_evidence_is_stepped_by_the_caller_alike() -> None:
         one.step([p])
         many.step([p])
         assert_same(one, many)
+
+
+@pytest.mark.parametrize("planning", [None, PlanningPolicy(every=2)])
+def test_state_allocated_shared_from_the_start_is_not_moved(
+    planning: PlanningPolicy | None,
+) -> None:
+    """With ``shared_state`` the state the workers write is in shared memory from the start:
+    start_workers moves nothing (no second copy of a large group's state while it would move),
+    and the results are those of one process. Without it, start_workers moves it there."""
+    env: Any = make_env("grid10", 5 * BLOCK, seed=4)
+    kw: dict[str, Any] = {"block_size": BLOCK, "history_capacity": 4, "planning": planning,
+                          "history_beliefs": "map"}
+    one = AifAgentGroup(env.model, 5 * BLOCK, **kw)
+    many = AifAgentGroup(env.model, 5 * BLOCK, shared_state=True, **kw)
+    names = ["q_pi", "G", "action", "has_action", "_map_row", "_p_row"]
+    if planning is not None:
+        names += ["plan_policy", "plan_left", "plan_age", "_change", "_evidence", "_candidates"]
+    state = [*many.qs, *many.prior, *(getattr(many, k) for k in names)]
+    assert all(is_shared(a) for a in state)
+    assert not any(is_shared(a) for a in [*one.qs, one.q_pi, one.action])
+    assert many.start_workers(2) == 2
+    after = [*many.qs, *many.prior, *(getattr(many, k) for k in names)]
+    assert all(a is b for a, b in zip(state, after, strict=True))  # not moved
+    moved = AifAgentGroup(env.model, 5 * BLOCK, block_size=BLOCK, planning=planning)
+    moved.start_workers(2)
+    assert all(is_shared(a) for a in [*moved.qs, *moved.prior, moved.q_pi, moved.action])
+    obs = env.reset()
+    for _ in range(4):
+        if env.episode_start.any():
+            one.reset(env.episode_start)
+            many.reset(env.episode_start)
+        actions = one.step(obs).copy()
+        many.step(obs)
+        assert_same(one, many)
+        obs = env.step(actions)
+    many.resize(6 * BLOCK)  # a resize allocates there again, and the workers start on it
+    assert many.workers == 2
+    assert all(is_shared(a) for a in [*many.qs, *many.prior, many.q_pi, many.action])
+    many.stop_workers()
+    moved.stop_workers()
 
 
 def test_one_block_means_one_process() -> None:
