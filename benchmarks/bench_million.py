@@ -172,8 +172,9 @@ def bytes_per_agent(agents: int, every: int) -> dict[str, Any]:
     parts: dict[str, Any] = dict(probe.nbytes_by_part())
     parts["world"] = round(arrays_nbytes(env, 1000) / 1000, 1)
     obs = env.reset()
-    # The runtime's observation array and the workers' shared copy of it (int64 per modality).
-    parts["observations"] = 2 * obs.itemsize * obs.shape[1]
+    # The workers' shared copy of each tick's observations (int64 per modality); the runtime's
+    # observations are the world's own array (counted with the world).
+    parts["observations"] = obs.itemsize * obs.shape[1]
     parts["total"] = round(sum(v for k, v in parts.items() if k != "total"), 1)
     scratch = probe.scratch_nbytes(agents)
     return {"bytes_per_agent": parts, "scratch_mb_per_process": round(scratch / 2**20, 1)}
