@@ -15,7 +15,9 @@ every ``--every-s`` seconds:
   ``run``, ``stop`` after SIGTERM) and ``*_steady`` (median of the ``run`` samples).
 * ``hz``: ticks over time between the first and last status read of the run; the status file's
   ``tick_p50_ms``/``tick_p99_ms``, ``overruns`` and ``capacity_hz`` (1000 / p50: how fast the
-  daemon could tick); ``duty_cycle``: the last tick's share of agents planned.
+  daemon could tick); ``cpu_s_per_tick``: CPU seconds the tree spent per tick (on a loaded
+  machine the wall clock is not the code's: with 2 cores to itself, 2 Hz needs at most 1.0);
+  ``duty_cycle``: the last tick's share of agents planned.
 * ``score``: goals reached per agent-step (bench_planning's grid score), ``score_ratio``: over
   the ``every_tick`` run's when it is in ``--policies``.
 * ``bytes_per_agent``: the group's state by part (``AifAgentGroup.nbytes_by_part``), the world's
@@ -111,6 +113,21 @@ class TreeSampler:
         if own:
             self.samples.append((phase, pss, rss, own, len(pids)))
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user and system) of the tree's processes so far."""
+        total = 0.0
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return total
+        for p in procs:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
+
     def summary(self) -> dict[str, Any]:
         mb = 1 / 2**20
         out: dict[str, Any] = {"samples": len(self.samples)}
@@ -190,8 +207,8 @@ class Run:
         self.t0 = time.perf_counter()
         self.ready_s: float | None = None
         self.stop_at: float | None = None
-        self.first: tuple[float, int] | None = None
-        self.last: tuple[float, int] | None = None
+        self.first: tuple[float, int, float] | None = None  # (time, ticks, tree CPU s)
+        self.last: tuple[float, int, float] | None = None
         self.status: dict[str, Any] = {}
 
     def poll(self, ticks: int) -> None:
@@ -206,12 +223,10 @@ class Run:
         elif self.phase == "run":
             self.status = read_status(self.state) or self.status
             done = self.status.get("tick", {}).get("ticks", 0) if self.status else 0
-            if done:
-                now = time.perf_counter()
+            if done and (self.last is None or done != self.last[1]):
+                self.last = (time.perf_counter(), done, self.sampler.cpu_s())
                 if self.first is None:
-                    self.first = (now, done)
-                if self.last is None or done != self.last[1]:
-                    self.last = (now, done)
+                    self.first = self.last
             if done >= ticks:
                 self.phase, self.stop_at = "stop", time.perf_counter()
                 self.proc.send_signal(signal.SIGTERM)
@@ -221,6 +236,13 @@ class Run:
         if self.first is None or self.last is None or self.last[0] <= self.first[0]:
             return None
         return round((self.last[1] - self.first[1]) / (self.last[0] - self.first[0]), 3)
+
+    def cpu_s_per_tick(self) -> float | None:
+        """CPU seconds the tree spent per tick (all its processes, user and system) over the
+        same window as :meth:`hz`: with 2 cores to itself, a rate of 2 Hz needs at most 1.0."""
+        if self.first is None or self.last is None or self.last[1] <= self.first[1]:
+            return None
+        return round((self.last[2] - self.first[2]) / (self.last[1] - self.first[1]), 3)
 
 
 def run(args: argparse.Namespace, policy: str) -> dict[str, Any]:
@@ -285,6 +307,7 @@ def run(args: argparse.Namespace, policy: str) -> dict[str, Any]:
         **watch.sampler.summary(),
         "ticks": tick["ticks"],
         "hz": watch.hz(),
+        "cpu_s_per_tick": watch.cpu_s_per_tick(),
         "tick_p50_ms": tick["p50_ms"],
         "tick_p99_ms": tick["p99_ms"],
         "capacity_hz": round(1000 / tick["p50_ms"], 3) if tick["p50_ms"] else None,
