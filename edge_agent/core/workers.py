@@ -2,8 +2,10 @@
 
 numpy releases the GIL inside each call, but the kernels make many short calls and the Python
 between them holds it, so threads do not scale (measured: 0.7-1.25x on two cores). Processes do.
-:class:`BlockWorkers` moves a group's per-agent state (beliefs, priors, policy posteriors,
-actions, the staged history row) into anonymous shared memory, then forks ``count - 1`` workers.
+:class:`BlockWorkers` forks ``count - 1`` workers once a group's per-agent state (beliefs, priors,
+policy posteriors, actions, the staged history row) is in anonymous shared memory: allocated
+there from the start (:func:`shared_empty`: a group built to be stepped by workers), or moved
+there (:func:`shared`).
 One tick:
 
 1. the caller copies the checked observations into a shared buffer, writes every block's index

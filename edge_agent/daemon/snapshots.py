@@ -24,8 +24,9 @@ a belief history is mostly zeros, and an SD card wears with every byte (1,000 gr
 with 64-step histories: 7.4 MB raw, 0.38 MB stored). The arrays are written as they are, 4 MB
 at a time, compressed as they are written: a snapshot of a large group holds no copy of it
 (compressed bytes are kept from the layout to the write only while they total under 32 MB;
-beyond that an array is compressed twice, once to know its size and once as it is written). Format v1 is v2 without ``codec`` and
-``stored`` (every array raw); it is still read, and written with ``compress=False``.
+beyond that an array is compressed twice, once to know its size and once as it is written).
+Format v1 is v2 without ``codec`` and ``stored`` (every array raw); it is still read, and
+written with ``compress=False``.
 
 Only bool, signed and unsigned integer and float (up to 64-bit) arrays are stored; anything else
 is refused with :class:`~edge_agent.errors.SnapshotError`. One process owns a state directory:
