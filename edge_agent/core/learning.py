@@ -14,7 +14,9 @@ observe and do, and infer with the tables those counts stand for. One tick, in p
 4. plan and act with the current tables, record the history row.
 
 ``pD`` learns at :meth:`end_trial` from the posterior that ends a trial, and the tables are
-refreshed there. :meth:`reset` keeps what was learned. The counts are ``shared``: one set for the
+refreshed there. :meth:`reset` keeps what was learned; a group built with
+``trial_ends_at_reset=True`` (the daemon's, whose world starts new trials by :meth:`reset`) ends
+the trials of the agents it resets first. The counts are ``shared``: one set for the
 whole group, updated from all agents' experience in one batched reduction; they are reserved in
 the memory budget (with the group's own int8 codes of the learned tables,
 :attr:`LearningAgentGroup.learning_nbytes`), and the previous tick's posteriors ``B`` learning
@@ -68,9 +70,12 @@ class LearningAgentGroup(AifAgentGroup):
         n_agents: int,
         *,
         learning: LearningSpec,
+        trial_ends_at_reset: bool = False,
         **kwargs: Any,
     ) -> None:
         name = str(kwargs.get("name", "group"))
+        #: :meth:`reset` ends the trials of the agents that acted in theirs (``pD`` learns).
+        self.trial_ends_at_reset = trial_ends_at_reset
         if learning.settings.scope != self.scope:
             raise InputError(
                 f"group {name!r}: learning scope {learning.settings.scope!r} needs "
@@ -97,7 +102,7 @@ class LearningAgentGroup(AifAgentGroup):
         self._learning_reservation: Reservation | None = None
         if self._budget is not None:
             self._learning_reservation = self._budget.reserve(
-                f"{self.name}:learning", "model", self.learning_nbytes,
+                f"{self.name}:learning", "learning", self.learning_nbytes,
                 hint=f"learn fewer tables in group {self.name!r}",
             )
             self._reservations.append(self._learning_reservation)
@@ -244,13 +249,28 @@ class LearningAgentGroup(AifAgentGroup):
         posteriors (``posterior[f]`` rows of the selected agents instead, e.g. a trial's first),
         the tables are refreshed, and they start again from the learned ``D``."""
         sel = np.ones(self.n_agents, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        self._learn_D(sel, posterior)
+        super().reset(sel)
+
+    def _learn_D(  # noqa: N802 - pymdp's table names
+        self, sel: np.ndarray, posterior: Sequence[np.ndarray] | None = None
+    ) -> None:
         if self.learner.pD is not None and sel.any():
             self.learner.learn_D(
                 [q[sel] for q in self.qs] if posterior is None else list(posterior),
                 agents=np.flatnonzero(sel),
             )
             self.refresh()
-        self.reset(sel)
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """New trials for the agents in ``mask`` (all by default), keeping what was learned.
+        With ``trial_ends_at_reset`` the agents of ``mask`` that acted in their trial end it
+        first: ``pD`` learns from their last posterior (an agent reset before its first step
+        has no trial to sum up)."""
+        if self.trial_ends_at_reset and self.learner.pD is not None:
+            sel = np.ones(self.n_agents, dtype=bool) if mask is None else np.asarray(mask, bool)
+            self._learn_D(sel & self.has_action)
+        super().reset(mask)
 
     def refresh(self) -> None:
         """The agents infer with the counts' expectation from now on: the model is rebuilt from
