@@ -7,8 +7,9 @@ The table names what :class:`~edge_agent.aif.learning.LearningSpec` takes, with 
   indices or ``"all"``; left out, the tables whose counts the model's bundle carries (``pA1``
   in the bundle: ``A = [1]``); ``[]``, none.
 - prior counts: the bundle's where it carries them, else ``prior_scale`` times the model's
-  table (pymdp's ``utils.dirichlet_like(A, scale)``): a small scale is a model barely known,
-  one the first experience moves; a large one a confident model.
+  table (pymdp's ``utils.dirichlet_like(A, scale)``) plus ``prior_floor`` everywhere: a small
+  scale is a model barely known, one the first experience moves; a large one a confident model;
+  a floor lets the agents learn what their model says cannot happen.
 - ``scope``, ``forgetting``, ``refresh_every`` (the tables follow the counts every K ticks),
   ``counts_dtype``; ``D`` learns at the end of every trial, from the trial's last posterior.
 
@@ -105,6 +106,15 @@ class LearningTable(Record):
             "times the model's table (pymdp's dirichlet_like).",
         ),
     ] = 1.0
+    prior_floor: Annotated[
+        float,
+        Rule(
+            ge=0,
+            le=1e9,
+            description="Added to every entry of such prior counts: what the model says cannot "
+            "happen (a slip, a wall) can then be learned (0: only the table's support).",
+        ),
+    ] = 0.0
     counts_dtype: Annotated[
         Literal["float64", "float32"],
         Rule(description="What the counts are stored in (float32: half the memory)."),
@@ -202,6 +212,6 @@ class LearningTable(Record):
                 )
         return {
             i: np.asarray(carried[i], dtype=np.float64) if i in carried
-            else self.prior_scale * np.asarray(tables[i], dtype=np.float64)
+            else self.prior_scale * np.asarray(tables[i], dtype=np.float64) + self.prior_floor
             for i in wanted
         }
