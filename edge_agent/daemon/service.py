@@ -330,11 +330,18 @@ class Daemon:
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s: stopping after a final snapshot", signal.Signals(signum).name)
-        self.stop_event.set()
+        self._wake()
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
         self._reload_requested = True
-        self.stop_event.set()  # wake the clock; the loop clears it again for a reload
+        self._wake()  # wake the clock; the loop clears it again for a reload
+
+    def _wake(self) -> None:
+        """Set the stop event for a signal handler, from a thread of its own: a handler runs on
+        the main thread between two of its bytecodes, possibly while that thread holds the
+        event's lock (inside ``Event.wait`` or ``clear``), and ``Event.set`` there would wait
+        for the lock forever (a daemon that hung on a SIGHUP now and then)."""
+        threading.Thread(target=self.stop_event.set, name="signal-wake", daemon=True).start()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def restore(self) -> None:
