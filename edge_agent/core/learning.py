@@ -404,10 +404,14 @@ class LearningAgentGroup(AifAgentGroup):
     def _note_surprise(self, obs: IntArray, prior: Sequence[np.ndarray]) -> None:
         """Fold this tick's mean surprise ``-ln p(o)``, ``p(o_m) = A_m[o_m] . prior`` (the
         joint of the agents' predicted beliefs, ``prior[f]`` ``(N, S_f)``), into the moving
-        mean."""
-        joint = joint_states([np.asarray(p, dtype=np.float64) for p in prior])
+        mean: over every agent of a group of at most :data:`SURPRISE_AGENTS`, else over that
+        many spread evenly (every ``ceil(N / SURPRISE_AGENTS)``-th), so that it costs a large
+        group's tick little."""
+        n = obs.shape[0]
+        rows = np.arange(0, n, -(-n // SURPRISE_AGENTS))
+        obs = obs[rows]
+        joint = joint_states([np.asarray(p[rows], dtype=np.float64) for p in prior])
         total = 0.0
-        rows = np.arange(obs.shape[0])
         for m, flat in enumerate(self._surprise_tables()):
             # (O, S): one table for all; (N, O, S) or (1, O, S): per agent
             if flat.ndim == 2:
@@ -679,6 +683,8 @@ class PerAgentLearningGroup(LearningAgentGroup):
 
 #: The moving mean of the surprise spans about this many ticks.
 SURPRISE_TICKS = 100
+#: The surprise of a tick is the mean over at most this many agents of the group.
+SURPRISE_AGENTS = 256
 
 
 def divergence_from_prior(counts: Sequence[DirichletCounts]) -> float:

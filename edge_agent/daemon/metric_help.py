@@ -178,7 +178,8 @@ GROUP: Final[dict[str, str]] = {
     "of the table the counts stand for from the one their prior stands for (0: nothing "
     "learned).",
     "learning_surprise": "The agents' mean surprise -ln p(o) per tick under the beliefs they "
-    "predicted (nats, summed over modalities), a moving mean over about 100 ticks.",
+    "predicted (nats, summed over modalities; at most 256 agents spread over the group), a "
+    "moving mean over about 100 ticks.",
 }
 
 POWER: Final[Described] = {
