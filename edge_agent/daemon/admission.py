@@ -308,7 +308,7 @@ def load_group_model(
             f"{loaded.kind} group steps every agent every tick",
             path=None,
         )
-    if cfg.learning is not None and not kind.learns:
+    if cfg.learning is not None and not getattr(kind, "learns", False):
         raise ConfigError(
             f"group {cfg.name!r}: {LEARNING} is for Active Inference agents that observe "
             f"outcome indices; a {loaded.kind} group does not learn",
