@@ -350,6 +350,14 @@ def format_status(s: dict[str, Any]) -> str:
                 f"               mqtt out: {actions['batches']} batches, "
                 f"{actions['dropped']} refused"
             )
+        learning = g.get("learning")  # [groups.learning], docs/learning.md
+        if learning:
+            lines.append(
+                f"               learning {', '.join(learning['tables'])} "
+                f"({learning['scope']}, counts from {learning['counts_from']}): "
+                f"{learning['updates']} updates, divergence {learning['divergence']:.4g} nats, "
+                f"surprise {learning['surprise']:.3f} nats/tick"
+            )
     lines.extend(_state_lines(s))
     lines.extend(_fleet_lines(s))
     lines.extend(_coordination_lines(s))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent.cli import format_status
 from edge_agent.daemon.snapshots import read_snapshot
 from edge_agent.sim.registry import builtin_model
 from tests.integration.test_daemon import PROFILES, REPO, Daemon, NotifySocket, wait_status
@@ -112,6 +113,12 @@ def test_a_daemon_with_the_table_learns_its_model(tmp_path: Path) -> None:
     assert maze["divergence"] > 0
     assert grid["divergence"] > 0  # the floor lets the slips be learned
     assert 0 < maze["surprise"] < 10
+    text = format_status(status)  # what edge-agent status prints
+    assert (
+        f"learning pA1, pD0, pD1 (shared, counts from priors): {maze['updates']} updates, "
+        f"divergence {maze['divergence']:.4g} nats, surprise {maze['surprise']:.3f} nats/tick"
+    ) in text
+    assert "learning pB0 (per_agent, counts from priors)" in text
     counters = status["counters"]
     assert counters["learning.groups"] == 2
     assert counters["learning.agents"] == 68
