@@ -20,6 +20,8 @@ from edge_agent.daemon.groups import plan_requests
 from edge_agent.errors import ConfigError
 from edge_agent.sim.registry import builtin_model
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv
+from edge_agent_host.cli import main as host_main
+from edge_agent_host.keys import generate_keypair
 from tests.unit.test_daemon_kinds import NEURAL, PERCEIVING, bundles, config  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,3 +238,34 @@ def test_the_table_of_docs_learning_loads(
     assert agents.learner.pA.tables == (1,)
     assert agents.learning_nbytes == 696  # what the doc says check-config prints
     agents.release()
+
+
+def test_a_bundle_that_carries_counts_is_learned_from_them(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The host tool's bundle of the shipped learning model (``pA1``): a table that names no
+    key learns what the bundle carries, from its counts; one that names a table it does not
+    carry starts that one from ``prior_scale`` times the table."""
+    key = generate_keypair(tmp_path / "keys", "ci").private_path
+    tar = tmp_path / "tmaze.tar"
+    assert host_main(["convert", "aif", str(ROOT / "examples" / "tmaze-learning.npz"), "--out",
+                      str(tar), "--rollouts", "20", "--steps", "4", "--sign", str(key)]) == 0
+    capsys.readouterr()
+    carried = np.load(ROOT / "examples" / "tmaze-learning.npz")["pA1"]
+    for learning, tables in (("lr_pA = 0.5\n", (1,)), ("A = [0, 1]\nprior_scale = 3.0\n", (0, 1))):
+        builtin, world = '{ type = "builtin", name = "tmaze-reversal" }', 'world = "tmaze-reversal"'
+        bundled = group(learning=learning).replace(
+            builtin, f'{{ type = "bundle", path = "{tar}" }}'
+        ).replace('source = { type = "sim" }', f"source = {{ type = \"sim\", {world} }}")
+        body = f'trusted_keys_dir = "{tmp_path / "keys"}"\n{bundled}'
+        _, _, groups = admit(read_config(daemon(tmp_path, body), profiles=profiles))
+        agents = groups[0].agents
+        assert isinstance(agents, LearningAgentGroup)
+        pA = agents.learner.pA
+        assert pA is not None
+        assert pA.tables == tables
+        assert np.array_equal(pA.prior[tables.index(1)], carried)  # the bundle's own counts
+        if 0 in tables:
+            table = agents.model.A[0]
+            assert np.allclose(pA.prior[0], 3.0 * table)
+        agents.release()
