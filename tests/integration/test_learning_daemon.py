@@ -221,3 +221,18 @@ def test_counts_come_back_after_sigkill_and_stay_across_a_reload(tmp_path: Path)
     assert "group maze: its model or size changed: learning starts from the new model's priors" \
         in log
     assert log.count("group 'maze': learned counts restored") == 2  # the restart, the 1st reload
+
+
+def test_run_refuses_a_bad_table_in_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "daemon.toml"
+    config.write_text(CONFIG.format(state=state).replace("A = [1]", "A = [3]"))
+    done = run(config)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    line = CONFIG.format(state=state).splitlines().index("A = [3]".replace("3", "1")) + 1
+    assert (
+        f"{config}:{line}: groups[0].learning.A: group 'maze': [groups.learning] A: learning "
+        "asked for modality 3, the model has 3 (modality indices 0..2)"
+    ) in done.stderr
+    assert "READY" not in done.stderr
