@@ -10,6 +10,13 @@ drift from run to run.
 
 ``--smoke``: 20 agents, 2 s runs, one baseline start: the code path, for CI
 (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+
+``daemon-learning`` rows (issue 32, item 4): the daemon's tick of one group with a
+``[groups.learning]`` table against the same group without it, in this process: both built by
+the daemon's admission from a config (:func:`edge_agent.daemon.admission.admit`) and ticked as
+the daemon ticks them (``GroupRuntime.tick``: the world's step and the agents'), in alternating
+rounds on one thread; ``ratio`` is the median over rounds of the learning tick's time over the
+plain one's (its refreshes included). ``--learning-only`` runs only these rows.
 """
 
 from __future__ import annotations
@@ -138,22 +145,101 @@ def run_daemon(grid: int, tmaze: int, hz: float, seconds: float) -> dict[str, ob
     }
 
 
+#: (world, learning table, what it says): the demo's T-maze learning, refreshed every trial
+#: and every 100 ticks; the slippery grid learning its 100 x 100 observation model.
+LEARNING_CASES = (
+    ("tmaze-reversal", "A = [1]\nlr_pA = 0.01\nprior_scale = 0.5\nrefresh_every = 3\n",
+     "A1 refresh 3"),
+    ("tmaze-reversal", "A = [1]\nlr_pA = 0.01\nprior_scale = 0.5\nrefresh_every = 100\n",
+     "A1 refresh 100"),
+    ("grid-slippery", "A = [0]\nlr_pA = 0.01\nprior_scale = 10.0\nrefresh_every = 100\n",
+     "A0 refresh 100"),
+)
+
+
+def learning_rows(agents: int, ticks: int, rounds: int) -> list[dict[str, object]]:
+    """One ``daemon-learning`` row per case of :data:`LEARNING_CASES` (see the module doc)."""
+    from edge_agent.config.daemon import read_config
+    from edge_agent.config.profiles import load_profiles
+    from edge_agent.daemon.admission import admit
+
+    profiles = load_profiles(REPO / "firmware_profiles")
+    rows: list[dict[str, object]] = []
+    for world, table, what in LEARNING_CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            groups = {}
+            for name, learning in (("plain", ""), ("learning", table)):
+                cfg = Path(tmp) / f"{name}.toml"
+                cfg.write_text(
+                    f'[daemon]\nprofile = "x86-dev"\nstate_dir = "{Path(tmp) / name}"\n\n'
+                    f'[[groups]]\nname = "{name}"\n'
+                    f'model = {{ type = "builtin", name = "{world}" }}\ncount = {agents}\n'
+                    'source = { type = "sim" }\nsink = { type = "sim" }\n'
+                    + (f"\n[groups.learning]\n{learning}" if learning else "")
+                )
+                groups[name] = admit(read_config(cfg, profiles=profiles))[2][0]
+            now = 0.0
+            for g in groups.values():  # warm: the first refresh encodes whole tables
+                for _ in range(3):
+                    g.tick(now)
+            times: dict[str, list[float]] = {"plain": [], "learning": []}
+            for _ in range(rounds):
+                for name, g in groups.items():
+                    t0 = time.perf_counter()
+                    for _ in range(ticks):
+                        now += 1.0
+                        g.tick(now)
+                    times[name].append(time.perf_counter() - t0)
+            learner = groups["learning"].agents.metrics()
+            ratios = [a / b for a, b in zip(times["learning"], times["plain"], strict=True)]
+            rows.append({
+                "bench": "daemon-learning",
+                "world": world,
+                "learning": what,
+                "agents": agents,
+                "ticks": ticks,
+                "rounds": rounds,
+                "plain_agent_steps_per_s": round(agents * ticks / statistics.median(
+                    times["plain"])),
+                "learning_agent_steps_per_s": round(agents * ticks / statistics.median(
+                    times["learning"])),
+                "ratio": round(statistics.median(ratios), 3),
+                "learning_updates": learner["learning_updates"],
+                "learning_surprise": learner["learning_surprise"],
+            })
+            for g in groups.values():
+                g.agents.release()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="run time per configuration")
     parser.add_argument("--agents", type=int, default=1000, help="grid10 agents")
     parser.add_argument("--quick", action="store_true", help="5 s runs")
     parser.add_argument("--smoke", action="store_true", help="20 agents, 2 s runs: for CI")
+    parser.add_argument(
+        "--learning-only", action="store_true", help="only the daemon-learning rows"
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="daemon-learning rounds (7)")
+    parser.add_argument("--ticks", type=int, default=60, help="daemon-learning ticks a round")
     args = parser.parse_args()
     seconds = 5.0 if args.quick else args.seconds
     repeats = 3 if args.quick else 7
     if args.smoke:
         seconds, repeats, args.agents = 2.0, 1, 20
+        args.rounds, args.ticks = 2, 6
+    if args.learning_only:
+        for row in learning_rows(args.agents, args.ticks, args.rounds):
+            print(json.dumps(row), flush=True)
+        return
     base = baseline_start_s(repeats)
     print(json.dumps({"bench": "baseline", "python_import_numpy_s": round(base, 3)}))
     for grid, tmaze in ((args.agents, 0), (args.agents, args.agents), (10 * args.agents, 0)):
         row = run_daemon(grid, tmaze, 10.0, seconds)
         row["ready_vs_baseline"] = round(float(row["ready_s"]) / base, 2)  # type: ignore[arg-type]
+        print(json.dumps(row), flush=True)
+    for row in learning_rows(args.agents, args.ticks, args.rounds):
         print(json.dumps(row), flush=True)
 
 

@@ -350,6 +350,14 @@ def format_status(s: dict[str, Any]) -> str:
                 f"               mqtt out: {actions['batches']} batches, "
                 f"{actions['dropped']} refused"
             )
+        learning = g.get("learning")  # [groups.learning], docs/learning.md
+        if learning:
+            lines.append(
+                f"               learning {', '.join(learning['tables'])} "
+                f"({learning['scope']}, counts from {learning['counts_from']}): "
+                f"{learning['updates']} updates, divergence {learning['divergence']:.4g} nats, "
+                f"surprise {learning['surprise']:.3f} nats/tick"
+            )
     lines.extend(_state_lines(s))
     lines.extend(_fleet_lines(s))
     lines.extend(_coordination_lines(s))
@@ -484,10 +492,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if holder is not None:
         print(f"  state_dir in use by the running daemon, {holder}")
     print("  memory plan:")
+    owners = budget.by_owner()
     for g in groups:
+        learning = owners.get(f"{g.name}:learning")  # [groups.learning]'s counts
         print(
             f"    group {g.name}: {g.agents.n_agents} agents x {g.agents.per_agent_nbytes()} B, "
             f"model {format_bytes(g.agents.shared_nbytes)} shared"
+            + ("" if learning is None else f", learning {format_bytes(learning)}")
         )
     print(
         f"    budget: {format_bytes(budget.used)} of {format_bytes(budget.total)} "

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from edge_agent.aif.learning_table import LearningTable
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.settings import AifSettings
 from edge_agent.config.profiles import (
@@ -432,6 +433,14 @@ class GroupConfig(Record):
             "(default: every agent every tick); see docs/planning.md."
         ),
     ] = field(default_factory=PlanningPolicy)
+    # -- [groups.learning] (issue 32) --
+    learning: Annotated[
+        LearningTable | None,
+        Rule(
+            description="[groups.learning]: what an Active Inference group's agents learn of "
+            "their model (A, B, D), how fast, with how much forgetting; see docs/learning.md."
+        ),
+    ] = None
     coordination: Annotated[
         GroupCoordinationConfig | None,
         Rule(
@@ -474,18 +483,64 @@ class GroupConfig(Record):
                     "built-in world that produces its observations",
                 )
             )
+        problems.extend(self._learning_problems())
         raise_problems("GroupConfig", problems)
+
+    def _learning_problems(self) -> list[Problem]:
+        """What ``[groups.learning]`` cannot run with: several processes (the counts are one
+        reduction over every agent); per-agent counts with int8 or a history."""
+        learning = self.learning
+        if learning is None:
+            return []
+        problems: list[Problem] = []
+        if self.workers is not None and self.workers > 1:
+            problems.append(
+                (
+                    ("workers",),
+                    "a learning group steps on one process (its counts are one reduction over "
+                    "every agent); set workers = 1 or leave it out",
+                )
+            )
+        if not self.planning.every_tick:
+            problems.append(
+                (
+                    ("learning",),
+                    "a learning group plans every agent every tick: leave [groups.planning] out",
+                )
+            )
+        if learning.scope == "per_agent":
+            if self.precision != "float64":
+                problems.append(
+                    (
+                        ("learning", "scope"),
+                        "per-agent counts run float64 tables: set precision = \"float64\"",
+                    )
+                )
+            if self.history_capacity is not None:
+                problems.append(
+                    (
+                        ("history_capacity",),
+                        "a group with per-agent counts keeps no history: leave it out",
+                    )
+                )
+        return problems
 
     def workers_for(self, profile: FirmwareProfile) -> int:
         """The processes in force: the group's, else the profile's (0: the CPUs this process
-        may run on) for groups of at least :data:`AGENTS_PER_WORKER` agents per process."""
+        may run on) for groups of at least :data:`AGENTS_PER_WORKER` agents per process; one
+        for a learning group."""
+        if self.learning is not None:
+            return 1
         if self.workers is not None:
             return self.workers
         cores = profile.workers if profile.workers > 0 else len(os.sched_getaffinity(0))
         return max(1, min(cores, self.count // AGENTS_PER_WORKER))
 
     def history_capacity_for(self, profile: FirmwareProfile) -> int:
-        """The history capacity in force: the group's, else the profile's."""
+        """The history capacity in force: the group's, else the profile's (none for a group
+        with per-agent counts)."""
+        if self.learning is not None and self.learning.scope == "per_agent":
+            return 0
         if self.history_capacity is not None:
             return self.history_capacity
         return profile.history_capacity
@@ -899,11 +954,12 @@ def _summary(
         elif (processes := group.workers_for(profile)) > 1:
             what += f" on up to {processes} processes"
         planning = "" if group.planning.every_tick else f", planning {group.planning.describe()}"
+        learning = "" if group.learning is None else f", learning {group.learning.describe()}"
         lines.append(
             f"    {group.name:<{width}}  {group.count} x {what}, {group.precision}, history "
             f"{group.history_capacity_for(profile)}, priority {group.priority}, "
             f"source {describe_endpoint(group.source)}, sink {describe_endpoint(group.sink)}"
-            f"{planning}"
+            f"{planning}{learning}"
         )
     mqtt = config.mqtt
     if mqtt.enabled:

@@ -14,7 +14,9 @@ observe and do, and infer with the tables those counts stand for. One tick, in p
 4. plan and act with the current tables, record the history row.
 
 ``pD`` learns at :meth:`end_trial` from the posterior that ends a trial, and the tables are
-refreshed there. :meth:`reset` keeps what was learned. The counts are ``shared``: one set for the
+refreshed there. :meth:`reset` keeps what was learned; a group built with
+``trial_ends_at_reset=True`` (the daemon's, whose world starts new trials by :meth:`reset`) ends
+the trials of the agents it resets first. The counts are ``shared``: one set for the
 whole group, updated from all agents' experience in one batched reduction; they are reserved in
 the memory budget (with the group's own int8 codes of the learned tables,
 :attr:`LearningAgentGroup.learning_nbytes`), and the previous tick's posteriors ``B`` learning
@@ -23,6 +25,8 @@ needs with the agents.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -33,6 +37,7 @@ from edge_agent.aif.learning import (
     DirichletCounts,
     Learner,
     LearningSpec,
+    joint_states,
     normalise,
     param_info_gain,
 )
@@ -49,6 +54,8 @@ from edge_agent.aif.reference import EPS
 from edge_agent.core.agents import AifAgentGroup, IntArray
 from edge_agent.core.budget import Reservation
 from edge_agent.errors import InputError, ModelError
+
+logger = logging.getLogger(__name__)
 
 
 class LearningAgentGroup(AifAgentGroup):
@@ -68,9 +75,12 @@ class LearningAgentGroup(AifAgentGroup):
         n_agents: int,
         *,
         learning: LearningSpec,
+        trial_ends_at_reset: bool = False,
         **kwargs: Any,
     ) -> None:
         name = str(kwargs.get("name", "group"))
+        #: :meth:`reset` ends the trials of the agents that acted in theirs (``pD`` learns).
+        self.trial_ends_at_reset = trial_ends_at_reset
         if learning.settings.scope != self.scope:
             raise InputError(
                 f"group {name!r}: learning scope {learning.settings.scope!r} needs "
@@ -87,6 +97,13 @@ class LearningAgentGroup(AifAgentGroup):
         except ModelError as err:
             raise InputError(f"group {name!r}: {err}") from err
         self.learning = learning
+        #: Where the counts came from: ``"priors"``, or ``"snapshot"`` once a snapshot's counts
+        #: learned from the same priors were restored (:meth:`load_state_dict`).
+        self.counts_origin = "priors"
+        self._quiet = False  # a warm-up's restore says nothing
+        self._divergence = 0.0
+        self._divergence_at: tuple[int, ...] = ()
+        self._surprise, self._surprise_ticks = 0.0, 0
         self._since_refresh = 0
         self.refreshes = 0
         #: int8 columns encoded by refreshes so far (a column: one distribution of A, B or D).
@@ -97,7 +114,7 @@ class LearningAgentGroup(AifAgentGroup):
         self._learning_reservation: Reservation | None = None
         if self._budget is not None:
             self._learning_reservation = self._budget.reserve(
-                f"{self.name}:learning", "model", self.learning_nbytes,
+                f"{self.name}:learning", "learning", self.learning_nbytes,
                 hint=f"learn fewer tables in group {self.name!r}",
             )
             self._reservations.append(self._learning_reservation)
@@ -166,6 +183,7 @@ class LearningAgentGroup(AifAgentGroup):
             raise InputError(
                 f"group {self.name!r} learns from integer outcomes, not soft evidence"
             )
+        self._note_surprise(o, self.prior)
         if (
             self._since_refresh + 1 < self.learning.refresh_every
             and not self.learning.param_info_gain
@@ -244,13 +262,28 @@ class LearningAgentGroup(AifAgentGroup):
         posteriors (``posterior[f]`` rows of the selected agents instead, e.g. a trial's first),
         the tables are refreshed, and they start again from the learned ``D``."""
         sel = np.ones(self.n_agents, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        self._learn_D(sel, posterior)
+        super().reset(sel)
+
+    def _learn_D(  # noqa: N802 - pymdp's table names
+        self, sel: np.ndarray, posterior: Sequence[np.ndarray] | None = None
+    ) -> None:
         if self.learner.pD is not None and sel.any():
             self.learner.learn_D(
                 [q[sel] for q in self.qs] if posterior is None else list(posterior),
                 agents=np.flatnonzero(sel),
             )
             self.refresh()
-        self.reset(sel)
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """New trials for the agents in ``mask`` (all by default), keeping what was learned.
+        With ``trial_ends_at_reset`` the agents of ``mask`` that acted in their trial end it
+        first: ``pD`` learns from their last posterior (an agent reset before its first step
+        has no trial to sum up)."""
+        if self.trial_ends_at_reset and self.learner.pD is not None:
+            sel = np.ones(self.n_agents, dtype=bool) if mask is None else np.asarray(mask, bool)
+            self._learn_D(sel & self.has_action)
+        super().reset(mask)
 
     def refresh(self) -> None:
         """The agents infer with the counts' expectation from now on: the model is rebuilt from
@@ -327,10 +360,95 @@ class LearningAgentGroup(AifAgentGroup):
         refresh)."""
         return self._float_model
 
+    # -- what the daemon shows ---------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """:class:`AifAgentGroup`'s, and ``learning``: the scope, the tables learned, where the
+        counts came from (``priors`` or ``snapshot``), refreshes and the numbers of
+        :meth:`metrics` (status shows them per group)."""
+        out = super().describe()
+        out["learning"] = {
+            "scope": self.scope,
+            "tables": [f"p{c.kind}{i}" for c in self.learner.counts for i in c.tables],
+            "counts_from": self.counts_origin,
+            "refreshes": self.refreshes,
+            **self._learning_numbers(),
+        }
+        return out
+
+    def metrics(self) -> dict[str, object]:
+        """:class:`AifAgentGroup`'s, and the learning's: ``learning_updates`` (updates of the
+        counts so far, every table's), ``learning_divergence`` (how far the learned tables are
+        from their priors) and ``learning_surprise`` (mean surprise per tick): see
+        :meth:`_learning_numbers`."""
+        out = super().metrics()
+        out.update({f"learning_{k}": v for k, v in self._learning_numbers().items()})
+        return out
+
+    def _learning_numbers(self) -> dict[str, float | int]:
+        """``updates``: count updates so far (each table's updates added up); ``divergence``:
+        the mean, over the learned tables' columns (and agents, per agent), of the KL
+        divergence in nats of the table the counts stand for from the one their prior stands
+        for, ``KL(E[p] || E[p0])`` (0: nothing learned); ``surprise``: the agents' mean
+        surprise ``-ln p(o)`` of a tick's outcomes under the beliefs they predicted (summed over
+        modalities), an exponential moving mean over about :data:`SURPRISE_TICKS` ticks."""
+        versions = tuple(c.version for c in self.learner.counts)
+        if self._divergence_at != versions:
+            self._divergence = divergence_from_prior(self.learner.counts)
+            self._divergence_at = versions
+        return {
+            "updates": sum(versions),
+            "divergence": round(self._divergence, 9),
+            "surprise": round(self._surprise, 6),
+        }
+
+    def _note_surprise(self, obs: IntArray, prior: Sequence[np.ndarray]) -> None:
+        """Fold this tick's mean surprise ``-ln p(o)``, ``p(o_m) = A_m[o_m] . prior`` (the
+        joint of the agents' predicted beliefs, ``prior[f]`` ``(N, S_f)``), into the moving
+        mean: over every agent of a group of at most :data:`SURPRISE_AGENTS`, else over that
+        many spread evenly (every ``ceil(N / SURPRISE_AGENTS)``-th), so that it costs a large
+        group's tick little."""
+        n = obs.shape[0]
+        rows = np.arange(0, n, -(-n // SURPRISE_AGENTS))
+        obs = obs[rows]
+        joint = joint_states([np.asarray(p[rows], dtype=np.float64) for p in prior])
+        total = 0.0
+        for m, flat in enumerate(self._surprise_tables()):
+            # (O, S): one table for all; (N, O, S) or (1, O, S): per agent
+            if flat.ndim == 2:
+                picked = flat[obs[:, m]]
+            else:
+                picked = flat[rows if len(flat) > 1 else 0, obs[:, m]]
+            p = np.einsum("ns,ns->n", picked, joint)
+            total += float(-np.log(p + EPS).mean())
+        if self._surprise_ticks == 0:
+            self._surprise = total
+        else:
+            weight = max(1.0 / (self._surprise_ticks + 1), 1.0 / SURPRISE_TICKS)
+            self._surprise += weight * (total - self._surprise)
+        self._surprise_ticks += 1
+
+    def _surprise_tables(self) -> list[np.ndarray]:
+        """The ``A`` the agents inferred with, ``(O, S)`` each: the float tables of the group's
+        model, over the joint states."""
+        return [a.reshape(a.shape[0], -1) for a in self._float_model.A]
+
     # -- snapshots --------------------------------------------------------------------------------
+    def learning_identity(self) -> bytes:
+        """What the counts were learned from: a digest of the scope, the storage and every
+        learned table's index and prior counts. Counts restored from a snapshot of another
+        identity would be another learning's (another table, prior or scale): not taken."""
+        digest = hashlib.sha256(f"{self.scope}:{self.learner.settings.counts_dtype}".encode())
+        for counts in self.learner.counts:
+            for index, prior in zip(counts.tables, counts.prior, strict=True):
+                digest.update(f"|{counts.kind}{index}:{prior.shape}".encode())
+                digest.update(np.ascontiguousarray(prior, dtype=np.float64).tobytes())
+        return digest.digest()
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """:class:`AifAgentGroup`'s arrays and the counts (``learn.pA0`` ...), their versions."""
+        """:class:`AifAgentGroup`'s arrays and the counts (``learn.pA0`` ...), their versions,
+        and what they were learned from (``learn.identity``)."""
         out = super().state_dict()
+        out["learn.identity"] = np.frombuffer(self.learning_identity(), dtype=np.uint8).copy()
         for f, q in enumerate(self._qs_prev):
             out[f"learn.qs_prev{f}"] = q
         for counts in self.learner.counts:
@@ -340,12 +458,30 @@ class LearningAgentGroup(AifAgentGroup):
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Restore beliefs and counts, then refresh the tables from the restored counts."""
+        """Restore beliefs and counts, then refresh the tables from the restored counts.
+
+        Counts are taken only from a state learned from the same priors (its
+        ``learn.identity``; a state without one, e.g. of the group before it learned, or of
+        another learning table, restores the beliefs alone): then learning goes on from the
+        priors, and the log says so."""
         super().load_state_dict(state)
         for f, q in enumerate(self._qs_prev):
             key = f"learn.qs_prev{f}"
             if key in state:
                 q[...] = np.asarray(state[key]).reshape(q.shape)
+        identity = state.get("learn.identity")
+        if identity is None or np.asarray(identity, dtype=np.uint8).tobytes() != (
+            self.learning_identity()
+        ):
+            self.counts_origin = "priors"
+            if self._quiet:
+                return
+            logger.info(
+                "group %r: beliefs restored; the state holds no counts learned from this "
+                "group's priors (%s), learning starts from the priors", self.name,
+                "none at all" if identity is None else "another table, prior or scope",
+            )
+            return
         for counts in self.learner.counts:
             for slot, index in enumerate(counts.tables):
                 key = f"learn.p{counts.kind}{index}"
@@ -362,6 +498,28 @@ class LearningAgentGroup(AifAgentGroup):
             counts.version = int(state.get(f"learn.version.{counts.kind}", np.array(0)))
             counts.reported_version = counts.version
         self.refresh()
+        if self._quiet:
+            return
+        self.counts_origin = "snapshot"
+        logger.info(
+            "group %r: learned counts restored (%s)", self.name,
+            ", ".join(f"p{c.kind} after {c.version} updates" for c in self.learner.counts),
+        )
+
+    def warm_up(self, obs: np.ndarray) -> None:
+        """:class:`AifAgentGroup`'s, with the counts, their experience and the refresh
+        counters put back as well: the warm-up's step teaches nothing."""
+        experience = [[e.copy() for e in c.experience] for c in self.learner.counts]
+        counters = (self.refreshes, self.columns_encoded)
+        self._quiet = True
+        try:
+            super().warm_up(obs)
+        finally:
+            self._quiet = False
+        for counts, saved in zip(self.learner.counts, experience, strict=True):
+            for e, s in zip(counts.experience, saved, strict=True):
+                e[...] = s
+        self.refreshes, self.columns_encoded = counters
 
 
 class PerAgentLearningGroup(LearningAgentGroup):
@@ -454,11 +612,17 @@ class PerAgentLearningGroup(LearningAgentGroup):
                 f"group {self.name!r} learns from integer outcomes, not soft evidence"
             )
         self.infer_states(o)
+        self._note_surprise(o, self.prior)  # the prior this tick's inference started from
         self._learn(o, self.action, self.has_action)
         self.infer_policies()
         self.sample_action()
         self.ticks += 1
         return self.action
+
+    def _surprise_tables(self) -> list[np.ndarray]:
+        """Each agent's ``A`` (``(N, O, S)`` learned, ``(1, O, S)`` shared)."""
+        assert self._tables is not None
+        return self._tables["A"]
 
     def infer_states(self, obs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
         """Every agent's posterior under its own ``A``, from the prior its own ``B`` (or, at a
@@ -515,6 +679,38 @@ class PerAgentLearningGroup(LearningAgentGroup):
             self._outcomes = per_agent.outcome_tables(self._tables["A"])
         self._since_refresh = 0
         self.refreshes += 1
+
+
+#: The moving mean of the surprise spans about this many ticks.
+SURPRISE_TICKS = 100
+#: The surprise of a tick is the mean over at most this many agents of the group.
+SURPRISE_AGENTS = 256
+
+
+#: Per-agent counts: the divergence is the mean over at most this many agents, spread evenly.
+DIVERGENCE_AGENTS = 64
+
+
+def divergence_from_prior(counts: Sequence[DirichletCounts]) -> float:
+    """The mean over every learned column (of every table, and agent for per-agent counts: at
+    most :data:`DIVERGENCE_AGENTS` of them, spread evenly, so that a status write costs the loop
+    little) of ``KL(c / sum(c) || c0 / sum(c0))`` in nats, ``c`` the counts and ``c0`` their
+    prior; columns whose prior is empty are left out. 0 when nothing was learned."""
+    total, columns = 0.0, 0
+    for table in counts:
+        axis = 1 if table.scope == "per_agent" else 0
+        for learned, prior in zip(table.counts, table.prior, strict=True):
+            sample = learned[:: -(-len(learned) // DIVERGENCE_AGENTS)] if axis else learned
+            q = normalise(prior, axis=0)
+            p = normalise(sample, axis=axis)
+            q = np.broadcast_to(q, p.shape)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                terms = np.where(p > 0, p * np.log(p / q), 0.0)
+            kl = terms.sum(axis=axis)
+            valid = np.isfinite(kl)
+            total += float(kl[valid].sum())
+            columns += int(valid.sum())
+    return total / columns if columns else 0.0
 
 
 def learning_group(

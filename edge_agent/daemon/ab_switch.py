@@ -370,6 +370,10 @@ class ABSwitch:
         self._old = old
         host.rebirth()
         logger.info("group %s switched to bundle %s", old.name, ready.sha256[:12])
+        if "learning" in agents.describe():  # nothing learned on the old bundle carries over
+            logger.info(
+                "group %s: learning starts from bundle %s's priors", old.name, ready.sha256[:12]
+            )
 
     def _rollback(self, g: GroupRuntime, problem: str) -> None:
         """Put the old group back in place of ``g`` (the new one is released)."""

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_agent.aif.learning_table import TABLE as LEARNING
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.config.daemon import (
     BundleModel,
@@ -306,6 +308,12 @@ def load_group_model(
             f"{loaded.kind} group steps every agent every tick",
             path=None,
         )
+    if cfg.learning is not None and not getattr(kind, "learns", False):
+        raise ConfigError(
+            f"group {cfg.name!r}: {LEARNING} is for Active Inference agents that observe "
+            f"outcome indices; a {loaded.kind} group does not learn",
+            path=None,
+        )
     kind.check(cfg, loaded)
     return loaded
 
@@ -386,6 +394,12 @@ def _problem_loc(source: ConfigFile, g: GroupConfig, err: EdgeAgentError) -> tup
         return source.group_loc(g.name, "coordination")
     if not g.planning.every_tick and "[groups.planning]" in str(err):
         return source.group_loc(g.name, "planning")
+    if g.learning is not None and LEARNING in str(err):
+        # "[groups.learning] B: ..." is reported at the table's B, else at the table.
+        found = re.search(re.escape(LEARNING) + r" (\w+):", str(err))
+        if found is not None and found[1] in g.learning.given:
+            return source.group_loc(g.name, "learning", found[1])
+        return source.group_loc(g.name, "learning")
     key = {"bundle": "path", "builtin": "name"}.get(g.model.type, "module")
     return source.group_loc(g.name, "model", key)
 
@@ -422,6 +436,13 @@ def build_groups(
         "or choose a profile with a larger budget"
         for g in config.groups
     }
+    for g in config.groups:  # [groups.learning]'s counts
+        if g.learning is not None:
+            hints[f"{g.name}:learning"] = (
+                f"learn fewer tables in group {g.name!r}, or lower its count"
+                + (", or use float32 counts (counts_dtype)" if g.learning.scope == "per_agent"
+                   and g.learning.counts_dtype == "float64" else "")
+            )
     try:
         budget.plan(requests, hints=hints)
     except BudgetError as err:

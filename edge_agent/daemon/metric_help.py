@@ -152,6 +152,16 @@ PLANNING: Final[Described] = {
     "duty_cycle": "Share of those agents that planned in the last tick.",
     "plan_age_mean": "Mean age in ticks of those agents' committed plans.",
 }
+LEARNING: Final[Described] = {
+    "groups": "Groups whose agents learn their model ([groups.learning]).",
+    "agents": "Agents in those groups.",
+    "updates": "Updates of those groups' Dirichlet counts (each learned table's, added up).",
+    "divergence": "KL divergence in nats of the learned tables from their priors (of the "
+    "tables the counts stand for, per column), mean over those groups' agents.",
+    "surprise": "Mean surprise -ln p(o) per tick of the agents' outcomes under the beliefs "
+    "they predicted (nats, summed over modalities; a moving mean over about 100 ticks), mean "
+    "over those groups' agents.",
+}
 GROUP: Final[dict[str, str]] = {
     "agents": "Agents in the group.",
     "steps": "Batched steps of the group.",
@@ -162,6 +172,14 @@ GROUP: Final[dict[str, str]] = {
     "planning_deferred": "Agents that had to plan but were put off by the planning budget in "
     "the last tick.",
     "plan_age_mean": "Mean age of the agents' committed plans, in ticks.",
+    "learning_updates": "Updates of the group's Dirichlet counts (each learned table's, added "
+    "up; groups that learn).",
+    "learning_divergence": "Mean over the learned tables' columns of the KL divergence in nats "
+    "of the table the counts stand for from the one their prior stands for (0: nothing "
+    "learned).",
+    "learning_surprise": "The agents' mean surprise -ln p(o) per tick under the beliefs they "
+    "predicted (nats, summed over modalities; at most 256 agents spread over the group), a "
+    "moving mean over about 100 ticks.",
 }
 
 POWER: Final[Described] = {

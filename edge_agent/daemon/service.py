@@ -120,7 +120,11 @@ GROUP_GAUGES: Final = (
     "planning_duty_cycle",
     "planning_deferred",
     "plan_age_mean",
+    "learning_divergence",
+    "learning_surprise",
 )
+#: The node's learning totals that are gauges (``updates`` is a counter).
+LEARNING_GAUGES: Final = ("agents", "groups", "divergence", "surprise")
 
 
 class State(enum.Enum):
@@ -326,11 +330,18 @@ class Daemon:
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s: stopping after a final snapshot", signal.Signals(signum).name)
-        self.stop_event.set()
+        self._wake()
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
         self._reload_requested = True
-        self.stop_event.set()  # wake the clock; the loop clears it again for a reload
+        self._wake()  # wake the clock; the loop clears it again for a reload
+
+    def _wake(self) -> None:
+        """Set the stop event for a signal handler, from a thread of its own: a handler runs on
+        the main thread between two of its bytecodes, possibly while that thread holds the
+        event's lock (inside ``Event.wait`` or ``clear``), and ``Event.set`` there would wait
+        for the lock forever (a daemon that hung on a SIGHUP now and then)."""
+        threading.Thread(target=self.stop_event.set, name="signal-wake", daemon=True).start()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def restore(self) -> None:
@@ -629,8 +640,11 @@ class Daemon:
         old = {g.name: g for g in self.groups}
         for g in groups:  # carry beliefs (and pending observations) over where unchanged
             prev = old.get(g.name)
-            if prev is not None:
-                g.carry_over(prev)
+            if prev is not None and not g.carry_over(prev) and "learning" in g.agents.describe():
+                logger.info(
+                    "group %s: its model or size changed: learning starts from the new "
+                    "model's priors", g.name,
+                )
         for g in self.groups:
             g.agents.release()
         if new_config.mqtt != self.config.mqtt:
@@ -855,6 +869,13 @@ class Daemon:
             help="planning over the groups with a planning policy",
             describe=metric_help.PLANNING,
         )
+        metrics.register(
+            "learning",
+            self._learning_totals,
+            gauges=LEARNING_GAUGES,
+            help="learning over the groups that learn",
+            describe=metric_help.LEARNING,
+        )
         return metrics
 
     def _daemon_metrics(self) -> dict[str, object]:
@@ -944,6 +965,38 @@ class Daemon:
             "deferred": deferred,
             "duty_cycle": round(planned / agents, 6),
             "plan_age_mean": round(age / agents, 3),
+        }
+
+    def _learning_totals(self) -> dict[str, float | int]:
+        """Learning over every group whose agents learn ([groups.learning], docs/learning.md),
+        from their metrics: count updates added up, divergence and surprise averaged over
+        their agents. The node's numbers for telemetry; empty when no group learns."""
+        agents = groups = updates = 0
+        divergence = surprise = 0.0
+        for g in self.groups:
+            numbers = g.agents.metrics()
+            keys = ("learning_updates", "learning_divergence", "learning_surprise")
+            count, kl, mean = (numbers.get(k) for k in keys)
+            if not (
+                isinstance(count, int)
+                and isinstance(kl, float | int)
+                and isinstance(mean, float | int)
+            ):
+                continue
+            n = g.agents.n_agents
+            agents += n
+            groups += 1
+            updates += count
+            divergence += kl * n
+            surprise += mean * n
+        if agents == 0:
+            return {}
+        return {
+            "groups": groups,
+            "agents": agents,
+            "updates": updates,
+            "divergence": round(divergence / agents, 9),
+            "surprise": round(surprise / agents, 6),
         }
 
     def _write_prometheus(self) -> None:

@@ -2,19 +2,26 @@
 
 Its agents are :class:`~edge_agent.core.agents.AifAgentGroup`; observations are one outcome
 index per modality, actions one choice per control factor. A large group is stepped by forked
-workers as well (``workers``). The only kind whose agents may take part in coordination.
+workers as well (``workers``). The only kind whose agents may take part in coordination, and
+the only one that learns: with a ``[groups.learning]`` table its agents are a
+:func:`~edge_agent.core.learning.learning_group` (shared or per-agent counts, on one process),
+whose trials end at the world's episode starts (``pD`` learns there).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from edge_agent.aif.learning_table import TABLE as LEARNING
 from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.config.daemon import BuiltinModel, GroupConfig, SimSource
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.errors import BundleError, ConfigError
+from edge_agent.core.learning import LearningAgentGroup, learning_group
+from edge_agent.errors import BundleError, ConfigError, InputError
 from edge_agent.kinds.base import (
     GroupKind,
     LoadedModel,
@@ -26,11 +33,21 @@ from edge_agent.kinds.base import (
 from edge_agent.sim.registry import builtin_model
 
 if TYPE_CHECKING:
+    from edge_agent.aif.learning import LearningSpec
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.bundle.loader import Bundle
     from edge_agent.core.budget import MemoryBudget, PlanRequest
 
-__all__ = ["KIND", "AifKind", "aif_model", "bundle_settings", "check_dims", "plan_aif"]
+__all__ = [
+    "KIND",
+    "AifKind",
+    "aif_model",
+    "bundle_settings",
+    "check_dims",
+    "group_learning",
+    "plan_aif",
+    "plan_learning",
+]
 
 
 def aif_model(bundle: Bundle) -> QuantizedModel:
@@ -51,6 +68,23 @@ def bundle_settings(bundle: Bundle, cfg: GroupConfig) -> AifSettings:
         return dataclasses.replace(settings_from_json(own), **explicit)
     except ValueError as err:
         raise BundleError(f"{bundle.path}: invalid agent settings: {err}") from err
+
+
+def group_learning(
+    cfg: GroupConfig,
+    model: GenerativeModel | QuantizedModel,
+    counts: dict[str, dict[int, np.ndarray]] | None = None,
+) -> LearningSpec | None:
+    """What the group learns by its ``[groups.learning]`` table (None without one): of
+    ``model``'s tables, from the ``counts`` its bundle carries or the table's prior scale.
+    A ConfigError names the group and the table's key."""
+    if cfg.learning is None:
+        return None
+    floats = model.dequantize() if isinstance(model, QuantizedModel) else model
+    try:
+        return cfg.learning.spec(floats.A, floats.B, floats.D, counts)
+    except ConfigError as err:
+        raise ConfigError(f"group {cfg.name!r}: {err}", path=None) from err
 
 
 def check_dims(
@@ -74,14 +108,7 @@ def plan_aif(
     """The model's and the agents' requests of ``cfg.count`` Active Inference agents (probes
     of one agent: nothing of the budget is touched)."""
     assert loaded.model is not None
-    probe = AifAgentGroup(
-        loaded.model,
-        1,
-        settings=loaded.settings,
-        precision=cfg.precision,
-        history_beliefs=cfg.history_beliefs,
-        planning=cfg.planning,
-    )
+    probe = new_agents(loaded, cfg, 1, None, 0)
     # Each worker beyond the caller holds its own block scratch (start_workers reserves it
     # apart; planned with the group's agents, so that a group too large is named once).
     blocks = -(-cfg.count // probe.block_size)
@@ -93,6 +120,17 @@ def plan_aif(
     )
 
 
+def plan_learning(probe: LearningAgentGroup, cfg: GroupConfig) -> PlanRequest:
+    """What ``cfg.count`` agents' learning reserves besides the agents (``probe``: one agent of
+    the group): the counts (per-agent counts: one copy per agent) and a shared group's own int8
+    codes of the learned tables, as :attr:`LearningAgentGroup.learning_nbytes` says."""
+    nbytes = probe.learning_nbytes
+    if probe.scope == "per_agent":
+        per_agent = sum(p.nbytes for counts in probe.learner.counts for p in counts.prior)
+        nbytes += (cfg.count - 1) * per_agent
+    return (f"{cfg.name}:learning", "learning", nbytes, None)
+
+
 def new_agents(
     loaded: LoadedModel,
     cfg: GroupConfig,
@@ -102,28 +140,36 @@ def new_agents(
     *,
     workers: int = 1,
 ) -> AifAgentGroup:
-    """The agents; with ``workers`` above one their state is allocated in shared memory from
-    the start (the caller starts the workers: nothing is copied then)."""
+    """The group's agents: a learning group when it has a ``[groups.learning]`` table; with
+    ``workers`` above one their state is allocated in shared memory from the start (the caller
+    starts the workers: nothing is copied then)."""
     assert loaded.model is not None
-    return AifAgentGroup(
-        loaded.model,
-        n_agents,
-        settings=loaded.settings,
-        precision=cfg.precision,
-        seed=cfg.seed,
-        history_capacity=history_capacity,
-        budget=budget,
-        name=cfg.name,
-        history_beliefs=cfg.history_beliefs,
-        planning=cfg.planning,
-        shared_state=workers > 1,
-    )
+    kwargs: dict[str, Any] = {
+        "settings": loaded.settings,
+        "precision": cfg.precision,
+        "seed": cfg.seed,
+        "history_capacity": history_capacity,
+        "budget": budget,
+        "name": cfg.name,
+        "history_beliefs": cfg.history_beliefs,
+        "planning": cfg.planning,
+        "shared_state": workers > 1,
+    }
+    if loaded.learning is None:
+        return AifAgentGroup(loaded.model, n_agents, **kwargs)
+    try:
+        return learning_group(
+            loaded.model, n_agents, learning=loaded.learning, trial_ends_at_reset=True, **kwargs
+        )
+    except InputError as err:
+        raise ConfigError(f"{err} ({LEARNING})", path=None) from err
 
 
 class AifKind:
     name = "aif"
     shares_beliefs = True
     plans = True
+    learns = True
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         del verify  # an Active Inference group names no other bundle
@@ -131,15 +177,18 @@ class AifKind:
             # With a sim source the world's own model runs (the world simulates it).
             assert isinstance(cfg.model, BuiltinModel)
             name = world_name(cfg) if isinstance(cfg.source, SimSource) else cfg.model.name
-            return LoadedModel(builtin_model(name), cfg.settings)
+            model = builtin_model(name)
+            return LoadedModel(model, cfg.settings, learning=group_learning(cfg, model))
         manifest = bundle.manifest
         if manifest.aif is None:
             raise BundleError(f"{bundle.path}: bundle kind {manifest.kind!r} cannot run in a group")
+        quantized = aif_model(bundle)
         return LoadedModel(
-            aif_model(bundle),
+            quantized,
             bundle_settings(bundle, cfg),
             f"{manifest.name}@{manifest.version}"[:256],
             bundle.sha256,
+            learning=group_learning(cfg, quantized, bundle.aif_counts()),
         )
 
     def check(self, cfg: GroupConfig, loaded: LoadedModel) -> None:
@@ -161,7 +210,11 @@ class AifKind:
         self, loaded: LoadedModel, cfg: GroupConfig, history_capacity: int, workers: int
     ) -> list[PlanRequest]:
         model, agents = plan_aif(loaded, cfg, history_capacity, workers)
-        return [model, agents]
+        if loaded.learning is None:
+            return [model, agents]
+        probe = new_agents(loaded, cfg, 1, None, 0)
+        assert isinstance(probe, LearningAgentGroup)
+        return [model, agents, plan_learning(probe, cfg)]
 
     def build(
         self,

@@ -18,6 +18,7 @@ from edge_agent.config.daemon import BuiltinModel, BundleModel, GroupConfig, Sim
 from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:
+    from edge_agent.aif.learning import LearningSpec
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.aif.quant import QuantizedModel
     from edge_agent.aif.settings import AifSettings
@@ -43,7 +44,8 @@ class LoadedModel:
 
     ``kind`` names the group's kind (see :mod:`edge_agent.kinds`); ``model`` is the Active
     Inference model (None for a neural policy); ``neural`` the neural policy of a ``neural``
-    bundle; ``perception`` the classifier in front of ``model``.
+    bundle; ``perception`` the classifier in front of ``model``; ``learning`` what its agents
+    learn of ``model`` (a ``[groups.learning]`` table; None: a frozen model).
     """
 
     model: GenerativeModel | QuantizedModel | None
@@ -53,6 +55,7 @@ class LoadedModel:
     neural: NeuralModel | None = None
     perception: NeuralModel | None = None
     kind: str = "aif"
+    learning: LearningSpec | None = None
 
 
 class Verify(Protocol):
@@ -69,6 +72,8 @@ class GroupKind(Protocol):
     """Whether its agents may take part in coordination (Active Inference beliefs)."""
     plans: bool
     """Whether its agents follow a ``[groups.planning]`` policy (Active Inference planning)."""
+    learns: bool
+    """Whether its agents learn their model by a ``[groups.learning]`` table."""
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         """The group's model: from ``bundle`` (its verified model bundle) or built in;

@@ -71,6 +71,7 @@ class NeuralKind:
     name = "neural"
     shares_beliefs = False
     plans = False
+    learns = False
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         del verify

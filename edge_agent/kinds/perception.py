@@ -60,6 +60,7 @@ class PerceptionKind:
     name = "perception"
     shares_beliefs = False
     plans = True  # its Active Inference agents plan as an aif group's do
+    learns = False  # its agents observe soft evidence; counts learn from outcome indices
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         if bundle is not None and bundle.manifest.kind == "aif+perception":

@@ -138,6 +138,7 @@ class TallyKind:
     name = NAME
     shares_beliefs = False
     plans = False
+    learns = False
 
     def load(self, cfg: GroupConfig, bundle: object, verify: Verify) -> LoadedModel:
         del bundle, verify

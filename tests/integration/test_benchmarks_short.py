@@ -54,6 +54,11 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "baseline"}, ("python_import_numpy_s",)),
         ({"bench": "daemon", "tmaze_agents": 20},
          ("ready_s", "rss_mb", "tick_p50_ms", "snapshot_bytes", "ready_vs_baseline")),
+        *[({"bench": "daemon-learning", "world": w, "learning": what, "agents": 20},
+           ("plain_agent_steps_per_s", "learning_agent_steps_per_s", "ratio",
+            "learning_updates"))
+          for w, what in (("tmaze-reversal", "A1 refresh 3"), ("tmaze-reversal", "A1 refresh 100"),
+                          ("grid-slippery", "A0 refresh 100"))],
     ],
     "bench_fleet.py": [
         ({"bench": "outbox_throughput", "mode": "bulk"}, ("msgs_per_s", "ratio_to_baseline")),

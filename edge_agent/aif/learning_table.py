@@ -1,0 +1,217 @@
+"""``[groups.learning]``: what an Active Inference group of the daemon learns, and how.
+
+The table names what :class:`~edge_agent.aif.learning.LearningSpec` takes, with pymdp's names
+(``lr_pA``, ``lr_pB``, ``lr_pD``, ``param_info_gain``) and those of ``edge-agent replay``:
+
+- ``A``, ``B``, ``D``: the modalities (``A``) and factors (``B``, ``D``) learned, a list of
+  indices or ``"all"``; left out, the tables whose counts the model's bundle carries (``pA1``
+  in the bundle: ``A = [1]``); ``[]``, none.
+- prior counts: the bundle's where it carries them, else ``prior_scale`` times the model's
+  table (pymdp's ``utils.dirichlet_like(A, scale)``) plus ``prior_floor`` everywhere: a small
+  scale is a model barely known, one the first experience moves; a large one a confident model;
+  a floor lets the agents learn what their model says cannot happen.
+- ``scope``, ``forgetting``, ``refresh_every`` (the tables follow the counts every K ticks),
+  ``counts_dtype``; ``D`` learns at the end of every trial, from the trial's last posterior.
+
+:meth:`LearningTable.spec` turns the table and a model into a ``LearningSpec``, raising a
+:class:`~edge_agent.errors.ConfigError` whose message starts ``[groups.learning] <key>:`` so
+that the config's reader reports it at that key's line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+
+from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
+from edge_agent.errors import ConfigError, ModelError
+from edge_agent.records import Check, Problem, Record, Rule, raise_problems
+
+__all__ = ["TABLE", "LearningTable", "Tables"]
+
+#: The text every problem of the table starts with (the config's reader finds its key by it).
+TABLE = "[groups.learning]"
+
+Tables = tuple[int, ...] | Literal["all"] | None
+_KINDS = ("A", "B", "D")
+
+
+def _indices(value: object, context: Mapping[str, Any]) -> object:
+    """A list of modality or factor indices: each >= 0, none twice."""
+    del context
+    if isinstance(value, tuple):
+        if any(i < 0 for i in value):
+            raise ValueError(f"indices are >= 0, got {list(value)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"an index is named twice in {list(value)}")
+    return value
+
+
+def _learned(what: str) -> str:
+    return (
+        f"The {what} learned: a list of indices, or \"all\"; left out, those whose counts the "
+        "model's bundle carries; [] none."
+    )
+
+
+class LearningTable(Record):
+    """``[groups.learning]``: the group's agents learn their model's ``A``, ``B`` or ``D``."""
+
+    A: Annotated[Tables, Rule(description=_learned("modalities of A")), Check(_indices)] = None
+    B: Annotated[Tables, Rule(description=_learned("factors of B")), Check(_indices)] = None
+    D: Annotated[Tables, Rule(description=_learned("factors of D")), Check(_indices)] = None
+    scope: Annotated[
+        Literal["shared", "per_agent"],
+        Rule(
+            description="'shared': one set of counts for the group, every agent's experience "
+            "summed; 'per_agent': each agent its own counts and tables (float64, no history)."
+        ),
+    ] = "shared"
+    lr_pA: Annotated[float, Rule(ge=0, le=1e6, description="Learning rate of pA.")] = 1.0
+    lr_pB: Annotated[float, Rule(ge=0, le=1e6, description="Learning rate of pB.")] = 1.0
+    lr_pD: Annotated[float, Rule(ge=0, le=1e6, description="Learning rate of pD.")] = 1.0
+    forgetting: Annotated[
+        float,
+        Rule(
+            ge=0,
+            lt=1,
+            description="Share of the learned difference from the prior lost at each update "
+            "(0: pymdp's update, no forgetting).",
+        ),
+    ] = 0.0
+    param_info_gain: Annotated[
+        bool,
+        Rule(
+            description="Add the information gain about pA and pB to the expected free energy "
+            "(pymdp's use_param_info_gain): agents seek what they do not know yet."
+        ),
+    ] = False
+    refresh_every: Annotated[
+        int,
+        Rule(
+            ge=1,
+            le=1_000_000,
+            description="The tables the agents infer with follow the counts every this many "
+            "ticks (1: every tick, as pymdp).",
+        ),
+    ] = 1
+    prior_scale: Annotated[
+        float,
+        Rule(
+            gt=0,
+            le=1e9,
+            description="Prior counts of a learned table the bundle has no counts for: this "
+            "times the model's table (pymdp's dirichlet_like).",
+        ),
+    ] = 1.0
+    prior_floor: Annotated[
+        float,
+        Rule(
+            ge=0,
+            le=1e9,
+            description="Added to every entry of such prior counts: what the model says cannot "
+            "happen (a slip, a wall) can then be learned (0: only the table's support).",
+        ),
+    ] = 0.0
+    counts_dtype: Annotated[
+        Literal["float64", "float32"],
+        Rule(description="What the counts are stored in (float32: half the memory)."),
+    ] = "float64"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems: list[Problem] = []
+        if self.scope == "per_agent" and self.param_info_gain:
+            problems.append(
+                (
+                    ("param_info_gain",),
+                    "per-agent counts do not take the parameter information gain",
+                )
+            )
+        if all(getattr(self, kind) == () for kind in _KINDS):
+            problems.append((("A",), "A, B and D are all []: the group would learn nothing"))
+        raise_problems("LearningTable", problems)
+
+    def describe(self) -> str:
+        """One line: ``A [1], shared, lr_pA 0.01, forgetting 0.02, refresh every 3 ticks``."""
+        named = [kind for kind in _KINDS if getattr(self, kind)]
+        parts = [f"{kind} {'all' if getattr(self, kind) == 'all' else list(getattr(self, kind))}"
+                 for kind in named] or ["the bundle's counts"]
+        parts.append(self.scope)
+        parts.extend(f"lr_p{kind} {getattr(self, f'lr_p{kind}'):g}" for kind in named)
+        if self.forgetting:
+            parts.append(f"forgetting {self.forgetting:g}")
+        if self.param_info_gain:
+            parts.append("param_info_gain")
+        every = self.refresh_every
+        parts.append("refresh every tick" if every == 1 else f"refresh every {every} ticks")
+        return ", ".join(parts)
+
+    def spec(
+        self,
+        A: Sequence[np.ndarray],
+        B: Sequence[np.ndarray],
+        D: Sequence[np.ndarray],
+        counts: Mapping[str, Mapping[int, np.ndarray]] | None = None,
+    ) -> LearningSpec:
+        """The learning of a model with normalised tables ``A``, ``B``, ``D`` whose bundle
+        carries ``counts`` (``{"A": {1: pA1}}``; None or empty for a built-in model).
+
+        Raises ConfigError ``[groups.learning] <key>: <problem>`` for a modality or factor the
+        model lacks, counts the tables refuse (a prior 0 where the table is not: it could never
+        be learned), or nothing to learn.
+        """
+        counts = counts or {}
+        tables = {"A": A, "B": B, "D": D}
+        priors: dict[str, dict[int, np.ndarray]] = {}
+        for kind in _KINDS:
+            priors[kind] = self._priors(kind, tables[kind], counts.get(kind, {}))
+        if not any(priors.values()):
+            raise ConfigError(
+                f"{TABLE} A: names no table to learn and the model carries no counts "
+                '(write A = "all", B = [0], ...)',
+                path=None,
+            )
+        try:
+            settings = LearningSettings(
+                lr_pA=self.lr_pA, lr_pB=self.lr_pB, lr_pD=self.lr_pD,
+                forgetting=self.forgetting, scope=self.scope, counts_dtype=self.counts_dtype,
+            )
+            spec = LearningSpec(
+                pA=priors["A"], pB=priors["B"], pD=priors["D"], settings=settings,
+                refresh_every=self.refresh_every, param_info_gain=self.param_info_gain,
+            )
+            # The counts against the tables now (check-config), not when the group is built.
+            Learner(A, B, D, pA=spec.pA, pB=spec.pB, pD=spec.pD, settings=settings)
+        except ModelError as err:
+            text = str(err)  # "pB0 has negative counts ...": reported at B
+            key = text[1] if text[:1] == "p" and text[1:2] in _KINDS else "A"
+            raise ConfigError(f"{TABLE} {key}: {err}", path=None) from err
+        return spec
+
+    def _priors(
+        self, kind: str, tables: Sequence[np.ndarray], carried: Mapping[int, np.ndarray]
+    ) -> dict[int, np.ndarray]:
+        """The prior counts of the ``kind`` tables learned, by index."""
+        value = getattr(self, kind)
+        what = "modality" if kind == "A" else "factor"
+        if value is None:
+            wanted: tuple[int, ...] = tuple(sorted(carried))
+        elif value == "all":
+            wanted = tuple(range(len(tables)))
+        else:
+            wanted = value
+        for index in wanted:
+            if index >= len(tables):
+                raise ConfigError(
+                    f"{TABLE} {kind}: learning asked for {what} {index}, the model has "
+                    f"{len(tables)} ({what} indices 0..{len(tables) - 1})",
+                    path=None,
+                )
+        return {
+            i: np.asarray(carried[i], dtype=np.float64) if i in carried
+            else self.prior_scale * np.asarray(tables[i], dtype=np.float64) + self.prior_floor
+            for i in wanted
+        }
