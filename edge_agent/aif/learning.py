@@ -276,6 +276,8 @@ class DirichletCounts:
     scope: Scope = "shared"
     version: int = 0
     reported_version: int = 0
+    #: The version at which the counts were last their prior (0 at load; :meth:`reset`).
+    reset_at: int = 0
     refreshed: bool = False
     touched: list[NDArray[np.bool_]] = field(default_factory=list)
 
@@ -378,6 +380,28 @@ class DirichletCounts:
             axes = (0, 1) if self.scope == "per_agent" else (0,)
             self.touched[slot] |= (counts != self.prior[slot]).any(axis=axes)
         forget(counts, self.prior[slot], forgetting)
+
+    @property
+    def learned(self) -> bool:
+        """Whether the counts were updated since they were last their prior (until then the
+        agents infer with the table the model was given)."""
+        return self.version > self.reset_at
+
+    def reset(self, tables: Sequence[np.ndarray]) -> None:
+        """Back to the prior, as at load: counts, the experience not yet reported, the
+        touched columns and the masks (the support of ``tables``, the model's own ``A``, ``B``
+        or ``D`` by modality/factor, which the agents infer with again). The version goes on:
+        ``version`` is bumped and becomes :attr:`reset_at` and the start of the next delta
+        (:meth:`take_delta`), so a reader of deltas sees that the counts started over."""
+        for slot, index in enumerate(self.tables):
+            self.counts[slot][...] = self.prior[slot]  # per agent: every agent's row
+            self.experience[slot].fill(0.0)
+            self.touched[slot].fill(False)
+            if self.kind != "D":
+                self.mask[slot] = np.asarray(tables[index]) > 0
+        self.refreshed = False
+        self.version += 1
+        self.reset_at = self.reported_version = self.version
 
     def normalised(self, slot: int) -> FloatArray:
         """The table the counts stand for (``(N, ...)`` per agent)."""

@@ -16,9 +16,13 @@ observe and do, and infer with the tables those counts stand for. One tick, in p
 ``pD`` learns at :meth:`end_trial` from the posterior that ends a trial, and the tables are
 refreshed there. :meth:`reset` keeps what was learned; a group built with
 ``trial_ends_at_reset=True`` (the daemon's, whose world starts new trials by :meth:`reset`) ends
-the trials of the agents it resets first. The counts are ``shared``: one set for the
-whole group, updated from all agents' experience in one batched reduction; they are reserved in
-the memory budget (with the group's own int8 codes of the learned tables,
+the trials of the agents it resets first. Three verbs act on the learning itself (the daemon's
+signed commands call them): :meth:`~LearningAgentGroup.freeze_learning` (the counts stop
+changing, the agents keep inferring with what was learned),
+:meth:`~LearningAgentGroup.resume_learning` and :meth:`~LearningAgentGroup.reset_learning`
+(counts back to their priors, tables back to the model's as loaded). The counts are ``shared``:
+one set for the whole group, updated from all agents' experience in one batched reduction; they
+are reserved in the memory budget (with the group's own int8 codes of the learned tables,
 :attr:`LearningAgentGroup.learning_nbytes`), and the previous tick's posteriors ``B`` learning
 needs with the agents.
 """
@@ -110,7 +114,11 @@ class LearningAgentGroup(AifAgentGroup):
         self.columns_encoded = 0
         self._own_codes: dict[str, list[Any]] | None = None
         self._codes_nbytes: int | None = None
+        #: Whether the counts are frozen (:meth:`freeze_learning`).
+        self.learning_frozen = False
         super().__init__(model, n_agents, **kwargs)
+        # What the group was loaded with: reset_learning() goes back to it.
+        self._loaded = (self._float_model, self.quantized, self.cm)
         self._learning_reservation: Reservation | None = None
         if self._budget is not None:
             self._learning_reservation = self._budget.reserve(
@@ -184,6 +192,10 @@ class LearningAgentGroup(AifAgentGroup):
                 f"group {self.name!r} learns from integer outcomes, not soft evidence"
             )
         self._note_surprise(o, self.prior)
+        if self.learning_frozen:  # the plain group's step with the learned tables
+            super().step(o, now, record=record)
+            self._keep_posteriors()
+            return self.action
         if (
             self._since_refresh + 1 < self.learning.refresh_every
             and not self.learning.param_info_gain
@@ -214,16 +226,25 @@ class LearningAgentGroup(AifAgentGroup):
         learner.learn_A(obs, self.qs)
         if learner.pB is not None and acted.any():
             learner.learn_B(self.qs, self._qs_prev, action, acted=acted)
-        for prev, q in zip(self._qs_prev, self.qs, strict=True):
-            np.copyto(prev, q)
+        self._keep_posteriors()
         self._since_refresh += 1
         if self._since_refresh >= self.learning.refresh_every:
             self.refresh()
 
+    def _keep_posteriors(self) -> None:
+        """``qs`` becomes next tick's ``qs_prev`` (also while frozen: the first tick after
+        :meth:`resume_learning` learns the transition that led to it)."""
+        for prev, q in zip(self._qs_prev, self.qs, strict=True):
+            np.copyto(prev, q)
+
     def learn(self, obs: np.ndarray) -> None:
         """Learn from this tick's outcomes ``obs (N, M)`` and the current posteriors, after
         :meth:`infer_states` (``pB``: from the transition the last committed action made; the
-        API path a replay takes, where :meth:`step` does it all)."""
+        API path a replay takes, where :meth:`step` does it all). Nothing is learned while
+        frozen."""
+        if self.learning_frozen:
+            self._keep_posteriors()
+            return
         self._learn(self.check_obs(obs), self.action, self.has_action)
 
     def infer_policies(self) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +289,7 @@ class LearningAgentGroup(AifAgentGroup):
     def _learn_D(  # noqa: N802 - pymdp's table names
         self, sel: np.ndarray, posterior: Sequence[np.ndarray] | None = None
     ) -> None:
-        if self.learner.pD is not None and sel.any():
+        if self.learner.pD is not None and sel.any() and not self.learning_frozen:
             self.learner.learn_D(
                 [q[sel] for q in self.qs] if posterior is None else list(posterior),
                 agents=np.flatnonzero(sel),
@@ -285,6 +306,48 @@ class LearningAgentGroup(AifAgentGroup):
             self._learn_D(sel & self.has_action)
         super().reset(mask)
 
+    # -- verbs on the learning -------------------------------------------------------------------
+    def freeze_learning(self) -> bool:
+        """Stop updating the counts (no learning, no forgetting, no ``pD`` at a trial's end);
+        the agents keep inferring and planning with the tables the counts stand for, refreshed
+        now if some of what was learned was not in them yet. While frozen a tick is the plain
+        group's (without the parameter information gain: nothing is learned). False if it was
+        frozen already."""
+        if self.learning_frozen:
+            return False
+        if self._since_refresh:
+            self.refresh()
+        self.learning_frozen = True
+        return True
+
+    def resume_learning(self) -> bool:
+        """Learn again from the next tick on, from the counts as they were frozen. False if
+        it was not frozen."""
+        if not self.learning_frozen:
+            return False
+        self.learning_frozen = False
+        return True
+
+    def reset_learning(self) -> None:
+        """Forget what was learned: every learned table's counts back to their prior (every
+        agent's, per agent), the tables back to the model's as the group was loaded with them,
+        each kind's ``version`` bumped (:meth:`DirichletCounts.reset`). Beliefs, trials and
+        whether learning is frozen stay as they are."""
+        loaded = self._loaded[0]
+        tables = {"A": loaded.A, "B": loaded.B, "D": loaded.D}
+        for counts in self.learner.counts:
+            counts.reset(tables[counts.kind])
+        self._since_refresh = 0
+        self._restore_loaded()
+
+    def _restore_loaded(self) -> None:
+        """The model the group was loaded with, its int8 codes and its compilation, again."""
+        self._float_model, quantized, cm = self._loaded
+        if quantized is not None:
+            self.quantized = quantized
+            self._own_codes = None  # copied again at the next refresh
+        self._install(cm)
+
     def refresh(self) -> None:
         """The agents infer with the counts' expectation from now on: the model is rebuilt from
         the normalised counts (quantized again for ``int8``) and compiled; the kernel scratch is
@@ -297,7 +360,7 @@ class LearningAgentGroup(AifAgentGroup):
         for counts, tables in ((learner.pA, A), (learner.pB, B), (learner.pD, D)):
             # A table follows its counts from their first update on; until then it is the
             # table the model was given (pymdp: update_A sets A, not B).
-            if counts is None or counts.version == 0:
+            if counts is None or not counts.learned:
                 continue
             for slot, index in enumerate(counts.tables):
                 tables[index] = counts.normalised(slot)
@@ -312,8 +375,15 @@ class LearningAgentGroup(AifAgentGroup):
                 E=quantized.E, num_obs=m.num_obs, num_states=m.num_states,
                 num_controls=m.num_controls,
             )
+        self._install(kernels.compile_model(source, self.cm.tree.policies, dtype=self.dtype.type))
+        self._since_refresh = 0
+        self.refreshes += 1
+
+    def _install(self, cm: kernels.CompiledModel) -> None:
+        """Infer and plan with ``cm`` from now on; the kernel scratch is made anew if it needs
+        another planner."""
         old = kernels.Workspace.bytes_per_agent(self.cm, info_gain=self._use_info_gain)
-        self.cm = kernels.compile_model(source, self.cm.tree.policies, dtype=self.dtype.type)
+        self.cm = cm
         if kernels.Workspace.bytes_per_agent(self.cm, info_gain=self._use_info_gain) != old or (
             self.cm.deep is not None
         ):
@@ -321,8 +391,6 @@ class LearningAgentGroup(AifAgentGroup):
             self._new_scratch()
             if self._agent_reservation is not None:
                 self._agent_reservation.resize(self.bytes_for(self.n_agents, self.history_capacity))
-        self._since_refresh = 0
-        self.refreshes += 1
 
     def _owned_codes(self, quantized: QuantizedModel) -> dict[str, list[Any]]:
         """The int8 tables by kind; the learned ones copied once (the model the group was
@@ -455,6 +523,8 @@ class LearningAgentGroup(AifAgentGroup):
             for slot, index in enumerate(counts.tables):
                 out[f"learn.p{counts.kind}{index}"] = counts.counts[slot]
             out[f"learn.version.{counts.kind}"] = np.array(counts.version, dtype=np.int64)
+            out[f"learn.reset_at.{counts.kind}"] = np.array(counts.reset_at, dtype=np.int64)
+        out["learn.frozen"] = np.array(self.learning_frozen)
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -496,7 +566,9 @@ class LearningAgentGroup(AifAgentGroup):
                 counts.counts[slot][...] = arr
                 counts.touched[slot].fill(True)  # restored counts: every column may differ
             counts.version = int(state.get(f"learn.version.{counts.kind}", np.array(0)))
+            counts.reset_at = int(state.get(f"learn.reset_at.{counts.kind}", np.array(0)))
             counts.reported_version = counts.version
+        self.learning_frozen = bool(state.get("learn.frozen", np.array(False)))
         self.refresh()
         if self._quiet:
             return
@@ -613,7 +685,10 @@ class PerAgentLearningGroup(LearningAgentGroup):
             )
         self.infer_states(o)
         self._note_surprise(o, self.prior)  # the prior this tick's inference started from
-        self._learn(o, self.action, self.has_action)
+        if self.learning_frozen:
+            self._keep_posteriors()
+        else:
+            self._learn(o, self.action, self.has_action)
         self.infer_policies()
         self.sample_action()
         self.ticks += 1
@@ -664,12 +739,25 @@ class PerAgentLearningGroup(LearningAgentGroup):
         self.action[...] = self.check_actions(actions)
         self.has_action.fill(True)
 
+    def _restore_loaded(self) -> None:
+        """Every agent's learned tables back to the model's as loaded."""
+        assert self._tables is not None
+        loaded = self._loaded[0]
+        tables = {"A": loaded.A, "B": loaded.B, "D": loaded.D}
+        for counts in self.learner.counts:
+            for index in counts.tables:
+                table = self._tables[counts.kind][index]
+                table[...] = tables[counts.kind][index].reshape(table.shape[1:])
+        if self._outcomes is not None and self.learner.pA is not None:
+            self._outcomes = per_agent.outcome_tables(self._tables["A"])
+        self._float_model = loaded
+
     def refresh(self) -> None:
         """Each agent's learned tables become its counts' expectation."""
         if self._tables is None:  # during construction
             return
         for counts in self.learner.counts:
-            if counts.version == 0:
+            if not counts.learned:
                 continue
             for slot, index in enumerate(counts.tables):
                 table = self._tables[counts.kind][index]
