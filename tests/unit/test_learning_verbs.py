@@ -67,7 +67,7 @@ def test_freeze_keeps_the_counts_and_infers_with_what_was_learned(
         np.testing.assert_allclose(group.model.A[1], group.learner.pA.normalised(0), atol=1e-12)
         if precision == "int8":
             assert group.quantized is not None
-            np.testing.assert_array_equal(group.quantized.A[1].codes,  # type: ignore[union-attr]
+            np.testing.assert_array_equal(group.quantized.A[1].codes,
                                           encode_log_u8(group.model.A[1]).codes)
     refreshes = group.refreshes
     obs = run(group, env, obs, 12)  # trials end meanwhile: no pD either
@@ -150,12 +150,12 @@ def test_reset_goes_back_to_the_priors_and_the_loaded_tables(precision: str, sco
     if scope == "shared" and precision == "int8":
         assert group.quantized is not given
         assert group.quantized is not None
-        np.testing.assert_array_equal(group.quantized.A[1].codes,  # type: ignore[union-attr]
+        np.testing.assert_array_equal(group.quantized.A[1].codes,
                                       encode_log_u8(group.model.A[1]).codes)
         np.testing.assert_array_equal(group.quantized.B[0].index,  # type: ignore[union-attr]
-                                      encode_transition(group.model.B[0]).index)
+                                      encode_transition(group.model.B[0]).index)  # type: ignore[union-attr]
         assert given is not None  # the loaded codes were not written over
-        np.testing.assert_array_equal(given.A[1].codes,  # type: ignore[union-attr]
+        np.testing.assert_array_equal(given.A[1].codes,
                                       encode_log_u8(loaded.A[1]).codes)
 
 
