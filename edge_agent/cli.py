@@ -713,6 +713,36 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- export-model ---------------------------------------------------------------------------------
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "export-model",
+        help="write a learning group's learned model as .npz (for edge-agent-host convert aif)",
+        description="Write GROUP's learned model as the daemon last saved it (the newest "
+        "snapshot in its state_dir; the daemon may be running or stopped) to OUT.npz in "
+        "pymdp's keys: A0.., B0.., D0.. as the agents infer with them, C0.., E, the Dirichlet "
+        "counts pA0.., pB0.., pD0.., and meta_* keys (versions, prior counts, the snapshot). "
+        "edge-agent-host convert aif OUT.npz makes a bundle of it (docs/learning.md).",
+    )
+    p.add_argument("--config", type=Path, required=True, help="the daemon config (TOML)")
+    p.add_argument("--group", required=True, help="the group (it has a [groups.learning] table)")
+    p.add_argument("--out", type=Path, required=True, help="OUT.npz to write")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="read the snapshots here instead of [daemon] state_dir")
+    p.add_argument("--agent", type=int, default=None, metavar="I",
+                   help="a group that learns per agent: export agent I's counts")
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from edge_agent.daemon.model_export import export_model
+
+    report = export_model(
+        args.config, args.group, args.out, state_dir=args.state_dir, agent=args.agent
+    )
+    print(report.describe())
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "status": cmd_status,
@@ -722,6 +752,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "systemd-unit": cmd_static_unit,
     "systemd-dropin": cmd_unit,
     "replay": cmd_replay,
+    "export-model": cmd_export_model,
 }
 
 
@@ -729,7 +760,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = ArgumentParser(prog="edge-agent", description=DESCRIPTION)
     parser.add_argument("--version", action=VersionAction, version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_status, _add_check, _add_profiles, _add_replay, _add_unit):
+    for add in (
+        _add_run, _add_status, _add_check, _add_profiles, _add_replay, _add_export, _add_unit
+    ):
         add(sub)
     return parser
 

@@ -33,6 +33,9 @@ Array = NDArray[np.float64]
 _KEY = re.compile(r"^([ABCD])(\d+)$")
 #: Dirichlet counts of a learning model, pymdp's names: pA0.., pB0.., pD0..
 _COUNT_KEY = re.compile(r"^p([ABD])(\d+)$")
+#: Where a model came from (``edge-agent export-model`` writes ``meta_group``,
+#: ``meta_version_pA``, ...): carried in the file for people and tools, ignored by the readers.
+META_PREFIX = "meta_"
 
 #: Counts by kind ("A", "B", "D") and modality/factor index.
 Counts = dict[str, dict[int, np.ndarray]]
@@ -202,7 +205,8 @@ def load_npz(path: str | Path, *, counts: Counts | None = None) -> GenerativeMod
 def model_from_npz_dict(
     arrays: dict[str, np.ndarray], source: str = "model", *, counts: Counts | None = None
 ) -> GenerativeModel:
-    """Assemble a model from pymdp-convention keys; unknown keys are an error.
+    """Assemble a model from pymdp-convention keys; unknown keys are an error (``meta_*`` keys,
+    where a model came from, are skipped).
 
     Dirichlet counts (``pA0``.., ``pB0``.., ``pD0``..) go into ``counts`` (``{"A": {0: pA0},
     ...}``) when the caller passes a dict to fill: a caller that would drop them (no learning)
@@ -213,6 +217,8 @@ def model_from_npz_dict(
     for key, value in arrays.items():
         if key == "E":
             E = value
+            continue
+        if key.startswith(META_PREFIX):
             continue
         counted = _COUNT_KEY.match(key)
         if counted:
@@ -226,7 +232,8 @@ def model_from_npz_dict(
         match = _KEY.match(key)
         if not match:
             raise ModelError(
-                f"{source}: unexpected key {key!r} (expected A0.., B0.., C0.., D0.., E)"
+                f"{source}: unexpected key {key!r} (expected A0.., B0.., C0.., D0.., E; "
+                f"{META_PREFIX}* keys are ignored)"
             )
         groups[match.group(1)][int(match.group(2))] = value
 

@@ -17,16 +17,19 @@ daemon builds both from it.
 ``random_inputs``                  valid inputs of one tick, for a deployment's health check
 ``describe`` / ``metrics``         what the status shows of the kind; its numbers for telemetry
 =================================  ==============================================================
+
+A group that learns its model (:mod:`edge_agent.core.learning`) is also a :class:`Learns`: the
+verbs the daemon's learning commands call, whatever the kind.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["AgentGroup", "GroupIO"]
+__all__ = ["AgentGroup", "GroupIO", "Learns"]
 
 
 @dataclass(frozen=True)
@@ -130,4 +133,29 @@ class AgentGroup(Protocol):
 
     def metrics(self) -> dict[str, object]:
         """The kind's own numbers of the group for telemetry and Prometheus (may be empty)."""
+        ...
+
+
+@runtime_checkable
+class Learns(Protocol):
+    """A group whose agents learn their model: the verbs on its learning (the signed commands
+    ``learning_freeze``, ``learning_resume``, ``learning_reset`` call them between ticks)."""
+
+    @property
+    def learning_frozen(self) -> bool: ...
+
+    def freeze_learning(self) -> bool:
+        """Stop updating what is learned, keep using it; False if frozen already."""
+        ...
+
+    def resume_learning(self) -> bool:
+        """Learn again; False if it was not frozen."""
+        ...
+
+    def reset_learning(self) -> None:
+        """Forget what was learned: back to the model as loaded."""
+        ...
+
+    def learning_state(self) -> dict[str, Any]:
+        """What a command's result and the status show of the learning (frozen, versions)."""
         ...

@@ -35,7 +35,7 @@ from edge_agent.config.daemon import (
     describe_endpoint,
 )
 from edge_agent.core.budget import MemoryBudget, PlanRequest
-from edge_agent.core.contract import AgentGroup
+from edge_agent.core.contract import AgentGroup, Learns
 from edge_agent.errors import EdgeAgentError
 from edge_agent.kinds import get_kind
 from edge_agent.kinds.base import LoadedModel, world_name
@@ -108,6 +108,11 @@ class GroupRuntime:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def learning(self) -> Learns | None:
+        """The verbs on the group's learning (None: its agents do not learn)."""
+        return self.agents if isinstance(self.agents, Learns) else None
 
     @property
     def kind(self) -> str:

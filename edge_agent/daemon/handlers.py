@@ -21,6 +21,7 @@ from edge_agent.fleet.commands import (
     ChunkArgs,
     DeployArgs,
     GroupArgs,
+    LearningArgs,
     Outcome,
     ResizeArgs,
     TickRateArgs,
@@ -82,6 +83,9 @@ class CommandHandlers:
             "start_group": self.start_group,
             "stop_group": self.stop_group,
             "resize_group": self.resize_group,
+            "learning_freeze": self.learning_freeze,
+            "learning_resume": self.learning_resume,
+            "learning_reset": self.learning_reset,
             "set_tick_rate": self.set_tick_rate,
             "deploy": self.deploy,
             "deploy_chunk": self.deploy_chunk,
@@ -182,3 +186,68 @@ class CommandHandlers:
 
     def deploy_chunk(self, args: ChunkArgs, _cmd: Command) -> Outcome:
         return self.daemon.ab_switch.chunk(args)
+
+    # -- learning ---------------------------------------------------------------------------------
+    def _learning_groups(self, args: LearningArgs) -> list[GroupRuntime] | Outcome:
+        """The group named (refused when it does not learn), or every group that learns."""
+        if args.group is not None:
+            g = self._group(args.group)
+            if isinstance(g, Outcome):
+                return g
+            if g.learning is None:
+                return Outcome(
+                    ResultCode.BAD_ARGS,
+                    f"group {g.name!r} does not learn (it has no [groups.learning] table)",
+                )
+            return [g]
+        groups = [g for g in self.daemon.groups if g.learning is not None]
+        if not groups:
+            return Outcome(ResultCode.BAD_ARGS, "no group on this node learns")
+        watched = self.daemon.ab_switch.watching
+        if any(g.name == watched for g in groups):
+            return Outcome(
+                ResultCode.BUSY, f"group {watched!r} is being watched after a deployment"
+            )
+        return groups
+
+    def _on_learning(
+        self, args: LearningArgs, verb: str, act: Callable[[GroupRuntime], str]
+    ) -> Outcome:
+        """``act`` on each group of ``args`` (its words for the detail), then a snapshot, so
+        that a crash cannot undo the change; the result's data is each group's learning."""
+        groups = self._learning_groups(args)
+        if isinstance(groups, Outcome):
+            return groups
+        said = [act(g) for g in groups]
+        for g in groups:
+            logger.info("group %s: learning %s by a hub command", g.name, verb)
+        self.daemon.snapshot(force=True)
+        data = {
+            g.name: g.learning.learning_state() for g in groups if g.learning is not None
+        }
+        return Outcome(ResultCode.OK, "; ".join(said), {"groups": data})
+
+    def learning_freeze(self, args: LearningArgs, _cmd: Command) -> Outcome:
+        def act(g: GroupRuntime) -> str:
+            assert g.learning is not None
+            done = g.learning.freeze_learning()
+            return f"group {g.name!r}: learning {'frozen' if done else 'already frozen'}"
+
+        return self._on_learning(args, "frozen", act)
+
+    def learning_resume(self, args: LearningArgs, _cmd: Command) -> Outcome:
+        def act(g: GroupRuntime) -> str:
+            assert g.learning is not None
+            done = g.learning.resume_learning()
+            return f"group {g.name!r}: learning {'resumed' if done else 'was not frozen'}"
+
+        return self._on_learning(args, "resumed", act)
+
+    def learning_reset(self, args: LearningArgs, _cmd: Command) -> Outcome:
+        def act(g: GroupRuntime) -> str:
+            assert g.learning is not None
+            g.learning.reset_learning()
+            state = "frozen" if g.learning.learning_frozen else "learning"
+            return f"group {g.name!r}: counts back to the priors ({state})"
+
+        return self._on_learning(args, "reset", act)

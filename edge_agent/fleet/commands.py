@@ -76,6 +76,7 @@ __all__ = [
     "DeployArgs",
     "GroupArgs",
     "Handler",
+    "LearningArgs",
     "NoArgs",
     "NonceStore",
     "NonceStoreError",
@@ -111,6 +112,13 @@ class GroupArgs(_Args, frozen=True, kw_only=True):
     """``start_group``, ``stop_group``."""
 
     group: GroupName
+
+
+class LearningArgs(_Args, frozen=True, kw_only=True):
+    """``learning_freeze``, ``learning_resume``, ``learning_reset``: one group, or (absent)
+    every group of the node that learns."""
+
+    group: GroupName | None = None
 
 
 class ResizeArgs(_Args, frozen=True, kw_only=True):
@@ -182,6 +190,9 @@ ARG_MODELS: Final[Mapping[str, type[_Args]]] = {
     "start_group": GroupArgs,
     "stop_group": GroupArgs,
     "resize_group": ResizeArgs,
+    "learning_freeze": LearningArgs,
+    "learning_resume": LearningArgs,
+    "learning_reset": LearningArgs,
     "set_tick_rate": TickRateArgs,
     "deploy": DeployArgs,
     "deploy_chunk": ChunkArgs,

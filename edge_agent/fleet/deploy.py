@@ -101,6 +101,7 @@ __all__ = [
     "PrepareCheck",
     "ReadyToSwitch",
     "Report",
+    "read_overlay",
     "write_json_atomic",
 ]
 
@@ -161,6 +162,17 @@ class OverlayEntry(Record):
 class _OverlayFile(Record):
     version: int = 1
     groups: dict[str, OverlayEntry] = field(default_factory=dict)
+
+
+def read_overlay(state_dir: Path) -> dict[str, OverlayEntry]:
+    """The deployed bundles by group as a reader beside the daemon sees them, read only: empty
+    when there is no overlay, or one the daemon would find damaged (it runs the config's models
+    then; :meth:`Overlay.load` moves such a file aside, this leaves it)."""
+    try:
+        raw = _read_json(Path(state_dir) / OVERLAY_FILE)
+        return dict(from_json(_OverlayFile, raw).groups) if raw is not None else {}
+    except (OSError, ValueError):
+        return {}
 
 
 class Overlay:

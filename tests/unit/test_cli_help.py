@@ -79,8 +79,8 @@ def test_top_level_help_lists_each_command_once(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     text = capsys.readouterr().out
-    commands = ("run", "status", "check-config", "profiles", "replay", "systemd-unit",
-                "systemd-dropin")
+    commands = ("run", "status", "check-config", "profiles", "replay", "export-model",
+                "systemd-unit", "systemd-dropin")
     for command in commands:
         assert sum(line.split()[:1] == [command] for line in text.splitlines()) == 1, command
 
