@@ -214,7 +214,8 @@ class CommandHandlers:
         self, args: LearningArgs, verb: str, act: Callable[[GroupRuntime], str]
     ) -> Outcome:
         """``act`` on each group of ``args`` (its words for the detail), then a snapshot, so
-        that a crash cannot undo the change; the result's data is each group's learning."""
+        that a crash cannot undo the change; the result's data is the groups' learning
+        (:func:`_learning_data`)."""
         groups = self._learning_groups(args)
         if isinstance(groups, Outcome):
             return groups
@@ -222,10 +223,7 @@ class CommandHandlers:
         for g in groups:
             logger.info("group %s: learning %s by a hub command", g.name, verb)
         self.daemon.snapshot(force=True)
-        data = {
-            g.name: g.learning.learning_state() for g in groups if g.learning is not None
-        }
-        return Outcome(ResultCode.OK, "; ".join(said), {"groups": data})
+        return Outcome(ResultCode.OK, "; ".join(said), _learning_data(groups))
 
     def learning_freeze(self, args: LearningArgs, _cmd: Command) -> Outcome:
         def act(g: GroupRuntime) -> str:
@@ -251,3 +249,23 @@ class CommandHandlers:
             return f"group {g.name!r}: counts back to the priors ({state})"
 
         return self._on_learning(args, "reset", act)
+
+
+def _learning_data(groups: list[GroupRuntime]) -> dict[str, Any]:
+    """A learning command's result data, flat (the protocol's values are scalars or lists):
+    ``groups`` (names), ``frozen`` and, per kind of counts any of them learns, ``version_pA``
+    and ``reset_at_pA`` ..., one entry per group in that order (None: the group does not learn
+    that kind)."""
+    states = [g.learning.learning_state() for g in groups if g.learning is not None]
+    data: dict[str, Any] = {
+        "groups": [g.name for g in groups],
+        "frozen": [bool(state["frozen"]) for state in states],
+    }
+    for kind in ("pA", "pB", "pD"):
+        if any(kind in state["counts"] for state in states):
+            for field in ("version", "reset_at"):
+                data[f"{field}_{kind}"] = [
+                    state["counts"][kind][field] if kind in state["counts"] else None
+                    for state in states
+                ]
+    return data
