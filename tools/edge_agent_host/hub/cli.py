@@ -156,7 +156,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_targets(command)
     command.add_argument("--ttl", type=float, default=60.0, help="seconds until it expires")
     command.add_argument("--json", action="store_true", help="print results as JSON")
-    command.add_argument("name", help="ping, snapshot, rebirth, start_group, stop_group, ...")
+    command.add_argument(
+        "name",
+        help="ping, snapshot, rebirth, start_group, stop_group, learning_freeze, ... "
+        "(docs/fleet.md#commands)",
+    )
     command.add_argument("args", nargs="*", type=_arg_value, help="NAME=VALUE arguments")
 
     deploy = sub.add_parser("deploy", help="deploy a signed bundle to a group on nodes")
