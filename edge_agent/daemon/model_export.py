@@ -151,7 +151,7 @@ def export_model(
     arrays = learned_arrays(loaded.model, learning, state, name=group, agent=agent)
     arrays.update(_provenance(group, snap, loaded.bundle_name, loaded.bundle_sha256))
     buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
     data = buf.getvalue()
     try:
         with atomic_writer(out) as fh:

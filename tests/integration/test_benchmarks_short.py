@@ -77,6 +77,11 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "render"}, ("first_page", "all_rows", "browser")),
         ({"bench": "hub"}, ("hub_rss_peak_mb",)),
     ],
+    "bench_export_model.py": [
+        *[({"bench": "export-model", "case": c},
+           ("export_s", "snapshot_save_s", "ratio", "npz_bytes", "snapshot_bytes"))
+          for c in ("tmaze", "grid10")],
+    ],
     "bench_flood.py": [
         ({"bench": "flood_latency"}, ("unflooded_p50_ms", "flooded_p50_ms", "ratio_p50")),
     ],
