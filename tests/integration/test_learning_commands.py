@@ -166,6 +166,12 @@ def test_learning_commands_on_the_secured_fleet(tmp_path: Path, started: list[An
     first = answers(op, hk, f"--node {node} learning_freeze group=maze")[node]
     assert first["code"] == "ok", first
     frozen = maze_counts(first)
+
+    def status_frozen() -> bool:
+        groups = nodes[node].status().get("groups") or []
+        return any(g["name"] == "maze" and g["learning"]["frozen"] for g in groups)
+
+    wait_until(status_frozen, "the status file showing the freeze")
     later = ticks() + 20
     wait_until(lambda: ticks() >= later, "20 frozen ticks")
     again = answers(op, hk, f"--node {node} learning_freeze group=maze")[node]

@@ -167,9 +167,10 @@ def test_a_learned_model_is_exported_signed_and_run_by_another_daemon(tmp_path: 
                             keys=tmp_path / "keys")
     b = Run(config_b, 1)
     try:
+        wait_until(lambda: ticks(state_b) >= 3, "B ticks", timeout=60)
         status = status_of(state_b)
         assert status["groups"][0]["bundle_sha256"] == bundle.sha256
-        wait_until(lambda: ticks(state_b) >= 3, "B ticks", timeout=60)
+        assert status["groups"][0]["learning"]["tables"] == ["pA1"]  # what the bundle carries
     finally:
         b.stop()
     done = export(config_b, work, "--group", "maze", "--out", "b.npz")
