@@ -146,6 +146,17 @@ def export_model(
             f"{snap.path}: group {group!r} was saved by another model than the config's "
             "(the config or the deployed bundle changed since)"
         )
+    n = int(meta.get("agents", 0))
+    per_agent = learning.settings.scope == "per_agent"
+    if per_agent and agent is None:
+        raise InputError(
+            f"group {group!r} learns per agent ({n} agents): export one with --agent I "
+            f"(0..{n - 1})"
+        )
+    if not per_agent and agent is not None:
+        raise InputError(
+            f"--agent: group {group!r} learns one set of counts for all its agents (shared)"
+        )
     prefix = f"group.{group}."
     state = {k[len(prefix):]: v for k, v in snap.arrays.items() if k.startswith(prefix)}
     arrays = learned_arrays(loaded.model, learning, state, name=group, agent=agent)
