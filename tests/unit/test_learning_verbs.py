@@ -10,6 +10,7 @@ import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec, b_increment_shared
 from edge_agent.aif.quant import encode_log_u8, encode_transition
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.learning import LearningAgentGroup, PerAgentLearningGroup, learning_group
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
@@ -172,3 +173,26 @@ def test_a_snapshot_carries_the_freeze_and_the_reset() -> None:
     for mine, theirs in zip(other.learner.counts, group.learner.counts, strict=True):
         assert (mine.version, mine.reset_at) == (theirs.version, theirs.reset_at)
         assert not mine.learned
+
+
+@pytest.mark.parametrize("precision", ["float64", "int8"])
+def test_a_frozen_group_steps_as_a_plain_group_on_the_learned_model(precision: str) -> None:
+    """While frozen, beliefs and actions are exactly those of a group that never learned,
+    given the learned model (its int8 codes) and the same beliefs."""
+    group = make(precision)
+    env = ReversalTMazeEnv(N, seed=9, reverse_every=3)
+    obs = run(group, env, env.reset(), 10)
+    group.freeze_learning()
+    plain = AifAgentGroup(group.quantized if precision == "int8" else group.model, N,
+                          precision=precision, seed=3)  # type: ignore[arg-type]
+    plain.load_state_dict({k: v for k, v in group.state_dict().items()
+                           if not k.startswith("learn.")})
+    for _ in range(12):
+        if env.episode_start.any():
+            group.end_trial(env.episode_start)
+            plain.reset(env.episode_start)
+        actions = group.step(obs)
+        np.testing.assert_array_equal(plain.step(obs), actions)
+        for mine, theirs in zip(group.qs, plain.qs, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+        obs = env.step(actions)
