@@ -183,8 +183,9 @@ def test_a_frozen_group_steps_as_a_plain_group_on_the_learned_model(precision: s
     env = ReversalTMazeEnv(N, seed=9, reverse_every=3)
     obs = run(group, env, env.reset(), 10)
     group.freeze_learning()
-    plain = AifAgentGroup(group.quantized if precision == "int8" else group.model, N,
-                          precision=precision, seed=3)  # type: ignore[arg-type]
+    learned = group.quantized if precision == "int8" else group.model
+    assert learned is not None
+    plain = AifAgentGroup(learned, N, precision=precision, seed=3)  # type: ignore[arg-type]
     plain.load_state_dict({k: v for k, v in group.state_dict().items()
                            if not k.startswith("learn.")})
     for _ in range(12):
