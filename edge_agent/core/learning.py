@@ -338,6 +338,7 @@ class LearningAgentGroup(AifAgentGroup):
         for counts in self.learner.counts:
             counts.reset(tables[counts.kind])
         self._since_refresh = 0
+        self.counts_origin = "priors"
         self._restore_loaded()
 
     def learning_state(self) -> dict[str, Any]:
@@ -443,13 +444,15 @@ class LearningAgentGroup(AifAgentGroup):
     # -- what the daemon shows ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """:class:`AifAgentGroup`'s, and ``learning``: the scope, the tables learned, where the
-        counts came from (``priors`` or ``snapshot``), refreshes and the numbers of
-        :meth:`metrics` (status shows them per group)."""
+        counts came from (``priors`` or ``snapshot``), whether they are frozen
+        (:meth:`freeze_learning`), refreshes and the numbers of :meth:`metrics` (status shows
+        them per group)."""
         out = super().describe()
         out["learning"] = {
             "scope": self.scope,
             "tables": [f"p{c.kind}{i}" for c in self.learner.counts for i in c.tables],
             "counts_from": self.counts_origin,
+            "frozen": self.learning_frozen,
             "refreshes": self.refreshes,
             **self._learning_numbers(),
         }

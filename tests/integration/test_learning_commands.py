@@ -4,7 +4,7 @@
 Real parts only: ``edge-agent-host broker init`` and mosquitto on its config (security.md block
 0), the hub's signing key and ``H``/``K`` as fleet.md block 0 defines them, two daemons configured
 from their generated snippets, each with a group ``maze`` that learns (``[groups.learning]``) and
-a group ``doors`` that does not. learning.md block 1 runs as written; then the answers' data
+a group ``doors`` that does not. learning.md block 3 runs as written; then the answers' data
 show what each command did to the counts (frozen counts do not move while the daemon ticks, a
 reset puts them back to their prior), a freeze survives a restart (the snapshot carries it), a
 group that does not learn is refused with its reason, and commands signed by an unknown key,
@@ -146,9 +146,9 @@ def test_learning_commands_on_the_secured_fleet(tmp_path: Path, started: list[An
 
     wait_until(online, "both nodes online in the hub CLI's fleet", timeout=WAIT_S)
 
-    # learning.md block 1 as written: freeze and resume on one node, reset on every node.
+    # learning.md block 3 as written: freeze and resume on one node, reset on every node.
     try:
-        out = op.run(f"{hk}\n{doc_block('docs/learning.md', 1)}")
+        out = op.run(f"{hk}\n{doc_block('docs/learning.md', 3)}")
     except AssertionError:
         print("\n".join(n.log() for n in nodes.values()))
         raise

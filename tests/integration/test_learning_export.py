@@ -1,7 +1,7 @@
 """A model one daemon learned, exported, converted, signed and run by another (issue 32, item 4).
 
 Real processes only: daemon A learns ``pA1`` of the reversal T-maze and stops (its final
-snapshot), starts again (restoring it) and, while it runs, docs/learning.md block 2 runs as
+snapshot), starts again (restoring it) and, while it runs, docs/learning.md block 4 runs as
 written: ``edge-agent export-model`` reads that snapshot, ``edge-agent-host convert aif`` makes
 a signed bundle of the file. The file holds exactly the snapshot's counts and the tables they
 stand for. Daemon B runs the bundle with a ``[groups.learning]`` table that names no table, so
@@ -134,9 +134,9 @@ def test_a_learned_model_is_exported_signed_and_run_by_another_daemon(tmp_path: 
     assert version >= 150
     second = Run(config_a, 2)
     try:
-        # docs/learning.md block 2 as written, while A runs; CONFIG and the signing key are
+        # docs/learning.md block 4 as written, while A runs; CONFIG and the signing key are
         # the test's.
-        block = doc_block("docs/learning.md", 2)
+        block = doc_block("docs/learning.md", 4)
         first_line, rest = block.split("\n", 1)
         assert first_line.startswith("CONFIG="), block
         done = shell(rest, work, CONFIG=str(config_a), SIGNING_KEY=str(key.private_path))
