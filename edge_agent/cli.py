@@ -354,7 +354,8 @@ def format_status(s: dict[str, Any]) -> str:
         if learning:
             lines.append(
                 f"               learning {', '.join(learning['tables'])} "
-                f"({learning['scope']}, counts from {learning['counts_from']}): "
+                f"({learning['scope']}, counts from {learning['counts_from']}"
+                f"{', frozen' if learning.get('frozen') else ''}): "
                 f"{learning['updates']} updates, divergence {learning['divergence']:.4g} nats, "
                 f"surprise {learning['surprise']:.3f} nats/tick"
             )

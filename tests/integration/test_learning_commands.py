@@ -172,6 +172,12 @@ def test_learning_commands_on_the_secured_fleet(tmp_path: Path, started: list[An
         return any(g["name"] == "maze" and g["learning"]["frozen"] for g in groups)
 
     wait_until(status_frozen, "the status file showing the freeze")
+    view = subprocess.run(
+        [str(Path(sys.executable).parent / "edge-agent"), "status", "--status-file",
+         str(nodes[node].state / "status.json")],
+        capture_output=True, text=True, timeout=60, check=False,
+    ).stdout
+    assert "learning pA1 (shared, counts from priors, frozen)" in view, view
     later = ticks() + 20
     wait_until(lambda: ticks() >= later, "20 frozen ticks")
     again = answers(op, hk, f"--node {node} learning_freeze group=maze")[node]
