@@ -4,7 +4,8 @@ The learned model is read from the newest readable snapshot in the group's state
 only: the daemon may be running (its snapshots are written whole and renamed into place) or
 stopped. The group's model comes from the config as the daemon loads it (a bundle deployed to the
 group instead, when the daemon would run that one), and the snapshot must have been written by
-that model (the key snapshots are restored by). The file holds pymdp's keys (``A0``.. as the
+that model (the key snapshots are restored by) with the group's learning table (the counts'
+``learn.identity``, as the daemon checks it). The file holds pymdp's keys (``A0``.. as the
 agents infer with them, ``C``, ``E``, the counts ``pA1``..) and ``meta_*`` keys saying where it
 came from; ``edge-agent-host convert aif`` makes a bundle of it like of any other ``.npz``
 (docs/learning.md).
@@ -139,12 +140,23 @@ def export_model(
     )
     try:
         key = probe.key
+        identity = getattr(probe, "learning_identity", None)
+        learned_from = identity() if identity is not None else None
     finally:
         probe.release()
     if meta.get("key") != key:
         raise InputError(
             f"{snap.path}: group {group!r} was saved by another model than the config's "
             "(the config or the deployed bundle changed since)"
+        )
+    prefix = f"group.{group}."
+    state = {k[len(prefix):]: v for k, v in snap.arrays.items() if k.startswith(prefix)}
+    saved_from = state.get("learn.identity")
+    if saved_from is None or np.asarray(saved_from, dtype=np.uint8).tobytes() != learned_from:
+        raise InputError(
+            f"{snap.path}: group {group!r} holds no counts of its [groups.learning] table "
+            "(learned with another table, prior or scope, or not at all: the daemon would "
+            "start this group from its priors)"
         )
     n = int(meta.get("agents", 0))
     per_agent = learning.settings.scope == "per_agent"
@@ -157,8 +169,6 @@ def export_model(
         raise InputError(
             f"--agent: group {group!r} learns one set of counts for all its agents (shared)"
         )
-    prefix = f"group.{group}."
-    state = {k[len(prefix):]: v for k, v in snap.arrays.items() if k.startswith(prefix)}
     arrays = learned_arrays(loaded.model, learning, state, name=group, agent=agent)
     arrays.update(_provenance(group, snap, loaded.bundle_name, loaded.bundle_sha256))
     buf = io.BytesIO()

@@ -102,6 +102,7 @@ def test_a_damaged_newest_snapshot_is_passed_over(tmp_path: Path) -> None:
         ("no snapshot", "state/snapshots: no snapshots (has the daemon run with this state_dir?)"),
         ("another model", "group 'maze' was saved by another model than the config's"),
         ("shared --agent", "--agent: group 'maze' learns one set of counts for all its agents"),
+        ("another prior", "group 'maze' holds no counts of its [groups.learning] table"),
         ("not .npz", "the learned model is written as .npz"),
     ],
 )
@@ -111,6 +112,8 @@ def test_refusals_are_one_line(
     path = config(tmp_path, "A = [1]")
     if case != "no snapshot":
         learn_and_save(path, ticks=2)
+    if case == "another prior":  # the learning table changed since: the same model
+        path.write_text(path.read_text().replace("A = [1]", "A = [1]\nprior_scale = 5.0"))
     if case == "another model":  # the config changed since: another policy length
         path.write_text(path.read_text().replace(
             '[groups.learning]', '[groups.settings]\npolicy_len = 2\n\n[groups.learning]'))
