@@ -69,6 +69,22 @@ def joint_states(qs: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.
     return out
 
 
+def joint_states_major(qs: Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
+    """``(S, N)``: :func:`joint_states` state-major (agent index last), written into the
+    C-contiguous ``out`` of that shape. One or two factors: one call over rows of ``N`` agents
+    (numpy's fast loop, whatever the factors' sizes), nothing allocated; more: the outer
+    products of :func:`joint_states`, copied."""
+    n = qs[0].shape[0]
+    if len(qs) == 1:
+        np.copyto(out, qs[0].T)
+    elif len(qs) == 2:
+        np.multiply(qs[0].T[:, None, :], qs[1].T[None, :, :],
+                    out=out.reshape(qs[0].shape[1], qs[1].shape[1], n))
+    else:
+        np.copyto(out, joint_states(qs).T)
+    return out
+
+
 def onehot(
     index: np.ndarray, size: int, out: np.ndarray | None = None, dtype: type = np.float64
 ) -> np.ndarray:
@@ -92,10 +108,25 @@ def _grouped(index: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.n
     return order, values, starts
 
 
-def a_increment_shared(obs_m: np.ndarray, joint: np.ndarray, num_obs: int) -> FloatArray:
-    """``(O, S)``: the sum over agents of ``onehot(o) ⊗ joint``. The agents are grouped by
-    outcome (one sort) and each group's rows summed in one ``reduceat``: O(N S) additions, no
-    BLAS call in the tick and nothing of size ``N * O``."""
+#: Modalities with at most this many outcomes sum their ``A`` increment as one product
+#: ``onehot(o)^T @ joint`` (``N * O`` multiply-adds, fewer calls than a sort and a reduceat).
+FEW_OUTCOMES = 8
+
+
+def a_increment_shared(
+    obs_m: np.ndarray, joint: np.ndarray, num_obs: int, onehot_out: np.ndarray | None = None
+) -> FloatArray:
+    """``(O, S)``: the sum over agents of ``onehot(o) ⊗ joint``.
+
+    With ``onehot_out`` (an ``(O, N)`` float64 scratch, for ``O <= FEW_OUTCOMES``) it is one
+    product ``onehot(o) @ joint`` (two calls, only the ``(O, S)`` result allocated; ``joint``
+    may be the transposed view of a state-major :func:`joint_states_major`). Otherwise the
+    agents are grouped by outcome (one sort) and each group's rows summed in one ``reduceat``:
+    O(N S) additions and nothing of size ``N * O``."""
+    if onehot_out is not None:
+        np.equal(obs_m, np.arange(num_obs)[:, None], out=onehot_out)
+        summed: FloatArray = onehot_out @ joint
+        return summed
     order, values, starts = _grouped(obs_m, num_obs)
     out: FloatArray = np.zeros((num_obs, joint.shape[1]))
     out[values] = np.add.reduceat(joint[order], starts, axis=0, dtype=np.float64)
@@ -280,6 +311,9 @@ class DirichletCounts:
     reset_at: int = 0
     refreshed: bool = False
     touched: list[NDArray[np.bool_]] = field(default_factory=list)
+    #: Per table, the float64 scratch a shared update writes its gain into (no allocation
+    #: per tick).
+    scratch: list[FloatArray] = field(default_factory=list, repr=False)
 
     @classmethod
     def create(
@@ -321,15 +355,22 @@ class DirichletCounts:
     def add(self, slot: int, increment: np.ndarray, lr: float, forgetting: float) -> None:
         """One shared update of table ``slot`` (a position in ``tables``): forget, then add
         ``lr * mask * increment`` (``increment`` summed over agents)."""
-        gain = lr * self.mask[slot] * increment
+        gain = self._gain(slot)  # lr * mask * increment, written into the slot's scratch
+        np.multiply(increment, self.mask[slot], out=gain)
+        gain *= lr
         self._forget(slot, forgetting)
         self.counts[slot] += gain
         self.experience[slot] += gain
         if self.kind != "D":
-            self.touched[slot] |= increment.reshape(increment.shape[0], -1).any(axis=0).reshape(
-                self.touched[slot].shape
-            )
+            touched = self.touched[slot].reshape(-1)
+            touched |= increment.reshape(increment.shape[0], -1).any(axis=0)
         self.version += 1
+
+    def _gain(self, slot: int) -> FloatArray:
+        """The float64 scratch of one shared update of table ``slot`` (made at the first)."""
+        while len(self.scratch) <= slot:
+            self.scratch.append(np.empty(self.prior[len(self.scratch)].shape))
+        return self.scratch[slot]
 
     def add_rows(
         self, slot: int, rows: tuple[np.ndarray, ...], increment: np.ndarray, lr: float,
@@ -481,6 +522,17 @@ class Learner:
                                          dtype=dtype) if pB else None
         self.pD = DirichletCounts.create("D", pD or {}, D, scope, n_agents,
                                          dtype=dtype) if pD else None
+        self.num_states_joint = int(np.prod([d.shape[0] for d in D]))
+        #: Scratch of the shared updates by name, sized by the agents of the last tick (a
+        #: group that resizes gets new ones at its next tick, none in the ticks between).
+        self._scratch: dict[str, np.ndarray] = {}
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The float64 scratch ``name`` of ``shape`` (made again only when the shape changes)."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._scratch[name] = np.empty(shape)
+        return buf
 
     @property
     def counts(self) -> list[DirichletCounts]:
@@ -497,10 +549,18 @@ class Learner:
         if self.pA is None:
             return
         s = self.settings
-        joint = joint_states(qs)
+        n = qs[0].shape[0]
+        shared = s.scope == "shared"
+        few = [self.num_obs[m] <= FEW_OUTCOMES for m in self.pA.tables]
+        if shared and any(few) and len(qs) > 1:
+            # One product into a state-major buffer; its transposed view is (N, S).
+            joint = joint_states_major(qs, self._buffer("joint", (self.num_states_joint, n))).T
+        else:
+            joint = joint_states(qs)
         for slot, m in enumerate(self.pA.tables):
-            if s.scope == "shared":
-                inc = a_increment_shared(obs[:, m], joint, self.num_obs[m])
+            if shared:
+                onehot_out = self._buffer(f"onehot{m}", (self.num_obs[m], n)) if few[slot] else None
+                inc = a_increment_shared(obs[:, m], joint, self.num_obs[m], onehot_out)
                 self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA, s.forgetting)
             else:
                 self.pA.add_rows(slot, (obs[:, m],), joint, s.lr_pA, s.forgetting)

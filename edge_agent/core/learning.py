@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,6 +51,7 @@ from edge_agent.aif.quant import (
     LogU8,
     QuantizedModel,
     SparseColumns,
+    decode_log_u8,
     encode_log_u8,
     encode_transition,
     reencode_columns,
@@ -110,6 +112,8 @@ class LearningAgentGroup(AifAgentGroup):
         self._surprise, self._surprise_ticks = 0.0, 0
         self._since_refresh = 0
         self.refreshes = 0
+        #: Refreshes that brought only the touched columns of ``A`` in (no compile).
+        self.incremental_refreshes = 0
         #: int8 columns encoded by refreshes so far (a column: one distribution of A, B or D).
         self.columns_encoded = 0
         self._own_codes: dict[str, list[Any]] | None = None
@@ -362,9 +366,69 @@ class LearningAgentGroup(AifAgentGroup):
         self._install(cm)
 
     def refresh(self) -> None:
-        """The agents infer with the counts' expectation from now on: the model is rebuilt from
-        the normalised counts (quantized again for ``int8``) and compiled; the kernel scratch is
-        made anew if the new tables need another planner."""
+        """The agents infer with the counts' expectation from now on.
+
+        When only ``A`` changed since the last refresh and every learned ``A`` already follows
+        its counts, only the columns touched since then are normalised, encoded (``int8``) and
+        brought into the compiled tables (:func:`~edge_agent.aif.kernels.refresh_likelihood`).
+        Otherwise (a table's first refresh, ``B`` or ``D`` changed, or the support moved) the
+        model is rebuilt from the normalised counts (quantized again for ``int8``) and compiled;
+        the kernel scratch is made anew if the new tables need another planner."""
+        if self._refresh_likelihood():
+            self.incremental_refreshes += 1
+        else:
+            self._refresh_all()
+        self._versions = self._counts_versions()
+        self._since_refresh = 0
+        self.refreshes += 1
+
+    def _counts_versions(self) -> dict[str, int]:
+        return {counts.kind: counts.version for counts in self.learner.counts}
+
+    def _refresh_likelihood(self) -> bool:
+        """The incremental refresh (see :meth:`refresh`); False when it does not apply (nothing
+        has been changed then)."""
+        learner, m = self.learner, self._float_model
+        pA, versions = learner.pA, getattr(self, "_versions", None)
+        if pA is None or versions is None or not pA.refreshed:
+            return False
+        if any(versions.get(c.kind) != c.version for c in learner.counts if c.kind != "A"):
+            return False
+        columns = np.zeros(m.num_states, dtype=bool)
+        for touched in pA.touched:
+            columns |= touched
+        cols = np.flatnonzero(columns.reshape(-1))
+        A = list(m.A)
+        codes = None if self.quantized is None else self._owned_codes(self.quantized)
+        for slot, index in enumerate(pA.tables):
+            touched = pA.touched[slot].reshape(-1)
+            if not touched.any():
+                continue
+            flat = pA.counts[slot].reshape(pA.counts[slot].shape[0], -1)
+            table = A[index].reshape(flat.shape).copy()
+            table[:, touched] = normalise(flat[:, touched])
+            A[index] = table.reshape(A[index].shape)
+            if codes is not None:
+                self.columns_encoded += reencode_columns(
+                    _flat_codes(codes["A"][index]), table, touched
+                )
+        if codes is None:
+            A_cols = [a.reshape(a.shape[0], -1)[:, cols] for a in A]
+        else:
+            A_cols = [decode_log_u8(_columns(_flat_codes(q), cols)) for q in codes["A"]]
+        cm = kernels.refresh_likelihood(self.cm, columns.reshape(-1), A_cols)
+        if cm is None:
+            return False
+        self.cm = cm
+        for table in A:
+            table.setflags(write=False)
+        self._float_model = replace(m, A=tuple(A))
+        if codes is not None and self.quantized is not None:
+            self.quantized = replace(self.quantized, A=tuple(codes["A"]))
+        pA.mark_refreshed()
+        return True
+
+    def _refresh_all(self) -> None:
         learner, m = self.learner, self._float_model
         A, B, D = list(m.A), list(m.B), list(m.D)
         # int8: the group's own copy of the codes; only what changed is encoded again.
@@ -389,8 +453,6 @@ class LearningAgentGroup(AifAgentGroup):
                 num_controls=m.num_controls,
             )
         self._install(kernels.compile_model(source, self.cm.tree.policies, dtype=self.dtype.type))
-        self._since_refresh = 0
-        self.refreshes += 1
 
     def _install(self, cm: kernels.CompiledModel) -> None:
         """Infer and plan with ``cm`` from now on; the kernel scratch is made anew if it needs
@@ -912,3 +974,15 @@ def _copy_codes(q: LogU8 | SparseColumns) -> LogU8 | SparseColumns:
         return _copy_log(q)
     values = None if q.values is None else _copy_log(q.values)
     return SparseColumns(num_states=q.num_states, index=q.index.copy(), values=values)
+
+
+def _flat_codes(q: LogU8 | SparseColumns) -> LogU8:
+    """A likelihood's codes with the states flattened: ``(O, S_joint)`` views (writable, so a
+    refresh encodes into the group's own codes through them)."""
+    assert isinstance(q, LogU8)  # a likelihood is always dense log-u8
+    n = q.codes.shape[0]
+    return LogU8(codes=q.codes.reshape(n, -1), top=q.top.reshape(-1), step=q.step.reshape(-1))
+
+
+def _columns(q: LogU8, cols: np.ndarray) -> LogU8:
+    return LogU8(codes=q.codes[:, cols], top=q.top[cols], step=q.step[cols])

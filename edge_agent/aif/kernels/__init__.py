@@ -52,7 +52,8 @@ The code lives in one module per stage; this package re-exports what the rest of
 * :mod:`~edge_agent.aif.kernels.transitions`: one factor's ``B``, dense or column-sparse, and
   :func:`propagate` through it;
 * :mod:`~edge_agent.aif.kernels.tree`: the policy tree (shared prefixes, per factor and joint);
-* :mod:`~edge_agent.aif.kernels.compiled`: :class:`CompiledModel` and :func:`compile_model`;
+* :mod:`~edge_agent.aif.kernels.compiled`: :class:`CompiledModel`, :func:`compile_model` and
+  :func:`refresh_likelihood` (a learned likelihood's touched columns brought in, no compile);
 * :mod:`~edge_agent.aif.kernels.inference`: state inference on the general path;
 * :mod:`~edge_agent.aif.kernels.control`: expected free energy, policy posterior, action
   selection and the next prior on the general path;
@@ -93,7 +94,7 @@ from edge_agent.aif.kernels.block import (
     prior_block,
     select_block,
 )
-from edge_agent.aif.kernels.compiled import CompiledModel, compile_model
+from edge_agent.aif.kernels.compiled import CompiledModel, compile_model, refresh_likelihood
 from edge_agent.aif.kernels.control import (
     evaluate_policies,
     next_prior,
@@ -174,6 +175,7 @@ __all__ = [
     "propagate",
     "propagate_block",
     "propagate_per_agent",
+    "refresh_likelihood",
     "select_actions",
     "select_block",
     "select_joint",

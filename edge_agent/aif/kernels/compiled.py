@@ -11,16 +11,22 @@ and small-block one-step planners. The maths is pymdp 0.0.7.1's (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from edge_agent.aif.kernels.deep_plan import DeepPlan, build_deep_plan
-from edge_agent.aif.kernels.fast_tables import FastPlan, build_fast_plan
+from edge_agent.aif.kernels.fast_tables import (
+    FastPlan,
+    build_fast_plan,
+    likelihood_fields,
+    likelihood_table,
+)
 from edge_agent.aif.kernels.joint_plan import JointPlan, build_joint_plan
-from edge_agent.aif.kernels.local_plan import LocalPlan, build_local_plan
-from edge_agent.aif.kernels.small_plan import SmallPlan, build_small_plan
-from edge_agent.aif.kernels.transitions import Transition, make_transition
+from edge_agent.aif.kernels.local_plan import LocalPlan, build_local_plan, local_values
+from edge_agent.aif.kernels.small_plan import SmallPlan, build_small_plan, small_values
+from edge_agent.aif.kernels.transitions import SparseTransition, Transition, make_transition
 from edge_agent.aif.kernels.tree import PolicyTree, build_policy_tree
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import LogU8, QuantizedModel, SparseColumns, decode_log_u8
@@ -71,6 +77,10 @@ class CompiledModel:
     #: The deep planner's tables (policies of 2+ steps, deterministic B; see DeepPlan).
     deep: DeepPlan | None = None
     extra: dict[str, int] = field(default_factory=dict)
+    #: ``ln softmax(C_m)`` per modality and the joint outcomes ``A_joint_T`` keeps (indices into
+    #: every joint outcome, C order): what :func:`refresh_likelihood` needs besides ``A``.
+    lnC: tuple[np.ndarray, ...] = ()
+    joint_outcomes: np.ndarray | None = None
 
     @property
     def num_factors(self) -> int:
@@ -136,15 +146,12 @@ def compile_model(
     lnE = np.log((E_used if E_used is not None else np.full(P, 1.0 / P)) + EPS)
 
     A_flat = [a.reshape(a.shape[0], S_joint) for a in A]
-    utility = np.zeros(S_joint)
-    for a, c_m in zip(A_flat, C, strict=True):
-        lnC = np.log(_softmax_vec(c_m) + EPS)
-        utility += lnC @ a
-    A_joint = np.ones((1, S_joint))
-    for a in A_flat:  # joint over modalities, last modality fastest (pymdp's spm_cross order)
-        A_joint = (A_joint[:, None, :] * a[None, :, :]).reshape(-1, S_joint)
-    A_joint = A_joint[(A_joint != 0).any(axis=1)]  # outcomes no state produces add nothing
-    neg_entropy = (A_joint * np.log(A_joint + EXP_M16)).sum(axis=0)
+    lnC = tuple(np.log(_softmax_vec(c_m) + EPS) for c_m in C)
+    utility = _utility(lnC, A_flat)
+    A_joint = _joint_likelihood(A_flat)
+    joint_outcomes = np.flatnonzero((A_joint != 0).any(axis=1))
+    A_joint = A_joint[joint_outcomes]  # outcomes no state produces add nothing
+    neg_entropy = _neg_entropy(A_joint)
 
     def c(x: np.ndarray) -> np.ndarray:
         out = np.ascontiguousarray(x, dtype=dtype)
@@ -156,6 +163,8 @@ def compile_model(
     tree = build_policy_tree(policies, num_controls, dtype)
     A_joint_T = c(A_joint.T)
     return CompiledModel(
+        lnC=lnC,
+        joint_outcomes=joint_outcomes,
         dtype=np.dtype(dtype),
         num_obs=num_obs,
         num_states=num_states,
@@ -220,6 +229,113 @@ def compile_model(
             neg_entropy=c(neg_entropy),
             dtype=np.dtype(dtype),
         ),
+    )
+
+
+def _utility(lnC: Sequence[np.ndarray], A_flat: Sequence[np.ndarray]) -> np.ndarray:
+    """``sum_m ln softmax(C_m) @ A_m`` per joint state (float64)."""
+    utility = np.zeros(A_flat[0].shape[1])
+    for lnC_m, a in zip(lnC, A_flat, strict=True):
+        utility += lnC_m @ a
+    return utility
+
+
+def _joint_likelihood(A_flat: Sequence[np.ndarray]) -> np.ndarray:
+    """``(O_joint, S)``: every joint outcome's likelihood, last modality fastest (pymdp's
+    ``spm_cross`` order)."""
+    S = A_flat[0].shape[1]
+    A_joint = np.ones((1, S))
+    for a in A_flat:
+        A_joint = (A_joint[:, None, :] * a[None, :, :]).reshape(-1, S)
+    return A_joint
+
+
+def _neg_entropy(A_joint: np.ndarray) -> np.ndarray:
+    out: np.ndarray = (A_joint * np.log(A_joint + EXP_M16)).sum(axis=0)
+    return out
+
+
+def refresh_likelihood(
+    cm: CompiledModel, columns: np.ndarray, A_cols: Sequence[np.ndarray]
+) -> CompiledModel | None:
+    """``cm`` with the likelihood changed only in the joint states ``columns`` (a ``(S_joint,)``
+    bool mask); ``A_cols[m]`` ``(O_m, columns.sum())`` float64: modality ``m``'s new columns
+    there (as :func:`compile_model` would decode them), every modality's. What the
+    transitions, the policy tree and ``E`` give is kept, what ``A`` gives is updated, in the
+    touched columns where a table is by joint state (``A_rows``, ``utility``, ``neg_entropy``,
+    ``A_joint_T`` and the joint planner's likelihood) and gathered again where it is not (the
+    outcome map, the local planner's values). Equal to ``compile_model`` of the new model up to
+    rounding. ``None`` when the new ``A`` has another support in those columns (the planners'
+    sparse structure follows it: compile the model again) or the model has a deep planner."""
+    cols = np.flatnonzero(columns)
+    if cols.size == 0:
+        return cm
+    if cm.deep is not None or cm.joint_outcomes is None or not cm.lnC:
+        return None
+    dtype = cm.dtype
+    A_cols = [np.asarray(a, dtype=np.float64) for a in A_cols]
+    for old, new in zip(cm.A_rows, A_cols, strict=True):
+        if not np.array_equal(old[:, cols] != 0, new != 0):
+            return None
+    joint = _joint_likelihood(A_cols)
+    kept = np.zeros(joint.shape[0], dtype=bool)
+    kept[cm.joint_outcomes] = True
+    if np.any(joint[~kept] != 0):
+        return None
+    joint = joint[kept]
+
+    def updated(table: np.ndarray, values: np.ndarray, axis: int) -> np.ndarray:
+        out = np.array(table, dtype=dtype)  # the group's own copy: the old may be shared
+        if axis == 1:
+            out[:, cols] = values
+        else:
+            out[cols] = values
+        out.setflags(write=False)
+        return out
+
+    A_rows = tuple(updated(a, new, 1) for a, new in zip(cm.A_rows, A_cols, strict=True))
+    utility = updated(cm.utility, _utility(cm.lnC, A_cols), 0)
+    neg_entropy = updated(cm.neg_entropy, _neg_entropy(joint), 0)
+    A_joint_T = updated(cm.A_joint_T, joint.T, 0)
+    fast = cm.fast
+    lnL_T = fast.lnL_T
+    if lnL_T is not None:
+        lnL_T = updated(lnL_T, likelihood_table(tuple(a[:, cols] for a in A_rows), dtype).T, 0)
+    fast = replace(
+        fast, lnL_T=lnL_T,
+        **likelihood_fields(A_rows, A_joint_T, utility, neg_entropy, dtype),
+    )
+    local = cm.local
+    trans = cm.transitions[0]
+    if (local is not None and local.target_index is not None
+            and local.outcome_index is not None and isinstance(trans, SparseTransition)):
+        local = replace(local, **local_values(
+            local.target_index, local.outcome_index, local.node_action, A=A_rows[0],
+            trans=trans, utility=utility.astype(np.float64),
+            neg_entropy=neg_entropy.astype(np.float64), dtype=dtype,
+        ))
+    elif local is not None:
+        return None
+    small = cm.small
+    if small is not None:
+        small = replace(small, **small_values(
+            trans=cm.transitions[0], tree=cm.tree, A_joint_T=A_joint_T,
+            utility=utility.astype(np.float64), neg_entropy=neg_entropy.astype(np.float64),
+            dtype=dtype,
+        ))
+    joint_plan = cm.joint
+    if joint_plan is not None:
+        joint_plan = replace(
+            joint_plan,
+            lnL_table=updated(joint_plan.lnL_table,
+                              likelihood_table(tuple(a[:, cols] for a in A_rows), dtype), 1),
+            utility=utility,
+            AT_ext=updated(joint_plan.AT_ext,
+                           np.concatenate([A_joint_T[cols], neg_entropy[cols, None]], axis=1), 0),
+        )
+    return replace(
+        cm, A_rows=A_rows, utility=utility, neg_entropy=neg_entropy, A_joint_T=A_joint_T,
+        fast=fast, local=local, small=small, joint=joint_plan,
     )
 
 

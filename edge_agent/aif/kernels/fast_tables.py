@@ -12,7 +12,7 @@ described in the comment below.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -413,6 +413,38 @@ class FastPlan:
         return int(total + (0 if self.outcome_map is None else self.outcome_map.nbytes))
 
 
+def likelihood_fields(
+    A_rows: tuple[np.ndarray, ...],
+    A_joint_T: np.ndarray,
+    utility: np.ndarray,
+    neg_entropy: np.ndarray,
+    dtype: np.dtype[np.floating],
+) -> dict[str, Any]:
+    """The fields of a :class:`FastPlan` that follow the likelihood (all but ``lnL_T``, which
+    the caller builds or updates), read-only: what a refresh of ``A`` changes."""
+    A_joint = A_joint_T.T  # (O, S_joint), F-ordered view: BLAS reads it transposed
+    num_out, S_joint = A_joint.shape
+    dense_cost = num_out * S_joint * MAC_PER_PASS
+    candidates: list[RowMap | Diagonals] = []
+    if np.any(A_joint != 0):
+        candidates = [diagonals(A_joint), outcome_row_map(np.ascontiguousarray(A_joint))]
+    best = min(candidates, key=lambda c: c.passes, default=None)
+    A_eps = None
+    if len(A_rows) == 1:
+        A_eps = A_rows[0] + dtype.type(EPS)
+        A_eps.setflags(write=False)
+    rows = [utility.reshape(1, -1), neg_entropy.reshape(1, -1)]
+    for row in rows:
+        row.setflags(write=False)
+    return {
+        "A_eps": A_eps,
+        "A_joint": A_joint,
+        "outcome_map": best if best is not None and best.passes < dense_cost else None,
+        "utility_row": rows[0],
+        "neg_entropy_row": rows[1],
+    }
+
+
 def build_fast_plan(
     *,
     lnE: np.ndarray,
@@ -473,14 +505,7 @@ def build_fast_plan(
         )
         prev_nodes = counts
 
-    A_joint = A_joint_T.T  # (O, S_joint), F-ordered view: BLAS reads it transposed
-    num_out, S_joint = A_joint.shape
-    dense_cost = num_out * S_joint * MAC_PER_PASS
-    candidates: list[RowMap | Diagonals] = []
-    if np.any(A_joint != 0):
-        candidates = [diagonals(A_joint), outcome_row_map(np.ascontiguousarray(A_joint))]
-    best = min(candidates, key=lambda c: c.passes, default=None)
-    outcome_map = best if best is not None and best.passes < dense_cost else None
+    num_out, S_joint = A_joint_T.T.shape
 
     def ro(x: np.ndarray) -> np.ndarray:
         x.setflags(write=False)
@@ -508,17 +533,13 @@ def build_fast_plan(
         num_states=num_states,
         num_outcomes=int(num_out),
         depths=tuple(depths),
-        A_eps=ro(A_rows[0] + dtype.type(EPS)) if len(A_rows) == 1 else None,
         lnL_T=lnL_T,
         obs_strides=ro(np.array(strides, dtype=np.int64)),
         offsets=offsets,
         marg_T=marg_T,
         seg_ones=seg_ones,
         uniform_col=uniform_col,
-        A_joint=A_joint,
-        outcome_map=outcome_map,
-        utility_row=ro(utility.reshape(1, -1)),
-        neg_entropy_row=ro(neg_entropy.reshape(1, -1)),
+        **likelihood_fields(A_rows, A_joint_T, utility, neg_entropy, dtype),
         ones_outcomes=ro(np.ones((1, num_out), dtype=dtype)),
         ones_states=tuple(ro(np.ones(s, dtype=dtype)) for s in num_states),
         onehot_T=tuple(

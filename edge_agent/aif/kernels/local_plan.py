@@ -10,7 +10,7 @@ are in :mod:`~edge_agent.aif.kernels.local`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,11 +58,17 @@ class LocalPlan:
     #: An agent whose evidence Z is at least this has every non-candidate state's posterior so
     #: far below the threshold that no predicted state outside T(o, u) can pass it.
     min_evidence: float
+    #: Where the value tables come from (what a refresh of ``A`` gathers again): the target
+    #: state of every slot of ``neg_entropy`` (``S``: a pad) and the entry of ``A`` flattened of
+    #: every slot of ``qo_table`` (``O * S``: a pad).
+    target_index: IndexArray | None = None
+    outcome_index: IndexArray | None = None
 
     @property
     def nbytes(self) -> int:
         arrays = [self.node_action, self.pred_src, self.pred_w, self.neg_entropy, self.qo_table]
         arrays += [self.utility_by_source, self.ones_kt, self.ones_kr]
+        arrays += [a for a in (self.target_index, self.outcome_index) if a is not None]
         if self.policy_node is not None:
             arrays.append(self.policy_node)
         return int(sum(a.nbytes for a in arrays))
@@ -121,8 +127,8 @@ def build_local_plan(
         return None  # not sparse enough to beat the dense path
     pred_src = np.zeros((num_out, K, kt, kin), dtype=np.intp)
     pred_w = np.zeros((num_out, K, kt, kin), dtype=dtype)
-    negH = np.zeros((num_out, K, kt), dtype=dtype)
-    qo_table = np.zeros((num_out, K, kt, kr), dtype=dtype)
+    target_index = np.full((num_out, K, kt), S, dtype=np.intp)
+    outcome_index = np.full((num_out, K, kt, kr), num_out * S, dtype=np.intp)
     for o in range(num_out):
         for j in range(K):
             u = int(node_action[j])
@@ -131,15 +137,10 @@ def build_local_plan(
                 for k, (s, weight) in enumerate(sources[u][t]):
                     pred_src[o, j, i, k] = s
                     pred_w[o, j, i, k] = weight
-                negH[o, j, i] = neg_entropy[t]
-            qo_table[o, j, : len(T), : len(R)] = A[np.ix_(R, T)].T
-    dense_B = np.zeros((S, S, len(trans.layers)))
-    for u, layers in enumerate(trans.layers):
-        for tgt, src, w in layers:
-            dense_B[tgt, src, u] += 1.0 if w is None else w.astype(np.float64)
-    utility_by_source = np.stack(
-        [dense_B[:, :, int(u)].T @ utility.astype(np.float64) for u in node_action], axis=1
-    )
+                target_index[o, j, i] = t
+            outcome_index[o, j, : len(T), : len(R)] = (
+                np.asarray(R, dtype=np.intp)[None, :] * S + np.asarray(T, dtype=np.intp)[:, None]
+            )
     # No predicted state outside T may pass the threshold: its at most kin sources each hold at
     # most tau (a power-of-two fraction of it, with a factor 2 for rounding).
     tau = float(EXP_M16) / 2.0 ** (int(np.ceil(np.log2(max(kin, 1)))) + 1)
@@ -159,10 +160,48 @@ def build_local_plan(
         kr=kr,
         pred_src=ro(pred_src.reshape(num_out, -1)),
         pred_w=ro(pred_w.reshape(num_out, -1)),
-        neg_entropy=ro(negH.reshape(num_out, -1)),
-        qo_table=ro(qo_table.reshape(num_out, -1)),
-        utility_by_source=ro(utility_by_source.astype(dtype)),
         ones_kt=ro(np.ones(kt, dtype=dtype)),
         ones_kr=ro(np.ones(kr, dtype=dtype)),
         min_evidence=2.0 * EPS / tau,
+        target_index=ro(target_index.reshape(num_out, -1)),
+        outcome_index=ro(outcome_index.reshape(num_out, -1)),
+        **local_values(
+            target_index, outcome_index, node_action, A=A, trans=trans, utility=utility,
+            neg_entropy=neg_entropy, dtype=dtype,
+        ),
     )
+
+
+def local_values(
+    target_index: IndexArray,
+    outcome_index: IndexArray,
+    node_action: IndexArray,
+    *,
+    A: np.ndarray,
+    trans: SparseTransition,
+    utility: np.ndarray,
+    neg_entropy: np.ndarray,
+    dtype: np.dtype[np.floating],
+) -> dict[str, Any]:
+    """The local planner's value tables (``neg_entropy``, ``qo_table``, ``utility_by_source``)
+    gathered from the likelihood ``A (O, S)``, ``neg_entropy`` and ``utility`` by the slots'
+    indices, read-only: what a refresh of ``A`` changes (the slots follow ``A``'s support)."""
+    num_out, S = A.shape
+    padded_negH = np.append(np.asarray(neg_entropy, dtype=np.float64), 0.0)
+    padded_A = np.append(np.asarray(A, dtype=np.float64).reshape(-1), 0.0)
+    dense_B = np.zeros((S, S, len(trans.layers)))
+    for u, layers in enumerate(trans.layers):
+        for tgt, src, w in layers:
+            dense_B[tgt, src, u] += 1.0 if w is None else w.astype(np.float64)
+    utility_by_source = np.stack(
+        [dense_B[:, :, int(u)].T @ utility.astype(np.float64) for u in node_action], axis=1
+    )
+    out: dict[str, Any] = {
+        "neg_entropy": padded_negH[target_index].reshape(num_out, -1),
+        "qo_table": padded_A[outcome_index].reshape(num_out, -1),
+        "utility_by_source": utility_by_source,
+    }
+    for name, table in out.items():
+        out[name] = np.ascontiguousarray(table, dtype=dtype)
+        out[name].setflags(write=False)
+    return out

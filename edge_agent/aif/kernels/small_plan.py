@@ -10,7 +10,7 @@ one-factor model for blocks of at most :data:`SMALL_BLOCK` agents with a few den
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -78,6 +78,35 @@ def build_small_plan(
     K = len(depth.parent[0])
     if S * K * S > SMALL_TABLE:
         return None
+    P = len(depth.policy_joint)
+    identity = P == K and np.array_equal(depth.policy_joint, np.arange(K))
+    node_of_action = tree.root_node_of_action[0].astype(np.intp)
+    node_of_action.setflags(write=False)
+    return SmallPlan(
+        **small_values(
+            trans=trans, tree=tree, A_joint_T=A_joint_T, utility=utility,
+            neg_entropy=neg_entropy, dtype=dtype,
+        ),
+        policy_node=None if identity else depth.policy_joint.astype(np.intp),
+        node_of_action=node_of_action,
+        every_action_has_node=bool(node_of_action.min() >= 0),
+    )
+
+
+def small_values(
+    *,
+    trans: Transition,
+    tree: PolicyTree,
+    A_joint_T: np.ndarray,
+    utility: np.ndarray,
+    neg_entropy: np.ndarray,
+    dtype: np.dtype[np.floating],
+) -> dict[str, Any]:
+    """``BT_nodes`` and ``AT_ext`` (read-only): the small-block planner's tables, which a
+    refresh of ``A`` (through the utility and the outcomes) changes."""
+    depth = tree.depths[0]
+    S = trans.num_states if isinstance(trans, SparseTransition) else int(trans.BT.shape[1])
+    K = len(depth.parent[0])
     BT_nodes = np.zeros((S, K * S + K))
     eye = np.eye(S)
     for u, nodes in depth.by_action[0]:
@@ -86,16 +115,7 @@ def build_small_plan(
             BT_nodes[:, j * S : (j + 1) * S] = BT  # row s: B[:, s, u]
             BT_nodes[:, K * S + j] = BT @ utility.astype(np.float64)
     AT_ext = np.concatenate([A_joint_T, neg_entropy[:, None]], axis=1)
-    P = len(depth.policy_joint)
-    identity = P == K and np.array_equal(depth.policy_joint, np.arange(K))
-    node_of_action = tree.root_node_of_action[0].astype(np.intp)
     arrays = [np.ascontiguousarray(x, dtype=dtype) for x in (BT_nodes, AT_ext)]
-    for arr in (*arrays, node_of_action):
+    for arr in arrays:
         arr.setflags(write=False)
-    return SmallPlan(
-        BT_nodes=arrays[0],
-        AT_ext=arrays[1],
-        policy_node=None if identity else depth.policy_joint.astype(np.intp),
-        node_of_action=node_of_action,
-        every_action_has_node=bool(node_of_action.min() >= 0),
-    )
+    return {"BT_nodes": arrays[0], "AT_ext": arrays[1]}
