@@ -114,7 +114,8 @@ FEW_OUTCOMES = 8
 
 
 def a_increment_shared(
-    obs_m: np.ndarray, joint: np.ndarray, num_obs: int, onehot_out: np.ndarray | None = None
+    obs_m: np.ndarray, joint: np.ndarray, num_obs: int, onehot_out: np.ndarray | None = None,
+    rows_out: np.ndarray | None = None,
 ) -> FloatArray:
     """``(O, S)``: the sum over agents of ``onehot(o) ⊗ joint``.
 
@@ -122,14 +123,19 @@ def a_increment_shared(
     product ``onehot(o) @ joint`` (two calls, only the ``(O, S)`` result allocated; ``joint``
     may be the transposed view of a state-major :func:`joint_states_major`). Otherwise the
     agents are grouped by outcome (one sort) and each group's rows summed in one ``reduceat``:
-    O(N S) additions and nothing of size ``N * O``."""
+    O(N S) additions and nothing of size ``N * O``; ``rows_out`` (``joint``'s shape and dtype,
+    C-contiguous) takes the grouped rows instead of a new array."""
     if onehot_out is not None:
         np.equal(obs_m, np.arange(num_obs)[:, None], out=onehot_out)
         summed: FloatArray = onehot_out @ joint
         return summed
     order, values, starts = _grouped(obs_m, num_obs)
+    if rows_out is None:
+        rows = joint[order]
+    else:  # every index is in range (a permutation): "clip" skips numpy's checked temporary
+        rows = np.take(joint, order, axis=0, out=rows_out, mode="clip")
     out: FloatArray = np.zeros((num_obs, joint.shape[1]))
-    out[values] = np.add.reduceat(joint[order], starts, axis=0, dtype=np.float64)
+    out[values] = np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
     return out
 
 
@@ -527,11 +533,15 @@ class Learner:
         #: group that resizes gets new ones at its next tick, none in the ticks between).
         self._scratch: dict[str, np.ndarray] = {}
 
-    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """The float64 scratch ``name`` of ``shape`` (made again only when the shape changes)."""
+    def _buffer(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype[np.floating] | None = None
+    ) -> np.ndarray:
+        """The scratch ``name`` of ``shape`` and ``dtype`` (float64 by default), made again
+        only when either changes."""
+        want = np.dtype(np.float64) if dtype is None else dtype
         buf = self._scratch.get(name)
-        if buf is None or buf.shape != shape:
-            buf = self._scratch[name] = np.empty(shape)
+        if buf is None or buf.shape != shape or buf.dtype != want:
+            buf = self._scratch[name] = np.empty(shape, dtype=want)
         return buf
 
     @property
@@ -559,8 +569,12 @@ class Learner:
             joint = joint_states(qs)
         for slot, m in enumerate(self.pA.tables):
             if shared:
-                onehot_out = self._buffer(f"onehot{m}", (self.num_obs[m], n)) if few[slot] else None
-                inc = a_increment_shared(obs[:, m], joint, self.num_obs[m], onehot_out)
+                onehot_out = rows_out = None
+                if few[slot]:
+                    onehot_out = self._buffer(f"onehot{m}", (self.num_obs[m], n))
+                else:
+                    rows_out = self._buffer("rows", joint.shape, joint.dtype)
+                inc = a_increment_shared(obs[:, m], joint, self.num_obs[m], onehot_out, rows_out)
                 self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA, s.forgetting)
             else:
                 self.pA.add_rows(slot, (obs[:, m],), joint, s.lr_pA, s.forgetting)

@@ -204,8 +204,9 @@ class LearningAgentGroup(AifAgentGroup):
             self._since_refresh + 1 < self.learning.refresh_every
             and not self.learning.param_info_gain
         ):
-            np.copyto(self._action_prev, self.action)
-            np.copyto(self._acted_prev, self.has_action)
+            if self.learner.pB is not None:  # the transition pB learns from
+                np.copyto(self._action_prev, self.action)
+                np.copyto(self._acted_prev, self.has_action)
             super().step(o, now, record=record)
             self._learn(o, self._action_prev, self._acted_prev)
             return self.action
@@ -237,7 +238,10 @@ class LearningAgentGroup(AifAgentGroup):
 
     def _keep_posteriors(self) -> None:
         """``qs`` becomes next tick's ``qs_prev`` (also while frozen: the first tick after
-        :meth:`resume_learning` learns the transition that led to it)."""
+        :meth:`resume_learning` learns the transition that led to it); only ``pB`` learns
+        from it, so a group that does not learn ``pB`` copies nothing."""
+        if self.learner.pB is None:
+            return
         for prev, q in zip(self._qs_prev, self.qs, strict=True):
             np.copyto(prev, q)
 
