@@ -27,6 +27,17 @@ def rows_of(table: np.ndarray, n: int) -> np.ndarray:
     return np.arange(n) if table.shape[0] == n and n > 1 else np.zeros(n, dtype=np.intp)
 
 
+def apply_tables(table: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``(N, I)``: ``table[n] @ q[n]`` for ``table`` ``(N|1, I, J)`` and ``q`` ``(N, J)``: one
+    matrix product for a shared table, one batched product over the agents' own tables (no
+    gather, no copy of them)."""
+    if table.shape[0] == 1:
+        shared: np.ndarray = q @ table[0].T
+        return shared
+    out: np.ndarray = np.einsum("nij,nj->ni", table, q)
+    return out
+
+
 def softmax_rows(x: np.ndarray) -> np.ndarray:
     e: np.ndarray = np.exp(x - x.max(axis=1, keepdims=True))
     out: np.ndarray = e / e.sum(axis=1, keepdims=True)
@@ -135,20 +146,22 @@ def expected_free_energy(
     n = qs[0].shape[0]
     P, L, F = policies.shape
     G = np.zeros((n, P))
+    # Utility is linear in the joint state: q . sum_m (ln C_m @ A_m), per agent once a tick.
+    utility = None
+    if use_utility:
+        utility = sum(np.einsum("nos,o->ns", a, ln_c) for a, ln_c in zip(A, lnC, strict=True))
     for p in range(P):
         q = list(qs)
         for t in range(L):
-            q = [np.einsum("nij,nj->ni", B[f][rows_of(B[f], n), :, :, int(policies[p, t, f])],
-                           q[f]) for f in range(F)]
+            q = [apply_tables(B[f][:, :, :, int(policies[p, t, f])], q[f]) for f in range(F)]
             q_joint = joint(q)
-            if use_utility:
-                for a, ln_c in zip(A, lnC, strict=True):
-                    G[:, p] += np.einsum("nos,ns->no", a[rows_of(a, n)], q_joint) @ ln_c
+            if utility is not None:
+                G[:, p] += (q_joint * utility).sum(axis=1)
             if outcomes is not None:
                 A_joint, neg_entropy = outcomes
                 kept = np.where(q_joint > EXP_M16, q_joint, 0.0)
-                qo = np.einsum("nos,ns->no", A_joint[rows_of(A_joint, n)], kept)
-                G[:, p] += (kept * neg_entropy[rows_of(neg_entropy, n)]).sum(axis=1)
+                qo = apply_tables(A_joint, kept)
+                G[:, p] += (kept * neg_entropy).sum(axis=1)
                 G[:, p] -= (qo * np.log(qo + EPS)).sum(axis=1)
     return G
 
