@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -137,6 +137,53 @@ def a_increment_shared(
     out: FloatArray = np.zeros((num_obs, joint.shape[1]))
     out[values] = np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
     return out
+
+
+#: A likelihood's rows are gathered by their support when no row has more than this share of
+#: the states in it (grid10: 5 of 100).
+SPARSE_SUPPORT = 0.25
+
+
+def support_index(mask: np.ndarray) -> tuple[np.ndarray, FloatArray] | None:
+    """``(columns, weights)``, both ``(O, k)``: the support of each row of ``mask`` ``(O, S)``
+    (``k`` the most any row has; a shorter row padded with column 0 and weight 0, the others
+    weight 1), or ``None`` when some row's support is more than ``SPARSE_SUPPORT`` of ``S``."""
+    S = mask.shape[1]
+    per_row = mask.sum(axis=1)
+    k = max(1, int(per_row.max()))
+    if k > SPARSE_SUPPORT * S:
+        return None
+    order = np.argsort(~mask, axis=1, kind="stable")[:, :k]  # support columns first, in order
+    weights = (np.arange(k)[None, :] < per_row[:, None]).astype(np.float64)
+    columns = np.where(weights > 0, order, 0).astype(np.intp)
+    return columns, weights
+
+
+def a_increment_support(
+    obs_m: np.ndarray, joint: np.ndarray, support: tuple[np.ndarray, FloatArray], *,
+    rows_offset: np.ndarray, cols_out: np.ndarray, vals_out: np.ndarray, gathered_out: np.ndarray,
+) -> FloatArray:
+    """``(O, S)``: :func:`a_increment_shared` in the columns of each outcome's support only (the
+    update's mask removes the others): ``N * k`` gathered entries summed in one weighted
+    ``bincount``, ``N * S`` read only where they count.
+
+    ``joint`` ``(N, S)`` C-contiguous; ``support`` from :func:`support_index` (``k`` columns);
+    ``rows_offset`` ``(N, 1)`` intp ``n * S``; scratch ``cols_out`` ``(N, k)`` intp, ``vals_out``
+    ``(N, k)`` float64, ``gathered_out`` ``(N, k)`` in ``joint``'s dtype."""
+    columns, weights = support
+    S = joint.shape[1]
+    num_obs = columns.shape[0]
+    np.take(columns, obs_m, axis=0, out=cols_out, mode="clip")
+    np.take(weights, obs_m, axis=0, out=vals_out, mode="clip")
+    np.add(cols_out, rows_offset, out=cols_out)  # index into joint, flattened
+    np.take(joint.reshape(-1), cols_out, out=gathered_out, mode="clip")
+    np.multiply(vals_out, gathered_out, out=vals_out)
+    np.subtract(cols_out, rows_offset, out=cols_out)
+    cols_out += (obs_m * S)[:, None]  # index into the (O, S) increment, flattened
+    summed: FloatArray = np.bincount(
+        cols_out.reshape(-1), weights=vals_out.reshape(-1), minlength=num_obs * S
+    ).astype(np.float64, copy=False)
+    return summed.reshape(num_obs, S)
 
 
 def b_increment_shared(
@@ -532,9 +579,23 @@ class Learner:
         #: Scratch of the shared updates by name, sized by the agents of the last tick (a
         #: group that resizes gets new ones at its next tick, none in the ticks between).
         self._scratch: dict[str, np.ndarray] = {}
+        #: Per pA slot: the mask it was made from and its support_index.
+        self._supports: dict[int, tuple[np.ndarray, tuple[np.ndarray, FloatArray] | None]] = {}
+
+    def _support(self, slot: int) -> tuple[np.ndarray, FloatArray] | None:
+        """:func:`support_index` of ``pA`` table ``slot``'s mask, made again when the mask is
+        replaced (at the first refresh)."""
+        assert self.pA is not None
+        mask = self.pA.mask[slot]
+        cached = self._supports.get(slot)
+        if cached is None or cached[0] is not mask:
+            cached = self._supports[slot] = (
+                mask, support_index(mask.reshape(mask.shape[0], -1))
+            )
+        return cached[1]
 
     def _buffer(
-        self, name: str, shape: tuple[int, ...], dtype: np.dtype[np.floating] | None = None
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any] | None = None
     ) -> np.ndarray:
         """The scratch ``name`` of ``shape`` and ``dtype`` (float64 by default), made again
         only when either changes."""
@@ -568,7 +629,21 @@ class Learner:
         else:
             joint = joint_states(qs)
         for slot, m in enumerate(self.pA.tables):
-            if shared:
+            support = self._support(slot) if shared and not few[slot] else None
+            if support is not None and joint.flags.c_contiguous:
+                k = support[0].shape[1]
+                S = joint.shape[1]
+                offset = self._scratch.get(f"rows_offset{S}")
+                if offset is None or offset.shape[0] != n:
+                    offset = self._scratch[f"rows_offset{S}"] = np.arange(n)[:, None] * S
+                inc = a_increment_support(
+                    obs[:, m], joint, support, rows_offset=offset,
+                    cols_out=self._buffer("support_cols", (n, k), np.dtype(np.intp)),
+                    vals_out=self._buffer("support_vals", (n, k)),
+                    gathered_out=self._buffer("support_gathered", (n, k), joint.dtype),
+                )
+                self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA, s.forgetting)
+            elif shared:
                 onehot_out = rows_out = None
                 if few[slot]:
                     onehot_out = self._buffer(f"onehot{m}", (self.num_obs[m], n))

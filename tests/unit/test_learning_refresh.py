@@ -114,3 +114,32 @@ def test_a_changed_support_or_a_learned_transition_compiles_in_full() -> None:
     assert group.incremental_refreshes == 1
     full = kernels.compile_model(group.model, group.cm.tree.policies, dtype=group.dtype.type)
     assert_same_tables(group.cm, full, "cm", 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_support_gathered_a_increment_equals_the_masked_full_one(dtype: type) -> None:
+    """grid10's likelihood (5 states of 100 per outcome): the increment summed only over each
+    outcome's support equals the full increment times the mask, up to rounding, and is 0
+    outside it; a dense row (more than a quarter of the states) takes the full path."""
+    from edge_agent.aif.learning import a_increment_shared, a_increment_support, support_index
+
+    mask = builtin_model("grid10").A[0] > 0
+    support = support_index(mask)
+    assert support is not None
+    assert support[0].shape == (100, 5)
+    rng = np.random.default_rng(7)
+    n = 257
+    joint: np.ndarray = rng.dirichlet(np.ones(100), size=n).astype(dtype)
+    obs = rng.integers(0, 100, n)
+    k = support[0].shape[1]
+    got = a_increment_support(
+        obs, joint, support, rows_offset=np.arange(n)[:, None] * 100,
+        cols_out=np.empty((n, k), dtype=np.intp), vals_out=np.empty((n, k)),
+        gathered_out=np.empty((n, k), dtype=dtype),
+    )
+    want = a_increment_shared(obs, joint, 100) * mask
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    assert np.all(got[~mask] == 0)
+    dense = mask.copy()
+    dense[3, :30] = True
+    assert support_index(dense) is None
