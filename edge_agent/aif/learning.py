@@ -162,14 +162,17 @@ def support_index(mask: np.ndarray) -> tuple[np.ndarray, FloatArray] | None:
 def a_increment_support(
     obs_m: np.ndarray, joint: np.ndarray, support: tuple[np.ndarray, FloatArray], *,
     rows_offset: np.ndarray, cols_out: np.ndarray, vals_out: np.ndarray, gathered_out: np.ndarray,
-) -> FloatArray:
+    dense: bool = True,
+) -> FloatArray | None:
     """``(O, S)``: :func:`a_increment_shared` in the columns of each outcome's support only (the
     update's mask removes the others): ``N * k`` gathered entries summed in one weighted
     ``bincount``, ``N * S`` read only where they count.
 
     ``joint`` ``(N, S)`` C-contiguous; ``support`` from :func:`support_index` (``k`` columns);
     ``rows_offset`` ``(N, 1)`` intp ``n * S``; scratch ``cols_out`` ``(N, k)`` intp, ``vals_out``
-    ``(N, k)`` float64, ``gathered_out`` ``(N, k)`` in ``joint``'s dtype."""
+    ``(N, k)`` float64, ``gathered_out`` ``(N, k)`` in ``joint``'s dtype. ``dense=False``:
+    no sum, ``None``; the ``N * k`` entries are left in ``cols_out`` (index into the ``(O, S)``
+    increment, flattened) and ``vals_out`` (their values, 0 for a pad)."""
     columns, weights = support
     S = joint.shape[1]
     num_obs = columns.shape[0]
@@ -180,6 +183,8 @@ def a_increment_support(
     np.multiply(vals_out, gathered_out, out=vals_out)
     np.subtract(cols_out, rows_offset, out=cols_out)
     cols_out += (obs_m * S)[:, None]  # index into the (O, S) increment, flattened
+    if not dense:  # the entries themselves: cols_out (flat index), vals_out (value)
+        return None
     summed: FloatArray = np.bincount(
         cols_out.reshape(-1), weights=vals_out.reshape(-1), minlength=num_obs * S
     ).astype(np.float64, copy=False)
@@ -419,6 +424,20 @@ class DirichletCounts:
             touched |= increment.reshape(increment.shape[0], -1).any(axis=0)
         self.version += 1
 
+    def add_entries(
+        self, slot: int, index: np.ndarray, values: FloatArray, lr: float, forgetting: float
+    ) -> None:
+        """:meth:`add` of an increment given by its entries: ``values`` (float64, scaled by
+        ``lr`` in place) at ``index`` into the table flattened, repeats summed; the entries
+        must lie in the mask (a support's, :func:`a_increment_support` with ``dense=False``)."""
+        values *= lr
+        self._forget(slot, forgetting)
+        np.add.at(self.counts[slot].reshape(-1), index, values)
+        np.add.at(self.experience[slot].reshape(-1), index, values)
+        columns = self.touched[slot].size
+        self.touched[slot].reshape(-1)[index[values != 0] % columns] = True
+        self.version += 1
+
     def _gain(self, slot: int) -> FloatArray:
         """The float64 scratch of one shared update of table ``slot`` (made at the first)."""
         while len(self.scratch) <= slot:
@@ -636,13 +655,22 @@ class Learner:
                 offset = self._scratch.get(f"rows_offset{S}")
                 if offset is None or offset.shape[0] != n:
                     offset = self._scratch[f"rows_offset{S}"] = np.arange(n)[:, None] * S
+                # Few entries against the table (few agents): they are added where they fall.
+                dense = 4 * n * k > support[0].shape[0] * S
+                cols = self._buffer("support_cols", (n, k), np.dtype(np.intp))
+                vals = self._buffer("support_vals", (n, k))
                 inc = a_increment_support(
-                    obs[:, m], joint, support, rows_offset=offset,
-                    cols_out=self._buffer("support_cols", (n, k), np.dtype(np.intp)),
-                    vals_out=self._buffer("support_vals", (n, k)),
+                    obs[:, m], joint, support, rows_offset=offset, cols_out=cols,
+                    vals_out=vals,
                     gathered_out=self._buffer("support_gathered", (n, k), joint.dtype),
+                    dense=dense,
                 )
-                self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA, s.forgetting)
+                if inc is None:
+                    self.pA.add_entries(slot, cols.reshape(-1), vals.reshape(-1), s.lr_pA,
+                                        s.forgetting)
+                else:
+                    self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA,
+                                s.forgetting)
             elif shared:
                 onehot_out = rows_out = None
                 if few[slot]:

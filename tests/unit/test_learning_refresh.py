@@ -6,7 +6,7 @@ rounding, for every compiled table (the planners' included), int8 and float."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -137,9 +137,38 @@ def test_the_support_gathered_a_increment_equals_the_masked_full_one(dtype: type
         cols_out=np.empty((n, k), dtype=np.intp), vals_out=np.empty((n, k)),
         gathered_out=np.empty((n, k), dtype=dtype),
     )
+    assert got is not None
     want = a_increment_shared(obs, joint, 100) * mask
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
     assert np.all(got[~mask] == 0)
     dense = mask.copy()
     dense[3, :30] = True
     assert support_index(dense) is None
+
+
+@pytest.mark.parametrize("counts_dtype", ["float64", "float32"])
+def test_a_few_agents_add_their_support_entries_where_they_fall(
+    counts_dtype: Literal["float64", "float32"],
+) -> None:
+    """grid10, 3 agents (15 entries against a 100 x 100 table): the counts gain exactly what the
+    masked full increment gives (up to rounding), the experience the same, and only the
+    columns that gained are marked touched."""
+    from edge_agent.aif.learning import Learner, a_increment_shared
+
+    model = builtin_model("grid10")
+    prior = model.A[0] * 2.0 + 0.5 * (model.A[0] > 0)
+    learner = Learner(model.A, model.B, model.D, pA={0: prior}, n_agents=3,
+                      settings=LearningSettings(lr_pA=0.3, counts_dtype=counts_dtype))
+    rng = np.random.default_rng(5)
+    qs = [rng.dirichlet(np.ones(100), size=3)]
+    obs = np.array([[4], [4], [57]])
+    learner.learn_A(obs, qs)
+    pA = learner.pA
+    assert pA is not None
+    want = 0.3 * a_increment_shared(obs[:, 0], qs[0], 100) * (model.A[0] > 0)
+    rtol = 1e-12 if counts_dtype == "float64" else 1e-6
+    np.testing.assert_allclose(pA.counts[0], prior + want, rtol=rtol)
+    np.testing.assert_allclose(pA.experience[0], want, rtol=rtol, atol=1e-12)
+    np.testing.assert_array_equal(pA.touched[0], (want != 0).any(axis=0))
+    assert 0 < pA.touched[0].sum() <= 10
+    assert pA.version == 1
