@@ -120,14 +120,35 @@ def infer_states(
     return qs
 
 
-def outcome_tables(A: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def possible_outcomes(supports: Sequence[np.ndarray]) -> np.ndarray:
+    """``(K, M)``: the joint outcomes (each modality's outcome, C order) that some state can
+    produce under ``supports[m]`` ``(O_m, S)`` bool (where ``A[m]`` may be non-zero): the rows
+    :func:`outcome_tables` keeps. The others are 0 for every state and add exactly nothing to
+    the information gain."""
+    num_obs = tuple(s.shape[0] for s in supports)
+    every = np.indices(num_obs).reshape(len(num_obs), -1).T  # (O_joint, M), C order
+    possible = np.ones((every.shape[0], supports[0].shape[1]), dtype=bool)
+    for m, s in enumerate(supports):
+        possible &= s[every[:, m]]
+    out: np.ndarray = every[possible.any(axis=1)]
+    return out
+
+
+def outcome_tables(
+    A: Sequence[np.ndarray], outcomes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(A_joint, neg_entropy)``: per agent the joint-outcome likelihood ``(N|1, O, S)`` (last
     modality fastest; ``A[0]`` itself for one modality) and ``sum_o p(o|s) ln(p(o|s) + e^-16)``
-    ``(N|1, S)``."""
+    ``(N|1, S)``. ``outcomes`` ``(K, M)`` (from :func:`possible_outcomes`): only those rows of
+    ``A_joint``, the same products in the same order (the others are zeros)."""
     n = max(a.shape[0] for a in A)
     S = A[0].shape[2]
     out = A[0]
-    if len(A) > 1:
+    if len(A) > 1 and outcomes is not None:
+        out = np.ones((n, outcomes.shape[0], S))
+        for m, a in enumerate(A):
+            out = out * a[:, outcomes[:, m], :]
+    elif len(A) > 1:
         out = np.ones((n, 1, S))
         for a in A:
             out = (out[:, :, None, :] * a[:, None, :, :]).reshape(n, -1, S)

@@ -726,9 +726,20 @@ class PerAgentLearningGroup(LearningAgentGroup):
             for index in counts.tables:
                 tables[counts.kind][index] = np.repeat(tables[counts.kind][index], n, axis=0)
         self._tables = tables
+        # The joint outcomes some state can produce, under the model's A or the counts' (a
+        # learned A's support from its first refresh on): the only rows the information gain
+        # needs (the T-maze: 12 of 24).
+        supports = [(a > 0).reshape(a.shape[0], S) for a in m.A]
+        if self.learner.pA is not None:
+            for slot, index in enumerate(self.learner.pA.tables):
+                supports[index] = supports[index] | (
+                    self.learner.pA.prior[slot].reshape(supports[index].shape) > 0
+                )
+        self._possible = per_agent.possible_outcomes(supports) if len(m.A) > 1 else None
         self._lnC = [np.log(per_agent.softmax_rows(c[None])[0] + EPS) for c in m.C]
         self._outcomes = (
-            per_agent.outcome_tables(tables["A"]) if self._use_info_gain else None
+            per_agent.outcome_tables(tables["A"], self._possible) if self._use_info_gain
+            else None
         )
 
     def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
@@ -845,7 +856,7 @@ class PerAgentLearningGroup(LearningAgentGroup):
                 table[...] = counts.normalised(slot).reshape(table.shape)
             counts.mark_refreshed()
         if self._outcomes is not None and self.learner.pA is not None:
-            self._outcomes = per_agent.outcome_tables(self._tables["A"])
+            self._outcomes = per_agent.outcome_tables(self._tables["A"], self._possible)
         self._since_refresh = 0
         self.refreshes += 1
 
