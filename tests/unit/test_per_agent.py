@@ -22,7 +22,7 @@ def test_possible_outcomes_give_the_same_expected_free_energy() -> None:
     A = [a.reshape(1, a.shape[0], S) for a in model.A]
     noisy = A[1] * rng.uniform(0.5, 1.5, size=(n, *A[1].shape[1:]))
     A[1] = noisy / noisy.sum(axis=1, keepdims=True)
-    possible = per_agent.possible_outcomes([(a > 0).any(axis=0) for a in A])
+    possible = per_agent.possible_outcomes([np.asarray((a > 0).any(axis=0)) for a in A])
     assert possible.shape == (12, 3)
     full = per_agent.outcome_tables(A)
     kept = per_agent.outcome_tables(A, possible)
