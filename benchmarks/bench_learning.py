@@ -15,11 +15,15 @@ learns ``pA`` (and ``pB`` where the row says so) every tick and refreshes its ta
   brought into the compiled tables, or, where ``B`` is learned, the model rebuilt, quantized
   and compiled), the median of a few; its cost per tick is ``refresh_ms / refresh_every`` and
   is included in the learning time;
-* ``learner_bytes``: the counts, their prior, masks and deltas (one model's worth, whatever N).
+* ``learner_bytes``: the counts, their prior, masks and deltas (one model's worth, whatever N);
+* with ``--count-ops TICKS``: ``plain_numpy_calls``, ``learning_numpy_calls``, the numpy calls
+  of one tick of each group (``benchmarks/peers/opcount.py``, the mean over TICKS ticks that do
+  not refresh; exact, whatever the machine).
 
 The process runs one thread (``OPENBLAS_NUM_THREADS=1`` is set before numpy is imported).
 
     python benchmarks/bench_learning.py [--smoke] [--agents 1,1000,10000] [--rounds 5]
+        [--count-ops TICKS]
 
 ``--smoke`` runs the code path at tiny sizes, for CI (its numbers mean nothing).
 """
@@ -53,7 +57,8 @@ def counts_for(model: Any, tables: tuple[str, ...]) -> dict[str, dict[int, Any]]
 
 
 def measure(  # noqa: PLR0917 - one row's whole description
-    world: str, tables: tuple[str, ...], refresh_every: int, n: int, ticks: int, rounds: int
+    world: str, tables: tuple[str, ...], refresh_every: int, n: int, ticks: int, rounds: int,
+    count_ops: int = 0,
 ) -> dict[str, Any]:
     from edge_agent.aif.learning import LearningSettings, LearningSpec
     from edge_agent.core.agents import AifAgentGroup
@@ -94,6 +99,16 @@ def measure(  # noqa: PLR0917 - one row's whole description
         refresh.append(time.perf_counter() - start)
     ratios = [lt / pt for lt, pt in zip(times["learning"], times["plain"], strict=True)]
     steps = n * len(obs_seq)
+    ops: dict[str, Any] = {}
+    if count_ops:  # after the timings: the counting wrappers slow every call down
+        sys.path.insert(0, str(REPO / "benchmarks" / "peers"))
+        from opcount import count_numpy_calls
+
+        learning.refresh()  # the counted ticks do not refresh (refresh_every >= count_ops)
+        ops["plain_numpy_calls"] = round(count_numpy_calls(
+            lambda: plain.step(obs_seq[0]), repeats=count_ops)[0], 1)
+        ops["learning_numpy_calls"] = round(count_numpy_calls(
+            lambda: learning.step(obs_seq[0]), repeats=count_ops)[0], 1)
     return {
         "bench": "learning",
         "world": world,
@@ -107,6 +122,7 @@ def measure(  # noqa: PLR0917 - one row's whole description
         "ratio": round(statistics.median(ratios), 3),
         "refresh_ms": round(1e3 * statistics.median(refresh), 2),
         "learner_bytes": learning.learner.nbytes,
+        **ops,
     }
 
 
@@ -116,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", default=None, help="comma-separated Ns (1,1000,10000)")
     parser.add_argument("--ticks", type=int, default=None, help="ticks per round (200)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (5)")
+    parser.add_argument("--count-ops", type=int, default=0, metavar="TICKS",
+                        help="after the timings, count the numpy calls of TICKS ticks of each "
+                             "group (a tick that does not refresh; 0: do not count)")
     args = parser.parse_args(argv)
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy is imported (lazily, above)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -127,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     for world, tables, refresh_every in CASES:
         for n in agents:
             every = min(refresh_every, ticks)
-            print(json.dumps(measure(world, tables, every, n, ticks, rounds)), flush=True)
+            row = measure(world, tables, every, n, ticks, rounds, args.count_ops)
+            print(json.dumps(row), flush=True)
     return 0
 
 
