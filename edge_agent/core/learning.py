@@ -10,7 +10,8 @@ observe and do, and infer with the tables those counts stand for. One tick, in p
 3. every ``refresh_every`` ticks the tables become the counts' expectation: a new model is
    built, for ``int8`` groups only the columns touched since the last refresh are encoded again
    (a learned table is encoded whole at its first refresh), and it is compiled (the only cost
-   that is not per tick);
+   that is not per tick); when only ``A`` moved since the last refresh, only its touched columns
+   are brought into the compiled tables (:func:`~edge_agent.aif.kernels.refresh_likelihood`);
 4. plan and act with the current tables, record the history row.
 
 ``pD`` learns at :meth:`end_trial` from the posterior that ends a trial, and the tables are
@@ -390,8 +391,9 @@ class LearningAgentGroup(AifAgentGroup):
         return {counts.kind: counts.version for counts in self.learner.counts}
 
     def _refresh_likelihood(self) -> bool:
-        """The incremental refresh (see :meth:`refresh`); False when it does not apply (nothing
-        has been changed then)."""
+        """The incremental refresh (see :meth:`refresh`); False when it does not apply (the
+        counts, the model and the compiled tables are then as they were; the group's int8 codes
+        of the touched columns may be encoded already, as the full refresh encodes them)."""
         learner, m = self.learner, self._float_model
         pA, versions = learner.pA, getattr(self, "_versions", None)
         if pA is None or versions is None or not pA.refreshed:
@@ -404,6 +406,7 @@ class LearningAgentGroup(AifAgentGroup):
         cols = np.flatnonzero(columns.reshape(-1))
         A = list(m.A)
         codes = None if self.quantized is None else self._owned_codes(self.quantized)
+        encoded = 0
         for slot, index in enumerate(pA.tables):
             touched = pA.touched[slot].reshape(-1)
             if not touched.any():
@@ -413,9 +416,7 @@ class LearningAgentGroup(AifAgentGroup):
             table[:, touched] = normalise(flat[:, touched])
             A[index] = table.reshape(A[index].shape)
             if codes is not None:
-                self.columns_encoded += reencode_columns(
-                    _flat_codes(codes["A"][index]), table, touched
-                )
+                encoded += reencode_columns(_flat_codes(codes["A"][index]), table, touched)
         if codes is None:
             A_cols = [a.reshape(a.shape[0], -1)[:, cols] for a in A]
         else:
@@ -424,6 +425,7 @@ class LearningAgentGroup(AifAgentGroup):
         if cm is None:
             return False
         self.cm = cm
+        self.columns_encoded += encoded
         for table in A:
             table.setflags(write=False)
         self._float_model = replace(m, A=tuple(A))
