@@ -398,7 +398,10 @@ class LearningAgentGroup(AifAgentGroup):
         pA, versions = learner.pA, getattr(self, "_versions", None)
         if pA is None or versions is None or not pA.refreshed:
             return False
-        if any(versions.get(c.kind) != c.version for c in learner.counts if c.kind != "A"):
+        if learner.pD is not None and versions.get("D") != learner.pD.version:
+            return False
+        pB = learner.pB
+        if pB is not None and versions.get("B") != pB.version and not self._same_transitions():
             return False
         columns = np.zeros(m.num_states, dtype=bool)
         for touched in pA.touched:
@@ -426,12 +429,30 @@ class LearningAgentGroup(AifAgentGroup):
             return False
         self.cm = cm
         self.columns_encoded += encoded
+        if pB is not None:
+            pB.mark_refreshed()  # its tables are what they were (_same_transitions)
         for table in A:
             table.setflags(write=False)
         self._float_model = replace(m, A=tuple(A))
         if codes is not None and self.quantized is not None:
             self.quantized = replace(self.quantized, A=tuple(codes["A"]))
         pA.mark_refreshed()
+        return True
+
+    def _same_transitions(self) -> bool:
+        """Whether every learned ``B`` (past its first refresh) normalises, in the columns
+        touched since the last refresh, to exactly the table the agents use now: a ``B`` whose
+        columns each have one possible target (a deterministic move learned with counts on its
+        support only) stays what it was however its counts grow."""
+        pB, m = self.learner.pB, self._float_model
+        if pB is None or not pB.refreshed:
+            return False
+        for slot, index in enumerate(pB.tables):
+            touched = pB.touched[slot]
+            if touched.any() and not np.array_equal(
+                normalise(pB.counts[slot][:, touched]), m.B[index][:, touched]
+            ):
+                return False
         return True
 
     def _refresh_all(self) -> None:

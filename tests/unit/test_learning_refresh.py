@@ -172,3 +172,29 @@ def test_a_few_agents_add_their_support_entries_where_they_fall(
     np.testing.assert_array_equal(pA.touched[0], (want != 0).any(axis=0))
     assert 0 < pA.touched[0].sum() <= 10
     assert pA.version == 1
+
+
+def test_a_learned_deterministic_transition_keeps_the_refresh_incremental() -> None:
+    """grid10 learning A0 and B0 with counts only where its moves go (one target per column):
+    the learned B normalises to exactly the B the agents use, so after the first refresh every
+    refresh is incremental, and the compiled model equals compile_model's of the group's model."""
+    n = 20
+    model = builtin_model("grid10")
+    B = model.B[0]
+    spec = LearningSpec(pA=learned_counts(model, (0,)), pB={0: B * 2.0 + 0.5 * (B > 0)},
+                        refresh_every=3, settings=LearningSettings(lr_pA=0.5, lr_pB=0.5))
+    group = LearningAgentGroup(model, n, learning=spec, precision="int8")
+    env = make_env("grid10", n, seed=2)
+    obs = env.reset()
+    for _ in range(12):
+        obs = env.step(group.step(obs))
+    assert group.refreshes == 4
+    assert group.incremental_refreshes == 3
+    pB = group.learner.pB
+    assert pB is not None
+    assert pB.version > 0
+    assert not pB.touched[0].any()  # marked refreshed with the rest
+    source = group.quantized
+    assert source is not None
+    full = kernels.compile_model(source, group.cm.tree.policies, dtype=group.dtype.type)
+    assert_same_tables(group.cm, full, "cm", 1e-5)
