@@ -632,6 +632,29 @@ class Learner:
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.counts)
 
+    @property
+    def gain_nbytes(self) -> int:
+        """The shared updates' float64 gain scratch, one per learned ``A``/``B`` table (none per
+        agent: the per-agent scope writes into the counts' rows)."""
+        if self.settings.scope != "shared":
+            return 0
+        return sum(p.size * 8 for c in self.counts if c.kind != "D" for p in c.prior)
+
+    def scratch_bytes_per_agent(self, itemsize: int) -> int:
+        """Bound on the shared updates' scratch per agent (:meth:`_buffer`), for posteriors of
+        ``itemsize`` bytes: the state-major joint, the one-hot tables of few-outcome modalities,
+        and per other modality the grouped rows or the support gather (``k <= S / 4``)."""
+        if self.settings.scope != "shared" or self.pA is None:
+            return 0
+        S = self.num_states_joint
+        few = [self.num_obs[m] <= FEW_OUTCOMES for m in self.pA.tables]
+        total = 8 * S if any(few) else 0
+        for m, is_few in zip(self.pA.tables, few, strict=True):
+            total += 8 * self.num_obs[m] if is_few else 0
+        if not all(few):
+            total += S * max(itemsize, 8) + (S // 4 + 1) * (16 + max(itemsize, 8)) + 8
+        return total
+
     def learn_A(  # noqa: N802 - pymdp's table names
         self, obs: np.ndarray, qs: Sequence[np.ndarray]
     ) -> None:

@@ -135,10 +135,11 @@ class LearningAgentGroup(AifAgentGroup):
     # -- memory -----------------------------------------------------------------------------------
     @property
     def learning_nbytes(self) -> int:
-        """What learning holds besides the agents' state: the counts (``Learner.nbytes``) and,
-        for int8, the group's own codes of the learned tables (a refresh writes there), sized by
-        the counts' support, which a learned table has from its first refresh on (a sparse
-        ``B`` with more targets per column than the model's takes more)."""
+        """What learning holds besides the agents' state: the counts (``Learner.nbytes``), the
+        shared updates' gain scratch (``Learner.gain_nbytes``) and, for int8, the group's own
+        codes of the learned tables (a refresh writes there), sized by the counts' support,
+        which a learned table has from its first refresh on (a sparse ``B`` with more targets
+        per column than the model's takes more)."""
         if self._codes_nbytes is None:
             self._codes_nbytes = 0
             if self.precision == "int8":
@@ -148,13 +149,15 @@ class LearningAgentGroup(AifAgentGroup):
                         encoded = (encode_transition(table) if counts.kind == "B"
                                    else encode_log_u8(table))
                         self._codes_nbytes += encoded.nbytes
-        return self.learner.nbytes + self._codes_nbytes
+        return self.learner.nbytes + self.learner.gain_nbytes + self._codes_nbytes
 
     def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
         """:class:`AifAgentGroup`'s, plus the previous tick's posteriors, action and whether it
-        acted (``B`` learns from them)."""
+        acted (``B`` learns from them), and the shared update's scratch per agent (a bound,
+        :meth:`~edge_agent.aif.learning.Learner.scratch_bytes_per_agent`)."""
         previous = sum(self.cm.num_states) * self.dtype.itemsize + self.cm.num_factors * 8 + 1
-        return super().per_agent_nbytes(history_capacity) + previous
+        scratch = self.learner.scratch_bytes_per_agent(self.dtype.itemsize)
+        return super().per_agent_nbytes(history_capacity) + previous + scratch
 
     @property
     def nbytes(self) -> int:

@@ -146,7 +146,7 @@ def test_the_budget_counts_the_counts_and_the_learned_codes() -> None:
     # From its first refresh B has the counts' support: two targets per column, with weights.
     codes = encode_transition(pB / pB.sum(axis=0)).nbytes
     assert codes > given
-    assert group.learning_nbytes == group.learner.nbytes + codes
+    assert group.learning_nbytes == group.learner.nbytes + group.learner.gain_nbytes + codes
     assert budget.by_owner()["grid:learning"] == group.learning_nbytes
     needed = budget.used
     obs = env.reset()

@@ -198,3 +198,30 @@ def test_a_learned_deterministic_transition_keeps_the_refresh_incremental() -> N
     assert source is not None
     full = kernels.compile_model(source, group.cm.tree.policies, dtype=group.dtype.type)
     assert_same_tables(group.cm, full, "cm", 1e-5)
+
+
+@pytest.mark.parametrize(("world", "modalities"),
+                         [("tmaze", (1,)), ("tmaze", (0, 1, 2)), ("grid10", (0,)),
+                          ("grid2f", (0, 1, 2))])
+def test_the_update_scratch_is_within_what_the_budget_reserves(
+    world: str, modalities: tuple[int, ...]
+) -> None:
+    """The shared update's scratch (one-hot tables, the state-major joint, grouped rows or the
+    support gather) stays within ``scratch_bytes_per_agent`` per agent, which the group's
+    per-agent reservation includes, and its gain scratch within ``gain_nbytes`` (none when a
+    few agents add their entries where they fall: grid10 at N = 50)."""
+    n = 50
+    model = builtin_model(world)
+    spec = LearningSpec(pA=learned_counts(model, modalities), refresh_every=4,
+                        settings=LearningSettings(lr_pA=0.5))
+    group = LearningAgentGroup(model, n, learning=spec, precision="int8")
+    env = make_env(world, n, seed=0)
+    obs = env.reset()
+    for _ in range(6):
+        obs = env.step(group.step(obs))
+    learner = group.learner
+    held = sum(buf.nbytes for buf in learner._scratch.values())
+    assert 0 < held <= n * learner.scratch_bytes_per_agent(group.dtype.itemsize)
+    pA = learner.pA
+    assert pA is not None
+    assert sum(g.nbytes for g in pA.scratch) <= learner.gain_nbytes
