@@ -23,9 +23,9 @@ changing, the agents keep inferring with what was learned),
 :meth:`~LearningAgentGroup.resume_learning` and :meth:`~LearningAgentGroup.reset_learning`
 (counts back to their priors, tables back to the model's as loaded). The counts are ``shared``:
 one set for the whole group, updated from all agents' experience in one batched reduction; they
-are reserved in the memory budget (with the group's own int8 codes of the learned tables,
-:attr:`LearningAgentGroup.learning_nbytes`), and the previous tick's posteriors ``B`` learning
-needs with the agents.
+are reserved in the memory budget (with the group's own int8 codes of the learned tables and the
+update's gain scratch, :attr:`LearningAgentGroup.learning_nbytes`), and the previous tick's
+posteriors ``B`` learning needs and the update's scratch per agent with the agents.
 """
 
 from __future__ import annotations
