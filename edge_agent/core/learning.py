@@ -168,7 +168,9 @@ class LearningAgentGroup(AifAgentGroup):
         keep = min(self.n_agents, n_agents)
         old = getattr(self, "_qs_prev", [])
         super()._allocate_arrays(n_agents)
-        self._qs_prev = [np.empty((n_agents, s), dtype=self.dtype) for s in self.cm.num_states]
+        # zeros, not garbage: a group that does not learn pB never writes them, and a snapshot
+        # still carries them
+        self._qs_prev = [np.zeros((n_agents, s), dtype=self.dtype) for s in self.cm.num_states]
         for new, cur in zip(self._qs_prev, old, strict=False):
             new[:keep] = cur[:keep]
         self._action_prev = np.empty_like(self.action)

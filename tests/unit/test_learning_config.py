@@ -222,7 +222,8 @@ def test_check_config_shows_the_table_and_its_memory(
     out = capsys.readouterr().out
     assert "learning A [1], shared, lr_pA 0.01, forgetting 0.02, refresh every 3 ticks" in out
     assert "group maze: 40 agents x" in out
-    assert ", learning 696 B" in out  # pA1 (3 x 4 x 2 float64) x 2 + mask + experience + codes
+    # pA1 (3 x 4 x 2 float64) x 2 + mask + experience + codes + the update's gain scratch
+    assert ", learning 888 B" in out
 
 
 def test_the_table_of_docs_learning_loads(
@@ -236,7 +237,7 @@ def test_the_table_of_docs_learning_loads(
     assert isinstance(agents, LearningAgentGroup)
     assert agents.learner.pA is not None
     assert agents.learner.pA.tables == (1,)
-    assert agents.learning_nbytes == 696  # what the doc says check-config prints
+    assert agents.learning_nbytes == 888  # what the doc says check-config prints
     agents.release()
 
 
