@@ -488,7 +488,8 @@ class GroupConfig(Record):
 
     def _learning_problems(self) -> list[Problem]:
         """What ``[groups.learning]`` cannot run with: several processes (the counts are one
-        reduction over every agent); per-agent counts with int8 or a history."""
+        reduction over every agent); per-agent counts with int8, a history or a planning policy
+        (shared counts learn under one: docs/learning.md)."""
         learning = self.learning
         if learning is None:
             return []
@@ -501,14 +502,15 @@ class GroupConfig(Record):
                     "every agent); set workers = 1 or leave it out",
                 )
             )
-        if not self.planning.every_tick:
-            problems.append(
-                (
-                    ("learning",),
-                    "a learning group plans every agent every tick: leave [groups.planning] out",
-                )
-            )
         if learning.scope == "per_agent":
+            if not self.planning.every_tick:
+                problems.append(
+                    (
+                        ("learning", "scope"),
+                        "per-agent counts plan every agent every tick: leave [groups.planning] "
+                        "out, or learn shared counts",
+                    )
+                )
             if self.precision != "float64":
                 problems.append(
                     (

@@ -191,7 +191,7 @@ class AifAgentGroup:
         #: deadline is measured with (seconds).
         self.planning = planning or EVERY_TICK
         self._clock = clock
-        if not self.planning.every_tick and type(self).step is not AifAgentGroup.step:
+        if not self.planning.every_tick and not type(self).steps_by_planning_policy():
             raise InputError(
                 f"group {name!r}: a planning policy needs the plain Active Inference group's "
                 f"step; {type(self).__name__} steps its own way (give it none)"
@@ -259,6 +259,12 @@ class AifAgentGroup:
         self.n_agents = 0
         self._allocate(n_agents)
         self.ticks = 0
+
+    @classmethod
+    def steps_by_planning_policy(cls) -> bool:
+        """Whether the class's :meth:`step` runs a planning policy's tick (a subclass that steps
+        its own way does not, unless it says so)."""
+        return cls.step is AifAgentGroup.step
 
     # -- memory ------------------------------------------------------------------------------
     def _make_history_fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -969,6 +975,7 @@ class AifAgentGroup:
         self._plan_deadline[0] = deadline
         workers = self._workers if o is not None else None
         self._run_pass(_INFER, o, soft, record, workers)
+        self._inferred(o)
         np.add(self.plan_age, 1, out=self.plan_age)
         must = must_plan(
             policy, self._change, self.plan_age, self.plan_left, self.deferred,
@@ -999,6 +1006,14 @@ class AifAgentGroup:
         self._run_pass(_PROPAGATE, o, soft, record, workers)
         counts = self.planning_counts
         counts["planned"], counts["deferred"] = done, k - done
+
+    def _inferred(self, o: IntArray | None) -> None:
+        """After a planning tick's inference pass, before anyone plans: nothing here (a
+        learning group learns from ``o`` and the posteriors there)."""
+
+    def _policies_chosen(self, rows: _BlockRows) -> None:
+        """After the gathered agents' ``G`` and ``q_pi`` (also in ``rows.blk.x``) are computed,
+        before they act: nothing here (a learning group that seeks novelty adds it)."""
 
     def _run_pass(
         self,
@@ -1094,6 +1109,7 @@ class AifAgentGroup:
             if planner == "tree":
                 kernels.load_roots(rows.qs, rows.blk)
             self._plan_block(rows, ob, planner)
+            self._policies_chosen(rows)
             kernels.select_block(
                 self.cm,
                 rows.blk.x,

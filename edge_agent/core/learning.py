@@ -58,7 +58,7 @@ from edge_agent.aif.quant import (
     reencode_columns,
 )
 from edge_agent.aif.reference import EPS
-from edge_agent.core.agents import AifAgentGroup, IntArray
+from edge_agent.core.agents import AifAgentGroup, IntArray, _BlockRows
 from edge_agent.core.budget import Reservation
 from edge_agent.errors import InputError, ModelError
 
@@ -202,6 +202,11 @@ class LearningAgentGroup(AifAgentGroup):
                 f"group {self.name!r} learns from integer outcomes, not soft evidence"
             )
         self._note_surprise(o, self.prior)
+        if not self.planning.every_tick:  # learns between inference and planning: _inferred
+            np.copyto(self._action_prev, self.action)
+            np.copyto(self._acted_prev, self.has_action)
+            super().step(o, now, record=record)
+            return self.action
         if self.learning_frozen:  # the plain group's step with the learned tables
             super().step(o, now, record=record)
             self._keep_posteriors()
@@ -228,6 +233,39 @@ class LearningAgentGroup(AifAgentGroup):
             self._record(o, now)
         self.ticks += 1
         return self.action
+
+    @classmethod
+    def steps_by_planning_policy(cls) -> bool:
+        """Shared counts learn under a planning policy (see :meth:`_inferred`)."""
+        return True
+
+    def _inferred(self, o: IntArray | None) -> None:
+        """A planning tick, once every agent inferred its states: every agent learns, those
+        that plan this tick and those that follow their committed plans alike (``pA`` from
+        ``o`` and the posteriors, ``pB`` from the transition the action each agent took last
+        tick made), and the tables are refreshed if due, so that the agents that plan now plan
+        with what this tick taught (pymdp's order)."""
+        assert o is not None  # step() refused soft evidence
+        if self.learning_frozen:
+            self._keep_posteriors()
+        else:
+            self._learn(o, self._action_prev, self._acted_prev)
+
+    def _policies_chosen(self, rows: _BlockRows) -> None:
+        """The agents that plan this tick seek novelty (``param_info_gain``): it is added to
+        their ``G`` and their ``q_pi`` computed again, before they act."""
+        if not self.learning.param_info_gain or self.learning_frozen:
+            return
+        self._novelty(rows.qs, rows.G, rows.q_pi)
+        np.copyto(rows.blk.x, rows.q_pi.T)
+
+    def _planner(self, rows: _BlockRows, obs: IntArray | None) -> str:
+        """:class:`AifAgentGroup`'s, but not the joint path (a whole tick in one pass) for
+        agents that seek novelty: it is added between their evaluation and their choice."""
+        planner = super()._planner(rows, obs)
+        if planner == "joint" and self.learning.param_info_gain and not self.learning_frozen:
+            return super()._planner(rows, None)
+        return planner
 
     def _learn(self, obs: IntArray, action: IntArray, acted: np.ndarray) -> None:
         """``pA`` from ``obs`` and the posteriors, ``pB`` from the transition ``qs_prev -> qs``
@@ -273,6 +311,11 @@ class LearningAgentGroup(AifAgentGroup):
         ``q_pi = softmax(gamma * G + ln E)`` again (float64, from the float tables)."""
         if not self.learning.param_info_gain:
             return
+        self._novelty(self.qs, self.G, self.q_pi)
+
+    def _novelty(self, qs: Sequence[np.ndarray], G: np.ndarray, q_pi: np.ndarray) -> None:
+        """In place for the agents of ``qs`` (``(n, S_f)``): ``G (n, P) +=`` their information
+        gain about ``pA`` and ``pB``, ``q_pi = softmax(gamma * G + ln E)``."""
         learner, m = self.learner, self._float_model
         counts_A = {} if learner.pA is None else dict(
             zip(learner.pA.tables, learner.pA.counts, strict=True)
@@ -281,14 +324,14 @@ class LearningAgentGroup(AifAgentGroup):
             zip(learner.pB.tables, learner.pB.counts, strict=True)
         )
         gain = param_info_gain(
-            self.qs, m.A, m.B, pA=counts_A, pB=counts_B, policies=self.cm.tree.policies
+            qs, m.A, m.B, pA=counts_A, pB=counts_B, policies=self.cm.tree.policies
         )
-        self.G += gain.astype(self.dtype, copy=False)
-        logits = self.G * self.settings.gamma + np.asarray(self.cm.lnE, dtype=self.dtype)
+        G += gain.astype(self.dtype, copy=False)
+        logits = G * self.settings.gamma + np.asarray(self.cm.lnE, dtype=self.dtype)
         logits -= logits.max(axis=1, keepdims=True)
         np.exp(logits, out=logits)
         logits /= logits.sum(axis=1, keepdims=True)
-        np.copyto(self.q_pi, logits)
+        np.copyto(q_pi, logits)
 
     def end_trial(
         self, mask: np.ndarray | None = None, *, posterior: Sequence[np.ndarray] | None = None
@@ -494,10 +537,21 @@ class LearningAgentGroup(AifAgentGroup):
         if kernels.Workspace.bytes_per_agent(self.cm, info_gain=self._use_info_gain) != old or (
             self.cm.deep is not None
         ):
+            block = self.block_size
             self._size_blocks()
             self._new_scratch()
+            if not self.planning.every_tick and self.block_size != block:
+                self._resize_gather()
             if self._agent_reservation is not None:
                 self._agent_reservation.resize(self.bytes_for(self.n_agents, self.history_capacity))
+
+    def _resize_gather(self) -> None:
+        """A planning policy's buffers for the new (smaller) blocks; the committed plans and
+        what this tick's inference left for the planners (belief change, evidence) are kept."""
+        change, evidence = self._change.copy(), self._evidence.copy()
+        self._allocate_planning(self.n_agents, self.n_agents)
+        np.copyto(self._change, change)
+        np.copyto(self._evidence, evidence)
 
     def _owned_codes(self, quantized: QuantizedModel) -> dict[str, list[Any]]:
         """The int8 tables by kind; the learned ones copied once (the model the group was
@@ -722,6 +776,11 @@ class PerAgentLearningGroup(LearningAgentGroup):
     """
 
     scope: ClassVar[str] = "per_agent"
+
+    @classmethod
+    def steps_by_planning_policy(cls) -> bool:
+        """Every agent plans every tick (its own tables, :meth:`step`)."""
+        return False
 
     def __init__(
         self,

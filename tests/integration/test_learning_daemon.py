@@ -236,3 +236,59 @@ def test_run_refuses_a_bad_table_in_one_line(tmp_path: Path) -> None:
         "asked for modality 3, the model has 3 (modality indices 0..2)"
     ) in done.stderr
     assert "READY" not in done.stderr
+
+
+PLANNED = """
+[daemon]
+profile = "x86-dev"
+state_dir = "{state}"
+status_file = "{state}/status.json"
+tick_hz = 20.0
+
+[[groups]]
+name = "maze"
+model = {{ type = "builtin", name = "tmaze-reversal" }}
+count = 200
+source = {{ type = "sim" }}
+sink = {{ type = "sim" }}
+
+[groups.planning]
+every = 4
+max_agents = 50
+
+[groups.learning]
+A = [1]
+B = [0]
+D = "all"
+lr_pA = 0.05
+lr_pB = 0.05
+refresh_every = 2
+"""
+
+
+def test_a_daemon_learns_under_a_planning_policy(tmp_path: Path) -> None:
+    """Shared counts with ``[groups.planning]``: check-config accepts the group, and the
+    daemon's agents learn every tick while at most 50 of 200 plan a tick."""
+    state = tmp_path / "state"
+    config = tmp_path / "daemon.toml"
+    config.write_text(PLANNED.format(state=state))
+    check = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "check-config", str(config)], capture_output=True,
+        text=True, cwd=REPO, timeout=120, env=environment(tmp_path), check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    done = run(config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    arrays = newest(state)
+    tmaze = builtin_model("tmaze-reversal")
+    ticks = int(arrays["group.maze.learn.version.A"])
+    assert ticks >= 5
+    assert arrays["group.maze.learn.pA1"].sum() > tmaze.A[1].sum() + 1.0
+    # every tick on which some agent had acted (not a trial's first: T-maze trials are 3 ticks)
+    assert int(arrays["group.maze.learn.version.B"]) >= ticks // 2
+    assert "group.maze.plan_age" in arrays  # the committed plans are in the snapshot
+    status = json.loads((state / "status.json").read_text())
+    group = next(g for g in status["groups"] if g["name"] == "maze")
+    assert group["planning"]["planned"] <= 50
+    assert group["planning"]["duty_cycle"] <= 0.25
+    assert group["learning"]["updates"] >= ticks

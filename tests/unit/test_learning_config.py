@@ -90,6 +90,29 @@ def test_the_table_builds_a_learning_group_that_learns(
     assert budget.used == budget.base
 
 
+def test_shared_counts_learn_under_a_planning_policy(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile]
+) -> None:
+    body = group(learning="A = [1]\nB = [0]\nrefresh_every = 2\n") + (
+        "\n[groups.planning]\nevery = 4\nmax_agents = 10\n"
+    )
+    _, budget, groups = admit(read_config(daemon(tmp_path, body), profiles=profiles))
+    (g,) = groups
+    agents = g.agents
+    assert isinstance(agents, LearningAgentGroup)
+    assert agents.planning.every == 4
+    env = ReversalTMazeEnv(40, seed=2, reverse_every=3)
+    g.env, g.obs = env, env.reset()
+    for tick in range(12):
+        assert g.tick(float(tick))
+    assert agents.learner.pA is not None
+    assert agents.learner.pA.version == 12
+    assert agents.planning_stats()["planned"] <= 10
+    assert agents.refreshes >= 6
+    agents.release()
+    assert budget.used == budget.base
+
+
 @pytest.mark.parametrize(
     ("body", "line", "problem"),
     [
@@ -114,8 +137,9 @@ def test_the_table_builds_a_learning_group_that_learns(
          "groups[0].learning.param_info_gain: per-agent counts do not take"),
         (group(learning="A = [1]\n").replace('precision = "int8"', "workers = 2"), 9,
          "groups[0].workers: a learning group steps on one process"),
-        (group(learning="A = [1]\n") + "\n[groups.planning]\nevery = 4\n", 13,
-         "groups[0].learning: a learning group plans every agent every tick"),
+        (group(learning="A = [1]\nscope = 'per_agent'\n", precision="float64")
+         + "\n[groups.planning]\nevery = 4\n", 15,
+         "groups[0].learning.scope: per-agent counts plan every agent every tick"),
     ],
 )
 def test_problems_are_reported_at_their_line(

@@ -369,12 +369,14 @@ def test_workers_step_a_planning_group_as_one_process_does(policy: PlanningPolic
 
 
 def test_a_group_that_steps_its_own_way_refuses_a_policy() -> None:
-    from edge_agent.aif.learning import LearningSpec
-    from edge_agent.core.learning import LearningAgentGroup
+    from edge_agent.aif.learning import LearningSettings, LearningSpec
+    from edge_agent.core.learning import PerAgentLearningGroup
 
     env = make_env("tmaze", 4, seed=1)
-    with pytest.raises(InputError, match="LearningAgentGroup steps its own way"):
-        LearningAgentGroup(
-            env.model, 4, learning=LearningSpec(pA={1: np.ones_like(env.model.A[1])}),
+    with pytest.raises(InputError, match="PerAgentLearningGroup steps its own way"):
+        PerAgentLearningGroup(
+            env.model, 4, precision="float64",
+            learning=LearningSpec(pA={1: np.ones_like(env.model.A[1])},
+                                  settings=LearningSettings(scope="per_agent")),
             planning=PlanningPolicy(every=2),
         )

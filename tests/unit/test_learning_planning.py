@@ -1,0 +1,143 @@
+"""Learning with a planning policy (issue 32, with issue 33's policies): every agent infers its
+states and learns every tick, those that plan this tick and those that follow their committed
+plans alike; the novelty (``param_info_gain``) is added for the agents that plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec, normalise
+from edge_agent.aif.planning import PlanningPolicy
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.learning import LearningAgentGroup, learning_group
+from edge_agent.errors import InputError
+from edge_agent.sim.grid_slippery import SlipperyGridEnv, slippery_grid_model
+from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
+
+N = 40
+
+
+def spec(novelty: bool = False, refresh_every: int = 1, scope: str = "shared") -> LearningSpec:
+    model = tmaze_reversal_model()
+    return LearningSpec(
+        pA={1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)},
+        pB={0: model.B[0] * 5.0 + 0.5 * (model.B[0] > 0)},
+        settings=LearningSettings(lr_pA=0.5, lr_pB=0.3, forgetting=0.02, scope=scope),  # type: ignore[arg-type]
+        refresh_every=refresh_every,
+        param_info_gain=novelty,
+    )
+
+
+def tmaze_group(
+    precision: str, planning: PlanningPolicy | None, *, novelty: bool = False,
+    refresh_every: int = 1,
+) -> LearningAgentGroup:
+    return learning_group(
+        tmaze_reversal_model(), N, learning=spec(novelty, refresh_every), precision=precision,
+        seed=3, planning=planning,
+    )
+
+
+def test_every_tick_policy_learns_bit_for_bit_as_without_one() -> None:
+    plain = tmaze_group("int8", None, refresh_every=3)
+    policy = tmaze_group("int8", PlanningPolicy(every=1), refresh_every=3)
+    env_a, env_b = ReversalTMazeEnv(N, seed=5, reverse_every=3), ReversalTMazeEnv(
+        N, seed=5, reverse_every=3
+    )
+    obs_a, obs_b = env_a.reset(), env_b.reset()
+    for _ in range(25):
+        for group, env in ((plain, env_a), (policy, env_b)):
+            if env.episode_start.any():
+                group.end_trial(env.episode_start)
+        obs_a, obs_b = env_a.step(plain.step(obs_a)), env_b.step(policy.step(obs_b))
+        assert np.array_equal(plain.action, policy.action)
+    for mine, theirs in zip(plain.learner.counts, policy.learner.counts, strict=True):
+        for a, b in zip(mine.counts, theirs.counts, strict=True):
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(("precision", "atol"), [("float64", 1e-12), ("int8", 1e-5)])
+def test_every_4_learns_from_every_agents_posteriors_and_committed_actions(
+    precision: str, atol: float
+) -> None:
+    group = tmaze_group(precision, PlanningPolicy(every=4), refresh_every=2)
+    model = tmaze_reversal_model()
+    s = spec(refresh_every=2)
+    reference = Learner(model.A, model.B, model.D, pA=s.pA, pB=s.pB, settings=s.settings)
+    env = ReversalTMazeEnv(N, seed=7, reverse_every=2)
+    obs = env.reset()
+    followed = 0
+    for _ in range(30):
+        if env.episode_start.any():
+            group.end_trial(env.episode_start)
+        qs_before = [q.copy() for q in group.qs]
+        action, acted = group.action.copy(), group.has_action.copy()
+        actions = group.step(obs)
+        followed += group.planning_stats()["planned"] < N
+        qs = [q.astype(np.float64) for q in group.qs]
+        reference.learn_A(obs, qs)
+        if acted.any():
+            reference.learn_B(qs, [q.astype(np.float64) for q in qs_before], action, acted)
+        obs = env.step(actions)
+    assert followed > 10  # most ticks, some agents acted from their committed plans
+    for mine, theirs in zip(group.learner.counts, reference.counts, strict=True):
+        for a, b in zip(mine.counts, theirs.counts, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=atol * max(1.0, float(b.max())))
+    # the tables the agents infer with follow the counts (30 ticks, refreshed every 2)
+    np.testing.assert_allclose(
+        group.model.A[1], normalise(group.learner.counts[0].counts[0]), rtol=0, atol=1e-12
+    )
+
+
+def test_novelty_is_added_for_the_agents_that_plan() -> None:
+    # at most half the group plans a tick: the others follow their committed plans
+    group = tmaze_group("float64", PlanningPolicy(every=4, max_agents=N // 2), novelty=True)
+    env = ReversalTMazeEnv(N, seed=9, reverse_every=2)
+    obs = env.reset()
+    checked = 0
+    for _ in range(12):
+        if env.episode_start.any():
+            group.end_trial(env.episode_start)
+        obs = env.step(group.step(obs))
+        planned = group.plan_age == 0
+        if planned.all() or not planned.any():
+            continue
+        G, q_pi = group.G.copy(), group.q_pi.copy()
+        AifAgentGroup.infer_policies(group)  # without novelty, from the same beliefs
+        plain = group.G.copy()
+        group.infer_policies()  # with it
+        np.testing.assert_allclose(G[planned], group.G[planned], rtol=0, atol=1e-9)
+        assert not np.allclose(G[planned], plain[planned])
+        checked += 1
+        group.G[...], group.q_pi[...] = G, q_pi
+    assert checked
+
+
+def test_a_learned_dense_transition_shrinks_the_blocks_mid_tick() -> None:
+    """The slippery grid with a floor under ``B``: its first refresh makes ``B`` dense, so
+    the planners and their block sizes change between inference and planning."""
+    model = slippery_grid_model()
+    learning = LearningSpec(
+        pB={0: 4.0 * model.B[0] + 0.05}, settings=LearningSettings(lr_pB=1.0), refresh_every=1
+    )
+    n = 600
+    group = learning_group(model, n, learning=learning, precision="int8", seed=1,
+                           planning=PlanningPolicy(every=3))
+    blocks = group.block_size
+    env = SlipperyGridEnv(n, seed=2)
+    obs = env.reset()
+    for _ in range(6):
+        if env.episode_start.any():
+            group.end_trial(env.episode_start)
+        obs = env.step(group.step(obs))
+    assert group.block_size < blocks
+    assert group.finite()
+    assert group.learner.counts[0].version == 5  # the first tick has no transition yet
+
+
+def test_per_agent_counts_refuse_a_planning_policy() -> None:
+    model = tmaze_reversal_model()
+    with pytest.raises(InputError, match="steps its own way"):
+        learning_group(model, 4, learning=spec(scope="per_agent"), precision="float64",
+                       planning=PlanningPolicy(every=4))
