@@ -487,22 +487,22 @@ class GroupConfig(Record):
         raise_problems("GroupConfig", problems)
 
     def _learning_problems(self) -> list[Problem]:
-        """What ``[groups.learning]`` cannot run with: several processes (the counts are one
-        reduction over every agent); per-agent counts with int8, a history or a planning policy
-        (shared counts learn under one: docs/learning.md)."""
+        """What ``[groups.learning]`` cannot run with: per-agent counts with int8, a history,
+        several processes or a planning policy (shared counts take all of them:
+        docs/learning.md)."""
         learning = self.learning
         if learning is None:
             return []
         problems: list[Problem] = []
-        if self.workers is not None and self.workers > 1:
-            problems.append(
-                (
-                    ("workers",),
-                    "a learning group steps on one process (its counts are one reduction over "
-                    "every agent); set workers = 1 or leave it out",
-                )
-            )
         if learning.scope == "per_agent":
+            if self.workers is not None and self.workers > 1:
+                problems.append(
+                    (
+                        ("workers",),
+                        "a group with per-agent counts steps on one process; set workers = 1 "
+                        "or leave it out",
+                    )
+                )
             if not self.planning.every_tick:
                 problems.append(
                     (
@@ -529,10 +529,12 @@ class GroupConfig(Record):
 
     def workers_for(self, profile: FirmwareProfile) -> int:
         """The processes in force: the group's, else the profile's (0: the CPUs this process
-        may run on) for groups of at least :data:`AGENTS_PER_WORKER` agents per process; one
-        for a learning group."""
+        may run on) for groups of at least :data:`AGENTS_PER_WORKER` agents per process. A
+        learning group runs on one process unless its ``workers`` says otherwise (its workers
+        are forked again at every refresh of its tables: worth it with a long
+        ``refresh_every``), and per-agent counts always on one."""
         if self.learning is not None:
-            return 1
+            return self.workers or 1 if self.learning.scope == "shared" else 1
         if self.workers is not None:
             return self.workers
         cores = profile.workers if profile.workers > 0 else len(os.sched_getaffinity(0))

@@ -176,13 +176,6 @@ class LearningAgentGroup(AifAgentGroup):
         self._action_prev = np.empty_like(self.action)
         self._acted_prev = np.empty_like(self.has_action)
 
-    def start_workers(self, count: int) -> int:
-        if count > 1:
-            raise InputError(
-                f"group {self.name!r}: a learning group steps on one process (its counts are "
-                "one reduction over every agent); set workers = 1"
-            )
-        return super().start_workers(count)
 
     # -- one tick ---------------------------------------------------------------------------------
     def step(
@@ -544,6 +537,8 @@ class LearningAgentGroup(AifAgentGroup):
                 self._resize_gather()
             if self._agent_reservation is not None:
                 self._agent_reservation.resize(self.bytes_for(self.n_agents, self.history_capacity))
+        if self._workers is not None:  # forked before: they would step with the old tables
+            self._workers.refork()
 
     def _resize_gather(self) -> None:
         """A planning policy's buffers for the new (smaller) blocks; the committed plans and
@@ -851,6 +846,14 @@ class PerAgentLearningGroup(LearningAgentGroup):
         raise InputError(
             f"group {self.name!r}: a group with per-agent counts keeps its size ({self.n_agents})"
         )
+
+    def start_workers(self, count: int) -> int:
+        if count > 1:
+            raise InputError(
+                f"group {self.name!r}: a group with per-agent counts steps on one process; "
+                "set workers = 1"
+            )
+        return super().start_workers(count)
 
     def step(
         self,

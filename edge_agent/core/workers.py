@@ -293,6 +293,14 @@ class BlockWorkers:
             if self._good_ticks == HEALTHY_TICKS:
                 self._restart_after_s = RESTART_AFTER_S
 
+    def refork(self) -> None:
+        """Fork the workers again (between ticks): the caller changed what they cannot see,
+        memory they only share copy-on-write (a learning group's refreshed tables). Workers
+        stopped after a failure are left to their restart, which forks the caller as it is."""
+        if self._workers:
+            self._stop()
+            self._start()
+
     def _drain(self, record: bool) -> None:
         """Step blocks from the tick's queue until it is empty."""
         while True:

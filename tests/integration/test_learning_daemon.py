@@ -292,3 +292,32 @@ def test_a_daemon_learns_under_a_planning_policy(tmp_path: Path) -> None:
     assert group["planning"]["planned"] <= 50
     assert group["planning"]["duty_cycle"] <= 0.25
     assert group["learning"]["updates"] >= ticks
+
+
+def test_a_daemon_learns_on_two_workers(tmp_path: Path) -> None:
+    """Shared counts with ``workers = 2``: the caller and a forked worker step the blocks, the
+    counts are summed from every agent's posteriors, the worker is forked again at every
+    refresh; status says two processes step the group, and it learned."""
+    state = tmp_path / "state"
+    config = tmp_path / "daemon.toml"
+    text = PLANNED.format(state=state)
+    text = text.replace("count = 200\n", "count = 5000\nworkers = 2\n")
+    text = text.replace("[groups.planning]\nevery = 4\nmax_agents = 50\n", "")
+    text = text.replace("refresh_every = 2", "refresh_every = 5")
+    config.write_text(text)
+    check = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "check-config", str(config)], capture_output=True,
+        text=True, cwd=REPO, timeout=120, env=environment(tmp_path), check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    done = run(config, duration=3.0)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "steps every block" not in done.stderr  # no worker failed
+    status = json.loads((state / "status.json").read_text())
+    group = next(g for g in status["groups"] if g["name"] == "maze")
+    assert group["workers"] == 2
+    assert group["learning"]["refreshes"] >= 1
+    arrays = newest(state)
+    ticks = int(arrays["group.maze.learn.version.A"])
+    assert ticks >= 5
+    assert arrays["group.maze.learn.pA1"].sum() > builtin_model("tmaze-reversal").A[1].sum() + 100

@@ -135,8 +135,9 @@ def test_shared_counts_learn_under_a_planning_policy(
         (group(learning="A = [1]\nscope = 'per_agent'\nparam_info_gain = true\n",
                precision="float64"), 16,
          "groups[0].learning.param_info_gain: per-agent counts do not take"),
-        (group(learning="A = [1]\n").replace('precision = "int8"', "workers = 2"), 9,
-         "groups[0].workers: a learning group steps on one process"),
+        (group(learning="A = [1]\nscope = 'per_agent'\n").replace(
+            'precision = "int8"', 'precision = "float64"\nworkers = 2'), 10,
+         "groups[0].workers: a group with per-agent counts steps on one process"),
         (group(learning="A = [1]\nscope = 'per_agent'\n", precision="float64")
          + "\n[groups.planning]\nevery = 4\n", 15,
          "groups[0].learning.scope: per-agent counts plan every agent every tick"),

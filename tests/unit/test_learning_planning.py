@@ -141,3 +141,46 @@ def test_per_agent_counts_refuse_a_planning_policy() -> None:
     with pytest.raises(InputError, match="steps its own way"):
         learning_group(model, 4, learning=spec(scope="per_agent"), precision="float64",
                        planning=PlanningPolicy(every=4))
+
+
+def counts_of(group: LearningAgentGroup) -> list[np.ndarray]:
+    return [c.copy() for kind in group.learner.counts for c in kind.counts]
+
+
+@pytest.mark.parametrize(
+    ("planning", "refresh_every"), [(None, 1), (None, 4), (PlanningPolicy(every=4), 3)]
+)
+def test_two_workers_learn_the_counts_of_one_process(
+    planning: PlanningPolicy | None, refresh_every: int
+) -> None:
+    """Blocks of 16 agents stepped by the caller and a forked worker (forked again at every
+    refresh, so that both step with the refreshed tables) against one process."""
+    n = 64
+    groups = [
+        learning_group(
+            tmaze_reversal_model(), n, learning=spec(refresh_every=refresh_every),
+            precision="int8", seed=3, planning=planning, block_size=16,
+        )
+        for _ in range(2)
+    ]
+    assert groups[1].start_workers(2) == 2
+    envs = [ReversalTMazeEnv(n, seed=5, reverse_every=2) for _ in range(2)]
+    obs = [env.reset() for env in envs]
+    try:
+        pids = set(groups[1]._workers.pids) if groups[1]._workers else set()
+        for _ in range(20):
+            for i, (group, env) in enumerate(zip(groups, envs, strict=True)):
+                if env.episode_start.any():
+                    group.end_trial(env.episode_start)
+                obs[i] = env.step(group.step(obs[i]))
+            np.testing.assert_allclose(groups[0].qs[0], groups[1].qs[0], rtol=0, atol=1e-5)
+        assert groups[1].workers == 2
+        assert groups[1].refreshes == groups[0].refreshes >= 5
+        assert set(groups[1]._workers.pids if groups[1]._workers else ()) != pids  # reforked
+        for mine, theirs in zip(counts_of(groups[0]), counts_of(groups[1]), strict=True):
+            np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            groups[0].model.A[1], groups[1].model.A[1], rtol=0, atol=1e-9
+        )
+    finally:
+        groups[1].stop_workers()
