@@ -102,6 +102,12 @@ EXPECTED: dict[str, list[Record]] = {
            ("plain_agent_steps_per_s", "learning_agent_steps_per_s", "ratio", "refresh_ms"))
           for w, t in (("tmaze", ["A1"]), ("grid10", ["A0"]), ("grid10", ["A0", "B0"]))],
     ],
+    "bench_learning_planning.py": [
+        *[({"bench": "learning_planning", "world": w, "policy": p, "N": 20},
+           ("agent_steps_per_s", "duty_cycle", "score", "score_ratio", "speedup", "updates"))
+          for w in ("tmaze-reversal", "grid-slippery")
+          for p in ("every_tick", "every_4", "change_0.1_every_4")],
+    ],
     "bench_learning_peers.py": [
         *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i},
            ("steps_per_s", "state_bytes_per_agent"))
