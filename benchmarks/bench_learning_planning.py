@@ -19,6 +19,11 @@ The process runs one thread (``OPENBLAS_NUM_THREADS=1``).
 
     python benchmarks/bench_learning_planning.py [--agents 1000] [--steps 200]
 
+``--workers 2`` instead steps the slippery grid (``pB0`` learned, every tick planning) on one
+process and on 2 (the caller and a forked worker), with the tables refreshed every tick and every
+20 ticks: ``agent_steps_per_s`` of each, and ``refork_ms``, what forking the worker again after a
+refresh took (once, timed after the run).
+
 ``--smoke`` runs it with 20 agents for 8 steps (the code path; its numbers mean nothing).
 """
 
@@ -90,15 +95,59 @@ def run(world: str, n: int, steps: int, name: str) -> dict[str, Any]:
     }
 
 
+def run_workers(n: int, steps: int, workers: int, refresh_every: int) -> dict[str, Any]:
+    from edge_agent.aif.learning import LearningSettings, LearningSpec
+    from edge_agent.core.learning import LearningAgentGroup
+    from edge_agent.sim.registry import make_env
+
+    env = make_env("grid-slippery", n, seed=1)
+    spec = LearningSpec(
+        pB={0: 10.0 * env.model.B[0] + 0.05}, settings=LearningSettings(lr_pB=0.1),
+        refresh_every=refresh_every,
+    )
+    group = LearningAgentGroup(env.model, n, learning=spec, precision="int8",
+                               shared_state=workers > 1)
+    used = group.start_workers(workers)
+    obs = env.reset()
+    wall = refork = 0.0
+    try:
+        for _ in range(steps):
+            if env.episode_start.any():
+                group.end_trial(env.episode_start)
+            t0 = time.perf_counter()
+            actions = group.step(obs)
+            wall += time.perf_counter() - t0
+            obs = env.step(actions)
+        if group._workers is not None:
+            t0 = time.perf_counter()
+            group._workers.refork()
+            refork = time.perf_counter() - t0
+    finally:
+        group.stop_workers()
+    return {
+        "bench": "learning_workers", "world": "grid-slippery", "N": n, "steps": steps,
+        "workers": used, "refresh_every": refresh_every,
+        "agent_steps_per_s": round(n * steps / wall), "refork_ms": round(1e3 * refork, 1),
+        "refreshes": group.refreshes,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=0, help="processes (see above)")
     parser.add_argument("--smoke", action="store_true", help="20 agents, 8 steps (CI)")
     args = parser.parse_args()
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy is imported (lazily, above)
     os.environ["OMP_NUM_THREADS"] = "1"
     n, steps = (20, 8) if args.smoke else (args.agents, args.steps)
+    if args.workers:
+        for refresh_every in (1, 20):
+            for workers in (1, args.workers):
+                print(json.dumps(run_workers(n, steps, workers, refresh_every), sort_keys=True),
+                      flush=True)
+        return
     for world in WORLDS:
         base: dict[str, Any] | None = None
         for name in POLICIES:
