@@ -26,6 +26,12 @@ one set for the whole group, updated from all agents' experience in one batched 
 are reserved in the memory budget (with the group's own int8 codes of the learned tables and the
 update's gain scratch, :attr:`LearningAgentGroup.learning_nbytes`), and the previous tick's
 posteriors ``B`` learning needs and the update's scratch per agent with the agents.
+
+Under a planning policy (:mod:`edge_agent.aif.planning`) every agent learns every tick, after
+the inference pass (:meth:`LearningAgentGroup._inferred`), and the novelty is added for the
+agents that plan. With workers (:meth:`start_workers`) the workers step the blocks, the caller
+learns from the posteriors they leave in shared memory, and the workers are forked again
+whenever the tables change (they hold the old ones copy-on-write).
 """
 
 from __future__ import annotations
@@ -422,6 +428,7 @@ class LearningAgentGroup(AifAgentGroup):
         the kernel scratch is made anew if the new tables need another planner."""
         if self._refresh_likelihood():
             self.incremental_refreshes += 1
+            self._workers_follow()
         else:
             self._refresh_all()
         self._versions = self._counts_versions()
@@ -537,7 +544,12 @@ class LearningAgentGroup(AifAgentGroup):
                 self._resize_gather()
             if self._agent_reservation is not None:
                 self._agent_reservation.resize(self.bytes_for(self.n_agents, self.history_capacity))
-        if self._workers is not None:  # forked before: they would step with the old tables
+        self._workers_follow()
+
+    def _workers_follow(self) -> None:
+        """The group's workers, forked before the tables changed, hold the old ones (copies
+        on write): they are forked again, from the group as it is now."""
+        if self._workers is not None:
             self._workers.refork()
 
     def _resize_gather(self) -> None:

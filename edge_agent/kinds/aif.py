@@ -4,7 +4,8 @@ Its agents are :class:`~edge_agent.core.agents.AifAgentGroup`; observations are 
 index per modality, actions one choice per control factor. A large group is stepped by forked
 workers as well (``workers``). The only kind whose agents may take part in coordination, and
 the only one that learns: with a ``[groups.learning]`` table its agents are a
-:func:`~edge_agent.core.learning.learning_group` (shared or per-agent counts, on one process),
+:func:`~edge_agent.core.learning.learning_group` (shared counts, also under a planning policy
+and on workers; per-agent counts, on one process),
 whose trials end at the world's episode starts (``pD`` learns there).
 """
 
