@@ -202,8 +202,9 @@ class LearningAgentGroup(AifAgentGroup):
             )
         self._note_surprise(o, self.prior)
         if not self.planning.every_tick:  # learns between inference and planning: _inferred
-            np.copyto(self._action_prev, self.action)
-            np.copyto(self._acted_prev, self.has_action)
+            if self.learner.pB is not None:  # the transition pB learns from
+                np.copyto(self._action_prev, self.action)
+                np.copyto(self._acted_prev, self.has_action)
             super().step(o, now, record=record)
             return self.action
         if self.learning_frozen:  # the plain group's step with the learned tables
