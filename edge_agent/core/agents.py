@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,9 +31,9 @@ from edge_agent.aif.policies import construct_policies, validate_policies
 from edge_agent.aif.quant import QuantizedModel, encode_beliefs_u8, quantize_model
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.budget import MemoryBudget, Reservation
-from edge_agent.core.contract import GroupIO
+from edge_agent.core.contract import GroupIO, StateReader, state_under
 from edge_agent.core.history import HistoryRing
-from edge_agent.errors import InputError
+from edge_agent.errors import InputError, SnapshotError
 
 if TYPE_CHECKING:
     from edge_agent.core.workers import BlockWorkers
@@ -1329,38 +1329,48 @@ class AifAgentGroup:
                 out[f"times.{k}"] = v
         return out
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Restore from :meth:`state_dict`; shapes must match this group exactly."""
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore from :meth:`state_dict`; shapes must match this group exactly.
 
-        def take(name: str, like: np.ndarray) -> np.ndarray:
+        A :class:`~edge_agent.core.contract.StateReader` (a snapshot's arrays) has each array
+        copied straight into the group's own, chunk by chunk, with no whole copy of it made."""
+        reader = state if isinstance(state, StateReader) else None
+
+        def take(name: str, out: np.ndarray) -> None:
             if name not in state:
                 raise InputError(f"group {self.name!r} snapshot lacks {name!r}")
+            if reader is not None:
+                try:
+                    reader.read_into(name, out)
+                except SnapshotError as err:
+                    raise InputError(f"group {self.name!r} snapshot {err}") from err
+                return
             arr = np.asarray(state[name])
-            if arr.shape != like.shape:
+            if arr.shape != out.shape:
                 raise InputError(
                     f"group {self.name!r} snapshot {name!r} has shape {arr.shape}, "
-                    f"expected {like.shape}"
+                    f"expected {out.shape}"
                 )
-            return arr
+            out[...] = arr
 
-        self.action[...] = take("action", self.action)
-        self.has_action[...] = take("has_action", self.has_action)
-        self.q_pi[...] = take("q_pi", self.q_pi)
+        take("action", self.action)
+        take("has_action", self.has_action)
+        take("q_pi", self.q_pi)
         for f in range(self.cm.num_factors):
-            self.qs[f][...] = take(f"qs{f}", self.qs[f])
-            self.prior[f][...] = take(f"prior{f}", self.prior[f])
-        self.ticks = int(state.get("ticks", np.array(0)))
+            take(f"qs{f}", self.qs[f])
+            take(f"prior{f}", self.prior[f])
+        self.ticks = int(state["ticks"]) if "ticks" in state else 0
         if not self.planning.every_tick:
             if all(k in state for k in _PLAN_ARRAYS):
                 for k in _PLAN_ARRAYS:
-                    getattr(self, k)[...] = take(k, getattr(self, k))
+                    take(k, getattr(self, k))
             else:  # a snapshot of an every-tick group: every agent plans at its next tick
                 self.plan_left.fill(0)
                 self.plan_age.fill(0)
                 self.deferred.fill(False)
         if self.history is not None:
-            hist = {k[len("history.") :]: v for k, v in state.items() if k.startswith("history.")}
-            times = {k[len("times.") :]: v for k, v in state.items() if k.startswith("times.")}
+            hist = state_under(state, "history.")
+            times = state_under(state, "times.")
             if hist:
                 try:
                     self.history.load_state_dict(hist)

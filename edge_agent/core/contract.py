@@ -24,12 +24,68 @@ verbs the daemon's learning commands call, whatever the kind.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["AgentGroup", "GroupIO", "Learns"]
+__all__ = ["AgentGroup", "GroupIO", "Learns", "StateReader", "state_under"]
+
+
+@runtime_checkable
+class StateReader(Protocol):
+    """A saved state that copies each array straight into a group's own (a snapshot's arrays,
+    inflated chunk by chunk: a million agents are restored without a second copy of them).
+
+    A group's ``load_state_dict`` takes it through this where it can, and as the
+    ``Mapping[str, np.ndarray]`` it also is everywhere else."""
+
+    def spec(self, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+        """Shape and dtype of array ``name`` (``KeyError`` if there is none)."""
+        ...
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """Copy array ``name`` into ``out`` (of its shape; the dtype converts)."""
+        ...
+
+
+class _StateUnder(Mapping[str, np.ndarray]):
+    """The arrays of ``state`` whose names start with ``prefix``, named without it."""
+
+    def __init__(self, state: Mapping[str, np.ndarray], prefix: str) -> None:
+        self._state, self._prefix = state, prefix
+        self._names = [k[len(prefix) :] for k in state if k.startswith(prefix)]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._state[self._prefix + name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._prefix + name in self._state
+
+    def spec(self, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+        if isinstance(self._state, StateReader):
+            return self._state.spec(self._prefix + name)
+        value = np.asarray(self[name])
+        return value.shape, value.dtype
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        if isinstance(self._state, StateReader):
+            self._state.read_into(self._prefix + name, out)
+        else:
+            np.copyto(out, self[name], casting="unsafe")
+
+
+def state_under(state: Mapping[str, np.ndarray], prefix: str) -> Mapping[str, np.ndarray]:
+    """The arrays of ``state`` under ``prefix`` (named without it), read as ``state`` reads
+    them: a :class:`StateReader`'s straight into their destination."""
+    return _StateUnder(state, prefix)
 
 
 @dataclass(frozen=True)
@@ -105,7 +161,7 @@ class AgentGroup(Protocol):
 
     def state_dict(self) -> dict[str, np.ndarray]: ...
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None: ...
 
     def io(self) -> GroupIO: ...
 

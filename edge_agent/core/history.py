@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from edge_agent.core.contract import StateReader
 from edge_agent.errors import InputError
 
 __all__ = ["FieldSpec", "HistoryRing"]
@@ -461,30 +462,33 @@ class HistoryRing:
                 f"history snapshot keys do not match the ring: missing {missing}, "
                 f"unexpected {unexpected}"
             )
+        reader = state if isinstance(state, StateReader) else None
         rows: int | None = None
-        arrays: dict[str, np.ndarray] = {}
         for name, (shape, dtype) in self._specs.items():
-            value = state[name]
-            if not isinstance(value, np.ndarray):
-                raise InputError(f"history snapshot field {name!r} is not an array")
-            if value.dtype != dtype:
+            if reader is not None:
+                value_shape, value_dtype = reader.spec(name)
+            else:
+                value = state[name]
+                if not isinstance(value, np.ndarray):
+                    raise InputError(f"history snapshot field {name!r} is not an array")
+                value_shape, value_dtype = value.shape, value.dtype
+            if value_dtype != dtype:
                 raise InputError(
-                    f"history snapshot field {name!r} has dtype {value.dtype}, expected {dtype}"
+                    f"history snapshot field {name!r} has dtype {value_dtype}, expected {dtype}"
                 )
             tail = (self._n_agents, *shape)
-            if value.ndim != 1 + len(tail) or value.shape[1:] != tail:
+            if len(value_shape) != 1 + len(tail) or value_shape[1:] != tail:
                 raise InputError(
-                    f"history snapshot field {name!r} has shape {value.shape}, "
+                    f"history snapshot field {name!r} has shape {value_shape}, "
                     f"expected (rows, {', '.join(map(str, tail))})"
                 )
             if rows is None:
-                rows = value.shape[0]
-            elif value.shape[0] != rows:
+                rows = value_shape[0]
+            elif value_shape[0] != rows:
                 raise InputError(
-                    f"history snapshot field {name!r} has {value.shape[0]} rows, "
+                    f"history snapshot field {name!r} has {value_shape[0]} rows, "
                     f"other fields have {rows}"
                 )
-            arrays[name] = value
         total_arr = state[TOTAL_APPENDED_KEY]
         if (
             not isinstance(total_arr, np.ndarray)
@@ -502,8 +506,11 @@ class HistoryRing:
                 f"history snapshot {TOTAL_APPENDED_KEY!r} is {total}, below its {n_rows} rows"
             )
         kept = min(n_rows, self._capacity)
-        for name, value in arrays.items():
-            self._arenas[name][:kept] = value[n_rows - kept :]
+        for name in self._specs:
+            if reader is not None and kept == n_rows:  # straight in, no copy of it made
+                reader.read_into(name, self._arenas[name][:kept])
+            else:
+                self._arenas[name][:kept] = state[name][n_rows - kept :]
         self._len = kept
         self._head = kept % self._capacity
         self._total = total

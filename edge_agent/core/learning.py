@@ -702,7 +702,7 @@ class LearningAgentGroup(AifAgentGroup):
         out["learn.frozen"] = np.array(self.learning_frozen)
         return out
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore beliefs and counts, then refresh the tables from the restored counts.
 
         Counts are taken only from a state learned from the same priors (its

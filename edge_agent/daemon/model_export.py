@@ -149,8 +149,7 @@ def export_model(
             f"{snap.path}: group {group!r} was saved by another model than the config's "
             "(the config or the deployed bundle changed since)"
         )
-    prefix = f"group.{group}."
-    state = {k[len(prefix):]: v for k, v in snap.arrays.items() if k.startswith(prefix)}
+    state = snap.arrays.under(f"group.{group}.")
     saved_from = state.get("learn.identity")
     if saved_from is None or np.asarray(saved_from, dtype=np.uint8).tobytes() != learned_from:
         raise InputError(

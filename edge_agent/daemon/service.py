@@ -369,8 +369,8 @@ class Daemon:
                 or meta.get("agents") != g.agents.n_agents
             ):
                 continue
-            prefix = f"group.{g.name}."
-            state = {k[len(prefix) :]: v for k, v in snap.arrays.items() if k.startswith(prefix)}
+            # read straight into the group's arrays: nothing inflated is held beside them
+            state = snap.arrays.under(f"group.{g.name}.")
             try:
                 g.agents.load_state_dict(state)
             except EdgeAgentError as err:

@@ -28,6 +28,11 @@ beyond that an array is compressed twice, once to know its size and once as it i
 Format v1 is v2 without ``codec`` and ``stored`` (every array raw); it is still read, and
 written with ``compress=False``.
 
+A snapshot is read whole (its stored bytes) and verified; a compressed array is inflated only when
+asked for, or copied straight into an array of its own 4 MB at a time
+(:meth:`SnapshotArrays.read_into`: a daemon restoring a million agents holds no inflated copy of
+them).
+
 Only bool, signed and unsigned integer and float (up to 64-bit) arrays are stored; anything else
 is refused with :class:`~edge_agent.errors.SnapshotError`. One process owns a state directory:
 it calls :meth:`SnapshotStore.load_latest` once at start-up (which also removes the temporary
@@ -71,6 +76,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "LoadedSnapshot",
+    "SnapshotArrays",
     "SnapshotInfo",
     "SnapshotStore",
     "read_snapshot",
@@ -120,7 +126,8 @@ class SnapshotInfo:
 class LoadedSnapshot:
     """A verified snapshot.
 
-    ``arrays`` are writable views into one buffer holding the file (no second copy); ``monotonic``
+    ``arrays`` are writable views into one buffer holding the file (no second copy), a compressed
+    one inflated when first asked for (:class:`SnapshotArrays`); ``monotonic``
     is the writer's ``time.monotonic()`` and means nothing after a reboot; ``seq`` is -1 when the
     file name is not ``snapshot-<seq>.eas``.
     """
@@ -130,7 +137,7 @@ class LoadedSnapshot:
     created: float
     monotonic: float
     meta: dict[str, Any]
-    arrays: dict[str, npt.NDArray[Any]]
+    arrays: SnapshotArrays
     nbytes: int
 
 
@@ -622,19 +629,19 @@ def _decode(buf: bytearray, path: Path, seq: int) -> LoadedSnapshot:
     meta = _field(header, "meta", dict)
     entries = _field(header, "arrays", list)
 
-    arrays: dict[str, npt.NDArray[Any]] = {}
+    stored: dict[str, _Stored] = {}
     for entry in entries:
-        name, array = _decode_array(buf, entry, data_start, data_nbytes, version)
-        if name in arrays:
+        name, item = _decode_array(buf, entry, data_start, data_nbytes, version)
+        if name in stored:
             raise SnapshotError(f"array {name!r} appears twice")
-        arrays[name] = array
+        stored[name] = item
     return LoadedSnapshot(
         path=path,
         seq=seq,
         created=created,
         monotonic=monotonic,
         meta=meta,
-        arrays=arrays,
+        arrays=SnapshotArrays(buf, stored, keep={}),
         nbytes=size,
     )
 
@@ -686,7 +693,7 @@ def _field(mapping: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> 
 
 def _decode_array(
     buf: bytearray, entry: Any, data_start: int, data_nbytes: int, version: int
-) -> tuple[str, npt.NDArray[Any]]:
+) -> tuple[str, _Stored]:
     if not isinstance(entry, dict):
         raise SnapshotError("array directory entry is not a map")
     name = _field(entry, "name", str)
@@ -711,18 +718,149 @@ def _decode_array(
             raise SnapshotError(f"array {name!r}: codec {codec!r} with {stored} bytes stored")
     if nbytes != count * dtype.itemsize or offset < 0 or offset + stored > data_nbytes:
         raise SnapshotError(f"array {name!r}: offset/size out of range")
-    start = data_start + offset
-    if codec == "zlib":
-        inflater = zlib.decompressobj()
-        try:
-            raw = bytearray(inflater.decompress(memoryview(buf)[start : start + stored], nbytes))
-        except zlib.error as err:
-            raise SnapshotError(f"array {name!r}: cannot inflate: {err}") from err
-        if len(raw) != nbytes or inflater.unconsumed_tail or not inflater.eof:
+    item = _Stored(name, dtype, tuple(shape_list), data_start + offset, stored, codec == "zlib")
+    if item.compressed:  # inflated once here, chunk by chunk and kept nowhere: a bad one is found
+        filled = 0
+        for chunk in item.inflate(buf):
+            filled += len(chunk)
+        if filled != nbytes:
             raise SnapshotError(f"array {name!r}: inflates to other than {nbytes} bytes")
-        return name, np.frombuffer(raw, dtype=dtype, count=count).reshape(tuple(shape_list))
-    flat = np.frombuffer(buf, dtype=dtype, count=count, offset=start)
-    return name, flat.reshape(tuple(shape_list))
+    return name, item
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """Where one array of a verified snapshot is in its file's bytes, and how."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    start: int
+    stored: int
+    compressed: bool
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def inflate(self, buf: bytearray) -> Iterator[bytes]:
+        """The array's bytes, at most ``_CHUNK_BYTES`` at a time (``compressed`` only)."""
+        inflater = zlib.decompressobj()
+        pending: bytes | memoryview = memoryview(buf)[self.start : self.start + self.stored]
+        try:
+            while True:
+                chunk = inflater.decompress(pending, _CHUNK_BYTES)
+                pending = inflater.unconsumed_tail
+                if chunk:
+                    yield chunk
+                if inflater.eof or not (chunk or pending):
+                    break
+        except zlib.error as err:
+            raise SnapshotError(f"array {self.name!r}: cannot inflate: {err}") from err
+        if not inflater.eof or inflater.unused_data:
+            raise SnapshotError(f"array {self.name!r}: inflates to other than {self.nbytes} bytes")
+
+    def array(self, buf: bytearray) -> npt.NDArray[Any]:
+        """The whole array: a writable view into ``buf`` (raw), or inflated into new memory."""
+        count = math.prod(self.shape)
+        if not self.compressed:
+            flat = np.frombuffer(buf, dtype=self.dtype, count=count, offset=self.start)
+            return flat.reshape(self.shape)
+        raw = bytearray(self.nbytes)
+        filled = 0
+        for chunk in self.inflate(buf):
+            raw[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        return np.frombuffer(raw, dtype=self.dtype, count=count).reshape(self.shape)
+
+    def read_into(self, buf: bytearray, out: npt.NDArray[Any]) -> None:
+        """Copy the array into ``out`` (same shape, C-contiguous; its dtype converts), inflating
+        ``_CHUNK_BYTES`` at a time: no whole copy of the array is ever made."""
+        if out.shape != self.shape:
+            raise SnapshotError(f"{self.name!r} has shape {self.shape}, expected {out.shape}")
+        if not self.compressed or not out.flags.c_contiguous:
+            np.copyto(out, self.array(buf), casting="unsafe")
+            return
+        flat = out.reshape(-1)
+        size = self.dtype.itemsize
+        carry = b""
+        done = 0
+        for chunk in self.inflate(buf):
+            data = carry + chunk if carry else chunk
+            whole = len(data) // size
+            if whole:
+                values = np.frombuffer(data, dtype=self.dtype, count=whole)
+                np.copyto(flat[done : done + whole], values, casting="unsafe")
+                done += whole
+            carry = bytes(data[whole * size :])
+
+
+class SnapshotArrays(Mapping[str, npt.NDArray[Any]]):
+    """The arrays of a verified snapshot, by name, inflated only when one is asked for.
+
+    ``arrays[name]`` gives the whole array (a compressed one is inflated once and kept, so that
+    what is written into it stays); :meth:`read_into` copies one straight into an array of its
+    own, chunk by chunk, keeping nothing (a daemon restoring a million agents: 1.3 GB inflated
+    otherwise); :meth:`under` gives the arrays under a prefix, that keep nothing either.
+    """
+
+    def __init__(
+        self,
+        buf: bytearray,
+        stored: dict[str, _Stored],
+        prefix: str = "",
+        keep: dict[str, npt.NDArray[Any]] | None = None,
+    ) -> None:
+        self._buf = buf
+        self._stored = stored
+        self._prefix = prefix
+        self._keep = keep
+        self._names = [k[len(prefix) :] for k in stored if k.startswith(prefix)]
+
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
+        key = self._prefix + name
+        if self._keep is not None and key in self._keep:
+            return self._keep[key]
+        item = self._stored.get(key)
+        if item is None:
+            raise KeyError(name)
+        array = item.array(self._buf)
+        if self._keep is not None:
+            self._keep[key] = array
+        return array
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (self._prefix + name) in self._stored
+
+    def under(self, prefix: str) -> SnapshotArrays:
+        """The arrays whose names start with ``prefix``, named without it."""
+        return SnapshotArrays(self._buf, self._stored, self._prefix + prefix)
+
+    def spec(self, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+        """Shape and dtype of array ``name``, nothing inflated."""
+        item = self._stored.get(self._prefix + name)
+        if item is None:
+            raise KeyError(name)
+        return item.shape, item.dtype
+
+    def read_into(self, name: str, out: npt.NDArray[Any]) -> None:
+        """Copy array ``name`` into ``out`` (same shape), inflating a chunk at a time."""
+        key = self._prefix + name
+        if self._keep is not None and key in self._keep:
+            np.copyto(out, self._keep[key], casting="unsafe")
+            return
+        item = self._stored.get(key)
+        if item is None:
+            raise KeyError(name)
+        if item.shape != out.shape:
+            raise SnapshotError(f"{name!r} has shape {item.shape}, expected {out.shape}")
+        item.read_into(self._buf, out)
 
 
 # --- file system ---------------------------------------------------------------------------------

@@ -363,6 +363,63 @@ def test_a_compressed_array_that_does_not_inflate_is_set_aside(tmp_path: Path) -
     assert "qs" in fresh.corrupt_events[0][1]
 
 
+def test_a_group_restores_from_a_snapshot_read_straight_into_its_arrays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's restore: each array of a group is inflated chunk by chunk straight into the
+    group's own (chunks that end inside a value), none is kept by the snapshot, and the restored
+    group equals the saved one, history included."""
+    from edge_agent.aif.planning import PlanningPolicy
+    from edge_agent.core.agents import AifAgentGroup
+    from edge_agent.daemon import snapshots
+    from edge_agent.sim.registry import builtin_model, make_env
+
+    n, model = 3000, builtin_model("grid10")
+
+    def group() -> AifAgentGroup:
+        return AifAgentGroup(
+            model, n, history_capacity=8, history_beliefs="map",
+            planning=PlanningPolicy(every=4), name="grid",
+        )
+
+    saved, world = group(), make_env("grid10", n, seed=3)
+    obs = world.reset()
+    for t in range(11):
+        obs = world.step(saved.step(obs, now=float(t)))
+    arrays = {f"group.grid.{k}": v for k, v in saved.state_dict().items()}
+    info = SnapshotStore(tmp_path, max_writes_per_hour=10).save(arrays, {}, now=0.0)
+    assert info is not None
+    monkeypatch.setattr(snapshots, "_CHUNK_BYTES", 4099)  # odd: chunks split float32 values
+    loaded = read_snapshot(info.path)
+    compressed = [name for name, item in loaded.arrays._stored.items() if item.compressed]
+    assert "group.grid.qs0" in compressed
+    assert "group.grid.history.obs" in compressed
+    restored = group()
+    restored.load_state_dict(loaded.arrays.under("group.grid."))
+    assert loaded.arrays._keep == {}  # nothing inflated was kept beside the group
+    want, got = saved.state_dict(), restored.state_dict()
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert np.array_equal(restored.step(obs, now=11.0), saved.step(obs, now=11.0))
+
+
+def test_a_snapshot_array_of_another_shape_is_refused_on_restore(tmp_path: Path) -> None:
+    from edge_agent.core.agents import AifAgentGroup
+    from edge_agent.errors import InputError
+    from edge_agent.sim.registry import builtin_model
+
+    model = builtin_model("grid10")
+    small = AifAgentGroup(model, 2000, name="grid")
+    arrays = {f"group.grid.{k}": v for k, v in small.state_dict().items()}
+    info = SnapshotStore(tmp_path, max_writes_per_hour=10).save(arrays, {}, now=0.0)
+    assert info is not None
+    bigger = AifAgentGroup(model, 2001, name="grid")
+    refused = r"group 'grid' snapshot 'action' has shape \(2000, 1\), expected \(2001, 1\)"
+    with pytest.raises(InputError, match=refused):
+        bigger.load_state_dict(read_snapshot(info.path).arrays.under("group.grid."))
+
+
 def test_no_usable_snapshot_gives_none(tmp_path: Path) -> None:
     assert SnapshotStore(tmp_path, max_writes_per_hour=1).load_latest() is None
     (tmp_path / "snapshot-0000000001.eas").write_bytes(b"")
