@@ -25,7 +25,11 @@ every ``--every-s`` seconds:
   budget's report.
 
     python benchmarks/bench_million.py [--agents 1000000] [--workers 2] [--ticks 40]
-        [--tick-hz 2] [--policies every_4,every_tick]
+        [--tick-hz 2] [--policies every_4,every_tick] [--restore-ticks 3]
+
+``--restore-ticks N``: after each run, a second daemon on the same state directory restores its
+final snapshot at start and runs N ticks (its record: ``restored``; its ``start`` peak is the
+restore's).
 
 ``--smoke``: 20,000 agents, 8 ticks, one policy: the code path, for CI
 (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
@@ -188,10 +192,10 @@ def bytes_per_agent(agents: int, every: int) -> dict[str, Any]:
     )
     parts: dict[str, Any] = dict(probe.nbytes_by_part())
     parts["world"] = round(arrays_nbytes(env, 1000) / 1000, 1)
-    obs = env.reset()
-    # The workers' shared copy of each tick's observations (int64 per modality); the runtime's
-    # observations are the world's own array (counted with the world).
-    parts["observations"] = obs.itemsize * obs.shape[1]
+    # The workers' shared copy of each tick's observations (int64 per modality,
+    # edge_agent.core.workers); the runtime's observations are the world's own array (counted
+    # with the world).
+    parts["observations"] = 8 * env.reset().shape[1]
     parts["total"] = round(sum(v for k, v in parts.items() if k != "total"), 1)
     scratch = probe.scratch_nbytes(agents)
     return {"bytes_per_agent": parts, "scratch_mb_per_process": round(scratch / 2**20, 1)}
@@ -245,7 +249,10 @@ class Run:
         return round((self.last[2] - self.first[2]) / (self.last[1] - self.first[1]), 3)
 
 
-def run(args: argparse.Namespace, policy: str) -> dict[str, Any]:
+def run(args: argparse.Namespace, policy: str) -> list[dict[str, Any]]:
+    """The run of ``policy``; with ``--restore-ticks``, then a second daemon on the same state
+    directory, which restores the first one's final snapshot at start (``restored``)."""
+    records = []
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         state = tmpdir / "state"
@@ -260,39 +267,57 @@ def run(args: argparse.Namespace, policy: str) -> dict[str, Any]:
                 planning=planning,
             )
         )
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(tmpdir / "notify.sock"))
-        sock.setblocking(False)
-        env = {
-            **os.environ,
-            "NOTIFY_SOCKET": str(tmpdir / "notify.sock"),
-            "EDGE_AGENT_PROFILES_DIR": str(REPO / "firmware_profiles"),
-        }
-        log_path = tmpdir / "daemon.log"  # a file: a pipe nobody reads would block the daemon
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg)],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-            )
-        watch = Run(proc, sock, state)
-        limit = time.monotonic() + args.timeout_s
-        try:
-            while proc.poll() is None:
-                if time.monotonic() > limit:
-                    raise SystemExit(f"{policy}: no exit in {args.timeout_s} s\n{tail(log_path)}")
-                watch.poll(args.ticks)
-                time.sleep(args.every_s)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            sock.close()
-        if proc.returncode != 0:
-            raise SystemExit(f"{policy}: the daemon exited {proc.returncode}\n{tail(log_path)}")
-        exit_s = time.perf_counter()
-        final = read_status(state) or watch.status
+        every = int(planning.split("=")[1]) if planning else 1
+        records.append(launch(args, policy, tmpdir, cfg, ticks=args.ticks, every=every))
+        if args.restore_ticks:
+            (state / "status.json").unlink()
+            again = launch(args, policy, tmpdir, cfg, ticks=args.restore_ticks, every=every)
+            again["restored"] = (read_status(state) or {}).get("snapshots", {}).get(
+                "restored_from"
+            ) is not None
+            records.append(again)
+    return records
+
+
+def launch(
+    args: argparse.Namespace, policy: str, tmpdir: Path, cfg: Path, *, ticks: int, every: int
+) -> dict[str, Any]:
+    """Start the daemon on ``cfg``, sample it until ``ticks`` ticks, SIGTERM, and its record."""
+    state = tmpdir / "state"
+    (tmpdir / "notify.sock").unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmpdir / "notify.sock"))
+    sock.setblocking(False)
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(tmpdir / "notify.sock"),
+        "EDGE_AGENT_PROFILES_DIR": str(REPO / "firmware_profiles"),
+    }
+    log_path = tmpdir / "daemon.log"  # a file: a pipe nobody reads would block the daemon
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    watch = Run(proc, sock, state)
+    limit = time.monotonic() + args.timeout_s
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > limit:
+                raise SystemExit(f"{policy}: no exit in {args.timeout_s} s\n{tail(log_path)}")
+            watch.poll(ticks)
+            time.sleep(args.every_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"{policy}: the daemon exited {proc.returncode}\n{tail(log_path)}")
+    exit_s = time.perf_counter()
+    final = read_status(state) or watch.status
     group, tick = final["groups"][0], final["tick"]
     agent_steps = group["agents"] * group["steps"]
     snap = final["snapshots"]["last"] or {}
@@ -326,7 +351,6 @@ def run(args: argparse.Namespace, policy: str) -> dict[str, Any]:
         "snapshot_s": snap.get("seconds"),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-    every = int(planning.split("=")[1]) if planning else 1
     record.update(bytes_per_agent(args.agents, every))
     return record
 
@@ -352,6 +376,13 @@ def main() -> None:
     parser.add_argument("--policies", default="every_4,every_tick")
     parser.add_argument("--every-s", type=float, default=0.2, help="sampling period")
     parser.add_argument("--timeout-s", type=float, default=900.0)
+    parser.add_argument(
+        "--restore-ticks",
+        type=int,
+        default=0,
+        help="then run a second daemon that restores the first one's final snapshot, this many "
+        "ticks (its record has restored: true; its start peak is the restore's)",
+    )
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
@@ -360,8 +391,10 @@ def main() -> None:
     for policy in args.policies.split(","):
         if policy not in POLICIES:
             raise SystemExit(f"--policies: unknown {policy!r}; known: {', '.join(POLICIES)}")
-        records.append(run(args, policy))
-    base = next((r for r in records if r["policy"] == "every_tick"), None)
+        records.extend(run(args, policy))
+    base = next(
+        (r for r in records if r["policy"] == "every_tick" and "restored" not in r), None
+    )
     for record in records:
         if base is not None and base["score"]:
             record["score_ratio"] = round(record["score"] / base["score"], 4)

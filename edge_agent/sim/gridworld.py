@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.errors import ModelError
-from edge_agent.sim import BatchEnv, BoolArray, IntArray
+from edge_agent.sim import BatchEnv, BoolArray, IntArray, StateArray
 
 #: Action names, by index.
 MOVES: tuple[str, ...] = ("stay", "up", "down", "left", "right")
@@ -135,8 +135,8 @@ class GridWorldEnv(BatchEnv):
     """``N`` agents on the same grid, each walking to the goal and respawning (module docstring).
 
     Per-agent statistics (read-only views): ``goal_reached`` ``(N,) bool`` (this step moved the
-    agent onto the goal), ``goals_reached`` ``(N,) int64`` (goals reached so far),
-    ``goal_steps`` ``(N,) int64`` (steps summed over the episodes that reached the goal).
+    agent onto the goal), ``goals_reached`` ``(N,) int32`` (goals reached so far),
+    ``goal_steps`` ``(N,) int32`` (steps summed over the episodes that reached the goal).
     """
 
     def __init__(
@@ -179,11 +179,11 @@ class GridWorldEnv(BatchEnv):
         return self._views["goal_reached"]
 
     @property
-    def goals_reached(self) -> IntArray:
+    def goals_reached(self) -> StateArray:
         return self._views["goals_reached"]
 
     @property
-    def goal_steps(self) -> IntArray:
+    def goal_steps(self) -> StateArray:
         return self._views["goal_steps"]
 
     def summary(self) -> dict[str, int | float]:
@@ -210,8 +210,8 @@ class GridWorldEnv(BatchEnv):
     def _agent_arrays(self, n: int) -> dict[str, NDArray[Any]]:
         return {
             "goal_reached": np.zeros(n, dtype=np.bool_),
-            "goals_reached": np.zeros(n, dtype=np.int64),
-            "goal_steps": np.zeros(n, dtype=np.int64),
+            "goals_reached": np.zeros(n, dtype=np.int32),
+            "goal_steps": np.zeros(n, dtype=np.int32),
         }
 
     def _restart_before_step(self, out: BoolArray) -> None:
