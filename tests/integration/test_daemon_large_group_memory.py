@@ -7,7 +7,8 @@ the status file's bytes per agent are the sum of the parts docs/memory.md lists,
 reserves what the group says it holds. And the state the workers share is allocated in shared
 memory from the start: the daemon's peak resident set (``VmHWM``, kept by the kernel) stays
 within a fraction of one copy of the beliefs above its resident set once it runs, where moving
-the state into shared memory at start held it twice.
+the state into shared memory at start held it twice. A second daemon restoring the first one's
+snapshot reads each array straight into the group's, so its peak stays as close.
 """
 
 from __future__ import annotations
