@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.core.budget import MemoryBudget, Reservation
-from edge_agent.core.contract import GroupIO
+from edge_agent.core.contract import GroupIO, state_under
 from edge_agent.core.history import HistoryRing
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
@@ -596,8 +596,7 @@ class NeuralAgentGroup:
                     f"group {self.name!r} snapshot {key!r} has shape {np.shape(state[key])}, "
                     f"expected {like.shape}"
                 )
-        history = {k[len("history.") :]: v for k, v in state.items() if k.startswith("history.")}
-        self.history.load_state_dict(history)
+        self.history.load_state_dict(state_under(state, "history."))
         self._filled[...] = np.minimum(np.asarray(state["filled"]), self.window)
         self._saturated = bool(self._filled.min() >= self.window)
         self._actions[...] = state["actions"]

@@ -32,7 +32,7 @@ from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.core.agents import AifAgentGroup, Precision
 from edge_agent.core.budget import MemoryBudget
-from edge_agent.core.contract import GroupIO
+from edge_agent.core.contract import GroupIO, state_under
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.groups import NeuralAgentGroup
 
@@ -226,12 +226,9 @@ class PerceptionAifGroup:
         return out
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        self.perception.load_state_dict(
-            {k[len("perception.") :]: v for k, v in state.items() if k.startswith("perception.")}
-        )
-        self.aif.load_state_dict(
-            {k[len("aif.") :]: v for k, v in state.items() if k.startswith("aif.")}
-        )
+        # read as ``state`` reads: a snapshot's arrays straight into the groups' own
+        self.perception.load_state_dict(state_under(state, "perception."))
+        self.aif.load_state_dict(state_under(state, "aif."))
 
     # -- the group contract (edge_agent.core.contract.AgentGroup) ----------------------------------
     def advance(
