@@ -581,7 +581,8 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser(
         "replay",
         help="replay a recorded episode through one agent",
-        description="Replay REC.npz (obs (T, M), actions (T, F), optional trial_start (T,)) "
+        description="Replay REC.npz (obs (T, M), actions (T, F), optional trial_start (T,) "
+        "and planned (T,)) "
         "through one agent on MODEL.npz (pymdp keys A0.., B0.., C0.., D0.., E) and write per "
         "step qs{f}, q_pi, chosen_action, tied, recorded_shortfall and the policies to OUT.npz.",
     )
@@ -602,7 +603,8 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--recording",
         type=Path,
         required=True,
-        help="REC.npz: obs (T, M), actions (T, F), optional trial_start (T,)",
+        help="REC.npz: obs (T, M), actions (T, F), optional trial_start (T,) and planned (T,) "
+        "(the steps a run under a planning policy planned at; the agent plans at those)",
     )
     p.add_argument("--out", type=Path, required=True, help="OUT.npz to write, one row per step")
     p.add_argument(
@@ -617,6 +619,29 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default="float64",
         help="a .npz's tables: float64 as given, or int8 as on a device (a bundle "
         "always runs int8)",
+    )
+    plan = p.add_argument_group(
+        "planning",
+        "the agent plans as a group under [groups.planning] does (same keys; docs/planning.md) "
+        "and OUT.npz also holds, per step, planned, plan_policy, plan_left and plan_age; "
+        "default: every tick, as before",
+    )
+    plan.add_argument(
+        "--every", type=int, default=None, metavar="K",
+        help="plan when the plan is K ticks old (1: every tick; 0: never for its age alone)",
+    )
+    plan.add_argument(
+        "--belief-change", type=float, default=None, metavar="X",
+        help="plan when the beliefs moved this much (total variation, 0 < X <= 1)",
+    )
+    plan.add_argument(
+        "--max-agents", type=int, default=None, metavar="N",
+        help="at most N agents plan a tick (taken for parity: one agent is never deferred)",
+    )
+    plan.add_argument(
+        "--deadline-ms", type=float, default=None, metavar="MS",
+        help="no new block of planning MS ms into a tick (taken for parity: the first block, "
+        "one agent here, always plans)",
     )
     learn = p.add_argument_group(
         "learning",
@@ -671,6 +696,35 @@ def _replay_learning(args: argparse.Namespace, counts: dict[str, dict[int, Any]]
     )
 
 
+#: ``edge-agent replay``'s planning options: flag -> [groups.planning] key.
+_PLANNING_FLAGS: Final = {
+    "--every": "every",
+    "--belief-change": "belief_change",
+    "--max-agents": "max_agents",
+    "--deadline-ms": "deadline_ms",
+}
+
+
+def _replay_planning(args: argparse.Namespace) -> Any:
+    """The PlanningPolicy a replay runs with (the every-tick one without planning flags)."""
+    from edge_agent.aif.planning import PlanningPolicy
+    from edge_agent.errors import InputError
+    from edge_agent.records import RecordError
+
+    fields = {
+        key: getattr(args, key)
+        for key in _PLANNING_FLAGS.values()
+        if getattr(args, key) is not None
+    }
+    try:
+        return PlanningPolicy(**fields)
+    except RecordError as err:
+        flags = {key: flag for flag, key in _PLANNING_FLAGS.items()}
+        raise InputError(
+            "; ".join(f"{flags[str(loc[0])]}: {message}" for loc, message in err.problems)
+        ) from err
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -687,6 +741,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     counts: dict[str, dict[int, Any]] = {}
     model, settings, what = load_replay_model(args.model, trusted_keys=keys, counts=counts)
     learning = _replay_learning(args, counts)
+    planning = _replay_planning(args)
     if args.policy_len is not None or settings is None:
         base = settings if settings is not None else AifSettings()
         settings = dataclasses.replace(base, policy_len=args.policy_len or 1)
@@ -694,10 +749,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     precision: Precision = "int8" if isinstance(model, QuantizedModel) else args.precision
     out = replay(
         model, rec, settings=settings, precision=precision, learning=learning,
-        pD_from=args.pD_from,
+        pD_from=args.pD_from, planning=planning,
     )
     np.savez(args.out, **out)  # type: ignore[arg-type]
     print(f"replayed {what}, policy_len {settings.policy_len}")
+    if not planning.every_tick:
+        print(
+            f"planning {planning.describe()}: planned at {int(out['planned'].sum())} of "
+            f"{len(out['planned'])} steps (per step in {args.out}: planned, plan_policy, "
+            "plan_left, plan_age)"
+        )
     if learning is not None:
         learned = ", ".join(f"p{kind}{i}" for kind in "ABD" for i in sorted(counts.get(kind, {})))
         print(f"learned {learned} (final counts in {args.out})")

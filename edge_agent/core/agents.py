@@ -903,8 +903,17 @@ class AifAgentGroup:
         a = self.check_actions(actions)
         self.action[...] = a
         self.has_action[...] = True
+        self._propagate(a)
+
+    def drive_prior(self, actions: np.ndarray) -> None:
+        """The next prior from ``actions (N, F)`` without committing them: each agent keeps
+        its own action and committed plan (replay under a planning policy, where the recorded
+        action moved the world but an agent between plannings acts from its plan)."""
+        self._propagate(self.check_actions(actions))
+
+    def _propagate(self, actions: IntArray) -> None:
         for rows in self._blocks():
-            kernels.propagate_block(self.cm, rows.qs, a[rows.sl], rows.prior, rows.blk)
+            kernels.propagate_block(self.cm, rows.qs, actions[rows.sl], rows.prior, rows.blk)
 
     def step(
         self,
@@ -912,18 +921,30 @@ class AifAgentGroup:
         now: float | None = None,
         *,
         record: bool = True,
+        who_plans: NDArray[np.bool_] | None = None,
     ) -> IntArray:
         """One full tick for every agent: infer states, plan, act, record history.
 
         ``obs``: ``(N, M)`` integer outcomes, or soft evidence (see :meth:`check_evidence`; the
         history then records each modality's most probable outcome). ``record=False`` leaves the
-        history untouched (warm-up). Returns the committed actions ``(N, F)`` (a view of the
-        group's action array).
+        history untouched (warm-up). ``who_plans (N,)``, with a planning policy only: exactly
+        these agents plan this tick, whatever the policy and its budget would choose (replay of
+        a run whose budget or deadline chose them; the others that must plan are deferred).
+        Returns the committed actions ``(N, F)`` (a view of the group's action array).
         """
         o, soft = self.check_evidence(obs)
         record = record and self.history is not None
+        if who_plans is not None:
+            if self.planning.every_tick:
+                raise InputError(f"group {self.name!r}: who_plans needs a planning policy")
+            who_plans = np.asarray(who_plans)
+            if who_plans.shape != (self.n_agents,) or who_plans.dtype != np.bool_:
+                raise InputError(
+                    f"who_plans has shape {who_plans.shape} and dtype {who_plans.dtype}, "
+                    f"expected ({self.n_agents},) bool"
+                )
         if not self.planning.every_tick:
-            self._step_planning(o, soft, record)
+            self._step_planning(o, soft, record, who_plans)
         elif self._workers is not None and o is not None:
             self._workers.step(o, record, self.ticks)
         else:
@@ -961,16 +982,21 @@ class AifAgentGroup:
 
     # -- planning policies (edge_agent.aif.planning) ----------------------------------------------
     def _step_planning(
-        self, o: IntArray | None, soft: list[np.ndarray] | None, record: bool
+        self,
+        o: IntArray | None,
+        soft: list[np.ndarray] | None,
+        record: bool,
+        who_plans: NDArray[np.bool_] | None = None,
     ) -> None:
         """One tick under a planning policy, in three passes over the blocks (each on the
         workers, when the group has them): every agent infers its states; the agents that must
-        plan (in order of need, within the budget) are gathered into blocks, planned and
-        scattered back; then every agent's next prior. Between the passes the caller chooses
-        who plans and moves the others along their committed plans."""
+        plan (in order of need, within the budget; or ``who_plans``, see :meth:`step`) are
+        gathered into blocks, planned and scattered back; then every agent's next prior.
+        Between the passes the caller chooses who plans and moves the others along their
+        committed plans."""
         policy = self.planning
         deadline = np.inf  # the tick began now: its inference counts against the deadline
-        if policy.deadline_ms is not None:
+        if policy.deadline_ms is not None and who_plans is None:
             deadline = self._clock() + policy.deadline_ms / 1000.0
         self._plan_deadline[0] = deadline
         workers = self._workers if o is not None else None
@@ -981,15 +1007,18 @@ class AifAgentGroup:
             policy, self._change, self.plan_age, self.plan_left, self.deferred,
             out=self._must, scratch=self._flag,
         )
-        k = int(np.count_nonzero(must))
+        chosen = must if who_plans is None else who_plans
+        k = int(np.count_nonzero(chosen))
         candidates = self._candidates[:k]
-        np.compress(must, self._arange, out=candidates)
-        if policy.budgeted and k > 1:
+        np.compress(chosen, self._arange, out=candidates)
+        if policy.budgeted and k > 1 and who_plans is None:
             planning_order(
                 candidates, self._change, self.plan_age, self.deferred,
                 priority=self._keys, scratch=self._index_scratch, fscratch=self._change_scratch,
             )
-        limit = k if policy.max_agents is None else min(k, policy.max_agents)
+        limit = k if policy.max_agents is None or who_plans is not None else min(
+            k, policy.max_agents
+        )
         self._plan_limit[0] = limit
         self._chunk_done.fill(0)
         self._run_pass(_PLAN, o, soft, record, workers)
@@ -1005,7 +1034,8 @@ class AifAgentGroup:
         self._follow_plans(followers)
         self._run_pass(_PROPAGATE, o, soft, record, workers)
         counts = self.planning_counts
-        counts["planned"], counts["deferred"] = done, k - done
+        counts["planned"] = done
+        counts["deferred"] = k - done if who_plans is None else int(self.deferred.sum())
 
     def _inferred(self, o: IntArray | None) -> None:
         """After a planning tick's inference pass, before anyone plans: nothing here (a

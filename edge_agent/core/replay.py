@@ -2,7 +2,8 @@
 
 ``REC.npz`` holds ``obs (T, M)``, ``actions (T, F)`` (the action taken after step ``t``; it drives
 the prior at ``t + 1``) and optionally ``trial_start (T,)`` (truthy: reset to ``D`` before step
-``t``). The output holds, per step, ``qs{f} (T, S_f)``, ``q_pi (T, P)``, ``chosen_action (T, F)``
+``t``) and ``planned (T,)`` (bool: the steps the agent planned at in a run under a planning
+policy). The output holds, per step, ``qs{f} (T, S_f)``, ``q_pi (T, P)``, ``chosen_action (T, F)``
 (what the agent would have done) and ``policies (P, L, F)``.
 
 With a :class:`~edge_agent.aif.learning.LearningSpec` the agent learns while it replays, in
@@ -10,6 +11,13 @@ pymdp's order (infer, ``pA`` from the outcome, ``pB`` from the transition the re
 made, then plan with the refreshed tables); ``pD`` learns at the end of each trial from the
 trial's last posterior (``pD_from="first"``: its first, pymdp's ``update_D`` default), and the
 output also holds the final counts ``pA{m}``, ``pB{f}``, ``pD{f}``.
+
+With a :class:`~edge_agent.aif.planning.PlanningPolicy` other than every tick the agent plans
+as a group under that policy does (docs/planning.md): each step it infers its states, plans
+when the policy says so and otherwise acts from its committed plan; the recorded action drives
+the prior, the agent's own plan stays its own. The output also holds, per step, ``planned``
+and the committed plan after the step: ``plan_policy``, ``plan_left``, ``plan_age``,
+``deferred`` (what a snapshot carries); ``q_pi`` of a step without planning is that of the agent's last planning.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 from edge_agent.aif import agreement
 from edge_agent.aif.learning import LearningSpec
 from edge_agent.aif.model import Counts, GenerativeModel, load_npz
+from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.bundle.loader import MANIFEST_NAME, load_bundle
@@ -36,7 +45,10 @@ MODEL_USAGE = (
     "replay takes a float .npz model (pymdp keys A0.., B0..) or an Active Inference bundle "
     f"(a directory or .tar with {MANIFEST_NAME})"
 )
-RECORDING_USAGE = "--recording takes REC.npz: obs (T, M), actions (T, F), optional trial_start (T,)"
+RECORDING_USAGE = (
+    "--recording takes REC.npz: obs (T, M), actions (T, F), optional trial_start (T,) and "
+    "planned (T,)"
+)
 
 
 def _is_bundle_like(path: Path) -> bool:
@@ -131,7 +143,16 @@ def load_recording(
         trial_start = np.zeros(T, dtype=bool)
     elif trial_start.shape != (T,):
         raise InputError(f"{path}: trial_start has shape {trial_start.shape}, expected ({T},)")
-    return {"obs": obs, "actions": actions, "trial_start": trial_start.astype(bool)}
+    out = {"obs": obs, "actions": actions, "trial_start": trial_start.astype(bool)}
+    planned = rec.get("planned")
+    if planned is not None:
+        if planned.shape != (T,) or planned.dtype != np.bool_:
+            raise InputError(
+                f"{path}: planned has shape {planned.shape} and dtype {planned.dtype}, "
+                f"expected ({T},) bool"
+            )
+        out["planned"] = planned
+    return out
 
 
 def replay(
@@ -142,6 +163,7 @@ def replay(
     precision: Precision = "float64",
     learning: LearningSpec | None = None,
     pD_from: str = "last",
+    planning: PlanningPolicy | None = None,
 ) -> dict[str, np.ndarray]:
     """Run one agent through the recording; returns the arrays ``edge-agent replay`` writes.
 
@@ -149,10 +171,26 @@ def replay(
     more actions equally good to rounding, where argmax picks one on noise) and
     ``recorded_shortfall``: how far below its best the agent's action marginal rates the
     recorded action (0 when the recorded action is optimal, ties included). With ``learning``
-    the agent learns as it goes (module doc) and the final counts are returned too.
+    the agent learns as it goes (module doc) and the final counts are returned too. With a
+    ``planning`` policy see :func:`replay_planning` (the every-tick policy is this path).
     """
     if pD_from not in ("last", "first"):
         raise InputError(f"pD_from must be 'last' or 'first', got {pD_from!r}")
+    planned = recording.get("planned")
+    if (planning is None or planning.every_tick) and planned is not None and not planned.all():
+        raise InputError(
+            f"the recording planned at {int(planned.sum())} of {len(planned)} steps: replay it "
+            "with the run's planning policy (--every, --belief-change, ...)"
+        )
+    if planning is not None and not planning.every_tick:
+        if learning is not None:
+            raise InputError(
+                "a planning policy and learning together: learning agents plan every tick "
+                "(docs/learning.md); replay with one or the other"
+            )
+        return replay_planning(
+            model, recording, planning, settings=settings, precision=precision
+        )
     group: AifAgentGroup
     if learning is None:
         group = AifAgentGroup(model, 1, settings=settings, precision=precision, seed=0)
@@ -198,6 +236,78 @@ def replay(
         for counts in group.learner.counts:
             for slot, index in enumerate(counts.tables):
                 out[f"p{counts.kind}{index}"] = counts.counts[slot]
+    return out
+
+
+def replay_planning(
+    model: GenerativeModel | QuantizedModel,
+    recording: dict[str, np.ndarray],
+    planning: PlanningPolicy,
+    *,
+    settings: AifSettings | None = None,
+    precision: Precision = "float64",
+) -> dict[str, np.ndarray]:
+    """:func:`replay` of one agent under ``planning`` (module doc).
+
+    Besides :func:`replay`'s arrays, per step: ``planned (T,)`` whether the agent planned,
+    ``plan_policy``, ``plan_left``, ``plan_age`` and ``deferred`` ``(T,)``, its committed plan
+    after the step. A recording that holds ``planned (T,)`` (a run's, whose budget or deadline
+    chose who planned) makes the agent plan at exactly those steps; without, it plans when the
+    policy says.
+    At a step where it planned, ``tied`` and ``recorded_shortfall`` are :func:`replay`'s; at a
+    step where it acted from its plan the plan is a point mass on one action: ``tied`` is
+    false and ``recorded_shortfall`` is 0 if the recorded action is the plan's, 1 if not.
+    Without a recorded ``planned`` a budget (``max_agents``, ``deadline_ms``) never defers a
+    lone agent: the first block of a tick always plans.
+    """
+    group = AifAgentGroup(
+        model, 1, settings=settings, precision=precision, seed=0, planning=planning
+    )
+    obs, actions, trial_start = recording["obs"], recording["actions"], recording["trial_start"]
+    T = obs.shape[0]
+    qs = [np.zeros((T, s)) for s in model.num_states]
+    q_pi = np.zeros((T, group.cm.num_policies))
+    chosen = np.zeros((T, len(model.num_states)), dtype=np.int64)
+    tied = np.zeros(T, dtype=bool)
+    shortfall = np.zeros(T)
+    planned = np.zeros(T, dtype=bool)
+    plans = {
+        name: np.zeros(T, dtype=bool if name == "deferred" else np.int64)
+        for name in ("plan_policy", "plan_left", "plan_age", "deferred")
+    }
+    who_plans = recording.get("planned")
+    onehot = group.cm.tree.first_action_onehot
+    mode = group.settings.sampling_mode
+    for t in range(T):
+        if t > 0 and trial_start[t]:
+            group.reset()
+        who = None if who_plans is None else who_plans[t : t + 1]
+        group.step(obs[t : t + 1], record=False, who_plans=who)
+        for f, q in enumerate(group.qs):
+            qs[f][t] = q[0]
+        q_pi[t] = group.q_pi[0]
+        chosen[t] = group.action[0]
+        planned[t] = group.planning_counts["planned"] > 0
+        for name, column in plans.items():
+            column[t] = getattr(group, name)[0]
+        if planned[t]:
+            tied[t] = agreement.count_ties(q_pi[t : t + 1], onehot)[0]
+            shortfall[t] = agreement.action_shortfall(
+                q_pi[t : t + 1], onehot, actions[t : t + 1], mode=mode
+            )[0]
+        else:
+            shortfall[t] = 0.0 if (actions[t] == chosen[t]).all() else 1.0
+        group.drive_prior(actions[t : t + 1])
+    out: dict[str, np.ndarray] = {f"qs{f}": q for f, q in enumerate(qs)}
+    out.update(
+        q_pi=q_pi,
+        chosen_action=chosen,
+        policies=group.cm.tree.policies,
+        tied=tied,
+        recorded_shortfall=shortfall,
+        planned=planned,
+        **plans,
+    )
     return out
 
 

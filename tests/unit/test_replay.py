@@ -9,11 +9,13 @@ import pytest
 
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel, load_npz, save_npz
+from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.reference import ReferenceAgent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.cli import main
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
+from edge_agent.sim.registry import make_env
 
 
 def make_model(rng: np.random.Generator) -> GenerativeModel:
@@ -291,3 +293,149 @@ def test_replay_says_what_it_takes_instead_of_pickled_data(
         assert "pickle" not in err
     assert main(["replay", str(bundle), "--recording", str(rec), *out]) == 0
     assert "replayed bundle grid" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ planning policies
+def _record_under_policy(
+    world: str, policy_len: int, policy: PlanningPolicy, n: int, steps: int
+) -> tuple[GenerativeModel, dict[str, np.ndarray]]:
+    """A group of ``n`` int8 agents stepped through its world under ``policy``: per step and
+    agent its outcomes, actions, trial starts, the q_pi it held and its committed plans."""
+    env = make_env(world, n, seed=7)
+    group = AifAgentGroup(
+        env.model, n, settings=AifSettings(policy_len=policy_len), planning=policy, block_size=4
+    )
+    keys = ("obs", "actions", "trial_start", "q_pi", "planned", "plan_policy", "plan_left",
+            "plan_age", "deferred")
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    obs = env.reset()
+    for t in range(steps):
+        start = env.episode_start.copy() if t else np.zeros(n, dtype=bool)
+        if start.any():
+            group.reset(start)
+        rows["obs"].append(obs.copy())
+        rows["trial_start"].append(start)
+        actions = group.step(obs).copy()
+        rows["actions"].append(actions)
+        rows["q_pi"].append(group.q_pi.copy())
+        rows["planned"].append(group.plan_age == 0)
+        for k in ("plan_policy", "plan_left", "plan_age", "deferred"):
+            rows[k].append(getattr(group, k).copy())
+        obs = env.step(actions)
+    return env.model, {k: np.stack(v, axis=1) for k, v in rows.items()}  # (n, T, ...)
+
+
+@pytest.mark.parametrize(
+    ("world", "policy_len", "flags"),
+    [
+        ("grid10", 2, {"every": 3, "belief_change": 0.3}),
+        ("grid10", 1, {"every": 2}),
+        ("tmaze", 1, {"every": 4, "belief_change": 0.1}),
+        ("explorer", 3, {"every": 8, "belief_change": 0.3, "max_agents": 2}),
+    ],
+)
+def test_a_run_under_a_policy_replays_to_its_actions_and_committed_plans(
+    tmp_path: Path, world: str, policy_len: int, flags: dict[str, float]
+) -> None:
+    """Each agent of a run under a planning policy, replayed alone with the same policy
+    (``--every``.. as [groups.planning]): it plans at the same steps, its committed plans are
+    the run's (as a snapshot carries them), and its actions are the run's, compared as actions
+    optimal under the other's posterior where a tie leaves the choice to rounding. Under a
+    budget, which agents the group served is the run's choice: the recording carries it
+    (``planned``), and the lone agent plans exactly then."""
+    n, steps = 6, 30
+    policy = PlanningPolicy(**flags)  # type: ignore[arg-type]
+    model, run = _record_under_policy(world, policy_len, policy, n, steps)
+    model_path = tmp_path / "model.npz"
+    save_npz(model, model_path)
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
+    exact = 0
+    for agent in range(n):
+        rec = tmp_path / f"rec{agent}.npz"
+        budget = {"planned": run["planned"][agent]} if policy.budgeted else {}
+        np.savez(rec, obs=run["obs"][agent], actions=run["actions"][agent],
+                 trial_start=run["trial_start"][agent], **budget)
+        out_path = tmp_path / f"out{agent}.npz"
+        assert main(["replay", str(model_path), "--recording", str(rec), "--out", str(out_path),
+                     "--policy-len", str(policy_len), "--precision", "int8", *options]) == 0
+        out = np.load(out_path)
+        np.testing.assert_array_equal(out["planned"], run["planned"][agent])
+        np.testing.assert_array_equal(out["plan_left"], run["plan_left"][agent])
+        np.testing.assert_array_equal(out["plan_age"], run["plan_age"][agent])
+        np.testing.assert_array_equal(out["deferred"], run["deferred"][agent])
+        onehot = [np.eye(u)[out["policies"][:, 0, f]] for f, u in enumerate(model.num_controls)]
+        planned = out["planned"]
+        assert 0 < planned.sum() < steps  # the policy chose when to plan
+        assert planned[0] or policy.budgeted  # a first plan, unless the budget put it off
+        # Where it planned: each side's action is optimal under the other's posterior, and so
+        # is each side's committed policy.
+        rec_q, own_q = run["q_pi"][agent][planned], out["q_pi"][planned]
+        assert agreement.actions_agree(rec_q, onehot, out["chosen_action"][planned]).all()
+        assert agreement.actions_agree(own_q, onehot, run["actions"][agent][planned]).all()
+        for q, p in ((rec_q, out["plan_policy"][planned]),
+                     (own_q, run["plan_policy"][agent][planned])):
+            best = q.max(axis=1) - agreement.ROUNDING_TOL
+            assert (q[np.arange(len(p)), p] >= best).all()
+        # The same committed plan gives the same actions until the next planning.
+        same_plan = out["plan_policy"] == run["plan_policy"][agent]
+        same_action = (out["chosen_action"] == run["actions"][agent]).all(axis=1)
+        assert same_action[same_plan & ~planned].all()
+        exact += int(same_action.sum())
+        agreed = out["recorded_shortfall"] <= agreement.ROUNDING_TOL
+        assert (agreed == (same_action | planned)).all()
+    assert exact >= 0.9 * n * steps  # ties aside, the very same actions
+    assert run["deferred"].any() == policy.budgeted  # the budget did put agents off
+
+
+def test_replay_without_planning_flags_writes_what_it_wrote_before(
+    files: tuple[Path, Path, GenerativeModel, dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    """The every-tick default is the replay of before: the same arrays, bit for bit, whether
+    the policy is left out or given as ``--every 1``."""
+    model_path, rec_path, _, _ = files
+    common = ["replay", str(model_path), "--recording", str(rec_path), "--policy-len", "2"]
+    assert main([*common, "--out", str(tmp_path / "plain.npz")]) == 0
+    assert main([*common, "--out", str(tmp_path / "every1.npz"), "--every", "1"]) == 0
+    plain, every1 = np.load(tmp_path / "plain.npz"), np.load(tmp_path / "every1.npz")
+    assert sorted(plain.files) == sorted(
+        ["qs0", "qs1", "q_pi", "chosen_action", "policies", "tied", "recorded_shortfall"]
+    )
+    assert sorted(every1.files) == sorted(plain.files)
+    for k in plain.files:
+        np.testing.assert_array_equal(plain[k], every1[k], err_msg=k)
+
+
+def test_replay_refuses_a_bad_policy_in_one_line_naming_the_flag(
+    files: tuple[Path, Path, GenerativeModel, dict[str, np.ndarray]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model_path, rec_path, _, _ = files
+    common = ["replay", str(model_path), "--recording", str(rec_path), "--out",
+              str(tmp_path / "o.npz")]
+    cases = {
+        ("--belief-change", "0.2"): "edge-agent replay: --belief-change: needs every = 0 or "
+        "every > 1",
+        ("--every", "0"): "edge-agent replay: --every: 0 (never for age) needs belief_change",
+        ("--deadline-ms", "0"): "edge-agent replay: --deadline-ms: must be > 0",
+    }
+    for args, message in cases.items():
+        assert main([*common, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(message), err
+        assert err.count("\n") == 1, err
+    assert not (tmp_path / "o.npz").exists()
+    # A run's planned steps without its policy: the every-tick agent would plan at all.
+    rec = dict(np.load(rec_path))
+    steps = len(rec["obs"])
+    np.savez(tmp_path / "planned.npz", **rec, planned=np.arange(steps) % 2 == 0)
+    assert main([*common[:3], str(tmp_path / "planned.npz"), *common[4:]]) == 2
+    assert capsys.readouterr().err == (
+        f"edge-agent replay: the recording planned at {(steps + 1) // 2} of {steps} steps: "
+        "replay it with the run's planning policy (--every, --belief-change, ...)\n"
+    )
+    np.savez(tmp_path / "planned.npz", **rec, planned=np.ones(steps, dtype=np.int8))
+    assert main([*common[:3], str(tmp_path / "planned.npz"), *common[4:], "--every", "2"]) == 2
+    assert f"planned has shape ({steps},) and dtype int8, expected ({steps},) bool" in (
+        capsys.readouterr().err
+    )
