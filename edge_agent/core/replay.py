@@ -17,7 +17,8 @@ as a group under that policy does (docs/planning.md): each step it infers its st
 when the policy says so and otherwise acts from its committed plan; the recorded action drives
 the prior, the agent's own plan stays its own. The output also holds, per step, ``planned``
 and the committed plan after the step: ``plan_policy``, ``plan_left``, ``plan_age``,
-``deferred`` (what a snapshot carries); ``q_pi`` of a step without planning is that of the agent's last planning.
+``deferred`` (what a snapshot carries); ``q_pi`` of a step without planning is that of the
+agent's last planning.
 """
 
 from __future__ import annotations
