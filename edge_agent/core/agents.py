@@ -921,28 +921,43 @@ class AifAgentGroup:
         now: float | None = None,
         *,
         record: bool = True,
-        who_plans: NDArray[np.bool_] | None = None,
     ) -> IntArray:
         """One full tick for every agent: infer states, plan, act, record history.
 
         ``obs``: ``(N, M)`` integer outcomes, or soft evidence (see :meth:`check_evidence`; the
         history then records each modality's most probable outcome). ``record=False`` leaves the
-        history untouched (warm-up). ``who_plans (N,)``, with a planning policy only: exactly
-        these agents plan this tick, whatever the policy and its budget would choose (replay of
-        a run whose budget or deadline chose them; the others that must plan are deferred).
-        Returns the committed actions ``(N, F)`` (a view of the group's action array).
+        history untouched (warm-up). Returns the committed actions ``(N, F)`` (a view of the
+        group's action array).
         """
+        return self._step(obs, now, record, None)
+
+    def step_planned(
+        self, obs: np.ndarray | Sequence[np.ndarray], who_plans: np.ndarray
+    ) -> IntArray:
+        """:meth:`step` (without recording) in which exactly the agents ``who_plans (N,)``
+        (bool) plan, whatever the planning policy and its budget would choose; the others that
+        must plan are deferred. For replay of a run whose budget or deadline chose them; needs
+        a planning policy."""
+        if self.planning.every_tick:
+            raise InputError(f"group {self.name!r}: step_planned needs a planning policy")
+        who = np.asarray(who_plans)
+        if who.shape != (self.n_agents,) or who.dtype != np.bool_:
+            raise InputError(
+                f"who_plans has shape {who.shape} and dtype {who.dtype}, "
+                f"expected ({self.n_agents},) bool"
+            )
+        return self._step(obs, None, False, who)
+
+    def _step(
+        self,
+        obs: np.ndarray | Sequence[np.ndarray],
+        now: float | None,
+        record: bool,
+        who_plans: NDArray[np.bool_] | None,
+    ) -> IntArray:
+        """:meth:`step`; ``who_plans``: see :meth:`step_planned`."""
         o, soft = self.check_evidence(obs)
         record = record and self.history is not None
-        if who_plans is not None:
-            if self.planning.every_tick:
-                raise InputError(f"group {self.name!r}: who_plans needs a planning policy")
-            who_plans = np.asarray(who_plans)
-            if who_plans.shape != (self.n_agents,) or who_plans.dtype != np.bool_:
-                raise InputError(
-                    f"who_plans has shape {who_plans.shape} and dtype {who_plans.dtype}, "
-                    f"expected ({self.n_agents},) bool"
-                )
         if not self.planning.every_tick:
             self._step_planning(o, soft, record, who_plans)
         elif self._workers is not None and o is not None:

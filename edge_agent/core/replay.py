@@ -282,8 +282,10 @@ def replay_planning(
     for t in range(T):
         if t > 0 and trial_start[t]:
             group.reset()
-        who = None if who_plans is None else who_plans[t : t + 1]
-        group.step(obs[t : t + 1], record=False, who_plans=who)
+        if who_plans is None:
+            group.step(obs[t : t + 1], record=False)
+        else:
+            group.step_planned(obs[t : t + 1], who_plans[t : t + 1])
         for f, q in enumerate(group.qs):
             qs[f][t] = q[0]
         q_pi[t] = group.q_pi[0]
