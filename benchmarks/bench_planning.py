@@ -28,8 +28,22 @@ twice as many planning every agent every tick within ``deadline_ms`` (60 % of th
 the start of the group's tick: the next priors and the world follow) for 100
 ticks: ``tick_ms_p50/p99/max``, ``ticks_over_period`` and ``duty_cycle``.
 
-``--smoke`` runs every world and policy with 10 agents for 6 steps: the code path, for CI
-(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+``--daemon grid10:2 [--workers 2] [--seconds 30] [--deadline-ms 50]`` measures the same with the
+real daemon (``python -m edge_agent run``, profile x86-dev, 10 Hz, one group of the world with
+``workers`` processes, sim source and sink, the profile's history): first the largest group
+that runs every-tick planning within the period (``fits_every_tick``: a probe run, then at
+most ``--search`` runs scaled to a tick p99 of 90 % of the period, keeping the largest N with
+no overrun, no missed tick and p99 within the period), then twice that many agents planning
+every agent every tick within ``deadline_ms``. Each run's record (``bench``:
+``daemon_every_tick`` or ``daemon_deadline``) has the daemon's own counters (``ticks``,
+``overruns``: ticks that ended after the next tick was due, ``missed``: ticks skipped behind),
+its tick ``p50_ms``/``p99_ms``, the planning ``duty_cycle`` and ``deferred`` (mean of the status
+file's last-tick numbers, read every 0.5 s), the daemon's CPU time over its wall time (workers
+included) and the machine's 1-minute load average before and after.
+
+``--smoke`` runs every world and policy with 10 agents for 6 steps, and the daemon mode with 40
+agents for 2 s: the code path, for CI (tests/integration/test_benchmarks_short.py); its numbers
+mean nothing.
 """
 
 from __future__ import annotations
@@ -37,8 +51,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: world:policy_len cases run by default.
 CASES = (
@@ -174,6 +196,136 @@ def deadline_run(
     }
 
 
+def daemon_config(
+    state: Path, world: str, policy_len: int, n: int, *, workers: int, deadline_ms: float | None
+) -> str:
+    planning = "" if deadline_ms is None else f"\n[groups.planning]\ndeadline_ms = {deadline_ms}\n"
+    return f"""
+[daemon]
+profile = "x86-dev"
+state_dir = "{state}"
+status_file = "{state / "status.json"}"
+tick_hz = 10
+log_level = "warning"
+
+[[groups]]
+name = "{world}"
+model = {{ type = "builtin", name = "{world}" }}
+count = {n}
+workers = {workers}
+source = {{ type = "sim" }}
+sink = {{ type = "sim" }}
+
+[groups.settings]
+policy_len = {policy_len}
+{planning}"""
+
+
+def daemon_run(
+    world: str, policy_len: int, n: int, *, workers: int, seconds: float,
+    deadline_ms: float | None,
+) -> dict[str, Any]:
+    """The real daemon with one group of ``n`` agents for ``seconds`` after READY: its tick
+    counters from the final status file, the planning numbers sampled while it ran."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        state, cfg, log = tmpdir / "state", tmpdir / "cfg.toml", tmpdir / "daemon.log"
+        cfg.write_text(
+            daemon_config(state, world, policy_len, n, workers=workers, deadline_ms=deadline_ms)
+        )
+        env = {**os.environ, "EDGE_AGENT_PROFILES_DIR": str(REPO / "firmware_profiles")}
+        load_before = os.getloadavg()[0]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        status_path = state / "status.json"
+        with log.open("wb") as log_file:  # a pipe nobody reads would block the daemon's log
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg),
+                 "--duration", str(seconds)],
+                env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log_file,
+            )
+        samples: list[dict[str, Any]] = []
+        try:
+            limit = time.monotonic() + seconds + 300  # a safety net: startup included
+            while proc.poll() is None and time.monotonic() < limit:  # bounded
+                time.sleep(0.5)
+                try:
+                    status = json.loads(status_path.read_text())
+                except (OSError, ValueError):
+                    continue  # not written yet, or being replaced
+                group = status["groups"][0] if status.get("groups") else {}
+                if status.get("state") == "running" and "planning" in group:
+                    samples.append(group["planning"])
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+                raise SystemExit(f"the daemon ran {seconds + 300:.0f} s past its --duration")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"the daemon exited {proc.returncode}; its log ends:\n{tail}")
+        final = json.loads(status_path.read_text())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    tick = final["tick"]
+    group = final["groups"][0]
+    out: dict[str, Any] = {
+        "bench": "daemon_every_tick" if deadline_ms is None else "daemon_deadline",
+        "world": world, "policy_len": policy_len, "N": n, "hz": tick["hz"],
+        "workers": group.get("workers"), "deadline_ms": deadline_ms, "seconds": seconds,
+        "ticks": tick["ticks"], "overruns": tick["overruns"], "missed": tick["missed"],
+        "tick_p50_ms": tick["p50_ms"], "tick_p99_ms": tick["p99_ms"],
+        "daemon_cpu_per_wall": round(cpu / wall, 3),
+        "load1_before": round(load_before, 2), "load1_after": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+    }
+    if samples:
+        out["duty_cycle"] = round(sum(p["duty_cycle"] for p in samples) / len(samples), 4)
+        out["deferred"] = round(sum(p["deferred"] for p in samples) / len(samples))
+        out["plan_age_max"] = max(p["plan_age_max"] for p in samples)
+    return out
+
+
+def fits(record: dict[str, Any]) -> bool:
+    """A run within 10 Hz: no tick over the period, none skipped, p99 within the period."""
+    return bool(
+        record["overruns"] == 0 and record["missed"] == 0 and record["tick_p99_ms"] <= 100.0
+    )
+
+
+def daemon_deadline(
+    world: str, policy_len: int, workers: int, seconds: float, deadline_ms: float, *,
+    probe: int, search: int,
+) -> None:
+    """``fits_every_tick`` by the daemon, then twice as many agents within the deadline."""
+    n, best = probe, None
+    for _ in range(1 + search):  # bounded: the probe, then the search
+        rec = daemon_run(
+            world, policy_len, n, workers=workers, seconds=seconds, deadline_ms=None
+        )
+        ok = fits(rec)
+        emit({**rec, "fits": ok})
+        if ok and (best is None or n > best):
+            best = n
+        # Scale to a p99 of 90 % of the period (at least 2 agents a worker).
+        scaled = int(n * 90.0 / max(rec["tick_p99_ms"], 1e-3))
+        n = max(2 * workers, scaled if ok or best is None else min(scaled, n - 1))
+        if best is not None and n <= best:
+            n = int(best * 1.05) + 1  # just fits: probe a little above what fitted
+    if best is None:
+        raise SystemExit(f"no run of {world} fitted 10 Hz with every-tick planning")
+    rec = daemon_run(
+        world, policy_len, 2 * best, workers=workers, seconds=seconds, deadline_ms=deadline_ms
+    )
+    rec["fits_every_tick"] = best
+    rec["met"] = rec["overruns"] == 0 and rec["missed"] == 0
+    emit(rec)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=10_000)
@@ -186,7 +338,25 @@ def main() -> None:
         "--deadline", default=None, metavar="WORLD:L",
         help="instead: a group twice as large as fits at 10 Hz, planning within a deadline",
     )
+    parser.add_argument(
+        "--daemon", default=None, metavar="WORLD:L",
+        help="instead: the same with the real daemon (fits by the daemon's own tick counters)",
+    )
+    parser.add_argument("--seconds", type=float, default=30.0, help="each daemon run (--daemon)")
+    parser.add_argument("--deadline-ms", type=float, default=50.0, help="(--daemon)")
+    parser.add_argument("--probe", type=int, default=4000, help="first every-tick N (--daemon)")
+    parser.add_argument("--search", type=int, default=3, help="runs after the probe (--daemon)")
     args = parser.parse_args()
+    if args.daemon is not None or args.smoke:
+        world, policy_len = (args.daemon or "grid10:2").split(":")
+        if args.smoke:
+            args.seconds, args.probe, args.search, args.workers = 2.0, 40, 0, 2
+        daemon_deadline(
+            world, int(policy_len), args.workers, args.seconds, args.deadline_ms,
+            probe=args.probe, search=args.search,
+        )
+        if not args.smoke:
+            return
     if args.smoke:
         args.agents, args.steps = 10, 6
     if args.deadline is not None or args.smoke:

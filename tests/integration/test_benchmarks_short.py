@@ -154,6 +154,10 @@ EXPECTED: dict[str, list[Record]] = {
     "bench_planning.py": [
         ({"bench": "machine"}, ("cpus", "agents", "steps")),
         ({"bench": "deadline"}, ("fits_every_tick", "tick_ms_p99", "ticks_over_period")),
+        ({"bench": "daemon_every_tick"}, ("fits", "overruns", "missed", "tick_p99_ms")),
+        ({"bench": "daemon_deadline"},
+         ("fits_every_tick", "overruns", "missed", "tick_p99_ms", "duty_cycle", "met",
+          "daemon_cpu_per_wall", "load1_before")),
         *[({"bench": "planning", "world": w, "policy": p},
            ("cpu_agent_steps_per_s", "duty_cycle", "score", "score_ratio", "speedup"))
           for w in ("grid10", "tmaze", "explorer", "tmaze-reversal", "grid-slippery")

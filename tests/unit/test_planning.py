@@ -7,6 +7,7 @@ does not keeps its committed plan, and the budget serves the agents in order of 
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -380,3 +381,90 @@ def test_a_group_that_steps_its_own_way_refuses_a_policy() -> None:
                                   settings=LearningSettings(scope="per_agent")),
             planning=PlanningPolicy(every=2),
         )
+
+
+# --------------------------------------------------------------------- deep plans, deadline
+def test_deep_planning_spreads_over_ticks_under_a_deadline() -> None:
+    """Three-step policies under a deadline: each tick plans the blocks that fit (the fake clock
+    lets three in), the agents put off keep walking their committed plans and go first on the
+    next tick, every agent gets its turn, and what a planned agent computes is the every-tick
+    evaluation of its beliefs (to rounding)."""
+    n, L = 20, 3
+    clock = _Clock()
+    env = make_env("grid10", n, seed=2)
+    group = AifAgentGroup(
+        env.model, n, settings=AifSettings(policy_len=L),
+        planning=PlanningPolicy(deadline_ms=2500), clock=clock, block_size=4,
+    )
+    assert group.block_size == 4
+    assert group.cm.deep is not None  # the deep planner's gathered path is what is spread
+    check = AifAgentGroup(env.model, n, settings=AifSettings(policy_len=L), block_size=4)
+    policies = group.cm.tree.policies
+    obs = env.reset()
+    served = np.zeros(n, dtype=int)
+    previous_deferred = np.zeros(n, dtype=bool)
+    put_off = 0
+    for t in range(9):
+        before = {k: getattr(group, k).copy() for k in ("plan_policy", "plan_left")}
+        group.step(obs)
+        stats = group.planning_stats()
+        planned = group.plan_age == 0
+        assert stats["planned"] == int(planned.sum()) <= 12  # three blocks at most
+        assert stats["deferred"] == int(group.deferred.sum())
+        put_off += stats["deferred"]
+        assert planned[previous_deferred].all() or previous_deferred.sum() > 12
+        # Those that did not plan took their committed plan's next step (the last one again
+        # once it is used up).
+        follow = ~planned & (before["plan_left"] > 0) & (t > 0)
+        step = L - before["plan_left"][follow]
+        np.testing.assert_array_equal(
+            group.action[follow], policies[before["plan_policy"][follow], step]
+        )
+        # A planned agent's q_pi is the every-tick evaluation of its beliefs.
+        check.load_state_dict({k: v for k, v in _state(group).items() if k in _state(check)})
+        check.infer_policies()
+        np.testing.assert_allclose(group.q_pi[planned], check.q_pi[planned], atol=1e-5)
+        served += planned
+        previous_deferred = group.deferred.copy()
+        obs = env.step(group.action)
+    assert put_off > 0  # the deadline did put agents off
+    assert (served >= 2).all()  # none starved: deep plans spread over the ticks
+
+
+class _SharedClock:
+    """Like :class:`_Clock`, one second a read, but one count for the caller and its forked
+    workers (a counter in shared memory behind a process-shared lock)."""
+
+    def __init__(self) -> None:
+        self.reads = multiprocessing.get_context("fork").Value("q", 0)
+
+    def __call__(self) -> float:
+        with self.reads.get_lock():
+            self.reads.value += 1
+            return float(self.reads.value)
+
+
+def test_workers_honour_the_deadline_between_them() -> None:
+    """Two processes share a tick's planning: each checks the one deadline before it takes a
+    block, so together they plan as many blocks as the caller alone would (the first block,
+    then one a clock read until the deadline), and put the rest off."""
+    n = 20
+    env = make_env("grid10", n, seed=2)
+    group = AifAgentGroup(
+        env.model, n, settings=AifSettings(policy_len=3),
+        planning=PlanningPolicy(deadline_ms=2500), clock=_SharedClock(), block_size=4,
+    )
+    try:
+        assert group.start_workers(2) == 2
+        obs = env.reset()
+        group.step(obs)
+        stats = group.planning_stats()
+        assert stats["planned"] == 12  # reads at 1 (deadline 3.5), 2 and 3 s: three blocks
+        assert stats["deferred"] == 8
+        deferred = group.deferred.copy()
+        group.step(env.step(group.action))
+        assert (group.plan_age[deferred] == 0).all()  # the 8 put off plan first
+        assert group.workers == 2
+        assert group.workers_restarts == 0
+    finally:
+        group.release()
