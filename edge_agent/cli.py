@@ -757,7 +757,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(
             f"planning {planning.describe()}: planned at {int(out['planned'].sum())} of "
             f"{len(out['planned'])} steps (per step in {args.out}: planned, plan_policy, "
-            "plan_left, plan_age)"
+            "plan_left, plan_age, deferred)"
         )
     if learning is not None:
         learned = ", ".join(f"p{kind}{i}" for kind in "ABD" for i in sorted(counts.get(kind, {})))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.doc_blocks import ROOT, doc_block
@@ -57,3 +59,30 @@ def test_check_config_shows_the_planning_example() -> None:
     assert "planning every 4 ticks or belief change >= 0.1 or when a plan runs out" in (
         result.stdout
     )
+
+
+def test_the_replay_block_plans_by_the_policy(tmp_path: Path) -> None:
+    """The replay block as written, on a copy of the examples: the agent plans at some steps
+    and not others, and the output holds the plans per step, consistent with each other."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", doc_block("docs/planning.md", 2)], cwd=tmp_path,
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(tmp_path / "replayed.npz") as out:
+        planned, age, left = out["planned"], out["plan_age"], out["plan_left"]
+        shortfall, policies = out["recorded_shortfall"], out["policies"]
+    assert policies.shape[1] == 3
+    count = int(planned.sum())
+    assert 0 < count < len(planned)
+    assert (
+        "planning every 4 ticks or belief change >= 0.3 or when a plan runs out: planned at "
+        f"{count} of {len(planned)} steps" in result.stdout
+    )
+    np.testing.assert_array_equal(age == 0, planned)
+    assert (age < 4).all()  # a plan 4 steps old is replaced
+    assert (left[planned] == 2).all()  # a fresh three-step plan has two steps left after one
+    assert set(np.unique(shortfall[~planned])) <= {0.0, 1.0}  # a plan is one action
