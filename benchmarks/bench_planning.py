@@ -26,7 +26,9 @@ The process runs one thread (``OPENBLAS_NUM_THREADS=1``), so it uses one core.
 10 Hz tick with every-tick planning (``fits_every_tick``, from a probe of 2,000 agents), then
 twice as many planning every agent every tick within ``deadline_ms`` (60 % of the period, from
 the start of the group's tick: the next priors and the world follow) for 100
-ticks: ``tick_ms_p50/p99/max``, ``ticks_over_period`` and ``duty_cycle``.
+ticks: ``tick_ms_p50/p99/max``, ``ticks_over_period``, ``duty_cycle``, and the mean time a tick
+spent in each pass of the group (``infer_ms_mean``, ``plan_ms_mean``, ``priors_ms_mean``) and
+in the world's step (``world_ms_mean``).
 
 ``--daemon grid10:2 [--workers 2] [--seconds 30] [--deadline-ms 50]`` measures the same with the
 real daemon (``python -m edge_agent run``, profile x86-dev, 10 Hz, one group of the world with
@@ -171,16 +173,28 @@ def deadline_run(
         planning=PlanningPolicy(deadline_ms=deadline_ms),
     )
     group.start_workers(workers)
+    # Where a tick goes: its three passes (state inference, planning, next priors), timed.
+    passes = [0.0, 0.0, 0.0]
+    run_pass = group._run_pass
+
+    def timed(what: int, *args: Any) -> None:
+        t0 = time.perf_counter()
+        run_pass(what, *args)
+        passes[what] += time.perf_counter() - t0
+
+    group._run_pass = timed  # type: ignore[method-assign]
     obs = env.reset()
-    times, duty = [], 0.0
+    times, duty, world_s = [], 0.0, 0.0
     for _ in range(ticks):
         if env.episode_start.any():
             group.reset(env.episode_start)
         t0 = time.perf_counter()
         actions = group.step(obs)
-        times.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
         duty += group.planning_stats()["duty_cycle"]
         obs = env.step(actions)
+        world_s += time.perf_counter() - t1
     used = group.workers
     group.release()
     arr = np.array(times)
@@ -193,6 +207,12 @@ def deadline_run(
         "tick_ms_max": round(float(arr.max()) * 1e3, 2),
         "ticks_over_period": int((arr > period).sum()),
         "duty_cycle": round(duty / ticks, 4),
+        **{
+            f"{name}_ms_mean": round(seconds / ticks * 1e3, 2)
+            for name, seconds in zip(
+                ("infer", "plan", "priors", "world"), (*passes, world_s), strict=True
+            )
+        },
     }
 
 
@@ -255,7 +275,7 @@ def daemon_run(
                 if status.get("state") != "running":
                     continue
                 used = cpu_seconds(proc.pid)
-                if used == used:  # not NaN: the daemon had not exited
+                if used is not None:
                     cpu.append((time.monotonic(), used))
                 group = status["groups"][0] if status.get("groups") else {}
                 if "planning" in group:
@@ -294,7 +314,7 @@ def daemon_run(
     return out
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float | None:
     """User and system CPU seconds of process ``pid`` and its children (the workers) so far."""
     import psutil
 
@@ -304,7 +324,7 @@ def cpu_seconds(pid: int) -> float:
         for child in proc.children():
             total += sum(child.cpu_times()[:2])
     except psutil.Error:  # it just exited
-        return float("nan")
+        return None
     return float(total)
 
 
