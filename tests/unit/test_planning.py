@@ -468,3 +468,22 @@ def test_workers_honour_the_deadline_between_them() -> None:
         assert group.workers_restarts == 0
     finally:
         group.release()
+
+
+def test_step_planned_plans_exactly_the_agents_given() -> None:
+    """Replay's verb: the agents given plan, whatever the budget; the others that had to plan
+    are deferred and act from their plans."""
+    n = 12
+    env = make_env("grid10", n, seed=4)
+    group = AifAgentGroup(env.model, n, planning=PlanningPolicy(every=2, max_agents=1))
+    obs = env.reset()
+    who = np.arange(n) % 3 == 0
+    group.step_planned(obs, who)  # the first tick: every agent must plan, four may
+    np.testing.assert_array_equal(group.plan_age == 0, who)
+    np.testing.assert_array_equal(group.deferred, ~who)
+    assert group.planning_stats()["planned"] == 4
+    assert group.planning_stats()["deferred"] == 8
+    with pytest.raises(InputError, match=r"who_plans has shape \(3,\) and dtype bool"):
+        group.step_planned(obs, who[:3])
+    with pytest.raises(InputError, match="step_planned needs a planning policy"):
+        AifAgentGroup(env.model, n).step_planned(obs, who)
