@@ -623,8 +623,8 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     plan = p.add_argument_group(
         "planning",
         "the agent plans as a group under [groups.planning] does (same keys; docs/planning.md) "
-        "and OUT.npz also holds, per step, planned, plan_policy, plan_left and plan_age; "
-        "default: every tick, as before",
+        "and OUT.npz also holds, per step, planned, plan_policy, plan_left, plan_age and "
+        "deferred; default: every tick, as before",
     )
     plan.add_argument(
         "--every", type=int, default=None, metavar="K",
@@ -636,12 +636,13 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     plan.add_argument(
         "--max-agents", type=int, default=None, metavar="N",
-        help="at most N agents plan a tick (taken for parity: one agent is never deferred)",
+        help="at most N agents plan a tick (one agent alone is never put off: a run's "
+        "budget choice comes as the recording's planned)",
     )
     plan.add_argument(
         "--deadline-ms", type=float, default=None, metavar="MS",
-        help="no new block of planning MS ms into a tick (taken for parity: the first block, "
-        "one agent here, always plans)",
+        help="no new block of planning MS ms into a tick (the first block, one agent here, "
+        "always plans: a run's choice comes as the recording's planned)",
     )
     learn = p.add_argument_group(
         "learning",
