@@ -771,6 +771,18 @@ def profile_problems(config: DaemonConfig, profile: FirmwareProfile) -> list[Pro
                 f"profile {profile.name!r} (a throttled tick takes {slowest:g} s)",
             )
         )
+    period_ms = 1000.0 / tick_hz
+    for index, group in enumerate(config.groups):
+        deadline_ms = group.planning.deadline_ms
+        if deadline_ms is not None and deadline_ms >= period_ms:
+            problems.append(
+                (
+                    ("groups", index, "planning", "deadline_ms"),
+                    f"{deadline_ms:g} ms is not within the {period_ms:g} ms tick "
+                    f"({tick_hz:g} Hz): planning would run into the next tick "
+                    "(docs/planning.md, choosing deadline_ms)",
+                )
+            )
     return problems
 
 

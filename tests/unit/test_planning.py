@@ -16,7 +16,7 @@ import pytest
 
 from edge_agent.aif.planning import PlanningPolicy, planning_order
 from edge_agent.aif.settings import AifSettings
-from edge_agent.config.daemon import load_config
+from edge_agent.config.daemon import check_config, load_config
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import ConfigError, InputError
 from edge_agent.records import RecordError
@@ -487,3 +487,26 @@ def test_step_planned_plans_exactly_the_agents_given() -> None:
         group.step_planned(obs, who[:3])
     with pytest.raises(InputError, match="step_planned needs a planning policy"):
         AifAgentGroup(env.model, n).step_planned(obs, who)
+
+
+def test_a_deadline_past_the_tick_is_refused_at_its_line(tmp_path: Path) -> None:
+    """A planning deadline as long as the tick period would plan into the next tick:
+    check-config (and so run and reload) refuse it at its line."""
+    base = (
+        '[daemon]\nprofile = "x86-dev"\ntick_hz = 20\n'
+        '[[groups]]\nname = "grid"\nmodel = { type = "builtin", name = "grid10" }\n'
+        'count = 10\nsource = { type = "sim" }\nsink = { type = "sim" }\n'
+        "[groups.planning]\n"
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base + "deadline_ms = 50\n")
+    ok, report = check_config(bad)
+    assert not ok
+    assert report == (
+        f"{bad}:11: groups[0].planning.deadline_ms: 50 ms is not within the 50 ms tick (20 Hz): "
+        "planning would run into the next tick (docs/planning.md, choosing deadline_ms)"
+    )
+    good = tmp_path / "good.toml"
+    good.write_text(base + "deadline_ms = 35\n")
+    ok, report = check_config(good)
+    assert ok, report
