@@ -36,7 +36,8 @@ real daemon (``python -m edge_agent run``, profile x86-dev, 10 Hz, one group of 
 that runs every-tick planning within the period (``fits_every_tick``: a probe run, then at
 most ``--search`` runs scaled to a tick p99 of 90 % of the period, keeping the largest N with
 no overrun, no missed tick and p99 within the period), then twice that many agents planning
-every agent every tick within ``deadline_ms``. Each run's record (``bench``:
+every agent every tick within ``deadline_ms`` (``--fits N`` skips the search: N from an earlier
+run, ``fits_from: "given"``). Each run's record (``bench``:
 ``daemon_every_tick`` or ``daemon_deadline``) has the daemon's own counters (``ticks``,
 ``overruns``: ticks that ended after the next tick was due, ``missed``: ticks skipped behind),
 its tick ``p50_ms``/``p99_ms``, the planning ``duty_cycle`` and ``deferred`` (mean of the status
@@ -337,11 +338,12 @@ def fits(record: dict[str, Any]) -> bool:
 
 def daemon_deadline(
     world: str, policy_len: int, workers: int, seconds: float, deadline_ms: float, *,
-    probe: int, search: int,
+    probe: int, search: int, given: int | None = None,
 ) -> None:
-    """``fits_every_tick`` by the daemon, then twice as many agents within the deadline."""
-    n, best = probe, None
-    for _ in range(1 + search):  # bounded: the probe, then the search
+    """``fits_every_tick`` by the daemon (or ``given``, from an earlier run), then twice as many
+    agents within the deadline."""
+    n, best = probe, given
+    for _ in range(0 if given else 1 + search):  # bounded: the probe, then the search
         rec = daemon_run(
             world, policy_len, n, workers=workers, seconds=seconds, deadline_ms=None
         )
@@ -360,6 +362,7 @@ def daemon_deadline(
         world, policy_len, 2 * best, workers=workers, seconds=seconds, deadline_ms=deadline_ms
     )
     rec["fits_every_tick"] = best
+    rec["fits_from"] = "given" if given else "measured"
     rec["met"] = rec["overruns"] == 0 and rec["missed"] == 0
     emit(rec)
 
@@ -384,6 +387,11 @@ def main() -> None:
     parser.add_argument("--deadline-ms", type=float, default=50.0, help="(--daemon)")
     parser.add_argument("--probe", type=int, default=4000, help="first every-tick N (--daemon)")
     parser.add_argument("--search", type=int, default=3, help="runs after the probe (--daemon)")
+    parser.add_argument(
+        "--fits", type=int, default=None, metavar="N",
+        help="(--daemon) take N as what fits with every-tick planning (an earlier run's): "
+        "only the deadline run",
+    )
     args = parser.parse_args()
     if args.daemon is not None or args.smoke:
         world, policy_len = (args.daemon or "grid10:2").split(":")
@@ -391,7 +399,7 @@ def main() -> None:
             args.seconds, args.probe, args.search, args.workers = 2.0, 40, 0, 2
         daemon_deadline(
             world, int(policy_len), args.workers, args.seconds, args.deadline_ms,
-            probe=args.probe, search=args.search,
+            probe=args.probe, search=args.search, given=args.fits,
         )
         if not args.smoke:
             return
