@@ -447,7 +447,9 @@ class _SharedClock:
 def test_workers_honour_the_deadline_between_them() -> None:
     """Two processes share a tick's planning: each checks the one deadline before it takes a
     block, so together they plan as many blocks as the caller alone would (the first block,
-    then one a clock read until the deadline), and put the rest off."""
+    then one a clock read until the deadline), and put the rest off. Which blocks those are may
+    differ from the caller alone: a process that took a block and reads the clock after another
+    process read it for a later block skips its own (docs/planning.md, Limits)."""
     n = 20
     env = make_env("grid10", n, seed=2)
     group = AifAgentGroup(
@@ -457,13 +459,14 @@ def test_workers_honour_the_deadline_between_them() -> None:
     try:
         assert group.start_workers(2) == 2
         obs = env.reset()
-        group.step(obs)
-        stats = group.planning_stats()
-        assert stats["planned"] == 12  # reads at 1 (deadline 3.5), 2 and 3 s: three blocks
-        assert stats["deferred"] == 8
-        deferred = group.deferred.copy()
-        group.step(env.step(group.action))
-        assert (group.plan_age[deferred] == 0).all()  # the 8 put off plan first
+        for _ in range(4):
+            group.step(obs)
+            stats = group.planning_stats()
+            # Reads at t (the deadline: t + 2.5), then t + 1, t + 2 plan and t + 3, t + 4 stop:
+            # three blocks of the five each tick.
+            assert stats["planned"] == 12
+            assert stats["deferred"] == 8 == int(group.deferred.sum())
+            obs = env.step(group.action)
         assert group.workers == 2
         assert group.workers_restarts == 0
     finally:
