@@ -186,8 +186,8 @@ def replay(
     if planning is not None and not planning.every_tick:
         if learning is not None:
             raise InputError(
-                "a planning policy and learning together: learning agents plan every tick "
-                "(docs/learning.md); replay with one or the other"
+                "replay takes a planning policy or learning (counts in the model), not both "
+                "(docs/planning.md, Limits)"
             )
         return replay_planning(
             model, recording, planning, settings=settings, precision=precision
