@@ -439,3 +439,17 @@ def test_replay_refuses_a_bad_policy_in_one_line_naming_the_flag(
     assert f"planned has shape ({steps},) and dtype int8, expected ({steps},) bool" in (
         capsys.readouterr().err
     )
+
+
+def test_replay_takes_a_policy_or_learning_not_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    code = main(["replay", str(examples / "tmaze-learning.npz"), "--recording",
+                 str(examples / "tmaze-reversal-episode.npz"), "--out", str(tmp_path / "o.npz"),
+                 "--every", "2", "--belief-change", "0.1"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "edge-agent replay: replay takes a planning policy or learning (counts in the model), "
+        "not both (docs/planning.md, Limits)\n"
+    )
