@@ -260,7 +260,7 @@ def tf_variant(kind: str, spec: dict[str, Any], ref: np.ndarray) -> dict[str, An
 
 
 def measure_keras(family: str, tmp: Path) -> dict[str, Any]:
-    from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds
+    from edge_agent_host.converters.onnx import ConvertOptions, NeuralOptions, NeuralThresholds
     from edge_agent_host.converters.tflite import convert_tflite, float_tflite_from_tensorflow
 
     spec = keras_model(family, tmp)
@@ -276,10 +276,15 @@ def measure_keras(family: str, tmp: Path) -> dict[str, Any]:
         key = mode.split("-")[0]
         start = time.perf_counter()
         with quiet():
-            report = convert_tflite(spec["path"], tmp / f"{family}.{key}.bundle", name=family,
-                                    calibration_path=cal, heldout_path=held,
-                                    options=NeuralOptions(mode=mode, latency_repeats=1),
-                                    thresholds=NeuralThresholds(min_top1=None))
+            report = convert_tflite(
+                ConvertOptions(
+                    model=spec["path"], out=tmp / f"{family}.{key}.bundle", name=family,
+                ),
+                NeuralOptions(
+                    mode=mode, latency_repeats=1, calibration=cal, heldout=held,
+                    thresholds=NeuralThresholds(min_top1=None),
+                ),
+            )
         size = report.data["size"]["int8_bytes"]
         line[f"ours_{key}_convert_s"] = round(time.perf_counter() - start, 2)
         line[f"ours_{key}_bytes"] = size
@@ -393,18 +398,27 @@ def measure_method(family: str, method: str, tmp: Path, smoke: bool = False) -> 
     import onnxruntime
     from onnxruntime import quantization
 
-    from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds, convert_onnx
+    from edge_agent_host.converters.onnx import (
+        ConvertOptions,
+        NeuralOptions,
+        NeuralThresholds,
+        convert_onnx,
+    )
 
     spec = family_spec(family, tmp, smoke)
     ref = run(spec["path"], spec["heldout"], spec["output"])
     line: dict[str, Any] = {"bench": "method", "family": family, "method": method}
     start = time.perf_counter()
     with quiet():
-        report = convert_onnx(spec["path"], tmp / f"{family}.{method}.bundle", name=family,
-                              calibration_path=spec["cal"], heldout_path=spec["held"],
-                              options=NeuralOptions(latency_repeats=1, mode="static",
-                                                    method=method),
-                              thresholds=NeuralThresholds(min_top1=None), force=True)
+        report = convert_onnx(
+            ConvertOptions(
+                model=spec["path"], out=tmp / f"{family}.{method}.bundle", name=family, force=True,
+            ),
+            NeuralOptions(
+                latency_repeats=1, mode="static", method=method, calibration=spec["cal"],
+                heldout=spec["held"], thresholds=NeuralThresholds(min_top1=None),
+            ),
+        )
     line["ours_s"] = round(time.perf_counter() - start, 2)
     acc = report.data["accuracy"]
     line["ours_ratio"] = round(report.data["size"]["ratio"], 4)
@@ -436,7 +450,12 @@ def measure_method(family: str, method: str, tmp: Path, smoke: bool = False) -> 
 
 
 def measure(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
-    from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds, convert_onnx
+    from edge_agent_host.converters.onnx import (
+        ConvertOptions,
+        NeuralOptions,
+        NeuralThresholds,
+        convert_onnx,
+    )
 
     if family in TF_FAMILIES:
         return measure_keras(family, tmp)
@@ -444,10 +463,13 @@ def measure(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
     cal, held = spec["cal"], spec["held"]
     start = time.perf_counter()
     with quiet():
-        report = convert_onnx(spec["path"], tmp / f"{family}.bundle", name=family,
-                              calibration_path=cal, heldout_path=held,
-                              options=NeuralOptions(latency_repeats=1),
-                              thresholds=NeuralThresholds(min_top1=None))
+        report = convert_onnx(
+            ConvertOptions(model=spec["path"], out=tmp / f"{family}.bundle", name=family),
+            NeuralOptions(
+                latency_repeats=1, calibration=cal, heldout=held,
+                thresholds=NeuralThresholds(min_top1=None),
+            ),
+        )
     convert_s = time.perf_counter() - start
     ref = run(spec["path"], spec["heldout"], spec["output"])
     size = report.data["size"]

@@ -49,7 +49,11 @@ from edge_agent.neural.backends import get_backend  # noqa: E402
 from edge_agent.neural.groups import NeuralAgentGroup  # noqa: E402
 from edge_agent.sim.sensors import SensorWorld  # noqa: E402
 from edge_agent_host.builders import Layers, mlp_onnx, sensor_policy  # noqa: E402
-from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds  # noqa: E402
+from edge_agent_host.converters.onnx import (  # noqa: E402
+    ConvertOptions,
+    NeuralOptions,
+    NeuralThresholds,
+)
 
 FEATURES = 8
 SIZE_TARGET = 0.30
@@ -149,10 +153,13 @@ def bench_onnxruntime(layers: Layers, data: dict[str, Path], tmp: Path,
     float_model = mlp_onnx(layers, args.window, FEATURES).SerializeToString()
     (tmp / "policy.onnx").write_bytes(float_model)
     report = convert_quietly(
-        convert_onnx, tmp / "policy.onnx", tmp / "onnx-bundle", name="bench",
-        calibration_path=data["calibration"], heldout_path=data["heldout"],
-        options=NeuralOptions(threads=args.threads, latency_repeats=args.repeats),
-        thresholds=NeuralThresholds(min_top1=None),
+        convert_onnx,
+        ConvertOptions(model=tmp / "policy.onnx", out=tmp / "onnx-bundle", name="bench"),
+        NeuralOptions(
+            threads=args.threads, latency_repeats=args.repeats,
+            calibration=data["calibration"], heldout=data["heldout"],
+            thresholds=NeuralThresholds(min_top1=None),
+        ),
     )
     records("onnxruntime", f"mlp window={args.window} hidden={args.hidden}", float_model,
             tmp / "onnx-bundle", report=report, args=args)
@@ -200,10 +207,13 @@ def bench_litert(layers: Layers, data: dict[str, Path], tmp: Path,
         heldout = tmp / "fixture_heldout.npz"
         np.savez(heldout, window=X, labels=y)
     report = convert_quietly(
-        convert_tflite, float_path, tmp / "litert-bundle", name="bench", int8_path=int8_path,
-        heldout_path=heldout,
-        options=NeuralOptions(threads=args.threads, latency_repeats=args.repeats),
-        thresholds=NeuralThresholds(min_top1=None),
+        convert_tflite,
+        ConvertOptions(model=float_path, out=tmp / "litert-bundle", name="bench"),
+        NeuralOptions(
+            threads=args.threads, latency_repeats=args.repeats, heldout=heldout,
+            thresholds=NeuralThresholds(min_top1=None),
+        ),
+        int8_path=int8_path,
     )
     records("litert", label, float_path.read_bytes(), tmp / "litert-bundle", report=report,
             args=args)

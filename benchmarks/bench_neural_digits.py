@@ -45,7 +45,12 @@ from bench_neural_daemon import interleave  # noqa: E402
 from edge_agent.bundle.loader import load_bundle  # noqa: E402
 from edge_agent.neural.backends.onnxruntime import x64_quant_precision  # noqa: E402
 from edge_agent.neural.groups import NeuralAgentGroup  # noqa: E402
-from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds, convert_onnx  # noqa: E402
+from edge_agent_host.converters.onnx import (  # noqa: E402
+    ConvertOptions,
+    NeuralOptions,
+    NeuralThresholds,
+    convert_onnx,
+)
 
 TARGET = 1.2
 
@@ -65,11 +70,13 @@ def measure(family: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     np.savez(tmp / f"{family}.cal.npz", x=spec["calibration"])
     np.savez(tmp / f"{family}.held.npz", x=spec["heldout"], labels=spec["labels"])
     with quiet():
-        convert_onnx(spec["path"], tmp / family, name=family,
-                     calibration_path=tmp / f"{family}.cal.npz",
-                     heldout_path=tmp / f"{family}.held.npz",
-                     options=NeuralOptions(mode="static", latency_repeats=1),
-                     thresholds=NeuralThresholds(min_top1=None))
+        convert_onnx(
+            ConvertOptions(model=spec["path"], out=tmp / family, name=family),
+            NeuralOptions(
+                mode="static", latency_repeats=1, calibration=tmp / f"{family}.cal.npz",
+                heldout=tmp / f"{family}.held.npz", thresholds=NeuralThresholds(min_top1=None),
+            ),
+        )
     bundle = load_bundle(tmp / family, trusted_keys=None, require_signature=False)
     neural = bundle.manifest.neural
     assert neural is not None

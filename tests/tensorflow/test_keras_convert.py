@@ -21,7 +21,7 @@ import pytest
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.errors import ModelError
 from edge_agent.neural.backends import get_backend
-from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds
+from edge_agent_host.converters.onnx import ConvertOptions, NeuralOptions, NeuralThresholds
 from edge_agent_host.converters.tflite import (
     convert_tflite,
     float_tflite_from_tensorflow,
@@ -65,10 +65,13 @@ def litert(model_bytes: bytes, X: np.ndarray) -> np.ndarray:
 
 def convert(source: Path, tmp_path: Path, mode: str, out: str = "bundle") -> Any:
     calibration, heldout, _ = data(tmp_path)
-    return convert_tflite(source, tmp_path / out, name="m", calibration_path=calibration,
-                          heldout_path=heldout,
-                          options=NeuralOptions(mode=mode, latency_repeats=1),
-                          thresholds=NeuralThresholds(min_top1=None))
+    return convert_tflite(
+        ConvertOptions(model=source, out=tmp_path / out, name="m"),
+        NeuralOptions(
+            mode=mode, latency_repeats=1, calibration=calibration, heldout=heldout,
+            thresholds=NeuralThresholds(min_top1=None),
+        ),
+    )
 
 
 @pytest.mark.parametrize("mode", ["full-integer", "dynamic-range", "float16"])

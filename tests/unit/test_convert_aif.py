@@ -23,6 +23,7 @@ from edge_agent.sim.tmaze import tmaze_model
 from edge_agent_host.cli import main
 from edge_agent_host.converters.aif import (
     TIE_TOLERANCE,
+    AifOptions,
     AifThresholds,
     aif_report_data,
     compare_rollouts,
@@ -33,6 +34,7 @@ from edge_agent_host.converters.aif import (
     model_from_pymdp,
     settings_from_pymdp,
 )
+from edge_agent_host.converters.common import ConvertOptions
 from edge_agent_host.keys import generate_keypair
 from edge_agent_host.report import ConversionReport, progress, progress_enabled
 
@@ -122,7 +124,11 @@ def test_pymdp_agents_are_read_by_duck_typing(tmp_path: Path) -> None:
         action_selection="stochastic", sampling_mode="full", control_fac_idx=(0,), num_iter=5,
         dF_tol=0.01,
     )
-    report = convert_pymdp(agent, tmp_path / "pymdp", name="tmaze", rollouts=10, steps=3)
+    report = convert_pymdp(
+        agent,
+        ConvertOptions(out=tmp_path / "pymdp", name="tmaze"),
+        AifOptions(rollouts=10, steps=3),
+    )
     assert report.source == "pymdp agent SimpleNamespace"
     assert report.bundle is not None
     bundle = load_bundle(tmp_path / "pymdp", trusted_keys=None, require_signature=False)
@@ -239,8 +245,10 @@ def test_identical_models_agree_exactly() -> None:
 def test_convert_writes_a_bundle_the_device_loads(tmp_path: Path) -> None:
     model = dense_model(2)
     settings = AifSettings(policy_len=2, gamma=8.0)
-    report = convert_aif(model, tmp_path / "m.tar", name="dense", settings=settings,
-                         rollouts=20, steps=5, source="dense.npz")
+    report = convert_aif(
+        ConvertOptions(model=Path("dense.npz"), out=tmp_path / "m.tar", name="dense"),
+        AifOptions(model=model, settings=settings, rollouts=20, steps=5),
+    )
     assert report.passed
     assert report.bundle is not None
     bundle = load_bundle(tmp_path / "m.tar", trusted_keys=None, require_signature=False)
@@ -270,8 +278,10 @@ def test_convert_writes_a_bundle_the_device_loads(tmp_path: Path) -> None:
 def test_a_failed_check_writes_nothing_unless_forced(tmp_path: Path) -> None:
     model = dense_model(3)
     strict = AifThresholds(max_kl=0.0, min_action_agreement=0.5)
-    report = convert_aif(model, tmp_path / "a", name="dense", rollouts=10, steps=4,
-                         thresholds=strict)
+    report = convert_aif(
+        ConvertOptions(out=tmp_path / "a", name="dense"),
+        AifOptions(model=model, rollouts=10, steps=4, thresholds=strict),
+    )
     assert not report.passed
     assert report.bundle is None
     assert not (tmp_path / "a").exists()
@@ -279,8 +289,10 @@ def test_a_failed_check_writes_nothing_unless_forced(tmp_path: Path) -> None:
     assert [c.option for c in failed] == ["--max-kl"]
     assert "FAILED" in report.render()
     assert "use --force" in report.render()
-    forced = convert_aif(model, tmp_path / "a", name="dense", rollouts=10, steps=4,
-                         thresholds=strict, force=True)
+    forced = convert_aif(
+        ConvertOptions(out=tmp_path / "a", name="dense", force=True),
+        AifOptions(model=model, rollouts=10, steps=4, thresholds=strict),
+    )
     assert forced.bundle is not None
     assert (tmp_path / "a" / "manifest.json").exists()
 
@@ -374,7 +386,10 @@ def test_an_occupied_output_fails_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "b.tar").write_bytes(b"")
     for out in (tmp_path / "full", tmp_path / "b.tar"):
         with pytest.raises(BundleError, match=r"(already exists|not an empty directory)"):
-            convert_aif(tmaze_model(), out, name="t", rollouts=1_000_000, steps=1_000)
+            convert_aif(
+                ConvertOptions(out=out, name="t"),
+                AifOptions(model=tmaze_model(), rollouts=1_000_000, steps=1_000),
+            )
 
 
 # -- ties are not disagreements --------------------------------------------------------------------
@@ -396,8 +411,12 @@ def test_symmetric_models_pass_the_gate_with_ties_reported(
 ) -> None:
     """The README's grid and a noisy 3x3 grid: int8 beliefs equal the float ones to rounding, and
     argmax breaks exact ties on noise. Tie-aware agreement is 100 %, the raw figure is not."""
-    report = convert_aif(model, tmp_path / "b", name="grid", rollouts=100, steps=20,
-                         settings=AifSettings(policy_len=policy_len))
+    report = convert_aif(
+        ConvertOptions(out=tmp_path / "b", name="grid"),
+        AifOptions(
+            model=model, rollouts=100, steps=20, settings=AifSettings(policy_len=policy_len),
+        ),
+    )
     rollouts = report.data["rollouts"]
     assert report.passed, report.render()
     assert rollouts["action_agreement"] == 1.0
@@ -443,7 +462,10 @@ def preference_flip_model() -> GenerativeModel:
 
 def test_a_model_whose_int8_tables_change_behaviour_still_fails(tmp_path: Path) -> None:
     model = preference_flip_model()
-    report = convert_aif(model, tmp_path / "b", name="flip", rollouts=50, steps=10)
+    report = convert_aif(
+        ConvertOptions(out=tmp_path / "b", name="flip"),
+        AifOptions(model=model, rollouts=50, steps=10),
+    )
     rollouts = report.data["rollouts"]
     assert not report.passed
     assert report.bundle is None
@@ -462,8 +484,13 @@ def test_a_model_whose_int8_tables_change_behaviour_still_fails(tmp_path: Path) 
 def test_sampled_actions_agree_when_equal(tmp_path: Path) -> None:
     """Stochastic selection: both groups draw the same random numbers, so an int8 agent that
     samples the float agent's action agrees, even where that action is not the most probable."""
-    report = convert_aif(gridworld_model(10, 10), tmp_path / "b", name="grid", rollouts=100,
-                         steps=20, settings=AifSettings(action_selection="stochastic"))
+    report = convert_aif(
+        ConvertOptions(out=tmp_path / "b", name="grid"),
+        AifOptions(
+            model=gridworld_model(10, 10), rollouts=100, steps=20,
+            settings=AifSettings(action_selection="stochastic"),
+        ),
+    )
     rollouts = report.data["rollouts"]
     assert rollouts["action_agreement_exact"] == 1.0
     assert rollouts["action_agreement"] == 1.0

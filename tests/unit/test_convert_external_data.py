@@ -19,7 +19,7 @@ from edge_agent.bundle.loader import load_bundle
 from edge_agent.errors import InputError
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.builders import mlp_onnx, sensor_policy
-from edge_agent_host.converters.onnx import NeuralOptions, convert_onnx
+from edge_agent_host.converters.onnx import ConvertOptions, NeuralOptions, convert_onnx
 from edge_agent_host.report import ConversionReport
 
 T, F = 4, 8
@@ -43,10 +43,13 @@ def save_external(model: onnx.ModelProto, path: Path, location: str) -> None:
 
 
 def convert(tmp_path: Path, path: Path, out: str) -> ConversionReport:
-    return convert_onnx(path, tmp_path / out, name="policy",
-                        calibration_path=tmp_path / "calibration.npz",
-                        heldout_path=tmp_path / "heldout.npz",
-                        options=NeuralOptions(latency_repeats=1))
+    return convert_onnx(
+        ConvertOptions(model=path, out=tmp_path / out, name="policy"),
+        NeuralOptions(
+            latency_repeats=1, calibration=tmp_path / "calibration.npz",
+            heldout=tmp_path / "heldout.npz",
+        ),
+    )
 
 
 def test_weights_in_an_external_file_are_put_into_the_bundled_model(

@@ -23,6 +23,7 @@ from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent_host.builders import ImageCnn, conv_features, image_cnn_onnx, random_image_cnn
 from edge_agent_host.cli import main
 from edge_agent_host.converters.onnx import (
+    ConvertOptions,
     NeuralOptions,
     NeuralThresholds,
     convert_onnx,
@@ -79,10 +80,13 @@ def test_a_camera_classifier_converts_and_runs_batched(
     frames, y, cnn = digits
     paths = write(tmp_path, digits, layout)
     keys = generate_keypair(tmp_path / "keys", "release")
-    report = convert_onnx(paths["model"], tmp_path / "b.tar", name="digits",
-                          calibration_path=paths["cal"], heldout_path=paths["held"],
-                          options=NeuralOptions(latency_repeats=1),
-                          sign_key=load_signing_key(keys.private_path))
+    report = convert_onnx(
+        ConvertOptions(
+            model=paths["model"], out=tmp_path / "b.tar", name="digits",
+            sign_key=load_signing_key(keys.private_path),
+        ),
+        NeuralOptions(latency_repeats=1, calibration=paths["cal"], heldout=paths["held"]),
+    )
     assert report.passed, report.render()
     acc = report.data["accuracy"]
     assert acc["top1_agreement"] >= 0.99
@@ -121,8 +125,10 @@ def test_frame_data_and_window_errors_are_one_line(
     np.savez(tmp_path / "nhwc.npz", frame=np.zeros((20, 8, 8, 1), dtype=np.float32))
     with pytest.raises(InputError, match=r"frame has shape \(20, 8, 8, 1\), expected "
                        r"\(n, 1, 8, 8\)"):
-        convert_onnx(paths["model"], tmp_path / "x", name="m", calibration_path=tmp_path /
-                     "nhwc.npz")
+        convert_onnx(
+            ConvertOptions(model=paths["model"], out=tmp_path / "x", name="m"),
+            NeuralOptions(calibration=tmp_path / "nhwc.npz"),
+        )
     code = main(["convert", "onnx", str(paths["model"]), "--out", str(tmp_path / "x"),
                  "--calibration", str(paths["cal"]), "--window", "4"])
     assert code == 1
@@ -161,12 +167,18 @@ def test_a_camera_perception_bundle_steps_aif_agents(
     A = np.full((K, K), 0.1 / (K - 1))
     np.fill_diagonal(A, 0.9)
     save_npz(GenerativeModel.from_arrays([A], [np.eye(K)[:, :, None]]), tmp_path / "aif.npz")
-    from edge_agent_host.converters.aif import load_aif_model
+    from edge_agent_host.converters.aif import AifOptions, load_aif_model
 
-    report = convert_onnx(paths["model"], tmp_path / "p", name="p",
-                          calibration_path=paths["cal"], heldout_path=paths["held"],
-                          options=NeuralOptions(output_kind="observation", latency_repeats=1),
-                          aif_model=load_aif_model(tmp_path / "aif.npz"), rollouts=10, steps=3)
+    report = convert_onnx(
+        ConvertOptions(model=paths["model"], out=tmp_path / "p", name="p"),
+        NeuralOptions(
+            output_kind="observation", latency_repeats=1, calibration=paths["cal"],
+            heldout=paths["held"],
+            aif=AifOptions(
+            model=load_aif_model(tmp_path / "aif.npz"), rollouts=10, steps=3,
+        ),
+        ),
+    )
     assert report.bundle is not None
     assert report.data["device_check"] == {"agents": 8, "ticks": 1}
     bundle = load_bundle(tmp_path / "p", trusted_keys=None, require_signature=False)
@@ -182,8 +194,10 @@ def test_device_check_refuses_a_bundle_that_disagrees_with_the_measured_model(
 ) -> None:
     frames, _, cnn = digits
     paths = write(tmp_path, digits, "NCHW")
-    convert_onnx(paths["model"], tmp_path / "b", name="m", calibration_path=paths["cal"],
-                 options=NeuralOptions(latency_repeats=1))
+    convert_onnx(
+        ConvertOptions(model=paths["model"], out=tmp_path / "b", name="m"),
+        NeuralOptions(latency_repeats=1, calibration=paths["cal"]),
+    )
     bundle = load_bundle(tmp_path / "b", trusted_keys=None, require_signature=False)
     other = ImageCnn(cnn.conv_w, cnn.conv_b, -cnn.head_w, cnn.head_b)
     session = get_backend("onnxruntime").load(
@@ -221,7 +235,11 @@ def test_what_a_device_refuses_is_never_signed(
     assert not (tmp_path / "b.tar").exists()
     assert list(tmp_path.glob(".bundle-*")) == []
     with pytest.raises(ModelError):
-        convert_onnx(paths["model"], tmp_path / "dir", name="m", calibration_path=paths["cal"],
-                     options=NeuralOptions(latency_repeats=1),
-                     thresholds=NeuralThresholds(min_top1=None))
+        convert_onnx(
+            ConvertOptions(model=paths["model"], out=tmp_path / "dir", name="m"),
+            NeuralOptions(
+                latency_repeats=1, calibration=paths["cal"],
+                thresholds=NeuralThresholds(min_top1=None),
+            ),
+        )
     assert not (tmp_path / "dir").exists()

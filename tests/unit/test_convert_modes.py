@@ -24,6 +24,7 @@ from edge_agent_host.cli import main
 from edge_agent_host.converters.onnx import (
     ENTROPY_BINS,
     MIN_CALIBRATION_SAMPLES,
+    ConvertOptions,
     NeuralOptions,
     NeuralThresholds,
     convert_onnx,
@@ -58,10 +59,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def convert(model: Path, out: Path, data: dict[str, Path], *, min_top1: float | None = 0.9,
             **options: Any) -> ConversionReport:
-    return convert_onnx(model, out, name="m", calibration_path=data["cal"],
-                        heldout_path=data["held"],
-                        options=NeuralOptions(latency_repeats=1, **options),
-                        thresholds=NeuralThresholds(min_top1=min_top1))
+    return convert_onnx(
+        ConvertOptions(model=model, out=out, name="m"),
+        NeuralOptions(
+            latency_repeats=1, **options, calibration=data["cal"], heldout=data["held"],
+            thresholds=NeuralThresholds(min_top1=min_top1),
+        ),
+    )
 
 
 def ops(path: Path) -> list[str]:
@@ -118,9 +122,12 @@ def test_static_lstm_warns_that_it_did_not_shrink_and_says_what_to_do(
     assert (report.data["bundled"], report.data["scheme"]) == ("float", "onnx-float32")
     assert report.checks == []
     assert (tmp_path / "static" / "model.onnx").read_bytes() == data["lstm"].read_bytes()
-    forced = convert_onnx(data["lstm"], tmp_path / "forced", name="m", calibration_path=data["cal"],
-                          heldout_path=data["held"], force=True,
-                          options=NeuralOptions(latency_repeats=1, mode="static"))
+    forced = convert_onnx(
+        ConvertOptions(model=data["lstm"], out=tmp_path / "forced", name="m", force=True),
+        NeuralOptions(
+            latency_repeats=1, mode="static", calibration=data["cal"], heldout=data["held"],
+        ),
+    )
     assert (forced.data["bundled"], forced.data["scheme"]) == ("int8", "onnx-qdq-s8s8")
     assert forced.warnings[-1].endswith("of the float model's size: bundled anyway because of "
                                         "--force")
@@ -245,21 +252,30 @@ def test_one_calibration_sample_is_refused_and_few_are_warned_about(
     X = np.load(data["cal"])["window"]
     np.savez(tmp_path / "one.npz", window=X[:1])
     with pytest.raises(InputError, match=r"calibration uses 1 sample: .* give at least 16"):
-        convert_onnx(data["policy"], tmp_path / "x", name="m",
-                     calibration_path=tmp_path / "one.npz", heldout_path=data["held"])
+        convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / "x", name="m"),
+            NeuralOptions(calibration=tmp_path / "one.npz", heldout=data["held"]),
+        )
     np.savez(tmp_path / "two.npz", window=X[:2])
     with pytest.raises(InputError, match=r"the calibration set has 2 sample\(s\): too few"):
-        convert_onnx(data["policy"], tmp_path / "x", name="m",
-                     calibration_path=tmp_path / "two.npz")
+        convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / "x", name="m"),
+            NeuralOptions(calibration=tmp_path / "two.npz"),
+        )
     with pytest.raises(InputError, match=r"calibration uses 1 sample"):
-        convert_onnx(data["policy"], tmp_path / "x", name="m", input_range=(-1.0, 1.0),
-                     samples=1)
+        convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / "x", name="m"),
+            NeuralOptions(input_range=(-1.0, 1.0), samples=1),
+        )
     np.savez(tmp_path / "few.npz", window=X[:5])
     with caplog.at_level(logging.WARNING):
-        report = convert_onnx(data["policy"], tmp_path / "b", name="m",
-                              calibration_path=tmp_path / "few.npz", heldout_path=data["held"],
-                              options=NeuralOptions(latency_repeats=1),
-                              thresholds=NeuralThresholds(min_top1=None))
+        report = convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / "b", name="m"),
+            NeuralOptions(
+                latency_repeats=1, calibration=tmp_path / "few.npz", heldout=data["held"],
+                thresholds=NeuralThresholds(min_top1=None),
+            ),
+        )
     assert report.warnings == [
         f"calibration uses only 5 samples: activation ranges from so few inputs miss what the "
         f"model meets in use; give at least {MIN_CALIBRATION_SAMPLES} (a few hundred is typical)"
@@ -267,10 +283,13 @@ def test_one_calibration_sample_is_refused_and_few_are_warned_about(
     assert report.bundle is not None
     assert not (tmp_path / "x").exists()
     # Dynamic quantization calibrates nothing: a small set is no concern there.
-    report = convert_onnx(data["lstm"], tmp_path / "d", name="m",
-                          calibration_path=tmp_path / "few.npz", heldout_path=data["held"],
-                          options=NeuralOptions(latency_repeats=1),
-                          thresholds=NeuralThresholds(min_top1=None))
+    report = convert_onnx(
+        ConvertOptions(model=data["lstm"], out=tmp_path / "d", name="m"),
+        NeuralOptions(
+            latency_repeats=1, calibration=tmp_path / "few.npz", heldout=data["held"],
+            thresholds=NeuralThresholds(min_top1=None),
+        ),
+    )
     assert report.warnings == []
 
 
@@ -323,27 +342,42 @@ def test_auto_keeps_the_mode_that_quantizes_more_static_on_a_tie_never_the_less_
 def test_dynamic_mode_needs_held_out_data_but_no_calibration(
     data: dict[str, Path], tmp_path: Path
 ) -> None:
-    report = convert_onnx(data["lstm"], tmp_path / "held", name="m", heldout_path=data["held"],
-                          options=NeuralOptions(latency_repeats=1, mode="dynamic"),
-                          thresholds=NeuralThresholds(min_top1=0.9))
+    report = convert_onnx(
+        ConvertOptions(model=data["lstm"], out=tmp_path / "held", name="m"),
+        NeuralOptions(
+            latency_repeats=1, mode="dynamic", heldout=data["held"],
+            thresholds=NeuralThresholds(min_top1=0.9),
+        ),
+    )
     assert report.bundle is not None
     assert report.data["calibration"]["samples"] == 0
     assert report.data["accuracy"]["heldout_samples"] == 300
     # A calibration set alone is held out whole: dynamic mode calibrates nothing.
-    report = convert_onnx(data["lstm"], tmp_path / "cal", name="m", calibration_path=data["cal"],
-                          options=NeuralOptions(latency_repeats=1, mode="dynamic"),
-                          thresholds=NeuralThresholds(min_top1=0.9))
+    report = convert_onnx(
+        ConvertOptions(model=data["lstm"], out=tmp_path / "cal", name="m"),
+        NeuralOptions(
+            latency_repeats=1, mode="dynamic", calibration=data["cal"],
+            thresholds=NeuralThresholds(min_top1=0.9),
+        ),
+    )
     assert report.data["accuracy"]["heldout_samples"] == 400
     with pytest.raises(InputError, match=r"^dynamic quantization calibrates nothing, but the "
                        r"report compares the float and int8 models on held-out inputs: give "
                        r"--heldout Y.npz \(or --input-range LOW HIGH\)$"):
-        convert_onnx(data["lstm"], tmp_path / "x", name="m",
-                     options=NeuralOptions(mode="dynamic"))
+        convert_onnx(
+            ConvertOptions(model=data["lstm"], out=tmp_path / "x", name="m"),
+            NeuralOptions(mode="dynamic"),
+        )
     with pytest.raises(InputError, match=r"^static quantization calibrates on inputs: give "
                        r"calibration data \(--calibration X.npz\) or an input range "
                        r"\(--input-range LOW HIGH\); --mode dynamic needs neither"):
-        convert_onnx(data["lstm"], tmp_path / "x", name="m", heldout_path=data["held"])
+        convert_onnx(
+            ConvertOptions(model=data["lstm"], out=tmp_path / "x", name="m"),
+            NeuralOptions(heldout=data["held"]),
+        )
     with pytest.raises(InputError, match=r"or an input range \(--input-range LOW HIGH\), not "
                        r"both$"):
-        convert_onnx(data["lstm"], tmp_path / "x", name="m", calibration_path=data["cal"],
-                     input_range=(0.0, 1.0))
+        convert_onnx(
+            ConvertOptions(model=data["lstm"], out=tmp_path / "x", name="m"),
+            NeuralOptions(calibration=data["cal"], input_range=(0.0, 1.0)),
+        )

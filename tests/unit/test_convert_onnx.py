@@ -24,15 +24,19 @@ from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.builders import conv_onnx, mlp_onnx, random_mlp, sensor_policy
 from edge_agent_host.cli import main
+from edge_agent_host.converters.aif import AifOptions
 from edge_agent_host.converters.onnx import (
     CalibrationReader,
+    ConvertOptions,
     NeuralOptions,
     NeuralThresholds,
     convert_onnx,
 )
 from edge_agent_host.keys import generate_keypair
+from edge_agent_host.report import ConversionReport
 
 T, F = 8, 8
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -77,9 +81,10 @@ def ort_run(model_bytes: bytes, X: np.ndarray) -> np.ndarray:
 def test_report_matches_an_independent_float_and_int8_run(
     data: dict[str, Path], tmp_path: Path
 ) -> None:
-    report = convert_onnx(data["model"], tmp_path / "b.tar", name="policy",
-                          calibration_path=data["calibration"], heldout_path=data["heldout"],
-                          options=NeuralOptions(latency_repeats=3))
+    report = convert_onnx(
+        ConvertOptions(model=data["model"], out=tmp_path / "b.tar", name="policy"),
+        NeuralOptions(latency_repeats=3, calibration=data["calibration"], heldout=data["heldout"]),
+    )
     assert report.passed
     assert report.bundle is not None
     bundle = load_bundle(tmp_path / "b.tar", trusted_keys=None, require_signature=False)
@@ -152,9 +157,12 @@ def test_the_int8_model_is_qdq_s8s8_per_channel_by_default(
 ) -> None:
     sizes = {}
     for label, per_channel in (("channel", True), ("tensor", False)):
-        convert_onnx(data["model"], tmp_path / label, name="policy",
-                     calibration_path=data["calibration"],
-                     options=NeuralOptions(per_channel=per_channel, latency_repeats=1))
+        convert_onnx(
+            ConvertOptions(model=data["model"], out=tmp_path / label, name="policy"),
+            NeuralOptions(
+                per_channel=per_channel, latency_repeats=1, calibration=data["calibration"],
+            ),
+        )
         model, inits = quant_nodes((tmp_path / label / "model.onnx").read_bytes())
         ops = [n.op_type for n in model.graph.node]
         assert "QuantizeLinear" in ops
@@ -187,11 +195,13 @@ def test_calibration_methods_change_the_activation_scales(
 ) -> None:
     scales = {}
     for method in ("minmax", "percentile", "entropy"):
-        report = convert_onnx(data["model"], tmp_path / method, name="policy",
-                              calibration_path=data["calibration"],
-                              options=NeuralOptions(method=method, percentile=99.0,
-                                                    latency_repeats=1),
-                              thresholds=NeuralThresholds(min_top1=0.9))
+        report = convert_onnx(
+            ConvertOptions(model=data["model"], out=tmp_path / method, name="policy"),
+            NeuralOptions(
+                method=method, percentile=99.0, latency_repeats=1, calibration=data["calibration"],
+                thresholds=NeuralThresholds(min_top1=0.9),
+            ),
+        )
         assert report.data["calibration"]["method"] == method
         scales[method] = activation_scales(tmp_path / method / "model.onnx")
     assert scales["minmax"].keys() == scales["percentile"].keys()
@@ -219,18 +229,22 @@ def test_input_range_warns_and_heldout_defaults(
     data: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        report = convert_onnx(data["model"], tmp_path / "r", name="policy",
-                              input_range=(-3.0, 3.0), samples=64,
-                              options=NeuralOptions(latency_repeats=1),
-                              thresholds=NeuralThresholds(min_top1=None))
+        report = convert_onnx(
+            ConvertOptions(model=data["model"], out=tmp_path / "r", name="policy"),
+            NeuralOptions(
+                latency_repeats=1, input_range=(-3.0, 3.0), samples=64,
+                thresholds=NeuralThresholds(min_top1=None),
+            ),
+        )
     warnings = [r.message for r in caplog.records if "uniformly" in r.message]
     assert len(warnings) == 1
     assert "--calibration X.npz" in warnings[0]
     assert report.data["calibration"]["source"] == "range:[-3, 3)"
     assert report.data["accuracy"]["heldout_samples"] == 64
-    split = convert_onnx(data["model"], tmp_path / "s", name="policy",
-                         calibration_path=data["calibration"],
-                         options=NeuralOptions(latency_repeats=1))
+    split = convert_onnx(
+        ConvertOptions(model=data["model"], out=tmp_path / "s", name="policy"),
+        NeuralOptions(latency_repeats=1, calibration=data["calibration"]),
+    )
     assert split.data["calibration"]["samples"] == 320
     assert split.data["accuracy"]["heldout_samples"] == 80
 
@@ -238,10 +252,13 @@ def test_input_range_warns_and_heldout_defaults(
 def test_conv_models_convert_too(tmp_path: Path, data: dict[str, Path]) -> None:
     model, _ = conv_onnx(T, F, 4, channels=32, seed=1)
     onnx.save(model, tmp_path / "conv.onnx")
-    report = convert_onnx(tmp_path / "conv.onnx", tmp_path / "b", name="conv",
-                          calibration_path=data["calibration"], heldout_path=data["heldout"],
-                          options=NeuralOptions(latency_repeats=1),
-                          thresholds=NeuralThresholds(min_top1=0.9))
+    report = convert_onnx(
+        ConvertOptions(model=tmp_path / "conv.onnx", out=tmp_path / "b", name="conv"),
+        NeuralOptions(
+            latency_repeats=1, calibration=data["calibration"], heldout=data["heldout"],
+            thresholds=NeuralThresholds(min_top1=0.9),
+        ),
+    )
     assert report.bundle is not None
     assert "Conv" in {n.op_type for n in onnx.load(tmp_path / "b" / "model.onnx").graph.node}
 
@@ -250,30 +267,72 @@ def test_data_errors_are_clear(data: dict[str, Path], tmp_path: Path) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, window=np.zeros((10, T, F + 1)))
     with pytest.raises(InputError, match=r"window has shape \(10, 8, 9\), expected \(n, 8, 8\)"):
-        convert_onnx(data["model"], tmp_path / "x", name="p", calibration_path=bad)
+        convert_onnx(
+            ConvertOptions(model=data["model"], out=tmp_path / "x", name="p"),
+            NeuralOptions(calibration=bad),
+        )
     np.savez(bad, a=np.zeros((10, T, F)), b=np.zeros((10, T, F)))
     with pytest.raises(InputError, match=r"has arrays \['a', 'b'\], the model's inputs are"):
-        convert_onnx(data["model"], tmp_path / "x", name="p", calibration_path=bad)
+        convert_onnx(
+            ConvertOptions(model=data["model"], out=tmp_path / "x", name="p"),
+            NeuralOptions(calibration=bad),
+        )
     np.savez(bad, window=np.full((10, T, F), np.nan))
     with pytest.raises(InputError, match=r"must hold finite real numbers"):
-        convert_onnx(data["model"], tmp_path / "x", name="p", calibration_path=bad)
+        convert_onnx(
+            ConvertOptions(model=data["model"], out=tmp_path / "x", name="p"),
+            NeuralOptions(calibration=bad),
+        )
     with pytest.raises(InputError, match=r"give calibration data .* or an input range"):
-        convert_onnx(data["model"], tmp_path / "x", name="p")
+        convert_onnx(ConvertOptions(model=data["model"], out=tmp_path / "x", name="p"))
     with pytest.raises(InputError, match=r"LOW < HIGH"):
-        convert_onnx(data["model"], tmp_path / "x", name="p", input_range=(1.0, 1.0))
+        convert_onnx(
+            ConvertOptions(model=data["model"], out=tmp_path / "x", name="p"),
+            NeuralOptions(input_range=(1.0, 1.0)),
+        )
     fixed = onnx.load(data["model"])
     fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     onnx.save(fixed, tmp_path / "fixed.onnx")
     with pytest.raises(ModelError, match=r"the batch dimension must be dynamic"):
-        convert_onnx(tmp_path / "fixed.onnx", tmp_path / "x", name="p",
-                     calibration_path=data["calibration"])
+        convert_onnx(
+            ConvertOptions(model=tmp_path / "fixed.onnx", out=tmp_path / "x", name="p"),
+            NeuralOptions(calibration=data["calibration"]),
+        )
     with pytest.raises(InputError, match=r"continuous output needs action_low and action_high"):
-        convert_onnx(data["model"], tmp_path / "x", name="p",
-                     calibration_path=data["calibration"],
-                     options=NeuralOptions(output_kind="continuous", latency_repeats=1))
+        convert_onnx(
+            ConvertOptions(model=data["model"], out=tmp_path / "x", name="p"),
+            NeuralOptions(
+                output_kind="continuous", latency_repeats=1, calibration=data["calibration"],
+            ),
+        )
     with pytest.raises(InputError, match=r"cannot read the model"):
-        convert_onnx(tmp_path / "missing.onnx", tmp_path / "x", name="p")
+        convert_onnx(ConvertOptions(model=tmp_path / "missing.onnx", out=tmp_path / "x", name="p"))
     assert not (tmp_path / "x").exists()
+
+
+def test_the_documented_python_example_converts(
+    data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/host-tool.md "From Python", verbatim, on this module's model and data."""
+    text = (REPO / "docs" / "host-tool.md").read_text()
+    section = text.split("\n## From Python\n", 1)[1]
+    snippet = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    shutil.copy(data["model"], tmp_path / "policy.onnx")
+    shutil.copy(data["calibration"], tmp_path / "cal.npz")
+    shutil.copy(data["heldout"], tmp_path / "held.npz")
+    keys = generate_keypair(tmp_path / "keys", "release")
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    exec(snippet, scope)  # the documented example, as written
+    report = scope["report"]
+    assert isinstance(report, ConversionReport)
+    assert report.passed, report.render()
+    assert report.data["quantization"]["mode"] == "static"
+    assert report.data["calibration"]["method"] == "percentile"
+    bundle = load_bundle(tmp_path / "out" / "policy.tar",
+                         trusted_keys=TrustedKeys.from_dir(tmp_path / "keys"))
+    assert (bundle.manifest.name, bundle.manifest.signer) == ("policy", "ci")
+    assert bundle.key_id == keys.key_id
 
 
 def test_cli_convert_sign_verify_and_run(
@@ -328,9 +387,13 @@ def test_tampered_and_broken_bundles_are_refused(data: dict[str, Path], tmp_path
     other = generate_keypair(tmp_path / "other", "other")
     from edge_agent_host.keys import load_signing_key
 
-    convert_onnx(data["model"], tmp_path / "b", name="policy",
-                 calibration_path=data["calibration"], options=NeuralOptions(latency_repeats=1),
-                 sign_key=load_signing_key(keys.private_path))
+    convert_onnx(
+        ConvertOptions(
+            model=data["model"], out=tmp_path / "b", name="policy",
+            sign_key=load_signing_key(keys.private_path),
+        ),
+        NeuralOptions(latency_repeats=1, calibration=data["calibration"]),
+    )
     trusted = TrustedKeys.from_dir(tmp_path / "keys")
     with pytest.raises(SignatureError, match=r"untrusted key"):
         load_bundle(tmp_path / "b", trusted_keys=TrustedKeys.from_dir(tmp_path / "other"))
@@ -382,21 +445,37 @@ def test_perception_bundle_pairs_an_observation_model(
     # An observation model must give one logits output per modality of the right size.
     three = GenerativeModel.from_arrays([np.full((3, 4), 1 / 3)], [np.eye(4)[:, :, None]])
     with pytest.raises(ModelError, match=r"modality 0 has 3 outcomes, expected \[-1, 3\]"):
-        convert_onnx(tmp_path / "obs.onnx", tmp_path / "x", name="p",
-                     calibration_path=tmp_path / "cal.npz", aif_model=three,
-                     options=NeuralOptions(output_kind="observation", latency_repeats=1))
+        convert_onnx(
+            ConvertOptions(model=tmp_path / "obs.onnx", out=tmp_path / "x", name="p"),
+            NeuralOptions(
+                output_kind="observation", latency_repeats=1, calibration=tmp_path / "cal.npz",
+                aif=AifOptions(
+                model=three,
+            ),
+            ),
+        )
     with pytest.raises(InputError, match=r"needs --output-kind observation"):
-        convert_onnx(tmp_path / "obs.onnx", tmp_path / "x", name="p",
-                     calibration_path=tmp_path / "cal.npz", aif_model=three)
+        convert_onnx(
+            ConvertOptions(model=tmp_path / "obs.onnx", out=tmp_path / "x", name="p"),
+            NeuralOptions(
+                calibration=tmp_path / "cal.npz",
+                aif=AifOptions(
+                model=three,
+            ),
+            ),
+        )
 
 
 def test_random_weights_are_reported_honestly(data: dict[str, Path], tmp_path: Path) -> None:
     """Random networks have near-ties: the report shows what int8 does to them."""
     onnx.save(mlp_onnx(random_mlp((T * F, 64, 64, 4), seed=9), T, F), tmp_path / "random.onnx")
-    report = convert_onnx(tmp_path / "random.onnx", tmp_path / "b", name="random",
-                          calibration_path=data["calibration"], heldout_path=data["heldout"],
-                          options=NeuralOptions(latency_repeats=1),
-                          thresholds=NeuralThresholds(min_top1=1.0))
+    report = convert_onnx(
+        ConvertOptions(model=tmp_path / "random.onnx", out=tmp_path / "b", name="random"),
+        NeuralOptions(
+            latency_repeats=1, calibration=data["calibration"], heldout=data["heldout"],
+            thresholds=NeuralThresholds(min_top1=1.0),
+        ),
+    )
     top1 = report.data["accuracy"]["top1_agreement"]
     assert 0.9 < top1 < 1.0
     assert not report.passed
@@ -420,8 +499,10 @@ def test_a_model_saved_with_a_newer_ir_version_converts_with_one_warning(
     with pytest.raises(Exception, match="Unsupported model IR version"):
         ort_run(path.read_bytes(), np.zeros((1, T, F)))  # what onnxruntime itself says
     with caplog.at_level(logging.WARNING):
-        report = convert_onnx(path, tmp_path / "b", name="policy",
-                              calibration_path=data["calibration"], heldout_path=data["heldout"])
+        report = convert_onnx(
+            ConvertOptions(model=path, out=tmp_path / "b", name="policy"),
+            NeuralOptions(calibration=data["calibration"], heldout=data["heldout"]),
+        )
     assert report.passed
     lines = [r.getMessage() for r in caplog.records if "IR version" in r.getMessage()]
     assert lines == [

@@ -24,7 +24,12 @@ from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.backends import available_backends
 from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent_host.cli import main
-from edge_agent_host.converters.onnx import NeuralOptions, NeuralThresholds, convert_onnx
+from edge_agent_host.converters.onnx import (
+    ConvertOptions,
+    NeuralOptions,
+    NeuralThresholds,
+    convert_onnx,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -77,9 +82,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def convert(model: Path, out: Path, calibration: Path, heldout: Path | None = None,
             **options: Any) -> Any:
-    return convert_onnx(model, out, name="m", calibration_path=calibration,
-                        heldout_path=heldout,
-                        options=NeuralOptions(latency_repeats=1, **options))
+    return convert_onnx(
+        ConvertOptions(model=model, out=out, name="m"),
+        NeuralOptions(latency_repeats=1, **options, calibration=calibration, heldout=heldout),
+    )
 
 
 def test_skl2onnx_mlp_converts_first_time_and_runs_on_the_device_path(
@@ -239,10 +245,13 @@ def test_a_single_column_is_no_policy(tmp_path: Path, capsys: pytest.CaptureFixt
         "of shape [-1, A], A >= 2\n"
     )
     # As continuous actions a single column is fine: the label output is dropped.
-    report = convert_onnx(model, tmp_path / "c", name="m", calibration_path=tmp_path / "cal.npz",
-                          options=NeuralOptions(output_kind="continuous", action_low=(-9.0,),
-                                                action_high=(9.0,), latency_repeats=1),
-                          thresholds=NeuralThresholds(min_top1=None))
+    report = convert_onnx(
+        ConvertOptions(model=model, out=tmp_path / "c", name="m"),
+        NeuralOptions(
+            output_kind="continuous", action_low=(-9.0,), action_high=(9.0,), latency_repeats=1,
+            calibration=tmp_path / "cal.npz", thresholds=NeuralThresholds(min_top1=None),
+        ),
+    )
     assert report.bundle is not None
     assert report.warnings[0].startswith("output 'label' is int64 [-1]")
 

@@ -16,7 +16,7 @@ from edge_agent.neural.backends import available_backends
 from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent_host.builders import mlp_forward
 from edge_agent_host.cli import main
-from edge_agent_host.converters.onnx import NeuralOptions
+from edge_agent_host.converters.onnx import ConvertOptions, NeuralOptions
 from edge_agent_host.converters.tflite import convert_tflite, tflite_from_tensorflow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,9 +65,11 @@ def test_prequantized_pair_report_matches_an_independent_run(
 ) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    report = convert_tflite(fixture.FLOAT_PATH, tmp_path / "b.tar", name="sensor",
-                            int8_path=fixture.INT8_PATH, heldout_path=heldout,
-                            options=NeuralOptions(latency_repeats=3))
+    report = convert_tflite(
+        ConvertOptions(model=fixture.FLOAT_PATH, out=tmp_path / "b.tar", name="sensor"),
+        NeuralOptions(latency_repeats=3, heldout=heldout),
+        int8_path=fixture.INT8_PATH,
+    )
     assert report.passed
     assert report.bundle is not None
     held = np.load(heldout)
@@ -149,8 +151,10 @@ def test_without_tensorflow_the_error_says_how_to_install_it(
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     (tmp_path / "saved_model").mkdir()
     with pytest.raises(EdgeAgentError, match=r"needs TensorFlow: pip install 'tensorflow-cpu"):
-        convert_tflite(tmp_path / "saved_model", tmp_path / "b", name="m",
-                       input_range=(-1.0, 1.0))
+        convert_tflite(
+            ConvertOptions(model=tmp_path / "saved_model", out=tmp_path / "b", name="m"),
+            NeuralOptions(input_range=(-1.0, 1.0)),
+        )
     assert main(["convert", "tflite", str(tmp_path / "saved_model"), "--out",
                  str(tmp_path / "b"), "--input-range", "-1", "1"]) == 1
     assert "pip install 'tensorflow-cpu" in capsys.readouterr().err
@@ -169,19 +173,31 @@ def test_full_integer_of_a_model_with_two_inputs_is_refused_before_tensorflow_lo
 
 def test_option_errors(tmp_path: Path, heldout: Path) -> None:
     with pytest.raises(InputError, match=r"pass its int8 version with --int8"):
-        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m", heldout_path=heldout)
+        convert_tflite(
+            ConvertOptions(model=fixture.FLOAT_PATH, out=tmp_path / "b", name="m"),
+            NeuralOptions(heldout=heldout),
+        )
     with pytest.raises(InputError, match=r"--method entropy applies to ONNX models"):
-        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m", int8_path=fixture.INT8_PATH,
-                       heldout_path=heldout, options=NeuralOptions(method="entropy"))
+        convert_tflite(
+            ConvertOptions(model=fixture.FLOAT_PATH, out=tmp_path / "b", name="m"),
+            NeuralOptions(method="entropy", heldout=heldout),
+            int8_path=fixture.INT8_PATH,
+        )
     with pytest.raises(ModelError, match=r"a full-integer model has int8 inputs and outputs"):
-        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
-                       int8_path=fixture.FLOAT_PATH, heldout_path=heldout)
+        convert_tflite(
+            ConvertOptions(model=fixture.FLOAT_PATH, out=tmp_path / "b", name="m"),
+            NeuralOptions(heldout=heldout),
+            int8_path=fixture.FLOAT_PATH,
+        )
     np.savez(tmp_path / "wrong.npz", window=np.load(heldout)["window"],
              labels=np.load(heldout)["labels"] + 100)
     with pytest.raises(InputError, match=r"labels range over 100\.\.\d+, but output .* has 4 "
                        r"classes"):
-        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
-                       int8_path=fixture.INT8_PATH, heldout_path=tmp_path / "wrong.npz")
+        convert_tflite(
+            ConvertOptions(model=fixture.FLOAT_PATH, out=tmp_path / "b", name="m"),
+            NeuralOptions(heldout=tmp_path / "wrong.npz"),
+            int8_path=fixture.INT8_PATH,
+        )
     assert not (tmp_path / "b").exists()
 
 
@@ -195,9 +211,11 @@ def test_dynamic_range_and_float16_variants_convert_and_run(
 ) -> None:
     """The fixture script's TensorFlow conversions in the other two modes: float inputs and
     outputs, int8 (dynamic-range) or float16 weights."""
-    report = convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="sensor", int8_path=path,
-                            heldout_path=heldout,
-                            options=NeuralOptions(mode=mode, latency_repeats=1))
+    report = convert_tflite(
+        ConvertOptions(model=fixture.FLOAT_PATH, out=tmp_path / "b", name="sensor"),
+        NeuralOptions(mode=mode, latency_repeats=1, heldout=heldout),
+        int8_path=path,
+    )
     assert report.passed
     assert report.data["scheme"] == scheme
     assert report.data["quantization"]["mode"] == mode
@@ -223,19 +241,29 @@ def test_dynamic_range_and_float16_variants_convert_and_run(
 
 def test_a_converted_model_must_be_what_the_mode_says(heldout: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"is int8; a float16 model keeps float32 inputs"):
-        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m", int8_path=fixture.INT8_PATH,
-                       heldout_path=heldout, options=NeuralOptions(mode="float16"))
+        convert_tflite(
+            ConvertOptions(model=fixture.FLOAT_PATH, out=tmp_path / "b", name="m"),
+            NeuralOptions(mode="float16", heldout=heldout),
+            int8_path=fixture.INT8_PATH,
+        )
     with pytest.raises(ModelError, match=r"no tensor is float16: not a float16 model"):
-        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
-                       int8_path=fixture.DYNAMIC_RANGE_PATH, heldout_path=heldout,
-                       options=NeuralOptions(mode="float16"))
+        convert_tflite(
+            ConvertOptions(model=fixture.FLOAT_PATH, out=tmp_path / "b", name="m"),
+            NeuralOptions(mode="float16", heldout=heldout),
+            int8_path=fixture.DYNAMIC_RANGE_PATH,
+        )
     with pytest.raises(ModelError, match=r"is float32; a full-integer model has int8 inputs"):
-        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
-                       int8_path=fixture.FLOAT16_PATH, heldout_path=heldout)
+        convert_tflite(
+            ConvertOptions(model=fixture.FLOAT_PATH, out=tmp_path / "b", name="m"),
+            NeuralOptions(heldout=heldout),
+            int8_path=fixture.FLOAT16_PATH,
+        )
     with pytest.raises(InputError, match=r"--mode dynamic is not a TFLite mode"):
-        convert_tflite(fixture.FLOAT_PATH, tmp_path / "b", name="m",
-                       int8_path=fixture.FLOAT16_PATH, heldout_path=heldout,
-                       options=NeuralOptions(mode="dynamic"))
+        convert_tflite(
+            ConvertOptions(model=fixture.FLOAT_PATH, out=tmp_path / "b", name="m"),
+            NeuralOptions(mode="dynamic", heldout=heldout),
+            int8_path=fixture.FLOAT16_PATH,
+        )
     assert not (tmp_path / "b").exists()
 
 

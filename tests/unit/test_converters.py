@@ -18,7 +18,7 @@ from edge_agent.aif.model import GenerativeModel
 from edge_agent.bundle.loader import load_bundle
 from edge_agent_host import converters
 from edge_agent_host.cli import build_parser, main
-from edge_agent_host.converters.aif import add_aif_options, aif_settings, convert_aif
+from edge_agent_host.converters.aif import add_aif_options, aif_options, convert_aif
 from edge_agent_host.converters.common import Converter, ConvertOptions, add_common_options
 from edge_agent_host.report import ConversionReport
 
@@ -32,12 +32,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:
-    with np.load(options.model, allow_pickle=False) as data:
+    source = options.input("an .npz with 'likelihood' and 'transition'")
+    with np.load(source, allow_pickle=False) as data:
         model = GenerativeModel.from_arrays([data["likelihood"]], [data["transition"]])
-    return convert_aif(
-        model, options.out, settings=aif_settings(args), source=str(options.model),
-        rollouts=args.rollouts, steps=args.steps, **options.keywords(),
-    )
+    return convert_aif(options, aif_options(args, model))
 
 
 CONVERTER = Converter(

@@ -19,7 +19,8 @@ from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.errors import ModelError
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 from edge_agent_host.cli import main
-from edge_agent_host.converters.aif import convert_pymdp, counts_from_pymdp
+from edge_agent_host.converters.aif import AifOptions, convert_pymdp, counts_from_pymdp
+from edge_agent_host.converters.common import ConvertOptions
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tmaze-learning.npz"
 
@@ -154,7 +155,11 @@ def test_pymdp_agents_carry_the_counts_they_learn(tmp_path: Path) -> None:
     assert sorted(counts) == ["A", "D"]
     assert list(counts["A"]) == [1]
     assert list(counts["D"]) == [0, 1]
-    report = convert_pymdp(agent, tmp_path / "b", name="tmaze", rollouts=10, steps=3)
+    report = convert_pymdp(
+        agent,
+        ConvertOptions(out=tmp_path / "b", name="tmaze"),
+        AifOptions(rollouts=10, steps=3),
+    )
     assert report.bundle is not None
     carried = load_bundle(tmp_path / "b", trusted_keys=None, require_signature=False).aif_counts()
     assert np.array_equal(carried["A"][1], pA[1])

@@ -19,7 +19,12 @@ from edge_agent.errors import ModelError
 from edge_agent.neural.backends import available_backends, get_backend
 from edge_agent.neural.backends.onnxruntime import ort_message
 from edge_agent_host.cli import main
-from edge_agent_host.converters.onnx import convert_onnx, max_onnxruntime_ir_version
+from edge_agent_host.converters.onnx import (
+    ConvertOptions,
+    NeuralOptions,
+    convert_onnx,
+    max_onnxruntime_ir_version,
+)
 
 # What onnxruntime 1.31 says when it meets IR 14 (the signature is the noise).
 IR_REFUSAL = (
@@ -80,7 +85,10 @@ def test_a_newer_ir_and_an_opset_onnxruntime_lacks_is_refused_in_one_line(
     path = tmp_path / "future.onnx"
     onnx.save(relu_model(ir_version=max_onnxruntime_ir_version() + 1, opset=99), path)
     with pytest.raises(ModelError, match=r"onnxruntime cannot load the model: .*Opset 99") as err:
-        convert_onnx(path, tmp_path / "b", name="future", input_range=(0.0, 1.0))
+        convert_onnx(
+            ConvertOptions(model=path, out=tmp_path / "b", name="future"),
+            NeuralOptions(input_range=(0.0, 1.0)),
+        )
     assert "ValidateOpsetForDomain" not in str(err.value)
     assert "\n" not in str(err.value)
     caplog.clear()
@@ -105,7 +113,10 @@ def test_a_file_that_is_no_onnx_model_is_refused_in_one_line(
     path = tmp_path / "notes.onnx"
     path.write_bytes(b"this is not a protobuf")
     with pytest.raises(ModelError, match=r"notes\.onnx: not an ONNX model \("):
-        convert_onnx(path, tmp_path / "b", name="notes", input_range=(0.0, 1.0))
+        convert_onnx(
+            ConvertOptions(model=path, out=tmp_path / "b", name="notes"),
+            NeuralOptions(input_range=(0.0, 1.0)),
+        )
     assert main(["convert", "onnx", str(path), "--out", str(tmp_path / "c"),
                  "--input-range", "0", "1"]) == 1
     err = capsys.readouterr().err

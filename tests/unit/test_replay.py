@@ -229,17 +229,25 @@ def test_replay_takes_a_bundle_as_the_device_runs_it(
 ) -> None:
     """``replay`` on a bundle .tar once said it 'contains pickled (object) data': it now runs the
     bundle's int8 model with the bundle's settings, and checks its signature when asked."""
-    from edge_agent_host.converters.aif import convert_aif
+    from edge_agent_host.converters.aif import AifOptions, convert_aif
+    from edge_agent_host.converters.common import ConvertOptions
     from edge_agent_host.keys import generate_keypair, load_signing_key
 
     model = gridworld_model(4, 4)
     keys = tmp_path / "keys"
     pair = generate_keypair(keys, "fleet")
-    report = convert_aif(model, tmp_path / "grid.tar", name="grid", rollouts=10, steps=5,
-                         settings=AifSettings(policy_len=2),
-                         sign_key=load_signing_key(pair.private_path))
+    report = convert_aif(
+        ConvertOptions(
+            out=tmp_path / "grid.tar", name="grid",
+            sign_key=load_signing_key(pair.private_path),
+        ),
+        AifOptions(model=model, rollouts=10, steps=5, settings=AifSettings(policy_len=2)),
+    )
     assert report.bundle is not None
-    unsigned = convert_aif(model, tmp_path / "plain.tar", name="plain", rollouts=10, steps=5)
+    unsigned = convert_aif(
+        ConvertOptions(out=tmp_path / "plain.tar", name="plain"),
+        AifOptions(model=model, rollouts=10, steps=5),
+    )
     assert unsigned.bundle is not None
     env = GridWorldEnv(1, height=4, width=4, seed=1)
     obs = np.array([env.reset()[0]] * 6)
@@ -263,11 +271,14 @@ def test_replay_says_what_it_takes_instead_of_pickled_data(
 ) -> None:
     """numpy calls any file that is not .npz 'pickled (object) data'; replay names what the
     file is and what it takes, as the model and as the recording, in one line each."""
-    from edge_agent_host.converters.aif import convert_aif
+    from edge_agent_host.converters.aif import AifOptions, convert_aif
+    from edge_agent_host.converters.common import ConvertOptions
 
     bundle = tmp_path / "grid.tar"
-    assert convert_aif(gridworld_model(4, 4), bundle, name="grid", rollouts=10,
-                       steps=5).bundle is not None
+    assert convert_aif(
+        ConvertOptions(out=bundle, name="grid"),
+        AifOptions(model=gridworld_model(4, 4), rollouts=10, steps=5),
+    ).bundle is not None
     model = tmp_path / "model.npz"
     save_npz(gridworld_model(4, 4), model)
     env = GridWorldEnv(1, height=4, width=4, seed=1)

@@ -8,11 +8,10 @@ and stepped as a device does (:mod:`edge_agent_host.device_check`) and signed.
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from edge_agent.aif.model import GenerativeModel
@@ -23,20 +22,27 @@ from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
 from edge_agent.neural.groups import window_layout
 from edge_agent_host.converters.aif import (
-    AifThresholds,
     aif_bundle_arrays,
     aif_checks,
     aif_report_data,
     aif_spec,
 )
+from edge_agent_host.converters.common import ConvertOptions
 from edge_agent_host.device_check import device_check
 from edge_agent_host.neural_inputs import Samples
 from edge_agent_host.neural_measure import compare_models, neural_checks, neural_rows
-from edge_agent_host.neural_options import NeuralOptions, NeuralThresholds
+from edge_agent_host.neural_options import NeuralOptions
 from edge_agent_host.output import write_output
 from edge_agent_host.report import ConversionReport
 
-__all__ = ["check_perception_outputs", "finish_neural", "int8_does_not_pay", "neural_spec"]
+__all__ = [
+    "ConvertedModel",
+    "check_perception_outputs",
+    "finish_neural",
+    "int8_does_not_pay",
+    "neural_spec",
+    "perception_model",
+]
 
 
 def int8_does_not_pay(size_ratio: float, quantized_share: float | None) -> str:
@@ -87,6 +93,22 @@ def neural_spec(
     return spec
 
 
+def perception_model(neural: NeuralOptions) -> GenerativeModel | None:
+    """The generative model an ``aif+perception`` conversion pairs with its observation model
+    (``None``: a plain neural bundle); InputError in one line when the pairing cannot be."""
+    if neural.aif is None:
+        return None
+    if neural.aif.model is None:
+        raise InputError("a perception bundle needs the generative model (AifOptions.model)")
+    if neural.output_kind != "observation":
+        raise InputError("a perception bundle (--aif) needs --output-kind observation")
+    if neural.aif.counts:
+        raise InputError(
+            "Dirichlet counts are carried by convert aif; an aif+perception bundle takes none"
+        )
+    return neural.aif.model
+
+
 def check_perception_outputs(session: Session, model: GenerativeModel) -> None:
     """An observation model needs one ``(batch, O_m)`` logits output per modality, in order."""
     outputs = session.output_specs
@@ -103,49 +125,58 @@ def check_perception_outputs(session: Session, model: GenerativeModel) -> None:
             )
 
 
+@dataclass(frozen=True)
+class ConvertedModel:
+    """What a neural format's converter hands :func:`finish_neural`: the float and converted
+    models (bytes and loaded sessions) and what it learnt on the way.
+
+    ``backend``: the device backend that runs ``model_file``; ``scheme``: the manifest's
+    quantization scheme of the converted model; ``source``: the input, as the report names it;
+    ``window``: the history window; ``heldout``/``labels`` and ``calibration``: the data sets
+    (the device check steps the bundle on ``calibration``, else ``heldout``);
+    ``calibration_info`` and ``quantization_info``: the report's records; ``warnings``: lines
+    for the report; ``quantized_share``: the share of the float weights quantized (``None``:
+    not known).
+    """
+
+    backend: Literal["onnxruntime", "litert"]
+    model_file: str
+    scheme: str
+    source: str
+    float_bytes: bytes
+    int8_bytes: bytes
+    float_session: Session
+    int8_session: Session
+    window: int
+    heldout: Samples
+    labels: np.ndarray | None
+    calibration: Samples
+    calibration_info: dict[str, Any]
+    quantization_info: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    quantized_share: float | None = None
+
+
 def finish_neural(
-    *,
-    backend_name: Literal["onnxruntime", "litert"],
-    model_file: str,
-    scheme: str,
-    source: str,
-    out: str | Path,
-    name: str,
-    version: str,
-    options: NeuralOptions,
-    float_bytes: bytes,
-    int8_bytes: bytes,
-    float_session: Session,
-    int8_session: Session,
-    window: int,
-    heldout: Samples,
-    labels: np.ndarray | None,
-    calibration: Samples,
-    calibration_info: dict[str, Any],
-    quantization_info: dict[str, Any],
-    warnings: list[str],
-    thresholds: NeuralThresholds | None,
-    aif_model: GenerativeModel | None,
-    aif_settings: AifSettings | None,
-    aif_thresholds: AifThresholds | None,
-    rollouts: int,
-    steps: int,
-    seed: int,
-    force: bool,
-    sign_key: Ed25519PrivateKey | None,
-    signer: str | None,
-    show_progress: bool,
-    quantized_share: float | None = None,
+    converted: ConvertedModel, options: ConvertOptions, neural: NeuralOptions
 ) -> ConversionReport:
     """Compare, check, write, device-check and sign the bundle of a converted neural model (both
     converters).
 
     An int8 model that does not pay (:func:`int8_does_not_pay`) is measured and reported, but
-    the bundle carries the float model, with a warning that says so (``force`` keeps the int8
-    one); the accuracy checks then do not apply (``data["bundled"]`` is ``"float"``).
+    the bundle carries the float model, with a warning that says so (``options.force`` keeps the
+    int8 one); the accuracy checks then do not apply (``data["bundled"]`` is ``"float"``).
     """
+    c = converted
+    backend_name, model_file, scheme = c.backend, c.model_file, c.scheme
+    float_bytes, int8_bytes = c.float_bytes, c.int8_bytes
+    float_session, int8_session = c.float_session, c.int8_session
+    heldout, calibration, warnings = c.heldout, c.calibration, c.warnings
+    force = options.force
+    pairing = neural.aif
+    aif_model = perception_model(neural)
     ratio = len(int8_bytes) / len(float_bytes)
-    why_float = int8_does_not_pay(ratio, quantized_share)
+    why_float = int8_does_not_pay(ratio, c.quantized_share)
     bundled: Literal["int8", "float"] = "float" if why_float and not force else "int8"
     if why_float:
         warnings = [
@@ -156,16 +187,16 @@ def finish_neural(
             "--force bundles the int8 one)",
         ]
     device_session = float_session if bundled == "float" else int8_session
-    spec = neural_spec(backend_name, model_file, device_session, options, window)
+    spec = neural_spec(backend_name, model_file, device_session, neural, c.window)
     if aif_model is not None:
         check_perception_outputs(int8_session, aif_model)
     comparison = compare_models(
         float_session,
         int8_session,
         heldout,
-        labels=labels,
-        classify=options.output_kind != "continuous",
-        latency_repeats=options.latency_repeats,
+        labels=c.labels,
+        classify=neural.output_kind != "continuous",
+        latency_repeats=neural.latency_repeats,
     )
     latency = comparison.pop("latency_ms")
     backend = get_backend(backend_name)
@@ -174,8 +205,8 @@ def finish_neural(
         "bundled": bundled,
         "backend": backend_name,
         "backend_version": backend.version(),
-        "quantization": quantization_info,
-        "calibration": calibration_info,
+        "quantization": c.quantization_info,
+        "calibration": c.calibration_info,
         "size": {
             "float_bytes": len(float_bytes),
             "int8_bytes": len(int8_bytes),
@@ -188,24 +219,24 @@ def finish_neural(
     if x64_precision is not None:
         data["x64_quant_precision"] = bool(x64_precision)
     # The accuracy thresholds judge the int8 model: a bundle of the float model has no error.
-    checks = neural_checks(data, thresholds or NeuralThresholds()) if bundled == "int8" else []
+    checks = neural_checks(data, neural.thresholds) if bundled == "int8" else []
     rows = neural_rows(data)
     kind: BundleKind = "neural"
     arrays: dict[str, np.ndarray] = {}
     aif = None
-    if aif_model is not None:
+    if pairing is not None and aif_model is not None:
         kind = "aif+perception"
-        settings = aif_settings or AifSettings()
+        settings = pairing.settings or AifSettings()
         quantized = quantize_model(aif_model)
-        limits = aif_thresholds or AifThresholds()
+        limits = pairing.thresholds
         aif_data, aif_rows = aif_report_data(
             aif_model,
             quantized,
             settings,
-            rollouts=rollouts,
-            steps=steps,
-            seed=seed,
-            show_progress=show_progress,
+            rollouts=pairing.rollouts,
+            steps=pairing.steps,
+            seed=options.seed,
+            show_progress=options.show_progress,
             tie_tol=limits.tie_tolerance,
         )
         data["aif"] = aif_data
@@ -214,7 +245,7 @@ def finish_neural(
         arrays, names = aif_bundle_arrays(quantized)
         aif = aif_spec(quantized, settings, names)
     report = ConversionReport(
-        kind=kind, source=source, data=data, rows=rows, checks=checks, warnings=list(warnings)
+        kind=kind, source=c.source, data=data, rows=rows, checks=checks, warnings=list(warnings)
     )
     if not report.passed and not force:
         return report
@@ -225,17 +256,17 @@ def finish_neural(
         checked.update(device_check(bundle, inputs, device_session))
 
     report.bundle = write_output(
-        out,
-        name=name,
-        version=version,
+        options.out,
+        name=options.name,
+        version=options.version,
         kind=kind,
         arrays=arrays,
         files={model_file: int8_bytes if bundled == "int8" else float_bytes},
         aif=aif,
         neural=spec,
         quantization=report.manifest_record(),
-        sign_key=sign_key,
-        signer=signer,
+        sign_key=options.sign_key,
+        signer=options.signer,
         device_check=on_device,
     )
     report.data["device_check"] = checked

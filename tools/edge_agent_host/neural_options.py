@@ -1,12 +1,18 @@
-"""What a neural conversion is asked for: :class:`NeuralOptions` (how the model is used on the
-device and how it is quantized) and :class:`NeuralThresholds` (the accuracy it must reach on the
-held-out set). Shared by the ONNX and TFLite converters.
+"""What a neural conversion is asked for, beside the :class:`ConvertOptions` every conversion
+shares: :class:`NeuralOptions` (how the model is used on the device, how it is quantized, the
+data it is calibrated and measured on, the accuracy it must reach, and the generative model of an
+``aif+perception`` pairing) and :class:`NeuralThresholds`. Shared by the ONNX and TFLite
+converters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from edge_agent_host.converters.aif import AifOptions
 
 __all__ = ["NeuralOptions", "NeuralThresholds", "OutputKind"]
 
@@ -14,12 +20,31 @@ OutputKind = Literal["discrete", "continuous", "observation"]
 
 
 @dataclass(frozen=True)
-class NeuralOptions:
-    """How the neural model is used on the device and how it is quantized.
+class NeuralThresholds:
+    """Accuracy a neural conversion must reach on the held-out set (``None``: not checked)."""
 
-    ``mode``: ONNX ``auto`` | ``static`` | ``dynamic``; TFLite ``auto`` (= ``full-integer``) |
-    ``full-integer`` | ``dynamic-range`` | ``float16``. ``outputs``: the model outputs to keep, in
-    order (empty: every output that can be a policy or classifier).
+    min_top1: float | None = 0.99
+    max_abs_error: float | None = None
+
+
+@dataclass(frozen=True)
+class NeuralOptions:
+    """The neural formats' own options record (``convert onnx``, ``convert tflite``).
+
+    How the device uses the model: ``output_kind``, ``window`` (``None``: from a ``(batch, T,
+    F)`` input, else 1), ``action_low``/``action_high`` (continuous output).
+
+    How it is quantized: ``mode``: ONNX ``auto`` | ``static`` | ``dynamic``; TFLite ``auto``
+    (= ``full-integer``) | ``full-integer`` | ``dynamic-range`` | ``float16``. ``method``,
+    ``percentile``, ``preprocess``, ``symmetric_activations``, ``exclude_nodes``,
+    ``exclude_op_types``, ``outputs`` (the model outputs to keep, in order; empty: every output
+    that can be a policy or classifier) and ``calibration_batch`` are ONNX's.
+
+    The data: ``calibration`` and ``heldout`` (``.npz`` files keyed by input name), or
+    ``input_range`` with ``samples`` draws per set. The report: ``threads``,
+    ``latency_repeats`` and ``thresholds``. ``aif``: pair the network (``output_kind``
+    ``observation``) with this generative model (:class:`~edge_agent_host.converters.aif.
+    AifOptions` with its ``model`` set): an ``aif+perception`` bundle.
     """
 
     output_kind: OutputKind = "discrete"
@@ -38,11 +63,9 @@ class NeuralOptions:
     calibration_batch: int = 32
     threads: int = 1
     latency_repeats: int = 30
-
-
-@dataclass(frozen=True)
-class NeuralThresholds:
-    """Accuracy a neural conversion must reach on the held-out set (``None``: not checked)."""
-
-    min_top1: float | None = 0.99
-    max_abs_error: float | None = None
+    calibration: Path | None = None
+    heldout: Path | None = None
+    input_range: tuple[float, float] | None = None
+    samples: int = 256
+    thresholds: NeuralThresholds = field(default_factory=NeuralThresholds)
+    aif: AifOptions | None = None

@@ -37,12 +37,11 @@ import argparse
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.aif import agreement
 from edge_agent.aif.learning import check_counts
@@ -69,9 +68,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AIF_ARRAY_DIR",
     "CONVERTER",
+    "AifOptions",
     "AifThresholds",
     "add_aif_options",
     "aif_bundle_arrays",
+    "aif_options",
     "aif_settings",
     "aif_thresholds",
     "compare_rollouts",
@@ -102,6 +103,28 @@ class AifThresholds:
     min_action_agreement: float = 0.95
     #: An int8 action agrees when the float posterior rates it within this of its best.
     tie_tolerance: float = TIE_TOLERANCE
+
+
+@dataclass(frozen=True)
+class AifOptions:
+    """The Active Inference format's own options record: of ``convert aif``
+    (:func:`convert_aif`), and the generative model a neural conversion pairs with its
+    observation model (``NeuralOptions.aif``: an ``aif+perception`` bundle).
+
+    ``model``: the generative model (``None``: :func:`convert_aif` reads it from
+    ``ConvertOptions.model``); ``settings``: the agents' (``None``: the defaults, or a pymdp
+    agent's own); ``counts``: Dirichlet counts by kind and modality/factor (``{"A": {1: pA1}}``)
+    for agents that learn, checked against ``model`` and carried in float64 (``aif/pA1.npy``;
+    ``convert aif`` only); ``rollouts`` agents are simulated for ``steps`` steps for the report,
+    which must meet ``thresholds``.
+    """
+
+    model: GenerativeModel | None = None
+    settings: AifSettings | None = None
+    counts: Counts | None = None
+    rollouts: int = 200
+    steps: int = 30
+    thresholds: AifThresholds = field(default_factory=AifThresholds)
 
 
 # -- reading models --------------------------------------------------------------------------------
@@ -636,42 +659,60 @@ def bundle_counts(model: GenerativeModel, counts: Counts) -> dict[str, np.ndarra
     return out
 
 
-def convert_aif(
-    model: GenerativeModel,
-    out: str | Path,
-    *,
-    settings: AifSettings | None = None,
-    name: str,
-    version: str = "1.0.0",
-    source: str = "model",
-    rollouts: int = 200,
-    steps: int = 30,
-    seed: int = 0,
-    thresholds: AifThresholds | None = None,
-    force: bool = False,
-    sign_key: Ed25519PrivateKey | None = None,
-    signer: str | None = None,
-    show_progress: bool = False,
-    counts: Counts | None = None,
-) -> ConversionReport:
-    """Quantize ``model``, measure it, and write (and sign) the bundle if the checks pass.
+def convert_aif(options: ConvertOptions, aif: AifOptions | None = None) -> ConversionReport:
+    """Quantize a generative model, measure it, and write (and sign) the bundle if the checks
+    pass.
 
-    ``counts``: Dirichlet counts by kind and modality/factor (``{"A": {1: pA1}}``) for agents
-    that learn; checked against ``model`` and carried in float64 (``aif/pA1.npy``). Returns the
-    report; ``report.bundle`` is ``None`` when the checks failed and ``force`` is not set (then
+    The model is ``aif.model``, or else read from ``options.model`` (``.npz`` or ``.json``:
+    :func:`load_aif_model`, a ``.npz``'s Dirichlet counts ``pA0``.. with it); the report names
+    ``options.model`` as its source (``model`` when there is none). Returns the report;
+    ``report.bundle`` is ``None`` when the checks failed and ``options.force`` is not set (then
     nothing is written).
     """
-    check_output(out)
+    aif = aif or AifOptions()
+    if aif.model is None:
+        if aif.counts is not None:
+            raise InputError(
+                "AifOptions.counts go with AifOptions.model: a .npz carries its own (pA0..)"
+            )
+        counts: Counts = {}
+        model = load_aif_model(options.input("a .npz or .json model"), counts=counts)
+        aif = replace(aif, model=model, counts=counts)
+    return _convert_model(options, aif, "model" if options.model is None else str(options.model))
+
+
+def convert_pymdp(
+    agent: object, options: ConvertOptions, aif: AifOptions | None = None
+) -> ConversionReport:
+    """:func:`convert_aif` for a pymdp ``Agent`` (duck-typed): its model, its settings unless
+    ``aif.settings`` is given, its Dirichlet counts unless ``aif.counts`` is given. The report
+    names the agent's class as its source."""
+    aif = aif or AifOptions()
+    settings = aif.settings or settings_from_pymdp(agent)
+    model = model_from_pymdp(agent)
+    counts = aif.counts if aif.counts is not None else counts_from_pymdp(agent, model)
+    return _convert_model(
+        options, replace(aif, model=model, settings=settings, counts=counts),
+        f"pymdp agent {type(agent).__name__}",
+    )
+
+
+def _convert_model(options: ConvertOptions, aif: AifOptions, source: str) -> ConversionReport:
+    """:func:`convert_aif` once the model is in ``aif.model``."""
+    if aif.model is None:
+        raise ValueError("_convert_model needs aif.model")
+    model = aif.model
+    check_output(options.out)
     try:
-        count_arrays = bundle_counts(model, counts or {})
+        count_arrays = bundle_counts(model, aif.counts or {})
     except ModelError as err:
         raise ModelError(f"{source}: {err}") from err
-    agent_settings = settings or AifSettings()
-    limits = thresholds or AifThresholds()
+    agent_settings = aif.settings or AifSettings()
+    limits = aif.thresholds
     quantized = quantize_model(model)
     data, rows = aif_report_data(
-        model, quantized, agent_settings, rollouts=rollouts, steps=steps, seed=seed,
-        show_progress=show_progress, tie_tol=limits.tie_tolerance,
+        model, quantized, agent_settings, rollouts=aif.rollouts, steps=aif.steps,
+        seed=options.seed, show_progress=options.show_progress, tie_tol=limits.tie_tolerance,
     )
     report = ConversionReport(
         kind="aif", source=source, data=data, rows=rows, checks=aif_checks(data, limits)
@@ -679,7 +720,7 @@ def convert_aif(
     if count_arrays:
         report.data["learning"] = {"counts": sorted(count_arrays)}
         report.rows.append(("Dirichlet counts (float64)", ", ".join(sorted(count_arrays))))
-    if not report.passed and not force:
+    if not report.passed and not options.force:
         return report
     arrays, names = aif_bundle_arrays(quantized)
     for logical, array in count_arrays.items():
@@ -687,24 +728,12 @@ def convert_aif(
         arrays[rel] = array
         names[logical] = rel
     report.bundle = write_output(
-        out, name=name, version=version, kind="aif", arrays=arrays,
+        options.out, name=options.name, version=options.version, kind="aif", arrays=arrays,
         aif=aif_spec(quantized, agent_settings, names),
-        quantization=report.manifest_record(), sign_key=sign_key, signer=signer,
+        quantization=report.manifest_record(), sign_key=options.sign_key,
+        signer=options.signer,
     )
     return report
-
-
-def convert_pymdp(agent: object, out: str | Path, *, name: str, **kwargs: Any) -> ConversionReport:
-    """:func:`convert_aif` for a pymdp ``Agent``: its model, settings and Dirichlet counts
-    (duck-typed).
-
-    ``kwargs`` are :func:`convert_aif`'s keyword arguments; ``settings`` overrides the agent's.
-    """
-    settings = kwargs.pop("settings", None) or settings_from_pymdp(agent)
-    kwargs.setdefault("source", f"pymdp agent {type(agent).__name__}")
-    model = model_from_pymdp(agent)
-    kwargs.setdefault("counts", counts_from_pymdp(agent, model))
-    return convert_aif(model, out, name=name, settings=settings, **kwargs)
 
 
 # ``convert aif`` -------------------------------------------------------------------------------
@@ -764,13 +793,17 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     add_aif_options(parser)
 
 
-def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:
-    counts: Counts = {}  # a .npz's pA0.., pB0.., pD0.., carried into the bundle
-    return convert_aif(
-        load_aif_model(options.model, counts=counts), options.out, settings=aif_settings(args),
-        source=str(options.model), rollouts=args.rollouts, steps=args.steps,
-        thresholds=aif_thresholds(args), counts=counts, **options.keywords(),
+def aif_options(args: argparse.Namespace, model: GenerativeModel | None = None) -> AifOptions:
+    """The :class:`AifOptions` of :func:`add_aif_options`' arguments, with ``model`` (``None``:
+    :func:`convert_aif` reads it from the input file)."""
+    return AifOptions(
+        model=model, settings=aif_settings(args), thresholds=aif_thresholds(args),
+        rollouts=args.rollouts, steps=args.steps,
     )
+
+
+def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:
+    return convert_aif(options, aif_options(args))
 
 
 CONVERTER = Converter(

@@ -11,7 +11,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edge_agent.errors import InputError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -33,15 +35,20 @@ __all__ = [
 class ConvertOptions:
     """What every conversion is asked, whatever its input format.
 
-    ``model``: the input (a file or directory, as the format reads it); ``out``: the bundle to
-    write (a new directory, or a ``.tar`` / ``.tar.gz``); ``name`` and ``version``: the bundle's;
-    ``seed``: of simulations and samples; ``force``: write the bundle even if a check fails;
-    ``sign_key`` and ``signer``: sign it (``None``: unsigned); ``show_progress``: progress bars.
+    A format's conversion function takes this record and, if it has options of its own, one
+    record of its own (``convert_onnx(options, NeuralOptions(...))``).
+
+    ``out``: the bundle to write (a new directory, or a ``.tar`` / ``.tar.gz``); ``name`` and
+    ``version``: the bundle's; ``model``: the input file or directory, as the format reads it
+    (``None`` when the format is handed its model in memory, as ``convert_aif`` and
+    ``convert_pymdp`` can be; the report names it as its source); ``seed``: of simulations and
+    samples; ``force``: write the bundle even if a check fails; ``sign_key`` and ``signer``:
+    sign it (``None``: unsigned); ``show_progress``: progress bars.
     """
 
-    model: Path
     out: Path
     name: str
+    model: Path | None = None
     version: str = "1.0.0"
     seed: int = 0
     force: bool = False
@@ -49,17 +56,11 @@ class ConvertOptions:
     signer: str | None = None
     show_progress: bool = False
 
-    def keywords(self) -> dict[str, Any]:
-        """The keyword arguments every ``convert_*`` function takes, from this record."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "seed": self.seed,
-            "force": self.force,
-            "sign_key": self.sign_key,
-            "signer": self.signer,
-            "show_progress": self.show_progress,
-        }
+    def input(self, what: str) -> Path:
+        """``model``, which this format needs (``what``: the input it reads, for the error)."""
+        if self.model is None:
+            raise InputError(f"ConvertOptions.model: give the input, {what}")
+        return self.model
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The command-line options the neural converters share (``convert onnx``, ``convert tflite``):
 calibration and held-out data, how the device uses the model, the report's thresholds, and the
-generative model of an ``aif+perception`` pairing; read back as the keyword arguments of
-``convert_onnx`` / ``convert_tflite``.
+generative model of an ``aif+perception`` pairing; read back as the
+:class:`~edge_agent_host.neural_options.NeuralOptions` of ``convert_onnx`` / ``convert_tflite``.
 """
 
 from __future__ import annotations
@@ -10,17 +10,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edge_agent_host.converters.aif import (
-    add_aif_options,
-    aif_settings,
-    aif_thresholds,
-    load_aif_model,
-)
+from edge_agent_host.converters.aif import add_aif_options, aif_options, load_aif_model
 from edge_agent_host.converters.common import fraction, positive_int
 from edge_agent_host.neural_inputs import MIN_CALIBRATION_SAMPLES
 from edge_agent_host.neural_options import NeuralOptions, NeuralThresholds
 
-__all__ = ["add_neural_options", "neural_keywords"]
+__all__ = ["add_neural_options", "read_neural_options"]
 
 
 def add_neural_options(parser: argparse.ArgumentParser) -> None:
@@ -67,28 +62,20 @@ def add_neural_options(parser: argparse.ArgumentParser) -> None:
     add_aif_options(parser)
 
 
-def neural_keywords(args: argparse.Namespace, **quantization: Any) -> dict[str, Any]:
-    """The keyword arguments of ``convert_onnx`` / ``convert_tflite`` from the options of
-    :func:`add_neural_options`; ``quantization``: the format's own :class:`NeuralOptions`
-    fields (``mode``, and ONNX's calibration method, exclusions ...)."""
-    options = NeuralOptions(
+def read_neural_options(args: argparse.Namespace, **quantization: Any) -> NeuralOptions:
+    """The :class:`NeuralOptions` of the options of :func:`add_neural_options`;
+    ``quantization``: the format's own fields (``mode``, and ONNX's calibration method,
+    exclusions ...)."""
+    return NeuralOptions(
         output_kind=args.output_kind, window=args.window,
         action_low=tuple(args.action_low) if args.action_low else None,
         action_high=tuple(args.action_high) if args.action_high else None,
         per_channel=not args.per_tensor, threads=args.threads,
         latency_repeats=args.latency_repeats,
+        calibration=args.calibration, heldout=args.heldout,
+        input_range=tuple(args.input_range) if args.input_range else None,
+        samples=args.samples,
+        thresholds=NeuralThresholds(min_top1=args.min_top1, max_abs_error=args.max_abs_error),
+        aif=aif_options(args, load_aif_model(args.aif)) if args.aif is not None else None,
         **quantization,
     )
-    return {
-        "options": options,
-        "calibration_path": args.calibration,
-        "heldout_path": args.heldout,
-        "input_range": tuple(args.input_range) if args.input_range else None,
-        "samples": args.samples,
-        "thresholds": NeuralThresholds(min_top1=args.min_top1, max_abs_error=args.max_abs_error),
-        "aif_model": load_aif_model(args.aif) if args.aif is not None else None,
-        "aif_settings": aif_settings(args),
-        "aif_thresholds": aif_thresholds(args),
-        "rollouts": args.rollouts,
-        "steps": args.steps,
-    }

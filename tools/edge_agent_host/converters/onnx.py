@@ -26,17 +26,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from edge_agent.aif.model import GenerativeModel
-from edge_agent.aif.settings import AifSettings
 from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.backends import get_backend
-from edge_agent_host.converters.aif import AifThresholds
 from edge_agent_host.converters.common import Converter, ConvertOptions, add_common_options
-from edge_agent_host.converters.neural_args import add_neural_options, neural_keywords
+from edge_agent_host.converters.neural_args import add_neural_options, read_neural_options
 from edge_agent_host.device_check import DEVICE_CHECK_AGENTS, device_check
-from edge_agent_host.neural_bundle import finish_neural
+from edge_agent_host.neural_bundle import ConvertedModel, finish_neural, perception_model
 from edge_agent_host.neural_inputs import (
     HELDOUT_FRACTION,
     MIN_CALIBRATION_SAMPLES,
@@ -91,6 +86,8 @@ __all__ = [
     "QUANT_MODES",
     "SIZE_WARNING_RATIO",
     "CalibrationReader",
+    "ConvertOptions",
+    "ConvertedModel",
     "NeuralOptions",
     "NeuralThresholds",
     "Samples",
@@ -252,44 +249,22 @@ def _onnxruntime_version() -> str:
 
 
 # -- converting ------------------------------------------------------------------------------------
-def convert_onnx(
-    model_path: str | Path,
-    out: str | Path,
-    *,
-    name: str,
-    version: str = "1.0.0",
-    options: NeuralOptions | None = None,
-    calibration_path: str | Path | None = None,
-    heldout_path: str | Path | None = None,
-    input_range: tuple[float, float] | None = None,
-    samples: int = 256,
-    seed: int = 0,
-    thresholds: NeuralThresholds | None = None,
-    aif_model: GenerativeModel | None = None,
-    aif_settings: AifSettings | None = None,
-    aif_thresholds: AifThresholds | None = None,
-    rollouts: int = 200,
-    steps: int = 30,
-    force: bool = False,
-    sign_key: Ed25519PrivateKey | None = None,
-    signer: str | None = None,
-    show_progress: bool = False,
-) -> ConversionReport:
-    """Quantize an ONNX model, compare it with the float one, write (and sign) the bundle.
+def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -> ConversionReport:
+    """Quantize the ONNX model ``options.model``, compare it with the float one, write (and sign)
+    the bundle.
 
-    With ``aif_model`` the bundle is ``aif+perception``: the network is the observation model
+    With ``neural.aif`` the bundle is ``aif+perception``: the network is the observation model
     (``output_kind`` must be ``observation``) and the generative model is quantized and measured
     as :func:`edge_agent_host.converters.aif.convert_aif` does. Returns the report;
-    ``report.bundle`` is ``None`` when a check failed and ``force`` is not set (nothing is
-    written then).
+    ``report.bundle`` is ``None`` when a check failed and ``options.force`` is not set (nothing
+    is written then).
     """
     import onnx
 
-    opts = options or NeuralOptions()
-    check_output(out)
-    source = Path(model_path)
-    if aif_model is not None and opts.output_kind != "observation":
-        raise InputError("a perception bundle (--aif) needs --output-kind observation")
+    opts = neural or NeuralOptions()
+    check_output(options.out)
+    source = options.input("a float .onnx model")
+    perception_model(opts)
     backend = get_backend("onnxruntime")
     warnings: list[str] = []
     float_bytes = read_onnx(source, warnings)
@@ -302,11 +277,11 @@ def convert_onnx(
         _item_shape(spec)
     calibration, heldout, labels, data_source = gather_data(
         inputs,
-        calibration_path=calibration_path,
-        heldout_path=heldout_path,
-        input_range=input_range,
-        samples=samples,
-        seed=seed,
+        calibration_path=opts.calibration,
+        heldout_path=opts.heldout,
+        input_range=opts.input_range,
+        samples=opts.samples,
+        seed=options.seed,
         calibrate=opts.mode != "dynamic",
     )
     if opts.output_kind != "continuous":
@@ -322,7 +297,7 @@ def convert_onnx(
             options=opts,
             float_session=float_session,
             warnings=warnings,
-            show_progress=show_progress,
+            show_progress=options.show_progress,
             source=source,
         )
     int8_session = backend.load(int8_bytes, opts.threads)
@@ -343,16 +318,11 @@ def convert_onnx(
             if k in record
         },
     }
-    return finish_neural(
-        backend_name="onnxruntime",
-        quantized_share=record["quantized_share"],
+    converted = ConvertedModel(
+        backend="onnxruntime",
         model_file="model.onnx",
         scheme="onnx-qdq-s8s8" if static else "onnx-dynamic-u8s8",
         source=str(source),
-        out=out,
-        name=name,
-        version=version,
-        options=opts,
         float_bytes=float_bytes,
         int8_bytes=int8_bytes,
         float_session=float_session,
@@ -364,18 +334,9 @@ def convert_onnx(
         calibration_info=calibration_info,
         quantization_info=record,
         warnings=warnings,
-        thresholds=thresholds,
-        aif_model=aif_model,
-        aif_settings=aif_settings,
-        aif_thresholds=aif_thresholds,
-        rollouts=rollouts,
-        steps=steps,
-        seed=seed,
-        force=force,
-        sign_key=sign_key,
-        signer=signer,
-        show_progress=show_progress,
+        quantized_share=record["quantized_share"],
     )
+    return finish_neural(converted, options, opts)
 
 
 def _auto_modes(options: NeuralOptions, calibration: Samples) -> tuple[list[QuantMode], str]:
@@ -508,13 +469,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:
-    neural = neural_keywords(
+    neural = read_neural_options(
         args, mode=args.mode, method=args.method, percentile=args.percentile,
         preprocess=not args.no_preprocess, symmetric_activations=args.symmetric_activations,
         exclude_nodes=tuple(args.exclude_nodes), exclude_op_types=tuple(args.exclude_op_types),
         outputs=tuple(args.outputs),
     )
-    return convert_onnx(options.model, options.out, **neural, **options.keywords())
+    return convert_onnx(options, neural)
 
 
 CONVERTER = Converter(

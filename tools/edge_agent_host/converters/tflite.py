@@ -39,29 +39,24 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.aif.model import GenerativeModel
-from edge_agent.aif.settings import AifSettings
 from edge_agent.errors import EdgeAgentError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
 from edge_agent.neural.backends.litert import _interpreter_class
-from edge_agent_host.converters.aif import AifThresholds
 from edge_agent_host.converters.common import Converter, ConvertOptions, add_common_options
-from edge_agent_host.converters.neural_args import add_neural_options, neural_keywords
+from edge_agent_host.converters.neural_args import add_neural_options, read_neural_options
 from edge_agent_host.converters.onnx import (
     NeuralOptions,
-    NeuralThresholds,
     Samples,
     check_calibration_size,
     check_labels,
     check_outputs,
-    finish_neural,
     gather_data,
     infer_window,
     load_samples,
     size_warning,
 )
+from edge_agent_host.neural_bundle import ConvertedModel, finish_neural, perception_model
 from edge_agent_host.output import check_output
 from edge_agent_host.report import ConversionReport, progress
 
@@ -306,31 +301,15 @@ def float_tflite_from_tensorflow(source: str | Path) -> bytes:
 
 
 def convert_tflite(
-    source: str | Path,
-    out: str | Path,
+    options: ConvertOptions,
+    neural: NeuralOptions | None = None,
     *,
-    name: str,
-    version: str = "1.0.0",
-    int8_path: str | Path | None = None,
-    options: NeuralOptions | None = None,
-    calibration_path: str | Path | None = None,
-    heldout_path: str | Path | None = None,
-    input_range: tuple[float, float] | None = None,
-    samples: int = 256,
-    seed: int = 0,
-    thresholds: NeuralThresholds | None = None,
-    aif_model: GenerativeModel | None = None,
-    aif_settings: AifSettings | None = None,
-    aif_thresholds: AifThresholds | None = None,
-    rollouts: int = 200,
-    steps: int = 30,
-    force: bool = False,
-    sign_key: Ed25519PrivateKey | None = None,
-    signer: str | None = None,
-    show_progress: bool = False,
+    int8_path: Path | None = None,
 ) -> ConversionReport:
-    """Convert (or take) a quantized ``.tflite``, compare it with the float model, bundle it."""
-    opts = options or NeuralOptions()
+    """Convert (or take) a quantized ``.tflite`` of ``options.model``, compare it with the float
+    model, bundle it. ``int8_path``: the already converted model of a float ``.tflite`` source
+    (``--int8``)."""
+    opts = neural or NeuralOptions()
     mode = "full-integer" if opts.mode == "auto" else opts.mode
     if mode not in TFLITE_MODES:
         raise InputError(f"--mode {opts.mode} is not a TFLite mode; choose one of {TFLITE_MODES}")
@@ -339,8 +318,9 @@ def convert_tflite(
             "the TFLite converter calibrates activations from their observed ranges only; "
             f"--method {opts.method} applies to ONNX models"
         )
-    check_output(out)
-    src = Path(source)
+    check_output(options.out)
+    perception_model(opts)
+    src = options.input("a SavedModel, a .keras file or a float .tflite")
     backend = get_backend("litert")
     prequantized = src.suffix == ".tflite"
     unrolled: tuple[str, ...] = ()
@@ -359,16 +339,16 @@ def convert_tflite(
     inputs = float_session.input_specs
     window = infer_window(inputs, opts.window)
     check_outputs(float_session.output_specs, opts.output_kind)
-    if (prequantized or mode != "full-integer") and heldout_path is not None and (
-        calibration_path is None and input_range is None
+    if (prequantized or mode != "full-integer") and opts.heldout is not None and (
+        opts.calibration is None and opts.input_range is None
     ):
         calibration: Samples = {}
-        heldout, labels = load_samples(heldout_path, inputs)
+        heldout, labels = load_samples(opts.heldout, inputs)
         data_source = "prequantized" if prequantized else "none"
     else:
         calibration, heldout, labels, data_source = gather_data(
-            inputs, calibration_path=calibration_path, heldout_path=heldout_path,
-            input_range=input_range, samples=samples, seed=seed,
+            inputs, calibration_path=opts.calibration, heldout_path=opts.heldout,
+            input_range=opts.input_range, samples=opts.samples, seed=options.seed,
         )
     if opts.output_kind != "continuous":
         check_labels(labels, float_session.output_specs[0], "held-out labels")
@@ -380,7 +360,9 @@ def convert_tflite(
         int8_bytes = _read(Path(int8_path))
         data_source = "prequantized"
     else:
-        int8_bytes, _ = _quantized_tflite(src, calibration, mode, opts.per_channel, show_progress)
+        int8_bytes, _ = _quantized_tflite(
+            src, calibration, mode, opts.per_channel, options.show_progress
+        )
     if unrolled:
         warnings.append(
             f"recurrent layer(s) {', '.join(unrolled)} unrolled over the window ({window} steps): "
@@ -408,17 +390,14 @@ def convert_tflite(
     quantization_info: dict[str, Any] = {"mode": mode, "mode_reason": _MODE_REASONS[mode]}
     if mode != "float16":
         quantization_info["per_channel"] = opts.per_channel
-    return finish_neural(
-        backend_name="litert", model_file="model.tflite", scheme=SCHEMES[mode],
-        source=str(src), out=out, name=name, version=version, options=opts,
+    converted = ConvertedModel(
+        backend="litert", model_file="model.tflite", scheme=SCHEMES[mode], source=str(src),
         float_bytes=float_bytes, int8_bytes=int8_bytes, float_session=float_session,
         int8_session=int8_session, window=window, heldout=heldout, labels=labels,
         calibration=calibration, calibration_info=calibration_info,
-        quantization_info=quantization_info, warnings=warnings, thresholds=thresholds,
-        aif_model=aif_model, aif_settings=aif_settings, aif_thresholds=aif_thresholds,
-        rollouts=rollouts, steps=steps, seed=seed, force=force, sign_key=sign_key,
-        signer=signer, show_progress=show_progress,
+        quantization_info=quantization_info, warnings=warnings,
     )
+    return finish_neural(converted, options, opts)
 
 
 _MODE_REASONS = {
@@ -482,10 +461,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:
-    neural = neural_keywords(args, mode=args.mode)
-    return convert_tflite(
-        options.model, options.out, int8_path=args.int8, **neural, **options.keywords()
-    )
+    return convert_tflite(options, read_neural_options(args, mode=args.mode), int8_path=args.int8)
 
 
 CONVERTER = Converter(
