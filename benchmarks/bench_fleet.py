@@ -323,7 +323,7 @@ def bench_command_latency(
 
 def ping_daemon(broker: MosquittoBroker, n: int, hz: float, *, client_nodelay: bool) -> list[float]:
     """Start a daemon at ``hz``, send it ``n`` signed pings one at a time: their round trips."""
-    from edge_agent_host.hub import HubClient
+    from edge_agent_host.fleetctl import FleetClient
     from edge_agent_host.keys import generate_keypair, load_signing_key
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -357,7 +357,7 @@ def ping_daemon(broker: MosquittoBroker, n: int, hz: float, *, client_nodelay: b
         )
         try:
             key = load_signing_key(pair.private_path)
-            with HubClient(fleet=FLEET, port=broker.port, key=key) as hub:
+            with FleetClient(fleet=FLEET, port=broker.port, key=key) as hub:
                 hub.connect()
                 deadline = time.monotonic() + 60
                 while node not in hub.nodes or hub.nodes[node].birth is None:

@@ -43,9 +43,9 @@ def flood(port: int, node: str, rate: float, stop: threading.Event, sent: list[i
 
     from edge_agent.fleet.protocol import Envelope, encode
     from edge_agent.fleet.topics import Topics
-    from edge_agent_host.hub import HubClient
+    from edge_agent_host.fleetctl import FleetClient
 
-    forger = HubClient(fleet=FLEET, port=port, key=Ed25519PrivateKey.generate())
+    forger = FleetClient(fleet=FLEET, port=port, key=Ed25519PrivateKey.generate())
     payloads = []
     for _ in range(2000):
         body = replace(forger.make_command(node, "ping"), signature=b"")
@@ -91,7 +91,7 @@ def main() -> int:
     args = parser.parse_args()
     n = 5 if args.smoke else 30 if args.quick else args.pings
 
-    from edge_agent_host.hub import HubClient
+    from edge_agent_host.fleetctl import FleetClient
     from edge_agent_host.keys import generate_keypair, load_signing_key
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +118,7 @@ def main() -> int:
         )
         try:
             key = load_signing_key(pair.private_path)
-            with HubClient(fleet=FLEET, port=broker.port, key=key) as hub:
+            with FleetClient(fleet=FLEET, port=broker.port, key=key) as hub:
                 hub.connect()
                 deadline = time.monotonic() + 60
                 while node not in hub.nodes or hub.nodes[node].birth is None:

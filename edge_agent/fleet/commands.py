@@ -532,7 +532,7 @@ class CommandVerifier:
             return Outcome(ResultCode.BUSY, str(err))
         if not fresh:
             # Marked a duplicate: a hub that also gets the first answer (sent late from the outbox
-            # after a restart, say) keeps that one (HubClient.wait_result).
+            # after a restart, say) keeps that one (FleetClient.wait_result).
             return Outcome(ResultCode.REPLAYED, "this nonce was used before", {"duplicate": True})
         return None
 

@@ -62,7 +62,7 @@ from edge_agent.fleet.protocol import (
     encode,
 )
 from edge_agent.fleet.protocol import DecodeError as ProtocolDecodeError
-from edge_agent_host.hub import HubStore
+from edge_agent_host.fleetctl import FleetStore
 from edge_agent_host.keys import generate_keypair
 from tests.integration.test_daemon import REPO
 from tests.integration.test_deploy import sha_of
@@ -488,7 +488,7 @@ def test_a_node_s_identity_cannot_speak_for_another_node_nor_for_the_hub(
         db = tmp_path / "hub.sqlite3"
         hub = hub_args(clients, broker)
         host_tool("hub", *hub, "--db", str(db), "fleet", "--wait", "1.5")
-        store = HubStore(db)
+        store = FleetStore(db)
         try:
             rows = {row["node"]: row for row in store.nodes()}
         finally:

@@ -16,7 +16,7 @@ from msgspec.structs import replace
 from edge_agent.daemon.uplink import REFUSAL_ANSWERS_HELD, REFUSAL_ANSWERS_PER_S
 from edge_agent.fleet.protocol import ResultCode, encode
 from edge_agent.fleet.topics import Topics
-from edge_agent_host.hub import HubClient
+from edge_agent_host.fleetctl import FleetClient
 from tests.integration.broker import MosquittoBroker
 from tests.integration.test_fleet_daemon import FLEET, Node, _envelope, hub_for, hub_key
 
@@ -31,7 +31,7 @@ def flood(broker: MosquittoBroker, node: str, done: threading.Event, sent: list[
     """Unsigned pings (an unknown key, no signature) on the node's command topic at RATE a
     second (QoS 1, not awaited)."""
     try:
-        forger = HubClient(fleet=FLEET, port=broker.port, key=Ed25519PrivateKey.generate())
+        forger = FleetClient(fleet=FLEET, port=broker.port, key=Ed25519PrivateKey.generate())
         payloads = [
             encode(_envelope(replace(forger.make_command(node, "ping"), signature=b"")))
             for _ in range(FLOOD)

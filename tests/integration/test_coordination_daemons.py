@@ -48,7 +48,7 @@ from edge_agent.coordination import fusion
 from edge_agent.fleet.agent_io import decode_actions, encode_observations
 from edge_agent.fleet.protocol import BeliefBatch, Envelope, encode
 from edge_agent.fleet.topics import Topics
-from edge_agent_host.hub import HubClient
+from edge_agent_host.fleetctl import FleetClient
 from edge_agent_host.keys import generate_keypair
 from edge_agent_host.tasks import announce, random_specs
 from tests.integration.test_daemon import REPO
@@ -125,8 +125,8 @@ HUB_KEY = Ed25519PrivateKey.generate()
 """The hub's signing key in these tests: it signs the task specs it announces."""
 
 
-def hub(broker: MosquittoBroker) -> HubClient:
-    client = HubClient(fleet=FLEET, host=broker.host, port=broker.port, hub_id="hub", key=HUB_KEY)
+def hub(broker: MosquittoBroker) -> FleetClient:
+    client = FleetClient(fleet=FLEET, host=broker.host, port=broker.port, hub_id="hub", key=HUB_KEY)
     client.connect()
     return client
 

@@ -43,7 +43,7 @@ from edge_agent.fleet.protocol import (
     encode,
 )
 from edge_agent.fleet.topics import Topics
-from edge_agent_host.hub import HubClient
+from edge_agent_host.fleetctl import FleetClient
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.test_daemon import REPO, Daemon, NotifySocket
 from tests.integration.test_fleet_mqtt import Sniffer
@@ -301,15 +301,15 @@ def connects(sniff: Listener, node: str) -> int:
 @contextmanager
 def hub_for(
     broker: MosquittoBroker, key: Ed25519PrivateKey | None, node: str
-) -> Iterator[HubClient]:
+) -> Iterator[FleetClient]:
     """A connected hub client that has seen ``node`` online with its birth."""
-    with HubClient(fleet=FLEET, port=broker.port, key=key) as hub:
+    with FleetClient(fleet=FLEET, port=broker.port, key=key) as hub:
         hub.connect()
         wait_until(hub_sees(hub, node), f"the hub to see {node}")
         yield hub
 
 
-def hub_sees(hub: HubClient, node: str) -> Callable[[], bool]:
+def hub_sees(hub: FleetClient, node: str) -> Callable[[], bool]:
     def seen() -> bool:
         hub.listen(0.1)
         view = hub.nodes.get(node)

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.fleet.protocol import ResultCode
+from edge_agent_host.fleetctl import FleetClient
 from edge_agent_host.fleetsim.__main__ import fails
-from edge_agent_host.hub import HubClient
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.doc_blocks import doc_block
 from tests.integration.broker import MosquittoBroker
@@ -64,8 +64,8 @@ def names() -> list[str]:
     return [f"sim-{i:04d}" for i in range(NODES)]
 
 
-def connected_hub(mosquitto: MosquittoBroker, key: Ed25519PrivateKey | None) -> HubClient:
-    hub = HubClient(fleet=FLEET, port=mosquitto.port, key=key)
+def connected_hub(mosquitto: MosquittoBroker, key: Ed25519PrivateKey | None) -> FleetClient:
+    hub = FleetClient(fleet=FLEET, port=mosquitto.port, key=key)
     hub.connect()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -89,7 +89,7 @@ def test_simulated_nodes_take_commands_and_deployments_like_real_ones(
         # Signed commands are answered; a command signed by an unknown key is refused.
         for node in names()[:5]:
             assert hub.command(node, "ping").code is ResultCode.OK
-        stranger = HubClient(fleet=FLEET, port=mosquitto.port, key=Ed25519PrivateKey.generate())
+        stranger = FleetClient(fleet=FLEET, port=mosquitto.port, key=Ed25519PrivateKey.generate())
         stranger.connect()
         try:
             refused = stranger.wait_result(stranger.send_command("sim-0001", "ping"), 20)
@@ -159,7 +159,7 @@ def test_the_documented_simulation_runs_as_written(
         cwd=work,
         start_new_session=True,  # SIGTERM to its process group reaches the simulator
     )
-    hub = HubClient(fleet="sim", port=mosquitto.port)
+    hub = FleetClient(fleet="sim", port=mosquitto.port)
     try:
         hub.connect()
         wanted = {f"sim-{i:04d}" for i in range(100)}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from edge_agent.fleet.protocol import Envelope, Telemetry, encode
-from edge_agent_host.hub import HubClient, HubStore
+from edge_agent_host.fleetctl import FleetClient, FleetStore
 from edge_agent_host.keys import generate_keypair
 from tests.integration.broker import MosquittoBroker
 from tests.integration.test_daemon import REPO
@@ -64,7 +64,7 @@ def hub_cli(broker: MosquittoBroker, db: Path, *args: str, timeout: float = 120)
 def fleet_table(broker: MosquittoBroker, db: Path) -> tuple[str, dict[str, dict[str, Any]]]:
     """``hub fleet``'s table, and the rows it keeps in its SQLite file."""
     table = hub_cli(broker, db, "fleet", "--wait", "1.0")
-    store = HubStore(db)
+    store = FleetStore(db)
     try:
         rows = {row["node"]: row for row in store.nodes()}
     finally:
@@ -132,7 +132,7 @@ def test_five_daemons_and_the_hub(mosquitto: MosquittoBroker, tmp_path: Path) ->
         assert out.count("resize_group ok") == 4
 
         # Rebirth on a gap: the hub sees n1's sequence jump and asks n1 for its birth again.
-        with HubClient(fleet=FLEET, port=mosquitto.port, rebirth_interval_s=0.0) as hub:
+        with FleetClient(fleet=FLEET, port=mosquitto.port, rebirth_interval_s=0.0) as hub:
             hub.connect()
             hub.listen(1.0)
             view = hub.nodes["n1"]
@@ -158,7 +158,7 @@ def test_five_daemons_and_the_hub(mosquitto: MosquittoBroker, tmp_path: Path) ->
                 ),
             )
             # Published by another client: a subscriber does not hear its own messages.
-            with HubClient(fleet=FLEET, port=mosquitto.port, hub_id="forger") as forger:
+            with FleetClient(fleet=FLEET, port=mosquitto.port, hub_id="forger") as forger:
                 forger.connect()
                 handle = forger.transport.publish(TOPICS.telemetry("n1"), encode(forged), 1)
                 assert handle is not None

@@ -34,7 +34,7 @@ from msgspec.structs import replace
 from postgres import PostgresMissingError, PostgresServer, find_pg_bindir
 
 from edge_agent.fleet.protocol import Envelope, Event, EventKind, Telemetry, encode
-from edge_agent_host.hub import HubClient
+from edge_agent_host.fleetctl import FleetClient
 from edge_agent_host.hubd.config import load_hub_config
 from edge_agent_host.hubd.engines import PostgresEngine
 from edge_agent_host.hubd.store import HubDatabase
@@ -343,8 +343,9 @@ def test_the_service_records_the_fleet(
         "three nodes online with births and telemetry",
         WAIT_S,
     )
-    # A command sent by the CLI hub's client is journaled with its result.
-    with HubClient(fleet=FLEET, port=mosquitto.port, key=load_signing_key(pair.private_path)) as c:
+    # A command sent by the operator's client is journaled with its result.
+    key = load_signing_key(pair.private_path)
+    with FleetClient(fleet=FLEET, port=mosquitto.port, key=key) as c:
         c.connect()
         result = c.command("n1", "ping", timeout_s=30)
         assert result.code.value == "ok"
@@ -545,7 +546,7 @@ def test_malformed_and_forged_messages_are_counted_and_dropped(
         overruns=0,
     )
     key = load_signing_key(pair.private_path)
-    with HubClient(fleet=FLEET, port=mosquitto.port, key=key) as signer:
+    with FleetClient(fleet=FLEET, port=mosquitto.port, key=key) as signer:
         signed = signer.make_command("m1", "ping")
     bad = [
         (TOPICS.telemetry("m1"), b"\xc1 not msgpack"),

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import MosquittoBroker
 
 from edge_agent.fleet.outcomes import ResultCode
-from edge_agent_host.hub.client import HubClient
+from edge_agent_host.fleetctl.client import FleetClient
 from edge_agent_host.keys import load_signing_key
 from tests.doc_blocks import doc_block
 from tests.integration.test_fleet_daemon import Node, wait_until
@@ -214,7 +214,7 @@ def test_learning_commands_on_the_secured_fleet(tmp_path: Path, started: list[An
     assert foreign.returncode == 1
     assert f"{node}: learning_reset unknown_key" in foreign.stdout, foreign.stdout
     clients = op.dir / "clients" / "hub"
-    hub = HubClient(
+    hub = FleetClient(
         fleet=FLEET, host="localhost", port=op.port, hub_id="hub", key=load_signing_key(key),
         ca_file=str(clients / "ca.crt"), cert_file=str(clients / "hub.crt"),
         key_file=str(clients / "hub.key"),

@@ -29,7 +29,7 @@ from broker import MosquittoBroker
 from edge_agent import fsutil
 from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.protocol import Command, CommandResult, ResultCode
-from edge_agent_host.hub import HubClient
+from edge_agent_host.fleetctl import FleetClient
 from tests.integration.test_daemon import Daemon, NotifySocket
 from tests.integration.test_fleet_daemon import (
     Listener,
@@ -145,7 +145,7 @@ def test_each_kind_of_damage_is_moved_aside_and_the_daemon_runs(
     assert "Traceback" not in node.log()
 
 
-def _answer(hub: HubClient, cmd: Command, node: str) -> CommandResult:
+def _answer(hub: FleetClient, cmd: Command, node: str) -> CommandResult:
     hub.send(cmd, to=node)
     return hub.wait_result(cmd.nonce, 20)
 

@@ -37,7 +37,7 @@ from edge_agent_host.broker import (
     password_line,
     revoke_identity,
 )
-from edge_agent_host.hub import HubClient, HubError
+from edge_agent_host.fleetctl import FleetClient, FleetError
 from edge_agent_host.hubd.config import parse_hub_config
 
 FLEET = "plant-3"
@@ -412,9 +412,9 @@ def test_the_hub_and_tasks_take_a_client_certificate(command: list[str]) -> None
 
 
 def test_hub_client_uses_the_certificate_for_mutual_tls() -> None:
-    hub = HubClient(fleet=FLEET, ca_file="ca.crt", cert_file="hub.crt", key_file="hub.key")
+    hub = FleetClient(fleet=FLEET, ca_file="ca.crt", cert_file="hub.crt", key_file="hub.key")
     tls = hub.transport.settings.tls  # type: ignore[attr-defined]
     assert (tls.ca_file, tls.cert_file, tls.key_file) == ("ca.crt", "hub.crt", "hub.key")
-    assert HubClient(fleet=FLEET).transport.settings.tls is None  # type: ignore[attr-defined]
-    with pytest.raises(HubError, match="both"):
-        HubClient(fleet=FLEET, cert_file="hub.crt")
+    assert FleetClient(fleet=FLEET).transport.settings.tls is None  # type: ignore[attr-defined]
+    with pytest.raises(FleetError, match="both"):
+        FleetClient(fleet=FLEET, cert_file="hub.crt")

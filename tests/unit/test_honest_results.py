@@ -14,7 +14,7 @@ import pytest
 
 from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.fleet.protocol import CommandResult, ResultCode
-from edge_agent_host.hub import HubClient, HubError
+from edge_agent_host.fleetctl import FleetClient, FleetError
 
 NONCE = b"n" * 16
 
@@ -26,9 +26,9 @@ def result(code: ResultCode, **data: object) -> CommandResult:
 @pytest.fixture
 def hub(
     monkeypatch: pytest.MonkeyPatch,
-) -> tuple[HubClient, list[tuple[float, CommandResult]]]:
+) -> tuple[FleetClient, list[tuple[float, CommandResult]]]:
     """A hub on the in-memory broker whose results arrive on a script ``(after_s, result)``."""
-    client = HubClient(fleet="f", transport=MemoryTransport(MemoryBroker(), "hub"))
+    client = FleetClient(fleet="f", transport=MemoryTransport(MemoryBroker(), "hub"))
     script: list[tuple[float, CommandResult]] = []
     start = time.monotonic()
 
@@ -61,7 +61,7 @@ def test_a_replay_without_the_mark_and_a_timeout_are_as_before(hub: Any) -> None
     client, script = hub
     script.append((0.0, result(ResultCode.REPLAYED)))
     assert client.wait_result(NONCE, 5).code is ResultCode.REPLAYED
-    with pytest.raises(HubError, match="no result"):
+    with pytest.raises(FleetError, match="no result"):
         client.wait_result(NONCE, 0.2)
 
 

@@ -1,4 +1,4 @@
-"""The hub's fleet table (``tools/edge_agent_host/hub/cli.py``): a node is ``silent`` when its
+"""The hub's fleet table (``tools/edge_agent_host/fleetctl/cli.py``): a node is ``silent`` when its
 retained state says online but nothing live came from it for ``--silent-after`` seconds (what a
 node the broker locked out looks like: its open session kept, its will refused)."""
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from edge_agent_host.hub.cli import SILENT_AFTER_S, format_fleet, presence
+from edge_agent_host.fleetctl.cli import SILENT_AFTER_S, format_fleet, presence
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
-"""The hub client (``tools/edge_agent_host/hub/client.py``) and the broker's answers: a command the
-broker refuses fails at once with the reason by name, instead of waiting for a result that cannot
-come."""
+"""The operator's fleet client (``tools/edge_agent_host/fleetctl/client.py``) and the broker's
+answers: a command the broker refuses fails at once with the reason by name, instead of waiting
+for a result that cannot come."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 
 from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
-from edge_agent_host.hub import HubClient, HubError
+from edge_agent_host.fleetctl import FleetClient, FleetError
 from edge_agent_host.keys import generate_keypair, load_signing_key
 
 
 def test_a_refused_command_fails_at_once_with_the_reason(tmp_path: Path) -> None:
     broker = MemoryBroker()
     key = load_signing_key(generate_keypair(tmp_path, "hub").private_path)
-    client = HubClient(fleet="f", key=key, transport=MemoryTransport(broker, "observer"))
+    client = FleetClient(fleet="f", key=key, transport=MemoryTransport(broker, "observer"))
     client.connect()
     broker.ack_reason_code = 0x87  # an identity whose ACL has no write on node/+/cmd
     started = time.monotonic()
-    with pytest.raises(HubError, match=r"refused ea/v1/f/node/pi-1/cmd: 0x87 not authorized"):
+    with pytest.raises(FleetError, match=r"refused ea/v1/f/node/pi-1/cmd: 0x87 not authorized"):
         client.command("pi-1", "ping", timeout_s=30)
     assert time.monotonic() - started < 10
     client.close()
@@ -30,9 +30,9 @@ def test_a_refused_command_fails_at_once_with_the_reason(tmp_path: Path) -> None
 def test_an_accepted_command_waits_for_its_result_as_before(tmp_path: Path) -> None:
     broker = MemoryBroker()
     key = load_signing_key(generate_keypair(tmp_path, "hub").private_path)
-    client = HubClient(fleet="f", key=key, transport=MemoryTransport(broker, "hub"))
+    client = FleetClient(fleet="f", key=key, transport=MemoryTransport(broker, "hub"))
     client.connect()
-    with pytest.raises(HubError, match="no result to command"):
+    with pytest.raises(FleetError, match="no result to command"):
         client.command("pi-1", "ping", timeout_s=0.3)
     client.close()
 
@@ -53,7 +53,7 @@ def test_an_announcement_is_signed_and_acknowledged_before_the_cli_returns(
     listener.subscribe("ea/v1/f/node/+/tasks", 1)
     listener.connect()
     key = load_signing_key(generate_keypair(tmp_path, "hub").private_path)
-    client = HubClient(fleet="f", key=key, transport=MemoryTransport(broker, "hub"))
+    client = FleetClient(fleet="f", key=key, transport=MemoryTransport(broker, "hub"))
     client.connect()
     specs = make_specs({"t1": 3, "t2": 4}, capability="grid", announced_by="hub")
     assert announce(client, specs) == 1
@@ -66,15 +66,15 @@ def test_an_announcement_is_signed_and_acknowledged_before_the_cli_returns(
     keys.learn("hub", bodies[0].key)
     for i, spec in enumerate(bodies[1].tasks):
         assert keys.verify("hub", spec_bytes("f", spec), bodies[1].signature(i))
-    unsigned = HubClient(fleet="f", transport=MemoryTransport(broker, "other"))
+    unsigned = FleetClient(fleet="f", transport=MemoryTransport(broker, "other"))
     unsigned.connect()
-    with pytest.raises(HubError, match="needs the hub's signing key"):
+    with pytest.raises(FleetError, match="needs the hub's signing key"):
         announce(unsigned, specs)
     unsigned.close()
 
 
 def test_close_waits_for_the_brokers_acknowledgements(tmp_path: Path) -> None:
-    """A script that announces and closes at once (``with HubClient(...) as c: announce(c,
+    """A script that announces and closes at once (``with FleetClient(...) as c: announce(c,
     ...)``) loses nothing: closing waits until the broker acknowledged every message (mosquitto
     drops a connection whose PUBACK it cannot send, and the packets it has not read with it)."""
     from edge_agent_host.tasks import announce, make_specs
@@ -84,7 +84,7 @@ def test_close_waits_for_the_brokers_acknowledgements(tmp_path: Path) -> None:
     listener.subscribe("ea/v1/f/node/+/tasks", 1)
     listener.connect()
     key = load_signing_key(generate_keypair(tmp_path, "hub").private_path)
-    client = HubClient(fleet="f", key=key, transport=MemoryTransport(broker, "hub"))
+    client = FleetClient(fleet="f", key=key, transport=MemoryTransport(broker, "hub"))
     client.connect()
     with client:
         announce(client, make_specs({"t1": 3}, capability="grid", announced_by="hub"))

@@ -204,9 +204,9 @@ def test_every_command_and_option_has_help() -> None:
 
 
 def test_postgresql_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_agent_host.hub.errors import HubError
+    from edge_agent_host.fleetctl.errors import FleetError
     from edge_agent_host.hubd.engines import PostgresEngine
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
-    with pytest.raises(HubError, match=r"pip install 'edge-agent-runtime\[hub\]'"):
+    with pytest.raises(FleetError, match=r"pip install 'edge-agent-runtime\[hub\]'"):
         PostgresEngine(host="127.0.0.1", port=5432, dbname="d", user="u")

@@ -18,7 +18,7 @@ from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import Command, CommandResult, Envelope, decode, encode
 from edge_agent.fleet.topics import Topics
-from edge_agent_host.hub.deploy import DeployPlan
+from edge_agent_host.fleetctl.deploy import DeployPlan
 from edge_agent_host.hubd.engines import SqliteEngine
 from edge_agent_host.hubd.publisher import HubPublisher
 from edge_agent_host.hubd.rollout_plan import RolloutPlan

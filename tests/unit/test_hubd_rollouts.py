@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.hubd.engines import SqliteEngine
 from edge_agent_host.hubd.rollout_cli import describe
 from edge_agent_host.hubd.rollout_plan import (
@@ -55,18 +55,18 @@ def test_exponential_waves() -> None:
 
 @pytest.mark.parametrize("bad", ["0", "-1", "0%", "101%", "x", "%"])
 def test_bad_waves_are_refused(bad: str) -> None:
-    with pytest.raises(HubError, match="wave"):
+    with pytest.raises(FleetError, match="wave"):
         plan_waves(10, [bad])
-    with pytest.raises(HubError, match="> 1"):
+    with pytest.raises(FleetError, match="> 1"):
         plan_waves(10, exponential=1.0)
-    with pytest.raises(HubError, match="at least one node"):
+    with pytest.raises(FleetError, match="at least one node"):
         plan_waves(0)
 
 
 def test_wave_of_follows_the_cumulative_counts() -> None:
     waves = [1, 3, 6]
     assert [wave_of(i, waves) for i in range(6)] == [0, 1, 1, 2, 2, 2]
-    with pytest.raises(HubError):
+    with pytest.raises(FleetError):
         wave_of(6, waves)
 
 
@@ -113,7 +113,7 @@ def check_a_rollout_is_stored_with_its_nodes_in_waves(db: HubDatabase) -> None:
     store.put_bundle(b"tar bytes", SHA, "grid10", "1.0")
     store.put_bundle(b"other bytes", SHA, "grid10", "1.0")  # the same identity: kept once
     assert store.bundle(SHA) == b"tar bytes"
-    with pytest.raises(HubError, match="not in the hub's database"):
+    with pytest.raises(FleetError, match="not in the hub's database"):
         store.bundle("cd" * 32)
     rid = store.create(plan(), ["pi-1", "pi-2", "pi-3"])
     r = store.get(rid)
@@ -130,22 +130,22 @@ def check_a_rollout_is_stored_with_its_nodes_in_waves(db: HubDatabase) -> None:
     text = describe(summary)
     assert f"rollout {rid}: pending" in text
     assert "wave 2: 2 node(s) (up to 3): pending 2" in text
-    with pytest.raises(HubError, match="2 nodes for waves ending at 3"):
+    with pytest.raises(FleetError, match="2 nodes for waves ending at 3"):
         store.create(plan(), ["pi-1", "pi-2"])
 
 
 def check_requests_are_checked_against_the_state(db: HubDatabase) -> None:
     store = RolloutStore(db)
     rid = store.create(plan(), ["a", "b", "c"])
-    with pytest.raises(HubError, match="cannot resume"):
+    with pytest.raises(FleetError, match="cannot resume"):
         store.request(rid, "resume")
-    with pytest.raises(HubError, match="unknown request"):
+    with pytest.raises(FleetError, match="unknown request"):
         store.request(rid, "explode")
     assert store.request(rid, "pause").request == "pause"
     store.update(rid, state=RolloutState.DONE, request=None)
-    with pytest.raises(HubError, match="is done: cannot abort"):
+    with pytest.raises(FleetError, match="is done: cannot abort"):
         store.request(rid, "abort")
-    with pytest.raises(HubError, match="no rollout"):
+    with pytest.raises(FleetError, match="no rollout"):
         store.get("r-missing")
 
 

@@ -32,7 +32,7 @@ from edge_agent.fleet.protocol import (
     Severity,
     Telemetry,
 )
-from edge_agent_host.hub.cli import format_fleet
+from edge_agent_host.fleetctl.cli import format_fleet
 from edge_agent_host.hubd.config import RetentionSection
 from edge_agent_host.hubd.downsample import downsample_cut, plan_downsample
 from edge_agent_host.hubd.engines import SqliteEngine

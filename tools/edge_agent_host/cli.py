@@ -27,7 +27,7 @@ from edge_agent.bundle.signing import TrustedKeys, key_id
 from edge_agent.bundle.writer import sign_bundle
 from edge_agent.distribution import clash_notice
 from edge_agent.errors import EdgeAgentError, SignatureError, missing_module_message
-from edge_agent_host import broker, converters, hub, tasks
+from edge_agent_host import broker, converters, fleetctl, tasks
 from edge_agent_host.converters.common import ConvertOptions, default_name
 from edge_agent_host.keys import (
     DEFAULT_KEY_NAME,
@@ -279,8 +279,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "hub": Command(
         "talk to a fleet over MQTT: list it, watch it, send commands, deploy bundles",
-        hub.configure,
-        hub.run,
+        fleetctl.configure,
+        fleetctl.run,
     ),
     "tasks": Command(
         "announce tasks to a fleet's agents and see who holds them", tasks.configure, tasks.run

@@ -1,7 +1,7 @@
 """Hub commands as the host makes them: a fresh nonce, an expiry, the hub key's signature.
 
-One helper for both clients that command nodes: the operator's CLI hub
-(:class:`edge_agent_host.hub.client.HubClient`) and the hub service's rollout runner
+One helper for both clients that command nodes: the operator's client (``edge-agent-host hub``,
+:class:`edge_agent_host.fleetctl.client.FleetClient`) and the hub service's rollout runner
 (:class:`edge_agent_host.hubd.rollout_client.ServiceDeployClient`). What a node checks is in
 :mod:`edge_agent.fleet.commands`.
 """

@@ -50,8 +50,8 @@ from edge_agent.coordination.messages import (
 from edge_agent.coordination.signing import sign_specs
 from edge_agent.errors import InputError, ProtocolError
 from edge_agent.fleet.names import NAME_PATTERN
-from edge_agent_host.hub import HubClient, HubError
-from edge_agent_host.hub.cli import add_broker_arguments, connect
+from edge_agent_host.fleetctl import FleetClient, FleetError
+from edge_agent_host.fleetctl.cli import add_broker_arguments, connect
 
 __all__ = [
     "TaskView",
@@ -113,7 +113,7 @@ def random_specs(
     return make_specs({f"{prefix}{i:0{width}d}": int(g) for i, g in enumerate(goals)}, **spec)
 
 
-def announce(client: HubClient, specs: Sequence[TaskSpec]) -> int:
+def announce(client: FleetClient, specs: Sequence[TaskSpec]) -> int:
     """Publish ``specs``, signed with the hub's key, on the hub's ``tasks`` topic, after the
     key's public half (retained: the hub's ``task_key``); returns how many announcements it
     took. Every spec must be announced by the hub (``announced_by`` = its ``hub_id``): nodes
@@ -127,7 +127,7 @@ def announce(client: HubClient, specs: Sequence[TaskSpec]) -> int:
             "only its own"
         )
     if client.key is None:
-        raise HubError("announcing tasks needs the hub's signing key (--key)")
+        raise FleetError("announcing tasks needs the hub's signing key (--key)")
     topic = client.topics.tasks(client.hub_id)
     public = client.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     client.publish(topic, TaskKey(key=public), retain=True)
@@ -191,7 +191,7 @@ class TaskView:
 
 
 def watch_claims(
-    client: HubClient,
+    client: FleetClient,
     seconds: float,
     *,
     view: TaskView | None = None,
@@ -273,7 +273,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lst.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _client(args: argparse.Namespace) -> HubClient:
+def _client(args: argparse.Namespace) -> FleetClient:
     if getattr(args, "key", None) is None:
         return connect(args)
     from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
@@ -310,7 +310,7 @@ def _run_announce(args: argparse.Namespace) -> int:
         wanted = {(s.task, s.epoch) for s in specs}
         if args.wait <= 0:
             if not client.wait_acknowledged(_ACK_TIMEOUT_S):
-                raise HubError(
+                raise FleetError(
                     f"the broker did not acknowledge the announcement in {_ACK_TIMEOUT_S:g} s"
                 )
             print(f"announced {len(specs)} task(s) in {messages} message(s)")
@@ -353,6 +353,6 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         return runners[args.tasks_command](args)
-    except (HubError, ProtocolError, InputError) as err:
+    except (FleetError, ProtocolError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

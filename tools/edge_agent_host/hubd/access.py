@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.hubd.config import HubConfigFile
 from edge_agent_host.hubd.engines import SqliteEngine
 from edge_agent_host.hubd.store import HubDatabase
@@ -22,7 +22,7 @@ def open_database(source: HubConfigFile, *, write: bool = False) -> HubDatabase:
     path = config.sqlite_path
     if path is not None:
         if not path.exists():
-            raise HubError(f"no hub database at {path}: has edge-agent-hub run with this config?")
+            raise FleetError(f"no hub database at {path}: has edge-agent-hub run with this config?")
         engine: Any = SqliteEngine(path, readonly=not write)
     else:
         engine = make_engine(source, application_name="edge-agent-hub cli")

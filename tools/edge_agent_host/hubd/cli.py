@@ -34,8 +34,8 @@ from edge_agent.distribution import clash_notice
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.service.logs import configure_logging
 from edge_agent.service.pids import pid_alive
-from edge_agent_host.hub.cli import add_silent_argument, format_fleet
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.cli import add_silent_argument, format_fleet
+from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.hubd import rollout_cli
 from edge_agent_host.hubd.access import open_database
 from edge_agent_host.hubd.config import (
@@ -302,7 +302,7 @@ def _status(args: argparse.Namespace) -> int:
     fleet: dict[str, Any] = {}
     try:
         db = open_database(source)
-    except (HubError, SchemaError) as err:
+    except (FleetError, SchemaError) as err:
         fleet["error"] = str(err)
     else:
         try:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.errors import FleetError
 
 __all__ = ["PSYCOPG_HINT", "Engine", "PostgresEngine", "SqliteEngine"]
 
@@ -166,7 +166,7 @@ class PostgresEngine(Engine):
         try:
             import psycopg  # noqa: PLC0415 - the hub extra, only with [database] postgresql
         except ModuleNotFoundError as err:
-            raise HubError(PSYCOPG_HINT) from err
+            raise FleetError(PSYCOPG_HINT) from err
         self._psycopg = psycopg
         self.host, self.port, self.dbname, self.user = host, port, dbname, user
         timeout_ms = max(1, round(statement_timeout_s * 1000))

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.bundle.writer import pack_tar
-from edge_agent_host.hub.deploy import DEFAULT_CHUNK_BYTES, DeployPlan
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.deploy import DEFAULT_CHUNK_BYTES, DeployPlan
+from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.hubd.access import open_database
 from edge_agent_host.hubd.config import load_hub_config
 from edge_agent_host.hubd.rollout_plan import Criteria, RolloutPlan, plan_waves, select_nodes
@@ -131,7 +131,7 @@ def _labels(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise HubError(f"--label {item!r}: KEY=VALUE")
+            raise FleetError(f"--label {item!r}: KEY=VALUE")
         out[key] = value
     return out
 
@@ -157,7 +157,7 @@ def _start(args: argparse.Namespace) -> int:
             include_offline=args.include_offline,
         )
         if not nodes:
-            raise HubError(
+            raise FleetError(
                 f"no {'' if args.include_offline else 'online '}node runs group {args.group!r}"
                 + (f" with {labels}" if labels else "")
                 + (f" matching {args.node}" if args.node else "")
@@ -230,7 +230,7 @@ def _status(args: argparse.Namespace) -> int:
         if rollout_id is None:
             ids = store.ids(limit=1)
             if not ids:
-                raise HubError("no rollout yet")
+                raise FleetError("no rollout yet")
             rollout_id = ids[0]
         summary = store.get(rollout_id).summary()
     finally:

@@ -1,7 +1,7 @@
 """The rollout runner's hub client: the service's connection out, the service's database in.
 
-:func:`~edge_agent_host.hub.deploy.broadcast_bundle` drives a deployment through a
-:class:`~edge_agent_host.hub.deploy.DeployClient`. In the hub service that client is
+:func:`~edge_agent_host.fleetctl.deploy.broadcast_bundle` drives a deployment through a
+:class:`~edge_agent_host.fleetctl.deploy.DeployClient`. In the hub service that client is
 :class:`ServiceDeployClient`: it signs commands with the hub's key and publishes them, and the
 bundle's chunks, through the service's own broker connection
 (:class:`~edge_agent_host.hubd.publisher.HubPublisher`: one connection per identity), and it
@@ -26,7 +26,7 @@ from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import BundleChunk, Command, CommandResult
 from edge_agent.fleet.topics import TopicKind, Topics
 from edge_agent_host.commands import new_command
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.hubd.publisher import HubPublisher
 from edge_agent_host.hubd.rollout_store import RolloutStore
 
@@ -36,12 +36,12 @@ RESULTS_EVERY_S: Final = 0.25
 """How often the client reads new results from the database while a deployment waits."""
 
 
-class PublishRefusedError(HubError):
+class PublishRefusedError(FleetError):
     """The broker refused a command or chunk the rollout published (the reason, by name)."""
 
 
 class ServiceDeployClient:
-    """A :class:`~edge_agent_host.hub.deploy.DeployClient` over the service (module docstring).
+    """A :class:`~edge_agent_host.fleetctl.deploy.DeployClient` over the service (module docstring).
 
     ``store`` returns the runner's rollout store (its own database connection); used on the
     runner's thread only.
@@ -90,7 +90,7 @@ class ServiceDeployClient:
 
     def _publish(self, topic: str, body: Any) -> None:
         if not self.publisher.publish(topic, body):
-            raise HubError("the hub service is not connected to the broker")
+            raise FleetError("the hub service is not connected to the broker")
 
     def send_command(
         self, node: str, name: str, args: Mapping[str, Any] | None = None, *, ttl_s: float = 60.0

@@ -12,7 +12,7 @@ from typing import Any, Final
 from pydantic import Field
 
 from edge_agent.fleet.names import NAME_PATTERN
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.hubd.strict import StrictModel
 
 __all__ = [
@@ -103,11 +103,11 @@ def plan_waves(
     Default: ``1, 10%, 50%, 100%``.
     """
     if n_nodes < 1:
-        raise HubError("a rollout needs at least one node")
+        raise FleetError("a rollout needs at least one node")
     counts: list[int] = []
     if exponential is not None:
         if exponential <= 1.0:
-            raise HubError("--exponential must be > 1")
+            raise FleetError("--exponential must be > 1")
         size, total = 1.0, 0
         while total < n_nodes:
             total = min(n_nodes, total + max(1, math.floor(size)))
@@ -127,7 +127,7 @@ def plan_waves(
                 if count < 1:
                     raise ValueError
         except ValueError:
-            raise HubError(
+            raise FleetError(
                 f"wave {text!r}: a node count >= 1 or a percentage in (0, 100]"
             ) from None
         count = min(count, n_nodes)
@@ -173,4 +173,4 @@ def wave_of(index: int, waves: Sequence[int]) -> int:
     for w, count in enumerate(waves):
         if index < count:
             return w
-    raise HubError(f"node {index} is beyond the last wave ({waves[-1]} nodes)")
+    raise FleetError(f"node {index} is beyond the last wave ({waves[-1]} nodes)")

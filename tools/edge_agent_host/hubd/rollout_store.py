@@ -20,7 +20,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.hubd.rollout_plan import (
     ACTIVE,
     NodeState,
@@ -149,7 +149,7 @@ class RolloutStore:
     def bundle(self, sha256: str) -> bytes:
         rows = self.db.query("SELECT data FROM bundles WHERE sha256 = :sha", {"sha": sha256})
         if not rows:
-            raise HubError(f"bundle {sha256[:12]} is not in the hub's database")
+            raise FleetError(f"bundle {sha256[:12]} is not in the hub's database")
         return bytes(rows[0][0])
 
     # rollouts --------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ class RolloutStore:
     def create(self, plan: RolloutPlan, nodes: Sequence[str]) -> str:
         """A pending rollout of ``plan`` to ``nodes`` (in wave order); returns its id."""
         if len(nodes) != plan.waves[-1]:
-            raise HubError(f"{len(nodes)} nodes for waves ending at {plan.waves[-1]}")
+            raise FleetError(f"{len(nodes)} nodes for waves ending at {plan.waves[-1]}")
         now = time.time()
         rollout_id = f"r-{time.strftime('%Y%m%d', time.gmtime(now))}-{os.urandom(3).hex()}"
         with self.db.transaction():
@@ -198,7 +198,7 @@ class RolloutStore:
             {"id": rollout_id},
         )
         if not rows:
-            raise HubError(f"no rollout {rollout_id!r}")
+            raise FleetError(f"no rollout {rollout_id!r}")
         r = rows[0]
         nodes = {
             n[0]: {
@@ -251,9 +251,9 @@ class RolloutStore:
             "abort": {RolloutState.PENDING, RolloutState.RUNNING, RolloutState.PAUSED},
         }
         if action not in allowed:
-            raise HubError(f"unknown request {action!r}: pause, resume or abort")
+            raise FleetError(f"unknown request {action!r}: pause, resume or abort")
         if r.state not in allowed[action]:
-            raise HubError(f"rollout {rollout_id} is {r.state.value}: cannot {action}")
+            raise FleetError(f"rollout {rollout_id} is {r.state.value}: cannot {action}")
         with self.db.transaction():
             self.db.execute(
                 "UPDATE rollouts SET request = :req, updated = :now WHERE id = :id",
@@ -298,7 +298,7 @@ class RolloutStore:
     def update(self, rollout_id: str, /, **fields: Any) -> None:
         allowed = {"state", "wave", "phase", "phase_started", "request", "detail"}
         if not fields or set(fields) - allowed:
-            raise HubError(f"cannot update {sorted(set(fields) - allowed)}")
+            raise FleetError(f"cannot update {sorted(set(fields) - allowed)}")
         sets = ", ".join(f"{k} = :{k}" for k in sorted(fields))
         params = {k: (v.value if isinstance(v, StrEnum) else v) for k, v in fields.items()}
         with self.db.transaction():

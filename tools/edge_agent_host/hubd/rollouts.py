@@ -13,10 +13,10 @@ the service stored (:class:`~edge_agent_host.hubd.rollout_client.ServiceDeployCl
 =============  =====================================================================================
 ``pending``    created; the next runner to look takes it (a lease in the row: one replica at a
                time; a replica that stops renewing it loses it to another after ``lease_s``)
-``running``    wave by wave: **deploying** (one broadcast of the bundle to the wave's nodes, see
-               :func:`~edge_agent_host.hub.deploy.broadcast_bundle`; every node's final result is
-               recorded), then **soaking** for ``soak_s`` while the abort criteria are checked
-               against what the nodes report (events and telemetry in the database)
+``running``    wave by wave: **deploying** (one broadcast of the bundle to the wave's nodes,
+               see :func:`~edge_agent_host.fleetctl.deploy.broadcast_bundle`; every node's final
+               result is recorded), then **soaking** for ``soak_s`` while the abort criteria are
+               checked against what the nodes report (events and telemetry in the database)
 ``paused``     the operator paused it: nothing more is sent until ``resume``
 ``halting``    a criterion failed (or the operator aborted): the nodes of the waves done are
                sent the rollback bundle, when the plan names one
@@ -60,8 +60,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
-from edge_agent_host.hub.deploy import DeployPlan, broadcast_bundle
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.deploy import DeployPlan, broadcast_bundle
+from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.hubd.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hubd.publisher import HubPublisher
 from edge_agent_host.hubd.rollout_client import PublishRefusedError, ServiceDeployClient
@@ -155,7 +155,7 @@ class RolloutRunner:
                 self._stale = self._stale or self._db
                 self._db = None
                 busy = False
-            except HubError as err:  # e.g. the broker connection is down: said in one line
+            except FleetError as err:  # e.g. the broker connection is down: said in one line
                 self.errors += 1
                 self.last_error = str(err)[:512]
                 logger.warning("rollout runner: %s; trying again", err)

@@ -43,7 +43,7 @@ from edge_agent.fleet.protocol import (
     Telemetry,
     as_builtins,
 )
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.hubd.config import RetentionSection
 from edge_agent_host.hubd.downsample import downsample_cut, plan_downsample
 from edge_agent_host.hubd.engines import Engine
@@ -64,11 +64,11 @@ __all__ = [
 _MAX_NODES_PER_PASS = 1000
 
 
-class DatabaseUnavailableError(HubError):
+class DatabaseUnavailableError(FleetError):
     """The database cannot be reached or used now."""
 
 
-class SchemaError(HubError):
+class SchemaError(FleetError):
     """The database's schema is newer than this software's (or is not a hub database)."""
 
 
@@ -131,7 +131,7 @@ class HubDatabase:
             self.schema_version = self._migrate() if migrate else self._check_schema()
         except Exception as err:
             self.close()
-            if isinstance(err, HubError) or not self.engine.is_database_error(err):
+            if isinstance(err, FleetError) or not self.engine.is_database_error(err):
                 raise
             self.last_error = _one_line(err)
             raise DatabaseUnavailableError(f"{self.engine.describe()}: {self.last_error}") from err
@@ -625,7 +625,8 @@ class HubDatabase:
 
     def fleet(self) -> list[dict[str, Any]]:
         """Every node: presence, birth, deaths, newest telemetry (the rows of
-        :func:`edge_agent_host.hub.format_fleet`, as the CLI hub's store gives them)."""
+        :func:`edge_agent_host.fleetctl.format_fleet`, as the operator's client's store gives
+        them)."""
         rows = self._query(
             "SELECT node, online, state_bdseq, birth_bdseq, birth, last_seen, deaths, "
             "telemetry_ts, telemetry, first_seen, death_reason, software_version, profile "

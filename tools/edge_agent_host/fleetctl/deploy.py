@@ -2,7 +2,7 @@
 
 :class:`DeployPlan` cuts a signed bundle into chunks and says what the ``deploy`` command carries.
 
-- :func:`broadcast_bundle` (the default behind :meth:`HubClient.deploy`): every node of the wave
+- :func:`broadcast_bundle` (the default behind :meth:`FleetClient.deploy`): every node of the wave
   gets the signed ``deploy`` command (``broadcast=True``) and answers with the bitmap of the
   chunks it already holds; each chunk that any of them misses is then published **once** on the
   fleet's bundle topic (``Topics.bundle``), which every node receiving that bundle subscribes to,
@@ -31,12 +31,13 @@ from edge_agent.errors import BundleError
 from edge_agent.fleet.commands import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
-from edge_agent_host.hub.errors import HubError
+from edge_agent_host.fleetctl.errors import FleetError
 
 
 class DeployClient(Protocol):
-    """What the deploy driver needs of a hub client (:class:`~edge_agent_host.hub.HubClient`
-    is one): send signed commands and chunks, poll the broker, take the results."""
+    """What the deploy driver needs of a client of the fleet
+    (:class:`~edge_agent_host.fleetctl.FleetClient` is one; the hub service's rollout runner has
+    its own): send signed commands and chunks, poll the broker, take the results."""
 
     def poll(self, timeout_s: float = 0.0) -> Sequence[object]: ...
 
@@ -316,7 +317,7 @@ class DeployPlan:
     @classmethod
     def from_bundle(cls, bundle: str | Path, chunk_size: int = DEFAULT_CHUNK_BYTES) -> DeployPlan:
         if not MIN_CHUNK_BYTES <= chunk_size <= MAX_CHUNK_BYTES:
-            raise HubError(f"chunk size must be {MIN_CHUNK_BYTES}-{MAX_CHUNK_BYTES} bytes")
+            raise FleetError(f"chunk size must be {MIN_CHUNK_BYTES}-{MAX_CHUNK_BYTES} bytes")
         path = Path(bundle)
         if path.is_dir():
             with tempfile.TemporaryDirectory() as tmp:
@@ -333,7 +334,7 @@ class DeployPlan:
     ) -> DeployPlan:
         """A plan for a bundle tar already in memory (e.g. from the hub's database)."""
         if not MIN_CHUNK_BYTES <= chunk_size <= MAX_CHUNK_BYTES:
-            raise HubError(f"chunk size must be {MIN_CHUNK_BYTES}-{MAX_CHUNK_BYTES} bytes")
+            raise FleetError(f"chunk size must be {MIN_CHUNK_BYTES}-{MAX_CHUNK_BYTES} bytes")
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / "bundle.tar"
             copy.write_bytes(data)

@@ -1,4 +1,5 @@
-"""The hub's memory between runs: a small SQLite file of nodes, telemetry, events and commands."""
+"""The operator's client's memory between runs: a small SQLite file of nodes, telemetry, events
+and commands (the hub service keeps its own database, :mod:`edge_agent_host.hubd.store`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Final
 
 from edge_agent.fleet.protocol import Birth, CommandResult, Event, Telemetry, as_builtins
 
-__all__ = ["HubStore"]
+__all__ = ["FleetStore"]
 
 
 # -------------------------------------------------------------------------------------- storage
@@ -23,8 +24,8 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=default, sort_keys=True)
 
 
-class HubStore:
-    """The hub's memory between runs (SQLite): nodes, last telemetry, recent events, commands."""
+class FleetStore:
+    """The client's memory between runs (SQLite): nodes, last telemetry, recent events, commands."""
 
     MAX_EVENTS: Final = 10_000
 

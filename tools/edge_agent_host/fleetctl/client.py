@@ -1,8 +1,10 @@
-"""The hub's MQTT client: the broker link, the registry of what every node said, signed commands.
+"""The operator's MQTT client of the fleet: the broker link, the registry of what every node
+said, signed commands.
 
-:class:`HubClient` hears the whole fleet, keeps a :class:`~edge_agent_host.hub.views.NodeView` per
-node (asking a node for a rebirth on a sequence gap), signs and sends commands and waits for their
-results; :meth:`HubClient.deploy` hands a bundle to the driver in :mod:`edge_agent_host.hub.deploy`.
+:class:`FleetClient` hears the whole fleet, keeps a
+:class:`~edge_agent_host.fleetctl.views.NodeView` per node (asking a node for a rebirth on a
+sequence gap), signs and sends commands and waits for their results; :meth:`FleetClient.deploy`
+hands a bundle to the driver in :mod:`edge_agent_host.fleetctl.deploy`.
 """
 
 from __future__ import annotations
@@ -39,29 +41,29 @@ from edge_agent.fleet.protocol import (
 )
 from edge_agent.fleet.topics import TopicKind, Topics
 from edge_agent_host.commands import new_command
-from edge_agent_host.hub.deploy import (
+from edge_agent_host.fleetctl.deploy import (
     DEFAULT_CHUNK_BYTES,
     BroadcastStats,
     broadcast_bundle,
     deploy_bundle,
 )
-from edge_agent_host.hub.errors import HubError
-from edge_agent_host.hub.store import HubStore
-from edge_agent_host.hub.views import HubMessage, NodeView
+from edge_agent_host.fleetctl.errors import FleetError
+from edge_agent_host.fleetctl.store import FleetStore
+from edge_agent_host.fleetctl.views import FleetMessage, NodeView
 
-__all__ = ["DUPLICATE_GRACE_S", "HubClient"]
+__all__ = ["DUPLICATE_GRACE_S", "FleetClient"]
 
 #: How long a result marked a duplicate waits for the command's own answer (wait_result).
 DUPLICATE_GRACE_S = 2.0
 _MAX_AWAITING_ACK = 100_000
 CLOSE_ACK_TIMEOUT_S = 5.0
-"""How long :meth:`HubClient.close` waits for the broker's acknowledgements of what was sent."""
+"""How long :meth:`FleetClient.close` waits for the broker's acknowledgements of what was sent."""
 
 logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------- client
-class HubClient:
+class FleetClient:
     """An MQTT client that sees the whole fleet, signs commands and deploys bundles."""
 
     def __init__(
@@ -77,14 +79,14 @@ class HubClient:
         ca_file: str | None = None,
         cert_file: str | None = None,
         key_file: str | None = None,
-        store: HubStore | None = None,
+        store: FleetStore | None = None,
         rebirth_interval_s: float = 10.0,
         transport: Transport | None = None,
     ) -> None:
         """TLS when ``ca_file`` or ``cert_file`` is given (``ca_file`` None: the system's CAs);
         ``cert_file`` and ``key_file`` (PEM) are the hub's client certificate for mutual TLS."""
         if (cert_file is None) != (key_file is None):
-            raise HubError("a client certificate needs both cert_file and key_file")
+            raise FleetError("a client certificate needs both cert_file and key_file")
         self.topics = Topics(fleet)
         self.fleet = fleet
         self.hub_id = hub_id
@@ -142,7 +144,7 @@ class HubClient:
 
     # Connection -------------------------------------------------------------------------------
     def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect and wait until the broker accepted us; :class:`HubError` if it does not."""
+        """Connect and wait until the broker accepted us; :class:`FleetError` if it does not."""
         self.transport.connect()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -150,7 +152,7 @@ class HubClient:
                 return
             time.sleep(0.02)
         self.transport.disconnect()
-        raise HubError(f"no connection to the broker within {timeout_s:g} s")
+        raise FleetError(f"no connection to the broker within {timeout_s:g} s")
 
     def close(self, ack_timeout_s: float = CLOSE_ACK_TIMEOUT_S) -> None:
         """Disconnect, once the broker acknowledged what this client published (waiting up to
@@ -164,24 +166,24 @@ class HubClient:
                     len(self._awaiting_ack),
                     ack_timeout_s,
                 )
-        except HubError as err:  # a refusal the caller did not poll for: said, not raised
+        except FleetError as err:  # a refusal the caller did not poll for: said, not raised
             logger.warning("%s", err)
         finally:
             self.transport.disconnect()
             if self.store is not None:
                 self.store.close()
 
-    def __enter__(self) -> HubClient:
+    def __enter__(self) -> FleetClient:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
     # Receiving --------------------------------------------------------------------------------
-    def poll(self, timeout_s: float = 0.0) -> list[HubMessage]:
+    def poll(self, timeout_s: float = 0.0) -> list[FleetMessage]:
         """Process what arrived (waiting up to ``timeout_s`` for something); returns it.
 
-        :class:`HubError` when the broker refused a command or bundle chunk this client
+        :class:`FleetError` when the broker refused a command or bundle chunk this client
         published (its reason by name, e.g. ``0x87 not authorized``: an identity without the
         hub role); other refusals are logged."""
         deadline = time.monotonic() + timeout_s
@@ -231,14 +233,14 @@ class HubClient:
             else:
                 logger.warning("%s", why)
         if refused:
-            raise HubError(
+            raise FleetError(
                 f"{refused[0]} (the hub's broker identity may not write there: sending commands "
                 "needs the hub role, edge-agent-host broker init --hub NAME; docs/security.md)"
             )
 
-    def listen(self, seconds: float) -> list[HubMessage]:
+    def listen(self, seconds: float) -> list[FleetMessage]:
         """Everything heard during ``seconds``."""
-        out: list[HubMessage] = []
+        out: list[FleetMessage] = []
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             out.extend(self.poll(min(left, 0.1)))
@@ -250,7 +252,7 @@ class HubClient:
             view = self.nodes[node] = NodeView(node)
         return view
 
-    def _handle(self, topic: str, payload: bytes, retained: bool) -> HubMessage | None:
+    def _handle(self, topic: str, payload: bytes, retained: bool) -> FleetMessage | None:
         try:
             env = decode(payload)
         except DecodeError:
@@ -271,7 +273,7 @@ class HubClient:
             handler(env, env.body, retained)
         if route.node_owned and not retained:
             self._view(env.node).last_seen = time.time()
-        return HubMessage(topic, route, env, retained, gap)
+        return FleetMessage(topic, route, env, retained, gap)
 
     # -- what each kind of message does to the registry (one method per body type) -------------
     def _on_state(self, env: Envelope, body: NodeState, retained: bool) -> None:
@@ -362,7 +364,7 @@ class HubClient:
         payload = encode(env)
         handle = self.transport.publish(topic, payload, 1, retain)
         if handle is None:
-            raise HubError("not connected to the broker")
+            raise FleetError("not connected to the broker")
         self._awaiting_ack[handle] = topic
         while len(self._awaiting_ack) > _MAX_AWAITING_ACK:
             self._awaiting_ack.popitem(last=False)
@@ -380,7 +382,7 @@ class HubClient:
     ) -> Command:
         """A command for ``node``, signed with the hub key (``sign=False``: deploy chunks)."""
         if sign and self.key is None:
-            raise HubError("signing a command needs a hub key (--key)")
+            raise FleetError("signing a command needs a hub key (--key)")
         key = self.key if sign else None
         return new_command(
             node, name, args, fleet=self.fleet, key=key, key_id=self.key_id, ttl_s=ttl_s
@@ -424,7 +426,7 @@ class HubClient:
         *,
         duplicate_grace_s: float = DUPLICATE_GRACE_S,
     ) -> CommandResult:
-        """The first result to ``nonce`` that ``accept`` takes; :class:`HubError` on timeout.
+        """The first result to ``nonce`` that ``accept`` takes; :class:`FleetError` on timeout.
 
         A result the node marks a duplicate (``replayed`` with ``data.duplicate``: the command
         had already run, e.g. before a restart) is kept back for ``duplicate_grace_s`` in case
@@ -448,7 +450,7 @@ class HubClient:
                 return duplicate
             left = (duplicate_until if duplicate is not None else deadline) - now
             if left <= 0:
-                raise HubError(f"no result to command {nonce.hex()[:8]} within {timeout_s:g} s")
+                raise FleetError(f"no result to command {nonce.hex()[:8]} within {timeout_s:g} s")
             self.poll(min(left, 0.05))
 
     def command(
@@ -504,7 +506,7 @@ class HubClient:
                 stats=stats,
             )
         if transfer != "unicast":
-            raise HubError(f"transfer must be 'broadcast' or 'unicast', not {transfer!r}")
+            raise FleetError(f"transfer must be 'broadcast' or 'unicast', not {transfer!r}")
         return deploy_bundle(
             self,
             bundle,

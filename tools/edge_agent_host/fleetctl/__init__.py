@@ -1,6 +1,9 @@
-"""``edge-agent-host hub``: the reference hub of the fleet protocol.
+"""``edge-agent-host hub``: the operator's client of a fleet (not a hub: the hub is the service,
+``edge-agent-hub``, :mod:`edge_agent_host.hubd`).
 
-A hub is one MQTT client subscribed to everything of a fleet (``ea/v1/{fleet}/#``). From what it
+The client is one MQTT client subscribed to everything of a fleet (``ea/v1/{fleet}/#``), for as
+long as a command runs. It speaks with the hub's identity in the protocol (a hub key, the broker's
+hub role): the node obeys commands signed with a key it trusts, whoever sends them. From what it
 hears it keeps a view of every node (retained state and birth, deaths, the last telemetry, sequence
 gaps) in memory and in a small SQLite file, and it asks a node for a rebirth when it sees a gap in
 that node's sequence numbers. It sends commands signed with a hub key made by
@@ -21,34 +24,34 @@ for mutual TLS the hub's identity ``--cert-file`` and ``--key-file`` (as
 ``edge-agent-host broker init`` issues them; ``docs/security.md``). ``docs/fleet.md`` has the
 details.
 
-The package, one job a module: ``errors`` (:class:`HubError`), ``store`` (the SQLite memory,
-:class:`HubStore`), ``views`` (what the hub knows and hears: :class:`NodeView`,
-:class:`HubMessage`), ``client`` (:class:`HubClient`: the broker link, the fleet registry and
+The package, one job a module: ``errors`` (:class:`FleetError`), ``store`` (the SQLite memory,
+:class:`FleetStore`), ``views`` (what the client knows and hears: :class:`NodeView`,
+:class:`FleetMessage`), ``client`` (:class:`FleetClient`: the broker link, the fleet registry and
 signed commands), ``deploy`` (:class:`DeployPlan` and the chunked deploy driver behind
-:meth:`HubClient.deploy`) and ``cli`` (the subcommands: :func:`configure`, :func:`run`).
+:meth:`FleetClient.deploy`) and ``cli`` (the subcommands: :func:`configure`, :func:`run`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from edge_agent_host.hub.cli import SUCCESS as SUCCESS
-from edge_agent_host.hub.cli import configure, format_fleet, run
-from edge_agent_host.hub.client import HubClient
-from edge_agent_host.hub.deploy import DEFAULT_CHUNK_BYTES as DEFAULT_CHUNK_BYTES
-from edge_agent_host.hub.deploy import DeployPlan
-from edge_agent_host.hub.errors import HubError
-from edge_agent_host.hub.store import HubStore
-from edge_agent_host.hub.views import HubMessage, NodeView
+from edge_agent_host.fleetctl.cli import SUCCESS as SUCCESS
+from edge_agent_host.fleetctl.cli import configure, format_fleet, run
+from edge_agent_host.fleetctl.client import FleetClient
+from edge_agent_host.fleetctl.deploy import DEFAULT_CHUNK_BYTES as DEFAULT_CHUNK_BYTES
+from edge_agent_host.fleetctl.deploy import DeployPlan
+from edge_agent_host.fleetctl.errors import FleetError
+from edge_agent_host.fleetctl.store import FleetStore
+from edge_agent_host.fleetctl.views import FleetMessage, NodeView
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DeployPlan",
-    "HubClient",
-    "HubError",
-    "HubMessage",
-    "HubStore",
+    "FleetClient",
+    "FleetError",
+    "FleetMessage",
+    "FleetStore",
     "NodeView",
     "configure",
     "format_fleet",

@@ -1,5 +1,5 @@
-"""The hub's records: what it knows of a node (:class:`NodeView`) and one message it heard
-(:class:`HubMessage`)."""
+"""The operator's client's records: what it knows of a node (:class:`NodeView`) and one message
+it heard (:class:`FleetMessage`)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from edge_agent.fleet.protocol import Birth, Envelope, SeqTracker, Telemetry
 from edge_agent.fleet.topics import Route
 
-__all__ = ["HubMessage", "NodeView"]
+__all__ = ["FleetMessage", "NodeView"]
 
 
 @dataclass
 class NodeView:
-    """What the hub knows of one node."""
+    """What the client knows of one node."""
 
     node: str
     online: bool | None = None
@@ -31,8 +31,8 @@ class NodeView:
 
 
 @dataclass(frozen=True, slots=True)
-class HubMessage:
-    """One valid message the hub heard (``gap``: messages missed before it, 0 if none)."""
+class FleetMessage:
+    """One valid message the client heard (``gap``: messages missed before it, 0 if none)."""
 
     topic: str
     route: Route

@@ -1,7 +1,7 @@
 """The ``edge-agent-host hub`` subcommands (``fleet``, ``watch``, ``command``, ``deploy``).
 
 Their arguments (:func:`configure`), running them (:func:`run`) and what they print
-(:func:`format_fleet` and the ``watch`` lines); the usage is in :mod:`edge_agent_host.hub`.
+(:func:`format_fleet` and the ``watch`` lines); the usage is in :mod:`edge_agent_host.fleetctl`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from edge_agent.fleet.protocol import (
     Telemetry,
     as_builtins,
 )
-from edge_agent_host.hub.client import HubClient
-from edge_agent_host.hub.deploy import DEFAULT_CHUNK_BYTES
-from edge_agent_host.hub.errors import HubError
-from edge_agent_host.hub.store import HubStore, _json
-from edge_agent_host.hub.views import HubMessage
+from edge_agent_host.fleetctl.client import FleetClient
+from edge_agent_host.fleetctl.deploy import DEFAULT_CHUNK_BYTES
+from edge_agent_host.fleetctl.errors import FleetError
+from edge_agent_host.fleetctl.store import FleetStore, _json
+from edge_agent_host.fleetctl.views import FleetMessage
 
 __all__ = [
     "SILENT_AFTER_S",
@@ -92,16 +92,16 @@ def add_broker_arguments(parser: argparse.ArgumentParser, hub_id_help: str) -> N
 
 
 def connect(
-    args: argparse.Namespace, key: Ed25519PrivateKey | None = None, store: HubStore | None = None
-) -> HubClient:
-    """A :class:`HubClient` from :func:`add_broker_arguments`' options, connected; the store
+    args: argparse.Namespace, key: Ed25519PrivateKey | None = None, store: FleetStore | None = None
+) -> FleetClient:
+    """A :class:`FleetClient` from :func:`add_broker_arguments`' options, connected; the store
     is closed if it cannot connect."""
     password = None
     if args.password_file is not None:
         lines = Path(args.password_file).read_text(encoding="utf-8").splitlines()
         password = lines[0] if lines else ""
     try:
-        client = HubClient(
+        client = FleetClient(
             fleet=args.fleet,
             host=args.host,
             port=args.port,
@@ -115,7 +115,7 @@ def connect(
             store=store,
         )
         client.connect()
-    except HubError:
+    except FleetError:
         if store is not None:
             store.close()
         raise
@@ -194,17 +194,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     deploy.set_defaults(timeout=300.0)
 
 
-def _client(args: argparse.Namespace, key: Ed25519PrivateKey | None = None) -> HubClient:
-    return connect(args, key, HubStore(args.db or _default_db(args.fleet)))
+def _client(args: argparse.Namespace, key: Ed25519PrivateKey | None = None) -> FleetClient:
+    return connect(args, key, FleetStore(args.db or _default_db(args.fleet)))
 
 
-def _targets(client: HubClient, args: argparse.Namespace) -> list[str]:
+def _targets(client: FleetClient, args: argparse.Namespace) -> list[str]:
     client.listen(args.wait)
     nodes = list(args.node)
     if args.all:
         nodes += [v.node for v in client.nodes.values() if v.online and v.node not in nodes]
     if not nodes:
-        raise HubError("no target: give --node NODE or --all (and is any node online?)")
+        raise FleetError("no target: give --node NODE or --all (and is any node online?)")
     return nodes
 
 
@@ -261,7 +261,7 @@ def format_fleet(rows: Iterable[Mapping[str, Any]], silent_after_s: float = SILE
     return "\n".join(lines)
 
 
-def _describe(msg: HubMessage) -> dict[str, Any]:
+def _describe(msg: FleetMessage) -> dict[str, Any]:
     env = msg.envelope
     out: dict[str, Any] = {
         "ts": env.ts,
@@ -281,7 +281,7 @@ def _describe(msg: HubMessage) -> dict[str, Any]:
     return out
 
 
-def _line(msg: HubMessage) -> str:
+def _line(msg: FleetMessage) -> str:
     env = msg.envelope
     body = env.body
     stamp = time.strftime("%H:%M:%S", time.localtime(env.ts))
@@ -369,7 +369,7 @@ def _run_command(args: argparse.Namespace) -> int:
         for node, nonce in nonces.items():
             try:
                 result = client.wait_result(nonce, args.timeout)
-            except HubError as err:
+            except FleetError as err:
                 print(f"{node}: {args.name}: {err}", file=sys.stderr)
                 failures += 1
                 continue
@@ -434,6 +434,6 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         return runners[args.hub_command](args)
-    except (HubError, ProtocolError, BundleError) as err:
+    except (FleetError, ProtocolError, BundleError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
