@@ -111,7 +111,7 @@ class HubProcess:
         }
         with (self.root / "hub.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent_host.hubd", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "edge_agent_host.hub", "run", "--config", str(self.config)],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -50,8 +50,8 @@ from edge_agent.aif.settings import AifSettings, settings_to_json  # noqa: E402
 from edge_agent.bundle.signing import load_private_key  # noqa: E402
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle  # noqa: E402
 from edge_agent.sim.registry import builtin_model  # noqa: E402
-from edge_agent_host.hubd.engines import SqliteEngine  # noqa: E402
-from edge_agent_host.hubd.store import HubDatabase  # noqa: E402
+from edge_agent_host.hub.engines import SqliteEngine  # noqa: E402
+from edge_agent_host.hub.store import HubDatabase  # noqa: E402
 from edge_agent_host.keys import generate_keypair  # noqa: E402
 from tests.integration.broker import MosquittoBroker, free_port  # noqa: E402
 
@@ -154,7 +154,7 @@ port = {free_port()}
 """
         )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent_host.hubd", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "edge_agent_host.hub", "run", "--config", str(self.config)],
             env=ENV,
             stdout=subprocess.DEVNULL,
             stderr=open(self.dir / "hub.log", "wb"),  # noqa: SIM115 - lives with the process
@@ -177,7 +177,7 @@ port = {free_port()}
 
     def rollout(self, action: str, *args: str) -> Any:
         done = subprocess.run(
-            [sys.executable, "-m", "edge_agent_host.hubd", "rollout", action, "--config",
+            [sys.executable, "-m", "edge_agent_host.hub", "rollout", action, "--config",
              str(self.config), *args],
             capture_output=True, text=True, timeout=600, check=True, env=ENV,
         )  # fmt: skip

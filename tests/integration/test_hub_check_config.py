@@ -40,7 +40,7 @@ def without_hub_extra(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
 
 def hub(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     python, env = without_hub_extra(tmp_path)
-    code = "import sys; from edge_agent_host.hubd.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from edge_agent_host.hub.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(  # noqa: PLW1510 - exit codes are asserted
         [*python, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path, env=env,
         timeout=120,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent_host.hubd.web import FleetSnapshot, WebServer, health_of
+from edge_agent_host.hub.web import FleetSnapshot, WebServer, health_of
 from edge_agent_host.keys import generate_keypair
 from tests.integration.broker import MosquittoBroker, free_port
 from tests.integration.chromium import FLAGS, Browser, chromium
@@ -99,7 +99,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def start_rollout(hub: Hub, tar: Path, *args: str) -> str:
     started = subprocess.run(
-        [sys.executable, "-m", "edge_agent_host.hubd", "rollout", "start", "--config",
+        [sys.executable, "-m", "edge_agent_host.hub", "rollout", "start", "--config",
          str(hub.config), str(tar), "--group", "grid", "--all", "--soak", "0", "--json", *args],
         capture_output=True, text=True, timeout=120, check=True, env=hub.env(),
     )  # fmt: skip

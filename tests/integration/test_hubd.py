@@ -35,9 +35,9 @@ from postgres import PostgresMissingError, PostgresServer, find_pg_bindir
 
 from edge_agent.fleet.protocol import Envelope, Event, EventKind, Telemetry, encode
 from edge_agent_host.fleetctl import FleetClient
-from edge_agent_host.hubd.config import load_hub_config
-from edge_agent_host.hubd.engines import PostgresEngine
-from edge_agent_host.hubd.store import HubDatabase
+from edge_agent_host.hub.config import load_hub_config
+from edge_agent_host.hub.engines import PostgresEngine
+from edge_agent_host.hub.store import HubDatabase
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.test_daemon import REPO, NotifySocket
 from tests.integration.test_fleet_daemon import FLEET, TOPICS, Node, wait_until
@@ -173,7 +173,7 @@ report_interval_s = 1.0
         self.notify = NotifySocket(self.dir / "notify.sock")
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent_host.hubd", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "edge_agent_host.hub", "run", "--config", str(self.config)],
                 env={**self.env(), "NOTIFY_SOCKET": str(self.notify.path)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -209,7 +209,7 @@ report_interval_s = 1.0
             [
                 sys.executable,
                 "-m",
-                "edge_agent_host.hubd",
+                "edge_agent_host.hub",
                 command,
                 "--config",
                 str(self.config),
@@ -225,7 +225,7 @@ report_interval_s = 1.0
 
     def database(self) -> HubDatabase:
         """The service's database, opened for reading as the CLI does."""
-        from edge_agent_host.hubd.cli import open_database
+        from edge_agent_host.hub.cli import open_database
 
         return open_database(load_hub_config(self.config))
 
@@ -637,7 +637,7 @@ def test_a_missing_postgresql_fails_with_how_to_install_it(monkeypatch: pytest.M
 
 
 def test_the_shipped_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
-    from edge_agent_host.hubd.cli import unit_text
+    from edge_agent_host.hub.cli import unit_text
     from tests.integration.test_systemd_unit import systemd_analyze, unit_problems, verify
 
     fake = tmp_path / "edge-agent-hub"

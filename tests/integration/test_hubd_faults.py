@@ -85,7 +85,7 @@ class TimedHub(Hub):
         self.notify = TimedNotify(self.dir / f"notify-{time.monotonic_ns()}.sock")
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent_host.hubd", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "edge_agent_host.hub", "run", "--config", str(self.config)],
                 env={**self.env(), "NOTIFY_SOCKET": str(self.notify.path)},
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -74,7 +74,7 @@ def fleet(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[dict[str, Any]
 def rollout(hub: Hub, action: str, *rest: str) -> Any:
     """``edge-agent-hub rollout ACTION --config CFG REST...``: its JSON (``--json``) or text."""
     done = subprocess.run(
-        [sys.executable, "-m", "edge_agent_host.hubd", "rollout", action, "--config",
+        [sys.executable, "-m", "edge_agent_host.hub", "rollout", action, "--config",
          str(hub.config), *rest],
         capture_output=True,
         text=True,
@@ -222,7 +222,7 @@ def test_rollout_start_refuses_what_it_cannot_do(fleet: dict[str, Any], tmp_path
         (("--group", "grid", "--label", "ring"), "--label 'ring': KEY=VALUE"),
     ]:
         done = subprocess.run(
-            [sys.executable, "-m", "edge_agent_host.hubd", "rollout", "start", "--config",
+            [sys.executable, "-m", "edge_agent_host.hub", "rollout", "start", "--config",
              str(hub.config), str(good), *args],
             capture_output=True, text=True, timeout=60, check=False, env=hub.env(),
         )  # fmt: skip
@@ -232,7 +232,7 @@ def test_rollout_start_refuses_what_it_cannot_do(fleet: dict[str, Any], tmp_path
 
 def rollout_fleet(hub: Hub) -> list[dict[str, Any]]:
     done = subprocess.run(
-        [sys.executable, "-m", "edge_agent_host.hubd", "fleet", "--config", str(hub.config),
+        [sys.executable, "-m", "edge_agent_host.hub", "fleet", "--config", str(hub.config),
          "--json"],
         capture_output=True, text=True, timeout=60, check=False, env=hub.env(),
     )  # fmt: skip

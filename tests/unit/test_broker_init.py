@@ -38,7 +38,7 @@ from edge_agent_host.broker import (
     revoke_identity,
 )
 from edge_agent_host.fleetctl import FleetClient, FleetError
-from edge_agent_host.hubd.config import parse_hub_config
+from edge_agent_host.hub.config import parse_hub_config
 
 FLEET = "plant-3"
 T = Topics(FLEET)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import ConfigError
-from edge_agent_host.hubd.cli import describe_config, main, unit_text
-from edge_agent_host.hubd.config import (
+from edge_agent_host.hub.cli import describe_config, main, unit_text
+from edge_agent_host.hub.config import (
     HubConfig,
     PostgresDatabase,
     SqliteDatabase,
@@ -184,11 +184,11 @@ def test_the_unit_runs_the_console_script_under_systemd_notify() -> None:
     assert "ExecStart=/opt/edge-agent-hub/venv/bin/edge-agent-hub run --config " in unit
     assert "RestartPreventExitStatus=2" in unit
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'edge-agent-hub = "edge_agent_host.hubd.cli:main"' in pyproject
+    assert 'edge-agent-hub = "edge_agent_host.hub.cli:main"' in pyproject
 
 
 def test_every_command_and_option_has_help() -> None:
-    from edge_agent_host.hubd.cli import build_parser
+    from edge_agent_host.hub.cli import build_parser
     from tests.unit.test_cli_help import parsers
 
     missing = []
@@ -205,7 +205,7 @@ def test_every_command_and_option_has_help() -> None:
 
 def test_postgresql_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_agent_host.fleetctl.errors import FleetError
-    from edge_agent_host.hubd.engines import PostgresEngine
+    from edge_agent_host.hub.engines import PostgresEngine
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
     with pytest.raises(FleetError, match=r"pip install 'edge-agent-runtime\[hub\]'"):

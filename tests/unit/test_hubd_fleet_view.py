@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent_host.hubd.fleet_view import (
+from edge_agent_host.hub.fleet_view import (
     MAX_FAILURES_SHOWN,
     FleetQuery,
     bundles_of,
@@ -19,7 +19,7 @@ from edge_agent_host.hubd.fleet_view import (
     fleet_page,
     rollout_failures,
 )
-from edge_agent_host.hubd.web import FleetSnapshot, WebServer
+from edge_agent_host.hub.web import FleetSnapshot, WebServer
 
 NOW = 1_800_000_000.0
 MIB = 2**20

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.fleet.protocol import Envelope, Event, EventKind, NodeState, Telemetry
-from edge_agent_host.hubd.queue import Heard, HeldMessages
-from edge_agent_host.hubd.spool import Spool, SpoolRecord
+from edge_agent_host.hub.queue import Heard, HeldMessages
+from edge_agent_host.hub.spool import Spool, SpoolRecord
 
 TEL = Telemetry(
     uptime_s=1.0,

@@ -19,13 +19,13 @@ from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import Command, CommandResult, Envelope, decode, encode
 from edge_agent.fleet.topics import Topics
 from edge_agent_host.fleetctl.deploy import DeployPlan
-from edge_agent_host.hubd.engines import SqliteEngine
-from edge_agent_host.hubd.publisher import HubPublisher
-from edge_agent_host.hubd.rollout_plan import RolloutPlan
-from edge_agent_host.hubd.rollout_store import RolloutStore
-from edge_agent_host.hubd.rollouts import RolloutRunner
-from edge_agent_host.hubd.service import HubService
-from edge_agent_host.hubd.store import HubDatabase
+from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.publisher import HubPublisher
+from edge_agent_host.hub.rollout_plan import RolloutPlan
+from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.rollouts import RolloutRunner
+from edge_agent_host.hub.service import HubService
+from edge_agent_host.hub.store import HubDatabase
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.unit.test_deploy import bundle_tar
 from tests.unit.test_hubd_service import FLEET, make_service
@@ -184,7 +184,7 @@ def test_a_hung_database_does_not_hang_the_rollout_runner(
     assert rollouts is not None
     ask(service, rollout_id, "pause")  # claimed and paused: the runner renews its lease, a write
     lock = sqlite3.connect(tmp_path / "state" / "hub.sqlite3", isolation_level=None)
-    caplog.set_level(logging.WARNING, logger="edge_agent_host.hubd.rollouts")
+    caplog.set_level(logging.WARNING, logger="edge_agent_host.hub.rollouts")
     service.start()
     try:
         until(service, lambda: rollout_summary(service, rollout_id)["state"] == "paused", "paused")

@@ -12,9 +12,9 @@ import pytest
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.fleetctl.errors import FleetError
-from edge_agent_host.hubd.engines import SqliteEngine
-from edge_agent_host.hubd.rollout_cli import describe
-from edge_agent_host.hubd.rollout_plan import (
+from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.rollout_cli import describe
+from edge_agent_host.hub.rollout_plan import (
     NodeState,
     RolloutPlan,
     RolloutState,
@@ -22,8 +22,8 @@ from edge_agent_host.hubd.rollout_plan import (
     select_nodes,
     wave_of,
 )
-from edge_agent_host.hubd.rollout_store import RolloutStore
-from edge_agent_host.hubd.store import HubDatabase
+from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.store import HubDatabase
 from tests.unit.test_hubd_store import heard
 
 SHA = "ab" * 32

@@ -30,9 +30,9 @@ from edge_agent.fleet.protocol import (
 )
 from edge_agent.fleet.topics import Topics
 from edge_agent.service.systemd import SdNotifier
-from edge_agent_host.hubd.config import parse_hub_config
-from edge_agent_host.hubd.engines import SqliteEngine
-from edge_agent_host.hubd.service import HubService, State
+from edge_agent_host.hub.config import parse_hub_config
+from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.service import HubService, State
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.unit.test_hubd_store import birth, count, telemetry_body
 
@@ -224,7 +224,7 @@ def test_records_the_fleet_and_drops_what_is_malformed_or_forged(tmp_path: Path)
 def test_database_outage_holds_messages_says_so_and_loses_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge_agent_host.hubd")
+    caplog.set_level(logging.INFO, logger="edge_agent_host.hub")
     broker = MemoryBroker()
     service, engine = make_service(tmp_path, broker)
     service.start()
@@ -363,7 +363,7 @@ class CountingNotifier(SdNotifier):
 def test_a_hung_database_call_is_an_outage_and_the_loop_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge_agent_host.hubd")
+    caplog.set_level(logging.INFO, logger="edge_agent_host.hub")
     broker = MemoryBroker()
     notifier = CountingNotifier()
     service, engine = make_service(tmp_path, broker, notifier=notifier, deadline_s=2.0)
@@ -403,7 +403,7 @@ def test_a_hung_database_call_is_an_outage_and_the_loop_goes_on(
 def test_a_database_that_opens_but_cannot_write_is_one_outage(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge_agent_host.hubd")
+    caplog.set_level(logging.INFO, logger="edge_agent_host.hub")
     broker = MemoryBroker()
     service, engine = make_service(tmp_path, broker)
     service.start()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent_host.hubd import spool as spool_module
-from edge_agent_host.hubd.dbthread import DatabaseOverdueError, DatabaseThread
-from edge_agent_host.hubd.spool import Spool, SpoolRecord
+from edge_agent_host.hub import spool as spool_module
+from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
+from edge_agent_host.hub.spool import Spool, SpoolRecord
 
 
 def killed(spool: Spool) -> None:

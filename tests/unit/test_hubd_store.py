@@ -33,12 +33,12 @@ from edge_agent.fleet.protocol import (
     Telemetry,
 )
 from edge_agent_host.fleetctl.cli import format_fleet
-from edge_agent_host.hubd.config import RetentionSection
-from edge_agent_host.hubd.downsample import downsample_cut, plan_downsample
-from edge_agent_host.hubd.engines import SqliteEngine
-from edge_agent_host.hubd.queue import Heard
-from edge_agent_host.hubd.schema import LATEST, MIGRATIONS
-from edge_agent_host.hubd.store import HubDatabase, SchemaError
+from edge_agent_host.hub.config import RetentionSection
+from edge_agent_host.hub.downsample import downsample_cut, plan_downsample
+from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.queue import Heard
+from edge_agent_host.hub.schema import LATEST, MIGRATIONS
+from edge_agent_host.hub.store import HubDatabase, SchemaError
 
 SHA = "ab" * 32
 
@@ -328,7 +328,7 @@ def test_an_unreachable_database_leaves_the_batch(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     db = HubDatabase(SqliteEngine(blocker / "hub.sqlite3"))  # its directory is a file
-    from edge_agent_host.hubd.store import DatabaseUnavailableError
+    from edge_agent_host.hub.store import DatabaseUnavailableError
 
     with pytest.raises(DatabaseUnavailableError, match="sqlite"):
         db.open()

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent_host.hubd import web
-from edge_agent_host.hubd.web import FleetSnapshot, WebServer, collector_for, health_of
+from edge_agent_host.hub import web
+from edge_agent_host.hub.web import FleetSnapshot, WebServer, collector_for, health_of
 
 NOW = 1_800_000_000.0
 MB = 2**20
@@ -184,7 +184,7 @@ def test_the_hubs_own_numbers_become_these_metrics() -> None:
 
 def test_the_grafana_dashboard_asks_only_for_exported_metrics() -> None:
     exported = {name for name, _ in scrape(snapshot(), HUB_STATUS)}
-    raw = resources.files("edge_agent_host.hubd").joinpath("grafana/edge-agent-fleet.json")
+    raw = resources.files("edge_agent_host.hub").joinpath("grafana/edge-agent-fleet.json")
     dashboard = json.loads(raw.read_text())
     exprs = [
         target["expr"]
@@ -200,7 +200,7 @@ def test_the_grafana_dashboard_asks_only_for_exported_metrics() -> None:
 
 
 def test_the_page_uses_nothing_from_outside() -> None:
-    page = resources.files("edge_agent_host.hubd").joinpath("web/index.html").read_text()
+    page = resources.files("edge_agent_host.hub").joinpath("web/index.html").read_text()
     assert "/api/fleet.json" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no CDN, no fonts
 
@@ -271,8 +271,8 @@ def test_a_taken_port_is_a_config_error_naming_the_line() -> None:
     import socket
 
     from edge_agent.errors import ConfigError
-    from edge_agent_host.hubd.config import parse_hub_config
-    from edge_agent_host.hubd.service import web_server
+    from edge_agent_host.hub.config import parse_hub_config
+    from edge_agent_host.hub.service import web_server
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -1,5 +1,5 @@
 """``edge-agent-host hub``: the operator's client of a fleet (not a hub: the hub is the service,
-``edge-agent-hub``, :mod:`edge_agent_host.hubd`).
+``edge-agent-hub``, :mod:`edge_agent_host.hub`).
 
 The client is one MQTT client subscribed to everything of a fleet (``ea/v1/{fleet}/#``), for as
 long as a command runs. It speaks with the hub's identity in the protocol (a hub key, the broker's

@@ -1,5 +1,5 @@
 """The operator's client's memory between runs: a small SQLite file of nodes, telemetry, events
-and commands (the hub service keeps its own database, :mod:`edge_agent_host.hubd.store`)."""
+and commands (the hub service keeps its own database, :mod:`edge_agent_host.hub.store`)."""
 
 from __future__ import annotations
 

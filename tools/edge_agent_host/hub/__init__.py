@@ -16,9 +16,9 @@ supervised loop: :class:`HubService`) and ``cli`` (``edge-agent-hub``).
 
 from __future__ import annotations
 
-from edge_agent_host.hubd.config import HubConfig, load_hub_config, parse_hub_config
-from edge_agent_host.hubd.queue import Heard, HeldMessages
-from edge_agent_host.hubd.store import HubDatabase
+from edge_agent_host.hub.config import HubConfig, load_hub_config, parse_hub_config
+from edge_agent_host.hub.queue import Heard, HeldMessages
+from edge_agent_host.hub.store import HubDatabase
 
 __all__ = [
     "Heard",

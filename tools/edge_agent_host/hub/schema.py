@@ -2,7 +2,7 @@
 
 A migration is a version number, a description and SQL statements written once for SQLite and
 PostgreSQL: the only words that differ are the two placeholders below, which each engine fills in
-(:attr:`~edge_agent_host.hubd.engines.Engine.types`):
+(:attr:`~edge_agent_host.hub.engines.Engine.types`):
 
 * ``{id}``: an integer primary key that numbers rows in insertion order;
 * ``{real}``: a double-precision float (PostgreSQL's ``REAL`` is single precision);

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from edge_agent_host.fleetctl.errors import FleetError
-from edge_agent_host.hubd.config import HubConfigFile
-from edge_agent_host.hubd.engines import SqliteEngine
-from edge_agent_host.hubd.store import HubDatabase
+from edge_agent_host.hub.config import HubConfigFile
+from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.store import HubDatabase
 
 __all__ = ["open_database"]
 
@@ -16,7 +16,7 @@ __all__ = ["open_database"]
 def open_database(source: HubConfigFile, *, write: bool = False) -> HubDatabase:
     """The service's database, opened for reading (nothing is created or migrated), or with
     ``write`` for the rollout commands (the schema is brought up to date first)."""
-    from edge_agent_host.hubd.service import make_engine  # noqa: PLC0415
+    from edge_agent_host.hub.service import make_engine  # noqa: PLC0415
 
     config = source.config
     path = config.sqlite_path

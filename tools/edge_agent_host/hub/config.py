@@ -27,7 +27,7 @@ from edge_agent.config.daemon import MqttTls, path_from_document
 from edge_agent.config.toml_lines import Problem, TomlDocument, raise_problems, validate_toml
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.names import NAME_PATTERN
-from edge_agent_host.hubd.strict import StrictModel
+from edge_agent_host.hub.strict import StrictModel
 
 __all__ = [
     "DatabaseSpec",
@@ -520,7 +520,7 @@ def check_dependencies(source: HubConfigFile) -> None:
 
 def example_config_text() -> str:
     """The commented example config shipped beside this module (``example.toml``)."""
-    return resources.files("edge_agent_host.hubd").joinpath("example.toml").read_text("utf-8")
+    return resources.files("edge_agent_host.hub").joinpath("example.toml").read_text("utf-8")
 
 
 def file_problems(source: HubConfigFile) -> list[Problem]:

@@ -44,11 +44,11 @@ from edge_agent.fleet.protocol import (
     as_builtins,
 )
 from edge_agent_host.fleetctl.errors import FleetError
-from edge_agent_host.hubd.config import RetentionSection
-from edge_agent_host.hubd.downsample import downsample_cut, plan_downsample
-from edge_agent_host.hubd.engines import Engine
-from edge_agent_host.hubd.queue import Heard
-from edge_agent_host.hubd.schema import LATEST, VERSIONS_TABLE, pending
+from edge_agent_host.hub.config import RetentionSection
+from edge_agent_host.hub.downsample import downsample_cut, plan_downsample
+from edge_agent_host.hub.engines import Engine
+from edge_agent_host.hub.queue import Heard
+from edge_agent_host.hub.schema import LATEST, VERSIONS_TABLE, pending
 
 logger = logging.getLogger(__name__)
 

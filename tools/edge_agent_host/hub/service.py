@@ -1,6 +1,6 @@
 """``edge-agent-hub run``: the hub service's supervised loop.
 
-The transport's thread hears the fleet (:class:`~edge_agent_host.hubd.listener.FleetListener`)
+The transport's thread hears the fleet (:class:`~edge_agent_host.hub.listener.FleetListener`)
 and fills the bounded queue; this loop, on the main thread, is the only writer:
 
 1. when the database is closed and its back-off delay has passed, connect (and migrate);
@@ -54,27 +54,27 @@ from edge_agent.fsutil import write_atomic
 from edge_agent.service.metrics import Metrics
 from edge_agent.service.periodic import Periodic
 from edge_agent.service.systemd import SdNotifier
-from edge_agent_host.hubd.config import (
+from edge_agent_host.hub.config import (
     HubConfig,
     HubConfigFile,
     PostgresDatabase,
     file_problems,
     read_password,
 )
-from edge_agent_host.hubd.dbthread import DatabaseOverdueError, DatabaseThread
-from edge_agent_host.hubd.engines import Engine, PostgresEngine, SqliteEngine
-from edge_agent_host.hubd.listener import FleetListener
-from edge_agent_host.hubd.publisher import HubPublisher
-from edge_agent_host.hubd.queue import Heard, HeldMessages
-from edge_agent_host.hubd.rollouts import RolloutRunner
-from edge_agent_host.hubd.spool import Spool
-from edge_agent_host.hubd.store import (
+from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
+from edge_agent_host.hub.engines import Engine, PostgresEngine, SqliteEngine
+from edge_agent_host.hub.listener import FleetListener
+from edge_agent_host.hub.publisher import HubPublisher
+from edge_agent_host.hub.queue import Heard, HeldMessages
+from edge_agent_host.hub.rollouts import RolloutRunner
+from edge_agent_host.hub.spool import Spool
+from edge_agent_host.hub.store import (
     DatabaseUnavailableError,
     HubDatabase,
     WriteOutcome,
     to_json,
 )
-from edge_agent_host.hubd.web import FleetSnapshot, WebServer, build_snapshot
+from edge_agent_host.hub.web import FleetSnapshot, WebServer, build_snapshot
 
 logger = logging.getLogger(__name__)
 

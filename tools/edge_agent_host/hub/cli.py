@@ -9,7 +9,7 @@
     edge-agent-hub events [--config FILE] [--node N] [--limit N] [--follow [--duration S]] [--json]
     edge-agent-hub telemetry NODE [--config FILE] [--since S] [--limit N] [--json]
     edge-agent-hub commands [--config FILE] [--limit N] [--json]
-    edge-agent-hub rollout start|status|list|pause|resume|abort ...   # hubd/rollout_cli.py
+    edge-agent-hub rollout start|status|list|pause|resume|abort ...   # hub/rollout_cli.py
     edge-agent-hub systemd-unit | example-config
 
 Exit status: 0 success; 1 the database cannot be read (or, for ``status``, the service runs with
@@ -36,9 +36,9 @@ from edge_agent.service.logs import configure_logging
 from edge_agent.service.pids import pid_alive
 from edge_agent_host.fleetctl.cli import add_silent_argument, format_fleet
 from edge_agent_host.fleetctl.errors import FleetError
-from edge_agent_host.hubd import rollout_cli
-from edge_agent_host.hubd.access import open_database
-from edge_agent_host.hubd.config import (
+from edge_agent_host.hub import rollout_cli
+from edge_agent_host.hub.access import open_database
+from edge_agent_host.hub.config import (
     HubConfigFile,
     PostgresDatabase,
     check_dependencies,
@@ -46,7 +46,7 @@ from edge_agent_host.hubd.config import (
     file_problems,
     load_hub_config,
 )
-from edge_agent_host.hubd.store import DatabaseUnavailableError, SchemaError
+from edge_agent_host.hub.store import DatabaseUnavailableError, SchemaError
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ------------------------------------------------------------------------------------ run/check
 def _run(args: argparse.Namespace) -> int:
-    from edge_agent_host.hubd.service import HubService  # noqa: PLC0415 - paho, only to run
+    from edge_agent_host.hub.service import HubService  # noqa: PLC0415 - paho, only to run
 
     source = load_hub_config(args.config)
     check_dependencies(source)  # as check-config does
@@ -407,7 +407,7 @@ def _example_config(args: argparse.Namespace) -> int:
 
 def unit_text() -> str:
     """The shipped systemd unit (``edge-agent-hub.service`` beside this module)."""
-    return resources.files("edge_agent_host.hubd").joinpath(UNIT_FILE).read_text("utf-8")
+    return resources.files("edge_agent_host.hub").joinpath(UNIT_FILE).read_text("utf-8")
 
 
 def _dumps(value: Any) -> str:

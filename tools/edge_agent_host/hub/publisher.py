@@ -4,7 +4,7 @@ The service has one MQTT connection (one identity: with ``broker init``'s
 ``use_username_as_clientid`` a second connection of the same identity would take the first's
 session over, again and again). Everything it sends goes through :class:`HubPublisher`: its
 rebirth requests (the service's loop) and the rollout runner's signed commands and bundle chunks
-(the runner's thread, :mod:`~edge_agent_host.hubd.rollout_client`).
+(the runner's thread, :mod:`~edge_agent_host.hub.rollout_client`).
 
 The broker answers each QoS 1 publish with a PUBACK; a refusal (reason code >= 0x80, e.g.
 ``0x87 not authorized`` when the hub's identity may not write commands) is logged by name, once
@@ -35,7 +35,7 @@ from edge_agent.fleet.comms.base import (
 )
 from edge_agent.fleet.protocol import Command, Envelope, clock_synced, encode
 from edge_agent.fleet.topics import Topics
-from edge_agent_host.hubd.queue import Heard, HeldMessages
+from edge_agent_host.hub.queue import Heard, HeldMessages
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ a restart. The operator writes them (``edge-agent-hub rollout start``) and asks 
 (``pause``, ``resume``, ``abort``: a request column); the hub service's :class:`RolloutRunner`,
 on its own thread, with its own database connection and the hub's signing key, does the work. It
 has no broker connection of its own: it publishes through the service's
-(:class:`~edge_agent_host.hubd.publisher.HubPublisher`) and reads the nodes' answers from what
-the service stored (:class:`~edge_agent_host.hubd.rollout_client.ServiceDeployClient`):
+(:class:`~edge_agent_host.hub.publisher.HubPublisher`) and reads the nodes' answers from what
+the service stored (:class:`~edge_agent_host.hub.rollout_client.ServiceDeployClient`):
 
 =============  =====================================================================================
 ``pending``    created; the next runner to look takes it (a lease in the row: one replica at a
@@ -62,12 +62,12 @@ from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.fleetctl.deploy import DeployPlan, broadcast_bundle
 from edge_agent_host.fleetctl.errors import FleetError
-from edge_agent_host.hubd.dbthread import DatabaseOverdueError, DatabaseThread
-from edge_agent_host.hubd.publisher import HubPublisher
-from edge_agent_host.hubd.rollout_client import PublishRefusedError, ServiceDeployClient
-from edge_agent_host.hubd.rollout_plan import ACTIVE, NodeState, RolloutState
-from edge_agent_host.hubd.rollout_store import Rollout, RolloutStore
-from edge_agent_host.hubd.store import HubDatabase
+from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
+from edge_agent_host.hub.publisher import HubPublisher
+from edge_agent_host.hub.rollout_client import PublishRefusedError, ServiceDeployClient
+from edge_agent_host.hub.rollout_plan import ACTIVE, NodeState, RolloutState
+from edge_agent_host.hub.rollout_store import Rollout, RolloutStore
+from edge_agent_host.hub.store import HubDatabase
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@
 :class:`~edge_agent_host.fleetctl.deploy.DeployClient`. In the hub service that client is
 :class:`ServiceDeployClient`: it signs commands with the hub's key and publishes them, and the
 bundle's chunks, through the service's own broker connection
-(:class:`~edge_agent_host.hubd.publisher.HubPublisher`: one connection per identity), and it
+(:class:`~edge_agent_host.hub.publisher.HubPublisher`: one connection per identity), and it
 reads the nodes' answers from the results the service's listener stored
-(:meth:`~edge_agent_host.hubd.rollout_store.RolloutStore.results`), so that with replicas
+(:meth:`~edge_agent_host.hub.rollout_store.RolloutStore.results`), so that with replicas
 sharing the results (``share_group``) the answers reach it whichever replica heard them.
 
 A publish the broker refuses (``0x87 not authorized``: an identity without the hub role) raises
@@ -27,8 +27,8 @@ from edge_agent.fleet.protocol import BundleChunk, Command, CommandResult
 from edge_agent.fleet.topics import TopicKind, Topics
 from edge_agent_host.commands import new_command
 from edge_agent_host.fleetctl.errors import FleetError
-from edge_agent_host.hubd.publisher import HubPublisher
-from edge_agent_host.hubd.rollout_store import RolloutStore
+from edge_agent_host.hub.publisher import HubPublisher
+from edge_agent_host.hub.rollout_store import RolloutStore
 
 __all__ = ["PublishRefusedError", "ServiceDeployClient"]
 

@@ -32,15 +32,15 @@ from http import HTTPStatus
 from importlib import resources
 from typing import Any, Final
 
-from edge_agent_host.hubd.fleet_view import (
+from edge_agent_host.hub.fleet_view import (
     FleetQuery,
     bundles_of,
     deployments_by_node,
     fleet_page,
     rollout_failures,
 )
-from edge_agent_host.hubd.rollout_store import RolloutStore
-from edge_agent_host.hubd.store import HubDatabase
+from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.store import HubDatabase
 
 logger = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ class WebServer:
         self._counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
         self._waiting: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
         self._open = 0
-        self._page = resources.files("edge_agent_host.hubd").joinpath("web/index.html").read_bytes()
+        self._page = resources.files("edge_agent_host.hub").joinpath("web/index.html").read_bytes()
         self._sock = socket.create_server((listen, port), backlog=128)
         self.port = int(self._sock.getsockname()[1])
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent_host.fleetctl.errors import FleetError
-from edge_agent_host.hubd.strict import StrictModel
+from edge_agent_host.hub.strict import StrictModel
 
 __all__ = [
     "ACTIVE",

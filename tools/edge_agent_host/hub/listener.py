@@ -10,7 +10,7 @@ Subscriptions (``ea/v1/{fleet}/node/+/...``):
   replica of the group. Without a group the hub subscribes to them plainly.
 
 :meth:`FleetListener.on_message` runs on the transport's thread and only decodes, validates,
-counts and enqueues (:class:`~edge_agent_host.hubd.queue.HeldMessages`). A message is dropped and
+counts and enqueues (:class:`~edge_agent_host.hub.queue.HeldMessages`). A message is dropped and
 counted when it is
 
 * malformed (``malformed.*``): the decoder's reasons (``oversized``, ``not_msgpack``,
@@ -42,8 +42,8 @@ from edge_agent.errors import SignatureError
 from edge_agent.fleet.comms.base import Incoming, Transport
 from edge_agent.fleet.protocol import Command, DecodeError, decode
 from edge_agent.fleet.topics import TopicKind, Topics
-from edge_agent_host.hubd.queue import Heard, HeldMessages
-from edge_agent_host.hubd.spool import SpoolRecord
+from edge_agent_host.hub.queue import Heard, HeldMessages
+from edge_agent_host.hub.spool import SpoolRecord
 
 __all__ = ["PRESENCE_KINDS", "SHARED_KINDS", "FleetListener"]
 

@@ -25,11 +25,11 @@ from typing import Any
 from edge_agent.bundle.writer import pack_tar
 from edge_agent_host.fleetctl.deploy import DEFAULT_CHUNK_BYTES, DeployPlan
 from edge_agent_host.fleetctl.errors import FleetError
-from edge_agent_host.hubd.access import open_database
-from edge_agent_host.hubd.config import load_hub_config
-from edge_agent_host.hubd.rollout_plan import Criteria, RolloutPlan, plan_waves, select_nodes
-from edge_agent_host.hubd.rollout_store import RolloutStore
-from edge_agent_host.hubd.store import HubDatabase
+from edge_agent_host.hub.access import open_database
+from edge_agent_host.hub.config import load_hub_config
+from edge_agent_host.hub.rollout_plan import Criteria, RolloutPlan, plan_waves, select_nodes
+from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.store import HubDatabase
 
 __all__ = ["add_parser", "run"]
 

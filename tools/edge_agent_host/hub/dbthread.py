@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Final, TypeVar
 
-from edge_agent_host.hubd.store import DatabaseUnavailableError
+from edge_agent_host.hub.store import DatabaseUnavailableError
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Overflow policy (the outbox's, turned around): telemetry is periodic and downsam
 A batch given back may take the queue over its bound by at most that batch; nothing is dropped for
 it. Every count is in :meth:`HeldMessages.stats`.
 
-With a :class:`~edge_agent_host.hubd.spool.Spool`, :meth:`HeldMessages.put` appends the message
+With a :class:`~edge_agent_host.hub.spool.Spool`, :meth:`HeldMessages.put` appends the message
 to it first (so that what the broker was acknowledged survives the process), and a message leaves
 the spool when the service calls :meth:`HeldMessages.done` (written or refused by the database)
 or when the overflow policy drops it.
@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from edge_agent.fleet.protocol import Envelope
-from edge_agent_host.hubd.spool import Spool, SpoolRecord
+from edge_agent_host.hub.spool import Spool, SpoolRecord
 
 __all__ = ["TELEMETRY", "Heard", "HeldMessages"]
 

@@ -3,7 +3,7 @@
 Every method that reads or writes the database runs through the store's ``guard`` when it has
 one: the hub service's rollout runner gives it its own database thread with the service's
 deadline (``[database] operation_deadline_s``), so that a database that hangs makes a call fail
-with :class:`~edge_agent_host.hubd.dbthread.DatabaseOverdueError` instead of hanging the runner.
+with :class:`~edge_agent_host.hub.dbthread.DatabaseOverdueError` instead of hanging the runner.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.fleetctl.errors import FleetError
-from edge_agent_host.hubd.rollout_plan import (
+from edge_agent_host.hub.rollout_plan import (
     ACTIVE,
     NodeState,
     RolloutPlan,
     RolloutState,
     wave_of,
 )
-from edge_agent_host.hubd.store import HubDatabase
+from edge_agent_host.hub.store import HubDatabase
 
 __all__ = ["Guard", "Rollout", "RolloutStore"]
 
