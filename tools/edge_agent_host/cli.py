@@ -1,8 +1,10 @@
 """``edge-agent-host``: convert, write, sign, verify and inspect bundles on the host.
 
-``convert aif|onnx|tflite`` quantizes a model, reports what int8 costs in accuracy, size and
-latency, refuses a conversion worse than its thresholds (exit 1 unless ``--force``), and writes
-the bundle, signed with ``--sign KEY``. See ``docs/host-tool.md``.
+``convert KIND`` quantizes a model, reports what int8 costs in accuracy, size and latency,
+refuses a conversion worse than its thresholds (exit 1 unless ``--force``), and writes the
+bundle, signed with ``--sign KEY``; the kinds are the formats of
+:data:`edge_agent_host.converters.REGISTRY`, which this module never names. See
+``docs/host-tool.md``.
 
 Each subcommand is one entry in :data:`COMMANDS`: a help line, a function that adds its arguments
 to an ``argparse`` parser, and a function that runs it and returns the exit code. Adding a command
