@@ -18,10 +18,12 @@ import pytest
 
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.bundle.loader import load_bundle
+from edge_agent.errors import InputError
 from edge_agent_host import converters
 from edge_agent_host.cli import build_parser, main
-from edge_agent_host.converters.aif import add_aif_options, aif_options, convert_aif
+from edge_agent_host.converters.aif import AifOptions, add_aif_options, aif_options, convert_aif
 from edge_agent_host.converters.common import Converter, ConvertOptions, add_common_options
+from edge_agent_host.converters.onnx import convert_onnx
 from edge_agent_host.report import ConversionReport
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,3 +127,18 @@ def test_the_cli_asks_no_format_which_it_is() -> None:
         for code in convert:
             assert not re.search(rf"\b{re.escape(name)}\b", code), name
             assert module not in source, module
+
+
+def test_a_format_that_reads_a_file_says_so_when_none_is_given(tmp_path: Path) -> None:
+    """``ConvertOptions.model`` is optional (a model handed over in memory); a format that
+    reads its input from a file says which input it needs, in one line, before any work."""
+    options = ConvertOptions(out=tmp_path / "b", name="m")
+    with pytest.raises(InputError, match=r"^ConvertOptions.model: give the input, a float "
+                       r"\.onnx model$"):
+        convert_onnx(options)
+    with pytest.raises(InputError, match=r"^ConvertOptions.model: give the input, a \.npz or "
+                       r"\.json model$"):
+        convert_aif(options)
+    with pytest.raises(InputError, match=r"^AifOptions.counts go with AifOptions.model"):
+        convert_aif(options, AifOptions(counts={}))
+    assert not (tmp_path / "b").exists()
