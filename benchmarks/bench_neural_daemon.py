@@ -98,6 +98,7 @@ from edge_agent.daemon.admission import load_group_model, trusted_keys  # noqa: 
 from edge_agent.daemon.groups import GroupRuntime, make_agents, make_runtime  # noqa: E402
 from edge_agent.neural.groups import NeuralAgentGroup  # noqa: E402
 from edge_agent.neural.perception import PerceptionAifGroup  # noqa: E402
+from edge_agent.sim.endpoints import WorldSource  # noqa: E402
 from edge_agent.sim.sensors import SensorWorld  # noqa: E402
 
 FEATURES = 8
@@ -462,8 +463,9 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
     runtime, model = build_group(cfg_path, args.threads)
     runtime.warm_up()
     agents = runtime.agents
-    env = runtime.env
-    assert env is not None  # a sim source
+    source = runtime.source
+    assert isinstance(source, WorldSource)  # a sim source
+    env = source.world
     for _ in range(2 * args.window):  # fill every window
         runtime.tick(time.monotonic())
     if isinstance(agents, PerceptionAifGroup):
@@ -499,12 +501,12 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
 
         def group_step() -> None:
             rest = env.outcomes if agents.perceived < agents.cm.num_modalities else None
-            agents.step(runtime.obs, time.monotonic(), rest)
+            agents.step(source.obs, time.monotonic(), rest)
 
-        variants["neural_step"] = lambda: net.forward(runtime.obs)
+        variants["neural_step"] = lambda: net.forward(source.obs)
         variants["group_step"] = group_step
     else:
-        variants["neural_step"] = lambda: agents.step(runtime.obs)
+        variants["neural_step"] = lambda: agents.step(source.obs)
     variants["group_tick"] = tick
     # What stacking windows costs in numpy alone, on the same (N, T, F) float32 batch: from a
     # time-major (T, N, F) ring into the (N, T, F) input (32-byte rows), and a plain copy.

@@ -2,9 +2,17 @@
 
 A kind of agent group (Active Inference, a neural policy, perception in front of Active
 Inference, or one of your own) is a class whose objects satisfy :class:`AgentGroup`; the daemon
-never asks which kind it has. :class:`GroupIO` says what the group's source (a simulated world,
-or an MQTT inbox) must give and what its sink (an MQTT publisher, or the world again) takes: the
-daemon builds both from it.
+never asks which kind it has. :class:`GroupIO` says what the group's source must give and what
+its sink takes: the daemon builds both from it.
+
+A group at run time is source -> step -> sink. A :class:`Source` gives each tick's inputs (a
+simulated world, :class:`edge_agent.sim.endpoints.WorldSource`, or an MQTT inbox,
+:class:`edge_agent.fleet.agent_io.InboxSource`); a :class:`Sink` takes the tick's actions (the
+world again, :class:`~edge_agent.sim.endpoints.WorldSink`; an MQTT publisher,
+:class:`~edge_agent.fleet.agent_io.ActionPublisher`; the daemon's log). They satisfy these
+protocols by their shape: the floors below (``sim``) and beside (``fleet``) never import
+``core``. The ones that need the node's fleet link get it through :meth:`Source.connect` and
+:meth:`Sink.connect` (a :class:`FleetPort`: the daemon's uplink); the others ignore it.
 
 =================================  ==============================================================
 ``step`` / ``advance``             one batched step (``advance``: a tick's, with the world's
@@ -30,7 +38,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["AgentGroup", "GroupIO", "Learns", "StateReader", "state_under"]
+__all__ = [
+    "AgentGroup",
+    "FleetPort",
+    "GroupIO",
+    "Learns",
+    "Sink",
+    "Source",
+    "StateReader",
+    "Taken",
+    "state_under",
+]
 
 
 @runtime_checkable
@@ -214,4 +232,93 @@ class Learns(Protocol):
 
     def learning_state(self) -> dict[str, Any]:
         """What a command's result and the status show of the learning (frozen, versions)."""
+        ...
+
+
+Taken = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+"""A tick's inputs from a :class:`Source`: ``(obs, outcomes, starts)``. ``obs`` as the agents'
+:meth:`AgentGroup.advance` takes it; ``outcomes`` ``(n_agents, M)`` the simulated world's outcome
+indices when it has them (None otherwise); ``starts`` ``(n_agents,) bool`` the agents whose
+episode starts at this tick (reset before the step), None when no agent's does."""
+
+
+class FleetPort(Protocol):
+    """The node's fleet link as a source and a sink see it (the daemon's uplink).
+
+    ``core`` does not import ``fleet``: ``body`` is a protocol
+    :class:`~edge_agent.fleet.protocol.ActionBatch` and ``inbox`` a
+    :class:`~edge_agent.fleet.agent_io.ObservationBuffer`.
+    """
+
+    def send_actions(self, topic: str, body: Any) -> bool:
+        """Queue one batch of actions for ``topic``; False if it was refused (counted)."""
+        ...
+
+    def listen(self, topic: str, inbox: Any) -> None:
+        """Route the observations arriving on the filter ``topic`` to ``inbox``."""
+        ...
+
+
+class Source(Protocol):
+    """Where a group's observations come from: a simulated world or an MQTT inbox."""
+
+    @property
+    def obs(self) -> np.ndarray:
+        """The last observation of every agent (what a warm-up steps on)."""
+        ...
+
+    def take(self) -> Taken | None:
+        """This tick's inputs, or None while the group cannot step yet (an inbox waits until
+        every agent has had an observation)."""
+        ...
+
+    def resize(self, n_agents: int) -> None:
+        """Follow the group to ``n_agents`` (a world is built again: every agent's episode
+        starts afresh)."""
+        ...
+
+    def carry_over(self, prev: Source) -> None:
+        """Take over ``prev``'s pending input on a reload that kept the group's model and size
+        (an inbox keeps its rows and counters; a world starts afresh)."""
+        ...
+
+    def connect(self, port: FleetPort) -> None:
+        """The node's fleet link (an inbox listens on its topic filter through it)."""
+        ...
+
+    def rejected(self) -> tuple[str, dict[str, int]] | None:
+        """Input dropped since the last call: the last reason and the counters (None: nothing
+        new)."""
+        ...
+
+    def counters(self) -> dict[str, int]:
+        """Cumulative input counters (``obs_rows``, ``rows_rejected``, ``batches_rejected``,
+        ``stale_agent_ticks``) for telemetry; empty for a world."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What a group's description shows of its source (``world`` or ``io``)."""
+        ...
+
+    def report_line(self) -> str:
+        """The source in one line, for the demo's report."""
+        ...
+
+
+class Sink(Protocol):
+    """Where a group's actions go: the simulated world, an MQTT publisher, the log."""
+
+    def put(self, tick: int, actions: np.ndarray) -> None:
+        """Take the actions of the group's ``tick``-th step (``(n_agents, ...)``, the agents'
+        own array: read it now, do not keep it)."""
+        ...
+
+    def resize(self, n_agents: int) -> None: ...
+
+    def connect(self, port: FleetPort) -> None:
+        """The node's fleet link (an MQTT sink publishes through it)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What a group's description shows of its sink (``actions`` counters; may be empty)."""
         ...

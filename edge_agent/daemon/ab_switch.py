@@ -3,7 +3,7 @@
 The rest of the daemon talks to :class:`ABSwitch` alone, through a few verbs: the hub commands
 (:meth:`ABSwitch.start`, :meth:`ABSwitch.chunk`), the uplink's broadcast chunks
 (:meth:`ABSwitch.broadcast_chunk`), the loop (:meth:`ABSwitch.before_tick`,
-:meth:`ABSwitch.tick_watched`, :meth:`ABSwitch.watched_stepped`, reload deferral), admission
+:meth:`ABSwitch.tick_watched`, reload deferral), admission
 (:meth:`ABSwitch.deployed_bundles`, :meth:`ABSwitch.forget`) and the readers
 (:meth:`ABSwitch.stats`, :meth:`ABSwitch.counters`). Inside,
 :class:`~edge_agent.fleet.deploy.DeployManager` moves the bytes and keeps the crash-safe journal
@@ -83,6 +83,10 @@ class SwitchHost(Protocol):
     groups: list[GroupRuntime]
 
     def rebirth(self) -> None: ...
+
+
+class _NonFiniteError(Exception):
+    """The watched group's state is not finite after its step (its actions are held back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,21 +286,29 @@ class ABSwitch:
         if reports:
             self._report(reports)
 
-    def tick_watched(self, g: GroupRuntime, now: float) -> bool:
-        """Step the freshly deployed group: any exception or a non-finite state rolls it back.
-        Returns whether it stepped (its actions are then to be published)."""
+    def tick_watched(self, g: GroupRuntime, now: float) -> None:
+        """Tick the freshly deployed group: any exception or a non-finite state rolls it back
+        (a non-finite step's actions never reach the sink); a good tick counts towards the
+        watch (:meth:`_watched_stepped`)."""
+
+        def vet() -> None:
+            if not g.agents_finite():
+                raise _NonFiniteError
+
         try:
-            stepped = g.tick(now)
-            problem = None if not stepped or g.agents_finite() else "non-finite beliefs"
+            stepped = g.tick(now, vet)
+            problem = None
+        except _NonFiniteError:
+            stepped, problem = False, "non-finite beliefs"
         except Exception as err:  # the new bundle's boundary: roll back, do not crash
             logger.exception("group %s failed on its new bundle", g.name)
             stepped, problem = False, f"{type(err).__name__}: {err}"
         if problem is not None:
             self._rollback(g, problem)
-            return False
-        return stepped
+        elif stepped:
+            self._watched_stepped()
 
-    def watched_stepped(self) -> None:
+    def _watched_stepped(self) -> None:
         """The watched group's actions are out: count the good tick; at the end of the watch
         release the old group."""
         if self._deployer.watch_tick():
@@ -382,9 +394,7 @@ class ABSwitch:
         index = next((i for i, x in enumerate(groups) if x is g), None)
         if old is None or index is None:
             return
-        old.obs = g.obs
-        old.env = g.env
-        groups[index] = old
+        groups[index] = old  # on the source and sink the two share (GroupRuntime.replaced)
         self._old = None
         g.agents.release()
         self._deployer.rollback(problem)

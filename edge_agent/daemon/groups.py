@@ -4,9 +4,12 @@ Every kind of agent group (:mod:`edge_agent.kinds`: ``aif``, ``neural``, ``perce
 of one's own) runs here the same way, through the contract every group's agents satisfy
 (:class:`~edge_agent.core.contract.AgentGroup`); nothing here asks which kind it has.
 
-A :class:`GroupRuntime` owns its pipeline, one way: source (a simulated world, or an MQTT inbox
-shaped by the agents' ``io()``) -> the agents' step (or the coordination runtime's, which wraps
-it) -> sink (the world again, or an MQTT publisher). :func:`make_agents` builds the agents of a
+A :class:`GroupRuntime` owns its pipeline, one way: its source (a simulated world,
+:class:`~edge_agent.sim.endpoints.WorldSource`, or an MQTT inbox shaped by the agents' ``io()``,
+:class:`~edge_agent.fleet.agent_io.InboxSource`) -> the agents' step (or the coordination
+runtime's, which wraps it) -> its sink (the world again, an MQTT publisher, the log). Source and
+sink are :mod:`edge_agent.core.contract`'s protocols, chosen once by :func:`make_runtime`; nothing
+after asks which ones a group has. :func:`make_agents` builds the agents of a
 loaded model through its kind (the factory, a deployment's health check and its switch all come
 through it) and :func:`plan_requests` says what they will reserve, before anything is allocated.
 Nothing here imports the service module.
@@ -35,17 +38,15 @@ from edge_agent.config.daemon import (
     describe_endpoint,
 )
 from edge_agent.core.budget import MemoryBudget, PlanRequest
-from edge_agent.core.contract import AgentGroup, Learns
+from edge_agent.core.contract import AgentGroup, FleetPort, Learns, Sink, Source
 from edge_agent.errors import EdgeAgentError
 from edge_agent.kinds import get_kind
 from edge_agent.kinds.base import LoadedModel, world_name
-from edge_agent.sim import World
-from edge_agent.sim.registry import make_env
+from edge_agent.sim.endpoints import WorldSource
 
 if TYPE_CHECKING:
     # Imported only by a daemon with [mqtt] enabled (or an MQTT source, sink):
     from edge_agent.coordination.runtime import CoordinationRuntime
-    from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -60,24 +61,20 @@ def io_signature(agents: Agents) -> tuple[object, ...]:
 
 @dataclass
 class GroupRuntime:
-    """A configured group: its agents, where observations come from and where actions go.
-
-    ``env`` is the simulated world of a ``sim`` source (None for an ``mqtt`` source, whose
-    observations arrive in ``inbox``); ``sink`` publishes actions for an ``mqtt`` sink.
+    """A configured group: its agents, the source its observations come from and the sink its
+    actions go to (:mod:`edge_agent.core.contract`'s :class:`Source` and :class:`Sink`; which
+    ones, :func:`make_runtime` chose from the config once).
     """
 
     config: GroupConfig
     agents: Agents
-    env: World | None
-    obs: np.ndarray
-    inbox: ObservationBuffer | None = None
-    sink: ActionPublisher | None = None
+    source: Source
+    sink: Sink
     bundle_name: str | None = None
     bundle_sha256: str | None = None
     paused: bool = False
     paused_reason: str = ""
     steps: int = 0
-    rejected_reported: int = 0
     coordination: CoordinationRuntime | None = field(default=None, init=False, repr=False)
     _step: Callable[[np.ndarray, float, np.ndarray | None], np.ndarray] = field(
         init=False, repr=False
@@ -119,37 +116,31 @@ class GroupRuntime:
         """The kind's name (the first item of the agents' I/O signature)."""
         return str(self.agents.io_signature()[0])
 
-    def tick(self, now: float) -> bool:
-        """One batched step of every agent in the group (through coordination when it takes
-        part: :meth:`coordinate`); False if it could not step yet."""
-        env = self.env
-        if env is not None:
-            started = env.episode_start
-            if started.any():
-                self._reset(started)
-            obs = self.obs
-        else:
-            assert self.inbox is not None  # an mqtt source has an inbox
-            if not self.inbox.take():
-                return False  # waiting until every agent has had an observation
-            obs = self.inbox.obs
-        actions = self._step(obs, now, getattr(env, "outcomes", None))
-        if env is not None:
-            self.obs = env.step(actions)
+    def tick(self, now: float, vet: Callable[[], None] | None = None) -> bool:
+        """One tick: the source's inputs -> one batched step of every agent (through
+        coordination when it takes part: :meth:`coordinate`) -> the sink. False if the source
+        had nothing to step on yet. ``vet`` (a deployment's watch) runs between the step and
+        the sink: it raises to keep the actions from the sink."""
+        taken = self.source.take()
+        if taken is None:
+            return False  # an inbox waits until every agent has had an observation
+        obs, outcomes, starts = taken
+        if starts is not None:
+            self._reset(starts)
+        actions = self._step(obs, now, outcomes)
         self.steps += 1
+        if vet is not None:
+            vet()
+        self.sink.put(self.steps, actions)
         return True
 
-    def publish(self) -> None:
-        """The tick's actions out: to an ``mqtt`` sink (through the port the uplink handed
-        it), or to the debug log for a ``log`` sink; a simulated world took them already."""
-        if self.sink is not None:
-            self.sink.put(self.steps, self.agents.action)
-        elif self.env is None and isinstance(self.config.sink, LogSink):
-            logger.debug(
-                "group %s step %d actions %s", self.name, self.steps, self.agents.action[:4]
-            )
-
     # -- verbs: what others ask of a group ------------------------------------------------------
+    def connect(self, port: FleetPort) -> None:
+        """Hand the node's fleet link to the source and the sink (an MQTT inbox listens, an
+        MQTT sink publishes through it)."""
+        self.source.connect(port)
+        self.sink.connect(port)
+
     def pause(self, reason: str) -> bool:
         """Stop stepping the group (``reason``: ``command``, ``memory``, ``thermal``); False
         if it was paused already (for whatever reason)."""
@@ -167,61 +158,51 @@ class GroupRuntime:
 
     def resize(self, n_agents: int) -> None:
         """Grow or shrink the group. The agents reserve first (a BudgetError leaves the group
-        as it was); a simulated world is rebuilt for the new size (every agent starts afresh);
-        the inbox and the sink follow."""
+        as it was); the source and the sink follow (a simulated world is built again: every
+        agent starts afresh at the next tick)."""
         self.agents.resize(n_agents)
-        if self.env is not None:
-            self.env = make_env(world_name(self.config), n_agents, seed=self.config.seed)
-            self.obs = self.env.reset()
-            self.agents.reset()
-        if self.inbox is not None:
-            self.inbox.resize(n_agents)
-            self.obs = self.inbox.obs
-        if self.sink is not None:
-            self.sink.resize(n_agents)
+        self.source.resize(n_agents)
+        self.sink.resize(n_agents)
 
     def carry_over(self, prev: GroupRuntime) -> bool:
-        """Take over ``prev``'s beliefs and histories (and its pending observations) when a
+        """Take over ``prev``'s beliefs and histories (and its source's pending input) when a
         reload kept its model and size; False (nothing taken) otherwise."""
         agents, old = self.agents, prev.agents
         if old.key != agents.key or old.n_agents != agents.n_agents:
             return False
         agents.load_state_dict(old.state_dict())
-        if self.inbox is not None and prev.inbox is not None:
-            self.inbox = prev.inbox
-            self.obs = prev.inbox.obs
-            self.rejected_reported = prev.rejected_reported
+        self.source.carry_over(prev.source)
         return True
 
     def rejected_input(self) -> tuple[str, dict[str, int]] | None:
-        """Observations the inbox dropped since the last call: its last reason and counters
-        (None: nothing new)."""
-        inbox = self.inbox
-        if inbox is None:
-            return None
-        batches, rows = inbox.counters["batches_rejected"], inbox.counters["rows_rejected"]
-        if batches + rows <= self.rejected_reported:
-            return None
-        self.rejected_reported = batches + rows
-        return inbox.last_reject, {"batches_rejected": batches, "rows_rejected": rows}
+        """Input the source dropped since the last call: its last reason and counters (None:
+        nothing new)."""
+        return self.source.rejected()
+
+    def input_counters(self) -> dict[str, int]:
+        """The source's cumulative input counters (empty for a simulated world)."""
+        return self.source.counters()
+
+    def report_line(self) -> str:
+        """The group's source in one line, for the demo's report."""
+        return self.source.report_line()
 
     def warm_up(self) -> None:
         """Run the group's kernels once so the first real tick is not cold, then put the
         state back (Active Inference groups keep their histories untouched)."""
-        self.agents.warm_up(self.obs)
+        self.agents.warm_up(self.source.obs)
 
     def agents_finite(self) -> bool:
         """Whether the agents' state is finite (a new bundle's watch checks this every tick)."""
         return agents_finite(self.agents)
 
     def replaced(self, cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> GroupRuntime:
-        """This group with new agents (a deployed bundle), on the same source and sink."""
+        """This group with new agents (a deployed bundle), on the same source and sink (the
+        two groups share them: a rollback puts this one back as it is)."""
         new = GroupRuntime(
             config=cfg,
             agents=agents,
-            env=self.env,
-            obs=self.obs,
-            inbox=self.inbox,
+            source=self.source,
             sink=self.sink,
             bundle_name=loaded.bundle_name,
             bundle_sha256=loaded.bundle_sha256,
@@ -254,18 +235,53 @@ class GroupRuntime:
         }
         if self.config.perception is not None:
             out["perception"] = f"bundle {self.config.perception.path}"
-        if self.env is not None:
-            out["world"] = {
-                k: v if isinstance(v, int) else round(v, 4) for k, v in self.env.summary().items()
-            }
-        if self.inbox is not None:
-            out["io"] = self.inbox.stats()
-        if self.sink is not None:
-            out["actions"] = {
-                "batches": self.sink.batches,
-                "published": self.sink.published,
-                "dropped": self.sink.dropped,
-            }
+        out.update(self.source.describe())
+        out.update(self.sink.describe())
+        return out
+
+
+class ActionLog:
+    """A ``log`` sink: the first actions of each step to the daemon's debug log."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    def put(self, tick: int, actions: np.ndarray) -> None:
+        logger.debug("group %s step %d actions %s", self.group, tick, actions[:4])
+
+    def resize(self, n_agents: int) -> None:
+        del n_agents
+
+    def connect(self, port: FleetPort) -> None:
+        del port
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+class Sinks:
+    """Several sinks in order: a simulated world, then the configured ``mqtt`` or ``log``
+    sink."""
+
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = sinks
+
+    def put(self, tick: int, actions: np.ndarray) -> None:
+        for sink in self.sinks:
+            sink.put(tick, actions)
+
+    def resize(self, n_agents: int) -> None:
+        for sink in self.sinks:
+            sink.resize(n_agents)
+
+    def connect(self, port: FleetPort) -> None:
+        for sink in self.sinks:
+            sink.connect(port)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for sink in self.sinks:
+            out.update(sink.describe())
         return out
 
 
@@ -326,38 +342,45 @@ def plan_requests(
 
 
 def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> GroupRuntime:
-    """Wire a group's agents to its source and sink."""
+    """Wire a group's agents to its source and sink, chosen here once by the config's ``type``:
+    a ``sim`` source is a world that also takes the actions (before the configured sink, if
+    that is not the world itself); an ``mqtt`` source an inbox shaped by the agents' ``io()``;
+    an ``mqtt`` sink a publisher, a ``log`` sink the debug log."""
     n = agents.n_agents
-    env: World | None = None
-    inbox: ObservationBuffer | None = None
+    sinks: list[Sink] = []
+    source: Source
     if isinstance(cfg.source, SimSource):
-        env = make_env(world_name(cfg), n, seed=cfg.seed)
-        obs = env.reset()
+        world = WorldSource(world_name(cfg), n, seed=cfg.seed)
+        source = world
+        sinks.append(world.sink)
     else:
         from edge_agent.fleet.agent_io import (  # noqa: PLC0415 - MQTT sources only
             FeatureBuffer,
+            InboxSource,
             ObservationBuffer,
         )
 
         io = agents.io()
-        if io.features is not None:
-            inbox = FeatureBuffer(cfg.name, n, io.features, io.frame)
-        else:
-            inbox = ObservationBuffer(cfg.name, n, io.num_obs)
-        obs = inbox.obs
-    sink = None
+        buffer = (
+            FeatureBuffer(cfg.name, n, io.features, io.frame)
+            if io.features is not None
+            else ObservationBuffer(cfg.name, n, io.num_obs)
+        )
+        source = InboxSource(cfg.source.topic, buffer)
     if isinstance(cfg.sink, MqttSink):
         from edge_agent.fleet.agent_io import ActionPublisher  # noqa: PLC0415 - MQTT sinks only
 
         io = agents.io()
-        sink = ActionPublisher(cfg.name, cfg.sink.topic, n, io.actions, continuous=io.continuous)
+        sinks.append(
+            ActionPublisher(cfg.name, cfg.sink.topic, n, io.actions, continuous=io.continuous)
+        )
+    elif isinstance(cfg.sink, LogSink):
+        sinks.append(ActionLog(cfg.name))
     return GroupRuntime(
         config=cfg,
         agents=agents,
-        env=env,
-        obs=obs,
-        inbox=inbox,
-        sink=sink,
+        source=source,
+        sink=sinks[0] if len(sinks) == 1 else Sinks(*sinks),
         bundle_name=loaded.bundle_name,
         bundle_sha256=loaded.bundle_sha256,
     )

@@ -599,11 +599,9 @@ class Daemon:
             if g.paused:
                 continue
             if g.name == watched:
-                if self.ab_switch.tick_watched(g, now):
-                    g.publish()
-                    self.ab_switch.watched_stepped()
-            elif g.tick(now):
-                g.publish()
+                self.ab_switch.tick_watched(g, now)
+            else:
+                g.tick(now)
 
     @property
     def total_agents(self) -> int:
@@ -916,12 +914,8 @@ class Daemon:
         io = dict.fromkeys(("obs_rows", "rows_rejected", "batches_rejected"), 0)
         io["stale_agent_ticks"] = 0
         for g in self.groups:
-            if g.inbox is not None:
-                c = g.inbox.counters
-                io["obs_rows"] += c["rows"]
-                io["rows_rejected"] += c["rows_rejected"]
-                io["batches_rejected"] += c["batches_rejected"]
-                io["stale_agent_ticks"] += c["stale_agent_ticks"]
+            for name, value in g.input_counters().items():
+                io[name] = io.get(name, 0) + value
         return io
 
     def _group_metrics(self) -> dict[str, dict[str, object]]:

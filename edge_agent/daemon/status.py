@@ -30,7 +30,6 @@ from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
 from edge_agent.service.metrics import Metrics
-from edge_agent.sim import format_summary
 from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
@@ -217,16 +216,6 @@ def report(d: StatusView) -> None:
         format_bytes(d.budget.total),
     )
     for g in d.groups:
-        if g.env is not None:
-            world = format_summary(g.env.summary())
-        elif g.inbox is not None:
-            io = g.inbox.stats()
-            world = (
-                f"mqtt: {io['rows']} observations, {io['rows_rejected']} rejected, "
-                f"{io['unobserved']} agents never observed"
-            )
-        else:
-            world = ""
         logger.info(
             "  %-8s %6d agents %s | %s B/agent + %s shared | %s",
             g.name,
@@ -234,5 +223,5 @@ def report(d: StatusView) -> None:
             g.agents.precision,
             g.agents.per_agent_nbytes(),
             format_bytes(g.agents.shared_nbytes),
-            world,
+            g.report_line(),
         )

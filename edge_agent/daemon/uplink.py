@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from edge_agent.config.daemon import ConfigFile, DaemonConfig, MqttSource
+from edge_agent.config.daemon import ConfigFile, DaemonConfig
 from edge_agent.coordination.config import CoordinationConfig
 from edge_agent.daemon.admission import hub_keys, mqtt_password
 from edge_agent.daemon.groups import GroupRuntime
@@ -181,6 +181,7 @@ class FleetUplink:
         self.nonces = self.stack.nonces
         self.commands = self.stack.commands
         self.router = ObservationRouter(self.topics)
+        self._routes: dict[str, list[ObservationBuffer]] = {}  # filled by listen
         self.link.claim(self.router.handle)  # MQTT sources' topics never reach the link's inbox
         self.coordination: CoordinationRuntime | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -224,13 +225,10 @@ class FleetUplink:
         """Point the MQTT sources' topic filters at their groups' observation buffers, and
         subscribe to the filters outside the node's own inbox; connect the MQTT sinks to this
         uplink (their port)."""
-        routes: dict[str, list[ObservationBuffer]] = {}
+        self._routes = {}
         for g in groups:
-            if g.sink is not None:
-                g.sink.connect(self)
-            if g.inbox is not None and isinstance(g.config.source, MqttSource):
-                routes.setdefault(g.config.source.topic, []).append(g.inbox)
-        self.router.bind(routes)
+            g.connect(self)  # the inboxes call listen, the mqtt sinks keep the port
+        self.router.bind(self._routes)
         inbox_prefix = self.topics.obs_all(self.node_id)[:-1]  # the node subscribes to obs/#
         for pattern in self.router.patterns:
             if not pattern.startswith(inbox_prefix):
@@ -395,6 +393,11 @@ class FleetUplink:
     def after_tick(self) -> None:
         self.link.pump()  # sends this tick's messages now; commits the outbox first
         self.link.flush()
+
+    def listen(self, topic: str, inbox: ObservationBuffer) -> None:
+        """An ``mqtt`` source's port: route the topic filter ``topic`` to ``inbox`` (while
+        :meth:`bind_sources` runs)."""
+        self._routes.setdefault(topic, []).append(inbox)
 
     # -- publishing -------------------------------------------------------------------------------
     def send_actions(self, topic: str, body: ActionBatch) -> bool:

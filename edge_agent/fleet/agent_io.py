@@ -29,6 +29,10 @@ Observations (:class:`ObservationBuffer`, one per group):
 Actions (:class:`ActionPublisher`): once per tick per group, the whole group's actions as
 batches of at most :data:`~edge_agent.fleet.protocol.MAX_BATCH_AGENTS` agents that fit the payload
 limit, ids ``0 ... n-1``, the smallest unsigned dtype that holds every action.
+
+In a group (:mod:`edge_agent.daemon.groups`), an ``mqtt`` source is an :class:`InboxSource` (a
+buffer and the topic filter it listens on through the uplink) and an ``mqtt`` sink an
+:class:`ActionPublisher`: :class:`edge_agent.core.contract.Source` and ``Sink`` by their shape.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ActionPublisher",
     "FeatureBuffer",
+    "InboxSource",
     "ObservationBuffer",
     "ObservationRouter",
     "decode_actions",
@@ -310,6 +315,80 @@ class FeatureBuffer(ObservationBuffer):
         return 1
 
 
+class InboxPort(Protocol):
+    """Where an :class:`InboxSource` asks for its observations (the daemon's uplink)."""
+
+    def listen(self, topic: str, inbox: ObservationBuffer) -> None:
+        """Route the observations arriving on the filter ``topic`` to ``inbox``."""
+        ...
+
+
+class InboxSource:
+    """An MQTT inbox as a group's source (the ``mqtt`` source of the config): the newest
+    observation of every agent from the topic filter ``topic``, in ``buffer`` (an
+    :class:`ObservationBuffer`, or a :class:`FeatureBuffer` for feature vectors and frames).
+
+    It satisfies :class:`edge_agent.core.contract.Source` by its shape (``fleet`` does not
+    import ``core``).
+    """
+
+    def __init__(self, topic: str, buffer: ObservationBuffer) -> None:
+        self.topic = topic
+        self.buffer = buffer
+        self._reported = 0  # rejected batches and rows already reported
+
+    @property
+    def obs(self) -> npt.NDArray[Any]:
+        return self.buffer.obs
+
+    def take(self) -> tuple[npt.NDArray[Any], None, None] | None:
+        """The newest observation of every agent, or None until every agent has had one
+        (:meth:`ObservationBuffer.take`); an inbox has no outcomes and no episodes."""
+        if not self.buffer.take():
+            return None
+        return self.buffer.obs, None, None
+
+    def resize(self, n_agents: int) -> None:
+        self.buffer.resize(n_agents)
+
+    def carry_over(self, prev: object) -> None:
+        """Take over ``prev``'s buffer (its pending rows and counters) if it is an inbox too."""
+        if isinstance(prev, InboxSource):
+            self.buffer, self._reported = prev.buffer, prev._reported
+
+    def connect(self, port: InboxPort) -> None:
+        port.listen(self.topic, self.buffer)
+
+    def rejected(self) -> tuple[str, dict[str, int]] | None:
+        """Observations dropped since the last call: the last reason and the counters (None:
+        nothing new)."""
+        counters = self.buffer.counters
+        batches, rows = counters["batches_rejected"], counters["rows_rejected"]
+        if batches + rows <= self._reported:
+            return None
+        self._reported = batches + rows
+        return self.buffer.last_reject, {"batches_rejected": batches, "rows_rejected": rows}
+
+    def counters(self) -> dict[str, int]:
+        c = self.buffer.counters
+        return {
+            "obs_rows": c["rows"],
+            "rows_rejected": c["rows_rejected"],
+            "batches_rejected": c["batches_rejected"],
+            "stale_agent_ticks": c["stale_agent_ticks"],
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {"io": self.buffer.stats()}
+
+    def report_line(self) -> str:
+        io = self.buffer.stats()
+        return (
+            f"mqtt: {io['rows']} observations, {io['rows_rejected']} rejected, "
+            f"{io['unobserved']} agents never observed"
+        )
+
+
 def _channels_last(frame: tuple[int, ...]) -> bool:
     """Whether a model frame is ``(H, W, C)`` (Keras) rather than ``(C, H, W)`` (torch, ONNX)."""
     return frame[-1] in (1, 3, 4) and frame[0] not in (1, 3, 4)
@@ -444,8 +523,9 @@ class ActionPort(Protocol):
 
 
 class ActionPublisher:
-    """Packs one group's actions into :class:`ActionBatch` bodies, once per tick, and sends
-    them through the port it is connected to (:meth:`connect`; none: nothing is sent).
+    """An ``mqtt`` sink (:class:`edge_agent.core.contract.Sink` by its shape): packs one
+    group's actions into :class:`ActionBatch` bodies, once per tick, and sends them through the
+    port it is connected to (:meth:`connect`; none: nothing is sent).
 
     Discrete actions (``num_controls``: the choices per factor, or one entry for a neural
     policy's ``(N,)`` actions) go out as the smallest unsigned dtype that holds them; a neural
@@ -487,6 +567,11 @@ class ActionPublisher:
 
     def connect(self, port: ActionPort | None) -> None:
         self.port = port
+
+    def describe(self) -> dict[str, Any]:
+        """What a group's description shows of its ``mqtt`` sink."""
+        counts = {"batches": self.batches, "published": self.published, "dropped": self.dropped}
+        return {"actions": counts}
 
     def put(self, tick: int, actions: npt.NDArray[Any]) -> None:
         """Send the tick's ``actions`` (see :meth:`bodies`) through the port, counting batches

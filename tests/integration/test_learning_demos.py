@@ -16,6 +16,7 @@ import pytest
 from edge_agent.config.daemon import read_config
 from edge_agent.config.profiles import load_profiles
 from edge_agent.daemon.admission import admit
+from edge_agent.sim.endpoints import WorldSource
 from tests.doc_blocks import ROOT, doc_block
 
 pytestmark = pytest.mark.integration
@@ -48,8 +49,8 @@ def stepped(path: Path, ticks: int) -> dict[str, dict[str, Any]]:
                 assert g.tick(float(tick))
         out: dict[str, dict[str, Any]] = {}
         for g in groups:
-            assert g.env is not None
-            out[g.name] = {**g.env.summary(), **g.agents.metrics()}
+            assert isinstance(g.source, WorldSource)  # a sim source
+            out[g.name] = {**g.source.world.summary(), **g.agents.metrics()}
         return out
     finally:
         for g in groups:

@@ -18,8 +18,8 @@ from edge_agent.core.learning import LearningAgentGroup, PerAgentLearningGroup
 from edge_agent.daemon.admission import admit, load_group_model, resolve_models
 from edge_agent.daemon.groups import plan_requests
 from edge_agent.errors import ConfigError
+from edge_agent.sim.endpoints import WorldSource
 from edge_agent.sim.registry import builtin_model
-from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv
 from edge_agent_host.cli import main as host_main
 from edge_agent_host.keys import generate_keypair
 from tests.unit.test_daemon_kinds import NEURAL, PERCEIVING, bundles, config  # noqa: F401
@@ -77,8 +77,8 @@ def test_the_table_builds_a_learning_group_that_learns(
     settings = agents.learning.settings
     assert (settings.lr_pA, settings.forgetting, agents.learning.refresh_every) == (0.5, 0.02, 3)
     # The world's episode starts end the agents' trials: pD learns there, A every tick.
-    env = ReversalTMazeEnv(40, seed=2, reverse_every=3)
-    g.env, g.obs = env, env.reset()
+    world = WorldSource("tmaze-reversal", 40, seed=2, reverse_every=3)
+    g.source, g.sink = world, world.sink
     before = agents.learner.pA.counts[0].sum()
     for tick in range(12):
         assert g.tick(float(tick))
@@ -101,8 +101,8 @@ def test_shared_counts_learn_under_a_planning_policy(
     agents = g.agents
     assert isinstance(agents, LearningAgentGroup)
     assert agents.planning.every == 4
-    env = ReversalTMazeEnv(40, seed=2, reverse_every=3)
-    g.env, g.obs = env, env.reset()
+    world = WorldSource("tmaze-reversal", 40, seed=2, reverse_every=3)
+    g.source, g.sink = world, world.sink
     for tick in range(12):
         assert g.tick(float(tick))
     assert agents.learner.pA is not None
