@@ -47,7 +47,7 @@ error against float, and the time of each.
 comparison, the device check; without the interpreter's start and imports).
 
 ``--smoke`` runs the mlp, cnn and gru families with a few training iterations and small data
-sets: the code path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+sets: the code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 coordination efficiency. Prints one JSON object per line.
 
 Every node is a real FleetLink (SQLite outbox) on the in-memory broker, in one process, ticked
-on a simulated clock (``tick_s`` per tick) -- the harness of ``tests/unit/test_coordination_*``.
+on a simulated clock (``tick_s`` per tick) -- the harness of ``tests/unit/coordination/``.
 Times (``*_ms``, ``*_steps_per_s``) are CPU time of this process (``time.process_time``), which
 other load on a shared machine disturbs far less than wall time; ``*_s`` figures of agreement and
 healing are simulated time.
@@ -10,7 +10,7 @@ healing are simulated time.
     python benchmarks/bench_coordination.py [--quick] [--repeats 3]
 
 ``--smoke`` runs each benchmark once at small sizes: the code path, for CI
-(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from edge_agent.coordination import (  # noqa: E402
 from edge_agent.core.agents import AifAgentGroup  # noqa: E402
 from edge_agent.sim import BatchEnv  # noqa: E402
 from edge_agent.sim.gridworld import gridworld_model  # noqa: E402
-from tests.unit.coordination_harness import (  # noqa: E402
+from tests.support.coordination_harness import (  # noqa: E402
     TICK_S,
     GroupSpec,
     SharedTruthWorld,

@@ -18,7 +18,7 @@ mosquitto. One JSON object per line.
     python benchmarks/bench_coordination_daemons.py [--rounds 3] [--seconds 20]
 
 ``--smoke``: two daemons, one round, one 2 s bandwidth run at 4 Hz: the code path, for CI
-(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -36,19 +36,17 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "tools"))
 
 import numpy as np  # noqa: E402
 import paho.mqtt.client as paho  # noqa: E402
-from broker import MosquittoBroker  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
 import edge_agent.coordination.messages  # noqa: E402, F401  (registers the task message types)
 from edge_agent.fleet.protocol import DecodeError, decode  # noqa: E402
 from edge_agent.fleet.topics import Topics  # noqa: E402
 from edge_agent_host.tasks import announce, random_specs  # noqa: E402
-from tests.integration.test_coordination_daemons import (  # noqa: E402
+from tests.integration.coordination.test_coordination_daemons import (  # noqa: E402
     GRID_GROUP,
     Sensors,
     auction,
@@ -59,7 +57,8 @@ from tests.integration.test_coordination_daemons import (  # noqa: E402
     static_bundle,
     wait_settled,
 )
-from tests.integration.test_fleet_daemon import FLEET, Node  # noqa: E402
+from tests.integration.fleet.test_fleet_daemon import FLEET, Node  # noqa: E402
+from tests.support.broker import MosquittoBroker  # noqa: E402
 
 
 def emit(record: dict[str, Any]) -> None:

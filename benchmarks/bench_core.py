@@ -33,7 +33,7 @@ in the kernel that makes them).
     python benchmarks/bench_core.py --table run1.jsonl [run2.jsonl ...] [--before old1.jsonl ...]
 
 ``--smoke`` steps every case with 10 agents for 0.05 s: the code path, for CI
-(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations

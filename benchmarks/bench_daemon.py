@@ -9,7 +9,7 @@ drift from run to run.
     python benchmarks/bench_daemon.py [--seconds 30] [--agents 1000] [--quick]
 
 ``--smoke``: 20 agents, 2 s runs, one baseline start: the code path, for CI
-(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 
 ``daemon-learning`` rows (issue 32, item 4): the daemon's tick of one group with a
 ``[groups.learning]`` table against the same group without it, in this process: both built by

@@ -2,7 +2,7 @@
 reconnect time. One JSON object per line.
 
 Everything runs against a real mosquitto started here on a free loopback port (the tests' helper,
-``tests/integration/broker.py``), with persistence off.
+``tests/support/broker.py``), with persistence off.
 
 - ``outbox_throughput``: events published through FleetLink (msgspec body and envelope,
   SQLite outbox, paho) until every one is acknowledged, against a baseline in the same run: the
@@ -23,7 +23,7 @@ Everything runs against a real mosquitto started here on a free loopback port (t
     python benchmarks/bench_fleet.py [--quick] [--only outbox|command_latency|reconnect]
 
 ``--smoke``: 200 messages, 3 commands at 50 Hz, one reconnect per case: the code path, for CI
-(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -44,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 import paho.mqtt.client as paho  # noqa: E402
-from broker import MosquittoBroker  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
 from edge_agent.fleet.comms.base import Backoff  # noqa: E402
@@ -56,6 +55,7 @@ from edge_agent.fleet.comms.mqtt import MqttSettings, MqttTransport  # noqa: E40
 from edge_agent.fleet.link import FleetLink  # noqa: E402
 from edge_agent.fleet.outbox import Outbox  # noqa: E402
 from edge_agent.fleet.protocol import Envelope, Event, encode  # noqa: E402
+from tests.support.broker import MosquittoBroker  # noqa: E402
 
 FLEET = "bench"
 

@@ -1,6 +1,6 @@
 """Command latency under a forged-command flood (issue 29): the ratio to an unflooded ping.
 
-``tests/integration/test_command_flood.py`` checks that a flood of forged commands is refused
+``tests/integration/fleet/test_command_flood.py`` checks that a flood of forged commands is refused
 before it queues and that a signed ping sent in the middle of it is answered, but not how long
 that answer takes. Here, against a real daemon (``python -m edge_agent run``, 1,000 agents at
 10 Hz) through a real mosquitto: ``--pings`` signed pings one at a time, first alone, then while a
@@ -30,7 +30,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
 from bench_fleet import DAEMON_CONFIG, FLEET, emit, percentile  # noqa: E402
-from broker import MosquittoBroker  # noqa: E402
+
+from tests.support.broker import MosquittoBroker  # noqa: E402
 
 HZ = 10.0
 

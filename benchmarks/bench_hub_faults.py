@@ -37,16 +37,15 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 
 import paho.mqtt.client as paho  # noqa: E402
-from broker import MosquittoBroker, free_port  # noqa: E402
-from postgres import PostgresServer  # noqa: E402
 
 from edge_agent.fleet.protocol import Envelope, Telemetry, encode  # noqa: E402
 from edge_agent.fleet.topics import Topics  # noqa: E402
+from tests.support.broker import MosquittoBroker, free_port  # noqa: E402
+from tests.support.postgres import PostgresServer  # noqa: E402
 
 FLEET = "bench"
 NODE = "bench-n1"

@@ -12,7 +12,7 @@ JSON object per line:
    filter, a search, the last page) and as a script does (every node): bytes and the best time of
    ``--repeats`` (wall clock over loopback, the request and the hub building the answer);
 2. ``render``: the page in a real headless Chromium driven over the DevTools protocol
-   (``tests/integration/chromium.py``): for each view, building the table plus the layout
+   (``tests/support/chromium.py``): for each view, building the table plus the layout
    (``render_ms``) and the whole refresh from the request to the laid-out table (``refresh_ms``),
    median and best of ``--repeats`` refreshes; ``all_rows`` is the whole fleet on one page (what
    the page did before it paged), the baseline the 50-row page is compared with, in the same
@@ -21,7 +21,7 @@ JSON object per line:
     python benchmarks/bench_hub_page.py [--nodes 1000] [--quick]
 
 ``--smoke``: 20 nodes, 2 repeats, 10 % failing bundle 2, the temporary directory removed: the code
-path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from edge_agent.bundle.signing import load_private_key  # noqa: E402
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle  # noqa: E402
 from edge_agent.sim.registry import builtin_model  # noqa: E402
 from edge_agent_host.keys import generate_keypair  # noqa: E402
-from tests.integration.broker import MosquittoBroker  # noqa: E402
-from tests.integration.chromium import Browser  # noqa: E402
+from tests.support.broker import MosquittoBroker  # noqa: E402
+from tests.support.chromium import Browser  # noqa: E402
 
 #: The views measured: name -> the page's URL query (the page asks the API for 50 rows of it).
 VIEWS = {

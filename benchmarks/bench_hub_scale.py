@@ -19,7 +19,7 @@ deployment transfer, no agents) in ``--procs`` processes, and ``edge-agent-hub r
     python benchmarks/bench_hub_scale.py [--nodes 1000] [--procs N] [--quick]
 
 ``--smoke``: 20 nodes in one process, a 0.1 MiB bundle, 10 % failing bundle 2: the code path, for
-CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from edge_agent.sim.registry import builtin_model  # noqa: E402
 from edge_agent_host.hub.engines import SqliteEngine  # noqa: E402
 from edge_agent_host.hub.store import HubDatabase  # noqa: E402
 from edge_agent_host.keys import generate_keypair  # noqa: E402
-from tests.integration.broker import MosquittoBroker, free_port  # noqa: E402
+from tests.support.broker import MosquittoBroker, free_port  # noqa: E402
 
 FLEET = "scale"
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tools'}"}

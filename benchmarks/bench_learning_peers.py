@@ -34,7 +34,7 @@ whose ``ticks_to_relearn`` are printed as they are.
         [--repeats 3] [--no-install] [--smoke]
 
 ``--smoke``: edge-agent only, N = 1 and 20, short runs, the reversal at its smoke size: the code
-path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Single-core numbers on a shared machine drift; the ratios in one run are what to
     python benchmarks/bench_limits.py [--agents 10000] [--seconds 5] [--workloads grid10,tmaze]
 
 ``--smoke``: 8 MiB arrays (in the caches: not the bandwidth), 100 agents for 0.2 s, not pinned:
-the code path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+the code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations

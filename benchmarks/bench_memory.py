@@ -20,7 +20,7 @@ by several MB between runs far apart, differences measured side by side do not.
                                       [--optimize]
 
 ``--smoke``: 50 agents, one 3 s round with MQTT off and on: the code path, for CI
-(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations

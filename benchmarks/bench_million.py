@@ -32,7 +32,7 @@ final snapshot at start and runs N ticks (its record: ``restored``; its ``start`
 restore's).
 
 ``--smoke``: 20,000 agents, 8 ticks, one policy: the code path, for CI
-(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations

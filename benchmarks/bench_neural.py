@@ -22,7 +22,7 @@ dependency); without it the LiteRT lines use the shipped fixture
         [--threads 1] [--backends onnxruntime,litert]
 
 ``--smoke``: 10 agents, window 8, 32 hidden units, 5 ticks, 2 repeats, 200 held-out windows: the
-code path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ Absolute times drift on a shared machine; compare the ratios, which are measured
         [--hidden 32] [--threads 1] [--inference-threads N] [--quick]
 
 ``--smoke``: 2 s daemons of 20 agents, 2 rounds of 3 calls, 500 held-out windows: the code path,
-for CI (tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations

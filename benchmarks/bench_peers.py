@@ -57,7 +57,7 @@ model is mostly the fixed cost of its numpy calls (issue 33, item 6).
 
 ``--smoke``: the two edge-agent implementations only (no peer venv is made or used), grid10 and
 grid2f at N = 10, one 0.05 s run each: the code path, for CI
-(tests/integration/test_benchmarks_short.py); its numbers mean nothing. The peers' worker
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing. The peers' worker
 processes are not run: their venvs take minutes to make (``--quick`` runs them).
 """
 

@@ -46,7 +46,7 @@ daemon and its workers got per second while it ticked (2.0: both cores; what the
 the machine left it), and the machine's 1-minute load average before and after.
 
 ``--smoke`` runs every world and policy with 10 agents for 6 steps, and the daemon mode with 40
-agents for 2 s: the code path, for CI (tests/integration/test_benchmarks_short.py); its numbers
+agents for 2 s: the code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers
 mean nothing.
 """
 

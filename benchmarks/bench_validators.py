@@ -15,7 +15,7 @@ pydantic for config files); the benchmark installs nothing and reports a library
     python benchmarks/bench_validators.py [--models 63] [--repeats 3]
 
 ``--smoke``: 5 models, one run per library: the code path, for CI
-(tests/integration/test_benchmarks_short.py); its numbers mean nothing.
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations

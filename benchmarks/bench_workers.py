@@ -26,7 +26,7 @@ the group's ``step`` timed, not the world's), so that load on the shared machine
         [--repeats 5] [--seconds 1.0]
 
 ``--smoke``: 5,000 agents (3-4 blocks of at most 2,048: the workers start), one round of 0.1 s
-runs: the code path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean
+runs: the code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean
 nothing.
 """
 

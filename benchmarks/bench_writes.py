@@ -25,7 +25,7 @@ The window should hold two of the outbox's relaxed commits (``[mqtt] outbox_comm
 300 s): with a shorter one the MQTT cases show only the ticks between them.
 
 ``--smoke``: every case with a 2 s window after 1 s of warm-up, in a temporary directory removed
-afterwards: the code path, for CI (tests/integration/test_benchmarks_short.py); its numbers mean
+afterwards: the code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean
 nothing.
 """
 
@@ -45,11 +45,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-
-from broker import MosquittoBroker  # noqa: E402
+sys.path.insert(0, str(REPO))
 
 from edge_agent.config.profiles import load_profile_file, shipped_profiles_dir  # noqa: E402
+from tests.support.broker import MosquittoBroker  # noqa: E402
 
 PROFILE = "pi4-4gb"
 CASES = ("quiet", "telemetry", "actions_qos1", "demo")

@@ -1,21 +1,18 @@
 """Fixtures for tests against a real mosquitto.
 
-``mosquitto`` gives each test its own broker (a :class:`broker.MosquittoBroker`), started on a free
-loopback port with persistence off, and kills it afterwards. A machine without mosquitto fails
-these tests (it does not skip them): install it with ``apt-get install mosquitto``.
+``mosquitto`` gives each test its own broker (a :class:`tests.support.broker.MosquittoBroker`),
+started on a free loopback port with persistence off, and kills it afterwards. A machine without
+mosquitto fails these tests (it does not skip them): install it with ``apt-get install mosquitto``.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from broker import MosquittoBroker, MosquittoMissingError
+from tests.support.broker import MosquittoBroker, MosquittoMissingError
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """``convert tflite`` on Keras models and SavedModels, converted by real TensorFlow.
 
-The LiteRT fixtures of ``tests/unit/test_convert_tflite.py`` were made by this converter once;
-here TensorFlow runs every time: each mode of ``--mode`` on a Keras model, and recurrent layers,
-which TFLite cannot convert over a dynamic batch as Keras saves them (their loop needs a static
-element shape): a ``.keras`` model is converted with them unrolled, a SavedModel is refused in
-one line that says what to change.
+The LiteRT fixtures of ``tests/unit/host/converters/test_tflite.py`` were made by this converter
+once; here TensorFlow runs every time: each mode of ``--mode`` on a Keras model, and recurrent
+layers, which TFLite cannot convert over a dynamic batch as Keras saves them (their loop needs a
+static element shape): a ``.keras`` model is converted with them unrolled, a SavedModel is refused
+in one line that says what to change.
 """
 
 from __future__ import annotations

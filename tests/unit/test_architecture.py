@@ -18,8 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_daemon import REPO
-from tests.unit.test_footprint import run_fresh
+from tests.integration.daemon.test_daemon import REPO
+from tests.unit.daemon.test_footprint import run_fresh
 
 
 def test_the_import_contracts_hold() -> None:

@@ -23,9 +23,9 @@ Two implementations of the same maths live here:
 * the **fast paths** work on one block of agents at a time and write into the preallocated
   buffers of a :class:`Workspace` (nothing is allocated per tick). They compute the same sums in
   another order and layout, so they agree with the general path to rounding
-  (``tests/unit/test_kernels.py``). Their gathers into those buffers are ``take(..., out=...,
-  mode="clip")``: with numpy's default ``mode="raise"`` a gather with ``out`` goes through a
-  temporary the size of ``out`` (an allocation per call, up to a megabyte, and 2.5-3x the time
+  (``tests/unit/aif/kernels/test_kernels.py``). Their gathers into those buffers are ``take(...,
+  out=..., mode="clip")``: with numpy's default ``mode="raise"`` a gather with ``out`` goes through
+  a temporary the size of ``out`` (an allocation per call, up to a megabyte, and 2.5-3x the time
   of the gather), and every index is in range by construction (compiled tables, selected
   actions, observations checked by ``AifAgentGroup.check_obs``).
   :class:`~edge_agent.core.agents.AifAgentGroup` runs them:

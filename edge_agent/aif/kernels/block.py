@@ -3,7 +3,7 @@
 Part of :mod:`edge_agent.aif.kernels`. Each kernel works on one block of agents and writes into the
 buffers of a :class:`~edge_agent.aif.kernels.workspace.Block`; they compute the same sums as the
 general path in another order and layout, so they agree with it to rounding
-(``tests/unit/test_kernels.py``):
+(``tests/unit/aif/kernels/test_kernels.py``):
 
 - :func:`infer_block`: state inference, one factor agent-major, several factors state-major;
 - :func:`evaluate_block`: the policy tree in a *state-major* layout (agent index last), any

@@ -1,0 +1,219 @@
+"""Every benchmark runs, in its ``--smoke`` mode: the real code path at tiny sizes.
+
+``benchmarks/bench_hub_scale.py`` was once broken for two days without any check noticing (issue
+28, item 6). Each ``benchmarks/bench_*.py`` runs here as ``python benchmarks/bench_X.py --smoke``
+from the repository root: it must exit 0, print only well-formed JSON objects on its lines that
+start with ``{``, and print the records below with their keys (values are not judged: a smoke
+run's numbers mean nothing; benchmarks/RESULTS.md holds the real ones). The benchmarks that need
+a broker start their own mosquitto (tests/support/broker.py), as they do in a real run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[3]
+
+Record = tuple[dict[str, Any], tuple[str, ...]]
+#: script -> the records its smoke run prints: (what identifies the record, keys it must have).
+EXPECTED: dict[str, list[Record]] = {
+    "bench_convert.py": [
+        ({"family": "mlp"}, ("ours_bytes", "ours_top1", "ours_mode", "ort_static_top1")),
+        ({"family": "cnn"}, ("ours_bytes", "ours_top1", "label_accuracy")),
+        ({"family": "gru"}, ("ours_bytes", "ort_static_top1", "ort_dynamic_top1")),
+    ],
+    "bench_coordination.py": [
+        ({"bench": "allocation"}, ("agreed_after_announce_s", "messages_per_task", "bytes")),
+        ({"bench": "partition_heal"}, ("resolved_after_heal_s", "conflicts_resolved")),
+        ({"bench": "belief_sharing"}, ("steps_to_95_median", "wire_bytes_per_agent_s")),
+        ({"bench": "coordination_efficiency"}, ("efficiency_no_coordination", "steady_efficiency")),
+    ],
+    "bench_coordination_daemons.py": [
+        ({"bench": "allocation_daemons", "daemons": 2},
+         ("agreed_after_announce_s", "final_before_own_window_closed", "messages_until_agreed")),
+        ({"bench": "allocation_daemons_idle"}, ("messages_per_s", "bytes_per_s")),
+        ({"bench": "belief_bandwidth_daemons"},
+         ("wire_bytes_per_agent_s", "reported_bytes_per_agent_s_mean", "steps_per_daemon")),
+    ],
+    "bench_core.py": [
+        ({"workload": "machine"}, ("cpus", "seconds")),
+        *[({"workload": w, "policy_len": p, "N": 10},
+           ("agent_steps_per_s", "step_ms_p50", "bytes_per_agent", "ratio_vs_reference"))
+          for w, p in (("grid10", 1), ("grid10", 2), ("tmaze", 1), ("explorer", 3))],
+        ({"workload": "import"}, ("rss_mb_import_edge_agent", "met")),
+    ],
+    "bench_daemon.py": [
+        ({"bench": "baseline"}, ("python_import_numpy_s",)),
+        ({"bench": "daemon", "tmaze_agents": 20},
+         ("ready_s", "rss_mb", "tick_p50_ms", "snapshot_bytes", "ready_vs_baseline")),
+        *[({"bench": "daemon-learning", "world": w, "learning": what, "agents": 20},
+           ("plain_agent_steps_per_s", "learning_agent_steps_per_s", "ratio",
+            "learning_updates"))
+          for w, what in (("tmaze-reversal", "A1 refresh 3"), ("tmaze-reversal", "A1 refresh 100"),
+                          ("grid-slippery", "A0 refresh 100"))],
+    ],
+    "bench_fleet.py": [
+        ({"bench": "outbox_throughput", "mode": "bulk"}, ("msgs_per_s", "ratio_to_baseline")),
+        ({"bench": "outbox_throughput", "mode": "per_tick"}, ("msgs_per_s", "ratio_to_baseline")),
+        ({"bench": "write_amplification"}, ("amplification", "sqlite_files_bytes_at_end")),
+        ({"bench": "command_latency", "clients_tcp_nodelay": False}, ("p50_ms", "p99_ms")),
+        ({"bench": "command_latency", "clients_tcp_nodelay": True}, ("p50_ms", "p99_ms")),
+        *[({"bench": "reconnect", "case": case}, ("median_s", "max_s"))
+          for case in ("daemon_default_backoff/back_to_back", "daemon_default_backoff/isolated",
+                       "short_backoff/back_to_back")],
+    ],
+    "bench_hub_page.py": [
+        ({"bench": "setup", "nodes": 20}, ("procs",)),
+        ({"bench": "fleet"}, ("halted", "counts")),
+        ({"bench": "api"}, ("first_page", "every_node", "sorted_by_cpu", "failed_only")),
+        ({"bench": "render"}, ("first_page", "all_rows", "browser")),
+        ({"bench": "hub"}, ("hub_rss_peak_mb",)),
+    ],
+    "bench_export_model.py": [
+        *[({"bench": "export-model", "case": c},
+           ("export_s", "snapshot_save_s", "ratio", "npz_bytes", "snapshot_bytes"))
+          for c in ("tmaze", "grid10")],
+    ],
+    "bench_flood.py": [
+        ({"bench": "flood_latency"}, ("unflooded_p50_ms", "flooded_p50_ms", "ratio_p50")),
+    ],
+    "bench_hub_faults.py": [
+        ({"bench": "machine"}, ("cpus",)),
+        ({"bench": "idle_http"}, ("idle_clients", "ratio", "connections")),
+        ({"bench": "hung_db"}, ("degraded_after_s", "watchdog_max_gap_s", "lost")),
+    ],
+    "bench_hub_scale.py": [
+        ({"bench": "setup", "nodes": 20}, ("bundle_bytes",)),
+        ({"bench": "registry"}, ("first_s", "after_restart_s", "hub_rss_peak_mb")),
+        ({"bench": "rollout", "state": "done"}, ("wall_s", "broker_bytes_sent", "ok")),
+        ({"bench": "halt"}, ("state", "halted_in_wave", "nodes_beyond_first_wave_touched")),
+        ({"bench": "http"}, ("metrics_ms", "healthz_ms", "fleet_json_bytes")),
+    ],
+    "bench_learning.py": [
+        *[({"bench": "learning", "world": w, "tables": t, "agents": 20},
+           ("plain_agent_steps_per_s", "learning_agent_steps_per_s", "ratio", "refresh_ms"))
+          for w, t in (("tmaze", ["A1"]), ("grid10", ["A0"]), ("grid10", ["A0", "B0"]))],
+    ],
+    "bench_learning_planning.py": [
+        *[({"bench": "learning_planning", "world": w, "policy": p, "N": 20},
+           ("agent_steps_per_s", "duty_cycle", "score", "score_ratio", "speedup", "updates"))
+          for w in ("tmaze-reversal", "grid-slippery")
+          for p in ("every_tick", "every_4", "change_0.1_every_4")],
+    ],
+    "bench_learning_peers.py": [
+        *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i},
+           ("steps_per_s", "state_bytes_per_agent"))
+          for w in ("tmaze", "grid10")
+          for i in ("edge-agent int8 refresh 1", "edge-agent int8 refresh 100",
+                    "edge-agent float64 per-agent")],
+        *[({"bench": "learning-reversal", "condition": c}, ("mean_reward_rate", "ticks_to_relearn"))
+          for c in ("frozen", "learning", "forgetting")],
+    ],
+    "bench_limits.py": [
+        ({"bench": "machine"}, ("copy_gb_s", "elementwise_gflop_s", "sgemm_gflop_s")),
+        ({"bench": "arithmetic", "workload": "grid10"}, ("sparse_flop", "dense_flop")),
+        ({"bench": "bound", "workload": "tmaze"}, ("of_bound", "measured_agent_steps_per_s")),
+    ],
+    "bench_memory.py": [
+        ({"bench": "memory", "mqtt": "off"}, ("rss_mb", "by_mapping", "pydantic_mapped")),
+        ({"bench": "memory", "mqtt": "on"}, ("rss_mb", "by_mapping")),
+        ({"bench": "memory_summary", "mqtt": "on"}, ("this_rss_mb",)),
+    ],
+    "bench_million.py": [
+        ({"bench": "million", "policy": "every_4"},
+         ("pss_peak_mb", "pss_steady_mb", "rss_peak_mb", "hz", "capacity_hz", "bytes_per_agent",
+          "score")),
+    ],
+    "bench_neural.py": [
+        *[({"bench": "neural", "backend": b, "variant": v}, ("agent_steps_per_s", "size_bytes"))
+          for b in ("onnxruntime", "litert") for v in ("float", "int8")],
+        ({"bench": "neural", "variant": "int8"}, ("top1_agreement", "size_ratio")),
+    ],
+    "bench_neural_daemon.py": [
+        ({"bench": "machine"}, ("onnxruntime",)),
+        ({"bench": "convert"}, ("int8_bytes", "convert_s")),
+        *[({"bench": "daemon", "config": c}, ("tick_p50_ms", "rss_mb"))
+          for c in ("grid10", "neural", "perception")],
+        ({"bench": "daemon", "config": "neural"}, ("tick_p50_vs_grid10", "rss_vs_grid10")),
+        ({"bench": "overhead"}, ("backend_run_ms", "backend_run_ratio")),
+        ({"bench": "rss_breakdown"}, ("numpy_mb", "daemon_modules_mb")),
+    ],
+    "bench_neural_digits.py": [
+        *[({"bench": "digits_group", "model": m},
+           ("group_step_ratio", "session_exact_ratio", "x64_quant_precision"))
+          for m in ("mlp", "cnn")],
+    ],
+    "bench_planning.py": [
+        ({"bench": "machine"}, ("cpus", "agents", "steps")),
+        ({"bench": "deadline"}, ("fits_every_tick", "tick_ms_p99", "ticks_over_period")),
+        ({"bench": "daemon_every_tick"}, ("fits", "overruns", "missed", "tick_p99_ms")),
+        ({"bench": "daemon_deadline"},
+         ("fits_every_tick", "overruns", "missed", "tick_p99_ms", "duty_cycle", "met",
+          "daemon_cpu_per_wall", "load1_before")),
+        *[({"bench": "planning", "world": w, "policy": p},
+           ("cpu_agent_steps_per_s", "duty_cycle", "score", "score_ratio", "speedup"))
+          for w in ("grid10", "tmaze", "explorer", "tmaze-reversal", "grid-slippery")
+          for p in ("every_tick", "change_0.1_every_4", "max_50pct")],
+    ],
+    "bench_peers.py": [
+        *[({"bench": "peers", "workload": w, "impl": i}, ("steps_per_s", "digest"))
+          for w in ("grid10", "grid2f") for i in ("edge-agent int8", "edge-agent float64")],
+        ({"bench": "peers", "workload": "done"}, ("seconds",)),
+    ],
+    "bench_validators.py": [
+        ({"bench": "validators", "library": "pydantic"}, ("import_mb", "models_mb", "total_mb")),
+        ({"bench": "validators", "library": "msgspec"}, ("import_mb", "models_mb", "total_mb")),
+        ({"bench": "validators"}, ("pydantic_over_msgspec",)),
+    ],
+    "bench_workers.py": [
+        *[({"bench": "workers", "workload": w, "workers": 2},
+           ("ratio", "independent_ratio", "same_results", "workers_uss_mb"))
+          for w in ("grid10", "tmaze")],
+    ],
+    "bench_writes.py": [
+        *[({"bench": "writes", "case": c}, ("total_mb_per_h", "window_write_bytes"))
+          for c in ("quiet", "telemetry", "actions_qos1", "demo")],
+    ],
+}
+
+
+def test_every_benchmark_has_a_smoke_run_here() -> None:
+    scripts = sorted(p.name for p in (REPO / "benchmarks").glob("bench_*.py"))
+    assert scripts == sorted(EXPECTED)
+
+
+def json_lines(stdout: str) -> list[dict[str, Any]]:
+    """The JSON objects a benchmark printed (its lines starting with ``{``); other lines (a
+    table after them) are allowed, a malformed object is not."""
+    records = []
+    for number, line in enumerate(stdout.splitlines(), 1):
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise AssertionError(f"line {number} is no JSON object: {err}\n{line}") from err
+    return records
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_the_benchmark_runs_in_its_smoke_mode(script: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--smoke"],
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert done.returncode == 0, f"{script} --smoke: exit {done.returncode}:\n{done.stderr[-4000:]}"
+    records = json_lines(done.stdout)
+    assert records, f"{script} printed no JSON line:\n{done.stdout[-2000:]}"
+    for match, keys in EXPECTED[script]:
+        found = [r for r in records if all(r.get(k) == v for k, v in match.items())]
+        assert found, f"{script}: no record {match} among\n" + "\n".join(map(str, records))
+        missing = [k for k in keys if not any(k in r for r in found)]
+        assert not missing, f"{script}: record {match} lacks {missing}: {found[0]}"

@@ -1,0 +1,181 @@
+"""The peer benchmark's own parts (benchmarks/peers): the world, the checks, edge-agent's loop.
+
+The peers themselves (pymdp in their own venvs) are not needed here: what is tested is what the
+benchmark's numbers rest on. The world must give every implementation the same observations when
+it chooses the same actions, and must follow the workload's episode rule; the agreement check must
+count a tie as agreement; edge-agent's closed loop must run and record its actions.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_peers  # noqa: E402
+from peers.loop import ClosedLoop  # noqa: E402
+from peers.world import ClosedLoopWorld, actions_digest, load_workload  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["grid10", "tmaze", "grid2f"])
+def workload(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("peers") / f"{request.param}.npz"
+    bench_peers.write_workload(request.param, path)
+    return path
+
+
+def test_same_actions_give_the_same_observations_whatever_else_happens(workload: Path) -> None:
+    w = load_workload(str(workload))
+    controls = [b.shape[2] for b in w["B"]]
+    rng = np.random.default_rng(5)
+    a, b = ClosedLoopWorld(w, 50, seed=3), ClosedLoopWorld(w, 50, seed=3)
+    obs_a, start_a = a.reset()
+    obs_b, start_b = b.reset()
+    for _ in range(20):
+        assert np.array_equal(obs_a, obs_b)
+        assert np.array_equal(start_a, start_b)
+        actions = np.stack([rng.integers(0, u, 50) for u in controls], axis=1)
+        other = actions.copy()
+        other[:25] = np.stack([rng.integers(0, u, 25) for u in controls], axis=1)
+        obs_a, start_a = (x.copy() for x in a.step(actions))
+        obs_b, start_b = (x.copy() for x in b.step(other))
+        same = (actions == other).all(axis=1)
+        # The random numbers drawn do not depend on the actions: where the agents acted the
+        # same so far, the worlds agree; the rest may differ.
+        assert np.array_equal(obs_a[25:][same[25:]], obs_b[25:][same[25:]])
+        b.states[:25] = a.states[:25]  # re-align the first half for the next step
+        b.episode_steps[:25] = a.episode_steps[:25]
+        obs_b[:25], start_b[:25] = obs_a[:25], start_a[:25]
+
+
+def test_episode_rules(workload: Path) -> None:
+    w = load_workload(str(workload))
+    world = ClosedLoopWorld(w, 200, seed=1)
+    _, start = world.reset()
+    assert start.all()
+    controls = [b.shape[2] for b in w["B"]]
+    rng = np.random.default_rng(0)
+    restarts = 0
+    for t in range(1, 40):
+        at_goal = world.states[:, 0] == w["goal_state"]
+        actions = np.stack([rng.integers(0, u, 200) for u in controls], axis=1)
+        _, start = world.step(actions)
+        restarts += int(start.sum())
+        if w["rule"] == "trial":
+            assert start.all() == (t % w["trial_len"] == 0)
+            assert start.all() or not start.any()
+        else:
+            assert np.array_equal(start, at_goal)
+    assert restarts > 0
+    # Observations are valid outcome indices of every modality.
+    obs = world.step(np.zeros((200, len(controls)), dtype=np.int64))[0]
+    for m, a in enumerate(w["A"]):
+        assert obs[:, m].min() >= 0
+        assert obs[:, m].max() < a.shape[0]
+
+
+def test_workload_file_holds_the_builtin_model_and_its_rule(workload: Path) -> None:
+    from edge_agent.sim.registry import make_env
+
+    w = load_workload(str(workload))
+    env = make_env(workload.stem, 1, seed=0)
+    model = env.model
+    assert len(w["A"]) == len(w["C"]) == model.num_modalities
+    assert len(w["B"]) == len(w["D"]) == len(w["spawn"]) == model.num_factors
+    tables = w["A"] + w["B"] + w["C"] + w["D"]
+    for mine, theirs in zip(tables, model.A + model.B + model.C + model.D, strict=True):
+        assert mine.dtype == np.float64
+        np.testing.assert_array_equal(mine, theirs)
+    if workload.stem == "grid10":
+        assert (w["rule"], w["goal_state"]) == ("goal", 99)
+    else:  # tmaze, grid2f: trials
+        assert (w["rule"], w["goal_state"]) == ("trial", -1)
+        assert w["trial_len"] == getattr(env, "trial_len", None)
+        for spawn, d in zip(w["spawn"], model.D, strict=True):
+            np.testing.assert_array_equal(spawn, d)
+
+
+def test_grid2f_workload_is_two_factors_and_in_the_default_cases(tmp_path: Path) -> None:
+    bench_peers.write_workload("grid2f", tmp_path / "grid2f.npz")
+    w = load_workload(str(tmp_path / "grid2f.npz"))
+    assert [b.shape for b in w["B"]] == [(25, 25, 5), (2, 2, 1)]
+    assert [a.shape for a in w["A"]] == [(25, 25, 2), (3, 25, 2), (2, 25, 2)]
+    assert w["trial_len"] == 5
+    for n in (1, 10):
+        assert ("grid2f", 1, n) in bench_peers.FULL_CASES
+        assert ("tmaze", 1, n) in bench_peers.FULL_CASES
+    # The world starts every agent at the centre with the context drawn from D.
+    world = ClosedLoopWorld(w, 2000, seed=0)
+    world.reset()
+    np.testing.assert_array_equal(world.states[:, 0], 12)
+    assert 0.45 < world.states[:, 1].mean() < 0.55
+
+
+def test_first_action_agreement_counts_ties_as_agreement() -> None:
+    policies = np.array([[[0]], [[1]], [[2]]])  # (P, L=1, F=1)
+    q_pi = np.array([[0.45, 0.45, 0.10], [0.2, 0.7, 0.1]])
+    agree = bench_peers.first_action_agreement
+    assert agree(np.array([[0], [1]]), q_pi, policies, [3], 1e-3) == 1.0
+    assert agree(np.array([[1], [1]]), q_pi, policies, [3], 1e-3) == 1.0
+    assert agree(np.array([[2], [0]]), q_pi, policies, [3], 1e-3) == 0.0
+
+
+@pytest.mark.parametrize("impl", ["edge-agent int8", "edge-agent float64"])
+def test_edge_agent_closed_loop_runs_and_records(workload: Path, impl: str) -> None:
+    loop = ClosedLoop(impl, str(workload), 20, 1, seed=1, warmup=3, record_steps=6)
+    rates = loop.run(min_steps=3, min_seconds=0.0, max_steps=3)
+    assert rates["steps"] == 3
+    assert rates["steps_per_s"] > 0
+    arrays = loop.arrays()
+    assert arrays["actions"].shape == (6, 20, len(load_workload(str(workload))["B"]))
+    assert arrays["first_q_pi"].shape == (20, arrays["policies"].shape[0])
+    np.testing.assert_allclose(arrays["first_q_pi"].sum(axis=1), 1.0, atol=1e-3)
+    # The first step's actions are optimal under the group's own posterior.
+    controls = [int(b.shape[2]) for b in load_workload(str(workload))["B"]]
+    assert (
+        bench_peers.first_action_agreement(
+            arrays["first_actions"], arrays["first_q_pi"], arrays["policies"], controls, 1e-6
+        )
+        == 1.0
+    )
+    assert loop.summary()["digest"] == actions_digest(arrays["actions"])
+
+
+def test_numpy_calls_are_counted_exactly() -> None:
+    """peers.opcount sees ufuncs, array functions and array/ufunc methods, each call once, and
+    puts numpy back as it was."""
+    from peers.opcount import count_numpy_calls
+
+    a, out = np.ones((3, 4)), np.empty(4)
+    add = np.add
+
+    def five_calls() -> None:
+        np.add(a, 1.0, out=a)  # a ufunc
+        np.add.reduce(a, axis=0, out=out)  # a ufunc's method
+        a.reshape(12)  # an array method
+        np.dot(a[0], a[0])  # an array function
+        np.copyto(a, 2.0)  # another
+
+    total, by_name = count_numpy_calls(five_calls, repeats=3)
+    assert total == 5
+    assert by_name == {"add": 1, "ufunc.reduce": 1, "ndarray.reshape": 1, "dot": 1, "copyto": 1}
+    assert np.add is add
+
+
+def test_a_tmaze_tick_of_1000_agents_makes_few_numpy_calls(tmp_path: Path) -> None:
+    """Issue 33, item 6: a tick of a small model is the fixed cost of its numpy calls. The T-maze
+    at N = 1,000 made 551 a step (two blocks of 512, the likelihood a product per modality, all
+    24 joint outcomes, the fixed-point iteration factor by factor); one block, the fused
+    likelihood table, the 12 possible joint outcomes and the stacked fixed-point iteration bring
+    it to 177 (see benchmarks/RESULTS.md)."""
+    path = tmp_path / "tmaze.npz"
+    bench_peers.write_workload("tmaze", path)
+    for impl in ("edge-agent int8", "edge-agent float64"):
+        loop = ClosedLoop(impl, str(path), 1000, 1, seed=1, warmup=3, record_steps=3)
+        counted = loop.count_calls(6)  # two trials of 3 steps: resets included
+        assert 100 < counted["numpy_calls_per_step"] <= 220, counted

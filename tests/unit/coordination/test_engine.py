@@ -1,0 +1,671 @@
+"""CoordinationEngine on several nodes in one process: real FleetLinks on the in-memory broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from msgspec.structs import replace
+
+from edge_agent.aif import agreement
+from edge_agent.aif.settings import AifSettings
+from edge_agent.coordination import (
+    AuctionSettings,
+    CoordinatedGroup,
+    CoordinationEngine,
+    CoordinationSettings,
+    ReleaseStatus,
+    SharingSettings,
+    TaskAnnounce,
+    TaskBoard,
+    TaskPreferences,
+    TaskSpec,
+    TaskState,
+    task_utility,
+)
+from edge_agent.coordination.ledger import Bid, bid_columns
+from edge_agent.coordination.messages import (
+    DeadSession,
+    TaskBids,
+    TaskKey,
+    TaskSync,
+    Tombstone,
+)
+from edge_agent.coordination.signing import TaskSigner, sign_specs, spec_bytes
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.errors import InputError
+from edge_agent.fleet.names import UINT32
+from edge_agent.fleet.protocol import Birth, Body, Envelope, Telemetry
+from edge_agent.fleet.topics import Route, TopicKind, Topics
+from edge_agent.sim import BatchEnv
+from edge_agent.sim.gridworld import gridworld_model
+from tests.support.coordination_harness import (
+    TICK_S,
+    GroupSpec,
+    SharedTruthWorld,
+    SimFleet,
+    SimNode,
+    held_by_node,
+    static_world_model,
+)
+
+GRID = gridworld_model(10, 10, noise=0.1, preference_scale=0.0)
+WINDOW_S = 0.5
+WINDOW_TICKS = round(WINDOW_S / TICK_S)
+
+
+def settings(**auction: object) -> CoordinationSettings:
+    base: dict[str, object] = {"window_s": WINDOW_S, "done_belief": None}
+    return CoordinationSettings(
+        auction=AuctionSettings(**{**base, **auction}),  # type: ignore[arg-type]
+        tick_period_s=TICK_S,
+    )
+
+
+def grid_tasks(
+    n: int, *, seed: int = 0, prefix: str = "t", by: str = "node0", epoch: int = 0
+) -> list[TaskSpec]:
+    goals = np.random.default_rng(seed).integers(0, 100, n)
+    return [
+        TaskSpec(
+            task=f"{prefix}{i:03d}",
+            epoch=epoch,
+            capability="grid",
+            goal_state=int(g),
+            announced_by=by,
+        )
+        for i, g in enumerate(goals)
+    ]
+
+
+@pytest.fixture
+def grid_fleet(tmp_path: Path) -> Iterator[SimFleet]:
+    fleet = SimFleet(
+        tmp_path, 5, {"grid": GroupSpec(GRID, 100, capabilities=("grid",))}, settings()
+    )
+    fleet.tick(3)  # agents localise themselves before they bid
+    yield fleet
+    fleet.close()
+
+
+def assert_one_holder_per_task(fleet: SimFleet, tasks: int) -> dict[str, tuple[str, str, int]]:
+    """Every live node computes the same award, of every task, with distinct agents, and each
+    awarded agent -- and no other -- pursues its task on its own node."""
+    awards = fleet.assignments()
+    first = awards[0]
+    assert all(a == first for a in awards[1:])
+    assert len(first) == tasks
+    assert len(set(first.values())) == tasks
+    held = held_by_node(fleet)
+    assert {t: h[0] for t, h in held.items()} == first
+    assert all(len(h) == 1 for h in held.values())
+    return first
+
+
+def oracle(fleet: SimFleet) -> dict[str, tuple[str, str, int]]:
+    """The award over the union of every live node's bids."""
+    board = TaskBoard()
+    for node in fleet.live:
+        for part in node.engine.board.sync_parts():
+            board.merge_sync(part)
+    return {t: b.holder for t, b in board.award().items()}
+
+
+def test_five_nodes_allocate_a_hundred_tasks_within_the_window(grid_fleet: SimFleet) -> None:
+    fleet = grid_fleet
+    tasks = grid_tasks(100)
+    fleet.nodes[0].engine.announce(tasks)
+    fleet.tick(WINDOW_TICKS + 1)  # the announcement, then the window on every node
+    at_close = assert_one_holder_per_task(fleet, 100)
+    fleet.tick(10)
+    assert assert_one_holder_per_task(fleet, 100) == at_close
+    assert at_close == oracle(fleet)
+    for node in fleet.nodes:
+        m = node.engine.metrics()
+        assert m["rounds"] == 100
+        assert m["reawards"] == 0
+        assert m["conflicts_detected"] == 0
+        assert m["converge_s_max"] <= WINDOW_S
+        assert m["tasks_held"] == sum(1 for h in at_close.values() if h[0] == node.node_id)
+        assert m["malformed"] == 0
+    # Every node's agents win some tasks; the winners are cheap: agents near the goal.
+    assert {h[0] for h in at_close.values()} == {n.node_id for n in fleet.nodes}
+    sent = sum(n.engine.counters["task_msgs_sent"] for n in fleet.nodes)
+    assert sent <= 5 * 8  # one announcement, one bid batch per node, births' syncs, states
+
+
+def test_a_dead_node_s_tasks_are_re_auctioned_to_the_others(grid_fleet: SimFleet) -> None:
+    fleet = grid_fleet
+    fleet.nodes[0].engine.announce(grid_tasks(100))
+    fleet.tick(WINDOW_TICKS + 1)
+    before = assert_one_holder_per_task(fleet, 100)
+    lost = {t for t, h in before.items() if h[0] == "node2"}
+    assert lost
+    fleet.kill("node2")
+    fleet.tick(WINDOW_TICKS + 2)
+    after = assert_one_holder_per_task(fleet, 100)
+    assert all(h[0] != "node2" for h in after.values())
+    assert {t for t in after if after[t] != before[t]} == lost  # the others keep theirs
+    for node in fleet.live:
+        board = node.engine.board
+        assert {t for t in lost if board.epoch(t) == 1} == lost
+        assert node.engine.counters["deaths_seen"] == 1
+        assert node.engine.counters["death_reauctions"] == len(lost)
+
+
+def test_a_healed_partition_resolves_duplicate_holders(grid_fleet: SimFleet) -> None:
+    fleet = grid_fleet
+    fleet.nodes[0].engine.announce(grid_tasks(60))
+    fleet.nodes[0].link.pump()  # every node has the announcement ...
+    fleet.partition([{"node0", "node1"}, {"node2", "node3", "node4"}])  # ... not the bids
+    fleet.tick(WINDOW_TICKS + 2)
+    left, right = fleet.assignments()[0], fleet.assignments()[2]
+    assert len(left) == len(right) == 60
+    assert all(left[t][0] in {"node0", "node1"} for t in left)
+    assert all(right[t][0] in {"node2", "node3", "node4"} for t in right)
+    assert all(len(h) == 2 for h in held_by_node(fleet).values())  # every task held twice
+    fleet.heal()
+    for _ in range(80):
+        fleet.tick()
+        awards = fleet.assignments()
+        if all(a == awards[0] for a in awards) and all(
+            len(h) == 1 for h in held_by_node(fleet).values()
+        ):
+            break
+    final = assert_one_holder_per_task(fleet, 60)
+    assert final == oracle(fleet)
+    fleet.tick(2 * round(1.0 / TICK_S))  # one more round of task_state messages
+    detected = resolved = 0
+    for node in fleet.nodes:
+        m = node.engine.metrics()
+        assert m["conflicts_open"] == 0
+        detected += int(m["conflicts_detected"])
+        resolved += int(m["conflicts_resolved"])
+        assert m["syncs_received"] > 0
+    assert detected == resolved >= 60
+
+
+def test_late_bids_re_award_deterministically(grid_fleet: SimFleet) -> None:
+    fleet = grid_fleet
+    fleet.nodes[0].engine.announce(grid_tasks(40))
+    fleet.nodes[0].link.pump()
+    fleet.partition([{"node0", "node1", "node2", "node3"}, {"node4"}])
+    fleet.tick(WINDOW_TICKS + 2)  # the four decided without node4's bids
+    without = fleet.assignments()[0]
+    assert all(h[0] != "node4" for h in without.values())
+    fleet.heal()
+    for _ in range(80):
+        fleet.tick()
+        awards = fleet.assignments()
+        if all(a == awards[0] for a in awards) and all(
+            len(h) == 1 for h in held_by_node(fleet).values()
+        ):
+            break
+    final = assert_one_holder_per_task(fleet, 40)
+    assert final == oracle(fleet)
+    assert any(h[0] == "node4" for h in final.values())  # node4's cheaper bids won some
+    changed = sum(1 for t in final if final[t] != without[t])
+    assert fleet.nodes[0].engine.metrics()["reawards"] == changed > 0
+
+
+def test_a_re_announced_task_is_auctioned_again(grid_fleet: SimFleet) -> None:
+    fleet = grid_fleet
+    fleet.nodes[0].engine.announce(grid_tasks(5))
+    fleet.tick(WINDOW_TICKS + 1)
+    assert_one_holder_per_task(fleet, 5)
+    moved = grid_tasks(1, seed=9, epoch=1)[0]  # t000 again, a new goal, epoch 1
+    fleet.nodes[3].engine.announce([replace(moved, announced_by="node3")])
+    fleet.tick(WINDOW_TICKS + 2)  # node0..2 tick before node3 sends: they see it a tick later
+    final = assert_one_holder_per_task(fleet, 5)
+    for node in fleet.nodes:
+        assert node.engine.board.epoch("t000") == 1
+        assert node.engine.board.specs["t000"].goal_state == moved.goal_state
+    assert "t000" in final
+
+
+def test_tasks_get_done_once_each(tmp_path: Path) -> None:
+    fleet = SimFleet(
+        tmp_path,
+        3,
+        {"grid": GroupSpec(GRID, 30, capabilities=("grid",))},
+        settings(done_belief=0.9),
+    )
+    try:
+        fleet.tick(3)
+        fleet.nodes[1].engine.announce(grid_tasks(30, by="node1"))
+        for _ in range(150):
+            fleet.tick()
+            if all(not n.engine.board.open_epochs() for n in fleet.nodes):
+                break
+        done = sum(n.engine.counters["tasks_done"] for n in fleet.nodes)
+        assert done == 30
+        assert all(not n.engine.board.open_epochs() for n in fleet.nodes)
+        assert held_by_node(fleet) == {}
+    finally:
+        fleet.close()
+
+
+def test_announcing_for_someone_else_is_refused(grid_fleet: SimFleet) -> None:
+    with pytest.raises(InputError, match="announced by"):
+        grid_fleet.nodes[0].engine.announce(grid_tasks(1, by="node1"))
+
+
+def test_the_inbox_is_bounded(tmp_path: Path) -> None:
+    small = CoordinationSettings(max_inbox=3, auction=AuctionSettings(window_s=WINDOW_S))
+    fleet = SimFleet(tmp_path, 2, {"grid": GroupSpec(GRID, 5, capabilities=("grid",))}, small)
+    try:
+        for i in range(10):
+            fleet.nodes[0].engine.announce(grid_tasks(1, prefix=f"x{i}-"))
+        fleet.nodes[0].link.pump()
+        fleet.nodes[1].receive()
+        m = fleet.nodes[1].engine.metrics()
+        assert m["inbox_depth"] == 3
+        assert m["inbox_dropped"] >= 7
+    finally:
+        fleet.close()
+
+
+# --------------------------------------------------------------------------------------------
+# belief sharing over the network
+
+
+def steps_to_confidence(tmp_path: Path, n_nodes: int, *, sharing: bool) -> float:
+    S, n = 8, 100
+    model = static_world_model(S, 0.3)
+    truth = np.random.default_rng(11).integers(0, S, n)
+    share = (
+        SharingSettings(
+            factors=(0,), trust=0.5, min_evidence_nats=0.1, bound_nats=8.0, bytes_per_agent_s=200.0
+        )
+        if sharing
+        else None
+    )
+    fleet = SimFleet(
+        tmp_path / f"{n_nodes}-{sharing}",
+        n_nodes,
+        {"w": GroupSpec(model, n, sharing=share)},
+        CoordinationSettings(tick_period_s=TICK_S),
+        env_factory=lambda m, k, seed: SharedTruthWorld(m, truth, seed),
+    )
+    try:
+        reached = np.full(n, 80)
+        for t in range(80):
+            fleet.tick()
+            q = fleet.nodes[0].groups["w"].qs[0][np.arange(n), truth]
+            reached = np.where((q >= 0.95) & (reached == 80), t + 1, reached)
+        if sharing:
+            stats = fleet.nodes[0].engine.metrics()
+            assert stats["beliefs.w.peers"] == n_nodes - 1
+            assert stats["beliefs.w.bytes_per_agent_s"] <= 200.0 * (1 + 2.0 / 8.0)
+        return float(np.median(reached))
+    finally:
+        fleet.close()
+
+
+def test_peers_reach_confidence_on_a_shared_factor_sooner(tmp_path: Path) -> None:
+    alone = steps_to_confidence(tmp_path, 1, sharing=False)
+    shared = steps_to_confidence(tmp_path, 5, sharing=True)
+    assert shared <= alone / 2
+    assert alone >= 10
+
+
+class FakeLink:
+    """The LinkLike surface, recording what is published."""
+
+    def __init__(self, node_id: str = "solo") -> None:
+        self.node_id = node_id
+        self.topics = Topics("coord")
+        self.bdseq: int | None = 0
+        self.published: list[tuple[str, object]] = []
+
+    def publish(
+        self,
+        msg_type: str,
+        body: object,
+        cls: str = "event",
+        *,
+        topic: str | None = None,
+        qos: int = 1,
+        retain: bool = False,
+    ) -> int:
+        del cls, topic, qos, retain
+        self.published.append((msg_type, body))
+        return len(self.published)
+
+    def subscribe(self, pattern: str, qos: int = 1) -> None:
+        del pattern, qos
+
+
+@pytest.mark.parametrize("precision", ["int8", "float64"])
+def test_holders_decide_as_if_planned_with_the_task_preferences(precision: str) -> None:
+    """engine.step (the fused group step, then holders decide again) equals planning the
+    holders with their task preferences from the start (the unfused reference)."""
+    model = gridworld_model(6, 6, noise=0.1, preference_scale=1.0)
+    settings_ = AifSettings(policy_len=2)
+    n = 12
+    mine = AifAgentGroup(model, n, settings=settings_, precision=precision, seed=1)  # type: ignore[arg-type]
+    ref = AifAgentGroup(model, n, settings=settings_, precision=precision, seed=1)  # type: ignore[arg-type]
+    engine = CoordinationEngine(FakeLink(), {"g": CoordinatedGroup(group=mine)})
+    prefs = engine.groups["g"].prefs
+    ref_prefs = TaskPreferences(ref.cm, n, use_utility=True)
+    for agent, goal in ((0, 35), (3, 0), (7, 20)):
+        task = TaskSpec(
+            task=f"t{agent}", epoch=0, capability="grid", goal_state=goal, announced_by="solo"
+        )
+        for p, g in ((prefs, mine), (ref_prefs, ref)):
+            p.assign(agent, task, 0, task_utility(g.cm, 0, goal))
+    env = BatchEnv(model, n, seed=2)
+    for _ in range(8):
+        obs = env.obs.copy()
+        actions = engine.step("g", obs).copy()
+        ref.infer_states(obs)
+        ref.infer_policies()
+        ref_prefs.adjust(ref.qs, ref.G, ref.q_pi, gamma=settings_.gamma, lnE=ref.cm.lnE)
+        expected = ref.sample_action().copy()
+        onehot = ref.cm.tree.first_action_onehot
+        # The holders' actions come from select_actions, the reference's from the group's
+        # select_block: the same marginals summed in another order, and the symmetric grid ties
+        # moves exactly. Each side's actions are optimal under the other's q_pi (STYLE 19).
+        tol = {"float64": 1e-9, "int8": agreement.ROUNDING_TOL}[precision]
+        assert agreement.actions_agree(ref.q_pi, onehot, actions, tol=tol).all()
+        assert agreement.actions_agree(mine.q_pi, onehot, expected, tol=tol).all()
+        np.testing.assert_allclose(mine.q_pi, ref.q_pi, atol=1e-5)
+        ref.set_action(actions)  # the reference follows through a tie: priors for one action
+        np.testing.assert_allclose(mine.prior[0], ref.prior[0], atol=1e-5)
+        env.step(actions)
+
+
+@dataclass(frozen=True)
+class Msg:
+    route: Route
+    envelope: Envelope
+
+
+def task_msg(
+    body: Body, node: str = "peer", *, bdseq: int = 0, kind: TopicKind = TopicKind.TASKS
+) -> Msg:
+    env = Envelope(
+        type=body.TYPE, node=node, seq=1, bdseq=bdseq, ts=0.0, clock_synced=False, body=body
+    )
+    return Msg(Route("coord", kind, node), env)
+
+
+PEER_KEY = TaskSigner.generate()
+"""The task key of the test's ``peer`` (:meth:`Ticker.know_peer` makes the engine learn it)."""
+
+
+def announce_msg(specs: list[TaskSpec], node: str = "peer", signer: TaskSigner = PEER_KEY) -> Msg:
+    """``specs`` announced by ``node``, signed with ``signer``'s key."""
+    sigs = sign_specs(signer.sign, "coord", specs)
+    return task_msg(TaskAnnounce(tasks=specs, sigs=sigs), node=node)
+
+
+def birth(node: str, bdseq: int) -> Msg:
+    body = Birth(software_version="x", profile="x", budget_bytes=0)
+    return task_msg(body, node, bdseq=bdseq, kind=TopicKind.BIRTH)
+
+
+class Ticker:
+    """One engine on a FakeLink with a grid group, on a test clock."""
+
+    def __init__(self, **auction: object) -> None:
+        self.now = 0.0
+        self.wall = 1_000.0
+        self.link = FakeLink()
+        self.group = AifAgentGroup(GRID, 10, seed=0)
+        self.env = BatchEnv(GRID, 10, seed=0)
+        self.engine = CoordinationEngine(
+            self.link,
+            {"grid": CoordinatedGroup(group=self.group, capabilities=("grid",))},
+            settings(**auction),
+            monotonic=lambda: self.now,
+            wall_clock=lambda: self.wall,
+        )
+
+    def know_peer(self, node: str = "peer", signer: TaskSigner = PEER_KEY) -> None:
+        """``node`` publishes its task key on its own topic."""
+        self.engine.handle(task_msg(TaskKey(key=signer.public), node=node))
+
+    def tick(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.engine.before_step()
+            self.env.step(self.engine.step("grid", self.env.obs))
+            self.engine.after_step()
+            self.now += TICK_S
+            self.wall += TICK_S
+
+    def sent(self, msg_type: str) -> list[object]:
+        return [b for t, b in self.link.published if t == msg_type]
+
+
+def test_deadlines_and_completion_release_tasks() -> None:
+    t = Ticker()
+    t.tick(2)
+    far = TaskSpec(
+        task="late",
+        epoch=0,
+        capability="grid",
+        goal_state=99,
+        deadline=t.wall + 1.0,
+        announced_by="solo",
+    )
+    other = TaskSpec(task="told", epoch=0, capability="grid", goal_state=0, announced_by="solo")
+    t.engine.announce([far, other])
+    t.tick(WINDOW_TICKS + 1)
+    held = {task for task, _ in t.engine.groups["grid"].prefs.held.values()}
+    assert held == {"late", "told"}
+    agent = next(a for a, (task, _) in t.engine.groups["grid"].prefs.held.items() if task == "told")
+    t.engine.complete("grid", [agent])
+    t.tick(6)  # and the deadline of "late" passes
+    statuses = {i.task: i.status for r in t.sent("task_release") for i in r.items}  # type: ignore[attr-defined]
+    assert statuses == {"told": ReleaseStatus.DONE, "late": ReleaseStatus.EXPIRED}
+    m = t.engine.metrics()
+    assert (m["tasks_done"], m["tasks_expired"], m["tasks_open"], m["tasks_held"]) == (1, 1, 0, 0)
+    with pytest.raises(InputError, match="out of range"):
+        t.engine.complete("grid", [10])
+
+
+def test_an_unexplained_digest_triggers_a_sync_and_an_explained_one_does_not() -> None:
+    t = Ticker(sync_after_s=1.0, sync_min_interval_s=0.0, state_every_s=0.5)
+    t.engine.announce(
+        [TaskSpec(task="a", epoch=0, capability="grid", goal_state=5, announced_by="solo")]
+    )
+    t.tick(3)
+    syncs = len(t.sent("task_sync"))
+    own = t.engine.board.digest()
+    for _ in range(15):  # a peer in step with us: never a sync
+        t.engine.handle(task_msg(TaskState(digest=own, open_tasks=1)))
+        t.tick()
+    assert len(t.sent("task_sync")) == syncs
+    for _ in range(15):  # a peer that knows something we never hear about
+        t.engine.handle(task_msg(TaskState(digest=bytes(16), open_tasks=1)))
+        t.tick()
+    assert len(t.sent("task_sync")) > syncs
+    assert t.engine.metrics()["digest_mismatches"] >= 15
+
+
+def test_an_announcement_in_another_node_s_name_is_dropped_whole() -> None:
+    """A node announces only its own tasks: its topic (bound to its broker identity) names the
+    sender, so a spec claiming someone else drops the message, the honest spec in it too."""
+    t = Ticker()
+    t.know_peer()
+    t.tick(2)
+    honest = TaskSpec(task="a", epoch=0, capability="grid", goal_state=5, announced_by="peer")
+    forged = replace(honest, task="b", announced_by="hub")
+    t.engine.handle(announce_msg([honest, forged]))
+    t.tick()
+    assert t.engine.counters["malformed"] == 1
+    assert t.engine.metrics()["tasks_open"] == 0
+    t.engine.handle(announce_msg([honest]))
+    t.tick()
+    assert t.engine.counters["malformed"] == 1
+    assert t.engine.metrics()["tasks_open"] == 1
+
+
+def test_metrics_fit_a_telemetry_message() -> None:
+    t = Ticker()
+    t.tick(2)
+    counters = t.engine.telemetry_counters()
+    assert counters["coord.live_nodes"] == 1.0
+    telemetry = Telemetry(
+        uptime_s=1.0,
+        rss_bytes=1,
+        budget_used_bytes=1,
+        budget_total_bytes=1,
+        ticks=1,
+        tick_p50_ms=1.0,
+        tick_p99_ms=1.0,
+        overruns=0,
+        counters=counters,
+    )
+    assert telemetry.counters == counters
+    assert t.engine.nbytes == t.engine.groups["grid"].prefs.nbytes > 0
+
+
+def test_a_late_joiner_takes_a_dead_holder_s_signed_tombstones_from_a_peer(
+    tmp_path: Path,
+) -> None:
+    """Tombstones travel as the holder's signed releases: a node that joins after the holder
+    died checks them against the key the holder published (retained) and ends with the same
+    ledger as everyone, without a sync storm."""
+    fleet = SimFleet(
+        tmp_path,
+        3,
+        {"grid": GroupSpec(GRID, 20, capabilities=("grid",))},
+        settings(done_belief=0.9),
+    )
+    try:
+        fleet.tick(3)
+        fleet.nodes[1].engine.announce(grid_tasks(12, by="node1"))
+        for _ in range(150):
+            fleet.tick()
+            if all(not n.engine.board.open_epochs() for n in fleet.nodes):
+                break
+        assert all(not n.engine.board.open_epochs() for n in fleet.nodes)
+        done_by_0 = fleet.nodes[0].engine.counters["tasks_done"]
+        assert done_by_0 > 0
+        fleet.kill("node0")
+        fleet.tick(3)
+        late = SimNode(
+            fleet.broker, tmp_path, "late", {"grid": GroupSpec(GRID, 20, capabilities=("grid",))},
+            fleet.clock, settings=settings(done_belief=0.9), seed=9,
+        )  # fmt: skip
+        fleet.nodes.append(late)
+        for _ in range(40):
+            fleet.tick()
+            digests = {n.engine.board.digest() for n in fleet.live}
+            if len(digests) == 1:
+                break
+        assert len({n.engine.board.digest() for n in fleet.live}) == 1
+        board = late.engine.board
+        assert board.closed == fleet.nodes[1].engine.board.closed
+        assert len(board.closed) == 12
+        assert {r.node for r, _ in board.closers.values()} >= {"node0"}
+        fleet.tick(round(10.0 / TICK_S))  # syncs wanted before the agreement go out
+        syncs = sum(n.engine.counters["syncs_sent"] for n in fleet.live)
+        fleet.tick(round(5.0 / TICK_S))  # agreement holds: no more syncs
+        assert sum(n.engine.counters["syncs_sent"] for n in fleet.live) == syncs
+        assert len({n.engine.board.digest() for n in fleet.live}) == 1
+    finally:
+        fleet.close()
+
+
+def test_relayed_facts_say_no_more_than_their_subjects_said() -> None:
+    """A peer's sync carries facts about other nodes; each is taken only as far as this node
+    has heard it from the node it is about (unit-level; tests/integration/
+    test_coordination_relays.py runs the attacks on real daemons)."""
+    t = Ticker()
+    t.know_peer()
+    t.tick(2)
+    spec = TaskSpec(task="a", epoch=3, capability="grid", goal_state=5, announced_by="peer")
+    t.engine.handle(announce_msg([spec]))
+    t.engine.handle(birth("b", 5))
+    t.engine.handle(birth("peer", 0))
+    t.tick()
+    ghost = Bid("a", 3, "ghost", "grid", 0, -1e30, 0, 1)
+    own = Bid("a", 3, "peer", "grid", 1, 5.0, 0, 1)
+    sync = TaskSync(
+        bids=bid_columns([ghost, own]),
+        dead=[DeadSession(node="b", bdseq=7), DeadSession(node="b", bdseq=UINT32 - 1)],
+        closed=[Tombstone(task="a", epoch=UINT32 - 1)],
+    )
+    t.engine.handle(task_msg(sync, node="peer"))
+    t.tick()
+    board = t.engine.board
+    bidders = {b.node for b in board.valid_bids("a")}
+    assert bidders == {"solo", "peer"}  # this node's own, and the sender's: not the ghost
+    assert board.dead == {}  # b's sessions 7 and later: b (at 5) never said there were any
+    assert board.is_open("a")
+    assert t.engine.counters["relays_refused"] == 1 + 2 + 1
+    # b's next session (seen from b itself) makes session 7 over: now a relay may say so.
+    t.engine.handle(birth("b", 8))
+    t.engine.handle(task_msg(TaskSync(dead=[DeadSession(node="b", bdseq=7)]), node="peer"))
+    t.tick()
+    assert board.dead == {"b": 7}
+    # A bid of a session its node was never seen born in (a number that would outlive the
+    # node's will) is refused, sent directly or in the node's own sync.
+    future = TaskBids.from_arrays(
+        "grid", 2, ["a"], epochs=[3], task_index=[0], agents=[2], costs=[1.0]
+    )
+    t.engine.handle(task_msg(future, node="peer", bdseq=UINT32 - 1))
+    late = own._replace(agent=3, bdseq=UINT32 - 1)
+    t.engine.handle(task_msg(TaskSync(bids=bid_columns([late])), node="peer"))
+    t.tick()
+    assert {b.agent for b in board.valid_bids("a") if b.node == "peer"} == {1}
+    assert t.engine.counters["bids_refused"] == 1
+    assert t.engine.counters["relays_refused"] == 1 + 2 + 1 + 1
+
+
+def test_a_spec_is_taken_only_with_its_announcer_s_signature() -> None:
+    """Specs carry their announcer's signature, directly and in every relay: a node relaying
+    a spec at a higher epoch (a new round) or with another goal, or signing another's spec
+    with its own key, is refused and counted (``relays_refused``; ``specs_refused`` for an
+    announcement); a genuine relay of the hub's spec is taken (unit-level;
+    tests/integration/coordination/test_coordination_relays.py runs the attack on real daemons)."""
+    hub, n1 = TaskSigner.generate(), TaskSigner.generate()
+    t = Ticker()
+    t.know_peer()
+    t.know_peer("hub", hub)
+    t.know_peer("n1", n1)
+    t.tick(2)
+    spec = TaskSpec(task="a", epoch=0, capability="grid", goal_state=5, announced_by="peer")
+    t.engine.handle(announce_msg([spec]))
+    t.tick()
+    board = t.engine.board
+    assert board.specs["a"] == spec
+    sig = board.spec_sigs["a"]
+    # n1 relays peer's spec as a new round and with another goal, under peer's signature, and
+    # signs one with its own key.
+    newer, other_goal = replace(spec, epoch=7), replace(spec, goal_state=6, deadline=1.0)
+    forged = TaskSync(
+        tasks=[newer, other_goal, replace(spec, epoch=8)],
+        task_sigs=sig + sig + n1.sign(spec_bytes("coord", replace(spec, epoch=8))),
+    )
+    t.engine.handle(task_msg(forged, node="n1"))
+    t.tick()
+    assert board.specs["a"] == spec
+    assert board.floor["a"] == 0
+    assert t.engine.counters["relays_refused"] == 3
+    # An announcement whose signature is not the announcer's is dropped and counted, as is
+    # one of a node whose key this node does not know.
+    t.engine.handle(announce_msg([replace(spec, task="b")], signer=n1))
+    t.engine.handle(announce_msg([replace(spec, task="c", announced_by="x")], node="x"))
+    t.tick()
+    assert not {"b", "c"} & set(board.specs)
+    assert t.engine.counters["specs_refused"] == 2
+    assert t.engine.counters["malformed"] == 0
+    # The hub's spec, relayed by n1 as the hub signed it, is taken and relayed on with it.
+    task = TaskSpec(task="h", epoch=1, capability="grid", goal_state=3, announced_by="hub")
+    relay = TaskSync(tasks=[task], task_sigs=sign_specs(hub.sign, "coord", [task]))
+    t.engine.handle(task_msg(relay, node="n1"))
+    t.tick()
+    assert board.specs["h"] == task
+    assert t.engine.counters["relays_refused"] == 3
+    mine = {s.task: s for p in board.sync_parts() for s in p.tasks}
+    assert mine == {"a": spec, "h": task}
+    # An announcement without signatures is malformed (a node of an earlier version).
+    with pytest.raises(ValueError, match="sigs has 0 bytes"):
+        TaskAnnounce(tasks=[spec])

@@ -1,0 +1,212 @@
+"""Neural and perception groups through the daemon's one admission path: the memory plan, the
+checks at their lines, and a group's step, snapshot and health check."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
+from edge_agent.config.daemon import read_config
+from edge_agent.config.profiles import FirmwareProfile, load_profiles
+from edge_agent.daemon.admission import admit, load_group_model, trusted_keys
+from edge_agent.daemon.groups import GroupRuntime, healthy_steps, make_agents
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.kinds.base import LoadedModel
+from edge_agent.neural.groups import MODEL_BYTES_FACTOR, NeuralAgentGroup
+from edge_agent.neural.perception import PerceptionAifGroup
+from edge_agent.sim.sensors import SensorWorld
+from edge_agent_host.builders import mlp_onnx, random_mlp, sensor_policy
+from edge_agent_host.keys import generate_keypair, load_signing_key
+from tests.unit.neural.test_neural import spec_for
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def profiles() -> dict[str, FirmwareProfile]:
+    return load_profiles(ROOT / "firmware_profiles")
+
+
+def signed(model: onnx.ModelProto, window: int, out: Path, key: Path, kind: str) -> Path:
+    folder = out.with_suffix("")
+    write_bundle(
+        folder,
+        name=out.stem,
+        version="1.0.0",
+        kind="neural",
+        files={"model.onnx": model.SerializeToString()},
+        neural=spec_for(model, window, kind),
+    )
+    pack_tar(folder, out)
+    sign_bundle(out, load_signing_key(key))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """keys/, policy.tar (window 8) and perception.tar (window 1) for the sensor world."""
+    root = tmp_path_factory.mktemp("bundles")
+    key = generate_keypair(root / "keys", "ci").private_path
+    world = SensorWorld(1)
+    policy = mlp_onnx(sensor_policy(world.prototypes, world.noise, 8), 8, 8)
+    perception = mlp_onnx(sensor_policy(world.prototypes, world.noise, 1), 1, 8)
+    signed(policy, 8, root / "policy.tar", key, "discrete")
+    signed(perception, 1, root / "perception.tar", key, "observation")
+    three = mlp_onnx(random_mlp((8, 8, 3), seed=1), 1, 8)  # three classes: not the model's four
+    signed(three, 1, root / "three.tar", key, "observation")
+    return root
+
+
+def config(root: Path, groups: str, name: str = "cfg.toml") -> Path:
+    path = root / name
+    path.write_text(
+        f"""[daemon]
+profile = "x86-dev"
+state_dir = "{root / "state"}"
+trusted_keys_dir = "keys"
+{groups}"""
+    )
+    return path
+
+
+NEURAL = """
+[[groups]]
+name = "{name}"
+model = {{ type = "bundle", path = "policy.tar" }}
+count = {count}
+history_capacity = 16
+source = {{ type = "sim", world = "sensors" }}
+sink = {{ type = "sim" }}
+"""
+PERCEIVING = """
+[[groups]]
+name = "namers"
+model = { type = "builtin", name = "sensors" }
+perception = { type = "bundle", path = "perception.tar" }
+count = 50
+history_capacity = 8
+source = { type = "sim", world = "sensors" }
+sink = { type = "sim" }
+"""
+
+
+def test_the_plan_counts_each_model_once_and_every_agent_exactly(
+    bundles: Path, profiles: dict[str, FirmwareProfile]
+) -> None:
+    groups = NEURAL.format(name="a", count=100) + NEURAL.format(name="b", count=30) + PERCEIVING
+    _profile, budget, built = admit(read_config(config(bundles, groups), profiles=profiles))
+    a, b, namers = built
+    assert isinstance(a.agents, NeuralAgentGroup)
+    assert isinstance(b.agents, NeuralAgentGroup)
+    assert isinstance(namers.agents, PerceptionAifGroup)
+    # The daemon's sources drop non-finite values, so its groups do not scan them again.
+    assert not a.agents.check_finite
+    assert not namers.agents.perception.check_finite
+    model_file = (bundles / "policy" / "model.onnx").stat().st_size
+    assert a.agents.shared_nbytes == MODEL_BYTES_FACTOR * model_file
+    report = budget.report()
+    owners = report["by_owner"]
+    assert owners["a"] == 100 * a.agents.per_agent_nbytes()
+    assert owners["b"] == 30 * b.agents.per_agent_nbytes()
+    aif = namers.agents.aif  # its states and history, the group's timestamps, kernel scratch
+    assert owners["namers"] == aif.bytes_for(50, aif.history_capacity)
+    perception = namers.agents.perception
+    assert owners["namers.perception"] == 50 * perception.per_agent_nbytes()
+    # One policy (held by a and b, counted once), one perception model, one Active Inference
+    # model; with the base, that is every byte used.
+    shared = report["shared"]
+    assert len(shared) == 3
+    assert shared[f"nn:{a.agents.key}"]["nbytes"] == a.agents.shared_nbytes
+    assert len(shared[f"nn:{a.agents.key}"]["holders"]) == 2
+    assert budget.used == sum(owners.values())
+    assert budget.used == report["base_bytes"] + sum(
+        owners[g] for g in ("a", "b", "namers", "namers.perception")
+    ) + sum(e["nbytes"] for e in shared.values())
+    for g in built:
+        g.agents.release()
+    assert budget.used == report["base_bytes"]
+
+
+@pytest.mark.parametrize(
+    ("groups", "line", "problem"),
+    [
+        (
+            NEURAL.format(name="x", count=5).replace('world = "sensors"', 'world = "grid10"'),
+            8,
+            "groups[0].model.path: group 'x': world 'grid10' produces outcome indices, a neural "
+            "group takes feature vectors",
+        ),
+        (
+            PERCEIVING.replace(
+                'type = "builtin", name = "sensors"', 'type = "bundle", path = "policy.tar"'
+            ),
+            8,
+            "groups[0].model.path: group 'namers': perception feeds an Active Inference model",
+        ),
+        (
+            PERCEIVING.replace("perception.tar", "three.tar"),
+            9,
+            "groups[0].perception.path: group 'namers': perception",
+        ),
+        (
+            NEURAL.format(name="x", count=5)
+            + "\n[groups.coordination]\ncapabilities = ['pick']\n\n[mqtt]\nenabled = true\n",
+            14,
+            "coordination shares Active Inference beliefs",
+        ),
+        (
+            NEURAL.format(name="x", count=5) + "\n[groups.planning]\nevery = 4\n",
+            14,
+            "groups[0].planning: group 'x': [groups.planning] is for Active Inference agents; "
+            "a neural group steps every agent every tick",
+        ),
+        (
+            PERCEIVING.replace('perception = { type = "bundle", path = "perception.tar" }\n', ""),
+            8,
+            "needs a perception bundle in front of it",
+        ),
+    ],
+)
+def test_kind_mismatches_are_config_errors_at_their_line(
+    bundles: Path, profiles: dict[str, FirmwareProfile], groups: str, line: int, problem: str
+) -> None:
+    path = config(bundles, groups, "bad.toml")
+    with pytest.raises(ConfigError) as err:
+        admit(read_config(path, profiles=profiles))
+    assert f"bad.toml:{line}:" in str(err.value)
+    assert problem.split(": ", 1)[-1][:40] in str(err.value)
+
+
+def test_groups_step_snapshot_and_pass_a_health_check(
+    bundles: Path, profiles: dict[str, FirmwareProfile]
+) -> None:
+    groups = NEURAL.format(name="a", count=20) + PERCEIVING
+    _profile, _budget, built = admit(read_config(config(bundles, groups), profiles=profiles))
+    for g in built:
+        assert isinstance(g, GroupRuntime)
+        g.warm_up()
+        for _ in range(12):
+            assert g.tick(time.monotonic())
+        assert g.agents_finite()
+        state = {k: v.copy() for k, v in g.agents.state_dict().items()}
+        loaded = _loaded_of(g, bundles, profiles)
+        n, hist = g.agents.n_agents, g.agents.history_capacity
+        clone = make_agents(loaded, g.config, n, history_capacity=hist)
+        clone.load_state_dict(state)
+        for key, value in clone.state_dict().items():
+            np.testing.assert_array_equal(value, state[key], err_msg=key)
+        healthy_steps(clone, 5, deadline=time.monotonic() + 60, timeout_s=60, seed=1)
+        clone.release()
+        with pytest.raises(EdgeAgentError, match="within"):
+            healthy_steps(g.agents, 3, deadline=time.monotonic() - 1, timeout_s=0.5, seed=1)
+
+
+def _loaded_of(g: GroupRuntime, root: Path, profiles: dict[str, FirmwareProfile]) -> LoadedModel:
+    source = read_config(root / "cfg.toml", profiles=profiles)
+    cfg = source.config.group(g.name)
+    return load_group_model(cfg, source.config, trusted_keys(source.config))

@@ -1,0 +1,221 @@
+"""A group at run time is source -> step -> sink (edge_agent.daemon.groups, with the sources and
+sinks of edge_agent.sim.endpoints and edge_agent.fleet.agent_io): real agents, real worlds, real
+observation buffers; only the fleet link is a recording port."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.config.daemon import read_config
+from edge_agent.config.profiles import FirmwareProfile, load_profiles
+from edge_agent.daemon.admission import admit
+from edge_agent.daemon.groups import GroupRuntime, Sinks
+from edge_agent.fleet.agent_io import ActionPublisher, InboxSource, ObservationBuffer
+from edge_agent.fleet.protocol import ActionBatch, ObservationBatch
+from edge_agent.sim.endpoints import WorldSource
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def profiles() -> dict[str, FirmwareProfile]:
+    return load_profiles(ROOT / "firmware_profiles")
+
+
+class Port:
+    """The node's fleet link as sources and sinks see it, recording what they ask."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, list[ObservationBuffer]] = {}
+        self.sent: list[tuple[str, ActionBatch]] = []
+
+    def send_actions(self, topic: str, body: ActionBatch) -> bool:
+        self.sent.append((topic, body))
+        return True
+
+    def listen(self, topic: str, inbox: ObservationBuffer) -> None:
+        self.routes.setdefault(topic, []).append(inbox)
+
+
+class Recorder:
+    """A sink that keeps a copy of every tick's actions."""
+
+    def __init__(self) -> None:
+        self.ticks: list[tuple[int, np.ndarray]] = []
+        self.sizes: list[int] = []
+
+    def put(self, tick: int, actions: np.ndarray) -> None:
+        self.ticks.append((tick, actions.copy()))
+
+    def resize(self, n_agents: int) -> None:
+        self.sizes.append(n_agents)
+
+    def connect(self, port: Any) -> None:
+        del port
+
+    def describe(self) -> dict[str, Any]:
+        return {"recorded": len(self.ticks)}
+
+
+def groups(tmp_path: Path, profiles: dict[str, FirmwareProfile], text: str) -> list[GroupRuntime]:
+    path = tmp_path / "cfg.toml"
+    path.write_text(
+        f"""[daemon]
+profile = "x86-dev"
+state_dir = "{tmp_path / "state"}"
+{text}
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = 1883
+fleet = "f"
+node_id = "n1"
+"""
+    )
+    _profile, _budget, built = admit(read_config(path, profiles=profiles))
+    return built
+
+
+GROUP = """
+[[groups]]
+name = "{name}"
+model = {{ type = "builtin", name = "grid10" }}
+count = {count}
+source = {source}
+sink = {sink}
+"""
+
+
+def one(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile], source: str, sink: str
+) -> GroupRuntime:
+    text = GROUP.format(name="g", count=4, source=source, sink=sink)
+    (g,) = groups(tmp_path, profiles, text)
+    return g
+
+
+def test_a_sim_group_ticks_world_then_step_then_world_and_publisher(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile]
+) -> None:
+    g = one(tmp_path, profiles, '{ type = "sim" }', '{ type = "mqtt", topic = "act/g" }')
+    assert isinstance(g.source, WorldSource)
+    port = Port()
+    g.connect(port)
+    assert port.routes == {}  # a world listens to nothing
+    world = g.source.world
+    assert not world.episode_steps.any()  # type: ignore[attr-defined]  # a grid: a BatchEnv
+    assert g.tick(1.0)
+    assert g.steps == 1
+    # The world took the actions (its observation moved on) and the publisher sent them.
+    ((topic, body),) = port.sent
+    assert topic == "act/g"
+    assert body.tick == 1
+    _ids, values = body.arrays()
+    np.testing.assert_array_equal(values, g.agents.action)
+    assert world.episode_steps.any()  # type: ignore[attr-defined]  # the world stepped
+    out = g.describe()
+    assert out["world"]["agents"] == 4
+    assert out["actions"] == {"batches": 1, "published": 4, "dropped": 0}
+    assert g.input_counters() == {}
+    assert g.rejected_input() is None
+
+
+def test_a_vet_that_raises_keeps_the_actions_from_every_sink(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile]
+) -> None:
+    g = one(tmp_path, profiles, '{ type = "sim" }', '{ type = "sim" }')
+    assert isinstance(g.source, WorldSource)
+    recorder = Recorder()
+    g.sink = Sinks(g.sink, recorder)
+    obs = g.source.obs.copy()
+
+    def vet() -> None:
+        raise RuntimeError("held")
+
+    with pytest.raises(RuntimeError, match="held"):
+        g.tick(1.0, vet)
+    assert recorder.ticks == []
+    np.testing.assert_array_equal(g.source.obs, obs)  # the world did not step
+    assert not g.source.world.episode_steps.any()  # type: ignore[attr-defined]
+    assert g.tick(2.0)
+    assert [t for t, _ in recorder.ticks] == [2]  # the step was counted, its actions held
+
+
+def test_an_inbox_group_waits_for_every_agent_then_steps_and_reports_rejects_once(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile]
+) -> None:
+    g = one(tmp_path, profiles, '{ type = "mqtt", topic = "s/+" }', '{ type = "log" }')
+    assert isinstance(g.source, InboxSource)
+    port = Port()
+    g.connect(port)
+    (inbox,) = port.routes["s/+"]
+    assert inbox is g.source.buffer
+    rows = np.array([[0], [1], [2]], dtype=np.uint8)
+    inbox.offer(ObservationBatch.from_arrays("g", 0, np.arange(3, dtype=np.uint32), rows))
+    assert not g.tick(1.0)  # agent 3 never observed
+    assert g.steps == 0
+    inbox.offer(ObservationBatch.from_arrays("g", 0, np.array([3], dtype=np.uint32), rows[:1]))
+    assert g.tick(2.0)
+    assert g.steps == 1
+    np.testing.assert_array_equal(g.source.obs[:, 0], [0, 1, 2, 0])
+    inbox.offer(ObservationBatch.from_arrays("h", 0, np.array([0], dtype=np.uint32), rows[:1]))
+    reason, counts = g.rejected_input() or ("", {})
+    assert reason.startswith("group")
+    assert counts == {"batches_rejected": 1, "rows_rejected": 1}
+    assert g.rejected_input() is None  # reported once
+    assert g.input_counters()["obs_rows"] == 4
+    assert g.describe()["io"]["rows"] == 4
+    assert "4 observations, 1 rejected" in g.report_line()
+
+
+def test_a_log_sink_logs_the_actions_even_behind_a_world(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile], caplog: pytest.LogCaptureFixture
+) -> None:
+    g = one(tmp_path, profiles, '{ type = "sim" }', '{ type = "log" }')
+    assert isinstance(g.sink, Sinks)
+    with caplog.at_level(logging.DEBUG, logger="edge_agent.daemon.groups"):
+        assert g.tick(1.0)
+    assert any(r.getMessage().startswith("group g step 1 actions") for r in caplog.records)
+
+
+def test_resize_takes_source_and_sink_along(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile]
+) -> None:
+    g = one(
+        tmp_path, profiles, '{ type = "mqtt", topic = "s/+" }', '{ type = "mqtt", topic = "a" }'
+    )
+    assert isinstance(g.source, InboxSource)
+    assert isinstance(g.sink, ActionPublisher)
+    g.resize(6)
+    assert g.agents.n_agents == g.source.buffer.n_agents == g.sink.n_agents == 6
+    w = one(tmp_path, profiles, '{ type = "sim" }', '{ type = "sim" }')
+    assert isinstance(w.source, WorldSource)
+    w.tick(1.0)
+    w.resize(2)
+    assert w.source.world.n_agents == 2
+    _obs, _outcomes, starts = w.source.take()
+    assert starts is not None
+    assert starts.all()  # the world is new: every agent starts afresh
+
+
+def test_a_reload_carries_an_inbox_over_with_its_pending_rows(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile]
+) -> None:
+    old = one(tmp_path, profiles, '{ type = "mqtt", topic = "s/+" }', '{ type = "log" }')
+    new = one(tmp_path, profiles, '{ type = "mqtt", topic = "t/+" }', '{ type = "log" }')
+    assert isinstance(old.source, InboxSource)
+    assert isinstance(new.source, InboxSource)
+    rows = np.array([[3], [3], [3], [3]], dtype=np.uint8)
+    old.source.buffer.offer(
+        ObservationBatch.from_arrays("g", 0, np.arange(4, dtype=np.uint32), rows)
+    )
+    assert new.carry_over(old)
+    assert new.source.buffer is old.source.buffer
+    assert new.source.topic == "t/+"  # the new config's filter
+    assert new.tick(1.0)
+    np.testing.assert_array_equal(new.source.obs[:, 0], [3, 3, 3, 3])

@@ -1,0 +1,207 @@
+"""Staged rollouts: wave plans, node selection and the rollout tables on a real SQLite file (the
+runner is tested end to end in tests/integration/hub/test_rollouts.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.fleet.outcomes import ResultCode
+from edge_agent.fleet.protocol import CommandResult
+from edge_agent_host.fleetctl.errors import FleetError
+from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.rollout_cli import describe
+from edge_agent_host.hub.rollout_plan import (
+    NodeState,
+    RolloutPlan,
+    RolloutState,
+    plan_waves,
+    select_nodes,
+    wave_of,
+)
+from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.store import HubDatabase
+from tests.unit.host.hub.test_store import heard
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("n", "waves", "expected"),
+    [
+        (100, None, [1, 10, 50, 100]),
+        (4, None, [1, 2, 4]),  # 10 % of 4 rounds up to 1, the canary's count: dropped
+        (1, None, [1]),
+        (10, ["3", "50%"], [3, 5, 10]),  # a last wave of every node is added
+        (10, ["20", "100%"], [10]),
+        (7, ["33.3%", "100%"], [3, 7]),
+    ],
+)
+def test_waves_are_cumulative_and_end_with_every_node(
+    n: int, waves: list[str] | None, expected: list[int]
+) -> None:
+    assert plan_waves(n, waves) == expected
+
+
+def test_exponential_waves() -> None:
+    assert plan_waves(1000, exponential=2.0) == [1, 3, 7, 15, 31, 63, 127, 255, 511, 1000]
+    assert plan_waves(10, exponential=3.0) == [1, 4, 10]
+    sizes = plan_waves(1000, exponential=10.0)
+    assert sizes == [1, 11, 111, 1000]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "0%", "101%", "x", "%"])
+def test_bad_waves_are_refused(bad: str) -> None:
+    with pytest.raises(FleetError, match="wave"):
+        plan_waves(10, [bad])
+    with pytest.raises(FleetError, match="> 1"):
+        plan_waves(10, exponential=1.0)
+    with pytest.raises(FleetError, match="at least one node"):
+        plan_waves(0)
+
+
+def test_wave_of_follows_the_cumulative_counts() -> None:
+    waves = [1, 3, 6]
+    assert [wave_of(i, waves) for i in range(6)] == [0, 1, 1, 2, 2, 2]
+    with pytest.raises(FleetError):
+        wave_of(6, waves)
+
+
+def _row(node: str, online: bool, groups: list[str], **labels: str) -> dict[str, Any]:
+    return {
+        "node": node,
+        "online": online,
+        "birth": {"groups": {g: {"agents": 1} for g in groups}, "labels": labels},
+    }
+
+
+def test_selection_by_group_name_pattern_and_labels() -> None:
+    fleet = [
+        _row("pi-2", True, ["grid"], site="a", ring="canary"),
+        _row("pi-1", True, ["grid"], site="a"),
+        _row("pi-3", False, ["grid"], site="a"),
+        _row("pi-4", True, ["other"], site="a"),
+        _row("cam-1", True, ["grid"], site="b"),
+        {"node": "new", "online": True, "birth": None},  # no birth yet: unknown groups
+    ]
+    assert select_nodes(fleet, "grid") == (["cam-1", "pi-1", "pi-2"], ["pi-3"])
+    assert select_nodes(fleet, "grid", names=["pi-*"]) == (["pi-1", "pi-2"], ["pi-3"])
+    assert select_nodes(fleet, "grid", labels={"site": "a", "ring": "canary"}) == (["pi-2"], [])
+    assert select_nodes(fleet, "grid", labels={"site": "a"}, include_offline=True) == (
+        ["pi-1", "pi-2", "pi-3"],
+        [],
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[HubDatabase]:
+    db = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
+    db.open()
+    yield db
+    db.close()
+
+
+def plan(**extra: Any) -> RolloutPlan:
+    return RolloutPlan(group="grid", bundle_sha256=SHA, waves=[1, 3], **extra)
+
+
+def check_a_rollout_is_stored_with_its_nodes_in_waves(db: HubDatabase) -> None:
+    store = RolloutStore(db)
+    store.put_bundle(b"tar bytes", SHA, "grid10", "1.0")
+    store.put_bundle(b"other bytes", SHA, "grid10", "1.0")  # the same identity: kept once
+    assert store.bundle(SHA) == b"tar bytes"
+    with pytest.raises(FleetError, match="not in the hub's database"):
+        store.bundle("cd" * 32)
+    rid = store.create(plan(), ["pi-1", "pi-2", "pi-3"])
+    r = store.get(rid)
+    assert r.state is RolloutState.PENDING
+    assert {n: row["wave"] for n, row in r.nodes.items()} == {"pi-1": 0, "pi-2": 1, "pi-3": 1}
+    assert r.wave_nodes(1) == ["pi-2", "pi-3"]
+    store.set_nodes(rid, {"pi-1": (NodeState.OK, "switched")}, baseline={"pi-1": 2.5})
+    r = store.get(rid)
+    assert r.deployed() == ["pi-1"]
+    assert r.nodes["pi-1"]["baseline_p99_ms"] == 2.5
+    summary = r.summary()
+    assert (summary["nodes_total"], summary["nodes_done"], summary["nodes_failed"]) == (3, 1, 0)
+    assert summary["wave_table"][1]["states"] == {"pending": 2}
+    text = describe(summary)
+    assert f"rollout {rid}: pending" in text
+    assert "wave 2: 2 node(s) (up to 3): pending 2" in text
+    with pytest.raises(FleetError, match="2 nodes for waves ending at 3"):
+        store.create(plan(), ["pi-1", "pi-2"])
+
+
+def check_requests_are_checked_against_the_state(db: HubDatabase) -> None:
+    store = RolloutStore(db)
+    rid = store.create(plan(), ["a", "b", "c"])
+    with pytest.raises(FleetError, match="cannot resume"):
+        store.request(rid, "resume")
+    with pytest.raises(FleetError, match="unknown request"):
+        store.request(rid, "explode")
+    assert store.request(rid, "pause").request == "pause"
+    store.update(rid, state=RolloutState.DONE, request=None)
+    with pytest.raises(FleetError, match="is done: cannot abort"):
+        store.request(rid, "abort")
+    with pytest.raises(FleetError, match="no rollout"):
+        store.get("r-missing")
+
+
+def check_one_replica_holds_a_rollout_until_its_lease_runs_out(db: HubDatabase) -> None:
+    store = RolloutStore(db)
+    first = store.create(plan(), ["a", "b", "c"])
+    second = store.create(plan(), ["a", "b", "c"])
+    assert store.claim("hub-1", 30.0, now=1000.0) == first
+    assert store.claim("hub-2", 30.0, now=1001.0) == second  # the other one is held
+    assert store.claim("hub-3", 30.0, now=1002.0) is None
+    assert store.renew(first, "hub-1", 30.0, now=1010.0)
+    assert not store.renew(first, "hub-2", 30.0, now=1020.0)
+    assert store.renew(first, "hub-2", 30.0, now=1041.0)  # hub-1 stopped renewing
+    store.release(first, "hub-2")
+    assert store.claim("hub-3", 30.0, now=1042.0) == first
+    store.update(second, state=RolloutState.DONE)
+    assert store.ids(active_only=True) == [first]
+    assert set(store.ids()) == {first, second}
+
+
+#: Run here on SQLite and on PostgreSQL by tests/integration/hub/test_hubd.py (via test_hubd_store).
+def check_the_runner_reads_the_results_the_service_stored(db: HubDatabase) -> None:
+    """What the rollout runner reads instead of hearing the broker: the results of its
+    commands, in order, with a deploy answer's chunk bitmap as bytes again."""
+    mine, other = b"m" * 16, b"o" * 16
+    answers = [
+        (mine, ResultCode.ACCEPTED, {"phase": "receiving", "have": b"\x05\x00"}),
+        (other, ResultCode.OK, {}),
+        (mine, ResultCode.OK, {"switched": True}),
+    ]
+    outcome = db.write(
+        [
+            heard("pi-1", CommandResult(nonce=n, name="deploy", code=c, data=d), seq=i, ts=10.0 + i)
+            for i, (n, c, d) in enumerate(answers)
+        ]
+    )
+    assert outcome.written == 3
+    store = RolloutStore(db)
+    got = store.results([mine])
+    assert [r.code for _, r in got] == [ResultCode.ACCEPTED, ResultCode.OK]
+    assert got[0][1].data == {"phase": "receiving", "have": b"\x05\x00"}
+    assert got[0][1].nonce == mine
+    assert got[0][0] < got[1][0]  # row ids: what the runner already took is skipped
+    assert store.results([]) == []
+    many = [i.to_bytes(16, "big") for i in range(1200)]  # more than one IN list
+    assert [r.nonce for _, r in store.results([*many, other, other])] == [other]
+
+
+ROLLOUT_SCENARIOS = [
+    check_a_rollout_is_stored_with_its_nodes_in_waves,
+    check_requests_are_checked_against_the_state,
+    check_one_replica_holds_a_rollout_until_its_lease_runs_out,
+    check_the_runner_reads_the_results_the_service_stored,
+]
+
+
+@pytest.mark.parametrize("scenario", ROLLOUT_SCENARIOS, ids=lambda f: f.__name__[len("check_") :])
+def test_the_rollout_tables_on_sqlite(db: HubDatabase, scenario: Any) -> None:
+    scenario(db)
