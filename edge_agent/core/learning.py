@@ -202,9 +202,7 @@ class LearningAgentGroup(AifAgentGroup):
             )
         self._note_surprise(o, self.prior)
         if not self.planning.every_tick:  # learns between inference and planning: _inferred
-            if self.learner.pB is not None:  # the transition pB learns from
-                np.copyto(self._action_prev, self.action)
-                np.copyto(self._acted_prev, self.has_action)
+            self._keep_action()
             super().step(o, now, record=record)
             return self.action
         if self.learning_frozen:  # the plain group's step with the learned tables
@@ -215,9 +213,7 @@ class LearningAgentGroup(AifAgentGroup):
             self._since_refresh + 1 < self.learning.refresh_every
             and not self.learning.param_info_gain
         ):
-            if self.learner.pB is not None:  # the transition pB learns from
-                np.copyto(self._action_prev, self.action)
-                np.copyto(self._acted_prev, self.has_action)
+            self._keep_action()
             super().step(o, now, record=record)
             self._learn(o, self._action_prev, self._acted_prev)
             return self.action
@@ -233,6 +229,13 @@ class LearningAgentGroup(AifAgentGroup):
             self._record(o, now)
         self.ticks += 1
         return self.action
+
+    def _keep_action(self) -> None:
+        """Last tick's action and whether each agent acted, kept before a step replaces them:
+        the transition ``pB`` learns from (nothing to keep when ``pB`` is not learned)."""
+        if self.learner.pB is not None:
+            np.copyto(self._action_prev, self.action)
+            np.copyto(self._acted_prev, self.has_action)
 
     @classmethod
     def steps_by_planning_policy(cls) -> bool:
