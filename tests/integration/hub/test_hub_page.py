@@ -21,6 +21,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge_agent.fleet.protocol import NodeState
+from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.store import HubDatabase
 from edge_agent_host.hub.web import FleetSnapshot, WebServer, health_of
 from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import REPO
@@ -29,6 +32,7 @@ from tests.integration.hub.test_hubd import Hub, sqlite_table
 from tests.support.broker import MosquittoBroker, free_port
 from tests.support.chromium import FLAGS, Browser, chromium
 from tests.unit.fleet.test_deploy import bundle_tar
+from tests.unit.host.hub.test_store import heard, telemetry_body
 
 pytestmark = pytest.mark.integration
 
@@ -329,6 +333,102 @@ def test_the_http_side_serves_from_a_snapshot_bounded_and_read_only(
     assert time.monotonic() - t0 < 120
 
 
+def test_a_silent_node_on_the_page_in_the_json_and_the_metrics(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    """A node whose retained state says online but that has not been heard for longer than
+    [hub] silent_after_s (a revoked node: the broker keeps its session and refuses its will) is
+    silent on the real service's page (in Chromium), in /api/fleet.json and in /metrics, with
+    its last numbers no longer exported; one heard within the configured limit is online.
+
+    The registry is written before the service starts, as the service itself writes it, with
+    hub-clock times far enough back (an hour; five minutes against a limit of ten) that no
+    machine's speed decides which side of the limit a node is on."""
+    port = free_port()
+    hub = Hub(tmp_path, "hub-silent", mosquitto, sqlite_table(), extra_hub="silent_after_s = 600.0")
+    hub.config.write_text(
+        hub.config.read_text() + f'\n[http]\nenabled = true\nlisten = "127.0.0.1"\nport = {port}\n'
+    )
+    hub.state.mkdir(parents=True)
+    db = HubDatabase(SqliteEngine(hub.state / "hub.sqlite3"))
+    db.open()
+    now = time.time()
+    try:
+        for node, ago in (("pi-revoked", 3600.0), ("pi-quiet", 300.0)):
+            outcome = db.write(
+                [
+                    heard(node, NodeState(online=True), ts=now - 7200, received=now - 7200),
+                    heard(node, telemetry_body(40), ts=now - ago, received=now - ago),
+                ]
+            )
+            assert outcome.written == 2
+    finally:
+        db.close()
+    hub.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: len(fleet_json(url)["nodes"]) == 2, "both nodes on /api/fleet.json", timeout=60
+        )
+        data = fleet_json(url)
+        by_node = {n["node"]: n for n in data["nodes"]}
+        assert by_node["pi-revoked"]["presence"] == "silent"
+        assert by_node["pi-revoked"]["online"] is False
+        assert by_node["pi-revoked"]["health"] == "red"
+        assert by_node["pi-quiet"]["presence"] == "online"  # 300 s < the config's 600 s
+        assert (data["counts"]["online"], data["counts"]["silent"]) == (1, 1)
+        assert data["hub"]["silent_after_s"] == 600.0
+        assert [n["node"] for n in fleet_json(url, "presence=silent")["nodes"]] == ["pi-revoked"]
+
+        # The database's own table (edge-agent-hub fleet): the same rule and the config's limit.
+        def states(*args: str) -> dict[str, str]:
+            table = hub.cli("fleet", *args)
+            assert table.returncode == 0, table.stderr
+            return {line.split()[0]: line.split()[1] for line in table.stdout.splitlines()[1:]}
+
+        assert states() == {"pi-quiet": "online", "pi-revoked": "silent"}
+        assert states("--silent-after", "100") == {"pi-quiet": "silent", "pi-revoked": "silent"}
+        listed = json.loads(hub.cli("fleet", "--json").stdout)
+        assert {r["node"]: r["presence"] for r in listed} == {
+            "pi-quiet": "online",
+            "pi-revoked": "silent",
+        }
+
+        values = samples(get(f"{url}/metrics")[2].decode())
+        assert values[("edge_agent_hub_nodes", (("state", "silent"),))] == 1
+        assert values[("edge_agent_hub_nodes", (("state", "online"),))] == 1
+        assert values[("edge_agent_hub_nodes", (("state", "offline"),))] == 0
+        assert values[("edge_agent_hub_node_online", (("node", "pi-revoked"),))] == 0
+        assert values[("edge_agent_hub_node_rss_bytes", (("node", "pi-quiet"),))] == 50 * 2**20
+        assert ("edge_agent_hub_node_rss_bytes", (("node", "pi-revoked"),)) not in values
+        assert ("edge_agent_hub_node_tick_p99_seconds", (("node", "pi-revoked"),)) not in values
+
+        with Browser(tmp_path / "chromium", width=1400, height=900) as page:
+            page.open(f"{url}/")
+            page.wait_for(READY, "the first render")
+            assert page.evaluate(ROWS) == ["pi-quiet", "pi-revoked"]
+            counts = page.evaluate("document.getElementById('counts').textContent")
+            assert counts.startswith("1 of 2 online1 silent"), counts
+            row = "document.querySelector('#nodes tr[data-node=\"pi-revoked\"]')"
+            assert page.evaluate(f"{row}.dataset.presence") == "silent"
+            assert page.evaluate(f"{row}.querySelector('.presence').textContent") == " silent"
+            assert page.evaluate(f"{row}.querySelector('.dot').className") == "dot red"
+            title = page.evaluate(f"{row}.querySelector('.presence').title")
+            assert title.endswith("nothing came from it for 600 s"), title
+            quiet = "document.querySelector('#nodes tr[data-node=\"pi-quiet\"]')"
+            assert page.evaluate(f"{quiet}.querySelector('.presence')") is None
+            act(page, "document.getElementById('silent-chip').click()")
+            assert page.evaluate(ROWS) == ["pi-revoked"]
+            assert page.evaluate("location.search") == "?presence=silent"
+            assert page.evaluate("document.getElementById('presence').value") == "silent"
+            set_control(page, "presence", "online", "change")
+            assert page.evaluate(ROWS) == ["pi-quiet"]
+            page.screenshot(tmp_path / "fleet-page-silent.png")
+        assert png_size(tmp_path / "fleet-page-silent.png") == (1400, 900)
+    finally:
+        hub.kill()
+
+
 def thousand_nodes(now: float) -> list[dict[str, Any]]:
     """A snapshot's rows for 1,000 nodes (the shape build_snapshot gives): every 100th failed
     in a halted rollout, every 7th offline (red), sim-0008 being deployed to; sim-0042's outbox
@@ -352,6 +452,7 @@ def thousand_nodes(now: float) -> list[dict[str, Any]]:
             },
         }  # fmt: skip
         node |= {"outbox_uncommitted_rows": 0, "outbox_uncommitted_s": 0.0}
+        node["presence"] = "online" if node["online"] else "offline"
         if i == 42:
             node |= {"outbox_uncommitted_rows": 17, "outbox_uncommitted_s": 0.25}
         if i == 8:  # its wave is being sent to it

@@ -33,6 +33,7 @@ from edge_agent_host.fleetctl.deploy import DEFAULT_CHUNK_BYTES
 from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.fleetctl.store import FleetStore, _json
 from edge_agent_host.fleetctl.views import FleetMessage
+from edge_agent_host.presence import SILENT_AFTER_S, presence
 
 __all__ = [
     "SILENT_AFTER_S",
@@ -122,15 +123,23 @@ def connect(
     return client
 
 
-def add_silent_argument(parser: argparse.ArgumentParser) -> None:
-    """``--silent-after S`` of the fleet tables (:func:`presence`)."""
+def add_silent_argument(parser: argparse.ArgumentParser, *, from_config: bool = False) -> None:
+    """``--silent-after S`` of the fleet tables (:func:`~edge_agent_host.presence.presence`).
+
+    ``from_config``: the default is the config file's (``None`` here; the hub's
+    ``[hub] silent_after_s``), not :data:`~edge_agent_host.presence.SILENT_AFTER_S`."""
+    default = (
+        f"the config's [hub] silent_after_s, {SILENT_AFTER_S:g} unless set"
+        if from_config
+        else f"{SILENT_AFTER_S:g}"
+    )
     parser.add_argument(
         "--silent-after",
         type=float,
-        default=SILENT_AFTER_S,
+        default=None if from_config else SILENT_AFTER_S,
         metavar="S",
         help="show an online node not heard for S seconds as 'silent' (a revoked node's "
-        f"retained state stays online; default {SILENT_AFTER_S:g})",
+        f"retained state stays online; default {default})",
     )
 
 
@@ -213,26 +222,6 @@ def _age(ts: float | None) -> str:
         return "-"
     age = time.time() - ts
     return f"{age:.0f}s" if age < 120 else f"{age / 60:.0f}m"
-
-
-SILENT_AFTER_S: Final = 60.0
-"""A node whose state says online but from which nothing live came for this long is shown
-``silent``: a broker that locks a node out (``broker revoke``) keeps its session open with every
-right denied, and refuses its will, so its retained state stays "online"."""
-
-
-def presence(row: Mapping[str, Any], silent_after_s: float = SILENT_AFTER_S) -> str:
-    """``online``, ``silent`` (online, but not heard for ``silent_after_s``), ``offline`` or
-    ``?`` for one fleet row (``online``, ``last_seen``: when it was last heard live)."""
-    online = row["online"]
-    if online is None:
-        return "?"
-    if not online:
-        return "offline"
-    seen = row.get("last_seen")
-    if seen is not None and time.time() - float(seen) > silent_after_s:
-        return "silent"
-    return "online"
 
 
 def format_fleet(rows: Iterable[Mapping[str, Any]], silent_after_s: float = SILENT_AFTER_S) -> str:

@@ -47,6 +47,7 @@ from edge_agent_host.hub.config import (
     load_hub_config,
 )
 from edge_agent_host.hub.store import DatabaseUnavailableError, SchemaError
+from edge_agent_host.presence import presence
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet = sub.add_parser("fleet", help="the fleet table from the hub's database")
     with_config(fleet)
     fleet.add_argument("--json", action="store_true", help="print JSON")
-    add_silent_argument(fleet)
+    add_silent_argument(fleet, from_config=True)
 
     events = sub.add_parser("events", help="events from the hub's database")
     with_config(events)
@@ -213,12 +214,20 @@ def describe_config(source: HubConfigFile) -> str:
 
 # ------------------------------------------------------------------------------ the database
 def _fleet(args: argparse.Namespace) -> int:
-    db = open_database(load_hub_config(args.config))
+    source = load_hub_config(args.config)
+    silent_after = args.silent_after
+    if silent_after is None:
+        silent_after = source.config.hub.silent_after_s
+    db = open_database(source)
     try:
         rows = db.fleet()
     finally:
         db.close()
-    print(_dumps(rows) if args.json else format_fleet(rows, args.silent_after))
+    if args.json:
+        now = time.time()
+        print(_dumps([{**row, "presence": presence(row, silent_after, now)} for row in rows]))
+    else:
+        print(format_fleet(rows, silent_after))
     return 0
 
 

@@ -28,6 +28,7 @@ from edge_agent.config.toml_lines import Problem, TomlDocument, raise_problems, 
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent_host.hub.strict import StrictModel
+from edge_agent_host.presence import SILENT_AFTER_S
 
 __all__ = [
     "DatabaseSpec",
@@ -91,6 +92,15 @@ class HubSection(StrictModel):
         le=86400.0,
         description="Ask a node that sends data without the hub knowing its birth for a rebirth "
         "at most this often (s).",
+    )
+
+    silent_after_s: float = Field(
+        SILENT_AFTER_S,
+        ge=1.0,
+        le=86400.0,
+        description="An online node from which nothing live came for this long is 'silent' on "
+        "the fleet page, in /api/fleet.json and /metrics (a revoked node's retained state stays "
+        "online); keep it above the nodes' telemetry interval (s).",
     )
 
     @field_validator("state_dir", mode="before")

@@ -8,21 +8,24 @@ request from a finished snapshot without touching the database.
 
 ``/api/fleet.json`` takes, all optional:
 
-==========  =======================================================================================
-``q``       text: the node's name, version, profile, bundle, or its deployment's state or reason
-            contain it (case-insensitive)
-``health``  ``green``, ``amber`` or ``red``
-``deploy``  the node's state in its newest rollout: ``ok``, ``failed``, ``pending``,
-            ``reverted``, ``revert_failed``, or ``none`` (in no recent rollout)
-``sort``    a column of :data:`SORT_KEYS` (default ``node``); ``order`` ``asc`` or ``desc``.
-            Unknown values (no telemetry yet) sort last either way; ties by node name
-``offset``  rows to skip; ``limit`` rows to send (1 .. :data:`MAX_LIMIT`; without it, every
-            matching node: what a script wants, not the page)
-==========  =======================================================================================
+============  =====================================================================================
+``q``         text: the node's name, version, profile, bundle, or its deployment's state or
+              reason contain it (case-insensitive)
+``health``    ``green``, ``amber`` or ``red``
+``presence``  ``online``, ``silent``, ``offline`` or ``unknown``
+              (:func:`edge_agent_host.presence.presence`)
+``deploy``    the node's state in its newest rollout: ``ok``, ``failed``, ``pending``,
+              ``reverted``, ``revert_failed``, or ``none`` (in no recent rollout)
+``sort``      a column of :data:`SORT_KEYS` (default ``node``); ``order`` ``asc`` or ``desc``.
+              Unknown values (no telemetry yet) sort last either way; ties by node name
+``offset``    rows to skip; ``limit`` rows to send (1 .. :data:`MAX_LIMIT`; without it, every
+              matching node: what a script wants, not the page)
+============  =====================================================================================
 
 Whatever the filter, the answer's ``counts`` are over the whole fleet (``health``, ``deploy``,
-``online``, ``total``) and ``matched`` is how many nodes passed it, so a page of 50 still says
-"12 red of 1,000". A bad parameter is a :class:`ValueError` naming it (the server answers 400).
+``presence``, and of it ``online`` and ``silent``, ``total``) and ``matched`` is how many nodes
+passed it, so a page of 50 still says "12 red of 1,000". A bad parameter is a
+:class:`ValueError` naming it (the server answers 400).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import parse_qs
+
+from edge_agent_host.presence import PRESENCES
 
 __all__ = [
     "DEPLOY_STATES",
@@ -132,30 +137,41 @@ def rollout_failures(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def fleet_counts(nodes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The whole fleet's tallies (the page's header, whatever its filter)."""
+    """The whole fleet's tallies (the page's header, whatever its filter): ``online`` and
+    ``silent`` are ``presence``'s two that the page shows beside the total."""
     health = dict.fromkeys(HEALTH_RANK, 0)
     deploy = dict.fromkeys(DEPLOY_STATES, 0)
-    total = online = 0
+    presences = dict.fromkeys(PRESENCES, 0)
+    total = 0
     for n in nodes:
         total += 1
-        online += bool(n.get("online"))
+        here = n.get("presence", "unknown")
+        presences[here] = presences.get(here, 0) + 1
         health[n.get("health", "red")] = health.get(n.get("health", "red"), 0) + 1
         state = _deploy_state(n)
         deploy[state] = deploy.get(state, 0) + 1
-    return {"total": total, "online": online, "health": health, "deploy": deploy}
+    return {
+        "total": total,
+        "online": presences["online"],
+        "silent": presences["silent"],
+        "presence": presences,
+        "health": health,
+        "deploy": deploy,
+    }
 
 
 # answering a request -------------------------------------------------------------------------
 class FleetQuery:
     """One ``/api/fleet.json`` request's parameters (module docstring), checked."""
 
-    __slots__ = ("deploy", "health", "limit", "offset", "order", "sort", "text")
+    __slots__ = ("deploy", "health", "limit", "offset", "order", "presence", "sort", "text")
 
     def __init__(
         self,
         *,
         text: str = "",
         health: str | None = None,
+        presence: str | None = None,
         deploy: str | None = None,
         sort: str = "node",
         order: str = "asc",
@@ -164,6 +180,8 @@ class FleetQuery:
     ) -> None:
         if health is not None and health not in HEALTH_RANK:
             raise ValueError(f"health: {health!r} is not one of green, amber, red")
+        if presence is not None and presence not in PRESENCES:
+            raise ValueError(f"presence: {presence!r} is not one of {', '.join(PRESENCES)}")
         if deploy is not None and deploy not in DEPLOY_STATES:
             raise ValueError(f"deploy: {deploy!r} is not one of {', '.join(DEPLOY_STATES)}")
         if sort not in SORT_KEYS:
@@ -176,6 +194,7 @@ class FleetQuery:
             raise ValueError(f"limit: {limit} is not within 1 .. {MAX_LIMIT}")
         self.text = text.strip().lower()
         self.health = health
+        self.presence = presence
         self.deploy = deploy
         self.sort = sort
         self.order = order
@@ -206,6 +225,7 @@ class FleetQuery:
         return cls(
             text=one("q") or "",
             health=one("health") or None,
+            presence=one("presence") or None,
             deploy=one("deploy") or None,
             sort=one("sort") or "node",
             order=one("order") or "asc",
@@ -215,6 +235,8 @@ class FleetQuery:
 
     def matches(self, n: Mapping[str, Any]) -> bool:
         if self.health is not None and n.get("health") != self.health:
+            return False
+        if self.presence is not None and n.get("presence", "unknown") != self.presence:
             return False
         if self.deploy is not None and _deploy_state(n) != self.deploy:
             return False

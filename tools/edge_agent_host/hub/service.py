@@ -718,13 +718,16 @@ class HubService:
             "db_up": int(self.db.is_open),
             "queue_depth": queue.get("depth", 0) if isinstance(queue, dict) else 0,
             "exposure": status["exposure"],
+            "silent_after_s": self.config.hub.silent_after_s,
         }
         if not self._db_usable():  # keep showing the last snapshot, with the hub's own numbers
             old = self.web.snapshot
             self.web.snapshot = FleetSnapshot(old.taken, hub, old.nodes, old.rollouts)
             return
         try:
-            self.web.snapshot = self._db_call(lambda: build_snapshot(self.db, hub))
+            self.web.snapshot = self._db_call(
+                lambda: build_snapshot(self.db, hub, silent_after_s=self.config.hub.silent_after_s)
+            )
         except DatabaseUnavailableError as err:
             self._db_lost(str(err))
 

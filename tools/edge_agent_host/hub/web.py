@@ -10,9 +10,16 @@ Routes: ``/metrics`` (Prometheus text format, ``prometheus_client``), ``/api/fle
 ``/`` (the page: static HTML + vanilla JS that polls the JSON, no build step, no external
 resource), ``/healthz``. Only GET and HEAD.
 
-Health at a glance (the page's dot, ``health`` in the JSON): **red** offline, or no telemetry for
-3 x its period (30 s by default); **amber** RSS over 90 % of the budget, tick p99 over 100 ms,
-CPU above 75 °C, or an outbox holding over 1,000 messages; **green** otherwise.
+Presence (``presence`` in the JSON, ``edge_agent_hub_nodes{state}``) is the fleet tables' rule,
+:func:`edge_agent_host.presence.presence`: ``online``, ``silent`` (its retained state says online,
+but nothing live came for ``[hub] silent_after_s``: a node the broker locked out), ``offline``,
+``unknown``. Per-node metrics of a node that is not ``online`` are not exported (its last numbers
+are history, not current values).
+
+Health at a glance (the page's dot, ``health`` in the JSON): **red** not online (offline, silent,
+unknown), or no telemetry for 3 x its period (30 s by default); **amber** RSS over 90 % of the
+budget, tick p99 over 100 ms, CPU above 75 °C, or an outbox holding over 1,000 messages;
+**green** otherwise.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from edge_agent_host.hub.fleet_view import (
 )
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.presence import PRESENCES, SILENT_AFTER_S, presence
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +118,13 @@ def health_of(node: Mapping[str, Any], now: float) -> str:
 
 
 def build_snapshot(
-    db: HubDatabase, hub: Mapping[str, Any], now: float | None = None
+    db: HubDatabase,
+    hub: Mapping[str, Any],
+    now: float | None = None,
+    silent_after_s: float = SILENT_AFTER_S,
 ) -> FleetSnapshot:
-    """Read the registry and the recent rollouts (raises DatabaseUnavailableError)."""
+    """Read the registry and the recent rollouts (raises DatabaseUnavailableError); each node's
+    presence as of ``now`` (``silent_after_s``: ``[hub] silent_after_s``)."""
     now = time.time() if now is None else now
     # The page's per-node bundle and deployment columns (fleet_view.py): the newest 10 rollouts,
     # each node's row in the newest one that names it, and each rollout's failed nodes.
@@ -128,9 +140,11 @@ def build_snapshot(
     for row in db.fleet():
         t = row.get("telemetry") or {}
         birth = row.get("birth") or {}
+        state = presence(row, silent_after_s, now)
         node = {
             "node": row["node"],
-            "online": bool(row.get("online")),
+            "presence": state,
+            "online": state == "online",
             "last_seen": row.get("last_seen"),
             "telemetry_ts": row.get("telemetry_ts"),
             "software_version": row.get("software_version"),
@@ -335,8 +349,9 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
 
 def collector_for(source: Any) -> Any:
     """A ``prometheus_client`` collector of ``source.snapshot`` and ``source.hub_status`` (read
-    at every scrape). Per-node values are exported for online nodes only: an offline node's last
-    numbers are history (the page and the database have them), not a current value."""
+    at every scrape). Per-node values are exported for online nodes only: the last numbers of an
+    offline or silent node are history (the page and the database have them), not current
+    values."""
     from prometheus_client.core import (  # noqa: PLC0415 - the hub extra
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -357,12 +372,14 @@ def collector_for(source: Any) -> Any:
             snap: FleetSnapshot = source.snapshot
             nodes = snap.nodes
             live = [n for n in nodes if n["online"]]
-            online = len(live)
             g = GaugeMetricFamily(
-                "edge_agent_hub_nodes", "Nodes in the registry, by presence", labels=["state"]
+                "edge_agent_hub_nodes",
+                "Nodes in the registry, by presence (silent: its state says online, nothing "
+                "came from it for [hub] silent_after_s)",
+                labels=["state"],
             )
-            g.add_metric(["online"], online)
-            g.add_metric(["offline"], len(nodes) - online)
+            for here in PRESENCES:
+                g.add_metric([here], sum(n["presence"] == here for n in nodes))
             yield g
             g = GaugeMetricFamily(
                 "edge_agent_hub_nodes_health", "Nodes by health at a glance", labels=["health"]
@@ -371,7 +388,10 @@ def collector_for(source: Any) -> Any:
                 g.add_metric([health], sum(n["health"] == health for n in nodes))
             yield g
             yield node_gauge(
-                "edge_agent_hub_node_online", "1 when the node is online", nodes, "online"
+                "edge_agent_hub_node_online",
+                "1 when the node is online (0: offline, silent or unknown)",
+                nodes,
+                "online",
             )
             yield node_gauge(
                 "edge_agent_hub_node_last_seen_timestamp_seconds",

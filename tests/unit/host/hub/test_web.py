@@ -9,14 +9,26 @@ import socket
 import urllib.error
 import urllib.request
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge_agent.fleet.protocol import NodeState
 from edge_agent_host.hub import web
-from edge_agent_host.hub.web import FleetSnapshot, WebServer, collector_for, health_of
+from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.fleet_view import FleetQuery, fleet_page
+from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.hub.web import (
+    FleetSnapshot,
+    WebServer,
+    build_snapshot,
+    collector_for,
+    health_of,
+)
+from tests.unit.host.hub.test_store import heard, telemetry_body, write_all
 
 NOW = 1_800_000_000.0
 MB = 2**20
@@ -38,6 +50,10 @@ def node(**over: Any) -> dict[str, Any]:
         "outbox_uncommitted_s": 1.5,
     }
     base.update(over)
+    if "presence" in over:  # the snapshot's "online" is presence's
+        base["online"] = over["presence"] == "online"
+    else:
+        base["presence"] = "online" if base["online"] else "offline"
     base["health"] = health_of(base, NOW)
     return base
 
@@ -47,6 +63,7 @@ def node(**over: Any) -> dict[str, Any]:
     [
         ({}, "green"),
         ({"online": False}, "red"),
+        ({"presence": "silent"}, "red"),
         ({"telemetry_ts": None}, "red"),
         ({"telemetry_ts": NOW - 31}, "red"),
         ({"rss_bytes": 44 * MB}, "amber"),
@@ -150,6 +167,77 @@ def test_a_snapshot_becomes_these_metrics() -> None:
     uncommitted = "edge_agent_hub_node_outbox_uncommitted_messages"
     assert values[(uncommitted, (("node", "pi-1"),))] == 3
     assert values[("edge_agent_hub_node_outbox_uncommitted_seconds", (("node", "pi-1"),))] == 1.5
+
+
+def test_a_silent_node_is_counted_apart_and_its_last_values_are_not_exported(
+    tmp_path: Path,
+) -> None:
+    """A revoked node (its session kept, its will refused) still says online in its retained
+    state; the hub's snapshot, fleet.json and /metrics call it silent once nothing came from it
+    for [hub] silent_after_s, as the fleet tables do (edge_agent_host.presence)."""
+    db = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
+    db.open()
+    try:
+        on = NodeState(online=True)
+        for name, last_heard in (("pi-live", NOW - 5), ("pi-revoked", NOW - 120)):
+            write_all(
+                db,
+                heard(name, on, retained=True, received=NOW - 3600),
+                heard(name, telemetry_body(40), ts=last_heard, received=last_heard),
+            )
+        write_all(  # heard only in retained messages, known to the hub for 2 minutes
+            db,
+            heard("pi-retained", on, retained=True, received=NOW - 120),
+            heard(
+                "pi-retained", telemetry_body(3), ts=NOW - 9000, retained=True, received=NOW - 120
+            ),
+        )
+        write_all(db, heard("pi-gone", NodeState(online=False), received=NOW - 120))
+        snap = build_snapshot(db, {"id": "hub-a"}, now=NOW, silent_after_s=60.0)
+        relaxed = build_snapshot(db, {"id": "hub-a"}, now=NOW, silent_after_s=600.0)
+    finally:
+        db.close()
+    by_node = {n["node"]: n for n in snap.nodes}
+    assert {n: row["presence"] for n, row in by_node.items()} == {
+        "pi-gone": "offline",
+        "pi-live": "online",
+        "pi-retained": "silent",
+        "pi-revoked": "silent",
+    }
+    assert by_node["pi-revoked"]["online"] is False
+    assert by_node["pi-revoked"]["health"] == "red"
+    assert by_node["pi-revoked"]["rss_bytes"] == 50 * MB  # history, on the page and in the JSON
+    # The threshold is the config's: with 10 minutes, the revoked node is not silent yet.
+    assert {n["node"]: n["presence"] for n in relaxed.nodes}["pi-revoked"] == "online"
+
+    values = scrape(snap)
+    states = {
+        dict(labels)["state"]: v
+        for (name, labels), v in values.items()
+        if name == "edge_agent_hub_nodes"
+    }
+    assert states == {"online": 1, "silent": 2, "offline": 1, "unknown": 0}
+    assert values[("edge_agent_hub_node_online", (("node", "pi-revoked"),))] == 0
+    assert values[("edge_agent_hub_node_online", (("node", "pi-live"),))] == 1
+    assert values[
+        ("edge_agent_hub_node_last_seen_timestamp_seconds", (("node", "pi-revoked"),))
+    ] == (NOW - 120)
+    for name in ("rss_bytes", "budget_bytes", "tick_p50_seconds", "tick_p99_seconds"):
+        assert (f"edge_agent_hub_node_{name}", (("node", "pi-live"),)) in values, name
+        assert (f"edge_agent_hub_node_{name}", (("node", "pi-revoked"),)) not in values, name
+        assert (f"edge_agent_hub_node_{name}", (("node", "pi-retained"),)) not in values, name
+
+    page = fleet_page(snap.as_json(), FleetQuery())
+    assert (page["counts"]["online"], page["counts"]["silent"], page["counts"]["total"]) == (
+        1,
+        2,
+        4,
+    )
+    assert page["counts"]["presence"] == {"online": 1, "silent": 2, "offline": 1, "unknown": 0}
+    silent = fleet_page(snap.as_json(), FleetQuery.parse("presence=silent"))
+    assert [n["node"] for n in silent["nodes"]] == ["pi-retained", "pi-revoked"]
+    with pytest.raises(ValueError, match="presence: 'asleep'"):
+        FleetQuery.parse("presence=asleep")
 
 
 def test_the_hubs_own_numbers_become_these_metrics() -> None:
