@@ -249,6 +249,9 @@ class Transport(ABC):
         self.events: BoundedQueue[TransportEvent] = BoundedQueue(max_events)
         self.on_message: Callable[[Incoming], None] | None = None
         self.handler_errors = 0
+        self.last_refusal = ""
+        """The broker's reason for refusing the last connection attempt (``0x87 not
+        authorized``, from its CONNACK); empty before any and once one was accepted."""
         self._subs: dict[str, Subscription] = {}
         self._subs_lock = threading.Lock()
 

@@ -289,11 +289,13 @@ class MqttTransport(Transport):
                 self._wake.clear()
             if not state.accepted or state.lost or self._stop.is_set():
                 if state.connack and not state.accepted:
+                    self.last_refusal = state.reason
                     logger.warning("MQTT broker %s refused: %s", self._where(), state.reason)
                 return 0.0
             with self._lock:
                 self._client = client
                 self._connected = True
+            self.last_refusal = ""
             for sub in self.subscriptions():
                 self._send_subscribe(client, sub)
             connected_at = time.monotonic()

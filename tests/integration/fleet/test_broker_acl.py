@@ -63,6 +63,7 @@ from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import REPO
 from tests.integration.fleet.test_deploy import sha_of
 from tests.integration.fleet.test_fleet_daemon import FLEET, TOPICS, Node, wait_until
+from tests.integration.hub.test_hubd import Hub
 from tests.support.broker import MosquittoBroker, MosquittoMissingError, free_port
 from tests.unit.fleet.test_deploy import bundle_tar
 
@@ -533,3 +534,74 @@ def test_a_node_s_identity_cannot_speak_for_another_node_nor_for_the_hub(
             if node.proc is not None:
                 node.signal(signal.SIGCONT)  # a stopped daemon is killed all the same
             node.close()
+
+
+def test_a_refused_connection_is_logged_by_its_reason_s_name(
+    tmp_path: Path, brokers: list[MosquittoBroker]
+) -> None:
+    """The broker's CONNACK refusal, by name, where the operator looks: a daemon with a wrong
+    password, one whose identity was revoked, the hub service with a wrong password, and the
+    operator's client with an identity the broker never heard of. (mosquitto 2 answers all of
+    these ``0x87 not authorized``: the name is the broker's answer, whatever it is.)"""
+    port = free_port()
+    out = broker_init(
+        tmp_path / "pki", port, *("--node", "pi-a", "--node", "pi-b", "--hub", "hub"),
+        "--auth", "password",
+    )  # fmt: skip
+    clients = out / "clients"
+    host_tool("broker", "revoke", "--out", str(out), "pi-b")
+    broker = start_broker(tmp_path / "mosq", out / "mosquitto.conf", port)
+    brokers.append(broker)
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    keys = tmp_path / "trusted"
+    generate_keypair(keys, "hub")
+
+    def node_with(name: str, **swap: str) -> Node:
+        node = secure_node(tmp_path, broker, name, clients, keys)
+        text = node.config.read_text()
+        for old, new in swap.items():
+            text = text.replace(old, new)
+        node.config.write_text(text)
+        return node
+
+    nodes = [
+        node_with("pi-a", **{str(clients / "pi-a" / "password"): str(wrong)}),
+        node_with("pi-b"),  # revoked before the broker started
+    ]
+    hub = Hub(
+        tmp_path, "hub", broker, '[database]\ntype = "sqlite"\n',
+        extra_mqtt=f'username = "hub"\npassword_file = "{wrong}"\n'
+        f'tls = {{ enabled = true, ca_file = "{clients / "hub" / "ca.crt"}" }}\n',
+    )  # fmt: skip
+    refusal = "refused: 0x87 not authorized"
+    try:
+        for node in nodes:
+            node.start(wait_ready=False)
+        hub.start()
+        for node in nodes:
+            wait_until(lambda n=node: refusal in n.log(), f"{node.name} to log the refusal")
+        wait_until(lambda: refusal in hub.log(), "the hub service to log the refusal")
+        hub.wait_status(lambda st: bool(st["mqtt"]["refused"]), "the refusal in the hub's status")
+        status = hub.cli("status")
+        assert status.returncode == 1, status
+        assert "NOT CONNECTED (refused: 0x87 not authorized)" in status.stdout, status.stdout
+        # The operator's client: an identity the broker does not know.
+        cli = subprocess.run(
+            [sys.executable, "-m", "edge_agent_host.cli", "hub", "--port", str(port),
+             "--fleet", FLEET, "--hub-id", "nobody", "--username", "nobody",
+             "--password-file", str(wrong), "--ca-file", str(clients / "hub" / "ca.crt"),
+             "fleet", "--wait", "0"],
+            capture_output=True, text=True, cwd=REPO, timeout=120, check=False, env=HOST_ENV,
+        )  # fmt: skip
+        assert cli.returncode != 0
+        assert "0x87 not authorized" in cli.stderr, cli.stderr  # each attempt's warning
+        assert cli.stderr.strip().splitlines()[-1] == (
+            "error: no connection to the broker within 10 s: the broker refused it: "
+            "0x87 not authorized"
+        ), cli.stderr
+    finally:
+        for node in nodes:
+            node.close()
+        hub.kill()

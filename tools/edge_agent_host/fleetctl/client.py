@@ -151,8 +151,10 @@ class FleetClient:
             if self.transport.is_connected:
                 return
             time.sleep(0.02)
+        refusal = self.transport.last_refusal
         self.transport.disconnect()
-        raise FleetError(f"no connection to the broker within {timeout_s:g} s")
+        because = f": the broker refused it: {refusal}" if refusal else ""
+        raise FleetError(f"no connection to the broker within {timeout_s:g} s{because}")
 
     def close(self, ack_timeout_s: float = CLOSE_ACK_TIMEOUT_S) -> None:
         """Disconnect, once the broker acknowledged what this client published (waiting up to

@@ -363,6 +363,7 @@ def format_status(s: dict[str, Any]) -> str:
         lines += [
             f"edge-agent-hub {s['version']}  {s['hub_id']}  pid {s['pid']}  {s['state']}{running}",
             f"  broker     {mqtt['broker']} {'connected' if mqtt['connected'] else 'NOT CONNECTED'}"
+            + (f" (refused: {mqtt['refused']})" if mqtt.get("refused") else "")
             + (f", shared group {mqtt['share_group']!r}" if mqtt["share_group"] else ""),
             f"  database   {db['where']} {db_state}, schema {db['schema_version']}, "
             f"written {db['written']}, rejected {db['rejected']}, outages {db['outages']}",

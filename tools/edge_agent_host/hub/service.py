@@ -750,6 +750,7 @@ class HubService:
             "mqtt": {
                 "broker": f"{mqtt.host}:{mqtt.port}",
                 "connected": self.transport.is_connected,
+                "refused": self.transport.last_refusal,
                 "share_group": mqtt.share_group,
                 "subscriptions": [p for p, _ in self.listener.patterns()],
             },
