@@ -37,6 +37,9 @@ Contract
   (:meth:`Outbox.on_connection_lost`), everything unacked is sent again from the oldest row.
 - A PUBACK with an error reason code (>= 0x80, e.g. not authorised) deletes the row and counts it
   ``rejected``: retrying cannot succeed; 0x97 (quota exceeded) keeps it for the next session.
+  The log says so by the reason's name, at most one line per ``refusal_log_interval_s`` (60 s):
+  the first refusal at once, then how many more, per reason (a revoked node has every message
+  refused and would otherwise write a line for each).
 
 Damage and storage errors (reported to the :class:`~edge_agent.state_health.StateHealth` it is
 given, part ``outbox``; nothing here stops the daemon):
@@ -171,6 +174,7 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         health: StateHealth | None = None,
         retry_interval_s: float = 60.0,
+        refusal_log_interval_s: float = 60.0,
     ) -> None:
         if max_bytes < 1024:
             raise EdgeAgentError(f"outbox max_bytes is {max_bytes}, need >= 1024")
@@ -190,7 +194,11 @@ class Outbox:
         self.synchronous_full = synchronous_full
         self.health = health if health is not None else StateHealth()
         self.retry_interval_s = retry_interval_s
+        self.refusal_log_interval_s = refusal_log_interval_s
         self._clock = clock
+        # Refusals counted since the last log line, by reason code: (count, first row, last row).
+        self._refusals: dict[int, tuple[int, int, int]] = {}
+        self._refusal_line_at: float | None = None
         self._inflight: dict[Hashable, _Inflight] = {}
         self._inflight_rows: set[int] = set()
         self._cursor = 0
@@ -612,6 +620,8 @@ class Outbox:
         now = self._clock()
         if now >= self._next_expire:
             self.expire(now)
+        if self._refusals_due(now):
+            self._log_refusals(now)
         self.commit_due()  # a durable message is committed before it is sent
         sent = 0
         while len(self._inflight) < self.max_inflight:
@@ -657,17 +667,53 @@ class Outbox:
         if reason_code == PUBACK_QUOTA_EXCEEDED:
             return True  # stays stored; sent again after the next reconnect
         if reason_code >= 0x80:
-            logger.error(
-                "outbox: the broker refused row %d: %s%s",
-                entry.row_id,
-                reason_text(reason_code),
-                _REFUSAL_HINTS.get(reason_code, ""),
-            )
             self.rejected += 1
+            self._log_refusal(entry.row_id, reason_code)
         else:
             self.acked += 1
         self._delete([(entry.row_id,)], entry.size)
         return True
+
+    def _log_refusal(self, row_id: int, code: int) -> None:
+        """Say a refusal by its reason's name: at once when no line was written for
+        ``refusal_log_interval_s``, otherwise counted for the next line (:meth:`_refusals_due`)."""
+        now = self._clock()
+        if self._refusals_due(now):
+            self._log_refusals(now)
+        if self._refusal_line_at is None:
+            logger.error(
+                "outbox: the broker refused row %d: %s%s",
+                row_id,
+                reason_text(code),
+                _REFUSAL_HINTS.get(code, ""),
+            )
+            self._refusal_line_at = now
+            return
+        n, first, _ = self._refusals.get(code, (0, row_id, row_id))
+        self._refusals[code] = (n + 1, first, row_id)
+
+    def _refusals_due(self, now: float) -> bool:
+        """An interval has passed since the last refusal line (or the clock went back)."""
+        at = self._refusal_line_at
+        return at is not None and not at <= now < at + self.refusal_log_interval_s
+
+    def _log_refusals(self, now: float) -> None:
+        """One line per reason for the refusals counted since the last line; the next refusal
+        is logged at once when there were none."""
+        since = now - (self._refusal_line_at or now)
+        for code, (n, first, last) in sorted(self._refusals.items()):
+            logger.error(
+                "outbox: the broker refused %d more row%s (%d..%d) in the last %.0f s: %s%s",
+                n,
+                "" if n == 1 else "s",
+                first,
+                last,
+                since,
+                reason_text(code),
+                _REFUSAL_HINTS.get(code, ""),
+            )
+        self._refusal_line_at = now if self._refusals else None
+        self._refusals.clear()
 
     def on_connection_lost(self) -> None:
         """Forget the in-flight window: every unacked row is sent again, oldest first."""

@@ -155,6 +155,61 @@ def test_puback_error_codes(outbox: Outbox) -> None:
     assert wire.payloads() == [msg(1)]
 
 
+def test_refusals_are_logged_by_name_at_most_once_an_interval_with_a_count(
+    outbox: Outbox, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A revoked node has every message refused: the first refusal is logged at once, the
+    rest of the interval's are counted into one line per reason when it ends, and a quiet
+    interval lets the next refusal be logged at once again."""
+    wire = FakeWire()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+
+    def refuse(n: int, code: int = 0x87) -> None:
+        for i in range(n):
+            outbox.put("t", msg(i), "event")
+            outbox.pump(wire)
+            outbox.on_ack(wire.handles()[-1], code)
+
+    caplog.set_level("ERROR", logger="edge_agent.fleet.outbox")
+    refuse(1)
+    assert lines() == [
+        "outbox: the broker refused row 1: 0x87 not authorized (the broker's ACL does not let "
+        "this identity write that topic: a revoked identity, or a topic outside its rights, "
+        "docs/security.md)"
+    ]
+    clock.now += 10.0
+    refuse(200)
+    refuse(3, 0x97 + 1)  # another reason in the same interval
+    assert len(lines()) == 1  # counted, not logged
+    assert outbox.stats()["rejected"] == 204  # every one is counted where the status shows it
+    clock.now += 60.0
+    outbox.pump(wire)  # the interval is over: one line per reason, with its count
+    assert lines()[1:] == [
+        "outbox: the broker refused 200 more rows (2..201) in the last 70 s: 0x87 not authorized"
+        " (the broker's ACL does not let this identity write that topic: a revoked identity, "
+        "or a topic outside its rights, docs/security.md)",
+        "outbox: the broker refused 3 more rows (202..204) in the last 70 s: 0x98 "
+        "administrative action",
+    ]
+    refuse(1)  # within the next interval: counted
+    clock.now += 60.0
+    outbox.pump(wire)
+    assert lines()[3:] == [
+        "outbox: the broker refused 1 more row (205..205) in the last 60 s: 0x87 not authorized"
+        " (the broker's ACL does not let this identity write that topic: a revoked identity, "
+        "or a topic outside its rights, docs/security.md)"
+    ]
+    clock.now += 60.0
+    outbox.pump(wire)  # a quiet interval: nothing to say
+    assert len(lines()) == 4
+    clock.now += 1.0
+    refuse(1)  # the first after a quiet interval: at once
+    assert lines()[4].startswith("outbox: the broker refused row 206: 0x87 not authorized")
+    assert outbox.stats()["rejected"] == 206
+
+
 def test_telemetry_drops_oldest_when_full(tmp_path: Path, clock: Clock) -> None:
     with Outbox(tmp_path / "o.db", max_bytes=1024, clock=clock) as box:
         row = 100 + len("tel")
