@@ -131,10 +131,20 @@ class MosquittoBroker:
         self.kill()
         raise RuntimeError(f"mosquitto did not listen on {self.port} in {timeout_s} s")
 
-    def reload(self) -> None:
-        """SIGHUP: mosquitto reads its ACL, password file and CRL again."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGHUP)
+    def reload(self, timeout_s: float = 60.0) -> None:
+        """SIGHUP: mosquitto reads its ACL, password file and CRL again. Returns once it has:
+        its loop logs "Reloading config." and reloads in the same pass, before it reads another
+        packet (the configuration must log notices, as both this class's and ``broker init``'s
+        do). ``timeout_s`` only guards a hang."""
+        if self.proc is None:
+            return
+        before = self._whole_log().count("Reloading config.")
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        while self._whole_log().count("Reloading config.") <= before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not reload in {timeout_s} s:\n{self.log()}")
+            time.sleep(0.02)
 
     def kill(self) -> None:
         """SIGKILL: the broker dies like a crash."""
@@ -165,3 +175,8 @@ class MosquittoBroker:
         if self._log_file is None or not self._log_file.exists():
             return ""
         return self._log_file.read_text(errors="replace")[-4000:]
+
+    def _whole_log(self) -> str:
+        if self._log_file is None or not self._log_file.exists():
+            return ""
+        return self._log_file.read_text(errors="replace")

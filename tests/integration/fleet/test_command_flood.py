@@ -13,7 +13,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from msgspec.structs import replace
 
-from edge_agent.daemon.uplink import REFUSAL_ANSWERS_HELD, REFUSAL_ANSWERS_PER_S
+from edge_agent.daemon.uplink import (
+    REFUSAL_ANSWERS_HELD,
+    REFUSAL_ANSWERS_PER_S,
+    REFUSAL_LOG_INTERVAL_S,
+)
 from edge_agent.fleet.protocol import ResultCode, encode
 from edge_agent.fleet.topics import Topics
 from edge_agent_host.fleetctl import FleetClient
@@ -74,12 +78,14 @@ def test_a_forged_flood_is_refused_cheaply_and_a_signed_command_gets_through(
             assert sent[0] >= FLOOD // 3, "the flooder stopped early"
             answer = hub.command("pi-f1", "ping", timeout_s=30)
             assert answer.code is ResultCode.OK, answer
-            assert done.wait(60)
-            elapsed = time.monotonic() - started
+            assert done.wait(600)  # a hang guard: the flood takes 3 s at its pace
             flooder.join(10)
         status = node.wait_status(
             lambda s: s["fleet"]["refusals"]["screened"] >= 0.9 * FLOOD, "the flood refused"
         )
+        # Everything the node answered it answered between the flood's start and this status
+        # (written before it was read): the window the rate bounds, however slow the machine.
+        window = time.monotonic() - started
         refusals = status["fleet"]["refusals"]
         commands = status["commands"]
         # Refused before the queue: none of the forged commands reached the processor's queue,
@@ -87,15 +93,23 @@ def test_a_forged_flood_is_refused_cheaply_and_a_signed_command_gets_through(
         assert commands["dropped"] == 0
         assert commands["refused"] == commands["refused.unknown_key"] == refusals["screened"]
         assert commands["ok"] >= 1
-        # Answered at a bounded rate, never through the outbox: the rest are counted.
-        assert refusals["answered"] <= REFUSAL_ANSWERS_PER_S * (elapsed + 5) + REFUSAL_ANSWERS_HELD
+        # Answered at a bounded rate (a bucket of REFUSAL_ANSWERS_PER_S tokens refilled at that
+        # rate), never through the outbox: the rest are counted, or still held (at most
+        # REFUSAL_ANSWERS_HELD). The bound follows from the window, not from the machine's speed:
+        # a node without the limit would answer the whole flood, thousands, where the window
+        # allows a few dozen (or a few hundred on a crawling machine).
+        assert refusals["answered"] <= REFUSAL_ANSWERS_PER_S * (window + 1.0), (refusals, window)
         assert refusals["answered"] + refusals["unanswered"] <= refusals["screened"]
-        assert refusals["unanswered"] >= refusals["screened"] - 1_000
+        held = refusals["screened"] - refusals["answered"] - refusals["unanswered"]
+        assert 0 <= held <= REFUSAL_ANSWERS_HELD + 1, refusals  # +1: one being counted as read
         stored = int(status["fleet"]["link"].get("outbox.stored", 0)) - stored_before
-        assert stored < 200, stored  # telemetry, events, the ping's result: not the flood
-        # One summary line, not one per forged command.
+        # Telemetry (one a second), events, the ping's result: not the flood.
+        assert stored < 100 + window, (stored, window)
+        # A summary line at most a minute, not one per forged command.
         log = node.config.with_suffix(".log").read_text(errors="replace")
-        assert log.count("refused ") <= 3, log[-2000:]
+        summaries = refusals["logged_summaries"]
+        assert 1 <= summaries <= 1 + window / REFUSAL_LOG_INTERVAL_S, (summaries, window)
+        assert log.count("refused ") <= summaries + 2, log[-2000:]
         assert "refused command" not in log
     finally:
         node.close()

@@ -330,7 +330,7 @@ def test_the_http_side_serves_from_a_snapshot_bounded_and_read_only(
     t0 = time.monotonic()
     for _ in range(50):  # a bounded burst of scrapes: answered from the snapshot
         assert get(f"{url}/metrics")[0] == 200
-    assert time.monotonic() - t0 < 120
+    assert time.monotonic() - t0 < 120  # a hang guard only: 50 answers take well under 1 s
 
 
 def test_a_silent_node_on_the_page_in_the_json_and_the_metrics(

@@ -442,7 +442,12 @@ def test_two_replicas_share_the_traffic_and_lose_nothing(
     wait_until(counted, "both replicas' status to count every message", WAIT_S)
     heard_tel = heard("telemetry")
     assert (sum(heard_tel), sum(heard("event"))) == (total_tel, total_ev)
-    assert all(n >= total_tel // 5 for n in heard_tel), heard_tel  # both took a fair part
+    # Both took a fair part. Not a matter of speed: mosquitto hands a shared subscription's
+    # messages to the group's members in turn, one each, whatever their speed (subs.c:
+    # subs__shared_process), and queues a member's share while it is away; both subscribed
+    # before the nodes started. So each gets about half; a fifth leaves room for the order in
+    # which the subscriptions of the two replicas came.
+    assert all(n >= total_tel // 5 for n in heard_tel), heard_tel
     # Presence is not shared: every replica hears every birth and state.
     for s in statuses:
         assert s["heard"]["received.birth"] >= 3

@@ -70,6 +70,11 @@ class TimedNotify(NotifySocket):
                 self.messages.append(data)
                 self.stamped.append((time.monotonic(), data))
 
+    def pings_since(self, since: float) -> int:
+        """WATCHDOG=1 pings that came after ``since``."""
+        with self._lock:
+            return sum("WATCHDOG=1" in m and t >= since for t, m in self.stamped)
+
     def watchdog_gaps(self, since: float) -> list[float]:
         """Seconds between consecutive WATCHDOG=1 pings after ``since`` (and up to now)."""
         with self._lock:
@@ -170,8 +175,18 @@ def test_a_hung_or_stopped_postgresql_neither_freezes_the_hub_nor_loses_what_it_
         for node in fleet:
             assert node.stop() == 0
         heard_everything(hub, fleet)
+        # The loop kept pinging all through the outage, and still does: a ping after all of
+        # the above, the database still down (a loop waiting on it would never ping again).
+        # The gaps are checked against what would make systemd kill the service (the unit's
+        # WatchdogSec=60), not against the 2 s rhythm: a slow machine stretches that rhythm,
+        # and only a loop stuck on the database comes near a minute.
+        checked = time.monotonic()
+        wait_until(
+            lambda: hub.timed.pings_since(checked) >= 1,
+            "a watchdog ping with the database still down",
+        )
         gaps = hub.timed.watchdog_gaps(t_fault)
-        assert max(gaps) < 15.0, gaps  # pings every 2 s; systemd's limit is 60 s
+        assert max(gaps) < 60.0, gaps
         held = hub.status()
         assert held["exposure"]["held"] == held["queue"]["depth"] > 0
         assert held["exposure"]["lost_if_killed"] == 0

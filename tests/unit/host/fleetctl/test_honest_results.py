@@ -27,16 +27,17 @@ def result(code: ResultCode, **data: object) -> CommandResult:
 def hub(
     monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[FleetClient, list[tuple[float, CommandResult]]]:
-    """A hub on the in-memory broker whose results arrive on a script ``(after_s, result)``."""
+    """A hub on the in-memory broker whose results arrive on a script ``(poll, result)``: the
+    result comes with the client's poll of that number (0: the first), whatever the time."""
     client = FleetClient(fleet="f", transport=MemoryTransport(MemoryBroker(), "hub"))
-    script: list[tuple[float, CommandResult]] = []
-    start = time.monotonic()
+    script: list[tuple[int, CommandResult]] = []
+    polls = [0]
 
     def poll(timeout_s: float = 0.0) -> list[object]:
         time.sleep(min(timeout_s, 0.01))
-        now = time.monotonic() - start
-        while script and script[0][0] <= now:
+        while script and script[0][0] <= polls[0]:
             client.results.setdefault(NONCE, []).append(script.pop(0)[1])
+        polls[0] += 1
         return []
 
     monkeypatch.setattr(client, "poll", poll)
@@ -45,22 +46,23 @@ def hub(
 
 def test_the_commands_own_answer_wins_over_a_duplicate_that_came_first(hub: Any) -> None:
     client, script = hub
-    script += [(0.0, result(ResultCode.REPLAYED, duplicate=True)), (0.3, result(ResultCode.OK))]
-    assert client.wait_result(NONCE, 5, duplicate_grace_s=2).code is ResultCode.OK
+    script += [(0, result(ResultCode.REPLAYED, duplicate=True)), (3, result(ResultCode.OK))]
+    # The grace is far longer than three polls take on any machine: only the OK can end it.
+    assert client.wait_result(NONCE, 600, duplicate_grace_s=300).code is ResultCode.OK
 
 
 def test_a_duplicate_alone_is_returned_after_the_grace(hub: Any) -> None:
     client, script = hub
-    script.append((0.0, result(ResultCode.REPLAYED, duplicate=True)))
+    script.append((0, result(ResultCode.REPLAYED, duplicate=True)))
     started = time.monotonic()
-    assert client.wait_result(NONCE, 5, duplicate_grace_s=0.3).code is ResultCode.REPLAYED
-    assert time.monotonic() - started >= 0.3
+    assert client.wait_result(NONCE, 600, duplicate_grace_s=0.3).code is ResultCode.REPLAYED
+    assert time.monotonic() - started >= 0.3  # a lower bound: a slow machine only adds to it
 
 
 def test_a_replay_without_the_mark_and_a_timeout_are_as_before(hub: Any) -> None:
     client, script = hub
-    script.append((0.0, result(ResultCode.REPLAYED)))
-    assert client.wait_result(NONCE, 5).code is ResultCode.REPLAYED
+    script.append((0, result(ResultCode.REPLAYED)))
+    assert client.wait_result(NONCE, 600).code is ResultCode.REPLAYED  # 600 s: a hang guard
     with pytest.raises(FleetError, match="no result"):
         client.wait_result(NONCE, 0.2)
 

@@ -204,7 +204,9 @@ def test_a_hung_database_does_not_hang_the_rollout_runner(
         lock.close()
         stop_started = time.monotonic()
         service.shutdown()
-    assert time.monotonic() - stop_started < 15.0
+    # Stopped at once, not after the write lock's 600 s busy timeout (where it sat before): a
+    # bound far below 600 s decides, and 120 s is far above any working stop, however slow.
+    assert time.monotonic() - stop_started < 120.0
     assert [len(n.commands) for n in nodes] == [1, 1]
     said = [r.getMessage() for r in caplog.records if r.name.endswith("rollouts")]
     # One line when the database stopped answering, one when it answered again: not one a poll.
@@ -239,15 +241,14 @@ def test_a_broker_that_refuses_the_hub_s_commands_halts_the_rollout_with_the_rea
     service, _ = make_service(tmp_path, broker, rollouts=runner_for(tmp_path))
     rollout_id = start_rollout(tmp_path, service, ["pi-1", "pi-2"])
     broker.ack_reason_code = 0x87  # an identity without the hub role: every publish refused
-    started = time.monotonic()
     with caplog.at_level(logging.ERROR):
         run_service(
             service,
             lambda: rollout_summary(service, rollout_id)["state"] == "halted",
             "the halt",
         )
-    # At once (the deployment timeout is 600 s), with the broker's reason by name.
-    assert time.monotonic() - started < 60.0
+    # At once, for the broker's refusal (its reason by name), not at the deployment timeout
+    # (600 s, which run_service's 30 s never reaches, and whose detail would say so).
     summary = rollout_summary(service, rollout_id)
     assert "0x87 not authorized" in summary["detail"], summary["detail"]
     assert summary["detail"].startswith("wave 1: the broker refused ea/v1/"), summary["detail"]
