@@ -26,7 +26,6 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,6 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_agent.fleet.protocol import Envelope, Telemetry, encode
-from edge_agent_host.keys import generate_keypair
-from tests.integration.fleet.test_broker_acl import broker_init, secure_node, start_broker
 from tests.integration.fleet.test_fleet_daemon import TOPICS, Node, wait_until
 from tests.integration.hub.test_hubd import (
     Hub,
@@ -46,14 +43,17 @@ from tests.integration.hub.test_hubd import (
     sqlite_table,
     wait_recorded,
 )
-from tests.integration.hub.test_hubd_faults import TimedHub
-from tests.support.broker import MosquittoBroker, free_port
+from tests.integration.hub.test_hubd_faults import (
+    secure_broker,  # noqa: F401 - fixture
+    secure_hub,
+    start_secure_nodes,
+)
+from tests.support.broker import MosquittoBroker
 
 pytestmark = pytest.mark.integration
 
 NODES = ("n1", "n2")
 LOADER = "load"
-HUB = "hub-a"
 
 
 class Loader:
@@ -140,47 +140,13 @@ class Loader:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def fleet_broker(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, Path]]:
-    """mosquitto on the ``broker init`` configuration; its ``clients/`` directory."""
-    port = free_port()
-    out = broker_init(
-        tmp_path / "pki", port, *(a for n in (*NODES, LOADER) for a in ("--node", n)), "--hub", HUB
-    )
-    broker = start_broker(tmp_path / "mosq", out / "mosquitto.conf", port)
-    try:
-        yield broker, out / "clients"
-    finally:
-        broker.kill()
-
-
 def session_hub(tmp: Path, broker: MosquittoBroker, clients: Path) -> Hub:
-    """The hub service configured from ``clients/hub-a/hub.toml`` as written (plus pacing)."""
-    hub = TimedHub(tmp, HUB, broker, sqlite_table())  # a fresh notify socket at each start
-    snippet = (clients / HUB / "hub.toml").read_text()
-    head = f'[hub]\nid = "{HUB}"\n'
-    assert head in snippet, snippet
-    own = f'state_dir = "{hub.state}"\nstatus_interval_s = 0.3\nlog_level = "info"\n'
-    hub.config.write_text(
-        snippet.replace(head, head + own)
-        + "keepalive_s = 5\nreconnect_initial_s = 0.05\nreconnect_max_s = 0.5\n\n"
-        + "[queue]\nreport_interval_s = 1.0\n\n"
-        + sqlite_table()
-    )
-    return hub
+    """The hub service configured from ``clients/hub-a/hub.toml`` as written, on SQLite."""
+    return secure_hub(tmp, broker, clients, sqlite_table())
 
 
 def start_fleet(tmp: Path, broker: MosquittoBroker, clients: Path, into: list[Node]) -> list[Node]:
-    keys = tmp / "trusted"
-    generate_keypair(keys, "hub")
-    made = [secure_node(tmp, broker, name, clients, keys) for name in NODES]
-    into.extend(made)
-    for node in made:
-        node.start(wait_ready=False)
-    for node in made:
-        assert node.notify is not None
-        node.notify.wait_for("READY=1", 90)
-    return made
+    return start_secure_nodes(tmp, broker, clients, NODES, into)
 
 
 def loader_rows(hub: Hub) -> list[int]:
@@ -224,11 +190,11 @@ def subscribed(hub: Hub, loader: Loader) -> set[int]:
 
 def test_what_the_fleet_publishes_while_the_hub_is_stopped_arrives_once_when_it_starts(
     tmp_path: Path,
-    fleet_broker: tuple[MosquittoBroker, Path],
+    secure_broker: tuple[MosquittoBroker, Path],  # noqa: F811 - fixture
     nodes: list[Node],  # noqa: F811 - fixture
     hubs: list[Hub],  # noqa: F811 - fixture
 ) -> None:
-    broker, clients = fleet_broker
+    broker, clients = secure_broker
     hub = session_hub(tmp_path, broker, clients)
     hubs.append(hub)
     hub.start()
@@ -263,11 +229,11 @@ def test_what_the_fleet_publishes_while_the_hub_is_stopped_arrives_once_when_it_
 
 def test_a_hub_killed_mid_flow_loses_nothing_the_fleet_handed_to_the_broker(
     tmp_path: Path,
-    fleet_broker: tuple[MosquittoBroker, Path],
+    secure_broker: tuple[MosquittoBroker, Path],  # noqa: F811 - fixture
     nodes: list[Node],  # noqa: F811 - fixture
     hubs: list[Hub],  # noqa: F811 - fixture
 ) -> None:
-    broker, clients = fleet_broker
+    broker, clients = secure_broker
     hub = session_hub(tmp_path, broker, clients)
     hubs.append(hub)
     hub.start()
@@ -314,12 +280,12 @@ def test_a_hub_killed_mid_flow_loses_nothing_the_fleet_handed_to_the_broker(
 
 def test_what_the_broker_queued_for_an_absent_hub_survives_a_broker_restart(
     tmp_path: Path,
-    fleet_broker: tuple[MosquittoBroker, Path],
+    secure_broker: tuple[MosquittoBroker, Path],  # noqa: F811 - fixture
     hubs: list[Hub],  # noqa: F811 - fixture
 ) -> None:
     """``persistence true``: the broker saves the hub's session and its queue when it stops and
     reads them back when it starts."""
-    broker, clients = fleet_broker
+    broker, clients = secure_broker
     hub = session_hub(tmp_path, broker, clients)
     hubs.append(hub)
     hub.start()

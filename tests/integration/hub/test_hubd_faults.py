@@ -2,9 +2,11 @@
 
 * PostgreSQL **hung** (the postmaster and every backend SIGSTOPped: the kernel still acknowledges
   TCP, nothing answers) and, for comparison, **stopped** (an immediate shutdown: connections
-  refused): the loop, the watchdog and the status go on, the hub goes degraded within its
-  operation deadline and holds; it is then SIGKILLed (what systemd's watchdog did before) and
-  restarted, and when the database is back every message the nodes published is stored, once;
+  refused), on the broker the docs recommend (``edge-agent-host broker init``: TLS, one identity
+  per client, the ACL; the hub and the daemons configured from its snippets): the loop, the
+  watchdog and the status go on, the hub goes degraded within its operation deadline and holds;
+  it is then SIGKILLed (what systemd's watchdog did before) and restarted, and when the database
+  is back every message the nodes published is stored, once;
 * SQLite on a full disk (a 1 MiB tmpfs): one outage, one warning, until the first commit;
 * a thousand idle HTTP clients: no thread each, the descriptors bounded, ``/healthz`` answered,
   the broker reconnected after a restart while they are held, rows still written; clients that
@@ -26,11 +28,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import REPO, NotifySocket
+from tests.integration.fleet.test_broker_acl import broker_init, secure_node, start_broker
 from tests.integration.fleet.test_fleet_daemon import Node, wait_until
 from tests.integration.hub.test_hubd import (
     Hub,
@@ -49,6 +54,7 @@ from tests.support.postgres import PostgresServer
 pytestmark = pytest.mark.integration
 
 DEADLINE_S = 2.0
+HUB = "hub-a"
 
 
 class TimedNotify(NotifySocket):
@@ -107,6 +113,59 @@ class TimedHub(Hub):
         return self.notify
 
 
+# ------------------------------------------------------------- the broker the docs recommend
+@pytest.fixture
+def secure_broker(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, Path]]:
+    """mosquitto on the configuration ``edge-agent-host broker init`` wrote (TLS client
+    certificates, the per-identity ACL, persistence) for nodes ``f1``, ``f2``, ``n1``, ``n2``,
+    ``load`` and the hub ``hub-a``; yields the broker and its ``clients/`` directory."""
+    port = free_port()
+    names = ("f1", "f2", "n1", "n2", "load")
+    out = broker_init(
+        tmp_path / "pki", port, *(a for n in names for a in ("--node", n)), "--hub", HUB
+    )
+    broker = start_broker(tmp_path / "mosq", out / "mosquitto.conf", port)
+    try:
+        yield broker, out / "clients"
+    finally:
+        broker.kill()
+
+
+def secure_hub(tmp: Path, broker: MosquittoBroker, clients: Path, database: str) -> TimedHub:
+    """The hub service configured from ``clients/hub-a/hub.toml`` as ``broker init`` wrote it
+    (TLS, its identity, its persistent session), plus test pacing and ``database``."""
+    hub = TimedHub(tmp, HUB, broker, database)  # a fresh notify socket at each start
+    snippet = (clients / HUB / "hub.toml").read_text()
+    head = f'[hub]\nid = "{HUB}"\n'
+    assert head in snippet, snippet
+    assert "tls = { enabled = true" in snippet, snippet
+    own = f'state_dir = "{hub.state}"\nstatus_interval_s = 0.3\nlog_level = "info"\n'
+    hub.config.write_text(
+        snippet.replace(head, head + own)
+        + "keepalive_s = 5\nreconnect_initial_s = 0.05\nreconnect_max_s = 0.5\n\n"
+        + "[queue]\nreport_interval_s = 1.0\n\n"
+        + database
+    )
+    return hub
+
+
+def start_secure_nodes(
+    tmp: Path, broker: MosquittoBroker, clients: Path, names: Sequence[str], into: list[Node]
+) -> list[Node]:
+    """Daemons configured from their ``clients/NAME/mqtt.toml`` snippets, started, READY."""
+    keys = tmp / "trusted"
+    if not keys.exists():
+        generate_keypair(keys, "hub")
+    made = [secure_node(tmp, broker, name, clients, keys) for name in names]
+    into.extend(made)
+    for node in made:
+        node.start(wait_ready=False)
+    for node in made:
+        assert node.notify is not None
+        node.notify.wait_for("READY=1", 90)
+    return made
+
+
 def postgres_pids(server: PostgresServer) -> list[int]:
     """The postmaster and every process it started (the backends, the checkpointer ...)."""
     postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
@@ -142,18 +201,19 @@ def heard_everything(hub: Hub, fleet: list[Node]) -> None:
 def test_a_hung_or_stopped_postgresql_neither_freezes_the_hub_nor_loses_what_it_holds(
     fault: str,
     *,
-    mosquitto: MosquittoBroker,
+    secure_broker: tuple[MosquittoBroker, Path],
     postgres: PostgresServer,  # noqa: F811 - fixture
     nodes: list[Node],  # noqa: F811 - fixture
     hubs: list[Hub],  # noqa: F811 - fixture
     tmp_path: Path,
 ) -> None:
+    broker, clients = secure_broker
     table = postgres.config_table(new_database(postgres), tmp_path / "db-password")
     table += f"operation_deadline_s = {DEADLINE_S}\n"
-    hub = TimedHub(tmp_path, "hub-a", mosquitto, table)
+    hub = secure_hub(tmp_path, broker, clients, table)
     hubs.append(hub)
     hub.start()
-    fleet = start_nodes(tmp_path, mosquitto, nodes, ["f1", "f2"])
+    fleet = start_secure_nodes(tmp_path, broker, clients, ["f1", "f2"], nodes)
     hub.wait_status(lambda s: s["database"]["written"] >= 20, "writes")
 
     stopped: list[int] = []
@@ -200,7 +260,7 @@ def test_a_hung_or_stopped_postgresql_neither_freezes_the_hub_nor_loses_what_it_
         hub.proc.wait(10)
         assert any((hub.state / "spool").glob("*.spool"))
 
-        again = TimedHub(tmp_path, "hub-a", mosquitto, table)
+        again = secure_hub(tmp_path, broker, clients, table)
         hubs.append(again)
         again.start()
         replayed = again.wait_status(lambda s: s["spool"]["replayed"] > 0, "the spool heard again")
