@@ -9,8 +9,9 @@
   is back every message the nodes published is stored, once;
 * SQLite on a full disk (a 1 MiB tmpfs): one outage, one warning, until the first commit;
 * a thousand idle HTTP clients: no thread each, the descriptors bounded, ``/healthz`` answered,
-  the broker reconnected after a restart while they are held, rows still written; clients that
-  hang up early are not logged as tracebacks; a foreign ``Host`` gets 421;
+  the broker reconnected after a restart while they are held, rows still written; the same at a
+  soft descriptor limit of 128 on the ``broker init`` broker, never ``Too many open files``;
+  clients that hang up early are not logged as tracebacks; a foreign ``Host`` gets 421;
 * ``/metrics`` passes ``promtool check metrics``.
 """
 
@@ -89,14 +90,28 @@ class TimedNotify(NotifySocket):
         return [b - a for a, b in itertools.pairwise(times)]
 
 
+# Lowers the soft descriptor limit, then becomes the command after it (same pid, no preexec_fn).
+_LIMITED = (
+    "import os, resource, sys; _, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard)); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
 class TimedHub(Hub):
-    """A :class:`Hub` whose notify socket keeps times (a fresh one per start)."""
+    """A :class:`Hub` whose notify socket keeps times (a fresh one per start); with ``nofile``
+    set, the service runs with that soft ``RLIMIT_NOFILE``."""
+
+    nofile: int | None = None
 
     def start(self) -> None:
         self.notify = TimedNotify(self.dir / f"notify-{time.monotonic_ns()}.sock")
+        run = [sys.executable, "-m", "edge_agent_host.hub", "run", "--config", str(self.config)]
+        if self.nofile is not None:
+            run = [sys.executable, "-c", _LIMITED, str(self.nofile), *run]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent_host.hub", "run", "--config", str(self.config)],
+                run,
                 env={**self.env(), "NOTIFY_SOCKET": str(self.notify.path)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -442,6 +457,75 @@ def test_idle_http_clients_cost_no_thread_and_do_not_starve_the_broker_or_the_da
         "every idle client counted as evicted or timed out",
     )
     assert after["http"]["connections"]["timed_out"] >= 1
+
+
+SOFT_NOFILE = 128
+
+
+def open_files_limit(pid: int) -> int:
+    """The soft ``Max open files`` of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    pytest.fail(f"no 'Max open files' in /proc/{pid}/limits")
+
+
+def test_at_a_low_descriptor_limit_idle_clients_cannot_cut_the_hub_off_its_broker(
+    secure_broker: tuple[MosquittoBroker, Path],
+    nodes: list[Node],  # noqa: F811 - fixture
+    hubs: list[Hub],  # noqa: F811 - fixture
+    tmp_path: Path,
+) -> None:
+    """The original failure: with one descriptor per idle client, a hub at its descriptor limit
+    could not reconnect after a broker restart (``Too many open files``), ``/healthz`` timed out
+    and no rows were written. Here the service runs with a soft limit of 128 descriptors and
+    holds three times as many idle clients as that through a restart of the ``broker init``
+    broker."""
+    broker, clients = secure_broker
+    port = free_port()
+    http = f'\n[http]\nenabled = true\nlisten = "127.0.0.1"\nport = {port}\ntimeout_s = 120\n'
+    hub = secure_hub(tmp_path, broker, clients, sqlite_table() + http)
+    hub.nofile = SOFT_NOFILE
+    hubs.append(hub)
+    hub.start()
+    assert hub.proc is not None
+    pid = hub.proc.pid
+    assert open_files_limit(pid) == SOFT_NOFILE
+    start_secure_nodes(tmp_path, broker, clients, ["n1"], nodes)
+    hub.wait_status(lambda s: s["database"]["written"] >= 5, "writes")
+    cap = hub.status()["http"]["max_connections"]
+    assert cap == SOFT_NOFILE // 4  # a quarter of the limit, below the configured 64
+    count = 3 * SOFT_NOFILE
+    idle = []
+    try:
+        for _ in range(count):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        wait_until(
+            lambda: hub.status()["http"]["connections"]["evicted"] >= count - cap,
+            "the oldest idle connections closed for the newer ones",
+            60,
+        )
+        assert proc_numbers(pid)["fds"] < SOFT_NOFILE
+        assert http_get(f"http://127.0.0.1:{port}/healthz") == (200, b"ok\n")
+        # The broker restarts while the idle clients are held (timeout_s is 120 s): the hub
+        # finds a descriptor for its new connection, and goes on writing.
+        written = hub.status()["database"]["written"]
+        rows = db_rows(hub, lambda db: db.summary()["telemetry_rows"])
+        broker.restart()
+        hub.wait_status(
+            lambda s: s["mqtt"]["connected"] and s["database"]["written"] > written + 5,
+            "reconnected and writing",
+        )
+        assert http_get(f"http://127.0.0.1:{port}/healthz") == (200, b"ok\n")
+        assert db_rows(hub, lambda db: db.summary()["telemetry_rows"]) > rows
+        assert hub.status()["http"]["connections"]["timed_out"] == 0  # held all along
+    finally:
+        for sock in idle:
+            sock.close()
+    assert hub.stop() == 0
+    log = hub.log()
+    assert "Too many open files" not in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_early_hang_ups_are_quiet_and_a_foreign_host_is_refused(

@@ -785,6 +785,7 @@ class HubService:
                 "url": f"http://{self.config.http.listen}:{self.web.port}/",
                 "requests": self.web.requests,
                 "refused": self.web.refused,
+                "max_connections": self.web.max_connections,
                 "connections": self.web.connection_counts(),
             },
         }

@@ -500,6 +500,10 @@ class WebServer:
     ``max_connections`` are open (also at most a quarter of the process's descriptor limit, so
     that the broker and the database always find one): a new connection closes the oldest one
     that has not sent its request yet, or is closed itself when every open one is being answered.
+    Connections are accepted one at a time, each only once the one before it has its place (an
+    asyncio server accepts up to its backlog at once: at a low descriptor limit that burst took
+    the descriptors the broker's reconnection needed), so the HTTP side never holds more than
+    ``max_connections + 1`` descriptors for clients; the rest wait in the kernel's queue.
     One request per connection (``Connection: close``). A request whose ``Host`` is not
     localhost, an IP address, the listen address, this machine's name or one of
     ``allowed_hosts`` gets 421 (DNS rebinding). A client that hangs up is counted, not logged.
@@ -537,8 +541,11 @@ class WebServer:
         self._counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
         self._waiting: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
         self._open = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._starved = False
         self._page = resources.files("edge_agent_host.hub").joinpath("web/index.html").read_bytes()
         self._sock = socket.create_server((listen, port), backlog=128)
+        self._sock.setblocking(False)
         self.port = int(self._sock.getsockname()[1])
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -575,22 +582,53 @@ class WebServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        server = await asyncio.start_server(self._connection, sock=self._sock, limit=_HEAD_LIMIT)
+        accepting = asyncio.create_task(self._accept())
         self._ready.set()
-        async with server:
-            await self._stopped.wait()
-            server.close()
-            for writer in list(self._waiting):
-                writer.transport.abort()
+        await self._stopped.wait()
+        accepting.cancel()
+        for writer in list(self._waiting):
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(accepting, *self._tasks, return_exceptions=True)
+
+    async def _accept(self) -> None:
+        """Take connections from the kernel's queue one at a time (see the class docstring)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _addr = await loop.sock_accept(self._sock)
+            except OSError as err:
+                # Out of descriptors (the rest of the process holds them): leave the client in
+                # the kernel's queue and try again; one warning per shortage, no traceback.
+                if not self._starved:
+                    self._starved = True
+                    logger.warning("http: cannot accept a connection now: %s", err)
+                await asyncio.sleep(0.1)
+                continue
+            self._starved = False
+            if self._open >= self.max_connections and not self._evict_one():
+                self._counts["refused"] += 1
+                conn.close()
+            else:
+                self._open += 1
+                task = asyncio.create_task(self._connection(conn))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            # Let an evicted connection's close run before the next accept (an accept that
+            # finds a client waiting does not yield to the loop by itself).
+            await asyncio.sleep(0)
 
     # one connection --------------------------------------------------------------------------
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._open += 1
+    async def _connection(self, conn: socket.socket) -> None:
         try:
-            if self._open > self.max_connections and not self._evict_one():
-                self._counts["refused"] += 1
-                writer.transport.abort()
-                return
+            reader, writer = await asyncio.open_connection(sock=conn, limit=_HEAD_LIMIT)
+        except OSError:
+            self._open -= 1
+            self._counts["hung_up"] += 1
+            conn.close()
+            return
+        try:
             self._waiting[writer] = None
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout_s)
@@ -605,6 +643,9 @@ class WebServer:
                 writer.transport.abort()  # evicted after its request came in: it lost the race
                 return
             await self._answer(writer, head)
+        except asyncio.CancelledError:
+            writer.transport.abort()  # the server stops
+            raise
         finally:
             self._open -= 1
             self._waiting.pop(writer, None)
