@@ -5,16 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from edge_agent.records import Record, Rule
+
+MAX_POLICY_LEN: Final = 8
+"""The longest planning horizon a group may have (``policy_len``)."""
 
 
 class AifSettings(Record):
     """How an Active Inference agent infers and acts (pymdp ``Agent`` defaults)."""
 
     policy_len: Annotated[
-        int, Rule(ge=1, le=8, description="Planning horizon L: steps per policy.")
+        int, Rule(ge=1, le=MAX_POLICY_LEN, description="Planning horizon L: steps per policy.")
     ] = 1
     gamma: Annotated[
         float, Rule(gt=0, le=1e4, description="Policy precision: q_pi = softmax(gamma*G + ln E).")

@@ -1,5 +1,5 @@
-"""What a node takes of what its peers say about others (``docs/coordination.md``, "What a sync
-may say").
+"""What a node takes of what its peers say, about other nodes and about tasks
+(``docs/coordination.md``, "What a sync may say").
 
 A ``task_sync`` relays facts about other nodes, so that a node that was cut off catches up; a
 node with a valid identity could use it to speak for the others (issue 29). :class:`RelayAdmission`
@@ -11,19 +11,76 @@ it. It owns two bounded tables (the oldest node is forgotten first):
   or an ``online`` state): bids of a later session are lies that would outlive its will;
 * ``newest``: per node, the largest ``bdseq`` of any message of its own: a session below it is
   over, whatever a relay says.
+
+What a node says about a *task* is bounded by what the task's announcer signed (issue 29, the
+audit): a bid or an ``abandoned`` release may name an epoch up to :data:`MAX_ROUNDS` past the
+task's newest signed spec this node holds, and none for a task without one; a ``done`` or
+``expired`` release closes only a task whose signed spec this node holds (or that comes with
+it, in a sync), up to the same limit. Otherwise a node could raise a task's epoch to the end of
+the uint32 range with one bid of its own, win that round and close it there for good (no
+announcement could go higher). A bid's cost must be at least
+:data:`~edge_agent.coordination.utility.MIN_BID_COST`, the lowest any model can compute.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from enum import Enum
+from typing import Final, NamedTuple
 
 import numpy as np
+from numpy.typing import NDArray
 
-from edge_agent.coordination.ledger import TaskBoard, bid_rows, bids_from_columns, seq_key
-from edge_agent.coordination.messages import Release, ReleaseStatus, TaskSpec, TaskSync
+from edge_agent.coordination.ledger import (
+    MAX_SESSION,
+    TaskBoard,
+    bid_rows,
+    bids_from_columns,
+    seq_key,
+)
+from edge_agent.coordination.messages import (
+    BidColumns,
+    Release,
+    ReleaseStatus,
+    TaskBids,
+    TaskSpec,
+    TaskSync,
+)
 from edge_agent.coordination.signing import PeerKeys, release_bytes, spec_bytes
+from edge_agent.coordination.utility import MIN_BID_COST
+from edge_agent.fleet.names import UINT32
 
-__all__ = ["RelayAdmission"]
+__all__ = ["MAX_ROUNDS", "AdmittedBids", "RelayAdmission", "Verdict"]
+
+MAX_ROUNDS: Final = 1024
+"""Rounds a task may run past its newest signed spec: the largest epoch a bid or an ``abandoned``
+release may name is the spec's epoch plus this. Re-auctions (a holder gave up or died) move a
+task one round each; a task re-auctioned this often under one announcement stays in its last
+round (a dead holder's task goes to the next bidder of that round). Every node of a fleet must
+use the same number."""
+
+
+class Verdict(Enum):
+    """What a node takes of a release its sender sent directly."""
+
+    TAKE = "take"
+    """All of it."""
+    CONSUME = "consume"
+    """Only that the sender's agent's bids are used up: an ``abandoned`` release of a task's last
+    round (:data:`MAX_ROUNDS`) has no next round to open."""
+    REFUSE = "refuse"
+    """Only that the sender's agent's bids are used up; the rest says more than the sender can
+    know (counted ``relays_refused``)."""
+
+
+class AdmittedBids(NamedTuple):
+    """The part of a ``task_bids`` message a node takes, as :meth:`TaskBoard.add_bids` wants it."""
+
+    tasks: list[str]
+    epochs: list[int]
+    task_index: list[int]
+    agents: list[int]
+    costs: list[float]
 
 
 class RelayAdmission:
@@ -72,15 +129,69 @@ class RelayAdmission:
         """Whether ``node``'s bids of session ``bdseq`` count: only of a session seen born (a
         larger number would outlive the sender's death: its will ends the session it
         registered)."""
-        return bdseq <= self._born.get(node, -1)
+        return bdseq <= min(self._born.get(node, -1), MAX_SESSION)
 
-    def closes_unknown_epoch(self, rel: Release) -> bool:
-        """Whether a done/expired release says more than its sender can know: it may close a
-        task only up to the largest epoch this node knows for it (a tombstone from the future
-        would close rounds not yet announced), and an open round only when this node's award
-        gives it to the releasing agent (or to no one)."""
+    def epoch_limit(self, task: str, spec: TaskSpec | None = None) -> int:
+        """The largest epoch a peer may name for ``task``: :data:`MAX_ROUNDS` past the newest
+        signed spec this node holds for it (or ``spec``, relayed with the fact and checked);
+        -1 when it has none."""
+        held = self.board.specs.get(task)
+        epochs = [s.epoch for s in (held, spec) if s is not None]
+        if not epochs:
+            return -1
+        return min(max(epochs) + MAX_ROUNDS, UINT32 - 1)
+
+    def admit_bids(self, node: str, bdseq: int, body: TaskBids) -> tuple[AdmittedBids, int]:
+        """What this node takes of ``node``'s ``task_bids`` of session ``bdseq``, and how many
+        bids it refused: all of them for a session not seen born; a task's bids (and its
+        epoch, which would raise the task's floor) when the epoch is beyond
+        :meth:`epoch_limit`; a bid whose cost is below ``MIN_BID_COST``."""
+        epochs, task_index, agents, costs = body.arrays()
+        if not self.bids_allowed(node, bdseq):
+            return AdmittedBids([], [], [], [], []), body.n_bids
+        limits = np.array([self.epoch_limit(t) for t in body.tasks], dtype=np.int64)
+        task_ok = epochs.astype(np.int64) <= limits
+        row_ok = task_ok[task_index] & (costs >= MIN_BID_COST)
+        renumber = np.cumsum(task_ok) - 1
+        admitted = AdmittedBids(
+            tasks=[t for t, ok in zip(body.tasks, task_ok.tolist(), strict=True) if ok],
+            epochs=epochs[task_ok].tolist(),
+            task_index=renumber[task_index[row_ok]].tolist(),
+            agents=agents[row_ok].tolist(),
+            costs=costs[row_ok].tolist(),
+        )
+        return admitted, int(row_ok.size - row_ok.sum())
+
+    def release_verdict(self, rel: Release) -> Verdict:
+        """What this node takes of a release its holder sent directly (:class:`Verdict`)."""
+        if rel.bdseq > MAX_SESSION:
+            return Verdict.REFUSE
         if rel.status is ReleaseStatus.ABANDONED:
+            limit = self.epoch_limit(rel.task)
+            if rel.epoch > limit:
+                return Verdict.REFUSE
+            return Verdict.CONSUME if rel.epoch == limit else Verdict.TAKE
+        return Verdict.REFUSE if self.closes_unknown_epoch(rel) else Verdict.TAKE
+
+    def merge_release(self, rel: Release, verdict: Verdict, signature: bytes = b"") -> bool:
+        """Merge a release into the ledger as far as ``verdict`` says: all of it, or only that
+        its agent's bids are used up. True when it was refused (the caller counts it)."""
+        if verdict is Verdict.TAKE:
+            self.board.add_release(rel, signature)
             return False
+        self.board.add_consumed(rel.node, rel.group, rel.agent, rel.bdseq, rel.bseq)
+        return verdict is Verdict.REFUSE
+
+    def closes_unknown_epoch(self, rel: Release, spec: TaskSpec | None = None) -> bool:
+        """Whether a done/expired release says more than its sender can know: it may close
+        only a task whose signed spec this node holds (or ``spec``, relayed with it), not
+        beyond :meth:`epoch_limit`, only up to the largest epoch this node knows for it (a
+        tombstone from the future would close rounds not yet announced), and an open round only
+        when this node's award gives it to the releasing agent (or to no one). A task this node
+        knows only from ``spec`` (a peer that joined after it closed) may be closed at any
+        epoch up to the limit."""
+        if rel.status is ReleaseStatus.ABANDONED or rel.epoch > self.epoch_limit(rel.task, spec):
+            return True
         board = self.board
         floor = board.epoch(rel.task)
         if floor is None:
@@ -103,18 +214,21 @@ class RelayAdmission:
         which that node sends itself).
 
         * bids: only the sender's own (a node's bids reach every peer from the node itself,
-          directly or in its own syncs), of a session this node has seen born; a bid of any
-          other node is dropped;
+          directly or in its own syncs), of a session this node has seen born, at an epoch up
+          to :meth:`epoch_limit`, at a cost of at least ``MIN_BID_COST``; a bid of any other
+          node is dropped;
         * dead sessions: only sessions that ``node`` itself has since replaced (this node saw a
           message of a later session of it); the end of a node's current session comes from
           its own retained will or death;
         * consumed agents: the sender's own, or of sessions that are over (as above);
-        * tombstones: only as the holder's signed release (``closers``), checked against the
-          key the holder published, and not beyond the epoch this node knows for the task;
-          bare tombstones (``closed``) are ignored;
         * specs: only with their announcer's signature, checked against the key the announcer
           published (a spec of a larger epoch or another goal than its announcer signed is a
-          forgery).
+          forgery);
+        * tombstones: only as the holder's signed ``done``/``expired`` release (``closers``),
+          checked against the key the holder published, for a task whose signed spec this node
+          holds or takes from this part, and not beyond the epoch this node knows for the task
+          (:meth:`closes_unknown_epoch`); bare tombstones (``closed``) and ``abandoned``
+          releases among the closers are ignored.
         """
         board = self.board
         refused = 0
@@ -126,26 +240,14 @@ class RelayAdmission:
                 refused += 1
         consumed = []
         for c in part.consumed:
-            if c.node == sender or self.session_over(c.node, c.bdseq):
+            if c.bdseq <= MAX_SESSION and (c.node == sender or self.session_over(c.node, c.bdseq)):
                 consumed.append(c)
             elif board.consumed.get((c.node, c.group, c.agent), -1) < seq_key(c.bdseq, c.bseq):
                 refused += 1
         refused += sum(1 for tomb in part.closed if board.closed.get(tomb.task, -1) < tomb.epoch)
-        closers: list[Release] = []
-        sigs: list[bytes] = []
-        for i, rel in enumerate(part.closers):
-            if board.closed.get(rel.task, -1) >= rel.epoch:
-                continue  # nothing new (not worth checking its signature)
-            sig = part.closer_signature(i)
-            if self.closes_unknown_epoch(rel) or not self.peer_keys.verify(
-                rel.node, release_bytes(self.fleet, rel), sig
-            ):
-                refused += 1
-                continue
-            closers.append(rel)
-            sigs.append(sig)
         specs: list[TaskSpec] = []
         spec_sigs: list[bytes] = []
+        relayed: dict[str, TaskSpec] = {}
         for i, spec in enumerate(part.tasks):
             cur = board.specs.get(spec.task)
             if cur is not None and cur.order_key() >= spec.order_key():
@@ -156,11 +258,24 @@ class RelayAdmission:
                 continue
             specs.append(spec)
             spec_sigs.append(sig)
+            if spec.task not in relayed or spec.order_key() > relayed[spec.task].order_key():
+                relayed[spec.task] = spec
+        closers: list[Release] = []
+        sigs: list[bytes] = []
+        for i, rel in enumerate(part.closers):
+            if board.closed.get(rel.task, -1) >= rel.epoch:
+                continue  # nothing new (not worth checking its signature)
+            sig = part.closer_signature(i)
+            if self.closes_unknown_epoch(rel, relayed.get(rel.task)) or not self.peer_keys.verify(
+                rel.node, release_bytes(self.fleet, rel), sig
+            ):
+                refused += 1
+                continue
+            closers.append(rel)
+            sigs.append(sig)
         cols = part.bids
         if cols.n_bids:
-            own = cols.nodes.index(sender) if sender in cols.nodes else -1
-            born = np.int64(self._born.get(sender, -1))
-            keep = (cols.column("node_index") == own) & (cols.column("bdseq") <= born)
+            keep = self._own_valid_rows(sender, cols)
             if not keep.all():
                 others = bid_rows(cols, ~keep)
                 refused += sum(1 for bid in bids_from_columns(others) if not board.knows(bid))
@@ -175,3 +290,18 @@ class RelayAdmission:
             closer_sigs=b"".join(sigs),
         )
         return admitted, refused
+
+    def _own_valid_rows(self, sender: str, cols: BidColumns) -> NDArray[np.bool_]:
+        """Rows of relayed bid columns that are ``sender``'s own, of a session seen born, at an
+        epoch within :meth:`epoch_limit` and a cost of at least ``MIN_BID_COST``."""
+        own = cols.nodes.index(sender) if sender in cols.nodes else -1
+        born = np.int64(min(self._born.get(sender, -1), MAX_SESSION))
+        limits = np.array([self.epoch_limit(t) for t in cols.tasks], dtype=np.int64)
+        task_index = cols.column("task_index").astype(np.int64)
+        keep: NDArray[np.bool_] = (
+            (cols.column("node_index") == own)
+            & (cols.column("bdseq").astype(np.int64) <= born)
+            & (cols.column("epoch").astype(np.int64) <= limits[task_index])
+            & (cols.column("cost").astype(np.float64) >= MIN_BID_COST)
+        )
+        return keep

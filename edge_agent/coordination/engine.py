@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
-from edge_agent.coordination.admission import RelayAdmission
+from edge_agent.coordination.admission import RelayAdmission, Verdict
 from edge_agent.coordination.auction import Auctioneer
 from edge_agent.coordination.beliefs import BeliefSharer
 from edge_agent.coordination.ledger import (
@@ -611,11 +611,10 @@ class CoordinationEngine:
                 if item.node != env.node:
                     raise ValueError(f"release of {item.node}'s agent sent by {env.node}")
             # Judged against the ledger as it was before this message (one award for all).
-            refused = [self.admission.closes_unknown_epoch(item) for item in body.items]
-            self.counters["relays_refused"] += sum(refused)
-            for i, item in enumerate(body.items):
-                if not refused[i]:
-                    self.board.add_release(item, body.signature(i))
+            verdicts = [self.admission.release_verdict(item) for item in body.items]
+            for i, (item, verdict) in enumerate(zip(body.items, verdicts, strict=True)):
+                refused = self.admission.merge_release(item, verdict, body.signature(i))
+                self.counters["relays_refused"] += refused
         elif isinstance(body, TaskState):
             self._on_state(env.node, body, now)
         elif isinstance(body, TaskSync):
@@ -645,22 +644,21 @@ class CoordinationEngine:
         )
 
     def _on_bids(self, env: Envelope, body: TaskBids) -> None:
-        if not self.admission.bids_allowed(env.node, env.bdseq):
-            # Not a session this node has seen born: a lie that would outlive the sender's
-            # death (its will ends the session it registered, not a larger number).
-            self.counters["bids_refused"] += body.n_bids
+        # Refused: of a session not seen born, beyond the task's signed spec, below any cost.
+        admitted, refused = self.admission.admit_bids(env.node, env.bdseq, body)
+        self.counters["bids_refused"] += refused
+        if not admitted.tasks:
             return
-        epochs, task_index, agents, costs = body.arrays()
         self.board.add_bids(
             env.node,
             body.group,
             env.bdseq,
             body.bseq,
-            body.tasks,
-            epochs=epochs.tolist(),
-            task_index=task_index.tolist(),
-            agents=agents.tolist(),
-            costs=costs.tolist(),
+            admitted.tasks,
+            epochs=admitted.epochs,
+            task_index=admitted.task_index,
+            agents=admitted.agents,
+            costs=admitted.costs,
         )
 
     def _on_dead(self, node: str, bdseq: int, now: float) -> None:
@@ -682,9 +680,11 @@ class CoordinationEngine:
             )
 
     def _reauction(self, held: list[Bid]) -> None:
-        """A dead session's tasks move to their next epoch (a fact every node derives too)."""
+        """A dead session's tasks move to their next epoch (a fact every node derives too), but
+        not past the last round (``MAX_ROUNDS``): there the round stays, without the dead."""
         for bid in held:
-            self.board.add_release(abandon(bid))
+            rel = abandon(bid)
+            self.admission.merge_release(rel, self.admission.release_verdict(rel))
         self.counters["death_reauctions"] += len(held)
 
     def _on_state(self, node: str, body: TaskState, now: float) -> None:
@@ -940,7 +940,10 @@ class CoordinationEngine:
         fleet = self.topics.fleet
         sigs = [self.signer.sign(release_bytes(fleet, item)) for item in items]
         for item, sig in zip(items, sigs, strict=True):
-            self.board.add_release(item, sig)
+            # Its own word, but an abandoned round stops at the last one, as its peers will.
+            abandoned = item.status is ReleaseStatus.ABANDONED
+            verdict = self.admission.release_verdict(item) if abandoned else Verdict.TAKE
+            self.admission.merge_release(item, verdict, sig)
         for start in range(0, len(items), MAX_TASKS_PER_MESSAGE):
             end = start + MAX_TASKS_PER_MESSAGE
             self._publish_task(TaskRelease(items=items[start:end], sigs=b"".join(sigs[start:end])))

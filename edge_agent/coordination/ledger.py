@@ -21,7 +21,6 @@ from numpy.typing import NDArray
 from edge_agent.coordination.messages import (
     DIGEST_BYTES,
     MAX_BIDS_PER_MESSAGE,
-    MAX_TASKS_PER_MESSAGE,
     BidColumns,
     Consumed,
     DeadSession,
@@ -34,6 +33,14 @@ from edge_agent.coordination.messages import (
 #: Largest ``P * S`` for which :class:`TaskPreferences` keeps each holder's utility along every
 #: policy precomputed (single-factor models); above it, the policy tree is walked every tick.
 PRECOMPUTE_MAX: Final = 4096
+#: Largest session number (``bdseq``) the ledger takes: ``(bdseq, bseq)`` is kept as one int64
+#: (:func:`seq_key`). A node's session number grows by one per connection, so no node reaches
+#: it; a fact that claims a larger one is refused (it used to overflow the ledger's arrays).
+MAX_SESSION: Final = (1 << 31) - 1
+#: Facts of each kind (specs, closers with their specs, consumed agents, dead sessions) in one
+#: part of a sync: at most 1,296 bytes per fact of each kind with their signatures (64-character
+#: names, the largest numbers), so a part stays under the 256 KiB message limit (tested).
+FACTS_PER_PART: Final = 192
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,6 +257,10 @@ class TaskBoard:
         self.closers: dict[str, tuple[Release, bytes]] = {}
         """Per closed task, the holder's signed release that closed it at ``closed[task]`` (when
         it came signed): what a sync relays instead of a bare tombstone."""
+        self.closed_specs: dict[str, tuple[TaskSpec, bytes]] = {}
+        """Per task in ``closers``, its signed spec when the closer came: a sync relays it with
+        the closer, so that a peer that never knew the task can check the closer against what
+        the task's announcer said (the spec of a closed task may be evicted from ``specs``)."""
         self.bids: dict[str, _TaskBids] = {}
         self.consumed: dict[tuple[str, str, int], int] = {}
         self.dead: dict[str, int] = {}
@@ -584,6 +595,9 @@ class TaskBoard:
         costs: Sequence[float],
     ) -> bool:
         """Merge one node's bid message (columnar, as :class:`TaskBids` carries it)."""
+        if bdseq > MAX_SESSION:
+            self.stale_bids += len(task_index)
+            return False
         key = seq_key(bdseq, bseq)
         changed = False
         usable: list[_TaskBids | None] = []
@@ -609,6 +623,9 @@ class TaskBoard:
         return changed or inserted
 
     def add_consumed(self, node: str, group: str, agent: int, bdseq: int, bseq: int) -> bool:
+        if bdseq > MAX_SESSION:
+            self.overflow += 1
+            return False
         name_key = (node, group, agent)
         key = seq_key(bdseq, bseq)
         cur = self.consumed.get(name_key)
@@ -652,7 +669,11 @@ class TaskBoard:
     def add_release(self, rel: Release, signature: bytes = b"") -> bool:
         """Merge a holder's release (its bids are consumed; done/expired close, abandoned
         re-auctions at ``epoch + 1``). ``signature``, the holder's, is kept with the tombstone
-        it made, for syncs to relay (the board does not check it: its caller does)."""
+        it made, for syncs to relay (the board does not check it: its caller does). A release
+        of a session beyond :data:`MAX_SESSION` changes nothing."""
+        if rel.bdseq > MAX_SESSION:
+            self.overflow += 1
+            return False
         changed = self.add_consumed(rel.node, rel.group, rel.agent, rel.bdseq, rel.bseq)
         if rel.status is ReleaseStatus.ABANDONED:
             changed |= self._raise_floor(rel.task, rel.epoch + 1)
@@ -662,6 +683,9 @@ class TaskBoard:
                 cur = self.closers.get(rel.task)
                 if cur is None or cur[0].epoch != rel.epoch:
                     self.closers[rel.task] = (rel, signature)
+                    spec, spec_sig = self.specs.get(rel.task), self.spec_sigs.get(rel.task)
+                    if spec is not None and spec_sig:
+                        self.closed_specs[rel.task] = (spec, spec_sig)
         return changed
 
     def add_dead(self, node: str, bdseq: int) -> list[Bid]:
@@ -694,14 +718,17 @@ class TaskBoard:
     def sync_parts(self) -> list[TaskSync]:
         """The whole ledger as :class:`TaskSync` parts, each under the message limits. Specs go
         as their announcer signed them (a floor above a spec's epoch reaches peers in the bids
-        of that round, which each bidder sends itself), and only signed ones."""
+        of that round, which each bidder sends itself), and only signed ones; each closer goes
+        with its task's signed spec, in the same part."""
         specs = [
             (s, sig)
             for t, s in self.specs.items()
             if t in self._live and (sig := self.spec_sigs.get(t))
         ]
         closers = [
-            c for t, e in self.closed.items() if (c := self.closers.get(t)) and c[0].epoch == e
+            (*c, self.closed_specs.get(t))
+            for t, e in self.closed.items()
+            if (c := self.closers.get(t)) and c[0].epoch == e
         ]
         consumed = [
             Consumed(node=n, group=g, agent=a, bdseq=k >> 32, bseq=k & 0xFFFFFFFF)
@@ -710,20 +737,21 @@ class TaskBoard:
         dead = [DeadSession(node=n, bdseq=b) for n, b in self.dead.items()]
         bids = [b for t in self.bids for b in self.valid_bids(t)]
         # Facts go in parts of their own, bids in others: a part of either kind stays under the
-        # message limit (512 facts of each kind with their signatures, ~180 KB; or 8,192 bids).
-        step = MAX_TASKS_PER_MESSAGE // 2
+        # message limit (FACTS_PER_PART facts of each kind; or 8,192 bids).
+        step = FACTS_PER_PART
         n_facts = max(math.ceil(len(x) / step) for x in (specs, closers, consumed, dead))
         parts = []
         for i in range(n_facts):
             sl = slice(i * step, (i + 1) * step)
+            part_specs = specs[sl] + [c[2] for c in closers[sl] if c[2] is not None]
             parts.append(
                 TaskSync(
-                    tasks=[spec for spec, _ in specs[sl]],
-                    task_sigs=b"".join(sig for _, sig in specs[sl]),
+                    tasks=[spec for spec, _ in part_specs],
+                    task_sigs=b"".join(sig for _, sig in part_specs),
                     consumed=consumed[sl],
                     dead=dead[sl],
-                    closers=[rel for rel, _ in closers[sl]],
-                    closer_sigs=b"".join(sig for _, sig in closers[sl]),
+                    closers=[c[0] for c in closers[sl]],
+                    closer_sigs=b"".join(c[1] for c in closers[sl]),
                 )
             )
         for start in range(0, len(bids), MAX_BIDS_PER_MESSAGE):

@@ -8,6 +8,7 @@ the batched bid costs ``cost(n, t) = -max_pi G_t(n, pi)``, the expected free ene
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Final
 
@@ -16,6 +17,8 @@ from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
 from edge_agent.aif.kernels import CompiledModel, DenseTransition
+from edge_agent.aif.kernels.compiled import MAX_JOINT_TABLE
+from edge_agent.aif.settings import MAX_POLICY_LEN
 from edge_agent.errors import InputError
 
 IntArray = NDArray[np.int64]
@@ -25,6 +28,14 @@ COST_BLOCK: Final = 256
 #: Largest ``P * S`` for which :class:`TaskPreferences` keeps each holder's utility along every
 #: policy precomputed (single-factor models); above it, the policy tree is walked every tick.
 PRECOMPUTE_MAX: Final = 4096
+#: The lowest bid cost any group can compute (:func:`task_costs`), rounded down: ``cost = -max_pi
+#: [sum_tau qx . U_task + information gain]``, ``U_task <= 0`` (shifted to a maximum of 0), and
+#: one step's information gain is at most the entropy of the predicted outcome, ``ln O_joint``,
+#: with ``O_joint <= MAX_JOINT_TABLE`` (``compile_model`` refuses larger tables); at most
+#: ``MAX_POLICY_LEN`` steps: ``-8 ln 2**24 = -133.08`` nats. A bid below it is no agent's cost:
+#: receivers refuse it. Any cost above it is believable (a receiver knows neither the bidder's
+#: beliefs nor its model), so the floor bounds the numbers, not who wins.
+MIN_BID_COST: Final = float(-math.ceil(MAX_POLICY_LEN * math.log(MAX_JOINT_TABLE)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
-"""A node with a valid certificate cannot steal or freeze the fleet's task allocation through
-the facts its ``task_sync`` relays about other nodes (issue 29, item 1).
+"""A node with a valid certificate can neither steal nor freeze the fleet's task allocation through
+the facts its ``task_sync`` relays about other nodes, nor close a task for good with its own bids
+and releases (issue 29, item 1, and the audit after it).
 
 Real daemons, a real mosquitto running the configuration ``edge-agent-host broker init`` wrote
 (TLS client certificates and the per-identity ACL). pi-b and pi-c coordinate; an attacker holds
-pi-a's valid certificate and publishes, on pi-a's own ``tasks`` topic (which the ACL lets it
-write), the three relays that used to stop all task work until pi-a was revoked and every daemon
-restarted at once:
+pi-a's valid certificate and publishes on pi-a's own ``tasks`` topic (which the ACL lets it
+write).
+
+The relays that used to stop all task work until pi-a was revoked and every daemon restarted
+at once:
 
 * bids of a node that does not exist (``ghost``, cost -1e30) for every task;
 * ``DeadSession(pi-b, 2**32 - 1)``: every session of pi-b, present and future, dead;
@@ -20,6 +23,14 @@ Each daemon refuses them (``relays_refused``), the award stays with the agents t
 round the hub announced), the fleet keeps allocating new tasks the hub announces (signed), and
 pi-b's next session is alive to its peer.
 
+Its own messages (pi-a born, its key published): bids at the end of the epoch range at the
+lowest cost any model can compute, bids below that cost, and its own ``done`` releases at that
+epoch. They used to raise the tasks' epoch there, win that round and close the tasks where no
+announcement could reopen them. Each daemon refuses them, and the tasks stay allocated. What is
+left is shown too: within ``MAX_ROUNDS`` of the hub's spec pi-a can still win a round with the
+cheapest bid and close it, and the hub reopens it by announcing it again. Bids of a session the
+daemons never saw born (no birth) are refused and counted.
+
 A machine without mosquitto fails these tests with the way to install it; they never skip.
 """
 
@@ -27,25 +38,29 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from msgspec.structs import replace
 
+from edge_agent.coordination.admission import MAX_ROUNDS
 from edge_agent.coordination.ledger import Bid, bid_columns
 from edge_agent.coordination.messages import (
     DeadSession,
     Release,
     ReleaseStatus,
+    TaskBids,
     TaskKey,
     TaskRelease,
     TaskSync,
     Tombstone,
 )
 from edge_agent.coordination.signing import TaskSigner, release_bytes, sign_specs
+from edge_agent.coordination.utility import MIN_BID_COST
 from edge_agent.fleet.names import UINT32
-from edge_agent.fleet.protocol import Body, Envelope, encode
+from edge_agent.fleet.protocol import Birth, Body, Envelope, encode
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from edge_agent_host.tasks import random_specs
 from tests.integration.fleet.test_broker_acl import (
@@ -76,12 +91,12 @@ def forged(body: Body, seq: int, bdseq: int = 1) -> bytes:
     )  # fmt: skip
 
 
-def announce(hub: list[str], key: Path, prefix: str, count: int) -> dict[str, Any]:
-    """Announce ``count`` tasks from the hub (signed with ``key``) and wait until each has a
-    holder."""
+def announce(hub: list[str], key: Path, prefix: str, count: int, epoch: int = 0) -> dict[str, Any]:
+    """Announce ``count`` tasks from the hub (signed with ``key``) at ``epoch`` and wait until
+    each has a holder."""
     out = host_tool(
         "tasks", *hub, "announce", "--key", str(key), "--capability", "grid",
-        "--count", str(count),
+        "--count", str(count), "--epoch", str(epoch),
         "--goal-states", "100", "--prefix", prefix, "--wait", "30", "--json",
     )  # fmt: skip
     held: dict[str, Any] = json.loads(out)["tasks"]
@@ -104,9 +119,42 @@ def daemons() -> Any:
             thing.kill()
 
 
-def test_forged_relays_neither_steal_nor_freeze_the_allocation(
-    tmp_path: Path, daemons: list[Any]
-) -> None:
+@dataclass
+class Fleet:
+    """pi-b and pi-c on the ``broker init`` broker, four tasks the hub announced awarded."""
+
+    broker: MosquittoBroker
+    clients: Path
+    hub: list[str]
+    hub_key: Path
+    nodes: list[Node]
+    before: dict[str, list[Any]]
+    epoch: int
+
+    def attacker(self, daemons: list[Any]) -> Client:
+        """A client with pi-a's certificate (pi-a's daemon never runs)."""
+        client = Client(self.broker, self.clients / "pi-a").ready()
+        daemons.append(client)
+        return client
+
+    def counters(self, key: str) -> dict[str, float]:
+        return {n.name: metric(n, key) for n in self.nodes}
+
+    def send(self, attacker: Client, bodies: list[Body], first_seq: int, bdseq: int = 1) -> None:
+        """Publish ``bodies`` on pi-a's tasks topic and wait until both daemons took them in."""
+        received = self.counters("task_msgs_received")
+        for seq, body in enumerate(bodies, start=first_seq):
+            assert attacker.publish(TOPICS.tasks("pi-a"), forged(body, seq, bdseq)) == "Success"
+        wait_until(
+            lambda: all(
+                metric(n, "task_msgs_received") - received[n.name] >= len(bodies)
+                for n in self.nodes
+            ),
+            "both daemons to take in pi-a's messages",
+        )
+
+
+def start_fleet(tmp_path: Path, daemons: list[Any]) -> Fleet:
     port = free_port()
     out = broker_init(
         tmp_path / "pki", port, "--node", "pi-a", "--node", "pi-b", "--node", "pi-c",
@@ -119,7 +167,6 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
     hub_key = generate_keypair(trusted, "hub").private_path  # signs the hub's task specs
     nodes = [secure_node(tmp_path, broker, name, clients, trusted) for name in ("pi-b", "pi-c")]
     daemons.extend(nodes)
-    b, c = nodes
     for node in nodes:
         node.start(wait_ready=False)
     for node in nodes:
@@ -131,13 +178,22 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
     held = announce(hub, hub_key, "before-", 4)
     assert sorted(held) == [f"before-{i:04d}" for i in range(4)]
     wait_until(lambda: all(len(assignment(n)) == 4 for n in nodes), "both daemons to award 4 tasks")
-    before = assignment(b)
-    assert assignment(c) == before
+    before = assignment(nodes[0])
+    assert assignment(nodes[1]) == before
     epoch = int(before["before-0000"][3])
+    return Fleet(broker, clients, hub, hub_key, nodes, before, epoch)
+
+
+def test_forged_relays_neither_steal_nor_freeze_the_allocation(
+    tmp_path: Path, daemons: list[Any]
+) -> None:
+    fleet = start_fleet(tmp_path, daemons)
+    hub, hub_key, nodes = fleet.hub, fleet.hub_key, fleet.nodes
+    b, c = nodes
+    before, epoch = fleet.before, fleet.epoch
 
     # The attacker: pi-a's certificate, pi-a's own tasks topic; it publishes a key of its own.
-    attacker = Client(broker, clients / "pi-a").ready()
-    daemons.append(attacker)
+    attacker = fleet.attacker(daemons)
     key = TaskSigner.generate()
     topic = TOPICS.tasks("pi-a")
     assert attacker.publish(topic, forged(TaskKey(key=key.public), 1), retain=True) == "Success"
@@ -182,15 +238,7 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
         TaskSync(tasks=other_goal, task_sigs=hub_sigs),
         TaskSync(tasks=newer, task_sigs=sign_specs(key.sign, FLEET, newer)),
     ]
-    received = {n.name: metric(n, "task_msgs_received") for n in nodes}
-    for seq, body in enumerate(attack, start=2):
-        assert attacker.publish(topic, forged(body, seq)) == "Success"
-    wait_until(
-        lambda: all(
-            metric(n, "task_msgs_received") - received[n.name] >= len(attack) for n in nodes
-        ),
-        "both daemons to take in the forged messages",
-    )
+    fleet.send(attacker, attack, 2)
 
     # Nothing moved: the same winners, every task open, pi-b alive to pi-c.
     for node in nodes:
@@ -229,4 +277,113 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
         "a task awarded to pi-b's new session",
     )
     for node in nodes:
+        assert "Traceback" not in node.log()
+
+
+def born(attacker: Client, fleet: Fleet, seq: int) -> None:
+    """pi-a announces its session 1 (a birth on its own topic): the daemons take its bids."""
+    birth = Birth(software_version="x", profile="x", budget_bytes=0)
+    assert attacker.publish(TOPICS.birth("pi-a"), forged(birth, seq)) == "Success"
+    wait_until(lambda: all(metric(n, "live_nodes") == 3 for n in fleet.nodes), "pi-a born")
+
+
+def pi_a_bids(tasks: list[str], epoch: int, cost: float, bseq: int) -> TaskBids:
+    """pi-a's bids on ``tasks`` at ``epoch``, agent ``i`` on task ``i``."""
+    return TaskBids.from_arrays(
+        "grid", bseq, tasks, epochs=[epoch] * len(tasks), task_index=list(range(len(tasks))),
+        agents=list(range(len(tasks))), costs=[cost] * len(tasks),
+    )  # fmt: skip
+
+
+def test_a_future_epoch_bid_and_an_own_done_release_leave_the_tasks_allocatable(
+    tmp_path: Path, daemons: list[Any]
+) -> None:
+    fleet = start_fleet(tmp_path, daemons)
+    nodes, before, epoch = fleet.nodes, fleet.before, fleet.epoch
+    tasks = sorted(before)
+    attacker = fleet.attacker(daemons)
+    key = TaskSigner.generate()
+    topic = TOPICS.tasks("pi-a")
+    assert attacker.publish(topic, forged(TaskKey(key=key.public), 1), retain=True) == "Success"
+    wait_until(lambda: all(metric(n, "keys_learned") >= 2 for n in nodes), "pi-a's key")
+    born(attacker, fleet, 2)
+    bids_refused, relays_refused = fleet.counters("bids_refused"), fleet.counters("relays_refused")
+
+    # The audit's attack: bids at the end of the epoch range at the lowest cost a model can
+    # compute (which used to raise every task's epoch there and win that round), bids below
+    # that cost, then pi-a's own signed done releases of that round.
+    done = [
+        Release(
+            task=t, epoch=FOREVER, node="pi-a", group="grid", agent=i, bdseq=1, bseq=3,
+            status=ReleaseStatus.DONE,
+        )
+        for i, t in enumerate(tasks)
+    ]  # fmt: skip
+    attack: list[Body] = [
+        pi_a_bids(tasks, FOREVER, MIN_BID_COST, 1),
+        pi_a_bids(tasks, epoch, -1e30, 2),
+        TaskRelease(items=done, sigs=b"".join(key.sign(release_bytes(FLEET, r)) for r in done)),
+    ]
+    fleet.send(attacker, attack, 3)
+    for node in nodes:
+        assert assignment(node) == before, node.name  # the same holders, in the same round
+        assert metric(node, "tasks_open") == 4
+        assert metric(node, "bids_refused") - bids_refused[node.name] == 4 + 4
+        assert metric(node, "relays_refused") - relays_refused[node.name] == 4
+    # Allocatable: the hub's new tasks get holders on both daemons.
+    after = announce(fleet.hub, fleet.hub_key, "after-", 8)
+    assert sum(t.startswith("after-") for t in after) == 8
+    wait_until(lambda: all(len(assignment(n)) == 12 for n in nodes), "12 tasks awarded")
+
+    # What is left: within MAX_ROUNDS of the hub's spec, the cheapest bid wins a round and the
+    # winner's done release closes it. The hub reopens the task by announcing it again above.
+    last = epoch + MAX_ROUNDS
+    fleet.send(attacker, [pi_a_bids(["before-0000"], last, MIN_BID_COST, 4)], 6)
+    wait_until(
+        lambda: all(assignment(n)["before-0000"][::3] == ["pi-a", last] for n in nodes),
+        "pi-a's cheapest bid to win the round it opened",
+    )
+    rel = replace(done[0], epoch=last, bseq=5)
+    closing = TaskRelease(items=[rel], sigs=key.sign(release_bytes(FLEET, rel)))
+    fleet.send(attacker, [closing], 7)
+    wait_until(lambda: all(metric(n, "tasks_open") == 11 for n in nodes), "before-0000 closed")
+    again = announce(fleet.hub, fleet.hub_key, "before-", 1, epoch=last + 1)
+    claimed = {(h[0], h[3]) for h in again["before-0000"]}
+    assert claimed & {("pi-b", last + 1), ("pi-c", last + 1)}, claimed
+    wait_until(
+        lambda: all(
+            assignment(n).get("before-0000", [""])[0] in ("pi-b", "pi-c")
+            and assignment(n)["before-0000"][3] == last + 1
+            for n in nodes
+        ),
+        "before-0000 allocated again, to an honest agent",
+    )
+    for node in nodes:
+        assert "Traceback" not in node.log()
+
+
+def test_bids_of_a_session_never_seen_born_are_refused_and_counted(
+    tmp_path: Path, daemons: list[Any]
+) -> None:
+    fleet = start_fleet(tmp_path, daemons)
+    nodes, before, epoch = fleet.nodes, fleet.before, fleet.epoch
+    tasks = sorted(before)
+    attacker = fleet.attacker(daemons)
+    refused = fleet.counters("bids_refused")
+    # pi-a publishes bids (the cheapest a model can compute) and never a birth.
+    fleet.send(attacker, [pi_a_bids(tasks, epoch, MIN_BID_COST, 1)], 1)
+    for node in nodes:
+        assert metric(node, "bids_refused") - refused[node.name] == 4
+        assert assignment(node) == before, node.name
+        assert metric(node, "live_nodes") == 2
+    # Born, the same node's bids count: at the lowest cost it wins every task it bids on (what a
+    # node can still do with its own bids; docs/security.md).
+    born(attacker, fleet, 2)
+    fleet.send(attacker, [pi_a_bids(tasks, epoch, MIN_BID_COST, 2)], 3)
+    wait_until(
+        lambda: all({h[0] for h in assignment(n).values()} == {"pi-a"} for n in nodes),
+        "pi-a's bids to win once it is born",
+    )
+    for node in nodes:
+        assert metric(node, "bids_refused") - refused[node.name] == 4
         assert "Traceback" not in node.log()

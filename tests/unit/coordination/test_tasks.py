@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from dataclasses import replace as dc_replace
 
@@ -14,11 +15,12 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from edge_agent.aif import kernels
+from edge_agent.aif.kernels.compiled import MAX_JOINT_TABLE
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies
-from edge_agent.aif.settings import AifSettings
+from edge_agent.aif.settings import MAX_POLICY_LEN, AifSettings
 from edge_agent.coordination import preferences as preferences_module
-from edge_agent.coordination.ledger import Bid, TaskBoard, abandon, award
+from edge_agent.coordination.ledger import MAX_SESSION, Bid, TaskBoard, abandon, award
 from edge_agent.coordination.messages import (
     Release,
     ReleaseStatus,
@@ -30,6 +32,7 @@ from edge_agent.coordination.messages import (
 )
 from edge_agent.coordination.preferences import TaskPreferences
 from edge_agent.coordination.utility import (
+    MIN_BID_COST,
     policy_backward,
     policy_utility_rows,
     select_bids,
@@ -39,6 +42,7 @@ from edge_agent.coordination.utility import (
     transition_support,
 )
 from edge_agent.core.agents import AifAgentGroup
+from edge_agent.fleet.names import UINT32
 from edge_agent.fleet.protocol import DEFAULT_MAX_BYTES, DecodeError, Envelope, decode, encode
 from edge_agent.sim import BatchEnv
 from edge_agent.sim.gridworld import gridworld_model, manhattan_to
@@ -318,7 +322,7 @@ def test_sync_parts_fit_the_message_limit() -> None:
             )
     assert board.n_bids == 5 * 300 * 20
     parts = board.sync_parts()
-    assert len(parts) == 1 + 4  # 300 signed specs; 30,000 bids, 8,192 per part
+    assert len(parts) == 2 + 4  # 300 signed specs, 192 per part; 30,000 bids, 8,192 per part
     other = TaskBoard()
     for part in parts:
         payload = encode(
@@ -337,6 +341,48 @@ def test_sync_parts_fit_the_message_limit() -> None:
         assert isinstance(merged, TaskSync)
         other.merge_sync(merged)
     assert other.digest() == board.digest()
+
+
+def test_a_sync_part_of_the_longest_facts_fits_the_message_limit() -> None:
+    """Every name 64 characters, every number its largest: a part of specs, closers (each with
+    its task's spec), consumed agents and dead sessions stays under the message limit, and a
+    board that merges the parts ends with the same digest."""
+    long = "x" * 60
+    board = TaskBoard(max_tasks=4096)
+    specs = [
+        TaskSpec(
+            task=f"{i:04d}{long}", epoch=UINT32 - 2, capability="c" * 64, goal_factor=63,
+            goal_state=(1 << 20) - 1, deadline=1.7e9 + 0.123, announced_by="h" * 64,
+        )
+        for i in range(1000)
+    ]  # fmt: skip
+    for s in specs:
+        board.add_spec(s, bytes(64))
+    for s in specs[500:]:
+        board.add_release(
+            Release(
+                task=s.task, epoch=UINT32 - 2, node=f"{s.task[:4]}{long}", group="g" * 64,
+                agent=UINT32 - 1, bdseq=MAX_SESSION, bseq=UINT32 - 1, status=ReleaseStatus.DONE,
+            ),
+            bytes(64),
+        )  # fmt: skip
+    for i in range(500):
+        board.add_dead(f"{i:04d}{long}", UINT32 - 1)
+    parts = board.sync_parts()
+    assert [len(p.closers) for p in parts] == [192, 192, 116]
+    other = TaskBoard(max_tasks=4096)
+    for part in parts:
+        env = Envelope(
+            type="task_sync", node="n" * 64, seq=UINT32 - 1, bdseq=UINT32 - 1, ts=1.7e9,
+            clock_synced=False, body=part,
+        )  # fmt: skip
+        payload = encode(env)
+        assert len(payload) <= DEFAULT_MAX_BYTES
+        merged = decode(payload).body
+        assert isinstance(merged, TaskSync)
+        other.merge_sync(merged)
+    assert other.digest() == board.digest()
+    assert other.closed == board.closed
 
 
 def test_board_bounds_are_counted() -> None:
@@ -462,6 +508,27 @@ def test_costs_are_the_best_policy_value_under_the_task_preferences(policy_len: 
         G_ref = kernels.evaluate_policies(ref_cm, qs, use_utility=True, use_info_gain=True).G
         shift = policy_len * ref_cm.utility.max()
         np.testing.assert_allclose(costs[:, j], -(G_ref.max(axis=1) - shift), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy_len", [1, 3])
+def test_no_cost_is_below_minus_the_information_gain_bound(policy_len: int) -> None:
+    """``U_task <= 0``, so a cost is at least minus the information gain of the best policy, at
+    most ``ln O_joint`` a step: costs can be negative (an uncertain agent next to the goal) but
+    never below ``-policy_len * ln O_joint``, and so never below ``MIN_BID_COST``, the bound
+    for the longest horizon and the largest joint table any daemon compiles (receivers refuse
+    bids below it)."""
+    model = gridworld_model(6, 6, noise=0.3, preference_scale=0.0)
+    cm = kernels.compile_model(model, construct_policies(model.num_controls, policy_len))
+    S = cm.num_states[0]
+    rng = np.random.default_rng(0)
+    qs = [np.vstack([np.full((1, S), 1 / S), rng.dirichlet(np.full(S, 0.3), size=20), np.eye(S)])]
+    G = kernels.evaluate_policies(cm, qs, use_utility=True, use_info_gain=True).G
+    U = np.stack([task_utility(cm, 0, g) for g in range(S)], axis=1)
+    costs = task_costs(cm, qs, G, U, base_utility=cm.utility)
+    bound = -policy_len * math.log(cm.A_joint_T.shape[-1])
+    assert bound <= costs.min() < 0
+    assert bound >= MIN_BID_COST
+    assert -math.ceil(MAX_POLICY_LEN * math.log(MAX_JOINT_TABLE)) == MIN_BID_COST
 
 
 def test_costs_rank_certain_agents_by_distance() -> None:
