@@ -8,7 +8,7 @@ line and variant:
 * ``size_bytes``: the model file; for int8 also ``size_ratio`` (int8 / float);
 * ``top1_agreement`` (int8 vs float on held-out windows), ``max_abs_error``, ``mean_abs_error``;
 * ``latency_ms`` at batch 1 and 64 (median of repeats) and, for int8, the ratios to float;
-* ``agent_steps_per_s``: a :class:`edge_agent.neural.groups.NeuralAgentGroup` of ``--agents`` agents
+* ``agent_steps_per_s``: a :class:`edge_agent.neural.agents.NeuralAgentGroup` of ``--agents`` agents
   stepping through the sensor world (the group's step only is timed: stacking the ``(N, T, F)``
   windows plus the one batched backend call), with ``tick_ms_p50``/``p99``, the reward the agents
   earn, and for int8 the ratio to float;
@@ -45,8 +45,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "data"))
 
 from edge_agent.bundle.loader import NeuralSpec, load_bundle  # noqa: E402
+from edge_agent.neural.agents import NeuralAgentGroup  # noqa: E402
 from edge_agent.neural.backends import get_backend  # noqa: E402
-from edge_agent.neural.groups import NeuralAgentGroup  # noqa: E402
 from edge_agent.sim.sensors import SensorWorld  # noqa: E402
 from edge_agent_host.builders import Layers, mlp_onnx, sensor_policy  # noqa: E402
 from edge_agent_host.converters.onnx import (  # noqa: E402

@@ -23,7 +23,7 @@ Everything a user would do, in one run, one JSON object per line:
    ``tick_vs_grid10`` and ``rss_vs_grid10`` are ratios to the baseline daemon of this run.
 4. ``overhead``: in this process, each group as the daemon builds it
    (:func:`edge_agent.daemon.admission.load_group_model` on the same config file and signed
-   bundle, :func:`edge_agent.daemon.groups.make_agents` with ``--threads`` intra-op threads,
+   bundle, :func:`edge_agent.daemon.group_runtime.make_agents` with ``--threads`` intra-op threads,
    :func:`make_runtime`) against a plain ``onnxruntime.InferenceSession`` of the same model file
    with onnxruntime's **default options** (no ``SessionOptions``; CPU provider) called as
    ``session.run(None, {input: batch})`` on the same ``(N, T, F)`` float32 batch (a copy of the
@@ -95,8 +95,8 @@ sys.path.insert(0, str(REPO))
 from edge_agent.config.daemon import load_config  # noqa: E402
 from edge_agent.config.profiles import load_profiles  # noqa: E402
 from edge_agent.daemon.admission import load_group_model, trusted_keys  # noqa: E402
-from edge_agent.daemon.groups import GroupRuntime, make_agents, make_runtime  # noqa: E402
-from edge_agent.neural.groups import NeuralAgentGroup  # noqa: E402
+from edge_agent.daemon.group_runtime import GroupRuntime, make_agents, make_runtime  # noqa: E402
+from edge_agent.neural.agents import NeuralAgentGroup  # noqa: E402
 from edge_agent.neural.perception import PerceptionAifGroup  # noqa: E402
 from edge_agent.sim.endpoints import WorldSource  # noqa: E402
 from edge_agent.sim.sensors import SensorWorld  # noqa: E402

@@ -3,7 +3,7 @@
 The digits MLP (skl2onnx ``MLPClassifier``, 128 units) and the small digits CNN of
 ``bench_convert.py`` (frames ``(N, 1, 8, 8)``, stepped as flattened ``(N, 64)`` observations) are
 converted by the host tool (static int8, as ``--mode static`` writes them), and for each bundle a
-:class:`edge_agent.neural.groups.NeuralAgentGroup` of ``--agents`` agents (1 intra-op thread) is
+:class:`edge_agent.neural.agents.NeuralAgentGroup` of ``--agents`` agents (1 intra-op thread) is
 timed against plain ``onnxruntime.InferenceSession`` objects of the same int8 model file, called
 as ``session.run(None, {input: batch})`` on the same batch, interleaved in ``--repeats`` rounds
 of ``--calls`` calls (order rotated each round), per-round medians:
@@ -43,8 +43,8 @@ from bench_convert import cnn_model, quiet, sklearn_model  # noqa: E402
 from bench_neural_daemon import interleave  # noqa: E402
 
 from edge_agent.bundle.loader import load_bundle  # noqa: E402
+from edge_agent.neural.agents import NeuralAgentGroup  # noqa: E402
 from edge_agent.neural.backends.onnxruntime import x64_quant_precision  # noqa: E402
-from edge_agent.neural.groups import NeuralAgentGroup  # noqa: E402
 from edge_agent_host.converters.onnx import (  # noqa: E402
     ConvertOptions,
     NeuralOptions,

@@ -916,7 +916,7 @@ def check_config(
     detected with ``facts``, default: this machine). On failure the report is one
     ``path:line: field: problem`` line per problem; on success it summarises the config. The
     models and the memory budget are checked by ``edge-agent check-config``
-    (``edge_agent.daemon.groups.admit``), which needs the models themselves.
+    (``edge_agent.daemon.admission.admit``), which needs the models themselves.
     """
     try:
         source = read_config(path, profiles=profiles)

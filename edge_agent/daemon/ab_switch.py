@@ -42,7 +42,7 @@ from edge_agent.config.daemon import DaemonConfig, GroupConfig
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.core.budget import MemoryBudget
 from edge_agent.daemon.admission import load_group_model, trusted_keys
-from edge_agent.daemon.groups import (
+from edge_agent.daemon.group_runtime import (
     GroupRuntime,
     healthy_steps,
     io_signature,
@@ -102,7 +102,7 @@ class CheckSnapshot:
     #: Agents of the scratch group: at most :data:`HEALTH_CHECK_AGENTS`, at most the group's.
     n_agents: int
     threads: int
-    #: The running group's kind and :func:`~edge_agent.daemon.groups.io_signature` (None: no
+    #: The running group's kind and :func:`~edge_agent.daemon.group_runtime.io_signature` (None: no
     #: group of that name runs).
     kind: str | None
     signature: tuple[object, ...] | None
@@ -121,7 +121,7 @@ def check_bundle(snapshot: CheckSnapshot, path: Path, steps: int, timeout_s: flo
     """Load the bundle at ``path`` for ``snapshot.group`` and step a scratch group of it ``steps``
     times on random valid inputs within ``timeout_s``; raise EdgeAgentError when it cannot run
     there (any thread: it reads only its arguments). What depends on the group's kind (loading,
-    building, the signature, the steps) is asked of :mod:`edge_agent.daemon.groups`."""
+    building, the signature, the steps) is asked of :mod:`edge_agent.daemon.group_runtime`."""
     cfg = snapshot.group
     deadline = time.monotonic() + timeout_s
     loaded = load_group_model(with_bundle(cfg, path), snapshot.config, snapshot.keys)

@@ -8,8 +8,9 @@ password and TLS files the daemon reads, every group's model (:func:`load_group_
 built-in, or a verified bundle of kind ``aif``, ``neural`` or ``aif+perception``, with a
 ``perception`` bundle when the group names one; its dimensions checked against the group's
 world), then the memory plan of every group
-(:func:`~edge_agent.daemon.groups.plan_requests`) before anything is allocated. Deployed bundles
-(the overlay of :mod:`edge_agent.fleet.deploy`) replace configured models where valid.
+(:func:`~edge_agent.daemon.group_runtime.plan_requests`) before anything is allocated.
+Deployed bundles (the overlay of :mod:`edge_agent.fleet.deploy`) replace configured models
+where valid.
 Nothing here imports the service module.
 """
 
@@ -35,7 +36,7 @@ from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import Problem
 from edge_agent.core.budget import MemoryBudget, format_bytes
 from edge_agent.daemon.cgroup import CgroupMemory, read_cgroup_memory
-from edge_agent.daemon.groups import (
+from edge_agent.daemon.group_runtime import (
     GroupRuntime,
     make_agents,
     make_runtime,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from edge_agent.config.profiles import FirmwareProfile
-from edge_agent.daemon.groups import GroupRuntime
+from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.fleet.commands import (
     ChunkArgs,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.core.budget import RssSampler, format_bytes
-from edge_agent.daemon.groups import GroupRuntime
+from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.scheduler import TickClock
 from edge_agent.daemon.thermal import FirmwareFlags, ThermalGovernor
 

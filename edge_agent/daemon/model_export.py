@@ -24,7 +24,7 @@ import numpy as np
 from edge_agent.config.daemon import GroupConfig, read_config
 from edge_agent.core.learning import learned_arrays
 from edge_agent.daemon.admission import load_group_model, trusted_keys
-from edge_agent.daemon.groups import model_spec_key, with_bundle
+from edge_agent.daemon.group_runtime import model_spec_key, with_bundle
 from edge_agent.daemon.snapshots import LoadedSnapshot, read_snapshot
 from edge_agent.errors import InputError, SnapshotError
 from edge_agent.fleet.deploy import read_overlay

@@ -57,7 +57,7 @@ from edge_agent.daemon import discovery, metric_help
 from edge_agent.daemon import status as status_view
 from edge_agent.daemon.ab_switch import ABSwitch
 from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
-from edge_agent.daemon.groups import GroupRuntime
+from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.heap import release_free_heap
 from edge_agent.daemon.scheduler import TickClock, TickStats
@@ -244,14 +244,14 @@ class Daemon:
     @classmethod
     def from_file(cls, source: ConfigFile, config_path: Path | None, **kwargs: Any) -> Daemon:
         """A daemon on a config read by :func:`edge_agent.config.daemon.read_config`: the same
-        checks as ``check-config`` and a reload (:func:`~edge_agent.daemon.groups.admit`), each
+        checks as ``check-config`` and a reload (:func:`~edge_agent.daemon.admission.admit`), each
         problem at its line."""
         return cls(source, config_path=config_path, **kwargs)
 
     def _admit(
         self, source: ConfigFile
     ) -> tuple[FirmwareProfile, MemoryBudget, list[GroupRuntime]]:
-        """:func:`~edge_agent.daemon.groups.admit` with the deployed bundles applied: profile,
+        """:func:`~edge_agent.daemon.admission.admit` with the deployed bundles applied: profile,
         fresh budget and groups. Drops overlay entries the config superseded."""
         problems: list[OverlayProblem] = []
         admitted = admit(source, overlay=self.ab_switch.deployed_bundles(), problems=problems)

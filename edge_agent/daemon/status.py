@@ -24,7 +24,7 @@ from edge_agent import __version__
 from edge_agent.config.daemon import DaemonConfig
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
-from edge_agent.daemon.groups import GroupRuntime
+from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 from edge_agent.config.daemon import ConfigFile, DaemonConfig
 from edge_agent.coordination.config import CoordinationConfig
 from edge_agent.daemon.admission import hub_keys, mqtt_password
-from edge_agent.daemon.groups import GroupRuntime
+from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.agent_io import ObservationBuffer, ObservationRouter
 from edge_agent.fleet.commands import Handler

@@ -30,8 +30,9 @@ Actions (:class:`ActionPublisher`): once per tick per group, the whole group's a
 batches of at most :data:`~edge_agent.fleet.protocol.MAX_BATCH_AGENTS` agents that fit the payload
 limit, ids ``0 ... n-1``, the smallest unsigned dtype that holds every action.
 
-In a group (:mod:`edge_agent.daemon.groups`), an ``mqtt`` source is an :class:`InboxSource` (a
-buffer and the topic filter it listens on through the uplink) and an ``mqtt`` sink an
+In a group (:mod:`edge_agent.daemon.group_runtime`), an ``mqtt`` source is an
+:class:`InboxSource` (a buffer and the topic filter it listens on through the uplink) and an
+``mqtt`` sink an
 :class:`ActionPublisher`: :class:`edge_agent.core.contract.Source` and ``Sink`` by their shape.
 """
 

@@ -1,6 +1,6 @@
 """The ``neural`` kind: a neural policy from a ``neural`` bundle.
 
-Its agents are :class:`~edge_agent.neural.groups.NeuralAgentGroup`; observations are feature
+Its agents are :class:`~edge_agent.neural.agents.NeuralAgentGroup`; observations are feature
 vectors (or frames), actions the policy's discrete choice or continuous values. The backend
 (onnxruntime, LiteRT) is imported when the first group builds.
 """
@@ -20,7 +20,7 @@ from edge_agent.kinds.base import (
     outcome_world_mismatch,
     sim_world,
 )
-from edge_agent.neural.groups import NeuralAgentGroup, window_layout
+from edge_agent.neural.agents import NeuralAgentGroup, window_layout
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle

@@ -25,7 +25,7 @@ from edge_agent.kinds.base import (
     sim_world,
 )
 from edge_agent.kinds.neural import check_features, neural_model, plan_net
-from edge_agent.neural.groups import NeuralAgentGroup
+from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.perception import PerceptionAifGroup
 
 if TYPE_CHECKING:

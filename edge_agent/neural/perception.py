@@ -34,7 +34,7 @@ from edge_agent.core.agents import AifAgentGroup, Precision
 from edge_agent.core.budget import MemoryBudget
 from edge_agent.core.contract import GroupIO, state_under
 from edge_agent.errors import BundleError, InputError, ModelError
-from edge_agent.neural.groups import NeuralAgentGroup
+from edge_agent.neural.agents import NeuralAgentGroup
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle

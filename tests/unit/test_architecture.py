@@ -111,7 +111,7 @@ print(sorted(m for m in sys.modules if m.startswith("edge_agent.coordination")))
 
 def test_importing_the_device_side_imports_no_runtime() -> None:
     code = (
-        "import sys, edge_agent.neural.backends, edge_agent.neural.groups, "
+        "import sys, edge_agent.neural.backends, edge_agent.neural.agents, "
         "edge_agent.neural.perception, "
         "edge_agent.sim.sensors; "
         "print([m for m in ('onnxruntime', 'ai_edge_litert', 'tflite_runtime', 'tensorflow', "

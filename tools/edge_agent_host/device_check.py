@@ -13,8 +13,8 @@ import numpy as np
 
 from edge_agent.bundle.loader import Bundle
 from edge_agent.errors import EdgeAgentError, ModelError
+from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.backends import Session
-from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent_host.neural_inputs import Samples, _count
 

@@ -19,8 +19,8 @@ from edge_agent.aif.quant import quantize_model
 from edge_agent.aif.settings import AifSettings
 from edge_agent.bundle.loader import Bundle, BundleKind, NeuralSpec
 from edge_agent.errors import InputError, ModelError
+from edge_agent.neural.agents import window_layout
 from edge_agent.neural.backends import Session, get_backend
-from edge_agent.neural.groups import window_layout
 from edge_agent_host.converters.aif import (
     aif_bundle_arrays,
     aif_checks,

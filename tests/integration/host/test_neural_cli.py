@@ -14,8 +14,8 @@ import pytest
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.core.budget import MemoryBudget, MiB
+from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.backends import available_backends
-from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent.sim.tmaze import tmaze_model
 from edge_agent_host.builders import mlp_onnx, sensor_policy

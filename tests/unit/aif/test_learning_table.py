@@ -16,7 +16,7 @@ from edge_agent.config.profiles import FirmwareProfile, load_profiles
 from edge_agent.core.budget import format_bytes
 from edge_agent.core.learning import LearningAgentGroup, PerAgentLearningGroup
 from edge_agent.daemon.admission import admit, load_group_model, resolve_models
-from edge_agent.daemon.groups import plan_requests
+from edge_agent.daemon.group_runtime import plan_requests
 from edge_agent.errors import ConfigError
 from edge_agent.sim.endpoints import WorldSource
 from edge_agent.sim.registry import builtin_model

@@ -14,10 +14,10 @@ from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.config.daemon import read_config
 from edge_agent.config.profiles import FirmwareProfile, load_profiles
 from edge_agent.daemon.admission import admit, load_group_model, trusted_keys
-from edge_agent.daemon.groups import GroupRuntime, healthy_steps, make_agents
+from edge_agent.daemon.group_runtime import GroupRuntime, healthy_steps, make_agents
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.kinds.base import LoadedModel
-from edge_agent.neural.groups import MODEL_BYTES_FACTOR, NeuralAgentGroup
+from edge_agent.neural.agents import MODEL_BYTES_FACTOR, NeuralAgentGroup
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.builders import mlp_onnx, random_mlp, sensor_policy

@@ -12,8 +12,8 @@ from PIL import Image
 from edge_agent.fleet.agent_io import FeatureBuffer, ObservationRouter, encode_frame
 from edge_agent.fleet.comms.base import Incoming
 from edge_agent.fleet.topics import Topics
+from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.backends import get_backend
-from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent_host.builders import image_cnn_onnx, random_image_cnn
 from tests.unit.neural.test_neural import spec_for
 

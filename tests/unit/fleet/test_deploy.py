@@ -23,7 +23,7 @@ from edge_agent.bundle.signing import TrustedKeys, load_private_key
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.config.daemon import BuiltinModel, parse_config, read_config
 from edge_agent.daemon import ab_switch
-from edge_agent.daemon.groups import io_signature
+from edge_agent.daemon.group_runtime import io_signature
 from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.service import Daemon
 from edge_agent.errors import EdgeAgentError

@@ -16,8 +16,8 @@ from onnx import numpy_helper
 
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.errors import InputError
+from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.backends import available_backends
-from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.builders import mlp_onnx, recurrent_onnx, sensor_policy
 from edge_agent_host.cli import main

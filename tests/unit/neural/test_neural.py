@@ -18,8 +18,8 @@ from edge_agent.bundle.writer import write_bundle
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, MiB
 from edge_agent.errors import BudgetError, BundleError, InputError, ModelError
+from edge_agent.neural.agents import NeuralAgentGroup, window_layout
 from edge_agent.neural.backends import available_backends
-from edge_agent.neural.groups import NeuralAgentGroup, window_layout
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim.sensors import SensorWorld, sensor_prototypes
 from edge_agent_host.builders import (

@@ -18,8 +18,8 @@ from edge_agent.aif.model import GenerativeModel, save_npz
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import BundleError, InputError, ModelError, SignatureError
+from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.backends import available_backends
-from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.builders import conv_onnx, mlp_onnx, random_mlp, sensor_policy

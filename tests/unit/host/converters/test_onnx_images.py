@@ -17,8 +17,8 @@ from edge_agent.aif.model import GenerativeModel, save_npz
 from edge_agent.bundle.loader import NeuralSpec, TensorSpec, load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import InputError, ModelError
+from edge_agent.neural.agents import NeuralAgentGroup, frame_shape, window_layout
 from edge_agent.neural.backends import available_backends, get_backend
-from edge_agent.neural.groups import NeuralAgentGroup, frame_shape, window_layout
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent_host.builders import ImageCnn, conv_features, image_cnn_onnx, random_image_cnn
 from edge_agent_host.cli import main

@@ -21,8 +21,8 @@ from onnx import TensorProto, helper
 
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.errors import InputError, ModelError
+from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.backends import available_backends
-from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent_host.cli import main
 from edge_agent_host.converters.onnx import (
     ConvertOptions,

@@ -12,8 +12,8 @@ import pytest
 from edge_agent.aif import agreement
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.errors import EdgeAgentError, InputError, ModelError
+from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.backends import available_backends
-from edge_agent.neural.groups import NeuralAgentGroup
 from edge_agent_host.builders import mlp_forward
 from edge_agent_host.cli import main
 from edge_agent_host.converters.onnx import ConvertOptions, NeuralOptions

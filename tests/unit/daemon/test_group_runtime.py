@@ -1,6 +1,6 @@
-"""A group at run time is source -> step -> sink (edge_agent.daemon.groups, with the sources and
-sinks of edge_agent.sim.endpoints and edge_agent.fleet.agent_io): real agents, real worlds, real
-observation buffers; only the fleet link is a recording port."""
+"""A group at run time is source -> step -> sink (edge_agent.daemon.group_runtime, with the
+sources and sinks of edge_agent.sim.endpoints and edge_agent.fleet.agent_io): real agents, real
+worlds, real observation buffers; only the fleet link is a recording port."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from edge_agent.config.daemon import read_config
 from edge_agent.config.profiles import FirmwareProfile, load_profiles
 from edge_agent.daemon.admission import admit
-from edge_agent.daemon.groups import GroupRuntime, Sinks
+from edge_agent.daemon.group_runtime import GroupRuntime, Sinks
 from edge_agent.fleet.agent_io import ActionPublisher, InboxSource, ObservationBuffer
 from edge_agent.fleet.protocol import ActionBatch, ObservationBatch
 from edge_agent.sim.endpoints import WorldSource
@@ -178,7 +178,7 @@ def test_a_log_sink_logs_the_actions_even_behind_a_world(
 ) -> None:
     g = one(tmp_path, profiles, '{ type = "sim" }', '{ type = "log" }')
     assert isinstance(g.sink, Sinks)
-    with caplog.at_level(logging.DEBUG, logger="edge_agent.daemon.groups"):
+    with caplog.at_level(logging.DEBUG, logger="edge_agent.daemon.group_runtime"):
         assert g.tick(1.0)
     assert any(r.getMessage().startswith("group g step 1 actions") for r in caplog.records)
 
