@@ -496,9 +496,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     owners = budget.by_owner()
     for g in groups:
         learning = owners.get(f"{g.name}:learning")  # [groups.learning]'s counts
+        cost = g.footprint()
         print(
-            f"    group {g.name}: {g.agents.n_agents} agents x {g.agents.per_agent_nbytes()} B, "
-            f"model {format_bytes(g.agents.shared_nbytes)} shared"
+            f"    group {g.name}: {cost.agents} agents x {cost.bytes_per_agent} B, "
+            f"model {format_bytes(cost.shared_bytes)} shared"
             + ("" if learning is None else f", learning {format_bytes(learning)}")
         )
     print(
@@ -506,7 +507,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"({format_bytes(budget.available)} left)"
     )
     for g in groups:
-        g.agents.release()
+        g.release()
     return 0
 
 

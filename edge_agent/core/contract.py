@@ -28,12 +28,16 @@ protocols by their shape: the floors below (``sim``) and beside (``fleet``) neve
 
 A group that learns its model (:mod:`edge_agent.core.learning`) is also a :class:`Learns`: the
 verbs the daemon's learning commands call, whatever the kind.
+
+What a kind's groups report beyond every group's numbers, and what those numbers add up to over
+a node (planning, learning), the kind declares as :class:`MetricFamily` objects: the daemon
+registers them as they come and never names them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -43,6 +47,7 @@ __all__ = [
     "FleetPort",
     "GroupIO",
     "Learns",
+    "MetricFamily",
     "Sink",
     "Source",
     "StateReader",
@@ -208,6 +213,27 @@ class AgentGroup(Protocol):
     def metrics(self) -> dict[str, object]:
         """The kind's own numbers of the group for telemetry and Prometheus (may be empty)."""
         ...
+
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """Numbers some kinds of group report: the keys they add to their groups'
+    :meth:`AgentGroup.metrics` and the node's totals over those groups, one reader of the
+    daemon's metrics registry under ``name`` (``planning.agents``, ``edge_agent_planning_agents``).
+
+    ``total`` takes every group's numbers (``agents`` among them: the group's size) and returns
+    the node's, empty when no group reports the family's keys. ``gauges`` are the totals' keys
+    that are gauges (``"*"``: all; the others only grow), ``describe`` their HELP texts;
+    ``group_gauges`` and ``group_describe`` the same of the per-group keys.
+    """
+
+    name: str
+    help: str
+    total: Callable[[Sequence[Mapping[str, object]]], dict[str, float | int]]
+    gauges: tuple[str, ...] = ()
+    describe: Mapping[str, str] = field(default_factory=dict)
+    group_gauges: tuple[str, ...] = ()
+    group_describe: Mapping[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -255,10 +255,10 @@ class ABSwitch:
             config=config,
             group=cfg,
             keys=trusted_keys(config),
-            n_agents=min(HEALTH_CHECK_AGENTS, current.agents.n_agents if current else cfg.count),
+            n_agents=min(HEALTH_CHECK_AGENTS, current.n_agents if current else cfg.count),
             threads=self.host.profile.inference_threads,
             kind=None if current is None else current.kind,
-            signature=None if current is None else io_signature(current.agents),
+            signature=None if current is None else current.io_signature(),
         )
 
         def check(path: Path, steps: int, timeout_s: float) -> CheckedBundle:
@@ -314,7 +314,7 @@ class ABSwitch:
         if self._deployer.watch_tick():
             old, self._old = self._old, None
             if old is not None:
-                old.agents.release()
+                old.release()
             self.publish_reports()
 
     def defer_reload(self) -> bool:
@@ -355,14 +355,11 @@ class ABSwitch:
                 "checked: deploy it again"
             )
             return
-        loaded = checked.loaded
         try:
-            agents = make_agents(
-                loaded,
-                old.config,
-                old.agents.n_agents,
+            new = old.replaced(
+                with_bundle(old.config, ready.path),
+                checked.loaded,
                 budget=host.budget,
-                history_capacity=old.agents.history_capacity,
                 threads=host.profile.inference_threads,
                 workers=old.config.workers_for(host.profile),
             )
@@ -371,18 +368,17 @@ class ABSwitch:
                 f"the old and the new group do not fit the budget together: {err}"
             )
             return
-        new = old.replaced(with_bundle(old.config, ready.path), agents, loaded)
         try:
             self._deployer.switched(ready, model_spec_key(cfg))
         except OSError as err:
-            agents.release()
+            new.release()
             self._deployer.switch_failed(f"cannot record the switch: {err}")
             return
         groups[index] = new
         self._old = old
         host.rebirth()
         logger.info("group %s switched to bundle %s", old.name, ready.sha256[:12])
-        if "learning" in agents.describe():  # nothing learned on the old bundle carries over
+        if new.learning is not None:  # nothing learned on the old bundle carries over
             logger.info(
                 "group %s: learning starts from bundle %s's priors", old.name, ready.sha256[:12]
             )
@@ -396,7 +392,7 @@ class ABSwitch:
             return
         groups[index] = old  # on the source and sink the two share (GroupRuntime.replaced)
         self._old = None
-        g.agents.release()
+        g.release()
         self._deployer.rollback(problem)
         self.host.rebirth()
         self.publish_reports()

@@ -480,7 +480,7 @@ def build_groups(
             groups.append(make_runtime(cfg, agents, loaded))
     except BaseException:
         for built in groups:
-            built.agents.release()
+            built.release()
         raise
     return groups
 

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,15 +38,15 @@ from edge_agent.config.daemon import (
     describe_endpoint,
 )
 from edge_agent.core.budget import MemoryBudget, PlanRequest
-from edge_agent.core.contract import AgentGroup, FleetPort, Learns, Sink, Source
+from edge_agent.core.contract import AgentGroup, FleetPort, Learns, MetricFamily, Sink, Source
 from edge_agent.errors import EdgeAgentError
 from edge_agent.kinds import get_kind
-from edge_agent.kinds.base import LoadedModel, world_name
+from edge_agent.kinds.base import GroupKind, LoadedModel, world_name
 from edge_agent.sim.endpoints import WorldSource
 
 if TYPE_CHECKING:
     # Imported only by a daemon with [mqtt] enabled (or an MQTT source, sink):
-    from edge_agent.coordination.runtime import CoordinationRuntime
+    from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,25 @@ def io_signature(agents: Agents) -> tuple[object, ...]:
     return agents.io_signature()
 
 
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """What a group costs, read at once: its agents, their precision, the bytes of one agent
+    (state and history) and of its model, shared by every group that runs it."""
+
+    agents: int
+    precision: str
+    bytes_per_agent: int
+    shared_bytes: int
+
+
 @dataclass
 class GroupRuntime:
     """A configured group: its agents, the source its observations come from and the sink its
     actions go to (:mod:`edge_agent.core.contract`'s :class:`Source` and :class:`Sink`; which
     ones, :func:`make_runtime` chose from the config once).
+
+    Others ask it to do things (the verbs below) and read what it tells them (``describe``,
+    ``metrics``, ``footprint``); none reaches into its agents.
     """
 
     config: GroupConfig
@@ -72,10 +86,12 @@ class GroupRuntime:
     sink: Sink
     bundle_name: str | None = None
     bundle_sha256: str | None = None
-    paused: bool = False
-    paused_reason: str = ""
-    steps: int = 0
+    #: The group's kind (:mod:`edge_agent.kinds`): what it reports beyond every group's numbers.
+    group_kind: GroupKind | None = field(default=None, repr=False)
     coordination: CoordinationRuntime | None = field(default=None, init=False, repr=False)
+    _paused: bool = field(default=False, init=False)
+    _paused_reason: str = field(default="", init=False)
+    _steps: int = field(default=0, init=False)
     _step: Callable[[np.ndarray, float, np.ndarray | None], np.ndarray] = field(
         init=False, repr=False
     )
@@ -102,9 +118,42 @@ class GroupRuntime:
 
         self.coordination, self._step, self._reset = runtime, step, reset
 
+    def coordination_binding(self) -> GroupBinding | None:
+        """What the coordination runtime follows of the group (None: it has no coordination
+        table); imported only by a daemon that coordinates."""
+        if self.config.coordination is None:
+            return None
+        from edge_agent.coordination.runtime import GroupBinding  # noqa: PLC0415 - [mqtt] only
+
+        return GroupBinding(self.agents, self.config.coordination)
+
+    # -- what the group tells ---------------------------------------------------------------------
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def n_agents(self) -> int:
+        return self.agents.n_agents
+
+    @property
+    def history_capacity(self) -> int:
+        """Steps of history kept per agent."""
+        return self.agents.history_capacity
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def paused_reason(self) -> str:
+        """What paused the group (``command``, ``memory``, ``thermal``); empty while it runs."""
+        return self._paused_reason
+
+    @property
+    def steps(self) -> int:
+        """Batched steps so far."""
+        return self._steps
 
     @property
     def learning(self) -> Learns | None:
@@ -116,11 +165,37 @@ class GroupRuntime:
         """The kind's name (the first item of the agents' I/O signature)."""
         return str(self.agents.io_signature()[0])
 
+    def io_signature(self) -> tuple[object, ...]:
+        """What the group's source and sink are built for (see :func:`io_signature`)."""
+        return io_signature(self.agents)
+
+    def footprint(self) -> Footprint:
+        a = self.agents
+        return Footprint(a.n_agents, a.precision, a.per_agent_nbytes(), a.shared_nbytes)
+
+    def metrics(self) -> dict[str, object]:
+        """The group's numbers: every group's (``agents``, ``steps``, ``paused``,
+        ``bytes_per_agent``), then its kind's (:meth:`AgentGroup.metrics`)."""
+        numbers: dict[str, object] = {
+            "agents": self.agents.n_agents,
+            "steps": self._steps,
+            "paused": self._paused,
+            "bytes_per_agent": self.agents.per_agent_nbytes(),
+        }
+        numbers.update(self.agents.metrics())
+        return numbers
+
+    def metric_families(self) -> tuple[MetricFamily, ...]:
+        """The node's totals the group's kind adds to (planning, learning, ...)."""
+        return getattr(self.group_kind, "metric_families", ())
+
     def tick(self, now: float, vet: Callable[[], None] | None = None) -> bool:
         """One tick: the source's inputs -> one batched step of every agent (through
-        coordination when it takes part: :meth:`coordinate`) -> the sink. False if the source
-        had nothing to step on yet. ``vet`` (a deployment's watch) runs between the step and
-        the sink: it raises to keep the actions from the sink."""
+        coordination when it takes part: :meth:`coordinate`) -> the sink. False if the group is
+        paused or the source had nothing to step on yet. ``vet`` (a deployment's watch) runs
+        between the step and the sink: it raises to keep the actions from the sink."""
+        if self._paused:
+            return False
         taken = self.source.take()
         if taken is None:
             return False  # an inbox waits until every agent has had an observation
@@ -128,10 +203,10 @@ class GroupRuntime:
         if starts is not None:
             self._reset(starts)
         actions = self._step(obs, now, outcomes)
-        self.steps += 1
+        self._steps += 1
         if vet is not None:
             vet()
-        self.sink.put(self.steps, actions)
+        self.sink.put(self._steps, actions)
         return True
 
     # -- verbs: what others ask of a group ------------------------------------------------------
@@ -144,16 +219,16 @@ class GroupRuntime:
     def pause(self, reason: str) -> bool:
         """Stop stepping the group (``reason``: ``command``, ``memory``, ``thermal``); False
         if it was paused already (for whatever reason)."""
-        if self.paused:
+        if self._paused:
             return False
-        self.paused, self.paused_reason = True, reason
+        self._paused, self._paused_reason = True, reason
         return True
 
     def resume(self, reason: str) -> bool:
         """Step the group again if ``reason`` paused it; False otherwise."""
-        if not self.paused or self.paused_reason != reason:
+        if not self._paused or self._paused_reason != reason:
             return False
-        self.paused, self.paused_reason = False, ""
+        self._paused, self._paused_reason = False, ""
         return True
 
     def resize(self, n_agents: int) -> None:
@@ -164,14 +239,43 @@ class GroupRuntime:
         self.source.resize(n_agents)
         self.sink.resize(n_agents)
 
+    def halve_history(self, minimum: int) -> bool:
+        """Keep half the steps of history (not fewer than ``minimum``); False, and nothing
+        changed, when it keeps ``minimum`` or fewer already."""
+        capacity = self.agents.history_capacity
+        if capacity <= minimum:
+            return False
+        self.agents.resize_history(max(minimum, capacity // 2))
+        return True
+
+    def release(self) -> None:
+        """Give every reservation of the agents back to the budget (the group is done)."""
+        self.agents.release()
+
     def carry_over(self, prev: GroupRuntime) -> bool:
         """Take over ``prev``'s beliefs and histories (and its source's pending input) when a
         reload kept its model and size; False (nothing taken) otherwise."""
-        agents, old = self.agents, prev.agents
-        if old.key != agents.key or old.n_agents != agents.n_agents:
+        if not self.restore(prev.snapshot_meta(), prev.agents.state_dict()):
             return False
-        agents.load_state_dict(old.state_dict())
         self.source.carry_over(prev.source)
+        return True
+
+    def snapshot_meta(self) -> dict[str, object]:
+        """What a snapshot records of the group to know its state again: the model's identity
+        and the group's size."""
+        return {"key": self.agents.key, "agents": self.agents.n_agents}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The agents' state (their own arrays: write them out now, do not keep them)."""
+        return self.agents.state_dict()
+
+    def restore(self, meta: Mapping[str, object], state: Mapping[str, np.ndarray]) -> bool:
+        """Load ``state`` saved with ``meta`` (:meth:`snapshot_meta`) if it is of this group's
+        model and size (False, nothing loaded, otherwise). EdgeAgentError: a state that does not
+        fit the agents."""
+        if meta.get("key") != self.agents.key or meta.get("agents") != self.agents.n_agents:
+            return False
+        self.agents.load_state_dict(state)
         return True
 
     def rejected_input(self) -> tuple[str, dict[str, int]] | None:
@@ -196,9 +300,28 @@ class GroupRuntime:
         """Whether the agents' state is finite (a new bundle's watch checks this every tick)."""
         return agents_finite(self.agents)
 
-    def replaced(self, cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> GroupRuntime:
-        """This group with new agents (a deployed bundle), on the same source and sink (the
-        two groups share them: a rollback puts this one back as it is)."""
+    def replaced(
+        self,
+        cfg: GroupConfig,
+        loaded: LoadedModel,
+        *,
+        budget: MemoryBudget,
+        threads: int,
+        workers: int,
+    ) -> GroupRuntime:
+        """This group on a new model (a deployed bundle): agents of ``loaded`` as many as this
+        group's, with as much history, reserved in ``budget`` (a BudgetError leaves everything
+        as it was), on the same source and sink (the two groups share them: a rollback puts
+        this one back as it is)."""
+        agents = make_agents(
+            loaded,
+            self.config,
+            self.agents.n_agents,
+            budget=budget,
+            history_capacity=self.agents.history_capacity,
+            threads=threads,
+            workers=workers,
+        )
         new = GroupRuntime(
             config=cfg,
             agents=agents,
@@ -206,9 +329,9 @@ class GroupRuntime:
             sink=self.sink,
             bundle_name=loaded.bundle_name,
             bundle_sha256=loaded.bundle_sha256,
-            paused=self.paused,
-            paused_reason=self.paused_reason,
+            group_kind=get_kind(loaded.kind),
         )
+        new._paused, new._paused_reason = self._paused, self._paused_reason
         new.coordinate(self.coordination)
         return new
 
@@ -224,12 +347,12 @@ class GroupRuntime:
             **a.describe(),
             "precision": a.precision,
             "priority": self.config.priority,
-            "paused": self.paused,
-            "paused_reason": self.paused_reason,
+            "paused": self._paused,
+            "paused_reason": self._paused_reason,
             "history_capacity": a.history_capacity,
             "bytes_per_agent": a.per_agent_nbytes(),
             "shared_model_bytes": a.shared_nbytes,
-            "steps": self.steps,
+            "steps": self._steps,
             "source": describe_endpoint(self.config.source),
             "sink": describe_endpoint(self.config.sink),
         }
@@ -383,6 +506,7 @@ def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> Group
         sink=sinks[0] if len(sinks) == 1 else Sinks(*sinks),
         bundle_name=loaded.bundle_name,
         bundle_sha256=loaded.bundle_sha256,
+        group_kind=get_kind(loaded.kind),
     )
 
 

@@ -154,14 +154,14 @@ class CommandHandlers:
             return g
         n = args.agents
         profile = self.daemon.profile
-        total = self.daemon.total_agents - g.agents.n_agents + n
+        total = self.daemon.total_agents - g.n_agents + n
         if total > profile.max_agents:
             return Outcome(
                 ResultCode.FAILED,
                 f"{total} agents in all would exceed max_agents {profile.max_agents} of "
                 f"profile {profile.name!r}",
             )
-        old = g.agents.n_agents
+        old = g.n_agents
         g.resize(n)  # reserves first: BudgetError leaves the group as it was
         self.daemon.rebirth()
         logger.info("group %s resized from %d to %d agents by a hub command", g.name, old, n)

@@ -77,13 +77,11 @@ class HealthMonitor:
                 self._resume(groups, "memory", "RSS back under the soft limit")
             return
         # Step 1: shrink histories by half (not below MIN_HISTORY); step 2: pause low priority.
-        shrinkable = [g for g in groups if g.agents.history_capacity > MIN_HISTORY]
-        if shrinkable:
-            for g in shrinkable:
-                g.agents.resize_history(max(MIN_HISTORY, g.agents.history_capacity // 2))
+        halved = [g for g in groups if g.halve_history(MIN_HISTORY)]
+        if halved:
             msg = (
                 f"RSS {format_bytes(rss)} above soft limit {format_bytes(soft)}: histories halved "
-                f"({', '.join(f'{g.name}={g.agents.history_capacity}' for g in shrinkable)})"
+                f"({', '.join(f'{g.name}={g.history_capacity}' for g in halved)})"
             )
         else:
             running = sorted((g for g in groups if not g.paused), key=lambda g: g.config.priority)

@@ -3,7 +3,9 @@
 One table per reader of the metrics registry (:mod:`edge_agent.service.metrics`), keyed like the
 reader's keys: a HELP text, or an :class:`~edge_agent.service.metrics.Export` where the key is
 renamed, scaled to a base unit, labelled or left out of the Prometheus file (it stays in the
-status file and telemetry under its key). ``docs/deployment.md`` lists the resulting names.
+status file and telemetry under its key). ``docs/deployment.md`` lists the resulting names. What
+a kind of group reports beyond every group's numbers (planning, learning) its kind describes
+(:class:`~edge_agent.core.contract.MetricFamily`, :mod:`edge_agent.kinds.aif`).
 """
 
 from __future__ import annotations
@@ -145,41 +147,11 @@ FLEET: Final[Described] = {
     "refusals_logged_summaries": "Log lines summarising refused commands.",
 }
 
-PLANNING: Final[Described] = {
-    "agents": "Agents in groups with a planning policy (not every tick).",
-    "planned": "Agents of those groups that planned in the last tick.",
-    "deferred": "Agents that had to plan but were put off by a planning budget in the last tick.",
-    "duty_cycle": "Share of those agents that planned in the last tick.",
-    "plan_age_mean": "Mean age in ticks of those agents' committed plans.",
-}
-LEARNING: Final[Described] = {
-    "groups": "Groups whose agents learn their model ([groups.learning]).",
-    "agents": "Agents in those groups.",
-    "updates": "Updates of those groups' Dirichlet counts (each learned table's, added up).",
-    "divergence": "KL divergence in nats of the learned tables from their priors (of the "
-    "tables the counts stand for, per column), mean over those groups' agents.",
-    "surprise": "Mean surprise -ln p(o) per tick of the agents' outcomes under the beliefs "
-    "they predicted (nats, summed over modalities; a moving mean over about 100 ticks), mean "
-    "over those groups' agents.",
-}
 GROUP: Final[dict[str, str]] = {
     "agents": "Agents in the group.",
     "steps": "Batched steps of the group.",
     "paused": "1 while the group is paused.",
     "bytes_per_agent": "Memory of one agent of the group in bytes (state and history).",
-    "planning_duty_cycle": "Share of the group's agents that planned in the last tick "
-    "(groups with a planning policy).",
-    "planning_deferred": "Agents that had to plan but were put off by the planning budget in "
-    "the last tick.",
-    "plan_age_mean": "Mean age of the agents' committed plans, in ticks.",
-    "learning_updates": "Updates of the group's Dirichlet counts (each learned table's, added "
-    "up; groups that learn).",
-    "learning_divergence": "Mean over the learned tables' columns of the KL divergence in nats "
-    "of the table the counts stand for from the one their prior stands for (0: nothing "
-    "learned).",
-    "learning_surprise": "The agents' mean surprise -ln p(o) per tick under the beliefs they "
-    "predicted (nats, summed over modalities; at most 256 agents spread over the group), a "
-    "moving mean over about 100 ticks.",
 }
 
 POWER: Final[Described] = {

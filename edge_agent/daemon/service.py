@@ -77,6 +77,7 @@ from edge_agent.state_health import Recovery, StateHealth
 
 if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding
+    from edge_agent.core.contract import MetricFamily
     from edge_agent.daemon.uplink import FleetUplink
     from edge_agent.fleet.deploy import Report
     from edge_agent.fleet.link import FleetLink
@@ -113,18 +114,8 @@ SNAPSHOT_GAUGES: Final = (
     "writes_in_last_hour",
     "max_writes_per_hour",
 )
-GROUP_GAUGES: Final = (
-    "agents",
-    "paused",
-    "bytes_per_agent",
-    "planning_duty_cycle",
-    "planning_deferred",
-    "plan_age_mean",
-    "learning_divergence",
-    "learning_surprise",
-)
-#: The node's learning totals that are gauges (``updates`` is a counter).
-LEARNING_GAUGES: Final = ("agents", "groups", "divergence", "surprise")
+#: Every group's numbers that are gauges (a kind's own: its :class:`MetricFamily`).
+GROUP_GAUGES: Final = ("agents", "paused", "bytes_per_agent")
 
 
 class State(enum.Enum):
@@ -225,6 +216,8 @@ class Daemon:
         self.last_snapshot: dict[str, Any] | None = None
         self.uplink: FleetUplink | None = None
         self.coordination: CoordinationRuntime | None = None
+        #: The families of numbers the groups' kinds add up, registered so far.
+        self._families: set[str] = set()
         self.metrics = self._make_metrics()
         if config.mqtt.enabled:
             self._open_fleet(config)
@@ -292,13 +285,12 @@ class Daemon:
     def _coordination_groups(self) -> dict[str, GroupBinding]:
         """The groups with a coordination table, as they are now (the runtime follows them;
         admission lets only kinds that share beliefs have one)."""
-        from edge_agent.coordination.runtime import GroupBinding  # noqa: PLC0415 - [mqtt] only
-
-        return {
-            g.name: GroupBinding(g.agents, g.config.coordination)
-            for g in self.groups
-            if g.config.coordination is not None
-        }
+        bindings: dict[str, GroupBinding] = {}
+        for g in self.groups:
+            binding = g.coordination_binding()
+            if binding is not None:
+                bindings[g.name] = binding
+        return bindings
 
     def _open_coordination(self, config: DaemonConfig, link: FleetLink) -> None:
         """The coordination runtime, when a group takes part (reserves its memory first)."""
@@ -363,20 +355,17 @@ class Daemon:
         restored: dict[str, int] = {}
         for g in self.groups:
             meta = groups_meta.get(g.name)
-            if (
-                not meta
-                or meta.get("key") != g.agents.key
-                or meta.get("agents") != g.agents.n_agents
-            ):
+            if not meta:
                 continue
             # read straight into the group's arrays: nothing inflated is held beside them
             state = snap.arrays.under(f"group.{g.name}.")
             try:
-                g.agents.load_state_dict(state)
+                if not g.restore(meta, state):
+                    continue
             except EdgeAgentError as err:
                 logger.warning("snapshot for group %s not restored: %s", g.name, err)
                 continue
-            restored[g.name] = g.agents.n_agents
+            restored[g.name] = g.n_agents
         self.restored_from = str(snap.path)
         logger.info(
             "restored %s from snapshot %s (seq %d, written %s, %s ago, by config %s); "
@@ -424,9 +413,9 @@ class Daemon:
             "config": str(self.config_path) if self.config_path else "<embedded demo config>",
         }
         for g in self.groups:
-            for k, v in g.agents.state_dict().items():
+            for k, v in g.state().items():
                 arrays[f"group.{g.name}.{k}"] = v
-            meta["groups"][g.name] = {"key": g.agents.key, "agents": g.agents.n_agents}
+            meta["groups"][g.name] = g.snapshot_meta()
         try:
             info = self.snapshots.save(arrays, meta, force=force)
         except (OSError, SnapshotError) as err:
@@ -596,8 +585,6 @@ class Daemon:
     def _tick(self, now: float) -> None:
         watched = self.ab_switch.watching
         for g in self.groups:
-            if g.paused:
-                continue
             if g.name == watched:
                 self.ab_switch.tick_watched(g, now)
             else:
@@ -605,7 +592,7 @@ class Daemon:
 
     @property
     def total_agents(self) -> int:
-        return sum(g.agents.n_agents for g in self.groups)
+        return sum(g.n_agents for g in self.groups)
 
     @property
     def telemetry_interval_s(self) -> float:
@@ -638,13 +625,13 @@ class Daemon:
         old = {g.name: g for g in self.groups}
         for g in groups:  # carry beliefs (and pending observations) over where unchanged
             prev = old.get(g.name)
-            if prev is not None and not g.carry_over(prev) and "learning" in g.agents.describe():
+            if prev is not None and not g.carry_over(prev) and g.learning is not None:
                 logger.info(
                     "group %s: its model or size changed: learning starts from the new "
                     "model's priors", g.name,
                 )
         for g in self.groups:
-            g.agents.release()
+            g.release()
         if new_config.mqtt != self.config.mqtt:
             logger.warning("[mqtt] changes take effect at the next restart")
         if new_config.coordination != self.config.coordination:
@@ -657,6 +644,7 @@ class Daemon:
             g.coordinate(self.coordination)
         if self.uplink is not None:
             self.uplink.bind_sources(self.groups)
+        self._register_families()
         self.rebirth()
         self.reloads_ok += 1
         self.last_reload_error = ""
@@ -858,23 +846,35 @@ class Daemon:
             help="coordination",
         )
         metrics.register_groups(
-            self._group_metrics, gauges=GROUP_GAUGES, help="group", describe=metric_help.GROUP
+            lambda: {g.name: g.metrics() for g in self.groups},
+            gauges=GROUP_GAUGES,
+            help="group",
+            describe=metric_help.GROUP,
         )
-        metrics.register(
-            "planning",
-            self._planning_totals,
-            gauges=("*",),
-            help="planning over the groups with a planning policy",
-            describe=metric_help.PLANNING,
-        )
-        metrics.register(
-            "learning",
-            self._learning_totals,
-            gauges=LEARNING_GAUGES,
-            help="learning over the groups that learn",
-            describe=metric_help.LEARNING,
-        )
+        self.metrics = metrics
+        self._register_families()
         return metrics
+
+    def _register_families(self) -> None:
+        """A reader for each family of numbers the groups' kinds add up over the node
+        (planning, learning: :class:`~edge_agent.core.contract.MetricFamily`), the first time a
+        group of such a kind runs (at start, or after a reload)."""
+        for g in self.groups:
+            for family in g.metric_families():
+                if family.name in self._families:
+                    continue
+                self._families.add(family.name)
+                self.metrics.register(
+                    family.name,
+                    self._totals_of(family),
+                    gauges=family.gauges,
+                    help=family.help,
+                    describe=family.describe,
+                )
+                self.metrics.add_group_keys(family.group_gauges, family.group_describe)
+
+    def _totals_of(self, family: MetricFamily) -> Callable[[], dict[str, float | int]]:
+        return lambda: family.total([g.metrics() for g in self.groups])
 
     def _daemon_metrics(self) -> dict[str, object]:
         thermal = self.health.thermal
@@ -918,81 +918,6 @@ class Daemon:
                 io[name] = io.get(name, 0) + value
         return io
 
-    def _group_metrics(self) -> dict[str, dict[str, object]]:
-        out: dict[str, dict[str, object]] = {}
-        for g in self.groups:
-            numbers: dict[str, object] = {
-                "agents": g.agents.n_agents,
-                "steps": g.steps,
-                "paused": g.paused,
-                "bytes_per_agent": g.agents.per_agent_nbytes(),
-            }
-            numbers.update(g.agents.metrics())
-            out[g.name] = numbers
-        return out
-
-    def _planning_totals(self) -> dict[str, float | int]:
-        """The last tick's planning over every group with a planning policy (docs/planning.md):
-        the node's numbers for telemetry, which leaves per-group numbers out."""
-        agents = planned = deferred = 0
-        age = 0.0
-        for g in self.groups:
-            numbers = g.agents.metrics()
-            keys = ("planning_duty_cycle", "planning_deferred", "plan_age_mean")
-            duty, put_off, mean_age = (numbers.get(k) for k in keys)
-            if not (
-                isinstance(duty, float | int)
-                and isinstance(put_off, int)
-                and isinstance(mean_age, float | int)
-            ):
-                continue
-            n = g.agents.n_agents
-            agents += n
-            planned += round(duty * n)
-            deferred += put_off
-            age += mean_age * n
-        if agents == 0:
-            return {}
-        return {
-            "agents": agents,
-            "planned": planned,
-            "deferred": deferred,
-            "duty_cycle": round(planned / agents, 6),
-            "plan_age_mean": round(age / agents, 3),
-        }
-
-    def _learning_totals(self) -> dict[str, float | int]:
-        """Learning over every group whose agents learn ([groups.learning], docs/learning.md),
-        from their metrics: count updates added up, divergence and surprise averaged over
-        their agents. The node's numbers for telemetry; empty when no group learns."""
-        agents = groups = updates = 0
-        divergence = surprise = 0.0
-        for g in self.groups:
-            numbers = g.agents.metrics()
-            keys = ("learning_updates", "learning_divergence", "learning_surprise")
-            count, kl, mean = (numbers.get(k) for k in keys)
-            if not (
-                isinstance(count, int)
-                and isinstance(kl, float | int)
-                and isinstance(mean, float | int)
-            ):
-                continue
-            n = g.agents.n_agents
-            agents += n
-            groups += 1
-            updates += count
-            divergence += kl * n
-            surprise += mean * n
-        if agents == 0:
-            return {}
-        return {
-            "groups": groups,
-            "agents": agents,
-            "updates": updates,
-            "divergence": round(divergence / agents, 9),
-            "surprise": round(surprise / agents, 6),
-        }
-
     def _write_prometheus(self) -> None:
         path = self.config.daemon.prometheus_textfile
         if path is None:
@@ -1019,7 +944,7 @@ class Daemon:
                 "tick_p50_ms": round(p50, 4),
                 "tick_p99_ms": round(p99, 4),
                 "overruns": self.stats.overruns,
-                "groups": {g.name: g.agents.n_agents for g in self.groups},
+                "groups": {g.name: g.n_agents for g in self.groups},
                 "cpu_temp_c": self.health.thermal.last_temp_c,
             },
             self.metrics.values(),
@@ -1034,7 +959,7 @@ class Daemon:
             budget_bytes=self.budget.total,
             groups={
                 g.name: GroupInfo(
-                    agents=g.agents.n_agents,
+                    agents=g.n_agents,
                     bundle=g.bundle_name,
                     bundle_sha256=g.bundle_sha256,
                 )

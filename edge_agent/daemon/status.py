@@ -216,12 +216,13 @@ def report(d: StatusView) -> None:
         format_bytes(d.budget.total),
     )
     for g in d.groups:
+        cost = g.footprint()
         logger.info(
             "  %-8s %6d agents %s | %s B/agent + %s shared | %s",
             g.name,
-            g.agents.n_agents,
-            g.agents.precision,
-            g.agents.per_agent_nbytes(),
-            format_bytes(g.agents.shared_nbytes),
+            cost.agents,
+            cost.precision,
+            cost.bytes_per_agent,
+            format_bytes(cost.shared_bytes),
             g.report_line(),
         )

@@ -7,11 +7,16 @@ the only one that learns: with a ``[groups.learning]`` table its agents are a
 :func:`~edge_agent.core.learning.learning_group` (shared counts, also under a planning policy
 and on workers; per-agent counts, on one process),
 whose trials end at the world's episode starts (``pD`` learns there).
+
+Its groups report two families of numbers beyond every group's (:data:`PLANNING`, the groups
+with a planning policy, and :data:`LEARNING`, the groups that learn): the per-group keys their
+agents' ``metrics()`` give, and the node's totals over those groups.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +26,7 @@ from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.config.daemon import BuiltinModel, GroupConfig, SimSource
 from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.contract import MetricFamily
 from edge_agent.core.learning import LearningAgentGroup, learning_group
 from edge_agent.errors import BundleError, ConfigError, InputError
 from edge_agent.kinds.base import (
@@ -41,6 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KIND",
+    "LEARNING_METRICS",
+    "PLANNING_METRICS",
     "AifKind",
     "aif_model",
     "bundle_settings",
@@ -166,11 +174,132 @@ def new_agents(
         raise ConfigError(f"{err} ({LEARNING})", path=None) from err
 
 
+def _planning_totals(groups: Sequence[Mapping[str, object]]) -> dict[str, float | int]:
+    """The last tick's planning over every group with a planning policy (docs/planning.md):
+    the node's numbers for telemetry, which leaves per-group numbers out."""
+    agents = planned = deferred = 0
+    age = 0.0
+    for numbers in groups:
+        keys = ("planning_duty_cycle", "planning_deferred", "plan_age_mean")
+        duty, put_off, mean_age = (numbers.get(k) for k in keys)
+        n = numbers.get("agents")
+        if not (
+            isinstance(duty, float | int)
+            and isinstance(put_off, int)
+            and isinstance(mean_age, float | int)
+            and isinstance(n, int)
+        ):
+            continue
+        agents += n
+        planned += round(duty * n)
+        deferred += put_off
+        age += mean_age * n
+    if agents == 0:
+        return {}
+    return {
+        "agents": agents,
+        "planned": planned,
+        "deferred": deferred,
+        "duty_cycle": round(planned / agents, 6),
+        "plan_age_mean": round(age / agents, 3),
+    }
+
+
+def _learning_totals(groups: Sequence[Mapping[str, object]]) -> dict[str, float | int]:
+    """Learning over every group whose agents learn ([groups.learning], docs/learning.md),
+    from their metrics: count updates added up, divergence and surprise averaged over
+    their agents. The node's numbers for telemetry; empty when no group learns."""
+    agents = n_groups = updates = 0
+    divergence = surprise = 0.0
+    for numbers in groups:
+        keys = ("learning_updates", "learning_divergence", "learning_surprise")
+        count, kl, mean = (numbers.get(k) for k in keys)
+        n = numbers.get("agents")
+        if not (
+            isinstance(count, int)
+            and isinstance(kl, float | int)
+            and isinstance(mean, float | int)
+            and isinstance(n, int)
+        ):
+            continue
+        agents += n
+        n_groups += 1
+        updates += count
+        divergence += kl * n
+        surprise += mean * n
+    if agents == 0:
+        return {}
+    return {
+        "groups": n_groups,
+        "agents": agents,
+        "updates": updates,
+        "divergence": round(divergence / agents, 9),
+        "surprise": round(surprise / agents, 6),
+    }
+
+
+PLANNING_METRICS = MetricFamily(
+    "planning",
+    "planning over the groups with a planning policy",
+    _planning_totals,
+    gauges=("*",),
+    describe={
+        "agents": "Agents in groups with a planning policy (not every tick).",
+        "planned": "Agents of those groups that planned in the last tick.",
+        "deferred": "Agents that had to plan but were put off by a planning budget in the last "
+        "tick.",
+        "duty_cycle": "Share of those agents that planned in the last tick.",
+        "plan_age_mean": "Mean age in ticks of those agents' committed plans.",
+    },
+    group_gauges=("planning_duty_cycle", "planning_deferred", "plan_age_mean"),
+    group_describe={
+        "planning_duty_cycle": "Share of the group's agents that planned in the last tick "
+        "(groups with a planning policy).",
+        "planning_deferred": "Agents that had to plan but were put off by the planning budget in "
+        "the last tick.",
+        "plan_age_mean": "Mean age of the agents' committed plans, in ticks.",
+    },
+)
+"""What a group with a planning policy reports (:meth:`AifAgentGroup.metrics`) and the node's
+totals over those groups."""
+
+LEARNING_METRICS = MetricFamily(
+    "learning",
+    "learning over the groups that learn",
+    _learning_totals,
+    gauges=("agents", "groups", "divergence", "surprise"),  # ``updates`` is a counter
+    describe={
+        "groups": "Groups whose agents learn their model ([groups.learning]).",
+        "agents": "Agents in those groups.",
+        "updates": "Updates of those groups' Dirichlet counts (each learned table's, added up).",
+        "divergence": "KL divergence in nats of the learned tables from their priors (of the "
+        "tables the counts stand for, per column), mean over those groups' agents.",
+        "surprise": "Mean surprise -ln p(o) per tick of the agents' outcomes under the beliefs "
+        "they predicted (nats, summed over modalities; a moving mean over about 100 ticks), "
+        "mean over those groups' agents.",
+    },
+    group_gauges=("learning_divergence", "learning_surprise"),
+    group_describe={
+        "learning_updates": "Updates of the group's Dirichlet counts (each learned table's, "
+        "added up; groups that learn).",
+        "learning_divergence": "Mean over the learned tables' columns of the KL divergence in "
+        "nats of the table the counts stand for from the one their prior stands for (0: "
+        "nothing learned).",
+        "learning_surprise": "The agents' mean surprise -ln p(o) per tick under the beliefs they "
+        "predicted (nats, summed over modalities; at most 256 agents spread over the group), a "
+        "moving mean over about 100 ticks.",
+    },
+)
+"""What a learning group reports (:meth:`LearningAgentGroup.metrics`) and the node's totals over
+the groups that learn."""
+
+
 class AifKind:
     name = "aif"
     shares_beliefs = True
     plans = True
     learns = True
+    metric_families = (PLANNING_METRICS, LEARNING_METRICS)
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         del verify  # an Active Inference group names no other bundle

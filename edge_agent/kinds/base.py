@@ -65,7 +65,12 @@ class Verify(Protocol):
 
 
 class GroupKind(Protocol):
-    """One kind of agent group (a kind module's ``KIND``)."""
+    """One kind of agent group (a kind module's ``KIND``).
+
+    Optional: ``metric_families``, a tuple of
+    :class:`~edge_agent.core.contract.MetricFamily` (the numbers its groups report beyond every
+    group's, and their totals over the node); a kind without it reports none.
+    """
 
     name: str
     shares_beliefs: bool

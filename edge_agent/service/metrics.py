@@ -180,7 +180,15 @@ class Metrics:
     ) -> None:
         """Per-group numbers ``{group: {key: value}}``, exported with a ``group`` label (and
         left out of :meth:`values`, whose readers already total them)."""
-        self._groups = (read, frozenset(gauges), help, describe or {})
+        self._groups = (read, frozenset(gauges), help, dict(describe or {}))
+
+    def add_group_keys(self, gauges: Iterable[str], describe: Mapping[str, str]) -> None:
+        """More per-group keys (those of a kind of group that came with a reload): which are
+        gauges and what each means, added to those of :meth:`register_groups`."""
+        if self._groups is None:
+            raise ValueError("add_group_keys before register_groups")
+        read, known, help_, texts = self._groups
+        self._groups = (read, known | frozenset(gauges), help_, {**texts, **describe})
 
     def register_info(self, name: str, read: InfoReader, *, help: str) -> None:
         """A constant 1 named ``edge_agent_{name}_info`` whose labels are ``read()`` (text that

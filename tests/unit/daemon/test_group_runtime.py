@@ -15,6 +15,7 @@ from edge_agent.config.daemon import read_config
 from edge_agent.config.profiles import FirmwareProfile, load_profiles
 from edge_agent.daemon.admission import admit
 from edge_agent.daemon.group_runtime import GroupRuntime, Sinks
+from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.agent_io import ActionPublisher, InboxSource, ObservationBuffer
 from edge_agent.fleet.protocol import ActionBatch, ObservationBatch
 from edge_agent.sim.endpoints import WorldSource
@@ -219,3 +220,73 @@ def test_a_reload_carries_an_inbox_over_with_its_pending_rows(
     assert new.source.topic == "t/+"  # the new config's filter
     assert new.tick(1.0)
     np.testing.assert_array_equal(new.source.obs[:, 0], [3, 3, 3, 3])
+
+
+def test_the_verbs_others_use_instead_of_the_groups_fields(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile]
+) -> None:
+    """Pause, history, state, metrics: what the daemon's other parts ask of a group."""
+    g = one(tmp_path, profiles, '{ type = "sim" }', '{ type = "sim" }')
+    assert g.pause("memory")
+    assert not g.pause("command")  # paused already: the first reason stays
+    assert (g.paused, g.paused_reason) == (True, "memory")
+    assert not g.tick(1.0)  # a paused group does not step
+    assert g.steps == 0
+    assert not g.resume("thermal")
+    assert g.resume("memory")
+    assert g.tick(2.0)
+    numbers = g.metrics()
+    assert numbers["agents"] == 4
+    assert numbers["steps"] == 1
+    assert numbers["paused"] is False
+    assert numbers["bytes_per_agent"] == g.footprint().bytes_per_agent > 0
+    assert g.footprint().agents == 4
+    capacity = g.history_capacity
+    assert capacity > 8
+    assert g.halve_history(8)
+    assert g.history_capacity == max(8, capacity // 2)
+    while g.halve_history(8):
+        pass
+    assert g.history_capacity == 8
+    meta, state = g.snapshot_meta(), {k: v.copy() for k, v in g.state().items()}
+    other = one(tmp_path, profiles, '{ type = "sim" }', '{ type = "sim" }')
+    assert not other.restore({**meta, "agents": 5}, state)  # another size: nothing loaded
+    assert not other.restore({**meta, "key": "another model"}, state)
+    with pytest.raises(EdgeAgentError):
+        other.restore({**meta, "agents": 4}, {})  # the right group, a state that does not fit
+    assert other.halve_history(8)
+    other.release()
+
+
+def test_an_aif_group_names_the_families_its_kind_adds_up(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile]
+) -> None:
+    """Planning and learning totals are the aif kind's (kinds/aif.py), not the daemon's."""
+    g = one(tmp_path, profiles, '{ type = "sim" }', '{ type = "sim" }')
+    assert [f.name for f in g.metric_families()] == ["planning", "learning"]
+    planning, learning = g.metric_families()
+    assert planning.total([g.metrics()]) == {}  # it plans every tick: no planning numbers
+    groups = [
+        {"agents": 10, "planning_duty_cycle": 0.5, "planning_deferred": 2, "plan_age_mean": 1.0},
+        {"agents": 30, "planning_duty_cycle": 0.1, "planning_deferred": 0, "plan_age_mean": 3.0},
+        {"agents": 7},
+    ]
+    assert planning.total(groups) == {
+        "agents": 40,
+        "planned": 8,
+        "deferred": 2,
+        "duty_cycle": 0.2,
+        "plan_age_mean": 2.5,
+    }
+    learners = [
+        {"agents": 1, "learning_updates": 5, "learning_divergence": 0.4, "learning_surprise": 2.0},
+        {"agents": 3, "learning_updates": 1, "learning_divergence": 0.0, "learning_surprise": 1.0},
+    ]
+    assert learning.total(learners) == {
+        "groups": 2,
+        "agents": 4,
+        "updates": 6,
+        "divergence": 0.1,
+        "surprise": 1.25,
+    }
+    assert learning.total(groups) == {}

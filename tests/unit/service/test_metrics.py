@@ -92,6 +92,25 @@ def test_prometheus_text_names_types_and_labels() -> None:
     )
 
 
+def test_group_keys_added_later_are_gauges_or_counters_with_their_help() -> None:
+    """A kind of group that comes with a reload brings its own per-group keys."""
+    metrics = Metrics()
+    with pytest.raises(ValueError, match="before register_groups"):
+        metrics.add_group_keys(("x",), {})
+    metrics.register_groups(
+        lambda: {"g": {"agents": 3, "age_mean": 1.5, "updates": 4}},
+        gauges=("agents",),
+        help="group",
+    )
+    metrics.add_group_keys(("age_mean",), {"age_mean": "Mean age.", "updates": "Updates."})
+    text = metrics.prometheus()
+    parsed = parse_exposition(text)
+    assert parsed["edge_agent_group_age_mean"][0] == "gauge"
+    assert parsed["edge_agent_group_updates_total"][0] == "counter"
+    assert parsed["edge_agent_group_agents"][0] == "gauge"
+    assert "# HELP edge_agent_group_age_mean Mean age." in text
+
+
 def test_base_units_renames_parts_infos_and_summaries() -> None:
     metrics = Metrics()
     metrics.register_info("build", lambda: {"version": "1.2.3"}, help="The version.")
