@@ -20,6 +20,14 @@ The fleet link never blocks start-up: it connects in the background once the dae
 and everything published meanwhile waits in the durable outbox. ``docs/fleet.md`` describes the
 commands, deployments and telemetry.
 
+The service owns the state machine and the loop, and hands each job to its own module: admission
+(:mod:`~edge_agent.daemon.admission`), the groups (:mod:`~edge_agent.daemon.group_runtime`), their
+state in snapshots (:mod:`~edge_agent.daemon.group_state`), the numbers
+(:mod:`~edge_agent.daemon.node_metrics`), the status (:mod:`~edge_agent.daemon.status`), the
+node's deployments (:mod:`~edge_agent.daemon.ab_switch`), memory and temperature
+(:mod:`~edge_agent.daemon.health`) and, with ``[mqtt] enabled``, the fleet
+(:mod:`~edge_agent.daemon.uplink`, :mod:`~edge_agent.daemon.handlers`).
+
 Runtime state heals itself: every store in the state directory reports to one
 :class:`~edge_agent.state_health.StateHealth`; damaged state is moved aside and started fresh
 (a ``state_recovered`` event), a full disk is counted (a ``storage_error`` event at most once a
@@ -32,15 +40,12 @@ from __future__ import annotations
 import enum
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
-
-import numpy as np
 
 from edge_agent import __version__
 from edge_agent.config.daemon import (
@@ -53,13 +58,15 @@ from edge_agent.config.isolated import read_config_isolated
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import TomlDocument
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
-from edge_agent.daemon import discovery, metric_help
+from edge_agent.daemon import discovery
 from edge_agent.daemon import status as status_view
 from edge_agent.daemon.ab_switch import ABSwitch
 from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
 from edge_agent.daemon.group_runtime import GroupRuntime
+from edge_agent.daemon.group_state import restore_groups, save_groups
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.heap import release_free_heap
+from edge_agent.daemon.node_metrics import make_metrics, register_families
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.daemon.statelock import StateDirLock
@@ -70,14 +77,12 @@ from edge_agent.errors import (
     InputError,
     SnapshotError,
 )
-from edge_agent.service.metrics import Metrics
 from edge_agent.service.periodic import Periodic
 from edge_agent.service.systemd import SdNotifier, WatchdogGate
 from edge_agent.state_health import Recovery, StateHealth
 
 if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding
-    from edge_agent.core.contract import MetricFamily
     from edge_agent.daemon.uplink import FleetUplink
     from edge_agent.fleet.deploy import Report
     from edge_agent.fleet.link import FleetLink
@@ -85,38 +90,7 @@ if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] en
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "edge-agent-groups-v1"
-_PYTHON: Final = ".".join(str(n) for n in sys.version_info[:3])
-
 CAPABILITIES: Final = ("commands", "ota", "mqtt_io")
-
-#: The keys of each metrics reader that are gauges (the others only grow: counters).
-DAEMON_GAUGES: Final = (
-    "started_at",
-    "uptime_s",
-    "rss_bytes",
-    "rss_peak_bytes",
-    "budget_used_bytes",
-    "budget_total_bytes",
-    "agents",
-    "groups",
-    "paused_groups",
-    "cpu_temp_c",
-    "throttled",
-    "thermal_critical",
-)
-TICK_GAUGES: Final = ("hz", "p50_ms", "p99_ms")
-SNAPSHOT_GAUGES: Final = (
-    "last_write_time",
-    "last_write_bytes",
-    "last_duration_s",
-    "last_seq",
-    "writes_in_last_hour",
-    "max_writes_per_hour",
-)
-#: Every group's numbers that are gauges (a kind's own: its :class:`MetricFamily`).
-GROUP_GAUGES: Final = ("agents", "paused", "bytes_per_agent")
-
 
 class State(enum.Enum):
     STARTING = "starting"
@@ -124,17 +98,6 @@ class State(enum.Enum):
     RELOADING = "reloading"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-def _duration(seconds: float) -> str:
-    """``42 s``, ``5.0 min``, ``3.2 h``, ``2.1 days``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 class Daemon:
@@ -218,7 +181,7 @@ class Daemon:
         self.coordination: CoordinationRuntime | None = None
         #: The families of numbers the groups' kinds add up, registered so far.
         self._families: set[str] = set()
-        self.metrics = self._make_metrics()
+        self.metrics = make_metrics(self, self._families)
         if config.mqtt.enabled:
             self._open_fleet(config)
         self.ab_switch.bind(self)
@@ -338,51 +301,9 @@ class Daemon:
     # -- lifecycle ----------------------------------------------------------------------------
     def restore(self) -> None:
         """Load the last good snapshot into groups whose name, model and size still match."""
-        try:
-            snap = self.snapshots.load_latest()
-        except SnapshotError as err:
-            logger.error("snapshots unreadable: %s", err)
-            return
-        for path, reason in self.snapshots.corrupt_events:
-            self._event("snapshot_corrupt", "warning", f"{path}: {reason}")
-        shared = self._shared_state_note()
-        if snap is None:
-            logger.info(
-                "fresh start: no snapshot to restore in %s%s", self.snapshots.state_dir, shared
-            )
-            return
-        groups_meta = snap.meta.get("groups", {})
-        restored: dict[str, int] = {}
-        for g in self.groups:
-            meta = groups_meta.get(g.name)
-            if not meta:
-                continue
-            # read straight into the group's arrays: nothing inflated is held beside them
-            state = snap.arrays.under(f"group.{g.name}.")
-            try:
-                if not g.restore(meta, state):
-                    continue
-            except EdgeAgentError as err:
-                logger.warning("snapshot for group %s not restored: %s", g.name, err)
-                continue
-            restored[g.name] = g.n_agents
-        self.restored_from = str(snap.path)
-        logger.info(
-            "restored %s from snapshot %s (seq %d, written %s, %s ago, by config %s); "
-            "to start fresh, move it away or run with another state_dir%s",
-            ", ".join(f"{name} ({n} agents)" for name, n in restored.items()) or "no group",
-            snap.path,
-            snap.seq,
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.created)),
-            _duration(max(0.0, time.time() - snap.created)),
-            snap.meta.get("config", "unknown"),
-            shared,
+        self.restored_from = restore_groups(
+            self.snapshots, self.groups, self._event, self._shared_state_note()
         )
-        for name in groups_meta:
-            if name not in restored:
-                logger.info(
-                    "snapshot group %s not restored: no group of that name, model and size", name
-                )
 
     def _shared_state_note(self) -> str:
         """For the demo in its default state directory (one per user, not per checkout), a note
@@ -405,25 +326,15 @@ class Daemon:
         release_free_heap()  # the warm-up's copies of every state are gone: give the pages back
 
     def snapshot(self, *, force: bool = False) -> None:
-        arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {
-            "format": SNAPSHOT_FORMAT,
-            "groups": {},
-            "version": __version__,
-            "config": str(self.config_path) if self.config_path else "<embedded demo config>",
-        }
-        for g in self.groups:
-            for k, v in g.state().items():
-                arrays[f"group.{g.name}.{k}"] = v
-            meta["groups"][g.name] = g.snapshot_meta()
+        """Write every group's state (at most the profile's writes per hour, unless ``force``);
+        a failure is an event, never the tick's."""
+        config = str(self.config_path) if self.config_path else "<embedded demo config>"
         try:
-            info = self.snapshots.save(arrays, meta, force=force)
+            info = save_groups(self.snapshots, self.groups, config, force=force)
         except (OSError, SnapshotError) as err:
             self._event("snapshot_failed", "error", str(err))
             return
         if info is not None:
-            del arrays
-            release_free_heap()  # the archive's buffers and the gathered state are gone
             self.last_snapshot = {
                 "path": str(info.path),
                 "bytes": info.nbytes,
@@ -644,7 +555,7 @@ class Daemon:
             g.coordinate(self.coordination)
         if self.uplink is not None:
             self.uplink.bind_sources(self.groups)
-        self._register_families()
+        register_families(self.metrics, self, self._families)
         self.rebirth()
         self.reloads_ok += 1
         self.last_reload_error = ""
@@ -746,178 +657,6 @@ class Daemon:
                 )
 
     # -- metrics --------------------------------------------------------------------------------
-    def _outbox_exposure(self) -> dict[str, object]:
-        """``uncommitted_rows`` and ``uncommitted_s`` of the outbox (telemetry, the status)."""
-        if self.uplink is None:
-            return {}
-        stats = self.uplink.outbox.stats()
-        return {k: stats[k] for k in ("uncommitted_rows", "uncommitted_s")}
-
-    def _make_metrics(self) -> Metrics:
-        """Every number the status file, telemetry and the Prometheus text file report."""
-        metrics = Metrics()
-        metrics.register_info(
-            "build",
-            lambda: {"version": __version__, "python": _PYTHON},
-            help="The edge-agent version the daemon runs, and its Python.",
-        )
-        metrics.register_info(
-            "profile",
-            lambda: {"profile": self.profile.name},
-            help="The firmware profile the daemon runs with.",
-        )
-        metrics.register(
-            "daemon",
-            self._daemon_metrics,
-            gauges=DAEMON_GAUGES,
-            help="daemon",
-            describe=metric_help.DAEMON,
-        )
-        metrics.register(
-            "tick",
-            self._tick_metrics,
-            gauges=TICK_GAUGES,
-            help="tick loop",
-            describe=metric_help.TICK,
-        )
-        metrics.register_summary(
-            "tick_duration_seconds", self._tick_summary, help=metric_help.TICK_DURATION
-        )
-        metrics.register(
-            "fleet",
-            lambda: {} if self.uplink is None else self.uplink.metrics(),
-            help="fleet uplink",
-            describe=metric_help.FLEET,
-        )
-        metrics.register(
-            "outbox",
-            self._outbox_exposure,
-            gauges=("*",),
-            help="outbox messages a crash would lose now",
-        )
-        metrics.register(
-            "commands",
-            lambda: {} if self.uplink is None else self.uplink.commands.stats(),
-            gauges=("pending", "nonces"),
-            help="hub commands",
-            describe=metric_help.COMMANDS,
-            parts=metric_help.COMMAND_PARTS,
-        )
-        metrics.register(
-            "deploy",
-            self.ab_switch.counters,
-            help="deployments",
-            describe=metric_help.DEPLOY,
-        )
-        metrics.register("io", self._io_metrics, help="MQTT agent input", describe=metric_help.IO)
-        metrics.register(
-            "snapshots",
-            self.snapshots.stats,
-            gauges=SNAPSHOT_GAUGES,
-            help="snapshots",
-            describe=metric_help.SNAPSHOTS,
-        )
-        metrics.register(
-            "power",
-            lambda: {} if self.health.power is None else self.health.power.as_dict(),
-            gauges=("*",),
-            help="Raspberry Pi firmware flags",
-            describe=metric_help.POWER,
-        )
-        metrics.register(
-            "systemd",
-            self.notifier.stats,
-            gauges=("enabled",),
-            help="sd_notify",
-            describe=metric_help.SYSTEMD,
-        )
-        metrics.register(
-            "state",
-            self.state_health.metrics,
-            gauges=("storage_failing",),
-            help="state files moved aside and storage errors",
-            describe=metric_help.STATE,
-            parts=metric_help.STATE_PARTS,
-        )
-        metrics.register(
-            "",
-            lambda: {} if self.coordination is None else self.coordination.telemetry_counters(),
-            gauges=("*",),
-            help="coordination",
-        )
-        metrics.register_groups(
-            lambda: {g.name: g.metrics() for g in self.groups},
-            gauges=GROUP_GAUGES,
-            help="group",
-            describe=metric_help.GROUP,
-        )
-        self.metrics = metrics
-        self._register_families()
-        return metrics
-
-    def _register_families(self) -> None:
-        """A reader for each family of numbers the groups' kinds add up over the node
-        (planning, learning: :class:`~edge_agent.core.contract.MetricFamily`), the first time a
-        group of such a kind runs (at start, or after a reload)."""
-        for g in self.groups:
-            for family in g.metric_families():
-                if family.name in self._families:
-                    continue
-                self._families.add(family.name)
-                self.metrics.register(
-                    family.name,
-                    self._totals_of(family),
-                    gauges=family.gauges,
-                    help=family.help,
-                    describe=family.describe,
-                )
-                self.metrics.add_group_keys(family.group_gauges, family.group_describe)
-
-    def _totals_of(self, family: MetricFamily) -> Callable[[], dict[str, float | int]]:
-        return lambda: family.total([g.metrics() for g in self.groups])
-
-    def _daemon_metrics(self) -> dict[str, object]:
-        thermal = self.health.thermal
-        return {
-            "started_at": self.started_wall,
-            "uptime_s": round(time.monotonic() - self.started_mono, 3),
-            "rss_bytes": self.rss.last,
-            "rss_peak_bytes": self.rss.peak,
-            "budget_used_bytes": self.budget.used,
-            "budget_total_bytes": self.budget.total,
-            "agents": self.total_agents,
-            "groups": len(self.groups),
-            "paused_groups": sum(1 for g in self.groups if g.paused),
-            "cpu_temp_c": thermal.last_temp_c,
-            "throttled": thermal.throttled,
-            "thermal_critical": thermal.critical,
-            "reloads_ok": self.reloads_ok,
-            "reloads_refused": self.reloads_refused,
-        }
-
-    def _tick_metrics(self) -> dict[str, object]:
-        p50, p99 = self.stats.percentiles_ms()
-        return {
-            "hz": round(self.clock.hz, 4),
-            "ticks": self.stats.ticks,
-            "overruns": self.stats.overruns,
-            "missed": self.stats.missed,
-            "p50_ms": round(p50, 4),
-            "p99_ms": round(p99, 4),
-        }
-
-    def _tick_summary(self) -> tuple[dict[float, float], float, int]:
-        p50, p99 = self.stats.percentiles_ms()
-        return {0.5: p50 / 1e3, 0.99: p99 / 1e3}, self.stats.busy_s, self.stats.ticks
-
-    def _io_metrics(self) -> dict[str, int]:
-        io = dict.fromkeys(("obs_rows", "rows_rejected", "batches_rejected"), 0)
-        io["stale_agent_ticks"] = 0
-        for g in self.groups:
-            for name, value in g.input_counters().items():
-                io[name] = io.get(name, 0) + value
-        return io
-
     def _write_prometheus(self) -> None:
         path = self.config.daemon.prometheus_textfile
         if path is None:
