@@ -24,23 +24,27 @@ for mutual TLS the hub's identity ``--cert-file`` and ``--key-file`` (as
 ``edge-agent-host broker init`` issues them; ``docs/security.md``). ``docs/fleet.md`` has the
 details.
 
-The package, one job a module: ``errors`` (:class:`FleetError`), ``store`` (the SQLite memory,
-:class:`FleetStore`), ``views`` (what the client knows and hears: :class:`NodeView`,
-:class:`FleetMessage`), ``client`` (:class:`FleetClient`: the broker link, the fleet registry and
-signed commands), ``deploy`` (:class:`DeployPlan` and the chunked deploy driver behind
-:meth:`FleetClient.deploy`) and ``cli`` (the subcommands: :func:`configure`, :func:`run`).
+The package, one job a module: ``store`` (the SQLite memory, :class:`FleetStore`), ``views``
+(what the client knows and hears: :class:`NodeView`, :class:`FleetMessage`), ``client``
+(:class:`FleetClient`: the broker link, the fleet registry and signed commands) and ``cli`` (the
+subcommands: :func:`configure`, :func:`run`). What the hub service shares with it is in modules
+of ``edge_agent_host`` by job, which the service imports instead of this package:
+:mod:`~edge_agent_host.fleet_error` (:class:`FleetError`), :mod:`~edge_agent_host.bundle_transfer`
+(:class:`DeployPlan` and the chunked deploy drivers behind :meth:`FleetClient.deploy`) and
+:mod:`~edge_agent_host.fleet_table` (:func:`format_fleet`).
 """
 
 from __future__ import annotations
 
 import logging
 
+from edge_agent_host.bundle_transfer import DEFAULT_CHUNK_BYTES as DEFAULT_CHUNK_BYTES
+from edge_agent_host.bundle_transfer import DeployPlan
+from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet_table import format_fleet
 from edge_agent_host.fleetctl.cli import SUCCESS as SUCCESS
-from edge_agent_host.fleetctl.cli import configure, format_fleet, run
+from edge_agent_host.fleetctl.cli import configure, run
 from edge_agent_host.fleetctl.client import FleetClient
-from edge_agent_host.fleetctl.deploy import DEFAULT_CHUNK_BYTES as DEFAULT_CHUNK_BYTES
-from edge_agent_host.fleetctl.deploy import DeployPlan
-from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.fleetctl.store import FleetStore
 from edge_agent_host.fleetctl.views import FleetMessage, NodeView
 

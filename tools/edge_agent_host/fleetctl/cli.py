@@ -1,7 +1,8 @@
 """The ``edge-agent-host hub`` subcommands (``fleet``, ``watch``, ``command``, ``deploy``).
 
 Their arguments (:func:`configure`), running them (:func:`run`) and what they print
-(:func:`format_fleet` and the ``watch`` lines); the usage is in :mod:`edge_agent_host.fleetctl`.
+(the ``watch`` lines; the fleet table is :mod:`edge_agent_host.fleet_table`'s, which the hub
+service prints too); the usage is in :mod:`edge_agent_host.fleetctl`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,22 +29,18 @@ from edge_agent.fleet.protocol import (
     Telemetry,
     as_builtins,
 )
+from edge_agent_host.bundle_transfer import DEFAULT_CHUNK_BYTES
+from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet_table import add_silent_argument, format_fleet
 from edge_agent_host.fleetctl.client import FleetClient
-from edge_agent_host.fleetctl.deploy import DEFAULT_CHUNK_BYTES
-from edge_agent_host.fleetctl.errors import FleetError
 from edge_agent_host.fleetctl.store import FleetStore, _json
 from edge_agent_host.fleetctl.views import FleetMessage
-from edge_agent_host.presence import SILENT_AFTER_S, presence
 
 __all__ = [
-    "SILENT_AFTER_S",
     "SUCCESS",
     "add_broker_arguments",
-    "add_silent_argument",
     "configure",
     "connect",
-    "format_fleet",
-    "presence",
     "run",
 ]
 
@@ -123,26 +120,6 @@ def connect(
     return client
 
 
-def add_silent_argument(parser: argparse.ArgumentParser, *, from_config: bool = False) -> None:
-    """``--silent-after S`` of the fleet tables (:func:`~edge_agent_host.presence.presence`).
-
-    ``from_config``: the default is the config file's (``None`` here; the hub's
-    ``[hub] silent_after_s``), not :data:`~edge_agent_host.presence.SILENT_AFTER_S`."""
-    default = (
-        f"the config's [hub] silent_after_s, {SILENT_AFTER_S:g} unless set"
-        if from_config
-        else f"{SILENT_AFTER_S:g}"
-    )
-    parser.add_argument(
-        "--silent-after",
-        type=float,
-        default=None if from_config else SILENT_AFTER_S,
-        metavar="S",
-        help="show an online node not heard for S seconds as 'silent' (a revoked node's "
-        f"retained state stays online; default {default})",
-    )
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``hub`` arguments and its subcommands."""
     add_broker_arguments(
@@ -215,39 +192,6 @@ def _targets(client: FleetClient, args: argparse.Namespace) -> list[str]:
     if not nodes:
         raise FleetError("no target: give --node NODE or --all (and is any node online?)")
     return nodes
-
-
-def _age(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    age = time.time() - ts
-    return f"{age:.0f}s" if age < 120 else f"{age / 60:.0f}m"
-
-
-def format_fleet(rows: Iterable[Mapping[str, Any]], silent_after_s: float = SILENT_AFTER_S) -> str:
-    """The ``hub fleet`` table."""
-    lines = [
-        f"{'NODE':<16} {'STATE':<8} {'BDSEQ':>5} {'PROFILE':<12} {'GROUPS':<28} "
-        f"{'TICK p50/p99 ms':<16} {'RSS':>8} {'OUTBOX':>6} {'SEEN':>5}"
-    ]
-    for row in rows:
-        state = presence(row, silent_after_s)
-        birth = row.get("birth") or {}
-        groups = ", ".join(
-            f"{name}={info['agents']}"
-            + (f"@{info['bundle_sha256'][:8]}" if info.get("bundle_sha256") else "")
-            for name, info in sorted((birth.get("groups") or {}).items())
-        )
-        tel = row.get("telemetry") or {}
-        tick = f"{tel['tick_p50_ms']:.2f}/{tel['tick_p99_ms']:.2f}" if tel else "-"
-        rss = f"{tel['rss_bytes'] / 2**20:.0f}MiB" if tel else "-"
-        outbox = str((tel.get("outbox") or {}).get("depth_rows", "-")) if tel else "-"
-        lines.append(
-            f"{row['node']:<16} {state:<8} {row['bdseq'] if row['bdseq'] is not None else '-':>5} "
-            f"{birth.get('profile', '-'):<12} {groups or '-':<28} {tick:<16} {rss:>8} "
-            f"{outbox:>6} {_age(row.get('last_seen')):>5}"
-        )
-    return "\n".join(lines)
 
 
 def _describe(msg: FleetMessage) -> dict[str, Any]:

@@ -34,8 +34,8 @@ from edge_agent.distribution import clash_notice
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.service.logs import configure_logging
 from edge_agent.service.pids import pid_alive
-from edge_agent_host.fleetctl.cli import add_silent_argument, format_fleet
-from edge_agent_host.fleetctl.errors import FleetError
+from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet_table import add_silent_argument, format_fleet
 from edge_agent_host.hub import rollout_cli
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import (

@@ -12,7 +12,7 @@ from typing import Any, Final
 from pydantic import Field
 
 from edge_agent.fleet.names import NAME_PATTERN
-from edge_agent_host.fleetctl.errors import FleetError
+from edge_agent_host.fleet_error import FleetError
 from edge_agent_host.hub.strict import StrictModel
 
 __all__ = [

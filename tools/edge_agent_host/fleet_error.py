@@ -1,4 +1,7 @@
-"""The error of a fleet operation, the operator's client's and the hub service's alike."""
+"""The error of a fleet operation, the operator's client's and the hub service's alike.
+
+Shared by the operator's client (:mod:`edge_agent_host.fleetctl`) and the hub service
+(:mod:`edge_agent_host.hub`), which never imports the client."""
 
 from __future__ import annotations
 

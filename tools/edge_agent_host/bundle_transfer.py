@@ -1,8 +1,13 @@
-"""Deploying a bundle: the chunked plan and the two drivers that move it.
+"""Moving a bundle to nodes: the chunked plan and the two drivers that send it.
+
+Shared by both clients that deploy: the operator's client (:mod:`edge_agent_host.fleetctl`,
+:meth:`~edge_agent_host.fleetctl.client.FleetClient.deploy`) and the hub service's rollout runner
+(:mod:`edge_agent_host.hub.rollouts`), which never imports the client. Each drives it through
+its own :class:`DeployClient`.
 
 :class:`DeployPlan` cuts a signed bundle into chunks and says what the ``deploy`` command carries.
 
-- :func:`broadcast_bundle` (the default behind :meth:`FleetClient.deploy`): every node of the wave
+- :func:`broadcast_bundle` (the default behind ``FleetClient.deploy``): every node of the wave
   gets the signed ``deploy`` command (``broadcast=True``) and answers with the bitmap of the
   chunks it already holds; each chunk that any of them misses is then published **once** on the
   fleet's bundle topic (``Topics.bundle``), which every node receiving that bundle subscribes to,
@@ -31,13 +36,13 @@ from edge_agent.errors import BundleError
 from edge_agent.fleet.commands import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
-from edge_agent_host.fleetctl.errors import FleetError
+from edge_agent_host.fleet_error import FleetError
 
 
 class DeployClient(Protocol):
     """What the deploy driver needs of a client of the fleet
-    (:class:`~edge_agent_host.fleetctl.FleetClient` is one; the hub service's rollout runner has
-    its own): send signed commands and chunks, poll the broker, take the results."""
+    (:class:`~edge_agent_host.fleetctl.client.FleetClient` is one; the hub service's rollout
+    runner has its own): send signed commands and chunks, poll the broker, take the results."""
 
     def poll(self, timeout_s: float = 0.0) -> Sequence[object]: ...
 

@@ -1,13 +1,13 @@
-"""The hub's fleet table (``tools/edge_agent_host/fleetctl/cli.py``): a node is ``silent`` when its
-retained state says online but nothing live came from it for ``--silent-after`` seconds (what a
-node the broker locked out looks like: its open session kept, its will refused); the rule itself
-is tests/unit/host/test_presence.py's."""
+"""The fleet table (``tools/edge_agent_host/fleet_table.py``, both clients print it): a node is
+``silent`` when its retained state says online but nothing live came from it for
+``--silent-after`` seconds (what a node the broker locked out looks like: its open session kept,
+its will refused); the rule itself is tests/unit/host/test_presence.py's."""
 
 from __future__ import annotations
 
 import time
 
-from edge_agent_host.fleetctl.cli import format_fleet
+from edge_agent_host.fleet_table import format_fleet
 
 
 def test_the_table_uses_the_operator_s_silence_limit() -> None:
