@@ -96,6 +96,7 @@ from edge_agent.config.daemon import load_config  # noqa: E402
 from edge_agent.config.profiles import load_profiles  # noqa: E402
 from edge_agent.daemon.admission import load_group_model, trusted_keys  # noqa: E402
 from edge_agent.daemon.group_runtime import GroupRuntime, make_agents, make_runtime  # noqa: E402
+from edge_agent.kinds.neural import net_of  # noqa: E402
 from edge_agent.neural.agents import NeuralAgentGroup  # noqa: E402
 from edge_agent.neural.perception import PerceptionAifGroup  # noqa: E402
 from edge_agent.sim.endpoints import WorldSource  # noqa: E402
@@ -411,8 +412,7 @@ def build_group(cfg_path: Path, threads: int) -> tuple[GroupRuntime, bytes]:
         loaded, cfg, cfg.count, history_capacity=cfg.history_capacity_for(profile), threads=threads
     )
     runtime = make_runtime(cfg, agents, loaded)
-    net = loaded.neural or loaded.perception
-    assert net is not None  # a neural or perception group
+    net = net_of(loaded)  # a neural or perception group's network
     return runtime, net.model_bytes
 
 

@@ -20,7 +20,8 @@ Cross-field problems are raised with :func:`raise_problems`, which names each pr
 inside the record, so that a file's report points at the key each problem is about.
 
 It lives at the bottom of the package so that every part (config, coordination, agents) can
-define its part of the config file without importing the config package above it.
+define its part of the config file without importing the config package above it; paths in a
+document (:data:`PATH`, :func:`expand_path`: ``~``, ``${VAR}``, relative to the file) too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import operator
+import os
 import re
 import types
 import typing
@@ -37,6 +39,8 @@ from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
 
 __all__ = [
     "BARE_KEY_CHARS",
+    "OPTIONAL_PATH",
+    "PATH",
     "Check",
     "Loc",
     "Problem",
@@ -44,9 +48,11 @@ __all__ = [
     "RecordError",
     "Rule",
     "WrongTypeError",
+    "expand_path",
     "format_loc",
     "from_json",
     "mark_given",
+    "path_from_document",
     "raise_problems",
 ]
 
@@ -193,7 +199,7 @@ def mark_given(value: object, data: object) -> None:
     if isinstance(value, Record) and isinstance(data, Mapping):
         object.__setattr__(value, _GIVEN, frozenset(data))
         for key, item in data.items():
-            mark_given(getattr(value, key, None), item)
+            mark_given(value.document_part(key), item)
     elif isinstance(value, tuple) and isinstance(data, list | tuple):
         for item, part in zip(value, data, strict=False):
             mark_given(item, part)
@@ -235,6 +241,11 @@ class Record:
                     problems.append(((name,), str(err)))
         raise_problems(type(self).__name__, problems)
 
+    def document_part(self, key: str) -> object:
+        """What the record holds under the document's ``key`` (its field of that name; a record
+        read from a document some other way says otherwise)."""
+        return getattr(self, key, None)
+
     @property
     def given(self) -> frozenset[str]:
         """The fields set explicitly: the keys of the document the record was read from, or,
@@ -271,6 +282,65 @@ class Record:
                 out.append((f.name, rules, checks))
         cls._field_checks = tuple(out)
         return cls._field_checks
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+# ------------------------------------------------------------------------------ paths in documents
+def expand_path(
+    text: str, base_dir: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """Expand ``${VAR}``, ``${VAR:-default}`` and a leading ``~``, then anchor at ``base_dir``.
+
+    ``${VAR:-default}`` takes the default when VAR is unset or empty, as in the shell; a bare
+    ``${VAR}`` that is unset raises ValueError. Relative results are joined to ``base_dir`` when
+    one is given.
+    """
+    env = os.environ if environ is None else environ
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match[1], match[2]
+        value = env.get(name, "")
+        if value:
+            return value
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set (write ${{{name}:-default}})")
+        return default
+
+    path = Path(_ENV_REF.sub(substitute, text)).expanduser()
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    return path
+
+
+def path_from_document(value: object, context: Mapping[str, Any], *, optional: bool) -> str | None:
+    """A path field's value from a document: expanded, anchored at the file's directory (as
+    text, which the field's type then takes as a Path)."""
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str):
+        raise WrongTypeError("a string")
+    if not value:
+        if optional:
+            return None
+        raise ValueError("must not be empty")
+    base = context.get("base_dir")
+    return str(expand_path(value, Path(base) if base is not None else None))
+
+
+def _path(value: object, context: Mapping[str, Any]) -> str | None:
+    return path_from_document(value, context, optional=False)
+
+
+def _optional_path(value: object, context: Mapping[str, Any]) -> str | None:
+    return path_from_document(value, context, optional=True)
+
+
+#: A path in the file: ``~`` and ``${VAR}`` expanded, relative to the file's directory.
+PATH = Check(_path, before=True)
+#: The same, where an empty string means "not set".
+OPTIONAL_PATH = Check(_optional_path, before=True)
 
 
 # ----------------------------------------------------------------------- the daemon's own files

@@ -20,8 +20,9 @@ that the config's reader reports it at that key's line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 
@@ -29,8 +30,10 @@ from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
 from edge_agent.errors import ConfigError, ModelError
 from edge_agent.records import Check, Problem, Record, Rule, raise_problems
 
-__all__ = ["TABLE", "LearningTable", "Tables"]
+__all__ = ["KEY", "TABLE", "GroupView", "LearningTable", "Tables"]
 
+#: The table's key in a ``[[groups]]`` table.
+KEY = "learning"
 #: The text every problem of the table starts with (the config's reader finds its key by it).
 TABLE = "[groups.learning]"
 
@@ -56,8 +59,29 @@ def _learned(what: str) -> str:
     )
 
 
+class GroupView(Protocol):
+    """What the table's checks read of the group it is in (a ``[[groups]]`` record)."""
+
+    @property
+    def workers(self) -> int | None: ...
+
+    @property
+    def precision(self) -> str: ...
+
+    @property
+    def history_capacity(self) -> int | None: ...
+
+    @property
+    def planning(self) -> Any: ...
+
+
 class LearningTable(Record):
-    """``[groups.learning]``: the group's agents learn their model's ``A``, ``B`` or ``D``."""
+    """``[groups.learning]``: the group's agents learn their model's ``A``, ``B`` or ``D``.
+
+    The ``aif`` kind's own table (:mod:`edge_agent.config.group_tables` lists it); its hooks
+    check the group it is in, set the group's processes and history, say where its problems
+    are reported, refuse a kind that does not learn and describe it for ``check-config``.
+    """
 
     A: Annotated[Tables, Rule(description=_learned("modalities of A")), Check(_indices)] = None
     B: Annotated[Tables, Rule(description=_learned("factors of B")), Check(_indices)] = None
@@ -133,6 +157,80 @@ class LearningTable(Record):
         if all(getattr(self, kind) == () for kind in _KINDS):
             problems.append((("A",), "A, B and D are all []: the group would learn nothing"))
         raise_problems("LearningTable", problems)
+
+    # -- the table's hooks (edge_agent.config.group_tables) ------------------------------------
+    def group_problems(self, group: GroupView) -> list[Problem]:
+        """What the table cannot run with in ``group``: per-agent counts with int8, a history,
+        several processes or a planning policy (shared counts take all of them:
+        docs/learning.md). Locations are the group's keys."""
+        problems: list[Problem] = []
+        if self.scope == "per_agent":
+            if group.workers is not None and group.workers > 1:
+                problems.append(
+                    (
+                        ("workers",),
+                        "a group with per-agent counts steps on one process; set workers = 1 "
+                        "or leave it out",
+                    )
+                )
+            if not group.planning.every_tick:
+                problems.append(
+                    (
+                        (KEY, "scope"),
+                        "per-agent counts plan every agent every tick: leave [groups.planning] "
+                        "out, or learn shared counts",
+                    )
+                )
+            if group.precision != "float64":
+                problems.append(
+                    (
+                        (KEY, "scope"),
+                        "per-agent counts run float64 tables: set precision = \"float64\"",
+                    )
+                )
+            if group.history_capacity is not None:
+                problems.append(
+                    (
+                        ("history_capacity",),
+                        "a group with per-agent counts keeps no history: leave it out",
+                    )
+                )
+        return problems
+
+    def processes(self, group: GroupView) -> int:
+        """A learning group runs on one process unless its ``workers`` says otherwise (its
+        workers are forked again at every refresh of its tables: worth it with a long
+        ``refresh_every``), and per-agent counts always on one."""
+        return group.workers or 1 if self.scope == "shared" else 1
+
+    def history(self, group: GroupView) -> int | None:
+        """A group with per-agent counts keeps no history (None: the group's own says)."""
+        del group
+        return 0 if self.scope == "per_agent" else None
+
+    def problem_keys(self, message: str) -> tuple[str, ...] | None:
+        """A problem of the table (its message starts :data:`TABLE`) is reported at the key it
+        names (``[groups.learning] B: ...``), else at the table."""
+        if TABLE not in message:
+            return None
+        found = re.search(re.escape(TABLE) + r" (\w+):", message)
+        if found is not None and found[1] in self.given:
+            return (KEY, found[1])
+        return (KEY,)
+
+    def refusal(self, kind: object, kind_name: str) -> str | None:
+        """Why a group of ``kind`` (a :class:`~edge_agent.kinds.base.GroupKind`) cannot take the
+        table: only kinds that learn do (None: it can)."""
+        if getattr(kind, "learns", False):
+            return None
+        return (
+            f"{TABLE} is for Active Inference agents that observe outcome indices; a "
+            f"{kind_name} group does not learn"
+        )
+
+    def summary_tail(self) -> str:
+        """What ``check-config`` adds at the end of the group's line."""
+        return f"learning {self.describe()}"
 
     def describe(self) -> str:
         """One line: ``A [1], shared, lr_pA 0.01, forgetting 0.02, refresh every 3 ticks``."""

@@ -17,16 +17,19 @@ in a file are resolved against the file's directory.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import re
+import typing
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from edge_agent.aif.learning_table import LearningTable
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.settings import AifSettings
+from edge_agent.config.group_tables import GROUP_TABLES, hook, table_types
 from edge_agent.config.profiles import (
     AUTO,
     PACKAGE_DIR,
@@ -39,7 +42,17 @@ from edge_agent.config.profiles import (
 from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.coordination.config import CoordinationConfig, GroupCoordinationConfig
 from edge_agent.errors import ConfigError
-from edge_agent.records import Check, Problem, Record, Rule, WrongTypeError, raise_problems
+from edge_agent.records import (
+    OPTIONAL_PATH,
+    PATH,
+    Check,
+    Problem,
+    Record,
+    Rule,
+    expand_path,
+    path_from_document,
+    raise_problems,
+)
 from edge_agent.sim.registry import BUILTIN_WORKLOADS
 
 __all__ = [
@@ -73,64 +86,7 @@ __all__ = [
 
 _NAME = r"^[a-z0-9_-]{1,32}$"
 _PROFILE_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DEFAULT_CONFIG = "default_config.toml"
-
-
-# ------------------------------------------------------------------------------------------ paths
-def expand_path(
-    text: str, base_dir: Path | None = None, environ: Mapping[str, str] | None = None
-) -> Path:
-    """Expand ``${VAR}``, ``${VAR:-default}`` and a leading ``~``, then anchor at ``base_dir``.
-
-    ``${VAR:-default}`` takes the default when VAR is unset or empty, as in the shell; a bare
-    ``${VAR}`` that is unset raises ValueError. Relative results are joined to ``base_dir`` when
-    one is given.
-    """
-    env = os.environ if environ is None else environ
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match[1], match[2]
-        value = env.get(name, "")
-        if value:
-            return value
-        if default is None:
-            raise ValueError(f"environment variable {name} is not set (write ${{{name}:-default}})")
-        return default
-
-    path = Path(_ENV_REF.sub(substitute, text)).expanduser()
-    if base_dir is not None and not path.is_absolute():
-        path = base_dir / path
-    return path
-
-
-def path_from_document(value: object, context: Mapping[str, Any], *, optional: bool) -> str | None:
-    """A path field's value from a document: expanded, anchored at the file's directory (as
-    text, which the field's type then takes as a Path)."""
-    if isinstance(value, Path):
-        value = str(value)
-    if not isinstance(value, str):
-        raise WrongTypeError("a string")
-    if not value:
-        if optional:
-            return None
-        raise ValueError("must not be empty")
-    base = context.get("base_dir")
-    return str(expand_path(value, Path(base) if base is not None else None))
-
-
-def _path(value: object, context: Mapping[str, Any]) -> str | None:
-    return path_from_document(value, context, optional=False)
-
-
-def _optional_path(value: object, context: Mapping[str, Any]) -> str | None:
-    return path_from_document(value, context, optional=True)
-
-
-#: A path in the file: ``~`` and ``${VAR}`` expanded, relative to the file's directory.
-PATH = Check(_path, before=True)
-#: The same, where an empty string means "not set".
-OPTIONAL_PATH = Check(_optional_path, before=True)
 
 
 def _prom_suffix(path: Path | None, _context: Mapping[str, Any]) -> Path | None:
@@ -263,22 +219,6 @@ class KindModel(Record):
 
 
 ModelSpec = BuiltinModel | BundleModel | KindModel
-
-
-class PerceptionBundle(Record):
-    """A signed neural bundle that turns each agent's sensor input into evidence."""
-
-    type: Annotated[Literal["bundle"], Rule(description="Selects this kind of perception.")]
-    path: Annotated[
-        Path, Rule(description="Bundle directory or .tar; relative to the config file."), PATH
-    ]
-    evidence: Annotated[
-        Literal["soft", "hard"],
-        Rule(
-            description="soft: the classifier's probabilities weigh the likelihood; hard: its "
-            "argmax is the observation."
-        ),
-    ] = "soft"
 
 
 class NeuralPolicy(Record):
@@ -433,26 +373,18 @@ class GroupConfig(Record):
             "(default: every agent every tick); see docs/planning.md."
         ),
     ] = field(default_factory=PlanningPolicy)
-    # -- [groups.learning] (issue 32) --
-    learning: Annotated[
-        LearningTable | None,
+    tables: Annotated[
+        tuple[tuple[str, Record], ...],
         Rule(
-            description="[groups.learning]: what an Active Inference group's agents learn of "
-            "their model (A, B, D), how fast, with how much forgetting; see docs/learning.md."
+            description="The group's tables that belong to its kind (group_tables.GROUP_TABLES: "
+            "[groups.learning], perception), by key; in a file, each under its own key."
         ),
-    ] = None
+    ] = ()
     coordination: Annotated[
         GroupCoordinationConfig | None,
         Rule(
             description="[groups.coordination]: the task capabilities the group bids for and the "
             "factors it shares with its peers (needs [mqtt] enabled)."
-        ),
-    ] = None
-    perception: Annotated[
-        PerceptionBundle | None,
-        Rule(
-            description="A neural classifier in front of an Active Inference model: each agent's "
-            "sensor input becomes evidence for the model's first modalities."
         ),
     ] = None
     policy: Annotated[
@@ -483,71 +415,96 @@ class GroupConfig(Record):
                     "built-in world that produces its observations",
                 )
             )
-        problems.extend(self._learning_problems())
+        for key, table in self.tables:
+            if key not in GROUP_TABLES:
+                problems.append(((key,), "unknown key"))
+            elif (check := hook(table, "group_problems")) is not None:
+                problems.extend(check(self))
         raise_problems("GroupConfig", problems)
 
-    def _learning_problems(self) -> list[Problem]:
-        """What ``[groups.learning]`` cannot run with: per-agent counts with int8, a history,
-        several processes or a planning policy (shared counts take all of them:
-        docs/learning.md)."""
-        learning = self.learning
-        if learning is None:
-            return []
-        problems: list[Problem] = []
-        if learning.scope == "per_agent":
-            if self.workers is not None and self.workers > 1:
-                problems.append(
-                    (
-                        ("workers",),
-                        "a group with per-agent counts steps on one process; set workers = 1 "
-                        "or leave it out",
-                    )
-                )
-            if not self.planning.every_tick:
-                problems.append(
-                    (
-                        ("learning", "scope"),
-                        "per-agent counts plan every agent every tick: leave [groups.planning] "
-                        "out, or learn shared counts",
-                    )
-                )
-            if self.precision != "float64":
-                problems.append(
-                    (
-                        ("learning", "scope"),
-                        "per-agent counts run float64 tables: set precision = \"float64\"",
-                    )
-                )
-            if self.history_capacity is not None:
-                problems.append(
-                    (
-                        ("history_capacity",),
-                        "a group with per-agent counts keeps no history: leave it out",
-                    )
-                )
-        return problems
+    # -- the tables of the group's kind (edge_agent.config.group_tables) --------------------------
+    def table(self, key: str) -> Record | None:
+        """The group's table ``key`` (of ``GROUP_TABLES``), None when it has none."""
+        return next((table for k, table in self.tables if k == key), None)
+
+    def table_of(self, record: type[R]) -> R | None:
+        """The group's table that is a ``record``, None when it has none."""
+        return next((t for _, t in self.tables if isinstance(t, record)), None)
+
+    def document_part(self, key: str) -> object:
+        return self.table(key) if key in GROUP_TABLES else super().document_part(key)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """A group in a document: its keys and, each under its own key, the tables of
+        ``GROUP_TABLES`` (validated by their records), made into a :class:`GroupConfig` whose
+        own checks run then (only where documents are validated: pydantic's hook)."""
+        from pydantic_core import core_schema  # noqa: PLC0415 - only where documents are validated
+
+        return core_schema.no_info_after_validator_function(
+            _group_from_document, handler.generate_schema(cls.__document__())
+        )
+
+    @classmethod
+    def __document__(cls) -> type[Record]:
+        """The record a group is read as from a document: the group's fields, ``tables`` spread
+        out into one optional field per table (the reader's errors and suggestions name them)."""
+        return _group_document()
 
     def workers_for(self, profile: FirmwareProfile) -> int:
-        """The processes in force: the group's, else the profile's (0: the CPUs this process
-        may run on) for groups of at least :data:`AGENTS_PER_WORKER` agents per process. A
-        learning group runs on one process unless its ``workers`` says otherwise (its workers
-        are forked again at every refresh of its tables: worth it with a long
-        ``refresh_every``), and per-agent counts always on one."""
-        if self.learning is not None:
-            return self.workers or 1 if self.learning.scope == "shared" else 1
+        """The processes in force: a table's that sets them (a learning group's), else the
+        group's, else the profile's (0: the CPUs this process may run on) for groups of at least
+        :data:`AGENTS_PER_WORKER` agents per process."""
+        for _key, table in self.tables:
+            if (processes := hook(table, "processes")) is not None:
+                return int(processes(self))
         if self.workers is not None:
             return self.workers
         cores = profile.workers if profile.workers > 0 else len(os.sched_getaffinity(0))
         return max(1, min(cores, self.count // AGENTS_PER_WORKER))
 
     def history_capacity_for(self, profile: FirmwareProfile) -> int:
-        """The history capacity in force: the group's, else the profile's (none for a group
-        with per-agent counts)."""
-        if self.learning is not None and self.learning.scope == "per_agent":
-            return 0
+        """The history capacity in force: a table's that sets it (none for a group with
+        per-agent counts), else the group's, else the profile's."""
+        for _key, table in self.tables:
+            history = hook(table, "history")
+            if history is not None and (capacity := history(self)) is not None:
+                return int(capacity)
         if self.history_capacity is not None:
             return self.history_capacity
         return profile.history_capacity
+
+
+R = TypeVar("R", bound=Record)
+
+
+@functools.cache
+def _group_document() -> type[Record]:
+    """:meth:`GroupConfig.__document__`: built once, when the first document is validated (it
+    imports every table's record)."""
+    hints = typing.get_type_hints(GroupConfig, include_extras=True)
+    annotations: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"__module__": __name__, "__qualname__": "GroupDocument"}
+    for f in dataclasses.fields(GroupConfig):
+        if f.name == "tables":  # each table under its own key, where the field is
+            for key, record in table_types().items():
+                doc = (record.__doc__ or "").strip().splitlines()[0]
+                annotations[key] = Annotated[record | None, Rule(description=doc)]
+                namespace[key] = None
+            continue
+        annotations[f.name] = hints[f.name]
+        if f.default is not dataclasses.MISSING:
+            namespace[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            namespace[f.name] = field(default_factory=f.default_factory)
+    namespace["__annotations__"] = annotations
+    return type("GroupDocument", (Record,), namespace)
+
+
+def _group_from_document(document: Record) -> GroupConfig:
+    values = {f.name: getattr(document, f.name) for f in dataclasses.fields(document)}  # type: ignore[arg-type]
+    tables = tuple((key, values.pop(key)) for key in GROUP_TABLES)
+    return GroupConfig(**values, tables=tuple((k, t) for k, t in tables if t is not None))
 
 
 # -------------------------------------------------------------------------------------- [mqtt]
@@ -965,12 +922,15 @@ def _summary(
             what = f"bundle {model.path}"
         else:
             what = f"kind {model.module}"
-        if group.perception is not None:
-            what += f" + perception {group.perception.path} ({group.perception.evidence})"
+        added = [h() for _, t in group.tables if (h := hook(t, "summary_model")) is not None]
+        if added:
+            what += "".join(f" + {text}" for text in added)
         elif (processes := group.workers_for(profile)) > 1:
             what += f" on up to {processes} processes"
         planning = "" if group.planning.every_tick else f", planning {group.planning.describe()}"
-        learning = "" if group.learning is None else f", learning {group.learning.describe()}"
+        learning = "".join(
+            f", {h()}" for _, t in group.tables if (h := hook(t, "summary_tail")) is not None
+        )
         lines.append(
             f"    {group.name:<{width}}  {group.count} x {what}, {group.precision}, history "
             f"{group.history_capacity_for(profile)}, priority {group.priority}, "

@@ -641,7 +641,11 @@ def _is_model(annotation: object) -> typing.TypeGuard[type]:
 
 @functools.cache
 def _fields(model: type) -> dict[str, object]:
-    """The annotation of each field of a record or pydantic model, by name."""
+    """The annotation of each field of a record or pydantic model, by name (of the record a
+    document is read as, when the model says: ``__document__``)."""
+    document = getattr(model, "__document__", None)
+    if document is not None:
+        model = document()
     if dataclasses.is_dataclass(model):
         hints = typing.get_type_hints(model, include_extras=True)
         return {f.name: hints[f.name] for f in dataclasses.fields(model) if f.init}

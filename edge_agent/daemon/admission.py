@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_agent.aif.learning_table import TABLE as LEARNING
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.config.daemon import (
     BundleModel,
@@ -32,6 +30,7 @@ from edge_agent.config.daemon import (
     GroupConfig,
     resolve_profile,
 )
+from edge_agent.config.group_tables import hook
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import Problem
 from edge_agent.core.budget import MemoryBudget, format_bytes
@@ -309,12 +308,10 @@ def load_group_model(
             f"{loaded.kind} group steps every agent every tick",
             path=None,
         )
-    if cfg.learning is not None and not getattr(kind, "learns", False):
-        raise ConfigError(
-            f"group {cfg.name!r}: {LEARNING} is for Active Inference agents that observe "
-            f"outcome indices; a {loaded.kind} group does not learn",
-            path=None,
-        )
+    for _key, table in cfg.tables:  # a table of another kind ([groups.learning])
+        refusal = hook(table, "refusal")
+        if refusal is not None and (why := refusal(kind, loaded.kind)) is not None:
+            raise ConfigError(f"group {cfg.name!r}: {why}", path=None)
     kind.check(cfg, loaded)
     return loaded
 
@@ -387,20 +384,17 @@ def resolve_models(
 
 
 def _problem_loc(source: ConfigFile, g: GroupConfig, err: EdgeAgentError) -> tuple[str | int, ...]:
-    """Where a group's model problem is reported: its perception table when the perception
-    bundle is at fault, else its model's path or name."""
-    if g.perception is not None and str(g.perception.path) in str(err):
-        return source.group_loc(g.name, "perception", "path")
+    """Where a group's model problem is reported: a table of its kind that says it is at fault
+    (the perception table's path when the perception bundle is, ``[groups.learning]``'s key),
+    its coordination or planning table, else its model's path or name."""
+    for _key, table in g.tables:
+        keys = hook(table, "problem_keys")
+        if keys is not None and (found := keys(str(err))) is not None:
+            return source.group_loc(g.name, *found)
     if g.coordination is not None and "coordination" in str(err):
         return source.group_loc(g.name, "coordination")
     if not g.planning.every_tick and "[groups.planning]" in str(err):
         return source.group_loc(g.name, "planning")
-    if g.learning is not None and LEARNING in str(err):
-        # "[groups.learning] B: ..." is reported at the table's B, else at the table.
-        found = re.search(re.escape(LEARNING) + r" (\w+):", str(err))
-        if found is not None and found[1] in g.learning.given:
-            return source.group_loc(g.name, "learning", found[1])
-        return source.group_loc(g.name, "learning")
     key = {"bundle": "path", "builtin": "name"}.get(g.model.type, "module")
     return source.group_loc(g.name, "model", key)
 
@@ -437,13 +431,10 @@ def build_groups(
         "or choose a profile with a larger budget"
         for g in config.groups
     }
-    for g in config.groups:  # [groups.learning]'s counts
-        if g.learning is not None:
-            hints[f"{g.name}:learning"] = (
-                f"learn fewer tables in group {g.name!r}, or lower its count"
-                + (", or use float32 counts (counts_dtype)" if g.learning.scope == "per_agent"
-                   and g.learning.counts_dtype == "float64" else "")
-            )
+    for g in config.groups:  # what a kind reserves besides the agents ([groups.learning])
+        plan_hints = getattr(get_kind(models[g.name][1].kind), "plan_hints", None)
+        if plan_hints is not None:
+            hints.update(plan_hints(g))
     try:
         budget.plan(requests, hints=hints)
     except BudgetError as err:

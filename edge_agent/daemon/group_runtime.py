@@ -37,6 +37,7 @@ from edge_agent.config.daemon import (
     SimSource,
     describe_endpoint,
 )
+from edge_agent.config.group_tables import hook
 from edge_agent.core.budget import MemoryBudget, PlanRequest
 from edge_agent.core.contract import AgentGroup, FleetPort, Learns, MetricFamily, Sink, Source
 from edge_agent.errors import EdgeAgentError
@@ -356,8 +357,9 @@ class GroupRuntime:
             "source": describe_endpoint(self.config.source),
             "sink": describe_endpoint(self.config.sink),
         }
-        if self.config.perception is not None:
-            out["perception"] = f"bundle {self.config.perception.path}"
+        for _key, table in self.config.tables:  # what the kind's tables show (perception)
+            if (status := hook(table, "status")) is not None:
+                out.update(status())
         out.update(self.source.describe())
         out.update(self.sink.describe())
         return out

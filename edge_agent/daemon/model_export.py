@@ -30,6 +30,7 @@ from edge_agent.errors import InputError, SnapshotError
 from edge_agent.fleet.deploy import read_overlay
 from edge_agent.fsutil import atomic_writer
 from edge_agent.kinds import get_kind
+from edge_agent.kinds.aif import learning_of
 
 __all__ = ["ExportReport", "export_model", "latest_snapshot"]
 
@@ -123,7 +124,7 @@ def export_model(
     if deployed is not None and deployed.config_model == model_spec_key(cfg):
         cfg = with_bundle(cfg, Path(deployed.path))
     loaded = load_group_model(cfg, config, trusted_keys(config, source))
-    learning = loaded.learning
+    learning = learning_of(loaded)
     if learning is None or loaded.model is None:
         raise InputError(
             f"group {group!r} does not learn (it has no [groups.learning] table): nothing to export"

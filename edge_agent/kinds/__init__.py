@@ -23,6 +23,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from edge_agent.config.daemon import BundleModel, GroupConfig, KindModel
+from edge_agent.config.group_tables import hook
 from edge_agent.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
@@ -41,7 +42,9 @@ _BUNDLE_KINDS = {"aif": "aif", "neural": "neural", "aif+perception": "perception
 
 
 def kind_name(cfg: GroupConfig, manifest_kind: str | None = None) -> str:
-    """The kind of group ``cfg`` (``manifest_kind``: its model bundle's, when it has one)."""
+    """The kind of group ``cfg`` (``manifest_kind``: its model bundle's, when it has one; a
+    table of the group's may choose another, :func:`~edge_agent.config.group_tables.hook`
+    ``kind_for``: an Active Inference model with a ``perception`` table runs as ``perception``)."""
     if isinstance(cfg.model, KindModel):
         return cfg.model.module
     if isinstance(cfg.model, BundleModel):
@@ -52,7 +55,11 @@ def kind_name(cfg: GroupConfig, manifest_kind: str | None = None) -> str:
             )
     else:
         name = "aif"
-    return "perception" if name == "aif" and cfg.perception is not None else name
+    for _key, table in cfg.tables:  # a table of a kind may select it (perception)
+        kind_for = hook(table, "kind_for")
+        if kind_for is not None and (chosen := kind_for(name)) is not None:
+            return str(chosen)
+    return name
 
 
 def get_kind(name: str) -> GroupKind:

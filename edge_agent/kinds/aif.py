@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_agent.aif.learning import LearningSpec
 from edge_agent.aif.learning_table import TABLE as LEARNING
+from edge_agent.aif.learning_table import LearningTable
 from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.config.daemon import BuiltinModel, GroupConfig, SimSource
@@ -40,7 +42,6 @@ from edge_agent.kinds.base import (
 from edge_agent.sim.registry import builtin_model
 
 if TYPE_CHECKING:
-    from edge_agent.aif.learning import LearningSpec
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.bundle.loader import Bundle
     from edge_agent.core.budget import MemoryBudget, PlanRequest
@@ -54,6 +55,7 @@ __all__ = [
     "bundle_settings",
     "check_dims",
     "group_learning",
+    "learning_of",
     "plan_aif",
     "plan_learning",
 ]
@@ -87,13 +89,20 @@ def group_learning(
     """What the group learns by its ``[groups.learning]`` table (None without one): of
     ``model``'s tables, from the ``counts`` its bundle carries or the table's prior scale.
     A ConfigError names the group and the table's key."""
-    if cfg.learning is None:
+    table = cfg.table_of(LearningTable)
+    if table is None:
         return None
     floats = model.dequantize() if isinstance(model, QuantizedModel) else model
     try:
-        return cfg.learning.spec(floats.A, floats.B, floats.D, counts)
+        return table.spec(floats.A, floats.B, floats.D, counts)
     except ConfigError as err:
         raise ConfigError(f"group {cfg.name!r}: {err}", path=None) from err
+
+
+def learning_of(loaded: LoadedModel) -> LearningSpec | None:
+    """What an ``aif`` group's agents learn (its ``[groups.learning]`` table; None: a frozen
+    model)."""
+    return loaded.own if isinstance(loaded.own, LearningSpec) else None
 
 
 def check_dims(
@@ -164,11 +173,12 @@ def new_agents(
         "planning": cfg.planning,
         "shared_state": workers > 1,
     }
-    if loaded.learning is None:
+    learning = learning_of(loaded)
+    if learning is None:
         return AifAgentGroup(loaded.model, n_agents, **kwargs)
     try:
         return learning_group(
-            loaded.model, n_agents, learning=loaded.learning, trial_ends_at_reset=True, **kwargs
+            loaded.model, n_agents, learning=learning, trial_ends_at_reset=True, **kwargs
         )
     except InputError as err:
         raise ConfigError(f"{err} ({LEARNING})", path=None) from err
@@ -308,7 +318,7 @@ class AifKind:
             assert isinstance(cfg.model, BuiltinModel)
             name = world_name(cfg) if isinstance(cfg.source, SimSource) else cfg.model.name
             model = builtin_model(name)
-            return LoadedModel(model, cfg.settings, learning=group_learning(cfg, model))
+            return LoadedModel(model, cfg.settings, own=group_learning(cfg, model))
         manifest = bundle.manifest
         if manifest.aif is None:
             raise BundleError(f"{bundle.path}: bundle kind {manifest.kind!r} cannot run in a group")
@@ -318,8 +328,23 @@ class AifKind:
             bundle_settings(bundle, cfg),
             f"{manifest.name}@{manifest.version}"[:256],
             bundle.sha256,
-            learning=group_learning(cfg, quantized, bundle.aif_counts()),
+            own=group_learning(cfg, quantized, bundle.aif_counts()),
         )
+
+    def plan_hints(self, cfg: GroupConfig) -> dict[str, str]:
+        """What to change when what a group's learning reserves (its ``[groups.learning]``
+        counts, :func:`plan_learning`'s owner) does not fit the budget."""
+        table = cfg.table_of(LearningTable)
+        if table is None:
+            return {}
+        return {
+            f"{cfg.name}:learning": f"learn fewer tables in group {cfg.name!r}, or lower its count"
+            + (
+                ", or use float32 counts (counts_dtype)"
+                if table.scope == "per_agent" and table.counts_dtype == "float64"
+                else ""
+            )
+        }
 
     def check(self, cfg: GroupConfig, loaded: LoadedModel) -> None:
         world = sim_world(cfg)
@@ -340,7 +365,7 @@ class AifKind:
         self, loaded: LoadedModel, cfg: GroupConfig, history_capacity: int, workers: int
     ) -> list[PlanRequest]:
         model, agents = plan_aif(loaded, cfg, history_capacity, workers)
-        if loaded.learning is None:
+        if learning_of(loaded) is None:
             return [model, agents]
         probe = new_agents(loaded, cfg, 1, None, 0)
         assert isinstance(probe, LearningAgentGroup)

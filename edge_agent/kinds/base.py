@@ -18,44 +18,33 @@ from edge_agent.config.daemon import BuiltinModel, BundleModel, GroupConfig, Sim
 from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edge_agent.aif.learning import LearningSpec
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.aif.quant import QuantizedModel
     from edge_agent.aif.settings import AifSettings
-    from edge_agent.bundle.loader import Bundle, NeuralSpec
+    from edge_agent.bundle.loader import Bundle
     from edge_agent.core.budget import MemoryBudget, PlanRequest
     from edge_agent.core.contract import AgentGroup
 
-__all__ = ["GroupKind", "LoadedModel", "NeuralModel", "Verify", "describe", "world_name"]
-
-
-@dataclass(frozen=True)
-class NeuralModel:
-    """A verified neural model: how to run it and its file's bytes."""
-
-    spec: NeuralSpec
-    model_bytes: bytes
-    name: str
+__all__ = ["GroupKind", "LoadedModel", "Verify", "describe", "world_name"]
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     """What a group runs, and which bundle it came from (``bundle_*`` None: built-in).
 
-    ``kind`` names the group's kind (see :mod:`edge_agent.kinds`); ``model`` is the Active
-    Inference model (None for a neural policy); ``neural`` the neural policy of a ``neural``
-    bundle; ``perception`` the classifier in front of ``model``; ``learning`` what its agents
-    learn of ``model`` (a ``[groups.learning]`` table; None: a frozen model).
+    ``kind`` names the group's kind (see :mod:`edge_agent.kinds`); ``model`` and ``settings``
+    are the Active Inference model and its settings, for the kinds that run one (``model``
+    None otherwise); ``own`` is what the kind loaded besides, which only the kind reads (the
+    ``aif`` kind: what its agents learn, a ``LearningSpec`` or None; ``neural``: the policy;
+    ``perception``: the classifier in front of ``model``).
     """
 
     model: GenerativeModel | QuantizedModel | None
     settings: AifSettings
     bundle_name: str | None = None
     bundle_sha256: str | None = None
-    neural: NeuralModel | None = None
-    perception: NeuralModel | None = None
     kind: str = "aif"
-    learning: LearningSpec | None = None
+    own: object = None
 
 
 class Verify(Protocol):

@@ -7,6 +7,7 @@ vectors (or frames), actions the policy's discrete choice or continuous values. 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.config.daemon import GroupConfig
@@ -14,19 +15,45 @@ from edge_agent.errors import BundleError, ConfigError
 from edge_agent.kinds.base import (
     GroupKind,
     LoadedModel,
-    NeuralModel,
     Verify,
     describe,
     outcome_world_mismatch,
     sim_world,
 )
 from edge_agent.neural.agents import NeuralAgentGroup, window_layout
+from edge_agent.neural.perception_table import PerceptionTable
 
 if TYPE_CHECKING:
-    from edge_agent.bundle.loader import Bundle
+    from edge_agent.bundle.loader import Bundle, NeuralSpec
     from edge_agent.core.budget import MemoryBudget, PlanRequest
 
-__all__ = ["KIND", "NeuralKind", "check_features", "neural_model", "plan_net"]
+__all__ = [
+    "KIND",
+    "NeuralKind",
+    "NeuralModel",
+    "check_features",
+    "net_of",
+    "neural_model",
+    "plan_net",
+]
+
+
+@dataclass(frozen=True)
+class NeuralModel:
+    """A verified neural model: how to run it and its file's bytes (a ``neural`` group's
+    :attr:`LoadedModel.own <edge_agent.kinds.base.LoadedModel.own>`, and the perception
+    kind's classifier)."""
+
+    spec: NeuralSpec
+    model_bytes: bytes
+    name: str
+
+
+def net_of(loaded: LoadedModel) -> NeuralModel:
+    """The neural model a ``neural`` or ``perception`` group's kind loaded."""
+    if not isinstance(loaded.own, NeuralModel):
+        raise TypeError(f"internal: a {loaded.kind} model without its neural model")
+    return loaded.own
 
 
 def neural_model(bundle: Bundle) -> NeuralModel:
@@ -83,7 +110,7 @@ class NeuralKind:
                 'as the group\'s perception (perception = { type = "bundle", ... }) in front '
                 "of an Active Inference model"
             )
-        if cfg.perception is not None:
+        if cfg.table_of(PerceptionTable) is not None:
             raise ConfigError(
                 f"group {cfg.name!r}: perception feeds an Active Inference model; "
                 f"{describe(cfg)} is a neural policy",
@@ -94,8 +121,8 @@ class NeuralKind:
             cfg.settings,
             f"{manifest.name}@{manifest.version}"[:256],
             bundle.sha256,
-            neural=neural_model(bundle),
             kind=self.name,
+            own=neural_model(bundle),
         )
 
     def check(self, cfg: GroupConfig, loaded: LoadedModel) -> None:
@@ -105,9 +132,9 @@ class NeuralKind:
         name, features = world
         if not features:
             raise outcome_world_mismatch(cfg, self.name, name)
-        assert loaded.neural is not None
-        classes = check_features(cfg, loaded.neural, name)
-        spec = loaded.neural.spec
+        net = net_of(loaded)
+        classes = check_features(cfg, net, name)
+        spec = net.spec
         width = spec.outputs[0].shape[-1]
         if spec.output_kind != "discrete" or width != classes:
             raise ConfigError(
@@ -120,8 +147,7 @@ class NeuralKind:
         self, loaded: LoadedModel, cfg: GroupConfig, history_capacity: int, workers: int
     ) -> list[PlanRequest]:
         del workers
-        assert loaded.neural is not None
-        model, agents = plan_net(loaded.neural, cfg.name, cfg.count, history_capacity)
+        model, agents = plan_net(net_of(loaded), cfg.name, cfg.count, history_capacity)
         return [model, agents]
 
     def build(
@@ -136,8 +162,7 @@ class NeuralKind:
         workers: int,
     ) -> NeuralAgentGroup:
         del workers  # one backend call per tick, on `threads` intra-op threads
-        net = loaded.neural
-        assert net is not None
+        net = net_of(loaded)
         return NeuralAgentGroup(
             net.spec,
             net.model_bytes,

@@ -18,15 +18,15 @@ from edge_agent.kinds.aif import aif_model, bundle_settings, check_dims, new_age
 from edge_agent.kinds.base import (
     GroupKind,
     LoadedModel,
-    NeuralModel,
     Verify,
     describe,
     outcome_world_mismatch,
     sim_world,
 )
-from edge_agent.kinds.neural import check_features, neural_model, plan_net
+from edge_agent.kinds.neural import NeuralModel, check_features, net_of, neural_model, plan_net
 from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.perception import PerceptionAifGroup
+from edge_agent.neural.perception_table import PerceptionTable
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle
@@ -39,7 +39,8 @@ def _check_perception(cfg: GroupConfig, net: NeuralModel, num_obs: tuple[int, ..
     """The classifier's outputs must be logits of the model's first modalities, in order."""
     spec = net.spec
     outputs = spec.outputs[:1] if spec.output_kind == "discrete" else spec.outputs
-    where = cfg.perception.path if cfg.perception is not None else describe(cfg)
+    table = cfg.table_of(PerceptionTable)
+    where = table.path if table is not None else describe(cfg)
     if spec.output_kind == "continuous" or len(outputs) > len(num_obs):
         raise ConfigError(
             f"group {cfg.name!r}: perception {where}: {len(outputs)} {spec.output_kind} "
@@ -63,8 +64,9 @@ class PerceptionKind:
     learns = False  # its agents observe soft evidence; counts learn from outcome indices
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
+        table = cfg.table_of(PerceptionTable)
         if bundle is not None and bundle.manifest.kind == "aif+perception":
-            if cfg.perception is not None:
+            if table is not None:
                 raise ConfigError(
                     f"group {cfg.name!r}: {describe(cfg)} brings its own perception model; "
                     "remove the group's perception table",
@@ -76,30 +78,29 @@ class PerceptionKind:
                 bundle_settings(bundle, cfg),
                 f"{manifest.name}@{manifest.version}"[:256],
                 bundle.sha256,
-                perception=neural_model(bundle),
                 kind=self.name,
+                own=neural_model(bundle),
             )
         else:
-            assert cfg.perception is not None  # an aif model with a perception table (kind_name)
+            assert table is not None  # an aif model with a perception table (kind_name)
             model = AIF.load(cfg, bundle, verify)
-            net = verify(cfg.perception.path, "perception")
+            net = verify(table.path, "perception")
             if net.manifest.kind != "neural" or net.manifest.neural is None:
                 raise BundleError(
-                    f"{cfg.perception.path}: perception needs a neural bundle, got kind "
+                    f"{table.path}: perception needs a neural bundle, got kind "
                     f"{net.manifest.kind!r}"
                 )
-            loaded = dataclasses.replace(model, perception=neural_model(net), kind=self.name)
+            loaded = dataclasses.replace(model, kind=self.name, own=neural_model(net))
         assert loaded.model is not None
-        assert loaded.perception is not None
-        _check_perception(cfg, loaded.perception, loaded.model.num_obs)
+        _check_perception(cfg, net_of(loaded), loaded.model.num_obs)
         return loaded
 
     def check(self, cfg: GroupConfig, loaded: LoadedModel) -> None:
         assert loaded.model is not None
-        assert loaded.perception is not None
+        classifier = net_of(loaded)
         world = sim_world(cfg)
         if world is None:
-            covered = len(loaded.perception.spec.outputs)
+            covered = len(classifier.spec.outputs)
             if covered < len(loaded.model.num_obs):
                 raise ConfigError(
                     f"group {cfg.name!r}: the perception model gives evidence for {covered} of "
@@ -111,16 +112,15 @@ class PerceptionKind:
         name, features = world
         if not features:
             raise outcome_world_mismatch(cfg, self.name, name)
-        check_features(cfg, loaded.perception, name)
+        check_features(cfg, classifier, name)
         check_dims(cfg, loaded.model, name, " (the built-in model 'sensors')")
 
     def plan(
         self, loaded: LoadedModel, cfg: GroupConfig, history_capacity: int, workers: int
     ) -> list[PlanRequest]:
         del workers  # perception groups step in one process
-        assert loaded.perception is not None
         model, agents = plan_aif(loaded, cfg, history_capacity, 1)
-        net_model, net_agents = plan_net(loaded.perception, f"{cfg.name}.perception", cfg.count, 0)
+        net_model, net_agents = plan_net(net_of(loaded), f"{cfg.name}.perception", cfg.count, 0)
         return [model, net_model, agents, net_agents]
 
     def build(
@@ -135,8 +135,7 @@ class PerceptionKind:
         workers: int,
     ) -> PerceptionAifGroup:
         del workers
-        net = loaded.perception
-        assert net is not None
+        net = net_of(loaded)
         aif = new_agents(loaded, cfg, n_agents, budget, history_capacity)
         try:
             perception = NeuralAgentGroup(
@@ -152,7 +151,8 @@ class PerceptionKind:
         except BaseException:
             aif.release()
             raise
-        evidence = cfg.perception.evidence if cfg.perception is not None else "soft"
+        table = cfg.table_of(PerceptionTable)
+        evidence = table.evidence if table is not None else "soft"
         try:
             return PerceptionAifGroup(perception, aif, evidence=evidence)
         except BaseException:

@@ -18,6 +18,7 @@ from edge_agent.core.learning import LearningAgentGroup, PerAgentLearningGroup
 from edge_agent.daemon.admission import admit, load_group_model, resolve_models
 from edge_agent.daemon.group_runtime import plan_requests
 from edge_agent.errors import ConfigError
+from edge_agent.kinds.aif import learning_of
 from edge_agent.sim.endpoints import WorldSource
 from edge_agent.sim.registry import builtin_model
 from edge_agent_host.cli import main as host_main
@@ -217,7 +218,7 @@ def test_the_budget_plans_the_learning_state_exactly(
     assert planned["maze"] == owners["maze"]
     assert agents.learning_nbytes > 0
     agents.release()
-    assert load_group_model(g, source.config, None).learning is not None
+    assert learning_of(load_group_model(g, source.config, None)) is not None
 
 
 def test_per_agent_counts_over_the_budget_name_the_group_and_the_bytes(

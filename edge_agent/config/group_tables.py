@@ -1,0 +1,64 @@
+"""A group's tables that belong to one kind of agent group: ``[groups.learning]``, ``perception``.
+
+Every ``[[groups]]`` table has the keys every group has (:class:`~edge_agent.config.daemon.
+GroupConfig`'s fields). A kind that needs a table of its own declares it in :data:`GROUP_TABLES`:
+one line, the key and the record that reads it, written beside the kind's maths (the record
+is a :class:`~edge_agent.records.Record`, so it imports nothing of the config) and imported only
+when a config is validated or names the table. The config's reader validates each table a group
+has with its record, at its lines, and the group holds it (``GroupConfig.table``,
+``GroupConfig.table_of``); nothing else of the config knows what a table means.
+
+A table's record may have these hooks (each optional; :func:`hook` calls them):
+
+=====================================  ===========================================================
+``group_problems(group)``              problems of the group it is in (cross-key checks), at the
+                                       group's keys
+``processes(group)``, ``history(group)``  the processes and history it runs the group with (None:
+                                       the group's own)
+``kind_for(model_kind)``               the kind a group of this model kind runs with the table
+``refusal(kind, kind_name)``           why a group of ``kind`` cannot take it (None: it can)
+``problem_keys(message)``              where a problem of the group's model is reported, when
+                                       the table is at fault
+``summary_model()``, ``summary_tail()``  what ``check-config`` adds to the group's model and line
+``status()``                           what the status file adds to the group's entry
+=====================================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from typing import Any, Final
+
+from edge_agent.records import Record
+
+__all__ = ["GROUP_TABLES", "hook", "table_type", "table_types"]
+
+GROUP_TABLES: Final[dict[str, str]] = {
+    "learning": "edge_agent.aif.learning_table:LearningTable",
+    "perception": "edge_agent.neural.perception_table:PerceptionTable",
+}
+"""Key in ``[[groups]]`` -> ``module:Record`` of the table (the kind that owns it: ``learning``
+the ``aif`` kind's, ``perception`` the ``perception`` kind's)."""
+
+
+@functools.cache
+def table_type(key: str) -> type[Record]:
+    """The record of the table ``key`` (of :data:`GROUP_TABLES`), imported now."""
+    module_name, _, name = GROUP_TABLES[key].partition(":")
+    found = getattr(importlib.import_module(module_name), name)
+    if not (isinstance(found, type) and issubclass(found, Record)):
+        raise TypeError(f"group table {key!r}: {GROUP_TABLES[key]} is not a Record")
+    return found
+
+
+def table_types() -> dict[str, type[Record]]:
+    """Every table's record, by key (imports them all: what validating a document needs)."""
+    return {key: table_type(key) for key in GROUP_TABLES}
+
+
+def hook(table: Record, name: str) -> Callable[..., Any] | None:
+    """The table's hook ``name`` (see the module's docstring), or None when it has none."""
+    found = getattr(table, name, None)
+    return found if callable(found) else None
