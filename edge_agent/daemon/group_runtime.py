@@ -9,10 +9,13 @@ A :class:`GroupRuntime` owns its pipeline, one way: its source (a simulated worl
 :class:`~edge_agent.fleet.agent_io.InboxSource`) -> the agents' step (or the coordination
 runtime's, which wraps it) -> its sink (the world again, an MQTT publisher, the log). Source and
 sink are :mod:`edge_agent.core.contract`'s protocols, chosen once by :func:`make_runtime`; nothing
-after asks which ones a group has. :func:`make_agents` builds the agents of a
-loaded model through its kind (the factory, a deployment's health check and its switch all come
-through it) and :func:`plan_requests` says what they will reserve, before anything is allocated.
-Nothing here imports the service module.
+after asks which ones a group has. The rest of the daemon asks a group to do things through its
+verbs (pause, resize, halve its history, save and restore its state, carry over, be replaced by
+a deployed bundle's group) and reads what it tells (``describe``, ``metrics``, ``footprint``);
+nothing outside this module touches its agents or its fields. :func:`make_agents` builds the
+agents of a loaded model through its kind (the factory, a deployment's health check and its
+switch all come through it) and :func:`plan_requests` says what they will reserve, before
+anything is allocated. Nothing here imports the service module.
 """
 
 from __future__ import annotations
