@@ -91,7 +91,9 @@ def add_parser(
     start.add_argument("--deploy-timeout", type=float, default=600.0, help="per wave (s)")
     start.add_argument("--watch-ticks", type=int, default=50, help="ticks watched after switch")
     start.add_argument("--health-steps", type=int, default=20, help="health-check steps")
-    start.add_argument("--include-offline", action="store_true", help="select offline nodes too")
+    start.add_argument(
+        "--include-offline", action="store_true", help="select offline and silent nodes too"
+    )
     start.add_argument("--dry-run", action="store_true", help="print the plan, store nothing")
     start.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -145,7 +147,8 @@ def _start(args: argparse.Namespace) -> int:
         rollback = DeployPlan.from_bytes(
             rollback_data, args.chunk_size, where=str(args.rollback_bundle)
         )
-    db = _open(args)
+    config = load_hub_config(args.config)
+    db = open_database(config, write=True)
     try:
         store = RolloutStore(db)
         labels = _labels(args.label)
@@ -155,13 +158,14 @@ def _start(args: argparse.Namespace) -> int:
             names=args.node,
             labels=labels,
             include_offline=args.include_offline,
+            silent_after_s=config.config.hub.silent_after_s,
         )
         if not nodes:
             raise FleetError(
                 f"no {'' if args.include_offline else 'online '}node runs group {args.group!r}"
                 + (f" with {labels}" if labels else "")
                 + (f" matching {args.node}" if args.node else "")
-                + (f" ({len(offline)} offline)" if offline else "")
+                + (f" ({len(offline)} offline or silent)" if offline else "")
             )
         waves = plan_waves(
             len(nodes),
@@ -218,7 +222,7 @@ def _plan_text(summary: dict[str, Any]) -> str:
         f"of {', '.join(map(str, sizes))}"
     )
     if summary["skipped_offline"]:
-        text += f"; {len(summary['skipped_offline'])} offline node(s) left out"
+        text += f"; {len(summary['skipped_offline'])} offline or silent node(s) left out"
     return text
 
 

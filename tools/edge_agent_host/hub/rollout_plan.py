@@ -14,6 +14,7 @@ from pydantic import Field
 from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent_host.fleet_error import FleetError
 from edge_agent_host.hub.strict import StrictModel
+from edge_agent_host.presence import SILENT_AFTER_S, presence
 
 __all__ = [
     "ACTIVE",
@@ -145,10 +146,17 @@ def select_nodes(
     names: Sequence[str] = (),
     labels: Mapping[str, str] | None = None,
     include_offline: bool = False,
+    silent_after_s: float = SILENT_AFTER_S,
+    now: float | None = None,
 ) -> tuple[list[str], list[str]]:
     """The nodes of the registry (``HubDatabase.fleet()`` rows) whose birth has ``group``, whose
     name matches one of ``names`` (shell patterns; none: every name) and that carry every label
-    of ``labels``. Returns ``(selected, skipped_offline)``, each sorted by name."""
+    of ``labels``. Returns ``(selected, skipped_offline)``, each sorted by name.
+
+    A node is left out (``skipped_offline``) unless its presence
+    (:func:`~edge_agent_host.presence.presence`, ``silent_after_s``) is ``online``: offline,
+    silent (its state says online but nothing live came from it, as from a revoked node) or
+    unknown; ``include_offline`` keeps them all."""
     chosen: list[str] = []
     offline: list[str] = []
     for row in fleet:
@@ -161,7 +169,7 @@ def select_nodes(
         have = birth.get("labels") or {}
         if labels and any(have.get(k) != v for k, v in labels.items()):
             continue
-        if not row.get("online") and not include_offline:
+        if not include_offline and presence(row, silent_after_s, now) != "online":
             offline.append(node)
             continue
         chosen.append(node)

@@ -96,6 +96,25 @@ def test_selection_by_group_name_pattern_and_labels() -> None:
     )
 
 
+def test_a_silent_node_is_left_out_as_an_offline_one_is() -> None:
+    """A revoked node's retained state still says online; nothing live came from it for longer
+    than ``silent_after_s``: a wave that waited for it would fail, so it is not selected."""
+    now = 10_000.0
+    heard = {**_row("pi-1", True, ["grid"]), "last_seen": now - 5.0}
+    revoked = {**_row("pi-2", True, ["grid"]), "last_seen": now - 300.0}
+    assert select_nodes([heard, revoked], "grid", silent_after_s=60.0, now=now) == (
+        ["pi-1"],
+        ["pi-2"],
+    )
+    assert select_nodes([heard, revoked], "grid", silent_after_s=600.0, now=now) == (
+        ["pi-1", "pi-2"],
+        [],
+    )
+    assert select_nodes(
+        [heard, revoked], "grid", include_offline=True, silent_after_s=60.0, now=now
+    ) == (["pi-1", "pi-2"], [])
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[HubDatabase]:
     db = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
