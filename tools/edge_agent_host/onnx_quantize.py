@@ -10,8 +10,8 @@ Quantization (``NeuralOptions.mode``):
 * ``dynamic``: ``quantize_dynamic``: int8 weights, activations quantized per call (uint8). The
   only way onnxruntime quantizes ``LSTM`` weights; no calibration.
 * ``auto`` (default): the converter quantizes in both modes, measures both on the held-out set
-  and keeps the one that quantized more of the weights, static on a tie, never the less
-  accurate one (:func:`pick_mode`).
+  and keeps, of the modes as accurate as the other within a stated tolerance, the smaller model;
+  static when the two are within :data:`AUTO_SIZE_MARGIN` of one size (:func:`pick_mode`).
 
 What a mode really quantized is measured on its output (:func:`quantized_share`: the share of the
 float model's weight bytes that are no longer float), not predicted from op lists: onnxruntime's
@@ -54,6 +54,9 @@ from edge_agent_host.neural_options import NeuralOptions
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AUTO_ERROR_FACTOR",
+    "AUTO_SIZE_MARGIN",
+    "AUTO_TOP1_TOLERANCE",
     "CALIBRATION_METHODS",
     "ENTROPY_BINS",
     "ENTROPY_QUANTIZED_BINS",
@@ -87,10 +90,11 @@ QuantMode = Literal["static", "dynamic"]
 #: ``auto`` (:func:`pick_mode`) never keeps a mode whose top-1 agreement with float is lower than
 #: the other mode's by more than this (classifiers), or whose mean absolute error is more than
 #: :data:`AUTO_ERROR_FACTOR` times the other's (continuous outputs); between accurate modes it
-#: keeps the one that quantized more of the weights by more than :data:`AUTO_SHARE_MARGIN`.
+#: keeps the smaller model file, unless the two sizes are within :data:`AUTO_SIZE_MARGIN` of the
+#: larger one: then static.
 AUTO_TOP1_TOLERANCE = 0.005
 AUTO_ERROR_FACTOR = 1.5
-AUTO_SHARE_MARGIN = 0.05
+AUTO_SIZE_MARGIN = 0.05
 
 
 def _quantization_module() -> Any:
@@ -182,37 +186,68 @@ class ModeResult:
 
 
 def pick_mode(results: Sequence[ModeResult], failures: Mapping[str, str]) -> tuple[QuantMode, str]:
-    """``(mode, why)`` for ``auto``, from both modes measured on the held-out set: the mode that
-    really quantized more of the weights (by more than :data:`AUTO_SHARE_MARGIN`), else static;
-    but never a mode less accurate than the other (top-1 agreement lower by more than
-    :data:`AUTO_TOP1_TOLERANCE`, or mean abs error over :data:`AUTO_ERROR_FACTOR` times the
-    other's). Static wins ties because its int8 kernels are fused and take int8 activations;
-    dynamic quantizes every activation per call, and onnxruntime's ``ConvInteger`` is slow.
-    ``failures``: the modes onnxruntime could not quantize, and why."""
+    """``(mode, why)`` for ``auto``, from both modes measured on the held-out set.
+
+    The rule: never a mode less accurate than the other beyond the tolerance (top-1 agreement
+    lower by more than :data:`AUTO_TOP1_TOLERANCE`, or, for continuous outputs, mean abs error
+    over :data:`AUTO_ERROR_FACTOR` times the other's); of the accurate ones, the smaller model
+    file; static when the two sizes are within :data:`AUTO_SIZE_MARGIN` of the larger one
+    (static's int8 kernels are fused and take int8 activations; dynamic quantizes every
+    activation per call, and onnxruntime's ``ConvInteger`` is slow). ``why`` states the rule as
+    it applied. ``failures``: the modes onnxruntime could not quantize, and why."""
     if not results:
         raise ValueError("pick_mode needs at least one result")
+    classify = all(r.top1_agreement is not None for r in results)
+    best_top1 = max(r.top1_agreement or 0.0 for r in results)
+    least_error = min(r.mean_abs_error for r in results)
+    tolerance = (
+        f"top-1 within {100 * AUTO_TOP1_TOLERANCE:g} points"
+        if classify
+        else f"mean abs error within {AUTO_ERROR_FACTOR:g}x"
+    )
 
     def accurate(r: ModeResult) -> bool:
-        if r.top1_agreement is not None:
-            best = max(x.top1_agreement or 0.0 for x in results)
-            return r.top1_agreement >= best - AUTO_TOP1_TOLERANCE
-        least = min(x.mean_abs_error for x in results)
-        return r.mean_abs_error <= AUTO_ERROR_FACTOR * least + 1e-12
+        if classify:
+            return (r.top1_agreement or 0.0) >= best_top1 - AUTO_TOP1_TOLERANCE - 1e-12
+        return r.mean_abs_error <= AUTO_ERROR_FACTOR * least_error + 1e-12
 
     parts = [r.describe() for r in results]
     parts += [f"{mode} fails ({reason})" for mode, reason in failures.items()]
     candidates = [r for r in results if accurate(r)]
-    by_mode = {r.mode: r for r in candidates}
     if len(results) == 1:
         chosen, why = results[0], "the only mode that quantizes it"
     elif len(candidates) == 1:
-        chosen, why = candidates[0], "more accurate"
-    elif by_mode["dynamic"].quantized > by_mode["static"].quantized + AUTO_SHARE_MARGIN:
-        chosen, why = by_mode["dynamic"], "quantizes more of the weights"
-    elif by_mode["static"].quantized > by_mode["dynamic"].quantized + AUTO_SHARE_MARGIN:
-        chosen, why = by_mode["static"], "quantizes more of the weights"
+        chosen = candidates[0]
+        other = next(r for r in results if r is not chosen)
+        if classify:
+            gap = 100 * ((chosen.top1_agreement or 0.0) - (other.top1_agreement or 0.0))
+            why = (
+                f"more accurate: {other.mode}'s top-1 is {gap:.2f} points lower, beyond the "
+                f"{100 * AUTO_TOP1_TOLERANCE:g}-point tolerance"
+            )
+        else:
+            why = (
+                f"more accurate: {other.mode}'s mean abs error is "
+                f"{other.mean_abs_error / max(chosen.mean_abs_error, 1e-30):.2f}x, beyond the "
+                f"{AUTO_ERROR_FACTOR:g}x tolerance"
+            )
+    elif all(r.quantized <= 0.0 for r in candidates):
+        chosen = next(r for r in candidates if r.mode == "static")
+        why = "neither mode quantizes any of the weights"
     else:
-        chosen, why = by_mode["static"], "as much quantized and as accurate: static's fused kernels"
+        small, large = sorted(candidates, key=lambda r: r.size_ratio)
+        if small.size_ratio < (1 - AUTO_SIZE_MARGIN) * large.size_ratio:
+            chosen = small
+            why = (
+                f"as accurate, {tolerance}, and smaller: {100 * small.size_ratio:.1f} % "
+                f"against {100 * large.size_ratio:.1f} % of float"
+            )
+        else:
+            chosen = next(r for r in candidates if r.mode == "static")
+            why = (
+                f"as accurate, {tolerance}, and within {100 * AUTO_SIZE_MARGIN:g} % of the same "
+                "size: static's fused int8 kernels"
+            )
     return chosen.mode, f"auto: {'; '.join(parts)}: {chosen.mode} ({why})"
 
 

@@ -82,7 +82,9 @@ def test_auto_quantizes_an_lstm_dynamically_and_it_shrinks(
     assert re.fullmatch(
         r"auto: static 10\d\.\d % of float, 1 % of the weights quantized, top-1 [\d.]+ %; "
         r"dynamic 3\d\.\d % of float, 9\d % of the weights quantized, top-1 [\d.]+ %: "
-        r"dynamic \((more accurate|quantizes more of the weights)\)",
+        r"dynamic \((as accurate, top-1 within 0\.5 points, and smaller: 3\d\.\d % against "
+        r"10\d\.\d % of float|more accurate: static's top-1 is [\d.]+ points lower, beyond the "
+        r"0\.5-point tolerance)\)",
         quant["mode_reason"],
     ), quant["mode_reason"]
     measured = {entry["mode"]: entry for entry in quant["auto"]}
@@ -159,7 +161,8 @@ def test_entropy_calibration_is_real_and_recorded(data: dict[str, Path], tmp_pat
     candidate threshold, the full range: the converter calibrates entropy itself."""
     scales = {}
     for method in ("minmax", "entropy"):
-        report = convert(data["policy"], tmp_path / method, data, method=method, min_top1=None)
+        report = convert(data["policy"], tmp_path / method, data, mode="static", method=method,
+                         min_top1=None)
         scales[method] = activation_scales(tmp_path / method / "model.onnx")
         calibration = report.data["calibration"]
         assert calibration["method"] == method
@@ -191,7 +194,7 @@ def zero_points(path: Path) -> list[np.ndarray]:
 def test_symmetric_activations_have_zero_points_of_zero(
     data: dict[str, Path], tmp_path: Path
 ) -> None:
-    convert(data["policy"], tmp_path / "asym", data)
+    convert(data["policy"], tmp_path / "asym", data, mode="static")
     report = convert(data["policy"], tmp_path / "sym", data, symmetric_activations=True)
     assert report.data["quantization"]["symmetric_activations"] is True
     assert any(np.any(z != 0) for z in zero_points(tmp_path / "asym" / "model.onnx"))
@@ -272,8 +275,8 @@ def test_one_calibration_sample_is_refused_and_few_are_warned_about(
         report = convert_onnx(
             ConvertOptions(model=data["policy"], out=tmp_path / "b", name="m"),
             NeuralOptions(
-                latency_repeats=1, calibration=tmp_path / "few.npz", heldout=data["held"],
-                thresholds=NeuralThresholds(min_top1=None),
+                latency_repeats=1, mode="static", calibration=tmp_path / "few.npz",
+                heldout=data["held"], thresholds=NeuralThresholds(min_top1=None),
             ),
         )
     assert report.warnings == [
@@ -312,31 +315,163 @@ def result(mode: str, size: float, quantized: float, top1: float | None,
     return ModeResult(mode, size, quantized, top1, error)  # type: ignore[arg-type]
 
 
-def test_auto_keeps_the_mode_that_quantizes_more_static_on_a_tie_never_the_less_accurate() -> None:
-    # Gemm in both modes (dynamic turns it into MatMulInteger): a tie, static's fused kernels.
+def test_auto_keeps_the_smaller_of_the_accurate_modes_static_within_five_percent() -> None:
+    # Gemm in both modes (dynamic turns it into MatMulInteger): as accurate, dynamic 8 % smaller.
     mode, why = pick_mode([result("static", 0.37, 1.0, 1.0), result("dynamic", 0.34, 0.97, 1.0)],
                           {})
-    assert mode == "static"
+    assert mode == "dynamic"
     assert why == (
         "auto: static 37.0 % of float, 100 % of the weights quantized, top-1 100.00 %; dynamic "
-        "34.0 % of float, 97 % of the weights quantized, top-1 100.00 %: static (as much "
-        "quantized and as accurate: static's fused kernels)"
+        "34.0 % of float, 97 % of the weights quantized, top-1 100.00 %: dynamic (as accurate, "
+        "top-1 within 0.5 points, and smaller: 34.0 % against 37.0 % of float)"
     )
-    # An LSTM: only dynamic quantizes its weights.
+    # Within 5 % of the same size: static's fused kernels.
+    mode, why = pick_mode([result("static", 0.274, 1.0, 0.9986),
+                           result("dynamic", 0.264, 0.99, 0.9986)], {})
+    assert mode == "static"
+    assert why.endswith(": static (as accurate, top-1 within 0.5 points, and within 5 % of the "
+                        "same size: static's fused int8 kernels)")
+    # Smaller and a little less accurate, but within the tolerance: still the smaller one.
+    assert pick_mode([result("static", 0.31, 1.0, 0.9980), result("dynamic", 0.28, 0.9, 0.9950)],
+                     {})[0] == "dynamic"
+    # Smaller but less accurate beyond the tolerance: the other one, and by how much.
+    mode, why = pick_mode([result("static", 0.28, 1.0, 0.980), result("dynamic", 0.31, 0.9, 1.0)],
+                          {})
+    assert mode == "dynamic"
+    assert why.endswith(": dynamic (more accurate: static's top-1 is 2.00 points lower, beyond "
+                        "the 0.5-point tolerance)")
+    # An LSTM: static leaves it float (over 100 %), dynamic shrinks it.
     assert pick_mode([result("static", 1.01, 0.01, 0.995), result("dynamic", 0.32, 0.95, 0.996)],
                      {})[0] == "dynamic"
-    # More quantized but less accurate by more than half a point: the other one.
-    mode, why = pick_mode([result("static", 0.31, 1.0, 0.980), result("dynamic", 0.28, 0.9, 1.0)],
-                          {})
-    assert (mode, why.endswith("dynamic (more accurate)")) == ("dynamic", True)
     # Continuous outputs: mean abs error within 1.5x counts as accurate.
-    assert pick_mode([result("static", 0.4, 1.0, None, 0.014), result("dynamic", 0.3, 0.99, None,
+    assert pick_mode([result("static", 0.3, 1.0, None, 0.014), result("dynamic", 0.4, 0.99, None,
                                                                      0.010)], {})[0] == "static"
-    assert pick_mode([result("static", 0.4, 1.0, None, 0.016), result("dynamic", 0.3, 0.99, None,
-                                                                     0.010)], {})[0] == "dynamic"
+    mode, why = pick_mode([result("static", 0.3, 1.0, None, 0.016),
+                           result("dynamic", 0.4, 0.99, None, 0.010)], {})
+    assert mode == "dynamic"
+    assert why.endswith(": dynamic (more accurate: static's mean abs error is 1.60x, beyond the "
+                        "1.5x tolerance)")
+    # Nothing quantized in either mode (skl2onnx's LinearClassifier): said so.
+    mode, why = pick_mode([result("static", 1.0, 0.0, 1.0), result("dynamic", 0.99, 0.0, 1.0)],
+                          {})
+    assert (mode, why.endswith(": static (neither mode quantizes any of the weights)")) == (
+        "static", True)
     mode, why = pick_mode([result("dynamic", 0.5, 0.9, 1.0)], {"static": "it broke"})
     assert mode == "dynamic"
     assert why.endswith("; static fails (it broke): dynamic (the only mode that quantizes it)")
+
+
+def unrolled_lstm(window: int, features: int, hidden: int, outputs: int,
+                  seed: int) -> onnx.ModelProto:
+    """An LSTM unrolled over the window in MatMul, Sigmoid and Tanh nodes (as torch's exporter
+    writes an ``nn.LSTM``), its weights shared by every step, with a Linear head (``Gemm``):
+    static mode quantizes it too, unlike the ``LSTM`` op."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    s = 1.0 / np.sqrt(hidden)
+    weights = {
+        "W": rng.uniform(-s, s, (features, 4 * hidden)),
+        "R": rng.uniform(-s, s, (hidden, 4 * hidden)),
+        "B": rng.uniform(-s, s, 4 * hidden),
+        "out_w": rng.normal(0, np.sqrt(2 / hidden), (hidden, outputs)),
+        "out_b": rng.normal(0, 0.1, outputs),
+    }
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    nodes = []
+    h = c = ""
+    for t in range(window):
+        inits.append(numpy_helper.from_array(np.array(t, dtype=np.int64), f"t{t}"))
+        nodes += [helper.make_node("Gather", ["window", f"t{t}"], [f"x{t}"], axis=1),
+                  helper.make_node("MatMul", [f"x{t}", "W"], [f"xw{t}"])]
+        gates = f"xw{t}"
+        if h:
+            nodes += [helper.make_node("MatMul", [h, "R"], [f"hr{t}"]),
+                      helper.make_node("Add", [gates, f"hr{t}"], [f"sum{t}"])]
+            gates = f"sum{t}"
+        nodes += [
+            helper.make_node("Add", [gates, "B"], [f"gates{t}"]),
+            helper.make_node("Split", [f"gates{t}"], [f"i{t}", f"f{t}", f"g{t}", f"o{t}"],
+                             axis=1, num_outputs=4),
+            *(helper.make_node("Sigmoid", [f"{g}{t}"], [f"{g}s{t}"]) for g in "ifo"),
+            helper.make_node("Tanh", [f"g{t}"], [f"gt{t}"]),
+            helper.make_node("Mul", [f"is{t}", f"gt{t}"], [f"ig{t}"]),
+        ]
+        if c:
+            nodes += [helper.make_node("Mul", [f"fs{t}", c], [f"fc{t}"]),
+                      helper.make_node("Add", [f"fc{t}", f"ig{t}"], [f"c{t}"])]
+            c = f"c{t}"
+        else:
+            c = f"ig{t}"
+        nodes += [helper.make_node("Tanh", [c], [f"ct{t}"]),
+                  helper.make_node("Mul", [f"os{t}", f"ct{t}"], [f"h{t}"])]
+        h = f"h{t}"
+    nodes.append(helper.make_node("Gemm", [h, "out_w", "out_b"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "lstm_unrolled",
+        [helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", window, features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", outputs])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_auto_picks_the_smaller_dynamic_model_of_an_unrolled_lstm_with_a_linear_head(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    """The issue's case: both modes quantize the LSTM's MatMuls and the head's Gemm (so the old
+    rule, "quantized more, else static", kept static), and dynamic is smaller and at least as
+    accurate: auto keeps dynamic and says why."""
+    onnx.save(unrolled_lstm(T, F, 128, 4, seed=2), tmp_path / "lstm.onnx")
+    report = convert(tmp_path / "lstm.onnx", tmp_path / "b", data)
+    quant = report.data["quantization"]
+    measured = {entry["mode"]: entry for entry in quant["auto"]}
+    static, dynamic = measured["static"], measured["dynamic"]
+    assert static["quantized_share"] == 1.0
+    assert dynamic["quantized_share"] > 0.95
+    assert dynamic["size_ratio"] < 0.95 * static["size_ratio"] < 0.5
+    assert dynamic["top1_agreement"] >= static["top1_agreement"] >= 0.99
+    assert dynamic["mean_abs_error"] < static["mean_abs_error"]
+    assert quant["mode"] == "dynamic"
+    assert quant["mode_reason"].endswith(
+        f": dynamic (as accurate, top-1 within 0.5 points, and smaller: "
+        f"{100 * dynamic['size_ratio']:.1f} % against {100 * static['size_ratio']:.1f} % of "
+        "float)"
+    ), quant["mode_reason"]
+    assert "MatMulInteger" in ops(tmp_path / "b" / "model.onnx")
+    assert report.data["bundled"] == "int8"
+    assert report.data["size"]["ratio"] == pytest.approx(dynamic["size_ratio"], abs=1e-4)
+    mode_row = next(row for row in report.rows if row[0] == "mode chosen")
+    assert mode_row[1] == quant["mode_reason"]
+
+
+def test_auto_with_held_out_data_alone_quantizes_dynamically_and_says_why(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    report = convert_onnx(
+        ConvertOptions(model=data["policy"], out=tmp_path / "b", name="m"),
+        NeuralOptions(latency_repeats=1, heldout=data["held"],
+                      thresholds=NeuralThresholds(min_top1=0.9)),
+    )
+    quant = report.data["quantization"]
+    assert quant["mode"] == "dynamic"
+    assert quant["mode_reason"] == (
+        "auto: held-out data but no calibration data (--calibration or --input-range), which "
+        "static quantization needs: dynamic, which needs none (give calibration data to measure "
+        "static too)"
+    )
+    assert "auto" not in quant  # one mode measured
+    assert report.data["calibration"]["samples"] == 0
+    assert report.data["accuracy"]["heldout_samples"] == 300
+    assert report.bundle is not None
+    assert "MatMulInteger" in ops(tmp_path / "b" / "model.onnx")
+    # A static-only option still needs calibration data, and says so.
+    with pytest.raises(InputError, match=r"^static quantization calibrates on inputs"):
+        convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / "x", name="m"),
+            NeuralOptions(heldout=data["held"], method="percentile"),
+        )
 
 
 def test_dynamic_mode_needs_held_out_data_but_no_calibration(
@@ -373,7 +508,7 @@ def test_dynamic_mode_needs_held_out_data_but_no_calibration(
                        r"\(--input-range LOW HIGH\); --mode dynamic needs neither"):
         convert_onnx(
             ConvertOptions(model=data["lstm"], out=tmp_path / "x", name="m"),
-            NeuralOptions(heldout=data["held"]),
+            NeuralOptions(mode="static", heldout=data["held"]),
         )
     with pytest.raises(InputError, match=r"or an input range \(--input-range LOW HIGH\), not "
                        r"both$"):

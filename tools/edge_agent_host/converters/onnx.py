@@ -57,6 +57,9 @@ from edge_agent_host.neural_outputs import (
     unzip_outputs,
 )
 from edge_agent_host.onnx_quantize import (
+    AUTO_ERROR_FACTOR,
+    AUTO_SIZE_MARGIN,
+    AUTO_TOP1_TOLERANCE,
     CALIBRATION_METHODS,
     ENTROPY_BINS,
     QUANT_MODES,
@@ -282,7 +285,7 @@ def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -
         input_range=opts.input_range,
         samples=opts.samples,
         seed=options.seed,
-        calibrate=opts.mode != "dynamic",
+        calibrate=_calibrates(opts),
     )
     if opts.output_kind != "continuous":
         check_labels(labels, float_session.output_specs[0], "held-out labels")
@@ -339,6 +342,21 @@ def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -
     return finish_neural(converted, options, opts)
 
 
+def _calibrates(options: NeuralOptions) -> bool:
+    """Whether the conversion needs calibration data: static mode does; ``auto`` does unless it
+    is given held-out data alone (and no static-only option), when it quantizes dynamically
+    (:func:`_auto_modes`)."""
+    check_mode(options.mode)
+    if options.mode != "auto":
+        return options.mode == "static"
+    return not (
+        options.calibration is None
+        and options.input_range is None
+        and options.heldout is not None
+        and not static_only_options(options)
+    )
+
+
 def _auto_modes(options: NeuralOptions, calibration: Samples) -> tuple[list[QuantMode], str]:
     """The modes ``--mode`` asks to quantize in, and why only one when ``auto`` has one."""
     check_mode(options.mode)
@@ -348,7 +366,11 @@ def _auto_modes(options: NeuralOptions, calibration: Samples) -> tuple[list[Quan
     if asked:
         return ["static"], f"auto: {asked[0]} calibrates static quantization: static"
     if not calibration:
-        return ["dynamic"], "auto: no calibration data for static quantization: dynamic"
+        return ["dynamic"], (
+            "auto: held-out data but no calibration data (--calibration or --input-range), "
+            "which static quantization needs: dynamic, which needs none (give calibration "
+            "data to measure static too)"
+        )
     return ["static", "dynamic"], ""
 
 
@@ -412,6 +434,11 @@ def _quantize(
         )
     if len(modes) > 1:
         chosen, why = pick_mode(results, failures)
+        if chosen == "dynamic" and "static" in done and _has_conv(float_path):
+            why += (
+                "; its Conv runs as onnxruntime's ConvInteger, slower than static's fused "
+                "QLinearConv: --mode static where speed matters more than size"
+            )
     else:
         chosen = next(iter(done))
     int8_bytes, record, notes = done[chosen]
@@ -432,6 +459,12 @@ def _quantize(
     return int8_bytes, record
 
 
+def _has_conv(path: Path) -> bool:
+    import onnx
+
+    return any(node.op_type == "Conv" for node in onnx.load(str(path)).graph.node)
+
+
 # ``convert onnx`` ------------------------------------------------------------------------------
 
 
@@ -444,8 +477,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                        help="static: QDQ int8 activations and weights, calibrated; dynamic: int8 "
                        "weights, activations quantized per call (onnxruntime's only way to "
                        "quantize LSTM; needs no calibration data); auto (default): quantize in "
-                       "both, measure both on the held-out set, keep the one that quantized more "
-                       "of the weights, static on a tie, never the less accurate one")
+                       "both, measure both on the held-out set, never keep the less accurate "
+                       f"one (top-1 more than {100 * AUTO_TOP1_TOLERANCE:g} points lower, or "
+                       f"mean abs error over {AUTO_ERROR_FACTOR:g}x), else the smaller model, "
+                       f"static when within {100 * AUTO_SIZE_MARGIN:g} %% of the same size; "
+                       "with held-out data but no calibration data, dynamic")
     quant.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
                        help="static activation calibration: observed min/max (default), "
                        "entropy (KL-optimal clipping) or percentile")
