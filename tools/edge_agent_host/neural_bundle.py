@@ -136,7 +136,8 @@ class ConvertedModel:
     (the device check steps the bundle on ``calibration``, else ``heldout``);
     ``calibration_info`` and ``quantization_info``: the report's records; ``warnings``: lines
     for the report; ``quantized_share``: the share of the float weights quantized (``None``:
-    not known).
+    not known); ``quantize_seconds``: how long each quantization took (per mode, and the
+    comparison with minmax calibration when there was one), for the report, not the manifest.
     """
 
     backend: Literal["onnxruntime", "litert"]
@@ -155,6 +156,7 @@ class ConvertedModel:
     quantization_info: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     quantized_share: float | None = None
+    quantize_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def finish_neural(
@@ -215,6 +217,8 @@ def finish_neural(
         "accuracy": comparison,
         "latency_ms": latency,
     }
+    if c.quantize_seconds:
+        data["quantize_s"] = dict(c.quantize_seconds)
     x64_precision = getattr(int8_session, "x64_precision", None)
     if x64_precision is not None:
         data["x64_quant_precision"] = bool(x64_precision)

@@ -13,7 +13,7 @@ accuracy of both models; labels must be class indices of the first output.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from edge_agent_host.report import Check, median_latency_ms
 
 __all__ = [
     "LATENCY_BATCHES",
+    "Agreement",
     "agreement",
     "compare_models",
     "neural_checks",
@@ -49,19 +50,28 @@ def _run_all(session: Session, samples: Samples, batch: int = 64) -> dict[str, n
 run_all = _run_all
 
 
+class Agreement(NamedTuple):
+    """An int8 model against the float one on the held-out set (:func:`agreement`)."""
+
+    top1: float | None  # the lowest over outputs; None: continuous outputs
+    mean_abs_error: float  # over every output value
+    max_abs_error: float
+
+
 def agreement(
     ref: Mapping[str, np.ndarray], session: Session, heldout: Samples, *, classify: bool
-) -> tuple[float | None, float]:
-    """``(top-1 agreement, mean abs error)`` of ``session`` on ``heldout`` against the float
-    outputs ``ref`` (:func:`run_all` of the float session): the lowest agreement over outputs,
-    ``None`` when not ``classify``; the mean over every output value."""
+) -> Agreement:
+    """Top-1 agreement and mean and largest abs error of ``session`` on ``heldout`` against the
+    float outputs ``ref`` (:func:`run_all` of the float session): the lowest agreement over
+    outputs, ``None`` when not ``classify``; the errors over every output value."""
     got = _run_all(session, heldout)
     agree: list[float] = []
-    total, count = 0.0, 0
+    total, count, worst = 0.0, 0, 0.0
     for name, want in ref.items():
         diff = np.abs(want.astype(np.float64) - got[name].astype(np.float64))
         total += float(diff.sum())
         count += diff.size
+        worst = max(worst, float(diff.max(initial=0.0)))
         if classify:
             n = len(want)
             agree.append(
@@ -72,7 +82,7 @@ def agreement(
                     )
                 )
             )
-    return (min(agree) if agree else None), total / max(1, count)
+    return Agreement(min(agree) if agree else None, total / max(1, count), worst)
 
 
 def _latency(session: Session, samples: Samples, batch: int, repeats: int) -> float:
@@ -190,6 +200,11 @@ def neural_rows(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
         )
         if quant.get("mode_reason"):
             rows.append(("mode chosen", str(quant["mode_reason"])))
+    calibration = data.get("calibration") or {}
+    if calibration.get("advice"):
+        rows.append(
+            ("calibration method", str(calibration["advice"]) + _took(data.get("quantize_s")))
+        )
     for batch in LATENCY_BATCHES:
         f, q = lat["float"][str(batch)], lat["int8"][str(batch)]
         rows.append((f"latency batch {batch} (ms)", f"{f:.3f}", f"{q:.3f}", f"{q / f:.2f}x"))
@@ -206,6 +221,13 @@ def neural_rows(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
     if data.get("bundled") == "float":
         rows.append(("bundled", "the float model (the int8 one does not pay: see the warning)"))
     return rows
+
+
+def _took(seconds: Mapping[str, float] | None) -> str:
+    """`` (quantizing took 1.2 s static, 0.3 s minmax (comparison))``: each quantization's time."""
+    if not seconds:
+        return ""
+    return " (quantizing took " + ", ".join(f"{t:.2g} s {k}" for k, t in seconds.items()) + ")"
 
 
 def _describe_kernels(x64_precision: bool) -> str:

@@ -67,6 +67,7 @@ __all__ = [
     "QuantMode",
     "check_mode",
     "float_weight_bytes",
+    "load_quantizer",
     "pick_mode",
     "quantizable_op_types",
     "quantize_onnx",
@@ -107,6 +108,15 @@ def _quantization_module() -> Any:
             "pip install 'edge-agent-runtime[host]'"
         ) from err
     return quantization, shape_inference
+
+
+def load_quantizer() -> None:
+    """Import onnxruntime's quantizer and what its pre-processing imports on first use (sympy's
+    symbolic shape inference: half a second), so that the first quantization timed is not
+    charged for them."""
+    _quantization_module()
+    with contextlib.suppress(ImportError):
+        import onnxruntime.tools.symbolic_shape_infer  # noqa: F401
 
 
 @functools.cache

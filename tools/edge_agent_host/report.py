@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 __all__ = [
+    "TIMINGS",
     "Check",
     "ConversionReport",
     "format_bytes_exact",
@@ -26,6 +27,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+#: The report's timings (``data`` keys): in the JSON and the table, not in the manifest.
+TIMINGS = ("latency_ms", "quantize_s")
 
 
 def progress_enabled(quiet: bool) -> bool:
@@ -126,8 +129,9 @@ class ConversionReport:
         }
 
     def manifest_record(self) -> dict[str, Any]:
-        """What goes into the manifest's ``quantization`` field: the data without timings."""
-        record = {k: v for k, v in self.data.items() if k != "latency_ms"}
+        """What goes into the manifest's ``quantization`` field: the data without timings
+        (:data:`TIMINGS`)."""
+        record = {k: v for k, v in self.data.items() if k not in TIMINGS}
         record["checks"] = [c.to_json() for c in self.checks]
         if self.warnings:
             record["warnings"] = list(self.warnings)

@@ -10,6 +10,8 @@
 * :mod:`edge_agent_host.onnx_quantize`: int8 quantization with onnxruntime (``static``,
   ``dynamic`` or ``auto``, calibration methods, pre-processing, exclusions, the size warning);
 * :mod:`edge_agent_host.neural_measure`: float vs int8 on the held-out set (the report);
+* :mod:`edge_agent_host.calibration_advice`: what the report says of the calibration method
+  (for entropy or percentile, measured against minmax on the same held-out set);
 * :mod:`edge_agent_host.neural_bundle` and :mod:`edge_agent_host.device_check`: the bundle,
   loaded and stepped as a device does before it is signed.
 
@@ -20,14 +22,19 @@ TFLite converter, tests and benchmarks import from this module is re-exported by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.backends import get_backend
+from edge_agent_host.calibration_advice import METHOD_HELP, MethodResult, method_advice
 from edge_agent_host.converters.common import Converter, ConvertOptions, add_common_options
 from edge_agent_host.converters.neural_args import add_neural_options, read_neural_options
 from edge_agent_host.device_check import DEVICE_CHECK_AGENTS, device_check
@@ -47,7 +54,13 @@ from edge_agent_host.neural_inputs import (
     onnx_tensors,
     range_samples,
 )
-from edge_agent_host.neural_measure import agreement, compare_models, neural_checks, run_all
+from edge_agent_host.neural_measure import (
+    Agreement,
+    agreement,
+    compare_models,
+    neural_checks,
+    run_all,
+)
 from edge_agent_host.neural_options import NeuralOptions, NeuralThresholds
 from edge_agent_host.neural_outputs import (
     check_outputs,
@@ -69,6 +82,7 @@ from edge_agent_host.onnx_quantize import (
     _mode_hint,
     check_mode,
     float_weight_bytes,
+    load_quantizer,
     pick_mode,
     quantize_onnx,
     size_warning,
@@ -320,7 +334,13 @@ def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -
             for k in ("percentile", "entropy_bins", "entropy_quantized_bins")
             if k in record
         },
+        **{
+            k.removeprefix("calibration_"): record.pop(k)
+            for k in ("calibration_advice", "calibration_minmax", "calibration_minmax_error")
+            if k in record
+        },
     }
+    seconds = record.pop("seconds")
     converted = ConvertedModel(
         backend="onnxruntime",
         model_file="model.onnx",
@@ -338,6 +358,7 @@ def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -
         quantization_info=record,
         warnings=warnings,
         quantized_share=record["quantized_share"],
+        quantize_seconds=seconds,
     )
     return finish_neural(converted, options, opts)
 
@@ -397,9 +418,13 @@ def _quantize(
     done: dict[QuantMode, tuple[bytes, dict[str, Any], list[str]]] = {}
     results: list[ModeResult] = []
     failures: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    measured: dict[QuantMode, Agreement] = {}
+    load_quantizer()
     for mode in modes:
         notes: list[str] = []
         out = tmp / f"model.{mode}.onnx"
+        started = time.perf_counter()
         try:
             record = quantize_onnx(
                 float_path,
@@ -416,15 +441,20 @@ def _quantize(
                 raise
             failures[mode] = str(err).split(": ", 1)[-1]
             continue
+        seconds[mode] = time.perf_counter() - started
         int8_bytes = out.read_bytes()
         done[mode] = (int8_bytes, record, notes)
         if len(modes) > 1:
-            top1, error = agreement(
+            measured[mode] = agreement(
                 ref, backend.load(int8_bytes, options.threads), heldout, classify=classify
             )
             results.append(
                 ModeResult(
-                    mode, len(int8_bytes) / float_size, record["quantized_share"], top1, error
+                    mode,
+                    len(int8_bytes) / float_size,
+                    record["quantized_share"],
+                    measured[mode].top1,
+                    measured[mode].mean_abs_error,
                 )
             )
     if not done:
@@ -455,8 +485,70 @@ def _quantize(
             }
             for r in results
         ]
+    if chosen == "static" and record["quantized_share"] > 0:
+        ref = ref or run_all(float_session, heldout)
+        used = measured.get("static") or agreement(
+            ref, backend.load(int8_bytes, options.threads), heldout, classify=classify
+        )
+        record.update(
+            _calibration_advice(
+                float_path, tmp, calibration, used, ref, heldout=heldout, options=options,
+                seconds=seconds, source=source,
+            )
+        )
+    record["seconds"] = {mode: round(t, 3) for mode, t in seconds.items()}
     warnings.extend(notes)
     return int8_bytes, record
+
+
+def _calibration_advice(
+    float_path: Path,
+    tmp: Path,
+    calibration: Samples,
+    used: Agreement,
+    ref: dict[str, Any],
+    *,
+    heldout: Samples,
+    options: NeuralOptions,
+    seconds: dict[str, float],
+    source: Path,
+) -> dict[str, Any]:
+    """What the report says of the calibration method (:func:`method_advice`): ``used``, the
+    static model's agreement; for entropy or percentile, minmax quantized and measured on the
+    same held-out set too (its time goes into ``seconds``)."""
+    classify = options.output_kind != "continuous"
+    minmax = None
+    record: dict[str, Any] = {}
+    if options.method != "minmax":
+        out = tmp / "model.minmax.onnx"
+        started = time.perf_counter()
+        try:
+            quantize_onnx(
+                float_path, out, calibration, dataclasses.replace(options, method="minmax"),
+                mode="static", warnings=[], source=source,
+            )
+        except ModelError as err:
+            record["calibration_minmax_error"] = str(err).split(": ", 1)[-1]
+        else:
+            seconds["minmax (comparison)"] = time.perf_counter() - started
+            got = agreement(
+                ref, get_backend("onnxruntime").load(out.read_bytes(), options.threads),
+                heldout, classify=classify,
+            )
+            minmax = MethodResult("minmax", got.top1, got.max_abs_error, got.mean_abs_error)
+            record["calibration_minmax"] = {
+                "top1_agreement": got.top1,
+                "max_abs_error": got.max_abs_error,
+                "mean_abs_error": got.mean_abs_error,
+            }
+    scale = max((float(np.abs(v).max(initial=0.0)) for v in ref.values()), default=0.0)
+    record["calibration_advice"] = method_advice(
+        MethodResult(options.method, used.top1, used.max_abs_error, used.mean_abs_error),
+        minmax,
+        scale,
+        percentile=options.percentile,
+    )
+    return record
 
 
 def _has_conv(path: Path) -> bool:
@@ -483,8 +575,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                        f"static when within {100 * AUTO_SIZE_MARGIN:g} %% of the same size; "
                        "with held-out data but no calibration data, dynamic")
     quant.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
-                       help="static activation calibration: observed min/max (default), "
-                       "entropy (KL-optimal clipping) or percentile")
+                       help=METHOD_HELP)
     quant.add_argument("--percentile", type=float, default=99.999,
                        help="percentile kept by --method percentile (default 99.999)")
     quant.add_argument("--symmetric-activations", action="store_true",

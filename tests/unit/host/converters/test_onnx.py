@@ -119,8 +119,14 @@ def test_report_matches_an_independent_float_and_int8_run(
     assert set(latency) == {"float", "int8"}
     assert set(latency["int8"]) == {"1", "64"}
     assert all(v > 0 for d in latency.values() for v in d.values())
-    assert report.data["calibration"] == {"method": "minmax", "samples": 400,
-                                          "source": "npz:calibration.npz"}
+    calibration = dict(report.data["calibration"])
+    advice = calibration.pop("advice")
+    assert calibration == {"method": "minmax", "samples": 400, "source": "npz:calibration.npz"}
+    # The method's advice gives this model's own largest error (issue 30).
+    assert advice.startswith(
+        f"minmax keeps every observed value, the cheapest method: largest output error "
+        f"{acc['max_abs_error']:.3g} ("
+    ), advice
     quant = report.data["quantization"]
     assert (quant["mode"], quant["per_channel"], quant["preprocessed"]) == ("static", True, True)
     assert quant["mode_reason"] == "as asked: 100 % of the weights quantized"
