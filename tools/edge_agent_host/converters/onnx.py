@@ -292,6 +292,13 @@ def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -
     window = infer_window(inputs, opts.window)
     for spec in inputs:
         _item_shape(spec)
+    for spec in float_session.output_specs:
+        if spec.shape[:1] != (-1,):
+            raise ModelError(
+                f"output {spec.name!r} has shape {list(spec.shape)}: a fixed batch, where the "
+                "rows must follow the input's batch (torch.export fixes a dimension of size 1: "
+                "export with an example batch of 2 or more)"
+            )
     calibration, heldout, labels, data_source = gather_data(
         inputs,
         calibration_path=opts.calibration,

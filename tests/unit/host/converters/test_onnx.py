@@ -317,6 +317,18 @@ def test_data_errors_are_clear(data: dict[str, Path], tmp_path: Path) -> None:
             ConvertOptions(model=tmp_path / "fixed.onnx", out=tmp_path / "x", name="p"),
             NeuralOptions(calibration=data["calibration"]),
         )
+    # An output whose batch the exporter fixed at 1 (torch.export does, for an LSTM exported
+    # with an example batch of 1) though the input's is dynamic: said before anything runs.
+    fixed = onnx.load(data["model"])
+    fixed.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(fixed, tmp_path / "fixed_out.onnx")
+    with pytest.raises(ModelError, match=r"^output 'logits' has shape \[1, 4\]: a fixed batch, "
+                       r"where the rows must follow the input's batch \(torch.export fixes a "
+                       r"dimension of size 1: export with an example batch of 2 or more\)$"):
+        convert_onnx(
+            ConvertOptions(model=tmp_path / "fixed_out.onnx", out=tmp_path / "x", name="p"),
+            NeuralOptions(calibration=data["calibration"]),
+        )
     with pytest.raises(InputError, match=r"continuous output needs action_low and action_high"):
         convert_onnx(
             ConvertOptions(model=data["model"], out=tmp_path / "x", name="p"),
