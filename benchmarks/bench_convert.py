@@ -1,7 +1,9 @@
 """The converter against onnxruntime's own quantization, per model family: size and agreement.
 
 For each family the float model is built here (no downloads): scikit-learn's bundled digits for
-the MLP, the logistic regression and the small CNN, the sensor world for the recurrent policies.
+the MLP, the logistic regression and the small CNN, its bundled wine and breast-cancer data for
+two more logistic regressions (``logreg-wine``, ``logreg-cancer``: standardised features, 70 %
+to train and calibrate, 30 % held out), the sensor world for the recurrent policies.
 Each is converted by ``edge_agent_host.converters.onnx.convert_onnx`` (defaults: ``--mode auto``,
 per-channel weights, MinMax) and, for comparison, quantized by a plain call of onnxruntime's
 ``quantize_static`` with its defaults (QDQ, int8, per-tensor, MinMax, no pre-processing) and, for
@@ -12,14 +14,16 @@ TensorFlow and torch, which are not project dependencies: run them from a separa
 ``benchmarks/RESULTS.md``):
 
 * ``keras-mlp``, ``keras-cnn`` (digits as 8x8x1 frames), ``keras-lstm`` and ``keras-gru``
-  (sensor windows): a
+  (sensor windows), ``keras-logreg-wine`` and ``keras-logreg-cancer`` (one Dense layer): a
   Keras model trained here (seeded), converted by ``edge_agent_host.converters.tflite`` in each of
   its modes (``full-integer``, ``dynamic-range``, ``float16``), against TensorFlow's own
   ``TFLiteConverter`` as its guide shows it: post-training integer quantization with float
   fallback (``Optimize.DEFAULT`` and a representative data set, float inputs and outputs),
   integer only (int8 inputs and outputs), dynamic range and float16. Every variant runs in
   LiteRT; agreement is with the float ``.tflite``.
-* ``torch-mlp``: a torch MLP trained on digits, exported by ``torch.onnx.export`` with a dynamic
+* ``torch-mlp``, ``torch-lstm``, ``torch-logreg-wine``, ``torch-logreg-cancer``: a torch MLP
+  trained on digits, an ``nn.LSTM`` with a Linear head trained on sensor windows, one
+  ``nn.Linear`` on wine or breast cancer, exported by ``torch.onnx.export`` with a dynamic
   batch axis and torch's default exporter (weights in an external ``.onnx.data`` file),
   converted as the ONNX families are.
 
@@ -38,16 +42,24 @@ With ``--methods``: one ``method`` line per ONNX family and calibration method i
 ``quantize_static`` with that ``calibrate_method``, top-1 agreement and max/mean absolute output
 error against float, and the time of each.
 
+With ``--table``: the accuracy table (:func:`measure_table`): one ``table`` line per ONNX
+family and method (``auto``, ``static-minmax``, ``static-entropy``, ``static-percentile``,
+``dynamic``), the converter without ``--force`` (``ours_bundled``: int8 or float) beside
+onnxruntime's own call, with label accuracy; a Keras family's line beside TensorFlow's own
+converter.
+
     python benchmarks/bench_convert.py [--families mlp,logreg,cnn,lstm,gru]
     python benchmarks/bench_convert.py --methods minmax,entropy,percentile   # 'method' lines
+    python benchmarks/bench_convert.py --table                               # 'table' lines
     PYTHONPATH=.:tools .cache/tf-venv/bin/python benchmarks/bench_convert.py \
         --families keras-mlp,keras-cnn,keras-lstm,keras-gru,torch-mlp
 
 ``ours_convert_s`` is the converter's own time in this process (calibration, the held-out
 comparison, the device check; without the interpreter's start and imports).
 
-``--smoke`` runs the mlp, cnn and gru families with a few training iterations and small data
-sets: the code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
+``--smoke`` runs the table for ``logreg-wine`` and the mlp, cnn and gru families with a few
+training iterations and small data sets: the code path, for CI
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -71,9 +83,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 
-FAMILIES = ("mlp", "logreg", "cnn", "lstm", "gru")
-TF_FAMILIES = ("keras-mlp", "keras-cnn", "keras-lstm", "keras-gru")
-TORCH_FAMILIES = ("torch-mlp",)
+FAMILIES = ("mlp", "logreg", "logreg-wine", "logreg-cancer", "cnn", "lstm", "gru")
+TF_FAMILIES = ("keras-mlp", "keras-cnn", "keras-lstm", "keras-gru", "keras-logreg-wine",
+               "keras-logreg-cancer")
+TORCH_FAMILIES = ("torch-mlp", "torch-lstm", "torch-logreg-wine", "torch-logreg-cancer")
+#: ``--table``: the methods measured per ONNX family (ours; onnxruntime's own call beside each
+#: but auto) and per Keras family (ours; TensorFlow's own converter beside each).
+TABLE_METHODS = ("auto", "static-minmax", "static-entropy", "static-percentile", "dynamic")
+TABLE_TF_METHODS = ("full-integer", "dynamic-range", "float16")
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -83,25 +100,49 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return (X / 16.0).astype(np.float32), y
 
 
+def tabular(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's bundled ``wine`` or ``breast_cancer`` data, shuffled (seeded), 70 % to
+    train (and calibrate), 30 % held out, standardised with the training part's mean and std."""
+    from sklearn.datasets import load_breast_cancer, load_wine
+
+    X, y = (load_wine if name == "wine" else load_breast_cancer)(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(X))
+    X, y = X[order], y[order]
+    n = int(0.7 * len(X))
+    X = ((X - X[:n].mean(axis=0)) / (X[:n].std(axis=0) + 1e-12)).astype(np.float32)
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+def family_data(family: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """``(train X, y, held-out X, y, data set name)`` of a digits, wine or breast-cancer family."""
+    if family.endswith("-wine"):
+        return (*tabular("wine"), "wine")
+    if family.endswith("-cancer"):
+        return (*tabular("cancer"), "breast cancer")
+    X, y = digits()
+    return X[:1400], y[:1400], X[1400:], y[1400:], "digits"
+
+
 def sklearn_model(kind: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
-    """An MLPClassifier or LogisticRegression on digits, exported by skl2onnx as is standard."""
+    """An MLPClassifier on digits or a LogisticRegression on digits, wine or breast cancer
+    (``logreg``, ``logreg-wine``, ``logreg-cancer``), exported by skl2onnx as is standard."""
     from skl2onnx import to_onnx
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
 
-    X, y = digits()
+    X, y, Xh, yh, data = family_data(kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if kind == "mlp":
             model = MLPClassifier((128,), max_iter=5 if smoke else 300, random_state=0)
         else:
             model = LogisticRegression(max_iter=20 if smoke else 2000)
-        model.fit(X[:1400], y[:1400])
+        model.fit(X, y)
         path = tmp / f"{kind}.onnx"
         path.write_bytes(to_onnx(model, X[:1], options={"zipmap": False}).SerializeToString())
-    return {"path": path, "calibration": X[:1400], "heldout": X[1400:], "labels": y[1400:],
-            "output": "probabilities", "model": f"skl2onnx {type(model).__name__} on digits"}
+    return {"path": path, "calibration": X, "heldout": Xh, "labels": yh,
+            "output": "probabilities", "model": f"skl2onnx {type(model).__name__} on {data}"}
 
 
 def cnn_model(tmp: Path, smoke: bool = False) -> dict[str, Any]:
@@ -150,40 +191,78 @@ def recurrent_model(cell: str, tmp: Path, smoke: bool = False) -> dict[str, Any]
             "model": f"onnx.helper {cell} (64 units) over 16 x 8 sensor windows, seeded weights"}
 
 
-def torch_model(tmp: Path) -> dict[str, Any]:
-    """A torch MLP (64 -> 64 -> 10) trained on digits, exported the standard way."""
+def torch_model(family: str, tmp: Path) -> dict[str, Any]:
+    """A torch MLP (64 -> 64 -> 10) trained on digits (``torch-mlp``), an ``nn.LSTM`` (32 units)
+    with a Linear head trained on sensor windows (``torch-lstm``), or a logistic regression (one
+    ``nn.Linear``) on wine or breast cancer (``torch-logreg-wine``, ``-cancer``), exported the
+    standard way."""
     import torch
 
-    X, y = digits()
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    if family == "torch-lstm":
+        from edge_agent.sim.sensors import SensorWorld
+
+        world = SensorWorld(1)
+        X, y = world.sample_windows(1400, 16, seed=1)
+        Xh, yh = world.sample_windows(1000, 16, seed=2)
+
+        class LstmPolicy(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lstm = torch.nn.LSTM(world.num_features, 32, batch_first=True)
+                self.head = torch.nn.Linear(32, world.num_classes)
+
+            def forward(self, x: Any) -> Any:
+                return self.head(self.lstm(x)[0][:, -1])
+
+        net: Any = LstmPolicy()
+        what = "LSTM (32 units) with a Linear head over 16 x 8 sensor windows"
+        steps = 150
+    elif family.startswith("torch-logreg"):
+        X, y, Xh, yh, data = family_data(family)
+        net = torch.nn.Linear(X.shape[1], int(y.max()) + 1)
+        what = f"logistic regression (one Linear layer) on {data}"
+        steps = 200
+    else:
+        X, y, Xh, yh, _ = family_data("mlp")
+        net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                  torch.nn.Linear(64, 10))
+        what = "MLP on digits"
+        steps = 200
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    xt, yt = torch.from_numpy(X[:1400]), torch.from_numpy(y[:1400]).long()
-    for _ in range(200):  # full-batch steps: seconds on a CPU
+    xt, yt = torch.from_numpy(X), torch.from_numpy(y).long()
+    for _ in range(steps):  # full-batch steps: seconds on a CPU
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(xt), yt).backward()
         opt.step()
     net.eval()
-    path = tmp / "torch_mlp.onnx"
-    # torch's default exporter (dynamo): the weights go to torch_mlp.onnx.data next to it.
+    path = tmp / f"{family.replace('-', '_')}.onnx"
+    # torch's default exporter (dynamo): the weights go to <model>.onnx.data next to it. The
+    # example batch is 2: torch.export specialises a dimension of size 1, and the LSTM's output
+    # is then declared (1, classes) whatever the batch.
     with quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (xt[:1],), str(path), input_names=["x"], output_names=["logits"],
+        torch.onnx.export(net, (xt[:2],), str(path), input_names=["x"], output_names=["logits"],
                           dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
-    return {"path": path, "calibration": X[:1400], "heldout": X[1400:], "labels": y[1400:],
-            "output": "logits", "model": f"torch {torch.__version__.split('+')[0]} MLP on digits, "
+    return {"path": path, "calibration": X, "heldout": Xh, "labels": yh,
+            "output": "logits", "model": f"torch {torch.__version__.split('+')[0]} {what}, "
             "torch.onnx.export (default exporter, external data)"}
 
 
 def keras_model(family: str, tmp: Path) -> dict[str, Any]:
-    """A Keras model trained here (seeded) on digits or sensor windows, saved as ``.keras``."""
+    """A Keras model trained here (seeded) on digits, wine, breast cancer or sensor windows,
+    saved as ``.keras``."""
     import tensorflow as tf
 
     from edge_agent.sim.sensors import SensorWorld
 
     keras = tf.keras
     keras.utils.set_random_seed(0)
-    if family in ("keras-lstm", "keras-gru"):
+    if family.startswith("keras-logreg"):
+        X, y, Xh, yh, data = family_data(family)
+        layers = [keras.Input((X.shape[1],), name="x"), keras.layers.Dense(int(y.max()) + 1)]
+        what = f"Keras logistic regression (one Dense layer) on {data}"
+    elif family in ("keras-lstm", "keras-gru"):
         cell = family.removeprefix("keras-").upper()
         world = SensorWorld(1)
         X, y = world.sample_windows(1400, 16, seed=1)
@@ -253,13 +332,18 @@ def tf_variant(kind: str, spec: dict[str, Any], ref: np.ndarray) -> dict[str, An
         got = litert_outputs(model, spec["heldout"])
     except Exception as err:  # TensorFlow raises ConverterError and plain exceptions
         return {f"tf_{kind}_error": tf_error_line(err)[:160]}
-    return {
+    line = {
         f"tf_{kind}_bytes": len(model),
         f"tf_{kind}_top1": round(float(np.mean(got.argmax(1) == ref.argmax(1))), 4),
     }
+    if spec.get("labels") is not None:
+        line[f"tf_{kind}_label_accuracy"] = round(float(np.mean(got.argmax(1) == spec["labels"])),
+                                                  4)
+    return line
 
 
 def measure_keras(family: str, tmp: Path) -> dict[str, Any]:
+    from edge_agent.errors import ModelError
     from edge_agent_host.converters.onnx import ConvertOptions, NeuralOptions, NeuralThresholds
     from edge_agent_host.converters.tflite import convert_tflite, float_tflite_from_tensorflow
 
@@ -275,17 +359,22 @@ def measure_keras(family: str, tmp: Path) -> dict[str, Any]:
     for mode in ("full-integer", "dynamic-range", "float16"):
         key = mode.split("-")[0]
         start = time.perf_counter()
-        with quiet():
-            report = convert_tflite(
-                ConvertOptions(
-                    model=spec["path"], out=tmp / f"{family}.{key}.bundle", name=family,
-                ),
-                NeuralOptions(
-                    mode=mode, latency_repeats=1, calibration=cal, heldout=held,
-                    thresholds=NeuralThresholds(min_top1=None),
-                ),
-            )
+        try:
+            with quiet():
+                report = convert_tflite(
+                    ConvertOptions(
+                        model=spec["path"], out=tmp / f"{family}.{key}.bundle", name=family,
+                    ),
+                    NeuralOptions(
+                        mode=mode, latency_repeats=1, calibration=cal, heldout=held,
+                        thresholds=NeuralThresholds(min_top1=None),
+                    ),
+                )
+        except ModelError as err:  # a refusal in one line (a mode that quantizes nothing)
+            line[f"ours_{key}_error"] = str(err).split(": ", 1)[-1]
+            continue
         size = report.data["size"]["int8_bytes"]
+        line[f"ours_{key}_bundled"] = report.data["bundled"]
         line[f"ours_{key}_convert_s"] = round(time.perf_counter() - start, 2)
         line[f"ours_{key}_bytes"] = size
         line[f"ours_{key}_ratio"] = round(size / len(float_bytes), 4)
@@ -341,39 +430,49 @@ def model_bytes(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def ort_variant(fn: str, spec: dict[str, Any], tmp: Path, ref: np.ndarray) -> dict[str, Any]:
-    """onnxruntime's own quantize_static / quantize_dynamic with default arguments."""
+def ort_variant(fn: str, spec: dict[str, Any], tmp: Path, ref: np.ndarray, *,
+                method: str = "minmax", prefix: str | None = None) -> dict[str, Any]:
+    """onnxruntime's own quantize_static (calibrated with ``method``) / quantize_dynamic with
+    default arguments otherwise; keys ``ort_static_*`` / ``ort_dynamic_*`` (or ``prefix*``)."""
     import onnxruntime
     from onnxruntime import quantization
 
-    out = tmp / f"{spec['path'].stem}.ort-{fn}.onnx"
+    key = "static" if fn == "quantize_static" else "dynamic"
+    out = tmp / f"{spec['path'].stem}.ort-{fn}-{method}.onnx"
     name = onnxruntime.InferenceSession(
         str(spec["path"]), providers=["CPUExecutionProvider"]
     ).get_inputs()[0].name
-    key = "static" if fn == "quantize_static" else "dynamic"
+    prefix = prefix if prefix is not None else f"ort_{key}_"
     try:
         with quiet():
             if key == "static":
-                quantization.quantize_static(str(spec["path"]), str(out),
-                                             Reader(name, spec["calibration"]))
+                quantization.quantize_static(
+                    str(spec["path"]), str(out), Reader(name, spec["calibration"]),
+                    calibrate_method=getattr(quantization.CalibrationMethod, ORT_METHODS[method]),
+                )
             else:
                 quantization.quantize_dynamic(str(spec["path"]), str(out))
         got = run(out, spec["heldout"], spec["output"])
     except Exception as err:  # onnxruntime raises plain Exceptions of many kinds
-        return {f"ort_{key}_error": " ".join(str(err).split())[:160]}
-    return {
-        f"ort_{key}_bytes": model_bytes(out),
-        f"ort_{key}_ratio": round(model_bytes(out) / model_bytes(spec["path"]), 4),
-        f"ort_{key}_top1": round(float(np.mean(got.argmax(1) == ref.argmax(1))), 4),
+        return {f"{prefix}error": " ".join(str(err).split())[:160]}
+    line = {
+        f"{prefix}bytes": model_bytes(out),
+        f"{prefix}ratio": round(model_bytes(out) / model_bytes(spec["path"]), 4),
+        f"{prefix}top1": round(float(np.mean(got.argmax(1) == ref.argmax(1))), 4),
+        f"{prefix}max_abs_error": round(float(np.abs(got.astype(np.float64) - ref).max()), 5),
     }
+    if spec.get("labels") is not None:
+        line[f"{prefix}label_accuracy"] = round(float(np.mean(got.argmax(1) == spec["labels"])),
+                                                4)
+    return line
 
 
 def family_spec(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
     """The float model of an ONNX family and its data (``cal`` and ``held`` ``.npz`` files)."""
-    if family in ("mlp", "logreg"):
+    if family == "mlp" or family.startswith("logreg"):
         spec = sklearn_model(family, tmp, smoke)
-    elif family == "torch-mlp":
-        spec = torch_model(tmp)
+    elif family in TORCH_FAMILIES:
+        spec = torch_model(family, tmp)
     elif family == "cnn":
         spec = cnn_model(tmp, smoke)
     else:
@@ -449,6 +548,64 @@ def measure_method(family: str, method: str, tmp: Path, smoke: bool = False) -> 
     return line
 
 
+def measure_table(family: str, tmp: Path, smoke: bool = False) -> Iterator[dict[str, Any]]:
+    """``--table``: one ``table`` line per ONNX family and method of :data:`TABLE_METHODS`:
+    the converter (``--mode auto``; ``--mode static --method M``; ``--mode dynamic``; no
+    ``--force``, so ``ours_bundled`` says whether the bundle carries the int8 or the float
+    model) beside onnxruntime's own ``quantize_static(calibrate_method=M)`` /
+    ``quantize_dynamic`` with their defaults: size of the int8 model against the exporter's
+    float file, label accuracy on the held-out set (float's as ``label_accuracy_float``), top-1
+    agreement and largest output error against float. A Keras family gives its family line
+    (:func:`measure_keras`: the converter's three modes beside TensorFlow's own converter)."""
+    from edge_agent_host.converters.onnx import (
+        ConvertOptions,
+        NeuralOptions,
+        NeuralThresholds,
+        convert_onnx,
+    )
+
+    if family in TF_FAMILIES:
+        yield {"bench": "table", **measure_keras(family, tmp)}
+        return
+    spec = family_spec(family, tmp, smoke)
+    ref = run(spec["path"], spec["heldout"], spec["output"])
+    float_bytes = model_bytes(spec["path"])
+    float_accuracy = None
+    if spec["labels"] is not None:
+        float_accuracy = round(float(np.mean(ref.argmax(1) == spec["labels"])), 4)
+    for method in TABLE_METHODS:
+        mode, _, calibrate = method.partition("-")
+        with quiet():
+            report = convert_onnx(
+                ConvertOptions(model=spec["path"], out=tmp / f"{family}.{method}.table",
+                               name=family),
+                NeuralOptions(
+                    latency_repeats=1, mode=mode, method=calibrate or "minmax",
+                    calibration=spec["cal"], heldout=spec["held"],
+                    thresholds=NeuralThresholds(min_top1=None),
+                ),
+            )
+        acc = report.data["accuracy"]
+        line: dict[str, Any] = {
+            "bench": "table", "family": family, "method": method, "model": spec["model"],
+            "float_bytes": float_bytes, "label_accuracy_float": float_accuracy,
+            "ours_mode": report.data["quantization"]["mode"],
+            "ours_bundled": report.data["bundled"],
+            "ours_ratio": round(report.data["size"]["int8_bytes"] / float_bytes, 4),
+            "ours_top1": round(acc["top1_agreement"], 4),
+            "ours_max_abs_error": round(acc["max_abs_error"], 5),
+        }
+        if acc.get("label_accuracy"):
+            line["ours_label_accuracy"] = round(acc["label_accuracy"]["int8"], 4)
+        if method == "auto":
+            line["ours_mode_reason"] = report.data["quantization"]["mode_reason"]
+        else:
+            fn = "quantize_dynamic" if mode == "dynamic" else "quantize_static"
+            line.update(ort_variant(fn, spec, tmp, ref, method=calibrate or "minmax",
+                                    prefix="ort_"))
+        yield line
+
+
 def measure(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
     from edge_agent_host.converters.onnx import (
         ConvertOptions,
@@ -506,6 +663,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated calibration methods (minmax,entropy,percentile): "
                         "one 'method' line per ONNX family and method instead of the family "
                         "lines")
+    parser.add_argument("--table", action="store_true",
+                        help="the accuracy table: one 'table' line per ONNX family and method "
+                        f"({','.join(TABLE_METHODS)}), ours beside onnxruntime's own call; a "
+                        "Keras family's line beside TensorFlow's own converter")
     args = parser.parse_args(argv)
     if args.smoke:
         args.families = "mlp,cnn,gru"
@@ -518,7 +679,10 @@ def main(argv: list[str] | None = None) -> int:
         if method not in ORT_METHODS:
             parser.error(f"unknown method {method!r}; choose from {','.join(ORT_METHODS)}")
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
-        for family in families:
+        for family in ("logreg-wine",) if args.smoke else families if args.table else ():
+            for line in measure_table(family, Path(tmp), args.smoke):
+                print(json.dumps(line), flush=True)
+        for family in () if args.table else families:
             if not methods:
                 print(json.dumps(measure(family, Path(tmp), args.smoke)), flush=True)
             for method in methods if family not in TF_FAMILIES else ():

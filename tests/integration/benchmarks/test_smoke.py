@@ -29,6 +29,11 @@ EXPECTED: dict[str, list[Record]] = {
         ({"family": "mlp"}, ("ours_bytes", "ours_top1", "ours_mode", "ort_static_top1")),
         ({"family": "cnn"}, ("ours_bytes", "ours_top1", "label_accuracy")),
         ({"family": "gru"}, ("ours_bytes", "ort_static_top1", "ort_dynamic_top1")),
+        *[({"bench": "table", "family": "logreg-wine", "method": method},
+           ("ours_mode", "ours_bundled", "ours_ratio", "ours_label_accuracy",
+            "label_accuracy_float"))
+          for method in ("auto", "static-minmax", "static-entropy", "static-percentile",
+                         "dynamic")],
     ],
     "bench_coordination.py": [
         ({"bench": "allocation"}, ("agreed_after_announce_s", "messages_per_task", "bytes")),
