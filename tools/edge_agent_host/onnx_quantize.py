@@ -195,7 +195,9 @@ class ModeResult:
         return text + f", mean abs error {self.mean_abs_error:.3g}"
 
 
-def pick_mode(results: Sequence[ModeResult], failures: Mapping[str, str]) -> tuple[QuantMode, str]:
+def pick_mode(
+    results: Sequence[ModeResult], failures: Mapping[str, str], *, slow_dynamic: bool = False
+) -> tuple[QuantMode, str]:
     """``(mode, why)`` for ``auto``, from both modes measured on the held-out set.
 
     The rule: never a mode less accurate than the other beyond the tolerance (top-1 agreement
@@ -204,7 +206,10 @@ def pick_mode(results: Sequence[ModeResult], failures: Mapping[str, str]) -> tup
     file; static when the two sizes are within :data:`AUTO_SIZE_MARGIN` of the larger one
     (static's int8 kernels are fused and take int8 activations; dynamic quantizes every
     activation per call, and onnxruntime's ``ConvInteger`` is slow). ``why`` states the rule as
-    it applied. ``failures``: the modes onnxruntime could not quantize, and why."""
+    it applied. ``failures``: the modes onnxruntime could not quantize, and why.
+    ``slow_dynamic``: dynamic mode would run the model's convolutions as onnxruntime's
+    ``ConvInteger`` (several times slower than static's fused ``QLinearConv``): when the two are
+    as accurate, static is kept whatever the sizes, since a device steps the model every tick."""
     if not results:
         raise ValueError("pick_mode needs at least one result")
     classify = all(r.top1_agreement is not None for r in results)
@@ -246,7 +251,15 @@ def pick_mode(results: Sequence[ModeResult], failures: Mapping[str, str]) -> tup
         why = "neither mode quantizes any of the weights"
     else:
         small, large = sorted(candidates, key=lambda r: r.size_ratio)
-        if small.size_ratio < (1 - AUTO_SIZE_MARGIN) * large.size_ratio:
+        if slow_dynamic and small.mode == "dynamic":
+            chosen = large
+            why = (
+                f"as accurate, {tolerance}; dynamic is smaller ({100 * small.size_ratio:.1f} % "
+                f"against {100 * large.size_ratio:.1f} % of float), but its Conv would run as "
+                "onnxruntime's ConvInteger, slower than static's fused QLinearConv: --mode "
+                "dynamic where size matters more than speed"
+            )
+        elif small.size_ratio < (1 - AUTO_SIZE_MARGIN) * large.size_ratio:
             chosen = small
             why = (
                 f"as accurate, {tolerance}, and smaller: {100 * small.size_ratio:.1f} % "

@@ -331,6 +331,14 @@ def test_auto_keeps_the_smaller_of_the_accurate_modes_static_within_five_percent
     assert mode == "static"
     assert why.endswith(": static (as accurate, top-1 within 0.5 points, and within 5 % of the "
                         "same size: static's fused int8 kernels)")
+    # A model with convolutions: dynamic's ConvInteger is slow, so static stays when as accurate...
+    mode, why = pick_mode([result("static", 0.50, 1.0, 0.99), result("dynamic", 0.42, 0.97, 0.99)],
+                          {}, slow_dynamic=True)
+    assert mode == "static"
+    assert "dynamic is smaller (42.0 % against 50.0 % of float), but its Conv would run as " in why
+    # ... and dynamic is taken only when static is less accurate beyond the tolerance.
+    assert pick_mode([result("static", 0.50, 1.0, 0.97), result("dynamic", 0.42, 0.97, 0.99)],
+                     {}, slow_dynamic=True)[0] == "dynamic"
     # Smaller and a little less accurate, but within the tolerance: still the smaller one.
     assert pick_mode([result("static", 0.31, 1.0, 0.9980), result("dynamic", 0.28, 0.9, 0.9950)],
                      {})[0] == "dynamic"

@@ -470,11 +470,12 @@ def _quantize(
             + "; ".join(f"{mode}: {reason}" for mode, reason in failures.items())
         )
     if len(modes) > 1:
-        chosen, why = pick_mode(results, failures)
-        if chosen == "dynamic" and "static" in done and _has_conv(float_path):
+        slow = "static" in done and _has_conv(float_path)
+        chosen, why = pick_mode(results, failures, slow_dynamic=slow)
+        if chosen == "dynamic" and slow:
             why += (
                 "; its Conv runs as onnxruntime's ConvInteger, slower than static's fused "
-                "QLinearConv: --mode static where speed matters more than size"
+                "QLinearConv: --mode static where speed matters more than accuracy"
             )
     else:
         chosen = next(iter(done))
