@@ -10,7 +10,8 @@
   ledger), :mod:`~edge_agent.coordination.auction` (one node's auction bookkeeping).
 * :mod:`~edge_agent.coordination.messages` -- the task messages on the ``tasks`` topic.
 * :mod:`~edge_agent.coordination.engine` -- :class:`CoordinationEngine`, one node's layer
-  between its groups and its :class:`~edge_agent.fleet.link.FleetLink`.
+  between its groups and its :class:`~edge_agent.fleet.link.FleetLink`;
+  :mod:`~edge_agent.coordination.group_state` -- a coordinated group as it sees it.
 * :mod:`~edge_agent.coordination.config` -- ``[coordination]`` and ``[groups.coordination]`` of
   the daemon config.
 * :mod:`~edge_agent.coordination.runtime` -- ``CoordinationRuntime``: the engine in the daemon
@@ -31,7 +32,7 @@ _WHERE = {
     "Auctioneer": "auction",
     "BeliefSharer": "beliefs",
     "Bid": "ledger",
-    "CoordinatedGroup": "engine",
+    "CoordinatedGroup": "group_state",
     "CoordinationEngine": "engine",
     "CoordinationSettings": "settings",
     "ReleaseStatus": "messages",

@@ -31,7 +31,6 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 import numpy as np
@@ -41,6 +40,12 @@ from edge_agent.aif import kernels
 from edge_agent.coordination.admission import RelayAdmission, Verdict
 from edge_agent.coordination.auction import Auctioneer
 from edge_agent.coordination.beliefs import BeliefSharer
+from edge_agent.coordination.group_state import (
+    NO_ROWS,
+    CoordinatedGroup,
+    GroupState,
+    same_agents,
+)
 from edge_agent.coordination.ledger import (
     Bid,
     TaskBoard,
@@ -63,10 +68,9 @@ from edge_agent.coordination.messages import (
     TaskSync,
 )
 from edge_agent.coordination.preferences import TaskPreferences
-from edge_agent.coordination.settings import CoordinationSettings, SharingSettings
+from edge_agent.coordination.settings import CoordinationSettings
 from edge_agent.coordination.signing import PeerKeys, TaskSigner, release_bytes, sign_specs
-from edge_agent.coordination.utility import select_bids, task_costs, task_utility
-from edge_agent.core.agents import AifAgentGroup
+from edge_agent.coordination.utility import select_bids, task_costs
 from edge_agent.errors import EdgeAgentError, InputError
 from edge_agent.fleet.comms.base import BoundedQueue
 from edge_agent.fleet.names import UINT32
@@ -75,10 +79,6 @@ from edge_agent.fleet.topics import Route, TopicKind, Topics, check_name
 
 logger = logging.getLogger(__name__)
 
-_NO_ROWS: Final[NDArray[np.int64]] = np.empty(0, dtype=np.int64)
-
-UTILITY_CACHE: Final = 1024
-"""Task utility vectors kept per group (LRU); one is ``S_joint`` float64."""
 TELEMETRY_KEY_CHARS: Final = 64
 """Longest counter name a Telemetry message carries."""
 SILENCE_PERIODS: Final = 2.5
@@ -123,80 +123,6 @@ class MessageLike(Protocol):
     def envelope(self) -> Envelope: ...
 
 
-@dataclass
-class CoordinatedGroup:
-    """A group as the engine sees it: what it shares and which tasks it can take."""
-
-    group: AifAgentGroup
-    sharing: SharingSettings | None = None
-    capabilities: tuple[str, ...] = ()
-    channels: NDArray[np.integer] | None = None
-
-
-class _GroupState:
-    def __init__(self, name: str, spec: CoordinatedGroup, node_id: str, max_held: int) -> None:
-        self.name = name
-        self.spec = spec
-        self.group = spec.group
-        self.key = spec.group.key
-        self.stepped = False
-        """Whether the group stepped since the last ``before_step`` (only then is there new
-        evidence of its own to accumulate)."""
-        self.capabilities = frozenset(spec.capabilities)
-        for cap in self.capabilities:
-            check_name(cap, "capability")
-        g = spec.group
-        self.sharer: BeliefSharer | None = None
-        if spec.sharing is not None:
-            self.sharer = BeliefSharer(
-                name,
-                g.cm.num_states,
-                g.n_agents,
-                spec.sharing,
-                channels=spec.channels,
-                node_id=node_id,
-                dtype=g.dtype.type,
-            )
-        self.prefs = TaskPreferences(
-            g.cm, g.n_agents, use_utility=g.settings.use_utility, max_held=max_held
-        )
-        self.utilities: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self.completed: NDArray[np.int64] = _NO_ROWS
-
-    def accepts(self, spec: TaskSpec) -> bool:
-        cm = self.group.cm
-        return (
-            spec.capability in self.capabilities
-            and spec.goal_factor < cm.num_factors
-            and spec.goal_state < cm.num_states[spec.goal_factor]
-        )
-
-    def utility(self, spec: TaskSpec, scale: float) -> np.ndarray:
-        key = (spec.goal_factor, spec.goal_state)
-        u = self.utilities.get(key)
-        if u is None:
-            u = task_utility(self.group.cm, spec.goal_factor, spec.goal_state, scale=scale)
-            self.utilities[key] = u
-            while len(self.utilities) > UTILITY_CACHE:
-                self.utilities.popitem(last=False)
-        else:
-            self.utilities.move_to_end(key)
-        return u
-
-
-def _same_agents(gs: _GroupState, b: CoordinatedGroup) -> bool:
-    """Whether ``b`` describes the agents ``gs`` was built for, doing the same coordination
-    (a group resized in place is the same object with another size)."""
-    a = gs.spec
-    if gs.key != b.group.key or gs.prefs.n_agents != b.group.n_agents:
-        return False
-    if a.sharing != b.sharing or tuple(a.capabilities) != tuple(b.capabilities):
-        return False
-    if a.channels is None or b.channels is None:
-        return a.channels is None and b.channels is None
-    return bool(np.array_equal(a.channels, b.channels))
-
-
 _SUBSCRIBED_KINDS: Final = frozenset(
     {TopicKind.BELIEFS, TopicKind.TASKS, TopicKind.STATE, TopicKind.BIRTH, TopicKind.DEATH}
 )
@@ -226,10 +152,10 @@ class CoordinationEngine:
         self._wall = wall_clock
         self._clock_synced = clock_synced
         auction = self.settings.auction
-        self.groups: dict[str, _GroupState] = {}
+        self.groups: dict[str, GroupState] = {}
         for name, spec in groups.items():
             check_name(name, "group")
-            self.groups[name] = _GroupState(name, spec, self.node_id, auction.max_held_per_group)
+            self.groups[name] = GroupState(name, spec, self.node_id, auction.max_held_per_group)
         self.board = TaskBoard(
             max_tasks=auction.max_tasks,
             max_bids=auction.max_bids,
@@ -335,15 +261,15 @@ class CoordinationEngine:
         ``abandoned``, so every node re-auctions them at the next epoch.
         """
         max_held = self.settings.auction.max_held_per_group
-        new: dict[str, _GroupState] = {}
+        new: dict[str, GroupState] = {}
         for name, spec in groups.items():
             check_name(name, "group")
             prev = self.groups.get(name)
-            if prev is not None and _same_agents(prev, spec):
+            if prev is not None and same_agents(prev, spec):
                 prev.spec, prev.group = spec, spec.group
                 new[name] = prev
             else:
-                new[name] = _GroupState(name, spec, self.node_id, max_held)
+                new[name] = GroupState(name, spec, self.node_id, max_held)
         gone = {name for name, gs in self.groups.items() if new.get(name) is not gs}
         self.groups = new
         if gone:
@@ -749,7 +675,7 @@ class CoordinationEngine:
     def _update(self, now: float) -> list[tuple[str, int]]:
         return self.auctioneer.update(now)
 
-    def _eligible(self, gs: _GroupState, winners: set[tuple[str, int]]) -> NDArray[np.int64]:
+    def _eligible(self, gs: GroupState, winners: set[tuple[str, int]]) -> NDArray[np.int64]:
         mask = np.ones(gs.group.n_agents, dtype=bool)
         mask[gs.prefs.rows] = False
         taken = [a for g, a in winners if g == gs.name]
@@ -901,10 +827,10 @@ class CoordinationEngine:
         for gs in self.groups.values():
             prefs = gs.prefs
             if prefs.rows.size == 0:
-                gs.completed = _NO_ROWS
+                gs.completed = NO_ROWS
                 continue
             done = gs.completed
-            gs.completed = _NO_ROWS
+            gs.completed = NO_ROWS
             if auction.done_belief is not None:
                 reached = prefs.reached(gs.group.qs, auction.done_belief)
                 done = np.union1d(done, reached) if done.size else reached

@@ -47,11 +47,11 @@ from edge_agent.coordination.config import (
 )
 from edge_agent.coordination.engine import (
     TELEMETRY_KEY_CHARS,
-    CoordinatedGroup,
     CoordinationEngine,
     LinkLike,
     MessageLike,
 )
+from edge_agent.coordination.group_state import CoordinatedGroup
 from edge_agent.coordination.messages import TaskSpec
 from edge_agent.coordination.signing import TaskSigner
 from edge_agent.core.agents import AifAgentGroup
