@@ -246,6 +246,10 @@ class TrustedKeys:
     def __contains__(self, kid: object) -> bool:
         return kid in self._keys
 
+    def raw_keys(self) -> frozenset[bytes]:
+        """Every trusted key as its 32 raw bytes."""
+        return frozenset(_raw(key) for key in self._keys.values())
+
     def __len__(self) -> int:
         return len(self._keys)
 

@@ -20,22 +20,29 @@ it, in a sync), up to the same limit. Otherwise a node could raise a task's epoc
 the uint32 range with one bid of its own, win that round and close it there for good (no
 announcement could go higher). A bid's cost must be at least
 :data:`~edge_agent.coordination.utility.MIN_BID_COST`, the lowest any model can compute.
+
+A task id is one announcer's (:meth:`~edge_agent.coordination.ledger.TaskBoard.owner_key`): a
+spec, announced or relayed, of an announcer that the task's owner ranks before is refused, so
+a node cannot re-announce the hub's task in its own name (at a higher epoch, to push it to the
+end of the range and close it there).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from enum import Enum
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.coordination.ledger import (
+    MAX_ROUNDS,
     MAX_SESSION,
     TaskBoard,
     bid_rows,
     bids_from_columns,
+    round_limit,
     seq_key,
 )
 from edge_agent.coordination.messages import (
@@ -48,16 +55,8 @@ from edge_agent.coordination.messages import (
 )
 from edge_agent.coordination.signing import PeerKeys, release_bytes, spec_bytes
 from edge_agent.coordination.utility import MIN_BID_COST
-from edge_agent.fleet.names import UINT32
 
 __all__ = ["MAX_ROUNDS", "AdmittedBids", "RelayAdmission", "Verdict"]
-
-MAX_ROUNDS: Final = 1024
-"""Rounds a task may run past its newest signed spec: the largest epoch a bid or an ``abandoned``
-release may name is the spec's epoch plus this. Re-auctions (a holder gave up or died) move a
-task one round each; a task re-auctioned this often under one announcement stays in its last
-round (a dead holder's task goes to the next bidder of that round). Every node of a fleet must
-use the same number."""
 
 
 class Verdict(Enum):
@@ -133,13 +132,20 @@ class RelayAdmission:
 
     def epoch_limit(self, task: str, spec: TaskSpec | None = None) -> int:
         """The largest epoch a peer may name for ``task``: :data:`MAX_ROUNDS` past the newest
-        signed spec this node holds for it (or ``spec``, relayed with the fact and checked);
-        -1 when it has none."""
+        signed spec this node holds for it (or ``spec``, relayed with the fact and checked: it
+        alone when its announcer ranks before the held spec's, which it then replaces, and not
+        at all when it ranks after); -1 when it has none."""
         held = self.board.specs.get(task)
+        if held is not None and spec is not None and spec.announced_by != held.announced_by:
+            owner_key = self.board.owner_key
+            if owner_key(spec.announced_by) < owner_key(held.announced_by):
+                held = None
+            else:
+                spec = None
         epochs = [s.epoch for s in (held, spec) if s is not None]
         if not epochs:
             return -1
-        return min(max(epochs) + MAX_ROUNDS, UINT32 - 1)
+        return round_limit(max(epochs))
 
     def admit_bids(self, node: str, bdseq: int, body: TaskBids) -> tuple[AdmittedBids, int]:
         """What this node takes of ``node``'s ``task_bids`` of session ``bdseq``, and how many
@@ -223,7 +229,9 @@ class RelayAdmission:
         * consumed agents: the sender's own, or of sessions that are over (as above);
         * specs: only with their announcer's signature, checked against the key the announcer
           published (a spec of a larger epoch or another goal than its announcer signed is a
-          forgery);
+          forgery), and only of an announcer the task's owner does not rank before
+          (:meth:`~edge_agent.coordination.ledger.TaskBoard.owner_key`: a task id is one
+          announcer's);
         * tombstones: only as the holder's signed ``done``/``expired`` release (``closers``),
           checked against the key the holder published, for a task whose signed spec this node
           holds or takes from this part, and not beyond the epoch this node knows for the task
@@ -249,8 +257,15 @@ class RelayAdmission:
         spec_sigs: list[bytes] = []
         relayed: dict[str, TaskSpec] = {}
         for i, spec in enumerate(part.tasks):
+            if board.outranked(spec):
+                refused += 1  # the task id is another announcer's
+                continue
             cur = board.specs.get(spec.task)
-            if cur is not None and cur.order_key() >= spec.order_key():
+            if (
+                cur is not None
+                and cur.announced_by == spec.announced_by
+                and cur.order_key() >= spec.order_key()
+            ):
                 continue  # nothing new (not worth checking its signature)
             sig = part.task_signature(i)
             if not self.spec_signed(spec, sig):
@@ -258,7 +273,7 @@ class RelayAdmission:
                 continue
             specs.append(spec)
             spec_sigs.append(sig)
-            if spec.task not in relayed or spec.order_key() > relayed[spec.task].order_key():
+            if self._supersedes(spec, relayed.get(spec.task)):
                 relayed[spec.task] = spec
         closers: list[Release] = []
         sigs: list[bytes] = []
@@ -290,6 +305,16 @@ class RelayAdmission:
             closer_sigs=b"".join(sigs),
         )
         return admitted, refused
+
+    def _supersedes(self, spec: TaskSpec, other: TaskSpec | None) -> bool:
+        """Whether ``spec`` is the one a board keeps of the two: the spec of the announcer that
+        ranks first, and of one announcer's, the larger."""
+        if other is None:
+            return True
+        if spec.announced_by != other.announced_by:
+            owner_key = self.board.owner_key
+            return owner_key(spec.announced_by) < owner_key(other.announced_by)
+        return spec.order_key() > other.order_key()
 
     def _own_valid_rows(self, sender: str, cols: BidColumns) -> NDArray[np.bool_]:
         """Rows of relayed bid columns that are ``sender``'s own, of a session seen born, at an

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Final, Protocol
 
 import numpy as np
@@ -141,10 +141,15 @@ class CoordinationEngine:
         wall_clock: Callable[[], float] = time.time,
         clock_synced: Callable[[], bool] | None = None,
         signer: TaskSigner | None = None,
+        authorities: Collection[bytes] = (),
     ) -> None:
+        """``authorities``: the raw public keys of the fleet's hubs (the node's hub keys): an
+        announcer whose task key is one of them owns every task id it announces, before any
+        node (:meth:`~edge_agent.coordination.ledger.TaskBoard.owner_key`)."""
         self.link = link
         self.signer = signer if signer is not None else TaskSigner.generate()
         """Signs this node's releases; its public key goes out retained as ``task_key``."""
+        self.authorities = frozenset(authorities)
         self.node_id = link.node_id
         self.topics = link.topics
         self.settings = settings or CoordinationSettings()
@@ -156,18 +161,19 @@ class CoordinationEngine:
         for name, spec in groups.items():
             check_name(name, "group")
             self.groups[name] = GroupState(name, spec, self.node_id, auction.max_held_per_group)
+        self.peer_keys = PeerKeys(self.settings.max_peers)
+        # Our own releases of an earlier run come back in peers' syncs (the key is kept).
+        self.peer_keys.learn(self.node_id, self.signer.public)
         self.board = TaskBoard(
             max_tasks=auction.max_tasks,
             max_bids=auction.max_bids,
             max_nodes=self.settings.max_peers,
+            authority=lambda node: self.peer_keys.raw(node) in self.authorities,
         )
         self.auctioneer = Auctioneer(
             self.node_id, self.board, auction, max_peers=self.settings.max_peers
         )
         self._queue: BoundedQueue[MessageLike] = BoundedQueue(self.settings.max_inbox)
-        self.peer_keys = PeerKeys(self.settings.max_peers)
-        # Our own releases of an earlier run come back in peers' syncs (the key is kept).
-        self.peer_keys.learn(self.node_id, self.signer.public)
         self.admission = RelayAdmission(
             self.board, self.peer_keys, self.topics.fleet, self.settings.max_peers
         )
@@ -432,12 +438,19 @@ class CoordinationEngine:
 
     # -- announcing -----------------------------------------------------------------------------
     def announce(self, specs: list[TaskSpec]) -> None:
-        """Announce tasks from this node (the hub does the same on its own ``tasks`` topic)."""
+        """Announce tasks from this node (the hub does the same on its own ``tasks`` topic).
+        :class:`InputError` for a spec in another's name, or of a task id that belongs to an
+        announcer that ranks before this node (peers would refuse it)."""
         for spec in specs:
             if spec.announced_by != self.node_id:
                 raise InputError(
                     f"task {spec.task!r} says it is announced by "
                     f"{spec.announced_by!r}, not {self.node_id!r}"
+                )
+            if self.board.outranked(spec):
+                raise InputError(
+                    f"task {spec.task!r} is {self.board.owner(spec.task)!r}'s: "
+                    "announce it under another id"
                 )
         sigs = sign_specs(self.signer.sign, self.topics.fleet, specs)
         for i, spec in enumerate(specs):
@@ -523,10 +536,11 @@ class CoordinationEngine:
                 if spec.announced_by != env.node:
                     raise ValueError(f"task {spec.task} announced by {spec.announced_by}")
             # Taken only with the announcer's signature (the key it published on its own
-            # topic): the same check a relayed spec meets, so every spec a sync relays has one.
+            # topic): the same check a relayed spec meets, so every spec a sync relays has one;
+            # and only of a task id that is not another announcer's who ranks first.
             for i, spec in enumerate(body.tasks):
                 sig = body.signature(i)
-                if self.admission.spec_signed(spec, sig):
+                if not self.board.outranked(spec) and self.admission.spec_signed(spec, sig):
                     self.board.add_spec(spec, sig)
                 else:
                     self.counters["specs_refused"] += 1

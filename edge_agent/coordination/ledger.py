@@ -3,14 +3,17 @@
 :func:`award` is a pure function of the set of bids. :class:`TaskBoard` is the replicated ledger
 (tasks, bids, releases, dead sessions): every fact merges by a maximum or a union, so nodes that
 hold the same facts hold the same board, whatever the order the facts came in, and compute the
-same award (``docs/coordination.md``).
+same award (``docs/coordination.md``). A task id belongs to one announcer, the one that ranks
+first of all that announced it (:meth:`TaskBoard.owner_key`: the fleet's authority, a hub,
+before every node; then by name), so that every node ends with the same owner whatever order
+the announcements came in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, NamedTuple
 
 import msgpack
@@ -29,6 +32,7 @@ from edge_agent.coordination.messages import (
     TaskSpec,
     TaskSync,
 )
+from edge_agent.fleet.names import UINT32
 
 #: Largest ``P * S`` for which :class:`TaskPreferences` keeps each holder's utility along every
 #: policy precomputed (single-factor models); above it, the policy tree is walked every tick.
@@ -41,6 +45,22 @@ MAX_SESSION: Final = (1 << 31) - 1
 #: part of a sync: at most 1,296 bytes per fact of each kind with their signatures (64-character
 #: names, the largest numbers), so a part stays under the 256 KiB message limit (tested).
 FACTS_PER_PART: Final = 192
+MAX_ROUNDS: Final = 1024
+"""Rounds a task may run past its newest signed spec: the largest epoch a bid or an ``abandoned``
+release may name is the spec's epoch plus this (:func:`round_limit`). Re-auctions (a holder gave
+up or died) move a task one round each; a task re-auctioned this often under one announcement
+stays in its last round (a dead holder's task goes to the next bidder of that round). Every node
+of a fleet must use the same number."""
+AUTHORITY: Final = 0
+"""The rank of an announcer that speaks with the fleet's authority (a hub: its task key is one
+of the hub keys the node obeys) in :meth:`TaskBoard.owner_key`."""
+ANNOUNCER: Final = 1
+"""The rank of any other announcer (a node)."""
+
+
+def round_limit(epoch: int) -> int:
+    """The largest epoch a peer may name for a task whose newest signed spec has ``epoch``."""
+    return min(epoch + MAX_ROUNDS, UINT32 - 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,9 +234,13 @@ class TaskBoard:
 
     Facts and how they merge:
 
-    * a task's spec: the spec with the largest :meth:`TaskSpec.order_key`;
-    * a task's epoch (``floor``): the largest epoch seen in a spec, a bid or an ``abandoned``
-      release (``epoch + 1``); raising it drops every bid of older epochs;
+    * a task's owner: of every announcer of a spec of the task, the first by :meth:`owner_key`
+      (``(rank, name)``: the fleet's authority before every node, then by name); a spec of
+      another announcer changes nothing, and one of an announcer that ranks before the owner
+      takes the task over (:meth:`_rebind`);
+    * a task's spec: of the owner's specs, the one with the largest :meth:`TaskSpec.order_key`;
+    * a task's epoch (``floor``): the largest epoch seen in the owner's specs, a bid or an
+      ``abandoned`` release (``epoch + 1``); raising it drops every bid of older epochs;
     * closed: per task the largest epoch a ``done``/``expired`` release was for; a task is
       *live* while its floor is above it, and *open* when it is live and has a spec;
     * consumed: per ``(node, group, agent)`` the largest ``(bdseq, bseq)`` of its releases; bids
@@ -230,7 +254,8 @@ class TaskBoard:
     bids (which are exactly the valid ones), tombstones, consumed and dead entries -- kept up to
     date in O(1) per change. Bounded: ``max_tasks`` task entries (closed ones are evicted
     first), ``max_bids`` bids, ``max_tombstones``, ``max_consumed`` and ``max_nodes``; what does
-    not fit is refused and counted in ``overflow``.
+    not fit is refused and counted in ``overflow``. Owners are kept for every task that has a
+    floor or a tombstone (at most ``max_tasks + max_tombstones``).
     """
 
     def __init__(
@@ -241,18 +266,29 @@ class TaskBoard:
         max_tombstones: int = 1 << 16,
         max_consumed: int = 1 << 16,
         max_nodes: int = 4096,
+        authority: Callable[[str], bool] | None = None,
     ) -> None:
+        """``authority(announcer)``: whether ``announcer`` speaks with the fleet's authority (it
+        then owns every task id it announces, :meth:`owner_key`); by default nobody does."""
+        self.authority: Callable[[str], bool] = authority or (lambda _announcer: False)
         self.max_tasks = max_tasks
         self.max_bids = max_bids
         self.max_tombstones = max_tombstones
         self.max_consumed = max_consumed
         self.max_nodes = max_nodes
         self.max_holders = max_bids + max_consumed
+        self.max_owners = max_tasks + max_tombstones
+        self.owners: dict[str, tuple[int, str]] = {}
+        """Per task id, its owner's :meth:`owner_key`. Kept while the task is known, closed
+        ones too (a closed task's id stays its owner's); bounded by ``max_owners``."""
         self.specs: dict[str, TaskSpec] = {}
         self.spec_sigs: dict[str, bytes] = {}
         """Per task, its announcer's signature of ``specs[task]`` (when it came signed): what a
         sync relays with the spec (the board does not check it: its caller does)."""
         self.floor: dict[str, int] = {}
+        self._fact_floor: dict[str, int] = {}
+        """Per task, the largest epoch a bid or an ``abandoned`` release named (``epoch + 1``),
+        whether or not it raised the floor: what :meth:`_rebind` keeps of a floor."""
         self.closed: dict[str, int] = {}
         self.closers: dict[str, tuple[Release, bytes]] = {}
         """Per closed task, the holder's signed release that closed it at ``closed[task]`` (when
@@ -328,6 +364,23 @@ class TaskBoard:
         )
 
     # -- queries --------------------------------------------------------------------------------
+    def owner_key(self, announcer: str) -> tuple[int, str]:
+        """How ``announcer`` ranks as the owner of a task id: ``(rank, name)``, the smaller
+        first; :data:`AUTHORITY` (a hub) before :data:`ANNOUNCER` (a node). The same on every
+        node that knows the same hub keys, so every node binds an id to the same announcer,
+        whatever order their announcements came in."""
+        return (AUTHORITY if self.authority(announcer) else ANNOUNCER, announcer)
+
+    def outranked(self, spec: TaskSpec) -> bool:
+        """Whether ``spec``'s task id belongs to an announcer that ranks before its own."""
+        bound = self.owners.get(spec.task)
+        return bound is not None and bound < self.owner_key(spec.announced_by)
+
+    def owner(self, task: str) -> str | None:
+        """The announcer ``task`` belongs to (None while no spec of it came)."""
+        bound = self.owners.get(task)
+        return None if bound is None else bound[1]
+
     def epoch(self, task: str) -> int | None:
         return self.floor.get(task)
 
@@ -496,6 +549,7 @@ class TaskBoard:
     def _evict_closed(self) -> None:
         for task in [t for t in self.floor if t not in self._live]:
             del self.floor[task]
+            self._fact_floor.pop(task, None)
             self.specs.pop(task, None)
             self.spec_sigs.pop(task, None)
 
@@ -519,11 +573,25 @@ class TaskBoard:
 
     def add_spec(self, spec: TaskSpec, signature: bytes = b"") -> bool:
         """Merge a task spec (an announcement, or one part of a sync); ``signature``, its
-        announcer's, is kept with it for syncs to relay."""
+        announcer's, is kept with it for syncs to relay. A spec of an announcer the task's
+        owner ranks before changes nothing (False, :meth:`outranked`); one of an announcer that
+        ranks before the owner takes the task over (:meth:`_rebind`)."""
         task = spec.task
-        changed = self._raise_floor(task, spec.epoch)
+        key = self.owner_key(spec.announced_by)
+        bound = self.owners.get(task)
+        if bound is not None and key > bound:
+            return False
+        if bound is None and len(self.owners) >= self.max_owners:
+            self.overflow += 1
+            return False
+        changed = False
+        if bound is not None and key < bound:
+            self._rebind(task, spec, signature, key)
+            changed = True
+        changed |= self._raise_floor(task, spec.epoch)
         if task not in self.floor:
             return changed  # no room
+        self.owners[task] = key
         cur = self.specs.get(task)
         if cur is None or spec.order_key() > cur.order_key():
             self.specs[task] = spec
@@ -540,15 +608,64 @@ class TaskBoard:
                 changed = True
         return changed
 
+    def _rebind(self, task: str, spec: TaskSpec, signature: bytes, key: tuple[int, str]) -> None:
+        """``spec``'s announcer ranks before ``task``'s owner: the task is its from now on.
+
+        Its spec replaces the old owner's, and of what came under the old owner, only what
+        ``spec`` allows stays: what a board that had ``spec`` first would have taken, since a
+        peer's bids, releases and tombstones name epochs up to :func:`round_limit` of the
+        owner's spec. So the floor goes back to the larger of ``spec``'s epoch and the largest
+        epoch a bid or an ``abandoned`` release named within that limit (the old spec's own
+        epoch no longer counts); a tombstone beyond the limit goes, with its closer; a kept
+        tombstone's closer is relayed with ``spec`` from now on. Bids stay when the floor does.
+        """
+        self.owners[task] = key
+        self._set_live(task, False)  # its facts leave the digest; what stays comes back below
+        self.specs.pop(task, None)
+        self.spec_sigs.pop(task, None)
+        limit = round_limit(spec.epoch)
+        closed = self.closed.get(task)
+        if closed is not None and closed > limit:
+            self._hash.remove(("closed", task, closed))
+            del self.closed[task]
+            self.closers.pop(task, None)
+            self.closed_specs.pop(task, None)
+        elif task in self.closed_specs:
+            if signature:
+                self.closed_specs[task] = (spec, signature)
+            else:
+                del self.closed_specs[task]
+        fact = self._fact_floor.get(task, -1)
+        if fact > limit:
+            fact = -1
+            del self._fact_floor[task]
+        if task in self.floor:
+            floor = max(spec.epoch, fact)
+            if floor != self.floor[task]:
+                self._drop_bids(task)
+                self.floor[task] = floor
+            self._update_live(task)
+        self._changed()
+
     def _accepts_epoch(self, task: str, epoch: int) -> tuple[bool, bool]:
         """(bids at ``epoch`` can be stored, the floor was raised)."""
         floor = self.floor.get(task)
         if self.closed.get(task, -1) >= epoch or (floor is not None and epoch < floor):
-            return False, False
-        if floor is None or epoch > floor:
+            accepted, raised = False, False
+        elif floor is None or epoch > floor:
             raised = self._raise_floor(task, epoch)
-            return self.floor.get(task) == epoch, raised
-        return True, False
+            accepted = self.floor.get(task) == epoch
+        else:
+            accepted, raised = True, False
+        if self.closed.get(task, -1) < epoch:
+            self._note_epoch(task, epoch)
+        return accepted, raised
+
+    def _note_epoch(self, task: str, epoch: int) -> None:
+        """A bid or an ``abandoned`` release named ``epoch`` for ``task`` (``_fact_floor``),
+        whether or not it raised the floor (a spec of another owner may have raised it more)."""
+        if task in self.floor and self._fact_floor.get(task, -1) < epoch:
+            self._fact_floor[task] = epoch
 
     def _insert(self, task: str, per: _TaskBids, h: int, cost: float, key: int) -> bool:
         if key <= self._holder_consumed.data[h]:
@@ -677,6 +794,7 @@ class TaskBoard:
         changed = self.add_consumed(rel.node, rel.group, rel.agent, rel.bdseq, rel.bseq)
         if rel.status is ReleaseStatus.ABANDONED:
             changed |= self._raise_floor(rel.task, rel.epoch + 1)
+            self._note_epoch(rel.task, rel.epoch + 1)
         else:
             changed |= self.close(rel.task, rel.epoch)
             if signature and self.closed.get(rel.task) == rel.epoch:

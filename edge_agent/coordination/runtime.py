@@ -144,8 +144,11 @@ class CoordinationRuntime:
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         clock_synced: Callable[[], bool] | None = None,
+        authorities: Collection[bytes] = (),
     ) -> None:
         """Reserve the engine's memory in ``budget()``, then build the engine over ``groups()``.
+        ``authorities``: the raw public keys of the fleet's hubs (the daemon's hub keys), whose
+        announcers own every task id they announce (:class:`CoordinationEngine`).
 
         Raises :class:`BudgetError` when the coordinated groups do not fit the budget and
         :class:`~edge_agent.errors.InputError` when a group's coordination table does not suit
@@ -173,6 +176,7 @@ class CoordinationRuntime:
                 wall_clock=wall_clock,
                 clock_synced=clock_synced,
                 signer=_task_signer(link),
+                authorities=authorities,
             )
         except BaseException:
             self.close()

@@ -7,7 +7,9 @@ the node's releases (:func:`release_bytes`), which are what closes a task (a rel
 must come with the holder's signed release), and the task specs it announces
 (:func:`spec_bytes`; a spec is taken, directly or relayed, only with its announcer's signature).
 A hub announces with its signing key (``edge-agent-host tasks announce --key``), whose public
-half it publishes as its task key on its own ``tasks`` topic in the same way.
+half it publishes as its task key on its own ``tasks`` topic in the same way; a node that has
+that key among its hub keys (``[mqtt] hub_keys_dir``) takes such an announcer as the fleet's
+authority over task ids (:meth:`~edge_agent.coordination.ledger.TaskBoard.owner_key`).
 
 The private key lives in the node's state directory (``coordination_key``, the raw 32-byte seed,
 mode 0600), so the public key stays the same across restarts and a peer that joins later can
@@ -170,6 +172,10 @@ class PeerKeys:
 
     def known(self, node: str) -> bool:
         return node in self._keys
+
+    def raw(self, node: str) -> bytes | None:
+        """``node``'s public key as it published it (32 raw bytes), or None."""
+        return self._raw.get(node)
 
     def verify(self, node: str, data: bytes, signature: bytes) -> bool:
         """Whether ``signature`` over ``data`` is ``node``'s (False for an unknown node)."""

@@ -82,6 +82,7 @@ from edge_agent.service.systemd import SdNotifier, WatchdogGate
 from edge_agent.state_health import Recovery, StateHealth
 
 if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] enabled
+    from edge_agent.bundle.signing import TrustedKeys
     from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding
     from edge_agent.daemon.uplink import FleetUplink
     from edge_agent.fleet.deploy import Report
@@ -237,7 +238,7 @@ class Daemon:
             health=self.state_health,
         )
         self.uplink = uplink
-        self._open_coordination(config, uplink.link)
+        self._open_coordination(config, uplink.link, uplink.hub_keys)
         uplink.coordination = self.coordination
         for g in self.groups:
             g.coordinate(self.coordination)
@@ -255,8 +256,12 @@ class Daemon:
                 bindings[g.name] = binding
         return bindings
 
-    def _open_coordination(self, config: DaemonConfig, link: FleetLink) -> None:
-        """The coordination runtime, when a group takes part (reserves its memory first)."""
+    def _open_coordination(
+        self, config: DaemonConfig, link: FleetLink, hub_keys: TrustedKeys | None
+    ) -> None:
+        """The coordination runtime, when a group takes part (reserves its memory first). The
+        hub keys are the fleet's authority over task ids: an announcer whose task key is one of
+        them owns every id it announces (``docs/coordination.md``)."""
         from edge_agent.coordination.config import CoordinationConfig, coordinates  # noqa: PLC0415
 
         tables = (g.config.coordination for g in self.groups)
@@ -273,6 +278,7 @@ class Daemon:
                 tick_period_s=1.0 / self.base_hz,
                 budget=lambda: self.budget,
                 clock_synced=clock_synced,
+                authorities=hub_keys.raw_keys() if hub_keys is not None else (),
             )
         except InputError as err:
             raise ConfigError(f"[groups.coordination]: {err}", path=None) from err

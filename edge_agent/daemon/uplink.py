@@ -152,6 +152,9 @@ class FleetUplink:
             tls=tls,
         )
         keys = hub_keys(config, source)
+        self.hub_keys = keys
+        """The keys whose signed commands the node obeys (None: none); their holders are also
+        the fleet's authority over task ids (``docs/coordination.md``)."""
         if keys is None:
             logger.warning(
                 "no hub keys ([mqtt] hub_keys_dir or [daemon] trusted_keys_dir): every hub "

@@ -97,7 +97,7 @@ text = (
 )
 config = parse_config(text, "c.toml")
 daemon = types.SimpleNamespace(groups=[], coordination=None)
-Daemon._open_coordination(daemon, config, link=None)
+Daemon._open_coordination(daemon, config, link=None, hub_keys=None)
 assert daemon.coordination is None
 print(sorted(m for m in sys.modules if m.startswith("edge_agent.coordination")))
 """

@@ -1,6 +1,7 @@
 """What a node takes of what a peer says about a task (``edge_agent/coordination/admission.py``):
-a bid, an abandoned round or a tombstone says no more than the task's announcer signed, and a
-bid's cost is one some model could compute (issue 29, the audit). One engine on a FakeLink;
+a bid, an abandoned round or a tombstone says no more than the task's announcer signed, a
+bid's cost is one some model could compute, and a task id is its announcer's (issue 29, the
+audit). One engine on a FakeLink;
 ``tests/integration/coordination/test_coordination_relays.py`` runs the attacks on real daemons
 and the ``broker init`` broker."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from msgspec.structs import replace
 
 from edge_agent.coordination import TaskSpec
 from edge_agent.coordination.admission import MAX_ROUNDS
@@ -21,8 +23,9 @@ from edge_agent.coordination.messages import (
 )
 from edge_agent.coordination.signing import TaskSigner, release_bytes, sign_specs
 from edge_agent.coordination.utility import MIN_BID_COST
+from edge_agent.errors import InputError
 from edge_agent.fleet.names import UINT32
-from edge_agent.fleet.protocol import Death, DeathReason
+from edge_agent.fleet.protocol import Body, Death, DeathReason
 from edge_agent.fleet.topics import TopicKind
 from tests.unit.coordination.test_engine import (
     PEER_KEY,
@@ -268,3 +271,107 @@ def test_a_late_joiner_checks_a_closer_against_the_spec_relayed_with_it() -> Non
     assert board.epoch("h") == 2  # its spec is taken, not the tombstone beyond the limit
     assert board.is_open("h")
     assert t.engine.counters["relays_refused"] == 2
+
+
+HUB_KEY = TaskSigner.generate()
+"""The hub's signing key: its public half is one of the node's hub keys (``authorities``)."""
+A1_KEY = TaskSigner.generate()
+"""The task key of ``a1``, a node whose name comes before the hub's."""
+
+
+def hub_fleet_member(*, hub_keys: bool = True) -> Ticker:
+    """A node that knows the hub's key and ``a1``'s (born), and, with ``hub_keys``, holds the
+    hub's key among its hub keys."""
+    t = Ticker(authorities=frozenset({HUB_KEY.public}) if hub_keys else frozenset())
+    t.know_peer("hub", HUB_KEY)
+    t.know_peer("a1", A1_KEY)
+    t.engine.handle(birth("a1", 0))
+    t.tick(2)
+    return t
+
+
+def a1_says(t: Ticker, *bodies: Body) -> None:
+    for body in bodies:
+        t.engine.handle(task_msg(body, node="a1"))
+    t.tick()
+
+
+def a1_bids(task: str, epoch: int, bseq: int) -> TaskBids:
+    return TaskBids.from_arrays(
+        "grid", bseq, [task], epochs=[epoch], task_index=[0], agents=[0], costs=[MIN_BID_COST]
+    )
+
+
+def a1_done(task: str, epoch: int, bseq: int) -> TaskRelease:
+    rel = Release(
+        task=task, epoch=epoch, node="a1", group="grid", agent=0, bdseq=0, bseq=bseq,
+        status=ReleaseStatus.DONE,
+    )  # fmt: skip
+    return TaskRelease(items=[rel], sigs=A1_KEY.sign(release_bytes("coord", rel)))
+
+
+HUB_SPEC = TaskSpec(task="a", epoch=0, capability="grid", goal_state=5, announced_by="hub")
+
+
+def test_a_node_cannot_take_the_hub_s_task_over() -> None:
+    """The audit's last hole: a node announced the hub's task id in its own name at the end of
+    the epoch range (the larger spec won, whoever announced it), then won it with its cheapest
+    bid and closed it there, for good. A task id is its announcer's, and the hub ranks before
+    every node: the node's spec is refused, announced or relayed, and with it its bids and its
+    release at that epoch; the hub's task stays in its round, allocated."""
+    t = hub_fleet_member()
+    t.engine.handle(announce_msg([HUB_SPEC], node="hub", signer=HUB_KEY))
+    t.tick(WINDOW_TICKS + 1)
+    assert t.engine.assignment()["a"][0] == "solo"
+    mine = replace(HUB_SPEC, epoch=FOREVER, goal_state=6, announced_by="a1")
+    sig = sign_specs(A1_KEY.sign, "coord", [mine])
+    t.engine.handle(announce_msg([mine], node="a1", signer=A1_KEY))
+    a1_says(t, TaskSync(tasks=[mine], task_sigs=sig), a1_bids("a", FOREVER, 1))
+    a1_says(t, a1_done("a", FOREVER, 2))
+    board = t.engine.board
+    assert (board.owner("a"), board.specs["a"], board.epoch("a")) == ("hub", HUB_SPEC, 0)
+    assert board.is_open("a")
+    assert t.engine.assignment()["a"][0] == "solo"
+    counters = t.engine.counters
+    assert (counters["specs_refused"], counters["bids_refused"]) == (1, 1)
+    assert counters["relays_refused"] == 1 + 1  # the relayed spec; the done release
+    # This node may not announce it either: the error says whose it is.
+    with pytest.raises(InputError, match="task 'a' is 'hub''s"):
+        t.engine.announce([replace(HUB_SPEC, epoch=3, announced_by="solo")])
+    # Without the hub's key among its hub keys a node ranks the hub as a node, by name: a1
+    # comes first and takes the id over (docs/security.md: configure hub_keys_dir).
+    plain = hub_fleet_member(hub_keys=False)
+    plain.engine.handle(announce_msg([HUB_SPEC], node="hub", signer=HUB_KEY))
+    plain.engine.handle(announce_msg([mine], node="a1", signer=A1_KEY))
+    plain.tick()
+    assert plain.engine.board.specs["a"] == mine
+
+
+def test_the_hub_takes_back_an_id_a_node_announced_first() -> None:
+    """Pre-emption: a node announces an id the hub will use, at the end of the epoch range, wins
+    it and closes it there before the hub announces it. The hub's announcement takes the id
+    over: what came in rounds beyond MAX_ROUNDS past the hub's spec goes, and the task is open
+    in the hub's round and allocated."""
+    t = hub_fleet_member()
+    early = TaskSpec(task="a", epoch=FOREVER, capability="grid", goal_state=9, announced_by="a1")
+    t.engine.handle(announce_msg([early], node="a1", signer=A1_KEY))
+    a1_says(t, a1_bids("a", FOREVER, 1))
+    t.tick(WINDOW_TICKS + 1)
+    assert t.engine.assignment()["a"][0] == "a1"
+    a1_says(t, a1_done("a", FOREVER, 2))
+    board = t.engine.board
+    assert board.closed == {"a": FOREVER}
+    assert not board.is_open("a")
+    t.engine.handle(announce_msg([HUB_SPEC], node="hub", signer=HUB_KEY))
+    t.tick(WINDOW_TICKS + 1)
+    assert (board.owner("a"), board.specs["a"], board.epoch("a")) == ("hub", HUB_SPEC, 0)
+    assert board.closed == {}
+    assert board.closers == {}
+    assert t.engine.assignment()["a"][0] == "solo"
+    assert ("a", 0) in t.engine.groups["grid"].prefs.held.values()
+    # From now on a1's specs of "a" are refused, and its bids beyond the hub's limit.
+    t.engine.handle(announce_msg([replace(early, epoch=FOREVER - 1)], node="a1", signer=A1_KEY))
+    a1_says(t, a1_bids("a", FOREVER, 3))
+    assert board.specs["a"] == HUB_SPEC
+    assert t.engine.counters["specs_refused"] == 1
+    assert t.engine.counters["bids_refused"] == 1

@@ -212,18 +212,60 @@ def test_late_bids_re_award_deterministically(grid_fleet: SimFleet) -> None:
 
 
 def test_a_re_announced_task_is_auctioned_again(grid_fleet: SimFleet) -> None:
+    """Its announcer announces a task again with a larger epoch: a new round. Another node
+    cannot: the id is its announcer's."""
     fleet = grid_fleet
     fleet.nodes[0].engine.announce(grid_tasks(5))
     fleet.tick(WINDOW_TICKS + 1)
     assert_one_holder_per_task(fleet, 5)
     moved = grid_tasks(1, seed=9, epoch=1)[0]  # t000 again, a new goal, epoch 1
-    fleet.nodes[3].engine.announce([replace(moved, announced_by="node3")])
-    fleet.tick(WINDOW_TICKS + 2)  # node0..2 tick before node3 sends: they see it a tick later
+    fleet.nodes[0].engine.announce([moved])
+    fleet.tick(WINDOW_TICKS + 1)
     final = assert_one_holder_per_task(fleet, 5)
     for node in fleet.nodes:
         assert node.engine.board.epoch("t000") == 1
         assert node.engine.board.specs["t000"].goal_state == moved.goal_state
     assert "t000" in final
+    with pytest.raises(InputError, match="'node0''s: announce it under another id"):
+        fleet.nodes[3].engine.announce([replace(moved, epoch=2, announced_by="node3")])
+
+
+def test_rival_announcers_of_one_id_end_with_the_same_owner_everywhere(tmp_path: Path) -> None:
+    """node1 and node3 announce the same ids in the same tick (each node sees its own first,
+    the other a tick later), then the hub (its task key one of the nodes' hub keys) announces
+    them too: every node binds each id to node1 first, then to the hub, and ends with the same
+    ledger and one holder per task, in the hub's round."""
+    fleet = SimFleet(tmp_path, 4, {"grid": GroupSpec(GRID, 40, capabilities=("grid",))}, settings())
+    try:
+        hub = SimNode(
+            fleet.broker, tmp_path, "hub", {"grid": GroupSpec(GRID, 1)}, fleet.clock,
+            settings=settings(), seed=9,
+        )  # fmt: skip
+        fleet.nodes.append(hub)
+        for node in fleet.nodes:
+            node.engine.authorities = frozenset({hub.engine.signer.public})
+        fleet.tick(3)
+        fleet.nodes[3].engine.announce(grid_tasks(10, seed=3, epoch=2, by="node3"))
+        fleet.nodes[1].engine.announce(grid_tasks(10, seed=1, by="node1"))
+        fleet.tick(WINDOW_TICKS + 2)
+        first = assert_one_holder_per_task(fleet, 10)
+        mine = {s.task: s for s in grid_tasks(10, seed=1, by="node1")}
+        for node in fleet.nodes:
+            assert node.engine.board.specs == mine, node.node_id
+            assert set(node.engine.board.open_epochs().values()) == {0}
+        assert first == oracle(fleet)
+        hub.engine.announce(grid_tasks(10, seed=5, by="hub"))
+        fleet.tick(WINDOW_TICKS + 2)
+        assert_one_holder_per_task(fleet, 10)
+        hubs = {s.task: s for s in grid_tasks(10, seed=5, by="hub")}
+        for node in fleet.nodes:
+            assert node.engine.board.specs == hubs, node.node_id
+            assert {node.engine.board.owner(t) for t in hubs} == {"hub"}
+        assert len({n.engine.board.digest() for n in fleet.nodes}) == 1
+        refused = sum(n.engine.counters["specs_refused"] for n in fleet.nodes)
+        assert refused == 10 * 4  # node3's specs, at node0, node1, node2 and the hub
+    finally:
+        fleet.close()
 
 
 def test_tasks_get_done_once_each(tmp_path: Path) -> None:
@@ -411,7 +453,7 @@ def birth(node: str, bdseq: int) -> Msg:
 class Ticker:
     """One engine on a FakeLink with a grid group, on a test clock."""
 
-    def __init__(self, **auction: object) -> None:
+    def __init__(self, authorities: frozenset[bytes] = frozenset(), **auction: object) -> None:
         self.now = 0.0
         self.wall = 1_000.0
         self.link = FakeLink()
@@ -423,6 +465,7 @@ class Ticker:
             settings(**auction),
             monotonic=lambda: self.now,
             wall_clock=lambda: self.wall,
+            authorities=authorities,
         )
 
     def know_peer(self, node: str = "peer", signer: TaskSigner = PEER_KEY) -> None:

@@ -396,6 +396,181 @@ def test_board_bounds_are_counted() -> None:
     assert board.overflow == 3
 
 
+def hub_board() -> TaskBoard:
+    """A board whose fleet authority is ``hub`` (its task key is one of the node's hub keys)."""
+    return TaskBoard(authority=lambda announcer: announcer == "hub")
+
+
+def done(task: str, epoch: int, node: str = "n1", agent: int = 0, bseq: int = 9) -> Release:
+    return Release(
+        task=task, epoch=epoch, node=node, group="g", agent=agent, bdseq=0, bseq=bseq,
+        status=ReleaseStatus.DONE,
+    )  # fmt: skip
+
+
+def test_a_task_id_is_its_first_ranked_announcer_s() -> None:
+    """A task id belongs to one announcer: the hub before every node, then the first by name.
+    Another announcer's spec changes nothing, at any epoch; one of an announcer that ranks
+    first takes the task over."""
+    board = hub_board()
+    assert board.add_spec(spec("a", goal=1, by="n2"))
+    assert board.add_bid(bid("a", "n1", 0, 1.0))
+    # n3 ranks after n2: its spec of "a", at the end of the epoch range, changes nothing.
+    assert not board.add_spec(spec("a", goal=2, epoch=UINT32 - 2, by="n3"))
+    assert board.outranked(spec("a", by="n3"))
+    assert (board.owner("a"), board.specs["a"].goal_state, board.epoch("a")) == ("n2", 1, 0)
+    # n2 re-announces its own task: a new round, as before.
+    assert board.add_spec(spec("a", goal=3, epoch=1, by="n2"))
+    assert (board.specs["a"].goal_state, board.epoch("a")) == (3, 1)
+    # n1 ranks before n2 and takes "a" over: its spec's round (round 1 came from n2's spec only).
+    assert board.add_spec(spec("a", goal=4, by="n1"))
+    assert board.owner("a") == "n1"
+    assert (board.specs["a"], board.epoch("a")) == (spec("a", 4, by="n1"), 0)
+    assert board.outranked(spec("a", epoch=9, by="n2"))
+    # The hub ranks before every node ("a1" < "hub" by name); after it, no node's spec counts.
+    assert board.add_spec(spec("a", goal=5, by="hub"))
+    assert board.owner("a") == "hub"
+    for node in ("a1", "n1", "n2"):
+        assert not board.add_spec(spec("a", goal=6, epoch=UINT32 - 2, by=node))
+    assert (board.specs["a"].goal_state, board.epoch("a")) == (5, 0)
+    assert board.is_open("a")
+    # Without an authority the hub is a node like the others.
+    plain = TaskBoard()
+    assert plain.add_spec(spec("b", by="hub"))
+    assert plain.add_spec(spec("b", goal=7, by="a1"))
+    assert plain.owner("b") == "a1"
+
+
+def test_a_take_over_keeps_what_the_new_owner_s_spec_allows() -> None:
+    """A node announced the hub's id first, at the end of the epoch range, won it and closed
+    it there. The hub's spec, when it comes, takes the id over: the tombstone and the floor
+    beyond MAX_ROUNDS past the hub's spec go, and the task is open in the hub's round. What
+    is within that limit stays, as a board that had the hub's spec first would have taken it."""
+    forever = UINT32 - 2
+    board = hub_board()
+    board.add_spec(spec("a", goal=1, epoch=forever, by="n1"))
+    board.add_bid(bid("a", "n1", 0, MIN_BID_COST, epoch=forever))
+    board.add_release(done("a", forever), b"s" * 64)
+    assert not board.is_open("a")
+    assert board.closed["a"] == forever
+    assert board.add_spec(spec("a", goal=5, by="hub"), b"h" * 64)
+    assert (board.closed, board.closers, board.closed_specs) == ({}, {}, {})
+    assert (board.epoch("a"), board.is_open("a"), board.owner("a")) == (0, True, "hub")
+    assert board.award() == {}  # n1's bid was of a round the hub's spec does not allow
+    # Within the limit: n2 announced "b" at 3 and an agent bid in round 4; n2 announced "c"
+    # at 2 and an agent closed it. The same board whether the hub's specs came first or last.
+    first, late = hub_board(), hub_board()
+    facts: list[object] = [
+        spec("b", goal=1, epoch=3, by="n2"),
+        bid("b", "n3", 0, 1.0, epoch=4),
+        spec("c", goal=1, epoch=2, by="n2"),
+        bid("c", "n3", 1, 1.0, epoch=2),
+        done("c", 2, node="n3", agent=1),
+    ]
+    hub_specs = [spec("b", goal=2, by="hub"), spec("c", goal=2, by="hub")]
+    for board, order in ((first, hub_specs + facts), (late, facts + hub_specs)):
+        for f in order:
+            if isinstance(f, TaskSpec):
+                board.add_spec(f)
+            elif isinstance(f, Bid):
+                board.add_bid(f)
+            else:
+                assert isinstance(f, Release)
+                board.add_release(f)
+    for board in (first, late):
+        assert {t: board.owner(t) for t in ("b", "c")} == {"b": "hub", "c": "hub"}
+        assert board.epoch("b") == 4
+        assert board.award()["b"].holder == ("n3", "g", 0)
+        assert board.closed == {"c": 2}
+    assert first.digest() == late.digest()
+    assert first.specs == late.specs
+
+
+announcers = st.sampled_from(["hub", "n1", "n2", "n3"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    specs=st.lists(
+        st.tuples(st.sampled_from(["t0", "t1", "t2"]), announcers, st.integers(0, 3)),
+        min_size=1,
+        max_size=12,
+    ),
+    seed=st.integers(0, 1 << 30),
+)
+def test_every_order_of_announcements_binds_the_same_owner(
+    specs: list[tuple[str, str, int]], seed: int
+) -> None:
+    """Announcers of one id reaching nodes in different orders: every node binds the id to the
+    same announcer and holds the same spec, floor and digest."""
+    facts = [spec(t, goal=i, epoch=e, by=a) for i, (t, a, e) in enumerate(specs)]
+
+    def build(order: list[TaskSpec]) -> TaskBoard:
+        board = hub_board()
+        for f in order:
+            board.add_spec(f)
+        return board
+
+    a = build(facts)
+    shuffled = list(facts)
+    random.Random(seed).shuffle(shuffled)
+    b = build(shuffled)
+    assert a.owners == b.owners
+    assert a.specs == b.specs
+    assert a.open_epochs() == b.open_epochs()
+    assert a.digest() == b.digest()
+    for task in a.specs:
+        first = min(({"hub": 0}.get(x, 1), x) for t, x, _ in specs if t == task)
+        assert a.owner(task) == first[1]
+        assert a.epoch(task) == max(e for t, x, e in specs if t == task and x == first[1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    owners=st.lists(announcers, min_size=1, max_size=6),
+    bids=bids_strategy,
+    releases=releases_strategy,
+    deaths=deaths_strategy,
+    seed=st.integers(0, 1 << 30),
+)
+def test_a_board_with_rival_announcers_is_a_function_of_its_facts(
+    owners: list[str],
+    bids: list[Bid],
+    releases: list[Release],
+    deaths: list[tuple[str, int]],
+    seed: int,
+) -> None:
+    """Several announcers of the same ids (at the same epoch, as a task is first announced),
+    bids, releases and deaths in any order: the same board."""
+    facts: list[object] = [
+        spec(t, goal=i, by=a) for i, a in enumerate(owners) for t in ("t0", "t1", "t2")
+    ]
+    facts += bids + releases + deaths
+
+    def build(order: list[object]) -> TaskBoard:
+        board = hub_board()
+        for f in order:
+            if isinstance(f, TaskSpec):
+                board.add_spec(f)
+            elif isinstance(f, Bid):
+                board.add_bid(f)
+            elif isinstance(f, Release):
+                board.add_release(f)
+            else:
+                assert isinstance(f, tuple)
+                board.add_dead(*f)
+        return board
+
+    a = build(facts)
+    shuffled = list(facts)
+    random.Random(seed).shuffle(shuffled)
+    b = build(shuffled)
+    assert a.specs == b.specs
+    assert a.award() == b.award()
+    assert a.open_epochs() == b.open_epochs()
+    assert a.digest() == b.digest()
+
+
 # --------------------------------------------------------------------------------------------
 # messages
 
