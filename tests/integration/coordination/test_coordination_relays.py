@@ -31,6 +31,13 @@ left is shown too: within ``MAX_ROUNDS`` of the hub's spec pi-a can still win a 
 cheapest bid and close it, and the hub reopens it by announcing it again. Bids of a session the
 daemons never saw born (no birth) are refused and counted.
 
+Its own announcements: the hub's task ids in pi-a's own name at the end of the epoch range
+(the larger spec used to win whoever announced it, and pi-a could then win the task and close
+it there for good). A task id is its announcer's and the hub (its key is the daemons' hub key)
+ranks before every node: each daemon refuses them, announced or relayed, and the hub's tasks
+stay allocated. An id pi-a announces before the hub does, wins and closes at the end of the
+range is the hub's again when the hub announces it, and goes to an honest agent.
+
 A machine without mosquitto fails these tests with the way to install it; they never skip.
 """
 
@@ -51,6 +58,7 @@ from edge_agent.coordination.messages import (
     DeadSession,
     Release,
     ReleaseStatus,
+    TaskAnnounce,
     TaskBids,
     TaskKey,
     TaskRelease,
@@ -386,4 +394,90 @@ def test_bids_of_a_session_never_seen_born_are_refused_and_counted(
     )
     for node in nodes:
         assert metric(node, "bids_refused") - refused[node.name] == 4
+        assert "Traceback" not in node.log()
+
+
+def test_a_node_re_announcing_the_hub_s_tasks_does_not_take_them_over(
+    tmp_path: Path, daemons: list[Any]
+) -> None:
+    fleet = start_fleet(tmp_path, daemons)
+    nodes, before = fleet.nodes, fleet.before
+    tasks = sorted(before)
+    attacker = fleet.attacker(daemons)
+    key = TaskSigner.generate()
+    topic = TOPICS.tasks("pi-a")
+    assert attacker.publish(topic, forged(TaskKey(key=key.public), 1), retain=True) == "Success"
+    wait_until(lambda: all(metric(n, "keys_learned") >= 2 for n in nodes), "pi-a's key")
+    born(attacker, fleet, 2)
+    counted = {k: fleet.counters(k) for k in ("specs_refused", "relays_refused", "bids_refused")}
+
+    # The hub's tasks, announced again in pi-a's own name (signed with pi-a's key) at the end
+    # of the epoch range with other goals, relayed in a sync too; then pi-a's cheapest bids of
+    # that round and its done releases of it.
+    hubs = random_specs(4, 100, prefix="before-", capability="grid", announced_by="hub")
+    assert [s.task for s in hubs] == tasks
+    mine = [
+        replace(s, epoch=FOREVER, goal_state=(s.goal_state + 1) % 100, announced_by="pi-a")
+        for s in hubs
+    ]
+    sigs = sign_specs(key.sign, FLEET, mine)
+    done = [
+        Release(
+            task=t, epoch=FOREVER, node="pi-a", group="grid", agent=i, bdseq=1, bseq=3,
+            status=ReleaseStatus.DONE,
+        )
+        for i, t in enumerate(tasks)
+    ]  # fmt: skip
+    attack: list[Body] = [
+        TaskAnnounce(tasks=mine, sigs=sigs),
+        TaskSync(tasks=mine, task_sigs=sigs),
+        pi_a_bids(tasks, FOREVER, MIN_BID_COST, 1),
+        TaskRelease(items=done, sigs=b"".join(key.sign(release_bytes(FLEET, r)) for r in done)),
+    ]
+    fleet.send(attacker, attack, 3)
+    for node in nodes:
+        assert assignment(node) == before, node.name  # the same holders, in the hub's round
+        assert metric(node, "tasks_open") == 4
+        refused = {k: metric(node, k) - v[node.name] for k, v in counted.items()}
+        # 4 announced specs; 4 relayed specs and 4 done releases; 4 bids.
+        assert refused == {"specs_refused": 4, "relays_refused": 4 + 4, "bids_refused": 4}
+    after = announce(fleet.hub, fleet.hub_key, "after-", 8)
+    assert sum(t.startswith("after-") for t in after) == 8
+    wait_until(lambda: all(len(assignment(n)) == 12 for n in nodes), "12 tasks awarded")
+
+    # Pre-emption: pi-a announces ids before the hub does, at the end of the range, wins them
+    # with its cheapest bids and closes them there. The hub's announcement takes them back.
+    early = random_specs(
+        4, 100, prefix="next-", capability="grid", announced_by="pi-a", epoch=FOREVER
+    )
+    ids = [s.task for s in early]
+    grab: list[Body] = [
+        TaskAnnounce(tasks=early, sigs=sign_specs(key.sign, FLEET, early)),
+        pi_a_bids(ids, FOREVER, MIN_BID_COST, 4),
+    ]
+    fleet.send(attacker, grab, 7)
+    wait_until(
+        lambda: all(
+            all(assignment(n).get(t, [""])[::3] == ["pi-a", FOREVER] for t in ids) for n in nodes
+        ),
+        "pi-a to win the ids it announced first",
+    )
+    closing = [replace(r, task=t, bseq=5) for r, t in zip(done, ids, strict=True)]
+    sigs = b"".join(key.sign(release_bytes(FLEET, r)) for r in closing)
+    fleet.send(attacker, [TaskRelease(items=closing, sigs=sigs)], 9)
+    wait_until(lambda: all(metric(n, "tasks_open") == 12 for n in nodes), "pi-a's ids closed")
+    taken_back = announce(fleet.hub, fleet.hub_key, "next-", 4)
+    assert sorted(t for t in taken_back if t.startswith("next-")) == ids
+    wait_until(
+        lambda: all(
+            all(
+                assignment(n).get(t, [""])[0] in ("pi-b", "pi-c") and assignment(n)[t][3] == 0
+                for t in ids
+            )
+            for n in nodes
+        ),
+        "the hub's next- tasks allocated to honest agents, in the hub's round",
+    )
+    wait_until(lambda: all(metric(n, "tasks_open") == 16 for n in nodes), "16 tasks open")
+    for node in nodes:
         assert "Traceback" not in node.log()
