@@ -375,3 +375,17 @@ def test_the_hub_takes_back_an_id_a_node_announced_first() -> None:
     assert board.specs["a"] == HUB_SPEC
     assert t.engine.counters["specs_refused"] == 1
     assert t.engine.counters["bids_refused"] == 1
+    # What is left: a round a1 closed at the hub's own epoch (it guessed the id and the epoch)
+    # is within the hub's limit and stays closed; the hub reopens the task by announcing above.
+    guessed = replace(early, task="b", epoch=0)
+    t.engine.handle(announce_msg([guessed], node="a1", signer=A1_KEY))
+    a1_says(t, a1_bids("b", 0, 4))
+    t.tick(WINDOW_TICKS + 1)
+    a1_says(t, a1_done("b", 0, 5))
+    hub_b = replace(HUB_SPEC, task="b")
+    t.engine.handle(announce_msg([hub_b], node="hub", signer=HUB_KEY))
+    t.tick()
+    assert (board.owner("b"), board.closed["b"], board.is_open("b")) == ("hub", 0, False)
+    t.engine.handle(announce_msg([replace(hub_b, epoch=1)], node="hub", signer=HUB_KEY))
+    t.tick(WINDOW_TICKS + 1)
+    assert t.engine.assignment()["b"][0] == "solo"
