@@ -592,8 +592,9 @@ class MqttSection(Record):
     hub_keys_dir: Annotated[
         Path | None,
         Rule(
-            description="Directory of *.pub ed25519 keys whose signed hub commands are obeyed; "
-            "empty: [daemon] trusted_keys_dir; neither: every command is refused."
+            description="Directory of *.pub ed25519 keys whose signed hub commands are obeyed "
+            "(a hub announcing tasks with one owns their ids); empty: [daemon] "
+            "trusted_keys_dir; neither: every command is refused."
         ),
         OPTIONAL_PATH,
     ] = None

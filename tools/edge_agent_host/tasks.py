@@ -22,6 +22,8 @@ public half goes out retained as the hub's ``task_key`` on ``node/{hub-id}/tasks
 specs, each with its signature; nodes take a spec, from the hub or relayed by a peer, only with
 a valid signature of its announcer (``docs/security.md``). A broker ACL (``edge-agent-host broker
 init``) decides who may write on that topic; ``--hub-id`` must then be the hub's broker identity.
+A node that has the key's public half among its hub keys takes the hub as the owner of every task
+id it announces: no node's spec of such an id counts (``docs/coordination.md``, "Whose task id").
 """
 
 from __future__ import annotations
