@@ -162,11 +162,11 @@ class Fleet:
         )
 
 
-def start_fleet(tmp_path: Path, daemons: list[Any]) -> Fleet:
+def start_fleet(tmp_path: Path, daemons: list[Any], hub_id: str = "hub") -> Fleet:
     port = free_port()
     out = broker_init(
         tmp_path / "pki", port, "--node", "pi-a", "--node", "pi-b", "--node", "pi-c",
-        "--hub", "hub",
+        "--hub", hub_id,
     )  # fmt: skip
     broker: MosquittoBroker = start_broker(tmp_path / "mosq", out / "mosquitto.conf", port)
     daemons.append(broker)
@@ -182,7 +182,7 @@ def start_fleet(tmp_path: Path, daemons: list[Any]) -> Fleet:
         node.notify.wait_for("READY=1", 90)
     wait_until(lambda: all(metric(n, "live_nodes") == 2 for n in nodes), "the daemons to meet")
     wait_until(lambda: all(metric(n, "keys_learned") >= 1 for n in nodes), "the task keys")
-    hub = hub_args(clients, broker)
+    hub = hub_args(clients, broker, hub_id)
     held = announce(hub, hub_key, "before-", 4)
     assert sorted(held) == [f"before-{i:04d}" for i in range(4)]
     wait_until(lambda: all(len(assignment(n)) == 4 for n in nodes), "both daemons to award 4 tasks")
@@ -400,7 +400,8 @@ def test_bids_of_a_session_never_seen_born_are_refused_and_counted(
 def test_a_node_re_announcing_the_hub_s_tasks_does_not_take_them_over(
     tmp_path: Path, daemons: list[Any]
 ) -> None:
-    fleet = start_fleet(tmp_path, daemons)
+    # The hub's name comes after pi-a's: only its key, the daemons' hub key, ranks it first.
+    fleet = start_fleet(tmp_path, daemons, hub_id="site-hub")
     nodes, before = fleet.nodes, fleet.before
     tasks = sorted(before)
     attacker = fleet.attacker(daemons)
@@ -414,7 +415,7 @@ def test_a_node_re_announcing_the_hub_s_tasks_does_not_take_them_over(
     # The hub's tasks, announced again in pi-a's own name (signed with pi-a's key) at the end
     # of the epoch range with other goals, relayed in a sync too; then pi-a's cheapest bids of
     # that round and its done releases of it.
-    hubs = random_specs(4, 100, prefix="before-", capability="grid", announced_by="hub")
+    hubs = random_specs(4, 100, prefix="before-", capability="grid", announced_by="site-hub")
     assert [s.task for s in hubs] == tasks
     mine = [
         replace(s, epoch=FOREVER, goal_state=(s.goal_state + 1) % 100, announced_by="pi-a")
