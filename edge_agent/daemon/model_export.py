@@ -30,7 +30,7 @@ from edge_agent.errors import InputError, SnapshotError
 from edge_agent.fleet.deploy import read_overlay
 from edge_agent.fsutil import atomic_writer
 from edge_agent.kinds import get_kind
-from edge_agent.kinds.aif import learning_of
+from edge_agent.kinds.aif import aif_of
 
 __all__ = ["ExportReport", "export_model", "latest_snapshot"]
 
@@ -124,8 +124,9 @@ def export_model(
     if deployed is not None and deployed.config_model == model_spec_key(cfg):
         cfg = with_bundle(cfg, Path(deployed.path))
     loaded = load_group_model(cfg, config, trusted_keys(config, source))
-    learning = learning_of(loaded)
-    if learning is None or loaded.model is None:
+    aif = aif_of(loaded)
+    learning = aif.learning if aif is not None else None
+    if aif is None or learning is None:
         raise InputError(
             f"group {group!r} does not learn (it has no [groups.learning] table): nothing to export"
         )
@@ -169,7 +170,7 @@ def export_model(
         raise InputError(
             f"--agent: group {group!r} learns one set of counts for all its agents (shared)"
         )
-    arrays = learned_arrays(loaded.model, learning, state, name=group, agent=agent)
+    arrays = learned_arrays(aif.model, learning, state, name=group, agent=agent)
     arrays.update(_provenance(group, snap, loaded.bundle_name, loaded.bundle_sha256))
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,7 +52,9 @@ __all__ = [
     "LEARNING_METRICS",
     "PLANNING_METRICS",
     "AifKind",
+    "AifModel",
     "aif_model",
+    "aif_of",
     "bundle_settings",
     "check_dims",
     "group_learning",
@@ -59,6 +62,30 @@ __all__ = [
     "plan_aif",
     "plan_learning",
 ]
+
+
+@dataclass(frozen=True)
+class AifModel:
+    """What the ``aif`` kind loads (a group's :attr:`LoadedModel.own
+    <edge_agent.kinds.base.LoadedModel.own>`): the Active Inference model, the settings its
+    agents run with and what they learn (None: a frozen model). The ``perception`` kind holds
+    one too, behind its classifier."""
+
+    model: GenerativeModel | QuantizedModel
+    settings: AifSettings
+    learning: LearningSpec | None = None
+
+
+def aif_of(loaded: LoadedModel) -> AifModel | None:
+    """The Active Inference model an ``aif`` group's kind loaded (None: another kind's)."""
+    return loaded.own if isinstance(loaded.own, AifModel) else None
+
+
+def _aif(loaded: LoadedModel) -> AifModel:
+    found = aif_of(loaded)
+    if found is None:
+        raise TypeError(f"internal: a {loaded.kind} model is no Active Inference model")
+    return found
 
 
 def aif_model(bundle: Bundle) -> QuantizedModel:
@@ -101,8 +128,9 @@ def group_learning(
 
 def learning_of(loaded: LoadedModel) -> LearningSpec | None:
     """What an ``aif`` group's agents learn (its ``[groups.learning]`` table; None: a frozen
-    model)."""
-    return loaded.own if isinstance(loaded.own, LearningSpec) else None
+    model, or another kind's)."""
+    aif = aif_of(loaded)
+    return aif.learning if aif is not None else None
 
 
 def check_dims(
@@ -121,12 +149,11 @@ def check_dims(
 
 
 def plan_aif(
-    loaded: LoadedModel, cfg: GroupConfig, history_capacity: int, workers: int
+    aif: AifModel, cfg: GroupConfig, history_capacity: int, workers: int
 ) -> tuple[PlanRequest, PlanRequest]:
     """The model's and the agents' requests of ``cfg.count`` Active Inference agents (probes
     of one agent: nothing of the budget is touched)."""
-    assert loaded.model is not None
-    probe = new_agents(loaded, cfg, 1, None, 0)
+    probe = new_agents(aif, cfg, 1, None, 0)
     # Each worker beyond the caller holds its own block scratch (start_workers reserves it
     # apart; planned with the group's agents, so that a group too large is named once).
     blocks = -(-cfg.count // probe.block_size)
@@ -150,7 +177,7 @@ def plan_learning(probe: LearningAgentGroup, cfg: GroupConfig) -> PlanRequest:
 
 
 def new_agents(
-    loaded: LoadedModel,
+    aif: AifModel,
     cfg: GroupConfig,
     n_agents: int,
     budget: MemoryBudget | None,
@@ -161,9 +188,8 @@ def new_agents(
     """The group's agents: a learning group when it has a ``[groups.learning]`` table; with
     ``workers`` above one their state is allocated in shared memory from the start (the caller
     starts the workers: nothing is copied then)."""
-    assert loaded.model is not None
     kwargs: dict[str, Any] = {
-        "settings": loaded.settings,
+        "settings": aif.settings,
         "precision": cfg.precision,
         "seed": cfg.seed,
         "history_capacity": history_capacity,
@@ -173,12 +199,11 @@ def new_agents(
         "planning": cfg.planning,
         "shared_state": workers > 1,
     }
-    learning = learning_of(loaded)
-    if learning is None:
-        return AifAgentGroup(loaded.model, n_agents, **kwargs)
+    if aif.learning is None:
+        return AifAgentGroup(aif.model, n_agents, **kwargs)
     try:
         return learning_group(
-            loaded.model, n_agents, learning=learning, trial_ends_at_reset=True, **kwargs
+            aif.model, n_agents, learning=aif.learning, trial_ends_at_reset=True, **kwargs
         )
     except InputError as err:
         raise ConfigError(f"{err} ({LEARNING})", path=None) from err
@@ -318,17 +343,18 @@ class AifKind:
             assert isinstance(cfg.model, BuiltinModel)
             name = world_name(cfg) if isinstance(cfg.source, SimSource) else cfg.model.name
             model = builtin_model(name)
-            return LoadedModel(model, cfg.settings, own=group_learning(cfg, model))
+            own = AifModel(model, cfg.settings, group_learning(cfg, model))
+            return LoadedModel(kind=self.name, own=own)
         manifest = bundle.manifest
         if manifest.aif is None:
             raise BundleError(f"{bundle.path}: bundle kind {manifest.kind!r} cannot run in a group")
         quantized = aif_model(bundle)
+        learning = group_learning(cfg, quantized, bundle.aif_counts())
         return LoadedModel(
-            quantized,
-            bundle_settings(bundle, cfg),
-            f"{manifest.name}@{manifest.version}"[:256],
-            bundle.sha256,
-            own=group_learning(cfg, quantized, bundle.aif_counts()),
+            kind=self.name,
+            own=AifModel(quantized, bundle_settings(bundle, cfg), learning),
+            bundle_name=f"{manifest.name}@{manifest.version}"[:256],
+            bundle_sha256=bundle.sha256,
         )
 
     def plan_hints(self, cfg: GroupConfig) -> dict[str, str]:
@@ -358,16 +384,16 @@ class AifKind:
                 '"bundle", path = ... })',
                 path=None,
             )
-        assert loaded.model is not None
-        check_dims(cfg, loaded.model, name)
+        check_dims(cfg, _aif(loaded).model, name)
 
     def plan(
         self, loaded: LoadedModel, cfg: GroupConfig, history_capacity: int, workers: int
     ) -> list[PlanRequest]:
-        model, agents = plan_aif(loaded, cfg, history_capacity, workers)
-        if learning_of(loaded) is None:
+        aif = _aif(loaded)
+        model, agents = plan_aif(aif, cfg, history_capacity, workers)
+        if aif.learning is None:
             return [model, agents]
-        probe = new_agents(loaded, cfg, 1, None, 0)
+        probe = new_agents(aif, cfg, 1, None, 0)
         assert isinstance(probe, LearningAgentGroup)
         return [model, agents, plan_learning(probe, cfg)]
 
@@ -383,7 +409,7 @@ class AifKind:
         workers: int,
     ) -> AifAgentGroup:
         del threads  # blocks of agents go to worker processes instead
-        agents = new_agents(loaded, cfg, n_agents, budget, history_capacity, workers=workers)
+        agents = new_agents(_aif(loaded), cfg, n_agents, budget, history_capacity, workers=workers)
         if workers > 1:
             try:
                 agents.start_workers(workers)

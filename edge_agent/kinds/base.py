@@ -18,9 +18,6 @@ from edge_agent.config.daemon import BuiltinModel, BundleModel, GroupConfig, Sim
 from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edge_agent.aif.model import GenerativeModel
-    from edge_agent.aif.quant import QuantizedModel
-    from edge_agent.aif.settings import AifSettings
     from edge_agent.bundle.loader import Bundle
     from edge_agent.core.budget import MemoryBudget, PlanRequest
     from edge_agent.core.contract import AgentGroup
@@ -28,23 +25,21 @@ if TYPE_CHECKING:
 __all__ = ["GroupKind", "LoadedModel", "Verify", "describe", "world_name"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoadedModel:
     """What a group runs, and which bundle it came from (``bundle_*`` None: built-in).
 
-    ``kind`` names the group's kind (see :mod:`edge_agent.kinds`); ``model`` and ``settings``
-    are the Active Inference model and its settings, for the kinds that run one (``model``
-    None otherwise); ``own`` is what the kind loaded besides, which only the kind reads (the
-    ``aif`` kind: what its agents learn, a ``LearningSpec`` or None; ``neural``: the policy;
-    ``perception``: the classifier in front of ``model``).
+    ``kind`` names the group's kind (see :mod:`edge_agent.kinds`); ``own`` is what the kind
+    loaded, which only the kind reads (the ``aif`` kind: an :class:`~edge_agent.kinds.aif.
+    AifModel`, the model, its settings and what its agents learn; ``neural``: the policy, a
+    :class:`~edge_agent.kinds.neural.NeuralModel`; ``perception``: both, the classifier in front
+    of the Active Inference model). The rest of the daemon reads only the kind and the bundle.
     """
 
-    model: GenerativeModel | QuantizedModel | None
-    settings: AifSettings
+    kind: str
+    own: object
     bundle_name: str | None = None
     bundle_sha256: str | None = None
-    kind: str = "aif"
-    own: object = None
 
 
 class Verify(Protocol):

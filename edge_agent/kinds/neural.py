@@ -50,10 +50,13 @@ class NeuralModel:
 
 
 def net_of(loaded: LoadedModel) -> NeuralModel:
-    """The neural model a ``neural`` or ``perception`` group's kind loaded."""
-    if not isinstance(loaded.own, NeuralModel):
+    """The neural model a ``neural`` group's kind loaded (its own), or a ``perception``
+    group's (its own's ``net``)."""
+    own = loaded.own
+    net = own if isinstance(own, NeuralModel) else getattr(own, "net", None)
+    if not isinstance(net, NeuralModel):
         raise TypeError(f"internal: a {loaded.kind} model without its neural model")
-    return loaded.own
+    return net
 
 
 def neural_model(bundle: Bundle) -> NeuralModel:
@@ -117,12 +120,10 @@ class NeuralKind:
                 path=None,
             )
         return LoadedModel(
-            None,
-            cfg.settings,
-            f"{manifest.name}@{manifest.version}"[:256],
-            bundle.sha256,
             kind=self.name,
             own=neural_model(bundle),
+            bundle_name=f"{manifest.name}@{manifest.version}"[:256],
+            bundle_sha256=bundle.sha256,
         )
 
     def check(self, cfg: GroupConfig, loaded: LoadedModel) -> None:

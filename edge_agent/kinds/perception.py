@@ -8,13 +8,21 @@ model's first modalities (the others from the simulated world), actions out.
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.config.daemon import GroupConfig
 from edge_agent.errors import BundleError, ConfigError
 from edge_agent.kinds.aif import KIND as AIF
-from edge_agent.kinds.aif import aif_model, bundle_settings, check_dims, new_agents, plan_aif
+from edge_agent.kinds.aif import (
+    AifModel,
+    aif_model,
+    aif_of,
+    bundle_settings,
+    check_dims,
+    new_agents,
+    plan_aif,
+)
 from edge_agent.kinds.base import (
     GroupKind,
     LoadedModel,
@@ -23,7 +31,7 @@ from edge_agent.kinds.base import (
     outcome_world_mismatch,
     sim_world,
 )
-from edge_agent.kinds.neural import NeuralModel, check_features, net_of, neural_model, plan_net
+from edge_agent.kinds.neural import NeuralModel, check_features, neural_model, plan_net
 from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.neural.perception_table import PerceptionTable
@@ -32,7 +40,23 @@ if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle
     from edge_agent.core.budget import MemoryBudget, PlanRequest
 
-__all__ = ["KIND", "PerceptionKind"]
+__all__ = ["KIND", "PerceptionKind", "PerceptionModel"]
+
+
+@dataclass(frozen=True)
+class PerceptionModel:
+    """What the ``perception`` kind loads (a group's :attr:`LoadedModel.own
+    <edge_agent.kinds.base.LoadedModel.own>`): the Active Inference model and the classifier in
+    front of it (``net``, which :func:`~edge_agent.kinds.neural.net_of` finds)."""
+
+    aif: AifModel
+    net: NeuralModel
+
+
+def _own(loaded: LoadedModel) -> PerceptionModel:
+    if not isinstance(loaded.own, PerceptionModel):
+        raise TypeError(f"internal: a {loaded.kind} model is no perception model")
+    return loaded.own
 
 
 def _check_perception(cfg: GroupConfig, net: NeuralModel, num_obs: tuple[int, ...]) -> None:
@@ -73,38 +97,46 @@ class PerceptionKind:
                     path=None,
                 )
             manifest = bundle.manifest
+            own = PerceptionModel(
+                AifModel(aif_model(bundle), bundle_settings(bundle, cfg)), neural_model(bundle)
+            )
             loaded = LoadedModel(
-                aif_model(bundle),
-                bundle_settings(bundle, cfg),
-                f"{manifest.name}@{manifest.version}"[:256],
-                bundle.sha256,
                 kind=self.name,
-                own=neural_model(bundle),
+                own=own,
+                bundle_name=f"{manifest.name}@{manifest.version}"[:256],
+                bundle_sha256=bundle.sha256,
             )
         else:
             assert table is not None  # an aif model with a perception table (kind_name)
             model = AIF.load(cfg, bundle, verify)
+            aif = aif_of(model)
+            assert aif is not None  # what the aif kind loads
             net = verify(table.path, "perception")
             if net.manifest.kind != "neural" or net.manifest.neural is None:
                 raise BundleError(
                     f"{table.path}: perception needs a neural bundle, got kind "
                     f"{net.manifest.kind!r}"
                 )
-            loaded = dataclasses.replace(model, kind=self.name, own=neural_model(net))
-        assert loaded.model is not None
-        _check_perception(cfg, net_of(loaded), loaded.model.num_obs)
+            own = PerceptionModel(aif, neural_model(net))
+            loaded = LoadedModel(
+                kind=self.name,
+                own=own,
+                bundle_name=model.bundle_name,
+                bundle_sha256=model.bundle_sha256,
+            )
+        _check_perception(cfg, own.net, own.aif.model.num_obs)
         return loaded
 
     def check(self, cfg: GroupConfig, loaded: LoadedModel) -> None:
-        assert loaded.model is not None
-        classifier = net_of(loaded)
+        own = _own(loaded)
+        classifier, model = own.net, own.aif.model
         world = sim_world(cfg)
         if world is None:
             covered = len(classifier.spec.outputs)
-            if covered < len(loaded.model.num_obs):
+            if covered < len(model.num_obs):
                 raise ConfigError(
                     f"group {cfg.name!r}: the perception model gives evidence for {covered} of "
-                    f"the model's {len(loaded.model.num_obs)} modalities; an mqtt source sends "
+                    f"the model's {len(model.num_obs)} modalities; an mqtt source sends "
                     "only feature vectors, so every modality must come from perception",
                     path=None,
                 )
@@ -113,14 +145,15 @@ class PerceptionKind:
         if not features:
             raise outcome_world_mismatch(cfg, self.name, name)
         check_features(cfg, classifier, name)
-        check_dims(cfg, loaded.model, name, " (the built-in model 'sensors')")
+        check_dims(cfg, model, name, " (the built-in model 'sensors')")
 
     def plan(
         self, loaded: LoadedModel, cfg: GroupConfig, history_capacity: int, workers: int
     ) -> list[PlanRequest]:
         del workers  # perception groups step in one process
-        model, agents = plan_aif(loaded, cfg, history_capacity, 1)
-        net_model, net_agents = plan_net(net_of(loaded), f"{cfg.name}.perception", cfg.count, 0)
+        own = _own(loaded)
+        model, agents = plan_aif(own.aif, cfg, history_capacity, 1)
+        net_model, net_agents = plan_net(own.net, f"{cfg.name}.perception", cfg.count, 0)
         return [model, net_model, agents, net_agents]
 
     def build(
@@ -135,8 +168,9 @@ class PerceptionKind:
         workers: int,
     ) -> PerceptionAifGroup:
         del workers
-        net = net_of(loaded)
-        aif = new_agents(loaded, cfg, n_agents, budget, history_capacity)
+        own = _own(loaded)
+        net = own.net
+        aif = new_agents(own.aif, cfg, n_agents, budget, history_capacity)
         try:
             perception = NeuralAgentGroup(
                 net.spec,

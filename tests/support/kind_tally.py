@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.aif.model import GenerativeModel
 from edge_agent.config.daemon import GroupConfig, SimSource
 from edge_agent.core.budget import MemoryBudget, PlanRequest, Reservation
 from edge_agent.core.contract import GroupIO
@@ -144,7 +145,7 @@ class TallyKind:
         del bundle, verify
         if not isinstance(cfg.source, SimSource):
             raise ConfigError(f"group {cfg.name!r}: a tally needs a sim source", path=None)
-        return LoadedModel(builtin_model(world_name(cfg)), cfg.settings, kind=__name__)
+        return LoadedModel(kind=__name__, own=builtin_model(world_name(cfg)))
 
     def check(self, cfg: GroupConfig, loaded: LoadedModel) -> None:
         world = sim_world(cfg)
@@ -168,8 +169,8 @@ class TallyKind:
         threads: int,
         workers: int,
     ) -> TallyGroup:
-        model = loaded.model
-        assert model is not None
+        model = loaded.own
+        assert isinstance(model, GenerativeModel)
         return TallyGroup(
             cfg.name, n_agents, tuple(model.num_obs), tuple(model.num_controls), budget
         )
