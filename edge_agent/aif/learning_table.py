@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
 from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
+from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.errors import ConfigError, ModelError
 from edge_agent.records import Check, Problem, Record, Rule, raise_problems
 
@@ -38,6 +39,7 @@ KEY = "learning"
 TABLE = "[groups.learning]"
 
 Tables = tuple[int, ...] | Literal["all"] | None
+R = TypeVar("R", bound=Record)
 _KINDS = ("A", "B", "D")
 
 
@@ -71,8 +73,7 @@ class GroupView(Protocol):
     @property
     def history_capacity(self) -> int | None: ...
 
-    @property
-    def planning(self) -> Any: ...
+    def table_or_default(self, record: type[R]) -> R: ...
 
 
 class LearningTable(Record):
@@ -173,7 +174,7 @@ class LearningTable(Record):
                         "or leave it out",
                     )
                 )
-            if not group.planning.every_tick:
+            if not group.table_or_default(PlanningPolicy).every_tick:
                 problems.append(
                     (
                         (KEY, "scope"),

@@ -18,6 +18,10 @@ plan), the others keep acting from their plans and go first next tick.
 
 :func:`planning_order` is the pure part: the order in which the agents that must plan are served,
 computed in preallocated buffers (no allocation per tick).
+
+In the daemon's config the policy is a group's ``[groups.planning]`` table, the ``aif`` kind's
+(:mod:`edge_agent.config.group_tables` lists it): its hooks refuse it in a group whose kind does
+not plan, check its deadline against the node's tick and describe it for ``check-config``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ CHANGE_BITS = 20
 AGE_BITS = 10
 _DEFERRED = np.int64(1) << (CHANGE_BITS + AGE_BITS)
 _PRIORITY_TOP = np.int64(1) << (CHANGE_BITS + AGE_BITS + 1)
+
+#: The table's key in a ``[[groups]]`` table.
+KEY = "planning"
+#: How problems name the table (the config's reader finds its key by it).
+TABLE = "[groups.planning]"
 
 
 class PlanningPolicy(Record):
@@ -121,6 +130,39 @@ class PlanningPolicy(Record):
     def budgeted(self) -> bool:
         """A tick's planning is bounded (agents or time)."""
         return self.max_agents is not None or self.deadline_ms is not None
+
+    # -- the table's hooks (edge_agent.config.group_tables) ------------------------------------
+    def refusal(self, kind: object, kind_name: str) -> str | None:
+        """Why a group of ``kind`` (a :class:`~edge_agent.kinds.base.GroupKind`) cannot take the
+        policy: only kinds that plan do, unless it plans every agent every tick (None: it can)."""
+        if self.every_tick or getattr(kind, "plans", False):
+            return None
+        return (
+            f"{TABLE} is for Active Inference agents; a {kind_name} group steps every agent "
+            "every tick"
+        )
+
+    def problem_keys(self, message: str) -> tuple[str, ...] | None:
+        """A problem that names the table is reported at it."""
+        return (KEY,) if not self.every_tick and TABLE in message else None
+
+    def tick_problems(self, tick_hz: float) -> list[Problem]:
+        """A deadline that is not within the node's tick (locations are the group's keys)."""
+        period_ms = 1000.0 / tick_hz
+        if self.deadline_ms is None or self.deadline_ms < period_ms:
+            return []
+        return [
+            (
+                (KEY, "deadline_ms"),
+                f"{self.deadline_ms:g} ms is not within the {period_ms:g} ms tick "
+                f"({tick_hz:g} Hz): planning would run into the next tick "
+                "(docs/planning.md, choosing deadline_ms)",
+            )
+        ]
+
+    def summary_tail(self) -> str | None:
+        """What ``check-config`` adds at the end of the group's line (None: every tick)."""
+        return None if self.every_tick else f"planning {self.describe()}"
 
 
 EVERY_TICK = PlanningPolicy()

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.settings import AifSettings
 from edge_agent.config.group_tables import GROUP_TABLES, hook, table_types
 from edge_agent.config.profiles import (
@@ -366,18 +365,12 @@ class GroupConfig(Record):
     settings: Annotated[
         AifSettings, Rule(description="Active Inference settings (pymdp Agent defaults).")
     ] = field(default_factory=AifSettings)
-    planning: Annotated[
-        PlanningPolicy,
-        Rule(
-            description="[groups.planning]: when an Active Inference group's agents plan "
-            "(default: every agent every tick); see docs/planning.md."
-        ),
-    ] = field(default_factory=PlanningPolicy)
     tables: Annotated[
         tuple[tuple[str, Record], ...],
         Rule(
             description="The group's tables that belong to its kind (group_tables.GROUP_TABLES: "
-            "[groups.learning], perception), by key; in a file, each under its own key."
+            "[groups.planning], [groups.learning], perception), by key; in a file, each under its "
+            "own key."
         ),
     ] = ()
     coordination: Annotated[
@@ -430,6 +423,12 @@ class GroupConfig(Record):
     def table_of(self, record: type[R]) -> R | None:
         """The group's table that is a ``record``, None when it has none."""
         return next((t for _, t in self.tables if isinstance(t, record)), None)
+
+    def table_or_default(self, record: type[R]) -> R:
+        """The group's table that is a ``record``, else ``record()``: for a table whose
+        absence means its defaults (``[groups.planning]``: every agent every tick)."""
+        found = self.table_of(record)
+        return found if found is not None else record()
 
     def document_part(self, key: str) -> object:
         return self.table(key) if key in GROUP_TABLES else super().document_part(key)
@@ -729,18 +728,10 @@ def profile_problems(config: DaemonConfig, profile: FirmwareProfile) -> list[Pro
                 f"profile {profile.name!r} (a throttled tick takes {slowest:g} s)",
             )
         )
-    period_ms = 1000.0 / tick_hz
     for index, group in enumerate(config.groups):
-        deadline_ms = group.planning.deadline_ms
-        if deadline_ms is not None and deadline_ms >= period_ms:
-            problems.append(
-                (
-                    ("groups", index, "planning", "deadline_ms"),
-                    f"{deadline_ms:g} ms is not within the {period_ms:g} ms tick "
-                    f"({tick_hz:g} Hz): planning would run into the next tick "
-                    "(docs/planning.md, choosing deadline_ms)",
-                )
-            )
+        for _key, table in group.tables:  # a table's own limits at the tick (planning's deadline)
+            if (check := hook(table, "tick_problems")) is not None:
+                problems.extend((("groups", index, *loc), text) for loc, text in check(tick_hz))
     return problems
 
 
@@ -928,15 +919,12 @@ def _summary(
             what += "".join(f" + {text}" for text in added)
         elif (processes := group.workers_for(profile)) > 1:
             what += f" on up to {processes} processes"
-        planning = "" if group.planning.every_tick else f", planning {group.planning.describe()}"
-        learning = "".join(
-            f", {h()}" for _, t in group.tables if (h := hook(t, "summary_tail")) is not None
-        )
+        tails = [h() for _, t in group.tables if (h := hook(t, "summary_tail")) is not None]
         lines.append(
             f"    {group.name:<{width}}  {group.count} x {what}, {group.precision}, history "
             f"{group.history_capacity_for(profile)}, priority {group.priority}, "
             f"source {describe_endpoint(group.source)}, sink {describe_endpoint(group.sink)}"
-            f"{planning}{learning}"
+            + "".join(f", {text}" for text in tails if text is not None)
         )
     mqtt = config.mqtt
     if mqtt.enabled:

@@ -15,11 +15,13 @@ A table's record may have these hooks (each optional; :func:`hook` calls them):
                                        group's keys
 ``processes(group)``, ``history(group)``  the processes and history it runs the group with (None:
                                        the group's own)
+``tick_problems(tick_hz)``             problems of it at the node's tick rate, at the group's keys
 ``kind_for(model_kind)``               the kind a group of this model kind runs with the table
 ``refusal(kind, kind_name)``           why a group of ``kind`` cannot take it (None: it can)
 ``problem_keys(message)``              where a problem of the group's model is reported, when
                                        the table is at fault
 ``summary_model()``, ``summary_tail()``  what ``check-config`` adds to the group's model and line
+                                       (None: nothing)
 ``status()``                           what the status file adds to the group's entry
 =====================================  ===========================================================
 """
@@ -36,11 +38,13 @@ from edge_agent.records import Record
 __all__ = ["GROUP_TABLES", "hook", "table_type", "table_types"]
 
 GROUP_TABLES: Final[dict[str, str]] = {
+    "planning": "edge_agent.aif.planning:PlanningPolicy",
     "learning": "edge_agent.aif.learning_table:LearningTable",
     "perception": "edge_agent.neural.perception_table:PerceptionTable",
 }
-"""Key in ``[[groups]]`` -> ``module:Record`` of the table (the kind that owns it: ``learning``
-the ``aif`` kind's, ``perception`` the ``perception`` kind's)."""
+"""Key in ``[[groups]]`` -> ``module:Record`` of the table (the kind that owns it: ``planning``
+and ``learning`` the ``aif`` kind's, ``perception`` the ``perception`` kind's). A group holds
+its tables in this order, which is the order their hooks run in."""
 
 
 @functools.cache

@@ -302,13 +302,7 @@ def load_group_model(
             f"{loaded.kind} group cannot take part",
             path=None,
         )
-    if not cfg.planning.every_tick and not kind.plans:
-        raise ConfigError(
-            f"group {cfg.name!r}: [groups.planning] is for Active Inference agents; a "
-            f"{loaded.kind} group steps every agent every tick",
-            path=None,
-        )
-    for _key, table in cfg.tables:  # a table of another kind ([groups.learning])
+    for _key, table in cfg.tables:  # a table of another kind ([groups.planning], learning)
         refusal = hook(table, "refusal")
         if refusal is not None and (why := refusal(kind, loaded.kind)) is not None:
             raise ConfigError(f"group {cfg.name!r}: {why}", path=None)
@@ -385,16 +379,14 @@ def resolve_models(
 
 def _problem_loc(source: ConfigFile, g: GroupConfig, err: EdgeAgentError) -> tuple[str | int, ...]:
     """Where a group's model problem is reported: a table of its kind that says it is at fault
-    (the perception table's path when the perception bundle is, ``[groups.learning]``'s key),
-    its coordination or planning table, else its model's path or name."""
+    (the perception table's path when the perception bundle is, ``[groups.learning]``'s key,
+    ``[groups.planning]``), its coordination table, else its model's path or name."""
     for _key, table in g.tables:
         keys = hook(table, "problem_keys")
         if keys is not None and (found := keys(str(err))) is not None:
             return source.group_loc(g.name, *found)
     if g.coordination is not None and "coordination" in str(err):
         return source.group_loc(g.name, "coordination")
-    if not g.planning.every_tick and "[groups.planning]" in str(err):
-        return source.group_loc(g.name, "planning")
     key = {"bundle": "path", "builtin": "name"}.get(g.model.type, "module")
     return source.group_loc(g.name, "model", key)
 

@@ -25,6 +25,7 @@ import numpy as np
 from edge_agent.aif.learning import LearningSpec
 from edge_agent.aif.learning_table import TABLE as LEARNING
 from edge_agent.aif.learning_table import LearningTable
+from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.config.daemon import BuiltinModel, GroupConfig, SimSource
@@ -196,7 +197,7 @@ def new_agents(
         "budget": budget,
         "name": cfg.name,
         "history_beliefs": cfg.history_beliefs,
-        "planning": cfg.planning,
+        "planning": cfg.table_or_default(PlanningPolicy),
         "shared_state": workers > 1,
     }
     if aif.learning is None:

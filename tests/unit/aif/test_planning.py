@@ -294,7 +294,9 @@ def test_planning_table_in_the_daemon_config(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(base + "[groups.planning]\nevery = 4\nbelief_change = 0.2\nmax_agents = 5\n")
     cfg = load_config(good)
-    assert cfg.groups[0].planning == PlanningPolicy(every=4, belief_change=0.2, max_agents=5)
+    assert cfg.groups[0].table_of(PlanningPolicy) == PlanningPolicy(
+        every=4, belief_change=0.2, max_agents=5
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text(base + "[groups.planning]\nevery = -1\ndeadline_ms = 0\nbudget = 3\n")
     with pytest.raises(ConfigError) as info:
