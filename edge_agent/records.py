@@ -47,6 +47,7 @@ __all__ = [
     "Record",
     "RecordError",
     "Rule",
+    "ValueRecord",
     "WrongTypeError",
     "expand_path",
     "format_loc",
@@ -282,6 +283,26 @@ class Record:
                 out.append((f.name, rules, checks))
         cls._field_checks = tuple(out)
         return cls._field_checks
+
+
+class ValueRecord(Record):
+    """A record written in a document as one value, not a table: ``history_beliefs = "full"``.
+
+    A subclass has one field, ``value`` (its type, rules and default); a document's key holds the
+    value itself, validated by that field's rules (so a problem reads ``history_beliefs: must
+    be 'map' or 'full', got 'x'``), and becomes the record. What a table can be, such a key is
+    too: a group's key that belongs to its kind (:mod:`edge_agent.config.group_tables`).
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema  # noqa: PLC0415 - only where documents are validated
+
+        field = typing.get_type_hints(cls, include_extras=True)["value"]
+        return core_schema.no_info_after_validator_function(
+            lambda value: cls(value=value),  # type: ignore[call-arg]  # a subclass has it
+            handler.generate_schema(field),
+        )
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

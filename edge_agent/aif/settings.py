@@ -1,4 +1,9 @@
-"""Agent settings with pymdp's defaults, so that switching from pymdp changes nothing but speed."""
+"""Agent settings with pymdp's defaults, so that switching from pymdp changes nothing but speed.
+
+In the daemon's config, :class:`AifSettings` is a group's ``[groups.settings]`` table and
+:class:`BeliefHistory` its ``history_beliefs`` key, both the Active Inference kinds' own
+(:mod:`edge_agent.config.group_tables` lists them); a group without them runs the defaults.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
-from edge_agent.records import Record, Rule
+from edge_agent.records import Record, Rule, ValueRecord
 
 MAX_POLICY_LEN: Final = 8
 """The longest planning horizon a group may have (``policy_len``)."""
@@ -56,6 +61,19 @@ class AifSettings(Record):
         tuple[int, ...] | None,
         Rule(description="Controllable factors; default: those whose B has more than one action."),
     ] = None
+
+
+class BeliefHistory(ValueRecord):
+    """What the history keeps of an Active Inference agent's beliefs each step."""
+
+    value: Annotated[
+        Literal["map", "full"],
+        Rule(
+            description="What the history keeps of an Active Inference agent's beliefs each step: "
+            "'map', per factor the most probable state and its probability (2-3 bytes); 'full', "
+            "every state's probability (one byte per state)."
+        ),
+    ] = "map"
 
 
 def settings_from_json(values: Mapping[str, object]) -> AifSettings:

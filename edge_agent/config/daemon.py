@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from edge_agent.aif.settings import AifSettings
 from edge_agent.config.group_tables import GROUP_TABLES, hook, table_types
 from edge_agent.config.profiles import (
     AUTO,
@@ -328,14 +327,6 @@ class GroupConfig(Record):
         int | None,
         Rule(ge=1, le=65536, description="Steps kept per agent; default: the profile's."),
     ] = None
-    history_beliefs: Annotated[
-        Literal["map", "full"],
-        Rule(
-            description="What the history keeps of an Active Inference agent's beliefs each step: "
-            "'map', per factor the most probable state and its probability (2-3 bytes); 'full', "
-            "every state's probability (one byte per state)."
-        ),
-    ] = "map"
     workers: Annotated[
         int | None,
         Rule(
@@ -362,15 +353,12 @@ class GroupConfig(Record):
         SourceSpec, Rule(discriminator="type", description="Where observations come from.")
     ]
     sink: Annotated[SinkSpec, Rule(discriminator="type", description="Where actions go.")]
-    settings: Annotated[
-        AifSettings, Rule(description="Active Inference settings (pymdp Agent defaults).")
-    ] = field(default_factory=AifSettings)
     tables: Annotated[
         tuple[tuple[str, Record], ...],
         Rule(
             description="The group's tables that belong to its kind (group_tables.GROUP_TABLES: "
-            "[groups.planning], [groups.learning], perception), by key; in a file, each under its "
-            "own key."
+            "history_beliefs, [groups.settings], [groups.planning], [groups.learning], "
+            "perception), by key; in a file, each under its own key."
         ),
     ] = ()
     coordination: Annotated[
@@ -426,7 +414,8 @@ class GroupConfig(Record):
 
     def table_or_default(self, record: type[R]) -> R:
         """The group's table that is a ``record``, else ``record()``: for a table whose
-        absence means its defaults (``[groups.planning]``: every agent every tick)."""
+        absence means its defaults (``[groups.settings]``: pymdp's; ``[groups.planning]``: every
+        agent every tick)."""
         found = self.table_of(record)
         return found if found is not None else record()
 

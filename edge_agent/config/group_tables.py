@@ -38,13 +38,16 @@ from edge_agent.records import Record
 __all__ = ["GROUP_TABLES", "hook", "table_type", "table_types"]
 
 GROUP_TABLES: Final[dict[str, str]] = {
+    "history_beliefs": "edge_agent.aif.settings:BeliefHistory",
+    "settings": "edge_agent.aif.settings:AifSettings",
     "planning": "edge_agent.aif.planning:PlanningPolicy",
     "learning": "edge_agent.aif.learning_table:LearningTable",
     "perception": "edge_agent.neural.perception_table:PerceptionTable",
 }
-"""Key in ``[[groups]]`` -> ``module:Record`` of the table (the kind that owns it: ``planning``
-and ``learning`` the ``aif`` kind's, ``perception`` the ``perception`` kind's). A group holds
-its tables in this order, which is the order their hooks run in."""
+"""Key in ``[[groups]]`` -> ``module:Record`` of the table (the kind that owns it:
+``history_beliefs``, ``settings``, ``planning`` the Active Inference kinds', ``aif`` and
+``perception``; ``learning`` the ``aif`` kind's; ``perception`` the ``perception`` kind's). A
+group holds its tables in this order, which is the order their hooks run in."""
 
 
 @functools.cache

@@ -27,7 +27,7 @@ from edge_agent.aif.learning_table import TABLE as LEARNING
 from edge_agent.aif.learning_table import LearningTable
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.quant import SCHEME, QuantizedModel
-from edge_agent.aif.settings import AifSettings, settings_from_json
+from edge_agent.aif.settings import AifSettings, BeliefHistory, settings_from_json
 from edge_agent.config.daemon import BuiltinModel, GroupConfig, SimSource
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.contract import MetricFamily
@@ -99,11 +99,14 @@ def aif_model(bundle: Bundle) -> QuantizedModel:
 
 
 def bundle_settings(bundle: Bundle, cfg: GroupConfig) -> AifSettings:
-    """The bundle's own settings, overridden by those the config sets explicitly."""
+    """The bundle's own settings, overridden by those the group's ``[groups.settings]`` sets
+    explicitly."""
     spec = bundle.manifest.aif
     own = spec.settings if spec is not None else {}
+    table = cfg.table_of(AifSettings)
     try:
-        explicit = {name: getattr(cfg.settings, name) for name in cfg.settings.given}
+        given = table.given if table is not None else frozenset()
+        explicit = {name: getattr(table, name) for name in given}
         return dataclasses.replace(settings_from_json(own), **explicit)
     except ValueError as err:
         raise BundleError(f"{bundle.path}: invalid agent settings: {err}") from err
@@ -196,7 +199,7 @@ def new_agents(
         "history_capacity": history_capacity,
         "budget": budget,
         "name": cfg.name,
-        "history_beliefs": cfg.history_beliefs,
+        "history_beliefs": cfg.table_or_default(BeliefHistory).value,
         "planning": cfg.table_or_default(PlanningPolicy),
         "shared_state": workers > 1,
     }
@@ -344,7 +347,8 @@ class AifKind:
             assert isinstance(cfg.model, BuiltinModel)
             name = world_name(cfg) if isinstance(cfg.source, SimSource) else cfg.model.name
             model = builtin_model(name)
-            own = AifModel(model, cfg.settings, group_learning(cfg, model))
+            settings = cfg.table_or_default(AifSettings)
+            own = AifModel(model, settings, group_learning(cfg, model))
             return LoadedModel(kind=self.name, own=own)
         manifest = bundle.manifest
         if manifest.aif is None:

@@ -59,7 +59,7 @@ def test_rules_are_checked_when_records_are_built_in_code() -> None:
 
 def test_given_names_what_the_document_set() -> None:
     config = parse_config(CONFIG, base_dir="/etc/edge-agent")
-    assert config.groups[0].settings.given == frozenset({"policy_len"})
+    assert config.groups[0].table_or_default(AifSettings).given == frozenset({"policy_len"})
     assert config.groups[0].given >= {"name", "model", "count", "source", "sink", "settings"}
     # Built in code: the fields that differ from their defaults.
     assert AifSettings(gamma=8.0).given == frozenset({"gamma"})
@@ -140,7 +140,7 @@ def test_the_config_read_in_a_child_equals_the_one_read_here(tmp_path: Path) -> 
     assert there.config == here.config
     assert there.document.data == here.document.data
     assert there.profiles == here.profiles
-    assert there.config.groups[0].settings.given == frozenset({"policy_len"})
+    assert there.config.groups[0].table_or_default(AifSettings).given == frozenset({"policy_len"})
     assert there.config.daemon.state_dir == tmp_path / "state"
     embedded = read_config_isolated(None)
     assert embedded.config == read_config(None).config

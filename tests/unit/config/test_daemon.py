@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_agent.aif.settings import AifSettings
 from edge_agent.config.daemon import (
     BuiltinModel,
     BundleModel,
@@ -122,14 +123,14 @@ def test_full_config_loads_with_resolved_paths(
     assert grid.source == MqttSource(type="mqtt", topic="sensors/grid/+")
     assert grid.sink == MqttSink(type="mqtt", topic="actuators/grid")
     assert (grid.count, grid.history_capacity, grid.priority, grid.seed) == (1500, 128, 7, 42)
-    assert grid.settings.policy_len == 2
-    assert grid.settings.gamma == 8.0
-    assert grid.settings.action_selection == "stochastic"
-    assert grid.settings.control_fac_idx == (0,)
+    assert grid.table_or_default(AifSettings).policy_len == 2
+    assert grid.table_or_default(AifSettings).gamma == 8.0
+    assert grid.table_or_default(AifSettings).action_selection == "stochastic"
+    assert grid.table_or_default(AifSettings).control_fac_idx == (0,)
     assert neural.model == BundleModel(type="bundle", path=CONFIGS / "bundles" / "neural.tar")
     assert neural.sink == LogSink(type="log")
     assert neural.history_capacity_for(profiles["pi4-4gb"]) == 128
-    assert neural.settings.policy_len == 1
+    assert neural.table_or_default(AifSettings).policy_len == 1
     mqtt = config.mqtt
     assert (mqtt.host, mqtt.port, mqtt.fleet, mqtt.effective_node_id()) == (
         "broker.local",

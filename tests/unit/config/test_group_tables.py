@@ -40,7 +40,9 @@ def group(**tables: Record) -> GroupConfig:
 
 def test_every_table_is_a_record_found_by_its_key() -> None:
     types = table_types()
-    assert list(types) == list(GROUP_TABLES) == ["planning", "learning", "perception"]
+    assert list(types) == list(GROUP_TABLES) == [
+        "history_beliefs", "settings", "planning", "learning", "perception"
+    ]
     assert types["learning"] is LearningTable is table_type("learning")
     assert types["perception"] is PerceptionTable
     for record in types.values():
