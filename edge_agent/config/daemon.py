@@ -2,10 +2,10 @@
 
 A config has three tables: ``[daemon]`` (profile, state directory, tick rate, logging, trusted
 keys), one ``[[groups]]`` table per agent group (model, count, history, priority, precision, seed,
-observation source, action sink, Active Inference settings, coordination) and ``[mqtt]`` (the
-broker connection), and optionally ``[coordination]`` (the node's coordination engine, see
-:mod:`edge_agent.coordination.config`). ``docs/configuration.md`` documents every key;
-:func:`default_config` is the demo.
+observation source, action sink, coordination, and the tables of its kind:
+:mod:`edge_agent.config.group_tables`) and ``[mqtt]`` (the broker connection), and optionally
+``[coordination]`` (the node's coordination engine, see :mod:`edge_agent.coordination.config`).
+``docs/configuration.md`` documents every key; :func:`default_config` is the demo.
 
 Every problem in a file, TOML syntax errors included, raises one
 :class:`~edge_agent.errors.ConfigError` whose lines read ``path:line: field: problem``, e.g.
@@ -219,18 +219,6 @@ class KindModel(Record):
 ModelSpec = BuiltinModel | BundleModel | KindModel
 
 
-class NeuralPolicy(Record):
-    """``[groups.policy]``: how a neural policy's discrete outputs become actions."""
-
-    selection: Annotated[
-        Literal["argmax", "sample"],
-        Rule(description="argmax of the logits, or a sample from softmax(logits / T)."),
-    ] = "argmax"
-    temperature: Annotated[
-        float, Rule(gt=0, le=100, description="T of the softmax when selection is 'sample'.")
-    ] = 1.0
-
-
 def _known_workload(name: str, what: str) -> str:
     if name not in BUILTIN_WORKLOADS:
         raise ValueError(f"unknown {what} {name!r}; known: {', '.join(sorted(BUILTIN_WORKLOADS))}")
@@ -358,7 +346,7 @@ class GroupConfig(Record):
         Rule(
             description="The group's tables that belong to its kind (group_tables.GROUP_TABLES: "
             "history_beliefs, [groups.settings], [groups.planning], [groups.learning], "
-            "perception), by key; in a file, each under its own key."
+            "perception, [groups.policy]), by key; in a file, each under its own key."
         ),
     ] = ()
     coordination: Annotated[
@@ -368,10 +356,6 @@ class GroupConfig(Record):
             "factors it shares with its peers (needs [mqtt] enabled)."
         ),
     ] = None
-    policy: Annotated[
-        NeuralPolicy,
-        Rule(description="[groups.policy]: action selection of a neural policy bundle."),
-    ] = field(default_factory=NeuralPolicy)
 
     def __post_init__(self) -> None:
         super().__post_init__()

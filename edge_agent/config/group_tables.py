@@ -43,11 +43,13 @@ GROUP_TABLES: Final[dict[str, str]] = {
     "planning": "edge_agent.aif.planning:PlanningPolicy",
     "learning": "edge_agent.aif.learning_table:LearningTable",
     "perception": "edge_agent.neural.perception_table:PerceptionTable",
+    "policy": "edge_agent.neural.policy_table:NeuralPolicy",
 }
 """Key in ``[[groups]]`` -> ``module:Record`` of the table (the kind that owns it:
 ``history_beliefs``, ``settings``, ``planning`` the Active Inference kinds', ``aif`` and
-``perception``; ``learning`` the ``aif`` kind's; ``perception`` the ``perception`` kind's). A
-group holds its tables in this order, which is the order their hooks run in."""
+``perception``; ``learning`` the ``aif`` kind's; ``perception`` the ``perception`` kind's;
+``policy`` the ``neural`` kind's). A group holds its tables in this order, which is the order
+their hooks run in."""
 
 
 @functools.cache

@@ -22,6 +22,7 @@ from edge_agent.kinds.base import (
 )
 from edge_agent.neural.agents import NeuralAgentGroup, window_layout
 from edge_agent.neural.perception_table import PerceptionTable
+from edge_agent.neural.policy_table import NeuralPolicy
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle, NeuralSpec
@@ -164,13 +165,14 @@ class NeuralKind:
     ) -> NeuralAgentGroup:
         del workers  # one backend call per tick, on `threads` intra-op threads
         net = net_of(loaded)
+        policy = cfg.table_or_default(NeuralPolicy)
         return NeuralAgentGroup(
             net.spec,
             net.model_bytes,
             n_agents,
             threads=threads,
-            selection=cfg.policy.selection,
-            temperature=cfg.policy.temperature,
+            selection=policy.selection,
+            temperature=policy.temperature,
             seed=cfg.seed,
             history_capacity=history_capacity,
             budget=budget,

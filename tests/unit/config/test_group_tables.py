@@ -41,7 +41,7 @@ def group(**tables: Record) -> GroupConfig:
 def test_every_table_is_a_record_found_by_its_key() -> None:
     types = table_types()
     assert list(types) == list(GROUP_TABLES) == [
-        "history_beliefs", "settings", "planning", "learning", "perception"
+        "history_beliefs", "settings", "planning", "learning", "perception", "policy"
     ]
     assert types["learning"] is LearningTable is table_type("learning")
     assert types["perception"] is PerceptionTable
