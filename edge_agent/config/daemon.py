@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from edge_agent.config.group_tables import GROUP_TABLES, hook, table_types
+from edge_agent.config.group_tables import GROUP_TABLES, hook, is_known, kind_tables, table_types
 from edge_agent.config.profiles import (
     AUTO,
     PACKAGE_DIR,
@@ -46,8 +46,10 @@ from edge_agent.records import (
     Check,
     Problem,
     Record,
+    RecordError,
     Rule,
     expand_path,
+    mark_given,
     path_from_document,
     raise_problems,
 )
@@ -83,6 +85,7 @@ __all__ = [
 ]
 
 _NAME = r"^[a-z0-9_-]{1,32}$"
+_MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
 _PROFILE_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
 _DEFAULT_CONFIG = "default_config.toml"
 
@@ -210,7 +213,7 @@ class KindModel(Record):
     module: Annotated[
         str,
         Rule(
-            pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+            pattern=_MODULE,
             description="Dotted path of the kind's module, importable by the daemon.",
         ),
     ]
@@ -381,7 +384,7 @@ class GroupConfig(Record):
                 )
             )
         for key, table in self.tables:
-            if key not in GROUP_TABLES:
+            if not is_known(key, table):
                 problems.append(((key,), "unknown key"))
             elif (check := hook(table, "group_problems")) is not None:
                 problems.extend(check(self))
@@ -404,7 +407,8 @@ class GroupConfig(Record):
         return found if found is not None else record()
 
     def document_part(self, key: str) -> object:
-        return self.table(key) if key in GROUP_TABLES else super().document_part(key)
+        table = self.table(key)
+        return table if table is not None else super().document_part(key)
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -742,7 +746,77 @@ def _validate(
     context: dict[str, Any] = {"base_dir": base_dir}
     if profiles is not None:
         context["profile_names"] = frozenset(profiles)
-    return validate_toml(DaemonConfig, document, context=context)
+    shared, own = _kind_tables(document)
+    config = validate_toml(DaemonConfig, shared, context=context)
+    return _with_kind_tables(config, document, own, context) if own else config
+
+
+#: Of each group whose kind is named by its module: its tables, by key, as that module lists them.
+_KindTables = dict[int, dict[str, type[Record]]]
+
+
+def _kind_tables(document: TomlDocument) -> tuple[TomlDocument, _KindTables]:
+    """The document without the tables of kinds outside the package (``model = { type = "kind",
+    module = ... }``), and those tables' records by group: a group with keys beyond every group's
+    gets the keys its kind's module lists (:func:`~edge_agent.config.group_tables.kind_tables`).
+    A module that cannot be imported then is a problem at ``model.module``."""
+    groups = document.data.get("groups")
+    if not isinstance(groups, list):
+        return document, {}
+    every = {f.name for f in dataclasses.fields(_group_document())}  # type: ignore[arg-type]
+    own: _KindTables = {}
+    for index, group in enumerate(groups):
+        extra = [key for key in group if key not in every] if isinstance(group, dict) else []
+        module = _kind_module(group) if extra else None
+        if module is None:
+            continue
+        try:
+            tables = kind_tables(module)
+        except (ImportError, ValueError) as err:
+            why = "cannot be imported" if isinstance(err, ImportError) else "lists its tables wrong"
+            problem = f"kind {module!r}: module {module!r} {why}: {err}"
+            raise document.error([(("groups", index, "model", "module"), problem)]) from err
+        if found := {key: tables[key] for key in extra if key in tables}:
+            own[index] = found
+    if not own:
+        return document, own
+    shared = [
+        {k: v for k, v in group.items() if k not in own.get(index, {})}
+        for index, group in enumerate(groups)
+    ]
+    return dataclasses.replace(document, data={**document.data, "groups": shared}), own
+
+
+def _kind_module(group: dict[str, Any]) -> str | None:
+    """The module a group's ``model = { type = "kind", module = ... }`` names (None: another
+    model, or a module its rule refuses: the document's reader reports it)."""
+    model = group.get("model")
+    if not isinstance(model, dict) or model.get("type") != "kind":
+        return None
+    module = model.get("module")
+    return module if isinstance(module, str) and re.match(_MODULE, module) else None
+
+
+def _with_kind_tables(
+    config: DaemonConfig, document: TomlDocument, own: _KindTables, context: dict[str, Any]
+) -> DaemonConfig:
+    """``config`` with the tables of kinds outside the package, each read at its lines."""
+    groups = list(config.groups)
+    problems: list[Problem] = []
+    for index, records in own.items():
+        tables = tuple(
+            (key, validate_toml(record, document, context=context, at=("groups", index, key)))
+            for key, record in records.items()
+        )
+        try:
+            groups[index] = dataclasses.replace(groups[index], tables=groups[index].tables + tables)
+        except RecordError as err:  # a table's checks of its group (group_problems)
+            problems.extend((("groups", index, *loc), text) for loc, text in err.problems)
+    if problems:
+        raise document.error(problems)
+    config = dataclasses.replace(config, groups=tuple(groups))
+    mark_given(config, document.data)
+    return config
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,12 @@ when a config is validated or names the table. The config's reader validates eac
 has with its record, at its lines, and the group holds it (``GroupConfig.table``,
 ``GroupConfig.table_of``); nothing else of the config knows what a table means.
 
+A kind outside the package (``model = { type = "kind", module = "pkg.kind" }``) needs no line
+here: its module lists its tables, ``TABLES = (TallyTable,)``, each a record that names its key
+(``KEY: ClassVar[str] = "tally"``). The config's reader imports the module of a group that has
+keys beyond every group's and reads those keys with the records the module lists
+(:func:`kind_tables`), at their lines like any other table.
+
 A table's record may have these hooks (each optional; :func:`hook` calls them):
 
 =====================================  ===========================================================
@@ -35,7 +41,7 @@ from typing import Any, Final
 
 from edge_agent.records import Record
 
-__all__ = ["GROUP_TABLES", "hook", "table_type", "table_types"]
+__all__ = ["GROUP_TABLES", "hook", "is_known", "kind_tables", "table_type", "table_types"]
 
 GROUP_TABLES: Final[dict[str, str]] = {
     "history_beliefs": "edge_agent.aif.settings:BeliefHistory",
@@ -65,6 +71,28 @@ def table_type(key: str) -> type[Record]:
 def table_types() -> dict[str, type[Record]]:
     """Every table's record, by key (imports them all: what validating a document needs)."""
     return {key: table_type(key) for key in GROUP_TABLES}
+
+
+def kind_tables(module_name: str) -> dict[str, type[Record]]:
+    """The tables the kind module ``module_name`` lists (its ``TABLES``), by their ``KEY``;
+    imports the module (ImportError: it cannot be). ValueError: ``TABLES`` holds something that
+    is not a record with a key of its own."""
+    module = importlib.import_module(module_name)
+    out: dict[str, type[Record]] = {}
+    for record in getattr(module, "TABLES", ()):
+        key = getattr(record, "KEY", None)
+        if not (isinstance(record, type) and issubclass(record, Record) and isinstance(key, str)):
+            raise ValueError(f"TABLES holds {record!r}, not a Record with a KEY")
+        if key in GROUP_TABLES or key in out:
+            raise ValueError(f"TABLES names the key {key!r} twice or a table's of the package")
+        out[key] = record
+    return out
+
+
+def is_known(key: str, table: Record) -> bool:
+    """Whether ``table`` may stand under ``key`` in a group: a key of :data:`GROUP_TABLES`, or
+    the key its record names (a kind outside the package, :func:`kind_tables`)."""
+    return key in GROUP_TABLES or getattr(type(table), "KEY", None) == key
 
 
 def hook(table: Record, name: str) -> Callable[..., Any] | None:

@@ -470,31 +470,49 @@ def _syntax_error(message: str, text: str, path: str) -> ConfigError:
 
 # ------------------------------------------------------------------------------------ validation
 def validate_toml(
-    model: type[M], document: TomlDocument, *, context: Mapping[str, Any] | None = None
+    model: type[M],
+    document: TomlDocument,
+    *,
+    context: Mapping[str, Any] | None = None,
+    at: Loc = (),
 ) -> M:
     """Validate ``document`` as ``model`` (a :class:`~edge_agent.records.Record` or a pydantic
     model) in strict mode; every problem gets its file line.
 
     ``context`` is passed to the fields' checks (e.g. the directory that relative paths are
-    resolved against). Raises ConfigError with one ``path:line: field: problem`` line per problem.
+    resolved against). ``at``: validate only the part of the document at that location (a table
+    the document's model left to another record), its problems at their places in the document.
+    Raises ConfigError with one ``path:line: field: problem`` line per problem.
     """
     from pydantic import ValidationError  # noqa: PLC0415 - only where documents are validated
 
-    dates = list(_dates(document.data, ()))
+    data = _part(document.data, at)
+    dates = list(_dates(data, at))
     if dates:
         raise document.error(dates)
     try:
         # Strict mode takes a record's fields from a JSON object (from a dict it wants an
         # instance); TOML's values other than dates, refused above, are JSON's.
         result: M = _adapter(model).validate_json(
-            json.dumps(document.data), strict=True, context=dict(context or {})
+            json.dumps(data), strict=True, context=dict(context or {})
         )
     except ValidationError as err:
         errors = _without_echoes(err.errors())
-        problems = [p for e in errors for p in _describe_error(model, document.data, e)]
+        problems = [
+            ((*at, *loc), message)
+            for e in errors
+            for loc, message in _describe_error(model, data, e)
+        ]
         raise document.error(problems) from err
-    mark_given(result, document.data)
+    mark_given(result, data)
     return result
+
+
+def _part(data: object, at: Loc) -> Any:
+    """The value at location ``at`` of a document's ``data`` (KeyError, IndexError: none)."""
+    for part in at:
+        data = data[part]  # type: ignore[index]
+    return data
 
 
 _ADAPTERS: dict[type, Any] = {}

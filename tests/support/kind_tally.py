@@ -2,13 +2,15 @@
 
 ``model = { type = "kind", module = "tests.support.kind_tally" }`` on a built-in world that
 gives outcome indices. Each agent tallies the outcomes it has seen; its action on each control
-factor is the outcome it saw most often on the first modality (modulo that factor's choices).
-Nothing in ``edge_agent/daemon`` knows this module: it is one file and one config line.
+factor is the outcome it saw most often on one modality (modulo that factor's choices): the
+first, or the one its table says, ``[groups.tally] modality = 1``. Nothing in
+``edge_agent/daemon`` or ``edge_agent/config`` knows this module: it is one file, and one config
+line (and a table) names it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 
@@ -18,9 +20,44 @@ from edge_agent.core.budget import MemoryBudget, PlanRequest, Reservation
 from edge_agent.core.contract import GroupIO
 from edge_agent.errors import ConfigError, InputError
 from edge_agent.kinds.base import GroupKind, LoadedModel, Verify, sim_world, world_name
+from edge_agent.records import Record, Rule
 from edge_agent.sim.registry import builtin_model
 
 NAME = "tally"
+
+
+class TallyTable(Record):
+    """``[groups.tally]``: which modality's outcomes a tally acts on."""
+
+    KEY: ClassVar[str] = "tally"
+    TITLE: ClassVar[str] = "[groups.tally]"
+
+    modality: Annotated[
+        int, Rule(ge=0, le=63, description="The modality whose most seen outcome is the action.")
+    ] = 0
+
+    # -- the table's hooks (edge_agent.config.group_tables) ------------------------------------
+    def refusal(self, kind: object, kind_name: str) -> str | None:
+        """Only a tally takes it (a bundle deployed to the group, say, does not)."""
+        if getattr(kind, "name", None) == NAME:
+            return None
+        return f"{self.TITLE} is for tally groups; a {kind_name} group cannot take it"
+
+    def problem_keys(self, message: str) -> tuple[str, ...] | None:
+        """A problem that names the table is reported at its modality."""
+        return (self.KEY, "modality") if self.TITLE in message else None
+
+    def summary_tail(self) -> str:
+        """What ``check-config`` adds at the end of the group's line."""
+        return f"tallies modality {self.modality}"
+
+    def status(self) -> dict[str, Any]:
+        """What the status file shows of the table in the group's entry."""
+        return {"tally_modality": self.modality}
+
+
+#: The tables this kind adds to its groups (edge_agent.config.group_tables.kind_tables).
+TABLES = (TallyTable,)
 
 
 class TallyGroup:
@@ -37,12 +74,16 @@ class TallyGroup:
         num_obs: tuple[int, ...],
         num_controls: tuple[int, ...],
         budget: MemoryBudget | None,
+        *,
+        modality: int = 0,
     ) -> None:
         self.name = name
         self.num_obs = num_obs
         self.num_controls = num_controls
+        self.modality = modality
         self.key = f"tally:{num_obs}:{num_controls}"
         self._offsets = np.cumsum((0, *num_obs[:-1]))
+        self._acted = slice(self._offsets[modality], self._offsets[modality] + num_obs[modality])
         self._budget = budget
         self._reservation: Reservation | None = None
         self._allocate(n_agents)
@@ -77,9 +118,9 @@ class TallyGroup:
             )
         for m, offset in enumerate(self._offsets):
             np.add.at(self.counts, (self._rows, offset + o[:, m]), 1)
-        first = self.counts[:, : self.num_obs[0]].argmax(axis=1)
+        most = self.counts[:, self._acted].argmax(axis=1)
         for f, choices in enumerate(self.num_controls):
-            self._action[:, f] = first % choices
+            self._action[:, f] = most % choices
         return self._action
 
     def advance(
@@ -129,7 +170,7 @@ class TallyGroup:
         ), None
 
     def describe(self) -> dict[str, Any]:
-        return {"workers": 1, "tallied": int(self.counts[:, : self.num_obs[0]].sum())}
+        return {"workers": 1, "tallied": int(self.counts[:, self._acted].sum())}
 
     def metrics(self) -> dict[str, object]:
         return {}
@@ -145,7 +186,15 @@ class TallyKind:
         del bundle, verify
         if not isinstance(cfg.source, SimSource):
             raise ConfigError(f"group {cfg.name!r}: a tally needs a sim source", path=None)
-        return LoadedModel(kind=__name__, own=builtin_model(world_name(cfg)))
+        model = builtin_model(world_name(cfg))
+        modality = cfg.table_or_default(TallyTable).modality
+        if modality >= len(model.num_obs):
+            raise ConfigError(
+                f"group {cfg.name!r}: {TallyTable.TITLE} modality {modality}: world "
+                f"{world_name(cfg)!r} has {len(model.num_obs)} modalities",
+                path=None,
+            )
+        return LoadedModel(kind=__name__, own=model)
 
     def check(self, cfg: GroupConfig, loaded: LoadedModel) -> None:
         world = sim_world(cfg)
@@ -172,7 +221,12 @@ class TallyKind:
         model = loaded.own
         assert isinstance(model, GenerativeModel)
         return TallyGroup(
-            cfg.name, n_agents, tuple(model.num_obs), tuple(model.num_controls), budget
+            cfg.name,
+            n_agents,
+            tuple(model.num_obs),
+            tuple(model.num_controls),
+            budget,
+            modality=cfg.table_or_default(TallyTable).modality,
         )
 
 

@@ -13,15 +13,25 @@ from edge_agent.config.daemon import (
     BuiltinModel,
     BundleModel,
     GroupConfig,
+    KindModel,
     LogSink,
     SimSource,
     parse_config,
 )
-from edge_agent.config.group_tables import GROUP_TABLES, hook, table_type, table_types
+from edge_agent.config.group_tables import (
+    GROUP_TABLES,
+    hook,
+    is_known,
+    kind_tables,
+    table_type,
+    table_types,
+)
 from edge_agent.config.profiles import load_profiles
+from edge_agent.errors import ConfigError
 from edge_agent.kinds import kind_name
 from edge_agent.neural.perception_table import PerceptionTable
 from edge_agent.records import Record
+from tests.support.kind_tally import TallyTable
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -40,9 +50,11 @@ def group(**tables: Record) -> GroupConfig:
 
 def test_every_table_is_a_record_found_by_its_key() -> None:
     types = table_types()
-    assert list(types) == list(GROUP_TABLES) == [
-        "history_beliefs", "settings", "planning", "learning", "perception", "policy"
-    ]
+    assert (
+        list(types)
+        == list(GROUP_TABLES)
+        == ["history_beliefs", "settings", "planning", "learning", "perception", "policy"]
+    )
     assert types["learning"] is LearningTable is table_type("learning")
     assert types["perception"] is PerceptionTable
     for record in types.values():
@@ -125,3 +137,60 @@ lr_pA = 0.5
     assert perception.evidence == "hard"
     assert g.document_part("learning") is learning
     assert g.document_part("count") == 3
+
+
+KIND_GROUP = """[daemon]
+profile = "x86-dev"
+
+[[groups]]
+name = "t"
+model = { type = "kind", module = "tests.support.kind_tally" }
+count = 3
+source = { type = "sim", world = "tmaze" }
+sink = { type = "sim" }
+
+[groups.tally]
+modality = MODALITY
+"""
+
+
+def test_a_kind_outside_the_package_brings_its_tables_in_its_module() -> None:
+    assert kind_tables("tests.support.kind_tally") == {"tally": TallyTable}
+    assert kind_tables("edge_agent.kinds.base") == {}  # a module that lists none
+    # A table stands under the key its record names, or one of GROUP_TABLES.
+    assert is_known("tally", TallyTable())
+    assert not is_known("other", TallyTable())
+    assert is_known("learning", LearningTable())
+    assert not is_known("nope", LearningTable())
+    kind = dataclasses.replace(
+        group(),
+        model=KindModel(type="kind", module="tests.support.kind_tally"),
+        source=SimSource(type="sim", world="tmaze"),
+    )
+    assert dataclasses.replace(kind, tables=(("tally", TallyTable()),)).table_of(TallyTable)
+    with pytest.raises(ValueError, match="other: unknown key"):
+        dataclasses.replace(kind, tables=(("other", TallyTable()),))
+
+    (g,) = parse_config(KIND_GROUP.replace("MODALITY", "2"), "c.toml").groups
+    assert g.tables == (("tally", TallyTable(modality=2)),)
+    table = g.table_of(TallyTable)
+    assert table is not None
+    assert table.given == {"modality"}
+    assert g.document_part("tally") is table
+    with pytest.raises(ConfigError) as err:
+        parse_config(KIND_GROUP.replace("MODALITY", "64"), "c.toml")
+    assert str(err.value) == "c.toml:12: groups[0].tally.modality: must be <= 63, got 64"
+    # Only the groups that name the module have its tables; a module that cannot be imported is
+    # one line at its name.
+    builtin = KIND_GROUP.replace(
+        '{ type = "kind", module = "tests.support.kind_tally" }',
+        '{ type = "builtin", name = "tmaze" }',
+    )
+    with pytest.raises(ConfigError, match=r"c.toml:11: groups\[0\].tally: unknown key \(allowed"):
+        parse_config(builtin.replace("MODALITY", "1"), "c.toml")
+    with pytest.raises(ConfigError) as err:
+        parse_config(KIND_GROUP.replace("kind_tally", "no_kind").replace("MODALITY", "1"), "c.toml")
+    assert str(err.value) == (
+        "c.toml:6: groups[0].model.module: kind 'tests.support.no_kind': module "
+        "'tests.support.no_kind' cannot be imported: No module named 'tests.support.no_kind'"
+    )
