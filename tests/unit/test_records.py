@@ -16,9 +16,10 @@ import pytest
 from edge_agent.aif.settings import AifSettings, settings_from_json, settings_to_json
 from edge_agent.config.daemon import GroupConfig, parse_config, read_config
 from edge_agent.config.isolated import read_config_isolated
+from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.deploy import JournalRecord, OverlayEntry, Phase
-from edge_agent.records import Record, RecordError, Rule, from_json
+from edge_agent.records import Record, RecordError, Rule, ValueRecord, from_json
 
 SHA = "ab" * 32
 CONFIG = """\
@@ -55,6 +56,34 @@ def test_rules_are_checked_when_records_are_built_in_code() -> None:
         Box(size=1).size = 2  # type: ignore[misc]
     with pytest.raises(TypeError):
         Box(3)  # type: ignore[misc]  # keyword-only
+
+
+class Level(ValueRecord):
+    """A level of 1 to 3, written as the number itself."""
+
+    value: Annotated[int, Rule(ge=1, le=3)] = 1
+
+
+class Dial(Record):
+    level: Annotated[Level | None, Rule(description="The dial's level.")] = None
+
+
+def test_a_value_record_is_written_as_its_value() -> None:
+    document = TomlDocument.parse("level = 2\n", "d.toml")
+    assert validate_toml(Dial, document).level == Level(value=2)
+    assert validate_toml(Dial, TomlDocument.parse("", "d.toml")).level is None
+    for text, problem in (
+        ("level = 4\n", "must be <= 3, got 4"),
+        ('level = "2"\n', "expected an integer, got string '2'"),
+        ("level = 2.5\n", "expected an integer, got float 2.5"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            validate_toml(Dial, TomlDocument.parse(text, "d.toml"))
+        assert str(err.value) == f"d.toml:1: level: {problem}"
+    # Built in code it is a record like any other: its rules, its default.
+    assert Level().value == 1
+    with pytest.raises(RecordError, match="value: must be <= 3, got 5"):
+        Level(value=5)
 
 
 def test_given_names_what_the_document_set() -> None:
