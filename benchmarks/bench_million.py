@@ -171,9 +171,12 @@ def arrays_nbytes(obj: object, n: int, depth: int = 2) -> int:
         elif isinstance(value, dict | list | tuple):
             for v in value.values() if isinstance(value, dict) else value:
                 visit(v, level)
-        elif level > 0 and hasattr(value, "__dict__") and not isinstance(value, type):
-            for v in vars(value).values():
-                visit(v, level - 1)
+        elif level > 0 and not isinstance(value, type | np.generic):
+            # an object's attributes, in its __dict__ or its __slots__ (the world's generator)
+            names = list(getattr(value, "__dict__", {}))
+            names += [s for c in type(value).__mro__ for s in getattr(c, "__slots__", ())]
+            for name in names:
+                visit(getattr(value, name, None), level - 1)
 
     visit(obj, depth)
     return total
@@ -187,8 +190,11 @@ def bytes_per_agent(agents: int, every: int) -> dict[str, Any]:
 
     env: Any = make_env("grid10", 1000, seed=1)
     policy = EVERY_TICK if every == 1 else PlanningPolicy(every=every)
+    # built as the aif kind builds a group that neither learns nor coordinates (no prior kept
+    # between ticks where it follows from the beliefs and actions)
     probe = AifAgentGroup(
-        env.model, 1000, history_capacity=64, history_beliefs="map", planning=policy
+        env.model, 1000, history_capacity=64, history_beliefs="map", planning=policy,
+        keep_prior=False,
     )
     parts: dict[str, Any] = dict(probe.nbytes_by_part())
     parts["world"] = round(arrays_nbytes(env, 1000) / 1000, 1)

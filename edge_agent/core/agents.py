@@ -18,7 +18,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,7 @@ from edge_agent.aif.policies import construct_policies, validate_policies
 from edge_agent.aif.quant import QuantizedModel, encode_beliefs_u8, quantize_model
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.budget import MemoryBudget, Reservation
-from edge_agent.core.contract import GroupIO, StateReader, state_under
+from edge_agent.core.contract import GroupIO, StateReader, iter_rows, state_under
 from edge_agent.core.history import HistoryRing
 from edge_agent.errors import InputError, SnapshotError
 
@@ -76,7 +76,9 @@ def model_key(model: GenerativeModel | QuantizedModel, precision: str, policies:
 
 @dataclass(eq=False)
 class _BlockRows:
-    """One block of a group: its agents, its scratch views, and views of the group's rows."""
+    """One block of a group: its agents, its scratch views, and views of the group's rows
+    (``prior``: of the process's scratch when the group keeps no prior between ticks);
+    ``index``: the block's (-1: agents gathered from several blocks)."""
 
     sl: slice
     blk: kernels.Block
@@ -86,6 +88,7 @@ class _BlockRows:
     q_pi: np.ndarray
     action: np.ndarray
     has_action: np.ndarray
+    index: int = -1
 
 
 #: A planning policy's per-agent state that snapshots carry: the committed plans.
@@ -137,7 +140,17 @@ class AifAgentGroup:
     Per-agent state, all ``(n_agents, ...)``:
     ``qs[f]`` posterior ``(N, S_f)``; ``prior[f]`` prior for the next observation;
     ``action`` last committed action ``(N, F)``; ``q_pi`` and ``G`` ``(N, P)``.
+
+    ``keep_prior=False``: the prior is not kept between ticks where it follows from what is
+    kept (:attr:`keeps_prior`): each block's is made again at the start of the next tick from
+    the beliefs and the committed actions, as the tick that committed them made it (``D`` for
+    an agent reset since), in the block's scratch: half the beliefs' bytes. ``prior`` is then
+    empty; the group steps (or infers once, then acts) as before, with the same numbers.
     """
+
+    #: Whether a group of this class may derive its prior instead of keeping it (a subclass
+    #: that reads or writes ``prior`` between ticks keeps it).
+    derives_prior: ClassVar[bool] = True
 
     qs: list[np.ndarray]
     prior: list[np.ndarray]
@@ -180,6 +193,7 @@ class AifAgentGroup:
         planning: PlanningPolicy | None = None,
         clock: Callable[[], float] = time.perf_counter,
         shared_state: bool = False,
+        keep_prior: bool = True,
     ) -> None:
         _check_arguments(name, n_agents, precision, history_beliefs)
         #: Whether the per-agent state that workers write is allocated in shared memory from the
@@ -225,6 +239,7 @@ class AifAgentGroup:
         self._size_blocks()
         if -(-n_agents // self.block_size) < 2:  # one block: the caller steps it alone
             self._shared_state = False
+        self._init_prior(keep_prior, n_agents)
         self._obs_limit = np.array(self.cm.num_obs, dtype=np.uint64)
         self._workspace: kernels.Workspace | None = None
         shared = self.cm.nbytes + (self.quantized.nbytes if self.quantized is not None else 0)
@@ -250,8 +265,10 @@ class AifAgentGroup:
         self._num_iter, self._dF_tol, self._alpha = st.num_iter, st.dF_tol, st.alpha
         self._gamma = np.array(st.gamma, dtype=self.dtype)  # 0-d: cheap in tiny blocks
         self._use_utility, self._use_info_gain = st.use_utility, st.use_states_info_gain
-        self._sampling_mode = st.sampling_mode
-        self._deterministic = st.action_selection == "deterministic"
+        self._sampling_mode, self._deterministic = (
+            st.sampling_mode,
+            st.action_selection == "deterministic",
+        )
         self._rows: list[_BlockRows] = []
         self._dense_rows: list[_BlockRows] = []
         self._workers = self._workers_reservation = self._workers_seed = None
@@ -281,20 +298,28 @@ class AifAgentGroup:
             fields["qs_p"] = ((cm.num_factors,), np.dtype(np.uint8))
         return fields
 
-    def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
-        """Exact bytes of one agent's state, history included."""
-        return sum(self.nbytes_by_part(history_capacity).values())
+    def per_agent_nbytes(
+        self, history_capacity: int | None = None, n_agents: int | None = None
+    ) -> int:
+        """Exact bytes of one agent's state, history included (of a group of ``n_agents``:
+        whether it keeps its prior depends on its blocks; this group's by default)."""
+        return sum(self.nbytes_by_part(history_capacity, n_agents).values())
 
-    def nbytes_by_part(self, history_capacity: int | None = None) -> dict[str, int]:
-        """:meth:`per_agent_nbytes` by part: ``beliefs`` (``qs`` and ``prior``), ``policy``
-        (``q_pi`` and ``G``), ``actions`` (and the flag), ``history`` (the ring's rows),
-        ``history_staging`` (the row staged for the next append), ``planning`` (a planning
-        policy's arrays)."""
+    def nbytes_by_part(
+        self, history_capacity: int | None = None, n_agents: int | None = None
+    ) -> dict[str, int]:
+        """:meth:`per_agent_nbytes` by part: ``beliefs`` (``qs``, and ``prior`` or the flag
+        that says it is ``D``), ``policy`` (``q_pi`` and ``G``), ``actions`` (and the flag),
+        ``history`` (the ring's rows), ``history_staging`` (the row staged for the next
+        append), ``planning`` (a planning policy's arrays)."""
         cap = self.history_capacity if history_capacity is None else history_capacity
+        n = self.n_agents if n_agents is None else n_agents
         item = self.dtype.itemsize
         P = self.cm.num_policies
+        beliefs = sum(self.cm.num_states) * item  # qs
+        beliefs += beliefs if self._keeps_prior_at(n) else 1  # prior, or its flag
         parts = {
-            "beliefs": 2 * sum(self.cm.num_states) * item,  # qs + prior
+            "beliefs": beliefs,
             "policy": 2 * P * item,  # q_pi + G
             "actions": self.cm.num_factors * 8 + 1,  # action + has_action
             "history": 0,
@@ -378,9 +403,12 @@ class AifAgentGroup:
         return beliefs + cm.num_modalities * 8 + cm.num_factors * 8 + 1
 
     def scratch_nbytes(self, n_agents: int) -> int:
-        """Kernel scratch bytes for a group of ``n_agents`` (preallocated once, see Workspace)."""
+        """Kernel scratch bytes for a group of ``n_agents`` (preallocated once, see Workspace;
+        a group that keeps no prior makes each block's there)."""
+        prior = 0 if self._keeps_prior_at(n_agents) else sum(self.cm.num_states)
         return (
-            min(self.block_size, n_agents) * self._gather_nbytes_per_agent()
+            min(self.block_size, n_agents) * (self._gather_nbytes_per_agent()
+                                             + prior * self.dtype.itemsize)
             + min(self.block_size, n_agents) * (self._scratch_common + self._scratch_deep)
             + min(self.dense_block_size, n_agents) * self._scratch_dense
             + min(self.block_size, n_agents, kernels.SMALL_BLOCK) * self._scratch_small
@@ -391,12 +419,55 @@ class AifAgentGroup:
         """Bytes to reserve for ``n_agents``: state, history, shared timestamps, block scratch."""
         times = 8 * history_capacity
         scratch = self.scratch_nbytes(n_agents)
-        return n_agents * self.per_agent_nbytes(history_capacity) + times + scratch
+        return n_agents * self.per_agent_nbytes(history_capacity, n_agents) + times + scratch
+
+    def _init_prior(self, keep_prior: bool, n_agents: int) -> None:
+        """Whether the group keeps its prior between ticks (see the class docstring): asked
+        to, or needed (:meth:`_keeps_prior_at`)."""
+        if not keep_prior and not type(self).derives_prior:
+            raise InputError(
+                f"group {self.name!r}: {type(self).__name__} keeps its prior between ticks "
+                "(keep_prior=False is for groups that do not read or write it)"
+            )
+        self._keep_prior_asked, self._prior_was_kept = keep_prior, False
+        self.keeps_prior = self._keeps_prior_at(n_agents)
+        self._beliefs_ahead = False  # infer_states ran, and no action was committed since
+
+    def _keeps_prior_at(self, n_agents: int) -> bool:
+        """Whether a group of ``n_agents`` keeps its prior between ticks: asked to, kept it
+        already (it keeps it: a kept prior may differ from a made one by rounding), or some of
+        its blocks' priors do not follow from what is kept (:meth:`_prior_follows`)."""
+        return (
+            self._keep_prior_asked
+            or self._prior_was_kept
+            or not self._prior_follows(max(1, n_agents))
+        )
+
+    def _prior_follows(self, n_agents: int) -> bool:
+        """Whether every block's next prior can be made again at the next tick, bit for bit,
+        from the beliefs and committed actions: always under a planning policy (its ticks
+        propagate every prior, :func:`kernels.propagate_block`), except on the joint
+        small-block path (its planners gather priors); every tick, unless a block is planned
+        by the dense tree (whose prior comes from the tree's predictions): a block of more
+        agents than the small-block planner takes but within the dense capacity, of a model
+        without a deep planner (with soft evidence a local planner's blocks take the tree)."""
+        cm = self.cm
+        if cm.joint is not None:
+            return False
+        if not self.planning.every_tick or cm.deep is not None:
+            return True
+        capacity = min(self.block_size, n_agents)
+        sizes = {capacity, n_agents % capacity or capacity}
+        small = min(capacity, kernels.SMALL_BLOCK) if cm.small is not None else 0
+        dense = min(self.dense_block_size, n_agents)
+        return all(nb <= small or nb > dense for nb in sizes)
 
     @property
     def nbytes(self) -> int:
         """Bytes of per-agent arrays currently allocated (not the shared model, not scratch)."""
         arrays = [*self.qs, *self.prior, self.q_pi, self.G, self.action, self.has_action]
+        if not self.keeps_prior:
+            arrays.append(self._prior_reset)
         total = sum(a.nbytes for a in arrays)
         if self.history is not None:
             total += self.history.nbytes + self._times.nbytes
@@ -427,28 +498,43 @@ class AifAgentGroup:
         old = self.n_agents
         keep = min(old, n_agents)
         dt = self.dtype
+        keeps_prior = self._keeps_prior_at(n_agents)
         qs = [self._new((n_agents, s), dt) for s in self.cm.num_states]
-        prior = [self._new((n_agents, s), dt) for s in self.cm.num_states]
+        prior = [self._new((n_agents, s), dt) for s in self.cm.num_states] if keeps_prior else []
+        # A group that keeps no prior: each agent's is D (reset since it last acted), else it
+        # follows from its beliefs and committed action; per block, whether it comes from the
+        # small-block planner's predictions (as every tick of a small block makes it).
+        prior_reset = self._new(0 if keeps_prior else n_agents, bool)
+        prior_small = self._new(0 if keeps_prior else -(-n_agents // self.block_size), np.uint8)
         q_pi = self._new((n_agents, self.cm.num_policies), dt)
         G = self._new((n_agents, self.cm.num_policies), dt)
         action = self._new((n_agents, self.cm.num_factors), np.int64)
         has_action = self._new(n_agents, bool)
         if keep:
-            for new, cur in zip(qs + prior, self.qs + self.prior, strict=True):
+            self._carry_priors(keep, prior, prior_reset, prior_small)
+            for new, cur in zip(qs, self.qs, strict=True):
                 new[:keep] = cur[:keep]
             q_pi[:keep] = self.q_pi[:keep]
             G[:keep] = self.G[:keep]
             action[:keep] = self.action[:keep]
             has_action[:keep] = self.has_action[:keep]
         self.qs, self.prior, self.q_pi, self.G = qs, prior, q_pi, G
+        self._prior_reset, self._prior_small = prior_reset, prior_small
         self.action, self.has_action = action, has_action
+        scratch_changed = keeps_prior != self.keeps_prior
+        self.keeps_prior = keeps_prior
+        self._prior_was_kept = keeps_prior
         self._rows.clear()
         self._dense_rows.clear()
         self.n_agents = n_agents
         capacity = min(self.block_size, n_agents)
         dense_capacity = min(self.dense_block_size, n_agents)
         ws = self._workspace
-        if ws is None or (ws.capacity, ws.dense_capacity) != (capacity, dense_capacity):
+        if (
+            ws is None
+            or scratch_changed
+            or (ws.capacity, ws.dense_capacity) != (capacity, dense_capacity)
+        ):
             self._new_scratch()
         self._allocate_planning(n_agents, keep)
         if n_agents > keep:
@@ -541,6 +627,11 @@ class AifAgentGroup:
         self._workspace = None
         self._deep_scratch = None
         capacity = min(self.block_size, self.n_agents)
+        # The prior of the block being stepped, when the group keeps none.
+        self._prior_scratch = [
+            np.empty((0 if self.keeps_prior else capacity, s), dtype=self.dtype)
+            for s in self.cm.num_states
+        ]
         info_gain = self.settings.use_states_info_gain
         self._workspace = kernels.Workspace(
             self.cm,
@@ -601,8 +692,11 @@ class AifAgentGroup:
             if sel.all():  # every agent (trials in step): slices, not boolean gathers
                 sel = slice(None)
         for f, d in enumerate(self.cm.D):
-            self.prior[f][sel] = d
+            if self.keeps_prior:
+                self.prior[f][sel] = d
             self.qs[f][sel] = d
+        if not self.keeps_prior:
+            self._prior_reset[sel] = True
         self.has_action[sel] = False
         self.q_pi[sel] = 1.0 / self.cm.num_policies
         self.G[sel] = 0.0
@@ -693,7 +787,7 @@ class AifAgentGroup:
             return cached
         assert self._workspace is not None  # allocated with the agents
         step = self.dense_block_size if dense else self.block_size
-        for start in range(0, self.n_agents, step):
+        for index, start in enumerate(range(0, self.n_agents, step)):
             nb = min(step, self.n_agents - start)
             sl = slice(start, start + nb)
             cached.append(
@@ -701,20 +795,96 @@ class AifAgentGroup:
                     sl=sl,
                     blk=self._workspace.block(nb),
                     qs=[q[sl] for q in self.qs],
-                    prior=[p[sl] for p in self.prior],
+                    prior=(
+                        [p[sl] for p in self.prior]
+                        if self.keeps_prior
+                        else [p[:nb] for p in self._prior_scratch]
+                    ),
                     G=self.G[sl],
                     q_pi=self.q_pi[sl],
                     action=self.action[sl],
                     has_action=self.has_action[sl],
+                    index=-1 if dense else index,
                 )
             )
         return cached
+
+    # -- the prior of a group that keeps none (keep_prior=False) --------------------------------
+    def _derive_prior(
+        self, rows: _BlockRows, reset: np.ndarray | None = None, small: bool | None = None
+    ) -> None:
+        """The block's prior for this tick's inference, into ``rows.prior`` (its scratch):
+        what the tick that committed its actions would have kept (see :meth:`_prior_committed`;
+        ``reset`` and ``small``: the group's flags of the block, by default)."""
+        if reset is None:
+            reset = self._prior_reset[rows.sl]
+        if small is None:
+            small = bool(self._prior_small[rows.index])
+        cm, blk = self.cm, rows.blk
+        made = False
+        if small and blk.small:  # its predictions made again: the same product, the same numbers
+            kernels.small_predict(cm, rows.qs[0], blk)
+            made = kernels.small_prior_block(cm, blk, rows.action[:, 0], rows.prior[0])
+        if not made:
+            kernels.propagate_block(cm, rows.qs, rows.action, rows.prior, blk)
+        if reset.any():
+            for p, d in zip(rows.prior, self.cm.D, strict=True):
+                np.copyto(p, d, where=reset[:, None])
+
+    def _prior_committed(self, rows: _BlockRows, *, small: bool) -> None:
+        """The block's agents committed actions: their next prior follows from their beliefs
+        and actions (through the small-block planner's predictions if ``small``)."""
+        self._prior_reset[rows.sl] = False
+        self._prior_small[rows.index] = small
+
+    def _carry_priors(
+        self, keep: int, prior: list[np.ndarray], reset: np.ndarray, small: np.ndarray
+    ) -> None:
+        """The first ``keep`` agents' priors (or what they follow from) into the arrays of a
+        resized group: ``prior`` when it keeps them (made, if this group did not), else
+        ``reset`` and ``small``."""
+        if prior and not self.keeps_prior:  # kept from now on: made for the agents kept
+            self._make_priors(prior, keep)
+        elif prior:
+            for new, cur in zip(prior, self.prior, strict=True):
+                new[:keep] = cur[:keep]
+        else:
+            reset[:keep] = self._prior_reset[:keep]
+            # Whole blocks keep where their priors come from; a last block that grows
+            # propagates them (equal to the small-block product to rounding).
+            whole = keep // self.block_size
+            small[:whole] = self._prior_small[:whole]
+
+    def _make_priors(self, out: list[np.ndarray], n: int) -> None:
+        """The priors of the first ``n`` agents, made (the group keeps none) into ``out``."""
+        for rows in self._blocks():
+            if rows.sl.start >= n:
+                break
+            self._derive_prior(rows)
+            stop = min(rows.sl.stop, n)
+            for o, p in zip(out, rows.prior, strict=True):
+                o[rows.sl.start : stop] = p[: stop - rows.sl.start]
+
+    def _check_beliefs_behind(self) -> None:
+        """A group that keeps no prior makes it from its beliefs: refuse to infer twice without
+        an action committed between (the second inference would start from the first's)."""
+        if self._beliefs_ahead:
+            raise InputError(
+                f"group {self.name!r} keeps no prior between ticks (keep_prior=False): commit "
+                "actions (sample_action, set_action) before inferring again"
+            )
 
     def infer_states(self, obs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
         """Update every agent's posterior from ``obs (N, M)`` (or soft evidence, see
         :meth:`check_evidence`); returns ``qs`` (views)."""
         o, soft = self.check_evidence(obs)
+        derive = not self.keeps_prior
+        if derive:
+            self._check_beliefs_behind()
+            self._beliefs_ahead = True
         for rows in self._blocks():
+            if derive:
+                self._derive_prior(rows)
             self._infer_block(o, soft, rows, roots=False)
         return self.qs
 
@@ -875,6 +1045,7 @@ class AifAgentGroup:
         for rows in self._blocks():
             np.copyto(rows.blk.x, rows.q_pi.T)
             self._act_block(rows, "propagate")
+        self._beliefs_ahead = False
         return self.action
 
     def _act_block(self, rows: _BlockRows, planner: str) -> None:
@@ -892,6 +1063,9 @@ class AifAgentGroup:
             rng=self.selection_rng(),
         )
         rows.has_action.fill(True)
+        if not self.keeps_prior:  # made again at the next tick, as it would be made here
+            self._prior_committed(rows, small=planner == "small")
+            return
         if planner == "small" and kernels.small_prior_block(cm, blk, actions[:, 0], rows.prior[0]):
             return
         if planner == "tree" and kernels.prior_block(cm, blk, actions, rows.prior):
@@ -908,12 +1082,22 @@ class AifAgentGroup:
     def drive_prior(self, actions: np.ndarray) -> None:
         """The next prior from ``actions (N, F)`` without committing them: each agent keeps
         its own action and committed plan (replay under a planning policy, where the recorded
-        action moved the world but an agent between plannings acts from its plan)."""
+        action moved the world but an agent between plannings acts from its plan). Only a
+        group that keeps its prior: another's follows from its own actions."""
+        if not self.keeps_prior:
+            raise InputError(
+                f"group {self.name!r} keeps no prior between ticks (keep_prior=False): its "
+                "prior follows from its own actions, drive_prior needs a group that keeps it"
+            )
         self._propagate(self.check_actions(actions))
 
     def _propagate(self, actions: IntArray) -> None:
+        self._beliefs_ahead = False
         for rows in self._blocks():
-            kernels.propagate_block(self.cm, rows.qs, actions[rows.sl], rows.prior, rows.blk)
+            if self.keeps_prior:
+                kernels.propagate_block(self.cm, rows.qs, actions[rows.sl], rows.prior, rows.blk)
+            else:  # the committed actions are the group's: made at the next tick
+                self._prior_committed(rows, small=False)
 
     def step(
         self,
@@ -957,6 +1141,8 @@ class AifAgentGroup:
     ) -> IntArray:
         """:meth:`step`; ``who_plans``: see :meth:`step_planned`."""
         o, soft = self.check_evidence(obs)
+        if not self.keeps_prior:
+            self._check_beliefs_behind()
         record = record and self.history is not None
         if not self.planning.every_tick:
             self._step_planning(o, soft, record, who_plans)
@@ -985,6 +1171,8 @@ class AifAgentGroup:
         """One block's tick: infer, plan, act, and stage its history row if ``record``."""
         ob = None if o is None else o[rows.sl]
         planner = self._planner(rows, ob)
+        if not self.keeps_prior:
+            self._derive_prior(rows)
         if planner == "joint":
             assert ob is not None  # _planner checked
             self._joint_block(rows, ob)
@@ -1006,9 +1194,10 @@ class AifAgentGroup:
         """One tick under a planning policy, in three passes over the blocks (each on the
         workers, when the group has them): every agent infers its states; the agents that must
         plan (in order of need, within the budget; or ``who_plans``, see :meth:`step`) are
-        gathered into blocks, planned and scattered back; then every agent's next prior.
-        Between the passes the caller chooses who plans and moves the others along their
-        committed plans."""
+        gathered into blocks, planned and scattered back; then every agent's next prior (a
+        group that keeps no prior makes it at the next tick's first pass instead, and stages
+        its history row in the first). Between the passes the caller chooses who plans and
+        moves the others along their committed plans."""
         policy = self.planning
         deadline = np.inf  # the tick began now: its inference counts against the deadline
         if policy.deadline_ms is not None and who_plans is None:
@@ -1047,7 +1236,8 @@ class AifAgentGroup:
         np.logical_not(planned, out=followers)
         np.logical_and(must, followers, out=self.deferred)
         self._follow_plans(followers)
-        self._run_pass(_PROPAGATE, o, soft, record, workers)
+        if self.keeps_prior:  # else the next tick makes each block's prior, and it recorded
+            self._run_pass(_PROPAGATE, o, soft, record, workers)
         counts = self.planning_counts
         counts["planned"] = done
         counts["deferred"] = k - done if who_plans is None else int(self.deferred.sum())
@@ -1097,11 +1287,18 @@ class AifAgentGroup:
             return True
         rows = self._blocks()[i]
         if what == _INFER:
+            derive = not self.keeps_prior
+            if derive:
+                self._derive_prior(rows)
             self._infer_block(o, soft, rows, roots=False)
             if self.cm.num_factors == 1:  # what the local and deep planners take from it
                 np.copyto(self._evidence[rows.sl], rows.blk.evidence)
             if self.planning.belief_change is not None or self.planning.budgeted:
                 self._belief_change(rows)
+            if derive:  # the propagate pass, which propagates every prior, is not needed
+                self._prior_committed(rows, small=False)
+                if record:
+                    self._encode_block(rows)
             return True
         kernels.propagate_block(self.cm, rows.qs, rows.action, rows.prior, rows.blk)
         if record:
@@ -1302,6 +1499,7 @@ class AifAgentGroup:
         self._shared_state = True  # a resize allocates there from now on
         self.qs = [shared(q) for q in self.qs]
         self.prior = [shared(p) for p in self.prior]
+        self._prior_reset, self._prior_small = shared(self._prior_reset), shared(self._prior_small)
         self.q_pi, self.G = shared(self.q_pi), shared(self.G)
         self.action, self.has_action = shared(self.action), shared(self.has_action)
         if not self.planning.every_tick:  # what the workers write, or read after the fork
@@ -1363,7 +1561,11 @@ class AifAgentGroup:
         }
         for f in range(self.cm.num_factors):
             out[f"qs{f}"] = self.qs[f]
-            out[f"prior{f}"] = self.prior[f]
+            if self.keeps_prior:
+                out[f"prior{f}"] = self.prior[f]
+        if not self.keeps_prior:  # what the priors follow from besides beliefs and actions
+            out["prior_reset"] = self._prior_reset
+            out["prior_small"] = self._prior_small
         if not self.planning.every_tick:  # the committed plans
             for k in _PLAN_ARRAYS:
                 out[k] = getattr(self, k)
@@ -1403,7 +1605,22 @@ class AifAgentGroup:
         take("q_pi", self.q_pi)
         for f in range(self.cm.num_factors):
             take(f"qs{f}", self.qs[f])
-            take(f"prior{f}", self.prior[f])
+        self._beliefs_ahead = False
+        kept = all(f"prior{f}" in state for f in range(self.cm.num_factors))
+        if self.keeps_prior and (kept or "prior_reset" not in state):
+            for f in range(self.cm.num_factors):
+                take(f"prior{f}", self.prior[f])
+        elif self.keeps_prior:  # a group's that kept none: made from what it kept
+            reset = np.zeros(self.n_agents, dtype=bool)
+            take("prior_reset", reset)
+            small = self._saved_prior_small(state)
+            for rows in self._blocks():
+                self._derive_prior(rows, reset[rows.sl], bool(small[rows.index]))
+        elif "prior_reset" in state or not kept:
+            take("prior_reset", self._prior_reset)
+            self._prior_small[...] = self._saved_prior_small(state)
+        else:  # a group's that kept it (an earlier snapshot format): D where it is D
+            self._prior_reset_from(state)
         self.ticks = int(state["ticks"]) if "ticks" in state else 0
         if not self.planning.every_tick:
             if all(k in state for k in _PLAN_ARRAYS):
@@ -1428,6 +1645,43 @@ class AifAgentGroup:
                     )
                     self.history.clear()
                     self._times.clear()
+
+    def _saved_prior_small(self, state: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Per block, whether a saved group's priors come from the small-block planner's
+        predictions (none where the saved blocks are not this group's: propagated, equal to
+        rounding)."""
+        blocks = -(-self.n_agents // self.block_size)
+        saved = np.asarray(state["prior_small"]) if "prior_small" in state else None
+        if saved is None or saved.shape != (blocks,):
+            return np.zeros(blocks, dtype=np.uint8)
+        return saved.astype(np.uint8)
+
+    def _prior_reset_from(self, state: Mapping[str, np.ndarray]) -> None:
+        """A group that keeps no prior, restored from one that kept it (``prior{f}``, the
+        snapshots before keep_prior): an agent's prior is ``D`` where the saved one is ``D``,
+        else what its beliefs and action lead to, as this group's ticks make it (the saved
+        group's made it so: a group whose prior follows, see :meth:`_prior_follows`). Read a
+        block of rows at a time: no whole copy of the saved priors is made."""
+        reset, rows_per = self._prior_reset, self.block_size
+        reset.fill(True)
+        for f, d in enumerate(self.cm.D):
+            start = 0
+            for chunk in iter_rows(state, f"prior{f}", rows_per):
+                stop = start + len(chunk)
+                if chunk.shape[1:] != d.shape:
+                    raise InputError(
+                        f"group {self.name!r} snapshot 'prior{f}' has rows of shape "
+                        f"{chunk.shape[1:]}, expected {d.shape}"
+                    )
+                np.logical_and(reset[start:stop], (chunk == d).all(axis=1), out=reset[start:stop])
+                start = stop
+            if start != self.n_agents:
+                raise InputError(
+                    f"group {self.name!r} snapshot 'prior{f}' has {start} rows, "
+                    f"expected {self.n_agents}"
+                )
+        # an every-tick group's small blocks read the prior off the small-block planner
+        self._prior_small.fill(1 if self.planning.every_tick else 0)
 
     # -- the group contract (edge_agent.core.contract.AgentGroup) --------------------------------
     def advance(
@@ -1454,6 +1708,8 @@ class AifAgentGroup:
             o, soft = self.check_evidence(obs)
             rows = self._blocks()[0]
             block = [*rows.qs, *rows.prior, rows.G, rows.q_pi, rows.action, rows.has_action]
+            if not self.keeps_prior:
+                block += [self._prior_reset[rows.sl], self._prior_small[:1]]
             saved = [np.array(a, copy=True) for a in block]
             self._step_rows(rows, o, soft, record=False)
             for a, v in zip(block, saved, strict=True):

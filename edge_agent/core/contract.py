@@ -52,6 +52,7 @@ __all__ = [
     "Source",
     "StateReader",
     "Taken",
+    "iter_rows",
     "state_under",
 ]
 
@@ -70,6 +71,11 @@ class StateReader(Protocol):
 
     def read_into(self, name: str, out: np.ndarray) -> None:
         """Copy array ``name`` into ``out`` (of its shape; the dtype converts)."""
+        ...
+
+    def iter_rows(self, name: str, rows: int) -> Iterator[np.ndarray]:
+        """Array ``name``'s rows, ``rows`` at a time (the last batch may hold fewer): each
+        valid until the next is asked for."""
         ...
 
 
@@ -103,6 +109,20 @@ class _StateUnder(Mapping[str, np.ndarray]):
             self._state.read_into(self._prefix + name, out)
         else:
             np.copyto(out, self[name], casting="unsafe")
+
+    def iter_rows(self, name: str, rows: int) -> Iterator[np.ndarray]:
+        return iter_rows(self._state, self._prefix + name, rows)
+
+
+def iter_rows(state: Mapping[str, np.ndarray], name: str, rows: int) -> Iterator[np.ndarray]:
+    """The rows of ``state[name]``, ``rows`` at a time (a :class:`StateReader`'s inflated as
+    they go: no whole copy of the array is made)."""
+    if isinstance(state, StateReader):
+        yield from state.iter_rows(name, rows)
+        return
+    array = np.asarray(state[name])
+    for start in range(0, len(array), rows):
+        yield array[start : start + rows]
 
 
 def state_under(state: Mapping[str, np.ndarray], prefix: str) -> Mapping[str, np.ndarray]:

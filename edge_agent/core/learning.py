@@ -81,6 +81,8 @@ class LearningAgentGroup(AifAgentGroup):
 
     #: The counts' scope this class runs (``learning.settings.scope`` must say the same).
     scope: ClassVar[str] = "shared"
+    #: Learning reads the prior this tick's inference started from (surprise) and writes it.
+    derives_prior: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -157,13 +159,15 @@ class LearningAgentGroup(AifAgentGroup):
                         self._codes_nbytes += encoded.nbytes
         return self.learner.nbytes + self.learner.gain_nbytes + self._codes_nbytes
 
-    def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
+    def per_agent_nbytes(
+        self, history_capacity: int | None = None, n_agents: int | None = None
+    ) -> int:
         """:class:`AifAgentGroup`'s, plus the previous tick's posteriors, action and whether it
         acted (``B`` learns from them), and the shared update's scratch per agent (a bound,
         :meth:`~edge_agent.aif.learning.Learner.scratch_bytes_per_agent`)."""
         previous = sum(self.cm.num_states) * self.dtype.itemsize + self.cm.num_factors * 8 + 1
         scratch = self.learner.scratch_bytes_per_agent(self.dtype.itemsize)
-        return super().per_agent_nbytes(history_capacity) + previous + scratch
+        return super().per_agent_nbytes(history_capacity, n_agents) + previous + scratch
 
     @property
     def nbytes(self) -> int:
@@ -844,7 +848,9 @@ class PerAgentLearningGroup(LearningAgentGroup):
             else None
         )
 
-    def per_agent_nbytes(self, history_capacity: int | None = None) -> int:
+    def per_agent_nbytes(
+        self, history_capacity: int | None = None, n_agents: int | None = None
+    ) -> int:
         """:class:`LearningAgentGroup`'s, plus each agent's copy of the learned tables (and of
         the joint-outcome table and its entropies the state information gain reads, when ``A``
         is learned)."""
@@ -856,7 +862,7 @@ class PerAgentLearningGroup(LearningAgentGroup):
             S = int(np.prod(m.num_states))  # one modality: its A is the joint table
             joint_outcomes = int(np.prod(m.num_obs)) if m.num_modalities > 1 else 0
             total += (joint_outcomes + 1) * S * 8
-        return super().per_agent_nbytes(history_capacity) + total
+        return super().per_agent_nbytes(history_capacity, n_agents) + total
 
     def resize(self, n_agents: int) -> None:
         raise InputError(

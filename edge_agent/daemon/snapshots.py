@@ -794,6 +794,25 @@ class _Stored:
                 done += whole
             carry = bytes(data[whole * size :])
 
+    def iter_rows(self, buf: bytearray, rows: int) -> Iterator[npt.NDArray[Any]]:
+        """The array's rows (along its first axis), ``rows`` at a time, inflated as they go."""
+        if not self.compressed:
+            whole = self.array(buf)
+            for start in range(0, len(whole), rows):
+                yield whole[start : start + rows]
+            return
+        rest = self.shape[1:]
+        row_bytes = math.prod(rest) * self.dtype.itemsize
+        want = max(1, rows) * row_bytes
+        pending = bytearray()
+        for chunk in self.inflate(buf):
+            pending += chunk
+            while row_bytes and len(pending) >= want:
+                yield np.frombuffer(bytes(pending[:want]), dtype=self.dtype).reshape(-1, *rest)
+                del pending[:want]
+        if pending:
+            yield np.frombuffer(bytes(pending), dtype=self.dtype).reshape(-1, *rest)
+
 
 class SnapshotArrays(Mapping[str, npt.NDArray[Any]]):
     """The arrays of a verified snapshot, by name, inflated only when one is asked for.
@@ -861,6 +880,19 @@ class SnapshotArrays(Mapping[str, npt.NDArray[Any]]):
         if item.shape != out.shape:
             raise SnapshotError(f"{name!r} has shape {item.shape}, expected {out.shape}")
         item.read_into(self._buf, out)
+
+    def iter_rows(self, name: str, rows: int) -> Iterator[npt.NDArray[Any]]:
+        """Array ``name``'s rows, ``rows`` at a time, inflated as they go (keeping nothing)."""
+        key = self._prefix + name
+        if self._keep is not None and key in self._keep:
+            whole = self._keep[key]
+            for start in range(0, len(whole), rows):
+                yield whole[start : start + rows]
+            return
+        item = self._stored.get(key)
+        if item is None:
+            raise KeyError(name)
+        yield from item.iter_rows(self._buf, rows)
 
 
 # --- file system ---------------------------------------------------------------------------------

@@ -191,7 +191,9 @@ def new_agents(
 ) -> AifAgentGroup:
     """The group's agents: a learning group when it has a ``[groups.learning]`` table; with
     ``workers`` above one their state is allocated in shared memory from the start (the caller
-    starts the workers: nothing is copied then)."""
+    starts the workers: nothing is copied then). Agents that neither learn nor coordinate keep
+    no prior between ticks where it follows from their beliefs and actions (``keep_prior``,
+    docs/memory.md: learning and coordination read and write it)."""
     kwargs: dict[str, Any] = {
         "settings": aif.settings,
         "precision": cfg.precision,
@@ -204,7 +206,8 @@ def new_agents(
         "shared_state": workers > 1,
     }
     if aif.learning is None:
-        return AifAgentGroup(aif.model, n_agents, **kwargs)
+        keep_prior = cfg.coordination is not None
+        return AifAgentGroup(aif.model, n_agents, keep_prior=keep_prior, **kwargs)
     try:
         return learning_group(
             aif.model, n_agents, learning=aif.learning, trial_ends_at_reset=True, **kwargs

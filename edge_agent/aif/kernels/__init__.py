@@ -72,7 +72,7 @@ The code lives in one module per stage; this package re-exports what the rest of
 * :mod:`~edge_agent.aif.kernels.local`: the local one-step planner's kernels
   (:func:`evaluate_local_block`, :func:`policy_posterior_block`);
 * :mod:`~edge_agent.aif.kernels.small`: the small-block one-step planner's kernels
-  (:func:`evaluate_small_block`, :func:`small_prior_block`);
+  (:func:`evaluate_small_block`, :func:`small_predict`, :func:`small_prior_block`);
 * :mod:`~edge_agent.aif.kernels.joint_plan`, :mod:`~edge_agent.aif.kernels.joint_scratch`,
   :mod:`~edge_agent.aif.kernels.joint_small`: the joint small-block path's tables
   (:class:`JointPlan`), its scratch views and its kernels;
@@ -126,7 +126,7 @@ from edge_agent.aif.kernels.joint_small import (
 )
 from edge_agent.aif.kernels.local import evaluate_local_block, policy_posterior_block
 from edge_agent.aif.kernels.local_plan import LocalPlan
-from edge_agent.aif.kernels.small import evaluate_small_block, small_prior_block
+from edge_agent.aif.kernels.small import evaluate_small_block, small_predict, small_prior_block
 from edge_agent.aif.kernels.small_plan import SMALL_BLOCK, SmallPlan
 from edge_agent.aif.kernels.transitions import (
     DenseTransition,
@@ -179,6 +179,7 @@ __all__ = [
     "select_actions",
     "select_block",
     "select_joint",
+    "small_predict",
     "small_prior_block",
     "soft_likelihood",
     "softmax_rows",

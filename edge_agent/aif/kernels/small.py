@@ -35,7 +35,7 @@ def evaluate_small_block(
     """
     sp = cm.small
     assert sp is not None  # the caller checked cm.small
-    np.dot(q, sp.BT_nodes, out=blk.s_out)
+    small_predict(cm, q, blk)
     vals = G if sp.policy_node is None else blk.s_vals
     if use_info_gain:
         pred, M = blk.s_pred, blk.s_M
@@ -57,6 +57,15 @@ def evaluate_small_block(
         vals.fill(0)
     if sp.policy_node is not None:
         vals.take(sp.policy_node, axis=1, out=G, mode="clip")
+
+
+def small_predict(cm: CompiledModel, q: np.ndarray, blk: Block) -> None:
+    """Every node's prediction from beliefs ``q (nb, S)`` into ``blk.s_out`` (what
+    :func:`evaluate_small_block` starts from, and :func:`small_prior_block` reads): one product,
+    so the same beliefs give the same numbers whenever it is made."""
+    sp = cm.small
+    assert sp is not None  # the caller checked cm.small
+    np.dot(q, sp.BT_nodes, out=blk.s_out)
 
 
 def small_prior_block(

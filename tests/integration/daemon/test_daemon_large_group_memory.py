@@ -33,7 +33,7 @@ HISTORY = 64
 def per_agent_bytes() -> dict[str, int]:
     """docs/memory.md, "A million agents": the group's bytes per agent by part."""
     return {
-        "beliefs": 2 * S * 4,  # qs and prior, float32
+        "beliefs": S * 4 + 1,  # qs (float32); the prior is made each tick: whether it is D
         "policy": 2 * P * 4,  # q_pi and G
         "actions": 8 * F + 1,  # int64 per factor, and the flag
         "history": HISTORY * (M + F + F + F),  # obs, action, most probable state, its p (uint8)
@@ -85,17 +85,17 @@ every = 4
         group = status["groups"][0]
         assert group["workers"] == 2
         parts = per_agent_bytes()
-        assert group["bytes_per_agent"] == sum(parts.values()) == 1189
+        assert group["bytes_per_agent"] == sum(parts.values()) == 790
         probe = AifAgentGroup(
             builtin_model("grid10"), 1, history_capacity=HISTORY, history_beliefs="map",
-            planning=PlanningPolicy(every=4),
+            planning=PlanningPolicy(every=4), keep_prior=False,
         )
-        assert probe.nbytes_by_part() == parts
+        assert probe.nbytes_by_part(n_agents=N) == parts
         by_owner = status["budget"]["by_owner"]
         assert by_owner["grid"] == probe.bytes_for(N, HISTORY)
         assert by_owner["grid:workers"] == probe.scratch_nbytes(N)
-        # One copy of the beliefs (qs or prior) is N * S * 4 = 40 MB: moving the state into
-        # shared memory at start held all of it (beliefs, posteriors, plans) twice.
+        # One copy of the beliefs (qs) is N * S * 4 = 40 MB: moving the state into shared
+        # memory at start held all of it (beliefs, posteriors, plans) twice.
         one_copy = N * S * 4
         assert peak - now < one_copy / 2, (
             f"the daemon's peak RSS {peak / 2**20:.1f} MB is {(peak - now) / 2**20:.1f} MB above "

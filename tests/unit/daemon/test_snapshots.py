@@ -404,6 +404,74 @@ def test_a_group_restores_from_a_snapshot_read_straight_into_its_arrays(
     assert np.array_equal(restored.step(obs, now=11.0), saved.step(obs, now=11.0))
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "made"])
+def test_a_snapshot_with_priors_restores_a_group_that_keeps_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    """A snapshot of a group that kept its prior (every snapshot before ``keep_prior``)
+    restores one that keeps none: its saved priors are read a block of rows at a time (from
+    the compressed bytes, chunks that end inside a row), and where they are ``D`` the agent's
+    prior is ``D``. The next ticks are those of the saved group, bit for bit; a snapshot of the
+    group that keeps none restores one that keeps it the same."""
+    from edge_agent.aif.planning import PlanningPolicy
+    from edge_agent.core.agents import AifAgentGroup
+    from edge_agent.daemon import snapshots
+    from edge_agent.sim.registry import builtin_model, make_env
+
+    n, model = 3000, builtin_model("grid10")
+
+    def group(keep_prior: bool) -> AifAgentGroup:
+        return AifAgentGroup(
+            model, n, history_capacity=8, history_beliefs="map", name="grid",
+            planning=PlanningPolicy(every=4), block_size=256, keep_prior=keep_prior,
+        )
+
+    saved, world = group(keep), make_env("grid10", n, seed=3)
+    obs = world.reset()
+    for t in range(11):
+        obs = world.step(saved.step(obs, now=float(t)))
+    saved.reset(np.arange(n) % 5 == 0)  # between ticks: their prior is D
+    arrays = {f"group.grid.{k}": v for k, v in saved.state_dict().items()}
+    assert ("group.grid.prior0" in arrays) == keep
+    info = SnapshotStore(tmp_path, max_writes_per_hour=10).save(arrays, {}, now=0.0)
+    assert info is not None
+    monkeypatch.setattr(snapshots, "_CHUNK_BYTES", 4099)
+    loaded = read_snapshot(info.path)
+    if keep:
+        assert loaded.arrays._stored["group.grid.prior0"].compressed
+    restored = group(not keep)
+    restored.load_state_dict(loaded.arrays.under("group.grid."))
+    assert loaded.arrays._keep == {}
+    for t in range(11, 16):
+        actions = saved.step(obs, now=float(t))
+        np.testing.assert_array_equal(restored.step(obs, now=float(t)), actions)
+        for a, b in zip(restored.qs, saved.qs, strict=True):
+            np.testing.assert_array_equal(a, b)
+        obs = world.step(actions)
+
+
+def test_rows_of_a_snapshot_array_come_a_block_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_agent.daemon import snapshots
+
+    rows = np.arange(5000 * 7, dtype=np.float32).reshape(5000, 7)
+    noise = np.random.default_rng(0).random((300, 3))  # stays raw
+    info = SnapshotStore(tmp_path, max_writes_per_hour=10).save(
+        {"rows": rows, "noise": noise}, {}, now=0.0
+    )
+    assert info is not None
+    monkeypatch.setattr(snapshots, "_CHUNK_BYTES", 1001)
+    arrays = read_snapshot(info.path).arrays
+    assert arrays._stored["rows"].compressed
+    assert not arrays._stored["noise"].compressed
+    for name, want in (("rows", rows), ("noise", noise)):
+        for per in (1, 64, 333, 10_000):
+            got = list(arrays.iter_rows(name, per))
+            assert all(len(g) == per for g in got[:-1])
+            np.testing.assert_array_equal(np.concatenate(got), want)
+
+
 def test_a_snapshot_array_of_another_shape_is_refused_on_restore(tmp_path: Path) -> None:
     from edge_agent.core.agents import AifAgentGroup
     from edge_agent.errors import InputError
