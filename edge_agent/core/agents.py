@@ -125,6 +125,11 @@ def _small_uint(limit: int) -> type[np.unsignedinteger]:
     return np.uint8 if limit <= 256 else np.uint16
 
 
+def _index_dtype(n: int) -> type[np.signedinteger]:
+    """Agent indices: int32 for fewer than 2**31 agents."""
+    return np.int32 if n < 2**31 else np.int64
+
+
 def _check_arguments(name: str, n_agents: int, precision: str, history_beliefs: str) -> None:
     if n_agents < 1:
         raise InputError(f"group {name!r}: n_agents must be >= 1, got {n_agents}")
@@ -328,7 +333,8 @@ class AifAgentGroup:
         if cap > 0:
             # Timestamps are per tick and shared by the group: counted in bytes_for.
             parts["history"] = HistoryRing.bytes_needed(1, cap, self._history_fields, max_window=0)
-            # Rows staged for append: beliefs, outcomes and actions in the fields' dtypes.
+            # Rows staged for append: beliefs, outcomes and actions in the fields' dtypes
+            # (what encodes them is the block's kernel scratch).
             fields = self._history_fields
             staging = 0
             if self.history_beliefs == "full":
@@ -338,20 +344,38 @@ class AifAgentGroup:
                 staging += F * (fields["qs_map"][1].itemsize + 1) + self.dtype.itemsize
             staging += self.cm.num_modalities * fields["obs"][1].itemsize
             staging += self.cm.num_factors * fields["action"][1].itemsize
-            staging += np.dtype(np.intp).itemsize  # argmax of soft evidence, for the record
             parts["history_staging"] = staging
-        parts["planning"] = self._planning_nbytes_per_agent()
+        parts["planning"] = self._planning_nbytes_per_agent(n)
         return parts
 
-    def _planning_nbytes_per_agent(self) -> int:
+    def _planning_nbytes_per_agent(self, n_agents: int) -> int:
         """A planning policy's per-agent arrays (see :meth:`_allocate_planning`): committed
         policy, steps left, age (int32 each), deferred, must-plan, planned, a flag scratch
-        (bool), the belief change, its sort scratch and the evidence of this tick's inference,
-        candidates, keys, an index scratch and the agents' indices (int64), the plan's next
-        action (int64 per factor)."""
+        (bool), the evidence of this tick's inference, candidates and the agents' indices
+        (int32, int64 from 2**31 agents); the belief change when the policy reads it (and its
+        sort scratch, with a budget), a budget's order keys and index scratch (int64, also for
+        plans of several steps, with the plan's next action: int64 per factor)."""
         if self.planning.every_tick:
             return 0
-        return 3 * 4 + 4 + 3 * self.dtype.itemsize + 4 * 8 + 8 * self.cm.num_factors
+        sizes = self._planning_sizes(1)
+        index = np.dtype(_index_dtype(n_agents)).itemsize
+        item = self.dtype.itemsize
+        return (
+            3 * 4 + 4 + item + 2 * index
+            + item * (sizes["change"] + sizes["order"])
+            + 2 * 8 * sizes["keys"]
+            + 8 * self.cm.num_factors * sizes["follow"]
+        )
+
+    def _planning_sizes(self, n_agents: int) -> dict[str, int]:
+        """Lengths of the planning arrays a policy may not read: ``n_agents`` or 0."""
+        policy, several = self.planning, self.cm.tree.policies.shape[1] > 1
+        return {
+            "change": n_agents if policy.belief_change is not None or policy.budgeted else 0,
+            "order": n_agents if policy.budgeted else 0,
+            "keys": n_agents if policy.budgeted or several else 0,
+            "follow": n_agents if several else 0,
+        }
 
     def _size_blocks(self) -> None:
         """Block sizes from the scratch one agent of a block needs: at most
@@ -395,20 +419,20 @@ class AifAgentGroup:
 
     def _gather_nbytes_per_agent(self) -> int:
         """A planning policy's gather buffers, per agent of a block: beliefs, priors, ``G`` and
-        ``q_pi``, actions, outcomes, and the belief change's scratch."""
+        ``q_pi``, actions, outcomes, best policies, and the belief change's scratch."""
         if self.planning.every_tick:
             return 0
         cm, item = self.cm, self.dtype.itemsize
-        beliefs = (2 * sum(cm.num_states) + 2 * cm.num_policies + max(cm.num_states)) * item
-        return beliefs + cm.num_modalities * 8 + cm.num_factors * 8 + 1
+        beliefs = (2 * sum(cm.num_states) + 2 * cm.num_policies + max(cm.num_states) + 1) * item
+        return beliefs + cm.num_modalities * 8 + cm.num_factors * 8 + 1 + 8
 
     def scratch_nbytes(self, n_agents: int) -> int:
         """Kernel scratch bytes for a group of ``n_agents`` (preallocated once, see Workspace;
         a group that keeps no prior makes each block's there)."""
         prior = 0 if self._keeps_prior_at(n_agents) else sum(self.cm.num_states)
         return (
-            min(self.block_size, n_agents) * (self._gather_nbytes_per_agent()
-                                             + prior * self.dtype.itemsize)
+            min(self.block_size, n_agents)
+            * (self._gather_nbytes_per_agent() + prior * self.dtype.itemsize)
             + min(self.block_size, n_agents) * (self._scratch_common + self._scratch_deep)
             + min(self.dense_block_size, n_agents) * self._scratch_dense
             + min(self.block_size, n_agents, kernels.SMALL_BLOCK) * self._scratch_small
@@ -471,7 +495,7 @@ class AifAgentGroup:
         total = sum(a.nbytes for a in arrays)
         if self.history is not None:
             total += self.history.nbytes + self._times.nbytes
-            total += self._obs_row.nbytes + self._action_row.nbytes + self._soft_index.nbytes
+            total += self._obs_row.nbytes + self._action_row.nbytes
             if self.history_beliefs == "full":
                 total += self._qs_row.nbytes
             else:
@@ -560,7 +584,6 @@ class AifAgentGroup:
                 self._pmax = np.empty(n_agents, dtype=self.dtype)
             obs_dt, act_dt = self._history_fields["obs"][1], self._history_fields["action"][1]
             self._obs_row = np.empty((n_agents, self.cm.num_modalities), dtype=obs_dt)
-            self._soft_index = np.empty(n_agents, dtype=np.intp)
             self._action_row = np.empty((n_agents, self.cm.num_factors), dtype=act_dt)
         else:
             self.history = None
@@ -582,24 +605,31 @@ class AifAgentGroup:
         self.deferred = np.zeros(n_agents, dtype=bool)  # put off by the budget
         for k, v in old.items():
             getattr(self, k)[:keep] = v[:keep]
-        self._change = self._new(n_agents, dt)
+        # What a policy does not read is not allocated (empty): the belief change (a policy
+        # on it, or a budget's order), the order's keys, plans of several steps to follow.
+        sizes = self._planning_sizes(n_agents)
+        self._change = self._new(sizes["change"], dt)
         self._evidence = self._new(n_agents, dt)
         self._evidence.fill(1.0)
         self._must = np.empty(n_agents, dtype=bool)
         self._planned = np.empty(n_agents, dtype=bool)
         self._flag = np.empty(n_agents, dtype=bool)
-        self._candidates = self._new(n_agents, np.int64)
-        self._keys = np.empty(n_agents, dtype=np.int64)
-        self._index_scratch = np.empty(n_agents, dtype=np.int64)
-        self._change_scratch = np.empty(n_agents, dtype=dt)
-        self._plan_action = np.empty((n_agents, cm.num_factors), dtype=np.int64)
-        self._arange = np.arange(n_agents, dtype=np.int64)
+        index = _index_dtype(n_agents)  # agent indices: int32 below 2**31 agents
+        self._candidates = self._new(n_agents, index)
+        self._arange = np.arange(n_agents, dtype=index)
+        self._keys = np.empty(sizes["keys"], dtype=np.int64)
+        self._index_scratch = np.empty(sizes["keys"], dtype=np.int64)
+        self._change_scratch = np.empty(sizes["order"], dtype=dt)
+        self._plan_action = np.empty((sizes["follow"], cm.num_factors), dtype=np.int64)
         # Policies as (P * L, F): the action of policy p at step t is row p * L + t.
         L = cm.tree.policies.shape[1]
         self._policy_steps = np.ascontiguousarray(cm.tree.policies.reshape(-1, cm.num_factors))
         self._policy_len = L
         nb = min(self.block_size, n_agents)
+        # a block's belief change and the gathered agents' best policies
         self._diff = np.empty((nb, max(cm.num_states)), dtype=dt)
+        self._column = np.empty(nb, dtype=dt)
+        self._best = np.empty(nb, dtype=np.int64)
         self._gather = _BlockRows(  # its blk is taken from the workspace at each use
             sl=slice(0, nb),
             blk=self._workspace_block(nb),
@@ -1157,9 +1187,11 @@ class AifAgentGroup:
             if o is None:
                 assert soft is not None
                 # Soft evidence: each modality's most probable outcome, into the staged row.
-                for m, p in enumerate(soft):
-                    np.argmax(p, axis=1, out=self._soft_index)
-                    np.copyto(self._obs_row[:, m], self._soft_index, casting="unsafe")
+                for rows in self._blocks():
+                    index = rows.blk.ibuf  # free between the kernels
+                    for m, p in enumerate(soft):
+                        np.argmax(p[rows.sl], axis=1, out=index)
+                        np.copyto(self._obs_row[rows.sl, m], index, casting="unsafe")
                 o = self._obs_row
             self._record(o, now)
         self.ticks += 1
@@ -1309,7 +1341,7 @@ class AifAgentGroup:
         """How far each agent's beliefs moved this tick: the total-variation distance between
         its prior and its posterior, the largest over factors, into ``_change``."""
         nb = rows.sl.stop - rows.sl.start
-        change, column = self._change[rows.sl], self._change_scratch[rows.sl]
+        change, column = self._change[rows.sl], self._column[:nb]
         change.fill(0.0)
         for q, p in zip(rows.qs, rows.prior, strict=True):
             diff = self._diff[:nb, : q.shape[1]]
@@ -1366,7 +1398,7 @@ class AifAgentGroup:
         self.q_pi[idx] = rows.q_pi
         self.action[idx] = rows.action
         self.has_action[idx] = True
-        best = self._index_scratch[:k]  # free again: the order is computed
+        best = self._best[:k]
         np.argmax(rows.q_pi, axis=1, out=best)
         self.plan_policy[idx] = best
         self.plan_left[idx] = max(1, self._policy_len - 1)
@@ -1518,7 +1550,7 @@ class AifAgentGroup:
         state's probability, or (``history_beliefs = "map"``) the most probable state's index
         and probability per factor."""
         if self.history_beliefs == "map":
-            idx, pmax = self._soft_index[rows.sl], self._pmax[rows.sl]
+            idx, pmax = rows.blk.ibuf, self._pmax[rows.sl]  # the block's index scratch
             for f, q in enumerate(rows.qs):
                 np.argmax(q, axis=1, out=idx)
                 np.copyto(self._map_row[rows.sl, f], idx, casting="unsafe")

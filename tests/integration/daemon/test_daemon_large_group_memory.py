@@ -37,8 +37,9 @@ def per_agent_bytes() -> dict[str, int]:
         "policy": 2 * P * 4,  # q_pi and G
         "actions": 8 * F + 1,  # int64 per factor, and the flag
         "history": HISTORY * (M + F + F + F),  # obs, action, most probable state, its p (uint8)
-        "history_staging": F * 2 + 4 + M + F + 8,  # the row staged for the next append
-        "planning": 3 * 4 + 4 + 3 * 4 + 4 * 8 + 8 * F,  # committed plans, indices, keys
+        "history_staging": F * 2 + 4 + M + F,  # the row staged for the next append
+        # committed plans, flags, the evidence (float32), candidates and indices (int32)
+        "planning": 3 * 4 + 4 + 4 + 2 * 4,
     }
 
 
@@ -85,7 +86,7 @@ every = 4
         group = status["groups"][0]
         assert group["workers"] == 2
         parts = per_agent_bytes()
-        assert group["bytes_per_agent"] == sum(parts.values()) == 790
+        assert group["bytes_per_agent"] == sum(parts.values()) == 742
         probe = AifAgentGroup(
             builtin_model("grid10"), 1, history_capacity=HISTORY, history_beliefs="map",
             planning=PlanningPolicy(every=4), keep_prior=False,

@@ -272,8 +272,24 @@ def test_planning_memory_is_counted() -> None:
     plain = AifAgentGroup(env.model, 10)
     planned = AifAgentGroup(env.model, 10, planning=PlanningPolicy(every=4))
     extra = planned.per_agent_nbytes() - plain.per_agent_nbytes()
-    assert extra == 3 * 4 + 4 + 3 * 4 + 4 * 8 + 8
+    # committed plans (int32), four flags, the evidence (float32), candidates and indices
+    # (int32); what a policy reads besides: the belief change, a budget's order and its keys
+    assert extra == 3 * 4 + 4 + 4 + 2 * 4
     assert planned.scratch_nbytes(10) > plain.scratch_nbytes(10)
+    on_change = AifAgentGroup(env.model, 10, planning=PlanningPolicy(every=4, belief_change=0.2))
+    assert on_change.per_agent_nbytes() - planned.per_agent_nbytes() == 4
+    budget = AifAgentGroup(env.model, 10, planning=PlanningPolicy(every=4, max_agents=5))
+    assert budget.per_agent_nbytes() - planned.per_agent_nbytes() == 4 + 4 + 2 * 8
+    for group in (planned, on_change, budget):  # what is counted is what is allocated
+        arrays = [
+            group.plan_policy, group.plan_left, group.plan_age, group.deferred, group._must,
+            group._planned, group._flag, group._evidence, group._candidates, group._arange,
+            group._change, group._change_scratch, group._keys, group._index_scratch,
+            group._plan_action,
+        ]
+        assert sum(a.nbytes for a in arrays) == 10 * (
+            group.per_agent_nbytes() - plain.per_agent_nbytes()
+        )
 
 
 # ------------------------------------------------------------------------------ config
