@@ -148,9 +148,9 @@ class TreeSampler:
         return out
 
 
-def arrays_nbytes(obj: object, n: int, depth: int = 2) -> int:
-    """Bytes of the per-agent arrays (one of their dimensions is ``n``) ``obj`` holds, each
-    buffer once."""
+def arrays_nbytes(obj: object, n: int | None, depth: int = 2) -> int:
+    """Bytes of the per-agent arrays (one of their dimensions is ``n``; every array if
+    ``n`` is None) ``obj`` holds, each buffer once."""
     import numpy as np
 
     seen: set[int] = set()
@@ -165,7 +165,7 @@ def arrays_nbytes(obj: object, n: int, depth: int = 2) -> int:
         nonlocal total
         if isinstance(value, np.ndarray):
             root = owner(value)
-            if n in root.shape and id(root) not in seen:
+            if (n is None or n in root.shape) and id(root) not in seen:
                 seen.add(id(root))
                 total += root.nbytes
         elif isinstance(value, dict | list | tuple):
@@ -189,6 +189,7 @@ def bytes_per_agent(agents: int, every: int) -> dict[str, Any]:
     from edge_agent.sim.registry import make_env
 
     env: Any = make_env("grid10", 1000, seed=1)
+    world: Any = make_env("grid10", agents, seed=1)  # its scratch is per chunk of agents
     policy = EVERY_TICK if every == 1 else PlanningPolicy(every=every)
     # built as the aif kind builds a group that neither learns nor coordinates (no prior kept
     # between ticks where it follows from the beliefs and actions)
@@ -197,7 +198,7 @@ def bytes_per_agent(agents: int, every: int) -> dict[str, Any]:
         keep_prior=False,
     )
     parts: dict[str, Any] = dict(probe.nbytes_by_part())
-    parts["world"] = round(arrays_nbytes(env, 1000) / 1000, 1)
+    parts["world"] = round(arrays_nbytes(world, None) / agents, 1)
     # The workers' shared copy of each tick's observations (int64 per modality,
     # edge_agent.core.workers); the runtime's observations are the world's own array (counted
     # with the world).

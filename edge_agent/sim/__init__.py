@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -152,6 +152,20 @@ class SamplerScratch:
         self.block: IndexArray = np.empty(n, dtype=np.intp)
         self.slot: IndexArray = np.empty(n, dtype=np.intp)
         self.index: IndexArray = np.empty(n, dtype=np.intp)
+        self._heads: dict[int, SamplerScratch] = {n: self}
+
+    def head(self, n: int) -> SamplerScratch:
+        """The same buffers' first ``n`` elements, as a scratch for ``n`` agents (made once)."""
+        out = self._heads.get(n)
+        if out is None:
+            if not 0 < n <= self.n:
+                raise ValueError(f"a scratch of {self.n} has no head of {n}")
+            out = SamplerScratch.__new__(SamplerScratch)
+            out.n, out._heads = n, {n: out}
+            for name in ("values", "below", "block", "slot", "index"):
+                setattr(out, name, getattr(self, name)[:n])
+            self._heads[n] = out
+        return out
 
 
 def sample_columns(
@@ -243,6 +257,12 @@ class World(Protocol):
     def summary(self) -> dict[str, int | float]: ...
 
 
+#: Agents per pass of a world's sampling: its scratch (and its generator's) holds this many,
+#: and a larger world is sampled a chunk at a time, in the same order (the same numbers: the
+#: generator's stream does not depend on how it is split), and in cache.
+SAMPLE_CHUNK = 1 << 16
+
+
 class BatchEnv:
     """``N`` independent copies of one world, stepped together.
 
@@ -254,7 +274,14 @@ class BatchEnv:
     (:meth:`_restart_before_step`); move every agent by ``B``; put the restarting agents at fresh
     spawn states (their action is ignored) and zero their ``episode_steps``; observe every agent
     through ``A``; update statistics (:meth:`_record_step`).
+
+    Sampling runs :data:`SAMPLE_CHUNK` agents at a time, with scratch of that size. A subclass
+    that needs per-agent temporaries says how many: ``_FLAG_ROWS`` rows of ``_flags (rows, N)
+    bool`` and, with ``_AGENT_TMP``, ``_tmp (N,) intp``.
     """
+
+    _FLAG_ROWS: ClassVar[int] = 0
+    _AGENT_TMP: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -379,12 +406,14 @@ class BatchEnv:
         restart = self._restart
         self._restart_before_step(restart)
         states = self._arrays["states"]
-        cols, draw = self._cols, self._draw
         for f, sampler in enumerate(self._move_samplers):
-            np.multiply(states[:, f], self._num_controls[f], out=cols)
-            np.add(cols, acts[:, f], out=cols)
-            self._sample(sampler, cols, draw)
-            states[:, f] = draw
+            for sl in self._chunks:
+                c = sl.stop - sl.start
+                cols, draw = self._cols[:c], self._draw[:c]
+                np.multiply(states[sl, f], self._num_controls[f], out=cols)
+                np.add(cols, acts[sl, f], out=cols)
+                self._sample(sampler, cols, draw)
+                states[sl, f] = draw
         steps = self._arrays["episode_steps"]
         np.add(steps, 1, out=steps)
         if restart.any():
@@ -469,38 +498,50 @@ class BatchEnv:
         self._n = n
         self._mask: BoolArray = np.zeros(n, dtype=np.bool_)
         self._restart: BoolArray = np.zeros(n, dtype=np.bool_)
-        self._flags: BoolArray = np.zeros((3, n), dtype=np.bool_)  # rows: subclass temporaries
-        self._u: FloatArray = np.empty(n, dtype=np.float64)
-        self._cols: IndexArray = np.zeros(n, dtype=np.intp)
-        self._tmp: IndexArray = np.zeros(n, dtype=np.intp)
-        self._draw: IndexArray = np.zeros(n, dtype=np.intp)
-        self._zeros: IndexArray = np.zeros(n, dtype=np.intp)
-        self._scratch = SamplerScratch(n)
+        self._flags: BoolArray = np.zeros((self._FLAG_ROWS, n), dtype=np.bool_)
+        self._tmp: IndexArray = np.zeros(n if self._AGENT_TMP else 0, dtype=np.intp)
+        # Sampling scratch, a chunk of agents at a time.
+        c = min(n, SAMPLE_CHUNK)
+        self._chunks = [slice(start, min(start + c, n)) for start in range(0, n, c)]
+        self._u: FloatArray = np.empty(c, dtype=np.float64)
+        self._cols: IndexArray = np.zeros(c, dtype=np.intp)
+        self._joint_tmp: IndexArray = np.zeros(c, dtype=np.intp)
+        self._draw: IndexArray = np.zeros(c, dtype=np.intp)
+        self._zeros: IndexArray = np.zeros(c, dtype=np.intp)
+        self._scratch = SamplerScratch(c)
 
     def _sample(self, sampler: ColumnSampler, cols: IndexArray, out: IndexArray) -> None:
+        """Draw ``out`` from the sampler's columns ``cols`` (a chunk's, at most its size)."""
+        c = cols.shape[0]
+        u = self._u[:c]
         if not sampler.deterministic:
-            self._rng.random(out=self._u)
-        sample_columns(sampler, cols, self._u, out, self._scratch)
+            self._rng.random(out=u)
+        sample_columns(sampler, cols, u, out, self._scratch.head(c))
 
     def _spawn(self, where: BoolArray) -> None:
         states = self._arrays["states"]
         for f, sampler in enumerate(self._spawn_samplers):
-            self._sample(sampler, self._zeros, self._draw)
-            np.copyto(states[:, f], self._draw, where=where)
+            for sl in self._chunks:
+                c = sl.stop - sl.start
+                draw = self._draw[:c]
+                self._sample(sampler, self._zeros[:c], draw)
+                np.copyto(states[sl, f], draw, where=where[sl])
 
     def _observe(self, where: BoolArray | None) -> None:
         states, obs = self._arrays["states"], self._arrays["obs"]
-        joint = self._cols
-        np.multiply(states[:, 0], self._strides[0], out=joint)
-        for f in range(1, len(self._strides)):
-            np.multiply(states[:, f], self._strides[f], out=self._tmp)
-            np.add(joint, self._tmp, out=joint)
         for m, sampler in enumerate(self._obs_samplers):
-            self._sample(sampler, joint, self._draw)
-            if where is None:
-                obs[:, m] = self._draw
-            else:
-                np.copyto(obs[:, m], self._draw, where=where)
+            for sl in self._chunks:
+                c = sl.stop - sl.start
+                joint, tmp, draw = self._cols[:c], self._joint_tmp[:c], self._draw[:c]
+                np.multiply(states[sl, 0], self._strides[0], out=joint)
+                for f in range(1, len(self._strides)):
+                    np.multiply(states[sl, f], self._strides[f], out=tmp)
+                    np.add(joint, tmp, out=joint)
+                self._sample(sampler, joint, draw)
+                if where is None:
+                    obs[sl, m] = draw
+                else:
+                    np.copyto(obs[sl, m], draw, where=where[sl])
 
     def _check_actions(self, actions: object) -> NDArray[np.integer[Any]]:
         acts = actions if isinstance(actions, np.ndarray) else np.asarray(actions)

@@ -86,6 +86,9 @@ class ExplorerEnv(BatchEnv):
     ``target_sightings`` ``(N,) int64`` (steps that observed the target outcome, true or not).
     """
 
+    _FLAG_ROWS = 1  # per-agent temporaries of its hooks
+    _AGENT_TMP = True
+
     def __init__(
         self,
         n_agents: int,

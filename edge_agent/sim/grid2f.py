@@ -142,6 +142,8 @@ class TwoFactorGridEnv(TrialEnv):
     current trial: ``rewarded`` ``(N,) bool`` (a reward was observed).
     """
 
+    _FLAG_ROWS = 3  # per-agent temporaries of its hooks
+
     def __init__(
         self,
         n_agents: int,

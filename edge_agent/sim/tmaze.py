@@ -109,6 +109,8 @@ class TMazeEnv(TrialEnv):
     recently completed trial.
     """
 
+    _FLAG_ROWS = 3  # per-agent temporaries of its hooks
+
     def __init__(
         self,
         n_agents: int,

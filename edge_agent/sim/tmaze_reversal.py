@@ -62,6 +62,9 @@ class ReversalTMazeEnv(TMazeEnv):
     ``reversed`` ``(N,) bool``: the agent's current trial is in a reversed phase.
     """
 
+    _FLAG_ROWS = 3  # per-agent temporaries of its hooks
+    _AGENT_TMP = True
+
     def __init__(
         self,
         n_agents: int,

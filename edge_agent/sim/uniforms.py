@@ -74,11 +74,12 @@ class SplitMix64:
         self._t = np.empty(n, dtype=np.uint64)
 
     def bits(self, n: int) -> NDArray[np.uint64]:
-        """The next ``n`` raw 64-bit outputs (a buffer the next call reuses)."""
-        if self._steps.shape[0] != n:
+        """The next ``n`` raw 64-bit outputs (a buffer the next call reuses: its buffers grow
+        to the largest ``n`` asked for, and a smaller batch uses their start)."""
+        if self._steps.shape[0] < n:
             self._buffers(n)
-        z, t = self._z, self._t
-        np.add(self._steps, np.uint64(self._state), out=z)
+        z, t = self._z[:n], self._t[:n]
+        np.add(self._steps[:n], np.uint64(self._state), out=z)
         self._state = (self._state + n * GAMMA) & MASK64
         for shift, factor in zip(_SHIFTS, (_M1, _M2, None), strict=True):
             np.right_shift(z, shift, out=t)
