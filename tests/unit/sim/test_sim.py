@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1010,3 +1011,30 @@ def test_agents_learn_the_slippery_grids_transitions() -> None:
     before = np.abs(model.B[0] - true).sum(axis=0)[used].mean()
     after = np.abs(learned - true).sum(axis=0)[used].mean()
     assert after < 0.6 * before, (before, after)
+
+
+@pytest.mark.parametrize("name", ["grid10", "explorer", "tmaze", "tmaze-reversal", "grid2f"])
+def test_a_world_sampled_in_chunks_gives_the_same_episodes(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A world samples SAMPLE_CHUNK agents at a time with scratch of that size: chunks of 7
+    agents (the last one shorter) give the outcomes, episode starts and summary of one pass."""
+    from edge_agent import sim  # the module whose constant is patched
+
+    def run() -> list[np.ndarray]:
+        env: Any = make_env(name, 40, seed=5)
+        rng = np.random.default_rng(1)
+        out = [env.reset().copy()]
+        for t in range(20):
+            actions = np.stack([rng.integers(0, u, size=40) for u in env._num_controls], axis=1)
+            out += [env.step(actions).copy(), env.episode_start.copy()]
+            if t == 8:
+                out.append(env.reset(np.arange(40) % 3 == 0).copy())
+        out.append(np.array(sorted(env.summary().items()), dtype=object))
+        return out
+
+    whole = run()
+    monkeypatch.setattr(sim, "SAMPLE_CHUNK", 7)
+    chunked = run()
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -30,13 +30,13 @@ def test_the_published_outputs() -> None:
 
 @pytest.mark.parametrize("state", [0, 1, 2**63 + 5, MASK64])
 def test_batches_are_the_sequential_stream_however_split(state: int) -> None:
-    expected = reference(state, 40)
+    expected = reference(state, 47)
     stream = SplitMix64.from_state(state)
     got: list[int] = []
-    for n in (1, 7, 7, 25):  # a new buffer size, the same again, another
+    for n in (1, 7, 7, 25, 3, 4):  # larger buffers, the same again, larger, smaller ones
         got.extend(int(x) for x in stream.bits(n))
     assert got == expected
-    assert stream.state == (state + 40 * GAMMA) & MASK64
+    assert stream.state == (state + 47 * GAMMA) & MASK64
 
 
 def test_uniforms_are_53_bit_fractions_in_the_unit_interval() -> None:
