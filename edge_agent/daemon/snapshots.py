@@ -28,10 +28,12 @@ beyond that an array is compressed twice, once to know its size and once as it i
 Format v1 is v2 without ``codec`` and ``stored`` (every array raw); it is still read, and
 written with ``compress=False``.
 
-A snapshot is read whole (its stored bytes) and verified; a compressed array is inflated only when
-asked for, or copied straight into an array of its own 4 MB at a time
+A snapshot is mapped and verified (its sha256, every compressed array inflated once); a compressed
+array is inflated only when asked for, or copied straight into an array of its own 4 MB at a time
 (:meth:`SnapshotArrays.read_into`: a daemon restoring a million agents holds no inflated copy of
-them).
+them). The file's pages are given back as they are read (``madvise(MADV_DONTNEED)``, where the
+system has it): what a restore holds besides the state is a few chunks of the file, not all of
+it.
 
 Only bool, signed and unsigned integer and float (up to 64-bit) arrays are stored; anything else
 is refused with :class:`~edge_agent.errors.SnapshotError`. One process owns a state directory:
@@ -51,6 +53,7 @@ import collections
 import hashlib
 import logging
 import math
+import mmap
 import os
 import re
 import struct
@@ -103,6 +106,12 @@ _HOUR_S = 3600.0
 _ALLOWED_KINDS = frozenset("biuf")
 _MAX_ITEMSIZE = 8  # no long double: its layout differs between x86 and arm64
 
+#: The file's bytes as read: mapped (pages read from the file as they are used, and given back
+#: once read: a large snapshot is never resident whole), or in memory (an empty file).
+_Buffer = bytearray | mmap.mmap
+_PAGE = mmap.PAGESIZE
+_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
+
 _SNAPSHOT_RE = re.compile(r"snapshot-(\d+)\.eas")
 _TEMP_PREFIX = ".snapshot-"
 _TEMP_SUFFIX = ".tmp"
@@ -126,8 +135,8 @@ class SnapshotInfo:
 class LoadedSnapshot:
     """A verified snapshot.
 
-    ``arrays`` are writable views into one buffer holding the file (no second copy), a compressed
-    one inflated when first asked for (:class:`SnapshotArrays`); ``monotonic``
+    ``arrays`` are writable views into a private mapping of the file (no second copy), a
+    compressed one inflated when first asked for (:class:`SnapshotArrays`); ``monotonic``
     is the writer's ``time.monotonic()`` and means nothing after a reboot; ``seq`` is -1 when the
     file name is not ``snapshot-<seq>.eas``.
     """
@@ -587,22 +596,36 @@ def _read(path: Path) -> LoadedSnapshot:
     try:
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
-            buf = bytearray(size)
-            view = memoryview(buf)
-            filled = 0
-            while filled < size:
-                n = f.readinto(view[filled:])
-                if not n:
-                    break
-                filled += n
-    except OSError as err:
+            # private: an array's view may be written (copy on write), never the file
+            buf: _Buffer = (
+                mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else bytearray()
+            )
+    except (OSError, ValueError) as err:
         raise SnapshotError(f"unreadable: {err}") from err
-    if filled != size:
-        raise SnapshotError(f"truncated while reading: {filled} of {size} bytes")
     return _decode(buf, path, seq)
 
 
-def _decode(buf: bytearray, path: Path, seq: int) -> LoadedSnapshot:
+def _release(buf: _Buffer, start: int, stop: int) -> None:
+    """Give back the resident pages of a mapped file that lie wholly within ``[start, stop)``
+    (read from the file again if they are used again): bytes read hold no memory."""
+    if _DONTNEED is None or not isinstance(buf, mmap.mmap):
+        return
+    first, last = -(-start // _PAGE) * _PAGE, stop // _PAGE * _PAGE
+    if last > first:
+        buf.madvise(_DONTNEED, first, last - first)
+
+
+def _sha256(buf: _Buffer, stop: int) -> bytes:
+    """The sha256 of ``buf[:stop]``, read a chunk at a time (each given back once read)."""
+    digest, view = hashlib.sha256(), memoryview(buf)
+    for start in range(0, stop, _CHUNK_BYTES):
+        end = min(stop, start + _CHUNK_BYTES)
+        digest.update(view[start:end])
+        _release(buf, start, end)
+    return digest.digest()
+
+
+def _decode(buf: _Buffer, path: Path, seq: int) -> LoadedSnapshot:
     size = len(buf)
     if size < len(MAGIC):
         raise SnapshotError(f"truncated: {size} bytes")
@@ -616,8 +639,7 @@ def _decode(buf: bytearray, path: Path, seq: int) -> LoadedSnapshot:
     if size < _PREFIX_SIZE + _DIGEST_SIZE:
         raise SnapshotError(f"truncated: {size} bytes")
 
-    body = memoryview(buf)[: size - _DIGEST_SIZE]
-    if hashlib.sha256(body).digest() != buf[size - _DIGEST_SIZE :]:
+    if _sha256(buf, size - _DIGEST_SIZE) != buf[size - _DIGEST_SIZE :]:
         raise SnapshotError(_diagnose_mismatch(buf))
 
     header, data_start = _unpack_header(buf, version)
@@ -646,7 +668,7 @@ def _decode(buf: bytearray, path: Path, seq: int) -> LoadedSnapshot:
     )
 
 
-def _diagnose_mismatch(buf: bytearray) -> str:
+def _diagnose_mismatch(buf: _Buffer) -> str:
     """Why the checksum failed, as far as the (untrusted) header can tell: truncation or not."""
     size = len(buf)
     (header_len,) = _HEADER_LEN.unpack_from(buf, len(MAGIC))
@@ -665,7 +687,7 @@ def _diagnose_mismatch(buf: bytearray) -> str:
     return "sha256 mismatch (corrupt)"
 
 
-def _unpack_header(buf: bytearray, version: int) -> tuple[dict[str, Any], int]:
+def _unpack_header(buf: _Buffer, version: int) -> tuple[dict[str, Any], int]:
     (header_len,) = _HEADER_LEN.unpack_from(buf, len(MAGIC))
     end = _PREFIX_SIZE + header_len
     if header_len > _MAX_HEADER_BYTES or end > len(buf) - _DIGEST_SIZE:
@@ -692,7 +714,7 @@ def _field(mapping: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> 
 
 
 def _decode_array(
-    buf: bytearray, entry: Any, data_start: int, data_nbytes: int, version: int
+    buf: _Buffer, entry: Any, data_start: int, data_nbytes: int, version: int
 ) -> tuple[str, _Stored]:
     if not isinstance(entry, dict):
         raise SnapshotError("array directory entry is not a map")
@@ -743,24 +765,35 @@ class _Stored:
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
-    def inflate(self, buf: bytearray) -> Iterator[bytes]:
-        """The array's bytes, at most ``_CHUNK_BYTES`` at a time (``compressed`` only)."""
+    def inflate(self, buf: _Buffer) -> Iterator[bytes]:
+        """The array's bytes, at most ``_CHUNK_BYTES`` at a time (``compressed`` only), read
+        from the file a quarter of that at a time (each given back once read)."""
         inflater = zlib.decompressobj()
-        pending: bytes | memoryview = memoryview(buf)[self.start : self.start + self.stored]
+        view, end = memoryview(buf), self.start + self.stored
+        start = self.start
         try:
-            while True:
-                chunk = inflater.decompress(pending, _CHUNK_BYTES)
-                pending = inflater.unconsumed_tail
-                if chunk:
-                    yield chunk
-                if inflater.eof or not (chunk or pending):
+            while start < end and not inflater.eof:
+                # a quarter of a chunk in: what it does not take yet is copied (unconsumed_tail)
+                stop = min(end, start + _CHUNK_BYTES // 4)
+                pending: bytes | memoryview = view[start:stop]
+                while pending and not inflater.eof:
+                    chunk = inflater.decompress(pending, _CHUNK_BYTES)
+                    pending = inflater.unconsumed_tail  # a copy: the file's bytes are free
+                    if chunk:
+                        yield chunk
+                _release(buf, start, stop)
+                start = stop
+            while not inflater.eof:  # what the last of the input still gives
+                chunk = inflater.decompress(b"", _CHUNK_BYTES)
+                if not chunk:
                     break
+                yield chunk
         except zlib.error as err:
             raise SnapshotError(f"array {self.name!r}: cannot inflate: {err}") from err
-        if not inflater.eof or inflater.unused_data:
+        if not inflater.eof or inflater.unused_data or start < end:
             raise SnapshotError(f"array {self.name!r}: inflates to other than {self.nbytes} bytes")
 
-    def array(self, buf: bytearray) -> npt.NDArray[Any]:
+    def array(self, buf: _Buffer) -> npt.NDArray[Any]:
         """The whole array: a writable view into ``buf`` (raw), or inflated into new memory."""
         count = math.prod(self.shape)
         if not self.compressed:
@@ -773,20 +806,30 @@ class _Stored:
             filled += len(chunk)
         return np.frombuffer(raw, dtype=self.dtype, count=count).reshape(self.shape)
 
-    def read_into(self, buf: bytearray, out: npt.NDArray[Any]) -> None:
+    def read_into(self, buf: _Buffer, out: npt.NDArray[Any], *, release: bool = False) -> None:
         """Copy the array into ``out`` (same shape, C-contiguous; its dtype converts), inflating
-        ``_CHUNK_BYTES`` at a time: no whole copy of the array is ever made."""
+        ``_CHUNK_BYTES`` at a time: no whole copy of the array is ever made. ``release``: a raw
+        array's pages are given back afterwards (no view of them was handed out)."""
         if out.shape != self.shape:
             raise SnapshotError(f"{self.name!r} has shape {self.shape}, expected {out.shape}")
-        if not self.compressed or not out.flags.c_contiguous:
+        if not out.flags.c_contiguous:
             np.copyto(out, self.array(buf), casting="unsafe")
             return
         flat = out.reshape(-1)
         size = self.dtype.itemsize
-        carry = b""
+        carry = b""  # the start of a value split between two chunks
         done = 0
-        for chunk in self.inflate(buf):
-            data = carry + chunk if carry else chunk
+        chunks = self.inflate(buf) if self.compressed else self._raw_chunks(buf, release)
+        for chunk in chunks:
+            data = memoryview(chunk)
+            if carry:
+                need = size - len(carry)
+                carry += bytes(data[:need])
+                data = data[need:]
+                if len(carry) < size:
+                    continue
+                flat[done] = np.frombuffer(carry, dtype=self.dtype)[0]
+                done, carry = done + 1, b""
             whole = len(data) // size
             if whole:
                 values = np.frombuffer(data, dtype=self.dtype, count=whole)
@@ -794,7 +837,17 @@ class _Stored:
                 done += whole
             carry = bytes(data[whole * size :])
 
-    def iter_rows(self, buf: bytearray, rows: int) -> Iterator[npt.NDArray[Any]]:
+    def _raw_chunks(self, buf: _Buffer, release: bool) -> Iterator[memoryview]:
+        """A raw array's bytes, ``_CHUNK_BYTES`` at a time (each given back once read if
+        ``release``)."""
+        view, end = memoryview(buf), self.start + self.stored
+        for start in range(self.start, end, _CHUNK_BYTES):
+            stop = min(end, start + _CHUNK_BYTES)
+            yield view[start:stop]
+            if release:
+                _release(buf, start, stop)
+
+    def iter_rows(self, buf: _Buffer, rows: int) -> Iterator[npt.NDArray[Any]]:
         """The array's rows (along its first axis), ``rows`` at a time, inflated as they go."""
         if not self.compressed:
             whole = self.array(buf)
@@ -825,15 +878,17 @@ class SnapshotArrays(Mapping[str, npt.NDArray[Any]]):
 
     def __init__(
         self,
-        buf: bytearray,
+        buf: _Buffer,
         stored: dict[str, _Stored],
         prefix: str = "",
         keep: dict[str, npt.NDArray[Any]] | None = None,
+        viewed: set[str] | None = None,
     ) -> None:
         self._buf = buf
         self._stored = stored
         self._prefix = prefix
         self._keep = keep
+        self._viewed = set() if viewed is None else viewed  # raw arrays handed out as views
         self._names = [k[len(prefix) :] for k in stored if k.startswith(prefix)]
 
     def __getitem__(self, name: str) -> npt.NDArray[Any]:
@@ -844,6 +899,8 @@ class SnapshotArrays(Mapping[str, npt.NDArray[Any]]):
         if item is None:
             raise KeyError(name)
         array = item.array(self._buf)
+        if not item.compressed:
+            self._viewed.add(key)
         if self._keep is not None:
             self._keep[key] = array
         return array
@@ -859,7 +916,9 @@ class SnapshotArrays(Mapping[str, npt.NDArray[Any]]):
 
     def under(self, prefix: str) -> SnapshotArrays:
         """The arrays whose names start with ``prefix``, named without it."""
-        return SnapshotArrays(self._buf, self._stored, self._prefix + prefix)
+        return SnapshotArrays(
+            self._buf, self._stored, self._prefix + prefix, viewed=self._viewed
+        )
 
     def spec(self, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
         """Shape and dtype of array ``name``, nothing inflated."""
@@ -879,7 +938,7 @@ class SnapshotArrays(Mapping[str, npt.NDArray[Any]]):
             raise KeyError(name)
         if item.shape != out.shape:
             raise SnapshotError(f"{name!r} has shape {item.shape}, expected {out.shape}")
-        item.read_into(self._buf, out)
+        item.read_into(self._buf, out, release=key not in self._viewed)
 
     def iter_rows(self, name: str, rows: int) -> Iterator[npt.NDArray[Any]]:
         """Array ``name``'s rows, ``rows`` at a time, inflated as they go (keeping nothing)."""
