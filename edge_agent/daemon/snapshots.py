@@ -22,11 +22,12 @@ Format v2 (little-endian, no pickle anywhere)::
 Arrays of 4 KiB and more are zlib-compressed (level 1, ~25 ms for 7 MB) when that saves a tenth:
 a belief history is mostly zeros, and an SD card wears with every byte (1,000 grid10 agents
 with 64-step histories: 7.4 MB raw, 0.38 MB stored). The arrays are written as they are, 4 MB
-at a time, compressed as they are written: a snapshot of a large group holds no copy of it
-(compressed bytes are kept from the layout to the write only while they total under 32 MB;
-beyond that an array is compressed twice, once to know its size and once as it is written).
-Format v1 is v2 without ``codec`` and ``stored`` (every array raw); it is still read, and
-written with ``compress=False``.
+at a time, compressed once, as they are written: a snapshot of a large group holds no copy of
+it, compressed or not. They are written from where the header would end with every offset and
+size unknown (the widest integers); the header, once they are known, is padded to end in the
+same 64 bytes (a ``pad`` field, which readers ignore) and written over the start, and the
+trailer's sha256 is of the file read back. Format v1 is v2 without ``codec`` and ``stored``
+(every array raw); it is still read, and written with ``compress=False``.
 
 A snapshot is mapped and verified (its sha256, every compressed array inflated once); a compressed
 array is inflated only when asked for, or copied straight into an array of its own 4 MB at a time
@@ -60,7 +61,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -91,12 +92,9 @@ _SIGNATURE = b"EASNAP"
 MAGIC = _SIGNATURE + FORMAT_VERSION.to_bytes(2, "big")
 _COMPRESS_MIN_BYTES = 4096
 _COMPRESS_LEVEL = 1
-#: Arrays are compressed this many bytes at a time, and the compressed bytes are kept from the
-#: layout to the write only while all of them together stay below _KEEP_PACKED_BYTES; beyond
-#: that they are compressed again as they are written (deterministic: the same bytes), so that
-#: a snapshot of a large group never holds a compressed copy of its state (a million agents).
+#: Arrays are compressed (and files read) this many bytes at a time: a snapshot of a large
+#: group never holds a compressed copy of its state (a million agents), written or read.
 _CHUNK_BYTES = 4 << 20
-_KEEP_PACKED_BYTES = 32 << 20
 _HEADER_LEN = struct.Struct("<I")
 _PREFIX_SIZE = len(MAGIC) + _HEADER_LEN.size
 _DIGEST_SIZE = hashlib.sha256().digest_size
@@ -249,18 +247,15 @@ class SnapshotStore:
         """
         if now is None:
             now = time.monotonic()
-        checked, directory, data_nbytes = _layout(arrays, compress=self.compress)
+        checked = _check_arrays(arrays)
         created = time.time()
-        header = _pack_header(
-            {
-                "format_version": FORMAT_VERSION if self.compress else 1,
-                "created": created,
-                "monotonic": float(now),
-                "meta": dict(meta),
-                "data_nbytes": data_nbytes,
-                "arrays": directory,
-            }
-        )
+        header: dict[str, Any] = {
+            "format_version": FORMAT_VERSION if self.compress else 1,
+            "created": created,
+            "monotonic": float(now),
+            "meta": dict(meta),
+        }
+        _placeholder_header(header, checked, compress=self.compress)  # refuses bad meta now
         with self._lock:
             if not force and self._budget_spent(now):
                 self.skipped_by_rate_limit += 1
@@ -275,7 +270,7 @@ class SnapshotStore:
         try:
             if not self.state_dir.is_dir():
                 self._make_dir()
-            nbytes = self._write_atomically(path, header, checked, directory)
+            nbytes = self._write_atomically(path, header, checked)
         except OSError as err:
             with self._lock:
                 self.write_errors += 1
@@ -301,15 +296,11 @@ class SnapshotStore:
         return len(window) == window.maxlen and now - window[0] < _HOUR_S
 
     def _write_atomically(
-        self,
-        path: Path,
-        header: bytes,
-        arrays: list[npt.NDArray[Any] | _Packed],
-        directory: list[dict[str, Any]],
+        self, path: Path, header: dict[str, Any], arrays: list[tuple[str, npt.NDArray[Any]]]
     ) -> int:
         with atomic_writer(path, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX) as f:
             magic = MAGIC if self.compress else _SIGNATURE + (1).to_bytes(2, "big")
-            return _write_body(f, magic, header, arrays, directory)
+            return _write_body(f, magic, header, arrays, self.compress)
 
     def _prune(self) -> None:
         """Delete all but the newest ``keep`` snapshots (and those known to be unusable)."""
@@ -430,19 +421,6 @@ def _align(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
 
 
-class _Packed:
-    """An array to be written zlib-compressed, ``stored`` bytes: its compressed bytes when they
-    were kept (``packed``), else compressed again as it is written."""
-
-    __slots__ = ("array", "packed", "stored")
-
-    def __init__(self, array: npt.NDArray[Any], packed: list[bytes] | None, stored: int) -> None:
-        self.array, self.packed, self.stored = array, packed, stored
-
-    def chunks(self) -> Iterable[bytes]:
-        return self.packed if self.packed is not None else _deflate(self.array)
-
-
 def _deflate(array: npt.NDArray[Any]) -> Iterator[bytes]:
     """The array's C-order bytes zlib-compressed, ``_CHUNK_BYTES`` of input at a time (one zlib
     stream, as ``zlib.compress`` gives, byte for byte the same each time)."""
@@ -455,15 +433,9 @@ def _deflate(array: npt.NDArray[Any]) -> Iterator[bytes]:
     yield packer.flush()
 
 
-def _layout(
-    arrays: Mapping[str, npt.NDArray[Any]], *, compress: bool = True
-) -> tuple[list[npt.NDArray[Any] | _Packed], list[dict[str, Any]], int]:
-    """Check ``arrays`` and place them: (what to write for each: the array or its compressed
-    form, the header directory, the data section size)."""
-    checked: list[npt.NDArray[Any] | _Packed] = []
-    kept = 0
-    directory: list[dict[str, Any]] = []
-    offset = 0
+def _check_arrays(arrays: Mapping[str, npt.NDArray[Any]]) -> list[tuple[str, npt.NDArray[Any]]]:
+    """``arrays`` as ``(name, array)``, every one checked (names, types, dtypes)."""
+    checked = []
     for name, array in arrays.items():
         if not isinstance(name, str) or not name:
             raise SnapshotError(f"array names must be non-empty strings, got {name!r}")
@@ -474,35 +446,37 @@ def _layout(
         problem = _dtype_problem(array.dtype)
         if problem is not None:
             raise SnapshotError(f"arrays[{name!r}]: {problem}")
-        offset = _align(offset)
-        entry: dict[str, Any] = {
-            "name": name,
-            "dtype": array.dtype.str,
-            "shape": list(array.shape),
-            "offset": offset,
-            "nbytes": array.nbytes,
-        }
-        body: npt.NDArray[Any] | _Packed = array
-        stored = array.nbytes
-        if compress:
-            entry["codec"] = "raw"
-            if array.nbytes >= _COMPRESS_MIN_BYTES:
-                packed: list[bytes] | None = []
-                size = 0
-                for chunk in _deflate(array):
-                    size += len(chunk)
-                    if packed is not None and kept + size <= _KEEP_PACKED_BYTES:
-                        packed.append(chunk)
-                    else:
-                        packed = None  # too much to keep: compressed again when written
-                if size <= 0.9 * array.nbytes:
-                    entry["codec"], body, stored = "zlib", _Packed(array, packed, size), size
-                    kept += size if packed is not None else 0
-            entry["stored"] = stored
-        directory.append(entry)
-        checked.append(body)
-        offset += stored
-    return checked, directory, offset
+        checked.append((name, array))
+    return checked
+
+
+#: Stands for an offset or a size not known yet: msgpack's widest integer, so that the header
+#: with the real ones is never longer.
+_UNKNOWN = 2**64 - 1
+
+
+def _entry(name: str, array: npt.NDArray[Any], offset: int, codec: str | None, stored: int) -> \
+        dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": name,
+        "dtype": array.dtype.str,
+        "shape": list(array.shape),
+        "offset": offset,
+        "nbytes": array.nbytes,
+    }
+    if codec is not None:  # format v2
+        entry["codec"], entry["stored"] = codec, stored
+    return entry
+
+
+def _placeholder_header(
+    header: dict[str, Any], arrays: list[tuple[str, npt.NDArray[Any]]], *, compress: bool
+) -> int:
+    """The length of ``header`` packed with every offset and size unknown (checked: meta that
+    msgpack would not give back, a header too long): the real one is not longer."""
+    codec = "zlib" if compress else None
+    directory = [_entry(name, a, _UNKNOWN, codec, _UNKNOWN) for name, a in arrays]
+    return len(_pack_header({**header, "data_nbytes": _UNKNOWN, "arrays": directory}))
 
 
 def _c_bytes(array: npt.NDArray[Any]) -> memoryview:
@@ -538,10 +512,17 @@ def _check_meta(value: Any, where: str) -> None:
     )
 
 
-def _pack_header(header: dict[str, Any]) -> bytes:
+def _pack_header(header: dict[str, Any], length: int | None = None) -> bytes:
+    """``header`` packed; with ``length``, padded (a ``pad`` field, which readers ignore) to
+    end within the 64 bytes before ``length`` (so the data starts where it was written)."""
     _check_meta(header["meta"], "meta")
     try:
         packed: bytes = msgpack.packb(header, use_bin_type=True)
+        if length is not None and length - len(packed) >= _ALIGN:
+            # the pad field takes 4 bytes of name and 2 (3 from 256 bytes) of length
+            need = length - len(packed)
+            pad = need - 6 if need - 6 < 256 else need - 7
+            packed = msgpack.packb({**header, "pad": bytes(max(0, pad))}, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as err:
         raise SnapshotError(f"meta is not msgpack-serialisable: {err}") from err
     if len(packed) > _MAX_HEADER_BYTES:
@@ -552,39 +533,61 @@ def _pack_header(header: dict[str, Any]) -> bytes:
 def _write_body(
     f: BinaryIO,
     magic: bytes,
-    header: bytes,
-    arrays: list[npt.NDArray[Any] | _Packed],
-    directory: list[dict[str, Any]],
+    header: dict[str, Any],
+    arrays: list[tuple[str, npt.NDArray[Any]]],
+    compress: bool,
 ) -> int:
-    """Write magic, header, data and trailer to ``f``; return the number of bytes."""
+    """Write magic, header, data and trailer to ``f``; return the number of bytes.
+
+    Each array is written as it is compressed (or raw: small, or when compressing does not
+    save a tenth), from where a header with every offset unknown would end: nothing compressed
+    is kept. The header, once every offset is known, is padded to end before the same place
+    and written over the start; the trailer is the sha256 of the file read back."""
+    data_start = _align(_PREFIX_SIZE + _placeholder_header(header, arrays, compress=compress))
+    f.write(bytes(data_start))  # the prefix's and the header's room, written last
+    directory, offset = [], 0
+    for name, array in arrays:
+        gap = _align(offset) - offset
+        f.write(bytes(gap))
+        offset += gap
+        stored, codec = _write_array(f, data_start + offset, array, compress=compress)
+        directory.append(_entry(name, array, offset, codec, stored))
+        offset += stored
+    end = data_start + offset
+    f.flush()
+    os.ftruncate(f.fileno(), end)  # past the end: what a raw rewrite left of its compression
+    packed = _pack_header(
+        {**header, "data_nbytes": offset, "arrays": directory}, data_start - _PREFIX_SIZE
+    )
+    if _align(_PREFIX_SIZE + len(packed)) != data_start:
+        raise SnapshotError("the snapshot header does not fit its room")  # cannot happen
+    f.seek(0)
+    f.write(magic + _HEADER_LEN.pack(len(packed)) + packed)
+    f.flush()
     digest = hashlib.sha256()
-    written = 0
+    for start in range(0, end, _CHUNK_BYTES):
+        digest.update(os.pread(f.fileno(), min(_CHUNK_BYTES, end - start), start))
+    f.seek(end)
+    f.write(digest.digest())
+    return end + _DIGEST_SIZE
 
-    def put(chunk: bytes | memoryview) -> None:
-        nonlocal written
-        f.write(chunk)
-        digest.update(chunk)
-        written += len(chunk)
 
-    put(magic)
-    put(_HEADER_LEN.pack(len(header)))
-    put(header)
-    data_start = _align(written)
-    put(bytes(data_start - written))
-    for array, entry in zip(arrays, directory, strict=True):
-        put(bytes(data_start + entry["offset"] - written))
-        if isinstance(array, _Packed):
-            for chunk in array.chunks():
-                put(chunk)
-        else:
-            data = _c_bytes(array)
-            for start in range(0, len(data), _CHUNK_BYTES):
-                put(data[start : start + _CHUNK_BYTES])
-        if written != data_start + entry["offset"] + entry.get("stored", entry["nbytes"]):
-            raise SnapshotError(f"array {entry['name']!r} changed while the snapshot was written")
-    trailer = digest.digest()
-    f.write(trailer)
-    return written + len(trailer)
+def _write_array(
+    f: BinaryIO, at: int, array: npt.NDArray[Any], *, compress: bool
+) -> tuple[int, str | None]:
+    """Write ``array`` at ``at`` (``f``'s position): ``(bytes stored, codec)`` (None: v1)."""
+    if compress and array.nbytes >= _COMPRESS_MIN_BYTES:
+        stored = 0
+        for chunk in _deflate(array):
+            f.write(chunk)
+            stored += len(chunk)
+        if stored <= 0.9 * array.nbytes:
+            return stored, "zlib"
+        f.seek(at)  # does not save a tenth: raw, over it
+    data = _c_bytes(array)
+    for start in range(0, len(data), _CHUNK_BYTES):
+        f.write(data[start : start + _CHUNK_BYTES])
+    return array.nbytes, "raw" if compress else None
 
 
 # --- decoding ------------------------------------------------------------------------------------

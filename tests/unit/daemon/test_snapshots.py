@@ -309,39 +309,56 @@ def test_large_arrays_are_compressed_small_ones_and_noise_stay_raw(tmp_path: Pat
     assert b"raw" in header_end[:4096]
 
 
-def test_large_arrays_are_compressed_as_they_are_written_without_a_kept_copy(
+def test_large_arrays_are_compressed_once_as_they_are_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past _KEEP_PACKED_BYTES of compressed bytes the layout keeps none of them and each array
-    is compressed again, chunk by chunk, as it is written: the file reads back the same, and
-    the same arrays always give the same bytes."""
+    """Each array is compressed once, chunk by chunk, as it is written (nothing compressed is
+    kept); one that does not compress is written raw over its compressed bytes (the last one
+    too: the file ends where it does). The file reads back the same, the same arrays give the
+    same bytes, and the header (padded to where the data begins) reads with any reader."""
+    import zlib
+
     from edge_agent.daemon import snapshots
 
     rng = np.random.default_rng(2)
     arrays = {
         "history.qs": belief_history(),
         "beliefs": np.repeat(rng.random((50, 1)).astype(np.float32), 2000, axis=1),
-        "noise": rng.integers(0, 256, size=20_000, dtype=np.uint8),
+        "noise": rng.integers(0, 256, size=20_000, dtype=np.uint8),  # last: rewritten raw
     }
-    monkeypatch.setattr(snapshots, "_KEEP_PACKED_BYTES", 0)
+    compressions = []
+    real = zlib.compressobj
+    monkeypatch.setattr(zlib, "compressobj", lambda *a: compressions.append(a) or real(*a))
     monkeypatch.setattr(snapshots, "_CHUNK_BYTES", 4096)  # many chunks per array
     streamed = SnapshotStore(tmp_path / "streamed", max_writes_per_hour=10).save(
-        arrays, {}, now=0.0
+        arrays, {"many": list(range(300))}, now=0.0
     )
     assert streamed is not None
-    packed, *_ = snapshots._layout(arrays)
-    assert all(getattr(body, "packed", None) is None for body in packed)  # nothing kept
-    assert sum(isinstance(body, snapshots._Packed) for body in packed) == 2
+    assert len(compressions) == 3  # each array once
     loaded = read_snapshot(streamed.path)
+    stored = loaded.arrays._stored
+    assert [stored[k].compressed for k in arrays] == [True, True, False]
+    assert stored["noise"].start + stored["noise"].stored + 32 == streamed.nbytes
     for name, original in arrays.items():
         assert loaded.arrays[name].tobytes() == original.tobytes(), name
-    # Chunked compression is one zlib stream of other bytes than a one-shot compress could
-    # give; the same input always gives the same stream.
+    assert loaded.meta == {"many": list(range(300))}
     again = SnapshotStore(tmp_path / "again", max_writes_per_hour=10).save(arrays, {}, now=0.0)
     assert again is not None
-    body = slice(64, -32)  # past the header's creation time, before the digest
-    assert again.path.read_bytes()[body][-1000:] == streamed.path.read_bytes()[body][-1000:]
+    body = slice(-1032, -32)  # past the header's creation time, before the digest
+    assert again.path.read_bytes()[body] == streamed.path.read_bytes()[body]
     assert streamed.nbytes < sum(a.nbytes for a in arrays.values()) / 2
+
+
+@pytest.mark.parametrize("count", [1, 7, 40, 400])
+def test_the_header_is_padded_to_where_the_data_begins(tmp_path: Path, count: int) -> None:
+    """Whatever the offsets turn out to be, the header ends within the 64 bytes before the
+    data: many small arrays (short offsets) and few large ones."""
+    arrays = {f"a{i}": np.full(10 + 97 * i, i, dtype=np.int32) for i in range(count)}
+    info = SnapshotStore(tmp_path, max_writes_per_hour=10).save(arrays, {}, now=0.0)
+    assert info is not None
+    loaded = read_snapshot(info.path)
+    for name, original in arrays.items():
+        np.testing.assert_array_equal(loaded.arrays[name], original)
 
 
 def test_a_compressed_array_that_does_not_inflate_is_set_aside(tmp_path: Path) -> None:
