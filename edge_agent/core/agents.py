@@ -1550,11 +1550,15 @@ class AifAgentGroup:
         state's probability, or (``history_beliefs = "map"``) the most probable state's index
         and probability per factor."""
         if self.history_beliefs == "map":
-            idx, pmax = rows.blk.ibuf, self._pmax[rows.sl]  # the block's index scratch
+            blk = rows.blk
+            idx, pmax = blk.ibuf, self._pmax[rows.sl]  # the block's index scratch
+            at = blk.view(blk.p_idx, blk.nb)  # free here
             for f, q in enumerate(rows.qs):
                 np.argmax(q, axis=1, out=idx)
                 np.copyto(self._map_row[rows.sl, f], idx, casting="unsafe")
-                np.max(q, axis=1, out=pmax)
+                # the maximum is the belief at the argmax: read it (a pass over q less)
+                np.add(idx, blk.row_start(q.shape[1]), out=at)
+                q.reshape(-1).take(at, out=pmax, mode="clip")
                 np.multiply(pmax, 255.0, out=pmax)
                 np.add(pmax, 0.5, out=pmax)
                 np.copyto(self._p_row[rows.sl, f], pmax, casting="unsafe")
