@@ -152,19 +152,17 @@ class SamplerScratch:
         self.block: IndexArray = np.empty(n, dtype=np.intp)
         self.slot: IndexArray = np.empty(n, dtype=np.intp)
         self.index: IndexArray = np.empty(n, dtype=np.intp)
-        self._heads: dict[int, SamplerScratch] = {n: self}
 
     def head(self, n: int) -> SamplerScratch:
-        """The same buffers' first ``n`` elements, as a scratch for ``n`` agents (made once)."""
-        out = self._heads.get(n)
-        if out is None:
-            if not 0 < n <= self.n:
-                raise ValueError(f"a scratch of {self.n} has no head of {n}")
-            out = SamplerScratch.__new__(SamplerScratch)
-            out.n, out._heads = n, {n: out}
-            for name in ("values", "below", "block", "slot", "index"):
-                setattr(out, name, getattr(self, name)[:n])
-            self._heads[n] = out
+        """The same buffers' first ``n`` elements, as a scratch for ``n`` agents (views)."""
+        if n == self.n:
+            return self
+        if not 0 < n <= self.n:
+            raise ValueError(f"a scratch of {self.n} has no head of {n}")
+        out = SamplerScratch.__new__(SamplerScratch)
+        out.n = n
+        for name in ("values", "below", "block", "slot", "index"):
+            setattr(out, name, getattr(self, name)[:n])
         return out
 
 
@@ -260,7 +258,7 @@ class World(Protocol):
 #: Agents per pass of a world's sampling: its scratch (and its generator's) holds this many,
 #: and a larger world is sampled a chunk at a time, in the same order (the same numbers: the
 #: generator's stream does not depend on how it is split), and in cache.
-SAMPLE_CHUNK = 1 << 16
+SAMPLE_CHUNK = 1 << 14
 
 
 class BatchEnv:
@@ -505,7 +503,9 @@ class BatchEnv:
         self._chunks = [slice(start, min(start + c, n)) for start in range(0, n, c)]
         self._u: FloatArray = np.empty(c, dtype=np.float64)
         self._cols: IndexArray = np.zeros(c, dtype=np.intp)
-        self._joint_tmp: IndexArray = np.zeros(c, dtype=np.intp)
+        self._joint_tmp: IndexArray = np.zeros(c + 1, dtype=np.intp)
+        self._front: IndexArray = np.zeros(c + 1, dtype=np.intp)
+        self._places: IndexArray = np.arange(c, dtype=np.intp)
         self._draw: IndexArray = np.zeros(c, dtype=np.intp)
         self._zeros: IndexArray = np.zeros(c, dtype=np.intp)
         self._scratch = SamplerScratch(c)
@@ -519,13 +519,38 @@ class BatchEnv:
         sample_columns(sampler, cols, u, out, self._scratch.head(c))
 
     def _spawn(self, where: BoolArray) -> None:
+        """Spawn states for the agents in ``where``. A draw is one uniform for every agent
+        (the stream's numbers do not depend on who spawns), but only the agents that spawn are
+        sampled (a world's restarts are a few of its agents): their places in the chunk are
+        moved to the front, each to its rank among them, their uniforms made and sampled, and
+        each agent reads its rank's draw back (the others' are not used); no array is
+        allocated."""
         states = self._arrays["states"]
         for f, sampler in enumerate(self._spawn_samplers):
             for sl in self._chunks:
                 c = sl.stop - sl.start
+                chosen = where[sl]
+                k = int(np.count_nonzero(chosen))
+                if k == 0:
+                    if not sampler.deterministic:
+                        self._rng.skip(c)  # the stream moves past the chunk's all the same
+                    continue
                 draw = self._draw[:c]
-                self._sample(sampler, self._zeros[:c], draw)
-                np.copyto(states[sl, f], draw, where=where[sl])
+                if sampler.deterministic or k == c:
+                    self._sample(sampler, self._zeros[:c], draw)
+                else:
+                    rank, front = self._cols[:c], self._front[: c + 1]
+                    np.cumsum(chosen, out=rank)
+                    np.subtract(rank, chosen, out=rank)  # spawning agents before each one
+                    # the spawning agents' places first (a later agent's junk is overwritten)
+                    np.put(front, rank, self._places[:c], mode="clip")
+                    u = self._u[:k]
+                    self._rng.random_at(front[:k], out=u)
+                    self._rng.skip(c)
+                    drawn = self._joint_tmp[: c + 1]
+                    sample_columns(sampler, self._zeros[:k], u, drawn[:k], self._scratch.head(k))
+                    drawn.take(rank, out=draw, mode="clip")
+                np.copyto(states[sl, f], draw, where=chosen)
 
     def _observe(self, where: BoolArray | None) -> None:
         states, obs = self._arrays["states"], self._arrays["obs"]

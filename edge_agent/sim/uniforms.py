@@ -78,9 +78,14 @@ class SplitMix64:
         to the largest ``n`` asked for, and a smaller batch uses their start)."""
         if self._steps.shape[0] < n:
             self._buffers(n)
-        z, t = self._z[:n], self._t[:n]
+        z = self._z[:n]
         np.add(self._steps[:n], np.uint64(self._state), out=z)
         self._state = (self._state + n * GAMMA) & MASK64
+        return self._mix(z)
+
+    def _mix(self, z: NDArray[np.uint64]) -> NDArray[np.uint64]:
+        """The output function on states ``z``, in place."""
+        t = self._t[: z.shape[0]]
         for shift, factor in zip(_SHIFTS, (_M1, _M2, None), strict=True):
             np.right_shift(z, shift, out=t)
             np.bitwise_xor(z, t, out=z)
@@ -92,7 +97,31 @@ class SplitMix64:
         """Fill the 1-d float64 array ``out`` with uniforms in ``[0, 1)``; returns ``out``."""
         if out.ndim != 1 or out.dtype != np.float64:
             raise ValueError(f"out must be a 1-d float64 array, got {out.dtype} {out.shape}")
-        z = self.bits(out.shape[0])
+        return self._uniforms(self.bits(out.shape[0]), out)
+
+    def random_at(
+        self, offsets: NDArray[np.intp], out: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Of the next uniforms, those at ``offsets`` (0: the next one; intp, not negative),
+        into ``out``. The stream does not move (:meth:`skip` moves it): drawing ``n`` and
+        keeping some of them, without making the others."""
+        k = offsets.shape[0]
+        if out.shape != (k,) or out.dtype != np.float64:
+            raise ValueError(f"out must be a ({k},) float64 array, got {out.dtype} {out.shape}")
+        if self._steps.shape[0] < k:
+            self._buffers(k)
+        z = self._z[:k]
+        np.add(offsets.view(np.uint64), np.uint64(1), out=z)
+        np.multiply(z, np.uint64(GAMMA), out=z)
+        np.add(z, np.uint64(self._state), out=z)
+        return self._uniforms(self._mix(z), out)
+
+    def skip(self, n: int) -> None:
+        """Move the stream past its next ``n`` outputs."""
+        self._state = (self._state + n * GAMMA) & MASK64
+
+    @staticmethod
+    def _uniforms(z: NDArray[np.uint64], out: NDArray[np.float64]) -> NDArray[np.float64]:
         np.right_shift(z, _TO_53_BITS, out=z)
         np.multiply(z, _UNIT, out=out)
         return out

@@ -84,3 +84,16 @@ def test_a_world_is_fixed_by_its_seed_and_varies_with_it() -> None:
 
     assert np.array_equal(run(4), run(4))
     assert not np.array_equal(run(4), run(5))
+
+
+def test_uniforms_at_offsets_are_those_a_batch_would_give() -> None:
+    """random_at picks some of the next uniforms without making the others; skip moves the
+    stream past them: together, the stream a batch of all of them gives."""
+    whole, part = SplitMix64(9), SplitMix64(9)
+    everything = whole.random(out=np.empty(1000))
+    offsets = np.array([0, 3, 4, 500, 999], dtype=np.intp)
+    picked = part.random_at(offsets, out=np.empty(5))
+    np.testing.assert_array_equal(picked, everything[offsets])
+    part.skip(1000)
+    assert part.state == whole.state
+    np.testing.assert_array_equal(part.random(out=np.empty(7)), whole.random(out=np.empty(7)))
