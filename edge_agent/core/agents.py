@@ -30,6 +30,7 @@ from edge_agent.aif.planning import EVERY_TICK, PlanningPolicy, must_plan, plann
 from edge_agent.aif.policies import construct_policies, validate_policies
 from edge_agent.aif.quant import QuantizedModel, encode_beliefs_u8, quantize_model
 from edge_agent.aif.settings import AifSettings
+from edge_agent.arrays import true_indices
 from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.core.contract import GroupIO, StateReader, iter_rows, state_under
 from edge_agent.core.history import HistoryRing
@@ -657,7 +658,8 @@ class AifAgentGroup:
         self._workspace = None
         self._deep_scratch = None
         capacity = min(self.block_size, self.n_agents)
-        # The prior of the block being stepped, when the group keeps none.
+        # The prior of the block being stepped, when the group keeps none, and its agents reset.
+        self._reset_rows = np.empty(0 if self.keeps_prior else capacity + 1, dtype=np.intp)
         self._prior_scratch = [
             np.empty((0 if self.keeps_prior else capacity, s), dtype=self.dtype)
             for s in self.cm.num_states
@@ -857,9 +859,11 @@ class AifAgentGroup:
             made = kernels.small_prior_block(cm, blk, rows.action[:, 0], rows.prior[0])
         if not made:
             kernels.propagate_block(cm, rows.qs, rows.action, rows.prior, blk)
-        if reset.any():
+        if reset.any():  # a few agents: their rows (a masked copy reads the whole block)
+            nb = blk.nb
+            _, agents = true_indices(reset, blk.row_start(1), blk.ibuf, self._reset_rows[: nb + 1])
             for p, d in zip(rows.prior, self.cm.D, strict=True):
-                np.copyto(p, d, where=reset[:, None])
+                p[agents] = d
 
     def _prior_committed(self, rows: _BlockRows, *, small: bool) -> None:
         """The block's agents committed actions: their next prior follows from their beliefs

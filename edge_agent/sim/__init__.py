@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from edge_agent.aif.model import GenerativeModel
+from edge_agent.arrays import true_indices
 from edge_agent.errors import InputError, ModelError
 from edge_agent.sim.uniforms import SplitMix64
 
@@ -521,10 +522,9 @@ class BatchEnv:
     def _spawn(self, where: BoolArray) -> None:
         """Spawn states for the agents in ``where``. A draw is one uniform for every agent
         (the stream's numbers do not depend on who spawns), but only the agents that spawn are
-        sampled (a world's restarts are a few of its agents): their places in the chunk are
-        moved to the front, each to its rank among them, their uniforms made and sampled, and
-        each agent reads its rank's draw back (the others' are not used); no array is
-        allocated."""
+        sampled (a world's restarts are a few of its agents): their uniforms are made and
+        sampled, and each agent reads the draw of its rank among them back (the others' are
+        not used); no array is allocated."""
         states = self._arrays["states"]
         for f, sampler in enumerate(self._spawn_samplers):
             for sl in self._chunks:
@@ -539,13 +539,10 @@ class BatchEnv:
                 if sampler.deterministic or k == c:
                     self._sample(sampler, self._zeros[:c], draw)
                 else:
-                    rank, front = self._cols[:c], self._front[: c + 1]
-                    np.cumsum(chosen, out=rank)
-                    np.subtract(rank, chosen, out=rank)  # spawning agents before each one
-                    # the spawning agents' places first (a later agent's junk is overwritten)
-                    np.put(front, rank, self._places[:c], mode="clip")
+                    rank = self._cols[:c]  # each agent's rank among those that spawn
+                    _, spawning = true_indices(chosen, self._places, rank, self._front)
                     u = self._u[:k]
-                    self._rng.random_at(front[:k], out=u)
+                    self._rng.random_at(spawning, out=u)
                     self._rng.skip(c)
                     drawn = self._joint_tmp[: c + 1]
                     sample_columns(sampler, self._zeros[:k], u, drawn[:k], self._scratch.head(k))
