@@ -658,8 +658,9 @@ class AifAgentGroup:
         self._workspace = None
         self._deep_scratch = None
         capacity = min(self.block_size, self.n_agents)
-        # The prior of the block being stepped, when the group keeps none, and its agents reset.
-        self._reset_rows = np.empty(0 if self.keeps_prior else capacity + 1, dtype=np.intp)
+        # The prior of the block being stepped, when the group keeps none; its agents reset
+        # (also when a group that keeps its prior makes it from a snapshot that kept none).
+        self._reset_rows = np.empty(capacity + 1, dtype=np.intp)
         self._prior_scratch = [
             np.empty((0 if self.keeps_prior else capacity, s), dtype=self.dtype)
             for s in self.cm.num_states
