@@ -30,10 +30,15 @@ from edge_agent.aif.planning import EVERY_TICK, PlanningPolicy, must_plan, plann
 from edge_agent.aif.policies import construct_policies, validate_policies
 from edge_agent.aif.quant import QuantizedModel, encode_beliefs_u8, quantize_model
 from edge_agent.aif.settings import AifSettings
-from edge_agent.arrays import true_indices
 from edge_agent.core.budget import MemoryBudget, Reservation
-from edge_agent.core.contract import GroupIO, StateReader, iter_rows, state_under
+from edge_agent.core.contract import GroupIO, StateReader, state_under
 from edge_agent.core.history import HistoryRing
+from edge_agent.core.priors import (
+    make_block_prior,
+    prior_follows,
+    resets_of_kept_priors,
+    saved_small_flags,
+)
 from edge_agent.errors import InputError, SnapshotError
 
 if TYPE_CHECKING:
@@ -469,23 +474,15 @@ class AifAgentGroup:
         )
 
     def _prior_follows(self, n_agents: int) -> bool:
-        """Whether every block's next prior can be made again at the next tick, bit for bit,
-        from the beliefs and committed actions: always under a planning policy (its ticks
-        propagate every prior, :func:`kernels.propagate_block`), except on the joint
-        small-block path (its planners gather priors); every tick, unless a block is planned
-        by the dense tree (whose prior comes from the tree's predictions): a block of more
-        agents than the small-block planner takes but within the dense capacity, of a model
-        without a deep planner (with soft evidence a local planner's blocks take the tree)."""
-        cm = self.cm
-        if cm.joint is not None:
-            return False
-        if not self.planning.every_tick or cm.deep is not None:
-            return True
-        capacity = min(self.block_size, n_agents)
-        sizes = {capacity, n_agents % capacity or capacity}
-        small = min(capacity, kernels.SMALL_BLOCK) if cm.small is not None else 0
-        dense = min(self.dense_block_size, n_agents)
-        return all(nb <= small or nb > dense for nb in sizes)
+        """:func:`~edge_agent.core.priors.prior_follows` for this group's model, policy and
+        blocks."""
+        return prior_follows(
+            self.cm,
+            every_tick=self.planning.every_tick,
+            block_size=self.block_size,
+            dense_block_size=self.dense_block_size,
+            n_agents=n_agents,
+        )
 
     @property
     def nbytes(self) -> int:
@@ -849,22 +846,12 @@ class AifAgentGroup:
         """The block's prior for this tick's inference, into ``rows.prior`` (its scratch):
         what the tick that committed its actions would have kept (see :meth:`_prior_committed`;
         ``reset`` and ``small``: the group's flags of the block, by default)."""
-        if reset is None:
-            reset = self._prior_reset[rows.sl]
-        if small is None:
-            small = bool(self._prior_small[rows.index])
-        cm, blk = self.cm, rows.blk
-        made = False
-        if small and blk.small:  # its predictions made again: the same product, the same numbers
-            kernels.small_predict(cm, rows.qs[0], blk)
-            made = kernels.small_prior_block(cm, blk, rows.action[:, 0], rows.prior[0])
-        if not made:
-            kernels.propagate_block(cm, rows.qs, rows.action, rows.prior, blk)
-        if reset.any():  # a few agents: their rows (a masked copy reads the whole block)
-            nb = blk.nb
-            _, agents = true_indices(reset, blk.row_start(1), blk.ibuf, self._reset_rows[: nb + 1])
-            for p, d in zip(rows.prior, self.cm.D, strict=True):
-                p[agents] = d
+        make_block_prior(
+            self.cm, rows.qs, rows.action, rows.prior, rows.blk,
+            reset=self._prior_reset[rows.sl] if reset is None else reset,
+            small=bool(self._prior_small[rows.index]) if small is None else small,
+            rows=self._reset_rows[: rows.blk.nb + 1],
+        )
 
     def _prior_committed(self, rows: _BlockRows, *, small: bool) -> None:
         """The block's agents committed actions: their next prior follows from their beliefs
@@ -1654,14 +1641,18 @@ class AifAgentGroup:
         elif self.keeps_prior:  # a group's that kept none: made from what it kept
             reset = np.zeros(self.n_agents, dtype=bool)
             take("prior_reset", reset)
-            small = self._saved_prior_small(state)
+            small = saved_small_flags(state, len(self._blocks()))
             for rows in self._blocks():
                 self._derive_prior(rows, reset[rows.sl], bool(small[rows.index]))
         elif "prior_reset" in state or not kept:
             take("prior_reset", self._prior_reset)
-            self._prior_small[...] = self._saved_prior_small(state)
+            self._prior_small[...] = saved_small_flags(state, len(self._prior_small))
         else:  # a group's that kept it (an earlier snapshot format): D where it is D
-            self._prior_reset_from(state)
+            resets_of_kept_priors(
+                state, self.cm.D, self._prior_reset, rows=self.block_size, name=self.name
+            )
+            # an every-tick group's small blocks read the prior off the small-block planner
+            self._prior_small.fill(1 if self.planning.every_tick else 0)
         self.ticks = int(state["ticks"]) if "ticks" in state else 0
         if not self.planning.every_tick:
             if all(k in state for k in _PLAN_ARRAYS):
@@ -1686,43 +1677,6 @@ class AifAgentGroup:
                     )
                     self.history.clear()
                     self._times.clear()
-
-    def _saved_prior_small(self, state: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Per block, whether a saved group's priors come from the small-block planner's
-        predictions (none where the saved blocks are not this group's: propagated, equal to
-        rounding)."""
-        blocks = -(-self.n_agents // self.block_size)
-        saved = np.asarray(state["prior_small"]) if "prior_small" in state else None
-        if saved is None or saved.shape != (blocks,):
-            return np.zeros(blocks, dtype=np.uint8)
-        return saved.astype(np.uint8)
-
-    def _prior_reset_from(self, state: Mapping[str, np.ndarray]) -> None:
-        """A group that keeps no prior, restored from one that kept it (``prior{f}``, the
-        snapshots before keep_prior): an agent's prior is ``D`` where the saved one is ``D``,
-        else what its beliefs and action lead to, as this group's ticks make it (the saved
-        group's made it so: a group whose prior follows, see :meth:`_prior_follows`). Read a
-        block of rows at a time: no whole copy of the saved priors is made."""
-        reset, rows_per = self._prior_reset, self.block_size
-        reset.fill(True)
-        for f, d in enumerate(self.cm.D):
-            start = 0
-            for chunk in iter_rows(state, f"prior{f}", rows_per):
-                stop = start + len(chunk)
-                if chunk.shape[1:] != d.shape:
-                    raise InputError(
-                        f"group {self.name!r} snapshot 'prior{f}' has rows of shape "
-                        f"{chunk.shape[1:]}, expected {d.shape}"
-                    )
-                np.logical_and(reset[start:stop], (chunk == d).all(axis=1), out=reset[start:stop])
-                start = stop
-            if start != self.n_agents:
-                raise InputError(
-                    f"group {self.name!r} snapshot 'prior{f}' has {start} rows, "
-                    f"expected {self.n_agents}"
-                )
-        # an every-tick group's small blocks read the prior off the small-block planner
-        self._prior_small.fill(1 if self.planning.every_tick else 0)
 
     # -- the group contract (edge_agent.core.contract.AgentGroup) --------------------------------
     def advance(
