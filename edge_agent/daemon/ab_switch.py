@@ -54,12 +54,12 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.deploy import (
     DeployManager,
     HealthCheck,
-    OverlayEntry,
     Phase,
     ReadyToSwitch,
     Report,
 )
 from edge_agent.fleet.outcomes import Outcome, ResultCode
+from edge_agent.fleet.overlay import OverlayEntry
 from edge_agent.kinds.base import LoadedModel
 from edge_agent.state_health import StateHealth
 

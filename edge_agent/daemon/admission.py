@@ -44,7 +44,7 @@ from edge_agent.daemon.group_runtime import (
     with_bundle,
 )
 from edge_agent.errors import BudgetError, BundleError, ConfigError, EdgeAgentError
-from edge_agent.fleet.deploy import OverlayEntry
+from edge_agent.fleet.overlay import OverlayEntry
 from edge_agent.kinds import get_kind, kind_name
 from edge_agent.kinds.base import LoadedModel
 

@@ -27,7 +27,7 @@ from edge_agent.daemon.admission import load_group_model, trusted_keys
 from edge_agent.daemon.group_runtime import model_spec_key, with_bundle
 from edge_agent.daemon.snapshots import LoadedSnapshot, read_snapshot
 from edge_agent.errors import InputError, SnapshotError
-from edge_agent.fleet.deploy import read_overlay
+from edge_agent.fleet.overlay import read_overlay
 from edge_agent.fsutil import atomic_writer
 from edge_agent.kinds import get_kind
 from edge_agent.kinds.aif import aif_of

@@ -45,12 +45,8 @@ The switch writes the journal (``watching``, with the overlay entry to restore) 
 overlay; a rollback restores the overlay before the journal says ``rolled_back``, so every crash
 point lands in a state the rules above complete.
 
-The overlay, ``deployed.json`` in the state directory, maps a group to its deployed bundle (path,
-sha256, and the config's model of that group at deployment time). The daemon applies it when it
-builds groups, at start and on reload, so a deployed bundle survives restarts although the config
-file still names the old model. A config whose model for that group has changed since wins: the
-entry is dropped (the operator's newer decision). An entry whose file is missing or does not
-verify is ignored with an error event, and the config's model runs.
+The overlay (:mod:`edge_agent.fleet.overlay`, ``deployed.json`` in the state directory) maps a
+group to its deployed bundle; a switch writes it, a rollback restores it.
 
 Damage (reported to the :class:`~edge_agent.state_health.StateHealth` the manager is given): an
 overlay, a journal or a ``bundles`` directory that is damaged (not JSON, not the schema, a
@@ -66,12 +62,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -80,7 +75,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.outcomes import Outcome, ResultCode
-from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file, write_atomic
+from edge_agent.fleet.overlay import (
+    Overlay,
+    OverlayEntry,
+    read_json,
+    write_json_atomic,
+)
+from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file
 from edge_agent.records import Record, Rule, from_json
 from edge_agent.state_health import StateHealth
 
@@ -92,23 +93,17 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BUNDLES_DIR",
-    "OVERLAY_FILE",
     "DeployManager",
     "HealthCheck",
-    "Overlay",
-    "OverlayEntry",
     "Phase",
     "PrepareCheck",
     "ReadyToSwitch",
     "Report",
-    "read_overlay",
-    "write_json_atomic",
 ]
 
 BUNDLES_DIR: Final = "bundles"
 INCOMING_DIR: Final = "incoming"
 JOURNAL_FILE: Final = "deploy.json"
-OVERLAY_FILE: Final = "deployed.json"
 SPACE_MARGIN_BYTES: Final = 1024 * 1024
 _HASH_BLOCK: Final = 1 << 20
 
@@ -125,108 +120,12 @@ health check of ``group`` needs (a snapshot); raises EdgeAgentError when it cann
 The check it returns reads nothing else, so the daemon may change meanwhile."""
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """``data`` as JSON, crash-safely: ``path`` is old or new after a crash."""
-    write_atomic(path, json.dumps(data, sort_keys=True).encode(), mkdir=True)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-
-
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_HASH_BLOCK):
             h.update(block)
     return h.hexdigest()
-
-
-# ------------------------------------------------------------------------------------- overlay
-class OverlayEntry(Record):
-    """One deployed bundle: what a group runs instead of its configured model."""
-
-    path: Annotated[str, Rule(description="the staged bundle file")]
-    sha256: Annotated[str, Rule(pattern=r"^[0-9a-f]{64}$", description="bundle identity")]
-    name: str = ""
-    version: str = ""
-    config_model: Annotated[
-        str, Rule(description="the config's model of the group when deployed (JSON)")
-    ]
-    deployed_at: float = 0.0
-
-
-class _OverlayFile(Record):
-    version: int = 1
-    groups: dict[str, OverlayEntry] = field(default_factory=dict)
-
-
-def read_overlay(state_dir: Path) -> dict[str, OverlayEntry]:
-    """The deployed bundles by group as a reader beside the daemon sees them, read only: empty
-    when there is no overlay, or one the daemon would find damaged (it runs the config's models
-    then; :meth:`Overlay.load` moves such a file aside, this leaves it)."""
-    try:
-        raw = _read_json(Path(state_dir) / OVERLAY_FILE)
-        return dict(from_json(_OverlayFile, raw).groups) if raw is not None else {}
-    except (OSError, ValueError):
-        return {}
-
-
-class Overlay:
-    """``state_dir/deployed.json``: group -> :class:`OverlayEntry` (see the module docstring)."""
-
-    def __init__(self, state_dir: Path, *, health: StateHealth | None = None) -> None:
-        self.path = Path(state_dir) / OVERLAY_FILE
-        self.entries: dict[str, OverlayEntry] = {}
-        self.load_error = ""
-        self.health = health if health is not None else StateHealth()
-        #: True when :meth:`load` found the file damaged and moved it aside.
-        self.recovered = False
-
-    def load(self) -> None:
-        """Read the overlay; a damaged one is moved aside (the config's models run)."""
-        self.load_error = ""
-        self.recovered = False
-        data = _OverlayFile()
-        reason = "not a regular file" if not_a_file(self.path) else ""
-        if not reason:
-            try:
-                raw = _read_json(self.path)
-                data = from_json(_OverlayFile, raw) if raw is not None else _OverlayFile()
-            except OSError as err:
-                self.load_error = f"{self.path}: unreadable, deployed bundles are ignored: {err}"
-                self.health.storage_error("overlay", err, f"read {self.path}")
-            except ValueError as err:
-                reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-        if reason:
-            self.load_error = f"{self.path}: damaged, deployed bundles are ignored: {reason}"
-            self.recovered = True
-            self.health.move_aside("overlay", self.path, f"{reason}; the config's models run")
-        self.load_error = self.load_error[:512]
-        self.entries = dict(data.groups)
-
-    def save(self) -> None:
-        doc = _OverlayFile(groups=self.entries)
-        write_json_atomic(self.path, dataclasses.asdict(doc))
-
-    def get(self, group: str) -> OverlayEntry | None:
-        return self.entries.get(group)
-
-    def restore(self, group: str, entry: OverlayEntry | None) -> None:
-        """Make ``group``'s entry ``entry`` (None removes it) and save."""
-        if entry is None:
-            if group not in self.entries:
-                return
-            del self.entries[group]
-        else:
-            self.entries[group] = entry
-        self.save()
-
-    def referenced(self) -> set[str]:
-        return {Path(e.path).name for e in self.entries.values()}
 
 
 # ------------------------------------------------------------------------------------- journal
@@ -378,7 +277,7 @@ class DeployManager:
         reason = "not a regular file" if not_a_file(path) else ""
         if not reason:
             try:
-                raw = _read_json(path)
+                raw = read_json(path)
                 return from_json(JournalRecord, raw) if raw is not None else None
             except OSError as err:
                 self.health.storage_error("journal", err, f"read {path}")

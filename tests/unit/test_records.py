@@ -18,7 +18,8 @@ from edge_agent.config.daemon import GroupConfig, parse_config, read_config
 from edge_agent.config.isolated import read_config_isolated
 from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.errors import ConfigError
-from edge_agent.fleet.deploy import JournalRecord, OverlayEntry, Phase
+from edge_agent.fleet.deploy import JournalRecord, Phase
+from edge_agent.fleet.overlay import OverlayEntry
 from edge_agent.records import Record, RecordError, Rule, ValueRecord, from_json
 
 SHA = "ab" * 32

@@ -28,7 +28,8 @@ from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.service import Daemon
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.commands import ChunkArgs, DeployArgs, ResizeArgs
-from edge_agent.fleet.deploy import DeployManager, Overlay, Phase, ReadyToSwitch
+from edge_agent.fleet.deploy import DeployManager, Phase, ReadyToSwitch
+from edge_agent.fleet.overlay import Overlay
 from edge_agent.fleet.protocol import BundleChunk, ResultCode
 from edge_agent.sim.registry import builtin_model
 from edge_agent_host.keys import generate_keypair
