@@ -1544,7 +1544,7 @@ class AifAgentGroup:
         if self.history_beliefs == "map":
             blk = rows.blk
             idx, pmax = blk.ibuf, self._pmax[rows.sl]  # the block's index scratch
-            at = blk.view(blk.p_idx, blk.nb)  # free here
+            at = blk.ibuf2
             for f, q in enumerate(rows.qs):
                 np.argmax(q, axis=1, out=idx)
                 np.copyto(self._map_row[rows.sl, f], idx, casting="unsafe")
