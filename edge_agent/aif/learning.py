@@ -207,6 +207,79 @@ def b_increment_shared(
     return out
 
 
+@dataclass(frozen=True)
+class TransitionSupport:
+    """Where a transition mask ``(S, S, U)`` is true, column by column: ``targets`` ``(U, k, S)``
+    intp, the rows ``t`` with ``mask[t, s, u]`` (``k`` the most any column has; a shorter
+    column padded with row 0), ``weights`` ``(U, k, S)`` float64 (1, or 0 for a pad) and
+    ``flat`` ``(U, k, S)`` intp, each entry's index into the table flattened (C order)."""
+
+    targets: np.ndarray
+    weights: FloatArray
+    flat: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.targets.nbytes + self.weights.nbytes + self.flat.nbytes
+
+
+def transition_support(mask: np.ndarray) -> TransitionSupport | None:
+    """The :class:`TransitionSupport` of ``mask`` ``(S, S, U)``, or ``None`` when some column
+    has more than ``SPARSE_SUPPORT`` of the states in it (grid10's moves: one target each)."""
+    S, _, U = mask.shape
+    per_action = [support_index(np.ascontiguousarray(mask[:, :, u].T)) for u in range(U)]
+    if any(s is None for s in per_action):
+        return None
+    k = max(s[0].shape[1] for s in per_action if s is not None)
+    targets = np.zeros((U, k, S), dtype=np.intp)
+    weights = np.zeros((U, k, S))
+    for u, found in enumerate(per_action):
+        assert found is not None
+        columns, w = found  # (S, k_u): per column s its targets, padded
+        targets[u, : columns.shape[1]] = columns.T
+        weights[u, : w.shape[1]] = w.T
+    s_index = np.arange(S)[None, None, :]
+    u_index = np.arange(U)[:, None, None]
+    flat = (targets * S + s_index) * U + u_index
+    return TransitionSupport(targets=targets, weights=weights, flat=flat)
+
+
+def b_increment_support(
+    qs_f: np.ndarray, qs_prev_f: np.ndarray, action_f: np.ndarray, support: TransitionSupport,
+    *, agents: np.ndarray | None = None, now_out: np.ndarray, before_out: np.ndarray,
+    gathered_out: np.ndarray, sums_out: np.ndarray,
+) -> np.ndarray:
+    """``(U, k, S)``, in the posteriors' dtype: :func:`b_increment_shared` at the entries of
+    ``support`` only (the update's mask removes the others): ``sums_out[u, j, s]`` is the sum,
+    over the agents that took ``u``, of ``qs[n, t] * qs_prev[n, s]`` with ``t =
+    support.targets[u, j, s]`` (a pad's sum is left for its weight 0 to remove).
+
+    The agents grouped by action (one sort, the rows gathered in that order into ``now_out``
+    and ``before_out``, ``(N, S)``), then per action and target slot one column gather into
+    ``gathered_out`` (``(N, S)``), a product and a sum over the agents: ``O(N S k)`` against
+    the ``O(N S^2)`` of the dense products. ``sums_out``: ``(U, k, S)`` scratch. ``agents``:
+    the rows that count (all by default; the scratch then has ``len(agents)`` rows)."""
+    targets = support.targets
+    U, k, _ = targets.shape
+    if agents is None:
+        order, values, starts = _grouped(action_f, U)
+    else:
+        order, values, starts = _grouped(action_f[agents], U)
+        order = agents[order]
+    np.take(qs_f, order, axis=0, out=now_out, mode="clip")
+    np.take(qs_prev_f, order, axis=0, out=before_out, mode="clip")
+    sums_out.fill(0.0)
+    ends = [*starts[1:].tolist(), len(order)]
+    for u, start, end in zip(values.tolist(), starts.tolist(), ends, strict=True):
+        now, before = now_out[start:end], before_out[start:end]
+        gathered = gathered_out[start:end]
+        for j in range(k):
+            np.take(now, targets[u, j], axis=1, out=gathered, mode="clip")
+            np.multiply(gathered, before, out=gathered)
+            np.add.reduce(gathered, axis=0, out=sums_out[u, j])
+    return sums_out
+
+
 def forget(counts: np.ndarray, prior: np.ndarray, forgetting: float) -> None:
     """In place: ``counts <- prior + (1 - forgetting) * (counts - prior)``."""
     if forgetting:
@@ -594,12 +667,29 @@ class Learner:
                                          dtype=dtype) if pB else None
         self.pD = DirichletCounts.create("D", pD or {}, D, scope, n_agents,
                                          dtype=dtype) if pD else None
-        self.num_states_joint = int(np.prod([d.shape[0] for d in D]))
+        self.num_states = tuple(int(d.shape[0]) for d in D)
+        self.num_states_joint = int(np.prod(self.num_states))
         #: Scratch of the shared updates by name, sized by the agents of the last tick (a
         #: group that resizes gets new ones at its next tick, none in the ticks between).
         self._scratch: dict[str, np.ndarray] = {}
         #: Per pA slot: the mask it was made from and its support_index.
         self._supports: dict[int, tuple[np.ndarray, tuple[np.ndarray, FloatArray] | None]] = {}
+        #: Per pB slot: the mask it was made from, its transition_support and, when it has
+        #: one, the scratch of the support's sums (posteriors' dtype) and values (float64).
+        self._b_supports: dict[
+            int, tuple[np.ndarray, TransitionSupport | None, dict[str, np.ndarray]]
+        ] = {}
+        #: The most the pB supports and their scratch take, over the masks a table can have
+        #: (the model's table's support, the counts' from the first refresh on).
+        self._b_support_nbytes = 0
+        if self.pB is not None and scope == "shared":
+            for slot, prior in enumerate(self.pB.prior):
+                sizes = [0]
+                for mask in (self.pB.mask[slot], prior > 0):
+                    support = transition_support(mask)
+                    if support is not None:  # and its sums and values, 8 bytes at most each
+                        sizes.append(support.nbytes + 2 * support.targets.size * 8)
+                self._b_support_nbytes += max(sizes)
 
     def _support(self, slot: int) -> tuple[np.ndarray, FloatArray] | None:
         """:func:`support_index` of ``pA`` table ``slot``'s mask, made again when the mask is
@@ -612,6 +702,26 @@ class Learner:
                 mask, support_index(mask.reshape(mask.shape[0], -1))
             )
         return cached[1]
+
+    def _transition_support(
+        self, slot: int, dtype: np.dtype[Any]
+    ) -> tuple[TransitionSupport | None, dict[str, np.ndarray]]:
+        """:func:`transition_support` of ``pB`` table ``slot``'s mask and its scratch (``sums``
+        in ``dtype``, ``values`` float64), made again when the mask is replaced (at the first
+        refresh) or the posteriors' dtype changes."""
+        assert self.pB is not None
+        mask = self.pB.mask[slot]
+        cached = self._b_supports.get(slot)
+        if cached is None or cached[0] is not mask or (
+            cached[1] is not None and cached[2]["sums"].dtype != dtype
+        ):
+            support = transition_support(mask)
+            scratch = {} if support is None else {
+                "sums": np.empty(support.targets.shape, dtype=dtype),
+                "values": np.empty(support.targets.shape),
+            }
+            cached = self._b_supports[slot] = (mask, support, scratch)
+        return cached[1], cached[2]
 
     def _buffer(
         self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any] | None = None
@@ -634,21 +744,31 @@ class Learner:
 
     @property
     def gain_nbytes(self) -> int:
-        """The shared updates' float64 gain scratch, one per learned ``A``/``B`` table (none per
-        agent: the per-agent scope writes into the counts' rows)."""
+        """The shared updates' scratch of one model's size: the float64 gain, one per learned
+        ``A``/``B`` table, and the support of each learned ``B`` with its sums and values
+        (:func:`transition_support`; the larger of the two masks it can have). None per
+        agent: the per-agent scope writes into the counts' rows."""
         if self.settings.scope != "shared":
             return 0
-        return sum(p.size * 8 for c in self.counts if c.kind != "D" for p in c.prior)
+        dense = sum(p.size * 8 for c in self.counts if c.kind != "D" for p in c.prior)
+        return dense + self._b_support_nbytes
 
     def scratch_bytes_per_agent(self, itemsize: int) -> int:
         """Bound on the shared updates' scratch per agent (:meth:`_buffer`), for posteriors of
         ``itemsize`` bytes: the state-major joint, the one-hot tables of few-outcome modalities,
-        and per other modality the grouped rows or the support gather (``k <= S / 4``)."""
-        if self.settings.scope != "shared" or self.pA is None:
+        and per other modality the grouped rows or the support gather (``k <= S / 4``); for
+        ``B``, the rows grouped by action and their gather (three rows of the largest learned
+        factor)."""
+        if self.settings.scope != "shared":
             return 0
+        total = 0
+        if self.pB is not None:
+            total += 3 * itemsize * max(self.num_states[f] for f in self.pB.tables)
+        if self.pA is None:
+            return total
         S = self.num_states_joint
         few = [self.num_obs[m] <= FEW_OUTCOMES for m in self.pA.tables]
-        total = 8 * S if any(few) else 0
+        total += 8 * S if any(few) else 0
         for m, is_few in zip(self.pA.tables, few, strict=True):
             total += 8 * self.num_obs[m] if is_few else 0
         if not all(few):
@@ -721,17 +841,54 @@ class Learner:
         agents = None
         if acted is not None and not acted.all():
             agents = np.flatnonzero(acted)
-            qs = [q[acted] for q in qs]
-            qs_prev = [q[acted] for q in qs_prev]
-            actions = actions[acted]
+        if s.scope == "shared":
+            for slot in range(len(self.pB.tables)):
+                self._learn_B_shared(slot, qs, qs_prev, actions, agents)
+            return
+        if agents is not None:
+            qs = [q[agents] for q in qs]
+            qs_prev = [q[agents] for q in qs_prev]
+            actions = actions[agents]
         for slot, f in enumerate(self.pB.tables):
-            if s.scope == "shared":
-                inc = b_increment_shared(qs[f], qs_prev[f], actions[:, f], self.num_controls[f])
-                self.pB.add(slot, inc, s.lr_pB, s.forgetting)
+            outer = qs[f][:, :, None] * qs_prev[f][:, None, :]
+            self.pB.add_rows(slot, (actions[:, f],), outer, s.lr_pB, s.forgetting,
+                             agents=agents)
+
+    def _learn_B_shared(  # noqa: N802 - pymdp's table names
+        self, slot: int, qs: Sequence[np.ndarray], qs_prev: Sequence[np.ndarray],
+        actions: np.ndarray, agents: np.ndarray | None,
+    ) -> None:
+        """One shared ``pB`` table's update from the agents ``agents`` (all: ``None``): on
+        the support of its mask when that is sparse (:func:`b_increment_support`, the entries
+        added where they fall), else the dense products of :func:`b_increment_shared`."""
+        assert self.pB is not None
+        s = self.settings
+        f = self.pB.tables[slot]
+        q, q_prev = qs[f], qs_prev[f]
+        support, scratch = self._transition_support(slot, q.dtype)
+        if support is None:
+            if agents is not None:
+                q, q_prev, action = q[agents], q_prev[agents], actions[agents, f]
             else:
-                outer = qs[f][:, :, None] * qs_prev[f][:, None, :]
-                self.pB.add_rows(slot, (actions[:, f],), outer, s.lr_pB, s.forgetting,
-                                 agents=agents)
+                action = actions[:, f]
+            inc = b_increment_shared(q, q_prev, action, self.num_controls[f])
+            self.pB.add(slot, inc, s.lr_pB, s.forgetting)
+            return
+        n, S = q.shape
+        # Flat scratch sized by the whole group: the agents that acted take its first rows.
+        rows = n if agents is None else len(agents)
+        now, before, gathered = (
+            self._buffer(name, (n * S,), q.dtype)[: rows * S].reshape(rows, S)
+            for name in ("b_now", "b_before", "b_gathered")
+        )
+        sums = b_increment_support(
+            q, q_prev, actions[:, f], support, agents=agents, now_out=now, before_out=before,
+            gathered_out=gathered, sums_out=scratch["sums"],
+        )
+        values = scratch["values"]
+        np.multiply(sums, support.weights, out=values)  # float64; a pad's value 0
+        self.pB.add_entries(slot, support.flat.reshape(-1), values.reshape(-1), s.lr_pB,
+                            s.forgetting)
 
     def learn_D(  # noqa: N802 - pymdp's table names
         self, qs: Sequence[np.ndarray], agents: np.ndarray | None = None

@@ -24,6 +24,7 @@ from edge_agent.aif.learning import (
     a_increment_shared,
     b_increment_shared,
     joint_states,
+    transition_support,
 )
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.reference import LearningReferenceAgent
@@ -243,6 +244,60 @@ def test_increments_are_one_matrix_product_of_the_textbook_sums() -> None:
     for i in range(n):
         want_b[:, :, action[i]] += np.outer(qs[0][i], prev[i])
     np.testing.assert_allclose(b_increment_shared(qs[0], prev, action, U), want_b, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("forgetting", [0.0, 0.1])
+def test_a_sparse_transition_learns_on_its_support_what_the_dense_products_give(
+    dtype: type, forgetting: float
+) -> None:
+    """A ``B`` whose columns have few targets (here 1 to 3 of 30, padded to 3) learns by
+    gathering each agent's posterior at its action's targets (``b_increment_support``): the
+    counts, the experience and the touched columns are what the masked dense products give,
+    also when some agents did not act; a dense mask takes the dense products."""
+    rng = np.random.default_rng(11)
+    S, U, n = 30, 4, 60
+    mask = np.zeros((S, S, U), dtype=bool)
+    for u in range(U):
+        for s in range(S):
+            mask[rng.choice(S, size=1 + (s + u) % 3, replace=False), s, u] = True
+    B = mask / mask.sum(axis=0, keepdims=True)
+    A = [np.full((2, S), 0.5)]
+    D = [np.full(S, 1.0 / S)]
+    prior = B * 2.0 + 0.5 * mask
+    support = transition_support(mask)
+    assert support is not None
+    assert support.targets.shape == (U, 3, S)
+    assert transition_support(np.ones_like(mask)) is None
+    learner = Learner(A, [B], D, pB={0: prior}, n_agents=n,
+                      settings=LearningSettings(lr_pB=0.4, forgetting=forgetting))
+    want, experience = prior.copy(), np.zeros_like(prior)
+    touched = np.zeros((S, U), dtype=bool)
+    for tick in range(4):
+        qs = [rng.dirichlet(np.full(S, 0.2), size=n).astype(dtype)]
+        qs_prev = [rng.dirichlet(np.full(S, 0.2), size=n).astype(dtype)]
+        actions = rng.integers(0, U, size=(n, 1))
+        acted = rng.random(n) < (1.0 if tick == 0 else 0.7)
+        learner.learn_B(qs, qs_prev, actions, acted=acted)
+        inc = b_increment_shared(qs[0][acted].astype(np.float64),
+                                 qs_prev[0][acted].astype(np.float64), actions[acted, 0], U)
+        gain = 0.4 * mask * inc
+        touched |= (gain != 0).any(axis=0) | ((want != prior).any(axis=0) & (forgetting > 0))
+        want = prior + (1 - forgetting) * (want - prior) + gain
+        experience += gain
+    pB = learner.pB
+    assert pB is not None
+    tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == np.float64 else {"rtol": 1e-5, "atol": 1e-8}
+    np.testing.assert_allclose(pB.counts[0], want, **tol)
+    np.testing.assert_allclose(pB.experience[0], experience, **tol)
+    np.testing.assert_array_equal(pB.touched[0], touched)
+    assert pB.version == 4
+    # Its scratch is within what a group reserves: per agent, and one model's worth.
+    held = sum(buf.nbytes for buf in learner._scratch.values())
+    assert 0 < held <= n * learner.scratch_bytes_per_agent(np.dtype(dtype).itemsize)
+    support_bytes = sum(found.nbytes + sum(a.nbytes for a in scratch.values())
+                        for _, found, scratch in learner._b_supports.values() if found)
+    assert 0 < support_bytes <= learner.gain_nbytes - prior.size * 8
 
 
 def test_deltas_carry_the_experience_since_the_last_report_and_its_versions() -> None:
