@@ -1163,6 +1163,17 @@ class AifAgentGroup:
     ) -> IntArray:
         """:meth:`step`; ``who_plans``: see :meth:`step_planned`."""
         o, soft = self.check_evidence(obs)
+        return self._step_checked(o, soft, now, record, who_plans)
+
+    def _step_checked(
+        self,
+        o: IntArray | None,
+        soft: list[np.ndarray] | None,
+        now: float | None,
+        record: bool,
+        who_plans: NDArray[np.bool_] | None,
+    ) -> IntArray:
+        """:meth:`_step` of evidence :meth:`check_evidence` has checked already."""
         if not self.keeps_prior:
             self._check_beliefs_behind()
         record = record and self.history is not None
