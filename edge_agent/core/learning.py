@@ -119,6 +119,9 @@ class LearningAgentGroup(AifAgentGroup):
         self._divergence = 0.0
         self._divergence_at: tuple[int, ...] = ()
         self._surprise, self._surprise_ticks, self._surprise_clock = 0.0, 0, 0
+        #: The model whose ``A`` the surprise last stacked, the stacked rows and each
+        #: modality's first row (:meth:`_outcome_probabilities`).
+        self._stacked_A: tuple[GenerativeModel, np.ndarray, np.ndarray] | None = None
         self._since_refresh = 0
         self.refreshes = 0
         #: Refreshes that brought only the touched columns of ``A`` in (no compile).
@@ -207,10 +210,9 @@ class LearningAgentGroup(AifAgentGroup):
         self._note_surprise(o, self.prior)
         if not self.planning.every_tick:  # learns between inference and planning: _inferred
             self._keep_action()
-            super().step(o, now, record=record)
-            return self.action
+            return self._step_checked(o, None, now, record, None)
         if self.learning_frozen:  # the plain group's step with the learned tables
-            super().step(o, now, record=record)
+            self._step_checked(o, None, now, record, None)
             self._keep_posteriors()
             return self.action
         if (
@@ -218,7 +220,7 @@ class LearningAgentGroup(AifAgentGroup):
             and not self.learning.param_info_gain
         ):
             self._keep_action()
-            super().step(o, now, record=record)
+            self._step_checked(o, None, now, record, None)
             self._learn(o, self._action_prev, self._acted_prev)
             return self.action
         record = record and self.history is not None
@@ -658,18 +660,15 @@ class LearningAgentGroup(AifAgentGroup):
         if (self._surprise_clock - 1) % SURPRISE_EVERY:
             return
         n = obs.shape[0]
-        rows = np.arange(0, n, -(-n // SURPRISE_AGENTS))
-        obs = obs[rows]
-        joint = joint_states([np.asarray(p[rows], dtype=np.float64) for p in prior])
-        total = 0.0
-        for m, flat in enumerate(self._surprise_tables()):
-            # (O, S): one table for all; (N, O, S) or (1, O, S): per agent
-            if flat.ndim == 2:
-                picked = flat[obs[:, m]]
-            else:
-                picked = flat[rows if len(flat) > 1 else 0, obs[:, m]]
-            p = np.einsum("ns,ns->n", picked, joint)
-            total += float(-np.log(p + EPS).mean())
+        step = -(-n // SURPRISE_AGENTS)
+        rows = np.arange(0, n, step)
+        if step > 1:
+            obs, prior = obs[rows], [p[rows] for p in prior]
+        joint = joint_states([np.asarray(p, dtype=np.float64) for p in prior])
+        p_obs = self._outcome_probabilities(obs, rows, joint)
+        np.add(p_obs, EPS, out=p_obs)
+        np.log(p_obs, out=p_obs)
+        total = -float(p_obs.sum()) / len(rows)  # the modalities' means over the agents, summed
         if self._surprise_ticks == 0:
             self._surprise = total
         else:
@@ -677,10 +676,23 @@ class LearningAgentGroup(AifAgentGroup):
             self._surprise += weight * (total - self._surprise)
         self._surprise_ticks += 1
 
-    def _surprise_tables(self) -> list[np.ndarray]:
-        """The ``A`` the agents inferred with, ``(O, S)`` each: the float tables of the group's
-        model, over the joint states."""
-        return [a.reshape(a.shape[0], -1) for a in self._float_model.A]
+    def _outcome_probabilities(
+        self, obs: IntArray, rows: IntArray, joint: np.ndarray
+    ) -> np.ndarray:
+        """``(r, M)`` float64: ``p(o_m) = A_m[o_m] . joint`` of the agents ``rows`` (their
+        outcomes ``obs`` ``(r, M)``, their joint beliefs ``joint`` ``(r, S)``), under the ``A``
+        the agents infer with: every modality's rows of the group's float model stacked into one
+        table (made again when the model changes, at a refresh), one gather and one product."""
+        model = self._float_model
+        if self._stacked_A is None or self._stacked_A[0] is not model:
+            tables = [a.reshape(a.shape[0], -1) for a in model.A]
+            offsets = np.cumsum([0, *(t.shape[0] for t in tables[:-1])])
+            stacked = np.concatenate(tables).astype(np.float64)
+            self._stacked_A = (model, stacked, offsets)
+        _, stacked, offsets = self._stacked_A
+        picked = stacked[obs + offsets]  # (r, M, S)
+        p_obs: np.ndarray = np.matmul(picked, joint[:, :, None])[:, :, 0]
+        return p_obs
 
     # -- snapshots --------------------------------------------------------------------------------
     def learning_identity(self) -> bytes:
@@ -902,10 +914,17 @@ class PerAgentLearningGroup(LearningAgentGroup):
         self.ticks += 1
         return self.action
 
-    def _surprise_tables(self) -> list[np.ndarray]:
-        """Each agent's ``A`` (``(N, O, S)`` learned, ``(1, O, S)`` shared)."""
+    def _outcome_probabilities(
+        self, obs: IntArray, rows: IntArray, joint: np.ndarray
+    ) -> np.ndarray:
+        """:class:`LearningAgentGroup`'s under each agent's own ``A`` (``(N, O, S)`` learned,
+        ``(1, O, S)`` shared)."""
         assert self._tables is not None
-        return self._tables["A"]
+        out = np.empty((len(rows), len(self._tables["A"])))
+        for m, flat in enumerate(self._tables["A"]):
+            picked = flat[rows if len(flat) > 1 else 0, obs[:, m]]
+            out[:, m] = np.einsum("ns,ns->n", picked, joint)
+        return out
 
     def infer_states(self, obs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
         """Every agent's posterior under its own ``A``, from the prior its own ``B`` (or, at a
