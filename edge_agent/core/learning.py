@@ -933,13 +933,21 @@ class PerAgentLearningGroup(LearningAgentGroup):
         o = self.check_obs(np.asarray(obs))
         t = self._tables
         prior = per_agent.priors(t["B"], t["D"], self.qs, self.action, self.has_action)
-        qs = per_agent.infer_states(
-            per_agent.log_likelihood(t["A"], o), [np.log(p + EPS) for p in prior],
-            self.cm.num_states, self._num_iter, self._dF_tol,
-        )
-        for f, q in enumerate(qs):
-            self.prior[f][...] = prior[f]
-            self.qs[f][...] = q
+        log_lik = per_agent.log_likelihood(t["A"], o)
+        for f, p in enumerate(prior):
+            self.prior[f][...] = p
+        if self.cm.num_factors > 1:  # the shared path's fixed-point kernel, state-major
+            for rows in self._blocks():
+                kernels.infer_block_log_likelihood(
+                    self.cm, log_lik[rows.sl], rows.prior, rows.qs, rows.blk,
+                    num_iter=self._num_iter, dF_tol=self._dF_tol,
+                )
+        else:
+            qs = per_agent.infer_states(
+                log_lik, [np.log(p + EPS) for p in prior], self.cm.num_states, self._num_iter,
+                self._dF_tol,
+            )
+            self.qs[0][...] = qs[0]
         return [q.copy() for q in self.qs]
 
     def infer_policies(self) -> tuple[np.ndarray, np.ndarray]:
@@ -976,7 +984,7 @@ class PerAgentLearningGroup(LearningAgentGroup):
                 table = self._tables[counts.kind][index]
                 table[...] = tables[counts.kind][index].reshape(table.shape[1:])
         if self._outcomes is not None and self.learner.pA is not None:
-            self._outcomes = per_agent.outcome_tables(self._tables["A"])
+            self._outcomes = per_agent.outcome_tables(self._tables["A"], self._possible)
         self._float_model = loaded
 
     def refresh(self) -> None:
@@ -988,7 +996,10 @@ class PerAgentLearningGroup(LearningAgentGroup):
                 continue
             for slot, index in enumerate(counts.tables):
                 table = self._tables[counts.kind][index]
-                table[...] = counts.normalised(slot).reshape(table.shape)
+                c = counts.counts[slot].reshape(table.shape)
+                # normalise() without its temporary: the sums in float64, divided into place
+                np.divide(c, np.add.reduce(c, axis=1, dtype=np.float64, keepdims=True),
+                          out=table, dtype=np.float64)
             counts.mark_refreshed()
         if self._outcomes is not None and self.learner.pA is not None:
             self._outcomes = per_agent.outcome_tables(self._tables["A"], self._possible)

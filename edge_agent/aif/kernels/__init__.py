@@ -90,6 +90,7 @@ from edge_agent.aif.kernels.agent_major import propagate_block
 from edge_agent.aif.kernels.block import (
     evaluate_block,
     infer_block,
+    infer_block_log_likelihood,
     load_roots,
     prior_block,
     select_block,
@@ -162,6 +163,7 @@ __all__ = [
     "evaluate_policies",
     "evaluate_small_block",
     "infer_block",
+    "infer_block_log_likelihood",
     "infer_joint",
     "infer_states",
     "load_roots",

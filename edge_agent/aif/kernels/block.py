@@ -229,15 +229,48 @@ def infer_block(
         _block_likelihood(cm, obs, soft, L, blk)
         np.log(L, out=L)
         np.copyto(blk.lnL, L.T)
+    _fixed_point_posterior(cm, prior, qs, blk, num_iter=num_iter, dF_tol=dF_tol, roots=roots)
+
+
+def _fixed_point_posterior(
+    cm: CompiledModel,
+    prior: list[np.ndarray],
+    qs: list[np.ndarray],
+    blk: Block,
+    *,
+    num_iter: int,
+    dF_tol: float,
+    roots: bool,
+) -> None:
+    """Several factors: the posterior ``qs[f] (nb, S_f)`` from the log likelihood in
+    ``blk.lnL`` and ``prior[f] (nb, S_f)`` (:func:`fixed_point_block`)."""
     for f, p in enumerate(prior):
         np.copyto(blk.log_prior[f], p.T)
-    np.add(blk.stk_lp, eps, out=blk.stk_lp)
+    np.add(blk.stk_lp, cm.fast.eps, out=blk.stk_lp)
     np.log(blk.stk_lp, out=blk.stk_lp)
     cur = fixed_point_block(cm, blk.lnL, blk, num_iter=num_iter, dF_tol=dF_tol)
     for q, root, part in zip(qs, blk.roots, blk.stk_parts[cur], strict=True):
         np.copyto(q, part.T)
         if roots:
             np.copyto(root[:-1], part)
+
+
+def infer_block_log_likelihood(
+    cm: CompiledModel,
+    log_lik: np.ndarray,
+    prior: list[np.ndarray],
+    qs: list[np.ndarray],
+    blk: Block,
+    *,
+    num_iter: int,
+    dF_tol: float,
+) -> None:
+    """:func:`infer_block` of a model of several factors from each agent's own log likelihood
+    ``log_lik (nb, S_joint)`` (``ln(L + eps)``, e.g. under the agent's own learned ``A``) instead
+    of ``cm``'s: the same fixed-point iteration (pymdp's vanilla one, every agent stopping when
+    its own free energy settles), state-major. Writes ``qs[f] (nb, S_f)``."""
+    np.copyto(blk.lnL, log_lik.T)
+    _fixed_point_posterior(cm, prior, qs, blk, num_iter=num_iter, dF_tol=dF_tol, roots=False)
 
 
 def load_roots(qs: list[np.ndarray], blk: Block) -> None:
