@@ -69,21 +69,25 @@ def joint_states(qs: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.
     return out
 
 
-def joint_states_major(qs: Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
+def joint_states_major(
+    qs: Sequence[np.ndarray], out: np.ndarray, factors_out: Sequence[np.ndarray] = ()
+) -> np.ndarray:
     """``(S, N)``: :func:`joint_states` state-major (agent index last), written into the
-    C-contiguous ``out`` of that shape. One or two factors: one call over rows of ``N`` agents
-    (numpy's fast loop, whatever the factors' sizes), nothing allocated; more: the outer
-    products of :func:`joint_states`, copied.
+    C-contiguous ``out`` of that shape. One or two factors: the factors copied state-major
+    into ``factors_out`` (``(S_f, N)`` each, ``out``'s dtype), then one product over rows of
+    ``N`` agents, nothing allocated; more: the outer products of :func:`joint_states`, copied.
 
-    Two factors are multiplied in ``out``'s dtype: float32 posteriors into a float64 ``out``
-    give exact products. (Multiplied in float32, near-certain beliefs, e.g. ``1e-30 * 1e-18``,
-    give subnormal products, which cost the processor ten times a normal one.)"""
+    The products are taken in ``out``'s dtype: float32 posteriors into a float64 ``out`` give
+    exact products. (Multiplied in float32, near-certain beliefs, e.g. ``1e-30 * 1e-18``, give
+    subnormal products, which cost the processor ten times a normal one.)"""
     n = qs[0].shape[0]
     if len(qs) == 1:
         np.copyto(out, qs[0].T)
     elif len(qs) == 2:
-        np.multiply(qs[0].T[:, None, :], qs[1].T[None, :, :],
-                    out=out.reshape(qs[0].shape[1], qs[1].shape[1], n), dtype=out.dtype)
+        a, b = factors_out
+        np.copyto(a, qs[0].T)
+        np.copyto(b, qs[1].T)
+        np.multiply(a[:, None, :], b[None, :, :], out=out.reshape(a.shape[0], b.shape[0], n))
     else:
         np.copyto(out, joint_states(qs).T)
     return out
@@ -772,7 +776,8 @@ class Learner:
             return total
         S = self.num_states_joint
         few = [self.num_obs[m] <= FEW_OUTCOMES for m in self.pA.tables]
-        total += 8 * S if any(few) else 0
+        if any(few):  # the joint and, for several factors, each factor state-major
+            total += 8 * S + (8 * sum(self.num_states) if len(self.num_states) > 1 else 0)
         for m, is_few in zip(self.pA.tables, few, strict=True):
             total += 8 * self.num_obs[m] if is_few else 0
         if not all(few):
@@ -791,7 +796,11 @@ class Learner:
         few = [self.num_obs[m] <= FEW_OUTCOMES for m in self.pA.tables]
         if shared and any(few) and len(qs) > 1:
             # One product into a state-major buffer; its transposed view is (N, S).
-            joint = joint_states_major(qs, self._buffer("joint", (self.num_states_joint, n))).T
+            factors = [self._buffer(f"factor{f}", (q.shape[1], n)) for f, q in enumerate(qs)
+                       ] if len(qs) == 2 else []
+            joint = joint_states_major(
+                qs, self._buffer("joint", (self.num_states_joint, n)), factors
+            ).T
         else:
             joint = joint_states(qs)
         for slot, m in enumerate(self.pA.tables):
