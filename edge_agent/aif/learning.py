@@ -217,10 +217,10 @@ def b_increment_shared(
 
 @dataclass(frozen=True)
 class TransitionSupport:
-    """Where a transition mask ``(S, S, U)`` is true, column by column: ``targets`` ``(U, k, S)``
+    """Where a transition mask ``(S, S, U)`` is true, column by column: ``targets`` ``(k, U, S)``
     intp, the rows ``t`` with ``mask[t, s, u]`` (``k`` the most any column has; a shorter
-    column padded with row 0), ``weights`` ``(U, k, S)`` float64 (1, or 0 for a pad) and
-    ``flat`` ``(U, k, S)`` intp, each entry's index into the table flattened (C order)."""
+    column padded with row 0), ``weights`` ``(k, U, S)`` float64 (1, or 0 for a pad) and
+    ``flat`` ``(k, U, S)`` intp, each entry's index into the table flattened (C order)."""
 
     targets: np.ndarray
     weights: FloatArray
@@ -239,52 +239,80 @@ def transition_support(mask: np.ndarray) -> TransitionSupport | None:
     if any(s is None for s in per_action):
         return None
     k = max(s[0].shape[1] for s in per_action if s is not None)
-    targets = np.zeros((U, k, S), dtype=np.intp)
-    weights = np.zeros((U, k, S))
+    targets = np.zeros((k, U, S), dtype=np.intp)
+    weights = np.zeros((k, U, S))
     for u, found in enumerate(per_action):
         assert found is not None
         columns, w = found  # (S, k_u): per column s its targets, padded
-        targets[u, : columns.shape[1]] = columns.T
-        weights[u, : w.shape[1]] = w.T
+        targets[: columns.shape[1], u] = columns.T
+        weights[: w.shape[1], u] = w.T
     s_index = np.arange(S)[None, None, :]
-    u_index = np.arange(U)[:, None, None]
+    u_index = np.arange(U)[None, :, None]
     flat = (targets * S + s_index) * U + u_index
     return TransitionSupport(targets=targets, weights=weights, flat=flat)
 
 
+def b_support_scratch(support: TransitionSupport, dtype: np.dtype[Any]) -> dict[str, np.ndarray]:
+    """The scratch of :func:`b_increment_support` that does not grow with the agents: a chunk's
+    ``local_offset``, ``index`` and ``gathered`` rows, the ``partial`` and ``sums`` of one
+    chunk and slot, in ``dtype``, and the float64 ``values`` the counts gain."""
+    k, U, S = support.targets.shape
+    rows = max(1, B_CHUNK // S)
+    return {
+        "offset": np.arange(rows)[:, None] * S + np.zeros((1, S), dtype=np.intp),
+        "index": np.empty((rows, S), dtype=np.intp),
+        "gathered": np.empty((rows, S), dtype=dtype),
+        "partial": np.empty((U, S), dtype=dtype),
+        "sums": np.empty((k, U, S), dtype=dtype),
+        "values": np.empty((k, U, S)),
+    }
+
+
+#: :func:`b_increment_support` works through this many agent-states (``agents * S``) at a
+#: time: its scratch does not grow with the group, and stays in the cache.
+B_CHUNK = 1 << 15
+
+
 def b_increment_support(
     qs_f: np.ndarray, qs_prev_f: np.ndarray, action_f: np.ndarray, support: TransitionSupport,
-    *, agents: np.ndarray | None = None, now_out: np.ndarray, before_out: np.ndarray,
-    gathered_out: np.ndarray, sums_out: np.ndarray,
+    *, acted: np.ndarray | None = None, local_offset: np.ndarray, index_out: np.ndarray,
+    gathered_out: np.ndarray, onehot_out: np.ndarray, partial_out: np.ndarray,
+    sums_out: np.ndarray,
 ) -> np.ndarray:
-    """``(U, k, S)``, in the posteriors' dtype: :func:`b_increment_shared` at the entries of
-    ``support`` only (the update's mask removes the others): ``sums_out[u, j, s]`` is the sum,
-    over the agents that took ``u``, of ``qs[n, t] * qs_prev[n, s]`` with ``t =
-    support.targets[u, j, s]`` (a pad's sum is left for its weight 0 to remove).
+    """``(k, U, S)``, in the posteriors' dtype: :func:`b_increment_shared` at the entries of
+    ``support`` only (the update's mask removes the others): ``sums_out[j, u, s]`` is the sum,
+    over the agents that took ``u`` (and ``acted``, ``(N,)`` bool, when given), of
+    ``qs[n, t] * qs_prev[n, s]`` with ``t = support.targets[j, u, s]`` (a pad's sum is left for
+    its weight 0 to remove).
 
-    The agents grouped by action (one sort, the rows gathered in that order into ``now_out``
-    and ``before_out``, ``(N, S)``), then per action and target slot one column gather into
-    ``gathered_out`` (``(N, S)``), a product and a sum over the agents: ``O(N S k)`` against
-    the ``O(N S^2)`` of the dense products. ``sums_out``: ``(U, k, S)`` scratch. ``agents``:
-    the rows that count (all by default; the scratch then has ``len(agents)`` rows)."""
+    ``C`` agents at a time (``C`` the rows of the scratch) and per target slot ``j``: each
+    agent's posterior gathered at its own action's targets (one gather through a flat index,
+    ``local_offset`` ``(C, S)`` intp holding ``c * S`` for the agent's row ``c`` of the
+    chunk), times its previous posterior, summed per action in one product with the agents'
+    one-hot actions: ``O(N S k)`` against the ``O(N S^2)`` of the dense products, no sort and
+    nothing allocated. Scratch: ``index_out`` ``(C, S)`` intp, ``gathered_out`` ``(C, S)``,
+    ``onehot_out`` ``(U, N)``, ``partial_out`` ``(U, S)`` in the posteriors' dtype,
+    ``sums_out`` ``(k, U, S)``."""
     targets = support.targets
-    U, k, _ = targets.shape
-    if agents is None:
-        order, values, starts = _grouped(action_f, U)
-    else:
-        order, values, starts = _grouped(action_f[agents], U)
-        order = agents[order]
-    np.take(qs_f, order, axis=0, out=now_out, mode="clip")
-    np.take(qs_prev_f, order, axis=0, out=before_out, mode="clip")
+    k, U, _ = targets.shape
+    n = qs_f.shape[0]
+    C = index_out.shape[0]
+    np.equal(action_f, np.arange(U)[:, None], out=onehot_out)
+    if acted is not None:
+        np.multiply(onehot_out, acted, out=onehot_out)
     sums_out.fill(0.0)
-    ends = [*starts[1:].tolist(), len(order)]
-    for u, start, end in zip(values.tolist(), starts.tolist(), ends, strict=True):
-        now, before = now_out[start:end], before_out[start:end]
-        gathered = gathered_out[start:end]
+    for start in range(0, n, C):
+        end = min(n, start + C)
+        c = end - start
+        index, gathered = index_out[:c], gathered_out[:c]
+        now = qs_f[start:end].reshape(-1)
         for j in range(k):
-            np.take(now, targets[u, j], axis=1, out=gathered, mode="clip")
-            np.multiply(gathered, before, out=gathered)
-            np.add.reduce(gathered, axis=0, out=sums_out[u, j])
+            np.take(targets[j], action_f[start:end], axis=0, out=index, mode="clip")
+            np.add(index, local_offset[:c], out=index)
+            np.take(now, index, out=gathered, mode="clip")
+            np.multiply(gathered, qs_prev_f[start:end], out=gathered)
+            np.matmul(onehot_out[:, start:end], gathered, out=partial_out)
+            np.add(sums_out[j], partial_out, out=sums_out[j])
     return sums_out
 
 
@@ -453,6 +481,8 @@ class DirichletCounts:
     #: Per table, the float64 scratch a shared update writes its gain into (no allocation
     #: per tick).
     scratch: list[FloatArray] = field(default_factory=list, repr=False)
+    #: The mask each scratch is 0 outside of.
+    _gain_masks: list[NDArray[np.bool_]] = field(default_factory=list, repr=False)
 
     @classmethod
     def create(
@@ -494,9 +524,8 @@ class DirichletCounts:
     def add(self, slot: int, increment: np.ndarray, lr: float, forgetting: float) -> None:
         """One shared update of table ``slot`` (a position in ``tables``): forget, then add
         ``lr * mask * increment`` (``increment`` summed over agents)."""
-        gain = self._gain(slot)  # lr * mask * increment, written into the slot's scratch
-        np.multiply(increment, self.mask[slot], out=gain)
-        gain *= lr
+        gain = self._gain(slot)  # lr * mask * increment: 0 outside the mask already
+        np.multiply(increment, lr, out=gain, where=self.mask[slot])
         self._forget(slot, forgetting)
         self.counts[slot] += gain
         self.experience[slot] += gain
@@ -520,9 +549,15 @@ class DirichletCounts:
         self.version += 1
 
     def _gain(self, slot: int) -> FloatArray:
-        """The float64 scratch of one shared update of table ``slot`` (made at the first)."""
+        """The float64 scratch of one shared update of table ``slot``: made at the first, and
+        0 outside the slot's mask (filled with 0 again when the mask is replaced), so that
+        :meth:`add` writes only where the mask is true."""
         while len(self.scratch) <= slot:
-            self.scratch.append(np.empty(self.prior[len(self.scratch)].shape))
+            self.scratch.append(np.zeros(self.prior[len(self.scratch)].shape))
+            self._gain_masks.append(self.mask[len(self._gain_masks)])
+        if self._gain_masks[slot] is not self.mask[slot]:
+            self.scratch[slot].fill(0.0)
+            self._gain_masks[slot] = self.mask[slot]
         return self.scratch[slot]
 
     def add_rows(
@@ -695,8 +730,10 @@ class Learner:
                 sizes = [0]
                 for mask in (self.pB.mask[slot], prior > 0):
                     support = transition_support(mask)
-                    if support is not None:  # and its sums and values, 8 bytes at most each
-                        sizes.append(support.nbytes + 2 * support.targets.size * 8)
+                    if support is not None:  # and its scratch, posteriors of 8 bytes at most
+                        sizes.append(support.nbytes + sum(
+                            a.nbytes for a in b_support_scratch(support, np.dtype(np.float64))
+                            .values()))
                 self._b_support_nbytes += max(sizes)
 
     def _support(self, slot: int) -> tuple[np.ndarray, FloatArray] | None:
@@ -714,9 +751,9 @@ class Learner:
     def _transition_support(
         self, slot: int, dtype: np.dtype[Any]
     ) -> tuple[TransitionSupport | None, dict[str, np.ndarray]]:
-        """:func:`transition_support` of ``pB`` table ``slot``'s mask and its scratch (``sums``
-        in ``dtype``, ``values`` float64), made again when the mask is replaced (at the first
-        refresh) or the posteriors' dtype changes."""
+        """:func:`transition_support` of ``pB`` table ``slot``'s mask and its scratch
+        (:func:`b_support_scratch`), made again when the mask is replaced (at the first refresh)
+        or the posteriors' dtype changes."""
         assert self.pB is not None
         mask = self.pB.mask[slot]
         cached = self._b_supports.get(slot)
@@ -724,10 +761,7 @@ class Learner:
             cached[1] is not None and cached[2]["sums"].dtype != dtype
         ):
             support = transition_support(mask)
-            scratch = {} if support is None else {
-                "sums": np.empty(support.targets.shape, dtype=dtype),
-                "values": np.empty(support.targets.shape),
-            }
+            scratch = {} if support is None else b_support_scratch(support, dtype)
             cached = self._b_supports[slot] = (mask, support, scratch)
         return cached[1], cached[2]
 
@@ -765,13 +799,12 @@ class Learner:
         """Bound on the shared updates' scratch per agent (:meth:`_buffer`), for posteriors of
         ``itemsize`` bytes: the state-major joint, the one-hot tables of few-outcome modalities,
         and per other modality the grouped rows or the support gather (``k <= S / 4``); for
-        ``B``, the rows grouped by action and their gather (three rows of the largest learned
-        factor)."""
+        ``B``, the agent's one-hot action (of the learned factor with the most actions)."""
         if self.settings.scope != "shared":
             return 0
         total = 0
-        if self.pB is not None:
-            total += 3 * itemsize * max(self.num_states[f] for f in self.pB.tables)
+        if self.pB is not None:  # per agent: its one-hot action (the rest is per model)
+            total += itemsize * max(self.num_controls[f] for f in self.pB.tables)
         if self.pA is None:
             return total
         S = self.num_states_joint
@@ -851,13 +884,13 @@ class Learner:
         if self.pB is None:
             return
         s = self.settings
-        agents = None
-        if acted is not None and not acted.all():
-            agents = np.flatnonzero(acted)
+        if acted is not None and acted.all():
+            acted = None
         if s.scope == "shared":
             for slot in range(len(self.pB.tables)):
-                self._learn_B_shared(slot, qs, qs_prev, actions, agents)
+                self._learn_B_shared(slot, qs, qs_prev, actions, acted)
             return
+        agents = None if acted is None else np.flatnonzero(acted)
         if agents is not None:
             qs = [q[agents] for q in qs]
             qs_prev = [q[agents] for q in qs_prev]
@@ -869,34 +902,29 @@ class Learner:
 
     def _learn_B_shared(  # noqa: N802 - pymdp's table names
         self, slot: int, qs: Sequence[np.ndarray], qs_prev: Sequence[np.ndarray],
-        actions: np.ndarray, agents: np.ndarray | None,
+        actions: np.ndarray, acted: np.ndarray | None,
     ) -> None:
-        """One shared ``pB`` table's update from the agents ``agents`` (all: ``None``): on
-        the support of its mask when that is sparse (:func:`b_increment_support`, the entries
-        added where they fall), else the dense products of :func:`b_increment_shared`."""
+        """One shared ``pB`` table's update from the agents that ``acted`` (all: ``None``):
+        on the support of its mask when that is sparse (:func:`b_increment_support`, the
+        entries added where they fall), else the dense products of :func:`b_increment_shared`."""
         assert self.pB is not None
         s = self.settings
         f = self.pB.tables[slot]
-        q, q_prev = qs[f], qs_prev[f]
+        q, q_prev, action = qs[f], qs_prev[f], actions[:, f]
         support, scratch = self._transition_support(slot, q.dtype)
         if support is None:
-            if agents is not None:
-                q, q_prev, action = q[agents], q_prev[agents], actions[agents, f]
-            else:
-                action = actions[:, f]
+            if acted is not None:
+                q, q_prev, action = q[acted], q_prev[acted], action[acted]
             inc = b_increment_shared(q, q_prev, action, self.num_controls[f])
             self.pB.add(slot, inc, s.lr_pB, s.forgetting)
             return
-        n, S = q.shape
-        # Flat scratch sized by the whole group: the agents that acted take its first rows.
-        rows = n if agents is None else len(agents)
-        now, before, gathered = (
-            self._buffer(name, (n * S,), q.dtype)[: rows * S].reshape(rows, S)
-            for name in ("b_now", "b_before", "b_gathered")
-        )
+        n = q.shape[0]
         sums = b_increment_support(
-            q, q_prev, actions[:, f], support, agents=agents, now_out=now, before_out=before,
-            gathered_out=gathered, sums_out=scratch["sums"],
+            np.ascontiguousarray(q), q_prev, action, support, acted=acted,
+            local_offset=scratch["offset"], index_out=scratch["index"],
+            gathered_out=scratch["gathered"],
+            onehot_out=self._buffer("b_onehot", (self.num_controls[f], n), q.dtype),
+            partial_out=scratch["partial"], sums_out=scratch["sums"],
         )
         values = scratch["values"]
         np.multiply(sums, support.weights, out=values)  # float64; a pad's value 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.aif import agreement
+from edge_agent.aif import agreement, learning
 from edge_agent.aif.learning import (
     DirichletCounts,
     Learner,
@@ -247,14 +247,17 @@ def test_increments_are_one_matrix_product_of_the_textbook_sums() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("forgetting", [0.0, 0.1])
+@pytest.mark.parametrize(("forgetting", "chunk"), [(0.0, None), (0.1, None), (0.1, 7 * 30)])
 def test_a_sparse_transition_learns_on_its_support_what_the_dense_products_give(
-    dtype: type, forgetting: float
+    dtype: type, forgetting: float, chunk: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A ``B`` whose columns have few targets (here 1 to 3 of 30, padded to 3) learns by
-    gathering each agent's posterior at its action's targets (``b_increment_support``): the
-    counts, the experience and the touched columns are what the masked dense products give,
-    also when some agents did not act; a dense mask takes the dense products."""
+    gathering each agent's posterior at its action's targets (``b_increment_support``, a chunk
+    of agents at a time: here all 60, or 7): the counts, the experience and the touched
+    columns are what the masked dense products give, also when some agents did not act; a
+    dense mask takes the dense products."""
+    if chunk is not None:
+        monkeypatch.setattr(learning, "B_CHUNK", chunk)
     rng = np.random.default_rng(11)
     S, U, n = 30, 4, 60
     mask = np.zeros((S, S, U), dtype=bool)
@@ -267,7 +270,7 @@ def test_a_sparse_transition_learns_on_its_support_what_the_dense_products_give(
     prior = B * 2.0 + 0.5 * mask
     support = transition_support(mask)
     assert support is not None
-    assert support.targets.shape == (U, 3, S)
+    assert support.targets.shape == (3, U, S)
     assert transition_support(np.ones_like(mask)) is None
     learner = Learner(A, [B], D, pB={0: prior}, n_agents=n,
                       settings=LearningSettings(lr_pB=0.4, forgetting=forgetting))
