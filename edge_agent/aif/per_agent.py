@@ -152,8 +152,9 @@ def outcome_tables(
     S = A[0].shape[2]
     out = A[0]
     if len(A) > 1 and outcomes is not None:
-        out = np.ones((n, outcomes.shape[0], S))
-        for m, a in enumerate(A):
+        # The shared tables' rows stay (1, K, S) until an agent's own table joins the product.
+        out = A[0][:, outcomes[:, 0], :]
+        for m, a in enumerate(A[1:], start=1):
             out = out * a[:, outcomes[:, m], :]
     elif len(A) > 1:
         out = np.ones((n, 1, S))
