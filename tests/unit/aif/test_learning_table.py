@@ -14,7 +14,8 @@ from edge_agent.cli import main as device_main
 from edge_agent.config.daemon import read_config
 from edge_agent.config.profiles import FirmwareProfile, load_profiles
 from edge_agent.core.budget import format_bytes
-from edge_agent.core.learning import LearningAgentGroup, PerAgentLearningGroup
+from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.core.per_agent_learning import PerAgentLearningGroup
 from edge_agent.daemon.admission import admit, load_group_model, resolve_models
 from edge_agent.daemon.group_runtime import plan_requests
 from edge_agent.errors import ConfigError

@@ -389,7 +389,7 @@ def test_workers_step_a_planning_group_as_one_process_does(policy: PlanningPolic
 
 def test_a_group_that_steps_its_own_way_refuses_a_policy() -> None:
     from edge_agent.aif.learning import LearningSettings, LearningSpec
-    from edge_agent.core.learning import PerAgentLearningGroup
+    from edge_agent.core.per_agent_learning import PerAgentLearningGroup
 
     env = make_env("tmaze", 4, seed=1)
     with pytest.raises(InputError, match="PerAgentLearningGroup steps its own way"):

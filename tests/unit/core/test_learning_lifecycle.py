@@ -12,10 +12,10 @@ import pytest
 from edge_agent.aif.learning import LearningSettings, LearningSpec, normalise
 from edge_agent.core.learning import (
     LearningAgentGroup,
-    PerAgentLearningGroup,
     divergence_from_prior,
     learning_group,
 )
+from edge_agent.core.per_agent_learning import PerAgentLearningGroup
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
 

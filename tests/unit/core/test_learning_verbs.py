@@ -11,7 +11,8 @@ import pytest
 from edge_agent.aif.learning import LearningSettings, LearningSpec, b_increment_shared
 from edge_agent.aif.quant import encode_log_u8, encode_transition
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.learning import LearningAgentGroup, PerAgentLearningGroup, learning_group
+from edge_agent.core.learning import LearningAgentGroup, learning_group
+from edge_agent.core.per_agent_learning import PerAgentLearningGroup
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
 N = 30
