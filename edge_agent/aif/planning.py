@@ -12,9 +12,12 @@ plan it committed to the last time it planned. An agent plans when
 - its committed plan is used up (policies of ``policy_len > 1`` steps), or it has none yet,
 - it was deferred by the budget on an earlier tick.
 
-A budget (``max_agents`` per tick, ``deadline_ms`` per tick) bounds the planning of a tick: the
-agents in most need go first (deferred ones, then the largest belief change, then the oldest
-plan), the others keep acting from their plans and go first next tick.
+A budget (``max_agents`` per tick, ``deadline_ms`` per tick, ``fit_tick``) bounds the planning of
+a tick: the agents in most need go first (deferred ones, then the largest belief change, then the
+oldest plan), the others keep acting from their plans and go first next tick. In the daemon a
+deadline also ends planning early enough for the rest of the tick (the next priors, the world,
+the history, the other groups) to end on time; ``fit_tick`` asks for that alone, with no fixed
+deadline. :func:`planning_deadline` is that deadline, a pure function of the times it is given.
 
 :func:`planning_order` is the pure part: the order in which the agents that must plan are served,
 computed in preallocated buffers (no allocation per tick).
@@ -26,6 +29,7 @@ not plan, check its deadline against the node's tick and describe it for ``check
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import numpy as np
@@ -39,6 +43,10 @@ CHANGE_BITS = 20
 AGE_BITS = 10
 _DEFERRED = np.int64(1) << (CHANGE_BITS + AGE_BITS)
 _PRIORITY_TOP = np.int64(1) << (CHANGE_BITS + AGE_BITS + 1)
+
+#: Share of the time left in a tick (when a group's tick began) that a planning deadline keeps
+#: free beyond what it expects the rest of the tick to need: the estimate's error.
+TICK_MARGIN = 0.1
 
 #: The table's key in a ``[[groups]]`` table.
 KEY = "planning"
@@ -83,9 +91,18 @@ class PlanningPolicy(Record):
             le=60_000,
             description="Start no new block of planning this many milliseconds after the "
             "group's tick began (its state inference counts; at least one block plans each "
-            "tick); default: no deadline.",
+            "tick); default: no deadline. In the daemon planning also stops early enough for "
+            "the rest of the tick to end on time (see fit_tick).",
         ),
     ] = None
+    fit_tick: Annotated[
+        bool,
+        Rule(
+            description="In the daemon, start no new block of planning once the rest of the "
+            "tick (measured over recent ticks) would make it end late; no fixed deadline "
+            "needed. Default: off (a deadline_ms does it too).",
+        ),
+    ] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -110,7 +127,12 @@ class PlanningPolicy(Record):
     @property
     def every_tick(self) -> bool:
         """Every agent plans every tick with no budget: today's path, bit for bit."""
-        return self.every == 1 and self.max_agents is None and self.deadline_ms is None
+        return (
+            self.every == 1
+            and self.max_agents is None
+            and self.deadline_ms is None
+            and not self.fit_tick
+        )
 
     def describe(self) -> str:
         """One line: ``every 4 ticks or belief change >= 0.1, at most 500 agents a tick``."""
@@ -124,12 +146,19 @@ class PlanningPolicy(Record):
             parts.append(f"at most {self.max_agents} agents a tick")
         if self.deadline_ms is not None:
             parts.append(f"deadline {self.deadline_ms:g} ms a tick")
+        if self.fit_tick:
+            parts.append("within the tick")
         return ", ".join(parts)
 
     @property
     def budgeted(self) -> bool:
         """A tick's planning is bounded (agents or time)."""
-        return self.max_agents is not None or self.deadline_ms is not None
+        return self.max_agents is not None or self.timed
+
+    @property
+    def timed(self) -> bool:
+        """A tick's planning is bounded in time: a deadline, or the tick's end (``fit_tick``)."""
+        return self.deadline_ms is not None or self.fit_tick
 
     # -- the table's hooks (edge_agent.config.group_tables) ------------------------------------
     def refusal(self, kind: object, kind_name: str) -> str | None:
@@ -166,6 +195,32 @@ class PlanningPolicy(Record):
 
 
 EVERY_TICK = PlanningPolicy()
+
+
+def planning_deadline(
+    start: float,
+    *,
+    deadline_s: float | None,
+    left_s: float | None,
+    after_s: float,
+    block_s: float,
+    margin: float = TICK_MARGIN,
+) -> float:
+    """The time after which a group's tick starts no new block of planning (``inf``: none).
+
+    ``start``: when the group's tick began; ``deadline_s``: its configured deadline from then
+    (None: none); ``left_s``: how long the tick had left at ``start`` (None: not known, as
+    outside the daemon); ``after_s``: what the rest of the tick needs once planning ends (the
+    next priors, the world, the history, the other groups, the daemon's work); ``block_s``: one
+    block of planning, which a process that starts it just before the deadline finishes after
+    it. With ``left_s`` the deadline leaves ``after_s + block_s`` and ``margin`` of ``left_s``
+    to the tick: planning ends by ``start + left_s * (1 - margin) - after_s``. All in seconds of
+    one clock; a pure function of them (tests and replays give the times).
+    """
+    limit = math.inf if deadline_s is None else start + deadline_s
+    if left_s is not None:
+        limit = min(limit, start + left_s * (1.0 - margin) - after_s - block_s)
+    return limit
 
 
 def must_plan(

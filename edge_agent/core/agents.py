@@ -369,6 +369,8 @@ class AifAgentGroup(GroupWorkers, GroupSnapshot):
                         np.copyto(self._obs_row[rows.sl, m], index, casting="unsafe")
                 o = self._obs_row
             self._record(o, now)
+        if not self.planning.every_tick:
+            self._stepped()
         self.ticks += 1
         return self.action
 

@@ -21,6 +21,7 @@ from edge_agent.core.group_blocks import (
     _BlockRows,
     _index_dtype,
 )
+from edge_agent.core.tick_fit import TickFit
 
 if TYPE_CHECKING:
     from edge_agent.core.workers import BlockWorkers
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 
 class PlanningPass(BlockMaths):
     """The planning policy's part of an agent group: its arrays and the passes of its tick."""
+
+    #: Planning bounded in time: what the rest of the tick needs (None: not bounded in time).
+    _fit: TickFit | None = None
 
     def _allocate_planning(self, n_agents: int, keep: int) -> None:
         """A planning policy's per-agent state (committed plans) and its preallocated index,
@@ -82,7 +86,11 @@ class PlanningPass(BlockMaths):
             has_action=np.zeros(nb, dtype=bool),
         )
         self._gather_obs = np.zeros((nb, cm.num_modalities), dtype=np.int64)
-        self.planning_counts = {"planned": 0, "deferred": 0, "agents": n_agents}
+        self.planning_counts = {
+            "planned": 0, "deferred": 0, "agents": n_agents, "ticks_cut": 0, "passed_over": 0
+        }
+        # Planning bounded in time: what the rest of the tick needs (the daemon paces it).
+        self._fit = TickFit(self._clock) if self.planning.timed else None
         self._plan_pass = self._new(1, np.int64)
         self._plan_limit = self._new(1, np.int64)
         self._plan_deadline = self._new(1, np.float64)
@@ -102,14 +110,21 @@ class PlanningPass(BlockMaths):
         group that keeps no prior makes it at the next tick's first pass instead, and stages
         its history row in the first). Between the passes the caller chooses who plans and
         moves the others along their committed plans."""
-        policy = self.planning
-        deadline = np.inf  # the tick began now: its inference counts against the deadline
-        if policy.deadline_ms is not None and who_plans is None:
-            deadline = self._clock() + policy.deadline_ms / 1000.0
-        self._plan_deadline[0] = deadline
+        policy, fit = self.planning, self._fit
+        timed = fit is not None and who_plans is None and (
+            policy.deadline_ms is not None or fit.paced
+        )
+        # The tick began now: its inference counts against the deadline.
+        start = self._clock() if timed else 0.0
         workers = self._workers if o is not None else None
         self._run_pass(_INFER, o, soft, record, workers)
         self._inferred(o)
+        deadline = np.inf
+        if timed:
+            assert fit is not None
+            seconds = None if policy.deadline_ms is None else policy.deadline_ms / 1000.0
+            deadline = fit.deadline(start, seconds)
+        self._plan_deadline[0] = deadline
         np.add(self.plan_age, 1, out=self.plan_age)
         must = must_plan(
             policy, self._change, self.plan_age, self.plan_left, self.deferred,
@@ -129,14 +144,23 @@ class PlanningPass(BlockMaths):
         )
         self._plan_limit[0] = limit
         self._chunk_done.fill(0)
+        began = self._clock() if fit is not None and fit.paced else 0.0
+        # Agents put off on the last tick (a budget's order serves them first).
+        waiting = int(np.count_nonzero(self.deferred)) if policy.budgeted else 0
         self._run_pass(_PLAN, o, soft, record, workers)
         planned, followers = self._planned, self._flag
         planned.fill(False)
-        chunk, done = self._gather.G.shape[0], 0
+        chunk, done, served, blocks = self._gather.G.shape[0], 0, 0, 0
         for i in np.flatnonzero(self._chunk_done).tolist():  # a loop over blocks of agents
             idx = candidates[i * chunk : min(limit, (i + 1) * chunk)]
+            if waiting:  # how many of them had been put off (followers: free scratch here)
+                put_off = np.take(self.deferred, idx, out=followers[: len(idx)])
+                served += int(np.count_nonzero(put_off))
             planned[idx] = True
             done += len(idx)
+            blocks += 1
+        if fit is not None:
+            fit.planned(began, blocks, 1 if self._workers is None else self._workers.count)
         np.logical_not(planned, out=followers)
         np.logical_and(must, followers, out=self.deferred)
         self._follow_plans(followers)
@@ -145,6 +169,10 @@ class PlanningPass(BlockMaths):
         counts = self.planning_counts
         counts["planned"] = done
         counts["deferred"] = k - done if who_plans is None else int(self.deferred.sum())
+        if who_plans is None:
+            counts["ticks_cut"] += done < limit  # the deadline stopped planning
+            # Agents put off before waited again while others, not put off, planned.
+            counts["passed_over"] += waiting > served and done > served
 
     def _inferred(self, o: IntArray | None) -> None:
         """After a planning tick's inference pass, before anyone plans: nothing here (a
@@ -184,7 +212,8 @@ class PlanningPass(BlockMaths):
             start = i * chunk
             if start >= limit:
                 return True
-            if i and self._clock() >= self._plan_deadline[0]:
+            deadline = float(self._plan_deadline[0])
+            if i and deadline < np.inf and self._clock() >= deadline:
                 return False
             self._plan_gathered(self._candidates[start : min(limit, start + chunk)], o)
             self._chunk_done[i] = 1
@@ -292,7 +321,7 @@ class PlanningPass(BlockMaths):
         np.subtract(self.plan_left, 1, out=self.plan_left, where=followers)
         np.maximum(self.plan_left, 0, out=self.plan_left)
 
-    def planning_stats(self) -> dict[str, float | int]:
+    def planning_stats(self) -> dict[str, float | int | None]:
         """The last tick's planning: agents planned and deferred, the duty cycle (share of the
         group planned), and the committed plans' mean and largest age in ticks. Every-tick
         groups plan all their agents."""
@@ -301,10 +330,29 @@ class PlanningPass(BlockMaths):
             return {"planned": n, "deferred": 0, "duty_cycle": 1.0, "plan_age_mean": 0.0,
                     "plan_age_max": 0}
         counts = self.planning_counts
-        return {
+        stats: dict[str, float | int | None] = {
             "planned": counts["planned"],
             "deferred": counts["deferred"],
             "duty_cycle": counts["planned"] / n,
             "plan_age_mean": float(self.plan_age.mean()),
             "plan_age_max": int(self.plan_age.max()),
         }
+        if self.planning.budgeted:
+            stats["ticks_cut"] = counts["ticks_cut"]
+            stats["passed_over"] = counts["passed_over"]
+        if self._fit is not None:
+            stats.update(self._fit.estimates_ms())
+        return stats
+
+    def pace(self, left_s: float, rest_s: float | None) -> None:
+        """Before a step, from the daemon (:class:`~edge_agent.core.contract.Paced`): the tick
+        must end ``left_s`` seconds from now, and the previous one went on ``rest_s`` seconds
+        after this group's step returned (None: not known). Only planning bounded in time reads
+        it (``deadline_ms``, ``fit_tick``; see :mod:`edge_agent.core.tick_fit`)."""
+        if self._fit is not None:
+            self._fit.pace(left_s, rest_s)
+
+    def _stepped(self) -> None:
+        """The step ends: what followed planning in it is measured (planning bounded in time)."""
+        if self._fit is not None:
+            self._fit.stepped()
