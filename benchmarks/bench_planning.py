@@ -30,20 +30,22 @@ ticks: ``tick_ms_p50/p99/max``, ``ticks_over_period``, ``duty_cycle``, and the m
 spent in each pass of the group (``infer_ms_mean``, ``plan_ms_mean``, ``priors_ms_mean``) and
 in the world's step (``world_ms_mean``).
 
-``--daemon grid10:2 [--workers 2] [--seconds 30] [--deadline-ms 50]`` measures the same with the
-real daemon (``python -m edge_agent run``, profile x86-dev, 10 Hz, one group of the world with
-``workers`` processes, sim source and sink, the profile's history): first the largest group
-that runs every-tick planning within the period (``fits_every_tick``: a probe run, then at
-most ``--search`` runs scaled to a tick p99 of 90 % of the period, keeping the largest N with
-no overrun, no missed tick and p99 within the period), then twice that many agents planning
-every agent every tick within ``deadline_ms`` (``--fits N`` skips the search: N from an earlier
-run, ``fits_from: "given"``). Each run's record (``bench``:
-``daemon_every_tick`` or ``daemon_deadline``) has the daemon's own counters (``ticks``,
-``overruns``: ticks that ended after the next tick was due, ``missed``: ticks skipped behind),
-its tick ``p50_ms``/``p99_ms``, the planning ``duty_cycle`` and ``deferred`` (mean of the status
-file's last-tick numbers, read every 0.5 s), ``daemon_cpu_per_wall``: the CPU seconds the
-daemon and its workers got per second while it ticked (2.0: both cores; what the other work on
-the machine left it), and the machine's 1-minute load average before and after.
+``--daemon grid10:2 [--workers 2] [--seconds 30] [--deadline-ms 50] [--fit-tick]`` measures the
+same with the real daemon (``python -m edge_agent run``, profile x86-dev, 10 Hz, one group of the
+world with ``workers`` processes, sim source and sink, the profile's history): first the largest
+group that runs every-tick planning within the period (``fits_every_tick``: a probe run, then at
+most ``--search`` runs scaled to a tick p99 of 90 % of the period, keeping the largest N with no
+overrun, no missed tick and p99 within the period), then twice that many agents planning every
+agent every tick within ``deadline_ms`` (in the daemon also within the tick; ``0``: no deadline,
+with ``--fit-tick``: within the tick alone; ``--fits N`` skips the search: N from an earlier run,
+``fits_from: "given"``). Each run's record (``bench``: ``daemon_every_tick`` or
+``daemon_deadline``) has the daemon's own counters (``ticks``, ``overruns``: ticks that ended after
+the next tick was due, ``missed``: ticks skipped behind), its tick ``p50_ms``/``p99_ms``, the
+planning ``duty_cycle`` and ``deferred`` (mean of the status file's last-tick numbers, read every
+0.5 s; ``ticks_cut``, ``passed_over``, ``after_planning_ms`` and ``block_ms`` from the final
+status), ``daemon_cpu_per_wall``: the CPU seconds the daemon and its workers got per second while
+it ticked (2.0: both cores; what the other work on the machine left it), and the machine's 1-minute
+load average before and after.
 
 ``--smoke`` runs every world and policy with 10 agents for 6 steps, and the daemon mode with 40
 agents for 2 s: the code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers
@@ -218,9 +220,13 @@ def deadline_run(
 
 
 def daemon_config(
-    state: Path, world: str, policy_len: int, n: int, *, workers: int, deadline_ms: float | None
+    state: Path, world: str, policy_len: int, n: int, *, workers: int, deadline_ms: float | None,
+    fit_tick: bool = False,
 ) -> str:
-    planning = "" if deadline_ms is None else f"\n[groups.planning]\ndeadline_ms = {deadline_ms}\n"
+    keys = ([] if deadline_ms is None else [f"deadline_ms = {deadline_ms}"]) + (
+        ["fit_tick = true"] if fit_tick else []
+    )
+    planning = "\n[groups.planning]\n" + "\n".join(keys) + "\n" if keys else ""
     return f"""
 [daemon]
 profile = "x86-dev"
@@ -244,7 +250,7 @@ policy_len = {policy_len}
 
 def daemon_run(
     world: str, policy_len: int, n: int, *, workers: int, seconds: float,
-    deadline_ms: float | None,
+    deadline_ms: float | None, fit_tick: bool = False,
 ) -> dict[str, Any]:
     """The real daemon with one group of ``n`` agents for ``seconds`` after READY: its tick
     counters from the final status file, the planning numbers sampled while it ran."""
@@ -252,7 +258,10 @@ def daemon_run(
         tmpdir = Path(tmp)
         state, cfg, log = tmpdir / "state", tmpdir / "cfg.toml", tmpdir / "daemon.log"
         cfg.write_text(
-            daemon_config(state, world, policy_len, n, workers=workers, deadline_ms=deadline_ms)
+            daemon_config(
+                state, world, policy_len, n, workers=workers, deadline_ms=deadline_ms,
+                fit_tick=fit_tick,
+            )
         )
         env = {**os.environ, "EDGE_AGENT_PROFILES_DIR": str(REPO / "firmware_profiles")}
         load_before = os.getloadavg()[0]
@@ -296,9 +305,10 @@ def daemon_run(
     tick = final["tick"]
     group = final["groups"][0]
     out: dict[str, Any] = {
-        "bench": "daemon_every_tick" if deadline_ms is None else "daemon_deadline",
+        "bench": "daemon_every_tick" if deadline_ms is None and not fit_tick else "daemon_deadline",
         "world": world, "policy_len": policy_len, "N": n, "hz": tick["hz"],
-        "workers": group.get("workers"), "deadline_ms": deadline_ms, "seconds": seconds,
+        "workers": group.get("workers"), "deadline_ms": deadline_ms, "fit_tick": fit_tick,
+        "seconds": seconds,
         "ticks": tick["ticks"], "overruns": tick["overruns"], "missed": tick["missed"],
         "tick_p50_ms": tick["p50_ms"], "tick_p99_ms": tick["p99_ms"],
         "daemon_cpu_per_wall": (
@@ -312,6 +322,10 @@ def daemon_run(
         out["duty_cycle"] = round(sum(p["duty_cycle"] for p in samples) / len(samples), 4)
         out["deferred"] = round(sum(p["deferred"] for p in samples) / len(samples))
         out["plan_age_max"] = max(p["plan_age_max"] for p in samples)
+    planning = group.get("planning", {})
+    for key in ("ticks_cut", "passed_over", "after_planning_ms", "block_ms"):
+        if key in planning:
+            out[key] = planning[key]
     return out
 
 
@@ -337,8 +351,8 @@ def fits(record: dict[str, Any]) -> bool:
 
 
 def daemon_deadline(
-    world: str, policy_len: int, workers: int, seconds: float, deadline_ms: float, *,
-    probe: int, search: int, given: int | None = None,
+    world: str, policy_len: int, workers: int, seconds: float, deadline_ms: float | None, *,
+    probe: int, search: int, given: int | None = None, fit_tick: bool = False,
 ) -> None:
     """``fits_every_tick`` by the daemon (or ``given``, from an earlier run), then twice as many
     agents within the deadline."""
@@ -359,7 +373,8 @@ def daemon_deadline(
     if best is None:
         raise SystemExit(f"no run of {world} fitted 10 Hz with every-tick planning")
     rec = daemon_run(
-        world, policy_len, 2 * best, workers=workers, seconds=seconds, deadline_ms=deadline_ms
+        world, policy_len, 2 * best, workers=workers, seconds=seconds, deadline_ms=deadline_ms,
+        fit_tick=fit_tick,
     )
     rec["fits_every_tick"] = best
     rec["fits_from"] = "given" if given else "measured"
@@ -384,7 +399,14 @@ def main() -> None:
         help="instead: the same with the real daemon (fits by the daemon's own tick counters)",
     )
     parser.add_argument("--seconds", type=float, default=30.0, help="each daemon run (--daemon)")
-    parser.add_argument("--deadline-ms", type=float, default=50.0, help="(--daemon)")
+    parser.add_argument(
+        "--deadline-ms", type=float, default=50.0,
+        help="(--daemon) the deadline; 0: none (with --fit-tick)",
+    )
+    parser.add_argument(
+        "--fit-tick", action="store_true",
+        help="(--daemon) planning also within the tick ([groups.planning] fit_tick)",
+    )
     parser.add_argument("--probe", type=int, default=4000, help="first every-tick N (--daemon)")
     parser.add_argument("--search", type=int, default=3, help="runs after the probe (--daemon)")
     parser.add_argument(
@@ -398,8 +420,8 @@ def main() -> None:
         if args.smoke:
             args.seconds, args.probe, args.search, args.workers = 2.0, 40, 0, 2
         daemon_deadline(
-            world, int(policy_len), args.workers, args.seconds, args.deadline_ms,
-            probe=args.probe, search=args.search, given=args.fits,
+            world, int(policy_len), args.workers, args.seconds, args.deadline_ms or None,
+            probe=args.probe, search=args.search, given=args.fits, fit_tick=args.fit_tick,
         )
         if not args.smoke:
             return
