@@ -9,6 +9,9 @@ plan it committed to the last time it planned. An agent plans when
 - its beliefs moved: the total-variation distance between the prior it predicted and the
   posterior the observation gave, ``0.5 * sum_s |qs(s) - prior(s)|`` (the largest over factors,
   in ``[0, 1]``), reaches ``belief_change``,
+- or, instead, it was surprised: ``-ln p(o)``, the surprise of its observation under its prior
+  predictive ``p(o) = sum_s A(o|s) prior(s)`` (in nats; the normaliser its state inference
+  divides by), reaches ``surprise``,
 - its committed plan is used up (policies of ``policy_len > 1`` steps), or it has none yet,
 - it was deferred by the budget on an earlier tick.
 
@@ -44,6 +47,9 @@ AGE_BITS = 10
 _DEFERRED = np.int64(1) << (CHANGE_BITS + AGE_BITS)
 _PRIORITY_TOP = np.int64(1) << (CHANGE_BITS + AGE_BITS + 1)
 
+#: The surprise (nats) at the top of a budget's order: agents more surprised than this tie.
+SURPRISE_TOP = 20.0
+
 #: Share of the time left in a tick (when a group's tick began) that a planning deadline keeps
 #: free beyond what it expects the rest of the tick to need: the estimate's error.
 TICK_MARGIN = 0.1
@@ -73,6 +79,15 @@ class PlanningPolicy(Record):
             le=1,
             description="Plan when the total-variation distance between an agent's predicted "
             "and posterior beliefs (the largest over factors) reaches this; default: off.",
+        ),
+    ] = None
+    surprise: Annotated[
+        float | None,
+        Rule(
+            gt=0,
+            le=100,
+            description="Plan when an agent's surprise -ln p(o) (nats) of its observation "
+            "under its prior predictive reaches this; instead of belief_change; default: off.",
         ),
     ] = None
     max_agents: Annotated[
@@ -107,21 +122,25 @@ class PlanningPolicy(Record):
     def __post_init__(self) -> None:
         super().__post_init__()
         problems: list[Problem] = []
-        if self.every == 1 and self.belief_change is not None:
-            problems.append(
-                (
-                    ("belief_change",),
-                    "needs every = 0 or every > 1 (with every = 1 each agent plans every tick)",
+        for key in ("belief_change", "surprise"):
+            if self.every == 1 and getattr(self, key) is not None:
+                problems.append(
+                    (
+                        (key,),
+                        "needs every = 0 or every > 1 (with every = 1 each agent plans every "
+                        "tick)",
+                    )
                 )
-            )
-        if self.every == 0 and self.belief_change is None:
+        if self.every == 0 and self.trigger is None:
             problems.append(
                 (
                     ("every",),
-                    "0 (never for age) needs belief_change, or agents would plan only when a "
-                    "plan runs out",
+                    "0 (never for age) needs belief_change or surprise, or agents would plan "
+                    "only when a plan runs out",
                 )
             )
+        if self.belief_change is not None and self.surprise is not None:
+            problems.append((("surprise",), "is instead of belief_change: give one of them"))
         raise_problems("PlanningPolicy", problems)
 
     @property
@@ -141,6 +160,8 @@ class PlanningPolicy(Record):
             when.append("every tick" if self.every == 1 else f"every {self.every} ticks")
         if self.belief_change is not None:
             when.append(f"belief change >= {self.belief_change:g}")
+        if self.surprise is not None:
+            when.append(f"surprise >= {self.surprise:g} nats")
         parts = [" or ".join(when) + " or when a plan runs out"]
         if self.max_agents is not None:
             parts.append(f"at most {self.max_agents} agents a tick")
@@ -149,6 +170,16 @@ class PlanningPolicy(Record):
         if self.fit_tick:
             parts.append("within the tick")
         return ", ".join(parts)
+
+    @property
+    def trigger(self) -> float | None:
+        """The threshold an event triggers planning at: ``belief_change`` or ``surprise``."""
+        return self.belief_change if self.belief_change is not None else self.surprise
+
+    @property
+    def measured(self) -> bool:
+        """Whether a tick measures each agent's need (the trigger's, or a budget's order)."""
+        return self.trigger is not None or self.budgeted
 
     @property
     def budgeted(self) -> bool:
@@ -235,7 +266,8 @@ def must_plan(
 ) -> NDArray[np.bool_]:
     """Which agents must plan this tick, into ``out (N,)`` (``scratch (N,)`` reused).
 
-    ``change (N,)``: belief change this tick; ``age (N,)``: ticks since the agent last planned;
+    ``change (N,)``: belief change (or surprise, with ``policy.surprise``) this tick; ``age
+    (N,)``: ticks since the agent last planned;
     ``plan_left (N,)``: steps of its committed plan still to take (0: used up or none);
     ``deferred (N,)``: the budget put it off on an earlier tick.
     """
@@ -244,8 +276,8 @@ def must_plan(
     if policy.every > 0:
         np.greater_equal(age, policy.every, out=scratch)
         np.logical_or(out, scratch, out=out)
-    if policy.belief_change is not None:
-        np.greater_equal(change, policy.belief_change, out=scratch)
+    if policy.trigger is not None:
+        np.greater_equal(change, policy.trigger, out=scratch)
         np.logical_or(out, scratch, out=out)
     return out
 
@@ -259,11 +291,14 @@ def planning_order(
     priority: NDArray[np.int64],
     scratch: NDArray[np.int64],
     fscratch: NDArray[np.floating],
+    top: float = 1.0,
 ) -> NDArray[np.int64]:
     """Sort ``candidates (k,)`` (agent indices, ascending) in place into the order they plan in:
-    deferred agents first, then by belief change (largest first), then by plan age (oldest
-    first), ties by index. ``change``, ``age``, ``deferred``: ``(N,)`` per agent; ``priority``,
-    ``scratch`` (int64) and ``fscratch`` (``change``'s dtype) are ``(N,)`` buffers.
+    deferred agents first, then by belief change (largest first; or surprise), then by plan age
+    (oldest first), ties by index. ``change``, ``age``, ``deferred``: ``(N,)`` per agent;
+    ``priority``, ``scratch`` (int64) and ``fscratch`` (``change``'s dtype) are ``(N,)``
+    buffers; ``top``: the ``change`` at the top of the order (1: a belief change;
+    :data:`SURPRISE_TOP`: a surprise), larger ones tie.
 
     One in-place sort of ``priority << 32 | index`` (indices below 2**32); returns
     ``candidates``."""
@@ -272,7 +307,7 @@ def planning_order(
         return candidates
     lim = (1 << CHANGE_BITS) - 1
     # The belief change quantized to CHANGE_BITS bits, then the capped age, the deferred bit.
-    np.multiply(change, lim, out=fscratch)
+    np.multiply(change, lim if top == 1.0 else lim / top, out=fscratch)
     np.clip(fscratch, 0, lim, out=fscratch)
     np.copyto(priority, fscratch, casting="unsafe")
     np.left_shift(priority, AGE_BITS, out=priority)

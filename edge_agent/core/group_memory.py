@@ -165,9 +165,10 @@ class GroupMemory:
         """A planning policy's per-agent arrays (see :meth:`_allocate_planning`): committed
         policy, steps left, age (int32 each), deferred, must-plan, planned, a flag scratch
         (bool), the evidence of this tick's inference, candidates and the agents' indices
-        (int32, int64 from 2**31 agents); the belief change when the policy reads it (and its
-        sort scratch, with a budget), a budget's order keys and index scratch (int64, also for
-        plans of several steps, with the plan's next action: int64 per factor)."""
+        (int32, int64 from 2**31 agents); the belief change (or surprise) when the policy reads
+        it (and its sort scratch, with a budget), a budget's order keys and index scratch
+        (int64, also for plans of several steps, with the plan's next action: int64 per
+        factor)."""
         if self.planning.every_tick:
             return 0
         sizes = self._planning_sizes(1)
@@ -184,7 +185,7 @@ class GroupMemory:
         """Lengths of the planning arrays a policy may not read: ``n_agents`` or 0."""
         policy, several = self.planning, self.cm.tree.policies.shape[1] > 1
         return {
-            "change": n_agents if policy.belief_change is not None or policy.budgeted else 0,
+            "change": n_agents if policy.measured else 0,
             "order": n_agents if policy.budgeted else 0,
             "keys": n_agents if policy.budgeted or several else 0,
             "follow": n_agents if several else 0,

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
-from edge_agent.aif.planning import must_plan, planning_order
+from edge_agent.aif.planning import SURPRISE_TOP, must_plan, planning_order
 from edge_agent.core.block_maths import BlockMaths
 from edge_agent.core.group_blocks import (
     _INFER,
@@ -50,8 +50,9 @@ class PlanningPass(BlockMaths):
         self.deferred = np.zeros(n_agents, dtype=bool)  # put off by the budget
         for k, v in old.items():
             getattr(self, k)[:keep] = v[:keep]
-        # What a policy does not read is not allocated (empty): the belief change (a policy
-        # on it, or a budget's order), the order's keys, plans of several steps to follow.
+        # What a policy does not read is not allocated (empty): the belief change or the
+        # surprise (a policy on it, or a budget's order), the order's keys, plans of several
+        # steps to follow.
         sizes = self._planning_sizes(n_agents)
         self._change = self._new(sizes["change"], dt)
         self._evidence = self._new(n_agents, dt)
@@ -138,6 +139,7 @@ class PlanningPass(BlockMaths):
             planning_order(
                 candidates, self._change, self.plan_age, self.deferred,
                 priority=self._keys, scratch=self._index_scratch, fscratch=self._change_scratch,
+                top=1.0 if policy.surprise is None else SURPRISE_TOP,
             )
         limit = k if policy.max_agents is None or who_plans is not None else min(
             k, policy.max_agents
@@ -226,7 +228,9 @@ class PlanningPass(BlockMaths):
             self._infer_block(o, soft, rows, roots=False)
             if self.cm.num_factors == 1:  # what the local and deep planners take from it
                 np.copyto(self._evidence[rows.sl], rows.blk.evidence)
-            if self.planning.belief_change is not None or self.planning.budgeted:
+            if self.planning.surprise is not None:  # what the inference divided by
+                kernels.surprise_block(self.cm, rows.blk, self._change[rows.sl])
+            elif self.planning.measured:
                 self._belief_change(rows)
             if derive:  # the propagate pass, which propagates every prior, is not needed
                 self._prior_committed(rows, small=False)

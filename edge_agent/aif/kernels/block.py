@@ -240,6 +240,33 @@ def infer_block(
             np.copyto(root[:-1], part)
 
 
+def surprise_block(cm: CompiledModel, blk: Block, out: np.ndarray) -> None:
+    """Each agent's surprise ``-ln p(o)`` (nats) of the observation :func:`infer_block` just
+    inferred from, under its prior predictive, into ``out (nb,)``: ``p(o) = sum_s (L(o|s) + eps)
+    prod_f (prior_f(s_f) + eps)``, the normaliser of the inference (one factor: the evidence it
+    divided by; several: from the log likelihood and log prior it left state-major, summed over
+    the joint states in ``blk.weighted``, free after the fixed point)."""
+    if cm.num_factors == 1:
+        np.copyto(out, blk.evidence)
+    else:
+        S, nb = cm.num_states, blk.nb
+        F = len(S)
+        joint = blk.weighted.reshape(*S, nb)  # sum_f ln(prior_f + eps), last factor fastest
+        for f, lp in enumerate(blk.log_prior):
+            shape = [1] * F + [nb]
+            shape[f] = S[f]
+            if f == 0:
+                np.copyto(joint, lp.reshape(shape))
+            else:
+                np.add(joint, lp.reshape(shape), out=joint)
+        np.add(blk.weighted, blk.lnL, out=blk.weighted)
+        np.exp(blk.weighted, out=blk.weighted)
+        np.sum(blk.weighted, axis=0, out=out)
+    np.maximum(out, np.finfo(out.dtype).tiny, out=out)  # eps^(F+1) may underflow float32
+    np.log(out, out=out)
+    np.negative(out, out=out)
+
+
 def load_roots(qs: list[np.ndarray], blk: Block) -> None:
     """Copy agent-major beliefs ``qs[f] (nb, S_f)`` into the block's state-major roots."""
     for q, root in zip(qs, blk.roots, strict=True):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edge_agent.aif.planning import (
+    SURPRISE_TOP,
     TICK_MARGIN,
     PlanningPolicy,
     planning_deadline,
@@ -151,6 +152,79 @@ def test_belief_change_trigger_plans_exactly_the_agents_whose_beliefs_moved() ->
         obs = env.step(group.action)
     assert seen_some  # the trigger chose: neither all nor none
     assert seen_none
+
+
+def _surprise(model: object, obs: np.ndarray, prior: list[np.ndarray]) -> np.ndarray:
+    """-ln p(o) under the prior predictive, summed directly agent by agent."""
+    out = []
+    for i in range(len(obs)):
+        joint = prior[0][i]
+        for p in prior[1:]:
+            joint = np.multiply.outer(joint, p[i])
+        like = np.ones_like(joint)
+        for m, a in enumerate(model.A):  # type: ignore[attr-defined]
+            like = like * a[obs[i, m]]
+        out.append(-np.log((like * joint).sum()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize(
+    ("world", "threshold", "chooses"),
+    [("tmaze", 0.6, False), ("grid10", 0.5, True), ("explorer", 1.0, True)],
+)
+def test_surprise_trigger_plans_exactly_the_surprised_agents(
+    world: str, threshold: float, chooses: bool
+) -> None:
+    """``surprise``: an agent plans when -ln p(o) of its observation under the prior it
+    predicted reaches the threshold, or when its plan ran out. (The T-maze's agents move in
+    step, each tick all of them or none: its cue is ln 2, a fair coin; a grid agent whose ``B``
+    knows its walls is rarely surprised.)"""
+    n = 120
+    env = make_env(world, n, seed=5)
+    group = AifAgentGroup(
+        env.model, n, precision="float64", planning=PlanningPolicy(every=50, surprise=threshold)
+    )
+    obs = env.reset()
+    seen_some, seen_none = False, False
+    for t in range(12):
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        prior = [p.copy() for p in group.prior]
+        fresh = (group.plan_left <= 0).copy()
+        group.step(obs)
+        surprise = _surprise(env.model, obs, prior)
+        clear = np.abs(surprise - threshold) > 1e-6  # not on the threshold, to rounding
+        planned = group.plan_age == 0
+        np.testing.assert_array_equal(
+            planned[clear], ((surprise >= threshold) | fresh)[clear], err_msg=str(t)
+        )
+        np.testing.assert_allclose(group._change, surprise, rtol=1e-9, atol=1e-9)
+        seen_some |= bool((planned & ~fresh).any())
+        seen_none |= bool((~planned & ~fresh).any())
+        obs = env.step(group.action)
+    if chooses:  # the trigger chose: some agents with a plan planned, others did not
+        assert seen_some
+        assert seen_none
+
+
+def test_surprise_is_a_trigger_instead_of_belief_change() -> None:
+    policy = PlanningPolicy(every=4, surprise=2.5)
+    assert policy.trigger == 2.5
+    assert policy.describe() == "every 4 ticks or surprise >= 2.5 nats or when a plan runs out"
+    assert PlanningPolicy(every=0, surprise=1.0).trigger == 1.0
+    with pytest.raises(RecordError, match="surprise: needs every = 0 or every > 1"):
+        PlanningPolicy(surprise=1.0)
+    with pytest.raises(RecordError, match="surprise: is instead of belief_change"):
+        PlanningPolicy(every=4, surprise=1.0, belief_change=0.2)
+    # a budget orders by it: the most surprised first, SURPRISE_TOP nats and more tie
+    surprise = np.array([0.5, 3.0, 25.0, 40.0, 3.0], dtype=np.float32)
+    n = len(surprise)
+    order = planning_order(
+        np.arange(n, dtype=np.int64), surprise, np.array([1, 1, 1, 1, 5], np.int32),
+        np.zeros(n, bool), priority=np.empty(n, np.int64), scratch=np.empty(n, np.int64),
+        fscratch=np.empty(n, np.float32), top=SURPRISE_TOP,
+    )
+    assert order.tolist() == [2, 3, 4, 1, 0]
 
 
 # ------------------------------------------------------------------------------ the budget
@@ -326,7 +400,7 @@ def test_planning_table_in_the_daemon_config(tmp_path: Path) -> None:
         f"{bad}:8: groups[0].planning.every: must be >= 0, got -1",
         f"{bad}:9: groups[0].planning.deadline_ms: must be > 0.0, got 0",
         f"{bad}:10: groups[0].planning.budget: unknown key "
-        "(allowed: every, belief_change, max_agents, deadline_ms, fit_tick)",
+        "(allowed: every, belief_change, surprise, max_agents, deadline_ms, fit_tick)",
     ]
     cross = tmp_path / "cross.toml"
     cross.write_text(base + "[groups.planning]\nbelief_change = 0.2\n")
