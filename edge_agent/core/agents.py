@@ -349,7 +349,8 @@ class AifAgentGroup(GroupWorkers, GroupSnapshot):
         if not self.keeps_prior:
             self._check_beliefs_behind()
         record = record and self.history is not None
-        if not self.planning.every_tick:
+        every_tick = self.planning.every_tick
+        if not every_tick:
             self._step_planning(o, soft, record, who_plans)
         elif self._workers is not None and o is not None:
             self._workers.step(o, record, self.ticks)
@@ -369,7 +370,7 @@ class AifAgentGroup(GroupWorkers, GroupSnapshot):
                         np.copyto(self._obs_row[rows.sl, m], index, casting="unsafe")
                 o = self._obs_row
             self._record(o, now)
-        if not self.planning.every_tick:
+        if not every_tick:
             self._stepped()
         self.ticks += 1
         return self.action

@@ -4,6 +4,7 @@ a block's prior, infer states, evaluate policies, select and commit actions, sta
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -91,19 +92,21 @@ class BlockMaths(GroupMemory):
 
     def check_obs(self, obs: np.ndarray) -> IntArray:
         """Validate ``obs (N, M)`` integer outcomes; raise InputError naming what is wrong."""
-        arr = np.asarray(obs)
-        expected = (self.n_agents, self.cm.num_modalities)
+        return self._checked_obs(np.asarray(obs))
+
+    def _checked_obs(self, arr: np.ndarray) -> IntArray:
+        """:meth:`check_obs` of an array."""
+        expected = (self.n_agents, len(self._obs_limit))
         if arr.shape != expected:
             raise InputError(f"obs has shape {arr.shape}, expected {expected}")
         if arr.dtype.kind not in "iu":
             raise InputError(f"obs must be integer outcomes, got dtype {arr.dtype}")
         o = np.ascontiguousarray(arr, dtype=np.int64)
         if self.n_agents == 1:  # one agent: plain Python beats numpy calls (loop over modalities)
-            ok = all(
-                0 <= v < limit for v, limit in zip(o[0].tolist(), self.cm.num_obs, strict=True)
-            )
+            values = o[0].tolist()
+            ok = min(values) >= 0 and all(map(operator.lt, values, self.cm.num_obs))
         else:  # one pass over the batch: negative outcomes wrap to huge unsigned values
-            ok = bool(np.less(o.view(np.uint64), self._obs_limit).all())
+            ok = bool(np.logical_and.reduce(np.less(o.view(np.uint64), self._obs_limit), axis=None))
         if not ok:
             self._raise_out_of_range(o)
         return o
@@ -136,7 +139,7 @@ class BlockMaths(GroupMemory):
                     )
                 soft.append(np.ascontiguousarray(p, dtype=self.dtype))
             return None, soft
-        return self.check_obs(np.asarray(obs)), None
+        return self._checked_obs(np.asarray(obs)), None
 
     def _raise_out_of_range(self, obs: IntArray) -> None:
         for m, o in enumerate(self.cm.num_obs):

@@ -206,7 +206,6 @@ def infer_block(
     plan = cm.fast
     nb = blk.nb
     eps = plan.eps
-    Sj = plan.num_joint_states
     if cm.num_factors == 1:
         S = cm.num_states[0]
         q = qs[0]
@@ -225,7 +224,7 @@ def infer_block(
         np.dot(obs, plan.obs_strides, out=blk.oidx)
         plan.lnL_T.take(blk.oidx, axis=1, out=blk.lnL, mode="clip")
     else:
-        L = blk.view(blk.q_tmp, nb, Sj)
+        L = blk.view(blk.q_tmp, nb, plan.num_joint_states)
         _block_likelihood(cm, obs, soft, L, blk)
         np.log(L, out=L)
         np.copyto(blk.lnL, L.T)
@@ -415,11 +414,11 @@ def _select_columns(
 ) -> np.ndarray:
     """Per column of ``p (K, nb)``, the selected row (:func:`select_deterministic` or
     :func:`select_stochastic` on the transpose); returns ``blk.ibuf``."""
+    if deterministic:
+        p.argmax(axis=0, out=blk.ibuf)  # np.argmax without its Python wrapper
+        return blk.ibuf
     K, nb = p.shape
     ge = blk.ge[: K * nb].reshape(K, nb)
-    if deterministic:
-        np.argmax(p, axis=0, out=blk.ibuf)
-        return blk.ibuf
     probs = blk.tmpP[:K] if blk.tmpP.shape[0] >= K else np.empty_like(p)
     np.add(p, eps, out=probs)
     np.log(probs, out=probs)
