@@ -51,9 +51,11 @@ Output: one JSON object per line (``bench: "peers"``), then two markdown tables.
 
 ``--count-ops TICKS``: after the timed runs of a row, each edge-agent implementation steps
 ``TICKS`` more times with its numpy calls counted (:mod:`peers.opcount`: every ufunc, array
-function and array method it calls; exact, machine-independent); the records get
-``numpy_calls_per_step`` and the 12 most frequent calls, ``numpy_calls_top``. A tick of a small
-model is mostly the fixed cost of its numpy calls (issue 33, item 6).
+function and array method it calls; exact, machine-independent) and ``TICKS`` more with its
+Python function calls counted; the records get ``numpy_calls_per_step`` and
+``python_calls_per_step`` and the 12 most frequent of each (``numpy_calls_top``,
+``python_calls_top``). A tick of a small model is mostly the fixed cost of its numpy calls and
+of the Python around them (issue 33, item 6).
 
 ``--smoke``: the two edge-agent implementations only (no peer venv is made or used), grid10 and
 grid2f at N = 10, one 0.05 s run each: the code path, for CI

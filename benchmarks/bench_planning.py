@@ -30,20 +30,30 @@ ticks: ``tick_ms_p50/p99/max``, ``ticks_over_period``, ``duty_cycle``, and the m
 spent in each pass of the group (``infer_ms_mean``, ``plan_ms_mean``, ``priors_ms_mean``) and
 in the world's step (``world_ms_mean``).
 
-``--daemon grid10:2 [--workers 2] [--seconds 30] [--deadline-ms 50]`` measures the same with the
-real daemon (``python -m edge_agent run``, profile x86-dev, 10 Hz, one group of the world with
-``workers`` processes, sim source and sink, the profile's history): first the largest group
-that runs every-tick planning within the period (``fits_every_tick``: a probe run, then at
-most ``--search`` runs scaled to a tick p99 of 90 % of the period, keeping the largest N with
-no overrun, no missed tick and p99 within the period), then twice that many agents planning
-every agent every tick within ``deadline_ms`` (``--fits N`` skips the search: N from an earlier
-run, ``fits_from: "given"``). Each run's record (``bench``:
-``daemon_every_tick`` or ``daemon_deadline``) has the daemon's own counters (``ticks``,
-``overruns``: ticks that ended after the next tick was due, ``missed``: ticks skipped behind),
-its tick ``p50_ms``/``p99_ms``, the planning ``duty_cycle`` and ``deferred`` (mean of the status
-file's last-tick numbers, read every 0.5 s), ``daemon_cpu_per_wall``: the CPU seconds the
-daemon and its workers got per second while it ticked (2.0: both cores; what the other work on
-the machine left it), and the machine's 1-minute load average before and after.
+``--daemon grid10:2 [--workers 2] [--seconds 30] [--deadline-ms 50] [--fit-tick]`` measures the
+same with the real daemon (``python -m edge_agent run``, profile x86-dev, 10 Hz, one group of the
+world with ``workers`` processes, sim source and sink, the profile's history): first the largest
+group that runs every-tick planning within the period (``fits_every_tick``: a probe run, then at
+most ``--search`` runs scaled to a tick p99 of 90 % of the period, keeping the largest N with no
+overrun, no missed tick and p99 within the period), then twice that many agents planning every
+agent every tick within ``deadline_ms`` (in the daemon also within the tick; ``0``: no deadline,
+with ``--fit-tick``: within the tick alone; ``--fits N`` skips the search: N from an earlier run,
+``fits_from: "given"``). Each run's record (``bench``: ``daemon_every_tick`` or
+``daemon_deadline``) has the daemon's own counters (``ticks``, ``overruns``: ticks that ended after
+the next tick was due, ``missed``: ticks skipped behind), its tick ``p50_ms``/``p99_ms``, the
+planning ``duty_cycle`` and ``deferred`` (mean of the status file's last-tick numbers, read every
+0.5 s; ``ticks_cut``, ``passed_over``, ``after_planning_ms`` and ``block_ms`` from the final
+status), ``daemon_cpu_per_wall``: the CPU seconds the daemon and its workers got per second while
+it ticked (2.0: both cores; what the other work on the machine left it), and the machine's 1-minute
+load average before and after.
+
+``--triggers [--every 8]`` instead compares the two event triggers, belief change and surprise
+(``-ln p(o)`` under the prior predictive), at equal duty cycle: each threshold of ``TRIGGERS``
+with ``every`` K ticks, in each world (``--worlds``, by default T-maze, grid10 with one- and
+two-step policies, explorer with one- and three-step ones), one line each (``bench: "trigger"``),
+then per world the best score ratio of each at the duty cycles both reach, linear between the
+thresholds' points, the mean difference and each one's speedup there (``bench:
+"triggers_at_equal_duty"``).
 
 ``--smoke`` runs every world and policy with 10 agents for 6 steps, and the daemon mode with 40
 agents for 2 s: the code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers
@@ -80,7 +90,16 @@ POLICIES: dict[str, dict[str, Any]] = {
     "change_0.3_every_8": {"every": 8, "belief_change": 0.3},
     "change_0.1_every_8_max_25pct": {"every": 8, "belief_change": 0.1, "max_share": 0.25},
     "max_50pct": {"max_share": 0.5},
+    "surprise_0.5_every_4": {"every": 4, "surprise": 0.5},
+    "surprise_1_every_8": {"every": 8, "surprise": 1.0},
 }
+#: ``--triggers``: the thresholds swept for each event trigger (with ``every = --every``).
+TRIGGERS: dict[str, tuple[float, ...]] = {
+    "belief_change": (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9),
+    "surprise": (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0),
+}
+#: ``--triggers``: world:policy_len cases by default (the built-in worlds).
+TRIGGER_CASES = "tmaze:1,grid10:1,grid10:2,explorer:1,explorer:3"
 #: (world, policy_len, N) with a target: at least 3x agent-steps/s at <= 2 % loss of score.
 TARGETS = {("grid10", 1, 10_000), ("tmaze", 1, 10_000), ("grid10", 2, 10_000)}
 
@@ -97,13 +116,17 @@ def score_of(world: str, summary: dict[str, Any], agent_steps: int) -> tuple[str
     return "target_visits_per_agent_step", summary["target_visits"] / agent_steps
 
 
-def run(world: str, policy_len: int, n: int, steps: int, name: str) -> dict[str, Any]:
+def run(
+    world: str, policy_len: int, n: int, steps: int, name: str, *,
+    fields: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One policy (``POLICIES[name]``, or ``fields``) in its world: CPU, duty cycle, score."""
     from edge_agent.aif.planning import PlanningPolicy
     from edge_agent.aif.settings import AifSettings
     from edge_agent.core.agents import AifAgentGroup
     from edge_agent.sim.registry import make_env
 
-    fields = dict(POLICIES[name])
+    fields = dict(POLICIES[name] if fields is None else fields)
     share = fields.pop("max_share", None)
     if share is not None:
         fields["max_agents"] = max(1, int(n * share))
@@ -136,6 +159,69 @@ def run(world: str, policy_len: int, n: int, steps: int, name: str) -> dict[str,
     if "mean_steps_to_goal" in summary:
         out["steps_to_goal"] = round(float(summary["mean_steps_to_goal"]), 3)
     return out
+
+
+def triggers(world: str, policy_len: int, n: int, steps: int, every: int) -> None:
+    """Belief change against surprise as the event trigger, at equal duty cycle: each
+    threshold of :data:`TRIGGERS` (with ``every``) in the world, then each trigger's best score
+    at the duty cycles both reach (its thresholds' best points, linear between them), the mean
+    difference, and each trigger's CPU speedup there (linear between its points)."""
+    import numpy as np
+
+    base = run(world, policy_len, n, steps, "every_tick")
+    curves: dict[str, list[tuple[float, float]]] = {}
+    speeds: dict[str, list[tuple[float, float]]] = {}
+    for trigger, thresholds in TRIGGERS.items():
+        for threshold in thresholds:
+            name = f"{trigger}_{threshold:g}_every_{every}"
+            rec = run(
+                world, policy_len, n, steps, name, fields={"every": every, trigger: threshold}
+            )
+            rec["speedup"] = round(
+                rec["cpu_agent_steps_per_s"] / base["cpu_agent_steps_per_s"], 3
+            )
+            rec["score_ratio"] = round(rec["score"] / base["score"], 4) if base["score"] else None
+            emit({"bench": "trigger", "trigger": trigger, "threshold": threshold, **rec})
+            curves.setdefault(trigger, []).append((rec["duty_cycle"], rec["score_ratio"] or 0.0))
+            speeds.setdefault(trigger, []).append((rec["duty_cycle"], rec["speedup"]))
+    def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """The best score a trigger reached at each duty cycle or less (its thresholds'
+        points, sorted; a threshold that plans more for less score is left out)."""
+        out: list[tuple[float, float]] = []
+        for duty, ratio in sorted(points):
+            best = max(ratio, out[-1][1]) if out else ratio
+            if out and out[-1][0] == duty:
+                out[-1] = (duty, best)
+            else:
+                out.append((duty, best))
+        return out
+
+    change, surprise = frontier(curves["belief_change"]), frontier(curves["surprise"])
+    low = max(change[0][0], surprise[0][0])
+    high = min(change[-1][0], surprise[-1][0])
+    out: dict[str, Any] = {
+        "bench": "triggers_at_equal_duty", "world": world, "policy_len": policy_len, "N": n,
+        "every": every, "duty_range": [low, high],
+    }
+    if high > low:
+        duty = np.linspace(low, high, 9)
+        at = {
+            name: np.interp(duty, [d for d, _ in curve], [r for _, r in curve])
+            for name, curve in (("belief_change", change), ("surprise", surprise))
+        }
+        out["duty_cycle"] = [round(float(d), 3) for d in duty]
+        out["belief_change_score_ratio"] = [round(float(r), 4) for r in at["belief_change"]]
+        out["surprise_score_ratio"] = [round(float(r), 4) for r in at["surprise"]]
+        out["surprise_minus_belief_change_mean"] = round(
+            float(np.mean(at["surprise"] - at["belief_change"])), 4
+        )
+        for name, points in speeds.items():  # CPU at the same duty cycles (points by duty)
+            points.sort()
+            out[f"{name}_speedup"] = [
+                round(float(x), 3)
+                for x in np.interp(duty, [d for d, _ in points], [v for _, v in points])
+            ]
+    emit(out)
 
 
 def deadline_run(
@@ -218,9 +304,13 @@ def deadline_run(
 
 
 def daemon_config(
-    state: Path, world: str, policy_len: int, n: int, *, workers: int, deadline_ms: float | None
+    state: Path, world: str, policy_len: int, n: int, *, workers: int, deadline_ms: float | None,
+    fit_tick: bool = False,
 ) -> str:
-    planning = "" if deadline_ms is None else f"\n[groups.planning]\ndeadline_ms = {deadline_ms}\n"
+    keys = ([] if deadline_ms is None else [f"deadline_ms = {deadline_ms}"]) + (
+        ["fit_tick = true"] if fit_tick else []
+    )
+    planning = "\n[groups.planning]\n" + "\n".join(keys) + "\n" if keys else ""
     return f"""
 [daemon]
 profile = "x86-dev"
@@ -244,7 +334,7 @@ policy_len = {policy_len}
 
 def daemon_run(
     world: str, policy_len: int, n: int, *, workers: int, seconds: float,
-    deadline_ms: float | None,
+    deadline_ms: float | None, fit_tick: bool = False,
 ) -> dict[str, Any]:
     """The real daemon with one group of ``n`` agents for ``seconds`` after READY: its tick
     counters from the final status file, the planning numbers sampled while it ran."""
@@ -252,7 +342,10 @@ def daemon_run(
         tmpdir = Path(tmp)
         state, cfg, log = tmpdir / "state", tmpdir / "cfg.toml", tmpdir / "daemon.log"
         cfg.write_text(
-            daemon_config(state, world, policy_len, n, workers=workers, deadline_ms=deadline_ms)
+            daemon_config(
+                state, world, policy_len, n, workers=workers, deadline_ms=deadline_ms,
+                fit_tick=fit_tick,
+            )
         )
         env = {**os.environ, "EDGE_AGENT_PROFILES_DIR": str(REPO / "firmware_profiles")}
         load_before = os.getloadavg()[0]
@@ -296,9 +389,10 @@ def daemon_run(
     tick = final["tick"]
     group = final["groups"][0]
     out: dict[str, Any] = {
-        "bench": "daemon_every_tick" if deadline_ms is None else "daemon_deadline",
+        "bench": "daemon_every_tick" if deadline_ms is None and not fit_tick else "daemon_deadline",
         "world": world, "policy_len": policy_len, "N": n, "hz": tick["hz"],
-        "workers": group.get("workers"), "deadline_ms": deadline_ms, "seconds": seconds,
+        "workers": group.get("workers"), "deadline_ms": deadline_ms, "fit_tick": fit_tick,
+        "seconds": seconds,
         "ticks": tick["ticks"], "overruns": tick["overruns"], "missed": tick["missed"],
         "tick_p50_ms": tick["p50_ms"], "tick_p99_ms": tick["p99_ms"],
         "daemon_cpu_per_wall": (
@@ -312,6 +406,10 @@ def daemon_run(
         out["duty_cycle"] = round(sum(p["duty_cycle"] for p in samples) / len(samples), 4)
         out["deferred"] = round(sum(p["deferred"] for p in samples) / len(samples))
         out["plan_age_max"] = max(p["plan_age_max"] for p in samples)
+    planning = group.get("planning", {})
+    for key in ("ticks_cut", "passed_over", "after_planning_ms", "block_ms"):
+        if key in planning:
+            out[key] = planning[key]
     return out
 
 
@@ -337,8 +435,8 @@ def fits(record: dict[str, Any]) -> bool:
 
 
 def daemon_deadline(
-    world: str, policy_len: int, workers: int, seconds: float, deadline_ms: float, *,
-    probe: int, search: int, given: int | None = None,
+    world: str, policy_len: int, workers: int, seconds: float, deadline_ms: float | None, *,
+    probe: int, search: int, given: int | None = None, fit_tick: bool = False,
 ) -> None:
     """``fits_every_tick`` by the daemon (or ``given``, from an earlier run), then twice as many
     agents within the deadline."""
@@ -359,7 +457,8 @@ def daemon_deadline(
     if best is None:
         raise SystemExit(f"no run of {world} fitted 10 Hz with every-tick planning")
     rec = daemon_run(
-        world, policy_len, 2 * best, workers=workers, seconds=seconds, deadline_ms=deadline_ms
+        world, policy_len, 2 * best, workers=workers, seconds=seconds, deadline_ms=deadline_ms,
+        fit_tick=fit_tick,
     )
     rec["fits_every_tick"] = best
     rec["fits_from"] = "given" if given else "measured"
@@ -374,6 +473,12 @@ def main() -> None:
     parser.add_argument("--worlds", default=CASES)
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--triggers", action="store_true",
+        help="instead: belief change against surprise as the trigger, at equal duty cycle "
+        f"(worlds: --worlds, default {TRIGGER_CASES})",
+    )
+    parser.add_argument("--every", type=int, default=8, help="(--triggers) every K ticks too")
     parser.add_argument("--workers", type=int, default=1, help="processes (--deadline)")
     parser.add_argument(
         "--deadline", default=None, metavar="WORLD:L",
@@ -384,7 +489,14 @@ def main() -> None:
         help="instead: the same with the real daemon (fits by the daemon's own tick counters)",
     )
     parser.add_argument("--seconds", type=float, default=30.0, help="each daemon run (--daemon)")
-    parser.add_argument("--deadline-ms", type=float, default=50.0, help="(--daemon)")
+    parser.add_argument(
+        "--deadline-ms", type=float, default=50.0,
+        help="(--daemon) the deadline; 0: none (with --fit-tick)",
+    )
+    parser.add_argument(
+        "--fit-tick", action="store_true",
+        help="(--daemon) planning also within the tick ([groups.planning] fit_tick)",
+    )
     parser.add_argument("--probe", type=int, default=4000, help="first every-tick N (--daemon)")
     parser.add_argument("--search", type=int, default=3, help="runs after the probe (--daemon)")
     parser.add_argument(
@@ -398,13 +510,20 @@ def main() -> None:
         if args.smoke:
             args.seconds, args.probe, args.search, args.workers = 2.0, 40, 0, 2
         daemon_deadline(
-            world, int(policy_len), args.workers, args.seconds, args.deadline_ms,
-            probe=args.probe, search=args.search, given=args.fits,
+            world, int(policy_len), args.workers, args.seconds, args.deadline_ms or None,
+            probe=args.probe, search=args.search, given=args.fits, fit_tick=args.fit_tick,
         )
         if not args.smoke:
             return
     if args.smoke:
         args.agents, args.steps = 10, 6
+    if args.triggers or args.smoke:
+        cases = TRIGGER_CASES if args.worlds == CASES else args.worlds
+        for case in (cases if not args.smoke else "tmaze:1").split(","):
+            world, policy_len = case.split(":")
+            triggers(world, int(policy_len), args.agents, args.steps, args.every)
+        if not args.smoke:
+            return
     if args.deadline is not None or args.smoke:
         world, policy_len = (args.deadline or "grid10:2").split(":")
         ticks = 10 if args.smoke else 100

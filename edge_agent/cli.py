@@ -636,6 +636,11 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="plan when the beliefs moved this much (total variation, 0 < X <= 1)",
     )
     plan.add_argument(
+        "--surprise", type=float, default=None, metavar="NATS",
+        help="plan when the observation's surprise -ln p(o) under the prior predictive reaches "
+        "NATS (instead of --belief-change)",
+    )
+    plan.add_argument(
         "--max-agents", type=int, default=None, metavar="N",
         help="at most N agents plan a tick (one agent alone is never put off: a run's "
         "budget choice comes as the recording's planned)",
@@ -702,6 +707,7 @@ def _replay_learning(args: argparse.Namespace, counts: dict[str, dict[int, Any]]
 _PLANNING_FLAGS: Final = {
     "--every": "every",
     "--belief-change": "belief_change",
+    "--surprise": "surprise",
     "--max-agents": "max_agents",
     "--deadline-ms": "deadline_ms",
 }

@@ -233,28 +233,36 @@ class ClosedLoop:
         }
 
     def count_calls(self, ticks: int) -> dict[str, Any]:
-        """Numpy calls per agents' step over the next ``ticks`` steps (the world's not counted;
-        see :mod:`peers.opcount`): the mean total and the 12 most frequent by name."""
-        from peers.opcount import count_numpy_calls
+        """Numpy calls and Python function calls per agents' step over the next ``2 * ticks``
+        steps (each counted on every other step; the world's not counted; see
+        :mod:`peers.opcount`): the mean totals and the 12 most frequent by name."""
+        from peers.opcount import count_numpy_calls, count_python_calls
 
         total: dict[str, float] = {}
+        python: dict[str, float] = {}
         actions: np.ndarray | None = None
 
         def tick() -> None:
             nonlocal actions
             actions = self.adapter.step(self.obs, self.start)
 
-        for _ in range(ticks):
-            _, by_name = count_numpy_calls(tick, repeats=1)
+        for t in range(2 * ticks):  # alternately: numpy calls, then Python calls, of a tick
+            counter, into = (count_numpy_calls, total) if t % 2 == 0 else (
+                count_python_calls, python
+            )
+            _, by_name = counter(tick, repeats=1)
             for name, count in by_name.items():
-                total[name] = total.get(name, 0.0) + count / ticks
+                into[name] = into.get(name, 0.0) + count / ticks
             assert actions is not None
             self.steps += 1
             self.obs, self.start = self.world.step(actions)
         top = sorted(total.items(), key=lambda kv: -kv[1])[:12]
+        top_py = sorted(python.items(), key=lambda kv: -kv[1])[:12]
         return {
             "numpy_calls_per_step": round(sum(total.values()), 1),
             "numpy_calls_top": {k: round(v, 1) for k, v in top},
+            "python_calls_per_step": round(sum(python.values()), 1),
+            "python_calls_top": {k: round(v, 1) for k, v in top_py},
         }
 
     def summary(self) -> dict[str, Any]:

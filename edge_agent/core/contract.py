@@ -27,7 +27,9 @@ protocols by their shape: the floors below (``sim``) and beside (``fleet``) neve
 =================================  ==============================================================
 
 A group that learns its model (:mod:`edge_agent.core.learning`) is also a :class:`Learns`: the
-verbs the daemon's learning commands call, whatever the kind.
+verbs the daemon's learning commands call, whatever the kind. A group whose work in a tick can
+yield to the tick's end (planning bounded in time, docs/planning.md) is also a :class:`Paced`:
+before each step the daemon tells it how long the tick has left (:class:`TickWindow`).
 
 What a kind's groups report beyond every group's numbers, and what those numbers add up to over
 a node (planning, learning), the kind declares as :class:`MetricFamily` objects: the daemon
@@ -48,10 +50,12 @@ __all__ = [
     "GroupIO",
     "Learns",
     "MetricFamily",
+    "Paced",
     "Sink",
     "Source",
     "StateReader",
     "Taken",
+    "TickWindow",
     "iter_rows",
     "state_under",
 ]
@@ -278,6 +282,26 @@ class Learns(Protocol):
 
     def learning_state(self) -> dict[str, Any]:
         """What a command's result and the status show of the learning (frozen, versions)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TickWindow:
+    """When the daemon's current tick must end and when the previous one ended (seconds of the
+    daemon's monotonic clock; ``last_end`` None: the previous tick failed, or there was none)."""
+
+    due: float
+    last_end: float | None
+
+
+@runtime_checkable
+class Paced(Protocol):
+    """A group whose tick can yield to the tick's end: told, before each step, how long the tick
+    has left (durations only: the group measures the rest on its own clock)."""
+
+    def pace(self, left_s: float, rest_s: float | None) -> None:
+        """The tick must end ``left_s`` seconds from now; the previous one went on ``rest_s``
+        seconds after this group's step returned (None: not known)."""
         ...
 
 

@@ -41,6 +41,7 @@ from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.config.daemon import DaemonConfig, GroupConfig
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.core.budget import MemoryBudget
+from edge_agent.core.contract import TickWindow
 from edge_agent.daemon.admission import load_group_model, trusted_keys
 from edge_agent.daemon.group_runtime import (
     GroupRuntime,
@@ -286,7 +287,7 @@ class ABSwitch:
         if reports:
             self._report(reports)
 
-    def tick_watched(self, g: GroupRuntime, now: float) -> None:
+    def tick_watched(self, g: GroupRuntime, now: float, window: TickWindow | None = None) -> None:
         """Tick the freshly deployed group: any exception or a non-finite state rolls it back
         (a non-finite step's actions never reach the sink); a good tick counts towards the
         watch (:meth:`_watched_stepped`)."""
@@ -296,7 +297,7 @@ class ABSwitch:
                 raise _NonFiniteError
 
         try:
-            stepped = g.tick(now, vet)
+            stepped = g.tick(now, vet, window)
             problem = None
         except _NonFiniteError:
             stepped, problem = False, "non-finite beliefs"

@@ -42,7 +42,16 @@ from edge_agent.config.daemon import (
 )
 from edge_agent.config.group_tables import hook
 from edge_agent.core.budget import MemoryBudget, PlanRequest
-from edge_agent.core.contract import AgentGroup, FleetPort, Learns, MetricFamily, Sink, Source
+from edge_agent.core.contract import (
+    AgentGroup,
+    FleetPort,
+    Learns,
+    MetricFamily,
+    Paced,
+    Sink,
+    Source,
+    TickWindow,
+)
 from edge_agent.errors import EdgeAgentError
 from edge_agent.kinds import get_kind
 from edge_agent.kinds.base import GroupKind, LoadedModel, world_name
@@ -100,10 +109,15 @@ class GroupRuntime:
         init=False, repr=False
     )
     _reset: Callable[[np.ndarray], None] = field(init=False, repr=False)
+    #: Agents told how long each tick has left (:class:`Paced`), and when their last step
+    #: returned (monotonic; None: they did not step in the last tick).
+    _paced: Paced | None = field(default=None, init=False, repr=False)
+    _returned_at: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._step = self.agents.advance
         self._reset = self.agents.reset
+        self._paced = self.agents if isinstance(self.agents, Paced) else None
 
     def coordinate(self, runtime: CoordinationRuntime | None) -> None:
         """From now on step and reset through ``runtime`` (peers' evidence, holders' task
@@ -193,11 +207,19 @@ class GroupRuntime:
         """The node's totals the group's kind adds to (planning, learning, ...)."""
         return getattr(self.group_kind, "metric_families", ())
 
-    def tick(self, now: float, vet: Callable[[], None] | None = None) -> bool:
+    def tick(
+        self,
+        now: float,
+        vet: Callable[[], None] | None = None,
+        window: TickWindow | None = None,
+    ) -> bool:
         """One tick: the source's inputs -> one batched step of every agent (through
         coordination when it takes part: :meth:`coordinate`) -> the sink. False if the group is
         paused or the source had nothing to step on yet. ``vet`` (a deployment's watch) runs
-        between the step and the sink: it raises to keep the actions from the sink."""
+        between the step and the sink: it raises to keep the actions from the sink.
+        ``window``: when the tick must end; agents that can yield to it (:class:`Paced`) are
+        told how long it has left and how long the last tick went on after their step."""
+        returned, self._returned_at = self._returned_at, None
         if self._paused:
             return False
         taken = self.source.take()
@@ -206,7 +228,13 @@ class GroupRuntime:
         obs, outcomes, starts = taken
         if starts is not None:
             self._reset(starts)
+        if self._paced is not None and window is not None:
+            last = window.last_end
+            rest = None if returned is None or last is None or last < returned else last - returned
+            self._paced.pace(window.due - time.monotonic(), rest)
         actions = self._step(obs, now, outcomes)
+        if self._paced is not None:
+            self._returned_at = time.monotonic()
         self._steps += 1
         if vet is not None:
             vet()

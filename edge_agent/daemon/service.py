@@ -58,6 +58,7 @@ from edge_agent.config.isolated import read_config_isolated
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.config.toml_lines import TomlDocument
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
+from edge_agent.core.contract import TickWindow
 from edge_agent.daemon import discovery
 from edge_agent.daemon import status as status_view
 from edge_agent.daemon.ab_switch import ABSwitch
@@ -392,13 +393,16 @@ class Daemon:
             )
         telemetry = Periodic(lambda: self.telemetry_interval_s, self._publish_telemetry, now=now)
         self.clock.next_deadline = now
+        last_end: float | None = None  # when the last tick ended (None: it failed)
         while self._next_tick():
             start = time.monotonic()
+            window = TickWindow(self.clock.next_deadline, last_end)
+            last_end = None
             self._fleet_before_tick()
             self._fleet_step(self._coordination_before_tick)
             failed = False
             try:
-                self._tick(start)
+                self._tick(start, window)
             except Exception:  # the loop's boundary: log, count, keep the device alive
                 logger.exception("tick failed")
                 self._event("tick_failed", "error", "exception in tick; see the log")
@@ -411,7 +415,7 @@ class Daemon:
                 self.reload()
             if failed:
                 continue
-            end = time.monotonic()
+            end = last_end = time.monotonic()
             self.stats.record(end - start, overrun=self.clock.is_overrun(end), now=end)
             self.watchdog.record_tick(end)
             if self.watchdog.should_ping(end):
@@ -499,13 +503,14 @@ class Daemon:
             self.uplink.stop()
         self.ab_switch.close()
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, window: TickWindow | None = None) -> None:
+        """Every group's tick (``window``: when it must end, for groups that yield to it)."""
         watched = self.ab_switch.watching
         for g in self.groups:
             if g.name == watched:
-                self.ab_switch.tick_watched(g, now)
+                self.ab_switch.tick_watched(g, now, window)
             else:
-                g.tick(now)
+                g.tick(now, window=window)
 
     @property
     def total_agents(self) -> int:

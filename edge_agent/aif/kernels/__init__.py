@@ -31,6 +31,7 @@ Two implementations of the same maths live here:
   :class:`~edge_agent.core.agents.AifAgentGroup` runs them:
 
   - :func:`infer_block`: state inference, one factor agent-major, several factors state-major;
+    :func:`surprise_block` after it: each agent's ``-ln p(o)`` (a planning policy's trigger);
   - :func:`evaluate_block`: the policy tree in a *state-major* layout (agent index last), any
     model, any horizon; sparse tables become row gathers (:class:`RowMap`) or shifted slices
     (:class:`Diagonals`);
@@ -94,6 +95,7 @@ from edge_agent.aif.kernels.block import (
     load_roots,
     prior_block,
     select_block,
+    surprise_block,
 )
 from edge_agent.aif.kernels.compiled import CompiledModel, compile_model, refresh_likelihood
 from edge_agent.aif.kernels.control import (
@@ -185,4 +187,5 @@ __all__ = [
     "small_prior_block",
     "soft_likelihood",
     "softmax_rows",
+    "surprise_block",
 ]

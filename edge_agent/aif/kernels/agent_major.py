@@ -27,22 +27,16 @@ def propagate_agents(
     ap: AgentPropagation, q: np.ndarray, actions: np.ndarray, out: np.ndarray, blk: Block
 ) -> None:
     """``out[n] = B[:, :, actions[n]] @ q[n]`` for C-contiguous ``q`` and ``out`` ``(nb, S)``."""
-    nb, S = q.shape
     flat_q = q.reshape(-1)
-    starts = blk.row_start(S)[:, None]
-    idx = blk.view(blk.p_idx, nb, S)
+    starts, idx, w, extra = blk.propagation_views(q.shape[1], ap.extra_widths)
     ap.first_src.take(actions, axis=0, out=idx, mode="clip")
     np.add(idx, starts, out=idx)
     flat_q.take(idx, out=out, mode="clip")
     if ap.first_w is not None:
-        w = blk.view(blk.p_val, nb, S)
         ap.first_w.take(actions, axis=0, out=w, mode="clip")
         np.multiply(out, w, out=out)
     flat_out = out.reshape(-1)
-    for tgt, src, weight in ap.extra:
-        E = tgt.shape[1]
-        ti, si = blk.view(blk.p_idx, nb, E), blk.view(blk.p_idx2, nb, E)
-        vals, cur = blk.view(blk.p_val, nb, E), blk.view(blk.p_val2, nb, E)
+    for (tgt, src, weight), (ti, si, vals, cur) in zip(ap.extra, extra, strict=True):
         tgt.take(actions, axis=0, out=ti, mode="clip")
         np.add(ti, starts, out=ti)
         src.take(actions, axis=0, out=si, mode="clip")
@@ -67,5 +61,7 @@ def propagate_block(
         a = actions[:, f]
         if ap is None:
             prior[f][...] = propagate_per_agent(cm.transitions[f], qs[f], a)
-        else:
-            propagate_agents(ap, qs[f], np.ascontiguousarray(a), prior[f], blk)
+        else:  # a column of (nb, 1) actions is contiguous already: no copy, no call
+            propagate_agents(
+                ap, qs[f], a if a.flags.c_contiguous else np.ascontiguousarray(a), prior[f], blk
+            )

@@ -206,7 +206,6 @@ def infer_block(
     plan = cm.fast
     nb = blk.nb
     eps = plan.eps
-    Sj = plan.num_joint_states
     if cm.num_factors == 1:
         S = cm.num_states[0]
         q = qs[0]
@@ -225,7 +224,7 @@ def infer_block(
         np.dot(obs, plan.obs_strides, out=blk.oidx)
         plan.lnL_T.take(blk.oidx, axis=1, out=blk.lnL, mode="clip")
     else:
-        L = blk.view(blk.q_tmp, nb, Sj)
+        L = blk.view(blk.q_tmp, nb, plan.num_joint_states)
         _block_likelihood(cm, obs, soft, L, blk)
         np.log(L, out=L)
         np.copyto(blk.lnL, L.T)
@@ -271,6 +270,33 @@ def infer_block_log_likelihood(
     its own free energy settles), state-major. Writes ``qs[f] (nb, S_f)``."""
     np.copyto(blk.lnL, log_lik.T)
     _fixed_point_posterior(cm, prior, qs, blk, num_iter=num_iter, dF_tol=dF_tol, roots=False)
+
+
+def surprise_block(cm: CompiledModel, blk: Block, out: np.ndarray) -> None:
+    """Each agent's surprise ``-ln p(o)`` (nats) of the observation :func:`infer_block` just
+    inferred from, under its prior predictive, into ``out (nb,)``: ``p(o) = sum_s (L(o|s) + eps)
+    prod_f (prior_f(s_f) + eps)``, the normaliser of the inference (one factor: the evidence it
+    divided by; several: from the log likelihood and log prior it left state-major, summed over
+    the joint states in ``blk.weighted``, free after the fixed point)."""
+    if cm.num_factors == 1:
+        np.copyto(out, blk.evidence)
+    else:
+        S, nb = cm.num_states, blk.nb
+        F = len(S)
+        joint = blk.weighted.reshape(*S, nb)  # sum_f ln(prior_f + eps), last factor fastest
+        for f, lp in enumerate(blk.log_prior):
+            shape = [1] * F + [nb]
+            shape[f] = S[f]
+            if f == 0:
+                np.copyto(joint, lp.reshape(shape))
+            else:
+                np.add(joint, lp.reshape(shape), out=joint)
+        np.add(blk.weighted, blk.lnL, out=blk.weighted)
+        np.exp(blk.weighted, out=blk.weighted)
+        np.sum(blk.weighted, axis=0, out=out)
+    np.maximum(out, np.finfo(out.dtype).tiny, out=out)  # eps^(F+1) may underflow float32
+    np.log(out, out=out)
+    np.negative(out, out=out)
 
 
 def load_roots(qs: list[np.ndarray], blk: Block) -> None:
@@ -421,11 +447,11 @@ def _select_columns(
 ) -> np.ndarray:
     """Per column of ``p (K, nb)``, the selected row (:func:`select_deterministic` or
     :func:`select_stochastic` on the transpose); returns ``blk.ibuf``."""
+    if deterministic:
+        p.argmax(axis=0, out=blk.ibuf)  # np.argmax without its Python wrapper
+        return blk.ibuf
     K, nb = p.shape
     ge = blk.ge[: K * nb].reshape(K, nb)
-    if deterministic:
-        np.argmax(p, axis=0, out=blk.ibuf)
-        return blk.ibuf
     probs = blk.tmpP[:K] if blk.tmpP.shape[0] >= K else np.empty_like(p)
     np.add(p, eps, out=probs)
     np.log(probs, out=probs)

@@ -126,10 +126,13 @@ class DeepBlock:
             self.row_start = np.arange(nb, dtype=np.intp)[:, None] * (S + 1)
             self.l_idx = shaped("l_idx", nb, lp.kin * K * lp.kt)
             self.l_g = shaped("l_g", nb, lp.kin, K * lp.kt)
+            self.l_g_rows = self.l_g.reshape(nb, -1)  # the flat gather's target
+            self.qz_flat = self.qz.reshape(-1)
             self.l_pred = shaped("l_pred", nb, K * lp.kt)
             self.l_pred2 = self.l_pred.reshape(nb * K, lp.kt)
             self.l_mask = shaped("l_mask", nb, K * lp.kt)
             self.l_nh = shaped("l_nh", nb * K, lp.kt)
+            self.l_nh_rows = self.l_nh.reshape(nb, -1)
             self.l_Q = shaped("l_Q", nb, K * lp.kt * lp.kr)
             self.l_Q3 = self.l_Q.reshape(nb * K, lp.kt, lp.kr)
             self.l_qo = shaped("l_qo", nb * K, lp.kr)
@@ -224,7 +227,7 @@ def evaluate_deep_block(
         np.matmul(dblk.vals_am, plan.counts_T, out=G)
         bad = dblk.bad
         np.less(evidence, lp.min_evidence, out=bad)
-        if not bad.any():
+        if not np.logical_or.reduce(bad):  # any (without ndarray.any's Python wrapper)
             return dblk.no_agents
         return np.flatnonzero(bad)
     if not dblk.dense:
@@ -332,7 +335,7 @@ def _evaluate_local(
     idx, g = dblk.l_idx, dblk.l_g
     lp.pred_src.take(obs, axis=0, out=idx, mode="clip")
     np.add(idx, dblk.row_start, out=idx)
-    dblk.qz.reshape(-1).take(idx, out=g.reshape(dblk.nb, -1), mode="clip")
+    dblk.qz_flat.take(idx, out=dblk.l_g_rows, mode="clip")
     pred = dblk.l_pred
     if lp.kin == 1:
         np.copyto(pred, g[:, 0])
@@ -343,7 +346,7 @@ def _evaluate_local(
     np.greater(pred, fp.threshold, out=dblk.l_mask)
     np.multiply(pred, dblk.l_mask, out=pred)  # the masked predicted states M
     nh = dblk.l_nh
-    lp.neg_entropy.take(obs, axis=0, out=nh.reshape(dblk.nb, -1), mode="clip")
+    lp.neg_entropy.take(obs, axis=0, out=dblk.l_nh_rows, mode="clip")
     np.multiply(nh, dblk.l_pred2, out=nh)
     np.matmul(nh, lp.ones_kt, out=dblk.tmp_rows)
     np.add(vals, dblk.tmp_am, out=vals)

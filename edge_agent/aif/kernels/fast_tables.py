@@ -11,6 +11,7 @@ described in the comment below.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -257,6 +258,11 @@ class AgentPropagation:
     @property
     def max_extra(self) -> int:
         return max((t.shape[1] for t, _, _ in self.extra), default=0)
+
+    @functools.cached_property
+    def extra_widths(self) -> tuple[int, ...]:
+        """Each extra layer's width ``E`` (read once, then a plain attribute)."""
+        return tuple(t.shape[1] for t, _, _ in self.extra)
 
     @property
     def nbytes(self) -> int:

@@ -82,7 +82,8 @@ def _update(plan: JointPlan, sc: JointScratch, cur: int, first: bool) -> None:
     np.exp(X, out=X)  # softmax of every factor at once: arguments in [2 ln eps, 0]
     np.dot(X, plan.seg_ones, out=sc.Z)
     np.divide(X, sc.Z, out=X)
-    _outer(sc.outer[1 - cur])
+    for a, b, out in sc.outer[1 - cur]:  # the joint (_outer, inlined: once per iteration)
+        np.multiply(a, b, out=out)
     np.multiply(sc.lnL, sc.joint, out=sc.W)
     np.dot(sc.W, plan.M_ext, out=sc.R)  # every factor's marginal, and the total
     np.add(X, plan.eps, out=sc.t)  # free energy: sum q (ln(q + eps) - ln prior) - sum q(s) lnL
@@ -115,7 +116,7 @@ def _iterate_block(plan: JointPlan, sc: JointScratch, num_iter: int, tol: float)
         n_active = nb
         if it > 0:
             np.greater_equal(dF, tol, out=sc.active)
-            n_active = int(np.count_nonzero(sc.active))
+            n_active = int(np.add.reduce(sc.active, dtype=np.intp))  # count_nonzero's count
             if n_active == 0:
                 break
         _update(plan, sc, cur, it == 0)
@@ -202,10 +203,10 @@ def select_joint(plan: JointPlan, q_pi: np.ndarray, sc: JointScratch, actions: n
     """Deterministic actions ``(nb, F)`` from the action marginals of ``q_pi (nb, P)``: the most
     probable action of each factor (pymdp's ``sample_action``, marginal mode)."""
     np.dot(q_pi, plan.onehot_pad, out=sc.marg_pad)
-    if actions.dtype == np.intp:
-        np.argmax(sc.marg3, axis=2, out=actions)
+    if actions.dtype == np.intp:  # np.argmax without its Python wrapper
+        sc.marg3.argmax(axis=2, out=actions)
     else:
-        np.argmax(sc.marg3, axis=2, out=sc.ibuf)
+        sc.marg3.argmax(axis=2, out=sc.ibuf)
         np.copyto(actions, sc.ibuf)
 
 

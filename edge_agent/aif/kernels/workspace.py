@@ -144,6 +144,12 @@ def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to a
     return {k: v for k, v in out.items() if v[0] > 0}
 
 
+#: :meth:`Block.propagation_views`: row offsets, index and weight buffers, and per extra entry
+#: its target and source indices and two value buffers.
+PropagationViews = tuple[
+    np.ndarray, np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+]
+
 class Block:
     """Views of a :class:`Workspace`'s buffers shaped for a block of ``nb`` agents.
 
@@ -172,6 +178,7 @@ class Block:
         self.small = small
         self._row_start: dict[int, IndexArray] = {}
         self._views: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+        self._propagation: dict[tuple[int, ...], PropagationViews] = {}
 
         def shaped(name: str, *shape: int) -> np.ndarray:
             return flat[name][: int(np.prod(shape))].reshape(shape)
@@ -311,6 +318,32 @@ class Block:
         if out is None:
             out = buffer[: int(np.prod(shape))].reshape(shape)
             self._views[key] = out
+        return out
+
+    def propagation_views(self, width: int, extra: tuple[int, ...]) -> PropagationViews:
+        """What :func:`~edge_agent.aif.kernels.agent_major.propagate_agents` works in, fetched
+        with one call (made once, then cached): the rows' flat offsets ``(nb, 1)``, the index and
+        weight buffers ``(nb, width)``, and per extra entry of width ``E`` the target and source
+        indices and two value buffers ``(nb, E)``."""
+        key = (width, *extra)
+        out = self._propagation.get(key)
+        if out is None:
+            nb = self.nb
+            out = (
+                self.row_start(width)[:, None],
+                self.view(self.p_idx, nb, width),
+                self.view(self.p_val, nb, width),
+                [
+                    (
+                        self.view(self.p_idx, nb, E),
+                        self.view(self.p_idx2, nb, E),
+                        self.view(self.p_val, nb, E),
+                        self.view(self.p_val2, nb, E),
+                    )
+                    for E in extra
+                ],
+            )
+            self._propagation[key] = out
         return out
 
     def row_start(self, width: int) -> IndexArray:

@@ -166,7 +166,10 @@ EXPECTED: dict[str, list[Record]] = {
         *[({"bench": "planning", "world": w, "policy": p},
            ("cpu_agent_steps_per_s", "duty_cycle", "score", "score_ratio", "speedup"))
           for w in ("grid10", "tmaze", "explorer", "tmaze-reversal", "grid-slippery")
-          for p in ("every_tick", "change_0.1_every_4", "max_50pct")],
+          for p in ("every_tick", "change_0.1_every_4", "max_50pct", "surprise_0.5_every_4")],
+        *[({"bench": "trigger", "world": "tmaze", "trigger": t}, ("duty_cycle", "score_ratio"))
+          for t in ("belief_change", "surprise")],
+        ({"bench": "triggers_at_equal_duty", "world": "tmaze"}, ("duty_range",)),
     ],
     "bench_peers.py": [
         *[({"bench": "peers", "workload": w, "impl": i}, ("steps_per_s", "digest"))

@@ -1,11 +1,16 @@
 """A daemon whose group plans when it matters (docs/planning.md): its snapshot carries the
-committed plans, a restart restores them, and a restart without the policy still restores."""
+committed plans, a restart restores them, and a restart without the policy still restores; a
+group whose every-tick planning would take several ticks runs on time when its planning yields
+to the tick's end (``fit_tick``)."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +24,11 @@ pytestmark = pytest.mark.integration
 PLANNING = "\n[groups.planning]\nevery = 5\nbelief_change = 0.3\n"
 
 
-def run(config: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "edge_agent", "run", "--config", str(config), "--duration", "2"]
+def run(config: Path, seconds: float = 2.0) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable, "-m", "edge_agent", "run", "--config", str(config),
+        "--duration", str(seconds),
+    ]
     env = {**os.environ, "EDGE_AGENT_PROFILES_DIR": str(PROFILES)}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120, env=env,
                           check=False)
@@ -56,3 +64,99 @@ def test_a_restart_keeps_the_committed_plans(tmp_path: Path) -> None:
     assert third.returncode == 0, third.stderr[-3000:]
     assert "restored grid (30 agents), tmaze (20 agents)" in third.stderr
     assert "group.tmaze.plan_policy" not in read_snapshot(newest(state)).arrays
+
+
+# ------------------------------------------------------------------ planning within the tick
+HZ = 10.0
+POLICY_LEN = 3  # the deep planner: planning is most of a tick, inference a small part
+
+
+def _seconds_an_agent(planning: object | None, n: int = 2400) -> float:
+    """One grid10 agent's step with three-step policies on this machine now (the fastest of 6
+    ticks after 2 of warm-up: what the load adds is not the step's): with every-tick planning,
+    or with ``planning``."""
+    from edge_agent.aif.settings import AifSettings
+    from edge_agent.core.agents import AifAgentGroup
+    from edge_agent.sim.registry import make_env
+
+    env = make_env("grid10", n, seed=1)
+    group = AifAgentGroup(
+        env.model, n, settings=AifSettings(policy_len=POLICY_LEN),
+        planning=planning,  # type: ignore[arg-type]
+    )
+    obs = env.reset()
+    took = []
+    for _ in range(8):
+        start = time.perf_counter()
+        actions = group.step(obs)
+        took.append(time.perf_counter() - start)
+        obs = env.step(actions)
+    return min(took[2:]) / n
+
+
+def _config(path: Path, state: Path, n: int, planning: str) -> None:
+    path.write_text(
+        f"""
+[daemon]
+profile = "x86-dev"
+state_dir = "{state}"
+status_file = "{state / "status.json"}"
+tick_hz = {HZ}
+log_level = "info"
+
+[[groups]]
+name = "grid"
+model = {{ type = "builtin", name = "grid10" }}
+count = {n}
+workers = 1
+history_capacity = 4
+source = {{ type = "sim" }}
+sink = {{ type = "sim" }}
+
+[groups.settings]
+policy_len = {POLICY_LEN}
+{planning}"""
+    )
+
+
+def test_planning_yields_to_the_tick_and_no_tick_is_skipped(tmp_path: Path) -> None:
+    """The group's size comes from a measurement here: every-tick planning of all its agents
+    takes at least two periods (three by the measurement), the floor of a tick (inference, the
+    next priors) at most half of one. With ``fit_tick`` its planning stops where the rest of
+    the tick still fits: no tick is skipped (the daemon's ``missed`` counter), planning was cut
+    (``ticks_cut``), the agents put off on a tick planned first on the next (``passed_over``
+    stays 0: one process), and every agent planned in the run (no committed plan as old as
+    the run). Run as it is, every agent planning every tick, the same group skips ticks.
+    Counters, not durations: the machine's speed only sets the size."""
+    from edge_agent.aif.planning import PlanningPolicy
+
+    period = 1.0 / HZ
+    full = _seconds_an_agent(None)
+    floor = _seconds_an_agent(PlanningPolicy(deadline_ms=1e-6))  # the first block plans only
+    n = min(math.ceil(3 * period / full), int(period / 2 / floor), 100_000)
+    assert n * full >= 2 * period, (
+        f"planning of {n} agents takes {n * full * 1000:.0f} ms a tick: not two periods "
+        f"(floor {floor * 1e6:.2f} us, full {full * 1e6:.2f} us an agent)"
+    )
+
+    # fit_tick first (a run just after another's final snapshot shares its disk's writeback)
+    fitted = tmp_path / "fitted"
+    _config(fitted.with_suffix(".toml"), fitted, n, "[groups.planning]\nfit_tick = true\n")
+    done = run(fitted.with_suffix(".toml"), seconds=3)
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads((fitted / "status.json").read_text())
+    tick, planning = status["tick"], status["groups"][0]["planning"]
+    assert tick["missed"] == 0, (n, tick, planning)
+    assert planning["ticks_cut"] > 0, planning  # planning did yield to the tick's end
+    assert planning["passed_over"] == 0, planning
+    assert planning["deadline_ms"] is not None
+    assert planning["after_planning_ms"] is not None
+    ages = np.array(read_snapshot(newest(fitted)).arrays["group.grid.plan_age"])
+    assert ages.max() < tick["ticks"], (ages.max(), tick)  # everyone planned in the run
+
+    plain = tmp_path / "plain"
+    _config(plain.with_suffix(".toml"), plain, n, "")
+    done = run(plain.with_suffix(".toml"), seconds=3)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tick = json.loads((plain / "status.json").read_text())["tick"]
+    assert tick["missed"] > 0, f"{n} agents planning every tick skipped no tick: {tick}"

@@ -160,7 +160,8 @@ def test_a_group_with_a_planning_policy_shows_its_planning(tmp_path: Path) -> No
         wait_until(status.exists, "the status file")
         groups = {g["name"]: g for g in json.loads(status.read_text())["groups"]}
         assert set(groups["tmaze"]["planning"]) == {
-            "planned", "deferred", "duty_cycle", "plan_age_mean", "plan_age_max"
+            "planned", "deferred", "duty_cycle", "plan_age_mean", "plan_age_max",
+            "ticks_cut", "passed_over",  # a budget's
         }
         assert groups["tmaze"]["planning"]["planned"] <= 5
         assert "planning" not in groups["grid"]

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.aif.planning import PlanningPolicy, planning_order
+from edge_agent.aif.planning import (
+    SURPRISE_TOP,
+    TICK_MARGIN,
+    PlanningPolicy,
+    planning_deadline,
+    planning_order,
+)
 from edge_agent.aif.settings import AifSettings
 from edge_agent.config.daemon import check_config, load_config
 from edge_agent.core.agents import AifAgentGroup
@@ -146,6 +152,79 @@ def test_belief_change_trigger_plans_exactly_the_agents_whose_beliefs_moved() ->
         obs = env.step(group.action)
     assert seen_some  # the trigger chose: neither all nor none
     assert seen_none
+
+
+def _surprise(model: object, obs: np.ndarray, prior: list[np.ndarray]) -> np.ndarray:
+    """-ln p(o) under the prior predictive, summed directly agent by agent."""
+    out = []
+    for i in range(len(obs)):
+        joint = prior[0][i]
+        for p in prior[1:]:
+            joint = np.multiply.outer(joint, p[i])
+        like = np.ones_like(joint)
+        for m, a in enumerate(model.A):  # type: ignore[attr-defined]
+            like = like * a[obs[i, m]]
+        out.append(-np.log((like * joint).sum()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize(
+    ("world", "threshold", "chooses"),
+    [("tmaze", 0.6, False), ("grid10", 0.5, True), ("explorer", 1.0, True)],
+)
+def test_surprise_trigger_plans_exactly_the_surprised_agents(
+    world: str, threshold: float, chooses: bool
+) -> None:
+    """``surprise``: an agent plans when -ln p(o) of its observation under the prior it
+    predicted reaches the threshold, or when its plan ran out. (The T-maze's agents move in
+    step, each tick all of them or none: its cue is ln 2, a fair coin; a grid agent whose ``B``
+    knows its walls is rarely surprised.)"""
+    n = 120
+    env = make_env(world, n, seed=5)
+    group = AifAgentGroup(
+        env.model, n, precision="float64", planning=PlanningPolicy(every=50, surprise=threshold)
+    )
+    obs = env.reset()
+    seen_some, seen_none = False, False
+    for t in range(12):
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        prior = [p.copy() for p in group.prior]
+        fresh = (group.plan_left <= 0).copy()
+        group.step(obs)
+        surprise = _surprise(env.model, obs, prior)
+        clear = np.abs(surprise - threshold) > 1e-6  # not on the threshold, to rounding
+        planned = group.plan_age == 0
+        np.testing.assert_array_equal(
+            planned[clear], ((surprise >= threshold) | fresh)[clear], err_msg=str(t)
+        )
+        np.testing.assert_allclose(group._change, surprise, rtol=1e-9, atol=1e-9)
+        seen_some |= bool((planned & ~fresh).any())
+        seen_none |= bool((~planned & ~fresh).any())
+        obs = env.step(group.action)
+    if chooses:  # the trigger chose: some agents with a plan planned, others did not
+        assert seen_some
+        assert seen_none
+
+
+def test_surprise_is_a_trigger_instead_of_belief_change() -> None:
+    policy = PlanningPolicy(every=4, surprise=2.5)
+    assert policy.trigger == 2.5
+    assert policy.describe() == "every 4 ticks or surprise >= 2.5 nats or when a plan runs out"
+    assert PlanningPolicy(every=0, surprise=1.0).trigger == 1.0
+    with pytest.raises(RecordError, match="surprise: needs every = 0 or every > 1"):
+        PlanningPolicy(surprise=1.0)
+    with pytest.raises(RecordError, match="surprise: is instead of belief_change"):
+        PlanningPolicy(every=4, surprise=1.0, belief_change=0.2)
+    # a budget orders by it: the most surprised first, SURPRISE_TOP nats and more tie
+    surprise = np.array([0.5, 3.0, 25.0, 40.0, 3.0], dtype=np.float32)
+    n = len(surprise)
+    order = planning_order(
+        np.arange(n, dtype=np.int64), surprise, np.array([1, 1, 1, 1, 5], np.int32),
+        np.zeros(n, bool), priority=np.empty(n, np.int64), scratch=np.empty(n, np.int64),
+        fscratch=np.empty(n, np.float32), top=SURPRISE_TOP,
+    )
+    assert order.tolist() == [2, 3, 4, 1, 0]
 
 
 # ------------------------------------------------------------------------------ the budget
@@ -321,7 +400,7 @@ def test_planning_table_in_the_daemon_config(tmp_path: Path) -> None:
         f"{bad}:8: groups[0].planning.every: must be >= 0, got -1",
         f"{bad}:9: groups[0].planning.deadline_ms: must be > 0.0, got 0",
         f"{bad}:10: groups[0].planning.budget: unknown key "
-        "(allowed: every, belief_change, max_agents, deadline_ms)",
+        "(allowed: every, belief_change, surprise, max_agents, deadline_ms, fit_tick)",
     ]
     cross = tmp_path / "cross.toml"
     cross.write_text(base + "[groups.planning]\nbelief_change = 0.2\n")
@@ -531,3 +610,113 @@ def test_a_deadline_past_the_tick_is_refused_at_its_line(tmp_path: Path) -> None
     good.write_text(base + "deadline_ms = 35\n")
     ok, report = check_config(good)
     assert ok, report
+
+
+# ------------------------------------------------------------------------------ the tick's end
+def test_the_planning_deadline_leaves_the_rest_of_the_tick_its_time() -> None:
+    """A pure function of the times: the configured deadline, and with the tick's end known,
+    early enough that one more block and what follows planning end before it, with a margin."""
+    assert planning_deadline(10.0, deadline_s=None, left_s=None, after_s=5, block_s=5) == np.inf
+    assert planning_deadline(10.0, deadline_s=0.04, left_s=None, after_s=5, block_s=5) == 10.04
+    # 100 ms left: 5 ms of margin, 30 ms after planning, 10 ms a block -> 55 ms from the start
+    fit = planning_deadline(10.0, deadline_s=None, left_s=0.1, after_s=0.03, block_s=0.01)
+    assert fit == pytest.approx(10.0 + 0.1 * (1 - TICK_MARGIN) - 0.04)
+    # whichever comes first
+    assert planning_deadline(
+        10.0, deadline_s=0.02, left_s=0.1, after_s=0.03, block_s=0.01
+    ) == pytest.approx(10.02)
+    assert planning_deadline(
+        10.0, deadline_s=0.08, left_s=0.1, after_s=0.03, block_s=0.01
+    ) == pytest.approx(fit)
+    # a tick already late: the deadline has passed (only the first block plans)
+    assert planning_deadline(10.0, deadline_s=None, left_s=-0.01, after_s=0, block_s=0) < 10.0
+
+
+def test_fit_tick_is_a_budget_in_time_and_says_so() -> None:
+    policy = PlanningPolicy(every=2, fit_tick=True)
+    assert not policy.every_tick
+    assert policy.budgeted
+    assert policy.timed
+    assert policy.describe() == "every 2 ticks or when a plan runs out, within the tick"
+    assert not PlanningPolicy(every=2, max_agents=3).timed
+    assert PlanningPolicy(deadline_ms=20).timed
+    assert not PlanningPolicy(fit_tick=True).every_tick  # plans every tick, within the tick
+
+
+def _paced_group(clock: _Clock, n: int = 20) -> tuple[AifAgentGroup, np.ndarray, object]:
+    env = make_env("grid10", n, seed=2)
+    group = AifAgentGroup(
+        env.model, n, planning=PlanningPolicy(fit_tick=True), clock=clock, block_size=4
+    )
+    assert group.block_size == 4
+    return group, env.reset(), env
+
+
+def test_a_paced_group_plans_what_fits_the_tick_and_the_put_off_go_first() -> None:
+    """A clock that moves 1 s a read and 10 s left in the tick: the reads of a tick are its
+    start (t), the inference's end (t + 1: nothing measured yet, so what follows planning is
+    taken to cost what inference did, 1 s), the plan pass's start (t + 2), then one before each
+    block after the first. The deadline is t + 10 * 0.9 - 1 - 0 = t + 8: blocks at t + 3 ...
+    t + 6 go in after the first one, all five blocks (20 agents) plan. With 4 s left (and what
+    the first tick measured) only the first block plans, the other 16 agents are put off and go
+    first on the next tick."""
+    clock = _Clock()
+    group, obs, env = _paced_group(clock)
+    group.pace(10.0, None)
+    group.step(obs)
+    stats = group.planning_stats()
+    assert stats["planned"] == 20
+    assert stats["deferred"] == 0
+    assert stats["deadline_ms"] == pytest.approx(1000 * (10 * (1 - TICK_MARGIN) - 1))
+    assert stats["ticks_cut"] == 0
+    # The last tick's plan pass began at t + 2 and ended at t + 7 (a read before each of the
+    # last four blocks): 1 s a block; its step ended 1 s after planning (one more read), and
+    # the daemon says the tick went on 0.5 s after the step returned: 1.5 s after planning.
+    group.pace(4.0, 0.5)
+    assert group.planning_stats()["after_planning_ms"] == 1500.0
+    assert group.planning_stats()["block_ms"] == 1000.0
+    previous = group.deferred.copy()
+    group.step(env.step(group.action))
+    stats = group.planning_stats()
+    # 4 * 0.9 - 1.5 - 1.0 = 1.1 s: the first block only (t + 3 is past t + 1.1)
+    assert stats["deadline_ms"] == pytest.approx(1000 * (4 * (1 - TICK_MARGIN) - 2.5))
+    assert stats["planned"] == 4
+    assert stats["deferred"] == 16
+    assert stats["ticks_cut"] == 1
+    for _ in range(4):  # everyone must plan every tick: those put off go first
+        previous = group.deferred.copy()
+        group.pace(4.0, 0.5)
+        group.step(env.step(group.action))
+        planned = group.plan_age == 0
+        assert planned.sum() == 4
+        assert planned[previous].all() or not (planned & ~previous).any()
+    assert group.planning_stats()["passed_over"] == 0
+
+
+def test_the_deadline_is_a_function_of_the_times_given() -> None:
+    """Two groups on two clocks that read the same: the same deadlines, plans and actions."""
+    runs = []
+    for _ in range(2):
+        clock = _Clock()
+        group, obs, env = _paced_group(clock)
+        seen = []
+        for t in range(6):
+            group.pace(4.0 + t, 0.25 * t if t else None)
+            obs = env.step(group.step(obs).copy())
+            stats = group.planning_stats()
+            seen.append((stats["deadline_ms"], stats["planned"], group.action.copy()))
+        runs.append(seen)
+    for (d1, p1, a1), (d2, p2, a2) in zip(*runs, strict=True):
+        assert (d1, p1) == (d2, p2)
+        np.testing.assert_array_equal(a1, a2)
+
+
+def test_unpaced_a_fit_tick_group_plans_everyone() -> None:
+    """Outside the daemon no one says when the tick ends: fit_tick bounds nothing (and reads
+    no clock), a deadline_ms is what it was."""
+    clock = _Clock()
+    group, obs, _env = _paced_group(clock)
+    group.step(obs)
+    assert group.planning_stats()["planned"] == 20
+    assert group.planning_stats()["deadline_ms"] is None
+    assert clock.reads == 0

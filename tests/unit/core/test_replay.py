@@ -343,6 +343,8 @@ def _record_under_policy(
         ("grid10", 1, {"every": 2}),
         ("tmaze", 1, {"every": 4, "belief_change": 0.1}),
         ("explorer", 3, {"every": 8, "belief_change": 0.3, "max_agents": 2}),
+        ("grid10", 2, {"every": 3, "surprise": 0.5}),
+        ("explorer", 1, {"every": 4, "surprise": 1.0}),
     ],
 )
 def test_a_run_under_a_policy_replays_to_its_actions_and_committed_plans(
