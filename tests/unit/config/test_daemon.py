@@ -21,7 +21,6 @@ from edge_agent.config.daemon import (
     DaemonConfig,
     GroupConfig,
     LogSink,
-    MqttSection,
     MqttSink,
     MqttSource,
     SimSink,
@@ -35,6 +34,7 @@ from edge_agent.config.daemon import (
     profile_problems,
     read_config,
 )
+from edge_agent.config.mqtt import MqttSection
 from edge_agent.config.profiles import DeviceFacts, FirmwareProfile, load_profiles
 from edge_agent.config.toml_lines import Loc, TomlPositions, format_loc, normalize_loc
 from edge_agent.daemon.admission import admit

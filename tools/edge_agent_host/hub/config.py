@@ -23,7 +23,8 @@ from typing import Annotated, Final, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from edge_agent.config.daemon import MqttTls, path_from_document
+from edge_agent.config.daemon import path_from_document
+from edge_agent.config.mqtt import MqttTls
 from edge_agent.config.toml_lines import Problem, TomlDocument, raise_problems, validate_toml
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.names import NAME_PATTERN
