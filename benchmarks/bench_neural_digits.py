@@ -3,7 +3,8 @@
 The digits MLP (skl2onnx ``MLPClassifier``, 128 units) and the small digits CNN of
 ``bench_convert.py`` (frames ``(N, 1, 8, 8)``, stepped as flattened ``(N, 64)`` observations) are
 converted by the host tool (static int8, as ``--mode static`` writes them), and for each bundle a
-:class:`edge_agent.neural.agents.NeuralAgentGroup` of ``--agents`` agents (1 intra-op thread) is
+:class:`edge_agent.neural.agents.NeuralAgentGroup` of ``--agents`` agents (``--threads`` intra-op
+threads, 1 by default; the ``x86-dev`` daemon gives its groups 2) is
 timed against plain ``onnxruntime.InferenceSession`` objects of the same int8 model file, called
 as ``session.run(None, {input: batch})`` on the same batch, interleaved in ``--repeats`` rounds
 of ``--calls`` calls (order rotated each round), per-round medians:
@@ -19,6 +20,7 @@ One JSON line per model: medians in ms, ``*_ratio`` the median over rounds of ea
 every held-out digit, and ``x64_quant_precision`` (the backend's choice here).
 
     python benchmarks/bench_neural_digits.py [--agents 1000] [--repeats 30] [--calls 20]
+        [--threads 1]
 
 ``--smoke``: 20 agents, 2 rounds of 3 calls: the code path, for CI; its numbers mean nothing.
 """
@@ -81,7 +83,7 @@ def measure(family: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     neural = bundle.manifest.neural
     assert neural is not None
     model = bundle.file_bytes(neural.model_file)
-    group = NeuralAgentGroup.from_bundle(bundle, args.agents)
+    group = NeuralAgentGroup.from_bundle(bundle, args.agents, threads=args.threads)
     held = spec["heldout"]
     obs = np.resize(held.reshape(len(held), -1), (args.agents, 64)).astype(np.float32)
     batch = obs.reshape((args.agents, *held.shape[1:]))
@@ -107,7 +109,7 @@ def measure(family: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "bench": "digits_group", "model": family, "agents": args.agents,
         "batch_shape": list(batch.shape), "x64_quant_precision": x64_quant_precision(),
         "argmax_default_equals_exact": agree, "group_actions_equal_default": same,
-        "heldout_digits": len(held),
+        "heldout_digits": len(held), "threads": args.threads,
     }
     for key, values in medians.items():
         row[f"{key}_ms"] = round(float(np.median(values)) * 1e3, 4)
@@ -124,6 +126,8 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=20, help="calls per variant and round")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the group's intra-op threads (the daemon's inference_threads)")
     parser.add_argument("--smoke", action="store_true", help="20 agents, 2 rounds of 3 calls")
     args = parser.parse_args()
     if args.smoke:

@@ -114,9 +114,10 @@ def test_novelty_is_added_for_the_agents_that_plan() -> None:
     assert checked
 
 
-def test_a_learned_dense_transition_shrinks_the_blocks_mid_tick() -> None:
+def test_a_learned_dense_transition_resizes_the_blocks_mid_tick() -> None:
     """The slippery grid with a floor under ``B``: its first refresh makes ``B`` dense, so
-    the planners and their block sizes change between inference and planning."""
+    the planners and their block sizes change between inference and planning (the local
+    planner goes, and with it the small dense fallback block: every agent is planned densely)."""
     model = slippery_grid_model()
     learning = LearningSpec(
         pB={0: 4.0 * model.B[0] + 0.05}, settings=LearningSettings(lr_pB=1.0), refresh_every=1
@@ -124,14 +125,16 @@ def test_a_learned_dense_transition_shrinks_the_blocks_mid_tick() -> None:
     n = 600
     group = learning_group(model, n, learning=learning, precision="int8", seed=1,
                            planning=PlanningPolicy(every=3))
-    blocks = group.block_size
+    assert group.cm.local is not None
+    blocks = (group.block_size, group.dense_block_size)
     env = SlipperyGridEnv(n, seed=2)
     obs = env.reset()
     for _ in range(6):
         if env.episode_start.any():
             group.end_trial(env.episode_start)
         obs = env.step(group.step(obs))
-    assert group.block_size < blocks
+    assert group.cm.local is None
+    assert (group.block_size, group.dense_block_size) != blocks
     assert group.finite()
     assert group.learner.counts[0].version == 5  # the first tick has no transition yet
 
