@@ -8,9 +8,9 @@ the only one that learns: with a ``[groups.learning]`` table its agents are a
 and on workers; per-agent counts, on one process),
 whose trials end at the world's episode starts (``pD`` learns there).
 
-Its groups report two families of numbers beyond every group's (:data:`PLANNING`, the groups
-with a planning policy, and :data:`LEARNING`, the groups that learn): the per-group keys their
-agents' ``metrics()`` give, and the node's totals over those groups.
+Its groups report two families of numbers beyond every group's (:data:`PLANNING_METRICS`,
+the groups with a planning policy, and :data:`LEARNING_METRICS`, the groups that learn): the
+per-group keys their agents' ``metrics()`` give, and the node's totals over those groups.
 """
 
 from __future__ import annotations
@@ -22,16 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.aif.learning import LearningSpec
-from edge_agent.aif.learning_table import TABLE as LEARNING
-from edge_agent.aif.learning_table import LearningTable
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, BeliefHistory, settings_from_json
 from edge_agent.config.daemon import BuiltinModel, GroupConfig, SimSource
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.contract import MetricFamily
-from edge_agent.core.learning import LearningAgentGroup, learning_group
 from edge_agent.errors import BundleError, ConfigError, InputError
 from edge_agent.kinds.base import (
     GroupKind,
@@ -44,9 +40,16 @@ from edge_agent.kinds.base import (
 from edge_agent.sim.registry import builtin_model
 
 if TYPE_CHECKING:
+    from edge_agent.aif.learning import LearningSpec
+    from edge_agent.aif.learning_table import LearningTable
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.bundle.loader import Bundle
     from edge_agent.core.budget import MemoryBudget, PlanRequest
+    from edge_agent.core.learning import LearningAgentGroup
+
+#: The group's ``[groups.learning]`` table, by its key: the learning modules (about 2,400
+#: lines) are imported only for a group that has one.
+_LEARNING_KEY = "learning"
 
 __all__ = [
     "KIND",
@@ -120,7 +123,7 @@ def group_learning(
     """What the group learns by its ``[groups.learning]`` table (None without one): of
     ``model``'s tables, from the ``counts`` its bundle carries or the table's prior scale.
     A ConfigError names the group and the table's key."""
-    table = cfg.table_of(LearningTable)
+    table = _learning_table(cfg)
     if table is None:
         return None
     floats = model.dequantize() if isinstance(model, QuantizedModel) else model
@@ -128,6 +131,16 @@ def group_learning(
         return table.spec(floats.A, floats.B, floats.D, counts)
     except ConfigError as err:
         raise ConfigError(f"group {cfg.name!r}: {err}", path=None) from err
+
+
+def _learning_table(cfg: GroupConfig) -> LearningTable | None:
+    table = cfg.table(_LEARNING_KEY)
+    if table is None:
+        return None
+    from edge_agent.aif.learning_table import LearningTable  # noqa: PLC0415 - a group that learns
+
+    assert isinstance(table, LearningTable)  # GROUP_TABLES maps the key to it
+    return table
 
 
 def learning_of(loaded: LoadedModel) -> LearningSpec | None:
@@ -208,12 +221,15 @@ def new_agents(
     if aif.learning is None:
         keep_prior = cfg.coordination is not None
         return AifAgentGroup(aif.model, n_agents, keep_prior=keep_prior, **kwargs)
+    from edge_agent.aif.learning_table import TABLE  # noqa: PLC0415 - a group that learns
+    from edge_agent.core.learning import learning_group  # noqa: PLC0415 - as above
+
     try:
         return learning_group(
             aif.model, n_agents, learning=aif.learning, trial_ends_at_reset=True, **kwargs
         )
     except InputError as err:
-        raise ConfigError(f"{err} ({LEARNING})", path=None) from err
+        raise ConfigError(f"{err} ({TABLE})", path=None) from err
 
 
 def _planning_totals(groups: Sequence[Mapping[str, object]]) -> dict[str, float | int]:
@@ -368,7 +384,7 @@ class AifKind:
     def plan_hints(self, cfg: GroupConfig) -> dict[str, str]:
         """What to change when what a group's learning reserves (its ``[groups.learning]``
         counts, :func:`plan_learning`'s owner) does not fit the budget."""
-        table = cfg.table_of(LearningTable)
+        table = _learning_table(cfg)
         if table is None:
             return {}
         return {
@@ -401,6 +417,8 @@ class AifKind:
         model, agents = plan_aif(aif, cfg, history_capacity, workers)
         if aif.learning is None:
             return [model, agents]
+        from edge_agent.core.learning import LearningAgentGroup  # noqa: PLC0415 - it learns
+
         probe = new_agents(aif, cfg, 1, None, 0)
         assert isinstance(probe, LearningAgentGroup)
         return [model, agents, plan_learning(probe, cfg)]

@@ -151,6 +151,13 @@ KEPT_OUT = (
     "edge_agent.kinds.perception",
     "edge_agent.sim.sensors",  # sim.registry: a world's module when the world is used
     "edge_agent.sim.explorer",
+    # kinds.aif: the learning maths and groups only for a group with [groups.learning]; the
+    # kernels take their constants from aif.reference, whose learning oracle lives apart
+    "edge_agent.aif.learning",
+    "edge_agent.aif.learning_table",
+    "edge_agent.aif.reference_learning",
+    "edge_agent.core.learning",
+    "edge_agent.core.per_agent_learning",
     # docs/memory.md: SQLite and the fleet stack only with [mqtt] enabled; never the host tool.
     "sqlite3",  # fleet.outbox and the nonce store: the only databases
     "paho",  # fleet.comms.mqtt, when fleet.node builds a stack

@@ -27,7 +27,7 @@ from edge_agent.aif.learning import (
     transition_support,
 )
 from edge_agent.aif.model import GenerativeModel
-from edge_agent.aif.reference import LearningReferenceAgent
+from edge_agent.aif.reference_learning import LearningReferenceAgent
 from edge_agent.cli import main
 from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.errors import ModelError

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
-from edge_agent.aif.reference import LearningReferenceAgent
+from edge_agent.aif.reference_learning import LearningReferenceAgent
 from edge_agent.core.budget import MemoryBudget, MiB
 from edge_agent.core.learning import LearningAgentGroup, learning_group
 from edge_agent.core.per_agent_learning import PerAgentLearningGroup
