@@ -161,6 +161,19 @@ class Fleet:
             "both daemons to take in pi-a's messages",
         )
 
+    def wait_refused(self, baseline: dict[str, dict[str, float]], expected: dict[str, int]) -> None:
+        """Wait until every daemon counted at least ``expected`` more of each counter than
+        ``baseline`` (counter -> node -> value): ``send`` waits for task messages received,
+        which the nodes' own syncs count too, so the attacker's last ones may still be ahead."""
+        wait_until(
+            lambda: all(
+                metric(n, key) - baseline[key][n.name] >= count
+                for n in self.nodes
+                for key, count in expected.items()
+            ),
+            f"both daemons to refuse {expected}",
+        )
+
 
 def start_fleet(tmp_path: Path, daemons: list[Any], hub_id: str = "hub") -> Fleet:
     port = free_port()
@@ -247,6 +260,9 @@ def test_forged_relays_neither_steal_nor_freeze_the_allocation(
         TaskSync(tasks=newer, task_sigs=sign_specs(key.sign, FLEET, newer)),
     ]
     fleet.send(attacker, attack, 2)
+    fleet.wait_refused(
+        {"relays_refused": refused}, {"relays_refused": 16 + 1 + 4 + 4 + 8 + 8 + 4 + 4 + 4}
+    )
 
     # Nothing moved: the same winners, every task open, pi-b alive to pi-c.
     for node in nodes:
@@ -333,6 +349,10 @@ def test_a_future_epoch_bid_and_an_own_done_release_leave_the_tasks_allocatable(
         TaskRelease(items=done, sigs=b"".join(key.sign(release_bytes(FLEET, r)) for r in done)),
     ]
     fleet.send(attacker, attack, 3)
+    fleet.wait_refused(
+        {"bids_refused": bids_refused, "relays_refused": relays_refused},
+        {"bids_refused": 4 + 4, "relays_refused": 4},
+    )
     for node in nodes:
         assert assignment(node) == before, node.name  # the same holders, in the same round
         assert metric(node, "tasks_open") == 4
@@ -380,6 +400,7 @@ def test_bids_of_a_session_never_seen_born_are_refused_and_counted(
     refused = fleet.counters("bids_refused")
     # pi-a publishes bids (the cheapest a model can compute) and never a birth.
     fleet.send(attacker, [pi_a_bids(tasks, epoch, MIN_BID_COST, 1)], 1)
+    fleet.wait_refused({"bids_refused": refused}, {"bids_refused": 4})
     for node in nodes:
         assert metric(node, "bids_refused") - refused[node.name] == 4
         assert assignment(node) == before, node.name
@@ -436,6 +457,7 @@ def test_a_node_re_announcing_the_hub_s_tasks_does_not_take_them_over(
         TaskRelease(items=done, sigs=b"".join(key.sign(release_bytes(FLEET, r)) for r in done)),
     ]
     fleet.send(attacker, attack, 3)
+    fleet.wait_refused(counted, {"specs_refused": 4, "relays_refused": 4 + 4, "bids_refused": 4})
     for node in nodes:
         assert assignment(node) == before, node.name  # the same holders, in the hub's round
         assert metric(node, "tasks_open") == 4
