@@ -20,6 +20,21 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+run_pytest() {
+    # run_pytest ARGS...: pytest on EDGE_AGENT_TEST_WORKERS processes (default: the CPUs this
+    # process may use, at least 2), each taking the next test when it is free (pytest-xdist's
+    # worksteal); 0 runs the tests in this process, one after the other. Replaces the shell.
+    local workers="${EDGE_AGENT_TEST_WORKERS:-}"
+    if [ -z "$workers" ]; then
+        workers="$(python -c 'import os; print(max(2, len(os.sched_getaffinity(0))))')"
+    fi
+    echo "== pytest ($workers workers)" >&2
+    if [ "$workers" = 0 ]; then
+        exec python -m pytest "$@"
+    fi
+    exec python -m pytest -n "$workers" --dist worksteal "$@"
+}
+
 find_python() {
     for py in python3.11 python3.12 python3.13 python3; do
         if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

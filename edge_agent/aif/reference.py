@@ -114,7 +114,7 @@ class ReferenceAgent:
         for _ in range(self.settings.num_iter):
             if dF < self.settings.dF_tol:
                 break
-            q_joint = _outer(qs)
+            q_joint = joint_of(qs)
             weighted = log_likelihood * q_joint
             new_qs = []
             for f in range(n_factors):
@@ -160,11 +160,11 @@ class ReferenceAgent:
 
     def expected_obs(self, qs: list[np.ndarray], m: int) -> np.ndarray:
         """``sum_s A[m][:, s] q(s)`` under the factorised ``qs``."""
-        return np.tensordot(self.model.A[m], _outer(qs), axes=self.model.num_factors)
+        return np.tensordot(self.model.A[m], joint_of(qs), axes=self.model.num_factors)
 
     def info_gain(self, qs: list[np.ndarray]) -> float:
         """pymdp's ``spm_MDP_G``: mutual information between joint outcomes and states."""
-        q_joint = _outer(qs)
+        q_joint = joint_of(qs)
         G = 0.0
         qo: np.ndarray | float = 0.0
         for idx in np.argwhere(q_joint > EXP_M16):
@@ -224,7 +224,8 @@ def _first_max(x: np.ndarray) -> int:
     return int(np.argmax(x))
 
 
-def _outer(qs: list[np.ndarray]) -> np.ndarray:
+def joint_of(qs: list[np.ndarray]) -> np.ndarray:
+    """The joint of independent factor beliefs: their outer product, last factor fastest."""
     joint = qs[0]
     for q in qs[1:]:
         joint = joint[..., None] * q
@@ -239,5 +240,5 @@ def _free_energy(
     for q, lp in zip(qs, log_prior, strict=True):
         vfe += float(q @ np.log(q + EPS)) - float(q @ lp)
     if log_likelihood is not None:
-        vfe -= float((_outer(qs) * log_likelihood).sum())
+        vfe -= float((joint_of(qs) * log_likelihood).sum())
     return vfe

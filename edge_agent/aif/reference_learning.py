@@ -12,7 +12,7 @@ import numpy as np
 
 from edge_agent.aif.learning import normalise, wnorm
 from edge_agent.aif.model import GenerativeModel
-from edge_agent.aif.reference import ReferenceAgent, _outer
+from edge_agent.aif.reference import ReferenceAgent, joint_of
 from edge_agent.aif.settings import AifSettings
 from edge_agent.errors import InputError
 
@@ -77,7 +77,7 @@ class LearningReferenceAgent(ReferenceAgent):
 
     def update_A(self, obs: Sequence[int]) -> None:  # noqa: N802 - pymdp's name
         """``pA[m] += lr_pA * (A[m] > 0) * onehot(o_m) ⊗ qs`` for each learned modality."""
-        joint = _outer(self.qs)
+        joint = joint_of(self.qs)
         for m, counts in self.pA.items():
             dfda = np.zeros_like(counts)
             dfda[int(obs[m])] = joint
@@ -113,7 +113,7 @@ class LearningReferenceAgent(ReferenceAgent):
             wA = wnorm(counts) * (counts > 0)
             for qs_t in qs_pi:
                 qo = self.expected_obs(qs_t, m)
-                gain -= float(qo @ np.tensordot(wA, _outer(qs_t), axes=self.model.num_factors))
+                gain -= float(qo @ np.tensordot(wA, joint_of(qs_t), axes=self.model.num_factors))
         for f, counts in self.pB.items():
             wB = wnorm(counts) * (counts > 0)
             for t, qs_t in enumerate(qs_pi):

@@ -196,9 +196,9 @@ class GroupMemory:
     def _size_blocks(self) -> None:
         """Block sizes from the scratch one agent of a block needs: at most
         ``BLOCK_SCRATCH_BYTES`` a block, and at most ``LARGE_MODEL_BLOCK`` agents unless
-        ``DEFAULT_BLOCK`` agents fit in that. A planner that
-        hands only some agents to the dense evaluation (local, deep) keeps the dense scratch
-        for at most ``DENSE_FALLBACK_BYTES``."""
+        ``DEFAULT_BLOCK`` agents fit in that. A planner that hands only some agents to the
+        dense evaluation (local, deep) keeps the dense scratch for at most
+        ``DENSE_FALLBACK_BYTES``."""
         info_gain = self.settings.use_states_info_gain
         per = kernels.Workspace.bytes_per_agent(self.cm, info_gain=info_gain)
         common, dense, self._scratch_small = per["all"], per["dense"], per["small"]
@@ -210,8 +210,7 @@ class GroupMemory:
             else kernels.deep_bytes_per_agent(self.cm, deep, info_gain=info_gain)
         )
         if self.cm.local is None and deep is None:
-            per_agent = common + dense
-            block = dense_block = BLOCK_SCRATCH_BYTES // per_agent
+            block = dense_block = BLOCK_SCRATCH_BYTES // (common + dense)
         else:
             # The deep planner's dense form counts as if every agent had it: not what is
             # allocated (see below), but blocks that size are the fast ones (grid10 policy
@@ -220,9 +219,8 @@ class GroupMemory:
             per_agent = common + self._scratch_deep + self._scratch_deep_dense
             block = BLOCK_SCRATCH_BYTES // per_agent
             dense_block = DENSE_FALLBACK_BYTES // dense
-        if per_agent * DEFAULT_BLOCK > BLOCK_SCRATCH_BYTES:  # not a tiny model
+        if block < DEFAULT_BLOCK:  # not a tiny model
             block = min(block, LARGE_MODEL_BLOCK)
-            dense_block = min(dense_block, block)
         self.block_size = max(1, min(self.block_size, block))
         self.dense_block_size = max(1, min(self.block_size, dense_block))
         # The deep planner's dense form (blocks without an observation), like the dense tree.
