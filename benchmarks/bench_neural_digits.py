@@ -13,24 +13,39 @@ of ``--calls`` calls (order rotated each round), per-round medians:
 * ``session_exact``: the default options plus ``session.x64quantprecision`` (what the backend set
   on every x86 CPU before issue 30);
 * ``group_step``: ``NeuralAgentGroup.step`` (observation check, the window, one backend run,
-  argmax) as the device runs it, with the backend's choice of that option for this CPU.
+  argmax) as the device runs it, with the backend's choice of that option for this CPU;
+* ``session_backend``: a plain session with the backend's options (``--threads`` intra-op
+  threads, 1 inter-op, sequential, idle threads do not spin);
+* ``session_spinning``: the same on 2 threads that spin (``session.intra_op.allow_spinning`` 1,
+  as onnxruntime's default), and ``session_spinning_stop`` with ``session.force_spinning_stop``
+  as well (the threads spin during a run and stop when it returns).
 
 One JSON line per model: medians in ms, ``*_ratio`` the median over rounds of each variant over
 ``session_default`` (target for ``group_step``: <= 1.2), whether the two sessions' argmax agree on
 every held-out digit, and ``x64_quant_precision`` (the backend's choice here).
 
-    python benchmarks/bench_neural_digits.py [--agents 1000] [--repeats 30] [--calls 20]
-        [--threads 1]
+Then what spinning costs when idle (``bench: spinning``): each of ``backend_1`` (1 thread),
+``backend_2`` (2 threads, no spinning), ``spinning_2`` and ``spinning_stop_2`` called once per
+period at 10 Hz and 50 Hz for ``--spin-seconds`` each, with the process's CPU time (user +
+system, every thread) per call (``cpu_ms_per_call``), its share of one core over the wall time
+(``cpu_share_of_core``) and the call's median (``call_p50_ms``, a cold call after a sleep).
 
-``--smoke``: 20 agents, 2 rounds of 3 calls: the code path, for CI; its numbers mean nothing.
+    python benchmarks/bench_neural_digits.py [--agents 1000] [--repeats 30] [--calls 20]
+        [--threads 1] [--spin-seconds 10]
+
+``--smoke``: 20 agents, 2 rounds of 3 calls, 0.1 s paced: the code path, for CI; its numbers
+mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +82,64 @@ def plain(model: bytes, *, exact: bool) -> Any:
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def backend_like(model: bytes, threads: int, *, spinning: bool, stop: bool = False) -> Any:
+    """A plain session with the device backend's options (``threads`` intra-op threads, 1
+    inter-op, sequential, all graph optimisations), its threads spinning or not."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if stop:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
+    if x64_quant_precision():
+        opts.add_session_config_entry("session.x64quantprecision", "1")
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
+    return usage.ru_utime + usage.ru_stime
+
+
+def idle_cost(family: str, model: bytes, feed: dict[str, np.ndarray], seconds: float) -> None:
+    """One ``spinning`` line per session kind and rate (module docstring)."""
+    kinds = {
+        "backend_1": (1, False, False),
+        "backend_2": (2, False, False),
+        "spinning_2": (2, True, False),
+        "spinning_stop_2": (2, True, True),
+    }
+    for hz in (10.0, 50.0):
+        for kind, (threads, spinning, stop) in kinds.items():
+            session = backend_like(model, threads, spinning=spinning, stop=stop)
+            for _ in range(5):
+                session.run(None, feed)
+            calls = max(2, int(seconds * hz))
+            took = []
+            time.sleep(min(0.5, seconds))  # the warm-up's spinning ends before the count
+            cpu0, wall0 = cpu_seconds(), time.perf_counter()
+            deadline = wall0
+            for _ in range(calls):
+                deadline += 1.0 / hz
+                time.sleep(max(0.0, deadline - time.perf_counter()))
+                start = time.perf_counter()
+                session.run(None, feed)
+                took.append(time.perf_counter() - start)
+            cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+            print(json.dumps({
+                "bench": "spinning", "model": family, "session": kind, "hz": hz,
+                "threads": threads, "spinning": spinning, "force_spinning_stop": stop,
+                "calls": calls, "cpu_ms_per_call": round(cpu / calls * 1e3, 4),
+                "cpu_share_of_core": round(cpu / wall, 4),
+                "call_p50_ms": round(statistics.median(took) * 1e3, 4),
+            }, sort_keys=True), flush=True)
+            del session
+
+
 def measure(family: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     spec = sklearn_model("mlp", tmp) if family == "mlp" else cnn_model(tmp)
     np.savez(tmp / f"{family}.cal.npz", x=spec["calibration"])
@@ -88,6 +161,11 @@ def measure(family: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     obs = np.resize(held.reshape(len(held), -1), (args.agents, 64)).astype(np.float32)
     batch = obs.reshape((args.agents, *held.shape[1:]))
     default, exact = plain(model, exact=False), plain(model, exact=True)
+    sessions = {  # dropped before the idle cost is measured, their threads with them
+        "own": backend_like(model, args.threads, spinning=False),
+        "spin": backend_like(model, 2, spinning=True),
+        "spin_stop": backend_like(model, 2, spinning=True, stop=True),
+    }
     name = default.get_inputs()[0].name
     feed = {name: batch}
     digits = {name: held.astype(np.float32)}
@@ -100,6 +178,9 @@ def measure(family: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             "session_default": lambda: default.run(None, feed),
             "session_exact": lambda: exact.run(None, feed),
             "group_step": lambda: group.step(obs),
+            "session_backend": lambda: sessions["own"].run(None, feed),
+            "session_spinning": lambda: sessions["spin"].run(None, feed),
+            "session_spinning_stop": lambda: sessions["spin_stop"].run(None, feed),
         },
         args.repeats,
         args.calls,
@@ -118,6 +199,10 @@ def measure(family: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             row[f"{key}_ratio"] = round(float(np.median(ratios)), 3)
             row[f"{key}_ratio_range"] = [round(ratios[0], 3), round(ratios[-1], 3)]
     row[f"target_group<={TARGET}"] = row["group_step_ratio"] <= TARGET
+    print(json.dumps(row, sort_keys=True), flush=True)
+    sessions.clear()
+    if args.spin_seconds > 0:
+        idle_cost(family, model, feed, args.spin_seconds)
     return row
 
 
@@ -128,13 +213,15 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=20, help="calls per variant and round")
     parser.add_argument("--threads", type=int, default=1,
                         help="the group's intra-op threads (the daemon's inference_threads)")
+    parser.add_argument("--spin-seconds", type=float, default=10.0,
+                        help="paced seconds per session kind and rate for the idle cost (0: skip)")
     parser.add_argument("--smoke", action="store_true", help="20 agents, 2 rounds of 3 calls")
     args = parser.parse_args()
     if args.smoke:
-        args.agents, args.repeats, args.calls = 20, 2, 3
+        args.agents, args.repeats, args.calls, args.spin_seconds = 20, 2, 3, 0.1
     with tempfile.TemporaryDirectory(prefix="bench-neural-digits-") as name:
         for family in ("mlp", "cnn"):
-            print(json.dumps(measure(family, Path(name), args), sort_keys=True), flush=True)
+            measure(family, Path(name), args)
     return 0
 
 

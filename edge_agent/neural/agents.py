@@ -4,7 +4,10 @@ A :class:`NeuralAgentGroup` keeps the last ``T`` observations of every agent in 
 session's own ``(N, T, F)`` input, which slides one step per tick (a view moved on in a slightly
 longer buffer, see :meth:`~edge_agent.neural.backends.base.Session.slide_input`), records every
 observation in a :class:`~edge_agent.core.history.HistoryRing` (what snapshots keep; the windows
-are rebuilt from it), and runs the model **once** for the whole group. Nothing that scales with
+are rebuilt from it), and runs the model **once** for the whole group. A group that keeps no
+history beyond its window (``history_capacity <= T``, the default) writes its ring from the
+windows when the ring is read (:attr:`NeuralAgentGroup.history`, snapshots, resets, resizes)
+instead of copying every observation a second time each tick. Nothing that scales with
 ``N`` is allocated per tick; buffers change only when :meth:`NeuralAgentGroup.resize` changes
 ``N``.
 
@@ -199,7 +202,7 @@ class NeuralAgentGroup:
 
     #: The bundle's model is int8 (the daemon's status reports a group's precision).
     precision: Literal["int8"] = "int8"
-    history: HistoryRing
+    _history: HistoryRing
     _batch: FloatArray
     _filled: IntArray
     _saturated: bool
@@ -239,6 +242,9 @@ class NeuralAgentGroup:
         self.input_name, self.num_features = window_layout(spec)
         self.frame = frame_shape(spec)
         self.history_capacity = max(int(history_capacity), self.window)
+        # Steps not yet in the ring: a ring no longer than the window is written from the
+        # windows when read (_record_windows), not every tick.
+        self._unrecorded = 0
         self.key = hashlib.sha256(model_bytes).hexdigest()[:16]
         self.shared_nbytes = MODEL_BYTES_FACTOR * len(model_bytes)
         self._reservations: list[Reservation] = []
@@ -340,7 +346,7 @@ class NeuralAgentGroup:
         """Bytes of the per-agent arrays allocated by the group itself (ring, actions); the
         windows are the session's input buffer, counted by the session."""
         arrays = [self._filled, self._actions, *self._sample_buffers()]
-        return int(self.history.nbytes + sum(a.nbytes for a in arrays))
+        return int(self._history.nbytes + sum(a.nbytes for a in arrays))
 
     def _sample_buffers(self) -> list[np.ndarray]:
         return [b for b in (self._probs, self._below, self._u, self._threshold) if b is not None]
@@ -349,10 +355,12 @@ class NeuralAgentGroup:
         old = self.n_agents
         keep = min(old, n_agents)
         if old == 0:
-            self.history = HistoryRing(n_agents, self.history_capacity, self._fields, max_window=0)
+            self._history = HistoryRing(n_agents, self.history_capacity, self._fields, max_window=0)
+            self._unrecorded = 0
             filled = np.zeros(n_agents, dtype=np.int64)
         else:
-            self.history.resize_agents(n_agents)
+            self._record_windows()  # the ring keeps the kept agents' steps
+            self._history.resize_agents(n_agents)
             filled = np.zeros(n_agents, dtype=np.int64)
             filled[:keep] = self._filled[:keep]
         self._filled = filled
@@ -398,6 +406,7 @@ class NeuralAgentGroup:
     def resize_history(self, capacity: int) -> None:
         """Keep fewer (or more) observations per agent, never fewer than the window."""
         capacity = max(int(capacity), self.window)
+        self._record_windows()  # before the ring may start recording every tick
         if self._agent_reservation is not None:
             old = self.history_capacity
             self.history_capacity = capacity
@@ -406,7 +415,7 @@ class NeuralAgentGroup:
             except BaseException:
                 self.history_capacity = old
                 raise
-        self.history.resize(capacity)
+        self._history.resize(capacity)
         self.history_capacity = capacity
 
     def release(self) -> None:
@@ -418,6 +427,7 @@ class NeuralAgentGroup:
     # -- ticking ---------------------------------------------------------------------------------
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Forget the windows of the agents in ``mask`` (all by default): they restart empty."""
+        self._record_windows()  # the ring keeps what the windows held
         if mask is None:
             self._filled.fill(0)
             self._saturated = False
@@ -467,7 +477,10 @@ class NeuralAgentGroup:
         """
         del now  # observations are timed per tick by the caller; kept for a uniform signature
         o = self.check_obs(obs)
-        self.history.append_one("obs", o)
+        if self.history_capacity > self.window:
+            self._history.append_one("obs", o)
+        else:  # the ring holds no more than the windows: written when read
+            self._unrecorded += 1
         if not self._saturated:  # until every agent's window is full (then nothing to count)
             np.add(self._filled, 1, out=self._filled)
             np.minimum(self._filled, self.window, out=self._filled)
@@ -510,15 +523,31 @@ class NeuralAgentGroup:
         _, self._batch, self._newest = self._views[id(staging)]
         self._inputs[self.input_name] = staging
 
+    @property
+    def history(self) -> HistoryRing:
+        """Every agent's last ``history_capacity`` observations (see the module docstring)."""
+        self._record_windows()
+        return self._history
+
+    def _record_windows(self) -> None:
+        """Append the steps the ring has not recorded yet, from the windows (a group whose ring
+        is no longer than its window records them only when the ring is read). The ring then
+        holds what it would hold had every step been appended, except that its
+        ``total_appended`` counts at most ``T`` steps per read."""
+        pending = min(self._unrecorded, self.window)
+        self._unrecorded = 0
+        for j in range(self.window - pending, self.window):  # oldest first
+            self._history.append_one("obs", self._batch[:, j])
+
     def _rebuild_windows(self) -> None:
         """The windows from the history and the fill counters (after a snapshot load): each
         agent's last ``min(filled, T)`` observations, zeros before them."""
         T = self.window
         self._batch.fill(0.0)
-        rows = min(len(self.history), T)
+        rows = min(len(self._history), T)
         if rows == 0:
             return
-        recent = self.history.window("obs", rows)  # (rows, N, F), oldest first
+        recent = self._history.window("obs", rows)  # (rows, N, F), oldest first
         for j in range(rows):  # over time steps, never over agents
             age = rows - 1 - j  # 0: the newest
             keep = (self._filled > age)[:, None]
@@ -596,7 +625,8 @@ class NeuralAgentGroup:
                     f"group {self.name!r} snapshot {key!r} has shape {np.shape(state[key])}, "
                     f"expected {like.shape}"
                 )
-        self.history.load_state_dict(state_under(state, "history."))
+        self._history.load_state_dict(state_under(state, "history."))
+        self._unrecorded = 0
         self._filled[...] = np.minimum(np.asarray(state["filled"]), self.window)
         self._saturated = bool(self._filled.min() >= self.window)
         self._actions[...] = state["actions"]

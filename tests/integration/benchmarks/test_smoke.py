@@ -153,8 +153,13 @@ EXPECTED: dict[str, list[Record]] = {
     ],
     "bench_neural_digits.py": [
         *[({"bench": "digits_group", "model": m},
-           ("group_step_ratio", "session_exact_ratio", "x64_quant_precision"))
+           ("group_step_ratio", "session_exact_ratio", "x64_quant_precision",
+            "session_spinning_ratio", "session_spinning_stop_ratio", "session_backend_ratio"))
           for m in ("mlp", "cnn")],
+        *[({"bench": "spinning", "model": m, "session": k},
+           ("cpu_ms_per_call", "cpu_share_of_core", "call_p50_ms"))
+          for m in ("mlp", "cnn")
+          for k in ("backend_1", "backend_2", "spinning_2", "spinning_stop_2")],
     ],
     "bench_planning.py": [
         ({"bench": "machine"}, ("cpus", "agents", "steps")),

@@ -142,6 +142,46 @@ def test_windows_stay_exact_across_many_slides_resets_resizes_and_snapshots() ->
     np.testing.assert_array_equal(out[N:, :-1], 0.0)
 
 
+def test_a_ring_no_longer_than_the_window_is_written_when_read() -> None:
+    # With history_capacity <= T the ring is not written every tick but from the windows when
+    # read: it must hold what a ring written every tick holds, through resets (which zero the
+    # windows), resizes, a change of capacity and snapshots.
+    T, F, N = 4, 3, 6
+    lazy = group_for(flatten_onnx(T, F), T, N, "observation")
+    live = group_for(flatten_onnx(T, F), T, N, "observation", history_capacity=3 * T)
+    assert lazy.history_capacity == T
+    rng = np.random.default_rng(11)
+
+    def same_recent() -> None:
+        rows = min(len(lazy.history), T)
+        assert rows == min(len(live.history), T)
+        np.testing.assert_array_equal(lazy.history.window("obs", rows),
+                                      live.history.window("obs", rows))
+
+    for tick in range(40):
+        if tick % 7 == 3:
+            mask = rng.random(lazy.n_agents) < 0.5
+            lazy.reset(mask)
+            live.reset(mask)
+        if tick == 9:
+            same_recent()
+        if tick == 20:
+            lazy.resize(N + 2)
+            live.resize(N + 2)
+        if tick == 26:
+            lazy.resize_history(2 * T)  # now written every tick ...
+        if tick == 31:
+            lazy.resize_history(T)  # ... and from the windows again
+        obs = rng.normal(size=(lazy.n_agents, F)).astype(np.float32)
+        np.testing.assert_array_equal(lazy.forward(obs)["flat"], live.forward(obs)["flat"])
+        if tick in (5, 16, 29, 37):  # 16 and 37: more steps than the window since a read
+            same_recent()
+    clone = group_for(flatten_onnx(T, F), T, N + 2, "observation", history_capacity=3 * T)
+    clone.load_state_dict(lazy.state_dict())  # a snapshot of the windows' ring restores them
+    obs = rng.normal(size=(N + 2, F)).astype(np.float32)
+    np.testing.assert_array_equal(clone.forward(obs)["flat"], live.forward(obs)["flat"])
+
+
 def test_flat_model_inputs_take_the_same_windows() -> None:
     T, F = 3, 2
     # A (batch, T*F) input: the window is the same memory, flattened.
