@@ -324,9 +324,10 @@ def _joint_states(
     per_factor = []
     floor = cm.fast.floor
     for f, (child, nodes) in enumerate(zip(children, depth.joint_nodes, strict=True)):
-        # Floored before the product, as in the fixed point (no subnormal joint states): the
-        # utility moves by at most sum |C| F floor, the information gain only where a state's
-        # prediction lies within F floor of pymdp's threshold (exp(-16)).
+        # Floored before the product, as in the fixed point (no subnormal joint states): a
+        # joint state's prediction moves by at most about F floor, so the utility by that times
+        # the sum of |utility| over joint states, and the information gain only where a
+        # prediction lies that close to pymdp's threshold (exp(-16)).
         S = cm.num_states[f]
         K = depth.num_nodes[f]
         states = child[:-1].reshape(S, K, nb)
