@@ -322,23 +322,26 @@ def _joint_states(
     if cm.num_factors == 1:
         return children[0][:-1].reshape(cm.num_states[0], J * nb)
     per_factor = []
-    floor = cm.fast.floor
+    floor = cm.fast.floor if cm.fast.floor_predictions else None
     for f, (child, nodes) in enumerate(zip(children, depth.joint_nodes, strict=True)):
-        # Floored before the product, as in the fixed point (no subnormal joint states): a
-        # joint state's prediction moves by at most about F floor, so the utility by that times
-        # the sum of |utility| over joint states, and the information gain only where a
-        # prediction lies that close to pymdp's threshold (exp(-16)).
+        # In float32, floored before the product as in the fixed point (no subnormal joint
+        # states): a joint state's prediction moves by at most about F floor, so the utility by
+        # that times the sum of |utility| over joint states, and the information gain only
+        # where a prediction lies that close to pymdp's threshold (exp(-16)).
         S = cm.num_states[f]
         K = depth.num_nodes[f]
         states = child[:-1].reshape(S, K, nb)
         if nodes is not None:
-            floored = blk.gathered[f][: S * J * nb].reshape(S, J, nb)
-            states.take(nodes, axis=1, out=floored, mode="clip")
-            np.maximum(floored, floor, out=floored)
-        else:  # the joint nodes (K = J) or one node that broadcasts (K = 1)
+            gathered = blk.gathered[f][: S * J * nb].reshape(S, J, nb)
+            states.take(nodes, axis=1, out=gathered, mode="clip")
+            if floor is not None:
+                np.maximum(gathered, floor, out=gathered)
+            states = gathered
+        elif floor is not None:  # the joint nodes (K = J) or one node that broadcasts (K = 1)
             floored = blk.gathered[f][: S * K * nb].reshape(S, K, nb)
             np.maximum(states, floor, out=floored)
-        per_factor.append(floored)
+            states = floored
+        per_factor.append(states)
     F = cm.num_factors
     cur = per_factor[0]
     size = cur.shape[0]

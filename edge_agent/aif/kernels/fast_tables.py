@@ -64,8 +64,9 @@ LayerList = tuple[tuple[IndexArray, IndexArray, np.ndarray | None], ...]
 
 
 def belief_floor(dtype: np.dtype[np.floating], num_factors: int) -> float:
-    """The floor the state-major kernels put under each factor's beliefs (and predicted states)
-    before they multiply them into a joint: ``2^-e`` with ``e = max(40, (|minexp| - 26) // F)``.
+    """The floor the state-major kernels put under each factor's beliefs (and, in float32, the
+    planner's predicted states) before they multiply them into a joint: ``2^-e`` with
+    ``e = max(40, (|minexp| - 26) // F)``.
 
     Near-certain float32 beliefs (1e-20 and 1e-25, say) have products below the smallest normal
     float (2^-126, 1.2e-38); x86-64 processors compute on such subnormal numbers about ten to a
@@ -444,6 +445,9 @@ class FastPlan:
     eps: np.ndarray  # 0-d, 1e-16 in the compute dtype
     #: 0-d, :func:`belief_floor`: under each factor's beliefs before they enter a joint
     floor: np.ndarray
+    #: Whether the planner floors the predicted states too (float32 only: in float64 products
+    #: of predictions above eps^2 / S_f are normal, and the floor would be a copy for nothing)
+    floor_predictions: bool
     #: 0-d or None, :func:`policy_exp_floor`: under the policy posterior's softmax arguments
     exp_floor: np.ndarray | None
     lnE_col: np.ndarray  # (P, 1): ln E as a column
@@ -617,6 +621,7 @@ def build_fast_plan(
         threshold=ro(np.array(EXP_M16, dtype=dtype)),
         eps=ro(np.array(EPS, dtype=dtype)),
         floor=ro(np.array(belief_floor(dtype, F), dtype=dtype)),
+        floor_predictions=np.dtype(dtype) == np.float32,
         exp_floor=None if exp_floor is None else ro(np.array(exp_floor, dtype=dtype)),
         lnE_col=ro(np.ascontiguousarray(lnE.reshape(-1, 1))),
         max_extra_rows=max_extra,
