@@ -141,7 +141,7 @@ def a_increment_shared(
     if rows_out is None:
         rows = joint[order]
     else:  # every index is in range (a permutation): "clip" skips numpy's checked temporary
-        rows = np.take(joint, order, axis=0, out=rows_out, mode="clip")
+        rows = joint.take(order, axis=0, out=rows_out, mode="clip")
     out: FloatArray = np.zeros((num_obs, joint.shape[1]))
     out[values] = np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
     return out
@@ -184,10 +184,11 @@ def a_increment_support(
     columns, weights = support
     S = joint.shape[1]
     num_obs = columns.shape[0]
-    np.take(columns, obs_m, axis=0, out=cols_out, mode="clip")
-    np.take(weights, obs_m, axis=0, out=vals_out, mode="clip")
+    # (the methods: np.take would add a Python wrapper to each call)
+    columns.take(obs_m, axis=0, out=cols_out, mode="clip")
+    weights.take(obs_m, axis=0, out=vals_out, mode="clip")
     np.add(cols_out, rows_offset, out=cols_out)  # index into joint, flattened
-    np.take(joint.reshape(-1), cols_out, out=gathered_out, mode="clip")
+    joint.reshape(-1).take(cols_out, out=gathered_out, mode="clip")
     np.multiply(vals_out, gathered_out, out=vals_out)
     np.subtract(cols_out, rows_offset, out=cols_out)
     cols_out += (obs_m * S)[:, None]  # index into the (O, S) increment, flattened
@@ -317,9 +318,9 @@ def b_increment_support(
         index, gathered = index_out[:c], gathered_out[:c]
         now = qs_f[start:end].reshape(-1)
         for j in range(k):
-            np.take(targets[j], action_f[start:end], axis=0, out=index, mode="clip")
+            targets[j].take(action_f[start:end], axis=0, out=index, mode="clip")
             np.add(index, local_offset[:c], out=index)
-            np.take(now, index, out=gathered, mode="clip")
+            now.take(index, out=gathered, mode="clip")
             np.multiply(gathered, scale, out=gathered)
             np.multiply(gathered, qs_prev_f[start:end], out=gathered)
             np.matmul(onehot_out[:, start:end], gathered, out=partial_out)
