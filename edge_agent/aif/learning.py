@@ -203,16 +203,20 @@ def a_increment_support(
 def b_increment_shared(
     qs_f: np.ndarray, qs_prev_f: np.ndarray, action_f: np.ndarray, num_controls: int
 ) -> np.ndarray:
-    """``(S, S, U)``: per action ``u``, the sum over the agents that took it of
+    """``(S, S, U)`` float64: per action ``u``, the sum over the agents that took it of
     ``qs ⊗ qs_prev``: the agents grouped by action (one sort), one ``(S, n_u) @ (n_u, S)``
-    product per action taken (O(N S^2) in all, in the posteriors' dtype)."""
+    product per action taken (O(N S^2) in all, in the posteriors' dtype, the posteriors
+    scaled by :data:`B_PRODUCT_SCALE` and the sums back in float64, as in
+    :func:`b_increment_support`: no subnormal products of near-certain float32 beliefs)."""
     s = qs_f.shape[1]
     order, values, starts = _grouped(action_f, num_controls)
-    now, before = qs_f[order], qs_prev_f[order]
+    now, before = qs_f[order], qs_prev_f[order]  # copies: ``now`` is scaled in place
+    np.multiply(now, now.dtype.type(B_PRODUCT_SCALE), out=now)
     ends = [*starts[1:], len(order)]
-    out = np.zeros((s, s, num_controls), dtype=np.result_type(qs_f, qs_prev_f))
+    out = np.zeros((s, s, num_controls))
     for u, start, end in zip(values, starts, ends, strict=True):
-        out[:, :, u] = now[start:end].T @ before[start:end]
+        np.multiply(now[start:end].T @ before[start:end], 1.0 / B_PRODUCT_SCALE,
+                    out=out[:, :, u], dtype=np.float64)
     return out
 
 

@@ -309,7 +309,8 @@ def test_near_certain_float32_posteriors_learn_b_without_subnormal_products() ->
     first 5 of 40 states) multiply into subnormal float32 numbers or underflow to 0;
     ``b_increment_support`` scales them out of that range, so that every entry of its sums
     (some about 1e-41) is the float64 sum of the products to float32 rounding, relative to
-    the entry itself, not merely absolutely."""
+    the entry itself, not merely absolutely; so do the dense products of
+    ``b_increment_shared``."""
     rng = np.random.default_rng(5)
     S, U, n = 40, 3, 500
     mask = np.zeros((S, S, U), dtype=bool)
@@ -338,6 +339,13 @@ def test_near_certain_float32_posteriors_learn_b_without_subnormal_products() ->
         want[u] = (q[took][:, target].astype(np.float64) * q_prev[took]).sum(axis=0)
     assert np.any(want < 1e-40)  # sums in float32's subnormal range exist
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=0)
+    # The dense products (a denser B) are scaled the same way.
+    dense = np.zeros((S, S, U))
+    for u in range(U):
+        took = action == u
+        dense[:, :, u] = q[took].astype(np.float64).T @ q_prev[took]
+    np.testing.assert_allclose(b_increment_shared(q, q_prev, action, U), dense, rtol=1e-5,
+                               atol=0)
 
 
 def test_deltas_carry_the_experience_since_the_last_report_and_its_versions() -> None:
