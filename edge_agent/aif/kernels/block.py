@@ -72,7 +72,8 @@ def _free_energy_stacked(
     (sum S_f, nb)``: ``sum q (ln(q + eps) - ln prior)`` over every factor's states at once, less
     ``sum_s q(s) lnL(s)`` over joint states when ``lnL`` is given (see :func:`_free_energy`).
 
-    Uses ``blk.stk_t``, ``blk.weighted`` and ``blk.col_a`` as scratch.
+    Uses ``blk.stk_t`` and ``blk.col_a`` as scratch; with ``lnL``, leaves ``joint * lnL`` in
+    ``blk.weighted`` (what the next fixed-point iteration starts from).
     """
     t = blk.stk_t
     np.add(Q, eps, out=t)
@@ -119,8 +120,12 @@ def fixed_point_block(
     floor = plan.floor
     Qs, parts, t = blk.stk_q, blk.stk_parts, blk.stk_t
     np.copyto(Qs[0], plan.uniform_col)
-    joint, joint_new = blk.joint, blk.joint_new
-    _outer_columns(parts[0], joint, blk.X2)
+    _outer_columns(parts[0], blk.joint, blk.X2)
+    # ``blk.weighted``: ``lnL * q(s)`` of the beliefs an iteration starts from, the uniform ones'
+    # here, then what the last free energy left (the accepted beliefs' for every agent still
+    # iterating; an agent that stopped is computed on but not read).
+    np.multiply(lnL, blk.joint, out=blk.weighted)
+    joint_new = blk.joint_new
     prev, vfe, dF, d, active = blk.prev, blk.vfe, blk.dF, blk.col_c, blk.active
     _free_energy_stacked(Qs[0], None, joint=None, out=prev, blk=blk, eps=eps)
     # dF starts at 1: every agent takes the first iteration unless dF_tol > 1 (the comparison
@@ -137,7 +142,6 @@ def fixed_point_block(
         else:
             n_active = nb
         Q, X = Qs[cur], Qs[1 - cur]
-        np.multiply(lnL, joint, out=blk.weighted)
         np.matmul(plan.marg_T, blk.weighted, out=X)  # every factor's marginal of lnL * q(s)
         np.maximum(Q, floor, out=t)  # the beliefs the joint was made of
         np.divide(X, t, out=X)
@@ -152,12 +156,10 @@ def fixed_point_block(
         np.abs(d, out=d)
         if n_active == nb:
             cur = 1 - cur
-            joint, joint_new = joint_new, joint
             dF, d = d, dF
             prev, vfe = vfe, prev
         else:
             np.copyto(Q, X, where=active)
-            np.copyto(joint, joint_new, where=active)
             np.copyto(dF, d, where=active)
             np.copyto(prev, vfe, where=active)
     return cur
