@@ -141,7 +141,7 @@ def a_increment_shared(
     if rows_out is None:
         rows = joint[order]
     else:  # every index is in range (a permutation): "clip" skips numpy's checked temporary
-        rows = np.take(joint, order, axis=0, out=rows_out, mode="clip")
+        rows = joint.take(order, axis=0, out=rows_out, mode="clip")
     out: FloatArray = np.zeros((num_obs, joint.shape[1]))
     out[values] = np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
     return out
@@ -184,10 +184,11 @@ def a_increment_support(
     columns, weights = support
     S = joint.shape[1]
     num_obs = columns.shape[0]
-    np.take(columns, obs_m, axis=0, out=cols_out, mode="clip")
-    np.take(weights, obs_m, axis=0, out=vals_out, mode="clip")
+    # (the methods: np.take would add a Python wrapper to each call)
+    columns.take(obs_m, axis=0, out=cols_out, mode="clip")
+    weights.take(obs_m, axis=0, out=vals_out, mode="clip")
     np.add(cols_out, rows_offset, out=cols_out)  # index into joint, flattened
-    np.take(joint.reshape(-1), cols_out, out=gathered_out, mode="clip")
+    joint.reshape(-1).take(cols_out, out=gathered_out, mode="clip")
     np.multiply(vals_out, gathered_out, out=vals_out)
     np.subtract(cols_out, rows_offset, out=cols_out)
     cols_out += (obs_m * S)[:, None]  # index into the (O, S) increment, flattened
@@ -202,16 +203,20 @@ def a_increment_support(
 def b_increment_shared(
     qs_f: np.ndarray, qs_prev_f: np.ndarray, action_f: np.ndarray, num_controls: int
 ) -> np.ndarray:
-    """``(S, S, U)``: per action ``u``, the sum over the agents that took it of
+    """``(S, S, U)`` float64: per action ``u``, the sum over the agents that took it of
     ``qs ⊗ qs_prev``: the agents grouped by action (one sort), one ``(S, n_u) @ (n_u, S)``
-    product per action taken (O(N S^2) in all, in the posteriors' dtype)."""
+    product per action taken (O(N S^2) in all, in the posteriors' dtype, the posteriors
+    scaled by :data:`B_PRODUCT_SCALE` and the sums back in float64, as in
+    :func:`b_increment_support`: no subnormal products of near-certain float32 beliefs)."""
     s = qs_f.shape[1]
     order, values, starts = _grouped(action_f, num_controls)
-    now, before = qs_f[order], qs_prev_f[order]
+    now, before = qs_f[order], qs_prev_f[order]  # copies: ``now`` is scaled in place
+    np.multiply(now, now.dtype.type(B_PRODUCT_SCALE), out=now)
     ends = [*starts[1:], len(order)]
-    out = np.zeros((s, s, num_controls), dtype=np.result_type(qs_f, qs_prev_f))
+    out = np.zeros((s, s, num_controls))
     for u, start, end in zip(values, starts, ends, strict=True):
-        out[:, :, u] = now[start:end].T @ before[start:end]
+        np.multiply(now[start:end].T @ before[start:end], 1.0 / B_PRODUCT_SCALE,
+                    out=out[:, :, u], dtype=np.float64)
     return out
 
 
@@ -268,6 +273,12 @@ def b_support_scratch(support: TransitionSupport, dtype: np.dtype[Any]) -> dict[
     }
 
 
+#: :func:`b_increment_support` scales the gathered posteriors by this power of two before it
+#: multiplies them by the previous ones (and the sums back, exactly): two float32 beliefs of
+#: 1e-20 multiply into a subnormal number, which x86-64 computes on slowly; scaled, every
+#: product of beliefs above 1e-33 is normal, and a sum over fewer than 2^28 agents stays below
+#: float32's largest number.
+B_PRODUCT_SCALE = 2.0**100
 #: :func:`b_increment_support` works through this many agent-states (``agents * S``) at a
 #: time: its scratch does not grow with the group, and stays in the cache.
 B_CHUNK = 1 << 15
@@ -277,10 +288,10 @@ def b_increment_support(
     qs_f: np.ndarray, qs_prev_f: np.ndarray, action_f: np.ndarray, support: TransitionSupport,
     *, acted: np.ndarray | None = None, local_offset: np.ndarray, index_out: np.ndarray,
     gathered_out: np.ndarray, onehot_out: np.ndarray, partial_out: np.ndarray,
-    sums_out: np.ndarray,
+    sums_out: np.ndarray, values_out: np.ndarray,
 ) -> np.ndarray:
-    """``(k, U, S)``, in the posteriors' dtype: :func:`b_increment_shared` at the entries of
-    ``support`` only (the update's mask removes the others): ``sums_out[j, u, s]`` is the sum,
+    """``values_out`` ``(k, U, S)`` float64: :func:`b_increment_shared` at the entries of
+    ``support`` only (the update's mask removes the others): ``values_out[j, u, s]`` is the sum,
     over the agents that took ``u`` (and ``acted``, ``(N,)`` bool, when given), of
     ``qs[n, t] * qs_prev[n, s]`` with ``t = support.targets[j, u, s]`` (a pad's sum is left for
     its weight 0 to remove).
@@ -290,9 +301,12 @@ def b_increment_support(
     ``local_offset`` ``(C, S)`` intp holding ``c * S`` for the agent's row ``c`` of the
     chunk), times its previous posterior, summed per action in one product with the agents'
     one-hot actions: ``O(N S k)`` against the ``O(N S^2)`` of the dense products, no sort and
-    nothing allocated. Scratch: ``index_out`` ``(C, S)`` intp, ``gathered_out`` ``(C, S)``,
-    ``onehot_out`` ``(U, N)``, ``partial_out`` ``(U, S)`` in the posteriors' dtype,
-    ``sums_out`` ``(k, U, S)``."""
+    nothing allocated. The gathered posteriors are scaled by :data:`B_PRODUCT_SCALE` first
+    and the sums back in float64 at the end (powers of two: the same roundings), so that
+    near-certain float32 beliefs do not multiply into subnormal numbers (nor lose digits to
+    them). Scratch: ``index_out`` ``(C, S)`` intp, ``gathered_out`` ``(C, S)``, ``onehot_out``
+    ``(U, N)``, ``partial_out`` ``(U, S)`` in the posteriors' dtype, ``sums_out`` ``(k, U,
+    S)``."""
     targets = support.targets
     k, U, _ = targets.shape
     n = qs_f.shape[0]
@@ -301,19 +315,22 @@ def b_increment_support(
     if acted is not None:
         np.multiply(onehot_out, acted, out=onehot_out)
     sums_out.fill(0.0)
+    scale = sums_out.dtype.type(B_PRODUCT_SCALE)
     for start in range(0, n, C):
         end = min(n, start + C)
         c = end - start
         index, gathered = index_out[:c], gathered_out[:c]
         now = qs_f[start:end].reshape(-1)
         for j in range(k):
-            np.take(targets[j], action_f[start:end], axis=0, out=index, mode="clip")
+            targets[j].take(action_f[start:end], axis=0, out=index, mode="clip")
             np.add(index, local_offset[:c], out=index)
-            np.take(now, index, out=gathered, mode="clip")
+            now.take(index, out=gathered, mode="clip")
+            np.multiply(gathered, scale, out=gathered)
             np.multiply(gathered, qs_prev_f[start:end], out=gathered)
             np.matmul(onehot_out[:, start:end], gathered, out=partial_out)
             np.add(sums_out[j], partial_out, out=sums_out[j])
-    return sums_out
+    np.multiply(sums_out, 1.0 / B_PRODUCT_SCALE, out=values_out, dtype=np.float64)
+    return values_out
 
 
 def forget(counts: np.ndarray, prior: np.ndarray, forgetting: float) -> None:
@@ -919,15 +936,15 @@ class Learner:
             self.pB.add(slot, inc, s.lr_pB, s.forgetting)
             return
         n = q.shape[0]
-        sums = b_increment_support(
+        values = b_increment_support(
             np.ascontiguousarray(q), q_prev, action, support, acted=acted,
             local_offset=scratch["offset"], index_out=scratch["index"],
             gathered_out=scratch["gathered"],
             onehot_out=self._buffer("b_onehot", (self.num_controls[f], n), q.dtype),
             partial_out=scratch["partial"], sums_out=scratch["sums"],
+            values_out=scratch["values"],
         )
-        values = scratch["values"]
-        np.multiply(sums, support.weights, out=values)  # float64; a pad's value 0
+        np.multiply(values, support.weights, out=values)  # a pad's value 0
         self.pB.add_entries(slot, support.flat.reshape(-1), values.reshape(-1), s.lr_pB,
                             s.forgetting)
 

@@ -72,7 +72,8 @@ def _free_energy_stacked(
     (sum S_f, nb)``: ``sum q (ln(q + eps) - ln prior)`` over every factor's states at once, less
     ``sum_s q(s) lnL(s)`` over joint states when ``lnL`` is given (see :func:`_free_energy`).
 
-    Uses ``blk.stk_t``, ``blk.weighted`` and ``blk.col_a`` as scratch.
+    Uses ``blk.stk_t`` and ``blk.col_a`` as scratch; with ``lnL``, leaves ``joint * lnL`` in
+    ``blk.weighted`` (what the next fixed-point iteration starts from).
     """
     t = blk.stk_t
     np.add(Q, eps, out=t)
@@ -102,6 +103,13 @@ def fixed_point_block(
     changed by less than ``dF_tol`` stop. A factor's update ``softmax(E_others[lnL] + ln prior)``
     needs no shift by its maximum: both terms lie in ``[ln eps, 0]`` (``L`` and the prior are
     probabilities), so ``exp`` stays above ``eps^2`` (as on the joint small-block path).
+
+    The joint is the product of the factors' beliefs floored at ``plan.floor``
+    (:func:`~edge_agent.aif.kernels.fast_tables.belief_floor`), and a factor's marginal is
+    divided by its floored beliefs: the expected log likelihood is that of the floored beliefs,
+    within ``|ln eps| (F - 1) max(S_f) floor`` of the exact one (1.3e-13 for the float32
+    T-maze; float64 unchanged), and no product is a subnormal float, which x86-64 processors
+    compute on slowly.
     """
     plan = cm.fast
     assert plan.marg_T is not None  # several factors: the stacked tables exist
@@ -109,11 +117,15 @@ def fixed_point_block(
     assert plan.uniform_col is not None
     eps = plan.eps
     nb = lnL.shape[1]
-    tiny = np.finfo(lnL.dtype).tiny
+    floor = plan.floor
     Qs, parts, t = blk.stk_q, blk.stk_parts, blk.stk_t
     np.copyto(Qs[0], plan.uniform_col)
-    joint, joint_new = blk.joint, blk.joint_new
-    _outer_columns(parts[0], joint, blk.X2)
+    _outer_columns(parts[0], blk.joint, blk.X2)
+    # ``blk.weighted``: ``lnL * q(s)`` of the beliefs an iteration starts from, the uniform ones'
+    # here, then what the last free energy left (the accepted beliefs' for every agent still
+    # iterating; an agent that stopped is computed on but not read).
+    np.multiply(lnL, blk.joint, out=blk.weighted)
+    joint_new = blk.joint_new
     prev, vfe, dF, d, active = blk.prev, blk.vfe, blk.dF, blk.col_c, blk.active
     _free_energy_stacked(Qs[0], None, joint=None, out=prev, blk=blk, eps=eps)
     # dF starts at 1: every agent takes the first iteration unless dF_tol > 1 (the comparison
@@ -130,26 +142,24 @@ def fixed_point_block(
         else:
             n_active = nb
         Q, X = Qs[cur], Qs[1 - cur]
-        np.multiply(lnL, joint, out=blk.weighted)
         np.matmul(plan.marg_T, blk.weighted, out=X)  # every factor's marginal of lnL * q(s)
-        np.maximum(Q, tiny, out=t)
+        np.maximum(Q, floor, out=t)  # the beliefs the joint was made of
         np.divide(X, t, out=X)
         np.add(X, blk.stk_lp, out=X)
         np.exp(X, out=X)  # every factor's softmax at once (no shift needed, see above)
         np.matmul(plan.seg_ones, X, out=t)
         np.divide(X, t, out=X)
-        _outer_columns(parts[1 - cur], joint_new, blk.X2)
+        np.maximum(X, floor, out=t)
+        _outer_columns(blk.stk_t_parts, joint_new, blk.X2)
         _free_energy_stacked(X, lnL, joint=joint_new, out=vfe, blk=blk, eps=eps)
         np.subtract(prev, vfe, out=d)
         np.abs(d, out=d)
         if n_active == nb:
             cur = 1 - cur
-            joint, joint_new = joint_new, joint
             dF, d = d, dF
             prev, vfe = vfe, prev
         else:
             np.copyto(Q, X, where=active)
-            np.copyto(joint, joint_new, where=active)
             np.copyto(dF, d, where=active)
             np.copyto(prev, vfe, where=active)
     return cur
@@ -314,13 +324,25 @@ def _joint_states(
     if cm.num_factors == 1:
         return children[0][:-1].reshape(cm.num_states[0], J * nb)
     per_factor = []
+    floor = cm.fast.floor if cm.fast.floor_predictions else None
     for f, (child, nodes) in enumerate(zip(children, depth.joint_nodes, strict=True)):
+        # In float32, floored before the product as in the fixed point (no subnormal joint
+        # states): a joint state's prediction moves by at most about F floor, so the utility by
+        # that times the sum of |utility| over joint states, and the information gain only
+        # where a prediction lies that close to pymdp's threshold (exp(-16)).
         S = cm.num_states[f]
-        states = child[:-1].reshape(S, depth.num_nodes[f], nb)
+        K = depth.num_nodes[f]
+        states = child[:-1].reshape(S, K, nb)
         if nodes is not None:
             gathered = blk.gathered[f][: S * J * nb].reshape(S, J, nb)
             states.take(nodes, axis=1, out=gathered, mode="clip")
+            if floor is not None:
+                np.maximum(gathered, floor, out=gathered)
             states = gathered
+        elif floor is not None:  # the joint nodes (K = J) or one node that broadcasts (K = 1)
+            floored = blk.gathered[f][: S * K * nb].reshape(S, K, nb)
+            np.maximum(states, floor, out=floored)
+            states = floored
         per_factor.append(states)
     F = cm.num_factors
     cur = per_factor[0]
@@ -433,7 +455,7 @@ def evaluate_block(
         prev_nodes = list(depth.num_nodes)
     np.multiply(blk.G, gamma, out=blk.x)
     np.add(blk.x, plan.lnE_col, out=blk.x)
-    softmax_columns(blk.x, blk.col_a)
+    softmax_columns(blk.x, blk.col_a, floor=plan.exp_floor)
 
 
 def _select_columns(

@@ -48,7 +48,60 @@ MAC_PER_PASS = 0.25
 #: multi-modality models: a hard observation's ``ln(L + eps)`` is then one gathered column.
 LIKELIHOOD_TABLE = 1 << 16
 
+#: Bits of headroom above the smallest normal float that the belief floor leaves a product of
+#: every factor's floored beliefs (:func:`belief_floor`): enough for the product to be multiplied
+#: by a log likelihood as small as one ulp of 1 (2^-24 in float32) and stay normal.
+FLOOR_HEADROOM_BITS = 26
+#: The belief floor is at most 2^-40 (9.1e-13), whatever the number of factors (see
+#: :func:`belief_floor`).
+FLOOR_MAX_EXPONENT = -40
+#: The softmax of the policy posterior in float32 takes no argument below ``ln(tiny) + 33 ln 2``
+#: (about -64.5): ``exp`` then gives about 2^-93, which stays normal after division by a sum of
+#: up to 2^32 terms (see :func:`policy_exp_floor`).
+EXP_FLOOR_HEADROOM_BITS = 33
+
 LayerList = tuple[tuple[IndexArray, IndexArray, np.ndarray | None], ...]
+
+
+def belief_floor(dtype: np.dtype[np.floating], num_factors: int) -> float:
+    """The floor the state-major kernels put under each factor's beliefs (and, in float32, the
+    planner's predicted states) before they multiply them into a joint: ``2^-e`` with
+    ``e = max(40, (|minexp| - 26) // F)``.
+
+    Near-certain float32 beliefs (1e-20 and 1e-25, say) have products below the smallest normal
+    float (2^-126, 1.2e-38); x86-64 processors compute on such subnormal numbers about ten to a
+    hundred times slower than on normal ones, and those products were up to half the T-maze
+    tick. With every factor floored, a product of ``F`` factors is at least ``2^-(|minexp| -
+    26)``, so it and its products with a log likelihood (``|ln(L + eps)| >= 2^-24`` unless 0)
+    stay normal. In float32 that holds for two factors; the cap ``2^-40`` keeps a three-factor
+    joint normal (``>= 2^-120``) but not its products with log likelihoods below ``2^-6`` in
+    magnitude, and from four factors on leaves some tail products subnormal (slower, not
+    wrong).
+
+    Float32, two factors: ``2^-50`` (8.9e-16); three or more: ``2^-40`` (9.1e-13). Float64:
+    ``2^-498`` for two factors, ``2^-332`` for three: below every belief the fixed-point
+    iteration can produce (``>= eps^2 / S_f``, eps = 1e-16) for up to 8 factors of fewer than
+    200,000 states each, so float64
+    results are bit for bit those without the floor. The floor changes the iteration's
+    expected log likelihood of a factor's state by at most ``|ln eps| (F - 1) max(S_f) floor``
+    (36.9 * 4 * 8.9e-16 = 1.3e-13 for the T-maze in float32), hence each belief by that much
+    relative: far below float32 rounding (6e-8). The beliefs themselves are not floored.
+    """
+    minexp = -int(np.finfo(dtype).minexp)  # 126 (float32), 1022 (float64)
+    e = max(-FLOOR_MAX_EXPONENT, (minexp - FLOOR_HEADROOM_BITS) // max(num_factors, 1))
+    return float(2.0**-e)
+
+
+def policy_exp_floor(dtype: np.dtype[np.floating]) -> float | None:
+    """The least argument of ``exp`` in the policy posterior's softmax (after the shift by the
+    maximum), or None for none: float32 only, ``ln(tiny) + 33 ln 2`` (-64.5). A policy whose
+    ``gamma G + ln E`` is more than 64.5 nats below the best one's gets ``q_pi`` about 1e-28
+    times the best one's instead of less (0 or a subnormal, which x86-64 computes on slowly);
+    every other ``q_pi`` changes by at most ``P * 1e-28`` relative. Float64 keeps pymdp's softmax
+    exactly (its subnormals need arguments below -708)."""
+    if np.dtype(dtype) != np.float32:
+        return None
+    return float(np.log(np.finfo(np.float32).tiny) + EXP_FLOOR_HEADROOM_BITS * np.log(2.0))
 
 
 def joint_index(num_states: tuple[int, ...]) -> np.ndarray:
@@ -390,6 +443,13 @@ class FastPlan:
     root_node_of_action: tuple[IndexArray, ...]
     threshold: np.ndarray  # 0-d, exp(-16) in the compute dtype
     eps: np.ndarray  # 0-d, 1e-16 in the compute dtype
+    #: 0-d, :func:`belief_floor`: under each factor's beliefs before they enter a joint
+    floor: np.ndarray
+    #: Whether the planner floors the predicted states too (float32 only: in float64 products
+    #: of predictions above eps^2 / S_f are normal, and the floor would be a copy for nothing)
+    floor_predictions: bool
+    #: 0-d or None, :func:`policy_exp_floor`: under the policy posterior's softmax arguments
+    exp_floor: np.ndarray | None
     lnE_col: np.ndarray  # (P, 1): ln E as a column
     max_extra_rows: int  # largest extra layer of a propagation RowMap
     max_dense_nodes: tuple[int, ...]  # per factor, most children of one action (dense B)
@@ -518,6 +578,7 @@ def build_fast_plan(
         return x
 
     num_obs = [a.shape[0] for a in A_rows]
+    exp_floor = policy_exp_floor(dtype)
     lnL_T = None
     if len(A_rows) > 1 and int(np.prod(num_obs)) * S_joint <= LIKELIHOOD_TABLE:
         lnL_T = ro(np.ascontiguousarray(likelihood_table(A_rows, dtype).T))
@@ -559,6 +620,9 @@ def build_fast_plan(
         root_node_of_action=tuple(ro(r.astype(np.intp)) for r in tree.root_node_of_action),
         threshold=ro(np.array(EXP_M16, dtype=dtype)),
         eps=ro(np.array(EPS, dtype=dtype)),
+        floor=ro(np.array(belief_floor(dtype, F), dtype=dtype)),
+        floor_predictions=np.dtype(dtype) == np.float32,
+        exp_floor=None if exp_floor is None else ro(np.array(exp_floor, dtype=dtype)),
         lnE_col=ro(np.ascontiguousarray(lnE.reshape(-1, 1))),
         max_extra_rows=max_extra,
         max_dense_nodes=tuple(max_dense),

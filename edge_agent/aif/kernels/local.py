@@ -109,4 +109,4 @@ def policy_posterior_block(
     """
     np.multiply(G.T, gamma, out=blk.x)
     np.add(blk.x, cm.fast.lnE_col, out=blk.x)
-    softmax_columns(blk.x, blk.col_a)
+    softmax_columns(blk.x, blk.col_a, floor=cm.fast.exp_floor)

@@ -198,7 +198,8 @@ class Block:
             self.joint_new = shaped("joint_new", Sj, nb)
             self.weighted = shaped("weighted", Sj, nb)
             # Every factor's beliefs stacked, (sum S_f, nb): two buffers (current and next
-            # fixed-point iterate), the log prior, scratch; ``*_parts``: the factors' rows.
+            # fixed-point iterate), the log prior, scratch (also the floored beliefs the joint is
+            # made of); ``*_parts``: the factors' rows.
             Wst = sum(S)
             offs = plan.offsets
             self.stk_q = (shaped("stk_qa", Wst, nb), shaped("stk_qb", Wst, nb))
@@ -207,6 +208,7 @@ class Block:
             )
             self.stk_lp = shaped("stk_lp", Wst, nb)
             self.stk_t = shaped("stk_t", Wst, nb)
+            self.stk_t_parts = [self.stk_t[offs[f] : offs[f + 1]] for f in range(F)]
             self.log_prior = [self.stk_lp[offs[f] : offs[f + 1]] for f in range(F)]
             self.vfe = shaped("vfe", nb)
             self.prev = shaped("prev", nb)

@@ -23,6 +23,7 @@ from edge_agent.aif.learning import (
     LearningSpec,
     a_increment_shared,
     b_increment_shared,
+    b_increment_support,
     joint_states,
     transition_support,
 )
@@ -301,6 +302,50 @@ def test_a_sparse_transition_learns_on_its_support_what_the_dense_products_give(
     support_bytes = sum(found.nbytes + sum(a.nbytes for a in scratch.values())
                         for _, found, scratch in learner._b_supports.values() if found)
     assert 0 < support_bytes <= learner.gain_nbytes - prior.size * 8
+
+
+def test_near_certain_float32_posteriors_learn_b_without_subnormal_products() -> None:
+    """Near-certain float32 posteriors (off-peak entries 1e-30 to 1e-20, the peaks in the
+    first 5 of 40 states) multiply into subnormal float32 numbers or underflow to 0;
+    ``b_increment_support`` scales them out of that range, so that every entry of its sums
+    (some about 1e-41) is the float64 sum of the products to float32 rounding, relative to
+    the entry itself, not merely absolutely; so do the dense products of
+    ``b_increment_shared``."""
+    rng = np.random.default_rng(5)
+    S, U, n = 40, 3, 500
+    mask = np.zeros((S, S, U), dtype=bool)
+    for u in range(U):
+        mask[(np.arange(S) + u) % S, np.arange(S), u] = True  # one target per column
+    support = transition_support(mask)
+    assert support is not None
+
+    def near_certain() -> np.ndarray:
+        q = 10.0 ** rng.uniform(-30, -20, size=(n, S))
+        q[np.arange(n), rng.integers(0, 5, n)] = 1.0
+        return (q / q.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    q, q_prev, action = near_certain(), near_certain(), rng.integers(0, U, size=n)
+    scratch = learning.b_support_scratch(support, np.dtype(np.float32))
+    got = b_increment_support(
+        q, q_prev, action, support, local_offset=scratch["offset"],
+        index_out=scratch["index"], gathered_out=scratch["gathered"],
+        onehot_out=np.empty((U, n), dtype=np.float32), partial_out=scratch["partial"],
+        sums_out=scratch["sums"], values_out=scratch["values"],
+    )[0]
+    want = np.zeros((U, S))
+    for u in range(U):
+        took = action == u
+        target = support.targets[0, u]
+        want[u] = (q[took][:, target].astype(np.float64) * q_prev[took]).sum(axis=0)
+    assert np.any(want < 1e-40)  # sums in float32's subnormal range exist
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=0)
+    # The dense products (a denser B) are scaled the same way.
+    dense = np.zeros((S, S, U))
+    for u in range(U):
+        took = action == u
+        dense[:, :, u] = q[took].astype(np.float64).T @ q_prev[took]
+    np.testing.assert_allclose(b_increment_shared(q, q_prev, action, U), dense, rtol=1e-5,
+                               atol=0)
 
 
 def test_deltas_carry_the_experience_since_the_last_report_and_its_versions() -> None:
