@@ -36,11 +36,11 @@ def propagate_agents(
         ap.first_w.take(actions, axis=0, out=w, mode="clip")
         np.multiply(out, w, out=out)
     flat_out = out.reshape(-1)
-    for (tgt, src, weight), (ti, si, vals, cur) in zip(ap.extra, extra, strict=True):
+    for (tgt, src, weight), (offsets, ti, si, vals, cur) in zip(ap.extra, extra, strict=True):
         tgt.take(actions, axis=0, out=ti, mode="clip")
-        np.add(ti, starts, out=ti)
+        np.add(ti, offsets, out=ti)
         src.take(actions, axis=0, out=si, mode="clip")
-        np.add(si, starts, out=si)
+        np.add(si, offsets, out=si)
         flat_q.take(si, out=vals, mode="clip")
         weight.take(actions, axis=0, out=cur, mode="clip")
         np.multiply(vals, cur, out=vals)

@@ -28,10 +28,15 @@ _DENSE_ONLY: tuple[str, ...] = ("row_tmp", "dense_in", "dense_out", "mask", "M",
 _DENSE_ONLY += ("val", "tmpv", "X", "X2", "idx", "node", "arange")
 #: Prefix of the joint small-block path's buffers (sized for the small blocks).
 _JOINT = "s_joint_"
+#: Prefix of the row offsets (:meth:`Block.row_offsets`), one array per row width.
+_ROWS = "rows_"
 
 
 def buffer_class(name: str) -> str:
-    """Which capacity a scratch buffer is sized for: ``"dense"``, ``"small"`` or ``"all"``."""
+    """Which capacity a scratch buffer is sized for: ``"dense"``, ``"small"`` or ``"all"``; or
+    ``"rows"``: constants sized like ``"all"`` (see :func:`block_layout`)."""
+    if name.startswith(_ROWS):
+        return "rows"
     if name in _DENSE_ONLY or name.startswith(("root", "child", "gathered")):
         return "dense"
     if name.startswith("s_"):
@@ -141,13 +146,25 @@ def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to a
         out["p_idx2"] = (E, idt)
         out["p_val"] = (max(*S, E), fdt)
         out["p_val2"] = (E, fdt)
+    # Each agent's row offset ``n * S`` in every column of an ``(nb, S)`` array (read-only
+    # constants, class "rows"): indices gathered into beliefs ``(nb, S)`` add them in one
+    # contiguous add, which numpy 2.4 runs 2.5x faster than an add of broadcast ``(nb, 1)``
+    # int64 offsets (11 against 28 us for 512 x 100 on x86-64).
+    widths = {s for s, ap in zip(S, plan.agent_propagation, strict=True) if ap is not None}
+    if cm.local is not None:
+        widths.add(S[0])
+    for s in sorted(widths):
+        out[f"{_ROWS}{s}"] = (s, idt)
     return {k: v for k, v in out.items() if v[0] > 0}
 
 
 #: :meth:`Block.propagation_views`: row offsets, index and weight buffers, and per extra entry
-#: its target and source indices and two value buffers.
+#: its row offsets, target and source indices and two value buffers.
 PropagationViews = tuple[
-    np.ndarray, np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
 ]
 
 class Block:
@@ -229,6 +246,11 @@ class Block:
         self.rand = shaped("rand", nb, 1)
         self.enc = shaped("enc", nb, sum(S))
         self.no_agents = np.zeros(0, dtype=np.intp)
+        #: Row offsets by row width and columns (:meth:`row_offsets`), views of the
+        #: workspace's constants.
+        self._row_offsets: dict[tuple[int, int], IndexArray] = {
+            (sizes[k], sizes[k]): shaped(k, nb, sizes[k]) for k in flat if k.startswith(_ROWS)
+        }
         # per-agent propagation
         self.p_idx = buf("p_idx")
         self.p_idx2 = buf("p_idx2")
@@ -324,19 +346,20 @@ class Block:
 
     def propagation_views(self, width: int, extra: tuple[int, ...]) -> PropagationViews:
         """What :func:`~edge_agent.aif.kernels.agent_major.propagate_agents` works in, fetched
-        with one call (made once, then cached): the rows' flat offsets ``(nb, 1)``, the index and
-        weight buffers ``(nb, width)``, and per extra entry of width ``E`` the target and source
-        indices and two value buffers ``(nb, E)``."""
+        with one call (made once, then cached): the rows' flat offsets (:meth:`row_offsets`), the
+        index and weight buffers ``(nb, width)``, and per extra entry of width ``E`` its row
+        offsets, the target and source indices and two value buffers ``(nb, E)``."""
         key = (width, *extra)
         out = self._propagation.get(key)
         if out is None:
             nb = self.nb
             out = (
-                self.row_start(width)[:, None],
+                self.row_offsets(width),
                 self.view(self.p_idx, nb, width),
                 self.view(self.p_val, nb, width),
                 [
                     (
+                        self.row_offsets(width, E),
                         self.view(self.p_idx, nb, E),
                         self.view(self.p_idx2, nb, E),
                         self.view(self.p_val, nb, E),
@@ -346,6 +369,23 @@ class Block:
                 ],
             )
             self._propagation[key] = out
+        return out
+
+    def row_offsets(self, width: int, columns: int | None = None) -> IndexArray:
+        """Each agent's flat row offset ``n * width`` in every column of an ``(nb, columns)``
+        array (``columns`` defaults to ``width``; read-only): what indices into rows of that
+        width ``(nb, columns)`` add, in one contiguous add. Where the workspace has no such
+        constant (or ``columns > width``): ``(nb, 1)`` offsets, which broadcast to the same
+        sums."""
+        key = (width, width if columns is None else columns)
+        out = self._row_offsets.get(key)
+        if out is None:
+            full = self._row_offsets.get((width, width))
+            if full is None or key[1] > width:
+                out = self.row_start(width)[:, None]
+            else:
+                out = full[:, : key[1]]
+            self._row_offsets[key] = out
         return out
 
     def row_start(self, width: int) -> IndexArray:
@@ -385,17 +425,22 @@ class Workspace:
         self.dense_capacity = dense_cap
         self.small_capacity = min(capacity, SMALL_BLOCK)
         caps = {"all": capacity, "dense": dense_cap, "small": self.small_capacity}
+        caps["rows"] = capacity
         self._flat: dict[str, np.ndarray] = {}
         self._per_agent: dict[str, int] = {}
         for name, (per, dt) in block_layout(cm, info_gain=info_gain).items():
             self._flat[name] = np.zeros(per * caps[buffer_class(name)], dtype=dt)
             self._per_agent[name] = per
+            if buffer_class(name) == "rows":  # n * per in row n: a prefix serves any nb
+                rows = self._flat[name].reshape(capacity, per)
+                rows += np.arange(capacity, dtype=np.intp)[:, None] * per
+                self._flat[name].setflags(write=False)
         self._blocks: dict[int, Block] = {}
 
     @staticmethod
     def bytes_per_agent(cm: CompiledModel, *, info_gain: bool) -> dict[str, int]:
         """Scratch bytes per agent of capacity, by :func:`buffer_class`."""
-        out = {"all": 0, "dense": 0, "small": 0}
+        out = {"all": 0, "dense": 0, "small": 0, "rows": 0}
         for name, (per, dt) in block_layout(cm, info_gain=info_gain).items():
             out[buffer_class(name)] += per * dt.itemsize
         return out
@@ -414,7 +459,7 @@ class Workspace:
             flat = {
                 k: v
                 for k, v in self._flat.items()
-                if buffer_class(k) == "all"
+                if buffer_class(k) in ("all", "rows")
                 or (buffer_class(k) == "dense" and dense)
                 or (buffer_class(k) == "small" and small)
             }
