@@ -360,26 +360,29 @@ class Block:
             self._views[key] = out
         return out
 
-    def propagation_views(self, width: int, extra: tuple[int, ...]) -> PropagationViews:
-        """What :func:`~edge_agent.aif.kernels.agent_major.propagate_agents` works in, fetched
-        with one call (made once, then cached): the rows' flat offsets (:meth:`row_offsets`), the
-        index and weight buffers ``(nb, width)``, and per extra entry of width ``E`` its row
-        offsets, the target and source indices and two value buffers ``(nb, E)``."""
-        key = (width, *extra)
+    def propagation_views(
+        self, width: int, extra: tuple[int, ...], rows: int | None = None
+    ) -> PropagationViews:
+        """What :func:`~edge_agent.aif.kernels.agent_major.propagate_agents` works in for
+        ``rows`` agents (``nb`` by default) at a time, fetched with one call (made once, then
+        cached): the rows' flat offsets (:meth:`row_offsets`), the index and weight buffers
+        ``(rows, width)``, and per extra entry of width ``E`` its row offsets, the target and
+        source indices and two value buffers ``(rows, E)``."""
+        n = self.nb if rows is None else rows
+        key = (n, width, *extra)
         out = self._propagation.get(key)
         if out is None:
-            nb = self.nb
             out = (
-                self.row_offsets(width),
-                self.view(self.p_idx, nb, width),
-                self.view(self.p_val, nb, width),
+                self.row_offsets(width)[:n],
+                self.view(self.p_idx, n, width),
+                self.view(self.p_val, n, width),
                 [
                     (
-                        self.row_offsets(width, E),
-                        self.view(self.p_idx, nb, E),
-                        self.view(self.p_idx2, nb, E),
-                        self.view(self.p_val, nb, E),
-                        self.view(self.p_val2, nb, E),
+                        self.row_offsets(width, E)[:n],
+                        self.view(self.p_idx, n, E),
+                        self.view(self.p_idx2, n, E),
+                        self.view(self.p_val, n, E),
+                        self.view(self.p_val2, n, E),
                     )
                     for E in extra
                 ],
