@@ -193,13 +193,21 @@ class PlanningPass(BlockMaths):
         workers: BlockWorkers | None,
     ) -> None:
         """One pass of a planning tick over the blocks (``_INFER``, ``_PLAN`` or
-        ``_PROPAGATE``): on the workers, or here; a plan pass stops at the deadline."""
+        ``_PROPAGATE``): on the workers, or here; a plan pass goes over the blocks of agents
+        that plan (no more), and stops at the deadline."""
         self._plan_pass[0] = what
+        blocks = len(self._blocks())
+        if what == _PLAN:
+            chunk = self._gather.G.shape[0]
+            blocks = min(blocks, -(-int(self._plan_limit[0]) // chunk))
+            if blocks == 0:  # nobody plans
+                return
         if workers is not None:
             assert o is not None  # soft evidence is stepped here
-            workers.step(o, record, self.ticks)
+            # the tick's observations were copied for its first pass
+            workers.step(o if what == _INFER else None, record, self.ticks, blocks)
             return
-        for i in range(len(self._blocks())):
+        for i in range(blocks):
             if not self._pass_block(i, o, soft, record):
                 return
 
