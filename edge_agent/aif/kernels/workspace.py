@@ -28,7 +28,8 @@ _DENSE_ONLY: tuple[str, ...] = ("row_tmp", "dense_in", "dense_out", "mask", "M",
 _DENSE_ONLY += ("val", "tmpv", "X", "X2", "idx", "node", "arange")
 #: Prefix of the joint small-block path's buffers (sized for the small blocks).
 _JOINT = "s_joint_"
-#: Prefix of the row offsets (:meth:`Block.row_offsets`), one array per row width.
+#: Prefix of the row offsets (:meth:`Block.row_offsets`), one array per row width and index
+#: count.
 _ROWS = "rows_"
 
 
