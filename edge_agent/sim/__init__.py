@@ -152,6 +152,10 @@ class SamplerScratch:
         self.block: IndexArray = np.empty(n, dtype=np.intp)
         self.slot: IndexArray = np.empty(n, dtype=np.intp)
         self.index: IndexArray = np.empty(n, dtype=np.intp)
+        # Counts of the block ends and slots <= u, in bytes: a bool added to a byte is an add of
+        # one dtype (an add of bools to intp casts them: 7 against 1 us for 16,384 agents)
+        self.block_count: NDArray[np.uint8] = np.empty(n, dtype=np.uint8)
+        self.slot_count: NDArray[np.uint8] = np.empty(n, dtype=np.uint8)
 
     def head(self, n: int) -> SamplerScratch:
         """The same buffers' first ``n`` elements, as a scratch for ``n`` agents (views)."""
@@ -161,7 +165,7 @@ class SamplerScratch:
             raise ValueError(f"a scratch of {self.n} has no head of {n}")
         out = SamplerScratch.__new__(SamplerScratch)
         out.n = n
-        for name in ("values", "below", "block", "slot", "index"):
+        for name in ("values", "below", "block", "slot", "index", "block_count", "slot_count"):
             setattr(out, name, getattr(self, name)[:n])
         return out
 
@@ -184,29 +188,34 @@ def sample_columns(
         np.take(sampler.support, cols, out=out, mode="clip")
         return
     values, below = scratch.values, scratch.below
+    # Counted in bytes where a count fits (at most 255 block ends or slots), else in intp.
+    small = sampler.blocks <= 256 and sampler.block <= 256
+    step = below.view(np.uint8) if small else below
     # The last block end and the last slot of the chosen block are > u by construction (1.0 or
     # padding), so they are never counted and not compared.
     if sampler.blocks > 1:
-        block = scratch.block
+        block = scratch.block_count if small else scratch.block
         block.fill(0)
         for k in range(sampler.blocks - 1):
             np.take(sampler.block_ends[k], cols, out=values, mode="clip")
             np.less_equal(values, u, out=below)
-            np.add(block, below, out=block)
+            np.add(block, step, out=block)
         rows = scratch.index
         np.multiply(cols, sampler.blocks, out=rows)
         np.add(rows, block, out=rows)
     else:
         rows = cols
-    slot = scratch.slot
+    slot = scratch.slot_count if small else scratch.slot
     slot.fill(0)
     for k in range(sampler.block - 1):
         np.take(sampler.cdf_slots[k], rows, out=values, mode="clip")
         np.less_equal(values, u, out=below)
-        np.add(slot, below, out=slot)
-    if sampler.blocks > 1:
-        np.multiply(scratch.block, sampler.block, out=scratch.block)
-        np.add(slot, scratch.block, out=slot)
+        np.add(slot, step, out=slot)
+    if sampler.blocks > 1:  # the slot among the column's: its block's first, plus the count
+        first = scratch.block
+        np.multiply(block, sampler.block, out=first, dtype=np.intp)
+        np.add(first, slot, out=first)
+        slot = first
     flat = scratch.index
     np.multiply(cols, sampler.slots, out=flat)
     np.add(flat, slot, out=flat)
