@@ -1,9 +1,6 @@
 """Array helpers the daemon's kernels and I/O share where numpy's own would cost the running
 process something it does not use.
 
-:func:`true_indices` is ``np.flatnonzero`` into buffers of the caller's (no array allocated
-in a tick's hot path).
-
 ``np.unique(a)`` without ``return_index``/``return_inverse``/``return_counts`` asks
 ``np.ma.is_masked(a)`` first, and so imports :mod:`numpy.ma` (about 1 MB of modules and their
 objects, traced) into a daemon that has no masked array. :func:`distinct` gives the same sorted
@@ -15,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["distinct", "percentiles", "true_indices"]
+__all__ = ["distinct", "percentiles"]
 
 
 def distinct(a: np.ndarray) -> np.ndarray:
@@ -47,19 +44,3 @@ def percentiles(a: np.ndarray, q: np.ndarray | list[float]) -> np.ndarray:
         frac >= 0.5, high - (high - low) * (1 - frac), low + (high - low) * frac
     )
     return out
-
-
-def true_indices(
-    mask: np.ndarray, places: np.ndarray, rank: np.ndarray, out: np.ndarray
-) -> tuple[int, np.ndarray]:
-    """``np.flatnonzero(mask)`` of a 1-D bool ``mask (n,)`` without allocating: ``(k,
-    out[:k])``, the indices of its ``k`` true entries in order. ``places``: ``arange(n)``
-    (intp); ``rank (n,)`` and ``out (n + 1,)``: intp scratch. Each index goes to its rank among
-    the true entries (an entry that is not true goes to the next one's rank, and is
-    overwritten by it, or to ``out[k]``)."""
-    n = mask.shape[0]
-    k = int(np.count_nonzero(mask))
-    np.cumsum(mask, out=rank[:n])
-    np.subtract(rank[:n], mask, out=rank[:n])
-    np.put(out[: n + 1], rank[:n], places[:n], mode="clip")
-    return k, out[:k]

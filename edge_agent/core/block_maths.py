@@ -44,9 +44,7 @@ class BlockMaths(GroupMemory):
         self._workspace = None
         self._deep_scratch = None
         capacity = min(self.block_size, self.n_agents)
-        # The prior of the block being stepped, when the group keeps none; its agents reset
-        # (also when a group that keeps its prior makes it from a snapshot that kept none).
-        self._reset_rows = np.empty(capacity + 1, dtype=np.intp)
+        # The prior of the block being stepped, when the group keeps none.
         self._prior_scratch = [
             np.empty((0 if self.keeps_prior else capacity, s), dtype=self.dtype)
             for s in self.cm.num_states
@@ -74,9 +72,15 @@ class BlockMaths(GroupMemory):
         """Start a new trial for the agents in ``mask`` (all by default): prior back to ``D``."""
         sel: slice | np.ndarray = slice(None)
         if mask is not None:
-            sel = np.asarray(mask, dtype=bool)
-            if sel.all():  # every agent (trials in step): slices, not boolean gathers
-                sel = slice(None)
+            chosen = np.asarray(mask, dtype=bool)
+            if chosen.shape != (self.n_agents,):
+                raise InputError(
+                    f"reset mask has shape {chosen.shape}, expected ({self.n_agents},)"
+                )
+            # Every agent (trials in step): slices. Else the agents' indices, found once: each
+            # array's rows by index (a boolean mask finds them again for each array, and scans
+            # every agent; at 9 % of 200,000 agents 1.5 against 4.8 ms)
+            sel = slice(None) if chosen.all() else np.flatnonzero(chosen)
         for f, d in enumerate(self.cm.D):
             if self.keeps_prior:
                 self.prior[f][sel] = d
@@ -208,7 +212,6 @@ class BlockMaths(GroupMemory):
             self.cm, rows.qs, rows.action, rows.prior, rows.blk,
             reset=self._prior_reset[rows.sl] if reset is None else reset,
             small=bool(self._prior_small[rows.index]) if small is None else small,
-            rows=self._reset_rows[: rows.blk.nb + 1],
         )
 
     def _prior_committed(self, rows: _BlockRows, *, small: bool) -> None:

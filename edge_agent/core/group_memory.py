@@ -198,10 +198,12 @@ class GroupMemory:
         ``BLOCK_SCRATCH_BYTES`` a block, and at most ``LARGE_MODEL_BLOCK`` agents unless
         ``DEFAULT_BLOCK`` agents fit in that. A planner that hands only some agents to the
         dense evaluation (local, deep) keeps the dense scratch for at most
-        ``DENSE_FALLBACK_BYTES``."""
+        ``DENSE_FALLBACK_BYTES``. The workspace's constant row offsets (``rows``) are counted
+        in the scratch but do not size blocks (which would move the blocks' bounds)."""
         info_gain = self.settings.use_states_info_gain
         per = kernels.Workspace.bytes_per_agent(self.cm, info_gain=info_gain)
         common, dense, self._scratch_small = per["all"], per["dense"], per["small"]
+        self._scratch_rows = per["rows"]
         self._scratch_common, self._scratch_dense = common, dense
         deep = self.cm.deep
         self._scratch_deep, self._scratch_deep_dense = (
@@ -231,6 +233,7 @@ class GroupMemory:
         """Kernel scratch per agent of a full block (an upper bound; see :meth:`scratch_nbytes`)."""
         return (
             self._scratch_common
+            + self._scratch_rows
             + self._scratch_dense
             + self._scratch_small
             + self._scratch_deep
@@ -253,7 +256,8 @@ class GroupMemory:
         return (
             min(self.block_size, n_agents)
             * (self._gather_nbytes_per_agent() + prior * self.dtype.itemsize)
-            + min(self.block_size, n_agents) * (self._scratch_common + self._scratch_deep)
+            + min(self.block_size, n_agents)
+            * (self._scratch_common + self._scratch_rows + self._scratch_deep)
             + min(self.dense_block_size, n_agents) * self._scratch_dense
             + min(self.block_size, n_agents, kernels.SMALL_BLOCK) * self._scratch_small
             + min(self.deep_dense_block_size, n_agents) * self._scratch_deep_dense

@@ -32,6 +32,8 @@ class PlanningPass(BlockMaths):
 
     #: Planning bounded in time: what the rest of the tick needs (None: not bounded in time).
     _fit: TickFit | None = None
+    #: A whole chunk of gathered agents as a block (:meth:`_gathered_rows`).
+    _gathered: _BlockRows | None = None
 
     def _allocate_planning(self, n_agents: int, keep: int) -> None:
         """A planning policy's per-agent state (committed plans) and its preallocated index,
@@ -87,6 +89,7 @@ class PlanningPass(BlockMaths):
             has_action=np.zeros(nb, dtype=bool),
         )
         self._gather_obs = np.zeros((nb, cm.num_modalities), dtype=np.int64)
+        self._gathered = None
         self.planning_counts = {
             "planned": 0, "deferred": 0, "agents": n_agents, "ticks_cut": 0, "passed_over": 0
         }
@@ -193,13 +196,21 @@ class PlanningPass(BlockMaths):
         workers: BlockWorkers | None,
     ) -> None:
         """One pass of a planning tick over the blocks (``_INFER``, ``_PLAN`` or
-        ``_PROPAGATE``): on the workers, or here; a plan pass stops at the deadline."""
+        ``_PROPAGATE``): on the workers, or here; a plan pass goes over the blocks of agents
+        that plan (no more), and stops at the deadline."""
         self._plan_pass[0] = what
+        blocks = len(self._blocks())
+        if what == _PLAN:
+            chunk = self._gather.G.shape[0]
+            blocks = min(blocks, -(-int(self._plan_limit[0]) // chunk))
+            if blocks == 0:  # nobody plans
+                return
         if workers is not None:
             assert o is not None  # soft evidence is stepped here
-            workers.step(o, record, self.ticks)
+            # the tick's observations were copied for its first pass
+            workers.step(o if what == _INFER else None, record, self.ticks, blocks)
             return
-        for i in range(len(self._blocks())):
+        for i in range(blocks):
             if not self._pass_block(i, o, soft, record):
                 return
 
@@ -262,17 +273,8 @@ class PlanningPass(BlockMaths):
         commit their plans. The next prior of every agent is propagated afterwards. On the
         joint small-block path (a tick in one fused pass) the gathered agents' priors are
         gathered instead and their tick rerun."""
-        k, g = len(idx), self._gather
-        rows = _BlockRows(
-            sl=slice(0, k),
-            blk=self._workspace_block(k),
-            qs=[q[:k] for q in g.qs],
-            prior=[p[:k] for p in g.prior],
-            G=g.G[:k],
-            q_pi=g.q_pi[:k],
-            action=g.action[:k],
-            has_action=g.has_action[:k],
-        )
+        k = len(idx)
+        rows = self._gathered_rows(k)
         ob = None if o is None else np.take(o, idx, axis=0, out=self._gather_obs[:k])
         planner = self._planner(rows, ob)
         if planner == "joint":
@@ -308,6 +310,27 @@ class PlanningPass(BlockMaths):
         self.plan_policy[idx] = best
         self.plan_left[idx] = max(1, self._policy_len - 1)
         self.plan_age[idx] = 0
+
+    def _gathered_rows(self, k: int) -> _BlockRows:
+        """The gather buffers' first ``k`` rows as a block (a whole chunk's made once, and
+        again when the workspace is new)."""
+        whole, blk = self._gathered, self._workspace_block(k)
+        if whole is not None and whole.blk is blk:
+            return whole
+        g = self._gather
+        rows = _BlockRows(
+            sl=slice(0, k),
+            blk=blk,
+            qs=[q[:k] for q in g.qs],
+            prior=[p[:k] for p in g.prior],
+            G=g.G[:k],
+            q_pi=g.q_pi[:k],
+            action=g.action[:k],
+            has_action=g.has_action[:k],
+        )
+        if k == g.G.shape[0]:
+            self._gathered = rows
+        return rows
 
     def _follow_plans(self, followers: NDArray[np.bool_]) -> None:
         """The agents that did not plan take their committed plan's next step (policies of

@@ -245,10 +245,20 @@ class BlockWorkers:
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers]
 
-    def step(self, obs: np.ndarray, record: bool, tick: int = 0) -> None:
-        """One tick of every block; returns when all are done (by the workers or the caller).
-        ``tick`` seeds the blocks' generators when actions are sampled."""
-        np.copyto(self.obs, obs)
+    def step(
+        self,
+        obs: np.ndarray | None,
+        record: bool,
+        tick: int = 0,
+        blocks: int | None = None,
+    ) -> None:
+        """One tick of every block (of the first ``blocks``); returns when all are done (by the
+        workers or the caller). ``tick`` seeds the blocks' generators when actions are sampled.
+        ``obs``: the tick's observations, or None for those of the last call (a later pass of
+        the same tick: not copied again)."""
+        if obs is not None:
+            np.copyto(self.obs, obs)
+        count = len(self._all) if blocks is None else min(blocks, len(self._all))
         self._tick[0] = tick
         if self._restart_at is not None and time.monotonic() >= self._restart_at:
             self._restart_at = None
@@ -256,12 +266,12 @@ class BlockWorkers:
             logger.info("%s: forking its workers again (restart %d)", self.name, self.restarts)
             self._start()
         if not self._workers:
-            for i in self._all:
+            for i in range(count):
                 self._run(i, record)
             return
         self._done.fill(0)
         self._failed_now = False
-        os.write(self._queue_w, self._indices)
+        os.write(self._queue_w, self._indices[: 2 * count])
         order = _STEP_RECORD if record else _STEP
         told: list[_Worker] = []
         for w in self._workers:
@@ -282,7 +292,7 @@ class BlockWorkers:
                 failed = True
         if failed or len(told) < len(self._workers):
             self._drain(record)  # what no process took (a worker that could not be told)
-            for i in np.flatnonzero(self._done[: len(self._all)] == 0).tolist():
+            for i in np.flatnonzero(self._done[:count] == 0).tolist():
                 self._run(i, record)  # what a failed worker took and did not finish
             self._stop()
             self._restart_at = time.monotonic() + self._restart_after_s

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.arrays import distinct, percentiles, true_indices
+from edge_agent.arrays import distinct, percentiles
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.intp, np.float64, np.uint8])
@@ -27,18 +27,3 @@ def test_percentiles_are_numpy_s_linear_ones() -> None:
         np.testing.assert_allclose(percentiles(a, qs), np.percentile(a, qs), rtol=1e-12, atol=0)
     ties = np.array([3.0, 3.0, 3.0, 5.0])
     np.testing.assert_allclose(percentiles(ties, qs), np.percentile(ties, qs), rtol=1e-12)
-
-
-
-@pytest.mark.parametrize("density", [0.0, 0.01, 0.5, 1.0])
-def test_true_indices_are_flatnonzero_without_an_allocation(density: float) -> None:
-    mask = np.random.default_rng(4).random(5000) < density
-    mask[-1] = density > 0.4  # the last entry, true and not
-    places = np.arange(5000, dtype=np.intp)
-    rank, out = np.empty(5000, dtype=np.intp), np.empty(5001, dtype=np.intp)
-    k, found = true_indices(mask, places, rank, out)
-    np.testing.assert_array_equal(found, np.flatnonzero(mask))
-    assert k == len(found)
-    assert found.base is out  # a view of the caller's buffer
-    short = mask[:77]  # buffers longer than the mask
-    np.testing.assert_array_equal(true_indices(short, places, rank, out)[1], np.flatnonzero(short))

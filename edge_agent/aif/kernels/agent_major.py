@@ -17,18 +17,45 @@ from edge_agent.aif.kernels.transitions import propagate_per_agent
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.compiled import CompiledModel
     from edge_agent.aif.kernels.fast_tables import AgentPropagation
-    from edge_agent.aif.kernels.workspace import Block
+    from edge_agent.aif.kernels.workspace import Block, PropagationViews
 
 
 # --------------------------------------------------------------------------------------------
 # per-agent propagation, agent-major
 # --------------------------------------------------------------------------------------------
+#: Agents propagated at a time: a block's index, weight and value buffers for this many stay
+#: in a core's cache (cold beliefs of 200,000 grid10 agents in blocks of 512, propagated 256 at
+#: a time: 12 % less CPU than all 512 at once; 128 at a time: 5 % less).
+PROPAGATION_ROWS = 256
+
+
 def propagate_agents(
     ap: AgentPropagation, q: np.ndarray, actions: np.ndarray, out: np.ndarray, blk: Block
 ) -> None:
-    """``out[n] = B[:, :, actions[n]] @ q[n]`` for C-contiguous ``q`` and ``out`` ``(nb, S)``."""
+    """``out[n] = B[:, :, actions[n]] @ q[n]`` for C-contiguous ``q`` and ``out`` ``(nb, S)``,
+    ``PROPAGATION_ROWS`` agents at a time."""
+    nb, S = q.shape
+    step = PROPAGATION_ROWS
+    if nb <= step:
+        _propagate_rows(ap, q, actions, out, blk.propagation_views(S, ap.extra_widths, nb))
+        return
+    for start in range(0, nb, step):
+        stop = min(nb, start + step)
+        views = blk.propagation_views(S, ap.extra_widths, stop - start)
+        _propagate_rows(ap, q[start:stop], actions[start:stop], out[start:stop], views)
+
+
+def _propagate_rows(
+    ap: AgentPropagation,
+    q: np.ndarray,
+    actions: np.ndarray,
+    out: np.ndarray,
+    views: PropagationViews,
+) -> None:
+    """:func:`propagate_agents` of the rows of ``q`` and ``out``, in ``views`` shaped for
+    them."""
     flat_q = q.reshape(-1)
-    starts, idx, w, extra = blk.propagation_views(q.shape[1], ap.extra_widths)
+    starts, idx, w, extra = views
     ap.first_src.take(actions, axis=0, out=idx, mode="clip")
     np.add(idx, starts, out=idx)
     flat_q.take(idx, out=out, mode="clip")
@@ -36,11 +63,11 @@ def propagate_agents(
         ap.first_w.take(actions, axis=0, out=w, mode="clip")
         np.multiply(out, w, out=out)
     flat_out = out.reshape(-1)
-    for (tgt, src, weight), (ti, si, vals, cur) in zip(ap.extra, extra, strict=True):
+    for (tgt, src, weight), (offsets, ti, si, vals, cur) in zip(ap.extra, extra, strict=True):
         tgt.take(actions, axis=0, out=ti, mode="clip")
-        np.add(ti, starts, out=ti)
+        np.add(ti, offsets, out=ti)
         src.take(actions, axis=0, out=si, mode="clip")
-        np.add(si, starts, out=si)
+        np.add(si, offsets, out=si)
         flat_q.take(si, out=vals, mode="clip")
         weight.take(actions, axis=0, out=cur, mode="clip")
         np.multiply(vals, cur, out=vals)

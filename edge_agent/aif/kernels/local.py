@@ -55,7 +55,7 @@ def evaluate_local_block(
         # Predicted states on the target slots: sum over each target's sources of w * q[src].
         idx, g = blk.l_idx, blk.l_g
         lp.pred_src.take(obs, axis=0, out=idx, mode="clip")
-        np.add(idx, blk.row_start(q.shape[1])[:, None], out=idx)
+        np.add(idx, blk.row_offsets(q.shape[1], idx.shape[1]), out=idx)
         q.reshape(-1).take(idx, out=g, mode="clip")
         lp.pred_w.take(obs, axis=0, out=blk.l_w, mode="clip")
         np.multiply(g, blk.l_w, out=g)

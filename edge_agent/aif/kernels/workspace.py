@@ -28,10 +28,22 @@ _DENSE_ONLY: tuple[str, ...] = ("row_tmp", "dense_in", "dense_out", "mask", "M",
 _DENSE_ONLY += ("val", "tmpv", "X", "X2", "idx", "node", "arange")
 #: Prefix of the joint small-block path's buffers (sized for the small blocks).
 _JOINT = "s_joint_"
+#: Prefix of the row offsets (:meth:`Block.row_offsets`), one array per row width and index
+#: count.
+_ROWS = "rows_"
+
+
+def _offset_shape(name: str) -> tuple[int, int]:
+    """``(S, C)`` of the row offsets named ``rows_S_C``."""
+    width, columns = name[len(_ROWS) :].split("_")
+    return int(width), int(columns)
 
 
 def buffer_class(name: str) -> str:
-    """Which capacity a scratch buffer is sized for: ``"dense"``, ``"small"`` or ``"all"``."""
+    """Which capacity a scratch buffer is sized for: ``"dense"``, ``"small"`` or ``"all"``; or
+    ``"rows"``: constants sized like ``"all"`` (see :func:`block_layout`)."""
+    if name.startswith(_ROWS):
+        return "rows"
     if name in _DENSE_ONLY or name.startswith(("root", "child", "gathered")):
         return "dense"
     if name.startswith("s_"):
@@ -141,13 +153,35 @@ def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to a
         out["p_idx2"] = (E, idt)
         out["p_val"] = (max(*S, E), fdt)
         out["p_val2"] = (E, fdt)
+    # Each agent's row offset ``n * S`` in every column of an ``(nb, C)`` array (read-only
+    # constants, class "rows"), for the ``C`` indices per agent into beliefs ``(nb, S)`` that
+    # the propagation (C = S and each extra layer's E) and the local planner gather: one
+    # contiguous add, which numpy 2.4 runs 2.5x faster than an add of broadcast ``(nb, 1)``
+    # int64 offsets (11 against 28 us for 512 x 100 on x86-64).
+    for s, c in sorted(_offset_shapes(cm)):
+        out[f"{_ROWS}{s}_{c}"] = (c, idt)
     return {k: v for k, v in out.items() if v[0] > 0}
 
 
+def _offset_shapes(cm: CompiledModel) -> set[tuple[int, int]]:
+    """``(S, C)``: the row widths and index counts per agent of :meth:`Block.row_offsets`."""
+    shapes: set[tuple[int, int]] = set()
+    for s, ap in zip(cm.num_states, cm.fast.agent_propagation, strict=True):
+        if ap is not None:
+            shapes.update((s, c) for c in (s, *ap.extra_widths))
+    lp = cm.local
+    if lp is not None:
+        shapes.add((cm.num_states[0], len(lp.node_action) * lp.kt * lp.kin))
+    return shapes
+
+
 #: :meth:`Block.propagation_views`: row offsets, index and weight buffers, and per extra entry
-#: its target and source indices and two value buffers.
+#: its row offsets, target and source indices and two value buffers.
 PropagationViews = tuple[
-    np.ndarray, np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
 ]
 
 class Block:
@@ -229,6 +263,11 @@ class Block:
         self.rand = shaped("rand", nb, 1)
         self.enc = shaped("enc", nb, sum(S))
         self.no_agents = np.zeros(0, dtype=np.intp)
+        #: Row offsets by row width and columns (:meth:`row_offsets`), views of the
+        #: workspace's constants.
+        self._row_offsets: dict[tuple[int, int], IndexArray] = {
+            _offset_shape(k): shaped(k, nb, sizes[k]) for k in flat if k.startswith(_ROWS)
+        }
         # per-agent propagation
         self.p_idx = buf("p_idx")
         self.p_idx2 = buf("p_idx2")
@@ -322,30 +361,45 @@ class Block:
             self._views[key] = out
         return out
 
-    def propagation_views(self, width: int, extra: tuple[int, ...]) -> PropagationViews:
-        """What :func:`~edge_agent.aif.kernels.agent_major.propagate_agents` works in, fetched
-        with one call (made once, then cached): the rows' flat offsets ``(nb, 1)``, the index and
-        weight buffers ``(nb, width)``, and per extra entry of width ``E`` the target and source
-        indices and two value buffers ``(nb, E)``."""
-        key = (width, *extra)
+    def propagation_views(
+        self, width: int, extra: tuple[int, ...], rows: int | None = None
+    ) -> PropagationViews:
+        """What :func:`~edge_agent.aif.kernels.agent_major.propagate_agents` works in for
+        ``rows`` agents (``nb`` by default) at a time, fetched with one call (made once, then
+        cached): the rows' flat offsets (:meth:`row_offsets`), the index and weight buffers
+        ``(rows, width)``, and per extra entry of width ``E`` its row offsets, the target and
+        source indices and two value buffers ``(rows, E)``."""
+        n = self.nb if rows is None else rows
+        key = (n, width, *extra)
         out = self._propagation.get(key)
         if out is None:
-            nb = self.nb
             out = (
-                self.row_start(width)[:, None],
-                self.view(self.p_idx, nb, width),
-                self.view(self.p_val, nb, width),
+                self.row_offsets(width)[:n],
+                self.view(self.p_idx, n, width),
+                self.view(self.p_val, n, width),
                 [
                     (
-                        self.view(self.p_idx, nb, E),
-                        self.view(self.p_idx2, nb, E),
-                        self.view(self.p_val, nb, E),
-                        self.view(self.p_val2, nb, E),
+                        self.row_offsets(width, E)[:n],
+                        self.view(self.p_idx, n, E),
+                        self.view(self.p_idx2, n, E),
+                        self.view(self.p_val, n, E),
+                        self.view(self.p_val2, n, E),
                     )
                     for E in extra
                 ],
             )
             self._propagation[key] = out
+        return out
+
+    def row_offsets(self, width: int, columns: int | None = None) -> IndexArray:
+        """Each agent's flat row offset ``n * width`` in every column of an ``(nb, columns)``
+        array (``columns`` defaults to ``width``; read-only): what ``(nb, columns)`` indices into
+        rows of that width add, in one contiguous add. Where the workspace has no such constant:
+        ``(nb, 1)`` offsets, which broadcast to the same sums."""
+        key = (width, width if columns is None else columns)
+        out = self._row_offsets.get(key)
+        if out is None:
+            out = self._row_offsets[key] = self.row_start(width)[:, None]
         return out
 
     def row_start(self, width: int) -> IndexArray:
@@ -385,17 +439,22 @@ class Workspace:
         self.dense_capacity = dense_cap
         self.small_capacity = min(capacity, SMALL_BLOCK)
         caps = {"all": capacity, "dense": dense_cap, "small": self.small_capacity}
+        caps["rows"] = capacity
         self._flat: dict[str, np.ndarray] = {}
         self._per_agent: dict[str, int] = {}
         for name, (per, dt) in block_layout(cm, info_gain=info_gain).items():
             self._flat[name] = np.zeros(per * caps[buffer_class(name)], dtype=dt)
             self._per_agent[name] = per
+            if buffer_class(name) == "rows":  # n * S in row n: a prefix serves any nb
+                rows = self._flat[name].reshape(capacity, per)
+                rows += np.arange(capacity, dtype=np.intp)[:, None] * _offset_shape(name)[0]
+                self._flat[name].setflags(write=False)
         self._blocks: dict[int, Block] = {}
 
     @staticmethod
     def bytes_per_agent(cm: CompiledModel, *, info_gain: bool) -> dict[str, int]:
         """Scratch bytes per agent of capacity, by :func:`buffer_class`."""
-        out = {"all": 0, "dense": 0, "small": 0}
+        out = {"all": 0, "dense": 0, "small": 0, "rows": 0}
         for name, (per, dt) in block_layout(cm, info_gain=info_gain).items():
             out[buffer_class(name)] += per * dt.itemsize
         return out
@@ -414,7 +473,7 @@ class Workspace:
             flat = {
                 k: v
                 for k, v in self._flat.items()
-                if buffer_class(k) == "all"
+                if buffer_class(k) in ("all", "rows")
                 or (buffer_class(k) == "dense" and dense)
                 or (buffer_class(k) == "small" and small)
             }
