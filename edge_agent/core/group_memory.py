@@ -256,8 +256,8 @@ class GroupMemory:
         return (
             min(self.block_size, n_agents)
             * (self._gather_nbytes_per_agent() + prior * self.dtype.itemsize)
-            + min(self.block_size, n_agents)
-            * (self._scratch_common + self._scratch_rows + self._scratch_deep)
+            + min(self.block_size, n_agents) * (self._scratch_common + self._scratch_deep)
+            + min(self.block_size, n_agents, kernels.PROPAGATION_ROWS) * self._scratch_rows
             + min(self.dense_block_size, n_agents) * self._scratch_dense
             + min(self.block_size, n_agents, kernels.SMALL_BLOCK) * self._scratch_small
             + min(self.deep_dense_block_size, n_agents) * self._scratch_deep_dense

@@ -137,9 +137,10 @@ from edge_agent.aif.kernels.transitions import (
     propagate,
     propagate_per_agent,
 )
-from edge_agent.aif.kernels.workspace import Block, Workspace
+from edge_agent.aif.kernels.workspace import PROPAGATION_ROWS, Block, Workspace
 
 __all__ = [
+    "PROPAGATION_ROWS",
     "SMALL_BLOCK",
     "Block",
     "CompiledModel",

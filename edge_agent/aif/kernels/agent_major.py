@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_agent.aif.kernels.transitions import propagate_per_agent
+from edge_agent.aif.kernels.workspace import PROPAGATION_ROWS
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.compiled import CompiledModel
@@ -23,12 +24,6 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------
 # per-agent propagation, agent-major
 # --------------------------------------------------------------------------------------------
-#: Agents propagated at a time: a block's index, weight and value buffers for this many stay
-#: in a core's cache (cold beliefs of 200,000 grid10 agents in blocks of 512, propagated 256 at
-#: a time: 12 % less CPU than all 512 at once; 128 at a time: 5 % less).
-PROPAGATION_ROWS = 256
-
-
 def propagate_agents(
     ap: AgentPropagation, q: np.ndarray, actions: np.ndarray, out: np.ndarray, blk: Block
 ) -> None:
