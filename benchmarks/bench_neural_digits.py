@@ -13,7 +13,9 @@ of ``--calls`` calls (order rotated each round), per-round medians:
 * ``session_exact``: the default options plus ``session.x64quantprecision`` (what the backend set
   on every x86 CPU before issue 30);
 * ``group_step``: ``NeuralAgentGroup.step`` (observation check, the window, one backend run,
-  argmax) as the device runs it, with the backend's choice of that option for this CPU;
+  argmax) of a group as ``NeuralAgentGroup.from_bundle`` builds it (the finite check on, a ring
+  as long as the window; the daemon's groups skip the check and keep the profile's history),
+  with the backend's choice of that option for this CPU;
 * ``session_backend``: a plain session with the backend's options (``--threads`` intra-op
   threads, 1 inter-op, sequential, idle threads do not spin);
 * ``session_spinning``: the same on 2 threads that spin (``session.intra_op.allow_spinning`` 1,
