@@ -205,7 +205,8 @@ class FleetUplink:
         )
         self._noisy: dict[tuple[str, str | None], tuple[float, int]] = {}
         self._last_error = -1e18
-        self._was_online = False
+        # The link's connects and disconnects already reported as connectivity events.
+        self._links_seen = (0, 0)
         # Refusals: answers waiting for their turn (bounded), a token bucket, the log summary.
         self._refusal_lock = threading.Lock()
         self._refusals: deque[CommandResult] = deque()
@@ -335,12 +336,18 @@ class FleetUplink:
         """Link events, incoming messages, commands (their results go out at once)."""
         link, commands = self.link, self.commands
         link.pump()
-        if link.online != self._was_online:
-            self._was_online = link.online
+        seen = (link.counters["connects"], link.counters["disconnects"])
+        if seen != self._links_seen:
+            # By the counts, not by `online` alone: a connection lost and made again within
+            # one pump (a node resumed after the broker came back) is reported too.
+            made, lost = seen[0] > self._links_seen[0], seen[1] > self._links_seen[1]
+            self._links_seen = seen
             m = self.config.mqtt
-            if link.online:
+            if lost and link.online:  # lost, then connected again: in that order
+                self._event("connectivity", "warning", f"lost {m.host}:{m.port}")
+            if made:
                 self._event("connectivity", "info", f"connected to {m.host}:{m.port}")
-            else:
+            if lost and not link.online:
                 self._event("connectivity", "warning", f"lost {m.host}:{m.port}")
         for received in self._receive(min(commands.room, MAX_MESSAGES_PER_TICK)):
             body = received.envelope.body
