@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -147,6 +147,9 @@ def a_increment_shared(
     return out
 
 
+#: A likelihood's support (:func:`support_index`) and its entries (:func:`support_entries`).
+ASupport = tuple[tuple[np.ndarray, FloatArray], np.ndarray, np.ndarray]
+
 #: A likelihood's rows are gathered by their support when no row has more than this share of
 #: the states in it (grid10: 5 of 100).
 SPARSE_SUPPORT = 0.25
@@ -198,6 +201,47 @@ def a_increment_support(
         cols_out.reshape(-1), weights=vals_out.reshape(-1), minlength=num_obs * S
     ).astype(np.float64, copy=False)
     return summed.reshape(num_obs, S)
+
+
+def support_entries(
+    support: tuple[np.ndarray, FloatArray], S: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(entry, flat)`` for a :func:`support_index` ``(columns, weights)`` of an ``(O, S)``
+    mask: ``entry`` ``(O, k)`` intp numbers the mask's ``R`` true entries in C order (a short
+    row's pads are numbered ``R``), ``flat`` ``(R,)`` intp is each one's index into the table
+    flattened."""
+    columns, weights = support
+    real = weights > 0
+    R = int(real.sum())
+    entry = np.full(columns.shape, R, dtype=np.intp)
+    entry[real] = np.arange(R)
+    rows = np.broadcast_to(np.arange(columns.shape[0])[:, None], columns.shape)
+    flat = (rows[real] * S + columns[real]).astype(np.intp)
+    return entry, flat
+
+
+def a_sums_support(
+    obs_m: np.ndarray, joint: np.ndarray, columns: np.ndarray, entry: np.ndarray, R: int, *,
+    rows_offset: np.ndarray, index_out: np.ndarray, gathered_out: np.ndarray,
+    values_out: np.ndarray,
+) -> FloatArray:
+    """``(R,)`` float64: :func:`a_increment_support` at the mask's ``R`` true entries only
+    (numbered by ``entry``, :func:`support_entries`): the ``N * k`` gathered values summed
+    into ``R`` bins (the pads into one more, dropped), nothing of the table's size.
+
+    ``joint`` ``(N, S)`` C-contiguous; ``columns`` ``(O, k)`` the support's columns;
+    ``rows_offset`` ``(N, 1)`` intp ``n * S``; scratch ``index_out`` ``(N, k)`` intp,
+    ``gathered_out`` ``(N, k)`` in ``joint``'s dtype and ``values_out`` ``(N, k)`` float64
+    (the same array when ``joint`` is float64). The sums are those of
+    :func:`a_increment_support`, bit for bit (the same entries added in the same order)."""
+    columns.take(obs_m, axis=0, out=index_out, mode="clip")
+    np.add(index_out, rows_offset, out=index_out)  # index into joint, flattened
+    joint.reshape(-1).take(index_out, out=gathered_out, mode="clip")
+    if values_out is not gathered_out:  # bincount's weights are float64 (else it converts)
+        np.copyto(values_out, gathered_out)
+    entry.take(obs_m, axis=0, out=index_out, mode="clip")
+    sums = np.bincount(index_out.reshape(-1), weights=values_out.reshape(-1), minlength=R + 1)
+    return cast(FloatArray, sums[:R])  # float64: bincount with weights
 
 
 def b_increment_shared(
@@ -733,7 +777,7 @@ class Learner:
         #: group that resizes gets new ones at its next tick, none in the ticks between).
         self._scratch: dict[str, np.ndarray] = {}
         #: Per pA slot: the mask it was made from and its support_index.
-        self._supports: dict[int, tuple[np.ndarray, tuple[np.ndarray, FloatArray] | None]] = {}
+        self._supports: dict[int, tuple[np.ndarray, ASupport | None]] = {}
         #: Per pB slot: the mask it was made from, its transition_support and, when it has
         #: one, the scratch of the support's sums (posteriors' dtype) and values (float64).
         self._b_supports: dict[
@@ -753,16 +797,19 @@ class Learner:
                             .values()))
                 self._b_support_nbytes += max(sizes)
 
-    def _support(self, slot: int) -> tuple[np.ndarray, FloatArray] | None:
-        """:func:`support_index` of ``pA`` table ``slot``'s mask, made again when the mask is
-        replaced (at the first refresh)."""
+    def _support(self, slot: int) -> ASupport | None:
+        """:func:`support_index` of ``pA`` table ``slot``'s mask and its
+        :func:`support_entries`, made again when the mask is replaced (at the first refresh)."""
         assert self.pA is not None
         mask = self.pA.mask[slot]
         cached = self._supports.get(slot)
         if cached is None or cached[0] is not mask:
-            cached = self._supports[slot] = (
-                mask, support_index(mask.reshape(mask.shape[0], -1))
+            flat_mask = mask.reshape(mask.shape[0], -1)
+            support = support_index(flat_mask)
+            found = None if support is None else (
+                support, *support_entries(support, flat_mask.shape[1])
             )
+            cached = self._supports[slot] = (mask, found)
         return cached[1]
 
     def _transition_support(
@@ -854,29 +901,31 @@ class Learner:
         else:
             joint = joint_states(qs)
         for slot, m in enumerate(self.pA.tables):
-            support = self._support(slot) if shared and not few[slot] else None
-            if support is not None and joint.flags.c_contiguous:
-                k = support[0].shape[1]
+            found = self._support(slot) if shared and not few[slot] else None
+            if found is not None and joint.flags.c_contiguous:
+                support, entry, flat = found
+                k = entry.shape[1]
                 S = joint.shape[1]
                 offset = self._scratch.get(f"rows_offset{S}")
                 if offset is None or offset.shape[0] != n:
                     offset = self._scratch[f"rows_offset{S}"] = np.arange(n)[:, None] * S
-                # Few entries against the table (few agents): they are added where they fall.
-                dense = 4 * n * k > support[0].shape[0] * S
                 cols = self._buffer("support_cols", (n, k), np.dtype(np.intp))
                 vals = self._buffer("support_vals", (n, k))
-                inc = a_increment_support(
-                    obs[:, m], joint, support, rows_offset=offset, cols_out=cols,
-                    vals_out=vals,
-                    gathered_out=self._buffer("support_gathered", (n, k), joint.dtype),
-                    dense=dense,
-                )
-                if inc is None:
+                gathered = self._buffer("support_gathered", (n, k), joint.dtype)
+                if n * k <= len(flat):
+                    # Fewer entries than the support has (few agents): each is added where
+                    # it falls.
+                    a_increment_support(obs[:, m], joint, support, rows_offset=offset,
+                                        cols_out=cols, vals_out=vals, gathered_out=gathered,
+                                        dense=False)
                     self.pA.add_entries(slot, cols.reshape(-1), vals.reshape(-1), s.lr_pA,
                                         s.forgetting)
-                else:
-                    self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA,
-                                s.forgetting)
+                else:  # summed per entry of the support, then added there
+                    sums = a_sums_support(
+                        obs[:, m], joint, support[0], entry, len(flat), rows_offset=offset,
+                        index_out=cols, gathered_out=vals if joint.dtype == vals.dtype
+                        else gathered, values_out=vals)
+                    self.pA.add_entries(slot, flat, sums, s.lr_pA, s.forgetting)
             elif shared:
                 onehot_out = rows_out = None
                 if few[slot]:
