@@ -274,10 +274,14 @@ class TransitionSupport:
     targets: np.ndarray
     weights: FloatArray
     flat: np.ndarray
+    #: Whether some column has fewer targets than ``k`` (some weight is 0).
+    padded: bool
+    #: ``(U, 1)`` intp, ``0 .. U - 1``: what the agents' actions are compared with.
+    actions: np.ndarray
 
     @property
     def nbytes(self) -> int:
-        return self.targets.nbytes + self.weights.nbytes + self.flat.nbytes
+        return self.targets.nbytes + self.weights.nbytes + self.flat.nbytes + self.actions.nbytes
 
 
 def transition_support(mask: np.ndarray) -> TransitionSupport | None:
@@ -298,7 +302,9 @@ def transition_support(mask: np.ndarray) -> TransitionSupport | None:
     s_index = np.arange(S)[None, None, :]
     u_index = np.arange(U)[None, :, None]
     flat = (targets * S + s_index) * U + u_index
-    return TransitionSupport(targets=targets, weights=weights, flat=flat)
+    return TransitionSupport(targets=targets, weights=weights, flat=flat,
+                             padded=bool((weights == 0).any()),
+                             actions=np.arange(U, dtype=np.intp)[:, None])
 
 
 def b_support_scratch(support: TransitionSupport, dtype: np.dtype[Any]) -> dict[str, np.ndarray]:
@@ -352,13 +358,14 @@ def b_increment_support(
     ``(U, N)``, ``partial_out`` ``(U, S)`` in the posteriors' dtype, ``sums_out`` ``(k, U,
     S)``."""
     targets = support.targets
-    k, U, _ = targets.shape
+    k = targets.shape[0]
     n = qs_f.shape[0]
     C = index_out.shape[0]
-    np.equal(action_f, np.arange(U)[:, None], out=onehot_out)
+    np.equal(action_f, support.actions, out=onehot_out)
     if acted is not None:
         np.multiply(onehot_out, acted, out=onehot_out)
-    sums_out.fill(0.0)
+    if n == 0:
+        sums_out.fill(0.0)
     scale = sums_out.dtype.type(B_PRODUCT_SCALE)
     for start in range(0, n, C):
         end = min(n, start + C)
@@ -371,8 +378,11 @@ def b_increment_support(
             now.take(index, out=gathered, mode="clip")
             np.multiply(gathered, scale, out=gathered)
             np.multiply(gathered, qs_prev_f[start:end], out=gathered)
-            np.matmul(onehot_out[:, start:end], gathered, out=partial_out)
-            np.add(sums_out[j], partial_out, out=sums_out[j])
+            if start == 0:  # the first chunk's sums (0 + x is x: the same roundings)
+                np.matmul(onehot_out[:, :end], gathered, out=sums_out[j])
+            else:
+                np.matmul(onehot_out[:, start:end], gathered, out=partial_out)
+                np.add(sums_out[j], partial_out, out=sums_out[j])
     np.multiply(sums_out, 1.0 / B_PRODUCT_SCALE, out=values_out, dtype=np.float64)
     return values_out
 
@@ -993,7 +1003,8 @@ class Learner:
             partial_out=scratch["partial"], sums_out=scratch["sums"],
             values_out=scratch["values"],
         )
-        np.multiply(values, support.weights, out=values)  # a pad's value 0
+        if support.padded:
+            np.multiply(values, support.weights, out=values)  # a pad's value 0
         self.pB.add_entries(slot, support.flat.reshape(-1), values.reshape(-1), s.lr_pB,
                             s.forgetting)
 
