@@ -123,7 +123,7 @@ FEW_OUTCOMES = 8
 
 def a_increment_shared(
     obs_m: np.ndarray, joint: np.ndarray, num_obs: int, onehot_out: np.ndarray | None = None,
-    rows_out: np.ndarray | None = None,
+    rows_out: np.ndarray | None = None, *, outcomes: np.ndarray | None = None,
 ) -> FloatArray:
     """``(O, S)``: the sum over agents of ``onehot(o) ⊗ joint``.
 
@@ -132,9 +132,11 @@ def a_increment_shared(
     may be the transposed view of a state-major :func:`joint_states_major`). Otherwise the
     agents are grouped by outcome (one sort) and each group's rows summed in one ``reduceat``:
     O(N S) additions and nothing of size ``N * O``; ``rows_out`` (``joint``'s shape and dtype,
-    C-contiguous) takes the grouped rows instead of a new array."""
+    C-contiguous) takes the grouped rows instead of a new array. ``outcomes``: ``(O, 1)``
+    intp ``0 .. O - 1`` (made here if not given)."""
     if onehot_out is not None:
-        np.equal(obs_m, np.arange(num_obs)[:, None], out=onehot_out)
+        np.equal(obs_m, np.arange(num_obs)[:, None] if outcomes is None else outcomes,
+                 out=onehot_out)
         summed: FloatArray = onehot_out @ joint
         return summed
     order, values, starts = _grouped(obs_m, num_obs)
@@ -796,6 +798,17 @@ class Learner:
         #: The most the pB supports and their scratch take, over the masks a table can have
         #: (the model's table's support, the counts' from the first refresh on).
         self._b_support_nbytes = 0
+        #: Per pA slot: whether its modality has few outcomes (the one-hot product), and then
+        #: its outcomes ``(O, 1)`` to compare the observations with.
+        tables_A = self.pA.tables if self.pA is not None else ()
+        self._few = tuple(self.num_obs[m] <= FEW_OUTCOMES for m in tables_A)
+        self._outcomes = {m: np.arange(self.num_obs[m], dtype=np.intp)[:, None]
+                          for m, few in zip(tables_A, self._few, strict=True) if few}
+        #: The state-major joint's scratch of the few-outcome product (several factors; else
+        #: unused), its factors' (two factors) and the one-hot tables, for the agents of the
+        #: last tick: ``(n, joint, factors, onehots by modality)``.
+        self._few_plan: tuple[int, np.ndarray, list[np.ndarray], dict[int, np.ndarray]] | None
+        self._few_plan = None
         if self.pB is not None and scope == "shared":
             for slot, prior in enumerate(self.pB.prior):
                 sizes = [0]
@@ -900,14 +913,22 @@ class Learner:
         s = self.settings
         n = qs[0].shape[0]
         shared = s.scope == "shared"
-        few = [self.num_obs[m] <= FEW_OUTCOMES for m in self.pA.tables]
+        few = self._few
+        plan = self._few_plan
+        if shared and any(few) and (plan is None or plan[0] != n):
+            several = len(qs) > 1
+            plan = self._few_plan = (
+                n,
+                self._buffer("joint", (self.num_states_joint, n)) if several else qs[0],
+                [self._buffer(f"factor{f}", (q.shape[1], n)) for f, q in enumerate(qs)]
+                if len(qs) == 2 else [],
+                {m: self._buffer(f"onehot{m}", (self.num_obs[m], n))
+                 for m, is_few in zip(self.pA.tables, few, strict=True) if is_few},
+            )
         if shared and any(few) and len(qs) > 1:
+            assert plan is not None
             # One product into a state-major buffer; its transposed view is (N, S).
-            factors = [self._buffer(f"factor{f}", (q.shape[1], n)) for f, q in enumerate(qs)
-                       ] if len(qs) == 2 else []
-            joint = joint_states_major(
-                qs, self._buffer("joint", (self.num_states_joint, n)), factors
-            ).T
+            joint = joint_states_major(qs, plan[1], plan[2]).T
         else:
             joint = joint_states(qs)
         for slot, m in enumerate(self.pA.tables):
@@ -939,10 +960,12 @@ class Learner:
             elif shared:
                 onehot_out = rows_out = None
                 if few[slot]:
-                    onehot_out = self._buffer(f"onehot{m}", (self.num_obs[m], n))
+                    assert plan is not None
+                    onehot_out = plan[3][m]
                 else:
                     rows_out = self._buffer("rows", joint.shape, joint.dtype)
-                inc = a_increment_shared(obs[:, m], joint, self.num_obs[m], onehot_out, rows_out)
+                inc = a_increment_shared(obs[:, m], joint, self.num_obs[m], onehot_out, rows_out,
+                                         outcomes=self._outcomes.get(m))
                 self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA, s.forgetting)
             else:
                 self.pA.add_rows(slot, (obs[:, m],), joint, s.lr_pA, s.forgetting)
