@@ -312,7 +312,8 @@ def transition_support(mask: np.ndarray) -> TransitionSupport | None:
 def b_support_scratch(support: TransitionSupport, dtype: np.dtype[Any]) -> dict[str, np.ndarray]:
     """The scratch of :func:`b_increment_support` that does not grow with the agents: a chunk's
     ``local_offset``, ``index`` and ``gathered`` rows, the ``partial`` and ``sums`` of one
-    chunk and slot, in ``dtype``, and the float64 ``values`` the counts gain."""
+    chunk and slot, in ``dtype``, and the float64 ``values`` the counts gain; and the
+    ``entries`` of :func:`b_entries_support` (with ``values``, for up to ``U`` agents)."""
     k, U, S = support.targets.shape
     rows = max(1, B_CHUNK // S)
     return {
@@ -322,6 +323,7 @@ def b_support_scratch(support: TransitionSupport, dtype: np.dtype[Any]) -> dict[
         "partial": np.empty((U, S), dtype=dtype),
         "sums": np.empty((k, U, S), dtype=dtype),
         "values": np.empty((k, U, S)),
+        "entries": np.empty((k, U, S), dtype=np.intp),
     }
 
 
@@ -387,6 +389,36 @@ def b_increment_support(
                 np.add(sums_out[j], partial_out, out=sums_out[j])
     np.multiply(sums_out, 1.0 / B_PRODUCT_SCALE, out=values_out, dtype=np.float64)
     return values_out
+
+
+def b_entries_support(
+    qs_f: np.ndarray, qs_prev_f: np.ndarray, action_f: np.ndarray, support: TransitionSupport,
+    *, acted: np.ndarray | None = None, local_offset: np.ndarray, index_out: np.ndarray,
+    gathered_out: np.ndarray, entries_out: np.ndarray, values_out: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each agent's own terms of :func:`b_increment_support`, not summed (for a few agents:
+    fewer terms than the support has entries), to be added where they fall: ``(entries,
+    values)``, both ``(k, n, S)``, ``entries[j, n, s]`` the index into the table flattened of
+    ``(t, s, a_n)`` with ``t = support.targets[j, a_n, s]`` and ``values[j, n, s] = qs[n, t] *
+    qs_prev[n, s]``, multiplied in float64 (exact for float32 beliefs, and never subnormal),
+    0 for a pad or an agent not in ``acted``.
+
+    ``local_offset`` ``(>= n, S)`` intp holding ``c * S`` in row ``c``; scratch ``index_out``
+    ``(n, S)`` intp, ``gathered_out`` ``(n, S)`` in the posteriors' dtype, ``entries_out``
+    ``(k, n, S)`` intp and ``values_out`` ``(k, n, S)`` float64."""
+    now = qs_f.reshape(-1)
+    for j in range(support.targets.shape[0]):
+        support.targets[j].take(action_f, axis=0, out=index_out, mode="clip")
+        np.add(index_out, local_offset[: len(action_f)], out=index_out)
+        now.take(index_out, out=gathered_out, mode="clip")
+        np.multiply(gathered_out, qs_prev_f, out=values_out[j], dtype=np.float64)
+        support.flat[j].take(action_f, axis=0, out=entries_out[j], mode="clip")
+        if support.padded:  # a pad's value 0
+            np.multiply(values_out[j], support.weights[j].take(action_f, axis=0),
+                        out=values_out[j])
+    if acted is not None:
+        np.multiply(values_out, acted[:, None], out=values_out)
+    return entries_out, values_out
 
 
 def forget(counts: np.ndarray, prior: np.ndarray, forgetting: float) -> None:
@@ -1005,7 +1037,8 @@ class Learner:
     ) -> None:
         """One shared ``pB`` table's update from the agents that ``acted`` (all: ``None``):
         on the support of its mask when that is sparse (:func:`b_increment_support`, the
-        entries added where they fall), else the dense products of :func:`b_increment_shared`."""
+        entries added where they fall; at most ``U`` agents: each agent's terms,
+        :func:`b_entries_support`), else the dense products of :func:`b_increment_shared`."""
         assert self.pB is not None
         s = self.settings
         f = self.pB.tables[slot]
@@ -1018,6 +1051,19 @@ class Learner:
             self.pB.add(slot, inc, s.lr_pB, s.forgetting)
             return
         n = q.shape[0]
+        k, U, S = support.targets.shape
+        if n <= min(U, scratch["index"].shape[0]):
+            # Fewer terms than the support has entries (a few agents): each is added where it
+            # falls.
+            entries, terms = b_entries_support(
+                q, q_prev, action, support, acted=acted, local_offset=scratch["offset"],
+                index_out=scratch["index"][:n], gathered_out=scratch["gathered"][:n],
+                entries_out=scratch["entries"].reshape(-1)[: k * n * S].reshape(k, n, S),
+                values_out=scratch["values"].reshape(-1)[: k * n * S].reshape(k, n, S),
+            )
+            self.pB.add_entries(slot, entries.reshape(-1), terms.reshape(-1), s.lr_pB,
+                                s.forgetting)
+            return
         values = b_increment_support(
             np.ascontiguousarray(q), q_prev, action, support, acted=acted,
             local_offset=scratch["offset"], index_out=scratch["index"],
