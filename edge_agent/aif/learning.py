@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -123,7 +123,7 @@ FEW_OUTCOMES = 8
 
 def a_increment_shared(
     obs_m: np.ndarray, joint: np.ndarray, num_obs: int, onehot_out: np.ndarray | None = None,
-    rows_out: np.ndarray | None = None,
+    rows_out: np.ndarray | None = None, *, outcomes: np.ndarray | None = None,
 ) -> FloatArray:
     """``(O, S)``: the sum over agents of ``onehot(o) ⊗ joint``.
 
@@ -132,9 +132,11 @@ def a_increment_shared(
     may be the transposed view of a state-major :func:`joint_states_major`). Otherwise the
     agents are grouped by outcome (one sort) and each group's rows summed in one ``reduceat``:
     O(N S) additions and nothing of size ``N * O``; ``rows_out`` (``joint``'s shape and dtype,
-    C-contiguous) takes the grouped rows instead of a new array."""
+    C-contiguous) takes the grouped rows instead of a new array. ``outcomes``: ``(O, 1)``
+    intp ``0 .. O - 1`` (made here if not given)."""
     if onehot_out is not None:
-        np.equal(obs_m, np.arange(num_obs)[:, None], out=onehot_out)
+        np.equal(obs_m, np.arange(num_obs)[:, None] if outcomes is None else outcomes,
+                 out=onehot_out)
         summed: FloatArray = onehot_out @ joint
         return summed
     order, values, starts = _grouped(obs_m, num_obs)
@@ -146,6 +148,9 @@ def a_increment_shared(
     out[values] = np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
     return out
 
+
+#: A likelihood's support (:func:`support_index`) and its entries (:func:`support_entries`).
+ASupport = tuple[tuple[np.ndarray, FloatArray], np.ndarray, np.ndarray]
 
 #: A likelihood's rows are gathered by their support when no row has more than this share of
 #: the states in it (grid10: 5 of 100).
@@ -200,6 +205,47 @@ def a_increment_support(
     return summed.reshape(num_obs, S)
 
 
+def support_entries(
+    support: tuple[np.ndarray, FloatArray], S: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(entry, flat)`` for a :func:`support_index` ``(columns, weights)`` of an ``(O, S)``
+    mask: ``entry`` ``(O, k)`` intp numbers the mask's ``R`` true entries in C order (a short
+    row's pads are numbered ``R``), ``flat`` ``(R,)`` intp is each one's index into the table
+    flattened."""
+    columns, weights = support
+    real = weights > 0
+    R = int(real.sum())
+    entry = np.full(columns.shape, R, dtype=np.intp)
+    entry[real] = np.arange(R)
+    rows = np.broadcast_to(np.arange(columns.shape[0])[:, None], columns.shape)
+    flat = (rows[real] * S + columns[real]).astype(np.intp)
+    return entry, flat
+
+
+def a_sums_support(
+    obs_m: np.ndarray, joint: np.ndarray, columns: np.ndarray, entry: np.ndarray, R: int, *,
+    rows_offset: np.ndarray, index_out: np.ndarray, gathered_out: np.ndarray,
+    values_out: np.ndarray,
+) -> FloatArray:
+    """``(R,)`` float64: :func:`a_increment_support` at the mask's ``R`` true entries only
+    (numbered by ``entry``, :func:`support_entries`): the ``N * k`` gathered values summed
+    into ``R`` bins (the pads into one more, dropped), nothing of the table's size.
+
+    ``joint`` ``(N, S)`` C-contiguous; ``columns`` ``(O, k)`` the support's columns;
+    ``rows_offset`` ``(N, 1)`` intp ``n * S``; scratch ``index_out`` ``(N, k)`` intp,
+    ``gathered_out`` ``(N, k)`` in ``joint``'s dtype and ``values_out`` ``(N, k)`` float64
+    (the same array when ``joint`` is float64). The sums are those of
+    :func:`a_increment_support`, bit for bit (the same entries added in the same order)."""
+    columns.take(obs_m, axis=0, out=index_out, mode="clip")
+    np.add(index_out, rows_offset, out=index_out)  # index into joint, flattened
+    joint.reshape(-1).take(index_out, out=gathered_out, mode="clip")
+    if values_out is not gathered_out:  # bincount's weights are float64 (else it converts)
+        np.copyto(values_out, gathered_out)
+    entry.take(obs_m, axis=0, out=index_out, mode="clip")
+    sums = np.bincount(index_out.reshape(-1), weights=values_out.reshape(-1), minlength=R + 1)
+    return cast(FloatArray, sums[:R])  # float64: bincount with weights
+
+
 def b_increment_shared(
     qs_f: np.ndarray, qs_prev_f: np.ndarray, action_f: np.ndarray, num_controls: int
 ) -> np.ndarray:
@@ -230,10 +276,14 @@ class TransitionSupport:
     targets: np.ndarray
     weights: FloatArray
     flat: np.ndarray
+    #: Whether some column has fewer targets than ``k`` (some weight is 0).
+    padded: bool
+    #: ``(U, 1)`` intp, ``0 .. U - 1``: what the agents' actions are compared with.
+    actions: np.ndarray
 
     @property
     def nbytes(self) -> int:
-        return self.targets.nbytes + self.weights.nbytes + self.flat.nbytes
+        return self.targets.nbytes + self.weights.nbytes + self.flat.nbytes + self.actions.nbytes
 
 
 def transition_support(mask: np.ndarray) -> TransitionSupport | None:
@@ -254,13 +304,16 @@ def transition_support(mask: np.ndarray) -> TransitionSupport | None:
     s_index = np.arange(S)[None, None, :]
     u_index = np.arange(U)[None, :, None]
     flat = (targets * S + s_index) * U + u_index
-    return TransitionSupport(targets=targets, weights=weights, flat=flat)
+    return TransitionSupport(targets=targets, weights=weights, flat=flat,
+                             padded=bool((weights == 0).any()),
+                             actions=np.arange(U, dtype=np.intp)[:, None])
 
 
 def b_support_scratch(support: TransitionSupport, dtype: np.dtype[Any]) -> dict[str, np.ndarray]:
     """The scratch of :func:`b_increment_support` that does not grow with the agents: a chunk's
     ``local_offset``, ``index`` and ``gathered`` rows, the ``partial`` and ``sums`` of one
-    chunk and slot, in ``dtype``, and the float64 ``values`` the counts gain."""
+    chunk and slot, in ``dtype``, and the float64 ``values`` the counts gain; and the
+    ``entries`` of :func:`b_entries_support` (with ``values``, for up to ``U`` agents)."""
     k, U, S = support.targets.shape
     rows = max(1, B_CHUNK // S)
     return {
@@ -270,6 +323,7 @@ def b_support_scratch(support: TransitionSupport, dtype: np.dtype[Any]) -> dict[
         "partial": np.empty((U, S), dtype=dtype),
         "sums": np.empty((k, U, S), dtype=dtype),
         "values": np.empty((k, U, S)),
+        "entries": np.empty((k, U, S), dtype=np.intp),
     }
 
 
@@ -308,13 +362,14 @@ def b_increment_support(
     ``(U, N)``, ``partial_out`` ``(U, S)`` in the posteriors' dtype, ``sums_out`` ``(k, U,
     S)``."""
     targets = support.targets
-    k, U, _ = targets.shape
+    k = targets.shape[0]
     n = qs_f.shape[0]
     C = index_out.shape[0]
-    np.equal(action_f, np.arange(U)[:, None], out=onehot_out)
+    np.equal(action_f, support.actions, out=onehot_out)
     if acted is not None:
         np.multiply(onehot_out, acted, out=onehot_out)
-    sums_out.fill(0.0)
+    if n == 0:
+        sums_out.fill(0.0)
     scale = sums_out.dtype.type(B_PRODUCT_SCALE)
     for start in range(0, n, C):
         end = min(n, start + C)
@@ -327,10 +382,43 @@ def b_increment_support(
             now.take(index, out=gathered, mode="clip")
             np.multiply(gathered, scale, out=gathered)
             np.multiply(gathered, qs_prev_f[start:end], out=gathered)
-            np.matmul(onehot_out[:, start:end], gathered, out=partial_out)
-            np.add(sums_out[j], partial_out, out=sums_out[j])
+            if start == 0:  # the first chunk's sums (0 + x is x: the same roundings)
+                np.matmul(onehot_out[:, :end], gathered, out=sums_out[j])
+            else:
+                np.matmul(onehot_out[:, start:end], gathered, out=partial_out)
+                np.add(sums_out[j], partial_out, out=sums_out[j])
     np.multiply(sums_out, 1.0 / B_PRODUCT_SCALE, out=values_out, dtype=np.float64)
     return values_out
+
+
+def b_entries_support(
+    qs_f: np.ndarray, qs_prev_f: np.ndarray, action_f: np.ndarray, support: TransitionSupport,
+    *, acted: np.ndarray | None = None, local_offset: np.ndarray, index_out: np.ndarray,
+    gathered_out: np.ndarray, entries_out: np.ndarray, values_out: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each agent's own terms of :func:`b_increment_support`, not summed (for a few agents:
+    fewer terms than the support has entries), to be added where they fall: ``(entries,
+    values)``, both ``(k, n, S)``, ``entries[j, n, s]`` the index into the table flattened of
+    ``(t, s, a_n)`` with ``t = support.targets[j, a_n, s]`` and ``values[j, n, s] = qs[n, t] *
+    qs_prev[n, s]``, multiplied in float64 (exact for float32 beliefs, and never subnormal),
+    0 for a pad or an agent not in ``acted``.
+
+    ``local_offset`` ``(>= n, S)`` intp holding ``c * S`` in row ``c``; scratch ``index_out``
+    ``(n, S)`` intp, ``gathered_out`` ``(n, S)`` in the posteriors' dtype, ``entries_out``
+    ``(k, n, S)`` intp and ``values_out`` ``(k, n, S)`` float64."""
+    now = qs_f.reshape(-1)
+    for j in range(support.targets.shape[0]):
+        support.targets[j].take(action_f, axis=0, out=index_out, mode="clip")
+        np.add(index_out, local_offset[: len(action_f)], out=index_out)
+        now.take(index_out, out=gathered_out, mode="clip")
+        np.multiply(gathered_out, qs_prev_f, out=values_out[j], dtype=np.float64)
+        support.flat[j].take(action_f, axis=0, out=entries_out[j], mode="clip")
+        if support.padded:  # a pad's value 0
+            np.multiply(values_out[j], support.weights[j].take(action_f, axis=0),
+                        out=values_out[j])
+    if acted is not None:
+        np.multiply(values_out, acted[:, None], out=values_out)
+    return entries_out, values_out
 
 
 def forget(counts: np.ndarray, prior: np.ndarray, forgetting: float) -> None:
@@ -733,7 +821,7 @@ class Learner:
         #: group that resizes gets new ones at its next tick, none in the ticks between).
         self._scratch: dict[str, np.ndarray] = {}
         #: Per pA slot: the mask it was made from and its support_index.
-        self._supports: dict[int, tuple[np.ndarray, tuple[np.ndarray, FloatArray] | None]] = {}
+        self._supports: dict[int, tuple[np.ndarray, ASupport | None]] = {}
         #: Per pB slot: the mask it was made from, its transition_support and, when it has
         #: one, the scratch of the support's sums (posteriors' dtype) and values (float64).
         self._b_supports: dict[
@@ -742,6 +830,17 @@ class Learner:
         #: The most the pB supports and their scratch take, over the masks a table can have
         #: (the model's table's support, the counts' from the first refresh on).
         self._b_support_nbytes = 0
+        #: Per pA slot: whether its modality has few outcomes (the one-hot product), and then
+        #: its outcomes ``(O, 1)`` to compare the observations with.
+        tables_A = self.pA.tables if self.pA is not None else ()
+        self._few = tuple(self.num_obs[m] <= FEW_OUTCOMES for m in tables_A)
+        self._outcomes = {m: np.arange(self.num_obs[m], dtype=np.intp)[:, None]
+                          for m, few in zip(tables_A, self._few, strict=True) if few}
+        #: The state-major joint's scratch of the few-outcome product (several factors; else
+        #: unused), its factors' (two factors) and the one-hot tables, for the agents of the
+        #: last tick: ``(n, joint, factors, onehots by modality)``.
+        self._few_plan: tuple[int, np.ndarray, list[np.ndarray], dict[int, np.ndarray]] | None
+        self._few_plan = None
         if self.pB is not None and scope == "shared":
             for slot, prior in enumerate(self.pB.prior):
                 sizes = [0]
@@ -753,16 +852,19 @@ class Learner:
                             .values()))
                 self._b_support_nbytes += max(sizes)
 
-    def _support(self, slot: int) -> tuple[np.ndarray, FloatArray] | None:
-        """:func:`support_index` of ``pA`` table ``slot``'s mask, made again when the mask is
-        replaced (at the first refresh)."""
+    def _support(self, slot: int) -> ASupport | None:
+        """:func:`support_index` of ``pA`` table ``slot``'s mask and its
+        :func:`support_entries`, made again when the mask is replaced (at the first refresh)."""
         assert self.pA is not None
         mask = self.pA.mask[slot]
         cached = self._supports.get(slot)
         if cached is None or cached[0] is not mask:
-            cached = self._supports[slot] = (
-                mask, support_index(mask.reshape(mask.shape[0], -1))
+            flat_mask = mask.reshape(mask.shape[0], -1)
+            support = support_index(flat_mask)
+            found = None if support is None else (
+                support, *support_entries(support, flat_mask.shape[1])
             )
+            cached = self._supports[slot] = (mask, found)
         return cached[1]
 
     def _transition_support(
@@ -843,47 +945,59 @@ class Learner:
         s = self.settings
         n = qs[0].shape[0]
         shared = s.scope == "shared"
-        few = [self.num_obs[m] <= FEW_OUTCOMES for m in self.pA.tables]
+        few = self._few
+        plan = self._few_plan
+        if shared and any(few) and (plan is None or plan[0] != n):
+            several = len(qs) > 1
+            plan = self._few_plan = (
+                n,
+                self._buffer("joint", (self.num_states_joint, n)) if several else qs[0],
+                [self._buffer(f"factor{f}", (q.shape[1], n)) for f, q in enumerate(qs)]
+                if len(qs) == 2 else [],
+                {m: self._buffer(f"onehot{m}", (self.num_obs[m], n))
+                 for m, is_few in zip(self.pA.tables, few, strict=True) if is_few},
+            )
         if shared and any(few) and len(qs) > 1:
+            assert plan is not None
             # One product into a state-major buffer; its transposed view is (N, S).
-            factors = [self._buffer(f"factor{f}", (q.shape[1], n)) for f, q in enumerate(qs)
-                       ] if len(qs) == 2 else []
-            joint = joint_states_major(
-                qs, self._buffer("joint", (self.num_states_joint, n)), factors
-            ).T
+            joint = joint_states_major(qs, plan[1], plan[2]).T
         else:
             joint = joint_states(qs)
         for slot, m in enumerate(self.pA.tables):
-            support = self._support(slot) if shared and not few[slot] else None
-            if support is not None and joint.flags.c_contiguous:
-                k = support[0].shape[1]
+            found = self._support(slot) if shared and not few[slot] else None
+            if found is not None and joint.flags.c_contiguous:
+                support, entry, flat = found
+                k = entry.shape[1]
                 S = joint.shape[1]
                 offset = self._scratch.get(f"rows_offset{S}")
                 if offset is None or offset.shape[0] != n:
                     offset = self._scratch[f"rows_offset{S}"] = np.arange(n)[:, None] * S
-                # Few entries against the table (few agents): they are added where they fall.
-                dense = 4 * n * k > support[0].shape[0] * S
                 cols = self._buffer("support_cols", (n, k), np.dtype(np.intp))
                 vals = self._buffer("support_vals", (n, k))
-                inc = a_increment_support(
-                    obs[:, m], joint, support, rows_offset=offset, cols_out=cols,
-                    vals_out=vals,
-                    gathered_out=self._buffer("support_gathered", (n, k), joint.dtype),
-                    dense=dense,
-                )
-                if inc is None:
+                gathered = self._buffer("support_gathered", (n, k), joint.dtype)
+                if n * k <= len(flat):
+                    # Fewer entries than the support has (few agents): each is added where
+                    # it falls.
+                    a_increment_support(obs[:, m], joint, support, rows_offset=offset,
+                                        cols_out=cols, vals_out=vals, gathered_out=gathered,
+                                        dense=False)
                     self.pA.add_entries(slot, cols.reshape(-1), vals.reshape(-1), s.lr_pA,
                                         s.forgetting)
-                else:
-                    self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA,
-                                s.forgetting)
+                else:  # summed per entry of the support, then added there
+                    sums = a_sums_support(
+                        obs[:, m], joint, support[0], entry, len(flat), rows_offset=offset,
+                        index_out=cols, gathered_out=vals if joint.dtype == vals.dtype
+                        else gathered, values_out=vals)
+                    self.pA.add_entries(slot, flat, sums, s.lr_pA, s.forgetting)
             elif shared:
                 onehot_out = rows_out = None
                 if few[slot]:
-                    onehot_out = self._buffer(f"onehot{m}", (self.num_obs[m], n))
+                    assert plan is not None
+                    onehot_out = plan[3][m]
                 else:
                     rows_out = self._buffer("rows", joint.shape, joint.dtype)
-                inc = a_increment_shared(obs[:, m], joint, self.num_obs[m], onehot_out, rows_out)
+                inc = a_increment_shared(obs[:, m], joint, self.num_obs[m], onehot_out, rows_out,
+                                         outcomes=self._outcomes.get(m))
                 self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA, s.forgetting)
             else:
                 self.pA.add_rows(slot, (obs[:, m],), joint, s.lr_pA, s.forgetting)
@@ -923,7 +1037,8 @@ class Learner:
     ) -> None:
         """One shared ``pB`` table's update from the agents that ``acted`` (all: ``None``):
         on the support of its mask when that is sparse (:func:`b_increment_support`, the
-        entries added where they fall), else the dense products of :func:`b_increment_shared`."""
+        entries added where they fall; at most ``U`` agents: each agent's terms,
+        :func:`b_entries_support`), else the dense products of :func:`b_increment_shared`."""
         assert self.pB is not None
         s = self.settings
         f = self.pB.tables[slot]
@@ -936,6 +1051,19 @@ class Learner:
             self.pB.add(slot, inc, s.lr_pB, s.forgetting)
             return
         n = q.shape[0]
+        k, U, S = support.targets.shape
+        if n <= min(U, scratch["index"].shape[0]):
+            # Fewer terms than the support has entries (a few agents): each is added where it
+            # falls.
+            entries, terms = b_entries_support(
+                q, q_prev, action, support, acted=acted, local_offset=scratch["offset"],
+                index_out=scratch["index"][:n], gathered_out=scratch["gathered"][:n],
+                entries_out=scratch["entries"].reshape(-1)[: k * n * S].reshape(k, n, S),
+                values_out=scratch["values"].reshape(-1)[: k * n * S].reshape(k, n, S),
+            )
+            self.pB.add_entries(slot, entries.reshape(-1), terms.reshape(-1), s.lr_pB,
+                                s.forgetting)
+            return
         values = b_increment_support(
             np.ascontiguousarray(q), q_prev, action, support, acted=acted,
             local_offset=scratch["offset"], index_out=scratch["index"],
@@ -944,7 +1072,8 @@ class Learner:
             partial_out=scratch["partial"], sums_out=scratch["sums"],
             values_out=scratch["values"],
         )
-        np.multiply(values, support.weights, out=values)  # a pad's value 0
+        if support.padded:
+            np.multiply(values, support.weights, out=values)  # a pad's value 0
         self.pB.add_entries(slot, support.flat.reshape(-1), values.reshape(-1), s.lr_pB,
                             s.forgetting)
 

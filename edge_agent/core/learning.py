@@ -128,6 +128,8 @@ class LearningAgentGroup(AifAgentGroup):
         #: The model whose ``A`` the surprise last stacked, the stacked rows and each
         #: modality's first row (:meth:`_outcome_probabilities`).
         self._stacked_A: tuple[GenerativeModel, np.ndarray, np.ndarray] | None = None
+        #: The agents the surprise is taken over (indices) and the group size they are for.
+        self._surprise_rows: tuple[IntArray, int] | None = None
         self._since_refresh = 0
         self.refreshes = 0
         #: Refreshes that brought only the touched columns of ``A`` in (no compile).
@@ -681,9 +683,11 @@ class LearningAgentGroup(AifAgentGroup):
             return
         n = obs.shape[0]
         step = -(-n // SURPRISE_AGENTS)
-        rows = np.arange(0, n, step)
-        if step > 1:
-            obs, prior = obs[rows], [p[rows] for p in prior]
+        if self._surprise_rows is None or self._surprise_rows[1] != n:
+            self._surprise_rows = (np.arange(0, n, step), n)
+        rows = self._surprise_rows[0]
+        if step > 1:  # views of those rows (the float64 joint below copies them once)
+            obs, prior = obs[::step], [p[::step] for p in prior]
         joint = joint_states([np.asarray(p, dtype=np.float64) for p in prior])
         p_obs = self._outcome_probabilities(obs, rows, joint)
         np.add(p_obs, EPS, out=p_obs)

@@ -24,7 +24,11 @@ from edge_agent.aif.kernels.fast_tables import (
     likelihood_table,
 )
 from edge_agent.aif.kernels.local_plan import LocalPlan, build_local_plan, local_values
-from edge_agent.aif.kernels.small_plan import SmallPlan, build_small_plan, small_values
+from edge_agent.aif.kernels.small_plan import (
+    SmallPlan,
+    build_small_plan,
+    refreshed_small_values,
+)
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition, make_transition
 from edge_agent.aif.kernels.tree import PolicyTree, build_policy_tree
 from edge_agent.aif.model import GenerativeModel
@@ -331,10 +335,9 @@ def refresh_likelihood(
         return None
     small = cm.small
     if small is not None:
-        small = replace(small, **small_values(
-            trans=cm.transitions[0], tree=cm.tree, A_joint_T=A_joint_T,
-            utility=utility.astype(np.float64), neg_entropy=neg_entropy.astype(np.float64),
-            dtype=dtype,
+        small = replace(small, **refreshed_small_values(
+            small, tree=cm.tree, A_joint_T=A_joint_T, utility=utility.astype(np.float64),
+            neg_entropy=neg_entropy.astype(np.float64), dtype=dtype,
         ))
     joint_plan = cm.joint
     if joint_plan is not None:

@@ -241,6 +241,15 @@ def outcome_row_map(A: np.ndarray) -> RowMap:
     return _row_map_from_layers(S, num_out, layers, A.dtype)
 
 
+def _row_map_fewest_passes(A: np.ndarray) -> int:
+    """The fewest :attr:`RowMap.passes` :func:`outcome_row_map` of ``A (O, S)`` can have (its
+    weights all 1): its layers are as long as the rows with more non-zeros than the layer's
+    index, whatever the weights are."""
+    per_row = np.count_nonzero(A, axis=1)
+    extra = int(np.maximum(per_row - 1, 0).sum())  # rows of the layers after the first
+    return int(A.shape[0]) + 4 * extra
+
+
 @dataclass(frozen=True, eq=False)
 class Diagonals:
     """``out = A @ x`` for an ``A (O, S)`` whose non-zeros lie on a few diagonals ``s = o + d``.
@@ -493,7 +502,9 @@ def likelihood_fields(
     dense_cost = num_out * S_joint * MAC_PER_PASS
     candidates: list[RowMap | Diagonals] = []
     if np.any(A_joint != 0):
-        candidates = [diagonals(A_joint), outcome_row_map(np.ascontiguousarray(A_joint))]
+        candidates = [diagonals(A_joint)]
+        if candidates[0].passes > _row_map_fewest_passes(A_joint):  # else it cannot do better
+            candidates.append(outcome_row_map(np.ascontiguousarray(A_joint)))
     best = min(candidates, key=lambda c: c.passes, default=None)
     A_eps = None
     if len(A_rows) == 1:

@@ -17,6 +17,7 @@ import numpy as np
 from edge_agent.aif.kernels._types import IndexArray
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
 from edge_agent.aif.reference import EPS, EXP_M16
+from edge_agent.arrays import distinct
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import PolicyTree
@@ -189,13 +190,14 @@ def local_values(
     num_out, S = A.shape
     padded_negH = np.append(np.asarray(neg_entropy, dtype=np.float64), 0.0)
     padded_A = np.append(np.asarray(A, dtype=np.float64).reshape(-1), 0.0)
-    dense_B = np.zeros((S, S, len(trans.layers)))
-    for u, layers in enumerate(trans.layers):
-        for tgt, src, w in layers:
-            dense_B[tgt, src, u] += 1.0 if w is None else w.astype(np.float64)
-    utility_by_source = np.stack(
-        [dense_B[:, :, int(u)].T @ utility.astype(np.float64) for u in node_action], axis=1
-    )
+    # sum over t of B[t, s, u] * utility[t], from B's layers (each layer's targets distinct)
+    u64 = np.asarray(utility, dtype=np.float64)
+    by_action = np.zeros((len(trans.layers), S))
+    for u in distinct(node_action):
+        for tgt, src, w in trans.layers[int(u)]:
+            gain = u64[tgt] if w is None else u64[tgt] * w.astype(np.float64)
+            np.add.at(by_action[int(u)], src, gain)
+    utility_by_source = by_action[node_action].T
     out: dict[str, Any] = {
         "neg_entropy": padded_negH[target_index].reshape(num_out, -1),
         "qo_table": padded_A[outcome_index].reshape(num_out, -1),

@@ -119,3 +119,32 @@ def small_values(
     for arr in arrays:
         arr.setflags(write=False)
     return {"BT_nodes": arrays[0], "AT_ext": arrays[1]}
+
+
+def refreshed_small_values(
+    small: SmallPlan,
+    *,
+    tree: PolicyTree,
+    A_joint_T: np.ndarray,
+    utility: np.ndarray,
+    neg_entropy: np.ndarray,
+    dtype: np.dtype[np.floating],
+) -> dict[str, Any]:
+    """:func:`small_values` after a refresh of ``A`` (the transitions as they were): the
+    transition columns of ``small.BT_nodes`` kept, each node's utility column computed again
+    from them (one product per action), ``AT_ext`` made anew. Equal to :func:`small_values` up
+    to rounding (bit for bit when the transitions' entries are exact in ``dtype``)."""
+    S = small.BT_nodes.shape[0]
+    K = small.num_nodes
+    BT_nodes = np.array(small.BT_nodes, dtype=dtype)
+    u64 = np.asarray(utility, dtype=np.float64)
+    for _, nodes in tree.depths[0].by_action[0]:
+        first = int(nodes[0]) * S
+        BT = small.BT_nodes[:, first : first + S].astype(np.float64)  # row s: B[:, s, u]
+        BT_nodes[:, K * S + np.asarray(nodes, dtype=np.intp)] = (BT @ u64)[:, None]
+    AT_ext = np.ascontiguousarray(
+        np.concatenate([A_joint_T, neg_entropy[:, None]], axis=1), dtype=dtype
+    )
+    for arr in (BT_nodes, AT_ext):
+        arr.setflags(write=False)
+    return {"BT_nodes": BT_nodes, "AT_ext": AT_ext}

@@ -348,6 +348,51 @@ def test_near_certain_float32_posteriors_learn_b_without_subnormal_products() ->
                                atol=0)
 
 
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_a_few_agents_learn_a_sparse_transition_term_by_term(n: int) -> None:
+    """At most ``U`` agents (fewer terms than the support has entries) add each agent's own
+    terms where they fall (``b_entries_support``): near-certain float32 posteriors (the products
+    multiplied in float64, so none is subnormal), columns with 1 to 3 targets (pads), agents
+    that did not act: the counts, the experience and the touched columns are what the masked
+    dense float64 products give."""
+    rng = np.random.default_rng(23)
+    S, U = 30, 4
+    mask = np.zeros((S, S, U), dtype=bool)
+    for u in range(U):
+        for s in range(S):
+            mask[rng.choice(S, size=1 + (s + u) % 3, replace=False), s, u] = True
+    B = mask / mask.sum(axis=0, keepdims=True)
+    prior = B * 2.0 + 0.5 * mask
+    learner = Learner([np.full((2, S), 0.5)], [B], [np.full(S, 1.0 / S)], pB={0: prior},
+                      n_agents=n, settings=LearningSettings(lr_pB=0.3))
+    want, experience = prior.copy(), np.zeros_like(prior)
+    touched = np.zeros((S, U), dtype=bool)
+
+    def near_certain() -> np.ndarray:
+        q = 10.0 ** rng.uniform(-30, -20, size=(n, S))
+        q[np.arange(n), rng.integers(0, S, n)] = 1.0
+        return (q / q.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    for tick in range(3):
+        qs, qs_prev = [near_certain()], [near_certain()]
+        actions = rng.integers(0, U, size=(n, 1))
+        acted = np.arange(n) != tick  # one agent sits out (the only one, at n = 1, tick 0)
+        learner.learn_B(qs, qs_prev, actions, acted=acted)
+        inc = b_increment_shared(qs[0][acted].astype(np.float64),
+                                 qs_prev[0][acted].astype(np.float64), actions[acted, 0],
+                                 U) if acted.any() else np.zeros_like(prior)
+        gain = 0.3 * mask * inc
+        touched |= (gain != 0).any(axis=0)
+        want += gain
+        experience += gain
+    pB = learner.pB
+    assert pB is not None
+    np.testing.assert_allclose(pB.counts[0], want, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(pB.experience[0], experience, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(pB.touched[0], touched)
+    assert pB.version == 3
+
+
 def test_deltas_carry_the_experience_since_the_last_report_and_its_versions() -> None:
     rng = np.random.default_rng(3)
     model = random_model(rng)
