@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -243,7 +243,8 @@ def a_sums_support(
         np.copyto(values_out, gathered_out)
     entry.take(obs_m, axis=0, out=index_out, mode="clip")
     sums = np.bincount(index_out.reshape(-1), weights=values_out.reshape(-1), minlength=R + 1)
-    return cast(FloatArray, sums[:R])  # float64: bincount with weights
+    # float64 already (bincount with weights): asarray only says so to every numpy's stubs
+    return np.asarray(sums[:R], dtype=np.float64)
 
 
 def b_increment_shared(
