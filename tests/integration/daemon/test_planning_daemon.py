@@ -120,15 +120,15 @@ policy_len = {POLICY_LEN}
 
 
 def test_planning_yields_to_the_tick_and_no_tick_is_skipped(tmp_path: Path) -> None:
-    """The group's size comes from a measurement here: every-tick planning of all its agents
-    takes at least two periods (2.2 by the measurement), the floor of a tick (inference, the
-    next priors) at most a third of one (about a fifth here: the fastest of a few ticks, so that
-    a machine busy with other work, which can double it, still leaves the tick its time). With ``fit_tick`` its planning stops where the rest of
-    the tick still fits: no tick is skipped (the daemon's ``missed`` counter), planning was cut
-    (``ticks_cut``), the agents put off on a tick planned first on the next (``passed_over``
-    stays 0: one process), and every agent planned in the run (no committed plan as old as
-    the run). Run as it is, every agent planning every tick, the same group skips ticks.
-    Counters, not durations: the machine's speed only sets the size."""
+    """The group's size comes from a measurement here: every-tick planning of all its agents takes
+    at least two periods (2.2 by the measurement), the floor of a tick (inference, the next priors)
+    at most a third of one (about a fifth here: the fastest of a few ticks, so that a machine busy
+    with other work, which can double it, still leaves the tick its time). With ``fit_tick`` its
+    planning stops where the rest of the tick still fits: no tick is skipped (the daemon's
+    ``missed`` counter), planning was cut (``ticks_cut``), the agents put off on a tick planned
+    first on the next (``passed_over`` stays 0: one process), and every agent planned in the run (no
+    committed plan as old as the run). Run as it is, every agent planning every tick, the same group
+    skips ticks. Counters, not durations: the machine's speed only sets the size."""
     from edge_agent.aif.planning import PlanningPolicy
 
     period = 1.0 / HZ
