@@ -368,7 +368,14 @@ def test_the_service_records_the_fleet(
     assert "hub-a" in status.stdout
     assert "3 nodes (2 online)" in status.stdout
 
-    # Clean stops: a death each, and every message of every process in the database.
+    # Clean stops: a death each, and every message of every process in the database. Each node
+    # first publishes five telemetry messages (waited for: how many it sent by now depends on
+    # how fast the machine ran the steps above).
+    for node in (n1, n2):
+        node.wait_status(
+            lambda st: st.get("fleet", {}).get("telemetry_published", 0) >= 5,
+            f"{node.name}: five telemetry messages",
+        )
     assert n1.stop() == 0
     assert n2.stop() == 0
     for node in (n1, n2):
