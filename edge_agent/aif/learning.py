@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -784,6 +784,19 @@ class LearningSpec:
             raise ModelError(f"refresh_every = {self.refresh_every}: expected >= 1 tick")
 
 
+class _FewScratch(NamedTuple):
+    """The few-outcome ``pA`` product's scratch, made for ``agents`` agents (a group that
+    resizes gets another at its next tick)."""
+
+    agents: int
+    #: The state-major joint posterior ``(S_joint, N)`` (several factors), else ``qs[0]``.
+    joint: np.ndarray
+    #: The factors' state-major copies (two factors), else empty.
+    factors: list[np.ndarray]
+    #: The one-hot outcomes ``(O_m, N)`` by modality.
+    onehots: dict[int, np.ndarray]
+
+
 class Learner:
     """Updates a group's counts from one tick's experience: the batched driver of the kernels.
 
@@ -837,11 +850,8 @@ class Learner:
         self._few = tuple(self.num_obs[m] <= FEW_OUTCOMES for m in tables_A)
         self._outcomes = {m: np.arange(self.num_obs[m], dtype=np.intp)[:, None]
                           for m, few in zip(tables_A, self._few, strict=True) if few}
-        #: The state-major joint's scratch of the few-outcome product (several factors; else
-        #: unused), its factors' (two factors) and the one-hot tables, for the agents of the
-        #: last tick: ``(n, joint, factors, onehots by modality)``.
-        self._few_plan: tuple[int, np.ndarray, list[np.ndarray], dict[int, np.ndarray]] | None
-        self._few_plan = None
+        #: The few-outcome product's scratch for the agents of the last tick.
+        self._few_scratch: _FewScratch | None = None
         if self.pB is not None and scope == "shared":
             for slot, prior in enumerate(self.pB.prior):
                 sizes = [0]
@@ -947,10 +957,10 @@ class Learner:
         n = qs[0].shape[0]
         shared = s.scope == "shared"
         few = self._few
-        plan = self._few_plan
-        if shared and any(few) and (plan is None or plan[0] != n):
+        plan = self._few_scratch
+        if shared and any(few) and (plan is None or plan.agents != n):
             several = len(qs) > 1
-            plan = self._few_plan = (
+            plan = self._few_scratch = _FewScratch(
                 n,
                 self._buffer("joint", (self.num_states_joint, n)) if several else qs[0],
                 [self._buffer(f"factor{f}", (q.shape[1], n)) for f, q in enumerate(qs)]
@@ -961,7 +971,7 @@ class Learner:
         if shared and any(few) and len(qs) > 1:
             assert plan is not None
             # One product into a state-major buffer; its transposed view is (N, S).
-            joint = joint_states_major(qs, plan[1], plan[2]).T
+            joint = joint_states_major(qs, plan.joint, plan.factors).T
         else:
             joint = joint_states(qs)
         for slot, m in enumerate(self.pA.tables):
@@ -994,7 +1004,7 @@ class Learner:
                 onehot_out = rows_out = None
                 if few[slot]:
                     assert plan is not None
-                    onehot_out = plan[3][m]
+                    onehot_out = plan.onehots[m]
                 else:
                     rows_out = self._buffer("rows", joint.shape, joint.dtype)
                 inc = a_increment_shared(obs[:, m], joint, self.num_obs[m], onehot_out, rows_out,

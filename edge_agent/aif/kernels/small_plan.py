@@ -114,11 +114,7 @@ def small_values(
         for j in nodes:
             BT_nodes[:, j * S : (j + 1) * S] = BT  # row s: B[:, s, u]
             BT_nodes[:, K * S + j] = BT @ utility.astype(np.float64)
-    AT_ext = np.concatenate([A_joint_T, neg_entropy[:, None]], axis=1)
-    arrays = [np.ascontiguousarray(x, dtype=dtype) for x in (BT_nodes, AT_ext)]
-    for arr in arrays:
-        arr.setflags(write=False)
-    return {"BT_nodes": arrays[0], "AT_ext": arrays[1]}
+    return _read_only(BT_nodes, A_joint_T, neg_entropy, dtype)
 
 
 def refreshed_small_values(
@@ -142,9 +138,17 @@ def refreshed_small_values(
         first = int(nodes[0]) * S
         BT = small.BT_nodes[:, first : first + S].astype(np.float64)  # row s: B[:, s, u]
         BT_nodes[:, K * S + np.asarray(nodes, dtype=np.intp)] = (BT @ u64)[:, None]
-    AT_ext = np.ascontiguousarray(
-        np.concatenate([A_joint_T, neg_entropy[:, None]], axis=1), dtype=dtype
-    )
-    for arr in (BT_nodes, AT_ext):
+    return _read_only(BT_nodes, A_joint_T, neg_entropy, dtype)
+
+
+def _read_only(
+    BT_nodes: np.ndarray, A_joint_T: np.ndarray, neg_entropy: np.ndarray,
+    dtype: np.dtype[np.floating],
+) -> dict[str, Any]:
+    """``BT_nodes`` in ``dtype`` and ``AT_ext`` (``A_joint_T`` with the outcome entropy as one
+    more column), C-contiguous and read-only."""
+    AT_ext = np.concatenate([A_joint_T, neg_entropy[:, None]], axis=1)
+    arrays = [np.ascontiguousarray(x, dtype=dtype) for x in (BT_nodes, AT_ext)]
+    for arr in arrays:
         arr.setflags(write=False)
-    return {"BT_nodes": BT_nodes, "AT_ext": AT_ext}
+    return {"BT_nodes": arrays[0], "AT_ext": arrays[1]}
