@@ -169,6 +169,17 @@ def check_session(spec: NeuralSpec, session: Session) -> None:
                 )
 
 
+def _finite_dot(arr: np.ndarray) -> bool:
+    """Whether ``arr`` (real floats) is finite, or its squares overflowed: ``x . x`` in one BLAS
+    call for float32 and float64 (half precision is summed in float32, its squares overflow at
+    256)."""
+    flat = arr.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1 us; the overflow is expected
+        if flat.dtype.itemsize < 4:
+            return math.isfinite(np.add.reduce(flat, dtype=np.float32))
+        return math.isfinite(np.dot(flat, flat))
+
+
 def _quantization(spec: NeuralSpec) -> dict[str, tuple[float, int]]:
     return {
         t.name: (t.scale, t.zero_point)
@@ -186,6 +197,11 @@ class NeuralAgentGroup:
         The bundle's :class:`~edge_agent.bundle.loader.NeuralSpec` and model file.
     threads:
         Intra-op threads of the backend (pass the firmware profile's ``inference_threads``).
+    spinning:
+        Let the backend's idle threads spin between calls (onnxruntime's default; LiteRT has
+        no such option). Off by default and in the daemon, which ticks on a period: spinning
+        threads keep a core busy after every call. A program that calls :meth:`step` back to
+        back gains from it (``benchmarks/bench_neural_digits.py``, ``group_step_spinning``).
     selection, temperature:
         Discrete outputs: ``"argmax"`` or ``"sample"`` from ``softmax(logits / temperature)``.
     history_capacity:
@@ -219,6 +235,7 @@ class NeuralAgentGroup:
         n_agents: int,
         *,
         threads: int = 1,
+        spinning: bool = False,
         selection: Selection = "argmax",
         temperature: float = 1.0,
         seed: int | None = 0,
@@ -257,7 +274,9 @@ class NeuralAgentGroup:
             )
         try:
             backend = get_backend(spec.backend)
-            self.session = backend.load(model_bytes, threads, quantization=_quantization(spec))
+            self.session = backend.load(
+                model_bytes, threads, quantization=_quantization(spec), spinning=spinning
+            )
             check_session(spec, self.session)
             # The first output, as the loaded model has it (its shapes fully known).
             self.output: TensorSpec = next(
@@ -453,13 +472,10 @@ class NeuralAgentGroup:
             raise InputError(f"obs has shape {arr.shape}, expected {expected}{frames}")
         if arr.dtype.kind not in "fiu":
             raise InputError(f"obs must be real numbers, got dtype {arr.dtype}")
-        # One float32 sum: NaN or inf anywhere makes it non-finite; a sum that overflows from
+        # One dot product of the values with themselves (BLAS: 5 us for 64,000 float32, a sum
+        # takes 12): NaN or inf anywhere makes it non-finite; a square that overflows from
         # finite values only sends us to the exact search below, which then finds nothing.
-        if (
-            self.check_finite
-            and arr.dtype.kind == "f"
-            and not math.isfinite(np.add.reduce(arr, axis=None))
-        ):
+        if self.check_finite and arr.dtype.kind == "f" and not _finite_dot(arr):
             bad = np.argwhere(~np.isfinite(arr))
             if len(bad):
                 agent, feature = (int(i) for i in bad[0])
@@ -679,6 +695,7 @@ class NeuralAgentGroup:
         n_agents: int,
         *,
         threads: int = 1,
+        spinning: bool = False,
         selection: Selection = "argmax",
         temperature: float = 1.0,
         seed: int | None = 0,
@@ -713,6 +730,7 @@ class NeuralAgentGroup:
             bundle.file_bytes(spec.model_file),
             n_agents,
             threads=threads,
+            spinning=spinning,
             selection=selection,
             temperature=temperature,
             seed=seed,

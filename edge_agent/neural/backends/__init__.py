@@ -70,8 +70,12 @@ class Backend(Protocol):
         threads: int = 1,
         *,
         quantization: Mapping[str, QuantParams] | None = None,
+        spinning: bool = False,
     ) -> Session:
-        """Load a model held in memory; ModelError if the runtime refuses it."""
+        """Load a model held in memory; ModelError if the runtime refuses it.
+
+        ``spinning``: let idle threads spin between calls where the runtime offers the choice
+        (faster back-to-back calls, a busy core in between)."""
 
 
 def get_backend(name: str) -> Backend:

@@ -189,12 +189,15 @@ class LiteRtBackend:
         threads: int = 1,
         *,
         quantization: Mapping[str, QuantParams] | None = None,
+        spinning: bool = False,
     ) -> LiteRtSession:
         """A session for a ``.tflite`` model held in memory; ModelError if it does not load.
 
         ``quantization`` is accepted for interface symmetry and must agree with the model's own
-        parameters (a ``.tflite`` file carries them).
+        parameters (a ``.tflite`` file carries them). ``spinning`` has no equivalent: the
+        interpreter's thread pool decides how its idle threads wait.
         """
+        del spinning
         session = LiteRtSession(model_bytes, threads)
         for name, (scale, zero_point) in (quantization or {}).items():
             spec = next(

@@ -2,8 +2,9 @@
 
 Sessions run on the CPU execution provider with ``threads`` intra-op threads (the caller passes
 the firmware profile's ``inference_threads``), one inter-op thread, sequential execution and
-**no spinning**: idle worker threads sleep instead of burning a core between ticks, which matters
-on a 4-core Pi that also runs the Active Inference kernels.
+**no spinning** unless asked (``spinning=True``, onnxruntime's own default): idle worker threads
+sleep instead of burning a core between ticks, which matters on a 4-core Pi that also runs the
+Active Inference kernels; a program calling a model back to back may prefer them spinning.
 
 Inputs and outputs are bound once per batch size with an ``IOBinding`` to preallocated numpy
 buffers, so a run writes into the same memory every tick; a sliding input (see
@@ -180,6 +181,7 @@ class OnnxRuntimeSession(Session):
         *,
         quantization: Mapping[str, QuantParams] | None = None,
         x64_precision: bool | None = None,
+        spinning: bool = False,
     ) -> None:
         ort = _ort()
         if threads < 1:
@@ -189,7 +191,8 @@ class OnnxRuntimeSession(Session):
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Idle threads sleep unless asked to spin (module docstring).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         # The exact int8 kernel where the CPU needs it (module docstring); None: this machine's.
         self.x64_precision = x64_quant_precision() if x64_precision is None else x64_precision
@@ -322,9 +325,12 @@ class OnnxRuntimeBackend:
         threads: int = 1,
         *,
         quantization: Mapping[str, QuantParams] | None = None,
+        spinning: bool = False,
     ) -> OnnxRuntimeSession:
         """A session for an ONNX model held in memory; ModelError if it does not load."""
-        return OnnxRuntimeSession(model_bytes, threads, quantization=quantization)
+        return OnnxRuntimeSession(
+            model_bytes, threads, quantization=quantization, spinning=spinning
+        )
 
 
 BACKEND = OnnxRuntimeBackend()

@@ -289,6 +289,15 @@ def test_bad_observations_are_input_errors() -> None:
     bad[2, 1] = np.nan
     with pytest.raises(InputError, match=r"obs\[2, 1\] is nan: observations must be finite"):
         group.forward(bad)
+    for dtype in (np.float16, np.float32, np.float64):
+        for value in (np.inf, -np.inf, np.nan):
+            bad = np.ones((4, 3), dtype=dtype)
+            bad[3, 0] = value
+            with pytest.raises(InputError, match=r"obs\[3, 0\] is .*: observations must be fin"):
+                group.forward(bad)
+        # Finite values whose squares overflow (float32) are not refused.
+        big = min(float(np.finfo(dtype).max), float(np.finfo(np.float32).max))
+        group.forward(np.full((4, 3), big, dtype=dtype))
     with pytest.raises(InputError, match=r"must be real numbers"):
         group.forward(np.zeros((4, 3), dtype=bool))
     with pytest.raises(InputError, match=r"n_agents must be an integer >= 1"):
@@ -406,12 +415,26 @@ def test_from_bundle_runs_the_bundled_model(tmp_path: Path) -> None:
     layers = sensor_policy(world.prototypes, world.noise, T)
     model = mlp_onnx(layers, T, F)
     path = write_neural_bundle(tmp_path / "b", model, spec_for(model, T))
-    group = NeuralAgentGroup.from_bundle(load_bundle(path, trusted_keys=None,
-                                                     require_signature=False), 300)
+    bundle = load_bundle(path, trusted_keys=None, require_signature=False)
+    group = NeuralAgentGroup.from_bundle(bundle, 300)
     obs = world.reset()
     for _ in range(T):
         obs = world.step(group.step(obs))
     assert np.mean(group.actions == world.true_class) > 0.8
+    # Threads that spin between calls (a program's back-to-back loop) act the same: each
+    # action is optimal under the other group's logits (up to rounding: two threads).
+    spinning = NeuralAgentGroup.from_bundle(bundle, 300, threads=2, spinning=True)
+    options = spinning.session._session.get_session_options()  # type: ignore[attr-defined]
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    group.reset()
+    obs = world.reset()
+    rows = np.arange(300)
+    for _ in range(T):
+        actions = group.step(obs).copy()
+        logits = group._last_output
+        chosen = spinning.step(obs)
+        assert np.all(logits[rows, chosen] >= logits.max(axis=1) - 1e-5)
+        obs = world.step(actions)
 
 
 def test_a_manifest_that_does_not_match_the_model_is_refused(tmp_path: Path) -> None:

@@ -223,6 +223,24 @@ def test_onnxruntime_session_sets_x64_precision_as_the_cpu_needs() -> None:
     assert entry(ort_plugin.OnnxRuntimeSession(model, x64_precision=False)) is None
 
 
+def test_onnxruntime_threads_spin_only_when_asked() -> None:
+    model, layers = mlp_bytes()
+    x = np.linspace(-1, 1, 3 * T * F, dtype=np.float32).reshape(3, T, F)
+
+    def spinning(session: ort_plugin.OnnxRuntimeSession) -> str:
+        options = session._session.get_session_options()
+        return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+
+    outputs = []
+    for asked, expected in ((False, "0"), (True, "1")):
+        session = get_backend("onnxruntime").load(model, 2, spinning=asked)
+        assert spinning(session) == expected
+        session.set_batch(3)
+        outputs.append(session.run({"window": x})["logits"].copy())
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_allclose(outputs[0], mlp_forward(layers, x), rtol=1e-4, atol=1e-5)
+
+
 def test_run_writes_into_the_same_buffers_and_the_staging_input_skips_a_copy() -> None:
     model, layers = mlp_bytes()
     session = get_backend("onnxruntime").load(model)
