@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_agent.aif.learning import normalise, wnorm
+from edge_agent.aif.learning_kernels import normalise, wnorm
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.reference import ReferenceAgent, joint_of
 from edge_agent.aif.settings import AifSettings

@@ -45,14 +45,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_agent.aif import kernels
-from edge_agent.aif.learning import (
-    DirichletCounts,
-    Learner,
-    LearningSpec,
-    joint_states,
-    normalise,
-    param_info_gain,
-)
+from edge_agent.aif.learning import Learner, LearningSpec
+from edge_agent.aif.learning_counts import DirichletCounts
+from edge_agent.aif.learning_kernels import joint_states, normalise, param_info_gain
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import (
     LogU8,

@@ -154,6 +154,8 @@ KEPT_OUT = (
     # kinds.aif: the learning maths and groups only for a group with [groups.learning]; the
     # kernels take their constants from aif.reference, whose learning oracle lives apart
     "edge_agent.aif.learning",
+    "edge_agent.aif.learning_counts",
+    "edge_agent.aif.learning_kernels",
     "edge_agent.aif.learning_table",
     "edge_agent.aif.reference_learning",
     "edge_agent.core.learning",

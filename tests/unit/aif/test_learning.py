@@ -1,4 +1,4 @@
-"""Dirichlet learning of A, B and D (edge_agent/aif/learning.py) against pymdp 0.0.7.1.
+"""Dirichlet learning of A, B and D (edge_agent/aif/learning*.py) against pymdp 0.0.7.1.
 
 ``tests/data/pymdp_learning_golden.npz`` was written by
 ``tests/data/make_pymdp_learning_golden.py`` from a real pymdp ``Agent`` with ``pA``/``pB``/``pD``
@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.aif import agreement, learning
-from edge_agent.aif.learning import (
-    DirichletCounts,
-    Learner,
-    LearningSettings,
-    LearningSpec,
+from edge_agent.aif import agreement, learning_kernels
+from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
+from edge_agent.aif.learning_counts import DirichletCounts
+from edge_agent.aif.learning_kernels import (
     a_increment_shared,
     b_increment_shared,
     b_increment_support,
@@ -258,7 +256,7 @@ def test_a_sparse_transition_learns_on_its_support_what_the_dense_products_give(
     columns are what the masked dense products give, also when some agents did not act; a
     dense mask takes the dense products."""
     if chunk is not None:
-        monkeypatch.setattr(learning, "B_CHUNK", chunk)
+        monkeypatch.setattr(learning_kernels, "B_CHUNK", chunk)
     rng = np.random.default_rng(11)
     S, U, n = 30, 4, 60
     mask = np.zeros((S, S, U), dtype=bool)
@@ -325,7 +323,7 @@ def test_near_certain_float32_posteriors_learn_b_without_subnormal_products() ->
         return (q / q.sum(axis=1, keepdims=True)).astype(np.float32)
 
     q, q_prev, action = near_certain(), near_certain(), rng.integers(0, U, size=n)
-    scratch = learning.b_support_scratch(support, np.dtype(np.float32))
+    scratch = learning_kernels.b_support_scratch(support, np.dtype(np.float32))
     got = b_increment_support(
         q, q_prev, action, support, local_offset=scratch["offset"],
         index_out=scratch["index"], gathered_out=scratch["gathered"],

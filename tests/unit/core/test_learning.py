@@ -7,12 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.aif.learning import (
-    Learner,
-    LearningSettings,
-    LearningSpec,
-    counts_storage_bound,
-)
+from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
+from edge_agent.aif.learning_counts import counts_storage_bound
 from edge_agent.aif.quant import LogU8, SparseColumns, encode_transition, quantize_model
 from edge_agent.core.budget import MemoryBudget, MiB
 from edge_agent.core.learning import LearningAgentGroup

@@ -9,7 +9,8 @@ import logging
 import numpy as np
 import pytest
 
-from edge_agent.aif.learning import LearningSettings, LearningSpec, normalise
+from edge_agent.aif.learning import LearningSettings, LearningSpec
+from edge_agent.aif.learning_kernels import normalise
 from edge_agent.core.learning import (
     LearningAgentGroup,
     divergence_from_prior,

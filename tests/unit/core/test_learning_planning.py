@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec, normalise
+from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
+from edge_agent.aif.learning_kernels import normalise
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.learning import LearningAgentGroup, learning_group

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.aif.learning import LearningSettings, LearningSpec, b_increment_shared
+from edge_agent.aif.learning import LearningSettings, LearningSpec
+from edge_agent.aif.learning_kernels import b_increment_shared
 from edge_agent.aif.quant import encode_log_u8, encode_transition
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.learning import LearningAgentGroup, learning_group

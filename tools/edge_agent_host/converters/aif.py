@@ -16,9 +16,9 @@ Inputs:
   :func:`counts_from_pymdp`.
 
 Dirichlet counts are checked against the tables they parameterise
-(:func:`edge_agent.aif.learning.check_counts`: shape, NaN, negative, zero where the table is not)
-and stored in float64 beside the int8 tables (``aif/pA0.npy`` ..., logical names ``pA0`` ...);
-:meth:`edge_agent.bundle.loader.Bundle.aif_counts` hands them to a learning group.
+(:func:`edge_agent.aif.learning_counts.check_counts`: shape, NaN, negative, zero where the table
+is not) and stored in float64 beside the int8 tables (``aif/pA0.npy`` ..., logical names
+``pA0`` ...); :meth:`edge_agent.bundle.loader.Bundle.aif_counts` hands them to a learning group.
 
 The report compares the float64 agents with the int8 agents over simulated rollouts: ``N`` agents
 for ``T`` steps in a world that *is* the float model (states from ``D`` and ``B``, observations
@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.aif import agreement
-from edge_agent.aif.learning import check_counts
+from edge_agent.aif.learning_counts import check_counts
 from edge_agent.aif.model import Counts, GenerativeModel, load_npz
 from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.quant import SCHEME, QuantizedModel, quantize_model

@@ -121,7 +121,11 @@ def test_the_support_gathered_a_increment_equals_the_masked_full_one(dtype: type
     """grid10's likelihood (5 states of 100 per outcome): the increment summed only over each
     outcome's support equals the full increment times the mask, up to rounding, and is 0
     outside it; a dense row (more than a quarter of the states) takes the full path."""
-    from edge_agent.aif.learning import a_increment_shared, a_increment_support, support_index
+    from edge_agent.aif.learning_kernels import (
+        a_increment_shared,
+        a_increment_support,
+        support_index,
+    )
 
     mask = builtin_model("grid10").A[0] > 0
     support = support_index(mask)
@@ -153,7 +157,8 @@ def test_a_few_agents_add_their_support_entries_where_they_fall(
     """grid10, 3 agents (15 entries against a 100 x 100 table): the counts gain exactly what the
     masked full increment gives (up to rounding), the experience the same, and only the
     columns that gained are marked touched."""
-    from edge_agent.aif.learning import Learner, a_increment_shared
+    from edge_agent.aif.learning import Learner
+    from edge_agent.aif.learning_kernels import a_increment_shared
 
     model = builtin_model("grid10")
     prior = model.A[0] * 2.0 + 0.5 * (model.A[0] > 0)

@@ -1,0 +1,276 @@
+"""The Dirichlet counts a group learns, and the checks and bounds on them.
+
+Conventions, pymdp's unless said (``docs/learning.md`` lists them for users):
+
+* **The mask** of an ``A``/``B`` update is the support of the normalised table the agent used
+  (pymdp's ``A[m] > 0``): before the first refresh that is the table the model was given, after
+  it the support of the counts. Once a table is refreshed from its counts the two agree, so a
+  :class:`DirichletCounts` keeps one boolean mask per table and switches it at the first refresh.
+* **Scopes.** ``shared``: one set of counts for all agents of a group; a tick's increment is the
+  sum of every agent's (the kernels of :mod:`edge_agent.aif.learning_kernels`). ``per_agent``:
+  counts of shape ``(N, ...)``; each agent's increment touches only its own row (one
+  gather-scatter).
+* **Forgetting** (not in pymdp): before each update, ``p <- p0 + (1 - forgetting) * (p - p0)``,
+  a decay toward the prior ``p0`` so that a world that changed is learned again. With
+  ``forgetting = 0`` the update is pymdp's exactly.
+* **Deltas for the fleet.** Besides the counts, :class:`DirichletCounts` accumulates the
+  experience added since the last report (``experience``, one model's size whatever the scope,
+  unaffected by forgetting) and a ``version`` that every update increments, so a node can publish
+  "what I learned since version v" and a hub can add such deltas to a prior.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.aif.learning_kernels import FloatArray, forget, normalise
+from edge_agent.errors import ModelError
+
+Scope = Literal["shared", "per_agent"]
+#: What counts are stored in (see :func:`counts_storage_bound`).
+CountsDtype = Literal["float64", "float32"]
+
+
+def check_counts(name: str, counts: np.ndarray, table: np.ndarray) -> FloatArray:
+    """Validate Dirichlet counts against the table they parameterise; one clear line if not."""
+    p = np.asarray(counts, dtype=np.float64)
+    if p.shape != table.shape:
+        raise ModelError(
+            f"p{name} has shape {p.shape}, expected {table.shape} (the shape of {name})"
+        )
+    if not np.all(np.isfinite(p)):
+        raise ModelError(f"p{name} has NaN or infinite counts")
+    if np.any(p < 0):
+        raise ModelError(f"p{name} has negative counts (a Dirichlet count is >= 0)")
+    never = (table > 0) & (p <= 0)
+    if np.any(never):
+        where = tuple(int(i) for i in np.argwhere(never)[0])
+        raise ModelError(
+            f"p{name} is 0 at {where} where {name} is {float(table[where]):.3g}: "
+            "a zero count can never be learned and would make that entry 0 at the first update"
+        )
+    return p
+
+
+#: Unit roundoff of float32 storage: a stored value is the exact one times ``1 + d``, |d| <= it.
+FLOAT32_ROUNDOFF = 2.0**-24
+
+
+def counts_storage_bound(updates: int, largest_count: float) -> float:
+    """Bound on ``|c32 - c64|`` for any count after ``updates`` updates: counts stored in float32
+    against the same updates applied to float64 counts (the increments themselves are computed
+    in float64 either way).
+
+    Every update rounds a count at most 4 times (forgetting's subtract, scale and add back, then
+    the increment), each time by at most ``FLOAT32_ROUNDOFF`` of a value below
+    ``largest_count`` (the largest float64 count, prior or learned, over the run), and the prior
+    is rounded once when stored; forgetting only shrinks earlier errors. Hence
+    ``(4 * updates + 1) * 2**-24 * largest_count``. The table an agent uses, ``c / sum(c)``,
+    then moves by at most ``2 * bound / column_sum`` per entry."""
+    return (4 * updates + 1) * FLOAT32_ROUNDOFF * largest_count
+
+
+@dataclass
+class DirichletCounts:
+    """The counts of one kind of table (``A``, ``B`` or ``D``) that a group learns.
+
+    ``tables``: which modality/factor each entry is; ``prior``: the counts at load (forgetting
+    decays toward them); ``counts``: now (``(N, ...)`` per agent, else the table's shape);
+    ``mask``: where updates may land (see the module doc); ``experience``: the sum of every
+    increment since :meth:`take_delta` (one table's shape whatever the scope).
+    """
+
+    kind: Literal["A", "B", "D"]
+    tables: tuple[int, ...]
+    prior: list[FloatArray]
+    counts: list[FloatArray]
+    mask: list[NDArray[np.bool_]]
+    experience: list[FloatArray]
+    scope: Scope = "shared"
+    version: int = 0
+    reported_version: int = 0
+    #: The version at which the counts were last their prior (0 at load; :meth:`reset`).
+    reset_at: int = 0
+    refreshed: bool = False
+    touched: list[NDArray[np.bool_]] = field(default_factory=list)
+    #: Per table, the float64 scratch a shared update writes its gain into (no allocation
+    #: per tick).
+    scratch: list[FloatArray] = field(default_factory=list, repr=False)
+    #: The mask each scratch is 0 outside of.
+    _gain_masks: list[NDArray[np.bool_]] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def create(
+        cls,
+        kind: Literal["A", "B", "D"],
+        priors: dict[int, np.ndarray],
+        tables: Sequence[np.ndarray],
+        scope: Scope = "shared",
+        n_agents: int = 1,
+        *,
+        dtype: CountsDtype = "float64",
+    ) -> DirichletCounts:
+        """Counts for the tables named in ``priors`` (index -> counts), checked against
+        ``tables`` (the model's normalised ``A``, ``B`` or ``D``), stored in ``dtype``."""
+        indices = tuple(sorted(priors))
+        prior, counts, mask, experience, touched = [], [], [], [], []
+        for i in indices:
+            if not 0 <= i < len(tables):
+                what = "modality" if kind == "A" else "factor"
+                raise ModelError(
+                    f"p{kind}{i}: learning asked for {what} {i}, the model has {len(tables)}"
+                )
+            p = check_counts(f"{kind}{i}", priors[i], tables[i])
+            prior.append(p.astype(dtype))
+            counts.append(np.broadcast_to(p, (n_agents, *p.shape)).astype(dtype)
+                          if scope == "per_agent" else p.astype(dtype))
+            # D's mask is its counts' support (pymdp's update_D); A's and B's the table's.
+            mask.append(p > 0 if kind == "D" else tables[i] > 0)
+            experience.append(np.zeros(p.shape, dtype=dtype))
+            touched.append(np.zeros(p.shape[1:] if kind != "D" else (1,), dtype=bool))
+        return cls(kind, indices, prior, counts, mask, experience, scope, touched=touched)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: counts, prior, mask, experience and the touched-columns flags."""
+        arrays = [*self.prior, *self.counts, *self.mask, *self.experience, *self.touched]
+        return sum(a.nbytes for a in arrays)
+
+    def add(self, slot: int, increment: np.ndarray, lr: float, forgetting: float) -> None:
+        """One shared update of table ``slot`` (a position in ``tables``): forget, then add
+        ``lr * mask * increment`` (``increment`` summed over agents)."""
+        gain = self._gain(slot)  # lr * mask * increment: 0 outside the mask already
+        np.multiply(increment, lr, out=gain, where=self.mask[slot])
+        self._forget(slot, forgetting)
+        self.counts[slot] += gain
+        self.experience[slot] += gain
+        if self.kind != "D":
+            touched = self.touched[slot].reshape(-1)
+            touched |= increment.reshape(increment.shape[0], -1).any(axis=0)
+        self.version += 1
+
+    def add_entries(
+        self, slot: int, index: np.ndarray, values: FloatArray, lr: float, forgetting: float
+    ) -> None:
+        """:meth:`add` of an increment given by its entries: ``values`` (float64, scaled by
+        ``lr`` in place) at ``index`` into the table flattened, repeats summed; the entries
+        must lie in the mask (a support's, :func:`a_increment_support` with ``dense=False``)."""
+        values *= lr
+        self._forget(slot, forgetting)
+        np.add.at(self.counts[slot].reshape(-1), index, values)
+        np.add.at(self.experience[slot].reshape(-1), index, values)
+        columns = self.touched[slot].size
+        self.touched[slot].reshape(-1)[index[values != 0] % columns] = True
+        self.version += 1
+
+    def _gain(self, slot: int) -> FloatArray:
+        """The float64 scratch of one shared update of table ``slot``: made at the first, and
+        0 outside the slot's mask (filled with 0 again when the mask is replaced), so that
+        :meth:`add` writes only where the mask is true."""
+        while len(self.scratch) <= slot:
+            self.scratch.append(np.zeros(self.prior[len(self.scratch)].shape))
+            self._gain_masks.append(self.mask[len(self._gain_masks)])
+        if self._gain_masks[slot] is not self.mask[slot]:
+            self.scratch[slot].fill(0.0)
+            self._gain_masks[slot] = self.mask[slot]
+        return self.scratch[slot]
+
+    def add_rows(
+        self, slot: int, rows: tuple[np.ndarray, ...], increment: np.ndarray, lr: float,
+        forgetting: float, *, agents: np.ndarray | None = None,
+    ) -> None:
+        """One per-agent update: agent ``n``'s counts gain ``lr * mask[rows] * increment[n]``
+        at ``counts[n][rows_n]`` (``rows``: index arrays into the table, one per leading axis
+        the agent's observation or action picks; ``increment`` ``(N, ...)`` the rest).
+        ``agents``: the agents the rows are for (all by default); only their counts forget."""
+        counts = self.counts[slot]
+        if agents is None:
+            agents = np.arange(counts.shape[0])
+        self._forget(slot, forgetting, agents)
+        if self.kind == "B":  # rows = (action,): counts[n, :, :, a_n]
+            (action,) = rows
+            gain = lr * np.moveaxis(self.mask[slot][:, :, action], -1, 0) * increment
+            counts[agents, :, :, action] += gain
+            np.add.at(self.experience[slot].transpose(2, 0, 1), action, gain)
+            self.touched[slot][:, np.unique(action)] = True
+        elif self.kind == "A":  # rows = (obs,): counts[n, o_n]
+            (obs,) = rows
+            gain = lr * self.mask[slot].reshape(self.mask[slot].shape[0], -1)[obs] * increment
+            flat = counts.reshape(counts.shape[0], counts.shape[1], -1)
+            flat[agents, obs] += gain
+            np.add.at(self.experience[slot].reshape(self.experience[slot].shape[0], -1), obs, gain)
+            self.touched[slot] |= (increment != 0).any(axis=0).reshape(self.touched[slot].shape)
+        else:  # D: counts[n] += lr * (pD > 0) * qs_n
+            gain = lr * self.mask[slot] * increment
+            counts[agents] += gain
+            self.experience[slot] += gain.sum(axis=0)
+        self.version += 1
+
+    def _forget(self, slot: int, forgetting: float, agents: np.ndarray | None = None) -> None:
+        """Decay table ``slot`` toward its prior (per agent: the rows of ``agents``, all by
+        default); the columns that still differ from it change, so they count as touched (an
+        int8 refresh re-encodes them)."""
+        if not forgetting:
+            return
+        counts = self.counts[slot]
+        if self.scope == "per_agent" and agents is not None and len(agents) < len(counts):
+            rows = counts[agents]
+            if self.kind != "D":
+                self.touched[slot] |= (rows != self.prior[slot]).any(axis=(0, 1))
+            forget(rows, self.prior[slot], forgetting)
+            counts[agents] = rows
+            return
+        if self.kind != "D":
+            axes = (0, 1) if self.scope == "per_agent" else (0,)
+            self.touched[slot] |= (counts != self.prior[slot]).any(axis=axes)
+        forget(counts, self.prior[slot], forgetting)
+
+    @property
+    def learned(self) -> bool:
+        """Whether the counts were updated since they were last their prior (until then the
+        agents infer with the table the model was given)."""
+        return self.version > self.reset_at
+
+    def reset(self, tables: Sequence[np.ndarray]) -> None:
+        """Back to the prior, as at load: counts, the experience not yet reported, the
+        touched columns and the masks (the support of ``tables``, the model's own ``A``, ``B``
+        or ``D`` by modality/factor, which the agents infer with again). The version goes on:
+        ``version`` is bumped and becomes :attr:`reset_at` and the start of the next delta
+        (:meth:`take_delta`), so a reader of deltas sees that the counts started over."""
+        for slot, index in enumerate(self.tables):
+            self.counts[slot][...] = self.prior[slot]  # per agent: every agent's row
+            self.experience[slot].fill(0.0)
+            self.touched[slot].fill(False)
+            if self.kind != "D":
+                self.mask[slot] = np.asarray(tables[index]) > 0
+        self.refreshed = False
+        self.version += 1
+        self.reset_at = self.reported_version = self.version
+
+    def normalised(self, slot: int) -> FloatArray:
+        """The table the counts stand for (``(N, ...)`` per agent)."""
+        axis = 1 if self.scope == "per_agent" else 0
+        return normalise(self.counts[slot], axis=axis)
+
+    def mark_refreshed(self) -> None:
+        """The agents now infer with the normalised counts: masks become the counts' support
+        (pymdp's ``A = norm(pA)`` after an update), touched columns are cleared."""
+        if not self.refreshed and self.kind != "D":
+            for slot, p in enumerate(self.prior):
+                self.mask[slot] = p > 0
+        self.refreshed = True
+        for t in self.touched:
+            t.fill(False)
+
+    def take_delta(self) -> tuple[int, int, list[FloatArray]]:
+        """``(from_version, to_version, experience)`` since the last call, then start anew."""
+        delta = [e.copy() for e in self.experience]
+        for e in self.experience:
+            e.fill(0.0)
+        start, self.reported_version = self.reported_version, self.version
+        return start, self.version, delta
