@@ -151,8 +151,11 @@ KEPT_OUT = (
     "edge_agent.kinds.perception",
     "edge_agent.sim.sensors",  # sim.registry: a world's module when the world is used
     "edge_agent.sim.explorer",
-    # kinds.aif: the learning maths and groups only for a group with [groups.learning]; the
-    # kernels take their constants from aif.reference, whose learning oracle lives apart
+    # the float oracle: the kernels take pymdp's constants from aif.constants
+    "edge_agent.aif.reference",
+    # a planning policy's time bound, only for deadline_ms or fit_tick (planning_pass)
+    "edge_agent.core.tick_fit",
+    # kinds.aif: the learning maths and groups only for a group with [groups.learning]
     "edge_agent.aif.learning",
     "edge_agent.aif.learning_table",
     "edge_agent.aif.reference_learning",
@@ -281,3 +284,16 @@ def test_edge_agentd_imports_no_other_commands_code(tmp_path: Path) -> None:
         """
     )
     assert out.strip() == "[] 7"
+
+
+def test_a_daemon_imports_what_it_keeps_out_once_its_config_uses_it(tmp_path: Path) -> None:
+    """What :data:`KEPT_OUT` keeps out of a daemon because its config does not use it is
+    imported once it does (so that rule cannot pass because a module is never imported at all):
+    a planning policy bounded in time loads ``core.tick_fit``; the kernels' constants come from
+    ``aif.constants``, never the float oracle."""
+    plain = daemon_imports(tmp_path, "plain")
+    assert "edge_agent.aif.constants" in plain
+    assert not plain & {"edge_agent.aif.reference", "edge_agent.core.tick_fit"}
+    timed = daemon_imports(tmp_path, "timed", "[groups.planning]\nevery = 4\ndeadline_ms = 20\n")
+    assert "edge_agent.core.tick_fit" in timed
+    assert "edge_agent.aif.reference" not in timed
