@@ -12,12 +12,16 @@ starts on a loopback port, publishing telemetry), and reads after ``--seconds``:
 ``--optimize`` runs this tree's daemon with ``PYTHONOPTIMIZE=2`` (docstrings and asserts dropped;
 the baseline as it is): with ``--baseline .`` it measures what that setting saves.
 
+``--edge-agentd`` starts the daemon as the systemd unit does, through ``edge-agentd``
+(``edge_agent.cli:daemon_main``, which imports no other command's code), instead of
+``python -m edge_agent run`` (the whole ``edge-agent`` parser).
+
 ``--baseline DIR`` runs another checkout (e.g. ``git worktree add /tmp/base HEAD~3``) in the same
 rounds, interleaved, and prints each round's difference: absolute RSS on a shared machine drifts
 by several MB between runs far apart, differences measured side by side do not.
 
     python benchmarks/bench_memory.py [--seconds 30] [--rounds 2] [--baseline DIR] [--no-mqtt]
-                                      [--optimize]
+                                      [--optimize] [--edge-agentd]
 
 ``--smoke``: 50 agents, one 3 s round with MQTT off and on: the code path, for CI
 (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
@@ -103,8 +107,18 @@ def by_mapping(pid: int) -> dict[str, float]:
     return {name: round(kb / 1024, 2) for name, kb in ordered if kb >= 256}
 
 
+#: ``--edge-agentd``: what the unit's ``ExecStart=edge-agentd`` runs, from the tree on PYTHONPATH.
+EDGE_AGENTD = "import sys; from edge_agent.cli import daemon_main; sys.exit(daemon_main())"
+
+
 def run_once(
-    tree: Path, mqtt_port: int | None, agents: int, seconds: float, optimize: bool = False
+    tree: Path,
+    mqtt_port: int | None,
+    agents: int,
+    seconds: float,
+    optimize: bool = False,
+    *,
+    edge_agentd: bool = False,
 ) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         work = Path(tmp)
@@ -116,8 +130,9 @@ def run_once(
         env = dict(os.environ, PYTHONPATH=str(tree))
         if optimize:
             env["PYTHONOPTIMIZE"] = "2"
+        entry = ["-c", EDGE_AGENTD] if edge_agentd else ["-m", "edge_agent", "run"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
+            [sys.executable, *entry, "--config", str(config)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -158,6 +173,11 @@ def main() -> None:
     parser.add_argument(
         "--optimize", action="store_true", help="this tree's daemon with PYTHONOPTIMIZE=2"
     )
+    parser.add_argument(
+        "--edge-agentd",
+        action="store_true",
+        help="start the daemons as the unit does (edge-agentd), not as python -m edge_agent run",
+    )
     parser.add_argument("--smoke", action="store_true", help="50 agents, one 3 s round: for CI")
     args = parser.parse_args()
     if args.smoke:
@@ -172,7 +192,14 @@ def main() -> None:
                 for round_ in range(args.rounds):
                     for name, tree in trees:
                         optimize = args.optimize and name == "this"
-                        row = run_once(tree, mqtt_port, args.agents, args.seconds, optimize)
+                        row = run_once(
+                            tree,
+                            mqtt_port,
+                            args.agents,
+                            args.seconds,
+                            optimize,
+                            edge_agentd=args.edge_agentd,
+                        )
                         rss[name].append(float(row["rss_mb"]))  # type: ignore[arg-type]
                         print(
                             json.dumps(
@@ -182,6 +209,7 @@ def main() -> None:
                                     "mqtt": mode,
                                     "round": round_,
                                     "optimize": optimize,
+                                    "entry": "edge-agentd" if args.edge_agentd else "run",
                                     "seconds": args.seconds,
                                     **row,
                                 }

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_agent.aif.reference import EPS, EXP_M16
+from edge_agent.aif.constants import EPS, EXP_M16
 
 
 def rows_of(table: np.ndarray, n: int) -> np.ndarray:

@@ -14,14 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies, controllable_factors, validate_policies
 from edge_agent.aif.settings import AifSettings
 from edge_agent.errors import InputError
 
-EPS = 1e-16
-#: spm_MDP_G: states below this probability are left out, and it is added inside log(p(o|s)).
-EXP_M16 = float(np.exp(-16.0))
+__all__ = ["EPS", "EXP_M16", "ReferenceAgent", "joint_of", "log_stable", "softmax"]
 
 
 def log_stable(x: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.aif.reference import EPS
+from edge_agent.aif.constants import EPS
 
 WIRE_RANGE_NATS: Final = 16.0
 """Range of an encoded message in nats: ``Lambda - max Lambda`` is clipped to ``[-R, 0]``."""

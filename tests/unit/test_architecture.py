@@ -151,8 +151,11 @@ KEPT_OUT = (
     "edge_agent.kinds.perception",
     "edge_agent.sim.sensors",  # sim.registry: a world's module when the world is used
     "edge_agent.sim.explorer",
-    # kinds.aif: the learning maths and groups only for a group with [groups.learning]; the
-    # kernels take their constants from aif.reference, whose learning oracle lives apart
+    # the float oracle: the kernels take pymdp's constants from aif.constants
+    "edge_agent.aif.reference",
+    # a planning policy's time bound, only for deadline_ms or fit_tick (planning_pass)
+    "edge_agent.core.tick_fit",
+    # kinds.aif: the learning maths and groups only for a group with [groups.learning]
     "edge_agent.aif.learning",
     "edge_agent.aif.learning_counts",
     "edge_agent.aif.learning_kernels",
@@ -232,3 +235,67 @@ def test_a_daemon_imports_only_the_planners_its_models_use(tmp_path: Path) -> No
     assert planners_of("tmaze", tmaze) == sorted(PLANNERS[:3])
     two_steps = "[groups.settings]\npolicy_len = 2\n"
     assert planners_of("deep", grid, two_steps) == sorted(PLANNERS[3:])
+
+
+#: A plain daemon's config: grid10 agents on the built-in world, no MQTT, no planning policy,
+#: learning or coordination (benchmarks/bench_memory.py's daemon, smaller).
+PLAIN_GROUP = (
+    'name = "grid"\nmodel = { type = "builtin", name = "grid10" }\ncount = 50\n'
+    'source = { type = "sim" }\nsink = { type = "sim" }\n'
+)
+
+
+def daemon_imports(tmp_path: Path, name: str, tail: str = "", *, entry: str = "main") -> set[str]:
+    """The ``edge_agent`` modules a daemon imports running half a second on the plain group and
+    ``tail`` (more TOML), started as ``edge-agentd`` (``entry="daemon_main"``) or
+    ``edge-agent run`` (``"main"``)."""
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'[daemon]\nprofile = "x86-dev"\nstate_dir = "{tmp_path / name}"\ntick_hz = 20\n\n'
+        f"[[groups]]\n{PLAIN_GROUP}{tail}"
+    )
+    argv = ["--config", str(config), "--duration", "0.5"]
+    out = run_fresh(
+        f"""
+        import os, sys
+        os.environ.pop("NOTIFY_SOCKET", None)
+        os.environ["EDGE_AGENT_RUNTIME_DIR"] = {str(tmp_path / name / "run")!r}
+        from edge_agent.cli import {entry}
+        assert {entry}({(argv if entry == "daemon_main" else ["run", *argv])!r}) == 0
+        print(sorted(m for m in sys.modules if m.startswith("edge_agent")))
+        """
+    )
+    return set(ast.literal_eval(out.strip().splitlines()[-1]))
+
+
+def test_edge_agentd_imports_no_other_commands_code(tmp_path: Path) -> None:
+    """``edge-agentd`` (what the unit runs) imports the ``run`` command's module alone; building
+    ``edge-agent``'s parser imports every command's module."""
+    loaded = daemon_imports(tmp_path, "plain", entry="daemon_main")
+    assert sorted(m for m in loaded if m.startswith("edge_agent.cli")) == [
+        "edge_agent.cli",
+        "edge_agent.cli.run",
+    ]
+    out = run_fresh(
+        """
+        import sys
+        from edge_agent.cli import COMMANDS, build_parser
+        build_parser()
+        modules = {"edge_agent.cli." + where.partition(":")[0] for where in COMMANDS.values()}
+        print(sorted(modules - set(sys.modules)), len(modules))
+        """
+    )
+    assert out.strip() == "[] 7"
+
+
+def test_a_daemon_imports_what_it_keeps_out_once_its_config_uses_it(tmp_path: Path) -> None:
+    """What :data:`KEPT_OUT` keeps out of a daemon because its config does not use it is
+    imported once it does (so that rule cannot pass because a module is never imported at all):
+    a planning policy bounded in time loads ``core.tick_fit``; the kernels' constants come from
+    ``aif.constants``, never the float oracle."""
+    plain = daemon_imports(tmp_path, "plain")
+    assert "edge_agent.aif.constants" in plain
+    assert not plain & {"edge_agent.aif.reference", "edge_agent.core.tick_fit"}
+    timed = daemon_imports(tmp_path, "timed", "[groups.planning]\nevery = 4\ndeadline_ms = 20\n")
+    assert "edge_agent.core.tick_fit" in timed
+    assert "edge_agent.aif.reference" not in timed

@@ -24,6 +24,7 @@ from msgspec.structs import replace
 
 from edge_agent import cli, fsutil
 from edge_agent.bundle.signing import TrustedKeys, key_id, sign_bytes
+from edge_agent.cli import run as cli_run
 from edge_agent.daemon import status as status_view
 from edge_agent.daemon.snapshots import SnapshotStore
 from edge_agent.errors import BundleError, ConfigError, EdgeAgentError, SnapshotError
@@ -702,5 +703,5 @@ def test_run_exits_2_only_for_a_refused_configuration(
     def run(_args: Any) -> int:
         raise error
 
-    monkeypatch.setitem(cli.COMMANDS, "run", run)
+    monkeypatch.setattr(cli_run, "cmd_run", run)
     assert cli.main(["run", "--duration", "0"]) == code

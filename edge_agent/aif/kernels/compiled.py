@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.fast_tables import (
     FastPlan,
     build_fast_plan,
@@ -33,7 +34,6 @@ from edge_agent.aif.kernels.transitions import SparseTransition, Transition, mak
 from edge_agent.aif.kernels.tree import PolicyTree, build_policy_tree
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import LogU8, QuantizedModel, SparseColumns, decode_log_u8
-from edge_agent.aif.reference import EPS, EXP_M16
 from edge_agent.errors import ModelError
 
 if TYPE_CHECKING:  # the joint and deep planners' modules load only for models that use them

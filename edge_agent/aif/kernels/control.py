@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels._types import IntArray
 from edge_agent.aif.kernels.inference import _outer_rows, softmax_rows
 from edge_agent.aif.kernels.transitions import propagate, propagate_per_agent
-from edge_agent.aif.reference import EPS, EXP_M16
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.compiled import CompiledModel

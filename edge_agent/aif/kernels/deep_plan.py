@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels._types import IndexArray
 from edge_agent.aif.kernels.fast_tables import RowMap
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
-from edge_agent.aif.reference import EPS, EXP_M16
 from edge_agent.arrays import distinct
 
 if TYPE_CHECKING:

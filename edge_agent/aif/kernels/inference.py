@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.aif.reference import EPS
+from edge_agent.aif.constants import EPS
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.compiled import CompiledModel

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.fast_tables import joint_index, likelihood_table
 from edge_agent.aif.kernels.transitions import Transition, propagate
-from edge_agent.aif.reference import EPS, EXP_M16
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import PolicyTree

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -22,8 +24,12 @@ def test_by_mapping_adds_up_to_the_resident_set() -> None:
     assert 0.5 * rss_mb < sum(mapping.values()) <= rss_mb * 1.05
 
 
-def test_a_short_run_of_the_daemon_without_mqtt() -> None:
-    row = bench_memory.run_once(bench_memory.REPO, None, agents=50, seconds=4.0)
+@pytest.mark.parametrize("edge_agentd", [False, True])
+def test_a_short_run_of_the_daemon_without_mqtt(edge_agentd: bool) -> None:
+    """Through ``python -m edge_agent run`` and, as the unit starts it, ``edge-agentd``."""
+    row = bench_memory.run_once(
+        bench_memory.REPO, None, agents=50, seconds=4.0, edge_agentd=edge_agentd
+    )
     assert float(row["rss_mb"]) > 10  # type: ignore[arg-type]
     assert row["pydantic_mapped"] is False
     assert isinstance(row["by_mapping"], dict)

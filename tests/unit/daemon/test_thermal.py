@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.cli import format_status
+from edge_agent.cli.status import format_status
 from edge_agent.config.daemon import parse_config
 from edge_agent.daemon.service import Daemon
 from edge_agent.daemon.thermal import THROTTLED_GLOB, FirmwareFlags, read_firmware_flags

@@ -1,0 +1,227 @@
+"""``edge-agent`` and ``edge-agentd`` command lines; the only place that configures logging.
+
+This module holds what both entry points share (the help formatter, ``--version``, the error
+handling of :func:`_dispatch`) and ``edge-agentd``'s parser; each ``edge-agent`` command is a
+module of this package with its arguments (``add``) and its code (``cmd_*``), named in
+:data:`COMMANDS` and imported when ``edge-agent`` builds its parser. ``edge-agentd`` imports
+:mod:`edge_agent.cli.run` alone: the daemon never holds the code of the commands it does not run
+(docs/memory.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from edge_agent import __version__
+from edge_agent.daemon.statelock import StateDirBusyError
+from edge_agent.errors import (
+    BackendUnavailableError,
+    BudgetError,
+    BundleError,
+    ConfigError,
+    EdgeAgentError,
+    ModelError,
+    missing_module_message,
+)
+from edge_agent.service.logs import configure_logging
+
+logger = logging.getLogger("edge_agent")
+
+DESCRIPTION = "edge-agent: run thousands of int8 Active Inference agents on a small device."
+RUN_DESCRIPTION = (
+    "Start edge-agentd in the foreground. Stops on SIGTERM/SIGINT after a final snapshot; "
+    "SIGHUP reloads the config file."
+)
+
+
+def _terminal_columns() -> int:
+    """The width ``shutil.get_terminal_size`` would give (``$COLUMNS``, the terminal, else 80)."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without ``shutil``: argparse imports it for the terminal's
+    width whenever a parser gets an argument, and with it ``bz2`` and ``lzma``, into the daemon
+    for as long as it runs (0.24 MB traced)."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # as argparse does
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Our parsers (and their subcommands' parsers) format help with :class:`HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def print_clash_notice(prog: str) -> None:
+    """On stderr, the line saying that PyPI's ``edge-agent`` shares this environment, if it does
+    (edge_agent/distribution.py: half a millisecond, no import of importlib.metadata)."""
+    from edge_agent.distribution import clash_notice
+
+    notice = clash_notice(prog)
+    if notice is not None:
+        print(notice, file=sys.stderr)
+
+
+class VersionAction(argparse.Action):
+    """``--version``: the version on stdout, then :func:`print_clash_notice`."""
+
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        version: str,
+        dest: str = argparse.SUPPRESS,
+        default: str = argparse.SUPPRESS,
+        help: str = "show program's version number and exit",
+    ) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+        self.version = version
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(self.version)
+        print_clash_notice(parser.prog)
+        parser.exit()
+
+
+def run_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", type=Path, help="daemon config (TOML)")
+    src.add_argument(
+        "--demo",
+        action="store_true",
+        help="the embedded default config: x86-dev profile, simulated grid-world and T-maze "
+        "agents, no broker",
+    )
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument(
+        "--report-every",
+        type=float,
+        default=None,
+        metavar="S",
+        help="log what the agents do and cost every S seconds (default: 2 with --demo, else off)",
+    )
+    p.add_argument("--state-dir", type=Path, help="override [daemon] state_dir")
+    p.add_argument("--log-level", default=None, help="override [daemon] log_level")
+
+
+def build_daemon_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="edge-agentd", description=RUN_DESCRIPTION)
+    parser.add_argument("--version", action=VersionAction, version=f"edge-agentd {__version__}")
+    run_arguments(parser)
+    return parser
+
+
+def daemon_main(argv: Sequence[str] | None = None) -> int:
+    """``edge-agentd``: the same as ``edge-agent run``, under its own name."""
+    args = build_daemon_parser().parse_args(argv)
+    args.command, args.error_prefix = "run", "edge-agentd"
+    print_clash_notice("edge-agentd")
+    return _dispatch(args)
+
+
+#: Every ``edge-agent`` command: the module of this package that adds its arguments and runs it,
+#: and its function there, in the order ``edge-agent --help`` lists them.
+COMMANDS: Final[dict[str, str]] = {
+    "run": "run:cmd_run",
+    "status": "status:cmd_status",
+    "check-config": "check:cmd_check_config",
+    "profiles": "profiles:cmd_profiles",
+    "profile": "profiles:cmd_profile",
+    "replay": "replay:cmd_replay",
+    "export-model": "export:cmd_export_model",
+    "systemd-unit": "unit:cmd_static_unit",
+    "systemd-dropin": "unit:cmd_unit",
+}
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edge-agent`` parser: imports every command's module (:data:`COMMANDS`)."""
+    parser: argparse.ArgumentParser = ArgumentParser(prog="edge-agent", description=DESCRIPTION)
+    parser.add_argument("--version", action=VersionAction, version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in dict.fromkeys(where.partition(":")[0] for where in COMMANDS.values()):
+        _module(module).add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "run":
+        configure_logging("warning")
+    if args.command in {"run", "check-config"}:
+        print_clash_notice(f"edge-agent {args.command}")
+    return _dispatch(args)
+
+
+#: What a refused configuration raises: the config file, the models and bundles it names, their
+#: keys, the memory plan, a backend it needs, a state directory another daemon holds. Restarting
+#: cannot help, so ``run`` exits 2 (the unit's RestartPreventExitStatus=2); anything else that
+#: stops the daemon exits 1 and systemd restarts it (damaged runtime state does not stop it at
+#: all: edge_agent/state_health.py).
+CONFIG_ERRORS: Final = (
+    ConfigError,
+    BudgetError,
+    BundleError,
+    ModelError,
+    BackendUnavailableError,
+    StateDirBusyError,
+)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    name = getattr(args, "error_prefix", None) or f"edge-agent {args.command}"
+    module, _, function = COMMANDS[args.command].partition(":")
+    command: Callable[[argparse.Namespace], int] = getattr(_module(module), function)
+    try:
+        return command(args)
+    except ConfigError as err:  # already one 'path:line: field: problem' per line
+        print(str(err), file=sys.stderr)
+        return 2
+    except EdgeAgentError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2 if args.command != "run" or isinstance(err, CONFIG_ERRORS) else 1
+    except ModuleNotFoundError as err:
+        message = missing_module_message(err)
+        if message is None:
+            raise
+        print(f"{name}: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

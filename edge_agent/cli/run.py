@@ -1,0 +1,52 @@
+"""``edge-agent run`` and ``edge-agentd``: the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+
+from edge_agent.cli import RUN_DESCRIPTION, run_arguments
+from edge_agent.errors import ConfigError
+from edge_agent.service.logs import configure_logging
+
+__all__ = ["add", "cmd_run"]
+
+
+def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="start the daemon in the foreground (--demo: built-in simulated agents)",
+        description=RUN_DESCRIPTION,
+    )
+    run_arguments(p)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.daemon.footprint import keep_unused_modules_out
+
+    keep_unused_modules_out()  # before anything imports hashlib, ssl or urllib.request
+
+    import dataclasses
+
+    from edge_agent.config.isolated import read_config_isolated
+    from edge_agent.daemon.service import Daemon
+
+    path = None if (args.demo or args.config is None) else args.config
+    source = read_config_isolated(path)
+    config = source.config
+    if args.state_dir is not None:
+        from edge_agent.daemon.admission import state_dir_problem
+
+        problem = state_dir_problem(args.state_dir, create=True)
+        if problem is not None:
+            raise ConfigError(f"--state-dir {problem}")
+        daemon_section = dataclasses.replace(config.daemon, state_dir=args.state_dir)
+        config = dataclasses.replace(config, daemon=daemon_section)
+        source = dataclasses.replace(source, config=config)
+    configure_logging(args.log_level or config.daemon.log_level)
+    from edge_agent.service.systemd import fault_dumps_to_journal
+
+    fault_dumps_to_journal()  # a watchdog kill's thread stacks at priority warning
+    report = args.report_every if args.report_every is not None else (2.0 if args.demo else 0.0)
+    daemon = Daemon.from_file(source, path, report_interval_s=report)
+    daemon.install_signal_handlers()
+    return daemon.run(duration_s=args.duration)
