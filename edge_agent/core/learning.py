@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_agent.aif import kernels
+from edge_agent.aif.constants import EPS
 from edge_agent.aif.learning import Learner, LearningSpec
 from edge_agent.aif.learning_counts import DirichletCounts
 from edge_agent.aif.learning_kernels import joint_states, normalise, param_info_gain
@@ -58,7 +59,6 @@ from edge_agent.aif.quant import (
     encode_transition,
     reencode_columns,
 )
-from edge_agent.aif.reference import EPS
 from edge_agent.core.agents import AifAgentGroup, IntArray, _BlockRows
 from edge_agent.core.budget import Reservation
 from edge_agent.errors import InputError, ModelError

@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_agent.aif import kernels, per_agent
+from edge_agent.aif.constants import EPS
 from edge_agent.aif.learning import LearningSpec
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
-from edge_agent.aif.reference import EPS
 from edge_agent.core.agents import IntArray
 from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.errors import InputError
