@@ -3,9 +3,10 @@
 This module holds what both entry points share (the help formatter, ``--version``, the error
 handling of :func:`_dispatch`) and ``edge-agentd``'s parser; each ``edge-agent`` command is a
 module of this package with its arguments (``add``) and its code (``cmd_*``), named in
-:data:`COMMANDS` and imported when ``edge-agent`` builds its parser. ``edge-agentd`` imports
-:mod:`edge_agent.cli.run` alone: the daemon never holds the code of the commands it does not run
-(docs/memory.md).
+:data:`COMMANDS` and imported when ``edge-agent`` builds its parser: the named command's module
+alone (``edge-agent run`` imports :mod:`edge_agent.cli.run` and no other), every one for
+``edge-agent --help`` or a name it does not know. ``edge-agentd`` imports :mod:`edge_agent.cli.run`
+alone too: the daemon never holds the code of the commands it does not run (docs/memory.md).
 """
 
 from __future__ import annotations
@@ -169,18 +170,31 @@ def _module(name: str) -> Any:
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``edge-agent`` parser: imports every command's module (:data:`COMMANDS`)."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``edge-agent`` parser: imports every command's module (:data:`COMMANDS`), or only
+    the module of ``command`` (a parser for that command alone: what running it needs)."""
     parser: argparse.ArgumentParser = ArgumentParser(prog="edge-agent", description=DESCRIPTION)
     parser.add_argument("--version", action=VersionAction, version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in dict.fromkeys(where.partition(":")[0] for where in COMMANDS.values()):
+    modules = dict.fromkeys(where.partition(":")[0] for where in COMMANDS.values())
+    if command is not None:
+        modules = {COMMANDS[command].partition(":")[0]: None}
+    for module in modules:
         _module(module).add(sub)
     return parser
 
 
+def named_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` starts with, or None (no command, an option first, an unknown
+    name: the whole parser lists the commands or says what is wrong)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``edge-agent``: parses with the named command's module alone (``edge-agent run`` holds no
+    other command's code), with every command's when none is named."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(named_command(argv)).parse_args(argv)
     if args.command != "run":
         configure_logging("warning")
     if args.command in {"run", "check-config"}:

@@ -269,13 +269,14 @@ def daemon_imports(tmp_path: Path, name: str, tail: str = "", *, entry: str = "m
 
 
 def test_edge_agentd_imports_no_other_commands_code(tmp_path: Path) -> None:
-    """``edge-agentd`` (what the unit runs) imports the ``run`` command's module alone; building
-    ``edge-agent``'s parser imports every command's module."""
-    loaded = daemon_imports(tmp_path, "plain", entry="daemon_main")
-    assert sorted(m for m in loaded if m.startswith("edge_agent.cli")) == [
-        "edge_agent.cli",
-        "edge_agent.cli.run",
-    ]
+    """``edge-agentd`` (what the unit runs) and ``edge-agent run`` import the ``run`` command's
+    module alone; building ``edge-agent``'s whole parser imports every command's module."""
+    for entry in ("daemon_main", "main"):
+        loaded = daemon_imports(tmp_path, f"plain-{entry}", entry=entry)
+        assert sorted(m for m in loaded if m.startswith("edge_agent.cli")) == [
+            "edge_agent.cli",
+            "edge_agent.cli.run",
+        ]
     out = run_fresh(
         """
         import sys
