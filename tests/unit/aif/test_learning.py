@@ -1,70 +1,32 @@
-"""Dirichlet learning of A, B and D (edge_agent/aif/learning*.py) against pymdp 0.0.7.1.
+"""Dirichlet learning of A, B and D (edge_agent/aif/learning.py: the ``Learner``; the oracle
+edge_agent/aif/reference_learning.py) against pymdp 0.0.7.1.
 
-``tests/data/pymdp_learning_golden.npz`` was written by
-``tests/data/make_pymdp_learning_golden.py`` from a real pymdp ``Agent`` with ``pA``/``pB``/``pD``
-(see the script for the scenarios and the step protocol). The float64 reference agent must give
-pymdp's learned counts to 1e-10 and its beliefs and policy posteriors after learning to 1e-6; the
-batched kernels must give, for every agent at once, what the reference gives one at a time.
+The float64 reference agent must give pymdp's learned counts to 1e-10 and its beliefs and policy
+posteriors after learning to 1e-6 (``tests/data/pymdp_learning_golden.npz``, read through
+tests/support/pymdp_learning_golden.py); the learner must give, for every agent at once, what the
+reference gives one at a time. The pure kernels are tested in test_learning_kernels.py, the counts
+in test_learning_counts.py, the group that learns in tests/unit/core/test_learning.py and
+``edge-agent replay`` with learning in tests/unit/core/test_replay.py.
 """
 
 from __future__ import annotations
-
-import functools
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_agent.aif import agreement, learning_kernels
-from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
-from edge_agent.aif.learning_counts import DirichletCounts
-from edge_agent.aif.learning_kernels import (
-    a_increment_shared,
-    b_increment_shared,
-    b_increment_support,
-    joint_states,
-    transition_support,
-)
-from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.learning import Learner, LearningSettings
+from edge_agent.aif.learning_kernels import b_increment_shared, transition_support
 from edge_agent.aif.reference_learning import LearningReferenceAgent
-from edge_agent.cli import main
-from edge_agent.core.learning import LearningAgentGroup
-from edge_agent.errors import ModelError
-
-GOLDEN = Path(__file__).resolve().parents[2] / "data" / "pymdp_learning_golden.npz"
-SCENARIOS = ("learn_single", "learn_multi", "learn_novelty")
-COUNTS_TOL = {"rtol": 0.0, "atol": 1e-10}
-BELIEF_TOL = {"rtol": 0.0, "atol": 1e-6}
-
-
-@functools.cache
-def golden() -> dict[str, np.ndarray]:
-    with np.load(GOLDEN, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
-
-
-def indexed(name: str, prefix: str) -> dict[int, np.ndarray]:
-    """``{i: array}`` for the keys ``{name}/{prefix}{i}``."""
-    out = {}
-    for key, value in golden().items():
-        scenario, _, leaf = key.partition("/")
-        if scenario == name and leaf.startswith(prefix) and leaf[len(prefix):].isdigit():
-            out[int(leaf[len(prefix):])] = value
-    return dict(sorted(out.items()))
-
-
-def reference_for(name: str) -> LearningReferenceAgent:
-    g = golden()
-    model = GenerativeModel.from_arrays(
-        list(indexed(name, "A").values()), list(indexed(name, "B").values()),
-        list(indexed(name, "C").values()), list(indexed(name, "D").values()),
-    )
-    return LearningReferenceAgent(
-        model, pA=indexed(name, "pA"), pB=indexed(name, "pB"), pD=indexed(name, "pD"),
-        lr_pA=float(g[f"{name}/lr_pA"]), lr_pB=float(g[f"{name}/lr_pB"]),
-        lr_pD=float(g[f"{name}/lr_pD"]),
-        use_param_info_gain=bool(g[f"{name}/use_param_info_gain"]),
-    )
+from tests.support.learning_random import priors, random_model, random_qs
+from tests.support.pymdp_learning_golden import (
+    BELIEF_TOL,
+    COUNTS_TOL,
+    SCENARIOS,
+    golden,
+    indexed,
+    reference_for,
+)
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -115,29 +77,7 @@ def test_novelty_changes_the_choice_it_should() -> None:
     assert np.abs(with_gain.q_pi - without.q_pi).max() > 1e-3
 
 
-# -- the batched kernels against the reference, one agent at a time ----------------------------
-def random_model(rng: np.random.Generator) -> GenerativeModel:
-    num_states, num_controls, num_obs = (3, 4), (2, 3), (4, 3)
-    A = [rng.dirichlet(np.ones(o), size=num_states).transpose(2, 0, 1) for o in num_obs]
-    B = [
-        rng.dirichlet(np.ones(s), size=(s, u)).transpose(2, 0, 1)
-        for s, u in zip(num_states, num_controls, strict=True)
-    ]
-    A[0][:, 0, 0] = [1.0, 0.0, 0.0, 0.0]  # a table zero under counts: the first-update mask
-    return GenerativeModel.from_arrays(A, B)
-
-
-def priors(model: GenerativeModel) -> tuple[dict[int, np.ndarray], ...]:
-    pA = {0: model.A[0] * 3.0 + 0.2, 1: model.A[1] * 2.0 + 0.5}
-    pB = {1: model.B[1] * 4.0 + 0.3}
-    pD = {0: model.D[0] * 2.0 + 0.1, 1: model.D[1] + 0.4}
-    return pA, pB, pD
-
-
-def random_qs(rng: np.random.Generator, n: int, num_states: tuple[int, ...]) -> list[np.ndarray]:
-    return [rng.dirichlet(np.ones(s), size=n) for s in num_states]
-
-
+# -- the learner against the reference, one agent at a time ------------------------------
 @pytest.mark.parametrize("forgetting", [0.0, 0.2])
 def test_per_agent_counts_are_each_agents_own_reference(forgetting: float) -> None:
     rng = np.random.default_rng(5)
@@ -227,24 +167,6 @@ def test_shared_counts_sum_every_agents_experience(forgetting: float) -> None:
         np.testing.assert_allclose(shared.pB.counts[slot], expected_B[f], rtol=1e-12, atol=1e-12)
 
 
-def test_increments_are_one_matrix_product_of_the_textbook_sums() -> None:
-    rng = np.random.default_rng(2)
-    n, n_obs, U = 40, 5, 3
-    qs = random_qs(rng, n, (3, 4))
-    obs = rng.integers(0, n_obs, size=n)
-    joint = joint_states(qs)
-    want = np.zeros((n_obs, 12))
-    for i in range(n):
-        want[obs[i]] += np.multiply.outer(qs[0][i], qs[1][i]).ravel()
-    np.testing.assert_allclose(a_increment_shared(obs, joint, n_obs), want, atol=1e-13)
-    prev = random_qs(rng, n, (3,))[0]
-    action = rng.integers(0, U, size=n)
-    want_b = np.zeros((3, 3, U))
-    for i in range(n):
-        want_b[:, :, action[i]] += np.outer(qs[0][i], prev[i])
-    np.testing.assert_allclose(b_increment_shared(qs[0], prev, action, U), want_b, atol=1e-13)
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize(("forgetting", "chunk"), [(0.0, None), (0.1, None), (0.1, 7 * 30)])
 def test_a_sparse_transition_learns_on_its_support_what_the_dense_products_give(
@@ -302,50 +224,6 @@ def test_a_sparse_transition_learns_on_its_support_what_the_dense_products_give(
     assert 0 < support_bytes <= learner.gain_nbytes - prior.size * 8
 
 
-def test_near_certain_float32_posteriors_learn_b_without_subnormal_products() -> None:
-    """Near-certain float32 posteriors (off-peak entries 1e-30 to 1e-20, the peaks in the
-    first 5 of 40 states) multiply into subnormal float32 numbers or underflow to 0;
-    ``b_increment_support`` scales them out of that range, so that every entry of its sums
-    (some about 1e-41) is the float64 sum of the products to float32 rounding, relative to
-    the entry itself, not merely absolutely; so do the dense products of
-    ``b_increment_shared``."""
-    rng = np.random.default_rng(5)
-    S, U, n = 40, 3, 500
-    mask = np.zeros((S, S, U), dtype=bool)
-    for u in range(U):
-        mask[(np.arange(S) + u) % S, np.arange(S), u] = True  # one target per column
-    support = transition_support(mask)
-    assert support is not None
-
-    def near_certain() -> np.ndarray:
-        q = 10.0 ** rng.uniform(-30, -20, size=(n, S))
-        q[np.arange(n), rng.integers(0, 5, n)] = 1.0
-        return (q / q.sum(axis=1, keepdims=True)).astype(np.float32)
-
-    q, q_prev, action = near_certain(), near_certain(), rng.integers(0, U, size=n)
-    scratch = learning_kernels.b_support_scratch(support, np.dtype(np.float32))
-    got = b_increment_support(
-        q, q_prev, action, support, local_offset=scratch["offset"],
-        index_out=scratch["index"], gathered_out=scratch["gathered"],
-        onehot_out=np.empty((U, n), dtype=np.float32), partial_out=scratch["partial"],
-        sums_out=scratch["sums"], values_out=scratch["values"],
-    )[0]
-    want = np.zeros((U, S))
-    for u in range(U):
-        took = action == u
-        target = support.targets[0, u]
-        want[u] = (q[took][:, target].astype(np.float64) * q_prev[took]).sum(axis=0)
-    assert np.any(want < 1e-40)  # sums in float32's subnormal range exist
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=0)
-    # The dense products (a denser B) are scaled the same way.
-    dense = np.zeros((S, S, U))
-    for u in range(U):
-        took = action == u
-        dense[:, :, u] = q[took].astype(np.float64).T @ q_prev[took]
-    np.testing.assert_allclose(b_increment_shared(q, q_prev, action, U), dense, rtol=1e-5,
-                               atol=0)
-
-
 @pytest.mark.parametrize("n", [1, 3, 4])
 def test_a_few_agents_learn_a_sparse_transition_term_by_term(n: int) -> None:
     """At most ``U`` agents (fewer terms than the support has entries) add each agent's own
@@ -389,199 +267,3 @@ def test_a_few_agents_learn_a_sparse_transition_term_by_term(n: int) -> None:
     np.testing.assert_allclose(pB.experience[0], experience, rtol=1e-12, atol=0)
     np.testing.assert_array_equal(pB.touched[0], touched)
     assert pB.version == 3
-
-
-def test_deltas_carry_the_experience_since_the_last_report_and_its_versions() -> None:
-    rng = np.random.default_rng(3)
-    model = random_model(rng)
-    pA, _, _ = priors(model)
-    learner = Learner(model.A, model.B, model.D, pA={1: pA[1]},
-                      settings=LearningSettings(lr_pA=1.0, forgetting=0.5), n_agents=8)
-    assert learner.pA is not None
-    for _ in range(3):
-        obs = np.stack([rng.integers(0, o, size=8) for o in model.num_obs], axis=1)
-        learner.learn_A(obs, random_qs(rng, 8, model.num_states))
-    start, end, delta = learner.pA.take_delta()
-    assert (start, end) == (0, 3)
-    assert delta[0].sum() == pytest.approx(3 * 8 * 1.0, rel=1e-12)  # every agent, every tick
-    again = learner.pA.take_delta()
-    assert again[:2] == (3, 3)
-    assert again[2][0].sum() == 0.0
-
-
-def test_bad_counts_are_refused_in_one_line() -> None:
-    model = random_model(np.random.default_rng(1))
-    A0 = model.A[0]
-    cases = {
-        "negative counts": {0: np.where(A0 > 0, -1.0, 0.0)},
-        "NaN or infinite": {0: np.full(A0.shape, np.nan)},
-        r"expected \(4, 3, 4\)": {0: np.ones((4, 3))},
-        "can never be learned": {0: np.where(np.arange(A0.shape[0])[:, None, None] == 1, 0.0, 1.0)
-                                 + 0 * A0},
-        "learning asked for modality 5": {5: np.ones(A0.shape)},
-    }
-    for message, pA in cases.items():
-        with pytest.raises(ModelError, match=message):
-            DirichletCounts.create("A", pA, model.A)
-    for kwargs, message in (({"lr_pA": -1.0}, "lr_pA"), ({"forgetting": 1.0}, "forgetting"),
-                            ({"scope": "fleet"}, "scope")):
-        with pytest.raises(ModelError, match=message):
-            LearningSettings(**kwargs)  # type: ignore[arg-type]
-
-
-def test_memory_per_agent_scope_is_counts_per_agent() -> None:
-    model = random_model(np.random.default_rng(4))
-    pA, _, _ = priors(model)
-    one = Learner(model.A, model.B, model.D, pA=pA, n_agents=1,
-                  settings=LearningSettings(scope="per_agent"))
-    many = Learner(model.A, model.B, model.D, pA=pA, n_agents=101,
-                   settings=LearningSettings(scope="per_agent"))
-    shared = Learner(model.A, model.B, model.D, pA=pA, n_agents=101)
-    counts_bytes = sum(p.nbytes for p in pA.values())
-    assert many.nbytes - one.nbytes == 100 * counts_bytes
-    assert shared.nbytes == one.nbytes
-
-
-# -- the agent group that learns ----------------------------------------------------------------
-def spec_for(name: str, **overrides: object) -> LearningSpec:
-    g = golden()
-    settings = LearningSettings(
-        lr_pA=float(g[f"{name}/lr_pA"]), lr_pB=float(g[f"{name}/lr_pB"]),
-        lr_pD=float(g[f"{name}/lr_pD"]),
-    )
-    kwargs: dict[str, object] = {
-        "pA": indexed(name, "pA"), "pB": indexed(name, "pB"), "pD": indexed(name, "pD"),
-        "settings": settings, **overrides,
-    }
-    return LearningSpec(**kwargs)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("name", SCENARIOS)
-def test_learning_group_float64_learns_as_pymdp(name: str) -> None:
-    """One agent of the batched group, refreshed every tick, is pymdp's learning agent (with
-    the parameter information gain in ``learn_novelty``)."""
-    g = golden()
-    ref = reference_for(name)
-    spec = spec_for(name, param_info_gain=bool(g[f"{name}/use_param_info_gain"]))
-    group = LearningAgentGroup(ref.model, 1, learning=spec, precision="float64")
-    obs, starts = g[f"{name}/obs"], g[f"{name}/trial_start"]
-    onehots = list(group.cm.tree.first_action_onehot)
-    for t in range(obs.shape[0]):
-        if starts[t] and t > 0:
-            group.end_trial()
-        group.step(obs[t][None])
-        for f, qs in indexed(name, "qs").items():
-            np.testing.assert_allclose(group.qs[f][0], qs[t], **BELIEF_TOL, err_msg=f"qs{f} t={t}")
-        np.testing.assert_allclose(group.q_pi[0], g[f"{name}/q_pi"][t], **BELIEF_TOL)
-        assert agreement.actions_agree(group.q_pi, onehots, g[f"{name}/action"][t][None]).all()
-    group.end_trial()
-    for key, counts in (("pA", group.learner.pA), ("pB", group.learner.pB),
-                        ("pD", group.learner.pD)):
-        final = indexed(name, f"final_{key}")
-        assert counts is not None
-        for slot, index in enumerate(counts.tables):
-            np.testing.assert_allclose(counts.counts[slot], final[index], **COUNTS_TOL)
-
-
-# -- edge-agent replay, learning -------------------------------------------------------------------
-def golden_files(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    """The scenario as a user has it: a model file with pymdp's keys (pA0.. included) and a
-    recording of pymdp's own observations, actions and trial starts."""
-    g = golden()
-    keep = ("A", "B", "C", "D", "pA", "pB", "pD")
-    model = {
-        leaf: g[key] for key in g if key.startswith(f"{name}/")
-        for leaf in [key.split("/", 1)[1]]
-        if leaf.rstrip("0123456789") in keep
-    }
-    np.savez(tmp_path / "model.npz", **model)
-    np.savez(tmp_path / "rec.npz", obs=g[f"{name}/obs"], actions=g[f"{name}/action"],
-             trial_start=g[f"{name}/trial_start"])
-    return tmp_path / "model.npz", tmp_path / "rec.npz"
-
-
-def rate_flags(name: str) -> list[str]:
-    g = golden()
-    return [arg for key in ("lr_pA", "lr_pB", "lr_pD")
-            for arg in (f"--{key.replace('_', '-')}", str(float(g[f"{name}/{key}"])))]
-
-
-@pytest.mark.parametrize("name", SCENARIOS)
-def test_replay_learns_as_pymdp(
-    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    model, rec = golden_files(tmp_path, name)
-    out = tmp_path / "out.npz"
-    novelty = ["--param-info-gain"] if golden()[f"{name}/use_param_info_gain"] else []
-    assert main(["replay", str(model), "--recording", str(rec), "--out", str(out),
-                 *rate_flags(name), *novelty]) == 0
-    assert "learned p" in capsys.readouterr().out
-    g = golden()
-    with np.load(out) as got:
-        np.testing.assert_allclose(got["q_pi"], g[f"{name}/q_pi"], **BELIEF_TOL)
-        for f, qs in indexed(name, "qs").items():
-            np.testing.assert_allclose(got[f"qs{f}"], qs, **BELIEF_TOL)
-        for key in ("pA", "pB", "pD"):
-            for i, want in indexed(name, f"final_{key}").items():
-                np.testing.assert_allclose(got[f"{key}{i}"], want, **COUNTS_TOL)
-
-
-def test_replay_int8_learns_within_the_stated_bound(tmp_path: Path) -> None:
-    """int8 tables give float32 posteriors from quantized likelihoods: what they learn differs
-    from the float64 path's by at most 0.5 % of the learned mass, L1 (0.07 % measured;
-    docs/learning.md states the bound)."""
-    name = "learn_single"
-    model, rec = golden_files(tmp_path, name)
-    outs = {}
-    for precision in ("float64", "int8"):
-        outs[precision] = tmp_path / f"{precision}.npz"
-        assert main(["replay", str(model), "--recording", str(rec), "--out",
-                     str(outs[precision]), "--precision", precision, *rate_flags(name)]) == 0
-    with np.load(outs["float64"]) as exact, np.load(outs["int8"]) as int8:
-        for key in ("pA0", "pA1", "pB0", "pD0"):
-            with np.load(model) as prior:
-                learned = np.abs(exact[key] - prior[key]).sum()
-            assert np.abs(int8[key] - exact[key]).sum() <= 0.005 * learned, key
-
-
-def test_forgetting_pulls_the_counts_back_toward_the_prior(tmp_path: Path) -> None:
-    name = "learn_single"
-    model, rec = golden_files(tmp_path, name)
-    spread = {}
-    for forgetting in ("0", "0.5"):
-        out = tmp_path / f"f{forgetting}.npz"
-        assert main(["replay", str(model), "--recording", str(rec), "--out", str(out),
-                     "--forgetting", forgetting]) == 0
-        with np.load(out) as got, np.load(model) as prior:
-            spread[forgetting] = float(np.abs(got["pA0"] - prior["pA0"]).sum())
-    # Every update keeps half of what was learned: the learned mass is bounded by ~2 updates.
-    assert spread["0.5"] < 0.5 * spread["0"]
-    assert spread["0.5"] > 0
-
-
-def test_replay_learning_options_and_counts_are_checked_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    name = "learn_single"
-    model, rec = golden_files(tmp_path, name)
-    out = str(tmp_path / "o.npz")
-    plain = tmp_path / "plain.npz"
-    with np.load(model) as arrays:
-        np.savez(plain, **{k: arrays[k] for k in arrays.files if not k.startswith("p")})
-        bad = dict(arrays)
-    cases = [
-        ([str(plain), "--forgetting", "0.2"], "has no Dirichlet counts"),
-        ([str(model), "--forgetting", "1.5"], "forgetting = 1.5"),
-        ([str(model), "--lr-pA", "-1"], "lr_pA = -1.0"),
-        ([str(plain), "--param-info-gain"], "has no Dirichlet counts"),
-    ]
-    for pA0, message in ((-bad["pA0"], "negative counts"), (bad["pA0"][:2], "has shape")):
-        path = tmp_path / f"bad{len(cases)}.npz"
-        np.savez(path, **{**bad, "pA0": pA0})
-        cases.append(([str(path)], message))
-    for args, message in cases:
-        assert main(["replay", args[0], "--recording", str(rec), "--out", out, *args[1:]]) == 2
-        err = capsys.readouterr().err
-        assert message in err, (args, err)
-        assert "Traceback" not in err
-        assert err.count("\n") == 1, err

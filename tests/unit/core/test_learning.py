@@ -1,12 +1,14 @@
-"""int8 learning groups: the refresh encodes only the columns touched since the last one, and
-gives exactly the codes a full encoding of the learned tables gives; counts stored in float32
-stay within the stated bound of float64 counts (issue 32)."""
+"""Learning groups: one float64 agent of the batched group learns as pymdp 0.0.7.1's learning
+agent; in int8 the refresh encodes only the columns touched since the last one, and gives exactly
+the codes a full encoding of the learned tables gives; counts stored in float32 stay within the
+stated bound of float64 counts (issue 32)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from edge_agent.aif import agreement
 from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
 from edge_agent.aif.learning_counts import counts_storage_bound
 from edge_agent.aif.quant import LogU8, SparseColumns, encode_transition, quantize_model
@@ -15,6 +17,14 @@ from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.errors import BudgetError
 from edge_agent.sim.grid_slippery import SlipperyGridEnv
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
+from tests.support.pymdp_learning_golden import (
+    BELIEF_TOL,
+    COUNTS_TOL,
+    SCENARIOS,
+    golden,
+    indexed,
+    reference_for,
+)
 
 
 def same_codes(mine: LogU8 | SparseColumns, full: LogU8 | SparseColumns) -> None:
@@ -179,3 +189,44 @@ def test_incremental_refresh_of_a_dense_b_equals_a_full_encoding() -> None:
             assert isinstance(group.quantized.B[0], LogU8)
             same_codes(group.quantized.B[0], encode_transition(group.model.B[0]))
     assert refreshes == 15
+
+
+# -- one agent of the group against pymdp ----------------------------------------------------------
+def spec_for(name: str, **overrides: object) -> LearningSpec:
+    g = golden()
+    settings = LearningSettings(
+        lr_pA=float(g[f"{name}/lr_pA"]), lr_pB=float(g[f"{name}/lr_pB"]),
+        lr_pD=float(g[f"{name}/lr_pD"]),
+    )
+    kwargs: dict[str, object] = {
+        "pA": indexed(name, "pA"), "pB": indexed(name, "pB"), "pD": indexed(name, "pD"),
+        "settings": settings, **overrides,
+    }
+    return LearningSpec(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_learning_group_float64_learns_as_pymdp(name: str) -> None:
+    """One agent of the batched group, refreshed every tick, is pymdp's learning agent (with
+    the parameter information gain in ``learn_novelty``)."""
+    g = golden()
+    ref = reference_for(name)
+    spec = spec_for(name, param_info_gain=bool(g[f"{name}/use_param_info_gain"]))
+    group = LearningAgentGroup(ref.model, 1, learning=spec, precision="float64")
+    obs, starts = g[f"{name}/obs"], g[f"{name}/trial_start"]
+    onehots = list(group.cm.tree.first_action_onehot)
+    for t in range(obs.shape[0]):
+        if starts[t] and t > 0:
+            group.end_trial()
+        group.step(obs[t][None])
+        for f, qs in indexed(name, "qs").items():
+            np.testing.assert_allclose(group.qs[f][0], qs[t], **BELIEF_TOL, err_msg=f"qs{f} t={t}")
+        np.testing.assert_allclose(group.q_pi[0], g[f"{name}/q_pi"][t], **BELIEF_TOL)
+        assert agreement.actions_agree(group.q_pi, onehots, g[f"{name}/action"][t][None]).all()
+    group.end_trial()
+    for key, counts in (("pA", group.learner.pA), ("pB", group.learner.pB),
+                        ("pD", group.learner.pD)):
+        final = indexed(name, f"final_{key}")
+        assert counts is not None
+        for slot, index in enumerate(counts.tables):
+            np.testing.assert_allclose(counts.counts[slot], final[index], **COUNTS_TOL)
