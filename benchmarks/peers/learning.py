@@ -162,7 +162,7 @@ class EdgeAgent:
     def __init__(self, w: dict[str, Any], n: int, refresh_every: int, scope: str) -> None:
         from edge_agent.aif.learning import LearningSettings, LearningSpec
         from edge_agent.aif.model import GenerativeModel
-        from edge_agent.core.learning import learning_group
+        from edge_agent.core.learning_scope import learning_group
 
         model = GenerativeModel.from_arrays(w["A"], w["B"], w["C"], w["D"])
 

@@ -844,24 +844,6 @@ def divergence_from_prior(counts: Sequence[DirichletCounts]) -> float:
     return total / columns if columns else 0.0
 
 
-def learning_group(
-    model: GenerativeModel | QuantizedModel,
-    n_agents: int,
-    *,
-    learning: LearningSpec,
-    **kwargs: Any,
-) -> LearningAgentGroup:
-    """The learning group for ``learning.settings.scope``: :class:`LearningAgentGroup` for
-    ``shared`` counts, :class:`~edge_agent.core.per_agent_learning.PerAgentLearningGroup` for
-    ``per_agent``."""
-    if learning.settings.scope == "per_agent":
-        # a group of one scope never needs the other's module
-        from edge_agent.core.per_agent_learning import PerAgentLearningGroup  # noqa: PLC0415
-
-        return PerAgentLearningGroup(model, n_agents, learning=learning, **kwargs)
-    return LearningAgentGroup(model, n_agents, learning=learning, **kwargs)
-
-
 def learned_arrays(
     model: GenerativeModel | QuantizedModel,
     learning: LearningSpec,

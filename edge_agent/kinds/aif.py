@@ -222,7 +222,7 @@ def new_agents(
         keep_prior = cfg.coordination is not None
         return AifAgentGroup(aif.model, n_agents, keep_prior=keep_prior, **kwargs)
     from edge_agent.aif.learning_table import TABLE  # noqa: PLC0415 - a group that learns
-    from edge_agent.core.learning import learning_group  # noqa: PLC0415 - as above
+    from edge_agent.core.learning_scope import learning_group  # noqa: PLC0415 - as above
 
     try:
         return learning_group(

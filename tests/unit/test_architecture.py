@@ -162,6 +162,7 @@ KEPT_OUT = (
     "edge_agent.aif.learning_table",
     "edge_agent.aif.reference_learning",
     "edge_agent.core.learning",
+    "edge_agent.core.learning_scope",
     "edge_agent.core.per_agent_learning",
     # docs/memory.md: SQLite and the fleet stack only with [mqtt] enabled; never the host tool.
     "sqlite3",  # fleet.outbox and the nonce store: the only databases

@@ -11,11 +11,8 @@ import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.learning_kernels import normalise
-from edge_agent.core.learning import (
-    LearningAgentGroup,
-    divergence_from_prior,
-    learning_group,
-)
+from edge_agent.core.learning import LearningAgentGroup, divergence_from_prior
+from edge_agent.core.learning_scope import learning_group
 from edge_agent.core.per_agent_learning import PerAgentLearningGroup
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 

@@ -11,7 +11,8 @@ from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
 from edge_agent.aif.learning_kernels import normalise
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.learning import LearningAgentGroup, learning_group
+from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.core.learning_scope import learning_group
 from edge_agent.errors import InputError
 from edge_agent.sim.grid_slippery import SlipperyGridEnv, slippery_grid_model
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model

@@ -12,7 +12,8 @@ from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.learning_kernels import b_increment_shared
 from edge_agent.aif.quant import encode_log_u8, encode_transition
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.learning import LearningAgentGroup, learning_group
+from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.core.learning_scope import learning_group
 from edge_agent.core.per_agent_learning import PerAgentLearningGroup
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 

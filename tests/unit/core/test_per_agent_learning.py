@@ -10,7 +10,8 @@ import pytest
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.reference_learning import LearningReferenceAgent
 from edge_agent.core.budget import MemoryBudget, MiB
-from edge_agent.core.learning import LearningAgentGroup, learning_group
+from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.core.learning_scope import learning_group
 from edge_agent.core.per_agent_learning import PerAgentLearningGroup
 from edge_agent.errors import BudgetError, InputError
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_agent.aif.learning import LearningSpec
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.learning import learning_group
+from edge_agent.core.learning_scope import learning_group
 from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.fleet.commands import ARG_MODELS, LearningArgs, parse_args
 from edge_agent.fleet.outcomes import ResultCode
