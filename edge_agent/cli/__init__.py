@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 from edge_agent import __version__
@@ -36,10 +35,6 @@ from edge_agent.service.logs import configure_logging
 logger = logging.getLogger("edge_agent")
 
 DESCRIPTION = "edge-agent: run thousands of int8 Active Inference agents on a small device."
-RUN_DESCRIPTION = (
-    "Start edge-agentd in the foreground. Stops on SIGTERM/SIGINT after a final snapshot; "
-    "SIGHUP reloads the config file."
-)
 
 
 def _terminal_columns() -> int:
@@ -115,31 +110,12 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
-def run_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--config", type=Path, help="daemon config (TOML)")
-    src.add_argument(
-        "--demo",
-        action="store_true",
-        help="the embedded default config: x86-dev profile, simulated grid-world and T-maze "
-        "agents, no broker",
-    )
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument(
-        "--report-every",
-        type=float,
-        default=None,
-        metavar="S",
-        help="log what the agents do and cost every S seconds (default: 2 with --demo, else off)",
-    )
-    p.add_argument("--state-dir", type=Path, help="override [daemon] state_dir")
-    p.add_argument("--log-level", default=None, help="override [daemon] log_level")
-
-
 def build_daemon_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="edge-agentd", description=RUN_DESCRIPTION)
+    """``edge-agentd``'s parser: the ``run`` command's arguments (:mod:`edge_agent.cli.run`)."""
+    run = _module("run")
+    parser = ArgumentParser(prog="edge-agentd", description=run.DESCRIPTION)
     parser.add_argument("--version", action=VersionAction, version=f"edge-agentd {__version__}")
-    run_arguments(parser)
+    run.arguments(parser)
     return parser
 
 

@@ -3,21 +3,49 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from edge_agent.cli import RUN_DESCRIPTION, run_arguments
 from edge_agent.errors import ConfigError
 from edge_agent.service.logs import configure_logging
 
-__all__ = ["add", "cmd_run"]
+__all__ = ["DESCRIPTION", "add", "arguments", "cmd_run"]
+
+#: ``edge-agent run --help`` and ``edge-agentd --help`` (its parser: edge_agent/cli/__init__.py).
+DESCRIPTION = (
+    "Start edge-agentd in the foreground. Stops on SIGTERM/SIGINT after a final snapshot; "
+    "SIGHUP reloads the config file."
+)
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
         help="start the daemon in the foreground (--demo: built-in simulated agents)",
-        description=RUN_DESCRIPTION,
+        description=DESCRIPTION,
     )
-    run_arguments(p)
+    arguments(p)
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The run command's arguments, ``edge-agentd``'s too."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", type=Path, help="daemon config (TOML)")
+    src.add_argument(
+        "--demo",
+        action="store_true",
+        help="the embedded default config: x86-dev profile, simulated grid-world and T-maze "
+        "agents, no broker",
+    )
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument(
+        "--report-every",
+        type=float,
+        default=None,
+        metavar="S",
+        help="log what the agents do and cost every S seconds (default: 2 with --demo, else off)",
+    )
+    p.add_argument("--state-dir", type=Path, help="override [daemon] state_dir")
+    p.add_argument("--log-level", default=None, help="override [daemon] log_level")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
