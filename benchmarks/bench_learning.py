@@ -5,8 +5,9 @@ alternating rounds, on the same observations from the world: an
 :class:`~edge_agent.core.agents.AifAgentGroup` on the model the learning group currently infers
 with (so both plan with the same tables: a learned ``B`` is denser than a deterministic one,
 which changes the planner), and a :class:`~edge_agent.core.learning.LearningAgentGroup` that
-learns ``pA`` (and ``pB`` where the row says so) every tick and refreshes its tables every
-``refresh_every`` ticks. The plain group is made again at the start of every round, on the
+learns ``pA`` (and ``pB`` where the row says so) and refreshes its tables every
+``refresh_every`` ticks (a group of at most 128 agents learns a few ticks at a time:
+``edge_agent/aif/learning_experience.py``; the rows and their numbers are the same). The plain group is made again at the start of every round, on the
 learning group's tables and beliefs of that moment, so that both rounds start from the same
 state and do the same inference and planning work. One JSON object per line:
 

@@ -256,9 +256,11 @@ class Learner:
         return total
 
     def learn_A(  # noqa: N802 - pymdp's table names
-        self, obs: np.ndarray, qs: Sequence[np.ndarray]
+        self, obs: np.ndarray, qs: Sequence[np.ndarray], *, updates: int = 1
     ) -> None:
-        """``obs`` ``(N, M)``, ``qs[f]`` ``(N, S_f)``: the posterior after observing ``obs``."""
+        """``obs`` ``(N, M)``, ``qs[f]`` ``(N, S_f)``: the posterior after observing ``obs``.
+        Shared counts without forgetting may take several ticks' rows at once: ``updates``
+        ticks (:mod:`edge_agent.aif.learning_experience`), each counted as an update."""
         if self.pA is None:
             return
         s = self.settings
@@ -301,13 +303,13 @@ class Learner:
                                         cols_out=cols, vals_out=vals, gathered_out=gathered,
                                         dense=False)
                     self.pA.add_entries(slot, cols.reshape(-1), vals.reshape(-1), s.lr_pA,
-                                        s.forgetting)
+                                        s.forgetting, updates=updates)
                 else:  # summed per entry of the support, then added there
                     sums = a_sums_support(
                         obs[:, m], joint, support[0], entry, len(flat), rows_offset=offset,
                         index_out=cols, gathered_out=vals if joint.dtype == vals.dtype
                         else gathered, values_out=vals)
-                    self.pA.add_entries(slot, flat, sums, s.lr_pA, s.forgetting)
+                    self.pA.add_entries(slot, flat, sums, s.lr_pA, s.forgetting, updates=updates)
             elif shared:
                 onehot_out = rows_out = None
                 if few[slot]:
@@ -317,7 +319,8 @@ class Learner:
                     rows_out = self._buffer("rows", joint.shape, joint.dtype)
                 inc = a_increment_shared(obs[:, m], joint, self.num_obs[m], onehot_out, rows_out,
                                          outcomes=self._outcomes.get(m))
-                self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA, s.forgetting)
+                self.pA.add(slot, inc.reshape(self.pA.prior[slot].shape), s.lr_pA, s.forgetting,
+                            updates=updates)
             else:
                 self.pA.add_rows(slot, (obs[:, m],), joint, s.lr_pA, s.forgetting)
 
@@ -327,10 +330,12 @@ class Learner:
         qs_prev: Sequence[np.ndarray],
         actions: np.ndarray,
         acted: np.ndarray | None = None,
+        *,
+        updates: int = 1,
     ) -> None:
         """``actions`` ``(N, F)``: what each agent did between ``qs_prev`` and ``qs``;
         ``acted`` ``(N,)`` bool: the agents that did act (a trial's first step has no
-        transition to learn from; ``None``: all)."""
+        transition to learn from; ``None``: all). ``updates``: as :meth:`learn_A`'s."""
         if self.pB is None:
             return
         s = self.settings
@@ -338,7 +343,7 @@ class Learner:
             acted = None
         if s.scope == "shared":
             for slot in range(len(self.pB.tables)):
-                self._learn_B_shared(slot, qs, qs_prev, actions, acted)
+                self._learn_B_shared(slot, qs, qs_prev, actions, acted, updates=updates)
             return
         agents = None if acted is None else np.flatnonzero(acted)
         if agents is not None:
@@ -352,7 +357,7 @@ class Learner:
 
     def _learn_B_shared(  # noqa: N802 - pymdp's table names
         self, slot: int, qs: Sequence[np.ndarray], qs_prev: Sequence[np.ndarray],
-        actions: np.ndarray, acted: np.ndarray | None,
+        actions: np.ndarray, acted: np.ndarray | None, *, updates: int = 1,
     ) -> None:
         """One shared ``pB`` table's update from the agents that ``acted`` (all: ``None``):
         on the support of its mask when that is sparse (:func:`b_increment_support`, the
@@ -367,7 +372,7 @@ class Learner:
             if acted is not None:
                 q, q_prev, action = q[acted], q_prev[acted], action[acted]
             inc = b_increment_shared(q, q_prev, action, self.num_controls[f])
-            self.pB.add(slot, inc, s.lr_pB, s.forgetting)
+            self.pB.add(slot, inc, s.lr_pB, s.forgetting, updates=updates)
             return
         n = q.shape[0]
         k, U, S = support.targets.shape
@@ -381,7 +386,7 @@ class Learner:
                 values_out=scratch["values"].reshape(-1)[: k * n * S].reshape(k, n, S),
             )
             self.pB.add_entries(slot, entries.reshape(-1), terms.reshape(-1), s.lr_pB,
-                                s.forgetting)
+                                s.forgetting, updates=updates)
             return
         values = b_increment_support(
             np.ascontiguousarray(q), q_prev, action, support, acted=acted,
@@ -394,7 +399,7 @@ class Learner:
         if support.padded:
             np.multiply(values, support.weights, out=values)  # a pad's value 0
         self.pB.add_entries(slot, support.flat.reshape(-1), values.reshape(-1), s.lr_pB,
-                            s.forgetting)
+                            s.forgetting, updates=updates)
 
     def learn_D(  # noqa: N802 - pymdp's table names
         self, qs: Sequence[np.ndarray], agents: np.ndarray | None = None

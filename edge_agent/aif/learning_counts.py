@@ -141,9 +141,13 @@ class DirichletCounts:
         arrays = [*self.prior, *self.counts, *self.mask, *self.experience, *self.touched]
         return sum(a.nbytes for a in arrays)
 
-    def add(self, slot: int, increment: np.ndarray, lr: float, forgetting: float) -> None:
+    def add(
+        self, slot: int, increment: np.ndarray, lr: float, forgetting: float, *,
+        updates: int = 1,
+    ) -> None:
         """One shared update of table ``slot`` (a position in ``tables``): forget, then add
-        ``lr * mask * increment`` (``increment`` summed over agents)."""
+        ``lr * mask * increment`` (``increment`` summed over agents; over ``updates`` ticks
+        of them without forgetting, which then count as that many updates)."""
         gain = self._gain(slot)  # lr * mask * increment: 0 outside the mask already
         np.multiply(increment, lr, out=gain, where=self.mask[slot])
         self._forget(slot, forgetting)
@@ -152,10 +156,11 @@ class DirichletCounts:
         if self.kind != "D":
             touched = self.touched[slot].reshape(-1)
             touched |= increment.reshape(increment.shape[0], -1).any(axis=0)
-        self.version += 1
+        self.version += updates
 
     def add_entries(
-        self, slot: int, index: np.ndarray, values: FloatArray, lr: float, forgetting: float
+        self, slot: int, index: np.ndarray, values: FloatArray, lr: float, forgetting: float,
+        *, updates: int = 1,
     ) -> None:
         """:meth:`add` of an increment given by its entries: ``values`` (float64, scaled by
         ``lr`` in place) at ``index`` into the table flattened, repeats summed; the entries
@@ -166,7 +171,7 @@ class DirichletCounts:
         np.add.at(self.experience[slot].reshape(-1), index, values)
         columns = self.touched[slot].size
         self.touched[slot].reshape(-1)[index[values != 0] % columns] = True
-        self.version += 1
+        self.version += updates
 
     def _gain(self, slot: int) -> FloatArray:
         """The float64 scratch of one shared update of table ``slot``: made at the first, and

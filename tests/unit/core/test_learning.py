@@ -5,12 +5,14 @@ stated bound of float64 counts (issue 32)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from edge_agent.aif import agreement
 from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
-from edge_agent.aif.learning_counts import counts_storage_bound
+from edge_agent.aif.learning_counts import DirichletCounts, counts_storage_bound
 from edge_agent.aif.quant import LogU8, SparseColumns, encode_transition, quantize_model
 from edge_agent.core.budget import MemoryBudget, MiB
 from edge_agent.core.learning import LearningAgentGroup
@@ -230,3 +232,107 @@ def test_learning_group_float64_learns_as_pymdp(name: str) -> None:
         assert counts is not None
         for slot, index in enumerate(counts.tables):
             np.testing.assert_allclose(counts.counts[slot], final[index], **COUNTS_TOL)
+
+
+def _weak_counts(table: np.ndarray) -> np.ndarray:
+    return table * 2.0 + 0.5 * (table > 0)
+
+
+@pytest.mark.parametrize(
+    ("world", "n", "tables"),
+    [("grid10", 1, "AB"), ("grid10", 20, "AB"), ("tmaze", 3, "A"), ("tmaze", 1, "A")],
+)
+@pytest.mark.parametrize("precision", ["int8", "float64"])
+def test_a_small_group_that_keeps_its_ticks_learns_what_it_would_learn_every_tick(
+    world: str, n: int, tables: str, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group small enough to keep its ticks (refresh every 30: 1, 3 or 20 agents keep 30, 30
+    and 10 ticks) learns from them at the refresh, when they fill its rows, or when the counts
+    are read: its counts, their versions, touched columns and experience equal those of the
+    same group learning every tick (up to rounding: the same increments summed in another order),
+    and so do its tables and, tick after tick, its policy posteriors and actions."""
+    import edge_agent.core.learning as core_learning
+    from edge_agent.sim.registry import builtin_model, make_env
+
+    model = builtin_model(world)
+    modality = 0 if world == "grid10" else 1
+    spec = LearningSpec(
+        pA={modality: _weak_counts(model.A[modality])},
+        pB={0: _weak_counts(model.B[0])} if "B" in tables else {},
+        refresh_every=30,
+        settings=LearningSettings(lr_pA=0.5, lr_pB=0.5),
+    )
+    kept = LearningAgentGroup(model, n, learning=spec, precision=precision)
+    assert kept.nbytes > LearningAgentGroup(model, n, learning=dataclasses.replace(
+        spec, refresh_every=1), precision=precision).nbytes  # it holds rows for them
+    monkeypatch.setattr(core_learning, "experience_ticks", lambda *a, **k: 1)
+    every = LearningAgentGroup(model, n, learning=spec, precision=precision)
+    env = make_env(world, n, seed=3)
+    obs = env.reset()
+    onehots = list(kept.cm.tree.first_action_onehot)
+    ticks = 0
+    while ticks < 75:
+        if ticks == 40:  # a read between two updates learns from the ticks kept so far
+            assert kept.learner.pA is not None
+            assert every.learner.pA is not None
+            assert kept.learner.pA.version == every.learner.pA.version == 40
+        actions = kept.step(obs)
+        every.step(obs)
+        ticks += 1
+        np.testing.assert_allclose(kept.q_pi, every.q_pi, rtol=1e-5, atol=1e-6,
+                                   err_msg=f"tick {ticks}")
+        assert agreement.actions_agree(every.q_pi, onehots, actions).all()
+        if not np.array_equal(actions, every.action):
+            # A tie broken the other way (equally good): from here on the two learn ``B``
+            # from different transitions. Compare what both learned so far.
+            break
+        obs = env.step(actions)
+    assert ticks > 30, "the groups parted before the first refresh: choose another seed"
+    # Rounding: the posteriors' (float32 for int8), summed in another order and grouping.
+    tol = {"rtol": 1e-9, "atol": 1e-12} if precision == "float64" else {"rtol": 1e-5, "atol": 1e-7}
+    for mine, ref in zip(kept.learner.counts, every.learner.counts, strict=True):
+        assert mine.version == ref.version
+        for slot in range(len(mine.tables)):
+            np.testing.assert_allclose(mine.counts[slot], ref.counts[slot], **tol)
+            np.testing.assert_allclose(mine.experience[slot], ref.experience[slot], **tol)
+            np.testing.assert_array_equal(mine.touched[slot], ref.touched[slot])
+    for a, b in zip(kept.model.A, every.model.A, strict=True):
+        np.testing.assert_allclose(a, b, **tol)
+    assert kept.refreshes == every.refreshes == ticks // 30
+
+
+def _pA(group: LearningAgentGroup) -> DirichletCounts:  # noqa: N802 - pymdp's table names
+    counts = group.learner.pA  # each read through ``learner``: it learns what was kept first
+    assert counts is not None
+    return counts
+
+
+def test_kept_ticks_are_learned_before_a_resize_a_snapshot_and_a_freeze() -> None:
+    """What reads or replaces the counts learns from the ticks kept first: a snapshot carries
+    them, a resize keeps them (its rows were of the old size), a freeze refreshes with them,
+    and a warm-up's step still teaches nothing."""
+    model = tmaze_reversal_model()
+    spec = LearningSpec(pA={1: _weak_counts(model.A[1])}, refresh_every=50,
+                        settings=LearningSettings(lr_pA=1.0))
+    group = LearningAgentGroup(model, 2, learning=spec, precision="int8")
+    env = ReversalTMazeEnv(2, seed=1)
+    obs = env.reset()
+    group.warm_up(obs)
+    assert group.learning_state()["counts"]["pA"]["version"] == 0
+    for _ in range(3):
+        obs = env.step(group.step(obs))
+    assert int(group.state_dict()["learn.version.A"]) == 3
+    assert not np.array_equal(_pA(group).counts[0], _pA(group).prior[0])
+    for _ in range(2):
+        obs = env.step(group.step(obs))
+    group.resize(5)
+    assert _pA(group).version == 5
+    obs = np.concatenate([obs, obs, obs[:1]])
+    group.step(obs)
+    assert group.metrics()["learning_updates"] == 6
+    group.step(obs)
+    assert group.freeze_learning()
+    assert group.refreshes == 1
+    assert _pA(group).version == 7
+    counts = _pA(group).counts[0]
+    np.testing.assert_allclose(group.model.A[1], counts / counts.sum(axis=0), rtol=1e-12)

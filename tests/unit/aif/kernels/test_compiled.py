@@ -13,6 +13,7 @@ import pytest
 
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import LearningSettings, LearningSpec
+from edge_agent.aif.learning_experience import experience_ticks
 from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.sim.registry import builtin_model, make_env
 
@@ -212,7 +213,7 @@ def test_the_update_scratch_is_within_what_the_budget_reserves(
     world: str, modalities: tuple[int, ...]
 ) -> None:
     """The shared update's scratch (one-hot tables, the state-major joint, grouped rows or the
-    support gather) stays within ``scratch_bytes_per_agent`` per agent, which the group's
+    support gather) stays within ``scratch_bytes_per_agent`` per row it takes, which the group's
     per-agent reservation includes, and its gain scratch within ``gain_nbytes`` (none when a
     few agents add their entries where they fall: grid10 at N = 50)."""
     n = 50
@@ -226,7 +227,11 @@ def test_the_update_scratch_is_within_what_the_budget_reserves(
         obs = env.step(group.step(obs))
     learner = group.learner
     held = sum(buf.nbytes for buf in learner._scratch.values())
-    assert 0 < held <= n * learner.scratch_bytes_per_agent(group.dtype.itemsize)
+    # An update takes the rows of the ticks the group keeps (4 ticks of 50 agents here), and the
+    # group reserves the scratch for as many (LearningAgentGroup.per_agent_nbytes).
+    rows = n * experience_ticks(n, refresh_every=4, forgetting=0.0, novelty=False)
+    assert rows == 4 * n
+    assert 0 < held <= rows * learner.scratch_bytes_per_agent(group.dtype.itemsize)
     pA = learner.pA
     assert pA is not None
     assert sum(g.nbytes for g in pA.scratch) <= learner.gain_nbytes
