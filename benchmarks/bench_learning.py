@@ -7,9 +7,10 @@ with (so both plan with the same tables: a learned ``B`` is denser than a determ
 which changes the planner), and a :class:`~edge_agent.core.learning.LearningAgentGroup` that
 learns ``pA`` (and ``pB`` where the row says so) and refreshes its tables every
 ``refresh_every`` ticks (a group of at most 128 agents learns a few ticks at a time:
-``edge_agent/aif/learning_experience.py``; the rows and their numbers are the same). The plain group is made again at the start of every round, on the
-learning group's tables and beliefs of that moment, so that both rounds start from the same
-state and do the same inference and planning work. One JSON object per line:
+``edge_agent/aif/learning_experience.py``, with the same counts). The plain group is made
+again at the start of every round, on the learning group's tables and beliefs of that moment,
+so that both rounds start from the same state and do the same inference and planning work.
+One JSON object per line:
 
 * ``plain_agent_steps_per_s``, ``learning_agent_steps_per_s``: agents x ticks / wall time, the
   median over rounds; ``ratio``: the median over rounds of learning time / plain time (the

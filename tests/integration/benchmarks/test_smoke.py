@@ -155,7 +155,8 @@ EXPECTED: dict[str, list[Record]] = {
         *[({"bench": "digits_group", "model": m},
            ("group_step_ratio", "session_exact_ratio", "x64_quant_precision",
             "session_spinning_ratio", "session_spinning_stop_ratio", "session_backend_ratio",
-            "group_step_spinning_ratio", "group_spinning_actions_optimal"))
+            "group_step_spinning_ratio", "group_spinning_actions_optimal",
+            "group_step_spinning_fresh_ratio", "group_job_ratio", "session_default_job_ms"))
           for m in ("mlp", "cnn")],
         *[({"bench": "spinning", "model": m, "session": k},
            ("cpu_ms_per_call", "cpu_share_of_core", "call_p50_ms"))
