@@ -31,6 +31,7 @@ import enum
 import operator
 import os
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -223,11 +224,45 @@ class Record:
 
     __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
     _field_checks: ClassVar[_FieldChecks | None] = None
+    _compared: ClassVar[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._field_checks = None
-        dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+        cls._compared = None
+        # ``__eq__``, ``__hash__`` and ``__repr__`` are the base's below, one for every record,
+        # not three generated per class (about 4 kB of code each, held by the daemon).
+        dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)(cls)
+
+    @classmethod
+    def _names(cls) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """The fields a generated method would read: compared, hashed, shown (once per
+        class, as ``dataclasses`` chooses them)."""
+        found = cls.__dict__.get("_compared")
+        if found is None:
+            fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+            found = (
+                tuple(f.name for f in fields if f.compare),
+                tuple(f.name for f in fields if (f.compare if f.hash is None else f.hash)),
+                tuple(f.name for f in fields if f.repr),
+            )
+            cls._compared = found
+        return found
+
+    def __eq__(self, other: object) -> bool:
+        """What ``dataclasses`` generates: the compared fields in order, records of one class."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        names = self._names()[0]
+        return tuple(getattr(self, n) for n in names) == tuple(getattr(other, n) for n in names)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self._names()[1]))
+
+    @reprlib.recursive_repr()
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._names()[2])
+        return f"{type(self).__qualname__}({shown})"
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []
