@@ -35,7 +35,8 @@ of ``--calls`` calls (order rotated each round), per-round medians:
   without the group must do to act); ``group_job_ratio`` is over ``session_default_job``.
 
 One JSON line per model: medians in ms, ``*_ratio`` the median over rounds of each variant over
-``session_default`` (target for ``group_step``: <= 1.2), whether the two sessions' argmax agree on
+``session_default`` (or the baseline named above; issue 30's target, <= 1.2, is read on
+``group_job``: the same job on the same threads), whether the two sessions' argmax agree on
 every held-out digit, and ``x64_quant_precision`` (the backend's choice here).
 
 Then what spinning costs when idle (``bench: spinning``): each of ``backend_1`` (1 thread),
