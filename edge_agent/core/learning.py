@@ -434,8 +434,10 @@ class LearningAgentGroup(AifAgentGroup):
     def _learn_D(  # noqa: N802 - pymdp's table names
         self, sel: np.ndarray, posterior: Sequence[np.ndarray] | None = None
     ) -> None:
-        if self.learner.pD is not None and sel.any() and not self.learning_frozen:
-            self.learner.learn_D(
+        # ``_learner``: asking whether ``pD`` is learned reads no counts, so the ticks kept for
+        # ``A`` and ``B`` stay kept (the refresh below learns them first).
+        if self._learner.pD is not None and sel.any() and not self.learning_frozen:
+            self._learner.learn_D(
                 [q[sel] for q in self.qs] if posterior is None else list(posterior),
                 agents=np.flatnonzero(sel),
             )
@@ -446,7 +448,7 @@ class LearningAgentGroup(AifAgentGroup):
         With ``trial_ends_at_reset`` the agents of ``mask`` that acted in their trial end it
         first: ``pD`` learns from their last posterior (an agent reset before its first step
         has no trial to sum up)."""
-        if self.trial_ends_at_reset and self.learner.pD is not None:
+        if self.trial_ends_at_reset and self._learner.pD is not None:
             sel = np.ones(self.n_agents, dtype=bool) if mask is None else np.asarray(mask, bool)
             self._learn_D(sel & self.has_action)
         super().reset(mask)

@@ -385,23 +385,24 @@ class ABSwitch:
 
     def _switch(self, ready: ReadyToSwitch) -> None:
         """Run ``ready.group`` on the new bundle, keeping the old group to roll back to."""
+        deployer = self._deployer()  # built: the ready switch came from it
         host = self.host
         groups = host.groups
         index = next((i for i, g in enumerate(groups) if g.name == ready.group), None)
         if index is None:
-            self._deployer().switch_failed(f"group {ready.group!r} no longer exists")
+            deployer.switch_failed(f"group {ready.group!r} no longer exists")
             return
         old = groups[index]
         checked = ready.payload
         if not isinstance(checked, CheckedBundle):
-            self._deployer().switch_failed("internal: the health check returned no model")
+            deployer.switch_failed("internal: the health check returned no model")
             return
         try:
             cfg = host.config.group(old.name)
         except KeyError:
             cfg = None
         if cfg != checked.snapshot.group:
-            self._deployer().switch_failed(
+            deployer.switch_failed(
                 f"group {old.name!r} was reconfigured (a reload) while its new bundle was "
                 "checked: deploy it again"
             )
@@ -415,15 +416,15 @@ class ABSwitch:
                 workers=old.config.workers_for(host.profile),
             )
         except EdgeAgentError as err:
-            self._deployer().switch_failed(
+            deployer.switch_failed(
                 f"the old and the new group do not fit the budget together: {err}"
             )
             return
         try:
-            self._deployer().switched(ready, model_spec_key(cfg))
+            deployer.switched(ready, model_spec_key(cfg))
         except OSError as err:
             new.release()
-            self._deployer().switch_failed(f"cannot record the switch: {err}")
+            deployer.switch_failed(f"cannot record the switch: {err}")
             return
         groups[index] = new
         self._old = old
