@@ -136,9 +136,17 @@ def test_planning_yields_to_the_tick_and_no_tick_is_skipped(tmp_path: Path) -> N
     from edge_agent.aif.planning import PlanningPolicy
 
     period = 1.0 / HZ
-    full = _seconds_an_agent(None)
-    floor = _seconds_an_agent(PlanningPolicy(deadline_ms=1e-6))  # the first block plans only
-    n = min(math.ceil(2.2 * period / full), int(period / 3 / floor), 100_000)
+    full = floor = math.inf
+    # Each the fastest of every measurement so far: a machine busy with other work can make the
+    # short floor several times longer for a while (9 us an agent against 1.4 once, the sizes
+    # then no longer fit between the two bounds); a few more rounds find a quieter moment.
+    for _ in range(6):
+        full = min(full, _seconds_an_agent(None))
+        floor = min(floor, _seconds_an_agent(PlanningPolicy(deadline_ms=1e-6)))  # first block
+        n = min(math.ceil(2.2 * period / full), int(period / 3 / floor), 100_000)
+        if n * full >= 2 * period:
+            break
+        time.sleep(1.0)
     assert n * full >= 2 * period, (
         f"planning of {n} agents takes {n * full * 1000:.0f} ms a tick: not two periods "
         f"(floor {floor * 1e6:.2f} us, full {full * 1e6:.2f} us an agent)"
