@@ -31,12 +31,13 @@ import enum
 import operator
 import os
 import re
-import reprlib
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
+
+from edge_agent.lean_dataclass import dataclass
 
 __all__ = [
     "BARE_KEY_CHARS",
@@ -107,7 +108,7 @@ def raise_problems(title: str, problems: Sequence[Problem]) -> None:
 
 
 # ------------------------------------------------------------------------------------- metadata
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class Rule:
     """The constraints and description of one field, as pydantic's ``Field`` keywords.
 
@@ -165,7 +166,7 @@ def _num(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() and abs(bound) < 2**63 else str(bound)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class Check:
     """A function run on a field's value: ``fn(value, context) -> value``.
 
@@ -224,45 +225,13 @@ class Record:
 
     __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
     _field_checks: ClassVar[_FieldChecks | None] = None
-    _compared: ClassVar[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._field_checks = None
-        cls._compared = None
-        # ``__eq__``, ``__hash__`` and ``__repr__`` are the base's below, one for every record,
-        # not three generated per class (about 4 kB of code each, held by the daemon).
-        dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)(cls)
-
-    @classmethod
-    def _names(cls) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-        """The fields a generated method would read: compared, hashed, shown (once per
-        class, as ``dataclasses`` chooses them)."""
-        found = cls.__dict__.get("_compared")
-        if found is None:
-            fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-            found = (
-                tuple(f.name for f in fields if f.compare),
-                tuple(f.name for f in fields if (f.compare if f.hash is None else f.hash)),
-                tuple(f.name for f in fields if f.repr),
-            )
-            cls._compared = found
-        return found
-
-    def __eq__(self, other: object) -> bool:
-        """What ``dataclasses`` generates: the compared fields in order, records of one class."""
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        names = self._names()[0]
-        return tuple(getattr(self, n) for n in names) == tuple(getattr(other, n) for n in names)
-
-    def __hash__(self) -> int:
-        return hash(tuple(getattr(self, n) for n in self._names()[1]))
-
-    @reprlib.recursive_repr()
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._names()[2])
-        return f"{type(self).__qualname__}({shown})"
+        # Its ``__eq__``, ``__hash__``, ``__repr__`` and frozen ``__setattr__`` are shared by
+        # every record, not generated per class (:mod:`edge_agent.lean_dataclass`).
+        dataclass(frozen=True, kw_only=True)(cls)
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []

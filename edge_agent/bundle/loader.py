@@ -26,7 +26,7 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, get_args
 
@@ -46,6 +46,7 @@ from pydantic import (
 
 from edge_agent.bundle import signing
 from edge_agent.errors import BundleError, SignatureError
+from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
     pass

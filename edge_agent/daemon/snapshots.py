@@ -62,7 +62,6 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -72,6 +71,7 @@ import numpy.typing as npt
 
 from edge_agent.errors import SnapshotError
 from edge_agent.fsutil import atomic_writer, is_storage_error, not_a_dir
+from edge_agent.lean_dataclass import dataclass
 from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)

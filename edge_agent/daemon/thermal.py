@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import glob
 import logging
-from dataclasses import dataclass
+
+from edge_agent.lean_dataclass import dataclass
 
 logger = logging.getLogger(__name__)
 

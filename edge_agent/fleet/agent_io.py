@@ -42,7 +42,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import numpy as np
@@ -64,6 +63,7 @@ from edge_agent.fleet.protocol import (
     encode,
 )
 from edge_agent.fleet.topics import TopicKind, Topics
+from edge_agent.lean_dataclass import dataclass
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -77,6 +76,7 @@ from edge_agent.fleet.protocol import (
 )
 from edge_agent.fleet.topics import Route, Topics, check_name
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
+from edge_agent.lean_dataclass import dataclass
 from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,6 @@ import sys
 import threading
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar
@@ -42,6 +41,7 @@ from msgspec import Meta
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet.names import NAME_PATTERN, UINT32
 from edge_agent.fleet.outcomes import ResultCode
+from edge_agent.lean_dataclass import dataclass
 
 logger = logging.getLogger(__name__)
 

@@ -23,11 +23,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
 from typing import Final, Generic, TypeVar
 
 from edge_agent.errors import ProtocolError
+from edge_agent.lean_dataclass import dataclass
 
 logger = logging.getLogger(__name__)
 
