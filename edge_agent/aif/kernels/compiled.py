@@ -320,7 +320,7 @@ def refresh_likelihood(
         lnL_T = updated(lnL_T, likelihood_table(tuple(a[:, cols] for a in A_rows), dtype).T, 0)
     fast = replace(
         fast, lnL_T=lnL_T,
-        **likelihood_fields(A_rows, A_joint_T, utility, neg_entropy, dtype),
+        **likelihood_fields(A_rows, A_joint_T, utility, neg_entropy, dtype, same_support=fast),
     )
     local = cm.local
     trans = cm.transitions[0]
