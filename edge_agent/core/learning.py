@@ -575,8 +575,11 @@ class LearningAgentGroup(AifAgentGroup):
         for table in A:
             table.setflags(write=False)
         self._float_model = replace(m, A=tuple(A))
-        if codes is not None and self.quantized is not None:
-            self.quantized = replace(self.quantized, A=tuple(codes["A"]))
+        quantized = self.quantized
+        if codes is not None and quantized is not None and any(
+            mine is not theirs for mine, theirs in zip(codes["A"], quantized.A, strict=True)
+        ):  # the group's own codes, encoded in place from their first refresh on
+            self.quantized = replace(quantized, A=tuple(codes["A"]))
         pA.mark_refreshed()
         return True
 
