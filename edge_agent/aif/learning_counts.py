@@ -104,6 +104,10 @@ class DirichletCounts:
     scratch: list[FloatArray] = field(default_factory=list, repr=False)
     #: The mask each scratch is 0 outside of.
     _gain_masks: list[NDArray[np.bool_]] = field(default_factory=list, repr=False)
+    #: Per table, what :meth:`fixed_columns` found and the mask and table it was found for.
+    _fixed: dict[int, tuple[NDArray[np.bool_], np.ndarray, NDArray[np.bool_]]] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def create(
@@ -235,6 +239,32 @@ class DirichletCounts:
             axes = (0, 1) if self.scope == "per_agent" else (0,)
             self.touched[slot] |= (counts != self.prior[slot]).any(axis=axes)
         forget(counts, self.prior[slot], forgetting)
+
+    def fixed_columns(self, slot: int, table: np.ndarray) -> NDArray[np.bool_]:
+        """The columns of shared table ``slot`` (a mask over ``table.shape[1:]``) whose counts
+        normalise to exactly ``table``'s column now and after any update: those where the mask
+        has one entry, ``table`` is 1 there and 0 elsewhere, and the counts are not 0 there and
+        0 elsewhere, as is the prior (a deterministic move learned on its support: ``c / c`` is
+        exactly 1). Updates land on the mask only and forgetting decays toward the prior, so
+        what is found holds until the mask, the table or the counts from outside
+        (:meth:`restore`) change: it is found once for them."""
+        mask = self.mask[slot]
+        cached = self._fixed.get(slot)
+        if cached is not None and cached[0] is mask and cached[1] is table:
+            return cached[2]
+        fixed: NDArray[np.bool_] = np.count_nonzero(mask, axis=0) == 1
+        fixed &= np.all(table == mask, axis=0)
+        fixed &= np.all((self.counts[slot] != 0) == mask, axis=0)
+        fixed &= np.all((self.prior[slot] == 0) | mask, axis=0)
+        self._fixed[slot] = (mask, table, fixed)
+        return fixed
+
+    def restore(self, slot: int, counts: np.ndarray) -> None:
+        """Counts from outside (a snapshot's) for table ``slot``: every column may differ from
+        the table the agents use, and from what :meth:`fixed_columns` found."""
+        self.counts[slot][...] = counts
+        self.touched[slot].fill(True)
+        self._fixed.pop(slot, None)
 
     @property
     def learned(self) -> bool:

@@ -73,9 +73,8 @@ class Experience:
         self.actions = np.zeros((rows, len(num_states) if learned else 0), dtype=np.intp)
         self.acted = np.zeros(rows if learned else 0, dtype=bool)
         self._b_factors = tuple(sorted(learned))
-        #: Ticks held, and how many of them had an agent that acted (``B``'s updates).
+        #: Ticks held.
         self.ticks = 0
-        self.acted_ticks = 0
 
     @staticmethod
     def row_nbytes(
@@ -104,6 +103,15 @@ class Experience:
         """Rows held (agent-ticks)."""
         return self.ticks * self.n_agents
 
+    @property
+    def acted_ticks(self) -> int:
+        """Ticks held in which some agent acted: ``B``'s updates (0 when ``B`` is not
+        learned). Counted from the rows when asked (once per update), not per tick."""
+        if not self.learns_B or not self.ticks:
+            return 0
+        acted = self.acted[: self.rows].reshape(self.ticks, self.n_agents)
+        return int(np.count_nonzero(acted.any(axis=1)))
+
     def append(
         self,
         obs: np.ndarray,
@@ -114,22 +122,20 @@ class Experience:
     ) -> None:
         """One tick: ``obs (N, M)``, ``qs[f] (N, S_f)``; ``qs_prev``, ``actions (N, F)`` and
         ``acted (N,)`` are read only when ``B`` is learned. The caller keeps it from overflowing
-        (:attr:`full`)."""
-        n = self.n_agents
-        at = slice(self.ticks * n, (self.ticks + 1) * n)
-        np.copyto(self.obs[at], obs, casting="same_kind")
+        (:attr:`full`). A few slice assignments and nothing else (it runs every tick of a small
+        group): the rows of agents that did not act are copied too, and ``B``'s update gives
+        them no weight (its ``acted`` mask)."""
+        start = self.ticks * self.n_agents
+        end = start + self.n_agents
+        self.obs[start:end] = obs
         for dst, q in zip(self.qs, qs, strict=True):
-            np.copyto(dst[at], q)
+            dst[start:end] = q
         if self.learns_B:
-            any_acted = bool(acted.any())
-            if any_acted:
-                for f in self._b_factors:
-                    np.copyto(self.qs_prev[f][at], qs_prev[f])
-                np.copyto(self.actions[at], actions, casting="same_kind")
-            np.copyto(self.acted[at], acted)
-            self.acted_ticks += any_acted
+            for f in self._b_factors:
+                self.qs_prev[f][start:end] = qs_prev[f]
+            self.actions[start:end] = actions
+            self.acted[start:end] = acted
         self.ticks += 1
 
     def clear(self) -> None:
         self.ticks = 0
-        self.acted_ticks = 0

@@ -575,8 +575,11 @@ class LearningAgentGroup(AifAgentGroup):
         for table in A:
             table.setflags(write=False)
         self._float_model = replace(m, A=tuple(A))
-        if codes is not None and self.quantized is not None:
-            self.quantized = replace(self.quantized, A=tuple(codes["A"]))
+        quantized = self.quantized
+        if codes is not None and quantized is not None and any(
+            mine is not theirs for mine, theirs in zip(codes["A"], quantized.A, strict=True)
+        ):  # the group's own codes, encoded in place from their first refresh on
+            self.quantized = replace(quantized, A=tuple(codes["A"]))
         pA.mark_refreshed()
         return True
 
@@ -584,12 +587,14 @@ class LearningAgentGroup(AifAgentGroup):
         """Whether every learned ``B`` (past its first refresh) normalises, in the columns
         touched since the last refresh, to exactly the table the agents use now: a ``B`` whose
         columns each have one possible target (a deterministic move learned with counts on its
-        support only) stays what it was however its counts grow."""
+        support only) stays what it was however its counts grow. Those columns are known
+        (:meth:`~edge_agent.aif.learning_counts.DirichletCounts.fixed_columns`): only the
+        others are normalised and compared."""
         pB, m = self.learner.pB, self._float_model
         if pB is None or not pB.refreshed:
             return False
         for slot, index in enumerate(pB.tables):
-            touched = pB.touched[slot]
+            touched = pB.touched[slot] & ~pB.fixed_columns(slot, m.B[index])
             if touched.any() and not np.array_equal(
                 normalise(pB.counts[slot][:, touched]), m.B[index][:, touched]
             ):
@@ -853,8 +858,7 @@ class LearningAgentGroup(AifAgentGroup):
                         f"group {self.name!r} snapshot {key!r} has shape {arr.shape}, "
                         f"expected {counts.counts[slot].shape}"
                     )
-                counts.counts[slot][...] = arr
-                counts.touched[slot].fill(True)  # restored counts: every column may differ
+                counts.restore(slot, arr)
             counts.version = int(state.get(f"learn.version.{counts.kind}", np.array(0)))
             counts.reset_at = int(state.get(f"learn.reset_at.{counts.kind}", np.array(0)))
             counts.reported_version = counts.version

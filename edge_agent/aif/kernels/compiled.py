@@ -317,11 +317,14 @@ def refresh_likelihood(
     A_joint_T = updated(cm.A_joint_T, joint.T, 0)
     fast = cm.fast
     lnL_T = fast.lnL_T
-    if lnL_T is not None:
-        lnL_T = updated(lnL_T, likelihood_table(tuple(a[:, cols] for a in A_rows), dtype).T, 0)
+    lnL_cols = None  # the touched columns' log likelihood, made once for the fast and joint paths
+    if lnL_T is not None or cm.joint is not None:
+        lnL_cols = likelihood_table(tuple(a[:, cols] for a in A_rows), dtype)
+    if lnL_T is not None and lnL_cols is not None:
+        lnL_T = updated(lnL_T, lnL_cols.T, 0)
     fast = replace(
         fast, lnL_T=lnL_T,
-        **likelihood_fields(A_rows, A_joint_T, utility, neg_entropy, dtype),
+        **likelihood_fields(A_rows, A_joint_T, utility, neg_entropy, dtype, same_support=fast),
     )
     local = cm.local
     trans = cm.transitions[0]
@@ -341,11 +344,10 @@ def refresh_likelihood(
             neg_entropy=neg_entropy.astype(np.float64), dtype=dtype,
         ))
     joint_plan = cm.joint
-    if joint_plan is not None:
+    if joint_plan is not None and lnL_cols is not None:
         joint_plan = replace(
             joint_plan,
-            lnL_table=updated(joint_plan.lnL_table,
-                              likelihood_table(tuple(a[:, cols] for a in A_rows), dtype), 1),
+            lnL_table=updated(joint_plan.lnL_table, lnL_cols, 1),
             utility=utility,
             AT_ext=updated(joint_plan.AT_ext,
                            np.concatenate([A_joint_T[cols], neg_entropy[cols, None]], axis=1), 0),

@@ -286,6 +286,20 @@ def diagonals(A: np.ndarray) -> Diagonals:
     return Diagonals(num_out=int(A.shape[0]), diagonals=tuple(diags))
 
 
+def reweighted_diagonals(dg: Diagonals, A: np.ndarray) -> Diagonals:
+    """``dg`` with its weights gathered again from ``A (O, S)``, whose non-zeros lie where
+    those of the matrix ``dg`` was made from did (a refresh that kept the support): equal to
+    :func:`diagonals` of ``A``, whose diagonals, their order and their rows follow the support
+    alone, for one gather per diagonal."""
+    diags = []
+    for d, lo, hi, _ in dg.diagonals:
+        rows = np.arange(lo, hi)
+        w = np.ascontiguousarray(A[rows, rows + d][:, None])
+        w.setflags(write=False)
+        diags.append((d, lo, hi, w))
+    return Diagonals(num_out=dg.num_out, diagonals=tuple(diags))
+
+
 def apply_diagonals(dg: Diagonals, x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
     """``out = A @ x`` for ``x (S, W)``, ``out (O, W)``; ``tmp`` is another ``(O, W)`` buffer."""
     d, lo, hi, w = dg.diagonals[0]
@@ -494,18 +508,23 @@ def likelihood_fields(
     utility: np.ndarray,
     neg_entropy: np.ndarray,
     dtype: np.dtype[np.floating],
+    *,
+    same_support: FastPlan | None = None,
 ) -> dict[str, Any]:
     """The fields of a :class:`FastPlan` that follow the likelihood (all but ``lnL_T``, which
-    the caller builds or updates), read-only: what a refresh of ``A`` changes."""
+    the caller builds or updates), read-only: what a refresh of ``A`` changes.
+
+    ``same_support``: the plan of a likelihood whose joint table had the same non-zeros (a
+    refresh that kept the support). Which outcome map is cheapest, and its shape, follow the
+    support alone, so its choice is kept and a :class:`Diagonals` map only takes its weights
+    again (:func:`reweighted_diagonals`); the result is what the call without it gives."""
     A_joint = A_joint_T.T  # (O, S_joint), F-ordered view: BLAS reads it transposed
-    num_out, S_joint = A_joint.shape
-    dense_cost = num_out * S_joint * MAC_PER_PASS
-    candidates: list[RowMap | Diagonals] = []
-    if np.any(A_joint != 0):
-        candidates = [diagonals(A_joint)]
-        if candidates[0].passes > _row_map_fewest_passes(A_joint):  # else it cannot do better
-            candidates.append(outcome_row_map(np.ascontiguousarray(A_joint)))
-    best = min(candidates, key=lambda c: c.passes, default=None)
+    previous = None if same_support is None else same_support.outcome_map
+    outcome_map: RowMap | Diagonals | None
+    if same_support is not None and not isinstance(previous, RowMap):
+        outcome_map = None if previous is None else reweighted_diagonals(previous, A_joint)
+    else:
+        outcome_map = _cheapest_outcome_map(A_joint)
     A_eps = None
     if len(A_rows) == 1:
         A_eps = A_rows[0] + dtype.type(EPS)
@@ -516,10 +535,24 @@ def likelihood_fields(
     return {
         "A_eps": A_eps,
         "A_joint": A_joint,
-        "outcome_map": best if best is not None and best.passes < dense_cost else None,
+        "outcome_map": outcome_map,
         "utility_row": rows[0],
         "neg_entropy_row": rows[1],
     }
+
+
+def _cheapest_outcome_map(A_joint: np.ndarray) -> RowMap | Diagonals | None:
+    """``q(o) = A_joint @ q(s)`` as the cheaper of :func:`diagonals` and
+    :func:`outcome_row_map`, or ``None`` when the dense product costs less than both."""
+    num_out, S_joint = A_joint.shape
+    dense_cost = num_out * S_joint * MAC_PER_PASS
+    candidates: list[RowMap | Diagonals] = []
+    if np.any(A_joint != 0):
+        candidates = [diagonals(A_joint)]
+        if candidates[0].passes > _row_map_fewest_passes(A_joint):  # else it cannot do better
+            candidates.append(outcome_row_map(np.ascontiguousarray(A_joint)))
+    best = min(candidates, key=lambda c: c.passes, default=None)
+    return best if best is not None and best.passes < dense_cost else None
 
 
 def build_fast_plan(

@@ -61,3 +61,37 @@ def test_memory_per_agent_scope_is_counts_per_agent() -> None:
     counts_bytes = sum(p.nbytes for p in pA.values())
     assert many.nbytes - one.nbytes == 100 * counts_bytes
     assert shared.nbytes == one.nbytes
+
+
+def test_fixed_columns_are_the_one_target_moves_learned_on_their_support() -> None:
+    """``fixed_columns``: the columns of a learned ``B`` that normalise to exactly its table
+    whatever the updates: one target in the mask, the table 1 there, counts and prior 0 off
+    it. Found once per mask and table; a restore of counts from outside finds them anew."""
+    rng = np.random.default_rng(5)
+    S, U = 6, 3
+    B = np.zeros((S, S, U))
+    for s in range(S):
+        B[(s + 1) % S, s, 0] = 1.0  # deterministic moves
+        B[s, s, 1] = 1.0
+        B[[s, (s + 2) % S], s, 2] = 0.5  # a stochastic one
+    prior = 2.0 * B
+    prior[0, 3, 1] = 0.25  # counts off column (3, 1)'s one target
+    counts = DirichletCounts.create("B", {0: prior}, [B])
+    counts.mark_refreshed()  # the mask is now the prior's support
+    fixed = counts.fixed_columns(0, B)
+    expected = np.zeros((S, U), dtype=bool)
+    expected[:, :2] = True
+    expected[3, 1] = False  # two entries in its mask
+    np.testing.assert_array_equal(fixed, expected)
+    for _ in range(3):  # updates on the mask keep them what they were
+        counts.add(0, rng.random((S, S, U)) * counts.mask[0], 0.5, 0.1)
+    assert counts.fixed_columns(0, B) is fixed
+    normalised = counts.normalised(0)
+    np.testing.assert_array_equal(normalised[:, fixed], B[:, fixed])
+    restored = counts.counts[0].copy()
+    restored[2, 0, 0] = 1.0  # off the target of column (0, 0)
+    counts.restore(0, restored)
+    assert counts.touched[0].all()
+    again = counts.fixed_columns(0, B)
+    assert not again[0, 0]
+    np.testing.assert_array_equal(np.delete(again.reshape(-1), 0), np.delete(fixed.reshape(-1), 0))

@@ -206,6 +206,47 @@ def test_a_learned_deterministic_transition_keeps_the_refresh_incremental() -> N
     assert_same_tables(group.cm, full, "cm", 1e-5)
 
 
+@pytest.mark.parametrize("n", [1, 20])
+def test_known_fixed_transition_columns_answer_as_the_full_comparison(n: int) -> None:
+    """Whether a learned deterministic B still normalises to the table the agents use is
+    answered from the columns known to stay so (``DirichletCounts.fixed_columns``): before
+    every refresh the answer is the full comparison's of every touched column; counts restored
+    from a snapshot with a count off a move's target make the refresh a full compile, equal to
+    ``compile_model``'s."""
+    from edge_agent.aif.learning_kernels import normalise
+
+    model = builtin_model("grid10")
+    B = model.B[0]
+    spec = LearningSpec(pA=learned_counts(model, (0,)), pB={0: B * 2.0 + 0.5 * (B > 0)},
+                        refresh_every=4, settings=LearningSettings(lr_pA=0.5, lr_pB=0.5))
+    group = LearningAgentGroup(model, n, learning=spec, precision="int8")
+    env = make_env("grid10", n, seed=4)
+    obs = env.reset()
+    answers = []
+    state: dict[str, np.ndarray] = {}
+    for tick in range(16):
+        if tick == 13:  # counts of a version no refresh had (a refresh follows their change)
+            state = {key: value.copy() for key, value in group.state_dict().items()}
+        if tick % 4 == 3 and group.refreshes:  # the tick that refreshes
+            pB = group.learner.pB
+            assert pB is not None
+            touched = pB.touched[0]
+            full = bool(np.array_equal(normalise(pB.counts[0][:, touched]),
+                                       group.model.B[0][:, touched]))
+            answers.append((group._same_transitions(), full))
+        obs = env.step(group.step(obs))
+    assert answers == [(True, True)] * 3
+    assert group.incremental_refreshes == 3
+    state["learn.pB0"][5, 0, 0] += 1.0  # off the one target of a column (B[:, 0, 0])
+    group.load_state_dict(state)
+    assert group.incremental_refreshes == 3  # a full compile
+    assert group.model.B[0][5, 0, 0] > 0
+    source = group.quantized
+    assert source is not None
+    full_cm = kernels.compile_model(source, group.cm.tree.policies, dtype=group.dtype.type)
+    assert_same_tables(group.cm, full_cm, "cm", 1e-5)
+
+
 @pytest.mark.parametrize(("world", "modalities"),
                          [("tmaze", (1,)), ("tmaze", (0, 1, 2)), ("grid10", (0,)),
                           ("grid2f", (0, 1, 2))])

@@ -161,6 +161,57 @@ def test_row_maps_and_diagonals_equal_dense_products() -> None:
         np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-15)
 
 
+def test_diagonals_reweighted_for_the_same_support_equal_those_made_anew() -> None:
+    """A refresh that keeps the likelihood's support keeps its outcome map's diagonals and
+    gathers only their weights again (``reweighted_diagonals``): the same map, bit for bit, as
+    ``diagonals`` of the new table; and ``likelihood_fields`` given the old plan gives the
+    same fields as without it, for a diagonal map (grid), no map (T-maze's dense product) and a
+    row map (made anew)."""
+    from edge_agent.aif.kernels.fast_tables import likelihood_fields, reweighted_diagonals
+    from edge_agent.sim.registry import builtin_model
+
+    rng = np.random.default_rng(4)
+    for n_out, S, nnz in [(20, 30, 3), (30, 20, 1), (7, 7, 7)]:
+        old = likelihood(rng, n_out, (S,), nnz)
+        new = np.where(old != 0, rng.random(old.shape) + 0.1, 0.0)
+        new /= new.sum(axis=0, keepdims=True)
+        mine, fresh = reweighted_diagonals(kernels.diagonals(old), new), kernels.diagonals(new)
+        assert mine.num_out == fresh.num_out
+        assert len(mine.diagonals) == len(fresh.diagonals)
+        for (d, lo, hi, w), (d2, lo2, hi2, w2) in zip(
+            mine.diagonals, fresh.diagonals, strict=True
+        ):
+            assert (d, lo, hi) == (d2, lo2, hi2)
+            np.testing.assert_array_equal(w, w2)
+    kinds = set()
+    for model in (gridworld_model(10, 10), builtin_model("tmaze"),
+                  GenerativeModel.from_arrays([likelihood(rng, 60, (60,), 2)],
+                                              [transitions(rng, 60, 2, "sparse")])):
+        cm = compiled(model, 1, np.float64)
+        A_rows = tuple(np.where(a != 0, a * (1.0 + rng.random(a.shape)), 0.0) for a in cm.A_rows)
+        A_rows = tuple(a / a.sum(axis=0, keepdims=True) for a in A_rows)
+        joint = A_rows[0]
+        for a in A_rows[1:]:
+            joint = (joint[:, None, :] * a[None, :, :]).reshape(-1, a.shape[1])
+        A_joint_T = np.ascontiguousarray(joint[cm.joint_outcomes].T)
+        args = (A_rows, A_joint_T, cm.utility, cm.neg_entropy, cm.dtype)
+        kept = likelihood_fields(*args, same_support=cm.fast)
+        made = likelihood_fields(*args)
+        kinds.add(type(made["outcome_map"]).__name__)
+        assert type(kept["outcome_map"]) is type(made["outcome_map"])
+        if isinstance(made["outcome_map"], kernels.Diagonals):
+            for a, b in zip(kept["outcome_map"].diagonals, made["outcome_map"].diagonals,
+                            strict=True):
+                assert a[:3] == b[:3]
+                np.testing.assert_array_equal(a[3], b[3])
+        for key in ("A_eps", "utility_row", "neg_entropy_row"):
+            if made[key] is None:
+                assert kept[key] is None
+            else:
+                np.testing.assert_array_equal(kept[key], made[key])
+    assert kinds == {"Diagonals", "NoneType", "RowMap"}
+
+
 def test_grid_outcomes_use_five_diagonals() -> None:
     cm = compiled(gridworld_model(10, 10), 1, np.float32)
     assert isinstance(cm.fast.outcome_map, kernels.Diagonals)
