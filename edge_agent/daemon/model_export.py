@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config.daemon import GroupConfig, read_config
-from edge_agent.core.learning import learned_arrays
+from edge_agent.core.learning_export import learned_arrays
 from edge_agent.daemon.admission import load_group_model, trusted_keys
 from edge_agent.daemon.group_runtime import model_spec_key, with_bundle
 from edge_agent.daemon.snapshots import LoadedSnapshot, read_snapshot

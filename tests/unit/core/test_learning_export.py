@@ -12,7 +12,8 @@ import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import load_npz
-from edge_agent.core.learning import LearningAgentGroup, learned_arrays
+from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.core.learning_export import learned_arrays
 from edge_agent.core.learning_scope import learning_group
 from edge_agent.errors import InputError, ModelError
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model

@@ -247,6 +247,32 @@ def test_known_fixed_transition_columns_answer_as_the_full_comparison(n: int) ->
     assert_same_tables(group.cm, full_cm, "cm", 1e-5)
 
 
+def test_counts_restored_at_the_version_of_the_last_refresh_are_refreshed_in_full() -> None:
+    """A snapshot's counts may differ anywhere from what the agents use, whatever their
+    version: restored into a group whose last refresh had the same version (of ``B`` here), the
+    tables are made from them in full, not from the columns touched since."""
+    model = builtin_model("grid10")
+    B = model.B[0]
+    spec = LearningSpec(pA=learned_counts(model, (0,)), pB={0: B * 2.0 + 0.5 * (B > 0)},
+                        refresh_every=4, settings=LearningSettings(lr_pA=0.5, lr_pB=0.5))
+    group = LearningAgentGroup(model, 3, learning=spec, precision="int8")
+    env = make_env("grid10", 3, seed=4)
+    obs = env.reset()
+    for _ in range(10):
+        obs = env.step(group.step(obs))
+    group.refresh()
+    state = {key: value.copy() for key, value in group.state_dict().items()}
+    state["learn.pB0"][5, 0, 0] += 1.0  # off the one target of a column (B[:, 0, 0])
+    refreshes = group.incremental_refreshes
+    group.load_state_dict(state)  # pA and pB at the versions of the refresh just made
+    assert group.incremental_refreshes == refreshes
+    assert group.model.B[0][5, 0, 0] > 0
+    source = group.quantized
+    assert source is not None
+    full_cm = kernels.compile_model(source, group.cm.tree.policies, dtype=group.dtype.type)
+    assert_same_tables(group.cm, full_cm, "cm", 1e-5)
+
+
 @pytest.mark.parametrize(("world", "modalities"),
                          [("tmaze", (1,)), ("tmaze", (0, 1, 2)), ("grid10", (0,)),
                           ("grid2f", (0, 1, 2))])
