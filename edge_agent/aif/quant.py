@@ -77,17 +77,23 @@ def encode_log_u8(p: np.ndarray) -> LogU8:
     if p.ndim == 0:
         raise ModelError("cannot quantize a scalar as a distribution")
     nonzero = p > 0
-    if np.any(~nonzero.any(axis=0)):
+    if not nonzero.any(axis=0).all():
         raise ModelError("cannot quantize a column with no non-zero entry")
-    with np.errstate(divide="ignore"):
-        logp = np.where(nonzero, np.log(np.where(nonzero, p, 1.0)), -np.inf)
+    # Zero entries read as their column's largest, so that one logarithm serves the column's
+    # largest and smallest non-zero log (the log of 0 would also take numpy's slow path).
+    largest = np.fmax.reduce(p, axis=0)
+    logp = np.log(np.where(nonzero, p, largest[None]))
     top = logp.max(axis=0)
-    low = np.where(nonzero, logp, np.inf).min(axis=0)
+    low = logp.min(axis=0)
     low = np.maximum(low, top - RANGE)
     step = (top - low) / MAX_CODE
     safe_step = np.where(step > 0, step, 1.0)
-    codes = np.rint((top[None] - np.maximum(logp, low[None])) / safe_step[None])
-    codes = np.clip(codes, 0, MAX_CODE)
+    # (top - max(ln p, low)) / step lies in [0, 254] up to rounding: only the top is clipped
+    codes = np.maximum(logp, low[None], out=logp)
+    np.subtract(top[None], codes, out=codes)
+    np.divide(codes, safe_step[None], out=codes)
+    np.rint(codes, out=codes)
+    np.minimum(codes, MAX_CODE, out=codes)
     codes = np.where(nonzero, codes, ZERO_CODE).astype(np.uint8)
     return LogU8(codes=codes, top=top.astype(np.float32), step=step.astype(np.float32))
 
