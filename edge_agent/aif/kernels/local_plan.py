@@ -189,14 +189,12 @@ def local_values(
     indices, read-only: what a refresh of ``A`` changes (the slots follow ``A``'s support)."""
     num_out, S = A.shape
     padded_negH = np.append(np.asarray(neg_entropy, dtype=np.float64), 0.0)
-    padded_A = np.append(np.asarray(A, dtype=np.float64).reshape(-1), 0.0)
-    # sum over t of B[t, s, u] * utility[t], from B's layers (each layer's targets distinct)
-    u64 = np.asarray(utility, dtype=np.float64)
-    by_action = np.zeros((len(trans.layers), S))
-    for u in distinct(node_action):
-        for tgt, src, w in trans.layers[int(u)]:
-            gain = u64[tgt] if w is None else u64[tgt] * w.astype(np.float64)
-            np.add.at(by_action[int(u)], src, gain)
+    # gathered in the tables' dtype (the same numbers as gathering float64 and casting after)
+    padded_A = np.append(np.asarray(A, dtype=dtype).reshape(-1), 0.0).astype(dtype, copy=False)
+    # sum over t of B[t, s, u] * utility[t], from B's layers (each layer's targets distinct):
+    # one bincount over every action's layers, which adds each (u, s)'s terms from 0 in the
+    # order of the layers, as np.add.at layer by layer did (the same sums, bit for bit)
+    by_action = _utility_by_action(trans, distinct(node_action), utility).reshape(-1, S)
     utility_by_source = by_action[node_action].T
     out: dict[str, Any] = {
         "neg_entropy": padded_negH[target_index].reshape(num_out, -1),
@@ -207,3 +205,20 @@ def local_values(
         out[name] = np.ascontiguousarray(table, dtype=dtype)
         out[name].setflags(write=False)
     return out
+
+
+def _utility_by_action(
+    trans: SparseTransition, actions: IndexArray, utility: np.ndarray
+) -> np.ndarray:
+    """``(U * S,)`` float64: ``sum_t B[t, s, u] * utility[t]`` at ``u * S + s`` for the
+    ``actions`` (0 for the others), each sum taken from 0 over ``trans``' layers in order."""
+    S, U = trans.num_states, len(trans.layers)
+    u64 = np.asarray(utility, dtype=np.float64)
+    slots, gains = [], []
+    for u in actions:
+        for tgt, src, w in trans.layers[int(u)]:
+            slots.append(src + int(u) * S)
+            gains.append(u64[tgt] if w is None else u64[tgt] * w.astype(np.float64))
+    if not slots:
+        return np.zeros(U * S)
+    return np.bincount(np.concatenate(slots), np.concatenate(gains), minlength=U * S)
