@@ -180,17 +180,27 @@ def test_a_few_agents_add_their_support_entries_where_they_fall(
     assert pA.version == 1
 
 
+def _grid10_learning_a_and_b(
+    n: int, *, refresh_every: int, seed: int
+) -> tuple[LearningAgentGroup, Any]:
+    """An int8 grid10 group learning ``A0`` and ``B0`` with counts only where its moves go (one
+    target per column: a learned ``B`` that normalises to the ``B`` the agents use), and its
+    world."""
+    model = builtin_model("grid10")
+    B = model.B[0]
+    spec = LearningSpec(pA=learned_counts(model, (0,)), pB={0: B * 2.0 + 0.5 * (B > 0)},
+                        refresh_every=refresh_every,
+                        settings=LearningSettings(lr_pA=0.5, lr_pB=0.5))
+    group = LearningAgentGroup(model, n, learning=spec, precision="int8")
+    return group, make_env("grid10", n, seed=seed)
+
+
 def test_a_learned_deterministic_transition_keeps_the_refresh_incremental() -> None:
     """grid10 learning A0 and B0 with counts only where its moves go (one target per column):
     the learned B normalises to exactly the B the agents use, so after the first refresh every
     refresh is incremental, and the compiled model equals compile_model's of the group's model."""
     n = 20
-    model = builtin_model("grid10")
-    B = model.B[0]
-    spec = LearningSpec(pA=learned_counts(model, (0,)), pB={0: B * 2.0 + 0.5 * (B > 0)},
-                        refresh_every=3, settings=LearningSettings(lr_pA=0.5, lr_pB=0.5))
-    group = LearningAgentGroup(model, n, learning=spec, precision="int8")
-    env = make_env("grid10", n, seed=2)
+    group, env = _grid10_learning_a_and_b(n, refresh_every=3, seed=2)
     obs = env.reset()
     for _ in range(12):
         obs = env.step(group.step(obs))
@@ -215,12 +225,7 @@ def test_known_fixed_transition_columns_answer_as_the_full_comparison(n: int) ->
     ``compile_model``'s."""
     from edge_agent.aif.learning_kernels import normalise
 
-    model = builtin_model("grid10")
-    B = model.B[0]
-    spec = LearningSpec(pA=learned_counts(model, (0,)), pB={0: B * 2.0 + 0.5 * (B > 0)},
-                        refresh_every=4, settings=LearningSettings(lr_pA=0.5, lr_pB=0.5))
-    group = LearningAgentGroup(model, n, learning=spec, precision="int8")
-    env = make_env("grid10", n, seed=4)
+    group, env = _grid10_learning_a_and_b(n, refresh_every=4, seed=4)
     obs = env.reset()
     answers = []
     state: dict[str, np.ndarray] = {}
@@ -251,12 +256,7 @@ def test_counts_restored_at_the_version_of_the_last_refresh_are_refreshed_in_ful
     """A snapshot's counts may differ anywhere from what the agents use, whatever their
     version: restored into a group whose last refresh had the same version (of ``B`` here), the
     tables are made from them in full, not from the columns touched since."""
-    model = builtin_model("grid10")
-    B = model.B[0]
-    spec = LearningSpec(pA=learned_counts(model, (0,)), pB={0: B * 2.0 + 0.5 * (B > 0)},
-                        refresh_every=4, settings=LearningSettings(lr_pA=0.5, lr_pB=0.5))
-    group = LearningAgentGroup(model, 3, learning=spec, precision="int8")
-    env = make_env("grid10", 3, seed=4)
+    group, env = _grid10_learning_a_and_b(3, refresh_every=4, seed=4)
     obs = env.reset()
     for _ in range(10):
         obs = env.step(group.step(obs))
