@@ -4,7 +4,7 @@
 ``dataclasses`` writes those methods' source for each class and compiles it: about 7 kB of code
 objects per frozen class, held for the life of the process. The daemon imports some 80
 dataclasses (its config records, the compiled model's tables, the planners' plans, snapshots,
-metrics), so they cost it about 0.4 MB of the memory budget a Raspberry Pi's agents share
+metrics): sharing them took 0.46 MB off its RSS, memory a Raspberry Pi's agents share
 (``benchmarks/RESULTS.md``, issue 31). :func:`dataclass` takes the options of
 :func:`dataclasses.dataclass` the package uses and gives the same classes: the generated
 ``__init__`` (and, with ``slots``, the slotted class), the same fields, and methods that behave
