@@ -71,16 +71,20 @@ def _repr(self: Any) -> str:
     return f"{self.__class__.__qualname__}({shown})"
 
 
+def _closed(cls: Any, name: str) -> bool:
+    """Whether a frozen dataclass refuses ``name``: every name on the dataclass itself, its
+    fields on a plain subclass (as the generated methods do)."""
+    return "__dataclass_fields__" in cls.__dict__ or name in cls.__dataclass_fields__
+
+
 def _frozen_setattr(self: Any, name: str, value: object) -> None:
-    cls = self.__class__
-    if "__dataclass_fields__" in cls.__dict__ or name in cls.__dataclass_fields__:
+    if _closed(self.__class__, name):
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
     object.__setattr__(self, name, value)
 
 
 def _frozen_delattr(self: Any, name: str) -> None:
-    cls = self.__class__
-    if "__dataclass_fields__" in cls.__dict__ or name in cls.__dataclass_fields__:
+    if _closed(self.__class__, name):
         raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
     object.__delattr__(self, name)
 

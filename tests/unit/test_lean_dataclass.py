@@ -32,24 +32,22 @@ OPTIONS = [
 def _pair(options: dict[str, bool], body: dict[str, Any] | None = None) -> tuple[type, type]:
     """The same class made twice: by ``dataclasses`` and by the shared decorator."""
 
-    def make(decorate: Any, name: str) -> type:
+    def make(decorate: Any) -> type:
         namespace: dict[str, Any] = {
             "__annotations__": {"x": "int", "y": "tuple[int, ...]", "note": "str", "key": "str"},
             "__module__": __name__,
-            "__qualname__": name,
             "y": (),
             "note": dataclasses.field(default="", compare=False),
             "key": dataclasses.field(default="", repr=False),
             **(body or {}),
         }
-        cls = type(name, (), namespace)
+        # one name for both (their reprs compared), under which pickle finds the shared one
+        cls = type(f"_Pickled{len(_MADE)}", (), namespace)
         return decorate(**options)(cls)  # type: ignore[no-any-return]
 
-    generated = make(dataclasses.dataclass, "Point")
-    shared = make(dataclass, "Point")
-    globals()[f"_Pickled{len(_MADE)}"] = shared  # pickle finds the class by its module's name
-    shared.__qualname__ = f"_Pickled{len(_MADE)}"
-    generated.__qualname__ = shared.__qualname__
+    generated = make(dataclasses.dataclass)
+    shared = make(dataclass)
+    globals()[shared.__qualname__] = shared
     _MADE.append(shared)
     return generated, shared
 
