@@ -45,8 +45,8 @@ from edge_agent.fleet.agent_io import decode_actions, encode_observations
 from edge_agent.fleet.protocol import BeliefBatch, Envelope, encode
 from edge_agent.fleet.topics import Topics
 from edge_agent_host.fleetctl import FleetClient
+from edge_agent_host.fleetctl.tasks import announce, random_specs
 from edge_agent_host.keys import generate_keypair
-from edge_agent_host.tasks import announce, random_specs
 from tests.integration.daemon.test_daemon import REPO
 from tests.integration.fleet.test_fleet_daemon import (
     FLEET,

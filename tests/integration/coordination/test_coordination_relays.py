@@ -69,8 +69,8 @@ from edge_agent.coordination.signing import TaskSigner, release_bytes, sign_spec
 from edge_agent.coordination.utility import MIN_BID_COST
 from edge_agent.fleet.names import UINT32
 from edge_agent.fleet.protocol import Birth, Body, Envelope, encode
+from edge_agent_host.fleetctl.tasks import random_specs
 from edge_agent_host.keys import generate_keypair, load_signing_key
-from edge_agent_host.tasks import random_specs
 from tests.integration.fleet.test_broker_acl import (
     Client,
     broker_init,

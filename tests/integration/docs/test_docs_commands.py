@@ -74,7 +74,7 @@ def test_host_tool_convert_onnx_transcript(tmp_path: Path) -> None:
     import onnx
 
     from edge_agent.sim.sensors import SensorWorld
-    from edge_agent_host.builders import mlp_onnx, sensor_policy
+    from edge_agent_host.converter.builders import mlp_onnx, sensor_policy
 
     world = SensorWorld(1)
     layers = sensor_policy(world.prototypes, world.noise, 32, hidden=256)

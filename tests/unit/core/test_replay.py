@@ -237,8 +237,9 @@ def test_replay_takes_a_bundle_as_the_device_runs_it(
 ) -> None:
     """``replay`` on a bundle .tar once said it 'contains pickled (object) data': it now runs the
     bundle's int8 model with the bundle's settings, and checks its signature when asked."""
-    from edge_agent_host.converters.aif import AifOptions, convert_aif
-    from edge_agent_host.converters.common import ConvertOptions
+    from edge_agent_host.converter.aif.options import AifOptions
+    from edge_agent_host.converter.common import ConvertOptions
+    from edge_agent_host.converter.formats.aif import convert_aif
     from edge_agent_host.keys import generate_keypair, load_signing_key
 
     model = gridworld_model(4, 4)
@@ -279,8 +280,9 @@ def test_replay_says_what_it_takes_instead_of_pickled_data(
 ) -> None:
     """numpy calls any file that is not .npz 'pickled (object) data'; replay names what the
     file is and what it takes, as the model and as the recording, in one line each."""
-    from edge_agent_host.converters.aif import AifOptions, convert_aif
-    from edge_agent_host.converters.common import ConvertOptions
+    from edge_agent_host.converter.aif.options import AifOptions
+    from edge_agent_host.converter.common import ConvertOptions
+    from edge_agent_host.converter.formats.aif import convert_aif
 
     bundle = tmp_path / "grid.tar"
     assert convert_aif(
