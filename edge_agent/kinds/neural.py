@@ -25,7 +25,8 @@ from edge_agent.neural.perception_table import PerceptionTable
 from edge_agent.neural.policy_table import NeuralPolicy
 
 if TYPE_CHECKING:
-    from edge_agent.bundle.loader import Bundle, NeuralSpec
+    from edge_agent.bundle.loader import Bundle
+    from edge_agent.bundle.manifest import NeuralSpec
     from edge_agent.core.budget import MemoryBudget, PlanRequest
 
 __all__ = [

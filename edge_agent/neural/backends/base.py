@@ -37,7 +37,7 @@ from edge_agent.errors import InputError, ModelError
 from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
-    from edge_agent.bundle.loader import TensorSpec
+    from edge_agent.bundle.manifest import TensorSpec
 
 __all__ = [
     "FloatArray",

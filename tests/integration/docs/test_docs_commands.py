@@ -92,7 +92,7 @@ def test_bundle_format_command_line_transcript(tmp_path: Path) -> None:
     """``out/grid10.tar`` as "Writing bundles from Python" writes it (A and B of the int8
     grid10 model), unsigned; ``other-keys`` holds another key."""
     from edge_agent.aif.quant import quantize_model
-    from edge_agent.bundle.loader import AifSpec
+    from edge_agent.bundle.manifest import AifSpec
     from edge_agent.bundle.writer import pack_tar, write_bundle
     from edge_agent.sim.registry import builtin_model
 
