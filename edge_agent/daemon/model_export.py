@@ -25,7 +25,7 @@ from edge_agent.config.daemon import GroupConfig, read_config
 from edge_agent.core.learning_export import learned_arrays
 from edge_agent.daemon.admission import load_group_model, trusted_keys
 from edge_agent.daemon.group_runtime import model_spec_key, with_bundle
-from edge_agent.daemon.snapshots import LoadedSnapshot, read_snapshot
+from edge_agent.daemon.snapshots.format import LoadedSnapshot, read_snapshot
 from edge_agent.errors import InputError, SnapshotError
 from edge_agent.fleet.overlay import read_overlay
 from edge_agent.fsutil import atomic_writer
