@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from edge_agent.config.group_tables import GROUP_TABLES, hook, is_known, kind_tables, table_types
-from edge_agent.config.mqtt import NAME_PATTERN as _NAME
-from edge_agent.config.mqtt import MqttSection
+from edge_agent.config.mqtt import NAME_PATTERN, MqttSection
 from edge_agent.config.profiles import (
     AUTO,
     PACKAGE_DIR,
@@ -192,7 +191,9 @@ class BuiltinModel(Record):
 
     type: Annotated[Literal["builtin"], Rule(description="Selects this kind of model.")]
     name: Annotated[
-        str, Rule(pattern=_NAME, description="Name of the built-in model."), Check(_known_model)
+        str,
+        Rule(pattern=NAME_PATTERN, description="Name of the built-in model."),
+        Check(_known_model),
     ]
 
 
@@ -249,7 +250,7 @@ class SimSource(Record):
     world: Annotated[
         str | None,
         Rule(
-            pattern=_NAME,
+            pattern=NAME_PATTERN,
             description="Built-in world that produces the observations (grid10, tmaze, explorer). "
             "Default: the group's built-in model. Required with a bundle model, whose dimensions "
             "must match the world's.",
@@ -308,7 +309,9 @@ AGENTS_PER_WORKER = 2048
 class GroupConfig(Record):
     """``[[groups]]``: agents that share one model and are stepped as one batch."""
 
-    name: Annotated[str, Rule(pattern=_NAME, description="Unique group name, [a-z0-9_-]{1,32}.")]
+    name: Annotated[
+        str, Rule(pattern=NAME_PATTERN, description="Unique group name, [a-z0-9_-]{1,32}.")
+    ]
     model: Annotated[
         ModelSpec,
         Rule(discriminator="type", description="The model every agent of the group runs."),

@@ -881,7 +881,7 @@ class TaskBoard:
     def merge_sync(self, part: TaskSync) -> tuple[bool, list[Bid]]:
         """Merge one sync part; returns (changed, what newly dead sessions held). Everything in
         it is taken as it is: what a receiver admits from a peer is its own decision
-        (:meth:`~edge_agent.coordination.admission.RelayAdmission.admit_sync` keeps only what
+        (:meth:`~edge_agent.coordination.relay_admission.RelayAdmission.admit_sync` keeps only what
         the facts' subjects said)."""
         before = self.version
         for i, spec in enumerate(part.tasks):

@@ -44,13 +44,13 @@ from edge_agent.coordination.config import (
     GroupCoordinationConfig,
     coordinates,
 )
+from edge_agent.coordination.coordinated_group import CoordinatedGroup
 from edge_agent.coordination.engine import (
     TELEMETRY_KEY_CHARS,
     CoordinationEngine,
     LinkLike,
     MessageLike,
 )
-from edge_agent.coordination.group_state import CoordinatedGroup
 from edge_agent.coordination.messages import TaskSpec
 from edge_agent.coordination.signing import TaskSigner
 from edge_agent.core.agents import AifAgentGroup
