@@ -34,10 +34,9 @@ import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
-
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = [
     "BARE_KEY_CHARS",
@@ -229,8 +228,6 @@ class Record:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._field_checks = None
-        # Its ``__eq__``, ``__hash__``, ``__repr__`` and frozen ``__setattr__`` are shared by
-        # every record, not generated per class (:mod:`edge_agent.lean_dataclass`).
         dataclass(frozen=True, kw_only=True)(cls)
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ import os
 import re
 import typing
 from collections.abc import Collection, Mapping
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -41,7 +41,6 @@ from edge_agent.config.profiles import (
 from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.coordination.config import CoordinationConfig, GroupCoordinationConfig
 from edge_agent.errors import ConfigError
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.records import (
     OPTIONAL_PATH,
     PATH,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,7 +58,6 @@ from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.core.contract import AgentGroup
 from edge_agent.errors import BudgetError, EdgeAgentError
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)

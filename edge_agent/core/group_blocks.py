@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -19,7 +20,6 @@ from edge_agent.aif import kernels
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.errors import InputError
-from edge_agent.lean_dataclass import dataclass
 
 Precision = Literal["int8", "float64"]
 #: What a history row records of the beliefs: every state's probability (uint8 codes), or per

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from edge_agent.fleet.overlay import read_overlay
 from edge_agent.fsutil import atomic_writer
 from edge_agent.kinds import get_kind
 from edge_agent.kinds.aif import aif_of
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = ["ExportReport", "export_model", "latest_snapshot"]
 

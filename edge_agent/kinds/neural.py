@@ -7,6 +7,7 @@ vectors (or frames), actions the policy's discrete choice or continuous values. 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.config.daemon import GroupConfig
@@ -19,7 +20,6 @@ from edge_agent.kinds.base import (
     outcome_world_mismatch,
     sim_world,
 )
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.neural.agents import NeuralAgentGroup, window_layout
 from edge_agent.neural.perception_table import PerceptionTable
 from edge_agent.neural.policy_table import NeuralPolicy

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import msgpack
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -238,12 +238,12 @@ def _pack_header(header: dict[str, Any], length: int | None = None) -> bytes:
     end within the 64 bytes before ``length`` (so the data starts where it was written)."""
     _check_meta(header["meta"], "meta")
     try:
-        packed: bytes = msgpack.packb(header, use_bin_type=True)
+        packed: bytes = msgspec.msgpack.encode(header)
         if length is not None and length - len(packed) >= _ALIGN:
             # the pad field takes 4 bytes of name and 2 (3 from 256 bytes) of length
             need = length - len(packed)
             pad = need - 6 if need - 6 < 256 else need - 7
-            packed = msgpack.packb({**header, "pad": bytes(max(0, pad))}, use_bin_type=True)
+            packed = msgspec.msgpack.encode({**header, "pad": bytes(max(0, pad))})
     except (TypeError, ValueError, OverflowError) as err:
         raise SnapshotError(f"meta is not msgpack-serialisable: {err}") from err
     if len(packed) > _MAX_HEADER_BYTES:
@@ -420,8 +420,8 @@ def _unpack_header(buf: _Buffer, version: int) -> tuple[dict[str, Any], int]:
     if header_len > _MAX_HEADER_BYTES or end > len(buf) - _DIGEST_SIZE:
         raise SnapshotError(f"header length {header_len} out of range")
     try:
-        header = msgpack.unpackb(bytes(buf[_PREFIX_SIZE:end]), raw=False)
-    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as err:
+        header = msgspec.msgpack.decode(bytes(buf[_PREFIX_SIZE:end]))
+    except (ValueError, TypeError, OverflowError) as err:  # msgspec.DecodeError is a ValueError
         raise SnapshotError(f"header is not valid msgpack: {err}") from err
     if not isinstance(header, dict):
         raise SnapshotError("header is not a map")
