@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,9 +109,13 @@ class Table:
     expect: tuple[Mapping[str, Any], ...] = ()
     headlines: tuple[Headline, ...] = ()
     notes: str = ""
+    store: str = ""
 
     def usage(self) -> str:
-        """The command that stores a run of this table; what varies by row in capitals."""
+        """How to store a run of this table: ``store``, else ``command`` with what varies by
+        expected row in capitals."""
+        if self.store:
+            return self.store
         names = {k: k.upper() for e in self.expect for k in e}
         return self.command.format(**names)
 
@@ -233,7 +238,7 @@ PEERS = ("pymdp 0.0.7.1", "pymdp 1.0.4")
 LEARNING_EDGE = (
     "edge-agent float64 per-agent", "edge-agent int8 refresh 1", "edge-agent int8 refresh 100",
 )
-CONVERT_TF = "PYTHONPATH=.:tools .cache/tf-venv/bin/python benchmarks/record.py bench_convert.py"
+TF_PYTHON = "PYTHONPATH=.:tools .cache/tf-venv/bin/python"
 
 TABLES: tuple[Table, ...] = (
     Table(
@@ -494,6 +499,29 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
+        id="learning-tick",
+        title="What learning costs the daemon's tick",
+        scope=(
+            "One group as the daemon builds it from a config with a `[groups.learning]` table "
+            "(shared counts, int8) against the same group without it, both ticked as the daemon "
+            "ticks them (the world's step and the agents') in alternating rounds on one thread; "
+            "the ratio is the median over rounds of the learning tick's time over the plain "
+            "one's, its refreshes included."
+        ),
+        benchmark="bench_daemon.py",
+        where={"bench": "daemon-learning"},
+        key=("world", "learning", "agents"),
+        command=f"{RECORD} bench_daemon.py -- --learning-only",
+        columns=(
+            Column("world", "world"),
+            Column("learns", "learning"),
+            Column("agents", "agents", ",d"),
+            Column("plain agent-steps/s", "plain_agent_steps_per_s", ",.0f"),
+            Column("learning agent-steps/s", "learning_agent_steps_per_s", ",.0f"),
+            Column("learning / plain tick", "ratio", ".2f", suffix="x"),
+        ),
+    ),
+    Table(
         id="converter-families",
         title="Converter accuracy by model family",
         scope=(
@@ -509,8 +537,12 @@ TABLES: tuple[Table, ...] = (
         benchmark="bench_convert.py",
         where={"bench": None, "family": lambda f: f is not None},
         key=("family",),
-        expect=tuple({"family": f} for f in (*FAMILIES, *TF_FAMILIES, *TORCH_FAMILIES)),
-        command=f"{RECORD} bench_convert.py -- --families {{family}}",
+        expect=(
+            *({"family": f, "python": "python"} for f in FAMILIES),
+            *({"family": f, "python": TF_PYTHON} for f in (*TF_FAMILIES, *TORCH_FAMILIES)),
+        ),
+        command="{python} benchmarks/record.py bench_convert.py -- --families {family}",
+        store=f"{RECORD} bench_convert.py -- --families FAMILY,...",
         columns=(
             Column("family", "family"),
             Column("model", "model"),
@@ -528,8 +560,9 @@ TABLES: tuple[Table, ...] = (
             )),
         ),
         notes=(
-            "Keras and torch rows are stored by running the benchmark in that venv: "
-            f"`{CONVERT_TF} -- --families keras-mlp,keras-cnn,...`."
+            "Keras and torch families are stored from the venv `scripts/test-tf` makes "
+            "(TensorFlow; torch and onnxscript installed into it for the torch families): "
+            f"`{TF_PYTHON} benchmarks/record.py bench_convert.py -- --families keras-mlp,...`."
         ),
         headlines=(
             Headline(
@@ -668,8 +701,8 @@ def ordered(table: Table, rows: Mapping[tuple[Any, ...], Row]) -> list[tuple[Any
 
 
 def provenance(lines: Sequence[Record]) -> list[str]:
-    """Machine, CPU, commit, date and command of a row's stored lines (joined when a row's
-    records come from several runs)."""
+    """Machine, CPU, commit, date, load and command of a row's stored lines (joined when a
+    row's records come from several runs)."""
 
     def joined(values: Iterable[str]) -> str:
         return ", ".join(dict.fromkeys(values))
@@ -682,11 +715,20 @@ def provenance(lines: Sequence[Record]) -> list[str]:
             for line in lines
         ),
         joined(line["date"][:10] for line in lines),
+        joined(cell(line.get("load1"), ".1f") for line in lines),
         joined(f"`{cell(line['command'])}`" for line in lines),
     ]
 
 
-PROVENANCE = ("machine", "CPU", "commit", "date", "command")
+#: The columns every row ends with (:func:`provenance`); the load is the machine's 1-minute load
+#: average when the run started: a shared machine's numbers need it.
+PROVENANCE = ("machine", "CPU", "commit", "date", "load", "command")
+
+
+def wrap(text: str) -> list[str]:
+    """A paragraph in lines of at most 100 characters, broken at spaces (in a code span, a
+    line break reads as a space)."""
+    return textwrap.wrap(text, 100, break_long_words=False, break_on_hyphens=False)
 
 
 def markdown_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
@@ -700,14 +742,14 @@ def not_measured(table: Table, expected: Mapping[str, Any]) -> list[str]:
     cells, said = [], False
     for column in table.columns:
         if isinstance(column.get, str) and column.get in table.key:
-            cells.append(cell(expected[column.get]))
+            cells.append(cell(expected[column.get], column.fmt, column.suffix))
         elif not said:
             cells.append("**not measured yet**")
             said = True
         else:
             cells.append("")
     command = table.command.format(**expected)
-    return [*cells, "", "", "", "", f"`{cell(command)}`"]
+    return [*cells, *[""] * (len(PROVENANCE) - 1), f"`{cell(command)}`"]
 
 
 def render_table(table: Table, lines: Sequence[Record]) -> list[str]:
@@ -720,16 +762,16 @@ def render_table(table: Table, lines: Sequence[Record]) -> list[str]:
     for expected in table.expect:
         if tuple(expected[k] for k in table.key) not in measured:
             body.append(not_measured(table, expected))
-    out = [f"## {table.title}", "", f'<a id="{table.id}"></a>', "", table.scope, ""]
+    out = [f"## {table.title}", "", f'<a id="{table.id}"></a>', "", *wrap(table.scope), ""]
     if body:
         out += markdown_table([c.header for c in table.columns] + list(PROVENANCE), body)
     else:
         out.append(f"**Not measured yet**: `{table.usage()}`.")
     stored = f" ({older} older runs of these rows stored)" if older else ""
-    out += ["", f"The newest run per machine and row is shown{stored}; `{table.usage()}` "
-            f"stores a run, then `{RENDER}` renders this page."]
+    out += ["", *wrap(f"The newest run per machine and row is shown{stored}; "
+                      f"`{table.usage()}` stores a run, then `{RENDER}` renders this page.")]
     if table.notes:
-        out += ["", table.notes]
+        out += ["", *wrap(table.notes)]
     return [*out, ""]
 
 
@@ -775,7 +817,9 @@ def headline_table(lines: Sequence[Record]) -> list[str]:
                 body.append([headline.label, cell(text), link, *provenance(row.lines)[:4]])
             if not found:
                 body.append([headline.label, "**not measured yet**", link, "", "", "", ""])
-    return markdown_table(["", "result", "table", "machine", "CPU", "commit", "date"], body)
+    return markdown_table(
+        ["question", "result", "table", "machine", "CPU", "commit", "date"], body
+    )
 
 
 def render(lines: Sequence[Record]) -> str:
@@ -783,22 +827,28 @@ def render(lines: Sequence[Record]) -> str:
     out = [
         "# Performance",
         "",
-        "<!-- Rendered by `python benchmarks/render.py` from benchmarks/results/*.jsonl: do not "
-        "edit by hand (tests/unit/benchmarks/test_render.py checks that this page is what the "
-        "script renders). -->",
+        *wrap(
+            f"<!-- Rendered by `{RENDER}` from benchmarks/results/*.jsonl: do not edit by hand "
+            "(tests/unit/benchmarks/test_render.py checks that this page is what the script "
+            "renders). -->"
+        ),
         "",
-        "What edge-agent measures, one table per question. Every number comes from a run of a "
+        *wrap(
+            "What edge-agent measures, one table per question. Every number comes from a run of a "
         "benchmark in [`benchmarks/`](../benchmarks/) stored in "
         "[`benchmarks/results/`](../benchmarks/results/) (one JSON line per record, a file per "
         "date and machine), and every row names the machine, CPU, commit and date of its run and "
         "the command that reproduces it. A ratio against a peer compares the same work and says "
         "which (scope and cadence) in its column. Where a machine stored several runs of a row, "
-        "the newest is shown; a row no run has measured says so, with its command.",
+        "the newest is shown; a row no run has measured says so, with its command."
+        ),
         "",
-        f"To add a run: `{RECORD} [--machine NAME] bench_X.py -- ARGS` (it runs the benchmark "
-        "and appends what it printed, with the machine, CPU, commit and date), then "
-        f"`{RENDER}`. How the numbers came about, what changed them and why: "
-        f"[benchmarks/notes/]({NOTES}/README.md).",
+        *wrap(
+            f"To add a run: `{RECORD} [--machine NAME] bench_X.py -- ARGS` (it runs the "
+            "benchmark and appends what it printed, with the machine, CPU, commit and date), "
+            f"then `{RENDER}`. How the numbers came about, what changed them and why: "
+            f"[benchmarks/notes/]({NOTES}/README.md)."
+        ),
         "",
         "## Machines",
         "",

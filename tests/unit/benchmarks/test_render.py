@@ -37,7 +37,7 @@ def line(result: dict[str, Any], *, machine: str = "m1", date: str = "2026-01-02
     return {
         "machine": machine, "cpu": "Cortex-A72", "arch": "aarch64", "cores": 4,
         "python": "3.11.2", "numpy": "2.2.0", "commit": commit, "dirty": dirty, "date": date,
-        "run": date, "benchmark": benchmark, "command": command, "result": result,
+        "run": date, "load1": 0.5, "benchmark": benchmark, "command": command, "result": result,
     }
 
 
@@ -72,7 +72,7 @@ def test_the_newest_run_of_a_row_is_shown_and_the_older_ones_counted() -> None:
     rows = body(out)
     measured = [r for r in rows if "not measured" not in r]
     assert measured == [
-        "| 10 | 2,500/s | m1 | Cortex-A72 (4 cores) | `bbbbbbbbb` (dirty) | 2026-01-03 | "
+        "| 10 | 2,500/s | m1 | Cortex-A72 (4 cores) | `bbbbbbbbb` (dirty) | 2026-01-03 | 0.5 | "
         "`python benchmarks/bench_x.py` |"
     ]
     assert "(2 older runs of these rows stored)" in "\n".join(out)
@@ -93,14 +93,13 @@ def test_an_expected_row_without_a_run_says_not_measured_yet_with_its_command() 
     rows = body(render.render_table(TABLE, lines))
     assert rows[0].startswith("| 10 | 1,000/s |")
     assert rows[1:] == [
-        "| 1 | **not measured yet** |  |  |  |  | "
+        "| 1 | **not measured yet** |  |  |  |  |  | "
         "`python benchmarks/record.py bench_x.py -- --size 1` |",
-        "| 100 | **not measured yet** |  |  |  |  | "
+        "| 100 | **not measured yet** |  |  |  |  |  | "
         "`python benchmarks/record.py bench_x.py -- --size 100` |",
     ]
-    assert "`python benchmarks/record.py bench_x.py -- --size SIZE` stores a run" in "\n".join(
-        render.render_table(TABLE, lines)
-    )
+    text = " ".join(render.render_table(TABLE, lines))  # its paragraphs' lines joined
+    assert "`python benchmarks/record.py bench_x.py -- --size SIZE` stores a run" in text
 
 
 def test_other_benchmarks_and_records_the_filter_leaves_out_are_not_rows() -> None:
