@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_convert import FAMILIES, TF_FAMILIES, TORCH_FAMILIES
+from bench_convert import FAMILIES, TABLE_METHODS, TF_FAMILIES, TORCH_FAMILIES
 from result_store import REPO, read_all
 
 PAGE = REPO / "docs" / "performance.md"
@@ -210,6 +210,25 @@ def marked(name: str, fmt: str, flag: str, mark: str, of: Any = None) -> Getter:
     return get
 
 
+def or_error(value: Getter, error: Getter, fmt: str) -> Getter:
+    """``value`` formatted, or "failed: " and the error the record names instead."""
+
+    def get(row: Row) -> str | None:
+        found, failed = value(row), error(row)
+        if found is not None:
+            return cell(found, fmt)
+        return f"failed: {failed}" if failed else None
+
+    return get
+
+
+def pair(a: Any, b: Any, fmt: str = ".1%") -> str | None:
+    """``a / b``, each formatted (``-`` for one that is missing), or nothing without either."""
+    if a is None and b is None:
+        return None
+    return f"{cell(a, fmt)} / {cell(b, fmt)}"
+
+
 def mb(name: str, of: Any = None) -> Getter:
     def get(row: Row) -> float | None:
         value = row.get(name, of)
@@ -271,7 +290,6 @@ TABLES: tuple[Table, ...] = (
             Column("overruns / missed", lambda r: f"{r.get('overruns')} / {r.get('missed')}"),
             Column("share planned a tick", "duty_cycle", ".2f"),
             Column("daemon CPU / wall", "daemon_cpu_per_wall", ".2f"),
-            Column("load before", "load1_before", ".1f"),
         ),
         headlines=(
             Headline(
@@ -529,10 +547,10 @@ TABLES: tuple[Table, ...] = (
             "wine and breast-cancer data; the sensor world for the recurrent ones), converted by "
             "`edge-agent-host convert` (`--mode auto`: int8 where it pays, else the float model "
             "is bundled) and, beside it, by onnxruntime's own `quantize_static` with its "
-            "defaults. Top-1 agreement with the float model on held-out inputs; label accuracy "
-            "where the data have labels (float / int8). Keras and torch families need "
-            "TensorFlow and torch (`scripts/test-tf` makes `.cache/tf-venv`); a Keras row shows "
-            "the converter's full-integer mode."
+            "defaults (\"theirs\"; for a Keras family, TensorFlow's own `TFLiteConverter`, "
+            "post-training integer quantization with float fallback). Top-1 agreement with the "
+            "float model on held-out inputs; label accuracy where the data have labels. A Keras "
+            "row shows the converter's full-integer mode (`convert tflite`)."
         ),
         benchmark="bench_convert.py",
         where={"bench": None, "family": lambda f: f is not None},
@@ -547,17 +565,24 @@ TABLES: tuple[Table, ...] = (
             Column("family", "family"),
             Column("model", "model"),
             Column("float bytes", "float_bytes", ",d"),
-            Column("int8 / float size", first("ours_ratio", "ours_full_ratio"), ".2f"),
-            Column("bundled", first("ours_bundled", "ours_full_bundled")),
-            Column("top-1 vs float: ours", first("ours_top1", "ours_full_top1"), ".2%"),
-            Column("top-1: onnxruntime `quantize_static`",
-                   first("ort_static_top1", "tf_int8_fallback_top1"), ".2%"),
-            Column("label accuracy float / int8", lambda r: (
-                f"{r.get('label_accuracy.float'):.2%} / {r.get('label_accuracy.int8'):.2%}"
-                if r.get("label_accuracy.int8") is not None else
-                f"{r.get('label_accuracy_float'):.2%} / {r.get('ours_full_label_accuracy'):.2%}"
-                if r.get("ours_full_label_accuracy") is not None else None
+            Column("ours: mode, bundled", lambda r: (
+                f"{r.get('ours_mode')}, {r.get('ours_bundled')}" if r.get("ours_mode")
+                else f"full-integer, {r.get('ours_full_bundled')}"
+                if r.get("ours_full_bundled") else None
             )),
+            Column("ours: int8 / float size", first("ours_ratio", "ours_full_ratio"), ".2f"),
+            Column("ours: int8 top-1 vs float", first("ours_top1", "ours_full_top1"), ".1%"),
+            Column("label accuracy: float / ours int8", lambda r: pair(
+                first("label_accuracy.float", "label_accuracy_float")(r),
+                first("label_accuracy.int8", "ours_full_label_accuracy")(r),
+            )),
+            Column("theirs: top-1 vs float", or_error(
+                first("ort_static_top1", "tf_int8_fallback_top1"),
+                first("ort_static_error", "tf_int8_fallback_error"), ".1%",
+            )),
+            Column("theirs: label accuracy", first(
+                "ort_static_label_accuracy", "tf_int8_fallback_label_accuracy"
+            ), ".1%"),
         ),
         notes=(
             "Keras and torch families are stored from the venv `scripts/test-tf` makes "
@@ -568,7 +593,7 @@ TABLES: tuple[Table, ...] = (
             Headline(
                 "Converter, digits MLP: int8 top-1 agreement with float",
                 lambda r: (
-                    f"{r.get('ours_top1'):.2%} at {r.get('ours_ratio'):.0%} of the float size"
+                    f"{r.get('ours_top1'):.1%} at {r.get('ours_ratio'):.0%} of the float size"
                 ),
                 {"family": "mlp"},
             ),
@@ -587,16 +612,22 @@ TABLES: tuple[Table, ...] = (
         benchmark="bench_convert.py",
         where={"bench": "table", "method": lambda m: m is not None},
         key=("family", "method"),
-        command=f"{RECORD} bench_convert.py -- --table",
+        expect=tuple({"family": f, "method": m} for f in FAMILIES for m in TABLE_METHODS),
+        command=f"{RECORD} bench_convert.py -- --table --families {{family}}",
+        store=f"{RECORD} bench_convert.py -- --table",
         columns=(
             Column("family", "family"),
             Column("method", "method"),
-            Column("float label accuracy", "label_accuracy_float", ".2%"),
-            Column("ours: bundled", "ours_bundled"),
-            Column("ours: label accuracy", "ours_label_accuracy", ".2%"),
-            Column("ours: top-1 vs float", "ours_top1", ".2%"),
-            Column("onnxruntime: label accuracy", "ort_label_accuracy", ".2%"),
-            Column("onnxruntime: top-1 vs float", "ort_top1", ".2%"),
+            Column("float label accuracy", "label_accuracy_float", ".1%"),
+            Column("ours: mode, bundled", lambda r: f"{r.get('ours_mode')}, "
+                   f"{r.get('ours_bundled')}"),
+            Column("ours: int8 / float size", "ours_ratio", ".2f"),
+            Column("ours: int8 label accuracy", "ours_label_accuracy", ".1%"),
+            Column("ours: int8 top-1 vs float", "ours_top1", ".1%"),
+            Column("onnxruntime: int8 / float size", "ort_ratio", ".2f"),
+            Column("onnxruntime: label accuracy", or_error(
+                first("ort_label_accuracy"), first("ort_error"), ".1%")),
+            Column("onnxruntime: top-1 vs float", "ort_top1", ".1%"),
         ),
     ),
     Table(
