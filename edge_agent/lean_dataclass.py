@@ -5,7 +5,7 @@
 objects per frozen class, held for the life of the process. The daemon imports some 80
 dataclasses (its config records, the compiled model's tables, the planners' plans, snapshots,
 metrics): sharing them took 0.46 MB off its RSS, memory a Raspberry Pi's agents share
-(``benchmarks/RESULTS.md``, issue 31). :func:`dataclass` takes the options of
+(``benchmarks/notes/restructure.md``). :func:`dataclass` takes the options of
 :func:`dataclasses.dataclass` the package uses and gives the same classes: the generated
 ``__init__`` (and, with ``slots``, the slotted class), the same fields, and methods that behave
 as the generated ones do:
