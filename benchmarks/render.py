@@ -865,13 +865,17 @@ def render(lines: Sequence[Record]) -> str:
         ),
         "",
         *wrap(
-            "What edge-agent measures, one table per question. Every number comes from a run of a "
-        "benchmark in [`benchmarks/`](../benchmarks/) stored in "
-        "[`benchmarks/results/`](../benchmarks/results/) (one JSON line per record, a file per "
-        "date and machine), and every row names the machine, CPU, commit and date of its run and "
-        "the command that reproduces it. A ratio against a peer compares the same work and says "
-        "which (scope and cadence) in its column. Where a machine stored several runs of a row, "
-        "the newest is shown; a row no run has measured says so, with its command."
+            "What edge-agent measures, one table per question. Every number comes from a run of "
+            "a benchmark in [`benchmarks/`](../benchmarks/) stored in "
+            "[`benchmarks/results/`](../benchmarks/results/) (one JSON line per record, a file "
+            "per date and machine), and every row names the machine, CPU, commit and date of its "
+            "run and the command that reproduces it. A ratio against a peer compares the same "
+            "work and says which (scope and cadence) in its column. Where a machine stored "
+            "several runs of a row, the newest is shown; a row no run has measured says so, with "
+            "its command. A commit "
+            "marked (dirty) had uncommitted changes to the code a benchmark runs; `load` is the "
+            "machine's 1-minute load average when the run started (on a shared machine, absolute "
+            "rates fall as it rises; ratios measured within one run much less)."
         ),
         "",
         *wrap(
