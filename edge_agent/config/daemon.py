@@ -514,7 +514,8 @@ class DaemonConfig(Record):
             (
                 FirmwareProfile,
                 "the firmware profile ('edge-agent profile show NAME' shows it; yours go in "
-                f"{DEFAULT_OVERRIDES_DIR}/NAME.toml, docs/configuration.md#where-profiles-are-found)",
+                f"{DEFAULT_OVERRIDES_DIR}/NAME.toml, "
+                "docs/configuration.md#where-profiles-are-found)",
             ),
         )
 
