@@ -200,16 +200,26 @@ def format_status(s: dict[str, Any]) -> str:
             waiting = (
                 f", WAITING ({io['unobserved']} agents never observed)" if io["waiting"] else ""
             )
+            refused = (
+                f"; the broker REFUSED the subscription ({io['refusal']})"
+                if io.get("refused")
+                else ""
+            )
             lines.append(
                 f"               mqtt in: {io['rows']} rows, {io['rows_rejected']} rejected, "
                 f"{io['stale_agent_ticks']} stale agent-ticks, oldest {io['max_age_ticks']} "
-                f"ticks{waiting}"
+                f"ticks{waiting}{refused}"
             )
         actions = g.get("actions")
         if actions:
+            refused = (
+                f", {actions['refused']} REFUSED by the broker ({actions['refusal']})"
+                if actions.get("refused")
+                else ""
+            )
             lines.append(
                 f"               mqtt out: {actions['batches']} batches, "
-                f"{actions['dropped']} refused"
+                f"{actions['dropped']} refused by the outbox{refused}"
             )
         learning = g.get("learning")  # [groups.learning], docs/learning.md
         if learning:

@@ -23,17 +23,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_agent.bundle.loader import load_bundle
+from edge_agent.fleet.agent_io import decode_actions, encode_observations
 from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import REPO, NotifySocket
 from tests.integration.fleet.test_fleet_daemon import Node, wait_until
@@ -151,7 +158,15 @@ def broker_log(broker: MosquittoBroker) -> str:
     )
 
 
-def secure_daemon(op: Operator, broker: MosquittoBroker, name: str, keys: dict[str, Path]) -> Node:
+def secure_daemon(
+    op: Operator,
+    broker: MosquittoBroker,
+    name: str,
+    keys: dict[str, Path],
+    *,
+    groups: str = DOORS,
+    mqtt_extra: str = "",
+) -> Node:
     """A daemon whose ``[mqtt]`` is its generated ``mqtt.toml`` (files in DEVICE_DIR), trusting
     the CI's bundle key and the hub's command key."""
     node = Node(op.tmp / "nodes", broker, name)
@@ -166,12 +181,13 @@ status_file = "{node.state / "status.json"}"
 tick_hz = 10
 log_level = "info"
 trusted_keys_dir = "{keys["bundles"]}"
-{DOORS}
+{groups}
 {snippet}hub_keys_dir = "{keys["hubs"]}"
 keepalive_s = 5
 telemetry_interval_s = 0.5
 reconnect_initial_s = 0.05
 reconnect_max_s = 0.5
+{mqtt_extra}
 """
     )
     return node
@@ -530,3 +546,148 @@ def test_a_hub_service_whose_identity_may_not_command_halts_its_rollout_with_the
     )  # fmt: skip
     assert cli.returncode == 1, cli
     assert "0x87 not authorized" in cli.stdout + cli.stderr, cli
+
+
+# ------------------------------------------------------------------ agent I/O on the same broker
+def fleet_md_io_group() -> str:
+    """fleet.md's agent I/O group as written (the TOML block of "Agent I/O over MQTT")."""
+    section = (REPO / "docs" / "fleet.md").read_text().split("## Agent I/O over MQTT", 1)[1]
+    found = re.search(r"```toml\n(.*?)```", section, flags=re.S)
+    assert found, section[:2000]
+    return found.group(1)
+
+
+class DoorsClient:
+    """The identity ``doors`` of security.md's block (``--sensor doors``): the door sensors'
+    and actuators' process, over mutual TLS with its files from ``clients/doors/``."""
+
+    def __init__(self, op: Operator) -> None:
+        files = op.dir / "clients" / "doors"
+        self.actions: dict[str, list[tuple[int, int]]] = {}  # topic -> (tick, agents)
+        self.lock = threading.Lock()
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id="doors",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )  # fmt: skip
+        context = ssl.create_default_context(cafile=str(files / "ca.crt"))
+        context.load_cert_chain(str(files / "doors.crt"), str(files / "doors.key"))
+        self.client.tls_set_context(context)
+        self.client.on_connect = lambda c, *_: c.subscribe("actuators/+/doors", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("localhost", op.port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        batch, ids, _actions = decode_actions(msg.payload)
+        assert batch.group == "doors"
+        with self.lock:
+            self.actions.setdefault(msg.topic, []).append((batch.tick, len(ids)))
+
+    def observe(self, tick: int, count: int) -> None:
+        """Every door agent's observation (a cell of the grid10 model the bundle holds)."""
+        values = (np.arange(count) + tick) % 100
+        payload = encode_observations("doors", "doors", tick, np.arange(count), values[:, None])
+        self.client.publish("sensors/doors/a", payload, qos=1).wait_for_publish(30)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_fleet_md_s_agent_io_runs_on_security_md_s_broker(
+    tmp_path: Path, started: list[Any]
+) -> None:
+    """fleet.md's ``doors`` group, as written but for its bundle's path, on node pi-0417 of
+    security.md's broker: the identity ``doors`` writes the observations, the group steps and
+    its actions reach ``doors``, nothing is refused. Node pi-0418 runs the same group with the
+    sink ``actuators/doors`` (a topic its ACL does not let it write) and a group whose source
+    its ACL does not let it read: its log says each once, and its status counts them."""
+    op = Operator(tmp_path)
+    broker = start_broker(op)
+    started.append(broker)
+    ci = generate_keypair(tmp_path / "ci", "ci").private_path
+    door = bundle_tar(tmp_path, ci, policy_len=1)  # grid10: one outcome of 100 per agent
+    written = fleet_md_io_group()
+    group = written.replace("/opt/models/door.tar", str(door))
+    assert group != written
+    count = int(re.search(r"^count = (\d+)", written, flags=re.M).group(1))  # type: ignore[union-attr]
+    keys = {"bundles": tmp_path / "ci", "hubs": tmp_path / "ci"}
+    wrong = group.replace('"actuators/pi-0417/doors"', '"actuators/doors"') + """
+[[groups]]
+name = "vents"
+model = { type = "builtin", name = "grid10" }
+count = 4
+source = { type = "mqtt", topic = "vents/+" }
+sink = { type = "log" }
+"""
+    assert '"actuators/doors"' in wrong
+    nodes = {
+        "pi-0417": secure_daemon(op, broker, "pi-0417", keys, groups=group),
+        "pi-0418": secure_daemon(
+            op, broker, "pi-0418", keys, groups=wrong, mqtt_extra="io_silent_after_s = 2"
+        ),
+    }
+    for node in nodes.values():
+        started.append(node)
+        node.start()
+    doors = DoorsClient(op)
+    try:
+        tick = 0
+
+        def acted() -> bool:
+            nonlocal tick
+            tick += 1
+            doors.observe(tick, count)
+            with doors.lock:
+                batches = doors.actions.get("actuators/pi-0417/doors", [])
+            return sum(n for t, n in batches if t == batches[-1][0]) == count if batches else False
+
+        wait_until(acted, "pi-0417's actions for every door agent at the actuators", WAIT_S)
+        status = nodes["pi-0417"].wait_status(
+            lambda s: s["groups"][0]["io"]["rows"] >= count and s["groups"][0]["steps"] > 0,
+            "pi-0417's doors group stepping on the sensors' observations",
+        )
+        io, actions = status["groups"][0]["io"], status["groups"][0]["actions"]
+        assert not io["waiting"]
+        assert io["refused"] == 0
+        assert actions["published"] >= count
+        assert actions["refused"] == 0
+        assert status["counters"]["fleet.io_refused"] == 0
+        assert "refused" not in full_log(nodes["pi-0417"])
+        with doors.lock:
+            assert set(doors.actions) == {"actuators/pi-0417/doors"}  # nothing of pi-0418's
+
+        refused = (
+            "group 'doors': the broker refused the actions published on 'actuators/doors' "
+            "(0x87 not authorized): its ACL must let node 'pi-0418' write it "
+            "(edge-agent-host broker init --io-topic / --io-read, docs/security.md)"
+        )
+        silent = (
+            "group 'vents': nothing arrived on 'vents/+' in 2 s online (4 agents never "
+            "observed): does a sensor publish there, and may node 'pi-0418' read it? "
+            "(mosquitto grants a subscription its ACL denies and delivers nothing: "
+            "edge-agent-host broker init --io-read / --io-topic, docs/security.md)"
+        )
+
+        def said() -> bool:
+            doors.observe(tick, count)  # pi-0418's doors group steps and publishes too
+            log = full_log(nodes["pi-0418"])
+            return refused in log and silent in log
+
+        wait_until(said, "pi-0418's lines about its refused sink and its silent source", WAIT_S)
+        status = nodes["pi-0418"].wait_status(
+            lambda s: s["groups"][0]["actions"]["refused"] >= 3
+            and {e["kind"] for e in s["events"]} >= {"io_refused", "io_silent"},
+            "more refused batches, and both events",
+        )
+        log = full_log(nodes["pi-0418"])
+        assert log.count(refused) == 1, log[-4000:]
+        assert log.count(silent) == 1, log[-4000:]
+        assert status["groups"][0]["actions"]["refusal"] == "0x87 not authorized"
+        assert status["groups"][1]["io"]["waiting"]
+    finally:
+        doors.close()
+
+
+def full_log(node: Node) -> str:
+    return node.config.with_suffix(".log").read_text(errors="replace")

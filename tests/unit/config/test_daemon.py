@@ -206,7 +206,7 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_ones() -> None:
         "c.toml:2: mqtt.zzz: unknown key (allowed: enabled, host, port, fleet, node_id, "
         "labels, keepalive_s, username, password_file, tls, outbox_max_bytes, "
         "outbox_commit_interval_s, hub_keys_dir, telemetry_interval_s, action_qos, "
-        "command_max_ttl_s, reconnect_initial_s, reconnect_max_s)"
+        "command_max_ttl_s, reconnect_initial_s, reconnect_max_s, io_silent_after_s)"
     ]
 
 
