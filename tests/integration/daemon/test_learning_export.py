@@ -136,7 +136,7 @@ def test_a_learned_model_is_exported_signed_and_run_by_another_daemon(tmp_path: 
     try:
         # docs/learning.md block 4 as written, while A runs; CONFIG and the signing key are
         # the test's.
-        block = doc_block("docs/learning.md", 4)
+        block = doc_block("docs/learning.md", 5)
         first_line, rest = block.split("\n", 1)
         assert first_line.startswith("CONFIG="), block
         done = shell(rest, work, CONFIG=str(config_a), SIGNING_KEY=str(key.private_path))

@@ -6,6 +6,7 @@ tests.integration.docs.test_learning_demos`` prints the figures the doc quotes."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ def stepped(path: Path, ticks: int) -> dict[str, dict[str, Any]]:
 
 
 def test_the_tmaze_demo_block_runs(tmp_path: Path) -> None:
-    result = run_block(doc_block("docs/learning.md", 1), tmp_path)
+    result = run_block(doc_block("docs/learning.md", 2), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "docs/examples/learning-tmaze.toml: OK" in result.stdout
     assert ("learning A [1], shared, lr_pA 0.01, forgetting 0.02, refresh every 3 ticks"
@@ -66,10 +67,15 @@ def test_the_tmaze_demo_block_runs(tmp_path: Path) -> None:
     reports = [line for line in result.stderr.splitlines() if "losses_per_trial" in line]
     for name in ("frozen", "learning", "forgetting"):
         assert any(f" {name} " in line for line in reports), result.stderr[-3000:]
+    # edge-agent status, pointed at the run's --state-dir: a learning line per learning group.
+    assert re.search(r"^edge-agentd \S+  pid \d+  running$", result.stdout, flags=re.M)
+    learning = re.findall(r"^ +learning pA1 \(shared, counts from priors\): \d+ updates",
+                          result.stdout, flags=re.M)  # fmt: skip
+    assert len(learning) == 2, result.stdout
 
 
 def test_the_grid_demo_block_runs(tmp_path: Path) -> None:
-    result = run_block(doc_block("docs/learning.md", 2), tmp_path)
+    result = run_block(doc_block("docs/learning.md", 3), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "docs/examples/learning-grid.toml: OK" in result.stdout
     assert "learning B [0], shared, lr_pB 0.02, refresh every 10 ticks" in result.stdout

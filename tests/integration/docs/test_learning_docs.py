@@ -54,12 +54,12 @@ def test_the_replay_block_learns_the_reversal(tmp_path: Path) -> None:
 
 
 def test_the_bundle_block_hands_the_counts_to_a_group(tmp_path: Path) -> None:
-    """The host tool's bundle of the shipped learning model, then the block as written, then a
-    few ticks of the group it made."""
-    converted = run(["edge-agent-host", "convert", "aif", str(ROOT / "examples" /
-                     "tmaze-learning.npz"), "--out", "tmaze.tar", "--rollouts", "20",
-                     "--steps", "4"], tmp_path)
+    """The doc's command that makes ``tmaze.tar`` (the host tool's bundle of the shipped learning
+    model), then the Python block as written, then a few ticks of the group it made."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    converted = run(["bash", "-euo", "pipefail", "-c", doc_block("docs/learning.md", 1)], tmp_path)
     assert converted.returncode == 0, converted.stderr[-3000:]
+    assert (tmp_path / "tmaze.tar").is_file()
     code = python_blocks()[1] + (
         "import numpy as np\n"
         "for _ in range(5):\n"

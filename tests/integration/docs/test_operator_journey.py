@@ -368,20 +368,21 @@ def test_the_operator_s_journey_on_a_secured_broker(
     started.append(broker)
 
     # fleet.md block 0, its first line: the hub's signing key; the operator copies hub.pub to the
-    # nodes. The CI's bundle key signs door-v7 and door-v8 (and a bundle that fails its health
-    # check on the doors group, a T-maze model on a grid world).
+    # nodes' hub_keys_dir. The working directory holds what the README's "Using it" leaves in a
+    # checkout: examples/ and the CI's bundle key keys/fleet.key, whose fleet.pub the nodes
+    # trust; it signs the bundles the docs make (door-v7, door-v8) and one the test makes, which
+    # fails its health check on the doors group (a T-maze model on a grid world).
     fleet_block = doc_block("docs/fleet.md", 0)
     keygen, rest = fleet_block.split("\n", 1)
     op.run(keygen)
     key = op.home / ".config" / "edge-agent" / "hub.key"
     (op.home / "hub-keys").mkdir()
     shutil.copy(key.with_suffix(".pub"), op.home / "hub-keys" / "hub.pub")
-    ci = generate_keypair(tmp_path / "ci", "ci").private_path
-    v7 = shutil.copy(bundle_tar(tmp_path, ci, policy_len=1), op.work / "door-v7.tar")
-    v8 = shutil.copy(bundle_tar(tmp_path, ci, policy_len=2), op.work / "door-v8.tar")
-    broken = bundle_tar(tmp_path, ci, world="tmaze", policy_len=1)
-    v7_sha, v8_sha, broken_sha = bundle_sha(Path(v7)), bundle_sha(Path(v8)), bundle_sha(broken)
-    keys = {"bundles": tmp_path / "ci", "hubs": op.home / "hub-keys"}
+    shutil.copytree(REPO / "examples", op.work / "examples")
+    op.run("edge-agent-host keygen --out keys --name fleet")
+    broken = bundle_tar(tmp_path, op.work / "keys" / "fleet.key", world="tmaze", policy_len=1)
+    broken_sha = bundle_sha(broken)
+    keys = {"bundles": op.work / "keys", "hubs": op.home / "hub-keys"}
 
     # Two daemons from their generated snippets.
     nodes = {name: secure_daemon(op, broker, name, keys) for name in NODES}
@@ -409,11 +410,15 @@ def test_the_operator_s_journey_on_a_secured_broker(
 
     wait_until(listed_online, "both nodes online in the hub CLI's fleet", timeout=WAIT_S)
 
-    # fleet.md block 0, the rest as written: fleet, watch, signed commands, a deployment.
+    # fleet.md block 0, the rest as written: fleet, watch, signed commands, the bundle it makes
+    # and deploys.
     out = op.run(rest, timeout=600)
     assert "pi-0417: resize_group ok" in out, out
     for name in NODES:
         assert f"{name}: ping ok" in out, out
+        assert f"{name}: ok 1/1 chunks" in out, out  # the deployment's last progress line
+    v7 = op.work / "door-v7.tar"
+    v7_sha = bundle_sha(v7)
     for node in nodes.values():
         wait_until(lambda n=node: runs(n, v7_sha), f"{node.name} on door-v7")
 
@@ -424,13 +429,17 @@ def test_the_operator_s_journey_on_a_secured_broker(
         assert name in out, out
     assert "running" in out, out
 
-    # hub.md block 3 as written: door-v8 with door-v7 as rollback; the canary deploys and soaks
-    # (300 s), is paused, resumed, and the abort rolls it back.
+    # hub.md block 3 as written, beside hub.toml, fleet.md's door-v7 and the checkout's
+    # examples/ and keys/: door-v8 made, then rolled out with door-v7 as rollback; the canary
+    # deploys and soaks (300 s), is paused, resumed, and the abort rolls it back.
     block = doc_block("docs/hub.md", 3)
     start, after = block.split("\nID=", 1)
     after = after.split("\n", 1)[1]
-    out = op.run(f"cd {service.dir}\ncp {v7} {v8} .\n{start}")
-    rollout_id = out.split("rollout ", 1)[1].split()[0]
+    here = f"cd {service.dir}\ncp -r {op.work / 'examples'} {op.work / 'keys'} {v7} .\n"
+    out = op.run(here + start)
+    v8 = service.dir / "door-v8.tar"
+    v8_sha = bundle_sha(v8)
+    rollout_id = out.split("\nrollout ", 1)[1].split()[0]
     assert rollout_id.startswith("r-"), out
     wait_until(
         lambda: service.rollout(rollout_id)["phase"] == "soaking", "the canary's soak", WAIT_S
@@ -441,7 +450,7 @@ def test_the_operator_s_journey_on_a_secured_broker(
     other = next(n for n in NODES if n != canary)
     assert soaking["nodes"][canary]["state"] == "ok"
     assert runs(nodes[other], v7_sha)
-    r_line = start.split("\n", 1)[0]
+    (r_line,) = [line for line in start.splitlines() if line.startswith("R=")]
     assert r_line == 'R="edge-agent-hub rollout"', r_line
     op.run(f"cd {service.dir}\n{r_line}\nID={rollout_id}\n{after}")
     end = service.wait_rollout(rollout_id, {"rolled_back", "halted"}, "the abort's rollback")

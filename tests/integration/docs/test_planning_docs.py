@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,10 @@ from tests.support.doc_blocks import ROOT, doc_block
 pytestmark = pytest.mark.integration
 
 
-def run_block(block: str) -> subprocess.CompletedProcess[str]:
+def run_block(block: str, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    if tmp is not None:  # mktemp's, and the daemon's runtime directory, in the test's
+        env.update(TMPDIR=str(tmp), EDGE_AGENT_RUNTIME_DIR=str(tmp / "run"))
     return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env, capture_output=True,
         text=True, timeout=900, check=False, stdin=subprocess.DEVNULL,
@@ -48,9 +51,20 @@ def test_the_short_benchmark_run_compares_policies_side_by_side() -> None:
     assert grid["every_2"]["score_ratio"] >= 0.98
 
 
-def test_check_config_shows_the_planning_example() -> None:
-    result = run_block(doc_block("docs/planning.md", 1))
+def test_check_config_and_status_show_the_planning_example(tmp_path: Path) -> None:
+    """check-config, then the daemon and ``edge-agent status`` pointed at its --state-dir: a
+    planning line per group with a policy."""
+    result = run_block(doc_block("docs/planning.md", 1), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    lines = re.findall(
+        r"^ +planning last tick: \d+ planned, \d+ deferred \(duty cycle [\d.]+%\); plan age "
+        r"mean [\d.]+, max \d+ ticks(; \d+ tick\(s\) cut by the deadline so far)?$",
+        result.stdout,
+        flags=re.M,
+    )
+    assert len(lines) == 2, result.stdout
+    assert lines[0]  # the grid group's budget cuts ticks; the T-maze group has no deadline
+    assert not lines[1]
     assert "docs/examples/planning.toml: OK" in result.stdout
     assert (
         "planning every 8 ticks or belief change >= 0.3 or when a plan runs out, "

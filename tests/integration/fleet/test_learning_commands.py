@@ -151,7 +151,7 @@ def test_learning_commands_on_the_secured_fleet(tmp_path: Path, started: list[An
 
     # learning.md block 3 as written: freeze and resume on one node, reset on every node.
     try:
-        out = op.run(f"{hk}\n{doc_block('docs/learning.md', 3)}")
+        out = op.run(f"{hk}\n{doc_block('docs/learning.md', 4)}")
     except AssertionError:
         print("\n".join(n.log() for n in nodes.values()))
         raise
