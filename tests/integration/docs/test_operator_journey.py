@@ -47,9 +47,10 @@ from tests.integration.fleet.test_fleet_daemon import Node, wait_until
 from tests.support.broker import MosquittoBroker, MosquittoMissingError, free_port
 from tests.support.doc_blocks import doc_block
 from tests.support.postgres import PostgresMissingError, PostgresServer
+from tests.support.readme_venv import ReadmeVenv, clean_env
 from tests.unit.fleet.test_deploy import bundle_tar
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 FLEET = "plant-3"
 NODES = ("pi-0417", "pi-0418")
@@ -68,10 +69,18 @@ sink = { type = "sim" }
 
 # ------------------------------------------------------------------------------------ helpers
 class Operator:
-    """The operator's shell: ``bash -e`` with the docs' variables set to this test's values, a
-    home of its own (``~/.config/edge-agent``), the project's commands on PATH."""
+    """The operator's shells: ``bash -e`` with the docs' variables set to this test's values, a
+    home of its own (``~/.config/edge-agent``) and the commands where the docs put them. On the
+    operator's machine (security.md, fleet.md) the README's venv is activated: the host tool
+    (``broker init``, the hub CLI, ``convert``). On the hub's machine (hub.md, ``on_hub``)
+    ``edge-agent-hub`` is on PATH as hub.md installs it, a link in a ``bin`` directory to the
+    hub venv's command, and no other venv (the README's has an ``edge-agent-hub`` of its own,
+    without the ``hub`` extra, which would shadow it). The suite's venv stands for the hub's
+    (``/opt/edge-agent-hub/venv``, made by hub.md's block as root on a Debian root booted under
+    systemd: ``test_deb_booted.py``): it has what the ``hub`` extra installs (psycopg,
+    prometheus_client), and the same code."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, venv: ReadmeVenv) -> None:
         self.tmp = tmp
         self.home = tmp / "home"
         self.work = tmp / "work"
@@ -84,13 +93,12 @@ class Operator:
             f"DIR={self.dir} PORT={self.port} HOST=localhost BIND=127.0.0.1 "
             f"DEVICE_DIR={self.device_dir}"
         )
-        self.env = {
-            **os.environ,
-            "HOME": str(self.home),
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-            "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tools'}",
-            "PYTHONUNBUFFERED": "1",
-        }
+        local_bin = tmp / "usr-local-bin"  # hub.md: ln -sf .../venv/bin/edge-agent-hub there
+        local_bin.mkdir()
+        (local_bin / "edge-agent-hub").symlink_to(BIN / "edge-agent-hub")
+        self.env = venv.env(HOME=str(self.home), PYTHONUNBUFFERED="1")
+        self.hub_env = {**clean_env(), "HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        self.hub_env["PATH"] = f"{local_bin}{os.pathsep}{self.hub_env['PATH']}"
 
     def run(
         self,
@@ -99,16 +107,17 @@ class Operator:
         stdin: str = "",
         timeout: float = 300,
         env: dict[str, str] | None = None,
+        on_hub: bool = False,
     ) -> str:
-        """``script`` after the test's names, in ``bash -e``; its output (fails the test on a
-        non-zero exit)."""
+        """``script`` after the test's names, in ``bash -e`` on the operator's machine (or the
+        hub's); its output (fails the test on a non-zero exit)."""
         done = subprocess.run(
             ["bash", "-e", "-c", f"{self.names}\n{script}"],
             input=stdin,
             capture_output=True,
             text=True,
             cwd=self.work,
-            env={**self.env, **(env or {})},
+            env={**(self.hub_env if on_hub else self.env), **(env or {})},
             timeout=timeout,
             check=False,
             start_new_session=True,  # no terminal: prompts read standard input
@@ -233,7 +242,7 @@ port = 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(BIN / "edge-agent-hub"), "run", "--config", str(self.config)],
-                env={**self.op.env, "NOTIFY_SOCKET": str(self.notify.path)},
+                env={**self.op.hub_env, "NOTIFY_SOCKET": str(self.notify.path)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.op.work,
@@ -251,7 +260,8 @@ port = 0
         return data
 
     def cli(self, *args: str) -> str:
-        return self.op.run(" ".join(["edge-agent-hub", *args, "--config", str(self.config)]))
+        command = " ".join(["edge-agent-hub", *args, "--config", str(self.config)])
+        return self.op.run(command, on_hub=True)
 
     def rollout(self, rollout_id: str) -> dict[str, Any]:
         out: dict[str, Any] = json.loads(self.cli("rollout", "status", rollout_id, "--json"))
@@ -290,6 +300,14 @@ port = 0
             self.proc.kill()
             self.proc.wait(10)
         self.notify.close()
+
+
+def hub_md_door_v8() -> str:
+    """The command hub.md names for ``door-v8.tar`` (beside its rollout block)."""
+    text = (REPO / "docs" / "hub.md").read_text()
+    found = re.search(r"`(edge-agent-host convert aif [^`]*--out door-v8\.tar[^`]*)`", text)
+    assert found, "hub.md names no command that makes door-v8.tar"
+    return " ".join(found.group(1).split())
 
 
 def bundle_sha(tar: Path) -> str:
@@ -340,6 +358,7 @@ def postgres_database(op: Operator, started: list[Any]) -> str:
     shim = 'sudo() { if [ "$1" = "-u" ]; then shift 2; fi; "$@"; }\n'
     op.run(
         shim + doc_block("docs/hub.md", 1),
+        on_hub=True,
         stdin=f"{password}\n{password}\n",
         env={
             "PGHOST": server.host,
@@ -361,9 +380,9 @@ def postgres_database(op: Operator, started: list[Any]) -> str:
 # -------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_the_operator_s_journey_on_a_secured_broker(
-    tmp_path: Path, started: list[Any], engine: str
+    tmp_path: Path, started: list[Any], engine: str, readme_venv: ReadmeVenv
 ) -> None:
-    op = Operator(tmp_path)
+    op = Operator(tmp_path, readme_venv)
     broker = start_broker(op)
     started.append(broker)
 
@@ -424,22 +443,22 @@ def test_the_operator_s_journey_on_a_secured_broker(
 
     # hub.md block 2 on the service's config: its readers, with the commands journaled.
     readers = lines_without(doc_block("docs/hub.md", 2), "C=")
-    out = op.run(f"C={service.config}\n{readers}")
+    out = op.run(f"C={service.config}\n{readers}", on_hub=True)
     for name in ("resize_group", "ping", "deploy"):
         assert name in out, out
     assert "running" in out, out
 
-    # hub.md block 3 as written, beside hub.toml, fleet.md's door-v7 and the checkout's
-    # examples/ and keys/: door-v8 made, then rolled out with door-v7 as rollback; the canary
-    # deploys and soaks (300 s), is paused, resumed, and the abort rolls it back.
+    # hub.md block 3 as written, beside hub.toml, fleet.md's door-v7 and door-v8, which the
+    # operator made with the command hub.md names: rolled out with door-v7 as rollback; the
+    # canary deploys and soaks (300 s), is paused, resumed, and the abort rolls it back.
+    op.run(hub_md_door_v8())
+    v8 = op.work / "door-v8.tar"
+    v8_sha = bundle_sha(v8)
     block = doc_block("docs/hub.md", 3)
     start, after = block.split("\nID=", 1)
     after = after.split("\n", 1)[1]
-    here = f"cd {service.dir}\ncp -r {op.work / 'examples'} {op.work / 'keys'} {v7} .\n"
-    out = op.run(here + start)
-    v8 = service.dir / "door-v8.tar"
-    v8_sha = bundle_sha(v8)
-    rollout_id = out.split("\nrollout ", 1)[1].split()[0]
+    out = op.run(f"cd {service.dir}\ncp {v7} {v8} .\n{start}", on_hub=True)
+    rollout_id = out.split("rollout ", 1)[1].split()[0]
     assert rollout_id.startswith("r-"), out
     wait_until(
         lambda: service.rollout(rollout_id)["phase"] == "soaking", "the canary's soak", WAIT_S
@@ -452,7 +471,7 @@ def test_the_operator_s_journey_on_a_secured_broker(
     assert runs(nodes[other], v7_sha)
     (r_line,) = [line for line in start.splitlines() if line.startswith("R=")]
     assert r_line == 'R="edge-agent-hub rollout"', r_line
-    op.run(f"cd {service.dir}\n{r_line}\nID={rollout_id}\n{after}")
+    op.run(f"cd {service.dir}\n{r_line}\nID={rollout_id}\n{after}", on_hub=True)
     end = service.wait_rollout(rollout_id, {"rolled_back", "halted"}, "the abort's rollback")
     assert end["state"] == "rolled_back", end
     assert end["detail"].startswith("aborted by the operator"), end
@@ -512,11 +531,11 @@ def test_the_operator_s_journey_on_a_secured_broker(
 
 
 def test_a_hub_service_whose_identity_may_not_command_halts_its_rollout_with_the_reason(
-    tmp_path: Path, started: list[Any]
+    tmp_path: Path, started: list[Any], readme_venv: ReadmeVenv
 ) -> None:
     """The observer identity (docs/hub.md: enough for a service without rollouts) carrying a
     rollout: the broker refuses its commands (0x87), and the rollout halts at once saying so."""
-    op = Operator(tmp_path)
+    op = Operator(tmp_path, readme_venv)
     broker = start_broker(op)
     started.append(broker)
     key = generate_keypair(tmp_path / "hub-keys", "hub").private_path
@@ -604,14 +623,14 @@ class DoorsClient:
 
 
 def test_fleet_md_s_agent_io_runs_on_security_md_s_broker(
-    tmp_path: Path, started: list[Any]
+    tmp_path: Path, started: list[Any], readme_venv: ReadmeVenv
 ) -> None:
     """fleet.md's ``doors`` group, as written but for its bundle's path, on node pi-0417 of
     security.md's broker: the identity ``doors`` writes the observations, the group steps and
     its actions reach ``doors``, nothing is refused. Node pi-0418 runs the same group with the
     sink ``actuators/doors`` (a topic its ACL does not let it write) and a group whose source
     its ACL does not let it read: its log says each once, and its status counts them."""
-    op = Operator(tmp_path)
+    op = Operator(tmp_path, readme_venv)
     broker = start_broker(op)
     started.append(broker)
     ci = generate_keypair(tmp_path / "ci", "ci").private_path
