@@ -455,7 +455,8 @@ class FleetUplink:
             return
         for topic, buffers in self._routes.items():
             for buf in buffers:
-                if buf.refusals or buf.heard or not buf.unobserved:
+                said = ("io_silent", topic, buf.group) in self._io_said
+                if said or buf.refusals or buf.heard or not buf.unobserved:
                     continue
                 self._say_io(
                     "io_silent",
