@@ -219,6 +219,9 @@ def finish_neural(
     x64_precision = getattr(int8_session, "x64_precision", None)
     if x64_precision is not None:
         data["x64_quant_precision"] = bool(x64_precision)
+    lost = getattr(int8_session, "x64_precision_lost", "")
+    if lost:
+        warnings = [*warnings, f"{lost}: the report's int8 numbers are that CPU's"]
     # The accuracy thresholds judge the int8 model: a bundle of the float model has no error.
     checks = neural_checks(data, neural.thresholds) if bundled == "int8" else []
     rows = neural_rows(data)
