@@ -106,7 +106,8 @@ def test_auto_quantizes_an_lstm_dynamically_and_it_shrinks(
     # The LSTM runs in float on int8 weights: onnxruntime's DynamicQuantizeLSTM, which
     # quantizes each step over the whole batch, is not used.
     graph = ops(tmp_path / "auto" / "model.onnx")
-    assert "LSTM" in graph and "DequantizeLinear" in graph
+    assert "LSTM" in graph
+    assert "DequantizeLinear" in graph
     assert not {"DynamicQuantizeLSTM", "DynamicQuantizeLinear"} & set(graph)
     bundle = load_bundle(tmp_path / "auto", trusted_keys=None, require_signature=False)
     assert bundle.manifest.quantization["quantization"]["mode"] == "dynamic"
@@ -479,7 +480,8 @@ def test_an_unrolled_lstm_stays_static_under_auto_and_converts_dynamically_when_
     assert asked.data["accuracy"]["top1_agreement"] >= 0.99
     assert asked.warnings == lost
     graph = ops(tmp_path / "d" / "model.onnx")
-    assert graph.count("MatMulInteger") == 2 * T and "QuantizeLinear" in graph
+    assert graph.count("MatMulInteger") == 2 * T
+    assert "QuantizeLinear" in graph
     assert "DynamicQuantizeLinear" not in graph
     bundle = load_bundle(tmp_path / "d", trusted_keys=None, require_signature=False)
     group = NeuralAgentGroup.from_bundle(bundle, 4)
