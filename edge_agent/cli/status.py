@@ -195,6 +195,7 @@ def format_status(s: dict[str, Any]) -> str:
                 f"{learning['updates']} updates, divergence {learning['divergence']:.4g} nats, "
                 f"surprise {learning['surprise']:.3f} nats/tick"
             )
+        lines.extend(_range_lines(g.get("observation_range")))
     lines.extend(_state_lines(s))
     lines.extend(_fleet_lines(s))
     lines.extend(_coordination_lines(s))
@@ -203,6 +204,28 @@ def format_status(s: dict[str, Any]) -> str:
     if s["reloads"]["last_error"]:
         lines.append(f"  reload     refused: {s['reloads']['last_error'].splitlines()[0]}")
     return "\n".join(lines)
+
+
+def _range_lines(watch: dict[str, Any] | None) -> list[str]:
+    """A neural group's observations outside its calibrated range (docs/neural-agents.md)."""
+    if watch is None:
+        return []
+    if not watch.get("calibrated"):
+        return [
+            "               observations not checked: the bundle records no calibrated range "
+            "(convert the model again to count them)"
+        ]
+    alert = (
+        f" ALERT (from {100 * watch['alert_share']:g} % until below "
+        f"{100 * watch['clear_share']:g} %)"
+        if watch["alerting"]
+        else ""
+    )
+    return [
+        f"               observations out of calibrated range: {watch['out_of_range']} of "
+        f"{watch['checked']} agent-steps, {100 * watch['share']:.2f} % in the last "
+        f"{watch['window_ticks']} ticks{alert}"
+    ]
 
 
 def _power_lines(power: dict[str, int] | None) -> list[str]:

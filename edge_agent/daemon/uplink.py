@@ -98,6 +98,7 @@ EVENT_KINDS: Final = {
     "reload_refused": EventKind.CONFIG,
     "overlay_ignored": EventKind.CONFIG,
     "rejected_input": EventKind.REJECTED_INPUT,
+    "input_out_of_range": EventKind.ALARM,
     "deploy": EventKind.DEPLOY,
     "rollback": EventKind.ROLLBACK,
     "connectivity": EventKind.CONNECTIVITY,

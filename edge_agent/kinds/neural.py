@@ -21,6 +21,7 @@ from edge_agent.kinds.base import (
 )
 from edge_agent.lean_dataclass import dataclass
 from edge_agent.neural.agents import NeuralAgentGroup, window_layout
+from edge_agent.neural.input_range import INPUT_RANGE_METRICS
 from edge_agent.neural.perception_table import PerceptionTable
 from edge_agent.neural.policy_table import NeuralPolicy
 
@@ -103,6 +104,7 @@ class NeuralKind:
     shares_beliefs = False
     plans = False
     learns = False
+    metric_families = (INPUT_RANGE_METRICS,)
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         del verify

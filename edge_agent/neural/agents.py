@@ -26,10 +26,15 @@ memory, flattened), or a camera frame ``(batch, C, H, W)`` / ``(batch, H, W, C)`
 flattened ``(N, C*H*W)``). Until an agent has seen ``T`` observations (at the start, after
 :meth:`NeuralAgentGroup.reset`) the missing older steps are zeros.
 
+Out of range: every tick the group counts the agents whose observation has a feature outside the
+range the bundle's model was calibrated on (:mod:`edge_agent.neural.input_range`: counts in
+``metrics()`` and ``describe()``, one ``input_out_of_range`` event through ``alerts()`` when
+their share crosses 1 %).
+
 Memory: the model bytes are reserved once per model (shared key: the model file's sha256); every
 agent reserves its ring (``capacity * F * 4`` bytes), its share of the session's buffers and its
-actions, and the group the sliding input's room (:meth:`NeuralAgentGroup.bytes_for`), before
-anything is allocated.
+actions, and the group the sliding input's room and the range check's scratch
+(:meth:`NeuralAgentGroup.bytes_for`), before anything is allocated.
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.core.budget import MemoryBudget, Reservation
-from edge_agent.core.contract import GroupIO, state_under
+from edge_agent.core.contract import GroupEvent, GroupIO, state_under
 from edge_agent.core.history import HistoryRing
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
+from edge_agent.neural.input_range import RangeWatch
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle, NeuralSpec, TensorSpec
@@ -258,6 +264,8 @@ class NeuralAgentGroup:
         self.window = spec.window
         self.input_name, self.num_features = window_layout(spec)
         self.frame = frame_shape(spec)
+        #: Observations outside the bundle's calibrated range, counted every tick.
+        self.range_watch = RangeWatch(spec.observation_range, self.num_features, 0, group=name)
         self.history_capacity = max(int(history_capacity), self.window)
         # Steps not yet in the ring: a ring no longer than the window is written from the
         # windows when read (_record_windows), not every tick.
@@ -353,19 +361,26 @@ class NeuralAgentGroup:
                 # float32 probabilities and a bool row per action, a float64 uniform and a
                 # float32 threshold.
                 actions += self.num_actions * 5 + 12
-        return ring + self.session.nbytes_per_item() + actions + 8  # + filled counter
+        range_row = 1 if self.range_watch.calibrated else 0  # an agent out of range or not
+        return ring + self.session.nbytes_per_item() + actions + 8 + range_row  # + filled
 
     def bytes_for(self, n_agents: int) -> int:
         """Bytes to reserve for ``n_agents`` (the model is reserved separately, once): the
-        agents' own bytes and the sliding window input's extra room (a few KB, once)."""
-        return n_agents * self.per_agent_nbytes() + self.session.slide_nbytes(n_agents)
+        agents' own bytes, the sliding window input's extra room (a few KB, once) and the range
+        check's scratch (at most 64 KB)."""
+        return (
+            n_agents * self.per_agent_nbytes()
+            + self.session.slide_nbytes(n_agents)
+            + self.range_watch.scratch_nbytes(n_agents)
+        )
 
     @property
     def nbytes(self) -> int:
         """Bytes of the per-agent arrays allocated by the group itself (ring, actions); the
         windows are the session's input buffer, counted by the session."""
         arrays = [self._filled, self._actions, *self._sample_buffers()]
-        return int(self._history.nbytes + sum(a.nbytes for a in arrays))
+        own = self._history.nbytes + sum(a.nbytes for a in arrays)
+        return int(own + self.range_watch.nbytes_for(self.n_agents))
 
     def _sample_buffers(self) -> list[np.ndarray]:
         return [b for b in (self._probs, self._below, self._u, self._threshold) if b is not None]
@@ -410,6 +425,7 @@ class NeuralAgentGroup:
                 self._below = np.zeros((n_agents, A), dtype=bool)
                 self._u = np.zeros(n_agents, dtype=np.float64)
                 self._threshold = np.zeros(n_agents, dtype=np.float32)
+        self.range_watch.resize(n_agents)
         self.n_agents = n_agents
 
     def resize(self, n_agents: int) -> None:
@@ -493,6 +509,7 @@ class NeuralAgentGroup:
         """
         del now  # observations are timed per tick by the caller; kept for a uniform signature
         o = self.check_obs(obs)
+        self.range_watch.observe(o)
         if self.history_capacity > self.window:
             self._history.append_one("obs", o)
         else:  # the ring holds no more than the windows: written when read
@@ -682,10 +699,21 @@ class NeuralAgentGroup:
         return rng.standard_normal((self.n_agents, self.num_features), dtype=np.float32), None
 
     def describe(self) -> dict[str, Any]:
-        return {"workers": 1, "workers_rss_bytes": 0, "workers_restarts": 0, "window": self.window}
+        return {
+            "workers": 1,
+            "workers_rss_bytes": 0,
+            "workers_restarts": 0,
+            "window": self.window,
+            **self.range_watch.describe(),
+        }
 
     def metrics(self) -> dict[str, object]:
-        return {}
+        """Observations outside the calibrated range (none without a range in the bundle)."""
+        return self.range_watch.metrics()
+
+    def alerts(self) -> list[GroupEvent]:
+        """The ``input_out_of_range`` event, when the share out of range crossed 1 %."""
+        return self.range_watch.alerts()
 
     # -- bundles ---------------------------------------------------------------------------------
     @classmethod
