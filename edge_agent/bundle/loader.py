@@ -199,8 +199,8 @@ MAX_RANGE_FEATURES = 4096
 
 class ObservationRange(_Schema):
     """The range of each observation feature in the data the converter calibrated the model on
-    (a bundle written before it was recorded has none: it loads, and its group counts
-    nothing)."""
+    (static int8), or checked it on (a dynamic or float model): a bundle written before it was
+    recorded has none; it loads, and its group counts nothing."""
 
     low: Annotated[tuple[FiniteFloat, ...], Field(min_length=1, max_length=MAX_RANGE_FEATURES)] = (
         Field(description="Smallest value seen, per feature (one value: for every feature).")

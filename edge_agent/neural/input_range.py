@@ -3,7 +3,8 @@
 An int8 model is only as good as the range its scales were calibrated on: a static model clips
 an input beyond it, and a faulty or unnormalised sensor (a value 100 times the others) gives its
 agent a wrong action whatever the quantization. The converter records each observation feature's
-``[low, high]`` in its calibration data (the manifest's ``neural.observation_range``,
+``[low, high]`` in its calibration data (in its held-out data for a dynamic or float model,
+which calibrates nothing; the manifest's ``neural.observation_range``,
 :class:`~edge_agent.bundle.loader.ObservationRange`); a neural group (and the classifier in front
 of an Active Inference group) counts, every tick, the **agent-steps** with a feature outside it:
 one agent's observation of one tick counts once, however many of its features are out. That is

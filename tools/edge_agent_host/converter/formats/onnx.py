@@ -333,8 +333,12 @@ def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -
         )
     int8_session = backend.load(int8_bytes, opts.threads)
     left_float = float_weight_bytes(onnx.load_from_string(int8_bytes))
+    hint = mode_hint(record["mode"], left_float)
+    forced = static_only_options(opts)
+    if hint and opts.mode == "auto" and forced and "--mode dynamic" in hint:
+        hint += f" (auto was static because of {forced[0]}: without it, auto measures dynamic too)"
     note = size_warning(
-        len(float_bytes), len(int8_bytes), left_float, mode_hint(record["mode"], left_float)
+        len(float_bytes), len(int8_bytes), left_float, hint, quantized=record["quantized_share"]
     )
     if note is not None:
         warnings.append(note)
@@ -374,7 +378,13 @@ def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -
         quantized_share=record["quantized_share"],
         quantize_seconds=seconds,
     )
-    return finish_neural(converted, options, opts)
+    report = finish_neural(converted, options, opts)
+    if not report.passed and opts.mode == "static":
+        report.retry = (
+            "--mode auto (the default: it measures dynamic quantization too, which calibrates "
+            "nothing)"
+        )
+    return report
 
 
 def _calibrates(options: NeuralOptions) -> bool:

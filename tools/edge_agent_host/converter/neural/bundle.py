@@ -32,7 +32,7 @@ from edge_agent_host.converter.aif.bundle import aif_bundle_arrays, aif_spec
 from edge_agent_host.converter.aif.measure import aif_checks, aif_report_data
 from edge_agent_host.converter.common import ConvertOptions
 from edge_agent_host.converter.neural.device_check import device_check
-from edge_agent_host.converter.neural.inputs import Samples, sample_count
+from edge_agent_host.converter.neural.inputs import Samples, sample_count, scale_mismatch
 from edge_agent_host.converter.neural.measure import compare_models, neural_checks, neural_rows
 from edge_agent_host.converter.neural.options import NeuralOptions
 from edge_agent_host.converter.output import write_output
@@ -98,8 +98,8 @@ def neural_spec(
 
 
 def observation_range(spec: NeuralSpec, samples: Samples) -> ObservationRange:
-    """The range of each observation feature in ``samples`` (the data the model was calibrated
-    on): what a device counts its observations against (``neural.observation_range``,
+    """The range of each observation feature in ``samples`` (the data the model was calibrated,
+    or checked, on): what a device counts its observations against (``neural.observation_range``,
     :mod:`edge_agent.neural.input_range`). One value per feature of a step, or one for all of
     them when a step has more than :data:`~edge_agent.bundle.loader.MAX_RANGE_FEATURES` (a
     camera frame)."""
@@ -211,9 +211,11 @@ def finish_neural(
         ]
     device_session = float_session if bundled == "float" else int8_session
     spec = neural_spec(backend_name, model_file, device_session, neural, c.window)
-    # The range the device counts observations against: the calibration data's, else (a
-    # dynamic model calibrates nothing) the held-out data's.
-    observed = calibration if calibration else heldout
+    # The range the device counts observations against: the calibration data's for a model
+    # calibrated on them (static int8: beyond it, inputs clip), else the held-out data's, on
+    # which the bundled model was checked (dynamic int8, float).
+    calibrated = bundled == "int8" and c.calibration_info.get("method") is not None
+    observed = calibration if calibration and calibrated else heldout
     spec = spec.model_copy(update={"observation_range": observation_range(spec, observed)})
     if aif_model is not None:
         check_perception_outputs(int8_session, aif_model)
@@ -247,6 +249,9 @@ def finish_neural(
     x64_precision = getattr(int8_session, "x64_precision", None)
     if x64_precision is not None:
         data["x64_quant_precision"] = bool(x64_precision)
+    mismatch = scale_mismatch(calibration, heldout)
+    if mismatch:
+        warnings = [*warnings, mismatch]
     lost = getattr(int8_session, "x64_precision_lost", "")
     if lost:
         warnings = [*warnings, f"{lost}: the report's int8 numbers are that CPU's"]

@@ -305,16 +305,19 @@ def size_warning(
     mode_hint: str = "",
     *,
     overhead: str = "the Q/DQ bookkeeping",
+    quantized: float | None = None,
 ) -> str | None:
     """One line when the int8 model is not below :data:`SIZE_WARNING_RATIO` of the float one,
-    naming the ops whose weights stayed float (or else ``overhead``, what outweighs the
+    with the share of the weights it quantized (``quantized``, :func:`quantized_share`, when
+    known), naming the ops whose weights stayed float (or else ``overhead``, what outweighs the
     weights); ``None`` otherwise."""
     ratio = int8_bytes / float_bytes if float_bytes else 1.0
     if ratio < SIZE_WARNING_RATIO:
         return None
+    share = "" if quantized is None else f" and quantizes {100 * quantized:.0f} % of its weights"
     text = (
-        f"the int8 model is {100 * ratio:.1f} % of the float model's size (a conversion that "
-        f"pays is below {100 * SIZE_WARNING_RATIO:.0f} %)"
+        f"the int8 model is {100 * ratio:.1f} % of the float model's size{share} (a conversion "
+        f"that pays is below {100 * SIZE_WARNING_RATIO:.0f} %)"
     )
     if float_weights:
         left = ", ".join(
@@ -334,9 +337,9 @@ def mode_hint(mode: QuantMode, float_weights: Mapping[str, int]) -> str:
     stuck = sorted(op for op in float_weights if op not in ops["static"] | ops["dynamic"])
     hints = []
     if movable:
-        hints.append(f"onnxruntime quantizes {', '.join(movable)} in --mode {other}")
+        hints.append(f"--mode {other} quantizes {', '.join(movable)}")
     if stuck:
-        hints.append(f"onnxruntime quantizes no {', '.join(stuck)} node in either mode")
+        hints.append(f"neither mode quantizes {', '.join(stuck)}")
     return "; ".join(hints)
 
 

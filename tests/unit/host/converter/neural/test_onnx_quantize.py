@@ -126,9 +126,9 @@ def test_static_lstm_warns_that_it_did_not_shrink_and_says_what_to_do(
     ratio = report.data["size"]["ratio"]
     assert ratio > 1.0
     assert report.warnings == [
-        f"the int8 model is {100 * ratio:.1f} % of the float model's size (a conversion that "
-        "pays is below 90 %): weights left in float: LSTM 75,776 B; onnxruntime quantizes LSTM "
-        "in --mode dynamic",
+        f"the int8 model is {100 * ratio:.1f} % of the float model's size and quantizes 1 % of "
+        "its weights (a conversion that pays is below 90 %): weights left in float: LSTM 75,776 "
+        "B; --mode dynamic quantizes LSTM",
         f"the int8 model is {100 * ratio:.1f} % of the float model's size: the bundle carries "
         "the float model instead (exact, and smaller; --force bundles the int8 one)",
     ]
@@ -158,7 +158,78 @@ def test_a_gru_is_quantized_by_neither_mode_and_the_warning_says_so(
     assert code == 0
     warning = next(line for line in table.splitlines() if line.startswith("warning: "))
     assert "weights left in float: GRU" in warning
-    assert warning.endswith("onnxruntime quantizes no GRU node in either mode")
+    assert " and quantizes 2 % of its weights (" in warning  # the head
+    assert warning.endswith("neither mode quantizes GRU")
+    # The float model is bundled: the table's columns say which was bundled.
+    head = next(line for line in table.splitlines() if line.endswith("int8/float"))
+    assert head.split() == ["float", "(bundled)", "int8", "(not", "bundled)", "int8/float"]
+
+
+def test_a_static_only_option_says_what_auto_would_have_done_for_an_lstm(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    """--method percentile makes auto static, which leaves an LSTM float: the warning says how
+    little was quantized and that auto without the option measures dynamic too."""
+    report = convert(data["lstm"], tmp_path / "p", data, method="percentile")
+    assert report.data["quantization"]["mode_reason"] == (
+        "auto: --method percentile calibrates static quantization: static"
+    )
+    assert report.warnings[0].endswith(
+        "--mode dynamic quantizes LSTM (auto was static because of --method percentile: "
+        "without it, auto measures dynamic too)"
+    )
+    assert " and quantizes 1 % of its weights (" in report.warnings[0]
+
+
+def test_calibration_far_from_the_held_out_data_is_said_and_the_refusal_says_what_to_try(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    """A glitched calibration sample (one window x10,000) sets static's input range: static is
+    refused, and the refusal names --mode auto, which passes (dynamic calibrates nothing); data
+    in other units (x1e30) are said too, not passed over silently."""
+    windows = np.load(data["cal"])["window"]
+    glitched = windows.copy()
+    glitched[7] *= 1e4
+    np.savez(tmp_path / "glitch.npz", window=glitched)
+    np.savez(tmp_path / "units.npz", window=windows * 1e30)
+    peak = float(np.abs(np.load(data["held"])["window"]).max())
+    for name, factor in (("glitch", 1e4), ("units", 1e30)):
+        cal = float(np.abs(np.load(tmp_path / f"{name}.npz")["window"]).max())
+        assert cal > factor  # far beyond the held-out data's few units
+        line = (
+            f"the calibration data reach |x| = {cal:.3g}, the held-out data {peak:.3g}: a "
+            "calibration sample far outside the inputs (a glitch, or other units) sets static "
+            "quantization's input range; check --calibration (dynamic quantization calibrates "
+            "nothing)"
+        )
+        refused = convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / f"{name}-s", name="m"),
+            NeuralOptions(latency_repeats=1, mode="static", calibration=tmp_path / f"{name}.npz",
+                          heldout=data["held"], thresholds=NeuralThresholds(min_top1=0.9)),
+        )
+        assert not refused.passed
+        assert refused.bundle is None
+        assert line in refused.warnings
+        assert refused.render().splitlines()[-1] == (
+            "no bundle written: accuracy checks failed (try --mode auto (the default: it "
+            "measures dynamic quantization too, which calibrates nothing), or use --force to "
+            "write it)"
+        )
+        auto = convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / f"{name}-a", name="m"),
+            NeuralOptions(latency_repeats=1, calibration=tmp_path / f"{name}.npz",
+                          heldout=data["held"], thresholds=NeuralThresholds(min_top1=0.9)),
+        )
+        assert auto.passed
+        assert auto.bundle is not None
+        assert auto.data["quantization"]["mode"] == "dynamic"
+        assert line in auto.warnings
+        # A dynamic model calibrated nothing: the device counts against the held-out range.
+        bundle = load_bundle(tmp_path / f"{name}-a", trusted_keys=None, require_signature=False)
+        assert bundle.manifest.neural is not None
+        bounds = bundle.manifest.neural.observation_range
+        assert bounds is not None
+        assert max(bounds.high) <= peak
 
 
 def activation_scales(path: Path) -> dict[str, float]:
