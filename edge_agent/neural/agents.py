@@ -62,10 +62,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_BYTES_FACTOR",
+    "PER_BATCH_SCHEMES",
     "NeuralAgentGroup",
     "Selection",
     "check_session",
     "frame_shape",
+    "per_batch_warning",
     "window_layout",
 ]
 
@@ -184,6 +186,26 @@ def _finite_dot(arr: np.ndarray) -> bool:
         if flat.dtype.itemsize < 4:
             return math.isfinite(np.add.reduce(flat, dtype=np.float32))
         return math.isfinite(np.dot(flat, flat))
+
+
+#: Quantization schemes whose activation scales are one per call over the whole batch: one
+#: agent's input changes the other agents' outputs (``convert onnx --mode dynamic`` wrote it
+#: until issue 43; it now writes ``onnx-dynamic-row-u8s8``, per row).
+PER_BATCH_SCHEMES = frozenset({"onnx-dynamic-u8s8"})
+
+
+def per_batch_warning(bundle: Bundle) -> str:
+    """Why ``bundle``'s agents depend on each other (``""``: they do not), for the log."""
+    scheme = bundle.manifest.quantization.get("scheme")
+    if scheme not in PER_BATCH_SCHEMES:
+        return ""
+    manifest = bundle.manifest
+    return (
+        f"bundle {manifest.name} {manifest.version} is quantized with one activation scale per "
+        f"call over the whole batch ({scheme}): one agent's unusual input changes the other "
+        "agents' actions; convert the model again (convert onnx now scales each agent's row "
+        "on its own)"
+    )
 
 
 def _quantization(spec: NeuralSpec) -> dict[str, tuple[float, int]]:
@@ -744,6 +766,8 @@ class NeuralAgentGroup:
                 f"{bundle.path}: the model outputs observations, not actions; pair it with an "
                 "Active Inference model in an 'aif+perception' bundle"
             )
+        if coupled := per_batch_warning(bundle):
+            logger.warning("group %s: %s", name, coupled)
         logger.info(
             "group %s: neural bundle %s %s (%s, window %d, %s output)",
             name,
