@@ -222,9 +222,9 @@ def _range_lines(watch: dict[str, Any] | None) -> list[str]:
         else ""
     )
     return [
-        f"               observations out of calibrated range: {watch['out_of_range']} of "
-        f"{watch['checked']} agent-steps, {100 * watch['share']:.2f} % in the last "
-        f"{watch['window_ticks']} ticks{alert}"
+        f"               observations out of calibrated range (+{100 * watch['margin']:g} %): "
+        f"{watch['out_of_range']} of {watch['checked']} agent-steps, "
+        f"{100 * watch['share']:.2f} % in the last {watch['window_ticks']} ticks{alert}"
     ]
 
 

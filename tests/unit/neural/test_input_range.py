@@ -18,6 +18,7 @@ from edge_agent.neural.input_range import (
     ALERT_SHARE,
     CLEAR_SHARE,
     INPUT_RANGE_METRICS,
+    MARGIN,
     SCRATCH_BYTES,
     WINDOW_TICKS,
     RangeWatch,
@@ -77,6 +78,20 @@ def test_the_scratch_is_bounded_whatever_the_frame() -> None:
     assert watch.block_rows(500) == SCRATCH_BYTES // (2 * 3 * 64 * 64)
     assert watch.scratch_nbytes(500) <= SCRATCH_BYTES
     assert watch.nbytes_for(500) == watch.scratch_nbytes(500) + 500
+
+
+def test_the_margin_widens_each_feature_by_a_quarter_of_its_width() -> None:
+    """A finite calibration set misses the rarest inputs: a value within 25 % of the feature's
+    width beyond it is in range; a feature constant in calibration takes the mean width."""
+    watch = RangeWatch(bounds([0.0, -2.0, 5.0], [4.0, 2.0, 5.0]), 3, 4, group="g")
+    np.testing.assert_allclose(watch.low, [-1.0, -3.0, 5.0 - 0.25 * 8 / 3], rtol=1e-6)
+    np.testing.assert_allclose(watch.high, [5.0, 3.0, 5.0 + 0.25 * 8 / 3], rtol=1e-6)
+    obs = np.array([[4.9, 0, 5], [5.1, 0, 5], [0, -3.1, 5], [0, 0, 5.6]], dtype=np.float32)
+    watch.observe(obs)
+    assert watch.out_of_range == 2  # agents 1 and 2; agent 3's 5.6 is within 5 + 0.67
+    watch.observe(obs + np.array([0, 0, 0.1], dtype=np.float32))  # 5.7: out
+    assert watch.out_of_range == 2 + 3
+    assert MARGIN == 0.25
 
 
 def test_a_range_that_fits_neither_one_value_nor_every_feature_is_refused() -> None:
@@ -150,7 +165,7 @@ def test_one_event_per_crossing_with_hysteresis() -> None:
     }
     shown = watch.describe()["observation_range"]
     assert shown == {
-        "calibrated": True, "features": 2, "samples": 10, "checked": checked,
+        "calibrated": True, "features": 2, "samples": 10, "margin": MARGIN, "checked": checked,
         "out_of_range": out, "share": 1.0, "window_ticks": WINDOW_TICKS,
         "alert_share": ALERT_SHARE, "clear_share": CLEAR_SHARE, "alerting": True, "alerts": 2,
     }
@@ -220,7 +235,10 @@ def test_a_group_counts_agent_steps_out_of_the_calibrated_range(
     assert group.metrics()["obs_checked"] == n * T
     faulty = windows.copy()
     faulty[0] *= 100  # agent 0's sensor: every feature out (one agent-step per tick)
-    faulty[1, :, 3] = spec.observation_range.high[3] + 1.0  # agent 1: one feature out
+    bounds = spec.observation_range
+    width = bounds.high[3] - bounds.low[3]
+    faulty[1, :, 3] = bounds.high[3] + 0.3 * width  # agent 1: one feature out, past the margin
+    faulty[2, :, 3] = bounds.high[3] + 0.2 * width  # agent 2: within the margin, in range
     for t in range(T):
         group.step(np.ascontiguousarray(faulty[:, t]))
     assert group.metrics()["obs_out_of_range"] == 2 * T
