@@ -69,6 +69,7 @@ __all__ = [
     "AUTO_SIZE_MARGIN",
     "AUTO_TOP1_TOLERANCE",
     "CALIBRATION_METHODS",
+    "DYNAMIC_ROWS",
     "ENTROPY_BINS",
     "ENTROPY_QUANTIZED_BINS",
     "INDEPENDENT_ROWS",
@@ -109,6 +110,11 @@ QuantMode = Literal["static", "dynamic"]
 AUTO_TOP1_TOLERANCE = 0.005
 AUTO_ERROR_FACTOR = 1.5
 AUTO_SIZE_MARGIN = 0.05
+#: What the reason of a dynamic conversion asked for says of its activations.
+DYNAMIC_ROWS = (
+    "activation scales per row, so that no agent's input changes another's output (computed at "
+    "every call: static's fixed scales cost less per tick)"
+)
 #: What the reason of every ``auto`` choice between both modes ends with.
 INDEPENDENT_ROWS = (
     "both keep each agent's result independent of the other agents in its batch (dynamic's "
@@ -704,6 +710,8 @@ def quantize_onnx(
                 )
             share = quantized_share(model, onnx.load(str(out_path)))
             why = f"as asked: {100 * share:.0f} % of the weights quantized"
+            if mode == "dynamic":
+                why += f"; {DYNAMIC_ROWS}"
             record = _quantization_record(opts, mode, why, preprocessed=model_path in attempts[:-1])
             record["quantized_share"] = round(share, 4)
             return record

@@ -548,6 +548,12 @@ def test_an_unrolled_lstm_stays_static_under_auto_and_converts_dynamically_when_
     assert report.warnings == lost
     asked = convert(tmp_path / "lstm.onnx", tmp_path / "d", data, mode="dynamic")
     assert asked.data["quantization"]["mode"] == "dynamic"
+    assert asked.data["quantization"]["mode_reason"] == (
+        "as asked: 98 % of the weights quantized; activation scales per row, so that no agent's "
+        "input changes another's output (computed at every call: static's fixed scales cost "
+        "less per tick)"
+    )
+    assert asked.data["scheme"] == "onnx-dynamic-row-u8s8"
     assert asked.data["accuracy"]["top1_agreement"] >= 0.99
     assert asked.warnings == lost
     graph = ops(tmp_path / "d" / "model.onnx")
