@@ -313,6 +313,9 @@ class NeuralAgentGroup:
                 t for t in self.session.output_specs if t.name == spec.outputs[0].name
             )
             self._out_dims = self._check_output()
+            if self.window > 1:  # each tick moves every window one step older (_push_window)
+                # Before the reservation: its room is part of bytes_for.
+                self.session.enable_slide(self.input_name, self.num_features)
             if budget is not None:
                 self._agent_reservation = budget.reserve(
                     name,
@@ -334,8 +337,6 @@ class NeuralAgentGroup:
         self._views: dict[int, tuple[FloatArray, FloatArray, np.ndarray]] = {}
         self._row_item = np.dtype((np.void, 4 * self.num_features))
         try:
-            if self.window > 1:  # each tick moves every window one step older (_push_window)
-                self.session.enable_slide(self.input_name, self.num_features)
             self._allocate(int(n_agents))
             self.session.warm_up()
         except BaseException:
