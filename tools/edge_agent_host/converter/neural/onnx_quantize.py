@@ -227,12 +227,13 @@ def pick_mode(results: Sequence[ModeResult], failures: Mapping[str, str]) -> tup
     lower by more than :data:`AUTO_TOP1_TOLERANCE`, or, for continuous outputs, mean abs error
     over :data:`AUTO_ERROR_FACTOR` times the other's); of the accurate ones, **static**, whose
     activation scales are fixed at conversion, where dynamic computes each row's scale and zero
-    point at every call (1.7-2.6x static's time per tick on the digits MLP, docs/host-tool.md);
-    dynamic only where static does not pay (its file not below :data:`SIZE_WARNING_RATIO` of
-    the float one: an LSTM, whose recurrent weights static leaves float) and dynamic's file is
-    smaller by more than :data:`AUTO_SIZE_MARGIN`. Neither mode couples the agents of a batch
-    (:mod:`~edge_agent_host.converter.neural.row_scales`): ``why`` says so, and states the rule
-    as it applied. ``failures``: the modes onnxruntime could not quantize, and why."""
+    point at every call (2.1-2.5x static's time per tick on the digits MLP, 3.1-4.1x on the
+    sensor policy: docs/host-tool.md); dynamic only where static does not pay (its file not
+    below :data:`SIZE_WARNING_RATIO` of the float one: an LSTM, whose recurrent weights static
+    leaves float) and dynamic's file is smaller by more than :data:`AUTO_SIZE_MARGIN`. Neither
+    mode couples the agents of a batch (:mod:`~edge_agent_host.converter.neural.row_scales`):
+    ``why`` says so, and states the rule as it applied. ``failures``: the modes onnxruntime
+    could not quantize, and why."""
     if not results:
         raise ValueError("pick_mode needs at least one result")
     classify = all(r.top1_agreement is not None for r in results)

@@ -21,7 +21,7 @@ value of one row reaches another row's output:
   each agent's own row.
 
 Both are exact per row: an agent's outputs are the same, bit for bit, whether its batch holds it
-alone or 999 others with extreme inputs (``tests/integration/neural/test_independence.py``).
+alone or 999 others with extreme inputs (``tests/integration/kinds/test_batch_independence.py``).
 What it costs per tick, measured: docs/host-tool.md.
 """
 
