@@ -20,8 +20,9 @@ value of one row reaches another row's output:
   one scale per gate row) read through ``DequantizeLinear``: the LSTM itself runs in float, on
   each agent's own row.
 
-Both are exact per row: an agent's outputs are the same, bit for bit, whether its batch holds it
-alone or 999 others with extreme inputs (``tests/integration/kinds/test_batch_independence.py``).
+An agent's outputs are then the same, bit for bit, whether its batch holds it alone or 999
+others with extreme inputs (an LSTM's up to float rounding: a batch of one sums in another
+order), ``tests/integration/kinds/test_batch_independence.py``.
 What it costs per tick, measured: docs/host-tool.md.
 """
 
