@@ -186,12 +186,19 @@ def encode_signature(signature: bytes) -> str:
 
 
 def decode_signature(value: str) -> bytes:
-    """Raw signature bytes from base64 text; :class:`SignatureError` if malformed."""
+    """Raw signature bytes from base64 text; :class:`SignatureError` if malformed.
+
+    Only the canonical text is taken: the last character before ``==`` carries 4 padding bits
+    that base64 decoders ignore, so 16 texts decode to the same signature; any other than the
+    one :func:`encode_signature` writes is a changed manifest, refused."""
     if not _B64_SIGNATURE_RE.fullmatch(value):
         raise SignatureError(
             f"bad signature: value is not the base64 of a {SIGNATURE_BYTES}-byte signature"
         )
-    return base64.b64decode(value, validate=True)
+    raw = base64.b64decode(value, validate=True)
+    if encode_signature(raw) != value:
+        raise SignatureError("bad signature: not the canonical base64 of its bytes")
+    return raw
 
 
 class TrustedKeys:

@@ -100,6 +100,7 @@ EVENT_KINDS: Final = {
     "rejected_input": EventKind.REJECTED_INPUT,
     "io_refused": EventKind.ALARM,
     "io_silent": EventKind.ALARM,
+    "input_out_of_range": EventKind.ALARM,
     "deploy": EventKind.DEPLOY,
     "rollback": EventKind.ROLLBACK,
     "connectivity": EventKind.CONNECTIVITY,
