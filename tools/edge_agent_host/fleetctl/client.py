@@ -270,11 +270,15 @@ class FleetClient:
         gap = 0
         if route.node_owned and route.node is not None:
             gap = self._track(route.node, env, retained)
+        if route.node_owned:  # every message of a node, live or retained: presence.py
+            now = time.time()
+            if not retained:
+                self._view(env.node).last_seen = now
+            if self.store is not None:
+                self.store.heard(env.node, live=not retained, now=now)
         handler = self._body_handlers.get(type(env.body))
         if handler is not None:
             handler(env, env.body, retained)
-        if route.node_owned and not retained:
-            self._view(env.node).last_seen = time.time()
         return FleetMessage(topic, route, env, retained, gap)
 
     # -- what each kind of message does to the registry (one method per body type) -------------
@@ -285,7 +289,7 @@ class FleetClient:
             view.online = body.online
             view.bdseq = env.bdseq
             if self.store is not None:
-                self.store.node(env.node, online=body.online, bdseq=env.bdseq, live=not retained)
+                self.store.node(env.node, online=body.online, bdseq=env.bdseq)
 
     def _on_birth(self, env: Envelope, body: Birth, retained: bool) -> None:
         # Presence is the state topic's: a retained birth may outlive its node.
@@ -299,7 +303,6 @@ class FleetClient:
                 birth=body,
                 bdseq=env.bdseq,
                 online=None if retained else True,
-                live=not retained,
             )
 
     def _on_death(self, env: Envelope, body: Death, retained: bool) -> None:
