@@ -31,7 +31,8 @@ from typing import Any, Final
 
 from edge_agent import __version__
 from edge_agent.distribution import clash_notice
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, file_problem
+from edge_agent.service.closed_stdout import guard_stdout
 from edge_agent.service.logs import configure_logging
 from edge_agent.service.pids import pid_alive
 from edge_agent_host.fleet.errors import FleetError
@@ -126,9 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``edge-agent-hub``; returns the exit status (module docstring)."""
     notice = clash_notice("edge-agent-hub")  # PyPI's edge-agent in this environment
     if notice is not None:
         print(notice, file=sys.stderr)
+    return guard_stdout(lambda: _main(argv), "edge-agent-hub")
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     handler = {
         "run": _run,
@@ -153,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeAgentError as err:
         print(f"edge-agent-hub {args.command}: {err}", file=sys.stderr)
         return 2 if args.command == "run" else 1
+    except BrokenPipeError:
+        raise  # standard output's reader left, or not: guard_stdout says which
+    except OSError as err:  # a file named on the command line (a bundle, ...)
+        print(f"edge-agent-hub {args.command}: {file_problem(err)}", file=sys.stderr)
+        return 1
 
 
 # ------------------------------------------------------------------------------------ run/check
