@@ -19,6 +19,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.errors import BundleError, ProtocolError
+from edge_agent.fleet.comms.tls_probe import TlsOptions
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     Birth,
@@ -45,6 +46,13 @@ __all__ = [
 ]
 
 SUCCESS: Final = frozenset({ResultCode.OK, ResultCode.ACCEPTED})
+TLS_OPTIONS: Final = TlsOptions(
+    "--ca-file",
+    "--cert-file",
+    "--key-file",
+    "edge-agent-host broker init issued them: DIR/clients/NAME/; docs/security.md",
+)
+"""What a broker that wants TLS asks of ``hub`` and ``tasks`` (:func:`add_broker_arguments`)."""
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -82,11 +90,20 @@ def add_broker_arguments(parser: argparse.ArgumentParser, hub_id_help: str) -> N
     parser.add_argument("--hub-id", default="hub", help=hub_id_help)
     parser.add_argument("--username", default=None, help="broker user")
     parser.add_argument("--password-file", type=Path, default=None, help="broker password file")
-    parser.add_argument("--ca-file", default=None, help="CA (PEM) for TLS to the broker")
     parser.add_argument(
-        "--cert-file", default=None, help="client certificate (PEM) for mutual TLS; with --key-file"
+        "--ca-file", type=Path, default=None, help="CA (PEM) for TLS to the broker"
     )
-    parser.add_argument("--key-file", default=None, help="client private key (PEM)")
+    parser.add_argument(
+        "--cert-file",
+        type=Path,
+        default=None,
+        help="client certificate (PEM) for mutual TLS; with --key-file",
+    )
+    parser.add_argument("--key-file", type=Path, default=None, help="client private key (PEM)")
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def connect(
@@ -94,11 +111,11 @@ def connect(
 ) -> FleetClient:
     """A :class:`FleetClient` from :func:`add_broker_arguments`' options, connected; the store
     is closed if it cannot connect."""
-    password = None
-    if args.password_file is not None:
-        lines = Path(args.password_file).read_text(encoding="utf-8").splitlines()
-        password = lines[0] if lines else ""
     try:
+        password = None
+        if args.password_file is not None:
+            lines = Path(args.password_file).read_text(encoding="utf-8").splitlines()
+            password = lines[0] if lines else ""
         client = FleetClient(
             fleet=args.fleet,
             host=args.host,
@@ -107,13 +124,14 @@ def connect(
             key=key,
             username=args.username,
             password=password,
-            ca_file=args.ca_file,
-            cert_file=args.cert_file,
-            key_file=args.key_file,
+            ca_file=_text(args.ca_file),
+            cert_file=_text(args.cert_file),
+            key_file=_text(args.key_file),
             store=store,
+            tls_options=TLS_OPTIONS,
         )
         client.connect()
-    except FleetError:
+    except (FleetError, OSError):
         if store is not None:
             store.close()
         raise

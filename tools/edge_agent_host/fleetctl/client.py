@@ -21,7 +21,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle.signing import key_id
+from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.comms.base import PublishHandle, Transport, TransportEventKind, reason_text
+from edge_agent.fleet.comms.tls_probe import TlsOptions
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     Birth,
@@ -51,11 +53,13 @@ from edge_agent_host.fleet.transfer import (
 from edge_agent_host.fleetctl.store import FleetStore
 from edge_agent_host.fleetctl.views import FleetMessage, NodeView
 
-__all__ = ["DUPLICATE_GRACE_S", "FleetClient"]
+__all__ = ["DUPLICATE_GRACE_S", "LIBRARY_TLS_OPTIONS", "FleetClient"]
 
 #: How long a result marked a duplicate waits for the command's own answer (wait_result).
 DUPLICATE_GRACE_S = 2.0
 _MAX_AWAITING_ACK = 100_000
+LIBRARY_TLS_OPTIONS = TlsOptions("ca_file", "cert_file", "key_file")
+"""The TLS arguments by :class:`FleetClient`'s own names (the command line gives its options')."""
 CLOSE_ACK_TIMEOUT_S = 5.0
 """How long :meth:`FleetClient.close` waits for the broker's acknowledgements of what was sent."""
 
@@ -82,12 +86,18 @@ class FleetClient:
         store: FleetStore | None = None,
         rebirth_interval_s: float = 10.0,
         transport: Transport | None = None,
+        tls_options: TlsOptions = LIBRARY_TLS_OPTIONS,
     ) -> None:
         """TLS when ``ca_file`` or ``cert_file`` is given (``ca_file`` None: the system's CAs);
-        ``cert_file`` and ``key_file`` (PEM) are the hub's client certificate for mutual TLS."""
+        ``cert_file`` and ``key_file`` (PEM) are the hub's client certificate for mutual TLS,
+        read here (:class:`FleetError` naming one that cannot be). ``tls_options``: the names
+        the caller's user gives those by, for :meth:`connect`'s error when the broker wants TLS
+        and none was given."""
         if (cert_file is None) != (key_file is None):
             raise FleetError("a client certificate needs both cert_file and key_file")
         self.topics = Topics(fleet)
+        self.broker = f"{host}:{port}"
+        self.tls_options = tls_options
         self.fleet = fleet
         self.hub_id = hub_id
         self.key = key
@@ -119,37 +129,53 @@ class FleetClient:
                 MqttSettings,
                 MqttTransport,
                 TlsSettings,
+                tls_context,
             )
 
+            tls = (
+                TlsSettings(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+                if ca_file or cert_file
+                else None
+            )
+            if tls is not None:  # a file that cannot be read is one error now, not at each try
+                try:
+                    tls_context(tls)
+                except EdgeAgentError as err:
+                    raise FleetError(str(err)) from err
             settings = MqttSettings(
                 client_id=f"ea-hub-{fleet}-{os.urandom(4).hex()}",
                 host=host,
                 port=port,
                 username=username,
                 password=password,
-                tls=(
-                    TlsSettings(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
-                    if ca_file or cert_file
-                    else None
-                ),
+                tls=tls,
                 connect_timeout_s=5.0,
             )
             transport = MqttTransport(
                 settings,
                 backoff=Backoff(initial_s=0.1, max_s=2.0, stable_after_s=2.0),
                 max_incoming=100_000,
+                tls_options=None,  # connect() raises it as one error instead
             )
         self.transport = transport
         self.transport.subscribe(self.topics.fleet_all(), 1)
 
     # Connection -------------------------------------------------------------------------------
     def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect and wait until the broker accepted us; :class:`FleetError` if it does not."""
+        """Connect and wait until the broker accepted us; :class:`FleetError` if it does not
+        (at once when the broker wants TLS and this client has none: what to give, by the names
+        of ``tls_options``)."""
         self.transport.connect()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.transport.is_connected:
                 return
+            wanted = self.transport.tls_wanted
+            if wanted:
+                self.transport.disconnect()
+                raise FleetError(
+                    f"broker {self.broker} wants {wanted}: {self.tls_options.advice(wanted)}"
+                )
             time.sleep(0.02)
         refusal = self.transport.last_refusal
         self.transport.disconnect()

@@ -400,7 +400,11 @@ def test_the_hub_and_tasks_take_a_client_certificate(command: list[str]) -> None
     tls = ["--ca-file", "ca.crt", "--cert-file", "hub.crt", "--key-file", "hub.key"]
     sub = "list" if command[0] == "tasks" else "fleet"
     args = cli.build_parser().parse_args([command[0], *tls, *command[1:], sub])
-    assert (args.ca_file, args.cert_file, args.key_file) == ("ca.crt", "hub.crt", "hub.key")
+    assert (args.ca_file, args.cert_file, args.key_file) == (
+        Path("ca.crt"),
+        Path("hub.crt"),
+        Path("hub.key"),
+    )
 
 
 def test_hub_client_uses_the_certificate_for_mutual_tls() -> None:
