@@ -31,8 +31,9 @@ from edge_agent.fleet.protocol import (
     as_builtins,
 )
 from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.known_nodes import add_force_argument, require_seen
 from edge_agent_host.fleet.table import add_silent_argument, format_fleet
-from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES
+from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES, DeployPlan
 from edge_agent_host.fleetctl.client import FleetClient
 from edge_agent_host.fleetctl.store import FleetStore, json_text
 from edge_agent_host.fleetctl.views import FleetMessage
@@ -72,7 +73,7 @@ def _arg_value(text: str) -> tuple[str, Any]:
     return name, value
 
 
-def _add_targets(p: argparse.ArgumentParser) -> None:
+def _add_targets(p: argparse.ArgumentParser, sends: str) -> None:
     p.add_argument("--key", required=True, type=Path, help="hub private key (NAME.key)")
     p.add_argument("--node", action="append", default=[], help="target node (repeatable)")
     p.add_argument(
@@ -80,6 +81,7 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--wait", type=float, default=2.0, help="seconds to listen for nodes first")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for results")
+    add_force_argument(p, f"{sends} to")
 
 
 def add_broker_arguments(parser: argparse.ArgumentParser, hub_id_help: str) -> None:
@@ -157,7 +159,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
 
     command = sub.add_parser("command", help="send a signed command and wait for its result")
-    _add_targets(command)
+    _add_targets(command, "send it")
     command.add_argument("--ttl", type=float, default=60.0, help="seconds until it expires")
     command.add_argument("--json", action="store_true", help="print results as JSON")
     command.add_argument(
@@ -168,7 +170,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     command.add_argument("args", nargs="*", type=_arg_value, help="NAME=VALUE arguments")
 
     deploy = sub.add_parser("deploy", help="deploy a signed bundle to a group on nodes")
-    _add_targets(deploy)
+    _add_targets(deploy, "deploy")
     deploy.add_argument("bundle", type=Path, help="signed bundle directory or .tar")
     deploy.add_argument("--group", required=True, help="the group that runs the bundle")
     deploy.add_argument(
@@ -203,7 +205,14 @@ def _client(args: argparse.Namespace, key: Ed25519PrivateKey | None = None) -> F
 
 
 def _targets(client: FleetClient, args: argparse.Namespace) -> list[str]:
+    """The nodes of ``--node`` and ``--all``, after listening ``--wait`` seconds; a ``--node``
+    never seen (by this run or, in the store, an earlier one) is an error unless ``--force``."""
     client.listen(args.wait)
+    if not args.force:
+        known = set(client.nodes)
+        if client.store is not None:
+            known.update(row["node"] for row in client.store.nodes())
+        require_seen(args.node, known, where=f"in fleet {args.fleet!r}")
     nodes = list(args.node)
     if args.all:
         nodes += [v.node for v in client.nodes.values() if v.online and v.node not in nodes]
@@ -334,7 +343,9 @@ def _run_command(args: argparse.Namespace) -> int:
 def _run_deploy(args: argparse.Namespace) -> int:
     from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
 
-    client = _client(args, load_signing_key(args.key))
+    key = load_signing_key(args.key)
+    plan = DeployPlan.from_bundle(args.bundle, args.chunk_size)  # a bad file: before connecting
+    client = _client(args, key)
     try:
         nodes = _targets(client, args)
         shown: dict[str, tuple[int, str]] = {}
@@ -347,7 +358,7 @@ def _run_deploy(args: argparse.Namespace) -> int:
                 print(f"{node}: {phase} {done}/{total} chunks", flush=True)
 
         results = client.deploy(
-            args.bundle,
+            plan,
             args.group,
             nodes,
             transfer=args.transfer,

@@ -47,6 +47,7 @@ from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.transfer import (
     DEFAULT_CHUNK_BYTES,
     BroadcastStats,
+    DeployPlan,
     broadcast_bundle,
     deploy_bundle,
 )
@@ -499,7 +500,7 @@ class FleetClient:
     # Deploying --------------------------------------------------------------------------------
     def deploy(
         self,
-        bundle: str | Path,
+        bundle: str | Path | DeployPlan,
         group: str,
         nodes: Sequence[str],
         *,
@@ -515,7 +516,8 @@ class FleetClient:
         progress: Callable[[str, int, int, str], None] | None = None,
         stats: BroadcastStats | None = None,
     ) -> dict[str, CommandResult]:
-        """Deploy a signed bundle (directory or tar) to ``group`` on every node of ``nodes``.
+        """Deploy a signed bundle (directory or tar, or its plan) to ``group`` on every node of
+        ``nodes``.
 
         ``transfer``: ``broadcast`` (each chunk published once for all nodes, the default) or
         ``unicast`` (chunks as commands to each node, acknowledged one by one). Returns each
