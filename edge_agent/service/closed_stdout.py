@@ -58,14 +58,18 @@ def guard_stdout(run: Callable[[], int], prog: str) -> int:
     """``run()``'s exit status, its output flushed; :data:`CLOSED_STDOUT_EXIT` when standard
     output's reader went away meanwhile (module docstring) and ``run`` had not failed already.
     ``SystemExit`` (argparse's ``--help`` and usage errors) passes through, its output flushed
-    first. A broken pipe that is not standard output's is one line, ``prog: problem``, exit 1.
+    first, unless it is a success whose output went nowhere (``--help | head -1``: 141 too). A broken pipe that is not standard output's is one line, ``prog: problem``, exit 1.
     """
     status: int | None = None
     try:
         try:
             status = run()
-        except SystemExit:
+        except SystemExit as done:
             sys.stdout.flush()
+            # argparse swallows the error of writing --help or --version; it exits 0.
+            if done.code in (0, None) and stdout_closed():
+                _silence_stdout()
+                return CLOSED_STDOUT_EXIT
             raise
         sys.stdout.flush()
     except BrokenPipeError as err:

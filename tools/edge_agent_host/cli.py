@@ -124,7 +124,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.bundle, trusted_keys=trusted, require_signature=True)
     except EdgeAgentError as err:
-        print(f"FAILED: {err}")
+        print(f"FAILED: {err}", file=sys.stderr)
         return 1
     print(
         f"OK: {bundle.path}: {bundle.manifest.name} {bundle.manifest.version} "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge_agent.fleet.protocol import Birth, CommandResult, Event, Telemetry, as_builtins
+from edge_agent_host.fleet.errors import FleetError
 
 __all__ = ["FleetStore"]
 
@@ -38,8 +39,18 @@ class FleetStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        # sqlite3 says only "unable to open database file": opening it first names the file and
+        # the reason (an OSError, one line at the command line).
+        with self.path.open("ab"):
+            pass
+        try:
+            self.conn = sqlite3.connect(self.path, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self._create()
+        except sqlite3.Error as err:
+            raise FleetError(f"{self.path}: cannot use it as the client's database: {err}") from err
+
+    def _create(self) -> None:
         self.conn.executescript(
             """
             CREATE TABLE IF NOT EXISTS nodes (
