@@ -58,7 +58,8 @@ def guard_stdout(run: Callable[[], int], prog: str) -> int:
     """``run()``'s exit status, its output flushed; :data:`CLOSED_STDOUT_EXIT` when standard
     output's reader went away meanwhile (module docstring) and ``run`` had not failed already.
     ``SystemExit`` (argparse's ``--help`` and usage errors) passes through, its output flushed
-    first, unless it is a success whose output went nowhere (``--help | head -1``: 141 too). A broken pipe that is not standard output's is one line, ``prog: problem``, exit 1.
+    first, unless it is a success whose output went nowhere (``--help | head -1``: 141 too). A
+    broken pipe that is not standard output's is one line, ``prog: problem``, exit 1.
     """
     status: int | None = None
     try:

@@ -15,6 +15,7 @@ since it was first heard, and stays so; a daemon that goes quiet (SIGSTOP) turns
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -179,3 +180,11 @@ def test_a_node_is_online_while_it_talks_and_silent_when_only_its_retained_state
     for rows in seen:
         assert rows["pi-talk"] == "online", seen
         assert rows["pi-ghost"] == "silent", seen
+    # --json gives each row its presence, in the client's table as in the hub's.
+    done = subprocess.run(
+        tables.client_argv("fleet", "--wait", "1.5", "--silent-after", str(SILENT_AFTER_S),
+                           "--json"),
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    presence = {row["node"]: row["presence"] for row in json.loads(done.stdout)}
+    assert presence == {"pi-talk": "online", "pi-quiet": "online", "pi-ghost": "silent"}

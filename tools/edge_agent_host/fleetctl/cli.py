@@ -32,6 +32,7 @@ from edge_agent.fleet.protocol import (
 )
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.known_nodes import add_force_argument, require_seen
+from edge_agent_host.fleet.presence import presence
 from edge_agent_host.fleet.table import add_silent_argument, format_fleet
 from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES, DeployPlan
 from edge_agent_host.fleetctl.client import FleetClient
@@ -289,8 +290,10 @@ def _run_fleet(args: argparse.Namespace) -> int:
         rows = client.store.nodes()
     finally:
         client.close()
-    if args.json:
-        print(json_text(rows))
+    if args.json:  # each row with its presence, as edge-agent-hub fleet --json gives it
+        now = time.time()
+        shown = [{**row, "presence": presence(row, args.silent_after, now)} for row in rows]
+        print(json_text(shown))
     else:
         print(format_fleet(rows, args.silent_after))
     return 0
