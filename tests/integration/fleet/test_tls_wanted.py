@@ -7,7 +7,7 @@ certificate required): ``edge-agent-host hub ... fleet`` and ``tasks list`` with
 ``--ca-file``, ``--cert-file`` and ``--key-file`` say in one line that the broker wants TLS with
 a client certificate and which options give it, and exit 1; a daemon and the hub service whose
 ``[mqtt]`` has no ``tls`` keep trying (the broker never stops a daemon) and log it once, naming
-their ``[mqtt.tls]`` keys, however many attempts fail.
+their ``[mqtt.tls]`` keys, however many attempts fail; ``edge-agent status`` says it too.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.fleet.test_broker_acl import broker_init, start_broker
-from tests.integration.fleet.test_fleet_daemon import FLEET, Node, wait_until
+from tests.integration.fleet.test_fleet_daemon import FLEET, Node, status_view, wait_until
 from tests.integration.hub.test_hubd import Hub, sqlite_table
 from tests.support.broker import MosquittoBroker, free_port
 
@@ -80,6 +80,9 @@ def test_a_daemon_and_the_hub_service_say_it_once_and_keep_trying(
                 f"MQTT broker 127.0.0.1:{secured.port} {WANTS}, and this client has no TLS "
                 "settings: give [mqtt.tls] enabled, ca_file, cert_file and key_file"
             ) in said[0]
+        # edge-agent status says it beside the node's OFFLINE.
+        wanted = f"broker 127.0.0.1:{secured.port}: it {WANTS}: give [mqtt.tls] enabled"
+        wait_until(lambda: wanted in status_view(node.state), "edge-agent status saying it")
         assert node.proc is not None
         assert node.proc.proc.poll() is None
         assert hub.proc is not None
