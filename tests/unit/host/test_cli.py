@@ -194,4 +194,4 @@ def test_runs_as_a_real_process(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 1
-    assert "unexpected data after the last valid tar member" in bad.stdout
+    assert "unexpected data after the last valid tar member" in bad.stderr
