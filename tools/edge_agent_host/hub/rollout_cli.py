@@ -123,9 +123,7 @@ def add_parser(
         "--json", action="store_true", help="print the plan as JSON (with --follow: JSON lines)"
     )
 
-    status = steps.add_parser(
-        "status", help="a rollout's waves and nodes", epilog=f"--follow: {_FOLLOW_HELP}."
-    )
+    status = steps.add_parser("status", help="a rollout's waves and nodes")
     with_config(status)
     status.add_argument("id", nargs="?", help="default: the newest rollout")
     status.add_argument("--follow", action="store_true", help=_FOLLOW_HELP)
