@@ -417,5 +417,5 @@ def test_hub_client_uses_the_certificate_for_mutual_tls(tmp_path: Path) -> None:
     with pytest.raises(FleetError, match="both"):
         FleetClient(fleet=FLEET, cert_file="hub.crt")
     # A file it cannot read is said before any connection, naming it.
-    with pytest.raises(FleetError, match="ca_file ca.crt: cannot read: No such file"):
+    with pytest.raises(FleetError, match=r"ca_file ca\.crt: cannot read: No such file"):
         FleetClient(fleet=FLEET, ca_file="ca.crt", cert_file=files[1], key_file=files[2])
