@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "data"))
 
-from edge_agent.bundle.loader import NeuralSpec, load_bundle  # noqa: E402
+from edge_agent.bundle.loader import load_bundle  # noqa: E402
+from edge_agent.bundle.manifest import NeuralSpec  # noqa: E402
 from edge_agent.neural.agents import NeuralAgentGroup  # noqa: E402
 from edge_agent.neural.backends import get_backend  # noqa: E402
 from edge_agent.sim.sensors import SensorWorld  # noqa: E402

@@ -39,12 +39,10 @@ registers them as they come and never names them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = [
     "AgentGroup",
@@ -327,7 +325,13 @@ class FleetPort(Protocol):
         ...
 
     def listen(self, topic: str, inbox: Any) -> None:
-        """Route the observations arriving on the filter ``topic`` to ``inbox``."""
+        """Route the observations arriving on the filter ``topic`` to ``inbox`` (and the
+        broker's refusal of the subscription: ``inbox.refused``)."""
+        ...
+
+    def publishes(self, topic: str, publisher: Any) -> None:
+        """``publisher`` (an :class:`~edge_agent.fleet.agent_io.ActionPublisher`) sends on
+        ``topic``: what the broker refuses of it goes back to it (``publisher.refused``)."""
         ...
 
 

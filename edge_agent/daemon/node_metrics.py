@@ -26,7 +26,7 @@ from edge_agent.daemon import metric_help
 from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.scheduler import TickClock, TickStats
-from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.service.metrics import Metrics
 from edge_agent.service.systemd import SdNotifier
 from edge_agent.state_health import StateHealth
@@ -285,7 +285,7 @@ def _outbox_exposure(d: MetricsView) -> dict[str, Any]:
 
 def _io_metrics(d: MetricsView) -> dict[str, int]:
     io = dict.fromkeys(("obs_rows", "rows_rejected", "batches_rejected"), 0)
-    io["stale_agent_ticks"] = 0
+    io["stale_agent_ticks"] = io["subscriptions_refused"] = 0
     for g in d.groups:
         for name, value in g.input_counters().items():
             io[name] = io.get(name, 0) + value

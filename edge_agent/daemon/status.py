@@ -27,7 +27,7 @@ from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.scheduler import TickClock, TickStats
-from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
 from edge_agent.service.metrics import Metrics
 from edge_agent.state_health import StateHealth
@@ -201,11 +201,15 @@ def status_line(d: StatusView) -> str:
 
 
 def report(d: StatusView) -> None:
-    """The demo's periodic view: what agents do and what they cost."""
+    """The demo's periodic view: what agents do and what they cost. The budget is what the
+    groups reserved (their worst case), RSS what the process holds now; a group's line says what
+    its agents achieved beside what its world compares that to
+    (:meth:`~edge_agent.sim.BatchEnv.references`)."""
     p50, p99 = d.stats.percentiles_ms()
     rss = d.rss.last or d.rss.sample()
     logger.info(
-        "tick %d @ %.1f Hz | p50 %.2f ms p99 %.2f ms | overruns %d | RSS %s | budget %s / %s",
+        "tick %d @ %.1f Hz | p50 %.2f ms p99 %.2f ms | overruns %d | RSS %s | budget %s "
+        "reserved of %s",
         d.stats.ticks,
         d.clock.hz,
         p50,

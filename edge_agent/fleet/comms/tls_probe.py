@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+from dataclasses import dataclass
 from typing import Final
-
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = ["CONFIG_TLS_OPTIONS", "TLS", "TLS_WITH_CLIENT_CERTIFICATE", "TlsOptions", "tls_wanted"]
 

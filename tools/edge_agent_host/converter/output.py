@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle.loader import AifSpec, Bundle, BundleKind, NeuralSpec, load_bundle
+from edge_agent.bundle.loader import Bundle, load_bundle
+from edge_agent.bundle.manifest import AifSpec, BundleKind, NeuralSpec
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.errors import BundleError

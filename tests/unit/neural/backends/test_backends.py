@@ -49,7 +49,7 @@ def mlp_bytes(seed: int = 0) -> tuple[bytes, list[tuple[np.ndarray, np.ndarray]]
 def test_registry_names_match_the_bundle_schema() -> None:
     from typing import get_args
 
-    from edge_agent.bundle.loader import NeuralSpec
+    from edge_agent.bundle.manifest import NeuralSpec
 
     backend_field = NeuralSpec.model_fields["backend"].annotation
     assert set(BACKENDS) == set(get_args(backend_field))

@@ -1,5 +1,5 @@
 """An Active Inference model's bundle payload: the int8 tables under ``aif/`` with their logical
-names, the manifest's :class:`~edge_agent.bundle.loader.AifSpec`, and Dirichlet counts checked
+names, the manifest's :class:`~edge_agent.bundle.manifest.AifSpec`, and Dirichlet counts checked
 against the tables they parameterise (stored in float64 beside them).
 """
 
@@ -11,7 +11,7 @@ from edge_agent.aif.learning_counts import check_counts
 from edge_agent.aif.model import Counts, GenerativeModel
 from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_to_json
-from edge_agent.bundle.loader import AifSpec
+from edge_agent.bundle.manifest import AifSpec
 from edge_agent.errors import ModelError
 
 __all__ = ["AIF_ARRAY_DIR", "aif_bundle_arrays", "aif_spec", "bundle_counts"]

@@ -1,6 +1,6 @@
 """From a converted neural model to its bundle (both converters: :func:`finish_neural`).
 
-The manifest's :class:`~edge_agent.bundle.loader.NeuralSpec` (:func:`neural_spec`), the float/int8
+The manifest's :class:`~edge_agent.bundle.manifest.NeuralSpec` (:func:`neural_spec`), the float/int8
 comparison and its checks (:mod:`edge_agent_host.converter.neural.measure`), the generative model
 of an ``aif+perception`` bundle (:func:`check_perception_outputs`), then the bundle is written,
 loaded and stepped as a device does (:mod:`edge_agent_host.converter.neural.device_check`) and
@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import quantize_model
 from edge_agent.aif.settings import AifSettings
-from edge_agent.bundle.loader import Bundle, BundleKind, NeuralSpec
+from edge_agent.bundle.loader import Bundle
+from edge_agent.bundle.manifest import BundleKind, NeuralSpec
 from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.agents import window_layout
 from edge_agent.neural.backends import Session, get_backend

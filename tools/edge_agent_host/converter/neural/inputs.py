@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.bundle.loader import TensorSpec
+from edge_agent.bundle.manifest import TensorSpec
 from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.backends import get_backend
 from edge_agent_host.converter.report import progress

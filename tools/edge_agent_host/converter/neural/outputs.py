@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edge_agent.bundle.loader import TensorSpec
+from edge_agent.bundle.manifest import TensorSpec
 from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.backends import get_backend
 from edge_agent_host.converter.neural.options import NeuralOptions, OutputKind

@@ -14,7 +14,8 @@ import onnx
 import pytest
 
 from edge_agent.aif.model import GenerativeModel, save_npz
-from edge_agent.bundle.loader import NeuralSpec, TensorSpec, load_bundle
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.manifest import NeuralSpec, TensorSpec
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.agents import NeuralAgentGroup, frame_shape, window_layout

@@ -22,7 +22,7 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.heap import release_free_heap
-from edge_agent.daemon.snapshots import SnapshotInfo, SnapshotStore
+from edge_agent.daemon.snapshots.store import SnapshotInfo, SnapshotStore
 from edge_agent.errors import EdgeAgentError, SnapshotError
 
 __all__ = ["SNAPSHOT_FORMAT", "restore_groups", "save_groups"]

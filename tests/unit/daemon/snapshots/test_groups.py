@@ -1,4 +1,4 @@
-"""The groups' state in and out of snapshots (edge_agent.daemon.group_state): real groups built
+"""The groups' state in and out of snapshots (edge_agent.daemon.snapshots.groups): real groups built
 by admission, a real snapshot store in a temporary directory."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from edge_agent.config.daemon import read_config
 from edge_agent.config.profiles import FirmwareProfile, load_profiles
 from edge_agent.daemon.admission import admit
 from edge_agent.daemon.group_runtime import GroupRuntime
-from edge_agent.daemon.group_state import SNAPSHOT_FORMAT, restore_groups, save_groups
-from edge_agent.daemon.snapshots import SnapshotStore, read_snapshot
+from edge_agent.daemon.snapshots.format import read_snapshot
+from edge_agent.daemon.snapshots.groups import SNAPSHOT_FORMAT, restore_groups, save_groups
+from edge_agent.daemon.snapshots.store import SnapshotStore
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_groups_saved_come_back_where_name_model_and_size_match(
     def event(kind: str, severity: str, detail: str) -> None:
         events.append((kind, severity, detail))
 
-    with caplog.at_level(logging.INFO, logger="edge_agent.daemon.group_state"):
+    with caplog.at_level(logging.INFO, logger="edge_agent.daemon.snapshots.groups"):
         assert restore_groups(store, built(tmp_path, profiles, 4), event, "; a note") is None
     assert f"fresh start: no snapshot to restore in {store.state_dir}; a note" in caplog.text
     saved = built(tmp_path, profiles, 4)
@@ -74,7 +75,7 @@ def test_groups_saved_come_back_where_name_model_and_size_match(
     # A grid of another size is passed over; the T-maze comes back as it was saved.
     fresh = built(tmp_path, profiles, 5)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="edge_agent.daemon.group_state"):
+    with caplog.at_level(logging.INFO, logger="edge_agent.daemon.snapshots.groups"):
         assert restore_groups(store, fresh, event) == str(info.path)
     assert "restored tmaze (3 agents) from snapshot" in caplog.text
     assert "snapshot group grid not restored: no group of that name, model and size" in caplog.text

@@ -6,6 +6,7 @@ its belief sharer, its holders' task preferences, its task utilities).
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -18,7 +19,6 @@ from edge_agent.coordination.settings import SharingSettings
 from edge_agent.coordination.utility import task_utility
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.fleet.topics import check_name
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = ["CoordinatedGroup", "GroupState", "same_agents"]
 

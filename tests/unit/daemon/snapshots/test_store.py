@@ -20,10 +20,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge_agent.daemon.snapshots import MAGIC, SnapshotStore, read_snapshot
+from edge_agent.daemon.snapshots.format import MAGIC, read_snapshot
+from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.errors import SnapshotError
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 DTYPES = [
     "bool",
@@ -318,7 +319,7 @@ def test_large_arrays_are_compressed_once_as_they_are_written(
     same bytes, and the header (padded to where the data begins) reads with any reader."""
     import zlib
 
-    from edge_agent.daemon import snapshots
+    from edge_agent.daemon.snapshots import format as snapshots
 
     rng = np.random.default_rng(2)
     arrays = {
@@ -388,7 +389,7 @@ def test_a_group_restores_from_a_snapshot_read_straight_into_its_arrays(
     group equals the saved one, history included."""
     from edge_agent.aif.planning import PlanningPolicy
     from edge_agent.core.agents import AifAgentGroup
-    from edge_agent.daemon import snapshots
+    from edge_agent.daemon.snapshots import format as snapshots
     from edge_agent.sim.registry import builtin_model, make_env
 
     n, model = 3000, builtin_model("grid10")
@@ -432,7 +433,7 @@ def test_a_snapshot_with_priors_restores_a_group_that_keeps_none(
     group that keeps none restores one that keeps it the same."""
     from edge_agent.aif.planning import PlanningPolicy
     from edge_agent.core.agents import AifAgentGroup
-    from edge_agent.daemon import snapshots
+    from edge_agent.daemon.snapshots import format as snapshots
     from edge_agent.sim.registry import builtin_model, make_env
 
     n, model = 3000, builtin_model("grid10")
@@ -502,7 +503,7 @@ def test_reading_a_large_snapshot_holds_a_few_chunks_of_it(tmp_path: Path) -> No
 def test_rows_of_a_snapshot_array_come_a_block_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_agent.daemon import snapshots
+    from edge_agent.daemon.snapshots import format as snapshots
 
     rows = np.arange(5000 * 7, dtype=np.float32).reshape(5000, 7)
     noise = np.random.default_rng(0).random((300, 3))  # stays raw
@@ -726,7 +727,7 @@ WRITER = """
 import os, sys, time
 from pathlib import Path
 import numpy as np
-from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.snapshots.store import SnapshotStore
 
 state_dir, first, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 store = SnapshotStore(state_dir, max_writes_per_hour=1_000_000, keep=2)

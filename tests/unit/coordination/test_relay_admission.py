@@ -1,7 +1,7 @@
-"""What a node takes of what a peer says about a task (``edge_agent/coordination/admission.py``):
-a bid, an abandoned round or a tombstone says no more than the task's announcer signed, a
-bid's cost is one some model could compute, and a task id is its announcer's (issue 29, the
-audit). One engine on a FakeLink;
+"""What a node takes of what a peer says about a task
+(``edge_agent/coordination/relay_admission.py``): a bid, an abandoned round or a tombstone says no
+more than the task's announcer signed, a bid's cost is one some model could compute, and a task id
+is its announcer's (issue 29, the audit). One engine on a FakeLink;
 ``tests/integration/coordination/test_coordination_relays.py`` runs the attacks on real daemons
 and the ``broker init`` broker."""
 
@@ -12,7 +12,6 @@ import pytest
 from msgspec.structs import replace
 
 from edge_agent.coordination import TaskSpec
-from edge_agent.coordination.admission import MAX_ROUNDS
 from edge_agent.coordination.ledger import MAX_SESSION, Bid, bid_columns
 from edge_agent.coordination.messages import (
     Release,
@@ -21,6 +20,7 @@ from edge_agent.coordination.messages import (
     TaskRelease,
     TaskSync,
 )
+from edge_agent.coordination.relay_admission import MAX_ROUNDS
 from edge_agent.coordination.signing import TaskSigner, release_bytes, sign_specs
 from edge_agent.coordination.utility import MIN_BID_COST
 from edge_agent.errors import InputError
