@@ -121,6 +121,7 @@ PATHS: dict[tuple[str, str, str], Kind] = {
     ("edge-agent", "*", "config"): Kind.FILE,
     ("edge-agent", "run", "state_dir"): Kind.OUT,
     ("edge-agent", "status", "status_file"): Kind.FILE,
+    ("edge-agent", "status", "state_dir"): Kind.DIR,  # where the daemon's status file is
     ("edge-agent", "check-config", "file"): Kind.FILE,
     ("edge-agent", "replay", "model"): Kind.FILE,
     ("edge-agent", "replay", "trusted_keys"): Kind.DIR,
