@@ -230,8 +230,14 @@ class TrustedKeys:
         root = Path(directory)
         if not root.is_dir():
             raise SignatureError(f"{root}: trusted key directory does not exist")
+        try:  # unlike glob, iterdir says when the directory cannot be read
+            found = sorted(p for p in root.iterdir() if p.suffix == ".pub")
+        except OSError as err:
+            raise SignatureError(
+                f"{root}: cannot read the trusted key directory: {err.strerror or err}"
+            ) from err
         trusted = cls(())
-        for path in sorted(root.glob("*.pub")):
+        for path in found:
             if not path.is_file():
                 continue
             key = load_public_key(path)

@@ -318,6 +318,8 @@ def _fleet_lines(s: dict[str, Any]) -> list[str]:
             f"{link.get('outbox.depth_rows', 0)} messages ({depth})"
             f"{' FULL' if link.get('outbox.full') else ''}, bdseq {link.get('bdseq')}"
         )
+        if not fleet["online"] and fleet.get("broker_problem"):
+            lines.append(f"             broker {fleet['broker']}: {fleet['broker_problem']}")
         lines.append(
             f"             published: {fleet['telemetry_published']} telemetry, "
             f"{fleet['events_published']} events, {fleet['results_published']} results; "

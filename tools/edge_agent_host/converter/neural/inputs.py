@@ -123,7 +123,11 @@ def load_samples(
         loaded = np.load(source, allow_pickle=False)
     except FileNotFoundError as err:
         raise InputError(f"{source}: no such file") from err
-    except (OSError, ValueError) as err:  # text (.csv), pickles, anything else
+    except OSError as err:
+        if err.errno is not None:  # the file system's answer: permission, a directory, ...
+            raise InputError(f"{source}: cannot read: {err.strerror}") from err
+        raise InputError(f"{source}: not an .npz file; {_npz_format(inputs)}") from err
+    except ValueError as err:  # text (.csv), pickles, anything else
         raise InputError(f"{source}: not an .npz file; {_npz_format(inputs)}") from err
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise InputError(f"{source}: one .npy array, not an .npz; {_npz_format(inputs)}")
