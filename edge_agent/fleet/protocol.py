@@ -39,6 +39,7 @@ import numpy.typing as npt
 from msgspec import Meta
 
 from edge_agent.errors import ProtocolError
+from edge_agent.fleet.health_measures import MeasureName
 from edge_agent.fleet.names import NAME_PATTERN, UINT32
 from edge_agent.fleet.outcomes import ResultCode
 
@@ -343,6 +344,51 @@ class Telemetry(Body, frozen=True, kw_only=True):
     ] = msgspec.field(default_factory=dict)
 
 
+class MeasureSummary(WireModel, frozen=True, kw_only=True):
+    """One health measure over a window: its mean and 95th percentile over ``n`` values (agent-
+    steps, or the agents sampled: ``docs/health.md`` says which per measure)."""
+
+    mean: Finite
+    p95: Finite
+    n: Annotated[int, Meta(ge=1, le=(1 << 63) - 1)]
+
+
+class DriftState(WireModel, frozen=True, kw_only=True):
+    """A group's change detector on its excess surprise (Page-Hinkley): whether it is in alarm,
+    its statistic and the threshold the alarm fires at, and since when (wall clock) it alarms."""
+
+    alarm: bool
+    statistic: Finite
+    threshold: NonNegFloat
+    since: Finite | None = None
+
+
+class GroupHealth(WireModel, frozen=True, kw_only=True):
+    """What one group's health measures were over the window (``docs/health.md``): per measure a
+    :class:`MeasureSummary` (a measure with no value in the window is left out), the agent-steps
+    the window held, the model the group runs (``name@version``, or the built-in world's name),
+    and its drift detector."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=160)]
+    agent_steps: Count
+    measures: Annotated[dict[MeasureName, MeasureSummary], Meta(max_length=32)] = msgspec.field(
+        default_factory=dict
+    )
+    drift: DriftState | None = None
+
+
+class Health(Body, frozen=True, kw_only=True):
+    """Node -> hub, on the node's ``health`` topic at the telemetry cadence: each group's health
+    over the last ``window_s`` seconds. Its own topic and type, so that a hub or broker of an
+    earlier version never sees it inside a message it knows."""
+
+    TYPE: ClassVar[str] = "health"
+    window_s: NonNegFloat
+    groups: Annotated[dict[Name, GroupHealth], Meta(max_length=1024)] = msgspec.field(
+        default_factory=dict
+    )
+
+
 class EventKind(StrEnum):
     ALARM = "alarm"
     BUDGET = "budget"
@@ -596,6 +642,7 @@ for _model in (
     Birth,
     Death,
     Telemetry,
+    Health,
     Event,
     Command,
     CommandResult,

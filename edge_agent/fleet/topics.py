@@ -54,6 +54,7 @@ class TopicKind(StrEnum):
     ACTION = "action"
     TASKS = "tasks"
     BUNDLE = "bundle"
+    HEALTH = "health"
 
 
 _NODE_KINDS: Final = frozenset(
@@ -68,6 +69,7 @@ _NODE_KINDS: Final = frozenset(
         TopicKind.REBIRTH,
         TopicKind.BELIEFS,
         TopicKind.TASKS,
+        TopicKind.HEALTH,
     }
 )
 _GROUP_KINDS: Final = frozenset({TopicKind.OBS, TopicKind.ACTION})
@@ -84,6 +86,7 @@ NODE_OWNED_KINDS: Final = frozenset(
         TopicKind.BELIEFS,
         TopicKind.ACTION,
         TopicKind.TASKS,
+        TopicKind.HEALTH,
     }
 )
 
@@ -101,6 +104,7 @@ _KIND_TYPE: Final[Mapping[TopicKind, str]] = {
     TopicKind.OBS: "obs",
     TopicKind.ACTION: "action",
     TopicKind.BUNDLE: "chunk",
+    TopicKind.HEALTH: "health",
 }
 
 
@@ -161,6 +165,10 @@ class Topics:
 
     def event(self, node: str) -> str:
         return self._node(node, TopicKind.EVENT)
+
+    def health(self, node: str) -> str:
+        """Node -> hub :class:`Health`: each group's health measures over the last window."""
+        return self._node(node, TopicKind.HEALTH)
 
     def command(self, node: str) -> str:
         """Hub -> node :class:`Command`."""

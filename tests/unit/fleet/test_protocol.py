@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import numpy as np
@@ -17,6 +17,7 @@ from msgspec.structs import replace
 
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet import protocol
+from edge_agent.fleet.health_measures import MEASURES, MeasureName, measure
 from edge_agent.fleet.protocol import (
     UINT32,
     ActionBatch,
@@ -29,10 +30,14 @@ from edge_agent.fleet.protocol import (
     Death,
     DeathReason,
     DecodeError,
+    DriftState,
     Envelope,
     Event,
     EventKind,
+    GroupHealth,
     GroupInfo,
+    Health,
+    MeasureSummary,
     NodeState,
     ObservationBatch,
     OutboxCounters,
@@ -112,7 +117,34 @@ SAMPLE_BODIES: list[Body] = [
     ObservationBatch.from_arrays("thermo", 9, [0, 1, 2], np.array([[1], [2], [3]], np.int8)),
     ActionBatch.from_arrays("thermo", 9, [4, 5], np.zeros((2, 3), np.uint8)),
     BeliefBatch.from_arrays("thermo", 9, [7], np.full((1, 4), 0.25, np.float32)),
+    Health(
+        window_s=30.0,
+        groups={
+            "thermo": GroupHealth(
+                model="thermo@1.2.0",
+                agent_steps=30_000,
+                measures={
+                    "surprise": MeasureSummary(mean=1.2, p95=2.9, n=30_000),
+                    "excess_surprise": MeasureSummary(mean=-0.01, p95=0.8, n=30_000),
+                },
+                drift=DriftState(alarm=True, statistic=6.5, threshold=5.0, since=1.7e9),
+            )
+        },
+    ),
 ]
+
+
+def test_health_names_only_the_known_measures() -> None:
+    """A measure the vocabulary does not know is refused where the message is made, and the
+    vocabulary and the wire's type list the same measures."""
+    assert set(get_args(MeasureName)) == set(MEASURES)
+    bogus = {"bogus": MeasureSummary(mean=0, p95=0, n=1)}
+    with pytest.raises(ValueError, match="bogus"):
+        GroupHealth(model="m", agent_steps=1, measures=bogus)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n"):
+        MeasureSummary(mean=0.0, p95=0.0, n=0)
+    with pytest.raises(KeyError, match="known: surprise"):
+        measure("bogus")
 
 
 @pytest.mark.parametrize("body", SAMPLE_BODIES, ids=lambda b: b.TYPE)
