@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.aif.kernels._types import IntArray
+from edge_agent.aif.kernels.array_types import IntArray
 from edge_agent.arrays import distinct
 from edge_agent.lean_dataclass import dataclass
 
