@@ -74,7 +74,7 @@ from edge_agent.errors import InputError, SnapshotError
 
 if TYPE_CHECKING:
     from edge_agent.aif.learning import Learner, LearningSpec
-    from edge_agent.core.learning import AgentStepping, GroupLearning
+    from edge_agent.core.learning import AgentStepping, GroupLearning, NewTables
     from edge_agent.core.planning_pass import PolicyTicks
 
 #: What other modules import from here (the group's parts live in the modules above).
@@ -498,15 +498,15 @@ class AifAgentGroup:
             r.release()
         self._reservations.clear()
 
-    def _install(self, cm: kernels.CompiledModel | None) -> None:
-        """Step with ``cm`` from now on (None: nothing changed; a learning group's refreshed
-        tables): the kernel scratch is made anew if it needs another planner (with a planning
-        policy's gather buffers and the agents' reservation), and the workers, which hold the
-        old tables copy-on-write, are forked again."""
-        if cm is None:
+    def _install(self, new: NewTables | None) -> None:
+        """Step with a learning group's refreshed tables from now on (None: nothing changed):
+        the kernel scratch is made anew if they need another planner (with a planning policy's
+        gather buffers and the agents' reservation), and the workers, which hold the old tables
+        copy-on-write, are forked again."""
+        if new is None:
             return
         stepper = self.stepper
-        if stepper.install(cm):
+        if stepper.install(new.cm, same_layout=new.same_layout):
             block = stepper.sizes.block
             stepper.resize_scratch(self.state)
             if self.plans is not None and stepper.sizes.block != block:

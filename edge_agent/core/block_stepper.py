@@ -55,9 +55,13 @@ class BlockStepper:
         self._rng: np.random.Generator | None = None
 
     # -- tables and scratch ------------------------------------------------------------------------
-    def install(self, cm: kernels.CompiledModel) -> bool:
+    def install(self, cm: kernels.CompiledModel, *, same_layout: bool = False) -> bool:
         """Step with ``cm`` from now on (a learning group's refreshed tables); True if its blocks
-        need other scratch (then call :meth:`resize_scratch`)."""
+        need other scratch (then call :meth:`resize_scratch`). ``same_layout``: only the tables'
+        values changed (nothing to compare)."""
+        if same_layout:
+            self.cm = cm
+            return False
         old = kernels.Workspace.bytes_per_agent(self.cm, info_gain=self.use_info_gain)
         self.cm = cm
         return kernels.Workspace.bytes_per_agent(cm, info_gain=self.use_info_gain) != old or (

@@ -44,7 +44,7 @@ import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -65,7 +65,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AgentStepping", "GroupLearning", "LearnedTables", "divergence_from_prior"]
+__all__ = ["AgentStepping", "GroupLearning", "LearnedTables", "NewTables", "divergence_from_prior"]
+
+
+class NewTables(NamedTuple):
+    """Compiled tables a refresh made, for the group to step with from now on."""
+
+    cm: kernels.CompiledModel
+    #: Only the values changed (the touched columns of ``A``): the planners' structure, and so
+    #: the kernel scratch the group's blocks need, are those of the tables it replaces.
+    same_layout: bool
 
 
 class LearnedTables(Protocol):
@@ -168,6 +177,9 @@ class GroupLearning:
         self.trial_ends_at_reset = trial_ends_at_reset
         self._learner = learner
         self._loaded = model
+        #: Whether the agents step with tables of their own (then every tick learns before it
+        #: plans).
+        self._own_tables = scope.stepping() is not None
         self._num_states = model.num_states
         self._num_modalities = model.num_modalities
         #: Where the counts came from: ``"priors"``, or ``"snapshot"`` once a snapshot's counts
@@ -274,7 +286,7 @@ class GroupLearning:
         """Whether an every-tick group's next tick must learn between inference and planning:
         the tables change in it (a refresh is due, or the agents seek novelty; always for agents
         with their own tables). Else it runs the group's fused step and learns after it."""
-        if self.scope.stepping() is not None:
+        if self._own_tables:
             return True
         if self.frozen:
             return False
@@ -301,7 +313,7 @@ class GroupLearning:
         cm: kernels.CompiledModel,
         action: np.ndarray | None = None,
         acted: np.ndarray | None = None,
-    ) -> kernels.CompiledModel | None:
+    ) -> NewTables | None:
         """Learn from this tick's outcomes ``obs (N, M)`` and posteriors ``qs``, and the action
         that led to them (``action (N, F)``, ``acted (N,)``; by default what :meth:`keep_action`
         kept): ``pA`` from the outcomes, ``pB`` from the transition, the tables refreshed if due
@@ -321,7 +333,7 @@ class GroupLearning:
         action: np.ndarray,
         acted: np.ndarray,
         cm: kernels.CompiledModel,
-    ) -> kernels.CompiledModel | None:
+    ) -> NewTables | None:
         """``pA`` from ``obs`` and the posteriors ``qs``, ``pB`` from the transition
         ``qs_prev -> qs`` of every agent that had acted (``action``, ``acted``: before this
         tick's choice); then the tables are refreshed if due (:meth:`refresh`), and ``qs``
@@ -381,7 +393,7 @@ class GroupLearning:
     def on_reset(
         self, sel: np.ndarray, qs: Sequence[np.ndarray], has_action: np.ndarray,
         cm: kernels.CompiledModel,
-    ) -> kernels.CompiledModel | None:
+    ) -> NewTables | None:
         """Before the agents ``sel (N,) bool`` start new trials: with ``trial_ends_at_reset``
         those that acted in theirs (``has_action``) end it first, ``pD`` learning from their
         last posterior (an agent reset before its first step has no trial to sum up)."""
@@ -395,7 +407,7 @@ class GroupLearning:
         qs: Sequence[np.ndarray],
         posterior: Sequence[np.ndarray] | None,
         cm: kernels.CompiledModel,
-    ) -> kernels.CompiledModel | None:
+    ) -> NewTables | None:
         """The agents ``sel (N,) bool`` finished a trial: ``pD`` learns from their posteriors
         (``qs``' rows; ``posterior[f]`` rows of the selected agents instead, e.g. a trial's
         first) and the tables are refreshed (the new compiled tables are returned)."""
@@ -445,7 +457,7 @@ class GroupLearning:
                 updates=acted_ticks,
             )
 
-    def refresh(self, cm: kernels.CompiledModel) -> kernels.CompiledModel | None:
+    def refresh(self, cm: kernels.CompiledModel) -> NewTables | None:
         """The agents infer with the counts' expectation from now on (the scope's
         :meth:`LearnedTables.refresh`; ``cm``: the group's compiled tables now). Returns the
         compiled tables to step with from now on (None: unchanged)."""
@@ -455,10 +467,10 @@ class GroupLearning:
         self.columns_encoded += encoded
         self._since_refresh = 0
         self.refreshes += 1
-        return new
+        return None if new is None else NewTables(new, same_layout=incremental)
 
     # -- verbs on the learning ---------------------------------------------------------------------
-    def freeze(self, cm: kernels.CompiledModel) -> tuple[bool, kernels.CompiledModel | None]:
+    def freeze(self, cm: kernels.CompiledModel) -> tuple[bool, NewTables | None]:
         """Stop updating the counts (no learning, no forgetting, no ``pD`` at a trial's end);
         the agents keep inferring and planning with the tables the counts stand for, refreshed
         now if some of what was learned was not in them yet (the new compiled tables: the
@@ -477,7 +489,7 @@ class GroupLearning:
         self.frozen = False
         return True
 
-    def forget(self) -> kernels.CompiledModel | None:
+    def forget(self) -> NewTables | None:
         """Forget what was learned: every learned table's counts back to their prior (every
         agent's, per agent), the tables back to the model's as the group was loaded with them
         (their compiled form is returned), each kind's ``version`` bumped
@@ -489,7 +501,8 @@ class GroupLearning:
             counts.reset(tables[counts.kind])
         self._since_refresh = 0
         self.counts_origin = "priors"
-        return self.scope.restore_loaded()
+        cm = self.scope.restore_loaded()
+        return None if cm is None else NewTables(cm, same_layout=False)
 
     def summary(self) -> dict[str, Any]:
         """``frozen``, and per kind of counts (``pA``, ``pB``, ``pD``) its ``version`` (updates
@@ -564,7 +577,7 @@ class GroupLearning:
 
     def load_state_dict(
         self, state: Mapping[str, np.ndarray], cm: kernels.CompiledModel
-    ) -> kernels.CompiledModel | None:
+    ) -> NewTables | None:
         """Restore the counts, then refresh the tables from them (the new compiled tables are
         returned; ``cm``: the group's now).
 
