@@ -33,9 +33,16 @@ run the group's fused step and learn after it from the same posteriors (the tabl
 between). Under a planning policy every agent learns after the inference pass, before anyone
 plans. ``pD`` learns at :meth:`~GroupLearning.end_trial`; a group built with
 ``trial_ends_at_reset`` (the daemon's, whose world starts new trials by ``reset``) ends the trials
-of the agents it resets first. The counts, their previous posteriors, the update's scratch and a
-shared int8 group's own codes are reserved in the memory budget (:attr:`GroupLearning.nbytes`,
-:meth:`GroupLearning.bytes_per_agent`).
+of the agents it resets first. A refresh (every ``refresh_every`` ticks, at a trial's end, when
+learning is frozen with something not in the tables yet, after a snapshot's counts are
+restored) is the scope's: a shared group's brings only ``A``'s touched columns into its compiled
+tables when nothing else moved, and builds, encodes (int8: only the touched columns of a table
+past its first refresh) and compiles the model again otherwise
+(:mod:`edge_agent.aif.learning_refresh`). With workers the workers step the blocks, the group
+learns from the posteriors they leave in shared memory, and forks them again whenever the tables
+change (they hold the old ones copy-on-write). The counts, their previous posteriors, the
+update's scratch and a shared int8 group's own codes are reserved in the memory budget
+(:attr:`GroupLearning.nbytes`, :meth:`GroupLearning.bytes_per_agent`).
 """
 
 from __future__ import annotations
