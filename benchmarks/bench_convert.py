@@ -1,21 +1,21 @@
 """The converter against onnxruntime's own quantization, per model family: size and agreement.
 
-For each family the float model is built here (no downloads): scikit-learn's bundled digits for
-the MLP, the logistic regression and the small CNN, its bundled wine and breast-cancer data for
-two more logistic regressions (``logreg-wine``, ``logreg-cancer``: standardised features, 70 %
-to train and calibrate, 30 % held out), the sensor world for the recurrent policies.
-Each is converted by ``edge_agent_host.converters.onnx.convert_onnx`` (defaults: ``--mode auto``,
-per-channel weights, MinMax) and, for comparison, quantized by a plain call of onnxruntime's
+For each family the float model is built here (no downloads): scikit-learn's bundled digits for the
+MLP, the logistic regression and the small CNN, its bundled wine and breast-cancer data for two more
+logistic regressions (``logreg-wine``, ``logreg-cancer``: standardised features, 70 % to train and
+calibrate, 30 % held out), the sensor world for the recurrent policies. Each is converted by
+``edge_agent_host.converter.formats.onnx.convert_onnx`` (defaults: ``--mode auto``, per-channel
+weights, MinMax) and, for comparison, quantized by a plain call of onnxruntime's
 ``quantize_static`` with its defaults (QDQ, int8, per-tensor, MinMax, no pre-processing) and, for
 the recurrent families, ``quantize_dynamic``.
 
 Families trained with the frameworks users train with (``--families`` names them; they need
 TensorFlow and torch, which are not project dependencies: run them from a separate venv, see
-``benchmarks/RESULTS.md``):
+``benchmarks/notes/neural-and-converter.md``):
 
 * ``keras-mlp``, ``keras-cnn`` (digits as 8x8x1 frames), ``keras-lstm`` and ``keras-gru``
-  (sensor windows), ``keras-logreg-wine`` and ``keras-logreg-cancer`` (one Dense layer): a
-  Keras model trained here (seeded), converted by ``edge_agent_host.converters.tflite`` in each of
+  (sensor windows), ``keras-logreg-wine`` and ``keras-logreg-cancer`` (one Dense layer): a Keras
+  model trained here (seeded), converted by ``edge_agent_host.converter.formats.tflite`` in each of
   its modes (``full-integer``, ``dynamic-range``, ``float16``), against TensorFlow's own
   ``TFLiteConverter`` as its guide shows it: post-training integer quantization with float
   fallback (``Optimize.DEFAULT`` and a representative data set, float inputs and outputs),
@@ -151,7 +151,7 @@ def cnn_model(tmp: Path, smoke: bool = False) -> dict[str, Any]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from edge_agent_host.builders import (
+    from edge_agent_host.converter.builders import (
         ImageCnn,
         conv_features,
         image_cnn_onnx,
@@ -180,7 +180,7 @@ def recurrent_model(cell: str, tmp: Path, smoke: bool = False) -> dict[str, Any]
     import onnx
 
     from edge_agent.sim.sensors import SensorWorld
-    from edge_agent_host.builders import recurrent_onnx
+    from edge_agent_host.converter.builders import recurrent_onnx
 
     world = SensorWorld(1)
     X, _ = world.sample_windows(64 if smoke else 512, 16, seed=1)
@@ -308,7 +308,7 @@ def tf_variant(kind: str, spec: dict[str, Any], ref: np.ndarray) -> dict[str, An
     """TensorFlow's own post-training quantization, as its guide sets the converter up."""
     import tensorflow as tf
 
-    from edge_agent_host.converters.tflite import tf_error_line
+    from edge_agent_host.converter.formats.tflite import tf_error_line
 
     converter = tf.lite.TFLiteConverter.from_keras_model(spec["keras"])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -344,8 +344,15 @@ def tf_variant(kind: str, spec: dict[str, Any], ref: np.ndarray) -> dict[str, An
 
 def measure_keras(family: str, tmp: Path) -> dict[str, Any]:
     from edge_agent.errors import ModelError
-    from edge_agent_host.converters.onnx import ConvertOptions, NeuralOptions, NeuralThresholds
-    from edge_agent_host.converters.tflite import convert_tflite, float_tflite_from_tensorflow
+    from edge_agent_host.converter.formats.onnx import (
+        ConvertOptions,
+        NeuralOptions,
+        NeuralThresholds,
+    )
+    from edge_agent_host.converter.formats.tflite import (
+        convert_tflite,
+        float_tflite_from_tensorflow,
+    )
 
     spec = keras_model(family, tmp)
     cal, held = tmp / f"{family}.cal.npz", tmp / f"{family}.held.npz"
@@ -497,7 +504,7 @@ def measure_method(family: str, method: str, tmp: Path, smoke: bool = False) -> 
     import onnxruntime
     from onnxruntime import quantization
 
-    from edge_agent_host.converters.onnx import (
+    from edge_agent_host.converter.formats.onnx import (
         ConvertOptions,
         NeuralOptions,
         NeuralThresholds,
@@ -557,7 +564,7 @@ def measure_table(family: str, tmp: Path, smoke: bool = False) -> Iterator[dict[
     float file, label accuracy on the held-out set (float's as ``label_accuracy_float``), top-1
     agreement and largest output error against float. A Keras family gives its family line
     (:func:`measure_keras`: the converter's three modes beside TensorFlow's own converter)."""
-    from edge_agent_host.converters.onnx import (
+    from edge_agent_host.converter.formats.onnx import (
         ConvertOptions,
         NeuralOptions,
         NeuralThresholds,
@@ -607,7 +614,7 @@ def measure_table(family: str, tmp: Path, smoke: bool = False) -> Iterator[dict[
 
 
 def measure(family: str, tmp: Path, smoke: bool = False) -> dict[str, Any]:
-    from edge_agent_host.converters.onnx import (
+    from edge_agent_host.converter.formats.onnx import (
         ConvertOptions,
         NeuralOptions,
         NeuralThresholds,

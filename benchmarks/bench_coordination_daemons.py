@@ -45,7 +45,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E40
 import edge_agent.coordination.messages  # noqa: E402, F401  (registers the task message types)
 from edge_agent.fleet.protocol import DecodeError, decode  # noqa: E402
 from edge_agent.fleet.topics import Topics  # noqa: E402
-from edge_agent_host.tasks import announce, random_specs  # noqa: E402
+from edge_agent_host.fleetctl.tasks import announce, random_specs  # noqa: E402
 from tests.integration.coordination.test_coordination_daemons import (  # noqa: E402
     GRID_GROUP,
     Sensors,

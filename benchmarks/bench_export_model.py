@@ -66,7 +66,7 @@ def run_case(tmp: Path, case: str, world: str, learning: str, args: argparse.Nam
     from edge_agent.config.daemon import read_config
     from edge_agent.daemon.admission import load_group_model
     from edge_agent.daemon.model_export import export_model
-    from edge_agent.daemon.snapshots import SnapshotStore
+    from edge_agent.daemon.snapshots.store import SnapshotStore
     from edge_agent.kinds import get_kind
     from edge_agent.sim.registry import make_env
 

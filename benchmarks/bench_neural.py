@@ -1,9 +1,9 @@
 """Neural agent benchmarks (issue 6): int8 versus float per backend, all in one process.
 
 For each backend (ONNX Runtime, LiteRT) the same network -- a sensor-world policy over a window of
-``--window`` steps of 8 features (:func:`edge_agent_host.builders.sensor_policy`, ``--hidden``
-units) -- is converted to int8 by the host tool itself, and the script prints one JSON object per
-line and variant:
+``--window`` steps of 8 features (:func:`edge_agent_host.converter.builders.sensor_policy`,
+``--hidden`` units) -- is converted to int8 by the host tool itself, and the script prints one JSON
+object per line and variant:
 
 * ``size_bytes``: the model file; for int8 also ``size_ratio`` (int8 / float);
 * ``top1_agreement`` (int8 vs float on held-out windows), ``max_abs_error``, ``mean_abs_error``;
@@ -44,12 +44,13 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "data"))
 
-from edge_agent.bundle.loader import NeuralSpec, load_bundle  # noqa: E402
+from edge_agent.bundle.loader import load_bundle  # noqa: E402
+from edge_agent.bundle.manifest import NeuralSpec  # noqa: E402
 from edge_agent.neural.agents import NeuralAgentGroup  # noqa: E402
 from edge_agent.neural.backends import get_backend  # noqa: E402
 from edge_agent.sim.sensors import SensorWorld  # noqa: E402
-from edge_agent_host.builders import Layers, mlp_onnx, sensor_policy  # noqa: E402
-from edge_agent_host.converters.onnx import (  # noqa: E402
+from edge_agent_host.converter.builders import Layers, mlp_onnx, sensor_policy  # noqa: E402
+from edge_agent_host.converter.formats.onnx import (  # noqa: E402
     ConvertOptions,
     NeuralOptions,
     NeuralThresholds,
@@ -148,7 +149,7 @@ def convert_quietly(convert: Any, *args: Any, **kwargs: Any) -> Any:
 
 def bench_onnxruntime(layers: Layers, data: dict[str, Path], tmp: Path,
                       args: argparse.Namespace) -> None:
-    from edge_agent_host.converters.onnx import convert_onnx
+    from edge_agent_host.converter.formats.onnx import convert_onnx
 
     float_model = mlp_onnx(layers, args.window, FEATURES).SerializeToString()
     (tmp / "policy.onnx").write_bytes(float_model)
@@ -167,7 +168,7 @@ def bench_onnxruntime(layers: Layers, data: dict[str, Path], tmp: Path,
 
 def keras_tflite(layers: Layers, window: int, calibration: Path, tmp: Path) -> tuple[Path, Path]:
     """Float and int8 .tflite of ``layers`` through TensorFlow and the host tool's converter."""
-    from edge_agent_host.converters.tflite import (
+    from edge_agent_host.converter.formats.tflite import (
         _tensorflow,
         float_tflite_from_tensorflow,
         tflite_from_tensorflow,
@@ -191,7 +192,7 @@ def keras_tflite(layers: Layers, window: int, calibration: Path, tmp: Path) -> t
 
 def bench_litert(layers: Layers, data: dict[str, Path], tmp: Path,
                  args: argparse.Namespace) -> None:
-    from edge_agent_host.converters.tflite import convert_tflite
+    from edge_agent_host.converter.formats.tflite import convert_tflite
 
     if importlib.util.find_spec("tensorflow") is not None:
         float_path, int8_path = keras_tflite(layers, args.window, data["calibration"], tmp)

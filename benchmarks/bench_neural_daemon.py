@@ -8,8 +8,9 @@ Everything a user would do, in one run, one JSON object per line:
    wall time (``convert_s``), sizes and held-out agreement from its JSON report:
 
    * a sensor-world policy over a window of ``--window`` steps of 8 features
-     (:func:`edge_agent_host.builders.sensor_policy` with ``--hidden`` units, :func:`mlp_onnx`),
-     calibrated on 1,024 windows and checked on 5,000 (``SensorWorld.sample_windows``);
+     (:func:`edge_agent_host.converter.builders.sensor_policy` with ``--hidden`` units,
+     :func:`mlp_onnx`), calibrated on 1,024 windows and checked on 5,000
+     (``SensorWorld.sample_windows``);
    * the example perception model (``examples/sensor_perception.onnx``,
      ``--output-kind observation``) with the example calibration and held-out windows.
 
@@ -186,7 +187,7 @@ def make_bundles(tmp: Path, args: argparse.Namespace) -> None:
     """Keys, the window-T policy bundle and the perception bundle in ``tmp``."""
     import onnx
 
-    from edge_agent_host.builders import mlp_onnx, sensor_policy
+    from edge_agent_host.converter.builders import mlp_onnx, sensor_policy
 
     world = SensorWorld(1)
     layers = sensor_policy(world.prototypes, world.noise, args.window, hidden=args.hidden)

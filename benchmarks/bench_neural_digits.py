@@ -78,7 +78,7 @@ from bench_neural_daemon import interleave  # noqa: E402
 from edge_agent.bundle.loader import load_bundle  # noqa: E402
 from edge_agent.neural.agents import NeuralAgentGroup  # noqa: E402
 from edge_agent.neural.backends.onnxruntime import x64_quant_precision  # noqa: E402
-from edge_agent_host.converters.onnx import (  # noqa: E402
+from edge_agent_host.converter.formats.onnx import (  # noqa: E402
     ConvertOptions,
     NeuralOptions,
     NeuralThresholds,

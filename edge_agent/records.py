@@ -10,7 +10,7 @@ and :class:`Check` (a function run on the value). The rules serve twice:
   short-lived process the daemon reads its config in (:mod:`edge_agent.config.isolated`), tests.
 - **Running**: the daemon holds the records themselves. They are plain dataclasses; importing this
   module, or any record type, imports no pydantic, which the daemon's memory budget cannot afford
-  (``benchmarks/RESULTS.md``, issue 14).
+  (``benchmarks/notes/memory.md``).
 
 Records built in Python code are checked too, in ``__post_init__``: the bounds, lengths and
 patterns of each field's :class:`Rule`, the field's after-:class:`Check`, and the record's own
@@ -34,10 +34,9 @@ import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
-
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = [
     "BARE_KEY_CHARS",
@@ -229,8 +228,6 @@ class Record:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._field_checks = None
-        # Its ``__eq__``, ``__hash__``, ``__repr__`` and frozen ``__setattr__`` are shared by
-        # every record, not generated per class (:mod:`edge_agent.lean_dataclass`).
         dataclass(frozen=True, kw_only=True)(cls)
 
     def __post_init__(self) -> None:

@@ -26,12 +26,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from edge_agent import fsutil
-from edge_agent.lean_dataclass import dataclass
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent.sim.tmaze import tmaze_model
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
-from edge_agent_host.builders import mlp_onnx, sensor_policy
+from edge_agent_host.converter.builders import mlp_onnx, sensor_policy
 
 HERE = Path(__file__).resolve().parent
 WINDOW, FEATURES = 8, 8

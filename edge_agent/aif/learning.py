@@ -11,7 +11,7 @@ between ticks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,7 +35,6 @@ from edge_agent.aif.learning_kernels import (
     transition_support,
 )
 from edge_agent.errors import ModelError
-from edge_agent.lean_dataclass import dataclass
 
 
 @dataclass(frozen=True)

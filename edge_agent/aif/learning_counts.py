@@ -22,7 +22,7 @@ Conventions, pymdp's unless said (``docs/learning.md`` lists them for users):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -30,7 +30,6 @@ from numpy.typing import NDArray
 
 from edge_agent.aif.learning_kernels import FloatArray, forget, normalise
 from edge_agent.errors import ModelError
-from edge_agent.lean_dataclass import dataclass
 
 Scope = Literal["shared", "per_agent"]
 #: What counts are stored in (see :func:`counts_storage_bound`).

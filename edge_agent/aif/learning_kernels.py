@@ -24,12 +24,11 @@ given: no state, no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-
-from edge_agent.lean_dataclass import dataclass
 
 FloatArray = NDArray[np.float64]
 

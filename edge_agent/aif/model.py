@@ -17,13 +17,13 @@ wrong shape or contains NaN raises :class:`~edge_agent.errors.ModelError` naming
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.errors import ModelError
-from edge_agent.lean_dataclass import dataclass
 
 #: Largest tolerated deviation of a column sum from 1.
 NORM_TOL = 1e-6

@@ -30,12 +30,13 @@ Every array this module produces is a plain numeric ``numpy`` array, so a bundle
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.errors import ModelError
-from edge_agent.lean_dataclass import dataclass
 
 SCHEME = "logu8-v1"
 #: Dynamic range (natural log) a column keeps below its maximum: e^-24 ~ 3.8e-11.

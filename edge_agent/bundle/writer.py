@@ -34,8 +34,8 @@ from edge_agent.fsutil import write_atomic
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from edge_agent.bundle.loader import (
-    _DEFAULT_LIMITS,
+from edge_agent.bundle.loader import load_source
+from edge_agent.bundle.manifest import (
     ARRAY_DTYPES,
     MANIFEST_NAME,
     AifSpec,
@@ -43,14 +43,12 @@ from edge_agent.bundle.loader import (
     FileEntry,
     Manifest,
     NeuralSpec,
-    _canonical_json,
-    _DirSource,
-    _format_validation_error,
-    _load,
-    _open_source,
-    _parse_manifest,
+    canonical_json,
     canonical_manifest_bytes,
+    format_validation_error,
+    parse_manifest,
 )
+from edge_agent.bundle.sources import DEFAULT_LIMITS, DirSource, open_source
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +72,7 @@ def _encode_npy(rel: str, array: npt.ArrayLike) -> tuple[bytes, str, tuple[int, 
 
 def _manifest_file_bytes(raw: Mapping[str, Any]) -> bytes:
     """``manifest.json`` as written to disk: canonical JSON (signature included) and a newline."""
-    return _canonical_json(raw) + b"\n"
+    return canonical_json(raw) + b"\n"
 
 
 def write_bundle(
@@ -129,7 +127,7 @@ def write_bundle(
             quantization=dict(quantization or {}),
         )
     except ValidationError as err:
-        raise BundleError(f"invalid manifest: {_format_validation_error(err)}") from err
+        raise BundleError(f"invalid manifest: {format_validation_error(err)}") from err
     raw = manifest.model_dump(mode="json")
     manifest_data = _manifest_file_bytes(raw)
     out = Path(out_dir)
@@ -182,8 +180,8 @@ def pack_tar(bundle_dir: str | os.PathLike[str], tar_path: str | os.PathLike[str
     root = Path(bundle_dir)
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle directory")
-    source = _DirSource(root, _DEFAULT_LIMITS)
-    bundle = _load(source, root, _DEFAULT_LIMITS, None, require_signature=False)
+    source = DirSource(root, DEFAULT_LIMITS)
+    bundle = load_source(source, root, DEFAULT_LIMITS, None, require_signature=False)
     dest = Path(tar_path)
     _write_tar(
         dest, source.manifest_bytes, bundle._payloads, dest.name.endswith((".tar.gz", ".tgz"))
@@ -204,11 +202,11 @@ def sign_bundle(
     compression.
     """
     bundle_path = Path(path)
-    source = _open_source(bundle_path, _DEFAULT_LIMITS)
-    bundle = _load(
-        source, bundle_path, _DEFAULT_LIMITS, None, require_signature=False, require_canonical=False
+    source = open_source(bundle_path, DEFAULT_LIMITS)
+    bundle = load_source(
+        source, bundle_path, DEFAULT_LIMITS, None, require_signature=False, require_canonical=False
     )
-    raw, _ = _parse_manifest(source.label, source.manifest_bytes, require_canonical=False)
+    raw, _ = parse_manifest(source.label, source.manifest_bytes, require_canonical=False)
     raw["signer"] = signer
     raw["signature"] = None
     signature = signing.sign_bytes(private_key, canonical_manifest_bytes(raw))
@@ -218,8 +216,8 @@ def sign_bundle(
         "value": signing.encode_signature(signature),
     }
     manifest_data = _manifest_file_bytes(raw)
-    _, manifest = _parse_manifest(source.label, manifest_data)
-    if isinstance(source, _DirSource):
+    _, manifest = parse_manifest(source.label, manifest_data)
+    if isinstance(source, DirSource):
         write_atomic(bundle_path / MANIFEST_NAME, manifest_data, mode=0o644)
     else:
         _write_tar(bundle_path, manifest_data, bundle._payloads, source.compressed)

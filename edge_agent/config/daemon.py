@@ -23,13 +23,12 @@ import os
 import re
 import typing
 from collections.abc import Collection, Mapping
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from edge_agent.config.group_tables import GROUP_TABLES, hook, is_known, kind_tables, table_types
-from edge_agent.config.mqtt import NAME_PATTERN as _NAME
-from edge_agent.config.mqtt import MqttSection
+from edge_agent.config.mqtt import NAME_PATTERN, MqttSection
 from edge_agent.config.profiles import (
     AUTO,
     PACKAGE_DIR,
@@ -42,7 +41,6 @@ from edge_agent.config.profiles import (
 from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.coordination.config import CoordinationConfig, GroupCoordinationConfig
 from edge_agent.errors import ConfigError
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.records import (
     OPTIONAL_PATH,
     PATH,
@@ -192,7 +190,9 @@ class BuiltinModel(Record):
 
     type: Annotated[Literal["builtin"], Rule(description="Selects this kind of model.")]
     name: Annotated[
-        str, Rule(pattern=_NAME, description="Name of the built-in model."), Check(_known_model)
+        str,
+        Rule(pattern=NAME_PATTERN, description="Name of the built-in model."),
+        Check(_known_model),
     ]
 
 
@@ -249,7 +249,7 @@ class SimSource(Record):
     world: Annotated[
         str | None,
         Rule(
-            pattern=_NAME,
+            pattern=NAME_PATTERN,
             description="Built-in world that produces the observations (grid10, tmaze, explorer). "
             "Default: the group's built-in model. Required with a bundle model, whose dimensions "
             "must match the world's.",
@@ -301,14 +301,16 @@ SinkSpec = SimSink | MqttSink | LogSink
 
 
 #: A group gets the profile's workers only with at least this many agents per process: below,
-#: a tick is short enough that a worker's memory (~12 MB) buys little (benchmarks/RESULTS.md).
+#: a tick is short enough that a worker's memory (~12 MB) buys little (benchmarks/notes/workers.md).
 AGENTS_PER_WORKER = 2048
 
 
 class GroupConfig(Record):
     """``[[groups]]``: agents that share one model and are stepped as one batch."""
 
-    name: Annotated[str, Rule(pattern=_NAME, description="Unique group name, [a-z0-9_-]{1,32}.")]
+    name: Annotated[
+        str, Rule(pattern=NAME_PATTERN, description="Unique group name, [a-z0-9_-]{1,32}.")
+    ]
     model: Annotated[
         ModelSpec,
         Rule(discriminator="type", description="The model every agent of the group runs."),

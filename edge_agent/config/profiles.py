@@ -29,13 +29,12 @@ import os
 import platform
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from edge_agent.config.toml_lines import TomlDocument, validate_toml
 from edge_agent.errors import ConfigError
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.records import Check, Loc, Problem, Record, Rule, raise_problems
 
 __all__ = [

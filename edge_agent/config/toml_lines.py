@@ -29,11 +29,11 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from edge_agent.errors import ConfigError
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.records import (
     BARE_KEY_CHARS,
     Loc,

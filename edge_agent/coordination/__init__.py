@@ -11,7 +11,7 @@
 * :mod:`~edge_agent.coordination.messages` -- the task messages on the ``tasks`` topic.
 * :mod:`~edge_agent.coordination.engine` -- :class:`CoordinationEngine`, one node's layer
   between its groups and its :class:`~edge_agent.fleet.link.FleetLink`;
-  :mod:`~edge_agent.coordination.group_state` -- a coordinated group as it sees it.
+  :mod:`~edge_agent.coordination.coordinated_group` -- a coordinated group as it sees it.
 * :mod:`~edge_agent.coordination.config` -- ``[coordination]`` and ``[groups.coordination]`` of
   the daemon config.
 * :mod:`~edge_agent.coordination.runtime` -- ``CoordinationRuntime``: the engine in the daemon
@@ -32,7 +32,7 @@ _WHERE = {
     "Auctioneer": "auction",
     "BeliefSharer": "beliefs",
     "Bid": "ledger",
-    "CoordinatedGroup": "group_state",
+    "CoordinatedGroup": "coordinated_group",
     "CoordinationEngine": "engine",
     "CoordinationSettings": "settings",
     "ReleaseStatus": "messages",

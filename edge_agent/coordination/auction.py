@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Final
 
 from edge_agent.coordination.ledger import Bid, TaskBoard
@@ -13,7 +14,6 @@ from edge_agent.coordination.messages import (
     Claim,
 )
 from edge_agent.coordination.settings import AuctionSettings
-from edge_agent.lean_dataclass import dataclass
 
 #: Largest ``P * S`` for which :class:`TaskPreferences` keeps each holder's utility along every
 #: policy precomputed (single-factor models); above it, the policy tree is walked every tick.

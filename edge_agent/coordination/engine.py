@@ -37,10 +37,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
-from edge_agent.coordination.admission import RelayAdmission, Verdict
 from edge_agent.coordination.auction import Auctioneer
 from edge_agent.coordination.beliefs import BeliefSharer
-from edge_agent.coordination.group_state import (
+from edge_agent.coordination.coordinated_group import (
     NO_ROWS,
     CoordinatedGroup,
     GroupState,
@@ -68,6 +67,7 @@ from edge_agent.coordination.messages import (
     TaskSync,
 )
 from edge_agent.coordination.preferences import TaskPreferences
+from edge_agent.coordination.relay_admission import RelayAdmission, Verdict
 from edge_agent.coordination.settings import CoordinationSettings
 from edge_agent.coordination.signing import PeerKeys, TaskSigner, release_bytes, sign_specs
 from edge_agent.coordination.utility import select_bids, task_costs

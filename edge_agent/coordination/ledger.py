@@ -16,7 +16,6 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, NamedTuple
 
-import msgpack
 import msgspec
 import numpy as np
 from numpy.typing import NDArray
@@ -171,7 +170,7 @@ class _SetHash:
 
     @staticmethod
     def _h(fact: tuple[object, ...]) -> int:
-        packed = msgpack.packb(fact, use_bin_type=True)
+        packed = msgspec.msgpack.encode(fact)
         return int.from_bytes(hashlib.blake2b(packed, digest_size=16).digest(), "little")
 
     def add(self, fact: tuple[object, ...]) -> None:
@@ -183,7 +182,7 @@ class _SetHash:
 
 def stable_hash64(fact: tuple[object, ...]) -> int:
     """A 64-bit hash of ``fact`` that is the same on every node (BLAKE2b of its msgpack)."""
-    packed = msgpack.packb(fact, use_bin_type=True)
+    packed = msgspec.msgpack.encode(fact)
     return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
 
 
@@ -881,7 +880,7 @@ class TaskBoard:
     def merge_sync(self, part: TaskSync) -> tuple[bool, list[Bid]]:
         """Merge one sync part; returns (changed, what newly dead sessions held). Everything in
         it is taken as it is: what a receiver admits from a peer is its own decision
-        (:meth:`~edge_agent.coordination.admission.RelayAdmission.admit_sync` keeps only what
+        (:meth:`~edge_agent.coordination.relay_admission.RelayAdmission.admit_sync` keeps only what
         the facts' subjects said)."""
         before = self.version
         for i, spec in enumerate(part.tasks):

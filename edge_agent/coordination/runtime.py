@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,20 +45,19 @@ from edge_agent.coordination.config import (
     GroupCoordinationConfig,
     coordinates,
 )
+from edge_agent.coordination.coordinated_group import CoordinatedGroup
 from edge_agent.coordination.engine import (
     TELEMETRY_KEY_CHARS,
     CoordinationEngine,
     LinkLike,
     MessageLike,
 )
-from edge_agent.coordination.group_state import CoordinatedGroup
 from edge_agent.coordination.messages import TaskSpec
 from edge_agent.coordination.signing import TaskSigner
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.core.contract import AgentGroup
 from edge_agent.errors import BudgetError, EdgeAgentError
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)

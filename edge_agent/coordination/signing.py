@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import msgpack
+import msgspec
 
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
 from edge_agent.state_health import StateHealth
@@ -47,7 +47,7 @@ PART: Final = "coordination_key"
 
 def release_bytes(fleet: str, rel: Release) -> bytes:
     """What a release's signature covers: the fleet and every field of the release."""
-    packed: bytes = msgpack.packb(
+    packed: bytes = msgspec.msgpack.encode(
         [
             "ea-task-release-v1",
             fleet,
@@ -60,14 +60,13 @@ def release_bytes(fleet: str, rel: Release) -> bytes:
             rel.bseq,
             str(rel.status),
         ],
-        use_bin_type=True,
     )
     return packed
 
 
 def spec_bytes(fleet: str, spec: TaskSpec) -> bytes:
     """What a task spec's signature covers: the fleet and every field of the spec."""
-    packed: bytes = msgpack.packb(
+    packed: bytes = msgspec.msgpack.encode(
         [
             "ea-task-spec-v1",
             fleet,
@@ -79,7 +78,6 @@ def spec_bytes(fleet: str, spec: TaskSpec) -> bytes:
             spec.deadline,
             spec.announced_by,
         ],
-        use_bin_type=True,
     )
     return packed
 

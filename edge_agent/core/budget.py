@@ -26,13 +26,12 @@ import operator
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from edge_agent.errors import BudgetError, EdgeAgentError, InputError
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
     import psutil

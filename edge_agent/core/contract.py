@@ -40,12 +40,10 @@ registers them as they come and never names them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = [
     "AgentGroup",

@@ -35,7 +35,8 @@ from edge_agent.aif.model import Counts, GenerativeModel, load_npz
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_from_json
-from edge_agent.bundle.loader import MANIFEST_NAME, load_bundle
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.manifest import MANIFEST_NAME
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.core.agents import AifAgentGroup, Precision
 from edge_agent.errors import InputError

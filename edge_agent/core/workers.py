@@ -59,12 +59,11 @@ import signal
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = ["BlockWorkers", "is_shared", "shared", "shared_copy", "shared_empty"]
 

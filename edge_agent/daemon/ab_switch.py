@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,7 +65,6 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fleet.overlay import Overlay, OverlayEntry, needs_recovery
 from edge_agent.kinds.base import LoadedModel
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,6 @@ from edge_agent.errors import BudgetError, BundleError, ConfigError, EdgeAgentEr
 from edge_agent.fleet.overlay import OverlayEntry
 from edge_agent.kinds import get_kind, kind_name
 from edge_agent.kinds.base import LoadedModel
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle

@@ -15,10 +15,9 @@ the hybrid layout): the ``memory`` line names the path under ``/sys/fs/cgroup/me
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
-
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = ["CgroupMemory", "read_cgroup_memory"]
 

@@ -19,10 +19,10 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.fsutil import write_atomic
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.service.pids import pid_alive
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,6 @@ from edge_agent.core.contract import (
 from edge_agent.errors import EdgeAgentError
 from edge_agent.kinds import get_kind
 from edge_agent.kinds.base import GroupKind, LoadedModel, world_name
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.sim.endpoints import WorldSource
 
 if TYPE_CHECKING:

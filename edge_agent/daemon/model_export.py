@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,12 @@ from edge_agent.config.daemon import GroupConfig, read_config
 from edge_agent.core.learning_export import learned_arrays
 from edge_agent.daemon.admission import load_group_model, trusted_keys
 from edge_agent.daemon.group_runtime import model_spec_key, with_bundle
-from edge_agent.daemon.snapshots import LoadedSnapshot, read_snapshot
+from edge_agent.daemon.snapshots.format import LoadedSnapshot, read_snapshot
 from edge_agent.errors import InputError, SnapshotError
 from edge_agent.fleet.overlay import read_overlay
 from edge_agent.fsutil import atomic_writer
 from edge_agent.kinds import get_kind
 from edge_agent.kinds.aif import aif_of
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = ["ExportReport", "export_model", "latest_snapshot"]
 

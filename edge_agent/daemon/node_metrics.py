@@ -26,7 +26,7 @@ from edge_agent.daemon import metric_help
 from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.scheduler import TickClock, TickStats
-from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.service.metrics import Metrics
 from edge_agent.service.systemd import SdNotifier
 from edge_agent.state_health import StateHealth

@@ -22,7 +22,7 @@ commands, deployments and telemetry.
 
 The service owns the state machine and the loop, and hands each job to its own module: admission
 (:mod:`~edge_agent.daemon.admission`), the groups (:mod:`~edge_agent.daemon.group_runtime`), their
-state in snapshots (:mod:`~edge_agent.daemon.group_state`), the numbers
+state in snapshots (:mod:`~edge_agent.daemon.snapshots.groups`), the numbers
 (:mod:`~edge_agent.daemon.node_metrics`), the status (:mod:`~edge_agent.daemon.status`), the
 node's deployments (:mod:`~edge_agent.daemon.ab_switch`), memory and temperature
 (:mod:`~edge_agent.daemon.health`) and, with ``[mqtt] enabled``, the fleet
@@ -64,12 +64,12 @@ from edge_agent.daemon import status as status_view
 from edge_agent.daemon.ab_switch import ABSwitch
 from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
 from edge_agent.daemon.group_runtime import GroupRuntime
-from edge_agent.daemon.group_state import restore_groups, save_groups
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.heap import release_free_heap
 from edge_agent.daemon.node_metrics import make_metrics, register_families
 from edge_agent.daemon.scheduler import TickClock, TickStats
-from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.snapshots.groups import restore_groups, save_groups
+from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.daemon.statelock import StateDirLock
 from edge_agent.daemon.thermal import THROTTLED_GLOB, read_cpu_temp_c, read_firmware_flags
 from edge_agent.errors import (

@@ -27,7 +27,7 @@ from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.scheduler import TickClock, TickStats
-from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
 from edge_agent.service.metrics import Metrics
 from edge_agent.state_health import StateHealth

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import glob
 import logging
-
-from edge_agent.lean_dataclass import dataclass
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 

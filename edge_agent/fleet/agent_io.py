@@ -42,6 +42,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import numpy as np
@@ -63,7 +64,6 @@ from edge_agent.fleet.protocol import (
     encode,
 )
 from edge_agent.fleet.topics import TopicKind, Topics
-from edge_agent.lean_dataclass import dataclass
 
 logger = logging.getLogger(__name__)
 

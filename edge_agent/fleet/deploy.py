@@ -68,7 +68,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final
@@ -84,7 +84,6 @@ from edge_agent.fleet.overlay import (
     write_json_atomic,
 )
 from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.records import Record, Rule, from_json
 from edge_agent.state_health import StateHealth
 

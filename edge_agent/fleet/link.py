@@ -30,10 +30,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import msgpack
 import msgspec
 
 from edge_agent import __version__
@@ -76,7 +76,6 @@ from edge_agent.fleet.protocol import (
 )
 from edge_agent.fleet.topics import Route, Topics, check_name
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)
@@ -529,8 +528,8 @@ class FleetLink:
         newest = self._load_bdseq()
         for payload in self.outbox.payloads():
             try:
-                env = msgpack.unpackb(payload, raw=False)
-            except (ValueError, msgpack.ExtraData):
+                env = msgspec.msgpack.decode(payload)
+            except ValueError:  # msgspec.DecodeError
                 continue
             value = env.get("bdseq") if isinstance(env, dict) else None
             if type(value) is int and 0 <= value < UINT32 and (newest is None or value > newest):

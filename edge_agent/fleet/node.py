@@ -11,6 +11,7 @@ module), so only a node that uses MQTT loads it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -28,7 +29,6 @@ from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.outcomes import Outcome
 from edge_agent.fleet.protocol import Birth
 from edge_agent.fleet.topics import Topics
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.state_health import StateHealth
 
 if TYPE_CHECKING:

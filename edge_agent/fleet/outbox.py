@@ -67,6 +67,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -74,7 +75,6 @@ from typing import Any, Final
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.comms.base import reason_text
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.state_health import StateHealth
 
 logger = logging.getLogger(__name__)

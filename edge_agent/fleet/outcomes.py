@@ -8,11 +8,9 @@ daemon holds, do not import the wire models of a fleet stack the node may not en
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = ["Outcome", "ResultCode"]
 

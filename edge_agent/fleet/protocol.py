@@ -6,8 +6,8 @@ by msgspec as the model (a frozen :class:`msgspec.Struct`, see :class:`WireModel
 for its ``type``. All models forbid unknown keys and are strict (no "1" -> 1 coercion, no NaN),
 so a message either matches the versioned schema exactly or :func:`decode` raises
 :class:`DecodeError` (a :class:`~edge_agent.errors.ProtocolError`) naming the reason. msgspec,
-not pydantic: the daemon holds these models in its memory budget (``benchmarks/RESULTS.md``,
-"pydantic against msgspec").
+not pydantic: the daemon holds these models in its memory budget
+(``benchmarks/notes/memory.md``, "pydantic against msgspec").
 
 Sequence numbers (see ``docs/protocol.md`` for the full rules):
 
@@ -28,11 +28,11 @@ import sys
 import threading
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar
 
-import msgpack
 import msgspec
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +41,6 @@ from msgspec import Meta
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet.names import NAME_PATTERN, UINT32
 from edge_agent.fleet.outcomes import ResultCode
-from edge_agent.lean_dataclass import dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -419,7 +418,7 @@ class Command(Body, frozen=True, kw_only=True):
             self.name,
             _canonical(self.args),
         ]
-        packed: bytes = msgpack.packb(fields, use_bin_type=True)
+        packed: bytes = msgspec.msgpack.encode(fields)
         return packed
 
 
@@ -736,12 +735,29 @@ def decode(payload: bytes | bytearray, max_bytes: int = DEFAULT_MAX_BYTES) -> En
         _VALIDATED.reset(token)
 
 
+def _has_key_not_text(obj: object) -> bool:
+    """Whether a map anywhere in ``obj`` (decoded msgpack) has a key that is not a string: the
+    protocol's maps are keyed by names, so such a payload is not one of its messages."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if any(not isinstance(k, str) for k in item):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def _refusal(payload: bytes | bytearray, err: Exception, in_body: bool) -> DecodeError:
     """Why ``payload`` was refused: the first of the reasons in :data:`DECODE_REASONS` order."""
     try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
-    except Exception as bad:  # msgpack raises many unrelated types on bad input
+        obj = msgspec.msgpack.decode(payload)
+    except Exception as bad:  # a refusal's reason is never itself an error
         return DecodeError("not_msgpack", f"{type(bad).__name__}: {bad}")
+    if _has_key_not_text(obj):
+        return DecodeError("not_msgpack", "a map key that is not a string")
     if not isinstance(obj, dict):
         return DecodeError("not_a_map", f"payload is a msgpack {type(obj).__name__}, not a map")
     version = obj.get("v")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet.names import NAME_PATTERN
-from edge_agent.lean_dataclass import dataclass
 
 __all__ = ["NODE_OWNED_KINDS", "TOPIC_ROOT", "Route", "TopicKind", "Topics", "check_name"]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,7 +37,6 @@ from edge_agent.kinds.base import (
     sim_world,
     world_name,
 )
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.sim.registry import builtin_model
 
 if TYPE_CHECKING:

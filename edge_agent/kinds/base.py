@@ -10,12 +10,12 @@ what their ``io()`` says, and never asks which kind it has.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.config.daemon import BuiltinModel, BundleModel, GroupConfig, SimSource
 from edge_agent.errors import ConfigError
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle

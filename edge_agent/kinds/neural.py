@@ -7,6 +7,7 @@ vectors (or frames), actions the policy's discrete choice or continuous values. 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.config.daemon import GroupConfig
@@ -19,13 +20,13 @@ from edge_agent.kinds.base import (
     outcome_world_mismatch,
     sim_world,
 )
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.neural.agents import NeuralAgentGroup, window_layout
 from edge_agent.neural.perception_table import PerceptionTable
 from edge_agent.neural.policy_table import NeuralPolicy
 
 if TYPE_CHECKING:
-    from edge_agent.bundle.loader import Bundle, NeuralSpec
+    from edge_agent.bundle.loader import Bundle
+    from edge_agent.bundle.manifest import NeuralSpec
     from edge_agent.core.budget import MemoryBudget, PlanRequest
 
 __all__ = [

@@ -8,6 +8,7 @@ model's first modalities (the others from the simulated world), actions out.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.config.daemon import GroupConfig
@@ -31,7 +32,6 @@ from edge_agent.kinds.base import (
     sim_world,
 )
 from edge_agent.kinds.neural import NeuralModel, check_features, neural_model, plan_net
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.neural.perception_table import PerceptionTable

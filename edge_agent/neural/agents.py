@@ -50,7 +50,8 @@ from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
 
 if TYPE_CHECKING:
-    from edge_agent.bundle.loader import Bundle, NeuralSpec, TensorSpec
+    from edge_agent.bundle.loader import Bundle
+    from edge_agent.bundle.manifest import NeuralSpec, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class NeuralAgentGroup:
     Parameters
     ----------
     spec, model_bytes:
-        The bundle's :class:`~edge_agent.bundle.loader.NeuralSpec` and model file.
+        The bundle's :class:`~edge_agent.bundle.manifest.NeuralSpec` and model file.
     threads:
         Intra-op threads of the backend (pass the firmware profile's ``inference_threads``).
     spinning:

@@ -32,12 +32,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from edge_agent.fsutil import write_atomic
-from edge_agent.lean_dataclass import dataclass
 
 Number = int | float
 Reader = Callable[[], Mapping[str, object]]

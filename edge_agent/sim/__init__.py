@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -36,7 +37,6 @@ from numpy.typing import ArrayLike, NDArray
 
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.errors import InputError, ModelError
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.sim.uniforms import SplitMix64
 
 IntArray = NDArray[np.int64]

@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.errors import ModelError
 from edge_agent.sim import BoolArray, IntArray
-from edge_agent.sim.gridworld import _check_cell, check_grid_dims, grid_transitions, gridworld_model
+from edge_agent.sim.gridworld import check_cell, check_grid_dims, grid_transitions, gridworld_model
 from edge_agent.sim.trials import TRIAL_COUNTERS, TrialEnv
 
 REWARD_OUTCOMES: tuple[str, ...] = ("no reward", "reward", "loss")
@@ -75,15 +75,15 @@ def grid2f_layout(
     given: object = ((max(r - 2, 0), c - 1), (max(r - 2, 0), c + 1)) if goals is None else goals
     if isinstance(given, (str, bytes)) or not isinstance(given, Sequence) or len(given) < 1:
         raise ModelError(f"goals must be a non-empty sequence of (row, col) pairs, got {given!r}")
-    cells = [_check_cell(f"goals[{k}]", g, height, width) for k, g in enumerate(given)]
+    cells = [check_cell(f"goals[{k}]", g, height, width) for k, g in enumerate(given)]
     goal_index = tuple(r * width + c for r, c in cells)
     if len(set(goal_index)) != len(goal_index):
         raise ModelError(f"goals must be distinct cells, got {[tuple(g) for g in cells]}")
-    cue_r, cue_c = _check_cell("cue", (r - 1, c) if cue is None else cue, height, width)
+    cue_r, cue_c = check_cell("cue", (r - 1, c) if cue is None else cue, height, width)
     cue_index = cue_r * width + cue_c
     if cue_index in goal_index:
         raise ModelError(f"the cue cell {(cue_r, cue_c)} must not be a goal")
-    start_r, start_c = _check_cell("start", (r, c) if start is None else start, height, width)
+    start_r, start_c = check_cell("start", (r, c) if start is None else start, height, width)
     return goal_index, cue_index, start_r * width + start_c
 
 

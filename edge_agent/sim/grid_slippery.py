@@ -23,7 +23,7 @@ from edge_agent.errors import ModelError
 from edge_agent.sim.gridworld import (
     STAY,
     GridWorldEnv,
-    _check_cell,
+    check_cell,
     check_grid_dims,
     grid_moves,
     gridworld_model,
@@ -44,9 +44,9 @@ def _check_world(
     if not 0.0 <= slip < 1.0:
         raise ModelError(f"slip must be in [0, 1), got {slip}")
     cells = tuple(
-        r * width + c for r, c in (_check_cell("blocked cell", b, height, width) for b in blocked)
+        r * width + c for r, c in (check_cell("blocked cell", b, height, width) for b in blocked)
     )
-    goal_rc = (height - 1, width - 1) if goal is None else _check_cell("goal", goal, height, width)
+    goal_rc = (height - 1, width - 1) if goal is None else check_cell("goal", goal, height, width)
     if goal_rc[0] * width + goal_rc[1] in cells:
         raise ModelError(f"the goal {goal_rc} is a blocked cell")
     if len(set(cells)) >= height * width - 1:

@@ -47,7 +47,9 @@ def check_grid_dims(height: object, width: object) -> tuple[int, int]:
     return dims[0], dims[1]
 
 
-def _check_cell(name: str, cell: object, height: int, width: int) -> tuple[int, int]:
+def check_cell(name: str, cell: object, height: int, width: int) -> tuple[int, int]:
+    """``cell`` as a ``(row, col)`` of ints inside a ``height`` x ``width`` grid, or a
+    :class:`ModelError` naming ``name`` and what is wrong."""
     if not isinstance(cell, Sequence) or len(cell) != 2:
         raise ModelError(f"{name} must be a (row, col) pair, got {cell!r}")
     r, c = cell
@@ -101,7 +103,7 @@ def gridworld_model(
 ) -> GenerativeModel:
     """The grid world's generative model; ``goal`` defaults to the bottom-right cell."""
     height, width = check_grid_dims(height, width)
-    goal_rc = (height - 1, width - 1) if goal is None else _check_cell("goal", goal, height, width)
+    goal_rc = (height - 1, width - 1) if goal is None else check_cell("goal", goal, height, width)
     noise = float(noise)
     if not 0.0 <= noise <= 1.0:
         raise ModelError(f"noise must be in [0, 1], got {noise}")
@@ -125,7 +127,7 @@ def gridworld_model(
     if start is None:
         D = np.full(S, 1.0 / S)
     else:
-        r, c = _check_cell("start", start, height, width)
+        r, c = check_cell("start", start, height, width)
         D = np.zeros(S)
         D[r * width + c] = 1.0
     return GenerativeModel.from_arrays([A], [grid_transitions(height, width)], [C], [D])

@@ -1,9 +1,9 @@
 """Make the LiteRT fixtures: a sensor-world policy as a float and a full-integer int8 ``.tflite``.
 
-The network is :func:`edge_agent_host.builders.sensor_policy` for the default
+The network is :func:`edge_agent_host.converter.builders.sensor_policy` for the default
 :class:`edge_agent.sim.sensors.SensorWorld` with a window of 8 (a 32-unit hidden layer), built in
 Keras with exactly those weights, exported as a SavedModel, and converted by the host tool's own
-converter (:mod:`edge_agent_host.converters.tflite`, TensorFlow's ``TFLiteConverter``),
+converter (:mod:`edge_agent_host.converter.formats.tflite`, TensorFlow's ``TFLiteConverter``),
 calibrated on 512 windows from the world. Tests import this module (without TensorFlow) for the
 weights and the data, so they can check LiteRT's output against an independent float computation.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.sim.sensors import SensorWorld
-from edge_agent_host.builders import Layers, sensor_policy
+from edge_agent_host.converter.builders import Layers, sensor_policy
 
 HERE = Path(__file__).resolve().parent
 FLOAT_PATH = HERE / "sensor_policy_float.tflite"
@@ -60,7 +60,7 @@ def calibration_windows() -> np.ndarray:
 
 
 def main() -> int:
-    from edge_agent_host.converters.tflite import (
+    from edge_agent_host.converter.formats.tflite import (
         _tensorflow,
         float_tflite_from_tensorflow,
         tflite_from_tensorflow,

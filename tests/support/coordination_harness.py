@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import msgpack
+import msgspec
 import numpy as np
 
 from edge_agent.aif.model import GenerativeModel
@@ -184,7 +184,7 @@ class SimNode:
 
 def _sender(payload: bytes) -> str | None:
     try:
-        env = msgpack.unpackb(payload, raw=False)
+        env = msgspec.msgpack.decode(payload)
     except ValueError:
         return None
     node = env.get("node") if isinstance(env, dict) else None

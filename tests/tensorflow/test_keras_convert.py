@@ -1,10 +1,10 @@
 """``convert tflite`` on Keras models and SavedModels, converted by real TensorFlow.
 
-The LiteRT fixtures of ``tests/unit/host/converters/test_tflite.py`` were made by this converter
-once; here TensorFlow runs every time: each mode of ``--mode`` on a Keras model, and recurrent
-layers, which TFLite cannot convert over a dynamic batch as Keras saves them (their loop needs a
-static element shape): a ``.keras`` model is converted with them unrolled, a SavedModel is refused
-in one line that says what to change.
+The LiteRT fixtures of ``tests/unit/host/converter/formats/test_tflite.py`` were made by this
+converter once; here TensorFlow runs every time: each mode of ``--mode`` on a Keras model, and
+recurrent layers, which TFLite cannot convert over a dynamic batch as Keras saves them (their loop
+needs a static element shape): a ``.keras`` model is converted with them unrolled, a SavedModel is
+refused in one line that says what to change.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pytest
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.errors import ModelError
 from edge_agent.neural.backends import get_backend
-from edge_agent_host.converters.onnx import ConvertOptions, NeuralOptions, NeuralThresholds
-from edge_agent_host.converters.tflite import (
+from edge_agent_host.converter.formats.onnx import ConvertOptions, NeuralOptions, NeuralThresholds
+from edge_agent_host.converter.formats.tflite import (
     convert_tflite,
     float_tflite_from_tensorflow,
     tflite_from_tensorflow,

@@ -26,7 +26,7 @@ from edge_agent import cli, fsutil
 from edge_agent.bundle.signing import TrustedKeys, key_id, sign_bytes
 from edge_agent.cli import run as cli_run
 from edge_agent.daemon import status as status_view
-from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.errors import BundleError, ConfigError, EdgeAgentError, SnapshotError
 from edge_agent.fleet import link as link_module
 from edge_agent.fleet.commands import CommandVerifier, NonceStore
@@ -658,7 +658,7 @@ def test_a_snapshot_write_refused_for_space_is_counted(
     def no_space(*_args: Any) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("edge_agent.daemon.snapshots._write_body", no_space)
+    monkeypatch.setattr("edge_agent.daemon.snapshots.store.write_body", no_space)
     with pytest.raises(SnapshotError, match="No space"):
         store.save({"a": np.arange(3)}, {}, now=0.0)
     assert store.stats()["write_errors"] == 1

@@ -3,7 +3,7 @@
 ``convert KIND`` quantizes a model, reports what int8 costs in accuracy, size and latency,
 refuses a conversion worse than its thresholds (exit 1 unless ``--force``), and writes the
 bundle, signed with ``--sign KEY``; the kinds are the formats of
-:data:`edge_agent_host.converters.REGISTRY`, which this module never names. See
+:data:`edge_agent_host.converter.formats.REGISTRY`, which this module never names. See
 ``docs/host-tool.md``.
 
 Each subcommand is one entry in :data:`COMMANDS`: a help line, a function that adds its arguments
@@ -29,15 +29,18 @@ from edge_agent.bundle.signing import TrustedKeys, key_id
 from edge_agent.bundle.writer import sign_bundle
 from edge_agent.distribution import clash_notice
 from edge_agent.errors import EdgeAgentError, SignatureError, missing_module_message
-from edge_agent_host import broker, converters, fleetctl, tasks
-from edge_agent_host.converters.common import ConvertOptions, default_name
+from edge_agent_host import fleetctl
+from edge_agent_host.broker import cli as broker_cli
+from edge_agent_host.converter import formats
+from edge_agent_host.converter.common import ConvertOptions, default_name
+from edge_agent_host.converter.report import progress_enabled
+from edge_agent_host.fleetctl import tasks
 from edge_agent_host.keys import (
     DEFAULT_KEY_NAME,
     KEY_NAME_RE,
     generate_keypair,
     load_signing_key,
 )
-from edge_agent_host.report import progress_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -232,15 +235,15 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 def _configure_convert(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="source_kind", required=True, metavar="KIND")
-    for name in converters.REGISTRY:
-        plugin = converters.converter(name)
+    for name in formats.REGISTRY:
+        plugin = formats.converter(name)
         plugin.configure(
             kinds.add_parser(name, help=plugin.help, description=plugin.description)
         )
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    plugin = converters.converter(args.source_kind)
+    plugin = formats.converter(args.source_kind)
     missing = plugin.missing_packages()
     if missing:
         print(
@@ -290,8 +293,8 @@ COMMANDS: dict[str, Command] = {
     "broker": Command(
         "set up mosquitto for a fleet: TLS, one identity per client, an ACL binding each to its "
         "topics",
-        broker.configure,
-        broker.run,
+        broker_cli.configure,
+        broker_cli.run,
     ),
 }
 

@@ -12,7 +12,7 @@ and small-block one-step planners. The maths is pymdp 0.0.7.1's (see
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +35,6 @@ from edge_agent.aif.kernels.tree import PolicyTree, build_policy_tree
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import LogU8, QuantizedModel, SparseColumns, decode_log_u8
 from edge_agent.errors import ModelError
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:  # the joint and deep planners' modules load only for models that use them
     from edge_agent.aif.kernels.deep_plan import DeepPlan

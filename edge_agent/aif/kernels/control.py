@@ -10,6 +10,7 @@ state threshold. Action selection is pymdp's ``sample_action``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +19,6 @@ from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.array_types import IntArray
 from edge_agent.aif.kernels.inference import outer_rows, softmax_rows
 from edge_agent.aif.kernels.transitions import propagate, propagate_per_agent
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.compiled import CompiledModel

@@ -9,6 +9,7 @@ state: a grid world) with every policy-tree node that predicts the same states e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +19,6 @@ from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.fast_tables import RowMap
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
 from edge_agent.arrays import distinct
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import PolicyTree

@@ -12,6 +12,7 @@ described in the comment below.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +21,6 @@ from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.array_types import IndexArray, IntArray
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
 from edge_agent.arrays import distinct
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import PolicyTree

@@ -20,6 +20,7 @@ each stage of a tick is a few calls whatever the number of factors, modalities o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,7 +28,6 @@ import numpy as np
 from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.fast_tables import joint_index, likelihood_table
 from edge_agent.aif.kernels.transitions import Transition, propagate
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import PolicyTree

@@ -9,6 +9,7 @@ are in :mod:`~edge_agent.aif.kernels.local`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +18,6 @@ from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
 from edge_agent.arrays import distinct
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import PolicyTree

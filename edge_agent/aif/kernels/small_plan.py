@@ -9,13 +9,13 @@ one-factor model for blocks of at most :data:`SMALL_BLOCK` agents with a few den
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition, propagate
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import PolicyTree

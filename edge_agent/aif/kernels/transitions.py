@@ -9,12 +9,13 @@ allocated.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.quant import SPARSE_RATIO, LogU8, SparseColumns, decode_log_u8
 from edge_agent.arrays import distinct
-from edge_agent.lean_dataclass import dataclass
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,11 +7,12 @@ separately (mean field). :func:`build_policy_tree` builds it once per model, at 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from edge_agent.aif.kernels.array_types import IntArray
 from edge_agent.arrays import distinct
-from edge_agent.lean_dataclass import dataclass
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,12 +23,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from dataclasses import field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Generic, TypeVar
 
 from edge_agent.errors import ProtocolError
-from edge_agent.lean_dataclass import dataclass
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ simulate acknowledgements lost with the connection. Delivery is synchronous on t
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet.comms.base import (
@@ -24,7 +25,6 @@ from edge_agent.fleet.comms.base import (
     check_topic,
     topic_matches,
 )
-from edge_agent.lean_dataclass import dataclass
 
 PUBACK_SUCCESS = 0
 PUBACK_NO_MATCHING_SUBSCRIBERS = 0x10

@@ -37,7 +37,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -61,7 +61,6 @@ from edge_agent.fleet.comms.base import (
     check_topic,
     reason_text,
 )
-from edge_agent.lean_dataclass import dataclass
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from edge_agent.errors import BackendUnavailableError, InputError
-from edge_agent.lean_dataclass import dataclass
 from edge_agent.neural.backends.base import QuantParams, Session
 
 __all__ = [

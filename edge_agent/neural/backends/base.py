@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +35,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.errors import InputError, ModelError
-from edge_agent.lean_dataclass import dataclass
 
 if TYPE_CHECKING:
-    from edge_agent.bundle.loader import TensorSpec
+    from edge_agent.bundle.manifest import TensorSpec
 
 __all__ = [
     "FloatArray",

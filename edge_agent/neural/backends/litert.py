@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.bundle.loader import TensorSpec
+from edge_agent.bundle.manifest import TensorSpec
 from edge_agent.errors import BackendUnavailableError, InputError, ModelError
 from edge_agent.neural.backends.base import FloatArray, QuantParams, Session, spec_dtype
 
@@ -30,7 +30,7 @@ __all__ = ["BACKEND", "LiteRtBackend", "LiteRtSession"]
 
 
 @cache
-def _interpreter_class() -> Any:
+def interpreter_class() -> Any:
     """``Interpreter`` from ai-edge-litert, else tflite-runtime, else BackendUnavailableError."""
     try:
         module = importlib.import_module("ai_edge_litert.interpreter")
@@ -80,11 +80,11 @@ class LiteRtSession(Session):
     backend = "litert"
 
     def __init__(self, model_bytes: bytes, threads: int = 1) -> None:
-        interpreter_class = _interpreter_class()
+        interpreter = interpreter_class()
         if threads < 1:
             raise InputError(f"threads must be >= 1, got {threads}")
         try:
-            self._interp = interpreter_class(model_content=bytes(model_bytes), num_threads=threads)
+            self._interp = interpreter(model_content=bytes(model_bytes), num_threads=threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise ModelError(f"LiteRT cannot load the model: {err}") from err
@@ -177,10 +177,10 @@ class LiteRtBackend:
 
     def require(self) -> None:
         """Raise BackendUnavailableError if neither ai-edge-litert nor tflite-runtime is present."""
-        _interpreter_class()
+        interpreter_class()
 
     def version(self) -> str:
-        module = importlib.import_module(_interpreter_class().__module__.split(".")[0])
+        module = importlib.import_module(interpreter_class().__module__.split(".")[0])
         return str(getattr(module, "__version__", "unknown"))
 
     def load(

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.bundle.loader import TensorSpec
+from edge_agent.bundle.manifest import TensorSpec
 from edge_agent.errors import BackendUnavailableError, InputError, ModelError
 from edge_agent.neural.backends.base import FloatArray, QuantParams, Session, is_integer_dtype
 

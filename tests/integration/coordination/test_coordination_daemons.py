@@ -45,8 +45,8 @@ from edge_agent.fleet.agent_io import decode_actions, encode_observations
 from edge_agent.fleet.protocol import BeliefBatch, Envelope, encode
 from edge_agent.fleet.topics import Topics
 from edge_agent_host.fleetctl import FleetClient
+from edge_agent_host.fleetctl.tasks import announce, random_specs
 from edge_agent_host.keys import generate_keypair
-from edge_agent_host.tasks import announce, random_specs
 from tests.integration.daemon.test_daemon import REPO
 from tests.integration.fleet.test_fleet_daemon import (
     FLEET,
@@ -60,8 +60,8 @@ from tests.support.broker import MosquittoBroker, free_port
 pytestmark = pytest.mark.integration
 
 #: Bidding window of the allocation tests. Agreement takes 0.2-0.5 s on this 2-core machine
-#: (benchmarks/RESULTS.md); the window leaves room for a CI machine that is busy with other work,
-#: since the assertion that awards settle within it reads the wall clock.
+#: (benchmarks/notes/coordination.md); the window leaves room for a CI machine that is busy with
+#: other work, since the assertion that awards settle within it reads the wall clock.
 WINDOW_S = 2.0
 TICK_HZ = 4
 """Tick rate of the belief-sharing daemons: their status file (1 s) sees every fourth step."""

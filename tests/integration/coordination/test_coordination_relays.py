@@ -52,7 +52,6 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
-from edge_agent.coordination.admission import MAX_ROUNDS
 from edge_agent.coordination.ledger import Bid, bid_columns
 from edge_agent.coordination.messages import (
     DeadSession,
@@ -65,12 +64,13 @@ from edge_agent.coordination.messages import (
     TaskSync,
     Tombstone,
 )
+from edge_agent.coordination.relay_admission import MAX_ROUNDS
 from edge_agent.coordination.signing import TaskSigner, release_bytes, sign_specs
 from edge_agent.coordination.utility import MIN_BID_COST
 from edge_agent.fleet.names import UINT32
 from edge_agent.fleet.protocol import Birth, Body, Envelope, encode
+from edge_agent_host.fleetctl.tasks import random_specs
 from edge_agent_host.keys import generate_keypair, load_signing_key
-from edge_agent_host.tasks import random_specs
 from tests.integration.fleet.test_broker_acl import (
     Client,
     broker_init,

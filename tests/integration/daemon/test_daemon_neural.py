@@ -29,7 +29,7 @@ from edge_agent.fleet.agent_io import encode_observations
 from edge_agent.fleet.protocol import ActionBatch, ResultCode
 from edge_agent.neural.backends import get_backend
 from edge_agent.sim.sensors import SensorWorld
-from edge_agent_host.builders import mlp_onnx, random_mlp, sensor_policy
+from edge_agent_host.converter.builders import mlp_onnx, random_mlp, sensor_policy
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.fleet.test_fleet_daemon import Listener, Node, hub_for
 from tests.support.broker import MosquittoBroker

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge_agent.cli.status import format_status
-from edge_agent.daemon.snapshots import read_snapshot
+from edge_agent.daemon.snapshots.format import read_snapshot
 from edge_agent.sim.registry import builtin_model
 from tests.integration.daemon.test_daemon import PROFILES, REPO, Daemon, NotifySocket, wait_status
 

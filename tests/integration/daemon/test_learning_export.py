@@ -26,7 +26,7 @@ from edge_agent.aif.learning_kernels import normalise
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
-from edge_agent.daemon.snapshots import read_snapshot
+from edge_agent.daemon.snapshots.format import read_snapshot
 from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import Daemon, NotifySocket
 from tests.integration.fleet.test_fleet_daemon import status_of, wait_until

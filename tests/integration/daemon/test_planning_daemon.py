@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.daemon.snapshots import read_snapshot
+from edge_agent.daemon.snapshots.format import read_snapshot
 from tests.integration.daemon.test_daemon import PROFILES, REPO, write_config
 
 pytestmark = pytest.mark.integration

@@ -74,7 +74,7 @@ def test_host_tool_convert_onnx_transcript(tmp_path: Path) -> None:
     import onnx
 
     from edge_agent.sim.sensors import SensorWorld
-    from edge_agent_host.builders import mlp_onnx, sensor_policy
+    from edge_agent_host.converter.builders import mlp_onnx, sensor_policy
 
     world = SensorWorld(1)
     layers = sensor_policy(world.prototypes, world.noise, 32, hidden=256)
@@ -92,7 +92,7 @@ def test_bundle_format_command_line_transcript(tmp_path: Path) -> None:
     """``out/grid10.tar`` as "Writing bundles from Python" writes it (A and B of the int8
     grid10 model), unsigned; ``other-keys`` holds another key."""
     from edge_agent.aif.quant import quantize_model
-    from edge_agent.bundle.loader import AifSpec
+    from edge_agent.bundle.manifest import AifSpec
     from edge_agent.bundle.writer import pack_tar, write_bundle
     from edge_agent.sim.registry import builtin_model
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.fleet.protocol import ResultCode
-from edge_agent_host.bundle_transfer import BroadcastStats
+from edge_agent_host.fleet.transfer import BroadcastStats
 from edge_agent_host.fleetctl import DeployPlan
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.fleet.test_fleet_daemon import (

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-import msgpack
+import msgspec
 import paho.mqtt.client as paho
 import pytest
 from cryptography import x509
@@ -371,13 +371,13 @@ def test_malformed_input_is_counted_and_the_node_keeps_running(
     good = encode(
         Envelope(type="command", node="hub", seq=0, bdseq=0, ts=1.0, clock_synced=True, body=cmd)
     )
-    raw = msgpack.unpackb(good, raw=False)
+    raw = msgspec.msgpack.decode(good)
     bad = {
         "not_msgpack": b"\xc1garbage",
-        "not_a_map": msgpack.packb([1, 2, 3]),
-        "version": msgpack.packb({**raw, "v": 2}),
-        "unknown_type": msgpack.packb({**raw, "type": "teleport"}),
-        "schema": msgpack.packb({**raw, "body": {**raw["body"], "extra": 1}}),
+        "not_a_map": msgspec.msgpack.encode([1, 2, 3]),
+        "version": msgspec.msgpack.encode({**raw, "v": 2}),
+        "unknown_type": msgspec.msgpack.encode({**raw, "type": "teleport"}),
+        "schema": msgspec.msgpack.encode({**raw, "body": {**raw["body"], "extra": 1}}),
         "oversized": b"\x00" * 5000,
         "type_mismatch": encode(
             Envelope(

@@ -18,7 +18,7 @@ from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.backends import available_backends
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent.sim.tmaze import tmaze_model
-from edge_agent_host.builders import mlp_onnx, sensor_policy
+from edge_agent_host.converter.builders import mlp_onnx, sensor_policy
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent.aif import agreement
 from edge_agent.aif.planning import (
     SURPRISE_TOP,
     TICK_MARGIN,
@@ -21,6 +22,7 @@ from edge_agent.aif.planning import (
     planning_deadline,
     planning_order,
 )
+from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.settings import AifSettings
 from edge_agent.config.daemon import check_config, load_config
 from edge_agent.core.agents import AifAgentGroup
@@ -82,12 +84,29 @@ def test_gathered_planning_of_every_agent_matches_every_tick(
     n = 60
     plain = _run(world, n, 10, None, policy_len, block_size=block)
     gathered = _run(world, n, 10, PlanningPolicy(max_agents=n), policy_len, block_size=block)
+    # Each agent walks its own world with its own actions: where two equally good actions are
+    # split by rounding, that agent's two runs part ways, so its numbers are compared up to the
+    # first tick whose actions differ (and its actions, tie-aware, at that tick too).
+    # float32 sums over hundreds of policies, ten ticks deep: equal to rounding means within
+    # 1e-5 absolute or 1e-4 relative.
+    close = {"atol": 1e-5, "rtol": 1e-4}
+    same = np.ones(n, dtype=bool)
+    compared = 0
     for (a, _), (b, _) in zip(plain, gathered, strict=True):
         assert b.planning_stats()["planned"] == n
-        np.testing.assert_array_equal(a.action, b.action)
-        np.testing.assert_allclose(a.q_pi, b.q_pi, atol=1e-5)
-        for qa, qb in zip(a.qs + a.prior, b.qs + b.prior, strict=True):
-            np.testing.assert_allclose(qa, qb, atol=1e-5)
+        controls = a.io().actions
+        policies = construct_policies(list(controls), policy_len)
+        onehot = [np.eye(u)[policies[:, 0, f]] for f, u in enumerate(controls)]
+        assert agreement.actions_agree(a.q_pi[same], onehot, b.action[same]).all()
+        assert agreement.actions_agree(b.q_pi[same], onehot, a.action[same]).all()
+        np.testing.assert_allclose(a.q_pi[same], b.q_pi[same], **close)
+        for qa, qb in zip(a.qs, b.qs, strict=True):
+            np.testing.assert_allclose(qa[same], qb[same], **close)
+        same &= (a.action == b.action).all(axis=1)  # the prior follows the committed action
+        for qa, qb in zip(a.prior, b.prior, strict=True):
+            np.testing.assert_allclose(qa[same], qb[same], **close)
+        compared += int(same.sum())
+    assert compared >= 0.8 * n * 10  # ties are rare: most agent-ticks were compared
 
 
 # ------------------------------------------------------------------------------ triggers

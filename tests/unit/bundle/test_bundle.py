@@ -22,14 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edge_agent.bundle.loader import (
+from edge_agent.bundle.loader import Bundle, load_bundle
+from edge_agent.bundle.manifest import (
     AifSpec,
-    Bundle,
     Manifest,
     NeuralSpec,
     TensorSpec,
     canonical_manifest_bytes,
-    load_bundle,
 )
 from edge_agent.bundle.signing import (
     TrustedKeys,

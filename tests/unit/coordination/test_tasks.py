@@ -7,7 +7,7 @@ import math
 import random
 from dataclasses import replace as dc_replace
 
-import msgpack
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -586,7 +586,7 @@ def test_task_messages_round_trip_and_refuse_bad_columns() -> None:
         costs=[1.0, 2.5, -1.0],
     )
     env = Envelope(type=body.TYPE, node="n1", seq=1, bdseq=0, ts=1.0, clock_synced=False, body=body)
-    raw = msgpack.unpackb(encode(env), raw=False)
+    raw = msgspec.msgpack.decode(encode(env))
     back = decode(encode(env)).body
     assert isinstance(back, TaskBids)
     epochs, index, agents, costs = back.arrays()
@@ -622,7 +622,7 @@ def test_task_messages_round_trip_and_refuse_bad_columns() -> None:
     ):
         bad = {**raw, "body": {**raw["body"], field: value}}
         with pytest.raises(DecodeError, match=f"schema: task_bids: {problem}"):
-            decode(msgpack.packb(bad, use_bin_type=True))
+            decode(msgspec.msgpack.encode(bad))
         with pytest.raises(ValueError, match=problem):  # nor can such a body be made
             replace(body, **{field: value})
 

@@ -20,7 +20,7 @@ from edge_agent.kinds.base import LoadedModel
 from edge_agent.neural.agents import MODEL_BYTES_FACTOR, NeuralAgentGroup
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim.sensors import SensorWorld
-from edge_agent_host.builders import mlp_onnx, random_mlp, sensor_policy
+from edge_agent_host.converter.builders import mlp_onnx, random_mlp, sensor_policy
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.unit.neural.test_neural import spec_for
 

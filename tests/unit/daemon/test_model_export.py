@@ -15,7 +15,7 @@ from edge_agent.cli import main
 from edge_agent.config.daemon import read_config
 from edge_agent.daemon.admission import load_group_model
 from edge_agent.daemon.model_export import export_model
-from edge_agent.daemon.snapshots import SnapshotStore
+from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.errors import InputError
 from edge_agent.kinds import get_kind
 from edge_agent.sim.registry import make_env

@@ -14,7 +14,7 @@ from edge_agent.fleet.comms.base import Incoming
 from edge_agent.fleet.topics import Topics
 from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.backends import get_backend
-from edge_agent_host.builders import image_cnn_onnx, random_image_cnn
+from edge_agent_host.converter.builders import image_cnn_onnx, random_image_cnn
 from tests.unit.neural.test_neural import spec_for
 
 C, H, W, K, N = 3, 12, 10, 4, 6

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
@@ -331,7 +331,7 @@ forged = st.builds(
         forged,
         st.binary(max_size=300),
         st.builds(
-            lambda body: msgpack.packb(
+            lambda body: msgspec.msgpack.encode(
                 {
                     "v": 1,
                     "type": "command",
@@ -342,7 +342,6 @@ forged = st.builds(
                     "clock_synced": False,
                     "body": body,
                 },
-                use_bin_type=True,
             ),
             st.dictionaries(
                 st.sampled_from(

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgspec
 import numpy as np
 import pytest
 
@@ -319,13 +319,13 @@ def test_malformed_messages_are_counted_and_dropped(broker: MemoryBroker, node: 
         target="pi-01", nonce=b"n" * 16, expires=2e9, key_id="k", name="ping", args={}
     )
     good = encode(envelope(command))
-    raw = msgpack.unpackb(good, raw=False)
+    raw = msgspec.msgpack.decode(good)
     bad_payloads = {
         "not_msgpack": b"\xc1\xc1",
-        "not_a_map": msgpack.packb([1, 2]),
-        "version": msgpack.packb({**raw, "v": 9}),
-        "unknown_type": msgpack.packb({**raw, "type": "teleport"}),
-        "schema": msgpack.packb({**raw, "seq": -5}),
+        "not_a_map": msgspec.msgpack.encode([1, 2]),
+        "version": msgspec.msgpack.encode({**raw, "v": 9}),
+        "unknown_type": msgspec.msgpack.encode({**raw, "type": "teleport"}),
+        "schema": msgspec.msgpack.encode({**raw, "seq": -5}),
         "oversized": good + b"\x00" * (300 * 1024),
         "type_mismatch": encode(envelope(Event(kind="other"))),
     }

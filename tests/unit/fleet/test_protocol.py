@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -125,7 +125,7 @@ def test_every_message_type_round_trips(body: Body) -> None:
 
 def test_payload_is_one_msgpack_map_with_arrays_as_bin() -> None:
     batch = ObservationBatch.from_arrays("g", 1, np.arange(100), np.ones((100, 2), np.int8))
-    raw = msgpack.unpackb(encode(envelope(batch)), raw=False)
+    raw = msgspec.msgpack.decode(encode(envelope(batch)))
     assert set(raw) == {"v", "type", "node", "seq", "bdseq", "ts", "clock_synced", "body"}
     assert isinstance(raw["body"]["agent_ids"], bytes)
     assert isinstance(raw["body"]["values"], bytes)
@@ -166,16 +166,16 @@ def test_encode_refuses_oversized() -> None:
         (b"\xc1", "not_msgpack"),
         (b"", "not_msgpack"),
         (b"\x92\x01", "not_msgpack"),  # truncated array
-        (msgpack.packb([1, 2, 3]), "not_a_map"),
-        (msgpack.packb({1: 2}), "not_msgpack"),  # non-string map key
-        (msgpack.packb("text"), "not_a_map"),
-        (msgpack.packb({"v": 2, "type": "event"}), "version"),
-        (msgpack.packb({"v": True, "type": "event"}), "version"),
-        (msgpack.packb({"v": "1", "type": "event"}), "version"),
-        (msgpack.packb({"type": "event"}), "version"),
-        (msgpack.packb({"v": 1, "type": "nope"}), "unknown_type"),
-        (msgpack.packb({"v": 1, "type": ["event"]}), "unknown_type"),
-        (msgpack.packb({"v": 1, "type": "event", "body": {}}), "schema"),
+        (msgspec.msgpack.encode([1, 2, 3]), "not_a_map"),
+        (msgspec.msgpack.encode({1: 2}), "not_msgpack"),  # non-string map key
+        (msgspec.msgpack.encode("text"), "not_a_map"),
+        (msgspec.msgpack.encode({"v": 2, "type": "event"}), "version"),
+        (msgspec.msgpack.encode({"v": True, "type": "event"}), "version"),
+        (msgspec.msgpack.encode({"v": "1", "type": "event"}), "version"),
+        (msgspec.msgpack.encode({"type": "event"}), "version"),
+        (msgspec.msgpack.encode({"v": 1, "type": "nope"}), "unknown_type"),
+        (msgspec.msgpack.encode({"v": 1, "type": ["event"]}), "unknown_type"),
+        (msgspec.msgpack.encode({"v": 1, "type": "event", "body": {}}), "schema"),
     ],
 )
 def test_decode_reasons(payload: bytes, reason: str) -> None:
@@ -194,7 +194,7 @@ def test_decode_refuses_oversized_before_parsing() -> None:
 
 
 def _raw(body: Body) -> dict[str, Any]:
-    raw: dict[str, Any] = msgpack.unpackb(encode(envelope(body)), raw=False)
+    raw: dict[str, Any] = msgspec.msgpack.decode(encode(envelope(body)))
     return raw
 
 
@@ -235,7 +235,7 @@ def test_decode_schema_errors(mutate: Any, where: str) -> None:
     raw = _raw(Event(kind="alarm", detail="d", data={"n": 1}))
     mutate(raw)
     with pytest.raises(DecodeError) as info:
-        decode(msgpack.packb(raw, use_bin_type=True))
+        decode(msgspec.msgpack.encode(raw))
     assert info.value.reason == "schema"
     assert where in str(info.value)
 
@@ -255,10 +255,10 @@ def test_decode_is_strict_about_types() -> None:
     )
     raw["body"]["ticks"] = True  # a bool is not an int here
     with pytest.raises(DecodeError, match="ticks"):
-        decode(msgpack.packb(raw))
+        decode(msgspec.msgpack.encode(raw))
     raw["body"]["ticks"] = 1.0  # nor is a float
     with pytest.raises(DecodeError, match="ticks"):
-        decode(msgpack.packb(raw))
+        decode(msgspec.msgpack.encode(raw))
 
 
 def test_envelope_refuses_body_of_another_type() -> None:
@@ -562,7 +562,7 @@ def test_decode_random_bytes(payload: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(msgpack_values)
 def test_decode_random_msgpack(value: Any) -> None:
-    result = decode_or_reason(msgpack.packb(value, use_bin_type=True))
+    result = decode_or_reason(msgspec.msgpack.encode(value))
     assert isinstance(result, Envelope) or result in protocol.DECODE_REASONS
 
 
@@ -583,7 +583,7 @@ def test_decode_mutated_envelopes(
         raw["body"][keys[hash(body_field) % len(keys)] if keys else body_field] = value
     else:
         raw[field] = value
-    result = decode_or_reason(msgpack.packb(raw, use_bin_type=True))
+    result = decode_or_reason(msgspec.msgpack.encode(raw))
     if isinstance(result, Envelope):
         assert result == decode(encode(result))  # whatever passes also round-trips
     else:

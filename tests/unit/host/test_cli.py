@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.bundle.loader import AifSpec, load_bundle
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.manifest import AifSpec
 from edge_agent.bundle.signing import TrustedKeys, key_id, load_public_key
 from edge_agent.bundle.writer import pack_tar, write_bundle
 from edge_agent_host.cli import COMMANDS, build_parser, main

@@ -13,7 +13,8 @@ import pytest
 from edge_agent.aif import agreement
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import quantize_model
-from edge_agent.bundle.loader import NeuralSpec, TensorSpec, load_bundle
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.bundle.manifest import NeuralSpec, TensorSpec
 from edge_agent.bundle.writer import write_bundle
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, MiB
@@ -22,14 +23,14 @@ from edge_agent.neural.agents import NeuralAgentGroup, window_layout
 from edge_agent.neural.backends import available_backends
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.sim.sensors import SensorWorld, sensor_prototypes
-from edge_agent_host.builders import (
+from edge_agent_host.converter.aif.bundle import aif_bundle_arrays, aif_spec
+from edge_agent_host.converter.builders import (
     constant_onnx,
     flatten_onnx,
     mlp_forward,
     mlp_onnx,
     sensor_policy,
 )
-from edge_agent_host.converters.aif import aif_bundle_arrays, aif_spec
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests" / "data"))

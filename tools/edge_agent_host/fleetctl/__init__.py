@@ -29,19 +29,19 @@ The package, one job a module: ``store`` (the SQLite memory, :class:`FleetStore`
 (:class:`FleetClient`: the broker link, the fleet registry and signed commands) and ``cli`` (the
 subcommands: :func:`configure`, :func:`run`). What the hub service shares with it is in modules
 of ``edge_agent_host`` by job, which the service imports instead of this package:
-:mod:`~edge_agent_host.fleet_error` (:class:`FleetError`), :mod:`~edge_agent_host.bundle_transfer`
+:mod:`~edge_agent_host.fleet.errors` (:class:`FleetError`), :mod:`~edge_agent_host.fleet.transfer`
 (:class:`DeployPlan` and the chunked deploy drivers behind :meth:`FleetClient.deploy`) and
-:mod:`~edge_agent_host.fleet_table` (:func:`format_fleet`).
+:mod:`~edge_agent_host.fleet.table` (:func:`format_fleet`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from edge_agent_host.bundle_transfer import DEFAULT_CHUNK_BYTES as DEFAULT_CHUNK_BYTES
-from edge_agent_host.bundle_transfer import DeployPlan
-from edge_agent_host.fleet_error import FleetError
-from edge_agent_host.fleet_table import format_fleet
+from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.table import format_fleet
+from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES as DEFAULT_CHUNK_BYTES
+from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.fleetctl.cli import SUCCESS as SUCCESS
 from edge_agent_host.fleetctl.cli import configure, run
 from edge_agent_host.fleetctl.client import FleetClient

@@ -1,7 +1,7 @@
 """The ``edge-agent-host hub`` subcommands (``fleet``, ``watch``, ``command``, ``deploy``).
 
 Their arguments (:func:`configure`), running them (:func:`run`) and what they print
-(the ``watch`` lines; the fleet table is :mod:`edge_agent_host.fleet_table`'s, which the hub
+(the ``watch`` lines; the fleet table is :mod:`edge_agent_host.fleet.table`'s, which the hub
 service prints too); the usage is in :mod:`edge_agent_host.fleetctl`.
 """
 
@@ -29,11 +29,11 @@ from edge_agent.fleet.protocol import (
     Telemetry,
     as_builtins,
 )
-from edge_agent_host.bundle_transfer import DEFAULT_CHUNK_BYTES
-from edge_agent_host.fleet_error import FleetError
-from edge_agent_host.fleet_table import add_silent_argument, format_fleet
+from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.table import add_silent_argument, format_fleet
+from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES
 from edge_agent_host.fleetctl.client import FleetClient
-from edge_agent_host.fleetctl.store import FleetStore, _json
+from edge_agent_host.fleetctl.store import FleetStore, json_text
 from edge_agent_host.fleetctl.views import FleetMessage
 
 __all__ = [
@@ -247,7 +247,7 @@ def _line(msg: FleetMessage) -> str:
 
 def _print_result(node: str, result: CommandResult, as_json: bool) -> None:
     if as_json:
-        print(_json({"node": node, **as_builtins(result)}))
+        print(json_text({"node": node, **as_builtins(result)}))
     else:
         data = {k: v for k, v in result.data.items() if not isinstance(v, bytes)}
         extra = f" {data}" if data else ""
@@ -263,7 +263,7 @@ def _run_fleet(args: argparse.Namespace) -> int:
     finally:
         client.close()
     if args.json:
-        print(_json(rows))
+        print(json_text(rows))
     else:
         print(format_fleet(rows, args.silent_after))
     return 0
@@ -280,7 +280,7 @@ def _run_watch(args: argparse.Namespace) -> int:
                     continue
                 if msg.envelope.type in ("obs", "action", "beliefs") and not args.json:
                     continue
-                print(_json(_describe(msg)) if args.json else _line(msg), flush=True)
+                print(json_text(_describe(msg)) if args.json else _line(msg), flush=True)
     except KeyboardInterrupt:
         pass
     finally:

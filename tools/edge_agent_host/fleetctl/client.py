@@ -4,7 +4,7 @@ said, signed commands.
 :class:`FleetClient` hears the whole fleet, keeps a
 :class:`~edge_agent_host.fleetctl.views.NodeView` per node (asking a node for a rebirth on a
 sequence gap), signs and sends commands and waits for their results; :meth:`FleetClient.deploy`
-hands a bundle to the driver in :mod:`edge_agent_host.bundle_transfer`.
+hands a bundle to the driver in :mod:`edge_agent_host.fleet.transfer`.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ from edge_agent.fleet.protocol import (
     encode,
 )
 from edge_agent.fleet.topics import TopicKind, Topics
-from edge_agent_host.bundle_transfer import (
+from edge_agent_host.fleet.commands import new_command
+from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.transfer import (
     DEFAULT_CHUNK_BYTES,
     BroadcastStats,
     broadcast_bundle,
     deploy_bundle,
 )
-from edge_agent_host.commands import new_command
-from edge_agent_host.fleet_error import FleetError
 from edge_agent_host.fleetctl.store import FleetStore
 from edge_agent_host.fleetctl.views import FleetMessage, NodeView
 

@@ -15,7 +15,8 @@ __all__ = ["FleetStore"]
 
 
 # -------------------------------------------------------------------------------------- storage
-def _json(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """``value`` as canonical JSON (sorted keys), bytes as hex: how the store keeps payloads."""
     def default(obj: object) -> object:
         if isinstance(obj, bytes | bytearray):
             return obj.hex()
@@ -68,7 +69,7 @@ class FleetStore:
             )
         if birth is not None:
             self.conn.execute(
-                "UPDATE nodes SET birth = ? WHERE node = ?", (_json(as_builtins(birth)), node)
+                "UPDATE nodes SET birth = ? WHERE node = ?", (json_text(as_builtins(birth)), node)
             )
         if death:
             self.conn.execute("UPDATE nodes SET deaths = deaths + 1 WHERE node = ?", (node,))
@@ -76,13 +77,13 @@ class FleetStore:
     def telemetry(self, node: str, ts: float, body: Telemetry) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO telemetry (node, ts, body) VALUES (?, ?, ?)",
-            (node, ts, _json(as_builtins(body))),
+            (node, ts, json_text(as_builtins(body))),
         )
 
     def event(self, node: str, ts: float, body: Event) -> None:
         cur = self.conn.execute(
             "INSERT INTO events (node, ts, body) VALUES (?, ?, ?)",
-            (node, ts, _json(as_builtins(body))),
+            (node, ts, json_text(as_builtins(body))),
         )
         if cur.lastrowid is not None and cur.lastrowid % 1000 == 0:
             self.conn.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.config import HubConfigFile
 from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.store import HubDatabase

@@ -34,8 +34,9 @@ from edge_agent.distribution import clash_notice
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.service.logs import configure_logging
 from edge_agent.service.pids import pid_alive
-from edge_agent_host.fleet_error import FleetError
-from edge_agent_host.fleet_table import add_silent_argument, format_fleet
+from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.presence import presence
+from edge_agent_host.fleet.table import add_silent_argument, format_fleet
 from edge_agent_host.hub import rollout_cli
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import (
@@ -47,7 +48,6 @@ from edge_agent_host.hub.config import (
     load_hub_config,
 )
 from edge_agent_host.hub.store import DatabaseUnavailableError, SchemaError
-from edge_agent_host.presence import presence
 
 logger = logging.getLogger(__name__)
 

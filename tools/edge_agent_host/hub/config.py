@@ -28,8 +28,8 @@ from edge_agent.config.mqtt import MqttTls
 from edge_agent.config.toml_lines import Problem, TomlDocument, raise_problems, validate_toml
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.names import NAME_PATTERN
+from edge_agent_host.fleet.presence import SILENT_AFTER_S
 from edge_agent_host.hub.strict import StrictModel
-from edge_agent_host.presence import SILENT_AFTER_S
 
 __all__ = [
     "DatabaseSpec",

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet.errors import FleetError
 
 __all__ = ["PSYCOPG_HINT", "Engine", "PostgresEngine", "SqliteEngine"]
 

@@ -13,7 +13,7 @@ request from a finished snapshot without touching the database.
               reason contain it (case-insensitive)
 ``health``    ``green``, ``amber`` or ``red``
 ``presence``  ``online``, ``silent``, ``offline`` or ``unknown``
-              (:func:`edge_agent_host.presence.presence`)
+              (:func:`edge_agent_host.fleet.presence.presence`)
 ``deploy``    the node's state in its newest rollout: ``ok``, ``failed``, ``pending``,
               ``reverted``, ``revert_failed``, or ``none`` (in no recent rollout)
 ``sort``      a column of :data:`SORT_KEYS` (default ``node``); ``order`` ``asc`` or ``desc``.
@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import parse_qs
 
-from edge_agent_host.presence import PRESENCES
+from edge_agent_host.fleet.presence import PRESENCES
 
 __all__ = [
     "DEPLOY_STATES",

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.bundle.writer import pack_tar
-from edge_agent_host.bundle_transfer import DEFAULT_CHUNK_BYTES, DeployPlan
-from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES, DeployPlan
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import load_hub_config
 from edge_agent_host.hub.rollout_plan import Criteria, RolloutPlan, plan_waves, select_nodes

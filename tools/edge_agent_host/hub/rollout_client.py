@@ -1,7 +1,7 @@
 """The rollout runner's hub client: the service's connection out, the service's database in.
 
-:func:`~edge_agent_host.bundle_transfer.broadcast_bundle` drives a deployment through a
-:class:`~edge_agent_host.bundle_transfer.DeployClient`. In the hub service that client is
+:func:`~edge_agent_host.fleet.transfer.broadcast_bundle` drives a deployment through a
+:class:`~edge_agent_host.fleet.transfer.DeployClient`. In the hub service that client is
 :class:`ServiceDeployClient`: it signs commands with the hub's key and publishes them, and the
 bundle's chunks, through the service's own broker connection
 (:class:`~edge_agent_host.hub.publisher.HubPublisher`: one connection per identity), and it
@@ -25,8 +25,8 @@ from edge_agent.bundle.signing import key_id
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import BundleChunk, Command, CommandResult
 from edge_agent.fleet.topics import TopicKind, Topics
-from edge_agent_host.commands import new_command
-from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet.commands import new_command
+from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.publisher import HubPublisher
 from edge_agent_host.hub.rollout_store import RolloutStore
 
@@ -41,7 +41,7 @@ class PublishRefusedError(FleetError):
 
 
 class ServiceDeployClient:
-    """A :class:`~edge_agent_host.bundle_transfer.DeployClient` over the service (module docstring).
+    """A :class:`~edge_agent_host.fleet.transfer.DeployClient` over the service (module docstring).
 
     ``store`` returns the runner's rollout store (its own database connection); used on the
     runner's thread only.

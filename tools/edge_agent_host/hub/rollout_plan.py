@@ -12,9 +12,9 @@ from typing import Any, Final
 from pydantic import Field
 
 from edge_agent.fleet.names import NAME_PATTERN
-from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.presence import SILENT_AFTER_S, presence
 from edge_agent_host.hub.strict import StrictModel
-from edge_agent_host.presence import SILENT_AFTER_S, presence
 
 __all__ = [
     "ACTIVE",
@@ -154,7 +154,7 @@ def select_nodes(
     of ``labels``. Returns ``(selected, skipped_offline)``, each sorted by name.
 
     A node is left out (``skipped_offline``) unless its presence
-    (:func:`~edge_agent_host.presence.presence`, ``silent_after_s``) is ``online``: offline,
+    (:func:`~edge_agent_host.fleet.presence.presence`, ``silent_after_s``) is ``online``: offline,
     silent (its state says online but nothing live came from it, as from a revoked node) or
     unknown; ``include_offline`` keeps them all."""
     chosen: list[str] = []

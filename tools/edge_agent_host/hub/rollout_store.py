@@ -20,7 +20,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
-from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.rollout_plan import (
     ACTIVE,
     NodeState,

@@ -14,7 +14,7 @@ the service stored (:class:`~edge_agent_host.hub.rollout_client.ServiceDeployCli
 ``pending``    created; the next runner to look takes it (a lease in the row: one replica at a
                time; a replica that stops renewing it loses it to another after ``lease_s``)
 ``running``    wave by wave: **deploying** (one broadcast of the bundle to the wave's nodes,
-               see :func:`~edge_agent_host.bundle_transfer.broadcast_bundle`; every node's final
+               see :func:`~edge_agent_host.fleet.transfer.broadcast_bundle`; every node's final
                result is recorded), then **soaking** for ``soak_s`` while the abort criteria are
                checked against what the nodes report (events and telemetry in the database)
 ``paused``     the operator paused it: nothing more is sent until ``resume``
@@ -60,8 +60,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
-from edge_agent_host.bundle_transfer import DeployPlan, broadcast_bundle
-from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.transfer import DeployPlan, broadcast_bundle
 from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hub.publisher import HubPublisher
 from edge_agent_host.hub.rollout_client import PublishRefusedError, ServiceDeployClient

@@ -43,7 +43,7 @@ from edge_agent.fleet.protocol import (
     Telemetry,
     as_builtins,
 )
-from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.config import RetentionSection
 from edge_agent_host.hub.downsample import downsample_cut, plan_downsample
 from edge_agent_host.hub.engines import Engine
@@ -625,7 +625,7 @@ class HubDatabase:
 
     def fleet(self) -> list[dict[str, Any]]:
         """Every node: presence, birth, deaths, newest telemetry (the rows of
-        :func:`edge_agent_host.fleet_table.format_fleet`, as the operator's client's store gives
+        :func:`edge_agent_host.fleet.table.format_fleet`, as the operator's client's store gives
         them)."""
         rows = self._query(
             "SELECT node, online, state_bdseq, birth_bdseq, birth, last_seen, deaths, "

@@ -11,10 +11,10 @@ Routes: ``/metrics`` (Prometheus text format, ``prometheus_client``), ``/api/fle
 resource), ``/healthz``. Only GET and HEAD.
 
 Presence (``presence`` in the JSON, ``edge_agent_hub_nodes{state}``) is the fleet tables' rule,
-:func:`edge_agent_host.presence.presence`: ``online``, ``silent`` (its retained state says online,
-but nothing live came for ``[hub] silent_after_s``: a node the broker locked out), ``offline``,
-``unknown``. Per-node metrics of a node that is not ``online`` are not exported (its last numbers
-are history, not current values).
+:func:`edge_agent_host.fleet.presence.presence`: ``online``, ``silent`` (its retained state says
+online, but nothing live came for ``[hub] silent_after_s``: a node the broker locked out),
+``offline``, ``unknown``. Per-node metrics of a node that is not ``online`` are not exported (its
+last numbers are history, not current values).
 
 Health at a glance (the page's dot, ``health`` in the JSON): **red** not online (offline, silent,
 unknown), or no telemetry for 3 x its period (30 s by default); **amber** RSS over 90 % of the
@@ -39,6 +39,7 @@ from http import HTTPStatus
 from importlib import resources
 from typing import Any, Final
 
+from edge_agent_host.fleet.presence import PRESENCES, SILENT_AFTER_S, presence
 from edge_agent_host.hub.fleet_view import (
     FleetQuery,
     bundles_of,
@@ -48,7 +49,6 @@ from edge_agent_host.hub.fleet_view import (
 )
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
-from edge_agent_host.presence import PRESENCES, SILENT_AFTER_S, presence
 
 logger = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ def test_an_announcement_is_signed_and_acknowledged_before_the_cli_returns(
     from edge_agent.coordination.messages import TaskAnnounce, TaskKey
     from edge_agent.coordination.signing import PeerKeys, spec_bytes
     from edge_agent.fleet.protocol import decode
-    from edge_agent_host.tasks import announce, make_specs
+    from edge_agent_host.fleetctl.tasks import announce, make_specs
 
     broker = MemoryBroker()
     listener = MemoryTransport(broker, "node")
@@ -85,7 +85,7 @@ def test_close_waits_for_the_brokers_acknowledgements(tmp_path: Path) -> None:
     """A script that announces and closes at once (``with FleetClient(...) as c: announce(c,
     ...)``) loses nothing: closing waits until the broker acknowledged every message (mosquitto
     drops a connection whose PUBACK it cannot send, and the packets it has not read with it)."""
-    from edge_agent_host.tasks import announce, make_specs
+    from edge_agent_host.fleetctl.tasks import announce, make_specs
 
     broker = MemoryBroker()
     listener = MemoryTransport(broker, "node")

@@ -204,7 +204,7 @@ def test_every_command_and_option_has_help() -> None:
 
 
 def test_postgresql_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_agent_host.fleet_error import FleetError
+    from edge_agent_host.fleet.errors import FleetError
     from edge_agent_host.hub.engines import PostgresEngine
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed

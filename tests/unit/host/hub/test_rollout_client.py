@@ -18,7 +18,7 @@ from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import Command, CommandResult, Envelope, decode, encode
 from edge_agent.fleet.topics import Topics
-from edge_agent_host.bundle_transfer import DeployPlan
+from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.publisher import HubPublisher
 from edge_agent_host.hub.rollout_plan import RolloutPlan

@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
-from edge_agent_host.fleet_error import FleetError
+from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.rollout_cli import describe
 from edge_agent_host.hub.rollout_plan import (

@@ -32,7 +32,7 @@ from edge_agent.fleet.protocol import (
     Severity,
     Telemetry,
 )
-from edge_agent_host.fleet_table import format_fleet
+from edge_agent_host.fleet.table import format_fleet
 from edge_agent_host.hub.config import RetentionSection
 from edge_agent_host.hub.downsample import downsample_cut, plan_downsample
 from edge_agent_host.hub.engines import SqliteEngine

@@ -174,7 +174,7 @@ def test_a_silent_node_is_counted_apart_and_its_last_values_are_not_exported(
 ) -> None:
     """A revoked node (its session kept, its will refused) still says online in its retained
     state; the hub's snapshot, fleet.json and /metrics call it silent once nothing came from it
-    for [hub] silent_after_s, as the fleet tables do (edge_agent_host.presence)."""
+    for [hub] silent_after_s, as the fleet tables do (edge_agent_host.fleet.presence)."""
     db = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
     db.open()
     try:

@@ -15,7 +15,7 @@ from edge_agent.neural.backends import BACKENDS, available_backends, get_backend
 from edge_agent.neural.backends import litert as litert_plugin
 from edge_agent.neural.backends import onnxruntime as ort_plugin
 from edge_agent.neural.backends.base import dequantize_into, quantize_into
-from edge_agent_host.builders import int8_io_onnx, mlp_forward, mlp_onnx, random_mlp
+from edge_agent_host.converter.builders import int8_io_onnx, mlp_forward, mlp_onnx, random_mlp
 
 REPO = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(REPO / "tests" / "data"))
@@ -49,7 +49,7 @@ def mlp_bytes(seed: int = 0) -> tuple[bytes, list[tuple[np.ndarray, np.ndarray]]
 def test_registry_names_match_the_bundle_schema() -> None:
     from typing import get_args
 
-    from edge_agent.bundle.loader import NeuralSpec
+    from edge_agent.bundle.manifest import NeuralSpec
 
     backend_field = NeuralSpec.model_fields["backend"].annotation
     assert set(BACKENDS) == set(get_args(backend_field))
@@ -80,14 +80,14 @@ def test_missing_litert_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
-    litert_plugin._interpreter_class.cache_clear()
+    litert_plugin.interpreter_class.cache_clear()
     try:
         with pytest.raises(
             BackendUnavailableError, match=r"pip install 'edge-agent-runtime\[tflite\]'"
         ):
             get_backend("litert")
     finally:
-        litert_plugin._interpreter_class.cache_clear()
+        litert_plugin.interpreter_class.cache_clear()
 
 
 def test_litert_falls_back_to_tflite_runtime_only_without_ai_edge_litert(
@@ -102,16 +102,16 @@ def test_litert_falls_back_to_tflite_runtime_only_without_ai_edge_litert(
     fake.Interpreter = FallbackInterpreter  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tflite_runtime", types.ModuleType("tflite_runtime"))
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake)
-    litert_plugin._interpreter_class.cache_clear()
+    litert_plugin.interpreter_class.cache_clear()
     try:
-        assert litert_plugin._interpreter_class() is Interpreter  # LiteRT present: it wins
-        litert_plugin._interpreter_class.cache_clear()
+        assert litert_plugin.interpreter_class() is Interpreter  # LiteRT present: it wins
+        litert_plugin.interpreter_class.cache_clear()
         monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
-        assert litert_plugin._interpreter_class() is FallbackInterpreter
+        assert litert_plugin.interpreter_class() is FallbackInterpreter
         session = get_backend("litert").load(fixture.FLOAT_PATH.read_bytes())
         assert isinstance(session._interp, FallbackInterpreter)
     finally:
-        litert_plugin._interpreter_class.cache_clear()
+        litert_plugin.interpreter_class.cache_clear()
 
 
 # -- (de)quantization helpers ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from edge_agent.errors import ModelError
 from edge_agent.neural.backends import available_backends, get_backend
 from edge_agent.neural.backends.onnxruntime import ort_message
 from edge_agent_host.cli import main
-from edge_agent_host.converters.onnx import (
+from edge_agent_host.converter.formats.onnx import (
     ConvertOptions,
     NeuralOptions,
     convert_onnx,

@@ -1,0 +1,104 @@
+"""A coordinated group as the engine sees it (:class:`CoordinatedGroup`: what it shares and
+which tasks it can take) and what the engine keeps of it between ticks (:class:`GroupState`:
+its belief sharer, its holders' task preferences, its task utilities).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.coordination.beliefs import BeliefSharer
+from edge_agent.coordination.messages import TaskSpec
+from edge_agent.coordination.preferences import TaskPreferences
+from edge_agent.coordination.settings import SharingSettings
+from edge_agent.coordination.utility import task_utility
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.fleet.topics import check_name
+
+__all__ = ["CoordinatedGroup", "GroupState", "same_agents"]
+
+UTILITY_CACHE: Final = 1024
+"""Task utility vectors kept per group (LRU); one is ``S_joint`` float64."""
+NO_ROWS: Final[NDArray[np.int64]] = np.empty(0, dtype=np.int64)
+
+
+@dataclass
+class CoordinatedGroup:
+    """A group as the engine sees it: what it shares and which tasks it can take."""
+
+    group: AifAgentGroup
+    sharing: SharingSettings | None = None
+    capabilities: tuple[str, ...] = ()
+    channels: NDArray[np.integer] | None = None
+
+
+class GroupState:
+    """What the engine keeps of one coordinated group: its belief sharer, its holders' task
+    preferences, the task utilities it computed (LRU) and the agents told they are done."""
+
+    def __init__(self, name: str, spec: CoordinatedGroup, node_id: str, max_held: int) -> None:
+        self.name = name
+        self.spec = spec
+        self.group = spec.group
+        self.key = spec.group.key
+        self.stepped = False
+        """Whether the group stepped since the last ``before_step`` (only then is there new
+        evidence of its own to accumulate)."""
+        self.capabilities = frozenset(spec.capabilities)
+        for cap in self.capabilities:
+            check_name(cap, "capability")
+        g = spec.group
+        self.sharer: BeliefSharer | None = None
+        if spec.sharing is not None:
+            self.sharer = BeliefSharer(
+                name,
+                g.cm.num_states,
+                g.n_agents,
+                spec.sharing,
+                channels=spec.channels,
+                node_id=node_id,
+                dtype=g.dtype.type,
+            )
+        self.prefs = TaskPreferences(
+            g.cm, g.n_agents, use_utility=g.settings.use_utility, max_held=max_held
+        )
+        self.utilities: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self.completed: NDArray[np.int64] = NO_ROWS
+
+    def accepts(self, spec: TaskSpec) -> bool:
+        cm = self.group.cm
+        return (
+            spec.capability in self.capabilities
+            and spec.goal_factor < cm.num_factors
+            and spec.goal_state < cm.num_states[spec.goal_factor]
+        )
+
+    def utility(self, spec: TaskSpec, scale: float) -> np.ndarray:
+        key = (spec.goal_factor, spec.goal_state)
+        u = self.utilities.get(key)
+        if u is None:
+            u = task_utility(self.group.cm, spec.goal_factor, spec.goal_state, scale=scale)
+            self.utilities[key] = u
+            while len(self.utilities) > UTILITY_CACHE:
+                self.utilities.popitem(last=False)
+        else:
+            self.utilities.move_to_end(key)
+        return u
+
+
+def same_agents(gs: GroupState, b: CoordinatedGroup) -> bool:
+    """Whether ``b`` describes the agents ``gs`` was built for, doing the same coordination
+    (a group resized in place is the same object with another size)."""
+    a = gs.spec
+    if gs.key != b.group.key or gs.prefs.n_agents != b.group.n_agents:
+        return False
+    if a.sharing != b.sharing or tuple(a.capabilities) != tuple(b.capabilities):
+        return False
+    if a.channels is None or b.channels is None:
+        return a.channels is None and b.channels is None
+    return bool(np.array_equal(a.channels, b.channels))

@@ -1,0 +1,526 @@
+"""``convert onnx`` quantization choices: dynamic and auto modes for recurrent models, real entropy
+calibration, symmetric activations, excluded nodes and op types, pre-processing, the size
+warning, and the calibration-set size rules. Real onnxruntime sessions throughout."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edge_agent.bundle.loader import load_bundle
+from edge_agent.errors import InputError
+from edge_agent.neural.agents import NeuralAgentGroup
+from edge_agent.neural.backends import available_backends
+from edge_agent.sim.sensors import SensorWorld
+from edge_agent_host.cli import main
+from edge_agent_host.converter.builders import mlp_onnx, recurrent_onnx, sensor_policy
+from edge_agent_host.converter.formats.onnx import (
+    ENTROPY_BINS,
+    MIN_CALIBRATION_SAMPLES,
+    ConvertOptions,
+    NeuralOptions,
+    NeuralThresholds,
+    convert_onnx,
+    pick_mode,
+)
+from edge_agent_host.converter.neural.onnx_quantize import ModeResult, head_tensors
+from edge_agent_host.converter.report import ConversionReport
+
+T, F = 8, 8
+
+
+@pytest.fixture(autouse=True)
+def _runtimes() -> None:
+    if not available_backends()["onnxruntime"]:
+        pytest.fail("onnxruntime is not installed: pip install 'edge-agent-runtime[onnx]'")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("modes")
+    world = SensorWorld(1)
+    onnx.save(mlp_onnx(sensor_policy(world.prototypes, world.noise, T), T, F),
+              root / "policy.onnx")
+    X, _ = world.sample_windows(400, T, seed=1)
+    np.savez(root / "cal.npz", window=X)
+    Xh, yh = world.sample_windows(300, T, seed=2)
+    np.savez(root / "held.npz", window=Xh, labels=yh)
+    for cell in ("LSTM", "GRU"):
+        onnx.save(recurrent_onnx(cell, T, F, 64, 4, seed=3), root / f"{cell.lower()}.onnx")
+    return {p.stem: p for p in root.iterdir()}
+
+
+def convert(model: Path, out: Path, data: dict[str, Path], *, min_top1: float | None = 0.9,
+            **options: Any) -> ConversionReport:
+    return convert_onnx(
+        ConvertOptions(model=model, out=out, name="m"),
+        NeuralOptions(
+            latency_repeats=1, **options, calibration=data["cal"], heldout=data["held"],
+            thresholds=NeuralThresholds(min_top1=min_top1),
+        ),
+    )
+
+
+def ops(path: Path) -> list[str]:
+    return [node.op_type for node in onnx.load(path).graph.node]
+
+
+def test_auto_quantizes_an_lstm_dynamically_and_it_shrinks(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    report = convert(data["lstm"], tmp_path / "auto", data)
+    quant = report.data["quantization"]
+    assert quant["mode"] == "dynamic"
+    # auto measured both modes: static leaves the LSTM float, dynamic quantizes it.
+    assert re.fullmatch(
+        r"auto: static 10\d\.\d % of float, 1 % of the weights quantized, top-1 [\d.]+ %; "
+        r"dynamic 3\d\.\d % of float, 9\d % of the weights quantized, top-1 [\d.]+ %: "
+        r"dynamic \((as accurate, top-1 within 0\.5 points, and smaller: 3\d\.\d % against "
+        r"10\d\.\d % of float|more accurate: static's top-1 is [\d.]+ points lower, beyond the "
+        r"0\.5-point tolerance)\)",
+        quant["mode_reason"],
+    ), quant["mode_reason"]
+    measured = {entry["mode"]: entry for entry in quant["auto"]}
+    assert measured["static"]["size_ratio"] > 1.0
+    assert measured["dynamic"]["size_ratio"] < 0.35
+    assert quant["quantized_share"] == measured["dynamic"]["quantized_share"] > 0.9
+    assert report.data["scheme"] == "onnx-dynamic-u8s8"
+    assert report.data["calibration"]["method"] is None
+    assert report.data["size"]["ratio"] < 0.35
+    assert report.data["accuracy"]["top1_agreement"] >= 0.95
+    assert report.warnings == []
+    assert "DynamicQuantizeLSTM" in ops(tmp_path / "auto" / "model.onnx")
+    bundle = load_bundle(tmp_path / "auto", trusted_keys=None, require_signature=False)
+    assert bundle.manifest.quantization["quantization"]["mode"] == "dynamic"
+    group = NeuralAgentGroup.from_bundle(bundle, 3)
+    for _ in range(T):
+        actions = group.step(np.zeros((3, F), dtype=np.float32))
+    assert actions.shape == (3,)
+
+
+def test_static_lstm_warns_that_it_did_not_shrink_and_says_what_to_do(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    report = convert(data["lstm"], tmp_path / "static", data, mode="static")
+    assert report.data["quantization"]["mode"] == "static"
+    assert report.data["quantization"]["mode_reason"] == "as asked: 1 % of the weights quantized"
+    ratio = report.data["size"]["ratio"]
+    assert ratio > 1.0
+    assert report.warnings == [
+        f"the int8 model is {100 * ratio:.1f} % of the float model's size (a conversion that "
+        "pays is below 90 %): weights left in float: LSTM 75,776 B; onnxruntime quantizes LSTM "
+        "in --mode dynamic",
+        f"the int8 model is {100 * ratio:.1f} % of the float model's size: the bundle carries "
+        "the float model instead (exact, and smaller; --force bundles the int8 one)",
+    ]
+    # Not smaller than float: the float model is bundled, and no int8 accuracy check applies.
+    assert (report.data["bundled"], report.data["scheme"]) == ("float", "onnx-float32")
+    assert report.checks == []
+    assert (tmp_path / "static" / "model.onnx").read_bytes() == data["lstm"].read_bytes()
+    forced = convert_onnx(
+        ConvertOptions(model=data["lstm"], out=tmp_path / "forced", name="m", force=True),
+        NeuralOptions(
+            latency_repeats=1, mode="static", calibration=data["cal"], heldout=data["held"],
+        ),
+    )
+    assert (forced.data["bundled"], forced.data["scheme"]) == ("int8", "onnx-qdq-s8s8")
+    assert forced.warnings[-1].endswith("of the float model's size: bundled anyway because of "
+                                        "--force")
+    assert "QuantizeLinear" in ops(tmp_path / "forced" / "model.onnx")
+
+
+def test_a_gru_is_quantized_by_neither_mode_and_the_warning_says_so(
+    data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["convert", "onnx", str(data["gru"]), "--out", str(tmp_path / "b"),
+                 "--calibration", str(data["cal"]), "--latency-repeats", "1",
+                 "--min-top1", "0.9"])
+    table = capsys.readouterr().out
+    assert code == 0
+    warning = next(line for line in table.splitlines() if line.startswith("warning: "))
+    assert "weights left in float: GRU" in warning
+    assert warning.endswith("onnxruntime quantizes no GRU node in either mode")
+
+
+def activation_scales(path: Path) -> dict[str, float]:
+    model = onnx.load(path)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1}
+
+
+def test_entropy_calibration_is_real_and_recorded(data: dict[str, Path], tmp_path: Path) -> None:
+    """onnxruntime's quantize_static fixes the entropy histogram at 128 bins, which leaves one
+    candidate threshold, the full range: the converter calibrates entropy itself."""
+    scales = {}
+    for method in ("minmax", "entropy"):
+        report = convert(data["policy"], tmp_path / method, data, mode="static", method=method,
+                         min_top1=None)
+        scales[method] = activation_scales(tmp_path / method / "model.onnx")
+        calibration = report.data["calibration"]
+        assert calibration["method"] == method
+    assert calibration["entropy_bins"] == ENTROPY_BINS
+    minmax, entropy = scales["minmax"], scales["entropy"]
+    assert minmax.keys() == entropy.keys()
+    # KL-optimal thresholds clip tails that MinMax keeps: never larger, and smaller somewhere.
+    assert all(entropy[k] <= minmax[k] * (1 + 1e-6) for k in minmax)
+    assert sum(entropy[k] < minmax[k] * (1 - 1e-3) for k in minmax) >= 2
+    assert min(entropy[k] / minmax[k] for k in minmax) < 0.8
+    # ... except in the head: the logits keep their MinMax range (a clipped top logit is a
+    # changed decision).
+    assert head_tensors(onnx.load(data["policy"])) == ["logits"]
+    assert entropy["logits_QuantizeLinear_Input"] == pytest.approx(
+        minmax["logits_QuantizeLinear_Input"], rel=1e-6)
+    assert (tmp_path / "entropy" / "model.onnx").read_bytes() != (
+        tmp_path / "minmax" / "model.onnx").read_bytes()
+    bundle = load_bundle(tmp_path / "entropy", trusted_keys=None, require_signature=False)
+    assert bundle.manifest.quantization["calibration"]["method"] == "entropy"
+
+
+def zero_points(path: Path) -> list[np.ndarray]:
+    model = onnx.load(path)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [inits[n.input[2]] for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+
+
+def test_symmetric_activations_have_zero_points_of_zero(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    convert(data["policy"], tmp_path / "asym", data, mode="static")
+    report = convert(data["policy"], tmp_path / "sym", data, symmetric_activations=True)
+    assert report.data["quantization"]["symmetric_activations"] is True
+    assert any(np.any(z != 0) for z in zero_points(tmp_path / "asym" / "model.onnx"))
+    assert all(np.all(z == 0) for z in zero_points(tmp_path / "sym" / "model.onnx"))
+
+
+def test_excluded_op_types_and_nodes_stay_float(data: dict[str, Path], tmp_path: Path) -> None:
+    report = convert(data["policy"], tmp_path / "ops", data, exclude_op_types=("Gemm",))
+    model = onnx.load(tmp_path / "ops" / "model.onnx")
+    assert {i.data_type for i in model.graph.initializer if len(i.dims) == 2} == {
+        onnx.TensorProto.FLOAT}
+    assert report.data["quantization"]["exclude_op_types"] == ["Gemm"]
+    # Name one Gemm: only the other is quantized.
+    named = onnx.load(data["policy"])
+    for i, node in enumerate(named.graph.node):
+        node.name = f"{node.op_type.lower()}{i}"
+    onnx.save(named, tmp_path / "named.onnx")
+    gemms = [n.name for n in named.graph.node if n.op_type == "Gemm"]
+    convert(tmp_path / "named.onnx", tmp_path / "node", data, exclude_nodes=(gemms[-1],))
+    model = onnx.load(tmp_path / "node" / "model.onnx")
+    int8_weights = [i for i in model.graph.initializer
+                    if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    assert len(int8_weights) == 1
+    with pytest.raises(InputError, match=r"--exclude-nodes 'nope': the model has no node of that "
+                       r"name \(its nodes: flatten0, gemm1"):
+        convert(tmp_path / "named.onnx", tmp_path / "x", data, exclude_nodes=("nope",))
+    with pytest.raises(InputError, match=r"--exclude-op-types 'Conv': the model has no such node "
+                       r"\(its op types: Flatten, Gemm, Relu\)"):
+        convert(data["policy"], tmp_path / "x", data, exclude_op_types=("Conv",))
+
+
+def test_no_preprocess_is_recorded(data: dict[str, Path], tmp_path: Path) -> None:
+    report = convert(data["policy"], tmp_path / "b", data, preprocess=False)
+    assert report.data["quantization"]["preprocessed"] is False
+    assert report.warnings == []
+    assert report.data["accuracy"]["top1_agreement"] >= 0.99
+
+
+def test_calibration_options_that_dynamic_mode_has_no_use_for_are_refused(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    # auto honours a static-only option: it quantizes statically, and says why.
+    report = convert(data["lstm"], tmp_path / "auto", data, method="entropy", min_top1=None)
+    assert report.data["quantization"]["mode"] == "static"
+    assert report.data["quantization"]["mode_reason"] == (
+        "auto: --method entropy calibrates static quantization: static")
+    with pytest.raises(InputError, match=r"--method entropy calibrates static quantization, and "
+                       r"this conversion is dynamic; pass --mode static \(or auto\) to use it"):
+        convert(data["lstm"], tmp_path / "x", data, mode="dynamic", method="entropy")
+    with pytest.raises(InputError, match=r"--symmetric-activations calibrates static"):
+        convert(data["policy"], tmp_path / "x", data, mode="dynamic",
+                symmetric_activations=True)
+
+
+def test_one_calibration_sample_is_refused_and_few_are_warned_about(
+    data: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    X = np.load(data["cal"])["window"]
+    np.savez(tmp_path / "one.npz", window=X[:1])
+    with pytest.raises(InputError, match=r"calibration uses 1 sample: .* give at least 16"):
+        convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / "x", name="m"),
+            NeuralOptions(calibration=tmp_path / "one.npz", heldout=data["held"]),
+        )
+    np.savez(tmp_path / "two.npz", window=X[:2])
+    with pytest.raises(InputError, match=r"the calibration set has 2 sample\(s\): too few"):
+        convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / "x", name="m"),
+            NeuralOptions(calibration=tmp_path / "two.npz"),
+        )
+    with pytest.raises(InputError, match=r"calibration uses 1 sample"):
+        convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / "x", name="m"),
+            NeuralOptions(input_range=(-1.0, 1.0), samples=1),
+        )
+    np.savez(tmp_path / "few.npz", window=X[:5])
+    with caplog.at_level(logging.WARNING):
+        report = convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / "b", name="m"),
+            NeuralOptions(
+                latency_repeats=1, mode="static", calibration=tmp_path / "few.npz",
+                heldout=data["held"], thresholds=NeuralThresholds(min_top1=None),
+            ),
+        )
+    assert report.warnings == [
+        f"calibration uses only 5 samples: activation ranges from so few inputs miss what the "
+        f"model meets in use; give at least {MIN_CALIBRATION_SAMPLES} (a few hundred is typical)"
+    ]
+    assert report.bundle is not None
+    assert not (tmp_path / "x").exists()
+    # Dynamic quantization calibrates nothing: a small set is no concern there.
+    report = convert_onnx(
+        ConvertOptions(model=data["lstm"], out=tmp_path / "d", name="m"),
+        NeuralOptions(
+            latency_repeats=1, calibration=tmp_path / "few.npz", heldout=data["held"],
+            thresholds=NeuralThresholds(min_top1=None),
+        ),
+    )
+    assert report.warnings == []
+
+
+def test_convert_help_names_every_new_option(capsys: pytest.CaptureFixture[str]) -> None:
+    for kind, options in (
+        ("onnx", ("--mode {auto,static,dynamic}", "--method {minmax,entropy,percentile}",
+                  "--symmetric-activations", "--exclude-nodes NAME", "--exclude-op-types OP",
+                  "--no-preprocess", "--output NAME", "below 90 % of")),
+        ("tflite", ("--mode {full-integer,dynamic-range,float16}",)),
+    ):
+        with pytest.raises(SystemExit):
+            main(["convert", kind, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for option in options:
+            assert option in text, (kind, option)
+
+
+def result(mode: str, size: float, quantized: float, top1: float | None,
+           error: float = 0.01) -> ModeResult:
+    return ModeResult(mode, size, quantized, top1, error)  # type: ignore[arg-type]
+
+
+def test_auto_keeps_the_smaller_of_the_accurate_modes_static_within_five_percent() -> None:
+    # Gemm in both modes (dynamic turns it into MatMulInteger): as accurate, dynamic 8 % smaller.
+    mode, why = pick_mode([result("static", 0.37, 1.0, 1.0), result("dynamic", 0.34, 0.97, 1.0)],
+                          {})
+    assert mode == "dynamic"
+    assert why == (
+        "auto: static 37.0 % of float, 100 % of the weights quantized, top-1 100.00 %; dynamic "
+        "34.0 % of float, 97 % of the weights quantized, top-1 100.00 %: dynamic (as accurate, "
+        "top-1 within 0.5 points, and smaller: 34.0 % against 37.0 % of float)"
+    )
+    # Within 5 % of the same size: static's fused kernels.
+    mode, why = pick_mode([result("static", 0.274, 1.0, 0.9986),
+                           result("dynamic", 0.264, 0.99, 0.9986)], {})
+    assert mode == "static"
+    assert why.endswith(": static (as accurate, top-1 within 0.5 points, and within 5 % of the "
+                        "same size: static's fused int8 kernels)")
+    # A model with convolutions: dynamic's ConvInteger is slow, so static stays when as accurate...
+    mode, why = pick_mode([result("static", 0.50, 1.0, 0.99), result("dynamic", 0.42, 0.97, 0.99)],
+                          {}, slow_dynamic=True)
+    assert mode == "static"
+    assert "dynamic is smaller (42.0 % against 50.0 % of float), but its Conv would run as " in why
+    # ... and dynamic is taken only when static is less accurate beyond the tolerance.
+    assert pick_mode([result("static", 0.50, 1.0, 0.97), result("dynamic", 0.42, 0.97, 0.99)],
+                     {}, slow_dynamic=True)[0] == "dynamic"
+    # Smaller and a little less accurate, but within the tolerance: still the smaller one.
+    assert pick_mode([result("static", 0.31, 1.0, 0.9980), result("dynamic", 0.28, 0.9, 0.9950)],
+                     {})[0] == "dynamic"
+    # Smaller but less accurate beyond the tolerance: the other one, and by how much.
+    mode, why = pick_mode([result("static", 0.28, 1.0, 0.980), result("dynamic", 0.31, 0.9, 1.0)],
+                          {})
+    assert mode == "dynamic"
+    assert why.endswith(": dynamic (more accurate: static's top-1 is 2.00 points lower, beyond "
+                        "the 0.5-point tolerance)")
+    # An LSTM: static leaves it float (over 100 %), dynamic shrinks it.
+    assert pick_mode([result("static", 1.01, 0.01, 0.995), result("dynamic", 0.32, 0.95, 0.996)],
+                     {})[0] == "dynamic"
+    # Continuous outputs: mean abs error within 1.5x counts as accurate.
+    assert pick_mode([result("static", 0.3, 1.0, None, 0.014), result("dynamic", 0.4, 0.99, None,
+                                                                     0.010)], {})[0] == "static"
+    mode, why = pick_mode([result("static", 0.3, 1.0, None, 0.016),
+                           result("dynamic", 0.4, 0.99, None, 0.010)], {})
+    assert mode == "dynamic"
+    assert why.endswith(": dynamic (more accurate: static's mean abs error is 1.60x, beyond the "
+                        "1.5x tolerance)")
+    # Nothing quantized in either mode (skl2onnx's LinearClassifier): said so.
+    mode, why = pick_mode([result("static", 1.0, 0.0, 1.0), result("dynamic", 0.99, 0.0, 1.0)],
+                          {})
+    assert (mode, why.endswith(": static (neither mode quantizes any of the weights)")) == (
+        "static", True)
+    mode, why = pick_mode([result("dynamic", 0.5, 0.9, 1.0)], {"static": "it broke"})
+    assert mode == "dynamic"
+    assert why.endswith("; static fails (it broke): dynamic (the only mode that quantizes it)")
+
+
+def unrolled_lstm(window: int, features: int, hidden: int, outputs: int,
+                  seed: int) -> onnx.ModelProto:
+    """An LSTM unrolled over the window in MatMul, Sigmoid and Tanh nodes (as torch's exporter
+    writes an ``nn.LSTM``), its weights shared by every step, with a Linear head (``Gemm``):
+    static mode quantizes it too, unlike the ``LSTM`` op."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    s = 1.0 / np.sqrt(hidden)
+    weights = {
+        "W": rng.uniform(-s, s, (features, 4 * hidden)),
+        "R": rng.uniform(-s, s, (hidden, 4 * hidden)),
+        "B": rng.uniform(-s, s, 4 * hidden),
+        "out_w": rng.normal(0, np.sqrt(2 / hidden), (hidden, outputs)),
+        "out_b": rng.normal(0, 0.1, outputs),
+    }
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    nodes = []
+    h = c = ""
+    for t in range(window):
+        inits.append(numpy_helper.from_array(np.array(t, dtype=np.int64), f"t{t}"))
+        nodes += [helper.make_node("Gather", ["window", f"t{t}"], [f"x{t}"], axis=1),
+                  helper.make_node("MatMul", [f"x{t}", "W"], [f"xw{t}"])]
+        gates = f"xw{t}"
+        if h:
+            nodes += [helper.make_node("MatMul", [h, "R"], [f"hr{t}"]),
+                      helper.make_node("Add", [gates, f"hr{t}"], [f"sum{t}"])]
+            gates = f"sum{t}"
+        nodes += [
+            helper.make_node("Add", [gates, "B"], [f"gates{t}"]),
+            helper.make_node("Split", [f"gates{t}"], [f"i{t}", f"f{t}", f"g{t}", f"o{t}"],
+                             axis=1, num_outputs=4),
+            *(helper.make_node("Sigmoid", [f"{g}{t}"], [f"{g}s{t}"]) for g in "ifo"),
+            helper.make_node("Tanh", [f"g{t}"], [f"gt{t}"]),
+            helper.make_node("Mul", [f"is{t}", f"gt{t}"], [f"ig{t}"]),
+        ]
+        if c:
+            nodes += [helper.make_node("Mul", [f"fs{t}", c], [f"fc{t}"]),
+                      helper.make_node("Add", [f"fc{t}", f"ig{t}"], [f"c{t}"])]
+            c = f"c{t}"
+        else:
+            c = f"ig{t}"
+        nodes += [helper.make_node("Tanh", [c], [f"ct{t}"]),
+                  helper.make_node("Mul", [f"os{t}", f"ct{t}"], [f"h{t}"])]
+        h = f"h{t}"
+    nodes.append(helper.make_node("Gemm", [h, "out_w", "out_b"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "lstm_unrolled",
+        [helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", window, features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", outputs])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_auto_picks_the_smaller_dynamic_model_of_an_unrolled_lstm_with_a_linear_head(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    """The issue's case: both modes quantize the LSTM's MatMuls and the head's Gemm (so the old
+    rule, "quantized more, else static", kept static), and dynamic is smaller and at least as
+    accurate: auto keeps dynamic and says why."""
+    onnx.save(unrolled_lstm(T, F, 128, 4, seed=2), tmp_path / "lstm.onnx")
+    report = convert(tmp_path / "lstm.onnx", tmp_path / "b", data)
+    quant = report.data["quantization"]
+    measured = {entry["mode"]: entry for entry in quant["auto"]}
+    static, dynamic = measured["static"], measured["dynamic"]
+    assert static["quantized_share"] == 1.0
+    assert dynamic["quantized_share"] > 0.95
+    assert dynamic["size_ratio"] < 0.95 * static["size_ratio"] < 0.5
+    assert dynamic["top1_agreement"] >= static["top1_agreement"] >= 0.99
+    assert dynamic["mean_abs_error"] < static["mean_abs_error"]
+    assert quant["mode"] == "dynamic"
+    assert quant["mode_reason"].endswith(
+        f": dynamic (as accurate, top-1 within 0.5 points, and smaller: "
+        f"{100 * dynamic['size_ratio']:.1f} % against {100 * static['size_ratio']:.1f} % of "
+        "float)"
+    ), quant["mode_reason"]
+    assert "MatMulInteger" in ops(tmp_path / "b" / "model.onnx")
+    assert report.data["bundled"] == "int8"
+    assert report.data["size"]["ratio"] == pytest.approx(dynamic["size_ratio"], abs=1e-4)
+    mode_row = next(row for row in report.rows if row[0] == "mode chosen")
+    assert mode_row[1] == quant["mode_reason"]
+
+
+def test_auto_with_held_out_data_alone_quantizes_dynamically_and_says_why(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    report = convert_onnx(
+        ConvertOptions(model=data["policy"], out=tmp_path / "b", name="m"),
+        NeuralOptions(latency_repeats=1, heldout=data["held"],
+                      thresholds=NeuralThresholds(min_top1=0.9)),
+    )
+    quant = report.data["quantization"]
+    assert quant["mode"] == "dynamic"
+    assert quant["mode_reason"] == (
+        "auto: held-out data but no calibration data (--calibration or --input-range), which "
+        "static quantization needs: dynamic, which needs none (give calibration data to measure "
+        "static too)"
+    )
+    assert "auto" not in quant  # one mode measured
+    assert report.data["calibration"]["samples"] == 0
+    assert report.data["accuracy"]["heldout_samples"] == 300
+    assert report.bundle is not None
+    assert "MatMulInteger" in ops(tmp_path / "b" / "model.onnx")
+    # A static-only option still needs calibration data, and says so.
+    with pytest.raises(InputError, match=r"^static quantization calibrates on inputs"):
+        convert_onnx(
+            ConvertOptions(model=data["policy"], out=tmp_path / "x", name="m"),
+            NeuralOptions(heldout=data["held"], method="percentile"),
+        )
+
+
+def test_dynamic_mode_needs_held_out_data_but_no_calibration(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    report = convert_onnx(
+        ConvertOptions(model=data["lstm"], out=tmp_path / "held", name="m"),
+        NeuralOptions(
+            latency_repeats=1, mode="dynamic", heldout=data["held"],
+            thresholds=NeuralThresholds(min_top1=0.9),
+        ),
+    )
+    assert report.bundle is not None
+    assert report.data["calibration"]["samples"] == 0
+    assert report.data["accuracy"]["heldout_samples"] == 300
+    # A calibration set alone is held out whole: dynamic mode calibrates nothing.
+    report = convert_onnx(
+        ConvertOptions(model=data["lstm"], out=tmp_path / "cal", name="m"),
+        NeuralOptions(
+            latency_repeats=1, mode="dynamic", calibration=data["cal"],
+            thresholds=NeuralThresholds(min_top1=0.9),
+        ),
+    )
+    assert report.data["accuracy"]["heldout_samples"] == 400
+    with pytest.raises(InputError, match=r"^dynamic quantization calibrates nothing, but the "
+                       r"report compares the float and int8 models on held-out inputs: give "
+                       r"--heldout Y.npz \(or --input-range LOW HIGH\)$"):
+        convert_onnx(
+            ConvertOptions(model=data["lstm"], out=tmp_path / "x", name="m"),
+            NeuralOptions(mode="dynamic"),
+        )
+    with pytest.raises(InputError, match=r"^static quantization calibrates on inputs: give "
+                       r"calibration data \(--calibration X.npz\) or an input range "
+                       r"\(--input-range LOW HIGH\); --mode dynamic needs neither"):
+        convert_onnx(
+            ConvertOptions(model=data["lstm"], out=tmp_path / "x", name="m"),
+            NeuralOptions(mode="static", heldout=data["held"]),
+        )
+    with pytest.raises(InputError, match=r"or an input range \(--input-range LOW HIGH\), not "
+                       r"both$"):
+        convert_onnx(
+            ConvertOptions(model=data["lstm"], out=tmp_path / "x", name="m"),
+            NeuralOptions(calibration=data["cal"], input_range=(0.0, 1.0)),
+        )
