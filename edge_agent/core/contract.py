@@ -332,7 +332,13 @@ class FleetPort(Protocol):
         ...
 
     def listen(self, topic: str, inbox: Any) -> None:
-        """Route the observations arriving on the filter ``topic`` to ``inbox``."""
+        """Route the observations arriving on the filter ``topic`` to ``inbox`` (and the
+        broker's refusal of the subscription: ``inbox.refused``)."""
+        ...
+
+    def publishes(self, topic: str, publisher: Any) -> None:
+        """``publisher`` (an :class:`~edge_agent.fleet.agent_io.ActionPublisher`) sends on
+        ``topic``: what the broker refuses of it goes back to it (``publisher.refused``)."""
         ...
 
 

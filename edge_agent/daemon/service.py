@@ -356,7 +356,7 @@ class Daemon:
         self.state = State.RUNNING
         self.notifier.ready(self._status_line())
         logger.info(
-            "READY: profile %s, %d group(s), %d agents, %.1f Hz, budget %s of %s used",
+            "READY: profile %s, %d group(s), %d agents, %.1f Hz, budget %s of %s reserved",
             self.profile.name,
             len(self.groups),
             self.total_agents,

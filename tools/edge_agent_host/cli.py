@@ -80,7 +80,10 @@ def _run_keygen(args: argparse.Namespace) -> int:
     pair = generate_keypair(args.out, args.name)
     print(f"key id:      {pair.key_id}")
     print(f"private key: {pair.private_path}  (keep secret; mode 0600)")
-    print(f"public key:  {pair.public_path}  (copy into each device's trusted key directory)")
+    print(
+        f"public key:  {pair.public_path}  (copy it to every device: into [daemon] "
+        "trusted_keys_dir if it signs bundles, [mqtt] hub_keys_dir if it signs hub commands)"
+    )
     return 0
 
 

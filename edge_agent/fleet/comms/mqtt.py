@@ -136,6 +136,12 @@ class _Session:
     lost: bool = False
     reason: str = ""
     detail: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Guards the two maps below (paho's thread answers while another one subscribes)."""
+    subscribing: dict[int, str] = field(default_factory=dict)
+    """SUBSCRIBEs without their SUBACK yet: message id -> topic filter."""
+    early: dict[int, list[int]] = field(default_factory=dict)
+    """SUBACKs that arrived before their SUBSCRIBE's message id was known: id -> codes."""
 
 
 class MqttTransport(Transport):
@@ -154,6 +160,7 @@ class MqttTransport(Transport):
         self.backoff = backoff or Backoff()
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
+        self._state: _Session | None = None  # the connected session's, with _client
         self._connected = False
         self._session = 0
         self._will_factory: WillFactory | None = None
@@ -220,8 +227,9 @@ class MqttTransport(Transport):
     def _apply_subscription(self, sub: Subscription) -> None:
         with self._lock:
             client = self._client if self._connected else None
-        if client is not None:
-            self._send_subscribe(client, sub)
+            state = self._state
+        if client is not None and state is not None:
+            self._send_subscribe(client, state, sub)
 
     def _apply_unsubscribe(self, pattern: str) -> None:
         with self._lock:
@@ -294,10 +302,11 @@ class MqttTransport(Transport):
                 return 0.0
             with self._lock:
                 self._client = client
+                self._state = state
                 self._connected = True
             self.last_refusal = ""
             for sub in self.subscriptions():
-                self._send_subscribe(client, sub)
+                self._send_subscribe(client, state, sub)
             connected_at = time.monotonic()
             self.sessions_up += 1
             self.sessions_resumed += state.resumed
@@ -319,6 +328,7 @@ class MqttTransport(Transport):
         with self._lock:
             self._connected = False
             self._client = None
+            self._state = None
         if not state.lost:
             if state.accepted or not state.connack:  # a refused CONNACK: paho closes by itself
                 code = _DISCONNECT_WITH_WILL if self._publish_will_on_stop else _DISCONNECT_NORMAL
@@ -381,6 +391,15 @@ class MqttTransport(Transport):
             handle = PublishHandle(state.number, mid)
             self._emit(TransportEvent(TransportEventKind.ACK, state.number, handle, code))
 
+        def on_subscribe(_c: Any, _u: Any, mid: int, reasons: Any, _props: Any) -> None:
+            codes = [int(getattr(r, "value", r)) for r in reasons]
+            with state.lock:
+                pattern = state.subscribing.pop(mid, None)
+                if pattern is None:  # the SUBSCRIBE's id is not stored yet: it will be
+                    state.early[mid] = codes
+                    return
+            self._subscribed(state, pattern, codes)
+
         def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
             try:
                 incoming = Incoming(
@@ -396,14 +415,39 @@ class MqttTransport(Transport):
         client.on_socket_open = _no_delay
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
+        client.on_subscribe = on_subscribe
         client.on_message = on_message
 
-    @staticmethod
-    def _send_subscribe(client: paho.Client, sub: Subscription) -> None:
+    def _send_subscribe(self, client: paho.Client, state: _Session, sub: Subscription) -> None:
         options = SubscribeOptions(qos=sub.qos, noLocal=sub.no_local)
-        rc, _mid = client.subscribe(sub.pattern, options=options)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        rc, mid = client.subscribe(sub.pattern, options=options)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             logger.warning("MQTT subscribe to %s failed: %s", sub.pattern, rc)
+            return
+        with state.lock:
+            codes = state.early.pop(mid, None)
+            if codes is None:
+                state.subscribing[mid] = sub.pattern
+        if codes is not None:
+            self._subscribed(state, sub.pattern, codes)
+
+    def _subscribed(self, state: _Session, pattern: str, codes: list[int]) -> None:
+        """A SUBACK for ``pattern``: a refusal (a code >= 0x80) is an event, said by name."""
+        refused = [code for code in codes if code >= 0x80]
+        if refused:
+            logger.warning(
+                "MQTT: the broker refused the subscription to %s: %s",
+                pattern,
+                reason_text(refused[0]),
+            )
+            self._emit(
+                TransportEvent(
+                    TransportEventKind.SUBSCRIPTION_REFUSED,
+                    state.number,
+                    reason_code=refused[0],
+                    detail=pattern,
+                )
+            )
 
 
 def _reason(reason: Any) -> str:

@@ -4,7 +4,6 @@ new bundle over the air, and a broken one is rolled back while the old one runs 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -34,6 +33,7 @@ from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.fleet.test_fleet_daemon import Listener, Node, hub_for
 from tests.support.broker import MosquittoBroker
 from tests.support.doc_blocks import doc_block
+from tests.support.readme_venv import ReadmeVenv
 from tests.unit.neural.test_neural import spec_for
 
 pytestmark = pytest.mark.integration
@@ -318,9 +318,13 @@ sink = {{ type = "mqtt", topic = "actuators/pickers" }}
     assert node.stop() == 0
 
 
-def test_the_neural_demo_in_the_docs_runs_as_written(tmp_path: Path) -> None:
+@pytest.mark.timeout(1800)
+def test_the_neural_demo_in_the_docs_runs_as_written(
+    tmp_path: Path, readme_venv: ReadmeVenv
+) -> None:
     """docs/neural-agents.md "In the daemon": its commands, verbatim, from a copy of the
-    checkout's examples and docs/examples."""
+    checkout's examples and docs/examples, in the venv the page names (the README's, with the
+    host extra: :mod:`tests.support.readme_venv`)."""
     text = (REPO / "docs" / "neural-agents.md").read_text()
     section = text.split("## In the daemon", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
@@ -328,12 +332,7 @@ def test_the_neural_demo_in_the_docs_runs_as_written(tmp_path: Path) -> None:
     work = tmp_path / "repo"
     shutil.copytree(REPO / "examples", work / "examples")
     shutil.copytree(REPO / "docs" / "examples", work / "docs" / "examples")
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "TMPDIR": str(tmp_path),
-        "EDGE_AGENT_RUNTIME_DIR": str(tmp_path / "run"),
-    }
+    env = readme_venv.env(TMPDIR=str(tmp_path), EDGE_AGENT_RUNTIME_DIR=str(tmp_path / "run"))
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", code],
         cwd=work,

@@ -63,6 +63,22 @@ def test_keygen_writes_a_private_key_only_the_owner_can_read(
     assert TrustedKeys.from_dir(tmp_path / "keys").key_ids == {printed_id}
 
 
+def test_keygen_says_where_the_public_key_goes_by_the_key_s_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The config keys docs/fleet.md names: a bundle signer's and a hub's go to different
+    directories (a leaked CI key cannot command devices)."""
+    assert main(["keygen", "--out", str(tmp_path), "--name", "hub"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == (
+        f"public key:  {tmp_path / 'hub.pub'}  (copy it to every device: into [daemon] "
+        "trusted_keys_dir if it signs bundles, [mqtt] hub_keys_dir if it signs hub commands)"
+    )
+    fleet = (Path(__file__).resolve().parents[3] / "docs" / "fleet.md").read_text()
+    assert "[daemon]\ntrusted_keys_dir" in fleet.replace('state_dir = "/var/lib/edge-agent"\n', "")
+    assert "hub_keys_dir" in fleet
+
+
 def test_keygen_refuses_to_overwrite_and_bad_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

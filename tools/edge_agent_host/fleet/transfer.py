@@ -302,11 +302,21 @@ def _take_answers(
             else:
                 run.result = result
                 if progress is not None:
-                    done = plan.chunks if result.code is ResultCode.OK else 0
-                    if result.code is not ResultCode.OK and run.have is not None:
-                        done = sum(_held(run.have, i) for i in range(plan.chunks))
-                    progress(run.node, done, plan.chunks, result.code.value)
+                    progress(run.node, _received(result, run.have, plan), plan.chunks,
+                             result.code.value)
                 return
+
+
+def _received(result: CommandResult, have: bytes | None, plan: DeployPlan) -> int:
+    """The chunks a node held when it answered ``result`` (its final answer): as it says
+    (``received``: all of them for a failure after the transfer, a health check's), else all
+    for ``ok``, else its last bitmap's."""
+    received = result.data.get("received")
+    if isinstance(received, int) and not isinstance(received, bool):
+        return received
+    if result.code is ResultCode.OK:
+        return plan.chunks
+    return sum(_held(have, i) for i in range(plan.chunks)) if have is not None else 0
 
 
 @dataclass
