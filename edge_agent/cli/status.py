@@ -231,6 +231,7 @@ def format_status(s: dict[str, Any]) -> str:
                 f"surprise {learning['surprise']:.3f} nats/tick"
             )
         lines.extend(_planning_lines(g.get("planning")))
+        lines.extend(_range_lines(g.get("observation_range")))
     lines.extend(_state_lines(s))
     lines.extend(_fleet_lines(s))
     lines.extend(_coordination_lines(s))
@@ -253,6 +254,28 @@ def _planning_lines(planning: dict[str, Any] | None) -> list[str]:
     if "ticks_cut" in planning:
         line += f"; {planning['ticks_cut']} tick(s) cut by the deadline so far"
     return [line]
+
+
+def _range_lines(watch: dict[str, Any] | None) -> list[str]:
+    """A neural group's observations outside its calibrated range (docs/neural-agents.md)."""
+    if watch is None:
+        return []
+    if not watch.get("calibrated"):
+        return [
+            "               observations not checked: the bundle records no calibrated range "
+            "(convert the model again to count them)"
+        ]
+    alert = (
+        f" ALERT (from {100 * watch['alert_share']:g} % until below "
+        f"{100 * watch['clear_share']:g} %)"
+        if watch["alerting"]
+        else ""
+    )
+    return [
+        f"               observations out of calibrated range (+{100 * watch['margin']:g} %): "
+        f"{watch['out_of_range']} of {watch['checked']} agent-steps, "
+        f"{100 * watch['share']:.2f} % in the last {watch['window_ticks']} ticks{alert}"
+    ]
 
 
 def _power_lines(power: dict[str, int] | None) -> list[str]:
@@ -295,6 +318,8 @@ def _fleet_lines(s: dict[str, Any]) -> list[str]:
             f"{link.get('outbox.depth_rows', 0)} messages ({depth})"
             f"{' FULL' if link.get('outbox.full') else ''}, bdseq {link.get('bdseq')}"
         )
+        if not fleet["online"] and fleet.get("broker_problem"):
+            lines.append(f"             broker {fleet['broker']}: {fleet['broker_problem']}")
         lines.append(
             f"             published: {fleet['telemetry_published']} telemetry, "
             f"{fleet['events_published']} events, {fleet['results_published']} results; "

@@ -28,9 +28,11 @@ protocols by their shape: the floors below (``sim``) and beside (``fleet``) neve
 
 A group that may learn its model (:mod:`edge_agent.core.learning`) is also a :class:`Learns`: the
 verbs the daemon's learning commands call, whatever the kind, and whether its agents learn. A
-group whose work in a tick can yield to the tick's end (planning bounded in time,
-docs/planning.md) is also a :class:`Paced`: before each step the daemon tells it how long the
-tick has left (:class:`TickWindow`).
+group that raises events of its own (a neural group whose observations left the range its model
+was calibrated on) is also an :class:`Alerting`: the daemon takes its :class:`GroupEvent`
+objects between ticks. A group whose work in a tick can yield to the tick's end (planning bounded
+in time, docs/planning.md) is also a :class:`Paced`: before each step the daemon tells it how
+long the tick has left (:class:`TickWindow`).
 
 What a kind's groups report beyond every group's numbers, and what those numbers add up to over
 a node (planning, learning), the kind declares as :class:`MetricFamily` objects: the daemon
@@ -47,7 +49,9 @@ import numpy as np
 
 __all__ = [
     "AgentGroup",
+    "Alerting",
     "FleetPort",
+    "GroupEvent",
     "GroupIO",
     "Learns",
     "MetricFamily",
@@ -289,6 +293,27 @@ class Learns(Protocol):
 
     def learning_state(self) -> dict[str, Any]:
         """What a command's result and the status show of the learning (frozen, versions)."""
+        ...
+
+
+@dataclass(frozen=True)
+class GroupEvent:
+    """An event a group raises: the daemon records it in the status and publishes it to the
+    fleet (``kind``: the daemon's event name, such as ``input_out_of_range``; ``data``: a few
+    JSON numbers and strings)."""
+
+    kind: str
+    severity: str
+    detail: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Alerting(Protocol):
+    """A group that raises events of its own (see :class:`GroupEvent`)."""
+
+    def alerts(self) -> list[GroupEvent]:
+        """The events raised since the last call (each returned once; usually none)."""
         ...
 
 

@@ -624,6 +624,7 @@ class Daemon:
             self.uplink.guarded(self.uplink.before_tick)
         self._fleet_step(self.ab_switch.before_tick)
         self._fleet_step(self._report_rejected_input)
+        self._fleet_step(self._report_group_alerts)
 
     def _coordination_before_tick(self) -> None:
         if self.coordination is not None:
@@ -665,6 +666,14 @@ class Daemon:
                     f"group {g.name}: observations dropped: {reason}",
                     group=g.name,
                     data=data,
+                )
+
+    def _report_group_alerts(self) -> None:
+        """The events groups raised in the last tick (observations out of range)."""
+        for g in self.groups:
+            for alert in g.alerts():
+                self._event(
+                    alert.kind, alert.severity, alert.detail, group=g.name, data=dict(alert.data)
                 )
 
     # -- metrics --------------------------------------------------------------------------------

@@ -100,6 +100,7 @@ EVENT_KINDS: Final = {
     "rejected_input": EventKind.REJECTED_INPUT,
     "io_refused": EventKind.ALARM,
     "io_silent": EventKind.ALARM,
+    "input_out_of_range": EventKind.ALARM,
     "deploy": EventKind.DEPLOY,
     "rollback": EventKind.ROLLBACK,
     "connectivity": EventKind.CONNECTIVITY,
@@ -568,6 +569,16 @@ class FleetUplink:
             out.update({f"refusals_{k}": v for k, v in self.refusals.items()})
         return out
 
+    def _broker_problem(self) -> str:
+        """Why the broker does not take this node, when it said (a refusal, TLS it wants)."""
+        wanted = self.transport.tls_wanted
+        if wanted:
+            from edge_agent.fleet.comms.tls_probe import CONFIG_TLS_OPTIONS  # noqa: PLC0415
+
+            return f"it wants {wanted}: {CONFIG_TLS_OPTIONS.advice(wanted)}"
+        refusal = self.transport.last_refusal
+        return f"it refused: {refusal}" if refusal else ""
+
     def status(self) -> dict[str, Any]:
         m = self.config.mqtt
         return {
@@ -575,6 +586,7 @@ class FleetUplink:
             "fleet": m.fleet,
             "broker": f"{m.host}:{m.port}",
             "online": self.link.online,
+            "broker_problem": self._broker_problem(),
             **self.counters,
             "refusals": dict(self.refusals),
             "link": self.link.stats(),

@@ -257,6 +257,10 @@ class Transport(ABC):
         self.last_refusal = ""
         """The broker's reason for refusing the last connection attempt (``0x87 not
         authorized``, from its CONNACK); empty before any and once one was accepted."""
+        self.tls_wanted = ""
+        """What the broker wants that this client, without TLS settings, does not give (``TLS``,
+        ``TLS with a client certificate``: :mod:`~edge_agent.fleet.comms.tls_probe`); empty
+        unless a plain connection failed and the broker's port answered TLS."""
         self._subs: dict[str, Subscription] = {}
         self._subs_lock = threading.Lock()
 

@@ -61,6 +61,7 @@ from edge_agent.fleet.comms.base import (
     check_topic,
     reason_text,
 )
+from edge_agent.fleet.comms.tls_probe import CONFIG_TLS_OPTIONS, TlsOptions, tls_wanted
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +155,15 @@ class MqttTransport(Transport):
         backoff: Backoff | None = None,
         max_incoming: int = 1000,
         max_events: int = 10_000,
+        tls_options: TlsOptions | None = CONFIG_TLS_OPTIONS,
     ) -> None:
+        """``tls_options``: how this client's user gives it TLS, for the one warning logged when
+        a plain connection fails and the broker's port wants TLS (:attr:`tls_wanted`); None: no
+        warning, the caller reads :attr:`tls_wanted` and says it its way."""
         super().__init__(max_incoming=max_incoming, max_events=max_events)
         self.settings = settings
+        self.tls_options = tls_options
+        self._tls_probed = False
         self.backoff = backoff or Backoff()
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
@@ -283,6 +290,8 @@ class MqttTransport(Transport):
             )
         except (OSError, ValueError) as err:
             logger.warning("MQTT connect to %s failed: %s", self._where(), err)
+            if isinstance(err, ConnectionResetError):
+                self._probe_tls()
             return 0.0
         client.loop_start()
         connected_at = 0.0
@@ -299,6 +308,8 @@ class MqttTransport(Transport):
                 if state.connack and not state.accepted:
                     self.last_refusal = state.reason
                     logger.warning("MQTT broker %s refused: %s", self._where(), state.reason)
+                elif state.lost and not self._stop.is_set():  # closed before any CONNACK
+                    self._probe_tls()
                 return 0.0
             with self._lock:
                 self._client = client
@@ -350,6 +361,25 @@ class MqttTransport(Transport):
     def _where(self) -> str:
         return f"{self.settings.host}:{self.settings.port}"
 
+    def _probe_tls(self) -> None:
+        """Once, when a plain connection was closed before the broker answered: does the
+        broker's port want TLS? (:mod:`~edge_agent.fleet.comms.tls_probe`)."""
+        if self._tls_probed or self.settings.tls is not None:
+            return
+        self._tls_probed = True
+        s = self.settings
+        wanted = tls_wanted(s.host, s.port, min(3.0, s.connect_timeout_s))
+        if not wanted:
+            return
+        self.tls_wanted = wanted
+        if self.tls_options is not None:
+            logger.warning(
+                "MQTT broker %s wants %s, and this client has no TLS settings: %s",
+                self._where(),
+                wanted,
+                self.tls_options.advice(wanted),
+            )
+
     def _new_client(self, state: _Session, will: Will | None) -> paho.Client:
         s = self.settings
         client = paho.Client(
@@ -363,7 +393,7 @@ class MqttTransport(Transport):
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls is not None:
-            client.tls_set_context(_tls_context(s.tls))
+            client.tls_set_context(tls_context(s.tls))
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.enable_logger(_paho_logger)
@@ -459,7 +489,7 @@ def _reason(reason: Any) -> str:
     return str(reason)
 
 
-def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
     """The client's TLS context; a file that cannot be read or loaded is an EdgeAgentError
     naming it (ssl's own errors do not)."""
     for key in ("ca_file", "cert_file", "key_file"):

@@ -138,10 +138,10 @@ def test_simulated_nodes_take_commands_and_deployments_like_real_ones(
 def test_the_documented_simulation_runs_as_written(
     mosquitto: MosquittoBroker, tmp_path: Path, readme_venv: ReadmeVenv
 ) -> None:
-    """docs/hub.md block 4 as written (its ``PORT=`` the test broker's), in the venv the page
+    """docs/hub.md block 5 as written (its ``PORT=`` the test broker's), in the venv the page
     names (the README's: :mod:`tests.support.readme_venv`): 100 simulated nodes, whose births
     and online states a hub hears; SIGTERM stops them with their summary line."""
-    block = doc_block("docs/hub.md", 4)
+    block = doc_block("docs/hub.md", 5)
     lines = block.splitlines()
     assert lines[0].startswith("PORT=1883 "), lines[0]
     script = "\n".join([f"PORT={mosquitto.port}", *lines[1:]])

@@ -71,7 +71,7 @@ DEFAULT_CHUNK_BYTES: Final = 64 * 1024
 
 def deploy_bundle(
     client: DeployClient,
-    bundle: str | Path,
+    bundle: str | Path | DeployPlan,
     group: str,
     nodes: Sequence[str],
     *,
@@ -84,11 +84,12 @@ def deploy_bundle(
     health_steps: int = 20,
     progress: Callable[[str, int, int, str], None] | None = None,
 ) -> dict[str, CommandResult]:
-    """Deploy a signed bundle (directory or tar) to ``group`` on every node of ``nodes``.
+    """Deploy a signed bundle (directory or tar, or its plan) to ``group`` on every node of
+    ``nodes``.
 
     Returns each node's final result (``ok``: switched and watched; anything else: failed).
     """
-    plan = DeployPlan.from_bundle(bundle, chunk_size)
+    plan = bundle if isinstance(bundle, DeployPlan) else DeployPlan.from_bundle(bundle, chunk_size)
     args = plan.args(group, watch_ticks=watch_ticks, health_steps=health_steps)
     args["watch_timeout_s"] = watch_timeout_s
     runs = {node: _NodeDeploy(node, plan) for node in nodes}
