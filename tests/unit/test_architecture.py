@@ -157,17 +157,22 @@ KEPT_OUT = (
     "edge_agent.sim.explorer",
     # the float oracle: the kernels take pymdp's constants from aif.constants
     "edge_agent.aif.reference",
+    # a planning policy's tick, only for a group with [groups.planning] (agents.py)
+    "edge_agent.core.planning_pass",
     # a planning policy's time bound, only for deadline_ms or fit_tick (planning_pass)
     "edge_agent.core.tick_fit",
     # kinds.aif: the learning maths and groups only for a group with [groups.learning]
     "edge_agent.aif.learning",
     "edge_agent.aif.learning_counts",
     "edge_agent.aif.learning_kernels",
+    "edge_agent.aif.learning_refresh",
     "edge_agent.aif.learning_table",
     "edge_agent.aif.reference_learning",
     "edge_agent.core.learning",
     "edge_agent.core.learning_scope",
     "edge_agent.core.per_agent_learning",
+    "edge_agent.core.shared_learning",
+    "edge_agent.core.surprise",
     # docs/memory.md: SQLite and the fleet stack only with [mqtt] enabled; never the host tool.
     "sqlite3",  # fleet.outbox and the nonce store: the only databases
     "paho",  # fleet.comms.mqtt, when fleet.node builds a stack
@@ -300,13 +305,15 @@ def test_edge_agentd_imports_no_other_commands_code(tmp_path: Path) -> None:
 def test_a_daemon_imports_what_it_keeps_out_once_its_config_uses_it(tmp_path: Path) -> None:
     """What :data:`KEPT_OUT` keeps out of a daemon because its config does not use it is
     imported once it does (so that rule cannot pass because a module is never imported at all):
-    a planning policy bounded in time loads ``core.tick_fit``; the kernels' constants come from
-    ``aif.constants``, never the float oracle."""
+    a planning policy loads ``core.planning_pass``, and one bounded in time ``core.tick_fit``;
+    the kernels' constants come from ``aif.constants``, never the float oracle."""
     plain = daemon_imports(tmp_path, "plain")
     assert "edge_agent.aif.constants" in plain
-    assert not plain & {"edge_agent.aif.reference", "edge_agent.core.tick_fit"}
+    assert not plain & {
+        "edge_agent.aif.reference", "edge_agent.core.tick_fit", "edge_agent.core.planning_pass"
+    }
     timed = daemon_imports(tmp_path, "timed", "[groups.planning]\nevery = 4\ndeadline_ms = 20\n")
-    assert "edge_agent.core.tick_fit" in timed
+    assert {"edge_agent.core.tick_fit", "edge_agent.core.planning_pass"} <= timed
     assert "edge_agent.aif.reference" not in timed
 
 

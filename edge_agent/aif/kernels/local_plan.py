@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.aif.constants import EPS, EXP_M16
-from edge_agent.aif.kernels._types import IndexArray
+from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
 from edge_agent.arrays import distinct
 

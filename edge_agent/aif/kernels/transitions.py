@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.aif.kernels._types import IndexArray
+from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.quant import SPARSE_RATIO, LogU8, SparseColumns, decode_log_u8
 from edge_agent.arrays import distinct
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.aif.kernels._types import IntArray
+from edge_agent.aif.kernels.array_types import IntArray
 from edge_agent.arrays import distinct
 
 

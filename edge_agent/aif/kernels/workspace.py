@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.aif.kernels._types import IndexArray
+from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.fast_tables import RowMap
 from edge_agent.aif.kernels.small_plan import SMALL_BLOCK
 

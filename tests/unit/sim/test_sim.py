@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import GenerativeModel
-from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError, ModelError
 from edge_agent.sim import BatchEnv, ColumnSampler, SamplerScratch, sample_columns
 from edge_agent.sim.explorer import TARGET, ExplorerEnv, explorer_model, explorer_terrain
@@ -1010,14 +1010,14 @@ def test_agents_learn_the_slippery_grids_transitions() -> None:
     model = env.model
     pB = model.B[0] * 10.0 + 0.5 * np.eye(100)[:, :, None]  # confident, but a stay is possible
     spec = LearningSpec(pB={0: pB}, settings=LearningSettings(lr_pB=0.02), refresh_every=10)
-    group = LearningAgentGroup(model, n, learning=spec, precision="float64")
+    group = AifAgentGroup(model, n, learning=spec, precision="float64")
     obs = env.reset()
     for _ in range(150):
         if env.episode_start.any():
             group.reset(env.episode_start)
         obs = env.step(group.step(obs))
     assert group.learner.pB is not None
-    learned, true = group.model.B[0], env.process.B[0]
+    learned, true = group.learning.model.B[0], env.process.B[0]
     used = group.learner.pB.counts[0].sum(axis=0) - pB.sum(axis=0) > 5
     assert used.sum() >= 10
     before = np.abs(model.B[0] - true).sum(axis=0)[used].mean()
