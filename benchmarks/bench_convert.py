@@ -11,7 +11,7 @@ the recurrent families, ``quantize_dynamic``.
 
 Families trained with the frameworks users train with (``--families`` names them; they need
 TensorFlow and torch, which are not project dependencies: run them from a separate venv, see
-``benchmarks/RESULTS.md``):
+``benchmarks/notes/neural-and-converter.md``):
 
 * ``keras-mlp``, ``keras-cnn`` (digits as 8x8x1 frames), ``keras-lstm`` and ``keras-gru``
   (sensor windows), ``keras-logreg-wine`` and ``keras-logreg-cancer`` (one Dense layer): a Keras

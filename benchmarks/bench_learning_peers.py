@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                          if name.startswith("pymdp") and "steps_per_s" in r]
                 best_peer = max(rates) if rates else None
                 for name, rec in rows:
+                    # n: the row's agents; measured_n: the agents the worker ran (fewer where
+                    # pymdp 0.0.7.1's rate is extrapolated).
                     out = {"bench": "learning-peers", "world": world, "learned": f"A{modality}",
-                           "n": n, **rec, "impl": name}
+                           **rec, "n": n, "measured_n": rec.get("n", n), "impl": name}
                     if best_peer and "steps_per_s" in rec and name.startswith("edge"):
                         out["vs_best_peer"] = round(rec["steps_per_s"] / best_peer, 2)
                     print(json.dumps(out), flush=True)

@@ -30,8 +30,9 @@ ticks: ``tick_ms_p50/p99/max``, ``ticks_over_period``, ``duty_cycle``, and the m
 spent in each pass of the group (``infer_ms_mean``, ``plan_ms_mean``, ``priors_ms_mean``) and
 in the world's step (``world_ms_mean``).
 
-``--daemon grid10:2 [--workers 2] [--seconds 30] [--deadline-ms 50] [--fit-tick]`` measures the
-same with the real daemon (``python -m edge_agent run``, profile x86-dev, 10 Hz, one group of the
+``--daemon grid10:2 [--workers 2] [--seconds 30] [--deadline-ms 50] [--fit-tick] [--profile P]``
+measures the same with the real daemon (``python -m edge_agent run``, profile ``P``, by default
+x86-dev; 10 Hz, one group of the
 world with ``workers`` processes, sim source and sink, the profile's history): first the largest
 group that runs every-tick planning within the period (``fits_every_tick``: a probe run, then at
 most ``--search`` runs scaled to a tick p99 of 90 % of the period, keeping the largest N with no
@@ -305,7 +306,7 @@ def deadline_run(
 
 def daemon_config(
     state: Path, world: str, policy_len: int, n: int, *, workers: int, deadline_ms: float | None,
-    fit_tick: bool = False,
+    fit_tick: bool = False, profile: str = "x86-dev",
 ) -> str:
     keys = ([] if deadline_ms is None else [f"deadline_ms = {deadline_ms}"]) + (
         ["fit_tick = true"] if fit_tick else []
@@ -313,7 +314,7 @@ def daemon_config(
     planning = "\n[groups.planning]\n" + "\n".join(keys) + "\n" if keys else ""
     return f"""
 [daemon]
-profile = "x86-dev"
+profile = "{profile}"
 state_dir = "{state}"
 status_file = "{state / "status.json"}"
 tick_hz = 10
@@ -334,7 +335,7 @@ policy_len = {policy_len}
 
 def daemon_run(
     world: str, policy_len: int, n: int, *, workers: int, seconds: float,
-    deadline_ms: float | None, fit_tick: bool = False,
+    deadline_ms: float | None, fit_tick: bool = False, profile: str = "x86-dev",
 ) -> dict[str, Any]:
     """The real daemon with one group of ``n`` agents for ``seconds`` after READY: its tick
     counters from the final status file, the planning numbers sampled while it ran."""
@@ -344,7 +345,7 @@ def daemon_run(
         cfg.write_text(
             daemon_config(
                 state, world, policy_len, n, workers=workers, deadline_ms=deadline_ms,
-                fit_tick=fit_tick,
+                fit_tick=fit_tick, profile=profile,
             )
         )
         env = {**os.environ, "EDGE_AGENT_PROFILES_DIR": str(REPO / "firmware_profiles")}
@@ -390,7 +391,7 @@ def daemon_run(
     group = final["groups"][0]
     out: dict[str, Any] = {
         "bench": "daemon_every_tick" if deadline_ms is None and not fit_tick else "daemon_deadline",
-        "world": world, "policy_len": policy_len, "N": n, "hz": tick["hz"],
+        "profile": profile, "world": world, "policy_len": policy_len, "N": n, "hz": tick["hz"],
         "workers": group.get("workers"), "deadline_ms": deadline_ms, "fit_tick": fit_tick,
         "seconds": seconds,
         "ticks": tick["ticks"], "overruns": tick["overruns"], "missed": tick["missed"],
@@ -437,13 +438,15 @@ def fits(record: dict[str, Any]) -> bool:
 def daemon_deadline(
     world: str, policy_len: int, workers: int, seconds: float, deadline_ms: float | None, *,
     probe: int, search: int, given: int | None = None, fit_tick: bool = False,
+    profile: str = "x86-dev",
 ) -> None:
     """``fits_every_tick`` by the daemon (or ``given``, from an earlier run), then twice as many
     agents within the deadline."""
     n, best = probe, given
     for _ in range(0 if given else 1 + search):  # bounded: the probe, then the search
         rec = daemon_run(
-            world, policy_len, n, workers=workers, seconds=seconds, deadline_ms=None
+            world, policy_len, n, workers=workers, seconds=seconds, deadline_ms=None,
+            profile=profile,
         )
         ok = fits(rec)
         emit({**rec, "fits": ok})
@@ -458,7 +461,7 @@ def daemon_deadline(
         raise SystemExit(f"no run of {world} fitted 10 Hz with every-tick planning")
     rec = daemon_run(
         world, policy_len, 2 * best, workers=workers, seconds=seconds, deadline_ms=deadline_ms,
-        fit_tick=fit_tick,
+        fit_tick=fit_tick, profile=profile,
     )
     rec["fits_every_tick"] = best
     rec["fits_from"] = "given" if given else "measured"
@@ -497,6 +500,9 @@ def main() -> None:
         "--fit-tick", action="store_true",
         help="(--daemon) planning also within the tick ([groups.planning] fit_tick)",
     )
+    parser.add_argument(
+        "--profile", default="x86-dev", help="(--daemon) the daemon's firmware profile (x86-dev)"
+    )
     parser.add_argument("--probe", type=int, default=4000, help="first every-tick N (--daemon)")
     parser.add_argument("--search", type=int, default=3, help="runs after the probe (--daemon)")
     parser.add_argument(
@@ -512,6 +518,7 @@ def main() -> None:
         daemon_deadline(
             world, int(policy_len), args.workers, args.seconds, args.deadline_ms or None,
             probe=args.probe, search=args.search, given=args.fits, fit_tick=args.fit_tick,
+            profile=args.profile,
         )
         if not args.smoke:
             return

@@ -12,7 +12,7 @@ other distribution.
 The lookup lists the directories of ``sys.path`` for ``edge_agent-*.dist-info`` and
 ``edge_agent*.egg-info`` as importlib.metadata does, without importing it: importlib.metadata
 costs the daemon about 3 MB resident and 35 ms, this 20 kB and half a millisecond
-(benchmarks/RESULTS.md, "Issue 28, item 1").
+(benchmarks/notes/packaging-and-ci.md, "Our own name").
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ and :class:`Check` (a function run on the value). The rules serve twice:
   short-lived process the daemon reads its config in (:mod:`edge_agent.config.isolated`), tests.
 - **Running**: the daemon holds the records themselves. They are plain dataclasses; importing this
   module, or any record type, imports no pydantic, which the daemon's memory budget cannot afford
-  (``benchmarks/RESULTS.md``, issue 14).
+  (``benchmarks/notes/memory.md``).
 
 Records built in Python code are checked too, in ``__post_init__``: the bounds, lengths and
 patterns of each field's :class:`Rule`, the field's after-:class:`Check`, and the record's own

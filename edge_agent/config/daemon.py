@@ -301,7 +301,7 @@ SinkSpec = SimSink | MqttSink | LogSink
 
 
 #: A group gets the profile's workers only with at least this many agents per process: below,
-#: a tick is short enough that a worker's memory (~12 MB) buys little (benchmarks/RESULTS.md).
+#: a tick is short enough that a worker's memory (~12 MB) buys little (benchmarks/notes/workers.md).
 AGENTS_PER_WORKER = 2048
 
 

@@ -2,7 +2,7 @@
 
 Validating a config and the firmware profiles takes pydantic and the validators it builds for
 every record: about 18 MB that would stay in the daemon for as long as it runs
-(``benchmarks/RESULTS.md``, "Memory"). :func:`read_config_isolated` runs
+(``benchmarks/notes/memory.md``). :func:`read_config_isolated` runs
 :func:`~edge_agent.config.daemon.read_config` in a child process instead (``python -m
 edge_agent.config.isolated [FILE]``) and takes back the result: the validated records, the
 document with its lines and the profiles, which are plain dataclasses

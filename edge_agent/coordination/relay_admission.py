@@ -2,7 +2,7 @@
 (``docs/coordination.md``, "What a sync may say").
 
 A ``task_sync`` relays facts about other nodes, so that a node that was cut off catches up; a
-node with a valid identity could use it to speak for the others (issue 29). :class:`RelayAdmission`
+node with a valid identity could use it to speak for the others. :class:`RelayAdmission`
 keeps what this node has seen each peer say *itself* -- on the peer's own topics, which a broker
 ACL lets only the peer write -- and lets a relayed fact through only as far as its subject said
 it. It owns two bounded tables (the oldest node is forgotten first):
@@ -12,11 +12,11 @@ it. It owns two bounded tables (the oldest node is forgotten first):
 * ``newest``: per node, the largest ``bdseq`` of any message of its own: a session below it is
   over, whatever a relay says.
 
-What a node says about a *task* is bounded by what the task's announcer signed (issue 29, the
-audit): a bid or an ``abandoned`` release may name an epoch up to :data:`MAX_ROUNDS` past the
-task's newest signed spec this node holds, and none for a task without one; a ``done`` or
-``expired`` release closes only a task whose signed spec this node holds (or that comes with
-it, in a sync), up to the same limit. Otherwise a node could raise a task's epoch to the end of
+What a node says about a *task* is bounded by what the task's announcer signed: a bid or an
+``abandoned`` release may name an epoch up to :data:`MAX_ROUNDS` past the task's newest signed
+spec this node holds, and none for a task without one; a ``done`` or ``expired`` release closes
+only a task whose signed spec this node holds (or that comes with it, in a sync), up to the same
+limit. Otherwise a node could raise a task's epoch to the end of
 the uint32 range with one bid of its own, win that round and close it there for good (no
 announcement could go higher). A bid's cost must be at least
 :data:`~edge_agent.coordination.utility.MIN_BID_COST`, the lowest any model can compute.

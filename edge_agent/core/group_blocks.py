@@ -32,7 +32,7 @@ IntArray = NDArray[np.int64]
 #: (and ``BLOCK_SCRATCH_BYTES`` below bounds it first for all but the smallest models). A tick of
 #: a tiny model (T-maze: 8 joint states, ~1 KB of scratch per agent) is mostly the fixed cost of
 #: each numpy call, paid once per block: 2,048 agents a block ran the T-maze 1.3-1.7x faster than
-#: 512 at N = 1,000 and 10,000 (benchmarks/RESULTS.md, issue 33 item 6).
+#: 512 at N = 1,000 and 10,000 (benchmarks/notes/core-and-pymdp.md, "The thinnest lead").
 DEFAULT_BLOCK = 2048
 #: A block's scratch is kept below this many bytes (fewer agents per block for big policy trees):
 #: large enough that per-call overhead is amortised, small enough to stay in a Pi's L2/L3 cache.
@@ -43,7 +43,7 @@ BLOCK_SCRATCH_BYTES = 8 << 20
 #: agents ``BLOCK_SCRATCH_BYTES`` alone gave them (2026-11-25, one process, CPU time, N = 1,000
 #: and 10,000), explorer and grid2f ran 1.06-1.09x faster, the T-maze with two-step policies
 #: 2.2-2.8x, grid10 with one-step policies 0.91-0.92x; and a daemon of 1,000 grid10 agents holds
-#: 2.5 MB less scratch (issue 14: <= 40 MB without MQTT).
+#: 2.5 MB less scratch (of the <= 40 MB a daemon without MQTT is to stay within).
 LARGE_MODEL_BLOCK = 512
 #: With a local planner the dense evaluation only serves a few agents per tick (and
 #: ``infer_policies`` without an observation): its scratch is kept to this.

@@ -1,4 +1,4 @@
-"""The model a learning group has learned, from its state (issue 32, item 4):
+"""The model a learning group has learned, from its state:
 :func:`learned_arrays` reads what :meth:`LearningAgentGroup.state_dict
 <edge_agent.core.learning.LearningAgentGroup.state_dict>` gives, or a snapshot's arrays of the
 group, and returns the normalised tables and the counts in pymdp's keys, the ``.npz`` that

@@ -33,7 +33,7 @@ namespace, and load on the first read of anything else.
 All must run before the imports they change: ``edge-agent run`` and ``edge-agentd`` call
 :func:`keep_unused_modules_out` first. ``cryptography`` (bundle and command signatures, when hub
 keys are configured) carries its own OpenSSL. Other commands and library users are not affected
-(benchmarks/RESULTS.md, "Memory (issue 14)").
+(benchmarks/notes/memory.md).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Start-up (building groups, the warm-up step that copies and restores every group
 snapshots (every group's state gathered into one archive) and reloads free many medium-sized
 blocks at once. glibc keeps them in the heap for reuse, so the resident set stays at its peak.
 ``malloc_trim(0)`` returns the free pages: measured on 1,000 grid10 agents, 0.6 MB of 72 MB in
-the running daemon (7 MB right after the warm-up when the daemon is built in-process; most of it
-is reused by the first ticks), benchmarks/RESULTS.md "Memory (issue 14)". It walks
+the running daemon (7 MB right after the warm-up when the daemon is built in-process, most of it
+is reused by the first ticks; benchmarks/notes/memory.md). It walks
 the heap (about a millisecond here), so the daemon calls it after those moments, never per tick.
 On a C library without it (musl) it does nothing.
 """

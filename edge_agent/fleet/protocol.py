@@ -6,8 +6,8 @@ by msgspec as the model (a frozen :class:`msgspec.Struct`, see :class:`WireModel
 for its ``type``. All models forbid unknown keys and are strict (no "1" -> 1 coercion, no NaN),
 so a message either matches the versioned schema exactly or :func:`decode` raises
 :class:`DecodeError` (a :class:`~edge_agent.errors.ProtocolError`) naming the reason. msgspec,
-not pydantic: the daemon holds these models in its memory budget (``benchmarks/RESULTS.md``,
-"pydantic against msgspec").
+not pydantic: the daemon holds these models in its memory budget
+(``benchmarks/notes/memory.md``, "pydantic against msgspec").
 
 Sequence numbers (see ``docs/protocol.md`` for the full rules):
 

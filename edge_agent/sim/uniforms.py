@@ -2,7 +2,8 @@
 
 A daemon that runs a built-in world draws a few arrays of uniforms per tick and nothing else;
 importing ``numpy.random`` for that costs 2.4 MB of resident memory (its extension modules,
-``secrets``, ``hmac``, ``random``: ``benchmarks/RESULTS.md``), 6 % of the 40 MB budget of issue 14.
+``secrets``, ``hmac``, ``random``: ``benchmarks/notes/memory.md``), 6 % of the 40 MB a daemon
+without MQTT is to stay within.
 :class:`SplitMix64` is the generator of Steele, Lea and Flood ("Fast splittable pseudorandom number
 generators", OOPSLA 2014; Java's ``SplittableRandom``), which passes TestU01's BigCrush. Its state
 advances by a constant, so the ``n`` next outputs are ``mix(state + k * GAMMA)`` for ``k = 1..n``:

@@ -63,7 +63,7 @@ def test_the_daemons_config_path_imports_no_pydantic() -> None:
 def test_the_daemons_fleet_path_imports_no_pydantic() -> None:
     """The wire models are msgspec Structs: a daemon with ``[mqtt] enabled`` (uplink, link,
     MQTT transport, commands, deployments, coordination) builds, encodes and decodes messages
-    without pydantic, which its memory budget cannot afford (benchmarks/RESULTS.md)."""
+    without pydantic, which its memory budget cannot afford (benchmarks/notes/memory.md)."""
     code = (
         "import sys\n"
         "import edge_agent.cli, edge_agent.daemon.service, edge_agent.daemon.uplink\n"
@@ -139,7 +139,7 @@ def test_device_package_does_not_import_the_host_package() -> None:
     assert result.stdout.strip() == "[]"
 
 
-#: Modules a daemon without MQTT never needs, and what kept each out (``benchmarks/RESULTS.md``).
+#: Modules a daemon without MQTT never needs, and what kept each out (benchmarks/notes/memory.md).
 KEPT_OUT = (
     "numpy.ma",  # edge_agent.arrays: distinct() and percentiles()
     "numpy.random",  # the worlds' SplitMix64; a group's generator made on first stochastic use

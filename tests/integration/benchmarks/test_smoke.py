@@ -4,8 +4,9 @@
 28, item 6). Each ``benchmarks/bench_*.py`` runs here as ``python benchmarks/bench_X.py --smoke``
 from the repository root: it must exit 0, print only well-formed JSON objects on its lines that
 start with ``{``, and print the records below with their keys (values are not judged: a smoke
-run's numbers mean nothing; benchmarks/RESULTS.md holds the real ones). The benchmarks that need
-a broker start their own mosquitto (tests/support/broker.py), as they do in a real run.
+run's numbers mean nothing; docs/performance.md shows the real ones, stored in
+benchmarks/results/). The benchmarks that need a broker start their own mosquitto
+(tests/support/broker.py), as they do in a real run.
 """
 
 from __future__ import annotations

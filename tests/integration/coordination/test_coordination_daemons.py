@@ -60,8 +60,8 @@ from tests.support.broker import MosquittoBroker, free_port
 pytestmark = pytest.mark.integration
 
 #: Bidding window of the allocation tests. Agreement takes 0.2-0.5 s on this 2-core machine
-#: (benchmarks/RESULTS.md); the window leaves room for a CI machine that is busy with other work,
-#: since the assertion that awards settle within it reads the wall clock.
+#: (benchmarks/notes/coordination.md); the window leaves room for a CI machine that is busy with
+#: other work, since the assertion that awards settle within it reads the wall clock.
 WINDOW_S = 2.0
 TICK_HZ = 4
 """Tick rate of the belief-sharing daemons: their status file (1 s) sees every fourth step."""

@@ -172,7 +172,7 @@ def test_a_tmaze_tick_of_1000_agents_makes_few_numpy_calls(tmp_path: Path) -> No
     at N = 1,000 made 551 a step (two blocks of 512, the likelihood a product per modality, all
     24 joint outcomes, the fixed-point iteration factor by factor); one block, the fused
     likelihood table, the 12 possible joint outcomes and the stacked fixed-point iteration bring
-    it to 177 (see benchmarks/RESULTS.md)."""
+    it to 177 (benchmarks/notes/core-and-pymdp.md)."""
     path = tmp_path / "tmaze.npz"
     bench_peers.write_workload("tmaze", path)
     for impl in ("edge-agent int8", "edge-agent float64"):

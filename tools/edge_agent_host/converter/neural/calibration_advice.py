@@ -3,8 +3,8 @@
 (:data:`METHOD_HELP`).
 
 The advice rests on what was measured (``benchmarks/bench_convert.py --methods``,
-``benchmarks/RESULTS.md``, issue 30; :data:`MEASURED`): the largest absolute output error of the
-int8 model against the float one on held-out data, per model family and method.
+``benchmarks/notes/neural-and-converter.md``; :data:`MEASURED`): the largest absolute output
+error of the int8 model against the float one on held-out data, per model family and method.
 
 * ``minmax`` keeps every observed activation in range; it is the cheapest, and on every model
   measured it was the best or within 20 % of the best.
@@ -35,8 +35,9 @@ __all__ = [
     "verdict",
 ]
 
-#: The largest absolute output error per model family and method (RESULTS.md, issue 30; the
-#: converter in static mode, per-channel weights, entropy with the head kept at MinMax).
+#: The largest absolute output error per model family and method (``bench_convert.py --methods``,
+#: benchmarks/notes/neural-and-converter.md; the converter in static mode, per-channel weights,
+#: entropy with the head kept at MinMax).
 MEASURED: dict[str, dict[str, float]] = {
     "digits MLP": {"minmax": 0.0657, "entropy": 0.0548, "percentile": 0.0719},
     "digits CNN": {"minmax": 0.174, "entropy": 0.323, "percentile": 0.189},

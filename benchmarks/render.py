@@ -1,0 +1,928 @@
+"""Render ``docs/performance.md`` from every stored benchmark result (``benchmarks/results/``).
+
+    python benchmarks/render.py            # write docs/performance.md
+    python benchmarks/render.py --check    # exit 1 if docs/performance.md is not what it renders
+
+The page is one table per question (:data:`TABLES`), with a headline table first. Each table is a
+declarative :class:`Table`: which benchmark's records it takes (``benchmark`` and ``where``),
+what identifies a row (``key``; ``pivot`` spreads the records of one run that differ in one field,
+e.g. the implementation, over the columns of one row), its :class:`Column` s, the command that
+stores a run of it, and the rows it expects (``expect``): an expected row without a stored result
+says "not measured yet" with the command to run. Adding a table is adding an entry to
+:data:`TABLES`: no prose to write, the page is rendered.
+
+Every row names its machine, CPU, commit and date, and the command that reproduces it. Where a
+machine has several stored runs of one row, the newest (by date) is shown and the table says how
+many older ones are stored. Nothing here measures: the numbers are the benchmarks' own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_convert import FAMILIES, TABLE_METHODS, TF_FAMILIES, TORCH_FAMILIES
+from result_store import REPO, read_all
+
+PAGE = REPO / "docs" / "performance.md"
+RENDER = "python benchmarks/render.py"
+RECORD = "python benchmarks/record.py"
+NOTES = "../benchmarks/notes"
+
+Record = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: its key's values and, per pivot value (``None`` without a pivot),
+    the benchmark's record, with the stored lines they came from (for the provenance)."""
+
+    key: Mapping[str, Any]
+    records: Mapping[Any, Record]
+    lines: Sequence[Record]
+
+    def get(self, name: str, of: Any = None) -> Any:
+        """Field ``name`` of the row's key, else of the record for pivot ``of`` (``a.b`` reads
+        into a nested object)."""
+        if name in self.key:
+            return self.key[name]
+        value: Any = self.records.get(of)
+        for part in name.split("."):
+            if not isinstance(value, Mapping):
+                return None
+            value = value.get(part)
+        return value
+
+
+Getter = Callable[[Row], Any]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column: its header, what it shows (a field of the record, or of the pivot value
+    ``of``'s record; or a function of the row) and how (a format spec, ``suffix`` after it)."""
+
+    header: str
+    get: str | Getter
+    fmt: str = ""
+    of: Any = None
+    suffix: str = ""
+
+    def value(self, row: Row) -> Any:
+        return self.get(row) if callable(self.get) else row.get(self.get, self.of)
+
+    def cell(self, row: Row) -> str:
+        return cell(self.value(row), self.fmt, self.suffix)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A line of the headline table: ``label`` and ``text(row)`` of the row whose key has the
+    values of ``match`` (one line per machine that measured it)."""
+
+    label: str
+    text: Callable[[Row], str | None]
+    match: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One question, one table (see the module's docstring)."""
+
+    id: str
+    title: str
+    scope: str
+    benchmark: str
+    command: str
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    where: Mapping[str, Any] = field(default_factory=dict)
+    pivot: str | None = None
+    expect: tuple[Mapping[str, Any], ...] = ()
+    headlines: tuple[Headline, ...] = ()
+    notes: str = ""
+    store: str = ""
+
+    def usage(self) -> str:
+        """How to store a run of this table: ``store``, else ``command`` with what varies by
+        expected row in capitals."""
+        if self.store:
+            return self.store
+        names = {k: k.upper() for e in self.expect for k in e}
+        return self.command.format(**names)
+
+    def selects(self, line: Record) -> bool:
+        if line.get("benchmark") != self.benchmark:
+            return False
+        result = line["result"]
+        for name, want in self.where.items():
+            have = result.get(name)
+            if not (want(have) if callable(want) else have == want):
+                return False
+        return all(k in result for k in self.key) and (
+            self.pivot is None or self.pivot in result
+        )
+
+
+# -- what a cell shows ---------------------------------------------------------------------------
+
+
+def cell(value: Any, fmt: str = "", suffix: str = "") -> str:
+    """``value`` as table text: ``-`` for nothing, yes/no for booleans, ``fmt`` for numbers."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float) and fmt:
+        return f"{value:{fmt}}{suffix}"
+    if isinstance(value, list | tuple):
+        return ", ".join(cell(v) for v in value)
+    return f"{value}{suffix}".replace("|", "\\|").replace("\n", " ")
+
+
+def ratio(a: tuple[Any, str], b: tuple[Any, str]) -> Getter:
+    """Field ``a[1]`` of pivot ``a[0]``'s record over field ``b[1]`` of pivot ``b[0]``'s."""
+
+    def get(row: Row) -> float | None:
+        x, y = row.get(a[1], a[0]), row.get(b[1], b[0])
+        if not isinstance(x, int | float) or not isinstance(y, int | float) or y == 0:
+            return None
+        return float(x) / float(y)
+
+    return get
+
+
+def best_of(name: str, pivots: Sequence[Any]) -> Getter:
+    """The largest ``name`` among the records of ``pivots`` (the best peer)."""
+
+    def get(row: Row) -> float | None:
+        found = [row.get(name, p) for p in pivots]
+        numbers = [float(v) for v in found if isinstance(v, int | float)]
+        return max(numbers) if numbers else None
+
+    return get
+
+
+def over_best(a: tuple[Any, str], pivots: Sequence[Any]) -> Getter:
+    """Pivot ``a[0]``'s field ``a[1]`` over the best of ``pivots``'s same field."""
+    best = best_of(a[1], pivots)
+
+    def get(row: Row) -> float | None:
+        x, y = row.get(a[1], a[0]), best(row)
+        if not isinstance(x, int | float) or y is None or y == 0:
+            return None
+        return float(x) / y
+
+    return get
+
+
+def first(*names: str) -> Getter:
+    """The first of ``names`` that the record has (families measured in different ways)."""
+
+    def get(row: Row) -> Any:
+        for name in names:
+            value = row.get(name)
+            if value is not None:
+                return value
+        return None
+
+    return get
+
+
+def marked(name: str, fmt: str, flag: str, mark: str, of: Any = None) -> Getter:
+    """``name`` formatted, with ``mark`` after it where the record's ``flag`` is true (an
+    extrapolated rate)."""
+
+    def get(row: Row) -> str | None:
+        value = row.get(name, of)
+        if value is None:
+            return None
+        return cell(value, fmt) + (mark if row.get(flag, of) else "")
+
+    return get
+
+
+def or_error(value: Getter, error: Getter, fmt: str) -> Getter:
+    """``value`` formatted, or "failed: " and the error the record names instead."""
+
+    def get(row: Row) -> str | None:
+        found, failed = value(row), error(row)
+        if found is not None:
+            return cell(found, fmt)
+        return f"failed: {failed}" if failed else None
+
+    return get
+
+
+def pair(a: Any, b: Any, fmt: str = ".1%") -> str | None:
+    """``a / b``, each formatted (``-`` for one that is missing), or nothing without either."""
+    if a is None and b is None:
+        return None
+    return f"{cell(a, fmt)} / {cell(b, fmt)}"
+
+
+def mb(name: str, of: Any = None) -> Getter:
+    def get(row: Row) -> float | None:
+        value = row.get(name, of)
+        return value / 2**20 if isinstance(value, int | float) else None
+
+    return get
+
+
+# -- the rows expected per firmware profile -------------------------------------------------------
+
+
+def firmware_profiles() -> tuple[dict[str, Any], ...]:
+    """Every shipped profile (``firmware_profiles/*.toml``): name, description, workers."""
+    out = []
+    for path in sorted((REPO / "firmware_profiles").glob("*.toml")):
+        data = tomllib.loads(path.read_text())
+        cores = data.get("workers") or 2  # 0: one per CPU; the command then names 2
+        out.append({"profile": data["name"], "description": data.get("description", ""),
+                    "workers": cores, "world": "grid10", "policy_len": 1})
+    return tuple(out)
+
+
+# -- the tables ------------------------------------------------------------------------------------
+
+PEERS = ("pymdp 0.0.7.1", "pymdp 1.0.4")
+LEARNING_EDGE = (
+    "edge-agent float64 per-agent", "edge-agent int8 refresh 1", "edge-agent int8 refresh 100",
+)
+TF_PYTHON = "PYTHONPATH=.:tools .cache/tf-venv/bin/python"
+
+TABLES: tuple[Table, ...] = (
+    Table(
+        id="agents-at-10-hz",
+        title="Agents per firmware profile at 10 Hz",
+        scope=(
+            "The real daemon (`python -m edge_agent run`) on the profile named, one grid10 group "
+            "(int8, one-step policies, the profile's history) stepped by `workers` processes, "
+            "sim source and sink, 10 Hz: the largest group that plans every agent every tick "
+            "with no overrun, no missed tick and a tick p99 within the 100 ms period (a probe "
+            "and up to three runs scaled to a p99 of 90 ms), then twice that many agents "
+            "planning within a 50 ms deadline. A profile's row is measured on that device: "
+            "run its command there."
+        ),
+        benchmark="bench_planning.py",
+        where={"bench": "daemon_deadline"},
+        key=("profile", "world", "policy_len"),
+        expect=firmware_profiles(),
+        command=(
+            f"{RECORD} bench_planning.py -- --daemon {{world}}:{{policy_len}} "
+            "--workers {workers} --profile {profile}"
+        ),
+        columns=(
+            Column("profile", "profile"),
+            Column("world", "world"),
+            Column("policy length", "policy_len"),
+            Column("workers", "workers"),
+            Column("agents planned every tick at 10 Hz", "fits_every_tick", ",d"),
+            Column("2x agents, 50 ms deadline: tick p99", "tick_p99_ms", ".1f", suffix=" ms"),
+            Column("overruns / missed", lambda r: f"{r.get('overruns')} / {r.get('missed')}"),
+            Column("share planned a tick", "duty_cycle", ".2f"),
+            Column("daemon CPU / wall", "daemon_cpu_per_wall", ".2f"),
+        ),
+        headlines=(
+            Headline(
+                "Agents a daemon plans for every tick at 10 Hz (grid10, x86-dev)",
+                lambda r: f"{r.get('fits_every_tick'):,} agents",
+                {"profile": "x86-dev"},
+            ),
+        ),
+    ),
+    Table(
+        id="daemon-rss",
+        title="Daemon RSS with and without MQTT",
+        scope=(
+            "The real daemon on 1,000 grid10 int8 agents with 64-step histories at 10 Hz "
+            "(`x86-dev`), `[mqtt]` off, and on (connected to a loopback mosquitto, publishing "
+            "telemetry); VmRSS after 30 s, the median of the run's rounds (`--agents` and "
+            "`--seconds` in the command change it)."
+        ),
+        benchmark="bench_memory.py",
+        where={"bench": "memory_summary", "this_rss_mb": lambda v: v is not None},
+        key=(),
+        pivot="mqtt",
+        command=f"{RECORD} bench_memory.py -- --seconds 30 --rounds 2",
+        columns=(
+            Column("RSS, MQTT off", "this_rss_mb", ".1f", of="off", suffix=" MB"),
+            Column("RSS, MQTT on", "this_rss_mb", ".1f", of="on", suffix=" MB"),
+            Column("what MQTT adds", lambda r: (
+                r.get("this_rss_mb", "on") - r.get("this_rss_mb", "off")
+                if r.get("this_rss_mb", "on") is not None
+                and r.get("this_rss_mb", "off") is not None else None
+            ), "+.1f", suffix=" MB"),
+        ),
+        headlines=(
+            Headline(
+                "Daemon RSS, 1,000 grid10 agents",
+                lambda r: (
+                    f"{r.get('this_rss_mb', 'off'):.1f} MB without MQTT, "
+                    f"{r.get('this_rss_mb', 'on'):.1f} MB with"
+                ),
+            ),
+        ),
+    ),
+    Table(
+        id="daemon-tick",
+        title="The daemon's tick: p50 and p99",
+        scope=(
+            "The real daemon (`x86-dev`, sim source and sink, MQTT off) at 10 Hz for 30 s after "
+            "READY; the status file's tick p50/p99 over the last 1,024 ticks, its RSS, the "
+            "start to READY (and over a bare `python -c \"import numpy\"` in the same run), the "
+            "final snapshot's size."
+        ),
+        benchmark="bench_daemon.py",
+        where={"bench": "daemon"},
+        key=("grid10_agents", "tmaze_agents", "tick_hz"),
+        command=f"{RECORD} bench_daemon.py -- --seconds 30",
+        columns=(
+            Column("grid10 agents", "grid10_agents", ",d"),
+            Column("T-maze agents", "tmaze_agents", ",d"),
+            Column("tick", "tick_hz", ".0f", suffix=" Hz"),
+            Column("tick p50", "tick_p50_ms", ".2f", suffix=" ms"),
+            Column("tick p99", "tick_p99_ms", ".2f", suffix=" ms"),
+            Column("overruns", "overruns", "d"),
+            Column("RSS", "rss_mb", ".1f", suffix=" MB"),
+            Column("start to READY", "ready_s", ".2f", suffix=" s"),
+            Column("over `import numpy`", "ready_vs_baseline", ".1f", suffix="x"),
+            Column("snapshot per 1,000 agents", mb("snapshot_bytes_per_1000_agents"), ".2f",
+                   suffix=" MB"),
+        ),
+        headlines=(
+            Headline(
+                "Daemon tick p50 / p99, 1,000 grid10 agents at 10 Hz",
+                lambda r: f"{r.get('tick_p50_ms'):.2f} / {r.get('tick_p99_ms'):.2f} ms",
+                {"grid10_agents": 1000, "tmaze_agents": 0},
+            ),
+        ),
+    ),
+    Table(
+        id="group-step",
+        title="One group's step on one core",
+        scope=(
+            "An `AifAgentGroup` (int8, no history) stepping through its own built-in world on "
+            "one thread; only `group.step(obs)` is timed. Agent-steps/s over wall and over "
+            "process CPU time; the whole group's step p50/p99; against the float64 reference "
+            "agent stepped one by one in the same process."
+        ),
+        benchmark="bench_core.py",
+        where={"workload": lambda w: w not in ("machine", "import"),
+               "precision": "int8", "history_capacity": 0},
+        key=("workload", "policy_len", "N"),
+        command=f"{RECORD} bench_core.py",
+        columns=(
+            Column("workload", "workload"),
+            Column("policy length", "policy_len"),
+            Column("agents", "N", ",d"),
+            Column("agent-steps/s", "agent_steps_per_s", ",.0f"),
+            Column("CPU agent-steps/s", "cpu_agent_steps_per_s", ",.0f"),
+            Column("step p50", "step_ms_p50", ".3f", suffix=" ms"),
+            Column("step p99", "step_ms_p99", ".3f", suffix=" ms"),
+            Column("bytes per agent", "bytes_per_agent", ",d"),
+            Column("x float64 reference", "ratio_vs_reference", ",.0f", suffix="x"),
+        ),
+        headlines=(
+            Headline(
+                "grid10 agent-steps/s, one core, 10,000 agents",
+                lambda r: f"{r.get('agent_steps_per_s'):,.0f}",
+                {"workload": "grid10", "policy_len": 1, "N": 10000},
+            ),
+        ),
+    ),
+    Table(
+        id="against-pymdp",
+        title="Against pymdp: a frozen model",
+        scope=(
+            "Like for like: the same model (`A`, `B`, `C`, `D` as float64), the same seeded "
+            "closed-loop world, the same settings (pymdp's defaults: gamma 16, utility and state "
+            "information gain, fixed-point inference of at most 10 iterations), every agent "
+            "inferring and planning every tick, one thread per process. pymdp 0.0.7.1 steps "
+            "`N` `Agent` objects in a loop, pymdp 1.0.4 one batched jitted `Agent` (measured "
+            "after its compilation). Agent-steps/s of wall time, the median of interleaved runs; "
+            "`*`: pymdp 0.0.7.1 extrapolated from a smaller `N` (its cost is linear in `N`). "
+            "float64 against the best peer is the like-for-like ratio; int8 is edge-agent's "
+            "default precision on the same work."
+        ),
+        benchmark="bench_peers.py",
+        where={"bench": "peers", "workload": lambda w: w not in ("machine", "done"),
+               "steps_per_s": lambda v: v is not None},
+        key=("workload", "policy_len", "n"),
+        pivot="impl",
+        command=f"{RECORD} bench_peers.py",
+        columns=(
+            Column("workload", "workload"),
+            Column("policy length", "policy_len"),
+            Column("agents", "n", ",d"),
+            Column("edge-agent float64", "steps_per_s", ",.0f", of="edge-agent float64"),
+            Column("edge-agent int8", "steps_per_s", ",.0f", of="edge-agent int8"),
+            Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
+            Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
+                                           of="pymdp 0.0.7.1")),
+            Column("float64 / best peer (like for like)",
+                   over_best(("edge-agent float64", "steps_per_s"), PEERS), ".2f", suffix="x"),
+            Column("int8 / best peer", over_best(("edge-agent int8", "steps_per_s"), PEERS),
+                   ".2f", suffix="x"),
+        ),
+        headlines=(
+            Headline(
+                "Against pymdp 1.0.4, grid10, 1,000 agents, frozen model, every tick",
+                lambda r: (
+                    f"float64 {ratio(('edge-agent float64', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.1f}x, "  # noqa: E501
+                    f"int8 {ratio(('edge-agent int8', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.1f}x"  # noqa: E501
+                ),
+                {"workload": "grid10", "policy_len": 1, "n": 1000},
+            ),
+        ),
+    ),
+    Table(
+        id="learning-like-for-like",
+        title="Against pymdp with learning: like for like",
+        scope=(
+            "Every implementation learns `pA` (the reversal T-maze's reward modality, grid10's "
+            "location modality) from the same observations, tick after tick (open loop), one "
+            "thread each. Like for like: **per-agent counts, tables updated every tick** on both "
+            "sides: edge-agent's `PerAgentLearningGroup` (float64, each agent its own counts and "
+            "tables) against pymdp 1.0.4 (`infer_parameters` each tick, batched, jitted) and "
+            "pymdp 0.0.7.1 (`update_A` each tick, one `Agent` per agent; `*`: measured on at most "
+            "100 agents, its rate does not depend on `N`). Agent-steps/s; state bytes per agent "
+            "of per-agent learning."
+        ),
+        benchmark="bench_learning_peers.py",
+        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None},
+        key=("world", "n"),
+        pivot="impl",
+        command=f"{RECORD} bench_learning_peers.py -- --agents 1,1000",
+        columns=(
+            Column("world", "world"),
+            Column("agents", "n", ",d"),
+            Column("edge-agent float64 per-agent", "steps_per_s", ",.0f",
+                   of="edge-agent float64 per-agent"),
+            Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
+            Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
+                                           of="pymdp 0.0.7.1")),
+            Column("per-agent / best peer",
+                   over_best(("edge-agent float64 per-agent", "steps_per_s"), PEERS), ".2f",
+                   suffix="x"),
+            Column("bytes per agent: edge-agent", "state_bytes_per_agent", ",d",
+                   of="edge-agent float64 per-agent"),
+            Column("pymdp 1.0.4", "state_bytes_per_agent", ",d", of="pymdp 1.0.4"),
+        ),
+        headlines=(
+            Headline(
+                "Learning against pymdp 1.0.4, like for like (per-agent counts, every tick), "
+                "T-maze, 1,000 agents",
+                lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
+                {"world": "tmaze", "n": 1000},
+            ),
+        ),
+    ),
+    Table(
+        id="learning-shared",
+        title="Against pymdp with learning: edge-agent's shared counts",
+        scope=(
+            "The same task and observations as the table above, edge-agent learning with "
+            "**shared** counts (int8, every agent teaches one set of counts: a scope the peers do "
+            "not have, so these ratios are not like for like), its tables refreshed every tick "
+            "(the peers' cadence) and every 100 ticks; the peers as above (per-agent counts, "
+            "every tick)."
+        ),
+        benchmark="bench_learning_peers.py",
+        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None},
+        key=("world", "n"),
+        pivot="impl",
+        command=f"{RECORD} bench_learning_peers.py -- --agents 1,1000",
+        columns=(
+            Column("world", "world"),
+            Column("agents", "n", ",d"),
+            Column("int8 shared, refresh every tick", "steps_per_s", ",.0f",
+                   of="edge-agent int8 refresh 1"),
+            Column("/ best peer (shared vs per-agent, both every tick)",
+                   over_best(("edge-agent int8 refresh 1", "steps_per_s"), PEERS), ".2f",
+                   suffix="x"),
+            Column("int8 shared, refresh every 100 ticks", "steps_per_s", ",.0f",
+                   of="edge-agent int8 refresh 100"),
+            Column("/ best peer (shared, every 100 vs per-agent, every tick)",
+                   over_best(("edge-agent int8 refresh 100", "steps_per_s"), PEERS), ".2f",
+                   suffix="x"),
+        ),
+    ),
+    Table(
+        id="learning-tick",
+        title="What learning costs the daemon's tick",
+        scope=(
+            "One group as the daemon builds it from a config with a `[groups.learning]` table "
+            "(shared counts, int8) against the same group without it, both ticked as the daemon "
+            "ticks them (the world's step and the agents') in alternating rounds on one thread; "
+            "the ratio is the median over rounds of the learning tick's time over the plain "
+            "one's, its refreshes included."
+        ),
+        benchmark="bench_daemon.py",
+        where={"bench": "daemon-learning"},
+        key=("world", "learning", "agents"),
+        command=f"{RECORD} bench_daemon.py -- --learning-only",
+        columns=(
+            Column("world", "world"),
+            Column("learns", "learning"),
+            Column("agents", "agents", ",d"),
+            Column("plain agent-steps/s", "plain_agent_steps_per_s", ",.0f"),
+            Column("learning agent-steps/s", "learning_agent_steps_per_s", ",.0f"),
+            Column("learning / plain tick", "ratio", ".2f", suffix="x"),
+        ),
+    ),
+    Table(
+        id="converter-families",
+        title="Converter accuracy by model family",
+        scope=(
+            "Each family's float model built and trained here (scikit-learn's bundled digits, "
+            "wine and breast-cancer data; the sensor world for the recurrent ones), converted by "
+            "`edge-agent-host convert` (`--mode auto`: int8 where it pays, else the float model "
+            "is bundled) and, beside it, by onnxruntime's own `quantize_static` with its "
+            "defaults (\"theirs\"; for a Keras family, TensorFlow's own `TFLiteConverter`, "
+            "post-training integer quantization with float fallback). Top-1 agreement with the "
+            "float model on held-out inputs; label accuracy where the data have labels. A Keras "
+            "row shows the converter's full-integer mode (`convert tflite`)."
+        ),
+        benchmark="bench_convert.py",
+        where={"bench": None, "family": lambda f: f is not None},
+        key=("family",),
+        expect=(
+            *({"family": f, "python": "python"} for f in FAMILIES),
+            *({"family": f, "python": TF_PYTHON} for f in (*TF_FAMILIES, *TORCH_FAMILIES)),
+        ),
+        command="{python} benchmarks/record.py bench_convert.py -- --families {family}",
+        store=f"{RECORD} bench_convert.py -- --families FAMILY,...",
+        columns=(
+            Column("family", "family"),
+            Column("model", "model"),
+            Column("float bytes", "float_bytes", ",d"),
+            Column("ours: mode, bundled", lambda r: (
+                f"{r.get('ours_mode')}, {r.get('ours_bundled')}" if r.get("ours_mode")
+                else f"full-integer, {r.get('ours_full_bundled')}"
+                if r.get("ours_full_bundled") else None
+            )),
+            Column("ours: int8 / float size", first("ours_ratio", "ours_full_ratio"), ".2f"),
+            Column("ours: int8 top-1 vs float", first("ours_top1", "ours_full_top1"), ".1%"),
+            Column("label accuracy: float / ours int8", lambda r: pair(
+                first("label_accuracy.float", "label_accuracy_float")(r),
+                first("label_accuracy.int8", "ours_full_label_accuracy")(r),
+            )),
+            Column("theirs: top-1 vs float", or_error(
+                first("ort_static_top1", "tf_int8_fallback_top1"),
+                first("ort_static_error", "tf_int8_fallback_error"), ".1%",
+            )),
+            Column("theirs: label accuracy", first(
+                "ort_static_label_accuracy", "tf_int8_fallback_label_accuracy"
+            ), ".1%"),
+        ),
+        notes=(
+            "Keras and torch families are stored from the venv `scripts/test-tf` makes "
+            "(TensorFlow; torch and onnxscript installed into it for the torch families): "
+            f"`{TF_PYTHON} benchmarks/record.py bench_convert.py -- --families keras-mlp,...`."
+        ),
+        headlines=(
+            Headline(
+                "Converter, digits MLP: int8 top-1 agreement with float",
+                lambda r: (
+                    f"{r.get('ours_top1'):.1%} at {r.get('ours_ratio'):.0%} of the float size"
+                ),
+                {"family": "mlp"},
+            ),
+        ),
+    ),
+    Table(
+        id="converter-methods",
+        title="Converter accuracy by family and calibration method",
+        scope=(
+            "Per ONNX family and method, the converter without `--force` (`bundled`: whether "
+            "the int8 or the float model went into the bundle) beside onnxruntime's own call "
+            "with the same calibration method (`quantize_static`, or `quantize_dynamic`): label "
+            "accuracy on the held-out set (the float model's in its own column) and top-1 "
+            "agreement with float."
+        ),
+        benchmark="bench_convert.py",
+        where={"bench": "table", "method": lambda m: m is not None},
+        key=("family", "method"),
+        expect=tuple({"family": f, "method": m} for f in FAMILIES for m in TABLE_METHODS),
+        command=f"{RECORD} bench_convert.py -- --table --families {{family}}",
+        store=f"{RECORD} bench_convert.py -- --table",
+        columns=(
+            Column("family", "family"),
+            Column("method", "method"),
+            Column("float label accuracy", "label_accuracy_float", ".1%"),
+            Column("ours: mode, bundled", lambda r: f"{r.get('ours_mode')}, "
+                   f"{r.get('ours_bundled')}"),
+            Column("ours: int8 / float size", "ours_ratio", ".2f"),
+            Column("ours: int8 label accuracy", "ours_label_accuracy", ".1%"),
+            Column("ours: int8 top-1 vs float", "ours_top1", ".1%"),
+            Column("onnxruntime: int8 / float size", "ort_ratio", ".2f"),
+            Column("onnxruntime: label accuracy", or_error(
+                first("ort_label_accuracy"), first("ort_error"), ".1%")),
+            Column("onnxruntime: top-1 vs float", "ort_top1", ".1%"),
+        ),
+    ),
+    Table(
+        id="hub-1000-nodes",
+        title="The hub at 1,000 nodes",
+        scope=(
+            "One loopback mosquitto, simulated nodes (the real fleet link, protocol, command "
+            "verification and deployment transfer; no agents) in several processes, and "
+            "`edge-agent-hub run` on SQLite: the registry filled from a fresh database and "
+            "after a restart, a ~1 MB signed bundle rolled out to every node in waves of 1, "
+            "10 %, 50 %, 100 % (bytes the broker took in and sent), a bundle that 5 % of nodes "
+            "fail (where the rollout halted, nodes touched beyond its first wave), and the "
+            "HTTP side."
+        ),
+        benchmark="bench_hub_scale.py",
+        where={"nodes": lambda n: n is not None},
+        key=("nodes",),
+        pivot="bench",
+        expect=({"nodes": 1000},),
+        command=f"{RECORD} bench_hub_scale.py -- --nodes {{nodes}}",
+        columns=(
+            Column("nodes", "nodes", ",d"),
+            Column("registry filled", "first_s", ".1f", of="registry", suffix=" s"),
+            Column("after a restart", "after_restart_s", ".1f", of="registry", suffix=" s"),
+            Column("rollout to every node", "wall_s", ".1f", of="rollout", suffix=" s"),
+            Column("nodes ok", "ok", ",d", of="rollout"),
+            Column("broker in / out", lambda r: (
+                f"{r.get('broker_bytes_received', 'rollout') / 1e6:.1f} / "
+                f"{r.get('broker_bytes_sent', 'rollout') / 1e6:,.0f} MB"
+                if r.get("broker_bytes_sent", "rollout") is not None else None
+            )),
+            Column("5 % failing: halted in wave", "halted_in_wave", "d", of="halt"),
+            Column("touched beyond it", "nodes_beyond_first_wave_touched", "d", of="halt"),
+            Column("hub peak RSS", best_of("hub_rss_peak_mb", (
+                "registry", "rollout", "halt", "http")), ".1f", suffix=" MB"),
+            Column("`/metrics`", "metrics_ms", ".1f", of="http", suffix=" ms"),
+        ),
+        headlines=(
+            Headline(
+                "The hub at 1,000 nodes: registry filled, 1 MB rollout to every node",
+                lambda r: (
+                    f"{r.get('first_s', 'registry'):.1f} s, {r.get('wall_s', 'rollout'):.1f} s"
+                ),
+                {"nodes": 1000},
+            ),
+        ),
+    ),
+)
+
+
+# -- selecting the rows ----------------------------------------------------------------------------
+
+
+def newest(lines: Iterable[Record], table: Table) -> tuple[dict[tuple[Any, ...], Row], int]:
+    """The table's rows by ``(machine, *key)``, each from the newest line per pivot value,
+    and how many older lines of the same rows are stored (not shown)."""
+    chosen: dict[tuple[Any, ...], Record] = {}
+    older = 0
+    for line in lines:
+        if not table.selects(line):
+            continue
+        result = line["result"]
+        slot = (line["machine"], *(result[k] for k in table.key),
+                result.get(table.pivot) if table.pivot else None)
+        if slot in chosen:
+            older += 1
+            if line["date"] < chosen[slot]["date"]:
+                continue
+        chosen[slot] = line
+    rows: dict[tuple[Any, ...], Row] = {}
+    grouped: dict[tuple[Any, ...], list[Record]] = {}
+    for slot, line in chosen.items():
+        grouped.setdefault(slot[:-1], []).append(line)
+    for row_key, found in grouped.items():
+        rows[row_key] = Row(
+            key=dict(zip(table.key, row_key[1:], strict=True)),
+            records={
+                (line["result"].get(table.pivot) if table.pivot else None): line["result"]
+                for line in found
+            },
+            lines=found,
+        )
+    return rows, older
+
+
+def sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, int | float) else (1, str(value))
+
+
+def ordered(table: Table, rows: Mapping[tuple[Any, ...], Row]) -> list[tuple[Any, ...]]:
+    """Rows in the order of ``expect`` (when given), then by key, then by machine."""
+    position = {tuple(e[k] for k in table.key): i for i, e in enumerate(table.expect)}
+
+    def order(row_key: tuple[Any, ...]) -> tuple[Any, ...]:
+        key = row_key[1:]
+        return (position.get(key, len(position)), *map(sort_key, key), str(row_key[0]))
+
+    return sorted(rows, key=order)
+
+
+# -- writing the page ------------------------------------------------------------------------------
+
+
+def provenance(lines: Sequence[Record]) -> list[str]:
+    """Machine, CPU, commit, date, load and command of a row's stored lines (joined when a
+    row's records come from several runs)."""
+
+    def joined(values: Iterable[str]) -> str:
+        return ", ".join(dict.fromkeys(values))
+
+    return [
+        joined(cell(line["machine"]) for line in lines),
+        joined(cell(f"{line['cpu']} ({line['cores']} cores)") for line in lines),
+        joined(
+            f"`{line['commit'][:9]}`" + (" (dirty)" if line.get("dirty") else "")
+            for line in lines
+        ),
+        joined(line["date"][:10] for line in lines),
+        joined(cell(line.get("load1"), ".1f") for line in lines),
+        joined(f"`{cell(line['command'])}`" for line in lines),
+    ]
+
+
+#: The columns every row ends with (:func:`provenance`); the load is the machine's 1-minute load
+#: average when the run started: a shared machine's numbers need it.
+PROVENANCE = ("machine", "CPU", "commit", "date", "load", "command")
+
+
+def wrap(text: str) -> list[str]:
+    """A paragraph in lines of at most 100 characters, broken at spaces (in a code span, a
+    line break reads as a space)."""
+    return textwrap.wrap(text, 100, break_long_words=False, break_on_hyphens=False)
+
+
+def markdown_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(row) + " |" for row in body]
+    return out
+
+
+def not_measured(table: Table, expected: Mapping[str, Any]) -> list[str]:
+    """A row that says what is missing: the key's values, "not measured yet" and the command."""
+    cells, said = [], False
+    for column in table.columns:
+        if isinstance(column.get, str) and column.get in table.key:
+            cells.append(cell(expected[column.get], column.fmt, column.suffix))
+        elif not said:
+            cells.append("**not measured yet**")
+            said = True
+        else:
+            cells.append("")
+    command = table.command.format(**expected)
+    return [*cells, *[""] * (len(PROVENANCE) - 1), f"`{cell(command)}`"]
+
+
+def render_table(table: Table, lines: Sequence[Record]) -> list[str]:
+    rows, older = newest(lines, table)
+    body = []
+    for row_key in ordered(table, rows):
+        row = rows[row_key]
+        body.append([c.cell(row) for c in table.columns] + provenance(row.lines))
+    measured = {row_key[1:] for row_key in rows}
+    for expected in table.expect:
+        if tuple(expected[k] for k in table.key) not in measured:
+            body.append(not_measured(table, expected))
+    out = [f"## {table.title}", "", f'<a id="{table.id}"></a>', "", *wrap(table.scope), ""]
+    if body:
+        out += markdown_table([c.header for c in table.columns] + list(PROVENANCE), body)
+    else:
+        out.append(f"**Not measured yet**: `{table.usage()}`.")
+    stored = f" ({older} older runs of these rows stored)" if older else ""
+    out += ["", *wrap(f"The newest run per machine and row is shown{stored}; "
+                      f"`{table.usage()}` stores a run, then `{RENDER}` renders this page.")]
+    if table.notes:
+        out += ["", *wrap(table.notes)]
+    return [*out, ""]
+
+
+def machines_table(lines: Sequence[Record]) -> list[str]:
+    """Each machine that stored runs: its CPU, cores, device, versions, runs and dates."""
+    by: dict[str, list[Record]] = {}
+    for line in lines:
+        by.setdefault(line["machine"], []).append(line)
+    body = []
+    for name in sorted(by):
+        found = by[name]
+        last = max(found, key=lambda line: line["date"])
+        dates = sorted({line["date"][:10] for line in found})
+        runs = len({(line["run"], line["benchmark"]) for line in found})
+        loads = [line["load1"] for line in found if isinstance(line.get("load1"), int | float)]
+        body.append([
+            cell(name), cell(last["cpu"]), cell(last["arch"]), str(last["cores"]),
+            cell(last.get("device")), cell(last["python"]), cell(last["numpy"]), str(runs),
+            f"{dates[0]} to {dates[-1]}" if len(dates) > 1 else dates[0],
+            (f"{min(loads):.1f}" + (f"-{max(loads):.1f}" if max(loads) > min(loads) else ""))
+            if loads else "-",
+        ])
+    header = ["machine", "CPU", "arch", "cores", "device", "Python", "numpy", "runs", "dates",
+              "load at start"]
+    return markdown_table(header, body)
+
+
+def headline_table(lines: Sequence[Record]) -> list[str]:
+    body = []
+    for table in TABLES:
+        rows, _ = newest(lines, table)
+        for headline in table.headlines:
+            found = [
+                (row_key, row) for row_key, row in rows.items()
+                if all(row.key.get(k) == v for k, v in headline.match.items())
+            ]
+            link = f"[{table.title}](#{table.id})"
+            for _, row in sorted(found, key=lambda item: str(item[0][0])):
+                try:
+                    text = headline.text(row)
+                except (TypeError, ValueError):  # a field the run did not print
+                    text = None
+                body.append([headline.label, cell(text), link, *provenance(row.lines)[:4]])
+            if not found:
+                body.append([headline.label, "**not measured yet**", link, "", "", "", ""])
+    return markdown_table(
+        ["question", "result", "table", "machine", "CPU", "commit", "date"], body
+    )
+
+
+def render(lines: Sequence[Record]) -> str:
+    """The whole page, from the stored lines (``result_store.read_all()``)."""
+    out = [
+        "# Performance",
+        "",
+        *wrap(
+            f"<!-- Rendered by `{RENDER}` from benchmarks/results/*.jsonl: do not edit by hand "
+            "(tests/unit/benchmarks/test_render.py checks that this page is what the script "
+            "renders). -->"
+        ),
+        "",
+        *wrap(
+            "What edge-agent measures, one table per question. Every number comes from a run of "
+            "a benchmark in [`benchmarks/`](../benchmarks/) stored in "
+            "[`benchmarks/results/`](../benchmarks/results/) (one JSON line per record, a file "
+            "per date and machine), and every row names the machine, CPU, commit and date of its "
+            "run and the command that reproduces it. A ratio against a peer compares the same "
+            "work and says which (scope and cadence) in its column. Where a machine stored "
+            "several runs of a row, the newest is shown; a row no run has measured says so, with "
+            "its command. A commit "
+            "marked (dirty) had uncommitted changes to the code a benchmark runs; `load` is the "
+            "machine's 1-minute load average when the run started (on a shared machine, absolute "
+            "rates fall as it rises; ratios measured within one run much less)."
+        ),
+        "",
+        *wrap(
+            f"To add a run: `{RECORD} [--machine NAME] bench_X.py -- ARGS` (it runs the "
+            "benchmark and appends what it printed, with the machine, CPU, commit and date), "
+            f"then `{RENDER}`. How the numbers came about, what changed them and why: "
+            f"[benchmarks/notes/]({NOTES}/README.md)."
+        ),
+        "",
+        "## Machines",
+        "",
+        *machines_table(lines),
+        "",
+        "## Headline",
+        "",
+        *headline_table(lines),
+        "",
+    ]
+    for table in TABLES:
+        out += render_table(table, lines)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true",
+        help="change nothing; exit 1 if docs/performance.md is not what this renders",
+    )
+    args = parser.parse_args(argv)
+    try:
+        text = render(read_all())
+    except ValueError as err:  # a stored line that is not a JSON object
+        print(f"render.py: {err}", file=sys.stderr)
+        return 1
+    if args.check:
+        if not PAGE.is_file() or PAGE.read_text() != text:
+            print(
+                f"render.py: {PAGE.relative_to(REPO)} is not what the stored results render: "
+                f"run `{RENDER}`", file=sys.stderr,
+            )
+            return 1
+        return 0
+    PAGE.write_text(text)
+    print(f"render.py: wrote {PAGE.relative_to(REPO)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
