@@ -141,7 +141,6 @@ def test_device_package_does_not_import_the_host_package() -> None:
 
 #: Modules a daemon without MQTT never needs, and what kept each out (benchmarks/notes/memory.md).
 KEPT_OUT = (
-    "numpy.ma",  # edge_agent.arrays: distinct() and percentiles()
     "numpy.random",  # the worlds' SplitMix64; a group's generator made on first stochastic use
     "ctypes.util",  # daemon.heap: malloc_trim from the process's own symbols
     "importlib.resources",  # config: the package's files read from its directory
