@@ -21,9 +21,9 @@ from edge_agent.core.group_blocks import (
     _BlockRows,
     _index_dtype,
 )
+from edge_agent.core.tick_fit import TickFit
 
 if TYPE_CHECKING:
-    from edge_agent.core.tick_fit import TickFit
     from edge_agent.core.workers import BlockWorkers
 
 
@@ -94,11 +94,7 @@ class PlanningPass(BlockMaths):
             "planned": 0, "deferred": 0, "agents": n_agents, "ticks_cut": 0, "passed_over": 0
         }
         # Planning bounded in time: what the rest of the tick needs (the daemon paces it).
-        self._fit = None
-        if self.planning.timed:
-            from edge_agent.core.tick_fit import TickFit  # noqa: PLC0415 - deadline_ms, fit_tick
-
-            self._fit = TickFit(self._clock)
+        self._fit = TickFit(self._clock) if self.planning.timed else None
         self._plan_pass = self._new(1, np.int64)
         self._plan_limit = self._new(1, np.int64)
         self._plan_deadline = self._new(1, np.float64)

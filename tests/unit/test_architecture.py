@@ -160,8 +160,6 @@ KEPT_OUT = (
     "edge_agent.sim.explorer",
     # the float oracle: the kernels take pymdp's constants from aif.constants
     "edge_agent.aif.reference",
-    # a planning policy's time bound, only for deadline_ms or fit_tick (planning_pass)
-    "edge_agent.core.tick_fit",
     # kinds.aif: the learning maths and groups only for a group with [groups.learning]
     "edge_agent.aif.learning",
     "edge_agent.aif.learning_counts",
@@ -259,14 +257,15 @@ def test_edge_agentd_imports_no_other_commands_code(tmp_path: Path) -> None:
 def test_a_daemon_imports_what_it_keeps_out_once_its_config_uses_it(tmp_path: Path) -> None:
     """What :data:`KEPT_OUT` keeps out of a daemon because its config does not use it is
     imported once it does (so that rule cannot pass because a module is never imported at all):
-    a planning policy bounded in time loads ``core.tick_fit``; the kernels' constants come from
+    a group that learns loads the learning maths; the kernels' constants come from
     ``aif.constants``, never the float oracle."""
+    learning = {"edge_agent.aif.learning", "edge_agent.core.learning"}
     plain = daemon_imports(tmp_path, "plain")
     assert "edge_agent.aif.constants" in plain
-    assert not plain & {"edge_agent.aif.reference", "edge_agent.core.tick_fit"}
-    timed = daemon_imports(tmp_path, "timed", "[groups.planning]\nevery = 4\ndeadline_ms = 20\n")
-    assert "edge_agent.core.tick_fit" in timed
-    assert "edge_agent.aif.reference" not in timed
+    assert not plain & {"edge_agent.aif.reference", *learning}
+    learns = daemon_imports(tmp_path, "learns", "[groups.learning]\nA = [0]\nlr_pA = 0.5\n")
+    assert learns >= learning
+    assert "edge_agent.aif.reference" not in learns
 
 
 def test_a_daemon_imports_the_deployment_manager_only_for_a_deployment(tmp_path: Path) -> None:
