@@ -13,17 +13,13 @@ interpreter, since what they check is which modules a process imports.
 from __future__ import annotations
 
 import ast
-import dataclasses
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from edge_agent.fleet.deploy import JournalRecord, Phase
 from tests.integration.daemon.test_daemon import REPO
-from tests.support.broker import MosquittoBroker, MosquittoMissingError
 from tests.unit.daemon.test_footprint import run_fresh
 
 
@@ -176,9 +172,6 @@ KEPT_OUT = (
     "edge_agent.fleet.node",
     "edge_agent.fleet.link",
     "edge_agent.fleet.comms",
-    # daemon.ab_switch: the deployment manager, once a deployment needs it (a journal to recover
-    # at start, or the hub's first deploy command)
-    "edge_agent.fleet.deploy",
     "edge_agent_host",
 )
 
@@ -266,51 +259,3 @@ def test_a_daemon_imports_what_it_keeps_out_once_its_config_uses_it(tmp_path: Pa
     learns = daemon_imports(tmp_path, "learns", "[groups.learning]\nA = [0]\nlr_pA = 0.5\n")
     assert learns >= learning
     assert "edge_agent.aif.reference" not in learns
-
-
-def test_a_daemon_imports_the_deployment_manager_only_for_a_deployment(tmp_path: Path) -> None:
-    """A daemon that has no deployment, connected to a broker or without MQTT, never imports
-    ``fleet.deploy`` (its A/B switch reads the overlay alone); one whose state directory holds a
-    journal imports it at start and recovers it: a bundle watched when the daemon stopped is
-    rolled back, its overlay entry undone and its file deleted."""
-    try:
-        broker = MosquittoBroker(tmp_path / "mosquitto")
-    except MosquittoMissingError as err:
-        raise AssertionError(str(err)) from None
-    broker.start()
-    try:
-        mqtt = f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\nnode_id = "n"\n'
-        connected = daemon_imports(tmp_path, "mqtt", mqtt)
-    finally:
-        broker.kill()
-    assert "edge_agent.daemon.uplink" in connected  # the fleet stack ran
-    assert "edge_agent.fleet.deploy" not in connected
-    assert "edge_agent.fleet.deploy" not in daemon_imports(tmp_path, "plain")
-
-    state = tmp_path / "journal"
-    staged = state / "bundles" / f"{'a' * 64}.tar"
-    staged.parent.mkdir(parents=True)
-    staged.write_bytes(b"the bundle that was watched")
-    entry = {"path": str(staged), "sha256": "a" * 64, "config_model": "{}"}
-    (state / "deployed.json").write_text(json.dumps({"version": 1, "groups": {"grid": entry}}))
-    record = JournalRecord(
-        group="grid",
-        sha256="a" * 64,
-        file_sha256="b" * 64,
-        size=27,
-        chunk_size=64,
-        watch_ticks=10,
-        health_steps=2,
-        health_timeout_s=10.0,
-        transfer_timeout_s=60.0,
-        nonce="00" * 16,
-        phase=Phase.WATCHING,
-        started_at=1.0,
-        updated_at=2.0,
-    )
-    (state / "bundles" / "deploy.json").write_text(json.dumps(dataclasses.asdict(record)))
-    assert "edge_agent.fleet.deploy" in daemon_imports(tmp_path, "journal")
-    deploy = json.loads((state / "status.json").read_text())["deploy"]
-    assert (deploy["phase"], deploy["rolled_back"], deploy["overlay"]) == ("rolled_back", 1, {})
-    assert json.loads((state / "deployed.json").read_text())["groups"] == {}
-    assert not staged.exists()
