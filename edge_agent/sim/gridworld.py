@@ -20,7 +20,6 @@ its action is ignored and it respawns (``episode_start`` True, ``episode_steps``
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -153,23 +152,16 @@ class GridWorldEnv(BatchEnv):
         preference_scale: float = 1.0,
         start: tuple[int, int] | None = None,
     ) -> None:
-        remake = functools.partial(
-            gridworld_model,
-            height,
-            width,
-            goal=goal,
-            noise=noise,
-            preference_scale=preference_scale,
-            start=start,
+        model = gridworld_model(
+            height, width, goal=goal, noise=noise, preference_scale=preference_scale, start=start
         )
-        model = remake()
         self.height, self.width = int(height), int(width)
         if goal is None:
             self.goal = (self.height - 1, self.width - 1)
         else:
             self.goal = (int(goal[0]), int(goal[1]))
         self._goal_index = self.goal[0] * self.width + self.goal[1]
-        super().__init__(self._process(model), n_agents, seed=seed, remake_model=remake)
+        super().__init__(model, n_agents, seed=seed, process=self._process(model))
 
     def _process(self, model: GenerativeModel) -> GenerativeModel:
         """The generative process the world samples from; here the agents' model itself (a
