@@ -9,9 +9,7 @@ device-tree model, the total memory and the CPU architecture; the most specific 
 Where profiles are found: the ``directory`` argument of :func:`load_profiles`, else
 ``$EDGE_AGENT_PROFILES_DIR``, else the profiles shipped as package data
 (``edge_agent/firmware_profiles/``, read from the installed package's directory: the package is
-always installed as files, and ``importlib.resources`` would bring ``tempfile``, ``shutil`` and
-the compression modules into the daemon; the repository's top-level ``firmware_profiles`` points
-there). Then ``/etc/edge-agent/profiles.d/*.toml``
+always installed as files; the repository's top-level ``firmware_profiles`` points there). Then ``/etc/edge-agent/profiles.d/*.toml``
 (``$EDGE_AGENT_PROFILES_OVERRIDES``) adds profiles and replaces shipped ones of the same name:
 the place for an operator's own boards, kept across package upgrades.
 

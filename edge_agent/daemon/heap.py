@@ -23,9 +23,8 @@ __all__ = ["release_free_heap"]
 
 
 def _find_trim() -> Callable[[int], int] | None:
-    # The process's own symbols (dlopen(NULL)): the C library the interpreter runs on, without
-    # ctypes.util.find_library (which runs ldconfig in a child and imports subprocess, shutil
-    # and tempfile into the daemon for good).
+    # The process's own symbols (dlopen(NULL)): the C library the interpreter runs on, with no
+    # search for it (ctypes.util.find_library runs ldconfig in a child process).
     try:
         libc = ctypes.CDLL(None)
         trim = libc.malloc_trim

@@ -64,6 +64,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -436,8 +437,7 @@ class DeployManager:
             return Outcome(ResultCode.ACCEPTED, f"resuming ({rec.phase.value})", self._progress())
         if self._current_sha(args.group) == args.sha256:
             return Outcome(ResultCode.OK, f"group {args.group!r} already runs {args.sha256[:12]}")
-        fs = os.statvfs(self.dir)  # shutil.disk_usage's free, without importing shutil
-        free = fs.f_bavail * fs.f_frsize
+        free = shutil.disk_usage(self.dir).free
         if free < args.size + SPACE_MARGIN_BYTES:
             return Outcome(
                 ResultCode.FAILED,

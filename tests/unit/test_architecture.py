@@ -135,17 +135,12 @@ def test_device_package_does_not_import_the_host_package() -> None:
     assert result.stdout.strip() == "[]"
 
 
-#: Modules a daemon without MQTT never needs, and what kept each out (benchmarks/notes/memory.md).
+#: Modules a daemon without MQTT never needs, and what keeps each out (docs/memory.md, "Memory
+#: tricks": the tricks and the rules, each with what it saves).
 KEPT_OUT = (
     "numpy.random",  # the worlds' SplitMix64; a group's generator made on first stochastic use
-    "ctypes.util",  # daemon.heap: malloc_trim from the process's own symbols
-    "importlib.resources",  # config: the package's files read from its directory
-    "tempfile",  # fsutil: atomic writes create their temporary file themselves
-    "shutil",  # cli: help sized without it; deploy: os.statvfs; fsutil: only to delete a tree
-    "bz2",  # shutil's
-    "lzma",  # shutil's
-    "socket",  # service.systemd: only when NOTIFY_SOCKET is set
-    # daemon.snapshots.format: the header of format v3 is JSON; msgspec (1.4 MB with the decimal
+    "importlib.metadata",  # distribution: the clash check lists sys.path's directories itself
+    # daemon.snapshots.format: the header of format v3 is JSON; msgspec (1.2 MB with the decimal
     # module it imports) only to read a snapshot of format v2 or v1, and for the fleet's wire
     "msgspec",
     "msgpack",
