@@ -7,9 +7,9 @@ fresh interpreter that runs the daemon of ``benchmarks/bench_memory.py`` (1,000 
 ``--seconds``, keeps it (its groups, arrays and modules) once it has stopped, and then does what
 the trick avoids (imports what it keeps out, makes what it lets go): ``mb`` is the process's RSS
 (``VmRSS``) after, minus before (each after ``gc.collect()`` and ``malloc_trim``), the median of
-``--repeats`` probes; ``modules`` the modules it added. What a trick saves that is not an import
-(``PYTHONOPTIMIZE``, ``malloc_trim`` after a snapshot, which measured under 1 % and went) is
-measured by ``bench_memory.py`` on two trees.
+``--repeats`` probes; ``modules`` the modules it added. What a trick saved that was not an
+import (``malloc_trim``, ``PYTHONOPTIMIZE=2``: both under 1 %, gone) was measured by
+``bench_memory.py`` on two trees.
 
     python benchmarks/bench_tricks.py [--repeats 3] [--seconds 5] [--only NAME ...]
 

@@ -16,7 +16,7 @@ Format v3 (little-endian, no pickle anywhere)::
     trailer   32 bytes  sha256 of every byte before it
 
 The header is JSON, which the standard library reads and writes: a daemon that does not talk to
-a fleet imports no MessagePack codec (msgspec's costs 1.4 MB resident, docs/memory.md, "Memory
+a fleet imports no MessagePack codec (msgspec costs 1.2 MB resident, docs/memory.md, "Memory
 tricks"). ``meta`` therefore holds what JSON gives back unchanged: None, bool, 64-bit int,
 finite float, str, lists and str-keyed objects of them (the daemon writes str and int).
 
