@@ -6,6 +6,8 @@ bundle that fails verification, a budget that does not fit) without catching pro
 
 from __future__ import annotations
 
+import os
+
 #: Top-level module -> the pip extra that installs it (``pip install 'edge-agent-runtime[EXTRA]'``).
 EXTRA_OF_MODULE = {
     "onnxruntime": "onnx",
@@ -30,6 +32,18 @@ def missing_module_message(err: ModuleNotFoundError) -> str | None:
         f"needs the Python package {root!r}, which is not installed: "
         f"pip install 'edge-agent-runtime[{extra}]'"
     )
+
+
+def file_problem(err: OSError) -> str:
+    """One line for a file operation that failed: ``door-v9.tar: No such file or directory``
+    (the file first, as the config errors put it; ``str(err)`` when the error names no file).
+    What the command lines print for an ``OSError`` that nothing closer to it explained."""
+    if err.filename is None or not err.strerror:
+        return str(err)
+    where = os.fsdecode(err.filename)
+    if err.filename2 is not None:
+        where += f" -> {os.fsdecode(err.filename2)}"
+    return f"{where}: {err.strerror}"
 
 
 class EdgeAgentError(Exception):

@@ -34,11 +34,13 @@ __all__ = [
     "MANIFEST_NAME",
     "MAX_DIR_DEPTH",
     "MAX_MANIFEST_BYTES",
+    "MAX_RANGE_FEATURES",
     "AifSpec",
     "BundleKind",
     "FileEntry",
     "Manifest",
     "NeuralSpec",
+    "ObservationRange",
     "Signature",
     "TensorSpec",
     "canonical_json",
@@ -151,6 +153,34 @@ class TensorSpec(_Schema):
         return self
 
 
+#: The most features an :class:`ObservationRange` lists one by one (a larger observation, a
+#: camera frame, gets one range for all its values).
+MAX_RANGE_FEATURES = 4096
+
+
+class ObservationRange(_Schema):
+    """The range of each observation feature in the data the converter calibrated the model on
+    (static int8), or checked it on (a dynamic or float model): a bundle written before it was
+    recorded has none; it loads, and its group counts nothing."""
+
+    low: Annotated[tuple[FiniteFloat, ...], Field(min_length=1, max_length=MAX_RANGE_FEATURES)] = (
+        Field(description="Smallest value seen, per feature (one value: for every feature).")
+    )
+    high: Annotated[tuple[FiniteFloat, ...], Field(min_length=1, max_length=MAX_RANGE_FEATURES)] = (
+        Field(description="Largest value seen, per feature (one value: for every feature).")
+    )
+    samples: int = Field(ge=1, le=2**40, description="Samples the range was taken from.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ObservationRange:
+        if len(self.low) != len(self.high):
+            raise ValueError(f"low has {len(self.low)} values, high has {len(self.high)}")
+        for i, (low, high) in enumerate(zip(self.low, self.high, strict=True)):
+            if low > high:
+                raise ValueError(f"feature {i}: low {low} is above high {high}")
+        return self
+
+
 class NeuralSpec(_Schema):
     """How to run the bundle's neural model."""
 
@@ -171,6 +201,11 @@ class NeuralSpec(_Schema):
     )
     action_high: Annotated[tuple[FiniteFloat, ...], Field(min_length=1, max_length=256)] | None = (
         Field(None, description="Upper action bounds (continuous output only).")
+    )
+    observation_range: ObservationRange | None = Field(
+        None,
+        description="The range of each observation feature the model was calibrated on; the "
+        "device counts observations outside it (none: not counted).",
     )
 
     @model_validator(mode="after")

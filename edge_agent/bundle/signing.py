@@ -186,12 +186,19 @@ def encode_signature(signature: bytes) -> str:
 
 
 def decode_signature(value: str) -> bytes:
-    """Raw signature bytes from base64 text; :class:`SignatureError` if malformed."""
+    """Raw signature bytes from base64 text; :class:`SignatureError` if malformed.
+
+    Only the canonical text is taken: the last character before ``==`` carries 4 padding bits
+    that base64 decoders ignore, so 16 texts decode to the same signature; any other than the
+    one :func:`encode_signature` writes is a changed manifest, refused."""
     if not _B64_SIGNATURE_RE.fullmatch(value):
         raise SignatureError(
             f"bad signature: value is not the base64 of a {SIGNATURE_BYTES}-byte signature"
         )
-    return base64.b64decode(value, validate=True)
+    raw = base64.b64decode(value, validate=True)
+    if encode_signature(raw) != value:
+        raise SignatureError("bad signature: not the canonical base64 of its bytes")
+    return raw
 
 
 class TrustedKeys:
@@ -223,8 +230,14 @@ class TrustedKeys:
         root = Path(directory)
         if not root.is_dir():
             raise SignatureError(f"{root}: trusted key directory does not exist")
+        try:  # unlike glob, iterdir says when the directory cannot be read
+            found = sorted(p for p in root.iterdir() if p.suffix == ".pub")
+        except OSError as err:
+            raise SignatureError(
+                f"{root}: cannot read the trusted key directory: {err.strerror or err}"
+            ) from err
         trusted = cls(())
-        for path in sorted(root.glob("*.pub")):
+        for path in found:
             if not path.is_file():
                 continue
             key = load_public_key(path)

@@ -129,6 +129,11 @@ def write_bundle(
     except ValidationError as err:
         raise BundleError(f"invalid manifest: {format_validation_error(err)}") from err
     raw = manifest.model_dump(mode="json")
+    neural_raw = raw.get("neural")
+    if isinstance(neural_raw, dict) and neural_raw.get("observation_range") is None:
+        # Without a range the key is left out, as before it existed: a device running an
+        # older edge-agent loads the bundle (its schema knows no such key).
+        del neural_raw["observation_range"]
     manifest_data = _manifest_file_bytes(raw)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

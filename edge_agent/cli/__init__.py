@@ -27,8 +27,10 @@ from edge_agent.errors import (
     ConfigError,
     EdgeAgentError,
     ModelError,
+    file_problem,
     missing_module_message,
 )
+from edge_agent.service.closed_stdout import guard_stdout
 from edge_agent.service.logs import configure_logging
 
 logger = logging.getLogger("edge_agent")
@@ -83,10 +85,14 @@ def build_daemon_parser() -> argparse.ArgumentParser:
 
 def daemon_main(argv: Sequence[str] | None = None) -> int:
     """``edge-agentd``: the same as ``edge-agent run``, under its own name."""
-    args = build_daemon_parser().parse_args(argv)
-    args.command, args.error_prefix = "run", "edge-agentd"
-    print_clash_notice("edge-agentd")
-    return _dispatch(args)
+
+    def run() -> int:
+        args = build_daemon_parser().parse_args(argv)
+        args.command, args.error_prefix = "run", "edge-agentd"
+        print_clash_notice("edge-agentd")
+        return _dispatch(args)
+
+    return guard_stdout(run, "edge-agentd")
 
 
 #: Every ``edge-agent`` command: the module of this package that adds its arguments and runs it,
@@ -132,12 +138,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``edge-agent``: parses with the named command's module alone (``edge-agent run`` holds no
     other command's code), with every command's when none is named."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(named_command(argv)).parse_args(argv)
-    if args.command != "run":
-        configure_logging("warning")
-    if args.command in {"run", "check-config"}:
-        print_clash_notice(f"edge-agent {args.command}")
-    return _dispatch(args)
+
+    def run() -> int:
+        args = build_parser(named_command(argv)).parse_args(argv)
+        if args.command != "run":
+            configure_logging("warning")
+        if args.command in {"run", "check-config"}:
+            print_clash_notice(f"edge-agent {args.command}")
+        return _dispatch(args)
+
+    return guard_stdout(run, "edge-agent")
 
 
 #: What a refused configuration raises: the config file, the models and bundles it names, their
@@ -173,6 +183,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise
         print(f"{name}: {message}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # standard output's reader left, or not: guard_stdout says which
+    except OSError as err:  # a file named on the command line that nothing closer explained
+        print(f"{name}: {file_problem(err)}", file=sys.stderr)
+        return 2 if args.command != "run" else 1
 
 
 if __name__ == "__main__":

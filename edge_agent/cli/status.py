@@ -25,22 +25,37 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--status-file", type=Path, help="status file to read")
     where.add_argument("--config", type=Path, help="find the status file from this config")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="the state directory the daemon was started with ('run --state-dir'): with "
+        "--config, instead of its [daemon] state_dir; alone, the demo config's",
+    )
 
 
 #: Where a daemon under systemd keeps its status (RuntimeDirectory=edge-agent).
 SYSTEMD_STATUS_FILE = Path("/run/edge-agent/status.json")
 
 
-def _find_status_file(config_path: Path | None) -> tuple[Path | None, str]:
+def _find_status_file(
+    config_path: Path | None, state_dir: Path | None
+) -> tuple[Path | None, str]:
     """The status file to show and, when it is a guess, a note saying which file was read and
     how to point elsewhere. ``(None, message)`` when several daemons run (choose one) or the
-    one running cannot be read."""
+    one running cannot be read. ``state_dir``: the one the daemon was started with, as ``run
+    --state-dir`` overrides the config's (the demo config's without ``config_path``)."""
+    import dataclasses
+
     from edge_agent.config.daemon import default_config, load_config
     from edge_agent.daemon import discovery
     from edge_agent.daemon.status import status_path
 
-    if config_path is not None:
-        return status_path(load_config(config_path)), ""
+    if config_path is not None or state_dir is not None:
+        config = load_config(config_path) if config_path is not None else default_config()
+        if state_dir is not None:
+            daemon = dataclasses.replace(config.daemon, state_dir=state_dir)
+            config = dataclasses.replace(config, daemon=daemon)
+        return status_path(config), ""
     elsewhere = "edge-agent status --config FILE (or --status-file PATH)"
     running = discovery.running_daemons()
     if len(running) == 1 and running[0].status_file is not None:
@@ -74,6 +89,12 @@ def _find_status_file(config_path: Path | None) -> tuple[Path | None, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.status_file and args.state_dir:
+        print(
+            "--state-dir finds the status file: give it or --status-file, not both",
+            file=sys.stderr,
+        )
+        return 2
     deadline = time.monotonic() + max(0.0, args.wait)
     while True:
         final = time.monotonic() >= deadline
@@ -89,7 +110,11 @@ def _show_status(args: argparse.Namespace, *, final: bool) -> int:
     nothing is printed unless the daemon runs."""
     from edge_agent.service.pids import pid_alive
 
-    path, note = (args.status_file, "") if args.status_file else _find_status_file(args.config)
+    path, note = (
+        (args.status_file, "")
+        if args.status_file
+        else _find_status_file(args.config, args.state_dir)
+    )
     status: dict[str, Any] | None = None
     problem, code = note, 3
     if path is not None:
@@ -175,16 +200,26 @@ def format_status(s: dict[str, Any]) -> str:
             waiting = (
                 f", WAITING ({io['unobserved']} agents never observed)" if io["waiting"] else ""
             )
+            refused = (
+                f"; the broker REFUSED the subscription ({io['refusal']})"
+                if io.get("refused")
+                else ""
+            )
             lines.append(
                 f"               mqtt in: {io['rows']} rows, {io['rows_rejected']} rejected, "
                 f"{io['stale_agent_ticks']} stale agent-ticks, oldest {io['max_age_ticks']} "
-                f"ticks{waiting}"
+                f"ticks{waiting}{refused}"
             )
         actions = g.get("actions")
         if actions:
+            refused = (
+                f", {actions['refused']} REFUSED by the broker ({actions['refusal']})"
+                if actions.get("refused")
+                else ""
+            )
             lines.append(
                 f"               mqtt out: {actions['batches']} batches, "
-                f"{actions['dropped']} refused"
+                f"{actions['dropped']} refused by the outbox{refused}"
             )
         learning = g.get("learning")  # [groups.learning], docs/learning.md
         if learning:
@@ -195,6 +230,8 @@ def format_status(s: dict[str, Any]) -> str:
                 f"{learning['updates']} updates, divergence {learning['divergence']:.4g} nats, "
                 f"surprise {learning['surprise']:.3f} nats/tick"
             )
+        lines.extend(_planning_lines(g.get("planning")))
+        lines.extend(_range_lines(g.get("observation_range")))
     lines.extend(_state_lines(s))
     lines.extend(_fleet_lines(s))
     lines.extend(_coordination_lines(s))
@@ -203,6 +240,42 @@ def format_status(s: dict[str, Any]) -> str:
     if s["reloads"]["last_error"]:
         lines.append(f"  reload     refused: {s['reloads']['last_error'].splitlines()[0]}")
     return "\n".join(lines)
+
+
+def _planning_lines(planning: dict[str, Any] | None) -> list[str]:
+    """A group's ``[groups.planning]`` at its last tick (docs/planning.md), when it has one."""
+    if not planning:
+        return []
+    line = (
+        f"               planning last tick: {planning['planned']} planned, "
+        f"{planning['deferred']} deferred (duty cycle {planning['duty_cycle']:.1%}); plan age "
+        f"mean {planning['plan_age_mean']:.1f}, max {planning['plan_age_max']} ticks"
+    )
+    if "ticks_cut" in planning:
+        line += f"; {planning['ticks_cut']} tick(s) cut by the deadline so far"
+    return [line]
+
+
+def _range_lines(watch: dict[str, Any] | None) -> list[str]:
+    """A neural group's observations outside its calibrated range (docs/neural-agents.md)."""
+    if watch is None:
+        return []
+    if not watch.get("calibrated"):
+        return [
+            "               observations not checked: the bundle records no calibrated range "
+            "(convert the model again to count them)"
+        ]
+    alert = (
+        f" ALERT (from {100 * watch['alert_share']:g} % until below "
+        f"{100 * watch['clear_share']:g} %)"
+        if watch["alerting"]
+        else ""
+    )
+    return [
+        f"               observations out of calibrated range (+{100 * watch['margin']:g} %): "
+        f"{watch['out_of_range']} of {watch['checked']} agent-steps, "
+        f"{100 * watch['share']:.2f} % in the last {watch['window_ticks']} ticks{alert}"
+    ]
 
 
 def _power_lines(power: dict[str, int] | None) -> list[str]:
@@ -245,6 +318,8 @@ def _fleet_lines(s: dict[str, Any]) -> list[str]:
             f"{link.get('outbox.depth_rows', 0)} messages ({depth})"
             f"{' FULL' if link.get('outbox.full') else ''}, bdseq {link.get('bdseq')}"
         )
+        if not fleet["online"] and fleet.get("broker_problem"):
+            lines.append(f"             broker {fleet['broker']}: {fleet['broker_problem']}")
         lines.append(
             f"             published: {fleet['telemetry_published']} telemetry, "
             f"{fleet['events_published']} events, {fleet['results_published']} results; "

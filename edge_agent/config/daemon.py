@@ -31,6 +31,7 @@ from edge_agent.config.group_tables import GROUP_TABLES, hook, is_known, kind_ta
 from edge_agent.config.mqtt import NAME_PATTERN, MqttSection
 from edge_agent.config.profiles import (
     AUTO,
+    DEFAULT_OVERRIDES_DIR,
     PACKAGE_DIR,
     DeviceFacts,
     FirmwareProfile,
@@ -504,6 +505,19 @@ class DaemonConfig(Record):
             "(used when a group has [groups.coordination])."
         ),
     ] = None
+
+    @classmethod
+    def __elsewhere__(cls) -> tuple[tuple[type[Record], str], ...]:
+        """Documents whose keys a config is given by mistake, and where they belong (what the
+        reader says of such an unknown key, :mod:`edge_agent.config.toml_lines`)."""
+        return (
+            (
+                FirmwareProfile,
+                "the firmware profile ('edge-agent profile show NAME' shows it; yours go in "
+                f"{DEFAULT_OVERRIDES_DIR}/NAME.toml, "
+                "docs/configuration.md#where-profiles-are-found)",
+            ),
+        )
 
     def __post_init__(self) -> None:
         super().__post_init__()

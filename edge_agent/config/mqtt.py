@@ -137,6 +137,16 @@ class MqttSection(Record):
     reconnect_max_s: Annotated[
         float, Rule(gt=0, le=3600, description="Longest reconnect delay (s), before jitter.")
     ] = 60.0
+    io_silent_after_s: Annotated[
+        float,
+        Rule(
+            ge=1,
+            le=86400,
+            description="An MQTT source whose group still waits with nothing heard on its topic "
+            "filter this long after connecting is named in the log, once (s): a broker may "
+            "grant a subscription its ACL denies and deliver nothing (mosquitto does).",
+        ),
+    ] = 60.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

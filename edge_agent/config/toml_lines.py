@@ -613,7 +613,7 @@ def _describe_error(root: type, data: object, error: ErrorDetails) -> list[Probl
     if kind in ("missing", "missing_argument"):
         return [(loc, "required key is missing")]
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        return [(loc, _unknown_key(root, raw_loc))]
+        return [(loc, _unknown_key(root, raw_loc, loc))]
     if kind == "union_tag_invalid":
         expected = ctx.get("expected_tags")
         return [((*loc, "type"), f"unknown type {ctx.get('tag')!r}; expected one of {expected}")]
@@ -710,15 +710,66 @@ def _union_tags(root: type, loc: Sequence[str | int]) -> list[object]:
     return [_tag_of(m) for m in _union_members(_type_at(root, loc))]
 
 
-def _unknown_key(root: type, loc: Sequence[str | int]) -> str:
-    key = str(loc[-1]) if loc else ""
-    parent = _type_at(root, loc[:-1])
+def _unknown_key(root: type, raw_loc: Sequence[str | int], loc: Loc) -> str:
+    """What to say of the key at ``loc`` (pydantic's ``raw_loc``), unknown in its table: the
+    table's key it differs from only in case; else where the key belongs when another table of
+    the document (or a document the root names in ``__elsewhere__``) has it; else the table's
+    closest key; else its keys."""
+    key = str(raw_loc[-1]) if raw_loc else ""
+    parent = _type_at(root, raw_loc[:-1])
     if not _is_model(parent):
         return "unknown key"
     allowed = list(_fields(parent))
+    same = [name for name in allowed if name.lower() == key.lower()]
+    if same:
+        return f"unknown key; did you mean {same[0]!r}? (keys are case-sensitive)"
+    table = loc[:-1]
+    here = _table_name(
+        [p for p in table if isinstance(p, str)], in_list=bool(table) and isinstance(table[-1], int)
+    )
+    places = [p for p in _places_of(root, key) if p != here]
+    if places:
+        return f"unknown key; {key} belongs in {' or '.join(places)}, not {here}"
     import difflib  # noqa: PLC0415 - only for a document with an unknown key
 
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    folded = {name.lower(): name for name in allowed}
+    close = difflib.get_close_matches(key.lower(), list(folded), n=1, cutoff=0.6)
     if close:
-        return f"unknown key; did you mean {close[0]!r}?"
+        return f"unknown key; did you mean {folded[close[0]]!r}?"
     return f"unknown key (allowed: {', '.join(allowed)})"
+
+
+def _table_name(path: Sequence[str], *, in_list: bool) -> str:
+    """``[daemon]``, ``[[groups]]``, ``[groups.learning]``; the document's top level."""
+    if not path:
+        return "the top level"
+    name = ".".join(path)
+    return f"[[{name}]]" if in_list else f"[{name}]"
+
+
+def _places_of(root: type, key: str) -> list[str]:
+    """The tables of ``root``'s documents that have a key ``key`` (any case), as
+    :func:`_table_name` names them; then the places ``root.__elsewhere__()`` names, each a
+    ``(record, where)`` pair: another document whose keys are put here by mistake (the daemon's
+    config names the firmware profile)."""
+    found: list[str] = []
+    seen: set[type] = set()
+    todo: list[tuple[type, tuple[str, ...], bool]] = [(root, (), False)]
+    while todo:
+        model, path, in_list = todo.pop(0)
+        if model in seen:
+            continue
+        seen.add(model)
+        fields = _fields(model)
+        if any(name.lower() == key.lower() for name in fields):
+            found.append(_table_name(path, in_list=in_list))
+        for name, annotation in fields.items():
+            inner, listed = _unwrap(annotation), False
+            if typing.get_origin(inner) in (tuple, list) and typing.get_args(inner):
+                inner, listed = _unwrap(typing.get_args(inner)[0]), True
+            members = [inner] if _is_model(inner) else _union_members(inner)
+            todo.extend((m, (*path, name), listed) for m in members)
+    elsewhere = getattr(root, "__elsewhere__", None)
+    if elsewhere is not None:
+        found.extend(where for record, where in elsewhere() if key in _fields(record))
+    return list(dict.fromkeys(found))

@@ -27,9 +27,12 @@ protocols by their shape: the floors below (``sim``) and beside (``fleet``) neve
 =================================  ==============================================================
 
 A group that learns its model (:mod:`edge_agent.core.learning`) is also a :class:`Learns`: the
-verbs the daemon's learning commands call, whatever the kind. A group whose work in a tick can
-yield to the tick's end (planning bounded in time, docs/planning.md) is also a :class:`Paced`:
-before each step the daemon tells it how long the tick has left (:class:`TickWindow`).
+verbs the daemon's learning commands call, whatever the kind. A group that raises events of
+its own (a neural group whose observations left the range its model was calibrated on) is also
+an :class:`Alerting`: the daemon takes its :class:`GroupEvent` objects between ticks. A group
+whose work in a tick can yield to the tick's end (planning bounded in time, docs/planning.md)
+is also a :class:`Paced`: before each step the daemon tells it how long the tick has left
+(:class:`TickWindow`).
 
 What a kind's groups report beyond every group's numbers, and what those numbers add up to over
 a node (planning, learning), the kind declares as :class:`MetricFamily` objects: the daemon
@@ -46,7 +49,9 @@ import numpy as np
 
 __all__ = [
     "AgentGroup",
+    "Alerting",
     "FleetPort",
+    "GroupEvent",
     "GroupIO",
     "Learns",
     "MetricFamily",
@@ -285,6 +290,27 @@ class Learns(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class GroupEvent:
+    """An event a group raises: the daemon records it in the status and publishes it to the
+    fleet (``kind``: the daemon's event name, such as ``input_out_of_range``; ``data``: a few
+    JSON numbers and strings)."""
+
+    kind: str
+    severity: str
+    detail: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Alerting(Protocol):
+    """A group that raises events of its own (see :class:`GroupEvent`)."""
+
+    def alerts(self) -> list[GroupEvent]:
+        """The events raised since the last call (each returned once; usually none)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class TickWindow:
     """When the daemon's current tick must end and when the previous one ended (seconds of the
@@ -325,7 +351,13 @@ class FleetPort(Protocol):
         ...
 
     def listen(self, topic: str, inbox: Any) -> None:
-        """Route the observations arriving on the filter ``topic`` to ``inbox``."""
+        """Route the observations arriving on the filter ``topic`` to ``inbox`` (and the
+        broker's refusal of the subscription: ``inbox.refused``)."""
+        ...
+
+    def publishes(self, topic: str, publisher: Any) -> None:
+        """``publisher`` (an :class:`~edge_agent.fleet.agent_io.ActionPublisher`) sends on
+        ``topic``: what the broker refuses of it goes back to it (``publisher.refused``)."""
         ...
 
 

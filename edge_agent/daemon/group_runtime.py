@@ -44,7 +44,9 @@ from edge_agent.config.group_tables import hook
 from edge_agent.core.budget import MemoryBudget, PlanRequest
 from edge_agent.core.contract import (
     AgentGroup,
+    Alerting,
     FleetPort,
+    GroupEvent,
     Learns,
     MetricFamily,
     Paced,
@@ -113,11 +115,14 @@ class GroupRuntime:
     #: returned (monotonic; None: they did not step in the last tick).
     _paced: Paced | None = field(default=None, init=False, repr=False)
     _returned_at: float | None = field(default=None, init=False, repr=False)
+    #: Agents that raise events of their own (:class:`Alerting`), asked between ticks.
+    _alerting: Alerting | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._step = self.agents.advance
         self._reset = self.agents.reset
         self._paced = self.agents if isinstance(self.agents, Paced) else None
+        self._alerting = self.agents if isinstance(self.agents, Alerting) else None
 
     def coordinate(self, runtime: CoordinationRuntime | None) -> None:
         """From now on step and reset through ``runtime`` (peers' evidence, holders' task
@@ -314,6 +319,11 @@ class GroupRuntime:
         """Input the source dropped since the last call: its last reason and counters (None:
         nothing new)."""
         return self.source.rejected()
+
+    def alerts(self) -> list[GroupEvent]:
+        """Events the agents raised since the last call (a neural group's observations out of
+        its calibrated range: :mod:`edge_agent.neural.input_range`); usually none."""
+        return [] if self._alerting is None else self._alerting.alerts()
 
     def input_counters(self) -> dict[str, int]:
         """The source's cumulative input counters (empty for a simulated world)."""

@@ -97,6 +97,7 @@ IO: Final[Described] = {
     "rows_rejected": "Observation rows rejected (agent out of range, bad values).",
     "batches_rejected": "Observation batches rejected whole (wrong shape, wrong group).",
     "stale_agent_ticks": "Agent-ticks run on an observation older than the last tick.",
+    "subscriptions_refused": "Subscriptions to MQTT sources' filters the broker refused.",
 }
 
 DEPLOY: Final[Described] = {
@@ -138,6 +139,8 @@ FLEET: Final[Described] = {
     "publish_refused": "Telemetry, events or results the outbox refused.",
     "actions_refused": "Action batches the outbox refused.",
     "obs_unrouted": "Observations on this node's topic for no group.",
+    "io_refused": "Subscriptions to MQTT sources' filters and action batches on MQTT sinks' "
+    "topics the broker refused (its ACL; MQTT 5 reason code >= 0x80).",
     "messages_ignored": "Messages received that this node does not act on.",
     "errors": "Fleet work that raised (logged at most once a minute).",
     "published_unstored": "Messages published directly without the durable outbox.",

@@ -285,7 +285,7 @@ def _outbox_exposure(d: MetricsView) -> dict[str, Any]:
 
 def _io_metrics(d: MetricsView) -> dict[str, int]:
     io = dict.fromkeys(("obs_rows", "rows_rejected", "batches_rejected"), 0)
-    io["stale_agent_ticks"] = 0
+    io["stale_agent_ticks"] = io["subscriptions_refused"] = 0
     for g in d.groups:
         for name, value in g.input_counters().items():
             io[name] = io.get(name, 0) + value

@@ -354,7 +354,7 @@ class Daemon:
         self.state = State.RUNNING
         self.notifier.ready(self._status_line())
         logger.info(
-            "READY: profile %s, %d group(s), %d agents, %.1f Hz, budget %s of %s used",
+            "READY: profile %s, %d group(s), %d agents, %.1f Hz, budget %s of %s reserved",
             self.profile.name,
             len(self.groups),
             self.total_agents,
@@ -621,6 +621,7 @@ class Daemon:
             self.uplink.guarded(self.uplink.before_tick)
         self._fleet_step(self.ab_switch.before_tick)
         self._fleet_step(self._report_rejected_input)
+        self._fleet_step(self._report_group_alerts)
 
     def _coordination_before_tick(self) -> None:
         if self.coordination is not None:
@@ -662,6 +663,14 @@ class Daemon:
                     f"group {g.name}: observations dropped: {reason}",
                     group=g.name,
                     data=data,
+                )
+
+    def _report_group_alerts(self) -> None:
+        """The events groups raised in the last tick (observations out of range)."""
+        for g in self.groups:
+            for alert in g.alerts():
+                self._event(
+                    alert.kind, alert.severity, alert.detail, group=g.name, data=dict(alert.data)
                 )
 
     # -- metrics --------------------------------------------------------------------------------

@@ -201,11 +201,15 @@ def status_line(d: StatusView) -> str:
 
 
 def report(d: StatusView) -> None:
-    """The demo's periodic view: what agents do and what they cost."""
+    """The demo's periodic view: what agents do and what they cost. The budget is what the
+    groups reserved (their worst case), RSS what the process holds now; a group's line says what
+    its agents achieved beside what its world compares that to
+    (:meth:`~edge_agent.sim.BatchEnv.references`)."""
     p50, p99 = d.stats.percentiles_ms()
     rss = d.rss.last or d.rss.sample()
     logger.info(
-        "tick %d @ %.1f Hz | p50 %.2f ms p99 %.2f ms | overruns %d | RSS %s | budget %s / %s",
+        "tick %d @ %.1f Hz | p50 %.2f ms p99 %.2f ms | overruns %d | RSS %s | budget %s "
+        "reserved of %s",
         d.stats.ticks,
         d.clock.hz,
         p50,

@@ -33,9 +33,9 @@ from edge_agent.coordination.config import CoordinationConfig
 from edge_agent.daemon.admission import hub_keys, mqtt_password
 from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.errors import EdgeAgentError
-from edge_agent.fleet.agent_io import ObservationBuffer, ObservationRouter
+from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer, ObservationRouter
 from edge_agent.fleet.commands import Handler
-from edge_agent.fleet.comms.base import Backoff
+from edge_agent.fleet.comms.base import Backoff, reason_text
 from edge_agent.fleet.link import Received
 from edge_agent.fleet.node import BundleReceiver, NodeLimits, NodeStack
 from edge_agent.fleet.outcomes import ResultCode
@@ -98,6 +98,9 @@ EVENT_KINDS: Final = {
     "reload_refused": EventKind.CONFIG,
     "overlay_ignored": EventKind.CONFIG,
     "rejected_input": EventKind.REJECTED_INPUT,
+    "io_refused": EventKind.ALARM,
+    "io_silent": EventKind.ALARM,
+    "input_out_of_range": EventKind.ALARM,
     "deploy": EventKind.DEPLOY,
     "rollback": EventKind.ROLLBACK,
     "connectivity": EventKind.CONNECTIVITY,
@@ -185,7 +188,11 @@ class FleetUplink:
         self.commands = self.stack.commands
         self.router = ObservationRouter(self.topics)
         self._routes: dict[str, list[ObservationBuffer]] = {}  # filled by listen
+        self._sinks: dict[str, list[ActionPublisher]] = {}  # filled by publishes
+        self._io_said: set[tuple[str, str, str]] = set()  # (what, topic, group) logged once
+        self._online_since: float | None = None  # monotonic; the link's last connect
         self.link.claim(self.router.handle)  # MQTT sources' topics never reach the link's inbox
+        self.link.on_refused = self._refused
         self.coordination: CoordinationRuntime | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -197,6 +204,7 @@ class FleetUplink:
                 "publish_refused",
                 "actions_refused",
                 "obs_unrouted",
+                "io_refused",
                 "messages_ignored",
                 "errors",
                 "published_unstored",
@@ -229,9 +237,9 @@ class FleetUplink:
         """Point the MQTT sources' topic filters at their groups' observation buffers, and
         subscribe to the filters outside the node's own inbox; connect the MQTT sinks to this
         uplink (their port)."""
-        self._routes = {}
+        self._routes, self._sinks = {}, {}
         for g in groups:
-            g.connect(self)  # the inboxes call listen, the mqtt sinks keep the port
+            g.connect(self)  # the inboxes call listen, the mqtt sinks publishes
         self.router.bind(self._routes)
         inbox_prefix = self.topics.obs_all(self.node_id)[:-1]  # the node subscribes to obs/#
         for pattern in self.router.patterns:
@@ -349,6 +357,8 @@ class FleetUplink:
                 self._event("connectivity", "info", f"connected to {m.host}:{m.port}")
             if lost and not link.online:
                 self._event("connectivity", "warning", f"lost {m.host}:{m.port}")
+            self._online_since = time.monotonic() if link.online else None
+        self._note_silent_sources()
         for received in self._receive(min(commands.room, MAX_MESSAGES_PER_TICK)):
             body = received.envelope.body
             if isinstance(body, Command):
@@ -408,6 +418,66 @@ class FleetUplink:
         """An ``mqtt`` source's port: route the topic filter ``topic`` to ``inbox`` (while
         :meth:`bind_sources` runs)."""
         self._routes.setdefault(topic, []).append(inbox)
+
+    def publishes(self, topic: str, publisher: ActionPublisher) -> None:
+        """An ``mqtt`` sink's port: the broker's refusals of ``topic`` go to ``publisher``
+        (while :meth:`bind_sources` runs)."""
+        self._sinks.setdefault(topic, []).append(publisher)
+
+    # -- the broker's answers about the groups' I/O ---------------------------------------------
+    def _refused(self, what: str, topic: str, code: int) -> None:
+        """The link's ``on_refused``: the broker refused the subscription to ``topic``
+        (``what`` ``subscribe``) or a message on it (``publish``). A group's I/O topic: counted
+        by the group, said once per topic and group in one line and one ``io_refused`` event."""
+        reason = reason_text(code)
+        subscribe = what == "subscribe"
+        targets: list[ObservationBuffer] | list[ActionPublisher] = (
+            self._routes.get(topic, []) if subscribe else self._sinks.get(topic, [])
+        )
+        self.counters["io_refused"] += len(targets)
+        access = "read" if subscribe else "write"
+        for group in [t.group for t in targets if t.refused(reason)]:
+            self._say_io(
+                "io_refused",
+                topic,
+                group,
+                f"group {group!r}: the broker refused the "
+                f"{'subscription to' if subscribe else 'actions published on'} "
+                f"{topic!r} ({reason}): its ACL must let node {self.node_id!r} {access} it "
+                f"(edge-agent-host broker init --io-topic / --io-read, docs/security.md)",
+            )
+
+    def _note_silent_sources(self) -> None:
+        """Between ticks: an MQTT source whose group still waits with nothing heard
+        ``[mqtt] io_silent_after_s`` after the link came up is said once (mosquitto grants a
+        subscription its ACL denies and delivers nothing: no SUBACK tells)."""
+        since, after = self._online_since, self.config.mqtt.io_silent_after_s
+        if since is None or time.monotonic() - since < after:
+            return
+        for topic, buffers in self._routes.items():
+            for buf in buffers:
+                said = ("io_silent", topic, buf.group) in self._io_said
+                if said or buf.refusals or buf.heard or not buf.unobserved:
+                    continue
+                self._say_io(
+                    "io_silent",
+                    topic,
+                    buf.group,
+                    f"group {buf.group!r}: nothing arrived on {topic!r} in "
+                    f"{after:g} s online ({buf.unobserved} agents never observed): "
+                    f"does a sensor publish there, and may node {self.node_id!r} read it? "
+                    "(mosquitto grants a subscription its ACL denies and delivers nothing: "
+                    "edge-agent-host broker init --io-read / --io-topic, docs/security.md)",
+                )
+
+    def _say_io(self, kind: str, topic: str, group: str, line: str) -> None:
+        """``line`` in the log and as a ``kind`` event, once per kind, topic and group."""
+        if (kind, topic, group) in self._io_said:
+            return
+        self._io_said.add((kind, topic, group))
+        severity = "error" if kind == "io_refused" else "warning"
+        logger.log(logging.ERROR if kind == "io_refused" else logging.WARNING, "%s", line)
+        self._event(kind, severity, line, group=group, data={"topic": topic})
 
     # -- publishing -------------------------------------------------------------------------------
     def send_actions(self, topic: str, body: ActionBatch) -> bool:
@@ -499,6 +569,16 @@ class FleetUplink:
             out.update({f"refusals_{k}": v for k, v in self.refusals.items()})
         return out
 
+    def _broker_problem(self) -> str:
+        """Why the broker does not take this node, when it said (a refusal, TLS it wants)."""
+        wanted = self.transport.tls_wanted
+        if wanted:
+            from edge_agent.fleet.comms.tls_probe import CONFIG_TLS_OPTIONS  # noqa: PLC0415
+
+            return f"it wants {wanted}: {CONFIG_TLS_OPTIONS.advice(wanted)}"
+        refusal = self.transport.last_refusal
+        return f"it refused: {refusal}" if refusal else ""
+
     def status(self) -> dict[str, Any]:
         m = self.config.mqtt
         return {
@@ -506,6 +586,7 @@ class FleetUplink:
             "fleet": m.fleet,
             "broker": f"{m.host}:{m.port}",
             "online": self.link.online,
+            "broker_problem": self._broker_problem(),
             **self.counters,
             "refusals": dict(self.refusals),
             "link": self.link.stats(),

@@ -110,6 +110,10 @@ class ObservationBuffer:
         )
         self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         self.last_reject = ""
+        self.refusals = 0
+        """Times the broker refused the subscription to the filter this buffer listens on."""
+        self.refusal = ""
+        """The broker's last reason (``0x87 not authorized``); empty: never refused."""
         self.waiting_ticks = 0
         self.last_fresh = 0
         self._allocate(n_agents)
@@ -154,6 +158,21 @@ class ObservationBuffer:
             self.counters["rows_rejected"] += rows
             self.last_reject = f"{reason}: {detail}"[:256]
         logger.debug("group %s: observation batch rejected: %s: %s", self.group, reason, detail)
+
+    def refused(self, reason: str) -> bool:
+        """The broker refused the subscription to the filter this buffer listens on, for
+        ``reason`` (its code by name): counted; True the first time (the daemon says it once)."""
+        with self._lock:
+            first = not self.refusals
+            self.refusals += 1
+            self.refusal = reason
+        return first
+
+    @property
+    def heard(self) -> bool:
+        """Whether anything arrived for this group at all (kept or rejected)."""
+        with self._lock:
+            return bool(self.counters["batches"] or self.counters["batches_rejected"])
 
     def offer(self, batch: ObservationBatch, topic_agent: str | None = None) -> int:
         """Validate ``batch`` and keep its valid rows as the newest observations.
@@ -238,6 +257,8 @@ class ObservationBuffer:
             out: dict[str, object] = dict(self.counters)
             out["rejected"] = {k: v for k, v in self.rejected.items() if v}
             out["last_reject"] = self.last_reject
+            out["refused"] = self.refusals
+            out["refusal"] = self.refusal
         out["waiting"] = not self._primed
         out["waiting_ticks"] = self.waiting_ticks
         out["unobserved"] = self.unobserved
@@ -376,6 +397,7 @@ class InboxSource:
             "rows_rejected": c["rows_rejected"],
             "batches_rejected": c["batches_rejected"],
             "stale_agent_ticks": c["stale_agent_ticks"],
+            "subscriptions_refused": self.buffer.refusals,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -383,9 +405,10 @@ class InboxSource:
 
     def report_line(self) -> str:
         io = self.buffer.stats()
+        refused = f", the broker REFUSED {self.topic!r}: {io['refusal']}" if io["refused"] else ""
         return (
             f"mqtt: {io['rows']} observations, {io['rows_rejected']} rejected, "
-            f"{io['unobserved']} agents never observed"
+            f"{io['unobserved']} agents never observed{refused}"
         )
 
 
@@ -521,6 +544,11 @@ class ActionPort(Protocol):
         """Queue ``body`` for ``topic``; False if it was refused (counted by the port)."""
         ...
 
+    def publishes(self, topic: str, publisher: ActionPublisher) -> None:
+        """``publisher`` sends its actions on ``topic``: what the broker refuses of them goes
+        back to it (:meth:`ActionPublisher.refused`)."""
+        ...
+
 
 class ActionPublisher:
     """An ``mqtt`` sink (:class:`edge_agent.core.contract.Sink` by its shape): packs one
@@ -562,15 +590,35 @@ class ActionPublisher:
         self.published = 0
         self.batches = 0
         self.dropped = 0
+        self.refusals = 0
+        """Batches the broker refused (a PUBACK >= 0x80: its ACL), after they left the outbox."""
+        self.refusal = ""
+        """The broker's last reason (``0x87 not authorized``); empty: never refused."""
         self.port: ActionPort | None = None
         self.resize(n_agents)
 
     def connect(self, port: ActionPort | None) -> None:
         self.port = port
+        if port is not None:
+            port.publishes(self.topic, self)
+
+    def refused(self, reason: str) -> bool:
+        """The broker refused a batch of these actions, for ``reason`` (its code by name):
+        counted; True the first time (the daemon says it once)."""
+        first = not self.refusals
+        self.refusals += 1
+        self.refusal = reason
+        return first
 
     def describe(self) -> dict[str, Any]:
         """What a group's description shows of its ``mqtt`` sink."""
-        counts = {"batches": self.batches, "published": self.published, "dropped": self.dropped}
+        counts = {
+            "batches": self.batches,
+            "published": self.published,
+            "dropped": self.dropped,
+            "refused": self.refusals,
+            "refusal": self.refusal,
+        }
         return {"actions": counts}
 
     def put(self, tick: int, actions: npt.NDArray[Any]) -> None:

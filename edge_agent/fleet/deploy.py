@@ -856,6 +856,7 @@ class DeployManager:
     ) -> None:
         rec = self.journal
         assert rec is not None
+        progress = self._progress()  # the chunks received, before the transfer is let go
         tr = self._transfer
         if tr is not None and tr.fd is not None:
             os.close(tr.fd)
@@ -871,7 +872,14 @@ class DeployManager:
             nonce,
             code,
             detail,
-            data={"phase": phase.value, "group": rec.group, "sha256": rec.sha256, **(data or {})},
+            data={
+                "phase": phase.value,
+                "group": rec.group,
+                "sha256": rec.sha256,
+                "received": progress["received"],
+                "total": progress["total"],
+                **(data or {}),
+            },
             event=event,
             severity="info" if code is ResultCode.OK else "error",
             group=rec.group,

@@ -47,7 +47,7 @@ from edge_agent.fleet.comms.base import (
     Will,
 )
 from edge_agent.fleet.names import UINT32
-from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.outbox import PUBACK_QUOTA_EXCEEDED, Outbox
 from edge_agent.fleet.protocol import (
     DECODE_REASONS,
     DEFAULT_MAX_BYTES,
@@ -163,6 +163,10 @@ class FleetLink:
         #: drops it (the screen counts it). The daemon refuses forged commands here, so a flood
         #: of them never crowds the inbox (see daemon/uplink.py).
         self.screen: Callable[[Envelope], bool] | None = None
+        #: Called by :meth:`pump` with ``("subscribe", filter, code)`` for a SUBACK that refused
+        #: a filter and ``("publish", topic, code)`` for a PUBACK that refused a message (code
+        #: >= 0x80, MQTT 5). The daemon tells the group whose I/O topic it is (daemon/uplink.py).
+        self.on_refused: Callable[[str, str, int], None] | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "received",
@@ -260,10 +264,18 @@ class FleetLink:
 
         Returns how many outbox messages went on the wire.
         """
+        refused = self.on_refused
         for event in self.transport.events.drain():
             if event.kind is TransportEventKind.ACK:
                 if event.handle is not None:
-                    self.outbox.on_ack(event.handle, event.reason_code)
+                    topic = self.outbox.topic_in_flight(event.handle)
+                    code = event.reason_code
+                    dropped = code >= 0x80 and code != PUBACK_QUOTA_EXCEEDED  # that one waits
+                    if self.outbox.on_ack(event.handle, code) and dropped and topic and refused:
+                        refused("publish", topic, code)
+            elif event.kind is TransportEventKind.SUBSCRIPTION_REFUSED:
+                if refused is not None:
+                    refused("subscribe", event.detail, event.reason_code)
             elif event.kind is TransportEventKind.CONNECTED:
                 self._on_connected(event.session)
             elif (

@@ -153,6 +153,7 @@ CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires);
 class _Inflight:
     row_id: int
     size: int
+    topic: str
 
 
 class Outbox:
@@ -603,7 +604,7 @@ class Outbox:
                 self._cursor = max(self._cursor, new_id)  # already sent
                 handle = by_row.get(old_id)
                 if handle is not None:
-                    self._inflight[handle] = _Inflight(new_id, size)
+                    self._inflight[handle] = _Inflight(new_id, size, topic)
                 self._inflight_rows.discard(old_id)
                 self._inflight_rows.add(new_id)
         except sqlite3.DatabaseError as err:
@@ -652,11 +653,16 @@ class Outbox:
                 if handle is None:
                     return sent
                 self._cursor = row_id
-                self._inflight[handle] = _Inflight(row_id, size)
+                self._inflight[handle] = _Inflight(row_id, size, topic)
                 self._inflight_rows.add(row_id)
                 self.sent += 1
                 sent += 1
         return sent
+
+    def topic_in_flight(self, handle: Hashable) -> str | None:
+        """The topic of the message in flight under ``handle`` (None: not one of ours)."""
+        entry = self._inflight.get(handle)
+        return None if entry is None else entry.topic
 
     def on_ack(self, handle: Hashable, reason_code: int = 0) -> bool:
         """A PUBACK arrived; delete the row. False when ``handle`` is not one of ours."""

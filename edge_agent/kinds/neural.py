@@ -7,6 +7,7 @@ vectors (or frames), actions the policy's discrete choice or continuous values. 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,8 @@ from edge_agent.kinds.base import (
     outcome_world_mismatch,
     sim_world,
 )
-from edge_agent.neural.agents import NeuralAgentGroup, window_layout
+from edge_agent.neural.agents import NeuralAgentGroup, per_batch_warning, window_layout
+from edge_agent.neural.input_range import INPUT_RANGE_METRICS
 from edge_agent.neural.perception_table import PerceptionTable
 from edge_agent.neural.policy_table import NeuralPolicy
 
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle
     from edge_agent.bundle.manifest import NeuralSpec
     from edge_agent.core.budget import MemoryBudget, PlanRequest
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "KIND",
@@ -62,9 +66,13 @@ def net_of(loaded: LoadedModel) -> NeuralModel:
 
 
 def neural_model(bundle: Bundle) -> NeuralModel:
-    """The bundle's neural model (its manifest has one: checked by the caller)."""
+    """The bundle's neural model (its manifest has one: checked by the caller); a model whose
+    agents depend on each other (:func:`~edge_agent.neural.agents.per_batch_warning`) is
+    logged as a warning."""
     spec = bundle.manifest.neural
     assert spec is not None  # checked by the caller against the manifest's kind
+    if coupled := per_batch_warning(bundle):
+        logger.warning("%s: %s", bundle.path, coupled)
     return NeuralModel(spec, bundle.file_bytes(spec.model_file), bundle.manifest.name)
 
 
@@ -104,6 +112,7 @@ class NeuralKind:
     shares_beliefs = False
     plans = False
     learns = False
+    metric_families = (INPUT_RANGE_METRICS,)
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         del verify

@@ -33,6 +33,7 @@ from edge_agent.kinds.base import (
 )
 from edge_agent.kinds.neural import NeuralModel, check_features, neural_model, plan_net
 from edge_agent.neural.agents import NeuralAgentGroup
+from edge_agent.neural.input_range import INPUT_RANGE_METRICS
 from edge_agent.neural.perception import PerceptionAifGroup
 from edge_agent.neural.perception_table import PerceptionTable
 
@@ -86,6 +87,7 @@ class PerceptionKind:
     shares_beliefs = False
     plans = True  # its Active Inference agents plan as an aif group's do
     learns = False  # its agents observe soft evidence; counts learn from outcome indices
+    metric_families = (INPUT_RANGE_METRICS,)  # its classifier's observations out of range
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:
         table = cfg.table_of(PerceptionTable)

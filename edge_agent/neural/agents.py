@@ -26,10 +26,15 @@ memory, flattened), or a camera frame ``(batch, C, H, W)`` / ``(batch, H, W, C)`
 flattened ``(N, C*H*W)``). Until an agent has seen ``T`` observations (at the start, after
 :meth:`NeuralAgentGroup.reset`) the missing older steps are zeros.
 
+Out of range: every tick the group counts the agents whose observation has a feature outside the
+range the bundle's model was calibrated on (:mod:`edge_agent.neural.input_range`: counts in
+``metrics()`` and ``describe()``, one ``input_out_of_range`` event through ``alerts()`` when
+their share crosses 1 %).
+
 Memory: the model bytes are reserved once per model (shared key: the model file's sha256); every
 agent reserves its ring (``capacity * F * 4`` bytes), its share of the session's buffers and its
-actions, and the group the sliding input's room (:meth:`NeuralAgentGroup.bytes_for`), before
-anything is allocated.
+actions, and the group the sliding input's room and the range check's scratch
+(:meth:`NeuralAgentGroup.bytes_for`), before anything is allocated.
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.core.budget import MemoryBudget, Reservation
-from edge_agent.core.contract import GroupIO, state_under
+from edge_agent.core.contract import GroupEvent, GroupIO, state_under
 from edge_agent.core.history import HistoryRing
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
+from edge_agent.neural.input_range import RangeWatch
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle
@@ -57,10 +63,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_BYTES_FACTOR",
+    "PER_BATCH_SCHEMES",
     "NeuralAgentGroup",
     "Selection",
     "check_session",
     "frame_shape",
+    "per_batch_warning",
     "window_layout",
 ]
 
@@ -181,6 +189,26 @@ def _finite_dot(arr: np.ndarray) -> bool:
         return math.isfinite(np.dot(flat, flat))
 
 
+#: Quantization schemes whose activation scales are one per call over the whole batch: one
+#: agent's input changes the other agents' outputs (``convert onnx --mode dynamic`` wrote it
+#: until issue 43; it now writes ``onnx-dynamic-row-u8s8``, per row).
+PER_BATCH_SCHEMES = frozenset({"onnx-dynamic-u8s8"})
+
+
+def per_batch_warning(bundle: Bundle) -> str:
+    """Why ``bundle``'s agents depend on each other (``""``: they do not), for the log."""
+    scheme = bundle.manifest.quantization.get("scheme")
+    if scheme not in PER_BATCH_SCHEMES:
+        return ""
+    manifest = bundle.manifest
+    return (
+        f"bundle {manifest.name} {manifest.version} is quantized with one activation scale per "
+        f"call over the whole batch ({scheme}): one agent's unusual input changes the other "
+        "agents' actions; convert the model again (convert onnx now scales each agent's row "
+        "on its own)"
+    )
+
+
 def _quantization(spec: NeuralSpec) -> dict[str, tuple[float, int]]:
     return {
         t.name: (t.scale, t.zero_point)
@@ -259,6 +287,8 @@ class NeuralAgentGroup:
         self.window = spec.window
         self.input_name, self.num_features = window_layout(spec)
         self.frame = frame_shape(spec)
+        #: Observations outside the bundle's calibrated range, counted every tick.
+        self.range_watch = RangeWatch(spec.observation_range, self.num_features, 0, group=name)
         self.history_capacity = max(int(history_capacity), self.window)
         # Steps not yet in the ring: a ring no longer than the window is written from the
         # windows when read (_record_windows), not every tick.
@@ -284,6 +314,9 @@ class NeuralAgentGroup:
                 t for t in self.session.output_specs if t.name == spec.outputs[0].name
             )
             self._out_dims = self._check_output()
+            if self.window > 1:  # each tick moves every window one step older (_push_window)
+                # Before the reservation: its room is part of bytes_for.
+                self.session.enable_slide(self.input_name, self.num_features)
             if budget is not None:
                 self._agent_reservation = budget.reserve(
                     name,
@@ -305,8 +338,6 @@ class NeuralAgentGroup:
         self._views: dict[int, tuple[FloatArray, FloatArray, np.ndarray]] = {}
         self._row_item = np.dtype((np.void, 4 * self.num_features))
         try:
-            if self.window > 1:  # each tick moves every window one step older (_push_window)
-                self.session.enable_slide(self.input_name, self.num_features)
             self._allocate(int(n_agents))
             self.session.warm_up()
         except BaseException:
@@ -354,19 +385,26 @@ class NeuralAgentGroup:
                 # float32 probabilities and a bool row per action, a float64 uniform and a
                 # float32 threshold.
                 actions += self.num_actions * 5 + 12
-        return ring + self.session.nbytes_per_item() + actions + 8  # + filled counter
+        range_row = 1 if self.range_watch.calibrated else 0  # an agent out of range or not
+        return ring + self.session.nbytes_per_item() + actions + 8 + range_row  # + filled
 
     def bytes_for(self, n_agents: int) -> int:
         """Bytes to reserve for ``n_agents`` (the model is reserved separately, once): the
-        agents' own bytes and the sliding window input's extra room (a few KB, once)."""
-        return n_agents * self.per_agent_nbytes() + self.session.slide_nbytes(n_agents)
+        agents' own bytes, the sliding window input's extra room (a few KB, once) and the range
+        check's scratch (at most 64 KB)."""
+        return (
+            n_agents * self.per_agent_nbytes()
+            + self.session.slide_nbytes(n_agents)
+            + self.range_watch.scratch_nbytes(n_agents)
+        )
 
     @property
     def nbytes(self) -> int:
         """Bytes of the per-agent arrays allocated by the group itself (ring, actions); the
         windows are the session's input buffer, counted by the session."""
         arrays = [self._filled, self._actions, *self._sample_buffers()]
-        return int(self._history.nbytes + sum(a.nbytes for a in arrays))
+        own = self._history.nbytes + sum(a.nbytes for a in arrays)
+        return int(own + self.range_watch.nbytes_for(self.n_agents))
 
     def _sample_buffers(self) -> list[np.ndarray]:
         return [b for b in (self._probs, self._below, self._u, self._threshold) if b is not None]
@@ -411,6 +449,7 @@ class NeuralAgentGroup:
                 self._below = np.zeros((n_agents, A), dtype=bool)
                 self._u = np.zeros(n_agents, dtype=np.float64)
                 self._threshold = np.zeros(n_agents, dtype=np.float32)
+        self.range_watch.resize(n_agents)
         self.n_agents = n_agents
 
     def resize(self, n_agents: int) -> None:
@@ -494,6 +533,7 @@ class NeuralAgentGroup:
         """
         del now  # observations are timed per tick by the caller; kept for a uniform signature
         o = self.check_obs(obs)
+        self.range_watch.observe(o)
         if self.history_capacity > self.window:
             self._history.append_one("obs", o)
         else:  # the ring holds no more than the windows: written when read
@@ -683,10 +723,21 @@ class NeuralAgentGroup:
         return rng.standard_normal((self.n_agents, self.num_features), dtype=np.float32), None
 
     def describe(self) -> dict[str, Any]:
-        return {"workers": 1, "workers_rss_bytes": 0, "workers_restarts": 0, "window": self.window}
+        return {
+            "workers": 1,
+            "workers_rss_bytes": 0,
+            "workers_restarts": 0,
+            "window": self.window,
+            **self.range_watch.describe(),
+        }
 
     def metrics(self) -> dict[str, object]:
-        return {}
+        """Observations outside the calibrated range (none without a range in the bundle)."""
+        return self.range_watch.metrics()
+
+    def alerts(self) -> list[GroupEvent]:
+        """The ``input_out_of_range`` event, when the share out of range crossed 1 %."""
+        return self.range_watch.alerts()
 
     # -- bundles ---------------------------------------------------------------------------------
     @classmethod
@@ -717,6 +768,8 @@ class NeuralAgentGroup:
                 f"{bundle.path}: the model outputs observations, not actions; pair it with an "
                 "Active Inference model in an 'aif+perception' bundle"
             )
+        if coupled := per_batch_warning(bundle):
+            logger.warning("group %s: %s", name, coupled)
         logger.info(
             "group %s: neural bundle %s %s (%s, window %d, %s output)",
             name,

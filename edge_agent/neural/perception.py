@@ -32,7 +32,7 @@ from edge_agent.aif.quant import SCHEME, QuantizedModel
 from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.core.agents import AifAgentGroup, Precision
 from edge_agent.core.budget import MemoryBudget
-from edge_agent.core.contract import GroupIO, state_under
+from edge_agent.core.contract import GroupEvent, GroupIO, state_under
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.agents import NeuralAgentGroup
 
@@ -271,10 +271,20 @@ class PerceptionAifGroup:
         return raw, np.stack([rng.integers(0, o, size=n) for o in rest_sizes], axis=1)
 
     def describe(self) -> dict[str, Any]:
-        return {"workers": 1, "workers_rss_bytes": 0, "workers_restarts": 0}
+        return {
+            "workers": 1,
+            "workers_rss_bytes": 0,
+            "workers_restarts": 0,
+            **self.perception.range_watch.describe(),
+        }
 
     def metrics(self) -> dict[str, object]:
-        return {}
+        """The classifier's observations outside its calibrated range."""
+        return self.perception.metrics()
+
+    def alerts(self) -> list[GroupEvent]:
+        """The classifier's ``input_out_of_range`` event (see :class:`NeuralAgentGroup`)."""
+        return self.perception.alerts()
 
     # -- bundles -----------------------------------------------------------------------------------
     @classmethod

@@ -8,6 +8,9 @@ daemon, :mod:`edge_agent.daemon`) and ``edge-agent-hub`` (the hub service, on th
   to the journal.
 * :mod:`~edge_agent.service.pids`: whether a process named in a status file still runs.
 * :mod:`~edge_agent.service.logs`: logging to stderr, with syslog priorities under journald.
+* :mod:`~edge_agent.service.closed_stdout`: the boundary of the four command lines
+  (``edge-agent``, ``edge-agentd``, ``edge-agent-host``, ``edge-agent-hub``): a standard output
+  whose reader went away ends the command quietly, exit 141.
 
 They import nothing of the project but :mod:`edge_agent.fsutil`, so a service loads only what it
 uses; nothing here imports :mod:`edge_agent.daemon`.

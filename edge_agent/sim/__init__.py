@@ -222,17 +222,27 @@ def sample_columns(
     np.take(sampler.support, flat, out=out, mode="clip")
 
 
-def format_summary(summary: Mapping[str, int | float]) -> str:
-    """``agents 1000, goals_reached 131026, at_goal 0.412``: counts (``int`` or numpy integers)
-    as integers, the rest to three significant digits but never in exponent form
-    (``mean_episode_steps 1234``, not ``1.23e+03``)."""
-    return ", ".join(f"{k} {_format_number(v)}" for k, v in summary.items())
+def format_summary(
+    summary: Mapping[str, int | float], references: Mapping[str, str] | None = None
+) -> str:
+    """``goals_reached 131026, mean_steps_to_goal 9.2 (fewest possible 9.09, random walk
+    265)``: counts (``int`` or numpy integers) as integers, the rest to three significant digits
+    but never in exponent form (``mean_episode_steps 1234``, not ``1.23e+03``), a mean of
+    nothing yet (NaN) as ``n/a``; ``references`` (a world's :meth:`BatchEnv.references`) in
+    brackets after the value they are for."""
+    refs = references or {}
+    return ", ".join(
+        f"{k} {_format_number(v)}" + (f" ({refs[k]})" if k in refs else "")
+        for k, v in summary.items()
+    )
 
 
 def _format_number(v: float) -> str:
     if isinstance(v, (int, np.integer)):
         return str(int(v))
-    if abs(v) >= 1000:  # also inf; nan compares false and takes .3g
+    if math.isnan(v):
+        return "n/a"
+    if abs(v) >= 1000:  # also inf
         return f"{v:.0f}"
     return f"{v:.3g}"
 
@@ -262,6 +272,8 @@ class World(Protocol):
     def step(self, actions: np.ndarray) -> np.ndarray: ...
 
     def summary(self) -> dict[str, int | float]: ...
+
+    def references(self) -> dict[str, str]: ...
 
 
 #: Agents per pass of a world's sampling: its scratch (and its generator's) holds this many,
@@ -450,6 +462,12 @@ class BatchEnv:
             "agents": self._n,
             "mean_episode_steps": float(self._arrays["episode_steps"].mean()),
         }
+
+    def references(self) -> dict[str, str]:
+        """What some numbers of :meth:`summary` compare to, by their key (``mean_steps_to_goal``:
+        ``fewest possible 9.09, random walk 265``): the demo's report prints them beside the
+        numbers. Default: none."""
+        return {}
 
     # -- hooks for the worlds ----------------------------------------------------------------
 

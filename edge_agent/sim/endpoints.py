@@ -69,7 +69,10 @@ class WorldSource:
         return {"world": {k: v if isinstance(v, int) else round(v, 4) for k, v in summary.items()}}
 
     def report_line(self) -> str:
-        return format_summary(self.world.summary())
+        """What the agents achieved, beside what the world says it compares to (its agent
+        count is the report's own)."""
+        summary = {k: v for k, v in self.world.summary().items() if k != "agents"}
+        return format_summary(summary, self.world.references())
 
 
 class WorldSink:

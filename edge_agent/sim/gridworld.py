@@ -132,6 +132,38 @@ def gridworld_model(
     return GenerativeModel.from_arrays([A], [grid_transitions(height, width)], [C], [D])
 
 
+def steps_to_goal(
+    B: NDArray[np.float64], goal: int, spawn: NDArray[np.float64]
+) -> tuple[float, float] | None:
+    """The mean number of moves from a spawn cell to ``goal`` of the fewest possible (the
+    policy that minimises the expected moves, knowing the cell) and of a random walk (each of
+    the ``U`` actions equally likely), on the process ``B (S, S, U)`` (``B[s', s, u]``), over
+    ``spawn (S,)``; None when the goal cannot be reached from a cell ``spawn`` starts in."""
+    S = B.shape[0]
+    others = np.arange(S) != goal
+    # A random walk: h(s) = 1 + sum_s' P[s, s'] h(s') off the goal, P the mean over actions.
+    P = B.mean(axis=2).T[np.ix_(others, others)]
+    try:
+        walk = np.linalg.solve(np.eye(len(P)) - P, np.ones(len(P)))
+    except np.linalg.LinAlgError:
+        return None
+    # The fewest: v(s) = 1 + min_u sum_s' B[s', s, u] v(s'), v(goal) = 0 (value iteration).
+    fewest = np.zeros(S)
+    for _ in range(100 * S):
+        new = 1.0 + np.einsum("tsu,t->su", B, fewest).min(axis=1)
+        new[goal] = 0.0
+        done = np.allclose(new, fewest, rtol=0.0, atol=1e-9)
+        fewest = new
+        if done:
+            break
+    else:
+        return None
+    weights = spawn[others]
+    if not (np.isfinite(walk).all() and (walk > 0).all()):
+        return None
+    return float(spawn @ fewest), float(weights @ walk)
+
+
 class GridWorldEnv(BatchEnv):
     """``N`` agents on the same grid, each walking to the goal and respawning (module docstring).
 
@@ -161,6 +193,7 @@ class GridWorldEnv(BatchEnv):
         else:
             self.goal = (int(goal[0]), int(goal[1]))
         self._goal_index = self.goal[0] * self.width + self.goal[1]
+        self._steps_reference: str | None = None  # references(): made when first asked
         super().__init__(model, n_agents, seed=seed, process=self._process(model))
 
     def _process(self, model: GenerativeModel) -> GenerativeModel:
@@ -189,6 +222,21 @@ class GridWorldEnv(BatchEnv):
             "mean_steps_to_goal": steps / goals if goals else float("nan"),
             "at_goal": float(self._arrays["goal_reached"].mean()),
         }
+
+    def references(self) -> dict[str, str]:
+        """``mean_steps_to_goal`` against the fewest moves possible (knowing the cell) and a
+        random walk, from the same spawn cells on the world's own moves (:func:`steps_to_goal`;
+        computed once)."""
+        if self._steps_reference is None:
+            B = self._process(self.model).B[0]
+            spawn = np.asarray(self._spawn_distributions()[0], dtype=np.float64)
+            found = steps_to_goal(B, self._goal_index, spawn)
+            self._steps_reference = (
+                ""
+                if found is None
+                else f"fewest possible {found[0]:.3g}, random walk {found[1]:.3g}"
+            )
+        return {"mean_steps_to_goal": self._steps_reference} if self._steps_reference else {}
 
     def _spawn_distributions(self) -> Sequence[np.ndarray]:
         d = np.array(self.model.D[0])

@@ -159,6 +159,10 @@ class SensorWorld:
         rate = self.rewarded / self.guesses if self.guesses else 0.0
         return {"agents": self.n_agents, "guesses": self.guesses, "reward_rate": rate}
 
+    def references(self) -> dict[str, str]:
+        """``reward_rate`` against guessing: one class in ``num_classes``."""
+        return {"reward_rate": f"chance {1 / self.num_classes:.3g}"}
+
     # -- dynamics ---------------------------------------------------------------------------------
     def _uniform_classes(self) -> None:
         """``self._draw`` = uniform classes in [0, K) for every agent, without allocating."""

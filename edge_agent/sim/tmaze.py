@@ -28,7 +28,7 @@ starts the next trial: its action is ignored, ``episode_start`` is True.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -122,6 +122,7 @@ class TMazeEnv(TrialEnv):
         trial_len: int = 3,
     ) -> None:
         model = tmaze_model(reward_probs, reward, punishment)
+        self.reward_probs = (float(reward_probs[0]), float(reward_probs[1]))
         super().__init__(model, n_agents, seed=seed, trial_len=trial_len)
 
     @property
@@ -143,6 +144,21 @@ class TMazeEnv(TrialEnv):
 
     def summary(self) -> dict[str, int | float]:
         return {**super().summary(), "cue_first_fraction": self.per_trial("cue_first_trials")}
+
+    #: What the best agent of :meth:`references` does after the cue.
+    _BEST: ClassVar[str] = "cue then its arm"
+
+    def references(self) -> dict[str, str]:
+        """Rewards and losses a trial of an agent that visits the cue and then stays in an
+        arm for the rest of the trial (``trial_len - 2`` steps): the rewarded arm, or one at
+        random."""
+        high, low = self.reward_probs
+        steps = self.trial_len - 2
+        guess = f"an arm at random {steps * (high + low) / 2:.3g}"
+        return {
+            "rewards_per_trial": f"{self._BEST} {steps * high:.3g}, {guess}",
+            "losses_per_trial": f"{self._BEST} {steps * low:.3g}, {guess}",
+        }
 
     def _agent_arrays(self, n: int) -> dict[str, NDArray[Any]]:
         counters = (*TRIAL_COUNTERS, "cue_first_trials")

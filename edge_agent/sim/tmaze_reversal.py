@@ -64,6 +64,7 @@ class ReversalTMazeEnv(TMazeEnv):
 
     _FLAG_ROWS = 3  # per-agent temporaries of its hooks
     _AGENT_TMP = True
+    _BEST = "cue then the arm that pays now"
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class ReversalTMazeEnv(TMazeEnv):
         self.reverse_every = reverse_every
         # TMazeEnv's statistics and cue bookkeeping, on the maze whose arms hold the agent.
         model = tmaze_reversal_model(reward_probs, reward, punishment)
+        self.reward_probs = (float(reward_probs[0]), float(reward_probs[1]))
         TrialEnv.__init__(self, model, n_agents, seed=seed, trial_len=trial_len)
 
     @property

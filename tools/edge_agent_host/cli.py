@@ -28,7 +28,13 @@ from edge_agent.bundle.loader import Bundle, load_bundle
 from edge_agent.bundle.signing import TrustedKeys, key_id
 from edge_agent.bundle.writer import sign_bundle
 from edge_agent.distribution import clash_notice
-from edge_agent.errors import EdgeAgentError, SignatureError, missing_module_message
+from edge_agent.errors import (
+    EdgeAgentError,
+    SignatureError,
+    file_problem,
+    missing_module_message,
+)
+from edge_agent.service.closed_stdout import guard_stdout
 from edge_agent_host import fleetctl
 from edge_agent_host.broker import cli as broker_cli
 from edge_agent_host.converter import formats
@@ -80,7 +86,10 @@ def _run_keygen(args: argparse.Namespace) -> int:
     pair = generate_keypair(args.out, args.name)
     print(f"key id:      {pair.key_id}")
     print(f"private key: {pair.private_path}  (keep secret; mode 0600)")
-    print(f"public key:  {pair.public_path}  (copy into each device's trusted key directory)")
+    print(
+        f"public key:  {pair.public_path}  (copy it to every device: into [daemon] "
+        "trusted_keys_dir if it signs bundles, [mqtt] hub_keys_dir if it signs hub commands)"
+    )
     return 0
 
 
@@ -118,7 +127,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.bundle, trusted_keys=trusted, require_signature=True)
     except EdgeAgentError as err:
-        print(f"FAILED: {err}")
+        print(f"FAILED: {err}", file=sys.stderr)
         return 1
     print(
         f"OK: {bundle.path}: {bundle.manifest.name} {bundle.manifest.version} "
@@ -321,21 +330,32 @@ def _configure_logging(verbosity: int) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
+    if verbosity == 0:  # paho's own socket errors ("failed to receive on socket") only with -v:
+        # each attempt's, where the client says once what went wrong (no connection, TLS wanted)
+        logging.getLogger("edge_agent.fleet.comms.mqtt.paho").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``edge-agent-host``; returns the exit code (argparse exits 2 on usage errors)."""
+    """Run ``edge-agent-host``; returns the exit code (argparse exits 2 on usage errors; a
+    closed standard output 141, :mod:`edge_agent.service.closed_stdout`)."""
     notice = clash_notice("edge-agent-host")  # PyPI's edge-agent in this environment
     if notice is not None:
         print(notice, file=sys.stderr)
+    return guard_stdout(lambda: _run(argv), "edge-agent-host")
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     command = COMMANDS[args.command]
     try:
         return command.run(args)
+    except BrokenPipeError:
+        raise  # standard output's reader left, or not: guard_stdout says which
     except (EdgeAgentError, OSError) as err:
         logger.debug("%s failed", args.command, exc_info=True)
-        print(f"error: {err}", file=sys.stderr)
+        text = file_problem(err) if isinstance(err, OSError) else str(err)
+        print(f"error: {text}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as err:
         message = missing_module_message(err)

@@ -4,8 +4,10 @@ A :class:`Transport` connects by itself (and reconnects, with :class:`Backoff`) 
 :meth:`Transport.connect` was called, re-applies every subscription on every connect, and reports
 what happens through two bounded, thread-safe queues that the daemon drains between ticks:
 
-- ``events``: :class:`TransportEvent` -- CONNECTED, DISCONNECTED, and ACK (PUBACK of a QoS 1
-  publish, with its reason code);
+- ``events``: :class:`TransportEvent` -- CONNECTED, DISCONNECTED, ACK (PUBACK of a QoS 1
+  publish, with its reason code) and SUBSCRIPTION_REFUSED (a SUBACK that refuses a filter, with
+  the filter and the broker's reason code: a broker whose ACL denies reading it; mosquitto 2.0
+  grants such a subscription and delivers nothing instead);
 - ``incoming``: :class:`Incoming` messages, unless an ``on_message`` handler is set, in which case
   that handler is called on the transport's thread instead. A handler must only decode, validate
   and enqueue; an exception from it is logged and counted, never raised into the transport.
@@ -78,6 +80,7 @@ class TransportEventKind(StrEnum):
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
     ACK = "ack"
+    SUBSCRIPTION_REFUSED = "subscription_refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +144,10 @@ class TransportEvent:
     session: int
     handle: PublishHandle | None = None
     reason_code: int = 0
-    """For ACK: the PUBACK reason code (0 success, 0x10 no subscribers, >= 0x80 refused)."""
+    """For ACK: the PUBACK reason code (0 success, 0x10 no subscribers, >= 0x80 refused); for
+    SUBSCRIPTION_REFUSED the SUBACK's (>= 0x80)."""
     detail: str = ""
+    """For DISCONNECTED: why; for SUBSCRIPTION_REFUSED: the topic filter refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +257,10 @@ class Transport(ABC):
         self.last_refusal = ""
         """The broker's reason for refusing the last connection attempt (``0x87 not
         authorized``, from its CONNACK); empty before any and once one was accepted."""
+        self.tls_wanted = ""
+        """What the broker wants that this client, without TLS settings, does not give (``TLS``,
+        ``TLS with a client certificate``: :mod:`~edge_agent.fleet.comms.tls_probe`); empty
+        unless a plain connection failed and the broker's port answered TLS."""
         self._subs: dict[str, Subscription] = {}
         self._subs_lock = threading.Lock()
 

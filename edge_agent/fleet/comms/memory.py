@@ -51,6 +51,9 @@ class MemoryBroker:
         """Every message the broker accepted, in order (for assertions)."""
         self.ack_reason_code = PUBACK_SUCCESS
         """Reason code the next PUBACKs carry (e.g. 0x87 to simulate an ACL refusal)."""
+        self.refused: dict[str, int] = {}
+        """An ACL: topic filter -> the reason code (0x87) a SUBSCRIBE of that very filter and a
+        QoS 1 publish on a topic it matches are answered with; neither goes through."""
 
     # Broker life ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -133,6 +136,10 @@ class MemoryBroker:
     def _publish(
         self, sender: MemoryTransport, topic: str, payload: bytes, qos: int, retain: bool
     ) -> int:
+        with self._lock:
+            refused = [code for f, code in self.refused.items() if topic_matches(f, topic)]
+        if refused:
+            return refused[0]
         matched = self._route(sender, topic, payload, qos, retain)
         if self.ack_reason_code != PUBACK_SUCCESS:
             return self.ack_reason_code
@@ -161,6 +168,23 @@ class MemoryBroker:
         for client, granted in targets:
             client._deliver(Incoming(topic, payload, granted, False, client.session))
         return bool(targets)
+
+    def _subscribe(self, client: MemoryTransport, sub: Subscription) -> None:
+        """A SUBSCRIBE: refused by :attr:`refused` (the client hears why), else the retained
+        messages it matches are delivered."""
+        with self._lock:
+            code = self.refused.get(sub.pattern)
+        if code is not None:
+            client._emit(
+                TransportEvent(
+                    TransportEventKind.SUBSCRIPTION_REFUSED,
+                    client.session,
+                    reason_code=code,
+                    detail=sub.pattern,
+                )
+            )
+            return
+        self._send_retained(client, sub)
 
     def _send_retained(self, client: MemoryTransport, sub: Subscription) -> None:
         with self._lock:
@@ -253,7 +277,7 @@ class MemoryTransport(Transport):
 
     def _apply_subscription(self, sub: Subscription) -> None:
         if self.is_connected:
-            self.broker._send_retained(self, sub)
+            self.broker._subscribe(self, sub)
 
     def _apply_unsubscribe(self, pattern: str) -> None:
         del pattern  # the broker matches against subscriptions(), which no longer has it
@@ -272,7 +296,7 @@ class MemoryTransport(Transport):
             self._connected = True
             self._mid = 0
         for sub in self.subscriptions():
-            self.broker._send_retained(self, sub)
+            self.broker._subscribe(self, sub)
         self._emit(TransportEvent(TransportEventKind.CONNECTED, session))
 
     def _lost(self, detail: str) -> None:

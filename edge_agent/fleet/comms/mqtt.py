@@ -61,6 +61,7 @@ from edge_agent.fleet.comms.base import (
     check_topic,
     reason_text,
 )
+from edge_agent.fleet.comms.tls_probe import CONFIG_TLS_OPTIONS, TlsOptions, tls_wanted
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,12 @@ class _Session:
     lost: bool = False
     reason: str = ""
     detail: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Guards the two maps below (paho's thread answers while another one subscribes)."""
+    subscribing: dict[int, str] = field(default_factory=dict)
+    """SUBSCRIBEs without their SUBACK yet: message id -> topic filter."""
+    early: dict[int, list[int]] = field(default_factory=dict)
+    """SUBACKs that arrived before their SUBSCRIBE's message id was known: id -> codes."""
 
 
 class MqttTransport(Transport):
@@ -148,12 +155,19 @@ class MqttTransport(Transport):
         backoff: Backoff | None = None,
         max_incoming: int = 1000,
         max_events: int = 10_000,
+        tls_options: TlsOptions | None = CONFIG_TLS_OPTIONS,
     ) -> None:
+        """``tls_options``: how this client's user gives it TLS, for the one warning logged when
+        a plain connection fails and the broker's port wants TLS (:attr:`tls_wanted`); None: no
+        warning, the caller reads :attr:`tls_wanted` and says it its way."""
         super().__init__(max_incoming=max_incoming, max_events=max_events)
         self.settings = settings
+        self.tls_options = tls_options
+        self._tls_probed = False
         self.backoff = backoff or Backoff()
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
+        self._state: _Session | None = None  # the connected session's, with _client
         self._connected = False
         self._session = 0
         self._will_factory: WillFactory | None = None
@@ -220,8 +234,9 @@ class MqttTransport(Transport):
     def _apply_subscription(self, sub: Subscription) -> None:
         with self._lock:
             client = self._client if self._connected else None
-        if client is not None:
-            self._send_subscribe(client, sub)
+            state = self._state
+        if client is not None and state is not None:
+            self._send_subscribe(client, state, sub)
 
     def _apply_unsubscribe(self, pattern: str) -> None:
         with self._lock:
@@ -275,6 +290,8 @@ class MqttTransport(Transport):
             )
         except (OSError, ValueError) as err:
             logger.warning("MQTT connect to %s failed: %s", self._where(), err)
+            if isinstance(err, ConnectionResetError):
+                self._probe_tls()
             return 0.0
         client.loop_start()
         connected_at = 0.0
@@ -291,13 +308,16 @@ class MqttTransport(Transport):
                 if state.connack and not state.accepted:
                     self.last_refusal = state.reason
                     logger.warning("MQTT broker %s refused: %s", self._where(), state.reason)
+                elif state.lost and not self._stop.is_set():  # closed before any CONNACK
+                    self._probe_tls()
                 return 0.0
             with self._lock:
                 self._client = client
+                self._state = state
                 self._connected = True
             self.last_refusal = ""
             for sub in self.subscriptions():
-                self._send_subscribe(client, sub)
+                self._send_subscribe(client, state, sub)
             connected_at = time.monotonic()
             self.sessions_up += 1
             self.sessions_resumed += state.resumed
@@ -319,6 +339,7 @@ class MqttTransport(Transport):
         with self._lock:
             self._connected = False
             self._client = None
+            self._state = None
         if not state.lost:
             if state.accepted or not state.connack:  # a refused CONNACK: paho closes by itself
                 code = _DISCONNECT_WITH_WILL if self._publish_will_on_stop else _DISCONNECT_NORMAL
@@ -340,6 +361,25 @@ class MqttTransport(Transport):
     def _where(self) -> str:
         return f"{self.settings.host}:{self.settings.port}"
 
+    def _probe_tls(self) -> None:
+        """Once, when a plain connection was closed before the broker answered: does the
+        broker's port want TLS? (:mod:`~edge_agent.fleet.comms.tls_probe`)."""
+        if self._tls_probed or self.settings.tls is not None:
+            return
+        self._tls_probed = True
+        s = self.settings
+        wanted = tls_wanted(s.host, s.port, min(3.0, s.connect_timeout_s))
+        if not wanted:
+            return
+        self.tls_wanted = wanted
+        if self.tls_options is not None:
+            logger.warning(
+                "MQTT broker %s wants %s, and this client has no TLS settings: %s",
+                self._where(),
+                wanted,
+                self.tls_options.advice(wanted),
+            )
+
     def _new_client(self, state: _Session, will: Will | None) -> paho.Client:
         s = self.settings
         client = paho.Client(
@@ -353,7 +393,7 @@ class MqttTransport(Transport):
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls is not None:
-            client.tls_set_context(_tls_context(s.tls))
+            client.tls_set_context(tls_context(s.tls))
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.enable_logger(_paho_logger)
@@ -381,6 +421,15 @@ class MqttTransport(Transport):
             handle = PublishHandle(state.number, mid)
             self._emit(TransportEvent(TransportEventKind.ACK, state.number, handle, code))
 
+        def on_subscribe(_c: Any, _u: Any, mid: int, reasons: Any, _props: Any) -> None:
+            codes = [int(getattr(r, "value", r)) for r in reasons]
+            with state.lock:
+                pattern = state.subscribing.pop(mid, None)
+                if pattern is None:  # the SUBSCRIBE's id is not stored yet: it will be
+                    state.early[mid] = codes
+                    return
+            self._subscribed(state, pattern, codes)
+
         def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
             try:
                 incoming = Incoming(
@@ -396,14 +445,39 @@ class MqttTransport(Transport):
         client.on_socket_open = _no_delay
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
+        client.on_subscribe = on_subscribe
         client.on_message = on_message
 
-    @staticmethod
-    def _send_subscribe(client: paho.Client, sub: Subscription) -> None:
+    def _send_subscribe(self, client: paho.Client, state: _Session, sub: Subscription) -> None:
         options = SubscribeOptions(qos=sub.qos, noLocal=sub.no_local)
-        rc, _mid = client.subscribe(sub.pattern, options=options)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        rc, mid = client.subscribe(sub.pattern, options=options)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             logger.warning("MQTT subscribe to %s failed: %s", sub.pattern, rc)
+            return
+        with state.lock:
+            codes = state.early.pop(mid, None)
+            if codes is None:
+                state.subscribing[mid] = sub.pattern
+        if codes is not None:
+            self._subscribed(state, sub.pattern, codes)
+
+    def _subscribed(self, state: _Session, pattern: str, codes: list[int]) -> None:
+        """A SUBACK for ``pattern``: a refusal (a code >= 0x80) is an event, said by name."""
+        refused = [code for code in codes if code >= 0x80]
+        if refused:
+            logger.warning(
+                "MQTT: the broker refused the subscription to %s: %s",
+                pattern,
+                reason_text(refused[0]),
+            )
+            self._emit(
+                TransportEvent(
+                    TransportEventKind.SUBSCRIPTION_REFUSED,
+                    state.number,
+                    reason_code=refused[0],
+                    detail=pattern,
+                )
+            )
 
 
 def _reason(reason: Any) -> str:
@@ -415,7 +489,7 @@ def _reason(reason: Any) -> str:
     return str(reason)
 
 
-def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
     """The client's TLS context; a file that cannot be read or loaded is an EdgeAgentError
     naming it (ssl's own errors do not)."""
     for key in ("ca_file", "cert_file", "key_file"):

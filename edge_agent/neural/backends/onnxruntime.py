@@ -21,7 +21,10 @@ onnxruntime's ``session.x64quantprecision`` avoids it with a slower kernel, whic
 VNNI or AMX (exact 32-bit accumulation) only costs time: 2x for the digits CNN and 2.4x for its
 MLP. :func:`x64_quant_precision` decides it once per process from the CPU (``/proc/cpuinfo``
 flags): on only where it changes the result. The host tool's converter measures its int8 latency
-through this backend, so its report and the device agree.
+through this backend, so its report and the device agree. onnxruntime 1.32's exact mode cannot
+load an int8 weight that several nodes share (an LSTM unrolled over its steps: "Attempt to
+replace the existing tensor"); such a model is loaded without it, with a warning
+(``x64_precision_lost`` says why).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BACKEND",
     "EXACT_INT8_FLAGS",
+    "SHARED_WEIGHT_FAILURE",
     "OnnxRuntimeBackend",
     "OnnxRuntimeSession",
     "cpu_flags",
@@ -165,6 +169,32 @@ def _spec(arg: Any, quant: QuantParams | None) -> TensorSpec:
     return TensorSpec(name=arg.name, shape=shape, dtype=dtype, scale=scale, zero_point=zero_point)
 
 
+#: What onnxruntime (1.32) says when its exact x86 int8 mode meets an int8 weight that several
+#: nodes share: it adds the converted weight once per node under one name.
+SHARED_WEIGHT_FAILURE = "Attempt to replace the existing tensor"
+
+
+def _new_session(model_bytes: bytes, threads: int, spinning: bool, x64_precision: bool) -> Any:
+    """An ``InferenceSession`` with the backend's options (module docstring)."""
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle threads sleep unless asked to spin (module docstring).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if x64_precision:
+        opts.add_session_config_entry("session.x64quantprecision", "1")
+    # Errors come back as exceptions; with the exact mode on, the one it may raise (shared
+    # weights, retried without it) stays off stderr too.
+    opts.log_severity_level = 4 if x64_precision else 3
+    return ort.InferenceSession(
+        bytes(model_bytes), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
 class OnnxRuntimeSession(Session):
     """An ONNX model in an ``onnxruntime.InferenceSession``; see :class:`Session`.
 
@@ -186,23 +216,26 @@ class OnnxRuntimeSession(Session):
         ort = _ort()
         if threads < 1:
             raise InputError(f"threads must be >= 1, got {threads}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle threads sleep unless asked to spin (module docstring).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         # The exact int8 kernel where the CPU needs it (module docstring); None: this machine's.
         self.x64_precision = x64_quant_precision() if x64_precision is None else x64_precision
-        if self.x64_precision:
-            opts.add_session_config_entry("session.x64quantprecision", "1")
-        opts.log_severity_level = 3
+        #: Why the exact kernel could not be used although this CPU needs it ("": it could).
+        self.x64_precision_lost = ""
         try:
-            self._session = ort.InferenceSession(
-                bytes(model_bytes), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            try:
+                self._session = _new_session(model_bytes, threads, spinning, self.x64_precision)
+            except _errors() as err:
+                if not (self.x64_precision and SHARED_WEIGHT_FAILURE in str(err)):
+                    raise
+                # onnxruntime's exact mode rewrites each node's int8 weights and fails on one
+                # that several nodes share (an unrolled LSTM's): load without it.
+                self._session = _new_session(model_bytes, threads, spinning, x64_precision=False)
+                self.x64_precision = False
+                self.x64_precision_lost = (
+                    f"onnxruntime {ort.__version__}'s exact int8 mode for x86 without VNNI "
+                    "(session.x64quantprecision) cannot load int8 weights that several nodes "
+                    "share: loaded without it, so int8 products may saturate on this CPU"
+                )
+                logger.warning("%s", self.x64_precision_lost)
         except _errors() as err:
             raise ModelError(f"onnxruntime cannot load the model: {ort_message(err)}") from err
         quant = dict(quantization or {})

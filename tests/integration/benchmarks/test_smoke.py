@@ -152,6 +152,13 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "overhead"}, ("backend_run_ms", "backend_run_ratio")),
         ({"bench": "rss_breakdown"}, ("numpy_mb", "daemon_modules_mb")),
     ],
+    "bench_neural_coupling.py": [
+        *[({"bench": "neural_coupling", "model": m, "variant": v},
+           ("changed_x100", "changed_x300", "changed_x1000", "accuracy_lost_x1000",
+            "alone_max_abs_diff", "twice_changed", "tick_ms", "tick_ratio", "model_bytes"))
+          for m in ("sensor-policy", "digits-mlp")
+          for v in ("before", "static", "dynamic", "float")],
+    ],
     "bench_neural_digits.py": [
         *[({"bench": "digits_group", "model": m},
            ("group_step_ratio", "session_exact_ratio", "x64_quant_precision",

@@ -4,7 +4,6 @@ new bundle over the air, and a broken one is rolled back while the old one runs 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -31,9 +30,16 @@ from edge_agent.neural.backends import get_backend
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.converter.builders import mlp_onnx, random_mlp, sensor_policy
 from edge_agent_host.keys import generate_keypair, load_signing_key
-from tests.integration.fleet.test_fleet_daemon import Listener, Node, hub_for
+from tests.integration.fleet.test_fleet_daemon import (
+    Listener,
+    Node,
+    hub_for,
+    status_view,
+    wait_until,
+)
 from tests.support.broker import MosquittoBroker
 from tests.support.doc_blocks import doc_block
+from tests.support.readme_venv import ReadmeVenv
 from tests.unit.neural.test_neural import spec_for
 
 pytestmark = pytest.mark.integration
@@ -318,9 +324,13 @@ sink = {{ type = "mqtt", topic = "actuators/pickers" }}
     assert node.stop() == 0
 
 
-def test_the_neural_demo_in_the_docs_runs_as_written(tmp_path: Path) -> None:
+@pytest.mark.timeout(1800)
+def test_the_neural_demo_in_the_docs_runs_as_written(
+    tmp_path: Path, readme_venv: ReadmeVenv
+) -> None:
     """docs/neural-agents.md "In the daemon": its commands, verbatim, from a copy of the
-    checkout's examples and docs/examples."""
+    checkout's examples and docs/examples, in the venv the page names (the README's, with the
+    host extra: :mod:`tests.support.readme_venv`)."""
     text = (REPO / "docs" / "neural-agents.md").read_text()
     section = text.split("## In the daemon", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
@@ -328,12 +338,7 @@ def test_the_neural_demo_in_the_docs_runs_as_written(tmp_path: Path) -> None:
     work = tmp_path / "repo"
     shutil.copytree(REPO / "examples", work / "examples")
     shutil.copytree(REPO / "docs" / "examples", work / "docs" / "examples")
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "TMPDIR": str(tmp_path),
-        "EDGE_AGENT_RUNTIME_DIR": str(tmp_path / "run"),
-    }
+    env = readme_venv.env(TMPDIR=str(tmp_path), EDGE_AGENT_RUNTIME_DIR=str(tmp_path / "run"))
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", code],
         cwd=work,
@@ -352,3 +357,117 @@ def test_the_neural_demo_in_the_docs_runs_as_written(tmp_path: Path) -> None:
     }
     assert set(rates) == {"pickers", "namers"}, out[-3000:]
     assert min(rates.values()) > 0.9, rates
+
+
+def test_a_faulty_sensor_is_counted_shown_and_raises_one_event_per_crossing(
+    mosquitto: MosquittoBroker, tmp_path: Path, keys: Any, nodes: list[Node]
+) -> None:
+    """Observations outside the range the bundle was calibrated on are counted per agent-step
+    (edge_agent.neural.input_range): in the status, its human view, telemetry and the
+    Prometheus text file; five agents of 100 sending 100x their values (5 %) raise one
+    input_out_of_range event, none more while they stay faulty, and the next only after a
+    window back below 0.5 %."""
+    trusted, _hub, ci = keys
+    policy = convert(EXAMPLES / "sensor_policy.onnx", tmp_path / "policy.tar", ci)
+    n = 100
+    prom = tmp_path / "edge_agent.prom"
+    groups = f"""
+[[groups]]
+name = "pickers"
+model = {{ type = "bundle", path = "{policy}" }}
+count = {n}
+source = {{ type = "mqtt", topic = "sensors/pickers" }}
+sink = {{ type = "mqtt", topic = "actuators/pickers" }}
+"""
+    node = Node(tmp_path, mosquitto, "pi-n5", keys_dir=trusted, groups=groups)
+    node.config.write_text(node.config.read_text().replace(
+        'log_level = "info"',
+        f'log_level = "info"\nprometheus_textfile = "{prom}"\nprometheus_interval_s = 1',
+    ))
+    nodes.append(node)
+    node.start()
+    sniff = Listener(mosquitto)
+    held = np.load(EXAMPLES / "sensor_calibration.npz")["window"]
+    rows = held[:n, -1, :].astype(np.float32)  # the calibration's own values: in range
+    faulty = rows.copy()
+    faulty[:5] *= 100.0  # five sensors gone wrong
+    seq = [0]
+
+    def send(batch: np.ndarray) -> None:
+        seq[0] += 1
+        sniff.publish(
+            "sensors/pickers", encode_observations("cam", "pickers", seq[0], np.arange(n), batch)
+        )
+
+    def until(cond: Any, what: str, batch: np.ndarray) -> dict[str, Any]:
+        """Keep sending ``batch`` (the broker keeps nothing for a late subscriber) until the
+        status says ``cond``."""
+
+        def check(s: dict[str, Any]) -> bool:
+            if cond(s):
+                return True
+            send(batch)
+            return False
+
+        return node.wait_status(check, what)
+
+    def watch(s: dict[str, Any]) -> dict[str, Any]:
+        return dict(group_of(s, "pickers")["observation_range"])
+
+    def raised() -> list[Any]:
+        return [e for e in sniff.events("pi-n5") if e.data.get("name") == "input_out_of_range"]
+
+    try:
+        status = until(lambda s: watch(s)["checked"] >= 300, "300 agent-steps checked", rows)
+        assert watch(status)["out_of_range"] == 0
+        assert watch(status)["calibrated"] is True
+        assert watch(status)["features"] == FEATURES
+        status = until(lambda s: watch(s)["alerting"], "the alert", faulty)
+        shown = watch(status)
+        # A window's 1 % of 100 agents x 100 ticks at least (the fault began within it).
+        assert shown["out_of_range"] >= 100
+        assert status["counters"]["input_range.out_of_range"] == shown["out_of_range"]
+        wait_until(lambda: len(raised()) == 1, "the event over MQTT")
+        (event,) = raised()
+        assert event.kind.value == "alarm"
+        assert event.severity.value == "warning"
+        assert event.group == "pickers"
+        assert event.data["agents"] == [0, 1, 2, 3, 4]
+        assert 0.01 <= event.data["share"] <= 0.05  # five of 100, from some tick of the window
+        assert event.detail.startswith("group pickers: ")
+        # The status's events: the daemon records the group's alert between two ticks.
+        status = until(
+            lambda s: any(e["kind"] == "input_out_of_range" for e in s["events"]),
+            "the event in the status", faulty,
+        )
+        view = status_view(node.state)
+        assert re.search(
+            r"observations out of calibrated range \(\+25 %\): \d+ of \d+ agent-steps, [\d.]+ % in "
+            r"the last "
+            r"100 ticks ALERT \(from 1 % until below 0\.5 %\)", view
+        ), view
+        # Two more windows of the same fault: the alert stands, no second event.
+        ticks = status["tick"]["ticks"]
+        until(lambda s: s["tick"]["ticks"] >= ticks + 200, "two more windows", faulty)
+        assert len(raised()) == 1
+        wait_until(
+            lambda: prom.exists()
+            and 'edge_agent_group_obs_range_alert{node="pi-n5",group="pickers"} 1'
+            in prom.read_text(),
+            "the alert in the Prometheus text file",
+        )
+        text = prom.read_text()
+        assert "# TYPE edge_agent_input_range_out_of_range_total counter" in text
+        assert "# TYPE edge_agent_group_obs_out_of_range_total counter" in text
+        assert "# TYPE edge_agent_group_obs_out_of_range_share gauge" in text
+        # The sensors fixed: a window below 0.5 % clears it; faulty again, the next event.
+        until(lambda s: not watch(s)["alerting"], "the alert cleared", rows)
+        assert len(raised()) == 1
+        until(lambda s: watch(s)["alerting"], "the alert again", faulty)
+        wait_until(lambda: len(raised()) == 2, "the second event over MQTT")
+        telemetry = sniff.telemetry("pi-n5")[-1]
+        assert telemetry.counters["input_range.groups"] == 1
+        assert telemetry.counters["input_range.out_of_range"] > shown["out_of_range"]
+    finally:
+        sniff.close()
+    assert node.stop() == 0

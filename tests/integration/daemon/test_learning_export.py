@@ -134,9 +134,10 @@ def test_a_learned_model_is_exported_signed_and_run_by_another_daemon(tmp_path: 
     assert version >= 150
     second = Run(config_a, 2)
     try:
-        # docs/learning.md block 4 as written, while A runs; CONFIG and the signing key are
-        # the test's.
-        block = doc_block("docs/learning.md", 4)
+        # docs/learning.md block 5 as written, while A runs; CONFIG and the signing key are
+        # the test's. It runs on the device (the page says so), with the daemon's venv: the
+        # suite's stands for it here (the .deb's /opt/edge-agent/venv holds the same code).
+        block = doc_block("docs/learning.md", 5)
         first_line, rest = block.split("\n", 1)
         assert first_line.startswith("CONFIG="), block
         done = shell(rest, work, CONFIG=str(config_a), SIGNING_KEY=str(key.private_path))

@@ -5,9 +5,8 @@ tests.integration.docs.test_learning_demos`` prints the figures the doc quotes."
 
 from __future__ import annotations
 
-import os
+import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,20 @@ from edge_agent.config.profiles import load_profiles
 from edge_agent.daemon.admission import admit
 from edge_agent.sim.endpoints import WorldSource
 from tests.support.doc_blocks import ROOT, doc_block
+from tests.support.readme_venv import ReadmeVenv
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 TMAZE = ROOT / "docs" / "examples" / "learning-tmaze.toml"
 GRID = ROOT / "docs" / "examples" / "learning-grid.toml"
 
 
-def run_block(block: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "EDGE_AGENT_PROFILES_DIR": str(ROOT / "firmware_profiles"),
-        "EDGE_AGENT_RUNTIME_DIR": str(tmp_path / "run"),
-        "TMPDIR": str(tmp_path),
-    }
+def run_block(venv: ReadmeVenv, block: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``block`` from the root of the README's checkout with its venv activated (the page's
+    place and venv), its temporary and runtime directories in the test's."""
+    env = venv.env(EDGE_AGENT_RUNTIME_DIR=str(tmp_path / "run"), TMPDIR=str(tmp_path))
     return subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env, capture_output=True,
+        ["bash", "-euo", "pipefail", "-c", block], cwd=venv.root, env=env, capture_output=True,
         text=True, timeout=300, check=False, stdin=subprocess.DEVNULL,
     )
 
@@ -57,8 +53,8 @@ def stepped(path: Path, ticks: int) -> dict[str, dict[str, Any]]:
             g.agents.release()
 
 
-def test_the_tmaze_demo_block_runs(tmp_path: Path) -> None:
-    result = run_block(doc_block("docs/learning.md", 1), tmp_path)
+def test_the_tmaze_demo_block_runs(tmp_path: Path, readme_venv: ReadmeVenv) -> None:
+    result = run_block(readme_venv, doc_block("docs/learning.md", 2), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "docs/examples/learning-tmaze.toml: OK" in result.stdout
     assert ("learning A [1], shared, lr_pA 0.01, forgetting 0.02, refresh every 3 ticks"
@@ -66,10 +62,15 @@ def test_the_tmaze_demo_block_runs(tmp_path: Path) -> None:
     reports = [line for line in result.stderr.splitlines() if "losses_per_trial" in line]
     for name in ("frozen", "learning", "forgetting"):
         assert any(f" {name} " in line for line in reports), result.stderr[-3000:]
+    # edge-agent status, pointed at the run's --state-dir: a learning line per learning group.
+    assert re.search(r"^edge-agentd \S+  pid \d+  running$", result.stdout, flags=re.M)
+    learning = re.findall(r"^ +learning pA1 \(shared, counts from priors\): \d+ updates",
+                          result.stdout, flags=re.M)  # fmt: skip
+    assert len(learning) == 2, result.stdout
 
 
-def test_the_grid_demo_block_runs(tmp_path: Path) -> None:
-    result = run_block(doc_block("docs/learning.md", 2), tmp_path)
+def test_the_grid_demo_block_runs(tmp_path: Path, readme_venv: ReadmeVenv) -> None:
+    result = run_block(readme_venv, doc_block("docs/learning.md", 3), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "docs/examples/learning-grid.toml: OK" in result.stdout
     assert "learning B [0], shared, lr_pB 0.02, refresh every 10 ticks" in result.stdout

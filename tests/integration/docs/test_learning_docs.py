@@ -1,28 +1,28 @@
-"""docs/learning.md's Python and command blocks, as written, on the shipped examples."""
+"""docs/learning.md's Python and command blocks, as written, on the shipped examples, in the
+README's venv (the page says so; :mod:`tests.support.readme_venv`)."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.support.doc_blocks import ROOT, doc_block
+from tests.support.readme_venv import ReadmeVenv
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 DOC = "docs/learning.md"
 
 
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-                          check=False, stdin=subprocess.DEVNULL)
+def run(venv: ReadmeVenv, cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``cmd`` in ``cwd`` with the README's venv activated (``python`` is its python)."""
+    return subprocess.run(cmd, cwd=cwd, env=venv.env(), capture_output=True, text=True,
+                          timeout=600, check=False, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
 def python_blocks() -> list[str]:
@@ -30,19 +30,19 @@ def python_blocks() -> list[str]:
     return blocks
 
 
-def test_the_python_block_runs_and_learns(tmp_path: Path) -> None:
+def test_the_python_block_runs_and_learns(tmp_path: Path, readme_venv: ReadmeVenv) -> None:
     code = python_blocks()[0]
-    result = run([sys.executable, "-c", code], tmp_path)
+    result = run(readme_venv, ["python", "-c", code], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     version, refreshes = (int(x) for x in result.stdout.split())
     assert version == 60  # one pA update per tick
     assert refreshes == 20  # every 3 ticks
 
 
-def test_the_replay_block_learns_the_reversal(tmp_path: Path) -> None:
+def test_the_replay_block_learns_the_reversal(tmp_path: Path, readme_venv: ReadmeVenv) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     block = doc_block("docs/learning.md", 0)
-    result = run(["bash", "-euo", "pipefail", "-c", block], tmp_path)
+    result = run(readme_venv, ["bash", "-euo", "pipefail", "-c", block], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "learned pA1" in result.stdout
     with np.load(tmp_path / "learned.npz") as out, np.load(
@@ -53,19 +53,22 @@ def test_the_replay_block_learns_the_reversal(tmp_path: Path) -> None:
     assert 3.5 < after < 4.5  # "about 4": a loss in the cued arm, learned after the reversal
 
 
-def test_the_bundle_block_hands_the_counts_to_a_group(tmp_path: Path) -> None:
-    """The host tool's bundle of the shipped learning model, then the block as written, then a
-    few ticks of the group it made."""
-    converted = run(["edge-agent-host", "convert", "aif", str(ROOT / "examples" /
-                     "tmaze-learning.npz"), "--out", "tmaze.tar", "--rollouts", "20",
-                     "--steps", "4"], tmp_path)
+def test_the_bundle_block_hands_the_counts_to_a_group(
+    tmp_path: Path, readme_venv: ReadmeVenv
+) -> None:
+    """The doc's command that makes ``tmaze.tar`` (the host tool's bundle of the shipped learning
+    model), then the Python block as written, then a few ticks of the group it made."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    block = doc_block("docs/learning.md", 1)
+    converted = run(readme_venv, ["bash", "-euo", "pipefail", "-c", block], tmp_path)
     assert converted.returncode == 0, converted.stderr[-3000:]
+    assert (tmp_path / "tmaze.tar").is_file()
     code = python_blocks()[1] + (
         "import numpy as np\n"
         "for _ in range(5):\n"
         "    group.step(np.zeros((100, 3), dtype=np.int64))\n"
         "print(sorted(counts), sorted(counts['A']), group.learner.pA.version)\n"
     )
-    result = run([sys.executable, "-c", code], tmp_path)
+    result = run(readme_venv, ["python", "-c", code], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["['A']", "[1]", "5"]

@@ -23,26 +23,34 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_agent.bundle.loader import load_bundle
+from edge_agent.fleet.agent_io import decode_actions, encode_observations
 from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import REPO, NotifySocket
 from tests.integration.fleet.test_fleet_daemon import Node, wait_until
 from tests.support.broker import MosquittoBroker, MosquittoMissingError, free_port
 from tests.support.doc_blocks import doc_block
 from tests.support.postgres import PostgresMissingError, PostgresServer
+from tests.support.readme_venv import ReadmeVenv, clean_env
 from tests.unit.fleet.test_deploy import bundle_tar
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 FLEET = "plant-3"
 NODES = ("pi-0417", "pi-0418")
@@ -61,10 +69,18 @@ sink = { type = "sim" }
 
 # ------------------------------------------------------------------------------------ helpers
 class Operator:
-    """The operator's shell: ``bash -e`` with the docs' variables set to this test's values, a
-    home of its own (``~/.config/edge-agent``), the project's commands on PATH."""
+    """The operator's shells: ``bash -e`` with the docs' variables set to this test's values, a
+    home of its own (``~/.config/edge-agent``) and the commands where the docs put them. On the
+    operator's machine (security.md, fleet.md) the README's venv is activated: the host tool
+    (``broker init``, the hub CLI, ``convert``). On the hub's machine (hub.md, ``on_hub``)
+    ``edge-agent-hub`` is on PATH as hub.md installs it, a link in a ``bin`` directory to the
+    hub venv's command, and no other venv (the README's has an ``edge-agent-hub`` of its own,
+    without the ``hub`` extra, which would shadow it). The suite's venv stands for the hub's
+    (``/opt/edge-agent-hub/venv``, made by hub.md's block as root on a Debian root booted under
+    systemd: ``test_deb_booted.py``): it has what the ``hub`` extra installs (psycopg,
+    prometheus_client), and the same code."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, venv: ReadmeVenv) -> None:
         self.tmp = tmp
         self.home = tmp / "home"
         self.work = tmp / "work"
@@ -77,13 +93,12 @@ class Operator:
             f"DIR={self.dir} PORT={self.port} HOST=localhost BIND=127.0.0.1 "
             f"DEVICE_DIR={self.device_dir}"
         )
-        self.env = {
-            **os.environ,
-            "HOME": str(self.home),
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-            "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tools'}",
-            "PYTHONUNBUFFERED": "1",
-        }
+        local_bin = tmp / "usr-local-bin"  # hub.md: ln -sf .../venv/bin/edge-agent-hub there
+        local_bin.mkdir()
+        (local_bin / "edge-agent-hub").symlink_to(BIN / "edge-agent-hub")
+        self.env = venv.env(HOME=str(self.home), PYTHONUNBUFFERED="1")
+        self.hub_env = {**clean_env(), "HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        self.hub_env["PATH"] = f"{local_bin}{os.pathsep}{self.hub_env['PATH']}"
 
     def run(
         self,
@@ -92,16 +107,17 @@ class Operator:
         stdin: str = "",
         timeout: float = 300,
         env: dict[str, str] | None = None,
+        on_hub: bool = False,
     ) -> str:
-        """``script`` after the test's names, in ``bash -e``; its output (fails the test on a
-        non-zero exit)."""
+        """``script`` after the test's names, in ``bash -e`` on the operator's machine (or the
+        hub's); its output (fails the test on a non-zero exit)."""
         done = subprocess.run(
             ["bash", "-e", "-c", f"{self.names}\n{script}"],
             input=stdin,
             capture_output=True,
             text=True,
             cwd=self.work,
-            env={**self.env, **(env or {})},
+            env={**(self.hub_env if on_hub else self.env), **(env or {})},
             timeout=timeout,
             check=False,
             start_new_session=True,  # no terminal: prompts read standard input
@@ -151,7 +167,15 @@ def broker_log(broker: MosquittoBroker) -> str:
     )
 
 
-def secure_daemon(op: Operator, broker: MosquittoBroker, name: str, keys: dict[str, Path]) -> Node:
+def secure_daemon(
+    op: Operator,
+    broker: MosquittoBroker,
+    name: str,
+    keys: dict[str, Path],
+    *,
+    groups: str = DOORS,
+    mqtt_extra: str = "",
+) -> Node:
     """A daemon whose ``[mqtt]`` is its generated ``mqtt.toml`` (files in DEVICE_DIR), trusting
     the CI's bundle key and the hub's command key."""
     node = Node(op.tmp / "nodes", broker, name)
@@ -166,12 +190,13 @@ status_file = "{node.state / "status.json"}"
 tick_hz = 10
 log_level = "info"
 trusted_keys_dir = "{keys["bundles"]}"
-{DOORS}
+{groups}
 {snippet}hub_keys_dir = "{keys["hubs"]}"
 keepalive_s = 5
 telemetry_interval_s = 0.5
 reconnect_initial_s = 0.05
 reconnect_max_s = 0.5
+{mqtt_extra}
 """
     )
     return node
@@ -217,7 +242,7 @@ port = 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(BIN / "edge-agent-hub"), "run", "--config", str(self.config)],
-                env={**self.op.env, "NOTIFY_SOCKET": str(self.notify.path)},
+                env={**self.op.hub_env, "NOTIFY_SOCKET": str(self.notify.path)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.op.work,
@@ -235,7 +260,8 @@ port = 0
         return data
 
     def cli(self, *args: str) -> str:
-        return self.op.run(" ".join(["edge-agent-hub", *args, "--config", str(self.config)]))
+        command = " ".join(["edge-agent-hub", *args, "--config", str(self.config)])
+        return self.op.run(command, on_hub=True)
 
     def rollout(self, rollout_id: str) -> dict[str, Any]:
         out: dict[str, Any] = json.loads(self.cli("rollout", "status", rollout_id, "--json"))
@@ -274,6 +300,14 @@ port = 0
             self.proc.kill()
             self.proc.wait(10)
         self.notify.close()
+
+
+def hub_md_door_v8() -> str:
+    """The command hub.md names for ``door-v8.tar`` (beside its rollout block)."""
+    text = (REPO / "docs" / "hub.md").read_text()
+    found = re.search(r"`(edge-agent-host convert aif [^`]*--out door-v8\.tar[^`]*)`", text)
+    assert found, "hub.md names no command that makes door-v8.tar"
+    return " ".join(found.group(1).split())
 
 
 def bundle_sha(tar: Path) -> str:
@@ -324,6 +358,7 @@ def postgres_database(op: Operator, started: list[Any]) -> str:
     shim = 'sudo() { if [ "$1" = "-u" ]; then shift 2; fi; "$@"; }\n'
     op.run(
         shim + doc_block("docs/hub.md", 1),
+        on_hub=True,
         stdin=f"{password}\n{password}\n",
         env={
             "PGHOST": server.host,
@@ -345,27 +380,28 @@ def postgres_database(op: Operator, started: list[Any]) -> str:
 # -------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_the_operator_s_journey_on_a_secured_broker(
-    tmp_path: Path, started: list[Any], engine: str
+    tmp_path: Path, started: list[Any], engine: str, readme_venv: ReadmeVenv
 ) -> None:
-    op = Operator(tmp_path)
+    op = Operator(tmp_path, readme_venv)
     broker = start_broker(op)
     started.append(broker)
 
     # fleet.md block 0, its first line: the hub's signing key; the operator copies hub.pub to the
-    # nodes. The CI's bundle key signs door-v7 and door-v8 (and a bundle that fails its health
-    # check on the doors group, a T-maze model on a grid world).
+    # nodes' hub_keys_dir. The working directory holds what the README's "Using it" leaves in a
+    # checkout: examples/ and the CI's bundle key keys/fleet.key, whose fleet.pub the nodes
+    # trust; it signs the bundles the docs make (door-v7, door-v8) and one the test makes, which
+    # fails its health check on the doors group (a T-maze model on a grid world).
     fleet_block = doc_block("docs/fleet.md", 0)
     keygen, rest = fleet_block.split("\n", 1)
     op.run(keygen)
     key = op.home / ".config" / "edge-agent" / "hub.key"
     (op.home / "hub-keys").mkdir()
     shutil.copy(key.with_suffix(".pub"), op.home / "hub-keys" / "hub.pub")
-    ci = generate_keypair(tmp_path / "ci", "ci").private_path
-    v7 = shutil.copy(bundle_tar(tmp_path, ci, policy_len=1), op.work / "door-v7.tar")
-    v8 = shutil.copy(bundle_tar(tmp_path, ci, policy_len=2), op.work / "door-v8.tar")
-    broken = bundle_tar(tmp_path, ci, world="tmaze", policy_len=1)
-    v7_sha, v8_sha, broken_sha = bundle_sha(Path(v7)), bundle_sha(Path(v8)), bundle_sha(broken)
-    keys = {"bundles": tmp_path / "ci", "hubs": op.home / "hub-keys"}
+    shutil.copytree(REPO / "examples", op.work / "examples")
+    op.run("edge-agent-host keygen --out keys --name fleet")
+    broken = bundle_tar(tmp_path, op.work / "keys" / "fleet.key", world="tmaze", policy_len=1)
+    broken_sha = bundle_sha(broken)
+    keys = {"bundles": op.work / "keys", "hubs": op.home / "hub-keys"}
 
     # Two daemons from their generated snippets.
     nodes = {name: secure_daemon(op, broker, name, keys) for name in NODES}
@@ -393,27 +429,35 @@ def test_the_operator_s_journey_on_a_secured_broker(
 
     wait_until(listed_online, "both nodes online in the hub CLI's fleet", timeout=WAIT_S)
 
-    # fleet.md block 0, the rest as written: fleet, watch, signed commands, a deployment.
+    # fleet.md block 0, the rest as written: fleet, watch, signed commands, the bundle it makes
+    # and deploys.
     out = op.run(rest, timeout=600)
     assert "pi-0417: resize_group ok" in out, out
     for name in NODES:
         assert f"{name}: ping ok" in out, out
+        assert f"{name}: ok 1/1 chunks" in out, out  # the deployment's last progress line
+    v7 = op.work / "door-v7.tar"
+    v7_sha = bundle_sha(v7)
     for node in nodes.values():
         wait_until(lambda n=node: runs(n, v7_sha), f"{node.name} on door-v7")
 
     # hub.md block 2 on the service's config: its readers, with the commands journaled.
     readers = lines_without(doc_block("docs/hub.md", 2), "C=")
-    out = op.run(f"C={service.config}\n{readers}")
+    out = op.run(f"C={service.config}\n{readers}", on_hub=True)
     for name in ("resize_group", "ping", "deploy"):
         assert name in out, out
     assert "running" in out, out
 
-    # hub.md block 3 as written: door-v8 with door-v7 as rollback; the canary deploys and soaks
-    # (300 s), is paused, resumed, and the abort rolls it back.
+    # hub.md block 3 as written, beside hub.toml, fleet.md's door-v7 and door-v8, which the
+    # operator made with the command hub.md names: rolled out with door-v7 as rollback; the
+    # canary deploys and soaks (300 s), is paused, resumed, and the abort rolls it back.
+    op.run(hub_md_door_v8())
+    v8 = op.work / "door-v8.tar"
+    v8_sha = bundle_sha(v8)
     block = doc_block("docs/hub.md", 3)
     start, after = block.split("\nID=", 1)
     after = after.split("\n", 1)[1]
-    out = op.run(f"cd {service.dir}\ncp {v7} {v8} .\n{start}")
+    out = op.run(f"cd {service.dir}\ncp {v7} {v8} .\n{start}", on_hub=True)
     rollout_id = out.split("rollout ", 1)[1].split()[0]
     assert rollout_id.startswith("r-"), out
     wait_until(
@@ -425,9 +469,9 @@ def test_the_operator_s_journey_on_a_secured_broker(
     other = next(n for n in NODES if n != canary)
     assert soaking["nodes"][canary]["state"] == "ok"
     assert runs(nodes[other], v7_sha)
-    r_line = start.split("\n", 1)[0]
+    (r_line,) = [line for line in start.splitlines() if line.startswith("R=")]
     assert r_line == 'R="edge-agent-hub rollout"', r_line
-    op.run(f"cd {service.dir}\n{r_line}\nID={rollout_id}\n{after}")
+    op.run(f"cd {service.dir}\n{r_line}\nID={rollout_id}\n{after}", on_hub=True)
     end = service.wait_rollout(rollout_id, {"rolled_back", "halted"}, "the abort's rollback")
     assert end["state"] == "rolled_back", end
     assert end["detail"].startswith("aborted by the operator"), end
@@ -487,11 +531,11 @@ def test_the_operator_s_journey_on_a_secured_broker(
 
 
 def test_a_hub_service_whose_identity_may_not_command_halts_its_rollout_with_the_reason(
-    tmp_path: Path, started: list[Any]
+    tmp_path: Path, started: list[Any], readme_venv: ReadmeVenv
 ) -> None:
     """The observer identity (docs/hub.md: enough for a service without rollouts) carrying a
     rollout: the broker refuses its commands (0x87), and the rollout halts at once saying so."""
-    op = Operator(tmp_path)
+    op = Operator(tmp_path, readme_venv)
     broker = start_broker(op)
     started.append(broker)
     key = generate_keypair(tmp_path / "hub-keys", "hub").private_path
@@ -530,3 +574,148 @@ def test_a_hub_service_whose_identity_may_not_command_halts_its_rollout_with_the
     )  # fmt: skip
     assert cli.returncode == 1, cli
     assert "0x87 not authorized" in cli.stdout + cli.stderr, cli
+
+
+# ------------------------------------------------------------------ agent I/O on the same broker
+def fleet_md_io_group() -> str:
+    """fleet.md's agent I/O group as written (the TOML block of "Agent I/O over MQTT")."""
+    section = (REPO / "docs" / "fleet.md").read_text().split("## Agent I/O over MQTT", 1)[1]
+    found = re.search(r"```toml\n(.*?)```", section, flags=re.S)
+    assert found, section[:2000]
+    return found.group(1)
+
+
+class DoorsClient:
+    """The identity ``doors`` of security.md's block (``--sensor doors``): the door sensors'
+    and actuators' process, over mutual TLS with its files from ``clients/doors/``."""
+
+    def __init__(self, op: Operator) -> None:
+        files = op.dir / "clients" / "doors"
+        self.actions: dict[str, list[tuple[int, int]]] = {}  # topic -> (tick, agents)
+        self.lock = threading.Lock()
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id="doors",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )  # fmt: skip
+        context = ssl.create_default_context(cafile=str(files / "ca.crt"))
+        context.load_cert_chain(str(files / "doors.crt"), str(files / "doors.key"))
+        self.client.tls_set_context(context)
+        self.client.on_connect = lambda c, *_: c.subscribe("actuators/+/doors", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("localhost", op.port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        batch, ids, _actions = decode_actions(msg.payload)
+        assert batch.group == "doors"
+        with self.lock:
+            self.actions.setdefault(msg.topic, []).append((batch.tick, len(ids)))
+
+    def observe(self, tick: int, count: int) -> None:
+        """Every door agent's observation (a cell of the grid10 model the bundle holds)."""
+        values = (np.arange(count) + tick) % 100
+        payload = encode_observations("doors", "doors", tick, np.arange(count), values[:, None])
+        self.client.publish("sensors/doors/a", payload, qos=1).wait_for_publish(30)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_fleet_md_s_agent_io_runs_on_security_md_s_broker(
+    tmp_path: Path, started: list[Any], readme_venv: ReadmeVenv
+) -> None:
+    """fleet.md's ``doors`` group, as written but for its bundle's path, on node pi-0417 of
+    security.md's broker: the identity ``doors`` writes the observations, the group steps and
+    its actions reach ``doors``, nothing is refused. Node pi-0418 runs the same group with the
+    sink ``actuators/doors`` (a topic its ACL does not let it write) and a group whose source
+    its ACL does not let it read: its log says each once, and its status counts them."""
+    op = Operator(tmp_path, readme_venv)
+    broker = start_broker(op)
+    started.append(broker)
+    ci = generate_keypair(tmp_path / "ci", "ci").private_path
+    door = bundle_tar(tmp_path, ci, policy_len=1)  # grid10: one outcome of 100 per agent
+    written = fleet_md_io_group()
+    group = written.replace("/opt/models/door.tar", str(door))
+    assert group != written
+    count = int(re.search(r"^count = (\d+)", written, flags=re.M).group(1))  # type: ignore[union-attr]
+    keys = {"bundles": tmp_path / "ci", "hubs": tmp_path / "ci"}
+    wrong = group.replace('"actuators/pi-0417/doors"', '"actuators/doors"') + """
+[[groups]]
+name = "vents"
+model = { type = "builtin", name = "grid10" }
+count = 4
+source = { type = "mqtt", topic = "vents/+" }
+sink = { type = "log" }
+"""
+    assert '"actuators/doors"' in wrong
+    nodes = {
+        "pi-0417": secure_daemon(op, broker, "pi-0417", keys, groups=group),
+        "pi-0418": secure_daemon(
+            op, broker, "pi-0418", keys, groups=wrong, mqtt_extra="io_silent_after_s = 2"
+        ),
+    }
+    for node in nodes.values():
+        started.append(node)
+        node.start()
+    doors = DoorsClient(op)
+    try:
+        tick = 0
+
+        def acted() -> bool:
+            nonlocal tick
+            tick += 1
+            doors.observe(tick, count)
+            with doors.lock:
+                batches = doors.actions.get("actuators/pi-0417/doors", [])
+            return sum(n for t, n in batches if t == batches[-1][0]) == count if batches else False
+
+        wait_until(acted, "pi-0417's actions for every door agent at the actuators", WAIT_S)
+        status = nodes["pi-0417"].wait_status(
+            lambda s: s["groups"][0]["io"]["rows"] >= count and s["groups"][0]["steps"] > 0,
+            "pi-0417's doors group stepping on the sensors' observations",
+        )
+        io, actions = status["groups"][0]["io"], status["groups"][0]["actions"]
+        assert not io["waiting"]
+        assert io["refused"] == 0
+        assert actions["published"] >= count
+        assert actions["refused"] == 0
+        assert status["counters"]["fleet.io_refused"] == 0
+        assert "refused" not in full_log(nodes["pi-0417"])
+        with doors.lock:
+            assert set(doors.actions) == {"actuators/pi-0417/doors"}  # nothing of pi-0418's
+
+        refused = (
+            "group 'doors': the broker refused the actions published on 'actuators/doors' "
+            "(0x87 not authorized): its ACL must let node 'pi-0418' write it "
+            "(edge-agent-host broker init --io-topic / --io-read, docs/security.md)"
+        )
+        silent = (
+            "group 'vents': nothing arrived on 'vents/+' in 2 s online (4 agents never "
+            "observed): does a sensor publish there, and may node 'pi-0418' read it? "
+            "(mosquitto grants a subscription its ACL denies and delivers nothing: "
+            "edge-agent-host broker init --io-read / --io-topic, docs/security.md)"
+        )
+
+        def said() -> bool:
+            doors.observe(tick, count)  # pi-0418's doors group steps and publishes too
+            log = full_log(nodes["pi-0418"])
+            return refused in log and silent in log
+
+        wait_until(said, "pi-0418's lines about its refused sink and its silent source", WAIT_S)
+        status = nodes["pi-0418"].wait_status(
+            lambda s: s["groups"][0]["actions"]["refused"] >= 3
+            and {e["kind"] for e in s["events"]} >= {"io_refused", "io_silent"},
+            "more refused batches, and both events",
+        )
+        log = full_log(nodes["pi-0418"])
+        assert log.count(refused) == 1, log[-4000:]
+        assert log.count(silent) == 1, log[-4000:]
+        assert status["groups"][0]["actions"]["refusal"] == "0x87 not authorized"
+        assert status["groups"][1]["io"]["waiting"]
+    finally:
+        doors.close()
+
+
+def full_log(node: Node) -> str:
+    return node.config.with_suffix(".log").read_text(errors="replace")

@@ -1,32 +1,39 @@
-"""docs/planning.md's command blocks, as written, from the repository root."""
+"""docs/planning.md's command blocks, as written, from the repository root in the README's venv
+(the page says so): the checkout and venv ``scripts/demo`` made
+(:mod:`tests.support.readme_venv`)."""
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.support.doc_blocks import ROOT, doc_block
+from tests.support.readme_venv import ReadmeVenv
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 
-def run_block(block: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def run_block(
+    venv: ReadmeVenv, block: str, tmp: Path | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``block`` in ``bash -e`` with the README's venv activated, in its checkout (``cwd``)."""
+    env = venv.env()
+    if tmp is not None:  # mktemp's, and the daemon's runtime directory, in the test's
+        env.update(TMPDIR=str(tmp), EDGE_AGENT_RUNTIME_DIR=str(tmp / "run"))
     return subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=900, check=False, stdin=subprocess.DEVNULL,
-    )
+        ["bash", "-euo", "pipefail", "-c", block], cwd=cwd or venv.root, env=env,
+        capture_output=True, text=True, timeout=900, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
-def test_the_short_benchmark_run_compares_policies_side_by_side() -> None:
-    result = run_block(doc_block("docs/planning.md", 0))
+def test_the_short_benchmark_run_compares_policies_side_by_side(readme_venv: ReadmeVenv) -> None:
+    result = run_block(readme_venv, doc_block("docs/planning.md", 0))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
     rows = [r for r in lines if r["bench"] == "planning"]
@@ -48,9 +55,22 @@ def test_the_short_benchmark_run_compares_policies_side_by_side() -> None:
     assert grid["every_2"]["score_ratio"] >= 0.98
 
 
-def test_check_config_shows_the_planning_example() -> None:
-    result = run_block(doc_block("docs/planning.md", 1))
+def test_check_config_and_status_show_the_planning_example(
+    tmp_path: Path, readme_venv: ReadmeVenv
+) -> None:
+    """check-config, then the daemon and ``edge-agent status`` pointed at its --state-dir: a
+    planning line per group with a policy."""
+    result = run_block(readme_venv, doc_block("docs/planning.md", 1), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    lines = re.findall(
+        r"^ +planning last tick: \d+ planned, \d+ deferred \(duty cycle [\d.]+%\); plan age "
+        r"mean [\d.]+, max \d+ ticks(; \d+ tick\(s\) cut by the deadline so far)?$",
+        result.stdout,
+        flags=re.M,
+    )
+    assert len(lines) == 2, result.stdout
+    assert lines[0]  # the grid group's budget cuts ticks; the T-maze group has no deadline
+    assert not lines[1]
     assert "docs/examples/planning.toml: OK" in result.stdout
     assert (
         "planning every 8 ticks or belief change >= 0.3 or when a plan runs out, "
@@ -61,16 +81,11 @@ def test_check_config_shows_the_planning_example() -> None:
     )
 
 
-def test_the_replay_block_plans_by_the_policy(tmp_path: Path) -> None:
+def test_the_replay_block_plans_by_the_policy(tmp_path: Path, readme_venv: ReadmeVenv) -> None:
     """The replay block as written, on a copy of the examples: the agent plans at some steps
     and not others, and the output holds the plans per step, consistent with each other."""
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", doc_block("docs/planning.md", 2)], cwd=tmp_path,
-        env=env, capture_output=True, text=True, timeout=600, check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_block(readme_venv, doc_block("docs/planning.md", 2), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(tmp_path / "replayed.npz") as out:
         planned, age, left = out["planned"], out["plan_age"], out["plan_left"]

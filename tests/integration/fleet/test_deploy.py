@@ -119,10 +119,18 @@ def test_unhealthy_and_tampered_bundles_are_refused_and_the_group_runs_on(
     with hub_for(mosquitto, hub_key, "pi-06") as hub:
         # A T-maze model for the grid group: signed and intact, but it cannot run there.
         wrong = bundle_tar(tmp_path, ci, world="tmaze", policy_len=1)
-        result = hub.deploy(wrong, "grid", ["pi-06"], chunk_size=4096)["pi-06"]
+        progress: list[tuple[int, int, str]] = []
+        result = hub.deploy(
+            wrong, "grid", ["pi-06"], chunk_size=4096,
+            progress=lambda _n, done, total, phase: progress.append((done, total, phase)),
+        )["pi-06"]  # fmt: skip
         assert result.code is ResultCode.FAILED
         assert result.detail.startswith("health"), result.detail
         assert result.data["phase"] == "failed"
+        # Every chunk arrived (the health check failed after): the progress line says so.
+        chunks = DeployPlan.from_bundle(wrong, 4096).chunks
+        assert (result.data["received"], result.data["total"]) == (chunks, chunks)
+        assert progress[-1] == (chunks, chunks, "failed"), progress
         # A payload byte changed after signing; the chunk hashes describe the changed file,
         # so the transfer completes and verification must catch it.
         good = bundle_tar(tmp_path, ci)

@@ -4,7 +4,7 @@
 Real parts only: ``edge-agent-host broker init`` and mosquitto on its config (security.md block
 0), the hub's signing key and ``H``/``K`` as fleet.md block 0 defines them, two daemons configured
 from their generated snippets, each with a group ``maze`` that learns (``[groups.learning]``) and
-a group ``doors`` that does not. learning.md block 3 runs as written; then the answers' data
+a group ``doors`` that does not. learning.md block 4 runs as written; then the answers' data
 show what each command did to the counts (frozen counts do not move while the daemon ticks, a
 reset puts them back to their prior), a freeze survives a restart (the snapshot carries it), a
 group that does not learn is refused with its reason, and commands signed by an unknown key,
@@ -36,8 +36,9 @@ from tests.integration.docs.test_operator_journey import (
 from tests.integration.fleet.test_fleet_daemon import Node, wait_until
 from tests.support.broker import MosquittoBroker
 from tests.support.doc_blocks import doc_block
+from tests.support.readme_venv import ReadmeVenv
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 __all__ = ["started"]  # the fixture, imported for the tests here
 
@@ -118,8 +119,10 @@ def maze_counts(answer: dict[str, Any]) -> dict[str, int]:
     return {"version": data["version_pA"][i], "reset_at": data["reset_at_pA"][i]}
 
 
-def test_learning_commands_on_the_secured_fleet(tmp_path: Path, started: list[Any]) -> None:
-    op = Operator(tmp_path)
+def test_learning_commands_on_the_secured_fleet(
+    tmp_path: Path, started: list[Any], readme_venv: ReadmeVenv
+) -> None:
+    op = Operator(tmp_path, readme_venv)
     broker = start_broker(op)
     started.append(broker)
     fleet_block = doc_block("docs/fleet.md", 0)
@@ -151,7 +154,7 @@ def test_learning_commands_on_the_secured_fleet(tmp_path: Path, started: list[An
 
     # learning.md block 3 as written: freeze and resume on one node, reset on every node.
     try:
-        out = op.run(f"{hk}\n{doc_block('docs/learning.md', 3)}")
+        out = op.run(f"{hk}\n{doc_block('docs/learning.md', 4)}")
     except AssertionError:
         print("\n".join(n.log() for n in nodes.values()))
         raise

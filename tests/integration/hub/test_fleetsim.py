@@ -25,6 +25,7 @@ from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.daemon.test_daemon import REPO
 from tests.support.broker import MosquittoBroker
 from tests.support.doc_blocks import doc_block
+from tests.support.readme_venv import ReadmeVenv
 from tests.unit.fleet.test_deploy import bundle_tar
 
 pytestmark = pytest.mark.integration
@@ -133,26 +134,23 @@ def test_simulated_nodes_take_commands_and_deployments_like_real_ones(
     assert lines[-1]["nodes"] == NODES
 
 
+@pytest.mark.timeout(1800)
 def test_the_documented_simulation_runs_as_written(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, readme_venv: ReadmeVenv
 ) -> None:
-    """docs/hub.md block 4 as written (its ``PORT=`` the test broker's): 100 simulated nodes,
-    whose births and online states a hub hears; SIGTERM stops them with their summary line."""
-    block = doc_block("docs/hub.md", 4)
+    """docs/hub.md block 5 as written (its ``PORT=`` the test broker's), in the venv the page
+    names (the README's: :mod:`tests.support.readme_venv`): 100 simulated nodes, whose births
+    and online states a hub hears; SIGTERM stops them with their summary line."""
+    block = doc_block("docs/hub.md", 5)
     lines = block.splitlines()
     assert lines[0].startswith("PORT=1883 "), lines[0]
     script = "\n".join([f"PORT={mosquitto.port}", *lines[1:]])
     work = tmp_path / "work"
     generate_keypair(work / "keys", "hub")
     generate_keypair(work / "keys", "ci")
-    bin_dir = Path(sys.executable).parent
     proc = subprocess.Popen(
         ["bash", "-e", "-c", script],
-        env={
-            **os.environ,
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-            "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tools'}",
-        },
+        env=readme_venv.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

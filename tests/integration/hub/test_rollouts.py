@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from edge_agent_host.keys import generate_keypair
 from tests.integration.fleet.test_fleet_daemon import Node, wait_until
 from tests.integration.hub.test_hubd import Hub, sqlite_table
 from tests.support.broker import MosquittoBroker
+from tests.support.doc_blocks import doc_block
+from tests.support.readme_venv import ReadmeVenv
 from tests.unit.fleet.test_deploy import bundle_tar
 
 pytestmark = pytest.mark.integration
@@ -176,7 +179,15 @@ def test_a_failing_wave_halts_and_the_waves_done_are_rolled_back(
                    "--soak", "1", "--watch-ticks", "5", "--rollback-bundle", str(old),
                    "--json")  # fmt: skip
     assert plan["nodes"] == ["pi-a", "pi-b", "pi-c", "pi-d"]
-    end = wait_rollout(hub, plan["id"], {"done", "halted", "rolled_back"}, "the halt")
+    # Followed to its end: a line per move, exit 5 for a rollout rolled back.
+    followed = hub_cli(hub, "rollout", "status", plan["id"], "--follow")
+    lines = followed.stdout.splitlines()
+    assert followed.returncode == 5, followed
+    assert any(line.startswith(f"{plan['id']} wave 1/2 ") for line in lines), lines
+    assert any(line.startswith(f"{plan['id']} wave 2/2 ") for line in lines), lines
+    assert lines[-1].startswith(f"{plan['id']} rolled_back: 0 of 4 node(s) ok, 1 failed; "
+                                "wave 2: 1 failed (50.0 % > 0 %)"), lines  # fmt: skip
+    end = rollout(hub, "status", plan["id"], "--json")
     assert end["state"] == "rolled_back", end
     assert end["detail"].startswith("wave 2: 1 failed (50.0 % > 0 %)"), end["detail"]
     states = {n: r["state"] for n, r in end["nodes"].items()}
@@ -228,6 +239,130 @@ def test_rollout_start_refuses_what_it_cannot_do(fleet: dict[str, Any], tmp_path
         )  # fmt: skip
         assert done.returncode == 1, done
         assert message in done.stderr, done.stderr
+
+
+def hub_cli(hub: Hub, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``edge-agent-hub ARGS --config CFG`` as the operator runs it: the installed command."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "edge-agent-hub"), *args, "--config", str(hub.config)],
+        capture_output=True, text=True, timeout=600, check=False, cwd=cwd,
+    )  # fmt: skip
+
+
+def shell(script: str, cwd: Path, venv: ReadmeVenv) -> subprocess.CompletedProcess[str]:
+    """A docs block as written, in ``bash`` (without ``-e``: its status is its last command's),
+    in the venv docs/hub.md's commands run in (the README's)."""
+    env = venv.env()
+    return subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+        check=False,
+    )  # fmt: skip
+
+
+DOORS_GROUP = TMAZE_GROUP.replace('name = "grid"', 'name = "doors"').replace("tmaze", "grid10")
+
+
+@pytest.fixture
+def doors(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[dict[str, Any]]:
+    """Two daemons whose group ``doors`` runs grid10, and a hub service that carries rollouts:
+    docs/hub.md's names."""
+    trusted = tmp_path / "trusted"
+    generate_keypair(trusted, "hub")
+    ci = generate_keypair(trusted, "ci").private_path
+    nodes = [
+        Node(tmp_path, mosquitto, name, keys_dir=trusted, tick_hz=10, telemetry_s=0.3,
+             groups=DOORS_GROUP)
+        for name in ("pi-0417", "pi-0418")
+    ]  # fmt: skip
+    hub = Hub(tmp_path, "hub-1", mosquitto, sqlite_table())
+    hub.config.write_text(
+        hub.config.read_text()
+        + f'\n[rollouts]\nkey_file = "{trusted / "hub.key"}"\npoll_interval_s = 0.2\n'
+    )
+    try:
+        for node in nodes:
+            node.start(wait_ready=False)
+        for node in nodes:
+            assert node.notify is not None
+            node.notify.wait_for("READY=1", 90)
+        hub.start()
+        yield {"nodes": {n.name: n for n in nodes}, "hub": hub, "ci": ci}
+    finally:
+        hub.kill()
+        for node in nodes:
+            node.close()
+
+
+@pytest.mark.timeout(1800)
+def test_a_rollout_is_followed_to_its_end_and_its_exit_status_says_how_it_ended(
+    doors: dict[str, Any], tmp_path: Path, readme_venv: ReadmeVenv
+) -> None:
+    """docs/hub.md's follow block as written, in the venv the page names (the README's:
+    :mod:`tests.support.readme_venv`), in a directory holding its hub.toml and door-v8.tar: to
+    the end (exit 0), and with a door-v8.tar that fails its health check (halted at the canary,
+    exit 4); and a rollout started without --follow, followed by the command its start
+    printed."""
+    hub, nodes = doors["hub"], doors["nodes"]
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(hub.config, work / "hub.toml")
+    wait_until(
+        lambda: len([r for r in rollout_fleet(hub) if r["online"]]) == 2, "two nodes online"
+    )
+    block = doc_block("docs/hub.md", 4)
+
+    # Started, then followed by the command 'start' printed.
+    v7 = bundle_tar(tmp_path, doors["ci"], policy_len=1)
+    started = hub_cli(hub, "rollout", "start", str(v7), "--group", "doors", "--all", "--soak", "1")
+    assert started.returncode == 0, started
+    rid = started.stdout.split()[1]
+    follow = started.stdout.splitlines()[-1]
+    assert follow == (
+        f"follow it: edge-agent-hub rollout status --config {hub.config} {rid} --follow"
+    ), started.stdout
+    followed = shell(follow.removeprefix("follow it: "), work, readme_venv)
+    assert followed.returncode == 0, followed
+    done_line = f"{rid} done: 2 of 2 node(s) ok, 0 failed; every wave deployed"
+    assert followed.stdout.splitlines()[-1] == done_line, followed.stdout
+
+    # The block as written: to the end.
+    shutil.copy(bundle_tar(tmp_path, doors["ci"], policy_len=2), work / "door-v8.tar")
+    v8 = sha_of(work / "door-v8.tar", tmp_path / "trusted")
+    done = shell(block, work, readme_venv)
+    print(done.stdout)
+    assert done.returncode == 0, done
+    lines = done.stdout.splitlines()
+    rid = lines[0].removeprefix("rollout ")
+    assert lines[1] == "2 node(s) of group doors in 2 wave(s) of 1, 1", lines
+    moves = [line.split(":")[0] for line in lines[2:-2]]
+    for wave in ("wave 1/2 deploying", "wave 1/2 soaking", "wave 2/2 soaking"):
+        assert f"{rid} {wave}" in moves, lines
+    assert lines[-2] == lines[-1] == f"{rid} done: 2 of 2 node(s) ok, 0 failed; every wave deployed"
+    for node in nodes.values():
+        wait_until(lambda n=node: runs_doors(n, v8), f"{node.name} on door-v8")
+
+    # The block again, with a door-v8.tar whose model fails the canary's health check.
+    (work / "door-v8.tar").unlink()
+    shutil.copy(bundle_tar(tmp_path, doors["ci"], world="tmaze", policy_len=1),
+                work / "door-v8.tar")  # fmt: skip
+    halted = shell(block, work, readme_venv)
+    assert halted.returncode == 4, halted
+    lines = halted.stdout.splitlines()
+    rid = lines[0].removeprefix("rollout ")
+    end = f"{rid} halted: 0 of 2 node(s) ok, 1 failed; wave 1: 1 failed"
+    assert lines[-2].startswith(end), lines
+    assert lines[-1] == lines[-2], lines  # status --follow: the same end, at once
+    for node in nodes.values():
+        assert runs_doors(node, v8)
+
+
+def runs_doors(node: Node, sha: str) -> bool:
+    try:
+        status = json.loads((node.state / "status.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    group = next(g for g in status["groups"] if g["name"] == "doors")
+    return bool(group["bundle_sha256"] == sha)
 
 
 def rollout_fleet(hub: Hub) -> list[dict[str, Any]]:

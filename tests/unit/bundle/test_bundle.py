@@ -24,9 +24,11 @@ from pydantic import ValidationError
 
 from edge_agent.bundle.loader import Bundle, load_bundle
 from edge_agent.bundle.manifest import (
+    MAX_RANGE_FEATURES,
     AifSpec,
     Manifest,
     NeuralSpec,
+    ObservationRange,
     TensorSpec,
     canonical_manifest_bytes,
 )
@@ -971,3 +973,40 @@ def test_spec_validators() -> None:
             shared_factors=[3],
         )
     assert TensorSpec(name="x", shape=[None, 3], dtype="int8").shape == (-1, 3)
+
+
+def test_an_observation_range_travels_in_the_manifest_and_old_manifests_load(
+    tmp_path: Path, key: Ed25519PrivateKey, trusted: TrustedKeys
+) -> None:
+    """``neural.observation_range``: what the converter saw in its calibration data, signed with
+    the rest; a manifest without it (every bundle before it was recorded) loads as ``None``."""
+    bounds = ObservationRange(low=(-1.0, 0.0, 0.5), high=(1.0, 0.0, 2.0), samples=400)
+    root = tmp_path / "b"
+    write_bundle(
+        root, name="demo", version="1.0.0", kind="neural", files={"model.onnx": MODEL},
+        neural=_neural().model_copy(update={"observation_range": bounds}), created=CREATED,
+    )
+    sign_bundle(root, key, signer="ci")
+    loaded = load_bundle(root, trusted_keys=trusted)
+    assert loaded.manifest.neural is not None
+    assert loaded.manifest.neural.observation_range == bounds
+    assert read_manifest(root)["neural"]["observation_range"] == {
+        "low": [-1.0, 0.0, 0.5], "high": [1.0, 0.0, 2.0], "samples": 400,
+    }
+    # Without a range the key is not written: the manifest is what it was before the key
+    # existed, which every device, an older one too, loads.
+    old = make_bundle(tmp_path / "old")
+    assert "observation_range" not in read_manifest(old)["neural"]
+    sign_bundle(old, key, signer="ci")
+    assert "observation_range" not in read_manifest(old)["neural"]
+    manifest = load_bundle(old, trusted_keys=trusted).manifest
+    assert manifest.neural is not None
+    assert manifest.neural.observation_range is None
+    with pytest.raises(ValidationError, match=re.escape("feature 1: low 0.5 is above high 0.0")):
+        ObservationRange(low=(0.0, 0.5), high=(1.0, 0.0), samples=1)
+    with pytest.raises(ValidationError, match="low has 2 values, high has 1"):
+        ObservationRange(low=(0.0, 0.5), high=(1.0,), samples=1)
+    with pytest.raises(ValidationError, match="finite number"):
+        ObservationRange(low=(float("-inf"),), high=(1.0,), samples=1)
+    with pytest.raises(ValidationError, match="at most 4096 items"):
+        ObservationRange(low=(0.0,) * (MAX_RANGE_FEATURES + 1), high=(1.0,) * 4097, samples=1)

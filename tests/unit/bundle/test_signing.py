@@ -185,3 +185,21 @@ def test_trusted_keys_refuses_key_id_collisions(
     monkeypatch.setattr(signing, "key_id", lambda _key: "0123456789abcdef")
     with pytest.raises(SignatureError, match="collides with a different trusted key"):
         signing.TrustedKeys.from_dir(tmp_path)
+
+
+def test_only_the_canonical_base64_of_a_signature_is_taken() -> None:
+    """The last character before ``==`` holds 4 padding bits that decoders ignore: 16 texts
+    decode to one signature. Any but the canonical one is a changed manifest (a byte flip in
+    the signed bundle), refused."""
+    signature = Ed25519PrivateKey.generate().sign(b"manifest")
+    text = signing.encode_signature(signature)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(text[-3])
+    twins = [text[:-3] + alphabet[(last & ~0xF) | low] + "==" for low in range(16)]
+    assert sum(base64.b64decode(t) == signature for t in twins) == 16
+    for twin in twins:
+        if twin == text:
+            assert signing.decode_signature(twin) == signature
+        else:
+            with pytest.raises(SignatureError, match="not the canonical base64"):
+                signing.decode_signature(twin)

@@ -206,7 +206,43 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_ones() -> None:
         "c.toml:2: mqtt.zzz: unknown key (allowed: enabled, host, port, fleet, node_id, "
         "labels, keepalive_s, username, password_file, tls, outbox_max_bytes, "
         "outbox_commit_interval_s, hub_keys_dir, telemetry_interval_s, action_qos, "
-        "command_max_ttl_s, reconnect_initial_s, reconnect_max_s)"
+        "command_max_ttl_s, reconnect_initial_s, reconnect_max_s, io_silent_after_s)"
+    ]
+
+
+def test_a_key_of_another_case_is_named_before_a_close_one() -> None:
+    """``lr_pa`` is ``lr_pA`` in another case (difflib alone rates ``lr_pD`` as close)."""
+    text = MINIMAL + '[groups.learning]\nA = "all"\nlr_pa = 0.1\nLR_PD = 0.2\nforgeting = 0.1\n'
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.toml")
+    assert info.value.problems == [
+        "c.toml:9: groups[0].learning.lr_pa: unknown key; did you mean 'lr_pA'? "
+        "(keys are case-sensitive)",
+        "c.toml:10: groups[0].learning.LR_PD: unknown key; did you mean 'lr_pD'? "
+        "(keys are case-sensitive)",
+        "c.toml:11: groups[0].learning.forgeting: unknown key; did you mean 'forgetting'?",
+    ]
+
+
+def test_a_key_of_another_table_or_the_profile_says_where_it_belongs() -> None:
+    text = (
+        '[daemon]\nsnapshot_interval_s = 30\n\n[mqtt]\ntick_hz = 5\n\n'
+        + MINIMAL
+        + "lr_pA = 0.1\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.toml")
+    profile = (
+        "the firmware profile ('edge-agent profile show NAME' shows it; yours go in "
+        "/etc/edge-agent/profiles.d/NAME.toml, docs/configuration.md#where-profiles-are-found)"
+    )
+    assert info.value.problems == [
+        f"c.toml:2: daemon.snapshot_interval_s: unknown key; snapshot_interval_s belongs in "
+        f"{profile}, not [daemon]",
+        f"c.toml:5: mqtt.tick_hz: unknown key; tick_hz belongs in [daemon] or {profile}, "
+        "not [mqtt]",
+        "c.toml:13: groups[0].lr_pA: unknown key; lr_pA belongs in [groups.learning], "
+        "not [[groups]]",
     ]
 
 

@@ -34,6 +34,7 @@ class Port:
     def __init__(self) -> None:
         self.routes: dict[str, list[ObservationBuffer]] = {}
         self.sent: list[tuple[str, ActionBatch]] = []
+        self.publishers: dict[str, list[ActionPublisher]] = {}
 
     def send_actions(self, topic: str, body: ActionBatch) -> bool:
         self.sent.append((topic, body))
@@ -41,6 +42,9 @@ class Port:
 
     def listen(self, topic: str, inbox: ObservationBuffer) -> None:
         self.routes.setdefault(topic, []).append(inbox)
+
+    def publishes(self, topic: str, publisher: ActionPublisher) -> None:
+        self.publishers.setdefault(topic, []).append(publisher)
 
 
 class Recorder:
@@ -121,7 +125,12 @@ def test_a_sim_group_ticks_world_then_step_then_world_and_publisher(
     assert world.episode_steps.any()  # type: ignore[attr-defined]  # the world stepped
     out = g.describe()
     assert out["world"]["agents"] == 4
-    assert out["actions"] == {"batches": 1, "published": 4, "dropped": 0}
+    assert out["actions"] == {
+        "batches": 1, "published": 4, "dropped": 0, "refused": 0, "refusal": ""
+    }  # fmt: skip
+    ((publisher,),) = port.publishers.values()  # the sink said where it publishes
+    assert isinstance(publisher, ActionPublisher)
+    assert publisher.topic == "act/g"
     assert g.input_counters() == {}
     assert g.rejected_input() is None
 

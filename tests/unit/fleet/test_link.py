@@ -507,3 +507,53 @@ def test_backoff_grows_caps_jitters_and_resets() -> None:
     assert len(set(delays)) == 5
     with pytest.raises(ValueError, match="initial_s"):
         Backoff(initial_s=0.0)
+
+
+def test_the_broker_s_refusals_of_a_subscription_and_a_publish_reach_on_refused(
+    broker: MemoryBroker, node: Node
+) -> None:
+    """A SUBACK that refuses a filter and a PUBACK that refuses a message (its topic taken from
+    the outbox) go to ``on_refused``; the refused row is dropped, never retried; quota exceeded
+    (0x97) is not a refusal (the row waits for the next connection)."""
+    heard: list[tuple[str, str, int]] = []
+    node.link.on_refused = lambda what, topic, code: heard.append((what, topic, code))
+    broker.refused = {"sensors/doors/+": 0x87, "actuators/#": 0x87}
+    node.link.subscribe("sensors/doors/+", 1)
+    node.link.subscribe("sensors/ok/+", 1)
+    node.link.start()
+    node.link.pump()
+    batch = ActionBatch.from_arrays("doors", 1, [0, 1], np.zeros((2, 1), np.uint8))
+    node.link.publish("action", batch, "action", topic="actuators/doors")
+    node.link.publish("action", batch, "action", topic="elsewhere/doors")
+    node.link.pump()  # sent; the memory broker acks at once
+    node.link.pump()  # the acks
+    assert heard == [("subscribe", "sensors/doors/+", 0x87), ("publish", "actuators/doors", 0x87)]
+    assert node.outbox.rejected == 1
+    assert node.outbox.depth_rows == 0  # dropped, not sent again
+    heard.clear()
+    broker.refused = {}
+    broker.ack_reason_code = 0x97
+    node.link.publish("action", batch, "action", topic="actuators/doors")
+    node.link.pump()
+    node.link.pump()
+    assert heard == []
+    assert node.outbox.depth_rows == 1  # quota: kept for later
+
+
+def test_memory_transport_refuses_what_its_acl_refuses(broker: MemoryBroker) -> None:
+    broker.refused = {"no/+": 0x87}
+    t = MemoryTransport(broker, "a")
+    t.subscribe("no/+", 1)
+    t.connect()
+    events = t.events.drain()
+    assert [(e.kind, e.detail, e.reason_code) for e in events] == [
+        (TransportEventKind.SUBSCRIPTION_REFUSED, "no/+", 0x87),
+        (TransportEventKind.CONNECTED, "", 0),
+    ]
+    other = MemoryTransport(broker, "b")
+    other.subscribe("no/#", 1)  # not the refused filter itself: granted
+    other.connect()
+    assert t.publish("no/1", b"x", 1) is not None
+    (ack,) = [e for e in t.events.drain() if e.kind is TransportEventKind.ACK]
+    assert ack.reason_code == 0x87
+    assert len(other.incoming) == 0  # a refused publish goes to nobody

@@ -63,6 +63,22 @@ def test_keygen_writes_a_private_key_only_the_owner_can_read(
     assert TrustedKeys.from_dir(tmp_path / "keys").key_ids == {printed_id}
 
 
+def test_keygen_says_where_the_public_key_goes_by_the_key_s_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The config keys docs/fleet.md names: a bundle signer's and a hub's go to different
+    directories (a leaked CI key cannot command devices)."""
+    assert main(["keygen", "--out", str(tmp_path), "--name", "hub"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == (
+        f"public key:  {tmp_path / 'hub.pub'}  (copy it to every device: into [daemon] "
+        "trusted_keys_dir if it signs bundles, [mqtt] hub_keys_dir if it signs hub commands)"
+    )
+    fleet = (Path(__file__).resolve().parents[3] / "docs" / "fleet.md").read_text()
+    assert "[daemon]\ntrusted_keys_dir" in fleet.replace('state_dir = "/var/lib/edge-agent"\n', "")
+    assert "hub_keys_dir" in fleet
+
+
 def test_keygen_refuses_to_overwrite_and_bad_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -123,14 +139,14 @@ def test_verify_fails_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixt
     bundle = make_bundle(tmp_path / "bundle")
 
     assert main(["verify", str(bundle), "--trusted", str(tmp_path / "keys")]) == 1
-    out = capsys.readouterr().out
-    assert "FAILED" in out
-    assert "bundle is unsigned" in out
+    err = capsys.readouterr().err  # a failed verification is an error line, on stderr
+    assert "FAILED" in err
+    assert "bundle is unsigned" in err
 
     assert main(["sign", str(bundle), "--key", str(tmp_path / "other" / "other.key")]) == 0
     capsys.readouterr()
     assert main(["verify", str(bundle), "--trusted", str(tmp_path / "keys")]) == 1
-    assert f"bundle signed by untrusted key {other_id}" in capsys.readouterr().out
+    assert f"bundle signed by untrusted key {other_id}" in capsys.readouterr().err
 
     assert main(["inspect", str(bundle), "--trusted", str(tmp_path / "keys"), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
@@ -139,7 +155,7 @@ def test_verify_fails_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixt
 
     (bundle / "A.npy").write_bytes(b"\x93NUMPY" + b"\x00" * ((bundle / "A.npy").stat().st_size - 6))
     assert main(["verify", str(bundle), "--trusted", str(tmp_path / "other")]) == 1
-    assert "A.npy: sha256 mismatch" in capsys.readouterr().out
+    assert "A.npy: sha256 mismatch" in capsys.readouterr().err
     assert main(["inspect", str(bundle)]) == 1
     assert "error: " in capsys.readouterr().err
 
@@ -195,4 +211,4 @@ def test_runs_as_a_real_process(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 1
-    assert "unexpected data after the last valid tar member" in bad.stdout
+    assert "unexpected data after the last valid tar member" in bad.stderr

@@ -665,3 +665,30 @@ def test_sensor_world_reset_mask_resize_and_errors() -> None:
     assert X.shape == (5, 7, 8)
     assert X.dtype == np.float32
     assert y.shape == (5,)
+
+
+def test_a_bundle_quantized_per_batch_is_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bundle from convert onnx --mode dynamic before issue 43 (scheme onnx-dynamic-u8s8: one
+    activation scale per call over the batch) still runs, with a warning saying what it does
+    and what to do; today's schemes get none."""
+    T, F = 2, 3
+    model = constant_onnx(T, F, [0.0, 1.0])
+    for scheme, warned in (("onnx-dynamic-u8s8", True), ("onnx-dynamic-row-u8s8", False),
+                           ("onnx-qdq-s8s8", False)):
+        path = tmp_path / scheme
+        write_bundle(path, name="policy", version="1.0.0", kind="neural",
+                     files={"model.onnx": model.SerializeToString()}, neural=spec_for(model, T),
+                     quantization={"scheme": scheme})
+        bundle = load_bundle(path, trusted_keys=None, require_signature=False)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="edge_agent.neural.agents"):
+            NeuralAgentGroup.from_bundle(bundle, 2, name="pickers")
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert lines == ([
+            "group pickers: bundle policy 1.0.0 is quantized with one activation scale per call "
+            "over the whole batch (onnx-dynamic-u8s8): one agent's unusual input changes the "
+            "other agents' actions; convert the model again (convert onnx now scales each "
+            "agent's row on its own)"
+        ] if warned else []), scheme

@@ -31,7 +31,10 @@ from edge_agent.sim.gridworld import (
     UP,
     GridWorldEnv,
     grid_moves,
+    grid_transitions,
     gridworld_model,
+    manhattan_to,
+    steps_to_goal,
 )
 from edge_agent.sim.registry import BUILTIN_WORKLOADS, builtin_model, make_env
 from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
@@ -890,7 +893,16 @@ def test_format_summary_never_prints_counts_or_large_values_in_exponent_form() -
     }
     assert format_summary(summary) == (  # type: ignore[arg-type]
         "agents 1000, trials 131026, mean_episode_steps 1234, at_goal 0.412, "
-        "rewards_per_trial nan, rate 0.000123"
+        "rewards_per_trial n/a, rate 0.000123"
+    )
+
+
+def test_format_summary_puts_each_reference_after_its_number() -> None:
+    from edge_agent.sim import format_summary
+
+    summary = {"goals_reached": 3, "mean_steps_to_goal": 9.31, "at_goal": 0.5}
+    assert format_summary(summary, {"mean_steps_to_goal": "fewest possible 9.09"}) == (
+        "goals_reached 3, mean_steps_to_goal 9.31 (fewest possible 9.09), at_goal 0.5"
     )
 
 
@@ -1012,3 +1024,86 @@ def test_a_world_sampled_in_chunks_gives_the_same_episodes(
     chunked = run()
     for a, b in zip(whole, chunked, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ what the numbers compare to
+def first_steps_to_goal(
+    env: GridWorldEnv, policy: Any, max_ticks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each agent's spawn cell and its moves from there to the goal under ``policy(env) ->
+    (N, 1)`` (the first episode only: no bias toward the episodes that end early)."""
+    env.reset()
+    start = np.array(env.true_states[:, 0])
+    first = np.full(env.n_agents, -1)
+    for tick in range(1, max_ticks + 1):
+        env.step(policy(env))
+        first[(first < 0) & env.goal_reached] = tick
+        if (first >= 0).all():
+            return start, first
+    raise AssertionError(f"{int((first < 0).sum())} agents still walking after {max_ticks}")
+
+
+def test_a_grid_s_references_are_what_the_fewest_moves_and_a_random_walk_take() -> None:
+    """``mean_steps_to_goal``'s references, checked by walking the world: the shortest path
+    (the grid's moves are certain) and uniformly random moves, from the world's spawn cells."""
+    env = GridWorldEnv(1000, seed=4)
+    text = env.references()["mean_steps_to_goal"]
+    fewest, walk = (float(x.rsplit(" ", 1)[1]) for x in text.split(", "))
+    assert text.startswith("fewest possible ")
+    assert fewest == pytest.approx(900 / 99, abs=0.005)  # the mean Manhattan distance, 3 digits
+    distance = manhattan_to(10, 10, env.goal)
+    moves = grid_moves(10, 10)
+
+    def shortest(e: GridWorldEnv) -> np.ndarray:
+        here = e.true_states[:, 0]
+        return np.argmin(distance[moves[here]], axis=1)[:, None]
+
+    start, steps = first_steps_to_goal(env, shortest, 100)
+    np.testing.assert_array_equal(steps, distance[start])
+    assert steps.mean() == pytest.approx(fewest, rel=0.03)  # 1000 spawn cells: within 3 %
+    rng = np.random.default_rng(5)
+    _, steps = first_steps_to_goal(env, lambda e: rng.integers(0, 5, (e.n_agents, 1)), 30_000)
+    assert steps.mean() == pytest.approx(walk, rel=0.1)  # its standard error is 3 %
+
+
+def test_a_slippery_grid_s_random_walk_is_on_its_own_moves() -> None:
+    env = SlipperyGridEnv(1000, seed=6)
+    text = env.references()["mean_steps_to_goal"]
+    walk = float(text.split("random walk ")[1])
+    assert walk > float(GridWorldEnv(1, seed=0).references()["mean_steps_to_goal"].split(
+        "random walk ")[1])  # fmt: skip  # slips and a wall make it longer
+    rng = np.random.default_rng(7)
+    _, steps = first_steps_to_goal(env, lambda e: rng.integers(0, 5, (e.n_agents, 1)), 30_000)
+    assert steps.mean() == pytest.approx(walk, rel=0.1)
+
+
+def test_a_goal_that_cannot_be_reached_has_no_reference() -> None:
+    B = grid_transitions(1, 3)
+    B[:, 1, :] = 0.0
+    B[1, 1, :] = 1.0  # the middle cell holds an agent: the goal on the right is out of reach
+    assert steps_to_goal(B, 2, np.array([0.5, 0.5, 0.0])) is None
+
+
+def test_the_t_maze_s_references_are_what_following_the_cue_and_guessing_get() -> None:
+    n = 2000
+    env = TMazeEnv(n, seed=8)
+    refs = env.references()
+    assert refs == {
+        "rewards_per_trial": "cue then its arm 0.98, an arm at random 0.5",
+        "losses_per_trial": "cue then its arm 0.02, an arm at random 0.5",
+    }
+    rng = np.random.default_rng(9)
+    for follow, rewards, losses in ((True, 0.98, 0.02), (False, 0.5, 0.5)):
+        env = TMazeEnv(n, seed=8)
+        env.reset()
+        for _ in range(300):
+            t = env.episode_steps
+            arm = env.conditions + 1 if follow else rng.integers(1, 3, n)
+            where = np.where(t == 0, 3, np.where(t == 1, arm, 0))  # cue, then an arm
+            env.step(np.stack([where, np.zeros(n, dtype=np.int64)], axis=1))
+        summary = env.summary()
+        assert summary["rewards_per_trial"] == pytest.approx(rewards, abs=0.01)
+        assert summary["losses_per_trial"] == pytest.approx(losses, abs=0.01)
+    assert ReversalTMazeEnv(1).references()["rewards_per_trial"].startswith(
+        "cue then the arm that pays now 0.98"
+    )

@@ -48,6 +48,11 @@ def check_output(out: str | os.PathLike[str]) -> None:
             raise BundleError(f"{dest}: already exists; choose a new path or remove it")
     elif dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BundleError(f"{dest}: exists and is not an empty directory")
+    where = dest.parent if _is_tar(dest) or not dest.exists() else dest
+    while not where.exists() and where != where.parent:
+        where = where.parent  # the directory the new one will be made in
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise BundleError(f"{dest}: cannot write it: {where}: Permission denied")
 
 
 def write_output(

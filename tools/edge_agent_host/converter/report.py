@@ -112,6 +112,8 @@ class ConversionReport:
     checks: list[Check] = field(default_factory=list)
     bundle: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    #: What else may pass, besides ``--force`` (said when the checks fail).
+    retry: str = ""
 
     @property
     def passed(self) -> bool:
@@ -177,5 +179,8 @@ class ConversionReport:
                 f"sha256 {self.bundle['sha256'][:16]}…, {signed}"
             )
         elif not self.passed:
-            lines.append("no bundle written: accuracy checks failed (use --force to write it)")
+            also = f"try {self.retry}, or " if self.retry else ""
+            lines.append(
+                f"no bundle written: accuracy checks failed ({also}use --force to write it)"
+            )
         return "\n".join(lines)

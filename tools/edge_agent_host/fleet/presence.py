@@ -35,9 +35,11 @@ def presence(
     ``unknown`` (no state message yet) for one fleet row.
 
     ``row``: ``online`` (the retained state: True, False or None), ``last_seen`` (when a live,
-    not retained, message last came from the node; wall clock) and, where the row has it,
-    ``first_seen`` (when the node was first registered): a node only ever heard in retained
-    messages counts from then. Without either, an online node is taken at its word.
+    not retained, message of any kind last came from the node: state, birth, death, telemetry,
+    event, result; wall clock) and ``first_seen`` (when the node was first registered, by any
+    message, retained or not): a node only ever heard in retained messages counts from then.
+    Without either, an online node is taken at its word. Both stores keep them so: the hub
+    service's (``hub/store.py``) and the operator's client's (``fleetctl/store.py``).
     """
     online = row.get("online")
     if online is None:

@@ -71,7 +71,7 @@ DEFAULT_CHUNK_BYTES: Final = 64 * 1024
 
 def deploy_bundle(
     client: DeployClient,
-    bundle: str | Path,
+    bundle: str | Path | DeployPlan,
     group: str,
     nodes: Sequence[str],
     *,
@@ -84,11 +84,12 @@ def deploy_bundle(
     health_steps: int = 20,
     progress: Callable[[str, int, int, str], None] | None = None,
 ) -> dict[str, CommandResult]:
-    """Deploy a signed bundle (directory or tar) to ``group`` on every node of ``nodes``.
+    """Deploy a signed bundle (directory or tar, or its plan) to ``group`` on every node of
+    ``nodes``.
 
     Returns each node's final result (``ok``: switched and watched; anything else: failed).
     """
-    plan = DeployPlan.from_bundle(bundle, chunk_size)
+    plan = bundle if isinstance(bundle, DeployPlan) else DeployPlan.from_bundle(bundle, chunk_size)
     args = plan.args(group, watch_ticks=watch_ticks, health_steps=health_steps)
     args["watch_timeout_s"] = watch_timeout_s
     runs = {node: _NodeDeploy(node, plan) for node in nodes}
@@ -302,11 +303,21 @@ def _take_answers(
             else:
                 run.result = result
                 if progress is not None:
-                    done = plan.chunks if result.code is ResultCode.OK else 0
-                    if result.code is not ResultCode.OK and run.have is not None:
-                        done = sum(_held(run.have, i) for i in range(plan.chunks))
-                    progress(run.node, done, plan.chunks, result.code.value)
+                    progress(run.node, _received(result, run.have, plan), plan.chunks,
+                             result.code.value)
                 return
+
+
+def _received(result: CommandResult, have: bytes | None, plan: DeployPlan) -> int:
+    """The chunks a node held when it answered ``result`` (its final answer): as it says
+    (``received``: all of them for a failure after the transfer, a health check's), else all
+    for ``ok``, else its last bitmap's."""
+    received = result.data.get("received")
+    if isinstance(received, int) and not isinstance(received, bool):
+        return received
+    if result.code is ResultCode.OK:
+        return plan.chunks
+    return sum(_held(have, i) for i in range(plan.chunks)) if have is not None else 0
 
 
 @dataclass

@@ -15,8 +15,12 @@ Subcommands::
 
     edge-agent-host hub [--host H --port P --fleet F] fleet [--wait S] [--json]
     edge-agent-host hub ... watch [--node N] [--duration S] [--json]
-    edge-agent-host hub ... command --key K (--node N ... | --all) NAME [ARG=VALUE ...]
-    edge-agent-host hub ... deploy BUNDLE --key K --group G (--node N ... | --all)
+    edge-agent-host hub ... command --key K (--node N ... | --all) [--force] NAME [ARG=VALUE ...]
+    edge-agent-host hub ... deploy BUNDLE --key K --group G (--node N ... | --all) [--force]
+
+A ``--node`` never heard (this run or, in the store, an earlier one) is one error line naming the
+known nodes closest to it, unless ``--force``. A broker that wants TLS from a client given none
+is one error line naming the options to give.
 
 ``ARG=VALUE``: the value is read as JSON when it parses (``agents=500``, ``hz=2.5``,
 ``flag=true``), else taken as a string (``group=grid``). TLS to the broker: ``--ca-file``, and

@@ -19,6 +19,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.errors import BundleError, ProtocolError
+from edge_agent.fleet.comms.tls_probe import TlsOptions
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     Birth,
@@ -30,8 +31,10 @@ from edge_agent.fleet.protocol import (
     as_builtins,
 )
 from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.known_nodes import add_force_argument, require_seen
+from edge_agent_host.fleet.presence import presence
 from edge_agent_host.fleet.table import add_silent_argument, format_fleet
-from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES
+from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES, DeployPlan
 from edge_agent_host.fleetctl.client import FleetClient
 from edge_agent_host.fleetctl.store import FleetStore, json_text
 from edge_agent_host.fleetctl.views import FleetMessage
@@ -45,6 +48,13 @@ __all__ = [
 ]
 
 SUCCESS: Final = frozenset({ResultCode.OK, ResultCode.ACCEPTED})
+TLS_OPTIONS: Final = TlsOptions(
+    "--ca-file",
+    "--cert-file",
+    "--key-file",
+    "edge-agent-host broker init issued them: DIR/clients/NAME/; docs/security.md",
+)
+"""What a broker that wants TLS asks of ``hub`` and ``tasks`` (:func:`add_broker_arguments`)."""
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -64,7 +74,7 @@ def _arg_value(text: str) -> tuple[str, Any]:
     return name, value
 
 
-def _add_targets(p: argparse.ArgumentParser) -> None:
+def _add_targets(p: argparse.ArgumentParser, sends: str) -> None:
     p.add_argument("--key", required=True, type=Path, help="hub private key (NAME.key)")
     p.add_argument("--node", action="append", default=[], help="target node (repeatable)")
     p.add_argument(
@@ -72,6 +82,7 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--wait", type=float, default=2.0, help="seconds to listen for nodes first")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for results")
+    add_force_argument(p, f"{sends} to")
 
 
 def add_broker_arguments(parser: argparse.ArgumentParser, hub_id_help: str) -> None:
@@ -82,11 +93,20 @@ def add_broker_arguments(parser: argparse.ArgumentParser, hub_id_help: str) -> N
     parser.add_argument("--hub-id", default="hub", help=hub_id_help)
     parser.add_argument("--username", default=None, help="broker user")
     parser.add_argument("--password-file", type=Path, default=None, help="broker password file")
-    parser.add_argument("--ca-file", default=None, help="CA (PEM) for TLS to the broker")
     parser.add_argument(
-        "--cert-file", default=None, help="client certificate (PEM) for mutual TLS; with --key-file"
+        "--ca-file", type=Path, default=None, help="CA (PEM) for TLS to the broker"
     )
-    parser.add_argument("--key-file", default=None, help="client private key (PEM)")
+    parser.add_argument(
+        "--cert-file",
+        type=Path,
+        default=None,
+        help="client certificate (PEM) for mutual TLS; with --key-file",
+    )
+    parser.add_argument("--key-file", type=Path, default=None, help="client private key (PEM)")
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def connect(
@@ -94,11 +114,11 @@ def connect(
 ) -> FleetClient:
     """A :class:`FleetClient` from :func:`add_broker_arguments`' options, connected; the store
     is closed if it cannot connect."""
-    password = None
-    if args.password_file is not None:
-        lines = Path(args.password_file).read_text(encoding="utf-8").splitlines()
-        password = lines[0] if lines else ""
     try:
+        password = None
+        if args.password_file is not None:
+            lines = Path(args.password_file).read_text(encoding="utf-8").splitlines()
+            password = lines[0] if lines else ""
         client = FleetClient(
             fleet=args.fleet,
             host=args.host,
@@ -107,13 +127,14 @@ def connect(
             key=key,
             username=args.username,
             password=password,
-            ca_file=args.ca_file,
-            cert_file=args.cert_file,
-            key_file=args.key_file,
+            ca_file=_text(args.ca_file),
+            cert_file=_text(args.cert_file),
+            key_file=_text(args.key_file),
             store=store,
+            tls_options=TLS_OPTIONS,
         )
         client.connect()
-    except FleetError:
+    except (FleetError, OSError):
         if store is not None:
             store.close()
         raise
@@ -139,7 +160,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
 
     command = sub.add_parser("command", help="send a signed command and wait for its result")
-    _add_targets(command)
+    _add_targets(command, "send it")
     command.add_argument("--ttl", type=float, default=60.0, help="seconds until it expires")
     command.add_argument("--json", action="store_true", help="print results as JSON")
     command.add_argument(
@@ -150,7 +171,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     command.add_argument("args", nargs="*", type=_arg_value, help="NAME=VALUE arguments")
 
     deploy = sub.add_parser("deploy", help="deploy a signed bundle to a group on nodes")
-    _add_targets(deploy)
+    _add_targets(deploy, "deploy")
     deploy.add_argument("bundle", type=Path, help="signed bundle directory or .tar")
     deploy.add_argument("--group", required=True, help="the group that runs the bundle")
     deploy.add_argument(
@@ -185,7 +206,14 @@ def _client(args: argparse.Namespace, key: Ed25519PrivateKey | None = None) -> F
 
 
 def _targets(client: FleetClient, args: argparse.Namespace) -> list[str]:
+    """The nodes of ``--node`` and ``--all``, after listening ``--wait`` seconds; a ``--node``
+    never seen (by this run or, in the store, an earlier one) is an error unless ``--force``."""
     client.listen(args.wait)
+    if not args.force:
+        known = set(client.nodes)
+        if client.store is not None:
+            known.update(row["node"] for row in client.store.nodes())
+        require_seen(args.node, known, where=f"in fleet {args.fleet!r}")
     nodes = list(args.node)
     if args.all:
         nodes += [v.node for v in client.nodes.values() if v.online and v.node not in nodes]
@@ -262,8 +290,10 @@ def _run_fleet(args: argparse.Namespace) -> int:
         rows = client.store.nodes()
     finally:
         client.close()
-    if args.json:
-        print(json_text(rows))
+    if args.json:  # each row with its presence, as edge-agent-hub fleet --json gives it
+        now = time.time()
+        shown = [{**row, "presence": presence(row, args.silent_after, now)} for row in rows]
+        print(json_text(shown))
     else:
         print(format_fleet(rows, args.silent_after))
     return 0
@@ -316,7 +346,9 @@ def _run_command(args: argparse.Namespace) -> int:
 def _run_deploy(args: argparse.Namespace) -> int:
     from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
 
-    client = _client(args, load_signing_key(args.key))
+    key = load_signing_key(args.key)
+    plan = DeployPlan.from_bundle(args.bundle, args.chunk_size)  # a bad file: before connecting
+    client = _client(args, key)
     try:
         nodes = _targets(client, args)
         shown: dict[str, tuple[int, str]] = {}
@@ -329,7 +361,7 @@ def _run_deploy(args: argparse.Namespace) -> int:
                 print(f"{node}: {phase} {done}/{total} chunks", flush=True)
 
         results = client.deploy(
-            args.bundle,
+            plan,
             args.group,
             nodes,
             transfer=args.transfer,

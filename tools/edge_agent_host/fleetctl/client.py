@@ -21,7 +21,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle.signing import key_id
+from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.comms.base import PublishHandle, Transport, TransportEventKind, reason_text
+from edge_agent.fleet.comms.tls_probe import TlsOptions
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     Birth,
@@ -45,17 +47,20 @@ from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.transfer import (
     DEFAULT_CHUNK_BYTES,
     BroadcastStats,
+    DeployPlan,
     broadcast_bundle,
     deploy_bundle,
 )
 from edge_agent_host.fleetctl.store import FleetStore
 from edge_agent_host.fleetctl.views import FleetMessage, NodeView
 
-__all__ = ["DUPLICATE_GRACE_S", "FleetClient"]
+__all__ = ["DUPLICATE_GRACE_S", "LIBRARY_TLS_OPTIONS", "FleetClient"]
 
 #: How long a result marked a duplicate waits for the command's own answer (wait_result).
 DUPLICATE_GRACE_S = 2.0
 _MAX_AWAITING_ACK = 100_000
+LIBRARY_TLS_OPTIONS = TlsOptions("ca_file", "cert_file", "key_file")
+"""The TLS arguments by :class:`FleetClient`'s own names (the command line gives its options')."""
 CLOSE_ACK_TIMEOUT_S = 5.0
 """How long :meth:`FleetClient.close` waits for the broker's acknowledgements of what was sent."""
 
@@ -82,12 +87,18 @@ class FleetClient:
         store: FleetStore | None = None,
         rebirth_interval_s: float = 10.0,
         transport: Transport | None = None,
+        tls_options: TlsOptions = LIBRARY_TLS_OPTIONS,
     ) -> None:
         """TLS when ``ca_file`` or ``cert_file`` is given (``ca_file`` None: the system's CAs);
-        ``cert_file`` and ``key_file`` (PEM) are the hub's client certificate for mutual TLS."""
+        ``cert_file`` and ``key_file`` (PEM) are the hub's client certificate for mutual TLS,
+        read here (:class:`FleetError` naming one that cannot be). ``tls_options``: the names
+        the caller's user gives those by, for :meth:`connect`'s error when the broker wants TLS
+        and none was given."""
         if (cert_file is None) != (key_file is None):
             raise FleetError("a client certificate needs both cert_file and key_file")
         self.topics = Topics(fleet)
+        self.broker = f"{host}:{port}"
+        self.tls_options = tls_options
         self.fleet = fleet
         self.hub_id = hub_id
         self.key = key
@@ -119,37 +130,53 @@ class FleetClient:
                 MqttSettings,
                 MqttTransport,
                 TlsSettings,
+                tls_context,
             )
 
+            tls = (
+                TlsSettings(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+                if ca_file or cert_file
+                else None
+            )
+            if tls is not None:  # a file that cannot be read is one error now, not at each try
+                try:
+                    tls_context(tls)
+                except EdgeAgentError as err:
+                    raise FleetError(str(err)) from err
             settings = MqttSettings(
                 client_id=f"ea-hub-{fleet}-{os.urandom(4).hex()}",
                 host=host,
                 port=port,
                 username=username,
                 password=password,
-                tls=(
-                    TlsSettings(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
-                    if ca_file or cert_file
-                    else None
-                ),
+                tls=tls,
                 connect_timeout_s=5.0,
             )
             transport = MqttTransport(
                 settings,
                 backoff=Backoff(initial_s=0.1, max_s=2.0, stable_after_s=2.0),
                 max_incoming=100_000,
+                tls_options=None,  # connect() raises it as one error instead
             )
         self.transport = transport
         self.transport.subscribe(self.topics.fleet_all(), 1)
 
     # Connection -------------------------------------------------------------------------------
     def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect and wait until the broker accepted us; :class:`FleetError` if it does not."""
+        """Connect and wait until the broker accepted us; :class:`FleetError` if it does not
+        (at once when the broker wants TLS and this client has none: what to give, by the names
+        of ``tls_options``)."""
         self.transport.connect()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.transport.is_connected:
                 return
+            wanted = self.transport.tls_wanted
+            if wanted:
+                self.transport.disconnect()
+                raise FleetError(
+                    f"broker {self.broker} wants {wanted}: {self.tls_options.advice(wanted)}"
+                )
             time.sleep(0.02)
         refusal = self.transport.last_refusal
         self.transport.disconnect()
@@ -270,11 +297,15 @@ class FleetClient:
         gap = 0
         if route.node_owned and route.node is not None:
             gap = self._track(route.node, env, retained)
+        if route.node_owned:  # every message of a node, live or retained: presence.py
+            now = time.time()
+            if not retained:
+                self._view(env.node).last_seen = now
+            if self.store is not None:
+                self.store.heard(env.node, live=not retained, now=now)
         handler = self._body_handlers.get(type(env.body))
         if handler is not None:
             handler(env, env.body, retained)
-        if route.node_owned and not retained:
-            self._view(env.node).last_seen = time.time()
         return FleetMessage(topic, route, env, retained, gap)
 
     # -- what each kind of message does to the registry (one method per body type) -------------
@@ -285,7 +316,7 @@ class FleetClient:
             view.online = body.online
             view.bdseq = env.bdseq
             if self.store is not None:
-                self.store.node(env.node, online=body.online, bdseq=env.bdseq, live=not retained)
+                self.store.node(env.node, online=body.online, bdseq=env.bdseq)
 
     def _on_birth(self, env: Envelope, body: Birth, retained: bool) -> None:
         # Presence is the state topic's: a retained birth may outlive its node.
@@ -299,7 +330,6 @@ class FleetClient:
                 birth=body,
                 bdseq=env.bdseq,
                 online=None if retained else True,
-                live=not retained,
             )
 
     def _on_death(self, env: Envelope, body: Death, retained: bool) -> None:
@@ -470,7 +500,7 @@ class FleetClient:
     # Deploying --------------------------------------------------------------------------------
     def deploy(
         self,
-        bundle: str | Path,
+        bundle: str | Path | DeployPlan,
         group: str,
         nodes: Sequence[str],
         *,
@@ -486,7 +516,8 @@ class FleetClient:
         progress: Callable[[str, int, int, str], None] | None = None,
         stats: BroadcastStats | None = None,
     ) -> dict[str, CommandResult]:
-        """Deploy a signed bundle (directory or tar) to ``group`` on every node of ``nodes``.
+        """Deploy a signed bundle (directory or tar, or its plan) to ``group`` on every node of
+        ``nodes``.
 
         ``transfer``: ``broadcast`` (each chunk published once for all nodes, the default) or
         ``unicast`` (chunks as commands to each node, acknowledged one by one). Returns each

@@ -1,5 +1,10 @@
 """The operator's client's memory between runs: a small SQLite file of nodes, telemetry, events
-and commands (the hub service keeps its own database, :mod:`edge_agent_host.hub.store`)."""
+and commands (the hub service keeps its own database, :mod:`edge_agent_host.hub.store`).
+
+A node's presence is :func:`edge_agent_host.fleet.presence.presence`'s, fed as the hub service
+feeds it: every message from a node registers it (``first_seen``, once) and every live one, not
+retained, of whatever kind (state, birth, death, telemetry, event, result) is when it was last
+``last_seen`` (:meth:`FleetStore.heard`)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge_agent.fleet.protocol import Birth, CommandResult, Event, Telemetry, as_builtins
+from edge_agent_host.fleet.errors import FleetError
 
 __all__ = ["FleetStore"]
 
@@ -33,13 +39,23 @@ class FleetStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        # sqlite3 says only "unable to open database file": opening it first names the file and
+        # the reason (an OSError, one line at the command line).
+        with self.path.open("ab"):
+            pass
+        try:
+            self.conn = sqlite3.connect(self.path, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self._create()
+        except sqlite3.Error as err:
+            raise FleetError(f"{self.path}: cannot use it as the client's database: {err}") from err
+
+    def _create(self) -> None:
         self.conn.executescript(
             """
             CREATE TABLE IF NOT EXISTS nodes (
                 node TEXT PRIMARY KEY, online INTEGER, bdseq INTEGER, birth TEXT,
-                last_seen REAL, deaths INTEGER NOT NULL DEFAULT 0);
+                last_seen REAL, deaths INTEGER NOT NULL DEFAULT 0, first_seen REAL);
             CREATE TABLE IF NOT EXISTS telemetry (node TEXT PRIMARY KEY, ts REAL, body TEXT);
             CREATE TABLE IF NOT EXISTS events (
                 id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT, ts REAL, body TEXT);
@@ -48,6 +64,25 @@ class FleetStore:
                 detail TEXT, answered REAL);
             """
         )
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(nodes)")}
+        if "first_seen" not in columns:  # a file written before first_seen was kept
+            self.conn.execute("ALTER TABLE nodes ADD COLUMN first_seen REAL")
+
+    def heard(self, node: str, *, live: bool, now: float | None = None) -> None:
+        """A message from ``node`` arrived: registered if new (``first_seen``), and seen now
+        when ``live`` (not a retained message, which may be older than the node's end)."""
+        now = time.time() if now is None else now
+        self.conn.execute(
+            "INSERT INTO nodes (node, first_seen) VALUES (?, ?) ON CONFLICT (node) DO UPDATE "
+            "SET first_seen = COALESCE(first_seen, excluded.first_seen)",
+            (node, now),
+        )
+        if live:
+            self.conn.execute(
+                "UPDATE nodes SET last_seen = ? WHERE node = ? "
+                "AND (last_seen IS NULL OR last_seen < ?)",
+                (now, node, now),
+            )
 
     def node(
         self,
@@ -57,12 +92,9 @@ class FleetStore:
         bdseq: int | None = None,
         birth: Birth | None = None,
         death: bool = False,
-        live: bool = True,
     ) -> None:
-        """Record what was heard of ``node``; ``live``: not a retained message (it is seen now)."""
+        """Record what a state, birth or death said of ``node`` (registered by :meth:`heard`)."""
         self.conn.execute("INSERT OR IGNORE INTO nodes (node) VALUES (?)", (node,))
-        if live:
-            self.conn.execute("UPDATE nodes SET last_seen = ? WHERE node = ?", (time.time(), node))
         if online is not None:
             self.conn.execute(
                 "UPDATE nodes SET online = ?, bdseq = ? WHERE node = ?", (int(online), bdseq, node)
@@ -104,11 +136,11 @@ class FleetStore:
 
     def nodes(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            "SELECT n.node, n.online, n.bdseq, n.birth, n.last_seen, n.deaths, t.ts, t.body "
-            "FROM nodes n LEFT JOIN telemetry t ON t.node = n.node ORDER BY n.node"
+            "SELECT n.node, n.online, n.bdseq, n.birth, n.last_seen, n.deaths, t.ts, t.body, "
+            "n.first_seen FROM nodes n LEFT JOIN telemetry t ON t.node = n.node ORDER BY n.node"
         ).fetchall()
         out = []
-        for node, online, bdseq, birth, seen, deaths, tts, tbody in rows:
+        for node, online, bdseq, birth, seen, deaths, tts, tbody, first in rows:
             out.append(
                 {
                     "node": node,
@@ -116,6 +148,7 @@ class FleetStore:
                     "bdseq": bdseq,
                     "birth": json.loads(birth) if birth else None,
                     "last_seen": seen,
+                    "first_seen": first,
                     "deaths": deaths,
                     "telemetry_ts": tts,
                     "telemetry": json.loads(tbody) if tbody else None,

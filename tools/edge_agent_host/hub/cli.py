@@ -6,15 +6,19 @@
     edge-agent-hub check-config [FILE]
     edge-agent-hub status [--config FILE] [--json] [--wait S]
     edge-agent-hub fleet [--config FILE] [--json]      # 'edge-agent-host hub fleet's table
-    edge-agent-hub events [--config FILE] [--node N] [--limit N] [--follow [--duration S]] [--json]
-    edge-agent-hub telemetry NODE [--config FILE] [--since S] [--limit N] [--json]
+    edge-agent-hub events [--config FILE] [--node N [--force]] [--limit N] [--follow [--duration S]]
+        [--json]
+    edge-agent-hub telemetry NODE [--config FILE] [--since S] [--limit N] [--force] [--json]
     edge-agent-hub commands [--config FILE] [--limit N] [--json]
     edge-agent-hub rollout start|status|list|pause|resume|abort ...   # hub/rollout_cli.py
     edge-agent-hub systemd-unit | example-config
 
-Exit status: 0 success; 1 the database cannot be read (or, for ``status``, the service runs with
-its database or broker down); 2 a bad config (``path:line: field: problem``) or a database of a
-newer schema; 3 (``status``) the service is not running.
+Exit status: 0 success; 1 the database cannot be read, a file named on the command line cannot
+be read, a node never seen (``--force``: read it all the same) (or, for ``status``, the service
+runs with its database or broker down); 2 a bad config (``path:line: field: problem``) or a
+database of a newer schema; 3 (``status``) the service is not running; 4 and 5 (``rollout ...
+--follow``) the rollout halted, or was rolled back; 141 standard output's reader went away
+(``| head``: :mod:`edge_agent.service.closed_stdout`).
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from typing import Any, Final
 
 from edge_agent import __version__
 from edge_agent.distribution import clash_notice
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, file_problem
+from edge_agent.service.closed_stdout import guard_stdout
 from edge_agent.service.logs import configure_logging
 from edge_agent.service.pids import pid_alive
 from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.known_nodes import add_force_argument, require_seen
 from edge_agent_host.fleet.presence import presence
 from edge_agent_host.fleet.table import add_silent_argument, format_fleet
 from edge_agent_host.hub import rollout_cli
@@ -47,7 +53,7 @@ from edge_agent_host.hub.config import (
     file_problems,
     load_hub_config,
 )
-from edge_agent_host.hub.store import DatabaseUnavailableError, SchemaError
+from edge_agent_host.hub.store import DatabaseUnavailableError, HubDatabase, SchemaError
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", action="store_true", help="then print new ones as they come")
     events.add_argument("--duration", type=float, default=None, help="stop following after S s")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_force_argument(events, "read (and with --follow wait for) the events of")
 
     telemetry = sub.add_parser("telemetry", help="one node's telemetry history")
     with_config(telemetry)
@@ -112,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     telemetry.add_argument("--limit", type=int, default=1000, help="rows at most (default 1000)")
     telemetry.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_force_argument(telemetry, "read the telemetry of")
 
     commands = sub.add_parser("commands", help="the command journal with each newest result")
     with_config(commands)
@@ -126,9 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``edge-agent-hub``; returns the exit status (module docstring)."""
     notice = clash_notice("edge-agent-hub")  # PyPI's edge-agent in this environment
     if notice is not None:
         print(notice, file=sys.stderr)
+    return guard_stdout(lambda: _main(argv), "edge-agent-hub")
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     handler = {
         "run": _run,
@@ -153,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeAgentError as err:
         print(f"edge-agent-hub {args.command}: {err}", file=sys.stderr)
         return 2 if args.command == "run" else 1
+    except BrokenPipeError:
+        raise  # standard output's reader left, or not: guard_stdout says which
+    except OSError as err:  # a file named on the command line (a bundle, ...)
+        print(f"edge-agent-hub {args.command}: {file_problem(err)}", file=sys.stderr)
+        return 1
 
 
 # ------------------------------------------------------------------------------------ run/check
@@ -237,9 +255,16 @@ def _event_line(row: dict[str, Any]) -> str:
     return f"{stamp} {row['node']:<14} {row['severity']:<8} {row['kind']}{group}: {row['detail']}"
 
 
+def _require_seen(db: HubDatabase, args: argparse.Namespace, node: str | None) -> None:
+    """A node the hub never registered is an error unless ``--force`` (known_nodes.py)."""
+    if node is not None and not args.force:
+        require_seen([node], db.node_names(), where="by the hub")
+
+
 def _events(args: argparse.Namespace) -> int:
     db = open_database(load_hub_config(args.config))
     try:
+        _require_seen(db, args, args.node)
         newest = db.events(node=args.node, limit=args.limit, newest=True)
         for row in newest:
             print(_dumps(row) if args.json else _event_line(row), flush=True)
@@ -263,6 +288,7 @@ def _events(args: argparse.Namespace) -> int:
 def _telemetry(args: argparse.Namespace) -> int:
     db = open_database(load_hub_config(args.config))
     try:
+        _require_seen(db, args, args.node)
         rows = db.telemetry(args.node, since=time.time() - args.since, limit=args.limit)
     finally:
         db.close()

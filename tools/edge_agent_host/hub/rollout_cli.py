@@ -5,33 +5,56 @@
     edge-agent-hub rollout start BUNDLE --group G [--all | --node PATTERN ... | --label K=V ...]
         [--waves 1,10%,50%,100% | --exponential F] [--soak S] [--max-failed-pct P]
         [--max-error-events-pct P] [--max-tick-p99-ratio R] [--rollback-bundle FILE]
-        [--include-offline] [--dry-run] [--json]
-    edge-agent-hub rollout status [ID] [--json]       # the newest rollout without ID
+        [--include-offline] [--dry-run] [--follow] [--json]
+    edge-agent-hub rollout status [ID] [--follow] [--json]   # the newest rollout without ID
     edge-agent-hub rollout list [--json]
     edge-agent-hub rollout pause|resume|abort ID
 
 The commands write the rollout into the hub's database; the service replica with
-``[rollouts] key_file`` carries it out (``rollouts.RolloutRunner``).
+``[rollouts] key_file`` carries it out (``rollouts.RolloutRunner``). ``start`` prints the command
+that follows the rollout it stored; ``--follow`` (``start`` and ``status``) prints a line each
+time the rollout moves (its wave, the wave's nodes by state, a pause, a halt) until it ends, and
+exits with its outcome (:data:`FOLLOW_EXIT`): 0 done, 4 halted, 5 rolled back.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
-from edge_agent.bundle.writer import pack_tar
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES, DeployPlan
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import load_hub_config
-from edge_agent_host.hub.rollout_plan import Criteria, RolloutPlan, plan_waves, select_nodes
+from edge_agent_host.hub.rollout_plan import (
+    Criteria,
+    RolloutPlan,
+    RolloutState,
+    plan_waves,
+    select_nodes,
+)
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
 
-__all__ = ["add_parser", "run"]
+__all__ = ["FOLLOW_EVERY_S", "FOLLOW_EXIT", "add_parser", "follow_line", "run"]
+
+FOLLOW_EXIT: Final[Mapping[str, int]] = MappingProxyType(
+    {RolloutState.DONE.value: 0, RolloutState.HALTED.value: 4, RolloutState.ROLLED_BACK.value: 5}
+)
+"""``--follow``'s exit status by how the rollout ended (1 and 2 keep edge-agent-hub's meaning: the
+database cannot be read, a bad config)."""
+FOLLOW_EVERY_S: Final = 1.0
+"""How often ``--follow`` reads the rollout (the runner applies a request within a second)."""
+_FOLLOW_HELP: Final = (
+    "then print a line each time the rollout moves until it ends; exit 0 when it is done, 4 "
+    "when it halted, 5 when it was rolled back"
+)
 
 
 def add_parser(
@@ -95,12 +118,18 @@ def add_parser(
         "--include-offline", action="store_true", help="select offline and silent nodes too"
     )
     start.add_argument("--dry-run", action="store_true", help="print the plan, store nothing")
-    start.add_argument("--json", action="store_true", help="print the plan as JSON")
+    start.add_argument("--follow", action="store_true", help=_FOLLOW_HELP)
+    start.add_argument(
+        "--json", action="store_true", help="print the plan as JSON (with --follow: JSON lines)"
+    )
 
     status = steps.add_parser("status", help="a rollout's waves and nodes")
     with_config(status)
     status.add_argument("id", nargs="?", help="default: the newest rollout")
-    status.add_argument("--json", action="store_true", help="print it as JSON")
+    status.add_argument("--follow", action="store_true", help=_FOLLOW_HELP)
+    status.add_argument(
+        "--json", action="store_true", help="print it as JSON (with --follow: JSON lines)"
+    )
 
     listing = steps.add_parser("list", help="rollouts, newest first")
     with_config(listing)
@@ -117,17 +146,6 @@ def _open(args: argparse.Namespace) -> HubDatabase:
     return open_database(load_hub_config(args.config), write=True)
 
 
-def _bundle_bytes(path: Path) -> bytes:
-    if path.is_dir():
-        tar = Path(f"{path}.rollout.tar")
-        try:
-            pack_tar(path, tar)
-            return tar.read_bytes()
-        finally:
-            tar.unlink(missing_ok=True)
-    return path.read_bytes()
-
-
 def _labels(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
@@ -139,14 +157,10 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 def _start(args: argparse.Namespace) -> int:
-    data = _bundle_bytes(args.bundle)
-    plan = DeployPlan.from_bytes(data, args.chunk_size, where=str(args.bundle))
+    plan = DeployPlan.from_bundle(args.bundle, args.chunk_size)
     rollback = None
     if args.rollback_bundle is not None:
-        rollback_data = _bundle_bytes(args.rollback_bundle)
-        rollback = DeployPlan.from_bytes(
-            rollback_data, args.chunk_size, where=str(args.rollback_bundle)
-        )
+        rollback = DeployPlan.from_bundle(args.rollback_bundle, args.chunk_size)
     config = load_hub_config(args.config)
     db = open_database(config, write=True)
     try:
@@ -203,14 +217,25 @@ def _start(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(json.dumps(summary) if args.json else _plan_text(summary))
             return 0
-        store.put_bundle(data, plan.sha256, plan.name, plan.version)
+        store.put_bundle(plan.data, plan.sha256, plan.name, plan.version)
         if rollback is not None:
             store.put_bundle(rollback.data, rollback.sha256, rollback.name, rollback.version)
         rollout_id = store.create(rollout, nodes)
+        summary["id"] = rollout_id
+        summary["follow"] = shlex.join(
+            ["edge-agent-hub", "rollout", "status", "--config", str(args.config), rollout_id,
+             "--follow"]
+        )  # fmt: skip
+        if args.json:
+            print(json.dumps(summary), flush=True)
+        else:
+            print(f"rollout {rollout_id}\n{_plan_text(summary)}", flush=True)
+            if not args.follow:
+                print(f"follow it: {summary['follow']}")
+        if args.follow:
+            return _follow(store, rollout_id, as_json=args.json)
     finally:
         db.close()
-    summary["id"] = rollout_id
-    print(json.dumps(summary) if args.json else f"rollout {rollout_id}\n{_plan_text(summary)}")
     return 0
 
 
@@ -236,11 +261,72 @@ def _status(args: argparse.Namespace) -> int:
             if not ids:
                 raise FleetError("no rollout yet")
             rollout_id = ids[0]
+        if args.follow:
+            return _follow(store, rollout_id, as_json=args.json)
         summary = store.get(rollout_id).summary()
     finally:
         db.close()
     print(to_json(summary) if args.json else describe(summary))
     return 0
+
+
+def _follow(store: RolloutStore, rollout_id: str, *, as_json: bool) -> int:
+    """Print a line each time the rollout moves (:func:`follow_line`), until it ends; its
+    outcome's exit status (:data:`FOLLOW_EXIT`)."""
+    shown: tuple[Any, ...] = ()
+    while True:
+        summary = store.get(rollout_id).summary()
+        moved = _position(summary)
+        if moved != shown:
+            shown = moved
+            print(to_json(summary) if as_json else follow_line(summary), flush=True)
+        exit_status = FOLLOW_EXIT.get(summary["state"])
+        if exit_status is not None:
+            return exit_status
+        time.sleep(FOLLOW_EVERY_S)
+
+
+def _position(summary: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Where a rollout is: what a new ``--follow`` line is printed for."""
+    wave = _current_wave(summary)
+    states = tuple(sorted(wave["states"].items())) if wave is not None else ()
+    return (summary["state"], summary["wave"], summary["phase"], summary["request"], states,
+            summary["detail"])  # fmt: skip
+
+
+def _current_wave(summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    table = summary["wave_table"]
+    index = summary["wave"] - 1
+    return table[index] if 0 <= index < len(table) else None
+
+
+def follow_line(summary: Mapping[str, Any]) -> str:
+    """One ``--follow`` line: the wave and its nodes by state while running, the state and why
+    otherwise, and at the end the outcome over every node.
+
+    ``r-20261123-6b46e2 wave 1/2 soaking: 1 node(s): ok 1``;
+    ``r-20261123-6b46e2 halted: 0 of 2 node(s) ok, 1 failed; wave 1: 1 failed (100.0 % > 0 %)``
+    """
+    s = summary
+    state = s["state"]
+    why = f"; {s['detail']}" if s["detail"] else ""
+    if state in FOLLOW_EXIT:
+        return (
+            f"{s['id']} {state}: {s['nodes_done']} of {s['nodes_total']} node(s) ok, "
+            f"{s['nodes_failed']} failed{why}"
+        )
+    at = f"wave {s['wave']}/{s['waves']}" + (f" {s['phase']}" if s["phase"] else "")
+    if state == RolloutState.RUNNING.value:
+        wave = _current_wave(s)
+        nodes = ""
+        if wave is not None:
+            states = ", ".join(f"{k} {v}" for k, v in sorted(wave["states"].items()))
+            nodes = f": {wave['nodes']} node(s): {states}"
+        request = f" ({s['request']} requested)" if s["request"] else ""
+        return f"{s['id']} {at}{nodes}{request}"
+    if state == RolloutState.PENDING.value:
+        return f"{s['id']} pending: the replica with [rollouts] key_file has not taken it yet"
+    return f"{s['id']} {state} at {at}{why}"
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -650,6 +650,11 @@ class HubDatabase:
             for r in rows
         ]
 
+    def node_names(self) -> list[str]:
+        """Every node of the registry, by name (what a command line checks a node it is given
+        against: :mod:`edge_agent_host.fleet.known_nodes`)."""
+        return [r[0] for r in self._query("SELECT node FROM nodes ORDER BY node")]
+
     def groups(self) -> list[dict[str, Any]]:
         """Every node's groups: agents and the bundle each runs."""
         rows = self._query(

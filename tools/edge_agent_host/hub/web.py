@@ -18,8 +18,9 @@ last numbers are history, not current values).
 
 Health at a glance (the page's dot, ``health`` in the JSON): **red** not online (offline, silent,
 unknown), or no telemetry for 3 x its period (30 s by default); **amber** RSS over 90 % of the
-budget, tick p99 over 100 ms, CPU above 75 °C, or an outbox holding over 1,000 messages;
-**green** otherwise.
+budget, tick p99 over 100 ms, CPU above 75 °C, an outbox holding over 1,000 messages, or a
+group whose observations are out of its bundle's calibrated range (its ``input_out_of_range``
+alert raised: a faulty sensor, docs/neural-agents.md); **green** otherwise.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def health_of(node: Mapping[str, Any], now: float) -> str:
         return "amber"
     if (node.get("outbox_depth") or 0) > OUTBOX_AMBER:
         return "amber"
+    if (node.get("groups_out_of_range") or 0) > 0:
+        return "amber"
     return "green"
 
 
@@ -161,6 +164,10 @@ def build_snapshot(
             # What a crash of the node would lose now (its relaxed outbox commits).
             "outbox_uncommitted_rows": _counter(t, "outbox.uncommitted_rows"),
             "outbox_uncommitted_s": _counter(t, "outbox.uncommitted_s"),
+            # Observations outside the calibrated range (edge_agent.neural.input_range).
+            "observations_checked": _counter(t, "input_range.checked"),
+            "observations_out_of_range": _counter(t, "input_range.out_of_range"),
+            "groups_out_of_range": _counter(t, "input_range.alerting"),
         }
         node["health"] = health_of(node, now)
         nodes.append(node)
@@ -449,6 +456,27 @@ def collector_for(source: Any) -> Any:
                 "Age of the node's uncommitted outbox transaction (online nodes)",
                 live,
                 "outbox_uncommitted_s",
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_observations_checked",
+                "Agent-steps the node's neural groups checked against their bundles' calibrated "
+                "ranges since its daemon started (online nodes)",
+                live,
+                "observations_checked",
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_observations_out_of_range",
+                "Agent-steps of the node's neural groups with an observation outside the "
+                "calibrated range since its daemon started (online nodes)",
+                live,
+                "observations_out_of_range",
+            )
+            yield node_gauge(
+                "edge_agent_hub_node_groups_out_of_range",
+                "The node's groups whose share of observations out of range raised the "
+                "input_out_of_range alert and has not fallen back (online nodes)",
+                live,
+                "groups_out_of_range",
             )
             nodes_g = GaugeMetricFamily(
                 "edge_agent_hub_rollout_nodes",

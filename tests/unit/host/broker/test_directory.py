@@ -400,13 +400,22 @@ def test_the_hub_and_tasks_take_a_client_certificate(command: list[str]) -> None
     tls = ["--ca-file", "ca.crt", "--cert-file", "hub.crt", "--key-file", "hub.key"]
     sub = "list" if command[0] == "tasks" else "fleet"
     args = cli.build_parser().parse_args([command[0], *tls, *command[1:], sub])
-    assert (args.ca_file, args.cert_file, args.key_file) == ("ca.crt", "hub.crt", "hub.key")
+    assert (args.ca_file, args.cert_file, args.key_file) == (
+        Path("ca.crt"),
+        Path("hub.crt"),
+        Path("hub.key"),
+    )
 
 
-def test_hub_client_uses_the_certificate_for_mutual_tls() -> None:
-    hub = FleetClient(fleet=FLEET, ca_file="ca.crt", cert_file="hub.crt", key_file="hub.key")
+def test_hub_client_uses_the_certificate_for_mutual_tls(tmp_path: Path) -> None:
+    init_broker(fleet(), tmp_path)
+    files = [str(tmp_path / "clients" / "hub" / n) for n in ("ca.crt", "hub.crt", "hub.key")]
+    hub = FleetClient(fleet=FLEET, ca_file=files[0], cert_file=files[1], key_file=files[2])
     tls = hub.transport.settings.tls  # type: ignore[attr-defined]
-    assert (tls.ca_file, tls.cert_file, tls.key_file) == ("ca.crt", "hub.crt", "hub.key")
+    assert [tls.ca_file, tls.cert_file, tls.key_file] == files
     assert FleetClient(fleet=FLEET).transport.settings.tls is None  # type: ignore[attr-defined]
     with pytest.raises(FleetError, match="both"):
         FleetClient(fleet=FLEET, cert_file="hub.crt")
+    # A file it cannot read is said before any connection, naming it.
+    with pytest.raises(FleetError, match=r"ca_file ca\.crt: cannot read: No such file"):
+        FleetClient(fleet=FLEET, ca_file="ca.crt", cert_file=files[1], key_file=files[2])

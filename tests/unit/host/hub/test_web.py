@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -70,6 +71,8 @@ def node(**over: Any) -> dict[str, Any]:
         ({"tick_p99_ms": 150.0}, "amber"),
         ({"cpu_temp_c": 80.0}, "amber"),
         ({"outbox_depth": 5000}, "amber"),
+        ({"groups_out_of_range": 1}, "amber"),
+        ({"groups_out_of_range": 0, "observations_out_of_range": 12}, "green"),
         ({"rss_bytes": None, "tick_p99_ms": None, "cpu_temp_c": None}, "green"),
     ],
 )
@@ -371,3 +374,40 @@ def test_a_taken_port_is_a_config_error_naming_the_line() -> None:
             web_server(parse_hub_config(text, "hub.toml"))
     assert str(err.value).startswith("hub.toml:4: http.port: cannot listen on 127.0.0.1:"), err
     assert web_server(parse_hub_config("[http]\nenabled = false\n", "hub.toml")) is None
+
+
+def test_observations_out_of_range_go_from_a_nodes_telemetry_to_metrics(tmp_path: Path) -> None:
+    """A node's neural groups count observations outside their bundles' calibrated ranges
+    (edge_agent.neural.input_range); the hub exports the node's totals and an alerting group
+    makes the node amber."""
+    db = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
+    db.open()
+    try:
+        body = msgspec.structs.replace(telemetry_body(40), budget_total_bytes=200 * MB)
+        counters = {"telemetry.n": 1, "input_range.checked": 40_000,
+                    "input_range.out_of_range": 1_234, "input_range.alerting": 1,
+                    "input_range.groups": 2}
+        write_all(
+            db,
+            heard("pi-sensor", NodeState(online=True), retained=True, received=NOW - 60),
+            heard("pi-sensor", msgspec.structs.replace(body, counters=counters), ts=NOW - 1,
+                  received=NOW - 1),
+            heard("pi-grid", NodeState(online=True), retained=True, received=NOW - 60),
+            heard("pi-grid", body, ts=NOW - 1, received=NOW - 1),
+        )
+        snap = build_snapshot(db, {"id": "hub-a"}, now=NOW)
+    finally:
+        db.close()
+    by_node = {n["node"]: n for n in snap.nodes}
+    sensor = by_node["pi-sensor"]
+    assert (sensor["observations_checked"], sensor["observations_out_of_range"]) == (40_000, 1_234)
+    assert (sensor["groups_out_of_range"], sensor["health"]) == (1, "amber")
+    grid = by_node["pi-grid"]  # no neural group: nothing counted, nothing exported
+    assert grid["observations_out_of_range"] is None
+    assert grid["health"] == "green"
+    values = scrape(snap)
+    label = (("node", "pi-sensor"),)
+    assert values[("edge_agent_hub_node_observations_checked", label)] == 40_000
+    assert values[("edge_agent_hub_node_observations_out_of_range", label)] == 1_234
+    assert values[("edge_agent_hub_node_groups_out_of_range", label)] == 1
+    assert ("edge_agent_hub_node_observations_out_of_range", (("node", "pi-grid"),)) not in values

@@ -70,7 +70,6 @@ from edge_agent_host.converter.neural.measure import (
 )
 from edge_agent_host.converter.neural.onnx_quantize import (
     AUTO_ERROR_FACTOR,
-    AUTO_SIZE_MARGIN,
     AUTO_TOP1_TOLERANCE,
     CALIBRATION_METHODS,
     ENTROPY_BINS,
@@ -95,6 +94,7 @@ from edge_agent_host.converter.neural.outputs import (
     select_outputs,
     unzip_outputs,
 )
+from edge_agent_host.converter.neural.row_scales import DYNAMIC_SCHEME
 from edge_agent_host.converter.output import check_output
 from edge_agent_host.converter.report import ConversionReport
 
@@ -333,8 +333,12 @@ def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -
         )
     int8_session = backend.load(int8_bytes, opts.threads)
     left_float = float_weight_bytes(onnx.load_from_string(int8_bytes))
+    hint = mode_hint(record["mode"], left_float)
+    forced = static_only_options(opts)
+    if hint and opts.mode == "auto" and forced and "--mode dynamic" in hint:
+        hint += f" (auto was static because of {forced[0]}: without it, auto measures dynamic too)"
     note = size_warning(
-        len(float_bytes), len(int8_bytes), left_float, mode_hint(record["mode"], left_float)
+        len(float_bytes), len(int8_bytes), left_float, hint, quantized=record["quantized_share"]
     )
     if note is not None:
         warnings.append(note)
@@ -358,7 +362,7 @@ def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -
     converted = ConvertedModel(
         backend="onnxruntime",
         model_file="model.onnx",
-        scheme="onnx-qdq-s8s8" if static else "onnx-dynamic-u8s8",
+        scheme="onnx-qdq-s8s8" if static else DYNAMIC_SCHEME,
         source=str(source),
         float_bytes=float_bytes,
         int8_bytes=int8_bytes,
@@ -374,7 +378,13 @@ def convert_onnx(options: ConvertOptions, neural: NeuralOptions | None = None) -
         quantized_share=record["quantized_share"],
         quantize_seconds=seconds,
     )
-    return finish_neural(converted, options, opts)
+    report = finish_neural(converted, options, opts)
+    if not report.passed and opts.mode == "static":
+        report.retry = (
+            "--mode auto (the default: it measures dynamic quantization too, which calibrates "
+            "nothing)"
+        )
+    return report
 
 
 def _calibrates(options: NeuralOptions) -> bool:
@@ -477,13 +487,7 @@ def _quantize(
             + "; ".join(f"{mode}: {reason}" for mode, reason in failures.items())
         )
     if len(modes) > 1:
-        slow = "static" in done and _has_conv(float_path)
-        chosen, why = pick_mode(results, failures, slow_dynamic=slow)
-        if chosen == "dynamic" and slow:
-            why += (
-                "; its Conv runs as onnxruntime's ConvInteger, slower than static's fused "
-                "QLinearConv: --mode static where speed matters more than accuracy"
-            )
+        chosen, why = pick_mode(results, failures)
     else:
         chosen = next(iter(done))
     int8_bytes, record, notes = done[chosen]
@@ -566,12 +570,6 @@ def _calibration_advice(
     return record
 
 
-def _has_conv(path: Path) -> bool:
-    import onnx
-
-    return any(node.op_type == "Conv" for node in onnx.load(str(path)).graph.node)
-
-
 # ``convert onnx`` ------------------------------------------------------------------------------
 
 
@@ -582,13 +580,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     quant = parser.add_argument_group("ONNX quantization")
     quant.add_argument("--mode", choices=QUANT_MODES, default="auto",
                        help="static: QDQ int8 activations and weights, calibrated; dynamic: int8 "
-                       "weights, activations quantized per call (onnxruntime's only way to "
-                       "quantize LSTM; needs no calibration data); auto (default): quantize in "
-                       "both, measure both on the held-out set, never keep the less accurate "
-                       f"one (top-1 more than {100 * AUTO_TOP1_TOLERANCE:g} points lower, or "
-                       f"mean abs error over {AUTO_ERROR_FACTOR:g}x), else the smaller model, "
-                       f"static when within {100 * AUTO_SIZE_MARGIN:g} %% of the same size; "
-                       "with held-out data but no calibration data, dynamic")
+                       "weights (MatMul, Gemm, LSTM), activations quantized per call with a "
+                       "scale per row, so that no agent's input changes another's output "
+                       "(needs no calibration data); auto (default): quantize in both, measure "
+                       "both on the held-out set, never keep the less accurate one (top-1 more "
+                       f"than {100 * AUTO_TOP1_TOLERANCE:g} points lower, or mean abs error over "
+                       f"{AUTO_ERROR_FACTOR:g}x), else static (fixed scales: cheaper per tick), "
+                       f"dynamic only where static stays above {100 * SIZE_WARNING_RATIO:.0f} %% "
+                       "of the float size (an LSTM) and dynamic does not; with held-out data but "
+                       "no calibration data, dynamic")
     quant.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
                        help=METHOD_HELP)
     quant.add_argument("--percentile", type=float, default=99.999,

@@ -19,7 +19,7 @@ from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import quantize_model
 from edge_agent.aif.settings import AifSettings
 from edge_agent.bundle.loader import Bundle
-from edge_agent.bundle.manifest import BundleKind, NeuralSpec
+from edge_agent.bundle.manifest import MAX_RANGE_FEATURES, BundleKind, NeuralSpec, ObservationRange
 from edge_agent.errors import InputError, ModelError
 from edge_agent.neural.agents import window_layout
 from edge_agent.neural.backends import Session, get_backend
@@ -27,7 +27,7 @@ from edge_agent_host.converter.aif.bundle import aif_bundle_arrays, aif_spec
 from edge_agent_host.converter.aif.measure import aif_checks, aif_report_data
 from edge_agent_host.converter.common import ConvertOptions
 from edge_agent_host.converter.neural.device_check import device_check
-from edge_agent_host.converter.neural.inputs import Samples
+from edge_agent_host.converter.neural.inputs import Samples, sample_count, scale_mismatch
 from edge_agent_host.converter.neural.measure import compare_models, neural_checks, neural_rows
 from edge_agent_host.converter.neural.options import NeuralOptions
 from edge_agent_host.converter.output import write_output
@@ -39,6 +39,7 @@ __all__ = [
     "finish_neural",
     "int8_does_not_pay",
     "neural_spec",
+    "observation_range",
     "perception_model",
 ]
 
@@ -89,6 +90,23 @@ def neural_spec(
         ) from err
     window_layout(spec)
     return spec
+
+
+def observation_range(spec: NeuralSpec, samples: Samples) -> ObservationRange:
+    """The range of each observation feature in ``samples`` (the data the model was calibrated,
+    or checked, on): what a device counts its observations against (``neural.observation_range``,
+    :mod:`edge_agent.neural.input_range`). One value per feature of a step, or one for all of
+    them when a step has more than :data:`~edge_agent.bundle.loader.MAX_RANGE_FEATURES` (a
+    camera frame)."""
+    features = window_layout(spec)[1]
+    values = np.asarray(samples[spec.inputs[0].name], dtype=np.float32).reshape(-1, features)
+    if features > MAX_RANGE_FEATURES:
+        values = values.reshape(-1, 1)
+    return ObservationRange(
+        low=tuple(float(v) for v in values.min(axis=0)),
+        high=tuple(float(v) for v in values.max(axis=0)),
+        samples=sample_count(samples),
+    )
 
 
 def perception_model(neural: NeuralOptions) -> GenerativeModel | None:
@@ -188,6 +206,12 @@ def finish_neural(
         ]
     device_session = float_session if bundled == "float" else int8_session
     spec = neural_spec(backend_name, model_file, device_session, neural, c.window)
+    # The range the device counts observations against: the calibration data's for a model
+    # calibrated on them (static int8: beyond it, inputs clip), else the held-out data's, on
+    # which the bundled model was checked (dynamic int8, float).
+    calibrated = bundled == "int8" and c.calibration_info.get("method") is not None
+    observed = calibration if calibration and calibrated else heldout
+    spec = spec.model_copy(update={"observation_range": observation_range(spec, observed)})
     if aif_model is not None:
         check_perception_outputs(int8_session, aif_model)
     comparison = compare_models(
@@ -220,6 +244,12 @@ def finish_neural(
     x64_precision = getattr(int8_session, "x64_precision", None)
     if x64_precision is not None:
         data["x64_quant_precision"] = bool(x64_precision)
+    mismatch = scale_mismatch(calibration, heldout)
+    if mismatch:
+        warnings = [*warnings, mismatch]
+    lost = getattr(int8_session, "x64_precision_lost", "")
+    if lost:
+        warnings = [*warnings, f"{lost}: the report's int8 numbers are that CPU's"]
     # The accuracy thresholds judge the int8 model: a bundle of the float model has no error.
     checks = neural_checks(data, neural.thresholds) if bundled == "int8" else []
     rows = neural_rows(data)

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "HELDOUT_FRACTION",
     "MIN_CALIBRATION_SAMPLES",
+    "SCALE_MISMATCH_FACTOR",
     "CalibrationReader",
     "Samples",
     "check_calibration_size",
@@ -44,10 +45,15 @@ __all__ = [
     "load_samples",
     "onnx_tensors",
     "range_samples",
+    "scale_mismatch",
     "split_heldout",
 ]
 
 HELDOUT_FRACTION = 0.2
+#: Calibration and held-out data whose largest magnitudes differ by more than this factor are
+#: told about (:func:`scale_mismatch`): a sample far outside the others sets static
+#: quantization's input range, or the model is checked on inputs it was not calibrated for.
+SCALE_MISMATCH_FACTOR = 100.0
 #: Fewer calibration samples than this give a warning (activation ranges from a handful of
 #: inputs miss what the model meets in use); a single sample is refused.
 MIN_CALIBRATION_SAMPLES = 16
@@ -117,7 +123,11 @@ def load_samples(
         loaded = np.load(source, allow_pickle=False)
     except FileNotFoundError as err:
         raise InputError(f"{source}: no such file") from err
-    except (OSError, ValueError) as err:  # text (.csv), pickles, anything else
+    except OSError as err:
+        if err.errno is not None:  # the file system's answer: permission, a directory, ...
+            raise InputError(f"{source}: cannot read: {err.strerror}") from err
+        raise InputError(f"{source}: not an .npz file; {_npz_format(inputs)}") from err
+    except ValueError as err:  # text (.csv), pickles, anything else
         raise InputError(f"{source}: not an .npz file; {_npz_format(inputs)}") from err
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise InputError(f"{source}: one .npy array, not an .npz; {_npz_format(inputs)}")
@@ -218,6 +228,32 @@ def check_calibration_size(count: int, warnings: list[str]) -> None:
             f"what the model meets in use; give at least {MIN_CALIBRATION_SAMPLES} "
             "(a few hundred is typical)"
         )
+
+
+def scale_mismatch(calibration: Samples, heldout: Samples) -> str:
+    """One line when the calibration and held-out data's largest magnitudes differ by more than
+    :data:`SCALE_MISMATCH_FACTOR` (``""`` otherwise, or without calibration data): a glitched
+    sample, or data in other units, would otherwise only show as a static model less accurate
+    than it should be."""
+    if not calibration or not heldout:
+        return ""
+    cal = max(float(np.abs(v).max(initial=0.0)) for v in calibration.values())
+    held = max(float(np.abs(v).max(initial=0.0)) for v in heldout.values())
+    low, high = min(cal, held), max(cal, held)
+    if high <= SCALE_MISMATCH_FACTOR * max(low, float(np.finfo(np.float32).tiny)):
+        return ""
+    if cal > held:
+        return (
+            f"the calibration data reach |x| = {cal:.3g}, the held-out data {held:.3g}: a "
+            "calibration sample far outside the inputs (a glitch, or other units) sets static "
+            "quantization's input range; check --calibration (dynamic quantization calibrates "
+            "nothing)"
+        )
+    return (
+        f"the held-out data reach |x| = {held:.3g}, the calibration data {cal:.3g}: the model "
+        "is checked on inputs far outside the range it is calibrated on; check --heldout and "
+        "--calibration"
+    )
 
 
 def check_labels(labels: np.ndarray | None, output: TensorSpec, source: str = "labels") -> None:

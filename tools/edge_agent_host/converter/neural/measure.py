@@ -184,8 +184,11 @@ def neural_rows(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
     size = data["size"]
     acc = data["accuracy"]
     lat = data["latency_ms"]
+    heads = ("float", "int8")
+    if data.get("bundled") == "float":  # the int8 model was measured, not bundled
+        heads = ("float (bundled)", "int8 (not bundled)")
     rows: list[tuple[str, ...]] = [
-        ("", "float", "int8", "int8/float"),
+        ("", *heads, "int8/float"),
         (
             "model file (bytes)",
             f"{size['float_bytes']:,}",

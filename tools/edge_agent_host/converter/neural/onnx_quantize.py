@@ -7,11 +7,16 @@ Quantization (``NeuralOptions.mode``):
   activation ranges calibrated with ``minmax`` (default), ``entropy`` (KL-optimal thresholds over
   a 2048-bin histogram, :data:`ENTROPY_BINS`) or ``percentile``. The QDQ model keeps float32
   inputs and outputs; ONNX Runtime fuses the Q/DQ pairs into int8 kernels.
-* ``dynamic``: ``quantize_dynamic``: int8 weights, activations quantized per call (uint8). The
-  only way onnxruntime quantizes ``LSTM`` weights; no calibration.
+* ``dynamic``: ``quantize_dynamic`` on ``MatMul`` and ``Gemm``: int8 weights, activations
+  quantized per call (uint8), then made **per row**
+  (:mod:`edge_agent_host.converter.neural.row_scales`): onnxruntime's own scale is one per call
+  over the whole batch, which makes one agent's input change every other agent's output. An
+  ``LSTM``'s weights are stored in int8 and dequantized in front of a float LSTM (onnxruntime's
+  ``DynamicQuantizeLSTM`` quantizes each step over the whole batch too). No calibration.
 * ``auto`` (default): the converter quantizes in both modes, measures both on the held-out set
-  and keeps, of the modes as accurate as the other within a stated tolerance, the smaller model;
-  static when the two are within :data:`AUTO_SIZE_MARGIN` of one size (:func:`pick_mode`).
+  and keeps, of the modes as accurate as the other within a stated tolerance, static unless
+  dynamic is the only one that shrinks the model (:func:`pick_mode`). Both keep every agent's
+  row to itself; dynamic's per-row scales cost time every tick (docs/host-tool.md).
 
 What a mode really quantized is measured on its output (:func:`quantized_share`: the share of the
 float model's weight bytes that are no longer float), not predicted from op lists: onnxruntime's
@@ -50,6 +55,12 @@ from edge_agent_host.converter.neural.inputs import (
     sample_count,
 )
 from edge_agent_host.converter.neural.options import NeuralOptions
+from edge_agent_host.converter.neural.row_scales import (
+    DYNAMIC_ACTIVATION_OPS,
+    DYNAMIC_WEIGHT_OPS,
+    int8_recurrent_weights,
+    per_row_activations,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +69,10 @@ __all__ = [
     "AUTO_SIZE_MARGIN",
     "AUTO_TOP1_TOLERANCE",
     "CALIBRATION_METHODS",
+    "DYNAMIC_ROWS",
     "ENTROPY_BINS",
     "ENTROPY_QUANTIZED_BINS",
+    "INDEPENDENT_ROWS",
     "QUANTIZER_OPSET",
     "QUANT_MODES",
     "SIZE_WARNING_RATIO",
@@ -91,11 +104,22 @@ QuantMode = Literal["static", "dynamic"]
 #: ``auto`` (:func:`pick_mode`) never keeps a mode whose top-1 agreement with float is lower than
 #: the other mode's by more than this (classifiers), or whose mean absolute error is more than
 #: :data:`AUTO_ERROR_FACTOR` times the other's (continuous outputs); between accurate modes it
-#: keeps the smaller model file, unless the two sizes are within :data:`AUTO_SIZE_MARGIN` of the
-#: larger one: then static.
+#: keeps static, unless static's file is not below :data:`SIZE_WARNING_RATIO` of the float one
+#: (it quantized too little to pay) and dynamic's is smaller than static's by more than
+#: :data:`AUTO_SIZE_MARGIN`.
 AUTO_TOP1_TOLERANCE = 0.005
 AUTO_ERROR_FACTOR = 1.5
 AUTO_SIZE_MARGIN = 0.05
+#: What the reason of a dynamic conversion asked for says of its activations.
+DYNAMIC_ROWS = (
+    "activation scales per row, so that no agent's input changes another's output (computed at "
+    "every call: static's fixed scales cost less per tick)"
+)
+#: What the reason of every ``auto`` choice between both modes ends with.
+INDEPENDENT_ROWS = (
+    "both keep each agent's result independent of the other agents in its batch (dynamic's "
+    "activation scales per row, not per batch)"
+)
 
 
 def _quantization_module() -> Any:
@@ -126,8 +150,9 @@ def quantizable_op_types() -> dict[QuantMode, frozenset[str]]:
 
     return {
         "static": frozenset(registry.QDQRegistry) | frozenset(registry.QLinearOpsRegistry),
-        # quantize_dynamic turns Gemm into MatMul first (MatMulInteger), unlisted.
-        "dynamic": frozenset(registry.IntegerOpsRegistry) | {"Gemm"},
+        # Only the ops whose activations can be quantized per row, and the LSTM's weights
+        # (row_scales); quantize_dynamic turns Gemm into MatMul first (MatMulInteger).
+        "dynamic": DYNAMIC_ACTIVATION_OPS | DYNAMIC_WEIGHT_OPS,
     }
 
 
@@ -195,21 +220,20 @@ class ModeResult:
         return text + f", mean abs error {self.mean_abs_error:.3g}"
 
 
-def pick_mode(
-    results: Sequence[ModeResult], failures: Mapping[str, str], *, slow_dynamic: bool = False
-) -> tuple[QuantMode, str]:
+def pick_mode(results: Sequence[ModeResult], failures: Mapping[str, str]) -> tuple[QuantMode, str]:
     """``(mode, why)`` for ``auto``, from both modes measured on the held-out set.
 
     The rule: never a mode less accurate than the other beyond the tolerance (top-1 agreement
     lower by more than :data:`AUTO_TOP1_TOLERANCE`, or, for continuous outputs, mean abs error
-    over :data:`AUTO_ERROR_FACTOR` times the other's); of the accurate ones, the smaller model
-    file; static when the two sizes are within :data:`AUTO_SIZE_MARGIN` of the larger one
-    (static's int8 kernels are fused and take int8 activations; dynamic quantizes every
-    activation per call, and onnxruntime's ``ConvInteger`` is slow). ``why`` states the rule as
-    it applied. ``failures``: the modes onnxruntime could not quantize, and why.
-    ``slow_dynamic``: dynamic mode would run the model's convolutions as onnxruntime's
-    ``ConvInteger`` (several times slower than static's fused ``QLinearConv``): when the two are
-    as accurate, static is kept whatever the sizes, since a device steps the model every tick."""
+    over :data:`AUTO_ERROR_FACTOR` times the other's); of the accurate ones, **static**, whose
+    activation scales are fixed at conversion, where dynamic computes each row's scale and zero
+    point at every call (2.1-2.5x static's time per tick on the digits MLP, 3.1-4.1x on the
+    sensor policy: docs/host-tool.md); dynamic only where static does not pay (its file not
+    below :data:`SIZE_WARNING_RATIO` of the float one: an LSTM, whose recurrent weights static
+    leaves float) and dynamic's file is smaller by more than :data:`AUTO_SIZE_MARGIN`. Neither
+    mode couples the agents of a batch (:mod:`~edge_agent_host.converter.neural.row_scales`):
+    ``why`` says so, and states the rule as it applied. ``failures``: the modes onnxruntime
+    could not quantize, and why."""
     if not results:
         raise ValueError("pick_mode needs at least one result")
     classify = all(r.top1_agreement is not None for r in results)
@@ -229,7 +253,8 @@ def pick_mode(
     parts = [r.describe() for r in results]
     parts += [f"{mode} fails ({reason})" for mode, reason in failures.items()]
     candidates = [r for r in results if accurate(r)]
-    if len(results) == 1:
+    both = len(results) > 1
+    if not both:
         chosen, why = results[0], "the only mode that quantizes it"
     elif len(candidates) == 1:
         chosen = candidates[0]
@@ -250,28 +275,30 @@ def pick_mode(
         chosen = next(r for r in candidates if r.mode == "static")
         why = "neither mode quantizes any of the weights"
     else:
-        small, large = sorted(candidates, key=lambda r: r.size_ratio)
-        if slow_dynamic and small.mode == "dynamic":
-            chosen = large
+        static = next(r for r in candidates if r.mode == "static")
+        dynamic = next(r for r in candidates if r.mode == "dynamic")
+        shares = (
+            f"{100 * dynamic.size_ratio:.1f} % against {100 * static.size_ratio:.1f} % of float"
+        )
+        if (
+            static.size_ratio >= SIZE_WARNING_RATIO
+            and dynamic.size_ratio < (1 - AUTO_SIZE_MARGIN) * static.size_ratio
+        ):
+            chosen = dynamic
             why = (
-                f"as accurate, {tolerance}; dynamic is smaller ({100 * small.size_ratio:.1f} % "
-                f"against {100 * large.size_ratio:.1f} % of float), but its Conv would run as "
-                "onnxruntime's ConvInteger, slower than static's fused QLinearConv: --mode "
-                "dynamic where size matters more than speed"
-            )
-        elif small.size_ratio < (1 - AUTO_SIZE_MARGIN) * large.size_ratio:
-            chosen = small
-            why = (
-                f"as accurate, {tolerance}, and smaller: {100 * small.size_ratio:.1f} % "
-                f"against {100 * large.size_ratio:.1f} % of float"
+                f"as accurate, {tolerance}, and static does not pay (not below "
+                f"{100 * SIZE_WARNING_RATIO:.0f} % of float) where dynamic does: {shares}"
             )
         else:
-            chosen = next(r for r in candidates if r.mode == "static")
+            chosen = static
             why = (
-                f"as accurate, {tolerance}, and within {100 * AUTO_SIZE_MARGIN:g} % of the same "
-                "size: static's fused int8 kernels"
+                f"as accurate, {tolerance}; static's activation scales are fixed, dynamic "
+                "computes each row's at every call, which costs every tick"
             )
-    return chosen.mode, f"auto: {'; '.join(parts)}: {chosen.mode} ({why})"
+            if dynamic.size_ratio < static.size_ratio:
+                why += f" (dynamic is smaller: {shares}; --mode dynamic where size matters more)"
+    reason = f"auto: {'; '.join(parts)}: {chosen.mode} ({why})"
+    return chosen.mode, reason + (f"; {INDEPENDENT_ROWS}" if both else "")
 
 
 def _other(mode: QuantMode) -> QuantMode:
@@ -285,16 +312,19 @@ def size_warning(
     mode_hint: str = "",
     *,
     overhead: str = "the Q/DQ bookkeeping",
+    quantized: float | None = None,
 ) -> str | None:
     """One line when the int8 model is not below :data:`SIZE_WARNING_RATIO` of the float one,
-    naming the ops whose weights stayed float (or else ``overhead``, what outweighs the
+    with the share of the weights it quantized (``quantized``, :func:`quantized_share`, when
+    known), naming the ops whose weights stayed float (or else ``overhead``, what outweighs the
     weights); ``None`` otherwise."""
     ratio = int8_bytes / float_bytes if float_bytes else 1.0
     if ratio < SIZE_WARNING_RATIO:
         return None
+    share = "" if quantized is None else f" and quantizes {100 * quantized:.0f} % of its weights"
     text = (
-        f"the int8 model is {100 * ratio:.1f} % of the float model's size (a conversion that "
-        f"pays is below {100 * SIZE_WARNING_RATIO:.0f} %)"
+        f"the int8 model is {100 * ratio:.1f} % of the float model's size{share} (a conversion "
+        f"that pays is below {100 * SIZE_WARNING_RATIO:.0f} %)"
     )
     if float_weights:
         left = ", ".join(
@@ -314,9 +344,9 @@ def mode_hint(mode: QuantMode, float_weights: Mapping[str, int]) -> str:
     stuck = sorted(op for op in float_weights if op not in ops["static"] | ops["dynamic"])
     hints = []
     if movable:
-        hints.append(f"onnxruntime quantizes {', '.join(movable)} in --mode {other}")
+        hints.append(f"--mode {other} quantizes {', '.join(movable)}")
     if stuck:
-        hints.append(f"onnxruntime quantizes no {', '.join(stuck)} node in either mode")
+        hints.append(f"neither mode quantizes {', '.join(stuck)}")
     return "; ".join(hints)
 
 
@@ -509,23 +539,34 @@ def _quantize_static(
 
 
 def _quantize_dynamic(quantization: Any, src: Path, dst: Path, options: NeuralOptions) -> None:
-    op_types = None
-    if options.exclude_op_types:
-        op_types = sorted(quantizable_op_types()["dynamic"] - set(options.exclude_op_types))
+    """onnxruntime's dynamic quantization of MatMul and Gemm, its activations then quantized
+    per row, and the LSTMs' weights in int8 (:mod:`~edge_agent_host.converter.neural.row_scales`):
+    ``dst`` keeps every agent's row to itself."""
+    import onnx
+
+    op_types = sorted(DYNAMIC_ACTIVATION_OPS - set(options.exclude_op_types))
     excluded = list(options.exclude_nodes)
     if "Gemm" in options.exclude_op_types or excluded:
         src, gemms = _named_gemms(src, dst.with_name(dst.stem + ".named.onnx"), options)
         # quantize_dynamic replaces each Gemm with a MatMul named "<gemm>_MatMul" before it
         # looks at exclusions: exclude that name.
         excluded += [f"{name}_MatMul" for name in gemms]
-    quantization.quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=op_types,
-        per_channel=options.per_channel,
-        weight_type=quantization.QuantType.QInt8,
-        nodes_to_exclude=excluded or None,
-    )
+    if op_types:
+        quantization.quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=op_types,
+            per_channel=options.per_channel,
+            weight_type=quantization.QuantType.QInt8,
+            nodes_to_exclude=excluded or None,
+        )
+        model = onnx.load(str(dst))
+    else:  # quantize_dynamic reads an empty list as "every op type"
+        model = onnx.load(str(src))
+    per_row_activations(model)
+    if not set(options.exclude_op_types) >= DYNAMIC_WEIGHT_OPS:
+        int8_recurrent_weights(model, options.exclude_nodes)
+    onnx.save(model, str(dst))
 
 
 def _named_gemms(src: Path, named: Path, options: NeuralOptions) -> tuple[Path, list[str]]:
@@ -670,6 +711,8 @@ def quantize_onnx(
                 )
             share = quantized_share(model, onnx.load(str(out_path)))
             why = f"as asked: {100 * share:.0f} % of the weights quantized"
+            if mode == "dynamic":
+                why += f"; {DYNAMIC_ROWS}"
             record = _quantization_record(opts, mode, why, preprocessed=model_path in attempts[:-1])
             record["quantized_share"] = round(share, 4)
             return record
