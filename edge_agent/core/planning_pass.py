@@ -23,10 +23,10 @@ from edge_agent.aif.planning import SURPRISE_TOP, PlanningPolicy, must_plan, pla
 from edge_agent.core.agent_state import AgentState, Allocate, Take
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import BlockRows, IntArray, index_dtype
+from edge_agent.core.tick_fit import TickFit
 
 if TYPE_CHECKING:
     from edge_agent.core.history_recorder import HistoryRecorder
-    from edge_agent.core.tick_fit import TickFit
     from edge_agent.core.workers import BlockWorkers
 
 #: The committed plans: what snapshots carry.
@@ -74,8 +74,6 @@ class PolicyTicks:
         #: Planning bounded in time: what the rest of the tick needs (None: not bounded).
         self.fit: TickFit | None = None
         if policy.timed:
-            from edge_agent.core.tick_fit import TickFit  # noqa: PLC0415 - deadline_ms, fit_tick
-
             self.fit = TickFit(clock)
         #: The last tick's numbers (:meth:`stats`).
         self.counts = {"planned": 0, "deferred": 0, "agents": 0, "ticks_cut": 0, "passed_over": 0}
@@ -173,8 +171,6 @@ class PolicyTicks:
             "planned": 0, "deferred": 0, "agents": n_agents, "ticks_cut": 0, "passed_over": 0
         }
         if self.fit is not None:  # a new group: what the rest of the tick needs, anew
-            from edge_agent.core.tick_fit import TickFit  # noqa: PLC0415 - deadline_ms, fit_tick
-
             self.fit = TickFit(self._clock)
         # What the passes share with the workers: the pass, how many plan and until when, which
         # chunks of the agents that plan were planned.

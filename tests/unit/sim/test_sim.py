@@ -906,32 +906,6 @@ def test_format_summary_puts_each_reference_after_its_number() -> None:
     )
 
 
-def test_a_grid_world_lets_its_model_go_and_makes_it_again_on_request() -> None:
-    """The daemon never asks a world for its model: a grid world keeps only its samplers (well
-    under the 480 KB of grid10's float64 A and B) and makes the model again, equal, when asked."""
-    make_env("grid10", 1)  # imports and first-call caches outside the measurement
-    tracemalloc.start()
-    try:
-        env = make_env("grid10", 1, noise=0.2)
-        kept, _ = tracemalloc.get_traced_memory()
-        model = env.model
-        with_model, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    size = sum(a.nbytes for a in (*model.A, *model.B))
-    assert size == 480_000
-    assert kept < size / 4
-    assert with_model - kept >= size
-    assert env.model is model  # made once
-    made = gridworld_model(10, 10, noise=0.2)
-    for got, want in zip((*model.A, *model.B, *model.C, *model.D),
-                         (*made.A, *made.B, *made.C, *made.D), strict=True):
-        np.testing.assert_array_equal(got, want)
-    # A world built from a model it cannot make again keeps it.
-    given = tmaze_model()
-    assert BatchEnv(given, 3).model is given
-
-
 # -- the reversal T-maze ------------------------------------------------------------------------
 
 
