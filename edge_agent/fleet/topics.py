@@ -55,6 +55,7 @@ class TopicKind(StrEnum):
     TASKS = "tasks"
     BUNDLE = "bundle"
     HEALTH = "health"
+    LEARNING = "learning"
 
 
 _NODE_KINDS: Final = frozenset(
@@ -70,6 +71,7 @@ _NODE_KINDS: Final = frozenset(
         TopicKind.BELIEFS,
         TopicKind.TASKS,
         TopicKind.HEALTH,
+        TopicKind.LEARNING,
     }
 )
 _GROUP_KINDS: Final = frozenset({TopicKind.OBS, TopicKind.ACTION})
@@ -87,6 +89,7 @@ NODE_OWNED_KINDS: Final = frozenset(
         TopicKind.ACTION,
         TopicKind.TASKS,
         TopicKind.HEALTH,
+        TopicKind.LEARNING,
     }
 )
 
@@ -105,6 +108,7 @@ _KIND_TYPE: Final[Mapping[TopicKind, str]] = {
     TopicKind.ACTION: "action",
     TopicKind.BUNDLE: "chunk",
     TopicKind.HEALTH: "health",
+    TopicKind.LEARNING: "learning",
 }
 
 
@@ -169,6 +173,11 @@ class Topics:
     def health(self, node: str) -> str:
         """Node -> hub :class:`Health`: each group's health measures over the last window."""
         return self._node(node, TopicKind.HEALTH)
+
+    def learning(self, node: str) -> str:
+        """Node -> hub :class:`LearningDelta`: what a learning group learned since its last
+        report."""
+        return self._node(node, TopicKind.LEARNING)
 
     def command(self, node: str) -> str:
         """Hub -> node :class:`Command`."""

@@ -27,6 +27,7 @@ from edge_agent.fleet.protocol import (
     BundleChunk,
     Command,
     CommandResult,
+    CountsDelta,
     Death,
     DeathReason,
     DecodeError,
@@ -37,6 +38,7 @@ from edge_agent.fleet.protocol import (
     GroupHealth,
     GroupInfo,
     Health,
+    LearningDelta,
     MeasureSummary,
     NodeState,
     ObservationBatch,
@@ -131,7 +133,36 @@ SAMPLE_BODIES: list[Body] = [
             )
         },
     ),
+    LearningDelta(
+        group="grid",
+        model="grid10@1.0.0",
+        model_sha256=SHA,
+        seq=7,
+        tables=[
+            CountsDelta(
+                table="B0", shape=(100, 100, 5),
+                columns=np.array([3, 42], "<u4").tobytes(),
+                values=np.full((2, 100), 0.01, "<f4").tobytes(),
+                experience=2, lr=1.0,
+            )
+        ],
+    ),
 ]
+
+
+def test_a_counts_delta_checks_its_sizes_and_gives_its_arrays() -> None:
+    cols = np.array([1, 5, 9], dtype=np.uint32)
+    vals = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)
+    delta = CountsDelta(table="A0", shape=(4, 10), columns=cols.astype("<u4").tobytes(),
+                        values=vals.astype("<f4").tobytes(), experience=3, lr=1.0)
+    got_cols, got_vals = delta.arrays()
+    np.testing.assert_array_equal(got_cols, cols)
+    np.testing.assert_array_equal(got_vals, vals)
+    with pytest.raises(ValueError, match="expected 3 columns x 4 x 4"):
+        CountsDelta(table="A0", shape=(4, 10), columns=cols.astype("<u4").tobytes(),
+                    values=b"\0" * 8, experience=3, lr=1.0)
+    with pytest.raises(ValueError, match="table"):
+        CountsDelta(table="C0", shape=(4,), columns=b"", values=b"", experience=0, lr=1.0)
 
 
 def test_health_names_only_the_known_measures() -> None:
