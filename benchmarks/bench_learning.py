@@ -4,10 +4,10 @@ For each world and agent count, two int8 groups step side by side in one process
 alternating rounds, on the same observations from the world: an
 :class:`~edge_agent.core.agents.AifAgentGroup` on the model the learning group currently infers
 with (so both plan with the same tables: a learned ``B`` is denser than a deterministic one,
-which changes the planner), and a :class:`~edge_agent.core.learning.LearningAgentGroup` that
-learns ``pA`` (and ``pB`` where the row says so) and refreshes its tables every
-``refresh_every`` ticks (a group of at most 128 agents learns a few ticks at a time:
-``edge_agent/aif/learning_experience.py``, with the same counts). The plain group is made
+which changes the planner), and one built with ``learning=`` that learns ``pA`` (and ``pB``
+where the row says so) and refreshes its tables every ``refresh_every`` ticks (a group of at
+most 128 agents learns a few ticks at a time: ``edge_agent/aif/learning_experience.py``, with
+the same counts). The plain group is made
 again at the start of every round, on the learning group's tables and beliefs of that moment,
 so that both rounds start from the same state and do the same inference and planning work.
 One JSON object per line:
@@ -66,14 +66,13 @@ def measure(  # noqa: PLR0917 - one row's whole description
 ) -> dict[str, Any]:
     from edge_agent.aif.learning import LearningSettings, LearningSpec
     from edge_agent.core.agents import AifAgentGroup
-    from edge_agent.core.learning import LearningAgentGroup
     from edge_agent.sim.registry import builtin_model, make_env
 
     model = builtin_model(world)
     counts = counts_for(model, tables)
     spec = LearningSpec(pA=counts["A"], pB=counts["B"], refresh_every=refresh_every,
                         settings=LearningSettings(lr_pA=0.01, lr_pB=0.01))
-    learning = LearningAgentGroup(model, n, learning=spec, precision="int8")
+    learning = AifAgentGroup(model, n, learning=spec, precision="int8")
     env = make_env(world, n, seed=0)
     # Observations from the world, walked by the learning group once (warm-up, learning on).
     obs_seq = []
@@ -88,7 +87,7 @@ def measure(  # noqa: PLR0917 - one row's whole description
         # from its beliefs: the two rounds do the same inference and planning work (up to the
         # learning group's refreshes within the round), and differ by the learning.
         state = {k: v.copy() for k, v in learning.state_dict().items()}
-        plain = AifAgentGroup(learning.model, n, precision="int8")
+        plain = AifAgentGroup(learning.learning.model, n, precision="int8")
         plain.step(obs_seq[0])  # its first step's one-off costs, outside the timing
         plain.load_state_dict(state)
         for name, group in (("plain", plain), ("learning", learning)):

@@ -9,10 +9,10 @@ who acts). Each implementation runs in its own process on one thread (``OPENBLAS
 XLA without its thread pool), one after the other per case: edge-agent in this venv, the peers in
 the venvs ``bench_peers.py`` makes under ``.cache/peers`` (``--no-install``: never make one).
 
-* edge-agent: ``LearningAgentGroup`` int8, scope ``shared`` (every agent teaches one set of
-  counts: the peers have no such scope, their counts are per agent), tables refreshed every tick
-  (``refresh 1``, the peers' cadence) and every 100 ticks (``refresh 100``); and
-  ``PerAgentLearningGroup`` (``float64 per-agent``: each agent its own counts and tables, as the
+* edge-agent: ``AifAgentGroup`` int8, ``learning=`` of scope ``shared`` (every agent teaches one
+  set of counts: the peers have no such scope, their counts are per agent), tables refreshed
+  every tick (``refresh 1``, the peers' cadence) and every 100 ticks (``refresh 100``); and
+  per-agent ``learning=`` (``float64 per-agent``: each agent its own counts and tables, as the
   peers), up to N = 1,000;
 * pymdp 0.0.7.1: one ``Agent`` per agent, ``update_A`` each tick, in a Python loop. Its rate does
   not depend on ``N`` (it steps agents one by one), so above ``--max-007`` agents it is measured
@@ -24,7 +24,7 @@ the venvs ``bench_peers.py`` makes under ``.cache/peers`` (``--no-install``: nev
 
 Memory, ``state_bytes_per_agent``: what each agent's learning state holds in arrays (pymdp
 0.0.7.1: every array of one ``Agent``; pymdp 1.0.4: every array leaf of the batched agent over
-N; edge-agent, on every edge row: what a ``PerAgentLearningGroup`` reserves per agent, its state
+N; edge-agent, on every edge row: what a group learning per agent reserves per agent, its state
 with its own learned table, and its float64 counts).
 
 The reversal: ``examples/learning_reversal.py`` (frozen, learning, learning with forgetting),

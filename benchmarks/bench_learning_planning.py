@@ -2,9 +2,10 @@
 
 For each learning world (``tmaze-reversal``: the reward arm the agents do not know swaps every
 few trials; ``grid-slippery``: moves slip, walls the model does not know) and each planning
-policy, an int8 :class:`~edge_agent.core.learning.LearningAgentGroup` with shared counts steps
-``--steps`` ticks through its own world from the same seed (the T-maze learns ``pA1`` with
-forgetting, the grid ``pB0`` with a floor under its prior); only ``group.step(obs)`` is timed
+policy, an int8 :class:`~edge_agent.core.agents.AifAgentGroup` that learns shared counts
+(``learning=``) steps ``--steps`` ticks through its own world from the same seed (the T-maze
+learns ``pA1`` with forgetting, the grid ``pB0`` with a floor under its prior); only
+``group.step(obs)`` is timed
 (learning and refreshes included; ``end_trial`` at the world's episode starts is not). One JSON
 object per line:
 
@@ -59,11 +60,11 @@ def learning_spec(world: str, model: Any) -> Any:
 
 def run(world: str, n: int, steps: int, name: str) -> dict[str, Any]:
     from edge_agent.aif.planning import PlanningPolicy
-    from edge_agent.core.learning import LearningAgentGroup
+    from edge_agent.core.agents import AifAgentGroup
     from edge_agent.sim.registry import make_env
 
     env = make_env(world, n, seed=1)
-    group = LearningAgentGroup(
+    group = AifAgentGroup(
         env.model, n, learning=learning_spec(world, env.model), precision="int8",
         planning=PlanningPolicy(**POLICIES[name]),
     )
@@ -97,7 +98,7 @@ def run(world: str, n: int, steps: int, name: str) -> dict[str, Any]:
 
 def run_workers(n: int, steps: int, workers: int, refresh_every: int) -> dict[str, Any]:
     from edge_agent.aif.learning import LearningSettings, LearningSpec
-    from edge_agent.core.learning import LearningAgentGroup
+    from edge_agent.core.agents import AifAgentGroup
     from edge_agent.sim.registry import make_env
 
     env = make_env("grid-slippery", n, seed=1)
@@ -105,7 +106,7 @@ def run_workers(n: int, steps: int, workers: int, refresh_every: int) -> dict[st
         pB={0: 10.0 * env.model.B[0] + 0.05}, settings=LearningSettings(lr_pB=0.1),
         refresh_every=refresh_every,
     )
-    group = LearningAgentGroup(env.model, n, learning=spec, precision="int8",
+    group = AifAgentGroup(env.model, n, learning=spec, precision="int8",
                                shared_state=workers > 1)
     used = group.start_workers(workers)
     obs = env.reset()
@@ -118,9 +119,9 @@ def run_workers(n: int, steps: int, workers: int, refresh_every: int) -> dict[st
             actions = group.step(obs)
             wall += time.perf_counter() - t0
             obs = env.step(actions)
-        if group._workers is not None:
+        if group.cores.running is not None:
             t0 = time.perf_counter()
-            group._workers.refork()
+            group.cores.refork()
             refork = time.perf_counter() - t0
     finally:
         group.stop_workers()

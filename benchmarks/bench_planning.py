@@ -263,14 +263,16 @@ def deadline_run(
     group.start_workers(workers)
     # Where a tick goes: its three passes (state inference, planning, next priors), timed.
     passes = [0.0, 0.0, 0.0]
-    run_pass = group._run_pass
+    plans = group.plans
+    assert plans is not None
+    run_pass = plans.run_pass
 
-    def timed(what: int, *args: Any) -> None:
+    def timed(what: int, *args: Any, **kwargs: Any) -> None:
         t0 = time.perf_counter()
-        run_pass(what, *args)
+        run_pass(what, *args, **kwargs)
         passes[what] += time.perf_counter() - t0
 
-    group._run_pass = timed  # type: ignore[method-assign]
+    plans.run_pass = timed  # type: ignore[method-assign]
     obs = env.reset()
     times, duty, world_s = [], 0.0, 0.0
     for _ in range(ticks):

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 independent_rate(workload, args.agents, args.workers, args.seconds, ceiling_ticks)
             )
         many = loops[args.workers]
-        workers_obj = many.group._workers
+        workers_obj = many.group.cores.running
         uss = workers_obj.rss_bytes() if workers_obj is not None else 0
         one_rate = statistics.median(rates[1])
         many_rate = statistics.median(rates[args.workers])

@@ -451,11 +451,11 @@ TABLES: tuple[Table, ...] = (
             "Every implementation learns `pA` (the reversal T-maze's reward modality, grid10's "
             "location modality) from the same observations, tick after tick (open loop), one "
             "thread each. Like for like: **per-agent counts, tables updated every tick** on both "
-            "sides: edge-agent's `PerAgentLearningGroup` (float64, each agent its own counts and "
-            "tables) against pymdp 1.0.4 (`infer_parameters` each tick, batched, jitted) and "
-            "pymdp 0.0.7.1 (`update_A` each tick, one `Agent` per agent; `*`: measured on at most "
-            "100 agents, its rate does not depend on `N`). Agent-steps/s; state bytes per agent "
-            "of per-agent learning."
+            "sides: edge-agent's `AifAgentGroup` learning per agent (float64, each agent its "
+            "own counts and tables) against pymdp 1.0.4 (`infer_parameters` each tick, batched, "
+            "jitted) and pymdp 0.0.7.1 (`update_A` each tick, one `Agent` per agent; `*`: "
+            "measured on at most 100 agents, its rate does not depend on `N`). Agent-steps/s; "
+            "state bytes per agent of per-agent learning."
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None},

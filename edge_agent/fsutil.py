@@ -22,7 +22,9 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -105,8 +107,8 @@ def atomic_writer(
     dest = Path(path)
     if mkdir:
         dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = _create_temp(
-        dest.parent, prefix if prefix is not None else f".{dest.name}.", suffix
+    fd, tmp_name = tempfile.mkstemp(
+        suffix, prefix if prefix is not None else f".{dest.name}.", dest.parent
     )
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -122,20 +124,6 @@ def atomic_writer(
         raise
     if durable:
         fsync_dir(dest.parent)
-
-
-def _create_temp(directory: Path, prefix: str, suffix: str) -> tuple[int, str]:
-    """A new file ``directory/PREFIX<random>SUFFIX`` that this call created (``O_EXCL``), mode
-    0600, not inherited by children: ``tempfile.mkstemp``'s contract, without the ``tempfile``
-    module (it brings ``random``, ``shutil`` and the compression modules into every daemon)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    for _ in range(100):
-        name = os.path.join(directory, f"{prefix}{os.urandom(6).hex()}{suffix}")
-        try:
-            return os.open(name, flags, 0o600), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(directory))
 
 
 def write_atomic(
@@ -251,8 +239,6 @@ def _prune_moved(directory: Path, name: str | None, keep: int, sidecars: tuple[s
         for victim in (path, *(Path(f"{path}{s}") for s in sidecars)):
             with contextlib.suppress(OSError):
                 if victim.is_dir() and not victim.is_symlink():
-                    import shutil  # noqa: PLC0415 - rarely needed (a directory moved aside)
-
                     shutil.rmtree(victim)
                 else:
                     victim.unlink(missing_ok=True)

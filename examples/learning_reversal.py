@@ -7,8 +7,8 @@ three times with the same seed:
 
 * ``frozen``: an :class:`~edge_agent.core.agents.AifAgentGroup` on the model (it believes the cue
   forever);
-* ``learning``: a :class:`~edge_agent.core.learning.LearningAgentGroup` learning ``pA`` of the
-  reward modality (shared scope: all agents teach one set of counts), from weak counts
+* ``learning``: the same group built with ``learning=``, learning ``pA`` of the reward
+  modality (shared scope: all agents teach one set of counts), from weak counts
   (``0.5 * A + 0.25`` on ``A``'s support), ``lr_pA = --lr``, tables refreshed every trial;
 * ``forgetting``: the same with ``forgetting = --forgetting`` per update.
 
@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.sim.tmaze import LOSS, REWARD, REWARD_MODALITY
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
@@ -71,7 +70,7 @@ def reward_rates(
         )
         spec = LearningSpec(pA={REWARD_MODALITY: pA1}, settings=learn,
                             refresh_every=TRIAL_LEN)
-        group = LearningAgentGroup(
+        group = AifAgentGroup(
             model, agents, learning=spec, precision="int8", seed=seed, settings=settings
         )
     env = ReversalTMazeEnv(agents, seed=seed, reverse_every=reverse_every, trial_len=TRIAL_LEN)

@@ -18,18 +18,18 @@ choose an action (deterministic, from the action marginals):
 * ``pymdp 1.0.4``: one ``Agent`` with ``batch_size=N``, ``learn_A=True`` (per-agent counts,
   batched), the tick one ``equinox.filter_jit`` call: ``infer_states``, ``infer_parameters``,
   ``infer_policies``, ``sample_action``, ``update_empirical_prior``;
-* ``edge-agent int8``: a :class:`~edge_agent.core.learning.LearningAgentGroup`, scope
+* ``edge-agent int8``: a :class:`~edge_agent.core.agents.AifAgentGroup` with ``learning=``, scope
   ``shared`` (one set of counts that all ``N`` agents teach), tables refreshed every
   ``--refresh-every`` ticks (1: every tick, as the peers);
-* ``edge-agent float64 per-agent``: a :class:`~edge_agent.core.learning.PerAgentLearningGroup`
-  (each agent its own counts and tables, as the peers).
+* ``edge-agent float64 per-agent``: a :class:`~edge_agent.core.agents.AifAgentGroup` learning
+  per agent (each agent its own counts and tables, as the peers).
 
 After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
 runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
 agent-steps per second of wall time), ``first_tick_s``, and ``state_bytes_per_agent``, the bytes
 of the arrays each agent's learning state holds (pymdp 0.0.7.1: every array of one ``Agent``;
 pymdp 1.0.4: every array leaf of the batched agent over ``N``; edge-agent, whatever the row's
-scope: what a ``PerAgentLearningGroup`` reserves per agent, its state with its own learned table
+scope: what a group learning per agent reserves per agent, its state with its own learned table
 (and joint-outcome table) plus its counts).
 """
 
@@ -162,7 +162,7 @@ class EdgeAgent:
     def __init__(self, w: dict[str, Any], n: int, refresh_every: int, scope: str) -> None:
         from edge_agent.aif.learning import LearningSettings, LearningSpec
         from edge_agent.aif.model import GenerativeModel
-        from edge_agent.core.learning_scope import learning_group
+        from edge_agent.core.agents import AifAgentGroup
 
         model = GenerativeModel.from_arrays(w["A"], w["B"], w["C"], w["D"])
 
@@ -171,10 +171,10 @@ class EdgeAgent:
                                 settings=LearningSettings(lr_pA=1.0, scope=scope))  # type: ignore[arg-type]
 
         precision = "float64" if scope == "per_agent" else "int8"
-        self.group = learning_group(model, n, learning=spec(scope), precision=precision)
-        # Per-agent A learning as a PerAgentLearningGroup holds it, per agent: the agent's
+        self.group = AifAgentGroup(model, n, learning=spec(scope), precision=precision)
+        # Per-agent A learning as a group learning per agent holds it, per agent: the agent's
         # state with its own tables, and its counts.
-        probe = learning_group(model, 2, learning=spec("per_agent"), precision="float64")
+        probe = AifAgentGroup(model, 2, learning=spec("per_agent"), precision="float64")
         counts = probe.learner.pA
         assert counts is not None
         self.per_agent_bytes = probe.per_agent_nbytes() + int(counts.counts[0][0].nbytes)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -37,43 +36,6 @@ from edge_agent.service.logs import configure_logging
 logger = logging.getLogger("edge_agent")
 
 DESCRIPTION = "edge-agent: run thousands of int8 Active Inference agents on a small device."
-
-
-def _terminal_columns() -> int:
-    """The width ``shutil.get_terminal_size`` would give (``$COLUMNS``, the terminal, else 80)."""
-    try:
-        return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-    except (AttributeError, ValueError, OSError):
-        return 80
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, sized without ``shutil``: argparse imports it for the terminal's
-    width whenever a parser gets an argument, and with it ``bz2`` and ``lzma``, into the daemon
-    for as long as it runs (0.24 MB traced)."""
-
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        if width is None:
-            width = _terminal_columns() - 2  # as argparse does
-        super().__init__(prog, indent_increment, max_help_position, width)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """Our parsers (and their subcommands' parsers) format help with :class:`HelpFormatter`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
 
 
 def print_clash_notice(prog: str) -> None:
@@ -115,7 +77,7 @@ class VersionAction(argparse.Action):
 def build_daemon_parser() -> argparse.ArgumentParser:
     """``edge-agentd``'s parser: the ``run`` command's arguments (:mod:`edge_agent.cli.run`)."""
     run = _module("run")
-    parser = ArgumentParser(prog="edge-agentd", description=run.DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="edge-agentd", description=run.DESCRIPTION)
     parser.add_argument("--version", action=VersionAction, version=f"edge-agentd {__version__}")
     run.arguments(parser)
     return parser
@@ -155,7 +117,7 @@ def _module(name: str) -> Any:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``edge-agent`` parser: imports every command's module (:data:`COMMANDS`), or only
     the module of ``command`` (a parser for that command alone: what running it needs)."""
-    parser: argparse.ArgumentParser = ArgumentParser(prog="edge-agent", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="edge-agent", description=DESCRIPTION)
     parser.add_argument("--version", action=VersionAction, version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = dict.fromkeys(where.partition(":")[0] for where in COMMANDS.values())

@@ -9,11 +9,10 @@ device-tree model, the total memory and the CPU architecture; the most specific 
 Where profiles are found: the ``directory`` argument of :func:`load_profiles`, else
 ``$EDGE_AGENT_PROFILES_DIR``, else the profiles shipped as package data
 (``edge_agent/firmware_profiles/``, read from the installed package's directory: the package is
-always installed as files, and ``importlib.resources`` would bring ``tempfile``, ``shutil`` and
-the compression modules into the daemon; the repository's top-level ``firmware_profiles`` points
-there). Then ``/etc/edge-agent/profiles.d/*.toml``
-(``$EDGE_AGENT_PROFILES_OVERRIDES``) adds profiles and replaces shipped ones of the same name:
-the place for an operator's own boards, kept across package upgrades.
+always installed as files; the repository's top-level ``firmware_profiles`` points there).
+Then ``/etc/edge-agent/profiles.d/*.toml`` (``$EDGE_AGENT_PROFILES_OVERRIDES``) adds profiles
+and replaces shipped ones of the same name: the place for an operator's own boards, kept across
+package upgrades.
 
 Memory accounting, in MiB: the daemon's own overhead ``base_mb`` plus what models and agents may
 reserve, ``memory_budget_mb``, make the :class:`~edge_agent.core.budget.MemoryBudget` total

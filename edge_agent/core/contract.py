@@ -26,13 +26,13 @@ protocols by their shape: the floors below (``sim``) and beside (``fleet``) neve
 ``describe`` / ``metrics``         what the status shows of the kind; its numbers for telemetry
 =================================  ==============================================================
 
-A group that learns its model (:mod:`edge_agent.core.learning`) is also a :class:`Learns`: the
-verbs the daemon's learning commands call, whatever the kind. A group that raises events of
-its own (a neural group whose observations left the range its model was calibrated on) is also
-an :class:`Alerting`: the daemon takes its :class:`GroupEvent` objects between ticks. A group
-whose work in a tick can yield to the tick's end (planning bounded in time, docs/planning.md)
-is also a :class:`Paced`: before each step the daemon tells it how long the tick has left
-(:class:`TickWindow`).
+A group that may learn its model (:mod:`edge_agent.core.learning`) is also a :class:`Learns`: the
+verbs the daemon's learning commands call, whatever the kind, and whether its agents learn. A
+group that raises events of its own (a neural group whose observations left the range its model
+was calibrated on) is also an :class:`Alerting`: the daemon takes its :class:`GroupEvent`
+objects between ticks. A group whose work in a tick can yield to the tick's end (planning bounded
+in time, docs/planning.md) is also a :class:`Paced`: before each step the daemon tells it how
+long the tick has left (:class:`TickWindow`).
 
 What a kind's groups report beyond every group's numbers, and what those numbers add up to over
 a node (planning, learning), the kind declares as :class:`MetricFamily` objects: the daemon
@@ -267,8 +267,14 @@ class MetricFamily:
 
 @runtime_checkable
 class Learns(Protocol):
-    """A group whose agents learn their model: the verbs on its learning (the signed commands
-    ``learning_freeze``, ``learning_resume``, ``learning_reset`` call them between ticks)."""
+    """A group whose agents may learn their model: whether they do (:attr:`learns`), and the
+    verbs on its learning (the signed commands ``learning_freeze``, ``learning_resume``,
+    ``learning_reset`` call them between ticks, on a group that learns)."""
+
+    @property
+    def learns(self) -> bool:
+        """Whether the agents learn (the group was built with what to learn)."""
+        ...
 
     @property
     def learning_frozen(self) -> bool: ...

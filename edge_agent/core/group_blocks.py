@@ -1,9 +1,9 @@
-"""What every part of an agent group shares: its blocks and their rows, block sizes, the
-compiled model tables shared by groups on one model, and the small helpers the parts use.
+"""What the parts of an agent group share: its blocks and their rows, the block sizes that bound a
+block's scratch, the compiled model tables shared by groups on one model, and a few dtypes.
 
 An agent group (:class:`~edge_agent.core.agents.AifAgentGroup`) is cut into blocks of at most
 ``block_size`` agents; each block's kernels run on views of the group's arrays
-(:class:`_BlockRows`) and on preallocated scratch.
+(:class:`BlockRows`) and on preallocated scratch.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from numpy.typing import NDArray
 from edge_agent.aif import kernels
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
-from edge_agent.errors import InputError
 
 Precision = Literal["int8", "float64"]
 #: What a history row records of the beliefs: every state's probability (uint8 codes), or per
@@ -65,10 +64,11 @@ def model_key(model: GenerativeModel | QuantizedModel, precision: str, policies:
 
 
 @dataclass(eq=False)
-class _BlockRows:
-    """One block of a group: its agents, its scratch views, and views of the group's rows
-    (``prior``: of the process's scratch when the group keeps no prior between ticks);
-    ``index``: the block's (-1: agents gathered from several blocks)."""
+class BlockRows:
+    """One block of a group: its agents ``sl``, its kernel scratch ``blk``, and views of the
+    group's per-agent arrays for those agents (``prior``: of the stepper's scratch when the group
+    keeps no prior between ticks); ``index``: the block's (-1: agents gathered from several
+    blocks, or a block of the dense cut)."""
 
     sl: slice
     blk: kernels.Block
@@ -81,16 +81,81 @@ class _BlockRows:
     index: int = -1
 
 
-#: A planning policy's per-agent state that snapshots carry: the committed plans.
-_PLAN_ARRAYS = ("plan_policy", "plan_left", "plan_age", "deferred")
-#: The passes of a tick under a planning policy (see AifAgentGroup._step_planning).
-_INFER, _PLAN, _PROPAGATE = 0, 1, 2
-#: What a planning tick's workers write, or read from the caller after the fork: in shared
-#: memory with the group's state (see AifAgentGroup._share_state).
-_PLAN_SHARED = (
-    "plan_policy", "plan_left", "plan_age", "_change", "_evidence", "_candidates",
-    "_plan_pass", "_plan_limit", "_plan_deadline", "_chunk_done",
-)
+@dataclass(frozen=True)
+class BlockSizes:
+    """How a group on one compiled model is cut into blocks, and the kernel scratch one agent of a
+    block needs (bytes, by kind of buffer: :meth:`kernels.Workspace.bytes_per_agent`, and the deep
+    planner's local and dense forms)."""
+
+    block: int
+    dense: int
+    deep_dense: int
+    common: int
+    dense_scratch: int
+    small: int
+    rows: int
+    deep: int
+    deep_dense_scratch: int
+
+    @property
+    def per_agent(self) -> int:
+        """Kernel scratch per agent of a full block (an upper bound)."""
+        return (
+            self.common + self.rows + self.dense_scratch + self.small + self.deep
+            + self.deep_dense_scratch
+        )
+
+    def scratch_nbytes(self, n_agents: int) -> int:
+        """The kernel scratch of a group of ``n_agents`` (one block's, preallocated once)."""
+        return (
+            min(self.block, n_agents) * (self.common + self.deep)
+            + min(self.block, n_agents, kernels.PROPAGATION_ROWS) * self.rows
+            + min(self.dense, n_agents) * self.dense_scratch
+            + min(self.block, n_agents, kernels.SMALL_BLOCK) * self.small
+            + min(self.deep_dense, n_agents) * self.deep_dense_scratch
+        )
+
+
+def block_sizes(cm: kernels.CompiledModel, *, info_gain: bool, block_size: int) -> BlockSizes:
+    """Block sizes from the scratch one agent of a block needs: at most ``BLOCK_SCRATCH_BYTES`` a
+    block, and at most ``LARGE_MODEL_BLOCK`` agents unless ``DEFAULT_BLOCK`` agents fit in that
+    (``block_size``: the most the caller wants). A planner that hands only some agents to the
+    dense evaluation (local, deep) keeps the dense scratch for at most ``DENSE_FALLBACK_BYTES``.
+    The workspace's constant row offsets (``rows``) are counted in the scratch but do not size
+    blocks (which would move the blocks' bounds)."""
+    per = kernels.Workspace.bytes_per_agent(cm, info_gain=info_gain)
+    common, dense = per["all"], per["dense"]
+    deep_plan = cm.deep
+    deep, deep_dense = (
+        (0, 0)
+        if deep_plan is None
+        else kernels.deep_bytes_per_agent(cm, deep_plan, info_gain=info_gain)
+    )
+    if cm.local is None and deep_plan is None:
+        block = dense_block = BLOCK_SCRATCH_BYTES // (common + dense)
+    else:
+        # The deep planner's dense form counts as if every agent had it: not what is allocated
+        # (see Workspace), but blocks that size are the fast ones (grid10 policy length 2:
+        # 150-225 agents; 334 and 512 measured 2x slower, the local form's arrays no longer in
+        # cache).
+        block = BLOCK_SCRATCH_BYTES // (common + deep + deep_dense)
+        dense_block = DENSE_FALLBACK_BYTES // dense
+    if block < DEFAULT_BLOCK:  # not a tiny model
+        block = min(block, LARGE_MODEL_BLOCK)
+    block = max(1, min(block_size, block))
+    return BlockSizes(
+        block=block,
+        dense=max(1, min(block, dense_block)),
+        # The deep planner's dense form (blocks without an observation), like the dense tree.
+        deep_dense=max(1, min(block, DENSE_FALLBACK_BYTES // max(1, deep_dense))),
+        common=common,
+        dense_scratch=dense,
+        small=per["small"],
+        rows=per["rows"],
+        deep=deep,
+        deep_dense_scratch=deep_dense,
+    )
+
 
 #: Compiled tables by model key. Weak: a model's tables live as long as a group uses them, and
 #: every group on the same model (and the daemon's admission probe) shares one copy, which is
@@ -98,12 +163,14 @@ _PLAN_SHARED = (
 _COMPILED: weakref.WeakValueDictionary[str, kernels.CompiledModel] = weakref.WeakValueDictionary()
 
 
-def _compiled(
+def shared_tables(
     key: str,
     model: GenerativeModel | QuantizedModel,
     policies: np.ndarray,
     dtype: type[np.floating],
 ) -> kernels.CompiledModel:
+    """The compiled tables of ``model`` under ``key`` (:func:`model_key`): those another group on
+    the same model compiled, or compiled now and shared from then on."""
     cm = _COMPILED.get(key)
     if cm is None:
         cm = kernels.compile_model(model, policies, dtype=dtype)
@@ -111,20 +178,11 @@ def _compiled(
     return cm
 
 
-def _small_uint(limit: int) -> type[np.unsignedinteger]:
+def small_uint(limit: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned dtype of uint8 and uint16 that holds values below ``limit``."""
     return np.uint8 if limit <= 256 else np.uint16
 
 
-def _index_dtype(n: int) -> type[np.signedinteger]:
+def index_dtype(n: int) -> type[np.signedinteger]:
     """Agent indices: int32 for fewer than 2**31 agents."""
     return np.int32 if n < 2**31 else np.int64
-
-
-def _check_arguments(name: str, n_agents: int, precision: str, history_beliefs: str) -> None:
-    if n_agents < 1:
-        raise InputError(f"group {name!r}: n_agents must be >= 1, got {n_agents}")
-    if precision not in ("int8", "float64"):
-        raise InputError(f"precision must be 'int8' or 'float64', got {precision!r}")
-    if history_beliefs not in ("full", "map"):
-        raise InputError(f"history_beliefs must be 'full' or 'map', got {history_beliefs!r}")
-

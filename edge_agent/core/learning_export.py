@@ -1,6 +1,6 @@
 """The model a learning group has learned, from its state:
-:func:`learned_arrays` reads what :meth:`LearningAgentGroup.state_dict
-<edge_agent.core.learning.LearningAgentGroup.state_dict>` gives, or a snapshot's arrays of the
+:func:`learned_arrays` reads what a learning group's
+:meth:`~edge_agent.core.agents.AifAgentGroup.state_dict` gives, or a snapshot's arrays of the
 group, and returns the normalised tables and the counts in pymdp's keys, the ``.npz`` that
 ``edge-agent export-model`` writes (``edge_agent/daemon/model_export.py``) and the host tool
 converts like any other model."""
@@ -29,7 +29,7 @@ def learned_arrays(
     agent: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The model a learning group has learned, in pymdp's keys, from its state (what
-    :meth:`LearningAgentGroup.state_dict` gives, or a snapshot's arrays of the group).
+    :meth:`AifAgentGroup.state_dict` gives, or a snapshot's arrays of the group).
 
     ``A{m}``, ``B{f}``, ``D{f}``: the counts' expectation for a table learned since the counts
     were last their prior, else ``model``'s table (as the group infers); ``C{m}``, ``E``:

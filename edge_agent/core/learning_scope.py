@@ -1,38 +1,80 @@
-"""The learning group a scope of counts needs: :func:`learning_group`.
+"""A group's learning, with the tables of its counts' scope: :func:`group_learning`.
 
-``shared`` counts: :class:`~edge_agent.core.learning.LearningAgentGroup`; ``per_agent``:
-:class:`~edge_agent.core.per_agent_learning.PerAgentLearningGroup`, a subclass of it. Choosing
-here, above both, keeps the two modules from importing each other, and a group of one scope never
-imports the other's module.
+``shared`` counts refresh one model (:class:`~edge_agent.core.shared_learning.SharedTables`);
+``per_agent`` counts each agent's own tables (:class:`~edge_agent.core.per_agent_learning.
+AgentTables`). Choosing here keeps :mod:`edge_agent.core.learning` from importing either scope,
+and a group of one scope never imports the other's module.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edge_agent.aif.learning import Learner
+from edge_agent.core.learning import GroupLearning, LearnedTables
+from edge_agent.errors import InputError, ModelError
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from edge_agent.aif import kernels
     from edge_agent.aif.learning import LearningSpec
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.aif.quant import QuantizedModel
-    from edge_agent.core.learning import LearningAgentGroup
 
-__all__ = ["learning_group"]
+__all__ = ["group_learning"]
 
 
-def learning_group(
-    model: GenerativeModel | QuantizedModel,
-    n_agents: int,
+def group_learning(
+    spec: LearningSpec,
+    model: GenerativeModel,
+    quantized: QuantizedModel | None,
+    cm: kernels.CompiledModel,
     *,
-    learning: LearningSpec,
-    **kwargs: Any,
-) -> LearningAgentGroup:
-    """The learning group for ``learning.settings.scope`` (module docstring); ``kwargs`` go to
-    its constructor."""
+    n_agents: int,
+    name: str,
+    dtype: np.dtype,
+    gamma: float,
+    info_gain: bool,
+    trial_ends_at_reset: bool = False,
+) -> GroupLearning:
+    """The learning of a group of ``n_agents`` on ``model`` (float, as loaded; ``quantized``:
+    the int8 codes an int8 group steps with, else None; ``cm``: the compiled tables) that learns
+    ``spec``, with the tables of ``spec.settings.scope``. ``dtype``, ``gamma``, ``info_gain``:
+    the group's compute dtype and settings. InputError names the group for counts the model
+    cannot take."""
+    floats = model
+    try:
+        learner = Learner(
+            floats.A,
+            floats.B,
+            floats.D,
+            pA=spec.pA,
+            pB=spec.pB,
+            pD=spec.pD,
+            settings=spec.settings,
+            n_agents=n_agents,
+        )
+    except ModelError as err:
+        raise InputError(f"group {name!r}: {err}") from err
+    scope: LearnedTables
+    if spec.settings.scope == "per_agent":
+        from edge_agent.core.per_agent_learning import AgentTables  # noqa: PLC0415
 
-    if learning.settings.scope == "per_agent":
-        from edge_agent.core.per_agent_learning import PerAgentLearningGroup  # noqa: PLC0415
+        scope = AgentTables(floats, learner, n_agents, info_gain=info_gain)
+    else:
+        from edge_agent.core.shared_learning import SharedTables  # noqa: PLC0415
 
-        return PerAgentLearningGroup(model, n_agents, learning=learning, **kwargs)
-    from edge_agent.core.learning import LearningAgentGroup  # noqa: PLC0415
-
-    return LearningAgentGroup(model, n_agents, learning=learning, **kwargs)
+        scope = SharedTables(floats, quantized, cm, dtype.type)
+    return GroupLearning(
+        spec,
+        learner,
+        floats,
+        scope,
+        name=name,
+        dtype=dtype,
+        policies=cm.tree.policies,
+        lnE=cm.lnE,
+        gamma=gamma,
+        trial_ends_at_reset=trial_ends_at_reset,
+    )

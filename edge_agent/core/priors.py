@@ -15,7 +15,7 @@ saved group.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -81,7 +81,7 @@ def make_block_prior(
 
 def resets_of_kept_priors(
     state: Mapping[str, np.ndarray],
-    D: list[np.ndarray] | tuple[np.ndarray, ...],
+    D: Sequence[np.ndarray],
     out: np.ndarray,
     *,
     rows: int,

@@ -39,7 +39,6 @@ from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.manifest import MANIFEST_NAME
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.core.agents import AifAgentGroup, Precision
-from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.errors import InputError
 
 #: What ``replay`` takes, for error messages.
@@ -193,13 +192,9 @@ def replay(
         return replay_planning(
             model, recording, planning, settings=settings, precision=precision
         )
-    group: AifAgentGroup
-    if learning is None:
-        group = AifAgentGroup(model, 1, settings=settings, precision=precision, seed=0)
-    else:
-        group = LearningAgentGroup(
-            model, 1, settings=settings, precision=precision, seed=0, learning=learning
-        )
+    group = AifAgentGroup(
+        model, 1, settings=settings, precision=precision, seed=0, learning=learning
+    )
     obs, actions, trial_start = recording["obs"], recording["actions"], recording["trial_start"]
     T = obs.shape[0]
     qs = [np.zeros((T, s)) for s in model.num_states]
@@ -216,7 +211,7 @@ def replay(
             first = t
         for f, q in enumerate(group.infer_states(obs[t : t + 1])):
             qs[f][t] = q[0]
-        if isinstance(group, LearningAgentGroup):
+        if group.learns:
             group.learn(obs[t : t + 1])
         q_pi[t] = group.infer_policies()[0][0]
         chosen[t] = group.sample_action()[0]
@@ -233,7 +228,7 @@ def replay(
         tied=tied,
         recorded_shortfall=shortfall,
     )
-    if isinstance(group, LearningAgentGroup):
+    if group.learns:
         _end_trial(group, qs, first if pD_from == "first" else T - 1)
         for counts in group.learner.counts:
             for slot, index in enumerate(counts.tables):
@@ -318,7 +313,7 @@ def replay_planning(
 def _end_trial(group: AifAgentGroup, qs: list[np.ndarray], step: int) -> None:
     """A trial ended: a learning agent learns ``D`` from the posterior of ``step``; then the
     next trial starts from ``D``."""
-    if isinstance(group, LearningAgentGroup):
+    if group.learns:
         group.end_trial(posterior=[q[step : step + 1] for q in qs])
     else:
         group.reset()

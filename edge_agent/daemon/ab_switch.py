@@ -26,15 +26,6 @@ The old group is held (with its memory reservation) while the new one is watched
 is a swap, never a rebuild; a SIGHUP that arrives meanwhile is deferred until the watch ends.
 The A/B switch acts on the daemon only through :class:`SwitchHost`, so it never imports the
 service module.
-
-The deployment manager (and :mod:`edge_agent.fleet.deploy`, some 150 kB of code) is imported and
-built only when a deployment needs it: at start when the state directory holds something for its
-recovery to act on (:func:`~edge_agent.fleet.overlay.needs_recovery`: a journal, damage, files to
-delete), else on the first deployment command (:meth:`ABSwitch.start`, :meth:`ABSwitch.chunk`,
-:meth:`ABSwitch.broadcast_chunk`) or the first change to the overlay (:meth:`ABSwitch.forget`).
-Until then the readers answer what a fresh manager would (no phase, every counter zero) and the
-deployed bundles are the overlay's, read with :class:`~edge_agent.fleet.overlay.Overlay` as the
-manager reads it.
 """
 
 from __future__ import annotations
@@ -60,17 +51,15 @@ from edge_agent.daemon.group_runtime import (
     model_spec_key,
     with_bundle,
 )
-from edge_agent.daemon.metric_help import DEPLOY as DEPLOY_COUNTERS
 from edge_agent.errors import EdgeAgentError
+from edge_agent.fleet.deploy import DeployManager, HealthCheck, Phase, ReadyToSwitch, Report
 from edge_agent.fleet.outcomes import Outcome, ResultCode
-from edge_agent.fleet.overlay import Overlay, OverlayEntry, needs_recovery
+from edge_agent.fleet.overlay import OverlayEntry
 from edge_agent.kinds.base import LoadedModel
 from edge_agent.state_health import StateHealth
 
-if TYPE_CHECKING:
-    # imported only by a daemon with a deployment (the manager) or with [mqtt] enabled (the rest)
+if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
     from edge_agent.fleet.commands import ChunkArgs, DeployArgs
-    from edge_agent.fleet.deploy import DeployManager, HealthCheck, Phase, ReadyToSwitch, Report
     from edge_agent.fleet.protocol import BundleChunk
 
 logger = logging.getLogger(__name__)
@@ -146,9 +135,9 @@ def check_bundle(snapshot: CheckSnapshot, path: Path, steps: int, timeout_s: flo
 
 
 class ABSwitch:
-    """All deployment state of one daemon: the deployment manager (transfer, journal, overlay;
-    built when a deployment needs it, module docstring), the group being watched and the old
-    group kept to roll back to, and a reload waiting for the watch to end."""
+    """All deployment state of one daemon: the deployment manager (transfer, journal, overlay),
+    the group being watched and the old group kept to roll back to, and a reload waiting for the
+    watch to end."""
 
     def __init__(
         self,
@@ -157,53 +146,26 @@ class ABSwitch:
         report: Callable[[list[Report]], None],
         health: StateHealth | None = None,
     ) -> None:
-        self._state_dir = state_dir
-        self._health = health
         self._report = report
         self._host: SwitchHost | None = None
-        #: The trusted bundle keys of the admitted config (None until :meth:`bind`).
-        self._keys: TrustedKeys | None = None
-        self._manager: DeployManager | None = None
-        #: The overlay while there is no manager (the manager's own from then on).
-        self._overlay: Overlay | None = None
         #: The group the new bundle replaced, kept while the new one is watched.
         self._old: GroupRuntime | None = None
         self._reload_deferred = False
         # A deployment interrupted by a crash is completed or undone before groups are built
         # (recovery verifies nothing, so the keys are set once the config has been admitted).
-        if needs_recovery(state_dir):
-            self._deployer()
-        else:
-            self._overlay = Overlay(state_dir, health=health)
-            self._overlay.load()
-
-    def _deployer(self) -> DeployManager:
-        """The deployment manager: built, its recovery run and bound to the daemon on first use."""
-        if self._manager is None:
-            from edge_agent.fleet.deploy import DeployManager  # noqa: PLC0415 - a deployment only
-
-            manager = DeployManager(self._state_dir, bundle_keys=self._keys, health=self._health)
-            manager.recover()
-            self._manager, self._overlay = manager, None
-            if self._host is not None:
-                self._bind(manager)
-        return self._manager
+        self._deployer = DeployManager(state_dir, bundle_keys=None, health=health)
+        self._deployer.recover()
 
     def bind(self, host: SwitchHost) -> None:
         """Attach to the daemon's groups (restarts a verification a crash interrupted)."""
         self._host = host
-        self._keys = trusted_keys(host.config)
-        if self._manager is not None:
-            self._bind(self._manager)
-
-    def _bind(self, manager: DeployManager) -> None:
-        manager.bundle_keys = self._keys
+        self._deployer.bundle_keys = trusted_keys(host.config)
 
         def current_sha(name: str) -> str | None:
             g = self._find(name)
             return None if g is None else g.bundle_sha256
 
-        manager.bind(
+        self._deployer.bind(
             self._prepare_check,
             current_sha=current_sha,
             group_exists=lambda name: self._find(name) is not None,
@@ -211,9 +173,7 @@ class ABSwitch:
 
     def configured(self, config: DaemonConfig) -> None:
         """A reload admitted ``config``: bundles are verified with its keys from now on."""
-        self._keys = trusted_keys(config)
-        if self._manager is not None:
-            self._manager.bundle_keys = self._keys
+        self._deployer.bundle_keys = trusted_keys(config)
 
     @property
     def host(self) -> SwitchHost:
@@ -224,70 +184,58 @@ class ABSwitch:
     def _find(self, name: str) -> GroupRuntime | None:
         return next((g for g in self.host.groups if g.name == name), None)
 
-    # -- what the rest of the daemon reads (without a manager: what a fresh one says) ----------
+    # -- what the rest of the daemon reads -------------------------------------------------------
     @property
     def state(self) -> Phase | None:
         """The current or last deployment's phase; None before the first."""
-        return None if self._manager is None else self._manager.phase
+        return self._deployer.phase
 
     @property
     def watching(self) -> str | None:
         """The group whose new bundle is watched (the old one is still held), or None."""
-        if self._manager is None or self._old is None:
-            return None
-        return self._manager.watching_group
+        return self._deployer.watching_group if self._old is not None else None
 
     def deployed_bundles(self) -> dict[str, OverlayEntry]:
         """Group -> the bundle deployed to it (what admission runs instead of its model)."""
-        if self._overlay is not None:
-            return dict(self._overlay.entries)
-        return self._deployer().deployed_bundles()
+        return self._deployer.deployed_bundles()
 
     def forget(self, group: str) -> None:
         """Drop ``group``'s deployed bundle: the config's model of it changed (raises OSError
         when the overlay cannot be written; it is dropped in memory anyway)."""
-        if self._overlay is not None and group not in self._overlay.entries:
-            return  # nothing to write
-        self._deployer().forget(group)
+        self._deployer.forget(group)
 
     def stats(self) -> dict[str, Any]:
         """The status file's ``deploy`` object (docs/status.md)."""
-        if self._overlay is not None:
-            overlay = {g: e.sha256 for g, e in self._overlay.entries.items()}
-            return {**self.counters(), "overlay": overlay}
-        return self._deployer().stats()
+        return self._deployer.stats()
 
     def counters(self) -> dict[str, int]:
         """The deployment counters, for the metrics registry."""
-        if self._manager is None:
-            return dict.fromkeys(DEPLOY_COUNTERS, 0)
-        return self._manager.counters
+        return self._deployer.counters
 
     # -- hub commands and the bundle topic (the loop thread) -------------------------------------
     def start(self, args: DeployArgs, nonce: bytes) -> Outcome:
         """A verified ``deploy`` command: start, resume or refuse the deployment."""
         g = self._find(args.group)
-        watched = None if self._manager is None else self._manager.watching_group
-        if g is not None and g.paused and g.name != watched:
+        if g is not None and g.paused and g.name != self._deployer.watching_group:
             return Outcome(
                 ResultCode.FAILED,
                 f"group {g.name!r} is paused ({g.paused_reason}): a deployment needs it running "
                 "to watch the new bundle",
             )
-        return self._deployer().start(args, nonce)
+        return self._deployer.start(args, nonce)
 
     def chunk(self, args: ChunkArgs) -> Outcome:
         """A ``deploy_chunk`` command."""
-        return self._deployer().chunk(args)
+        return self._deployer.chunk(args)
 
     @property
     def broadcast_bundle(self) -> str | None:
         """The bundle whose broadcast chunks this node takes now, else None."""
-        return None if self._manager is None else self._manager.broadcast_bundle
+        return self._deployer.broadcast_bundle
 
     def broadcast_chunk(self, chunk: BundleChunk) -> Outcome:
         """A chunk heard on the bundle topic."""
-        return self._deployer().broadcast_chunk(chunk)
+        return self._deployer.broadcast_chunk(chunk)
 
     # -- the health check: prepared on the loop thread, run on the worker's ---------------------
     def _prepare_check(self, group: str) -> HealthCheck:
@@ -317,9 +265,7 @@ class ABSwitch:
     def before_tick(self) -> None:
         """Switch a group whose bundle passed its health check; roll back one whose watch
         expired; hand the deployment's reports on."""
-        deployer = self._manager
-        if deployer is None:  # no deployment: nothing to switch, watch or report
-            return
+        deployer = self._deployer
         ready = deployer.poll()
         if ready is not None:
             self._switch(ready)
@@ -331,9 +277,7 @@ class ABSwitch:
         self.publish_reports()
 
     def publish_reports(self) -> None:
-        if self._manager is None:
-            return
-        reports = self._manager.take_reports()
+        reports = self._deployer.take_reports()
         if reports:
             self._report(reports)
 
@@ -362,7 +306,7 @@ class ABSwitch:
     def _watched_stepped(self) -> None:
         """The watched group's actions are out: count the good tick; at the end of the watch
         release the old group."""
-        if self._deployer().watch_tick():
+        if self._deployer.watch_tick():
             old, self._old = self._old, None
             if old is not None:
                 old.release()
@@ -385,7 +329,7 @@ class ABSwitch:
 
     def _switch(self, ready: ReadyToSwitch) -> None:
         """Run ``ready.group`` on the new bundle, keeping the old group to roll back to."""
-        deployer = self._deployer()  # built: the ready switch came from it
+        deployer = self._deployer
         host = self.host
         groups = host.groups
         index = next((i for i, g in enumerate(groups) if g.name == ready.group), None)
@@ -445,10 +389,9 @@ class ABSwitch:
         groups[index] = old  # on the source and sink the two share (GroupRuntime.replaced)
         self._old = None
         g.release()
-        self._deployer().rollback(problem)
+        self._deployer.rollback(problem)
         self.host.rebirth()
         self.publish_reports()
 
     def close(self) -> None:
-        if self._manager is not None:
-            self._manager.close()
+        self._deployer.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,6 @@ def runtime_dir() -> Path:
         return Path(xdg) / "edge-agent" / "daemons"
     if os.geteuid() == 0:
         return SYSTEM_DIR
-    import tempfile  # noqa: PLC0415 - only outside systemd and a login session
-
     return Path(tempfile.gettempdir()) / f"edge-agent-{os.getuid()}" / "daemons"
 
 

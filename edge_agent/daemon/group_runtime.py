@@ -181,7 +181,8 @@ class GroupRuntime:
     @property
     def learning(self) -> Learns | None:
         """The verbs on the group's learning (None: its agents do not learn)."""
-        return self.agents if isinstance(self.agents, Learns) else None
+        agents = self.agents
+        return agents if isinstance(agents, Learns) and agents.learns else None
 
     @property
     def kind(self) -> str:

@@ -65,7 +65,6 @@ from edge_agent.daemon.ab_switch import ABSwitch
 from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
 from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
-from edge_agent.daemon.heap import release_free_heap
 from edge_agent.daemon.node_metrics import make_metrics, register_families
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots.groups import restore_groups, save_groups
@@ -330,7 +329,6 @@ class Daemon:
         back)."""
         for g in self.groups:
             g.warm_up()
-        release_free_heap()  # the warm-up's copies of every state are gone: give the pages back
 
     def snapshot(self, *, force: bool = False) -> None:
         """Write every group's state (at most the profile's writes per hour, unless ``force``);
@@ -571,7 +569,6 @@ class Daemon:
         self.reloads_ok += 1
         self.last_reload_error = ""
         del old
-        release_free_heap()
         logger.info(
             "reloaded %s: %d group(s), %d agents", self.config_path, len(groups), self.total_agents
         )

@@ -32,8 +32,7 @@ first, then ``ok`` or ``failed``) and an event (``deploy`` or ``rollback``).
 
 Crash safety. The journal ``bundles/deploy.json`` records the deployment and its phase; it and
 the overlay are written with write-temp, fsync, rename, fsync-directory. On start
-(:meth:`DeployManager.recover`, before any group is built; the daemon builds the manager then
-only when :func:`~edge_agent.fleet.overlay.needs_recovery` finds something for it to act on):
+(:meth:`DeployManager.recover`, before any group is built):
 
 - ``receiving``: the partial file is kept and the chunks it holds are found again by hashing
   them, unless nothing arrived for ``transfer_timeout_s`` (the file's mtime): then it is
@@ -65,6 +64,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -255,9 +255,7 @@ class DeployManager:
     def recover(self) -> None:
         """Load the overlay and the journal; complete or undo what a crash interrupted.
 
-        Damaged files are moved aside; writes the storage refuses are counted (module doc).
-        :func:`~edge_agent.fleet.overlay.needs_recovery` lists what this acts on (the daemon
-        builds no manager at start without it): whatever this comes to act on, that lists too."""
+        Damaged files are moved aside; writes the storage refuses are counted (module doc)."""
         if not_a_dir(self.dir):
             self.health.move_aside("bundles", self.dir, "not a directory")
         try:
@@ -439,8 +437,7 @@ class DeployManager:
             return Outcome(ResultCode.ACCEPTED, f"resuming ({rec.phase.value})", self._progress())
         if self._current_sha(args.group) == args.sha256:
             return Outcome(ResultCode.OK, f"group {args.group!r} already runs {args.sha256[:12]}")
-        fs = os.statvfs(self.dir)  # shutil.disk_usage's free, without importing shutil
-        free = fs.f_bavail * fs.f_frsize
+        free = shutil.disk_usage(self.dir).free
         if free < args.size + SPACE_MARGIN_BYTES:
             return Outcome(
                 ResultCode.FAILED,

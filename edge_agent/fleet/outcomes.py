@@ -1,9 +1,8 @@
 """What handling a command came to: the result codes of the protocol and an outcome to report.
 
 Kept apart from :mod:`edge_agent.fleet.protocol` and :mod:`edge_agent.fleet.commands` (and free of
-msgspec) so that the deployment manager, which a daemon builds once it has a deployment (a
-recovery at start, or the hub's first deploy command), and the A/B switch above it, which every
-daemon holds, do not import the wire models of a fleet stack the node may not enable.
+msgspec) so that the deployment manager and the A/B switch above it, which every daemon holds, do
+not import the wire models of a fleet stack the node may not enable.
 """
 
 from __future__ import annotations

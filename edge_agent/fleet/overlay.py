@@ -10,24 +10,18 @@ verify is ignored with an error event, and the config's model runs.
 Written by :mod:`edge_agent.fleet.deploy` (a switch, a rollback) with write-temp, fsync,
 rename, fsync-directory; read by the daemon's admission (:func:`read_overlay` for readers beside
 the daemon, such as ``edge-agent export-model``).
-
-A daemon builds the deployment manager at start only when :func:`needs_recovery` finds something
-in the state directory for :meth:`~edge_agent.fleet.deploy.DeployManager.recover` to act on;
-otherwise it reads the overlay with :class:`Overlay` alone, as the manager would, and builds the
-manager on the first deployment.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from edge_agent.fsutil import not_a_dir, not_a_file, write_atomic
+from edge_agent.fsutil import not_a_file, write_atomic
 from edge_agent.records import Record, Rule, from_json
 from edge_agent.state_health import StateHealth
 
@@ -36,7 +30,6 @@ __all__ = [
     "OVERLAY_FILE",
     "Overlay",
     "OverlayEntry",
-    "needs_recovery",
     "read_json",
     "read_overlay",
     "write_json_atomic",
@@ -88,54 +81,6 @@ def read_overlay(state_dir: Path) -> dict[str, OverlayEntry]:
         return dict(from_json(_OverlayFile, raw).groups) if raw is not None else {}
     except (OSError, ValueError):
         return {}
-
-
-def _sound_overlay(state_dir: Path) -> dict[str, OverlayEntry] | None:
-    """The overlay's entries when :meth:`Overlay.load` would simply read them (none when there is
-    no overlay); None when it would not: not a regular file, unreadable or damaged (it moves
-    such a file aside or counts a storage error). Reads only."""
-    path = state_dir / OVERLAY_FILE
-    if not_a_file(path):
-        return None
-    try:
-        raw = read_json(path)
-        return dict(from_json(_OverlayFile, raw).groups) if raw is not None else {}
-    except Exception:  # in doubt: the manager's recovery handles it
-        return None
-
-
-def needs_recovery(state_dir: str | os.PathLike[str]) -> bool:
-    """True when :meth:`~edge_agent.fleet.deploy.DeployManager.recover` has something to act on
-    in ``state_dir`` beyond reading a sound overlay; reads only (a directory listing and the
-    overlay). That is:
-
-    - ``bundles`` is there but is not a directory (moved aside), or cannot be listed;
-    - ``bundles`` holds anything but bundle files (``*.tar``): the journal ``deploy.json`` (a
-      deployment to complete, undo or show, or a damaged journal to move aside), ``incoming/``
-      (a transfer's partial file and chunk hashes), temporary files (deleted);
-    - a bundle file the overlay does not name (deleted);
-    - the overlay is not a regular file, unreadable or damaged (moved aside; the bundle files are
-      kept this time).
-
-    False: no journal, no damage, nothing to delete. Recovery would then only read the overlay
-    (:class:`Overlay`, the same way) and create the empty ``bundles`` directory, which the
-    manager does once a deployment needs it."""
-    state = Path(state_dir)
-    bundles = state / BUNDLES_DIR
-    if not_a_dir(bundles):
-        return True
-    try:
-        names = os.listdir(bundles)
-    except FileNotFoundError:
-        names = []
-    except OSError:
-        return True
-    if any(not name.endswith(".tar") for name in names):
-        return True
-    entries = _sound_overlay(state)
-    if entries is None:
-        return True
-    return not set(names) <= {Path(e.path).name for e in entries.values()}
 
 
 class Overlay:

@@ -39,6 +39,7 @@ import numpy.typing as npt
 from msgspec import Meta
 
 from edge_agent.errors import ProtocolError
+from edge_agent.fleet.health_measures import MeasureName
 from edge_agent.fleet.names import NAME_PATTERN, UINT32
 from edge_agent.fleet.outcomes import ResultCode
 
@@ -343,6 +344,51 @@ class Telemetry(Body, frozen=True, kw_only=True):
     ] = msgspec.field(default_factory=dict)
 
 
+class MeasureSummary(WireModel, frozen=True, kw_only=True):
+    """One health measure over a window: its mean and 95th percentile over ``n`` values (agent-
+    steps, or the agents sampled: ``docs/health.md`` says which per measure)."""
+
+    mean: Finite
+    p95: Finite
+    n: Annotated[int, Meta(ge=1, le=(1 << 63) - 1)]
+
+
+class DriftState(WireModel, frozen=True, kw_only=True):
+    """A group's change detector on its excess surprise (Page-Hinkley): whether it is in alarm,
+    its statistic and the threshold the alarm fires at, and since when (wall clock) it alarms."""
+
+    alarm: bool
+    statistic: Finite
+    threshold: NonNegFloat
+    since: Finite | None = None
+
+
+class GroupHealth(WireModel, frozen=True, kw_only=True):
+    """What one group's health measures were over the window (``docs/health.md``): per measure a
+    :class:`MeasureSummary` (a measure with no value in the window is left out), the agent-steps
+    the window held, the model the group runs (``name@version``, or the built-in world's name),
+    and its drift detector."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=160)]
+    agent_steps: Count
+    measures: Annotated[dict[MeasureName, MeasureSummary], Meta(max_length=32)] = msgspec.field(
+        default_factory=dict
+    )
+    drift: DriftState | None = None
+
+
+class Health(Body, frozen=True, kw_only=True):
+    """Node -> hub, on the node's ``health`` topic at the telemetry cadence: each group's health
+    over the last ``window_s`` seconds. Its own topic and type, so that a hub or broker of an
+    earlier version never sees it inside a message it knows."""
+
+    TYPE: ClassVar[str] = "health"
+    window_s: NonNegFloat
+    groups: Annotated[dict[Name, GroupHealth], Meta(max_length=1024)] = msgspec.field(
+        default_factory=dict
+    )
+
+
 class EventKind(StrEnum):
     ALARM = "alarm"
     BUDGET = "budget"
@@ -575,6 +621,65 @@ class BundleChunk(Body, frozen=True, kw_only=True):
     data: Annotated[bytes, Meta(min_length=1, max_length=MAX_CHUNK_BYTES)]
 
 
+#: The values one learning delta may carry (one table's increments: columns x rows), 2**18
+#: float32 (1 MiB): a larger delta is sent as several, each with its own ``seq``.
+MAX_DELTA_VALUES: Final = 1 << 18
+TableDim = Annotated[int, Meta(ge=1, le=1 << 20)]
+
+
+class CountsDelta(WireModel, frozen=True, kw_only=True):
+    """One learned table's Dirichlet count increments since the node's last report, sparse by
+    column (``docs/fleet-learning.md``).
+
+    ``table``: ``A{m}``, ``B{f}`` or ``D{f}``; ``shape``: the table's (``A[m]`` ``(O, S_0, ...)``,
+    ``B[f]`` ``(S, S, U)``, ``D[f]`` ``(S,)``); a column is every axis but the first, flattened in
+    C order; ``columns``: little-endian uint32, the columns that moved (ascending, distinct);
+    ``values``: little-endian float32 ``(len(columns), shape[0])`` row-major, each column's
+    increments (summed before any forgetting on the node, over every agent of the group);
+    ``experience``: the agent-ticks they stand for; ``lr``: the learning rate, so that the hub can
+    hold each increment to the mass the experience allows (``experience * lr`` per table)."""
+
+    table: Annotated[str, Meta(pattern=r"^[ABD][0-9]{1,3}\Z")]
+    shape: Annotated[tuple[TableDim, ...], Meta(min_length=1, max_length=16)]
+    columns: bytes
+    values: bytes
+    experience: Count
+    lr: NonNegFloat
+
+    def _check(self) -> None:
+        if len(self.columns) % 4:
+            raise ValueError(f"columns has {len(self.columns)} bytes, not a multiple of 4")
+        n = len(self.columns) // 4
+        rows = self.shape[0]
+        if n * rows > MAX_DELTA_VALUES:
+            raise ValueError(f"{n} columns of {rows} values, at most {MAX_DELTA_VALUES} values")
+        if len(self.values) != 4 * n * rows:
+            raise ValueError(
+                f"values has {len(self.values)} bytes, expected {n} columns x {rows} x 4"
+            )
+
+    def arrays(self) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
+        """``(columns: (k,) uint32, values: (k, shape[0]) float32)``, read-only views."""
+        cols = np.frombuffer(self.columns, dtype="<u4").astype(np.uint32, copy=False)
+        vals = np.frombuffer(self.values, dtype="<f4").astype(np.float32, copy=False)
+        return cols, vals.reshape(cols.shape[0], self.shape[0])
+
+
+class LearningDelta(Body, frozen=True, kw_only=True):
+    """Node -> hub, on the node's ``learning`` topic through the outbox: what a learning group's
+    agents learned since its last report (``docs/fleet-learning.md``). ``model``: the model line
+    and version the counts were learned against (``name@version``); ``model_sha256``: that
+    bundle's identity; ``seq``: per node and group, from 1, never reused (a restart goes on
+    from the last one sent): the hub counts a ``(node, group, seq)`` once."""
+
+    TYPE: ClassVar[str] = "learning"
+    group: Name
+    model: Annotated[str, Meta(min_length=1, max_length=160)]
+    model_sha256: Sha256Hex
+    seq: Annotated[int, Meta(ge=1, le=(1 << 63) - 1)]
+    tables: Annotated[list[CountsDelta], Meta(min_length=1, max_length=64)]
+
+
 _BODY_TYPES: dict[str, type[Body]] = {}
 _BODY_DECODERS: dict[str, msgspec.msgpack.Decoder[Any]] = {}
 
@@ -596,6 +701,7 @@ for _model in (
     Birth,
     Death,
     Telemetry,
+    Health,
     Event,
     Command,
     CommandResult,
@@ -605,6 +711,7 @@ for _model in (
     ActionBatch,
     BeliefBatch,
     BundleChunk,
+    LearningDelta,
 ):
     register_body_type(_model)
 

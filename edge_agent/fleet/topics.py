@@ -54,6 +54,8 @@ class TopicKind(StrEnum):
     ACTION = "action"
     TASKS = "tasks"
     BUNDLE = "bundle"
+    HEALTH = "health"
+    LEARNING = "learning"
 
 
 _NODE_KINDS: Final = frozenset(
@@ -68,6 +70,8 @@ _NODE_KINDS: Final = frozenset(
         TopicKind.REBIRTH,
         TopicKind.BELIEFS,
         TopicKind.TASKS,
+        TopicKind.HEALTH,
+        TopicKind.LEARNING,
     }
 )
 _GROUP_KINDS: Final = frozenset({TopicKind.OBS, TopicKind.ACTION})
@@ -84,6 +88,8 @@ NODE_OWNED_KINDS: Final = frozenset(
         TopicKind.BELIEFS,
         TopicKind.ACTION,
         TopicKind.TASKS,
+        TopicKind.HEALTH,
+        TopicKind.LEARNING,
     }
 )
 
@@ -101,6 +107,8 @@ _KIND_TYPE: Final[Mapping[TopicKind, str]] = {
     TopicKind.OBS: "obs",
     TopicKind.ACTION: "action",
     TopicKind.BUNDLE: "chunk",
+    TopicKind.HEALTH: "health",
+    TopicKind.LEARNING: "learning",
 }
 
 
@@ -161,6 +169,15 @@ class Topics:
 
     def event(self, node: str) -> str:
         return self._node(node, TopicKind.EVENT)
+
+    def health(self, node: str) -> str:
+        """Node -> hub :class:`Health`: each group's health measures over the last window."""
+        return self._node(node, TopicKind.HEALTH)
+
+    def learning(self, node: str) -> str:
+        """Node -> hub :class:`LearningDelta`: what a learning group learned since its last
+        report."""
+        return self._node(node, TopicKind.LEARNING)
 
     def command(self, node: str) -> str:
         """Hub -> node :class:`Command`."""

@@ -3,10 +3,10 @@
 Its agents are :class:`~edge_agent.core.agents.AifAgentGroup`; observations are one outcome
 index per modality, actions one choice per control factor. A large group is stepped by forked
 workers as well (``workers``). The only kind whose agents may take part in coordination, and
-the only one that learns: with a ``[groups.learning]`` table its agents are a
-:func:`~edge_agent.core.learning.learning_group` (shared counts, also under a planning policy
-and on workers; per-agent counts, on one process),
-whose trials end at the world's episode starts (``pD`` learns there).
+the only one that learns: with a ``[groups.learning]`` table its agents learn
+(:mod:`edge_agent.core.learning`: shared counts, also under a planning policy and on workers;
+per-agent counts, on one process), and their trials end at the world's episode starts (``pD``
+learns there).
 
 Its groups report two families of numbers beyond every group's (:data:`PLANNING_METRICS`,
 the groups with a planning policy, and :data:`LEARNING_METRICS`, the groups that learn): the
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.bundle.loader import Bundle
     from edge_agent.core.budget import MemoryBudget, PlanRequest
-    from edge_agent.core.learning import LearningAgentGroup
 
 #: The group's ``[groups.learning]`` table, by its key: the learning modules (about 2,400
 #: lines) are imported only for a group that has one.
@@ -182,13 +181,16 @@ def plan_aif(
     )
 
 
-def plan_learning(probe: LearningAgentGroup, cfg: GroupConfig) -> PlanRequest:
+def plan_learning(probe: AifAgentGroup, cfg: GroupConfig) -> PlanRequest:
     """What ``cfg.count`` agents' learning reserves besides the agents (``probe``: one agent of
-    the group): the counts (per-agent counts: one copy per agent) and a shared group's own int8
-    codes of the learned tables, as :attr:`LearningAgentGroup.learning_nbytes` says."""
-    nbytes = probe.learning_nbytes
-    if probe.scope == "per_agent":
-        per_agent = sum(p.nbytes for counts in probe.learner.counts for p in counts.prior)
+    the group, which learns): the counts (per-agent counts: one copy per agent) and a shared
+    group's own int8 codes of the learned tables, as :attr:`GroupLearning.nbytes
+    <edge_agent.core.learning.GroupLearning.nbytes>` says."""
+    learning = probe.learning
+    assert learning is not None  # a probe of a group with [groups.learning]
+    nbytes = learning.nbytes
+    if learning.scope.name == "per_agent":
+        per_agent = sum(p.nbytes for counts in learning.learner.counts for p in counts.prior)
         nbytes += (cfg.count - 1) * per_agent
     return (f"{cfg.name}:learning", "learning", nbytes, None)
 
@@ -202,11 +204,12 @@ def new_agents(
     *,
     workers: int = 1,
 ) -> AifAgentGroup:
-    """The group's agents: a learning group when it has a ``[groups.learning]`` table; with
-    ``workers`` above one their state is allocated in shared memory from the start (the caller
-    starts the workers: nothing is copied then). Agents that neither learn nor coordinate keep
-    no prior between ticks where it follows from their beliefs and actions (``keep_prior``,
-    docs/memory.md: learning and coordination read and write it)."""
+    """The group's agents, learning what its ``[groups.learning]`` table says (their trials end
+    at the world's episode starts); with ``workers`` above one their state is allocated in shared
+    memory from the start (the caller starts the workers: nothing is copied then). Agents that
+    neither learn nor coordinate keep no prior between ticks where it follows from their beliefs
+    and actions (``keep_prior``, docs/memory.md: learning and coordination read and write
+    it)."""
     kwargs: dict[str, Any] = {
         "settings": aif.settings,
         "precision": cfg.precision,
@@ -222,10 +225,9 @@ def new_agents(
         keep_prior = cfg.coordination is not None
         return AifAgentGroup(aif.model, n_agents, keep_prior=keep_prior, **kwargs)
     from edge_agent.aif.learning_table import TABLE  # noqa: PLC0415 - a group that learns
-    from edge_agent.core.learning_scope import learning_group  # noqa: PLC0415 - as above
 
     try:
-        return learning_group(
+        return AifAgentGroup(
             aif.model, n_agents, learning=aif.learning, trial_ends_at_reset=True, **kwargs
         )
     except InputError as err:
@@ -348,8 +350,9 @@ LEARNING_METRICS = MetricFamily(
         "moving mean over about 100 ticks.",
     },
 )
-"""What a learning group reports (:meth:`LearningAgentGroup.metrics`) and the node's totals over
-the groups that learn."""
+"""What a learning group reports (:meth:`AifAgentGroup.metrics
+<edge_agent.core.agents.AifAgentGroup.metrics>`) and the node's totals over the groups that
+learn."""
 
 
 class AifKind:
@@ -417,11 +420,7 @@ class AifKind:
         model, agents = plan_aif(aif, cfg, history_capacity, workers)
         if aif.learning is None:
             return [model, agents]
-        from edge_agent.core.learning import LearningAgentGroup  # noqa: PLC0415 - it learns
-
-        probe = new_agents(aif, cfg, 1, None, 0)
-        assert isinstance(probe, LearningAgentGroup)
-        return [model, agents, plan_learning(probe, cfg)]
+        return [model, agents, plan_learning(new_agents(aif, cfg, 1, None, 0), cfg)]
 
     def build(
         self,

@@ -19,15 +19,13 @@ its per-profile drop-in are :mod:`edge_agent.daemon.unit`.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import socket
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +68,6 @@ class SdNotifier:
         with self._lock:
             try:
                 if self._sock is None:
-                    import socket  # noqa: PLC0415 - only a daemon under systemd notifies
-
                     self._sock = socket.socket(
                         socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                     )
@@ -282,9 +278,6 @@ def fault_dumps_to_journal(
     global _fault_stream  # noqa: PLW0603 - one stream per process, held until it ends
     if not stderr_is_journal(env):
         return False
-    import faulthandler  # noqa: PLC0415 - only under journald
-    import socket  # noqa: PLC0415
-
     stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         stream.connect(socket_path)

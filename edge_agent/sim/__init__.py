@@ -28,7 +28,7 @@ Observations and transitions are drawn by inverse-CDF sampling on precomputed cu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -285,8 +285,9 @@ SAMPLE_CHUNK = 1 << 14
 class BatchEnv:
     """``N`` independent copies of one world, stepped together.
 
-    Used directly, it simulates any model as its own generative process: hidden states start from
-    ``D``, move by ``B`` and are observed through ``A``, with no episodes. The built-in worlds
+    Used directly, it simulates any model as its own generative process (or ``process``, one of
+    the same shape its agents are not told): hidden states start from ``D``, move by ``B`` and are
+    observed through ``A``, with no episodes. The built-in worlds
     subclass it and add episode rules and statistics through the ``_`` hooks below.
 
     Step order: validate ``actions``; decide which agents start a new episode at this step
@@ -308,14 +309,13 @@ class BatchEnv:
         n_agents: int,
         *,
         seed: int = 0,
-        remake_model: Callable[[], GenerativeModel] | None = None,
+        process: GenerativeModel | None = None,
     ) -> None:
         n = check_n_agents(n_agents)
-        self._model: GenerativeModel | None = model
-        # A world that can make its model again lets it go once the samplers are built: they
-        # hold what stepping needs, and a daemon never asks for the model (grid10's B alone is
-        # 0.4 MB of float64).
-        self._remake_model = remake_model
+        self._model = model
+        # What the world samples from: the model itself, or a process its agents are not told
+        # (``process``, the same shape), read here to build the samplers and not kept.
+        source = model if process is None else process
         self._seed = seed
         self._rng = SplitMix64(seed)
         self._num_states = model.num_states
@@ -323,11 +323,11 @@ class BatchEnv:
         # A[m] flattened to (O_m, S_0 * ... * S_{F-1}): the column of a state is its row-major
         # joint index sum_f s_f * stride_f.
         self._obs_samplers = tuple(
-            ColumnSampler.from_table(a.reshape(a.shape[0], -1)) for a in model.A
+            ColumnSampler.from_table(a.reshape(a.shape[0], -1)) for a in source.A
         )
         # B[f] flattened to (S_f, S_f * U_f): the column of (s, u) is s * U_f + u.
         self._move_samplers = tuple(
-            ColumnSampler.from_table(b.reshape(b.shape[0], -1)) for b in model.B
+            ColumnSampler.from_table(b.reshape(b.shape[0], -1)) for b in source.B
         )
         spawn = self._spawn_distributions()
         if len(spawn) != model.num_factors:
@@ -350,27 +350,14 @@ class BatchEnv:
         self._views: dict[str, NDArray[Any]] = {}
         self._allocate(n)
         self.reset()
-        if remake_model is not None:
-            self._model = None
 
     # -- public interface ------------------------------------------------------------------
 
     @property
     def model(self) -> GenerativeModel:
-        """The generative model an agent should use for this world (equal to the process);
-        made again on first use by a world built with ``remake_model``."""
-        if self._model is None:
-            assert self._remake_model is not None  # only such a world lets its model go
-            self._model = self._remake_model()
+        """The generative model an agent should use for this world (the process itself unless
+        the world was built with another ``process``)."""
         return self._model
-
-    def _model_for_once(self) -> GenerativeModel:
-        """The model, for a computation done once: made again and not kept by a world built
-        with ``remake_model`` (:attr:`model` keeps it)."""
-        if self._model is not None:
-            return self._model
-        assert self._remake_model is not None  # only such a world lets its model go
-        return self._remake_model()
 
     @property
     def n_agents(self) -> int:

@@ -20,7 +20,6 @@ its action is ignored and it respawns (``episode_start`` True, ``episode_steps``
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -185,16 +184,9 @@ class GridWorldEnv(BatchEnv):
         preference_scale: float = 1.0,
         start: tuple[int, int] | None = None,
     ) -> None:
-        remake = functools.partial(
-            gridworld_model,
-            height,
-            width,
-            goal=goal,
-            noise=noise,
-            preference_scale=preference_scale,
-            start=start,
+        model = gridworld_model(
+            height, width, goal=goal, noise=noise, preference_scale=preference_scale, start=start
         )
-        model = remake()
         self.height, self.width = int(height), int(width)
         if goal is None:
             self.goal = (self.height - 1, self.width - 1)
@@ -202,7 +194,7 @@ class GridWorldEnv(BatchEnv):
             self.goal = (int(goal[0]), int(goal[1]))
         self._goal_index = self.goal[0] * self.width + self.goal[1]
         self._steps_reference: str | None = None  # references(): made when first asked
-        super().__init__(self._process(model), n_agents, seed=seed, remake_model=remake)
+        super().__init__(model, n_agents, seed=seed, process=self._process(model))
 
     def _process(self, model: GenerativeModel) -> GenerativeModel:
         """The generative process the world samples from; here the agents' model itself (a
@@ -236,7 +228,7 @@ class GridWorldEnv(BatchEnv):
         random walk, from the same spawn cells on the world's own moves (:func:`steps_to_goal`;
         computed once)."""
         if self._steps_reference is None:
-            B = self._process(self._model_for_once()).B[0]
+            B = self._process(self.model).B[0]
             spawn = np.asarray(self._spawn_distributions()[0], dtype=np.float64)
             found = steps_to_goal(B, self._goal_index, spawn)
             self._steps_reference = (
@@ -247,7 +239,7 @@ class GridWorldEnv(BatchEnv):
         return {"mean_steps_to_goal": self._steps_reference} if self._steps_reference else {}
 
     def _spawn_distributions(self) -> Sequence[np.ndarray]:
-        d = np.array(self._model_for_once().D[0])
+        d = np.array(self.model.D[0])
         d[self._goal_index] = 0.0
         total = d.sum()
         if total <= 0:

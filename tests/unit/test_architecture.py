@@ -13,17 +13,13 @@ interpreter, since what they check is which modules a process imports.
 from __future__ import annotations
 
 import ast
-import dataclasses
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from edge_agent.fleet.deploy import JournalRecord, Phase
 from tests.integration.daemon.test_daemon import REPO
-from tests.support.broker import MosquittoBroker, MosquittoMissingError
 from tests.unit.daemon.test_footprint import run_fresh
 
 
@@ -139,17 +135,15 @@ def test_device_package_does_not_import_the_host_package() -> None:
     assert result.stdout.strip() == "[]"
 
 
-#: Modules a daemon without MQTT never needs, and what kept each out (benchmarks/notes/memory.md).
+#: Modules a daemon without MQTT never needs, and what keeps each out (docs/memory.md, "Memory
+#: tricks": the tricks and the rules, each with what it saves).
 KEPT_OUT = (
-    "numpy.ma",  # edge_agent.arrays: distinct() and percentiles()
     "numpy.random",  # the worlds' SplitMix64; a group's generator made on first stochastic use
-    "ctypes.util",  # daemon.heap: malloc_trim from the process's own symbols
-    "importlib.resources",  # config: the package's files read from its directory
-    "tempfile",  # fsutil: atomic writes create their temporary file themselves
-    "shutil",  # cli: help sized without it; deploy: os.statvfs; fsutil: only to delete a tree
-    "bz2",  # shutil's
-    "lzma",  # shutil's
-    "socket",  # service.systemd: only when NOTIFY_SOCKET is set
+    "importlib.metadata",  # distribution: the clash check lists sys.path's directories itself
+    # daemon.snapshots.format: the header of format v3 is JSON; msgspec (1.2 MB with the decimal
+    # module it imports) only to read a snapshot of format v2 or v1, and for the fleet's wire
+    "msgspec",
+    "msgpack",
     "edge_agent.neural",  # kinds: imported only by a group of kind neural or perception
     "edge_agent.kinds.neural",
     "edge_agent.kinds.perception",
@@ -157,17 +151,20 @@ KEPT_OUT = (
     "edge_agent.sim.explorer",
     # the float oracle: the kernels take pymdp's constants from aif.constants
     "edge_agent.aif.reference",
-    # a planning policy's time bound, only for deadline_ms or fit_tick (planning_pass)
-    "edge_agent.core.tick_fit",
+    # a planning policy's tick, only for a group with [groups.planning] (agents.py)
+    "edge_agent.core.planning_pass",
     # kinds.aif: the learning maths and groups only for a group with [groups.learning]
     "edge_agent.aif.learning",
     "edge_agent.aif.learning_counts",
     "edge_agent.aif.learning_kernels",
+    "edge_agent.aif.learning_refresh",
     "edge_agent.aif.learning_table",
     "edge_agent.aif.reference_learning",
     "edge_agent.core.learning",
     "edge_agent.core.learning_scope",
     "edge_agent.core.per_agent_learning",
+    "edge_agent.core.shared_learning",
+    "edge_agent.core.surprise",
     # docs/memory.md: SQLite and the fleet stack only with [mqtt] enabled; never the host tool.
     "sqlite3",  # fleet.outbox and the nonce store: the only databases
     "paho",  # fleet.comms.mqtt, when fleet.node builds a stack
@@ -175,9 +172,6 @@ KEPT_OUT = (
     "edge_agent.fleet.node",
     "edge_agent.fleet.link",
     "edge_agent.fleet.comms",
-    # daemon.ab_switch: the deployment manager, once a deployment needs it (a journal to recover
-    # at start, or the hub's first deploy command)
-    "edge_agent.fleet.deploy",
     "edge_agent_host",
 )
 
@@ -199,50 +193,6 @@ def test_a_running_daemon_keeps_unused_modules_out(tmp_path: Path) -> None:
         """
     )
     assert out.strip().splitlines()[-1] == "[]"
-
-
-#: The planners' modules a model has no use for: the joint small-block path (several factors)
-#: and the deep planner (one factor, policies of two or more steps, deterministic moves).
-PLANNERS = (
-    "edge_agent.aif.kernels.joint_plan",
-    "edge_agent.aif.kernels.joint_scratch",
-    "edge_agent.aif.kernels.joint_small",
-    "edge_agent.aif.kernels.deep_plan",
-    "edge_agent.aif.kernels.deep",
-)
-
-
-def test_a_daemon_imports_only_the_planners_its_models_use(tmp_path: Path) -> None:
-    """A daemon of grid10 agents with one-step policies (one factor: no joint path; one step: no
-    deep planner) never imports those planners' modules; a small T-maze group (two factors, one
-    small block) loads the joint path's alone, and grid10 with two-step policies the deep
-    planner's alone."""
-
-    def planners_of(name: str, group: str, settings: str = "") -> list[str]:
-        config = tmp_path / f"{name}.toml"
-        config.write_text(
-            f'[daemon]\nprofile = "x86-dev"\nstate_dir = "{tmp_path / name}"\ntick_hz = 20\n\n'
-            f"[[groups]]\n{group}"
-            'source = { type = "sim" }\nsink = { type = "sim" }\n' + settings
-        )
-        out = run_fresh(
-            f"""
-            import os, sys
-            os.environ.pop("NOTIFY_SOCKET", None)
-            os.environ["EDGE_AGENT_RUNTIME_DIR"] = {str(tmp_path / name / "run")!r}
-            from edge_agent.cli import main
-            assert main(["run", "--config", {str(config)!r}, "--duration", "0.5"]) == 0
-            print(sorted(m for m in sys.modules if m in {PLANNERS!r}))
-            """
-        )
-        return ast.literal_eval(out.strip().splitlines()[-1])
-
-    grid = 'name = "grid"\nmodel = { type = "builtin", name = "grid10" }\ncount = 50\n'
-    assert planners_of("grid", grid) == []
-    tmaze = 'name = "tmaze"\nmodel = { type = "builtin", name = "tmaze" }\ncount = 5\n'
-    assert planners_of("tmaze", tmaze) == sorted(PLANNERS[:3])
-    two_steps = "[groups.settings]\npolicy_len = 2\n"
-    assert planners_of("deep", grid, two_steps) == sorted(PLANNERS[3:])
 
 
 #: A plain daemon's config: grid10 agents on the built-in world, no MQTT, no planning policy,
@@ -300,59 +250,15 @@ def test_edge_agentd_imports_no_other_commands_code(tmp_path: Path) -> None:
 def test_a_daemon_imports_what_it_keeps_out_once_its_config_uses_it(tmp_path: Path) -> None:
     """What :data:`KEPT_OUT` keeps out of a daemon because its config does not use it is
     imported once it does (so that rule cannot pass because a module is never imported at all):
-    a planning policy bounded in time loads ``core.tick_fit``; the kernels' constants come from
-    ``aif.constants``, never the float oracle."""
+    a planning policy loads ``core.planning_pass``, a group that learns the learning maths;
+    the kernels' constants come from ``aif.constants``, never the float oracle."""
+    learning = {"edge_agent.aif.learning", "edge_agent.core.learning"}
     plain = daemon_imports(tmp_path, "plain")
     assert "edge_agent.aif.constants" in plain
-    assert not plain & {"edge_agent.aif.reference", "edge_agent.core.tick_fit"}
+    assert not plain & {"edge_agent.aif.reference", "edge_agent.core.planning_pass", *learning}
     timed = daemon_imports(tmp_path, "timed", "[groups.planning]\nevery = 4\ndeadline_ms = 20\n")
-    assert "edge_agent.core.tick_fit" in timed
+    assert "edge_agent.core.planning_pass" in timed
     assert "edge_agent.aif.reference" not in timed
-
-
-def test_a_daemon_imports_the_deployment_manager_only_for_a_deployment(tmp_path: Path) -> None:
-    """A daemon that has no deployment, connected to a broker or without MQTT, never imports
-    ``fleet.deploy`` (its A/B switch reads the overlay alone); one whose state directory holds a
-    journal imports it at start and recovers it: a bundle watched when the daemon stopped is
-    rolled back, its overlay entry undone and its file deleted."""
-    try:
-        broker = MosquittoBroker(tmp_path / "mosquitto")
-    except MosquittoMissingError as err:
-        raise AssertionError(str(err)) from None
-    broker.start()
-    try:
-        mqtt = f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\nnode_id = "n"\n'
-        connected = daemon_imports(tmp_path, "mqtt", mqtt)
-    finally:
-        broker.kill()
-    assert "edge_agent.daemon.uplink" in connected  # the fleet stack ran
-    assert "edge_agent.fleet.deploy" not in connected
-    assert "edge_agent.fleet.deploy" not in daemon_imports(tmp_path, "plain")
-
-    state = tmp_path / "journal"
-    staged = state / "bundles" / f"{'a' * 64}.tar"
-    staged.parent.mkdir(parents=True)
-    staged.write_bytes(b"the bundle that was watched")
-    entry = {"path": str(staged), "sha256": "a" * 64, "config_model": "{}"}
-    (state / "deployed.json").write_text(json.dumps({"version": 1, "groups": {"grid": entry}}))
-    record = JournalRecord(
-        group="grid",
-        sha256="a" * 64,
-        file_sha256="b" * 64,
-        size=27,
-        chunk_size=64,
-        watch_ticks=10,
-        health_steps=2,
-        health_timeout_s=10.0,
-        transfer_timeout_s=60.0,
-        nonce="00" * 16,
-        phase=Phase.WATCHING,
-        started_at=1.0,
-        updated_at=2.0,
-    )
-    (state / "bundles" / "deploy.json").write_text(json.dumps(dataclasses.asdict(record)))
-    assert "edge_agent.fleet.deploy" in daemon_imports(tmp_path, "journal")
-    deploy = json.loads((state / "status.json").read_text())["deploy"]
-    assert (deploy["phase"], deploy["rolled_back"], deploy["overlay"]) == ("rolled_back", 1, {})
-    assert json.loads((state / "deployed.json").read_text())["groups"] == {}
-    assert not staged.exists()
+    learns = daemon_imports(tmp_path, "learns", "[groups.learning]\nA = [0]\nlr_pA = 0.5\n")
+    assert learns >= learning
+    assert "edge_agent.aif.reference" not in learns

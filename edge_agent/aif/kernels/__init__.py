@@ -84,12 +84,8 @@ The code lives in one module per stage; this package re-exports what the rest of
 Imports between the modules, type-only ones included, run one way (no cycle): the tables
 (``transitions``, ``tree``, ``fast_tables``, ``local_plan``, ``small_plan``, ``joint_plan``,
 ``deep_plan``) sit below ``compiled``, which sits below ``workspace`` (and ``joint_scratch``)
-and the kernels. The joint and deep planners' modules load on first use (``_LAZY`` below), so a
-process whose models have neither planner never holds their code (0.2 MB).
+and the kernels.
 """
-
-from importlib import import_module
-from typing import TYPE_CHECKING
 
 from edge_agent.aif.kernels.agent_major import propagate_block
 from edge_agent.aif.kernels.block import (
@@ -108,6 +104,13 @@ from edge_agent.aif.kernels.control import (
     policy_posterior,
     select_actions,
 )
+from edge_agent.aif.kernels.deep import (
+    DeepScratch,
+    deep_bytes_per_agent,
+    evaluate_deep_block,
+    evaluate_deep_rows,
+)
+from edge_agent.aif.kernels.deep_plan import DeepPlan
 from edge_agent.aif.kernels.fast_tables import (
     Diagonals,
     apply_diagonals,
@@ -116,6 +119,14 @@ from edge_agent.aif.kernels.fast_tables import (
     outcome_row_map,
 )
 from edge_agent.aif.kernels.inference import infer_states, soft_likelihood, softmax_rows
+from edge_agent.aif.kernels.joint_plan import JointPlan
+from edge_agent.aif.kernels.joint_small import (
+    evaluate_joint,
+    infer_joint,
+    posterior_joint,
+    prior_joint,
+    select_joint,
+)
 from edge_agent.aif.kernels.local import evaluate_local_block, policy_posterior_block
 from edge_agent.aif.kernels.local_plan import LocalPlan
 from edge_agent.aif.kernels.small import evaluate_small_block, small_predict, small_prior_block
@@ -127,51 +138,6 @@ from edge_agent.aif.kernels.transitions import (
     propagate_per_agent,
 )
 from edge_agent.aif.kernels.workspace import PROPAGATION_ROWS, Block, Workspace
-
-if TYPE_CHECKING:
-    from edge_agent.aif.kernels.deep import (
-        DeepScratch,
-        deep_bytes_per_agent,
-        evaluate_deep_block,
-        evaluate_deep_rows,
-    )
-    from edge_agent.aif.kernels.deep_plan import DeepPlan
-    from edge_agent.aif.kernels.joint_plan import JointPlan
-    from edge_agent.aif.kernels.joint_small import (
-        evaluate_joint,
-        infer_joint,
-        posterior_joint,
-        prior_joint,
-        select_joint,
-    )
-
-#: What the joint and deep planners' modules export: imported on first use, so a daemon whose
-#: models have neither planner never loads their code (``CompiledModel.joint`` and ``.deep`` are
-#: None for them; ``compile_model`` imports the plans' builders only when it makes one).
-_LAZY = {
-    "DeepScratch": "deep",
-    "deep_bytes_per_agent": "deep",
-    "evaluate_deep_block": "deep",
-    "evaluate_deep_rows": "deep",
-    "DeepPlan": "deep_plan",
-    "JointPlan": "joint_plan",
-    "evaluate_joint": "joint_small",
-    "infer_joint": "joint_small",
-    "posterior_joint": "joint_small",
-    "prior_joint": "joint_small",
-    "select_joint": "joint_small",
-}
-
-if not TYPE_CHECKING:  # the type checker sees the imports above
-
-    def __getattr__(name: str) -> object:
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(import_module(f"{__name__}.{module}"), name)
-        globals()[name] = value  # once: later lookups find it
-        return value
-
 
 __all__ = [
     "PROPAGATION_ROWS",

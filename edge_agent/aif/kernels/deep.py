@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.aif.kernels._types import IndexArray
+from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.fast_tables import apply_row_map
 
 if TYPE_CHECKING:

@@ -96,7 +96,7 @@ def fixed_point(
         active = dF >= dF_tol
         if not active.any():
             break
-        weighted = lnL * _outer_rows(qs)
+        weighted = lnL * outer_rows(qs)
         new = []
         for f in range(F):
             others = tuple(1 + i for i in range(F) if i != f)
@@ -109,7 +109,7 @@ def fixed_point(
     return qs
 
 
-def _outer_rows(qs: list[np.ndarray]) -> np.ndarray:
+def outer_rows(qs: list[np.ndarray]) -> np.ndarray:
     """Joint ``(N, S_0, ..., S_{F-1})`` from per-factor ``(N, S_f)`` (any leading dims work)."""
     joint = qs[0]
     for q in qs[1:]:
@@ -125,5 +125,5 @@ def _free_energy(
     for q, lp in zip(qs, log_prior, strict=True):
         vfe += (q * np.log(q + EPS)).sum(axis=1) - (q * lp).sum(axis=1)
     if lnL is not None:
-        vfe -= (_outer_rows(qs) * lnL).reshape(lnL.shape[0], -1).sum(axis=1)
+        vfe -= (outer_rows(qs) * lnL).reshape(lnL.shape[0], -1).sum(axis=1)
     return vfe

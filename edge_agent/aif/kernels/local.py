@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.aif.kernels._types import IndexArray
+from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.columns import softmax_columns
 
 if TYPE_CHECKING:

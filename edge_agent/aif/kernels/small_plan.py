@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_agent.aif.kernels._types import IndexArray
+from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition, propagate
 
 if TYPE_CHECKING:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.aif.kernels._types import IntArray
-from edge_agent.arrays import distinct
+from edge_agent.aif.kernels.array_types import IntArray
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,7 +67,7 @@ def build_policy_tree(
             by_action.append(
                 tuple(
                     (int(u), np.flatnonzero(actions == u).astype(np.int64))
-                    for u in distinct(actions)
+                    for u in np.unique(actions)
                 )
             )
             node_of_policy.append(inverse.ravel().astype(np.int64))

@@ -1,28 +1,37 @@
 """The snapshot file, ``snapshot-<seq>.eas``: a container of named arrays and a small meta map,
 written by :func:`write_body` and read back by :func:`read_snapshot`.
 
-Format v2 (little-endian, no pickle anywhere)::
+Format v3 (little-endian, no pickle anywhere)::
 
-    magic     8 bytes   b"EASNAP" + format version as u16 big-endian (b"\\x00\\x02")
-    hlen      u32       length of the header
-    header    hlen      msgpack map: format_version, created (wall clock, s), monotonic (the
-                        writer's time.monotonic(), s), meta (caller's map), data_nbytes, arrays:
-                        [{name, dtype (numpy dtype str, e.g. "<f4"), shape, offset, nbytes,
-                        codec ("raw" or "zlib"), stored (bytes at offset)}]
-    padding   zeros up to a multiple of 64 bytes; the data section starts here
+    magic     8 bytes   b"EASNAP" + format version as u16 big-endian (b"\\x00\\x03")
+    hlen      u32       length of the header, its padding included: the data starts at 12 + hlen,
+                        a multiple of 64
+    header    hlen      a JSON object (UTF-8, keys sorted, no whitespace inside it), then spaces
+                        up to where the data starts: format_version, created (wall clock, s),
+                        monotonic (the writer's time.monotonic(), s), meta (the caller's object),
+                        data_nbytes, arrays: [{name, dtype (numpy dtype str, e.g. "<f4"), shape,
+                        offset, nbytes, codec ("raw" or "zlib"), stored (bytes at offset)}]
     data      each array's C-order bytes at data start + offset (offsets 64-byte aligned): raw,
               or zlib-compressed (``nbytes`` once inflated)
     trailer   32 bytes  sha256 of every byte before it
+
+The header is JSON, which the standard library reads and writes: a daemon that does not talk to
+a fleet imports no MessagePack codec (msgspec costs 1.2 MB resident, docs/memory.md, "Memory
+tricks"). ``meta`` therefore holds what JSON gives back unchanged: None, bool, 64-bit int,
+finite float, str, lists and str-keyed objects of them (the daemon writes str and int).
 
 Arrays of 4 KiB and more are zlib-compressed (level 1, ~25 ms for 7 MB) when that saves a tenth:
 a belief history is mostly zeros, and an SD card wears with every byte (1,000 grid10 agents
 with 64-step histories: 7.4 MB raw, 0.38 MB stored). The arrays are written as they are, 4 MB
 at a time, compressed once, as they are written: a snapshot of a large group holds no copy of
 it, compressed or not. They are written from where the header would end with every offset and
-size unknown (the widest integers); the header, once they are known, is padded to end in the
-same 64 bytes (a ``pad`` field, which readers ignore) and written over the start, and the
-trailer's sha256 is of the file read back. Format v1 is v2 without ``codec`` and ``stored``
-(every array raw); it is still read, and written with ``compress=False``.
+size unknown (the widest integers); the header, once they are known, is padded with spaces to
+the same length and written over the start, and the trailer's sha256 is of the file read back.
+
+Formats v2 and v1, which earlier versions wrote, are still read (an upgraded daemon restores
+their snapshot): the same layout with a MessagePack header (v2 padded by a ``pad`` field and
+zeros, v1 without ``codec`` and ``stored``: every array raw), decoded by msgspec, imported only
+to read one.
 
 A snapshot is mapped and verified (its sha256, every compressed array inflated once); a compressed
 array is inflated only when asked for, or copied straight into an array of its own 4 MB at a time
@@ -32,8 +41,6 @@ system has it): what a restore holds besides the state is a few chunks of the fi
 it.
 
 Only bool, signed and unsigned integer and float (up to 64-bit) arrays are stored; anything else
-
-Only bool, signed and unsigned integer and float (up to 64-bit) arrays are stored; anything else
 is refused with :class:`~edge_agent.errors.SnapshotError`. Where the files live, how many are kept
 and what happens to a damaged one is :mod:`edge_agent.daemon.snapshots.store`.
 """
@@ -41,6 +48,7 @@ and what happens to a damaged one is :mod:`edge_agent.daemon.snapshots.store`.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import mmap
@@ -51,9 +59,8 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -69,15 +76,14 @@ __all__ = [
     "LoadedSnapshot",
     "SnapshotArrays",
     "check_arrays",
-    "magic_of",
     "placeholder_header",
     "read_snapshot",
     "read_verified",
     "write_body",
 ]
 
-FORMAT_VERSION = 2
-_READS = frozenset({1, 2})
+FORMAT_VERSION = 3
+_READS = frozenset({1, 2, 3})
 _SIGNATURE = b"EASNAP"
 MAGIC = _SIGNATURE + FORMAT_VERSION.to_bytes(2, "big")
 _COMPRESS_MIN_BYTES = 4096
@@ -90,6 +96,7 @@ _PREFIX_SIZE = len(MAGIC) + _HEADER_LEN.size
 _DIGEST_SIZE = hashlib.sha256().digest_size
 _ALIGN = 64
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
+_INT_RANGE = range(-(2**63), 2**64)  # meta's integers: 64 bits, as every JSON reader keeps them
 _ALLOWED_KINDS = frozenset("biuf")
 _MAX_ITEMSIZE = 8  # no long double: its layout differs between x86 and arm64
 
@@ -129,12 +136,6 @@ def read_snapshot(path: Path) -> LoadedSnapshot:
         raise SnapshotError(f"{path}: {err}") from err
 
 
-
-def magic_of(version: int) -> bytes:
-    """The first 8 bytes of a file of format ``version`` (1 is written with ``compress=False``)."""
-    return _SIGNATURE + version.to_bytes(2, "big")
-
-
 # --- encoding ------------------------------------------------------------------------------------
 
 
@@ -171,32 +172,28 @@ def check_arrays(arrays: Mapping[str, npt.NDArray[Any]]) -> list[tuple[str, npt.
     return checked
 
 
-#: Stands for an offset or a size not known yet: msgpack's widest integer, so that the header
-#: with the real ones is never longer.
+#: Stands for an offset or a size not known yet: wider than any real one (20 digits), so that
+#: the header with the real ones is never longer.
 _UNKNOWN = 2**64 - 1
 
 
-def _entry(name: str, array: npt.NDArray[Any], offset: int, codec: str | None, stored: int) -> \
+def _entry(name: str, array: npt.NDArray[Any], offset: int, codec: str, stored: int) -> \
         dict[str, Any]:
-    entry: dict[str, Any] = {
+    return {
         "name": name,
         "dtype": array.dtype.str,
         "shape": list(array.shape),
         "offset": offset,
         "nbytes": array.nbytes,
+        "codec": codec,
+        "stored": stored,
     }
-    if codec is not None:  # format v2
-        entry["codec"], entry["stored"] = codec, stored
-    return entry
 
 
-def placeholder_header(
-    header: dict[str, Any], arrays: list[tuple[str, npt.NDArray[Any]]], *, compress: bool
-) -> int:
+def placeholder_header(header: dict[str, Any], arrays: list[tuple[str, npt.NDArray[Any]]]) -> int:
     """The length of ``header`` packed with every offset and size unknown (checked: meta that
-    msgpack would not give back, a header too long): the real one is not longer."""
-    codec = "zlib" if compress else None
-    directory = [_entry(name, a, _UNKNOWN, codec, _UNKNOWN) for name, a in arrays]
+    JSON would not give back, a header too long): the real one is not longer."""
+    directory = [_entry(name, a, _UNKNOWN, "zlib", _UNKNOWN) for name, a in arrays]
     return len(_pack_header({**header, "data_nbytes": _UNKNOWN, "arrays": directory}))
 
 
@@ -214,8 +211,17 @@ def _dtype_problem(dtype: np.dtype[Any]) -> str | None:
 
 
 def _check_meta(value: Any, where: str) -> None:
-    """Refuse what msgpack would not give back unchanged (tuples, non-str keys, numpy scalars)."""
-    if value is None or isinstance(value, bool | int | float | str | bytes):
+    """Refuse what JSON would not give back unchanged (tuples, bytes, non-str keys, numpy
+    scalars, integers beyond 64 bits, NaN and infinities)."""
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        if value not in _INT_RANGE:
+            raise SnapshotError(f"{where} is {value}, beyond 64 bits")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SnapshotError(f"{where} is {value}; JSON has no NaN or infinity")
         return
     if isinstance(value, list):
         for i, item in enumerate(value):
@@ -228,43 +234,40 @@ def _check_meta(value: Any, where: str) -> None:
             _check_meta(item, f"{where}[{key!r}]")
         return
     raise SnapshotError(
-        f"{where} is {type(value).__name__}; meta holds only None, bool, int, float, str, bytes,"
-        " lists and str-keyed dicts"
+        f"{where} is {type(value).__name__}; meta holds only None, bool, int, float, str, lists"
+        " and str-keyed dicts"
     )
 
 
 def _pack_header(header: dict[str, Any], length: int | None = None) -> bytes:
-    """``header`` packed; with ``length``, padded (a ``pad`` field, which readers ignore) to
-    end within the 64 bytes before ``length`` (so the data starts where it was written)."""
+    """``header`` as canonical JSON (UTF-8, keys sorted, no whitespace); with ``length``,
+    padded with spaces to that many bytes (so the data starts where it was written)."""
     _check_meta(header["meta"], "meta")
     try:
-        packed: bytes = msgspec.msgpack.encode(header)
-        if length is not None and length - len(packed) >= _ALIGN:
-            # the pad field takes 4 bytes of name and 2 (3 from 256 bytes) of length
-            need = length - len(packed)
-            pad = need - 6 if need - 6 < 256 else need - 7
-            packed = msgspec.msgpack.encode({**header, "pad": bytes(max(0, pad))})
-    except (TypeError, ValueError, OverflowError) as err:
-        raise SnapshotError(f"meta is not msgpack-serialisable: {err}") from err
+        text = json.dumps(
+            header, ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+        )
+    except ValueError as err:  # a time that is not finite (meta is checked above)
+        raise SnapshotError(f"snapshot header: {err}") from err
+    packed = text.encode()
+    if length is not None:
+        packed = packed.ljust(length)
     if len(packed) > _MAX_HEADER_BYTES:
         raise SnapshotError(f"snapshot header is {len(packed)} bytes, limit {_MAX_HEADER_BYTES}")
     return packed
 
 
 def write_body(
-    f: BinaryIO,
-    magic: bytes,
-    header: dict[str, Any],
-    arrays: list[tuple[str, npt.NDArray[Any]]],
-    compress: bool,
+    f: BinaryIO, header: dict[str, Any], arrays: list[tuple[str, npt.NDArray[Any]]], compress: bool
 ) -> int:
-    """Write magic, header, data and trailer to ``f``; return the number of bytes.
+    """Write magic, header, data and trailer to ``f`` (``compress=False``: every array raw);
+    return the number of bytes.
 
     Each array is written as it is compressed (or raw: small, or when compressing does not
     save a tenth), from where a header with every offset unknown would end: nothing compressed
-    is kept. The header, once every offset is known, is padded to end before the same place
-    and written over the start; the trailer is the sha256 of the file read back."""
-    data_start = _align(_PREFIX_SIZE + placeholder_header(header, arrays, compress=compress))
+    is kept. The header, once every offset is known, is padded to end at the same place and
+    written over the start; the trailer is the sha256 of the file read back."""
+    data_start = _align(_PREFIX_SIZE + placeholder_header(header, arrays))
     f.write(bytes(data_start))  # the prefix's and the header's room, written last
     directory, offset = [], 0
     for name, array in arrays:
@@ -280,10 +283,10 @@ def write_body(
     packed = _pack_header(
         {**header, "data_nbytes": offset, "arrays": directory}, data_start - _PREFIX_SIZE
     )
-    if _align(_PREFIX_SIZE + len(packed)) != data_start:
+    if _PREFIX_SIZE + len(packed) != data_start:
         raise SnapshotError("the snapshot header does not fit its room")  # cannot happen
     f.seek(0)
-    f.write(magic + _HEADER_LEN.pack(len(packed)) + packed)
+    f.write(MAGIC + _HEADER_LEN.pack(len(packed)) + packed)
     f.flush()
     digest = hashlib.sha256()
     for start in range(0, end, _CHUNK_BYTES):
@@ -295,8 +298,8 @@ def write_body(
 
 def _write_array(
     f: BinaryIO, at: int, array: npt.NDArray[Any], *, compress: bool
-) -> tuple[int, str | None]:
-    """Write ``array`` at ``at`` (``f``'s position): ``(bytes stored, codec)`` (None: v1)."""
+) -> tuple[int, str]:
+    """Write ``array`` at ``at`` (``f``'s position): ``(bytes stored, codec)``."""
     if compress and array.nbytes >= _COMPRESS_MIN_BYTES:
         stored = 0
         for chunk in _deflate(array):
@@ -308,7 +311,7 @@ def _write_array(
     data = _c_bytes(array)
     for start in range(0, len(data), _CHUNK_BYTES):
         f.write(data[start : start + _CHUNK_BYTES])
-    return array.nbytes, "raw" if compress else None
+    return array.nbytes, "raw"
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -419,10 +422,7 @@ def _unpack_header(buf: _Buffer, version: int) -> tuple[dict[str, Any], int]:
     end = _PREFIX_SIZE + header_len
     if header_len > _MAX_HEADER_BYTES or end > len(buf) - _DIGEST_SIZE:
         raise SnapshotError(f"header length {header_len} out of range")
-    try:
-        header = msgspec.msgpack.decode(bytes(buf[_PREFIX_SIZE:end]))
-    except (ValueError, TypeError, OverflowError) as err:  # msgspec.DecodeError is a ValueError
-        raise SnapshotError(f"header is not valid msgpack: {err}") from err
+    header = _parse_header(bytes(buf[_PREFIX_SIZE:end]), version)
     if not isinstance(header, dict):
         raise SnapshotError("header is not a map")
     if header.get("format_version") != version:
@@ -430,6 +430,40 @@ def _unpack_header(buf: _Buffer, version: int) -> tuple[dict[str, Any], int]:
             f"header format_version {header.get('format_version')!r} does not match the magic"
         )
     return header, _align(end)
+
+
+def _parse_header(raw: bytes, version: int) -> Any:
+    """The header's value: JSON (v3), MessagePack (v1 and v2, whose codec is imported only
+    here: a daemon imports it only to restore a snapshot an earlier version wrote)."""
+    if version < 3:
+        import msgspec.msgpack  # noqa: PLC0415 - only for a file of format v2 or v1
+
+        try:
+            return msgspec.msgpack.decode(raw)
+        except (ValueError, TypeError, OverflowError) as err:  # DecodeError is a ValueError
+            raise SnapshotError(f"header is not valid msgpack: {err}") from err
+    try:
+        return json.loads(
+            raw.decode(), object_pairs_hook=_json_object, parse_constant=_json_constant
+        )
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError
+        raise SnapshotError(f"header is not valid JSON: {err}") from err
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of the header; one that names a key twice is refused (which one counts
+    would be up to the reader)."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise ValueError(f"key {key!r} appears twice")
+        value[key] = item
+    return value
+
+
+def _json_constant(name: str) -> NoReturn:
+    """NaN and the infinities, which Python's reader takes and JSON does not have: refused."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _field(mapping: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:

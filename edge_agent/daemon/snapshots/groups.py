@@ -21,7 +21,6 @@ import numpy as np
 
 from edge_agent import __version__
 from edge_agent.daemon.group_runtime import GroupRuntime
-from edge_agent.daemon.heap import release_free_heap
 from edge_agent.daemon.snapshots.store import SnapshotInfo, SnapshotStore
 from edge_agent.errors import EdgeAgentError, SnapshotError
 
@@ -52,11 +51,7 @@ def save_groups(
         for k, v in g.state().items():
             arrays[f"group.{g.name}.{k}"] = v
         meta["groups"][g.name] = g.snapshot_meta()
-    info = store.save(arrays, meta, force=force)
-    if info is not None:
-        del arrays
-        release_free_heap()  # the archive's buffers and the gathered state are gone
-    return info
+    return store.save(arrays, meta, force=force)
 
 
 def restore_groups(

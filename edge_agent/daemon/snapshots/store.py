@@ -35,11 +35,9 @@ import numpy.typing as npt
 
 from edge_agent.daemon.snapshots.format import (
     FORMAT_VERSION,
-    MAGIC,
     SNAPSHOT_NAME,
     LoadedSnapshot,
     check_arrays,
-    magic_of,
     placeholder_header,
     read_verified,
     write_body,
@@ -82,6 +80,7 @@ class SnapshotStore:
     snapshot at shutdown) bypasses the limit but still counts against it. The newest ``keep``
     snapshots are kept; unusable ones are moved to ``state_dir/corrupt/``, of which the newest
     ``keep_corrupt`` are kept for inspection (they can be as large as a snapshot).
+    ``compress=False`` stores every array raw.
     """
 
     def __init__(
@@ -156,24 +155,24 @@ class SnapshotStore:
     ) -> SnapshotInfo | None:
         """Write a snapshot of ``arrays`` and ``meta``; ``None`` if the hourly budget is spent.
 
-        ``meta`` must be msgpack-serialisable (str keys; int, float, str, bytes, bool, None, lists
-        and maps of them). ``now`` is a ``time.monotonic()`` reading, used for the budget. The
-        arrays are read while the file is written (a non-contiguous one is copied, one at a time):
-        do not change them from another thread meanwhile. Raises :class:`SnapshotError` for an
-        unsupported array or meta value (before any budget is used) and when writing fails (the
-        attempt counts against the budget).
+        ``meta`` must be what JSON gives back unchanged (str keys; 64-bit int, finite float,
+        str, bool, None, lists and maps of them). ``now`` is a ``time.monotonic()`` reading,
+        used for the budget. The arrays are read while the file is written (a non-contiguous one
+        is copied, one at a time): do not change them from another thread meanwhile. Raises
+        :class:`SnapshotError` for an unsupported array or meta value (before any budget is
+        used) and when writing fails (the attempt counts against the budget).
         """
         if now is None:
             now = time.monotonic()
         checked = check_arrays(arrays)
         created = time.time()
         header: dict[str, Any] = {
-            "format_version": FORMAT_VERSION if self.compress else 1,
+            "format_version": FORMAT_VERSION,
             "created": created,
             "monotonic": float(now),
             "meta": dict(meta),
         }
-        placeholder_header(header, checked, compress=self.compress)  # refuses bad meta now
+        placeholder_header(header, checked)  # refuses bad meta now
         with self._lock:
             if not force and self._budget_spent(now):
                 self.skipped_by_rate_limit += 1
@@ -217,8 +216,7 @@ class SnapshotStore:
         self, path: Path, header: dict[str, Any], arrays: list[tuple[str, npt.NDArray[Any]]]
     ) -> int:
         with atomic_writer(path, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX) as f:
-            magic = MAGIC if self.compress else magic_of(1)
-            return write_body(f, magic, header, arrays, self.compress)
+            return write_body(f, header, arrays, self.compress)
 
     def _prune(self) -> None:
         """Delete all but the newest ``keep`` snapshots (and those known to be unusable)."""

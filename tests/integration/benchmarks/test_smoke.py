@@ -191,6 +191,9 @@ EXPECTED: dict[str, list[Record]] = {
           for w in ("grid10", "grid2f") for i in ("edge-agent int8", "edge-agent float64")],
         ({"bench": "peers", "workload": "done"}, ("seconds",)),
     ],
+    "bench_tricks.py": [
+        ({"bench": "tricks", "trick": "msgspec"}, ("mb", "runs_mb", "modules", "at_least_1pct")),
+    ],
     "bench_validators.py": [
         ({"bench": "validators", "library": "pydantic"}, ("import_mb", "models_mb", "total_mb")),
         ({"bench": "validators", "library": "msgspec"}, ("import_mb", "models_mb", "total_mb")),

@@ -14,8 +14,6 @@ from edge_agent.cli import main as device_main
 from edge_agent.config.daemon import read_config
 from edge_agent.config.profiles import FirmwareProfile, load_profiles
 from edge_agent.core.budget import format_bytes
-from edge_agent.core.learning import LearningAgentGroup
-from edge_agent.core.per_agent_learning import PerAgentLearningGroup
 from edge_agent.daemon.admission import admit, load_group_model, resolve_models
 from edge_agent.daemon.group_runtime import plan_requests
 from edge_agent.errors import ConfigError
@@ -68,16 +66,16 @@ def test_the_table_builds_a_learning_group_that_learns(
     _, budget, groups = admit(source)
     (g,) = groups
     agents = g.agents
-    assert isinstance(agents, LearningAgentGroup)
-    assert agents.trial_ends_at_reset
+    assert agents.learns
+    assert agents.learning.trial_ends_at_reset
     model = builtin_model("tmaze-reversal")
     assert agents.learner.pA is not None
     assert agents.learner.pD is not None
     assert agents.learner.pA.tables == (1,)
     assert agents.learner.pD.tables == (0, 1)
     assert np.allclose(agents.learner.pA.prior[0], 2.0 * model.A[1])  # prior_scale * A
-    settings = agents.learning.settings
-    assert (settings.lr_pA, settings.forgetting, agents.learning.refresh_every) == (0.5, 0.02, 3)
+    spec = agents.learning.spec
+    assert (spec.settings.lr_pA, spec.settings.forgetting, spec.refresh_every) == (0.5, 0.02, 3)
     # The world's episode starts end the agents' trials: pD learns there, A every tick.
     world = WorldSource("tmaze-reversal", 40, seed=2, reverse_every=3)
     g.source, g.sink = world, world.sink
@@ -101,7 +99,7 @@ def test_shared_counts_learn_under_a_planning_policy(
     _, budget, groups = admit(read_config(daemon(tmp_path, body), profiles=profiles))
     (g,) = groups
     agents = g.agents
-    assert isinstance(agents, LearningAgentGroup)
+    assert agents.learns
     assert agents.planning.every == 4
     world = WorldSource("tmaze-reversal", 40, seed=2, reverse_every=3)
     g.source, g.sink = world, world.sink
@@ -210,14 +208,14 @@ def test_the_budget_plans_the_learning_state_exactly(
                plan_requests(loaded, g, g.history_capacity_for(profile), 1)}
     _, budget, groups = admit(source)
     agents = groups[0].agents
-    assert isinstance(agents, LearningAgentGroup)
+    assert agents.learns
     if "per_agent" in learning:
-        assert isinstance(agents, PerAgentLearningGroup)
+        assert agents.learning.scope.name == "per_agent"
         assert agents.history_capacity == 0
     owners = budget.by_owner()
-    assert planned["maze:learning"] == owners["maze:learning"] == agents.learning_nbytes
+    assert planned["maze:learning"] == owners["maze:learning"] == agents.learning.nbytes
     assert planned["maze"] == owners["maze"]
-    assert agents.learning_nbytes > 0
+    assert agents.learning.nbytes > 0
     agents.release()
     assert learning_of(load_group_model(g, source.config, None)) is not None
 
@@ -261,10 +259,10 @@ def test_the_table_of_docs_learning_loads(
     source = read_config(daemon(tmp_path, block), profiles=profiles)
     _, _, groups = admit(source)
     agents = groups[0].agents
-    assert isinstance(agents, LearningAgentGroup)
+    assert agents.learns
     assert agents.learner.pA is not None
     assert agents.learner.pA.tables == (1,)
-    assert agents.learning_nbytes == 888  # what the doc says check-config prints
+    assert agents.learning.nbytes == 888  # what the doc says check-config prints
     agents.release()
 
 
@@ -288,12 +286,12 @@ def test_a_bundle_that_carries_counts_is_learned_from_them(
         body = f'trusted_keys_dir = "{tmp_path / "keys"}"\n{bundled}'
         _, _, groups = admit(read_config(daemon(tmp_path, body), profiles=profiles))
         agents = groups[0].agents
-        assert isinstance(agents, LearningAgentGroup)
+        assert agents.learns
         pA = agents.learner.pA
         assert pA is not None
         assert pA.tables == tables
         assert np.array_equal(pA.prior[tables.index(1)], carried)  # the bundle's own counts
         if 0 in tables:
-            table = agents.model.A[0]
+            table = agents.learning.model.A[0]
             assert np.allclose(pA.prior[0], 3.0 * table)
         agents.release()

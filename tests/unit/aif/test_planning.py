@@ -217,7 +217,7 @@ def test_surprise_trigger_plans_exactly_the_surprised_agents(
         np.testing.assert_array_equal(
             planned[clear], ((surprise >= threshold) | fresh)[clear], err_msg=str(t)
         )
-        np.testing.assert_allclose(group._change, surprise, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(group.plans.change, surprise, rtol=1e-9, atol=1e-9)
         seen_some |= bool((planned & ~fresh).any())
         seen_none |= bool((~planned & ~fresh).any())
         obs = env.step(group.action)
@@ -380,10 +380,11 @@ def test_planning_memory_is_counted() -> None:
     assert budget.per_agent_nbytes() - planned.per_agent_nbytes() == 4 + 4 + 2 * 8
     for group in (planned, on_change, budget):  # what is counted is what is allocated
         arrays = [
-            group.plan_policy, group.plan_left, group.plan_age, group.deferred, group._must,
-            group._planned, group._flag, group._evidence, group._candidates, group._arange,
-            group._change, group._change_scratch, group._keys, group._index_scratch,
-            group._plan_action,
+            group.plan_policy, group.plan_left, group.plan_age, group.deferred,
+            group.plans.must, group.plans.planned, group.plans.flag, group.plans.evidence,
+            group.plans.candidates, group.plans.arange, group.plans.change,
+            group.plans.change_scratch, group.plans.keys, group.plans.index_scratch,
+            group.plans.plan_action,
         ]
         assert sum(a.nbytes for a in arrays) == 10 * (
             group.per_agent_nbytes() - plain.per_agent_nbytes()
@@ -487,11 +488,11 @@ def test_workers_step_a_planning_group_as_one_process_does(policy: PlanningPolic
 
 def test_a_group_that_steps_its_own_way_refuses_a_policy() -> None:
     from edge_agent.aif.learning import LearningSettings, LearningSpec
-    from edge_agent.core.per_agent_learning import PerAgentLearningGroup
+    from edge_agent.core.agents import AifAgentGroup
 
     env = make_env("tmaze", 4, seed=1)
-    with pytest.raises(InputError, match="PerAgentLearningGroup steps its own way"):
-        PerAgentLearningGroup(
+    with pytest.raises(InputError, match="per-agent learning steps every agent every tick"):
+        AifAgentGroup(
             env.model, 4, precision="float64",
             learning=LearningSpec(pA={1: np.ones_like(env.model.A[1])},
                                   settings=LearningSettings(scope="per_agent")),

@@ -385,13 +385,13 @@ def test_warm_up_steps_one_block_and_puts_its_state_back(
     nxt = env.step(warm.action.copy())
     before = {k: np.array(v) for k, v in warm.state_dict().items()}
     stepped: list[int] = []
-    step_rows = warm._step_rows
+    step_block = warm.stepper.step_block
 
-    def spy(rows: Any, *args: Any, **kwargs: Any) -> None:
+    def spy(state: Any, rows: Any, *args: Any, **kwargs: Any) -> None:
         stepped.append(rows.sl.start)
-        step_rows(rows, *args, **kwargs)
+        step_block(state, rows, *args, **kwargs)
 
-    monkeypatch.setattr(warm, "_step_rows", spy)
+    monkeypatch.setattr(warm.stepper, "step_block", spy)
     warm.warm_up(nxt)
     monkeypatch.undo()
     assert stepped == [0]  # the first block only

@@ -17,7 +17,6 @@ from edge_agent.aif.learning import LearningSpec
 from edge_agent.aif.planning import EVERY_TICK, PlanningPolicy
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.errors import InputError
 from edge_agent.sim.registry import make_env
 
@@ -140,10 +139,10 @@ def test_what_needs_a_kept_prior_is_refused_in_one_line() -> None:
     g.step(obs)  # acted: inferring again is fine
     with pytest.raises(InputError, match="drive_prior needs a group that keeps it"):
         g.drive_prior(np.zeros((200, 1), dtype=np.int64))
-    assert not LearningAgentGroup.derives_prior  # it reads and writes the prior
     learn_b = LearningSpec(pB={0: env.model.B[0] * 10.0 + 0.5})
-    with pytest.raises(InputError, match="LearningAgentGroup keeps its prior"):
-        LearningAgentGroup(env.model, 5, keep_prior=False, learning=learn_b)
+    assert AifAgentGroup(env.model, 5, learning=learn_b).keeps_prior  # learning reads, writes it
+    with pytest.raises(InputError, match="a group that learns keeps its prior"):
+        AifAgentGroup(env.model, 5, keep_prior=False, learning=learn_b)
 
 
 def test_the_piecewise_api_gives_the_numbers_of_a_kept_group() -> None:

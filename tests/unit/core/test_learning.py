@@ -14,8 +14,8 @@ from edge_agent.aif import agreement
 from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
 from edge_agent.aif.learning_counts import DirichletCounts, counts_storage_bound
 from edge_agent.aif.quant import LogU8, SparseColumns, encode_transition, quantize_model
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, MiB
-from edge_agent.core.learning import LearningAgentGroup
 from edge_agent.errors import BudgetError
 from edge_agent.sim.grid_slippery import SlipperyGridEnv
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
@@ -54,7 +54,7 @@ def test_incremental_refresh_of_b_equals_a_full_encoding() -> None:
     pB = model.B[0] * 10.0 + 0.5 * np.eye(100)[:, :, None]
     spec = LearningSpec(pB={0: pB}, settings=LearningSettings(lr_pB=0.05, forgetting=0.01),
                         refresh_every=5)
-    group = LearningAgentGroup(model, n, learning=spec, precision="int8")
+    group = AifAgentGroup(model, n, learning=spec, precision="int8")
     given = group.quantized
     assert given is not None
     original_codes = given.B[0].index.copy()  # type: ignore[union-attr]
@@ -68,7 +68,7 @@ def test_incremental_refresh_of_b_equals_a_full_encoding() -> None:
         if group.columns_encoded != before:
             per_refresh.append(group.columns_encoded - before)
             assert group.quantized is not None
-            same_codes(group.quantized.B[0], encode_transition(group.model.B[0]))
+            same_codes(group.quantized.B[0], encode_transition(group.learning.model.B[0]))
     assert group.refreshes == 12
     assert per_refresh[0] == 100 * 5  # the first refresh encodes the whole table
     # Then only what was touched: fewer columns than the table has, but some.
@@ -85,7 +85,7 @@ def test_incremental_refresh_of_a_with_forgetting_equals_a_full_encoding() -> No
     pD1 = np.array([1.0, 1.0])
     spec = LearningSpec(pA={1: pA1}, pD={1: pD1},
                         settings=LearningSettings(lr_pA=0.3, forgetting=0.1), refresh_every=4)
-    group = LearningAgentGroup(model, 30, learning=spec, precision="int8")
+    group = AifAgentGroup(model, 30, learning=spec, precision="int8")
     env = ReversalTMazeEnv(30, seed=5, reverse_every=3)
     obs = env.reset()
     for tick in range(40):
@@ -94,14 +94,14 @@ def test_incremental_refresh_of_a_with_forgetting_equals_a_full_encoding() -> No
         obs = env.step(group.step(obs))
     assert group.refreshes > 10
     assert group.quantized is not None
-    full = quantize_model(group.model)
+    full = quantize_model(group.learning.model)
     same_codes(group.quantized.A[1], full.A[1])
     same_codes(group.quantized.D[1], full.D[1])
     # After a snapshot is restored every column is encoded again (the counts may be anything).
-    other = LearningAgentGroup(model, 30, learning=spec, precision="int8")
+    other = AifAgentGroup(model, 30, learning=spec, precision="int8")
     other.load_state_dict(group.state_dict())
     assert other.quantized is not None
-    same_codes(other.quantized.A[1], quantize_model(other.model).A[1])
+    same_codes(other.quantized.A[1], quantize_model(other.learning.model).A[1])
 
 
 @pytest.mark.parametrize("forgetting", [0.0, 0.05])
@@ -147,15 +147,15 @@ def test_the_budget_counts_the_counts_and_the_learned_codes() -> None:
     pB = model.B[0] * 10.0 + 0.5 * np.eye(100)[:, :, None]
     spec = LearningSpec(pB={0: pB}, refresh_every=2)
     budget = MemoryBudget(64 * MiB, profile_name="test")
-    group = LearningAgentGroup(model, 10, learning=spec, precision="int8", budget=budget,
+    group = AifAgentGroup(model, 10, learning=spec, precision="int8", budget=budget,
                                name="grid")
     assert group.quantized is not None
     given = group.quantized.B[0].nbytes
     # From its first refresh B has the counts' support: two targets per column, with weights.
     codes = encode_transition(pB / pB.sum(axis=0)).nbytes
     assert codes > given
-    assert group.learning_nbytes == group.learner.nbytes + group.learner.gain_nbytes + codes
-    assert budget.by_owner()["grid:learning"] == group.learning_nbytes
+    assert group.learning.nbytes == group.learner.nbytes + group.learner.gain_nbytes + codes
+    assert budget.by_owner()["grid:learning"] == group.learning.nbytes
     needed = budget.used
     obs = env.reset()
     for _ in range(4):
@@ -166,7 +166,7 @@ def test_the_budget_counts_the_counts_and_the_learned_codes() -> None:
     # reservation, the last one, is what is refused.
     small = MemoryBudget(needed - 1, profile_name="test")
     with pytest.raises(BudgetError, match=r"grid2:learning.*learn fewer tables"):
-        LearningAgentGroup(model, 10, learning=spec, precision="int8", budget=small,
+        AifAgentGroup(model, 10, learning=spec, precision="int8", budget=small,
                            name="grid2")
 
 
@@ -177,7 +177,7 @@ def test_incremental_refresh_of_a_dense_b_equals_a_full_encoding() -> None:
     pB0 = model.B[0] * 5.0 + 0.1
     spec = LearningSpec(pB={0: pB0}, settings=LearningSettings(lr_pB=0.5, forgetting=0.05),
                         refresh_every=2)
-    group = LearningAgentGroup(model, 25, learning=spec, precision="int8")
+    group = AifAgentGroup(model, 25, learning=spec, precision="int8")
     env = ReversalTMazeEnv(25, seed=2, reverse_every=2)
     obs = env.reset()
     refreshes = 0
@@ -189,7 +189,7 @@ def test_incremental_refresh_of_a_dense_b_equals_a_full_encoding() -> None:
             refreshes = group.refreshes
             assert group.quantized is not None
             assert isinstance(group.quantized.B[0], LogU8)
-            same_codes(group.quantized.B[0], encode_transition(group.model.B[0]))
+            same_codes(group.quantized.B[0], encode_transition(group.learning.model.B[0]))
     assert refreshes == 15
 
 
@@ -214,7 +214,7 @@ def test_learning_group_float64_learns_as_pymdp(name: str) -> None:
     g = golden()
     ref = reference_for(name)
     spec = spec_for(name, param_info_gain=bool(g[f"{name}/use_param_info_gain"]))
-    group = LearningAgentGroup(ref.model, 1, learning=spec, precision="float64")
+    group = AifAgentGroup(ref.model, 1, learning=spec, precision="float64")
     obs, starts = g[f"{name}/obs"], g[f"{name}/trial_start"]
     onehots = list(group.cm.tree.first_action_onehot)
     for t in range(obs.shape[0]):
@@ -262,11 +262,11 @@ def test_a_small_group_that_keeps_its_ticks_learns_what_it_would_learn_every_tic
         refresh_every=30,
         settings=LearningSettings(lr_pA=0.5, lr_pB=0.5),
     )
-    kept = LearningAgentGroup(model, n, learning=spec, precision=precision)
-    assert kept.nbytes > LearningAgentGroup(model, n, learning=dataclasses.replace(
+    kept = AifAgentGroup(model, n, learning=spec, precision=precision)
+    assert kept.nbytes > AifAgentGroup(model, n, learning=dataclasses.replace(
         spec, refresh_every=1), precision=precision).nbytes  # it holds rows for them
     monkeypatch.setattr(core_learning, "experience_ticks", lambda *a, **k: 1)
-    every = LearningAgentGroup(model, n, learning=spec, precision=precision)
+    every = AifAgentGroup(model, n, learning=spec, precision=precision)
     env = make_env(world, n, seed=3)
     obs = env.reset()
     onehots = list(kept.cm.tree.first_action_onehot)
@@ -296,12 +296,12 @@ def test_a_small_group_that_keeps_its_ticks_learns_what_it_would_learn_every_tic
             np.testing.assert_allclose(mine.counts[slot], ref.counts[slot], **tol)
             np.testing.assert_allclose(mine.experience[slot], ref.experience[slot], **tol)
             np.testing.assert_array_equal(mine.touched[slot], ref.touched[slot])
-    for a, b in zip(kept.model.A, every.model.A, strict=True):
+    for a, b in zip(kept.learning.model.A, every.learning.model.A, strict=True):
         np.testing.assert_allclose(a, b, **tol)
     assert kept.refreshes == every.refreshes == ticks // 30
 
 
-def _pA(group: LearningAgentGroup) -> DirichletCounts:  # noqa: N802 - pymdp's table names
+def _pA(group: AifAgentGroup) -> DirichletCounts:  # noqa: N802 - pymdp's table names
     counts = group.learner.pA  # each read through ``learner``: it learns what was kept first
     assert counts is not None
     return counts
@@ -314,7 +314,7 @@ def test_kept_ticks_are_learned_before_a_resize_a_snapshot_and_a_freeze() -> Non
     model = tmaze_reversal_model()
     spec = LearningSpec(pA={1: _weak_counts(model.A[1])}, refresh_every=50,
                         settings=LearningSettings(lr_pA=1.0))
-    group = LearningAgentGroup(model, 2, learning=spec, precision="int8")
+    group = AifAgentGroup(model, 2, learning=spec, precision="int8")
     env = ReversalTMazeEnv(2, seed=1)
     obs = env.reset()
     group.warm_up(obs)
@@ -335,4 +335,4 @@ def test_kept_ticks_are_learned_before_a_resize_a_snapshot_and_a_freeze() -> Non
     assert group.refreshes == 1
     assert _pA(group).version == 7
     counts = _pA(group).counts[0]
-    np.testing.assert_allclose(group.model.A[1], counts / counts.sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(group.learning.model.A[1], counts / counts.sum(axis=0), rtol=1e-12)

@@ -12,9 +12,8 @@ import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import load_npz
-from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.learning_export import learned_arrays
-from edge_agent.core.learning_scope import learning_group
 from edge_agent.errors import InputError, ModelError
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
@@ -31,8 +30,8 @@ def spec(scope: str = "shared") -> LearningSpec:
     )
 
 
-def learned(precision: str = "int8", scope: str = "shared", ticks: int = 10) -> LearningAgentGroup:
-    group = learning_group(tmaze_reversal_model(), N, learning=spec(scope), precision=precision)
+def learned(precision: str = "int8", scope: str = "shared", ticks: int = 10) -> AifAgentGroup:
+    group = AifAgentGroup(tmaze_reversal_model(), N, learning=spec(scope), precision=precision)
     env = ReversalTMazeEnv(N, seed=2, reverse_every=3)
     obs = env.reset()
     for _ in range(ticks):
@@ -44,15 +43,15 @@ def learned(precision: str = "int8", scope: str = "shared", ticks: int = 10) -> 
 
 def test_the_export_is_the_model_the_agents_infer_with_and_its_counts(tmp_path: Path) -> None:
     group = learned()
-    arrays = learned_arrays(tmaze_reversal_model(), group.learning, group.state_dict(),
+    arrays = learned_arrays(tmaze_reversal_model(), group.learning.spec, group.state_dict(),
                             name="maze")
     path = tmp_path / "learned.npz"
     np.savez(path, **arrays)  # type: ignore[arg-type]
     counts: dict[str, dict[int, np.ndarray]] = {}
     model = load_npz(path, counts=counts)  # the meta_* keys are skipped
+    now = group.learning.model
     for mine, theirs in zip((*model.A, *model.B, *model.D, *model.C),
-                            (*group.model.A, *group.model.B, *group.model.D, *group.model.C),
-                            strict=True):
+                            (*now.A, *now.B, *now.D, *now.C), strict=True):
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-12)
     assert group.learner.pA is not None
     assert group.learner.pB is not None
@@ -68,7 +67,7 @@ def test_the_export_is_the_model_the_agents_infer_with_and_its_counts(tmp_path: 
 def test_after_a_reset_the_export_is_the_loaded_model_with_the_priors() -> None:
     group = learned()
     group.reset_learning()
-    arrays = learned_arrays(tmaze_reversal_model(), group.learning, group.state_dict())
+    arrays = learned_arrays(tmaze_reversal_model(), group.learning.spec, group.state_dict())
     loaded = tmaze_reversal_model()
     np.testing.assert_array_equal(arrays["A1"], loaded.A[1])  # not the normalised prior
     np.testing.assert_array_equal(arrays["pA1"], arrays["meta_prior_pA1"])
@@ -79,7 +78,7 @@ def test_per_agent_counts_export_one_agent() -> None:
     group = learned("float64", "per_agent")
     state = group.state_dict()
     assert group.learner.pA is not None
-    arrays = learned_arrays(tmaze_reversal_model(), group.learning, state, agent=3)
+    arrays = learned_arrays(tmaze_reversal_model(), group.learning.spec, state, agent=3)
     np.testing.assert_array_equal(arrays["pA1"], group.learner.pA.counts[0][3])
     np.testing.assert_allclose(arrays["A1"].reshape(-1), group.learner.pA.normalised(0)[3]
                                .reshape(-1), atol=1e-12)
@@ -110,7 +109,7 @@ def test_a_bad_state_is_one_line(
         else:
             state[key] = value  # type: ignore[assignment]
     with pytest.raises(InputError, match=message) as err:
-        learned_arrays(tmaze_reversal_model(), group.learning, state, name="g", agent=agent)
+        learned_arrays(tmaze_reversal_model(), group.learning.spec, state, name="g", agent=agent)
     assert "\n" not in str(err.value)
 
 

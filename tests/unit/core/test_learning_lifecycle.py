@@ -11,9 +11,8 @@ import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.learning_kernels import normalise
-from edge_agent.core.learning import LearningAgentGroup, divergence_from_prior
-from edge_agent.core.learning_scope import learning_group
-from edge_agent.core.per_agent_learning import PerAgentLearningGroup
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.learning import divergence_from_prior
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
 
@@ -26,7 +25,7 @@ def spec(scale: float = 2.0, scope: str = "shared") -> LearningSpec:
     )
 
 
-def run(group: LearningAgentGroup, ticks: int, seed: int = 1) -> None:
+def run(group: AifAgentGroup, ticks: int, seed: int = 1) -> None:
     env = ReversalTMazeEnv(group.n_agents, seed=seed, reverse_every=2)
     obs = env.reset()
     for _ in range(ticks):
@@ -36,7 +35,7 @@ def run(group: LearningAgentGroup, ticks: int, seed: int = 1) -> None:
 
 
 def test_a_reset_ends_the_trials_of_the_agents_that_acted() -> None:
-    group = learning_group(tmaze_reversal_model(), 6, learning=spec(), trial_ends_at_reset=True)
+    group = AifAgentGroup(tmaze_reversal_model(), 6, learning=spec(), trial_ends_at_reset=True)
     assert group.learner.pD is not None
     group.reset()  # nobody acted yet: no trial to sum up
     assert group.learner.pD.version == 0
@@ -49,14 +48,14 @@ def test_a_reset_ends_the_trials_of_the_agents_that_acted() -> None:
     assert np.allclose(learned, 1.0 * posterior[mask].sum(axis=0))  # lr_pD 1, last posteriors
     assert learned.sum() == pytest.approx(2.0)
     # Without the flag (the API's reset), trials end only at end_trial().
-    plain = learning_group(tmaze_reversal_model(), 6, learning=spec())
+    plain = AifAgentGroup(tmaze_reversal_model(), 6, learning=spec())
     run(plain, 3)
     assert plain.learner.pD is not None
     assert plain.learner.pD.version == 0
 
 
 def test_the_numbers_are_updates_divergence_and_surprise() -> None:
-    group = learning_group(tmaze_reversal_model(), 20, learning=spec(), trial_ends_at_reset=True)
+    group = AifAgentGroup(tmaze_reversal_model(), 20, learning=spec(), trial_ends_at_reset=True)
     numbers = group.metrics()
     assert numbers["learning_updates"] == 0
     assert numbers["learning_divergence"] == 0.0
@@ -89,7 +88,7 @@ def test_the_numbers_are_updates_divergence_and_surprise() -> None:
 
 def test_the_surprise_of_one_tick_is_minus_ln_p_of_the_outcome_under_the_prior() -> None:
     model = tmaze_reversal_model()
-    group = learning_group(model, 5, learning=spec())
+    group = AifAgentGroup(model, 5, learning=spec())
     obs = np.array([[0, 1, 0], [1, 0, 1], [2, 2, 0], [3, 1, 2], [0, 0, 0]])
     obs = np.minimum(obs, np.array(model.num_obs) - 1)
     joint = np.einsum("ni,nj->nij", group.prior[0], group.prior[1]).reshape(5, -1)
@@ -102,7 +101,7 @@ def test_the_surprise_of_one_tick_is_minus_ln_p_of_the_outcome_under_the_prior()
 
 
 def test_a_warm_up_teaches_nothing() -> None:
-    group = learning_group(tmaze_reversal_model(), 8, learning=spec(), precision="int8")
+    group = AifAgentGroup(tmaze_reversal_model(), 8, learning=spec(), precision="int8")
     run(group, 4)
     counts = {k: v.copy() for k, v in group.state_dict().items() if k.startswith("learn.")}
     experience = [e.copy() for c in group.learner.counts for e in c.experience]
@@ -115,7 +114,7 @@ def test_a_warm_up_teaches_nothing() -> None:
                          strict=True):
         assert np.array_equal(e, before)
     assert group.metrics()["learning_updates"] == numbers["learning_updates"]
-    assert group.counts_origin == "priors"
+    assert group.learning.counts_origin == "priors"
 
 
 @pytest.mark.parametrize("scope", ["shared", "per_agent"])
@@ -124,29 +123,29 @@ def test_counts_are_restored_only_into_the_same_learning(
 ) -> None:
     model = tmaze_reversal_model()
     kwargs = {"precision": "float64"} if scope == "per_agent" else {}
-    group = learning_group(model, 6, learning=spec(scope=scope), name="maze", **kwargs)
+    group = AifAgentGroup(model, 6, learning=spec(scope=scope), name="maze", **kwargs)
     run(group, 5)
     state = {k: np.array(v, copy=True) for k, v in group.state_dict().items()}
     assert state["learn.identity"].shape == (32,)
     caplog.set_level(logging.INFO, logger="edge_agent.core.learning")
-    same = learning_group(model, 6, learning=spec(scope=scope), name="maze", **kwargs)
+    same = AifAgentGroup(model, 6, learning=spec(scope=scope), name="maze", **kwargs)
     same.load_state_dict(state)
-    assert same.counts_origin == "snapshot"
+    assert same.learning.counts_origin == "snapshot"
     assert same.learner.pA is not None
     assert group.learner.pA is not None
     assert np.array_equal(same.learner.pA.counts[0], group.learner.pA.counts[0])
     assert "group 'maze': learned counts restored (pA after 5 updates" in caplog.text
-    other = learning_group(model, 6, learning=spec(scale=3.0, scope=scope), name="maze",
+    other = AifAgentGroup(model, 6, learning=spec(scale=3.0, scope=scope), name="maze",
                            **kwargs)
     other.load_state_dict(state)
-    assert other.counts_origin == "priors"
+    assert other.learning.counts_origin == "priors"
     assert other.learner.pA is not None
     assert (other.learner.pA.counts[0] == other.learner.pA.prior[0]).all()
     assert np.array_equal(other.qs[0], group.qs[0])  # the beliefs are restored all the same
     assert "another table, prior or scope), learning starts from the priors" in caplog.text
     frozen = {k: v for k, v in state.items() if not k.startswith("learn.")}
-    fresh = learning_group(model, 6, learning=spec(scope=scope), name="maze", **kwargs)
+    fresh = AifAgentGroup(model, 6, learning=spec(scope=scope), name="maze", **kwargs)
     fresh.load_state_dict(frozen)  # a snapshot of the group before it learned
-    assert fresh.counts_origin == "priors"
+    assert fresh.learning.counts_origin == "priors"
     assert "(none at all), learning starts from the priors" in caplog.text
-    assert isinstance(fresh, PerAgentLearningGroup) == (scope == "per_agent")
+    assert fresh.learning.scope.name == scope

@@ -7,12 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_agent.aif import kernels
 from edge_agent.aif.learning import Learner, LearningSettings, LearningSpec
 from edge_agent.aif.learning_kernels import normalise
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.learning import LearningAgentGroup
-from edge_agent.core.learning_scope import learning_group
 from edge_agent.errors import InputError
 from edge_agent.sim.grid_slippery import SlipperyGridEnv, slippery_grid_model
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
@@ -34,8 +33,8 @@ def spec(novelty: bool = False, refresh_every: int = 1, scope: str = "shared") -
 def tmaze_group(
     precision: str, planning: PlanningPolicy | None, *, novelty: bool = False,
     refresh_every: int = 1,
-) -> LearningAgentGroup:
-    return learning_group(
+) -> AifAgentGroup:
+    return AifAgentGroup(
         tmaze_reversal_model(), N, learning=spec(novelty, refresh_every), precision=precision,
         seed=3, planning=planning,
     )
@@ -88,7 +87,7 @@ def test_every_4_learns_from_every_agents_posteriors_and_committed_actions(
             np.testing.assert_allclose(a, b, rtol=0, atol=atol * max(1.0, float(b.max())))
     # the tables the agents infer with follow the counts (30 ticks, refreshed every 2)
     np.testing.assert_allclose(
-        group.model.A[1], normalise(group.learner.counts[0].counts[0]), rtol=0, atol=1e-12
+        group.learning.model.A[1], normalise(group.learner.counts[0].counts[0]), rtol=0, atol=1e-12
     )
 
 
@@ -106,7 +105,9 @@ def test_novelty_is_added_for_the_agents_that_plan() -> None:
         if planned.all() or not planned.any():
             continue
         G, q_pi = group.G.copy(), group.q_pi.copy()
-        AifAgentGroup.infer_policies(group)  # without novelty, from the same beliefs
+        for rows in group.blocks(dense=True):  # the planner alone: no novelty, same beliefs
+            kernels.load_roots(rows.qs, rows.blk)
+            group.stepper.plan(rows, None, group.stepper.planner(rows, None))
         plain = group.G.copy()
         group.infer_policies()  # with it
         np.testing.assert_allclose(G[planned], group.G[planned], rtol=0, atol=1e-9)
@@ -125,7 +126,7 @@ def test_a_learned_dense_transition_resizes_the_blocks_mid_tick() -> None:
         pB={0: 4.0 * model.B[0] + 0.05}, settings=LearningSettings(lr_pB=1.0), refresh_every=1
     )
     n = 600
-    group = learning_group(model, n, learning=learning, precision="int8", seed=1,
+    group = AifAgentGroup(model, n, learning=learning, precision="int8", seed=1,
                            planning=PlanningPolicy(every=3))
     assert group.cm.local is not None
     blocks = (group.block_size, group.dense_block_size)
@@ -143,12 +144,12 @@ def test_a_learned_dense_transition_resizes_the_blocks_mid_tick() -> None:
 
 def test_per_agent_counts_refuse_a_planning_policy() -> None:
     model = tmaze_reversal_model()
-    with pytest.raises(InputError, match="steps its own way"):
-        learning_group(model, 4, learning=spec(scope="per_agent"), precision="float64",
+    with pytest.raises(InputError, match="steps every agent every tick"):
+        AifAgentGroup(model, 4, learning=spec(scope="per_agent"), precision="float64",
                        planning=PlanningPolicy(every=4))
 
 
-def counts_of(group: LearningAgentGroup) -> list[np.ndarray]:
+def counts_of(group: AifAgentGroup) -> list[np.ndarray]:
     return [c.copy() for kind in group.learner.counts for c in kind.counts]
 
 
@@ -162,7 +163,7 @@ def test_two_workers_learn_the_counts_of_one_process(
     refresh, so that both step with the refreshed tables) against one process."""
     n = 64
     groups = [
-        learning_group(
+        AifAgentGroup(
             tmaze_reversal_model(), n, learning=spec(refresh_every=refresh_every),
             precision="int8", seed=3, planning=planning, block_size=16,
         )
@@ -172,7 +173,8 @@ def test_two_workers_learn_the_counts_of_one_process(
     envs = [ReversalTMazeEnv(n, seed=5, reverse_every=2) for _ in range(2)]
     obs = [env.reset() for env in envs]
     try:
-        pids = set(groups[1]._workers.pids) if groups[1]._workers else set()
+        running = groups[1].cores.running
+        pids = set(running.pids) if running else set()
         for _ in range(20):
             for i, (group, env) in enumerate(zip(groups, envs, strict=True)):
                 if env.episode_start.any():
@@ -181,11 +183,12 @@ def test_two_workers_learn_the_counts_of_one_process(
             np.testing.assert_allclose(groups[0].qs[0], groups[1].qs[0], rtol=0, atol=1e-5)
         assert groups[1].workers == 2
         assert groups[1].refreshes == groups[0].refreshes >= 5
-        assert set(groups[1]._workers.pids if groups[1]._workers else ()) != pids  # reforked
+        running = groups[1].cores.running
+        assert set(running.pids if running else ()) != pids  # reforked
         for mine, theirs in zip(counts_of(groups[0]), counts_of(groups[1]), strict=True):
             np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(
-            groups[0].model.A[1], groups[1].model.A[1], rtol=0, atol=1e-9
+            groups[0].learning.model.A[1], groups[1].learning.model.A[1], rtol=0, atol=1e-9
         )
     finally:
         groups[1].stop_workers()

@@ -12,9 +12,6 @@ from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.learning_kernels import b_increment_shared
 from edge_agent.aif.quant import encode_log_u8, encode_transition
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.learning import LearningAgentGroup
-from edge_agent.core.learning_scope import learning_group
-from edge_agent.core.per_agent_learning import PerAgentLearningGroup
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
 N = 30
@@ -29,18 +26,18 @@ def counts() -> dict[str, dict[int, np.ndarray]]:
     }
 
 
-def make(precision: str, scope: str = "shared", refresh_every: int = 4) -> LearningAgentGroup:
+def make(precision: str, scope: str = "shared", refresh_every: int = 4) -> AifAgentGroup:
     c = counts()
     spec = LearningSpec(
         pA=c["A"], pB=c["B"], pD=c["D"],
         settings=LearningSettings(lr_pA=0.5, lr_pB=0.3, forgetting=0.05, scope=scope),  # type: ignore[arg-type]
         refresh_every=1 if scope == "per_agent" else refresh_every,
     )
-    return learning_group(tmaze_reversal_model(), N, learning=spec, precision=precision, seed=3)
+    return AifAgentGroup(tmaze_reversal_model(), N, learning=spec, precision=precision, seed=3)
 
 
 def run(
-    group: LearningAgentGroup, env: ReversalTMazeEnv, obs: np.ndarray, ticks: int
+    group: AifAgentGroup, env: ReversalTMazeEnv, obs: np.ndarray, ticks: int
 ) -> np.ndarray:
     for _ in range(ticks):
         if env.episode_start.any():
@@ -49,7 +46,7 @@ def run(
     return obs
 
 
-def snapshot_counts(group: LearningAgentGroup) -> list[np.ndarray]:
+def snapshot_counts(group: AifAgentGroup) -> list[np.ndarray]:
     return [c.copy() for kind in group.learner.counts for c in kind.counts]
 
 
@@ -68,11 +65,12 @@ def test_freeze_keeps_the_counts_and_infers_with_what_was_learned(
     # What was learned is in the tables the agents infer with from the freeze on.
     if scope == "shared":
         assert group.learner.pA is not None
-        np.testing.assert_allclose(group.model.A[1], group.learner.pA.normalised(0), atol=1e-12)
+        np.testing.assert_allclose(group.learning.model.A[1], group.learner.pA.normalised(0),
+                                   atol=1e-12)
         if precision == "int8":
             assert group.quantized is not None
             np.testing.assert_array_equal(group.quantized.A[1].codes,
-                                          encode_log_u8(group.model.A[1]).codes)
+                                          encode_log_u8(group.learning.model.A[1]).codes)
     refreshes = group.refreshes
     obs = run(group, env, obs, 12)  # trials end meanwhile: no pD either
     assert group.ticks == 21
@@ -134,15 +132,15 @@ def test_reset_goes_back_to_the_priors_and_the_loaded_tables(precision: str, sco
                 np.testing.assert_array_equal(c.mask[slot], table > 0)
         assert c.take_delta()[0] == c.version  # the next delta starts at the reset
     if scope == "per_agent":
-        assert isinstance(group, PerAgentLearningGroup)
-        tables = group._tables
-        assert tables is not None
+        assert group.learning.scope.name == "per_agent"
+        tables = group.learning.scope.tables
         np.testing.assert_array_equal(tables["A"][1], np.broadcast_to(
             loaded.A[1].reshape(loaded.A[1].shape[0], -1), tables["A"][1].shape))
         np.testing.assert_array_equal(tables["B"][0], np.broadcast_to(loaded.B[0],
                                                                       tables["B"][0].shape))
     else:
-        for mine, theirs in zip((*group.model.A, *group.model.B, *group.model.D),
+        learned = group.learning.model
+        for mine, theirs in zip((*learned.A, *learned.B, *learned.D),
                                 (*loaded.A, *loaded.B, *loaded.D), strict=True):
             np.testing.assert_array_equal(mine, theirs)
         assert group.cm is cm  # the loaded compilation again, nothing recompiled
@@ -155,9 +153,9 @@ def test_reset_goes_back_to_the_priors_and_the_loaded_tables(precision: str, sco
         assert group.quantized is not given
         assert group.quantized is not None
         np.testing.assert_array_equal(group.quantized.A[1].codes,
-                                      encode_log_u8(group.model.A[1]).codes)
+                                      encode_log_u8(group.learning.model.A[1]).codes)
         np.testing.assert_array_equal(group.quantized.B[0].index,  # type: ignore[union-attr]
-                                      encode_transition(group.model.B[0]).index)  # type: ignore[union-attr]
+                                      encode_transition(group.learning.model.B[0]).index)  # type: ignore[union-attr]
         assert given is not None  # the loaded codes were not written over
         np.testing.assert_array_equal(given.A[1].codes,
                                       encode_log_u8(loaded.A[1]).codes)
@@ -186,7 +184,7 @@ def test_a_frozen_group_steps_as_a_plain_group_on_the_learned_model(precision: s
     env = ReversalTMazeEnv(N, seed=9, reverse_every=3)
     obs = run(group, env, env.reset(), 10)
     group.freeze_learning()
-    learned = group.quantized if precision == "int8" else group.model
+    learned = group.quantized if precision == "int8" else group.learning.model
     assert learned is not None
     plain = AifAgentGroup(learned, N, precision=precision, seed=3)  # type: ignore[arg-type]
     plain.load_state_dict({k: v for k, v in group.state_dict().items()

@@ -9,10 +9,8 @@ import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.reference_learning import LearningReferenceAgent
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, MiB
-from edge_agent.core.learning import LearningAgentGroup
-from edge_agent.core.learning_scope import learning_group
-from edge_agent.core.per_agent_learning import PerAgentLearningGroup
 from edge_agent.errors import BudgetError, InputError
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 
@@ -42,8 +40,8 @@ def test_each_agent_learns_as_its_own_reference_agent() -> None:
     N reference agents' at every tick."""
     model = tmaze_reversal_model()
     rates = {"lr_pA": 0.7, "lr_pB": 0.4, "lr_pD": 0.9, "forgetting": 0.1}
-    group = learning_group(model, N, learning=spec(**rates), precision="float64")
-    assert isinstance(group, PerAgentLearningGroup)
+    group = AifAgentGroup(model, N, learning=spec(**rates), precision="float64")
+    assert group.learning.scope.name == "per_agent"
     c = counts()
     refs = [
         LearningReferenceAgent(model, pA=c["A"], pB=c["B"], pD=c["D"], lr_pA=0.7, lr_pB=0.4,
@@ -95,7 +93,7 @@ def test_each_agent_learns_as_its_own_reference_agent() -> None:
 def test_per_agent_counts_are_reserved_and_refused_in_one_line() -> None:
     model = tmaze_reversal_model()
     budget = MemoryBudget(64 * MiB, profile_name="test")
-    group = PerAgentLearningGroup(model, 100, learning=spec(), precision="float64",
+    group = AifAgentGroup(model, 100, learning=spec(), precision="float64",
                                   budget=budget, name="maze")
     owners = budget.by_owner()
     learner = group.learner
@@ -109,7 +107,7 @@ def test_per_agent_counts_are_reserved_and_refused_in_one_line() -> None:
     needed = budget.used
     small = MemoryBudget(needed - 1, profile_name="test")
     with pytest.raises(BudgetError, match=r"maze2:learning") as err:
-        PerAgentLearningGroup(model, 100, learning=spec(), precision="float64", budget=small,
+        AifAgentGroup(model, 100, learning=spec(), precision="float64", budget=small,
                               name="maze2")
     assert "\n" not in str(err.value)
 
@@ -125,16 +123,15 @@ def test_what_per_agent_groups_do_not_do_is_refused_in_one_line(
     kwargs: dict[str, object], message: str
 ) -> None:
     with pytest.raises(InputError, match=message):
-        PerAgentLearningGroup(tmaze_reversal_model(), 3, learning=spec(), **kwargs)  # type: ignore[arg-type]
+        AifAgentGroup(tmaze_reversal_model(), 3, learning=spec(), **kwargs)  # type: ignore[arg-type]
 
 
-def test_the_scope_picks_the_class() -> None:
+def test_the_scope_picks_the_tables() -> None:
     model = tmaze_reversal_model()
-    with pytest.raises(InputError, match=r"needs PerAgentLearningGroup"):
-        LearningAgentGroup(model, 3, learning=spec(), precision="float64")
     shared = LearningSpec(pA=counts()["A"])
-    assert type(learning_group(model, 3, learning=shared)) is LearningAgentGroup
-    group = learning_group(model, 3, learning=spec(), precision="float64")
+    assert AifAgentGroup(model, 3, learning=shared).learning.scope.name == "shared"
+    group = AifAgentGroup(model, 3, learning=spec(), precision="float64")
+    assert group.learning.scope.name == "per_agent"
     with pytest.raises(InputError, match=r"keeps its size"):
         group.resize(4)
 
@@ -143,11 +140,11 @@ def test_a_snapshot_restores_every_agents_counts_and_tables() -> None:
     """state_dict / load_state_dict (what the daemon's snapshots will carry): a fresh group
     restored from it acts as the original on the next tick."""
     model = tmaze_reversal_model()
-    group = PerAgentLearningGroup(model, N, learning=spec(lr_pA=0.8), precision="float64")
+    group = AifAgentGroup(model, N, learning=spec(lr_pA=0.8), precision="float64")
     rng = np.random.default_rng(3)
     for _ in range(6):
         group.step(np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1))
-    restored = PerAgentLearningGroup(model, N, learning=spec(lr_pA=0.8), precision="float64")
+    restored = AifAgentGroup(model, N, learning=spec(lr_pA=0.8), precision="float64")
     restored.load_state_dict(group.state_dict())
     assert restored.learner.pA is not None
     assert group.learner.pA is not None

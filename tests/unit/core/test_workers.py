@@ -55,7 +55,7 @@ def test_a_stalled_worker_leaves_its_blocks_to_the_others() -> None:
     actions = one.step(obs).copy()
     many.step(obs)
     obs = env.step(actions)
-    workers = many._workers
+    workers = many.cores.running
     assert workers is not None
     pid = workers.pids[0]
     os.kill(pid, signal.SIGSTOP)
@@ -163,7 +163,7 @@ def test_a_killed_worker_leaves_the_caller_stepping_every_block_until_a_restart(
         actions = one.step(obs).copy()
         many.step(obs)
         obs = env.step(actions)
-    workers = many._workers
+    workers = many.cores.running
     assert workers is not None
     victim = workers.pids[1]
     os.kill(victim, signal.SIGKILL)
@@ -211,7 +211,7 @@ def test_workers_exit_with_their_group_and_the_budget_counts_their_scratch() -> 
     before = budget.used
     g.start_workers(2)
     assert budget.used - before == g.scratch_nbytes(g.n_agents)
-    workers = g._workers
+    workers = g.cores.running
     assert workers is not None
     pids = workers.pids
     g.step(env.reset())
@@ -244,14 +244,20 @@ def test_state_allocated_shared_from_the_start_is_not_moved(
                           "history_beliefs": "map"}
     one = AifAgentGroup(env.model, 5 * BLOCK, **kw)
     many = AifAgentGroup(env.model, 5 * BLOCK, shared_state=True, **kw)
-    names = ["q_pi", "G", "action", "has_action", "_map_row", "_p_row"]
-    if planning is not None:
-        names += ["plan_policy", "plan_left", "plan_age", "_change", "_evidence", "_candidates"]
-    state = [*many.qs, *many.prior, *(getattr(many, k) for k in names)]
+    def written(g: AifAgentGroup) -> list[np.ndarray]:  # what the workers write
+        assert g.recorder is not None
+        arrays = [*g.qs, *g.prior, g.q_pi, g.G, g.action, g.has_action, g.recorder.map_row,
+                  g.recorder.p_row]
+        if g.plans is not None:
+            arrays += [g.plan_policy, g.plan_left, g.plan_age, g.plans.change, g.plans.evidence,
+                       g.plans.candidates]
+        return arrays
+
+    state = written(many)
     assert all(is_shared(a) for a in state)
     assert not any(is_shared(a) for a in [*one.qs, one.q_pi, one.action])
     assert many.start_workers(2) == 2
-    after = [*many.qs, *many.prior, *(getattr(many, k) for k in names)]
+    after = written(many)
     assert all(a is b for a, b in zip(state, after, strict=True))  # not moved
     moved = AifAgentGroup(env.model, 5 * BLOCK, block_size=BLOCK, planning=planning)
     moved.start_workers(2)
@@ -299,7 +305,7 @@ def test_a_group_dropped_without_stopping_its_workers_ends_them() -> None:
     env: Any = make_env("grid10", 4 * BLOCK, seed=2)
     g = AifAgentGroup(env.model, 4 * BLOCK, block_size=BLOCK, name="dropped")
     g.start_workers(2)
-    workers = g._workers
+    workers = g.cores.running
     assert workers is not None
     pids = workers.pids
     g.step(env.reset())

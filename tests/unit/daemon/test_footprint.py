@@ -8,11 +8,9 @@ a process imports; the daemon itself is checked in ``tests/integration/fleet/tes
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 from tests.integration.daemon.test_daemon import REPO
 
@@ -164,18 +162,3 @@ def test_urllib_request_runs_on_first_use_only() -> None:
         """
     )
     assert out.strip() == "ok"
-
-
-def test_the_daemon_runs_without_docstrings_and_asserts(tmp_path: Path) -> None:
-    """docs/memory.md offers ``PYTHONOPTIMIZE=2`` (``python -OO``) to save memory: nothing the
-    daemon does may depend on a docstring or an ``assert``."""
-    env = dict(os.environ, PYTHONOPTIMIZE="2")  # as the drop-in in docs/memory.md sets it
-    flags = run_python("-c", "import sys; print(sys.flags.optimize)", env=env)
-    assert flags.stdout.strip() == "2"
-    demo = ["run", "--demo", "--duration", "1.5", "--state-dir", str(tmp_path)]
-    out = run_python("-m", "edge_agent", *demo, env=env)
-    assert out.returncode == 0, out.stderr
-    stopped = [line for line in out.stderr.splitlines() if "stopped after" in line]
-    assert stopped, out.stderr
-    assert " 0 ticks" not in stopped[-1]
-    assert list((tmp_path / "snapshots").glob("snapshot-*.eas")), "no final snapshot"

@@ -13,7 +13,6 @@ import numpy as np
 
 from edge_agent.aif.learning import LearningSpec
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.learning_scope import learning_group
 from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.fleet.commands import ARG_MODELS, LearningArgs, parse_args
 from edge_agent.fleet.outcomes import ResultCode
@@ -30,7 +29,7 @@ class Group:
 
     @property
     def learning(self) -> Any:
-        return self.agents if hasattr(self.agents, "freeze_learning") else None
+        return self.agents if getattr(self.agents, "learns", False) else None
 
 
 @dataclass
@@ -60,7 +59,7 @@ def daemon(*learning: str, plain: str = "doors") -> Daemon:
             pA={1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)},
             pB={0: model.B[0] * 4.0 + 0.5 * (model.B[0] > 0)} if "B" in kinds else {},
         )
-        groups.append(Group(name, learning_group(model, 2, learning=spec)))
+        groups.append(Group(name, AifAgentGroup(model, 2, learning=spec)))
     return Daemon(groups)
 
 

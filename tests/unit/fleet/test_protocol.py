@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import numpy as np
@@ -17,6 +17,7 @@ from msgspec.structs import replace
 
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet import protocol
+from edge_agent.fleet.health_measures import MEASURES, MeasureName, measure
 from edge_agent.fleet.protocol import (
     UINT32,
     ActionBatch,
@@ -26,13 +27,19 @@ from edge_agent.fleet.protocol import (
     BundleChunk,
     Command,
     CommandResult,
+    CountsDelta,
     Death,
     DeathReason,
     DecodeError,
+    DriftState,
     Envelope,
     Event,
     EventKind,
+    GroupHealth,
     GroupInfo,
+    Health,
+    LearningDelta,
+    MeasureSummary,
     NodeState,
     ObservationBatch,
     OutboxCounters,
@@ -112,7 +119,63 @@ SAMPLE_BODIES: list[Body] = [
     ObservationBatch.from_arrays("thermo", 9, [0, 1, 2], np.array([[1], [2], [3]], np.int8)),
     ActionBatch.from_arrays("thermo", 9, [4, 5], np.zeros((2, 3), np.uint8)),
     BeliefBatch.from_arrays("thermo", 9, [7], np.full((1, 4), 0.25, np.float32)),
+    Health(
+        window_s=30.0,
+        groups={
+            "thermo": GroupHealth(
+                model="thermo@1.2.0",
+                agent_steps=30_000,
+                measures={
+                    "surprise": MeasureSummary(mean=1.2, p95=2.9, n=30_000),
+                    "excess_surprise": MeasureSummary(mean=-0.01, p95=0.8, n=30_000),
+                },
+                drift=DriftState(alarm=True, statistic=6.5, threshold=5.0, since=1.7e9),
+            )
+        },
+    ),
+    LearningDelta(
+        group="grid",
+        model="grid10@1.0.0",
+        model_sha256=SHA,
+        seq=7,
+        tables=[
+            CountsDelta(
+                table="B0", shape=(100, 100, 5),
+                columns=np.array([3, 42], "<u4").tobytes(),
+                values=np.full((2, 100), 0.01, "<f4").tobytes(),
+                experience=2, lr=1.0,
+            )
+        ],
+    ),
 ]
+
+
+def test_a_counts_delta_checks_its_sizes_and_gives_its_arrays() -> None:
+    cols = np.array([1, 5, 9], dtype=np.uint32)
+    vals = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)
+    delta = CountsDelta(table="A0", shape=(4, 10), columns=cols.astype("<u4").tobytes(),
+                        values=vals.astype("<f4").tobytes(), experience=3, lr=1.0)
+    got_cols, got_vals = delta.arrays()
+    np.testing.assert_array_equal(got_cols, cols)
+    np.testing.assert_array_equal(got_vals, vals)
+    with pytest.raises(ValueError, match="expected 3 columns x 4 x 4"):
+        CountsDelta(table="A0", shape=(4, 10), columns=cols.astype("<u4").tobytes(),
+                    values=b"\0" * 8, experience=3, lr=1.0)
+    with pytest.raises(ValueError, match="table"):
+        CountsDelta(table="C0", shape=(4,), columns=b"", values=b"", experience=0, lr=1.0)
+
+
+def test_health_names_only_the_known_measures() -> None:
+    """A measure the vocabulary does not know is refused where the message is made, and the
+    vocabulary and the wire's type list the same measures."""
+    assert set(get_args(MeasureName)) == set(MEASURES)
+    bogus = {"bogus": MeasureSummary(mean=0, p95=0, n=1)}
+    with pytest.raises(ValueError, match="bogus"):
+        GroupHealth(model="m", agent_steps=1, measures=bogus)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n"):
+        MeasureSummary(mean=0.0, p95=0.0, n=0)
+    with pytest.raises(KeyError, match="known: surprise"):
+        measure("bogus")
 
 
 @pytest.mark.parametrize("body", SAMPLE_BODIES, ids=lambda b: b.TYPE)

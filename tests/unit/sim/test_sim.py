@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import GenerativeModel
-from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError, ModelError
 from edge_agent.sim import BatchEnv, ColumnSampler, SamplerScratch, sample_columns
 from edge_agent.sim.explorer import TARGET, ExplorerEnv, explorer_model, explorer_terrain
@@ -906,32 +906,6 @@ def test_format_summary_puts_each_reference_after_its_number() -> None:
     )
 
 
-def test_a_grid_world_lets_its_model_go_and_makes_it_again_on_request() -> None:
-    """The daemon never asks a world for its model: a grid world keeps only its samplers (well
-    under the 480 KB of grid10's float64 A and B) and makes the model again, equal, when asked."""
-    make_env("grid10", 1)  # imports and first-call caches outside the measurement
-    tracemalloc.start()
-    try:
-        env = make_env("grid10", 1, noise=0.2)
-        kept, _ = tracemalloc.get_traced_memory()
-        model = env.model
-        with_model, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    size = sum(a.nbytes for a in (*model.A, *model.B))
-    assert size == 480_000
-    assert kept < size / 4
-    assert with_model - kept >= size
-    assert env.model is model  # made once
-    made = gridworld_model(10, 10, noise=0.2)
-    for got, want in zip((*model.A, *model.B, *model.C, *model.D),
-                         (*made.A, *made.B, *made.C, *made.D), strict=True):
-        np.testing.assert_array_equal(got, want)
-    # A world built from a model it cannot make again keeps it.
-    given = tmaze_model()
-    assert BatchEnv(given, 3).model is given
-
-
 # -- the reversal T-maze ------------------------------------------------------------------------
 
 
@@ -1010,14 +984,14 @@ def test_agents_learn_the_slippery_grids_transitions() -> None:
     model = env.model
     pB = model.B[0] * 10.0 + 0.5 * np.eye(100)[:, :, None]  # confident, but a stay is possible
     spec = LearningSpec(pB={0: pB}, settings=LearningSettings(lr_pB=0.02), refresh_every=10)
-    group = LearningAgentGroup(model, n, learning=spec, precision="float64")
+    group = AifAgentGroup(model, n, learning=spec, precision="float64")
     obs = env.reset()
     for _ in range(150):
         if env.episode_start.any():
             group.reset(env.episode_start)
         obs = env.step(group.step(obs))
     assert group.learner.pB is not None
-    learned, true = group.model.B[0], env.process.B[0]
+    learned, true = group.learning.model.B[0], env.process.B[0]
     used = group.learner.pB.counts[0].sum(axis=0) - pB.sum(axis=0) > 5
     assert used.sum() >= 10
     before = np.abs(model.B[0] - true).sum(axis=0)[used].mean()

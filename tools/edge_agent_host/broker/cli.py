@@ -14,11 +14,11 @@ from edge_agent.errors import InputError
 from edge_agent_host.broker.certs import utc_now
 from edge_agent_host.broker.directory import init_broker, issue_identity, revoke_identity
 from edge_agent_host.broker.identities import (
-    _FLEET_RE,
     Auth,
     BrokerState,
     Identity,
     Role,
+    check_fleet,
     check_identity,
     check_io_filter,
 )
@@ -129,8 +129,7 @@ def _roles(args: argparse.Namespace, default_hub: list[str]) -> dict[str, Role]:
 
 
 def _run_init(args: argparse.Namespace) -> int:
-    if _FLEET_RE.fullmatch(args.fleet) is None:
-        raise InputError(f"fleet {args.fleet!r}: 1-64 of A-Z a-z 0-9 _ . -")
+    check_fleet(args.fleet)
     if not 0 < args.port < 65536:
         raise InputError(f"port {args.port} is out of range")
     host = args.host or args.bind

@@ -17,7 +17,6 @@ from edge_agent.fleet.names import NAME_PATTERN
 IDENTITY_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 """A broker identity: one topic level (``%u``) and a valid ``[mqtt] node_id`` (no dots)."""
 _IDENTITY_RE: Final = re.compile(IDENTITY_PATTERN)
-_FLEET_RE: Final = re.compile(NAME_PATTERN)
 
 
 
@@ -70,6 +69,14 @@ class BrokerState(BaseModel):
         return [n for n, i in self.identities.items() if i.role is role and not i.revoked]
 
 
+
+
+def check_fleet(name: str) -> str:
+    """``name`` if it is a fleet's name (one topic level: 1-64 of A-Z a-z 0-9 _ . -), else an
+    :class:`InputError` saying so."""
+    if re.fullmatch(NAME_PATTERN, name) is None:
+        raise InputError(f"fleet {name!r}: 1-64 of A-Z a-z 0-9 _ . -")
+    return name
 
 
 def check_identity(name: str) -> str:

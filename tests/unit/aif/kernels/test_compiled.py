@@ -14,7 +14,7 @@ import pytest
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.learning_experience import experience_ticks
-from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.sim.registry import builtin_model, make_env
 
 
@@ -66,7 +66,7 @@ def test_incremental_refresh_equals_a_full_compile(
     model = builtin_model(world)
     spec = LearningSpec(pA=learned_counts(model, modalities), refresh_every=3,
                         settings=LearningSettings(lr_pA=0.5))
-    group = LearningAgentGroup(model, n, learning=spec, precision=precision)
+    group = AifAgentGroup(model, n, learning=spec, precision=precision)
     env = make_env(world, n, seed=3)
     obs = env.reset()
     rtol = 1e-5 if precision == "int8" else 1e-12
@@ -76,7 +76,7 @@ def test_incremental_refresh_equals_a_full_compile(
         obs = env.step(group.step(obs))
         if group.incremental_refreshes == before:
             continue
-        source = group.quantized if group.quantized is not None else group.model
+        source = group.quantized if group.quantized is not None else group.learning.model
         full = kernels.compile_model(source, group.cm.tree.policies, dtype=group.dtype.type)
         assert_same_tables(group.cm, full, "cm", rtol)
         checked += 1
@@ -92,7 +92,7 @@ def test_a_changed_support_or_a_learned_transition_compiles_in_full() -> None:
     model = builtin_model("grid10")
     spec = LearningSpec(pA=learned_counts(model, (0,)), pB={0: model.B[0] * 2.0 + 0.5},
                         refresh_every=2, settings=LearningSettings(lr_pA=0.5, lr_pB=0.5))
-    group = LearningAgentGroup(model, n, learning=spec, precision="int8")
+    group = AifAgentGroup(model, n, learning=spec, precision="int8")
     env = make_env("grid10", n, seed=1)
     obs = env.reset()
     for _ in range(6):
@@ -102,7 +102,7 @@ def test_a_changed_support_or_a_learned_transition_compiles_in_full() -> None:
     # A alone, with a support the compiled tables do not have: the full path again.
     only_a = LearningSpec(pA=learned_counts(model, (0,)), refresh_every=2,
                           settings=LearningSettings(lr_pA=0.5))
-    group = LearningAgentGroup(model, n, learning=only_a, precision="float64")
+    group = AifAgentGroup(model, n, learning=only_a, precision="float64")
     obs = env.reset()
     for _ in range(4):
         obs = env.step(group.step(obs))
@@ -113,7 +113,8 @@ def test_a_changed_support_or_a_learned_transition_compiles_in_full() -> None:
     pA.touched[0].fill(True)
     group.refresh()
     assert group.incremental_refreshes == 1
-    full = kernels.compile_model(group.model, group.cm.tree.policies, dtype=group.dtype.type)
+    full = kernels.compile_model(group.learning.model, group.cm.tree.policies,
+                                 dtype=group.dtype.type)
     assert_same_tables(group.cm, full, "cm", 1e-12)
 
 
@@ -182,7 +183,7 @@ def test_a_few_agents_add_their_support_entries_where_they_fall(
 
 def _grid10_learning_a_and_b(
     n: int, *, refresh_every: int, seed: int
-) -> tuple[LearningAgentGroup, Any]:
+) -> tuple[AifAgentGroup, Any]:
     """An int8 grid10 group learning ``A0`` and ``B0`` with counts only where its moves go (one
     target per column: a learned ``B`` that normalises to the ``B`` the agents use), and its
     world."""
@@ -191,7 +192,7 @@ def _grid10_learning_a_and_b(
     spec = LearningSpec(pA=learned_counts(model, (0,)), pB={0: B * 2.0 + 0.5 * (B > 0)},
                         refresh_every=refresh_every,
                         settings=LearningSettings(lr_pA=0.5, lr_pB=0.5))
-    group = LearningAgentGroup(model, n, learning=spec, precision="int8")
+    group = AifAgentGroup(model, n, learning=spec, precision="int8")
     return group, make_env("grid10", n, seed=seed)
 
 
@@ -224,6 +225,7 @@ def test_known_fixed_transition_columns_answer_as_the_full_comparison(n: int) ->
     from a snapshot with a count off a move's target make the refresh a full compile, equal to
     ``compile_model``'s."""
     from edge_agent.aif.learning_kernels import normalise
+    from edge_agent.aif.learning_refresh import same_transitions
 
     group, env = _grid10_learning_a_and_b(n, refresh_every=4, seed=4)
     obs = env.reset()
@@ -237,15 +239,15 @@ def test_known_fixed_transition_columns_answer_as_the_full_comparison(n: int) ->
             assert pB is not None
             touched = pB.touched[0]
             full = bool(np.array_equal(normalise(pB.counts[0][:, touched]),
-                                       group.model.B[0][:, touched]))
-            answers.append((group._same_transitions(), full))
+                                       group.learning.model.B[0][:, touched]))
+            answers.append((same_transitions(pB, group.learning.model.B), full))
         obs = env.step(group.step(obs))
     assert answers == [(True, True)] * 3
     assert group.incremental_refreshes == 3
     state["learn.pB0"][5, 0, 0] += 1.0  # off the one target of a column (B[:, 0, 0])
     group.load_state_dict(state)
     assert group.incremental_refreshes == 3  # a full compile
-    assert group.model.B[0][5, 0, 0] > 0
+    assert group.learning.model.B[0][5, 0, 0] > 0
     source = group.quantized
     assert source is not None
     full_cm = kernels.compile_model(source, group.cm.tree.policies, dtype=group.dtype.type)
@@ -266,7 +268,7 @@ def test_counts_restored_at_the_version_of_the_last_refresh_are_refreshed_in_ful
     refreshes = group.incremental_refreshes
     group.load_state_dict(state)  # pA and pB at the versions of the refresh just made
     assert group.incremental_refreshes == refreshes
-    assert group.model.B[0][5, 0, 0] > 0
+    assert group.learning.model.B[0][5, 0, 0] > 0
     source = group.quantized
     assert source is not None
     full_cm = kernels.compile_model(source, group.cm.tree.policies, dtype=group.dtype.type)
@@ -287,7 +289,7 @@ def test_the_update_scratch_is_within_what_the_budget_reserves(
     model = builtin_model(world)
     spec = LearningSpec(pA=learned_counts(model, modalities), refresh_every=4,
                         settings=LearningSettings(lr_pA=0.5))
-    group = LearningAgentGroup(model, n, learning=spec, precision="int8")
+    group = AifAgentGroup(model, n, learning=spec, precision="int8")
     env = make_env(world, n, seed=0)
     obs = env.reset()
     for _ in range(6):
@@ -295,7 +297,7 @@ def test_the_update_scratch_is_within_what_the_budget_reserves(
     learner = group.learner
     held = sum(buf.nbytes for buf in learner._scratch.values())
     # An update takes the rows of the ticks the group keeps (4 ticks of 50 agents here), and the
-    # group reserves the scratch for as many (LearningAgentGroup.per_agent_nbytes).
+    # group reserves the scratch for as many (AifAgentGroup.per_agent_nbytes).
     rows = n * experience_ticks(n, refresh_every=4, forgetting=0.0, novelty=False)
     assert rows == 4 * n
     assert 0 < held <= rows * learner.scratch_bytes_per_agent(group.dtype.itemsize)

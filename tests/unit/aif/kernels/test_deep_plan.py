@@ -399,7 +399,7 @@ def test_soft_evidence_plans_a_large_block_in_sub_blocks_of_the_dense_form(preci
     deep = AifAgentGroup(builtin_model("grid10"), n, **kw)
     base = GeneralGroup(builtin_model("grid10"), n, **kw)
     assert deep.block_size >= n  # one block of 100 agents
-    assert deep.deep_dense_block_size < n  # planned in several sub-blocks
+    assert deep.stepper.sizes.deep_dense < n  # planned in several sub-blocks
     dtype = np.float64 if precision == "float64" else np.float32
     obs = env.reset()
     num_obs = deep.cm.num_obs

@@ -125,7 +125,7 @@ def test_joint_path_equals_general_path(name: str, n: int, policy_len: int, prec
     group = AifAgentGroup(model, n, settings=st, precision=precision)  # type: ignore[arg-type]
     cm = group.cm
     assert cm.joint is not None
-    assert group._blocks()[0].blk.joint_small is not None  # the path under test runs
+    assert group.blocks()[0].blk.joint_small is not None  # the path under test runs
     rng = np.random.default_rng(7)
     states = start_states(model, n, rng)
     prior = [np.array(p) for p in group.prior]
@@ -172,7 +172,7 @@ def test_joint_path_equals_block_path_with_history(
                       history_capacity=16)
         for _ in range(2)
     )  # fmt: skip
-    for rows in block._blocks():
+    for rows in block.blocks():
         rows.blk.joint_small = None
     rng = np.random.default_rng(11)
     states = start_states(model, n, rng)
@@ -241,7 +241,7 @@ def test_joint_tables_are_built_only_when_they_are_small() -> None:
     group = AifAgentGroup(tmaze_model(), 3)
     assert group.cm.joint is not None
     assert group.cm.nbytes >= group.cm.joint.nbytes > 0
-    assert group.scratch_nbytes(3) >= group._workspace.nbytes  # type: ignore[union-attr]
+    assert group.scratch_nbytes(3) >= group.stepper.workspace.nbytes  # type: ignore[union-attr]
     big = grid2_model(12, 12)
     assert AifAgentGroup(big, 1, settings=AifSettings(policy_len=2)).cm.joint is None
     one = GenerativeModel.from_arrays([np.eye(3)], [np.stack([np.eye(3)] * 2, axis=2)])

@@ -501,7 +501,7 @@ def test_group_sends_contradicted_agents_to_the_dense_tree() -> None:
     obs = rng.integers(0, 64, (n, 1))
     group.step(obs)
     assert group.cm.local is not None
-    blk = group._blocks()[0].blk
+    blk = group.blocks()[0].blk
     assert 0 < int(blk.l_bad.sum()) < n, "some agents, not all, need the fallback"
     G_step = group.G.copy()
     group.infer_policies()  # the dense tree for everyone
@@ -512,7 +512,7 @@ def test_planner_choice_and_scratch_accounting() -> None:
     grid = AifAgentGroup(gridworld_model(10, 10), 5000, history_capacity=64)
     assert grid.cm.local is not None
     assert grid.cm.small is not None
-    ws = grid._workspace
+    ws = grid.stepper.workspace
     assert ws is not None
     assert grid.scratch_nbytes(5000) == ws.nbytes
     assert grid.bytes_for(5000, 64) == 5000 * grid.per_agent_nbytes(64) + 8 * 64 + ws.nbytes

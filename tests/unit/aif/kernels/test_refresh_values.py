@@ -13,7 +13,6 @@ from edge_agent.aif.kernels.local_plan import local_values
 from edge_agent.aif.kernels.transitions import SparseTransition
 from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.quant import MAX_CODE, RANGE, ZERO_CODE, encode_log_u8, quantize_model
-from edge_agent.arrays import distinct
 from edge_agent.sim.registry import builtin_model
 
 
@@ -79,7 +78,7 @@ def values_reference(
     float64, then cast."""
     S = A.shape[1]
     by_action = np.zeros((len(trans.layers), S))
-    for u in distinct(lp.node_action):
+    for u in np.unique(lp.node_action):
         for tgt, src, w in trans.layers[int(u)]:
             gain = utility[tgt] if w is None else utility[tgt] * w.astype(np.float64)
             np.add.at(by_action[int(u)], src, gain)

@@ -1,5 +1,5 @@
 """Learning models through the host tool: counts carried from ``.npz`` and pymdp agents into a
-bundle, handed over by the bundle loader, learned by a :class:`LearningAgentGroup` (issue 32)."""
+bundle, handed over by the bundle loader, learned by an :class:`AifAgentGroup` that learns."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from edge_agent.aif.model import GenerativeModel, load_npz
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.cli import main as device_main
-from edge_agent.core.learning import LearningAgentGroup
+from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import ModelError
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 from edge_agent_host.cli import main
@@ -40,11 +40,11 @@ def learning_npz(path: Path, **extra: np.ndarray) -> GenerativeModel:
 
 
 def run_learning(model: GenerativeModel | QuantizedModel, counts: dict[str, dict[int, np.ndarray]],
-                 ticks: int = 24) -> LearningAgentGroup:
+                 ticks: int = 24) -> AifAgentGroup:
     spec = LearningSpec(pA=counts.get("A", {}), pB=counts.get("B", {}), pD=counts.get("D", {}),
                         settings=LearningSettings(lr_pA=0.5, lr_pB=0.2, forgetting=0.02),
                         refresh_every=4)
-    group = LearningAgentGroup(model, 64, learning=spec, precision="int8")
+    group = AifAgentGroup(model, 64, learning=spec, precision="int8")
     env = ReversalTMazeEnv(64, seed=3, reverse_every=4)
     obs = env.reset()
     for tick in range(ticks):

@@ -1,0 +1,165 @@
+"""Learning scope ``shared``: one set of counts for the whole group, and one model they refresh.
+
+:class:`SharedTables` holds the model a shared learning group's agents infer with as its counts
+refresh it: the float tables, for ``int8`` groups the group's own codes of the learned tables
+(the model it was given, and its cached compilation, may be shared with other groups), and what
+it was loaded with. A refresh (:mod:`edge_agent.aif.learning_refresh`) brings only the touched
+columns of ``A`` into the compiled tables when nothing else moved since the last one, and builds
+and compiles the model again otherwise; the group installs the compiled tables it returns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_agent.aif import kernels
+from edge_agent.aif.learning import Learner
+from edge_agent.aif.learning_refresh import (
+    Codes,
+    Refreshed,
+    codes_nbytes,
+    learned_codes,
+    refresh_model,
+    refresh_touched_likelihood,
+    same_transitions,
+)
+from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.quant import QuantizedModel
+from edge_agent.core.group_blocks import IntArray
+
+__all__ = ["SharedTables"]
+
+
+class SharedTables:
+    """The tables of a shared learning group: ``model`` (float) and ``quantized`` (its int8
+    codes; None for float64) as loaded, ``cm`` their compilation, ``dtype`` the compute dtype."""
+
+    name = "shared"
+    #: Shared counts learn under a planning policy (every agent after the inference pass).
+    plans_by_policy = True
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        quantized: QuantizedModel | None,
+        cm: kernels.CompiledModel,
+        dtype: type[np.floating],
+    ) -> None:
+        self._model = model
+        self._quantized = quantized
+        self._dtype = dtype
+        #: What the group was loaded with: :meth:`restore_loaded` goes back to it.
+        self._loaded = (model, quantized, cm)
+        self._codes: Codes | None = None
+        #: The counts' versions at the last refresh (None: the next refresh is a full one).
+        self._versions: dict[str, int] | None = None
+        #: The model whose ``A`` the surprise last stacked, the stacked rows and each
+        #: modality's first row (:meth:`outcome_probabilities`).
+        self._stacked_A: tuple[GenerativeModel, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def model(self) -> GenerativeModel:
+        """The float model the agents infer with now (the counts' expectation since the last
+        refresh)."""
+        return self._model
+
+    @property
+    def quantized(self) -> QuantizedModel | None:
+        """Its int8 codes (the group's own learned tables' from their first refresh on)."""
+        return self._quantized
+
+    def stepping(self) -> None:
+        """The group's shared kernels step the agents."""
+        return
+
+    def bytes_per_agent(self, learner: Learner) -> int:
+        """Nothing per agent: one model for the group."""
+        del learner
+        return 0
+
+    def codes_nbytes(self, learner: Learner) -> int:
+        """The group's own int8 codes of the learned tables (0 for float64)."""
+        return 0 if self._loaded[1] is None else codes_nbytes(learner.counts)
+
+    def _own_codes(self, learner: Learner) -> Codes | None:
+        """The int8 tables by kind, the learned ones (``learner``'s) the group's own (copied
+        once)."""
+        if self._quantized is None:
+            return None
+        if self._codes is None:
+            self._codes = learned_codes(self._quantized, learner.counts)
+        return self._codes
+
+    def refresh(
+        self, learner: Learner, cm: kernels.CompiledModel
+    ) -> tuple[kernels.CompiledModel | None, bool, int]:
+        """When only ``A`` changed since the last refresh and every learned ``A`` already follows
+        its counts, only the columns touched since then are normalised, encoded (``int8``) and
+        brought into the compiled tables (:func:`refresh_touched_likelihood`). Otherwise (a
+        table's first refresh, ``B`` or ``D`` changed, or the support moved) the model is built
+        again from the normalised counts (quantized again for ``int8``) and compiled
+        (:func:`refresh_model`)."""
+        codes = self._own_codes(learner)
+        refreshed: Refreshed | None = None
+        pA = learner.pA
+        if pA is not None and self._touched_likelihood_only(learner):
+            refreshed = refresh_touched_likelihood(cm, self._model, self._quantized, codes, pA)
+        incremental = refreshed is not None
+        if pA is not None and refreshed is not None:
+            if learner.pB is not None:
+                learner.pB.mark_refreshed()  # its tables are what they were (same_transitions)
+            pA.mark_refreshed()
+        else:
+            refreshed = refresh_model(
+                self._model, self._quantized, codes, learner.counts,
+                policies=cm.tree.policies, dtype=self._dtype,
+            )
+            for counts in learner.counts:
+                if counts.learned:
+                    counts.mark_refreshed()
+        self._model, self._quantized = refreshed.model, refreshed.quantized
+        self._versions = {counts.kind: counts.version for counts in learner.counts}
+        return refreshed.cm, incremental, refreshed.columns_encoded
+
+    def _touched_likelihood_only(self, learner: Learner) -> bool:
+        """Whether the incremental refresh may apply: ``A`` follows its counts, ``D`` did not
+        move since the last refresh, and a ``B`` that moved normalises to the tables the agents
+        use (:func:`same_transitions`)."""
+        pA, versions = learner.pA, self._versions
+        if pA is None or versions is None or not pA.refreshed:
+            return False
+        pD, pB = learner.pD, learner.pB
+        if pD is not None and versions.get("D") != pD.version:
+            return False
+        return pB is None or versions.get("B") == pB.version or same_transitions(
+            pB, self._model.B
+        )
+
+    def forget_versions(self) -> None:
+        """The next refresh is a full one (counts from a snapshot may differ anywhere)."""
+        self._versions = None
+
+    def restore_loaded(self) -> kernels.CompiledModel:
+        """The model the group was loaded with, its int8 codes and its compilation, again (the
+        codes are copied again at the next refresh)."""
+        self._model, self._quantized, cm = self._loaded
+        self._codes = None
+        return cm
+
+    def outcome_probabilities(
+        self, obs: IntArray, rows: IntArray, joint: np.ndarray
+    ) -> np.ndarray:
+        """``(r, M)`` float64: ``p(o_m) = A_m[o_m] . joint`` under the ``A`` the agents infer
+        with: every modality's rows of the float model stacked into one table (made again when
+        the model changes, at a refresh), one gather and one product."""
+        del rows  # one table for every agent
+        model = self._model
+        if self._stacked_A is None or self._stacked_A[0] is not model:
+            tables = [a.reshape(a.shape[0], -1) for a in model.A]
+            offsets = np.cumsum([0, *(t.shape[0] for t in tables[:-1])])
+            stacked = np.concatenate(tables).astype(np.float64)
+            self._stacked_A = (model, stacked, offsets)
+        _, stacked, offsets = self._stacked_A
+        picked = stacked[obs + offsets]  # (r, M, S)
+        p_obs: np.ndarray = np.matmul(picked, joint[:, :, None])[:, :, 0]
+        return p_obs

@@ -1,0 +1,141 @@
+"""The per-agent state of an Active Inference group (edge_agent.core.agent_state): its arrays,
+what a resize carries over, a reset, its bytes, and its arrays in and out of a snapshot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.core.agent_state import AgentState
+from edge_agent.errors import InputError
+
+S, P, F = (3, 2), 4, 2
+D = [np.array([0.5, 0.25, 0.25]), np.array([0.9, 0.1])]
+
+
+def zeros(shape: int | tuple[int, ...], dtype: object) -> np.ndarray:
+    return np.zeros(shape, dtype=dtype)  # type: ignore[call-overload]
+
+
+def state(n: int, *, keeps_prior: bool = True, block_size: int = 4) -> AgentState:
+    s = AgentState(S, P, F, np.dtype(np.float64), keep_prior=keeps_prior)
+
+    def unused(out: list[np.ndarray], n: int) -> None:
+        raise AssertionError("no priors to make")
+
+    s.allocate(n, keeps_prior=keeps_prior, block_size=block_size, new=zeros, make_priors=unused)
+    return s
+
+
+def test_a_resize_carries_the_first_agents_and_moves_the_version() -> None:
+    s = state(5)
+    s.reset(slice(None), D)
+    s.qs[0][:, :] = np.arange(15).reshape(5, 3)
+    s.action[:, :] = np.arange(10).reshape(5, 2)
+    s.has_action[:] = True
+    version = s.version
+
+    def unused(out: list[np.ndarray], n: int) -> None:
+        raise AssertionError("the prior was kept")
+
+    changed = s.allocate(7, keeps_prior=True, block_size=4, new=zeros, make_priors=unused)
+    assert not changed
+    assert s.version > version
+    assert s.n_agents == 7
+    np.testing.assert_array_equal(s.qs[0][:5], np.arange(15).reshape(5, 3))
+    np.testing.assert_array_equal(s.action[:5], np.arange(10).reshape(5, 2))
+    assert s.has_action[:5].all()
+    assert not s.has_action[5:].any()
+    np.testing.assert_array_equal(s.prior[1][:5], np.broadcast_to(D[1], (5, 2)))
+    s.allocate(2, keeps_prior=True, block_size=4, new=zeros, make_priors=unused)
+    np.testing.assert_array_equal(s.qs[0], np.arange(6).reshape(2, 3))
+
+
+def test_a_state_that_starts_keeping_its_prior_has_the_first_agents_priors_made() -> None:
+    s = state(5, keeps_prior=False)
+    assert s.prior == []
+    assert s.prior_reset.shape == (5,)
+    assert s.prior_small.shape == (2,)
+    made: list[int] = []
+
+    def make(out: list[np.ndarray], n: int) -> None:
+        made.append(n)
+        for o in out:
+            o[:n] = 7.0
+
+    assert s.allocate(6, keeps_prior=True, block_size=4, new=zeros, make_priors=make)
+    assert made == [5]
+    assert (s.prior[0][:5] == 7.0).all()
+    assert (s.prior[0][5:] == 0.0).all()
+    assert s.keeps_prior
+    assert s.prior_was_kept
+
+
+def test_a_reset_starts_a_trial_from_d() -> None:
+    s = state(4)
+    s.has_action[:] = True
+    s.G[:] = 3.0
+    s.reset(np.array([1, 3]), D)
+    assert list(s.has_action) == [True, False, True, False]
+    np.testing.assert_array_equal(s.qs[0][[1, 3]], np.broadcast_to(D[0], (2, 3)))
+    np.testing.assert_array_equal(s.q_pi[1], np.full(P, 1.0 / P))
+    assert (s.G[[1, 3]] == 0.0).all()
+    assert (s.G[[0, 2]] == 3.0).all()
+    kept_none = state(4, keeps_prior=False)
+    kept_none.reset(slice(None), D)
+    assert kept_none.prior_reset.all()
+    kept_none.commit(slice(0, 4), small=True, index=0)
+    assert not kept_none.prior_reset.any()
+    assert kept_none.prior_small[0] == 1
+
+
+@pytest.mark.parametrize("keeps_prior", [True, False])
+def test_its_bytes_are_what_it_allocates(keeps_prior: bool) -> None:
+    n = 6
+    s = state(n, keeps_prior=keeps_prior)
+    per = s.bytes_per_agent(keeps_prior)
+    assert set(per) == {"beliefs", "policy", "actions"}
+    assert s.nbytes == n * sum(per.values())
+
+
+def test_its_arrays_go_in_and_out_of_a_snapshot() -> None:
+    s = state(3)
+    s.reset(slice(None), D)
+    s.qs[1][:] = [[0.2, 0.8]] * 3
+    out = s.state_dict(ticks=9)
+    assert set(out) == {"action", "has_action", "q_pi", "ticks", "qs0", "qs1", "prior0", "prior1"}
+    assert int(out["ticks"]) == 9
+    saved = {k: np.array(v, copy=True) for k, v in out.items()}
+    other = state(3)
+
+    def take(name: str, into: np.ndarray) -> None:
+        if name not in saved:
+            raise InputError(f"lacks {name}")
+        into[...] = saved[name]
+
+    def no_priors(reset: np.ndarray, small: np.ndarray) -> None:
+        raise AssertionError("the priors were saved")
+
+    other.load_state_dict(saved, take, D=D, blocks=1, block_size=4, small_from_planner=True,
+                          make_priors=no_priors, name="g")
+    for k, v in saved.items():
+        if k != "ticks":
+            np.testing.assert_array_equal(other.state_dict(0)[k], v, err_msg=k)
+    kept_none = state(3, keeps_prior=False)  # a saved group that kept them: D where it is D
+    saved["prior0"][1] = [1.0, 0.0, 0.0]
+    kept_none.load_state_dict(saved, take, D=D, blocks=1, block_size=2,
+                              small_from_planner=True, make_priors=no_priors, name="g")
+    assert list(kept_none.prior_reset) == [True, False, True]
+    assert list(kept_none.prior_small) == [1]
+
+
+def test_sharing_moves_the_arrays_and_the_version() -> None:
+    s = state(3)
+    version, qs = s.version, s.qs[0]
+    s.share()
+    from edge_agent.core.workers import is_shared
+
+    assert s.version > version
+    assert s.qs[0] is not qs
+    assert is_shared(s.qs[0])
+    assert all(is_shared(a) for a in (*s.prior, s.q_pi, s.G, s.action, s.has_action))
