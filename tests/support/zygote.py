@@ -278,5 +278,8 @@ def _become(
 
 
 if __name__ == "__main__":
+    # A script's sys.path[0] is its own directory (the venv's bin), not this one's: nothing here
+    # may shadow what the programs import.
+    sys.path[0] = os.path.dirname(sys.executable)
     _split = sys.argv.index("--")  # zygote.py FD PROG... -- MODULE...
     serve(int(sys.argv[1]), sys.argv[2:_split], sys.argv[_split + 1 :])
