@@ -710,7 +710,7 @@ class AifAgentGroup:
         if plans is not None:
             plans.stepped()
         if health is not None:
-            health.after(state.qs, state.q_pi, self._health_likelihood, now)
+            health.after(state.qs, state.q_pi, self._health_likelihood)
         self.ticks += 1
         return state.action
 
@@ -756,7 +756,7 @@ class AifAgentGroup:
                 history.stage_beliefs(rows)
             history.record(o, state.action, now)
         if health is not None:
-            health.after(state.qs, state.q_pi, self._health_likelihood, now)
+            health.after(state.qs, state.q_pi, self._health_likelihood)
         self.ticks += 1
         return state.action
 

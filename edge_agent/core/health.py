@@ -172,7 +172,6 @@ class AifHealth:
         qs: Sequence[np.ndarray],
         q_pi: np.ndarray | None,
         likelihood: Likelihood,
-        now: float | None = None,
     ) -> None:
         """The tick is stepped: its posteriors ``qs[f] (N, S_f)`` and policy posterior ``q_pi
         (N, P)`` (None: not planned), and the likelihood the agents inferred with (see
@@ -205,8 +204,7 @@ class AifHealth:
         window.add("excess_surprise", excess)
         window.add("belief_change", kernels_health.belief_change(post, prior))
         fired = self.detector.update(
-            float(excess.mean()), float(excess.var()), excess.shape[0],
-            time.time() if now is None else now,
+            float(excess.mean()), float(excess.var()), excess.shape[0], time.time()
         )
         if fired:
             self._raise_drift()
