@@ -70,6 +70,8 @@ class DriftDetector:
         self.alarm = False
         self.since: float | None = None
         self.alarms = 0
+        #: Ticks folded in (the series' length, for a false-alarm rate).
+        self.updates = 0
         self._variance = 0.0
         self._ticks = 0
 
@@ -84,6 +86,7 @@ class DriftDetector:
         # agent its deviation from the known mean 0.
         sample_var = var * k / (k - 1) if k > 1 and math.isfinite(var) else mean * mean
         self._ticks += 1
+        self.updates += 1
         weight = max(1.0 / self._ticks, VARIANCE_WEIGHT)
         self._variance += weight * (sample_var - self._variance)
         se = max(math.sqrt(self._variance / k), MIN_SE)
