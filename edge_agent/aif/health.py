@@ -27,6 +27,7 @@ from edge_agent.aif.constants import EPS
 __all__ = [
     "belief_change",
     "entropy",
+    "expected_log_likelihood",
     "free_energy",
     "joint_beliefs",
     "outcome_entropy",
@@ -110,7 +111,17 @@ def free_energy(
 ) -> np.ndarray:
     """Variational free energy (nats) of each agent's posterior, pymdp's ``calc_free_energy``:
     ``sum_f KL(q_f || prior_f) - sum_s q(s) sum_m ln A_m(o_m | s)``, ``q(s)`` the joint of the
-    factors' posteriors (an upper bound on the surprise, equal to it for the exact posterior)."""
+    factors' posteriors (an upper bound on the surprise, equal to it for the exact posterior):
+    :func:`belief_change` less :func:`expected_log_likelihood`."""
+    out: np.ndarray = belief_change(qs, prior) - expected_log_likelihood(qs, A, obs)
+    return out
+
+
+def expected_log_likelihood(
+    qs: Sequence[np.ndarray], A: Sequence[np.ndarray], obs: np.ndarray
+) -> np.ndarray:
+    """``sum_s q(s) sum_m ln A_m(o_m | s)`` of each agent, ``q(s)`` the joint of the factors'
+    posteriors ``qs``: the accuracy term of the free energy."""
     joint = joint_beliefs(qs)
     r = obs.shape[0]
     rows = np.arange(r)
@@ -121,7 +132,7 @@ def free_energy(
         np.log(log_a, out=log_a)
         log_lik += log_a
     log_lik *= joint
-    out: np.ndarray = belief_change(qs, prior) - log_lik.sum(axis=1)
+    out: np.ndarray = log_lik.sum(axis=1)
     return out
 
 

@@ -193,19 +193,22 @@ class AifHealth:
         post = [np.asarray(q[rows], dtype=np.float64) for q in qs]
         A = likelihood()
         joint = kernels_health.joint_beliefs(prior)
+        change = kernels_health.belief_change(post, prior)
         if A is not None:
             p_o = kernels_health.predicted_outcomes(A, joint)
-            window.add("free_energy", kernels_health.free_energy(post, prior, A, obs))
+            accuracy = kernels_health.expected_log_likelihood(post, A, obs)
+            window.add("free_energy", change - accuracy)  # kernels_health.free_energy
         else:
             p_o = self._outcome_distributions(rows, joint)
         surprise = kernels_health.surprise(p_o, obs)
         excess = surprise - kernels_health.outcome_entropy(p_o)
         window.add("surprise", surprise)
         window.add("excess_surprise", excess)
-        window.add("belief_change", kernels_health.belief_change(post, prior))
-        fired = self.detector.update(
-            float(excess.mean()), float(excess.var()), excess.shape[0], time.time()
-        )
+        window.add("belief_change", change)
+        k = excess.shape[0]
+        mean = float(excess.sum()) / k
+        var = max(0.0, float(np.dot(excess, excess)) / k - mean * mean)
+        fired = self.detector.update(mean, var, k, time.time())
         if fired:
             self._raise_drift()
 

@@ -5,9 +5,11 @@ and count, in bounded memory (``docs/health.md``).
 value per agent-step sampled) and, once per reporting window (the telemetry interval), closed
 (:meth:`HealthWindow.close`): it returns a :class:`HealthSummary` and starts again. The mean (and
 the standard deviation behind the excess surprise's z-score) are exact, from running sums; the
-95th percentile is that of a uniform sample of at most :data:`RESERVOIR` of the window's values
-(reservoir sampling, Vitter's algorithm R, batched): a measure holds ``RESERVOIR`` floats whatever
-the window's length or the group's size.
+95th percentile is that of a systematic sample of at most :data:`RESERVOIR` of the window's
+values: every ``stride``-th value, the stride doubling (and every other value kept dropped)
+whenever the sample is full, so that it spans the whole window evenly, with no random numbers
+and a few slices per batch: a measure holds ``RESERVOIR`` floats whatever the window's length
+or the group's size.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-
-from edge_agent.sim.uniforms import SplitMix64
 
 __all__ = ["RESERVOIR", "DriftReading", "HealthSummary", "HealthWindow", "MeasureStats"]
 
@@ -94,43 +94,45 @@ def _round(x: float) -> float:
 
 
 class _Measure:
-    """One measure's running sums and reservoir."""
+    """One measure's running sums and systematic sample (the values whose index in the window
+    is a multiple of ``stride``, ``kept`` of them)."""
 
-    __slots__ = ("n", "reservoir", "sum", "sumsq")
+    __slots__ = ("kept", "n", "sample", "stride", "sum", "sumsq")
 
     def __init__(self) -> None:
-        self.reservoir = np.empty(RESERVOIR)
-        self.n = 0
+        self.sample = np.empty(RESERVOIR)
+        self.n = self.kept = 0
+        self.stride = 1
         self.sum = 0.0
         self.sumsq = 0.0
 
-    def add(self, values: np.ndarray, rng: SplitMix64) -> None:
+    def add(self, values: np.ndarray) -> None:
         k = values.shape[0]
         if k == 0:
             return
         self.sum += float(values.sum())
         self.sumsq += float(np.dot(values, values))
-        seen = self.n
-        fill = min(k, max(0, RESERVOIR - seen))
-        if fill:
-            self.reservoir[seen : seen + fill] = values[:fill]
-        if fill < k:  # algorithm R: value i (0-based over the window) kept w.p. R / (i + 1)
-            rest = values[fill:]
-            index = np.arange(seen + fill, seen + k) + 1.0
-            slot = (rng.random(np.empty(rest.shape[0])) * index).astype(np.int64)
-            keep = slot < RESERVOIR
-            self.reservoir[slot[keep]] = rest[keep]
-        self.n = seen + k
+        picked = values[(-self.n) % self.stride :: self.stride]
+        while self.kept + picked.shape[0] > RESERVOIR:  # full: every other one, twice the stride
+            half = self.sample[: self.kept : 2].copy()
+            self.kept = half.shape[0]
+            self.sample[: self.kept] = half
+            self.stride *= 2
+            picked = values[(-self.n) % self.stride :: self.stride]
+        self.sample[self.kept : self.kept + picked.shape[0]] = picked
+        self.kept += picked.shape[0]
+        self.n += k
 
     def stats(self) -> MeasureStats:
         n = self.n
         mean = self.sum / n
         var = max(0.0, self.sumsq / n - mean * mean)
-        p95 = float(np.percentile(self.reservoir[: min(n, RESERVOIR)], 95))
+        p95 = float(np.percentile(self.sample[: self.kept], 95))
         return MeasureStats(mean=mean, p95=p95, n=n, std=math.sqrt(var))
 
     def clear(self) -> None:
-        self.n = 0
+        self.n = self.kept = 0
+        self.stride = 1
         self.sum = self.sumsq = 0.0
 
 
@@ -138,9 +140,8 @@ class HealthWindow:
     """Per-measure summaries of one reporting window (see the module docstring); ``names``: the
     measures it may be told (a fixed set: memory is ``len(names) * RESERVOIR`` floats)."""
 
-    def __init__(self, names: Iterable[str], *, seed: int = 0) -> None:
+    def __init__(self, names: Iterable[str]) -> None:
         self._measures = {name: _Measure() for name in names}
-        self._rng = SplitMix64(seed)  # not numpy.random: docs/memory.md
         self.agent_steps = 0
 
     @property
@@ -151,7 +152,7 @@ class HealthWindow:
         """The values of measure ``name`` kept for its percentile so far (a read-only view of
         at most :data:`RESERVOIR`)."""
         m = self._measures[name]
-        view = m.reservoir[: min(m.n, RESERVOIR)]
+        view = m.sample[: m.kept]
         view.flags.writeable = False
         return view
 
@@ -161,7 +162,7 @@ class HealthWindow:
         v = np.asarray(values, dtype=np.float64).reshape(-1)
         if not np.isfinite(v).all():
             v = v[np.isfinite(v)]
-        self._measures[name].add(v, self._rng)
+        self._measures[name].add(v)
 
     def add_steps(self, n: int) -> None:
         """``n`` agent-steps were taken (whether or not any was sampled)."""
