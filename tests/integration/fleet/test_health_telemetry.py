@@ -7,11 +7,15 @@ show the same windows."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
+from edge_agent.fleet.health_measures import MEASURES
 from edge_agent.fleet.protocol import Event, Health
 from tests.integration.daemon.test_prometheus_textfile import promtool_check, samples
 from tests.integration.fleet.test_fleet_daemon import (
@@ -40,6 +44,23 @@ count = 32
 source = { type = "sim" }
 sink = { type = "sim" }
 """
+
+
+def assert_the_device_dashboard_queries(textfile: str) -> None:
+    """The devices' Grafana dashboard is valid JSON, and every metric it queries is in a real
+    daemon's text file (the measures it names are of the closed vocabulary)."""
+    raw = resources.files("edge_agent_host.hub").joinpath("grafana/edge-agent-devices.json")
+    dashboard = json.loads(raw.read_text())
+    exported = {line.split("{")[0].split(" ")[0] for line in textfile.splitlines()
+                if line and not line.startswith("#")}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert len(exprs) >= 15
+    for expr in exprs:
+        names = set(re.findall(r"\bedge_agent_[a-z0-9_]+", expr))
+        assert names, expr
+        assert names <= exported, f"{expr}: {names - exported} not in the text file"
+        assert set(re.findall(r'measure="([a-z_]+)"', expr)) <= set(MEASURES), expr
 
 
 def test_health_reaches_the_fleet_status_and_textfile(
@@ -121,6 +142,7 @@ def test_health_reaches_the_fleet_status_and_textfile(
         assert numbers['edge_agent_group_drift_threshold{node="health-1",group="fits"}'] == 12
         key = 'edge_agent_group_health_mean{node="health-1",group="fits",measure="surprise"}'
         assert numbers[key] > 0
+        assert_the_device_dashboard_queries(prom.read_text())
         assert node.stop() == 0
     finally:
         node.close()
