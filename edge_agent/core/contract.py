@@ -62,6 +62,7 @@ __all__ = [
     "MetricFamily",
     "Paced",
     "ReportsHealth",
+    "Scored",
     "Sink",
     "Source",
     "StateReader",
@@ -331,6 +332,16 @@ class ReportsHealth(Protocol):
     def health_summary(self) -> HealthSummary | None:
         """The measures since the last call (each window reported once), and the drift alarm's
         state; None: the group measures nothing."""
+        ...
+
+
+@runtime_checkable
+class Scored(Protocol):
+    """A source that defines a score (a simulated world's rewards, goals reached): each agent's
+    score over the health window that ends now (``docs/health.md``, the ``score`` measure)."""
+
+    def score_window(self) -> np.ndarray | None:
+        """``(n_agents,)`` each agent's score since the last call (None: none defined)."""
         ...
 
 

@@ -37,6 +37,15 @@ class MeasureStats:
     n: int
     std: float
 
+    @classmethod
+    def of(cls, values: np.ndarray) -> MeasureStats:
+        """The summary of ``values`` (at least one), exactly."""
+        v = np.asarray(values, dtype=np.float64)
+        return cls(
+            mean=float(v.mean()), p95=float(np.percentile(v, 95)), n=int(v.size),
+            std=float(v.std()),
+        )
+
     @property
     def z(self) -> float:
         if self.n < 2 or self.std <= 0.0:

@@ -51,11 +51,12 @@ from edge_agent.core.contract import (
     MetricFamily,
     Paced,
     ReportsHealth,
+    Scored,
     Sink,
     Source,
     TickWindow,
 )
-from edge_agent.core.health_window import HealthSummary
+from edge_agent.core.health_window import HealthSummary, MeasureStats
 from edge_agent.errors import EdgeAgentError
 from edge_agent.kinds import get_kind
 from edge_agent.kinds.base import GroupKind, LoadedModel, world_name
@@ -333,11 +334,20 @@ class GroupRuntime:
         return [] if self._alerting is None else self._alerting.alerts()
 
     def close_health_window(self) -> HealthSummary | None:
-        """End the group's health reporting window (docs/health.md): its summary, kept as
+        """End the group's health reporting window (docs/health.md): its summary, with the
+        world's ``score`` per agent over the window where its source defines one, kept as
         :attr:`health` for the status and the text file until the next (None: the group
         measures none)."""
         if self._reports_health is not None:
-            self.health = self._reports_health.health_summary()
+            summary = self._reports_health.health_summary()
+            scores = self.source.score_window() if isinstance(self.source, Scored) else None
+            if summary is not None and scores is not None and scores.size:
+                summary = HealthSummary(
+                    summary.agent_steps,
+                    {**summary.measures, "score": MeasureStats.of(scores)},
+                    summary.drift,
+                )
+            self.health = summary
         return self.health
 
     @property

@@ -103,6 +103,8 @@ def test_health_reaches_the_fleet_status_and_textfile(
         fits, misfit = last.groups["fits"], last.groups["misfit"]
         assert (fits.model, misfit.model) == ("tmaze", "grid-slippery")
         assert fits.agent_steps > 0
+        assert fits.measures["score"].n == 32  # the world's: rewards less losses per agent
+        assert "score" in misfit.measures  # the grid's: goals reached per agent
         assert {"surprise", "excess_surprise", "free_energy", "policy_entropy"} <= set(
             fits.measures
         )
