@@ -52,6 +52,7 @@ from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.core.contract import GroupEvent, GroupIO, StateReader
+from edge_agent.core.drift import DriftSettings
 from edge_agent.core.group_blocks import (
     BLOCK_SCRATCH_BYTES,
     DEFAULT_BLOCK,
@@ -134,6 +135,7 @@ class AifAgentGroup:
         learning: LearningSpec | None = None,
         trial_ends_at_reset: bool = False,
         health: bool = True,
+        drift: DriftSettings | None = None,
     ) -> None:
         _check_arguments(name, n_agents, precision, history_beliefs)
         self.name = name
@@ -230,6 +232,7 @@ class AifAgentGroup:
             num_states=cm.num_states,
             num_obs=cm.num_obs,
             lnC=cm.lnC,
+            drift=drift,
             p_obs=None if self._stepping is None or self.learning is None
             else self.learning.scope.outcome_probabilities,
             extra_measures=() if self.learning is None else LEARNING_HEALTH,

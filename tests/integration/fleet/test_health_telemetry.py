@@ -43,6 +43,8 @@ model = { type = "builtin", name = "grid-slippery" }
 count = 32
 source = { type = "sim" }
 sink = { type = "sim" }
+[groups.health]
+drift_threshold = 10
 """
 
 
@@ -128,12 +130,12 @@ def test_health_reaches_the_fleet_status_and_textfile(
         by_name = {g["name"]: g["health"] for g in status["groups"]}
         assert by_name["fits"]["model"] == "tmaze"
         assert by_name["fits"]["measures"]["surprise"]["n"] > 0
-        assert by_name["misfit"]["drift"]["threshold"] == alarmed.threshold
+        assert by_name["misfit"]["drift"]["threshold"] == alarmed.threshold == 10  # its table
         assert any(e["kind"] == "drift" for e in status["events"])
         text = status_view(node.state)
         assert "health of tmaze over the last window" in text
         assert "health of grid-slippery over the last window" in text
-        assert "drift ok: statistic" in text  # the T-maze's
+        assert "drift ok: statistic" in text  # the T-maze's (threshold 12: the default)
 
         wait_until(lambda: prom.exists() and "group_drift_alarm" in prom.read_text(),
                    "the health in the text file")
