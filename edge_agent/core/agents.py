@@ -1097,14 +1097,18 @@ class AifAgentGroup:
             for a, v in zip(block, saved, strict=True):
                 np.copyto(a, v)
             return
-        with learning.warming_up():
-            saved_state = {
-                k: np.array(v, copy=True)
-                for k, v in self.state_dict().items()
-                if not k.startswith(("history.", "times."))
-            }
-            self.step(obs, record=False)
-            self.load_state_dict(saved_state)
+        health, self.health = self.health, None  # a step that is put back is not measured
+        try:
+            with learning.warming_up():
+                saved_state = {
+                    k: np.array(v, copy=True)
+                    for k, v in self.state_dict().items()
+                    if not k.startswith(("history.", "times."))
+                }
+                self.step(obs, record=False)
+                self.load_state_dict(saved_state)
+        finally:
+            self.health = health
 
     def finite(self) -> bool:
         """Whether every posterior and policy posterior is finite (block by block: no

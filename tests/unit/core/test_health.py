@@ -128,3 +128,16 @@ def test_a_group_without_health_reports_none() -> None:
     group.step(obs)
     assert group.health_summary() is None
     assert group.alerts() == []
+
+
+def test_a_warm_up_step_that_is_put_back_is_not_measured() -> None:
+    model = tmaze_reversal_model()
+    spec = LearningSpec(pA={1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)})
+    env = TMazeEnv(8, seed=9)
+    for learning in (None, spec):
+        group = AifAgentGroup(model, 8, precision="float64", learning=learning)
+        group.warm_up(env.reset())
+        s = group.health_summary()
+        assert s is not None
+        assert s.agent_steps == 0
+        assert "surprise" not in s.measures
