@@ -22,7 +22,8 @@ One JSON object per line:
 
 The process runs one thread (``OPENBLAS_NUM_THREADS=1`` is set before numpy is imported).
 
-    python benchmarks/bench_health.py [--smoke] [--agents 10000] [--rounds 5]
+    python benchmarks/bench_health.py [--smoke] [--agents 100,10000] [--rounds 5]
+        [--parts cost,drift] [--drift-ticks 20000] [--seeds 4]
 
 ``--smoke`` runs the code path at tiny sizes, for CI (its numbers mean nothing).
 """
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-ticks", type=int, default=None,
                         help="ticks per false-alarm run (20000)")
     parser.add_argument("--seeds", type=int, default=None, help="runs per drift row (4)")
+    parser.add_argument("--parts", default="cost,drift",
+                        help="what to measure: cost, drift or both (cost,drift)")
     args = parser.parse_args(argv)
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy is imported (lazily, above)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -190,13 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if smoke else 5)
     seeds = args.seeds or (1 if smoke else 4)
     drift_ticks = args.drift_ticks or (40 if smoke else 20_000)
-    for world in WORLDS:
-        for n in agents:
-            print(json.dumps(cost(world, n, ticks, rounds)), flush=True)
-    for world in WORLDS:
-        print(json.dumps(false_alarms(world, 16, drift_ticks, seeds)), flush=True)
-    reverse_every = 2 if smoke else 20
-    print(json.dumps(delay(16, reverse_every, 6 * reverse_every * 3, seeds)), flush=True)
+    parts = set(args.parts.split(","))
+    if "cost" in parts:
+        for world in WORLDS:
+            for n in agents:
+                print(json.dumps(cost(world, n, ticks, rounds)), flush=True)
+    if "drift" in parts:
+        for world in WORLDS:
+            print(json.dumps(false_alarms(world, 16, drift_ticks, seeds)), flush=True)
+        reverse_every = 2 if smoke else 20
+        print(json.dumps(delay(16, reverse_every, 6 * reverse_every * 3, seeds)), flush=True)
     return 0
 
 
