@@ -10,7 +10,9 @@ pymdp's ``exp(-16)`` threshold, marginal or full action selection.
 
 Shapes: ``A[m]`` ``(N|1, O_m, S)`` over the joint state ``S = S_0 * ... * S_{F-1}`` (C order);
 ``B[f]`` ``(N|1, S_f, S_f, U_f)``; ``D[f]`` ``(N|1, S_f)``; ``qs[f]`` ``(N, S_f)``; ``obs``
-``(N, M)`` int; ``policies`` ``(P, L, F)``.
+``(N, M)`` int; ``policies`` ``(P, L, F)``. A learned ``B[f]`` may instead be a
+:class:`~edge_agent.aif.sparse_transitions.SparseTransitions` (each agent's table on its
+support).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.constants import EPS, EXP_M16
+from edge_agent.aif.sparse_transitions import SparseTransitions
+
+#: A factor's transitions: ``(N|1, S, S, U)``, or each agent's on its support.
+Transitions = np.ndarray | SparseTransitions
 
 
 def rows_of(table: np.ndarray, n: int) -> np.ndarray:
@@ -64,7 +71,7 @@ def log_likelihood(A: Sequence[np.ndarray], obs: np.ndarray) -> np.ndarray:
 
 
 def priors(
-    B: Sequence[np.ndarray], D: Sequence[np.ndarray], qs: Sequence[np.ndarray],
+    B: Sequence[Transitions], D: Sequence[np.ndarray], qs: Sequence[np.ndarray],
     action: np.ndarray, acted: np.ndarray,
 ) -> list[np.ndarray]:
     """``B[f][:, :, a_f] @ qs[f]`` for agents that acted, ``D[f]`` for the others. A shared
@@ -72,7 +79,9 @@ def priors(
     n = qs[0].shape[0]
     out = []
     for f, (b, d) in enumerate(zip(B, D, strict=True)):
-        if b.shape[0] == 1 and n > 1:
+        if isinstance(b, SparseTransitions):
+            moved = sparse.apply_each(b, qs[f], action[:, f])
+        elif b.shape[0] == 1 and n > 1:
             moved = np.empty_like(qs[f])
             for u in np.unique(action[:, f]).tolist():
                 chosen = action[:, f] == u
@@ -186,34 +195,73 @@ def neg_entropy_rows(table: np.ndarray) -> np.ndarray:
     return out
 
 
+def moved_by_action(b: Transitions, q: np.ndarray) -> np.ndarray:
+    """``(N, U, S)``: ``B[:, :, u] @ q[n]`` for every action ``u`` of one factor: one gather
+    on a sparse table, one batched product over the agents' own dense tables, one matrix
+    product for a shared one."""
+    if isinstance(b, SparseTransitions):
+        return sparse.apply_all(b, q)
+    if b.shape[0] == 1:
+        shared: np.ndarray = np.tensordot(q, b[0], axes=([1], [1])).transpose(0, 2, 1)
+        return shared
+    out: np.ndarray = np.einsum("nsju,nj->nus", b, q)
+    return out
+
+
+def _apply(b: Transitions, q: np.ndarray, u: int) -> np.ndarray:
+    if isinstance(b, SparseTransitions):
+        return sparse.apply_action(b, q, u)
+    return apply_tables(b[:, :, :, u], q)
+
+
 def expected_free_energy(
-    qs: Sequence[np.ndarray], A: Sequence[np.ndarray], B: Sequence[np.ndarray],
+    qs: Sequence[np.ndarray], A: Sequence[np.ndarray], B: Sequence[Transitions],
     lnC: Sequence[np.ndarray], policies: np.ndarray, *,
     outcomes: tuple[np.ndarray, np.ndarray] | None, use_utility: bool,
 ) -> np.ndarray:
     """``G`` ``(N, P)``: utility ``qo . ln softmax(C)`` and (when ``outcomes`` from
     :func:`outcome_tables` are given) the state information gain, summed over each policy's
-    steps, with each agent's own tables."""
+    steps, with each agent's own tables. One-step policies are evaluated all at once: each
+    factor's table applied once per action, the terms of every policy in a few batched
+    products."""
     n = qs[0].shape[0]
     P, L, F = policies.shape
-    G = np.zeros((n, P))
     # Utility is linear in the joint state: q . sum_m (ln C_m @ A_m), per agent once a tick.
     utility = None
     if use_utility:
         utility = sum(np.einsum("nos,o->ns", a, ln_c) for a, ln_c in zip(A, lnC, strict=True))
+    if L == 1:
+        moved = [moved_by_action(B[f], qs[f])[:, policies[:, 0, f]] for f in range(F)]
+        q_joint = moved[0]
+        for q_f in moved[1:]:  # (N, P, S): the joint over the factors, C order
+            q_joint = (q_joint[:, :, :, None] * q_f[:, :, None, :]).reshape(n, P, -1)
+        return _policy_terms(q_joint, utility, outcomes)
+    G = np.zeros((n, P))
     for p in range(P):
-        q = list(qs)
+        q: list[np.ndarray] = list(qs)
         for t in range(L):
-            q = [apply_tables(B[f][:, :, :, int(policies[p, t, f])], q[f]) for f in range(F)]
-            q_joint = joint(q)
-            if utility is not None:
-                G[:, p] += (q_joint * utility).sum(axis=1)
-            if outcomes is not None:
-                A_joint, neg_entropy = outcomes
-                kept = np.where(q_joint > EXP_M16, q_joint, 0.0)
-                qo = apply_tables(A_joint, kept)
-                G[:, p] += (kept * neg_entropy).sum(axis=1)
-                G[:, p] -= (qo * np.log(qo + EPS)).sum(axis=1)
+            q = [_apply(B[f], q[f], int(policies[p, t, f])) for f in range(F)]
+            G[:, p] += _policy_terms(joint(q)[:, None, :], utility, outcomes)[:, 0]
+    return G
+
+
+def _policy_terms(
+    q_joint: np.ndarray, utility: np.ndarray | None,
+    outcomes: tuple[np.ndarray, np.ndarray] | None,
+) -> np.ndarray:
+    """``(N, P)``: utility and state information gain of the predicted joint states
+    ``q_joint`` ``(N, P, S)``."""
+    G = np.zeros(q_joint.shape[:2])
+    if utility is not None:
+        G += np.einsum("nps,ns->np", q_joint, np.broadcast_to(utility, (len(q_joint),
+                                                                        utility.shape[1])))
+    if outcomes is not None:
+        A_joint, neg_entropy = outcomes
+        kept = np.where(q_joint > EXP_M16, q_joint, 0.0)
+        qo = np.matmul(kept, A_joint.transpose(0, 2, 1))  # (N, P, O)
+        G += np.einsum("nps,ns->np", kept, np.broadcast_to(neg_entropy, (len(kept),
+                                                                         neg_entropy.shape[1])))
+        G -= np.einsum("npo,npo->np", qo, np.log(qo + EPS))
     return G
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 from edge_agent.aif import kernels, per_agent
+from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.constants import EPS
 from edge_agent.aif.learning import Learner
 from edge_agent.aif.learning_refresh import normalise_agent_tables
 from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.sparse_transitions import SparseTransitions
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import IntArray
@@ -47,8 +49,17 @@ class AgentTables:
             "B": [b[None] for b in model.B],
             "D": [d[None] for d in model.D],
         }
+        #: The learned transitions kept on their support (the prior counts'), by factor: each
+        #: agent's ``B`` there (:mod:`edge_agent.aif.sparse_transitions`) instead of in full.
+        self.transitions: dict[int, SparseTransitions] = {}
         for counts in learner.counts:
-            for index in counts.tables:
+            for slot, index in enumerate(counts.tables):
+                if counts.kind == "B":
+                    found = sparse.sparse_transitions(counts.prior[slot] > 0, n_agents)
+                    if found is not None:
+                        sparse.fill_from_table(found, model.B[index])
+                        self.transitions[index] = found
+                        continue
                 self.tables[counts.kind][index] = np.repeat(
                     self.tables[counts.kind][index], n_agents, axis=0
                 )
@@ -87,8 +98,10 @@ class AgentTables:
         entropies the state information gain reads, when ``A`` is learned)."""
         m, total = self._loaded, 0
         for counts in learner.counts:
-            for slot in range(len(counts.tables)):
-                total += counts.prior[slot].size * 8
+            for slot, index in enumerate(counts.tables):
+                found = self.transitions.get(index) if counts.kind == "B" else None
+                total += (found.per_agent_nbytes if found is not None
+                          else counts.prior[slot].size * 8)
         if learner.pA is not None and self._info_gain:
             S = int(np.prod(m.num_states))  # one modality: its A is the joint table
             joint_outcomes = int(np.prod(m.num_obs)) if m.num_modalities > 1 else 0
@@ -111,6 +124,15 @@ class AgentTables:
             if not counts.learned:
                 continue
             for slot, index in enumerate(counts.tables):
+                found = self.transitions.get(index) if counts.kind == "B" else None
+                if found is not None:
+                    # Only the (agent, action) tables whose counts moved, after the first.
+                    touched = counts.touched_by_agent[slot]
+                    if not counts.refreshed:
+                        touched = np.ones_like(touched)
+                    agents, actions = np.nonzero(touched)
+                    sparse.normalise_touched(found, counts.counts[slot], agents, actions)
+                    continue
                 table = self.tables[counts.kind][index]
                 normalise_agent_tables(counts.counts[slot].reshape(table.shape), table)
             counts.mark_refreshed()
@@ -132,9 +154,22 @@ class AgentTables:
         tables = {"A": loaded.A, "B": loaded.B, "D": loaded.D}
         for counts in self._learner.counts:
             for index in counts.tables:
+                found = self.transitions.get(index) if counts.kind == "B" else None
+                if found is not None:
+                    sparse.fill_from_table(found, loaded.B[index])
+                    continue
                 table = self.tables[counts.kind][index]
                 table[...] = tables[counts.kind][index].reshape(table.shape[1:])
         self._follow_A(self._learner)
+
+    def _transitions(self) -> list[per_agent.Transitions]:
+        """Each factor's transitions: its sparse tables when kept so, else ``tables["B"]``."""
+        return [self.transitions.get(f, b) for f, b in enumerate(self.tables["B"])]
+
+    def transition_table(self, factor: int) -> np.ndarray:
+        """``(N|1, S, S, U)``: factor ``factor``'s transitions in full (for inspection)."""
+        found = self.transitions.get(factor)
+        return self.tables["B"][factor] if found is None else sparse.dense(found)
 
     def outcome_probabilities(
         self, obs: IntArray, rows: IntArray, joint: np.ndarray
@@ -152,7 +187,8 @@ class AgentTables:
         """Every agent's posterior under its own ``A``, from the prior its own ``B`` (or, at a
         trial's start, its own ``D``) gives; the prior is left in ``state.prior``."""
         t = self.tables
-        prior = per_agent.priors(t["B"], t["D"], state.qs, state.action, state.has_action)
+        prior = per_agent.priors(self._transitions(), t["D"], state.qs, state.action,
+                                 state.has_action)
         log_lik = per_agent.log_likelihood(t["A"], obs)
         for f, p in enumerate(prior):
             state.prior[f][...] = p
@@ -184,7 +220,7 @@ class AgentTables:
         G = per_agent.expected_free_energy(
             state.qs,
             self.tables["A"],
-            self.tables["B"],
+            self._transitions(),
             self._lnC,
             cm.tree.policies,
             outcomes=self._outcomes,
