@@ -156,8 +156,8 @@ class DirichletCounts:
     def nbytes_per_agent(self) -> int:
         """Per-agent scope: what each agent adds to :attr:`nbytes` (its counts, in their dtype,
         and a per-agent ``B``'s flags of the action tables touched)."""
-        counts = sum(p.size for p in self.prior) * np.dtype(self.counts[0].dtype).itemsize
-        return counts + sum(t.shape[1] for t in self.touched_by_agent)
+        counts = sum(int(p.nbytes) for p in self.prior)  # the prior is in the counts' dtype
+        return counts + sum(int(t.shape[1]) for t in self.touched_by_agent)
 
     def add(
         self, slot: int, increment: np.ndarray, lr: float, forgetting: float, *,

@@ -45,6 +45,13 @@ def apply_tables(table: np.ndarray, q: np.ndarray) -> np.ndarray:
     return out
 
 
+def agents_of(b: Transitions, sl: slice) -> Transitions:
+    """The transitions of the agents ``sl`` (a shared table as it is)."""
+    if isinstance(b, SparseTransitions):
+        return b._replace(values=b.values[sl])
+    return b if b.shape[0] == 1 else b[sl]
+
+
 def softmax_rows(x: np.ndarray) -> np.ndarray:
     e: np.ndarray = np.exp(x - x.max(axis=1, keepdims=True))
     out: np.ndarray = e / e.sum(axis=1, keepdims=True)

@@ -25,7 +25,10 @@ from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import IntArray
 
-__all__ = ["AgentTables"]
+__all__ = ["OUTCOME_CHUNK", "AgentTables"]
+
+#: A learned ``A``'s joint-outcome tables are made for at most this many entries at a time.
+OUTCOME_CHUNK = 1 << 16
 
 
 class AgentTables:
@@ -75,8 +78,11 @@ class AgentTables:
         self._possible = per_agent.possible_outcomes(supports) if len(model.A) > 1 else None
         self._lnC = [np.log(per_agent.softmax_rows(c[None])[0] + EPS) for c in model.C]
         self._info_gain = info_gain
+        # The joint-outcome tables of a shared A, made once; a learned A's are made each tick
+        # from the agents' tables, a chunk of agents at a time (kept by no agent).
         self._outcomes = (
-            per_agent.outcome_tables(self.tables["A"], self._possible) if info_gain else None
+            per_agent.outcome_tables(self.tables["A"], self._possible)
+            if info_gain and learner.pA is None else None
         )
 
     @property
@@ -94,18 +100,15 @@ class AgentTables:
         return self
 
     def bytes_per_agent(self, learner: Learner) -> int:
-        """Each agent's copy of the learned tables (and of the joint-outcome table and its
-        entropies the state information gain reads, when ``A`` is learned)."""
-        m, total = self._loaded, 0
+        """Each agent's copy of the learned tables (a learned ``B`` on its support when it is
+        sparse). The joint-outcome tables a learned ``A`` gives the information gain are made
+        each tick, for :data:`OUTCOME_CHUNK` entries at most at a time: no agent keeps them."""
+        total = 0
         for counts in learner.counts:
             for slot, index in enumerate(counts.tables):
                 found = self.transitions.get(index) if counts.kind == "B" else None
                 total += (found.per_agent_nbytes if found is not None
                           else counts.prior[slot].size * 8)
-        if learner.pA is not None and self._info_gain:
-            S = int(np.prod(m.num_states))  # one modality: its A is the joint table
-            joint_outcomes = int(np.prod(m.num_obs)) if m.num_modalities > 1 else 0
-            total += (joint_outcomes + 1) * S * 8
         return total
 
     def codes_nbytes(self, learner: Learner) -> int:
@@ -136,14 +139,7 @@ class AgentTables:
                 table = self.tables[counts.kind][index]
                 normalise_agent_tables(counts.counts[slot].reshape(table.shape), table)
             counts.mark_refreshed()
-        self._follow_A(learner)
         return None, False, 0
-
-    def _follow_A(self, learner: Learner) -> None:  # noqa: N802 - pymdp's table names
-        """The joint-outcome tables the information gain reads, from the agents' ``A`` again
-        (when ``A`` is learned)."""
-        if self._outcomes is not None and learner.pA is not None:
-            self._outcomes = per_agent.outcome_tables(self.tables["A"], self._possible)
 
     def forget_versions(self) -> None:
         """Every refresh normalises every learned table: nothing to forget."""
@@ -160,7 +156,6 @@ class AgentTables:
                     continue
                 table = self.tables[counts.kind][index]
                 table[...] = tables[counts.kind][index].reshape(table.shape[1:])
-        self._follow_A(self._learner)
 
     def _transitions(self) -> list[per_agent.Transitions]:
         """Each factor's transitions: its sparse tables when kept so, else ``tables["B"]``."""
@@ -217,17 +212,27 @@ class AgentTables:
     def infer_policies(self, state: AgentState, stepper: BlockStepper) -> None:
         """``G`` with each agent's own tables and ``q_pi = softmax(gamma * G + ln E)``."""
         cm = stepper.cm
-        G = per_agent.expected_free_energy(
-            state.qs,
-            self.tables["A"],
-            self._transitions(),
-            self._lnC,
-            cm.tree.policies,
-            outcomes=self._outcomes,
-            use_utility=stepper.use_utility,
-        )
-        state.G[...] = G
-        state.q_pi[...] = per_agent.softmax_rows(G * float(stepper.gamma) + cm.lnE)
+        A, B = self.tables["A"], self._transitions()
+        if self._info_gain and self._outcomes is None:
+            # A learned A: the joint-outcome tables from the agents' own, chunk by chunk.
+            n = state.qs[0].shape[0]
+            rows = len(self._possible) if self._possible is not None else A[0].shape[1]
+            step = max(1, OUTCOME_CHUNK // (rows * A[0].shape[2]))
+            for start in range(0, n, step):
+                sl = slice(start, min(n, start + step))
+                mine = [a[sl] if len(a) > 1 else a for a in A]
+                state.G[sl] = per_agent.expected_free_energy(
+                    [q[sl] for q in state.qs], mine, [per_agent.agents_of(b, sl) for b in B],
+                    self._lnC, cm.tree.policies,
+                    outcomes=per_agent.outcome_tables(mine, self._possible),
+                    use_utility=stepper.use_utility,
+                )
+        else:
+            state.G[...] = per_agent.expected_free_energy(
+                state.qs, A, B, self._lnC, cm.tree.policies, outcomes=self._outcomes,
+                use_utility=stepper.use_utility,
+            )
+        state.q_pi[...] = per_agent.softmax_rows(state.G * float(stepper.gamma) + cm.lnE)
 
     def sample_action(self, state: AgentState, stepper: BlockStepper) -> None:
         """Each agent's action from its ``q_pi`` (marginal, pymdp's)."""

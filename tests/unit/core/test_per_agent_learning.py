@@ -9,6 +9,7 @@ import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.reference_learning import LearningReferenceAgent
+from edge_agent.core import per_agent_learning
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, MiB
 from edge_agent.core.per_agent_learning import AgentTables
@@ -198,3 +199,29 @@ def test_transitions_kept_on_their_support_learn_as_reference_agents() -> None:
         np.testing.assert_allclose(pB.counts[0][i], ref.pB[0], **TOL)
     np.testing.assert_allclose(scope.transition_table(0), pB.normalised(0), rtol=1e-15, atol=0)
     assert not np.allclose(pB.normalised(0)[0], B)  # the moves were learned
+
+
+def test_learned_likelihoods_plan_a_chunk_of_agents_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The joint-outcome tables of a learned A are made each tick, a chunk of agents at a
+    time, and kept by no agent: chunks of 2 agents plan as one chunk of all; an agent's bytes
+    hold its own tables, not the outcome tables."""
+    model = tmaze_reversal_model()
+    groups = [AifAgentGroup(model, N, learning=spec(), precision="float64") for _ in range(2)]
+    rng = np.random.default_rng(12)
+    for t in range(5):
+        obs = np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1)
+        monkeypatch.setattr(per_agent_learning, "OUTCOME_CHUNK", 1 << 16)
+        whole = groups[0].step(obs)
+        monkeypatch.setattr(per_agent_learning, "OUTCOME_CHUNK", 2 * 12 * 8)
+        chunked = groups[1].step(obs)
+        np.testing.assert_array_equal(chunked, whole)
+        np.testing.assert_allclose(groups[1].q_pi, groups[0].q_pi, rtol=0, atol=1e-13, err_msg=t)
+    scope = groups[0].learning.scope
+    assert isinstance(scope, AgentTables)
+    assert not scope.transitions  # the maze's moves: too few states to keep B on its support
+    learner = groups[0].learner
+    # Each agent's own A, B and D (float64), no 12 x 8 outcome table.
+    assert scope.bytes_per_agent(learner) == sum(p.size * 8 for c in learner.counts
+                                                 for p in c.prior)
