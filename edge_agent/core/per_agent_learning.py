@@ -27,8 +27,9 @@ from edge_agent.core.group_blocks import IntArray
 
 __all__ = ["OUTCOME_CHUNK", "AgentTables"]
 
-#: A learned ``A``'s joint-outcome tables are made for at most this many entries at a time.
-OUTCOME_CHUNK = 1 << 16
+#: A learned ``A``'s joint-outcome tables (several modalities) are made for at most this many
+#: entries at a time (small enough to stay in a core's cache: measured on the T-maze).
+OUTCOME_CHUNK = 1 << 14
 
 
 class AgentTables:
@@ -216,8 +217,9 @@ class AgentTables:
         if self._info_gain and self._outcomes is None:
             # A learned A: the joint-outcome tables from the agents' own, chunk by chunk.
             n = state.qs[0].shape[0]
-            rows = len(self._possible) if self._possible is not None else A[0].shape[1]
-            step = max(1, OUTCOME_CHUNK // (rows * A[0].shape[2]))
+            step = n  # one modality: its A is the joint table, nothing is made
+            if self._possible is not None:
+                step = max(1, OUTCOME_CHUNK // (len(self._possible) * A[0].shape[2]))
             for start in range(0, n, step):
                 sl = slice(start, min(n, start + step))
                 mine = [a[sl] if len(a) > 1 else a for a in A]
