@@ -164,7 +164,7 @@ class Pymdp104:
             if learns_A:
                 agent = agent.infer_parameters(qs, [o[:, None] for o in observations], None)
             else:
-                frames = [jnp.concatenate([p, q], axis=1) for p, q in zip(qs_prev, qs)]
+                frames = [jnp.concatenate([p, q], axis=1) for p, q in zip(qs_prev, qs, strict=True)]
                 agent = agent.infer_parameters(qs, [o[:, None] for o in observations],
                                                last[:, None, :], beliefs_B=frames)
             q_pi, _neg_efe = agent.infer_policies(qs)
