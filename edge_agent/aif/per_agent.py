@@ -18,6 +18,7 @@ support).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -179,6 +180,66 @@ def outcome_tables(
     return out, neg_entropy_rows(out)
 
 
+class JointLayout(NamedTuple):
+    """Where the joint-outcome table of agents with their own likelihoods can be non-zero:
+    entries ``e`` of (joint outcome ``k_e``, state ``s_e``) where every modality's support
+    holds (the T-maze: 22 of 12 x 8). ``shared`` ``(E,)``: the product of the shared
+    modalities' entries; ``learned``: per learned modality ``m``, the index of each entry into
+    ``A[m]`` ``(O_m, S)`` flattened; ``state_of`` ``(E,)`` intp; ``to_outcome`` ``(E, K)`` and
+    ``to_state`` ``(E, S)``: 0/1 float64, entry to its outcome and state."""
+
+    shared: np.ndarray
+    learned: tuple[tuple[int, np.ndarray], ...]
+    state_of: np.ndarray
+    to_outcome: np.ndarray
+    to_state: np.ndarray
+
+
+class CompactJoint(NamedTuple):
+    """The agents' joint-outcome tables on a :class:`JointLayout`: ``values`` ``(N, E)`` and
+    ``neg_entropy`` ``(N, S)`` (as :func:`outcome_tables`)."""
+
+    values: np.ndarray
+    neg_entropy: np.ndarray
+    layout: JointLayout
+
+
+def joint_layout(
+    A: Sequence[np.ndarray], supports: Sequence[np.ndarray], outcomes: np.ndarray,
+    learned: Sequence[int],
+) -> JointLayout:
+    """The :class:`JointLayout` of ``outcomes`` ``(K, M)`` (:func:`possible_outcomes`) under
+    ``supports[m]`` ``(O_m, S)`` bool; ``A[m]`` ``(1, O_m, S)`` gives the shared modalities'
+    values (those not in ``learned``, whose tables are the agents' own)."""
+    S = supports[0].shape[1]
+    where = np.ones((len(outcomes), S), dtype=bool)
+    for m, support in enumerate(supports):
+        where &= support[outcomes[:, m]]
+    k_of, state_of = np.nonzero(where)
+    shared = np.ones(len(k_of))
+    for m, a in enumerate(A):
+        if m not in learned:
+            shared *= a[0][outcomes[k_of, m], state_of]
+    own = tuple((m, outcomes[k_of, m] * S + state_of) for m in learned)
+    return JointLayout(shared=shared, learned=own, state_of=state_of,
+                       to_outcome=np.eye(len(outcomes))[k_of], to_state=np.eye(S)[state_of])
+
+
+def compact_joint(A: Sequence[np.ndarray], layout: JointLayout) -> CompactJoint:
+    """The agents' joint-outcome tables on ``layout`` from their tables ``A[m]`` ``(N|1, O_m,
+    S)``, with ``sum_o p(o|s) ln(p(o|s) + e^-16)``."""
+    values = None
+    for m, index in layout.learned:
+        picked = A[m].reshape(A[m].shape[0], -1)[:, index]
+        values = picked * layout.shared if values is None else values * picked
+    if values is None:
+        values = layout.shared[None]
+    entropy = np.add(values, EXP_M16)
+    np.log(entropy, out=entropy)
+    entropy *= values
+    return CompactJoint(values, entropy @ layout.to_state, layout)
+
+
 #: :func:`neg_entropy_rows` works through this many table entries at a time.
 ENTROPY_CHUNK = 1 << 16
 
@@ -224,7 +285,7 @@ def _apply(b: Transitions, q: np.ndarray, u: int) -> np.ndarray:
 def expected_free_energy(
     qs: Sequence[np.ndarray], A: Sequence[np.ndarray], B: Sequence[Transitions],
     lnC: Sequence[np.ndarray], policies: np.ndarray, *,
-    outcomes: tuple[np.ndarray, np.ndarray] | None, use_utility: bool,
+    outcomes: tuple[np.ndarray, np.ndarray] | CompactJoint | None, use_utility: bool,
 ) -> np.ndarray:
     """``G`` ``(N, P)``: utility ``qo . ln softmax(C)`` and (when ``outcomes`` from
     :func:`outcome_tables` are given) the state information gain, summed over each policy's
@@ -254,22 +315,42 @@ def expected_free_energy(
 
 def _policy_terms(
     q_joint: np.ndarray, utility: np.ndarray | None,
-    outcomes: tuple[np.ndarray, np.ndarray] | None,
+    outcomes: tuple[np.ndarray, np.ndarray] | CompactJoint | None,
 ) -> np.ndarray:
     """``(N, P)``: utility and state information gain of the predicted joint states
-    ``q_joint`` ``(N, P, S)``."""
+    ``q_joint`` ``(N, P, S)`` (a table shared by the agents, ``(1, ...)``: one product)."""
     G = np.zeros(q_joint.shape[:2])
     if utility is not None:
-        G += np.einsum("nps,ns->np", q_joint, np.broadcast_to(utility, (len(q_joint),
-                                                                        utility.shape[1])))
-    if outcomes is not None:
+        G += _per_agent_dot(q_joint, utility)
+    if isinstance(outcomes, CompactJoint):
+        kept = np.where(q_joint > EXP_M16, q_joint, 0.0)
+        layout = outcomes.layout
+        qo = (kept[:, :, layout.state_of] * outcomes.values[:, None, :]) @ layout.to_outcome
+        G += _per_agent_dot(kept, outcomes.neg_entropy)
+        log_qo = np.add(qo, EPS)
+        np.log(log_qo, out=log_qo)
+        G -= np.einsum("npo,npo->np", qo, log_qo)
+    elif outcomes is not None:
         A_joint, neg_entropy = outcomes
         kept = np.where(q_joint > EXP_M16, q_joint, 0.0)
-        qo = np.matmul(kept, A_joint.transpose(0, 2, 1))  # (N, P, O)
-        G += np.einsum("nps,ns->np", kept, np.broadcast_to(neg_entropy, (len(kept),
-                                                                         neg_entropy.shape[1])))
-        G -= np.einsum("npo,npo->np", qo, np.log(qo + EPS))
+        if A_joint.shape[0] == 1:
+            qo = kept @ A_joint[0].T  # (N, P, O)
+        else:
+            qo = np.matmul(kept, A_joint.transpose(0, 2, 1))
+        G += _per_agent_dot(kept, neg_entropy)
+        log_qo = np.add(qo, EPS)
+        np.log(log_qo, out=log_qo)
+        G -= np.einsum("npo,npo->np", qo, log_qo)
     return G
+
+
+def _per_agent_dot(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``(N, P)``: ``q[n, p] . v[n]`` for ``q`` ``(N, P, S)`` and ``v`` ``(N|1, S)``."""
+    if v.shape[0] == 1:
+        shared: np.ndarray = q @ v[0]
+        return shared
+    out: np.ndarray = np.einsum("nps,ns->np", q, v)
+    return out
 
 
 def select_actions(

@@ -27,7 +27,7 @@ from edge_agent.core.group_blocks import IntArray
 
 __all__ = ["OUTCOME_CHUNK", "AgentTables"]
 
-#: A learned ``A``'s joint-outcome tables (several modalities) are made for at most this many
+#: A learned ``A``'s joint-outcome entries (several modalities) are made for at most this many
 #: entries at a time (small enough to stay in a core's cache: measured on the T-maze).
 OUTCOME_CHUNK = 1 << 14
 
@@ -77,6 +77,12 @@ class AgentTables:
                     learner.pA.prior[slot].reshape(supports[index].shape) > 0
                 )
         self._possible = per_agent.possible_outcomes(supports) if len(model.A) > 1 else None
+        # A learned A among several modalities: the joint-outcome entries that can be non-zero
+        # (the T-maze: 22 of 12 x 8), the shared modalities' product on them made once.
+        self._layout = (
+            per_agent.joint_layout(self.tables["A"], supports, self._possible, learner.pA.tables)
+            if self._possible is not None and learner.pA is not None and info_gain else None
+        )
         self._lnC = [np.log(per_agent.softmax_rows(c[None])[0] + EPS) for c in model.C]
         self._info_gain = info_gain
         # The joint-outcome tables of a shared A, made once; a learned A's are made each tick
@@ -217,16 +223,18 @@ class AgentTables:
         if self._info_gain and self._outcomes is None:
             # A learned A: the joint-outcome tables from the agents' own, chunk by chunk.
             n = state.qs[0].shape[0]
+            layout = self._layout
             step = n  # one modality: its A is the joint table, nothing is made
-            if self._possible is not None:
-                step = max(1, OUTCOME_CHUNK // (len(self._possible) * A[0].shape[2]))
+            if layout is not None:
+                step = max(1, OUTCOME_CHUNK // len(layout.state_of))
             for start in range(0, n, step):
                 sl = slice(start, min(n, start + step))
                 mine = [a[sl] if len(a) > 1 else a for a in A]
                 state.G[sl] = per_agent.expected_free_energy(
                     [q[sl] for q in state.qs], mine, [per_agent.agents_of(b, sl) for b in B],
                     self._lnC, cm.tree.policies,
-                    outcomes=per_agent.outcome_tables(mine, self._possible),
+                    outcomes=per_agent.outcome_tables(mine) if layout is None
+                    else per_agent.compact_joint(mine, layout),
                     use_utility=stepper.use_utility,
                 )
         else:

@@ -96,3 +96,30 @@ def test_one_step_policies_are_evaluated_at_once_as_one_by_one() -> None:
     dense = per_agent.expected_free_energy(q_grid, A_grid, [grid.B[0][None]], lnC_grid, moves,
                                            outcomes=outcomes, use_utility=True)
     np.testing.assert_allclose(on_support, dense, rtol=1e-12, atol=1e-12)
+
+
+def test_a_learned_likelihood_plans_on_the_joint_entries_that_can_be_non_zero() -> None:
+    """T-maze, each agent its own reward likelihood: the joint-outcome table kept on the
+    entries every modality's support allows (22 of 12 x 8, the shared modalities' product made
+    once) gives the entropies and ``G`` of the whole table."""
+    model = builtin_model("tmaze")
+    n = 5
+    rng = np.random.default_rng(3)
+    S = int(np.prod(model.num_states))
+    A = [a.reshape(1, a.shape[0], S) for a in model.A]
+    noisy = A[1] * rng.uniform(0.5, 1.5, size=(n, *A[1].shape[1:]))
+    A[1] = noisy / noisy.sum(axis=1, keepdims=True)
+    supports = [np.asarray((a > 0).any(axis=0)) for a in A]
+    possible = per_agent.possible_outcomes(supports)
+    layout = per_agent.joint_layout(A, supports, possible, [1])
+    assert len(layout.state_of) == 22
+    compact = per_agent.compact_joint(A, layout)
+    full = per_agent.outcome_tables(A, possible)
+    np.testing.assert_allclose(compact.neg_entropy, full[1], rtol=1e-13, atol=1e-15)
+    qs = [rng.dirichlet(np.ones(s), size=n) for s in model.num_states]
+    B = [b[None] for b in model.B]
+    lnC = [np.log(per_agent.softmax_rows(c[None])[0] + 1e-16) for c in model.C]
+    policies = construct_policies(model.num_controls, 1, None)
+    G = [per_agent.expected_free_energy(qs, A, B, lnC, policies, outcomes=outcomes,
+                                        use_utility=True) for outcomes in (compact, full)]
+    np.testing.assert_allclose(G[0], G[1], rtol=1e-12, atol=1e-12)
