@@ -91,7 +91,7 @@ def priors(
             moved = sparse.apply_each(b, qs[f], action[:, f])
         elif b.shape[0] == 1 and n > 1:
             moved = np.empty_like(qs[f])
-            for u in np.unique(action[:, f]).tolist():
+            for u in sorted(set(action[:, f].tolist())):
                 chosen = action[:, f] == u
                 moved[chosen] = qs[f][chosen] @ b[0, :, :, u].T
         else:
@@ -269,8 +269,10 @@ def moved_by_action(b: Transitions, q: np.ndarray) -> np.ndarray:
     product for a shared one."""
     if isinstance(b, SparseTransitions):
         return sparse.apply_all(b, q)
-    if b.shape[0] == 1:
-        shared: np.ndarray = np.tensordot(q, b[0], axes=([1], [1])).transpose(0, 2, 1)
+    if b.shape[0] == 1:  # one product: q (N, S_j) by the table as (S_j, S_i * U)
+        S_i, S_j, U = b.shape[1:]
+        by_source = b[0].transpose(1, 0, 2).reshape(S_j, S_i * U)
+        shared: np.ndarray = (q @ by_source).reshape(-1, S_i, U).transpose(0, 2, 1)
         return shared
     out: np.ndarray = np.einsum("nsju,nj->nus", b, q)
     return out
@@ -380,6 +382,9 @@ def select_actions(
         return np.asarray(first[choose(q_pi)], dtype=np.int64)
     out = np.empty((n, len(num_controls)), dtype=np.int64)
     for f, u in enumerate(num_controls):
+        if u == 1 and deterministic:  # one action: nothing to choose (and nothing drawn)
+            out[:, f] = 0
+            continue
         marginal = q_pi @ np.eye(u)[first[:, f]]
         marginal /= marginal.sum(axis=1, keepdims=True)
         out[:, f] = choose(marginal)
