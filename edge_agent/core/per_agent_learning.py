@@ -27,9 +27,10 @@ from edge_agent.core.group_blocks import IntArray
 
 __all__ = ["OUTCOME_CHUNK", "AgentTables"]
 
-#: A learned ``A``'s joint-outcome entries (several modalities) are made for at most this many
-#: entries at a time (small enough to stay in a core's cache: measured on the T-maze).
-OUTCOME_CHUNK = 1 << 14
+#: The policy pass takes a chunk of agents at a time, whose temporaries (predicted states,
+#: outcomes, a learned ``A``'s joint-outcome entries, per policy) hold at most this many entries:
+#: small enough to stay in a core's cache and off fresh pages (measured on the T-maze).
+OUTCOME_CHUNK = 1 << 15
 
 
 class AgentTables:
@@ -220,27 +221,26 @@ class AgentTables:
         """``G`` with each agent's own tables and ``q_pi = softmax(gamma * G + ln E)``."""
         cm = stepper.cm
         A, B = self.tables["A"], self._transitions()
-        if self._info_gain and self._outcomes is None:
-            # A learned A: the joint-outcome tables from the agents' own, chunk by chunk.
-            n = state.qs[0].shape[0]
-            layout = self._layout
-            step = n  # one modality: its A is the joint table, nothing is made
-            if layout is not None:
-                step = max(1, OUTCOME_CHUNK // len(layout.state_of))
-            for start in range(0, n, step):
-                sl = slice(start, min(n, start + step))
-                mine = [a[sl] if len(a) > 1 else a for a in A]
-                state.G[sl] = per_agent.expected_free_energy(
-                    [q[sl] for q in state.qs], mine, [per_agent.agents_of(b, sl) for b in B],
-                    self._lnC, cm.tree.policies,
-                    outcomes=per_agent.outcome_tables(mine) if layout is None
-                    else per_agent.compact_joint(mine, layout),
-                    use_utility=stepper.use_utility,
-                )
-        else:
-            state.G[...] = per_agent.expected_free_energy(
-                state.qs, A, B, self._lnC, cm.tree.policies, outcomes=self._outcomes,
-                use_utility=stepper.use_utility,
+        policies = cm.tree.policies
+        # A chunk of agents at a time: every temporary at most OUTCOME_CHUNK entries (a few
+        # agents' predicted states, outcomes and joint-outcome entries per policy).
+        n = state.qs[0].shape[0]
+        width = max(A[0].shape[2], self._possible.shape[0] if self._possible is not None
+                    else A[0].shape[1])
+        if self._layout is not None:
+            width = max(width, len(self._layout.state_of))
+        step = max(1, OUTCOME_CHUNK // (len(policies) * width))
+        for start in range(0, n, step):
+            sl = slice(start, min(n, start + step))
+            mine = [a[sl] if len(a) > 1 else a for a in A]
+            outcomes: tuple[np.ndarray, np.ndarray] | per_agent.CompactJoint | None = (
+                self._outcomes)
+            if self._info_gain and outcomes is None:  # a learned A: from the agents' own
+                outcomes = (per_agent.outcome_tables(mine) if self._layout is None
+                            else per_agent.compact_joint(mine, self._layout))
+            state.G[sl] = per_agent.expected_free_energy(
+                [q[sl] for q in state.qs], mine, [per_agent.agents_of(b, sl) for b in B],
+                self._lnC, policies, outcomes=outcomes, use_utility=stepper.use_utility,
             )
         state.q_pi[...] = per_agent.softmax_rows(state.G * float(stepper.gamma) + cm.lnE)
 

@@ -214,7 +214,7 @@ def test_learned_likelihoods_plan_a_chunk_of_agents_at_a_time(
         obs = np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1)
         monkeypatch.setattr(per_agent_learning, "OUTCOME_CHUNK", 1 << 16)
         whole = groups[0].step(obs)
-        monkeypatch.setattr(per_agent_learning, "OUTCOME_CHUNK", 2 * 12 * 8)
+        monkeypatch.setattr(per_agent_learning, "OUTCOME_CHUNK", 2 * 4 * 22)
         chunked = groups[1].step(obs)
         np.testing.assert_array_equal(chunked, whole)
         np.testing.assert_allclose(groups[1].q_pi, groups[0].q_pi, rtol=0, atol=1e-13, err_msg=t)
