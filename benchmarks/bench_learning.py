@@ -1,4 +1,4 @@
-"""Learning benchmark (issue 32): what shared-scope Dirichlet learning costs a group's tick.
+"""Learning benchmark: what shared-scope Dirichlet learning costs a group's tick.
 
 For each world and agent count, two int8 groups step side by side in one process, in
 alternating rounds, on the same observations from the world: an
@@ -14,7 +14,7 @@ One JSON object per line:
 
 * ``plain_agent_steps_per_s``, ``learning_agent_steps_per_s``: agents x ticks / wall time, the
   median over rounds; ``ratio``: the median over rounds of learning time / plain time (the
-  target of issue 32 is <= 1.25 for a shared-scope learning step);
+  target is <= 1.25 for a shared-scope learning step);
 * ``refresh_ms``: one refresh after 20 ticks' worth of count updates (the touched columns
   brought into the compiled tables, or, where ``B`` is learned, the model rebuilt, quantized
   and compiled), the median of a few; its cost per tick is ``refresh_ms / refresh_every`` and

@@ -1,4 +1,4 @@
-"""Learning against pymdp 0.0.7.1 and 1.0.4 (issue 32): agent-steps/s with ``A`` learning on,
+"""Learning against pymdp 0.0.7.1 and 1.0.4: agent-steps/s with ``A`` learning on,
 bytes per agent of per-agent ``A`` learning, and ticks to re-learn after a reversal.
 
 Same tasks for everyone (``benchmarks/peers/learning.py`` says exactly what a tick is): the

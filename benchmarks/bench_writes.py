@@ -1,4 +1,4 @@
-"""Bytes the daemon writes to storage per hour (issue 14, item 2): what an SD card sees.
+"""Bytes the daemon writes to storage per hour: what an SD card sees.
 
 Runs the real daemon (`python -m edge_agent run --config ...`) with its state directory on a
 real disk (not tmpfs: tmpfs writes are not storage writes) and reads the process's

@@ -1,8 +1,8 @@
 """Every benchmark runs, in its ``--smoke`` mode: the real code path at tiny sizes.
 
-``benchmarks/bench_hub_scale.py`` was once broken for two days without any check noticing (issue
-28, item 6). Each ``benchmarks/bench_*.py`` runs here as ``python benchmarks/bench_X.py --smoke``
-from the repository root: it must exit 0, print only well-formed JSON objects on its lines that
+``benchmarks/bench_hub_scale.py`` was once broken for two days without any check noticing, so
+each ``benchmarks/bench_*.py`` runs here as ``python benchmarks/bench_X.py --smoke`` from the
+repository root: it must exit 0, print only well-formed JSON objects on its lines that
 start with ``{``, and print the records below with their keys (values are not judged: a smoke
 run's numbers mean nothing; docs/performance.md shows the real ones, stored in
 benchmarks/results/). The benchmarks that need a broker start their own mosquitto

@@ -1,4 +1,4 @@
-"""A model one daemon learned, exported, converted, signed and run by another (issue 32, item 4).
+"""A model one daemon learned, exported, converted, signed and run by another.
 
 Real processes only: daemon A learns ``pA1`` of the reversal T-maze and stops (its final
 snapshot), starts again (restoring it) and, while it runs, docs/learning.md block 4 runs as

@@ -1,7 +1,7 @@
 """Learning groups: one float64 agent of the batched group learns as pymdp 0.0.7.1's learning
 agent; in int8 the refresh encodes only the columns touched since the last one, and gives exactly
 the codes a full encoding of the learned tables gives; counts stored in float32 stay within the
-stated bound of float64 counts (issue 32)."""
+stated bound of float64 counts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A learning group's learned model as ``.npz`` (issue 32, item 4, the pure part of
+"""A learning group's learned model as ``.npz`` (the pure part of
 ``edge-agent export-model``): the tables the agents infer with, the counts under pymdp's keys and
 ``meta_*`` keys the model readers skip; one line for every bad state. The daemon's side (the
 snapshot, the config) is tests/integration/daemon/test_learning_export.py."""

@@ -1,4 +1,4 @@
-"""Per-agent counts in an agent group (issue 32, item 1): every agent learns and infers with its
+"""Per-agent counts in an agent group: every agent learns and infers with its
 own tables exactly as one float64 reference agent (pymdp 0.0.7.1's maths) would; the counts are
 reserved in the memory budget and refused in one line when they do not fit."""
 

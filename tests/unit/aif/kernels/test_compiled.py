@@ -1,4 +1,4 @@
-"""The incremental refresh of a learned likelihood (issue 32, benchmarks): after a table's first
+"""The incremental refresh of a learned likelihood: after a table's first
 refresh, a refresh brings only the columns touched since the last one into the compiled tables
 (``kernels.refresh_likelihood``), and what it gives equals a full compile of the same model up to
 rounding, for every compiled table (the planners' included), int8 and float."""
