@@ -297,8 +297,22 @@ class GroupLearning:
             return True
         if self.frozen:
             return False
-        return (
-            self._since_refresh + 1 >= self.spec.refresh_every or self.spec.param_info_gain
+        if self.spec.param_info_gain:
+            return True
+        return self._since_refresh + 1 >= self.spec.refresh_every and not self._tables_stay()
+
+    def _tables_stay(self) -> bool:
+        """Whether no update of the counts can change the tables the agents use, so that a
+        refresh installs nothing: only ``B`` is learned, its tables follow its counts, and every
+        column of them is a deterministic move learned on its support
+        (:meth:`~edge_agent.aif.learning_counts.DirichletCounts.fixed_columns`, found once)."""
+        learner = self._learner
+        pB = learner.pB
+        if pB is None or not pB.refreshed or learner.pA is not None or learner.pD is not None:
+            return False
+        B = self.scope.model.B
+        return all(
+            pB.fixed_columns(slot, B[index]).all() for slot, index in enumerate(pB.tables)
         )
 
     def observe(self, obs: IntArray, prior: Sequence[np.ndarray]) -> None:

@@ -336,3 +336,45 @@ def test_kept_ticks_are_learned_before_a_resize_a_snapshot_and_a_freeze() -> Non
     assert _pA(group).version == 7
     counts = _pA(group).counts[0]
     np.testing.assert_allclose(group.learning.model.A[1], counts / counts.sum(axis=0), rtol=1e-12)
+
+
+def test_a_b_that_cannot_move_is_learned_after_the_fused_step() -> None:
+    """grid10 learning pB on B's support (deterministic moves: every column normalises to the
+    same one-hot table however its counts grow), refreshed every tick: past the first refresh
+    the tables cannot change, so the group runs its fused step and learns after it; the agents
+    act and believe exactly as a group that does not learn, and the counts still grow. With
+    counts off the support the tables move, and the group learns between inference and
+    planning."""
+    from edge_agent.sim.registry import make_env
+
+    n = 7
+    env = make_env("grid10", n, seed=5)
+    model = env.model
+    B = model.B[0]
+    spec = LearningSpec(pB={0: B * 2.0 + 0.5 * (B > 0)}, refresh_every=1,
+                        settings=LearningSettings(lr_pB=1.0))
+    learning = AifAgentGroup(model, n, learning=spec, precision="int8")
+    plain = AifAgentGroup(model, n, precision="int8")
+    assert learning.learning is not None
+    obs = env.reset()
+    fused = []
+    for _ in range(6):
+        fused.append(not learning.learning.learns_before_planning())
+        action = learning.step(obs)
+        np.testing.assert_array_equal(action, plain.step(obs))
+        for mine, theirs in zip(learning.qs, plain.qs, strict=True):
+            np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-9)
+        obs = env.step(action)
+    assert fused == [False, False, True, True, True, True]  # learning, first refresh, then fused
+    pB = learning.learner.pB
+    assert pB is not None
+    assert pB.version >= 4
+    assert np.all(pB.counts[0] >= pB.prior[0])
+    assert np.any(pB.counts[0] > pB.prior[0])
+    moving = B * 2.0 + 0.5 * (B > 0) + 0.1
+    group = AifAgentGroup(model, n, precision="int8", learning=dataclasses.replace(
+        spec, pB={0: moving}))
+    assert group.learning is not None
+    for _ in range(3):
+        obs = env.step(group.step(obs))
+        assert group.learning.learns_before_planning()
