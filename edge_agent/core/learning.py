@@ -60,6 +60,7 @@ from edge_agent.aif.learning import Learner, LearningSpec
 from edge_agent.aif.learning_counts import DirichletCounts
 from edge_agent.aif.learning_experience import Experience, experience_ticks
 from edge_agent.aif.learning_kernels import normalise, param_info_gain
+from edge_agent.aif.learning_storage import counts_arrays, saved_counts
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.core.group_blocks import IntArray
@@ -581,8 +582,11 @@ class GroupLearning:
         return digest.digest()
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The counts (``learn.pA0`` ...), their versions, the previous posteriors, whether
-        learning is frozen, and what the counts were learned from (``learn.identity``)."""
+        """The counts (``learn.pA0.steps`` ...: what moved from their prior,
+        :func:`~edge_agent.aif.learning_storage.counts_arrays`), their versions, the previous
+        posteriors, whether learning is frozen, and what the counts were learned from
+        (``learn.identity``). Counts saved whole (``learn.pA0``, as snapshots before were) are
+        read back all the same (:meth:`load_state_dict`)."""
         out: dict[str, np.ndarray] = {
             "learn.identity": np.frombuffer(self.identity(), dtype=np.uint8).copy()
         }
@@ -590,7 +594,9 @@ class GroupLearning:
             out[f"learn.qs_prev{f}"] = q
         for counts in self.learner.counts:
             for slot, index in enumerate(counts.tables):
-                out[f"learn.p{counts.kind}{index}"] = counts.counts[slot]
+                out.update(counts_arrays(
+                    f"learn.p{counts.kind}{index}", counts.counts[slot], counts.prior[slot]
+                ))
             out[f"learn.version.{counts.kind}"] = np.array(counts.version, dtype=np.int64)
             out[f"learn.reset_at.{counts.kind}"] = np.array(counts.reset_at, dtype=np.int64)
         out["learn.frozen"] = np.array(self.frozen)
@@ -624,9 +630,12 @@ class GroupLearning:
         for counts in self.learner.counts:
             for slot, index in enumerate(counts.tables):
                 key = f"learn.p{counts.kind}{index}"
-                if key not in state:
+                saved = saved_counts(
+                    state, key, counts.prior[slot], where=f"group {self.name!r} snapshot"
+                )
+                if saved is None:
                     raise InputError(f"group {self.name!r} snapshot lacks {key!r}")
-                arr = np.asarray(state[key], dtype=np.float64)
+                arr = np.asarray(saved, dtype=np.float64)
                 if arr.shape != counts.counts[slot].shape:
                     raise InputError(
                         f"group {self.name!r} snapshot {key!r} has shape {arr.shape}, "
