@@ -134,6 +134,7 @@ def measure(  # noqa: PLR0917 - one row's whole description
         "bench": "learning",
         "world": world,
         "tables": list(tables),
+        "learned": "+".join(tables),
         "scope": "shared",
         "refresh_every": refresh_every,
         "lr": lr,
