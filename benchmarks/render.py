@@ -551,7 +551,7 @@ TABLES: tuple[Table, ...] = (
             "on the same observations (drawn once from the world under the learning group's "
             "actions), one thread. The ratio is the median over rounds of the learning tick's "
             "time over the plain one's. The like-for-like comparison with pymdp 1.0.4 is in "
-            "[learning.md](learning.md#what-learning-costs)."
+            "[learning.md](learning.md#what-it-costs-against-pymdp)."
         ),
         benchmark="bench_learning.py",
         where={"bench": "learning", "refresh_every": 1},
