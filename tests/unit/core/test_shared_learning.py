@@ -5,13 +5,17 @@ and the tables the group was loaded with again."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import Learner, LearningSettings
+from edge_agent.aif.learning_kernels import normalise
 from edge_agent.aif.policies import construct_policies
-from edge_agent.aif.quant import quantize_model
+from edge_agent.aif.quant import encode_log_u8, encode_transition, quantize_model
 from edge_agent.core.shared_learning import SharedTables
 from edge_agent.sim.registry import builtin_model
+from tests.unit.aif.kernels.test_compiled import assert_same_tables
+from tests.unit.core.test_learning import same_codes
 
 
 def weak(table: np.ndarray) -> np.ndarray:
@@ -147,3 +151,50 @@ def test_a_learned_b_that_moves_is_compiled_again() -> None:
         cm = new
     assert learner.pB is not None
     np.testing.assert_allclose(tables.model.B[0], learner.pB.normalised(0))
+
+
+@pytest.mark.parametrize("world", ["tmaze", "grid10", "grid2f"])
+def test_refreshes_after_random_touches_give_what_a_full_compile_gives(world: str) -> None:
+    """Every modality's ``A`` and every factor's ``B`` learned (``B`` on its support:
+    deterministic moves), refreshed after each of a random sequence of updates that touch a
+    random few joint states: the group's own codes are the full encoding of the normalised
+    counts, code for code, and its compiled tables those ``compile_model`` makes of them, up to
+    rounding (T-maze, grid10, and grid2f with two factors)."""
+    model = builtin_model(world)
+    quantized = quantize_model(model)
+    policies = construct_policies(model.num_controls, 1, None)
+    cm = kernels.compile_model(quantized, policies, dtype=np.float32)
+    learner = Learner(
+        model.A, model.B, model.D,
+        pA={m: weak(a) for m, a in enumerate(model.A)},
+        pB={f: weak(b) for f, b in enumerate(model.B)},
+        settings=LearningSettings(lr_pA=0.7, lr_pB=0.7),
+    )
+    tables = SharedTables(model, quantized, cm, np.float32)
+    rng = np.random.default_rng(11)
+    n = 3
+    incremental = 0
+    for _ in range(6):
+        qs = []
+        for s in model.num_states:  # each agent's belief on a random few states
+            q = rng.dirichlet(np.ones(s), size=n) * (rng.random((n, s)) < 0.3)
+            q[np.arange(n), rng.integers(0, s, n)] += 0.5
+            qs.append(q / q.sum(axis=1, keepdims=True))
+        obs = np.stack([rng.integers(0, o, n) for o in model.num_obs], axis=1)
+        learner.learn_A(obs, qs)
+        actions = np.stack([rng.integers(0, u, n) for u in model.num_controls], axis=1)
+        learner.learn_B(qs, qs, actions)
+        new, was_incremental, _ = tables.refresh(learner, cm)
+        incremental += was_incremental
+        cm = cm if new is None else new
+        mine = tables.quantized
+        assert mine is not None
+        assert learner.pA is not None
+        assert learner.pB is not None
+        for slot, m in enumerate(learner.pA.tables):
+            same_codes(mine.A[m], encode_log_u8(normalise(learner.pA.counts[slot])))
+        for slot, f in enumerate(learner.pB.tables):
+            same_codes(mine.B[f], encode_transition(normalise(learner.pB.counts[slot])))
+        assert_same_tables(cm, kernels.compile_model(mine, policies, dtype=np.float32), "cm",
+                           1e-5)
+    assert incremental >= 4  # the first refresh is a full one (every table's first)
