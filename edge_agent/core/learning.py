@@ -203,6 +203,8 @@ class GroupLearning:
         self.surprise = SampledSurprise()
         self._quiet = False  # a warm-up's restore says nothing
         self._since_refresh = 0
+        #: What :meth:`_tables_stay` found, and the model and ``B`` masks it found it for.
+        self._stay: tuple[tuple[object, ...], bool] | None = None
         self._divergence = 0.0
         self._divergence_at: tuple[int, ...] = ()
         self._codes_nbytes: int | None = None
@@ -309,12 +311,21 @@ class GroupLearning:
         (:meth:`~edge_agent.aif.learning_counts.DirichletCounts.fixed_columns`, found once)."""
         learner = self._learner
         pB = learner.pB
-        if pB is None or not pB.refreshed or learner.pA is not None or learner.pD is not None:
+        if (self._own_tables or pB is None or not pB.refreshed or learner.pA is not None
+                or learner.pD is not None):
             return False
-        B = self.scope.model.B
-        return all(
-            pB.fixed_columns(slot, B[index]).all() for slot, index in enumerate(pB.tables)
+        model = self.scope.model
+        key = (model, *pB.mask)  # what is found holds until the model or a mask is replaced
+        stay = self._stay
+        if stay is not None and len(stay[0]) == len(key) and all(
+            a is b for a, b in zip(stay[0], key, strict=True)
+        ):
+            return stay[1]
+        found = all(
+            pB.fixed_columns(slot, model.B[index]).all() for slot, index in enumerate(pB.tables)
         )
+        self._stay = (key, found)
+        return found
 
     def observe(self, obs: IntArray, prior: Sequence[np.ndarray]) -> None:
         """This tick's outcomes ``obs (N, M)`` and the prior ``prior[f] (N, S_f)`` the agents'
@@ -376,6 +387,12 @@ class GroupLearning:
         self._keep_posteriors(qs)
         self._since_refresh += 1
         if self._since_refresh >= self.spec.refresh_every:
+            if experience is None and self._tables_stay():
+                # nothing a refresh could install: the tables already follow the counts
+                self._since_refresh = 0
+                self.refreshes += 1
+                self.incremental_refreshes += 1
+                return None
             return self.refresh(cm)
         if experience is not None and experience.full:
             self._learn_experience()

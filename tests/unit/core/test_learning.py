@@ -366,6 +366,8 @@ def test_a_b_that_cannot_move_is_learned_after_the_fused_step() -> None:
             np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-9)
         obs = env.step(action)
     assert fused == [False, False, True, True, True, True]  # learning, first refresh, then fused
+    assert learning.learning.refreshes == 6  # one a tick
+    assert learning.learning.incremental_refreshes == 4  # all but the first: nothing compiled
     pB = learning.learner.pB
     assert pB is not None
     assert pB.version >= 4
