@@ -58,7 +58,7 @@ import numpy as np
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import Learner, LearningSpec
 from edge_agent.aif.learning_counts import DirichletCounts
-from edge_agent.aif.learning_experience import Experience, experience_ticks
+from edge_agent.aif.learning_experience import EXPERIENCE_TICKS, Experience, experience_ticks
 from edge_agent.aif.learning_kernels import normalise, param_info_gain
 from edge_agent.aif.learning_storage import counts_arrays, saved_counts
 from edge_agent.aif.model import GenerativeModel
@@ -239,9 +239,12 @@ class GroupLearning:
         """Ticks a group of ``n_agents`` keeps before it learns from them (1: none kept)."""
         if self.scope.name != "shared":
             return 1
+        refresh_every = self.spec.refresh_every
+        if self._only_fixed_transitions():  # a refresh never installs anything: keep the most
+            refresh_every = max(refresh_every, EXPERIENCE_TICKS)
         return experience_ticks(
             n_agents,
-            refresh_every=self.spec.refresh_every,
+            refresh_every=refresh_every,
             forgetting=self.spec.settings.forgetting,
             novelty=self.spec.param_info_gain,
         )
@@ -309,10 +312,15 @@ class GroupLearning:
         refresh installs nothing: only ``B`` is learned, its tables follow its counts, and every
         column of them is a deterministic move learned on its support
         (:meth:`~edge_agent.aif.learning_counts.DirichletCounts.fixed_columns`, found once)."""
+        pB = self._learner.pB
+        return pB is not None and pB.refreshed and self._only_fixed_transitions()
+
+    def _only_fixed_transitions(self) -> bool:
+        """Whether only ``B`` is learned (shared counts) and every column of every learned
+        ``B`` is a deterministic move learned on its support (whose tables no update changes)."""
         learner = self._learner
         pB = learner.pB
-        if (self._own_tables or pB is None or not pB.refreshed or learner.pA is not None
-                or learner.pD is not None):
+        if self._own_tables or pB is None or learner.pA is not None or learner.pD is not None:
             return False
         model = self.scope.model
         key = (model, *pB.mask)  # what is found holds until the model or a mask is replaced
@@ -387,13 +395,12 @@ class GroupLearning:
         self._keep_posteriors(qs)
         self._since_refresh += 1
         if self._since_refresh >= self.spec.refresh_every:
-            if experience is None and self._tables_stay():
-                # nothing a refresh could install: the tables already follow the counts
-                self._since_refresh = 0
-                self.refreshes += 1
-                self.incremental_refreshes += 1
-                return None
-            return self.refresh(cm)
+            if not self._tables_stay():
+                return self.refresh(cm)
+            # nothing a refresh could install: the tables already follow the counts
+            self._since_refresh = 0
+            self.refreshes += 1
+            self.incremental_refreshes += 1
         if experience is not None and experience.full:
             self._learn_experience()
         return None
