@@ -46,7 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 #: (world, learned tables, refresh_every, learning rate): the T-maze learns its reward modality;
-#: the grid its observation model and its transitions. The last two are issue 45's shared rows,
+#: the grid its observation model and its transitions. The last two are the shared rows
 #: at pymdp's cadence: the tables follow the counts every tick, learning rate 1 (the T-maze its
 #: reward modality, grid10 its transitions).
 CASES = (

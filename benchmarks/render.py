@@ -543,7 +543,7 @@ TABLES: tuple[Table, ...] = (
         id="learning-shared-every-tick",
         title="Shared counts refreshed every tick: what learning costs",
         scope=(
-            "Issue 45's shared rows: one int8 group whose agents all teach **one set of "
+            "The shared rows: one int8 group whose agents all teach **one set of "
             "counts**, the tables following the counts **every tick** (pymdp's cadence), "
             "learning rate 1 (the T-maze its reward modality `A1`, grid10 its transitions `B0`; "
             "prior counts twice the table plus 0.5 on its support), against the same group "
