@@ -1,5 +1,5 @@
-"""Learning against pymdp 0.0.7.1 and 1.0.4 (issues 32, 45): agent-steps/s with learning on,
-bytes per agent of per-agent learning, and ticks to re-learn after a reversal.
+"""Learning against pymdp 0.0.7.1 and 1.0.4: agent-steps/s with learning on, bytes per agent
+of per-agent learning, and ticks to re-learn after a reversal.
 
 Same tasks for everyone (``benchmarks/peers/learning.py`` says exactly what a tick is): the
 reversal T-maze learning ``pA`` of its reward modality, and grid10 learning ``pB`` of its

@@ -556,6 +556,72 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
+        id="learning-shared-every-tick",
+        title="Shared counts refreshed every tick: what learning costs",
+        scope=(
+            "The shared rows: one int8 group whose agents all teach **one set of "
+            "counts**, the tables following the counts **every tick** (pymdp's cadence), "
+            "learning rate 1 (the T-maze its reward modality `A1`, grid10 its transitions `B0`; "
+            "prior counts twice the table plus 0.5 on its support), against the same group "
+            "without learning on the learning group's tables and beliefs, in alternating rounds "
+            "on the same observations (drawn once from the world under the learning group's "
+            "actions), one thread. The ratio is the median over rounds of the learning tick's "
+            "time over the plain one's. The like-for-like comparison with pymdp 1.0.4 is in "
+            "[learning.md](learning.md#what-it-costs-against-pymdp)."
+        ),
+        benchmark="bench_learning.py",
+        where={"bench": "learning", "refresh_every": 1},
+        key=("world", "learned", "agents"),
+        expect=tuple(
+            {"world": w, "learned": t, "agents": n}
+            for w, t in (("tmaze", "A1"), ("grid10", "B0")) for n in (1, 100, 1000)
+        ),
+        command=f"{RECORD} bench_learning.py -- --cases tmaze-A1-every-1,grid10-B0-every-1 "
+                "--agents 1,100,1000",
+        store=f"{RECORD} bench_learning.py -- --cases tmaze-A1-every-1,grid10-B0-every-1 "
+              "--agents 1,100,1000",
+        columns=(
+            Column("world", "world"),
+            Column("learns", "learned"),
+            Column("agents", "agents", ",d"),
+            Column("learning off, agent-steps/s", "plain_agent_steps_per_s", ",.0f"),
+            Column("learning on, agent-steps/s", "learning_agent_steps_per_s", ",.0f"),
+            Column("on / off tick", "ratio", ".2f", suffix="x"),
+            Column("refresh ms", "refresh_ms", ".2f"),
+        ),
+    ),
+    Table(
+        id="learning-writes",
+        title="Storage writes with learning: an hour of per-agent learning in a snapshot",
+        scope=(
+            "grid10 agents learning their transitions, each its own counts (`[groups.learning] "
+            "B = \"all\"`, `scope = \"per_agent\"`, float64, prior the model's `B`, learning "
+            "rate 1, every tick), stepped in one process for the updates of an hour at 10 Hz; "
+            "their state written as the daemon writes a snapshot, with the counts stored as what "
+            "moved from the prior (now) and whole (before), zlib where it saves a tenth. Bytes "
+            "of the `learn.*` arrays per agent, the bound on them (every entry an update can "
+            "reach moved: the support of `B`, 4 bytes of index and 8 of float64 count each), "
+            "and what 200 such agents add per hour at the `pi4-4gb` profile's two snapshots an "
+            "hour (the daemon without learning keeps to about 1 MB/h in all)."
+        ),
+        benchmark="bench_writes.py",
+        where={"bench": "writes", "case": "learning_hour"},
+        key=("agents", "ticks"),
+        command=f"{RECORD} bench_writes.py -- --cases learning_hour --hour-agents 4",
+        columns=(
+            Column("agents run", "agents", ",d"),
+            Column("ticks (hours at 10 Hz)", lambda r: (
+                f"{r.get('ticks'):,d} ({r.get('hours_at_10hz'):.2f} h)"
+            )),
+            Column("moved entries per agent", "moved_entries_per_agent", ",.0f"),
+            Column("learn bytes per agent: moved", "learn_bytes_per_agent", ",.0f"),
+            Column("whole (before)", "learn_bytes_per_agent_whole", ",.0f"),
+            Column("bound per agent (counts)", "bound_counts_bytes_per_agent", ",d"),
+            Column("200 agents, MB/h: moved", "learn_mb_per_h_200_agents", ".2f"),
+            Column("whole (before)", "learn_mb_per_h_200_agents_whole", ".2f"),
+        ),
+    ),
+    Table(
         id="converter-families",
         title="Converter accuracy by model family",
         scope=(

@@ -21,12 +21,14 @@ apt_install() {
 }
 
 run_pytest() {
-    # run_pytest ARGS...: pytest on EDGE_AGENT_TEST_WORKERS processes (default: the CPUs this
-    # process may use, at least 2), each taking the next test when it is free (pytest-xdist's
+    # run_pytest ARGS...: pytest on EDGE_AGENT_TEST_WORKERS processes (default: one and a half
+    # per CPU this process may use, at least 3: an integration test spends about half its time
+    # waiting on the daemons, brokers and databases it started, so two workers on two CPUs left
+    # them idle half the time), each taking the next test when it is free (pytest-xdist's
     # worksteal); 0 runs the tests in this process, one after the other. Replaces the shell.
     local workers="${EDGE_AGENT_TEST_WORKERS:-}"
     if [ -z "$workers" ]; then
-        workers="$(python -c 'import os; print(max(2, len(os.sched_getaffinity(0))))')"
+        workers="$(python -c 'import os; n = len(os.sched_getaffinity(0)); print(max(3, n + n // 2))')"
     fi
     echo "== pytest ($workers workers)" >&2
     if [ "$workers" = 0 ]; then

@@ -1,8 +1,8 @@
 """Every benchmark runs, in its ``--smoke`` mode: the real code path at tiny sizes.
 
-``benchmarks/bench_hub_scale.py`` was once broken for two days without any check noticing (issue
-28, item 6). Each ``benchmarks/bench_*.py`` runs here as ``python benchmarks/bench_X.py --smoke``
-from the repository root: it must exit 0, print only well-formed JSON objects on its lines that
+``benchmarks/bench_hub_scale.py`` was once broken for two days without any check noticing, so
+each ``benchmarks/bench_*.py`` runs here as ``python benchmarks/bench_X.py --smoke`` from the
+repository root: it must exit 0, print only well-formed JSON objects on its lines that
 start with ``{``, and print the records below with their keys (values are not judged: a smoke
 run's numbers mean nothing; docs/performance.md shows the real ones, stored in
 benchmarks/results/). The benchmarks that need a broker start their own mosquitto
@@ -104,9 +104,11 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "http"}, ("metrics_ms", "healthz_ms", "fleet_json_bytes")),
     ],
     "bench_learning.py": [
-        *[({"bench": "learning", "world": w, "tables": t, "agents": 20},
+        *[({"bench": "learning", "world": w, "tables": t, "agents": 20, "refresh_every": e},
            ("plain_agent_steps_per_s", "learning_agent_steps_per_s", "ratio", "refresh_ms"))
-          for w, t in (("tmaze", ["A1"]), ("grid10", ["A0"]), ("grid10", ["A0", "B0"]))],
+          for w, t, e in (("tmaze", ["A1"], 10), ("grid10", ["A0"], 10),
+                          ("grid10", ["A0", "B0"], 10), ("tmaze", ["A1"], 1),
+                          ("grid10", ["B0"], 1))],
     ],
     "bench_learning_planning.py": [
         *[({"bench": "learning_planning", "world": w, "policy": p, "N": 20},
@@ -207,6 +209,9 @@ EXPECTED: dict[str, list[Record]] = {
     "bench_writes.py": [
         *[({"bench": "writes", "case": c}, ("total_mb_per_h", "window_write_bytes"))
           for c in ("quiet", "telemetry", "actions_qos1", "demo")],
+        ({"bench": "writes", "case": "learning_hour"},
+         ("learn_bytes_per_agent", "learn_bytes_per_agent_whole", "bound_counts_bytes_per_agent",
+          "learn_mb_per_h_200_agents")),
     ],
 }
 

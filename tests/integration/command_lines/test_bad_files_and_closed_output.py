@@ -18,6 +18,16 @@ modes, so a ``chmod 000`` file (or directory) is unreadable and a ``chmod 555`` 
 unwritable to it, exactly as for any other user. (Dropping to ``nobody`` would not do: the venv's
 interpreter lives under ``/root``, which ``nobody`` cannot enter.)
 
+**As a real process, started once.** Most of a run was the interpreter starting and importing
+the command line; the commands therefore run as children of a fork server
+(:mod:`tests.support.zygote`), started as the commands were (the venv's interpreter, under the
+same ``setpriv``, in the same environment), which imports the four command lines once and
+forks a child for each command: a process of its own with the case's argv, directory,
+environment and standard streams, running the installed entry point's function as the script
+does, with its own exit status or the signal it died of. A few cases (:data:`BY_SCRIPT`, one
+subcommand of each program) still run the installed script as a fresh interpreter, so that the
+console script's own path stays covered.
+
 What is asserted: for a bad input or an output that cannot be written, a non-zero exit, no
 ``Traceback``, and exactly one line on standard error naming the file and the problem; for a
 closed standard output, no ``Traceback`` and no ``Exception ignored``, and exit 141 when the
@@ -35,19 +45,20 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 
-from edge_agent.cli import build_daemon_parser, build_parser
+from edge_agent.cli import COMMANDS, build_daemon_parser, build_parser
 from edge_agent.service.closed_stdout import CLOSED_STDOUT_EXIT
 from edge_agent_host.cli import build_parser as build_host_parser
+from edge_agent_host.converter import formats
 from edge_agent_host.converter.builders import mlp_onnx, random_mlp
 from edge_agent_host.hub.cli import build_parser as build_hub_parser
 from edge_agent_host.keys import generate_keypair
 from tests.support.broker import MosquittoBroker, MosquittoMissingError
+from tests.support.zygote import Zygote
 from tests.unit.fleet.test_deploy import bundle_tar
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -55,6 +66,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 SETPRIV = shutil.which("setpriv")
+#: Without the capabilities that let root ignore file modes (module docstring).
+UNPRIVILEGED = "--bounding-set=-dac_override,-dac_read_search"
 FLEET = "plant-3"
 
 #: The four command lines and their parsers.
@@ -166,17 +179,23 @@ class World:
 
     dir: Path
     broker: MosquittoBroker
+    zygote: Zygote
     files: dict[str, Path]
 
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-            "HOME": str(self.dir / "home"),
-            "XDG_STATE_HOME": str(self.dir / "xdg-state"),
-            "EDGE_AGENT_RUNTIME_DIR": str(self.dir / "run"),
-            "PYTHONUNBUFFERED": "1",
-        }
+        return environment(self.dir)
+
+
+def environment(top: Path) -> dict[str, str]:
+    """The environment of every command in the world at ``top``."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "HOME": str(top / "home"),
+        "XDG_STATE_HOME": str(top / "xdg-state"),
+        "EDGE_AGENT_RUNTIME_DIR": str(top / "run"),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def daemon_config(path: Path, state: Path) -> Path:
@@ -205,22 +224,48 @@ lr_pA = 0.5
     return path
 
 
+#: What building the four parsers imports besides the programs' modules, at the start of each
+#: run: every ``edge-agent`` command's module and every converter. The zygote imports them too.
+PRELOAD = [
+    *(f"edge_agent.cli.{where.partition(':')[0]}" for where in COMMANDS.values()),
+    *formats.REGISTRY.values(),
+]
+
+#: The subcommands whose closed-output cases run the installed script as a fresh interpreter
+#: (module docstring): one of each program, each printing something.
+BY_SCRIPT = {"edge-agent status", "edge-agentd", "edge-agent-host inspect", "edge-agent-hub fleet"}
+
+
+def start_zygote(top: Path, env: dict[str, str]) -> Zygote:
+    """The fork server the commands run in, started as they were (module docstring)."""
+    assert SETPRIV is not None
+    scripts = [BIN / prog for prog in PARSERS]
+    return Zygote(scripts, prefix=[SETPRIV, UNPRIVILEGED], cwd=top, env=env, preload=PRELOAD)
+
+
 def run(
-    argv: list[str], world: World, *, timeout: float = 300, **kw: Any
-) -> subprocess.CompletedProcess[str]:
+    argv: list[str], world: World, *, stdout: int | None = None, script: bool = False,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """``argv`` as a real process in the world's directory, without the capabilities that let
-    root ignore file modes (module docstring)."""
+    root ignore file modes: a child of the world's zygote, or with ``script`` the installed
+    script as a fresh interpreter (module docstring). Standard output is the file descriptor
+    ``stdout``, or else captured, as standard error is."""
+    if not script:
+        return world.zygote.run(
+            argv, cwd=world.dir, env=world.env(), stdout=stdout, timeout=timeout
+        )
     assert SETPRIV is not None
     return subprocess.run(
-        [SETPRIV, "--bounding-set=-dac_override,-dac_read_search", *argv],
-        cwd=world.dir, env=world.env(), text=True, timeout=timeout, check=False,
-        stdin=subprocess.DEVNULL, **kw,
+        [SETPRIV, UNPRIVILEGED, *argv], cwd=world.dir, env=world.env(), text=True,
+        timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE,
     )  # fmt: skip
 
 
 def checked(world: World, prog: str, *args: str) -> str:
     """A setup step: ``prog ARGS``, which must succeed."""
-    done = run([str(BIN / prog), *args], world, capture_output=True)
+    done = run([str(BIN / prog), *args], world)
     assert done.returncode == 0, f"{prog} {args}: {done.stdout}{done.stderr}"
     return done.stdout
 
@@ -246,8 +291,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         broker = MosquittoBroker(top / "mosquitto")
     except MosquittoMissingError as err:
         pytest.fail(str(err))
+    zygote = start_zygote(top, environment(top))  # it imports while the world is made
     broker.start()
-    world = World(top, broker, {})
+    world = World(top, broker, zygote, {})
     f = world.files
     data = REPO / "tests" / "data"
     try:
@@ -293,6 +339,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         checked(world, "edge-agent-hub", "run", "--config", str(f["hub.toml"]), "--duration", "2")
         yield world
     finally:
+        world.zygote.close()
         broker.kill()
 
 
@@ -476,7 +523,7 @@ def test_a_bad_path_is_one_line_naming_it(world: World, case: tuple[Leaf, str, s
         ro.chmod(0o555)
         target = ro / name
     try:
-        done = run(argv_for(world, leaf, {dest: str(target)}), world, capture_output=True)
+        done = run(argv_for(world, leaf, {dest: str(target)}), world)
     finally:
         for p in (place, *place.rglob("*")):
             if p.exists() and not p.is_symlink():
@@ -501,16 +548,17 @@ PROBLEMS = {
 @pytest.mark.parametrize("leaf", leaves(), ids=lambda leaf: leaf.name)
 def test_help_to_a_closed_output_is_quiet(world: World, leaf: Leaf) -> None:
     argv = [str(BIN / leaf.prog), *leaf.words, "--help"]
-    done = closed_output(argv, world)
+    done = closed_output(argv, world, script=leaf.name in BY_SCRIPT)
     assert done.returncode == CLOSED_STDOUT_EXIT, (done.returncode, done.stderr)
     assert done.stderr == "", done.stderr
 
 
 @pytest.mark.parametrize("leaf", leaves(), ids=lambda leaf: leaf.name)
 def test_a_closed_output_is_quiet(world: World, leaf: Leaf) -> None:
-    seen = run(argv_for(world, leaf), world, capture_output=True)
+    script = leaf.name in BY_SCRIPT
+    seen = run(argv_for(world, leaf), world, script=script)
     argv = argv_for(world, leaf)  # its outputs new again
-    done = closed_output(argv, world)
+    done = closed_output(argv, world, script=script)
     say = (
         f"{argv}: exit {done.returncode} (with an open output: {seen.returncode}, "
         f"{len(seen.stdout)} characters)\n{done.stderr}"
@@ -524,11 +572,13 @@ def test_a_closed_output_is_quiet(world: World, leaf: Leaf) -> None:
     assert done.returncode == expected, say
 
 
-def closed_output(argv: list[str], world: World) -> subprocess.CompletedProcess[str]:
+def closed_output(
+    argv: list[str], world: World, *, script: bool
+) -> subprocess.CompletedProcess[str]:
     """``argv`` with standard output a pipe whose reader is already closed."""
     read, write = os.pipe()
     os.close(read)
     try:
-        return run(argv, world, stdout=write, stderr=subprocess.PIPE)
+        return run(argv, world, stdout=write, script=script)
     finally:
         os.close(write)

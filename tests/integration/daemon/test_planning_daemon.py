@@ -132,8 +132,10 @@ def test_planning_yields_to_the_tick_and_no_tick_is_skipped(tmp_path: Path) -> N
     planning stops where the rest of the tick still fits: no tick is skipped (the daemon's
     ``missed`` counter), planning was cut (``ticks_cut``), the agents put off on a tick planned
     first on the next (``passed_over`` stays 0: one process), and every agent planned in the run (no
-    committed plan as old as the run). Run as it is, every agent planning every tick, the same group
-    skips ticks. Counters, not durations: the machine's speed only sets the size."""
+    committed plan as old as the run). That planning was cut is what shows the group is one whose
+    every-tick planning would not fit (a run of the same group without ``fit_tick``, skipping
+    ticks, is not made: whether it skips depends on how busy the machine is at that moment).
+    Counters, not durations: the machine's speed only sets the size."""
     from edge_agent.aif.planning import PlanningPolicy
 
     period = 1.0 / HZ
@@ -174,9 +176,3 @@ def test_planning_yields_to_the_tick_and_no_tick_is_skipped(tmp_path: Path) -> N
     ages = np.array(read_snapshot(newest(fitted)).arrays["group.grid.plan_age"])
     assert ages.max() < tick["ticks"], (ages.max(), tick)  # everyone planned in the run
 
-    plain = tmp_path / "plain"
-    _config(plain.with_suffix(".toml"), plain, n, "")
-    done = run(plain.with_suffix(".toml"), seconds=3)
-    assert done.returncode == 0, done.stderr[-3000:]
-    tick = json.loads((plain / "status.json").read_text())["tick"]
-    assert tick["missed"] > 0, f"{n} agents planning every tick skipped no tick: {tick}"

@@ -1,4 +1,4 @@
-"""The per-agent kernels' shortcuts (issue 32, benchmarks): only the joint outcomes some state
+"""The per-agent kernels' shortcuts: only the joint outcomes some state
 can produce, shared tables applied as one product; the same numbers as the long way."""
 
 from __future__ import annotations

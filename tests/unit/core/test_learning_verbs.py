@@ -1,4 +1,4 @@
-"""The verbs on a learning group (issue 32, item 4): freeze (the counts stop changing, the agents
+"""The verbs on a learning group: freeze (the counts stop changing, the agents
 infer with what was learned), resume (learning goes on from the frozen counts, the transition
 across the freeze included) and reset (counts back to the priors, tables back to the model's as
 loaded, the version bumped), shared in float64 and int8 and per agent."""

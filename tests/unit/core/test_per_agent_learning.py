@@ -1,4 +1,4 @@
-"""Per-agent counts in an agent group (issue 32, item 1): every agent learns and infers with its
+"""Per-agent counts in an agent group: every agent learns and infers with its
 own tables exactly as one float64 reference agent (pymdp 0.0.7.1's maths) would; the counts are
 reserved in the memory budget and refused in one line when they do not fit."""
 
@@ -225,3 +225,28 @@ def test_learned_likelihoods_plan_a_chunk_of_agents_at_a_time(
     # Each agent's own A, B and D (float64), no 12 x 8 outcome table.
     assert scope.bytes_per_agent(learner) == sum(p.size * 8 for c in learner.counts
                                                  for p in c.prior)
+
+
+def test_a_snapshot_restores_transitions_kept_on_their_support() -> None:
+    """A 4 x 4 grid learning pB per agent (kept on its support): a fresh group restored from
+    the state dict has the same tables in full and acts as the original on the next tick."""
+    model = builtin_model("grid", height=4, width=4)
+    prior = model.B[0] * 3.0 + 0.5 * (model.B[0] > 0) + 0.25 * np.eye(16)[:, :, None]
+
+    def grid_group() -> AifAgentGroup:
+        return AifAgentGroup(model, 3, precision="float64", learning=LearningSpec(
+            pB={0: prior}, settings=LearningSettings(scope="per_agent")))
+
+    group = grid_group()
+    rng = np.random.default_rng(8)
+    for _ in range(6):
+        group.step(rng.integers(0, 16, size=(3, 1)))
+    restored = grid_group()
+    restored.load_state_dict(group.state_dict())
+    mine, theirs = restored.learning.scope, group.learning.scope
+    assert isinstance(mine, AgentTables)
+    assert isinstance(theirs, AgentTables)
+    np.testing.assert_array_equal(mine.transition_table(0), theirs.transition_table(0))
+    obs = rng.integers(0, 16, size=(3, 1))
+    np.testing.assert_array_equal(restored.step(obs), group.step(obs))
+    np.testing.assert_allclose(restored.q_pi, group.q_pi, rtol=0, atol=1e-12)
