@@ -448,31 +448,41 @@ TABLES: tuple[Table, ...] = (
         id="learning-like-for-like",
         title="Against pymdp with learning: like for like",
         scope=(
-            "Every implementation learns `pA` (the reversal T-maze's reward modality, grid10's "
-            "location modality) from the same observations, tick after tick (open loop), one "
-            "thread each. Like for like: **per-agent counts, tables updated every tick** on both "
-            "sides: edge-agent's `AifAgentGroup` learning per agent (float64, each agent its "
-            "own counts and tables) against pymdp 1.0.4 (`infer_parameters` each tick, batched, "
-            "jitted) and pymdp 0.0.7.1 (`update_A` each tick, one `Agent` per agent; `*`: "
-            "measured on at most 100 agents, its rate does not depend on `N`). Agent-steps/s; "
-            "state bytes per agent of per-agent learning."
+            "Every implementation learns from the same observations, tick after tick (open "
+            "loop), one thread each: the reversal T-maze its reward likelihood (`pA1`), grid10 "
+            "its moves (`pB0`). Like for like: **per-agent counts, tables following them every "
+            "tick** on both sides: edge-agent's `AifAgentGroup` learning per agent (float64, "
+            "each agent its own counts and tables) against pymdp 1.0.4 (`infer_parameters` each "
+            "tick, batched, jitted) and pymdp 0.0.7.1 (`update_A` / `update_B` each tick, one "
+            "`Agent` per agent; `*`: measured on at most 100 agents, its rate does not depend "
+            "on `N`). Agent-steps/s; learning on / off: the per-agent group's rate over the same "
+            "float64 group's without learning (what learning costs on its own); bytes per agent "
+            "of per-agent learning as the memory budget counts them (edge-agent: the agent's "
+            "state, its own tables and counts; pymdp 1.0.4: every array of the batched agent "
+            "over `N`)."
         ),
         benchmark="bench_learning_peers.py",
-        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None},
-        key=("world", "n"),
+        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
+               "learned": lambda v: v in ("A1", "B0")},
+        key=("world", "learned", "n"),
         pivot="impl",
-        command=f"{RECORD} bench_learning_peers.py -- --agents 1,1000",
+        command=f"{RECORD} bench_learning_peers.py -- --agents 1,100,1000 --per-agent-only",
         columns=(
             Column("world", "world"),
+            Column("learns", "learned"),
             Column("agents", "n", ",d"),
+            Column("per-agent / pymdp 1.0.4 (like for like)",
+                   ratio(("edge-agent float64 per-agent", "steps_per_s"),
+                         ("pymdp 1.0.4", "steps_per_s")), ".2f", suffix="x"),
             Column("edge-agent float64 per-agent", "steps_per_s", ",.0f",
                    of="edge-agent float64 per-agent"),
             Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
             Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
                                            of="pymdp 0.0.7.1")),
-            Column("per-agent / best peer",
-                   over_best(("edge-agent float64 per-agent", "steps_per_s"), PEERS), ".2f",
-                   suffix="x"),
+            Column("learning on / off", "vs_learning_off", ".2f", suffix="x",
+                   of="edge-agent float64 per-agent"),
+            Column("edge-agent float64, learning off", "steps_per_s", ",.0f",
+                   of="edge-agent float64 learning off"),
             Column("bytes per agent: edge-agent", "state_bytes_per_agent", ",d",
                    of="edge-agent float64 per-agent"),
             Column("pymdp 1.0.4", "state_bytes_per_agent", ",d", of="pymdp 1.0.4"),
@@ -480,9 +490,15 @@ TABLES: tuple[Table, ...] = (
         headlines=(
             Headline(
                 "Learning against pymdp 1.0.4, like for like (per-agent counts, every tick), "
-                "T-maze, 1,000 agents",
+                "grid10 learning `pB`, 1,000 agents",
                 lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
-                {"world": "tmaze", "n": 1000},
+                {"world": "grid10", "learned": "B0", "n": 1000},
+            ),
+            Headline(
+                "Learning against pymdp 1.0.4, like for like (per-agent counts, every tick), "
+                "T-maze learning `pA`, 1,000 agents",
+                lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
+                {"world": "tmaze", "learned": "A1", "n": 1000},
             ),
         ),
     ),

@@ -121,7 +121,7 @@ EXPECTED: dict[str, list[Record]] = {
            ("steps_per_s", "state_bytes_per_agent"))
           for w in ("tmaze", "grid10")
           for i in ("edge-agent int8 refresh 1", "edge-agent int8 refresh 100",
-                    "edge-agent float64 per-agent")],
+                    "edge-agent float64 per-agent", "edge-agent float64 learning off")],
         *[({"bench": "learning-reversal", "condition": c}, ("mean_reward_rate", "ticks_to_relearn"))
           for c in ("frozen", "learning", "forgetting")],
     ],
