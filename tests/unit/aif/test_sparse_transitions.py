@@ -1,4 +1,4 @@
-"""Each agent's transitions on their support (issue 45): the same tables, products and
+"""Each agent's transitions on their support: the same tables, products and
 refreshes as the dense ones."""
 
 from __future__ import annotations
