@@ -139,6 +139,11 @@ def build_snapshot(
         summary["failed_nodes"] = rollout_failures(summary)
         summary.pop("nodes", None)
         rollouts.append(summary)
+    group_health: dict[str, dict[str, Any]] = {}
+    for h in db.latest_health():
+        group_health.setdefault(h["node"], {})[h["group"]] = {
+            k: h.get(k) for k in ("ts", "window_s", "model", "agent_steps", "measures", "drift")
+        }
     nodes = []
     for row in db.fleet():
         t = row.get("telemetry") or {}
@@ -168,6 +173,8 @@ def build_snapshot(
             "observations_checked": _counter(t, "input_range.checked"),
             "observations_out_of_range": _counter(t, "input_range.out_of_range"),
             "groups_out_of_range": _counter(t, "input_range.alerting"),
+            # Each group's newest health window (docs/health.md), by group name.
+            "group_health": group_health.get(row["node"], {}),
         }
         node["health"] = health_of(node, now)
         nodes.append(node)
@@ -354,6 +361,65 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
             )
 
 
+def _health_families(live: Iterable[Mapping[str, Any]]) -> Iterable[Any]:
+    """The online nodes' groups' newest health window. Series: per node and group, at most one
+    per measure of the closed vocabulary (13) and stat (mean, p95), one count per measure, and
+    the drift detector's alarm, statistic and threshold."""
+    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - the hub extra
+
+    value = GaugeMetricFamily(
+        "edge_agent_hub_group_health",
+        "A group's health measure over its newest window: its mean or 95th percentile over "
+        "the window's agent-steps (docs/health.md; online nodes)",
+        labels=["node", "group", "measure", "stat"],
+    )
+    samples = GaugeMetricFamily(
+        "edge_agent_hub_group_health_samples",
+        "The agent-steps (or samples) a group's health measure is over in its newest window",
+        labels=["node", "group", "measure"],
+    )
+    steps = GaugeMetricFamily(
+        "edge_agent_hub_group_health_agent_steps",
+        "Agent-steps of a group in its newest health window",
+        labels=["node", "group"],
+    )
+    window = GaugeMetricFamily(
+        "edge_agent_hub_group_health_window_seconds",
+        "The length of a group's newest health window",
+        labels=["node", "group"],
+    )
+    alarm = GaugeMetricFamily(
+        "edge_agent_hub_group_drift_alarm",
+        "1 while a group's drift detector (Page-Hinkley on the excess surprise) is in alarm",
+        labels=["node", "group"],
+    )
+    statistic = GaugeMetricFamily(
+        "edge_agent_hub_group_drift_statistic",
+        "A group's drift detector statistic (it alarms above its threshold)",
+        labels=["node", "group"],
+    )
+    threshold = GaugeMetricFamily(
+        "edge_agent_hub_group_drift_threshold",
+        "The statistic a group's drift detector alarms at",
+        labels=["node", "group"],
+    )
+    for n in live:
+        for group, h in sorted((n.get("group_health") or {}).items()):
+            at = [n["node"], group]
+            steps.add_metric(at, float(h.get("agent_steps") or 0))
+            window.add_metric(at, float(h.get("window_s") or 0.0))
+            for measure, summary in sorted((h.get("measures") or {}).items()):
+                value.add_metric([*at, measure, "mean"], float(summary["mean"]))
+                value.add_metric([*at, measure, "p95"], float(summary["p95"]))
+                samples.add_metric([*at, measure], float(summary["n"]))
+            drift = h.get("drift")
+            if drift is not None:
+                alarm.add_metric(at, float(bool(drift["alarm"])))
+                statistic.add_metric(at, float(drift["statistic"]))
+                threshold.add_metric(at, float(drift["threshold"]))
+    yield from (value, samples, steps, window, alarm, statistic, threshold)
+
+
 def collector_for(source: Any) -> Any:
     """A ``prometheus_client`` collector of ``source.snapshot`` and ``source.hub_status`` (read
     at every scrape). Per-node values are exported for online nodes only: the last numbers of an
@@ -478,6 +544,7 @@ def collector_for(source: Any) -> Any:
                 live,
                 "groups_out_of_range",
             )
+            yield from _health_families(live)
             nodes_g = GaugeMetricFamily(
                 "edge_agent_hub_rollout_nodes",
                 "A rollout's nodes by state",

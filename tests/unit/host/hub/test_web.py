@@ -29,7 +29,7 @@ from edge_agent_host.hub.web import (
     collector_for,
     health_of,
 )
-from tests.unit.host.hub.test_store import heard, telemetry_body, write_all
+from tests.unit.host.hub.test_store import health_body, heard, telemetry_body, write_all
 
 NOW = 1_800_000_000.0
 MB = 2**20
@@ -411,3 +411,43 @@ def test_observations_out_of_range_go_from_a_nodes_telemetry_to_metrics(tmp_path
     assert values[("edge_agent_hub_node_observations_out_of_range", label)] == 1_234
     assert values[("edge_agent_hub_node_groups_out_of_range", label)] == 1
     assert ("edge_agent_hub_node_observations_out_of_range", (("node", "pi-grid"),)) not in values
+
+
+def test_a_nodes_group_health_goes_from_its_health_message_to_metrics(tmp_path: Path) -> None:
+    """Each group's newest health window: in the snapshot by group, and as the bounded series
+    node x group x measure x stat (online nodes only, as every per-node metric)."""
+    db = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
+    db.open()
+    try:
+        write_all(
+            db,
+            heard("pi-a", NodeState(online=True), retained=True, received=NOW - 60),
+            heard("pi-a", health_body(0.25, alarm=True), ts=NOW - 1, received=NOW - 1),
+            heard("pi-off", NodeState(online=False), retained=True, received=NOW - 60),
+            heard("pi-off", health_body(0.5), ts=NOW - 100, received=NOW - 100),
+        )
+        snap = build_snapshot(db, {"id": "hub-a"}, now=NOW)
+    finally:
+        db.close()
+    by_node = {n["node"]: n for n in snap.nodes}
+    grid = by_node["pi-a"]["group_health"]["grid"]
+    assert (grid["model"], grid["agent_steps"], grid["window_s"]) == ("grid10@1", 1000, 10.0)
+    assert grid["measures"]["excess_surprise"] == {"mean": 0.25, "p95": 1.25, "n": 1000}
+    values = scrape(snap)
+    at = (("group", "grid"), ("measure", "excess_surprise"), ("node", "pi-a"))
+    assert values[("edge_agent_hub_group_health", (*at, ("stat", "mean")))] == 0.25
+    assert values[("edge_agent_hub_group_health", (*at, ("stat", "p95")))] == 1.25
+    assert values[("edge_agent_hub_group_health_samples", at)] == 1000
+    cam = (("group", "cam"), ("measure", "confidence"), ("node", "pi-a"))
+    assert values[("edge_agent_hub_group_health", (*cam, ("stat", "mean")))] == 0.9
+    grid_at = (("group", "grid"), ("node", "pi-a"))
+    assert values[("edge_agent_hub_group_drift_alarm", grid_at)] == 1
+    assert values[("edge_agent_hub_group_drift_threshold", grid_at)] == 50.0
+    assert ("edge_agent_hub_group_drift_alarm", (("group", "cam"), ("node", "pi-a"))) not in values
+    assert not any(dict(labels).get("node") == "pi-off" for name, labels in values if
+                   name.startswith("edge_agent_hub_group_"))  # fmt: skip
+    # The label set is bounded: the closed vocabulary of measures, two stats.
+    stats = {
+        dict(labels)["stat"] for name, labels in values if name == "edge_agent_hub_group_health"
+    }
+    assert stats == {"mean", "p95"}
