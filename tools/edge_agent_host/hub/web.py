@@ -350,7 +350,8 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
     rollouts: Mapping[str, Any] | None = status.get("rollouts")
     if rollouts:
         for name, key, doc in (
-            ("halts", "halts", "Rollouts halted by a failed health check"),
+            ("halts", "halts", "Rollouts halted by a failed criterion or the operator"),
+            ("pauses", "pauses", "Rollouts paused by an inconclusive health verdict"),
             ("rollbacks", "rollbacks", "Rollouts rolled back"),
             ("waves_deployed", "waves_deployed", "Rollout waves deployed"),
             ("completed", "done", "Rollouts completed"),
