@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from importlib import resources
@@ -446,6 +448,16 @@ def test_a_nodes_group_health_goes_from_its_health_message_to_metrics(tmp_path: 
     assert ("edge_agent_hub_group_drift_alarm", (("group", "cam"), ("node", "pi-a"))) not in values
     assert not any(dict(labels).get("node") == "pi-off" for name, labels in values if
                    name.startswith("edge_agent_hub_group_"))  # fmt: skip
+    # promtool takes the exposition as it is (Debian's prometheus package ships promtool).
+    registry = CollectorRegistry()
+    registry.register(collector_for(Holder(snap, None)))
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool not found: apt-get install prometheus"
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=generate_latest(registry), capture_output=True,
+        check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
     # The label set is bounded: the closed vocabulary of measures, two stats.
     stats = {
         dict(labels)["stat"] for name, labels in values if name == "edge_agent_hub_group_health"
