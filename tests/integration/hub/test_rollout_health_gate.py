@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from tests.integration.fleet.test_fleet_daemon import FLEET, wait_until
 from tests.integration.hub.test_hubd import Hub, sqlite_table
 from tests.integration.hub.test_rollouts import rollout
 from tests.support.broker import MosquittoBroker
+from tests.support.doc_blocks import doc_block
 from tests.unit.fleet.test_deploy import bundle_tar
 
 pytestmark = pytest.mark.integration
@@ -96,6 +98,15 @@ def wait_state(hub: Hub, rollout_id: str, states: set[str], what: str) -> dict[s
     return json.loads(json.dumps(last, default=str))
 
 
+def shell(block: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A docs block as written, in ``cwd``, with the venv's ``edge-agent-hub`` on PATH."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run(
+        ["bash", "-c", block], cwd=cwd, env={**os.environ, "PATH": path},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
 def health_rows(hub: Hub) -> list[dict[str, Any]]:
     done = hub.cli("health", "--json")
     assert done.returncode == 0, done.stderr
@@ -142,17 +153,27 @@ def test_a_rollout_is_judged_on_the_health_of_its_waves(gated: dict[str, Any]) -
     assert verdict["control_samples"] >= 8
     assert verdict["test"].startswith("Mann-Whitney U one-sided")
 
-    # A worse model: the canaries fail the gate, the rollout halts and rolls them back.
-    rid = start(hub, gated["worse"], CRITERION, rollback=gated["same"])
-    followed = subprocess.run(
-        [sys.executable, "-m", "edge_agent_host.hub", "rollout", "status", "--config",
-         str(hub.config), rid, "--follow"],
-        capture_output=True, text=True, timeout=180, check=False, env=hub.env(),
-    )  # fmt: skip
+    # docs/hub.md's health view and alert rules, as written, beside hub.toml.
+    viewed = shell(doc_block("docs/hub.md", 6), hub.dir)
+    assert viewed.returncode == 0, viewed.stdout + viewed.stderr
+    lines = viewed.stdout.splitlines()
+    assert any(line.split()[2:4] == ["sim-0000", "grid"] for line in lines), lines
+    history = [json.loads(line) for line in lines if line.startswith("{")]
+    assert history
+    assert {h["node"] for h in history} == {"sim-0000"}
+    assert "SUCCESS: 2 rules found" in viewed.stdout
+
+    # A worse model (docs/hub.md's block as written): the canaries fail the gate, the rollout
+    # halts and rolls them back.
+    shutil.copy(gated["worse"], hub.dir / "grid-v11.tar")
+    shutil.copy(gated["same"], hub.dir / "grid-v12.tar")
+    followed = shell(doc_block("docs/hub.md", 7), hub.dir)
     assert followed.returncode == 5, followed.stdout + followed.stderr  # rolled back
+    rid = followed.stdout.split()[1]  # "rollout r-..."
     verdict_lines = [line for line in followed.stdout.splitlines() if " fail: " in line]
     assert verdict_lines, followed.stdout
     assert verdict_lines[0].startswith(f"{rid} wave 1 {CRITERION}:alpha=0.05 fail: ")
+    print(followed.stdout)
     end = rollout(hub, "status", rid, "--json")
     assert end["state"] == "rolled_back", end
     (verdict,) = end["verdicts"]
