@@ -11,7 +11,7 @@ from pathlib import Path
 from edge_agent_host.hub.cli import main
 from edge_agent_host.hub.health_cli import alert_rules_text
 
-TESTS = (Path(__file__).parent / "data" / "alert_rules_test.yml").read_text()
+TESTS = (Path(__file__).parents[4] / "tests" / "data" / "hub" / "alert_rules_test.yml").read_text()
 
 
 def promtool() -> str:
