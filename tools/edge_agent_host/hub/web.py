@@ -33,7 +33,7 @@ import resource
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -53,7 +53,16 @@ from edge_agent_host.hub.store import HubDatabase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FleetSnapshot", "WebServer", "build_snapshot", "collector_for", "health_of"]
+__all__ = [
+    "KEY_MEASURES",
+    "FleetSnapshot",
+    "GroupHealthHistory",
+    "WebServer",
+    "build_snapshot",
+    "collector_for",
+    "group_summaries",
+    "health_of",
+]
 
 _HEAD_LIMIT: Final = 16 * 1024
 _OUTCOMES: Final = ("answered", "timed_out", "evicted", "refused", "wrong_host", "hung_up")
@@ -72,6 +81,7 @@ class FleetSnapshot:
     hub: dict[str, Any] = field(default_factory=dict)
     nodes: list[dict[str, Any]] = field(default_factory=list)
     rollouts: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -79,7 +89,73 @@ class FleetSnapshot:
             "hub": self.hub,
             "nodes": self.nodes,
             "rollouts": self.rollouts,
+            "groups": self.groups,
         }
+
+
+#: The measure a group's health is summed up by on the page, the first it reports of these.
+KEY_MEASURES: Final = ("excess_surprise", "confidence", "score", "surprise")
+
+
+class GroupHealthHistory:
+    """The page's small plot per group: the fleet mean of the group's key measure
+    (:data:`KEY_MEASURES`) at each of the last ``points`` snapshots, for at most ``max_groups``
+    groups (the ones seen most recently stay). Kept in memory by the service (a restart starts
+    the plots afresh); one thread (the service's loop) adds to it."""
+
+    def __init__(self, points: int = 120, max_groups: int = 64) -> None:
+        self.points = points
+        self.max_groups = max_groups
+        self._series: OrderedDict[str, deque[tuple[float, float]]] = OrderedDict()
+
+    def add(self, group: str, ts: float, value: float) -> list[tuple[float, float]]:
+        """Append one point; the group's series, oldest first."""
+        series = self._series.get(group)
+        if series is None:
+            series = self._series[group] = deque(maxlen=self.points)
+            while len(self._series) > self.max_groups:
+                self._series.popitem(last=False)
+        self._series.move_to_end(group)
+        if not series or series[-1][0] < ts:
+            series.append((ts, value))
+        return list(series)
+
+
+def group_summaries(
+    nodes: Iterable[Mapping[str, Any]], now: float, history: GroupHealthHistory | None = None
+) -> list[dict[str, Any]]:
+    """Per group, over its online nodes' newest health windows: how many nodes report, the
+    models they run, the key measure's fleet mean (and its plot's points with ``history``), the
+    drift alarms."""
+    by_group: dict[str, list[Mapping[str, Any]]] = {}
+    for n in nodes:
+        if not n.get("online"):
+            continue
+        for group, h in (n.get("group_health") or {}).items():
+            by_group.setdefault(group, []).append(h)
+    out = []
+    for group, windows in sorted(by_group.items()):
+        reported = {m for h in windows for m in (h.get("measures") or {})}
+        key = next((m for m in KEY_MEASURES if m in reported), None)
+        means = [
+            float(h["measures"][key]["mean"]) for h in windows if key in (h.get("measures") or {})
+        ]
+        mean = sum(means) / len(means) if means else None
+        points: list[tuple[float, float]] = []
+        if history is not None and mean is not None:
+            points = history.add(group, now, mean)
+        out.append(
+            {
+                "group": group,
+                "nodes": len(windows),
+                "models": sorted({str(h.get("model")) for h in windows}),
+                "measure": key,
+                "mean": mean,
+                "drift_alarms": sum(bool((h.get("drift") or {}).get("alarm")) for h in windows),
+                "history": [[ts, v] for ts, v in points],
+            }
+        )
+    return out
 
 
 def _outbox_depth(telemetry: Mapping[str, Any]) -> int | None:
@@ -125,9 +201,11 @@ def build_snapshot(
     hub: Mapping[str, Any],
     now: float | None = None,
     silent_after_s: float = SILENT_AFTER_S,
+    history: GroupHealthHistory | None = None,
 ) -> FleetSnapshot:
     """Read the registry and the recent rollouts (raises DatabaseUnavailableError); each node's
-    presence as of ``now`` (``silent_after_s``: ``[hub] silent_after_s``)."""
+    presence as of ``now`` (``silent_after_s``: ``[hub] silent_after_s``); each group's health
+    summary (a point more in ``history``'s plots)."""
     now = time.time() if now is None else now
     # The page's per-node bundle and deployment columns (fleet_view.py): the newest 10 rollouts,
     # each node's row in the newest one that names it, and each rollout's failed nodes.
@@ -178,7 +256,13 @@ def build_snapshot(
         }
         node["health"] = health_of(node, now)
         nodes.append(node)
-    return FleetSnapshot(taken=now, hub=dict(hub), nodes=nodes, rollouts=rollouts)
+    return FleetSnapshot(
+        taken=now,
+        hub=dict(hub),
+        nodes=nodes,
+        rollouts=rollouts,
+        groups=group_summaries(nodes, now, history),
+    )
 
 
 def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
