@@ -82,9 +82,21 @@ def test_health_at_a_glance(over: dict[str, Any], expected: str) -> None:
     assert node(**over)["health"] == expected
 
 
+GRID_HEALTH: dict[str, Any] = {
+    "grid": {
+        "ts": NOW - 1,
+        "window_s": 10.0,
+        "model": "grid10@1",
+        "agent_steps": 1000,
+        "measures": {"excess_surprise": {"mean": 0.01, "p95": 1.2, "n": 1000}},
+        "drift": {"alarm": False, "statistic": 0.5, "threshold": 50.0, "since": None},
+    }
+}
+
+
 def snapshot() -> FleetSnapshot:
     nodes = [
-        node(node="pi-1"),
+        node(node="pi-1", group_health=GRID_HEALTH),
         node(node="pi-2", online=False, rss_bytes=None),
         node(node="pi-3", cpu_temp_c=80.0),
     ]
