@@ -71,8 +71,14 @@ def test_every_end_has_a_status_and_nothing_else_does() -> None:
 
 
 # ------------------------------------------------------------------------- health criteria
+@pytest.fixture(scope="module")
+def signed_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("bundle")
+    return bundle_tar(tmp, generate_keypair(tmp / "keys", "ci").private_path)
+
+
 @pytest.fixture
-def hub_with_health(tmp_path: Path) -> dict[str, Path]:
+def hub_with_health(tmp_path: Path, signed_bundle: Path) -> dict[str, Path]:
     """A SQLite hub database that knows three online nodes running group ``grid``, whose
     newest health windows report the excess surprise and the surprise; a signed bundle."""
     state = tmp_path / "state"
@@ -93,8 +99,7 @@ def hub_with_health(tmp_path: Path) -> dict[str, Path]:
             )
     finally:
         db.close()
-    ci = generate_keypair(tmp_path / "keys", "ci").private_path
-    return {"config": config, "db": state / "hub.sqlite3", "bundle": bundle_tar(tmp_path, ci)}
+    return {"config": config, "db": state / "hub.sqlite3", "bundle": signed_bundle}
 
 
 def start(hub: dict[str, Path], *args: str) -> list[str]:
