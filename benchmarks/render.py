@@ -757,6 +757,41 @@ TABLES: tuple[Table, ...] = (
             ),
         ),
     ),
+    Table(
+        id="hub-health",
+        title="Health telemetry on the hub at 1,000 nodes",
+        scope=(
+            "The same simulated nodes and the same `edge-agent-hub run` (SQLite), first without "
+            "and then with each node's group health (one group, six measures and the drift "
+            "detector, at the telemetry cadence): the bytes the broker took in per node per hour, "
+            "the hub's CPU (cores) and RSS, each over the same window, and the ratio with health "
+            "to without. And one rollout health verdict (10 % of the nodes against the other 90 "
+            "%, 30 windows each, read from the database and tested)."
+        ),
+        benchmark="bench_hub_health.py",
+        where={"nodes": lambda n: n is not None},
+        key=("nodes",),
+        pivot="bench",
+        expect=({"nodes": 1000},),
+        command=f"{RECORD} bench_hub_health.py -- --nodes {{nodes}}",
+        columns=(
+            Column("nodes", "nodes", ",d"),
+            Column("telemetry every", "telemetry_s", ".0f", of="health_cost", suffix=" s"),
+            Column("broker bytes / node / h, health", "health_bytes_per_node_hour", ",d",
+                   of="health_cost"),
+            Column("all bytes, with / without", "bytes_ratio", ".2f", of="health_cost",
+                   suffix="x"),
+            Column("hub CPU, with / without", "hub_cpu_ratio", ".2f", of="health_cost",
+                   suffix="x"),
+            Column("hub RSS, with / without", "hub_rss_ratio", ".2f", of="health_cost",
+                   suffix="x"),
+            Column("one verdict", "verdict_ms", ".1f", of="gate", suffix=" ms"),
+            Column("its samples", lambda r: (
+                f"{r.get('wave_samples', 'gate'):,d} vs {r.get('control_samples', 'gate'):,d}"
+                if r.get("wave_samples", "gate") is not None else None
+            )),
+        ),
+    ),
 )
 
 

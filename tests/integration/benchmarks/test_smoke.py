@@ -96,6 +96,13 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "idle_http"}, ("idle_clients", "ratio", "connections")),
         ({"bench": "hung_db"}, ("degraded_after_s", "watchdog_max_gap_s", "lost")),
     ],
+    "bench_hub_health.py": [
+        ({"bench": "setup", "nodes": 20}, ("procs", "telemetry_s")),
+        ({"bench": "health_telemetry", "health": False}, ("bytes_per_node_hour", "hub_cpu_cores")),
+        ({"bench": "health_telemetry", "health": True}, ("bytes_per_node_hour", "hub_rss_mb")),
+        ({"bench": "health_cost"}, ("bytes_ratio", "hub_cpu_ratio", "health_bytes_per_node_hour")),
+        ({"bench": "gate"}, ("verdict_ms", "wave_samples", "control_samples")),
+    ],
     "bench_hub_scale.py": [
         ({"bench": "setup", "nodes": 20}, ("bundle_bytes",)),
         ({"bench": "registry"}, ("first_s", "after_restart_s", "hub_rss_peak_mb")),
