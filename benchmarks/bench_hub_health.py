@@ -1,4 +1,4 @@
-"""The groups' health on the hub at fleet scale (issue 46, item 5): what it costs the broker and the
+"""The groups' health on the hub at fleet scale: what it costs the broker and the
 hub, and what a rollout's health verdict costs.
 
 Starts a loopback mosquitto (``sys_interval 1`` for its byte counters), ``--nodes`` simulated nodes

@@ -27,7 +27,7 @@ A criterion in **dry run** is judged and recorded the same way and never halts n
 
 A kind of criterion is one class with :meth:`HealthCriterion.evaluate` (the :class:`Criterion`
 interface): it takes the wave's :class:`WaveWindow` and the evidence the runner reads from the
-database and returns a :class:`Verdict`. The shadow evaluation of issue 46 (a paired test on the
+database and returns a :class:`Verdict`. A shadow evaluation (a paired test on the
 canaries' own results) is one more kind beside :class:`HealthCriterion`.
 """
 
