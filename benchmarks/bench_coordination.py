@@ -1,4 +1,4 @@
-"""Coordination benchmarks (issue 5): task allocation, belief-sharing bandwidth and benefit, and
+"""Coordination benchmarks: task allocation, belief-sharing bandwidth and benefit, and
 coordination efficiency. Prints one JSON object per line.
 
 Every node is a real FleetLink (SQLite outbox) on the in-memory broker, in one process, ticked

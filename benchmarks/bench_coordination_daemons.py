@@ -1,4 +1,4 @@
-"""Coordination between real daemons (issue 5): five ``edge-agentd`` processes on a loopback
+"""Coordination between real daemons: five ``edge-agentd`` processes on a loopback
 mosquitto. One JSON object per line.
 
 - ``allocation``: five daemons of 100 grid10 agents each (20 Hz); the hub announces 100 tasks at

@@ -1,4 +1,4 @@
-"""Daemon benchmarks (issue 3): cold start to READY, RSS, tick latency, snapshot cost.
+"""Daemon benchmarks: cold start to READY, RSS, tick latency, snapshot cost.
 
 Runs the real daemon (`python -m edge_agent run --config ...`) as a subprocess with a test-owned
 NOTIFY_SOCKET, for each configuration, and prints one JSON object per line. Cold start is also
@@ -11,7 +11,7 @@ drift from run to run.
 ``--smoke``: 20 agents, 2 s runs, one baseline start: the code path, for CI
 (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 
-``daemon-learning`` rows (issue 32, item 4): the daemon's tick of one group with a
+``daemon-learning`` rows: the daemon's tick of one group with a
 ``[groups.learning]`` table against the same group without it, in this process: both built by
 the daemon's admission from a config (:func:`edge_agent.daemon.admission.admit`) and ticked as
 the daemon ticks them (``GroupRuntime.tick``: the world's step and the agents'), in alternating

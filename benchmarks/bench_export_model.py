@@ -1,4 +1,4 @@
-"""``edge-agent export-model`` (issue 32, item 4): what exporting a learned model costs; its size.
+"""``edge-agent export-model``: what exporting a learned model costs; its size.
 
 For each case a learning group is built as the daemon builds it (its config's ``[groups.learning]``
 table, through the ``aif`` kind), learns for ``--ticks`` ticks on its world, and is saved as the

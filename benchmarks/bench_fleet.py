@@ -1,4 +1,4 @@
-"""Fleet link benchmarks (issue 4): outbox throughput, write amplification, command latency,
+"""Fleet link benchmarks: outbox throughput, write amplification, command latency,
 reconnect time. One JSON object per line.
 
 Everything runs against a real mosquitto started here on a free loopback port (the tests' helper,

@@ -1,4 +1,4 @@
-"""Command latency under a forged-command flood (issue 29): the ratio to an unflooded ping.
+"""Command latency under a forged-command flood: the ratio to an unflooded ping.
 
 ``tests/integration/fleet/test_command_flood.py`` checks that a flood of forged commands is refused
 before it queues and that a signed ping sent in the middle of it is answered, but not how long

@@ -1,4 +1,4 @@
-"""The hub service under faults of its own parts (issue 29; benchmarks/notes/fleet-and-hub.md).
+"""The hub service under faults of its own parts (benchmarks/notes/fleet-and-hub.md).
 
 Real mosquitto, real ``edge-agent-hub run`` processes, a real PostgreSQL (``tests/integration/
 postgres.py``). One JSON object per line:

@@ -1,4 +1,4 @@
-"""The hub's fleet page at 1,000 nodes (issue 28, item 5): what one refresh costs the hub, the
+"""The hub's fleet page at 1,000 nodes: what one refresh costs the hub, the
 network and the browser, a page of 50 against the whole fleet on one page.
 
 Starts a loopback mosquitto, ``--nodes`` simulated nodes (:mod:`edge_agent_host.fleetsim`, at

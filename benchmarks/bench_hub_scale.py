@@ -1,4 +1,4 @@
-"""The hub at fleet scale (issue 13, item 4): simulated nodes, real mosquitto, the real hub.
+"""The hub at fleet scale: simulated nodes, real mosquitto, the real hub.
 
 Starts a loopback mosquitto (``sys_interval 1`` for its byte counters), ``--nodes`` simulated nodes
 (:mod:`edge_agent_host.fleetsim`: the real fleet link, protocol, command verification and

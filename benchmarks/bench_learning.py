@@ -1,4 +1,4 @@
-"""Learning benchmark (issue 32): what shared-scope Dirichlet learning costs a group's tick.
+"""Learning benchmark: what shared-scope Dirichlet learning costs a group's tick.
 
 For each world and agent count, two int8 groups step side by side in one process, in
 alternating rounds, on the same observations from the world: an
@@ -14,7 +14,7 @@ One JSON object per line:
 
 * ``plain_agent_steps_per_s``, ``learning_agent_steps_per_s``: agents x ticks / wall time, the
   median over rounds; ``ratio``: the median over rounds of learning time / plain time (the
-  target of issue 32 is <= 1.25 for a shared-scope learning step);
+  target is <= 1.25 for a shared-scope learning step);
 * ``refresh_ms``: one refresh after 20 ticks' worth of count updates (the touched columns
   brought into the compiled tables, or, where ``B`` is learned, the model rebuilt, quantized
   and compiled), the median of a few; its cost per tick is ``refresh_ms / refresh_every`` and
@@ -27,7 +27,7 @@ One JSON object per line:
 The process runs one thread (``OPENBLAS_NUM_THREADS=1`` is set before numpy is imported).
 
     python benchmarks/bench_learning.py [--smoke] [--agents 1,1000,10000] [--rounds 5]
-        [--count-ops TICKS]
+        [--count-ops TICKS] [--cases tmaze-A1-every-1,grid10-B0-every-1]
 
 ``--smoke`` runs the code path at tiny sizes, for CI (its numbers mean nothing).
 """
@@ -45,9 +45,22 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: (world, learned tables, refresh_every): the T-maze learns its reward modality; the grid its
-#: observation model and its transitions.
-CASES = (("tmaze", ("A1",), 100), ("grid10", ("A0",), 100), ("grid10", ("A0", "B0"), 100))
+#: (world, learned tables, refresh_every, learning rate): the T-maze learns its reward modality;
+#: the grid its observation model and its transitions. The last two are the shared rows
+#: at pymdp's cadence: the tables follow the counts every tick, learning rate 1 (the T-maze its
+#: reward modality, grid10 its transitions).
+CASES = (
+    ("tmaze", ("A1",), 100, 0.01),
+    ("grid10", ("A0",), 100, 0.01),
+    ("grid10", ("A0", "B0"), 100, 0.01),
+    ("tmaze", ("A1",), 1, 1.0),
+    ("grid10", ("B0",), 1, 1.0),
+)
+
+
+def case_name(world: str, tables: tuple[str, ...], refresh_every: int) -> str:
+    """``grid10-B0-every-1``: what ``--cases`` names a case by."""
+    return f"{world}-{''.join(tables)}-every-{refresh_every}"
 
 
 def counts_for(model: Any, tables: tuple[str, ...]) -> dict[str, dict[int, Any]]:
@@ -62,7 +75,7 @@ def counts_for(model: Any, tables: tuple[str, ...]) -> dict[str, dict[int, Any]]
 
 def measure(  # noqa: PLR0917 - one row's whole description
     world: str, tables: tuple[str, ...], refresh_every: int, n: int, ticks: int, rounds: int,
-    count_ops: int = 0,
+    count_ops: int = 0, lr: float = 0.01,
 ) -> dict[str, Any]:
     from edge_agent.aif.learning import LearningSettings, LearningSpec
     from edge_agent.core.agents import AifAgentGroup
@@ -71,7 +84,7 @@ def measure(  # noqa: PLR0917 - one row's whole description
     model = builtin_model(world)
     counts = counts_for(model, tables)
     spec = LearningSpec(pA=counts["A"], pB=counts["B"], refresh_every=refresh_every,
-                        settings=LearningSettings(lr_pA=0.01, lr_pB=0.01))
+                        settings=LearningSettings(lr_pA=lr, lr_pB=lr))
     learning = AifAgentGroup(model, n, learning=spec, precision="int8")
     env = make_env(world, n, seed=0)
     # Observations from the world, walked by the learning group once (warm-up, learning on).
@@ -121,8 +134,10 @@ def measure(  # noqa: PLR0917 - one row's whole description
         "bench": "learning",
         "world": world,
         "tables": list(tables),
+        "learned": "+".join(tables),
         "scope": "shared",
         "refresh_every": refresh_every,
+        "lr": lr,
         "agents": n,
         "ticks": len(obs_seq),
         "plain_agent_steps_per_s": round(steps / statistics.median(times["plain"])),
@@ -143,7 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count-ops", type=int, default=0, metavar="TICKS",
                         help="after the timings, count the numpy calls of TICKS ticks of each "
                              "group (a tick that does not refresh; 0: do not count)")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated cases (all): "
+                             + ", ".join(case_name(w, t, e) for w, t, e, _ in CASES))
     args = parser.parse_args(argv)
+    names = [case_name(w, t, e) for w, t, e, _ in CASES]
+    chosen = names if args.cases is None else [c for c in args.cases.split(",") if c]
+    for name in chosen:
+        if name not in names:
+            parser.error(f"unknown case {name!r} (choose from {', '.join(names)})")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy is imported (lazily, above)
     os.environ["OMP_NUM_THREADS"] = "1"
     sys.path.insert(0, str(REPO))
@@ -151,10 +174,12 @@ def main(argv: list[str] | None = None) -> int:
               .split(",")]
     ticks = args.ticks or (10 if args.smoke else 200)
     rounds = args.rounds or (1 if args.smoke else 5)
-    for world, tables, refresh_every in CASES:
+    for world, tables, refresh_every, lr in CASES:
+        if case_name(world, tables, refresh_every) not in chosen:
+            continue
         for n in agents:
             every = min(refresh_every, ticks)
-            row = measure(world, tables, every, n, ticks, rounds, args.count_ops)
+            row = measure(world, tables, every, n, ticks, rounds, args.count_ops, lr)
             print(json.dumps(row), flush=True)
     return 0
 

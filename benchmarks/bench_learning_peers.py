@@ -1,9 +1,9 @@
-"""Learning against pymdp 0.0.7.1 and 1.0.4 (issue 32): agent-steps/s with ``A`` learning on,
-bytes per agent of per-agent ``A`` learning, and ticks to re-learn after a reversal.
+"""Learning against pymdp 0.0.7.1 and 1.0.4: agent-steps/s with learning on, bytes per agent
+of per-agent learning, and ticks to re-learn after a reversal.
 
 Same tasks for everyone (``benchmarks/peers/learning.py`` says exactly what a tick is): the
-reversal T-maze learning ``pA`` of its reward modality, and grid10 learning ``pA`` of its
-location modality; every implementation's agents receive the same observations, tick after
+reversal T-maze learning ``pA`` of its reward modality, and grid10 learning ``pB`` of its
+moves; every implementation's agents receive the same observations, tick after
 tick (drawn once from the world under random actions: open loop, so the inputs do not depend on
 who acts). Each implementation runs in its own process on one thread (``OPENBLAS_NUM_THREADS=1``,
 XLA without its thread pool), one after the other per case: edge-agent in this venv, the peers in
@@ -13,7 +13,8 @@ the venvs ``bench_peers.py`` makes under ``.cache/peers`` (``--no-install``: nev
   set of counts: the peers have no such scope, their counts are per agent), tables refreshed
   every tick (``refresh 1``, the peers' cadence) and every 100 ticks (``refresh 100``); and
   per-agent ``learning=`` (``float64 per-agent``: each agent its own counts and tables, as the
-  peers), up to N = 1,000;
+  peers; ``vs_pymdp_104`` is its like-for-like ratio, ``vs_learning_off`` its rate over the
+  same float64 group's without learning, ``float64 learning off``), up to N = 1,000;
 * pymdp 0.0.7.1: one ``Agent`` per agent, ``update_A`` each tick, in a Python loop. Its rate does
   not depend on ``N`` (it steps agents one by one), so above ``--max-007`` agents it is measured
   on ``--max-007`` agents and marked ``"extrapolated": true``;
@@ -31,7 +32,10 @@ The reversal: ``examples/learning_reversal.py`` (frozen, learning, learning with
 whose ``ticks_to_relearn`` are printed as they are.
 
     python benchmarks/bench_learning_peers.py [--agents 1,1000,10000] [--seconds 1]
-        [--repeats 3] [--no-install] [--smoke]
+        [--repeats 3] [--no-install] [--per-agent-only] [--no-reversal] [--smoke]
+
+``--per-agent-only``: the per-agent rows, learning off and the peers (no shared int8 rows);
+``--no-reversal``: without the reversal runs.
 
 ``--smoke``: edge-agent only, N = 1 and 20, short runs, the reversal at its smoke size: the code
 path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
@@ -61,16 +65,18 @@ import bench_peers  # noqa: E402
 
 WORKER = REPO / "benchmarks" / "peers" / "learning.py"
 REVERSAL = REPO / "examples" / "learning_reversal.py"
-#: (world, learned modality) and the ticks of observations every implementation cycles through.
-WORLDS = (("tmaze", 1), ("grid10", 0))
+#: (world, learned table: ``A`` or ``B``, its modality or factor) and the ticks of observations
+#: every implementation cycles through.
+WORLDS = (("tmaze", "A", 1), ("grid10", "B", 0))
 TICKS = 20
 EDGE = (("edge-agent int8 refresh 1", 1), ("edge-agent int8 refresh 100", 100))
 PER_AGENT = "edge-agent float64 per-agent"
+LEARNING_OFF = "edge-agent float64 learning off"
 #: The per-agent group (float64, each agent's own tables) runs up to this many agents.
 PER_AGENT_MAX = 1000
 
 
-def write_workload(world: str, modality: int, n: int, path: Path) -> None:
+def write_workload(world: str, kind: str, index: int, n: int, path: Path) -> None:
     from edge_agent.sim.registry import make_env
     from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv
 
@@ -82,8 +88,8 @@ def write_workload(world: str, modality: int, n: int, path: Path) -> None:
         actions = np.stack([rng.integers(0, u, n) for u in model.num_controls], axis=1)
         obs.append(env.step(actions).copy())
     arrays = model.to_npz_dict()
-    table = model.A[modality]
-    arrays[f"pA{modality}"] = table * 2.0 + 0.5 * (table > 0)
+    table = (model.A if kind == "A" else model.B)[index]
+    arrays[f"p{kind}{index}"] = table * 2.0 + 0.5 * (table > 0)
     arrays["obs"] = np.stack(obs).astype(np.int16)
     np.savez(path, **arrays)  # type: ignore[arg-type]
 
@@ -114,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-104-bytes", type=int, default=1 << 30,
                         help="pymdp 1.0.4 is not run when N x its state bytes exceed this")
     parser.add_argument("--no-install", action="store_true", help="never create a peer venv")
+    parser.add_argument("--per-agent-only", action="store_true",
+                        help="no shared int8 rows: per-agent, learning off and the peers")
+    parser.add_argument("--no-reversal", action="store_true", help="no reversal runs")
     parser.add_argument("--smoke", action="store_true", help="edge-agent only, tiny, for CI")
     args = parser.parse_args(argv)
     agents = [int(a) for a in (args.agents or ("1,20" if args.smoke else "1,1000,10000"))
@@ -130,17 +139,19 @@ def main(argv: list[str] | None = None) -> int:
                                   "error": f"cannot install or start: {err}"}), flush=True)
     python = Path(sys.executable)
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
-        for world, modality in WORLDS:
+        for world, kind, index in WORLDS:
             workload = Path(tmp) / f"{world}.npz"
-            write_workload(world, modality, max(agents), workload)
+            write_workload(world, kind, index, max(agents), workload)
             bytes_104: int | None = None
             for n in agents:
                 rows: list[tuple[str, dict[str, Any]]] = []
-                for impl, every in EDGE:
+                for impl, every in () if args.per_agent_only else EDGE:
                     rows.append((impl, run_worker(python, "edge-agent int8", workload, n, args,
                                                   refresh_every=every)))
                 if n <= PER_AGENT_MAX:
                     rows.append((PER_AGENT, run_worker(python, PER_AGENT, workload, n, args)))
+                    rows.append((LEARNING_OFF, run_worker(python, LEARNING_OFF, workload, n,
+                                                          args)))
                 if bench_peers.PYMDP_007 in peers:
                     probe = min(n, args.max_007)
                     rec = run_worker(peers[bench_peers.PYMDP_007], bench_peers.PYMDP_007,
@@ -159,14 +170,23 @@ def main(argv: list[str] | None = None) -> int:
                 rates = [r["steps_per_s"] for name, r in rows
                          if name.startswith("pymdp") and "steps_per_s" in r]
                 best_peer = max(rates) if rates else None
+                by_name = dict(rows)
                 for name, rec in rows:
                     # n: the row's agents; measured_n: the agents the worker ran (fewer where
                     # pymdp 0.0.7.1's rate is extrapolated).
-                    out = {"bench": "learning-peers", "world": world, "learned": f"A{modality}",
+                    out = {"bench": "learning-peers", "world": world, "learned": f"{kind}{index}",
                            **rec, "n": n, "measured_n": rec.get("n", n), "impl": name}
                     if best_peer and "steps_per_s" in rec and name.startswith("edge"):
                         out["vs_best_peer"] = round(rec["steps_per_s"] / best_peer, 2)
+                    if name == PER_AGENT and "steps_per_s" in rec:
+                        for other, field in ((bench_peers.PYMDP_104, "vs_pymdp_104"),
+                                             (LEARNING_OFF, "vs_learning_off")):
+                            rate = by_name.get(other, {}).get("steps_per_s")
+                            if rate:
+                                out[field] = round(rec["steps_per_s"] / rate, 2)
                     print(json.dumps(out), flush=True)
+    if args.no_reversal:
+        return 0
     reversal = [sys.executable, str(REVERSAL), "--out", os.devnull]
     if args.smoke:
         reversal.append("--smoke")

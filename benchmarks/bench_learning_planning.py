@@ -1,4 +1,4 @@
-"""Learning under a planning policy (issue 32 with issue 33's policies), side by side in one run.
+"""Learning under a planning policy, side by side in one run.
 
 For each learning world (``tmaze-reversal``: the reward arm the agents do not know swaps every
 few trials; ``grid-slippery``: moves slip, walls the model does not know) and each planning

@@ -1,4 +1,4 @@
-"""How far the kernels are from this machine's limits (issue 15, item 5).
+"""How far the kernels are from this machine's limits.
 
 For each workload (grid10 and T-maze, policy_len 1, N = 10,000 by default) it prints, one JSON
 object per line:

@@ -1,4 +1,4 @@
-"""Memory of the running daemon (issue 14, item 1): RSS, and where it goes, against a baseline tree.
+"""Memory of the running daemon: RSS, and where it goes, against a baseline tree.
 
 Runs the real daemon (``python -m edge_agent run --config ...``) on 1,000 grid10 int8 agents
 with 64-step histories at 10 Hz, with ``[mqtt]`` off and on (connected to a mosquitto this script

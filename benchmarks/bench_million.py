@@ -1,4 +1,4 @@
-"""A million agents in the daemon (issue 33, item 5): peak memory from start to stop, and the rate.
+"""A million agents in the daemon: peak memory from start to stop, and the rate.
 
 Runs the real daemon (``python -m edge_agent run --config ...``) on one grid10 group of
 ``--agents`` int8 agents with 64-step compact histories (``history_beliefs = "map"``), profile

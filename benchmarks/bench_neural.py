@@ -1,4 +1,4 @@
-"""Neural agent benchmarks (issue 6): int8 versus float per backend, all in one process.
+"""Neural agent benchmarks: int8 versus float per backend, all in one process.
 
 For each backend (ONNX Runtime, LiteRT) the same network -- a sensor-world policy over a window of
 ``--window`` steps of 8 features (:func:`edge_agent_host.converter.builders.sensor_policy`,

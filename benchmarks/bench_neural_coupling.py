@@ -1,8 +1,8 @@
-"""One agent's input against the other agents' outputs: the coupling table (issue 43).
+"""One agent's input against the other agents' outputs: the coupling table.
 
-A neural group steps all its agents in one backend call. onnxruntime's dynamic quantization, as
-``convert onnx`` wrote it before issue 43, computes one activation scale per call over the whole
-batch: one agent's faulty or unnormalised input changed the others' actions. This measures it
+A neural group steps all its agents in one backend call. onnxruntime's own dynamic quantization
+(what older ``convert onnx`` bundles hold) computes one activation scale per call over the whole
+batch: one agent's faulty or unnormalised input changes the others' actions. This measures it
 for three models, each converted by the host tool and loaded as the daemon loads a bundle
 (signed, ``load_bundle`` with the trusted key, ``NeuralAgentGroup.from_bundle``):
 
@@ -17,11 +17,11 @@ for three models, each converted by the host tool and loaded as the daemon loads
 
 Variants, each a group of ``--agents`` agents on the same inputs:
 
-* ``before``: onnxruntime's ``quantize_dynamic`` output as the converter bundled it before issue
-  43 (per-channel int8 weights, every op type onnxruntime's dynamic mode quantizes), in a group
+* ``before``: onnxruntime's ``quantize_dynamic`` output as older converters bundled it
+  (per-channel int8 weights, every op type onnxruntime's dynamic mode quantizes), in a group
   of the dynamic bundle's spec;
 * ``static``, ``dynamic``: the converter's ``--mode static`` and ``--mode dynamic`` bundles
-  (dynamic's activation scales per row since issue 43); the line of the mode ``auto`` keeps
+  (dynamic's activation scales are per row); the line of the mode ``auto`` keeps
   says so (``auto: true``);
 * ``float``: the float model in the same group.
 
@@ -153,8 +153,8 @@ def convert(spec: dict[str, Any], tmp: Path, mode: str, key: Path) -> dict[str, 
 
 
 def before_model(spec: dict[str, Any], tmp: Path) -> bytes:
-    """onnxruntime's dynamic quantization as ``convert onnx --mode dynamic`` bundled it before
-    issue 43: per-channel int8 weights, every op type of its dynamic mode, one activation scale
+    """onnxruntime's dynamic quantization as older ``convert onnx --mode dynamic`` bundled it:
+    per-channel int8 weights, every op type of its dynamic mode, one activation scale
     per call."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -1,4 +1,4 @@
-"""Neural and perception agents in the daemon (issue 11): ticks, memory, conversion, overhead.
+"""Neural and perception agents in the daemon: ticks, memory, conversion, overhead.
 
 Everything a user would do, in one run, one JSON object per line:
 
@@ -18,7 +18,8 @@ Everything a user would do, in one run, one JSON object per line:
    bench-owned ``NOTIFY_SOCKET``, profile ``x86-dev``, ``--tick-hz`` on the built-in sensor world,
    for ``--agents`` neural agents (the policy bundle) and ``--agents`` perception -> Active
    Inference agents (the built-in model ``sensors`` with the perception bundle, soft evidence),
-   plus, as the same-run baseline, ``--agents`` built-in grid10 agents (issue 3's configuration).
+   plus, as the same-run baseline, ``--agents`` built-in grid10 agents (as ``bench_daemon.py``
+   runs them).
    After READY it runs ``--seconds``, the status file is read (tick p50/p99 over the last 1,024
    ticks, RSS, budget, each group's ``bytes_per_agent`` and ``shared_model_bytes``), then SIGTERM.
    ``tick_vs_grid10`` and ``rss_vs_grid10`` are ratios to the baseline daemon of this run.
@@ -37,7 +38,7 @@ Everything a user would do, in one run, one JSON object per line:
      no spinning, the x86 int8 precision mode only where the CPU needs it:
      ``x64_quant_precision`` in the row);
    * ``session_run_x64_precision``: the same with ``session.x64quantprecision`` forced on (what
-     the backend set everywhere before issue 30: on a VNNI CPU only slower);
+     the backend once set on every x86 CPU: on a VNNI CPU only slower);
    * ``backend_run``: the group's own backend session on its staged batch (IOBinding, no copy);
    * ``neural_step``: the group's neural half: ``NeuralAgentGroup.step`` (append the
      observations to the ring, stack the windows into the session's input, one run, argmax) or,

@@ -1,4 +1,4 @@
-"""A neural group on the digits models against a plain onnxruntime session (issue 30).
+"""A neural group on the digits models against a plain onnxruntime session.
 
 The digits MLP (skl2onnx ``MLPClassifier``, 128 units) and the small digits CNN of
 ``bench_convert.py`` (frames ``(N, 1, 8, 8)``, stepped as flattened ``(N, 64)`` observations) are
@@ -10,8 +10,8 @@ as ``session.run(None, {input: batch})`` on the same batch, interleaved in ``--r
 of ``--calls`` calls (order rotated each round), per-round medians:
 
 * ``session_default``: onnxruntime's default options (no ``SessionOptions``): the baseline;
-* ``session_exact``: the default options plus ``session.x64quantprecision`` (what the backend set
-  on every x86 CPU before issue 30);
+* ``session_exact``: the default options plus ``session.x64quantprecision`` (what the backend
+  once set on every x86 CPU);
 * ``group_step``: ``NeuralAgentGroup.step`` (observation check, the window, one backend run,
   argmax) of a group as ``NeuralAgentGroup.from_bundle`` builds it (the finite check on, a ring
   as long as the window; the daemon's groups skip the check and keep the profile's history),
@@ -35,7 +35,7 @@ of ``--calls`` calls (order rotated each round), per-round medians:
   without the group must do to act); ``group_job_ratio`` is over ``session_default_job``.
 
 One JSON line per model: medians in ms, ``*_ratio`` the median over rounds of each variant over
-``session_default`` (or the baseline named above; issue 30's target, <= 1.2, is read on
+``session_default`` (or the baseline named above; the target, <= 1.2, is read on
 ``group_job``: the same job on the same threads), whether the two sessions' argmax agree on
 every held-out digit, and ``x64_quant_precision`` (the backend's choice here).
 

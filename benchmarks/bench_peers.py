@@ -1,4 +1,4 @@
-"""edge-agent against pymdp 0.0.7.1 and 1.0.4 (JAX) on the same closed loops (issue 15, items 1-2).
+"""edge-agent against pymdp 0.0.7.1 and 1.0.4 (JAX) on the same closed loops.
 
 The peers are installed on demand into their own venvs, made with the interpreter this venv was
 made from, under ``${EDGE_AGENT_BENCH_CACHE:-.cache}/peers/``:
@@ -55,7 +55,7 @@ function and array method it calls; exact, machine-independent) and ``TICKS`` mo
 Python function calls counted; the records get ``numpy_calls_per_step`` and
 ``python_calls_per_step`` and the 12 most frequent of each (``numpy_calls_top``,
 ``python_calls_top``). A tick of a small model is mostly the fixed cost of its numpy calls and
-of the Python around them (issue 33, item 6).
+of the Python around them.
 
 ``--smoke``: the two edge-agent implementations only (no peer venv is made or used), grid10 and
 grid2f at N = 10, one 0.05 s run each: the code path, for CI

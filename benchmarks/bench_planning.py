@@ -1,4 +1,4 @@
-"""Planning policies (issue 33, items 1-4): CPU against behaviour, side by side in one run.
+"""Planning policies: CPU against behaviour, side by side in one run.
 
 For each built-in world (grid10, T-maze, explorer, tmaze-reversal, grid-slippery) and each
 planning policy (:class:`~edge_agent.aif.planning.PlanningPolicy`), an

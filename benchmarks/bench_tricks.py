@@ -1,7 +1,7 @@
 """What each memory trick of the daemon saves: what it keeps out, let into the daemon's process.
 
 A trick stays only where it saves at least 1 % of the smallest profile's agent budget
-(``pi-zero-2w``: 96 MB, so 0.96 MB; issue 44, docs/memory.md "Memory tricks"). Each probe is a
+(``pi-zero-2w``: 96 MB, so 0.96 MB; docs/memory.md "Memory tricks"). Each probe is a
 fresh interpreter that runs the daemon of ``benchmarks/bench_memory.py`` (1,000 grid10 agents at
 10 Hz, as ``edge-agent run`` does; MQTT off, or on against a mosquitto this script starts) for
 ``--seconds``, keeps it (its groups, arrays and modules) once it has stopped, and then does what

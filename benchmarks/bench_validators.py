@@ -1,4 +1,4 @@
-"""What a validator costs in resident memory: pydantic against msgspec (issue 14, item 1).
+"""What a validator costs in resident memory: pydantic against msgspec.
 
 The daemon validates its config, profiles and wire messages with pydantic; most of the memory our
 own modules add to the running process is pydantic's (its import, and each model's compiled

@@ -1,4 +1,4 @@
-"""A large group on every core: ``start_workers(k)`` against one process (issue 15, item 4).
+"""A large group on every core: ``start_workers(k)`` against one process.
 
 For each workload, two groups of ``N`` agents on the same model in one process: one stepped by
 the caller alone (``workers = 1``), one by the caller and ``k - 1`` forked workers

@@ -1,4 +1,4 @@
-"""Bytes the daemon writes to storage per hour (issue 14, item 2): what an SD card sees.
+"""Bytes the daemon writes to storage per hour: what an SD card sees.
 
 Runs the real daemon (`python -m edge_agent run --config ...`) with its state directory on a
 real disk (not tmpfs: tmpfs writes are not storage writes) and reads the process's
@@ -13,6 +13,21 @@ Cases, all with 1,000 grid10 int8 agents with 64-step histories at the profile's
 - ``demo``: ``edge-agent run --demo`` as the quick start runs it: 2,000 agents on the
   ``x86-dev`` profile, which snapshots every 60 s because a development machine has no SD card
   (the window then holds its snapshots: the rate is measured, not added).
+- ``learning_per_agent``: ``quiet`` with 200 grid10 agents learning their transitions, each its
+  own counts (``[groups.learning] B = "all"``, ``scope = "per_agent"``, float64, the table's
+  defaults: prior the model's ``B``, learning rate 1, tables refreshed every tick);
+  ``learning_shared``: ``quiet`` with the 1,000 int8 agents learning ``B`` into one set of
+  counts. Their records add ``learn_snapshot_bytes``, what the final snapshot's ``learn.*``
+  arrays take (stored, compressed or not). Run only when ``--cases`` names them.
+- ``learning_hour`` (not a daemon; run with ``--cases learning_hour``): what an hour of learning
+  leaves in a snapshot, in the same number of updates: ``--hour-agents`` per-agent grid10
+  learners as above (each agent's counts are its own, so their bytes scale with the agents)
+  step ``--hour-ticks`` ticks (36,000: an hour at 10 Hz) in this process as fast as they can;
+  at a few points their state is written as the daemon writes it (``SnapshotStore``, in
+  ``--dir``), once with the counts as what moved from the prior (what the daemon writes) and
+  once with the counts whole (what it wrote before), and the ``learn.*`` bytes of both are
+  printed per agent, for 200 agents, and per hour at the profile's snapshots, with the bound
+  (every entry updates can reach moved, :func:`~edge_agent.aif.learning_storage.moved_bound`).
 
 Each case runs ``--seconds`` after a warm-up; the hourly rate is the steady rate over that window
 plus the snapshots an hour would take (the profile's interval and cap) times the size of the
@@ -20,6 +35,7 @@ final snapshot, which is the size of every periodic one. The window's own writes
 file (``/proc/PID/io`` cannot: the split comes from the files' sizes and the outbox's counters).
 
     python benchmarks/bench_writes.py [--seconds 660] [--cases quiet,telemetry,actions_qos1]
+        [--hour-agents 4] [--hour-ticks 36000]
 
 The window should hold two of the outbox's relaxed commits (``[mqtt] outbox_commit_interval_s``,
 300 s): with a shorter one the MQTT cases show only the ticks between them.
@@ -37,10 +53,12 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +66,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_agent.config.profiles import load_profile_file, shipped_profiles_dir  # noqa: E402
+from edge_agent.daemon.snapshots.format import MAGIC  # noqa: E402
 from tests.support.broker import MosquittoBroker  # noqa: E402
 
 PROFILE = "pi4-4gb"
-CASES = ("quiet", "telemetry", "actions_qos1", "demo")
+CASES = ("quiet", "telemetry", "actions_qos1", "demo", "learning_per_agent", "learning_shared",
+         "learning_hour")
+#: What runs unless ``--cases`` says otherwise (the learning daemons when named).
+DEFAULT_CASES = ("quiet", "telemetry", "actions_qos1", "demo", "learning_hour")
+#: Agents of the learning cases, and their ``[groups.learning]`` table.
+LEARNING = {
+    "learning_per_agent": (200, 'precision = "float64"\n', 'B = "all"\nscope = "per_agent"\n'),
+    "learning_shared": (1000, "history_capacity = 64\n", 'B = "all"\n'),
+}
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -71,12 +98,19 @@ log_level = "warning"
 [[groups]]
 name = "grid"
 model = {{ type = "builtin", name = "grid10" }}
-count = 1000
-history_capacity = 64
-source = {{ type = "sim" }}
+"""
+    if case in LEARNING:
+        count, extra, table = LEARNING[case]
+        text += f"count = {count}\n{extra}"
+    else:
+        count, table = 1000, ""
+        text += "count = 1000\nhistory_capacity = 64\n"
+    text += f"""source = {{ type = "sim" }}
 sink = {sink}
 """
-    if case != "quiet":
+    if table:
+        text += f"\n[groups.learning]\n{table}"
+    if case not in ("quiet", *LEARNING):
         text += f"""
 [mqtt]
 enabled = true
@@ -86,6 +120,70 @@ node_id = "writes-{case.replace("_", "-")}"
 action_qos = 1
 """
     return text
+
+
+def stored_bytes(path: Path, part: str) -> int:
+    """The bytes a snapshot file stores for its arrays whose names hold ``part`` (format v3:
+    the header's directory, ``stored`` per array)."""
+    with open(path, "rb") as f:
+        prefix = f.read(len(MAGIC) + 4)
+        (length,) = struct.unpack("<I", prefix[len(MAGIC):])
+        header = json.loads(f.read(length))
+    return sum(int(a["stored"]) for a in header["arrays"] if part in a["name"])
+
+
+def learning_hour(agents: int, ticks: int, root: Path) -> Iterator[dict[str, Any]]:
+    """``agents`` per-agent grid10 learners (the ``learning_per_agent`` case's table) stepped
+    ``ticks`` ticks; at a few points, the ``learn.*`` bytes of their state written as the daemon
+    writes it, with the counts as what moved (now) and whole (before). One record per point."""
+    import numpy as np
+
+    from edge_agent.aif.learning import LearningSettings, LearningSpec
+    from edge_agent.aif.learning_storage import moved_bound
+    from edge_agent.core.agents import AifAgentGroup
+    from edge_agent.daemon.snapshots.store import SnapshotStore
+    from edge_agent.sim.registry import builtin_model, make_env
+
+    profile = load_profile_file(shipped_profiles_dir() / f"{PROFILE}.toml")
+    per_hour = min(3600 / profile.snapshot_interval_s, profile.max_snapshot_writes_per_hour)
+    env, model = make_env("grid10", agents, seed=0), builtin_model("grid10")
+    B = model.B[0]
+    spec = LearningSpec(pB={0: B.copy()}, refresh_every=1,
+                        settings=LearningSettings(lr_pB=1.0, scope="per_agent"))
+    group = AifAgentGroup(model, agents, learning=spec, precision="float64")
+    store = SnapshotStore(root / "learning_hour", max_writes_per_hour=1000)
+    points = sorted({t for t in (600, 6000, ticks // 2, ticks) if 0 < t <= ticks})
+    obs, start = env.reset(), time.perf_counter()
+    for tick in range(1, ticks + 1):
+        obs = env.step(group.step(obs))
+        if tick not in points:
+            continue
+        state = {f"group.grid.{k}": np.ascontiguousarray(v)
+                 for k, v in group.state_dict().items()}
+        pB = group.learner.pB
+        assert pB is not None
+        whole = {k: v for k, v in state.items() if ".learn.pB0." not in k}
+        whole["group.grid.learn.pB0"] = pB.counts[0]
+        sizes = {}
+        for name, arrays in (("moved", state), ("whole", whole)):
+            info = store.save(arrays, {}, force=True)
+            assert info is not None
+            sizes[name] = stored_bytes(info.path, ".learn.")
+        bound = moved_bound(pB.counts[0], pB.mask[0], pB.counts[0].dtype.itemsize) // agents
+        yield {
+            "bench": "writes", "case": "learning_hour", "agents": agents, "ticks": tick,
+            "tick_hz": 10.0, "hours_at_10hz": round(tick / 36_000, 3),
+            "seconds": round(time.perf_counter() - start, 1),
+            "moved_entries_per_agent": round(int(state["group.grid.learn.pB0.values"].size)
+                                             / agents, 1),
+            "learn_bytes_per_agent": round(sizes["moved"] / agents, 1),
+            "learn_bytes_per_agent_whole": round(sizes["whole"] / agents, 1),
+            "bound_counts_bytes_per_agent": bound,
+            "snapshots_per_h": per_hour,
+            "learn_mb_per_h_200_agents": round(sizes["moved"] / agents * 200 * per_hour / 1e6, 3),
+            "learn_mb_per_h_200_agents_whole": round(
+                sizes["whole"] / agents * 200 * per_hour / 1e6, 3),
+        }
 
 
 def io_write_bytes(pid: int) -> int:
@@ -155,11 +253,16 @@ def run_case(case: str, seconds: float, warmup: float, port: int, root: Path) ->
     }
     shutil.rmtree(runtime, ignore_errors=True)
     fleet = status.get("fleet") or {}
+    learned: dict[str, Any] = {}
+    if case in LEARNING:
+        newest = sorted((state / "snapshots").glob("snapshot-*.eas"))[-1]
+        learned["learn_snapshot_bytes"] = stored_bytes(newest, ".learn.")
     return {
+        **learned,
         "bench": "writes",
         "case": case,
         "profile": "x86-dev" if case == "demo" else PROFILE,
-        "agents": 2000 if case == "demo" else 1000,
+        "agents": 2000 if case == "demo" else LEARNING.get(case, (1000,))[0],
         "tick_hz": 10.0,
         "window_s": round(window_s, 1),
         "ticks": status["tick"]["ticks"],
@@ -185,14 +288,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=660.0, help="measured window per case")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the window")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                        help=f"comma-separated cases ({', '.join(DEFAULT_CASES)}; also "
+                             f"{', '.join(c for c in CASES if c not in DEFAULT_CASES)})")
     parser.add_argument(
         "--dir", type=Path, default=Path("/var/tmp"), help="a directory on a real disk"
     )
     parser.add_argument("--smoke", action="store_true", help="2 s windows, cleaned up: for CI")
+    parser.add_argument("--hour-agents", type=int, default=4,
+                        help="learning_hour: per-agent learners stepped (their bytes scale)")
+    parser.add_argument("--hour-ticks", type=int, default=36_000,
+                        help="learning_hour: ticks (36,000: an hour at 10 Hz)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seconds, args.warmup = 2.0, 1.0
+        args.hour_agents, args.hour_ticks = 2, 20
     cases = [c for c in args.cases.split(",") if c]
     for case in cases:
         if case not in CASES:
@@ -203,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     emit({"bench": "setup", "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "dir": str(root)})
     try:
         for case in cases:
+            if case == "learning_hour":
+                for record in learning_hour(args.hour_agents, args.hour_ticks, root):
+                    emit(record)
+                continue
             emit(run_case(case, args.seconds, args.warmup, broker.port, root))
     finally:
         broker.stop()

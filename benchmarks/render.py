@@ -448,31 +448,41 @@ TABLES: tuple[Table, ...] = (
         id="learning-like-for-like",
         title="Against pymdp with learning: like for like",
         scope=(
-            "Every implementation learns `pA` (the reversal T-maze's reward modality, grid10's "
-            "location modality) from the same observations, tick after tick (open loop), one "
-            "thread each. Like for like: **per-agent counts, tables updated every tick** on both "
-            "sides: edge-agent's `AifAgentGroup` learning per agent (float64, each agent its "
-            "own counts and tables) against pymdp 1.0.4 (`infer_parameters` each tick, batched, "
-            "jitted) and pymdp 0.0.7.1 (`update_A` each tick, one `Agent` per agent; `*`: "
-            "measured on at most 100 agents, its rate does not depend on `N`). Agent-steps/s; "
-            "state bytes per agent of per-agent learning."
+            "Every implementation learns from the same observations, tick after tick (open "
+            "loop), one thread each: the reversal T-maze its reward likelihood (`pA1`), grid10 "
+            "its moves (`pB0`). Like for like: **per-agent counts, tables following them every "
+            "tick** on both sides: edge-agent's `AifAgentGroup` learning per agent (float64, "
+            "each agent its own counts and tables) against pymdp 1.0.4 (`infer_parameters` each "
+            "tick, batched, jitted) and pymdp 0.0.7.1 (`update_A` / `update_B` each tick, one "
+            "`Agent` per agent; `*`: measured on at most 100 agents, its rate does not depend "
+            "on `N`). Agent-steps/s; learning on / off: the per-agent group's rate over the same "
+            "float64 group's without learning (what learning costs on its own); bytes per agent "
+            "of per-agent learning as the memory budget counts them (edge-agent: the agent's "
+            "state, its own tables and counts; pymdp 1.0.4: every array of the batched agent "
+            "over `N`)."
         ),
         benchmark="bench_learning_peers.py",
-        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None},
-        key=("world", "n"),
+        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
+               "learned": lambda v: v in ("A1", "B0")},
+        key=("world", "learned", "n"),
         pivot="impl",
-        command=f"{RECORD} bench_learning_peers.py -- --agents 1,1000",
+        command=f"{RECORD} bench_learning_peers.py -- --agents 1,100,1000 --per-agent-only",
         columns=(
             Column("world", "world"),
+            Column("learns", "learned"),
             Column("agents", "n", ",d"),
+            Column("per-agent / pymdp 1.0.4 (like for like)",
+                   ratio(("edge-agent float64 per-agent", "steps_per_s"),
+                         ("pymdp 1.0.4", "steps_per_s")), ".2f", suffix="x"),
             Column("edge-agent float64 per-agent", "steps_per_s", ",.0f",
                    of="edge-agent float64 per-agent"),
             Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
             Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
                                            of="pymdp 0.0.7.1")),
-            Column("per-agent / best peer",
-                   over_best(("edge-agent float64 per-agent", "steps_per_s"), PEERS), ".2f",
-                   suffix="x"),
+            Column("learning on / off", "vs_learning_off", ".2f", suffix="x",
+                   of="edge-agent float64 per-agent"),
+            Column("edge-agent float64, learning off", "steps_per_s", ",.0f",
+                   of="edge-agent float64 learning off"),
             Column("bytes per agent: edge-agent", "state_bytes_per_agent", ",d",
                    of="edge-agent float64 per-agent"),
             Column("pymdp 1.0.4", "state_bytes_per_agent", ",d", of="pymdp 1.0.4"),
@@ -480,9 +490,15 @@ TABLES: tuple[Table, ...] = (
         headlines=(
             Headline(
                 "Learning against pymdp 1.0.4, like for like (per-agent counts, every tick), "
-                "T-maze, 1,000 agents",
+                "grid10 learning `pB`, 1,000 agents",
                 lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
-                {"world": "tmaze", "n": 1000},
+                {"world": "grid10", "learned": "B0", "n": 1000},
+            ),
+            Headline(
+                "Learning against pymdp 1.0.4, like for like (per-agent counts, every tick), "
+                "T-maze learning `pA`, 1,000 agents",
+                lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
+                {"world": "tmaze", "learned": "A1", "n": 1000},
             ),
         ),
     ),
@@ -537,6 +553,72 @@ TABLES: tuple[Table, ...] = (
             Column("plain agent-steps/s", "plain_agent_steps_per_s", ",.0f"),
             Column("learning agent-steps/s", "learning_agent_steps_per_s", ",.0f"),
             Column("learning / plain tick", "ratio", ".2f", suffix="x"),
+        ),
+    ),
+    Table(
+        id="learning-shared-every-tick",
+        title="Shared counts refreshed every tick: what learning costs",
+        scope=(
+            "The shared rows: one int8 group whose agents all teach **one set of "
+            "counts**, the tables following the counts **every tick** (pymdp's cadence), "
+            "learning rate 1 (the T-maze its reward modality `A1`, grid10 its transitions `B0`; "
+            "prior counts twice the table plus 0.5 on its support), against the same group "
+            "without learning on the learning group's tables and beliefs, in alternating rounds "
+            "on the same observations (drawn once from the world under the learning group's "
+            "actions), one thread. The ratio is the median over rounds of the learning tick's "
+            "time over the plain one's. The like-for-like comparison with pymdp 1.0.4 is in "
+            "[learning.md](learning.md#what-it-costs-against-pymdp)."
+        ),
+        benchmark="bench_learning.py",
+        where={"bench": "learning", "refresh_every": 1},
+        key=("world", "learned", "agents"),
+        expect=tuple(
+            {"world": w, "learned": t, "agents": n}
+            for w, t in (("tmaze", "A1"), ("grid10", "B0")) for n in (1, 100, 1000)
+        ),
+        command=f"{RECORD} bench_learning.py -- --cases tmaze-A1-every-1,grid10-B0-every-1 "
+                "--agents 1,100,1000",
+        store=f"{RECORD} bench_learning.py -- --cases tmaze-A1-every-1,grid10-B0-every-1 "
+              "--agents 1,100,1000",
+        columns=(
+            Column("world", "world"),
+            Column("learns", "learned"),
+            Column("agents", "agents", ",d"),
+            Column("learning off, agent-steps/s", "plain_agent_steps_per_s", ",.0f"),
+            Column("learning on, agent-steps/s", "learning_agent_steps_per_s", ",.0f"),
+            Column("on / off tick", "ratio", ".2f", suffix="x"),
+            Column("refresh ms", "refresh_ms", ".2f"),
+        ),
+    ),
+    Table(
+        id="learning-writes",
+        title="Storage writes with learning: an hour of per-agent learning in a snapshot",
+        scope=(
+            "grid10 agents learning their transitions, each its own counts (`[groups.learning] "
+            "B = \"all\"`, `scope = \"per_agent\"`, float64, prior the model's `B`, learning "
+            "rate 1, every tick), stepped in one process for the updates of an hour at 10 Hz; "
+            "their state written as the daemon writes a snapshot, with the counts stored as what "
+            "moved from the prior (now) and whole (before), zlib where it saves a tenth. Bytes "
+            "of the `learn.*` arrays per agent, the bound on them (every entry an update can "
+            "reach moved: the support of `B`, 4 bytes of index and 8 of float64 count each), "
+            "and what 200 such agents add per hour at the `pi4-4gb` profile's two snapshots an "
+            "hour (the daemon without learning keeps to about 1 MB/h in all)."
+        ),
+        benchmark="bench_writes.py",
+        where={"bench": "writes", "case": "learning_hour"},
+        key=("agents", "ticks"),
+        command=f"{RECORD} bench_writes.py -- --cases learning_hour --hour-agents 4",
+        columns=(
+            Column("agents run", "agents", ",d"),
+            Column("ticks (hours at 10 Hz)", lambda r: (
+                f"{r.get('ticks'):,d} ({r.get('hours_at_10hz'):.2f} h)"
+            )),
+            Column("moved entries per agent", "moved_entries_per_agent", ",.0f"),
+            Column("learn bytes per agent: moved", "learn_bytes_per_agent", ",.0f"),
+            Column("whole (before)", "learn_bytes_per_agent_whole", ",.0f"),
+            Column("bound per agent (counts)", "bound_counts_bytes_per_agent", ",d"),
+            Column("200 agents, MB/h: moved", "learn_mb_per_h_200_agents", ".2f"),
+            Column("whole (before)", "learn_mb_per_h_200_agents_whole", ".2f"),
         ),
     ),
     Table(
@@ -753,6 +835,41 @@ TABLES: tuple[Table, ...] = (
             Column("median delay", "median_delay_ticks", "", suffix=" ticks"),
             Column("delays", lambda r: ", ".join(str(d) for d in r.get("delays_ticks") or [])),
             Column("alarms before the reversal", "alarms_before", "d"),
+        ),
+    ),
+    Table(
+        id="hub-health",
+        title="Health telemetry on the hub at 1,000 nodes",
+        scope=(
+            "The same simulated nodes and the same `edge-agent-hub run` (SQLite), first without "
+            "and then with each node's group health (one group, six measures and the drift "
+            "detector, at the telemetry cadence): the bytes the broker took in per node per hour, "
+            "the hub's CPU (cores) and RSS, each over the same window, and the ratio with health "
+            "to without. And one rollout health verdict (10 % of the nodes against the other 90 "
+            "%, 30 windows each, read from the database and tested)."
+        ),
+        benchmark="bench_hub_health.py",
+        where={"nodes": lambda n: n is not None},
+        key=("nodes",),
+        pivot="bench",
+        expect=({"nodes": 1000},),
+        command=f"{RECORD} bench_hub_health.py -- --nodes {{nodes}}",
+        columns=(
+            Column("nodes", "nodes", ",d"),
+            Column("telemetry every", "telemetry_s", ".0f", of="health_cost", suffix=" s"),
+            Column("broker bytes / node / h, health", "health_bytes_per_node_hour", ",d",
+                   of="health_cost"),
+            Column("all bytes, with / without", "bytes_ratio", ".2f", of="health_cost",
+                   suffix="x"),
+            Column("hub CPU, with / without", "hub_cpu_ratio", ".2f", of="health_cost",
+                   suffix="x"),
+            Column("hub RSS, with / without", "hub_rss_ratio", ".2f", of="health_cost",
+                   suffix="x"),
+            Column("one verdict", "verdict_ms", ".1f", of="gate", suffix=" ms"),
+            Column("its samples", lambda r: (
+                f"{r.get('wave_samples', 'gate'):,d} vs {r.get('control_samples', 'gate'):,d}"
+                if r.get("wave_samples", "gate") is not None else None
+            )),
         ),
     ),
 )

@@ -1,4 +1,4 @@
-"""One implementation's agents learning ``A`` while they act, timed.
+"""One implementation's agents learning ``A`` or ``B`` while they act, timed.
 
 Run by ``bench_learning_peers.py`` with the python of edge-agent's venv or of a pymdp peer venv
 (``bench_peers.py`` makes those).
@@ -6,23 +6,28 @@ Run by ``bench_learning_peers.py`` with the python of edge-agent's venv or of a 
     python learning.py IMPL WORKLOAD.npz N [--seconds S] [--repeats R] [--refresh-every K]
 
 ``WORKLOAD.npz``: the model (``A0``.., ``B0``.., ``C0``.., ``D0``..), the learned table's counts
-(``pA{m}``, one modality ``m``) and ``obs`` ``(T, N_max, M)``: the observations every
-implementation's agents receive, tick after tick (open loop: the same inputs for all, whatever
-they do). One tick, per agent: infer states, learn ``pA[m]`` from the outcome and the posterior
-(learning rate 1), plan (one-step policies, utility and state information gain, gamma 16),
-choose an action (deterministic, from the action marginals):
+(``pA{m}``, one modality ``m``, or ``pB{f}``, one factor ``f``) and ``obs`` ``(T, N_max, M)``:
+the observations every implementation's agents receive, tick after tick (open loop: the same
+inputs for all, whatever they do). One tick, per agent: infer states, learn ``pA[m]`` from the
+outcome and the posterior, or ``pB[f]`` from the posteriors before and after the agent's last
+action (from the second tick on), learning rate 1, plan (one-step policies, utility and state
+information gain, gamma 16), choose an action (deterministic, from the action marginals):
 
-* ``pymdp 0.0.7.1``: ``N`` ``Agent`` objects with ``pA`` and ``modalities_to_learn=[m]``,
-  ``infer_states``, ``update_A``, ``infer_policies``, ``sample_action`` one agent after the other
-  (per-agent counts; ``A`` follows them every tick);
-* ``pymdp 1.0.4``: one ``Agent`` with ``batch_size=N``, ``learn_A=True`` (per-agent counts,
-  batched), the tick one ``equinox.filter_jit`` call: ``infer_states``, ``infer_parameters``,
-  ``infer_policies``, ``sample_action``, ``update_empirical_prior``;
+* ``pymdp 0.0.7.1``: ``N`` ``Agent`` objects with ``pA`` and ``modalities_to_learn=[m]`` (or
+  ``pB`` and ``factors_to_learn=[f]``), ``infer_states``, ``update_A`` (or ``update_B``),
+  ``infer_policies``, ``sample_action`` one agent after the other (per-agent counts; the table
+  follows them every tick);
+* ``pymdp 1.0.4``: one ``Agent`` with ``batch_size=N``, ``learn_A=True`` (or ``learn_B=True``:
+  the two-frame sequence of posteriors and the last action, ``-1`` at the first tick) (per-agent
+  counts, batched), the tick one ``equinox.filter_jit`` call: ``infer_states``,
+  ``infer_parameters``, ``infer_policies``, ``sample_action``, ``update_empirical_prior``;
 * ``edge-agent int8``: a :class:`~edge_agent.core.agents.AifAgentGroup` with ``learning=``, scope
   ``shared`` (one set of counts that all ``N`` agents teach), tables refreshed every
   ``--refresh-every`` ticks (1: every tick, as the peers);
 * ``edge-agent float64 per-agent``: a :class:`~edge_agent.core.agents.AifAgentGroup` learning
-  per agent (each agent its own counts and tables, as the peers).
+  per agent (each agent its own counts and tables, as the peers);
+* ``edge-agent float64 learning off``: the same group without learning (the model as loaded,
+  float64): what learning costs on its own is the ratio of the two.
 
 After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
 runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
@@ -30,7 +35,7 @@ agent-steps per second of wall time), ``first_tick_s``, and ``state_bytes_per_ag
 of the arrays each agent's learning state holds (pymdp 0.0.7.1: every array of one ``Agent``;
 pymdp 1.0.4: every array leaf of the batched agent over ``N``; edge-agent, whatever the row's
 scope: what a group learning per agent reserves per agent, its state with its own learned table
-(and joint-outcome table) plus its counts).
+(and joint-outcome table) plus its counts, as the memory budget counts them).
 """
 
 from __future__ import annotations
@@ -59,8 +64,8 @@ def load(path: str) -> dict[str, Any]:
     out: dict[str, Any] = {"obs": arrays.pop("obs")}
     for kind in "ABCD":
         out[kind] = [arrays[f"{kind}{i}"] for i in range(len(arrays)) if f"{kind}{i}" in arrays]
-    (key,) = [k for k in arrays if k.startswith("pA")]
-    out["m"], out["pA"] = int(key[2:]), arrays[key]
+    (key,) = [k for k in arrays if k.startswith(("pA", "pB"))]
+    out["kind"], out["m"], out["p"] = key[1], int(key[2:]), arrays[key]
     return out
 
 
@@ -91,12 +96,17 @@ class Pymdp007:
     def __init__(self, w: dict[str, Any], n: int) -> None:
         from pymdp.agent import Agent
 
-        m = w["m"]
-        pA = _obj_array([w["pA"] if i == m else a.copy() for i, a in enumerate(w["A"])])
+        m, learns_A = w["m"], w["kind"] == "A"
+        tables = _obj_array([w["p"] if i == m else a.copy()
+                             for i, a in enumerate(w["A" if learns_A else "B"])])
+        learning: dict[str, Any] = (
+            {"pA": tables, "modalities_to_learn": [m], "lr_pA": 1.0} if learns_A
+            else {"pB": tables, "factors_to_learn": [m], "lr_pB": 1.0})
+        self.learns_A = learns_A
         self.agents = [
             Agent(
                 A=_obj_array(w["A"]), B=_obj_array(w["B"]), C=_obj_array(w["C"]),
-                D=_obj_array(w["D"]), pA=pA, modalities_to_learn=[m], lr_pA=1.0,
+                D=_obj_array(w["D"]), **learning,
                 policy_len=1, gamma=GAMMA, use_utility=True, use_states_info_gain=True,
                 use_param_info_gain=False, action_selection="deterministic",
                 sampling_mode="marginal", inference_algo="VANILLA",
@@ -108,8 +118,12 @@ class Pymdp007:
     def tick(self, obs: np.ndarray) -> None:
         rows = obs.tolist()
         for agent, o in zip(self.agents, rows, strict=True):
+            qs_prev = agent.qs
             agent.infer_states(o)
-            agent.update_A(o)
+            if self.learns_A:
+                agent.update_A(o)
+            elif agent.action is not None:
+                agent.update_B(qs_prev)
             agent.infer_policies()
             agent.sample_action()
 
@@ -124,33 +138,45 @@ class Pymdp104:
         import jax.numpy as jnp
         from pymdp.agent import Agent
 
-        m = w["m"]
+        m, learns_A = w["m"], w["kind"] == "A"
         self.n = n
+        table = "A" if learns_A else "B"
+        counts = [jnp.asarray(w["p"] if i == m else a) for i, a in enumerate(w[table])]
         self.agent = Agent(
             A=[jnp.asarray(a) for a in w["A"]], B=[jnp.asarray(b) for b in w["B"]],
             C=[jnp.asarray(c) for c in w["C"]], D=[jnp.asarray(d) for d in w["D"]],
-            pA=[jnp.asarray(w["pA"] if i == m else a) for i, a in enumerate(w["A"])],
-            learn_A=True, policy_len=1, gamma=GAMMA, use_utility=True,
+            **{f"p{table}": counts, f"learn_{table}": True},
+            policy_len=1, gamma=GAMMA, use_utility=True,
             use_states_info_gain=True, use_param_info_gain=False,
             action_selection="deterministic", sampling_mode="marginal", inference_algo="fpi",
             num_iter=NUM_ITER, batch_size=n,
         )
         self.prior = list(self.agent.D)
+        # B learning: the last posteriors and action (-1: none yet, pymdp skips the update).
+        self.qs_prev = [jnp.broadcast_to(d, (n, d.shape[-1]))[:, None, :] for d in self.agent.D]
+        self.action = -jnp.ones((n, len(w["B"])), dtype=jnp.int32)
         self._leaves = jax.tree_util.tree_leaves
 
-        def step(agent: Any, prior: list[Any], obs: Any) -> tuple[Any, Any, Any]:
+        def step(agent: Any, prior: list[Any], obs: Any, qs_prev: list[Any],
+                 last: Any) -> tuple[Any, ...]:
             observations = [obs[:, j] for j in range(obs.shape[1])]
             qs = agent.infer_states(observations, prior)
-            agent = agent.infer_parameters(qs, [o[:, None] for o in observations], None)
+            if learns_A:
+                agent = agent.infer_parameters(qs, [o[:, None] for o in observations], None)
+            else:
+                frames = [jnp.concatenate([p, q], axis=1) for p, q in zip(qs_prev, qs, strict=True)]
+                agent = agent.infer_parameters(qs, [o[:, None] for o in observations],
+                                               last[:, None, :], beliefs_B=frames)
             q_pi, _neg_efe = agent.infer_policies(qs)
             action = agent.sample_action(q_pi)
-            return agent, agent.update_empirical_prior(action, qs), action
+            return agent, agent.update_empirical_prior(action, qs), action, qs
 
         self._step = eqx.filter_jit(step)
 
     def tick(self, obs: np.ndarray) -> None:
-        self.agent, self.prior, action = self._step(self.agent, self.prior, obs.astype(np.int32))
-        np.asarray(action)  # waits for the device
+        self.agent, self.prior, self.action, self.qs_prev = self._step(
+            self.agent, self.prior, obs.astype(np.int32), self.qs_prev, self.action)
+        np.asarray(self.action)  # waits for the device
 
     def bytes_per_agent(self) -> int:
         leaves = self._leaves(self.agent)
@@ -159,31 +185,46 @@ class Pymdp104:
 
 
 class EdgeAgent:
-    def __init__(self, w: dict[str, Any], n: int, refresh_every: int, scope: str) -> None:
+    def __init__(self, w: dict[str, Any], n: int, refresh_every: int, scope: str | None) -> None:
         from edge_agent.aif.learning import LearningSettings, LearningSpec
         from edge_agent.aif.model import GenerativeModel
+        from edge_agent.aif.settings import AifSettings
         from edge_agent.core.agents import AifAgentGroup
 
         model = GenerativeModel.from_arrays(w["A"], w["B"], w["C"], w["D"])
+        settings = AifSettings(policy_len=1, gamma=GAMMA, num_iter=NUM_ITER, use_utility=True,
+                               use_states_info_gain=True, action_selection="deterministic",
+                               sampling_mode="marginal")
 
         def spec(scope: str) -> LearningSpec:
-            return LearningSpec(pA={w["m"]: w["pA"]}, refresh_every=refresh_every,
-                                settings=LearningSettings(lr_pA=1.0, scope=scope))  # type: ignore[arg-type]
+            return LearningSpec(**{f"p{w['kind']}": {w["m"]: w["p"]}},  # type: ignore[arg-type]
+                                refresh_every=refresh_every,
+                                settings=LearningSettings(lr_pA=1.0, lr_pB=1.0, scope=scope))  # type: ignore[arg-type]
 
-        precision = "float64" if scope == "per_agent" else "int8"
-        self.group = AifAgentGroup(model, n, learning=spec(scope), precision=precision)
-        # Per-agent A learning as a group learning per agent holds it, per agent: the agent's
-        # state with its own tables, and its counts.
-        probe = AifAgentGroup(model, 2, learning=spec("per_agent"), precision="float64")
-        counts = probe.learner.pA
-        assert counts is not None
-        self.per_agent_bytes = probe.per_agent_nbytes() + int(counts.counts[0][0].nbytes)
+        precision = "int8" if scope == "shared" else "float64"
+        self.group = AifAgentGroup(model, n, settings=settings, precision=precision,
+                                   learning=None if scope is None else spec(scope))
+        # Per-agent learning as a group learning per agent holds it, per agent: the agent's
+        # state with its own tables, and its counts (with their flags), whatever the row.
+        probe = AifAgentGroup(model, 2, settings=settings, learning=spec("per_agent"),
+                              precision="float64")
+        assert probe.learning is not None
+        self.per_agent_bytes = probe.per_agent_nbytes() + sum(
+            c.nbytes_per_agent for c in probe.learning.learner.counts)
 
     def tick(self, obs: np.ndarray) -> None:
         self.group.step(obs)
 
     def bytes_per_agent(self) -> int:
         return self.per_agent_bytes
+
+
+#: edge-agent's rows by name: the learning scope (None: learning off).
+EDGE_SCOPES: dict[str, str | None] = {
+    "edge-agent int8": "shared",
+    "edge-agent float64 per-agent": "per_agent",
+    "edge-agent float64 learning off": None,
+}
 
 
 def main() -> int:
@@ -207,8 +248,7 @@ def main() -> int:
         impl = Pymdp104(w, args.n)
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        scope = "per_agent" if args.impl == "edge-agent float64 per-agent" else "shared"
-        impl = EdgeAgent(w, args.n, args.refresh_every, scope)
+        impl = EdgeAgent(w, args.n, args.refresh_every, EDGE_SCOPES[args.impl])
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     impl.tick(obs_all[0])

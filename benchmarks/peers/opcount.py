@@ -1,4 +1,4 @@
-"""Count the numpy calls a piece of code makes (issue 33, item 6: the fixed cost of a tick).
+"""Count the numpy calls a piece of code makes (the fixed cost of a tick).
 
 A tick of a small model costs per numpy call, not per element: each call pays ~1 us of argument
 parsing, dispatch and iterator set-up whatever the size of its arrays. :func:`count_numpy_calls`

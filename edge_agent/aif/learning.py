@@ -239,7 +239,7 @@ class Learner:
         and per other modality the grouped rows or the support gather (``k <= S / 4``); for
         ``B``, the agent's one-hot action (of the learned factor with the most actions)."""
         if self.settings.scope != "shared":
-            return 0
+            return self._agent_b_scratch_per_agent(itemsize)
         total = 0
         if self.pB is not None:  # per agent: its one-hot action (the rest is per model)
             total += itemsize * max(self.num_controls[f] for f in self.pB.tables)
@@ -254,6 +254,20 @@ class Learner:
         if not all(few):
             total += S * max(itemsize, 8) + (S // 4 + 1) * (16 + max(itemsize, 8)) + 8
         return total
+
+    def _agent_b_scratch_per_agent(self, itemsize: int) -> int:
+        """Per-agent ``pB`` learned on its support: each agent's offsets, gather indices and
+        posteriors (``S``) and its ``k x S`` entries and values (``k`` of the prior's support,
+        which holds the model's)."""
+        if self.pB is None:
+            return 0
+        most = 0
+        for prior in self.pB.prior:
+            support = transition_support(prior > 0)
+            if support is not None:
+                S = prior.shape[0]
+                most = max(most, S * (16 + itemsize) + 16 * support.targets.shape[0] * S)
+        return most
 
     def learn_A(  # noqa: N802 - pymdp's table names
         self, obs: np.ndarray, qs: Sequence[np.ndarray], *, updates: int = 1
@@ -345,15 +359,50 @@ class Learner:
             for slot in range(len(self.pB.tables)):
                 self._learn_B_shared(slot, qs, qs_prev, actions, acted, updates=updates)
             return
+        n_all = qs[0].shape[0]
         agents = None if acted is None else np.flatnonzero(acted)
         if agents is not None:
             qs = [q[agents] for q in qs]
             qs_prev = [q[agents] for q in qs_prev]
             actions = actions[agents]
         for slot, f in enumerate(self.pB.tables):
-            outer = qs[f][:, :, None] * qs_prev[f][:, None, :]
-            self.pB.add_rows(slot, (actions[:, f],), outer, s.lr_pB, s.forgetting,
-                             agents=agents)
+            support = self._agent_transition_support(slot)
+            if support is None:
+                outer = qs[f][:, :, None] * qs_prev[f][:, None, :]
+                self.pB.add_rows(slot, (actions[:, f],), outer, s.lr_pB, s.forgetting,
+                                 agents=agents)
+                continue
+            # On the mask's support: each agent's k x S terms, not its S x S outer product.
+            n, S = qs[f].shape
+            k = support.targets.shape[0]
+            offset = self._scratch.get(f"agent_offset{S}")
+            if offset is None or offset.shape[0] < n_all:
+                offset = self._scratch[f"agent_offset{S}"] = (
+                    np.arange(n_all)[:, None] * S + np.zeros((1, S), dtype=np.intp))
+            # Scratch for every agent of the group, the acting ones' share of it used.
+            index = self._buffer("agent_index", (n_all * S,), np.dtype(np.intp))
+            gathered = self._buffer("agent_gathered", (n_all * S,), qs[f].dtype)
+            entries_out = self._buffer("agent_entries", (k * n_all * S,), np.dtype(np.intp))
+            values_out = self._buffer("agent_values", (k * n_all * S,))
+            entries, values = b_entries_support(
+                np.ascontiguousarray(qs[f]), qs_prev[f], actions[:, f], support,
+                local_offset=offset, index_out=index[: n * S].reshape(n, S),
+                gathered_out=gathered[: n * S].reshape(n, S),
+                entries_out=entries_out[: k * n * S].reshape(k, n, S),
+                values_out=values_out[: k * n * S].reshape(k, n, S),
+            )
+            self.pB.add_agent_entries(slot, agents, actions[:, f], entries, values,
+                                      lr=s.lr_pB, forgetting=s.forgetting)
+
+    def _agent_transition_support(self, slot: int) -> TransitionSupport | None:
+        """Per-agent ``pB`` table ``slot``: :func:`transition_support` of its mask (made again
+        when the mask is replaced, at the first refresh), or None when it is dense."""
+        assert self.pB is not None
+        mask = self.pB.mask[slot]
+        cached = self._b_supports.get(slot)
+        if cached is None or cached[0] is not mask:
+            cached = self._b_supports[slot] = (mask, transition_support(mask), {})
+        return cached[1]
 
     def _learn_B_shared(  # noqa: N802 - pymdp's table names
         self, slot: int, qs: Sequence[np.ndarray], qs_prev: Sequence[np.ndarray],

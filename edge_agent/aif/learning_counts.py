@@ -98,6 +98,9 @@ class DirichletCounts:
     reset_at: int = 0
     refreshed: bool = False
     touched: list[NDArray[np.bool_]] = field(default_factory=list)
+    #: Per-agent ``B`` only: per table, ``(N, U)``, the agents' action tables updated since
+    #: the last refresh (a refresh normalises only those); empty otherwise.
+    touched_by_agent: list[NDArray[np.bool_]] = field(default_factory=list)
     #: Per table, the float64 scratch a shared update writes its gain into (no allocation
     #: per tick).
     scratch: list[FloatArray] = field(default_factory=list, repr=False)
@@ -122,7 +125,7 @@ class DirichletCounts:
         """Counts for the tables named in ``priors`` (index -> counts), checked against
         ``tables`` (the model's normalised ``A``, ``B`` or ``D``), stored in ``dtype``."""
         indices = tuple(sorted(priors))
-        prior, counts, mask, experience, touched = [], [], [], [], []
+        prior, counts, mask, experience, touched, by_agent = [], [], [], [], [], []
         for i in indices:
             if not 0 <= i < len(tables):
                 what = "modality" if kind == "A" else "factor"
@@ -131,19 +134,30 @@ class DirichletCounts:
                 )
             p = check_counts(f"{kind}{i}", priors[i], tables[i])
             prior.append(p.astype(dtype))
-            counts.append(np.broadcast_to(p, (n_agents, *p.shape)).astype(dtype)
+            counts.append(np.broadcast_to(p, (n_agents, *p.shape)).astype(dtype, order="C")
                           if scope == "per_agent" else p.astype(dtype))
             # D's mask is its counts' support (pymdp's update_D); A's and B's the table's.
             mask.append(p > 0 if kind == "D" else tables[i] > 0)
             experience.append(np.zeros(p.shape, dtype=dtype))
             touched.append(np.zeros(p.shape[1:] if kind != "D" else (1,), dtype=bool))
-        return cls(kind, indices, prior, counts, mask, experience, scope, touched=touched)
+            if kind == "B" and scope == "per_agent":
+                by_agent.append(np.zeros((n_agents, p.shape[2]), dtype=bool))
+        return cls(kind, indices, prior, counts, mask, experience, scope, touched=touched,
+                   touched_by_agent=by_agent)
 
     @property
     def nbytes(self) -> int:
         """Bytes held: counts, prior, mask, experience and the touched-columns flags."""
-        arrays = [*self.prior, *self.counts, *self.mask, *self.experience, *self.touched]
+        arrays = [*self.prior, *self.counts, *self.mask, *self.experience, *self.touched,
+                  *self.touched_by_agent]
         return sum(a.nbytes for a in arrays)
+
+    @property
+    def nbytes_per_agent(self) -> int:
+        """Per-agent scope: what each agent adds to :attr:`nbytes` (its counts, in their dtype,
+        and a per-agent ``B``'s flags of the action tables touched)."""
+        counts = sum(int(p.nbytes) for p in self.prior)  # the prior is in the counts' dtype
+        return counts + sum(int(t.shape[1]) for t in self.touched_by_agent)
 
     def add(
         self, slot: int, increment: np.ndarray, lr: float, forgetting: float, *,
@@ -207,6 +221,7 @@ class DirichletCounts:
             counts[agents, :, :, action] += gain
             np.add.at(self.experience[slot].transpose(2, 0, 1), action, gain)
             self.touched[slot][:, np.unique(action)] = True
+            self.touched_by_agent[slot][agents, action] = True
         elif self.kind == "A":  # rows = (obs,): counts[n, o_n]
             (obs,) = rows
             gain = lr * self.mask[slot].reshape(self.mask[slot].shape[0], -1)[obs] * increment
@@ -220,6 +235,32 @@ class DirichletCounts:
             self.experience[slot] += gain.sum(axis=0)
         self.version += 1
 
+    def add_agent_entries(
+        self, slot: int, agents: np.ndarray | None, action: np.ndarray, entries: np.ndarray,
+        values: FloatArray, *, lr: float, forgetting: float,
+    ) -> None:
+        """:meth:`add_rows` of a per-agent ``B`` whose increment is given by its entries:
+        agent ``agents[i]`` (all, in order, by default) took ``action[i]``; ``entries``
+        ``(k, n, S)`` the index into one table flattened of each value of ``values``
+        ``(k, n, S)`` float64 (scaled by ``lr`` in place; on the mask, 0 for a pad:
+        :func:`~edge_agent.aif.learning_kernels.b_entries_support`)."""
+        counts = self.counts[slot]
+        n_all = counts.shape[0]
+        if agents is None:
+            agents = np.arange(n_all)
+        self._forget(slot, forgetting, agents)
+        values *= lr
+        if counts.flags.c_contiguous:
+            where = entries + (agents * counts[0].size)[None, :, None]
+            np.add.at(counts.reshape(-1), where, values)
+        else:
+            where_in = np.unravel_index(entries, counts.shape[1:])
+            np.add.at(counts, (agents[None, :, None], *where_in), values)
+        np.add.at(self.experience[slot].reshape(-1), entries, values)
+        self.touched[slot][:, np.unique(action)] = True
+        self.touched_by_agent[slot][agents, action] = True
+        self.version += 1
+
     def _forget(self, slot: int, forgetting: float, agents: np.ndarray | None = None) -> None:
         """Decay table ``slot`` toward its prior (per agent: the rows of ``agents``, all by
         default); the columns that still differ from it change, so they count as touched (an
@@ -227,6 +268,8 @@ class DirichletCounts:
         if not forgetting:
             return
         counts = self.counts[slot]
+        if self.touched_by_agent:  # every action table of the agents that forget moves
+            self.touched_by_agent[slot][slice(None) if agents is None else agents] = True
         if self.scope == "per_agent" and agents is not None and len(agents) < len(counts):
             rows = counts[agents]
             if self.kind != "D":
@@ -263,6 +306,8 @@ class DirichletCounts:
         the table the agents use, and from what :meth:`fixed_columns` found."""
         self.counts[slot][...] = counts
         self.touched[slot].fill(True)
+        if self.touched_by_agent:
+            self.touched_by_agent[slot].fill(True)
         self._fixed.pop(slot, None)
 
     @property
@@ -281,6 +326,8 @@ class DirichletCounts:
             self.counts[slot][...] = self.prior[slot]  # per agent: every agent's row
             self.experience[slot].fill(0.0)
             self.touched[slot].fill(False)
+            if self.touched_by_agent:
+                self.touched_by_agent[slot].fill(False)
             if self.kind != "D":
                 self.mask[slot] = np.asarray(tables[index]) > 0
         self.refreshed = False
@@ -299,7 +346,7 @@ class DirichletCounts:
             for slot, p in enumerate(self.prior):
                 self.mask[slot] = p > 0
         self.refreshed = True
-        for t in self.touched:
+        for t in (*self.touched, *self.touched_by_agent):
             t.fill(False)
 
     def take_delta(self) -> tuple[int, int, list[FloatArray]]:

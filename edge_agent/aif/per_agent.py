@@ -10,16 +10,24 @@ pymdp's ``exp(-16)`` threshold, marginal or full action selection.
 
 Shapes: ``A[m]`` ``(N|1, O_m, S)`` over the joint state ``S = S_0 * ... * S_{F-1}`` (C order);
 ``B[f]`` ``(N|1, S_f, S_f, U_f)``; ``D[f]`` ``(N|1, S_f)``; ``qs[f]`` ``(N, S_f)``; ``obs``
-``(N, M)`` int; ``policies`` ``(P, L, F)``.
+``(N, M)`` int; ``policies`` ``(P, L, F)``. A learned ``B[f]`` may instead be a
+:class:`~edge_agent.aif.sparse_transitions.SparseTransitions` (each agent's table on its
+support).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
+from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.constants import EPS, EXP_M16
+from edge_agent.aif.sparse_transitions import SparseTransitions
+
+#: A factor's transitions: ``(N|1, S, S, U)``, or each agent's on its support.
+Transitions = np.ndarray | SparseTransitions
 
 
 def rows_of(table: np.ndarray, n: int) -> np.ndarray:
@@ -36,6 +44,13 @@ def apply_tables(table: np.ndarray, q: np.ndarray) -> np.ndarray:
         return shared
     out: np.ndarray = np.einsum("nij,nj->ni", table, q)
     return out
+
+
+def agents_of(b: Transitions, sl: slice) -> Transitions:
+    """The transitions of the agents ``sl`` (a shared table as it is)."""
+    if isinstance(b, SparseTransitions):
+        return b._replace(values=b.values[sl])
+    return b if b.shape[0] == 1 else b[sl]
 
 
 def softmax_rows(x: np.ndarray) -> np.ndarray:
@@ -64,7 +79,7 @@ def log_likelihood(A: Sequence[np.ndarray], obs: np.ndarray) -> np.ndarray:
 
 
 def priors(
-    B: Sequence[np.ndarray], D: Sequence[np.ndarray], qs: Sequence[np.ndarray],
+    B: Sequence[Transitions], D: Sequence[np.ndarray], qs: Sequence[np.ndarray],
     action: np.ndarray, acted: np.ndarray,
 ) -> list[np.ndarray]:
     """``B[f][:, :, a_f] @ qs[f]`` for agents that acted, ``D[f]`` for the others. A shared
@@ -72,9 +87,11 @@ def priors(
     n = qs[0].shape[0]
     out = []
     for f, (b, d) in enumerate(zip(B, D, strict=True)):
-        if b.shape[0] == 1 and n > 1:
+        if isinstance(b, SparseTransitions):
+            moved = sparse.apply_each(b, qs[f], action[:, f])
+        elif b.shape[0] == 1 and n > 1:
             moved = np.empty_like(qs[f])
-            for u in np.unique(action[:, f]).tolist():
+            for u in sorted(set(action[:, f].tolist())):
                 chosen = action[:, f] == u
                 moved[chosen] = qs[f][chosen] @ b[0, :, :, u].T
         else:
@@ -163,6 +180,66 @@ def outcome_tables(
     return out, neg_entropy_rows(out)
 
 
+class JointLayout(NamedTuple):
+    """Where the joint-outcome table of agents with their own likelihoods can be non-zero:
+    entries ``e`` of (joint outcome ``k_e``, state ``s_e``) where every modality's support
+    holds (the T-maze: 22 of 12 x 8). ``shared`` ``(E,)``: the product of the shared
+    modalities' entries; ``learned``: per learned modality ``m``, the index of each entry into
+    ``A[m]`` ``(O_m, S)`` flattened; ``state_of`` ``(E,)`` intp; ``to_outcome`` ``(E, K)`` and
+    ``to_state`` ``(E, S)``: 0/1 float64, entry to its outcome and state."""
+
+    shared: np.ndarray
+    learned: tuple[tuple[int, np.ndarray], ...]
+    state_of: np.ndarray
+    to_outcome: np.ndarray
+    to_state: np.ndarray
+
+
+class CompactJoint(NamedTuple):
+    """The agents' joint-outcome tables on a :class:`JointLayout`: ``values`` ``(N, E)`` and
+    ``neg_entropy`` ``(N, S)`` (as :func:`outcome_tables`)."""
+
+    values: np.ndarray
+    neg_entropy: np.ndarray
+    layout: JointLayout
+
+
+def joint_layout(
+    A: Sequence[np.ndarray], supports: Sequence[np.ndarray], outcomes: np.ndarray,
+    learned: Sequence[int],
+) -> JointLayout:
+    """The :class:`JointLayout` of ``outcomes`` ``(K, M)`` (:func:`possible_outcomes`) under
+    ``supports[m]`` ``(O_m, S)`` bool; ``A[m]`` ``(1, O_m, S)`` gives the shared modalities'
+    values (those not in ``learned``, whose tables are the agents' own)."""
+    S = supports[0].shape[1]
+    where = np.ones((len(outcomes), S), dtype=bool)
+    for m, support in enumerate(supports):
+        where &= support[outcomes[:, m]]
+    k_of, state_of = np.nonzero(where)
+    shared = np.ones(len(k_of))
+    for m, a in enumerate(A):
+        if m not in learned:
+            shared *= a[0][outcomes[k_of, m], state_of]
+    own = tuple((m, outcomes[k_of, m] * S + state_of) for m in learned)
+    return JointLayout(shared=shared, learned=own, state_of=state_of,
+                       to_outcome=np.eye(len(outcomes))[k_of], to_state=np.eye(S)[state_of])
+
+
+def compact_joint(A: Sequence[np.ndarray], layout: JointLayout) -> CompactJoint:
+    """The agents' joint-outcome tables on ``layout`` from their tables ``A[m]`` ``(N|1, O_m,
+    S)``, with ``sum_o p(o|s) ln(p(o|s) + e^-16)``."""
+    values = None
+    for m, index in layout.learned:
+        picked = A[m].reshape(A[m].shape[0], -1)[:, index]
+        values = picked * layout.shared if values is None else values * picked
+    if values is None:
+        values = layout.shared[None]
+    entropy = np.add(values, EXP_M16)
+    np.log(entropy, out=entropy)
+    entropy *= values
+    return CompactJoint(values, entropy @ layout.to_state, layout)
+
+
 #: :func:`neg_entropy_rows` works through this many table entries at a time.
 ENTROPY_CHUNK = 1 << 16
 
@@ -186,35 +263,96 @@ def neg_entropy_rows(table: np.ndarray) -> np.ndarray:
     return out
 
 
+def moved_by_action(b: Transitions, q: np.ndarray) -> np.ndarray:
+    """``(N, U, S)``: ``B[:, :, u] @ q[n]`` for every action ``u`` of one factor: one gather
+    on a sparse table, one batched product over the agents' own dense tables, one matrix
+    product for a shared one."""
+    if isinstance(b, SparseTransitions):
+        return sparse.apply_all(b, q)
+    if b.shape[0] == 1:  # one product: q (N, S_j) by the table as (S_j, S_i * U)
+        S_i, S_j, U = b.shape[1:]
+        by_source = b[0].transpose(1, 0, 2).reshape(S_j, S_i * U)
+        shared: np.ndarray = (q @ by_source).reshape(-1, S_i, U).transpose(0, 2, 1)
+        return shared
+    out: np.ndarray = np.einsum("nsju,nj->nus", b, q)
+    return out
+
+
+def _apply(b: Transitions, q: np.ndarray, u: int) -> np.ndarray:
+    if isinstance(b, SparseTransitions):
+        return sparse.apply_action(b, q, u)
+    return apply_tables(b[:, :, :, u], q)
+
+
 def expected_free_energy(
-    qs: Sequence[np.ndarray], A: Sequence[np.ndarray], B: Sequence[np.ndarray],
+    qs: Sequence[np.ndarray], A: Sequence[np.ndarray], B: Sequence[Transitions],
     lnC: Sequence[np.ndarray], policies: np.ndarray, *,
-    outcomes: tuple[np.ndarray, np.ndarray] | None, use_utility: bool,
+    outcomes: tuple[np.ndarray, np.ndarray] | CompactJoint | None, use_utility: bool,
 ) -> np.ndarray:
     """``G`` ``(N, P)``: utility ``qo . ln softmax(C)`` and (when ``outcomes`` from
     :func:`outcome_tables` are given) the state information gain, summed over each policy's
-    steps, with each agent's own tables."""
+    steps, with each agent's own tables. One-step policies are evaluated all at once: each
+    factor's table applied once per action, the terms of every policy in a few batched
+    products."""
     n = qs[0].shape[0]
     P, L, F = policies.shape
-    G = np.zeros((n, P))
     # Utility is linear in the joint state: q . sum_m (ln C_m @ A_m), per agent once a tick.
     utility = None
     if use_utility:
         utility = sum(np.einsum("nos,o->ns", a, ln_c) for a, ln_c in zip(A, lnC, strict=True))
+    if L == 1:
+        moved = [moved_by_action(B[f], qs[f])[:, policies[:, 0, f]] for f in range(F)]
+        q_joint = moved[0]
+        for q_f in moved[1:]:  # (N, P, S): the joint over the factors, C order
+            q_joint = (q_joint[:, :, :, None] * q_f[:, :, None, :]).reshape(n, P, -1)
+        return _policy_terms(q_joint, utility, outcomes)
+    G = np.zeros((n, P))
     for p in range(P):
-        q = list(qs)
+        q: list[np.ndarray] = list(qs)
         for t in range(L):
-            q = [apply_tables(B[f][:, :, :, int(policies[p, t, f])], q[f]) for f in range(F)]
-            q_joint = joint(q)
-            if utility is not None:
-                G[:, p] += (q_joint * utility).sum(axis=1)
-            if outcomes is not None:
-                A_joint, neg_entropy = outcomes
-                kept = np.where(q_joint > EXP_M16, q_joint, 0.0)
-                qo = apply_tables(A_joint, kept)
-                G[:, p] += (kept * neg_entropy).sum(axis=1)
-                G[:, p] -= (qo * np.log(qo + EPS)).sum(axis=1)
+            q = [_apply(B[f], q[f], int(policies[p, t, f])) for f in range(F)]
+            G[:, p] += _policy_terms(joint(q)[:, None, :], utility, outcomes)[:, 0]
     return G
+
+
+def _policy_terms(
+    q_joint: np.ndarray, utility: np.ndarray | None,
+    outcomes: tuple[np.ndarray, np.ndarray] | CompactJoint | None,
+) -> np.ndarray:
+    """``(N, P)``: utility and state information gain of the predicted joint states
+    ``q_joint`` ``(N, P, S)`` (a table shared by the agents, ``(1, ...)``: one product)."""
+    G = np.zeros(q_joint.shape[:2])
+    if utility is not None:
+        G += _per_agent_dot(q_joint, utility)
+    if isinstance(outcomes, CompactJoint):
+        kept = np.where(q_joint > EXP_M16, q_joint, 0.0)
+        layout = outcomes.layout
+        qo = (kept[:, :, layout.state_of] * outcomes.values[:, None, :]) @ layout.to_outcome
+        G += _per_agent_dot(kept, outcomes.neg_entropy)
+        log_qo = np.add(qo, EPS)
+        np.log(log_qo, out=log_qo)
+        G -= np.einsum("npo,npo->np", qo, log_qo)
+    elif outcomes is not None:
+        A_joint, neg_entropy = outcomes
+        kept = np.where(q_joint > EXP_M16, q_joint, 0.0)
+        if A_joint.shape[0] == 1:
+            qo = kept @ A_joint[0].T  # (N, P, O)
+        else:
+            qo = np.matmul(kept, A_joint.transpose(0, 2, 1))
+        G += _per_agent_dot(kept, neg_entropy)
+        log_qo = np.add(qo, EPS)
+        np.log(log_qo, out=log_qo)
+        G -= np.einsum("npo,npo->np", qo, log_qo)
+    return G
+
+
+def _per_agent_dot(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``(N, P)``: ``q[n, p] . v[n]`` for ``q`` ``(N, P, S)`` and ``v`` ``(N|1, S)``."""
+    if v.shape[0] == 1:
+        shared: np.ndarray = q @ v[0]
+        return shared
+    out: np.ndarray = np.einsum("nps,ns->np", q, v)
+    return out
 
 
 def select_actions(
@@ -244,6 +382,9 @@ def select_actions(
         return np.asarray(first[choose(q_pi)], dtype=np.int64)
     out = np.empty((n, len(num_controls)), dtype=np.int64)
     for f, u in enumerate(num_controls):
+        if u == 1 and deterministic:  # one action: nothing to choose (and nothing drawn)
+            out[:, f] = 0
+            continue
         marginal = q_pi @ np.eye(u)[first[:, f]]
         marginal /= marginal.sum(axis=1, keepdims=True)
         out[:, f] = choose(marginal)

@@ -58,8 +58,9 @@ import numpy as np
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import Learner, LearningSpec
 from edge_agent.aif.learning_counts import DirichletCounts
-from edge_agent.aif.learning_experience import Experience, experience_ticks
+from edge_agent.aif.learning_experience import EXPERIENCE_TICKS, Experience, experience_ticks
 from edge_agent.aif.learning_kernels import normalise, param_info_gain
+from edge_agent.aif.learning_storage import counts_arrays, saved_counts
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.core.group_blocks import IntArray
@@ -202,6 +203,8 @@ class GroupLearning:
         self.surprise = SampledSurprise()
         self._quiet = False  # a warm-up's restore says nothing
         self._since_refresh = 0
+        #: What :meth:`_tables_stay` found, and the model and ``B`` masks it found it for.
+        self._stay: tuple[tuple[object, ...], bool] | None = None
         self._divergence = 0.0
         self._divergence_at: tuple[int, ...] = ()
         self._codes_nbytes: int | None = None
@@ -236,9 +239,12 @@ class GroupLearning:
         """Ticks a group of ``n_agents`` keeps before it learns from them (1: none kept)."""
         if self.scope.name != "shared":
             return 1
+        refresh_every = self.spec.refresh_every
+        if self._only_fixed_transitions():  # a refresh never installs anything: keep the most
+            refresh_every = max(refresh_every, EXPERIENCE_TICKS)
         return experience_ticks(
             n_agents,
-            refresh_every=self.spec.refresh_every,
+            refresh_every=refresh_every,
             forgetting=self.spec.settings.forgetting,
             novelty=self.spec.param_info_gain,
         )
@@ -297,9 +303,37 @@ class GroupLearning:
             return True
         if self.frozen:
             return False
-        return (
-            self._since_refresh + 1 >= self.spec.refresh_every or self.spec.param_info_gain
+        if self.spec.param_info_gain:
+            return True
+        return self._since_refresh + 1 >= self.spec.refresh_every and not self._tables_stay()
+
+    def _tables_stay(self) -> bool:
+        """Whether no update of the counts can change the tables the agents use, so that a
+        refresh installs nothing: only ``B`` is learned, its tables follow its counts, and every
+        column of them is a deterministic move learned on its support
+        (:meth:`~edge_agent.aif.learning_counts.DirichletCounts.fixed_columns`, found once)."""
+        pB = self._learner.pB
+        return pB is not None and pB.refreshed and self._only_fixed_transitions()
+
+    def _only_fixed_transitions(self) -> bool:
+        """Whether only ``B`` is learned (shared counts) and every column of every learned
+        ``B`` is a deterministic move learned on its support (whose tables no update changes)."""
+        learner = self._learner
+        pB = learner.pB
+        if self._own_tables or pB is None or learner.pA is not None or learner.pD is not None:
+            return False
+        model = self.scope.model
+        key = (model, *pB.mask)  # what is found holds until the model or a mask is replaced
+        stay = self._stay
+        if stay is not None and len(stay[0]) == len(key) and all(
+            a is b for a, b in zip(stay[0], key, strict=True)
+        ):
+            return stay[1]
+        found = all(
+            pB.fixed_columns(slot, model.B[index]).all() for slot, index in enumerate(pB.tables)
         )
+        self._stay = (key, found)
+        return found
 
     def observe(self, obs: IntArray, prior: Sequence[np.ndarray]) -> None:
         """This tick's outcomes ``obs (N, M)`` and the prior ``prior[f] (N, S_f)`` the agents'
@@ -361,7 +395,12 @@ class GroupLearning:
         self._keep_posteriors(qs)
         self._since_refresh += 1
         if self._since_refresh >= self.spec.refresh_every:
-            return self.refresh(cm)
+            if not self._tables_stay():
+                return self.refresh(cm)
+            # nothing a refresh could install: the tables already follow the counts
+            self._since_refresh = 0
+            self.refreshes += 1
+            self.incremental_refreshes += 1
         if experience is not None and experience.full:
             self._learn_experience()
         return None
@@ -567,8 +606,11 @@ class GroupLearning:
         return digest.digest()
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The counts (``learn.pA0`` ...), their versions, the previous posteriors, whether
-        learning is frozen, and what the counts were learned from (``learn.identity``)."""
+        """The counts (``learn.pA0.steps`` ...: what moved from their prior,
+        :func:`~edge_agent.aif.learning_storage.counts_arrays`), their versions, the previous
+        posteriors, whether learning is frozen, and what the counts were learned from
+        (``learn.identity``). Counts saved whole (``learn.pA0``, as snapshots before were) are
+        read back all the same (:meth:`load_state_dict`)."""
         out: dict[str, np.ndarray] = {
             "learn.identity": np.frombuffer(self.identity(), dtype=np.uint8).copy()
         }
@@ -576,7 +618,9 @@ class GroupLearning:
             out[f"learn.qs_prev{f}"] = q
         for counts in self.learner.counts:
             for slot, index in enumerate(counts.tables):
-                out[f"learn.p{counts.kind}{index}"] = counts.counts[slot]
+                out.update(counts_arrays(
+                    f"learn.p{counts.kind}{index}", counts.counts[slot], counts.prior[slot]
+                ))
             out[f"learn.version.{counts.kind}"] = np.array(counts.version, dtype=np.int64)
             out[f"learn.reset_at.{counts.kind}"] = np.array(counts.reset_at, dtype=np.int64)
         out["learn.frozen"] = np.array(self.frozen)
@@ -610,9 +654,12 @@ class GroupLearning:
         for counts in self.learner.counts:
             for slot, index in enumerate(counts.tables):
                 key = f"learn.p{counts.kind}{index}"
-                if key not in state:
+                saved = saved_counts(
+                    state, key, counts.prior[slot], where=f"group {self.name!r} snapshot"
+                )
+                if saved is None:
                     raise InputError(f"group {self.name!r} snapshot lacks {key!r}")
-                arr = np.asarray(state[key], dtype=np.float64)
+                arr = np.asarray(saved, dtype=np.float64)
                 if arr.shape != counts.counts[slot].shape:
                     raise InputError(
                         f"group {self.name!r} snapshot {key!r} has shape {arr.shape}, "

@@ -13,6 +13,7 @@ import numpy as np
 
 from edge_agent.aif.learning import LearningSpec
 from edge_agent.aif.learning_kernels import normalise
+from edge_agent.aif.learning_storage import saved_counts
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.errors import InputError
@@ -58,7 +59,7 @@ def learned_arrays(
         reset_at = int(np.asarray(state.get(f"learn.reset_at.{kind}", 0)))
         for index, prior in sorted(priors.items()):
             key = f"p{kind}{index}"
-            counts = _state_counts(state, key, np.shape(prior), name=name, agent=agent)
+            counts = _state_counts(state, key, np.asarray(prior), name=name, agent=agent)
             if version > reset_at:  # learned since the counts were last their prior
                 tables[kind][index] = normalise(counts)
             out[key] = counts
@@ -78,16 +79,19 @@ def learned_arrays(
 def _state_counts(
     state: Mapping[str, np.ndarray],
     key: str,
-    shape: tuple[int, ...],
+    prior: np.ndarray,
     *,
     name: str,
     agent: int | None,
 ) -> np.ndarray:
-    """The counts ``learn.<key>`` of a group's state (of one agent's, per agent), checked."""
+    """The counts ``learn.<key>`` of a group's state (of one agent's, per agent), checked:
+    saved whole, or as what moved from ``prior`` (:mod:`edge_agent.aif.learning_storage`)."""
     where = f"group {name!r}: {key}"
-    if f"learn.{key}" not in state:
+    shape = prior.shape
+    saved = saved_counts(state, f"learn.{key}", prior, where=f"group {name!r}")
+    if saved is None:
         raise InputError(f"{where}: not in the saved state (the group learned no {key} then)")
-    counts = np.asarray(state[f"learn.{key}"], dtype=np.float64)
+    counts = np.asarray(saved, dtype=np.float64)
     if agent is not None:
         if counts.ndim != len(shape) + 1 or not 0 <= agent < counts.shape[0]:
             n = counts.shape[0] if counts.ndim == len(shape) + 1 else 0

@@ -15,15 +15,22 @@ from __future__ import annotations
 import numpy as np
 
 from edge_agent.aif import kernels, per_agent
+from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.constants import EPS
 from edge_agent.aif.learning import Learner
 from edge_agent.aif.learning_refresh import normalise_agent_tables
 from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.sparse_transitions import SparseTransitions
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import IntArray
 
-__all__ = ["AgentTables"]
+__all__ = ["OUTCOME_CHUNK", "AgentTables"]
+
+#: The policy pass takes a chunk of agents at a time, whose temporaries (predicted states,
+#: outcomes, a learned ``A``'s joint-outcome entries, per policy) hold at most this many entries:
+#: small enough to stay in a core's cache and off fresh pages (measured on the T-maze).
+OUTCOME_CHUNK = 1 << 15
 
 
 class AgentTables:
@@ -47,8 +54,17 @@ class AgentTables:
             "B": [b[None] for b in model.B],
             "D": [d[None] for d in model.D],
         }
+        #: The learned transitions kept on their support (the prior counts'), by factor: each
+        #: agent's ``B`` there (:mod:`edge_agent.aif.sparse_transitions`) instead of in full.
+        self.transitions: dict[int, SparseTransitions] = {}
         for counts in learner.counts:
-            for index in counts.tables:
+            for slot, index in enumerate(counts.tables):
+                if counts.kind == "B":
+                    found = sparse.sparse_transitions(counts.prior[slot] > 0, n_agents)
+                    if found is not None:
+                        sparse.fill_from_table(found, model.B[index])
+                        self.transitions[index] = found
+                        continue
                 self.tables[counts.kind][index] = np.repeat(
                     self.tables[counts.kind][index], n_agents, axis=0
                 )
@@ -62,10 +78,19 @@ class AgentTables:
                     learner.pA.prior[slot].reshape(supports[index].shape) > 0
                 )
         self._possible = per_agent.possible_outcomes(supports) if len(model.A) > 1 else None
+        # A learned A among several modalities: the joint-outcome entries that can be non-zero
+        # (the T-maze: 22 of 12 x 8), the shared modalities' product on them made once.
+        self._layout = (
+            per_agent.joint_layout(self.tables["A"], supports, self._possible, learner.pA.tables)
+            if self._possible is not None and learner.pA is not None and info_gain else None
+        )
         self._lnC = [np.log(per_agent.softmax_rows(c[None])[0] + EPS) for c in model.C]
         self._info_gain = info_gain
+        # The joint-outcome tables of a shared A, made once; a learned A's are made each tick
+        # from the agents' tables, a chunk of agents at a time (kept by no agent).
         self._outcomes = (
-            per_agent.outcome_tables(self.tables["A"], self._possible) if info_gain else None
+            per_agent.outcome_tables(self.tables["A"], self._possible)
+            if info_gain and learner.pA is None else None
         )
 
     @property
@@ -83,16 +108,15 @@ class AgentTables:
         return self
 
     def bytes_per_agent(self, learner: Learner) -> int:
-        """Each agent's copy of the learned tables (and of the joint-outcome table and its
-        entropies the state information gain reads, when ``A`` is learned)."""
-        m, total = self._loaded, 0
+        """Each agent's copy of the learned tables (a learned ``B`` on its support when it is
+        sparse). The joint-outcome tables a learned ``A`` gives the information gain are made
+        each tick, for :data:`OUTCOME_CHUNK` entries at most at a time: no agent keeps them."""
+        total = 0
         for counts in learner.counts:
-            for slot in range(len(counts.tables)):
-                total += counts.prior[slot].size * 8
-        if learner.pA is not None and self._info_gain:
-            S = int(np.prod(m.num_states))  # one modality: its A is the joint table
-            joint_outcomes = int(np.prod(m.num_obs)) if m.num_modalities > 1 else 0
-            total += (joint_outcomes + 1) * S * 8
+            for slot, index in enumerate(counts.tables):
+                found = self.transitions.get(index) if counts.kind == "B" else None
+                total += (found.per_agent_nbytes if found is not None
+                          else counts.prior[slot].size * 8)
         return total
 
     def codes_nbytes(self, learner: Learner) -> int:
@@ -111,17 +135,19 @@ class AgentTables:
             if not counts.learned:
                 continue
             for slot, index in enumerate(counts.tables):
+                found = self.transitions.get(index) if counts.kind == "B" else None
+                if found is not None:
+                    # Only the (agent, action) tables whose counts moved, after the first.
+                    touched = counts.touched_by_agent[slot]
+                    if not counts.refreshed:
+                        touched = np.ones_like(touched)
+                    agents, actions = np.nonzero(touched)
+                    sparse.normalise_touched(found, counts.counts[slot], agents, actions)
+                    continue
                 table = self.tables[counts.kind][index]
                 normalise_agent_tables(counts.counts[slot].reshape(table.shape), table)
             counts.mark_refreshed()
-        self._follow_A(learner)
         return None, False, 0
-
-    def _follow_A(self, learner: Learner) -> None:  # noqa: N802 - pymdp's table names
-        """The joint-outcome tables the information gain reads, from the agents' ``A`` again
-        (when ``A`` is learned)."""
-        if self._outcomes is not None and learner.pA is not None:
-            self._outcomes = per_agent.outcome_tables(self.tables["A"], self._possible)
 
     def forget_versions(self) -> None:
         """Every refresh normalises every learned table: nothing to forget."""
@@ -132,9 +158,21 @@ class AgentTables:
         tables = {"A": loaded.A, "B": loaded.B, "D": loaded.D}
         for counts in self._learner.counts:
             for index in counts.tables:
+                found = self.transitions.get(index) if counts.kind == "B" else None
+                if found is not None:
+                    sparse.fill_from_table(found, loaded.B[index])
+                    continue
                 table = self.tables[counts.kind][index]
                 table[...] = tables[counts.kind][index].reshape(table.shape[1:])
-        self._follow_A(self._learner)
+
+    def _transitions(self) -> list[per_agent.Transitions]:
+        """Each factor's transitions: its sparse tables when kept so, else ``tables["B"]``."""
+        return [self.transitions.get(f, b) for f, b in enumerate(self.tables["B"])]
+
+    def transition_table(self, factor: int) -> np.ndarray:
+        """``(N|1, S, S, U)``: factor ``factor``'s transitions in full (for inspection)."""
+        found = self.transitions.get(factor)
+        return self.tables["B"][factor] if found is None else sparse.dense(found)
 
     def outcome_probabilities(
         self, obs: IntArray, rows: IntArray, joint: np.ndarray
@@ -152,7 +190,8 @@ class AgentTables:
         """Every agent's posterior under its own ``A``, from the prior its own ``B`` (or, at a
         trial's start, its own ``D``) gives; the prior is left in ``state.prior``."""
         t = self.tables
-        prior = per_agent.priors(t["B"], t["D"], state.qs, state.action, state.has_action)
+        prior = per_agent.priors(self._transitions(), t["D"], state.qs, state.action,
+                                 state.has_action)
         log_lik = per_agent.log_likelihood(t["A"], obs)
         for f, p in enumerate(prior):
             state.prior[f][...] = p
@@ -181,17 +220,29 @@ class AgentTables:
     def infer_policies(self, state: AgentState, stepper: BlockStepper) -> None:
         """``G`` with each agent's own tables and ``q_pi = softmax(gamma * G + ln E)``."""
         cm = stepper.cm
-        G = per_agent.expected_free_energy(
-            state.qs,
-            self.tables["A"],
-            self.tables["B"],
-            self._lnC,
-            cm.tree.policies,
-            outcomes=self._outcomes,
-            use_utility=stepper.use_utility,
-        )
-        state.G[...] = G
-        state.q_pi[...] = per_agent.softmax_rows(G * float(stepper.gamma) + cm.lnE)
+        A, B = self.tables["A"], self._transitions()
+        policies = cm.tree.policies
+        # A chunk of agents at a time: every temporary at most OUTCOME_CHUNK entries (a few
+        # agents' predicted states, outcomes and joint-outcome entries per policy).
+        n = state.qs[0].shape[0]
+        width = max(A[0].shape[2], self._possible.shape[0] if self._possible is not None
+                    else A[0].shape[1])
+        if self._layout is not None:
+            width = max(width, len(self._layout.state_of))
+        step = max(1, OUTCOME_CHUNK // (len(policies) * width))
+        for start in range(0, n, step):
+            sl = slice(start, min(n, start + step))
+            mine = [a[sl] if len(a) > 1 else a for a in A]
+            outcomes: tuple[np.ndarray, np.ndarray] | per_agent.CompactJoint | None = (
+                self._outcomes)
+            if self._info_gain and outcomes is None:  # a learned A: from the agents' own
+                outcomes = (per_agent.outcome_tables(mine) if self._layout is None
+                            else per_agent.compact_joint(mine, self._layout))
+            state.G[sl] = per_agent.expected_free_energy(
+                [q[sl] for q in state.qs], mine, [per_agent.agents_of(b, sl) for b in B],
+                self._lnC, policies, outcomes=outcomes, use_utility=stepper.use_utility,
+            )
+        state.q_pi[...] = per_agent.softmax_rows(state.G * float(stepper.gamma) + cm.lnE)
 
     def sample_action(self, state: AgentState, stepper: BlockStepper) -> None:
         """Each agent's action from its ``q_pi`` (marginal, pymdp's)."""

@@ -16,7 +16,6 @@ from edge_agent.aif import kernels
 from edge_agent.aif.learning import Learner
 from edge_agent.aif.learning_refresh import (
     Codes,
-    Refreshed,
     codes_nbytes,
     learned_codes,
     refresh_model,
@@ -93,40 +92,52 @@ class SharedTables:
     def refresh(
         self, learner: Learner, cm: kernels.CompiledModel
     ) -> tuple[kernels.CompiledModel | None, bool, int]:
-        """When only ``A`` changed since the last refresh and every learned ``A`` already follows
-        its counts, only the columns touched since then are normalised, encoded (``int8``) and
-        brought into the compiled tables (:func:`refresh_touched_likelihood`). Otherwise (a
-        table's first refresh, ``B`` or ``D`` changed, or the support moved) the model is built
-        again from the normalised counts (quantized again for ``int8``) and compiled
-        (:func:`refresh_model`)."""
+        """When every learned table already follows its counts and only ``A`` moved since the
+        last refresh (a ``B`` whose touched columns normalise to the tables the agents use,
+        :func:`same_transitions`, did not move for them), only the columns of ``A`` touched
+        since then are normalised, encoded (``int8``) and brought into the compiled tables
+        (:func:`refresh_touched_likelihood`); with no ``A`` touched nothing is (the compiled
+        tables stay). Otherwise (a table's first refresh, ``B`` or ``D`` changed, or the
+        support moved) the model is built again from the normalised counts (quantized again
+        for ``int8``) and compiled (:func:`refresh_model`)."""
         codes = self._own_codes(learner)
-        refreshed: Refreshed | None = None
-        pA = learner.pA
-        if pA is not None and self._touched_likelihood_only(learner):
+        if self._only_likelihood_moved(learner):
+            pA = learner.pA
+            if pA is None or not any(touched.any() for touched in pA.touched):
+                self._mark_refreshed(learner)
+                return None, True, 0
             refreshed = refresh_touched_likelihood(cm, self._model, self._quantized, codes, pA)
-        incremental = refreshed is not None
-        if pA is not None and refreshed is not None:
-            if learner.pB is not None:
-                learner.pB.mark_refreshed()  # its tables are what they were (same_transitions)
-            pA.mark_refreshed()
-        else:
-            refreshed = refresh_model(
-                self._model, self._quantized, codes, learner.counts,
-                policies=cm.tree.policies, dtype=self._dtype,
-            )
-            for counts in learner.counts:
-                if counts.learned:
-                    counts.mark_refreshed()
+            if refreshed is not None:
+                self._mark_refreshed(learner)
+                self._model, self._quantized = refreshed.model, refreshed.quantized
+                return refreshed.cm, True, refreshed.columns_encoded
+        refreshed = refresh_model(
+            self._model, self._quantized, codes, learner.counts,
+            policies=cm.tree.policies, dtype=self._dtype,
+        )
+        for counts in learner.counts:
+            if counts.learned:
+                counts.mark_refreshed()
         self._model, self._quantized = refreshed.model, refreshed.quantized
         self._versions = {counts.kind: counts.version for counts in learner.counts}
-        return refreshed.cm, incremental, refreshed.columns_encoded
+        return refreshed.cm, False, refreshed.columns_encoded
 
-    def _touched_likelihood_only(self, learner: Learner) -> bool:
-        """Whether the incremental refresh may apply: ``A`` follows its counts, ``D`` did not
-        move since the last refresh, and a ``B`` that moved normalises to the tables the agents
-        use (:func:`same_transitions`)."""
-        pA, versions = learner.pA, self._versions
-        if pA is None or versions is None or not pA.refreshed:
+    def _mark_refreshed(self, learner: Learner) -> None:
+        """The tables follow every learned count again (those that did not move are what
+        they were)."""
+        for counts in learner.counts:
+            if counts.learned:
+                counts.mark_refreshed()
+        self._versions = {counts.kind: counts.version for counts in learner.counts}
+
+    def _only_likelihood_moved(self, learner: Learner) -> bool:
+        """Whether the incremental refresh may apply: every table learned so far follows its
+        counts (past its first refresh), ``D`` did not move since the last refresh, and a
+        ``B`` that moved normalises to the tables the agents use (:func:`same_transitions`)."""
+        versions = self._versions
+        if versions is None:
+            return False
+        if any(counts.learned and not counts.refreshed for counts in learner.counts):
             return False
         pD, pB = learner.pD, learner.pB
         if pD is not None and versions.get("D") != pD.version:

@@ -191,7 +191,7 @@ def plan_learning(probe: AifAgentGroup, cfg: GroupConfig) -> PlanRequest:
     assert learning is not None  # a probe of a group with [groups.learning]
     nbytes = learning.nbytes
     if learning.scope.name == "per_agent":
-        per_agent = sum(p.nbytes for counts in learning.learner.counts for p in counts.prior)
+        per_agent = sum(counts.nbytes_per_agent for counts in learning.learner.counts)
         nbytes += (cfg.count - 1) * per_agent
     return (f"{cfg.name}:learning", "learning", nbytes, None)
 

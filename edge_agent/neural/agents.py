@@ -192,8 +192,8 @@ def _finite_dot(arr: np.ndarray) -> bool:
 
 
 #: Quantization schemes whose activation scales are one per call over the whole batch: one
-#: agent's input changes the other agents' outputs (``convert onnx --mode dynamic`` wrote it
-#: until issue 43; it now writes ``onnx-dynamic-row-u8s8``, per row).
+#: agent's input changes the other agents' outputs (older ``convert onnx --mode dynamic``
+#: bundles carry it; the converter now writes ``onnx-dynamic-row-u8s8``, per row).
 PER_BATCH_SCHEMES = frozenset({"onnx-dynamic-u8s8"})
 
 

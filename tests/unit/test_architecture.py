@@ -158,6 +158,7 @@ KEPT_OUT = (
     "edge_agent.aif.learning_counts",
     "edge_agent.aif.learning_kernels",
     "edge_agent.aif.learning_refresh",
+    "edge_agent.aif.learning_storage",
     "edge_agent.aif.learning_table",
     "edge_agent.aif.reference_learning",
     "edge_agent.core.learning",

@@ -1,8 +1,8 @@
 """Every benchmark runs, in its ``--smoke`` mode: the real code path at tiny sizes.
 
-``benchmarks/bench_hub_scale.py`` was once broken for two days without any check noticing (issue
-28, item 6). Each ``benchmarks/bench_*.py`` runs here as ``python benchmarks/bench_X.py --smoke``
-from the repository root: it must exit 0, print only well-formed JSON objects on its lines that
+``benchmarks/bench_hub_scale.py`` was once broken for two days without any check noticing, so
+each ``benchmarks/bench_*.py`` runs here as ``python benchmarks/bench_X.py --smoke`` from the
+repository root: it must exit 0, print only well-formed JSON objects on its lines that
 start with ``{``, and print the records below with their keys (values are not judged: a smoke
 run's numbers mean nothing; docs/performance.md shows the real ones, stored in
 benchmarks/results/). The benchmarks that need a broker start their own mosquitto
@@ -105,6 +105,13 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "idle_http"}, ("idle_clients", "ratio", "connections")),
         ({"bench": "hung_db"}, ("degraded_after_s", "watchdog_max_gap_s", "lost")),
     ],
+    "bench_hub_health.py": [
+        ({"bench": "setup", "nodes": 20}, ("procs", "telemetry_s")),
+        ({"bench": "health_telemetry", "health": False}, ("bytes_per_node_hour", "hub_cpu_cores")),
+        ({"bench": "health_telemetry", "health": True}, ("bytes_per_node_hour", "hub_rss_mb")),
+        ({"bench": "health_cost"}, ("bytes_ratio", "hub_cpu_ratio", "health_bytes_per_node_hour")),
+        ({"bench": "gate"}, ("verdict_ms", "wave_samples", "control_samples")),
+    ],
     "bench_hub_scale.py": [
         ({"bench": "setup", "nodes": 20}, ("bundle_bytes",)),
         ({"bench": "registry"}, ("first_s", "after_restart_s", "hub_rss_peak_mb")),
@@ -113,9 +120,11 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "http"}, ("metrics_ms", "healthz_ms", "fleet_json_bytes")),
     ],
     "bench_learning.py": [
-        *[({"bench": "learning", "world": w, "tables": t, "agents": 20},
+        *[({"bench": "learning", "world": w, "tables": t, "agents": 20, "refresh_every": e},
            ("plain_agent_steps_per_s", "learning_agent_steps_per_s", "ratio", "refresh_ms"))
-          for w, t in (("tmaze", ["A1"]), ("grid10", ["A0"]), ("grid10", ["A0", "B0"]))],
+          for w, t, e in (("tmaze", ["A1"], 10), ("grid10", ["A0"], 10),
+                          ("grid10", ["A0", "B0"], 10), ("tmaze", ["A1"], 1),
+                          ("grid10", ["B0"], 1))],
     ],
     "bench_learning_planning.py": [
         *[({"bench": "learning_planning", "world": w, "policy": p, "N": 20},
@@ -128,7 +137,7 @@ EXPECTED: dict[str, list[Record]] = {
            ("steps_per_s", "state_bytes_per_agent"))
           for w in ("tmaze", "grid10")
           for i in ("edge-agent int8 refresh 1", "edge-agent int8 refresh 100",
-                    "edge-agent float64 per-agent")],
+                    "edge-agent float64 per-agent", "edge-agent float64 learning off")],
         *[({"bench": "learning-reversal", "condition": c}, ("mean_reward_rate", "ticks_to_relearn"))
           for c in ("frozen", "learning", "forgetting")],
     ],
@@ -216,6 +225,9 @@ EXPECTED: dict[str, list[Record]] = {
     "bench_writes.py": [
         *[({"bench": "writes", "case": c}, ("total_mb_per_h", "window_write_bytes"))
           for c in ("quiet", "telemetry", "actions_qos1", "demo")],
+        ({"bench": "writes", "case": "learning_hour"},
+         ("learn_bytes_per_agent", "learn_bytes_per_agent_whole", "bound_counts_bytes_per_agent",
+          "learn_mb_per_h_200_agents")),
     ],
 }
 

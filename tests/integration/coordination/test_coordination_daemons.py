@@ -1,4 +1,4 @@
-"""Issue 5 end to end: several edge-agentd processes coordinate over a real mosquitto.
+"""Coordination end to end: several edge-agentd processes coordinate over a real mosquitto.
 
 * five daemons of 100 agents allocate 100 tasks the hub announced: one winner per task, the same
   award on every daemon (how soon, and whether before the bidding window closed, depends on the

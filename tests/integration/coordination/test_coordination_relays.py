@@ -1,6 +1,6 @@
 """A node with a valid certificate can neither steal nor freeze the fleet's task allocation through
 the facts its ``task_sync`` relays about other nodes, nor close a task for good with its own bids
-and releases (issue 29, item 1, and the audit after it).
+and releases.
 
 Real daemons, a real mosquitto running the configuration ``edge-agent-host broker init`` wrote
 (TLS client certificates and the per-identity ACL). pi-b and pi-c coordinate; an attacker holds

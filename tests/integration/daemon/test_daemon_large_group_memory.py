@@ -1,5 +1,5 @@
-"""A large group in the real daemon: where its bytes go, and no second copy at start (issue 33,
-item 5; benchmarks/bench_million.py runs a million agents).
+"""A large group in the real daemon: where its bytes go, and no second copy at start
+(benchmarks/bench_million.py runs a million agents).
 
 The daemon runs 100,000 grid10 agents on 2 processes with 64-step compact histories and a
 planning policy, on the profile that allows a million (``pi5-8gb``). Byte accounting is exact:

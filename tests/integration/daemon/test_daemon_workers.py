@@ -1,4 +1,4 @@
-"""A large group stepped on several processes by the real daemon (issue 15, item 4).
+"""A large group stepped on several processes by the real daemon.
 
 The daemon forks its workers itself; this test sees them as the daemon's child processes, kills
 one (the daemon keeps ticking, stepping their blocks itself), reloads (a new group, new workers),

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent.aif.learning_storage import saved_counts
 from edge_agent.cli.status import format_status
 from edge_agent.daemon.snapshots.format import read_snapshot
 from edge_agent.sim.registry import builtin_model
@@ -81,6 +82,14 @@ def newest(state: Path) -> dict[str, np.ndarray]:
     return dict(read_snapshot(path).arrays)
 
 
+def learned(arrays: dict[str, np.ndarray], key: str, prior: np.ndarray) -> np.ndarray:
+    """The counts ``key`` of a snapshot: what moved from ``prior``, restored (as the daemon
+    restores them)."""
+    counts = saved_counts(arrays, key, prior, where="test")
+    assert counts is not None, f"{key} not in the snapshot"
+    return counts
+
+
 def test_a_daemon_with_the_table_learns_its_model(tmp_path: Path) -> None:
     state = tmp_path / "state"
     config = tmp_path / "daemon.toml"
@@ -90,15 +99,15 @@ def test_a_daemon_with_the_table_learns_its_model(tmp_path: Path) -> None:
     arrays = newest(state)
     tmaze, grid = builtin_model("tmaze-reversal"), builtin_model("grid-slippery")
     # Shared counts of the reward modality: one table, grown from 2 * A1 by every tick.
-    pA1 = arrays["group.maze.learn.pA1"]
+    pA1 = learned(arrays, "group.maze.learn.pA1", 2.0 * tmaze.A[1])
     assert pA1.shape == tmaze.A[1].shape
     ticks = int(arrays["group.maze.learn.version.A"])
     assert ticks >= 5
     assert pA1.sum() > 2.0 * tmaze.A[1].sum() + 1.0
     assert int(arrays["group.maze.learn.version.D"]) >= 1  # trials ended at episode starts
-    assert arrays["group.maze.learn.pD0"].sum() > tmaze.D[0].sum()
+    assert learned(arrays, "group.maze.learn.pD0", 2.0 * tmaze.D[0]).sum() > tmaze.D[0].sum()
     # Per-agent counts of the location transitions: one table per agent, each its own.
-    pB0 = arrays["group.slippery.learn.pB0"]
+    pB0 = learned(arrays, "group.slippery.learn.pB0", 10.0 * grid.B[0] + 0.05)
     assert pB0.shape == (8, *grid.B[0].shape)
     grown = pB0.sum(axis=(1, 2, 3)) - (10.0 * grid.B[0] + 0.05).sum()
     assert (grown > 0).all()
@@ -283,7 +292,7 @@ def test_a_daemon_learns_under_a_planning_policy(tmp_path: Path) -> None:
     tmaze = builtin_model("tmaze-reversal")
     ticks = int(arrays["group.maze.learn.version.A"])
     assert ticks >= 5
-    assert arrays["group.maze.learn.pA1"].sum() > tmaze.A[1].sum() + 1.0
+    assert learned(arrays, "group.maze.learn.pA1", tmaze.A[1]).sum() > tmaze.A[1].sum() + 1.0
     # every tick on which some agent had acted (not a trial's first: T-maze trials are 3 ticks)
     assert int(arrays["group.maze.learn.version.B"]) >= ticks // 2
     assert "group.maze.plan_age" in arrays  # the committed plans are in the snapshot
@@ -320,4 +329,5 @@ def test_a_daemon_learns_on_two_workers(tmp_path: Path) -> None:
     arrays = newest(state)
     ticks = int(arrays["group.maze.learn.version.A"])
     assert ticks >= 5
-    assert arrays["group.maze.learn.pA1"].sum() > builtin_model("tmaze-reversal").A[1].sum() + 100
+    A1 = builtin_model("tmaze-reversal").A[1]
+    assert learned(arrays, "group.maze.learn.pA1", A1).sum() > A1.sum() + 100

@@ -1,4 +1,4 @@
-"""A model one daemon learned, exported, converted, signed and run by another (issue 32, item 4).
+"""A model one daemon learned, exported, converted, signed and run by another.
 
 Real processes only: daemon A learns ``pA1`` of the reversal T-maze and stops (its final
 snapshot), starts again (restoring it) and, while it runs, docs/learning.md block 4 runs as
@@ -23,10 +23,12 @@ import numpy as np
 import pytest
 
 from edge_agent.aif.learning_kernels import normalise
+from edge_agent.aif.learning_storage import saved_counts
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.daemon.snapshots.format import read_snapshot
+from edge_agent.sim.registry import builtin_model
 from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import Daemon, NotifySocket
 from tests.integration.fleet.test_fleet_daemon import status_of, wait_until
@@ -129,7 +131,9 @@ def test_a_learned_model_is_exported_signed_and_run_by_another_daemon(tmp_path: 
         first.stop()
     (saved,) = sorted((state_a / "snapshots").glob("snapshot-*.eas"))
     snap = read_snapshot(saved)
-    counts = snap.arrays["group.maze.learn.pA1"]
+    prior = 2.0 * builtin_model("tmaze-reversal").A[1]  # prior_scale = 2.0
+    counts = saved_counts(snap.arrays, "group.maze.learn.pA1", prior, where="test")
+    assert counts is not None
     version = int(snap.arrays["group.maze.learn.version.A"])
     assert version >= 150
     second = Run(config_a, 2)

@@ -4,8 +4,11 @@ With real parts only: ``edge-agent-host broker init`` (docs/security.md block 0,
 first line of names) -> mosquitto on the generated config (TLS, one identity per client, the ACL)
 -> the hub CLI over mutual TLS (security.md block 1, fleet.md block 0: a signing key, the fleet,
 ``watch``, signed commands, a deployment) -> two daemons configured from their generated snippets
--> the hub service ``edge-agent-hub run`` started from its generated ``hub.toml`` (on SQLite, and
-on PostgreSQL whose role and database hub.md block 1 creates) -> its readers (hub.md block 2) ->
+-> the hub service ``edge-agent-hub run`` started from its generated ``hub.toml`` (on PostgreSQL,
+whose role and database hub.md block 1 creates: the engine for fleets beyond one machine; SQLite,
+the default, carries the rollouts of tests/integration/hub/test_rollouts.py and the records of
+test_hubd.py, and the rest of the journey does not depend on the engine) -> its readers (hub.md
+block 2) ->
 a staged rollout paused, resumed and aborted as hub.md block 3 writes it -> a staged rollout that
 completes (its wave in ``rollout status --json`` is the metric's) -> one that halts at its canary
 -> a revoked node: refused, its log naming ``0x87 not authorized``, and the hub calling it
@@ -378,9 +381,8 @@ def postgres_database(op: Operator, started: list[Any]) -> str:
 
 
 # -------------------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_the_operator_s_journey_on_a_secured_broker(
-    tmp_path: Path, started: list[Any], engine: str, readme_venv: ReadmeVenv
+    tmp_path: Path, started: list[Any], readme_venv: ReadmeVenv
 ) -> None:
     op = Operator(tmp_path, readme_venv)
     broker = start_broker(op)
@@ -412,11 +414,8 @@ def test_the_operator_s_journey_on_a_secured_broker(
         assert node.notify is not None
         node.notify.wait_for("READY=1", 90)
 
-    # The hub service, identity hub-a (a hub: it carries rollouts).
-    database = (
-        '[database]\ntype = "sqlite"\n' if engine == "sqlite" else postgres_database(op, started)
-    )
-    service = HubService(op, "hub-a", database, key)
+    # The hub service, identity hub-a (a hub: it carries rollouts), on PostgreSQL.
+    service = HubService(op, "hub-a", postgres_database(op, started), key)
     started.append(service)
     service.start()
 

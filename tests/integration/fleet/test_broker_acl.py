@@ -1,8 +1,8 @@
 """A broker set up by ``edge-agent-host broker init``: every client can be only itself.
 
-The issue: any client of the broker could be any node -- forged belief batches, task messages
-and retained presence were accepted, because the broker let anyone write any topic. Here the
-generated ``mosquitto.conf`` runs as it is (a real mosquitto on a free loopback port):
+What it prevents: on an open broker any client could be any node -- forged belief batches, task
+messages and retained presence were accepted, because the broker let anyone write any topic. Here
+the generated ``mosquitto.conf`` runs as it is (a real mosquitto on a free loopback port):
 
 * connecting needs a certificate of the broker's CA (anonymous clients, clients without a
   certificate and clients with another CA's certificate are refused), and a revoked identity

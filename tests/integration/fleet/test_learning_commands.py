@@ -1,5 +1,4 @@
-"""The learning commands on the secured fleet, as docs/learning.md tells the operator to send them
-(issue 32, item 4).
+"""The learning commands on the secured fleet, as docs/learning.md tells the operator to send them.
 
 Real parts only: ``edge-agent-host broker init`` and mosquitto on its config (security.md block
 0), the hub's signing key and ``H``/``K`` as fleet.md block 0 defines them, two daemons configured

@@ -1,5 +1,4 @@
-"""After a full disk the next start announces a new session, never an old one again (issue 29,
-item 5).
+"""After a full disk the next start announces a new session, never an old one again.
 
 A node's session number (``bdseq``) orders everything it says: peers that saw session 15 die
 ignore messages of sessions up to 15. The daemon used to keep the number only in memory while the

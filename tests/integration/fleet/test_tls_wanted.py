@@ -1,5 +1,4 @@
-"""A client without TLS settings on the broker ``edge-agent-host broker init`` writes (issue 42,
-item 6).
+"""A client without TLS settings on the broker ``edge-agent-host broker init`` writes.
 
 The hub CLI used to print eleven lines of ``Connection reset by peer`` and then ``no connection
 within 10 s``. Now, on that broker as it runs (mosquitto on its generated config: TLS, a client

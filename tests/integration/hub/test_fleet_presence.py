@@ -2,7 +2,7 @@
 client, a new process each time, its memory in SQLite between runs) and ``edge-agent-hub fleet``
 (the hub service's registry), both by ``tools/edge_agent_host/fleet/presence.py``.
 
-Issue 42, item 2: the client's table called a healthy node ``silent`` once the birth it had
+What must not come back: the client's table called a healthy node ``silent`` once the birth it had
 heard live was older than ``--silent-after``, however much telemetry the node sent (only state
 and birth messages counted as seen), and a node heard only through retained messages ``online``
 for ever. Here, on a real mosquitto with two real daemons and the hub service, the client having

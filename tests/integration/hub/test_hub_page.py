@@ -130,7 +130,8 @@ def test_metrics_json_and_the_page_in_chromium(served: dict[str, Any]) -> None:
     # A rollout every node takes (its progress shows), then one whose first node fails its
     # health check (the simulator fails version 1.2.0): halted after wave 1, the others untouched.
     good = bundle_tar(served["tmp"], served["ci"], policy_len=1)  # grid10 1.1.0
-    rollout_id = start_rollout(hub, good)
+    # (with a health criterion in dry run: its verdicts show, and a 0 s soak has no sample)
+    rollout_id = start_rollout(hub, good, "--criterion", "excess_surprise:max_increase=0.2:dry_run")
     wait_until(
         lambda: rollout_state(url, rollout_id) == "done", "the rollout done on /api/fleet.json",
         timeout=120,
@@ -250,6 +251,26 @@ def test_metrics_json_and_the_page_in_chromium(served: dict[str, Any]) -> None:
         )
         assert page.evaluate("[...document.querySelectorAll('#nodes th')].map(h => h.textContent)"
                              ) == HEADERS  # fmt: skip
+        # Model health: per node and group its key measure, per group the fleet's with a plot
+        # (a point per snapshot: wait for a second one), and the rollout's gate verdicts.
+        health = cells[HEADERS.index("model health")]
+        assert re.fullmatch(r"grid: excess_surprise -?\d\.\d+(e-?\d+)?", health), health
+        group_row = "document.querySelector('#groups tr[data-group=\"grid\"]')"
+        page.wait_for(
+            f"{group_row}.querySelectorAll('polyline').length === 1", "the group's health plot"
+        )
+        group_cells = page.evaluate(f"[...{group_row}.cells].map((c) => c.textContent)")
+        assert group_cells[:2] == ["grid", "excess_surprise"]
+        assert abs(float(group_cells[2])) < 0.2  # a model that fits: around 0
+        assert group_cells[4] == str(NODES)
+        assert group_cells[6] == "grid10@1.1.0"
+        points = page.evaluate(f"{group_row}.querySelector('polyline').getAttribute('points')")
+        assert len(points.split()) >= 2
+        outcomes = page.evaluate(
+            f"[...{done}.querySelectorAll('.verdict')].map(v => v.dataset.outcome)"
+        )
+        assert outcomes, "no verdict on the page"
+        assert set(outcomes) == {"inconclusive"}, outcomes
         # Paging: next, next (the last, short page), then no further.
         for expected in (["sim-0002", "sim-0003"], ["sim-0004"]):
             act(page, "document.getElementById('next').click()")
@@ -298,7 +319,7 @@ def test_metrics_json_and_the_page_in_chromium(served: dict[str, Any]) -> None:
 READY = "document.body.dataset.ready === '1'"
 ROWS = "[...document.querySelectorAll('#nodes tbody tr')].map((r) => r.dataset.node)"
 HEADERS = ["health", "node", "deployment", "bundle", "last seen", "RSS / budget", "tick p50",
-           "tick p99", "CPU", "outbox", "version"]  # fmt: skip
+           "tick p99", "CPU", "outbox", "version", "model health"]  # fmt: skip
 
 
 def set_control(page: Browser, control: str, value: str, event: str) -> None:

@@ -1,4 +1,4 @@
-"""The hub service's broker session outlives the process (issue 29, the last hole of item 2).
+"""The hub service's broker session outlives the process.
 
 The hub's MQTT session used to be clean: what the fleet published while no hub was connected, and
 what the broker had sent to a hub that was SIGKILLed before acknowledging it, was lost. Now the

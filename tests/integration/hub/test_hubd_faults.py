@@ -1,4 +1,4 @@
-"""The hub service under faults of its own parts, with real parts (issue 29):
+"""The hub service under faults of its own parts, with real parts:
 
 * PostgreSQL **hung** (the postmaster and every backend SIGSTOPped: the kernel still acknowledges
   TCP, nothing answers) and, for comparison, **stopped** (an immediate shutdown: connections

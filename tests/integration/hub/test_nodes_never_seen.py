@@ -1,4 +1,4 @@
-"""A node the fleet never saw, named on a command line (issue 42, item 5).
+"""A node the fleet never saw, named on a command line.
 
 ``edge-agent-host hub command --node pi-0499 ping`` used to wait its 30 s and say "no result";
 ``edge-agent-hub telemetry pi-0499`` and ``events --node pi-0499`` printed nothing and exited 0.

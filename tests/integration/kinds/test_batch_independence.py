@@ -30,8 +30,9 @@ Active Inference, float64               within 1e-12; actions as above (an agent
 Active Inference on two processes       as in one: the batch's blocks stepped by a forked worker
 =====================================  ========================================================
 
-Before issue 43 onnxruntime's dynamic mode failed this (one activation scale per call over the
-whole batch): ``benchmarks/bench_neural_coupling.py`` measures what it cost.
+onnxruntime's own dynamic mode fails this (one activation scale per call over the whole batch),
+which is why the converter quantizes activations per row: ``benchmarks/bench_neural_coupling.py``
+measures what the per-batch mode cost.
 """
 
 from __future__ import annotations
@@ -400,7 +401,7 @@ def test_onnxruntimes_own_dynamic_quantization_fails_the_property(
     groups: dict[str, tuple[NeuralAgentGroup, NeuralAgentGroup, np.ndarray]], tmp_path: Path
 ) -> None:
     """What the property catches: the same policy quantized by onnxruntime's quantize_dynamic
-    as the converter bundled it before issue 43 (one activation scale per call over the whole
+    as older converters bundled it (one activation scale per call over the whole
     batch) gives an agent other outputs beside one whose input is 1,000 times its own."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

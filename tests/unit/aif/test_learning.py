@@ -267,3 +267,45 @@ def test_a_few_agents_learn_a_sparse_transition_term_by_term(n: int) -> None:
     np.testing.assert_allclose(pB.experience[0], experience, rtol=1e-12, atol=0)
     np.testing.assert_array_equal(pB.touched[0], touched)
     assert pB.version == 3
+
+
+@pytest.mark.parametrize("forgetting", [0.0, 0.1])
+def test_per_agent_counts_learn_a_sparse_transition_on_its_support(
+    forgetting: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-agent counts of a ``B`` with 1 to 3 targets per column learn each agent's terms on
+    the support (``b_entries_support``): the counts, the experience, the touched columns and
+    the (agent, action) tables touched are what each agent's masked outer product gives, also
+    when some agents did not act; the scratch is within what the group reserves per agent."""
+    rng = np.random.default_rng(29)
+    S, U, n = 30, 4, 9
+    mask = np.zeros((S, S, U), dtype=bool)
+    for u in range(U):
+        for s in range(S):
+            mask[rng.choice(S, size=1 + (s + u) % 3, replace=False), s, u] = True
+    B = mask / mask.sum(axis=0, keepdims=True)
+    prior = B * 2.0 + 0.5 * mask
+    settings = LearningSettings(lr_pB=0.4, forgetting=forgetting, scope="per_agent")
+    learners = [Learner([np.full((2, S), 0.5)], [B], [np.full(S, 1.0 / S)], pB={0: prior},
+                        n_agents=n, settings=settings) for _ in range(2)]
+    dense = learners[1]
+    monkeypatch.setattr(dense, "_agent_transition_support", lambda slot: None)
+    for tick in range(4):
+        qs = [rng.dirichlet(np.full(S, 0.2), size=n)]
+        qs_prev = [rng.dirichlet(np.full(S, 0.2), size=n)]
+        actions = rng.integers(0, U, size=(n, 1))
+        acted = rng.random(n) < (1.0 if tick == 0 else 0.7)
+        for learner in learners:
+            learner.learn_B(qs, qs_prev, actions, acted=acted)
+    sparse, reference = learners[0].pB, dense.pB
+    assert sparse is not None
+    assert reference is not None
+    np.testing.assert_allclose(sparse.counts[0], reference.counts[0], rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(sparse.experience[0], reference.experience[0], rtol=1e-13,
+                               atol=1e-14)
+    np.testing.assert_array_equal(sparse.touched[0], reference.touched[0])
+    np.testing.assert_array_equal(sparse.touched_by_agent[0], reference.touched_by_agent[0])
+    assert sparse.touched_by_agent[0].any()
+    assert sparse.version == reference.version == 4
+    held = sum(buf.nbytes for buf in learners[0]._scratch.values())
+    assert 0 < held <= n * learners[0].scratch_bytes_per_agent(8)

@@ -1,5 +1,5 @@
 """The experience a small shared group keeps before it learns from it
-(``edge_agent.aif.learning_experience``, issue 32): when a group keeps any, and what a kept tick
+(``edge_agent.aif.learning_experience``): when a group keeps any, and what a kept tick
 holds."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``[groups.learning]`` (issue 32, item 4): the table, its problems at their lines from
+"""``[groups.learning]``: the table, its problems at their lines from
 check-config's admission, the learning group the aif kind builds, and the budget's exact plan."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Planning policies (edge_agent.aif.planning and AifAgentGroup's planning path, issue 33).
+"""Planning policies (edge_agent.aif.planning and AifAgentGroup's planning path).
 
 Every policy is checked against the every-tick group, which the parity tests tie to pymdp: an
 agent that plans under a policy computes what it would every tick (to rounding), an agent that

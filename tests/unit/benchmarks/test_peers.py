@@ -168,7 +168,7 @@ def test_numpy_calls_are_counted_exactly() -> None:
 
 
 def test_a_tmaze_tick_of_1000_agents_makes_few_numpy_calls(tmp_path: Path) -> None:
-    """Issue 33, item 6: a tick of a small model is the fixed cost of its numpy calls. The T-maze
+    """A tick of a small model is the fixed cost of its numpy calls. The T-maze
     at N = 1,000 made 551 a step (two blocks of 512, the likelihood a product per modality, all
     24 joint outcomes, the fixed-point iteration factor by factor); one block, the fused
     likelihood table, the 12 possible joint outcomes and the stacked fixed-point iteration bring

@@ -1,9 +1,9 @@
 """What a node takes of what a peer says about a task
 (``edge_agent/coordination/relay_admission.py``): a bid, an abandoned round or a tombstone says no
 more than the task's announcer signed, a bid's cost is one some model could compute, and a task id
-is its announcer's (issue 29, the audit). One engine on a FakeLink;
-``tests/integration/coordination/test_coordination_relays.py`` runs the attacks on real daemons
-and the ``broker init`` broker."""
+is its announcer's, so a node with a valid identity cannot speak for the others. One engine on a
+FakeLink; ``tests/integration/coordination/test_coordination_relays.py`` runs the attacks on real
+daemons and the ``broker init`` broker."""
 
 from __future__ import annotations
 

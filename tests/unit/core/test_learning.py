@@ -1,7 +1,7 @@
 """Learning groups: one float64 agent of the batched group learns as pymdp 0.0.7.1's learning
 agent; in int8 the refresh encodes only the columns touched since the last one, and gives exactly
 the codes a full encoding of the learned tables gives; counts stored in float32 stay within the
-stated bound of float64 counts (issue 32)."""
+stated bound of float64 counts."""
 
 from __future__ import annotations
 
@@ -336,3 +336,57 @@ def test_kept_ticks_are_learned_before_a_resize_a_snapshot_and_a_freeze() -> Non
     assert _pA(group).version == 7
     counts = _pA(group).counts[0]
     np.testing.assert_allclose(group.learning.model.A[1], counts / counts.sum(axis=0), rtol=1e-12)
+
+
+def test_a_b_that_cannot_move_is_learned_after_the_fused_step() -> None:
+    """grid10 learning pB on B's support (deterministic moves: every column normalises to the
+    same one-hot table however its counts grow), refreshed every tick: past the first refresh
+    the tables cannot change, so the group runs its fused step and learns after it (a small
+    group keeping its ticks, as between refreshes); the agents act and believe exactly as a
+    group that does not learn, and the counts are those of every tick's update (up to
+    rounding). With counts off the support the tables move, and the group learns between
+    inference and planning."""
+    from edge_agent.sim.registry import make_env
+
+    n, ticks = 7, 80  # more ticks than a group of 7 keeps (256 rows)
+    env = make_env("grid10", n, seed=5)
+    model = env.model
+    B = model.B[0]
+    spec = LearningSpec(pB={0: B * 2.0 + 0.5 * (B > 0)}, refresh_every=1,
+                        settings=LearningSettings(lr_pB=1.0))
+    learning = AifAgentGroup(model, n, learning=spec, precision="int8")
+    plain = AifAgentGroup(model, n, precision="int8")
+    reference = Learner(model.A, model.B, model.D, pB=spec.pB, settings=spec.settings)
+    assert learning.learning is not None
+    obs = env.reset()
+    fused = []
+    qs_prev, action_prev, acted = None, None, np.zeros(n, dtype=bool)
+    for _ in range(ticks):
+        fused.append(not learning.learning.learns_before_planning())
+        action = learning.step(obs)
+        np.testing.assert_array_equal(action, plain.step(obs))
+        for mine, theirs in zip(learning.qs, plain.qs, strict=True):
+            np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-9)
+        if qs_prev is not None and acted.any():
+            reference.learn_B([q.astype(np.float64) for q in plain.qs], qs_prev, action_prev,
+                              acted=acted)
+        qs_prev = [q.astype(np.float64) for q in plain.qs]
+        action_prev, acted = action.copy(), np.ones(n, dtype=bool)
+        obs = env.step(action)
+    assert fused[:3] == [False, False, True]  # learning, first refresh, then fused
+    assert all(fused[2:])
+    assert learning.learning.refreshes == ticks  # one a tick
+    assert learning.learning.incremental_refreshes == ticks - 2  # nothing compiled
+    pB, ref = learning.learner.pB, reference.pB
+    assert pB is not None
+    assert ref is not None
+    assert pB.version == ref.version == ticks - 1
+    np.testing.assert_allclose(pB.counts[0], ref.counts[0], rtol=1e-5, atol=1e-6)
+    assert np.any(pB.counts[0] > pB.prior[0])
+    moving = B * 2.0 + 0.5 * (B > 0) + 0.1
+    group = AifAgentGroup(model, n, precision="int8", learning=dataclasses.replace(
+        spec, pB={0: moving}))
+    assert group.learning is not None
+    for _ in range(3):
+        obs = env.step(group.step(obs))
+        assert group.learning.learns_before_planning()

@@ -1,4 +1,4 @@
-"""A learning group's learned model as ``.npz`` (issue 32, item 4, the pure part of
+"""A learning group's learned model as ``.npz`` (the pure part of
 ``edge-agent export-model``): the tables the agents infer with, the counts under pymdp's keys and
 ``meta_*`` keys the model readers skip; one line for every bad state. The daemon's side (the
 snapshot, the config) is tests/integration/daemon/test_learning_export.py."""
@@ -88,9 +88,10 @@ def test_per_agent_counts_export_one_agent() -> None:
 @pytest.mark.parametrize(
     ("scope", "change", "agent", "message"),
     [
-        ("shared", {"learn.pA1": None}, None, "group 'g': pA1: not in the saved state"),
+        ("shared", {"learn.pA1.values": None}, None, "group 'g': pA1: not in the saved state"),
         ("shared", {"learn.pA1": np.ones((2, 3))}, None, r"pA1: saved with shape \(2, 3\)"),
-        ("shared", {"learn.pA1": "nan"}, None, "pA1: saved counts are negative or not finite"),
+        ("shared", {"learn.pA1.values": "nan"}, None,
+         "pA1: saved counts are negative or not finite"),
         ("shared", {}, 2, "group 'g' learns one set of counts for all its agents"),
         ("per_agent", {}, None, "group 'g' learns per agent: name the agent"),
         ("per_agent", {}, N, rf"pA1: no agent {N} \(the group has {N}: 0..{N - 1}\)"),

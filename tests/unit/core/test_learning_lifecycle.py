@@ -1,4 +1,4 @@
-"""A learning group's life in the daemon (issue 32, item 4): trials ended by the world's resets,
+"""A learning group's life in the daemon: trials ended by the world's resets,
 a warm-up that teaches nothing, snapshots restored only into the same learning, and the numbers
 status, telemetry and Prometheus show (updates, divergence from the prior, surprise)."""
 

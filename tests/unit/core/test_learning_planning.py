@@ -1,4 +1,4 @@
-"""Learning with a planning policy (issue 32, with issue 33's policies): every agent infers its
+"""Learning with a planning policy: every agent infers its
 states and learns every tick, those that plan this tick and those that follow their committed
 plans alike; the novelty (``param_info_gain``) is added for the agents that plan."""
 

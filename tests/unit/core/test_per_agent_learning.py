@@ -1,4 +1,4 @@
-"""Per-agent counts in an agent group (issue 32, item 1): every agent learns and infers with its
+"""Per-agent counts in an agent group: every agent learns and infers with its
 own tables exactly as one float64 reference agent (pymdp 0.0.7.1's maths) would; the counts are
 reserved in the memory budget and refused in one line when they do not fit."""
 
@@ -9,9 +9,12 @@ import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.reference_learning import LearningReferenceAgent
+from edge_agent.core import per_agent_learning
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, MiB
+from edge_agent.core.per_agent_learning import AgentTables
 from edge_agent.errors import BudgetError, InputError
+from edge_agent.sim.registry import builtin_model
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 
 N = 5
@@ -150,5 +153,100 @@ def test_a_snapshot_restores_every_agents_counts_and_tables() -> None:
     assert group.learner.pA is not None
     np.testing.assert_array_equal(restored.learner.pA.counts[0], group.learner.pA.counts[0])
     obs = np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1)
+    np.testing.assert_array_equal(restored.step(obs), group.step(obs))
+    np.testing.assert_allclose(restored.q_pi, group.q_pi, rtol=0, atol=1e-12)
+
+
+def test_transitions_kept_on_their_support_learn_as_reference_agents() -> None:
+    """A 4 x 4 grid whose prior counts also allow staying put (two targets per column: the
+    learned moves change): each agent's transitions, kept on their support and refreshed only
+    where its counts moved, give the posteriors, policy posteriors and counts of its own
+    reference agent (pymdp 0.0.7.1's maths) at every tick, with forgetting, and equal the
+    normalised counts."""
+    model = builtin_model("grid", height=4, width=4)
+    B = model.B[0]
+    prior = B * 3.0 + 0.5 * (B > 0) + 0.25 * np.eye(16)[:, :, None]
+    n = 4
+    group = AifAgentGroup(
+        model, n, precision="float64",
+        learning=LearningSpec(pB={0: prior}, settings=LearningSettings(
+            scope="per_agent", lr_pB=0.6, forgetting=0.05)))
+    scope = group.learning.scope
+    assert isinstance(scope, AgentTables)
+    assert 0 in scope.transitions  # kept on its support, not in full
+    refs = [LearningReferenceAgent(model, pB={0: prior}, lr_pB=0.6, forgetting=0.05)
+            for _ in range(n)]
+    rng = np.random.default_rng(4)
+    for t in range(8):
+        obs = rng.integers(0, 16, size=(n, 1))
+        actions = group.step(obs)
+        for i, ref in enumerate(refs):
+            qs_prev = [q.copy() for q in ref.qs]
+            ref.infer_states(obs[i])
+            if ref.action is not None:
+                ref.update_B(qs_prev)
+            ref.infer_policies()
+            ref.sample_action()
+            np.testing.assert_allclose(group.qs[0][i], ref.qs[0], **TOL)
+            assert ref.q_pi is not None
+            np.testing.assert_allclose(group.q_pi[i], ref.q_pi, **TOL)
+            marginal = ref.action_marginals()[0]
+            assert marginal[actions[i, 0]] >= marginal.max() - 1e-9, (t, i, marginal)
+            ref.action = actions[i].copy()
+    pB = group.learner.pB
+    assert pB is not None
+    for i, ref in enumerate(refs):
+        np.testing.assert_allclose(pB.counts[0][i], ref.pB[0], **TOL)
+    np.testing.assert_allclose(scope.transition_table(0), pB.normalised(0), rtol=1e-15, atol=0)
+    assert not np.allclose(pB.normalised(0)[0], B)  # the moves were learned
+
+
+def test_learned_likelihoods_plan_a_chunk_of_agents_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The joint-outcome tables of a learned A are made each tick, a chunk of agents at a
+    time, and kept by no agent: chunks of 2 agents plan as one chunk of all; an agent's bytes
+    hold its own tables, not the outcome tables."""
+    model = tmaze_reversal_model()
+    groups = [AifAgentGroup(model, N, learning=spec(), precision="float64") for _ in range(2)]
+    rng = np.random.default_rng(12)
+    for t in range(5):
+        obs = np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1)
+        monkeypatch.setattr(per_agent_learning, "OUTCOME_CHUNK", 1 << 16)
+        whole = groups[0].step(obs)
+        monkeypatch.setattr(per_agent_learning, "OUTCOME_CHUNK", 2 * 4 * 22)
+        chunked = groups[1].step(obs)
+        np.testing.assert_array_equal(chunked, whole)
+        np.testing.assert_allclose(groups[1].q_pi, groups[0].q_pi, rtol=0, atol=1e-13, err_msg=t)
+    scope = groups[0].learning.scope
+    assert isinstance(scope, AgentTables)
+    assert not scope.transitions  # the maze's moves: too few states to keep B on its support
+    learner = groups[0].learner
+    # Each agent's own A, B and D (float64), no 12 x 8 outcome table.
+    assert scope.bytes_per_agent(learner) == sum(p.size * 8 for c in learner.counts
+                                                 for p in c.prior)
+
+
+def test_a_snapshot_restores_transitions_kept_on_their_support() -> None:
+    """A 4 x 4 grid learning pB per agent (kept on its support): a fresh group restored from
+    the state dict has the same tables in full and acts as the original on the next tick."""
+    model = builtin_model("grid", height=4, width=4)
+    prior = model.B[0] * 3.0 + 0.5 * (model.B[0] > 0) + 0.25 * np.eye(16)[:, :, None]
+
+    def grid_group() -> AifAgentGroup:
+        return AifAgentGroup(model, 3, precision="float64", learning=LearningSpec(
+            pB={0: prior}, settings=LearningSettings(scope="per_agent")))
+
+    group = grid_group()
+    rng = np.random.default_rng(8)
+    for _ in range(6):
+        group.step(rng.integers(0, 16, size=(3, 1)))
+    restored = grid_group()
+    restored.load_state_dict(group.state_dict())
+    mine, theirs = restored.learning.scope, group.learning.scope
+    assert isinstance(mine, AgentTables)
+    assert isinstance(theirs, AgentTables)
+    np.testing.assert_array_equal(mine.transition_table(0), theirs.transition_table(0))
+    obs = rng.integers(0, 16, size=(3, 1))
     np.testing.assert_array_equal(restored.step(obs), group.step(obs))
     np.testing.assert_allclose(restored.q_pi, group.q_pi, rtol=0, atol=1e-12)

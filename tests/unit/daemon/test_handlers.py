@@ -1,4 +1,4 @@
-"""The learning commands' handlers (issue 32, item 4) on a daemon stand-in holding real groups:
+"""The learning commands' handlers on a daemon stand-in holding real groups:
 one group or every learning group, refusals with their code and reason, a snapshot per change,
 the result's data flat (the protocol has no nested maps). The commands through a real daemon and
 broker: tests/integration/fleet/test_learning_commands.py."""

@@ -1,4 +1,4 @@
-"""``edge-agent export-model`` in process (issue 32, item 4): a group built and saved as the daemon
+"""``edge-agent export-model`` in process: a group built and saved as the daemon
 builds and saves it, exported from its state directory; per-agent counts one agent at a time, a
 damaged newest snapshot passed over, and the refusals in one line. The real daemons and the
 host tool: tests/integration/daemon/test_learning_export.py."""

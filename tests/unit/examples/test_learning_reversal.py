@@ -1,5 +1,5 @@
 """The reward-rate figure of docs/learning.md: ``examples/learning_reversal.py`` runs in its short
-mode and writes an SVG with the three curves; the figure in docs/ is one it wrote (issue 32)."""
+mode and writes an SVG with the three curves; the figure in docs/ is one it wrote."""
 
 from __future__ import annotations
 

@@ -297,10 +297,10 @@ PYDANTIC_SHA256 = {
     "chunk": "67e95540ee4e29483792beb789fce58a65a9eca88f3256a95f259b0625b1612c",
     "task_announce": "58dfadfd0510b533e3b6b4c8d434e64be33bcfb9798a2fcc48d0a8948bc27731",
     "task_bids": "1bcd37e63109b59857b2d3ee469deadf5d41b343d0f15214b02956d1f94eeafc",
-    # task_release and task_sync gained the holders' signatures (sigs; closers, closer_sigs) in
-    # issue 29, then task_announce and task_sync the announcers' signatures of the specs (sigs;
-    # task_sigs): the only bodies whose bytes changed on purpose since the pydantic models
-    # (docs/protocol.md, "Signed task facts").
+    # task_release and task_sync gained the holders' signatures (sigs; closers, closer_sigs),
+    # then task_announce and task_sync the announcers' signatures of the specs (sigs;
+    # task_sigs), so that no node can speak for another: the only bodies whose bytes changed on
+    # purpose since the pydantic models (docs/protocol.md, "Signed task facts").
     "task_release": "5467f8ca343798a583cd7a515fe6083f38857babc9d2753f7229da30460490c7",
     "task_state": "ef013a083359e683195e6a5962124c9aaff2ffdaf581bb95456f0496152c4eab",
     "task_state_min": "c2491e53599af3307b8ab5767db74267838508df2b4c41640d30931a625c7abf",

@@ -670,7 +670,7 @@ def test_sensor_world_reset_mask_resize_and_errors() -> None:
 def test_a_bundle_quantized_per_batch_is_named_in_the_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A bundle from convert onnx --mode dynamic before issue 43 (scheme onnx-dynamic-u8s8: one
+    """A bundle an older convert onnx --mode dynamic wrote (scheme onnx-dynamic-u8s8: one
     activation scale per call over the batch) still runs, with a warning saying what it does
     and what to do; today's schemes get none."""
     T, F = 2, 3

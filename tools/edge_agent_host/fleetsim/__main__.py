@@ -2,7 +2,9 @@
 
 Nodes ``{prefix}{first:04d}`` .. ``{prefix}{first + nodes - 1:04d}``, each with its state in
 ``{state_dir}/{node}``; ``--fail-fraction`` of them (chosen by a hash of the name and ``--seed``)
-fail every health check. All are stepped from one thread every ``--tick`` seconds; the status
+fail every health check. At each telemetry period every node publishes its group's health too
+(``--no-health``: not), a worse model's while it runs a bundle of ``--worse-version``
+(:mod:`.node`). All are stepped from one thread every ``--tick`` seconds; the status
 line on stdout (JSON) says how many are online. SIGTERM stops them cleanly (death, offline will).
 """
 
@@ -50,6 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         "--fail-version", help="the failing nodes fail only bundles of this manifest version"
     )
     parser.add_argument("--telemetry", type=float, default=10.0, help="telemetry period (s)")
+    parser.add_argument(
+        "--no-health",
+        action="store_true",
+        help="publish no health messages (they come with each telemetry message by default)",
+    )
+    parser.add_argument(
+        "--worse-version",
+        help="nodes running a bundle of this manifest version report a worse model's health",
+    )
+    parser.add_argument(
+        "--worse-shift", type=float, default=0.5, help="its excess surprise, nats (0.5)"
+    )
     parser.add_argument("--tick", type=float, default=0.1, help="seconds between steps")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument(
@@ -82,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 fail_version=args.fail_version,
                 telemetry_s=args.telemetry,
                 seed=i,
+                health=not args.no_health,
+                worse_version=args.worse_version,
+                worse_shift=args.worse_shift,
             )
         )
     stop = threading.Event()

@@ -11,6 +11,13 @@ journal). Only the agents are missing: the health check is a rule (``fails``: th
 fails) instead of stepping a scratch group, and the "group" steps by itself once per
 :meth:`step`, so that a switched bundle is watched for ``watch_ticks`` steps and reported.
 
+At the telemetry cadence the node also publishes its group's :class:`~edge_agent.fleet.protocol.
+Health` (``health=True``): window means of a model that fits, an excess surprise around 0 with
+the noise of a mean over its agents (:data:`EXCESS_NOISE`), and the other measures around fixed
+levels; while it runs a bundle of manifest version ``worse_version`` every measure is shifted the
+way a worse model shifts them (``worse_shift`` nats more excess surprise). A Page-Hinkley
+statistic on the window means stands in for the device's drift detector.
+
 The simulator steps many nodes from one thread (:mod:`.fleet`); each node's transport has its
 own network thread (paho), as a real node's does.
 """
@@ -22,6 +29,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Final
+
+import numpy as np
 
 from edge_agent import __version__
 from edge_agent.bundle.loader import load_bundle
@@ -38,8 +47,12 @@ from edge_agent.fleet.protocol import (
     BundleChunk,
     Command,
     CommandResult,
+    DriftState,
     EventKind,
+    GroupHealth,
     GroupInfo,
+    Health,
+    MeasureSummary,
     Telemetry,
 )
 from edge_agent.fleet.topics import Topics
@@ -53,6 +66,11 @@ GROUP: Final = "grid"
 AGENTS: Final = 1000
 BUDGET: Final = 48 * 1024 * 1024
 _EVENT_KINDS: Final = frozenset(k.value for k in EventKind)
+#: Standard deviation of a window's mean excess surprise (nats) of a model that fits.
+EXCESS_NOISE: Final = 0.03
+#: The simulated drift detector: Page-Hinkley on the window means, tolerance and threshold.
+DRIFT_DELTA: Final = 0.05
+DRIFT_THRESHOLD: Final = 2.0
 
 
 class SimNode:
@@ -72,12 +90,22 @@ class SimNode:
         fail_version: str | None = None,
         telemetry_s: float = 10.0,
         seed: int = 0,
+        health: bool = True,
+        worse_version: str | None = None,
+        worse_shift: float = 0.5,
     ) -> None:
         self.node_id = node_id
         self.state_dir = state_dir
         self.fails = fails
         self.fail_version = fail_version
         self.telemetry_s = telemetry_s
+        self.health = health
+        self.worse_version = worse_version
+        self.worse_shift = worse_shift
+        self._rng = np.random.default_rng(seed)
+        self._drift = 0.0
+        self._drift_since: float | None = None
+        self._health_ticks = 0
         self.topics = Topics(fleet)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.bundle_sha: str | None = None
@@ -156,6 +184,8 @@ class SimNode:
         if now >= self._next_telemetry:
             self._next_telemetry = now + self.telemetry_s
             self._telemetry(now)
+            if self.health:
+                self._publish_health()
         link.pump()
 
     def _publish_reports(self) -> None:
@@ -194,6 +224,51 @@ class SimNode:
                 groups={GROUP: AGENTS},
                 cpu_temp_c=45.0 + h % 15,
             )
+        )
+
+    def _publish_health(self) -> None:
+        worse = self.worse_version is not None and (self.bundle_name or "").endswith(
+            f"@{self.worse_version}"
+        )
+        shift = self.worse_shift if worse else 0.0
+        excess = float(shift + self._rng.normal(0.0, EXCESS_NOISE))
+        self._drift = max(0.0, self._drift + excess - DRIFT_DELTA)
+        alarm = self._drift > DRIFT_THRESHOLD
+        if alarm and self._drift_since is None:
+            self._drift_since = time.time()
+        elif not alarm:
+            self._drift_since = None
+        steps = AGENTS * max(0, self.ticks - self._health_ticks)
+        self._health_ticks = self.ticks
+        if steps == 0:
+            return
+
+        def summary(mean: float, spread: float) -> MeasureSummary:
+            return MeasureSummary(mean=mean, p95=mean + spread, n=steps)
+
+        group = GroupHealth(
+            model=self.bundle_name or "grid10",
+            agent_steps=steps,
+            measures={
+                "surprise": summary(1.1 + excess, 2.0),
+                "excess_surprise": summary(excess, 1.5),
+                "free_energy": summary(1.3 + excess, 2.2),
+                "policy_entropy": summary(0.6 + 0.2 * shift, 0.4),
+                "belief_change": summary(0.2 + 0.5 * shift, 0.5),
+                "preference": summary(-0.8 - excess, 0.6),
+            },
+            drift=DriftState(
+                alarm=alarm,
+                statistic=self._drift,
+                threshold=DRIFT_THRESHOLD,
+                since=self._drift_since,
+            ),
+        )
+        self.link.publish(
+            Health.TYPE,
+            Health(window_s=self.telemetry_s, groups={GROUP: group}),
+            "telemetry",
+            topic=self.topics.health(self.node_id),
         )
 
     # commands ---------------------------------------------------------------------------------

@@ -10,6 +10,8 @@
         [--json]
     edge-agent-hub telemetry NODE [--config FILE] [--since S] [--limit N] [--force] [--json]
     edge-agent-hub commands [--config FILE] [--limit N] [--json]
+    edge-agent-hub health [NODE] [--config FILE] [--group G] [--since S] [--json]  # health_cli.py
+    edge-agent-hub alert-rules          # the Prometheus alert rules (health_cli.py)
     edge-agent-hub rollout start|status|list|pause|resume|abort ...   # hub/rollout_cli.py
     edge-agent-hub systemd-unit | example-config
 
@@ -43,7 +45,7 @@ from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.known_nodes import add_force_argument, require_seen
 from edge_agent_host.fleet.presence import presence
 from edge_agent_host.fleet.table import add_silent_argument, format_fleet
-from edge_agent_host.hub import rollout_cli
+from edge_agent_host.hub import health_cli, rollout_cli
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import (
     HubConfigFile,
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_argument("--limit", type=int, default=50, help="the newest N (default 50)")
     commands.add_argument("--json", action="store_true", help="print JSON")
 
+    health_cli.add_parsers(sub, with_config)
     rollout_cli.add_parser(sub, with_config)
 
     sub.add_parser("systemd-unit", help="print the systemd unit (edge-agent-hub.service)")
@@ -151,6 +154,8 @@ def _main(argv: Sequence[str] | None) -> int:
         "events": _events,
         "telemetry": _telemetry,
         "commands": _commands,
+        "health": health_cli.run,
+        "alert-rules": health_cli.run,
         "rollout": rollout_cli.run,
         "systemd-unit": _systemd_unit,
         "example-config": _example_config,

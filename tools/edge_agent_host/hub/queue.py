@@ -5,9 +5,10 @@ batches out, writes them, and gives a batch back (to the head, in order) when th
 not take it. So while the database is down messages wait here, in order, up to ``max_messages``
 and ``max_bytes`` (payload bytes).
 
-Overflow policy (the outbox's, turned around): telemetry is periodic and downsampled anyway, so
+Overflow policy (the outbox's, turned around): telemetry and health are periodic and downsampled
+anyway (:data:`PERIODIC`: "telemetry" below means both), so
 
-* a telemetry message that does not fit is dropped (``dropped.telemetry``);
+* a telemetry message that does not fit is dropped (``dropped.telemetry``, ``dropped.health``);
 * any other message (presence, birth, death, event, result, command) evicts the oldest held
   telemetry until it fits (``evicted_telemetry``); with no telemetry left to evict it is dropped
   too (``dropped.{type}``).
@@ -32,9 +33,11 @@ from typing import Final
 from edge_agent.fleet.protocol import Envelope
 from edge_agent_host.hub.spool import Spool, SpoolRecord
 
-__all__ = ["TELEMETRY", "Heard", "HeldMessages"]
+__all__ = ["PERIODIC", "TELEMETRY", "Heard", "HeldMessages"]
 
 TELEMETRY: Final = "telemetry"
+#: The message types a full queue drops first: periodic, and downsampled in the database anyway.
+PERIODIC: Final = frozenset({TELEMETRY, "health"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,7 @@ class HeldMessages:
             if item.segment < 0:
                 self._memory_only += 1
             if not self._fits(item.size):
-                if item.kind == TELEMETRY:
+                if item.kind in PERIODIC:
                     return self._drop(item)
                 while self._telemetry and not self._fits(item.size):
                     _, old = self._telemetry.popleft()
@@ -98,7 +101,7 @@ class HeldMessages:
                 if not self._fits(item.size):
                     return self._drop(item)
             self._ordinal += 1
-            (self._telemetry if item.kind == TELEMETRY else self._other).append(
+            (self._telemetry if item.kind in PERIODIC else self._other).append(
                 (self._ordinal, item)
             )
             self._bytes += item.size
@@ -152,7 +155,7 @@ class HeldMessages:
                 (q[0][0] for q in (self._telemetry, self._other) if q), default=self._ordinal + 1
             )
             for offset, item in enumerate(reversed(items), start=1):
-                queue = self._telemetry if item.kind == TELEMETRY else self._other
+                queue = self._telemetry if item.kind in PERIODIC else self._other
                 queue.appendleft((first - offset, item))
                 self._bytes += item.size
             self.given_back += len(items)

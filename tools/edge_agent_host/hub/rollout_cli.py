@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,6 +33,12 @@ from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES, DeployPlan
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import load_hub_config
+from edge_agent_host.hub.health_gate import (
+    CriterionError,
+    HealthCriterion,
+    check_reported,
+    parse_criterion,
+)
 from edge_agent_host.hub.rollout_plan import (
     Criteria,
     RolloutPlan,
@@ -42,7 +49,7 @@ from edge_agent_host.hub.rollout_plan import (
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
 
-__all__ = ["FOLLOW_EVERY_S", "FOLLOW_EXIT", "add_parser", "follow_line", "run"]
+__all__ = ["FOLLOW_EVERY_S", "FOLLOW_EXIT", "add_parser", "follow_line", "run", "verdict_line"]
 
 FOLLOW_EXIT: Final[Mapping[str, int]] = MappingProxyType(
     {RolloutState.DONE.value: 0, RolloutState.HALTED.value: 4, RolloutState.ROLLED_BACK.value: 5}
@@ -105,6 +112,14 @@ def add_parser(
     )
     start.add_argument("--baseline", type=float, default=300.0, help="baseline telemetry (s)")
     start.add_argument(
+        "--criterion",
+        action="append",
+        default=[],
+        metavar="MEASURE:max_increase=D[:group=G][:min_samples=N][:alpha=A][:dry_run]",
+        help="judge each wave on a health measure against the untouched nodes (docs/hub.md); "
+        "max_decrease=D for a measure that is better higher; repeatable",
+    )
+    start.add_argument(
         "--rollback-bundle", type=Path, help="signed bundle the nodes get back after a halt"
     )
     start.add_argument(
@@ -157,6 +172,15 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 def _start(args: argparse.Namespace) -> int:
+    try:
+        return _start_checked(args)
+    except CriterionError as err:  # bad input: one line, exit 2, nothing stored or sent
+        print(f"edge-agent-hub rollout start: {err}", file=sys.stderr)
+        return 2
+
+
+def _start_checked(args: argparse.Namespace) -> int:
+    health = [parse_criterion(text) for text in args.criterion]
     plan = DeployPlan.from_bundle(args.bundle, args.chunk_size)
     rollback = None
     if args.rollback_bundle is not None:
@@ -181,6 +205,8 @@ def _start(args: argparse.Namespace) -> int:
                 + (f" matching {args.node}" if args.node else "")
                 + (f" ({len(offline)} offline or silent)" if offline else "")
             )
+        if health:
+            check_reported(health, args.group, db.health_reported())
         waves = plan_waves(
             len(nodes),
             args.waves.split(",") if args.exponential is None else None,
@@ -198,6 +224,7 @@ def _start(args: argparse.Namespace) -> int:
                 max_error_events_pct=args.max_error_events_pct,
                 max_tick_p99_ratio=args.max_tick_p99_ratio,
                 baseline_s=args.baseline,
+                health=health,
             ),
             rollback_sha256=rollback.sha256 if rollback is not None else None,
             chunk_size=args.chunk_size,
@@ -213,6 +240,7 @@ def _start(args: argparse.Namespace) -> int:
             "nodes": nodes,
             "waves": waves,
             "skipped_offline": offline,
+            "criteria": [c.text() for c in health],
         }
         if args.dry_run:
             print(json.dumps(summary) if args.json else _plan_text(summary))
@@ -248,6 +276,8 @@ def _plan_text(summary: dict[str, Any]) -> str:
     )
     if summary["skipped_offline"]:
         text += f"; {len(summary['skipped_offline'])} offline or silent node(s) left out"
+    for criterion in summary.get("criteria") or ():
+        text += f"\n  criterion {criterion}"
     return text
 
 
@@ -274,8 +304,13 @@ def _follow(store: RolloutStore, rollout_id: str, *, as_json: bool) -> int:
     """Print a line each time the rollout moves (:func:`follow_line`), until it ends; its
     outcome's exit status (:data:`FOLLOW_EXIT`)."""
     shown: tuple[Any, ...] = ()
+    verdicts_shown = len(store.get(rollout_id).verdicts)
     while True:
         summary = store.get(rollout_id).summary()
+        if not as_json:
+            for verdict in summary["verdicts"][verdicts_shown:]:
+                print(f"{summary['id']} {verdict_line(verdict)}", flush=True)
+        verdicts_shown = len(summary["verdicts"])
         moved = _position(summary)
         if moved != shown:
             shown = moved
@@ -291,7 +326,7 @@ def _position(summary: Mapping[str, Any]) -> tuple[Any, ...]:
     wave = _current_wave(summary)
     states = tuple(sorted(wave["states"].items())) if wave is not None else ()
     return (summary["state"], summary["wave"], summary["phase"], summary["request"], states,
-            summary["detail"])  # fmt: skip
+            summary["detail"], len(summary["verdicts"]))  # fmt: skip
 
 
 def _current_wave(summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -392,7 +427,25 @@ def describe(summary: Mapping[str, Any]) -> str:
     for node, row in s["nodes"].items():
         detail = f"  {row['detail']}" if row["detail"] else ""
         lines.append(f"    {node:<24} wave {row['wave']}  {row['state']}{detail}")
+    criteria = s["criteria"].get("health") or []
+    if criteria:
+        lines.append("  health criteria (each wave against the untouched nodes):")
+        lines += [f"    {_criterion_text(c)}" for c in criteria]
+    if s["verdicts"]:
+        lines.append("  verdicts:")
+        lines += [f"    {verdict_line(v)}" for v in s["verdicts"]]
     return "\n".join(lines)
+
+
+def verdict_line(verdict: Mapping[str, Any]) -> str:
+    """One verdict: its wave, its criterion, and its detail (outcome, value, threshold,
+    samples and test): ``wave 1 excess_surprise:max_increase=0.1:min_samples=50:alpha=0.05
+    fail: excess_surprise median shift +0.52 (max increase 0.1): 60 vs 240 samples, ...``."""
+    return f"wave {verdict['wave']} {verdict['criterion']} {verdict['detail']}"
+
+
+def _criterion_text(stored: Mapping[str, Any]) -> str:
+    return HealthCriterion.model_validate(stored).text()
 
 
 def to_json(summary: Mapping[str, Any]) -> str:

@@ -14,6 +14,7 @@ from pydantic import Field
 from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.presence import SILENT_AFTER_S, presence
+from edge_agent_host.hub.health_gate import HealthCriterion
 from edge_agent_host.hub.strict import StrictModel
 
 __all__ = [
@@ -70,6 +71,12 @@ class Criteria(StrictModel):
     )
     baseline_s: float = Field(
         300.0, gt=0.0, le=86400.0, description="telemetry before a wave that is its baseline (s)"
+    )
+    health: list[HealthCriterion] = Field(
+        default_factory=list,
+        max_length=32,
+        description="criteria on health measures, judged at the end of each wave's soak "
+        "against the untouched nodes (health_gate.py)",
     )
 
 

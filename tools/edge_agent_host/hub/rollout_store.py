@@ -21,6 +21,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.hub.health_gate import Outcome, Verdict
 from edge_agent_host.hub.rollout_plan import (
     ACTIVE,
     NodeState,
@@ -71,9 +72,18 @@ class Rollout:
     updated: float
     owner: str | None
     nodes: dict[str, dict[str, Any]]
+    verdicts: list[dict[str, Any]]
+    """Every verdict of its gate, oldest first: ``wave`` (from 1), ``ts`` and the
+    :class:`~edge_agent_host.hub.health_gate.Verdict`'s fields."""
 
     def wave_nodes(self, wave: int) -> list[str]:
         return sorted(n for n, r in self.nodes.items() if r["wave"] == wave)
+
+    def untouched(self) -> list[str]:
+        """Nodes of later waves the rollout has not sent anything yet."""
+        return sorted(
+            n for n, r in self.nodes.items() if r["wave"] > self.wave and r["state"] == "pending"
+        )
 
     def deployed(self) -> list[str]:
         """Nodes that run the new bundle (their deployment came back ``ok``)."""
@@ -114,6 +124,7 @@ class Rollout:
             "nodes_done": sum(r["state"] == NodeState.OK for r in self.nodes.values()),
             "nodes_failed": sum(r["state"] == NodeState.FAILED for r in self.nodes.values()),
             "wave_table": waves,
+            "verdicts": self.verdicts,
             "nodes": {n: {**r, "wave": r["wave"] + 1} for n, r in sorted(self.nodes.items())},
         }
 
@@ -227,6 +238,13 @@ class RolloutStore:
             updated=r[9],
             owner=r[10],
             nodes=nodes,
+            verdicts=[
+                {"wave": int(v[0]) + 1, "ts": v[1], **json.loads(v[2])}
+                for v in self.db.query(
+                    "SELECT wave, ts, body FROM rollout_verdicts WHERE rollout = :id ORDER BY id",
+                    {"id": rollout_id},
+                )
+            ],
         )
 
     @_guarded
@@ -340,6 +358,55 @@ class RolloutStore:
                         for node, p99 in baseline.items()
                     ],
                 )
+
+    @_guarded
+    def add_verdicts(
+        self, rollout: Rollout, verdicts: Sequence[Verdict], *, hub: str, now: float
+    ) -> None:
+        """Record the verdicts on the rollout's current wave, and each as one of the hub's
+        events (node: the hub replica ``hub``, kind ``rollout``; severity: info for a pass,
+        warning for an inconclusive verdict or a dry-run fail, error for a fail)."""
+        with self.db.transaction():
+            for v in verdicts:
+                body = v.as_dict()
+                self.db.execute(
+                    "INSERT INTO rollout_verdicts (rollout, wave, ts, criterion, verdict, "
+                    "dry_run, body) VALUES (:rollout, :wave, :ts, :criterion, :verdict, "
+                    ":dry_run, :body)",
+                    {
+                        "rollout": rollout.id, "wave": rollout.wave, "ts": now,
+                        "criterion": v.criterion, "verdict": v.outcome.value,
+                        "dry_run": int(v.dry_run), "body": json.dumps(body, sort_keys=True),
+                    },
+                )  # fmt: skip
+                severity = "info"
+                if v.outcome is Outcome.FAIL and not v.dry_run:
+                    severity = "error"
+                elif v.outcome is not Outcome.PASS:
+                    severity = "warning"
+                self.db.execute(
+                    "INSERT INTO events (node, ts, bdseq, seq, received, kind, severity, grp, "
+                    "detail, data) VALUES (:node, :ts, 0, (SELECT COUNT(*) FROM "
+                    "rollout_verdicts), :ts, 'rollout', :severity, :grp, :detail, :data) "
+                    "ON CONFLICT (node, seq, ts) DO NOTHING",
+                    {
+                        "node": hub, "ts": now, "severity": severity,
+                        "grp": rollout.plan.group,
+                        "detail": f"rollout {rollout.id} wave {rollout.wave + 1}: "
+                        f"{v.criterion}: {v.detail}"[:1024],
+                        "data": json.dumps(
+                            {"rollout": rollout.id, "wave": rollout.wave + 1, **body},
+                            sort_keys=True,
+                        ),
+                    },
+                )  # fmt: skip
+
+    @_guarded
+    def health_means(
+        self, nodes: Sequence[str], group: str, measure: str, since: float, until: float
+    ) -> dict[str, list[float]]:
+        """The health gate's samples (:meth:`HubDatabase.health_means`)."""
+        return self.db.health_means(nodes, group, measure, since, until)
 
     # what the nodes said ---------------------------------------------------------------------
     @_guarded

@@ -29,6 +29,12 @@ failed (transfer, verification, health check, switch) or that rolled back while 
 (``max_failed_pct``); the share of the deployed nodes that sent an error event since their
 switch (``max_error_events_pct``); the median over the deployed nodes of their tick p99 while
 soaking over their tick p99 in the ``baseline_s`` before their wave (``max_tick_p99_ratio``).
+Criteria on behaviour (``Criteria.health``, :mod:`.health_gate`): at the end of a wave's soak,
+each health criterion compares the wave's deployed nodes against the nodes not yet touched, over
+the soak's window, and gives a verdict (pass, fail, inconclusive) that is recorded with the
+rollout and as one of the hub's events; a fail halts, an inconclusive verdict pauses (``rollout
+resume`` judges again), a dry-run criterion only records. The last wave, with no untouched node
+left to compare with, is judged by the other criteria only.
 A halt in wave *k* leaves every node of later waves untouched. A wave whose commands the broker
 refuses (``0x87 not authorized``: the service's identity lacks the hub role) halts at once, its
 nodes failed with the broker's reason.
@@ -63,6 +69,7 @@ from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.transfer import DeployPlan, broadcast_bundle
 from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
+from edge_agent_host.hub.health_gate import Outcome, WaveWindow
 from edge_agent_host.hub.publisher import HubPublisher
 from edge_agent_host.hub.rollout_client import PublishRefusedError, ServiceDeployClient
 from edge_agent_host.hub.rollout_plan import ACTIVE, NodeState, RolloutState
@@ -112,7 +119,7 @@ class RolloutRunner:
         self.errors = 0
         self.last_error = ""
         self.counters: dict[str, int] = dict.fromkeys(
-            ("waves_deployed", "halts", "rollbacks", "done"), 0
+            ("waves_deployed", "halts", "rollbacks", "done", "pauses"), 0
         )
 
     def status(self) -> dict[str, Any]:
@@ -338,6 +345,8 @@ class RolloutRunner:
                 return True
         if now - since < plan.soak_s:
             return False
+        if c.health and r.untouched() and self._gate(store, r, since, now):
+            return True
         if r.wave + 1 >= len(plan.waves):
             store.update(r.id, state=RolloutState.DONE, phase="", detail="every wave deployed")
             self.counters["done"] += 1
@@ -345,6 +354,40 @@ class RolloutRunner:
         else:
             store.update(r.id, wave=r.wave + 1, phase="deploying", phase_started=None)
         return True
+
+    def _gate(self, store: RolloutStore, r: Rollout, since: float, now: float) -> bool:
+        """Judge the wave on its health criteria (the wave's deployed nodes against the
+        untouched ones since the soak began), record the verdicts, and halt on a fail or pause
+        on an inconclusive one (dry-run criteria never do); True when it stopped the wave."""
+        window = WaveWindow(
+            group=r.plan.group,
+            wave_nodes=[n for n in r.wave_nodes(r.wave) if r.nodes[n]["state"] == NodeState.OK],
+            control_nodes=r.untouched(),
+            since=since,
+            until=now,
+        )
+        verdicts = [c.evaluate(window, store) for c in r.plan.criteria.health]
+        store.add_verdicts(r, verdicts, hub=self.owner, now=now)
+        for v in verdicts:
+            logger.info("rollout %s: wave %d: %s: %s", r.id, r.wave + 1, v.criterion, v.detail)
+        enforced = [v for v in verdicts if not v.dry_run]
+        failed = [v for v in enforced if v.outcome is Outcome.FAIL]
+        if failed:
+            self._start_halt(
+                store, r, f"wave {r.wave + 1}: {failed[0].criterion}: {failed[0].detail}"
+            )
+            return True
+        unsure = [v for v in enforced if v.outcome is Outcome.INCONCLUSIVE]
+        if unsure:
+            self.counters["pauses"] += 1
+            why = (
+                f"wave {r.wave + 1}: {unsure[0].criterion}: {unsure[0].detail}; "
+                "'rollout resume' judges again with the samples since"
+            )
+            logger.warning("rollout %s: paused: %s", r.id, why)
+            store.update(r.id, state=RolloutState.PAUSED, detail=why[:1024])
+            return True
+        return False
 
     def _p99_ratio(self, store: RolloutStore, r: Rollout, since: float, now: float) -> float | None:
         nodes = [n for n in r.wave_nodes(r.wave) if r.nodes[n]["state"] == NodeState.OK]

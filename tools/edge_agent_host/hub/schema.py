@@ -195,6 +195,59 @@ MIGRATIONS: Final = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "group health per window, the newest per node and group, rollout verdicts",
+        (
+            # One row per node, group and window (docs/health.md): the measures as JSON
+            # {measure: [mean, p95, n]}, the drift detector in columns. Downsampled and bounded
+            # like telemetry (coarse, samples: the same rule, per node and group).
+            """CREATE TABLE health (
+                id {id},
+                node TEXT NOT NULL,
+                grp TEXT NOT NULL,
+                ts {real} NOT NULL,
+                bdseq BIGINT NOT NULL,
+                seq BIGINT NOT NULL,
+                received {real} NOT NULL,
+                coarse INTEGER NOT NULL DEFAULT 0,
+                samples INTEGER NOT NULL DEFAULT 1,
+                window_s {real} NOT NULL,
+                model TEXT NOT NULL,
+                agent_steps BIGINT NOT NULL,
+                drift_alarm INTEGER,
+                drift_statistic {real},
+                drift_threshold {real},
+                measures TEXT NOT NULL,
+                UNIQUE (node, grp, seq, ts)
+            )""",
+            "CREATE INDEX health_grp_ts ON health (grp, ts)",
+            "CREATE INDEX health_node_ts ON health (node, ts)",
+            # The newest window of each node's groups (the page, /metrics, `health`, and which
+            # groups report which measures: what `rollout start` checks a criterion against).
+            """CREATE TABLE node_health (
+                node TEXT NOT NULL,
+                grp TEXT NOT NULL,
+                ts {real} NOT NULL,
+                window_s {real} NOT NULL,
+                model TEXT NOT NULL,
+                body TEXT NOT NULL,
+                PRIMARY KEY (node, grp)
+            )""",
+            # Every verdict of a rollout's gate (docs/hub.md "Rollouts gated on behaviour").
+            """CREATE TABLE rollout_verdicts (
+                id {id},
+                rollout TEXT NOT NULL,
+                wave INTEGER NOT NULL,
+                ts {real} NOT NULL,
+                criterion TEXT NOT NULL,
+                verdict TEXT NOT NULL,
+                dry_run INTEGER NOT NULL,
+                body TEXT NOT NULL
+            )""",
+            "CREATE INDEX rollout_verdicts_rollout ON rollout_verdicts (rollout, id)",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -41,6 +41,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from types import FrameType
 from typing import Any, Final, TypeVar
 
@@ -74,7 +75,7 @@ from edge_agent_host.hub.store import (
     WriteOutcome,
     to_json,
 )
-from edge_agent_host.hub.web import FleetSnapshot, WebServer, build_snapshot
+from edge_agent_host.hub.web import GroupHealthHistory, WebServer, build_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ class HubService:
     ) -> None:
         self.config = config
         self.web = web
+        self._health_history = GroupHealthHistory()
         self.hub_id = config.hub.effective_id()
         self.topics = Topics(config.mqtt.fleet)
         q = config.queue
@@ -722,11 +724,16 @@ class HubService:
         }
         if not self._db_usable():  # keep showing the last snapshot, with the hub's own numbers
             old = self.web.snapshot
-            self.web.snapshot = FleetSnapshot(old.taken, hub, old.nodes, old.rollouts)
+            self.web.snapshot = replace(old, hub=hub)
             return
         try:
             self.web.snapshot = self._db_call(
-                lambda: build_snapshot(self.db, hub, silent_after_s=self.config.hub.silent_after_s)
+                lambda: build_snapshot(
+                    self.db,
+                    hub,
+                    silent_after_s=self.config.hub.silent_after_s,
+                    history=self._health_history,
+                )
             )
         except DatabaseUnavailableError as err:
             self._db_lost(str(err))

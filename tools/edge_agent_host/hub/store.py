@@ -39,6 +39,7 @@ from edge_agent.fleet.protocol import (
     CommandResult,
     Death,
     Event,
+    Health,
     NodeState,
     Telemetry,
     as_builtins,
@@ -298,6 +299,8 @@ class HubDatabase:
                 self._death(heard, body)
             elif isinstance(body, Telemetry):
                 self._telemetry(heard, body)
+            elif isinstance(body, Health):
+                self._health(heard, body)
             elif isinstance(body, Event):
                 self._event(heard, body)
             elif isinstance(body, CommandResult):
@@ -412,6 +415,57 @@ class HubDatabase:
             {"ts": env.ts, "body": text, "node": heard.node},
         )
 
+    def _health(self, heard: Heard, body: Health) -> None:
+        env = heard.envelope
+        rows = []
+        newest = []
+        for name, group in sorted(body.groups.items()):
+            drift = group.drift
+            rows.append(
+                {
+                    "node": heard.node,
+                    "grp": name,
+                    "ts": env.ts,
+                    "bdseq": env.bdseq,
+                    "seq": env.seq,
+                    "received": heard.received,
+                    "window_s": body.window_s,
+                    "model": _text(group.model),
+                    "steps": group.agent_steps,
+                    "alarm": None if drift is None else int(drift.alarm),
+                    "statistic": None if drift is None else drift.statistic,
+                    "threshold": None if drift is None else drift.threshold,
+                    "measures": to_json(
+                        {k: [m.mean, m.p95, m.n] for k, m in sorted(group.measures.items())}
+                    ),
+                }
+            )
+            newest.append(
+                {
+                    "node": heard.node,
+                    "grp": name,
+                    "ts": env.ts,
+                    "window_s": body.window_s,
+                    "model": _text(group.model),
+                    "body": to_json(as_builtins(group)),
+                }
+            )
+        self._many(
+            "INSERT INTO health (node, grp, ts, bdseq, seq, received, window_s, model, "
+            "agent_steps, drift_alarm, drift_statistic, drift_threshold, measures) VALUES "
+            "(:node, :grp, :ts, :bdseq, :seq, :received, :window_s, :model, :steps, :alarm, "
+            ":statistic, :threshold, :measures) ON CONFLICT (node, grp, seq, ts) DO NOTHING",
+            rows,
+        )
+        self._many(
+            "INSERT INTO node_health (node, grp, ts, window_s, model, body) VALUES (:node, :grp, "
+            ":ts, :window_s, :model, :body) ON CONFLICT (node, grp) DO UPDATE SET "
+            "ts = excluded.ts, window_s = excluded.window_s, model = excluded.model, "
+            "body = excluded.body "
+            "WHERE node_health.ts < excluded.ts",
+            newest,
+        )
+
     def _event(self, heard: Heard, body: Event) -> None:
         env = heard.envelope
         self._run(
@@ -517,9 +571,13 @@ class HubDatabase:
                     return {"skipped": 1}
                 self._downsample(retention, now, done)
                 self._bound_per_node(retention, done)
+                self._downsample_health(retention, now, done)
+                self._bound_health(retention, done)
                 limit = retention.maintenance_batch
                 for table, keep_s, max_rows in (
                     ("telemetry", retention.telemetry_keep_s, None),
+                    ("health", retention.telemetry_keep_s, None),
+                    ("node_health", retention.telemetry_keep_s, None),
                     ("events", retention.events_keep_s, retention.events_max_rows),
                     ("results", retention.commands_keep_s, retention.commands_max_rows),
                     ("commands", retention.commands_keep_s, retention.commands_max_rows),
@@ -573,7 +631,57 @@ class HubDatabase:
             deleted += max(cur.rowcount, 0)
         done["telemetry_over_node_bound"] = deleted
 
+    def _downsample_health(
+        self, retention: RetentionSection, now: float, done: dict[str, int]
+    ) -> None:
+        """Health history, downsampled as telemetry is, per node and group."""
+        step = retention.telemetry_step_s
+        cut = downsample_cut(now, retention.telemetry_raw_s, step)
+        limit = retention.maintenance_batch
+        rows = self._run(
+            "SELECT id, node, grp, ts, samples FROM health WHERE coarse = 0 AND ts < :cut "
+            "ORDER BY node, grp, ts, id LIMIT :n",
+            {"cut": cut, "n": limit},
+        ).fetchall()
+        plan = plan_downsample(
+            # node and group names have no '/' (they are topic levels): one key of both
+            [(int(r[0]), f"{r[1]}/{r[2]}", float(r[3]), int(r[4])) for r in rows],
+            step,
+            complete=len(rows) < limit,
+        )
+        self._many(
+            "UPDATE health SET coarse = 1, samples = :samples WHERE id = :id",
+            [{"id": i, "samples": n} for i, n in plan.keep.items()],
+        )
+        self._many("DELETE FROM health WHERE id = :id", [{"id": i} for i in plan.drop])
+        done["health_downsampled"] = len(plan.drop)
+
+    def _bound_health(self, retention: RetentionSection, done: dict[str, int]) -> None:
+        """At most ``telemetry_max_rows_per_node`` health rows per node and group."""
+        bound = retention.telemetry_max_rows_per_node
+        over = self._run(
+            "SELECT node, grp, COUNT(*) FROM health GROUP BY node, grp "
+            "HAVING COUNT(*) > :bound ORDER BY node, grp LIMIT :n",
+            {"bound": bound, "n": _MAX_NODES_PER_PASS},
+        ).fetchall()
+        deleted = 0
+        for node, grp, count in over:
+            cur = self._run(
+                "DELETE FROM health WHERE id IN (SELECT id FROM health WHERE node = :node "
+                "AND grp = :grp ORDER BY ts, id LIMIT :n)",
+                {
+                    "node": node,
+                    "grp": grp,
+                    "n": min(int(count) - bound, retention.maintenance_batch),
+                },
+            )
+            deleted += max(cur.rowcount, 0)
+        done["health_over_node_bound"] = deleted
+
     def _expire(self, table: str, cut: float, limit: int) -> int:
+        if table == "node_health":  # groups a node no longer reports
+            cur = self._run("DELETE FROM node_health WHERE ts < :cut", {"cut": cut})
+            return max(int(cur.rowcount), 0)
         key = "nonce" if table == "commands" else "id"
         cur = self._run(
             f"DELETE FROM {table} WHERE {key} IN "
@@ -685,6 +793,77 @@ class HubDatabase:
             for r in rows
         ]
 
+    def health(
+        self, node: str, *, group: str | None = None, since: float = 0.0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """The node's health history from ``since`` (wall clock), oldest first: one row per
+        group and window, ``measures`` as ``{name: {"mean", "p95", "n"}}``."""
+        which = "" if group is None else "AND grp = :grp "
+        rows = self._query(
+            "SELECT grp, ts, window_s, model, agent_steps, coarse, samples, drift_alarm, "
+            "drift_statistic, drift_threshold, measures FROM health "
+            f"WHERE node = :node {which}AND ts >= :since ORDER BY ts, id LIMIT :n",
+            {"node": node, "grp": group, "since": since, "n": limit},
+        )
+        return [
+            {
+                "group": r[0],
+                "ts": r[1],
+                "window_s": r[2],
+                "model": r[3],
+                "agent_steps": r[4],
+                "coarse": bool(r[5]),
+                "samples": r[6],
+                "drift": None
+                if r[7] is None
+                else {"alarm": bool(r[7]), "statistic": r[8], "threshold": r[9]},
+                "measures": _summaries(r[10]),
+            }
+            for r in rows
+        ]
+
+    def latest_health(self) -> list[dict[str, Any]]:
+        """The newest window of every node's groups: ``node``, ``group``, ``ts``,
+        ``window_s`` and the group's :class:`~edge_agent.fleet.protocol.GroupHealth` fields."""
+        rows = self._query(
+            "SELECT node, grp, ts, window_s, body FROM node_health ORDER BY node, grp"
+        )
+        return [
+            {"node": r[0], "group": r[1], "ts": r[2], "window_s": r[3], **json.loads(r[4])}
+            for r in rows
+        ]
+
+    def health_reported(self) -> dict[str, set[str]]:
+        """Which measures each group reported in its nodes' newest windows (what a rollout's
+        criterion is checked against)."""
+        out: dict[str, set[str]] = {}
+        for row in self.latest_health():
+            out.setdefault(row["group"], set()).update(row.get("measures") or {})
+        return out
+
+    def health_means(
+        self, nodes: Sequence[str], group: str, measure: str, since: float, until: float
+    ) -> dict[str, list[float]]:
+        """Per node of ``nodes``: the mean of ``measure`` of each of its windows of ``group``
+        that lie inside ``[since, until]`` (a window that began before ``since`` is left out),
+        oldest first. A node without such a window is absent."""
+        if not nodes:
+            return {}
+        rows = self._query(
+            "SELECT node, measures FROM health WHERE grp = :grp AND ts - window_s >= :since "
+            "AND ts <= :until ORDER BY ts, id",
+            {"grp": group, "since": since, "until": until},
+        )
+        wanted = set(nodes)
+        out: dict[str, list[float]] = {}
+        for node, text in rows:
+            if node not in wanted:
+                continue
+            summary = json.loads(text).get(measure)
+            if summary is not None:
+                out.setdefault(node, []).append(float(summary[0]))
+        return out
+
     def events(
         self,
         *,
@@ -762,6 +941,11 @@ class HubDatabase:
         keys = ("nodes", "online", "telemetry_rows", "events", "commands", "results", "hubs")
         out.update({k: int(v) for k, v in zip(keys, counts, strict=True)})
         return out
+
+
+def _summaries(text: str) -> dict[str, dict[str, float]]:
+    """The stored ``{measure: [mean, p95, n]}`` as ``{measure: {"mean", "p95", "n"}}``."""
+    return {name: {"mean": v[0], "p95": v[1], "n": v[2]} for name, v in json.loads(text).items()}
 
 
 def _one_line(err: BaseException) -> str:

@@ -33,7 +33,7 @@ import resource
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -53,7 +53,16 @@ from edge_agent_host.hub.store import HubDatabase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FleetSnapshot", "WebServer", "build_snapshot", "collector_for", "health_of"]
+__all__ = [
+    "KEY_MEASURES",
+    "FleetSnapshot",
+    "GroupHealthHistory",
+    "WebServer",
+    "build_snapshot",
+    "collector_for",
+    "group_summaries",
+    "health_of",
+]
 
 _HEAD_LIMIT: Final = 16 * 1024
 _OUTCOMES: Final = ("answered", "timed_out", "evicted", "refused", "wrong_host", "hung_up")
@@ -72,6 +81,7 @@ class FleetSnapshot:
     hub: dict[str, Any] = field(default_factory=dict)
     nodes: list[dict[str, Any]] = field(default_factory=list)
     rollouts: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -79,7 +89,73 @@ class FleetSnapshot:
             "hub": self.hub,
             "nodes": self.nodes,
             "rollouts": self.rollouts,
+            "groups": self.groups,
         }
+
+
+#: The measure a group's health is summed up by on the page, the first it reports of these.
+KEY_MEASURES: Final = ("excess_surprise", "confidence", "score", "surprise")
+
+
+class GroupHealthHistory:
+    """The page's small plot per group: the fleet mean of the group's key measure
+    (:data:`KEY_MEASURES`) at each of the last ``points`` snapshots, for at most ``max_groups``
+    groups (the ones seen most recently stay). Kept in memory by the service (a restart starts
+    the plots afresh); one thread (the service's loop) adds to it."""
+
+    def __init__(self, points: int = 120, max_groups: int = 64) -> None:
+        self.points = points
+        self.max_groups = max_groups
+        self._series: OrderedDict[str, deque[tuple[float, float]]] = OrderedDict()
+
+    def add(self, group: str, ts: float, value: float) -> list[tuple[float, float]]:
+        """Append one point; the group's series, oldest first."""
+        series = self._series.get(group)
+        if series is None:
+            series = self._series[group] = deque(maxlen=self.points)
+            while len(self._series) > self.max_groups:
+                self._series.popitem(last=False)
+        self._series.move_to_end(group)
+        if not series or series[-1][0] < ts:
+            series.append((ts, value))
+        return list(series)
+
+
+def group_summaries(
+    nodes: Iterable[Mapping[str, Any]], now: float, history: GroupHealthHistory | None = None
+) -> list[dict[str, Any]]:
+    """Per group, over its online nodes' newest health windows: how many nodes report, the
+    models they run, the key measure's fleet mean (and its plot's points with ``history``), the
+    drift alarms."""
+    by_group: dict[str, list[Mapping[str, Any]]] = {}
+    for n in nodes:
+        if not n.get("online"):
+            continue
+        for group, h in (n.get("group_health") or {}).items():
+            by_group.setdefault(group, []).append(h)
+    out = []
+    for group, windows in sorted(by_group.items()):
+        reported = {m for h in windows for m in (h.get("measures") or {})}
+        key = next((m for m in KEY_MEASURES if m in reported), None)
+        means = [
+            float(h["measures"][key]["mean"]) for h in windows if key in (h.get("measures") or {})
+        ]
+        mean = sum(means) / len(means) if means else None
+        points: list[tuple[float, float]] = []
+        if history is not None and mean is not None:
+            points = history.add(group, now, mean)
+        out.append(
+            {
+                "group": group,
+                "nodes": len(windows),
+                "models": sorted({str(h.get("model")) for h in windows}),
+                "measure": key,
+                "mean": mean,
+                "drift_alarms": sum(bool((h.get("drift") or {}).get("alarm")) for h in windows),
+                "history": [[ts, v] for ts, v in points],
+            }
+        )
+    return out
 
 
 def _outbox_depth(telemetry: Mapping[str, Any]) -> int | None:
@@ -125,9 +201,11 @@ def build_snapshot(
     hub: Mapping[str, Any],
     now: float | None = None,
     silent_after_s: float = SILENT_AFTER_S,
+    history: GroupHealthHistory | None = None,
 ) -> FleetSnapshot:
     """Read the registry and the recent rollouts (raises DatabaseUnavailableError); each node's
-    presence as of ``now`` (``silent_after_s``: ``[hub] silent_after_s``)."""
+    presence as of ``now`` (``silent_after_s``: ``[hub] silent_after_s``); each group's health
+    summary (a point more in ``history``'s plots)."""
     now = time.time() if now is None else now
     # The page's per-node bundle and deployment columns (fleet_view.py): the newest 10 rollouts,
     # each node's row in the newest one that names it, and each rollout's failed nodes.
@@ -139,6 +217,11 @@ def build_snapshot(
         summary["failed_nodes"] = rollout_failures(summary)
         summary.pop("nodes", None)
         rollouts.append(summary)
+    group_health: dict[str, dict[str, Any]] = {}
+    for h in db.latest_health():
+        group_health.setdefault(h["node"], {})[h["group"]] = {
+            k: h.get(k) for k in ("ts", "window_s", "model", "agent_steps", "measures", "drift")
+        }
     nodes = []
     for row in db.fleet():
         t = row.get("telemetry") or {}
@@ -168,10 +251,18 @@ def build_snapshot(
             "observations_checked": _counter(t, "input_range.checked"),
             "observations_out_of_range": _counter(t, "input_range.out_of_range"),
             "groups_out_of_range": _counter(t, "input_range.alerting"),
+            # Each group's newest health window (docs/health.md), by group name.
+            "group_health": group_health.get(row["node"], {}),
         }
         node["health"] = health_of(node, now)
         nodes.append(node)
-    return FleetSnapshot(taken=now, hub=dict(hub), nodes=nodes, rollouts=rollouts)
+    return FleetSnapshot(
+        taken=now,
+        hub=dict(hub),
+        nodes=nodes,
+        rollouts=rollouts,
+        groups=group_summaries(nodes, now, history),
+    )
 
 
 def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
@@ -343,7 +434,8 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
     rollouts: Mapping[str, Any] | None = status.get("rollouts")
     if rollouts:
         for name, key, doc in (
-            ("halts", "halts", "Rollouts halted by a failed health check"),
+            ("halts", "halts", "Rollouts halted by a failed criterion or the operator"),
+            ("pauses", "pauses", "Rollouts paused by an inconclusive health verdict"),
             ("rollbacks", "rollbacks", "Rollouts rolled back"),
             ("waves_deployed", "waves_deployed", "Rollout waves deployed"),
             ("completed", "done", "Rollouts completed"),
@@ -352,6 +444,65 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
             yield CounterMetricFamily(
                 f"edge_agent_hub_rollout_{name}", doc, value=float(rollouts.get(key) or 0)
             )
+
+
+def _health_families(live: Iterable[Mapping[str, Any]]) -> Iterable[Any]:
+    """The online nodes' groups' newest health window. Series: per node and group, at most one
+    per measure of the closed vocabulary (13) and stat (mean, p95), one count per measure, and
+    the drift detector's alarm, statistic and threshold."""
+    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - the hub extra
+
+    value = GaugeMetricFamily(
+        "edge_agent_hub_group_health",
+        "A group's health measure over its newest window: its mean or 95th percentile over "
+        "the window's agent-steps (docs/health.md; online nodes)",
+        labels=["node", "group", "measure", "stat"],
+    )
+    samples = GaugeMetricFamily(
+        "edge_agent_hub_group_health_samples",
+        "The agent-steps (or samples) a group's health measure is over in its newest window",
+        labels=["node", "group", "measure"],
+    )
+    steps = GaugeMetricFamily(
+        "edge_agent_hub_group_health_agent_steps",
+        "Agent-steps of a group in its newest health window",
+        labels=["node", "group"],
+    )
+    window = GaugeMetricFamily(
+        "edge_agent_hub_group_health_window_seconds",
+        "The length of a group's newest health window",
+        labels=["node", "group"],
+    )
+    alarm = GaugeMetricFamily(
+        "edge_agent_hub_group_drift_alarm",
+        "1 while a group's drift detector (Page-Hinkley on the excess surprise) is in alarm",
+        labels=["node", "group"],
+    )
+    statistic = GaugeMetricFamily(
+        "edge_agent_hub_group_drift_statistic",
+        "A group's drift detector statistic (it alarms above its threshold)",
+        labels=["node", "group"],
+    )
+    threshold = GaugeMetricFamily(
+        "edge_agent_hub_group_drift_threshold",
+        "The statistic a group's drift detector alarms at",
+        labels=["node", "group"],
+    )
+    for n in live:
+        for group, h in sorted((n.get("group_health") or {}).items()):
+            at = [n["node"], group]
+            steps.add_metric(at, float(h.get("agent_steps") or 0))
+            window.add_metric(at, float(h.get("window_s") or 0.0))
+            for measure, summary in sorted((h.get("measures") or {}).items()):
+                value.add_metric([*at, measure, "mean"], float(summary["mean"]))
+                value.add_metric([*at, measure, "p95"], float(summary["p95"]))
+                samples.add_metric([*at, measure], float(summary["n"]))
+            drift = h.get("drift")
+            if drift is not None:
+                alarm.add_metric(at, float(bool(drift["alarm"])))
+                statistic.add_metric(at, float(drift["statistic"]))
+                threshold.add_metric(at, float(drift["threshold"]))
+    yield from (value, samples, steps, window, alarm, statistic, threshold)
 
 
 def collector_for(source: Any) -> Any:
@@ -478,6 +629,7 @@ def collector_for(source: Any) -> Any:
                 live,
                 "groups_out_of_range",
             )
+            yield from _health_families(live)
             nodes_g = GaugeMetricFamily(
                 "edge_agent_hub_rollout_nodes",
                 "A rollout's nodes by state",

@@ -1,4 +1,4 @@
-"""The incremental refresh of a learned likelihood (issue 32, benchmarks): after a table's first
+"""The incremental refresh of a learned likelihood: after a table's first
 refresh, a refresh brings only the columns touched since the last one into the compiled tables
 (``kernels.refresh_likelihood``), and what it gives equals a full compile of the same model up to
 rounding, for every compiled table (the planners' included), int8 and float."""
@@ -14,6 +14,7 @@ import pytest
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.learning_experience import experience_ticks
+from edge_agent.aif.learning_storage import saved_counts
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.sim.registry import builtin_model, make_env
 
@@ -244,7 +245,7 @@ def test_known_fixed_transition_columns_answer_as_the_full_comparison(n: int) ->
         obs = env.step(group.step(obs))
     assert answers == [(True, True)] * 3
     assert group.incremental_refreshes == 3
-    state["learn.pB0"][5, 0, 0] += 1.0  # off the one target of a column (B[:, 0, 0])
+    state["learn.pB0"] = _moved_off_the_target(state, group)
     group.load_state_dict(state)
     assert group.incremental_refreshes == 3  # a full compile
     assert group.learning.model.B[0][5, 0, 0] > 0
@@ -252,6 +253,18 @@ def test_known_fixed_transition_columns_answer_as_the_full_comparison(n: int) ->
     assert source is not None
     full_cm = kernels.compile_model(source, group.cm.tree.policies, dtype=group.dtype.type)
     assert_same_tables(group.cm, full_cm, "cm", 1e-5)
+
+
+def _moved_off_the_target(state: dict[str, np.ndarray], group: AifAgentGroup) -> np.ndarray:
+    """``state``'s ``pB0`` with one count off the one target of a column (``B[:, 0, 0]``),
+    saved whole (as snapshots held counts before they held what moved from the prior)."""
+    pB = group.learner.pB
+    assert pB is not None
+    counts = saved_counts(state, "learn.pB0", pB.prior[0], where="test")
+    assert counts is not None
+    counts = counts.copy()
+    counts[5, 0, 0] += 1.0
+    return counts
 
 
 def test_counts_restored_at_the_version_of_the_last_refresh_are_refreshed_in_full() -> None:
@@ -264,7 +277,7 @@ def test_counts_restored_at_the_version_of_the_last_refresh_are_refreshed_in_ful
         obs = env.step(group.step(obs))
     group.refresh()
     state = {key: value.copy() for key, value in group.state_dict().items()}
-    state["learn.pB0"][5, 0, 0] += 1.0  # off the one target of a column (B[:, 0, 0])
+    state["learn.pB0"] = _moved_off_the_target(state, group)
     refreshes = group.incremental_refreshes
     group.load_state_dict(state)  # pA and pB at the versions of the refresh just made
     assert group.incremental_refreshes == refreshes

@@ -1,4 +1,4 @@
-"""The deep planner (issue 15, item 3) gives the general path's results, up to rounding.
+"""The deep planner gives the general path's results, up to rounding.
 
 The deep planner (:mod:`edge_agent.aif.kernels.deep_plan`, :mod:`edge_agent.aif.kernels.deep`)
 evaluates each distinct transition map of the policy tree once; every comparison here is against

@@ -597,7 +597,7 @@ def test_soft_evidence_on_a_model_with_a_local_planner() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_likelihood_table_is_the_product_bit_for_bit(dtype: type[np.floating]) -> None:
-    """Issue 33, item 6: a multi-modality model with a small joint space reads a hard
+    """A multi-modality model with a small joint space reads a hard
     observation's ``ln(prod_m A_m[o_m] + eps)`` as one column of ``FastPlan.lnL_T``; every column
     equals the product the block path computed before (same operations, same order), exactly."""
     from edge_agent.sim.registry import make_env

@@ -1,4 +1,4 @@
-"""Two kernels a learning group's refresh runs (issue 32) give, bit for bit, the numbers of their
+"""Two kernels a learning group's refresh runs give, bit for bit, the numbers of their
 straightforward forms: ``encode_log_u8`` (the int8 codes of a table's columns) and the local
 planner's ``utility_by_source`` and ``qo_table`` (``local_values``), on random tables and the
 compiled models of real worlds, float32 and float64."""

@@ -1,6 +1,6 @@
 """The operator's client's memory (``tools/edge_agent_host/fleetctl/store.py``) feeds a node's
 presence as the hub's store does: any message registers a node, every live one of any kind is
-when it was last seen, a retained one never is (issue 42, item 2)."""
+when it was last seen, a retained one never is."""
 
 from __future__ import annotations
 

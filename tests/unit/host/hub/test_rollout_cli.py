@@ -1,15 +1,28 @@
-"""``edge-agent-hub rollout ... --follow`` (``tools/edge_agent_host/hub/rollout_cli.py``): the
-line for each move of a rollout and the exit status of how it ended. The whole command against
-the real hub service: ``tests/integration/hub/test_rollouts.py``."""
+"""``edge-agent-hub rollout ...`` (``tools/edge_agent_host/hub/rollout_cli.py``): the
+``--follow`` line for each move of a rollout and the exit status of how it ended; health
+criteria at ``rollout start`` (taken, said, or refused in one line before anything is stored).
+The whole command against the real hub service: ``tests/integration/hub/test_rollouts.py``."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge_agent.fleet.protocol import NodeState
+from edge_agent_host.hub.cli import main
+from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.rollout_cli import FOLLOW_EXIT, follow_line
 from edge_agent_host.hub.rollout_plan import RolloutState
+from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.keys import generate_keypair
+from tests.unit.fleet.test_deploy import bundle_tar
+from tests.unit.host.hub.test_store import birth, health_body, heard, write_all
 
 
 def summary(**changes: Any) -> dict[str, Any]:
@@ -55,3 +68,93 @@ def test_every_end_has_a_status_and_nothing_else_does() -> None:
     ends = {RolloutState.DONE, RolloutState.HALTED, RolloutState.ROLLED_BACK}
     assert set(FOLLOW_EXIT) == {s.value for s in ends}
     assert sorted(FOLLOW_EXIT.values()) == [0, 4, 5]  # 1, 2 and 3 are edge-agent-hub's own
+
+
+# ------------------------------------------------------------------------- health criteria
+@pytest.fixture(scope="module")
+def signed_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("bundle")
+    return bundle_tar(tmp, generate_keypair(tmp / "keys", "ci").private_path)
+
+
+@pytest.fixture
+def hub_with_health(tmp_path: Path, signed_bundle: Path) -> dict[str, Path]:
+    """A SQLite hub database that knows three online nodes running group ``grid``, whose
+    newest health windows report the excess surprise and the surprise; a signed bundle."""
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[hub]\nstate_dir = "{state}"\n[database]\ntype = "sqlite"\n')
+    db = HubDatabase(SqliteEngine(state / "hub.sqlite3"))
+    db.open()
+    now = time.time()
+    try:
+        for i in range(3):
+            node = f"pi-{i}"
+            write_all(
+                db,
+                heard(node, NodeState(online=True), retained=True, ts=now),
+                heard(node, birth(10), seq=1, ts=now),
+                heard(node, health_body(0.0), seq=2, ts=now),
+            )
+    finally:
+        db.close()
+    return {"config": config, "db": state / "hub.sqlite3", "bundle": signed_bundle}
+
+
+def start(hub: dict[str, Path], *args: str) -> list[str]:
+    return ["rollout", "start", "--config", str(hub["config"]), str(hub["bundle"]),
+            "--group", "grid", *args]  # fmt: skip
+
+
+def rollouts_stored(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM rollouts").fetchone()[0])
+
+
+@pytest.mark.parametrize(
+    ("criterion", "message"),
+    [
+        ("surprize:max_increase=0.1", "unknown health measure 'surprize'"),
+        ("surprise:max_increase=-0.1", "max_increase=-0.1 must be >= 0"),
+        ("score:max_increase=0.1", "score is better higher"),
+        ("surprise:max_increase", "is not KEY=VALUE"),
+        ("confidence:max_decrease=0.1", "group 'grid' does not report confidence"),
+        ("surprise:max_increase=0.1:group=doors", "no node has reported health for group 'doors'"),
+    ],
+)
+def test_rollout_start_refuses_a_bad_criterion_in_one_line_before_anything_is_stored(
+    hub_with_health: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    criterion: str,
+    message: str,
+) -> None:
+    assert main(start(hub_with_health, "--criterion", criterion)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"edge-agent-hub rollout start: --criterion '{criterion}")
+    assert message in err
+    assert rollouts_stored(hub_with_health["db"]) == 0
+
+
+def test_rollout_start_takes_health_criteria_and_says_them(
+    hub_with_health: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--criterion", "excess_surprise:max_increase=0.2", "--criterion",
+            "surprise:max_increase=0.5:min_samples=20:dry_run"]  # fmt: skip
+    assert main(start(hub_with_health, *args, "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "  criterion excess_surprise:max_increase=0.2:min_samples=50:alpha=0.05\n" in out
+    assert "  criterion surprise:max_increase=0.5:min_samples=20:alpha=0.05:dry_run" in out
+    assert rollouts_stored(hub_with_health["db"]) == 0
+    assert main(start(hub_with_health, *args, "--json")) == 0
+    stored = json.loads(capsys.readouterr().out)
+    assert main(["rollout", "status", "--config", str(hub_with_health["config"]), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["id"] == stored["id"]
+    assert [c["measure"] for c in status["criteria"]["health"]] == ["excess_surprise", "surprise"]
+    assert status["verdicts"] == []
+    assert main(["rollout", "status", "--config", str(hub_with_health["config"])]) == 0
+    text = capsys.readouterr().out
+    assert "  health criteria (each wave against the untouched nodes):\n" in text
+    assert "    surprise:max_increase=0.5:min_samples=20:alpha=0.05:dry_run" in text

@@ -170,11 +170,11 @@ def test_the_runner_uses_the_service_s_connection_and_reads_results_from_its_dat
 def test_a_hung_database_does_not_hang_the_rollout_runner(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The runner's database calls have the service's deadline (issue 29). Another connection
-    holds SQLite's write lock and the runner's connection would wait 600 s for it, as a driver
-    waits on a server that stopped answering: each call fails after the 0.5 s deadline, the
-    runner says so and tries again, and stops at once when asked (before, it sat in the first
-    write). When the lock goes, the rollout goes on to done."""
+    """The runner's database calls have the service's deadline, so a hung database cannot hang
+    it. Another connection holds SQLite's write lock and the runner's connection would wait 600 s
+    for it, as a driver waits on a server that stopped answering: each call fails after the 0.5 s
+    deadline, the runner says so and tries again, and stops at once when asked (before, it sat in
+    the first write). When the lock goes, the rollout goes on to done."""
     broker = MemoryBroker()
     nodes = [DeployingNode(broker, n) for n in ("pi-1", "pi-2")]
     runner = runner_for(tmp_path, busy_timeout_s=600.0, deadline_s=0.5)

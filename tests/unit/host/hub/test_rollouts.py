@@ -7,14 +7,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.fleet.outcomes import ResultCode
-from edge_agent.fleet.protocol import CommandResult
+from edge_agent.fleet.protocol import CommandResult, GroupHealth, Health, MeasureSummary
+from edge_agent.fleet.topics import Topics
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.health_gate import parse_criterion
+from edge_agent_host.hub.publisher import HubPublisher
+from edge_agent_host.hub.queue import HeldMessages
 from edge_agent_host.hub.rollout_cli import describe
 from edge_agent_host.hub.rollout_plan import (
+    Criteria,
     NodeState,
     RolloutPlan,
     RolloutState,
@@ -23,6 +31,7 @@ from edge_agent_host.hub.rollout_plan import (
     wave_of,
 )
 from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.rollouts import RolloutRunner
 from edge_agent_host.hub.store import HubDatabase
 from tests.unit.host.hub.test_store import heard
 
@@ -213,11 +222,119 @@ def check_the_runner_reads_the_results_the_service_stored(db: HubDatabase) -> No
     assert [r.nonce for _, r in store.results([*many, other, other])] == [other]
 
 
+def _health(excess: float) -> Health:
+    return Health(
+        window_s=10.0,
+        groups={
+            "grid": GroupHealth(
+                model="grid10@1",
+                agent_steps=100,
+                measures={"excess_surprise": MeasureSummary(mean=excess, p95=excess, n=100)},
+            )
+        },
+    )
+
+
+def _soaking_rollout(db: HubDatabase, criteria: list[str], wave_excess: float) -> RolloutStore:
+    """A rollout of 6 nodes in waves of 2 and 4, soaking wave 1 since t0 = 1000 (for 60 s):
+    its two nodes report an excess surprise around ``wave_excess``, the four untouched ones
+    around 0, one window each 10 s (a window begun before t0 is not a sample)."""
+    store = RolloutStore(db)
+    health = [parse_criterion(c) for c in criteria]
+    nodes = [f"h{i}" for i in range(6)]
+    rollout_id = store.create(
+        RolloutPlan(
+            group="grid",
+            bundle_sha256=SHA,
+            waves=[2, 6],
+            soak_s=60.0,
+            criteria=Criteria(health=health),
+        ),
+        nodes,
+    )
+    store.update(rollout_id, state=RolloutState.RUNNING, phase="soaking", phase_started=1000.0)
+    store.set_nodes(rollout_id, dict.fromkeys(nodes[:2], (NodeState.OK, "switched")))
+    rng = np.random.default_rng(7)
+    rows = []
+    for i, node in enumerate(nodes):
+        level = wave_excess if i < 2 else 0.0
+        for k in range(8):  # windows ending t0 - 10 .. t0 + 60: 6 inside the soak
+            rows.append(
+                heard(node, _health(float(level + rng.normal(0, 0.05))), seq=k, ts=990.0 + 10 * k)
+            )
+    assert db.write(rows).written == len(rows)
+    return store
+
+
+def _runner(db: HubDatabase) -> RolloutRunner:
+    """A runner on its own connection to ``db``'s database, publishing on an in-memory broker
+    (no deployment happens in these steps)."""
+
+    def open_db() -> HubDatabase:
+        own = HubDatabase(db.engine)
+        own.open()
+        return own
+
+    publisher = HubPublisher(
+        MemoryTransport(MemoryBroker(), "hub-t"), Topics("f"), "hub-t", HeldMessages(10, 10_000)
+    )
+    return RolloutRunner(
+        open_db, publisher, Ed25519PrivateKey.generate(), owner="hub-t", lease_s=600.0
+    )
+
+
+def check_the_health_gate_halts_pauses_passes_and_dry_runs(db: HubDatabase) -> None:
+    """At the end of the soak, each health criterion judges the wave against the untouched
+    nodes: a worse wave halts, too few samples pauses, equal health goes on, a dry run records
+    its fail and goes on; every verdict is stored with the rollout and as a hub event."""
+    cases = [
+        (["excess_surprise:max_increase=0.1:min_samples=10"], 0.6, RolloutState.HALTING, "fail"),
+        (["excess_surprise:max_increase=0.1:min_samples=20"], 0.6, RolloutState.PAUSED,
+         "inconclusive"),
+        (["excess_surprise:max_increase=0.1:min_samples=10"], 0.0, RolloutState.RUNNING, "pass"),
+        (["excess_surprise:max_increase=0.1:min_samples=10:dry_run"], 0.6, RolloutState.RUNNING,
+         "fail"),
+    ]  # fmt: skip
+    for criteria, excess, state, outcome in cases:
+        store = _soaking_rollout(db, criteria, excess)
+        rollout_id = store.ids(limit=1)[0]
+        runner = _runner(db)
+        try:
+            assert runner.step(now=1030.0) is False  # still soaking: nothing judged
+            assert store.get(rollout_id).verdicts == []
+            runner.step(now=1061.0)
+        finally:
+            runner.stop()
+        r = store.get(rollout_id)
+        assert r.state is state, (criteria, excess, r.detail)
+        (verdict,) = r.verdicts
+        assert (verdict["wave"], verdict["outcome"]) == (1, outcome), verdict
+        assert (verdict["wave_samples"], verdict["control_samples"]) == (12, 24)
+        assert verdict["criterion"] == parse_criterion(criteria[0]).text()
+        if state is RolloutState.RUNNING:
+            assert (r.wave, r.phase) == (1, "deploying")
+        else:
+            assert f"wave 1: {verdict['criterion']}: {outcome}" in r.detail
+        if state is RolloutState.PAUSED:
+            assert "'rollout resume' judges again" in r.detail
+        events = [e for e in db.events(node="hub-t") if e["data"]["rollout"] == rollout_id]
+        assert [e["kind"] for e in events] == ["rollout"]
+        assert events[0]["data"]["outcome"] == outcome
+        severity = {"fail": "error", "inconclusive": "warning", "pass": "info"}[outcome]
+        assert events[0]["severity"] == ("warning" if verdict["dry_run"] else severity)
+        text = describe(r.summary())
+        assert f"    wave 1 {verdict['criterion']} {outcome}" in text
+        # The next case: its own rollout (this one over) and its own windows.
+        store.update(rollout_id, state=RolloutState.HALTED)
+        db.execute("DELETE FROM health")
+
+
 ROLLOUT_SCENARIOS = [
     check_a_rollout_is_stored_with_its_nodes_in_waves,
     check_requests_are_checked_against_the_state,
     check_one_replica_holds_a_rollout_until_its_lease_runs_out,
     check_the_runner_reads_the_results_the_service_stored,
+    check_the_health_gate_halts_pauses_passes_and_dry_runs,
 ]
 
 

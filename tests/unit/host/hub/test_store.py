@@ -23,10 +23,14 @@ from edge_agent.fleet.protocol import (
     CommandResult,
     Death,
     DeathReason,
+    DriftState,
     Envelope,
     Event,
     EventKind,
+    GroupHealth,
     GroupInfo,
+    Health,
+    MeasureSummary,
     NodeState,
     ResultCode,
     Severity,
@@ -110,6 +114,30 @@ def count(db: HubDatabase, table: str, where: str = "1 = 1") -> int:
 def write_all(db: HubDatabase, *items: Heard) -> None:
     outcome = db.write(list(items))
     assert (outcome.written, outcome.rejected, outcome.left) == (len(items), 0, [])
+
+
+def health_body(excess: float = 0.0, *, alarm: bool = False, window_s: float = 10.0) -> Health:
+    """Two groups' health: ``grid`` (an Active Inference group with a drift detector) and
+    ``cam`` (a neural one)."""
+    return Health(
+        window_s=window_s,
+        groups={
+            "grid": GroupHealth(
+                model="grid10@1",
+                agent_steps=1000,
+                measures={
+                    "excess_surprise": MeasureSummary(mean=excess, p95=excess + 1.0, n=1000),
+                    "surprise": MeasureSummary(mean=1.2 + excess, p95=2.5, n=1000),
+                },
+                drift=DriftState(alarm=alarm, statistic=3.0, threshold=50.0, since=None),
+            ),
+            "cam": GroupHealth(
+                model="cam@2",
+                agent_steps=40,
+                measures={"confidence": MeasureSummary(mean=0.9, p95=0.99, n=40)},
+            ),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------- scenarios
@@ -257,6 +285,50 @@ def check_events_and_journal_are_bounded(db: HubDatabase) -> None:
     assert min(e["ts"] for e in db.events(node="e1")) >= now - 100.0
 
 
+def check_health_is_stored_per_group_and_window(db: HubDatabase) -> None:
+    now = 200_000.0
+    # A window a minute for three hours, re-sent once (written once), then one late and older.
+    rows = [
+        heard("h1", health_body(0.01 * i), seq=i, ts=now - 3 * 3600 + 60 * i) for i in range(181)
+    ]
+    for i in range(0, len(rows), 60):
+        write_all(db, *rows[i : i + 60])
+    write_all(db, rows[-1], heard("h1", health_body(9.0, alarm=True), seq=7, ts=now - 5000))
+    history = db.health("h1", group="grid", since=0, limit=10_000)
+    assert len(history) == 182
+    assert history[-1]["measures"]["excess_surprise"] == {"mean": 1.8, "p95": 2.8, "n": 1000}
+    assert history[-1]["drift"] == {"alarm": False, "statistic": 3.0, "threshold": 50.0}
+    assert db.health("h1", group="cam", limit=1)[0]["drift"] is None
+    # The newest window per node and group: a late older message does not replace it.
+    latest = {(r["node"], r["group"]): r for r in db.latest_health()}
+    assert set(latest) == {("h1", "grid"), ("h1", "cam")}
+    grid = latest["h1", "grid"]
+    assert (grid["ts"], grid["model"], grid["agent_steps"]) == (now, "grid10@1", 1000)
+    assert grid["measures"]["excess_surprise"]["mean"] == pytest.approx(1.8)
+    assert grid["drift"]["alarm"] is False
+    assert db.health_reported() == {
+        "grid": {"excess_surprise", "surprise"},
+        "cam": {"confidence"},
+    }
+    # The gate's samples: each window inside [since, until] (not one begun before since).
+    means = db.health_means(["h1", "other"], "grid", "excess_surprise", now - 600, now)
+    assert means == {"h1": [pytest.approx(0.01 * i) for i in range(171, 181)]}
+    assert db.health_means(["h1"], "grid", "confidence", now - 600, now) == {}
+    # Retention: downsampled per node and group, then bounded, then aged.
+    retention = RetentionSection(telemetry_raw_s=3600.0, telemetry_step_s=600.0)
+    db.maintain(retention, now)
+    grid_rows = db.health("h1", group="grid", since=0, limit=10_000)
+    assert sum(r["samples"] for r in grid_rows) == 182
+    assert sum(r["coarse"] for r in grid_rows) == 12  # as telemetry: the late row joins one
+    assert len(db.health("h1", group="cam", since=0, limit=10_000)) == len(grid_rows)
+    db.maintain(retention.model_copy(update={"telemetry_max_rows_per_node": 20}), now)
+    assert len(db.health("h1", group="grid", since=0, limit=10_000)) == 20
+    assert len(db.health("h1", group="cam", since=0, limit=10_000)) == 20
+    db.maintain(retention.model_copy(update={"telemetry_keep_s": 3600.0}), now + 10 * 3600)
+    assert db.health("h1", since=0) == []
+    assert db.latest_health() == []
+
+
 SCENARIOS = [
     check_presence_follows_sessions_not_arrival,
     check_births_keep_the_newest_with_their_groups,
@@ -265,6 +337,7 @@ SCENARIOS = [
     check_deaths_and_last_seen,
     check_downsampling_and_bounds,
     check_events_and_journal_are_bounded,
+    check_health_is_stored_per_group_and_window,
 ]
 
 

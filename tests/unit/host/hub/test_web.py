@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from importlib import resources
@@ -29,7 +31,7 @@ from edge_agent_host.hub.web import (
     collector_for,
     health_of,
 )
-from tests.unit.host.hub.test_store import heard, telemetry_body, write_all
+from tests.unit.host.hub.test_store import health_body, heard, telemetry_body, write_all
 
 NOW = 1_800_000_000.0
 MB = 2**20
@@ -80,9 +82,21 @@ def test_health_at_a_glance(over: dict[str, Any], expected: str) -> None:
     assert node(**over)["health"] == expected
 
 
+GRID_HEALTH: dict[str, Any] = {
+    "grid": {
+        "ts": NOW - 1,
+        "window_s": 10.0,
+        "model": "grid10@1",
+        "agent_steps": 1000,
+        "measures": {"excess_surprise": {"mean": 0.01, "p95": 1.2, "n": 1000}},
+        "drift": {"alarm": False, "statistic": 0.5, "threshold": 50.0, "since": None},
+    }
+}
+
+
 def snapshot() -> FleetSnapshot:
     nodes = [
-        node(node="pi-1"),
+        node(node="pi-1", group_health=GRID_HEALTH),
         node(node="pi-2", online=False, rss_bytes=None),
         node(node="pi-3", cpu_temp_c=80.0),
     ]
@@ -411,3 +425,53 @@ def test_observations_out_of_range_go_from_a_nodes_telemetry_to_metrics(tmp_path
     assert values[("edge_agent_hub_node_observations_out_of_range", label)] == 1_234
     assert values[("edge_agent_hub_node_groups_out_of_range", label)] == 1
     assert ("edge_agent_hub_node_observations_out_of_range", (("node", "pi-grid"),)) not in values
+
+
+def test_a_nodes_group_health_goes_from_its_health_message_to_metrics(tmp_path: Path) -> None:
+    """Each group's newest health window: in the snapshot by group, and as the bounded series
+    node x group x measure x stat (online nodes only, as every per-node metric)."""
+    db = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
+    db.open()
+    try:
+        write_all(
+            db,
+            heard("pi-a", NodeState(online=True), retained=True, received=NOW - 60),
+            heard("pi-a", health_body(0.25, alarm=True), ts=NOW - 1, received=NOW - 1),
+            heard("pi-off", NodeState(online=False), retained=True, received=NOW - 60),
+            heard("pi-off", health_body(0.5), ts=NOW - 100, received=NOW - 100),
+        )
+        snap = build_snapshot(db, {"id": "hub-a"}, now=NOW)
+    finally:
+        db.close()
+    by_node = {n["node"]: n for n in snap.nodes}
+    grid = by_node["pi-a"]["group_health"]["grid"]
+    assert (grid["model"], grid["agent_steps"], grid["window_s"]) == ("grid10@1", 1000, 10.0)
+    assert grid["measures"]["excess_surprise"] == {"mean": 0.25, "p95": 1.25, "n": 1000}
+    values = scrape(snap)
+    at = (("group", "grid"), ("measure", "excess_surprise"), ("node", "pi-a"))
+    assert values[("edge_agent_hub_group_health", (*at, ("stat", "mean")))] == 0.25
+    assert values[("edge_agent_hub_group_health", (*at, ("stat", "p95")))] == 1.25
+    assert values[("edge_agent_hub_group_health_samples", at)] == 1000
+    cam = (("group", "cam"), ("measure", "confidence"), ("node", "pi-a"))
+    assert values[("edge_agent_hub_group_health", (*cam, ("stat", "mean")))] == 0.9
+    grid_at = (("group", "grid"), ("node", "pi-a"))
+    assert values[("edge_agent_hub_group_drift_alarm", grid_at)] == 1
+    assert values[("edge_agent_hub_group_drift_threshold", grid_at)] == 50.0
+    assert ("edge_agent_hub_group_drift_alarm", (("group", "cam"), ("node", "pi-a"))) not in values
+    assert not any(dict(labels).get("node") == "pi-off" for name, labels in values if
+                   name.startswith("edge_agent_hub_group_"))  # fmt: skip
+    # promtool takes the exposition as it is (Debian's prometheus package ships promtool).
+    registry = CollectorRegistry()
+    registry.register(collector_for(Holder(snap, None)))
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool not found: apt-get install prometheus"
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=generate_latest(registry), capture_output=True,
+        check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
+    # The label set is bounded: the closed vocabulary of measures, two stats.
+    stats = {
+        dict(labels)["stat"] for name, labels in values if name == "edge_agent_hub_group_health"
+    }
+    assert stats == {"mean", "p95"}

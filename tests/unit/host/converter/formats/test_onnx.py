@@ -122,7 +122,7 @@ def test_report_matches_an_independent_float_and_int8_run(
     calibration = dict(report.data["calibration"])
     advice = calibration.pop("advice")
     assert calibration == {"method": "minmax", "samples": 400, "source": "npz:calibration.npz"}
-    # The method's advice gives this model's own largest error (issue 30).
+    # The method's advice gives this model's own largest error.
     assert advice.startswith(
         f"minmax keeps every observed value, the cheapest method: largest output error "
         f"{acc['max_abs_error']:.3g} ("
@@ -133,7 +133,7 @@ def test_report_matches_an_independent_float_and_int8_run(
     assert quant["quantized_share"] == 1.0
     assert report.warnings == []
     assert report.data["device_check"] == {"agents": 8, "ticks": T}
-    # The latency was measured with the kernels a device with this CPU uses (issue 30).
+    # The latency was measured with the kernels a device with this CPU uses.
     from edge_agent.neural.backends.onnxruntime import x64_quant_precision
 
     assert report.data["x64_quant_precision"] is x64_quant_precision()

@@ -1,4 +1,4 @@
-"""What ``convert onnx`` says of its calibration method (issue 30, item 3): the cost, when another
+"""What ``convert onnx`` says of its calibration method: the cost, when another
 method is expected to do better, and this model's own numbers; for entropy and percentile, minmax
 measured on the same held-out data and a verdict. Real onnxruntime sessions throughout."""
 
