@@ -758,6 +758,86 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
+        id="health-cost",
+        title="What a group's health measures cost its tick",
+        scope=(
+            "Two int8 groups of the same built-in model step the same recorded walk of its "
+            "world in alternating rounds from the same beliefs, one without its health part "
+            "(`AifAgentGroup(health=False)`), one with it (every 4th tick, a sample of at most "
+            "64 agents, docs/health.md); one thread. The ratio is the median over rounds of "
+            "health time / plain time: the same semantics, cadence and scope on both sides."
+        ),
+        benchmark="bench_health.py",
+        where={"bench": "health-cost"},
+        key=("world", "n"),
+        expect=({"world": "tmaze", "n": 10000}, {"world": "grid10", "n": 10000}),
+        command=f"{RECORD} bench_health.py -- --agents 100,10000",
+        columns=(
+            Column("world", "world"),
+            Column("agents", "n", ",d"),
+            Column("tick without health", "plain_ms", ".2f", suffix=" ms"),
+            Column("with health", "health_ms", ".2f", suffix=" ms"),
+            Column("ratio", "ratio", ".3f", suffix="x"),
+            Column("agents measured a measured tick", "measured_agents", "d"),
+            Column("measured every", "every_ticks", "d", suffix=" ticks"),
+        ),
+        headlines=(
+            Headline(
+                "Health measures' cost, 10,000 grid10 agents (with / without)",
+                lambda r: f"{r.get('ratio'):.3f}x",
+                {"world": "grid10", "n": 10000},
+            ),
+        ),
+    ),
+    Table(
+        id="drift-false-alarms",
+        title="The drift alarm on a world that does not change",
+        scope=(
+            "16 int8 agents stepped in the very world their model describes, `seeds` runs "
+            "of `ticks` ticks; every drift alarm raised is a false one. The detector "
+            "(docs/health.md) is updated once per measured tick (every 4th); with no alarm, "
+            "the 95 % upper bound on the rate is the rule of three, 3 / updates."
+        ),
+        benchmark="bench_health.py",
+        where={"bench": "drift-false-alarms"},
+        key=("world",),
+        expect=({"world": "tmaze"}, {"world": "grid10"}),
+        command=f"{RECORD} bench_health.py -- --agents 100,10000",
+        columns=(
+            Column("world", "world"),
+            Column("runs x ticks", lambda r: f"{r.get('seeds')} x {r.get('ticks'):,}"),
+            Column("detector updates", "updates", ",d"),
+            Column("false alarms", "alarms", "d"),
+            Column("per 100,000 updates", "alarms_per_100k_updates", ".2f"),
+            Column("95 % upper bound", "upper95_per_100k_updates", ".1f"),
+            Column("tolerance / allowance / threshold", lambda r: (
+                f"{r.get('tolerance')} nats / {r.get('allowance')} / {r.get('threshold')}"
+            )),
+        ),
+    ),
+    Table(
+        id="drift-delay",
+        title="The drift alarm on a world that changes",
+        scope=(
+            "16 int8 agents with the frozen model of `tmaze-reversal` in its world, whose "
+            "rewarded arm swaps after `reverse_every` trials of 3 ticks (the model's arm is "
+            "then the losing one): ticks from the first reversal to the alarm, per run."
+        ),
+        benchmark="bench_health.py",
+        where={"bench": "drift-delay"},
+        key=("world", "reverse_every"),
+        expect=({"world": "tmaze-reversal", "reverse_every": 20},),
+        command=f"{RECORD} bench_health.py -- --agents 100,10000",
+        columns=(
+            Column("world", "world"),
+            Column("reversal at tick", "reversal_tick", "d"),
+            Column("runs detected", lambda r: f"{r.get('detected')} of {r.get('seeds')}"),
+            Column("median delay", "median_delay_ticks", "", suffix=" ticks"),
+            Column("delays", lambda r: ", ".join(str(d) for d in r.get("delays_ticks") or [])),
+            Column("alarms before the reversal", "alarms_before", "d"),
+        ),
+    ),
+    Table(
         id="hub-health",
         title="Health telemetry on the hub at 1,000 nodes",
         scope=(

@@ -232,6 +232,7 @@ def format_status(s: dict[str, Any]) -> str:
             )
         lines.extend(_planning_lines(g.get("planning")))
         lines.extend(_range_lines(g.get("observation_range")))
+        lines.extend(_health_lines(g.get("health")))
     lines.extend(_state_lines(s))
     lines.extend(_fleet_lines(s))
     lines.extend(_coordination_lines(s))
@@ -240,6 +241,52 @@ def format_status(s: dict[str, Any]) -> str:
     if s["reloads"]["last_error"]:
         lines.append(f"  reload     refused: {s['reloads']['last_error'].splitlines()[0]}")
     return "\n".join(lines)
+
+
+#: How the status names each health measure, in this order (docs/health.md).
+_HEALTH_ORDER = (
+    ("surprise", "surprise"),
+    ("excess_surprise", "excess"),
+    ("free_energy", "free energy"),
+    ("policy_entropy", "policy entropy"),
+    ("belief_change", "belief change"),
+    ("preference", "preference"),
+    ("score", "score"),
+    ("experience", "experience"),
+    ("divergence", "divergence"),
+    ("confidence", "confidence"),
+    ("low_confidence_share", "low-confidence share"),
+    ("output_entropy", "output entropy"),
+    ("out_of_range_share", "out of range"),
+)
+
+
+def _health_lines(health: dict[str, Any] | None) -> list[str]:
+    """A group's health over its last reporting window (docs/health.md), when it has one."""
+    if not health:
+        return []
+    measures = health["measures"]
+    parts = []
+    for key, label in _HEALTH_ORDER:
+        m = measures.get(key)
+        if m is None:
+            continue
+        part = f"{label} {m['mean']:.3g} (p95 {m['p95']:.3g})"
+        if key == "excess_surprise":
+            part = f"{label} {m['mean']:+.3g} (z {m['z']:+.1f}, p95 {m['p95']:.3g})"
+        parts.append(part)
+    lines = [
+        f"               health of {health['model']} over the last window "
+        f"({health['agent_steps']} agent-steps): " + (", ".join(parts) or "nothing measured")
+    ]
+    drift = health.get("drift")
+    if drift:
+        state = "ALARM" if drift["alarm"] else "ok"
+        lines.append(
+            f"               drift {state}: statistic {drift['statistic']:.2f} of "
+            f"{drift['threshold']:g}"
+        )
+    return lines
 
 
 def _planning_lines(planning: dict[str, Any] | None) -> list[str]:

@@ -50,12 +50,13 @@ GROUP_TABLES: Final[dict[str, str]] = {
     "learning": "edge_agent.aif.learning_table:LearningTable",
     "perception": "edge_agent.neural.perception_table:PerceptionTable",
     "policy": "edge_agent.neural.policy_table:NeuralPolicy",
+    "health": "edge_agent.core.health_table:HealthTable",
 }
 """Key in ``[[groups]]`` -> ``module:Record`` of the table (the kind that owns it:
 ``history_beliefs``, ``settings``, ``planning`` the Active Inference kinds', ``aif`` and
 ``perception``; ``learning`` the ``aif`` kind's; ``perception`` the ``perception`` kind's;
-``policy`` the ``neural`` kind's). A group holds its tables in this order, which is the order
-their hooks run in."""
+``policy`` the ``neural`` kind's; ``health`` every kind's that measures health). A group holds
+its tables in this order, which is the order their hooks run in."""
 
 
 @functools.cache

@@ -42,6 +42,7 @@ import numpy.typing as npt
 from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
+from edge_agent.aif.kernels.transitions import propagate_per_agent
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.planning import EVERY_TICK, PlanningPolicy
 from edge_agent.aif.policies import construct_policies, validate_policies
@@ -50,7 +51,8 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.budget import MemoryBudget, Reservation
-from edge_agent.core.contract import GroupIO, StateReader
+from edge_agent.core.contract import GroupEvent, GroupIO, StateReader
+from edge_agent.core.drift import DriftSettings
 from edge_agent.core.group_blocks import (
     BLOCK_SCRATCH_BYTES,
     DEFAULT_BLOCK,
@@ -63,6 +65,8 @@ from edge_agent.core.group_blocks import (
     shared_tables,
 )
 from edge_agent.core.group_workers import GroupWorkers
+from edge_agent.core.health import LEARNING_HEALTH, AifHealth
+from edge_agent.core.health_window import HealthSummary, HealthWindow
 from edge_agent.core.history import HistoryRing
 from edge_agent.core.history_recorder import (
     HistoryRecorder,
@@ -130,6 +134,8 @@ class AifAgentGroup:
         keep_prior: bool = True,
         learning: LearningSpec | None = None,
         trial_ends_at_reset: bool = False,
+        health: bool = True,
+        drift: DriftSettings | None = None,
     ) -> None:
         _check_arguments(name, n_agents, precision, history_beliefs)
         self.name = name
@@ -218,6 +224,19 @@ class AifAgentGroup:
             self._reservations.append(self._agent_reservation)
         self._allocate(n_agents)
         self.ticks = 0
+        #: The group's health measures and drift alarm (docs/health.md), a part it holds (None:
+        #: ``health=False``, the benchmark's group without it).
+        self.health: AifHealth | None = None if not health else AifHealth(
+            n_agents,
+            group=name,
+            num_states=cm.num_states,
+            num_obs=cm.num_obs,
+            lnC=cm.lnC,
+            drift=drift,
+            p_obs=None if self._stepping is None or self.learning is None
+            else self.learning.scope.outcome_probabilities,
+            extra_measures=() if self.learning is None else LEARNING_HEALTH,
+        )
         if self.learning is not None and budget is not None:
             self._reservations.append(
                 budget.reserve(
@@ -664,6 +683,12 @@ class AifAgentGroup:
                 return self._learning_tick(o, now, record)
             learning.observe(o, state.prior)  # the tick's prior, made by the last tick
             learning.keep_action(state.action, state.has_action)
+        health = self.health
+        if health is not None and o is not None:  # the prior made by the last tick (or again)
+            if state.keeps_prior:
+                health.before(o, state.prior)
+            else:
+                health.before(o, None, derive=self._health_prior)
         if not state.keeps_prior:
             self._check_beliefs_behind()
         record = record and self.recorder is not None
@@ -687,6 +712,8 @@ class AifAgentGroup:
             self._record(o, soft, now)
         if plans is not None:
             plans.stepped()
+        if health is not None:
+            health.after(state.qs, state.q_pi, self._health_likelihood)
         self.ticks += 1
         return state.action
 
@@ -718,6 +745,9 @@ class AifAgentGroup:
             for rows in stepper.blocks(state):
                 stepper.infer(rows, o, None, roots=False)
         learning.observe(o, state.prior)
+        health = self.health
+        if health is not None:
+            health.before(o, state.prior)  # inference made the tick's prior
         self._install(
             learning.after_inference(o, state.qs, self.cm, state.action, state.has_action)
         )
@@ -728,6 +758,8 @@ class AifAgentGroup:
             for rows in self.stepper.blocks(state):
                 history.stage_beliefs(rows)
             history.record(o, state.action, now)
+        if health is not None:
+            health.after(state.qs, state.q_pi, self._health_likelihood)
         self.ticks += 1
         return state.action
 
@@ -754,6 +786,49 @@ class AifAgentGroup:
         if record:
             assert self.recorder is not None  # record only with a history
             self.recorder.stage_beliefs(rows)
+
+    # -- health (docs/health.md) -------------------------------------------------------------------
+    def _health_likelihood(self) -> Sequence[np.ndarray] | None:
+        """The ``A`` every agent infers with now (the compiled model's rows, refreshed by
+        shared learning); None when each agent has its own (per-agent learning)."""
+        return self.cm.A_rows if self._stepping is None else None
+
+    def _health_prior(self, rows: IntArray) -> list[np.ndarray]:
+        """The prior of the agents ``rows`` for this tick, made again for a group that keeps
+        none (as :func:`~edge_agent.core.priors.make_block_prior` makes it, in float64: ``D``
+        for an agent reset since it acted, else its beliefs propagated by its action)."""
+        state, cm = self.state, self.cm
+        reset = state.prior_reset[rows]
+        out = []
+        for f, (trans, d) in enumerate(zip(cm.transitions, cm.D, strict=True)):
+            q = np.asarray(state.qs[f][rows], dtype=np.float64)
+            p = np.asarray(propagate_per_agent(trans, q, state.action[rows, f]), dtype=np.float64)
+            p[reset] = d
+            out.append(p)
+        return out
+
+    def health_summary(self) -> HealthSummary | None:
+        """The health measures since the last call (one reporting window, docs/health.md), with
+        learning's experience and divergence for a group that learns, and the drift alarm
+        (None: the group measures no health)."""
+        learning, health = self.learning, self.health
+        if health is None:
+            return None
+        if learning is None:
+            return health.close()
+        numbers = learning.numbers()
+        steps = health.window.agent_steps
+
+        def add_learning(window: HealthWindow) -> None:
+            if not learning.frozen:
+                window.add("experience", np.array([float(steps)]))
+            window.add("divergence", np.array([float(numbers["divergence"])]))
+
+        return health.close(add_learning)
+
+    def alerts(self) -> list[GroupEvent]:
+        """The ``drift`` events the health part raised since the last call."""
+        return [] if self.health is None else self.health.alerts()
 
     # -- the tick's stages, one at a time ----------------------------------------------------------
     def reset(self, mask: np.ndarray | None = None) -> None:
@@ -1022,14 +1097,18 @@ class AifAgentGroup:
             for a, v in zip(block, saved, strict=True):
                 np.copyto(a, v)
             return
-        with learning.warming_up():
-            saved_state = {
-                k: np.array(v, copy=True)
-                for k, v in self.state_dict().items()
-                if not k.startswith(("history.", "times."))
-            }
-            self.step(obs, record=False)
-            self.load_state_dict(saved_state)
+        health, self.health = self.health, None  # a step that is put back is not measured
+        try:
+            with learning.warming_up():
+                saved_state = {
+                    k: np.array(v, copy=True)
+                    for k, v in self.state_dict().items()
+                    if not k.startswith(("history.", "times."))
+                }
+                self.step(obs, record=False)
+                self.load_state_dict(saved_state)
+        finally:
+            self.health = health
 
     def finite(self) -> bool:
         """Whether every posterior and policy posterior is finite (block by block: no

@@ -30,7 +30,9 @@ A group that may learn its model (:mod:`edge_agent.core.learning`) is also a :cl
 verbs the daemon's learning commands call, whatever the kind, and whether its agents learn. A
 group that raises events of its own (a neural group whose observations left the range its model
 was calibrated on) is also an :class:`Alerting`: the daemon takes its :class:`GroupEvent`
-objects between ticks. A group whose work in a tick can yield to the tick's end (planning bounded
+objects between ticks. A group that measures how well its model fits what its agents observe
+(``docs/health.md``) is also a :class:`ReportsHealth`: the daemon closes its reporting window
+at the telemetry cadence. A group whose work in a tick can yield to the tick's end (planning bounded
 in time, docs/planning.md) is also a :class:`Paced`: before each step the daemon tells it how
 long the tick has left (:class:`TickWindow`).
 
@@ -43,9 +45,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge_agent.core.health_window import HealthSummary
 
 __all__ = [
     "AgentGroup",
@@ -56,6 +61,8 @@ __all__ = [
     "Learns",
     "MetricFamily",
     "Paced",
+    "ReportsHealth",
+    "Scored",
     "Sink",
     "Source",
     "StateReader",
@@ -314,6 +321,27 @@ class Alerting(Protocol):
 
     def alerts(self) -> list[GroupEvent]:
         """The events raised since the last call (each returned once; usually none)."""
+        ...
+
+
+@runtime_checkable
+class ReportsHealth(Protocol):
+    """A group that measures its health (``docs/health.md``): surprise, free energy, confidence,
+    ..., per reporting window."""
+
+    def health_summary(self) -> HealthSummary | None:
+        """The measures since the last call (each window reported once), and the drift alarm's
+        state; None: the group measures nothing."""
+        ...
+
+
+@runtime_checkable
+class Scored(Protocol):
+    """A source that defines a score (a simulated world's rewards, goals reached): each agent's
+    score over the health window that ends now (``docs/health.md``, the ``score`` measure)."""
+
+    def score_window(self) -> np.ndarray | None:
+        """``(n_agents,)`` each agent's score since the last call (None: none defined)."""
         ...
 
 

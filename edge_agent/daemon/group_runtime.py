@@ -50,10 +50,13 @@ from edge_agent.core.contract import (
     Learns,
     MetricFamily,
     Paced,
+    ReportsHealth,
+    Scored,
     Sink,
     Source,
     TickWindow,
 )
+from edge_agent.core.health_window import HealthSummary, MeasureStats
 from edge_agent.errors import EdgeAgentError
 from edge_agent.kinds import get_kind
 from edge_agent.kinds.base import GroupKind, LoadedModel, world_name
@@ -117,12 +120,16 @@ class GroupRuntime:
     _returned_at: float | None = field(default=None, init=False, repr=False)
     #: Agents that raise events of their own (:class:`Alerting`), asked between ticks.
     _alerting: Alerting | None = field(default=None, init=False, repr=False)
+    #: Agents that measure their health (:class:`ReportsHealth`), and the last window's.
+    _reports_health: ReportsHealth | None = field(default=None, init=False, repr=False)
+    health: HealthSummary | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._step = self.agents.advance
         self._reset = self.agents.reset
         self._paced = self.agents if isinstance(self.agents, Paced) else None
         self._alerting = self.agents if isinstance(self.agents, Alerting) else None
+        self._reports_health = self.agents if isinstance(self.agents, ReportsHealth) else None
 
     def coordinate(self, runtime: CoordinationRuntime | None) -> None:
         """From now on step and reset through ``runtime`` (peers' evidence, holders' task
@@ -326,6 +333,29 @@ class GroupRuntime:
         its calibrated range: :mod:`edge_agent.neural.input_range`); usually none."""
         return [] if self._alerting is None else self._alerting.alerts()
 
+    def close_health_window(self) -> HealthSummary | None:
+        """End the group's health reporting window (docs/health.md): its summary, with the
+        world's ``score`` per agent over the window where its source defines one, kept as
+        :attr:`health` for the status and the text file until the next (None: the group
+        measures none)."""
+        if self._reports_health is not None:
+            summary = self._reports_health.health_summary()
+            scores = self.source.score_window() if isinstance(self.source, Scored) else None
+            if summary is not None and scores is not None and scores.size:
+                summary = HealthSummary(
+                    summary.agent_steps,
+                    {**summary.measures, "score": MeasureStats.of(scores)},
+                    summary.drift,
+                )
+            self.health = summary
+        return self.health
+
+    @property
+    def model_identity(self) -> str:
+        """What the group's health is the health of: its bundle's ``name@version``, or the
+        built-in model's name (the hub compares like with like)."""
+        return self.bundle_name or describe_model(self.config)
+
     def input_counters(self) -> dict[str, int]:
         """The source's cumulative input counters (empty for a simulated world)."""
         return self.source.counters()
@@ -386,6 +416,9 @@ class GroupRuntime:
             "model": describe_model(self.config),
             "bundle": self.bundle_name,
             "bundle_sha256": self.bundle_sha256,
+            "health": None
+            if self.health is None
+            else {"model": self.model_identity, **self.health.as_dict()},
             "agents": a.n_agents,
             **a.describe(),
             "precision": a.precision,

@@ -136,6 +136,8 @@ FLEET: Final[Described] = {
     "events_suppressed": "Repeated events not published (rate limit per kind).",
     "events_lost": "Events the outbox could not take.",
     "results_published": "Command results published.",
+    "health_published": "Health messages published (each group's health per window, "
+    "docs/health.md).",
     "publish_refused": "Telemetry, events or results the outbox refused.",
     "actions_refused": "Action batches the outbox refused.",
     "obs_unrouted": "Observations on this node's topic for no group.",
@@ -171,4 +173,20 @@ POWER: Final[Described] = {
         "power_firmware_flags",
         "The firmware's flags as one number, what vcgencmd get_throttled prints in hex.",
     ),
+}
+
+#: The groups' health families (labels ``group`` and ``measure``; docs/health.md).
+HEALTH: Final[dict[str, str]] = {
+    "mean": "A group's health measure over its last reporting window (the telemetry interval), "
+    "mean over the agent-steps sampled (docs/health.md: unit and better direction per measure).",
+    "p95": "A group's health measure over its last reporting window, 95th percentile of the "
+    "agent-steps sampled (a uniform sample of at most 512 of them).",
+    "samples": "Values a group's health measure summarised over its last reporting window.",
+    "z": "A group's health measure's mean over its last window in standard errors from 0 (the "
+    "excess surprise's calibration signal: near 0 while the model fits).",
+    "agent_steps": "Agent-steps a group took in its last health reporting window.",
+    "drift_alarm": "1 while a group's drift alarm on its excess surprise is raised.",
+    "drift_statistic": "A group's drift statistic (Page-Hinkley with the mean 0 known) on its "
+    "excess surprise; the alarm fires above the threshold.",
+    "drift_threshold": "The drift statistic above which a group's drift alarm fires.",
 }

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from edge_agent import __version__
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.core.budget import MemoryBudget, RssSampler
+from edge_agent.core.health_window import HealthSummary
 from edge_agent.daemon import metric_help
 from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.daemon.health import HealthMonitor
@@ -210,8 +211,55 @@ def make_metrics(d: MetricsView, families: set[str]) -> Metrics:
         help="group",
         describe=metric_help.GROUP,
     )
+    for name, read, help_ in _health_families(d):
+        metrics.register_labelled(name, read, help=help_)
     register_families(metrics, d, families)
     return metrics
+
+
+def _health_families(
+    d: MetricsView,
+) -> list[tuple[str, Callable[[], list[tuple[dict[str, str], object]]], str]]:
+    """The groups' health over their last reporting window (docs/health.md), labelled by group
+    and measure (a closed vocabulary: the label sets are bounded)."""
+
+    def per_measure(field: str) -> Callable[[], list[tuple[dict[str, str], object]]]:
+        def read() -> list[tuple[dict[str, str], object]]:
+            return [
+                ({"group": g.name, "measure": name}, getattr(stats, field))
+                for g in d.groups
+                if g.health is not None
+                for name, stats in g.health.measures.items()
+            ]
+
+        return read
+
+    def per_group(value: Callable[[HealthSummary], object]) -> Callable[
+        [], list[tuple[dict[str, str], object]]
+    ]:
+        def read() -> list[tuple[dict[str, str], object]]:
+            return [
+                ({"group": g.name}, value(g.health)) for g in d.groups if g.health is not None
+            ]
+
+        return read
+
+    def drift(field: str) -> Callable[[HealthSummary], object]:
+        return lambda h: None if h.drift is None else getattr(h.drift, field)
+
+    return [
+        ("group_health_mean", per_measure("mean"), metric_help.HEALTH["mean"]),
+        ("group_health_p95", per_measure("p95"), metric_help.HEALTH["p95"]),
+        ("group_health_samples", per_measure("n"), metric_help.HEALTH["samples"]),
+        ("group_health_z", per_measure("z"), metric_help.HEALTH["z"]),
+        ("group_health_agent_steps", per_group(lambda h: h.agent_steps),
+         metric_help.HEALTH["agent_steps"]),
+        ("group_drift_alarm", per_group(drift("alarm")), metric_help.HEALTH["drift_alarm"]),
+        ("group_drift_statistic", per_group(drift("statistic")),
+         metric_help.HEALTH["drift_statistic"]),
+        ("group_drift_threshold", per_group(drift("threshold")),
+         metric_help.HEALTH["drift_threshold"]),
+    ]
 
 
 def register_families(metrics: Metrics, d: MetricsView, registered: set[str]) -> None:

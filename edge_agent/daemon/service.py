@@ -135,6 +135,8 @@ class Daemon:
         self.events: list[dict[str, Any]] = []
         self.reloads_ok = 0
         self.prometheus_errors = 0
+        #: When the groups' current health reporting window began (monotonic).
+        self._health_window_start = self.started_mono
         self.reloads_refused = 0
         self.last_reload_error = ""
         self.stats = TickStats()
@@ -390,6 +392,9 @@ class Daemon:
                 Periodic(self.config.daemon.prometheus_interval_s, self._write_prometheus, now=now)
             )
         telemetry = Periodic(lambda: self.telemetry_interval_s, self._publish_telemetry, now=now)
+        after_tick.append(  # the groups' health windows, at the telemetry cadence, MQTT or not
+            Periodic(lambda: self.telemetry_interval_s, self._close_health_windows, now=now)
+        )
         self.clock.next_deadline = now
         last_end: float | None = None  # when the last tick ended (None: it failed)
         while self._next_tick():
@@ -705,6 +710,52 @@ class Daemon:
             },
             self.metrics.values(),
         )
+
+    def _close_health_windows(self) -> None:
+        """End every group's health reporting window (docs/health.md); publish them."""
+        now = time.monotonic()
+        window_s = now - self._health_window_start
+        self._health_window_start = now
+        for g in self.groups:
+            g.close_health_window()
+        if self.uplink is not None:
+            self._fleet_step(lambda: self._publish_health(window_s))
+
+    def _publish_health(self, window_s: float) -> None:
+        from edge_agent.fleet.health_measures import MEASURES  # noqa: PLC0415 - [mqtt] only
+        from edge_agent.fleet.protocol import (  # noqa: PLC0415 - [mqtt] only
+            DriftState,
+            GroupHealth,
+            Health,
+            MeasureSummary,
+        )
+
+        assert self.uplink is not None  # the caller checked
+        groups = {}
+        for g in self.groups:
+            h = g.health
+            if h is None:
+                continue
+            drift = h.drift
+            groups[g.name] = GroupHealth(
+                model=g.model_identity[:160],
+                agent_steps=h.agent_steps,
+                measures={
+                    name: MeasureSummary(mean=s.mean, p95=s.p95, n=s.n)  # type: ignore[misc]
+                    for name, s in h.measures.items()
+                    if name in MEASURES and s.n > 0  # a MeasureName: the ignore above
+                },
+                drift=None
+                if drift is None
+                else DriftState(
+                    alarm=drift.alarm,
+                    statistic=drift.statistic,
+                    threshold=drift.threshold,
+                    since=drift.since,
+                ),
+            )
+        if groups:
+            self.uplink.publish_health(Health(window_s=round(window_s, 3), groups=groups))
 
     def _birth(self) -> Birth:
         from edge_agent.fleet.protocol import Birth, GroupInfo  # noqa: PLC0415 - [mqtt] only

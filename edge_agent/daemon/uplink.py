@@ -47,6 +47,7 @@ from edge_agent.fleet.protocol import (
     CommandResult,
     Envelope,
     EventKind,
+    Health,
     ObservationBatch,
     Severity,
 )
@@ -101,6 +102,7 @@ EVENT_KINDS: Final = {
     "io_refused": EventKind.ALARM,
     "io_silent": EventKind.ALARM,
     "input_out_of_range": EventKind.ALARM,
+    "drift": EventKind.ALARM,  # a group's model stopped fitting (docs/health.md)
     "deploy": EventKind.DEPLOY,
     "rollback": EventKind.ROLLBACK,
     "connectivity": EventKind.CONNECTIVITY,
@@ -201,6 +203,7 @@ class FleetUplink:
                 "events_suppressed",
                 "events_lost",
                 "results_published",
+                "health_published",
                 "publish_refused",
                 "actions_refused",
                 "obs_unrouted",
@@ -550,6 +553,12 @@ class FleetUplink:
         body["counters"] = {"telemetry.n": n, **counters}
         self.link.publish_telemetry(body, qos=self._qos())
         self.counters["telemetry_published"] = n
+
+    def publish_health(self, body: Health) -> None:
+        """One :class:`~edge_agent.fleet.protocol.Health` message (class telemetry: the next
+        supersedes it, dropped oldest first when the outbox is full)."""
+        self.link.publish(Health.TYPE, body, "telemetry", qos=self._qos())
+        self.counters["health_published"] += 1
 
     def _qos(self) -> int:
         """1 (through the outbox), or 0 while the outbox cannot commit (a full disk): what it

@@ -454,6 +454,7 @@ class FleetLink:
             "birth": self.topics.birth,
             "death": self.topics.death,
             "telemetry": self.topics.telemetry,
+            "health": self.topics.health,
             "event": self.topics.event,
             "result": self.topics.command_result,
             "beliefs": self.topics.beliefs,

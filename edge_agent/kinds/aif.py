@@ -28,6 +28,7 @@ from edge_agent.aif.settings import AifSettings, BeliefHistory, settings_from_js
 from edge_agent.config.daemon import BuiltinModel, GroupConfig, SimSource
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.contract import MetricFamily
+from edge_agent.core.health_table import HealthTable
 from edge_agent.errors import BundleError, ConfigError, InputError
 from edge_agent.kinds.base import (
     GroupKind,
@@ -220,6 +221,7 @@ def new_agents(
         "history_beliefs": cfg.table_or_default(BeliefHistory).value,
         "planning": cfg.table_or_default(PlanningPolicy),
         "shared_state": workers > 1,
+        "drift": cfg.table_or_default(HealthTable).drift(),
     }
     if aif.learning is None:
         keep_prior = cfg.coordination is not None
@@ -360,6 +362,7 @@ class AifKind:
     shares_beliefs = True
     plans = True
     learns = True
+    measures_health = True  # docs/health.md: [groups.health]
     metric_families = (PLANNING_METRICS, LEARNING_METRICS)
 
     def load(self, cfg: GroupConfig, bundle: Bundle | None, verify: Verify) -> LoadedModel:

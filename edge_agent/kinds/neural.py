@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.config.daemon import GroupConfig
+from edge_agent.core.health_table import HealthTable
 from edge_agent.errors import BundleError, ConfigError
 from edge_agent.kinds.base import (
     GroupKind,
@@ -111,6 +112,7 @@ class NeuralKind:
     name = "neural"
     shares_beliefs = False
     plans = False
+    measures_health = True  # docs/health.md: [groups.health]
     learns = False
     metric_families = (INPUT_RANGE_METRICS,)
 
@@ -188,6 +190,7 @@ class NeuralKind:
             budget=budget,
             name=cfg.name,
             check_finite=False,  # the daemon's sources drop non-finite values (see the class)
+            low_confidence=cfg.table_or_default(HealthTable).low_confidence,
         )
 
 

@@ -86,6 +86,7 @@ class PerceptionKind:
     name = "perception"
     shares_beliefs = False
     plans = True  # its Active Inference agents plan as an aif group's do
+    measures_health = True  # docs/health.md: [groups.health]
     learns = False  # its agents observe soft evidence; counts learn from outcome indices
     metric_families = (INPUT_RANGE_METRICS,)  # its classifier's observations out of range
 

@@ -50,9 +50,11 @@ from numpy.typing import NDArray
 
 from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.core.contract import GroupEvent, GroupIO, state_under
+from edge_agent.core.health_window import HealthSummary
 from edge_agent.core.history import HistoryRing
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
+from edge_agent.neural.health import LOW_CONFIDENCE, NeuralHealth
 from edge_agent.neural.input_range import RangeWatch
 
 if TYPE_CHECKING:
@@ -272,6 +274,7 @@ class NeuralAgentGroup:
         budget: MemoryBudget | None = None,
         name: str = "neural",
         check_finite: bool = True,
+        low_confidence: float = LOW_CONFIDENCE,
     ) -> None:
         if isinstance(n_agents, bool) or not isinstance(n_agents, int | np.integer) or n_agents < 1:
             raise InputError(f"group {name!r}: n_agents must be an integer >= 1, got {n_agents!r}")
@@ -289,6 +292,12 @@ class NeuralAgentGroup:
         self.frame = frame_shape(spec)
         #: Observations outside the bundle's calibrated range, counted every tick.
         self.range_watch = RangeWatch(spec.observation_range, self.num_features, 0, group=name)
+        #: Its health measures (docs/health.md), a part it holds.
+        self.health = NeuralHealth(
+            discrete=spec.output_kind == "discrete",
+            temperature=self.temperature,
+            threshold=low_confidence,
+        )
         self.history_capacity = max(int(history_capacity), self.window)
         # Steps not yet in the ring: a ring no longer than the window is written from the
         # windows when read (_record_windows), not every tick.
@@ -624,6 +633,7 @@ class NeuralAgentGroup:
             )
         out = self.forward(obs, now)[self.output.name]
         self._last_output = out
+        self.health.observe(out, out.shape[0])
         if kind == "continuous":
             np.clip(out, self._low, self._high, out=self._actions)
         elif self.selection == "argmax":
@@ -734,6 +744,11 @@ class NeuralAgentGroup:
     def metrics(self) -> dict[str, object]:
         """Observations outside the calibrated range (none without a range in the bundle)."""
         return self.range_watch.metrics()
+
+    def health_summary(self) -> HealthSummary:
+        """The health measures since the last call (one reporting window, docs/health.md)."""
+        watch = self.range_watch
+        return self.health.close(watch.checked, watch.out_of_range)
 
     def alerts(self) -> list[GroupEvent]:
         """The ``input_out_of_range`` event, when the share out of range crossed 1 %."""

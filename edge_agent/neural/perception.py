@@ -33,6 +33,7 @@ from edge_agent.aif.settings import AifSettings, settings_from_json
 from edge_agent.core.agents import AifAgentGroup, Precision
 from edge_agent.core.budget import MemoryBudget
 from edge_agent.core.contract import GroupEvent, GroupIO, state_under
+from edge_agent.core.health_window import HealthSummary
 from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.agents import NeuralAgentGroup
 
@@ -283,8 +284,19 @@ class PerceptionAifGroup:
         return self.perception.metrics()
 
     def alerts(self) -> list[GroupEvent]:
-        """The classifier's ``input_out_of_range`` event (see :class:`NeuralAgentGroup`)."""
-        return self.perception.alerts()
+        """The classifier's ``input_out_of_range`` event (see :class:`NeuralAgentGroup`) and the
+        Active Inference agents' ``drift``."""
+        return [*self.perception.alerts(), *self.aif.alerts()]
+
+    def health_summary(self) -> HealthSummary | None:
+        """The Active Inference agents' health measures (docs/health.md; those that need
+        outcome indices only with ``evidence = "hard"``) and the classifier's out-of-range
+        share."""
+        aif = self.aif.health_summary()
+        seen = self.perception.health_summary()
+        if aif is None:
+            return seen
+        return HealthSummary(aif.agent_steps, {**aif.measures, **seen.measures}, aif.drift)
 
     # -- bundles -----------------------------------------------------------------------------------
     @classmethod

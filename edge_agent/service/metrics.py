@@ -44,6 +44,8 @@ GroupReader = Callable[[], Mapping[str, Mapping[str, object]]]
 InfoReader = Callable[[], Mapping[str, str]]
 #: ``({quantile: value}, sum, count)`` of a summary.
 SummaryReader = Callable[[], tuple[Mapping[float, float], float, int]]
+#: The samples of a labelled gauge family: ``(labels, value)`` each.
+LabelledReader = Callable[[], Iterable[tuple[Mapping[str, str], object]]]
 
 PROMETHEUS_PREFIX: Final = "edge_agent_"
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -136,6 +138,7 @@ class Metrics:
         self._groups: tuple[GroupReader, frozenset[str], str, Mapping[str, str]] | None = None
         self._infos: list[tuple[str, InfoReader, str]] = []
         self._summaries: list[tuple[str, SummaryReader, str]] = []
+        self._labelled: list[tuple[str, LabelledReader, str]] = []
 
     def register(
         self,
@@ -199,6 +202,12 @@ class Metrics:
         """A summary ``edge_agent_{name}`` for Prometheus only: ``read()`` gives its quantiles,
         sum and count (base units: seconds)."""
         self._summaries.append((name, read, help))
+
+    def register_labelled(self, name: str, read: LabelledReader, *, help: str) -> None:
+        """A gauge family ``edge_agent_{name}`` for Prometheus only, whose samples carry labels
+        of their own (``read()``: ``(labels, value)`` each; non-numbers are left out). The
+        reader keeps its label sets bounded (a group and a measure of a closed vocabulary)."""
+        self._labelled.append((name, read, help))
 
     def _flat(self) -> list[tuple[str, Number, bool, _Source]]:
         """(key, value, is_counter, source) of every registered number, in registration order."""
@@ -276,6 +285,17 @@ class Metrics:
             name = metric_name(family_key, counter=counter)
             scale = _base_units(PROMETHEUS_PREFIX + _UNSAFE.sub("_", family_key))[1]
             add(name, counter, spec or help_, extra, value * scale if scale != 1.0 else value)
+        for family_name, read_labelled, help_ in self._labelled:
+            for sample_labels, raw in read_labelled():
+                number = _number(raw)
+                if number is not None:
+                    add(
+                        PROMETHEUS_PREFIX + family_name,
+                        False,
+                        help_,
+                        list(sample_labels.items()),
+                        number,
+                    )
         if self._groups is not None:
             read_groups, gauges, help_, describe = self._groups
             for group, numbers in read_groups().items():

@@ -463,6 +463,12 @@ class BatchEnv:
             "mean_episode_steps": float(self._arrays["episode_steps"].mean()),
         }
 
+    def scores(self) -> np.ndarray | None:
+        """``(N,) float64``: each agent's score so far as the world defines it (a new array),
+        whose growth over a window is the ``score`` health measure (docs/health.md); None:
+        the world defines none (the default)."""
+        return None
+
     def references(self) -> dict[str, str]:
         """What some numbers of :meth:`summary` compare to, by their key (``mean_steps_to_goal``:
         ``fewest possible 9.09, random walk 265``): the demo's report prints them beside the

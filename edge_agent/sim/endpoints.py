@@ -32,6 +32,7 @@ class WorldSource:
         #: ``(n_agents, ...)``: the world's last observation (a view the world reuses).
         self.obs: np.ndarray = self.world.reset()
         self.sink = WorldSink(self)
+        self._scores = self._world_scores()  # where the current health window started
 
     def take(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """The observations of the last step, the world's outcomes when it reports them, and
@@ -49,6 +50,22 @@ class WorldSource:
         next :meth:`take` says so)."""
         self.world = make_env(self.name, n_agents, seed=self.seed, **self.params)
         self.obs = self.world.reset()
+        self._scores = self._world_scores()
+
+    def _world_scores(self) -> np.ndarray | None:
+        scores = getattr(self.world, "scores", None)  # a world that defines a score
+        return None if scores is None else scores()
+
+    def score_window(self) -> np.ndarray | None:
+        """``(n_agents,)``: each agent's score over the health window that ends now (the growth
+        of the world's :meth:`~edge_agent.sim.BatchEnv.scores`), and a new window; None: the
+        world defines no score."""
+        last, now = self._scores, self._world_scores()
+        self._scores = now
+        if last is None or now is None or last.shape != now.shape:
+            return None
+        out: np.ndarray = now - last
+        return out
 
     def carry_over(self, prev: object) -> None:
         """Nothing: a reloaded group's world starts afresh."""

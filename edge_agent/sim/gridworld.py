@@ -209,6 +209,10 @@ class GridWorldEnv(BatchEnv):
     def goals_reached(self) -> StateArray:
         return self._views["goals_reached"]
 
+    def scores(self) -> np.ndarray:
+        """Each agent's goals reached so far (the ``score`` health measure)."""
+        return self._arrays["goals_reached"].astype(np.float64)
+
     @property
     def goal_steps(self) -> StateArray:
         return self._views["goal_steps"]

@@ -49,6 +49,11 @@ class TrialEnv(BatchEnv):
     def trials(self) -> IntArray:
         return self._views["trials"]
 
+    def scores(self) -> np.ndarray:
+        """Each agent's rewards less its losses so far (the ``score`` health measure)."""
+        out: np.ndarray = self._arrays["rewards"] - self._arrays["losses"].astype(np.float64)
+        return out
+
     def per_trial(self, counter: str) -> float:
         """A counter summed over the agents, per completed trial (NaN before the first)."""
         trials = int(self._arrays["trials"].sum())

@@ -76,6 +76,15 @@ EXPECTED: dict[str, list[Record]] = {
           for case in ("daemon_default_backoff/back_to_back", "daemon_default_backoff/isolated",
                        "short_backoff/back_to_back")],
     ],
+    "bench_health.py": [
+        *[({"bench": "health-cost", "world": w, "n": 20},
+           ("plain_ms", "health_ms", "ratio", "measured_agents", "every_ticks"))
+          for w in ("tmaze", "grid10")],
+        *[({"bench": "drift-false-alarms", "world": w},
+           ("alarms", "updates", "alarms_per_100k_updates", "threshold"))
+          for w in ("tmaze", "grid10")],
+        ({"bench": "drift-delay"}, ("delays_ticks", "median_delay_ticks", "alarms_before")),
+    ],
     "bench_hub_page.py": [
         ({"bench": "setup", "nodes": 20}, ("procs",)),
         ({"bench": "fleet"}, ("halted", "counts")),

@@ -53,7 +53,8 @@ def test_every_table_is_a_record_found_by_its_key() -> None:
     assert (
         list(types)
         == list(GROUP_TABLES)
-        == ["history_beliefs", "settings", "planning", "learning", "perception", "policy"]
+        == ["history_beliefs", "settings", "planning", "learning", "perception", "policy",
+            "health"]
     )
     assert types["learning"] is LearningTable is table_type("learning")
     assert types["perception"] is PerceptionTable

@@ -1,0 +1,261 @@
+"""An Active Inference group's health: how well its model predicts what its agents observe
+(``docs/health.md``), a part the group holds (:class:`AifHealth`, ``AifAgentGroup.health``).
+
+Each tick the group tells it the tick's outcomes with the prior its agents predicted them with
+(:meth:`AifHealth.before`, where ``learning.observe`` is told the same) and, once the tick is
+stepped, the posteriors and policy posterior (:meth:`AifHealth.after`). On every
+:data:`HEALTH_EVERY`-th tick it measures a sample of at most :data:`HEALTH_AGENTS` agents,
+spread evenly over the group and moved by one agent each time so that every agent is measured
+in turn (all agents of a group of at most that many), in float64 with the pure kernels of
+:mod:`edge_agent.aif.health`: the cost is that of a few dozen agents whatever the group's size
+(the whole group's agent-steps are counted). Per agent-step sampled: the surprise
+``-ln p(o)``, the excess surprise (surprise less the predicted outcome distribution's entropy),
+the variational free energy, the policy posterior's entropy, the belief change
+``KL(q || prior)`` and the realised preference ``ln softmax(C)[o]``. The values go into a
+:class:`~edge_agent.core.health_window.HealthWindow` (the reporting window's summaries) and each
+tick's mean excess surprise into a :class:`~edge_agent.core.drift.DriftDetector`, whose alarm
+is a ``drift`` :class:`~edge_agent.core.contract.GroupEvent` (:meth:`AifHealth.alerts`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_agent.aif import health as kernels_health
+from edge_agent.core.contract import GroupEvent
+from edge_agent.core.drift import DriftDetector, DriftSettings
+from edge_agent.core.group_blocks import IntArray
+from edge_agent.core.health_window import HealthSummary, HealthWindow
+
+if TYPE_CHECKING:  # a group that does not learn never imports learning's modules
+    from edge_agent.core.surprise import OutcomeProbabilities
+
+__all__ = [
+    "AIF_MEASURES",
+    "HEALTH_AGENTS",
+    "LEARNING_HEALTH",
+    "AifHealth",
+    "Likelihood",
+    "health_agents",
+]
+
+#: At most this many agents of a group are measured on a measured tick ...
+HEALTH_AGENTS = 64
+#: ... and fewer for a large model: a measured agent's largest float64 row (its joint states,
+#: or a modality's outcomes) times the agents is at most this many bytes, so that a measure's
+#: temporaries stay small (at least :data:`MIN_HEALTH_AGENTS` agents).
+HEALTH_ROW_BYTES = 12 * 1024
+MIN_HEALTH_AGENTS = 8
+#: Every this many ticks is measured (the first included): with :data:`HEALTH_AGENTS`, what
+#: keeps the cost at about 1 % of a tick of 10,000 agents of the 10 x 10 grid, and that of a
+#: small group's tick low (``benchmarks/bench_health.py``).
+HEALTH_EVERY = 4
+
+#: The measures an Active Inference group reports every tick (learning adds its own at the
+#: window's close).
+AIF_MEASURES = (
+    "surprise",
+    "excess_surprise",
+    "free_energy",
+    "policy_entropy",
+    "belief_change",
+    "preference",
+)
+
+#: The measures a learning group adds at the window's close: the agent-steps learned in it and
+#: the divergence of the learned tables from their prior.
+LEARNING_HEALTH = ("experience", "divergence")
+
+#: The likelihood the agents infer with: ``A[m] (O_m, S)`` for every agent (the compiled
+#: model's rows), or None when each agent has its own (then the outcome probabilities are asked
+#: of an :data:`~edge_agent.core.surprise.OutcomeProbabilities`).
+Likelihood = Callable[[], Sequence[np.ndarray] | None]
+
+
+def health_agents(num_states: Sequence[int], num_obs: Sequence[int]) -> int:
+    """How many agents a measured tick measures at most, for a model of these sizes."""
+    widest = max(math.prod(num_states), *num_obs)
+    return max(MIN_HEALTH_AGENTS, min(HEALTH_AGENTS, HEALTH_ROW_BYTES // (8 * widest)))
+
+
+class AifHealth:
+    """The health part of an Active Inference group (see the module docstring).
+
+    ``num_states``, ``num_obs``: states per factor, outcomes per modality; ``lnC``:
+    ``ln softmax(C_m)`` per modality (empty: no preference is reported); ``p_obs``: the outcome
+    probabilities under each agent's own tables, for a group that gives :meth:`after` no
+    likelihood. It holds no reference to the group (a group dropped is freed by reference
+    counting): what changes, the likelihood, is passed in each tick.
+    """
+
+    def __init__(
+        self,
+        n_agents: int,
+        *,
+        group: str,
+        num_states: Sequence[int],
+        num_obs: Sequence[int],
+        lnC: Sequence[np.ndarray],
+        p_obs: OutcomeProbabilities | None = None,
+        drift: DriftSettings | None = None,
+        extra_measures: Sequence[str] = (),
+    ) -> None:
+        self.group = group
+        self.num_obs = tuple(int(o) for o in num_obs)
+        self.sample_agents = health_agents(num_states, self.num_obs)
+        self.lnC = tuple(np.asarray(c, dtype=np.float64) for c in lnC)
+        self._p_obs = p_obs
+        names = [m for m in AIF_MEASURES if m != "preference" or self.lnC]
+        self.window = HealthWindow([*names, *extra_measures])
+        self.detector = DriftDetector(drift)
+        self._pending: list[GroupEvent] = []
+        self._clock = 0
+        self._rows: IntArray = np.zeros(0, dtype=np.intp)
+        self._base: IntArray = np.zeros(0, dtype=np.intp)
+        self._step = 1
+        self._obs: IntArray | None = None
+        self._prior: list[np.ndarray] | None = None
+        self.n_agents = 0
+        self.resize(n_agents)
+
+    # -- memory -----------------------------------------------------------------------------------
+    def resize(self, n_agents: int) -> None:
+        """The group has ``n_agents`` now: the sampled rows again."""
+        self.n_agents = n = int(n_agents)
+        self._step = max(1, -(-n // self.sample_agents))
+        self._base = np.arange(0, n, self._step, dtype=np.intp)
+        self._rows = self._base.copy()
+        self._obs = self._prior = None
+
+    # -- the tick ---------------------------------------------------------------------------------
+    def rows(self) -> IntArray:
+        """The agents this tick measures (moved by one each tick, within the group)."""
+        return self._rows
+
+    def before(
+        self,
+        obs: IntArray,
+        prior: Sequence[np.ndarray] | None,
+        *,
+        derive: Callable[[IntArray], list[np.ndarray]] | None = None,
+    ) -> None:
+        """This tick's outcomes ``obs (N, M)`` and the prior the agents predicted them with,
+        ``prior[f] (N, S_f)`` (or, for a group that keeps no prior, ``derive(rows)``: the
+        sampled agents' prior made again); the sampled rows are copied (the tick overwrites
+        the prior)."""
+        n = obs.shape[0]
+        if n != self.n_agents:
+            self.resize(n)
+        clock = self._clock
+        self._clock += 1
+        if clock % HEALTH_EVERY:
+            return
+        offset = (clock // HEALTH_EVERY) % self._step
+        np.add(self._base, offset, out=self._rows)
+        np.minimum(self._rows, n - 1, out=self._rows)
+        rows = self._rows
+        self._obs = obs[rows]
+        if prior is not None:
+            self._prior = [np.asarray(p[rows], dtype=np.float64) for p in prior]
+        elif derive is not None:
+            self._prior = [np.asarray(p, dtype=np.float64) for p in derive(rows)]
+        else:
+            self._prior = None
+
+    def after(
+        self,
+        qs: Sequence[np.ndarray],
+        q_pi: np.ndarray | None,
+        likelihood: Likelihood,
+    ) -> None:
+        """The tick is stepped: its posteriors ``qs[f] (N, S_f)`` and policy posterior ``q_pi
+        (N, P)`` (None: not planned), and the likelihood the agents inferred with (see
+        :data:`Likelihood`): measure the sampled agents and fold the measures into the window
+        and the drift detector."""
+        obs, prior = self._obs, self._prior
+        self._obs = self._prior = None
+        window = self.window
+        window.add_steps(self.n_agents)
+        if obs is None:
+            return
+        rows = self._rows
+        if q_pi is not None and q_pi.shape[0] == self.n_agents:
+            window.add("policy_entropy", kernels_health.entropy(q_pi[rows]))
+        if self.lnC:
+            window.add("preference", kernels_health.preference(self.lnC, obs))
+        if prior is None:
+            return
+        post = [np.asarray(q[rows], dtype=np.float64) for q in qs]
+        A = likelihood()
+        joint = kernels_health.joint_beliefs(prior)
+        change = kernels_health.belief_change(post, prior)
+        if A is not None:
+            p_o = kernels_health.predicted_outcomes(A, joint)
+            accuracy = kernels_health.expected_log_likelihood(post, A, obs)
+            window.add("free_energy", change - accuracy)  # kernels_health.free_energy
+        else:
+            p_o = self._outcome_distributions(rows, joint)
+        surprise = kernels_health.surprise(p_o, obs)
+        excess = surprise - kernels_health.outcome_entropy(p_o)
+        window.add("surprise", surprise)
+        window.add("excess_surprise", excess)
+        window.add("belief_change", change)
+        k = excess.shape[0]
+        mean = float(excess.sum()) / k
+        var = max(0.0, float(np.dot(excess, excess)) / k - mean * mean)
+        fired = self.detector.update(mean, var, k, time.time())
+        if fired:
+            self._raise_drift()
+
+    def _outcome_distributions(self, rows: IntArray, joint: np.ndarray) -> list[np.ndarray]:
+        """``p(o_m)`` of every outcome from :attr:`_p_obs`, one outcome index at a time (a loop
+        over the model's outcomes, not its agents)."""
+        assert self._p_obs is not None  # no likelihood: the group gave outcome probabilities
+        r = rows.shape[0]
+        out = [np.empty((r, o)) for o in self.num_obs]
+        probe = np.empty((r, len(self.num_obs)), dtype=np.int64)
+        for o in range(max(self.num_obs)):
+            for m, n_o in enumerate(self.num_obs):
+                probe[:, m] = min(o, n_o - 1)
+            p = self._p_obs(probe, rows, joint)
+            for m, n_o in enumerate(self.num_obs):
+                if o < n_o:
+                    out[m][:, o] = p[:, m]
+        return out
+
+    def _raise_drift(self) -> None:
+        d = self.detector
+        s = d.settings
+        self._pending.append(
+            GroupEvent(
+                "drift",
+                "warning",
+                f"group {self.group}: the model stopped fitting what its agents observe: the "
+                f"excess surprise's drift statistic {d.statistic:.1f} passed {s.threshold:g} "
+                f"(tolerance {s.tolerance:g} nats per agent-step)",
+                {
+                    "statistic": round(d.statistic, 6),
+                    "threshold": s.threshold,
+                    "tolerance": s.tolerance,
+                    "allowance": s.drift,
+                },
+            )
+        )
+
+    # -- what it tells ----------------------------------------------------------------------------
+    def alerts(self) -> list[GroupEvent]:
+        """The ``drift`` events raised since the last call."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def close(self, extra: Callable[[HealthWindow], None] | None = None) -> HealthSummary:
+        """The reporting window's summary, and a new window (``extra`` adds the measures the
+        group's other parts report, e.g. learning's, before it closes)."""
+        if extra is not None:
+            extra(self.window)
+        return self.window.close(self.detector.reading())

@@ -1,0 +1,190 @@
+"""A group's health measures over one reporting window: per measure its mean, 95th percentile
+and count, in bounded memory (``docs/health.md``).
+
+:class:`HealthWindow` is told each tick's values of each measure (:meth:`HealthWindow.add`, one
+value per agent-step sampled) and, once per reporting window (the telemetry interval), closed
+(:meth:`HealthWindow.close`): it returns a :class:`HealthSummary` and starts again. The mean (and
+the standard deviation behind the excess surprise's z-score) are exact, from running sums; the
+95th percentile is that of a systematic sample of at most :data:`RESERVOIR` of the window's
+values: every ``stride``-th value, the stride doubling (and every other value kept dropped)
+whenever the sample is full, so that it spans the whole window evenly, with no random numbers
+and a few slices per batch: a measure holds ``RESERVOIR`` floats whatever the window's length
+or the group's size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["RESERVOIR", "DriftReading", "HealthSummary", "HealthWindow", "MeasureStats"]
+
+#: Values a measure keeps per window for its 95th percentile (8 bytes each).
+RESERVOIR = 512
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureStats:
+    """One measure over a window: ``mean`` and ``p95`` of its ``n`` values, their standard
+    deviation ``std`` (population), and ``z``: the mean in standard errors from 0,
+    ``mean / (std / sqrt(n))`` (0 when ``std`` is 0)."""
+
+    mean: float
+    p95: float
+    n: int
+    std: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> MeasureStats:
+        """The summary of ``values`` (at least one), exactly."""
+        v = np.asarray(values, dtype=np.float64)
+        return cls(
+            mean=float(v.mean()), p95=float(np.percentile(v, 95)), n=int(v.size),
+            std=float(v.std()),
+        )
+
+    @property
+    def z(self) -> float:
+        if self.n < 2 or self.std <= 0.0:
+            return 0.0
+        return self.mean / (self.std / math.sqrt(self.n))
+
+
+@dataclass(frozen=True, slots=True)
+class DriftReading:
+    """A group's change detector on its excess surprise (:mod:`edge_agent.core.drift`):
+    whether it alarms, its statistic and the threshold the alarm fires at, since when (wall
+    clock seconds, None when not in alarm)."""
+
+    alarm: bool
+    statistic: float
+    threshold: float
+    since: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSummary:
+    """A group's health over one window: the agent-steps it held, each measure that had values
+    (:class:`MeasureStats`), the drift detector's state (None: the group has none)."""
+
+    agent_steps: int
+    measures: Mapping[str, MeasureStats]
+    drift: DriftReading | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON numbers for the status file and ``edge-agent status --json``."""
+        return {
+            "agent_steps": self.agent_steps,
+            "measures": {
+                name: {
+                    "mean": _round(s.mean),
+                    "p95": _round(s.p95),
+                    "n": s.n,
+                    "z": _round(s.z),
+                }
+                for name, s in self.measures.items()
+            },
+            "drift": None
+            if self.drift is None
+            else {
+                "alarm": self.drift.alarm,
+                "statistic": _round(self.drift.statistic),
+                "threshold": self.drift.threshold,
+                "since": self.drift.since,
+            },
+        }
+
+
+def _round(x: float) -> float:
+    return round(x, 6) if math.isfinite(x) else 0.0
+
+
+class _Measure:
+    """One measure's running sums and systematic sample (the values whose index in the window
+    is a multiple of ``stride``, ``kept`` of them)."""
+
+    __slots__ = ("kept", "n", "sample", "stride", "sum", "sumsq")
+
+    def __init__(self) -> None:
+        self.sample = np.empty(RESERVOIR)
+        self.n = self.kept = 0
+        self.stride = 1
+        self.sum = 0.0
+        self.sumsq = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        k = values.shape[0]
+        if k == 0:
+            return
+        self.sum += float(values.sum())
+        self.sumsq += float(np.dot(values, values))
+        picked = values[(-self.n) % self.stride :: self.stride]
+        while self.kept + picked.shape[0] > RESERVOIR:  # full: every other one, twice the stride
+            half = self.sample[: self.kept : 2].copy()
+            self.kept = half.shape[0]
+            self.sample[: self.kept] = half
+            self.stride *= 2
+            picked = values[(-self.n) % self.stride :: self.stride]
+        self.sample[self.kept : self.kept + picked.shape[0]] = picked
+        self.kept += picked.shape[0]
+        self.n += k
+
+    def stats(self) -> MeasureStats:
+        n = self.n
+        mean = self.sum / n
+        var = max(0.0, self.sumsq / n - mean * mean)
+        p95 = float(np.percentile(self.sample[: self.kept], 95))
+        return MeasureStats(mean=mean, p95=p95, n=n, std=math.sqrt(var))
+
+    def clear(self) -> None:
+        self.n = self.kept = 0
+        self.stride = 1
+        self.sum = self.sumsq = 0.0
+
+
+class HealthWindow:
+    """Per-measure summaries of one reporting window (see the module docstring); ``names``: the
+    measures it may be told (a fixed set: memory is ``len(names) * RESERVOIR`` floats)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._measures = {name: _Measure() for name in names}
+        self.agent_steps = 0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._measures)
+
+    def kept(self, name: str) -> np.ndarray:
+        """The values of measure ``name`` kept for its percentile so far (a read-only view of
+        at most :data:`RESERVOIR`)."""
+        m = self._measures[name]
+        view = m.sample[: m.kept]
+        view.flags.writeable = False
+        return view
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        """Values of measure ``name`` (one per agent-step, ``(k,)`` float64; non-finite ones
+        are left out)."""
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not np.isfinite(v).all():
+            v = v[np.isfinite(v)]
+        self._measures[name].add(v)
+
+    def add_steps(self, n: int) -> None:
+        """``n`` agent-steps were taken (whether or not any was sampled)."""
+        self.agent_steps += int(n)
+
+    def close(self, drift: DriftReading | None = None) -> HealthSummary:
+        """The window's summary (a measure with no value left out), and a new window."""
+        summary = HealthSummary(
+            agent_steps=self.agent_steps,
+            measures={name: m.stats() for name, m in self._measures.items() if m.n},
+            drift=drift,
+        )
+        for m in self._measures.values():
+            m.clear()
+        self.agent_steps = 0
+        return summary

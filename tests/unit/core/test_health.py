@@ -1,0 +1,143 @@
+"""A group's health part (edge_agent.core.health) in a real AifAgentGroup: the excess surprise
+averages 0 where the model describes the world and is clearly above 0 where it does not (which
+raises one drift event), and every scope reports its measures."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.learning import LearningSettings, LearningSpec
+from edge_agent.aif.planning import PlanningPolicy
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.health import AIF_MEASURES, HEALTH_AGENTS, HEALTH_EVERY, LEARNING_HEALTH
+from edge_agent.core.health_window import HealthSummary
+from edge_agent.sim.registry import make_env
+from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
+from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
+
+
+def _run(env: Any, group: AifAgentGroup, ticks: int) -> HealthSummary:
+    obs = env.reset()
+    for t in range(ticks):
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        obs = env.step(group.step(obs, now=float(t)))
+    summary = group.health_summary()
+    assert summary is not None
+    return summary
+
+
+@pytest.mark.parametrize("precision", ["float64", "int8"])
+def test_the_excess_surprise_averages_zero_where_the_model_is_the_world(precision: str) -> None:
+    """Agents stepped in the T-maze their model describes: each agent-step's excess surprise has
+    mean 0 given the agent's past (its prior predictive is the world's), so their mean over n
+    values is within 5 standard errors std / sqrt(n) of 0; the surprise itself is not 0."""
+    env = TMazeEnv(64, seed=3)
+    group = AifAgentGroup(env.model, 64, precision=precision)  # type: ignore[arg-type]
+    s = _run(env, group, 200)
+    excess = s.measures["excess_surprise"]
+    assert excess.n == 64 * 200 // HEALTH_EVERY
+    assert abs(excess.mean) < 5 * excess.std / math.sqrt(excess.n)
+    assert s.measures["surprise"].mean > 0.5
+    assert set(s.measures) == set(AIF_MEASURES)
+    assert s.agent_steps == 64 * 200
+    assert s.drift is not None
+    assert not s.drift.alarm
+    assert group.alerts() == []
+    # free energy >= surprise (an upper bound; equal for the exact posterior, up to EPS)
+    assert s.measures["free_energy"].mean >= s.measures["surprise"].mean - 1e-6
+
+
+def test_a_model_with_the_reward_arms_swapped_is_surprised_and_raises_one_drift_event() -> None:
+    env = TMazeEnv(64, seed=4)
+    group = AifAgentGroup(tmaze_model(reward_probs=(0.02, 0.98)), 64, precision="int8")
+    s = _run(env, group, 200)
+    excess = s.measures["excess_surprise"]
+    assert excess.mean > 0.5
+    assert excess.z > 10
+    assert s.drift is not None
+    assert s.drift.alarm
+    assert s.drift.since is not None
+    (event,) = group.alerts()
+    assert event.kind == "drift"
+    assert event.data["threshold"] == s.drift.threshold
+    assert group.alerts() == []  # raised once
+
+
+def test_a_large_group_is_measured_on_a_bounded_sample_that_moves() -> None:
+    n = 3 * HEALTH_AGENTS + 5
+    env = TMazeEnv(n, seed=5)
+    group = AifAgentGroup(env.model, n, precision="int8")
+    assert group.health is not None
+    obs = env.reset()
+    seen = np.zeros(n, dtype=bool)
+    for _ in range(4 * HEALTH_EVERY):
+        obs = env.step(group.step(obs))
+        rows = group.health.rows()
+        assert len(rows) <= HEALTH_AGENTS
+        seen[rows] = True
+    assert seen.sum() > 3 * HEALTH_AGENTS  # four offsets of a stride of 4: nearly every agent
+    s = group.health_summary()
+    assert s is not None
+    assert s.measures["surprise"].n == 4 * len(group.health.rows())
+
+
+def test_a_group_that_keeps_no_prior_measures_the_same_as_one_that_does() -> None:
+    """The sampled agents' prior is made again (propagated, or D after a reset): the same
+    numbers, to rounding, as the prior a group keeps."""
+    summaries = []
+    for keep in (True, False):
+        env: Any = make_env("grid10", 12, seed=0)
+        group = AifAgentGroup(env.model, 12, precision="int8", keep_prior=keep)
+        assert group.keeps_prior is keep
+        summaries.append(_run(env, group, 40))
+    kept, derived = summaries
+    for name in AIF_MEASURES:
+        a, b = kept.measures[name], derived.measures[name]
+        assert a.n == b.n
+        assert math.isclose(a.mean, b.mean, rel_tol=1e-5, abs_tol=1e-6), name
+
+
+def test_a_planning_policy_and_learning_groups_report_their_measures() -> None:
+    env = TMazeEnv(16, seed=6)
+    planned = AifAgentGroup(env.model, 16, precision="int8", planning=PlanningPolicy(every=3))
+    s = _run(env, planned, 24)
+    assert set(s.measures) == set(AIF_MEASURES)
+
+    model = tmaze_reversal_model()
+    pA = {1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)}
+    for scope in ("shared", "per_agent"):
+        env = TMazeEnv(16, seed=7)
+        spec = LearningSpec(pA=pA, settings=LearningSettings(scope=scope))
+        group = AifAgentGroup(model, 16, precision="float64", learning=spec)
+        s = _run(env, group, 24)
+        assert set(s.measures) >= {*AIF_MEASURES, *LEARNING_HEALTH} - {"free_energy"}, scope
+        assert s.measures["experience"].mean == 16 * 24
+        assert s.measures["divergence"].mean > 0
+        assert s.measures["surprise"].mean > 0
+
+
+def test_a_group_without_health_reports_none() -> None:
+    env = TMazeEnv(4, seed=8)
+    group = AifAgentGroup(env.model, 4, health=False)
+    obs = env.reset()
+    group.step(obs)
+    assert group.health_summary() is None
+    assert group.alerts() == []
+
+
+def test_a_warm_up_step_that_is_put_back_is_not_measured() -> None:
+    model = tmaze_reversal_model()
+    spec = LearningSpec(pA={1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)})
+    env = TMazeEnv(8, seed=9)
+    for learning in (None, spec):
+        group = AifAgentGroup(model, 8, precision="float64", learning=learning)
+        group.warm_up(env.reset())
+        s = group.health_summary()
+        assert s is not None
+        assert s.agent_steps == 0
+        assert "surprise" not in s.measures

@@ -1,0 +1,84 @@
+"""A reporting window's health summaries (edge_agent.core.health_window): exact means and
+counts, the 95th percentile of a bounded reservoir, a new window after each close."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edge_agent.core.health_window import RESERVOIR, DriftReading, HealthWindow
+
+
+def test_a_short_window_is_summarised_exactly() -> None:
+    window = HealthWindow(["surprise", "preference"])
+    rng = np.random.default_rng(0)
+    values = [rng.normal(size=k) for k in (5, 17, 40)]
+    for v in values:
+        window.add("surprise", v)
+        window.add_steps(100)
+    window.add("surprise", np.array([np.nan, np.inf]))  # not finite: left out
+    summary = window.close(DriftReading(alarm=False, statistic=1.5, threshold=12.0, since=None))
+    every = np.concatenate(values)
+    assert summary.agent_steps == 300
+    assert set(summary.measures) == {"surprise"}  # a measure without values is left out
+    s = summary.measures["surprise"]
+    assert s.n == every.size
+    assert math.isclose(s.mean, every.mean(), rel_tol=1e-12)
+    assert math.isclose(s.std, every.std(), rel_tol=1e-9)
+    assert math.isclose(s.p95, float(np.percentile(every, 95)), rel_tol=1e-12)
+    assert math.isclose(s.z, every.mean() / (every.std() / math.sqrt(every.size)), rel_tol=1e-9)
+    as_dict = summary.as_dict()
+    assert as_dict["drift"] == {"alarm": False, "statistic": 1.5, "threshold": 12.0, "since": None}
+    # closed: the next window starts empty
+    again = window.close()
+    assert again.agent_steps == 0
+    assert again.measures == {}
+
+
+def test_a_long_window_keeps_a_bounded_uniform_sample_for_its_percentile() -> None:
+    """100,000 values of U(0, 1) in batches: the mean is exact, and the 95th percentile of the
+    kept sample of at least RESERVOIR / 2 values is within 5 standard errors of 0.95
+    (sqrt(0.95 * 0.05 / (RESERVOIR / 2)) = 0.014)."""
+    window = HealthWindow(["score"])
+    rng = np.random.default_rng(1)
+    total = 0.0
+    for _ in range(1000):
+        v = rng.random(100)
+        total += v.sum()
+        window.add("score", v)
+    assert RESERVOIR // 2 <= window.kept("score").shape[0] <= RESERVOIR  # bounded
+    s = window.close().measures["score"]
+    assert s.n == 100_000
+    assert math.isclose(s.mean, total / 100_000, rel_tol=1e-12)
+    assert abs(s.p95 - 0.95) < 5 * math.sqrt(0.95 * 0.05 / (RESERVOIR // 2))
+
+
+def test_the_sample_is_uniform_over_the_window_not_its_end() -> None:
+    """Values 0 for the first half of a window and 1 for the second: the kept sample holds
+    half of each (to one value), so the 95th percentile is 1 and the sample's mean 0.5."""
+    window = HealthWindow(["score"])
+    for half in (0.0, 1.0):
+        for _ in range(50):
+            window.add("score", np.full(200, half))
+    kept = window.kept("score")
+    share = kept.mean()
+    assert abs(share - 0.5) <= 1 / len(kept)  # every stride-th value: half of each, to one
+    assert window.close().measures["score"].p95 == 1.0
+
+
+def test_the_sample_is_every_stride_th_value_of_the_window() -> None:
+    """Values 0, 1, 2, ... in batches of uneven sizes: the kept ones are exactly the multiples
+    of a power of two, from the first value on, at most RESERVOIR of them."""
+    window = HealthWindow(["score"])
+    rng = np.random.default_rng(2)
+    start = 0
+    while start < 20_000:
+        k = int(rng.integers(1, 300))
+        window.add("score", np.arange(start, start + k, dtype=np.float64))
+        start += k
+    kept = window.kept("score")
+    stride = int(kept[1] - kept[0])
+    assert stride & (stride - 1) == 0  # a power of two
+    np.testing.assert_array_equal(kept, np.arange(0, start, stride)[: len(kept)])
+    assert len(kept) == len(range(0, start, stride)) <= RESERVOIR
