@@ -1,4 +1,4 @@
-"""Health benchmark (issue 46): what a group's health measures cost its tick, and how the drift
+"""Health benchmark: what a group's health measures cost its tick, and how the drift
 alarm behaves on worlds that do and do not change (docs/health.md).
 
 One JSON object per line:
