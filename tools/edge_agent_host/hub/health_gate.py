@@ -18,7 +18,7 @@ that began before the wave switched is left out). The verdict of a wave:
 * **inconclusive** while either side has fewer than ``min_samples`` samples (default 50, as
   Kayenta asks): the runner pauses the rollout, and ``rollout resume`` judges again with the
   samples that came in meanwhile;
-* **fail** when a one-sided Mann-Whitney U test (:mod:`.rank_test`) finds the wave's values,
+* **fail** when a one-sided Mann-Whitney U test (:mod:`.mann_whitney`) finds the wave's values,
   less the tolerated shift ``D``, stochastically worse than the untouched nodes' at level
   ``alpha`` (default 0.05): the runner halts the rollout and rolls the deployed nodes back;
 * **pass** otherwise.
@@ -45,7 +45,7 @@ from pydantic import Field, ValidationError
 from edge_agent.fleet.health_measures import MEASURES, Better
 from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent_host.fleet.errors import FleetError
-from edge_agent_host.hub.rank_test import mann_whitney_u
+from edge_agent_host.hub.mann_whitney import mann_whitney_u
 from edge_agent_host.hub.strict import StrictModel
 
 __all__ = [

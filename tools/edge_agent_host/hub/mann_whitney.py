@@ -14,7 +14,7 @@ others' (after the tolerated shift is taken off).
 * else the **normal approximation** with the tie correction of the variance
   ``n1 n2 / 12 * ((N + 1) - sum(t^3 - t) / (N (N - 1)))`` (t: the size of each group of tied
   values, N = n1 + n2) and a continuity correction of 0.5: what scipy's ``mannwhitneyu``
-  computes with ``method="asymptotic"`` (``tests/unit/host/hub/test_rank_test.py`` holds its
+  computes with ``method="asymptotic"`` (``tests/unit/host/hub/test_mann_whitney.py`` holds its
   numbers).
 """
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent_host.hub.rank_test import EXACT_MAX, mann_whitney_u, rank
+from edge_agent_host.hub.mann_whitney import EXACT_MAX, mann_whitney_u, rank
 
 # fmt: off
 X60 = [
