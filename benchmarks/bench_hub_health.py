@@ -18,7 +18,7 @@ Starts a loopback mosquitto (``sys_interval 1`` for its byte counters), ``--node
 
     python benchmarks/bench_hub_health.py [--nodes 1000] [--window 60]
 
-``--smoke``: 20 nodes, telemetry every 1 s, 5 s windows: the code path, for CI
+``--smoke``: 20 nodes, telemetry every 1 s, 2 s windows: the code path, for CI
 (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
@@ -204,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, help="simulator processes (default: 1 per 100)")
     parser.add_argument("--telemetry", type=float, default=10.0, help="the nodes' period (s)")
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured per phase")
-    parser.add_argument("--smoke", action="store_true", help="20 nodes, 1 s, 5 s: for CI")
+    parser.add_argument("--smoke", action="store_true", help="20 nodes, 1 s, 2 s: for CI")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.nodes, args.procs, args.telemetry, args.window = 20, 1, 1.0, 5.0
+        args.nodes, args.procs, args.telemetry, args.window = 20, 1, 1.0, 2.0
     if args.procs is None:
         args.procs = -(-args.nodes // 100)
     root = Path(tempfile.mkdtemp(prefix="bench-hub-health-"))
