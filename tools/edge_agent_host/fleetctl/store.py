@@ -45,9 +45,13 @@ class FleetStore:
             pass
         try:
             self.conn = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as err:
+            raise FleetError(f"{self.path}: cannot use it as the client's database: {err}") from err
+        try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self._create()
         except sqlite3.Error as err:
+            self.conn.close()  # not left to the collector (Python 3.13 warns of it there)
             raise FleetError(f"{self.path}: cannot use it as the client's database: {err}") from err
 
     def _create(self) -> None:

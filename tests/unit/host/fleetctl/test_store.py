@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def test_the_client_counts_telemetry_as_seen(tmp_path: Path) -> None:
 
 def test_a_file_of_an_older_client_gets_first_seen(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    with sqlite3.connect(path) as old:
+    with closing(sqlite3.connect(path)) as old, old:  # closed, not only committed
         old.execute(
             "CREATE TABLE nodes (node TEXT PRIMARY KEY, online INTEGER, bdseq INTEGER, "
             "birth TEXT, last_seen REAL, deaths INTEGER NOT NULL DEFAULT 0)"
