@@ -433,7 +433,9 @@ def argv_for(world: World, leaf: Leaf, bad: dict[str, str] | None = None) -> lis
                 if not (given or action.required or _needed(leaf, action.dest, bad)):
                     continue
                 value = [bad[action.dest] if given else valid(world, leaf, action.dest)]
-            elif action.required:
+            elif action.required or (not action.option_strings and action.dest in VALUES):
+                # a positional with nargs="*" is required under Python 3.11's argparse, not
+                # under 3.13's: the command needs its values all the same (announce's ID=GOAL)
                 value = VALUES[action.dest]
             else:
                 continue
