@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_hub_scale import ENV, FLEET, Hub, SysBytes, emit, wait_registry  # noqa: E402
+from bench_hub_scale import Hub, SysBytes, emit, launch_simulators, wait_registry  # noqa: E402
 
 from edge_agent.fleet.protocol import (  # noqa: E402
     Envelope,
@@ -63,24 +63,10 @@ from tests.support.broker import MosquittoBroker  # noqa: E402
 def start_simulators(
     root: Path, port: int, keys: Path, nodes: int, *, procs: int, telemetry: float, health: bool
 ) -> list[subprocess.Popen[bytes]]:
-    sims = []
-    per = -(-nodes // procs)
-    for p in range(procs):
-        first, count = p * per, min(per, nodes - p * per)
-        if count <= 0:
-            break
-        command = [
-            sys.executable, "-m", "edge_agent_host.fleetsim", "--nodes", str(count),
-            "--first", str(first), "--port", str(port), "--fleet", FLEET,
-            "--state-dir", str(root / "nodes"), "--hub-keys", str(keys),
-            "--bundle-keys", str(keys), "--telemetry", str(telemetry),
-            "--connect-rate", "200",
-        ]  # fmt: skip
-        if not health:
-            command.append("--no-health")
-        log = open(root / f"sim{p}-{int(health)}.log", "wb")  # noqa: SIM115 - lives with it
-        sims.append(subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=log))
-    return sims
+    args = ["--telemetry", str(telemetry), "--connect-rate", "200"]
+    if not health:
+        args.append("--no-health")
+    return launch_simulators(root, port, keys, nodes, procs=procs, args=args, tag=f"-{int(health)}")
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:

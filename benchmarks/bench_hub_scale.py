@@ -247,6 +247,17 @@ def wait_rollout(hub: Hub, rollout_id: str, timeout: float) -> dict[str, Any]:
 def start_simulators(
     root: Path, port: int, keys: Path, nodes: int, *, procs: int, fail_fraction: float
 ) -> list[subprocess.Popen[bytes]]:
+    return launch_simulators(root, port, keys, nodes, procs=procs, args=[
+        "--fail-fraction", str(fail_fraction), "--fail-version", "3.0.0-bad", "--seed", "3",
+        "--telemetry", "10",
+    ])  # fmt: skip
+
+
+def launch_simulators(
+    root: Path, port: int, keys: Path, nodes: int, *, procs: int, args: list[str], tag: str = ""
+) -> list[subprocess.Popen[bytes]]:
+    """``nodes`` simulated nodes (``edge_agent_host.fleetsim`` with ``args``) in ``procs``
+    processes, each logging to ``sim{P}{tag}.log`` under ``root``."""
     sims = []
     per = -(-nodes // procs)
     for p in range(procs):
@@ -257,10 +268,9 @@ def start_simulators(
             sys.executable, "-m", "edge_agent_host.fleetsim", "--nodes", str(count),
             "--first", str(first), "--port", str(port), "--fleet", FLEET,
             "--state-dir", str(root / "nodes"), "--hub-keys", str(keys),
-            "--bundle-keys", str(keys), "--fail-fraction", str(fail_fraction),
-            "--fail-version", "3.0.0-bad", "--seed", "3", "--telemetry", "10",
+            "--bundle-keys", str(keys), *args,
         ]  # fmt: skip
-        log = open(root / f"sim{p}.log", "wb")  # noqa: SIM115 - lives with the process
+        log = open(root / f"sim{p}{tag}.log", "wb")  # noqa: SIM115 - lives with the process
         sims.append(subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=log))
     return sims
 
