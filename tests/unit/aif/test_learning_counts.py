@@ -112,7 +112,9 @@ def test_the_increments_are_the_sum_of_every_tick_s_before_any_forgetting(scope:
         for f in (0.0, 0.3)
     ]
     plain = learners[0]
-    assert plain.pA is not None and plain.pB is not None and plain.pD is not None
+    assert plain.pA is not None
+    assert plain.pB is not None
+    assert plain.pD is not None
     summed = [np.zeros(c.prior[0].shape) for c in plain.counts]
     agent_axis = 1 if scope == "per_agent" else 0
     acted_total = 0
@@ -128,9 +130,9 @@ def test_the_increments_are_the_sum_of_every_tick_s_before_any_forgetting(scope:
             learner.learn_A(obs, qs)
             learner.learn_B(qs, qs_prev, actions, acted=acted)
             learner.learn_D(qs[:1] + qs[1:])
-        for total, c, b in zip(summed, plain.counts, before, strict=True):
+        for slot, (c, b) in enumerate(zip(plain.counts, before, strict=True)):
             gain = c.counts[0] - b
-            total += gain.sum(axis=0) if agent_axis else gain
+            summed[slot] += gain.sum(axis=0) if agent_axis else gain
         qs_prev = qs
     for learner in learners:
         ticks = {c.kind: c.take_delta() for c in learner.counts}
@@ -147,7 +149,9 @@ def test_the_increments_are_the_sum_of_every_tick_s_before_any_forgetting(scope:
         assert ticks["A"].increments[0].sum() <= 5 * n * 0.5 + 1e-9
         assert ticks["B"].increments[0].sum() <= acted_total * 2.0 + 1e-9
         again = learner.pA.take_delta() if learner.pA is not None else None
-        assert again is not None and again.agent_ticks == [0] and not again.increments[0].any()
+        assert again is not None
+        assert again.agent_ticks == [0]
+        assert not again.increments[0].any()
 
 
 def test_only_the_columns_that_moved_are_taken() -> None:
@@ -164,6 +168,7 @@ def test_only_the_columns_that_moved_are_taken() -> None:
     assert learner.pB is not None
     columns, values = column_increments(learner.pB.take_delta().increments[0])
     assert columns.tolist() == [0 * U + 0, 2 * U + 0]
-    assert columns.dtype == np.uint32 and values.dtype == np.float32
+    assert columns.dtype == np.uint32
+    assert values.dtype == np.float32
     assert values.shape == (2, S)
     np.testing.assert_allclose(values.sum(axis=1), [2.0, 2.0], rtol=1e-6)

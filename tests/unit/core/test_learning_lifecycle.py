@@ -115,7 +115,8 @@ def test_a_warm_up_teaches_nothing() -> None:
         assert np.array_equal(e, before)
     assert group.metrics()["learning_updates"] == numbers["learning_updates"]
     assert group.learning.counts_origin == "priors"
-    assert group.learner.pA is not None and group.learner.pA.agent_ticks.tolist() == [4 * 8]
+    assert group.learner.pA is not None
+    assert group.learner.pA.agent_ticks.tolist() == [4 * 8]
 
 
 @pytest.mark.parametrize("scope", ["shared", "per_agent"])
