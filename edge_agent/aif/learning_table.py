@@ -40,9 +40,9 @@ KEY = "learning"
 #: The text every problem of the table starts with (the config's reader finds its key by it).
 TABLE = "[groups.learning]"
 
-#: ``report_every_s``: each report is a durable outbox write (an SD card wears with each), and
-#: a hub merges in rounds of hours: a report at most this often, at least once a day.
-MIN_REPORT_EVERY_S = 10.0
+#: ``report_every_s``: each report is a durable outbox write (an SD card wears with each): at
+#: most one a second (a hub merges in rounds of hours: minutes are plenty), at least one a day.
+MIN_REPORT_EVERY_S = 1.0
 MAX_REPORT_EVERY_S = 86_400.0
 
 Tables = tuple[int, ...] | Literal["all"] | None
