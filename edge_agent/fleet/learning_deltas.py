@@ -29,7 +29,7 @@ __all__ = ["ENVELOPE_BYTES", "MAX_TABLES_PER_DELTA", "TABLE_BYTES", "learning_de
 #: What a message's envelope and its fields other than the tables take, at most (bytes).
 ENVELOPE_BYTES: Final = 1024
 #: What one table's part takes besides its columns and values, at most (bytes).
-TABLE_BYTES: Final = 160
+TABLE_BYTES: Final = 256
 #: The most table parts one :class:`LearningDelta` carries (the protocol's bound).
 MAX_TABLES_PER_DELTA: Final = 64
 
