@@ -14,8 +14,9 @@ group, from 1, never reused:
   (atomically) **before** its messages go into the outbox, so a crash between the two skips
   numbers, never reuses one; a restart goes on from the file;
 - a damaged file is moved aside (an event says so) and numbering goes on above the wall clock
-  in milliseconds, above any number a node reporting at most every
-  :data:`~edge_agent.aif.learning_table.MIN_REPORT_EVERY_S` seconds can have used;
+  in milliseconds since 1970: a node reporting at most every
+  :data:`~edge_agent.aif.learning_table.MIN_REPORT_EVERY_S` seconds uses a few numbers a
+  second at most, so (with a sane clock) none it used can come again;
 - a file the storage refuses to write publishes nothing (the increments taken are dropped and
   counted, never sent under a number that may come again).
 
