@@ -533,6 +533,37 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
+        id="learning-deltas",
+        title="Learning deltas: bytes on the wire per hour",
+        scope=(
+            "What a learning group's reports to the fleet weigh (docs/fleet-learning.md, "
+            "\"On the node\"): a group learning in a closed loop with its world at 10 Hz, what "
+            "it learned taken every 600 ticks (`report_every_s = 60`) and made into encoded "
+            "`LearningDelta` messages as the daemon makes them; the mean of 3 reports. The "
+            "bound is every column of the learned table moved (4 bytes per value and per "
+            "column, plus 1 KiB of envelope): it does not depend on the number of agents, whose "
+            "increments are summed before they are sent. Bytes per hour scale with "
+            "`1 / report_every_s` (600 s: a tenth)."
+        ),
+        benchmark="bench_learning_deltas.py",
+        where={"bench": "learning-deltas"},
+        key=("world", "learned", "scope", "agents"),
+        command=f"{RECORD} bench_learning_deltas.py -- --agents 100,1000",
+        columns=(
+            Column("world", "world"),
+            Column("learns", "learned"),
+            Column("scope", "scope"),
+            Column("agents", "agents", ",d"),
+            Column("columns moved", "columns_per_report", ",.0f"),
+            Column("of", "columns", ",d"),
+            Column("bytes per report", "bytes_per_report", ",d"),
+            Column("bytes per hour", "bytes_per_hour", ",d"),
+            Column("bound per hour", "bound_bytes_per_hour", ",d"),
+            Column("take + encode", lambda r: r.get("take_ms") + r.get("encode_ms"), ".2f",
+                   suffix=" ms"),
+        ),
+    ),
+    Table(
         id="learning-tick",
         title="What learning costs the daemon's tick",
         scope=(

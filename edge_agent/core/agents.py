@@ -78,6 +78,7 @@ from edge_agent.errors import InputError, SnapshotError
 
 if TYPE_CHECKING:
     from edge_agent.aif.learning import Learner, LearningSpec
+    from edge_agent.aif.learning_counts import TableIncrements
     from edge_agent.core.learning import AgentStepping, GroupLearning, NewTables
     from edge_agent.core.planning_pass import PolicyTicks
 
@@ -1257,6 +1258,11 @@ class AifAgentGroup:
     def learning_state(self) -> dict[str, Any]:
         """``frozen``, the scope, and per kind of counts its ``version`` and ``reset_at``."""
         return self._learning().summary()
+
+    def take_increments(self) -> list[TableIncrements]:
+        """What the agents learned since the last call (:meth:`GroupLearning.take_increments
+        <edge_agent.core.learning.GroupLearning.take_increments>`)."""
+        return self._learning().take_increments()
 
     def learning_identity(self) -> bytes:
         """What the counts were learned from (:meth:`GroupLearning.identity

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
+    from edge_agent.aif.learning_counts import TableIncrements
     from edge_agent.core.health_window import HealthSummary
 
 __all__ = [
@@ -300,6 +301,11 @@ class Learns(Protocol):
 
     def learning_state(self) -> dict[str, Any]:
         """What a command's result and the status show of the learning (frozen, versions)."""
+        ...
+
+    def take_increments(self) -> list[TableIncrements]:
+        """What the agents learned since the last call, per learned table (the fleet's
+        learning deltas, ``docs/fleet-learning.md``); the accumulation starts anew."""
         ...
 
 

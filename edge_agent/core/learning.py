@@ -57,7 +57,7 @@ import numpy as np
 
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import Learner, LearningSpec
-from edge_agent.aif.learning_counts import DirichletCounts
+from edge_agent.aif.learning_counts import DirichletCounts, TableIncrements, column_increments
 from edge_agent.aif.learning_experience import EXPERIENCE_TICKS, Experience, experience_ticks
 from edge_agent.aif.learning_kernels import normalise, param_info_gain
 from edge_agent.aif.learning_storage import counts_arrays, saved_counts
@@ -562,6 +562,30 @@ class GroupLearning:
             },
         }
 
+    # -- what the fleet learns from ---------------------------------------------------------------
+    def take_increments(self) -> list[TableIncrements]:
+        """What the agents learned since the last call (the ticks kept learned first), one
+        entry per learned table that learned from at least one agent-tick: the count
+        increments summed over the agents before any forgetting, sparse by column, the
+        agent-ticks and the learning rate; then the accumulation starts anew
+        (``docs/fleet-learning.md``). Empty while nothing was learned (frozen, or no tick)."""
+        learner = self.learner
+        s = learner.settings
+        rates = {"A": s.lr_pA, "B": s.lr_pB, "D": s.lr_pD}
+        out: list[TableIncrements] = []
+        for counts in learner.counts:
+            delta = counts.take_delta()
+            for index, increments, ticks in zip(
+                counts.tables, delta.increments, delta.agent_ticks, strict=True
+            ):
+                if ticks:
+                    columns, values = column_increments(increments)
+                    out.append(TableIncrements(
+                        f"{counts.kind}{index}", tuple(increments.shape), columns, values,
+                        ticks, rates[counts.kind],
+                    ))
+        return out
+
     # -- what the daemon shows ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """The scope, the tables learned, where the counts came from (``priors`` or
@@ -685,9 +709,10 @@ class GroupLearning:
 
     @contextmanager
     def warming_up(self) -> Iterator[None]:
-        """A warm-up's step and restore teach nothing and say nothing: the counts' experience
-        and the refresh counters are put back after it."""
+        """A warm-up's step and restore teach nothing and say nothing: the counts' experience,
+        its agent-ticks and the refresh counters are put back after it."""
         experience = [[e.copy() for e in c.experience] for c in self.learner.counts]
+        agent_ticks = [c.agent_ticks.copy() for c in self.learner.counts]
         counters = (self.refreshes, self.columns_encoded)
         self._quiet = True
         try:
@@ -697,6 +722,8 @@ class GroupLearning:
         for counts, saved in zip(self.learner.counts, experience, strict=True):
             for e, s in zip(counts.experience, saved, strict=True):
                 e[...] = s
+        for counts, ticks in zip(self.learner.counts, agent_ticks, strict=True):
+            counts.agent_ticks[...] = ticks
         self.refreshes, self.columns_encoded = counters
 
 
