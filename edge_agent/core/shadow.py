@@ -7,6 +7,11 @@ Both groups' health parts (:class:`~edge_agent.core.health.AifHealth`, aligned w
 tick's mean excess surprise over the agents they measured, the live group first; a tick that
 both measured is one pair, ``candidate - live``. The pairs are kept in two preallocated arrays
 (at most :data:`MAX_PAIRS`; later ticks are counted, not kept): no allocation per tick.
+
+What a node reports (and the hub tests) is one difference per **window** of :data:`PAIR_BLOCK`
+consecutive paired ticks, their mean: a world whose surprises come on some ticks of an episode
+only (the T-maze's reward arm, seen on one tick in three) differs from the live model on those
+ticks and on no others, and a test on single ticks would see a median of 0 there.
 """
 
 from __future__ import annotations
@@ -17,22 +22,25 @@ from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["MAX_PAIRS", "REPORTED_PAIRS", "PairedExcess", "PairedResult"]
+__all__ = ["MAX_PAIRS", "PAIR_BLOCK", "REPORTED_PAIRS", "PairedExcess", "PairedResult"]
 
 #: Pairs kept (a measured tick is every 4th: an hour of shadow at 4 Hz).
 MAX_PAIRS: Final = 4096
-#: Differences a result carries at most (the protocol's list length): more pairs are reported
-#: as this many means of consecutive pairs.
+#: Paired ticks per reported window (module docstring): 4 measured ticks are 16 ticks.
+PAIR_BLOCK: Final = 4
+#: Windows a result carries at most (the protocol's list length): longer shadows are reported as
+#: this many windows of more ticks each.
 REPORTED_PAIRS: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
 class PairedResult:
-    """The paired result of a shadow: ``n`` pairs; the mean excess surprise (nats) of the live
-    group and of the candidate over them; the mean and standard deviation of ``candidate -
-    live``; the paired t statistic ``mean / (sd / sqrt(n))`` (None: fewer than 2 pairs or no
-    spread); ``diffs`` the differences (at most :data:`REPORTED_PAIRS`, means of consecutive
-    pairs when there are more); ``unpaired`` ticks one side measured without the other."""
+    """The paired result of a shadow: ``n`` paired ticks; the mean excess surprise (nats) of the
+    live group and of the candidate over them and ``mean_diff``, candidate less live; ``diffs``
+    the difference of each window (module docstring; at most :data:`REPORTED_PAIRS`), their
+    standard deviation ``sd_diff`` and the paired t statistic ``mean / (sd / sqrt(windows))``
+    (None: fewer than 2 windows or no spread); ``unpaired`` ticks one side measured without the
+    other."""
 
     n: int
     live_mean: float
@@ -51,6 +59,7 @@ class PairedResult:
             "shadow_candidate_excess": round(self.candidate_mean, 6),
             "shadow_mean_diff": round(self.mean_diff, 6),
             "shadow_sd_diff": round(self.sd_diff, 6),
+            "shadow_windows": len(self.diffs),
             "shadow_diffs": [round(d, 6) for d in self.diffs],
             "shadow_unpaired": self.unpaired,
         }
@@ -94,21 +103,23 @@ class PairedExcess:
         n = self.n
         live, cand = self._live[:n], self._candidate[:n]
         diffs = cand - live
-        mean = float(diffs.mean()) if n else 0.0
-        sd = float(diffs.std(ddof=1)) if n > 1 else 0.0
-        t = mean / (sd / math.sqrt(n)) if n > 1 and sd > 0.0 else None
-        if n > REPORTED_PAIRS:
-            edges = np.linspace(0, n, REPORTED_PAIRS + 1).astype(np.intp)
-            shown = np.add.reduceat(diffs, edges[:-1]) / np.diff(edges)
+        if n:
+            starts = np.arange(0, n, PAIR_BLOCK)
+            if starts.size > REPORTED_PAIRS:
+                starts = np.linspace(0, n, REPORTED_PAIRS + 1).astype(np.intp)[:-1]
+            windows = np.add.reduceat(diffs, starts) / np.diff(np.r_[starts, n])
         else:
-            shown = diffs
+            windows = diffs
+        k = windows.size
+        sd = float(windows.std(ddof=1)) if k > 1 else 0.0
+        t = float(windows.mean()) / (sd / math.sqrt(k)) if k > 1 and sd > 0.0 else None
         return PairedResult(
             n=n,
             live_mean=float(live.mean()) if n else 0.0,
             candidate_mean=float(cand.mean()) if n else 0.0,
-            mean_diff=mean,
+            mean_diff=float(diffs.mean()) if n else 0.0,
             sd_diff=sd,
             t=t,
-            diffs=tuple(float(d) for d in shown),
+            diffs=tuple(float(d) for d in windows),
             unpaired=self.unpaired + (self._pending is not None),
         )
