@@ -64,6 +64,7 @@ __all__ = [
     "Paced",
     "ReportsHealth",
     "Scored",
+    "Shadows",
     "Sink",
     "Source",
     "StateReader",
@@ -338,6 +339,28 @@ class ReportsHealth(Protocol):
     def health_summary(self) -> HealthSummary | None:
         """The measures since the last call (each window reported once), and the drift alarm's
         state; None: the group measures nothing."""
+        ...
+
+
+@runtime_checkable
+class Shadows(Protocol):
+    """A group that can run as a shadow beside a live group of the same contract (a deployment's
+    shadow evaluation, ``docs/health.md``): it takes over the live group's beliefs when it runs
+    the same model, measures the same agents on the same ticks, tells each measured tick's
+    excess surprise to a tap, and follows actions it did not choose."""
+
+    def shadow(self, live: Shadows, tap: Callable[[int, np.ndarray], None]) -> bool:
+        """Run beside ``live`` from now on, telling ``tap`` this group's measured ticks; True
+        when it took over ``live``'s beliefs (same model and size), False when it starts from
+        its own priors."""
+        ...
+
+    def tap_excess(self, tap: Callable[[int, np.ndarray], None] | None) -> None:
+        """Tell ``tap`` each measured tick's ``(clock, excess surprise (r,))`` (None: stop)."""
+        ...
+
+    def set_action(self, actions: np.ndarray) -> None:
+        """Commit actions chosen elsewhere: the next prior follows from them."""
         ...
 
 

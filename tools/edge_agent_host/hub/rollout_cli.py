@@ -47,6 +47,11 @@ from edge_agent_host.hub.rollout_plan import (
     select_nodes,
 )
 from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.shadow_gate import (
+    SHADOW_PREFIX,
+    ShadowCriterion,
+    parse_shadow_criterion,
+)
 from edge_agent_host.hub.store import HubDatabase
 
 __all__ = ["FOLLOW_EVERY_S", "FOLLOW_EXIT", "add_parser", "follow_line", "run", "verdict_line"]
@@ -117,7 +122,17 @@ def add_parser(
         default=[],
         metavar="MEASURE:max_increase=D[:group=G][:min_samples=N][:alpha=A][:dry_run]",
         help="judge each wave on a health measure against the untouched nodes (docs/hub.md); "
-        "max_decrease=D for a measure that is better higher; repeatable",
+        "max_decrease=D for a measure that is better higher; "
+        "shadow:excess_surprise:max_increase=D[:min_pairs=N][:alpha=A][:dry_run] judges the "
+        "canaries' shadow (needs --shadow-s); repeatable",
+    )
+    start.add_argument(
+        "--shadow-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the first wave's nodes run the bundle as a shadow beside the live model for S "
+        "seconds before they switch, and report the paired result (docs/health.md)",
     )
     start.add_argument(
         "--rollback-bundle", type=Path, help="signed bundle the nodes get back after a halt"
@@ -180,7 +195,19 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _start_checked(args: argparse.Namespace) -> int:
-    health = [parse_criterion(text) for text in args.criterion]
+    shadow = [
+        parse_shadow_criterion(t) for t in args.criterion if t.strip().startswith(SHADOW_PREFIX)
+    ]
+    health = [
+        parse_criterion(t) for t in args.criterion if not t.strip().startswith(SHADOW_PREFIX)
+    ]
+    if not 0.0 <= args.shadow_s <= 86400.0:
+        raise CriterionError(f"--shadow-s {args.shadow_s:g}: seconds from 0 to 86400")
+    if shadow and args.shadow_s <= 0.0:
+        raise CriterionError(
+            f"--criterion {shadow[0].text()!r}: judges the canaries' shadow; give it a time "
+            "with --shadow-s S"
+        )
     plan = DeployPlan.from_bundle(args.bundle, args.chunk_size)
     rollback = None
     if args.rollback_bundle is not None:
@@ -225,6 +252,7 @@ def _start_checked(args: argparse.Namespace) -> int:
                 max_tick_p99_ratio=args.max_tick_p99_ratio,
                 baseline_s=args.baseline,
                 health=health,
+                shadow=shadow,
             ),
             rollback_sha256=rollback.sha256 if rollback is not None else None,
             chunk_size=args.chunk_size,
@@ -232,6 +260,7 @@ def _start_checked(args: argparse.Namespace) -> int:
             deploy_timeout_s=args.deploy_timeout,
             watch_ticks=args.watch_ticks,
             health_steps=args.health_steps,
+            shadow_s=args.shadow_s,
             selector={"nodes": args.node, "labels": labels, "skipped_offline": offline},
         )
         summary = {
@@ -240,8 +269,10 @@ def _start_checked(args: argparse.Namespace) -> int:
             "nodes": nodes,
             "waves": waves,
             "skipped_offline": offline,
-            "criteria": [c.text() for c in health],
+            "criteria": [c.text() for c in shadow] + [c.text() for c in health],
         }
+        if args.shadow_s > 0.0:
+            summary["shadow_s"] = args.shadow_s
         if args.dry_run:
             print(json.dumps(summary) if args.json else _plan_text(summary))
             return 0
@@ -276,6 +307,8 @@ def _plan_text(summary: dict[str, Any]) -> str:
     )
     if summary["skipped_offline"]:
         text += f"; {len(summary['skipped_offline'])} offline or silent node(s) left out"
+    if summary.get("shadow_s"):
+        text += f"\n  the first wave runs it as a shadow for {summary['shadow_s']:g} s"
     for criterion in summary.get("criteria") or ():
         text += f"\n  criterion {criterion}"
     return text
@@ -427,6 +460,10 @@ def describe(summary: Mapping[str, Any]) -> str:
     for node, row in s["nodes"].items():
         detail = f"  {row['detail']}" if row["detail"] else ""
         lines.append(f"    {node:<24} wave {row['wave']}  {row['state']}{detail}")
+    shadow = s["criteria"].get("shadow") or []
+    if shadow:
+        lines.append(f"  shadow criteria (the first wave's shadow of {s.get('shadow_s', 0):g} s):")
+        lines += [f"    {ShadowCriterion.model_validate(c).text()}" for c in shadow]
     criteria = s["criteria"].get("health") or []
     if criteria:
         lines.append("  health criteria (each wave against the untouched nodes):")
