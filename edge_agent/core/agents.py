@@ -1045,7 +1045,7 @@ class AifAgentGroup:
         if self.recorder is not None:
             out.update(self.recorder.state_dict())
         if self.learning is not None:
-            out.update(self.learning.state_dict())
+            out.update(self.learning.state_dict(self.state.qs))
         return out
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:

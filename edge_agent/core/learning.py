@@ -60,7 +60,7 @@ from edge_agent.aif.learning import Learner, LearningSpec
 from edge_agent.aif.learning_counts import DirichletCounts, TableIncrements, column_increments
 from edge_agent.aif.learning_experience import EXPERIENCE_TICKS, Experience, experience_ticks
 from edge_agent.aif.learning_kernels import normalise, param_info_gain
-from edge_agent.aif.learning_storage import counts_arrays, saved_counts
+from edge_agent.aif.learning_storage import counts_arrays, rows_arrays, saved_counts, saved_rows
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.core.group_blocks import IntArray
@@ -629,17 +629,21 @@ class GroupLearning:
                 digest.update(np.ascontiguousarray(prior, dtype=np.float64).tobytes())
         return digest.digest()
 
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self, qs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """The counts (``learn.pA0.steps`` ...: what moved from their prior,
         :func:`~edge_agent.aif.learning_storage.counts_arrays`), their versions, the previous
-        posteriors, whether learning is frozen, and what the counts were learned from
-        (``learn.identity``). Counts saved whole (``learn.pA0``, as snapshots before were) are
-        read back all the same (:meth:`load_state_dict`)."""
+        posteriors ``pB`` learns from (of the agents where they differ from the beliefs ``qs``,
+        which the group's state holds as ``qs0`` ...:
+        :func:`~edge_agent.aif.learning_storage.rows_arrays`), whether learning is frozen, and
+        what the counts were learned from (``learn.identity``). Counts and posteriors saved
+        whole (``learn.pA0``, ``learn.qs_prev0``, as snapshots before were) are read back all
+        the same (:meth:`load_state_dict`)."""
         out: dict[str, np.ndarray] = {
             "learn.identity": np.frombuffer(self.identity(), dtype=np.uint8).copy()
         }
-        for f, q in enumerate(self._qs_prev):
-            out[f"learn.qs_prev{f}"] = q
+        if self._learner.pB is not None:  # nothing else reads them
+            for f, q in enumerate(self._qs_prev):
+                out.update(rows_arrays(f"learn.qs_prev{f}", q, qs[f]))
         for counts in self.learner.counts:
             for slot, index in enumerate(counts.tables):
                 out.update(counts_arrays(
@@ -661,9 +665,8 @@ class GroupLearning:
         another learning table, restores the beliefs alone): then learning goes on from the
         priors, and the log says so."""
         for f, q in enumerate(self._qs_prev):
-            key = f"learn.qs_prev{f}"
-            if key in state:
-                q[...] = np.asarray(state[key]).reshape(q.shape)
+            saved_rows(state, f"learn.qs_prev{f}", f"qs{f}", q,
+                       where=f"group {self.name!r} snapshot")
         identity = state.get("learn.identity")
         if identity is None or np.asarray(identity, dtype=np.uint8).tobytes() != self.identity():
             self.counts_origin = "priors"

@@ -231,8 +231,8 @@ EXPECTED: dict[str, list[Record]] = {
         *[({"bench": "writes", "case": c}, ("total_mb_per_h", "window_write_bytes"))
           for c in ("quiet", "telemetry", "actions_qos1", "demo")],
         ({"bench": "writes", "case": "learning_hour"},
-         ("learn_bytes_per_agent", "learn_bytes_per_agent_whole", "bound_counts_bytes_per_agent",
-          "learn_mb_per_h_200_agents")),
+         ("learn_bytes_per_agent", "learn_bytes_per_agent_whole", "bound_learn_bytes_per_agent",
+          "learn_mb_per_h_200_agents", "bound_learn_mb_per_h_200_agents")),
     ],
 }
 
