@@ -11,7 +11,9 @@ link sends it. One JSON object per line (``"bench": "learning-deltas"``):
 
 * ``bytes_per_report``: the mean over ``--reports`` reports of the encoded bytes of one
   report's messages (payloads; MQTT adds its fixed header and the topic, ~50 bytes a message);
-  ``messages_per_report``, ``columns_per_report`` (the columns that moved, of ``columns``);
+  ``messages_per_report``, ``columns_per_report`` (the columns that moved, of ``columns``),
+  ``nonzero_per_report`` (their values not 0; a part sparse within its columns sends 8 bytes
+  for each, a dense one 4 for every value of its columns);
 * ``bytes_per_hour`` at ``report_every_s`` = ``report_ticks / hz``;
 * ``bound_bytes_per_report``: the most one report can be, every column of every learned table
   moved (the bound ``docs/fleet-learning.md`` states: ``4 (rows + 1)`` bytes a column plus the
@@ -70,7 +72,7 @@ def measure(  # noqa: PLR0917 - one row's whole description
     precision = "float64" if scope == "per_agent" else "int8"
     group = AifAgentGroup(model, n, learning=spec, precision=precision)  # type: ignore[arg-type]
     obs = env.reset()
-    sizes, messages, moved, take_ms, encode_ms = [], [], [], [], []
+    sizes, messages, moved, nonzero, take_ms, encode_ms = [], [], [], [], [], []
     seq = 1
     for _ in range(reports):
         for _ in range(report_ticks):
@@ -93,6 +95,7 @@ def measure(  # noqa: PLR0917 - one row's whole description
         sizes.append(sum(len(p) for p in payloads))
         messages.append(len(payloads))
         moved.append(sum(len(t.columns) for t in tables))
+        nonzero.append(sum(int(np.count_nonzero(t.values)) for t in tables))
         take_ms.append((t1 - t0) * 1e3)
         encode_ms.append((t2 - t1) * 1e3)
     rows = prior.shape[0]
@@ -106,6 +109,7 @@ def measure(  # noqa: PLR0917 - one row's whole description
         "report_every_s": round(report_ticks / hz, 3), "reports": reports,
         "bytes_per_report": round(mean), "messages_per_report": statistics.fmean(messages),
         "columns_per_report": statistics.fmean(moved), "columns": columns,
+        "nonzero_per_report": statistics.fmean(nonzero),
         "bytes_per_hour": round(mean * per_hour),
         "bound_bytes_per_report": bound, "bound_bytes_per_hour": round(bound * per_hour),
         "take_ms": round(statistics.median(take_ms), 3),

@@ -539,8 +539,10 @@ TABLES: tuple[Table, ...] = (
             "What a learning group's reports to the fleet weigh (docs/fleet-learning.md, "
             "\"On the node\"): a group learning in a closed loop with its world at 10 Hz, what "
             "it learned taken every 600 ticks (`report_every_s = 60`) and made into encoded "
-            "`LearningDelta` messages as the daemon makes them; the mean of 3 reports. The "
-            "bound is every column of the learned table moved (4 bytes per value and per "
+            "`LearningDelta` messages as the daemon makes them; the mean of 3 reports. A table "
+            "part goes sparse within its columns when that is smaller (4 bytes a column, 8 a "
+            "value not 0) and dense otherwise (4 bytes a column and a value). The bound is "
+            "every column of the learned table moved, dense (4 bytes per value and per "
             "column, plus 1 KiB of envelope): it does not depend on the number of agents, whose "
             "increments are summed before they are sent. Bytes per hour scale with "
             "`1 / report_every_s` (600 s: a tenth)."
@@ -556,6 +558,7 @@ TABLES: tuple[Table, ...] = (
             Column("agents", "agents", ",d"),
             Column("columns moved", "columns_per_report", ",.0f"),
             Column("of", "columns", ",d"),
+            Column("values not 0", "nonzero_per_report", ",.0f"),
             Column("bytes per report", "bytes_per_report", ",d"),
             Column("bytes per hour", "bytes_per_hour", ",d"),
             Column("bound per hour", "bound_bytes_per_hour", ",d"),

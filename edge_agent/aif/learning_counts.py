@@ -92,11 +92,13 @@ def column_increments(
     increments: np.ndarray,
 ) -> tuple[NDArray[np.uint32], NDArray[np.float32]]:
     """The columns of ``increments`` (a table's shape; a column is every axis but the first,
-    flattened in C order) with any entry not 0: ``(columns (k,) uint32 ascending, values
-    (k, shape[0]) float32)``, each row one column's increments."""
-    flat = increments.reshape(increments.shape[0], -1)
+    flattened in C order) with any entry not 0 in float32: ``(columns (k,) uint32 ascending,
+    values (k, shape[0]) float32)``, each row one column's increments. An increment too small
+    for float32 (below 1e-45: a posterior's far tail) is 0 on the wire, and a column of only
+    such is not taken."""
+    flat = increments.reshape(increments.shape[0], -1).astype(np.float32)
     columns = np.flatnonzero(np.any(flat != 0, axis=0))
-    values = np.ascontiguousarray(flat[:, columns].T, dtype=np.float32)
+    values = np.ascontiguousarray(flat[:, columns].T)
     return columns.astype(np.uint32), values
 
 

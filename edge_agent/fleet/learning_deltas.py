@@ -8,7 +8,10 @@ most :data:`~edge_agent.fleet.protocol.MAX_DELTA_VALUES` values, at most
 columns; each part carries the agent-ticks its share of the table's mass needs, rounded up
 (``ceil(agent_ticks * part_mass / table_mass)``), so that every part on its own keeps the bound
 a hub checks (mass <= agent-ticks x ``lr``), and the parts of one table may stand for up to one
-agent-tick each more than the table did. Each message takes the next ``seq``. Pure: the caller
+agent-tick each more than the table did. Each part goes in the smaller of its two encodings
+(dense, or sparse within its columns when fewer than half its values are not 0:
+:func:`~edge_agent.fleet.protocol.sparse_counts_delta`), and parts are packed into messages by
+their encoded size. Each message takes the next ``seq``. Pure: the caller
 (the daemon's :mod:`~edge_agent.daemon.learning_reports`) owns the numbers and the link.
 """
 
@@ -22,7 +25,12 @@ import numpy as np
 
 from edge_agent.aif.learning_counts import TableIncrements
 from edge_agent.errors import ProtocolError
-from edge_agent.fleet.protocol import MAX_DELTA_VALUES, CountsDelta, LearningDelta
+from edge_agent.fleet.protocol import (
+    MAX_DELTA_VALUES,
+    CountsDelta,
+    LearningDelta,
+    sparse_counts_delta,
+)
 
 __all__ = ["ENVELOPE_BYTES", "MAX_TABLES_PER_DELTA", "TABLE_BYTES", "learning_deltas"]
 
@@ -59,21 +67,15 @@ def learning_deltas(
                 f"fit in a message of {max_payload_bytes} bytes"
             )
         for columns, values, ticks in _parts(t, cap):
-            cost = TABLE_BYTES + per_column * len(columns)
+            part = sparse_counts_delta(
+                t.table, t.shape, columns, values, experience=ticks, lr=float(t.lr)
+            )
+            cost = TABLE_BYTES + len(part.columns) + len(part.values) + len(part.index or b"")
             current = messages[-1]
             if current and (used + cost > budget or len(current) >= MAX_TABLES_PER_DELTA):
                 messages.append([])
                 used = 0
-            messages[-1].append(
-                CountsDelta(
-                    table=t.table,
-                    shape=t.shape,
-                    columns=columns.astype("<u4").tobytes(),
-                    values=values.astype("<f4").tobytes(),
-                    experience=ticks,
-                    lr=float(t.lr),
-                )
-            )
+            messages[-1].append(part)
             used += cost
     return [
         LearningDelta(

@@ -627,7 +627,7 @@ MAX_DELTA_VALUES: Final = 1 << 18
 TableDim = Annotated[int, Meta(ge=1, le=1 << 20)]
 
 
-class CountsDelta(WireModel, frozen=True, kw_only=True):
+class CountsDelta(WireModel, frozen=True, kw_only=True, omit_defaults=True):
     """One learned table's Dirichlet count increments since the node's last report, sparse by
     column (``docs/fleet-learning.md``).
 
@@ -637,7 +637,14 @@ class CountsDelta(WireModel, frozen=True, kw_only=True):
     ``values``: little-endian float32 ``(len(columns), shape[0])`` row-major, each column's
     increments (summed before any forgetting on the node, over every agent of the group);
     ``experience``: the agent-ticks they stand for; ``lr``: the learning rate, so that the hub can
-    hold each increment to the mass the experience allows (``experience * lr`` per table)."""
+    hold each increment to the mass the experience allows (``experience * lr`` per table).
+
+    Sparse within columns: with ``index`` (little-endian uint32, ascending, distinct), ``values``
+    holds only the values at those places of the dense ``(len(columns), shape[0])`` block
+    (``i * shape[0] + row`` for the ``i``-th column's ``row``), every other value being 0; the
+    sender chooses it per table part when it is smaller (:func:`sparse_counts_delta`). Absent
+    (the default, not encoded), ``values`` is the dense block: a message without it is the same
+    bytes as before ``index`` existed. :meth:`arrays` gives the dense block either way."""
 
     table: Annotated[str, Meta(pattern=r"^[ABD][0-9]{1,3}\Z")]
     shape: Annotated[tuple[TableDim, ...], Meta(min_length=1, max_length=16)]
@@ -645,6 +652,7 @@ class CountsDelta(WireModel, frozen=True, kw_only=True):
     values: bytes
     experience: Count
     lr: NonNegFloat
+    index: bytes | None = None
 
     def _check(self) -> None:
         if len(self.columns) % 4:
@@ -653,16 +661,62 @@ class CountsDelta(WireModel, frozen=True, kw_only=True):
         rows = self.shape[0]
         if n * rows > MAX_DELTA_VALUES:
             raise ValueError(f"{n} columns of {rows} values, at most {MAX_DELTA_VALUES} values")
-        if len(self.values) != 4 * n * rows:
+        if self.index is None:
+            if len(self.values) != 4 * n * rows:
+                raise ValueError(
+                    f"values has {len(self.values)} bytes, expected {n} columns x {rows} x 4"
+                )
+            return
+        if len(self.index) % 4:
+            raise ValueError(f"index has {len(self.index)} bytes, not a multiple of 4")
+        if len(self.values) != len(self.index):
             raise ValueError(
-                f"values has {len(self.values)} bytes, expected {n} columns x {rows} x 4"
+                f"values has {len(self.values)} bytes, expected 4 per index entry "
+                f"({len(self.index)} bytes)"
+            )
+        index = np.frombuffer(self.index, dtype="<u4")
+        if index.size and (np.any(np.diff(index.astype(np.int64)) <= 0) or index[-1] >= n * rows):
+            raise ValueError(
+                f"index must be ascending, distinct and below {n} columns x {rows} values"
             )
 
     def arrays(self) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
-        """``(columns: (k,) uint32, values: (k, shape[0]) float32)``, read-only views."""
+        """``(columns: (k,) uint32, values: (k, shape[0]) float32)``, read-only views (dense:
+        a sparse table part is made dense here, a new array)."""
         cols = np.frombuffer(self.columns, dtype="<u4").astype(np.uint32, copy=False)
         vals = np.frombuffer(self.values, dtype="<f4").astype(np.float32, copy=False)
+        if self.index is not None:
+            dense = np.zeros(cols.shape[0] * self.shape[0], dtype=np.float32)
+            dense[np.frombuffer(self.index, dtype="<u4")] = vals
+            dense.flags.writeable = False
+            vals = dense
         return cols, vals.reshape(cols.shape[0], self.shape[0])
+
+
+def sparse_counts_delta(
+    table: str,
+    shape: tuple[int, ...],
+    columns: npt.NDArray[np.uint32],
+    values: npt.NDArray[np.float32],
+    *,
+    experience: int,
+    lr: float,
+) -> CountsDelta:
+    """The :class:`CountsDelta` of ``columns`` and their dense ``values`` ``(k, shape[0])``,
+    in the smaller of its two encodings: dense (``4 k shape[0]`` bytes of values) or sparse
+    (``8`` bytes per value not 0: its place in ``index``, its value); dense on a tie."""
+    flat = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
+    places = np.flatnonzero(flat)
+    sparse = 2 * places.size < flat.size
+    return CountsDelta(
+        table=table,
+        shape=shape,
+        columns=np.ascontiguousarray(columns, dtype="<u4").tobytes(),
+        values=(flat[places] if sparse else flat).tobytes(),
+        experience=experience,
+        lr=lr,
+        index=places.astype("<u4").tobytes() if sparse else None,
+    )
 
 
 class LearningDelta(Body, frozen=True, kw_only=True):

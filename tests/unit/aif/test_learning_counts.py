@@ -172,3 +172,14 @@ def test_only_the_columns_that_moved_are_taken() -> None:
     assert values.dtype == np.float32
     assert values.shape == (2, S)
     np.testing.assert_allclose(values.sum(axis=1), [2.0, 2.0], rtol=1e-6)
+
+
+def test_a_column_whose_increments_are_0_in_float32_is_not_taken() -> None:
+    """An increment below float32's smallest (a posterior's far tail) is 0 on the wire: its
+    column is not sent."""
+    increments = np.zeros((3, 4))
+    increments[1, 0] = 0.5
+    increments[2, 2] = 1e-60
+    columns, values = column_increments(increments)
+    assert columns.tolist() == [0]
+    np.testing.assert_array_equal(values, [[0.0, 0.5, 0.0]])

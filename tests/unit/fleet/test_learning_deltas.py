@@ -83,3 +83,21 @@ def test_no_tables_no_message_and_a_column_too_large_is_one_clear_error() -> Non
     with pytest.raises(ProtocolError, match="table A0 has columns of 4000 values; one does not"):
         learning_deltas("g", "m@1", SHA, [table("A0", 4000, 2, 1, 5)], next_seq=1,
                         max_payload_bytes=4096)
+
+
+def test_columns_with_few_values_not_0_go_sparse_and_pack_by_their_encoded_size() -> None:
+    """grid10's moves: one value not 0 in each column of 100 that moved. Each part is sent
+    sparse (8 bytes a value, 4 a column), so 2,000 such columns, which dense would take four
+    messages of 256 KiB, go in one of about 24 kB, and the hub reads the same dense block."""
+    rows, k = 100, 2_000
+    values = np.zeros((k, rows), np.float32)
+    values[np.arange(k), np.arange(k) % rows] = 0.1
+    moved = TableIncrements("B0", (rows, 100, 50), np.arange(k, dtype=np.uint32), values, k, 0.1)
+    (delta,) = wire(learning_deltas("grid", "grid10@1", SHA, [moved], next_seq=1,
+                                    max_payload_bytes=DEFAULT_MAX_BYTES))
+    assert len(encode(envelope(delta))) < 12 * k + 1024
+    columns = np.concatenate([p.arrays()[0] for p in delta.tables])
+    got = np.concatenate([p.arrays()[1] for p in delta.tables])
+    assert all(p.index is not None for p in delta.tables)
+    assert columns.tolist() == moved.columns.tolist()
+    assert np.array_equal(got, values)

@@ -50,6 +50,7 @@ from edge_agent.fleet.protocol import (
     as_builtins,
     decode,
     encode,
+    sparse_counts_delta,
     validate,
 )
 from edge_agent.fleet.topics import Topics
@@ -144,7 +145,14 @@ SAMPLE_BODIES: list[Body] = [
                 columns=np.array([3, 42], "<u4").tobytes(),
                 values=np.full((2, 100), 0.01, "<f4").tobytes(),
                 experience=2, lr=1.0,
-            )
+            ),
+            CountsDelta(  # sparse within its columns
+                table="B1", shape=(100, 100, 5),
+                columns=np.array([3, 42], "<u4").tobytes(),
+                values=np.array([0.5, 0.25], "<f4").tobytes(),
+                index=np.array([7, 100 + 99], "<u4").tobytes(),
+                experience=1, lr=1.0,
+            ),
         ],
     ),
 ]
@@ -163,6 +171,68 @@ def test_a_counts_delta_checks_its_sizes_and_gives_its_arrays() -> None:
                     values=b"\0" * 8, experience=3, lr=1.0)
     with pytest.raises(ValueError, match="table"):
         CountsDelta(table="C0", shape=(4,), columns=b"", values=b"", experience=0, lr=1.0)
+
+
+@pytest.mark.parametrize(
+    ("nonzero", "sparse"),
+    [([], True), ([(0, 5), (2, 99)], True), ([(i, r) for i in range(3) for r in range(50)], False)],
+)
+def test_a_counts_delta_goes_in_the_smaller_encoding_and_round_trips_dense(
+    nonzero: list[tuple[int, int]], sparse: bool
+) -> None:
+    """Sparse (8 bytes per value not 0) when fewer than half the values are not 0, else dense
+    (4 bytes per value); either way the receiver's arrays() is the dense block sent."""
+    values = np.zeros((3, 100), np.float32)
+    for i, row in nonzero:
+        values[i, row] = 0.5 + row
+    columns = np.array([1, 7, 499], np.uint32)
+    part = sparse_counts_delta("B0", (100, 100, 5), columns, values, experience=3, lr=1.0)
+    assert (part.index is not None) is sparse
+    sent = len(nonzero) if sparse else values.size
+    assert (len(part.values), len(part.index or b"")) == (4 * sent, 4 * sent if sparse else 0)
+    dense = CountsDelta(table="B0", shape=(100, 100, 5), columns=columns.tobytes(),
+                        values=values.tobytes(), experience=3, lr=1.0)
+    assert len(msgspec.msgpack.encode(part)) <= len(msgspec.msgpack.encode(dense))
+    body = LearningDelta(group="g", model="m@1", model_sha256=SHA, seq=1, tables=[part])
+    got = decode(encode(envelope(body))).body
+    assert isinstance(got, LearningDelta)
+    got_columns, got_values = got.tables[0].arrays()
+    np.testing.assert_array_equal(got_columns, columns)
+    np.testing.assert_array_equal(got_values, values)
+
+
+def test_a_dense_counts_delta_encodes_as_before_the_sparse_encoding() -> None:
+    """No ``index`` key in a dense part: a hub that predates it still reads it."""
+    part = sparse_counts_delta("A0", (2, 3), np.array([0], np.uint32),
+                               np.ones((1, 2), np.float32), experience=1, lr=1.0)
+    assert set(msgspec.msgpack.decode(msgspec.msgpack.encode(part))) == {
+        "table", "shape", "columns", "values", "experience", "lr"}
+
+
+@pytest.mark.parametrize(
+    ("index", "values", "where"),
+    [
+        ([1, 1], [1.0, 2.0], "ascending, distinct"),
+        ([5, 2], [1.0, 2.0], "ascending, distinct"),
+        ([0, 300], [1.0, 2.0], "below 3 columns x 100"),
+        ([0, 1], [1.0], "expected 4 per index entry"),
+    ],
+)
+def test_a_malformed_sparse_counts_delta_is_refused(
+    index: list[int], values: list[float], where: str
+) -> None:
+    raw = _raw(LearningDelta(group="g", model="m@1", model_sha256=SHA, seq=1, tables=[
+        CountsDelta(table="B0", shape=(100, 100, 5), columns=np.array([1, 7, 9], "<u4").tobytes(),
+                    values=b"", index=b"", experience=3, lr=1.0)]))
+    raw["body"]["tables"][0].update(index=np.array(index, "<u4").tobytes(),
+                                    values=np.array(values, "<f4").tobytes())
+    with pytest.raises(DecodeError) as info:
+        decode(msgspec.msgpack.encode(raw))
+    assert info.value.reason == "schema"
+    assert where in str(info.value)
+    raw["body"]["tables"][0]["index"] = b"\0" * 3
+    with pytest.raises(DecodeError, match="not a multiple of 4"):
+        decode(msgspec.msgpack.encode(raw))
 
 
 def test_health_names_only_the_known_measures() -> None:
