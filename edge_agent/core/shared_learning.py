@@ -107,9 +107,9 @@ class SharedTables:
         since then are normalised, encoded (``int8``) and brought into the compiled tables
         (:func:`refresh_touched_likelihood`: into the tables the last such refresh made, in
         place; the other columns decoded once, at the first); with no ``A`` touched nothing is
-        (the compiled tables stay). Otherwise (a table's first refresh, ``B`` or ``D`` changed, or the
-        support moved) the model is built again from the normalised counts (quantized again
-        for ``int8``) and compiled (:func:`refresh_model`)."""
+        (the compiled tables stay). Otherwise (a table's first refresh, ``B`` or ``D`` changed,
+        or the support moved) the model is built again from the normalised counts (quantized
+        again for ``int8``) and compiled (:func:`refresh_model`)."""
         codes = self._own_codes(learner)
         if self._only_likelihood_moved(learner):
             pA = learner.pA
