@@ -39,6 +39,7 @@ __all__ = [
     "Codes",
     "Refreshed",
     "codes_nbytes",
+    "decoded_likelihoods",
     "learned_codes",
     "normalise_agent_tables",
     "refresh_model",
@@ -146,6 +147,9 @@ def refresh_touched_likelihood(
     quantized: QuantizedModel | None,
     codes: Codes | None,
     pA: DirichletCounts,
+    *,
+    decoded: list[np.ndarray] | None = None,
+    in_place: bool = False,
 ) -> Refreshed | None:
     """The learned likelihoods' touched columns (``pA.touched``: joint states) normalised,
     encoded (int8: into ``codes``) and brought into the compiled tables without a compile
@@ -153,29 +157,43 @@ def refresh_touched_likelihood(
     planner's structure are kept. None when that does not apply (the support of a touched column
     moved, or a deep planner): compile the model again then (the codes of the touched columns may
     be encoded already, as :func:`refresh_model` encodes them). ``pA`` must be past its first
-    refresh (its tables follow its counts)."""
+    refresh (its tables follow its counts).
+
+    ``decoded`` (int8): every modality's codes decoded, ``(O_m, S_joint)`` float64
+    (:func:`decoded_likelihoods`), kept by the caller across refreshes: only the columns encoded
+    here are decoded, into it, and the other modalities' columns are read from it rather than
+    decoded again. ``in_place``: ``cm`` is the caller's own, made by an earlier refresh that
+    copied (:func:`~edge_agent.aif.kernels.refresh_likelihood`)."""
     columns = np.zeros(model.num_states, dtype=bool)
     for touched in pA.touched:
         columns |= touched
     cols = np.flatnonzero(columns.reshape(-1))
     A = list(model.A)
+    moved = [False] * len(A)
     encoded = 0
     for slot, index in enumerate(pA.tables):
         touched = pA.touched[slot]
-        if not touched.any():
+        if not np.count_nonzero(touched):  # (a C call: any() costs a few Python frames)
             continue
+        moved[index] = True
         table = refreshed_columns(pA.counts[slot], touched, A[index])
         A[index] = table
         if codes is not None:
             flat = table.reshape(table.shape[0], -1)
-            encoded += reencode_columns(
-                _flat_codes(codes["A"][index]), flat, touched.reshape(-1)
-            )
+            mask = touched.reshape(-1)
+            flat_codes = _flat_codes(codes["A"][index])
+            encoded += reencode_columns(flat_codes, flat, mask)
+            if decoded is not None:
+                decoded[index][:, mask] = decode_log_u8(_columns(flat_codes, mask))
     if codes is None:
         A_cols = [a.reshape(a.shape[0], -1)[:, cols] for a in A]
+    elif decoded is not None:
+        A_cols = [d[:, cols] for d in decoded]
     else:
         A_cols = [decode_log_u8(_columns(_flat_codes(q), cols)) for q in codes["A"]]
-    refreshed = kernels.refresh_likelihood(cm, columns.reshape(-1), A_cols)
+    refreshed = kernels.refresh_likelihood(
+        cm, columns.reshape(-1), A_cols, moved=moved, in_place=in_place
+    )
     if refreshed is None:
         return None
     for table in A:
@@ -185,6 +203,13 @@ def refresh_touched_likelihood(
     ):  # the group's own codes, encoded in place from their first refresh on
         quantized = replace(quantized, A=tuple(codes["A"]))
     return Refreshed(replace(model, A=tuple(A)), quantized, refreshed, encoded)
+
+
+def decoded_likelihoods(codes: Codes) -> list[np.ndarray]:
+    """Every modality's int8 likelihood decoded whole, ``(O_m, S_joint)`` float64 (what
+    :func:`~edge_agent.aif.kernels.compile_model` decodes): what
+    :func:`refresh_touched_likelihood` keeps up to date column by column."""
+    return [decode_log_u8(_flat_codes(q)) for q in codes["A"]]
 
 
 def same_transitions(pB: DirichletCounts, B: Sequence[np.ndarray]) -> bool:

@@ -4,8 +4,10 @@
 refresh it: the float tables, for ``int8`` groups the group's own codes of the learned tables
 (the model it was given, and its cached compilation, may be shared with other groups), and what
 it was loaded with. A refresh (:mod:`edge_agent.aif.learning_refresh`) brings only the touched
-columns of ``A`` into the compiled tables when nothing else moved since the last one, and builds
-and compiles the model again otherwise; the group installs the compiled tables it returns.
+columns of ``A`` into the compiled tables when nothing else moved since the last one (past the
+first such refresh, into the group's own compiled tables, in place, the modalities that did not
+move read from the codes decoded once: its cost follows what moved), and builds and compiles the
+model again otherwise; the group installs the compiled tables it returns.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from edge_agent.aif.learning import Learner
 from edge_agent.aif.learning_refresh import (
     Codes,
     codes_nbytes,
+    decoded_likelihoods,
     learned_codes,
     refresh_model,
     refresh_touched_likelihood,
@@ -52,6 +55,12 @@ class SharedTables:
         self._codes: Codes | None = None
         #: The counts' versions at the last refresh (None: the next refresh is a full one).
         self._versions: dict[str, int] | None = None
+        #: Every modality's codes decoded (int8, past the first incremental refresh: only the
+        #: columns a refresh encodes are decoded again) and the compiled tables the last
+        #: incremental refresh made, the group's own (the next one writes into them): None
+        #: when a refresh must start again from the codes and copy the tables it changes.
+        self._decoded: list[np.ndarray] | None = None
+        self._own_cm: kernels.CompiledModel | None = None
         #: The model whose ``A`` the surprise last stacked, the stacked rows and each
         #: modality's first row (:meth:`outcome_probabilities`).
         self._stacked_A: tuple[GenerativeModel, np.ndarray, np.ndarray] | None = None
@@ -96,21 +105,29 @@ class SharedTables:
         last refresh (a ``B`` whose touched columns normalise to the tables the agents use,
         :func:`same_transitions`, did not move for them), only the columns of ``A`` touched
         since then are normalised, encoded (``int8``) and brought into the compiled tables
-        (:func:`refresh_touched_likelihood`); with no ``A`` touched nothing is (the compiled
-        tables stay). Otherwise (a table's first refresh, ``B`` or ``D`` changed, or the
-        support moved) the model is built again from the normalised counts (quantized again
-        for ``int8``) and compiled (:func:`refresh_model`)."""
+        (:func:`refresh_touched_likelihood`: into the tables the last such refresh made, in
+        place; the other columns decoded once, at the first); with no ``A`` touched nothing is
+        (the compiled tables stay). Otherwise (a table's first refresh, ``B`` or ``D`` changed,
+        or the support moved) the model is built again from the normalised counts (quantized
+        again for ``int8``) and compiled (:func:`refresh_model`)."""
         codes = self._own_codes(learner)
         if self._only_likelihood_moved(learner):
             pA = learner.pA
-            if pA is None or not any(touched.any() for touched in pA.touched):
+            if pA is None or not any(map(np.count_nonzero, pA.touched)):
                 self._mark_refreshed(learner)
                 return None, True, 0
-            refreshed = refresh_touched_likelihood(cm, self._model, self._quantized, codes, pA)
+            if codes is not None and self._decoded is None:
+                self._decoded = decoded_likelihoods(codes)
+            refreshed = refresh_touched_likelihood(
+                cm, self._model, self._quantized, codes, pA,
+                decoded=self._decoded, in_place=cm is self._own_cm,
+            )
             if refreshed is not None:
                 self._mark_refreshed(learner)
                 self._model, self._quantized = refreshed.model, refreshed.quantized
+                self._own_cm = refreshed.cm
                 return refreshed.cm, True, refreshed.columns_encoded
+        self._forget_derived()
         refreshed = refresh_model(
             self._model, self._quantized, codes, learner.counts,
             policies=cm.tree.policies, dtype=self._dtype,
@@ -149,12 +166,20 @@ class SharedTables:
     def forget_versions(self) -> None:
         """The next refresh is a full one (counts from a snapshot may differ anywhere)."""
         self._versions = None
+        self._forget_derived()
+
+    def _forget_derived(self) -> None:
+        """The codes are about to change whole (or the tables to be compiled again): the
+        decoded likelihoods and the group's own compiled tables are made again from them."""
+        self._decoded = None
+        self._own_cm = None
 
     def restore_loaded(self) -> kernels.CompiledModel:
         """The model the group was loaded with, its int8 codes and its compilation, again (the
         codes are copied again at the next refresh)."""
         self._model, self._quantized, cm = self._loaded
         self._codes = None
+        self._forget_derived()
         return cm
 
     def outcome_probabilities(

@@ -264,7 +264,12 @@ def _neg_entropy(A_joint: np.ndarray) -> np.ndarray:
 
 
 def refresh_likelihood(
-    cm: CompiledModel, columns: np.ndarray, A_cols: Sequence[np.ndarray]
+    cm: CompiledModel,
+    columns: np.ndarray,
+    A_cols: Sequence[np.ndarray],
+    *,
+    moved: Sequence[bool] | None = None,
+    in_place: bool = False,
 ) -> CompiledModel | None:
     """``cm`` with the likelihood changed only in the joint states ``columns`` (a ``(S_joint,)``
     bool mask); ``A_cols[m]`` ``(O_m, columns.sum())`` float64: modality ``m``'s new columns
@@ -274,16 +279,29 @@ def refresh_likelihood(
     ``A_joint_T`` and the joint planner's likelihood) and gathered again where it is not (the
     outcome map, the local planner's values). Equal to ``compile_model`` of the new model up to
     rounding. ``None`` when the new ``A`` has another support in those columns (the planners'
-    sparse structure follows it: compile the model again) or the model has a deep planner."""
+    sparse structure follows it: compile the model again) or the model has a deep planner.
+
+    ``moved[m]`` False: modality ``m``'s columns are those ``cm`` has (its support is not
+    compared, its ``A_rows`` not written; None: every modality may have moved). ``in_place``:
+    ``cm`` is the caller's own, returned by an earlier call that copied (never one another
+    group may share): the tables by joint state are written in place rather than copied, and
+    ``cm`` itself is returned when no planner's table had to be made anew (a refresh's cost then
+    follows the columns and modalities that moved, not the model's size)."""
     cols = np.flatnonzero(columns)
     if cols.size == 0:
         return cm
     if cm.deep is not None or cm.joint_outcomes is None or not cm.lnC:
         return None
+    local = cm.local
+    trans = cm.transitions[0]
+    if local is not None and (local.target_index is None or local.outcome_index is None
+                              or not isinstance(trans, SparseTransition)):
+        return None  # (before anything is written: the caller compiles in full)
     dtype = cm.dtype
     A_cols = [np.asarray(a, dtype=np.float64) for a in A_cols]
-    for old, new in zip(cm.A_rows, A_cols, strict=True):
-        if not np.array_equal(old[:, cols] != 0, new != 0):
+    changed = [True] * len(A_cols) if moved is None else list(moved)
+    for old, new, m in zip(cm.A_rows, A_cols, changed, strict=True):
+        if m and not np.array_equal(old[:, cols] != 0, new != 0):
             return None
     joint = _joint_likelihood(A_cols)
     kept = np.zeros(joint.shape[0], dtype=bool)
@@ -293,7 +311,11 @@ def refresh_likelihood(
     joint = joint[kept]
 
     def updated(table: np.ndarray, values: np.ndarray, axis: int) -> np.ndarray:
-        out = np.array(table, dtype=dtype)  # the group's own copy: the old may be shared
+        if in_place:  # the group's own table (made by an earlier copy): written where it is
+            out = table
+            out.setflags(write=True)
+        else:
+            out = np.array(table, dtype=dtype)  # the group's own copy: the old may be shared
         if axis == 1:
             out[:, cols] = values
         else:
@@ -301,7 +323,12 @@ def refresh_likelihood(
         out.setflags(write=False)
         return out
 
-    A_rows = tuple(updated(a, new, 1) for a, new in zip(cm.A_rows, A_cols, strict=True))
+    A_rows = tuple(
+        updated(a, new, 1) if m or not in_place else a
+        for a, new, m in zip(cm.A_rows, A_cols, changed, strict=True)
+    )
+    if all(a is b for a, b in zip(A_rows, cm.A_rows, strict=True)):
+        A_rows = cm.A_rows
     utility = updated(cm.utility, _utility(cm.lnC, A_cols), 0)
     neg_entropy = updated(cm.neg_entropy, _neg_entropy(joint), 0)
     A_joint_T = updated(cm.A_joint_T, joint.T, 0)
@@ -312,12 +339,13 @@ def refresh_likelihood(
         lnL_cols = likelihood_table(tuple(a[:, cols] for a in A_rows), dtype)
     if lnL_T is not None and lnL_cols is not None:
         lnL_T = updated(lnL_T, lnL_cols.T, 0)
-    fast = replace(
-        fast, lnL_T=lnL_T,
-        **likelihood_fields(A_rows, A_joint_T, utility, neg_entropy, dtype, same_support=fast),
-    )
-    local = cm.local
-    trans = cm.transitions[0]
+    if not (in_place and fast.outcome_map is None and fast.A_eps is None):
+        # (written in place with no outcome map and no A_eps, the plan's other fields are
+        # views of the tables above: they follow them)
+        fast = replace(
+            fast, lnL_T=lnL_T,
+            **likelihood_fields(A_rows, A_joint_T, utility, neg_entropy, dtype, same_support=fast),
+        )
     if (local is not None and local.target_index is not None
             and local.outcome_index is not None and isinstance(trans, SparseTransition)):
         local = replace(local, **local_values(
@@ -325,8 +353,6 @@ def refresh_likelihood(
             trans=trans, utility=utility.astype(np.float64),
             neg_entropy=neg_entropy.astype(np.float64), dtype=dtype,
         ))
-    elif local is not None:
-        return None
     small = cm.small
     if small is not None:
         small = replace(small, **refreshed_small_values(
@@ -335,13 +361,17 @@ def refresh_likelihood(
         ))
     joint_plan = cm.joint
     if joint_plan is not None and lnL_cols is not None:
-        joint_plan = replace(
-            joint_plan,
-            lnL_table=updated(joint_plan.lnL_table, lnL_cols, 1),
-            utility=utility,
-            AT_ext=updated(joint_plan.AT_ext,
-                           np.concatenate([A_joint_T[cols], neg_entropy[cols, None]], axis=1), 0),
-        )
+        lnL_table = updated(joint_plan.lnL_table, lnL_cols, 1)
+        AT_ext = updated(joint_plan.AT_ext,
+                         np.concatenate([A_joint_T[cols], neg_entropy[cols, None]], axis=1), 0)
+        if not (in_place and joint_plan.utility is utility):
+            joint_plan = replace(joint_plan, lnL_table=lnL_table, utility=utility, AT_ext=AT_ext)
+    if in_place and all(mine is theirs for mine, theirs in (
+        (A_rows, cm.A_rows), (utility, cm.utility), (neg_entropy, cm.neg_entropy),
+        (A_joint_T, cm.A_joint_T), (fast, cm.fast), (local, cm.local), (small, cm.small),
+        (joint_plan, cm.joint),
+    )):
+        return cm  # every table written where it was
     return replace(
         cm, A_rows=A_rows, utility=utility, neg_entropy=neg_entropy, A_joint_T=A_joint_T,
         fast=fast, local=local, small=small, joint=joint_plan,

@@ -103,10 +103,13 @@ def policy_exp_floor(dtype: np.dtype[np.floating]) -> float | None:
     return float(np.log(np.finfo(np.float32).tiny) + EXP_FLOOR_HEADROOM_BITS * np.log(2.0))
 
 
+@functools.lru_cache(maxsize=64)
 def joint_index(num_states: tuple[int, ...]) -> np.ndarray:
-    """``(S_joint, F)``: each joint state's per-factor states, C order."""
-    grids = np.indices(num_states).reshape(len(num_states), -1)
-    return grids.T
+    """``(S_joint, F)``: each joint state's per-factor states, C order (read-only, made once
+    per shape: a learning group's every refresh reads it)."""
+    grids = np.indices(num_states).reshape(len(num_states), -1).T
+    grids.setflags(write=False)
+    return grids
 
 
 def likelihood_table(A_rows: tuple[np.ndarray, ...], dtype: np.dtype[np.floating]) -> np.ndarray:

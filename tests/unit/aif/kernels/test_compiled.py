@@ -1,7 +1,8 @@
 """The incremental refresh of a learned likelihood: after a table's first
 refresh, a refresh brings only the columns touched since the last one into the compiled tables
 (``kernels.refresh_likelihood``), and what it gives equals a full compile of the same model up to
-rounding, for every compiled table (the planners' included), int8 and float."""
+rounding, for every compiled table (the planners' included), int8 and float; past the first
+one it writes into the group's own tables, never into those the group was loaded with."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.learning_experience import experience_ticks
+from edge_agent.aif.learning_kernels import normalise
 from edge_agent.aif.learning_storage import saved_counts
+from edge_agent.aif.quant import encode_log_u8
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.sim.registry import builtin_model, make_env
 
@@ -83,6 +86,52 @@ def test_incremental_refresh_equals_a_full_compile(
         checked += 1
     assert group.refreshes == 5
     assert checked == 4  # every refresh but the first (each learned A's first: a full compile)
+
+
+@pytest.mark.parametrize(("world", "modalities"), [("tmaze", (1,)), ("grid10", (0,))])
+def test_a_refresh_in_place_equals_a_full_refresh_and_leaves_the_shared_tables(
+    world: str, modalities: tuple[int, ...]
+) -> None:
+    """A shared int8 group refreshed every tick (pymdp's cadence), replayed: past its first
+    incremental refresh, each one writes into the group's own compiled tables (the same object
+    from tick to tick) and reads the modalities that did not move from the codes it decoded
+    before; after every one its int8 codes are those of its counts encoded whole, bit for bit,
+    and its compiled tables ``compile_model``'s of those codes, to rounding. The tables a plain
+    group on the same model steps with (which the learning group was loaded with) are
+    untouched."""
+    n = 4
+    model = builtin_model(world)
+    plain = AifAgentGroup(model, n, precision="int8")
+    loaded = [a.copy() for a in (*plain.cm.A_rows, plain.cm.utility, plain.cm.A_joint_T)]
+    spec = LearningSpec(pA=learned_counts(model, modalities), refresh_every=1,
+                        settings=LearningSettings(lr_pA=1.0))
+    group = AifAgentGroup(model, n, learning=spec, precision="int8")
+    env = make_env(world, n, seed=5)
+    obs = env.reset()
+    own = []
+    for _ in range(5):
+        before = group.incremental_refreshes
+        obs = env.step(group.step(obs))
+        if group.incremental_refreshes == before:
+            continue
+        own.append((group.cm.utility, group.cm.A_joint_T, group.cm.A_rows))
+        pA, quantized = group.learner.pA, group.quantized
+        assert pA is not None
+        assert quantized is not None
+        for slot, m in enumerate(pA.tables):
+            whole = encode_log_u8(normalise(pA.counts[slot]))
+            for name in ("codes", "top", "step"):
+                np.testing.assert_array_equal(getattr(quantized.A[m], name),
+                                              getattr(whole, name), err_msg=f"A{m}.{name}")
+        full = kernels.compile_model(quantized, group.cm.tree.policies, dtype=group.dtype.type)
+        assert_same_tables(group.cm, full, "cm", 1e-5)
+    assert len(own) >= 3
+    for tables in own[2:]:  # written in place from the second one on
+        assert all(mine is theirs for mine, theirs in zip(tables, own[1], strict=True))
+    assert own[0][0] is not plain.cm.utility
+    for before, after in zip(loaded, (*plain.cm.A_rows, plain.cm.utility, plain.cm.A_joint_T),
+                             strict=True):
+        np.testing.assert_array_equal(before, after)
 
 
 def test_a_changed_support_or_a_learned_transition_compiles_in_full() -> None:
