@@ -179,11 +179,12 @@ def test_a_failing_wave_halts_and_the_waves_done_are_rolled_back(
                    "--soak", "1", "--watch-ticks", "5", "--rollback-bundle", str(old),
                    "--json")  # fmt: skip
     assert plan["nodes"] == ["pi-a", "pi-b", "pi-c", "pi-d"]
-    # Followed to its end: a line per move, exit 5 for a rollout rolled back.
+    # Followed to its end: a line per move from where it is when --follow starts (on a busy
+    # machine that can be wave 2 already: wave 1's passage shows in the status below), exit 5
+    # for a rollout rolled back.
     followed = hub_cli(hub, "rollout", "status", plan["id"], "--follow")
     lines = followed.stdout.splitlines()
     assert followed.returncode == 5, followed
-    assert any(line.startswith(f"{plan['id']} wave 1/2 ") for line in lines), lines
     assert any(line.startswith(f"{plan['id']} wave 2/2 ") for line in lines), lines
     assert lines[-1].startswith(f"{plan['id']} rolled_back: 0 of 4 node(s) ok, 1 failed; "
                                 "wave 2: 1 failed (50.0 % > 0 %)"), lines  # fmt: skip
@@ -201,6 +202,7 @@ def test_a_failing_wave_halts_and_the_waves_done_are_rolled_back(
     text = rollout(hub, "status", plan["id"])  # what docs/hub.md shows
     print(text)
     assert f"rollout {plan['id']}: rolled_back" in text
+    assert "wave 1: 2 node(s) (up to 2): reverted 2" in text
     assert "wave 2: 2 node(s) (up to 4): failed 1, reverted 1" in text
     for name in ("pi-a", "pi-b", "pi-c"):
         wait_until(lambda n=name: runs(nodes[n], old_sha), f"{name} rolled back")
