@@ -818,6 +818,8 @@ class AifAgentGroup:
                 self.load_state_dict(state)
             except InputError:
                 took = False
+        if took:
+            self.health.aligned()
         self.health.align(live.health)
         self.health.tap = tap
         return took
@@ -877,6 +879,8 @@ class AifAgentGroup:
             chosen = np.ones(self.n_agents, dtype=bool) if mask is None else np.asarray(mask, bool)
             self._install(learning.on_reset(chosen, self.qs, self.has_action, self.cm))
         self._reset_agents(sel)
+        if self.health is not None and isinstance(sel, slice):  # every agent starts an episode
+            self.health.aligned()
 
     def _selected(self, mask: np.ndarray | None) -> slice | np.ndarray:
         """The agents of ``mask`` (all by default) as a slice, or their indices."""

@@ -128,6 +128,11 @@ class AifHealth:
         self.tap: ExcessTap | None = None
         self._obs: IntArray | None = None
         self._prior: list[np.ndarray] | None = None
+        #: The agents' beliefs are still the group's start (``D``, or a snapshot's), not yet a
+        #: prediction of the world's present: a group built beside a running world (a
+        #: deployment's switch or rollback, a shadow of another model) meets it mid-episode.
+        #: Its first tick is then not measured (:meth:`aligned` says when it need not be).
+        self._fresh = True
         self.n_agents = 0
         self.resize(n_agents)
 
@@ -145,6 +150,15 @@ class AifHealth:
         same size stepped once per tick of ``other``'s: a shadow beside its live group)."""
         self.resize(other.n_agents)
         self._clock = other._clock
+
+    def aligned(self) -> None:
+        """Every agent's beliefs predict the world from now on: each starts an episode (its
+        prior ``D`` is then the model's prediction), or they were taken from a group that ran
+        on this world. Until this or the group's first tick, the first tick is not measured: a
+        prior ``D`` met mid-episode predicts the episode's start, not where the agent is, and
+        its surprise says nothing of the model (it raised false drift alarms at every switch
+        of a deployment whose world did not start an episode at that tick)."""
+        self._fresh = False
 
     # -- the tick ---------------------------------------------------------------------------------
     def rows(self) -> IntArray:
@@ -167,7 +181,8 @@ class AifHealth:
             self.resize(n)
         clock = self._clock
         self._clock += 1
-        if clock % HEALTH_EVERY:
+        fresh, self._fresh = self._fresh, False
+        if clock % HEALTH_EVERY or fresh:
             return
         offset = (clock // HEALTH_EVERY) % self._step
         np.add(self._base, offset, out=self._rows)

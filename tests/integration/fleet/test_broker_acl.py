@@ -257,8 +257,28 @@ class Client:
             sock.close()
 
 
-def secure_node(tmp: Path, broker: MosquittoBroker, name: str, clients: Path, keys: Path) -> Node:
-    """A daemon whose ``[mqtt]`` is the generated ``clients/NAME/mqtt.toml`` (plus test pacing)."""
+AUCTION = """
+[coordination.auction]
+window_s = 1.0
+complete_at_goal = false
+state_every_s = 0.5
+"""
+
+
+def secure_node(
+    tmp: Path,
+    broker: MosquittoBroker,
+    name: str,
+    clients: Path,
+    keys: Path,
+    *,
+    groups: str = GROUPS,
+    tick_hz: float = 10,
+    telemetry_s: float = 0.5,
+    tail: str = AUCTION,
+) -> Node:
+    """A daemon whose ``[mqtt]`` is the generated ``clients/NAME/mqtt.toml`` (plus test pacing);
+    ``groups`` and ``tail`` (tables after ``[mqtt]``): the coordinating grid by default."""
     node = Node(tmp, broker, name)
     state = node.state
     node.config.write_text(
@@ -267,20 +287,15 @@ def secure_node(tmp: Path, broker: MosquittoBroker, name: str, clients: Path, ke
 profile = "x86-dev"
 state_dir = "{state}"
 status_file = "{state / "status.json"}"
-tick_hz = 10
+tick_hz = {tick_hz}
 log_level = "info"
 trusted_keys_dir = "{keys}"
-{GROUPS}
+{groups}
 {(clients / name / "mqtt.toml").read_text()}keepalive_s = 5
-telemetry_interval_s = 0.5
+telemetry_interval_s = {telemetry_s}
 reconnect_initial_s = 0.05
 reconnect_max_s = 0.3
-
-[coordination.auction]
-window_s = 1.0
-complete_at_goal = false
-state_every_s = 0.5
-"""
+{tail}"""
     )
     return node
 

@@ -47,15 +47,16 @@ def bundle_tar(
     world: str = "grid10",
     policy_len: int = 2,
     model: GenerativeModel | None = None,
+    version: str | None = None,
 ) -> Path:
     """A signed bundle of a built-in world's model (or ``model``), packed as a tar
-    (``{world}-{policy_len}``)."""
+    (``{world}-{policy_len}``); its version ``1.{policy_len}.0`` unless ``version``."""
     q = quantize_model(builtin_model(world) if model is None else model)
     out = tmp / f"{world}-{policy_len}"
     write_bundle(
         out,
         name=world,
-        version=f"1.{policy_len}.0",
+        version=version or f"1.{policy_len}.0",
         kind="aif",
         arrays={f"aif/{k}.npy": v for k, v in q.to_arrays().items()},
         aif={

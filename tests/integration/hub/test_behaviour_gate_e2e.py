@@ -1,0 +1,268 @@
+"""Rollouts gated on behaviour and the drift alarm, end to end with real parts (issue 46 item 5;
+docs/health.md, docs/hub.md "Rollouts gated on behaviour"): three edge-agentd processes on the
+``edge-agent-host broker init`` broker (TLS, one identity each, the ACL), the hub service
+(``edge-agent-hub run``, configured from its generated ``hub.toml``) on PostgreSQL, and signed
+T-maze bundles rolled out to the nodes' group ``tmaze`` (32 agents, the built-in T-maze, 20 Hz,
+1 s health windows) in waves of one canary, then the two others:
+
+1. a **worse** model, the T-maze with its reward arms swapped, with ``--shadow-s``: the canary
+   runs it as a shadow beside its live group, the shadow criterion fails, the rollout halts at
+   the canary and rolls it back;
+2. the same worse model without a shadow: the canary switches, and the live criterion (the
+   canary's windows against the two untouched nodes', Mann-Whitney) fails: rolled back;
+3. a **better** model (the same T-maze planning two steps ahead: its model fits as well, and it
+   visits the cue first) passes every wave it is judged on;
+4. all along, node ``pi-c`` also runs a group ``maze`` whose world (the reversal T-maze) swaps its
+   rewarded arm after 50 trials (150 ticks, about 7.5 s) while its model stays frozen: the world
+   drifts mid-run, and the drift alarm rises on the device (its ``drift`` event) and on the hub
+   (its events, and the windows it stored, ``edge-agent-hub health``), after windows in which
+   the model fitted. No switch of a deployment or rollback raises a drift alarm by itself.
+
+Why no verdict depends on the machine's speed: the swapped arms raise the excess surprise by
+about 1.2 nats per agent-step (+0.9 nats or more in every shadow window of 16 ticks,
+``tests/unit/daemon/test_shadow.py``; the canary's 1 s windows +1.5 nats above the untouched
+nodes'), where the fitting model's window means stay within about 0.1 of 0; the thresholds
+(0.3 nats) sit far from both. The live samples are wall-clock windows (a 6 s soak holds 4 or 5
+of them whatever the tick rate; 3 a side are asked, and 3 against 6 windows wholly apart give
+p = 0.01); each window of 20 ticks measures 5 ticks, which cover every tick of the T-maze's
+3-tick trial (down to 12 ticks a window, 12 Hz). The shadow gives one pair per 16 ticks: 10 in
+its 8 s at 20 Hz, 5 asked. The module shares one fleet (module scope): the scenarios run in
+sequence in one test, the drift group beside them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.sim.tmaze import tmaze_model
+from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.keys import generate_keypair
+from tests.integration.fleet.test_broker_acl import broker_init, secure_node, start_broker
+from tests.integration.fleet.test_fleet_daemon import Node, wait_until
+from tests.integration.hub.test_hubd import Hub, db_rows
+from tests.integration.hub.test_hubd_faults import HUB, secure_hub
+from tests.integration.hub.test_rollout_health_gate import ENDS, wait_state
+from tests.integration.hub.test_rollouts import rollout, sha_of
+from tests.support.broker import MosquittoBroker, free_port
+from tests.support.postgres import PostgresMissingError, PostgresServer
+from tests.unit.fleet.test_deploy import bundle_tar
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+NODES = ("pi-a", "pi-b", "pi-c")
+CANARY, DRIFTER = NODES[0], NODES[-1]
+GROUP = """
+[[groups]]
+name = "tmaze"
+model = { type = "builtin", name = "tmaze" }
+count = 32
+source = { type = "sim" }
+sink = { type = "sim" }
+"""
+DRIFTING = """
+[[groups]]
+name = "maze"
+model = { type = "builtin", name = "tmaze-reversal" }
+count = 32
+source = { type = "sim" }
+sink = { type = "sim" }
+"""
+SHADOW = "shadow:excess_surprise:max_increase=0.3:min_pairs=5"
+LIVE = "excess_surprise:max_increase=0.3:min_samples=3"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The broker ``broker init`` made, PostgreSQL, the hub service (up before the nodes: it
+    hears every health window) and the three daemons; the bundles, signed by the CI's key."""
+    tmp = tmp_path_factory.mktemp("gate-e2e")
+    keys = tmp / "trusted"
+    hub_key = generate_keypair(keys, "hub").private_path
+    ci = generate_keypair(keys, "ci").private_path
+    try:
+        pg = PostgresServer()
+    except PostgresMissingError as err:
+        pytest.fail(str(err))
+    started: list[Any] = [pg]
+    try:
+        with ThreadPoolExecutor(1) as pool:  # the server starts while broker init runs
+            pg_up = pool.submit(pg.start)
+            port = free_port()
+            clients = (
+                broker_init(
+                    tmp / "pki", port, *(a for n in NODES for a in ("--node", n)), "--hub", HUB
+                )
+                / "clients"
+            )
+            broker = start_broker(tmp / "mosq", clients.parent / "mosquitto.conf", port)
+            started.append(broker)
+            pg_up.result()
+        table = pg.config_table(pg.create_database("gate_e2e"), tmp / "db-password")
+        hub = secure_hub(tmp, broker, clients, table)
+        hub.config.write_text(
+            hub.config.read_text()
+            + f'\n[rollouts]\nkey_file = "{hub_key}"\npoll_interval_s = 0.2\n'
+        )
+        started.append(hub)
+        hub.start()
+        nodes = {
+            name: secure_node(
+                tmp, broker, name, clients, keys, tick_hz=20, telemetry_s=1.0,
+                groups=GROUP + (DRIFTING if name == DRIFTER else ""), tail="",
+            )
+            for name in NODES
+        }  # fmt: skip
+        for node in nodes.values():
+            started.append(node)
+            node.start(wait_ready=False)
+        for node in nodes.values():
+            assert node.notify is not None
+            node.notify.wait_for("READY=1", 90)
+        yield {
+            "hub": hub,
+            "nodes": nodes,
+            "good": bundle_tar(tmp / "good", ci, world="tmaze", policy_len=1),  # 1.1.0
+            "worse": bundle_tar(
+                tmp / "worse",
+                ci,
+                world="tmaze",
+                policy_len=1,
+                version="2.0.0-swapped",
+                model=tmaze_model(reward_probs=(0.02, 0.98)),
+            ),
+            "better": bundle_tar(tmp / "better", ci, world="tmaze", policy_len=2),  # 1.2.0
+            "keys": keys,
+        }
+    finally:
+        for part in reversed(started):
+            if isinstance(part, Node):
+                part.close()
+            elif isinstance(part, Hub | MosquittoBroker):
+                part.kill()
+            else:
+                part.cleanup()
+
+
+def start(hub: Hub, bundle: Path, *args: str) -> str:
+    plan = rollout(hub, "start", str(bundle), "--group", "tmaze", "--all", "--waves", "1,100%",
+                   "--watch-ticks", "3", "--json", *args)  # fmt: skip
+    assert plan["nodes"] == list(NODES)
+    assert plan["waves"] == [1, 3]
+    return str(plan["id"])
+
+
+def bundle_of(node: Node) -> str | None:
+    """The sha256 of the bundle the node's group ``tmaze`` runs (None: the config's model)."""
+    status = node.status()
+    group = next(g for g in status["groups"] if g["name"] == "tmaze")
+    sha: str | None = group["bundle_sha256"]
+    return sha
+
+
+def test_rollouts_are_gated_on_behaviour_and_a_drifting_world_raises_the_alarm(
+    fleet: dict[str, Any],
+) -> None:
+    hub, nodes = fleet["hub"], fleet["nodes"]
+    wait_until(
+        lambda: (
+            {(r["node"], r["group"]) for r in db_rows(hub, HubDatabase.latest_health)}
+            >= {*((n, "tmaze") for n in NODES), (DRIFTER, "maze")}
+        ),
+        "every node's health at the hub",
+        timeout=120,
+    )
+
+    # 1. The worse model as a shadow on the canary: the shadow verdict fails, rolled back to
+    # the good bundle; nothing goes beyond the canary.
+    rid = start(hub, fleet["worse"], "--shadow-s", "8", "--soak", "1", "--criterion", SHADOW,
+                "--rollback-bundle", str(fleet["good"]))  # fmt: skip
+    end = wait_state(hub, rid, ENDS, "the shadow's verdict")
+    assert end["state"] == "rolled_back", end
+    (verdict,) = end["verdicts"]
+    assert (verdict["wave"], verdict["kind"], verdict["outcome"]) == (1, "shadow", "fail"), verdict
+    assert verdict["value"] > 0.6  # the mean difference candidate - live, nats
+    assert verdict["wave_samples"] >= 5
+    assert verdict["test"].startswith("Wilcoxon signed-rank one-sided")
+    assert end["nodes"][CANARY]["state"] == "reverted", end["nodes"]
+    assert {end["nodes"][n]["state"] for n in NODES[1:]} == {"pending"}
+    good = sha_of(fleet["good"], fleet["keys"])
+    wait_until(lambda: runs_sha(nodes[CANARY], good), "the canary rolled back")
+    assert all(bundle_of(nodes[n]) is None for n in NODES[1:])
+
+    # 2. The same model with the shadow off: the canary switches, and its live windows are
+    # judged against the untouched nodes' at the end of its soak.
+    rid = start(hub, fleet["worse"], "--soak", "6", "--criterion", LIVE,
+                "--rollback-bundle", str(fleet["good"]))  # fmt: skip
+    end = wait_state(hub, rid, ENDS, "the live verdict")
+    assert end["state"] == "rolled_back", end
+    (verdict,) = end["verdicts"]
+    assert (verdict["wave"], verdict["kind"], verdict["outcome"]) == (1, "health", "fail"), verdict
+    assert verdict["value"] > 0.6  # the canary's median less the untouched nodes', nats
+    assert verdict["wave_samples"] >= 3
+    assert verdict["control_samples"] >= 3
+    assert verdict["test"].startswith("Mann-Whitney U one-sided")
+    assert end["nodes"][CANARY]["state"] == "reverted", end["nodes"]
+    wait_until(lambda: runs_sha(nodes[CANARY], good), "the canary rolled back again")
+
+    # 4. The drifting world (pi-c's group maze; pi-c untouched so far): the alarm on the
+    # device, its drift event in the status (which keeps the newest 10 events) ...
+    drifting = nodes[DRIFTER]
+
+    def device_alarm() -> list[dict[str, Any]]:
+        return [e for e in drifting.status()["events"] if e["kind"] == "drift"]
+
+    wait_until(lambda: bool(device_alarm()), f"the drift event on {DRIFTER}", timeout=120)
+    for event in device_alarm():
+        assert event["detail"].startswith("group maze: the model stopped fitting"), event
+
+    # 3. A better model passes every wave it is judged on (the last has no untouched node).
+    rid = start(hub, fleet["better"], "--soak", "6", "--criterion", LIVE)
+    end = wait_state(hub, rid, ENDS, "the better model's rollout")
+    assert end["state"] == "done", end
+    (verdict,) = end["verdicts"]
+    assert (verdict["wave"], verdict["outcome"]) == (1, "pass"), verdict
+    assert abs(verdict["value"]) < 0.3
+    better = sha_of(fleet["better"], fleet["keys"])
+    for name in NODES:
+        wait_until(lambda n=name: runs_sha(nodes[n], better), f"{name} on the better model")
+    verdict_events = [
+        e for e in events(hub) if e["kind"] == "rollout" and e["data"].get("outcome")
+    ]  # fmt: skip
+    assert [e["data"]["outcome"] for e in verdict_events] == ["fail", "fail", "pass"]
+
+    # 4. ... and on the hub: its events, and the windows it stored (edge-agent-hub health),
+    # in which the model fitted before the world changed and the alarm rose after.
+    alarms = [e for e in events(hub) if e["kind"] == "alarm" and e["data"].get("name") == "drift"]
+    alarmed = {(e["node"], e["group"]) for e in alarms}
+    assert (DRIFTER, "maze") in alarmed, alarms
+    # The T-maze groups alarm only where the swapped arms ran (the canary): no switch of a
+    # deployment or a rollback raises one by itself.
+    assert alarmed <= {(DRIFTER, "maze"), (CANARY, "tmaze")}, alarms
+    history = json_lines(hub.cli("health", DRIFTER, "--group", "maze", "--json"))
+    states = [h["drift"]["alarm"] for h in history if h.get("drift")]
+    first = states.index(True)
+    assert first >= 2, states  # windows in which the model fitted ...
+    assert not any(states[:first]), states  # ... and none alarmed before the world changed
+
+
+def runs_sha(node: Node, sha: str) -> bool:
+    try:
+        return bundle_of(node) == sha
+    except (KeyError, StopIteration, ValueError):
+        return False
+
+
+def events(hub: Hub) -> list[dict[str, Any]]:
+    """The hub's events, as ``edge-agent-hub events --json`` reads them."""
+    rows: list[dict[str, Any]] = db_rows(hub, lambda db: db.events(limit=10_000))
+    return rows
+
+
+def json_lines(done: Any) -> list[dict[str, Any]]:
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
