@@ -13,6 +13,7 @@
     edge-agent-hub health [NODE] [--config FILE] [--group G] [--since S] [--json]  # health_cli.py
     edge-agent-hub alert-rules          # the Prometheus alert rules (health_cli.py)
     edge-agent-hub rollout start|status|list|pause|resume|abort ...   # hub/rollout_cli.py
+    edge-agent-hub learn status|build ...   # what the nodes learned, merged (hub/learn_cli.py)
     edge-agent-hub systemd-unit | example-config
 
 Exit status: 0 success; 1 the database cannot be read, a file named on the command line cannot
@@ -45,7 +46,7 @@ from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.known_nodes import add_force_argument, require_seen
 from edge_agent_host.fleet.presence import presence
 from edge_agent_host.fleet.table import add_silent_argument, format_fleet
-from edge_agent_host.hub import health_cli, rollout_cli
+from edge_agent_host.hub import health_cli, learn_cli, rollout_cli
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import (
     HubConfigFile,
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     health_cli.add_parsers(sub, with_config)
     rollout_cli.add_parser(sub, with_config)
+    learn_cli.add_parser(sub, with_config)
 
     sub.add_parser("systemd-unit", help="print the systemd unit (edge-agent-hub.service)")
     sub.add_parser("example-config", help="print the commented example config")
@@ -157,6 +159,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "health": health_cli.run,
         "alert-rules": health_cli.run,
         "rollout": rollout_cli.run,
+        "learn": learn_cli.run,
         "systemd-unit": _systemd_unit,
         "example-config": _example_config,
     }[args.command]

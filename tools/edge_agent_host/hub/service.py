@@ -49,7 +49,7 @@ from edge_agent import __version__
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError, SignatureError
 from edge_agent.fleet.comms.base import Backoff, Transport
-from edge_agent.fleet.protocol import RebirthRequest
+from edge_agent.fleet.protocol import LearningDelta, RebirthRequest
 from edge_agent.fleet.topics import Topics
 from edge_agent.fsutil import write_atomic
 from edge_agent.service.metrics import Metrics
@@ -64,6 +64,7 @@ from edge_agent_host.hub.config import (
 )
 from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hub.engines import Engine, PostgresEngine, SqliteEngine
+from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.listener import FleetListener
 from edge_agent_host.hub.publisher import HubPublisher
 from edge_agent_host.hub.queue import Heard, HeldMessages
@@ -203,6 +204,10 @@ class HubService:
         )
         self.queue = HeldMessages(q.max_messages, q.max_bytes, self.spool)
         self.db = HubDatabase(engine)
+        # Learning deltas are stored, checked and counted by the learning tables' own module.
+        self.learning = LearningStore(self.db)
+        self.db.add_writer(LearningDelta.TYPE, self.learning.ingest)
+        self.learning_counts: dict[str, int] = {}
         self.db_thread = DatabaseThread()
         self._close_pending = False
         self.transport = transport
@@ -668,6 +673,11 @@ class HubService:
         return self.publisher.publish(topic, body)
 
     def _report_status(self) -> None:
+        if self._db_usable():
+            try:
+                self.learning_counts = self._db_call(self.learning.counts_by_reason)
+            except DatabaseUnavailableError as err:
+                self._db_lost(str(err))
         status = self.status()
         self._write_status(status)
         if self._db_usable():
@@ -786,6 +796,7 @@ class HubService:
             "maintenance": dict(self.maintenance),
             "counters": self.metrics.values(),
             "rollouts": None if self.rollouts is None else self.rollouts.status(),
+            "learning": dict(self.learning_counts),
             "http": None
             if self.web is None
             else {

@@ -48,6 +48,7 @@ from edge_agent_host.hub.fleet_view import (
     fleet_page,
     rollout_failures,
 )
+from edge_agent_host.hub.learning_checks import Refusal
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
 
@@ -430,6 +431,22 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
         yield CounterMetricFamily(
             f"edge_agent_hub_mqtt_{name}", doc, value=float(counters.get(key) or 0)
         )
+
+    learning: Mapping[str, Any] = status.get("learning") or {}
+    if learning:
+        yield CounterMetricFamily(
+            "edge_agent_hub_learning_deltas_accepted",
+            "Learning deltas the hub accepted (each (node, group, seq) once, fleet-wide)",
+            value=float(learning.get("accepted") or 0),
+        )
+        refused = CounterMetricFamily(
+            "edge_agent_hub_learning_deltas_refused",
+            "Learning deltas the hub refused, by reason (docs/fleet-learning.md)",
+            labels=["reason"],
+        )
+        for reason in Refusal:
+            refused.add_metric([reason.value], float(learning.get(reason.value) or 0))
+        yield refused
 
     rollouts: Mapping[str, Any] | None = status.get("rollouts")
     if rollouts:

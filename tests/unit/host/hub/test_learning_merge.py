@@ -56,7 +56,10 @@ def worst_tv(a: np.ndarray, b: np.ndarray) -> float:
 PRIOR = np.full((S, S, U), 0.5)
 
 
-def merged(deltas: np.ndarray, settings: MergeSettings = MergeSettings()) -> np.ndarray:
+DEFAULTS = MergeSettings()
+
+
+def merged(deltas: np.ndarray, settings: MergeSettings = DEFAULTS) -> np.ndarray:
     return merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": deltas}, settings).counts["B0"]
 
 
@@ -102,7 +105,8 @@ def test_one_node_is_capped_to_its_share_of_a_column() -> None:
     alone = np.zeros((3, S, 1))
     alone[0, 0, 0] = 7.0
     kept, flags = cap_shares(alone, 0.25)
-    assert kept[0, 0, 0] == 7.0 and not flags.any()
+    assert kept[0, 0, 0] == 7.0
+    assert not flags.any()
 
 
 def test_the_score_is_the_log_evidence_per_unit_mass_under_the_others() -> None:
