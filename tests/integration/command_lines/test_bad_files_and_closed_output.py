@@ -354,6 +354,7 @@ VALUES: dict[str, list[str]] = {
     "node": ["pi-0002"],
     "port": ["18883"],
     "id": ["r-19700101-000000"],
+    "line": ["tmaze"],
     "args": [],
 }
 #: Per subcommand: what else it needs to reach its files and end by itself (the broker to

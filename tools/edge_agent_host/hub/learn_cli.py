@@ -4,7 +4,7 @@
 ::
 
     edge-agent-hub learn status [--config FILE] [--json]
-    edge-agent-hub learn build LINE [--config FILE] [--out FILE] [--forgetting F]
+    edge-agent-hub learn build LINE [--config FILE] [--forgetting F]
         [--max-share S] [--mad-k K] [--rollouts N] [--steps N] [--json]
 
 ``status``: per model line, the deltas accepted and refused by reason, the experience, the
@@ -21,7 +21,6 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from edge_agent_host.hub.access import open_database
@@ -46,7 +45,6 @@ def add_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None])
     )
     with_config(build)
     build.add_argument("line", help="the model line (the bundle name)")
-    build.add_argument("--out", type=Path, help="also write the signed bundle here (.tar)")
     defaults = MergeSettings()
     build.add_argument(
         "--forgetting", type=float, default=defaults.forgetting,
@@ -91,9 +89,6 @@ def _build(args: argparse.Namespace, source: Any) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.out is not None and args.out.exists():
-        print(f"edge-agent-hub learn build: {args.out} already exists", file=sys.stderr)
-        return 2
     try:
         settings = RoundSettings(
             merge=MergeSettings(
@@ -114,9 +109,6 @@ def _build(args: argparse.Namespace, source: Any) -> int:
         except LearnInputError as err:
             print(f"edge-agent-hub learn build: {err}", file=sys.stderr)
             return 2
-        built = store.latest_round(args.line)
-        if args.out is not None and summary["state"] == "built" and built is not None:
-            args.out.write_bytes(built["bundle"])
     finally:
         db.close()
     if args.json:
