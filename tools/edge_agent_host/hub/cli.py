@@ -13,7 +13,7 @@
     edge-agent-hub health [NODE] [--config FILE] [--group G] [--since S] [--json]  # health_cli.py
     edge-agent-hub alert-rules          # the Prometheus alert rules (health_cli.py)
     edge-agent-hub rollout start|status|list|pause|resume|abort ...   # hub/rollout_cli.py
-    edge-agent-hub learn status|build ...   # what the nodes learned, merged (hub/learn_cli.py)
+    edge-agent-hub learn status|build|publish ...   # what the nodes learned (hub/learn_cli.py)
     edge-agent-hub systemd-unit | example-config
 
 Exit status: 0 success; 1 the database cannot be read, a file named on the command line cannot

@@ -5,13 +5,19 @@
 
     edge-agent-hub learn status [--config FILE] [--json]
     edge-agent-hub learn build LINE [--config FILE] [--forgetting F]
-        [--max-share S] [--mad-k K] [--rollouts N] [--steps N] [--json]
+        [--max-share S] [--mad-k K] [--rollouts N] [--steps N] [--max-kl X]
+        [--min-action-agreement X] [--out FILE] [--json]
+    edge-agent-hub learn publish LINE [--round ID] --group G [rollout start's options]
 
 ``status``: per model line, the deltas accepted and refused by reason, the experience, the
 nodes, what waits for the next round and the last round. ``build``: the next round of the line
 (:func:`~edge_agent_host.hub.learning_round.build_round`), signed with the hub's key
-(``[rollouts] key_file``); exit 0 built, 1 refused by the converter's int8 gate, 2 nothing to
-build (one line: no bundle of that name, a line that does not learn, no accepted experience).
+(``[rollouts] key_file``), its bundle also written to ``--out``; exit 0 built, 1 refused by the
+converter's int8 gate, 2 nothing to build (one line: no bundle of that name, a line that does
+not learn, no accepted experience). ``publish``: a staged rollout of a built round's bundle (the
+line's newest by default) with every option of ``rollout start`` (waves, soak, the behaviour
+gate's ``--criterion``: :func:`~edge_agent_host.hub.rollout_cli.add_start_options`); the round
+records the rollout.
 """
 
 from __future__ import annotations
@@ -21,20 +27,27 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from edge_agent.fsutil import write_atomic
+from edge_agent_host.converter.aif.options import AifThresholds
+from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.access import open_database
-from edge_agent_host.hub.config import load_hub_config
+from edge_agent_host.hub.config import HubConfigFile, load_hub_config
 from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
 from edge_agent_host.hub.learning_store import LearningStore
+from edge_agent_host.hub.rollout_cli import add_start_options, rollback_plan, start_plan
+from edge_agent_host.hub.store import HubDatabase
 
 __all__ = ["add_parser", "run", "status_lines"]
 
 
 def add_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -> None:
     learn: argparse.ArgumentParser = sub.add_parser(
-        "learn", help="what the nodes learned, merged into new model versions (status, build)"
+        "learn",
+        help="what the nodes learned, merged into new model versions (status, build, publish)",
     )
     steps = learn.add_subparsers(dest="learn_command", required=True, metavar="ACTION")
     status = steps.add_parser("status", help="per model line: deltas, refusals, rounds")
@@ -47,23 +60,47 @@ def add_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None])
     build.add_argument("line", help="the model line (the bundle name)")
     defaults = MergeSettings()
     build.add_argument(
-        "--forgetting", type=float, default=defaults.forgetting,
+        "--forgetting",
+        type=float,
+        default=defaults.forgetting,
         help=f"factor on what earlier rounds merged (default {defaults.forgetting:g})",
     )
     build.add_argument(
-        "--max-share", type=float, default=defaults.max_share,
+        "--max-share",
+        type=float,
+        default=defaults.max_share,
         help=f"a node's largest share of a column's increment (default {defaults.max_share:g})",
     )
     build.add_argument(
-        "--mad-k", type=float, default=defaults.mad_k,
+        "--mad-k",
+        type=float,
+        default=defaults.mad_k,
         help=f"refuse a node scored this many MADs below the median (default {defaults.mad_k:g})",
     )
     build.add_argument("--rollouts", type=int, default=200, help="gate: simulated agents")
     build.add_argument("--steps", type=int, default=30, help="gate: steps per agent")
+    gate = AifThresholds()
+    build.add_argument(
+        "--max-kl", type=float, default=gate.max_kl,
+        help=f"gate: largest mean belief KL, float against int8 (default {gate.max_kl:g})",
+    )  # fmt: skip
+    build.add_argument(
+        "--min-action-agreement", type=float, default=gate.min_action_agreement,
+        help=f"gate: least action agreement (default {gate.min_action_agreement:g})",
+    )  # fmt: skip
+    build.add_argument("--out", type=Path, help="also write the round's signed bundle here")
     build.add_argument("--json", action="store_true", help="print the round as JSON")
+    publish = steps.add_parser(
+        "publish", help="a staged rollout of a built round's bundle (rollout start's options)"
+    )
+    with_config(publish)
+    publish.add_argument("line", help="the model line (the bundle name)")
+    publish.add_argument("--round", type=int, help="the round's id (default: the newest built)")
+    add_start_options(publish)
 
 
 def run(args: argparse.Namespace) -> int:
+    rollback = rollback_plan(args) if args.learn_command == "publish" else None
     source = load_hub_config(args.config)
     if args.learn_command == "status":
         db = open_database(source)
@@ -76,10 +113,34 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("\n".join(status_lines(rows)) if rows else "no learning deltas heard")
         return 0
+    if args.learn_command == "publish":
+        return _publish(args, source, rollback)
     return _build(args, source)
 
 
-def _build(args: argparse.Namespace, source: Any) -> int:
+def _publish(args: argparse.Namespace, source: HubConfigFile, rollback: DeployPlan | None) -> int:
+    db = open_database(source)
+    try:
+        found = LearningStore(db).latest_round(args.line, round_id=args.round)
+    finally:
+        db.close()
+    if found is None or found["bundle"] is None:
+        which = "no built round" if args.round is None else f"no built round {args.round}"
+        print(
+            f"edge-agent-hub learn publish: model line {args.line!r} has {which} "
+            "(edge-agent-hub learn status)",
+            file=sys.stderr,
+        )
+        return 2
+    plan = DeployPlan.from_bytes(found["bundle"], args.chunk_size, where=f"round {found['id']}")
+
+    def published(db: HubDatabase, rollout_id: str) -> None:
+        LearningStore(db).set_rollout(found["id"], rollout_id)
+
+    return start_plan(args, plan, "learn publish", rollback=rollback, on_stored=published)
+
+
+def _build(args: argparse.Namespace, source: HubConfigFile) -> int:
     from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - cryptography
 
     key_file = source.config.rollouts.key_file
@@ -96,6 +157,9 @@ def _build(args: argparse.Namespace, source: Any) -> int:
             ),
             rollouts=args.rollouts,
             steps=args.steps,
+            thresholds=AifThresholds(
+                max_kl=args.max_kl, min_action_agreement=args.min_action_agreement
+            ),
         )
     except ValueError as err:
         print(f"edge-agent-hub learn build: {err}", file=sys.stderr)
@@ -109,8 +173,11 @@ def _build(args: argparse.Namespace, source: Any) -> int:
         except LearnInputError as err:
             print(f"edge-agent-hub learn build: {err}", file=sys.stderr)
             return 2
+        built = store.latest_round(args.line, round_id=summary["round"])
     finally:
         db.close()
+    if args.out is not None and built is not None and built["bundle"] is not None:
+        write_atomic(args.out, built["bundle"])
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from edge_agent_host.converter.aif.options import AifOptions
+from edge_agent_host.converter.aif.options import AifOptions, AifThresholds
 from edge_agent_host.converter.common import ConvertOptions
 from edge_agent_host.converter.formats.aif import convert_aif
 from edge_agent_host.fleet.errors import FleetError
@@ -46,11 +46,13 @@ class LearnInputError(FleetError):
 
 @dataclass(frozen=True)
 class RoundSettings:
-    """The merge's settings and the converter gate's simulation size."""
+    """The merge's settings, the converter gate's simulation size and its thresholds (those of
+    ``edge-agent-host convert aif`` by default)."""
 
     merge: MergeSettings = field(default_factory=MergeSettings)
     rollouts: int = 200
     steps: int = 30
+    thresholds: AifThresholds = field(default_factory=AifThresholds)
 
 
 def next_version(parent: str, round_no: int) -> str:
@@ -136,7 +138,8 @@ def build_round(
             ConvertOptions(out=out, name=line, version=version, seed=round_no, sign_key=key,
                            signer=signer),
             AifOptions(model=float_model, settings=agent_settings, counts=counts,
-                       rollouts=settings.rollouts, steps=settings.steps),
+                       rollouts=settings.rollouts, steps=settings.steps,
+                       thresholds=settings.thresholds),
         )
         provenance["gate"] = [c.describe() for c in report.checks]
         data = out.read_bytes() if report.bundle is not None else None

@@ -150,14 +150,18 @@ class LearningStore:
             for r in rows
         ]
 
-    def latest_round(self, line: str, *, built_only: bool = True) -> dict[str, Any] | None:
-        """The newest round of ``line`` (built ones only by default), with its blobs."""
+    def latest_round(
+        self, line: str, *, built_only: bool = True, round_id: int | None = None
+    ) -> dict[str, Any] | None:
+        """The newest round of ``line`` (built ones only by default; round ``round_id`` when
+        given), with its blobs."""
         rows = self.db.query(
             "SELECT id, created, state, parent_sha256, version, bundle_sha256, bundle, counts, "
-            "base, provenance FROM learning_rounds WHERE line = :line"
+            "base, provenance, rollout FROM learning_rounds WHERE line = :line"
             + (" AND state = 'built'" if built_only else "")
+            + ("" if round_id is None else " AND id = :id")
             + " ORDER BY id DESC LIMIT 1",
-            {"line": line},
+            {"line": line, "id": round_id},
         )
         if not rows:
             return None
@@ -173,7 +177,45 @@ class LearningStore:
             "counts": bytes(r[7]),
             "base": bytes(r[8]),
             "provenance": json.loads(r[9]),
+            "rollout": r[10],
         }
+
+    def set_rollout(self, round_id: int, rollout_id: str) -> None:
+        """Round ``round_id`` was published by rollout ``rollout_id``."""
+        with self.db.transaction():
+            self.db.execute(
+                "UPDATE learning_rounds SET rollout = :rollout WHERE id = :id",
+                {"rollout": rollout_id, "id": round_id},
+            )
+
+    def recent_rounds(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest rounds of every line, newest first, without their blobs: what the fleet
+        page shows (version, nodes, experience, refused and capped, the rollout)."""
+        rows = self.db.query(
+            "SELECT id, line, created, state, version, bundle_sha256, provenance, rollout "
+            "FROM learning_rounds ORDER BY id DESC LIMIT :limit",
+            {"limit": limit},
+        )
+        out = []
+        for r in rows:
+            prov = json.loads(r[6])
+            out.append(
+                {
+                    "id": int(r[0]),
+                    "line": str(r[1]),
+                    "created": float(r[2]),
+                    "state": str(r[3]),
+                    "version": str(r[4]),
+                    "bundle_sha256": r[5],
+                    "nodes": len(prov.get("nodes", {})),
+                    "deltas": int(prov.get("deltas", 0)),
+                    "experience": int(prov.get("experience", 0)),
+                    "refused": len(prov.get("outliers", [])),
+                    "capped": len(prov.get("capped", [])),
+                    "rollout": r[7],
+                }
+            )
+        return out
 
     def rounds(self, line: str) -> int:
         """How many rounds of ``line`` were built or refused."""

@@ -49,7 +49,18 @@ from edge_agent_host.hub.rollout_plan import (
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
 
-__all__ = ["FOLLOW_EVERY_S", "FOLLOW_EXIT", "add_parser", "follow_line", "run", "verdict_line"]
+__all__ = [
+    "FOLLOW_EVERY_S",
+    "FOLLOW_EXIT",
+    "add_parser",
+    "add_start_options",
+    "follow_line",
+    "rollback_plan",
+    "run",
+    "start_plan",
+    "store_rollout",
+    "verdict_line",
+]
 
 FOLLOW_EXIT: Final[Mapping[str, int]] = MappingProxyType(
     {RolloutState.DONE.value: 0, RolloutState.HALTED.value: 4, RolloutState.ROLLED_BACK.value: 5}
@@ -75,6 +86,30 @@ def add_parser(
     start = steps.add_parser("start", help="plan a rollout; the service carries it out")
     with_config(start)
     start.add_argument("bundle", type=Path, help="signed bundle directory or .tar")
+    add_start_options(start)
+
+    status = steps.add_parser("status", help="a rollout's waves and nodes")
+    with_config(status)
+    status.add_argument("id", nargs="?", help="default: the newest rollout")
+    status.add_argument("--follow", action="store_true", help=_FOLLOW_HELP)
+    status.add_argument(
+        "--json", action="store_true", help="print it as JSON (with --follow: JSON lines)"
+    )
+
+    listing = steps.add_parser("list", help="rollouts, newest first")
+    with_config(listing)
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
+
+    for action in ("pause", "resume", "abort"):
+        p = steps.add_parser(action, help=f"{action} a rollout")
+        with_config(p)
+        p.add_argument("id", help="the rollout's id (rollout list)")
+    return rollout
+
+
+def add_start_options(start: argparse.ArgumentParser) -> None:
+    """``rollout start``'s options but the bundle: the group, the nodes, the waves and the
+    criteria (``learn publish`` takes the same ones for a round's bundle)."""
     start.add_argument("--group", required=True, help="the group that runs the bundle")
     who = start.add_mutually_exclusive_group()
     who.add_argument("--all", action="store_true", help="every node with the group (default)")
@@ -138,24 +173,6 @@ def add_parser(
         "--json", action="store_true", help="print the plan as JSON (with --follow: JSON lines)"
     )
 
-    status = steps.add_parser("status", help="a rollout's waves and nodes")
-    with_config(status)
-    status.add_argument("id", nargs="?", help="default: the newest rollout")
-    status.add_argument("--follow", action="store_true", help=_FOLLOW_HELP)
-    status.add_argument(
-        "--json", action="store_true", help="print it as JSON (with --follow: JSON lines)"
-    )
-
-    listing = steps.add_parser("list", help="rollouts, newest first")
-    with_config(listing)
-    listing.add_argument("--json", action="store_true", help="print them as JSON")
-
-    for action in ("pause", "resume", "abort"):
-        p = steps.add_parser(action, help=f"{action} a rollout")
-        with_config(p)
-        p.add_argument("id", help="the rollout's id (rollout list)")
-    return rollout
-
 
 def _open(args: argparse.Namespace) -> HubDatabase:
     return open_database(load_hub_config(args.config), write=True)
@@ -172,84 +189,44 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 def _start(args: argparse.Namespace) -> int:
-    try:
-        return _start_checked(args)
-    except CriterionError as err:  # bad input: one line, exit 2, nothing stored or sent
-        print(f"edge-agent-hub rollout start: {err}", file=sys.stderr)
-        return 2
-
-
-def _start_checked(args: argparse.Namespace) -> int:
-    health = [parse_criterion(text) for text in args.criterion]
     plan = DeployPlan.from_bundle(args.bundle, args.chunk_size)
-    rollback = None
-    if args.rollback_bundle is not None:
-        rollback = DeployPlan.from_bundle(args.rollback_bundle, args.chunk_size)
+    return start_plan(args, plan, rollback=rollback_plan(args))
+
+
+def rollback_plan(args: argparse.Namespace) -> DeployPlan | None:
+    """The plan of ``--rollback-bundle`` (None without one): read before the config, as every
+    file named on the command line."""
+    if args.rollback_bundle is None:
+        return None
+    return DeployPlan.from_bundle(args.rollback_bundle, args.chunk_size)
+
+
+def start_plan(
+    args: argparse.Namespace,
+    plan: DeployPlan,
+    command: str = "rollout start",
+    *,
+    rollback: DeployPlan | None = None,
+    on_stored: Callable[[HubDatabase, str], None] | None = None,
+) -> int:
+    """Store a rollout of ``plan`` as the options of :func:`add_start_options` in ``args`` say,
+    print it (and follow it with ``--follow``); ``on_stored(db, id)`` runs once it is stored. A bad
+    criterion is one line naming ``command``, exit 2."""
     config = load_hub_config(args.config)
     db = open_database(config, write=True)
     try:
-        store = RolloutStore(db)
-        labels = _labels(args.label)
-        nodes, offline = select_nodes(
-            db.fleet(),
-            args.group,
-            names=args.node,
-            labels=labels,
-            include_offline=args.include_offline,
-            silent_after_s=config.config.hub.silent_after_s,
-        )
-        if not nodes:
-            raise FleetError(
-                f"no {'' if args.include_offline else 'online '}node runs group {args.group!r}"
-                + (f" with {labels}" if labels else "")
-                + (f" matching {args.node}" if args.node else "")
-                + (f" ({len(offline)} offline or silent)" if offline else "")
-            )
-        if health:
-            check_reported(health, args.group, db.health_reported())
-        waves = plan_waves(
-            len(nodes),
-            args.waves.split(",") if args.exponential is None else None,
-            exponential=args.exponential,
-        )
-        rollout = RolloutPlan(
-            group=args.group,
-            bundle_sha256=plan.sha256,
-            bundle_name=plan.name,
-            bundle_version=plan.version,
-            waves=waves,
-            soak_s=args.soak,
-            criteria=Criteria(
-                max_failed_pct=args.max_failed_pct,
-                max_error_events_pct=args.max_error_events_pct,
-                max_tick_p99_ratio=args.max_tick_p99_ratio,
-                baseline_s=args.baseline,
-                health=health,
-            ),
-            rollback_sha256=rollback.sha256 if rollback is not None else None,
-            chunk_size=args.chunk_size,
-            rate_chunks_s=args.rate,
-            deploy_timeout_s=args.deploy_timeout,
-            watch_ticks=args.watch_ticks,
-            health_steps=args.health_steps,
-            selector={"nodes": args.node, "labels": labels, "skipped_offline": offline},
-        )
-        summary = {
-            "group": args.group,
-            "bundle_sha256": plan.sha256,
-            "nodes": nodes,
-            "waves": waves,
-            "skipped_offline": offline,
-            "criteria": [c.text() for c in health],
-        }
+        try:
+            summary = store_rollout(
+                db, args, plan, rollback=rollback, silent_after_s=config.config.hub.silent_after_s,
+                on_stored=on_stored,
+            )  # fmt: skip
+        except CriterionError as err:  # bad input: one line, exit 2, nothing stored or sent
+            print(f"edge-agent-hub {command}: {err}", file=sys.stderr)
+            return 2
         if args.dry_run:
             print(json.dumps(summary) if args.json else _plan_text(summary))
             return 0
-        store.put_bundle(plan.data, plan.sha256, plan.name, plan.version)
-        if rollback is not None:
-            store.put_bundle(rollback.data, rollback.sha256, rollback.name, rollback.version)
-        rollout_id = store.create(rollout, nodes)
-        summary["id"] = rollout_id
+        rollout_id = summary["id"]
         summary["follow"] = shlex.join(
             ["edge-agent-hub", "rollout", "status", "--config", str(args.config), rollout_id,
              "--follow"]
@@ -261,10 +238,89 @@ def _start_checked(args: argparse.Namespace) -> int:
             if not args.follow:
                 print(f"follow it: {summary['follow']}")
         if args.follow:
-            return _follow(store, rollout_id, as_json=args.json)
+            return _follow(RolloutStore(db), rollout_id, as_json=args.json)
     finally:
         db.close()
     return 0
+
+
+def store_rollout(
+    db: HubDatabase,
+    args: argparse.Namespace,
+    plan: DeployPlan,
+    *,
+    rollback: DeployPlan | None = None,
+    silent_after_s: float,
+    on_stored: Callable[[HubDatabase, str], None] | None = None,
+) -> dict[str, Any]:
+    """The rollout of ``plan`` (``rollback``: of ``--rollback-bundle``) the options of
+    :func:`add_start_options` in ``args`` say, stored in ``db`` with its bundles (not with
+    ``args.dry_run``): its summary, with ``id`` when stored. FleetError or CriterionError (one
+    line) when it cannot be started."""
+    health = [parse_criterion(text) for text in args.criterion]
+    store = RolloutStore(db)
+    labels = _labels(args.label)
+    nodes, offline = select_nodes(
+        db.fleet(),
+        args.group,
+        names=args.node,
+        labels=labels,
+        include_offline=args.include_offline,
+        silent_after_s=silent_after_s,
+    )
+    if not nodes:
+        raise FleetError(
+            f"no {'' if args.include_offline else 'online '}node runs group {args.group!r}"
+            + (f" with {labels}" if labels else "")
+            + (f" matching {args.node}" if args.node else "")
+            + (f" ({len(offline)} offline or silent)" if offline else "")
+        )
+    if health:
+        check_reported(health, args.group, db.health_reported())
+    waves = plan_waves(
+        len(nodes),
+        args.waves.split(",") if args.exponential is None else None,
+        exponential=args.exponential,
+    )
+    rollout = RolloutPlan(
+        group=args.group,
+        bundle_sha256=plan.sha256,
+        bundle_name=plan.name,
+        bundle_version=plan.version,
+        waves=waves,
+        soak_s=args.soak,
+        criteria=Criteria(
+            max_failed_pct=args.max_failed_pct,
+            max_error_events_pct=args.max_error_events_pct,
+            max_tick_p99_ratio=args.max_tick_p99_ratio,
+            baseline_s=args.baseline,
+            health=health,
+        ),
+        rollback_sha256=rollback.sha256 if rollback is not None else None,
+        chunk_size=args.chunk_size,
+        rate_chunks_s=args.rate,
+        deploy_timeout_s=args.deploy_timeout,
+        watch_ticks=args.watch_ticks,
+        health_steps=args.health_steps,
+        selector={"nodes": args.node, "labels": labels, "skipped_offline": offline},
+    )
+    summary: dict[str, Any] = {
+        "group": args.group,
+        "bundle_sha256": plan.sha256,
+        "nodes": nodes,
+        "waves": waves,
+        "skipped_offline": offline,
+        "criteria": [c.text() for c in health],
+    }
+    if args.dry_run:
+        return summary
+    store.put_bundle(plan.data, plan.sha256, plan.name, plan.version)
+    if rollback is not None:
+        store.put_bundle(rollback.data, rollback.sha256, rollback.name, rollback.version)
+    summary["id"] = store.create(rollout, nodes)
+    if on_stored is not None:
+        on_stored(db, summary["id"])
+    return summary
 
 
 def _plan_text(summary: dict[str, Any]) -> str:

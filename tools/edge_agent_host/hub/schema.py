@@ -274,8 +274,8 @@ MIGRATIONS: Final = (
             )""",
             "CREATE INDEX learning_deltas_line ON learning_deltas (line, status, round_id)",
             # One row per round built (or refused by the converter's gate): the bundle it made,
-            # the merged counts and the line's first prior (npz), and its provenance (JSON:
-            # nodes, experience, what was refused or capped).
+            # the merged counts and the line's first prior (npz), its provenance (JSON:
+            # nodes, experience, what was refused or capped), the rollout that published it.
             """CREATE TABLE learning_rounds (
                 id {id},
                 line TEXT NOT NULL,
@@ -287,7 +287,8 @@ MIGRATIONS: Final = (
                 bundle {blob},
                 counts {blob} NOT NULL,
                 base {blob} NOT NULL,
-                provenance TEXT NOT NULL
+                provenance TEXT NOT NULL,
+                rollout TEXT
             )""",
             "CREATE INDEX learning_rounds_line ON learning_rounds (line, id)",
         ),
