@@ -50,6 +50,7 @@ from edge_agent_host.hub import health_cli, learn_cli, rollout_cli
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import (
     HubConfigFile,
+    LearningSection,
     PostgresDatabase,
     check_dependencies,
     example_config_text,
@@ -234,8 +235,19 @@ def describe_config(source: HubConfigFile) -> str:
             f"  telemetry: raw {r.telemetry_raw_s:g} s, then one point per "
             f"{r.telemetry_step_s:g} s, kept {r.telemetry_keep_s / 86400:g} d, at most "
             f"{r.telemetry_max_rows_per_node} rows per node",
+            _learning_line(c.learning),
         ]
     )
+
+
+def _learning_line(s: LearningSection) -> str:
+    if not s.enabled:
+        return "  learning: rounds by hand (edge-agent-hub learn build)"
+    when = [f"every {s.every_s:g} s"] if s.every_s > 0 else []
+    when += [f"at {s.min_experience} agent-ticks"] if s.min_experience > 0 else []
+    lines = ", ".join(s.lines) if s.lines else "every line"
+    publish = f", published: rollout start {' '.join(s.rollout)}" if s.publish else ""
+    return f"  learning: rounds of {lines} {' or '.join(when)}{publish}"
 
 
 # ------------------------------------------------------------------------------ the database

@@ -38,7 +38,8 @@ from edge_agent_host.hub.config import HubConfigFile, load_hub_config
 from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
 from edge_agent_host.hub.learning_store import LearningStore
-from edge_agent_host.hub.rollout_cli import add_start_options, rollback_plan, start_plan
+from edge_agent_host.hub.rollout_cli import add_output_options, rollback_plan, start_plan
+from edge_agent_host.hub.rollout_options import add_start_options
 from edge_agent_host.hub.store import HubDatabase
 
 __all__ = ["add_parser", "run", "status_lines"]
@@ -97,6 +98,7 @@ def add_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None])
     publish.add_argument("line", help="the model line (the bundle name)")
     publish.add_argument("--round", type=int, help="the round's id (default: the newest built)")
     add_start_options(publish)
+    add_output_options(publish)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from edge_agent_host.fleet.errors import FleetError
-from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES, DeployPlan
+from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import load_hub_config
 from edge_agent_host.hub.health_gate import (
@@ -39,6 +39,7 @@ from edge_agent_host.hub.health_gate import (
     check_reported,
     parse_criterion,
 )
+from edge_agent_host.hub.rollout_options import add_start_options
 from edge_agent_host.hub.rollout_plan import (
     Criteria,
     RolloutPlan,
@@ -52,8 +53,8 @@ from edge_agent_host.hub.store import HubDatabase
 __all__ = [
     "FOLLOW_EVERY_S",
     "FOLLOW_EXIT",
+    "add_output_options",
     "add_parser",
-    "add_start_options",
     "follow_line",
     "rollback_plan",
     "run",
@@ -87,6 +88,7 @@ def add_parser(
     with_config(start)
     start.add_argument("bundle", type=Path, help="signed bundle directory or .tar")
     add_start_options(start)
+    add_output_options(start)
 
     status = steps.add_parser("status", help="a rollout's waves and nodes")
     with_config(status)
@@ -107,66 +109,8 @@ def add_parser(
     return rollout
 
 
-def add_start_options(start: argparse.ArgumentParser) -> None:
-    """``rollout start``'s options but the bundle: the group, the nodes, the waves and the
-    criteria (``learn publish`` takes the same ones for a round's bundle)."""
-    start.add_argument("--group", required=True, help="the group that runs the bundle")
-    who = start.add_mutually_exclusive_group()
-    who.add_argument("--all", action="store_true", help="every node with the group (default)")
-    who.add_argument(
-        "--node", action="append", default=[], metavar="PATTERN", help="node names (globs)"
-    )
-    start.add_argument(
-        "--label", action="append", default=[], metavar="K=V", help="nodes with this label"
-    )
-    how = start.add_mutually_exclusive_group()
-    how.add_argument(
-        "--waves",
-        default="1,10%,50%,100%",
-        help="cumulative node counts or percentages (default 1,10%%,50%%,100%%)",
-    )
-    how.add_argument("--exponential", type=float, help="waves of 1, F, F^2, ... nodes")
-    start.add_argument("--soak", type=float, default=60.0, help="seconds each wave soaks")
-    start.add_argument(
-        "--max-failed-pct",
-        type=float,
-        default=0.0,
-        help="halt when more of a wave's nodes fail or roll back (percent, default 0)",
-    )
-    start.add_argument(
-        "--max-error-events-pct",
-        type=float,
-        default=100.0,
-        help="halt when more deployed nodes send error events while soaking (100: off)",
-    )
-    start.add_argument(
-        "--max-tick-p99-ratio",
-        type=float,
-        default=0.0,
-        help="halt when the wave's median tick p99 grows more than this factor (0: off)",
-    )
-    start.add_argument("--baseline", type=float, default=300.0, help="baseline telemetry (s)")
-    start.add_argument(
-        "--criterion",
-        action="append",
-        default=[],
-        metavar="MEASURE:max_increase=D[:group=G][:min_samples=N][:alpha=A][:dry_run]",
-        help="judge each wave on a health measure against the untouched nodes (docs/hub.md); "
-        "max_decrease=D for a measure that is better higher; repeatable",
-    )
-    start.add_argument(
-        "--rollback-bundle", type=Path, help="signed bundle the nodes get back after a halt"
-    )
-    start.add_argument(
-        "--chunk-size", type=int, default=DEFAULT_CHUNK_BYTES, help="bytes per chunk"
-    )
-    start.add_argument("--rate", type=float, default=32.0, help="broadcast chunks per second")
-    start.add_argument("--deploy-timeout", type=float, default=600.0, help="per wave (s)")
-    start.add_argument("--watch-ticks", type=int, default=50, help="ticks watched after switch")
-    start.add_argument("--health-steps", type=int, default=20, help="health-check steps")
-    start.add_argument(
-        "--include-offline", action="store_true", help="select offline and silent nodes too"
-    )
+def add_output_options(start: argparse.ArgumentParser) -> None:
+    """What ``rollout start`` (and ``learn publish``) print: the plan only, following, JSON."""
     start.add_argument("--dry-run", action="store_true", help="print the plan, store nothing")
     start.add_argument("--follow", action="store_true", help=_FOLLOW_HELP)
     start.add_argument(

@@ -64,6 +64,7 @@ from edge_agent_host.hub.config import (
 )
 from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hub.engines import Engine, PostgresEngine, SqliteEngine
+from edge_agent_host.hub.learning_policy import LearningPolicy
 from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.listener import FleetListener
 from edge_agent_host.hub.publisher import HubPublisher
@@ -139,6 +140,33 @@ def web_server(source: HubConfigFile) -> WebServer | None:
         raise source.error([(("http", "port"), problem)]) from err
 
 
+def learning_policy(source: HubConfigFile) -> LearningPolicy | None:
+    """The replica's learning rounds when ``[learning]`` runs them (``every_s`` or
+    ``min_experience``; the config makes sure ``[rollouts] key_file`` is set): a database
+    connection of its own for each look, signing with the hub's key."""
+    config = source.config
+    key_file = config.rollouts.key_file
+    if not config.learning.enabled or key_file is None:
+        return None
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - only with rounds
+
+    try:
+        key = load_signing_key(key_file)
+    except (OSError, EdgeAgentError) as err:
+        raise source.error([(("rollouts", "key_file"), str(err))]) from err
+    hub_id = config.hub.effective_id()
+
+    def open_db() -> HubDatabase:
+        db = HubDatabase(make_engine(source, application_name=f"edge-agent-hub {hub_id} learning"))
+        db.open()
+        return db
+
+    return LearningPolicy(
+        config.learning, open_db, key, signer=f"edge-agent-hub {hub_id}",
+        silent_after_s=config.hub.silent_after_s,
+    )  # fmt: skip
+
+
 def rollout_runner(source: HubConfigFile) -> Callable[[HubPublisher], RolloutRunner] | None:
     """The replica's rollout runner when ``[rollouts] key_file`` is set, given the service's
     publisher: its own database connection, under the same deadline as the service's, no broker
@@ -189,6 +217,7 @@ class HubService:
         drain_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
         rollouts: Callable[[HubPublisher], RolloutRunner] | None = None,
+        learning: LearningPolicy | None = None,
         web: WebServer | None = None,
     ) -> None:
         self.config = config
@@ -255,6 +284,15 @@ class HubService:
             self._outage_report,
             Periodic(1.0, self._request_rebirths, now=now, first_after=True),
         ]
+        # Rounds run by themselves ([learning]): a look every check_interval_s, on the
+        # policy's own thread and database connection.
+        self.learning_policy = learning
+        if learning is not None:
+            self._jobs.append(
+                Periodic(
+                    config.learning.check_interval_s, learning.step, now=now, first_after=True
+                )
+            )
 
     @classmethod
     def from_config(cls, source: HubConfigFile) -> HubService:
@@ -307,6 +345,7 @@ class HubService:
             transport=transport,
             hub_keys=keys,
             rollouts=rollout_runner(source),
+            learning=learning_policy(source),
             web=web_server(source),
         )
 
@@ -482,6 +521,8 @@ class HubService:
         self.notifier.stopping()
         if self.rollouts is not None:
             self.rollouts.stop()  # a deploy under way stops between two rounds; resumed later
+        if self.learning_policy is not None:
+            self.learning_policy.join(self.drain_timeout_s)  # a round under way ends
         if self.web is not None:
             self.web.stop()
         self.transport.disconnect()
@@ -797,6 +838,9 @@ class HubService:
             "counters": self.metrics.values(),
             "rollouts": None if self.rollouts is None else self.rollouts.status(),
             "learning": dict(self.learning_counts),
+            "learning_rounds": None
+            if self.learning_policy is None
+            else dict(self.learning_policy.counts),
             "http": None
             if self.web is None
             else {
