@@ -49,6 +49,7 @@ from edge_agent_host.hub.fleet_view import (
     rollout_failures,
 )
 from edge_agent_host.hub.learning_checks import Refusal
+from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
 
@@ -83,6 +84,8 @@ class FleetSnapshot:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     rollouts: list[dict[str, Any]] = field(default_factory=list)
     groups: list[dict[str, Any]] = field(default_factory=list)
+    #: The newest learning rounds with their provenance (docs/fleet-learning.md).
+    learning_rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +94,7 @@ class FleetSnapshot:
             "nodes": self.nodes,
             "rollouts": self.rollouts,
             "groups": self.groups,
+            "learning_rounds": self.learning_rounds,
         }
 
 
@@ -204,7 +208,8 @@ def build_snapshot(
     silent_after_s: float = SILENT_AFTER_S,
     history: GroupHealthHistory | None = None,
 ) -> FleetSnapshot:
-    """Read the registry and the recent rollouts (raises DatabaseUnavailableError); each node's
+    """Read the registry, the recent rollouts and learning rounds (raises
+    DatabaseUnavailableError); each node's
     presence as of ``now`` (``silent_after_s``: ``[hub] silent_after_s``); each group's health
     summary (a point more in ``history``'s plots)."""
     now = time.time() if now is None else now
@@ -263,6 +268,7 @@ def build_snapshot(
         nodes=nodes,
         rollouts=rollouts,
         groups=group_summaries(nodes, now, history),
+        learning_rounds=LearningStore(db).recent_rounds(limit=10),
     )
 
 
