@@ -35,7 +35,7 @@ from edge_agent_host.hub.learning_store import LearningStore, Pending
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["LearnInputError", "RoundSettings", "build_round", "next_version"]
+__all__ = ["LearnInputError", "RoundSettings", "build_round", "next_version", "per_node"]
 
 _ROUND_MARK: Final = "+learn"
 
@@ -60,7 +60,7 @@ def next_version(parent: str, round_no: int) -> str:
     return f"{parent.split(_ROUND_MARK, 1)[0]}{_ROUND_MARK}{round_no}"
 
 
-def _per_node(
+def per_node(
     pending: list[Pending], shapes: dict[str, tuple[int, ...]]
 ) -> tuple[list[str], dict[str, np.ndarray], dict[str, int]]:
     """The nodes (sorted), their summed increments ``{table: (nodes, *shape)}`` and experience."""
@@ -109,7 +109,7 @@ def build_round(
         parent_version = previous["version"]
     else:
         current, base, parent_version = model.counts, model.counts, model.version
-    nodes, deltas, experience = _per_node(pending, model.shapes)
+    nodes, deltas, experience = per_node(pending, model.shapes)
     result = merge_round(base, current, deltas, settings.merge)
     round_no = store.rounds(line) + 1
     version = next_version(parent_version, round_no)

@@ -3,6 +3,8 @@ leave-one-out score, and the fraction of poisoned nodes it tolerates."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from edge_agent_host.hub.learning_merge import (
     cap_shares,
     leave_one_out_scores,
     merge_round,
+    nanmedian_first_axis,
 )
 
 S, U = 4, 2
@@ -169,3 +172,15 @@ def test_settings_out_of_range_are_refused(settings: dict[str, float], match: st
 def test_shapes_that_differ_are_refused() -> None:
     with pytest.raises(ValueError, match="deltas have shape"):
         merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": np.zeros((2, S, S, 1))}, MergeSettings())
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 3, 4, 7, 20])
+def test_the_median_over_nodes_is_numpys_nanmedian(nodes: int) -> None:
+    """The merge's one-sort median (nodes that did not visit a column are NaN there)."""
+    rng = np.random.default_rng(nodes)
+    a = rng.random((nodes, 3, 5))
+    a = np.where(rng.random((nodes, 1, 5)) < 0.5, np.nan, a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's own warns on all-NaN columns
+        expected = np.nanmedian(a, axis=0)
+    np.testing.assert_allclose(nanmedian_first_axis(a), expected, rtol=1e-12)
