@@ -160,7 +160,10 @@ def learning_delta(sha: str, table: CountsDelta) -> LearningDelta:
                          tables=[table])  # fmt: skip
 
 
-def ingest(tmp: Path, data: bytes, sha: str, deltas: list[CountsDelta], nodes: int) -> None:
+def ingest(
+    tmp: Path, data: bytes, sha: str, deltas: list[CountsDelta], nodes: int, *,
+    wire: dict[str, Any],
+) -> None:
     db, store = fleet_db(tmp / f"ingest-{nodes}.sqlite3", data, sha, nodes)
     try:
         items = [heard(f"n{i:06d}", learning_delta(sha, deltas[i % len(deltas)]), 1)
@@ -174,7 +177,7 @@ def ingest(tmp: Path, data: bytes, sha: str, deltas: list[CountsDelta], nodes: i
         db.close()
     emit({"bench": "ingest", "nodes": nodes, "deltas_per_s": round(nodes / delta_s),
           "telemetry_per_s": round(nodes / tel_s), "ratio": round(tel_s / delta_s, 3),
-          "seconds": round(delta_s, 3)})  # fmt: skip
+          "seconds": round(delta_s, 3), **wire})  # fmt: skip
 
 
 def merge(
@@ -250,13 +253,13 @@ def main() -> None:
         deltas = [node_delta(rng, b, args.experience) for _ in range(pool)]
         wire = [len(encode(heard("n000000", learning_delta(sha, d), 1).envelope)) for d in deltas]
         columns = [len(d.columns) // 4 for d in deltas]
+        sizes_of = {"columns_per_delta": round(float(np.mean(columns)), 1),
+                    "bytes_per_delta": round(float(np.mean(wire)))}  # fmt: skip
         emit({"bench": "setup", "table": "grid10 B0", "counts": int(b.size),
               "columns": int(b.shape[1] * b.shape[2]), "experience": args.experience,
-              "columns_per_delta": round(float(np.mean(columns)), 1),
-              "bytes_per_delta": round(float(np.mean(wire))),
-              "bundle_bytes": len(data)})  # fmt: skip
+              "bundle_bytes": len(data), **sizes_of})  # fmt: skip
         for nodes in args.ingest_nodes:
-            ingest(tmp, data, sha, deltas, nodes)
+            ingest(tmp, data, sha, deltas, nodes, wire=sizes_of)
         measured = [merge(tmp, data, sha, deltas, nodes) for nodes in args.merge_nodes]
         extrapolate(measured, [n for n in args.extrapolate if n not in args.merge_nodes])
 
