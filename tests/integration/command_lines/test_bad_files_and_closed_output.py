@@ -164,6 +164,7 @@ PATHS: dict[tuple[str, str, str], Kind] = {
     ("edge-agent-hub", "check-config", "path"): Kind.FILE,
     ("edge-agent-hub", "*", "bundle"): Kind.FILE,
     ("edge-agent-hub", "*", "rollback_bundle"): Kind.FILE,
+    ("edge-agent-hub", "learn build", "out"): Kind.OUT,
 }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -102,6 +103,11 @@ def add_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None])
 
 
 def run(args: argparse.Namespace) -> int:
+    # The files named on the command line first, then the config (as every command does).
+    problem = _out_problem(args.out) if getattr(args, "out", None) is not None else None
+    if problem is not None:
+        print(f"edge-agent-hub learn build: {problem}", file=sys.stderr)
+        return 2
     rollback = rollback_plan(args) if args.learn_command == "publish" else None
     source = load_hub_config(args.config)
     if args.learn_command == "status":
@@ -142,8 +148,21 @@ def _publish(args: argparse.Namespace, source: HubConfigFile, rollback: DeployPl
     return start_plan(args, plan, "learn publish", rollback=rollback, on_stored=published)
 
 
+def _out_problem(out: Path) -> str | None:
+    """Why ``--out`` cannot take the round's bundle, before any work (None: it can)."""
+    where = out.absolute().parent
+    if out.is_dir():
+        return f"{out}: is a directory; name the bundle file to write"
+    if not where.is_dir():
+        return f"{out}: cannot write it: {where}: no such directory"
+    if not os.access(where, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        return f"{out}: cannot write it: Permission denied"
+    return None
+
+
 def _build(args: argparse.Namespace, source: HubConfigFile) -> int:
     from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - cryptography
+
 
     key_file = source.config.rollouts.key_file
     if key_file is None:

@@ -119,6 +119,10 @@ def test_learn_build_says_what_it_cannot_build_in_one_line_and_exits_2(
     assert "no bundle of that name" in err
     assert main(learn(hub, "build", LINE, "--forgetting", "2")) == 2
     one_line(capsys, "edge-agent-hub learn build: forgetting 2.0 must be in [0, 1]")
+    nowhere = hub["dir"] / "no-such-dir" / "round.tar"
+    assert main(learn(hub, "build", LINE, "--out", str(nowhere))) == 2
+    err = one_line(capsys, f"edge-agent-hub learn build: {nowhere}: cannot write it: ")
+    assert "no such directory" in err
 
 
 def test_learn_build_refused_by_the_gate_then_built_then_nothing_left(
