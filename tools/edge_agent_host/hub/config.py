@@ -481,12 +481,12 @@ class LearningSection(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> LearningSection:
-        # The same parser as rollout start's (hub/rollout_options.py): checked here, so that a
-        # bad option is check-config's line, never found when a round is published.
-        from edge_agent_host.hub.rollout_options import parse_start_options  # noqa: PLC0415
-
         problems: list[Problem] = []
         if self.rollout:
+            # The same parser as rollout start's (hub/rollout_options.py): checked here, so that
+            # a bad option is check-config's line, never found when a round is published.
+            from edge_agent_host.hub.rollout_options import parse_start_options  # noqa: PLC0415
+
             try:
                 parse_start_options(self.rollout)
             except ValueError as err:

@@ -28,16 +28,15 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edge_agent.fsutil import write_atomic
-from edge_agent_host.converter.aif.options import AifThresholds
 from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import HubConfigFile, load_hub_config
 from edge_agent_host.hub.learning_merge import MergeSettings
-from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
 from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.rollout_cli import add_output_options, rollback_plan, start_plan
 from edge_agent_host.hub.rollout_options import add_start_options
@@ -81,14 +80,15 @@ def add_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None])
     )
     build.add_argument("--rollouts", type=int, default=200, help="gate: simulated agents")
     build.add_argument("--steps", type=int, default=30, help="gate: steps per agent")
-    gate = AifThresholds()
+    # The gate's thresholds default to the converter's (AifThresholds; None here: the
+    # converter is imported only by a build).
     build.add_argument(
-        "--max-kl", type=float, default=gate.max_kl,
-        help=f"gate: largest mean belief KL, float against int8 (default {gate.max_kl:g})",
+        "--max-kl", type=float,
+        help="gate: largest mean belief KL, float against int8 (default: the converter's, 0.01)",
     )  # fmt: skip
     build.add_argument(
-        "--min-action-agreement", type=float, default=gate.min_action_agreement,
-        help=f"gate: least action agreement (default {gate.min_action_agreement:g})",
+        "--min-action-agreement", type=float,
+        help="gate: least action agreement (default: the converter's, 0.95)",
     )  # fmt: skip
     build.add_argument("--out", type=Path, help="also write the round's signed bundle here")
     build.add_argument("--json", action="store_true", help="print the round as JSON")
@@ -161,7 +161,14 @@ def _out_problem(out: Path) -> str | None:
 
 
 def _build(args: argparse.Namespace, source: HubConfigFile) -> int:
-    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - cryptography
+    # The converter (and cryptography) only for a build: the other hub commands start light.
+    from edge_agent_host.converter.aif.options import AifThresholds  # noqa: PLC0415
+    from edge_agent_host.hub.learning_round import (  # noqa: PLC0415
+        LearnInputError,
+        RoundSettings,
+        build_round,
+    )
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
 
 
     key_file = source.config.rollouts.key_file
@@ -171,6 +178,8 @@ def _build(args: argparse.Namespace, source: HubConfigFile) -> int:
             file=sys.stderr,
         )
         return 2
+    asked = {"max_kl": args.max_kl, "min_action_agreement": args.min_action_agreement}
+    gate = {k: v for k, v in asked.items() if v is not None}
     try:
         settings = RoundSettings(
             merge=MergeSettings(
@@ -178,9 +187,7 @@ def _build(args: argparse.Namespace, source: HubConfigFile) -> int:
             ),
             rollouts=args.rollouts,
             steps=args.steps,
-            thresholds=AifThresholds(
-                max_kl=args.max_kl, min_action_agreement=args.min_action_agreement
-            ),
+            thresholds=replace(AifThresholds(), **gate),
         )
     except ValueError as err:
         print(f"edge-agent-hub learn build: {err}", file=sys.stderr)

@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from edge_agent import __version__
 from edge_agent.bundle.signing import TrustedKeys
@@ -64,7 +64,6 @@ from edge_agent_host.hub.config import (
 )
 from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hub.engines import Engine, PostgresEngine, SqliteEngine
-from edge_agent_host.hub.learning_policy import LearningPolicy
 from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.listener import FleetListener
 from edge_agent_host.hub.publisher import HubPublisher
@@ -78,6 +77,9 @@ from edge_agent_host.hub.store import (
     to_json,
 )
 from edge_agent_host.hub.web import GroupHealthHistory, WebServer, build_snapshot
+
+if TYPE_CHECKING:
+    from edge_agent_host.hub.learning_policy import LearningPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +150,8 @@ def learning_policy(source: HubConfigFile) -> LearningPolicy | None:
     key_file = config.rollouts.key_file
     if not config.learning.enabled or key_file is None:
         return None
+    # The converter a round uses, only on a replica that runs rounds.
+    from edge_agent_host.hub.learning_policy import LearningPolicy  # noqa: PLC0415
     from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - only with rounds
 
     try:
