@@ -10,8 +10,9 @@ and fills the bounded queue; this loop, on the main thread, is the only writer:
    leaves the spool;
 3. run what is due: the status file, the replica's heartbeat row and the Prometheus file
    (``status_interval_s``), the retention bounds (``maintenance_interval_s``), the "database
-   unreachable" report (``report_interval_s``, while it is), rebirth requests, the systemd
-   watchdog;
+   unreachable" report (``report_interval_s``, while it is), rebirth requests, a look for the
+   learning rounds due (``[learning] check_interval_s``: the rounds run on the policy's own
+   thread and connection, :mod:`.learning_policy`), the systemd watchdog;
 4. wait for the next message (or, with the database down, for the next attempt).
 
 Every database call runs on the database's own thread with a deadline
