@@ -24,10 +24,13 @@ Cases, all with 1,000 grid10 int8 agents with 64-step histories at the profile's
   learners as above (each agent's counts are its own, so their bytes scale with the agents)
   step ``--hour-ticks`` ticks (36,000: an hour at 10 Hz) in this process as fast as they can;
   at a few points their state is written as the daemon writes it (``SnapshotStore``, in
-  ``--dir``), once with the counts as what moved from the prior (what the daemon writes) and
-  once with the counts whole (what it wrote before), and the ``learn.*`` bytes of both are
-  printed per agent, for 200 agents, and per hour at the profile's snapshots, with the bound
-  (every entry updates can reach moved, :func:`~edge_agent.aif.learning_storage.moved_bound`).
+  ``--dir``), once as the daemon writes it (the counts as what moved from the prior, the
+  previous posteriors only where they differ from the beliefs) and once with both whole (what
+  it wrote before), and the ``learn.*`` bytes of both are printed per agent, for 200 agents,
+  and per hour at the profile's snapshots, with the bound (every entry updates can reach moved,
+  :func:`~edge_agent.aif.learning_storage.moved_bound`, and every previous posterior stored,
+  before compression). Run it with the 200 agents of the daemon case (the default): the
+  snapshot compresses arrays of 4 KiB and more only, so a few agents' bytes are raw.
 
 Each case runs ``--seconds`` after a warm-up; the hourly rate is the steady rate over that window
 plus the snapshots an hour would take (the profile's interval and cap) times the size of the
@@ -35,7 +38,7 @@ final snapshot, which is the size of every periodic one. The window's own writes
 file (``/proc/PID/io`` cannot: the split comes from the files' sizes and the outbox's counters).
 
     python benchmarks/bench_writes.py [--seconds 660] [--cases quiet,telemetry,actions_qos1]
-        [--hour-agents 4] [--hour-ticks 36000]
+        [--hour-agents 200] [--hour-ticks 36000]
 
 The window should hold two of the outbox's relaxed commits (``[mqtt] outbox_commit_interval_s``,
 300 s): with a shorter one the MQTT cases show only the ticks between them.
@@ -139,7 +142,7 @@ def learning_hour(agents: int, ticks: int, root: Path) -> Iterator[dict[str, Any
     import numpy as np
 
     from edge_agent.aif.learning import LearningSettings, LearningSpec
-    from edge_agent.aif.learning_storage import moved_bound
+    from edge_agent.aif.learning_storage import moved_bound, saved_rows
     from edge_agent.core.agents import AifAgentGroup
     from edge_agent.daemon.snapshots.store import SnapshotStore
     from edge_agent.sim.registry import builtin_model, make_env
@@ -162,14 +165,20 @@ def learning_hour(agents: int, ticks: int, root: Path) -> Iterator[dict[str, Any
                  for k, v in group.state_dict().items()}
         pB = group.learner.pB
         assert pB is not None
-        whole = {k: v for k, v in state.items() if ".learn.pB0." not in k}
+        whole = {k: v for k, v in state.items()
+                 if ".learn.pB0." not in k and ".learn.qs_prev0." not in k}
         whole["group.grid.learn.pB0"] = pB.counts[0]
+        whole["group.grid.learn.qs_prev0"] = np.zeros_like(state["group.grid.qs0"])
+        saved_rows(state, "group.grid.learn.qs_prev0", "group.grid.qs0",
+                   whole["group.grid.learn.qs_prev0"], where="learning_hour")
         sizes = {}
         for name, arrays in (("moved", state), ("whole", whole)):
             info = store.save(arrays, {}, force=True)
             assert info is not None
             sizes[name] = stored_bytes(info.path, ".learn.")
-        bound = moved_bound(pB.counts[0], pB.mask[0], pB.counts[0].dtype.itemsize) // agents
+        # every reachable count moved, every agent's previous posterior stored (and its index)
+        bound = (moved_bound(pB.counts[0], pB.mask[0], pB.counts[0].dtype.itemsize)
+                 + int(state["group.grid.qs0"].nbytes) + 4 * agents) // agents
         yield {
             "bench": "writes", "case": "learning_hour", "agents": agents, "ticks": tick,
             "tick_hz": 10.0, "hours_at_10hz": round(tick / 36_000, 3),
@@ -178,7 +187,8 @@ def learning_hour(agents: int, ticks: int, root: Path) -> Iterator[dict[str, Any
                                              / agents, 1),
             "learn_bytes_per_agent": round(sizes["moved"] / agents, 1),
             "learn_bytes_per_agent_whole": round(sizes["whole"] / agents, 1),
-            "bound_counts_bytes_per_agent": bound,
+            "bound_learn_bytes_per_agent": bound,
+            "bound_learn_mb_per_h_200_agents": round(bound * 200 * per_hour / 1e6, 3),
             "snapshots_per_h": per_hour,
             "learn_mb_per_h_200_agents": round(sizes["moved"] / agents * 200 * per_hour / 1e6, 3),
             "learn_mb_per_h_200_agents_whole": round(
@@ -295,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=Path("/var/tmp"), help="a directory on a real disk"
     )
     parser.add_argument("--smoke", action="store_true", help="2 s windows, cleaned up: for CI")
-    parser.add_argument("--hour-agents", type=int, default=4,
-                        help="learning_hour: per-agent learners stepped (their bytes scale)")
+    parser.add_argument("--hour-agents", type=int, default=200,
+                        help="learning_hour: per-agent learners stepped (200: the daemon case's; "
+                             "fewer store arrays below the 4 KiB the snapshot compresses)")
     parser.add_argument("--hour-ticks", type=int, default=36_000,
                         help="learning_hour: ticks (36,000: an hour at 10 Hz)")
     args = parser.parse_args(argv)

@@ -546,6 +546,37 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
+        id="learning-deltas",
+        title="Learning deltas: bytes on the wire per hour",
+        scope=(
+            "What a learning group's reports to the fleet weigh (docs/fleet-learning.md, "
+            "\"On the node\"): a group learning in a closed loop with its world at 10 Hz, what "
+            "it learned taken every 600 ticks (`report_every_s = 60`) and made into encoded "
+            "`LearningDelta` messages as the daemon makes them; the mean of 3 reports. The "
+            "bound is every column of the learned table moved (4 bytes per value and per "
+            "column, plus 1 KiB of envelope): it does not depend on the number of agents, whose "
+            "increments are summed before they are sent. Bytes per hour scale with "
+            "`1 / report_every_s` (600 s: a tenth)."
+        ),
+        benchmark="bench_learning_deltas.py",
+        where={"bench": "learning-deltas"},
+        key=("world", "learned", "scope", "agents"),
+        command=f"{RECORD} bench_learning_deltas.py -- --agents 100,1000",
+        columns=(
+            Column("world", "world"),
+            Column("learns", "learned"),
+            Column("scope", "scope"),
+            Column("agents", "agents", ",d"),
+            Column("columns moved", "columns_per_report", ",.0f"),
+            Column("of", "columns", ",d"),
+            Column("bytes per report", "bytes_per_report", ",d"),
+            Column("bytes per hour", "bytes_per_hour", ",d"),
+            Column("bound per hour", "bound_bytes_per_hour", ",d"),
+            Column("take + encode", lambda r: r.get("take_ms") + r.get("encode_ms"), ".2f",
+                   suffix=" ms"),
+        ),
+    ),
+    Table(
         id="learning-tick",
         title="What learning costs the daemon's tick",
         scope=(
@@ -611,16 +642,20 @@ TABLES: tuple[Table, ...] = (
             "B = \"all\"`, `scope = \"per_agent\"`, float64, prior the model's `B`, learning "
             "rate 1, every tick), stepped in one process for the updates of an hour at 10 Hz; "
             "their state written as the daemon writes a snapshot, with the counts stored as what "
-            "moved from the prior (now) and whole (before), zlib where it saves a tenth. Bytes "
-            "of the `learn.*` arrays per agent, the bound on them (every entry an update can "
-            "reach moved: the support of `B`, 4 bytes of index and 8 of float64 count each), "
-            "and what 200 such agents add per hour at the `pi4-4gb` profile's two snapshots an "
-            "hour (the daemon without learning keeps to about 1 MB/h in all)."
+            "moved from the prior and the previous posteriors only where they differ from the "
+            "beliefs (now) and both whole (before), zlib where it saves a tenth (arrays of 4 KiB "
+            "and more: 200 agents' are). Bytes of the `learn.*` arrays per agent, the bound on "
+            "them (before compression: every entry an update can reach moved, the support of "
+            "`B`, 4 bytes of index and 8 of float64 count each, and every agent's previous "
+            "posterior stored), and what 200 such agents add per hour at the `pi4-4gb` "
+            "profile's two snapshots an hour (the daemon without learning keeps to about 1 MB/h "
+            "in all)."
         ),
         benchmark="bench_writes.py",
-        where={"bench": "writes", "case": "learning_hour"},
+        where={"bench": "writes", "case": "learning_hour",
+               "bound_learn_bytes_per_agent": lambda v: v is not None},
         key=("agents", "ticks"),
-        command=f"{RECORD} bench_writes.py -- --cases learning_hour --hour-agents 4",
+        command=f"{RECORD} bench_writes.py -- --cases learning_hour",
         columns=(
             Column("agents run", "agents", ",d"),
             Column("ticks (hours at 10 Hz)", lambda r: (
@@ -629,9 +664,10 @@ TABLES: tuple[Table, ...] = (
             Column("moved entries per agent", "moved_entries_per_agent", ",.0f"),
             Column("learn bytes per agent: moved", "learn_bytes_per_agent", ",.0f"),
             Column("whole (before)", "learn_bytes_per_agent_whole", ",.0f"),
-            Column("bound per agent (counts)", "bound_counts_bytes_per_agent", ",d"),
+            Column("bound per agent", "bound_learn_bytes_per_agent", ",d"),
             Column("200 agents, MB/h: moved", "learn_mb_per_h_200_agents", ".2f"),
             Column("whole (before)", "learn_mb_per_h_200_agents_whole", ".2f"),
+            Column("bound", "bound_learn_mb_per_h_200_agents", ".2f"),
         ),
     ),
     Table(

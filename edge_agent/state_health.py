@@ -46,6 +46,7 @@ PARTS: Final = (
     "bundles",
     "snapshots",
     "status",
+    "learning_reports",
 )
 _MAX_NOTICES: Final = 64
 _MAX_RECENT: Final = 10

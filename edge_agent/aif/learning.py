@@ -279,6 +279,7 @@ class Learner:
             return
         s = self.settings
         n = qs[0].shape[0]
+        self.pA.note_agent_ticks(n)
         shared = s.scope == "shared"
         few = self._few
         plan = self._few_scratch
@@ -355,6 +356,7 @@ class Learner:
         s = self.settings
         if acted is not None and acted.all():
             acted = None
+        self.pB.note_agent_ticks(qs[0].shape[0] if acted is None else int(acted.sum()))
         if s.scope == "shared":
             for slot in range(len(self.pB.tables)):
                 self._learn_B_shared(slot, qs, qs_prev, actions, acted, updates=updates)
@@ -458,6 +460,7 @@ class Learner:
         if self.pD is None:
             return
         s = self.settings
+        self.pD.note_agent_ticks(qs[0].shape[0])
         for slot, f in enumerate(self.pD.tables):
             if s.scope == "shared":
                 self.pD.add(slot, qs[f].sum(axis=0), s.lr_pD, s.forgetting)

@@ -14,16 +14,18 @@ Conventions, pymdp's unless said (``docs/learning.md`` lists them for users):
   a decay toward the prior ``p0`` so that a world that changed is learned again. With
   ``forgetting = 0`` the update is pymdp's exactly.
 * **Deltas for the fleet.** Besides the counts, :class:`DirichletCounts` accumulates the
-  experience added since the last report (``experience``, one model's size whatever the scope,
-  unaffected by forgetting) and a ``version`` that every update increments, so a node can publish
-  "what I learned since version v" and a hub can add such deltas to a prior.
+  increments added since the last report (``experience``: a dense array of one table's size
+  whatever the scope, summed over the agents, unaffected by forgetting), the agent-ticks they
+  stand for (``agent_ticks``) and a ``version`` that every update increments, so a node can
+  publish "what I learned since version v" (:meth:`DirichletCounts.take_delta`, sparse by column
+  with :func:`column_increments`) and a hub can add such deltas to a prior.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -61,6 +63,43 @@ def check_counts(name: str, counts: np.ndarray, table: np.ndarray) -> FloatArray
 FLOAT32_ROUNDOFF = 2.0**-24
 
 
+class Delta(NamedTuple):
+    """What :meth:`DirichletCounts.take_delta` gives: the versions it spans, the increments of
+    each table (dense, the table's shape, summed over the agents before any forgetting) and the
+    agent-ticks each stands for."""
+
+    start: int
+    end: int
+    increments: list[FloatArray]
+    agent_ticks: list[int]
+
+
+class TableIncrements(NamedTuple):
+    """One learned table's increments since the last report, sparse by column
+    (:func:`column_increments`): ``table`` ``A{m}``, ``B{f}`` or ``D{f}``, its ``shape``, the
+    ``columns`` that moved and their ``values``, the ``agent_ticks`` they stand for and the
+    learning rate ``lr`` (each agent-tick adds at most ``lr`` of mass to the table)."""
+
+    table: str
+    shape: tuple[int, ...]
+    columns: NDArray[np.uint32]
+    values: NDArray[np.float32]
+    agent_ticks: int
+    lr: float
+
+
+def column_increments(
+    increments: np.ndarray,
+) -> tuple[NDArray[np.uint32], NDArray[np.float32]]:
+    """The columns of ``increments`` (a table's shape; a column is every axis but the first,
+    flattened in C order) with any entry not 0: ``(columns (k,) uint32 ascending, values
+    (k, shape[0]) float32)``, each row one column's increments."""
+    flat = increments.reshape(increments.shape[0], -1)
+    columns = np.flatnonzero(np.any(flat != 0, axis=0))
+    values = np.ascontiguousarray(flat[:, columns].T, dtype=np.float32)
+    return columns.astype(np.uint32), values
+
+
 def counts_storage_bound(updates: int, largest_count: float) -> float:
     """Bound on ``|c32 - c64|`` for any count after ``updates`` updates: counts stored in float32
     against the same updates applied to float64 counts (the increments themselves are computed
@@ -82,7 +121,9 @@ class DirichletCounts:
     ``tables``: which modality/factor each entry is; ``prior``: the counts at load (forgetting
     decays toward them); ``counts``: now (``(N, ...)`` per agent, else the table's shape);
     ``mask``: where updates may land (see the module doc); ``experience``: the sum of every
-    increment since :meth:`take_delta` (one table's shape whatever the scope).
+    increment since :meth:`take_delta` (one table's shape whatever the scope); ``agent_ticks``:
+    per table, the agent-ticks those increments stand for (each adds at most ``lr`` of mass:
+    :meth:`note_agent_ticks`).
     """
 
     kind: Literal["A", "B", "D"]
@@ -97,6 +138,7 @@ class DirichletCounts:
     #: The version at which the counts were last their prior (0 at load; :meth:`reset`).
     reset_at: int = 0
     refreshed: bool = False
+    agent_ticks: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     touched: list[NDArray[np.bool_]] = field(default_factory=list)
     #: Per-agent ``B`` only: per table, ``(N, U)``, the agents' action tables updated since
     #: the last refresh (a refresh normalises only those); empty otherwise.
@@ -143,7 +185,8 @@ class DirichletCounts:
             if kind == "B" and scope == "per_agent":
                 by_agent.append(np.zeros((n_agents, p.shape[2]), dtype=bool))
         return cls(kind, indices, prior, counts, mask, experience, scope, touched=touched,
-                   touched_by_agent=by_agent)
+                   touched_by_agent=by_agent,
+                   agent_ticks=np.zeros(len(indices), dtype=np.int64))
 
     @property
     def nbytes(self) -> int:
@@ -158,6 +201,11 @@ class DirichletCounts:
         and a per-agent ``B``'s flags of the action tables touched)."""
         counts = sum(int(p.nbytes) for p in self.prior)  # the prior is in the counts' dtype
         return counts + sum(int(t.shape[1]) for t in self.touched_by_agent)
+
+    def note_agent_ticks(self, n: int) -> None:
+        """``n`` agent-ticks were learned from by every table of this kind (an ``A`` update:
+        each agent's outcome; ``B``: each agent's transition; ``D``: each agent's trial)."""
+        self.agent_ticks += n
 
     def add(
         self, slot: int, increment: np.ndarray, lr: float, forgetting: float, *,
@@ -325,6 +373,7 @@ class DirichletCounts:
         for slot, index in enumerate(self.tables):
             self.counts[slot][...] = self.prior[slot]  # per agent: every agent's row
             self.experience[slot].fill(0.0)
+            self.agent_ticks[slot] = 0
             self.touched[slot].fill(False)
             if self.touched_by_agent:
                 self.touched_by_agent[slot].fill(False)
@@ -349,10 +398,13 @@ class DirichletCounts:
         for t in (*self.touched, *self.touched_by_agent):
             t.fill(False)
 
-    def take_delta(self) -> tuple[int, int, list[FloatArray]]:
-        """``(from_version, to_version, experience)`` since the last call, then start anew."""
+    def take_delta(self) -> Delta:
+        """The increments and agent-ticks since the last call and the versions they span,
+        then start anew."""
         delta = [e.copy() for e in self.experience]
+        ticks = [int(t) for t in self.agent_ticks]
         for e in self.experience:
             e.fill(0.0)
+        self.agent_ticks.fill(0)
         start, self.reported_version = self.reported_version, self.version
-        return start, self.version, delta
+        return Delta(start, self.version, delta, ticks)

@@ -17,6 +17,11 @@ differ from the prior (the prior broadcast over the agents for per-agent counts)
 Stored bytes, before compression: ``moved * (4 + itemsize) + 8 * ndim``, at most every entry
 updates can reach (``N * support``) times ``4 + itemsize``; :func:`moved_bound` says it. Counts
 saved whole (``<key>`` itself, what snapshots written before this held) are read as they are.
+
+The previous posteriors ``pB`` learns the next transition from are, at a snapshot, the beliefs
+the state holds anyway for every agent that stepped since its last reset: they are stored only
+for the agents where they differ (:func:`rows_arrays`: ``<key>.agents``, ``uint32``, and
+``<key>.rows``), and read back as those beliefs elsewhere (:func:`saved_rows`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 
 from edge_agent.errors import InputError
 
-__all__ = ["counts_arrays", "moved_bound", "saved_counts"]
+__all__ = ["counts_arrays", "moved_bound", "rows_arrays", "saved_counts", "saved_rows"]
 
 _SUFFIXES = (".steps", ".values", ".shape")
 
@@ -98,3 +103,39 @@ def moved_bound(counts: np.ndarray, mask: np.ndarray, itemsize: int) -> int:
     updates land only on ``mask`` (the table's shape): every reachable entry moved."""
     agents = counts.size // max(mask.size, 1)
     return agents * int(np.count_nonzero(mask)) * (4 + itemsize) + 8 * counts.ndim
+
+
+def rows_arrays(key: str, rows: np.ndarray, like: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays that stand for ``rows`` (one per agent) saved under ``key`` next to ``like``
+    (the same shape, saved anyway): the agents whose rows differ from it and their rows."""
+    agents = np.flatnonzero(np.any(rows != like, axis=tuple(range(1, rows.ndim))))
+    return {f"{key}.agents": agents.astype(np.uint32), f"{key}.rows": rows[agents]}
+
+
+def saved_rows(
+    state: Mapping[str, np.ndarray], key: str, like: str, out: np.ndarray, *, where: str
+) -> bool:
+    """Read the rows saved under ``key`` into ``out``: saved whole (``state[key]``), or as
+    :func:`rows_arrays` saved them next to ``state[like]``; False (``out`` untouched) when
+    neither is there. Rows that do not fit ``out`` are refused in one line naming ``where``."""
+    if key in state:
+        whole = np.asarray(state[key])
+        if whole.size != out.size:
+            raise InputError(f"{where}: {key}: saved with shape {whole.shape}, not {out.shape}")
+        out[...] = whole.reshape(out.shape)
+        return True
+    if f"{key}.agents" not in state or like not in state:
+        return False
+    base = np.asarray(state[like])
+    agents = np.asarray(state[f"{key}.agents"]).astype(np.intp).reshape(-1)
+    rows = np.asarray(state[f"{key}.rows"]) if f"{key}.rows" in state else None
+    if (
+        base.shape != out.shape
+        or rows is None
+        or rows.shape != (agents.size, *out.shape[1:])
+        or (agents.size and (agents.max() >= out.shape[0]))
+    ):
+        raise InputError(f"{where}: {key}: the saved rows do not fit shape {out.shape}")
+    out[...] = base
+    out[agents] = rows
+    return True

@@ -12,6 +12,8 @@ The table names what :class:`~edge_agent.aif.learning.LearningSpec` takes, with 
   a floor lets the agents learn what their model says cannot happen.
 - ``scope``, ``forgetting``, ``refresh_every`` (the tables follow the counts every K ticks),
   ``counts_dtype``; ``D`` learns at the end of every trial, from the trial's last posterior.
+- ``report_every_s``: how often the daemon publishes what the group learned to the fleet
+  (:mod:`edge_agent.daemon.learning_reports`, ``docs/fleet-learning.md``); 0, the default: never.
 
 :meth:`LearningTable.spec` turns the table and a model into a ``LearningSpec``, raising a
 :class:`~edge_agent.errors.ConfigError` whose message starts ``[groups.learning] <key>:`` so
@@ -37,6 +39,11 @@ __all__ = ["KEY", "TABLE", "GroupView", "LearningTable", "Tables"]
 KEY = "learning"
 #: The text every problem of the table starts with (the config's reader finds its key by it).
 TABLE = "[groups.learning]"
+
+#: ``report_every_s``: each report is a durable outbox write (an SD card wears with each): at
+#: most one a second (a hub merges in rounds of hours: minutes are plenty), at least one a day.
+MIN_REPORT_EVERY_S = 1.0
+MAX_REPORT_EVERY_S = 86_400.0
 
 Tables = tuple[int, ...] | Literal["all"] | None
 R = TypeVar("R", bound=Record)
@@ -144,6 +151,16 @@ class LearningTable(Record):
         Literal["float64", "float32"],
         Rule(description="What the counts are stored in (float32: half the memory)."),
     ] = "float64"
+    report_every_s: Annotated[
+        float,
+        Rule(
+            ge=0,
+            le=MAX_REPORT_EVERY_S,
+            description="Publish what the agents learned since the last report (a learning "
+            "delta, docs/fleet-learning.md) this often, in seconds, through the outbox "
+            f"(needs [mqtt] enabled); 0: never. At least {MIN_REPORT_EVERY_S:g} s.",
+        ),
+    ] = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -157,6 +174,14 @@ class LearningTable(Record):
             )
         if all(getattr(self, kind) == () for kind in _KINDS):
             problems.append((("A",), "A, B and D are all []: the group would learn nothing"))
+        if 0 < self.report_every_s < MIN_REPORT_EVERY_S:
+            problems.append(
+                (
+                    ("report_every_s",),
+                    f"{self.report_every_s:g} s: a learning report is a durable write, at most "
+                    f"one every {MIN_REPORT_EVERY_S:g} s (0: never)",
+                )
+            )
         raise_problems("LearningTable", problems)
 
     # -- the table's hooks (edge_agent.config.group_tables) ------------------------------------
@@ -229,6 +254,10 @@ class LearningTable(Record):
             f"{kind_name} group does not learn"
         )
 
+    def fleet_keys(self) -> tuple[str, ...]:
+        """Its keys set to use the fleet link: ``report_every_s`` when it reports."""
+        return ("report_every_s",) if self.report_every_s else ()
+
     def summary_tail(self) -> str:
         """What ``check-config`` adds at the end of the group's line."""
         return f"learning {self.describe()}"
@@ -246,6 +275,8 @@ class LearningTable(Record):
             parts.append("param_info_gain")
         every = self.refresh_every
         parts.append("refresh every tick" if every == 1 else f"refresh every {every} ticks")
+        if self.report_every_s:
+            parts.append(f"reported every {self.report_every_s:g} s")
         return ", ".join(parts)
 
     def spec(

@@ -544,6 +544,12 @@ class DaemonConfig(Record):
                     problems.append(
                         (("groups", index, "coordination"), "needs [mqtt] enabled = true")
                     )
+                for key, table in group.tables:
+                    fleet_keys = hook(table, "fleet_keys")
+                    problems.extend(
+                        (("groups", index, key, name), "needs [mqtt] enabled = true")
+                        for name in (fleet_keys() if fleet_keys is not None else ())
+                    )
         if self.coordination is not None and not self.mqtt.enabled:
             problems.append((("coordination",), "needs [mqtt] enabled = true"))
         raise_problems("DaemonConfig", problems)

@@ -29,6 +29,8 @@ A table's record may have these hooks (each optional; :func:`hook` calls them):
 ``summary_model()``, ``summary_tail()``  what ``check-config`` adds to the group's model and line
                                        (None: nothing)
 ``status()``                           what the status file adds to the group's entry
+``fleet_keys()``                       its keys set to use the fleet link (refused without
+                                       ``[mqtt] enabled``)
 =====================================  ===========================================================
 """
 

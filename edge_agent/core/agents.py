@@ -51,7 +51,7 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.budget import MemoryBudget, Reservation
-from edge_agent.core.contract import GroupEvent, GroupIO, StateReader
+from edge_agent.core.contract import GroupEvent, GroupIO, Shadows, StateReader
 from edge_agent.core.drift import DriftSettings
 from edge_agent.core.group_blocks import (
     BLOCK_SCRATCH_BYTES,
@@ -65,7 +65,7 @@ from edge_agent.core.group_blocks import (
     shared_tables,
 )
 from edge_agent.core.group_workers import GroupWorkers
-from edge_agent.core.health import LEARNING_HEALTH, AifHealth
+from edge_agent.core.health import LEARNING_HEALTH, AifHealth, ExcessTap
 from edge_agent.core.health_window import HealthSummary, HealthWindow
 from edge_agent.core.history import HistoryRing
 from edge_agent.core.history_recorder import (
@@ -74,10 +74,11 @@ from edge_agent.core.history_recorder import (
     history_fields,
 )
 from edge_agent.core.priors import prior_follows
-from edge_agent.errors import InputError, SnapshotError
+from edge_agent.errors import BudgetError, InputError, SnapshotError
 
 if TYPE_CHECKING:
     from edge_agent.aif.learning import Learner, LearningSpec
+    from edge_agent.aif.learning_counts import TableIncrements
     from edge_agent.core.learning import AgentStepping, GroupLearning, NewTables
     from edge_agent.core.planning_pass import PolicyTicks
 
@@ -215,12 +216,17 @@ class AifAgentGroup:
         self.cores = GroupWorkers(name, budget)
         self._agent_reservation: Reservation | None = None
         if budget is not None:
-            self._agent_reservation = budget.reserve(
-                name,
-                "agents",
-                self.bytes_for(n_agents, self.history_capacity),
-                hint=f"reduce group {name!r} count or history_capacity",
-            )
+            try:
+                self._agent_reservation = budget.reserve(
+                    name,
+                    "agents",
+                    self.bytes_for(n_agents, self.history_capacity),
+                    hint=f"reduce group {name!r} count or history_capacity",
+                )
+            except BudgetError:  # the model's reservation goes with the group never built
+                for r in self._reservations:
+                    r.release()
+                raise
             self._reservations.append(self._agent_reservation)
         self._allocate(n_agents)
         self.ticks = 0
@@ -787,6 +793,35 @@ class AifAgentGroup:
             assert self.recorder is not None  # record only with a history
             self.recorder.stage_beliefs(rows)
 
+    # -- a deployment's shadow (docs/health.md "Shadow evaluation") --------------------------------
+    def tap_excess(self, tap: ExcessTap | None) -> None:
+        """Tell ``tap`` each measured tick's excess surprise (:class:`~edge_agent.core.contract.
+        Shadows`); InputError for a group that measures no health."""
+        if self.health is None:
+            raise InputError(f"group {self.name!r} measures no health (health=False)")
+        self.health.tap = tap
+
+    def shadow(self, live: Shadows, tap: ExcessTap) -> bool:
+        """Run beside ``live`` (:class:`~edge_agent.core.contract.Shadows`): its beliefs when
+        it runs the same model with as many agents, the same agents measured on the same ticks,
+        ``tap`` told this group's measured ticks."""
+        if not isinstance(live, AifAgentGroup) or live.health is None or self.health is None:
+            raise InputError(f"group {self.name!r}: a shadow needs two groups that measure health")
+        took = live.key == self.key and live.n_agents == self.n_agents
+        if took:
+            state = {
+                k: v
+                for k, v in live.state_dict().items()
+                if not k.startswith(("history.", "times."))
+            }
+            try:
+                self.load_state_dict(state)
+            except InputError:
+                took = False
+        self.health.align(live.health)
+        self.health.tap = tap
+        return took
+
     # -- health (docs/health.md) -------------------------------------------------------------------
     def _health_likelihood(self) -> Sequence[np.ndarray] | None:
         """The ``A`` every agent infers with now (the compiled model's rows, refreshed by
@@ -1010,7 +1045,7 @@ class AifAgentGroup:
         if self.recorder is not None:
             out.update(self.recorder.state_dict())
         if self.learning is not None:
-            out.update(self.learning.state_dict())
+            out.update(self.learning.state_dict(self.state.qs))
         return out
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
@@ -1257,6 +1292,11 @@ class AifAgentGroup:
     def learning_state(self) -> dict[str, Any]:
         """``frozen``, the scope, and per kind of counts its ``version`` and ``reset_at``."""
         return self._learning().summary()
+
+    def take_increments(self) -> list[TableIncrements]:
+        """What the agents learned since the last call (:meth:`GroupLearning.take_increments
+        <edge_agent.core.learning.GroupLearning.take_increments>`)."""
+        return self._learning().take_increments()
 
     def learning_identity(self) -> bytes:
         """What the counts were learned from (:meth:`GroupLearning.identity

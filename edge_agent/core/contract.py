@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
+    from edge_agent.aif.learning_counts import TableIncrements
     from edge_agent.core.health_window import HealthSummary
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "Paced",
     "ReportsHealth",
     "Scored",
+    "Shadows",
     "Sink",
     "Source",
     "StateReader",
@@ -302,6 +304,11 @@ class Learns(Protocol):
         """What a command's result and the status show of the learning (frozen, versions)."""
         ...
 
+    def take_increments(self) -> list[TableIncrements]:
+        """What the agents learned since the last call, per learned table (the fleet's
+        learning deltas, ``docs/fleet-learning.md``); the accumulation starts anew."""
+        ...
+
 
 @dataclass(frozen=True)
 class GroupEvent:
@@ -332,6 +339,28 @@ class ReportsHealth(Protocol):
     def health_summary(self) -> HealthSummary | None:
         """The measures since the last call (each window reported once), and the drift alarm's
         state; None: the group measures nothing."""
+        ...
+
+
+@runtime_checkable
+class Shadows(Protocol):
+    """A group that can run as a shadow beside a live group of the same contract (a deployment's
+    shadow evaluation, ``docs/health.md``): it takes over the live group's beliefs when it runs
+    the same model, measures the same agents on the same ticks, tells each measured tick's
+    excess surprise to a tap, and follows actions it did not choose."""
+
+    def shadow(self, live: Shadows, tap: Callable[[int, np.ndarray], None]) -> bool:
+        """Run beside ``live`` from now on, telling ``tap`` this group's measured ticks; True
+        when it took over ``live``'s beliefs (same model and size), False when it starts from
+        its own priors."""
+        ...
+
+    def tap_excess(self, tap: Callable[[int, np.ndarray], None] | None) -> None:
+        """Tell ``tap`` each measured tick's ``(clock, excess surprise (r,))`` (None: stop)."""
+        ...
+
+    def set_action(self, actions: np.ndarray) -> None:
+        """Commit actions chosen elsewhere: the next prior follows from them."""
         ...
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "HEALTH_AGENTS",
     "LEARNING_HEALTH",
     "AifHealth",
+    "ExcessTap",
     "Likelihood",
     "health_agents",
 ]
@@ -75,6 +76,10 @@ LEARNING_HEALTH = ("experience", "divergence")
 #: model's rows), or None when each agent has its own (then the outcome probabilities are asked
 #: of an :data:`~edge_agent.core.surprise.OutcomeProbabilities`).
 Likelihood = Callable[[], Sequence[np.ndarray] | None]
+
+ExcessTap = Callable[[int, np.ndarray], None]
+"""``tap(clock, excess)``: a measured tick's number (the group's health clock) and the excess
+surprise ``(r,)`` of the agents it measured (:meth:`AifHealth.rows`)."""
 
 
 def health_agents(num_states: Sequence[int], num_obs: Sequence[int]) -> int:
@@ -118,6 +123,9 @@ class AifHealth:
         self._rows: IntArray = np.zeros(0, dtype=np.intp)
         self._base: IntArray = np.zeros(0, dtype=np.intp)
         self._step = 1
+        #: Told each measured tick's clock and its sampled agents' excess surprise (a shadow
+        #: evaluation pairs two groups' on the same ticks: :mod:`edge_agent.core.shadow`).
+        self.tap: ExcessTap | None = None
         self._obs: IntArray | None = None
         self._prior: list[np.ndarray] | None = None
         self.n_agents = 0
@@ -131,6 +139,12 @@ class AifHealth:
         self._base = np.arange(0, n, self._step, dtype=np.intp)
         self._rows = self._base.copy()
         self._obs = self._prior = None
+
+    def align(self, other: AifHealth) -> None:
+        """Measure the same agents on the same ticks as ``other`` from now on (a group of the
+        same size stepped once per tick of ``other``'s: a shadow beside its live group)."""
+        self.resize(other.n_agents)
+        self._clock = other._clock
 
     # -- the tick ---------------------------------------------------------------------------------
     def rows(self) -> IntArray:
@@ -205,6 +219,8 @@ class AifHealth:
         window.add("surprise", surprise)
         window.add("excess_surprise", excess)
         window.add("belief_change", change)
+        if self.tap is not None:
+            self.tap(self._clock - 1, excess)
         k = excess.shape[0]
         mean = float(excess.sum()) / k
         var = max(0.0, float(np.dot(excess, excess)) / k - mean * mean)

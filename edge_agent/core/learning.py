@@ -57,10 +57,10 @@ import numpy as np
 
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import Learner, LearningSpec
-from edge_agent.aif.learning_counts import DirichletCounts
+from edge_agent.aif.learning_counts import DirichletCounts, TableIncrements, column_increments
 from edge_agent.aif.learning_experience import EXPERIENCE_TICKS, Experience, experience_ticks
 from edge_agent.aif.learning_kernels import normalise, param_info_gain
-from edge_agent.aif.learning_storage import counts_arrays, saved_counts
+from edge_agent.aif.learning_storage import counts_arrays, rows_arrays, saved_counts, saved_rows
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.core.group_blocks import IntArray
@@ -562,6 +562,30 @@ class GroupLearning:
             },
         }
 
+    # -- what the fleet learns from ---------------------------------------------------------------
+    def take_increments(self) -> list[TableIncrements]:
+        """What the agents learned since the last call (the ticks kept learned first), one
+        entry per learned table that learned from at least one agent-tick: the count
+        increments summed over the agents before any forgetting, sparse by column, the
+        agent-ticks and the learning rate; then the accumulation starts anew
+        (``docs/fleet-learning.md``). Empty while nothing was learned (frozen, or no tick)."""
+        learner = self.learner
+        s = learner.settings
+        rates = {"A": s.lr_pA, "B": s.lr_pB, "D": s.lr_pD}
+        out: list[TableIncrements] = []
+        for counts in learner.counts:
+            delta = counts.take_delta()
+            for index, increments, ticks in zip(
+                counts.tables, delta.increments, delta.agent_ticks, strict=True
+            ):
+                if ticks:
+                    columns, values = column_increments(increments)
+                    out.append(TableIncrements(
+                        f"{counts.kind}{index}", tuple(increments.shape), columns, values,
+                        ticks, rates[counts.kind],
+                    ))
+        return out
+
     # -- what the daemon shows ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """The scope, the tables learned, where the counts came from (``priors`` or
@@ -605,17 +629,21 @@ class GroupLearning:
                 digest.update(np.ascontiguousarray(prior, dtype=np.float64).tobytes())
         return digest.digest()
 
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self, qs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """The counts (``learn.pA0.steps`` ...: what moved from their prior,
         :func:`~edge_agent.aif.learning_storage.counts_arrays`), their versions, the previous
-        posteriors, whether learning is frozen, and what the counts were learned from
-        (``learn.identity``). Counts saved whole (``learn.pA0``, as snapshots before were) are
-        read back all the same (:meth:`load_state_dict`)."""
+        posteriors ``pB`` learns from (of the agents where they differ from the beliefs ``qs``,
+        which the group's state holds as ``qs0`` ...:
+        :func:`~edge_agent.aif.learning_storage.rows_arrays`), whether learning is frozen, and
+        what the counts were learned from (``learn.identity``). Counts and posteriors saved
+        whole (``learn.pA0``, ``learn.qs_prev0``, as snapshots before were) are read back all
+        the same (:meth:`load_state_dict`)."""
         out: dict[str, np.ndarray] = {
             "learn.identity": np.frombuffer(self.identity(), dtype=np.uint8).copy()
         }
-        for f, q in enumerate(self._qs_prev):
-            out[f"learn.qs_prev{f}"] = q
+        if self._learner.pB is not None:  # nothing else reads them
+            for f, q in enumerate(self._qs_prev):
+                out.update(rows_arrays(f"learn.qs_prev{f}", q, qs[f]))
         for counts in self.learner.counts:
             for slot, index in enumerate(counts.tables):
                 out.update(counts_arrays(
@@ -637,9 +665,8 @@ class GroupLearning:
         another learning table, restores the beliefs alone): then learning goes on from the
         priors, and the log says so."""
         for f, q in enumerate(self._qs_prev):
-            key = f"learn.qs_prev{f}"
-            if key in state:
-                q[...] = np.asarray(state[key]).reshape(q.shape)
+            saved_rows(state, f"learn.qs_prev{f}", f"qs{f}", q,
+                       where=f"group {self.name!r} snapshot")
         identity = state.get("learn.identity")
         if identity is None or np.asarray(identity, dtype=np.uint8).tobytes() != self.identity():
             self.counts_origin = "priors"
@@ -685,9 +712,10 @@ class GroupLearning:
 
     @contextmanager
     def warming_up(self) -> Iterator[None]:
-        """A warm-up's step and restore teach nothing and say nothing: the counts' experience
-        and the refresh counters are put back after it."""
+        """A warm-up's step and restore teach nothing and say nothing: the counts' experience,
+        its agent-ticks and the refresh counters are put back after it."""
         experience = [[e.copy() for e in c.experience] for c in self.learner.counts]
+        agent_ticks = [c.agent_ticks.copy() for c in self.learner.counts]
         counters = (self.refreshes, self.columns_encoded)
         self._quiet = True
         try:
@@ -697,6 +725,8 @@ class GroupLearning:
         for counts, saved in zip(self.learner.counts, experience, strict=True):
             for e, s in zip(counts.experience, saved, strict=True):
                 e[...] = s
+        for counts, ticks in zip(self.learner.counts, agent_ticks, strict=True):
+            counts.agent_ticks[...] = ticks
         self.refreshes, self.columns_encoded = counters
 
 

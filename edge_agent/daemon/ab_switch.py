@@ -17,6 +17,13 @@ direction::
                                                                     |-> done: old group released
                                                                     '-> rollback: old group back
 
+A deployment with ``shadow_s`` (docs/health.md "Shadow evaluation") runs the checked bundle's
+agents as a shadow beside the group first (:mod:`edge_agent.daemon.shadow`: the same
+observations, their own beliefs, their actions never taken), reserved in the memory budget like
+any group (a deployment whose shadow does not fit fails in one line, the group unchanged); when
+its time is over the paired result is reported (an event now, and the deployment's final
+result), then the switch goes on as above. A reload waits for the shadow as for a watch.
+
 The health check works on a :class:`CheckSnapshot` taken on the loop thread as the verification
 starts (the group's config, the trusted keys, the running group's size and signature): the worker
 never reads the daemon's live groups or config, so a reload or a resize meanwhile cannot change
@@ -35,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.config.daemon import DaemonConfig, GroupConfig
@@ -51,7 +58,8 @@ from edge_agent.daemon.group_runtime import (
     model_spec_key,
     with_bundle,
 )
-from edge_agent.errors import EdgeAgentError
+from edge_agent.daemon.shadow import ShadowRun
+from edge_agent.errors import BudgetError, EdgeAgentError
 from edge_agent.fleet.deploy import DeployManager, HealthCheck, Phase, ReadyToSwitch, Report
 from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fleet.overlay import OverlayEntry
@@ -78,6 +86,14 @@ class SwitchHost(Protocol):
     groups: list[GroupRuntime]
 
     def rebirth(self) -> None: ...
+
+
+class _Shadowing(NamedTuple):
+    """A checked bundle (switched to once its shadow ends), its group and the shadow."""
+
+    ready: ReadyToSwitch
+    group: GroupRuntime
+    run: ShadowRun
 
 
 class _NonFiniteError(Exception):
@@ -150,6 +166,8 @@ class ABSwitch:
         self._host: SwitchHost | None = None
         #: The group the new bundle replaced, kept while the new one is watched.
         self._old: GroupRuntime | None = None
+        #: A checked bundle whose candidate runs as a shadow beside its group before the switch.
+        self._shadowing: _Shadowing | None = None
         self._reload_deferred = False
         # A deployment interrupted by a crash is completed or undone before groups are built
         # (recovery verifies nothing, so the keys are set once the config has been admitted).
@@ -195,6 +213,11 @@ class ABSwitch:
         """The group whose new bundle is watched (the old one is still held), or None."""
         return self._deployer.watching_group if self._old is not None else None
 
+    @property
+    def shadowing(self) -> str | None:
+        """The group beside which a candidate runs as a shadow, or None."""
+        return None if self._shadowing is None else self._shadowing.group.name
+
     def deployed_bundles(self) -> dict[str, OverlayEntry]:
         """Group -> the bundle deployed to it (what admission runs instead of its model)."""
         return self._deployer.deployed_bundles()
@@ -206,7 +229,16 @@ class ABSwitch:
 
     def stats(self) -> dict[str, Any]:
         """The status file's ``deploy`` object (docs/status.md)."""
-        return self._deployer.stats()
+        out = self._deployer.stats()
+        shadow = self._shadowing
+        if shadow is not None:
+            out["shadow"] = {
+                "group": shadow.group.name,
+                "shadow_s": shadow.run.duration_s,
+                "ticks": shadow.run.ticks,
+                "pairs": shadow.run.pairs.n,
+            }
+        return out
 
     def counters(self) -> dict[str, int]:
         """The deployment counters, for the metrics registry."""
@@ -268,7 +300,12 @@ class ABSwitch:
         deployer = self._deployer
         ready = deployer.poll()
         if ready is not None:
-            self._switch(ready)
+            if deployer.shadow_s > 0.0:
+                self._start_shadow(ready)
+            else:
+                self._switch(ready)
+        if self._shadowing is not None and self._shadowing.run.due():
+            self._end_shadow()
         watched = self.watching
         if watched and deployer.watch_expired():
             g = self._find(watched)
@@ -313,8 +350,9 @@ class ABSwitch:
             self.publish_reports()
 
     def defer_reload(self) -> bool:
-        """A reload asked for while a bundle is watched waits for the watch to end (True)."""
-        if self._old is None:
+        """A reload asked for while a bundle is shadowed or watched waits for the watch to end
+        (True)."""
+        if self._old is None and self._shadowing is None:
             return False
         self._reload_deferred = True
         logger.info("reload deferred until the deployment's watch ends")
@@ -322,35 +360,113 @@ class ABSwitch:
 
     def take_deferred_reload(self) -> bool:
         """True once, when a deferred reload may run now."""
-        if not self._reload_deferred or self._old is not None:
+        if not self._reload_deferred or self._old is not None or self._shadowing is not None:
             return False
         self._reload_deferred = False
         return True
+
+    def _checked(
+        self, ready: ReadyToSwitch, fail: Callable[[str], None]
+    ) -> tuple[int, GroupRuntime, CheckedBundle, GroupConfig] | None:
+        """The group ``ready`` is for (its index), the checked bundle and the group's config,
+        when the group still runs as it was checked; else ``fail`` is told why (None)."""
+        host = self.host
+        groups = host.groups
+        index = next((i for i, g in enumerate(groups) if g.name == ready.group), None)
+        if index is None:
+            fail(f"group {ready.group!r} no longer exists")
+            return None
+        old = groups[index]
+        checked = ready.payload
+        if not isinstance(checked, CheckedBundle):
+            fail("internal: the health check returned no model")
+            return None
+        try:
+            cfg = host.config.group(old.name)
+        except KeyError:
+            cfg = None
+        if cfg is None or cfg != checked.snapshot.group:
+            fail(
+                f"group {old.name!r} was reconfigured (a reload) while its new bundle was "
+                "checked: deploy it again"
+            )
+            return None
+        return index, old, checked, cfg
+
+    def _start_shadow(self, ready: ReadyToSwitch) -> None:
+        """Run the checked bundle's agents beside ``ready.group`` for the deployment's
+        ``shadow_s`` before the switch (refused, the deployment failed, when the candidate does
+        not fit the memory budget beside the group)."""
+        deployer = self._deployer
+        found = self._checked(ready, deployer.shadow_failed)
+        if found is None:
+            return
+        _, g, checked, _ = found
+        host = self.host
+        try:
+            candidate = make_agents(
+                checked.loaded,
+                g.config,
+                g.n_agents,
+                budget=host.budget,
+                threads=host.profile.inference_threads,
+            )
+        except BudgetError as err:
+            deployer.shadow_failed(
+                f"group {g.name!r}: the candidate's shadow of {g.n_agents} agents does not fit "
+                f"the memory budget beside the group: {err}"
+            )
+            return
+        except EdgeAgentError as err:
+            deployer.shadow_failed(f"group {g.name!r}: {err}")
+            return
+        try:
+            run = g.start_shadow(candidate, deployer.shadow_s)
+        except EdgeAgentError as err:
+            candidate.release()
+            deployer.shadow_failed(str(err))
+            return
+        self._shadowing = _Shadowing(ready, g, run)
+        logger.info(
+            "group %s: candidate %s %s runs as a shadow for %g s (%s)",
+            g.name,
+            ready.name,
+            ready.version,
+            run.duration_s,
+            "from the group's beliefs" if run.took_beliefs else "from its own priors",
+        )
+
+    def _end_shadow(self) -> None:
+        """The shadow's time is over: report the paired result, then switch."""
+        shadow, self._shadowing = self._shadowing, None
+        assert shadow is not None
+        ready, g, run = shadow
+        g.end_shadow()
+        try:
+            result = run.finish()
+        except EdgeAgentError as err:
+            self._deployer.shadow_failed(f"group {g.name!r}: {err}")
+            return
+        data = {**result.as_data(), "shadow_s": run.duration_s, "shadow_ticks": run.ticks}
+        t = "n/a" if result.t is None else f"{result.t:.3g}"
+        self._deployer.shadowed(
+            f"group {g.name!r}: shadow of {ready.name} {ready.version} for {run.duration_s:g} s: "
+            f"{result.n} paired ticks, excess surprise candidate {result.candidate_mean:+.4g} "
+            f"vs live {result.live_mean:+.4g} nats (mean difference {result.mean_diff:+.4g}, "
+            f"t {t})",
+            data,
+        )
+        self._switch(ready)
 
     def _switch(self, ready: ReadyToSwitch) -> None:
         """Run ``ready.group`` on the new bundle, keeping the old group to roll back to."""
         deployer = self._deployer
         host = self.host
         groups = host.groups
-        index = next((i for i, g in enumerate(groups) if g.name == ready.group), None)
-        if index is None:
-            deployer.switch_failed(f"group {ready.group!r} no longer exists")
+        found = self._checked(ready, deployer.switch_failed)
+        if found is None:
             return
-        old = groups[index]
-        checked = ready.payload
-        if not isinstance(checked, CheckedBundle):
-            deployer.switch_failed("internal: the health check returned no model")
-            return
-        try:
-            cfg = host.config.group(old.name)
-        except KeyError:
-            cfg = None
-        if cfg != checked.snapshot.group:
-            deployer.switch_failed(
-                f"group {old.name!r} was reconfigured (a reload) while its new bundle was "
-                "checked: deploy it again"
-            )
-            return
+        index, old, checked, cfg = found
         try:
             new = old.replaced(
                 with_bundle(old.config, ready.path),

@@ -57,6 +57,7 @@ from edge_agent.core.contract import (
     TickWindow,
 )
 from edge_agent.core.health_window import HealthSummary, MeasureStats
+from edge_agent.daemon.shadow import ShadowRun
 from edge_agent.errors import EdgeAgentError
 from edge_agent.kinds import get_kind
 from edge_agent.kinds.base import GroupKind, LoadedModel, world_name
@@ -123,6 +124,8 @@ class GroupRuntime:
     #: Agents that measure their health (:class:`ReportsHealth`), and the last window's.
     _reports_health: ReportsHealth | None = field(default=None, init=False, repr=False)
     health: HealthSummary | None = field(default=None, init=False)
+    #: A deployment's candidate stepped beside this group (docs/health.md "Shadow evaluation").
+    _shadow: ShadowRun | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._step = self.agents.advance
@@ -251,6 +254,8 @@ class GroupRuntime:
         self._steps += 1
         if vet is not None:
             vet()
+        if self._shadow is not None:  # the same inputs, before the sink may change them
+            self._shadow.step(obs, now, outcomes, starts, actions)
         self.sink.put(self._steps, actions)
         return True
 
@@ -292,6 +297,19 @@ class GroupRuntime:
             return False
         self.agents.resize_history(max(minimum, capacity // 2))
         return True
+
+    def start_shadow(self, candidate: Agents, duration_s: float) -> ShadowRun:
+        """Step ``candidate`` (agents of a deployed bundle, as many as this group's, reserved by
+        the caller) beside this group from the next tick on, for ``duration_s`` (EdgeAgentError,
+        nothing changed, when it cannot run as a shadow here)."""
+        if self._shadow is not None:
+            raise EdgeAgentError(f"group {self.name!r} already runs a shadow")
+        self._shadow = ShadowRun(self.agents, candidate, group=self.name, duration_s=duration_s)
+        return self._shadow
+
+    def end_shadow(self) -> None:
+        """Stop stepping the shadow (its owner finishes it)."""
+        self._shadow = None
 
     def release(self) -> None:
         """Give every reservation of the agents back to the budget (the group is done)."""

@@ -38,6 +38,9 @@ class DeploymentControl(Protocol):
     @property
     def watching(self) -> str | None: ...
 
+    @property
+    def shadowing(self) -> str | None: ...
+
     def start(self, args: DeployArgs, nonce: bytes) -> Outcome: ...
 
     def chunk(self, args: ChunkArgs) -> Outcome: ...
@@ -98,6 +101,8 @@ class CommandHandlers:
             return Outcome(ResultCode.BAD_ARGS, f"no group {name!r} (groups: {known})")
         if g.name == self.daemon.ab_switch.watching:
             return Outcome(ResultCode.BUSY, f"group {name!r} is being watched after a deployment")
+        if g.name == self.daemon.ab_switch.shadowing:
+            return Outcome(ResultCode.BUSY, f"group {name!r} runs a deployment's shadow")
         return g
 
     def ping(self, _args: Any, _cmd: Command) -> Outcome:

@@ -138,6 +138,9 @@ FLEET: Final[Described] = {
     "results_published": "Command results published.",
     "health_published": "Health messages published (each group's health per window, "
     "docs/health.md).",
+    "learning_published": "Learning deltas put in the outbox (what the groups learned, "
+    "docs/fleet-learning.md).",
+    "learning_lost": "Learning deltas the outbox refused (their increments are not sent).",
     "publish_refused": "Telemetry, events or results the outbox refused.",
     "actions_refused": "Action batches the outbox refused.",
     "obs_unrouted": "Observations on this node's topic for no group.",

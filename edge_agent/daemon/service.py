@@ -84,6 +84,7 @@ from edge_agent.state_health import Recovery, StateHealth
 if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] enabled
     from edge_agent.bundle.signing import TrustedKeys
     from edge_agent.coordination.runtime import CoordinationRuntime, GroupBinding
+    from edge_agent.daemon.learning_reports import LearningReporter
     from edge_agent.daemon.uplink import FleetUplink
     from edge_agent.fleet.deploy import Report
     from edge_agent.fleet.link import FleetLink
@@ -181,6 +182,8 @@ class Daemon:
         self._announced: Path | None = None
         self.last_snapshot: dict[str, Any] | None = None
         self.uplink: FleetUplink | None = None
+        #: Publishes what the learning groups learned (docs/fleet-learning.md), with MQTT.
+        self.learning_reports: LearningReporter | None = None
         self.coordination: CoordinationRuntime | None = None
         #: The families of numbers the groups' kinds add up, registered so far.
         self._families: set[str] = set()
@@ -227,6 +230,7 @@ class Daemon:
     def _open_fleet(self, config: DaemonConfig) -> None:
         """The fleet uplink and, when a group takes part, coordination (no connection yet)."""
         from edge_agent.daemon.handlers import CommandHandlers  # noqa: PLC0415 - [mqtt] only
+        from edge_agent.daemon.learning_reports import LearningReporter  # noqa: PLC0415
         from edge_agent.daemon.uplink import FleetUplink  # noqa: PLC0415
 
         uplink = FleetUplink(
@@ -240,6 +244,7 @@ class Daemon:
             health=self.state_health,
         )
         self.uplink = uplink
+        self.learning_reports = LearningReporter(self.state_dir, uplink, self.state_health)
         self._open_coordination(config, uplink.link, uplink.hub_keys)
         uplink.coordination = self.coordination
         for g in self.groups:
@@ -391,6 +396,8 @@ class Daemon:
             after_tick.append(
                 Periodic(self.config.daemon.prometheus_interval_s, self._write_prometheus, now=now)
             )
+        if self.learning_reports is not None:
+            after_tick.append(Periodic(1.0, self._report_learning, now=now))
         telemetry = Periodic(lambda: self.telemetry_interval_s, self._publish_telemetry, now=now)
         after_tick.append(  # the groups' health windows, at the telemetry cadence, MQTT or not
             Periodic(lambda: self.telemetry_interval_s, self._close_health_windows, now=now)
@@ -483,6 +490,9 @@ class Daemon:
     def shutdown(self) -> int:
         self.state = State.STOPPING
         self.notifier.stopping("final snapshot")
+        reporter = self.learning_reports
+        if reporter is not None:  # what was learned since the last report, into the outbox
+            self._fleet_step(lambda: reporter.report_all(self.groups))
         self.snapshot(force=True)
         self._stop_fleet()
         self.write_status()
@@ -635,6 +645,12 @@ class Daemon:
     def _coordination_after_tick(self) -> None:
         if self.coordination is not None:
             self.coordination.after_tick()
+
+    def _report_learning(self) -> None:
+        """The learning groups' deltas whose cadence is due (docs/fleet-learning.md)."""
+        reporter = self.learning_reports
+        if reporter is not None:
+            self._fleet_step(lambda: reporter.report_due(self.groups, time.monotonic()))
 
     def _fleet_after_tick(self) -> None:
         if self.uplink is not None:

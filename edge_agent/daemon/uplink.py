@@ -48,6 +48,7 @@ from edge_agent.fleet.protocol import (
     Envelope,
     EventKind,
     Health,
+    LearningDelta,
     ObservationBatch,
     Severity,
 )
@@ -204,6 +205,8 @@ class FleetUplink:
                 "events_lost",
                 "results_published",
                 "health_published",
+                "learning_published",
+                "learning_lost",
                 "publish_refused",
                 "actions_refused",
                 "obs_unrouted",
@@ -559,6 +562,27 @@ class FleetUplink:
         supersedes it, dropped oldest first when the outbox is full)."""
         self.link.publish(Health.TYPE, body, "telemetry", qos=self._qos())
         self.counters["health_published"] += 1
+
+    def publish_learning(self, body: LearningDelta) -> bool:
+        """One :class:`~edge_agent.fleet.protocol.LearningDelta` on the node's ``learning``
+        topic, through the outbox as class ``event`` (kept across outages, never dropped for
+        telemetry). False, counted ``learning_lost`` and logged, when the outbox refused it
+        (full, or its storage failing)."""
+        try:
+            self.link.publish(LearningDelta.TYPE, body, "event", qos=1)
+        except EdgeAgentError as err:
+            self.counters["learning_lost"] += 1
+            logger.warning(
+                "learning delta of group %r (seq %d) not published: %s", body.group, body.seq, err
+            )
+            return False
+        self.counters["learning_published"] += 1
+        return True
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest message the link encodes."""
+        return self.link.max_payload_bytes
 
     def _qos(self) -> int:
         """1 (through the outbox), or 0 while the outbox cannot commit (a full disk): what it

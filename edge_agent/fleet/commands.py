@@ -156,6 +156,10 @@ class DeployArgs(_Args, frozen=True, kw_only=True):
     broadcast: bool = False
     """Chunks come once for the whole wave on the fleet's bundle topic (``Topics.bundle``),
     not as ``deploy_chunk`` commands to this node."""
+    shadow_s: Annotated[float, Meta(ge=0, le=86400)] = 0.0
+    """Before switching, run the candidate beside the live group for this long on the same
+    observations, its actions not taken, and report the paired result (docs/health.md
+    "Shadow evaluation"); 0: switch as soon as the health check passes."""
 
     @property
     def chunks(self) -> int:

@@ -158,6 +158,7 @@ class JournalRecord(Record):
     health_timeout_s: float
     transfer_timeout_s: float
     watch_timeout_s: float = 120.0
+    shadow_s: float = 0.0
     nonce: Annotated[
         str, Rule(description="hex nonce of the latest deploy command: results answer it")
     ]
@@ -233,6 +234,9 @@ class DeployManager:
         self._watched = 0
         self._watch_started = 0.0
         self._reports: list[Report] = []
+        #: The shadow evaluation's paired result (``shadow_*`` keys), added to the deployment's
+        #: final result; empty without one.
+        self._shadow_data: dict[str, Any] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "started",
@@ -322,6 +326,7 @@ class DeployManager:
                 health_timeout_s=rec.health_timeout_s,
                 transfer_timeout_s=rec.transfer_timeout_s,
                 watch_timeout_s=rec.watch_timeout_s,
+                shadow_s=rec.shadow_s,
             )
         except (OSError, ValueError) as err:  # msgspec's ValidationError is a ValueError
             self.counters["discarded"] += 1
@@ -456,6 +461,7 @@ class DeployManager:
             health_timeout_s=args.health_timeout_s,
             transfer_timeout_s=args.transfer_timeout_s,
             watch_timeout_s=args.watch_timeout_s,
+            shadow_s=args.shadow_s,
             nonce=nonce.hex(),
             phase=Phase.RECEIVING,
             started_at=now,
@@ -463,6 +469,7 @@ class DeployManager:
             broadcast=args.broadcast,
         )
         self._cleanup()
+        self._shadow_data = {}
         staged = self.dir / f"{args.sha256}.tar"
         self.counters["started"] += 1
         if staged.is_file():  # already here (e.g. deployed to another group): no transfer
@@ -748,6 +755,25 @@ class DeployManager:
     def switch_failed(self, detail: str) -> None:
         self._fail("switch", detail)
 
+    @property
+    def shadow_s(self) -> float:
+        """How long the bundle just checked runs as a shadow before the switch (0: none)."""
+        rec = self.journal
+        return rec.shadow_s if rec is not None and rec.phase is Phase.VERIFYING else 0.0
+
+    def shadowed(self, detail: str, data: dict[str, Any]) -> None:
+        """The shadow evaluation ended with ``data`` (``shadow_*`` keys, docs/protocol.md): an
+        event now, and the same data in the deployment's final result."""
+        rec = self.journal
+        assert rec is not None
+        self._shadow_data = dict(data)
+        self._report(None, None, detail, data=dict(data), event="deploy", group=rec.group)
+
+    def shadow_failed(self, detail: str) -> None:
+        """The shadow could not run (it does not fit the budget, the candidate failed): the
+        deployment fails and the group never changed."""
+        self._fail("shadow", detail)
+
     def watch_tick(self) -> bool:
         """The watched group stepped well once more; True when the watch is over (done)."""
         rec = self.journal
@@ -878,6 +904,7 @@ class DeployManager:
                 "sha256": rec.sha256,
                 "received": progress["received"],
                 "total": progress["total"],
+                **self._shadow_data,
                 **(data or {}),
             },
             event=event,

@@ -455,6 +455,7 @@ class FleetLink:
             "death": self.topics.death,
             "telemetry": self.topics.telemetry,
             "health": self.topics.health,
+            "learning": self.topics.learning,
             "event": self.topics.event,
             "result": self.topics.command_result,
             "beliefs": self.topics.beliefs,

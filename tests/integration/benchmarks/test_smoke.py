@@ -126,6 +126,11 @@ EXPECTED: dict[str, list[Record]] = {
                           ("grid10", ["A0", "B0"], 10), ("tmaze", ["A1"], 1),
                           ("grid10", ["B0"], 1))],
     ],
+    "bench_learning_deltas.py": [
+        *[({"bench": "learning-deltas", "world": w, "scope": s, "agents": 10},
+           ("bytes_per_report", "bytes_per_hour", "bound_bytes_per_hour", "take_ms"))
+          for w in ("tmaze", "grid10") for s in ("shared", "per_agent")],
+    ],
     "bench_learning_planning.py": [
         *[({"bench": "learning_planning", "world": w, "policy": p, "N": 20},
            ("agent_steps_per_s", "duty_cycle", "score", "score_ratio", "speedup", "updates"))
@@ -234,8 +239,8 @@ EXPECTED: dict[str, list[Record]] = {
         *[({"bench": "writes", "case": c}, ("total_mb_per_h", "window_write_bytes"))
           for c in ("quiet", "telemetry", "actions_qos1", "demo")],
         ({"bench": "writes", "case": "learning_hour"},
-         ("learn_bytes_per_agent", "learn_bytes_per_agent_whole", "bound_counts_bytes_per_agent",
-          "learn_mb_per_h_200_agents")),
+         ("learn_bytes_per_agent", "learn_bytes_per_agent_whole", "bound_learn_bytes_per_agent",
+          "learn_mb_per_h_200_agents", "bound_learn_mb_per_h_200_agents")),
     ],
 }
 

@@ -48,9 +48,11 @@ from edge_agent.fleet.protocol import (
     Body,
     Command,
     CommandResult,
+    CountsDelta,
     Envelope,
     Event,
     EventKind,
+    LearningDelta,
     NodeState,
     ResultCode,
     Telemetry,
@@ -453,6 +455,10 @@ def test_a_node_s_identity_cannot_speak_for_another_node_nor_for_the_hub(
             (TOPICS.command_result("pi-b"), CommandResult(
                 nonce=b"n" * 16, name="ping", code=ResultCode.OK), False),
             (TOPICS.tasks("pi-b"), bids, False),
+            (TOPICS.learning("pi-b"), LearningDelta(
+                group="grid", model="grid@1", model_sha256="ab" * 32, seq=1, tables=[CountsDelta(
+                    table="B0", shape=(2, 2, 1), columns=bytes(4), values=bytes(8),
+                    experience=1, lr=1.0)]), False),
             (TOPICS.tasks("pi-b"), TaskAnnounce(tasks=[spec], sigs=bytes(64)), False),
             (TOPICS.action("pi-b", "grid"), ActionBatch.from_arrays(
                 "grid", 1, np.arange(2), np.zeros((2, 1), np.uint8)), False),

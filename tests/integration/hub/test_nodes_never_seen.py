@@ -20,7 +20,7 @@ import pytest
 
 from edge_agent_host.keys import generate_keypair
 from tests.integration.fleet.test_fleet_daemon import FLEET, Listener, wait_until
-from tests.integration.hub.test_hubd import Hub, sqlite_table
+from tests.integration.hub.test_hubd import Hub, db_rows, sqlite_table
 from tests.support.broker import MosquittoBroker
 from tests.support.retained_node import retain_node
 from tests.unit.fleet.test_deploy import bundle_tar
@@ -47,7 +47,8 @@ def hub(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Hub]:
     try:
         service.start()
         wait_until(
-            lambda: set(service.database().node_names()) >= set(KNOWN), "the hub's registry"
+            lambda: set(db_rows(service, lambda db: db.node_names())) >= set(KNOWN),
+            "the hub's registry",
         )
         yield service
     finally:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edge_agent.aif.learning import Learner, LearningSettings
-from edge_agent.aif.learning_counts import DirichletCounts
+from edge_agent.aif.learning_counts import DirichletCounts, column_increments
 from edge_agent.errors import ModelError
 from tests.support.learning_random import priors, random_model, random_qs
 
@@ -22,8 +22,8 @@ def test_deltas_carry_the_experience_since_the_last_report_and_its_versions() ->
     for _ in range(3):
         obs = np.stack([rng.integers(0, o, size=8) for o in model.num_obs], axis=1)
         learner.learn_A(obs, random_qs(rng, 8, model.num_states))
-    start, end, delta = learner.pA.take_delta()
-    assert (start, end) == (0, 3)
+    start, end, delta, ticks = learner.pA.take_delta()
+    assert (start, end, ticks) == (0, 3, [3 * 8])
     assert delta[0].sum() == pytest.approx(3 * 8 * 1.0, rel=1e-12)  # every agent, every tick
     again = learner.pA.take_delta()
     assert again[:2] == (3, 3)
@@ -95,3 +95,80 @@ def test_fixed_columns_are_the_one_target_moves_learned_on_their_support() -> No
     again = counts.fixed_columns(0, B)
     assert not again[0, 0]
     np.testing.assert_array_equal(np.delete(again.reshape(-1), 0), np.delete(fixed.reshape(-1), 0))
+
+
+@pytest.mark.parametrize("scope", ["shared", "per_agent"])
+def test_the_increments_are_the_sum_of_every_tick_s_before_any_forgetting(scope: str) -> None:
+    """Replayed ticks: the increments taken are the counts' per-tick gains added up (learned
+    without forgetting), the same whatever the forgetting, with the agent-ticks behind them."""
+    rng = np.random.default_rng(11)
+    model = random_model(rng)
+    pA, pB, pD = priors(model)
+    n = 6
+    learners = [
+        Learner(model.A, model.B, model.D, pA={1: pA[1]}, pB=pB, pD=pD, n_agents=n,
+                settings=LearningSettings(lr_pA=0.5, lr_pB=2.0, lr_pD=0.25, forgetting=f,
+                                          scope=scope))  # type: ignore[arg-type]
+        for f in (0.0, 0.3)
+    ]
+    plain = learners[0]
+    assert plain.pA is not None
+    assert plain.pB is not None
+    assert plain.pD is not None
+    summed = [np.zeros(c.prior[0].shape) for c in plain.counts]
+    agent_axis = 1 if scope == "per_agent" else 0
+    acted_total = 0
+    qs_prev = random_qs(rng, n, model.num_states)
+    for _tick in range(5):
+        obs = np.stack([rng.integers(0, o, size=n) for o in model.num_obs], axis=1)
+        qs = random_qs(rng, n, model.num_states)
+        actions = np.stack([rng.integers(0, u, size=n) for u in model.num_controls], axis=1)
+        acted = rng.random(n) < 0.6
+        acted_total += int(acted.sum())
+        before = [c.counts[0].copy() for c in plain.counts]
+        for learner in learners:
+            learner.learn_A(obs, qs)
+            learner.learn_B(qs, qs_prev, actions, acted=acted)
+            learner.learn_D(qs[:1] + qs[1:])
+        for slot, (c, b) in enumerate(zip(plain.counts, before, strict=True)):
+            gain = c.counts[0] - b
+            summed[slot] += gain.sum(axis=0) if agent_axis else gain
+        qs_prev = qs
+    for learner in learners:
+        ticks = {c.kind: c.take_delta() for c in learner.counts}
+        assert ticks["A"].agent_ticks == [5 * n]
+        assert ticks["B"].agent_ticks == [acted_total]
+        assert ticks["D"].agent_ticks == [5 * n, 5 * n]
+        for total, c in zip(summed, learner.counts, strict=True):
+            delta = ticks[c.kind].increments[0]
+            columns, values = column_increments(delta)
+            dense = np.zeros((delta.shape[0], delta[0].size), dtype=np.float32)
+            dense[:, columns] = values.T
+            np.testing.assert_allclose(dense.reshape(delta.shape), total, rtol=1e-6, atol=1e-6)
+        # each agent-tick adds at most lr of mass to a table
+        assert ticks["A"].increments[0].sum() <= 5 * n * 0.5 + 1e-9
+        assert ticks["B"].increments[0].sum() <= acted_total * 2.0 + 1e-9
+        again = learner.pA.take_delta() if learner.pA is not None else None
+        assert again is not None
+        assert again.agent_ticks == [0]
+        assert not again.increments[0].any()
+
+
+def test_only_the_columns_that_moved_are_taken() -> None:
+    """B learned from agents that all took action 0 from states 0 and 2: the columns
+    ``(s_prev, a)`` = (0, 0) and (2, 0) of ``B[1]`` (C order: s_prev * U + a), nothing else."""
+    model = random_model(np.random.default_rng(5))
+    _, pB, _ = priors(model)
+    learner = Learner(model.A, model.B, model.D, pB=pB, n_agents=4)
+    S, U = model.B[1].shape[1:]
+    qs = [np.full((4, s), 1.0 / s) for s in model.num_states]
+    qs_prev = [q.copy() for q in qs]
+    qs_prev[1] = np.eye(S)[[0, 2, 2, 0]]
+    learner.learn_B(qs, qs_prev, np.zeros((4, 2), dtype=np.int64))
+    assert learner.pB is not None
+    columns, values = column_increments(learner.pB.take_delta().increments[0])
+    assert columns.tolist() == [0 * U + 0, 2 * U + 0]
+    assert columns.dtype == np.uint32
+    assert values.dtype == np.float32
+    assert values.shape == (2, S)
+    np.testing.assert_allclose(values.sum(axis=1), [2.0, 2.0], rtol=1e-6)

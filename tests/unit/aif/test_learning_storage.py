@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from edge_agent.aif.learning import LearningSettings, LearningSpec
-from edge_agent.aif.learning_storage import counts_arrays, moved_bound, saved_counts
+from edge_agent.aif.learning_storage import (
+    counts_arrays,
+    moved_bound,
+    rows_arrays,
+    saved_counts,
+    saved_rows,
+)
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError
 from edge_agent.sim.registry import make_env
@@ -103,3 +109,52 @@ def test_a_group_restores_its_counts_saved_either_way(scope: str) -> None:
         assert restored is not None
         np.testing.assert_array_equal(restored.counts[0], pB.counts[0])
         assert restored.version == pB.version
+
+
+def test_previous_posteriors_are_stored_only_where_they_differ_from_the_beliefs() -> None:
+    """``pB``'s previous posteriors are the beliefs the state holds for an agent that stepped
+    last: only the agents reset since are stored, and a restored group (from this form or from
+    the posteriors saved whole, as before) saves the same state and learns the same counts."""
+    n = 5
+    env = make_env("grid10", n, seed=2)
+    model = env.model
+    spec = LearningSpec(pB={0: model.B[0].copy()}, refresh_every=1,
+                        settings=LearningSettings(lr_pB=1.0, scope="per_agent"))
+    group = AifAgentGroup(model, n, learning=spec, precision="float64")
+    obs = env.reset()
+    for _ in range(6):
+        obs = env.step(group.step(obs))
+    group.reset(np.array([False, True, False, True, False]))
+    state = {k: np.array(v, copy=True) for k, v in group.state_dict().items()}
+    assert "learn.qs_prev0" not in state
+    np.testing.assert_array_equal(state["learn.qs_prev0.agents"], [1, 3])
+    whole = {k: v for k, v in state.items() if not k.startswith("learn.qs_prev0.")}
+    whole["learn.qs_prev0"] = state["qs0"].copy()
+    whole["learn.qs_prev0"][[1, 3]] = state["learn.qs_prev0.rows"]
+    for saved in (state, whole):
+        fresh = AifAgentGroup(model, n, learning=spec, precision="float64")
+        fresh.load_state_dict(saved)
+        again = fresh.state_dict()
+        for key in ("learn.qs_prev0.agents", "learn.qs_prev0.rows", "learn.pB0.values"):
+            np.testing.assert_array_equal(again[key], state[key])
+        o = obs.copy()
+        for g in (group, fresh):
+            g.step(o)
+        pB, pB_fresh = group.learner.pB, fresh.learner.pB
+        assert pB is not None
+        assert pB_fresh is not None
+        np.testing.assert_array_equal(pB_fresh.counts[0], pB.counts[0])
+        group.load_state_dict(state)  # back to the saved state for the next form
+
+
+def test_saved_rows_that_do_not_fit_are_one_line() -> None:
+    out = np.zeros((3, 2))
+    state = {"qs0": np.ones((3, 2)), "p.agents": np.array([7], dtype=np.uint32),
+             "p.rows": np.zeros((1, 2))}
+    with pytest.raises(InputError, match=r"g: p: the saved rows do not fit shape \(3, 2\)"):
+        saved_rows(state, "p", "qs0", out, where="g")
+    assert not saved_rows({}, "p", "qs0", out, where="g")
+    arrays = rows_arrays("p", np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]), np.eye(3, 2))
+    np.testing.assert_array_equal(arrays["p.agents"], [1, 2])
+    assert saved_rows({"qs0": np.eye(3, 2), **arrays}, "p", "qs0", out, where="g")
+    np.testing.assert_array_equal(out, [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])

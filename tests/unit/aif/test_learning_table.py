@@ -141,6 +141,13 @@ def test_shared_counts_learn_under_a_planning_policy(
         (group(learning="A = [1]\nscope = 'per_agent'\n", precision="float64")
          + "\n[groups.planning]\nevery = 4\n", 15,
          "groups[0].learning.scope: per-agent counts plan every agent every tick"),
+        (group(learning="A = [1]\nreport_every_s = 0.5\n"), 15,
+         "groups[0].learning.report_every_s: 0.5 s: a learning report is a durable write, at "
+         "most one every 1 s (0: never)"),
+        (group(learning="A = [1]\nreport_every_s = -1\n"), 15,
+         "groups[0].learning.report_every_s: must be >= 0"),
+        (group(learning="A = [1]\nreport_every_s = 60\n"), 15,
+         "groups[0].learning.report_every_s: needs [mqtt] enabled = true"),
     ],
 )
 def test_problems_are_reported_at_their_line(

@@ -115,6 +115,36 @@ def test_a_warm_up_teaches_nothing() -> None:
         assert np.array_equal(e, before)
     assert group.metrics()["learning_updates"] == numbers["learning_updates"]
     assert group.learning.counts_origin == "priors"
+    assert group.learner.pA is not None
+    assert group.learner.pA.agent_ticks.tolist() == [4 * 8]
+
+
+@pytest.mark.parametrize("scope", ["shared", "per_agent"])
+def test_the_increments_taken_are_what_the_agents_learned_since_the_last_take(scope: str) -> None:
+    """The ticks a small shared group keeps are learned first; the increments (summed over the
+    agents, sparse by column) are the counts' distance from their prior, then start anew."""
+    kwargs = {"precision": "float64"} if scope == "per_agent" else {}
+    group = AifAgentGroup(tmaze_reversal_model(), 8, learning=spec(scope=scope), **kwargs)
+    run(group, 5)
+    (table,) = group.take_increments()  # pD learns at trials' ends: none here
+    pA = group.learner.pA
+    assert pA is not None
+    assert (table.table, table.shape, table.agent_ticks, table.lr) == (
+        "A1", pA.prior[0].shape, 5 * 8, 0.5)
+    learned = pA.counts[0] - pA.prior[0]
+    if scope == "per_agent":
+        learned = learned.sum(axis=0)
+    flat = learned.reshape(learned.shape[0], -1)
+    dense = np.zeros(flat.shape)
+    dense[:, table.columns] = table.values.T
+    np.testing.assert_allclose(dense, flat, rtol=1e-6, atol=1e-6)
+    # every column that moved is there (one that moved by less than the counts' rounding too)
+    assert set(np.flatnonzero(np.any(flat != 0, axis=0))) <= set(table.columns.tolist())
+    assert table.values.sum() == pytest.approx(5 * 8 * 0.5, rel=1e-6)  # lr per agent-tick
+    assert group.take_increments() == []
+    run(group, 1, seed=3)
+    (again,) = group.take_increments()
+    assert again.agent_ticks == 8
 
 
 @pytest.mark.parametrize("scope", ["shared", "per_agent"])

@@ -35,6 +35,7 @@ class Group:
 @dataclass
 class Switch:
     watching: str | None = None
+    shadowing: str | None = None
 
 
 @dataclass
@@ -123,6 +124,9 @@ def test_refusals_say_why() -> None:
         (call(d, "learning_reset", group="maze"), ResultCode.BUSY,
          "group 'maze' is being watched after a deployment"),
     ]
+    d.ab_switch.watching, d.ab_switch.shadowing = None, "maze"
+    cases.append((call(d, "learning_reset", group="maze"), ResultCode.BUSY,
+                  "group 'maze' runs a deployment's shadow"))
     for outcome, code, detail in cases:
         assert (outcome.code, outcome.detail) == (code, detail)
     assert d.snapshots == 0

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from msgspec.structs import replace
 
+from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import SCHEME, quantize_model
 from edge_agent.aif.settings import AifSettings, settings_to_json
 from edge_agent.bundle.loader import load_bundle
@@ -28,19 +29,28 @@ from edge_agent.daemon.handlers import CommandHandlers
 from edge_agent.daemon.service import Daemon
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.commands import ChunkArgs, DeployArgs, ResizeArgs
-from edge_agent.fleet.deploy import DeployManager, Phase, ReadyToSwitch
+from edge_agent.fleet.deploy import DeployManager, Phase, ReadyToSwitch, Report
 from edge_agent.fleet.overlay import Overlay
 from edge_agent.fleet.protocol import BundleChunk, ResultCode
 from edge_agent.sim.registry import builtin_model
+from edge_agent.sim.tmaze import tmaze_model
 from edge_agent_host.keys import generate_keypair
 
 CHUNK = 2048
 NONCE = b"n" * 16
 
 
-def bundle_tar(tmp: Path, key: Path, *, world: str = "grid10", policy_len: int = 2) -> Path:
-    """A signed bundle of a built-in world's model, packed as a tar (``{world}-{policy_len}``)."""
-    q = quantize_model(builtin_model(world))
+def bundle_tar(
+    tmp: Path,
+    key: Path,
+    *,
+    world: str = "grid10",
+    policy_len: int = 2,
+    model: GenerativeModel | None = None,
+) -> Path:
+    """A signed bundle of a built-in world's model (or ``model``), packed as a tar
+    (``{world}-{policy_len}``)."""
+    q = quantize_model(builtin_model(world) if model is None else model)
     out = tmp / f"{world}-{policy_len}"
     write_bundle(
         out,
@@ -316,7 +326,7 @@ def test_one_deployment_at_a_time(tmp_path: Path, keys: Any) -> None:
 
 
 # ---------------------------------------------------------------------- the daemon's side
-def daemon(tmp_path: Path, keys_dir: Path, model: str = "grid10") -> Daemon:
+def daemon(tmp_path: Path, keys_dir: Path, model: str = "grid10", count: int = 16) -> Daemon:
     """An in-process daemon (no MQTT) with one group of 16 agents on a built-in model."""
     config = parse_config(
         f"""
@@ -328,7 +338,7 @@ trusted_keys_dir = "{keys_dir}"
 [[groups]]
 name = "grid"
 model = {{ type = "builtin", name = "{model}" }}
-count = 16
+count = {count}
 source = {{ type = "sim" }}
 sink = {{ type = "sim" }}
 """,
@@ -399,6 +409,101 @@ def test_daemon_rolls_back_a_group_that_fails_after_the_switch(
         kinds = [e["kind"] for e in d.events]
         assert "rollback" in kinds
         d._tick(time.monotonic())  # the old group ticks on
+    finally:
+        d.shutdown()
+
+
+def start_shadowed(d: Daemon, tar: Path, sha: str, shadow_s: float) -> None:
+    """Send the deployment with a shadow of ``shadow_s`` and tick until it is checked."""
+    data = tar.read_bytes()
+    args = deploy_args(data, sha, watch_ticks=2, shadow_s=shadow_s)
+    handlers = CommandHandlers(d)
+    assert handlers.deploy(args, _FakeCommand()).code is ResultCode.ACCEPTED  # type: ignore[arg-type]
+    for i in range(args.chunks):
+        handlers.deploy_chunk(chunk(data, sha, i), _FakeCommand())  # type: ignore[arg-type]
+    deadline = time.monotonic() + 30
+    while d.ab_switch.state is Phase.VERIFYING and d.ab_switch.shadowing is None:
+        assert time.monotonic() < deadline, d.ab_switch.stats()
+        d._fleet_before_tick()
+        time.sleep(0.01)
+
+
+def test_daemon_runs_a_shadow_before_the_switch_and_reports_the_paired_result(
+    tmp_path: Path, keys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports: list[Report] = []
+    monkeypatch.setattr(Daemon, "_publish_deploy_reports", lambda _d, r: reports.extend(r))
+    trusted, private, keys_dir = keys
+    swapped = tmaze_model(reward_probs=(0.02, 0.98))
+    tar = bundle_tar(tmp_path, private, world="tmaze", model=swapped)
+    sha = bundle_sha(tar, trusted)
+    d = daemon(tmp_path, keys_dir, model="tmaze")
+    try:
+        old = d.find_group("grid")
+        assert old is not None
+        used_before = d.budget.used
+        start_shadowed(d, tar, sha, shadow_s=0.3)
+        assert d.ab_switch.shadowing == "grid"
+        assert d.budget.used > used_before  # the shadow is admitted like any group
+        assert (
+            CommandHandlers(d)
+            .resize_group(
+                ResizeArgs(group="grid", agents=8),
+                _FakeCommand(),  # type: ignore[arg-type]
+            )
+            .code
+            is ResultCode.BUSY
+        )
+        deadline = time.monotonic() + 30
+        while d.ab_switch.watching is None:
+            assert time.monotonic() < deadline, d.ab_switch.stats()
+            assert d.find_group("grid") is old  # not switched while the shadow runs
+            d._tick(time.monotonic())
+            d._fleet_before_tick()
+        assert d.ab_switch.shadowing is None
+        for _ in range(2):
+            d._tick(time.monotonic())
+        assert d.ab_switch.state is Phase.DONE
+        (shadow,) = [r for r in reports if r.code is None and "shadow_pairs" in r.data]
+        assert shadow.event == "deploy"
+        assert shadow.detail.startswith("group 'grid': shadow of tmaze 1.2.0 for 0.3 s: ")
+        (final,) = [r for r in reports if r.code is ResultCode.OK]
+        assert final.data["phase"] == "done"
+        assert {k: final.data[k] for k in shadow.data} == shadow.data  # the result carries it
+        ticks, pairs = shadow.data["shadow_ticks"], shadow.data["shadow_pairs"]
+        assert ticks >= 1
+        assert pairs == -(-ticks // 4)  # every 4th tick is measured
+        assert len(shadow.data["shadow_diffs"]) == shadow.data["shadow_windows"] == -(-pairs // 4)
+        assert d.budget.used != used_before  # the candidate's shadow agents were released
+    finally:
+        d.shutdown()
+
+
+def test_a_shadow_that_does_not_fit_the_budget_fails_the_deployment_in_one_line(
+    tmp_path: Path, keys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports: list[Report] = []
+    monkeypatch.setattr(Daemon, "_publish_deploy_reports", lambda _d, r: reports.extend(r))
+    trusted, private, keys_dir = keys
+    tar = bundle_tar(tmp_path, private, world="tmaze", model=tmaze_model(reward=2.0))
+    sha = bundle_sha(tar, trusted)
+    d = daemon(tmp_path, keys_dir, model="tmaze", count=4096)
+    try:
+        old = d.find_group("grid")
+        filler = d.budget.reserve("test", "scratch", d.budget.available - 64 * 1024)
+        used = d.budget.used
+        start_shadowed(d, tar, sha, shadow_s=60.0)
+        assert d.ab_switch.state is Phase.FAILED
+        assert d.ab_switch.shadowing is None
+        assert d.find_group("grid") is old
+        assert d.budget.used == used
+        (final,) = [r for r in reports if r.code is ResultCode.FAILED]
+        assert final.detail.startswith(
+            "shadow: group 'grid': the candidate's shadow of 4096 agents does not fit the "
+            "memory budget beside the group: "
+        )
+        assert "\n" not in final.detail
+        filler.release()
     finally:
         d.shutdown()
 

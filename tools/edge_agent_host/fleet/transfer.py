@@ -194,12 +194,15 @@ def broadcast_bundle(
     watch_ticks: int = 50,
     watch_timeout_s: float = 120.0,
     health_steps: int = 20,
+    shadow_s: float = 0.0,
     progress: Callable[[str, int, int, str], None] | None = None,
     stats: BroadcastStats | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> dict[str, CommandResult]:
     """Deploy a signed bundle to ``group`` on every node of ``nodes`` with one broadcast per
     chunk (module docstring). Returns each node's final result, as :func:`deploy_bundle`.
+    ``shadow_s``: each node runs the bundle as a shadow that long before it switches (the
+    deploy command's ``shadow_s``; its final result carries the paired result).
 
     ``rate_chunks_s`` paces the broadcast (a node takes at most a few dozen messages per tick);
     a round starts when every node asked has answered, or ``answer_timeout_s`` after asking;
@@ -211,6 +214,8 @@ def broadcast_bundle(
     args = plan.args(group, watch_ticks=watch_ticks, health_steps=health_steps)
     args["watch_timeout_s"] = watch_timeout_s
     args["broadcast"] = True
+    if shadow_s > 0.0:
+        args["shadow_s"] = shadow_s
     st = stats if stats is not None else BroadcastStats()
     runs = {node: _Receiver(node) for node in nodes}
     full = bytes([0xFF]) * (plan.chunks // 8 + 1)

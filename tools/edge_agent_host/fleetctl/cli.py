@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -300,21 +302,32 @@ def _run_fleet(args: argparse.Namespace) -> int:
 
 
 def _run_watch(args: argparse.Namespace) -> int:
-    client = _client(args)
-    only = set(args.node)
-    deadline = None if args.duration is None else time.monotonic() + args.duration
+    # SIGINT and SIGTERM end the loop between two polls: a KeyboardInterrupt raised wherever the
+    # main thread happens to be (inside the store's transaction, the transport's queue) could
+    # leave what close() then needs half done; under Python 3.13 `watch` so interrupted did not
+    # end at all.
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda _signum, _frame: stop.set())
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
-        while deadline is None or time.monotonic() < deadline:
-            for msg in client.poll(0.2):
-                if only and msg.envelope.node not in only:
-                    continue
-                if msg.envelope.type in ("obs", "action", "beliefs") and not args.json:
-                    continue
-                print(json_text(_describe(msg)) if args.json else _line(msg), flush=True)
-    except KeyboardInterrupt:
-        pass
+        client = _client(args)
+        only = set(args.node)
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        try:
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                for msg in client.poll(0.2):
+                    if only and msg.envelope.node not in only:
+                        continue
+                    if msg.envelope.type in ("obs", "action", "beliefs") and not args.json:
+                        continue
+                    print(json_text(_describe(msg)) if args.json else _line(msg), flush=True)
+        finally:
+            client.close()
     finally:
-        client.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -39,7 +39,7 @@ from edge_agent_host.hub.health_gate import (
     check_reported,
     parse_criterion,
 )
-from edge_agent_host.hub.rollout_options import add_start_options
+from edge_agent_host.hub.rollout_options import add_start_options, check_shadow_time
 from edge_agent_host.hub.rollout_plan import (
     Criteria,
     RolloutPlan,
@@ -48,6 +48,11 @@ from edge_agent_host.hub.rollout_plan import (
     select_nodes,
 )
 from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.shadow_gate import (
+    SHADOW_PREFIX,
+    ShadowCriterion,
+    parse_shadow_criterion,
+)
 from edge_agent_host.hub.store import HubDatabase
 
 __all__ = [
@@ -201,7 +206,13 @@ def store_rollout(
     :func:`add_start_options` in ``args`` say, stored in ``db`` with its bundles (not with
     ``args.dry_run``): its summary, with ``id`` when stored. FleetError or CriterionError (one
     line) when it cannot be started."""
-    health = [parse_criterion(text) for text in args.criterion]
+    shadow = [
+        parse_shadow_criterion(t) for t in args.criterion if t.strip().startswith(SHADOW_PREFIX)
+    ]
+    health = [
+        parse_criterion(t) for t in args.criterion if not t.strip().startswith(SHADOW_PREFIX)
+    ]
+    check_shadow_time(shadow, args.shadow_s)
     store = RolloutStore(db)
     labels = _labels(args.label)
     nodes, offline = select_nodes(
@@ -239,6 +250,7 @@ def store_rollout(
             max_tick_p99_ratio=args.max_tick_p99_ratio,
             baseline_s=args.baseline,
             health=health,
+            shadow=shadow,
         ),
         rollback_sha256=rollback.sha256 if rollback is not None else None,
         chunk_size=args.chunk_size,
@@ -246,6 +258,7 @@ def store_rollout(
         deploy_timeout_s=args.deploy_timeout,
         watch_ticks=args.watch_ticks,
         health_steps=args.health_steps,
+        shadow_s=args.shadow_s,
         selector={"nodes": args.node, "labels": labels, "skipped_offline": offline},
     )
     summary: dict[str, Any] = {
@@ -254,8 +267,10 @@ def store_rollout(
         "nodes": nodes,
         "waves": waves,
         "skipped_offline": offline,
-        "criteria": [c.text() for c in health],
+        "criteria": [c.text() for c in shadow] + [c.text() for c in health],
     }
+    if args.shadow_s > 0.0:
+        summary["shadow_s"] = args.shadow_s
     if args.dry_run:
         return summary
     store.put_bundle(plan.data, plan.sha256, plan.name, plan.version)
@@ -276,6 +291,8 @@ def _plan_text(summary: dict[str, Any]) -> str:
     )
     if summary["skipped_offline"]:
         text += f"; {len(summary['skipped_offline'])} offline or silent node(s) left out"
+    if summary.get("shadow_s"):
+        text += f"\n  the first wave runs it as a shadow for {summary['shadow_s']:g} s"
     for criterion in summary.get("criteria") or ():
         text += f"\n  criterion {criterion}"
     return text
@@ -427,6 +444,10 @@ def describe(summary: Mapping[str, Any]) -> str:
     for node, row in s["nodes"].items():
         detail = f"  {row['detail']}" if row["detail"] else ""
         lines.append(f"    {node:<24} wave {row['wave']}  {row['state']}{detail}")
+    shadow = s["criteria"].get("shadow") or []
+    if shadow:
+        lines.append(f"  shadow criteria (the first wave's shadow of {s.get('shadow_s', 0):g} s):")
+        lines += [f"    {ShadowCriterion.model_validate(c).text()}" for c in shadow]
     criteria = s["criteria"].get("health") or []
     if criteria:
         lines.append("  health criteria (each wave against the untouched nodes):")

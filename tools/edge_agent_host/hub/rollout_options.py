@@ -12,8 +12,13 @@ from typing import NoReturn
 
 from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES
 from edge_agent_host.hub.health_gate import CriterionError, parse_criterion
+from edge_agent_host.hub.shadow_gate import (
+    SHADOW_PREFIX,
+    ShadowCriterion,
+    parse_shadow_criterion,
+)
 
-__all__ = ["add_start_options", "parse_start_options"]
+__all__ = ["add_start_options", "check_shadow_time", "parse_start_options"]
 
 
 def add_start_options(start: argparse.ArgumentParser, *, files: bool = True) -> None:
@@ -62,7 +67,17 @@ def add_start_options(start: argparse.ArgumentParser, *, files: bool = True) -> 
         default=[],
         metavar="MEASURE:max_increase=D[:group=G][:min_samples=N][:alpha=A][:dry_run]",
         help="judge each wave on a health measure against the untouched nodes (docs/hub.md); "
-        "max_decrease=D for a measure that is better higher; repeatable",
+        "max_decrease=D for a measure that is better higher; "
+        "shadow:excess_surprise:max_increase=D[:min_pairs=N][:alpha=A][:dry_run] judges the "
+        "canaries' shadow (needs --shadow-s); repeatable",
+    )
+    start.add_argument(
+        "--shadow-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the first wave's nodes run the bundle as a shadow beside the live model for S "
+        "seconds before they switch, and report the paired result (docs/health.md)",
     )
     if files:
         start.add_argument(
@@ -80,6 +95,18 @@ def add_start_options(start: argparse.ArgumentParser, *, files: bool = True) -> 
     )
 
 
+def check_shadow_time(shadow: Sequence[ShadowCriterion], shadow_s: float) -> None:
+    """``--shadow-s`` in range, and given when a criterion judges the canaries' shadow
+    (CriterionError, one line)."""
+    if not 0.0 <= shadow_s <= 86400.0:
+        raise CriterionError(f"--shadow-s {shadow_s:g}: seconds from 0 to 86400")
+    if shadow and shadow_s <= 0.0:
+        raise CriterionError(
+            f"--criterion {shadow[0].text()!r}: judges the canaries' shadow; give it a time "
+            "with --shadow-s S"
+        )
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise ValueError(message)
@@ -92,8 +119,12 @@ def parse_start_options(argv: Sequence[str]) -> argparse.Namespace:
     add_start_options(parser, files=False)
     try:
         args = parser.parse_args(list(argv))
+        shadow = [parse_shadow_criterion(t) for t in args.criterion
+                  if t.strip().startswith(SHADOW_PREFIX)]  # fmt: skip
         for text in args.criterion:
-            parse_criterion(text)
+            if not text.strip().startswith(SHADOW_PREFIX):
+                parse_criterion(text)
+        check_shadow_time(shadow, args.shadow_s)
     except (argparse.ArgumentError, CriterionError) as err:
         raise ValueError(str(err)) from err
     args.rollback_bundle = None

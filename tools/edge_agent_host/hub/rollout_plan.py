@@ -15,6 +15,7 @@ from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.presence import SILENT_AFTER_S, presence
 from edge_agent_host.hub.health_gate import HealthCriterion
+from edge_agent_host.hub.shadow_gate import ShadowCriterion
 from edge_agent_host.hub.strict import StrictModel
 
 __all__ = [
@@ -78,6 +79,12 @@ class Criteria(StrictModel):
         description="criteria on health measures, judged at the end of each wave's soak "
         "against the untouched nodes (health_gate.py)",
     )
+    shadow: list[ShadowCriterion] = Field(
+        default_factory=list,
+        max_length=8,
+        description="criteria on the canaries' shadow, judged once the first wave is deployed "
+        "(shadow_gate.py)",
+    )
 
 
 class RolloutPlan(StrictModel):
@@ -96,6 +103,9 @@ class RolloutPlan(StrictModel):
     deploy_timeout_s: float = Field(600.0, gt=0.0, le=86400.0)
     watch_ticks: int = Field(50, ge=1, le=100_000)
     health_steps: int = Field(20, ge=1, le=10_000)
+    shadow_s: float = Field(
+        0.0, ge=0.0, le=86400.0, description="the canaries' shadow before they switch (s); 0: none"
+    )
     selector: dict[str, Any] = Field(default_factory=dict, description="as given, for status")
 
 

@@ -117,6 +117,7 @@ class Rollout:
             "updated": self.updated,
             "owner": self.owner,
             "soak_s": self.plan.soak_s,
+            "shadow_s": self.plan.shadow_s,
             "criteria": self.plan.criteria.model_dump(),
             "rollback_sha256": self.plan.rollback_sha256,
             "selector": self.plan.selector,

@@ -69,11 +69,12 @@ from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.transfer import DeployPlan, broadcast_bundle
 from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
-from edge_agent_host.hub.health_gate import Outcome, WaveWindow
+from edge_agent_host.hub.health_gate import Outcome, Verdict, WaveWindow
 from edge_agent_host.hub.publisher import HubPublisher
 from edge_agent_host.hub.rollout_client import PublishRefusedError, ServiceDeployClient
 from edge_agent_host.hub.rollout_plan import ACTIVE, NodeState, RolloutState
 from edge_agent_host.hub.rollout_store import Rollout, RolloutStore
+from edge_agent_host.hub.shadow_gate import ShadowResults
 from edge_agent_host.hub.store import HubDatabase
 
 logger = logging.getLogger(__name__)
@@ -280,6 +281,7 @@ class RolloutRunner:
             store.update(r.id, phase_started=started)
         data = store.bundle(plan.bundle_sha256)
         deploy_plan = DeployPlan.from_bytes(data, plan.chunk_size)
+        shadow_s = plan.shadow_s if wave == 0 else 0.0  # the canaries only
         logger.info("rollout %s: wave %d: deploying to %d node(s)", r.id, wave + 1, len(nodes))
         try:
             results = broadcast_bundle(
@@ -288,9 +290,10 @@ class RolloutRunner:
                 plan.group,
                 nodes,
                 rate_chunks_s=plan.rate_chunks_s,
-                timeout_s=plan.deploy_timeout_s,
+                timeout_s=plan.deploy_timeout_s + shadow_s,
                 watch_ticks=plan.watch_ticks,
                 health_steps=plan.health_steps,
+                shadow_s=shadow_s,
                 cancel=self._cancelled(store, r.id),
             )
         except PublishRefusedError as err:
@@ -308,7 +311,27 @@ class RolloutRunner:
         if verdict:
             self._start_halt(store, r, f"wave {wave + 1}: {len(failed)} failed ({verdict})")
             return
-        store.update(r.id, phase="soaking", phase_started=time.time())
+        now = time.time()
+        store.update(r.id, phase="soaking", phase_started=now)
+        if shadow_s > 0.0 and plan.criteria.shadow:
+            self._shadow_gate(store, store.get(r.id), results, now)
+
+    def _shadow_gate(
+        self, store: RolloutStore, r: Rollout, results: dict[str, CommandResult], now: float
+    ) -> None:
+        """Judge the canaries on their shadow (:mod:`.shadow_gate`) as soon as they are
+        deployed: record the verdicts, halt on a fail, pause on an inconclusive one (``rollout
+        resume`` goes on to the soak: the shadow is not run again)."""
+        window = WaveWindow(
+            group=r.plan.group,
+            wave_nodes=[n for n in r.wave_nodes(r.wave) if r.nodes[n]["state"] == NodeState.OK],
+            control_nodes=[],
+            since=r.phase_started if r.phase_started is not None else now,
+            until=now,
+        )
+        evidence = ShadowResults(results)
+        verdicts = [c.evaluate(window, evidence) for c in r.plan.criteria.shadow]
+        self._verdicts(store, r, verdicts, now, "'rollout resume' goes on to the soak")
 
     def _soak(self, store: RolloutStore, r: Rollout, now: float) -> bool:
         plan, c = r.plan, r.plan.criteria
@@ -367,6 +390,16 @@ class RolloutRunner:
             until=now,
         )
         verdicts = [c.evaluate(window, store) for c in r.plan.criteria.health]
+        return self._verdicts(
+            store, r, verdicts, now, "'rollout resume' judges again with the samples since"
+        )
+
+    def _verdicts(
+        self, store: RolloutStore, r: Rollout, verdicts: list[Verdict], now: float, resume: str
+    ) -> bool:
+        """Record ``verdicts`` on the wave; halt on a fail, pause on an inconclusive one (dry-run
+        criteria never do; ``resume`` says what ``rollout resume`` does then); True when the
+        wave stopped."""
         store.add_verdicts(r, verdicts, hub=self.owner, now=now)
         for v in verdicts:
             logger.info("rollout %s: wave %d: %s: %s", r.id, r.wave + 1, v.criterion, v.detail)
@@ -380,10 +413,7 @@ class RolloutRunner:
         unsure = [v for v in enforced if v.outcome is Outcome.INCONCLUSIVE]
         if unsure:
             self.counters["pauses"] += 1
-            why = (
-                f"wave {r.wave + 1}: {unsure[0].criterion}: {unsure[0].detail}; "
-                "'rollout resume' judges again with the samples since"
-            )
+            why = f"wave {r.wave + 1}: {unsure[0].criterion}: {unsure[0].detail}; {resume}"
             logger.warning("rollout %s: paused: %s", r.id, why)
             store.update(r.id, state=RolloutState.PAUSED, detail=why[:1024])
             return True

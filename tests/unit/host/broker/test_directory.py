@@ -115,6 +115,8 @@ def own_topics(node: str) -> list[str]:
         T.command_result(node),
         T.beliefs(node),
         T.tasks(node),
+        T.health(node),
+        T.learning(node),
         T.action(node, "doors"),
         T.action(node, "doors", 7),
     ]

@@ -120,6 +120,10 @@ rollout = ["--group", "grid", "--waves", "1,100%", "--soak", "1"]
             'rollout = ["--group", "g", "--rollback-bundle", "old.tar"]',
             "hub.toml:4: learning.rollout: unrecognized arguments: --rollback-bundle old.tar",
         ),
+        (
+            'rollout = ["--group", "g", "--criterion", "shadow:excess_surprise:max_increase=0.1"]',
+            "hub.toml:4: learning.rollout: --criterion 'shadow:excess_surprise:max_increase=0.1",
+        ),
         ("max_share = 0", "hub.toml:4: learning.max_share: must be > 0"),
     ],
 )

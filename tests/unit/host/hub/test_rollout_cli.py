@@ -121,6 +121,12 @@ def rollouts_stored(path: Path) -> int:
         ("surprise:max_increase", "is not KEY=VALUE"),
         ("confidence:max_decrease=0.1", "group 'grid' does not report confidence"),
         ("surprise:max_increase=0.1:group=doors", "no node has reported health for group 'doors'"),
+        ("shadow:surprise:max_increase=0.1", "a shadow pairs excess_surprise, not 'surprise'"),
+        ("shadow:excess_surprise:max_increase=-1", "max_increase=-1 must be >= 0"),
+        ("shadow:excess_surprise:max_decrease=0.1", "use max_increase=D"),
+        ("shadow:excess_surprise:min_pairs=30", "give max_increase=D"),
+        ("shadow:excess_surprise:max_increase=0.1:min_pairs=2", "min_pairs: Input should be"),
+        ("shadow:excess_surprise:max_increase=0.1", "give it a time with --shadow-s S"),
     ],
 )
 def test_rollout_start_refuses_a_bad_criterion_in_one_line_before_anything_is_stored(
@@ -158,3 +164,23 @@ def test_rollout_start_takes_health_criteria_and_says_them(
     text = capsys.readouterr().out
     assert "  health criteria (each wave against the untouched nodes):\n" in text
     assert "    surprise:max_increase=0.5:min_samples=20:alpha=0.05:dry_run" in text
+
+
+def test_rollout_start_takes_a_shadow_criterion_and_its_time(
+    hub_with_health: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--shadow-s", "30", "--criterion", "shadow:excess_surprise:max_increase=0.1"]
+    assert main(start(hub_with_health, *args, "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "  the first wave runs it as a shadow for 30 s\n" in out
+    assert "  criterion shadow:excess_surprise:max_increase=0.1:min_pairs=20:alpha=0.05" in out
+    assert main(start(hub_with_health, *args, "--json")) == 0
+    capsys.readouterr()
+    assert main(["rollout", "status", "--config", str(hub_with_health["config"]), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["shadow_s"] == 30.0
+    assert [c["threshold"] for c in status["criteria"]["shadow"]] == [0.1]
+    assert main(["rollout", "status", "--config", str(hub_with_health["config"])]) == 0
+    text = capsys.readouterr().out
+    assert "  shadow criteria (the first wave's shadow of 30 s):\n" in text
+    assert "    shadow:excess_surprise:max_increase=0.1:min_pairs=20:alpha=0.05\n" in text

@@ -32,6 +32,7 @@ from edge_agent_host.hub.rollout_plan import (
 )
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.rollouts import RolloutRunner
+from edge_agent_host.hub.shadow_gate import parse_shadow_criterion
 from edge_agent_host.hub.store import HubDatabase
 from tests.unit.host.hub.test_store import heard
 
@@ -329,12 +330,63 @@ def check_the_health_gate_halts_pauses_passes_and_dry_runs(db: HubDatabase) -> N
         db.execute("DELETE FROM health")
 
 
+def check_the_shadow_gate_judges_the_canaries_as_soon_as_they_are_deployed(
+    db: HubDatabase,
+) -> None:
+    """With a shadow criterion, the canaries' final deploy results (their paired differences)
+    are judged as the wave goes on to its soak: a worse candidate halts, too few pairs pause
+    (``rollout resume`` goes on to the soak), an equal one soaks on; the verdict is stored."""
+    cases = [
+        ([0.8, 0.6, 0.9, 0.7] * 8, RolloutState.HALTING, "fail"),
+        ([0.8, 0.6], RolloutState.PAUSED, "inconclusive"),
+        ([0.0] * 32, RolloutState.RUNNING, "pass"),
+    ]
+    for diffs, state, outcome in cases:
+        store = RolloutStore(db)
+        nodes = ["c0", "c1", "c2"]
+        rollout_id = store.create(
+            RolloutPlan(
+                group="grid",
+                bundle_sha256=SHA,
+                waves=[1, 3],
+                shadow_s=30.0,
+                criteria=Criteria(
+                    shadow=[parse_shadow_criterion("shadow:excess_surprise:max_increase=0.1")]
+                ),
+            ),
+            nodes,
+        )
+        store.update(rollout_id, state=RolloutState.RUNNING, phase="soaking", phase_started=1.0)
+        store.set_nodes(rollout_id, {"c0": (NodeState.OK, "switched")})
+        results = {
+            "c0": CommandResult(
+                nonce=b"n" * 16, name="deploy", code=ResultCode.OK,
+                data={"shadow_pairs": len(diffs), "shadow_diffs": diffs},
+            )
+        }  # fmt: skip
+        runner = _runner(db)
+        try:
+            runner._shadow_gate(store, store.get(rollout_id), results, 2.0)
+        finally:
+            runner.stop()
+        r = store.get(rollout_id)
+        assert r.state is state, r.detail
+        (verdict,) = r.verdicts
+        assert (verdict["wave"], verdict["outcome"], verdict["kind"]) == (1, outcome, "shadow")
+        assert verdict["wave_samples"] == len(diffs)
+        if state is RolloutState.PAUSED:
+            assert "'rollout resume' goes on to the soak" in r.detail
+        assert f"    wave 1 {verdict['criterion']} {outcome}" in describe(r.summary())
+        store.update(rollout_id, state=RolloutState.HALTED)
+
+
 ROLLOUT_SCENARIOS = [
     check_a_rollout_is_stored_with_its_nodes_in_waves,
     check_requests_are_checked_against_the_state,
     check_one_replica_holds_a_rollout_until_its_lease_runs_out,
     check_the_runner_reads_the_results_the_service_stored,
     check_the_health_gate_halts_pauses_passes_and_dry_runs,
+    check_the_shadow_gate_judges_the_canaries_as_soon_as_they_are_deployed,
 ]
 
 
