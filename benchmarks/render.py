@@ -237,6 +237,19 @@ def mb(name: str, of: Any = None) -> Getter:
     return get
 
 
+def measured_or_slope(name: str, fmt: str, suffix: str) -> Getter:
+    """Pivot ``merge``'s ``name``, else pivot ``extrapolated``'s marked as from the slope."""
+
+    def get(row: Row) -> str | None:
+        value = row.get(name, "merge")
+        if value is not None:
+            return cell(value, fmt, suffix)
+        value = row.get(name, "extrapolated")
+        return None if value is None else cell(value, fmt, suffix) + " (slope)"
+
+    return get
+
+
 # -- the rows expected per firmware profile -------------------------------------------------------
 
 
@@ -909,6 +922,40 @@ TABLES: tuple[Table, ...] = (
                 f"{r.get('wave_samples', 'gate'):,d} vs {r.get('control_samples', 'gate'):,d}"
                 if r.get("wave_samples", "gate") is not None else None
             )),
+        ),
+    ),
+    Table(
+        id="learning-merge",
+        title="Fleet learning on the hub: deltas ingested, a round's merge",
+        scope=(
+            "Learning deltas of grid10's transition table B0 (50,000 counts in 500 columns), "
+            "each what a node learned in 100 agent-ticks (only the columns visited travel). "
+            "Ingested: through the hub's own write path on SQLite (checked against the line's "
+            "bundle, stored once), against one telemetry message per node through the same "
+            "path. A round: the waiting deltas read and made dense, then the merge (the cap per "
+            "column, the leave-one-out score, the sum) against a plain sum of the same deltas, "
+            "and its numpy peak. The merge is dense in nodes x counts: the sizes marked "
+            "(slope) are from the slope between the two largest measured, not measured."
+        ),
+        benchmark="bench_learning_merge.py",
+        where={
+            "nodes": lambda n: n is not None,
+            "bench": lambda b: b in ("ingest", "merge", "extrapolated"),
+        },
+        key=("nodes",),
+        pivot="bench",
+        expect=({"nodes": 100}, {"nodes": 1000}, {"nodes": 10000}, {"nodes": 100000}),
+        command=f"{RECORD} bench_learning_merge.py",
+        columns=(
+            Column("nodes", "nodes", ",d"),
+            Column("bytes / delta", "bytes_per_delta", ",d", of="ingest"),
+            Column("deltas / s ingested", "deltas_per_s", ",d", of="ingest"),
+            Column("vs telemetry / s", "ratio", ".2f", of="ingest", suffix="x"),
+            Column("round: read", measured_or_slope("read_s", ".2f", " s")),
+            Column("merge", measured_or_slope("merge_s", ".2f", " s")),
+            Column("merge / plain sum", "ratio", ".0f", of="merge", suffix="x"),
+            Column("numpy peak", measured_or_slope("peak_mb", ",.0f", " MiB")),
+            Column("nodes capped", "capped", ",d", of="merge"),
         ),
     ),
 )

@@ -137,6 +137,14 @@ EXPECTED: dict[str, list[Record]] = {
           for w in ("tmaze-reversal", "grid-slippery")
           for p in ("every_tick", "every_4", "change_0.1_every_4")],
     ],
+    "bench_learning_merge.py": [
+        ({"bench": "setup", "table": "grid10 B0"}, ("bytes_per_delta", "columns_per_delta")),
+        *[({"bench": "ingest", "nodes": n}, ("deltas_per_s", "telemetry_per_s", "ratio"))
+          for n in (5, 10)],
+        *[({"bench": "merge", "nodes": n}, ("read_s", "merge_s", "ratio", "peak_mb"))
+          for n in (5, 10)],
+        ({"bench": "extrapolated", "nodes": 100}, ("merge_s", "peak_mb")),
+    ],
     "bench_learning_peers.py": [
         *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i},
            ("steps_per_s", "state_bytes_per_agent"))

@@ -164,6 +164,7 @@ PATHS: dict[tuple[str, str, str], Kind] = {
     ("edge-agent-hub", "check-config", "path"): Kind.FILE,
     ("edge-agent-hub", "*", "bundle"): Kind.FILE,
     ("edge-agent-hub", "*", "rollback_bundle"): Kind.FILE,
+    ("edge-agent-hub", "learn build", "out"): Kind.OUT,
 }
 
 
@@ -354,6 +355,7 @@ VALUES: dict[str, list[str]] = {
     "node": ["pi-0002"],
     "port": ["18883"],
     "id": ["r-19700101-000000"],
+    "line": ["tmaze"],
     "args": [],
 }
 #: Per subcommand: what else it needs to reach its files and end by itself (the broker to

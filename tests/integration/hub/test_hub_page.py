@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.fleet.protocol import NodeState
 from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.store import HubDatabase
 from edge_agent_host.hub.web import FleetSnapshot, WebServer, health_of
 from edge_agent_host.keys import generate_keypair
@@ -147,6 +148,30 @@ def test_metrics_json_and_the_page_in_chromium(served: dict[str, Any]) -> None:
         lambda: rollout_state(url, halted_id) == "halted", "the second rollout halted",
         timeout=120,
     )  # fmt: skip
+    # Two learning rounds of a model line, as a round stores them (hub/learning_round.py): one
+    # built and published, one the int8 gate refused; the page shows their provenance.
+    rounds = HubDatabase(SqliteEngine(hub.state / "hub.sqlite3"))
+    rounds.open()
+    try:
+        store = LearningStore(rounds)
+        for state, sha, nodes, outliers, rollout in (
+            ("built", "ab" * 32, ["sim-0000", "sim-0001", "sim-0002"], ["sim-0002"], rollout_id),
+            ("refused", None, ["sim-0003", "sim-0004"], [], None),
+        ):
+            made = store.add_round(
+                "tmaze", state=state, parent_sha256="cd" * 32, version=f"1.0.0+learn{len(nodes)}",
+                bundle_sha256=sha, bundle=None, counts=b"", base=b"", merged=[],
+                provenance={"nodes": {n: {} for n in nodes}, "deltas": 2 * len(nodes),
+                            "experience": 40 * len(nodes), "outliers": outliers,
+                            "capped": nodes[:1]},
+            )  # fmt: skip
+            if rollout is not None:
+                store.set_rollout(made, rollout)
+    finally:
+        rounds.close()
+    wait_until(
+        lambda: len(fleet_json(url)["learning_rounds"]) == 2, "the rounds on /api/fleet.json"
+    )
 
     status, kind, body = get(f"{url}/metrics")
     assert status == 200
@@ -240,6 +265,17 @@ def test_metrics_json_and_the_page_in_chromium(served: dict[str, Any]) -> None:
         assert reason == f"{failed_node}: {failure['detail']}"
         done = f"document.querySelector('#rollouts tr[data-rollout=\"{rollout_id}\"]')"
         assert page.evaluate(f"{done}.querySelector('.badge').textContent") == "done"
+        # The learning rounds, newest first: version, nodes, deltas, experience, refused,
+        # capped, and the rollout that published the built one.
+        learning = page.evaluate(
+            "[...document.querySelectorAll('#learning tbody tr')]"
+            ".map((r) => [...r.cells].map((c) => c.textContent))"
+        )
+        assert learning == [
+            ["2", "tmaze@1.0.0+learn2", "refused by the int8 gate", "2", "4", "80", "0", "1", "-"],
+            ["1", f"tmaze@1.0.0+learn3 {'ab' * 6}", "built", "3", "6", "120", "1", "1",
+             rollout_id],
+        ]  # fmt: skip
         # Per node: its bundle, its deployment (here pending: the rollout halted before it).
         assert others[0] in ("sim-0000", "sim-0001")  # on the first page
         first = f"document.querySelector('#nodes tbody tr[data-node=\"{others[0]}\"]')"

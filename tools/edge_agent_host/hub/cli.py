@@ -13,6 +13,7 @@
     edge-agent-hub health [NODE] [--config FILE] [--group G] [--since S] [--json]  # health_cli.py
     edge-agent-hub alert-rules          # the Prometheus alert rules (health_cli.py)
     edge-agent-hub rollout start|status|list|pause|resume|abort ...   # hub/rollout_cli.py
+    edge-agent-hub learn status|build|publish ...   # what the nodes learned (hub/learn_cli.py)
     edge-agent-hub systemd-unit | example-config
 
 Exit status: 0 success; 1 the database cannot be read, a file named on the command line cannot
@@ -45,10 +46,11 @@ from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.known_nodes import add_force_argument, require_seen
 from edge_agent_host.fleet.presence import presence
 from edge_agent_host.fleet.table import add_silent_argument, format_fleet
-from edge_agent_host.hub import health_cli, rollout_cli
+from edge_agent_host.hub import health_cli, learn_cli, rollout_cli
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import (
     HubConfigFile,
+    LearningSection,
     PostgresDatabase,
     check_dependencies,
     example_config_text,
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     health_cli.add_parsers(sub, with_config)
     rollout_cli.add_parser(sub, with_config)
+    learn_cli.add_parser(sub, with_config)
 
     sub.add_parser("systemd-unit", help="print the systemd unit (edge-agent-hub.service)")
     sub.add_parser("example-config", help="print the commented example config")
@@ -157,6 +160,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "health": health_cli.run,
         "alert-rules": health_cli.run,
         "rollout": rollout_cli.run,
+        "learn": learn_cli.run,
         "systemd-unit": _systemd_unit,
         "example-config": _example_config,
     }[args.command]
@@ -231,8 +235,19 @@ def describe_config(source: HubConfigFile) -> str:
             f"  telemetry: raw {r.telemetry_raw_s:g} s, then one point per "
             f"{r.telemetry_step_s:g} s, kept {r.telemetry_keep_s / 86400:g} d, at most "
             f"{r.telemetry_max_rows_per_node} rows per node",
+            _learning_line(c.learning),
         ]
     )
+
+
+def _learning_line(s: LearningSection) -> str:
+    if not s.enabled:
+        return "  learning: rounds by hand (edge-agent-hub learn build)"
+    when = [f"every {s.every_s:g} s"] if s.every_s > 0 else []
+    when += [f"at {s.min_experience} agent-ticks"] if s.min_experience > 0 else []
+    lines = ", ".join(s.lines) if s.lines else "every line"
+    publish = f", published: rollout start {' '.join(s.rollout)}" if s.publish else ""
+    return f"  learning: rounds of {lines} {' or '.join(when)}{publish}"
 
 
 # ------------------------------------------------------------------------------ the database

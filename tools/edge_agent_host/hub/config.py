@@ -37,6 +37,7 @@ __all__ = [
     "HubConfigFile",
     "HubMqtt",
     "HubSection",
+    "LearningSection",
     "PostgresDatabase",
     "QueueSection",
     "RetentionSection",
@@ -425,6 +426,78 @@ class RolloutsSection(StrictModel):
         return _path(value, info, optional=True)
 
 
+# ------------------------------------------------------------------------------- [learning]
+class LearningSection(StrictModel):
+    """``[learning]``: rounds the service runs by itself (docs/fleet-learning.md "Rounds run by
+    the service"): on the replica with ``[rollouts] key_file`` (it signs them)."""
+
+    every_s: float = Field(
+        0.0,
+        ge=0,
+        le=365 * _DAY,
+        description="A line's round is due this long after its last one, once it has new "
+        "accepted experience (0: not by time).",
+    )
+    min_experience: int = Field(
+        0,
+        ge=0,
+        le=10**15,
+        description="A line's round is also due as soon as this many agent-ticks of accepted "
+        "experience wait for it (0: not by experience).",
+    )
+    check_interval_s: float = Field(
+        60.0, ge=0.05, le=_DAY, description="How often the service looks for a round due (s)."
+    )
+    lines: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="The model lines (bundle names) it builds; empty: every line with deltas.",
+    )
+    forgetting: float = Field(1.0, ge=0, le=1, description="The merge's factor on earlier rounds.")
+    max_share: float = Field(
+        0.25, gt=0, le=1, description="A node's largest share of a column's increment a round."
+    )
+    mad_k: float = Field(
+        5.0, gt=0, description="A node scored this many MADs below the median is refused."
+    )
+    gate_rollouts: int = Field(
+        200, ge=1, le=100_000, description="The converter's int8 gate: agents simulated."
+    )
+    gate_steps: int = Field(30, ge=1, le=10_000, description="The gate: steps per agent.")
+    publish: bool = Field(
+        False, description="Start a staged rollout of each round built, with the options below."
+    )
+    rollout: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="rollout start's options for a published round, as its words: "
+        '["--group", "grid", "--waves", "1,10%,100%", "--criterion", ...] (no '
+        "--rollback-bundle).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_s > 0 or self.min_experience > 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LearningSection:
+        problems: list[Problem] = []
+        if self.rollout:
+            # The same parser as rollout start's (hub/rollout_options.py): checked here, so that
+            # a bad option is check-config's line, never found when a round is published.
+            from edge_agent_host.hub.rollout_options import parse_start_options  # noqa: PLC0415
+
+            try:
+                parse_start_options(self.rollout)
+            except ValueError as err:
+                problems.append((("rollout",), str(err)))
+        elif self.publish:
+            problems.append((("rollout",), "publish = true needs rollout start's options, "
+                             'at least ["--group", "G"]'))  # fmt: skip
+        raise_problems("LearningSection", problems)
+        return self
+
+
 # ----------------------------------------------------------------------------------- the file
 class HubConfig(StrictModel):
     """A whole ``edge-agent-hub`` config file."""
@@ -438,6 +511,18 @@ class HubConfig(StrictModel):
     retention: RetentionSection = Field(default_factory=RetentionSection, description="[retention]")
     rollouts: RolloutsSection = Field(default_factory=RolloutsSection, description="[rollouts]")
     http: HttpSection = Field(default_factory=HttpSection, description="[http]")
+    learning: LearningSection = Field(default_factory=LearningSection, description="[learning]")
+
+    @model_validator(mode="after")
+    def _learning_signs(self) -> HubConfig:
+        if self.learning.enabled and self.rollouts.key_file is None:
+            key = "every_s" if self.learning.every_s > 0 else "min_experience"
+            raise_problems(
+                "HubConfig",
+                [(("learning", key), "rounds are signed with the hub's key: set [rollouts] "
+                  "key_file")],
+            )  # fmt: skip
+        return self
 
     @property
     def sqlite_path(self) -> Path | None:

@@ -5,9 +5,10 @@ Subscriptions (``ea/v1/{fleet}/node/+/...``):
 * ``state`` and ``birth`` with a plain subscription, on every replica: they are retained (a
   replica that starts learns the fleet's presence and births at once; MQTT 5 sends no retained
   messages to shared subscriptions), few, and written idempotently;
-* ``telemetry``, ``health``, ``event``, ``result``, ``death`` and ``cmd`` through the shared
-  subscription ``$share/{group}/...`` when ``[mqtt] share_group`` is set: the broker hands each
-  message to one replica of the group. Without a group the hub subscribes to them plainly.
+* ``telemetry``, ``health``, ``event``, ``result``, ``death``, ``cmd`` and ``learning``
+  through the shared subscription ``$share/{group}/...`` when ``[mqtt] share_group`` is set: the
+  broker hands each message to one replica of the group. Without a group the hub subscribes to
+  them plainly.
 
 :meth:`FleetListener.on_message` runs on the transport's thread and only decodes, validates,
 counts and enqueues (:class:`~edge_agent_host.hub.queue.HeldMessages`). A message is dropped and
@@ -57,6 +58,7 @@ SHARED_KINDS: Final = (
     TopicKind.RESULT,
     TopicKind.DEATH,
     TopicKind.COMMAND,
+    TopicKind.LEARNING,
 )
 _UNSIGNED_COMMANDS: Final = frozenset({"deploy_chunk"})
 _DATA_KINDS: Final = frozenset({"telemetry", "health", "event", "result"})

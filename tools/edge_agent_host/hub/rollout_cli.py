@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from edge_agent_host.fleet.errors import FleetError
-from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES, DeployPlan
+from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.config import load_hub_config
 from edge_agent_host.hub.health_gate import (
@@ -39,6 +39,7 @@ from edge_agent_host.hub.health_gate import (
     check_reported,
     parse_criterion,
 )
+from edge_agent_host.hub.rollout_options import add_start_options, check_shadow_time
 from edge_agent_host.hub.rollout_plan import (
     Criteria,
     RolloutPlan,
@@ -54,7 +55,18 @@ from edge_agent_host.hub.shadow_gate import (
 )
 from edge_agent_host.hub.store import HubDatabase
 
-__all__ = ["FOLLOW_EVERY_S", "FOLLOW_EXIT", "add_parser", "follow_line", "run", "verdict_line"]
+__all__ = [
+    "FOLLOW_EVERY_S",
+    "FOLLOW_EXIT",
+    "add_output_options",
+    "add_parser",
+    "follow_line",
+    "rollback_plan",
+    "run",
+    "start_plan",
+    "store_rollout",
+    "verdict_line",
+]
 
 FOLLOW_EXIT: Final[Mapping[str, int]] = MappingProxyType(
     {RolloutState.DONE.value: 0, RolloutState.HALTED.value: 4, RolloutState.ROLLED_BACK.value: 5}
@@ -80,78 +92,8 @@ def add_parser(
     start = steps.add_parser("start", help="plan a rollout; the service carries it out")
     with_config(start)
     start.add_argument("bundle", type=Path, help="signed bundle directory or .tar")
-    start.add_argument("--group", required=True, help="the group that runs the bundle")
-    who = start.add_mutually_exclusive_group()
-    who.add_argument("--all", action="store_true", help="every node with the group (default)")
-    who.add_argument(
-        "--node", action="append", default=[], metavar="PATTERN", help="node names (globs)"
-    )
-    start.add_argument(
-        "--label", action="append", default=[], metavar="K=V", help="nodes with this label"
-    )
-    how = start.add_mutually_exclusive_group()
-    how.add_argument(
-        "--waves",
-        default="1,10%,50%,100%",
-        help="cumulative node counts or percentages (default 1,10%%,50%%,100%%)",
-    )
-    how.add_argument("--exponential", type=float, help="waves of 1, F, F^2, ... nodes")
-    start.add_argument("--soak", type=float, default=60.0, help="seconds each wave soaks")
-    start.add_argument(
-        "--max-failed-pct",
-        type=float,
-        default=0.0,
-        help="halt when more of a wave's nodes fail or roll back (percent, default 0)",
-    )
-    start.add_argument(
-        "--max-error-events-pct",
-        type=float,
-        default=100.0,
-        help="halt when more deployed nodes send error events while soaking (100: off)",
-    )
-    start.add_argument(
-        "--max-tick-p99-ratio",
-        type=float,
-        default=0.0,
-        help="halt when the wave's median tick p99 grows more than this factor (0: off)",
-    )
-    start.add_argument("--baseline", type=float, default=300.0, help="baseline telemetry (s)")
-    start.add_argument(
-        "--criterion",
-        action="append",
-        default=[],
-        metavar="MEASURE:max_increase=D[:group=G][:min_samples=N][:alpha=A][:dry_run]",
-        help="judge each wave on a health measure against the untouched nodes (docs/hub.md); "
-        "max_decrease=D for a measure that is better higher; "
-        "shadow:excess_surprise:max_increase=D[:min_pairs=N][:alpha=A][:dry_run] judges the "
-        "canaries' shadow (needs --shadow-s); repeatable",
-    )
-    start.add_argument(
-        "--shadow-s",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="the first wave's nodes run the bundle as a shadow beside the live model for S "
-        "seconds before they switch, and report the paired result (docs/health.md)",
-    )
-    start.add_argument(
-        "--rollback-bundle", type=Path, help="signed bundle the nodes get back after a halt"
-    )
-    start.add_argument(
-        "--chunk-size", type=int, default=DEFAULT_CHUNK_BYTES, help="bytes per chunk"
-    )
-    start.add_argument("--rate", type=float, default=32.0, help="broadcast chunks per second")
-    start.add_argument("--deploy-timeout", type=float, default=600.0, help="per wave (s)")
-    start.add_argument("--watch-ticks", type=int, default=50, help="ticks watched after switch")
-    start.add_argument("--health-steps", type=int, default=20, help="health-check steps")
-    start.add_argument(
-        "--include-offline", action="store_true", help="select offline and silent nodes too"
-    )
-    start.add_argument("--dry-run", action="store_true", help="print the plan, store nothing")
-    start.add_argument("--follow", action="store_true", help=_FOLLOW_HELP)
-    start.add_argument(
-        "--json", action="store_true", help="print the plan as JSON (with --follow: JSON lines)"
-    )
+    add_start_options(start)
+    add_output_options(start)
 
     status = steps.add_parser("status", help="a rollout's waves and nodes")
     with_config(status)
@@ -172,6 +114,15 @@ def add_parser(
     return rollout
 
 
+def add_output_options(start: argparse.ArgumentParser) -> None:
+    """What ``rollout start`` (and ``learn publish``) print: the plan only, following, JSON."""
+    start.add_argument("--dry-run", action="store_true", help="print the plan, store nothing")
+    start.add_argument("--follow", action="store_true", help=_FOLLOW_HELP)
+    start.add_argument(
+        "--json", action="store_true", help="print the plan as JSON (with --follow: JSON lines)"
+    )
+
+
 def _open(args: argparse.Namespace) -> HubDatabase:
     return open_database(load_hub_config(args.config), write=True)
 
@@ -187,100 +138,44 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 def _start(args: argparse.Namespace) -> int:
-    try:
-        return _start_checked(args)
-    except CriterionError as err:  # bad input: one line, exit 2, nothing stored or sent
-        print(f"edge-agent-hub rollout start: {err}", file=sys.stderr)
-        return 2
-
-
-def _start_checked(args: argparse.Namespace) -> int:
-    shadow = [
-        parse_shadow_criterion(t) for t in args.criterion if t.strip().startswith(SHADOW_PREFIX)
-    ]
-    health = [
-        parse_criterion(t) for t in args.criterion if not t.strip().startswith(SHADOW_PREFIX)
-    ]
-    if not 0.0 <= args.shadow_s <= 86400.0:
-        raise CriterionError(f"--shadow-s {args.shadow_s:g}: seconds from 0 to 86400")
-    if shadow and args.shadow_s <= 0.0:
-        raise CriterionError(
-            f"--criterion {shadow[0].text()!r}: judges the canaries' shadow; give it a time "
-            "with --shadow-s S"
-        )
     plan = DeployPlan.from_bundle(args.bundle, args.chunk_size)
-    rollback = None
-    if args.rollback_bundle is not None:
-        rollback = DeployPlan.from_bundle(args.rollback_bundle, args.chunk_size)
+    return start_plan(args, plan, rollback=rollback_plan(args))
+
+
+def rollback_plan(args: argparse.Namespace) -> DeployPlan | None:
+    """The plan of ``--rollback-bundle`` (None without one): read before the config, as every
+    file named on the command line."""
+    if args.rollback_bundle is None:
+        return None
+    return DeployPlan.from_bundle(args.rollback_bundle, args.chunk_size)
+
+
+def start_plan(
+    args: argparse.Namespace,
+    plan: DeployPlan,
+    command: str = "rollout start",
+    *,
+    rollback: DeployPlan | None = None,
+    on_stored: Callable[[HubDatabase, str], None] | None = None,
+) -> int:
+    """Store a rollout of ``plan`` as the options of :func:`add_start_options` in ``args`` say,
+    print it (and follow it with ``--follow``); ``on_stored(db, id)`` runs once it is stored. A bad
+    criterion is one line naming ``command``, exit 2."""
     config = load_hub_config(args.config)
     db = open_database(config, write=True)
     try:
-        store = RolloutStore(db)
-        labels = _labels(args.label)
-        nodes, offline = select_nodes(
-            db.fleet(),
-            args.group,
-            names=args.node,
-            labels=labels,
-            include_offline=args.include_offline,
-            silent_after_s=config.config.hub.silent_after_s,
-        )
-        if not nodes:
-            raise FleetError(
-                f"no {'' if args.include_offline else 'online '}node runs group {args.group!r}"
-                + (f" with {labels}" if labels else "")
-                + (f" matching {args.node}" if args.node else "")
-                + (f" ({len(offline)} offline or silent)" if offline else "")
-            )
-        if health:
-            check_reported(health, args.group, db.health_reported())
-        waves = plan_waves(
-            len(nodes),
-            args.waves.split(",") if args.exponential is None else None,
-            exponential=args.exponential,
-        )
-        rollout = RolloutPlan(
-            group=args.group,
-            bundle_sha256=plan.sha256,
-            bundle_name=plan.name,
-            bundle_version=plan.version,
-            waves=waves,
-            soak_s=args.soak,
-            criteria=Criteria(
-                max_failed_pct=args.max_failed_pct,
-                max_error_events_pct=args.max_error_events_pct,
-                max_tick_p99_ratio=args.max_tick_p99_ratio,
-                baseline_s=args.baseline,
-                health=health,
-                shadow=shadow,
-            ),
-            rollback_sha256=rollback.sha256 if rollback is not None else None,
-            chunk_size=args.chunk_size,
-            rate_chunks_s=args.rate,
-            deploy_timeout_s=args.deploy_timeout,
-            watch_ticks=args.watch_ticks,
-            health_steps=args.health_steps,
-            shadow_s=args.shadow_s,
-            selector={"nodes": args.node, "labels": labels, "skipped_offline": offline},
-        )
-        summary = {
-            "group": args.group,
-            "bundle_sha256": plan.sha256,
-            "nodes": nodes,
-            "waves": waves,
-            "skipped_offline": offline,
-            "criteria": [c.text() for c in shadow] + [c.text() for c in health],
-        }
-        if args.shadow_s > 0.0:
-            summary["shadow_s"] = args.shadow_s
+        try:
+            summary = store_rollout(
+                db, args, plan, rollback=rollback, silent_after_s=config.config.hub.silent_after_s,
+                on_stored=on_stored,
+            )  # fmt: skip
+        except CriterionError as err:  # bad input: one line, exit 2, nothing stored or sent
+            print(f"edge-agent-hub {command}: {err}", file=sys.stderr)
+            return 2
         if args.dry_run:
             print(json.dumps(summary) if args.json else _plan_text(summary))
             return 0
-        store.put_bundle(plan.data, plan.sha256, plan.name, plan.version)
-        if rollback is not None:
-            store.put_bundle(rollback.data, rollback.sha256, rollback.name, rollback.version)
-        rollout_id = store.create(rollout, nodes)
-        summary["id"] = rollout_id
+        rollout_id = summary["id"]
         summary["follow"] = shlex.join(
             ["edge-agent-hub", "rollout", "status", "--config", str(args.config), rollout_id,
              "--follow"]
@@ -292,10 +187,99 @@ def _start_checked(args: argparse.Namespace) -> int:
             if not args.follow:
                 print(f"follow it: {summary['follow']}")
         if args.follow:
-            return _follow(store, rollout_id, as_json=args.json)
+            return _follow(RolloutStore(db), rollout_id, as_json=args.json)
     finally:
         db.close()
     return 0
+
+
+def store_rollout(
+    db: HubDatabase,
+    args: argparse.Namespace,
+    plan: DeployPlan,
+    *,
+    rollback: DeployPlan | None = None,
+    silent_after_s: float,
+    on_stored: Callable[[HubDatabase, str], None] | None = None,
+) -> dict[str, Any]:
+    """The rollout of ``plan`` (``rollback``: of ``--rollback-bundle``) the options of
+    :func:`add_start_options` in ``args`` say, stored in ``db`` with its bundles (not with
+    ``args.dry_run``): its summary, with ``id`` when stored. FleetError or CriterionError (one
+    line) when it cannot be started."""
+    shadow = [
+        parse_shadow_criterion(t) for t in args.criterion if t.strip().startswith(SHADOW_PREFIX)
+    ]
+    health = [
+        parse_criterion(t) for t in args.criterion if not t.strip().startswith(SHADOW_PREFIX)
+    ]
+    check_shadow_time(shadow, args.shadow_s)
+    store = RolloutStore(db)
+    labels = _labels(args.label)
+    nodes, offline = select_nodes(
+        db.fleet(),
+        args.group,
+        names=args.node,
+        labels=labels,
+        include_offline=args.include_offline,
+        silent_after_s=silent_after_s,
+    )
+    if not nodes:
+        raise FleetError(
+            f"no {'' if args.include_offline else 'online '}node runs group {args.group!r}"
+            + (f" with {labels}" if labels else "")
+            + (f" matching {args.node}" if args.node else "")
+            + (f" ({len(offline)} offline or silent)" if offline else "")
+        )
+    if health:
+        check_reported(health, args.group, db.health_reported())
+    waves = plan_waves(
+        len(nodes),
+        args.waves.split(",") if args.exponential is None else None,
+        exponential=args.exponential,
+    )
+    rollout = RolloutPlan(
+        group=args.group,
+        bundle_sha256=plan.sha256,
+        bundle_name=plan.name,
+        bundle_version=plan.version,
+        waves=waves,
+        soak_s=args.soak,
+        criteria=Criteria(
+            max_failed_pct=args.max_failed_pct,
+            max_error_events_pct=args.max_error_events_pct,
+            max_tick_p99_ratio=args.max_tick_p99_ratio,
+            baseline_s=args.baseline,
+            health=health,
+            shadow=shadow,
+        ),
+        rollback_sha256=rollback.sha256 if rollback is not None else None,
+        chunk_size=args.chunk_size,
+        rate_chunks_s=args.rate,
+        deploy_timeout_s=args.deploy_timeout,
+        watch_ticks=args.watch_ticks,
+        health_steps=args.health_steps,
+        shadow_s=args.shadow_s,
+        selector={"nodes": args.node, "labels": labels, "skipped_offline": offline},
+    )
+    summary: dict[str, Any] = {
+        "group": args.group,
+        "bundle_sha256": plan.sha256,
+        "nodes": nodes,
+        "waves": waves,
+        "skipped_offline": offline,
+        "criteria": [c.text() for c in shadow] + [c.text() for c in health],
+    }
+    if args.shadow_s > 0.0:
+        summary["shadow_s"] = args.shadow_s
+    if args.dry_run:
+        return summary
+    store.put_bundle(plan.data, plan.sha256, plan.name, plan.version)
+    if rollback is not None:
+        store.put_bundle(rollback.data, rollback.sha256, rollback.name, rollback.version)
+    summary["id"] = store.create(rollout, nodes)
+    if on_stored is not None:
+        on_stored(db, summary["id"])
+    return summary
 
 
 def _plan_text(summary: dict[str, Any]) -> str:

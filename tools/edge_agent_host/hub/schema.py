@@ -248,6 +248,51 @@ MIGRATIONS: Final = (
             "CREATE INDEX rollout_verdicts_rollout ON rollout_verdicts (rollout, id)",
         ),
     ),
+    Migration(
+        4,
+        "learning deltas and the rounds that merge them",
+        (
+            # Every learning delta heard (docs/fleet-learning.md "On the hub"), once per
+            # (node, group, seq): status 'accepted' or the reason it was refused (then tables is
+            # NULL). line / version: the model line and version it says it learned against;
+            # experience: its largest per-table agent-ticks; tables: the msgpack of its
+            # CountsDelta list; round_id: the round that merged it (NULL: not merged yet).
+            """CREATE TABLE learning_deltas (
+                id {id},
+                node TEXT NOT NULL,
+                grp TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                received {real} NOT NULL,
+                line TEXT NOT NULL,
+                version TEXT NOT NULL,
+                model_sha256 TEXT NOT NULL,
+                experience BIGINT NOT NULL,
+                status TEXT NOT NULL,
+                tables {blob},
+                round_id BIGINT,
+                UNIQUE (node, grp, seq)
+            )""",
+            "CREATE INDEX learning_deltas_line ON learning_deltas (line, status, round_id)",
+            # One row per round built (or refused by the converter's gate): the bundle it made,
+            # the merged counts and the line's first prior (npz), its provenance (JSON:
+            # nodes, experience, what was refused or capped), the rollout that published it.
+            """CREATE TABLE learning_rounds (
+                id {id},
+                line TEXT NOT NULL,
+                created {real} NOT NULL,
+                state TEXT NOT NULL,
+                parent_sha256 TEXT NOT NULL,
+                version TEXT NOT NULL,
+                bundle_sha256 TEXT,
+                bundle {blob},
+                counts {blob} NOT NULL,
+                base {blob} NOT NULL,
+                provenance TEXT NOT NULL,
+                rollout TEXT
+            )""",
+            "CREATE INDEX learning_rounds_line ON learning_rounds (line, id)",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

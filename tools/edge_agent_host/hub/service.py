@@ -10,8 +10,9 @@ and fills the bounded queue; this loop, on the main thread, is the only writer:
    leaves the spool;
 3. run what is due: the status file, the replica's heartbeat row and the Prometheus file
    (``status_interval_s``), the retention bounds (``maintenance_interval_s``), the "database
-   unreachable" report (``report_interval_s``, while it is), rebirth requests, the systemd
-   watchdog;
+   unreachable" report (``report_interval_s``, while it is), rebirth requests, a look for the
+   learning rounds due (``[learning] check_interval_s``: the rounds run on the policy's own
+   thread and connection, :mod:`.learning_policy`), the systemd watchdog;
 4. wait for the next message (or, with the database down, for the next attempt).
 
 Every database call runs on the database's own thread with a deadline
@@ -43,13 +44,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from edge_agent import __version__
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError, SignatureError
 from edge_agent.fleet.comms.base import Backoff, Transport
-from edge_agent.fleet.protocol import RebirthRequest
+from edge_agent.fleet.protocol import LearningDelta, RebirthRequest
 from edge_agent.fleet.topics import Topics
 from edge_agent.fsutil import write_atomic
 from edge_agent.service.metrics import Metrics
@@ -64,6 +65,7 @@ from edge_agent_host.hub.config import (
 )
 from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hub.engines import Engine, PostgresEngine, SqliteEngine
+from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.listener import FleetListener
 from edge_agent_host.hub.publisher import HubPublisher
 from edge_agent_host.hub.queue import Heard, HeldMessages
@@ -76,6 +78,9 @@ from edge_agent_host.hub.store import (
     to_json,
 )
 from edge_agent_host.hub.web import GroupHealthHistory, WebServer, build_snapshot
+
+if TYPE_CHECKING:
+    from edge_agent_host.hub.learning_policy import LearningPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +143,35 @@ def web_server(source: HubConfigFile) -> WebServer | None:
         raise source.error([(("http", "port"), problem)]) from err
 
 
+def learning_policy(source: HubConfigFile) -> LearningPolicy | None:
+    """The replica's learning rounds when ``[learning]`` runs them (``every_s`` or
+    ``min_experience``; the config makes sure ``[rollouts] key_file`` is set): a database
+    connection of its own for each look, signing with the hub's key."""
+    config = source.config
+    key_file = config.rollouts.key_file
+    if not config.learning.enabled or key_file is None:
+        return None
+    # The converter a round uses, only on a replica that runs rounds.
+    from edge_agent_host.hub.learning_policy import LearningPolicy  # noqa: PLC0415
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - only with rounds
+
+    try:
+        key = load_signing_key(key_file)
+    except (OSError, EdgeAgentError) as err:
+        raise source.error([(("rollouts", "key_file"), str(err))]) from err
+    hub_id = config.hub.effective_id()
+
+    def open_db() -> HubDatabase:
+        db = HubDatabase(make_engine(source, application_name=f"edge-agent-hub {hub_id} learning"))
+        db.open()
+        return db
+
+    return LearningPolicy(
+        config.learning, open_db, key, signer=f"edge-agent-hub {hub_id}",
+        silent_after_s=config.hub.silent_after_s,
+    )  # fmt: skip
+
+
 def rollout_runner(source: HubConfigFile) -> Callable[[HubPublisher], RolloutRunner] | None:
     """The replica's rollout runner when ``[rollouts] key_file`` is set, given the service's
     publisher: its own database connection, under the same deadline as the service's, no broker
@@ -188,6 +222,7 @@ class HubService:
         drain_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
         rollouts: Callable[[HubPublisher], RolloutRunner] | None = None,
+        learning: LearningPolicy | None = None,
         web: WebServer | None = None,
     ) -> None:
         self.config = config
@@ -203,6 +238,10 @@ class HubService:
         )
         self.queue = HeldMessages(q.max_messages, q.max_bytes, self.spool)
         self.db = HubDatabase(engine)
+        # Learning deltas are stored, checked and counted by the learning tables' own module.
+        self.learning = LearningStore(self.db)
+        self.db.add_writer(LearningDelta.TYPE, self.learning.ingest)
+        self.learning_counts: dict[str, int] = {}
         self.db_thread = DatabaseThread()
         self._close_pending = False
         self.transport = transport
@@ -250,6 +289,15 @@ class HubService:
             self._outage_report,
             Periodic(1.0, self._request_rebirths, now=now, first_after=True),
         ]
+        # Rounds run by themselves ([learning]): a look every check_interval_s, on the
+        # policy's own thread and database connection.
+        self.learning_policy = learning
+        if learning is not None:
+            self._jobs.append(
+                Periodic(
+                    config.learning.check_interval_s, learning.step, now=now, first_after=True
+                )
+            )
 
     @classmethod
     def from_config(cls, source: HubConfigFile) -> HubService:
@@ -302,6 +350,7 @@ class HubService:
             transport=transport,
             hub_keys=keys,
             rollouts=rollout_runner(source),
+            learning=learning_policy(source),
             web=web_server(source),
         )
 
@@ -477,6 +526,8 @@ class HubService:
         self.notifier.stopping()
         if self.rollouts is not None:
             self.rollouts.stop()  # a deploy under way stops between two rounds; resumed later
+        if self.learning_policy is not None:
+            self.learning_policy.join(self.drain_timeout_s)  # a round under way ends
         if self.web is not None:
             self.web.stop()
         self.transport.disconnect()
@@ -668,6 +719,11 @@ class HubService:
         return self.publisher.publish(topic, body)
 
     def _report_status(self) -> None:
+        if self._db_usable():
+            try:
+                self.learning_counts = self._db_call(self.learning.counts_by_reason)
+            except DatabaseUnavailableError as err:
+                self._db_lost(str(err))
         status = self.status()
         self._write_status(status)
         if self._db_usable():
@@ -786,6 +842,10 @@ class HubService:
             "maintenance": dict(self.maintenance),
             "counters": self.metrics.values(),
             "rollouts": None if self.rollouts is None else self.rollouts.status(),
+            "learning": dict(self.learning_counts),
+            "learning_rounds": None
+            if self.learning_policy is None
+            else dict(self.learning_policy.counts),
             "http": None
             if self.web is None
             else {

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +116,12 @@ class HubDatabase:
         self.written = 0
         self.rejected = 0
         self.last_error = ""
+        self._writers: dict[str, Callable[[Heard], None]] = {}
+
+    def add_writer(self, msg_type: str, write: Callable[[Heard], None]) -> None:
+        """Messages of ``msg_type`` are written by ``write`` (inside the batch's transaction,
+        through :meth:`execute`), e.g. the learning deltas (:mod:`.learning_store`)."""
+        self._writers[msg_type] = write
 
     # connection -------------------------------------------------------------------------------
     @property
@@ -307,6 +313,8 @@ class HubDatabase:
                 self._result(heard, body)
             elif isinstance(body, Command):
                 self._command(heard, body)
+            elif heard.kind in self._writers:
+                self._writers[heard.kind](heard)
 
     def _register_nodes(self, batch: Sequence[Heard]) -> None:
         """A row for every sender, and ``last_seen`` for those heard live (not retained)."""

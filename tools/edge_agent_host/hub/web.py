@@ -48,6 +48,8 @@ from edge_agent_host.hub.fleet_view import (
     fleet_page,
     rollout_failures,
 )
+from edge_agent_host.hub.learning_checks import Refusal
+from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
 
@@ -82,6 +84,8 @@ class FleetSnapshot:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     rollouts: list[dict[str, Any]] = field(default_factory=list)
     groups: list[dict[str, Any]] = field(default_factory=list)
+    #: The newest learning rounds with their provenance (docs/fleet-learning.md).
+    learning_rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +94,7 @@ class FleetSnapshot:
             "nodes": self.nodes,
             "rollouts": self.rollouts,
             "groups": self.groups,
+            "learning_rounds": self.learning_rounds,
         }
 
 
@@ -203,7 +208,8 @@ def build_snapshot(
     silent_after_s: float = SILENT_AFTER_S,
     history: GroupHealthHistory | None = None,
 ) -> FleetSnapshot:
-    """Read the registry and the recent rollouts (raises DatabaseUnavailableError); each node's
+    """Read the registry, the recent rollouts and learning rounds (raises
+    DatabaseUnavailableError); each node's
     presence as of ``now`` (``silent_after_s``: ``[hub] silent_after_s``); each group's health
     summary (a point more in ``history``'s plots)."""
     now = time.time() if now is None else now
@@ -262,6 +268,7 @@ def build_snapshot(
         nodes=nodes,
         rollouts=rollouts,
         groups=group_summaries(nodes, now, history),
+        learning_rounds=LearningStore(db).recent_rounds(limit=10),
     )
 
 
@@ -430,6 +437,22 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
         yield CounterMetricFamily(
             f"edge_agent_hub_mqtt_{name}", doc, value=float(counters.get(key) or 0)
         )
+
+    learning: Mapping[str, Any] = status.get("learning") or {}
+    if learning:
+        yield CounterMetricFamily(
+            "edge_agent_hub_learning_deltas_accepted",
+            "Learning deltas the hub accepted (each (node, group, seq) once, fleet-wide)",
+            value=float(learning.get("accepted") or 0),
+        )
+        refused = CounterMetricFamily(
+            "edge_agent_hub_learning_deltas_refused",
+            "Learning deltas the hub refused, by reason (docs/fleet-learning.md)",
+            labels=["reason"],
+        )
+        for reason in Refusal:
+            refused.add_metric([reason.value], float(learning.get(reason.value) or 0))
+        yield refused
 
     rollouts: Mapping[str, Any] | None = status.get("rollouts")
     if rollouts:

@@ -23,6 +23,7 @@ from edge_agent.fleet.protocol import NodeState
 from edge_agent_host.hub import web
 from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.fleet_view import FleetQuery, fleet_page
+from edge_agent_host.hub.learning_checks import Refusal
 from edge_agent_host.hub.store import HubDatabase
 from edge_agent_host.hub.web import (
     FleetSnapshot,
@@ -286,6 +287,34 @@ def test_the_hubs_own_numbers_become_these_metrics() -> None:
     assert values[("edge_agent_hub_rollout_rollbacks_total", ())] == 1
     assert values[("edge_agent_hub_http_connections_total", (("outcome", "evicted"),))] == 2
 
+
+
+def promtool_check(text: bytes) -> None:
+    """promtool takes the exposition as it is (Debian's prometheus package ships promtool)."""
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool not found: apt-get install prometheus"
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, check=False
+    )
+    assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
+
+
+def test_the_learning_deltas_become_counters_with_one_label_per_reason() -> None:
+    """docs/fleet-learning.md: accepted, and refused by a fixed set of reasons (every one
+    exported, zeros too: the label set does not depend on what the fleet sent)."""
+    learning = {"accepted": 12, "negative": 2, "mass": 1, "outlier": 3}
+    values = scrape(snapshot(), {**HUB_STATUS, "learning": learning})
+    assert values[("edge_agent_hub_learning_deltas_accepted_total", ())] == 12
+    refused = {
+        dict(labels)["reason"]: v
+        for (name, labels), v in values.items()
+        if name == "edge_agent_hub_learning_deltas_refused_total"
+    }
+    assert refused == {r.value: float(learning.get(r.value, 0)) for r in Refusal}
+    assert not any("learning" in name for name, _ in scrape(snapshot(), HUB_STATUS))
+    registry = CollectorRegistry()
+    registry.register(collector_for(Holder(snapshot(), {**HUB_STATUS, "learning": learning})))
+    promtool_check(generate_latest(registry))
 
 def test_the_grafana_dashboard_asks_only_for_exported_metrics() -> None:
     exported = {name for name, _ in scrape(snapshot(), HUB_STATUS)}

@@ -1,0 +1,186 @@
+"""The fleet merge (hub/learning_merge.py): a sum of deltas, forgetting, the cap per column, the
+leave-one-out score, and the fraction of poisoned nodes it tolerates."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from edge_agent_host.hub.learning_merge import (
+    MergeSettings,
+    cap_shares,
+    leave_one_out_scores,
+    merge_round,
+    nanmedian_first_axis,
+)
+
+S, U = 4, 2
+TICKS = 50  # transitions per column each node saw
+LR = 1.0
+OFF = MergeSettings(max_share=1.0, mad_k=float("inf"))  # a plain sum: no safeguard
+
+
+def true_b(seed: int = 0) -> np.ndarray:
+    """A random transition table ``(S, S, U)`` (columns sum to 1)."""
+    rng = np.random.default_rng(seed)
+    return rng.dirichlet(np.full(S, 0.5), size=(S, U)).transpose(2, 0, 1)
+
+
+def honest(b: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
+    """``n`` nodes' increments ``(n, S, S, U)``: ``TICKS`` transitions per column drawn from ``b``,
+    ``lr`` each (what a node learns with exact state estimates)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, S, S, U))
+    for i in range(n):
+        for s in range(S):
+            for u in range(U):
+                out[i, :, s, u] = LR * rng.multinomial(TICKS, b[:, s, u])
+    return out
+
+
+def poisoned(b: np.ndarray, k: int) -> np.ndarray:
+    """``k`` nodes that put all of an honest node's mass on each column's least likely state."""
+    out = np.zeros((k, S, S, U))
+    wrong = np.argmin(b, axis=0)
+    for s in range(S):
+        for u in range(U):
+            out[:, wrong[s, u], s, u] = LR * TICKS
+    return out
+
+
+def worst_tv(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest total variation distance between two count tables' normalised columns."""
+    pa, pb = a / a.sum(axis=0, keepdims=True), b / b.sum(axis=0, keepdims=True)
+    return float(0.5 * np.abs(pa - pb).sum(axis=0).max())
+
+
+PRIOR = np.full((S, S, U), 0.5)
+
+
+DEFAULTS = MergeSettings()
+
+
+def merged(deltas: np.ndarray, settings: MergeSettings = DEFAULTS) -> np.ndarray:
+    return merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": deltas}, settings).counts["B0"]
+
+
+def test_the_fleet_model_is_the_prior_plus_the_sum_never_an_average() -> None:
+    d = honest(true_b(), 3)
+    result = merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": d}, MergeSettings())
+    np.testing.assert_allclose(result.counts["B0"], PRIOR + d.sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(result.mass, d.sum(axis=(1, 2, 3)), rtol=1e-12)
+    assert not result.refused.any()
+    assert not result.capped.any()
+
+
+def test_forgetting_scales_what_earlier_rounds_merged_not_the_base() -> None:
+    base = PRIOR
+    current = PRIOR + 8.0
+    d = honest(true_b(), 3)
+    for f in (0.0, 0.5, 1.0):
+        got = merge_round({"B0": base}, {"B0": current}, {"B0": d}, MergeSettings(forgetting=f))
+        np.testing.assert_allclose(
+            got.counts["B0"], base + f * (current - base) + d.sum(axis=0), rtol=1e-12
+        )
+
+
+def test_a_tables_that_a_node_did_not_learn_keep_their_counts() -> None:
+    d = honest(true_b(), 3)
+    got = merge_round(
+        {"B0": PRIOR, "D0": np.ones(S)}, {"B0": PRIOR, "D0": np.ones(S) * 3}, {"B0": d},
+        MergeSettings(forgetting=0.5),
+    )
+    np.testing.assert_allclose(got.counts["D0"], np.full(S, 2.0))
+
+
+def test_one_node_is_capped_to_its_share_of_a_column() -> None:
+    d = honest(true_b(), 5)
+    d[0] *= 20  # an honest node with far more experience than the others, or a loud one
+    capped, flags = cap_shares(d.reshape(5, S, -1), 0.25)
+    mass = capped.sum(axis=1)
+    share = mass[0] / (mass[0] + d.reshape(5, S, -1)[1:].sum(axis=(0, 1)))
+    assert flags.tolist() == [True, False, False, False, False]
+    assert share.max() == pytest.approx(0.25, rel=1e-9)
+    np.testing.assert_array_equal(capped[1:], d.reshape(5, S, -1)[1:])  # the others untouched
+    # a column only one node visited is left to the score: it is not capped
+    alone = np.zeros((3, S, 1))
+    alone[0, 0, 0] = 7.0
+    kept, flags = cap_shares(alone, 0.25)
+    assert kept[0, 0, 0] == 7.0
+    assert not flags.any()
+
+
+def test_the_score_is_the_log_evidence_per_unit_mass_under_the_others() -> None:
+    prior = {"B0": np.array([[1.0], [1.0]])}
+    d = np.array([[[3.0], [1.0]], [[3.0], [1.0]], [[0.0], [2.0]]])  # (nodes, rows, columns)
+    scores = leave_one_out_scores(prior, {"B0": d})
+    # node 0: others' mass 6 spread as the median of (0.75, 0.25), (0.75, 0.25), (0, 1):
+    # (0.75, 0.25) -> model (1 + 4.5, 1 + 1.5) / 8
+    p = np.array([5.5, 2.5]) / 8
+    assert scores[0] == pytest.approx((3 * np.log(p[0]) + 1 * np.log(p[1])) / 4)
+    # node 2: others' mass 8 -> (1 + 6, 1 + 2) / 10
+    q = np.array([7.0, 3.0]) / 10
+    assert scores[2] == pytest.approx(np.log(q[1]))
+    assert scores[2] < scores[0]
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_fewer_poisoned_nodes_than_honest_ones_do_not_move_the_fleet_model(k: int) -> None:
+    """10 honest nodes learn the true B; k nodes send as much mass on wrong transitions. The
+    merged model stays within 0.01 (total variation, worst column) of the honest-only merge,
+    every poisoned node refused; a plain sum is pulled far away."""
+    b = true_b()
+    good = honest(b, 10)
+    both = np.concatenate([good, poisoned(b, k)])
+    result = merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": both}, MergeSettings())
+    assert result.refused.tolist() == [False] * 10 + [True] * k
+    assert worst_tv(result.counts["B0"], merged(good)) <= 0.01
+    assert worst_tv(merged(both, OFF), merged(good)) > 0.08
+
+
+def test_as_many_poisoned_nodes_as_honest_ones_break_the_rule() -> None:
+    """The stated limit: with 10 against 10 the medians come from the poisoned side."""
+    b = true_b()
+    good = honest(b, 10)
+    both = np.concatenate([good, poisoned(b, 10)])
+    assert worst_tv(merged(both), merged(good)) > 0.3
+
+
+def test_few_nodes_are_not_judged_by_their_score() -> None:
+    b = true_b()
+    both = np.concatenate([honest(b, 1), poisoned(b, 1)])
+    result = merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": both}, MergeSettings())
+    assert not result.refused.any()  # 2 < min_scored: the cap is all there is
+    assert result.capped.tolist() == [False, False]  # an even split: within max(0.25, 1/2)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"forgetting": 1.5}, "forgetting"),
+        ({"max_share": 0.0}, "max_share"),
+        ({"min_scored": 1}, "min_scored"),
+    ],
+)
+def test_settings_out_of_range_are_refused(settings: dict[str, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MergeSettings(**settings)  # type: ignore[arg-type]
+
+
+def test_shapes_that_differ_are_refused() -> None:
+    with pytest.raises(ValueError, match="deltas have shape"):
+        merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": np.zeros((2, S, S, 1))}, MergeSettings())
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 3, 4, 7, 20])
+def test_the_median_over_nodes_is_numpys_nanmedian(nodes: int) -> None:
+    """The merge's one-sort median (nodes that did not visit a column are NaN there)."""
+    rng = np.random.default_rng(nodes)
+    a = rng.random((nodes, 3, 5))
+    a = np.where(rng.random((nodes, 1, 5)) < 0.5, np.nan, a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's own warns on all-NaN columns
+        expected = np.nanmedian(a, axis=0)
+    np.testing.assert_allclose(nanmedian_first_axis(a), expected, rtol=1e-12)

@@ -1,0 +1,143 @@
+"""Rounds the hub service runs by itself (``[learning]``, hub/learning_policy.py) on the in-memory
+broker and SQLite: deltas heard -> a round due by experience -> built, signed and published as a
+staged rollout with ``[learning] rollout``'s options; and ``[learning]``'s config problems, each
+``file:line: field: problem``."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import ConfigError
+from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
+from edge_agent.fleet.protocol import NodeState
+from edge_agent_host.hub.config import parse_hub_config
+from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.learning_store import LearningStore
+from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.service import HubService, learning_policy
+from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.keys import generate_keypair
+from tests.unit.host.hub.test_learning_store import LINE, delta, deploy, increments
+from tests.unit.host.hub.test_service import FLEET, TOPICS, Node, run_until
+from tests.unit.host.hub.test_store import birth
+
+NODES = ("n1", "n2", "n3")
+
+
+def test_a_round_due_by_experience_is_built_and_published_by_the_service(tmp_path: Path) -> None:
+    keys = generate_keypair(tmp_path / "keys", "hub")
+    text = f"""
+[hub]
+id = "hub-unit"
+state_dir = "{tmp_path / "state"}"
+status_interval_s = 0.1
+
+[mqtt]
+fleet = "{FLEET}"
+
+[database]
+type = "sqlite"
+
+[rollouts]
+key_file = "{keys.private_path}"
+
+[learning]
+min_experience = 100
+check_interval_s = 0.05
+gate_rollouts = 20
+gate_steps = 4
+publish = true
+rollout = ["--group", "grid", "--waves", "1,100%", "--soak", "1"]
+"""
+    source = parse_hub_config(text, "hub.toml")
+    path = source.config.sqlite_path
+    assert path is not None
+    path.parent.mkdir(parents=True)
+    db = HubDatabase(SqliteEngine(path))
+    db.open()
+    sha = deploy(db)  # the hub holds the line's bundle, as rollout start stores it
+    db.close()
+    policy = learning_policy(source)
+    assert policy is not None
+    broker = MemoryBroker()
+    service = HubService(
+        source.config,
+        engine=SqliteEngine(path),
+        transport=MemoryTransport(broker, "hub-unit"),
+        learning=policy,
+    )
+    service.start()
+    try:
+        for i, name in enumerate(NODES):  # 40 agent-ticks each: due at the third
+            node = Node(broker, name)
+            node.send(TOPICS.node_state(name), NodeState(online=True), retain=True)
+            node.send(TOPICS.birth(name), birth(sha=sha), retain=True)
+            node.send(TOPICS.learning(name), delta(sha, 1, increments(i)))
+
+        def published() -> bool:
+            return policy.counts["published"] + policy.counts["errors"] > 0
+
+        run_until(service, published, "a round published", timeout=60.0)
+    finally:
+        service.request_stop()
+        service.shutdown()
+    assert policy.counts == {"built": 1, "refused": 0, "published": 1, "errors": 0}
+    assert service.status()["learning_rounds"]["published"] == 1
+    db = HubDatabase(SqliteEngine(path))
+    db.open()
+    try:
+        store = LearningStore(db)
+        built = store.latest_round(LINE)
+        assert built is not None
+        assert built["provenance"]["experience"] == 120
+        assert sorted(built["provenance"]["nodes"]) == list(NODES)
+        rollout = RolloutStore(db).get(built["rollout"]).summary()
+        assert rollout["bundle_sha256"] == built["bundle_sha256"]
+        assert (rollout["group"], rollout["waves"], rollout["soak_s"]) == ("grid", 2, 1.0)
+        assert store.current_sha256(LINE) == built["bundle_sha256"]  # the line's new version
+        assert policy.due(store, time.time()) == {}  # nothing waits
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    ("learning", "where"),
+    [
+        ("every_s = 3600", "hub.toml:4: learning.every_s: rounds are signed with the hub's key"),
+        (
+            'rollout = ["--group", "grid", "--waves"]',
+            "hub.toml:4: learning.rollout: argument --waves: expected one argument",
+        ),
+        (
+            'rollout = ["--group", "g", "--criterion", "surprize:max_increase=1"]',
+            "hub.toml:4: learning.rollout: --criterion 'surprize:max_increase=1': unknown health",
+        ),
+        (
+            'rollout = ["--group", "g", "--rollback-bundle", "old.tar"]',
+            "hub.toml:4: learning.rollout: unrecognized arguments: --rollback-bundle old.tar",
+        ),
+        (
+            'rollout = ["--group", "g", "--criterion", "shadow:excess_surprise:max_increase=0.1"]',
+            "hub.toml:4: learning.rollout: --criterion 'shadow:excess_surprise:max_increase=0.1",
+        ),
+        ("max_share = 0", "hub.toml:4: learning.max_share: must be > 0"),
+    ],
+)
+def test_learning_config_problems_are_one_line_each(learning: str, where: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_hub_config(f"[hub]\nid = 'a'\n[learning]\n{learning}\n", "hub.toml")
+    assert str(err.value).startswith(where), str(err.value)
+
+
+def test_the_docs_learning_example_is_a_valid_config() -> None:
+    """docs/fleet-learning.md's ``[learning]`` example, beside a key file, as written."""
+    text = (Path(__file__).resolve().parents[4] / "docs" / "fleet-learning.md").read_text()
+    (block,) = re.findall(r"```toml\n(\[learning\].*?)```", text, flags=re.S)
+    learning = parse_hub_config(f'[rollouts]\nkey_file = "hub.key"\n{block}', "h").config.learning
+    assert (learning.enabled, learning.publish, learning.rollout[:2]) == (
+        True, True, ["--group", "grid"],
+    )  # fmt: skip

@@ -1,0 +1,253 @@
+"""``edge-agent-hub learn``: what the fleet's nodes learned, and the rounds that merge it
+(docs/fleet-learning.md "On the hub").
+
+::
+
+    edge-agent-hub learn status [--config FILE] [--json]
+    edge-agent-hub learn build LINE [--config FILE] [--forgetting F]
+        [--max-share S] [--mad-k K] [--rollouts N] [--steps N] [--max-kl X]
+        [--min-action-agreement X] [--out FILE] [--json]
+    edge-agent-hub learn publish LINE [--round ID] --group G [rollout start's options]
+
+``status``: per model line, the deltas accepted and refused by reason, the experience, the
+nodes, what waits for the next round and the last round. ``build``: the next round of the line
+(:func:`~edge_agent_host.hub.learning_round.build_round`), signed with the hub's key
+(``[rollouts] key_file``), its bundle also written to ``--out``; exit 0 built, 1 refused by the
+converter's int8 gate, 2 nothing to build (one line: no bundle of that name, a line that does
+not learn, no accepted experience). ``publish``: a staged rollout of a built round's bundle (the
+line's newest by default) with every option of ``rollout start`` (waves, soak, the behaviour
+gate's ``--criterion``: :func:`~edge_agent_host.hub.rollout_cli.add_start_options`); the round
+records the rollout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edge_agent.fsutil import write_atomic
+from edge_agent_host.fleet.transfer import DeployPlan
+from edge_agent_host.hub.access import open_database
+from edge_agent_host.hub.config import HubConfigFile, load_hub_config
+from edge_agent_host.hub.learning_merge import MergeSettings
+from edge_agent_host.hub.learning_store import LearningStore
+from edge_agent_host.hub.rollout_cli import add_output_options, rollback_plan, start_plan
+from edge_agent_host.hub.rollout_options import add_start_options
+from edge_agent_host.hub.store import HubDatabase
+
+__all__ = ["add_parser", "run", "status_lines"]
+
+
+def add_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    learn: argparse.ArgumentParser = sub.add_parser(
+        "learn",
+        help="what the nodes learned, merged into new model versions (status, build, publish)",
+    )
+    steps = learn.add_subparsers(dest="learn_command", required=True, metavar="ACTION")
+    status = steps.add_parser("status", help="per model line: deltas, refusals, rounds")
+    with_config(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    build = steps.add_parser(
+        "build", help="merge a line's pending deltas into a new signed bundle version"
+    )
+    with_config(build)
+    build.add_argument("line", help="the model line (the bundle name)")
+    defaults = MergeSettings()
+    build.add_argument(
+        "--forgetting",
+        type=float,
+        default=defaults.forgetting,
+        help=f"factor on what earlier rounds merged (default {defaults.forgetting:g})",
+    )
+    build.add_argument(
+        "--max-share",
+        type=float,
+        default=defaults.max_share,
+        help=f"a node's largest share of a column's increment (default {defaults.max_share:g})",
+    )
+    build.add_argument(
+        "--mad-k",
+        type=float,
+        default=defaults.mad_k,
+        help=f"refuse a node scored this many MADs below the median (default {defaults.mad_k:g})",
+    )
+    build.add_argument("--rollouts", type=int, default=200, help="gate: simulated agents")
+    build.add_argument("--steps", type=int, default=30, help="gate: steps per agent")
+    # The gate's thresholds default to the converter's (AifThresholds; None here: the
+    # converter is imported only by a build).
+    build.add_argument(
+        "--max-kl", type=float,
+        help="gate: largest mean belief KL, float against int8 (default: the converter's, 0.01)",
+    )  # fmt: skip
+    build.add_argument(
+        "--min-action-agreement", type=float,
+        help="gate: least action agreement (default: the converter's, 0.95)",
+    )  # fmt: skip
+    build.add_argument("--out", type=Path, help="also write the round's signed bundle here")
+    build.add_argument("--json", action="store_true", help="print the round as JSON")
+    publish = steps.add_parser(
+        "publish", help="a staged rollout of a built round's bundle (rollout start's options)"
+    )
+    with_config(publish)
+    publish.add_argument("line", help="the model line (the bundle name)")
+    publish.add_argument("--round", type=int, help="the round's id (default: the newest built)")
+    add_start_options(publish)
+    add_output_options(publish)
+
+
+def run(args: argparse.Namespace) -> int:
+    # The files named on the command line first, then the config (as every command does).
+    problem = _out_problem(args.out) if getattr(args, "out", None) is not None else None
+    if problem is not None:
+        print(f"edge-agent-hub learn build: {problem}", file=sys.stderr)
+        return 2
+    rollback = rollback_plan(args) if args.learn_command == "publish" else None
+    source = load_hub_config(args.config)
+    if args.learn_command == "status":
+        db = open_database(source)
+        try:
+            rows = LearningStore(db).status()
+        finally:
+            db.close()
+        if args.json:
+            print(json.dumps(rows, sort_keys=True))
+        else:
+            print("\n".join(status_lines(rows)) if rows else "no learning deltas heard")
+        return 0
+    if args.learn_command == "publish":
+        return _publish(args, source, rollback)
+    return _build(args, source)
+
+
+def _publish(args: argparse.Namespace, source: HubConfigFile, rollback: DeployPlan | None) -> int:
+    db = open_database(source)
+    try:
+        found = LearningStore(db).latest_round(args.line, round_id=args.round)
+    finally:
+        db.close()
+    if found is None or found["bundle"] is None:
+        which = "no built round" if args.round is None else f"no built round {args.round}"
+        print(
+            f"edge-agent-hub learn publish: model line {args.line!r} has {which} "
+            "(edge-agent-hub learn status)",
+            file=sys.stderr,
+        )
+        return 2
+    plan = DeployPlan.from_bytes(found["bundle"], args.chunk_size, where=f"round {found['id']}")
+
+    def published(db: HubDatabase, rollout_id: str) -> None:
+        LearningStore(db).set_rollout(found["id"], rollout_id)
+
+    return start_plan(args, plan, "learn publish", rollback=rollback, on_stored=published)
+
+
+def _out_problem(out: Path) -> str | None:
+    """Why ``--out`` cannot take the round's bundle, before any work (None: it can)."""
+    where = out.absolute().parent
+    if out.is_dir():
+        return f"{out}: is a directory; name the bundle file to write"
+    if not where.is_dir():
+        return f"{out}: cannot write it: {where}: no such directory"
+    if not os.access(where, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        return f"{out}: cannot write it: Permission denied"
+    return None
+
+
+def _build(args: argparse.Namespace, source: HubConfigFile) -> int:
+    # The converter (and cryptography) only for a build: the other hub commands start light.
+    from edge_agent_host.converter.aif.options import AifThresholds  # noqa: PLC0415
+    from edge_agent_host.hub.learning_round import (  # noqa: PLC0415
+        LearnInputError,
+        RoundSettings,
+        build_round,
+    )
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
+
+
+    key_file = source.config.rollouts.key_file
+    if key_file is None:
+        print(
+            "edge-agent-hub learn build: it signs with the hub's key: set [rollouts] key_file",
+            file=sys.stderr,
+        )
+        return 2
+    asked = {"max_kl": args.max_kl, "min_action_agreement": args.min_action_agreement}
+    gate = {k: v for k, v in asked.items() if v is not None}
+    try:
+        settings = RoundSettings(
+            merge=MergeSettings(
+                forgetting=args.forgetting, max_share=args.max_share, mad_k=args.mad_k
+            ),
+            rollouts=args.rollouts,
+            steps=args.steps,
+            thresholds=replace(AifThresholds(), **gate),
+        )
+    except ValueError as err:
+        print(f"edge-agent-hub learn build: {err}", file=sys.stderr)
+        return 2
+    key = load_signing_key(key_file)
+    db = open_database(source, write=True)
+    try:
+        store = LearningStore(db)
+        try:
+            summary = build_round(store, args.line, key, signer="edge-agent-hub", settings=settings)
+        except LearnInputError as err:
+            print(f"edge-agent-hub learn build: {err}", file=sys.stderr)
+            return 2
+        built = store.latest_round(args.line, round_id=summary["round"])
+    finally:
+        db.close()
+    if args.out is not None and built is not None and built["bundle"] is not None:
+        write_atomic(args.out, built["bundle"])
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print(round_line(summary))
+        if summary["state"] != "built":
+            for check in summary["gate"]:
+                print(f"  {check}")
+    return 0 if summary["state"] == "built" else 1
+
+
+def round_line(s: Mapping[str, Any]) -> str:
+    """One round: what it built from whom, and what it refused or capped."""
+    verdict = (
+        f"built {s['line']}@{s['version']} {str(s['bundle_sha256'])[:12]}"
+        if s["state"] == "built"
+        else f"REFUSED by the int8 gate: {s['line']}@{s['version']}"
+    )
+    return (
+        f"round {s['round']}: {verdict} from {s['parent']}: {s['deltas']} deltas of "
+        f"{len(s['nodes'])} nodes, {s['experience']} agent-ticks merged; "
+        f"{len(s['outliers'])} nodes refused (outlier), {len(s['capped'])} capped"
+    )
+
+
+def status_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``learn status``'s lines, one paragraph per model line."""
+    out: list[str] = []
+    for r in rows:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(r["refused"].items())) or "none"
+        out.append(
+            f"{r['line']}: {r['accepted']} deltas accepted ({r['experience']} agent-ticks, "
+            f"{r['nodes']} nodes), refused: {refused}; {r['capped']} capped"
+        )
+        w = r["waiting"]
+        out.append(f"  waiting for a round: {w['deltas']} deltas, {w['experience']} agent-ticks")
+        last = r["last_round"]
+        if last is None:
+            out.append("  no round yet")
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["created"]))
+            out.append(
+                f"  last round {last['id']} {stamp}: {last['state']} {r['line']}@"
+                f"{last['version']} ({last['nodes']} nodes, {last['experience']} agent-ticks)"
+            )
+    return out

@@ -1,0 +1,175 @@
+"""Rounds the hub service runs by itself (``[learning]``, docs/fleet-learning.md "Rounds run by
+the service").
+
+:meth:`LearningPolicy.run_due` looks at every model line (``[learning] lines``, or every line
+with deltas) and builds a round of each one that is due: it has accepted experience waiting and
+its last round is ``every_s`` old (or it never had one), or ``min_experience`` agent-ticks wait.
+A round the converter's gate refused is not tried again until more experience arrives. With
+``publish``, a built round's bundle starts a staged rollout with ``[learning] rollout``'s options
+(those of ``rollout start``, the behaviour gate's criteria too), recorded with the round.
+
+The service calls :meth:`LearningPolicy.step` from its loop every ``check_interval_s``: a due
+check and its rounds run on a thread of their own with a database connection of their own (a
+round converts and simulates for seconds; the service's writes go on meanwhile), one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from edge_agent_host.converter.aif.options import AifThresholds
+from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.transfer import DeployPlan
+from edge_agent_host.hub.config import LearningSection
+from edge_agent_host.hub.learning_merge import MergeSettings
+from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
+from edge_agent_host.hub.learning_store import LearningStore
+from edge_agent_host.hub.rollout_cli import store_rollout
+from edge_agent_host.hub.rollout_options import parse_start_options
+from edge_agent_host.hub.store import HubDatabase
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+__all__ = ["LearningPolicy"]
+
+logger = logging.getLogger("edge_agent_host.hub.learning")
+
+
+class LearningPolicy:
+    """Builds (and publishes) the rounds that are due (module docstring)."""
+
+    def __init__(
+        self,
+        section: LearningSection,
+        open_db: Callable[[], HubDatabase],
+        key: Ed25519PrivateKey,
+        *,
+        signer: str,
+        silent_after_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.section = section
+        self.open_db = open_db
+        self.key = key
+        self.signer = signer
+        self.silent_after_s = silent_after_s
+        self.clock = clock
+        self.settings = RoundSettings(
+            merge=MergeSettings(
+                forgetting=section.forgetting, max_share=section.max_share, mad_k=section.mad_k
+            ),
+            rollouts=section.gate_rollouts,
+            steps=section.gate_steps,
+            thresholds=AifThresholds(),
+        )
+        self.rollout = parse_start_options(section.rollout) if section.publish else None
+        self._refused_at: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+        self.counts = {"built": 0, "refused": 0, "published": 0, "errors": 0}
+
+    # the service's side -----------------------------------------------------------------------
+    def step(self) -> bool:
+        """Start a look for due rounds on the policy's thread unless one is under way; whether
+        it started one."""
+        if self._thread is not None and self._thread.is_alive():
+            return False
+        self._thread = threading.Thread(target=self._run, name="learning-rounds", daemon=True)
+        self._thread.start()
+        return True
+
+    def join(self, timeout_s: float) -> None:
+        """Wait for a round under way (the service's stop)."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        try:
+            db = self.open_db()
+        except Exception as err:  # the database: the next look tries again
+            self.counts["errors"] += 1
+            logger.warning("learning rounds: the database cannot be opened: %s", err)
+            return
+        try:
+            self.run_due(db)
+        except Exception:  # logged, counted; the next look tries again
+            self.counts["errors"] += 1
+            logger.exception("learning rounds failed")
+        finally:
+            db.close()
+
+    # the policy -------------------------------------------------------------------------------
+    def due(self, store: LearningStore, now: float) -> dict[str, int]:
+        """The lines a round is due for, with the experience waiting (module docstring)."""
+        s = self.section
+        out: dict[str, int] = {}
+        for row in store.status():
+            line = row["line"]
+            if s.lines and line not in s.lines:
+                continue
+            waiting = int(row["waiting"]["experience"])
+            if waiting <= self._refused_at.get(line, 0):
+                continue
+            last = row["last_round"]
+            by_time = s.every_s > 0 and (last is None or now - last["created"] >= s.every_s)
+            by_experience = s.min_experience > 0 and waiting >= s.min_experience
+            if by_time or by_experience:
+                out[line] = waiting
+        return out
+
+    def run_due(self, db: HubDatabase) -> list[dict[str, Any]]:
+        """Build (and publish) every round due; their summaries (``rollout``: its id, or
+        ``publish_error``: why it was not published)."""
+        store = LearningStore(db)
+        done = []
+        for line, waiting in self.due(store, self.clock()).items():
+            try:
+                summary = build_round(store, line, self.key, signer=self.signer,
+                                      settings=self.settings)  # fmt: skip
+            except LearnInputError as err:  # nothing against the current version
+                logger.debug("learning round of %s: %s", line, err)
+                continue
+            if summary["state"] != "built":
+                self.counts["refused"] += 1
+                self._refused_at[line] = waiting
+                logger.warning("learning round %s of %s refused by the int8 gate: %s",
+                               summary["round"], line, "; ".join(summary["gate"]))  # fmt: skip
+                done.append(summary)
+                continue
+            self.counts["built"] += 1
+            self._refused_at.pop(line, None)
+            logger.info(
+                "learning round %s built %s@%s from %d nodes",
+                summary["round"], line, summary["version"], len(summary["nodes"]),
+            )  # fmt: skip
+            if self.rollout is not None:
+                self._publish(db, store, summary)
+            done.append(summary)
+        return done
+
+    def _publish(self, db: HubDatabase, store: LearningStore, summary: dict[str, Any]) -> None:
+        assert self.rollout is not None
+        built = store.latest_round(summary["line"], round_id=summary["round"])
+        if built is None or built["bundle"] is None:
+            raise LookupError(f"round {summary['round']} has no bundle")
+        plan = DeployPlan.from_bytes(
+            built["bundle"], self.rollout.chunk_size, where=f"round {built['id']}"
+        )
+        try:
+            started = store_rollout(
+                db, self.rollout, plan, silent_after_s=self.silent_after_s,
+                on_stored=lambda db, rollout_id: LearningStore(db).set_rollout(
+                    built["id"], rollout_id),
+            )  # fmt: skip
+        except FleetError as err:  # no node online, a criterion no node reports, ...
+            summary["publish_error"] = str(err)
+            self.counts["errors"] += 1
+            logger.warning("learning round %s not published: %s", built["id"], err)
+            return
+        summary["rollout"] = started["id"]
+        self.counts["published"] += 1
+        logger.info("learning round %s published: rollout %s", built["id"], started["id"])
