@@ -28,8 +28,8 @@ from edge_agent_host.hub.config import LearningSection
 from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
 from edge_agent_host.hub.learning_store import LearningStore
-from edge_agent_host.hub.rollout_cli import store_rollout
 from edge_agent_host.hub.rollout_options import parse_start_options
+from edge_agent_host.hub.rollout_start import store_rollout
 from edge_agent_host.hub.store import HubDatabase
 
 if TYPE_CHECKING:
