@@ -474,6 +474,12 @@ class LearningSection(StrictModel):
         '["--group", "grid", "--waves", "1,10%,100%", "--criterion", ...] (no '
         "--rollback-bundle).",
     )
+    catch_up: bool = Field(
+        True,
+        description="Deploy a line's current version (its newest round whose rollout is done) "
+        "to an online node's group that runs another version of the line: a node that joined "
+        "late or was reset.",
+    )
 
     @property
     def enabled(self) -> bool:

@@ -35,6 +35,8 @@ from typing import Any
 from edge_agent.fsutil import write_atomic
 from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.access import open_database
+from edge_agent_host.hub.catch_up_store import RESULTS as CATCH_UP_RESULTS
+from edge_agent_host.hub.catch_up_store import CatchUpStore
 from edge_agent_host.hub.config import HubConfigFile, load_hub_config
 from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_store import LearningStore
@@ -114,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
         db = open_database(source)
         try:
             rows = LearningStore(db).status()
+            catch_ups = CatchUpStore(db)
+            attempts, fleet_versions = catch_ups.by_line(), catch_ups.current_versions()
+            for row in rows:
+                row["catch_ups"] = attempts.get(row["line"], dict.fromkeys(CATCH_UP_RESULTS, 0))
+                row["fleet_version"] = fleet_versions.get(row["line"])
         finally:
             db.close()
         if args.json:
@@ -249,5 +256,12 @@ def status_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             out.append(
                 f"  last round {last['id']} {stamp}: {last['state']} {r['line']}@"
                 f"{last['version']} ({last['nodes']} nodes, {last['experience']} agent-ticks)"
+            )
+        fleet, attempts = r.get("fleet_version"), r.get("catch_ups") or {}
+        if fleet is not None:
+            done = ", ".join(f"{attempts.get(k, 0)} {k}" for k in CATCH_UP_RESULTS)
+            out.append(
+                f"  fleet version {fleet['sha256'][:12]} (round {fleet['round']}, rollout "
+                f"{fleet['rollout']} done); catch-up deployments: {done}"
             )
     return out

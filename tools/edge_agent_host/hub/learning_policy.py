@@ -11,6 +11,8 @@ A round the converter's gate refused is not tried again until more experience ar
 The service calls :meth:`LearningPolicy.step` from its loop every ``check_interval_s``: a due
 check and its rounds run on a thread of their own with a database connection of their own (a
 round converts and simulates for seconds; the service's writes go on meanwhile), one at a time.
+Each look then, with ``[learning] catch_up``, starts a deployment of a line's current version to
+every online node's group behind it (:func:`~edge_agent_host.hub.catch_up_store.catch_up`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent_host.converter.aif.options import AifThresholds
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.transfer import DeployPlan
+from edge_agent_host.hub.catch_up_store import catch_up
 from edge_agent_host.hub.config import LearningSection
 from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
@@ -70,7 +73,9 @@ class LearningPolicy:
         self.rollout = parse_start_options(section.rollout) if section.publish else None
         self._refused_at: dict[str, int] = {}
         self._thread: threading.Thread | None = None
-        self.counts = {"built": 0, "refused": 0, "published": 0, "errors": 0}
+        self.counts = {
+            "built": 0, "refused": 0, "published": 0, "errors": 0, "catch_up_errors": 0
+        }  # fmt: skip
 
     # the service's side -----------------------------------------------------------------------
     def step(self) -> bool:
@@ -99,6 +104,12 @@ class LearningPolicy:
         except Exception:  # logged, counted; the next look tries again
             self.counts["errors"] += 1
             logger.exception("learning rounds failed")
+        try:
+            if self.section.catch_up:
+                self.catch_up(db)
+        except Exception:  # logged, counted; the next look tries again
+            self.counts["catch_up_errors"] += 1
+            logger.exception("catch-up deployments failed")
         finally:
             db.close()
 
@@ -150,6 +161,13 @@ class LearningPolicy:
                 self._publish(db, store, summary)
             done.append(summary)
         return done
+
+    def catch_up(self, db: HubDatabase) -> dict[str, Any]:
+        """Bring the groups behind their line's current version up to it (hub/catch_up_store.py);
+        what the look did."""
+        return catch_up(
+            db, lines=self.section.lines, silent_after_s=self.silent_after_s, now=self.clock()
+        )
 
     def _publish(self, db: HubDatabase, store: LearningStore, summary: dict[str, Any]) -> None:
         assert self.rollout is not None

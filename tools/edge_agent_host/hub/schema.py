@@ -293,6 +293,31 @@ MIGRATIONS: Final = (
             "CREATE INDEX learning_rounds_line ON learning_rounds (line, id)",
         ),
     ),
+    Migration(
+        5,
+        "catch-up deployments of a model line's current version",
+        (
+            # Each deployment the hub started to bring a node's group to its line's current
+            # version (docs/fleet-learning.md "A node that joins late or was reset"): the
+            # version it deployed (sha256) over the one the birth named (running), the node's
+            # bdseq then, the one-node rollout that carries it, and its result: 'pending' while
+            # the rollout runs, then 'ok' or 'failed' (not tried again for that version).
+            """CREATE TABLE catch_up_attempts (
+                id {id},
+                node TEXT NOT NULL,
+                grp TEXT NOT NULL,
+                line TEXT NOT NULL,
+                sha256 TEXT NOT NULL,
+                running TEXT,
+                bdseq BIGINT,
+                rollout TEXT NOT NULL,
+                result TEXT NOT NULL,
+                created {real} NOT NULL,
+                updated {real} NOT NULL
+            )""",
+            "CREATE INDEX catch_up_attempts_result ON catch_up_attempts (result)",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -56,6 +56,7 @@ from edge_agent.fsutil import write_atomic
 from edge_agent.service.metrics import Metrics
 from edge_agent.service.periodic import Periodic
 from edge_agent.service.systemd import SdNotifier
+from edge_agent_host.hub.catch_up_store import CatchUpStore
 from edge_agent_host.hub.config import (
     HubConfig,
     HubConfigFile,
@@ -242,6 +243,7 @@ class HubService:
         self.learning = LearningStore(self.db)
         self.db.add_writer(LearningDelta.TYPE, self.learning.ingest)
         self.learning_counts: dict[str, int] = {}
+        self.catch_up_counts: dict[str, int] = {}
         self.db_thread = DatabaseThread()
         self._close_pending = False
         self.transport = transport
@@ -722,6 +724,8 @@ class HubService:
         if self._db_usable():
             try:
                 self.learning_counts = self._db_call(self.learning.counts_by_reason)
+                if self.learning_policy is not None and self.learning_policy.section.catch_up:
+                    self.catch_up_counts = self._db_call(CatchUpStore(self.db).counts)
             except DatabaseUnavailableError as err:
                 self._db_lost(str(err))
         status = self.status()
@@ -846,6 +850,7 @@ class HubService:
             "learning_rounds": None
             if self.learning_policy is None
             else dict(self.learning_policy.counts),
+            "catch_ups": dict(self.catch_up_counts) if self.catch_up_counts else None,
             "http": None
             if self.web is None
             else {

@@ -41,6 +41,7 @@ from importlib import resources
 from typing import Any, Final
 
 from edge_agent_host.fleet.presence import PRESENCES, SILENT_AFTER_S, presence
+from edge_agent_host.hub.catch_up_store import RESULTS as CATCH_UP_RESULTS
 from edge_agent_host.hub.fleet_view import (
     FleetQuery,
     bundles_of,
@@ -438,6 +439,30 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
             f"edge_agent_hub_mqtt_{name}", doc, value=float(counters.get(key) or 0)
         )
 
+    yield from _learning_families(status)
+
+    rollouts: Mapping[str, Any] | None = status.get("rollouts")
+    if rollouts:
+        for name, key, doc in (
+            ("halts", "halts", "Rollouts halted by a failed criterion or the operator"),
+            ("pauses", "pauses", "Rollouts paused by an inconclusive health verdict"),
+            ("rollbacks", "rollbacks", "Rollouts rolled back"),
+            ("waves_deployed", "waves_deployed", "Rollout waves deployed"),
+            ("completed", "done", "Rollouts completed"),
+            ("runner_errors", "errors", "Rollout runner rounds that failed"),
+        ):
+            yield CounterMetricFamily(
+                f"edge_agent_hub_rollout_{name}", doc, value=float(rollouts.get(key) or 0)
+            )
+
+
+def _learning_families(status: Mapping[str, Any]) -> Iterable[Any]:
+    """The learning deltas by status, and the catch-up deployments by result."""
+    from prometheus_client.core import (  # noqa: PLC0415 - the hub extra
+        CounterMetricFamily,
+        GaugeMetricFamily,
+    )
+
     learning: Mapping[str, Any] = status.get("learning") or {}
     if learning:
         yield CounterMetricFamily(
@@ -454,19 +479,17 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
             refused.add_metric([reason.value], float(learning.get(reason.value) or 0))
         yield refused
 
-    rollouts: Mapping[str, Any] | None = status.get("rollouts")
-    if rollouts:
-        for name, key, doc in (
-            ("halts", "halts", "Rollouts halted by a failed criterion or the operator"),
-            ("pauses", "pauses", "Rollouts paused by an inconclusive health verdict"),
-            ("rollbacks", "rollbacks", "Rollouts rolled back"),
-            ("waves_deployed", "waves_deployed", "Rollout waves deployed"),
-            ("completed", "done", "Rollouts completed"),
-            ("runner_errors", "errors", "Rollout runner rounds that failed"),
-        ):
-            yield CounterMetricFamily(
-                f"edge_agent_hub_rollout_{name}", doc, value=float(rollouts.get(key) or 0)
-            )
+    catch_ups: Mapping[str, Any] | None = status.get("catch_ups")
+    if catch_ups:
+        family = GaugeMetricFamily(
+            "edge_agent_hub_learning_catch_ups",
+            "Catch-up deployments stored: a line's current version to a node's group behind it, "
+            "by result (pending, ok, failed; docs/fleet-learning.md)",
+            labels=["result"],
+        )
+        for result in CATCH_UP_RESULTS:
+            family.add_metric([result], float(catch_ups.get(result) or 0))
+        yield family
 
 
 def _health_families(live: Iterable[Mapping[str, Any]]) -> Iterable[Any]:

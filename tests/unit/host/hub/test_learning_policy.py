@@ -85,7 +85,9 @@ rollout = ["--group", "grid", "--waves", "1,100%", "--soak", "1"]
     finally:
         service.request_stop()
         service.shutdown()
-    assert policy.counts == {"built": 1, "refused": 0, "published": 1, "errors": 0}
+    assert policy.counts == {
+        "built": 1, "refused": 0, "published": 1, "errors": 0, "catch_up_errors": 0
+    }  # fmt: skip
     assert service.status()["learning_rounds"]["published"] == 1
     db = HubDatabase(SqliteEngine(path))
     db.open()
@@ -125,6 +127,7 @@ rollout = ["--group", "grid", "--waves", "1,100%", "--soak", "1"]
             "hub.toml:4: learning.rollout: --criterion 'shadow:excess_surprise:max_increase=0.1",
         ),
         ("max_share = 0", "hub.toml:4: learning.max_share: must be > 0"),
+        ('catch_up = "yes"', "hub.toml:4: learning.catch_up: "),
     ],
 )
 def test_learning_config_problems_are_one_line_each(learning: str, where: str) -> None:

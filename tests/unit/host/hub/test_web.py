@@ -301,7 +301,8 @@ def promtool_check(text: bytes) -> None:
 
 def test_the_learning_deltas_become_counters_with_one_label_per_reason() -> None:
     """docs/fleet-learning.md: accepted, and refused by a fixed set of reasons (every one
-    exported, zeros too: the label set does not depend on what the fleet sent)."""
+    exported, zeros too: the label set does not depend on what the fleet sent); the catch-up
+    deployments by result, a fixed set too."""
     learning = {"accepted": 12, "negative": 2, "mass": 1, "outlier": 3}
     values = scrape(snapshot(), {**HUB_STATUS, "learning": learning})
     assert values[("edge_agent_hub_learning_deltas_accepted_total", ())] == 12
@@ -312,8 +313,16 @@ def test_the_learning_deltas_become_counters_with_one_label_per_reason() -> None
     }
     assert refused == {r.value: float(learning.get(r.value, 0)) for r in Refusal}
     assert not any("learning" in name for name, _ in scrape(snapshot(), HUB_STATUS))
+    catch_ups = {"pending": 1, "ok": 4, "failed": 0}
+    status = {**HUB_STATUS, "learning": learning, "catch_ups": catch_ups}
+    values = scrape(snapshot(), status)
+    assert {
+        dict(labels)["result"]: v
+        for (name, labels), v in values.items()
+        if name == "edge_agent_hub_learning_catch_ups"
+    } == {"pending": 1.0, "ok": 4.0, "failed": 0.0}
     registry = CollectorRegistry()
-    registry.register(collector_for(Holder(snapshot(), {**HUB_STATUS, "learning": learning})))
+    registry.register(collector_for(Holder(snapshot(), status)))
     promtool_check(generate_latest(registry))
 
 def test_the_grafana_dashboard_asks_only_for_exported_metrics() -> None:

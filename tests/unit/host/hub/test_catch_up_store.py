@@ -1,0 +1,238 @@
+"""The hub brings a node that joined late or was reset to its line's current version
+(tools/edge_agent_host/hub/catch_up_store.py, docs/fleet-learning.md "A node that joins late or
+was reset"), on SQLite (the same scenario runs on PostgreSQL in
+tests/integration/hub/test_hubd.py): a real round built from the nodes' deltas and published,
+births heard as the service hears them, and what the rollout runner would record (a rollout's
+end) written through the rollout store."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.fleet.protocol import Birth, GroupInfo, NodeState
+from edge_agent_host.fleet.transfer import DeployPlan
+from edge_agent_host.hub.catch_up_store import CatchUpStore, catch_up
+from edge_agent_host.hub.cli import main
+from edge_agent_host.hub.config import LearningSection
+from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.learning_policy import LearningPolicy
+from edge_agent_host.hub.learning_round import build_round
+from edge_agent_host.hub.rollout_cli import store_rollout
+from edge_agent_host.hub.rollout_options import parse_start_options
+from edge_agent_host.hub.rollout_plan import RolloutState
+from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.store import HubDatabase
+from tests.unit.host.hub.test_learning_store import (
+    GATE,
+    LINE,
+    delta,
+    deploy,
+    increments,
+    learning_db,
+)
+from tests.unit.host.hub.test_store import heard, write_all
+
+SILENT_AFTER_S = 3600.0
+
+
+def line_birth(sha: str, group: str = "grid") -> Birth:
+    """A birth whose group runs version ``sha`` of the T-maze line."""
+    return Birth(
+        software_version="0.1.0",
+        profile="x86-dev",
+        budget_bytes=2**30,
+        groups={group: GroupInfo(agents=4, bundle=LINE, bundle_sha256=sha)},
+    )
+
+
+class Fleet:
+    """Nodes as the hub hears them: each connect a new ``bdseq``, its state and retained
+    birth."""
+
+    def __init__(self, db: HubDatabase) -> None:
+        self.db = db
+        self.seq = 0
+        self.session: dict[str, int] = {}
+
+    def connect(self, node: str, sha: str, *, online: bool = True) -> None:
+        bdseq = self.session.get(node, 0) + 1
+        self.session[node] = bdseq
+        self.born(node, sha, online=online)
+
+    def born(self, node: str, sha: str, *, online: bool = True) -> None:
+        """A birth in the node's session of now (a rebirth keeps the session's bdseq)."""
+        now = time.time()
+        bdseq = self.session[node]
+        self.seq += 2
+        write_all(
+            self.db,
+            heard(node, NodeState(online=online), seq=self.seq, bdseq=bdseq, ts=now,
+                  retained=True),
+            heard(node, line_birth(sha), seq=self.seq + 1, bdseq=bdseq, ts=now, retained=True),
+        )  # fmt: skip
+
+
+def published_round(db: HubDatabase, fleet: Fleet, key: Ed25519PrivateKey) -> tuple[str, str]:
+    """The line's bundle (version 1.0.0) on ``n1`` and ``n2``, their deltas merged into a
+    round, published to both: (the old sha256, the round's rollout id)."""
+    store = learning_db(db)
+    old = deploy(db)
+    for i, node in enumerate(("n1", "n2")):
+        fleet.connect(node, old)
+        write_all(db, heard(node, delta(old, 1, increments(i)), seq=100 + i, ts=time.time()))
+    built = build_round(store, LINE, key, settings=GATE)
+    assert built["state"] == "built", built
+    args = parse_start_options(["--group", "grid", "--waves", "1,100%", "--health-steps", "7"])
+    started = store_rollout(
+        db, args, _plan(db, built["bundle_sha256"]), silent_after_s=SILENT_AFTER_S,
+        on_stored=lambda db, rollout_id: store.set_rollout(built["round"], rollout_id),
+    )  # fmt: skip
+    return old, str(started["id"])
+
+
+def _plan(db: HubDatabase, sha: str) -> DeployPlan:
+    """The deploy plan of the round's bundle ``sha``."""
+    data = db.query("SELECT bundle FROM learning_rounds WHERE bundle_sha256 = :s", {"s": sha})
+    return DeployPlan.from_bytes(bytes(data[0][0]), 64 * 1024)
+
+
+def look(db: HubDatabase) -> dict[str, Any]:
+    return catch_up(db, silent_after_s=SILENT_AFTER_S)
+
+
+def started(out: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(s["node"], s["group"]) for s in out["started"]]
+
+
+def end(db: HubDatabase, rollout_id: str, state: RolloutState) -> None:
+    """What the runner records when a rollout ends."""
+    RolloutStore(db).update(rollout_id, state=state, phase="")
+
+
+# ---------------------------------------------------------------------------------- scenario
+def check_a_late_or_reset_node_is_brought_to_the_fleet_version(db: HubDatabase) -> None:
+    fleet = Fleet(db)
+    key = Ed25519PrivateKey.generate()
+    old, round_rollout = published_round(db, fleet, key)
+    new = RolloutStore(db).get(round_rollout).plan.bundle_sha256
+    fleet.connect("n3", old)  # joined while the round's rollout runs: not its node
+    assert look(db)["started"] == []  # no round done: no fleet version yet
+    end(db, round_rollout, RolloutState.DONE)
+    for node in ("n1", "n2"):
+        fleet.born(node, new)  # the rollout switched them
+    fleet.connect("n4", old)
+    manual = store_rollout(
+        db, parse_start_options(["--group", "grid", "--node", "n4"]), _plan(db, new),
+        silent_after_s=SILENT_AFTER_S,
+    )["id"]  # fmt: skip
+    fleet.connect("n5", old, online=False)
+
+    # n3 is behind: one one-node deployment of the fleet's version with the round's health
+    # check; n4 is left to the rollout that selected it, n5 is offline.
+    out = look(db)
+    assert started(out) == [("n3", "grid")]
+    (c,) = out["started"]
+    assert (c["line"], c["running"], c["target"]) == (LINE, old, new)
+    r = RolloutStore(db).get(c["rollout"])
+    assert (r.plan.group, r.plan.bundle_sha256, r.plan.waves, list(r.nodes)) == (
+        "grid", new, [1], ["n3"],
+    )  # fmt: skip
+    assert (r.plan.health_steps, r.plan.soak_s, r.state) == (7, 0.0, RolloutState.PENDING)
+    assert look(db)["started"] == []  # pending: not started twice
+    assert CatchUpStore(db).counts() == {"pending": 1, "ok": 0, "failed": 0}
+
+    # The deployment failed (the node rolled back): not tried again for that version.
+    end(db, c["rollout"], RolloutState.HALTED)
+    out = look(db)
+    assert (out.get("failed"), out["started"]) == (1, [])
+    assert look(db)["started"] == []
+
+    # n4's rollout ended without switching it: now it is caught up.
+    end(db, manual, RolloutState.HALTED)
+    out = look(db)
+    assert started(out) == [("n4", "grid")]
+    end(db, out["started"][0]["rollout"], RolloutState.DONE)
+    # Done, and its birth in that session still says the old version: not deployed again.
+    assert look(db) == {"ok": 1, "started": [], "not_started": []}
+    # n4 comes back reset (a new session, the old bundle): brought up once more.
+    fleet.connect("n4", old)
+    assert started(look(db)) == [("n4", "grid")]
+    assert CatchUpStore(db).counts() == {"pending": 1, "ok": 1, "failed": 1}
+    assert [(a["node"], a["result"]) for a in CatchUpStore(db).recent()] == [
+        ("n4", "pending"), ("n4", "ok"), ("n3", "failed"),
+    ]  # fmt: skip
+
+
+CATCH_UP_SCENARIOS = [check_a_late_or_reset_node_is_brought_to_the_fleet_version]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[HubDatabase]:
+    d = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
+    d.open()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def test_catch_up_on_sqlite(db: HubDatabase) -> None:
+    check_a_late_or_reset_node_is_brought_to_the_fleet_version(db)
+
+
+@pytest.mark.parametrize("switch", [True, False])
+def test_the_learning_policy_catches_up_unless_switched_off(
+    tmp_path: Path, switch: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each look of the policy (its thread, its own connection) starts the deployments, and
+    ``learn status`` shows the fleet version and them; ``catch_up = false``: nothing."""
+    path = tmp_path / "hub.sqlite3"
+    db = HubDatabase(SqliteEngine(path))
+    db.open()
+    key = Ed25519PrivateKey.generate()
+    try:
+        fleet = Fleet(db)
+        old, round_rollout = published_round(db, fleet, key)
+        new = RolloutStore(db).get(round_rollout).plan.bundle_sha256
+        end(db, round_rollout, RolloutState.DONE)
+        for node in ("n1", "n2"):
+            fleet.born(node, new)
+        fleet.connect("n3", old)
+    finally:
+        db.close()
+
+    def open_db() -> HubDatabase:
+        d = HubDatabase(SqliteEngine(path))
+        d.open()
+        return d
+
+    section = LearningSection(min_experience=10**9, catch_up=switch)
+    policy = LearningPolicy(section, open_db, key, signer="t", silent_after_s=SILENT_AFTER_S)
+    assert policy.step()
+    policy.join(60.0)
+    assert policy.counts["catch_up_errors"] == 0
+    db = open_db()
+    try:
+        attempts = [(a["node"], a["result"]) for a in CatchUpStore(db).recent()]
+        assert attempts == ([("n3", "pending")] if switch else [])
+        assert len(RolloutStore(db).ids(active_only=True)) == int(switch)
+    finally:
+        db.close()
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[hub]\nstate_dir = "{tmp_path}"\n[database]\ntype = "sqlite"\n')
+    assert main(["learn", "status", "--config", str(config), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["catch_ups"] == {"pending": int(switch), "ok": 0, "failed": 0}
+    assert row["fleet_version"] == {"sha256": new, "round": 1, "rollout": round_rollout}
+    assert main(["learn", "status", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"  fleet version {new[:12]} (round 1, rollout {round_rollout} done); catch-up "
+        f"deployments: {int(switch)} pending, 0 ok, 0 failed"
+    )
