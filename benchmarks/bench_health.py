@@ -21,15 +21,17 @@ One JSON object per line:
   ``alarms_before`` (alarms before the reversal, false ones);
 * ``bench = "shadow-cost"``, per world and agent count (the ``shadow`` part, docs/health.md
   "Shadow evaluation"): two live groups of the world's model step the same recorded walk in
-  alternating rounds from the same beliefs, one alone, one with a shadow of the ``worse``
-  candidate (below) beside it (:class:`~edge_agent.daemon.shadow.ShadowRun`, as the daemon steps
-  it: the same observations and episode starts, the live actions committed). ``live_ms``,
+  alternating rounds from the same beliefs, one alone, one with a shadow of a candidate
+  (``candidate``: ``worse`` or ``close``, below) beside it
+  (:class:`~edge_agent.daemon.shadow.ShadowRun`, as the daemon steps it: the same observations
+  and episode starts, the live actions committed). ``live_ms``,
   ``shadow_ms``: the median over rounds of a tick's mean time; ``ratio``: the median of shadow /
   live. What the candidate reserves in a memory budget beside the live group:
   ``shadow_bytes_per_agent`` (its ``agents`` reservation / N, as the budget counts it; the live
   group's is ``live_bytes_per_agent``) and ``shadow_model_bytes`` (its tables: 0 for a candidate
   of the live model, whose tables the budget counts once);
-* ``bench = "shadow-power"``, per world, agent count, candidate and test: how often the verdict
+* ``bench = "shadow-power"``, per world, agent count (``--power-agents``: at most 64 agents are
+  measured, so N changes little), candidate and test: how often the verdict
   is the right one after ``K`` windows of 16 ticks, ``K`` in ``windows``, over ``seeds`` runs
   (``correct``: ``{K: share}``; each run's first ``K`` windows, so the ``K`` of one run are
   nested). Candidates: ``worse`` (the T-maze with its reward arms swapped; grid10 with its moves
@@ -50,7 +52,7 @@ The process runs one thread (``OPENBLAS_NUM_THREADS=1`` is set before numpy is i
 
     python benchmarks/bench_health.py [--smoke] [--agents 100,10000] [--rounds 5]
         [--parts cost,drift,shadow] [--drift-ticks 20000] [--seeds 4]
-        [--windows 5,10,20,40] [--power-seeds 10]
+        [--windows 5,10,20,40] [--power-seeds 10] [--power-agents 100]
 
 ``--smoke`` runs every part at tiny sizes, for CI (its numbers mean nothing).
 """
@@ -224,14 +226,14 @@ def candidate_model(world: str, kind: str, model: Any) -> Any:
     return GenerativeModel.from_arrays(list(model.A), [mirrored], list(model.C), list(model.D))
 
 
-def shadow_cost(world: str, n: int, ticks: int, rounds: int) -> dict[str, Any]:
+def shadow_cost(world: str, n: int, kind: str, ticks: int, rounds: int) -> dict[str, Any]:
     from edge_agent.core.agents import AifAgentGroup
     from edge_agent.core.budget import MemoryBudget
     from edge_agent.daemon.shadow import ShadowRun
     from edge_agent.sim.registry import make_env
 
     env = make_env(world, n, seed=0)
-    worse = candidate_model(world, "worse", env.model)
+    model = candidate_model(world, kind, env.model)
     alone = AifAgentGroup(env.model, n, precision="int8")
     initial = {k: v.copy() for k, v in alone.state_dict().items()}
     obs_seq, starts = [], []
@@ -243,7 +245,7 @@ def shadow_cost(world: str, n: int, ticks: int, rounds: int) -> dict[str, Any]:
     budget = MemoryBudget(1 << 40)
     live = AifAgentGroup(env.model, n, precision="int8", budget=budget, name="live")
     before = budget.by_kind()
-    candidate = AifAgentGroup(worse, n, precision="int8", budget=budget, name="live")
+    candidate = AifAgentGroup(model, n, precision="int8", budget=budget, name="live")
     after = budget.by_kind()
     run = ShadowRun(live, candidate, group="live", duration_s=1e9)
     shadow_initial = {k: v.copy() for k, v in candidate.state_dict().items()}
@@ -279,7 +281,7 @@ def shadow_cost(world: str, n: int, ticks: int, rounds: int) -> dict[str, Any]:
         "n": n,
         "ticks": ticks,
         "rounds": rounds,
-        "candidate": "worse",
+        "candidate": kind,
         "live_ms": round(1e3 * statistics.median(times["live"]), 4),
         "shadow_ms": round(1e3 * statistics.median(times["shadow"]), 4),
         "ratio": round(statistics.median(ratios), 4),
@@ -394,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated windows of the shadow's power (5,10,20,40)")
     parser.add_argument("--power-seeds", type=int, default=None,
                         help="runs per shadow power row (10)")
+    parser.add_argument("--power-agents", default=None,
+                        help="comma-separated Ns of the shadow's power (100)")
     parser.add_argument("--parts", default=None,
                         help="what to measure, of cost, drift, shadow (cost,drift; --smoke: all)")
     args = parser.parse_args(argv)
@@ -412,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--parts: {', '.join(sorted(unknown))}: not cost, drift or shadow")
     windows = [int(k) for k in (args.windows or ("3" if smoke else "5,10,20,40")).split(",")]
     power_seeds = args.power_seeds or (1 if smoke else 10)
+    power_agents = [int(a) for a in (args.power_agents or ("20" if smoke else "100")).split(",")]
     if "cost" in parts:
         for world in WORLDS:
             for n in agents:
@@ -424,9 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     if "shadow" in parts:
         for world in WORLDS:
             for n in agents:
-                print(json.dumps(shadow_cost(world, n, ticks, rounds)), flush=True)
+                for kind in ("worse", "close"):
+                    print(json.dumps(shadow_cost(world, n, kind, ticks, rounds)), flush=True)
         for world in WORLDS:
-            for n in agents:
+            for n in power_agents:
                 for kind in CANDIDATES:
                     for row in shadow_power(world, n, kind, windows, power_seeds):
                         print(json.dumps(row), flush=True)
