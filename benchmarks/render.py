@@ -868,6 +868,97 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
+        id="shadow-cost",
+        title="What a shadow costs the group's tick and memory budget",
+        scope=(
+            "Two live int8 groups of the world's model step the same recorded walk in "
+            "alternating rounds from the same beliefs, one alone, one with a shadow of a "
+            "candidate beside it (`worse` or `close`, as in the next table), stepped as the "
+            "daemon steps it (`ShadowRun`: the same observations and episode starts, the live "
+            "actions committed; docs/health.md \"Shadow evaluation\"); one thread. The ratio "
+            "is the median over rounds of shadowed / alone. Bytes are what the candidate "
+            "reserves in a memory budget beside the live group: its agents (as the budget "
+            "counts them, per agent; the live group's beside it) and its tables (0 for a "
+            "candidate of the live model: counted once)."
+        ),
+        benchmark="bench_health.py",
+        where={"bench": "shadow-cost"},
+        key=("world", "n", "candidate"),
+        expect=tuple(
+            {"world": w, "n": n, "candidate": c}
+            for w in ("tmaze", "grid10")
+            for n in (100, 1000)
+            for c in ("worse", "close")
+        ),
+        command=f"{RECORD} bench_health.py -- --parts shadow --agents 100,1000",
+        columns=(
+            Column("world", "world"),
+            Column("agents", "n", ",d"),
+            Column("candidate", "candidate"),
+            Column("tick alone", "live_ms", ".3f", suffix=" ms"),
+            Column("with the shadow", "shadow_ms", ".3f", suffix=" ms"),
+            Column("ratio", "ratio", ".2f", suffix="x"),
+            Column("shadow bytes / agent", "shadow_bytes_per_agent", ",d"),
+            Column("live bytes / agent", "live_bytes_per_agent", ",d"),
+            Column("shadow's tables", "shadow_model_bytes", ",d", suffix=" B"),
+        ),
+        headlines=(
+            Headline(
+                "A shadow's cost, 1,000 grid10 agents, close candidate (tick with / without)",
+                lambda r: f"{r.get('ratio'):.2f}x",
+                {"world": "grid10", "n": 1000, "candidate": "close"},
+            ),
+        ),
+    ),
+    Table(
+        id="shadow-power",
+        title="How many windows a shadow needs for the right verdict, paired and unpaired",
+        scope=(
+            "Share of runs (`seeds`, different seeds) whose verdict is the right one after K "
+            "windows of 16 ticks, K = 5, 10, 20, 40 (each run's first K windows). Paired: the "
+            "candidate as a shadow beside the live group, the hub's shadow criterion (one-sided "
+            "Wilcoxon signed-rank on the windows' differences); unpaired: the live gate "
+            "(one-sided Mann-Whitney) on K health windows of a group running the candidate in "
+            "its own world against K of a group running the live model in another. Both "
+            "`max_increase=0.3` at alpha 0.05, minimum samples 3 (the defaults, 20 windows and "
+            "50 samples, call the smaller K inconclusive). Candidates: `worse` (T-maze reward "
+            "arms swapped; grid10 moves mirrored in B) should fail; `same` (the live model) and "
+            "`close` (T-maze rewarding 0.95 instead of 0.98; grid10 seeing its cell with noise "
+            "0.15 instead of 0.1) should pass. Mean diff: median over runs of the mean "
+            "difference (paired) or of the median shift (unpaired), nats."
+        ),
+        benchmark="bench_health.py",
+        where={"bench": "shadow-power"},
+        key=("world", "n", "candidate"),
+        pivot="test",
+        expect=tuple(
+            {"world": w, "n": n, "candidate": c}
+            for w in ("tmaze", "grid10")
+            for n in (100,)
+            for c in ("worse", "same", "close")
+        ),
+        command=f"{RECORD} bench_health.py -- --parts shadow --agents 100,1000",
+        columns=(
+            Column("world", "world"),
+            Column("agents", "n", ",d"),
+            Column("candidate", "candidate"),
+            Column("right verdict", "expected", of="paired"),
+            *(
+                Column(f"paired, K={k}", f"correct.{k}", ".0%", of="paired")
+                for k in (5, 10, 20, 40)
+            ),
+            *(
+                Column(f"unpaired, K={k}", f"correct.{k}", ".0%", of="unpaired")
+                for k in (5, 10, 20, 40)
+            ),
+            Column("mean diff paired / unpaired", lambda r: (
+                f"{cell(r.get('mean_diff', 'paired'), '+.3f')} / "
+                f"{cell(r.get('mean_diff', 'unpaired'), '+.3f')}"
+            )),
+            Column("runs", "seeds", "d", of="paired"),
+        ),
+    ),
+    Table(
         id="drift-delay",
         title="The drift alarm on a world that changes",
         scope=(

@@ -84,6 +84,13 @@ EXPECTED: dict[str, list[Record]] = {
            ("alarms", "updates", "alarms_per_100k_updates", "threshold"))
           for w in ("tmaze", "grid10")],
         ({"bench": "drift-delay"}, ("delays_ticks", "median_delay_ticks", "alarms_before")),
+        *[({"bench": "shadow-cost", "world": w, "n": 20, "candidate": c},
+           ("live_ms", "shadow_ms", "ratio", "shadow_bytes_per_agent", "shadow_model_bytes"))
+          for w in ("tmaze", "grid10") for c in ("worse", "close")],
+        *[({"bench": "shadow-power", "world": w, "candidate": c, "test": t},
+           ("expected", "correct", "mean_diff", "threshold"))
+          for w in ("tmaze",) for c in ("worse", "same", "close")
+          for t in ("paired", "unpaired")],
     ],
     "bench_hub_page.py": [
         ({"bench": "setup", "nodes": 20}, ("procs",)),
