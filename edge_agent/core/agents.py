@@ -239,8 +239,6 @@ class AifAgentGroup:
             num_obs=cm.num_obs,
             lnC=cm.lnC,
             drift=drift,
-            p_obs=None if self._stepping is None or self.learning is None
-            else self.learning.scope.outcome_probabilities,
             extra_measures=() if self.learning is None else LEARNING_HEALTH,
         )
         if self.learning is not None and budget is not None:
@@ -825,10 +823,10 @@ class AifAgentGroup:
         return took
 
     # -- health (docs/health.md) -------------------------------------------------------------------
-    def _health_likelihood(self) -> Sequence[np.ndarray] | None:
-        """The ``A`` every agent infers with now (the compiled model's rows, refreshed by
-        shared learning); None when each agent has its own (per-agent learning)."""
-        return self.cm.A_rows if self._stepping is None else None
+    def _health_likelihood(self, rows: IntArray) -> Sequence[np.ndarray]:
+        """The ``A`` the agents ``rows`` infer with now: the compiled model's rows (refreshed
+        by shared learning), or each agent's own where it learns its own (per-agent learning)."""
+        return self.cm.A_rows if self._stepping is None else self._stepping.likelihood(rows)
 
     def _health_prior(self, rows: IntArray) -> list[np.ndarray]:
         """The prior of the agents ``rows`` for this tick, made again for a group that keeps

@@ -33,7 +33,7 @@ from edge_agent.core.group_blocks import IntArray
 from edge_agent.core.health_window import HealthSummary, HealthWindow
 
 if TYPE_CHECKING:  # a group that does not learn never imports learning's modules
-    from edge_agent.core.surprise import OutcomeProbabilities
+    pass
 
 __all__ = [
     "AIF_MEASURES",
@@ -72,10 +72,10 @@ AIF_MEASURES = (
 #: the divergence of the learned tables from their prior.
 LEARNING_HEALTH = ("experience", "divergence")
 
-#: The likelihood the agents infer with: ``A[m] (O_m, S)`` for every agent (the compiled
-#: model's rows), or None when each agent has its own (then the outcome probabilities are asked
-#: of an :data:`~edge_agent.core.surprise.OutcomeProbabilities`).
-Likelihood = Callable[[], Sequence[np.ndarray] | None]
+#: ``likelihood(rows)``: the likelihood the agents ``rows`` infer with, per modality ``A[m]
+#: (O_m, S)`` when they share it (the compiled model's rows), ``(r, O_m, S)`` each agent's own
+#: where they learn their own (per-agent learning).
+Likelihood = Callable[[IntArray], Sequence[np.ndarray]]
 
 ExcessTap = Callable[[int, np.ndarray], None]
 """``tap(clock, excess)``: a measured tick's number (the group's health clock) and the excess
@@ -92,10 +92,9 @@ class AifHealth:
     """The health part of an Active Inference group (see the module docstring).
 
     ``num_states``, ``num_obs``: states per factor, outcomes per modality; ``lnC``:
-    ``ln softmax(C_m)`` per modality (empty: no preference is reported); ``p_obs``: the outcome
-    probabilities under each agent's own tables, for a group that gives :meth:`after` no
-    likelihood. It holds no reference to the group (a group dropped is freed by reference
-    counting): what changes, the likelihood, is passed in each tick.
+    ``ln softmax(C_m)`` per modality (empty: no preference is reported). It holds no reference
+    to the group (a group dropped is freed by reference counting): what changes, the
+    likelihood, is passed in each tick.
     """
 
     def __init__(
@@ -106,7 +105,6 @@ class AifHealth:
         num_states: Sequence[int],
         num_obs: Sequence[int],
         lnC: Sequence[np.ndarray],
-        p_obs: OutcomeProbabilities | None = None,
         drift: DriftSettings | None = None,
         extra_measures: Sequence[str] = (),
     ) -> None:
@@ -114,7 +112,6 @@ class AifHealth:
         self.num_obs = tuple(int(o) for o in num_obs)
         self.sample_agents = health_agents(num_states, self.num_obs)
         self.lnC = tuple(np.asarray(c, dtype=np.float64) for c in lnC)
-        self._p_obs = p_obs
         names = [m for m in AIF_MEASURES if m != "preference" or self.lnC]
         self.window = HealthWindow([*names, *extra_measures])
         self.detector = DriftDetector(drift)
@@ -220,15 +217,12 @@ class AifHealth:
         if prior is None:
             return
         post = [np.asarray(q[rows], dtype=np.float64) for q in qs]
-        A = likelihood()
+        A = likelihood(rows)
         joint = kernels_health.joint_beliefs(prior)
         change = kernels_health.belief_change(post, prior)
-        if A is not None:
-            p_o = kernels_health.predicted_outcomes(A, joint)
-            accuracy = kernels_health.expected_log_likelihood(post, A, obs)
-            window.add("free_energy", change - accuracy)  # kernels_health.free_energy
-        else:
-            p_o = self._outcome_distributions(rows, joint)
+        p_o = kernels_health.predicted_outcomes(A, joint)
+        accuracy = kernels_health.expected_log_likelihood(post, A, obs)
+        window.add("free_energy", change - accuracy)  # kernels_health.free_energy
         surprise = kernels_health.surprise(p_o, obs)
         excess = surprise - kernels_health.outcome_entropy(p_o)
         window.add("surprise", surprise)
@@ -242,22 +236,6 @@ class AifHealth:
         fired = self.detector.update(mean, var, k, time.time())
         if fired:
             self._raise_drift()
-
-    def _outcome_distributions(self, rows: IntArray, joint: np.ndarray) -> list[np.ndarray]:
-        """``p(o_m)`` of every outcome from :attr:`_p_obs`, one outcome index at a time (a loop
-        over the model's outcomes, not its agents)."""
-        assert self._p_obs is not None  # no likelihood: the group gave outcome probabilities
-        r = rows.shape[0]
-        out = [np.empty((r, o)) for o in self.num_obs]
-        probe = np.empty((r, len(self.num_obs)), dtype=np.int64)
-        for o in range(max(self.num_obs)):
-            for m, n_o in enumerate(self.num_obs):
-                probe[:, m] = min(o, n_o - 1)
-            p = self._p_obs(probe, rows, joint)
-            for m, n_o in enumerate(self.num_obs):
-                if o < n_o:
-                    out[m][:, o] = p[:, m]
-        return out
 
     def _raise_drift(self) -> None:
         d = self.detector

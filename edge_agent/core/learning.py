@@ -154,6 +154,11 @@ class AgentStepping(Protocol):
 
     def sample_action(self, state: AgentState, stepper: BlockStepper) -> None: ...
 
+    def likelihood(self, rows: IntArray) -> list[np.ndarray]:
+        """Each modality's ``A`` of the agents ``rows``: ``(r, O_m, S)`` where each learns its
+        own, ``(O_m, S)`` where they share it (the health part's measures)."""
+        ...
+
 
 class GroupLearning:
     """What a group's agents learn (``spec``) of ``model`` (float, as loaded), their counts

@@ -185,6 +185,11 @@ class AgentTables:
             out[:, m] = np.einsum("ns,ns->n", picked, joint)
         return out
 
+    def likelihood(self, rows: IntArray) -> list[np.ndarray]:
+        """Each modality's ``A`` of the agents ``rows``: ``(r, O_m, S)`` for a learned one (a
+        copy of those agents' tables), ``(O_m, S)`` for one they share (a view)."""
+        return [flat[rows] if len(flat) > 1 else flat[0] for flat in self.tables["A"]]
+
     # -- stepping ----------------------------------------------------------------------------------
     def infer_states(self, state: AgentState, obs: IntArray, stepper: BlockStepper) -> None:
         """Every agent's posterior under its own ``A``, from the prior its own ``B`` (or, at a

@@ -141,10 +141,16 @@ def test_a_planning_policy_and_learning_groups_report_their_measures() -> None:
         spec = LearningSpec(pA=pA, settings=LearningSettings(scope=scope))
         group = AifAgentGroup(model, 16, precision="float64", learning=spec)
         s = _run(env, group, 24)
-        assert set(s.measures) >= {*AIF_MEASURES, *LEARNING_HEALTH} - {"free_energy"}, scope
+        assert set(s.measures) >= {*AIF_MEASURES, *LEARNING_HEALTH}, scope
         assert s.measures["experience"].mean == 16 * 24
         assert s.measures["divergence"].mean > 0
         assert s.measures["surprise"].mean > 0
+        # The free energy of every measured agent, whether the agents share A or each learns
+        # its own (read from the sampled agents' own tables).
+        energy, surprise = s.measures["free_energy"], s.measures["surprise"]
+        assert energy.n == surprise.n > 0, scope
+        assert math.isfinite(energy.mean), (scope, energy)
+        assert energy.mean > 0, (scope, energy)
 
 
 def test_a_group_without_health_reports_none() -> None:
