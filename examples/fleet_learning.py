@@ -26,12 +26,13 @@ own seed, so each sees the cells its few agents walk through. The runs share the
 
 The score is the world's: goals reached per agent-tick in a round (the ``score`` health measure
 of :class:`~edge_agent.sim.gridworld.GridWorldEnv` is goals reached), over the five honest
-nodes; one round's is noisy, so the curves and the target take the mean of the last
-:data:`WINDOW` rounds. ``agent_ticks_to_target`` is the agent-ticks one node had spent
-(``agents * ticks``) at the end of the first full window whose mean reached ``--target``
-(``null``: none in the run); ``agent_ticks_to_stay`` the same for the window from which every
-window to the end of the run is at the target (a noisy early spike does not count there). The
-fleet as a whole spent five times that.
+nodes, averaged over ``--fleets`` fleets of five (each its own seeds; the poisoned node's
+refusals are counted over all of them); one round's is noisy, so the curves and the target
+take the mean of the last :data:`WINDOW` rounds. ``agent_ticks_to_target`` is the agent-ticks
+one node had spent (``agents * ticks``) at the end of the first full window whose mean reached
+``--target`` (``null``: none in the run); ``agent_ticks_to_stay`` the same for the window
+from which every window to the end of the run is at the target (a noisy early spike does not
+count there). The fleet as a whole spent five times that.
 
 The world is grid-slippery and not the reversal T-maze because its truth does not change over
 time: counts from every node estimate the same ``B``, so their sum is a better estimate than
@@ -39,10 +40,10 @@ any node's own. In the reversal T-maze the rewarded arm swaps: what a fleet shou
 forget, not pool. The figure is a plain SVG written here (no plotting library needed).
 
     python examples/fleet_learning.py [--out docs/fleet-learning.svg] [--agents 10]
-        [--rounds 40] [--round 20] [--lr 0.05] [--target 0.078] [--smoke]
+        [--rounds 40] [--round 20] [--lr 0.05] [--target 0.078] [--fleets 1] [--smoke]
 
-``--smoke``: 3 agents a node on a 5 x 5 grid, 3 rounds of 6 ticks: the code path, for the
-tests.
+``--smoke``: one fleet, 3 agents a node on a 5 x 5 grid, 3 rounds of 6 ticks: the code path,
+for the tests.
 """
 
 from __future__ import annotations
@@ -100,22 +101,31 @@ def prior_counts(B: np.ndarray) -> np.ndarray:
 
 
 def make_node(
-    i: int, condition: str, agents: int, lr: float, *, poisoned: bool = False, size: int = 10
+    i: int,
+    condition: str,
+    agents: int,
+    lr: float,
+    *,
+    poisoned: bool = False,
+    size: int = 10,
+    fleet: int = 0,
 ) -> Node:
-    """Node ``i`` of ``condition``: ``agents`` agents on a ``size`` x ``size`` slippery grid
-    (the default walls on 10 x 10, the middle cell on a smaller one)."""
+    """Node ``i`` of fleet ``fleet`` (its seeds) in ``condition``: ``agents`` agents on a
+    ``size`` x ``size`` slippery grid (the default walls on 10 x 10, the middle cell on a
+    smaller one)."""
     blocked = DEFAULT_BLOCKED if size == 10 else ((size // 2, size // 2),)
-    env = SlipperyGridEnv(agents, seed=100 + i, height=size, width=size, blocked=blocked)
+    seed = i + 1000 * fleet
+    env = SlipperyGridEnv(agents, seed=100 + seed, height=size, width=size, blocked=blocked)
     model = env.model
     if condition == "frozen":
-        group = AifAgentGroup(model, agents, precision="int8", seed=i)
+        group = AifAgentGroup(model, agents, precision="int8", seed=seed)
     else:
         spec = LearningSpec(
             pB={0: prior_counts(model.B[0])},
             settings=LearningSettings(lr_pB=lr),
             refresh_every=REFRESH_EVERY,
         )
-        group = AifAgentGroup(model, agents, learning=spec, precision="int8", seed=i)
+        group = AifAgentGroup(model, agents, learning=spec, precision="int8", seed=seed)
     node = Node(f"node-{i}", group, env, poisoned)
     node.obs = env.reset()
     return node
@@ -208,9 +218,27 @@ def adopt(node: Node, counts: np.ndarray) -> None:
 
 
 def run_condition(condition: str, args: argparse.Namespace) -> dict[str, Any]:
-    honest = [make_node(i, condition, args.agents, args.lr, size=args.size) for i in range(NODES)]
+    """``args.fleets`` fleets of ``condition`` (each its own seeds): their scores averaged, their
+    rounds listed one after the other, their merged mass summed."""
+    runs = [run_fleet(condition, args, f) for f in range(args.fleets)]
+    out: dict[str, Any] = {"scores": np.mean([r["scores"] for r in runs], axis=0)}
+    if "rounds" in runs[0]:
+        out["rounds"] = [info for r in runs for info in r["rounds"]]
+        out["fleet_mass"] = sum(r["fleet_mass"] for r in runs)
+    return out
+
+
+def run_fleet(condition: str, args: argparse.Namespace, fleet: int) -> dict[str, Any]:
+    honest = [
+        make_node(i, condition, args.agents, args.lr, size=args.size, fleet=fleet)
+        for i in range(NODES)
+    ]
     nodes = honest + (
-        [make_node(NODES, condition, args.agents, args.lr, poisoned=True, size=args.size)]
+        [
+            make_node(
+                NODES, condition, args.agents, args.lr, poisoned=True, size=args.size, fleet=fleet
+            )
+        ]
         if condition == "poisoned"
         else []
     )
@@ -232,7 +260,6 @@ def run_condition(condition: str, args: argparse.Namespace) -> dict[str, Any]:
     if rounds:
         out["rounds"] = rounds
         out["fleet_mass"] = float(current.sum() - base.sum())
-        out["fleet_counts"] = current
     return out
 
 
@@ -358,6 +385,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "nodes": NODES,
             "agents": args.agents,
             "size": args.size,
+            "fleets": args.fleets,
             "rounds": args.rounds,
             "round_ticks": args.round,
             "target": args.target,
@@ -397,10 +425,16 @@ def main(argv: list[str] | None = None) -> int:
         "--target", type=float, default=0.078, help="the score (goals per agent-tick) to reach"
     )
     parser.add_argument("--size", type=int, default=10, help="the grid's side")
+    parser.add_argument(
+        "--fleets",
+        type=int,
+        default=3,
+        help="fleets of five nodes (seed sets) the scores are averaged over",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny run, for the tests")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.agents, args.rounds, args.round, args.size = 3, 3, 6, 5
+        args.agents, args.rounds, args.round, args.size, args.fleets = 3, 3, 6, 5, 1
     for record in run(args).values():
         print(json.dumps(record), flush=True)
     return 0
