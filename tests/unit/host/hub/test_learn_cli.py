@@ -104,7 +104,9 @@ def test_learn_status_human_and_json(
     ]
     empty = tmp_path / "empty.toml"
     empty.write_text(f'[hub]\nstate_dir = "{tmp_path}"\n[database]\ntype = "sqlite"\n')
-    HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3")).open()
+    made = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))  # the schema, no delta
+    made.open()
+    made.close()
     assert main(["learn", "status", "--config", str(empty)]) == 0
     assert capsys.readouterr().out == "no learning deltas heard\n"
 
