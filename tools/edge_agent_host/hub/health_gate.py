@@ -55,11 +55,14 @@ __all__ = [
     "CriterionError",
     "HealthCriterion",
     "HealthEvidence",
+    "Judge",
     "Outcome",
     "Verdict",
     "WaveWindow",
     "check_reported",
+    "format_p",
     "parse_criterion",
+    "verdict_of",
 ]
 
 DEFAULT_MIN_SAMPLES: Final = 50
@@ -179,8 +182,8 @@ class HealthCriterion(StrictModel):
         what = f"{self.measure} median shift {shown} (max {self.direction} {self.threshold:g})"
         samples = f"{x.size} vs {y.size} samples"
         if x.size < self.min_samples or y.size < self.min_samples:
-            return self._verdict(
-                Outcome.INCONCLUSIVE, value, (x.size, y.size), test="none", p=None,
+            return verdict_of(
+                self, Outcome.INCONCLUSIVE, value, (x.size, y.size), test="none", p=None,
                 detail=f"{what}: {samples}, fewer than {self.min_samples} a side",
             )  # fmt: skip
         worse: Literal["greater", "less"] = "greater" if self.direction == "increase" else "less"
@@ -188,41 +191,59 @@ class HealthCriterion(StrictModel):
         test = mann_whitney_u(shifted, y, alternative=worse)
         outcome = Outcome.FAIL if test.p < self.alpha else Outcome.PASS
         described = (
-            f"Mann-Whitney U one-sided ({test.method}): U={test.u:g}, p={_p(test.p)} "
+            f"Mann-Whitney U one-sided ({test.method}): U={test.u:g}, p={format_p(test.p)} "
             f"{'<' if outcome is Outcome.FAIL else '>='} alpha {self.alpha:g}"
         )
-        return self._verdict(
-            outcome, value, (x.size, y.size), test=described, p=test.p,
+        return verdict_of(
+            self, outcome, value, (x.size, y.size), test=described, p=test.p,
             detail=f"{what}: {samples}, {described}",
         )  # fmt: skip
 
-    def _verdict(
-        self,
-        outcome: Outcome,
-        value: float | None,
-        samples: tuple[int, int],
-        *,
-        test: str,
-        p: float | None,
-        detail: str,
-    ) -> Verdict:
-        n_wave, n_control = samples
-        return Verdict(
-            criterion=self.text(),
-            kind=self.kind,
-            outcome=outcome,
-            dry_run=self.dry_run,
-            value=value,
-            threshold=self.threshold,
-            wave_samples=int(n_wave),
-            control_samples=int(n_control),
-            test=test,
-            p=p,
-            detail=f"{outcome.value}{' (dry run)' if self.dry_run else ''}: {detail}",
-        )
+
+class Judge(Protocol):
+    """What a verdict names of the criterion that gave it (:func:`verdict_of`)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def dry_run(self) -> bool: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    def text(self) -> str: ...
 
 
-def _p(p: float) -> str:
+def verdict_of(
+    criterion: Judge,
+    outcome: Outcome,
+    value: float | None,
+    samples: tuple[int, int],
+    *,
+    test: str,
+    p: float | None,
+    detail: str,
+) -> Verdict:
+    """The :class:`Verdict` of ``criterion`` (``samples``: the wave's and the other side's)."""
+    n_wave, n_control = samples
+    return Verdict(
+        criterion=criterion.text(),
+        kind=criterion.kind,
+        outcome=outcome,
+        dry_run=criterion.dry_run,
+        value=value,
+        threshold=criterion.threshold,
+        wave_samples=int(n_wave),
+        control_samples=int(n_control),
+        test=test,
+        p=p,
+        detail=f"{outcome.value}{' (dry run)' if criterion.dry_run else ''}: {detail}",
+    )
+
+
+def format_p(p: float) -> str:
+    """A p-value as verdicts show it."""
     return f"{p:.3g}" if p >= 1e-4 or p == 0.0 else f"{p:.1e}"
 
 

@@ -81,6 +81,10 @@ from edge_agent_host.hub.store import (
 from edge_agent_host.hub.web import GroupHealthHistory, WebServer, build_snapshot
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from edge_agent_host.hub.learning_policy import LearningPolicy
 
 logger = logging.getLogger(__name__)
@@ -144,6 +148,29 @@ def web_server(source: HubConfigFile) -> WebServer | None:
         raise source.error([(("http", "port"), problem)]) from err
 
 
+def _signing_key(source: HubConfigFile, key_file: Path) -> Ed25519PrivateKey:
+    """``[rollouts] key_file``'s key; a file that is not one: the config's error at that key."""
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - only with rollouts
+
+    try:
+        return load_signing_key(key_file)
+    except (OSError, EdgeAgentError) as err:
+        raise source.error([(("rollouts", "key_file"), str(err))]) from err
+
+
+def _opener(source: HubConfigFile, role: str) -> Callable[[], HubDatabase]:
+    """Opens a database connection of its own for the replica's ``role`` (rounds, rollouts),
+    named so in the server's view of its clients."""
+    hub_id = source.config.hub.effective_id()
+
+    def open_db() -> HubDatabase:
+        db = HubDatabase(make_engine(source, application_name=f"edge-agent-hub {hub_id} {role}"))
+        db.open()
+        return db
+
+    return open_db
+
+
 def learning_policy(source: HubConfigFile) -> LearningPolicy | None:
     """The replica's learning rounds when ``[learning]`` runs them (``every_s`` or
     ``min_experience``; the config makes sure ``[rollouts] key_file`` is set): a database
@@ -154,21 +181,11 @@ def learning_policy(source: HubConfigFile) -> LearningPolicy | None:
         return None
     # The converter a round uses, only on a replica that runs rounds.
     from edge_agent_host.hub.learning_policy import LearningPolicy  # noqa: PLC0415
-    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - only with rounds
 
-    try:
-        key = load_signing_key(key_file)
-    except (OSError, EdgeAgentError) as err:
-        raise source.error([(("rollouts", "key_file"), str(err))]) from err
+    key = _signing_key(source, key_file)
     hub_id = config.hub.effective_id()
-
-    def open_db() -> HubDatabase:
-        db = HubDatabase(make_engine(source, application_name=f"edge-agent-hub {hub_id} learning"))
-        db.open()
-        return db
-
     return LearningPolicy(
-        config.learning, open_db, key, signer=f"edge-agent-hub {hub_id}",
+        config.learning, _opener(source, "learning"), key, signer=f"edge-agent-hub {hub_id}",
         silent_after_s=config.hub.silent_after_s,
     )  # fmt: skip
 
@@ -182,18 +199,9 @@ def rollout_runner(source: HubConfigFile) -> Callable[[HubPublisher], RolloutRun
     key_file = config.rollouts.key_file
     if key_file is None:
         return None
-    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - only with rollouts
-
-    try:
-        key = load_signing_key(key_file)
-    except (OSError, EdgeAgentError) as err:
-        raise source.error([(("rollouts", "key_file"), str(err))]) from err
+    key = _signing_key(source, key_file)
     hub_id = config.hub.effective_id()
-
-    def open_db() -> HubDatabase:
-        db = HubDatabase(make_engine(source, application_name=f"edge-agent-hub {hub_id} rollouts"))
-        db.open()
-        return db
+    open_db = _opener(source, "rollouts")
 
     def runner(publisher: HubPublisher) -> RolloutRunner:
         return RolloutRunner(

@@ -39,6 +39,8 @@ from edge_agent_host.hub.health_gate import (
     Outcome,
     Verdict,
     WaveWindow,
+    format_p,
+    verdict_of,
 )
 from edge_agent_host.hub.strict import StrictModel
 from edge_agent_host.hub.wilcoxon import wilcoxon_signed_rank
@@ -119,50 +121,21 @@ class ShadowCriterion(StrictModel):
         )
         pairs = f"{d.size} pairs from {nodes} canar{'y' if nodes == 1 else 'ies'}"
         if d.size < self.min_pairs:
-            return self._verdict(
-                Outcome.INCONCLUSIVE, value, d.size, nodes, test="none", p=None,
+            return verdict_of(
+                self, Outcome.INCONCLUSIVE, value, (d.size, nodes), test="none", p=None,
                 detail=f"{what}: {pairs}, fewer than {self.min_pairs}",
             )  # fmt: skip
         test = wilcoxon_signed_rank(d - self.threshold, alternative="greater")
         outcome = Outcome.FAIL if test.p < self.alpha else Outcome.PASS
         described = (
             f"Wilcoxon signed-rank one-sided (normal, Pratt zeros): T+={test.t_plus:g}, "
-            f"z={test.z:.3g}, p={_p(test.p)} {'<' if outcome is Outcome.FAIL else '>='} "
+            f"z={test.z:.3g}, p={format_p(test.p)} {'<' if outcome is Outcome.FAIL else '>='} "
             f"alpha {self.alpha:g}"
         )
-        return self._verdict(
-            outcome, value, d.size, nodes, test=described, p=test.p,
+        return verdict_of(
+            self, outcome, value, (d.size, nodes), test=described, p=test.p,
             detail=f"{what}: {pairs}, {described}",
         )  # fmt: skip
-
-    def _verdict(
-        self,
-        outcome: Outcome,
-        value: float | None,
-        pairs: int,
-        nodes: int,
-        *,
-        test: str,
-        p: float | None,
-        detail: str,
-    ) -> Verdict:
-        return Verdict(
-            criterion=self.text(),
-            kind=self.kind,
-            outcome=outcome,
-            dry_run=self.dry_run,
-            value=value,
-            threshold=self.threshold,
-            wave_samples=int(pairs),
-            control_samples=int(nodes),
-            test=test,
-            p=p,
-            detail=f"{outcome.value}{' (dry run)' if self.dry_run else ''}: {detail}",
-        )
-
-
-def _p(p: float) -> str:
-    return f"{p:.3g}" if p >= 1e-4 or p == 0.0 else f"{p:.1e}"
 
 
 _KEYS: Final = frozenset({"max_increase", "min_pairs", "alpha"})
