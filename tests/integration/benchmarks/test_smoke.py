@@ -105,7 +105,8 @@ EXPECTED: dict[str, list[Record]] = {
           for c in ("tmaze", "grid10")],
     ],
     "bench_flood.py": [
-        ({"bench": "flood_latency"}, ("unflooded_p50_ms", "flooded_p50_ms", "ratio_p50")),
+        ({"bench": "flood_latency"},
+         ("unflooded_p50_ms", "flooded_p50_ms", "ratio_p50", "flooded_unanswered")),
     ],
     "bench_hub_faults.py": [
         ({"bench": "machine"}, ("cpus",)),
