@@ -31,9 +31,7 @@ sequence in one test, the drift group beside them."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +39,11 @@ import pytest
 
 from edge_agent.sim.tmaze import tmaze_model
 from edge_agent_host.hub.store import HubDatabase
-from edge_agent_host.keys import generate_keypair
-from tests.integration.fleet.test_broker_acl import broker_init, secure_node, start_broker
-from tests.integration.fleet.test_fleet_daemon import Node, wait_until
+from tests.integration.fleet.test_fleet_daemon import wait_until
 from tests.integration.hub.test_hubd import Hub, db_rows
-from tests.integration.hub.test_hubd_faults import HUB, secure_hub
 from tests.integration.hub.test_rollout_health_gate import ENDS, wait_state
 from tests.integration.hub.test_rollouts import rollout, sha_of
-from tests.support.broker import MosquittoBroker, free_port
-from tests.support.postgres import PostgresMissingError, PostgresServer
+from tests.support.secure_fleet import bundle_of, hub_events, json_lines, runs_sha, secure_fleet
 from tests.unit.fleet.test_deploy import bundle_tar
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -81,51 +75,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The broker ``broker init`` made, PostgreSQL, the hub service (up before the nodes: it
     hears every health window) and the three daemons; the bundles, signed by the CI's key."""
     tmp = tmp_path_factory.mktemp("gate-e2e")
-    keys = tmp / "trusted"
-    hub_key = generate_keypair(keys, "hub").private_path
-    ci = generate_keypair(keys, "ci").private_path
-    try:
-        pg = PostgresServer()
-    except PostgresMissingError as err:
-        pytest.fail(str(err))
-    started: list[Any] = [pg]
-    try:
-        with ThreadPoolExecutor(1) as pool:  # the server starts while broker init runs
-            pg_up = pool.submit(pg.start)
-            port = free_port()
-            clients = (
-                broker_init(
-                    tmp / "pki", port, *(a for n in NODES for a in ("--node", n)), "--hub", HUB
-                )
-                / "clients"
-            )
-            broker = start_broker(tmp / "mosq", clients.parent / "mosquitto.conf", port)
-            started.append(broker)
-            pg_up.result()
-        table = pg.config_table(pg.create_database("gate_e2e"), tmp / "db-password")
-        hub = secure_hub(tmp, broker, clients, table)
-        hub.config.write_text(
-            hub.config.read_text()
-            + f'\n[rollouts]\nkey_file = "{hub_key}"\npoll_interval_s = 0.2\n'
-        )
-        started.append(hub)
-        hub.start()
-        nodes = {
-            name: secure_node(
-                tmp, broker, name, clients, keys, tick_hz=20, telemetry_s=1.0,
-                groups=GROUP + (DRIFTING if name == DRIFTER else ""), tail="",
-            )
-            for name in NODES
-        }  # fmt: skip
-        for node in nodes.values():
-            started.append(node)
-            node.start(wait_ready=False)
-        for node in nodes.values():
-            assert node.notify is not None
-            node.notify.wait_for("READY=1", 90)
+    groups = {n: GROUP + (DRIFTING if n == DRIFTER else "") for n in NODES}
+    with secure_fleet(tmp, groups, database="gate_e2e") as parts:
+        ci = parts.ci_key
         yield {
-            "hub": hub,
-            "nodes": nodes,
+            "hub": parts.hub,
+            "nodes": parts.nodes,
             "good": bundle_tar(tmp / "good", ci, world="tmaze", policy_len=1),  # 1.1.0
             "worse": bundle_tar(
                 tmp / "worse",
@@ -136,16 +91,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 model=tmaze_model(reward_probs=(0.02, 0.98)),
             ),
             "better": bundle_tar(tmp / "better", ci, world="tmaze", policy_len=2),  # 1.2.0
-            "keys": keys,
+            "keys": parts.keys,
         }
-    finally:
-        for part in reversed(started):
-            if isinstance(part, Node):
-                part.close()
-            elif isinstance(part, Hub | MosquittoBroker):
-                part.kill()
-            else:
-                part.cleanup()
 
 
 def start(hub: Hub, bundle: Path, *args: str) -> str:
@@ -154,14 +101,6 @@ def start(hub: Hub, bundle: Path, *args: str) -> str:
     assert plan["nodes"] == list(NODES)
     assert plan["waves"] == [1, 3]
     return str(plan["id"])
-
-
-def bundle_of(node: Node) -> str | None:
-    """The sha256 of the bundle the node's group ``tmaze`` runs (None: the config's model)."""
-    status = node.status()
-    group = next(g for g in status["groups"] if g["name"] == "tmaze")
-    sha: str | None = group["bundle_sha256"]
-    return sha
 
 
 def test_rollouts_are_gated_on_behaviour_and_a_drifting_world_raises_the_alarm(
@@ -191,8 +130,8 @@ def test_rollouts_are_gated_on_behaviour_and_a_drifting_world_raises_the_alarm(
     assert end["nodes"][CANARY]["state"] == "reverted", end["nodes"]
     assert {end["nodes"][n]["state"] for n in NODES[1:]} == {"pending"}
     good = sha_of(fleet["good"], fleet["keys"])
-    wait_until(lambda: runs_sha(nodes[CANARY], good), "the canary rolled back")
-    assert all(bundle_of(nodes[n]) is None for n in NODES[1:])
+    wait_until(lambda: runs_sha(nodes[CANARY], "tmaze", good), "the canary rolled back")
+    assert all(bundle_of(nodes[n], "tmaze") is None for n in NODES[1:])
 
     # 2. The same model with the shadow off: the canary switches, and its live windows are
     # judged against the untouched nodes' at the end of its soak.
@@ -207,7 +146,7 @@ def test_rollouts_are_gated_on_behaviour_and_a_drifting_world_raises_the_alarm(
     assert verdict["control_samples"] >= 3
     assert verdict["test"].startswith("Mann-Whitney U one-sided")
     assert end["nodes"][CANARY]["state"] == "reverted", end["nodes"]
-    wait_until(lambda: runs_sha(nodes[CANARY], good), "the canary rolled back again")
+    wait_until(lambda: runs_sha(nodes[CANARY], "tmaze", good), "the canary rolled back again")
 
     # 4. The drifting world (pi-c's group maze; pi-c untouched so far): the alarm on the
     # device, its drift event in the status (which keeps the newest 10 events) ...
@@ -229,15 +168,19 @@ def test_rollouts_are_gated_on_behaviour_and_a_drifting_world_raises_the_alarm(
     assert abs(verdict["value"]) < 0.3
     better = sha_of(fleet["better"], fleet["keys"])
     for name in NODES:
-        wait_until(lambda n=name: runs_sha(nodes[n], better), f"{name} on the better model")
+        wait_until(
+            lambda n=name: runs_sha(nodes[n], "tmaze", better), f"{name} on the better model"
+        )
     verdict_events = [
-        e for e in events(hub) if e["kind"] == "rollout" and e["data"].get("outcome")
+        e for e in hub_events(hub) if e["kind"] == "rollout" and e["data"].get("outcome")
     ]  # fmt: skip
     assert [e["data"]["outcome"] for e in verdict_events] == ["fail", "fail", "pass"]
 
     # 4. ... and on the hub: its events, and the windows it stored (edge-agent-hub health),
     # in which the model fitted before the world changed and the alarm rose after.
-    alarms = [e for e in events(hub) if e["kind"] == "alarm" and e["data"].get("name") == "drift"]
+    alarms = [
+        e for e in hub_events(hub) if e["kind"] == "alarm" and e["data"].get("name") == "drift"
+    ]
     alarmed = {(e["node"], e["group"]) for e in alarms}
     assert (DRIFTER, "maze") in alarmed, alarms
     # The T-maze groups alarm only where the swapped arms ran (the canary): no switch of a
@@ -248,21 +191,3 @@ def test_rollouts_are_gated_on_behaviour_and_a_drifting_world_raises_the_alarm(
     first = states.index(True)
     assert first >= 2, states  # windows in which the model fitted ...
     assert not any(states[:first]), states  # ... and none alarmed before the world changed
-
-
-def runs_sha(node: Node, sha: str) -> bool:
-    try:
-        return bundle_of(node) == sha
-    except (KeyError, StopIteration, ValueError):
-        return False
-
-
-def events(hub: Hub) -> list[dict[str, Any]]:
-    """The hub's events, as ``edge-agent-hub events --json`` reads them."""
-    rows: list[dict[str, Any]] = db_rows(hub, lambda db: db.events(limit=10_000))
-    return rows
-
-
-def json_lines(done: Any) -> list[dict[str, Any]]:
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
