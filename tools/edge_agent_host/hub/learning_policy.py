@@ -3,10 +3,14 @@ the service").
 
 :meth:`LearningPolicy.run_due` looks at every model line (``[learning] lines``, or every line
 with deltas) and builds a round of each one that is due: it has accepted experience waiting and
-its last round is ``every_s`` old (or it never had one), or ``min_experience`` agent-ticks wait.
+its last round is ``every_s`` old (or it never had one), or ``min_experience`` agent-ticks wait;
+and the rollout of its last round has ended (a round built while it runs would merge only what
+its canaries learned on the new version, and be rolled out after it whatever its verdict).
 A round the converter's gate refused is not tried again until more experience arrives. With
 ``publish``, a built round's bundle starts a staged rollout with ``[learning] rollout``'s options
-(those of ``rollout start``, the behaviour gate's criteria too), recorded with the round.
+(those of ``rollout start``, the behaviour gate's criteria too), recorded with the round, whose
+rollback bundle is the round's parent: a round halted by its gate rolls the nodes it reached
+back to the version they ran.
 
 The service calls :meth:`LearningPolicy.step` from its loop every ``check_interval_s``: a due
 check and its rounds run on a thread of their own with a database connection of their own (a
@@ -32,7 +36,9 @@ from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
 from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.rollout_options import parse_start_options
+from edge_agent_host.hub.rollout_plan import ACTIVE
 from edge_agent_host.hub.rollout_start import store_rollout
+from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
 
 if TYPE_CHECKING:
@@ -126,11 +132,25 @@ class LearningPolicy:
             if waiting <= self._refused_at.get(line, 0):
                 continue
             last = row["last_round"]
+            if last is not None and self._rolling_out(store, line):
+                continue
             by_time = s.every_s > 0 and (last is None or now - last["created"] >= s.every_s)
             by_experience = s.min_experience > 0 and waiting >= s.min_experience
             if by_time or by_experience:
                 out[line] = waiting
         return out
+
+    @staticmethod
+    def _rolling_out(store: LearningStore, line: str) -> bool:
+        """Whether the rollout of ``line``'s newest built round is still under way."""
+        built = store.latest_round(line)
+        if built is None or built["rollout"] is None:
+            return False
+        try:
+            state = RolloutStore(store.db).get(built["rollout"]).state
+        except FleetError:  # the rollout was deleted
+            return False
+        return state in ACTIVE
 
     def run_due(self, db: HubDatabase) -> list[dict[str, Any]]:
         """Build (and publish) every round due; their summaries (``rollout``: its id, or
@@ -174,12 +194,14 @@ class LearningPolicy:
         built = store.latest_round(summary["line"], round_id=summary["round"])
         if built is None or built["bundle"] is None:
             raise LookupError(f"round {summary['round']} has no bundle")
-        plan = DeployPlan.from_bytes(
-            built["bundle"], self.rollout.chunk_size, where=f"round {built['id']}"
-        )
-        try:
+        size = self.rollout.chunk_size
+        plan = DeployPlan.from_bytes(built["bundle"], size, where=f"round {built['id']}")
+        try:  # the rollback bundle: the version the round was built on (the hub holds it)
+            parent = DeployPlan.from_bytes(
+                RolloutStore(db).bundle(built["parent_sha256"]), size, where="its parent"
+            )
             started = store_rollout(
-                db, self.rollout, plan, silent_after_s=self.silent_after_s,
+                db, self.rollout, plan, rollback=parent, silent_after_s=self.silent_after_s,
                 on_stored=lambda db, rollout_id: LearningStore(db).set_rollout(
                     built["id"], rollout_id),
             )  # fmt: skip

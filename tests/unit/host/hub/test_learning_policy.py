@@ -17,13 +17,20 @@ from edge_agent.fleet.protocol import NodeState
 from edge_agent_host.hub.config import parse_hub_config
 from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.learning_store import LearningStore
+from edge_agent_host.hub.rollout_plan import RolloutState
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.service import HubService, learning_policy
 from edge_agent_host.hub.store import HubDatabase
 from edge_agent_host.keys import generate_keypair
-from tests.unit.host.hub.test_learning_store import LINE, delta, deploy, increments
+from tests.unit.host.hub.test_learning_store import (
+    LINE,
+    delta,
+    deploy,
+    increments,
+    learning_db,
+)
 from tests.unit.host.hub.test_service import FLEET, TOPICS, Node, run_until
-from tests.unit.host.hub.test_store import birth
+from tests.unit.host.hub.test_store import birth, heard, write_all
 
 NODES = ("n1", "n2", "n3")
 
@@ -97,11 +104,24 @@ rollout = ["--group", "grid", "--waves", "1,100%", "--soak", "1"]
         assert built is not None
         assert built["provenance"]["experience"] == 120
         assert sorted(built["provenance"]["nodes"]) == list(NODES)
-        rollout = RolloutStore(db).get(built["rollout"]).summary()
+        rollouts = RolloutStore(db)
+        rollout = rollouts.get(built["rollout"]).summary()
         assert rollout["bundle_sha256"] == built["bundle_sha256"]
         assert (rollout["group"], rollout["waves"], rollout["soak_s"]) == ("grid", 2, 1.0)
+        # A halt rolls the nodes it reached back to the version the round was built on.
+        assert rollout["rollback_sha256"] == built["parent_sha256"] == sha
         assert store.current_sha256(LINE) == built["bundle_sha256"]  # the line's new version
         assert policy.due(store, time.time()) == {}  # nothing waits
+        # Experience against the new version waits while the round's rollout runs (only its
+        # canaries run that version yet), and makes a round due once the rollout has ended.
+        new = built["bundle_sha256"]
+        learning_db(db)  # the service's writer of learning deltas
+        write_all(db, heard("n1", birth(sha=new), ts=2.0),
+                  heard("n1", delta(new, 2, increments(5, 200), experience=200,
+                                    model=f"{LINE}@{built['version']}"), ts=3.0))  # fmt: skip
+        assert policy.due(store, time.time()) == {}
+        rollouts.update(built["rollout"], state=RolloutState.DONE)
+        assert policy.due(store, time.time()) == {LINE: 200}
     finally:
         db.close()
 
