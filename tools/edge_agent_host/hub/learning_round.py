@@ -3,9 +3,10 @@
 with its own int8 gate, signed with the hub's key, and stored with its provenance
 (:mod:`.learning_store`).
 
-The round chains on the line's previous built round when that round was built on, or became,
-the line's current bundle; otherwise (a first round, or a bundle deployed by hand since) it
-starts from the current bundle's counts, which are then also the ``base`` nothing forgets.
+The round chains on the line's newest built round that was built on, or became, the line's
+current bundle, unless its rollout was rolled back (``LearningStore.chained_round``); otherwise
+(a first round, or a bundle deployed by hand since) it starts from the current bundle's counts,
+which are then also the ``base`` nothing forgets.
 A round the gate refuses is stored (state ``refused``, with the gate's checks) and merges
 nothing: its deltas wait for the next round.
 """
@@ -103,8 +104,8 @@ def build_round(
             f"model line {line!r}: no accepted experience since its last round "
             f"(against {model.name}@{model.version})"
         )
-    previous = store.latest_round(line)
-    if previous is not None and sha in (previous["parent_sha256"], previous["bundle_sha256"]):
+    previous = store.chained_round(line, sha)
+    if previous is not None:
         current, base = counts_from_npz(previous["counts"]), counts_from_npz(previous["base"])
         parent_version = previous["version"]
     else:
@@ -135,11 +136,17 @@ def build_round(
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bundle.tar"
         report = convert_aif(
-            ConvertOptions(out=out, name=line, version=version, seed=round_no, sign_key=key,
-                           signer=signer),
-            AifOptions(model=float_model, settings=agent_settings, counts=counts,
-                       rollouts=settings.rollouts, steps=settings.steps,
-                       thresholds=settings.thresholds),
+            ConvertOptions(
+                out=out, name=line, version=version, seed=round_no, sign_key=key, signer=signer
+            ),
+            AifOptions(
+                model=float_model,
+                settings=agent_settings,
+                counts=counts,
+                rollouts=settings.rollouts,
+                steps=settings.steps,
+                thresholds=settings.thresholds,
+            ),
         )
         provenance["gate"] = [c.describe() for c in report.checks]
         data = out.read_bytes() if report.bundle is not None else None

@@ -25,6 +25,7 @@ from edge_agent.fleet.protocol import CountsDelta, LearningDelta
 from edge_agent_host.hub.learning_checks import Refusal, check_tables
 from edge_agent_host.hub.learning_model import LineModel, line_model
 from edge_agent_host.hub.queue import Heard
+from edge_agent_host.hub.rollout_plan import RolloutState
 from edge_agent_host.hub.store import HubDatabase, to_json
 
 __all__ = ["ACCEPTED", "LearningStore", "Pending", "split_model"]
@@ -79,12 +80,30 @@ class LearningStore:
         return found
 
     def current_sha256(self, line: str) -> str | None:
-        """The line's current bundle: the newest of that name the hub holds."""
+        """The line's current bundle: the newest of that name the hub holds, but one whose
+        newest rollout was rolled back (no node runs it: every node it reached was given the
+        rollback bundle again)."""
         rows = self.db.query(
-            "SELECT sha256 FROM bundles WHERE name = :name ORDER BY added DESC, sha256 LIMIT 1",
-            {"name": line},
+            "SELECT b.sha256 FROM bundles b WHERE b.name = :name AND COALESCE((SELECT o.state "
+            "FROM rollouts o WHERE o.bundle_sha256 = b.sha256 ORDER BY o.created DESC LIMIT 1),"
+            " '') <> :rolled_back ORDER BY b.added DESC, b.sha256 LIMIT 1",
+            {"name": line, "rolled_back": RolloutState.ROLLED_BACK.value},
         )
         return str(rows[0][0]) if rows else None
+
+    def chained_round(self, line: str, sha256: str) -> dict[str, Any] | None:
+        """The round a new round of ``line`` on its current bundle ``sha256`` goes on from: the
+        newest built round that became that bundle or was built on it, but one whose rollout
+        was rolled back (its merge was judged worse: the next starts from the version the
+        nodes went back to, and the deltas it merged are not merged again)."""
+        rows = self.db.query(
+            "SELECT r.id FROM learning_rounds r LEFT JOIN rollouts o ON o.id = r.rollout "
+            "WHERE r.line = :line AND r.state = 'built' AND (r.bundle_sha256 = :sha OR "
+            "r.parent_sha256 = :sha) AND (o.state IS NULL OR o.state <> :rolled_back) "
+            "ORDER BY r.id DESC LIMIT 1",
+            {"line": line, "sha": sha256, "rolled_back": RolloutState.ROLLED_BACK.value},
+        )
+        return self.latest_round(line, round_id=int(rows[0][0])) if rows else None
 
     def lines(self) -> list[str]:
         """Model lines with a delta or a round."""

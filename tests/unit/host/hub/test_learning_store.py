@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
-from edge_agent.fleet.protocol import CountsDelta, LearningDelta
+from edge_agent.fleet.protocol import CountsDelta, LearningDelta, NodeState
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 from edge_agent_host.converter.aif.options import AifOptions
 from edge_agent_host.converter.common import ConvertOptions
 from edge_agent_host.converter.formats.aif import convert_aif
+from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.learning_checks import Refusal
 from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_model import line_model
 from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
 from edge_agent_host.hub.learning_store import LearningStore
+from edge_agent_host.hub.rollout_options import parse_start_options
+from edge_agent_host.hub.rollout_plan import RolloutState
+from edge_agent_host.hub.rollout_start import store_rollout
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
 from tests.unit.host.hub.test_store import birth, heard, write_all
@@ -53,8 +58,10 @@ def line_bundle() -> tuple[bytes, Ed25519PrivateKey]:
             ConvertOptions(out=out, name=LINE, version="1.0.0", sign_key=key, signer="test"),
             AifOptions(
                 model=model,
-                counts={"A": {1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)},
-                        "B": {0: model.B[0] * 10.0 + 0.5 * (model.B[0] > 0)}},
+                counts={
+                    "A": {1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)},
+                    "B": {0: model.B[0] * 10.0 + 0.5 * (model.B[0] > 0)},
+                },
                 rollouts=20,
                 steps=4,
             ),
@@ -184,8 +191,13 @@ def check_deltas_are_checked_and_stored_once(db: HubDatabase) -> None:
     assert line["line"] == LINE
     assert (line["accepted"], line["nodes"], line["experience"]) == (2, 1, 80)
     assert line["refused"] == {
-        "mass": 1, "negative": 1, "non_finite": 1, "shape": 2, "stale_version": 1,
-        "unknown_group": 1, "unknown_model": 2,
+        "mass": 1,
+        "negative": 1,
+        "non_finite": 1,
+        "shape": 2,
+        "stale_version": 1,
+        "unknown_group": 1,
+        "unknown_model": 2,
     }
     assert line["waiting"] == {"deltas": 2, "experience": 80}
     assert line["last_round"] is None
@@ -231,9 +243,13 @@ def check_a_round_merges_the_deltas_into_a_signed_bundle(db: HubDatabase) -> Non
         if not capped:
             np.testing.assert_allclose(new[t], prior[t] + total[t], rtol=1e-9)
     # the model's table is the merged counts normalised (up to the int8 tables' rounding)
-    b0 = QuantizedModel.from_arrays(
-        {k: v for k, v in bundle.aif_arrays().items() if not k.startswith("p")}
-    ).dequantize().B[0]
+    b0 = (
+        QuantizedModel.from_arrays(
+            {k: v for k, v in bundle.aif_arrays().items() if not k.startswith("p")}
+        )
+        .dequantize()
+        .B[0]
+    )
     np.testing.assert_allclose(b0, new["B0"] / new["B0"].sum(axis=0), atol=0.02)
     with pytest.raises(LearnInputError, match="no accepted experience"):
         build_round(store, LINE, key, settings=GATE)
@@ -249,8 +265,12 @@ def check_a_round_merges_the_deltas_into_a_signed_bundle(db: HubDatabase) -> Non
         heard("n2", birth(sha=bundle.sha256), ts=5.0),
         heard("n2", delta(bundle.sha256, 2, more, model=f"{LINE}@1.0.0+learn1"), ts=6.0),
     )
-    second = build_round(store, LINE, key, settings=RoundSettings(
-        merge=MergeSettings(forgetting=0.5), rollouts=20, steps=4))
+    second = build_round(
+        store,
+        LINE,
+        key,
+        settings=RoundSettings(merge=MergeSettings(forgetting=0.5), rollouts=20, steps=4),
+    )
     assert second["state"] == "built"
     assert second["version"] == "1.0.0+learn2"
     again = store.latest_round(LINE)
@@ -280,10 +300,47 @@ def check_a_line_that_does_not_learn_is_refused(db: HubDatabase) -> None:
         build_round(store, "frozen", key, settings=GATE)
 
 
+def check_a_rolled_back_round_is_not_the_line_version(db: HubDatabase) -> None:
+    store = learning_db(db)
+    sha = deploy(db)
+    _, key = line_bundle()
+    prior = line_model(line_bundle()[0]).counts
+    now = time.time()
+    for i, n in enumerate(("n1", "n2", "n3")):
+        write_all(db, heard(n, NodeState(online=True), seq=1, ts=now, retained=True),
+                  heard(n, birth(sha=sha), seq=2, ts=now, retained=True),
+                  heard(n, delta(sha, 1, increments(i)), seq=3, ts=now))  # fmt: skip
+    first = build_round(store, LINE, key, settings=GATE)
+    built = store.latest_round(LINE)
+    assert built is not None
+    assert built["bundle"] is not None
+    started = store_rollout(
+        db, parse_start_options(["--group", "grid"]), DeployPlan.from_bytes(built["bundle"]),
+        silent_after_s=3600.0, on_stored=lambda db, r: store.set_rollout(first["round"], r),
+    )  # fmt: skip
+    assert store.current_sha256(LINE) == first["bundle_sha256"]  # published: the new version
+    RolloutStore(db).update(started["id"], state=RolloutState.ROLLED_BACK, phase="")
+    # Rolled back: the nodes run 1.0.0 again, which is the line's version again; what they
+    # learn on it is accepted, and the next round starts from 1.0.0's counts, not round 1's.
+    assert store.current_sha256(LINE) == sha
+    more = increments(30)
+    write_all(db, heard("n1", delta(sha, 2, more), seq=4, ts=now))
+    assert statuses(db)[("n1", 2)] == "accepted"
+    second = build_round(store, LINE, key, settings=GATE)
+    assert (second["state"], second["version"], second["deltas"]) == ("built", "1.0.0+learn2", 1)
+    again = store.latest_round(LINE)
+    assert again is not None
+    assert again["bundle"] is not None
+    for t in prior:  # one node: neither capped nor scored
+        np.testing.assert_allclose(line_model(again["bundle"]).counts[t], prior[t] + more[t],
+                                   rtol=1e-9)  # fmt: skip
+
+
 LEARNING_SCENARIOS = [
     check_deltas_are_checked_and_stored_once,
     check_a_round_merges_the_deltas_into_a_signed_bundle,
     check_a_line_that_does_not_learn_is_refused,
+    check_a_rolled_back_round_is_not_the_line_version,
 ]
 
 
@@ -295,8 +352,6 @@ def db(tmp_path: Path) -> Iterator[HubDatabase]:
     database.close()
 
 
-@pytest.mark.parametrize(
-    "scenario", LEARNING_SCENARIOS, ids=lambda f: f.__name__[len("check_") :]
-)
+@pytest.mark.parametrize("scenario", LEARNING_SCENARIOS, ids=lambda f: f.__name__[len("check_") :])
 def test_learning_scenario_on_sqlite(db: HubDatabase, scenario: Any) -> None:
     scenario(db)
