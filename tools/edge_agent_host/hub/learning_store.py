@@ -301,7 +301,9 @@ class LearningStore:
 
     def status(self) -> list[dict[str, Any]]:
         """Per model line: deltas accepted and refused by reason, experience accepted, nodes,
-        what waits for the next round, and the last round."""
+        what waits for the next round (accepted deltas against the current version that no
+        round merged: one accepted against a version since replaced or rolled back is never
+        merged), and the last round."""
         out = []
         for line in self.lines():
             by_status: dict[str, int] = {}
@@ -319,10 +321,11 @@ class LearningStore:
                 "AND status = :ok",
                 {"line": line, "ok": ACCEPTED},
             )[0][0]
-            waiting = self.db.query(
+            current = self.current_sha256(line)
+            waiting = self.db.query(  # what the next round merges: against the current version
                 "SELECT COUNT(*), SUM(experience) FROM learning_deltas WHERE line = :line "
-                "AND status = :ok AND round_id IS NULL",
-                {"line": line, "ok": ACCEPTED},
+                "AND model_sha256 = :sha AND status = :ok AND round_id IS NULL",
+                {"line": line, "sha": current, "ok": ACCEPTED},
             )[0]
             rounds = self.rounds(line)
             last = self.latest_round(line, built_only=False)
@@ -339,7 +342,7 @@ class LearningStore:
             out.append(
                 {
                     "line": line,
-                    "current_sha256": self.current_sha256(line),
+                    "current_sha256": current,
                     "accepted": by_status.get(ACCEPTED, 0),
                     "refused": refused,
                     "capped": capped,

@@ -199,7 +199,8 @@ def check_deltas_are_checked_and_stored_once(db: HubDatabase) -> None:
         "unknown_group": 1,
         "unknown_model": 2,
     }
-    assert line["waiting"] == {"deltas": 2, "experience": 80}
+    # The two accepted were learned against 1.0.0, which 1.0.1 replaced: no round merges them.
+    assert line["waiting"] == {"deltas": 0, "experience": 0}
     assert line["last_round"] is None
 
 
@@ -319,10 +320,18 @@ def check_a_rolled_back_round_is_not_the_line_version(db: HubDatabase) -> None:
         silent_after_s=3600.0, on_stored=lambda db, r: store.set_rollout(first["round"], r),
     )  # fmt: skip
     assert store.current_sha256(LINE) == first["bundle_sha256"]  # published: the new version
+    canary = delta(first["bundle_sha256"], 2, increments(7), model=f"{LINE}@{first['version']}")
+    write_all(db, heard("n2", canary, seq=4, ts=now))  # what the canary learned on round 1
+    assert statuses(db)[("n2", 2)] == "accepted"
+    (line,) = store.status()
+    assert line["waiting"] == {"deltas": 1, "experience": 40}
     RolloutStore(db).update(started["id"], state=RolloutState.ROLLED_BACK, phase="")
     # Rolled back: the nodes run 1.0.0 again, which is the line's version again; what they
     # learn on it is accepted, and the next round starts from 1.0.0's counts, not round 1's.
+    # The canary's delta on round 1 is never merged: it does not wait for the next round.
     assert store.current_sha256(LINE) == sha
+    (line,) = store.status()
+    assert (line["current_sha256"], line["waiting"]) == (sha, {"deltas": 0, "experience": 0})
     more = increments(30)
     write_all(db, heard("n1", delta(sha, 2, more), seq=4, ts=now))
     assert statuses(db)[("n1", 2)] == "accepted"
