@@ -3,11 +3,23 @@ of per-agent learning, and ticks to re-learn after a reversal.
 
 Same tasks for everyone (``benchmarks/peers/learning.py`` says exactly what a tick is): the
 reversal T-maze learning ``pA`` of its reward modality, and grid10 learning ``pB`` of its
-moves; every implementation's agents receive the same observations, tick after
-tick (drawn once from the world under random actions: open loop, so the inputs do not depend on
-who acts). Each implementation runs in its own process on one thread (``OPENBLAS_NUM_THREADS=1``,
-XLA without its thread pool), one after the other per case: edge-agent in this venv, the peers in
-the venvs ``bench_peers.py`` makes under ``.cache/peers`` (``--no-install``: never make one).
+moves. Open loop (the default): every implementation's agents receive the same observations,
+tick after tick (drawn once from the world under random actions, so the inputs do not depend on
+who acts). ``--closed-loop``: each implementation's agents act in their own copy of the world,
+stepped by the actions they chose (``benchmarks/peers/world.py``, one numpy world every process
+imports, vectorised over the agents, seed 0: the reversal T-maze's trials of 3 steps, its
+rewarded arm swapping every 50 trials, and grid10's respawn after the goal; edge-agent acts in
+that world too, not in ``edge_agent.sim``'s); the agents whose episode starts go back to ``D``;
+the world's step is inside the timed loop for every implementation (the same work on every
+side: ``world_step_timed``), and every row says what its agents achieved (``mean_reward`` on
+the T-maze: +1 a reward, -1 a loss, per agent-step; ``reach_rate`` on grid10: goals reached per
+agent-step) over the first ``achieved_ticks`` ticks, those that both edge-agent's per-agent
+group and pymdp 1.0.4 ran (fewer where the row itself ran fewer): equal up to noise where the
+algorithm is the same (a tie broken differently parts two trajectories). Every row has ``loop``
+(``open`` or ``closed``); the ratios compare rows of one loop. Each implementation runs in its
+own process on one thread (``OPENBLAS_NUM_THREADS=1``, XLA without its thread pool), one after
+the other per case: edge-agent in this venv, the peers in the venvs ``bench_peers.py`` makes
+under ``.cache/peers`` (``--no-install``: never make one).
 
 * edge-agent: ``AifAgentGroup`` int8, ``learning=`` of scope ``shared`` (every agent teaches one
   set of counts: the peers have no such scope, their counts are per agent), tables refreshed
@@ -19,7 +31,9 @@ the venvs ``bench_peers.py`` makes under ``.cache/peers`` (``--no-install``: nev
   not depend on ``N`` (it steps agents one by one), so above ``--max-007`` agents it is measured
   on ``--max-007`` agents and marked ``"extrapolated": true``;
 * pymdp 1.0.4: one ``Agent`` with ``batch_size=N``, ``infer_parameters`` each tick, the tick
-  jitted (the first tick, the compilation, is reported apart). Not run above ``--max-104-bytes``
+  jitted (the first tick, the compilation, is reported apart); it updates every modality's
+  counts, and the tick puts the modalities not learned back (the T-maze's location and cue
+  stay the model's, as on the other sides). Not run above ``--max-104-bytes``
   of per-agent state times ``N`` (grid10's per-agent tables at N = 10,000 would take GBs of a
   shared machine): marked ``"skipped"``.
 
@@ -32,13 +46,15 @@ The reversal: ``examples/learning_reversal.py`` (frozen, learning, learning with
 whose ``ticks_to_relearn`` are printed as they are.
 
     python benchmarks/bench_learning_peers.py [--agents 1,1000,10000] [--seconds 1]
-        [--repeats 3] [--no-install] [--per-agent-only] [--no-reversal] [--smoke]
+        [--repeats 3] [--no-install] [--per-agent-only] [--no-reversal] [--closed-loop]
+        [--smoke]
 
 ``--per-agent-only``: the per-agent rows, learning off and the peers (no shared int8 rows);
 ``--no-reversal``: without the reversal runs.
 
-``--smoke``: edge-agent only, N = 1 and 20, short runs, the reversal at its smoke size: the code
-path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
+``--smoke``: edge-agent only, N = 1 and 20, short runs, then the per-agent rows in the closed
+loop at N = 20, and the reversal at its smoke size: the code paths, for CI
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +78,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
 import bench_peers  # noqa: E402
+from peers.world import achieved  # noqa: E402
 
 WORKER = REPO / "benchmarks" / "peers" / "learning.py"
 REVERSAL = REPO / "examples" / "learning_reversal.py"
@@ -77,7 +94,10 @@ PER_AGENT_MAX = 1000
 
 
 def write_workload(world: str, kind: str, index: int, n: int, path: Path) -> None:
+    """The world's model and episode rule (:func:`bench_peers.workload_arrays`; the T-maze's
+    reversal), the learned table's prior counts and ``TICKS`` of open-loop observations."""
     from edge_agent.sim.registry import make_env
+    from edge_agent.sim.tmaze import LOSS, REWARD, REWARD_MODALITY
     from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv
 
     env = ReversalTMazeEnv(n, seed=0) if world == "tmaze" else make_env(world, n, seed=0)
@@ -87,7 +107,11 @@ def write_workload(world: str, kind: str, index: int, n: int, path: Path) -> Non
     for _ in range(TICKS - 1):
         actions = np.stack([rng.integers(0, u, n) for u in model.num_controls], axis=1)
         obs.append(env.step(actions).copy())
-    arrays = model.to_npz_dict()
+    arrays = bench_peers.workload_arrays(env)
+    if isinstance(env, ReversalTMazeEnv):
+        arrays.update(reverse_every=np.array(env.reverse_every),
+                      reward_modality=np.array(REWARD_MODALITY), reward_outcome=np.array(REWARD),
+                      loss_outcome=np.array(LOSS))
     table = (model.A if kind == "A" else model.B)[index]
     arrays[f"p{kind}{index}"] = table * 2.0 + 0.5 * (table > 0)
     arrays["obs"] = np.stack(obs).astype(np.int16)
@@ -96,11 +120,11 @@ def write_workload(world: str, kind: str, index: int, n: int, path: Path) -> Non
 
 def run_worker(
     python: Path, impl: str, workload: Path, n: int, args: argparse.Namespace, *,
-    refresh_every: int = 1,
+    refresh_every: int = 1, closed_loop: bool = False,
 ) -> dict[str, Any]:
     cmd = [str(python), str(WORKER), impl, str(workload), str(n), "--seconds",
            str(args.seconds), "--repeats", str(args.repeats), "--refresh-every",
-           str(refresh_every)]
+           str(refresh_every), *(["--closed-loop"] if closed_loop else [])]
     env = bench_peers.worker_env("1")
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
                          timeout=3600)
@@ -108,6 +132,75 @@ def run_worker(
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr else "failed"}
     record: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
     return record
+
+
+def case_rows(
+    workload: Path, n: int, peers: dict[str, Path], args: argparse.Namespace, *,
+    closed_loop: bool, per_agent_only: bool, bytes_104: int | None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every implementation's record of one world at ``n`` agents, in one loop (open or closed;
+    ``bytes_104``: pymdp 1.0.4's state bytes per agent at a smaller ``n``, to skip it above
+    ``--max-104-bytes``)."""
+    python = Path(sys.executable)
+    rows: list[tuple[str, dict[str, Any]]] = []
+
+    def run(py: Path, impl: str, agents: int, **kw: Any) -> dict[str, Any]:
+        return run_worker(py, impl, workload, agents, args, closed_loop=closed_loop, **kw)
+
+    for impl, every in () if per_agent_only else EDGE:
+        rows.append((impl, run(python, "edge-agent int8", n, refresh_every=every)))
+    if n <= PER_AGENT_MAX:
+        rows.append((PER_AGENT, run(python, PER_AGENT, n)))
+        rows.append((LEARNING_OFF, run(python, LEARNING_OFF, n)))
+    if bench_peers.PYMDP_007 in peers:
+        probe = min(n, args.max_007)
+        rec = run(peers[bench_peers.PYMDP_007], bench_peers.PYMDP_007, probe)
+        rec["extrapolated"] = probe < n
+        rows.append((bench_peers.PYMDP_007, rec))
+    if bench_peers.PYMDP_104 in peers:
+        if bytes_104 is not None and bytes_104 * n > args.max_104_bytes:
+            rows.append((bench_peers.PYMDP_104, {"skipped": True,
+                                                 "state_bytes_per_agent": bytes_104}))
+        else:
+            rows.append((bench_peers.PYMDP_104, run(peers[bench_peers.PYMDP_104],
+                                                    bench_peers.PYMDP_104, n)))
+    return rows
+
+
+def print_rows(world: str, learned: str, n: int, closed_loop: bool,
+               rows: list[tuple[str, dict[str, Any]]]) -> None:
+    """One JSON line per record, with the ratios against the peers of the same loop and, in
+    the closed loop, what its agents achieved over the ticks that edge-agent's per-agent group
+    and pymdp 1.0.4 both ran (``achieved_ticks``; fewer where the row ran fewer)."""
+    scored = [len(r["scores"]) for name, r in rows
+              if name in (PER_AGENT, bench_peers.PYMDP_104) and "scores" in r]
+    common = min(scored) if scored else None
+    rates = [r["steps_per_s"] for name, r in rows
+             if name.startswith("pymdp") and "steps_per_s" in r]
+    best_peer = max(rates) if rates else None
+    by_name = dict(rows)
+    for name, rec in rows:
+        # n: the row's agents; measured_n: the agents the worker ran (fewer where pymdp
+        # 0.0.7.1's rate is extrapolated).
+        out = {"bench": "learning-peers", "world": world, "learned": learned, **rec, "n": n,
+               "measured_n": rec.get("n", n), "impl": name,
+               "loop": "closed" if closed_loop else "open"}
+        scores = out.pop("scores", None)
+        if closed_loop:
+            out["world_step_timed"] = True
+        if scores is not None and out.get("score"):
+            ticks = len(scores) if common is None else min(common, len(scores))
+            out[out.pop("score")] = round(achieved(scores, out["measured_n"], ticks), 4)
+            out["achieved_ticks"] = ticks
+        if best_peer and "steps_per_s" in rec and name.startswith("edge"):
+            out["vs_best_peer"] = round(rec["steps_per_s"] / best_peer, 2)
+        if name == PER_AGENT and "steps_per_s" in rec:
+            for other, field in ((bench_peers.PYMDP_104, "vs_pymdp_104"),
+                                 (LEARNING_OFF, "vs_learning_off")):
+                rate = by_name.get(other, {}).get("steps_per_s")
+                if rate:
+                    out[field] = round(rec["steps_per_s"] / rate, 2)
+        print(json.dumps(out), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-agent-only", action="store_true",
                         help="no shared int8 rows: per-agent, learning off and the peers")
     parser.add_argument("--no-reversal", action="store_true", help="no reversal runs")
+    parser.add_argument("--closed-loop", action="store_true",
+                        help="each implementation acts in its own world (its step timed)")
     parser.add_argument("--smoke", action="store_true", help="edge-agent only, tiny, for CI")
     args = parser.parse_args(argv)
     agents = [int(a) for a in (args.agents or ("1,20" if args.smoke else "1,1000,10000"))
@@ -137,54 +232,23 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, subprocess.CalledProcessError) as err:
                 print(json.dumps({"bench": "learning-peers", "impl": impl,
                                   "error": f"cannot install or start: {err}"}), flush=True)
-    python = Path(sys.executable)
+    # (closed loop, Ns, per-agent rows only): the smoke run adds the closed loop's per-agent
+    # rows at its largest N, for the code path.
+    passes = [(args.closed_loop, agents, args.per_agent_only)]
+    if args.smoke and not args.closed_loop:
+        passes.append((True, agents[-1:], True))
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
         for world, kind, index in WORLDS:
             workload = Path(tmp) / f"{world}.npz"
             write_workload(world, kind, index, max(agents), workload)
-            bytes_104: int | None = None
-            for n in agents:
-                rows: list[tuple[str, dict[str, Any]]] = []
-                for impl, every in () if args.per_agent_only else EDGE:
-                    rows.append((impl, run_worker(python, "edge-agent int8", workload, n, args,
-                                                  refresh_every=every)))
-                if n <= PER_AGENT_MAX:
-                    rows.append((PER_AGENT, run_worker(python, PER_AGENT, workload, n, args)))
-                    rows.append((LEARNING_OFF, run_worker(python, LEARNING_OFF, workload, n,
-                                                          args)))
-                if bench_peers.PYMDP_007 in peers:
-                    probe = min(n, args.max_007)
-                    rec = run_worker(peers[bench_peers.PYMDP_007], bench_peers.PYMDP_007,
-                                     workload, probe, args)
-                    rec["extrapolated"] = probe < n
-                    rows.append((bench_peers.PYMDP_007, rec))
-                if bench_peers.PYMDP_104 in peers:
-                    if bytes_104 is not None and bytes_104 * n > args.max_104_bytes:
-                        rows.append((bench_peers.PYMDP_104, {"skipped": True,
-                                                             "state_bytes_per_agent": bytes_104}))
-                    else:
-                        rec = run_worker(peers[bench_peers.PYMDP_104], bench_peers.PYMDP_104,
-                                         workload, n, args)
-                        bytes_104 = rec.get("state_bytes_per_agent", bytes_104)
-                        rows.append((bench_peers.PYMDP_104, rec))
-                rates = [r["steps_per_s"] for name, r in rows
-                         if name.startswith("pymdp") and "steps_per_s" in r]
-                best_peer = max(rates) if rates else None
-                by_name = dict(rows)
-                for name, rec in rows:
-                    # n: the row's agents; measured_n: the agents the worker ran (fewer where
-                    # pymdp 0.0.7.1's rate is extrapolated).
-                    out = {"bench": "learning-peers", "world": world, "learned": f"{kind}{index}",
-                           **rec, "n": n, "measured_n": rec.get("n", n), "impl": name}
-                    if best_peer and "steps_per_s" in rec and name.startswith("edge"):
-                        out["vs_best_peer"] = round(rec["steps_per_s"] / best_peer, 2)
-                    if name == PER_AGENT and "steps_per_s" in rec:
-                        for other, field in ((bench_peers.PYMDP_104, "vs_pymdp_104"),
-                                             (LEARNING_OFF, "vs_learning_off")):
-                            rate = by_name.get(other, {}).get("steps_per_s")
-                            if rate:
-                                out[field] = round(rec["steps_per_s"] / rate, 2)
-                    print(json.dumps(out), flush=True)
+            for closed_loop, ns, per_agent_only in passes:
+                bytes_104: int | None = None
+                for n in ns:
+                    rows = case_rows(workload, n, peers, args, closed_loop=closed_loop,
+                                     per_agent_only=per_agent_only, bytes_104=bytes_104)
+                    bytes_104 = dict(rows).get(bench_peers.PYMDP_104, {}).get(
+                        "state_bytes_per_agent", bytes_104)
+                    print_rows(world, f"{kind}{index}", n, closed_loop, rows)
     if args.no_reversal:
         return 0
     reversal = [sys.executable, str(REVERSAL), "--out", os.devnull]

@@ -253,12 +253,18 @@ class Local:
 
 def write_workload(name: str, path: Path) -> None:
     """The built-in model of ``name`` and its world's episode rule, as every runner reads it."""
+    from edge_agent.sim.registry import make_env
+
+    np.savez(path, **workload_arrays(make_env(name, 1, seed=0)))  # type: ignore[arg-type]
+
+
+def workload_arrays(env: Any) -> dict[str, np.ndarray]:
+    """An ``edge_agent.sim`` world's model (float64) and episode rule, as :mod:`peers.world`
+    reads them (its module docstring names the arrays)."""
     from edge_agent.sim.grid2f import TwoFactorGridEnv
     from edge_agent.sim.gridworld import GridWorldEnv
-    from edge_agent.sim.registry import make_env
     from edge_agent.sim.tmaze import TMazeEnv
 
-    env: Any = make_env(name, 1, seed=0)
     model = env.model
     arrays: dict[str, np.ndarray] = {}
     for m, a in enumerate(model.A):
@@ -278,8 +284,8 @@ def write_workload(name: str, path: Path) -> None:
         arrays["goal_state"] = np.array(-1)
         arrays["trial_len"] = np.array(env.trial_len)
     else:
-        raise ValueError(f"no episode rule for workload {name!r}")
-    np.savez(path, **arrays)  # type: ignore[arg-type]
+        raise ValueError(f"no episode rule for world {type(env).__name__}")
+    return arrays
 
 
 # -- checks ---------------------------------------------------------------------------------

@@ -210,6 +210,20 @@ def marked(name: str, fmt: str, flag: str, mark: str, of: Any = None) -> Getter:
     return get
 
 
+def achieved_score(of: Any) -> Getter:
+    """What pivot ``of``'s agents achieved in a closed loop: ``mean_reward`` (T-maze) or
+    ``reach_rate`` (grid10), whichever its record has."""
+
+    def get(row: Row) -> Any:
+        for name in ("mean_reward", "reach_rate"):
+            value = row.get(name, of)
+            if value is not None:
+                return value
+        return None
+
+    return get
+
+
 def or_error(value: Getter, error: Getter, fmt: str) -> Getter:
     """``value`` formatted, or "failed: " and the error the record names instead."""
 
@@ -461,8 +475,9 @@ TABLES: tuple[Table, ...] = (
         id="learning-like-for-like",
         title="Against pymdp with learning: like for like",
         scope=(
-            "Every implementation learns from the same observations, tick after tick (open "
-            "loop), one thread each: the reversal T-maze its reward likelihood (`pA1`), grid10 "
+            "**Open loop**: every implementation learns from the same observations, tick after "
+            "tick (drawn once under random actions; the closed loop is the next table), one "
+            "thread each: the reversal T-maze its reward likelihood (`pA1`), grid10 "
             "its moves (`pB0`). Like for like: **per-agent counts, tables following them every "
             "tick** on both sides: edge-agent's `AifAgentGroup` learning per agent (float64, "
             "each agent its own counts and tables) against pymdp 1.0.4 (`infer_parameters` each "
@@ -476,7 +491,7 @@ TABLES: tuple[Table, ...] = (
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
-               "learned": lambda v: v in ("A1", "B0")},
+               "learned": lambda v: v in ("A1", "B0"), "loop": lambda v: v != "closed"},
         key=("world", "learned", "n"),
         pivot="impl",
         command=f"{RECORD} bench_learning_peers.py -- --agents 1,100,1000 --per-agent-only",
@@ -516,6 +531,74 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
+        id="learning-closed-loop",
+        title="Against pymdp with learning: closed loop, like for like",
+        scope=(
+            "**Closed loop**: each implementation's agents act in their own copy of the world, "
+            "the world stepped by the actions they chose (one numpy world every process "
+            "imports, `benchmarks/peers/world.py`, seed 0: the reversal T-maze, its rewarded arm "
+            "swapping every 50 trials, learning its reward likelihood `pA1`; grid10 learning its "
+            "moves `pB0`, respawn after the goal). **The world's step is inside the timed loop "
+            "for every implementation** (the same work on every side). One thread, policy "
+            "length 1, gamma 16, utility and state information gain, learning rate 1, each agent "
+            "its own counts, the tables following them every tick: edge-agent's per-agent "
+            "group (float64) against pymdp 1.0.4 (one batched `Agent`, `infer_parameters` in "
+            "the jitted step) and pymdp 0.0.7.1 (`*`: measured on at most 100 agents, its rate "
+            "does not depend on `N`). Agent-steps/s; learning on / off as in the open loop. "
+            "Achieved: what the agents did over the first ticks that the per-agent group and "
+            "pymdp 1.0.4 both ran (T-maze: mean reward per agent-step, +1 a reward, -1 a loss; "
+            "grid10: goals reached per agent-step): the same algorithm, equal up to noise."
+        ),
+        benchmark="bench_learning_peers.py",
+        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
+               "learned": lambda v: v in ("A1", "B0"), "loop": "closed"},
+        key=("world", "learned", "n"),
+        pivot="impl",
+        expect=tuple(
+            {"world": w, "learned": t, "n": n}
+            for w, t in (("tmaze", "A1"), ("grid10", "B0")) for n in (1, 100, 1000)
+        ),
+        command=f"{RECORD} bench_learning_peers.py -- --agents 1,100,1000 --closed-loop "
+                "--per-agent-only --no-reversal --repeats 2",
+        store=f"{RECORD} bench_learning_peers.py -- --agents 1,100,1000 --closed-loop "
+              "--per-agent-only --no-reversal --repeats 2",
+        columns=(
+            Column("world", "world"),
+            Column("learns", "learned"),
+            Column("agents", "n", ",d"),
+            Column("per-agent / pymdp 1.0.4 (closed loop, like for like)",
+                   ratio(("edge-agent float64 per-agent", "steps_per_s"),
+                         ("pymdp 1.0.4", "steps_per_s")), ".2f", suffix="x"),
+            Column("edge-agent float64 per-agent", "steps_per_s", ",.0f",
+                   of="edge-agent float64 per-agent"),
+            Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
+            Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
+                                           of="pymdp 0.0.7.1")),
+            Column("learning on / off", "vs_learning_off", ".2f", suffix="x",
+                   of="edge-agent float64 per-agent"),
+            Column("edge-agent float64, learning off", "steps_per_s", ",.0f",
+                   of="edge-agent float64 learning off"),
+            Column("achieved: edge-agent per-agent", achieved_score(
+                "edge-agent float64 per-agent"), ".3f"),
+            Column("pymdp 1.0.4", achieved_score("pymdp 1.0.4"), ".3f"),
+            Column("over ticks", "achieved_ticks", ",d", of="edge-agent float64 per-agent"),
+        ),
+        headlines=(
+            Headline(
+                "Learning against pymdp 1.0.4, closed loop, like for like (per-agent counts, "
+                "every tick, the world's step timed), grid10 learning `pB`, 1,000 agents",
+                lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
+                {"world": "grid10", "learned": "B0", "n": 1000},
+            ),
+            Headline(
+                "Learning against pymdp 1.0.4, closed loop, like for like (per-agent counts, "
+                "every tick, the world's step timed), T-maze learning `pA`, 1,000 agents",
+                lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
+                {"world": "tmaze", "learned": "A1", "n": 1000},
+            ),
+        ),
+    ),
+    Table(
         id="learning-shared",
         title="Against pymdp with learning: edge-agent's shared counts",
         scope=(
@@ -526,7 +609,8 @@ TABLES: tuple[Table, ...] = (
             "every tick)."
         ),
         benchmark="bench_learning_peers.py",
-        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None},
+        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
+               "loop": lambda v: v != "closed"},
         key=("world", "n"),
         pivot="impl",
         command=f"{RECORD} bench_learning_peers.py -- --agents 1,1000",

@@ -4,14 +4,21 @@ Run by ``bench_learning_peers.py`` with the python of edge-agent's venv or of a 
 (``bench_peers.py`` makes those).
 
     python learning.py IMPL WORKLOAD.npz N [--seconds S] [--repeats R] [--refresh-every K]
+        [--closed-loop]
 
 ``WORKLOAD.npz``: the model (``A0``.., ``B0``.., ``C0``.., ``D0``..), the learned table's counts
-(``pA{m}``, one modality ``m``, or ``pB{f}``, one factor ``f``) and ``obs`` ``(T, N_max, M)``:
-the observations every implementation's agents receive, tick after tick (open loop: the same
-inputs for all, whatever they do). One tick, per agent: infer states, learn ``pA[m]`` from the
-outcome and the posterior, or ``pB[f]`` from the posteriors before and after the agent's last
-action (from the second tick on), learning rate 1, plan (one-step policies, utility and state
-information gain, gamma 16), choose an action (deterministic, from the action marginals):
+(``pA{m}``, one modality ``m``, or ``pB{f}``, one factor ``f``), ``obs`` ``(T, N_max, M)`` and
+the world's episode rule (:mod:`peers.world`). Open loop (the default): the agents receive
+``obs``, tick after tick (the same inputs for all, whatever they do; no episode starts).
+``--closed-loop``: the agents act in their own copy of the world (:class:`peers.world.
+ClosedLoopWorld`, ``N`` agents, seed 0, the same numpy code in every implementation's process),
+the world stepped by the actions they chose; agents whose episode starts forget their beliefs
+first (prior back to ``D``; no ``pB`` update across the start). The world's step is inside the
+timed loop for every implementation: the same work on every side. One tick, per agent: infer
+states, learn ``pA[m]`` from the outcome and the posterior, or ``pB[f]`` from the posteriors
+before and after the agent's last action (from the second tick of an episode on), learning rate
+1, plan (one-step policies, utility and state information gain, gamma 16), choose an action
+(deterministic, from the action marginals):
 
 * ``pymdp 0.0.7.1``: ``N`` ``Agent`` objects with ``pA`` and ``modalities_to_learn=[m]`` (or
   ``pB`` and ``factors_to_learn=[f]``), ``infer_states``, ``update_A`` (or ``update_B``),
@@ -20,7 +27,10 @@ information gain, gamma 16), choose an action (deterministic, from the action ma
 * ``pymdp 1.0.4``: one ``Agent`` with ``batch_size=N``, ``learn_A=True`` (or ``learn_B=True``:
   the two-frame sequence of posteriors and the last action, ``-1`` at the first tick) (per-agent
   counts, batched), the tick one ``equinox.filter_jit`` call: ``infer_states``,
-  ``infer_parameters``, ``infer_policies``, ``sample_action``, ``update_empirical_prior``;
+  ``infer_parameters``, ``infer_policies``, ``sample_action``, ``update_empirical_prior``.
+  ``learn_A`` updates every modality's counts (1.0.4 has no choice of modalities): the tick puts
+  back the tables and counts of the modalities (factors) not learned, so that they stay the
+  model's, as on the other sides;
 * ``edge-agent int8``: a :class:`~edge_agent.core.agents.AifAgentGroup` with ``learning=``, scope
   ``shared`` (one set of counts that all ``N`` agents teach), tables refreshed every
   ``--refresh-every`` ticks (1: every tick, as the peers);
@@ -31,7 +41,10 @@ information gain, gamma 16), choose an action (deterministic, from the action ma
 
 After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
 runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
-agent-steps per second of wall time), ``first_tick_s``, and ``state_bytes_per_agent``, the bytes
+agent-steps per second of wall time), ``first_tick_s``, ``loop`` (``open`` or ``closed``), in the
+closed loop what the agents achieved (``score``, ``mean_reward`` on the T-maze, ``reach_rate`` on
+grid10, and ``scores``, its sum at every tick: :class:`peers.world.ClosedLoopWorld`), and
+``state_bytes_per_agent``, the bytes
 of the arrays each agent's learning state holds (pymdp 0.0.7.1: every array of one ``Agent``;
 pymdp 1.0.4: every array leaf of the batched agent over ``N``; edge-agent, whatever the row's
 scope: what a group learning per agent reserves per agent, its state with its own learned table
@@ -53,6 +66,10 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for `peers`
+
+from peers.world import ClosedLoopWorld, load_workload  # noqa: E402
 
 GAMMA = 16.0
 NUM_ITER = 10
@@ -103,6 +120,7 @@ class Pymdp007:
             {"pA": tables, "modalities_to_learn": [m], "lr_pA": 1.0} if learns_A
             else {"pB": tables, "factors_to_learn": [m], "lr_pB": 1.0})
         self.learns_A = learns_A
+        self.actions = np.zeros((n, len(w["B"])), dtype=np.int64)
         self.agents = [
             Agent(
                 A=_obj_array(w["A"]), B=_obj_array(w["B"]), C=_obj_array(w["C"]),
@@ -115,17 +133,21 @@ class Pymdp007:
             for _ in range(n)
         ]
 
-    def tick(self, obs: np.ndarray) -> None:
+    def act(self, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
         rows = obs.tolist()
-        for agent, o in zip(self.agents, rows, strict=True):
+        for i, agent in enumerate(self.agents):
+            if start[i]:
+                agent.reset()  # beliefs uniform, time 0 ...
+                agent.action = None  # ... no last action: the prior is D, no update_B
             qs_prev = agent.qs
-            agent.infer_states(o)
+            agent.infer_states(rows[i])
             if self.learns_A:
-                agent.update_A(o)
+                agent.update_A(rows[i])
             elif agent.action is not None:
                 agent.update_B(qs_prev)
             agent.infer_policies()
-            agent.sample_action()
+            self.actions[i] = agent.sample_action()
+        return self.actions
 
     def bytes_per_agent(self) -> int:
         return _array_bytes(vars(self.agents[0]), set())
@@ -157,26 +179,37 @@ class Pymdp104:
         self.action = -jnp.ones((n, len(w["B"])), dtype=jnp.int32)
         self._leaves = jax.tree_util.tree_leaves
 
-        def step(agent: Any, prior: list[Any], obs: Any, qs_prev: list[Any],
-                 last: Any) -> tuple[Any, ...]:
+        def step(agent: Any, prior: list[Any], obs: Any, start: Any,
+                 memory: tuple[list[Any], Any]) -> tuple[Any, ...]:
+            qs_prev, last = memory  # B learning: the last posteriors and action
+            # Agents starting an episode: prior D, no last action (no B update).
+            prior = [jnp.where(start[:, None], d, p) for d, p in zip(agent.D, prior, strict=True)]
+            last = jnp.where(start[:, None], -1, last)
             observations = [obs[:, j] for j in range(obs.shape[1])]
             qs = agent.infer_states(observations, prior)
             if learns_A:
-                agent = agent.infer_parameters(qs, [o[:, None] for o in observations], None)
+                learned = agent.infer_parameters(qs, [o[:, None] for o in observations], None)
             else:
                 frames = [jnp.concatenate([p, q], axis=1) for p, q in zip(qs_prev, qs, strict=True)]
-                agent = agent.infer_parameters(qs, [o[:, None] for o in observations],
-                                               last[:, None, :], beliefs_B=frames)
+                learned = agent.infer_parameters(qs, [o[:, None] for o in observations],
+                                                 last[:, None, :], beliefs_B=frames)
+            # 1.0.4 learns every modality (factor): keep the others the model's.
+            tables = [t if i == m else t0 for i, (t, t0) in enumerate(
+                zip(getattr(learned, table), getattr(agent, table), strict=True))]
+            counts = [c if i == m else c0 for i, (c, c0) in enumerate(
+                zip(getattr(learned, f"p{table}"), getattr(agent, f"p{table}"), strict=True))]
+            agent = eqx.tree_at(lambda a: (getattr(a, table), getattr(a, f"p{table}")), learned,
+                                (tables, counts))
             q_pi, _neg_efe = agent.infer_policies(qs)
             action = agent.sample_action(q_pi)
             return agent, agent.update_empirical_prior(action, qs), action, qs
 
         self._step = eqx.filter_jit(step)
 
-    def tick(self, obs: np.ndarray) -> None:
+    def act(self, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
         self.agent, self.prior, self.action, self.qs_prev = self._step(
-            self.agent, self.prior, obs.astype(np.int32), self.qs_prev, self.action)
-        np.asarray(self.action)  # waits for the device
+            self.agent, self.prior, obs.astype(np.int32), start, (self.qs_prev, self.action))
+        return np.asarray(self.action).astype(np.int64)  # waits for the device
 
     def bytes_per_agent(self) -> int:
         leaves = self._leaves(self.agent)
@@ -212,8 +245,10 @@ class EdgeAgent:
         self.per_agent_bytes = probe.per_agent_nbytes() + sum(
             c.nbytes_per_agent for c in probe.learning.learner.counts)
 
-    def tick(self, obs: np.ndarray) -> None:
-        self.group.step(obs)
+    def act(self, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
+        if start.any():
+            self.group.reset(start)
+        return self.group.step(obs)
 
     def bytes_per_agent(self) -> int:
         return self.per_agent_bytes
@@ -227,6 +262,25 @@ EDGE_SCOPES: dict[str, str | None] = {
 }
 
 
+class Replay:
+    """Open loop: the workload's observations ``(T, N, M)``, tick after tick, whatever the
+    actions (no episode starts); :class:`peers.world.ClosedLoopWorld`'s two calls."""
+
+    def __init__(self, obs: np.ndarray) -> None:
+        self.obs = obs
+        self.tick = 0
+        self.start = np.zeros(obs.shape[1], dtype=np.bool_)
+
+    def reset(self) -> tuple[np.ndarray, np.ndarray]:
+        self.tick = 0
+        return self.obs[0], self.start
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        del actions
+        self.tick += 1
+        return self.obs[self.tick % len(self.obs)], self.start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("impl")
@@ -236,11 +290,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--refresh-every", type=int, default=1)
     parser.add_argument("--max-ticks", type=int, default=1_000_000)
+    parser.add_argument("--closed-loop", action="store_true",
+                        help="act in the world (peers.world), its step timed; else replay obs")
     args = parser.parse_args()
     out = sys.stdout
     sys.stdout = sys.stderr  # stray prints of the libraries must not break the JSON line
     w = load(args.workload)
-    obs_all = w["obs"][:, : args.n]
+    world: ClosedLoopWorld | Replay = (
+        ClosedLoopWorld(load_workload(args.workload), args.n, seed=0) if args.closed_loop
+        else Replay(w["obs"][:, : args.n]))
     t0 = time.perf_counter()
     if args.impl == "pymdp 0.0.7.1":
         impl: Any = Pymdp007(w, args.n)
@@ -250,27 +308,33 @@ def main() -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         impl = EdgeAgent(w, args.n, args.refresh_every, EDGE_SCOPES[args.impl])
     build_s = time.perf_counter() - t0
+    obs, start = world.reset()
     t0 = time.perf_counter()
-    impl.tick(obs_all[0])
+    actions = impl.act(obs, start)
     first = time.perf_counter() - t0
-    impl.tick(obs_all[1])
+    obs, start = world.step(actions)
+    obs, start = world.step(impl.act(obs, start))  # warm-up
     tick = 2
     rates = []
     for _ in range(args.repeats):
         steps = 0
-        start = time.perf_counter()
-        while True:
-            impl.tick(obs_all[tick % len(obs_all)])
+        t0 = time.perf_counter()
+        while True:  # a tick: the agents act, the world (or the replay) steps
+            obs, start = world.step(impl.act(obs, start))
             tick += 1
             steps += 1
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - t0
             if elapsed >= args.seconds or steps >= args.max_ticks:
                 break
         rates.append(steps * args.n / elapsed)
+    achieved = ({"score": world.score, "scores": world.scores}
+                if isinstance(world, ClosedLoopWorld) else {})
     out.write(json.dumps({
-        "impl": args.impl, "n": args.n, "build_s": round(build_s, 3),
-        "first_tick_s": round(first, 3), "steps_per_s": round(statistics.median(rates)),
-        "ticks": tick, "state_bytes_per_agent": impl.bytes_per_agent(),
+        "impl": args.impl, "n": args.n, "loop": "closed" if args.closed_loop else "open",
+        "build_s": round(build_s, 3), "first_tick_s": round(first, 3),
+        "steps_per_s": round(statistics.median(rates)), "ticks": tick,
+        **achieved,
+        "state_bytes_per_agent": impl.bytes_per_agent(),
     }) + "\n")
     return 0
 

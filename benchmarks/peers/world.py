@@ -11,7 +11,12 @@ holds the generative model handed to every agent and the world's episode rule:
 * ``rule``: ``"goal"`` (``goal_state``: an agent that reaches this state of factor 0 respawns at
   its next step, its action ignored: ``edge_agent.sim.gridworld``) or ``"trial"``
   (``trial_len``: a new trial every ``trial_len`` steps, the action at the last one ignored:
-  ``edge_agent.sim.tmaze``, ``edge_agent.sim.grid2f``).
+  ``edge_agent.sim.tmaze``, ``edge_agent.sim.grid2f``);
+* optionally (``bench_learning_peers.py``'s reversal T-maze) ``reverse_every`` (0: never),
+  ``reward_modality``, ``reward_outcome``, ``loss_outcome``: the world of
+  ``edge_agent.sim.tmaze_reversal``, whose rewarded arm swaps every ``reverse_every`` trials: in
+  an agent's reversed phase (its trials so far ``// reverse_every`` odd) a reward outcome of
+  ``reward_modality`` is seen as a loss and a loss as a reward (only the arms give either).
 
 Every step draws the same random numbers whatever the actions are (one uniform per agent and
 factor for the move, per factor for a respawn, per modality for the observation), so two
@@ -42,6 +47,10 @@ def load_workload(path: str) -> dict[str, Any]:
         "rule": str(arrays["rule"]),
         "goal_state": int(arrays["goal_state"]),
         "trial_len": int(arrays["trial_len"]),
+        "reverse_every": int(arrays.get("reverse_every", 0)),
+        "reward_modality": int(arrays.get("reward_modality", -1)),
+        "reward_outcome": int(arrays.get("reward_outcome", -1)),
+        "loss_outcome": int(arrays.get("loss_outcome", -1)),
     }
 
 
@@ -65,6 +74,12 @@ class ClosedLoopWorld:
     ``reset()`` and ``step(actions)`` return ``(obs, episode_start)``: ``obs`` ``(n, M)`` int64
     outcomes and ``episode_start`` ``(n,)`` bool, True where the agent's episode began at this
     step (its beliefs must go back to ``D`` before it sees ``obs``).
+
+    What the agents achieved, the same counting whoever acts: ``score`` names it
+    (``mean_reward``: +1 a reward, -1 a loss, where the workload names a reward modality;
+    ``reach_rate``: goals reached, under the goal rule; None: neither) and ``scores`` holds its
+    sum over the agents at every observation since the world was made (``reset`` included);
+    :func:`achieved` makes it a rate.
     """
 
     def __init__(self, workload: dict[str, Any], n: int, seed: int) -> None:
@@ -84,6 +99,15 @@ class ClosedLoopWorld:
         self.obs = np.zeros((n, len(A)), dtype=np.int64)
         self.episode_steps = np.zeros(n, dtype=np.int64)
         self.zeros = np.zeros(n, dtype=np.int64)
+        self.reverse_every = workload.get("reverse_every", 0)
+        self.reward_modality = workload.get("reward_modality", -1)
+        self.reward_outcome = workload.get("reward_outcome", -1)
+        self.loss_outcome = workload.get("loss_outcome", -1)
+        self.trials = np.zeros(n, dtype=np.int64)
+        self.score: str | None = (
+            "mean_reward" if self.reward_modality >= 0
+            else "reach_rate" if self.rule == "goal" else None)
+        self.scores: list[int] = []
 
     def _spawn(self, where: np.ndarray) -> None:
         u = self.rng.random((len(self.num_states), self.n))
@@ -97,11 +121,25 @@ class ClosedLoopWorld:
         u = self.rng.random((len(self.obs_cdf), self.n))
         for m, cdf in enumerate(self.obs_cdf):
             self.obs[:, m] = _draw(cdf, joint, u[m])
+        if self.reward_modality >= 0:
+            self.scores.append(self._rewards(self.obs[:, self.reward_modality]))
         return self.obs
+
+    def _rewards(self, outcome: np.ndarray) -> int:
+        """Swap reward and loss in the reversed phases (in place); rewards less losses."""
+        reward, loss = self.reward_outcome, self.loss_outcome
+        if self.reverse_every > 0:
+            flip = (self.trials // self.reverse_every) % 2 == 1
+            flip &= (outcome == reward) | (outcome == loss)
+            outcome[flip] = reward + loss - outcome[flip]
+        return int(np.count_nonzero(outcome == reward)) - int(np.count_nonzero(outcome == loss))
 
     def reset(self) -> tuple[np.ndarray, np.ndarray]:
         start = np.ones(self.n, dtype=np.bool_)
         self._spawn(start)
+        self.trials[:] = 0
+        if self.rule == "goal":
+            self.scores.append(0)
         return self._observe(), start
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +154,18 @@ class ClosedLoopWorld:
             self.states[:, f] = _draw(cdf, cols, u[f])
         self.episode_steps += 1
         self._spawn(restart)
+        self.trials += restart
+        if self.rule == "goal":
+            reached = (self.states[:, 0] == self.goal_state) & ~restart
+            self.scores.append(int(np.count_nonzero(reached)))
         return self._observe(), restart
+
+
+def achieved(scores: list[int], n: int, steps: int | None = None) -> float:
+    """The rate of a world's ``scores`` per agent-step over its first ``steps`` observations
+    (all by default), ``n`` agents."""
+    taken = scores if steps is None else scores[:steps]
+    return sum(taken) / max(n * len(taken), 1)
 
 
 def actions_digest(actions: np.ndarray) -> str:

@@ -154,11 +154,15 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "extrapolated", "nodes": 100}, ("merge_s", "peak_mb")),
     ],
     "bench_learning_peers.py": [
-        *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i},
+        *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i, "loop": "open"},
            ("steps_per_s", "state_bytes_per_agent"))
           for w in ("tmaze", "grid10")
           for i in ("edge-agent int8 refresh 1", "edge-agent int8 refresh 100",
                     "edge-agent float64 per-agent", "edge-agent float64 learning off")],
+        *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i, "loop": "closed"},
+           ("steps_per_s", score, "achieved_ticks", "world_step_timed"))
+          for w, score in (("tmaze", "mean_reward"), ("grid10", "reach_rate"))
+          for i in ("edge-agent float64 per-agent", "edge-agent float64 learning off")],
         *[({"bench": "learning-reversal", "condition": c}, ("mean_reward_rate", "ticks_to_relearn"))
           for c in ("frozen", "learning", "forgetting")],
     ],

@@ -179,3 +179,74 @@ def test_a_tmaze_tick_of_1000_agents_makes_few_numpy_calls(tmp_path: Path) -> No
         loop = ClosedLoop(impl, str(path), 1000, 1, seed=1, warmup=3, record_steps=3)
         counted = loop.count_calls(6)  # two trials of 3 steps: resets included
         assert 100 < counted["numpy_calls_per_step"] <= 220, counted
+
+
+@pytest.fixture(scope="module")
+def reversal_workload(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import bench_learning_peers
+
+    path = tmp_path_factory.mktemp("learning") / "tmaze.npz"
+    bench_learning_peers.write_workload("tmaze", "A", 1, 4, path)
+    return path
+
+
+def test_reversal_world_swaps_reward_and_loss_in_its_reversed_trials(
+    reversal_workload: Path,
+) -> None:
+    """The learning benchmark's reversal T-maze: the same draws as the plain maze, with reward
+    and loss swapped in the trials of an odd phase (here every other trial), and scored."""
+    from edge_agent.sim.tmaze import LOSS, REWARD, REWARD_MODALITY
+
+    w = load_workload(str(reversal_workload))
+    assert (w["reverse_every"], w["reward_modality"]) == (50, REWARD_MODALITY)
+    plain = ClosedLoopWorld({**w, "reverse_every": 0}, 300, seed=2)
+    flips = ClosedLoopWorld({**w, "reverse_every": 1}, 300, seed=2)
+    assert plain.score == flips.score == "mean_reward"
+    rng = np.random.default_rng(0)
+    obs_a, _ = plain.reset()
+    obs_b, _ = flips.reset()
+    assert np.array_equal(obs_a, obs_b)  # trial 0: not reversed
+    swapped = 0
+    for t in range(12):
+        trials = flips.trials.copy()
+        actions = rng.integers(0, w["B"][0].shape[2], (300, 1)).repeat(2, axis=1)
+        actions[:, 1] = 0
+        obs_a, start = (x.copy() for x in plain.step(actions))
+        obs_b, _ = (x.copy() for x in flips.step(actions))
+        other = [m for m in range(len(w["A"])) if m != REWARD_MODALITY]
+        assert np.array_equal(obs_a[:, other], obs_b[:, other])
+        reversed_now = (trials + start) % 2 == 1
+        a, b = obs_a[:, REWARD_MODALITY], obs_b[:, REWARD_MODALITY]
+        paid = (a == REWARD) | (a == LOSS)
+        swap = reversed_now & paid
+        np.testing.assert_array_equal(b[swap], REWARD + LOSS - a[swap])
+        np.testing.assert_array_equal(b[~swap], a[~swap])
+        swapped += int(swap.sum())
+        for world, o in ((plain, a), (flips, b)):  # scored: rewards less losses
+            assert world.scores[t + 1] == int((o == REWARD).sum()) - int((o == LOSS).sum())
+    assert swapped > 0
+    assert len(plain.scores) == len(flips.scores) == 13
+
+
+def test_grid_world_scores_the_goals_its_agents_reach(workload: Path) -> None:
+    from peers.world import achieved
+
+    w = load_workload(str(workload))
+    world = ClosedLoopWorld(w, 100, seed=4)
+    if w["rule"] != "goal":  # the plain trial worlds have no score
+        assert world.score is None
+        return
+    assert world.score == "reach_rate"
+    world.reset()
+    controls = [b.shape[2] for b in w["B"]]
+    rng = np.random.default_rng(1)
+    restarts = []
+    for _ in range(300):
+        actions = np.stack([rng.integers(0, u, 100) for u in controls], axis=1)
+        restarts.append(int(world.step(actions)[1].sum()))
+    assert len(world.scores) == 301
+    # A goal reached at one step is an episode started at the next.
+    assert world.scores[1:-1] == restarts[1:]
+    assert sum(world.scores) > 0
+    assert achieved(world.scores, 100) == sum(world.scores) / (100 * 301)
+    assert achieved(world.scores, 100, 10) == sum(world.scores[:10]) / 1000
