@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 
-from edge_agent_host.hub.learning_merge import (
-    MergeSettings,
+from edge_agent_host.hub.learning_merge import MergeSettings, SparseTable, merge_round, merge_sparse
+from edge_agent_host.hub.learning_merge_dense import (
     cap_shares,
     leave_one_out_scores,
-    merge_round,
+    merge_round_dense,
     nanmedian_first_axis,
 )
 
@@ -184,3 +184,71 @@ def test_the_median_over_nodes_is_numpys_nanmedian(nodes: int) -> None:
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy's own warns on all-NaN columns
         expected = np.nanmedian(a, axis=0)
     np.testing.assert_allclose(nanmedian_first_axis(a), expected, rtol=1e-12)
+
+
+def random_round(seed: int, nodes: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A prior and ``nodes`` nodes' dense deltas of two tables (``B0: (S, S, U)``, ``A0: (3, S)``)
+    that visit a random part of the columns: honest, loud (capped), poisoned, silent nodes."""
+    rng = np.random.default_rng(seed)
+    b = true_b(seed)
+    d = honest(b, nodes, seed) * (rng.random((nodes, 1, S, U)) < 0.6)
+    d[rng.random(nodes) < 0.2] *= 15.0  # loud nodes: the cap's work
+    bad = rng.random(nodes) < 0.2
+    d[bad] = np.roll(d[bad], 1, axis=1)  # mass on the wrong next states: the score's work
+    d[rng.random(nodes) < 0.1] = 0.0  # nodes that sent nothing of this table
+    a = rng.poisson(2.0, (nodes, 3, S)).astype(float) * (rng.random((nodes, 1, S)) < 0.5)
+    prior = {"B0": PRIOR + rng.random((S, S, U)), "A0": np.full((3, S), 1.0)}
+    return prior, {"B0": d, "A0": a}
+
+
+@pytest.mark.parametrize("block_values", [1 << 20, 7])
+@pytest.mark.parametrize(("seed", "nodes"), [(0, 1), (1, 2), (2, 3), (3, 7), (4, 30), (5, 60)])
+def test_the_merge_over_what_nodes_sent_equals_the_dense_merge(
+    seed: int, nodes: int, block_values: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counts, scores, capped and refused nodes and their mass as the dense reference computes
+    them (hub/learning_merge_dense.py), with one block of columns and with many (a block of 7
+    values holds at most one column of these tables: every block boundary is crossed)."""
+    monkeypatch.setattr("edge_agent_host.hub.learning_merge.BLOCK_VALUES", block_values)
+    prior, deltas = random_round(seed, nodes)
+    current = {t: 2.0 * p for t, p in prior.items()}
+    settings = MergeSettings(forgetting=0.7, max_share=0.05, mad_k=2.0)
+    got = merge_round(prior, current, deltas, settings)
+    want = merge_round_dense(prior, current, deltas, settings)
+    for t in prior:
+        np.testing.assert_allclose(got.counts[t], want.counts[t], rtol=1e-10)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(got.mass, want.mass, rtol=1e-10)
+    np.testing.assert_array_equal(got.capped, want.capped)
+    np.testing.assert_array_equal(got.refused, want.refused)
+    if nodes >= 30:  # the random case exercises both safeguards
+        assert got.capped.any()
+        assert got.refused.any()
+
+
+def test_a_node_that_sent_a_column_in_two_deltas_counts_their_sum() -> None:
+    """What the hub reads: several deltas per node, float32 as sent, in any order."""
+    _, deltas = random_round(3, 7)
+    d = deltas["B0"].reshape(7, S, -1)
+    parts = []
+    for node in range(7):
+        cols = np.flatnonzero(d[node].sum(axis=0))
+        half = d[node][:, cols].T / 2.0
+        parts += [(node, cols[::-1], half[::-1].astype(np.float32)),
+                  (node, cols, half.astype(np.float32))]  # fmt: skip
+    table = SparseTable.of_parts(S, S * U, parts[::-1])
+    want = SparseTable.of_dense(d)
+    np.testing.assert_array_equal(table.node, want.node)
+    np.testing.assert_array_equal(table.column, want.column)
+    np.testing.assert_allclose(table.values, want.values, rtol=1e-6)
+    result = merge_sparse({"B0": PRIOR}, {"B0": PRIOR}, {"B0": table}, 7, DEFAULTS)
+    np.testing.assert_allclose(
+        result.counts["B0"], merge_round({"B0": PRIOR}, {"B0": PRIOR}, deltas_b0(d), DEFAULTS)
+        .counts["B0"], rtol=1e-6,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="outside"):
+        SparseTable.of_parts(S, S * U, [(0, np.array([S * U]), np.ones((1, S)))])
+
+
+def deltas_b0(d: np.ndarray) -> dict[str, np.ndarray]:
+    return {"B0": d.reshape(-1, S, S, U)}
