@@ -86,9 +86,11 @@ def build_round(
     *,
     signer: str | None = None,
     settings: RoundSettings | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     """Build the next round of ``line`` (module docstring); its summary (``state`` ``built``
-    or ``refused``). LearnInputError when there is nothing to build it from."""
+    or ``refused``). LearnInputError when there is nothing to build it from; with ``owner``
+    (a replica holding the line's lease), LeaseLostError when it lost the lease meanwhile."""
     settings = settings or RoundSettings()
     sha = store.current_sha256(line)
     if sha is None:
@@ -159,6 +161,7 @@ def build_round(
         base=counts_to_npz(base),
         provenance=provenance,
         merged=[p.id for p in pending] if built else [],
+        owner=owner,
     )
     return {
         "round": round_id,
