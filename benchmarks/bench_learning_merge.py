@@ -5,7 +5,9 @@ weighs on the wire, how fast the hub's database takes them, and what a round's m
 
 Each node's delta is what one report of a learning group holds: ``--experience`` agent-ticks
 (default 100) of agents walking grid10's true transitions, ``lr`` 1 of mass per tick on the
-transition taken; only the columns (state, action) visited travel (about 90 of 500 at 100 ticks).
+transition taken; only the columns (state, action) visited travel (about 70 of 500 at 100
+ticks), in the smaller of the protocol's two encodings as a node sends it
+(``sparse_counts_delta``: the values not 0 and their places).
 
 1. ``setup``: the line's bundle (grid10 with ``pB0``, converted and signed by the host
    converter), the columns and bytes of a delta as the protocol encodes it (the envelope
@@ -15,17 +17,20 @@ transition taken; only the columns (state, action) visited travel (about 90 of 5
    checked against the line's bundle and stored by ``LearningStore.ingest``): deltas per second,
    against the baseline of one telemetry message per node through the same path (``ratio``:
    deltas / telemetry, per second);
-3. ``merge``: a round's merge of the nodes' deltas: reading and densifying what waits
-   (``read_s``), then ``merge_round`` (the cap per column, the leave-one-out score, the sum)
-   (``merge_s``), against the baseline of a plain sum of the same dense deltas (``ratio``), and
-   the merge's peak of numpy memory (tracemalloc);
-4. ``extrapolated``: the sizes not measured, from the slope between the two largest measured:
-   the merge is dense in nodes x counts (``(nodes, 100, 500)`` float64 arrays, several at
-   once), so 10,000 nodes need about ten times the peak of 1,000: it is not measured here by
-   default (``--merge-nodes`` measures it on a machine that holds it).
+3. ``merge``: a round: reading what waits into the columns each node sent (``read_s``,
+   ``learning_round.per_node``; ``held_mb``: those arrays, float32 values of each visited
+   column's rows), then ``merge_sparse`` (the cap per column, the leave-one-out score, the sum)
+   (``merge_s``; ``peak_mb``: its peak of numpy memory beyond what it was given, tracemalloc);
+   ``round_bytes``: the nodes' deltas as they cross the broker. Up to ``--dense-max`` nodes,
+   the dense reference merge (``learning_merge_dense.merge_round_dense``, nodes x counts
+   float64) of the same deltas in the same process: its time, what it holds and its peak,
+   ``speedup`` (dense / sparse time), ``memory_ratio`` (dense / sparse, held + peak), and the
+   run stops if the two results differ (``equal``);
+4. ``extrapolated``: the sizes not measured, from the slope between the two largest measured.
 
     python benchmarks/bench_learning_merge.py [--ingest-nodes 100,1000,10000]
-        [--merge-nodes 100,1000] [--experience 100]
+        [--merge-nodes 100,1000,10000] [--dense-max 1000] [--extrapolate 100000]
+        [--experience 100]
 
 ``--smoke``: 5 and 10 nodes: the code path, for CI (tests/integration/benchmarks/test_smoke.py);
 its numbers mean nothing.
@@ -57,6 +62,7 @@ from edge_agent.fleet.protocol import (  # noqa: E402
     LearningDelta,
     Telemetry,
     encode,
+    sparse_counts_delta,
 )
 from edge_agent.sim.registry import builtin_model  # noqa: E402
 from edge_agent_host.converter.aif.options import AifOptions  # noqa: E402
@@ -109,15 +115,9 @@ def node_delta(rng: np.random.Generator, b: np.ndarray, experience: int) -> Coun
         nxt = int(rng.choice(states, p=b[:, s, a]))
         dense[nxt, s * actions + a] += LR
         s = nxt
-    columns = np.flatnonzero(dense.sum(axis=0)).astype("<u4")
-    return CountsDelta(
-        table="B0",
-        shape=b.shape,
-        columns=columns.tobytes(),
-        values=np.ascontiguousarray(dense[:, columns].T, dtype="<f4").tobytes(),
-        experience=experience,
-        lr=LR,
-    )
+    columns = np.flatnonzero(dense.sum(axis=0)).astype(np.uint32)
+    return sparse_counts_delta("B0", b.shape, columns, dense[:, columns].T.astype(np.float32),
+                               experience=experience, lr=LR)  # fmt: skip
 
 
 def heard(node: str, body: Any, seq: int) -> Heard:
