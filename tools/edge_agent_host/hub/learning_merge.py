@@ -135,12 +135,13 @@ class SparseTable:
         """From ``(node, columns: (k,), values: (k, rows))`` parts (a node may send several;
         their values in a column it sent twice are summed, in float64)."""
         sizes = [int(np.shape(cols)[0]) for _, cols, _ in parts]
+        for (n, _, v), k in zip(parts, sizes, strict=True):
+            if np.shape(v) != (k, rows):
+                raise ValueError(f"node {n}: values have shape {np.shape(v)}, expected {(k, rows)}")
         node = np.repeat(np.array([p[0] for p in parts], dtype=np.int64), sizes)
         column = np.concatenate([np.asarray(c, dtype=np.int64) for _, c, _ in parts] or
                                 [np.zeros(0, dtype=np.int64)])  # fmt: skip
-        values = np.concatenate(
-            [np.asarray(v).reshape(-1, rows) for _, _, v in parts] or [np.zeros((0, rows))]
-        )
+        values = np.concatenate([np.asarray(v) for _, _, v in parts] or [np.zeros((0, rows))])
         if column.size and (column.min() < 0 or column.max() >= columns):
             raise ValueError(f"a column is outside [0, {columns})")
         order = np.lexsort((node, column))

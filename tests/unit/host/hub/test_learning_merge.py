@@ -104,6 +104,12 @@ def test_one_node_is_capped_to_its_share_of_a_column() -> None:
     assert flags.tolist() == [True, False, False, False, False]
     assert share.max() == pytest.approx(0.25, rel=1e-9)
     np.testing.assert_array_equal(capped[1:], d.reshape(5, S, -1)[1:])  # the others untouched
+    # the hub's merge caps the same way
+    result = merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": d}, MergeSettings(mad_k=1e9))
+    assert result.capped.tolist() == [True, False, False, False, False]
+    np.testing.assert_allclose(result.mass, capped.sum(axis=(1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(result.counts["B0"], PRIOR + capped.sum(axis=0).reshape(S, S, U),
+                               rtol=1e-12)  # fmt: skip
     # a column only one node visited is left to the score: it is not capped
     alone = np.zeros((3, S, 1))
     alone[0, 0, 0] = 7.0
@@ -116,6 +122,11 @@ def test_the_score_is_the_log_evidence_per_unit_mass_under_the_others() -> None:
     prior = {"B0": np.array([[1.0], [1.0]])}
     d = np.array([[[3.0], [1.0]], [[3.0], [1.0]], [[0.0], [2.0]]])  # (nodes, rows, columns)
     scores = leave_one_out_scores(prior, {"B0": d})
+    # the hub's merge scores the same (no cap, no refusal here)
+    plain = MergeSettings(max_share=1.0, mad_k=float("inf"))
+    np.testing.assert_allclose(
+        merge_round(prior, prior, {"B0": d}, plain).scores, scores, rtol=1e-12
+    )
     # node 0: others' mass 6 spread as the median of (0.75, 0.25), (0.75, 0.25), (0, 1):
     # (0.75, 0.25) -> model (1 + 4.5, 1 + 1.5) / 8
     p = np.array([5.5, 2.5]) / 8
@@ -248,6 +259,8 @@ def test_a_node_that_sent_a_column_in_two_deltas_counts_their_sum() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="outside"):
         SparseTable.of_parts(S, S * U, [(0, np.array([S * U]), np.ones((1, S)))])
+    with pytest.raises(ValueError, match=r"node 2: values have shape \(1, 3\), expected \(1, 4\)"):
+        SparseTable.of_parts(S, S * U, [(2, np.array([0]), np.ones((1, S - 1)))])
 
 
 def deltas_b0(d: np.ndarray) -> dict[str, np.ndarray]:
