@@ -13,10 +13,16 @@ Two safeguards bound what one node can move, in this order:
 
 1. **Cap per column.** Node ``n``'s mass in column ``c`` of a table (every axis but the first,
    flattened) may be at most ``r = s / (1 - s)`` times the other nodes' mass in that column,
-   ``s = max(max_share, 1 / k_c)`` where ``k_c`` is how many nodes put mass there: its share of
-   the column's increment is then at most ``s`` of the uncapped total. A node over it is scaled
-   down in that column and counted as capped. A column only one node visited is not capped
-   (there is nothing to compare it with): the score below is what catches that node.
+   ``s = max(max_share, 1 / k_c)`` where ``k_c`` is how many nodes put mass there, plus
+   ``prior_share`` of the column's prior mass (what the round starts from): its share of the
+   column's increment is then at most ``s`` of the uncapped total, or it moves the column by at
+   most about ``prior_share`` of the mass the column already had. A node over it is scaled down
+   in that column and counted as capped. A column only one node visited is not capped (there
+   is nothing to compare it with): the score below is what catches that node. The allowance on
+   the prior keeps the experience of few honest nodes that each walk a corner of the world (a
+   column's few visitors have little mass to compare with, so the share alone scaled honest
+   nodes down in most columns) while a node still moves an established column by a bounded
+   part per round.
 2. **Leave-one-out score.** Node ``n``'s (capped) increments are scored under the fleet model
    built without it: per column, ``prior`` (``base`` and the forgotten ``current``) plus the
    other nodes' mass there, spread as the element-wise median of the normalised columns of the
@@ -80,12 +86,14 @@ _MAD_TO_SD: Final = 1.4826
 class MergeSettings:
     """``forgetting``: the factor on what earlier rounds merged (1: keep all, 0: start from
     ``base`` each round); ``max_share``: a node's largest share of a column's increment;
+    ``prior_share``: the part of a column's prior mass a node may add beyond that share;
     ``mad_k``: how many MADs below the median a score may be (``inf``: no refusal);
     ``mad_floor``: the smallest MAD used; ``min_scored``: fewer nodes than this are not judged
     by their score."""
 
     forgetting: float = 1.0
     max_share: float = 0.25
+    prior_share: float = 0.05
     mad_k: float = 5.0
     mad_floor: float = 0.05
     min_scored: int = 3
@@ -95,6 +103,8 @@ class MergeSettings:
             raise ValueError(f"forgetting {self.forgetting} must be in [0, 1]")
         if not 0.0 < self.max_share <= 1.0:
             raise ValueError(f"max_share {self.max_share} must be in (0, 1]")
+        if not 0.0 <= self.prior_share <= 1.0:
+            raise ValueError(f"prior_share {self.prior_share} must be in [0, 1]")
         if not self.mad_k > 0 or not self.mad_floor > 0 or self.min_scored < 2:
             raise ValueError("mad_k and mad_floor must be > 0, min_scored >= 2")
 
@@ -215,16 +225,18 @@ def _pair_mass(table: SparseTable, part: slice = slice(None)) -> F64:
     return mass
 
 
-def _cap_scale(table: SparseTable, max_share: float) -> tuple[F64, F64]:
+def _cap_scale(table: SparseTable, prior: F64, settings: MergeSettings) -> tuple[F64, F64]:
     """Per pair, the factor the cap scales it by, and its mass after it; per column the rule
-    of the module docstring (``bincount`` over the pairs' columns)."""
+    of the module docstring (``bincount`` over the pairs' columns; ``prior: (rows, columns)``)."""
     mass = _pair_mass(table)
     total = np.bincount(table.column, weights=mass, minlength=table.columns)
     visitors = np.bincount(table.column, minlength=table.columns)
-    share = np.maximum(max_share, 1.0 / np.maximum(visitors, 1))
+    share = np.maximum(settings.max_share, 1.0 / np.maximum(visitors, 1))
     ratio = share / np.maximum(1.0 - share, 1e-12)
+    allowance = settings.prior_share * prior.sum(axis=0)
     bounded = ((share < 1.0) & (visitors > 1))[table.column]
-    limit = np.where(bounded, ratio[table.column] * (total[table.column] - mass), np.inf)
+    col = table.column
+    limit = np.where(bounded, ratio[col] * (total[col] - mass) + allowance[col], np.inf)
     over = mass > limit * (1.0 + 1e-9)  # an even split is not over its share
     scale = np.where(over, limit / np.where(mass > 0, mass, 1.0), 1.0)
     return scale, mass * scale
@@ -319,7 +331,7 @@ def merge_sparse(
     node_mass = np.zeros(nodes)
     scales: dict[str, F64] = {}
     for t, table in deltas.items():
-        scale, mass = _cap_scale(table, settings.max_share)
+        scale, mass = _cap_scale(table, prior[t], settings)
         scales[t] = scale
         capped[table.node[scale < 1.0]] = True
         loglik += _loglik(table, prior[t], scale, mass, nodes)

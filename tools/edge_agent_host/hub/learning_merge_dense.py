@@ -27,8 +27,12 @@ __all__ = ["cap_shares", "leave_one_out_scores", "merge_round_dense", "nanmedian
 F64 = npt.NDArray[np.float64]
 
 
-def cap_shares(deltas: F64, max_share: float) -> tuple[F64, npt.NDArray[np.bool_]]:
-    """``deltas: (nodes, rows, columns)`` -> ``(capped deltas, capped: (nodes,) bool)``."""
+def cap_shares(
+    deltas: F64, max_share: float, allowance: F64 | float = 0.0
+) -> tuple[F64, npt.NDArray[np.bool_]]:
+    """``deltas: (nodes, rows, columns)`` -> ``(capped deltas, capped: (nodes,) bool)``;
+    ``allowance``: per column, the mass a node may add beyond its share (``prior_share`` of the
+    column's prior mass)."""
     mass = deltas.sum(axis=1)  # (nodes, columns)
     total = mass.sum(axis=0)  # (columns,)
     visitors = (mass > 0).sum(axis=0)
@@ -36,7 +40,7 @@ def cap_shares(deltas: F64, max_share: float) -> tuple[F64, npt.NDArray[np.bool_
     bounded = np.broadcast_to((share < 1.0) & (visitors > 1), mass.shape)
     ratio = share / np.maximum(1.0 - share, 1e-12)
     limit = np.full(mass.shape, np.inf)  # (nodes, columns): a node's mass at most
-    np.multiply(ratio[None, :], total[None, :] - mass, out=limit, where=bounded)
+    np.add(ratio[None, :] * (total[None, :] - mass), allowance, out=limit, where=bounded)
     over = mass > limit * (1.0 + 1e-9)  # an even split is not over its share
     scale = np.where(over, limit / np.where(mass > 0, mass, 1.0), 1.0)
     return deltas * scale[:, None, :], over.any(axis=1)
@@ -98,7 +102,8 @@ def merge_round_dense(
     capped = np.zeros(n, dtype=bool)
     for t, d in deltas.items():
         flat = np.asarray(d, dtype=np.float64).reshape(n, shapes[t][0], -1)
-        stacked[t], over = cap_shares(flat, settings.max_share)
+        allowance = settings.prior_share * prior[t].sum(axis=0)
+        stacked[t], over = cap_shares(flat, settings.max_share, allowance)
         capped |= over
     scores = leave_one_out_scores(prior, stacked) if n and stacked else np.full(n, np.nan)
     refused = outliers(scores, settings)

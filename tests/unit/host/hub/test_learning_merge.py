@@ -105,7 +105,8 @@ def test_one_node_is_capped_to_its_share_of_a_column() -> None:
     assert share.max() == pytest.approx(0.25, rel=1e-9)
     np.testing.assert_array_equal(capped[1:], d.reshape(5, S, -1)[1:])  # the others untouched
     # the hub's merge caps the same way
-    result = merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": d}, MergeSettings(mad_k=1e9))
+    no_allowance = MergeSettings(mad_k=1e9, prior_share=0.0)
+    result = merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": d}, no_allowance)
     assert result.capped.tolist() == [True, False, False, False, False]
     np.testing.assert_allclose(result.mass, capped.sum(axis=(1, 2)), rtol=1e-12)
     np.testing.assert_allclose(result.counts["B0"], PRIOR + capped.sum(axis=0).reshape(S, S, U),
@@ -116,6 +117,50 @@ def test_one_node_is_capped_to_its_share_of_a_column() -> None:
     kept, flags = cap_shares(alone, 0.25)
     assert kept[0, 0, 0] == 7.0
     assert not flags.any()
+
+
+def corners(b: np.ndarray, n: int, ticks: int, lr: float, seed: int) -> np.ndarray:
+    """``n`` honest nodes that each walk a corner of the world: ``ticks`` transitions drawn
+    from ``b`` in columns weighted by a Dirichlet(0.3) of each node's own, ``lr`` each."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, S, S * U))
+    flat = b.reshape(S, -1)
+    for i in range(n):
+        visits = rng.multinomial(ticks, rng.dirichlet(np.full(S * U, 0.3)))
+        for c in np.flatnonzero(visits):
+            out[i, :, c] = lr * rng.multinomial(visits[c], flat[:, c])
+    return out.reshape(n, S, S, U)
+
+
+def test_few_honest_nodes_in_their_corners_keep_their_experience() -> None:
+    """Five nodes, each in a corner, a round's increments (lr 0.05, 2 units a node) on a line
+    whose counts hold 50 a column already: the allowance on the prior keeps everything they sent,
+    where the share alone (``prior_share`` 0) scales most of them down in most columns; a loud
+    node is still held to its share plus 5 % of the column's prior mass."""
+    b = true_b()
+    prior = 50.0 * b + 0.5
+    d = corners(b, 5, 40, 0.05, seed=3)
+    kept = merge_round({"B0": prior}, {"B0": prior}, {"B0": d}, DEFAULTS)
+    assert not kept.capped.any()
+    assert not kept.refused.any()
+    np.testing.assert_allclose(kept.mass, d.sum(axis=(1, 2, 3)), rtol=1e-12)
+    share_only = merge_round({"B0": prior}, {"B0": prior}, {"B0": d},
+                             MergeSettings(prior_share=0.0))  # fmt: skip
+    assert share_only.capped.sum() >= 4
+    assert share_only.mass.sum() < 0.9 * d.sum()
+    loud = d.copy()
+    loud[0] *= 200.0
+    held = merge_round({"B0": prior}, {"B0": prior}, {"B0": loud}, MergeSettings(mad_k=1e9))
+    assert held.capped[0]
+    assert not held.capped[1:].any()
+    col_prior = prior.reshape(S, -1).sum(axis=0)
+    col_mass = loud.reshape(5, S, -1).sum(axis=1)
+    others = col_mass[1:].sum(axis=0)
+    visitors = (col_mass > 0).sum(axis=0)
+    share = np.maximum(0.25, 1.0 / np.maximum(visitors, 2))  # a column of one is not capped
+    bound = np.where(visitors > 1, share / (1 - share) * others + 0.05 * col_prior, np.inf)
+    merged_mass = held.counts["B0"].reshape(S, -1).sum(axis=0) - col_prior - others
+    assert np.all(merged_mass <= bound * (1 + 1e-9))
 
 
 def test_the_score_is_the_log_evidence_per_unit_mass_under_the_others() -> None:
@@ -172,6 +217,7 @@ def test_few_nodes_are_not_judged_by_their_score() -> None:
     [
         ({"forgetting": 1.5}, "forgetting"),
         ({"max_share": 0.0}, "max_share"),
+        ({"prior_share": -0.1}, "prior_share"),
         ({"min_scored": 1}, "min_scored"),
     ],
 )
