@@ -5,7 +5,9 @@ weighs on the wire, how fast the hub's database takes them, and what a round's m
 
 Each node's delta is what one report of a learning group holds: ``--experience`` agent-ticks
 (default 100) of agents walking grid10's true transitions, ``lr`` 1 of mass per tick on the
-transition taken; only the columns (state, action) visited travel (about 90 of 500 at 100 ticks).
+transition taken; only the columns (state, action) visited travel (about 70 of 500 at 100
+ticks), in the smaller of the protocol's two encodings as a node sends it
+(``sparse_counts_delta``: the values not 0 and their places).
 
 1. ``setup``: the line's bundle (grid10 with ``pB0``, converted and signed by the host
    converter), the columns and bytes of a delta as the protocol encodes it (the envelope
@@ -15,17 +17,20 @@ transition taken; only the columns (state, action) visited travel (about 90 of 5
    checked against the line's bundle and stored by ``LearningStore.ingest``): deltas per second,
    against the baseline of one telemetry message per node through the same path (``ratio``:
    deltas / telemetry, per second);
-3. ``merge``: a round's merge of the nodes' deltas: reading and densifying what waits
-   (``read_s``), then ``merge_round`` (the cap per column, the leave-one-out score, the sum)
-   (``merge_s``), against the baseline of a plain sum of the same dense deltas (``ratio``), and
-   the merge's peak of numpy memory (tracemalloc);
-4. ``extrapolated``: the sizes not measured, from the slope between the two largest measured:
-   the merge is dense in nodes x counts (``(nodes, 100, 500)`` float64 arrays, several at
-   once), so 10,000 nodes need about ten times the peak of 1,000: it is not measured here by
-   default (``--merge-nodes`` measures it on a machine that holds it).
+3. ``merge``: a round: reading what waits into the columns each node sent (``read_s``,
+   ``learning_round.per_node``; ``held_mb``: those arrays, float32 values of each visited
+   column's rows), then ``merge_sparse`` (the cap per column, the leave-one-out score, the sum)
+   (``merge_s``; ``peak_mb``: its peak of numpy memory beyond what it was given, tracemalloc);
+   ``round_bytes``: the nodes' deltas as they cross the broker. Up to ``--dense-max`` nodes,
+   the dense reference merge (``learning_merge_dense.merge_round_dense``, nodes x counts
+   float64) of the same deltas in the same process: its time, what it holds and its peak,
+   ``speedup`` (dense / sparse time), ``memory_ratio`` (dense / sparse, held + peak), and the
+   run stops if the two results differ (``equal``);
+4. ``extrapolated``: the sizes not measured, from the slope between the two largest measured.
 
     python benchmarks/bench_learning_merge.py [--ingest-nodes 100,1000,10000]
-        [--merge-nodes 100,1000] [--experience 100]
+        [--merge-nodes 100,1000,10000] [--dense-max 1000] [--extrapolate 100000]
+        [--experience 100]
 
 ``--smoke``: 5 and 10 nodes: the code path, for CI (tests/integration/benchmarks/test_smoke.py);
 its numbers mean nothing.
@@ -39,6 +44,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +62,15 @@ from edge_agent.fleet.protocol import (  # noqa: E402
     LearningDelta,
     Telemetry,
     encode,
+    sparse_counts_delta,
 )
 from edge_agent.sim.registry import builtin_model  # noqa: E402
 from edge_agent_host.converter.aif.options import AifOptions  # noqa: E402
 from edge_agent_host.converter.common import ConvertOptions  # noqa: E402
 from edge_agent_host.converter.formats.aif import convert_aif  # noqa: E402
 from edge_agent_host.hub.engines import SqliteEngine  # noqa: E402
-from edge_agent_host.hub.learning_merge import MergeSettings, merge_round  # noqa: E402
+from edge_agent_host.hub.learning_merge import MergeSettings, SparseTable, merge_sparse  # noqa: E402
+from edge_agent_host.hub.learning_merge_dense import merge_round_dense  # noqa: E402
 from edge_agent_host.hub.learning_model import line_model  # noqa: E402
 from edge_agent_host.hub.learning_round import per_node  # noqa: E402
 from edge_agent_host.hub.learning_store import LearningStore  # noqa: E402
@@ -107,15 +115,9 @@ def node_delta(rng: np.random.Generator, b: np.ndarray, experience: int) -> Coun
         nxt = int(rng.choice(states, p=b[:, s, a]))
         dense[nxt, s * actions + a] += LR
         s = nxt
-    columns = np.flatnonzero(dense.sum(axis=0)).astype("<u4")
-    return CountsDelta(
-        table="B0",
-        shape=b.shape,
-        columns=columns.tobytes(),
-        values=np.ascontiguousarray(dense[:, columns].T, dtype="<f4").tobytes(),
-        experience=experience,
-        lr=LR,
-    )
+    columns = np.flatnonzero(dense.sum(axis=0)).astype(np.uint32)
+    return sparse_counts_delta("B0", b.shape, columns, dense[:, columns].T.astype(np.float32),
+                               experience=experience, lr=LR)  # fmt: skip
 
 
 def heard(node: str, body: Any, seq: int) -> Heard:
@@ -180,8 +182,28 @@ def ingest(
           "seconds": round(delta_s, 3), **wire})  # fmt: skip
 
 
+def densify(table: SparseTable, nodes: int) -> np.ndarray:
+    """``(nodes, rows, columns)`` float64: what the dense merge takes."""
+    dense = np.zeros((nodes, table.rows, table.columns))
+    dense[table.node, :, table.column] = table.values
+    return dense
+
+
+def traced(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``fn()``, its seconds and its peak of traced (numpy) memory in MiB (a second call)."""
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    tracemalloc.start()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return out, seconds, peak / 2**20
+
+
 def merge(
-    tmp: Path, data: bytes, sha: str, deltas: list[CountsDelta], nodes: int
+    tmp: Path, data: bytes, sha: str, deltas: list[CountsDelta], nodes: int, *,
+    dense_max: int, wire: list[int],
 ) -> dict[str, Any]:
     db, store = fleet_db(tmp / f"merge-{nodes}.sqlite3", data, sha, nodes)
     try:
@@ -189,40 +211,59 @@ def merge(
                    for i in range(nodes)])  # fmt: skip
         model = line_model(data)
         start = time.perf_counter()
-        names, stacked, _ = per_node(store.pending(LINE, sha), model.shapes)
+        names, sparse, _ = per_node(store.pending(LINE, sha), model.shapes)
         read_s = time.perf_counter() - start
     finally:
         db.close()
+    (tmp / f"merge-{nodes}.sqlite3").unlink()
     settings = MergeSettings()
-    start = time.perf_counter()
-    result = merge_round(model.counts, model.counts, stacked, settings)
-    merge_s = time.perf_counter() - start
-    start = time.perf_counter()
-    plain = {t: model.counts[t] + stacked[t].sum(axis=0) for t in stacked}
-    sum_s = time.perf_counter() - start
-    tracemalloc.start()
-    merge_round(model.counts, model.counts, stacked, settings)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    moved = float(np.abs(result.counts["B0"] - plain["B0"]).sum() / stacked["B0"].sum())
-    record = {"bench": "merge", "nodes": len(names), "read_s": round(read_s, 4),
-              "merge_s": round(merge_s, 4), "plain_sum_s": round(sum_s, 5),
-              "ratio": round(merge_s / sum_s, 1), "peak_mb": round(peak / 2**20, 1),
-              "capped": int(result.capped.sum()), "refused": int(result.refused.sum()),
-              "mass_moved_vs_plain_sum": round(moved, 4)}  # fmt: skip
+    n = len(names)
+    result, merge_s, peak = traced(
+        lambda: merge_sparse(model.counts, model.counts, sparse, n, settings)
+    )
+    table = sparse["B0"]
+    held = table.values.nbytes + table.node.nbytes + table.column.nbytes
+    record: dict[str, Any] = {
+        "bench": "merge", "nodes": n, "read_s": round(read_s, 4), "merge_s": round(merge_s, 4),
+        "peak_mb": round(peak, 1), "held_mb": round(held / 2**20, 1),
+        "round_bytes": sum(wire[i % len(wire)] for i in range(nodes)),
+        "pairs": int(table.node.shape[0]),
+        "capped": int(result.capped.sum()), "refused": int(result.refused.sum()),
+    }  # fmt: skip
+    if n <= dense_max:
+        dense = {"B0": densify(table, n).reshape(n, *model.shapes["B0"])}
+        want, dense_s, dense_peak = traced(
+            lambda: merge_round_dense(model.counts, model.counts, dense, settings)
+        )
+        dense_held = dense["B0"].nbytes / 2**20
+        del dense
+        equal = bool(
+            np.allclose(result.counts["B0"], want.counts["B0"], rtol=1e-9)
+            and np.allclose(result.scores, want.scores, rtol=1e-9, equal_nan=True)
+            and (result.capped == want.capped).all() and (result.refused == want.refused).all()
+        )
+        if not equal:
+            raise SystemExit(f"{n} nodes: the sparse merge differs from the dense one")
+        record |= {
+            "dense_merge_s": round(dense_s, 4), "dense_peak_mb": round(dense_peak, 1),
+            "dense_held_mb": round(dense_held, 1), "speedup": round(dense_s / merge_s, 1),
+            "memory_ratio": round((dense_peak + dense_held) / (peak + held / 2**20), 1),
+            "equal": equal,
+        }  # fmt: skip
     emit(record)
     return record
 
 
 def extrapolate(measured: list[dict[str, Any]], sizes: list[int]) -> None:
-    """``merge_s`` and ``peak_mb`` at ``sizes`` from the slope between the two largest measured."""
+    """``merge_s``, ``read_s``, ``peak_mb``, ``held_mb`` and ``round_bytes`` at ``sizes`` from
+    the slope between the two largest measured (each linear in the nodes' deltas)."""
     if len(measured) < 2:
         return
     a, b = sorted(measured, key=lambda r: r["nodes"])[-2:]
     for nodes in sizes:
         out: dict[str, Any] = {"bench": "extrapolated", "nodes": nodes, "measured": False,
                                "from_nodes": [a["nodes"], b["nodes"]]}  # fmt: skip
-        for key in ("merge_s", "read_s", "peak_mb"):
+        for key in ("merge_s", "read_s", "peak_mb", "held_mb", "round_bytes"):
             slope = (b[key] - a[key]) / (b["nodes"] - a["nodes"])
             out[key] = round(b[key] + slope * (nodes - b["nodes"]), 2)
         emit(out)
@@ -235,14 +276,17 @@ def sizes(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ingest-nodes", type=sizes, default=[100, 1000, 10000])
-    parser.add_argument("--merge-nodes", type=sizes, default=[100, 1000])
-    parser.add_argument("--extrapolate", type=sizes, default=[10000, 100000])
+    parser.add_argument("--merge-nodes", type=sizes, default=[100, 1000, 10000])
+    parser.add_argument("--dense-max", type=int, default=1000,
+                        help="the dense reference merge runs up to this many nodes")
+    parser.add_argument("--extrapolate", type=sizes, default=[100000])
     parser.add_argument("--experience", type=int, default=100, help="agent-ticks per delta")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: the code path only")
     args = parser.parse_args()
     pool = 200  # distinct deltas, reused round-robin
     if args.smoke:
         args.ingest_nodes, args.merge_nodes, args.extrapolate = [5, 10], [5, 10], [100]
+        args.dense_max = 10
         pool = 10
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -260,7 +304,8 @@ def main() -> None:
               "bundle_bytes": len(data), **sizes_of})  # fmt: skip
         for nodes in args.ingest_nodes:
             ingest(tmp, data, sha, deltas, nodes, wire=sizes_of)
-        measured = [merge(tmp, data, sha, deltas, nodes) for nodes in args.merge_nodes]
+        measured = [merge(tmp, data, sha, deltas, nodes, dense_max=args.dense_max, wire=wire)
+                    for nodes in args.merge_nodes]  # fmt: skip
         extrapolate(measured, [n for n in args.extrapolate if n not in args.merge_nodes])
 
 

@@ -264,6 +264,12 @@ def measured_or_slope(name: str, fmt: str, suffix: str) -> Getter:
     return get
 
 
+def dense_memory(row: Row) -> str | None:
+    """The dense reference merge's deltas held plus its numpy peak (``merge`` rows)."""
+    held, peak = row.get("dense_held_mb", "merge"), row.get("dense_peak_mb", "merge")
+    return None if held is None or peak is None else cell(held + peak, ",.0f", " MiB")
+
+
 # -- the rows expected per firmware profile -------------------------------------------------------
 
 
@@ -1107,10 +1113,12 @@ TABLES: tuple[Table, ...] = (
             "each what a node learned in 100 agent-ticks (only the columns visited travel). "
             "Ingested: through the hub's own write path on SQLite (checked against the line's "
             "bundle, stored once), against one telemetry message per node through the same "
-            "path. A round: the waiting deltas read and made dense, then the merge (the cap per "
-            "column, the leave-one-out score, the sum) against a plain sum of the same deltas, "
-            "and its numpy peak. The merge is dense in nodes x counts: the sizes marked "
-            "(slope) are from the slope between the two largest measured, not measured."
+            "path. A round: the waiting deltas read as sent (the columns each node visited), "
+            "then the merge (the cap per column, the leave-one-out score, the sum) over them, "
+            "against the dense reference merge of the same deltas in the same process (same "
+            "rule, same result: the run checks it), in nodes x counts arrays. Memory: what the "
+            "round holds (the deltas as sent, or dense) plus the merge's numpy peak. The sizes "
+            "marked (slope) are from the slope between the two largest measured, not measured."
         ),
         benchmark="bench_learning_merge.py",
         where={
@@ -1126,10 +1134,15 @@ TABLES: tuple[Table, ...] = (
             Column("bytes / delta", "bytes_per_delta", ",d", of="ingest"),
             Column("deltas / s ingested", "deltas_per_s", ",d", of="ingest"),
             Column("vs telemetry / s", "ratio", ".2f", of="ingest", suffix="x"),
+            Column("bytes / round", measured_or_slope("round_bytes", ",.0f", "")),
             Column("round: read", measured_or_slope("read_s", ".2f", " s")),
             Column("merge", measured_or_slope("merge_s", ".2f", " s")),
-            Column("merge / plain sum", "ratio", ".0f", of="merge", suffix="x"),
+            Column("held", measured_or_slope("held_mb", ",.0f", " MiB")),
             Column("numpy peak", measured_or_slope("peak_mb", ",.0f", " MiB")),
+            Column("dense merge", "dense_merge_s", ".2f", of="merge", suffix=" s"),
+            Column("dense held + peak", dense_memory),
+            Column("dense / sparse: time", "speedup", ".1f", of="merge", suffix="x"),
+            Column("memory", "memory_ratio", ".1f", of="merge", suffix="x"),
             Column("nodes capped", "capped", ",d", of="merge"),
         ),
     ),

@@ -149,9 +149,11 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "setup", "table": "grid10 B0"}, ("bytes_per_delta", "columns_per_delta")),
         *[({"bench": "ingest", "nodes": n}, ("deltas_per_s", "telemetry_per_s", "ratio"))
           for n in (5, 10)],
-        *[({"bench": "merge", "nodes": n}, ("read_s", "merge_s", "ratio", "peak_mb"))
+        *[({"bench": "merge", "nodes": n},
+           ("read_s", "merge_s", "peak_mb", "held_mb", "round_bytes", "dense_merge_s",
+            "speedup", "memory_ratio", "equal"))
           for n in (5, 10)],
-        ({"bench": "extrapolated", "nodes": 100}, ("merge_s", "peak_mb")),
+        ({"bench": "extrapolated", "nodes": 100}, ("merge_s", "peak_mb", "round_bytes")),
     ],
     "bench_learning_peers.py": [
         *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i, "loop": "open"},

@@ -39,6 +39,7 @@ from tests.integration.fleet.test_fleet_daemon import FLEET, TOPICS, Node, wait_
 from tests.support.broker import MosquittoBroker
 from tests.support.postgres import PostgresMissingError, PostgresServer, find_pg_bindir
 from tests.unit.host.hub.test_catch_up_store import CATCH_UP_SCENARIOS
+from tests.unit.host.hub.test_learning_policy import POLICY_SCENARIOS
 from tests.unit.host.hub.test_learning_store import LEARNING_SCENARIOS
 from tests.unit.host.hub.test_rollouts import ROLLOUT_SCENARIOS
 from tests.unit.host.hub.test_store import SCENARIOS
@@ -618,7 +619,7 @@ def test_malformed_and_forged_messages_are_counted_and_dropped(
 
 @pytest.mark.parametrize(
     "scenario",
-    SCENARIOS + ROLLOUT_SCENARIOS + LEARNING_SCENARIOS + CATCH_UP_SCENARIOS,
+    SCENARIOS + ROLLOUT_SCENARIOS + LEARNING_SCENARIOS + CATCH_UP_SCENARIOS + POLICY_SCENARIOS,
     ids=lambda f: f.__name__[len("check_") :],
 )
 def test_the_data_layer_on_postgresql(pg_shared: PostgresServer, scenario: Any) -> None:

@@ -474,6 +474,14 @@ class LearningSection(StrictModel):
         '["--group", "grid", "--waves", "1,10%,100%", "--criterion", ...] (no '
         "--rollback-bundle).",
     )
+    lease_s: float = Field(
+        900.0,
+        ge=1,
+        le=_DAY,
+        description="A replica building a line's round holds the line's lease this long at "
+        "most: another replica takes the line over only after a holder that crashed left it "
+        "this long (s; longer than a round takes).",
+    )
     catch_up: bool = Field(
         True,
         description="Deploy a line's current version (its newest round whose rollout is done) "

@@ -6,7 +6,13 @@ with deltas) and builds a round of each one that is due: it has accepted experie
 its last round is ``every_s`` old (or it never had one), or ``min_experience`` agent-ticks wait;
 and the rollout of its last round has ended (a round built while it runs would merge only what
 its canaries learned on the new version, and be rolled out after it whatever its verdict).
-A round the converter's gate refused is not tried again until more experience arrives. With
+A round the converter's gate refused is not tried again until more experience arrives. Several
+replicas may run the policy against one PostgreSQL database: each line's round is built by the
+one replica that holds the line's lease (:meth:`~.learning_store.LearningStore.take_lease`,
+``[learning] lease_s``), the others skip the line and count it (``skipped``); the owner looks
+again whether the round is still due once it holds the lease (another replica may have just
+built it), gives the lease up after the round, and stores the round only while it still holds
+it. Lines are thereby spread over the replicas that look first. With
 ``publish``, a built round's bundle starts a staged rollout with ``[learning] rollout``'s options
 (those of ``rollout start``, the behaviour gate's criteria too), recorded with the round, whose
 rollback bundle is the round's parent: a round halted by its gate rolls the nodes it reached
@@ -34,7 +40,7 @@ from edge_agent_host.hub.catch_up_store import catch_up
 from edge_agent_host.hub.config import LearningSection
 from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
-from edge_agent_host.hub.learning_store import LearningStore
+from edge_agent_host.hub.learning_store import LearningStore, LeaseLostError
 from edge_agent_host.hub.rollout_options import parse_start_options
 from edge_agent_host.hub.rollout_plan import ACTIVE
 from edge_agent_host.hub.rollout_start import store_rollout
@@ -59,6 +65,7 @@ class LearningPolicy:
         key: Ed25519PrivateKey,
         *,
         signer: str,
+        owner: str,
         silent_after_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -66,6 +73,7 @@ class LearningPolicy:
         self.open_db = open_db
         self.key = key
         self.signer = signer
+        self.owner = owner
         self.silent_after_s = silent_after_s
         self.clock = clock
         self.settings = RoundSettings(
@@ -80,7 +88,8 @@ class LearningPolicy:
         self._refused_at: dict[str, int] = {}
         self._thread: threading.Thread | None = None
         self.counts = {
-            "built": 0, "refused": 0, "published": 0, "errors": 0, "catch_up_errors": 0
+            "built": 0, "refused": 0, "published": 0, "skipped": 0, "lease_lost": 0, "errors": 0,
+            "catch_up_errors": 0,
         }  # fmt: skip
 
     # the service's side -----------------------------------------------------------------------
@@ -157,13 +166,19 @@ class LearningPolicy:
         ``publish_error``: why it was not published)."""
         store = LearningStore(db)
         done = []
-        for line, waiting in self.due(store, self.clock()).items():
-            try:
-                summary = build_round(store, line, self.key, signer=self.signer,
-                                      settings=self.settings)  # fmt: skip
-            except LearnInputError as err:  # nothing against the current version
-                logger.debug("learning round of %s: %s", line, err)
+        for line in self.due(store, self.clock()):
+            if not store.take_lease(line, self.owner, now=self.clock(),
+                                    lease_s=self.section.lease_s):  # fmt: skip
+                self.counts["skipped"] += 1
+                logger.debug("learning round of %s: another replica holds the line", line)
                 continue
+            try:
+                summary = self._build(store, line)
+            finally:
+                store.release_lease(line, self.owner)
+            if summary is None:
+                continue
+            waiting = summary.pop("waiting")
             if summary["state"] != "built":
                 self.counts["refused"] += 1
                 self._refused_at[line] = waiting
@@ -181,6 +196,24 @@ class LearningPolicy:
                 self._publish(db, store, summary)
             done.append(summary)
         return done
+
+    def _build(self, store: LearningStore, line: str) -> dict[str, Any] | None:
+        """The round of ``line`` under its lease, with ``waiting`` (the experience it saw due);
+        None when it is no longer due or there is nothing to build."""
+        waiting = self.due(store, self.clock()).get(line)
+        if waiting is None:  # another replica built it since this look began
+            return None
+        try:
+            summary = build_round(store, line, self.key, signer=self.signer,
+                                  settings=self.settings, owner=self.owner)  # fmt: skip
+        except LearnInputError as err:  # nothing against the current version
+            logger.debug("learning round of %s: %s", line, err)
+            return None
+        except LeaseLostError as err:
+            self.counts["lease_lost"] += 1
+            logger.warning("learning round of %s not stored: %s", line, err)
+            return None
+        return {**summary, "waiting": waiting}
 
     def catch_up(self, db: HubDatabase) -> dict[str, Any]:
         """Bring the groups behind their line's current version up to it (hub/catch_up_store.py);

@@ -24,8 +24,7 @@ from edge_agent_host.converter.aif.options import AifOptions, AifThresholds
 from edge_agent_host.converter.common import ConvertOptions
 from edge_agent_host.converter.formats.aif import convert_aif
 from edge_agent_host.fleet.errors import FleetError
-from edge_agent_host.hub.learning_checks import dense_increments
-from edge_agent_host.hub.learning_merge import MergeSettings, merge_round
+from edge_agent_host.hub.learning_merge import MergeSettings, SparseTable, merge_sparse
 from edge_agent_host.hub.learning_model import (
     counts_from_npz,
     counts_to_npz,
@@ -63,17 +62,22 @@ def next_version(parent: str, round_no: int) -> str:
 
 def per_node(
     pending: list[Pending], shapes: dict[str, tuple[int, ...]]
-) -> tuple[list[str], dict[str, np.ndarray], dict[str, int]]:
-    """The nodes (sorted), their summed increments ``{table: (nodes, *shape)}`` and experience."""
+) -> tuple[list[str], dict[str, SparseTable], dict[str, int]]:
+    """The nodes (sorted), their increments as they sent them ``{table: SparseTable}`` (only
+    the columns each visited; a node's deltas summed) and their experience."""
     nodes = sorted({p.node for p in pending})
     index = {n: i for i, n in enumerate(nodes)}
-    stacked = {t: np.zeros((len(nodes), s[0], int(np.prod(s[1:])))) for t, s in shapes.items()}
+    parts: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {t: [] for t in shapes}
     experience = dict.fromkeys(nodes, 0)
     for p in pending:
-        for t, dense in dense_increments(p.tables, shapes).items():
-            stacked[t][index[p.node]] += dense
+        for t in p.tables:
+            parts[t.table].append((index[p.node], *t.arrays()))
         experience[p.node] += p.experience
-    return nodes, {t: a.reshape(len(nodes), *shapes[t]) for t, a in stacked.items()}, experience
+    deltas = {
+        t: SparseTable.of_parts(s[0], int(np.prod(s[1:], dtype=np.int64)), parts[t])
+        for t, s in shapes.items()
+    }
+    return nodes, deltas, experience
 
 
 def build_round(
@@ -83,9 +87,11 @@ def build_round(
     *,
     signer: str | None = None,
     settings: RoundSettings | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     """Build the next round of ``line`` (module docstring); its summary (``state`` ``built``
-    or ``refused``). LearnInputError when there is nothing to build it from."""
+    or ``refused``). LearnInputError when there is nothing to build it from; with ``owner``
+    (a replica holding the line's lease), LeaseLostError when it lost the lease meanwhile."""
     settings = settings or RoundSettings()
     sha = store.current_sha256(line)
     if sha is None:
@@ -111,7 +117,7 @@ def build_round(
     else:
         current, base, parent_version = model.counts, model.counts, model.version
     nodes, deltas, experience = per_node(pending, model.shapes)
-    result = merge_round(base, current, deltas, settings.merge)
+    result = merge_sparse(base, current, deltas, len(nodes), settings.merge)
     round_no = store.rounds(line) + 1
     version = next_version(parent_version, round_no)
     provenance = {
@@ -162,6 +168,7 @@ def build_round(
         base=counts_to_npz(base),
         provenance=provenance,
         merged=[p.id for p in pending] if built else [],
+        owner=owner,
     )
     return {
         "round": round_id,

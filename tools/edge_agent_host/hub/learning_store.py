@@ -7,6 +7,14 @@ stores each delta once per ``(node, group, seq)`` (``ON CONFLICT DO NOTHING``: a
 second replica never counts twice), ``accepted`` or with the :class:`Refusal` it earned. A
 model line is a bundle name; its current version is the newest bundle of that name the hub
 holds (the one it deployed last: ``rollout start`` and ``learn publish`` store it).
+
+**One replica builds a line's round at a time.** :meth:`LearningStore.take_lease` gives a
+replica the line's lease (schema migration 6: a row per line, its owner and when it expires)
+when nobody holds it, it holds it already, or the owner's lease expired (a replica that
+crashed in a round); :meth:`LearningStore.add_round` with ``owner`` stores the round only while
+that replica still holds it (in the same transaction: a replica that stalled past its lease and
+was taken over stores nothing). The same on both engines; on SQLite the hub has one replica,
+so its lease is always free.
 """
 
 from __future__ import annotations
@@ -22,13 +30,14 @@ import msgspec
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.protocol import CountsDelta, LearningDelta
+from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.learning_checks import Refusal, check_tables
 from edge_agent_host.hub.learning_model import LineModel, line_model
 from edge_agent_host.hub.queue import Heard
 from edge_agent_host.hub.rollout_plan import RolloutState
 from edge_agent_host.hub.store import HubDatabase, to_json
 
-__all__ = ["ACCEPTED", "LearningStore", "Pending", "split_model"]
+__all__ = ["ACCEPTED", "LearningStore", "LeaseLostError", "Pending", "split_model"]
 
 ACCEPTED: Final = "accepted"
 _MODELS_KEPT: Final = 8
@@ -40,6 +49,10 @@ def split_model(model: str) -> tuple[str, str]:
     """``"name@version"`` -> ``(name, version)`` (version empty when there is no ``@``)."""
     name, _, version = model.rpartition("@")
     return (name, version) if name else (model, "")
+
+
+class LeaseLostError(FleetError):
+    """A round not stored: its replica no longer holds the line's lease (another took it)."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +212,34 @@ class LearningStore:
             "rollout": r[10],
         }
 
+    def take_lease(self, line: str, owner: str, *, now: float, lease_s: float) -> bool:
+        """Whether ``owner`` now holds ``line``'s lease until ``now + lease_s``: nobody held
+        it, ``owner`` did, or the lease had expired (module docstring)."""
+        with self.db.transaction():
+            changed = self.db.execute(
+                "INSERT INTO learning_leases (line, owner, lease_until) VALUES (:line, :owner, "
+                ":until) ON CONFLICT (line) DO UPDATE SET owner = excluded.owner, "
+                "lease_until = excluded.lease_until WHERE learning_leases.owner = :owner "
+                "OR learning_leases.lease_until <= :now",
+                {"line": line, "owner": owner, "until": now + lease_s, "now": now},
+            )
+        return changed == 1
+
+    def release_lease(self, line: str, owner: str) -> None:
+        """``owner`` gives ``line``'s lease up (nothing when another holds it)."""
+        with self.db.transaction():
+            self.db.execute(
+                "DELETE FROM learning_leases WHERE line = :line AND owner = :owner",
+                {"line": line, "owner": owner},
+            )
+
+    def lease(self, line: str) -> tuple[str, float] | None:
+        """``line``'s lease: its owner and until when (None: nobody's)."""
+        rows = self.db.query(
+            "SELECT owner, lease_until FROM learning_leases WHERE line = :line", {"line": line}
+        )
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
     def set_rollout(self, round_id: int, rollout_id: str) -> None:
         """Round ``round_id`` was published by rollout ``rollout_id``."""
         with self.db.transaction():
@@ -257,9 +298,21 @@ class LearningStore:
         provenance: Mapping[str, Any],
         merged: Sequence[int],
         now: float | None = None,
+        owner: str | None = None,
     ) -> int:
-        """Store a round; the deltas ``merged`` (ids) become its own. Returns its id."""
+        """Store a round; the deltas ``merged`` (ids) become its own. Returns its id. With
+        ``owner``: only while it holds ``line``'s lease, else LeaseLostError (nothing stored;
+        the check locks the lease's row until the round is stored)."""
         with self.db.transaction():
+            if owner is not None and not self.db.execute(
+                "UPDATE learning_leases SET owner = owner WHERE line = :line "
+                "AND owner = :owner",
+                {"line": line, "owner": owner},
+            ):
+                raise LeaseLostError(
+                    f"model line {line!r}: replica {owner!r} no longer holds its lease "
+                    "(it outlived it and another replica took the line over)"
+                )
             self.db.execute(
                 "INSERT INTO learning_rounds (line, created, state, parent_sha256, version, "
                 "bundle_sha256, bundle, counts, base, provenance) VALUES (:line, :created, "

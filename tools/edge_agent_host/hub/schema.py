@@ -318,6 +318,20 @@ MIGRATIONS: Final = (
             "CREATE INDEX catch_up_attempts_result ON catch_up_attempts (result)",
         ),
     ),
+    Migration(
+        6,
+        "a lease per model line: one replica builds its round at a time",
+        (
+            # The replica (hub id) building a model line's round, until ``lease_until`` (a time of
+            # the replicas' clocks): another replica takes the line over only once it expired
+            # (docs/fleet-learning.md "Rounds run by the service").
+            """CREATE TABLE learning_leases (
+                line TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                lease_until {real} NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -186,7 +186,7 @@ def learning_policy(source: HubConfigFile) -> LearningPolicy | None:
     hub_id = config.hub.effective_id()
     return LearningPolicy(
         config.learning, _opener(source, "learning"), key, signer=f"edge-agent-hub {hub_id}",
-        silent_after_s=config.hub.silent_after_s,
+        owner=hub_id, silent_after_s=config.hub.silent_after_s,
     )  # fmt: skip
 
 

@@ -214,7 +214,8 @@ def test_the_learning_policy_catches_up_unless_switched_off(
         return d
 
     section = LearningSection(min_experience=10**9, catch_up=switch)
-    policy = LearningPolicy(section, open_db, key, signer="t", silent_after_s=SILENT_AFTER_S)
+    policy = LearningPolicy(section, open_db, key, signer="t", owner="t",
+                            silent_after_s=SILENT_AFTER_S)
     assert policy.step()
     policy.join(60.0)
     assert policy.counts["catch_up_errors"] == 0

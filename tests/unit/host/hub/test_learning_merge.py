@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 
-from edge_agent_host.hub.learning_merge import (
-    MergeSettings,
+from edge_agent_host.hub.learning_merge import MergeSettings, SparseTable, merge_round, merge_sparse
+from edge_agent_host.hub.learning_merge_dense import (
     cap_shares,
     leave_one_out_scores,
-    merge_round,
+    merge_round_dense,
     nanmedian_first_axis,
 )
 
@@ -104,6 +104,13 @@ def test_one_node_is_capped_to_its_share_of_a_column() -> None:
     assert flags.tolist() == [True, False, False, False, False]
     assert share.max() == pytest.approx(0.25, rel=1e-9)
     np.testing.assert_array_equal(capped[1:], d.reshape(5, S, -1)[1:])  # the others untouched
+    # the hub's merge caps the same way
+    no_allowance = MergeSettings(mad_k=1e9, prior_share=0.0)
+    result = merge_round({"B0": PRIOR}, {"B0": PRIOR}, {"B0": d}, no_allowance)
+    assert result.capped.tolist() == [True, False, False, False, False]
+    np.testing.assert_allclose(result.mass, capped.sum(axis=(1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(result.counts["B0"], PRIOR + capped.sum(axis=0).reshape(S, S, U),
+                               rtol=1e-12)  # fmt: skip
     # a column only one node visited is left to the score: it is not capped
     alone = np.zeros((3, S, 1))
     alone[0, 0, 0] = 7.0
@@ -112,10 +119,59 @@ def test_one_node_is_capped_to_its_share_of_a_column() -> None:
     assert not flags.any()
 
 
+def corners(b: np.ndarray, n: int, ticks: int, lr: float, seed: int) -> np.ndarray:
+    """``n`` honest nodes that each walk a corner of the world: ``ticks`` transitions drawn
+    from ``b`` in columns weighted by a Dirichlet(0.3) of each node's own, ``lr`` each."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, S, S * U))
+    flat = b.reshape(S, -1)
+    for i in range(n):
+        visits = rng.multinomial(ticks, rng.dirichlet(np.full(S * U, 0.3)))
+        for c in np.flatnonzero(visits):
+            out[i, :, c] = lr * rng.multinomial(visits[c], flat[:, c])
+    return out.reshape(n, S, S, U)
+
+
+def test_few_honest_nodes_in_their_corners_keep_their_experience() -> None:
+    """Five nodes, each in a corner, a round's increments (lr 0.05, 2 units a node) on a line
+    whose counts hold 50 a column already: the allowance on the prior keeps everything they sent,
+    where the share alone (``prior_share`` 0) scales most of them down in most columns; a loud
+    node is still held to its share plus 5 % of the column's prior mass."""
+    b = true_b()
+    prior = 50.0 * b + 0.5
+    d = corners(b, 5, 40, 0.05, seed=3)
+    kept = merge_round({"B0": prior}, {"B0": prior}, {"B0": d}, DEFAULTS)
+    assert not kept.capped.any()
+    assert not kept.refused.any()
+    np.testing.assert_allclose(kept.mass, d.sum(axis=(1, 2, 3)), rtol=1e-12)
+    share_only = merge_round({"B0": prior}, {"B0": prior}, {"B0": d},
+                             MergeSettings(prior_share=0.0))  # fmt: skip
+    assert share_only.capped.sum() >= 4
+    assert share_only.mass.sum() < 0.9 * d.sum()
+    loud = d.copy()
+    loud[0] *= 200.0
+    held = merge_round({"B0": prior}, {"B0": prior}, {"B0": loud}, MergeSettings(mad_k=1e9))
+    assert held.capped[0]
+    assert not held.capped[1:].any()
+    col_prior = prior.reshape(S, -1).sum(axis=0)
+    col_mass = loud.reshape(5, S, -1).sum(axis=1)
+    others = col_mass[1:].sum(axis=0)
+    visitors = (col_mass > 0).sum(axis=0)
+    share = np.maximum(0.25, 1.0 / np.maximum(visitors, 2))  # a column of one is not capped
+    bound = np.where(visitors > 1, share / (1 - share) * others + 0.05 * col_prior, np.inf)
+    merged_mass = held.counts["B0"].reshape(S, -1).sum(axis=0) - col_prior - others
+    assert np.all(merged_mass <= bound * (1 + 1e-9))
+
+
 def test_the_score_is_the_log_evidence_per_unit_mass_under_the_others() -> None:
     prior = {"B0": np.array([[1.0], [1.0]])}
     d = np.array([[[3.0], [1.0]], [[3.0], [1.0]], [[0.0], [2.0]]])  # (nodes, rows, columns)
     scores = leave_one_out_scores(prior, {"B0": d})
+    # the hub's merge scores the same (no cap, no refusal here)
+    plain = MergeSettings(max_share=1.0, mad_k=float("inf"))
+    np.testing.assert_allclose(
+        merge_round(prior, prior, {"B0": d}, plain).scores, scores, rtol=1e-12
+    )
     # node 0: others' mass 6 spread as the median of (0.75, 0.25), (0.75, 0.25), (0, 1):
     # (0.75, 0.25) -> model (1 + 4.5, 1 + 1.5) / 8
     p = np.array([5.5, 2.5]) / 8
@@ -161,6 +217,7 @@ def test_few_nodes_are_not_judged_by_their_score() -> None:
     [
         ({"forgetting": 1.5}, "forgetting"),
         ({"max_share": 0.0}, "max_share"),
+        ({"prior_share": -0.1}, "prior_share"),
         ({"min_scored": 1}, "min_scored"),
     ],
 )
@@ -184,3 +241,73 @@ def test_the_median_over_nodes_is_numpys_nanmedian(nodes: int) -> None:
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy's own warns on all-NaN columns
         expected = np.nanmedian(a, axis=0)
     np.testing.assert_allclose(nanmedian_first_axis(a), expected, rtol=1e-12)
+
+
+def random_round(seed: int, nodes: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A prior and ``nodes`` nodes' dense deltas of two tables (``B0: (S, S, U)``, ``A0: (3, S)``)
+    that visit a random part of the columns: honest, loud (capped), poisoned, silent nodes."""
+    rng = np.random.default_rng(seed)
+    b = true_b(seed)
+    d = honest(b, nodes, seed) * (rng.random((nodes, 1, S, U)) < 0.6)
+    d[rng.random(nodes) < 0.2] *= 15.0  # loud nodes: the cap's work
+    bad = rng.random(nodes) < 0.2
+    d[bad] = np.roll(d[bad], 1, axis=1)  # mass on the wrong next states: the score's work
+    d[rng.random(nodes) < 0.1] = 0.0  # nodes that sent nothing of this table
+    a = rng.poisson(2.0, (nodes, 3, S)).astype(float) * (rng.random((nodes, 1, S)) < 0.5)
+    prior = {"B0": PRIOR + rng.random((S, S, U)), "A0": np.full((3, S), 1.0)}
+    return prior, {"B0": d, "A0": a}
+
+
+@pytest.mark.parametrize("block_values", [1 << 20, 7])
+@pytest.mark.parametrize(("seed", "nodes"), [(0, 1), (1, 2), (2, 3), (3, 7), (4, 30), (5, 60)])
+def test_the_merge_over_what_nodes_sent_equals_the_dense_merge(
+    seed: int, nodes: int, block_values: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counts, scores, capped and refused nodes and their mass as the dense reference computes
+    them (hub/learning_merge_dense.py), with one block of columns and with many (a block of 7
+    values holds at most one column of these tables: every block boundary is crossed)."""
+    monkeypatch.setattr("edge_agent_host.hub.learning_merge.BLOCK_VALUES", block_values)
+    prior, deltas = random_round(seed, nodes)
+    current = {t: 2.0 * p for t, p in prior.items()}
+    settings = MergeSettings(forgetting=0.7, max_share=0.05, mad_k=2.0)
+    got = merge_round(prior, current, deltas, settings)
+    want = merge_round_dense(prior, current, deltas, settings)
+    for t in prior:
+        np.testing.assert_allclose(got.counts[t], want.counts[t], rtol=1e-10)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(got.mass, want.mass, rtol=1e-10)
+    np.testing.assert_array_equal(got.capped, want.capped)
+    np.testing.assert_array_equal(got.refused, want.refused)
+    if nodes >= 30:  # the random case exercises both safeguards
+        assert got.capped.any()
+        assert got.refused.any()
+
+
+def test_a_node_that_sent_a_column_in_two_deltas_counts_their_sum() -> None:
+    """What the hub reads: several deltas per node, float32 as sent, in any order."""
+    _, deltas = random_round(3, 7)
+    d = deltas["B0"].reshape(7, S, -1)
+    parts = []
+    for node in range(7):
+        cols = np.flatnonzero(d[node].sum(axis=0))
+        half = d[node][:, cols].T / 2.0
+        parts += [(node, cols[::-1], half[::-1].astype(np.float32)),
+                  (node, cols, half.astype(np.float32))]  # fmt: skip
+    table = SparseTable.of_parts(S, S * U, parts[::-1])
+    want = SparseTable.of_dense(d)
+    np.testing.assert_array_equal(table.node, want.node)
+    np.testing.assert_array_equal(table.column, want.column)
+    np.testing.assert_allclose(table.values, want.values, rtol=1e-6)
+    result = merge_sparse({"B0": PRIOR}, {"B0": PRIOR}, {"B0": table}, 7, DEFAULTS)
+    np.testing.assert_allclose(
+        result.counts["B0"], merge_round({"B0": PRIOR}, {"B0": PRIOR}, deltas_b0(d), DEFAULTS)
+        .counts["B0"], rtol=1e-6,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="outside"):
+        SparseTable.of_parts(S, S * U, [(0, np.array([S * U]), np.ones((1, S)))])
+    with pytest.raises(ValueError, match=r"node 2: values have shape \(1, 3\), expected \(1, 4\)"):
+        SparseTable.of_parts(S, S * U, [(2, np.array([0]), np.ones((1, S - 1)))])
+
+
+def deltas_b0(d: np.ndarray) -> dict[str, np.ndarray]:
+    return {"B0": d.reshape(-1, S, S, U)}

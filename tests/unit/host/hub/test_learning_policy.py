@@ -1,33 +1,44 @@
 """Rounds the hub service runs by itself (``[learning]``, hub/learning_policy.py) on the in-memory
 broker and SQLite: deltas heard -> a round due by experience -> built, signed and published as a
 staged rollout with ``[learning] rollout``'s options; and ``[learning]``'s config problems, each
-``file:line: field: problem``."""
+``file:line: field: problem``.
+
+The ``check_*`` scenarios (two replicas' policies and a line's lease) take an open
+:class:`HubDatabase` of any engine: the same ones run against a real PostgreSQL in
+``tests/integration/hub/test_hubd.py``."""
 
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.fleet.protocol import NodeState
-from edge_agent_host.hub.config import parse_hub_config
+from edge_agent_host.hub.config import LearningSection, parse_hub_config
 from edge_agent_host.hub.engines import SqliteEngine
-from edge_agent_host.hub.learning_store import LearningStore
+from edge_agent_host.hub.learning_policy import LearningPolicy
+from edge_agent_host.hub.learning_round import build_round
+from edge_agent_host.hub.learning_store import LearningStore, LeaseLostError
 from edge_agent_host.hub.rollout_plan import RolloutState
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.service import HubService, learning_policy
 from edge_agent_host.hub.store import HubDatabase
 from edge_agent_host.keys import generate_keypair
 from tests.unit.host.hub.test_learning_store import (
+    GATE,
     LINE,
     delta,
     deploy,
     increments,
     learning_db,
+    line_bundle,
 )
 from tests.unit.host.hub.test_service import FLEET, TOPICS, Node, run_until
 from tests.unit.host.hub.test_store import birth, heard, write_all
@@ -93,7 +104,8 @@ rollout = ["--group", "grid", "--waves", "1,100%", "--soak", "1"]
         service.request_stop()
         service.shutdown()
     assert policy.counts == {
-        "built": 1, "refused": 0, "published": 1, "errors": 0, "catch_up_errors": 0
+        "built": 1, "refused": 0, "published": 1, "skipped": 0, "lease_lost": 0, "errors": 0,
+        "catch_up_errors": 0,
     }  # fmt: skip
     assert service.status()["learning_rounds"]["published"] == 1
     db = HubDatabase(SqliteEngine(path))
@@ -164,3 +176,120 @@ def test_the_docs_learning_example_is_a_valid_config() -> None:
     assert (learning.enabled, learning.publish, learning.rollout[:2]) == (
         True, True, ["--group", "grid"],
     )  # fmt: skip
+
+
+# ------------------------------------------------------------- replicas: a lease per model line
+LEASE_S = 60.0
+
+
+class Replicas:
+    """Two replicas' policies (``hub-a``, ``hub-b``) on connections of their own to ``db``'s
+    database, on one clock the test moves."""
+
+    def __init__(self, db: HubDatabase) -> None:
+        self.db = db
+        self.now = 1000.0
+        section = LearningSection(min_experience=1, lease_s=LEASE_S, gate_rollouts=20,
+                                  gate_steps=4, catch_up=False)  # fmt: skip
+        _, key = line_bundle()
+        self.key = key
+        self.a, self.b = (
+            LearningPolicy(
+                section, self.connect, key, signer=name, owner=name, silent_after_s=60.0,
+                clock=lambda: self.now,
+            )
+            for name in ("hub-a", "hub-b")
+        )
+
+    def connect(self) -> HubDatabase:
+        other = HubDatabase(self.db.engine)
+        other.open()
+        return other
+
+    def run_due(self, policy: LearningPolicy) -> list[dict[str, object]]:
+        db = self.connect()
+        try:
+            return policy.run_due(db)
+        finally:
+            db.close()
+
+
+def send_experience(db: HubDatabase, sha: str, seq: int) -> None:
+    """Three nodes' deltas (``seq``) against bundle ``sha``."""
+    write_all(db, *[heard(f"n{i}", delta(sha, seq, increments(10 * seq + i)), seq=seq, ts=seq)
+                    for i in range(3)])  # fmt: skip
+
+
+def learning_fleet(db: HubDatabase) -> tuple[LearningStore, str]:
+    store = learning_db(db)
+    sha = deploy(db)
+    write_all(db, *[heard(f"n{i}", birth(sha=sha), ts=0.5) for i in range(3)])
+    return store, sha
+
+
+def check_one_replica_builds_a_line_at_a_time(db: HubDatabase) -> None:
+    store, sha = learning_fleet(db)
+    send_experience(db, sha, 1)
+    replicas = Replicas(db)
+    # hub-a holds the line (in its round): hub-b skips it, builds nothing
+    assert store.take_lease(LINE, "hub-a", now=replicas.now, lease_s=LEASE_S)
+    assert replicas.run_due(replicas.b) == []
+    assert (replicas.b.counts["skipped"], store.rounds(LINE)) == (1, 0)
+    (built,) = replicas.run_due(replicas.a)  # its own lease: it builds, then gives it up
+    assert built["state"] == "built"
+    assert store.lease(LINE) is None
+    # both replicas look at once: the line's round is built once, by either
+    send_experience(db, sha, 2)
+    done: list[list[dict[str, object]]] = []
+    looks = [threading.Thread(target=lambda p=p: done.append(replicas.run_due(p)))
+             for p in (replicas.a, replicas.b)]  # fmt: skip
+    for t in looks:
+        t.start()
+    for t in looks:
+        t.join(120.0)
+    assert sorted(len(d) for d in done) == [0, 1]
+    assert store.rounds(LINE) == 2
+    assert replicas.a.counts["built"] + replicas.b.counts["built"] == 2
+    assert store.status()[0]["waiting"] == {"deltas": 0, "experience": 0}
+
+
+def check_a_crashed_holders_lease_is_taken_over(db: HubDatabase) -> None:
+    store, sha = learning_fleet(db)
+    send_experience(db, sha, 1)
+    replicas = Replicas(db)
+    # hub-b took the line and crashed in its round: it never gives the lease up
+    assert store.take_lease(LINE, "hub-b", now=replicas.now, lease_s=LEASE_S)
+    replicas.now += LEASE_S - 1.0
+    assert replicas.run_due(replicas.a) == []
+    assert replicas.a.counts["skipped"] == 1
+    replicas.now += 2.0  # the lease expired: hub-a takes the line over
+    (built,) = replicas.run_due(replicas.a)
+    assert built["state"] == "built"
+    assert store.rounds(LINE) == 1
+    # a replica that stalled past its lease, taken over meanwhile, stores nothing
+    send_experience(db, sha, 2)
+    assert store.take_lease(LINE, "hub-b", now=replicas.now, lease_s=LEASE_S)
+    assert store.take_lease(LINE, "hub-a", now=replicas.now + LEASE_S, lease_s=LEASE_S)
+    with pytest.raises(LeaseLostError, match="no longer holds its lease"):
+        build_round(store, LINE, replicas.key, settings=GATE, owner="hub-b")
+    assert store.rounds(LINE) == 1
+    assert store.status()[0]["waiting"]["deltas"] == 3  # still waiting for a round
+
+
+POLICY_SCENARIOS = [
+    check_one_replica_builds_a_line_at_a_time,
+    check_a_crashed_holders_lease_is_taken_over,
+]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[HubDatabase]:
+    database = HubDatabase(SqliteEngine(tmp_path / "hub.db"))
+    database.open()
+    yield database
+    database.close()
+
+
+@pytest.mark.parametrize("scenario", POLICY_SCENARIOS, ids=lambda f: f.__name__[len("check_") :])
+def test_replicas_scenario_on_sqlite(db: HubDatabase, scenario: Any) -> None:
+    scenario(db)
