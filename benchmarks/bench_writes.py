@@ -43,7 +43,7 @@ file (``/proc/PID/io`` cannot: the split comes from the files' sizes and the out
 The window should hold two of the outbox's relaxed commits (``[mqtt] outbox_commit_interval_s``,
 300 s): with a shorter one the MQTT cases show only the ticks between them.
 
-``--smoke``: every case with a 2 s window after 1 s of warm-up, in a temporary directory removed
+``--smoke``: every case with a 1 s window after 0.5 s of warm-up, in a temporary directory removed
 afterwards: the code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean
 nothing.
 """
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dir", type=Path, default=Path("/var/tmp"), help="a directory on a real disk"
     )
-    parser.add_argument("--smoke", action="store_true", help="2 s windows, cleaned up: for CI")
+    parser.add_argument("--smoke", action="store_true", help="1 s windows, cleaned up: for CI")
     parser.add_argument("--hour-agents", type=int, default=200,
                         help="learning_hour: per-agent learners stepped (200: the daemon case's; "
                              "fewer store arrays below the 4 KiB the snapshot compresses)")
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="learning_hour: ticks (36,000: an hour at 10 Hz)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.seconds, args.warmup = 2.0, 1.0
+        args.seconds, args.warmup = 1.0, 0.5
         args.hour_agents, args.hour_ticks = 2, 20
     cases = [c for c in args.cases.split(",") if c]
     for case in cases:

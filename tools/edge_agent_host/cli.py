@@ -8,7 +8,10 @@ bundle, signed with ``--sign KEY``; the kinds are the formats of
 
 Each subcommand is one entry in :data:`COMMANDS`: a help line, a function that adds its arguments
 to an ``argparse`` parser, and a function that runs it and returns the exit code. Adding a command
-means adding one entry. This module is the only place in the host tool that configures logging.
+means adding one entry. A run configures only the command it runs, and each command imports its
+modules when it is configured or run: ``edge-agent-host hub fleet`` does not import the converter
+or the bundle loader (every command's imports took 1.4-1.8 s before any of them ran). This
+module is the only place in the host tool that configures logging.
 
 Exit codes: 0 success, 1 the operation failed (bad bundle, bad signature, bad key), 2 usage error.
 """
@@ -21,12 +24,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from edge_agent import __version__
-from edge_agent.bundle.loader import Bundle, load_bundle
-from edge_agent.bundle.signing import TrustedKeys, key_id
-from edge_agent.bundle.writer import sign_bundle
 from edge_agent.distribution import clash_notice
 from edge_agent.errors import (
     EdgeAgentError,
@@ -35,18 +35,9 @@ from edge_agent.errors import (
     missing_module_message,
 )
 from edge_agent.service.closed_stdout import guard_stdout
-from edge_agent_host import fleetctl
-from edge_agent_host.broker import cli as broker_cli
-from edge_agent_host.converter import formats
-from edge_agent_host.converter.common import ConvertOptions, default_name
-from edge_agent_host.converter.report import progress_enabled
-from edge_agent_host.fleetctl import tasks
-from edge_agent_host.keys import (
-    DEFAULT_KEY_NAME,
-    KEY_NAME_RE,
-    generate_keypair,
-    load_signing_key,
-)
+
+if TYPE_CHECKING:
+    from edge_agent.bundle.loader import Bundle
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +56,8 @@ class Command(NamedTuple):
 
 
 def _key_name(value: str) -> str:
+    from edge_agent_host.keys import KEY_NAME_RE  # noqa: PLC0415 - imported when run
+
     if not KEY_NAME_RE.fullmatch(value):
         raise argparse.ArgumentTypeError(
             f"{value!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -73,6 +66,8 @@ def _key_name(value: str) -> str:
 
 
 def _configure_keygen(parser: argparse.ArgumentParser) -> None:
+    from edge_agent_host.keys import DEFAULT_KEY_NAME  # noqa: PLC0415 - imported when configured
+
     parser.add_argument("--out", required=True, type=Path, help="directory to write the keys into")
     parser.add_argument(
         "--name",
@@ -83,6 +78,8 @@ def _configure_keygen(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_keygen(args: argparse.Namespace) -> int:
+    from edge_agent_host.keys import generate_keypair  # noqa: PLC0415 - imported when run
+
     pair = generate_keypair(args.out, args.name)
     print(f"key id:      {pair.key_id}")
     print(f"private key: {pair.private_path}  (keep secret; mode 0600)")
@@ -103,6 +100,10 @@ def _configure_sign(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_sign(args: argparse.Namespace) -> int:
+    from edge_agent.bundle.signing import key_id  # noqa: PLC0415 - imported when run
+    from edge_agent.bundle.writer import sign_bundle  # noqa: PLC0415
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
+
     private_key = load_signing_key(args.key)
     manifest = sign_bundle(args.bundle, private_key, signer=args.signer)
     print(
@@ -123,6 +124,9 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    from edge_agent.bundle.loader import load_bundle  # noqa: PLC0415 - imported when run
+    from edge_agent.bundle.signing import TrustedKeys  # noqa: PLC0415
+
     trusted = TrustedKeys.from_dir(args.trusted)
     try:
         bundle = load_bundle(args.bundle, trusted_keys=trusted, require_signature=True)
@@ -218,6 +222,9 @@ def _print_inspect(bundle: Bundle, status: str, detail: str | None) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
+    from edge_agent.bundle.loader import load_bundle  # noqa: PLC0415 - imported when run
+    from edge_agent.bundle.signing import TrustedKeys  # noqa: PLC0415
+
     trusted = TrustedKeys.from_dir(args.trusted) if args.trusted is not None else None
     detail: str | None = None
     try:
@@ -243,6 +250,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _configure_convert(parser: argparse.ArgumentParser) -> None:
+    from edge_agent_host.converter import formats  # noqa: PLC0415 - imported when configured
+
     kinds = parser.add_subparsers(dest="source_kind", required=True, metavar="KIND")
     for name in formats.REGISTRY:
         plugin = formats.converter(name)
@@ -252,6 +261,11 @@ def _configure_convert(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    from edge_agent_host.converter import formats  # noqa: PLC0415 - imported when run
+    from edge_agent_host.converter.common import ConvertOptions, default_name  # noqa: PLC0415
+    from edge_agent_host.converter.report import progress_enabled  # noqa: PLC0415
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
+
     plugin = formats.converter(args.source_kind)
     missing = plugin.missing_packages()
     if missing:
@@ -281,6 +295,45 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# hub, tasks, broker: their own modules, imported when configured or run -----------------------
+
+
+def _configure_hub(parser: argparse.ArgumentParser) -> None:
+    from edge_agent_host import fleetctl  # noqa: PLC0415 - imported when configured
+
+    fleetctl.configure(parser)
+
+
+def _run_hub(args: argparse.Namespace) -> int:
+    from edge_agent_host import fleetctl  # noqa: PLC0415 - imported when run
+
+    return fleetctl.run(args)
+
+
+def _configure_tasks(parser: argparse.ArgumentParser) -> None:
+    from edge_agent_host.fleetctl import tasks  # noqa: PLC0415 - imported when configured
+
+    tasks.configure(parser)
+
+
+def _run_tasks(args: argparse.Namespace) -> int:
+    from edge_agent_host.fleetctl import tasks  # noqa: PLC0415 - imported when run
+
+    return tasks.run(args)
+
+
+def _configure_broker(parser: argparse.ArgumentParser) -> None:
+    from edge_agent_host.broker import cli as broker_cli  # noqa: PLC0415 - imported when configured
+
+    broker_cli.configure(parser)
+
+
+def _run_broker(args: argparse.Namespace) -> int:
+    from edge_agent_host.broker import cli as broker_cli  # noqa: PLC0415 - imported when run
+
+    return broker_cli.run(args)
+
+
 COMMANDS: dict[str, Command] = {
     "keygen": Command("generate an Ed25519 signing key pair", _configure_keygen, _run_keygen),
     "sign": Command("sign a bundle in place", _configure_sign, _run_sign),
@@ -293,23 +346,25 @@ COMMANDS: dict[str, Command] = {
     ),
     "hub": Command(
         "talk to a fleet over MQTT: list it, watch it, send commands, deploy bundles",
-        fleetctl.configure,
-        fleetctl.run,
+        _configure_hub,
+        _run_hub,
     ),
     "tasks": Command(
-        "announce tasks to a fleet's agents and see who holds them", tasks.configure, tasks.run
+        "announce tasks to a fleet's agents and see who holds them", _configure_tasks, _run_tasks
     ),
     "broker": Command(
         "set up mosquitto for a fleet: TLS, one identity per client, an ACL binding each to its "
         "topics",
-        broker_cli.configure,
-        broker_cli.run,
+        _configure_broker,
+        _run_broker,
     ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``edge-agent-host`` argument parser with every command in :data:`COMMANDS`."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``edge-agent-host`` argument parser with every command in :data:`COMMANDS`; with
+    ``only``, every command is listed but only that one's arguments are added (what a run needs:
+    the other commands' modules are not imported)."""
     parser = argparse.ArgumentParser(
         prog="edge-agent-host", description="Host-side tool for edge-agent bundles."
     )
@@ -321,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        command.configure(subparsers.add_parser(name, help=command.help, description=command.help))
+        sub = subparsers.add_parser(name, help=command.help, description=command.help)
+        if only is None or name == only:
+            command.configure(sub)
     return parser
 
 
@@ -345,7 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    # The command is the first word that is not an option (the tool's own options take no value);
+    # without one (--help, --version, nothing) no command's arguments are needed.
+    named = next((word for word in words if not word.startswith("-")), "")
+    args = build_parser(only=named).parse_args(words)
     _configure_logging(args.verbose)
     command = COMMANDS[args.command]
     try:

@@ -112,11 +112,14 @@ reconnect_max_s = 0.3
 
 
 def wait_until(cond: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    """Until ``cond()`` holds. A look that takes a while (a command-line tool's process) is
+    followed by a pause as long: looking takes at most half a core from what it waits for."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        looked = time.monotonic()
         if cond():
             return
-        time.sleep(0.02)
+        time.sleep(max(0.02, time.monotonic() - looked))
     pytest.fail(f"timed out waiting for {what}")
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
+from edge_agent_host.hub.rollout_store import Rollout, RolloutStore
 from edge_agent_host.keys import generate_keypair
 from tests.integration.fleet.test_fleet_daemon import Node, wait_until
 from tests.integration.hub.test_hubd import Hub, sqlite_table
@@ -89,18 +90,35 @@ def rollout(hub: Hub, action: str, *rest: str) -> Any:
     return json.loads(done.stdout) if "--json" in rest else done.stdout
 
 
+def stored(hub: Hub, rollout_id: str) -> Rollout:
+    """The rollout as the service's database holds it (what ``rollout status`` reads), without
+    a process per look."""
+    db = hub.database()
+    try:
+        return RolloutStore(db).get(rollout_id)
+    finally:
+        db.close()
+
+
 def wait_rollout(hub: Hub, rollout_id: str, states: set[str], what: str) -> dict[str, Any]:
+    """``rollout status --json`` once the rollout's state is one of ``states`` (watched in the
+    service's database until then: ``rollout status`` is asked when it has moved there)."""
     last: dict[str, Any] = {}
 
     def reached() -> bool:
         nonlocal last
+        if stored(hub, rollout_id).state not in states:
+            return False
         last = rollout(hub, "status", rollout_id, "--json")
         return last["state"] in states
 
     try:
         wait_until(reached, what, timeout=180)
     except BaseException:
-        print(json.dumps(last, indent=1)[:4000], hub.log()[-4000:])
+        print(
+            json.dumps(last or stored(hub, rollout_id).summary(), indent=1, default=str)[:4000],
+            hub.log()[-4000:],
+        )
         raise
     return last
 
@@ -133,9 +151,7 @@ def test_waves_soak_pause_resume_and_a_hub_restart(fleet: dict[str, Any], tmp_pa
     # The canary soaks: pause there at once (the soak is 30 s: room for a loaded machine to
     # get the pause in before it ends), restart the hub, resume.
     soaking = wait_rollout(hub, rid, {"running"}, "the canary wave")
-    wait_until(
-        lambda: rollout(hub, "status", rid, "--json")["phase"] == "soaking", "the canary's soak"
-    )
+    wait_until(lambda: stored(hub, rid).phase == "soaking", "the canary's soak")
     rollout(hub, "pause", rid)
     wait_rollout(hub, rid, {"paused"}, "the pause")
     # The hub heard the canary's result before the canary's next status file says so.
