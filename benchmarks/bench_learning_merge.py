@@ -185,7 +185,7 @@ def ingest(
 def densify(table: SparseTable, nodes: int) -> np.ndarray:
     """``(nodes, rows, columns)`` float64: what the dense merge takes."""
     dense = np.zeros((nodes, table.rows, table.columns))
-    dense[table.node, :, table.column] = table.values
+    dense[table.node, :, table.column] = table.dense_values()
     return dense
 
 
@@ -222,12 +222,12 @@ def merge(
         lambda: merge_sparse(model.counts, model.counts, sparse, n, settings)
     )
     table = sparse["B0"]
-    held = table.values.nbytes + table.node.nbytes + table.column.nbytes
+    held = table.nbytes
     record: dict[str, Any] = {
         "bench": "merge", "nodes": n, "read_s": round(read_s, 4), "merge_s": round(merge_s, 4),
         "peak_mb": round(peak, 1), "held_mb": round(held / 2**20, 1),
         "round_bytes": sum(wire[i % len(wire)] for i in range(nodes)),
-        "pairs": int(table.node.shape[0]),
+        "pairs": table.pairs, "values": int(table.values.shape[0]),
         "capped": int(result.capped.sum()), "refused": int(result.refused.sum()),
     }  # fmt: skip
     if n <= dense_max:
