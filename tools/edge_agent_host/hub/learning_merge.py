@@ -308,7 +308,7 @@ def _pair_mass(table: SparseTable) -> F64:
     """Per pair, the sum of its values (float64)."""
     if table.pairs == 0:
         return np.zeros(0)
-    mass: F64 = np.add.reduceat(table.values.astype(np.float64), table.start[:-1])
+    mass: F64 = np.add.reduceat(table.values, table.start[:-1], dtype=np.float64)
     return mass
 
 
@@ -326,16 +326,21 @@ def _cap_scale(
     """Per pair, the factor the cap scales it by, and its mass after it; per column the rule
     of the module docstring (``bincount`` over the pairs' columns; ``prior: (rows, columns)``),
     and how many nodes visited each column."""
-    total = np.bincount(table.column, weights=mass, minlength=table.columns)
-    visitors = np.bincount(table.column, minlength=table.columns)
+    col = table.column
+    total = np.bincount(col, weights=mass, minlength=table.columns)
+    visitors = np.bincount(col, minlength=table.columns)
     share = np.maximum(settings.max_share, 1.0 / np.maximum(visitors, 1))
     ratio = share / np.maximum(1.0 - share, 1e-12)
     allowance = settings.prior_share * prior.sum(axis=0)
-    bounded = ((share < 1.0) & (visitors > 1))[table.column]
-    col = table.column
-    limit = np.where(bounded, ratio[col] * (total[col] - mass) + allowance[col], np.inf)
+    # per pair, in place (a few arrays of the pairs at once): the mass it may have at most
+    limit: F64 = np.asarray(total[col], dtype=np.float64)
+    limit -= mass
+    limit *= ratio[col]
+    limit += allowance[col]
+    limit[~((share < 1.0) & (visitors > 1))[col]] = np.inf
     over = mass > limit * (1.0 + 1e-9)  # an even split is not over its share
-    scale = np.where(over, limit / np.where(mass > 0, mass, 1.0), 1.0)
+    scale = np.ones(mass.shape)
+    np.divide(limit, mass, out=scale, where=over)
     return scale, mass * scale, visitors
 
 
