@@ -59,7 +59,12 @@ def add_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None])
     with_config(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     build = steps.add_parser(
-        "build", help="merge a line's pending deltas into a new signed bundle version"
+        "build",
+        help="merge a line's pending deltas into a new signed bundle version",
+        description="Merge a model line's pending deltas into a new signed bundle version, "
+        "holding the line's lease meanwhile. Exit 0 built, 1 refused by the converter's int8 "
+        "gate, 2 nothing to build, 3 another replica's round or another learn build holds "
+        "the line's lease.",
     )
     with_config(build)
     build.add_argument("line", help="the model line (the bundle name)")
