@@ -17,20 +17,25 @@ ticks), in the smaller of the protocol's two encodings as a node sends it
    checked against the line's bundle and stored by ``LearningStore.ingest``): deltas per second,
    against the baseline of one telemetry message per node through the same path (``ratio``:
    deltas / telemetry, per second);
-3. ``merge``: a round: reading what waits into the columns each node sent (``read_s``,
-   ``learning_round.per_node``; ``held_mb``: those arrays, float32 values of each visited
-   column's rows), then ``merge_sparse`` (the cap per column, the leave-one-out score, the sum)
-   (``merge_s``; ``peak_mb``: its peak of numpy memory beyond what it was given, tracemalloc);
-   ``round_bytes``: the nodes' deltas as they cross the broker. Up to ``--dense-max`` nodes,
-   the dense reference merge (``learning_merge_dense.merge_round_dense``, nodes x counts
-   float64) of the same deltas in the same process: its time, what it holds and its peak,
-   ``speedup`` (dense / sparse time), ``memory_ratio`` (dense / sparse, held + peak), and the
-   run stops if the two results differ (``equal``);
-4. ``extrapolated``: the sizes not measured, from the slope between the two largest measured.
+3. ``merge``: a round: reading what waits into what each node sent (``read_s``,
+   ``learning_round.per_node``; ``held_mb``: those arrays: the values not 0, float32, their
+   rows and their (node, column) pairs), then ``merge_sparse`` (the cap per column, the
+   leave-one-out score, the sum) (``merge_s``; ``peak_mb``: its peak of numpy memory beyond
+   what it was given, tracemalloc); ``round_bytes``: the nodes' deltas as they cross the
+   broker. Up to ``--dense-max`` nodes, the dense reference merge
+   (``learning_merge_dense.merge_round_dense``, nodes x counts float64) of the same deltas in
+   the same process: its time, what it holds and its peak, ``speedup`` (dense / sparse time),
+   ``memory_ratio`` (dense / sparse, held + peak), and the run stops if the two results differ
+   (``equal``);
+4. ``extrapolated``: the sizes not measured, from the slope between the two largest measured;
+5. ``merge`` with ``read`` ``in memory`` (``--in-memory``, 100,000 nodes by default): a round of
+   that many nodes' deltas (the same deltas round-robin) built in memory from what they sent,
+   not read from the database (too long to ingest on a shared machine: ``read_s`` stays the
+   slope's), merged and measured as in 3.
 
     python benchmarks/bench_learning_merge.py [--ingest-nodes 100,1000,10000]
         [--merge-nodes 100,1000,10000] [--dense-max 1000] [--extrapolate 100000]
-        [--experience 100]
+        [--in-memory 100000] [--experience 100]
 
 ``--smoke``: 5 and 10 nodes: the code path, for CI (tests/integration/benchmarks/test_smoke.py);
 its numbers mean nothing.
@@ -185,7 +190,7 @@ def ingest(
 def densify(table: SparseTable, nodes: int) -> np.ndarray:
     """``(nodes, rows, columns)`` float64: what the dense merge takes."""
     dense = np.zeros((nodes, table.rows, table.columns))
-    dense[table.node, :, table.column] = table.values
+    dense[table.node, :, table.column] = table.dense_values()
     return dense
 
 
@@ -222,12 +227,12 @@ def merge(
         lambda: merge_sparse(model.counts, model.counts, sparse, n, settings)
     )
     table = sparse["B0"]
-    held = table.values.nbytes + table.node.nbytes + table.column.nbytes
+    held = table.nbytes
     record: dict[str, Any] = {
         "bench": "merge", "nodes": n, "read_s": round(read_s, 4), "merge_s": round(merge_s, 4),
         "peak_mb": round(peak, 1), "held_mb": round(held / 2**20, 1),
         "round_bytes": sum(wire[i % len(wire)] for i in range(nodes)),
-        "pairs": int(table.node.shape[0]),
+        "pairs": table.pairs, "values": int(table.values.shape[0]),
         "capped": int(result.capped.sum()), "refused": int(result.refused.sum()),
     }  # fmt: skip
     if n <= dense_max:
@@ -250,6 +255,33 @@ def merge(
             "memory_ratio": round((dense_peak + dense_held) / (peak + held / 2**20), 1),
             "equal": equal,
         }  # fmt: skip
+    emit(record)
+    return record
+
+
+def merge_in_memory(
+    data: bytes, deltas: list[CountsDelta], nodes: int, *, wire: list[int]
+) -> dict[str, Any]:
+    """A round of ``nodes`` nodes' deltas built in memory from what they sent (not read from
+    the database: its ``read_s`` is the slope's), merged as :func:`merge` does."""
+    model = line_model(data)
+    shape = model.shapes["B0"]
+    sent = [d.entries() for d in deltas]
+    table = SparseTable.of_entries(
+        shape[0], int(np.prod(shape[1:])), [(i, *sent[i % len(sent)]) for i in range(nodes)]
+    )
+    sparse = {"B0": table}
+    settings = MergeSettings()
+    result, merge_s, peak = traced(
+        lambda: merge_sparse(model.counts, model.counts, sparse, nodes, settings)
+    )
+    record = {
+        "bench": "merge", "nodes": nodes, "read": "in memory", "merge_s": round(merge_s, 4),
+        "peak_mb": round(peak, 1), "held_mb": round(table.nbytes / 2**20, 1),
+        "round_bytes": sum(wire[i % len(wire)] for i in range(nodes)),
+        "pairs": table.pairs, "values": int(table.values.shape[0]),
+        "capped": int(result.capped.sum()), "refused": int(result.refused.sum()),
+    }  # fmt: skip
     emit(record)
     return record
 
@@ -280,12 +312,16 @@ def main() -> None:
     parser.add_argument("--dense-max", type=int, default=1000,
                         help="the dense reference merge runs up to this many nodes")
     parser.add_argument("--extrapolate", type=sizes, default=[100000])
+    parser.add_argument("--in-memory", type=sizes, default=[100000],
+                        help="also merge this many nodes' deltas built in memory (not read from "
+                        "the database: the read time from the slope)")  # fmt: skip
     parser.add_argument("--experience", type=int, default=100, help="agent-ticks per delta")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: the code path only")
     args = parser.parse_args()
     pool = 200  # distinct deltas, reused round-robin
     if args.smoke:
         args.ingest_nodes, args.merge_nodes, args.extrapolate = [5, 10], [5, 10], [100]
+        args.in_memory = [100]
         args.dense_max = 10
         pool = 10
     rng = np.random.default_rng(0)
@@ -307,6 +343,8 @@ def main() -> None:
         measured = [merge(tmp, data, sha, deltas, nodes, dense_max=args.dense_max, wire=wire)
                     for nodes in args.merge_nodes]  # fmt: skip
         extrapolate(measured, [n for n in args.extrapolate if n not in args.merge_nodes])
+        for nodes in args.in_memory:
+            merge_in_memory(data, deltas, nodes, wire=wire)
 
 
 if __name__ == "__main__":

@@ -1113,12 +1113,14 @@ TABLES: tuple[Table, ...] = (
             "each what a node learned in 100 agent-ticks (only the columns visited travel). "
             "Ingested: through the hub's own write path on SQLite (checked against the line's "
             "bundle, stored once), against one telemetry message per node through the same "
-            "path. A round: the waiting deltas read as sent (the columns each node visited), "
+            "path. A round: the waiting deltas read as sent (the values not 0 and their places), "
             "then the merge (the cap per column, the leave-one-out score, the sum) over them, "
             "against the dense reference merge of the same deltas in the same process (same "
             "rule, same result: the run checks it), in nodes x counts arrays. Memory: what the "
-            "round holds (the deltas as sent, or dense) plus the merge's numpy peak. The sizes "
-            "marked (slope) are from the slope between the two largest measured, not measured."
+            "round holds (the deltas as sent, or dense) plus the merge's numpy peak. 100,000 "
+            "nodes: the round built in memory from what they sent (not read from the database). "
+            "The cells marked (slope) are from the slope between the two largest measured, not "
+            "measured."
         ),
         benchmark="bench_learning_merge.py",
         where={

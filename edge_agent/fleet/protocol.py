@@ -692,6 +692,24 @@ class CountsDelta(WireModel, frozen=True, kw_only=True, omit_defaults=True):
             vals = dense
         return cols, vals.reshape(cols.shape[0], self.shape[0])
 
+    def entries(
+        self,
+    ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The values not 0 and their places, never dense: ``(columns: (v,), rows: (v,),
+        values: (v,))`` (a sparse table part as sent; a dense one's values not 0)."""
+        cols = np.frombuffer(self.columns, dtype="<u4").astype(np.uint32, copy=False)
+        vals = np.frombuffer(self.values, dtype="<f4").astype(np.float32, copy=False)
+        if self.index is None:
+            places = np.flatnonzero(vals)
+            vals = vals[places]
+        else:
+            places = np.frombuffer(self.index, dtype="<u4").astype(np.int64)
+            sent = vals != 0
+            if not sent.all():
+                places, vals = places[sent], vals[sent]
+        rows = self.shape[0]
+        return cols[places // rows], places % rows, vals
+
 
 def sparse_counts_delta(
     table: str,

@@ -154,6 +154,7 @@ EXPECTED: dict[str, list[Record]] = {
             "speedup", "memory_ratio", "equal"))
           for n in (5, 10)],
         ({"bench": "extrapolated", "nodes": 100}, ("merge_s", "peak_mb", "round_bytes")),
+        ({"bench": "merge", "nodes": 100, "read": "in memory"}, ("merge_s", "peak_mb", "held_mb")),
     ],
     "bench_learning_peers.py": [
         *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i, "loop": "open"},

@@ -29,14 +29,18 @@ from typing import Any, Final
 
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.catch_up import CatchUp, behind
+from edge_agent_host.hub.learning_store import LearningStore, LeaseHeldError
 from edge_agent_host.hub.rollout_plan import ACTIVE, RolloutPlan, RolloutState
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
 
-__all__ = ["RESULTS", "CatchUpStore", "catch_up"]
+__all__ = ["CATCH_UP_LEASE", "RESULTS", "CatchUpStore", "catch_up"]
 
 RESULTS: Final = ("pending", "ok", "failed")
 """An attempt's results (the label values of ``edge_agent_hub_learning_catch_ups``)."""
+CATCH_UP_LEASE: Final = "catch-up look"
+"""The lease (a row of ``learning_leases``; never a model line's name: those have no space) a
+replica holds while it looks, so that two replicas never both deploy to the same late node."""
 
 logger = logging.getLogger("edge_agent_host.hub.learning")
 
@@ -167,11 +171,38 @@ def catch_up(
     lines: Sequence[str] = (),
     silent_after_s: float,
     now: float | None = None,
+    owner: str | None = None,
+    lease_s: float = 900.0,
 ) -> dict[str, Any]:
     """One look (module docstring): what it settled (``ok``, ``failed``), the rollouts it
     started (``started``: node, group, line, running, target, rollout) and the groups it could
-    not start one for (``not_started``: node, group, why)."""
+    not start one for (``not_started``: node, group, why). With ``owner`` (a replica), only
+    while it holds :data:`CATCH_UP_LEASE` (for ``lease_s`` at most, renewed before each
+    deployment): ``skipped`` when another replica holds it (that one looks), ``lease_lost``
+    when it was taken over meanwhile (the look stops; the one that took it looks on)."""
     now = time.time() if now is None else now
+    if owner is None:
+        return _look(db, lines=lines, silent_after_s=silent_after_s, now=now, owner=None,
+                     lease_s=lease_s)  # fmt: skip
+    leases = LearningStore(db)
+    try:
+        with leases.leased(CATCH_UP_LEASE, owner, now=now, lease_s=lease_s):
+            return _look(db, lines=lines, silent_after_s=silent_after_s, now=now, owner=owner,
+                         lease_s=lease_s)  # fmt: skip
+    except LeaseHeldError as err:
+        logger.debug("catch-up: %s", err)
+        return {"skipped": True, "started": [], "not_started": []}
+
+
+def _look(
+    db: HubDatabase,
+    *,
+    lines: Sequence[str],
+    silent_after_s: float,
+    now: float,
+    owner: str | None,
+    lease_s: float,
+) -> dict[str, Any]:
     store = CatchUpStore(db)
     rollouts = RolloutStore(db)
     settled = store.settle(now)
@@ -185,7 +216,14 @@ def catch_up(
     skip.update((n, g, v["sha256"]) for n, g in selected for v in current.values())
     bdseq = {str(r["node"]): r.get("bdseq") for r in fleet}
     targets = {line: v["sha256"] for line, v in current.items()}
+    leases = LearningStore(db)
     for c in behind(fleet, targets, skip=skip, silent_after_s=silent_after_s, now=now):
+        if owner is not None and not leases.take_lease(
+            CATCH_UP_LEASE, owner, now=now, lease_s=lease_s
+        ):  # it stalled past its lease: the replica that took it over looks on
+            out["lease_lost"] = True
+            logger.warning("catch-up: %s no longer holds the look's lease; it stops", owner)
+            break
         model = rollouts.get(current[c.line]["rollout"]).plan
         try:
             rollout_id = rollouts.create(_plan(c, model), [c.node])

@@ -14,10 +14,12 @@ nodes, what waits for the next round and the last round. ``build``: the next rou
 (:func:`~edge_agent_host.hub.learning_round.build_round`), signed with the hub's key
 (``[rollouts] key_file``), its bundle also written to ``--out``; exit 0 built, 1 refused by the
 converter's int8 gate, 2 nothing to build (one line: no bundle of that name, a line that does
-not learn, no accepted experience). ``publish``: a staged rollout of a built round's bundle (the
-line's newest by default) with every option of ``rollout start`` (waves, soak, the behaviour
-gate's ``--criterion``: :func:`~edge_agent_host.hub.rollout_cli.add_start_options`); the round
-records the rollout.
+not learn, no accepted experience), 3 the line's round is being built elsewhere (one line:
+another replica's policy or another ``learn build`` holds the line's lease, which a build by
+hand takes too, for ``[learning] lease_s`` at most). ``publish``: a staged rollout of a built
+round's bundle (the line's newest by default) with every option of ``rollout start`` (waves,
+soak, the behaviour gate's ``--criterion``:
+:func:`~edge_agent_host.hub.rollout_cli.add_start_options`); the round records the rollout.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from edge_agent_host.hub.catch_up_store import RESULTS as CATCH_UP_RESULTS
 from edge_agent_host.hub.catch_up_store import CatchUpStore
 from edge_agent_host.hub.config import HubConfigFile, load_hub_config
 from edge_agent_host.hub.learning_merge import MergeSettings
-from edge_agent_host.hub.learning_store import LearningStore
+from edge_agent_host.hub.learning_store import LearningStore, LeaseHeldError, LeaseLostError
 from edge_agent_host.hub.rollout_cli import add_output_options, rollback_plan, start_plan
 from edge_agent_host.hub.rollout_options import add_start_options
 from edge_agent_host.hub.store import HubDatabase
@@ -57,7 +59,12 @@ def add_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None])
     with_config(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     build = steps.add_parser(
-        "build", help="merge a line's pending deltas into a new signed bundle version"
+        "build",
+        help="merge a line's pending deltas into a new signed bundle version",
+        description="Merge a model line's pending deltas into a new signed bundle version, "
+        "holding the line's lease meanwhile. Exit 0 built, 1 refused by the converter's int8 "
+        "gate, 2 nothing to build, 3 another replica's round or another learn build holds "
+        "the line's lease.",
     )
     with_config(build)
     build.add_argument("line", help="the model line (the bundle name)")
@@ -177,7 +184,6 @@ def _build(args: argparse.Namespace, source: HubConfigFile) -> int:
     )
     from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
 
-
     key_file = source.config.rollouts.key_file
     if key_file is None:
         print(
@@ -200,14 +206,26 @@ def _build(args: argparse.Namespace, source: HubConfigFile) -> int:
         print(f"edge-agent-hub learn build: {err}", file=sys.stderr)
         return 2
     key = load_signing_key(key_file)
+    # A build by hand holds the line's lease as a replica's policy does (its own owner name:
+    # never the policy's lease of the same replica).
+    owner = f"{source.config.hub.effective_id()} learn build {os.getpid()}"
     db = open_database(source, write=True)
     try:
         store = LearningStore(db)
         try:
-            summary = build_round(store, args.line, key, signer="edge-agent-hub", settings=settings)
+            with store.leased(args.line, owner, now=time.time(),
+                              lease_s=source.config.learning.lease_s):  # fmt: skip
+                summary = build_round(store, args.line, key, signer="edge-agent-hub",
+                                      settings=settings, owner=owner)  # fmt: skip
         except LearnInputError as err:
             print(f"edge-agent-hub learn build: {err}", file=sys.stderr)
             return 2
+        except LeaseHeldError as err:
+            print(f"edge-agent-hub learn build: model line {err}", file=sys.stderr)
+            return 3
+        except LeaseLostError as err:
+            print(f"edge-agent-hub learn build: {err}", file=sys.stderr)
+            return 3
         built = store.latest_round(args.line, round_id=summary["round"])
     finally:
         db.close()

@@ -37,13 +37,17 @@ Two safeguards bound what one node can move, in this order:
    test_learning_merge.py measures it with 10 good nodes and 1 to 9 poisoned ones, and shows it
    break at 10.
 
-**Bounded by what the nodes sent.** A node sends only the columns it visited
-(:class:`~edge_agent.fleet.protocol.CountsDelta`), and the merge keeps them so: a table's
-increments are a :class:`SparseTable`, one row of ``(rows,)`` values per (node, visited column)
-pair, ordered by column. Every step is batched numpy over those pairs (the sums and caps per
-column by ``bincount``, the medians per column by one sort of each block of columns), in blocks
-of whole columns of at most :data:`BLOCK_VALUES` values, so a round needs the pairs themselves
-plus one model and a block: time and memory linear in what was sent, not in nodes x counts.
+**Bounded by what the nodes sent.** A node sends only the columns it visited, and in them only
+the values not 0 with their places (:class:`~edge_agent.fleet.protocol.CountsDelta`'s sparse
+encoding); the merge keeps them so: a table's increments are a :class:`SparseTable`, the values
+and their rows grouped by (node, visited column) pair, ordered by column. Every step is batched
+numpy over those values, never a dense column: the sums and caps per column by ``bincount``,
+each place's median over its column's visitors by one sort of the values sent there (a visitor
+that sent none there counts as 0: the zeros come first), the model's column sums from the
+prior's and the medians', and the merged counts by ``bincount`` into one model. The scores and
+the sum go in blocks of whole columns of at most :data:`BLOCK_VALUES` values, so a round needs
+the values sent plus one model and a block: time and memory linear in what was sent, not in
+nodes x counts nor in visited columns x rows.
 :func:`merge_round` takes dense ``(nodes, *shape)`` deltas for callers that have them; the
 dense computation of the same rule is :mod:`.learning_merge_dense`, the reference it is tested
 and benchmarked against.
@@ -73,11 +77,12 @@ __all__ = [
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
 #: Probabilities below this are scored as it (a structural zero of the model: the node claims a
 #: transition the fleet's model says cannot happen).
 LOG_FLOOR: Final = 1e-9
-#: The values (pairs x rows) one block of columns holds at most while the score works on it
-#: (float64: 8 MiB; about ten arrays of that size at once): bounds the merge's scratch memory.
+#: The values one block of columns holds at most while the score works on it (float64: 8 MiB;
+#: about ten arrays of that size at once): bounds the merge's scratch memory.
 BLOCK_VALUES: Final = 1 << 20
 _MAD_TO_SD: Final = 1.4826
 
@@ -124,16 +129,83 @@ class MergeResult:
 
 @dataclass(frozen=True)
 class SparseTable:
-    """One table's increments of every node of a round, as the nodes sent them: pair ``i`` is
-    node ``node[i]``'s column ``column[i]`` (of ``columns``), its values ``values[i]: (rows,)``
-    (float32 as sent, or float64). Pairs are ordered by (column, node), each once, and carry
-    mass (their values sum above 0). Build one with :meth:`of_parts` or :meth:`of_dense`."""
+    """One table's increments of every node of a round in the nodes' own sparse form: the values
+    not 0 and their places. The values are grouped by (node, visited column) pair: pair ``i`` is
+    node ``node[i]``'s column ``column[i]`` (of ``columns``), its values
+    ``values[start[i]:start[i + 1]]`` (float32 as sent, or float64; each above 0) in rows
+    ``row[start[i]:start[i + 1]]`` (ascending), every other row of the column 0. Pairs are
+    ordered by (column, node), each once. Build one with :meth:`of_entries` (what a node sent),
+    :meth:`of_parts` or :meth:`of_dense`."""
 
     rows: int
     columns: int
-    node: I64
-    column: I64
+    node: I32
+    column: I32
+    start: I64
+    row: I32
     values: npt.NDArray[np.floating]
+
+    @classmethod
+    def of_entries(
+        cls,
+        rows: int,
+        columns: int,
+        parts: Sequence[tuple[int, npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]],
+    ) -> SparseTable:
+        """From ``(node, columns: (v,), rows: (v,), values: (v,))`` parts, one place and value
+        each (``CountsDelta.entries``; a node may send several: its values at one place are
+        summed, in float64; values of 0 are dropped)."""
+        sizes = [int(np.shape(v)[0]) for _, _, _, v in parts]
+        for (n, c, r, v), k in zip(parts, sizes, strict=True):
+            if np.shape(c) != (k,) or np.shape(r) != (k,) or np.ndim(v) != 1:
+                raise ValueError(
+                    f"node {n}: columns {np.shape(c)}, rows {np.shape(r)} and values "
+                    f"{np.shape(v)} must be the same length"
+                )
+        node = np.repeat(np.array([p[0] for p in parts], dtype=np.int32), sizes)
+        column = _joined([p[1] for p in parts], np.int64)
+        row = _joined([p[2] for p in parts], np.int64)
+        values = np.concatenate([np.asarray(p[3]) for p in parts] or [np.zeros(0)])
+        return cls.of_arrays(rows, columns, node=node, column=column, row=row, values=values)
+
+    @classmethod
+    def of_arrays(
+        cls, rows: int, columns: int, *, node: npt.ArrayLike, column: npt.ArrayLike,
+        row: npt.ArrayLike, values: npt.ArrayLike,
+    ) -> SparseTable:
+        """From one place and value per entry, in any order (as :meth:`of_entries`)."""
+        return cls._sorted(
+            rows, columns, np.asarray(node, dtype=np.int32), np.asarray(column, dtype=np.int64),
+            np.asarray(row, dtype=np.int64), np.asarray(values),
+        )  # fmt: skip
+
+    @classmethod
+    def _sorted(  # noqa: PLR0917
+        cls, rows: int, columns: int, node: I32, column: I64, row: I64,
+        values: npt.NDArray[np.floating],
+    ) -> SparseTable:
+        if column.size and (column.min() < 0 or column.max() >= columns):
+            raise ValueError(f"a column is outside [0, {columns})")
+        if row.size and (row.min() < 0 or row.max() >= rows):
+            raise ValueError(f"a row is outside [0, {rows})")
+        keep = values != 0
+        if not keep.all():
+            node, column, row, values = node[keep], column[keep], row[keep], values[keep]
+        order = np.lexsort((row, node, column))
+        node, column, row, values = node[order], column[order], row[order], values[order]
+        new = np.ones(node.shape, dtype=bool)  # a new place: (column, node, row)
+        new[1:] = (column[1:] != column[:-1]) | (node[1:] != node[:-1]) | (row[1:] != row[:-1])
+        if not new.all():  # a node sent a place twice: one value, the sum
+            firsts = np.flatnonzero(new)
+            values = np.add.reduceat(values.astype(np.float64), firsts)
+            node, column, row = node[firsts], column[firsts], row[firsts]
+        pair = np.ones(node.shape, dtype=bool)  # a new pair: (column, node)
+        pair[1:] = (column[1:] != column[:-1]) | (node[1:] != node[:-1])
+        firsts = np.flatnonzero(pair)
+        return cls(rows=rows, columns=columns, node=node[firsts],
+                   column=column[firsts].astype(np.int32),
+                   start=np.append(firsts, node.shape[0]).astype(np.int64),
+                   row=row.astype(np.int32), values=values)  # fmt: skip
 
     @classmethod
     def of_parts(
@@ -142,58 +214,70 @@ class SparseTable:
         columns: int,
         parts: Sequence[tuple[int, npt.ArrayLike, npt.ArrayLike]],
     ) -> SparseTable:
-        """From ``(node, columns: (k,), values: (k, rows))`` parts (a node may send several;
-        their values in a column it sent twice are summed, in float64)."""
-        sizes = [int(np.shape(cols)[0]) for _, cols, _ in parts]
-        for (n, _, v), k in zip(parts, sizes, strict=True):
-            if np.shape(v) != (k, rows):
-                raise ValueError(f"node {n}: values have shape {np.shape(v)}, expected {(k, rows)}")
-        node = np.repeat(np.array([p[0] for p in parts], dtype=np.int64), sizes)
-        column = np.concatenate([np.asarray(c, dtype=np.int64) for _, c, _ in parts] or
-                                [np.zeros(0, dtype=np.int64)])  # fmt: skip
-        values = np.concatenate([np.asarray(v) for _, _, v in parts] or [np.zeros((0, rows))])
-        if column.size and (column.min() < 0 or column.max() >= columns):
-            raise ValueError(f"a column is outside [0, {columns})")
-        order = np.lexsort((node, column))
-        node, column, values = node[order], column[order], values[order]
-        first = np.ones(node.shape, dtype=bool)
-        first[1:] = (node[1:] != node[:-1]) | (column[1:] != column[:-1])
-        if not first.all():  # a node sent a column twice: one pair, the sum
-            starts = np.flatnonzero(first)
-            values = np.add.reduceat(values.astype(np.float64), starts, axis=0)
-            node, column = node[starts], column[starts]
-        has_mass = values.sum(axis=1, dtype=np.float64) > 0
-        if not has_mass.all():
-            node, column, values = node[has_mass], column[has_mass], values[has_mass]
-        return cls(rows=rows, columns=columns, node=node, column=column, values=values)
+        """From ``(node, columns: (k,), values: (k, rows))`` parts, each column's values dense
+        (as :meth:`of_entries`)."""
+        entries = []
+        for n, cols, vals in parts:
+            k = int(np.shape(cols)[0])
+            if np.shape(vals) != (k, rows):
+                raise ValueError(f"node {n}: values have shape {np.shape(vals)}, "
+                                 f"expected {(k, rows)}")  # fmt: skip
+            v = np.asarray(vals)
+            i, r = np.nonzero(v)
+            entries.append((n, np.asarray(cols, dtype=np.int64)[i], r, v[i, r]))
+        return cls.of_entries(rows, columns, entries)
 
     @classmethod
     def of_dense(cls, deltas: npt.ArrayLike) -> SparseTable:
-        """From dense ``(nodes, rows, columns)`` increments (the columns a node put mass in)."""
+        """From dense ``(nodes, rows, columns)`` increments."""
         d = np.asarray(deltas, dtype=np.float64)
-        node, column = np.nonzero(d.sum(axis=1) > 0)
-        order = np.lexsort((node, column))
-        node, column = node[order].astype(np.int64), column[order].astype(np.int64)
-        return cls(rows=d.shape[1], columns=d.shape[2], node=node, column=column,
-                   values=d[node, :, column])  # fmt: skip
+        node, row, column = np.nonzero(d)
+        return cls.of_arrays(d.shape[1], d.shape[2], node=node, column=column, row=row,
+                             values=d[node, row, column])  # fmt: skip
+
+    @property
+    def pairs(self) -> int:
+        """How many (node, visited column) pairs."""
+        return int(self.node.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the table holds."""
+        return sum(int(a.nbytes) for a in (self.node, self.column, self.start, self.row,
+                                           self.values))  # fmt: skip
+
+    def dense_values(self, part: slice = slice(None)) -> F64:
+        """The pairs ``part``'s columns made dense, ``(pairs, rows)`` float64 (for a block, or
+        a test: the merge itself never needs them)."""
+        first, last, _ = part.indices(self.pairs)
+        lo, hi = int(self.start[first]), int(self.start[max(last, first)])
+        out = np.zeros((max(last - first, 0), self.rows))
+        pair = np.repeat(np.arange(out.shape[0]), np.diff(self.start[first : max(last, first) + 1]))
+        out[pair, self.row[lo:hi]] = self.values[lo:hi]
+        return out
 
     def blocks(self) -> Iterator[slice]:
         """Slices of the pairs, each whole columns of at most :data:`BLOCK_VALUES` values (or
         one column when it alone holds more)."""
-        pairs = self.node.shape[0]
+        pairs = self.pairs
         if pairs == 0:
             return
         ends = np.append(np.flatnonzero(np.diff(self.column)) + 1, pairs)  # each column's end
-        per_block = max(BLOCK_VALUES // max(self.rows, 1), 1)
-        start = 0
-        while start < pairs:
+        value_ends = self.start[ends]  # the values up to each column's end
+        first = 0
+        while first < pairs:
+            budget = int(self.start[first]) + BLOCK_VALUES
             # the last column's end within the budget, or the next column's when it alone is over
-            fit = int(np.searchsorted(ends, start + per_block, side="right")) - 1
-            end = int(ends[fit])
-            if end <= start:
-                end = int(ends[np.searchsorted(ends, start, side="right")])
-            yield slice(start, end)
-            start = end
+            fit = int(np.searchsorted(value_ends, budget, side="right")) - 1
+            end = int(ends[fit]) if fit >= 0 else first
+            if end <= first:
+                end = int(ends[np.searchsorted(ends, first, side="right")])
+            yield slice(first, end)
+            first = end
+
+
+def _joined(arrays: Sequence[npt.ArrayLike], dtype: type[np.int64]) -> I64:
+    return np.concatenate([np.asarray(a, dtype=dtype) for a in arrays] or [np.zeros(0, dtype)])
 
 
 def columns_of(table: npt.ArrayLike) -> F64:
@@ -220,76 +304,121 @@ def round_prior(
     return prior
 
 
-def _pair_mass(table: SparseTable, part: slice = slice(None)) -> F64:
-    mass: F64 = table.values[part].sum(axis=1, dtype=np.float64)
+def _pair_mass(table: SparseTable) -> F64:
+    """Per pair, the sum of its values (float64)."""
+    if table.pairs == 0:
+        return np.zeros(0)
+    mass: F64 = np.add.reduceat(table.values, table.start[:-1], dtype=np.float64)
     return mass
 
 
-def _cap_scale(table: SparseTable, prior: F64, settings: MergeSettings) -> tuple[F64, F64]:
+def _entries(table: SparseTable, part: slice) -> tuple[slice, I64]:
+    """The values of the pairs ``part`` (a slice of them), and each one's pair."""
+    first, last = int(part.start), int(part.stop)
+    values = slice(int(table.start[first]), int(table.start[last]))
+    pair = np.repeat(np.arange(first, last, dtype=np.int64), np.diff(table.start[first:last + 1]))
+    return values, pair
+
+
+def _cap_scale(
+    table: SparseTable, mass: F64, prior: F64, settings: MergeSettings
+) -> tuple[F64, F64, I64]:
     """Per pair, the factor the cap scales it by, and its mass after it; per column the rule
-    of the module docstring (``bincount`` over the pairs' columns; ``prior: (rows, columns)``)."""
-    mass = _pair_mass(table)
-    total = np.bincount(table.column, weights=mass, minlength=table.columns)
-    visitors = np.bincount(table.column, minlength=table.columns)
+    of the module docstring (``bincount`` over the pairs' columns; ``prior: (rows, columns)``),
+    and how many nodes visited each column."""
+    col = table.column
+    total = np.bincount(col, weights=mass, minlength=table.columns)
+    visitors = np.bincount(col, minlength=table.columns)
     share = np.maximum(settings.max_share, 1.0 / np.maximum(visitors, 1))
     ratio = share / np.maximum(1.0 - share, 1e-12)
     allowance = settings.prior_share * prior.sum(axis=0)
-    bounded = ((share < 1.0) & (visitors > 1))[table.column]
-    col = table.column
-    limit = np.where(bounded, ratio[col] * (total[col] - mass) + allowance[col], np.inf)
+    # per pair, in place (a few arrays of the pairs at once): the mass it may have at most
+    limit: F64 = np.asarray(total[col], dtype=np.float64)
+    limit -= mass
+    limit *= ratio[col]
+    limit += allowance[col]
+    limit[~((share < 1.0) & (visitors > 1))[col]] = np.inf
     over = mass > limit * (1.0 + 1e-9)  # an even split is not over its share
-    scale = np.where(over, limit / np.where(mass > 0, mass, 1.0), 1.0)
-    return scale, mass * scale
+    scale = np.ones(mass.shape)
+    np.divide(limit, mass, out=scale, where=over)
+    return scale, mass * scale, visitors
 
 
-def _typical(shares: F64, group: I64, groups: int) -> F64:
-    """The element-wise median of ``shares: (pairs, rows)`` over the pairs of each group
-    (``group: (pairs,)`` sorted, ``0..groups-1``), normalised per group: ``(groups, rows)``."""
-    order = np.lexsort((shares.T, np.broadcast_to(group, shares.T.shape)), axis=-1)
-    ordered = np.take_along_axis(shares.T, order, axis=1)  # (rows, pairs), by group then value
-    count = np.bincount(group, minlength=groups)
-    start = np.cumsum(count) - count
-    lo = ordered[:, start + (count - 1) // 2]
-    hi = ordered[:, start + count // 2]
-    typical = ((lo + hi) / 2.0).T
-    norm = typical.sum(axis=1, keepdims=True)
-    return typical / np.where(norm > 0, norm, 1.0)
+def _typical(
+    table: SparseTable, row: I32, column: I32, shares: F64, visitors: I64
+) -> tuple[F64, npt.NDArray[np.bool_]]:
+    """For each value of a block of whole columns (its ``row``, ``column`` and ``shares``: its
+    pair's column normalised), the element-wise median of its place over the column's
+    ``visitors`` (those that sent no value there count as 0), normalised per column; and per
+    column whether its medians sum above 0. Sparse: the values of each place sorted once, the
+    zeros before them."""
+    n = shares.shape[0]
+    key = column.astype(np.int64) * table.rows + row
+    order = np.lexsort((shares, key))
+    ordered, place = shares[order], key[order]
+    new = np.ones(n, dtype=bool)
+    new[1:] = place[1:] != place[:-1]
+    firsts = np.flatnonzero(new)
+    sent = np.diff(np.append(firsts, n))  # the values at each place
+    col = place[firsts] // table.rows
+    k = visitors[col]
+    zeros = k - sent
+
+    def at(rank: I64) -> F64:
+        """The place's ``rank``-th smallest value of its ``k`` (its zeros first)."""
+        i = np.clip(firsts + rank - zeros, 0, n - 1)
+        return np.where(rank >= zeros, ordered[i], 0.0)
+
+    median = (at((k - 1) // 2) + at(k // 2)) / 2.0
+    new_col = np.ones(col.shape, dtype=bool)
+    new_col[1:] = col[1:] != col[:-1]
+    col_firsts = np.flatnonzero(new_col)
+    norm = np.add.reduceat(median, col_firsts) if col_firsts.size else np.zeros(0)
+    per_place = np.repeat(norm, np.diff(np.append(col_firsts, col.shape[0])))
+    typical = median / np.where(per_place > 0, per_place, 1.0)
+    out = np.empty(n)
+    out[order] = typical[np.cumsum(new) - 1]
+    spread = np.zeros(table.columns, dtype=bool)
+    spread[col[col_firsts]] = norm > 0
+    return out, spread
 
 
-def _loglik(table: SparseTable, prior: F64, scale: F64, capped_mass: F64, nodes: int) -> F64:
-    """Per node, ``sum(d_n * log p_-n)`` over its pairs (module docstring, 2.), block by
-    block of whole columns."""
+def _loglik(  # noqa: PLR0917
+    table: SparseTable, prior: F64, mass: F64, scale: F64, capped_mass: F64, visitors: I64,
+    nodes: int,
+) -> F64:
+    """Per node, ``sum(d_n * log p_-n)`` over its values (module docstring, 2.), block by
+    block of whole columns; ``mass``: each pair's before the cap."""
     total = np.bincount(table.column, weights=capped_mass, minlength=table.columns)
+    prior_mass = prior.sum(axis=0)
     out = np.zeros(nodes)
     for part in table.blocks():
-        values = table.values[part].astype(np.float64)
-        column = table.column[part]
-        mass = capped_mass[part]
+        values_at, pair = _entries(table, part)
+        values = table.values[values_at].astype(np.float64)
+        row = table.row[values_at]
+        column = table.column[pair]
         # a pair's share of its column does not change under the cap's scaling
-        shares = values / _pair_mass(table, part)[:, None]
-        first = np.ones(column.shape, dtype=bool)
-        first[1:] = column[1:] != column[:-1]
-        group = np.cumsum(first) - 1
-        typical = _typical(shares, group, int(group[-1]) + 1)[group]  # (pairs, rows)
-        model = prior[:, column].T + (total[column] - mass)[:, None] * typical
-        norm = model.sum(axis=1, keepdims=True)
-        logp = np.log(np.maximum(model / np.where(norm > 0, norm, 1.0), LOG_FLOOR))
-        pair = scale[part] * (values * logp).sum(axis=1)
-        out += np.bincount(table.node[part], weights=pair, minlength=nodes)
+        typical, spread = _typical(table, row, column, values / mass[pair], visitors)
+        pairs = table.column[part]
+        others = total[pairs] - capped_mass[part]  # the others' mass in the pair's column
+        norm = prior_mass[pairs] + others * spread[pairs]  # the model's column sum
+        local = pair - part.start
+        model = prior[row, column] + others[local] * typical
+        logp = np.log(np.maximum(model / np.where(norm > 0, norm, 1.0)[local], LOG_FLOOR))
+        per_pair = np.bincount(local, weights=values * logp, minlength=pairs.shape[0])
+        out += np.bincount(table.node[part], weights=scale[part] * per_pair, minlength=nodes)
     return out
 
 
 def _kept_sum(table: SparseTable, weight: F64) -> F64:
     """``sum over pairs of weight * values`` into ``(rows, columns)``, block by block."""
-    out = np.zeros((table.rows, table.columns))
+    out = np.zeros(table.rows * table.columns)
     for part in table.blocks():
-        column = table.column[part]
-        first = np.ones(column.shape, dtype=bool)
-        first[1:] = column[1:] != column[:-1]
-        starts = np.flatnonzero(first)
-        weighted = table.values[part] * weight[part, None]
-        out[:, column[starts]] += np.add.reduceat(weighted, starts, axis=0).T
-    return out
+        values_at, pair = _entries(table, part)
+        place = table.row[values_at].astype(np.int64) * table.columns + table.column[pair]
+        out += np.bincount(place, weights=table.values[values_at] * weight[pair],
+                           minlength=out.shape[0])  # fmt: skip
+    return out.reshape(table.rows, table.columns)
 
 
 def outliers(scores: F64, settings: MergeSettings) -> npt.NDArray[np.bool_]:
@@ -331,10 +460,11 @@ def merge_sparse(
     node_mass = np.zeros(nodes)
     scales: dict[str, F64] = {}
     for t, table in deltas.items():
-        scale, mass = _cap_scale(table, prior[t], settings)
+        sent = _pair_mass(table)
+        scale, mass, visitors = _cap_scale(table, sent, prior[t], settings)
         scales[t] = scale
         capped[table.node[scale < 1.0]] = True
-        loglik += _loglik(table, prior[t], scale, mass, nodes)
+        loglik += _loglik(table, prior[t], sent, scale, mass, visitors, nodes)
         node_mass += np.bincount(table.node, weights=mass, minlength=nodes)
     with np.errstate(invalid="ignore", divide="ignore"):
         scores = np.where(node_mass > 0, loglik / np.where(node_mass > 0, node_mass, 1.0), np.nan)

@@ -22,7 +22,9 @@ The service calls :meth:`LearningPolicy.step` from its loop every ``check_interv
 check and its rounds run on a thread of their own with a database connection of their own (a
 round converts and simulates for seconds; the service's writes go on meanwhile), one at a time.
 Each look then, with ``[learning] catch_up``, starts a deployment of a line's current version to
-every online node's group behind it (:func:`~edge_agent_host.hub.catch_up_store.catch_up`).
+every online node's group behind it (:func:`~edge_agent_host.hub.catch_up_store.catch_up`),
+while it holds the catch-up look's lease (one replica looks at a time; the others skip the look
+and count it, ``catch_up_skipped``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class LearningPolicy:
         self._thread: threading.Thread | None = None
         self.counts = {
             "built": 0, "refused": 0, "published": 0, "skipped": 0, "lease_lost": 0, "errors": 0,
-            "catch_up_errors": 0,
+            "catch_up_errors": 0, "catch_up_skipped": 0,
         }  # fmt: skip
 
     # the service's side -----------------------------------------------------------------------
@@ -218,9 +220,13 @@ class LearningPolicy:
     def catch_up(self, db: HubDatabase) -> dict[str, Any]:
         """Bring the groups behind their line's current version up to it (hub/catch_up_store.py);
         what the look did."""
-        return catch_up(
-            db, lines=self.section.lines, silent_after_s=self.silent_after_s, now=self.clock()
-        )
+        out = catch_up(
+            db, lines=self.section.lines, silent_after_s=self.silent_after_s, now=self.clock(),
+            owner=self.owner, lease_s=self.section.lease_s,
+        )  # fmt: skip
+        if out.get("skipped"):
+            self.counts["catch_up_skipped"] += 1
+        return out
 
     def _publish(self, db: HubDatabase, store: LearningStore, summary: dict[str, Any]) -> None:
         assert self.rollout is not None

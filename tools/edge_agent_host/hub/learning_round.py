@@ -63,18 +63,21 @@ def next_version(parent: str, round_no: int) -> str:
 def per_node(
     pending: list[Pending], shapes: dict[str, tuple[int, ...]]
 ) -> tuple[list[str], dict[str, SparseTable], dict[str, int]]:
-    """The nodes (sorted), their increments as they sent them ``{table: SparseTable}`` (only
-    the columns each visited; a node's deltas summed) and their experience."""
+    """The nodes (sorted), their increments as they sent them ``{table: SparseTable}`` (the
+    values not 0 and their places, never a dense column; a node's deltas summed) and their
+    experience."""
     nodes = sorted({p.node for p in pending})
     index = {n: i for i, n in enumerate(nodes)}
-    parts: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {t: [] for t in shapes}
+    parts: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = {
+        t: [] for t in shapes
+    }
     experience = dict.fromkeys(nodes, 0)
     for p in pending:
         for t in p.tables:
-            parts[t.table].append((index[p.node], *t.arrays()))
+            parts[t.table].append((index[p.node], *t.entries()))
         experience[p.node] += p.experience
     deltas = {
-        t: SparseTable.of_parts(s[0], int(np.prod(s[1:], dtype=np.int64)), parts[t])
+        t: SparseTable.of_entries(s[0], int(np.prod(s[1:], dtype=np.int64)), parts[t])
         for t, s in shapes.items()
     }
     return nodes, deltas, experience

@@ -13,8 +13,10 @@ replica the line's lease (schema migration 6: a row per line, its owner and when
 when nobody holds it, it holds it already, or the owner's lease expired (a replica that
 crashed in a round); :meth:`LearningStore.add_round` with ``owner`` stores the round only while
 that replica still holds it (in the same transaction: a replica that stalled past its lease and
-was taken over stores nothing). The same on both engines; on SQLite the hub has one replica,
-so its lease is always free.
+was taken over stores nothing). ``learn build`` run by hand holds the line's lease the same way
+(:meth:`LearningStore.leased`), and the catch-up look holds a lease of its own
+(:data:`~edge_agent_host.hub.catch_up_store.CATCH_UP_LEASE`). The same on both engines; on
+SQLite the hub has one replica, whose policy and a ``learn build`` by hand still take turns.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -37,7 +40,14 @@ from edge_agent_host.hub.queue import Heard
 from edge_agent_host.hub.rollout_plan import RolloutState
 from edge_agent_host.hub.store import HubDatabase, to_json
 
-__all__ = ["ACCEPTED", "LearningStore", "LeaseLostError", "Pending", "split_model"]
+__all__ = [
+    "ACCEPTED",
+    "LearningStore",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "Pending",
+    "split_model",
+]
 
 ACCEPTED: Final = "accepted"
 _MODELS_KEPT: Final = 8
@@ -53,6 +63,10 @@ def split_model(model: str) -> tuple[str, str]:
 
 class LeaseLostError(FleetError):
     """A round not stored: its replica no longer holds the line's lease (another took it)."""
+
+
+class LeaseHeldError(FleetError):
+    """A lease another replica (or another ``learn build``) holds."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,21 @@ class LearningStore:
                 {"line": line, "owner": owner, "until": now + lease_s, "now": now},
             )
         return changed == 1
+
+    @contextmanager
+    def leased(self, line: str, owner: str, *, now: float, lease_s: float) -> Iterator[None]:
+        """Hold ``line``'s lease (:meth:`take_lease`) for the ``with`` block, then give it up;
+        LeaseHeldError (one line: who holds it, until when) when another holds it."""
+        if not self.take_lease(line, owner, now=now, lease_s=lease_s):
+            held = self.lease(line)
+            who = "another replica" if held is None else f"{held[0]!r}"
+            until = "" if held is None else " until " + time.strftime(
+                "%Y-%m-%d %H:%M:%S", time.localtime(held[1]))  # fmt: skip
+            raise LeaseHeldError(f"{line!r}: {who} holds its lease{until}; try again after it")
+        try:
+            yield
+        finally:
+            self.release_lease(line, owner)
 
     def release_lease(self, line: str, owner: str) -> None:
         """``owner`` gives ``line``'s lease up (nothing when another holds it)."""

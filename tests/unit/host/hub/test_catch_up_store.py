@@ -8,6 +8,7 @@ end) written through the rollout store."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.fleet.protocol import Birth, GroupInfo, NodeState
 from edge_agent_host.fleet.transfer import DeployPlan
-from edge_agent_host.hub.catch_up_store import CatchUpStore, catch_up
+from edge_agent_host.hub.catch_up import CatchUp, behind
+from edge_agent_host.hub.catch_up_store import CATCH_UP_LEASE, CatchUpStore, catch_up
 from edge_agent_host.hub.cli import main
 from edge_agent_host.hub.config import LearningSection
 from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.learning_policy import LearningPolicy
 from edge_agent_host.hub.learning_round import build_round
+from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.rollout_cli import store_rollout
 from edge_agent_host.hub.rollout_options import parse_start_options
 from edge_agent_host.hub.rollout_plan import RolloutState
@@ -170,7 +173,62 @@ def check_a_late_or_reset_node_is_brought_to_the_fleet_version(db: HubDatabase) 
     ]  # fmt: skip
 
 
-CATCH_UP_SCENARIOS = [check_a_late_or_reset_node_is_brought_to_the_fleet_version]
+LEASE_S = 60.0
+
+
+def a_late_node(db: HubDatabase) -> tuple[Fleet, str]:
+    """A round done on ``n1`` and ``n2``; ``n3`` joined late (runs the old version)."""
+    fleet = Fleet(db)
+    old, round_rollout = published_round(db, fleet, Ed25519PrivateKey.generate())
+    end(db, round_rollout, RolloutState.DONE)
+    for node in ("n1", "n2"):
+        fleet.born(node, RolloutStore(db).get(round_rollout).plan.bundle_sha256)
+    fleet.connect("n3", old)
+    return fleet, old
+
+
+def replica_look(db: HubDatabase, owner: str, now: float) -> dict[str, Any]:
+    """``owner``'s look on a connection of its own."""
+    other = HubDatabase(db.engine)
+    other.open()
+    try:
+        return catch_up(other, silent_after_s=SILENT_AFTER_S, now=now, owner=owner,
+                        lease_s=LEASE_S)  # fmt: skip
+    finally:
+        other.close()
+
+
+def check_one_replica_looks_for_late_nodes_at_a_time(db: HubDatabase) -> None:
+    a_late_node(db)
+    leases = LearningStore(db)
+    now = time.time()
+    # hub-b is looking: hub-a's look is skipped, deploys nothing
+    assert leases.take_lease(CATCH_UP_LEASE, "hub-b", now=now, lease_s=LEASE_S)
+    skipped = {"skipped": True, "started": [], "not_started": []}
+    assert replica_look(db, "hub-a", now) == skipped
+    assert CatchUpStore(db).counts()["pending"] == 0
+    leases.release_lease(CATCH_UP_LEASE, "hub-b")
+    # both look at once: the late node is deployed to once, by either, and the lease given up
+    outs: list[dict[str, Any]] = []
+    looks = [threading.Thread(target=lambda o=o: outs.append(replica_look(db, o, now)))
+             for o in ("hub-a", "hub-b")]  # fmt: skip
+    for t in looks:
+        t.start()
+    for t in looks:
+        t.join(60.0)
+    assert sorted(len(o["started"]) for o in outs) == [0, 1]
+    assert CatchUpStore(db).counts()["pending"] == 1
+    assert leases.lease(CATCH_UP_LEASE) is None
+    # a holder that crashed in its look: its lease runs out, then another replica looks
+    assert leases.take_lease(CATCH_UP_LEASE, "hub-b", now=now, lease_s=LEASE_S)
+    assert replica_look(db, "hub-a", now + LEASE_S - 1.0) == skipped
+    assert replica_look(db, "hub-a", now + LEASE_S + 1.0) == {"started": [], "not_started": []}
+
+
+CATCH_UP_SCENARIOS = [
+    check_a_late_or_reset_node_is_brought_to_the_fleet_version,
+    check_one_replica_looks_for_late_nodes_at_a_time,
+]
 
 
 @pytest.fixture
@@ -183,8 +241,30 @@ def db(tmp_path: Path) -> Iterator[HubDatabase]:
         d.close()
 
 
-def test_catch_up_on_sqlite(db: HubDatabase) -> None:
-    check_a_late_or_reset_node_is_brought_to_the_fleet_version(db)
+@pytest.mark.parametrize("scenario", CATCH_UP_SCENARIOS, ids=lambda f: f.__name__[len("check_") :])
+def test_catch_up_on_sqlite(db: HubDatabase, scenario: Any) -> None:
+    scenario(db)
+
+
+def test_a_look_taken_over_while_it_stalled_deploys_nothing(
+    db: HubDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look renews its lease before each deployment: one that stalled past it while
+    another replica took the look over stops there (the other deploys)."""
+    a_late_node(db)
+    now = time.time()
+
+    def stalled(*args: Any, **kwargs: Any) -> list[CatchUp]:
+        # hub-a stalls here past its lease; hub-b takes the look over
+        assert LearningStore(db).take_lease(CATCH_UP_LEASE, "hub-b", now=now + LEASE_S,
+                                            lease_s=LEASE_S)  # fmt: skip
+        return behind(*args, **kwargs)
+
+    monkeypatch.setattr("edge_agent_host.hub.catch_up_store.behind", stalled)
+    out = catch_up(db, silent_after_s=SILENT_AFTER_S, now=now, owner="hub-a", lease_s=LEASE_S)
+    assert (out.get("lease_lost"), out["started"]) == (True, [])
+    assert CatchUpStore(db).counts()["pending"] == 0
+    assert LearningStore(db).lease(CATCH_UP_LEASE) == ("hub-b", now + 2 * LEASE_S)
 
 
 @pytest.mark.parametrize("switch", [True, False])

@@ -1,8 +1,8 @@
 """``edge-agent-hub learn status | build | publish`` (``tools/edge_agent_host/hub/learn_cli.py``)
 on a SQLite hub database: what status says (human and ``--json``), build's exit status (0 built,
-1 refused by the converter's int8 gate, 2 nothing to build) with one line for each thing a user can
-get wrong, ``--out``, and publish: a staged rollout of the round's bundle with ``rollout start``'s
-options, recorded with the round."""
+1 refused by the converter's int8 gate, 2 nothing to build, 3 the line's lease held elsewhere) with
+one line for each thing a user can get wrong, ``--out``, and publish: a staged rollout of the
+round's bundle with ``rollout start``'s options, recorded with the round."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.fleet.protocol import NodeState
 from edge_agent_host.hub.cli import main
 from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.store import HubDatabase
 from edge_agent_host.keys import generate_keypair
 from tests.unit.host.hub.test_learning_store import (
@@ -150,6 +151,27 @@ def test_learn_build_refused_by_the_gate_then_built_then_nothing_left(
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "  waiting for a round: 0 deltas, 0 agent-ticks"
     assert lines[2].endswith(f": built {LINE}@1.0.0+learn2 (3 nodes, 120 agent-ticks)")
+
+
+def test_learn_build_waits_for_whoever_holds_the_lines_lease_and_exits_3(
+    hub: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A build by hand takes the line's lease: while a replica's policy holds it (a round under
+    way), one line and exit 3, nothing built; once given up, the build holds it and gives it up."""
+    db = HubDatabase(SqliteEngine(hub["db"]))
+    db.open()
+    try:
+        store = LearningStore(db)
+        assert store.take_lease(LINE, "hub-a", now=time.time(), lease_s=600.0)
+        assert main(learn(hub, "build", LINE, *GATE)) == 3
+        err = one_line(capsys, f"edge-agent-hub learn build: model line '{LINE}': 'hub-a' holds")
+        assert err.endswith("; try again after it\n")
+        assert store.rounds(LINE) == 0
+        store.release_lease(LINE, "hub-a")
+        assert main(learn(hub, "build", LINE, *GATE)) == 0
+        assert (store.rounds(LINE), store.lease(LINE)) == (1, None)
+    finally:
+        db.close()
 
 
 def test_learn_publish_starts_a_gated_rollout_of_the_rounds_bundle(

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
+from edge_agent.fleet.protocol import CountsDelta, sparse_counts_delta
 from edge_agent_host.hub.learning_merge import MergeSettings, SparseTable, merge_round, merge_sparse
 from edge_agent_host.hub.learning_merge_dense import (
     cap_shares,
@@ -243,12 +244,16 @@ def test_the_median_over_nodes_is_numpys_nanmedian(nodes: int) -> None:
     np.testing.assert_allclose(nanmedian_first_axis(a), expected, rtol=1e-12)
 
 
-def random_round(seed: int, nodes: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def random_round(
+    seed: int, nodes: int, fill: float = 1.0
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """A prior and ``nodes`` nodes' dense deltas of two tables (``B0: (S, S, U)``, ``A0: (3, S)``)
-    that visit a random part of the columns: honest, loud (capped), poisoned, silent nodes."""
+    that visit a random part of the columns: honest, loud (capped), poisoned, silent nodes;
+    ``fill``: the part of a visited column's values kept (the rest 0: sparse columns)."""
     rng = np.random.default_rng(seed)
     b = true_b(seed)
     d = honest(b, nodes, seed) * (rng.random((nodes, 1, S, U)) < 0.6)
+    d *= rng.random(d.shape) < fill
     d[rng.random(nodes) < 0.2] *= 15.0  # loud nodes: the cap's work
     bad = rng.random(nodes) < 0.2
     d[bad] = np.roll(d[bad], 1, axis=1)  # mass on the wrong next states: the score's work
@@ -258,16 +263,19 @@ def random_round(seed: int, nodes: int) -> tuple[dict[str, np.ndarray], dict[str
     return prior, {"B0": d, "A0": a}
 
 
-@pytest.mark.parametrize("block_values", [1 << 20, 7])
+@pytest.mark.parametrize("fill", [1.0, 0.4])
+@pytest.mark.parametrize("block_values", [1 << 20, 3])
 @pytest.mark.parametrize(("seed", "nodes"), [(0, 1), (1, 2), (2, 3), (3, 7), (4, 30), (5, 60)])
 def test_the_merge_over_what_nodes_sent_equals_the_dense_merge(
-    seed: int, nodes: int, block_values: int, monkeypatch: pytest.MonkeyPatch
+    seed: int, nodes: int, block_values: int, fill: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Counts, scores, capped and refused nodes and their mass as the dense reference computes
-    them (hub/learning_merge_dense.py), with one block of columns and with many (a block of 7
-    values holds at most one column of these tables: every block boundary is crossed)."""
+    them (hub/learning_merge_dense.py), with one block of columns and with many (a block of 3
+    values holds at most one column of these tables: every block boundary is crossed), with
+    whole columns and with sparse ones (``fill`` 0.4: most places of a column have fewer values
+    than half its visitors, their median is 0, and some columns' medians are all 0)."""
     monkeypatch.setattr("edge_agent_host.hub.learning_merge.BLOCK_VALUES", block_values)
-    prior, deltas = random_round(seed, nodes)
+    prior, deltas = random_round(seed, nodes, fill)
     current = {t: 2.0 * p for t, p in prior.items()}
     settings = MergeSettings(forgetting=0.7, max_share=0.05, mad_k=2.0)
     got = merge_round(prior, current, deltas, settings)
@@ -284,20 +292,31 @@ def test_the_merge_over_what_nodes_sent_equals_the_dense_merge(
 
 
 def test_a_node_that_sent_a_column_in_two_deltas_counts_their_sum() -> None:
-    """What the hub reads: several deltas per node, float32 as sent, in any order."""
-    _, deltas = random_round(3, 7)
+    """What the hub reads: several deltas per node in the protocol's own encodings (the values
+    not 0 and their places, or whole columns), float32 as sent, in any order."""
+    _, deltas = random_round(3, 7, fill=0.5)
     d = deltas["B0"].reshape(7, S, -1)
-    parts = []
+    parts, columns = [], []
     for node in range(7):
         cols = np.flatnonzero(d[node].sum(axis=0))
-        half = d[node][:, cols].T / 2.0
-        parts += [(node, cols[::-1], half[::-1].astype(np.float32)),
-                  (node, cols, half.astype(np.float32))]  # fmt: skip
-    table = SparseTable.of_parts(S, S * U, parts[::-1])
+        half = (d[node][:, cols].T / 2.0).astype(np.float32)
+        for sent in (
+            sparse_counts_delta("B0", (S, S, U), cols.astype(np.uint32), half, experience=1, lr=1),
+            CountsDelta(table="B0", shape=(S, S, U), columns=cols.astype("<u4").tobytes(),
+                        values=half.astype("<f4").tobytes(), experience=1, lr=1.0),
+        ):  # fmt: skip
+            parts.append((node, *sent.entries()))
+        columns += [(node, cols[::-1], half[::-1]), (node, cols, half)]
+    table = SparseTable.of_entries(S, S * U, parts[::-1])
     want = SparseTable.of_dense(d)
-    np.testing.assert_array_equal(table.node, want.node)
-    np.testing.assert_array_equal(table.column, want.column)
-    np.testing.assert_allclose(table.values, want.values, rtol=1e-6)
+    for got in (table, SparseTable.of_parts(S, S * U, columns)):
+        np.testing.assert_array_equal(got.node, want.node)
+        np.testing.assert_array_equal(got.column, want.column)
+        np.testing.assert_array_equal(got.start, want.start)
+        np.testing.assert_array_equal(got.row, want.row)
+        np.testing.assert_allclose(got.values, want.values, rtol=1e-6)
+        np.testing.assert_allclose(got.dense_values(), d[want.node, :, want.column], rtol=1e-6)
+    assert table.values.shape[0] == np.count_nonzero(d) < table.pairs * S
     result = merge_sparse({"B0": PRIOR}, {"B0": PRIOR}, {"B0": table}, 7, DEFAULTS)
     np.testing.assert_allclose(
         result.counts["B0"], merge_round({"B0": PRIOR}, {"B0": PRIOR}, deltas_b0(d), DEFAULTS)
@@ -305,6 +324,8 @@ def test_a_node_that_sent_a_column_in_two_deltas_counts_their_sum() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="outside"):
         SparseTable.of_parts(S, S * U, [(0, np.array([S * U]), np.ones((1, S)))])
+    with pytest.raises(ValueError, match="row is outside"):
+        SparseTable.of_entries(S, S * U, [(0, np.array([0]), np.array([S]), np.ones(1))])
     with pytest.raises(ValueError, match=r"node 2: values have shape \(1, 3\), expected \(1, 4\)"):
         SparseTable.of_parts(S, S * U, [(2, np.array([0]), np.ones((1, S - 1)))])
 

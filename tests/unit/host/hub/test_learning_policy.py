@@ -25,7 +25,7 @@ from edge_agent_host.hub.config import LearningSection, parse_hub_config
 from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.learning_policy import LearningPolicy
 from edge_agent_host.hub.learning_round import build_round
-from edge_agent_host.hub.learning_store import LearningStore, LeaseLostError
+from edge_agent_host.hub.learning_store import LearningStore, LeaseHeldError, LeaseLostError
 from edge_agent_host.hub.rollout_plan import RolloutState
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.service import HubService, learning_policy
@@ -105,7 +105,7 @@ rollout = ["--group", "grid", "--waves", "1,100%", "--soak", "1"]
         service.shutdown()
     assert policy.counts == {
         "built": 1, "refused": 0, "published": 1, "skipped": 0, "lease_lost": 0, "errors": 0,
-        "catch_up_errors": 0,
+        "catch_up_errors": 0, "catch_up_skipped": 0,
     }  # fmt: skip
     assert service.status()["learning_rounds"]["published"] == 1
     db = HubDatabase(SqliteEngine(path))
@@ -276,9 +276,38 @@ def check_a_crashed_holders_lease_is_taken_over(db: HubDatabase) -> None:
     assert store.status()[0]["waiting"]["deltas"] == 3  # still waiting for a round
 
 
+def check_a_build_by_hand_and_the_replicas_take_turns_on_a_line(db: HubDatabase) -> None:
+    """``learn build`` by hand holds the line's lease (``LearningStore.leased``) as a replica's
+    policy does: neither builds the line while the other holds it."""
+    store, sha = learning_fleet(db)
+    send_experience(db, sha, 1)
+    replicas = Replicas(db)
+    by_hand = "hub-a learn build 7"
+    with store.leased(LINE, by_hand, now=replicas.now, lease_s=LEASE_S):
+        assert replicas.run_due(replicas.a) == []  # the same replica's policy waits too
+        assert (replicas.a.counts["skipped"], store.rounds(LINE)) == (1, 0)
+        with (
+            pytest.raises(LeaseHeldError, match=f"'{LINE}': '{by_hand}' holds its lease until"),
+            store.leased(LINE, "hub-b learn build 8", now=replicas.now, lease_s=LEASE_S),
+        ):
+            pass
+        built = build_round(store, LINE, replicas.key, settings=GATE, owner=by_hand)
+        assert built["state"] == "built"
+    assert store.lease(LINE) is None  # given up after the build
+    send_experience(db, sha, 2)
+    assert store.take_lease(LINE, "hub-b", now=replicas.now, lease_s=LEASE_S)  # a round runs
+    with (
+        pytest.raises(LeaseHeldError, match=f"'{LINE}': 'hub-b' holds its lease until"),
+        store.leased(LINE, by_hand, now=replicas.now, lease_s=LEASE_S),
+    ):
+        pass
+    assert (store.rounds(LINE), store.lease(LINE)) == (1, ("hub-b", replicas.now + LEASE_S))
+
+
 POLICY_SCENARIOS = [
     check_one_replica_builds_a_line_at_a_time,
     check_a_crashed_holders_lease_is_taken_over,
+    check_a_build_by_hand_and_the_replicas_take_turns_on_a_line,
 ]
 
 
