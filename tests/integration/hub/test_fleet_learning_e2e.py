@@ -1,8 +1,9 @@
 """The fleet's learning loop end to end with real parts (issue 47 item 5; docs/fleet-learning.md):
 three edge-agentd processes on the ``edge-agent-host broker init`` broker (TLS, one identity
 each, the ACL), the hub service on PostgreSQL with ``[learning]`` so that rounds run by
-themselves (``min_experience``, ``publish = true``, the behaviour gate's ``--criterion``), and
-four clients with node identities of their own that poison what they report.
+themselves (``min_experience``, ``publish = true``, the behaviour gate's ``--criterion``) and
+nodes behind are caught up (``catch_up = true``), four clients with node identities of their
+own that poison what they report, and a fourth daemon on an older image of the line.
 
 The nodes' group ``tmaze`` (32 agents, 20 Hz) lives in pymdp's T-maze, whose cued arm pays with
 0.98, and the fleet is shipped (``rollout start``) the model line ``tmaze`` 1.0.0: the T-maze
@@ -33,6 +34,21 @@ they tried is learned, by a node or by the fleet.)
    defence: the canary's excess surprise rises, the rollout halts at wave 1 and rolls the canary
    back to round 1 (the round's parent); the other nodes are never touched, and round 1 is the
    line's version again (their deltas on it are accepted).
+4. **A node behind pulls the fleet's version** (issue 47 item 4). ``late-d`` is a daemon on
+   the factory image: its group ``tmaze`` on the line's 0.9.0 (signed by a factory key the
+   nodes trust), as a node that comes back reset, or joins with the image it was made with.
+   It is not one of ``pi-*``, which the rounds' rollouts select, so only the hub's catch-up look
+   moves it: its birth names its bundle, and once round 1's rollout is done (round 1 is the
+   line's fleet version) the look deploys round 1 to it in a one-node rollout, started before
+   round 2's rollout (a look catches up before it builds the rounds due, and the runner takes
+   rollouts oldest first). So it runs round 1 while round 2 is judged, and after round 2's
+   rollback: its status shows round 1, the attempt from 0.9.0 is ``ok`` in
+   ``catch_up_attempts`` and ``learn status``, and the hub accepts its deltas against round 1
+   (those against 0.9.0, a version no round is of, are refused). It is on the factory image
+   from the fleet's start, not started once round 1 is done: round 2 is due in the very look
+   that finds round 1 done (the rogues' experience waits), so a node that came up later would
+   queue behind round 2's rollout, and whether its first delta on round 1 beat round 3's
+   publication would depend on the machine's speed.
 
 Why no verdict depends on the machine's speed: round 1 holds at least ``MIN_EXPERIENCE -
 ROUND1_ROGUE`` = 14,000 honest agent-ticks, a sixth of whose mass (the arm is one tick of a
@@ -49,8 +65,11 @@ around. The live samples are wall-clock windows (1 s, 6 s of soak, 3 a side aske
 test_behaviour_gate_e2e.py. The next round waits until the last one's rollout has ended
 (``LearningPolicy.due``), so round 2 is built once round 1 reached every node. The rogues are
 not daemons and cannot take a deployment: the rounds' rollouts select the daemons (``--node
-pi-*``), and ``catch_up`` is off (it would deploy to a rogue, which never answers; it is tested
-in tests/unit/host/hub/test_catch_up_store.py and test_hubd.py)."""
+pi-*``), and a rogue goes offline once it sent its delta, as a compromised device that drops
+off would: its connection ends without a DISCONNECT and the broker publishes its will (its
+state: offline), so the catch-up look, which deploys to online nodes only, never chooses it
+(``catch_up = true`` is the product's default and an operator's setting; nothing here is a
+test-only switch)."""
 
 from __future__ import annotations
 
@@ -59,6 +78,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,11 +94,13 @@ from edge_agent_host.converter.formats.aif import convert_aif
 from edge_agent_host.hub.learning_model import counts_from_npz
 from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.keys import generate_keypair
 from tests.integration.fleet.test_broker_acl import Client
 from tests.integration.fleet.test_fleet_daemon import TOPICS, wait_until
 from tests.integration.hub.test_hubd import Hub, db_rows
 from tests.integration.hub.test_rollout_health_gate import ENDS, wait_state
 from tests.integration.hub.test_rollouts import rollout, sha_of
+from tests.support.broker import MosquittoBroker
 from tests.support.secure_fleet import json_lines, runs_sha, secure_fleet
 from tests.unit.host.hub.test_learning_store import counts_delta
 
@@ -87,6 +109,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 NODES = ("pi-a", "pi-b", "pi-c")
 CANARY = NODES[0]
 ROGUES = ("rogue-1", "rogue-2", "rogue-3", "rogue-4")
+LATE = "late-d"  # a daemon on an older image of the line (not one of "pi-*")
+LATE_AGENTS = 8  # fewer: the gate's live samples of the others come on a 2-core machine
 LINE = "tmaze"
 AGENTS = 32
 LR = 0.1
@@ -96,8 +120,8 @@ ROUND2_ROGUE = 100_000  # each rogue's in round 2
 GROUP = f"""
 [[groups]]
 name = "{LINE}"
-model = {{ type = "builtin", name = "tmaze" }}
-count = {AGENTS}
+model = MODEL
+count = COUNT
 source = {{ type = "sim", world = "tmaze" }}
 sink = {{ type = "sim" }}
 
@@ -106,6 +130,7 @@ A = [1]
 lr_pA = {LR}
 report_every_s = 1
 """
+BUILTIN = '{ type = "builtin", name = "tmaze" }'
 CRITERION = "excess_surprise:max_increase=0.3:min_samples=3"
 LEARNING = f"""
 [learning]
@@ -114,7 +139,7 @@ check_interval_s = 0.3
 lines = ["{LINE}"]
 gate_rollouts = 20
 gate_steps = 4
-catch_up = false
+catch_up = true
 publish = true
 rollout = ["--group", "{LINE}", "--node", "pi-*", "--waves", "1,100%", "--soak", "6",
            "--watch-ticks", "3", "--criterion", "{CRITERION}"]
@@ -127,26 +152,42 @@ GOOD_ARM = TRUE_A1[REWARD] > 0.5  # (location, condition): the cued arm, where a
 class Rogue:
     """A client with a node identity of its own (``broker init --node``) that says what a node
     says: its state, its birth (the group ``tmaze`` on a bundle of the line), and learning
-    deltas on its own topic, numbered as a node numbers them."""
+    deltas on its own topic, numbered as a node numbers them. Each :meth:`claim` is a session
+    of its own (a connection with a new ``bdseq`` and, as a daemon's, a will that says offline);
+    :meth:`leave` ends it as a crash does, so the broker sends the will."""
 
-    def __init__(self, name: str, client: Client) -> None:
-        self.name, self.client, self.seq = name, client.ready(), 0
+    def __init__(self, name: str, broker: MosquittoBroker, files: Path) -> None:
+        self.name, self.broker, self.files = name, broker, files
+        self.client: Client | None = None
+        self.seq = self.bdseq = 0
         self.version = ""
 
-    def send(self, topic: str, body: Any, *, retain: bool = False) -> None:
+    def envelope(self, body: Any) -> bytes:
         self.seq += 1
-        env = Envelope(type=body.TYPE, node=self.name, seq=self.seq, bdseq=1, ts=time.time(),
-                       clock_synced=True, body=body)  # fmt: skip
-        assert self.client.publish(topic, encode(env), retain=retain) == "Success"
+        return encode(Envelope(type=body.TYPE, node=self.name, seq=self.seq, bdseq=self.bdseq,
+                               ts=time.time(), clock_synced=True, body=body))  # fmt: skip
+
+    def send(self, topic: str, body: Any, *, retain: bool = False) -> None:
+        assert self.client is not None, f"{self.name}: no session"
+        assert self.client.publish(topic, self.envelope(body), retain=retain) == "Success"
 
     def claim(self, sha: str, version: str) -> None:
-        """Online, running ``tmaze`` on the line's bundle ``sha``."""
+        """A new session: online, running ``tmaze`` on the line's bundle ``sha``."""
+        self.bdseq += 1
+        will = (TOPICS.node_state(self.name), self.envelope(NodeState(online=False)))
+        self.client = Client(self.broker, self.files, will=will).ready()
         self.send(TOPICS.node_state(self.name), NodeState(online=True), retain=True)
-        group = GroupInfo(agents=AGENTS, bundle=LINE, bundle_sha256=sha)
+        group = GroupInfo(agents=AGENTS, bundle=f"{LINE}@{version}", bundle_sha256=sha)
         birth = Birth(software_version="0.1.0", profile="x86-dev", budget_bytes=2**30,
                       groups={LINE: group})  # fmt: skip
         self.send(TOPICS.birth(self.name), birth, retain=True)
         self.version = version
+
+    def leave(self) -> None:
+        """Gone without a word (the broker sends the will: offline)."""
+        if self.client is not None:
+            self.client.drop()
+            self.client = None
 
     def poison(self, sha: str, experience: int) -> None:
         """One delta against ``sha`` of as much mass as ``experience`` allows (``lr``: the
@@ -188,26 +229,42 @@ def arm_error(counts: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The fleet (tests/support/secure_fleet.py) with ``[learning]``, the rogues' clients, and
-    the line's first bundle, signed by the CI's key."""
+    """The fleet (tests/support/secure_fleet.py) with ``[learning]``, the rogues' clients, the
+    line's first bundle, signed by the CI's key, and ``late-d`` on the factory image: the
+    line's 0.9.0, signed by a key of the factory's that the nodes trust."""
     tmp = tmp_path_factory.mktemp("learn-e2e")
-    with secure_fleet(tmp, dict.fromkeys(NODES, GROUP), database="learn_e2e",
-                      identities=ROGUES, hub_tail=LEARNING) as parts:  # fmt: skip
-        unsure = tmaze_model(reward_probs=SHIPPED)
+    unsure = tmaze_model(reward_probs=SHIPPED)
+    factory = tmp / "tmaze-0.9.0.tar"
+    convert_line(factory, "0.9.0", generate_keypair(tmp / "trusted", "factory").private_path,
+                 "factory", unsure)  # fmt: skip
+    daemons = dict.fromkeys(NODES, group_table(BUILTIN, AGENTS))
+    daemons[LATE] = group_table(f'{{ type = "bundle", path = "{factory}" }}', LATE_AGENTS)
+    with secure_fleet(tmp, daemons, database="learn_e2e", identities=ROGUES,
+                      hub_tail=LEARNING) as parts:  # fmt: skip
         out = tmp / "tmaze-1.0.0.tar"
-        report = convert_aif(
-            ConvertOptions(out=out, name=LINE, version="1.0.0",
-                           sign_key=load_private_key(parts.ci_key), signer="ci"),
-            AifOptions(model=unsure, counts=shipped(unsure), rollouts=20, steps=4),
-        )  # fmt: skip
-        assert report.bundle is not None, [c.describe() for c in report.checks]
-        rogues = {r: Rogue(r, Client(parts.broker, parts.clients / r)) for r in ROGUES}
+        convert_line(out, "1.0.0", parts.ci_key, "ci", unsure)
+        rogues = {r: Rogue(r, parts.broker, parts.clients / r) for r in ROGUES}
         try:
             yield {"hub": parts.hub, "nodes": parts.nodes, "bundle": out, "keys": parts.keys,
-                   "rogues": rogues}  # fmt: skip
+                   "factory": factory, "rogues": rogues}  # fmt: skip
         finally:
             for rogue in rogues.values():
-                rogue.client.close()
+                rogue.leave()
+
+
+def group_table(model: str, agents: int) -> str:
+    """The ``[[groups]]`` table of a daemon: ``tmaze``, ``agents`` agents on ``model``."""
+    return GROUP.replace("MODEL", model).replace("COUNT", str(agents))
+
+
+def convert_line(out: Path, version: str, key: Path, signer: str, model: GenerativeModel) -> None:
+    """A bundle of the line: ``model`` with its shipped counts, signed with ``key``."""
+    report = convert_aif(
+        ConvertOptions(out=out, name=LINE, version=version, sign_key=load_private_key(key),
+                       signer=signer),
+        AifOptions(model=model, counts=shipped(model), rollouts=20, steps=4),
+    )  # fmt: skip
+    assert report.bundle is not None, [c.describe() for c in report.checks]
 
 
 def rounds(hub: Hub) -> list[dict[str, Any]]:
@@ -254,11 +311,14 @@ def test_rounds_run_by_themselves_refuse_a_poisoned_node_and_halt_a_worse_round(
     fleet: dict[str, Any],
 ) -> None:
     hub, nodes, rogues = fleet["hub"], fleet["nodes"], fleet["rogues"]
+    late = nodes[LATE]
     wait_until(
-        lambda: {r["node"] for r in db_rows(hub, HubDatabase.latest_health)} >= set(NODES),
+        lambda: {r["node"] for r in db_rows(hub, HubDatabase.latest_health)} >= {*NODES, LATE},
         "every node's health at the hub",
         timeout=120,
     )
+    v0 = sha_of(fleet["factory"], fleet["keys"])
+    assert runs_sha(late, LINE, v0)  # the factory image: 0.9.0
     # The line's first bundle, shipped to the daemons as any bundle is.
     plan = rollout(hub, "start", str(fleet["bundle"]), "--group", LINE, "--node", "pi-*",
                    "--waves", "100%", "--soak", "0", "--watch-ticks", "3", "--json")  # fmt: skip
@@ -269,6 +329,7 @@ def test_rounds_run_by_themselves_refuse_a_poisoned_node_and_halt_a_worse_round(
     rogue = rogues["rogue-1"]
     rogue.claim(v1, "1.0.0")
     rogue.poison(v1, ROUND1_ROGUE)
+    rogue.leave()  # offline (its will): no catch-up is ever started for it
     assert wait_state(hub, str(plan["id"]), ENDS, "the first bundle")["state"] == "done"
     for name in NODES:
         wait_until(lambda n=name: runs_sha(nodes[n], LINE, v1), f"{name} on 1.0.0")
@@ -293,6 +354,7 @@ def test_rounds_run_by_themselves_refuse_a_poisoned_node_and_halt_a_worse_round(
     for r in rogues.values():
         r.claim(v2, first["version"])
         r.poison(v2, ROUND2_ROGUE)
+        r.leave()
 
     # 1. Round 1's rollout passes the canary's verdict and reaches every node.
     end = wait_state(hub, first["rollout"], ENDS, "round 1's rollout")
@@ -325,14 +387,36 @@ def test_rounds_run_by_themselves_refuse_a_poisoned_node_and_halt_a_worse_round(
     assert {end["nodes"][n]["state"] for n in NODES[1:]} == {"pending"}
     wait_until(lambda: runs_sha(nodes[CANARY], LINE, v2), "the canary back on round 1")
     assert all(runs_sha(nodes[n], LINE, v2) for n in NODES[1:])
+    # 4. late-d, by the catch-up look alone: deployed round 1 in the look that found round 1's
+    # rollout done, before round 2's rollout was started (the runner's next), so it ran round 1
+    # while round 2 was judged; it still does, and the attempt from 0.9.0 is "ok".
+    assert runs_sha(late, LINE, v2)
+    assert catch_ups(hub, LATE) == [(LINE, LINE, v2, v0, "ok")]
+    assert {r[0] for r in db_rows(hub, attempted)}.isdisjoint(ROGUES)  # offline: never tried
+    (status,) = learn_status(hub)
+    assert status["catch_ups"]["ok"] >= 1, status
     # Round 1 is the line's version again: what the nodes learn on it is accepted (until the
-    # next round, which waits for MIN_EXPERIENCE new agent-ticks: 10 s at 1,920 a second).
-    wait_until(lambda: accepted(hub, v2, rolled_back) >= len(NODES), "deltas on round 1 again")
+    # next round, which waits for MIN_EXPERIENCE new agent-ticks: 9.6 s at 2,080 a second),
+    # late-d's on top of the fleet's counts too (those against 0.9.0 were refused: no round's).
+    wait_until(lambda: accepted(hub, v2, rolled_back) >= {*NODES, LATE}, "deltas on round 1 again")
 
 
-def accepted(hub: Hub, sha: str, since: float) -> int:
-    """How many nodes' deltas against ``sha`` the hub accepted after ``since``."""
+def catch_ups(hub: Hub, node: str) -> list[tuple[str, ...]]:
+    """``node``'s catch-up attempts: (group, line, version deployed, version run, result)."""
     rows = db_rows(hub, lambda db: db.query(
-        "SELECT COUNT(DISTINCT node) FROM learning_deltas WHERE model_sha256 = :sha "
+        "SELECT grp, line, sha256, running, result FROM catch_up_attempts WHERE node = :node",
+        {"node": node}))  # fmt: skip
+    return [tuple(str(v) for v in r) for r in rows]
+
+
+def attempted(db: HubDatabase) -> list[tuple[Any, ...]]:
+    """The nodes catch-up attempts were made for."""
+    return list(db.query("SELECT DISTINCT node FROM catch_up_attempts"))
+
+
+def accepted(hub: Hub, sha: str, since: float) -> set[str]:
+    """The nodes whose deltas against ``sha`` the hub accepted after ``since``."""
+    rows = db_rows(hub, lambda db: db.query(
+        "SELECT DISTINCT node FROM learning_deltas WHERE model_sha256 = :sha "
         "AND status = 'accepted' AND received > :since", {"sha": sha, "since": since}))  # fmt: skip
-    return int(rows[0][0])
+    return {str(r[0]) for r in rows}

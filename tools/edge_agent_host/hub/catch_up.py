@@ -3,12 +3,13 @@ hub brings up to date when they join late or come back reset (docs/fleet-learnin
 that joins late or was reset").
 
 A node asks by what it already says: its retained birth names, for every group, the bundle it
-runs (``bundle``: the line's name; ``bundle_sha256``: the version's identity) and is sent on
-every connect. A group whose bundle is of a line the hub has a current version of, and is not
-that version, is behind; the answer is a signed ``deploy`` of the current version to that node
-and group, through the deploy path every deployment takes (chunks, verification, the health
-check, the A/B switch). Pure: the caller (the hub service) gives the fleet's rows, each line's
-current version and what it must not try (below), and deploys what :func:`behind` returns.
+runs (``bundle``: ``name@version`` of its manifest, the name being the line's; ``bundle_sha256``:
+the version's identity) and is sent on every connect. A group whose bundle is of a line the hub
+has a current version of, and is not that version, is behind; the answer is a signed ``deploy``
+of the current version to that node and group, through the deploy path every deployment takes
+(chunks, verification, the health check, the A/B switch). Pure: the caller (the hub service)
+gives the fleet's rows, each line's current version and what it must not try (below), and
+deploys what :func:`behind` returns.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent_host.fleet.presence import SILENT_AFTER_S, presence
+from edge_agent_host.hub.learning_store import split_model
 
 __all__ = ["CatchUp", "behind"]
 
@@ -45,6 +47,7 @@ def behind(
     """The groups of the registry's nodes (``HubDatabase.fleet()`` rows: ``node``, ``birth``,
     presence) whose birth says they run a bundle of a line in ``current`` (line name -> the
     manifest sha256 of its current version) other than that version, sorted by node and group.
+    A birth's ``bundle`` is ``name@version`` (as a daemon says it); the line is the name.
 
     Only online nodes (:func:`~edge_agent_host.fleet.presence.presence`): a deployment needs the
     node there, and an offline one asks again with the birth of its next connect. ``skip``
@@ -59,7 +62,8 @@ def behind(
         groups: Mapping[str, Mapping[str, Any]] = birth.get("groups") or {}
         node = str(row["node"])
         for group, info in groups.items():
-            line = info.get("bundle")
+            bundle = info.get("bundle")
+            line = split_model(str(bundle))[0] if bundle is not None else None
             target = current.get(line) if line is not None else None
             running = info.get("bundle_sha256")
             if target is None or running == target or (node, group, target) in skip:

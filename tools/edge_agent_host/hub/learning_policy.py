@@ -21,10 +21,13 @@ back to the version they ran.
 The service calls :meth:`LearningPolicy.step` from its loop every ``check_interval_s``: a due
 check and its rounds run on a thread of their own with a database connection of their own (a
 round converts and simulates for seconds; the service's writes go on meanwhile), one at a time.
-Each look then, with ``[learning] catch_up``, starts a deployment of a line's current version to
+Each look first, with ``[learning] catch_up``, starts a deployment of a line's current version to
 every online node's group behind it (:func:`~edge_agent_host.hub.catch_up_store.catch_up`),
 while it holds the catch-up look's lease (one replica looks at a time; the others skip the look
-and count it, ``catch_up_skipped``).
+and count it, ``catch_up_skipped``), and then builds the rounds due. First, because the rollout
+runner carries out one rollout at a time, oldest first: a catch-up started after a new round's
+staged rollout would wait for all of it (canaries, soaks, waves), its node on an older version
+meanwhile, and then deploy a version that is no longer the newest.
 """
 
 from __future__ import annotations
@@ -117,16 +120,17 @@ class LearningPolicy:
             logger.warning("learning rounds: the database cannot be opened: %s", err)
             return
         try:
-            self.run_due(db)
-        except Exception:  # logged, counted; the next look tries again
-            self.counts["errors"] += 1
-            logger.exception("learning rounds failed")
-        try:
-            if self.section.catch_up:
-                self.catch_up(db)
-        except Exception:  # logged, counted; the next look tries again
-            self.counts["catch_up_errors"] += 1
-            logger.exception("catch-up deployments failed")
+            try:
+                if self.section.catch_up:  # first: module docstring
+                    self.catch_up(db)
+            except Exception:  # logged, counted; the next look tries again
+                self.counts["catch_up_errors"] += 1
+                logger.exception("catch-up deployments failed")
+            try:
+                self.run_due(db)
+            except Exception:  # logged, counted; the next look tries again
+                self.counts["errors"] += 1
+                logger.exception("learning rounds failed")
         finally:
             db.close()
 

@@ -56,3 +56,19 @@ def test_a_silent_node_is_not_online() -> None:
     row = _row("pi-1", True, grid=("grid10", OLD)) | {"last_seen": 1_000.0}
     assert behind([row], {"grid10": CURRENT}, silent_after_s=60, now=1_030.0) != []
     assert behind([row], {"grid10": CURRENT}, silent_after_s=60, now=1_100.0) == []
+
+
+def test_a_daemons_birth_names_the_bundle_with_its_version() -> None:
+    # A daemon's birth says ``name@version`` (edge_agent/kinds/aif.py: the manifest's name and
+    # version); the line is the name, and a version string that holds "@" keeps its name.
+    fleet = [
+        _row("pi-1", True, grid=("grid10@1.0.0", OLD)),  # the shipped version
+        _row("pi-2", True, grid=("grid10@1.1.0-r1", CURRENT)),  # the round's
+        _row("pi-3", True, grid=("thermo@2.0.0", OLD)),  # another line
+        _row("pi-4", True, grid=("team@grid10@3.0.0", OLD)),  # the line "team@grid10"
+    ]
+    got = behind(fleet, {"grid10": CURRENT, "team@grid10": CURRENT})
+    assert got == [
+        CatchUp("pi-1", "grid", "grid10", OLD, CURRENT),
+        CatchUp("pi-4", "grid", "team@grid10", OLD, CURRENT),
+    ]

@@ -267,6 +267,58 @@ def test_a_look_taken_over_while_it_stalled_deploys_nothing(
     assert LearningStore(db).lease(CATCH_UP_LEASE) == ("hub-b", now + 2 * LEASE_S)
 
 
+def test_a_look_catches_up_before_it_starts_a_rounds_rollout(tmp_path: Path) -> None:
+    """The runner carries out rollouts one at a time, oldest first: in a look where a node is
+    behind and a round is due, the node's deployment of the fleet's version is started before
+    the round's staged rollout (after it, it would wait for all of that rollout, then deploy a
+    version no longer the newest)."""
+    path = tmp_path / "hub.sqlite3"
+    db = HubDatabase(SqliteEngine(path))
+    db.open()
+    key = Ed25519PrivateKey.generate()
+    try:
+        fleet = Fleet(db)
+        old, round_rollout = published_round(db, fleet, key)
+        plan = RolloutStore(db).get(round_rollout).plan
+        new = plan.bundle_sha256
+        end(db, round_rollout, RolloutState.DONE)
+        for node in ("n1", "n2"):
+            fleet.born(node, new)
+        # What n1 learned on the fleet's version: the next round is due.
+        learned = delta(new, 2, increments(5), model=f"{LINE}@{plan.bundle_version}")
+        write_all(db, heard("n1", learned, seq=200, ts=time.time()))
+        fleet.connect("n3", old)
+    finally:
+        db.close()
+
+    def open_db() -> HubDatabase:
+        d = HubDatabase(SqliteEngine(path))
+        d.open()
+        return d
+
+    section = LearningSection(min_experience=1, gate_rollouts=GATE.rollouts,
+                              gate_steps=GATE.steps, publish=True,
+                              rollout=["--group", "grid", "--waves", "100%"])  # fmt: skip
+    policy = LearningPolicy(section, open_db, key, signer="t", owner="t",
+                            silent_after_s=SILENT_AFTER_S)  # fmt: skip
+    assert policy.step()
+    policy.join(60.0)
+    assert (policy.counts["errors"], policy.counts["catch_up_errors"]) == (0, 0), policy.counts
+    db = open_db()
+    try:
+        rows = db.query(
+            "SELECT plan FROM rollouts WHERE state = :pending ORDER BY created",
+            {"pending": RolloutState.PENDING.value},
+        )
+    finally:
+        db.close()
+    plans = [json.loads(plan) for (plan,) in rows]
+    assert [("catch_up" in p["selector"], p["bundle_sha256"] == new) for p in plans] == [
+        (True, True),  # n3 to the fleet's version, first
+        (False, False),  # the new round's rollout
+    ], plans
+
+
 @pytest.mark.parametrize("switch", [True, False])
 def test_the_learning_policy_catches_up_unless_switched_off(
     tmp_path: Path, switch: bool, capsys: pytest.CaptureFixture[str]
