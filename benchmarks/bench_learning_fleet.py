@@ -21,9 +21,11 @@ ticks of walks on grid10's true transitions, encoded by the daemon's own
 2. the first ``size`` nodes each send one report at the same wall time (the fleet's worst
    case: every report at once);
 3. once the database holds them all: ``ingest_s`` (from the burst's time to the last one stored,
-   polled every 0.1 s) and ``deltas_per_s``; the broker's ``$SYS/broker/bytes`` counters over
-   the burst (``broker_bytes_received``: what the nodes sent, MQTT framing and keep-alives
-   included; ``broker_bytes_sent``: what went on to the hub), per delta too;
+   polled every 0.1 s) and ``deltas_per_s``; ``heard_first_s`` and ``heard_last_s``: when the
+   hub's listener heard the first and the last (their ``received``, from the burst's time: the
+   simulators' and the broker's part of ``ingest_s``); the broker's ``$SYS/broker/bytes``
+   counters over the burst (``broker_bytes_received``: what the nodes sent, MQTT framing and
+   keep-alives included; ``broker_bytes_sent``: what went on to the hub), per delta too;
 4. ``read_s`` and ``merge_s``: the round's read (``LearningStore.pending`` from PostgreSQL,
    ``learning_round.per_node``) and merge (``merge_sparse``) of exactly those deltas, timed in
    this process while it holds the lease;
@@ -237,10 +239,12 @@ def one_round(
     before_deltas = fleet.deltas()
     before_db = fleet.size_bytes()
     before_bytes = sysbytes.snapshot()
-    at = time.time() + 1.0
+    at = time.time() + 0.5  # the simulators read the schedule at each step (0.1 s)
     fleet.send(at, size)
     stored = wait(f"{size} deltas", lambda: fleet.deltas() >= before_deltas + size, timeout)
     ingest_s = stored - at
+    heard = fleet.db.query("SELECT MIN(received), MAX(received) FROM learning_deltas "
+                           "WHERE received >= :at", {"at": at - 1.0})[0]  # fmt: skip
     after_bytes = sysbytes.snapshot()
     start = time.perf_counter()
     pending = store.pending(LINE, model.sha256)
@@ -259,6 +263,8 @@ def one_round(
         "bench": "round", "nodes": size, "deltas": len(pending), "merged_nodes": len(names),
         "refused": fleet.refused(), "state": state,
         "ingest_s": round(ingest_s, 2), "deltas_per_s": round(size / max(ingest_s, 1e-9)),
+        "heard_first_s": round(float(heard[0]) - at, 2),
+        "heard_last_s": round(float(heard[1]) - at, 2),
         "broker_bytes_received": received, "broker_bytes_sent": sent,
         "broker_bytes_received_per_delta": round(received / size),
         "read_s": round(read_s, 4), "merge_s": round(merge_s, 4),

@@ -149,7 +149,7 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "setup", "database": "postgresql"}, ("experience", "bundle_bytes")),
         ({"bench": "fleet_up", "nodes": 6}, ("seconds", "hub_rss_peak_mb")),
         *[({"bench": "round", "nodes": n, "state": "built", "merged_nodes": n, "refused": 0},
-           ("deltas_per_s", "broker_bytes_received", "read_s", "merge_s", "round_s",
+           ("deltas_per_s", "heard_last_s", "broker_bytes_received", "read_s", "merge_s", "round_s",
             "hub_rss_peak_mb", "db_bytes_added"))
           for n in (3, 6)],
         ({"bench": "extrapolated", "nodes": 100, "measured": False},
