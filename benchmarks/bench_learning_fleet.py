@@ -37,10 +37,11 @@ ticks of walks on grid10's true transitions, encoded by the daemon's own
    minus before the burst).
 
 Each size runs ``--repeats`` rounds (3), each printed as ``round_run``; the ``round`` record
-of a size has each measure's least over its runs (the machine is shared: the least is the
-closest to what the work itself costs; ``hub_rss_peak_mb`` is the service's peak so far, the
-largest). Then ``extrapolated`` records for ``--extrapolate`` (10,000 and 100,000 nodes) from
-the least-squares line through the sizes measured, marked ``measured: false``. One line, one
+of a size has each time's and byte count's least over its runs (the machine is shared: the
+least is the closest to what the work itself costs), ``hub_rss_peak_mb``'s largest (the
+service's peak so far) and ``db_bytes_added``'s mean (a round's growth is lumpy). Then
+``extrapolated`` records for ``--extrapolate`` (10,000 and 100,000 nodes) from the
+least-squares line through the sizes measured, marked ``measured: false``. One line, one
 replica: a round is built by the one replica holding its line's lease, so replicas shard by
 model line (docs/fleet-learning.md "Several replicas"), and a line's round is what is measured
 here.
@@ -285,11 +286,14 @@ KEYS = ("ingest_s", "broker_bytes_received", "broker_bytes_sent", "read_s", "mer
 
 
 def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A size's ``round`` record: each measure's least over its runs, the RSS peak's largest."""
+    """A size's ``round`` record: each time's and byte count's least over its runs, the RSS
+    peak's largest, the database's growth their mean (PostgreSQL fills pages left free before
+    it adds more: one round's growth is lumpy)."""
     out = {**runs[-1], "bench": "round", "repeats": len(runs)}
     for key in (*KEYS, "heard_first_s", "heard_last_s"):
         out[key] = min(r[key] for r in runs)
     out["hub_rss_peak_mb"] = max(r["hub_rss_peak_mb"] for r in runs)
+    out["db_bytes_added"] = round(sum(r["db_bytes_added"] for r in runs) / len(runs))
     out["deltas_per_s"] = round(out["nodes"] / max(out["ingest_s"], 1e-9))
     return out
 
