@@ -1159,9 +1159,10 @@ TABLES: tuple[Table, ...] = (
             "counters over the burst (what the nodes sent, MQTT framing and keep-alives "
             "included). Read and merge: of the same deltas, timed by the benchmark while it "
             "holds the line's lease. Round: from the lease's release to the round stored (up "
-            "to 0.2 s of the policy's look included). Hub RSS: the service's VmHWM. One line, "
-            "one replica (replicas shard by model line). The sizes marked (slope) are from the "
-            "slope between the two largest measured, not measured."
+            "to 0.2 s of the policy's look included). Hub RSS: the service's VmHWM. Each size "
+            "three rounds: the least time and byte count, the largest RSS peak. One line, one "
+            "replica (replicas shard by model line). The sizes marked (slope) are from the "
+            "least-squares line through the sizes measured, not measured."
         ),
         benchmark="bench_learning_fleet.py",
         where={
