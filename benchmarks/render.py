@@ -251,11 +251,11 @@ def mb(name: str, of: Any = None) -> Getter:
     return get
 
 
-def measured_or_slope(name: str, fmt: str, suffix: str) -> Getter:
-    """Pivot ``merge``'s ``name``, else pivot ``extrapolated``'s marked as from the slope."""
+def measured_or_slope(name: str, fmt: str, suffix: str, measured: str = "merge") -> Getter:
+    """Pivot ``measured``'s ``name``, else pivot ``extrapolated``'s marked as from the slope."""
 
     def get(row: Row) -> str | None:
-        value = row.get(name, "merge")
+        value = row.get(name, measured)
         if value is not None:
             return cell(value, fmt, suffix)
         value = row.get(name, "extrapolated")
@@ -1146,6 +1146,48 @@ TABLES: tuple[Table, ...] = (
             Column("dense / sparse: time", "speedup", ".1f", of="merge", suffix="x"),
             Column("memory", "memory_ratio", ".1f", of="merge", suffix="x"),
             Column("nodes capped", "capped", ",d", of="merge"),
+        ),
+    ),
+    Table(
+        id="learning-fleet",
+        title="Fleet learning at scale: simulated nodes' deltas through the broker to the hub "
+        "on PostgreSQL",
+        scope=(
+            "Simulated nodes (the fleet simulator: the real link, outbox and protocol, no "
+            "agents) each send one report of grid10's B0 (10 agents x 10 ticks of walks on the "
+            "true transitions, the daemon's encoder) at the same moment, through mosquitto to "
+            "the hub service on PostgreSQL; then the service's policy builds the round (read, "
+            "merge, the int8 gate's conversion, signing). Broker bytes: mosquitto's own "
+            "counters over the burst (what the nodes sent, MQTT framing and keep-alives "
+            "included). Read and merge: of the same deltas, timed by the benchmark while it "
+            "holds the line's lease. Round: from the lease's release to the round stored (up "
+            "to 0.2 s of the policy's look included). Hub RSS: the service's VmHWM. Each size "
+            "three rounds: the least time and byte count, the largest RSS peak. One line, one "
+            "replica (replicas shard by model line). The sizes marked (slope) are from the "
+            "least-squares line through the sizes measured, not measured."
+        ),
+        benchmark="bench_learning_fleet.py",
+        where={
+            "nodes": lambda n: n is not None,
+            "bench": lambda b: b in ("round", "extrapolated"),
+        },
+        key=("nodes",),
+        pivot="bench",
+        expect=({"nodes": 250}, {"nodes": 500}, {"nodes": 1000}, {"nodes": 10000},
+                {"nodes": 100000}),
+        command=f"{RECORD} bench_learning_fleet.py",
+        columns=(
+            Column("nodes", "nodes", ",d"),
+            Column("deltas / s ingested", "deltas_per_s", ",d", of="round"),
+            Column("ingest", measured_or_slope("ingest_s", ".1f", " s", "round")),
+            Column("broker bytes in", measured_or_slope("broker_bytes_received", ",.0f", "",
+                                                        "round")),
+            Column("bytes / delta", "broker_bytes_received_per_delta", ",d", of="round"),
+            Column("read", measured_or_slope("read_s", ".2f", " s", "round")),
+            Column("merge", measured_or_slope("merge_s", ".2f", " s", "round")),
+            Column("round", measured_or_slope("round_s", ".1f", " s", "round")),
+            Column("hub RSS peak", measured_or_slope("hub_rss_peak_mb", ",.0f", " MiB", "round")),
+            Column("database added", measured_or_slope("db_bytes_added", ",.0f", " B", "round")),
         ),
     ),
 )

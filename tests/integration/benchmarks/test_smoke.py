@@ -145,6 +145,16 @@ EXPECTED: dict[str, list[Record]] = {
           for w in ("tmaze-reversal", "grid-slippery")
           for p in ("every_tick", "every_4", "change_0.1_every_4")],
     ],
+    "bench_learning_fleet.py": [
+        ({"bench": "setup", "database": "postgresql"}, ("experience", "bundle_bytes")),
+        ({"bench": "fleet_up", "nodes": 6}, ("seconds", "hub_rss_peak_mb")),
+        *[({"bench": "round", "nodes": n, "state": "built", "merged_nodes": n, "refused": 0},
+           ("deltas_per_s", "heard_last_s", "broker_bytes_received", "read_s", "merge_s", "round_s",
+            "hub_rss_peak_mb", "db_bytes_added"))
+          for n in (3, 6)],
+        ({"bench": "extrapolated", "nodes": 100, "measured": False},
+         ("merge_s", "round_s", "hub_rss_peak_mb", "broker_bytes_received")),
+    ],
     "bench_learning_merge.py": [
         ({"bench": "setup", "table": "grid10 B0"}, ("bytes_per_delta", "columns_per_delta")),
         *[({"bench": "ingest", "nodes": n}, ("deltas_per_s", "telemetry_per_s", "ratio"))

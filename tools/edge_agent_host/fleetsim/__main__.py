@@ -6,6 +6,12 @@ fail every health check. At each telemetry period every node publishes its group
 (``--no-health``: not), a worse model's while it runs a bundle of ``--worse-version``
 (:mod:`.node`). All are stepped from one thread every ``--tick`` seconds; the status
 line on stdout (JSON) says how many are online. SIGTERM stops them cleanly (death, offline will).
+
+With ``--learn-bundle`` (the model line's bundle) the nodes' group learns one transition table
+(``--learn-table``, of the world ``--learn-world``: the bundle's name by default): at each time
+of the ``--learn-schedule`` file (:class:`~.learning.Schedule`) the nodes it names each publish
+one report of learning deltas of ``--learn-agents`` x ``--learn-ticks`` agent-ticks
+(:class:`~.learning.DeltaMaker`); the status line counts the reports sent.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from pathlib import Path
 from types import FrameType
 
 from edge_agent.bundle.signing import TrustedKeys
-from edge_agent_host.fleetsim.node import SimNode
+from edge_agent.errors import EdgeAgentError
+from edge_agent_host.fleetsim.learning import DeltaMaker, Schedule
+from edge_agent_host.fleetsim.node import GROUP, SimNode
 
 
 def fails(node: str, fraction: float, seed: int) -> bool:
@@ -35,7 +43,7 @@ def fails(node: str, fraction: float, seed: int) -> bool:
 MAX_NODES_PER_PROCESS = 100
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m edge_agent_host.fleetsim", description=__doc__)
     parser.add_argument("--nodes", type=int, default=100, help="simulated nodes in this process")
     parser.add_argument("--first", type=int, default=0, help="number of the first node")
@@ -69,7 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--connect-rate", type=float, default=50.0, help="nodes that start connecting per second"
     )
+    parser.add_argument("--learn-bundle", type=Path, help="the model line's bundle: nodes learn")
+    parser.add_argument("--learn-table", default="B0", help="the table learned (B0)")
+    parser.add_argument("--learn-world", help="whose true transitions (the bundle's name)")
+    parser.add_argument("--learn-agents", type=int, default=10, help="learning agents a node")
+    parser.add_argument("--learn-ticks", type=int, default=10, help="ticks a report stands for")
+    parser.add_argument(
+        "--learn-schedule", type=Path, help="JSON file: when which nodes report (see above)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if (args.learn_bundle is None) != (args.learn_schedule is None):
+        parser.error("--learn-bundle and --learn-schedule go together")
     if args.nodes > MAX_NODES_PER_PROCESS:
         parser.error(
             f"--nodes {args.nodes}: at most {MAX_NODES_PER_PROCESS} per process. paho's network "
@@ -78,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
             "run several processes with --first"
         )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    learning = None
+    if args.learn_bundle is not None:
+        try:
+            learning = DeltaMaker(
+                args.learn_bundle, group=GROUP, table=args.learn_table, world=args.learn_world,
+                agents=args.learn_agents, ticks=args.learn_ticks,
+            )  # fmt: skip
+        except (EdgeAgentError, OSError, KeyError) as err:
+            parser.error(f"--learn-bundle {args.learn_bundle}: {err}")
+    schedule = None if args.learn_schedule is None else Schedule(args.learn_schedule)
     hub_keys = TrustedKeys.from_dir(args.hub_keys) if args.hub_keys else None
     bundle_keys = TrustedKeys.from_dir(args.bundle_keys) if args.bundle_keys else None
     nodes = []
@@ -99,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 health=not args.no_health,
                 worse_version=args.worse_version,
                 worse_shift=args.worse_shift,
+                learning=learning,
             )
         )
     stop = threading.Event()
@@ -113,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = time.monotonic()
     deadline = None if args.duration is None else time.monotonic() + args.duration
     reported = 0.0
+    last_send = time.time()
     try:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             start = time.monotonic()
@@ -122,10 +157,19 @@ def main(argv: list[str] | None = None) -> int:
                 due += 1
             for node in nodes[: len(nodes) - len(pending)]:
                 node.step(start)
+            if schedule is not None:
+                now = time.time()
+                due = schedule.due(last_send, now) - args.first
+                last_send = now
+                for node in nodes[: max(0, due)]:
+                    node.report()
+                    node.link.pump()
             if start - reported >= 2.0:
                 reported = start
                 online = sum(n.link.online for n in nodes)
-                print(json.dumps({"nodes": len(nodes), "online": online}), flush=True)
+                reports = sum(n.reports for n in nodes)
+                print(json.dumps({"nodes": len(nodes), "online": online, "reports": reports}),
+                      flush=True)  # fmt: skip
             stop.wait(max(0.0, args.tick - (time.monotonic() - start)))
     finally:
         for node in nodes:

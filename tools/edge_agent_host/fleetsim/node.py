@@ -18,6 +18,12 @@ levels; while it runs a bundle of manifest version ``worse_version`` every measu
 way a worse model shifts them (``worse_shift`` nats more excess surprise). A Page-Hinkley
 statistic on the window means stands in for the device's drift detector.
 
+With a :class:`~.learning.DeltaMaker` (``learning``) the group also learns: :meth:`SimNode.report`
+publishes one report of learning deltas as a learning group does (through the outbox, class
+``event``, QoS 1, on the node's ``learning`` topic), against the bundle the node runs when it is
+of the line, else the line's bundle; its ``seq`` continues from the last one sent (kept in the
+node's state directory, as a daemon keeps it).
+
 The simulator steps many nodes from one thread (:mod:`.fleet`); each node's transport has its
 own network thread (paho), as a real node's does.
 """
@@ -52,10 +58,12 @@ from edge_agent.fleet.protocol import (
     GroupHealth,
     GroupInfo,
     Health,
+    LearningDelta,
     MeasureSummary,
     Telemetry,
 )
 from edge_agent.fleet.topics import Topics
+from edge_agent_host.fleetsim.learning import DeltaMaker
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +101,12 @@ class SimNode:
         health: bool = True,
         worse_version: str | None = None,
         worse_shift: float = 0.5,
+        learning: DeltaMaker | None = None,
     ) -> None:
         self.node_id = node_id
+        self.learning = learning
+        self._seq_file = state_dir / "learning_seq"
+        self.reports = 0
         self.state_dir = state_dir
         self.fails = fails
         self.fail_version = fail_version
@@ -187,6 +199,27 @@ class SimNode:
             if self.health:
                 self._publish_health()
         link.pump()
+
+    def report(self) -> int:
+        """Publish one report of what the group learned (module docstring); the messages sent."""
+        if self.learning is None:
+            return 0
+        ours = self.bundle_name is not None and self.bundle_name.startswith(
+            self.learning.model.split("@")[0] + "@"
+        )
+        try:
+            seq = int(self._seq_file.read_text())
+        except (FileNotFoundError, ValueError):
+            seq = 1
+        deltas = self.learning.deltas(
+            self._rng, next_seq=seq, max_payload_bytes=self.link.max_payload_bytes,
+            model=self.bundle_name if ours else None, sha256=self.bundle_sha if ours else None,
+        )  # fmt: skip
+        for delta in deltas:
+            self.link.publish(LearningDelta.TYPE, delta, "event", qos=1)
+        self._seq_file.write_text(str(seq + len(deltas)))
+        self.reports += 1
+        return len(deltas)
 
     def _publish_reports(self) -> None:
         for report in self.deployer.take_reports():
