@@ -103,7 +103,9 @@ def start_all(nodes: list[Node]) -> None:
         node.start(wait_ready=False)
     for node in nodes:
         assert node.notify is not None
-        node.notify.wait_for("READY=1", 60)
+        # Several daemons starting at once on the same cores: a bound for a start that hangs,
+        # not a speed (a run of both suites at once took over 60 s to start them).
+        node.notify.wait_for("READY=1", 180)
     wait_until(
         lambda: all(coord(n).get("metrics", {}).get("live_nodes") == len(nodes) for n in nodes),
         "every daemon to see the others",
