@@ -292,6 +292,28 @@ LEARNING_EDGE = (
 )
 TF_PYTHON = "PYTHONPATH=.:tools .cache/tf-venv/bin/python"
 
+
+#: The like-for-like ratio of the learning tables: edge-agent's per-agent group over pymdp 1.0.4.
+PER_AGENT_VS_PYMDP_104 = ratio(("edge-agent float64 per-agent", "steps_per_s"),
+                               ("pymdp 1.0.4", "steps_per_s"))
+
+
+def per_agent_peer_columns(label: str) -> tuple[Column, ...]:
+    """The per-agent learning rows' columns the open and the closed loop share: the ratio
+    (headed ``per-agent / pymdp 1.0.4 (label)``), each side's rate, learning on / off."""
+    return (
+        Column(f"per-agent / pymdp 1.0.4 ({label})", PER_AGENT_VS_PYMDP_104, ".2f", suffix="x"),
+        Column("edge-agent float64 per-agent", "steps_per_s", ",.0f",
+               of="edge-agent float64 per-agent"),
+        Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
+        Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
+                                       of="pymdp 0.0.7.1")),
+        Column("learning on / off", "vs_learning_off", ".2f", suffix="x",
+               of="edge-agent float64 per-agent"),
+        Column("edge-agent float64, learning off", "steps_per_s", ",.0f",
+               of="edge-agent float64 learning off"),
+    )
+
 TABLES: tuple[Table, ...] = (
     Table(
         id="agents-at-10-hz",
@@ -505,18 +527,7 @@ TABLES: tuple[Table, ...] = (
             Column("world", "world"),
             Column("learns", "learned"),
             Column("agents", "n", ",d"),
-            Column("per-agent / pymdp 1.0.4 (like for like)",
-                   ratio(("edge-agent float64 per-agent", "steps_per_s"),
-                         ("pymdp 1.0.4", "steps_per_s")), ".2f", suffix="x"),
-            Column("edge-agent float64 per-agent", "steps_per_s", ",.0f",
-                   of="edge-agent float64 per-agent"),
-            Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
-            Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
-                                           of="pymdp 0.0.7.1")),
-            Column("learning on / off", "vs_learning_off", ".2f", suffix="x",
-                   of="edge-agent float64 per-agent"),
-            Column("edge-agent float64, learning off", "steps_per_s", ",.0f",
-                   of="edge-agent float64 learning off"),
+            *per_agent_peer_columns("like for like"),
             Column("bytes per agent: edge-agent", "state_bytes_per_agent", ",d",
                    of="edge-agent float64 per-agent"),
             Column("pymdp 1.0.4", "state_bytes_per_agent", ",d", of="pymdp 1.0.4"),
@@ -525,13 +536,13 @@ TABLES: tuple[Table, ...] = (
             Headline(
                 "Learning against pymdp 1.0.4, like for like (per-agent counts, every tick), "
                 "grid10 learning `pB`, 1,000 agents",
-                lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
+                lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
                 {"world": "grid10", "learned": "B0", "n": 1000},
             ),
             Headline(
                 "Learning against pymdp 1.0.4, like for like (per-agent counts, every tick), "
                 "T-maze learning `pA`, 1,000 agents",
-                lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
+                lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
                 {"world": "tmaze", "learned": "A1", "n": 1000},
             ),
         ),
@@ -572,18 +583,7 @@ TABLES: tuple[Table, ...] = (
             Column("world", "world"),
             Column("learns", "learned"),
             Column("agents", "n", ",d"),
-            Column("per-agent / pymdp 1.0.4 (closed loop, like for like)",
-                   ratio(("edge-agent float64 per-agent", "steps_per_s"),
-                         ("pymdp 1.0.4", "steps_per_s")), ".2f", suffix="x"),
-            Column("edge-agent float64 per-agent", "steps_per_s", ",.0f",
-                   of="edge-agent float64 per-agent"),
-            Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
-            Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
-                                           of="pymdp 0.0.7.1")),
-            Column("learning on / off", "vs_learning_off", ".2f", suffix="x",
-                   of="edge-agent float64 per-agent"),
-            Column("edge-agent float64, learning off", "steps_per_s", ",.0f",
-                   of="edge-agent float64 learning off"),
+            *per_agent_peer_columns("closed loop, like for like"),
             Column("achieved: edge-agent per-agent", achieved_score(
                 "edge-agent float64 per-agent"), ".3f"),
             Column("pymdp 1.0.4", achieved_score("pymdp 1.0.4"), ".3f"),
@@ -593,13 +593,13 @@ TABLES: tuple[Table, ...] = (
             Headline(
                 "Learning against pymdp 1.0.4, closed loop, like for like (per-agent counts, "
                 "every tick, the world's step timed), grid10 learning `pB`, 1,000 agents",
-                lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
+                lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
                 {"world": "grid10", "learned": "B0", "n": 1000},
             ),
             Headline(
                 "Learning against pymdp 1.0.4, closed loop, like for like (per-agent counts, "
                 "every tick, the world's step timed), T-maze learning `pA`, 1,000 agents",
-                lambda r: f"{ratio(('edge-agent float64 per-agent', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.2f}x",  # noqa: E501
+                lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
                 {"world": "tmaze", "learned": "A1", "n": 1000},
             ),
         ),
