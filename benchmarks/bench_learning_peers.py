@@ -26,7 +26,11 @@ under ``.cache/peers`` (``--no-install``: never make one).
   every tick (``refresh 1``, the peers' cadence) and every 100 ticks (``refresh 100``); and
   per-agent ``learning=`` (``float64 per-agent``: each agent its own counts and tables, as the
   peers; ``vs_pymdp_104`` is its like-for-like ratio, ``vs_learning_off`` its rate over the
-  same float64 group's without learning, ``float64 learning off``), up to N = 1,000;
+  same float64 group's without learning, ``float64 learning off``), up to N = 1,000; on the
+  T-maze (``pA``) also ``compiled prototype per-agent``: the same per-agent work as one compiled
+  pass per tick (``benchmarks/prototypes/compiled_tick.c``, built with the machine's C compiler;
+  issue 45's design change measured, not the package), with ``vs_pymdp_104`` and
+  ``vs_per_agent`` (its rate over the numpy group's);
 * pymdp 0.0.7.1: one ``Agent`` per agent, ``update_A`` each tick, in a Python loop. Its rate does
   not depend on ``N`` (it steps agents one by one), so above ``--max-007`` agents it is measured
   on ``--max-007`` agents and marked ``"extrapolated": true``;
@@ -88,6 +92,8 @@ WORLDS = (("tmaze", "A", 1), ("grid10", "B", 0))
 TICKS = 20
 EDGE = (("edge-agent int8 refresh 1", 1), ("edge-agent int8 refresh 100", 100))
 PER_AGENT = "edge-agent float64 per-agent"
+#: issue 45's design change measured: the per-agent tick as one compiled pass (``pA`` only).
+PROTOTYPE = "edge-agent compiled prototype per-agent"
 LEARNING_OFF = "edge-agent float64 learning off"
 #: The per-agent group (float64, each agent's own tables) runs up to this many agents.
 PER_AGENT_MAX = 1000
@@ -136,7 +142,7 @@ def run_worker(
 
 def case_rows(
     workload: Path, n: int, peers: dict[str, Path], args: argparse.Namespace, *,
-    closed_loop: bool, per_agent_only: bool, bytes_104: int | None,
+    closed_loop: bool, per_agent_only: bool, bytes_104: int | None, kind: str,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Every implementation's record of one world at ``n`` agents, in one loop (open or closed;
     ``bytes_104``: pymdp 1.0.4's state bytes per agent at a smaller ``n``, to skip it above
@@ -152,6 +158,8 @@ def case_rows(
     if n <= PER_AGENT_MAX:
         rows.append((PER_AGENT, run(python, PER_AGENT, n)))
         rows.append((LEARNING_OFF, run(python, LEARNING_OFF, n)))
+        if kind == "A":
+            rows.append((PROTOTYPE, run(python, PROTOTYPE, n)))
     if bench_peers.PYMDP_007 in peers:
         probe = min(n, args.max_007)
         rec = run(peers[bench_peers.PYMDP_007], bench_peers.PYMDP_007, probe)
@@ -194,9 +202,11 @@ def print_rows(world: str, learned: str, n: int, closed_loop: bool,
             out["achieved_ticks"] = ticks
         if best_peer and "steps_per_s" in rec and name.startswith("edge"):
             out["vs_best_peer"] = round(rec["steps_per_s"] / best_peer, 2)
-        if name == PER_AGENT and "steps_per_s" in rec:
-            for other, field in ((bench_peers.PYMDP_104, "vs_pymdp_104"),
-                                 (LEARNING_OFF, "vs_learning_off")):
+        if name in (PER_AGENT, PROTOTYPE) and "steps_per_s" in rec:
+            others = ((bench_peers.PYMDP_104, "vs_pymdp_104"),
+                      (LEARNING_OFF, "vs_learning_off") if name == PER_AGENT
+                      else (PER_AGENT, "vs_per_agent"))
+            for other, field in others:
                 rate = by_name.get(other, {}).get("steps_per_s")
                 if rate:
                     out[field] = round(rec["steps_per_s"] / rate, 2)
@@ -245,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                 bytes_104: int | None = None
                 for n in ns:
                     rows = case_rows(workload, n, peers, args, closed_loop=closed_loop,
-                                     per_agent_only=per_agent_only, bytes_104=bytes_104)
+                                     per_agent_only=per_agent_only, bytes_104=bytes_104,
+                                     kind=kind)
                     bytes_104 = dict(rows).get(bench_peers.PYMDP_104, {}).get(
                         "state_bytes_per_agent", bytes_104)
                     print_rows(world, f"{kind}{index}", n, closed_loop, rows)

@@ -37,7 +37,10 @@ before and after the agent's last action (from the second tick of an episode on)
 * ``edge-agent float64 per-agent``: a :class:`~edge_agent.core.agents.AifAgentGroup` learning
   per agent (each agent its own counts and tables, as the peers);
 * ``edge-agent float64 learning off``: the same group without learning (the model as loaded,
-  float64): what learning costs on its own is the ratio of the two.
+  float64): what learning costs on its own is the ratio of the two;
+* ``edge-agent compiled prototype per-agent`` (``pA`` only): the per-agent tick as one compiled
+  pass over the agents (``benchmarks/prototypes/compiled_tick.c``, built with the machine's C
+  compiler): issue 45's design change measured before the package ships it.
 
 After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
 runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
@@ -254,6 +257,29 @@ class EdgeAgent:
         return self.per_agent_bytes
 
 
+class EdgePrototype:
+    """The compiled per-agent tick of ``benchmarks/prototypes/compiled_tick.c`` (a measured
+    prototype of the design change, not the package): each agent its own ``pA`` counts and
+    table, one compiled pass per tick."""
+
+    def __init__(self, w: dict[str, Any], n: int) -> None:
+        from prototypes.compiled_tick import CompiledPerAgent
+
+        if w["kind"] != "A":
+            raise ValueError("the compiled prototype learns pA only")
+        self.agents = CompiledPerAgent(w["A"], w["B"], w["C"], w["D"], {w["m"]: w["p"]}, n=n,
+                                       gamma=GAMMA, num_iter=NUM_ITER, dF_tol=0.001, lr=1.0)
+
+    def act(self, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
+        return self.agents.act(obs, start)
+
+    def bytes_per_agent(self) -> int:
+        return self.agents.bytes_per_agent()
+
+
+#: The compiled prototype's row (T-maze pA only).
+EDGE_PROTOTYPE = "edge-agent compiled prototype per-agent"
+
 #: edge-agent's rows by name: the learning scope (None: learning off).
 EDGE_SCOPES: dict[str, str | None] = {
     "edge-agent int8": "shared",
@@ -304,6 +330,9 @@ def main() -> int:
         impl: Any = Pymdp007(w, args.n)
     elif args.impl == "pymdp 1.0.4":
         impl = Pymdp104(w, args.n)
+    elif args.impl == EDGE_PROTOTYPE:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        impl = EdgePrototype(w, args.n)
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         impl = EdgeAgent(w, args.n, args.refresh_every, EDGE_SCOPES[args.impl])

@@ -1,0 +1,85 @@
+"""The compiled per-agent tick (benchmarks/prototypes/compiled_tick.c, issue 45's design change
+measured) does the per-agent group's work: the same posteriors, expected free energies, policy
+posteriors, counts, learned tables and summed experience as ``AifAgentGroup`` learning per
+agent (pymdp 0.0.7.1's maths), up to rounding, tick after tick, episode starts included; its
+actions optimal under the group's posterior. Its rate in ``bench_learning_peers.py`` is only
+worth quoting while this holds.
+
+Needs a C compiler (``cc``; ``apt-get install gcc``): scripts/test installs one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_learning_peers import write_workload  # noqa: E402
+from peers.learning import GAMMA, NUM_ITER, EdgeAgent, load  # noqa: E402
+from peers.world import ClosedLoopWorld, load_workload  # noqa: E402
+from prototypes.compiled_tick import CompiledPerAgent  # noqa: E402
+
+TOL = 1e-9
+
+
+def _marginals(q_pi: np.ndarray, policies_first: np.ndarray, controls: int) -> np.ndarray:
+    return q_pi @ np.eye(controls)[policies_first]
+
+
+@pytest.mark.parametrize(("world", "index"), [("tmaze", 1), ("tmaze", 2), ("grid10", 0)])
+def test_the_compiled_tick_is_the_per_agent_group_up_to_rounding(
+    world: str, index: int, tmp_path: Path
+) -> None:
+    n, ticks = 40, 60
+    path = tmp_path / f"{world}.npz"
+    write_workload(world, "A", index, n, path)
+    w = load(str(path))
+    group_side = EdgeAgent(w, n, 1, "per_agent")
+    group = group_side.group
+    proto = CompiledPerAgent(w["A"], w["B"], w["C"], w["D"], {w["m"]: w["p"]}, n=n,
+                             gamma=GAMMA, num_iter=NUM_ITER)
+    counts = group.learning.learner.counts[0]  # type: ignore[union-attr]
+    # The world is stepped by the group's actions, episode starts included (the prototype's
+    # actions are checked, then replaced by the group's: a tie may be broken either way).
+    env = ClosedLoopWorld(load_workload(str(path)), n, seed=1)
+    obs, start = env.reset()
+    starts = 0
+    for _ in range(ticks):
+        starts += int(start.sum())
+        actions = group_side.act(obs, start).copy()
+        proto.act(obs, start)
+        qs = np.concatenate(group.state.qs, axis=1)
+        np.testing.assert_allclose(proto.qs, qs, rtol=0, atol=TOL)
+        np.testing.assert_allclose(proto.G, group.state.G, rtol=0, atol=TOL)
+        np.testing.assert_allclose(proto.q_pi, group.state.q_pi, rtol=0, atol=TOL)
+        learned = proto.pA[w["m"]]
+        assert learned is not None
+        np.testing.assert_allclose(learned, counts.counts[0].reshape(learned.shape), rtol=0,
+                                   atol=TOL)
+        table = group._health_likelihood(np.arange(n))[w["m"]]
+        np.testing.assert_allclose(proto.A[w["m"]], table.reshape(proto.A[w["m"]].shape),
+                                   rtol=0, atol=TOL)
+        seen = proto.experience[w["m"]]
+        assert seen is not None
+        np.testing.assert_allclose(seen, counts.experience[0].reshape(seen.shape), rtol=0,
+                                   atol=TOL * n)
+        for f, u in enumerate(proto.num_controls):
+            marginal = _marginals(group.state.q_pi, proto.policies_first[:, f], int(u))
+            chosen = marginal[np.arange(n), proto.action[:, f]]
+            assert np.all(chosen >= marginal.max(axis=1) - TOL)
+        proto.action[...] = actions
+        obs, start = env.step(actions)
+    assert starts > n  # the episodes' starts were stepped through, not only the first
+
+
+def test_the_prototype_refuses_a_model_above_its_limits() -> None:
+    states = 200  # a joint state above the kernel's stack arrays
+    A = [np.full((2, states), 0.5)]
+    with pytest.raises(ValueError, match="joint 200 above the prototype's limit 128"):
+        CompiledPerAgent(A, [np.eye(states)[:, :, None]], [np.zeros(2)],
+                         [np.full(states, 1.0 / states)], {0: A[0] * 2}, n=2)
