@@ -8,8 +8,9 @@ likelihoods (``pA``), the tables following them every tick, the rest of the mode
 ``AifAgentGroup(..., learning=LearningSpec(pA=..., settings=LearningSettings(scope="per_agent")),
 precision="float64")`` does with one-step policies, utility, state information gain and
 deterministic marginal action selection (``tests/unit/benchmarks/test_compiled_tick.py`` checks
-the two equal up to rounding). ``CC`` names the compiler (``cc`` by default); the library is
-cached under ``${EDGE_AGENT_BENCH_CACHE:-.cache}/prototypes`` by the source's hash.
+the two equal up to rounding). ``CC`` names the compiler (``cc`` by default); the library
+(``compiled_tick.c``, and its logs and exps, ``compiled_tick_vmath.c``, each with its flags) is
+cached under ``${EDGE_AGENT_BENCH_CACHE:-.cache}/prototypes`` by the sources' and flags' hash.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "compiled_tick.c"
 REPO = HERE.parents[1]
-#: The flags the library is built with (no fast-math: pymdp's results up to rounding).
-CFLAGS = ("-O2", "-shared", "-fPIC", "-std=c11")
+VMATH_SOURCE = HERE / "compiled_tick_vmath.c"
+#: The flags the kernel is compiled with (no fast-math: pymdp's results up to rounding; no
+#: -march: the baseline instruction set a package would ship; compiled_tick.c says why -O3).
+CFLAGS = ("-O3", "-fPIC", "-std=c11")
+#: Its logs and exps alone (compiled_tick_vmath.c): fast-math for glibc's vector variants.
+VMATH_CFLAGS = (*CFLAGS, "-ffast-math")
 #: compiled_tick.c's fixed limits (its stack arrays).
 LIMITS = {"factors": 4, "joint": 128, "modalities": 8, "policies": 64, "controls": 16,
           "entries": 4096}
@@ -50,7 +55,8 @@ class _Model(ctypes.Structure):
             "num_states", "num_controls", "num_obs", "state_index", "A", "A_agent_stride", "pA",
             "pA_mask", "experience", "B", "D", "lnC", "utility_shared", "lnE", "policies_first")
     ] + [("outcomes", _i64), ("entries", _i64)] + [
-        (name, _p) for name in ("outcome_start", "entry_state", "entry_shared", "entry_index")]
+        (name, _p) for name in ("outcome_start", "entry_state", "entry_shared", "entry_index",
+                                "scratch")]
 
 
 class _State(ctypes.Structure):
@@ -68,14 +74,23 @@ def build() -> Path:
     if shutil.which(cc) is None:
         raise RuntimeError(f"the compiled-tick prototype needs a C compiler ({cc!r} not found): "
                            "apt-get install gcc, or set CC")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + cc.encode() + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"\0".join([
+        SOURCE.read_bytes(), VMATH_SOURCE.read_bytes(), cc.encode(), " ".join(CFLAGS).encode(),
+        " ".join(VMATH_CFLAGS).encode()])).hexdigest()[:16]
     out = cache_dir() / f"compiled_tick-{key}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(SOURCE), "-lm"], check=True,
+        objects = [tmp.with_suffix(".kernel.o"), tmp.with_suffix(".vmath.o")]
+        # Each unit with its own flags; linked without -ffast-math (no crtfastmath.o).
+        for flags, source, obj in ((CFLAGS, SOURCE, objects[0]),
+                                   (VMATH_CFLAGS, VMATH_SOURCE, objects[1])):
+            subprocess.run([cc, *flags, "-c", "-o", str(obj), str(source)], check=True,
+                           capture_output=True, timeout=300)
+        subprocess.run([cc, "-shared", "-o", str(tmp), *map(str, objects), "-lm"], check=True,
                        capture_output=True, timeout=300)
+        for obj in objects:
+            obj.unlink()
         tmp.replace(out)
     return out
 
@@ -87,6 +102,20 @@ def _addr(a: np.ndarray) -> int:
 
 def _pointers(arrays: list[np.ndarray | None]) -> np.ndarray:
     return np.array([0 if a is None else _addr(a) for a in arrays], dtype=np.uintp)
+
+
+def _kernel(model: _Model) -> tuple[ctypes._CFuncPtr, np.ndarray]:
+    """The library's ``edge_tick`` and the scratch it needs for ``model`` (allocated once,
+    set in ``model.scratch``: the temporaries of a block of agents)."""
+    lib = ctypes.CDLL(str(build()))
+    lib.edge_tick_scratch_doubles.argtypes = [ctypes.POINTER(_Model)]
+    lib.edge_tick_scratch_doubles.restype = _i64
+    scratch = np.zeros(lib.edge_tick_scratch_doubles(ctypes.byref(model)))
+    model.scratch = _addr(scratch)
+    tick = lib.edge_tick
+    tick.argtypes = [ctypes.POINTER(_Model), ctypes.POINTER(_State)]
+    tick.restype = None
+    return tick, scratch
 
 
 class CompiledPerAgent:
@@ -189,13 +218,11 @@ class CompiledPerAgent:
             ctypes.addressof(self._b), _addr(self._ptrs["D"]), _addr(self._ptrs["lnC"]),
             _addr(self.utility_shared), _addr(self.lnE), _addr(self.policies_first),
             len(outcomes), len(self.entry_state), _addr(self.outcome_start),
-            _addr(self.entry_state), _addr(self.entry_shared), _addr(self._ptrs["entry_index"]))
+            _addr(self.entry_state), _addr(self.entry_shared), _addr(self._ptrs["entry_index"]),
+            0)
         self._state = _State(*(_addr(a) for a in (self._obs, self._start, self.qs, self.action,
                                                   self.has_action, self.G, self.q_pi)))
-        lib = ctypes.CDLL(str(build()))
-        self._tick = lib.edge_tick
-        self._tick.argtypes = [ctypes.POINTER(_Model), ctypes.POINTER(_State)]
-        self._tick.restype = None
+        self._tick, self._scratch = _kernel(self._model)
         self._model_ref = ctypes.byref(self._model)
         self._state_ref = ctypes.byref(self._state)
 

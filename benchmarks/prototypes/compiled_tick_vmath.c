@@ -1,0 +1,27 @@
+/* The compiled tick's logs and exps over flat arrays (compiled_tick.c calls them on a block's
+ * values, agent index innermost). This translation unit alone is compiled with -ffast-math
+ * (compiled_tick.py: VMATH_CFLAGS): it makes <math.h> declare glibc's vector variants
+ * (libmvec, e.g. _ZGVbN2v_log on x86-64; glibc >= 2.38 also on aarch64) and lets gcc call them,
+ * two or four values a call, for these loops; where the C library has none the loops stay
+ * glibc's scalar log and exp. libmvec's log and exp are within 4 ulp, far below the 1e-9 the
+ * tick is checked to. Nothing else is in this file, so fast-math changes no other arithmetic:
+ * each loop is one add and one transcendental per element, nothing to reassociate, and no
+ * input is NaN or infinite in a lane whose result is kept. It is linked without -ffast-math, so
+ * gcc does not add crtfastmath.o (which would set flush-to-zero for the whole process). */
+#include <math.h>
+#include <stdint.h>
+
+/* x[i] = log(x[i] + add), in place. */
+void tick_log_inplace(double *x, int64_t n, double add) {
+    for (int64_t i = 0; i < n; i++) x[i] = log(x[i] + add);
+}
+
+/* y[i] = log(x[i] + add). */
+void tick_log(const double *restrict x, double *restrict y, int64_t n, double add) {
+    for (int64_t i = 0; i < n; i++) y[i] = log(x[i] + add);
+}
+
+/* x[i] = exp(x[i]), in place. */
+void tick_exp_inplace(double *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = exp(x[i]);
+}
