@@ -99,9 +99,14 @@ typedef struct {
 } tick_state;
 
 /* An agent's values of a block: x[i][b] is agent b's value i. */
+#ifndef BLK
 #define BLK 8
+#endif
 typedef double lane[BLK];
-#define LANES for (int b = 0; b < BLK; b++)
+/* A loop over the block's agents. Its accesses are all x[i][b]: two rows of one array are
+ * either the same (the same element each b) or BLK apart, so no b depends on another and gcc
+ * need not check the rows' overlap before vectorising (ivdep). */
+#define LANES _Pragma("GCC ivdep") for (int b = 0; b < BLK; b++)
 
 /* compiled_tick_vmath.c (compiled with -ffast-math: glibc's vector log and exp). */
 void tick_log_inplace(double *x, int64_t n, double add);
@@ -300,12 +305,14 @@ static void tick_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         }
         /* the likelihood of the outcomes over the joint state */
         const int16_t *obs = st->obs + n * M;
+        double lik[MAX_S];
         const double *a0 = m->A[0] + n * m->A_agent_stride[0] + obs[0] * S;
-        for (int64_t s = 0; s < S; s++) sc->log_lik[s][b] = a0[s];
+        for (int64_t s = 0; s < S; s++) lik[s] = a0[s];
         for (int64_t k = 1; k < M; k++) {
             const double *ak = m->A[k] + n * m->A_agent_stride[k] + obs[k] * S;
-            for (int64_t s = 0; s < S; s++) sc->log_lik[s][b] *= ak[s];
+            for (int64_t s = 0; s < S; s++) lik[s] *= ak[s];
         }
+        for (int64_t s = 0; s < S; s++) sc->log_lik[s][b] = lik[s];
     }
     tick_log_inplace(&sc->log_prior[0][0], width * BLK, EPS);
     tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
@@ -405,29 +412,67 @@ static void tick_block(const tick_model *m, tick_state *st, block_scratch *sc, i
                 }
             lane *qo = sc->qo + p * K;
             for (int64_t k = 0; k < K; k++) {
-                LANES qo[k][b] = 0.0;
+                lane acc;
+                LANES acc[b] = 0.0;
                 for (int64_t e = m->outcome_start[k]; e < m->outcome_start[k + 1]; e++) {
                     const double *from = qj[m->entry_state[e]];
-                    LANES qo[k][b] += from[b] * value[e][b];
+                    LANES acc[b] += from[b] * value[e][b];
                 }
+                LANES qo[k][b] = acc[b];
             }
         }
         LANES G[p][b] = g[b];
     }
     if (m->use_info_gain) {
-        /* - qo ln(qo + eps) of every policy's joint outcomes: an outcome of probability 0
-         * subtracts 0 */
-        tick_log(&sc->qo[0][0], &sc->log_qo[0][0], P * K * BLK, EPS);
+        /* - qo ln(qo + eps) of every policy's joint outcomes. An outcome of probability 0
+         * subtracts exactly 0: the outcomes 0 for every agent of the block (most of them: a
+         * policy's predicted states reach few outcomes) are dropped before the logs, the
+         * others packed in place, policy after policy (policy p's: [begin[p], begin[p + 1])) */
+        lane *qo = sc->qo;
+        int64_t begin[MAX_P + 1], packed = 0;
         for (int64_t p = 0; p < P; p++) {
-            const lane *qo = sc->qo + p * K, *log_qo = sc->log_qo + p * K;
-            for (int64_t k = 0; k < K; k++) LANES G[p][b] -= qo[k][b] * log_qo[k][b];
+            begin[p] = packed;
+            for (int64_t r = p * K; r < (p + 1) * K; r++) {
+                int64_t some = 0;
+                LANES some |= qo[r][b] != 0.0;
+                if (!some) continue;
+                if (packed != r) LANES qo[packed][b] = qo[r][b];
+                packed++;
+            }
         }
+        begin[P] = packed;
+        tick_log(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
+        for (int64_t p = 0; p < P; p++)
+            for (int64_t r = begin[p]; r < begin[p + 1]; r++)
+                LANES G[p][b] -= qo[r][b] * sc->log_qo[r][b];
     }
     for (int64_t p = 0; p < P; p++) LANES sc->x[p][b] = G[p][b] * m->gamma + m->lnE[p];
     lane *q_pi = sc->q_pi;
     softmax_lanes(sc->x, q_pi, NULL, P);
 
-    /* write back; each factor's action: the first maximum of its marginal */
+    /* each factor's action: the first maximum of its marginal */
+    int64_t chosen[MAX_F][BLK];
+    for (int64_t f = 0; f < F; f++) {
+        const int64_t u_f = m->num_controls[f];
+        lane marginal[MAX_U], total, top;
+        for (int64_t u = 0; u < u_f; u++) LANES marginal[u][b] = 0.0;
+        for (int64_t p = 0; p < P; p++) {
+            double *to = marginal[m->policies_first[p * F + f]];
+            LANES to[b] += q_pi[p][b];
+        }
+        LANES total[b] = 0.0;
+        for (int64_t u = 0; u < u_f; u++) LANES total[b] += marginal[u][b];
+        for (int64_t u = 0; u < u_f; u++) LANES marginal[u][b] /= total[b];
+        LANES { chosen[f][b] = 0; top[b] = marginal[0][b]; }
+        for (int64_t u = 1; u < u_f; u++)
+            LANES {
+                const int64_t above = marginal[u][b] > top[b];
+                chosen[f][b] = above ? u : chosen[f][b];
+                top[b] = above ? marginal[u][b] : top[b];
+            }
+    }
+
+    /* write back */
     for (int64_t b = 0; b < count; b++) {
         const int64_t n = first + b;
         for (int64_t i = 0; i < width; i++) st->qs[n * width + i] = sc->cur[i][b];
@@ -435,18 +480,7 @@ static void tick_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             st->G[n * P + p] = G[p][b];
             st->q_pi[n * P + p] = q_pi[p][b];
         }
-        for (int64_t f = 0; f < F; f++) {
-            int64_t u_f = m->num_controls[f], best = 0;
-            double marginal[MAX_U], total = 0.0;
-            for (int64_t u = 0; u < u_f; u++) marginal[u] = 0.0;
-            for (int64_t p = 0; p < P; p++) marginal[m->policies_first[p * F + f]] += q_pi[p][b];
-            for (int64_t u = 0; u < u_f; u++) total += marginal[u];
-            for (int64_t u = 0; u < u_f; u++) {
-                marginal[u] /= total;
-                if (marginal[u] > marginal[best]) best = u;
-            }
-            st->action[n * F + f] = best;
-        }
+        for (int64_t f = 0; f < F; f++) st->action[n * F + f] = chosen[f][b];
         st->has_action[n] = 1;
     }
 }
