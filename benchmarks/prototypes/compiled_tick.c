@@ -44,7 +44,6 @@
 #define MAX_M 8
 #define MAX_P 64
 #define MAX_U 16
-#define MAX_E 4096
 
 static const double EPS = 1e-16;
 static const double EXP_M16 = 1.1253517471925912e-07; /* exp(-16) */

@@ -34,8 +34,7 @@ CFLAGS = ("-O3", "-fPIC", "-std=c11")
 #: Its logs and exps alone (compiled_tick_vmath.c): fast-math for glibc's vector variants.
 VMATH_CFLAGS = (*CFLAGS, "-ffast-math")
 #: compiled_tick.c's fixed limits (its stack arrays).
-LIMITS = {"factors": 4, "joint": 128, "modalities": 8, "policies": 64, "controls": 16,
-          "entries": 4096}
+LIMITS = {"factors": 4, "joint": 128, "modalities": 8, "policies": 64, "controls": 16}
 EPS = 1e-16
 
 _p = ctypes.c_void_p
@@ -144,7 +143,6 @@ class CompiledPerAgent:
         # (edge_agent.aif.per_agent.joint_layout, as the per-agent group plans with).
         layout = per_agent.joint_layout([a.reshape(1, a.shape[0], S) for a in A], supports,
                                         outcomes, sorted(pA))
-        sizes["entries"] = len(layout.state_of)
         for name, value in sizes.items():
             if value > LIMITS[name]:
                 raise ValueError(f"{name} {value} above the prototype's limit {LIMITS[name]}")
