@@ -67,15 +67,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGE_AGENT_BENCH_CACHE", str(REPO / ".cache"))) / "prototypes"
 
 
-def build() -> Path:
-    """The shared library of ``compiled_tick.c`` (built once per source and compiler)."""
+def build(*, baseline_only: bool = False) -> Path:
+    """The shared library of ``compiled_tick.c`` (built once per source and compiler);
+    ``baseline_only``: without the x86-64-v3 version the CPU would otherwise choose."""
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise RuntimeError(f"the compiled-tick prototype needs a C compiler ({cc!r} not found): "
                            "apt-get install gcc, or set CC")
+    only = ("-DTICK_BASELINE_ONLY",) if baseline_only else ()
     key = hashlib.sha256(b"\0".join([
         SOURCE.read_bytes(), VMATH_SOURCE.read_bytes(), cc.encode(), " ".join(CFLAGS).encode(),
-        " ".join(VMATH_CFLAGS).encode()])).hexdigest()[:16]
+        " ".join(VMATH_CFLAGS).encode(), *map(str.encode, only)])).hexdigest()[:16]
     out = cache_dir() / f"compiled_tick-{key}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,7 @@ def build() -> Path:
         # Each unit with its own flags; linked without -ffast-math (no crtfastmath.o).
         for flags, source, obj in ((CFLAGS, SOURCE, objects[0]),
                                    (VMATH_CFLAGS, VMATH_SOURCE, objects[1])):
-            subprocess.run([cc, *flags, "-c", "-o", str(obj), str(source)], check=True,
+            subprocess.run([cc, *flags, *only, "-c", "-o", str(obj), str(source)], check=True,
                            capture_output=True, timeout=300)
         subprocess.run([cc, "-shared", "-o", str(tmp), *map(str, objects), "-lm"], check=True,
                        capture_output=True, timeout=300)
@@ -103,10 +105,10 @@ def _pointers(arrays: list[np.ndarray | None]) -> np.ndarray:
     return np.array([0 if a is None else _addr(a) for a in arrays], dtype=np.uintp)
 
 
-def _kernel(model: _Model) -> tuple[ctypes._CFuncPtr, np.ndarray]:
+def _kernel(model: _Model, baseline_only: bool) -> tuple[ctypes._CFuncPtr, np.ndarray]:
     """The library's ``edge_tick`` and the scratch it needs for ``model`` (allocated once,
     set in ``model.scratch``: the temporaries of a block of agents)."""
-    lib = ctypes.CDLL(str(build()))
+    lib = ctypes.CDLL(str(build(baseline_only=baseline_only)))
     lib.edge_tick_scratch_doubles.argtypes = [ctypes.POINTER(_Model)]
     lib.edge_tick_scratch_doubles.restype = _i64
     scratch = np.zeros(lib.edge_tick_scratch_doubles(ctypes.byref(model)))
@@ -119,13 +121,15 @@ def _kernel(model: _Model) -> tuple[ctypes._CFuncPtr, np.ndarray]:
 
 class CompiledPerAgent:
     """``n`` agents of the model ``A``, ``B``, ``C``, ``D`` (lists of float64 arrays as pymdp
-    takes them), each learning ``pA[m]`` (prior counts) of its own, learning rate ``lr``."""
+    takes them), each learning ``pA[m]`` (prior counts) of its own, learning rate ``lr``.
+    ``baseline_only``: the kernel's baseline version even where the CPU has x86-64-v3's (the
+    test checks both)."""
 
     def __init__(
         self, A: list[np.ndarray], B: list[np.ndarray], C: list[np.ndarray],
         D: list[np.ndarray], pA: dict[int, np.ndarray], *, n: int, gamma: float = 16.0,
         num_iter: int = 10, dF_tol: float = 0.001, lr: float = 1.0,
-        use_utility: bool = True, use_info_gain: bool = True,
+        use_utility: bool = True, use_info_gain: bool = True, baseline_only: bool = False,
     ) -> None:
         from edge_agent.aif import per_agent
         from edge_agent.aif.policies import construct_policies
@@ -220,7 +224,7 @@ class CompiledPerAgent:
             0)
         self._state = _State(*(_addr(a) for a in (self._obs, self._start, self.qs, self.action,
                                                   self.has_action, self.G, self.q_pi)))
-        self._tick, self._scratch = _kernel(self._model)
+        self._tick, self._scratch = _kernel(self._model, baseline_only)
         self._model_ref = ctypes.byref(self._model)
         self._state_ref = ctypes.byref(self._state)
 

@@ -11,17 +11,24 @@
 #include <math.h>
 #include <stdint.h>
 
+/* As compiled_tick.c: a baseline and (x86-64) an x86-64-v3 version, chosen at load time. */
+#if defined(__x86_64__) && !defined(TICK_BASELINE_ONLY) && (defined(__GNUC__) || defined(__clang__))
+#define TARGETS __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define TARGETS
+#endif
+
 /* x[i] = log(x[i] + add), in place. */
-void tick_log_inplace(double *x, int64_t n, double add) {
+TARGETS void tick_log_inplace(double *x, int64_t n, double add) {
     for (int64_t i = 0; i < n; i++) x[i] = log(x[i] + add);
 }
 
 /* y[i] = log(x[i] + add). */
-void tick_log(const double *restrict x, double *restrict y, int64_t n, double add) {
+TARGETS void tick_log(const double *restrict x, double *restrict y, int64_t n, double add) {
     for (int64_t i = 0; i < n; i++) y[i] = log(x[i] + add);
 }
 
 /* x[i] = exp(x[i]), in place. */
-void tick_exp_inplace(double *x, int64_t n) {
+TARGETS void tick_exp_inplace(double *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = exp(x[i]);
 }

@@ -31,12 +31,14 @@ def _marginals(q_pi: np.ndarray, policies_first: np.ndarray, controls: int) -> n
     return q_pi @ np.eye(controls)[policies_first]
 
 
-# The kernel steps agents in blocks of 8: 40 fills five, 13 leaves a partial one, 1 only that.
-@pytest.mark.parametrize(("world", "index", "n"), [
-    ("tmaze", 1, 40), ("tmaze", 2, 40), ("grid10", 0, 40), ("tmaze", 1, 13), ("tmaze", 2, 1),
-    ("grid10", 0, 13)])
+# The kernel steps agents in blocks of 8: 40 fills five, 13 leaves a partial one, 1 only that;
+# its baseline version too, which an x86-64 CPU with AVX2 would not otherwise run.
+@pytest.mark.parametrize(("world", "index", "n", "baseline_only"), [
+    ("tmaze", 1, 40, False), ("tmaze", 2, 40, False), ("grid10", 0, 40, False),
+    ("tmaze", 1, 13, False), ("tmaze", 2, 1, False), ("grid10", 0, 13, False),
+    ("tmaze", 1, 13, True), ("grid10", 0, 13, True)])
 def test_the_compiled_tick_is_the_per_agent_group_up_to_rounding(
-    world: str, index: int, n: int, tmp_path: Path
+    world: str, index: int, n: int, baseline_only: bool, tmp_path: Path
 ) -> None:
     ticks = 60
     path = tmp_path / f"{world}.npz"
@@ -45,7 +47,7 @@ def test_the_compiled_tick_is_the_per_agent_group_up_to_rounding(
     group_side = EdgeAgent(w, n, 1, "per_agent")
     group = group_side.group
     proto = CompiledPerAgent(w["A"], w["B"], w["C"], w["D"], {w["m"]: w["p"]}, n=n,
-                             gamma=GAMMA, num_iter=NUM_ITER)
+                             gamma=GAMMA, num_iter=NUM_ITER, baseline_only=baseline_only)
     counts = group.learning.learner.counts[0]  # type: ignore[union-attr]
     # The world is stepped by the group's actions, episode starts included (the prototype's
     # actions are checked, then replaced by the group's: a tie may be broken either way).
