@@ -26,12 +26,13 @@
  * glibc's vector log/exp (libmvec, within 4 ulp); this unit keeps IEEE arithmetic.
  *
  * Flags (compiled_tick.py): -O3 (gcc 12's -O2 vectorises with its "very cheap" cost model and
- * leaves most b loops scalar: 1.4-1.7 us per agent-tick against 0.83 at -O3 on the T-maze at
- * N = 1,000), -std=c11, no -march (the baseline instruction set a package ships: SSE2 on
+ * leaves most b loops scalar: 1.12 us per agent-tick against 0.81 at -O3, baseline version,
+ * T-maze, N = 1,000, one session; glibc's scalar log/exp in the vectorised loops instead of
+ * libmvec: ~1.05), -std=c11, no -march (the baseline instruction set a package ships: SSE2 on
  * x86-64, 2 doubles a vector, NEON on aarch64). On x86-64 the pass (edge_tick, every helper
  * inlined into it) and the logs and exps are also compiled for x86-64-v3 (AVX2 and FMA, 4
  * doubles a vector, libmvec's AVX2 log/exp) with target_clones: one .so, the CPU choosing at
- * load time (an ifunc), as numpy dispatches; 0.63 us per agent-tick against 0.82 for the
+ * load time (an ifunc), as numpy dispatches; 0.64 us per agent-tick against 0.81 for the
  * baseline version on the same machine. -DTICK_BASELINE_ONLY builds the baseline version alone
  * (the test runs both). Temporaries: the caller's scratch
  * (edge_tick_scratch_doubles(model) doubles, sized by the model, carved once per tick) and
