@@ -291,6 +291,8 @@ LEARNING_EDGE = (
     "edge-agent float64 per-agent", "edge-agent int8 refresh 1", "edge-agent int8 refresh 100",
 )
 TF_PYTHON = "PYTHONPATH=.:tools .cache/tf-venv/bin/python"
+#: The compiled per-agent tick (benchmarks/prototypes), a measured prototype of issue 45.
+PROTOTYPE = "edge-agent compiled prototype per-agent"
 
 
 #: The like-for-like ratio of the learning tables: edge-agent's per-agent group over pymdp 1.0.4.
@@ -601,6 +603,60 @@ TABLES: tuple[Table, ...] = (
                 "every tick, the world's step timed), T-maze learning `pA`, 1,000 agents",
                 lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
                 {"world": "tmaze", "learned": "A1", "n": 1000},
+            ),
+        ),
+    ),
+    Table(
+        id="learning-compiled-prototype",
+        title="Against pymdp with learning: the per-agent tick compiled (a measured prototype)",
+        scope=(
+            "Issue 45's design change measured before the package ships it: the T-maze's "
+            "per-agent learning (`pA1`, each agent its own counts, the table following them "
+            "every tick) as **one compiled pass per tick over the agents** "
+            "(`benchmarks/prototypes/compiled_tick.c`, C built with the machine's compiler, "
+            "loaded with ctypes; not part of the package), in the same runs as the two tables "
+            "above (open and closed loop, one thread, the same settings). Its posteriors, "
+            "expected free energies, counts and tables equal the per-agent group's up to "
+            "rounding, its actions optimal under the group's posterior "
+            "(`tests/unit/benchmarks/test_compiled_tick.py`); in the closed loop its agents "
+            "achieve what the group's do. Agent-steps/s; compiled / numpy: its rate over "
+            "edge-agent's numpy per-agent group's; bytes per agent as the budget counts them "
+            "(the agent's beliefs, action, `G`, `q_pi`, its own table and counts)."
+        ),
+        benchmark="bench_learning_peers.py",
+        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
+               "world": "tmaze", "learned": "A1"},
+        key=("loop", "n"),
+        pivot="impl",
+        expect=tuple({"loop": loop, "n": n} for loop in ("open", "closed") for n in (1, 100, 1000)),
+        command=f"{RECORD} bench_learning_peers.py -- --agents 1,100,1000 --per-agent-only",
+        store=f"{RECORD} bench_learning_peers.py -- --agents 1,100,1000 --per-agent-only; "
+              f"{RECORD} bench_learning_peers.py -- --agents 1,100,1000 --closed-loop "
+              "--per-agent-only --no-reversal --repeats 2",
+        columns=(
+            Column("loop", "loop"),
+            Column("agents", "n", ",d"),
+            Column("compiled / pymdp 1.0.4", ratio((PROTOTYPE, "steps_per_s"),
+                                                   ("pymdp 1.0.4", "steps_per_s")),
+                   ".2f", suffix="x"),
+            Column("edge-agent compiled per-agent", "steps_per_s", ",.0f", of=PROTOTYPE),
+            Column("edge-agent numpy per-agent", "steps_per_s", ",.0f",
+                   of="edge-agent float64 per-agent"),
+            Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
+            Column("compiled / numpy", "vs_per_agent", ".2f", suffix="x", of=PROTOTYPE),
+            Column("achieved: compiled", achieved_score(PROTOTYPE), ".3f"),
+            Column("numpy per-agent", achieved_score("edge-agent float64 per-agent"), ".3f"),
+            Column("bytes per agent: compiled", "state_bytes_per_agent", ",d", of=PROTOTYPE),
+        ),
+        headlines=(
+            Headline(
+                "Learning against pymdp 1.0.4, like for like, the per-agent tick compiled "
+                "(measured prototype, not the package), T-maze learning `pA`, 1,000 agents, "
+                "closed loop",
+                lambda r: (None if (v := ratio((PROTOTYPE, "steps_per_s"),
+                                               ("pymdp 1.0.4", "steps_per_s"))(r)) is None
+                           else f"{v:.2f}x"),
+                {"loop": "closed", "n": 1000},
             ),
         ),
     ),
