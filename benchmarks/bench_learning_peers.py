@@ -30,7 +30,10 @@ under ``.cache/peers`` (``--no-install``: never make one).
   T-maze (``pA``) also ``compiled prototype per-agent``: the same per-agent work as one compiled
   pass per tick (``benchmarks/prototypes/compiled_tick.c``, built with the machine's C compiler;
   issue 45's design change measured, not the package), with ``vs_pymdp_104`` and
-  ``vs_per_agent`` (its rate over the numpy group's);
+  ``vs_per_agent`` (its rate over the numpy group's), and (without ``--per-agent-only``)
+  ``compiled prototype shared refresh 1``, the shared scope's tick in float64 refreshed every
+  tick, with ``vs_pymdp_104`` (not like for like: one set of counts) and ``vs_int8_refresh_1``
+  (its rate over the int8 shared group's refreshed every tick);
 * pymdp 0.0.7.1: one ``Agent`` per agent, ``update_A`` each tick, in a Python loop. Its rate does
   not depend on ``N`` (it steps agents one by one), so above ``--max-007`` agents it is measured
   on ``--max-007`` agents and marked ``"extrapolated": true``;
@@ -92,8 +95,10 @@ WORLDS = (("tmaze", "A", 1), ("grid10", "B", 0))
 TICKS = 20
 EDGE = (("edge-agent int8 refresh 1", 1), ("edge-agent int8 refresh 100", 100))
 PER_AGENT = "edge-agent float64 per-agent"
-#: issue 45's design change measured: the per-agent tick as one compiled pass (``pA`` only).
+#: issue 45's design change measured: the per-agent tick, and the shared scope's refreshed
+#: every tick, as one compiled pass (``pA`` only, float64).
 PROTOTYPE = "edge-agent compiled prototype per-agent"
+PROTOTYPE_SHARED = "edge-agent compiled prototype shared refresh 1"
 LEARNING_OFF = "edge-agent float64 learning off"
 #: The per-agent group (float64, each agent's own tables) runs up to this many agents.
 PER_AGENT_MAX = 1000
@@ -155,6 +160,8 @@ def case_rows(
 
     for impl, every in () if per_agent_only else EDGE:
         rows.append((impl, run(python, "edge-agent int8", n, refresh_every=every)))
+    if kind == "A" and not per_agent_only:
+        rows.append((PROTOTYPE_SHARED, run(python, PROTOTYPE_SHARED, n)))
     if n <= PER_AGENT_MAX:
         rows.append((PER_AGENT, run(python, PER_AGENT, n)))
         rows.append((LEARNING_OFF, run(python, LEARNING_OFF, n)))
@@ -202,6 +209,12 @@ def print_rows(world: str, learned: str, n: int, closed_loop: bool,
             out["achieved_ticks"] = ticks
         if best_peer and "steps_per_s" in rec and name.startswith("edge"):
             out["vs_best_peer"] = round(rec["steps_per_s"] / best_peer, 2)
+        if name == PROTOTYPE_SHARED and "steps_per_s" in rec:
+            for other, field in ((bench_peers.PYMDP_104, "vs_pymdp_104"),
+                                 ("edge-agent int8 refresh 1", "vs_int8_refresh_1")):
+                rate = by_name.get(other, {}).get("steps_per_s")
+                if rate:
+                    out[field] = round(rec["steps_per_s"] / rate, 2)
         if name in (PER_AGENT, PROTOTYPE) and "steps_per_s" in rec:
             others = ((bench_peers.PYMDP_104, "vs_pymdp_104"),
                       (LEARNING_OFF, "vs_learning_off") if name == PER_AGENT

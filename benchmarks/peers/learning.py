@@ -38,8 +38,9 @@ before and after the agent's last action (from the second tick of an episode on)
   per agent (each agent its own counts and tables, as the peers);
 * ``edge-agent float64 learning off``: the same group without learning (the model as loaded,
   float64): what learning costs on its own is the ratio of the two;
-* ``edge-agent compiled prototype per-agent`` (``pA`` only): the per-agent tick as one compiled
-  pass over the agents (``benchmarks/prototypes/compiled_tick.c``, built with the machine's C
+* ``edge-agent compiled prototype per-agent`` and ``... shared refresh 1`` (``pA`` only, float64):
+  the per-agent tick, and the shared scope's tick refreshed every tick, as one compiled pass
+  over the agents (``benchmarks/prototypes/compiled_tick.c``, built with the machine's C
   compiler): issue 45's design change measured before the package ships it.
 
 After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
@@ -258,17 +259,19 @@ class EdgeAgent:
 
 
 class EdgePrototype:
-    """The compiled per-agent tick of ``benchmarks/prototypes/compiled_tick.c`` (a measured
-    prototype of the design change, not the package): each agent its own ``pA`` counts and
-    table, one compiled pass per tick."""
+    """The compiled learning tick of ``benchmarks/prototypes/compiled_tick.c`` (a measured
+    prototype of the design change, not the package), one compiled pass per tick: ``scope``
+    ``per_agent`` (each agent its own ``pA`` counts and table) or ``shared`` (one set of counts,
+    the table following them every tick), float64."""
 
-    def __init__(self, w: dict[str, Any], n: int) -> None:
-        from prototypes.compiled_tick import CompiledPerAgent
+    def __init__(self, w: dict[str, Any], n: int, scope: str) -> None:
+        from prototypes.compiled_tick import CompiledTick
 
         if w["kind"] != "A":
             raise ValueError("the compiled prototype learns pA only")
-        self.agents = CompiledPerAgent(w["A"], w["B"], w["C"], w["D"], {w["m"]: w["p"]}, n=n,
-                                       gamma=GAMMA, num_iter=NUM_ITER, dF_tol=0.001, lr=1.0)
+        self.agents = CompiledTick(w["A"], w["B"], w["C"], w["D"], {w["m"]: w["p"]}, n=n,
+                                   gamma=GAMMA, num_iter=NUM_ITER, dF_tol=0.001, lr=1.0,
+                                   scope=scope)
 
     def act(self, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
         return self.agents.act(obs, start)
@@ -277,8 +280,9 @@ class EdgePrototype:
         return self.agents.bytes_per_agent()
 
 
-#: The compiled prototype's row (T-maze pA only).
-EDGE_PROTOTYPE = "edge-agent compiled prototype per-agent"
+#: The compiled prototype's rows (T-maze pA only) by name: their scope.
+EDGE_PROTOTYPES = {"edge-agent compiled prototype per-agent": "per_agent",
+                   "edge-agent compiled prototype shared refresh 1": "shared"}
 
 #: edge-agent's rows by name: the learning scope (None: learning off).
 EDGE_SCOPES: dict[str, str | None] = {
@@ -330,9 +334,9 @@ def main() -> int:
         impl: Any = Pymdp007(w, args.n)
     elif args.impl == "pymdp 1.0.4":
         impl = Pymdp104(w, args.n)
-    elif args.impl == EDGE_PROTOTYPE:
+    elif args.impl in EDGE_PROTOTYPES:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        impl = EdgePrototype(w, args.n)
+        impl = EdgePrototype(w, args.n, EDGE_PROTOTYPES[args.impl])
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         impl = EdgeAgent(w, args.n, args.refresh_every, EDGE_SCOPES[args.impl])

@@ -92,6 +92,11 @@ typedef struct {
     const double *entry_shared;   /* (E) */
     const int64_t *const *entry_index; /* (M) */
     double *scratch; /* edge_tick_scratch_doubles(model) doubles for the blocks' temporaries */
+    /* 0: each agent its own counts and learned table (pA (N, O_m, S), A_agent_stride O_m S).
+     * 1: one set of counts every agent teaches (pA (1, O_m, S), A_agent_stride 0), the table
+     * following them every tick: every agent infers and adds to the counts, the table becomes
+     * their expectation once, then every agent plans with it (the shared scope's tick). */
+    int64_t shared_counts;
 } tick_model;
 
 typedef struct {
@@ -292,12 +297,14 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
     }
 }
 
-/* Agents first .. first + count - 1 (count <= BLK; the lanes past count repeat agent first,
- * computed and never written back). */
-INLINE void tick_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
-                       int64_t count, const int64_t *offset, int64_t width) {
-    const int64_t F = m->factors, M = m->modalities, P = m->policies, S = m->joint;
-    const int64_t K = m->outcomes, E = m->entries;
+/* The first half of a tick for agents first .. first + count - 1 (count <= BLK; the lanes
+ * past count repeat agent first, computed and never written back): prior, posterior (left in
+ * sc->cur) and learning. Each agent its own counts: they learn and the block's lanes of the
+ * learned tables (sc->A) become theirs. Shared counts: the agents' updates are added to them
+ * (the table follows once every block has, in edge_tick). */
+INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
+                        int64_t count, const int64_t *offset, int64_t width) {
+    const int64_t F = m->factors, M = m->modalities, S = m->joint;
     int64_t agent[BLK];
     LANES agent[b] = first + (b < count ? b : 0);
 
@@ -334,8 +341,9 @@ INLINE void tick_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
     infer_states(m, sc, offset);
 
-    /* learning (agent by agent: each its own counts): the counts of the outcome seen, then the
-     * table their expectation, kept in the block's layout for planning too */
+    /* learning, agent by agent: the counts of the outcome seen gain the posterior; each agent
+     * its own counts: its table becomes their expectation, kept in the block's layout for
+     * planning too (shared counts: the table follows in edge_tick) */
     lane *q[MAX_F];
     for (int64_t f = 0; f < F; f++) q[f] = sc->cur + offset[f];
     joint_of(m, q, sc->joint);
@@ -346,7 +354,7 @@ INLINE void tick_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         for (int b = 0; b < BLK; b++) {
             const int64_t n = agent[b];
             const int64_t o_seen = st->obs[n * M + k];
-            double *counts = m->pA[k] + n * O * S;
+            double *counts = m->pA[k] + (m->shared_counts ? 0 : n * O * S);
             const uint8_t *mask = m->pA_mask[k] + o_seen * S;
             double total[MAX_S];
             if (b < count) {
@@ -357,6 +365,7 @@ INLINE void tick_block(const tick_model *m, tick_state *st, block_scratch *sc, i
                     seen[s] += gain;
                 }
             }
+            if (m->shared_counts) continue;  /* the table follows once, after every block */
             /* a padding lane: agent first's updated counts (its results are not kept) */
             for (int64_t s = 0; s < S; s++) total[s] = counts[s];
             for (int64_t o = 1; o < O; o++)
@@ -372,13 +381,24 @@ INLINE void tick_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         }
     }
 
+}
+
+/* The second half of a tick for the block's agents (as infer_block): with their posteriors in
+ * sc->cur and the block's lanes of the learned tables in sc->A, the planning tables, G, q_pi,
+ * the actions, and everything written back. */
+INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
+                       int64_t count, const int64_t *offset, int64_t width) {
+    const int64_t F = m->factors, M = m->modalities, P = m->policies, S = m->joint;
+    const int64_t K = m->outcomes, E = m->entries;
+    lane *q[MAX_F];
+
     /* the planning tables: utility per state; the non-zero entries of the joint-outcome table
      * and each state's negative entropy over the joint outcomes */
     lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
     for (int64_t s = 0; s < S; s++) LANES utility[s][b] = m->utility_shared[s];
     if (m->use_utility)
         for (int64_t k = 0; k < M; k++) {
-            if (m->A_agent_stride[k] == 0) continue;
+            if (m->pA[k] == NULL) continue;  /* a learned table: its lanes in sc->A */
             for (int64_t o = 0; o < m->num_obs[k]; o++) {
                 double c = m->lnC[k][o];
                 for (int64_t s = 0; s < S; s++) LANES utility[s][b] += c * sc->A[k][o * S + s][b];
@@ -501,14 +521,63 @@ INLINE void tick_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     }
 }
 
+/* Shared counts: each learned table becomes its counts' expectation (once a tick). */
+static void normalise_shared(const tick_model *m) {
+    const int64_t S = m->joint;
+    for (int64_t k = 0; k < m->modalities; k++) {
+        if (m->pA[k] == NULL) continue;
+        const int64_t O = m->num_obs[k];
+        const double *counts = m->pA[k];
+        double *table = m->A[k], total[MAX_S];
+        for (int64_t s = 0; s < S; s++) total[s] = counts[s];
+        for (int64_t o = 1; o < O; o++)
+            for (int64_t s = 0; s < S; s++) total[s] += counts[o * S + s];
+        for (int64_t s = 0; s < S; s++) total[s] = 1.0 / total[s];
+        for (int64_t o = 0; o < O; o++)
+            for (int64_t s = 0; s < S; s++) table[o * S + s] = counts[o * S + s] * total[s];
+    }
+}
+
+/* Shared counts, second pass: the block's posteriors back from st->qs into sc->cur (lanes past
+ * count repeat agent first) and every learned table, the same for all, into sc->A's lanes. */
+INLINE void load_block(const tick_model *m, const tick_state *st, block_scratch *sc,
+                       int64_t first, int64_t count, int64_t width) {
+    for (int b = 0; b < BLK; b++) {
+        const double *qs = st->qs + (first + (b < count ? b : 0)) * width;
+        for (int64_t i = 0; i < width; i++) sc->cur[i][b] = qs[i];
+    }
+    for (int64_t k = 0; k < m->modalities; k++) {
+        if (m->pA[k] == NULL) continue;
+        const double *table = m->A[k];
+        for (int64_t i = 0; i < m->num_obs[k] * m->joint; i++) LANES sc->A[k][i][b] = table[i];
+    }
+}
+
 TARGETS void edge_tick(const tick_model *m, tick_state *st) {
     int64_t offset[MAX_F], width = 0;
     for (int64_t f = 0; f < m->factors; f++) { offset[f] = width; width += m->num_states[f]; }
     block_scratch sc = {0};
     lane *base = (lane *)(((uintptr_t)m->scratch + sizeof(lane) - 1) / sizeof(lane) * sizeof(lane));
     carve(m, base, &sc);
+    if (!m->shared_counts) {  /* each agent its own counts: a block at a time, whole */
+        for (int64_t first = 0; first < m->n; first += BLK) {
+            int64_t count = m->n - first < BLK ? m->n - first : BLK;
+            infer_block(m, st, &sc, first, count, offset, width);
+            plan_block(m, st, &sc, first, count, offset, width);
+        }
+        return;
+    }
+    /* shared counts: every agent infers and teaches them, the tables follow, every agent plans */
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        tick_block(m, st, &sc, first, count, offset, width);
+        infer_block(m, st, &sc, first, count, offset, width);
+        for (int64_t b = 0; b < count; b++)
+            for (int64_t i = 0; i < width; i++) st->qs[(first + b) * width + i] = sc.cur[i][b];
+    }
+    normalise_shared(m);
+    for (int64_t first = 0; first < m->n; first += BLK) {
+        int64_t count = m->n - first < BLK ? m->n - first : BLK;
+        load_block(m, st, &sc, first, count, width);
+        plan_block(m, st, &sc, first, count, offset, width);
     }
 }

@@ -1,14 +1,16 @@
-"""A measured prototype of issue 45's design change: the per-agent learning tick as one compiled
-pass over the agents (``compiled_tick.c``), built here with the machine's C compiler and loaded
-with :mod:`ctypes`. Not part of the package: it measures what the change would reach before the
+"""A measured prototype of issue 45's design change: the learning tick as one compiled pass over
+the agents (``compiled_tick.c``), built here with the machine's C compiler and loaded with
+:mod:`ctypes`. Not part of the package: it measures what the change would reach before the
 package builds and ships a compiled extension per architecture.
 
-:class:`CompiledPerAgent` steps ``N`` agents that each learn their own counts of one or more
-likelihoods (``pA``), the tables following them every tick, the rest of the model shared: what
-``AifAgentGroup(..., learning=LearningSpec(pA=..., settings=LearningSettings(scope="per_agent")),
-precision="float64")`` does with one-step policies, utility, state information gain and
-deterministic marginal action selection (``tests/unit/benchmarks/test_compiled_tick.py`` checks
-the two equal up to rounding). ``CC`` names the compiler (``cc`` by default); the library
+:class:`CompiledTick` steps ``N`` agents that learn the counts of one or more likelihoods
+(``pA``), the tables following them every tick, the rest of the model shared: each agent its own
+counts (``scope="per_agent"``), what ``AifAgentGroup(..., learning=LearningSpec(pA=...,
+settings=LearningSettings(scope="per_agent")), precision="float64")`` does, or one set of counts
+every agent teaches (``scope="shared"``, ``refresh_every=1``), as the shared scope does in
+float64; with one-step policies, utility, state information gain and deterministic marginal
+action selection (``tests/unit/benchmarks/test_compiled_tick.py`` checks each equal to the
+group up to rounding). ``CC`` names the compiler (``cc`` by default); the library
 (``compiled_tick.c``, and its logs and exps, ``compiled_tick_vmath.c``, each with its flags) is
 cached under ``${EDGE_AGENT_BENCH_CACHE:-.cache}/prototypes`` by the sources' and flags' hash.
 """
@@ -55,7 +57,7 @@ class _Model(ctypes.Structure):
             "pA_mask", "experience", "B", "D", "lnC", "utility_shared", "lnE", "policies_first")
     ] + [("outcomes", _i64), ("entries", _i64)] + [
         (name, _p) for name in ("outcome_start", "entry_state", "entry_shared", "entry_index",
-                                "scratch")]
+                                "scratch")] + [("shared_counts", _i64)]
 
 
 class _State(ctypes.Structure):
@@ -119,17 +121,20 @@ def _kernel(model: _Model, baseline_only: bool) -> tuple[ctypes._CFuncPtr, np.nd
     return tick, scratch
 
 
-class CompiledPerAgent:
+class CompiledTick:
     """``n`` agents of the model ``A``, ``B``, ``C``, ``D`` (lists of float64 arrays as pymdp
-    takes them), each learning ``pA[m]`` (prior counts) of its own, learning rate ``lr``.
-    ``baseline_only``: the kernel's baseline version even where the CPU has x86-64-v3's (the
-    test checks both)."""
+    takes them), learning ``pA[m]`` (prior counts), learning rate ``lr``: ``scope``
+    ``"per_agent"``, each agent its own counts and table; ``"shared"``, one set of counts every
+    agent teaches, the table following them every tick (infer, learn, refresh, plan: the shared
+    scope's tick). ``baseline_only``: the kernel's baseline version even where the CPU has
+    x86-64-v3's (the test checks both)."""
 
     def __init__(
         self, A: list[np.ndarray], B: list[np.ndarray], C: list[np.ndarray],
         D: list[np.ndarray], pA: dict[int, np.ndarray], *, n: int, gamma: float = 16.0,
         num_iter: int = 10, dF_tol: float = 0.001, lr: float = 1.0,
         use_utility: bool = True, use_info_gain: bool = True, baseline_only: bool = False,
+        scope: str = "per_agent",
     ) -> None:
         from edge_agent.aif import per_agent
         from edge_agent.aif.policies import construct_policies
@@ -150,15 +155,19 @@ class CompiledPerAgent:
         for name, value in sizes.items():
             if value > LIMITS[name]:
                 raise ValueError(f"{name} {value} above the prototype's limit {LIMITS[name]}")
+        if scope not in ("per_agent", "shared"):
+            raise ValueError(f"scope {scope!r}: per_agent or shared")
         self.n = n
+        copies = n if scope == "per_agent" else 1
         self.lnC = [np.log(per_agent.softmax_rows(np.asarray(c, dtype=np.float64)[None])[0] + EPS)
                     for c in C]
-        # Every table flattened to (O_m, S); the learned ones one copy per agent, with counts.
-        self.A = [np.ascontiguousarray(np.repeat(a.reshape(1, a.shape[0], S), n, axis=0)
+        # Every table flattened to (O_m, S); the learned ones with their counts, one copy per
+        # agent (per_agent) or one for all (shared).
+        self.A = [np.ascontiguousarray(np.repeat(a.reshape(1, a.shape[0], S), copies, axis=0)
                                        if m in pA else a.reshape(a.shape[0], S), dtype=np.float64)
                   for m, a in enumerate(A)]
         self.pA: list[np.ndarray | None] = [
-            np.ascontiguousarray(np.repeat(pA[m].reshape(1, a.shape[0], S), n, axis=0),
+            np.ascontiguousarray(np.repeat(pA[m].reshape(1, a.shape[0], S), copies, axis=0),
                                  dtype=np.float64) if m in pA else None
             for m, a in enumerate(A)]
         self.mask = [None if m not in pA else np.ascontiguousarray(
@@ -197,7 +206,7 @@ class CompiledPerAgent:
         self.num_states = np.array(num_states, dtype=np.int64)
         self.num_controls = np.array(num_controls, dtype=np.int64)
         self.num_obs = np.array([a.shape[0] for a in A], dtype=np.int64)
-        self.stride = np.array([a.shape[1] * S if m in pA else 0
+        self.stride = np.array([a.shape[1] * S if m in pA and scope == "per_agent" else 0
                                 for m, a in enumerate(self.A)], dtype=np.int64)
         # The agents' state.
         self.qs = np.ascontiguousarray(np.concatenate([np.tile(d, (n, 1)) for d in D], axis=1),
@@ -221,7 +230,7 @@ class CompiledPerAgent:
             _addr(self.utility_shared), _addr(self.lnE), _addr(self.policies_first),
             len(outcomes), len(self.entry_state), _addr(self.outcome_start),
             _addr(self.entry_state), _addr(self.entry_shared), _addr(self._ptrs["entry_index"]),
-            0)
+            0, int(scope == "shared"))
         self._state = _State(*(_addr(a) for a in (self._obs, self._start, self.qs, self.action,
                                                   self.has_action, self.G, self.q_pi)))
         self._tick, self._scratch = _kernel(self._model, baseline_only)

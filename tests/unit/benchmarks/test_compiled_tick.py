@@ -1,8 +1,9 @@
-"""The compiled per-agent tick (benchmarks/prototypes/compiled_tick.c, issue 45's design change
-measured) does the per-agent group's work: the same posteriors, expected free energies, policy
+"""The compiled learning tick (benchmarks/prototypes/compiled_tick.c, issue 45's design change
+measured) does the group's work: the same posteriors, expected free energies, policy
 posteriors, counts, learned tables and summed experience as ``AifAgentGroup`` learning per
-agent (pymdp 0.0.7.1's maths), up to rounding, tick after tick, episode starts included; its
-actions optimal under the group's posterior. Its rate in ``bench_learning_peers.py`` is only
+agent, or with shared counts refreshed every tick (float64; pymdp 0.0.7.1's maths), up to
+rounding, tick after tick, episode starts included; its actions optimal under the group's
+posterior. Its rate in ``bench_learning_peers.py`` is only
 worth quoting while this holds.
 
 Needs a C compiler (``cc``; ``apt-get install gcc``): scripts/test installs one.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +24,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_learning_peers import write_workload  # noqa: E402
 from peers.learning import GAMMA, NUM_ITER, EdgeAgent, load  # noqa: E402
 from peers.world import ClosedLoopWorld, load_workload  # noqa: E402
-from prototypes.compiled_tick import CompiledPerAgent  # noqa: E402
+from prototypes.compiled_tick import CompiledTick  # noqa: E402
+
+from edge_agent.aif.learning import LearningSettings, LearningSpec  # noqa: E402
+from edge_agent.aif.model import GenerativeModel  # noqa: E402
+from edge_agent.core.agents import AifAgentGroup  # noqa: E402
 
 TOL = 1e-9
 
@@ -31,23 +37,41 @@ def _marginals(q_pi: np.ndarray, policies_first: np.ndarray, controls: int) -> n
     return q_pi @ np.eye(controls)[policies_first]
 
 
+def _group(w: dict[str, Any], n: int, scope: str) -> EdgeAgent:
+    """The bench's edge-agent side learning ``scope``, float64 whatever the scope (the bench's
+    shared rows are int8; the prototype's arithmetic is float64)."""
+    side = EdgeAgent(w, n, 1, "per_agent")
+    if scope == "shared":
+        spec = LearningSpec(pA={w["m"]: w["p"]}, refresh_every=1,
+                            settings=LearningSettings(lr_pA=1.0, scope="shared"))
+        side.group = AifAgentGroup(GenerativeModel.from_arrays(w["A"], w["B"], w["C"], w["D"]),
+                                   n, settings=side.group.settings, precision="float64",
+                                   learning=spec)
+    return side
+
+
 # The kernel steps agents in blocks of 8: 40 fills five, 13 leaves a partial one, 1 only that;
 # its baseline version too, which an x86-64 CPU with AVX2 would not otherwise run.
-@pytest.mark.parametrize(("world", "index", "n", "baseline_only"), [
-    ("tmaze", 1, 40, False), ("tmaze", 2, 40, False), ("grid10", 0, 40, False),
-    ("tmaze", 1, 13, False), ("tmaze", 2, 1, False), ("grid10", 0, 13, False),
-    ("tmaze", 1, 13, True), ("grid10", 0, 13, True)])
-def test_the_compiled_tick_is_the_per_agent_group_up_to_rounding(
-    world: str, index: int, n: int, baseline_only: bool, tmp_path: Path
+@pytest.mark.parametrize("case", [
+    ("tmaze", 1, 40, False, "per_agent"), ("tmaze", 2, 40, False, "per_agent"),
+    ("grid10", 0, 40, False, "per_agent"), ("tmaze", 1, 13, False, "per_agent"),
+    ("tmaze", 2, 1, False, "per_agent"), ("grid10", 0, 13, False, "per_agent"),
+    ("tmaze", 1, 13, True, "per_agent"), ("grid10", 0, 13, True, "per_agent"),
+    ("tmaze", 1, 40, False, "shared"), ("tmaze", 2, 13, False, "shared"),
+    ("grid10", 0, 13, False, "shared"), ("tmaze", 1, 1, True, "shared")])
+def test_the_compiled_tick_is_the_group_up_to_rounding(
+    case: tuple[str, int, int, bool, str], tmp_path: Path
 ) -> None:
+    world, index, n, baseline_only, scope = case
     ticks = 60
     path = tmp_path / f"{world}.npz"
     write_workload(world, "A", index, n, path)
     w = load(str(path))
-    group_side = EdgeAgent(w, n, 1, "per_agent")
+    group_side = _group(w, n, scope)
     group = group_side.group
-    proto = CompiledPerAgent(w["A"], w["B"], w["C"], w["D"], {w["m"]: w["p"]}, n=n,
-                             gamma=GAMMA, num_iter=NUM_ITER, baseline_only=baseline_only)
+    proto = CompiledTick(w["A"], w["B"], w["C"], w["D"], {w["m"]: w["p"]}, n=n,
+                         gamma=GAMMA, num_iter=NUM_ITER, baseline_only=baseline_only,
+                         scope=scope)
     counts = group.learning.learner.counts[0]  # type: ignore[union-attr]
     # The world is stepped by the group's actions, episode starts included (the prototype's
     # actions are checked, then replaced by the group's: a tie may be broken either way).
@@ -67,6 +91,8 @@ def test_the_compiled_tick_is_the_per_agent_group_up_to_rounding(
         np.testing.assert_allclose(learned, counts.counts[0].reshape(learned.shape), rtol=0,
                                    atol=TOL)
         table = group._health_likelihood(np.arange(n))[w["m"]]
+        if scope == "shared":
+            table = np.asarray(table)[None]
         np.testing.assert_allclose(proto.A[w["m"]], table.reshape(proto.A[w["m"]].shape),
                                    rtol=0, atol=TOL)
         seen = proto.experience[w["m"]]
@@ -86,5 +112,5 @@ def test_the_prototype_refuses_a_model_above_its_limits() -> None:
     states = 200  # a joint state above the kernel's stack arrays
     A = [np.full((2, states), 0.5)]
     with pytest.raises(ValueError, match="joint 200 above the prototype's limit 128"):
-        CompiledPerAgent(A, [np.eye(states)[:, :, None]], [np.zeros(2)],
-                         [np.full(states, 1.0 / states)], {0: A[0] * 2}, n=2)
+        CompiledTick(A, [np.eye(states)[:, :, None]], [np.zeros(2)],
+                     [np.full(states, 1.0 / states)], {0: A[0] * 2}, n=2)
