@@ -293,6 +293,7 @@ LEARNING_EDGE = (
 TF_PYTHON = "PYTHONPATH=.:tools .cache/tf-venv/bin/python"
 #: The compiled per-agent tick (benchmarks/prototypes), a measured prototype of issue 45.
 PROTOTYPE = "edge-agent compiled prototype per-agent"
+PROTOTYPE_SHARED = "edge-agent compiled prototype shared refresh 1"
 
 
 #: The like-for-like ratio of the learning tables: edge-agent's per-agent group over pymdp 1.0.4.
@@ -668,7 +669,10 @@ TABLES: tuple[Table, ...] = (
             "**shared** counts (int8, every agent teaches one set of counts: a scope the peers do "
             "not have, so these ratios are not like for like), its tables refreshed every tick "
             "(the peers' cadence) and every 100 ticks; the peers as above (per-agent counts, "
-            "every tick)."
+            "every tick). On the T-maze also issue 45's design change measured: the shared "
+            "scope's tick refreshed every tick as one compiled pass over the agents (float64, "
+            "`benchmarks/prototypes/compiled_tick.c`, not part of the package; equal to a "
+            "float64 shared group up to rounding, `tests/unit/benchmarks/test_compiled_tick.py`)."
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
@@ -689,6 +693,10 @@ TABLES: tuple[Table, ...] = (
             Column("/ best peer (shared, every 100 vs per-agent, every tick)",
                    over_best(("edge-agent int8 refresh 100", "steps_per_s"), PEERS), ".2f",
                    suffix="x"),
+            Column("compiled prototype, float64 shared, refresh every tick", "steps_per_s",
+                   ",.0f", of=PROTOTYPE_SHARED),
+            Column("/ pymdp 1.0.4", ratio((PROTOTYPE_SHARED, "steps_per_s"),
+                                          ("pymdp 1.0.4", "steps_per_s")), ".2f", suffix="x"),
         ),
     ),
     Table(
