@@ -301,6 +301,10 @@ PER_AGENT_VS_PYMDP_104 = ratio(("edge-agent float64 per-agent", "steps_per_s"),
                                ("pymdp 1.0.4", "steps_per_s"))
 
 
+#: The compiled tick's (benchmarks/prototypes) per-agent rate over pymdp 1.0.4's.
+PROTOTYPE_VS_PYMDP_104 = ratio((PROTOTYPE, "steps_per_s"), ("pymdp 1.0.4", "steps_per_s"))
+
+
 def per_agent_peer_columns(label: str) -> tuple[Column, ...]:
     """The per-agent learning rows' columns the open and the closed loop share: the ratio
     (headed ``per-agent / pymdp 1.0.4 (label)``), each side's rate, learning on / off."""
@@ -637,9 +641,7 @@ TABLES: tuple[Table, ...] = (
         columns=(
             Column("loop", "loop"),
             Column("agents", "n", ",d"),
-            Column("compiled / pymdp 1.0.4", ratio((PROTOTYPE, "steps_per_s"),
-                                                   ("pymdp 1.0.4", "steps_per_s")),
-                   ".2f", suffix="x"),
+            Column("compiled / pymdp 1.0.4", PROTOTYPE_VS_PYMDP_104, ".2f", suffix="x"),
             Column("edge-agent compiled per-agent", "steps_per_s", ",.0f", of=PROTOTYPE),
             Column("edge-agent numpy per-agent", "steps_per_s", ",.0f",
                    of="edge-agent float64 per-agent"),
@@ -654,9 +656,7 @@ TABLES: tuple[Table, ...] = (
                 "Learning against pymdp 1.0.4, like for like, the per-agent tick compiled "
                 "(measured prototype, not the package), T-maze learning `pA`, 1,000 agents, "
                 "closed loop",
-                lambda r: (None if (v := ratio((PROTOTYPE, "steps_per_s"),
-                                               ("pymdp 1.0.4", "steps_per_s"))(r)) is None
-                           else f"{v:.2f}x"),
+                lambda r: f"{PROTOTYPE_VS_PYMDP_104(r):.2f}x",
                 {"loop": "closed", "n": 1000},
             ),
         ),
