@@ -58,7 +58,8 @@ def _group(w: dict[str, Any], n: int, scope: str) -> EdgeAgent:
     ("tmaze", 2, 1, False, "per_agent"), ("grid10", 0, 13, False, "per_agent"),
     ("tmaze", 1, 13, True, "per_agent"), ("grid10", 0, 13, True, "per_agent"),
     ("tmaze", 1, 40, False, "shared"), ("tmaze", 2, 13, False, "shared"),
-    ("grid10", 0, 13, False, "shared"), ("tmaze", 1, 1, True, "shared")])
+    ("grid10", 0, 13, False, "shared"), ("tmaze", 1, 1, True, "shared")],
+    ids=lambda c: f"{c[0]}-A{c[1]}-n{c[2]}-{c[4]}{'-baseline' if c[3] else ''}")
 def test_the_compiled_tick_is_the_group_up_to_rounding(
     case: tuple[str, int, int, bool, str], tmp_path: Path
 ) -> None:
