@@ -124,6 +124,22 @@ def vm_hwm_mb(pid: int) -> float:
     return 0.0
 
 
+def start_hub(config: Path) -> subprocess.Popen[bytes]:
+    """``edge-agent-hub run`` on ``config``, its log in ``hub.log`` beside it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_agent_host.hub", "run", "--config", str(config)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=open(config.parent / "hub.log", "wb"),
+    )
+
+
+def stop_hub(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then wait for the hub's clean exit."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+
+
 class Hub:
     def __init__(self, root: Path, port: int, key: Path, name: str) -> None:
         self.dir = root / name
@@ -154,12 +170,7 @@ listen = "127.0.0.1"
 port = {free_port()}
 """
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent_host.hub", "run", "--config", str(self.config)],
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "hub.log", "wb"),  # noqa: SIM115 - lives with the process
-        )
+        self.proc = start_hub(self.config)
         self.db_path = self.dir / "state" / "hub.sqlite3"
 
     def registry(self) -> tuple[int, int]:
@@ -194,8 +205,7 @@ port = {free_port()}
         return json.loads(done.stdout)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(120)
+        stop_hub(self.proc)
 
     def url(self) -> str:
         status = json.loads((self.dir / "state" / "status.json").read_text())

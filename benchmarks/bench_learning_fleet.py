@@ -75,7 +75,13 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import paho.mqtt.client as paho  # noqa: E402
-from bench_hub_scale import launch_simulators, vm_hwm_mb  # noqa: E402
+from bench_hub_scale import (  # noqa: E402
+    FLEET,
+    launch_simulators,
+    start_hub,
+    stop_hub,
+    vm_hwm_mb,
+)
 from bench_learning_merge import LINE, line_bundle  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
@@ -90,8 +96,6 @@ from edge_agent_host.keys import generate_keypair  # noqa: E402
 from tests.support.broker import MosquittoBroker  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 
-FLEET = "scale"
-ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tools'}"}
 OWNER = "bench"
 AGENTS, TICKS = 10, 10  # a report: 100 agent-ticks, as bench_learning_merge's default
 
@@ -170,16 +174,10 @@ lines = ["{LINE}"]
 enabled = false
 """
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent_host.hub", "run", "--config", str(self.config)],
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "hub.log", "wb"),  # noqa: SIM115 - lives with the process
-        )
+        self.proc = start_hub(self.config)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(120)
+        stop_hub(self.proc)
 
 
 class Fleet:

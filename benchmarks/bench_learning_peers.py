@@ -100,6 +100,13 @@ PER_AGENT = "edge-agent float64 per-agent"
 PROTOTYPE = "edge-agent compiled prototype per-agent"
 PROTOTYPE_SHARED = "edge-agent compiled prototype shared refresh 1"
 LEARNING_OFF = "edge-agent float64 learning off"
+#: The ratios a row states: (the other row, the field its rate over the other's goes to).
+RATIOS: dict[str, tuple[tuple[str, str], ...]] = {
+    PER_AGENT: ((bench_peers.PYMDP_104, "vs_pymdp_104"), (LEARNING_OFF, "vs_learning_off")),
+    PROTOTYPE: ((bench_peers.PYMDP_104, "vs_pymdp_104"), (PER_AGENT, "vs_per_agent")),
+    PROTOTYPE_SHARED: ((bench_peers.PYMDP_104, "vs_pymdp_104"),
+                       (EDGE[0][0], "vs_int8_refresh_1")),
+}
 #: The per-agent group (float64, each agent's own tables) runs up to this many agents.
 PER_AGENT_MAX = 1000
 
@@ -209,20 +216,10 @@ def print_rows(world: str, learned: str, n: int, closed_loop: bool,
             out["achieved_ticks"] = ticks
         if best_peer and "steps_per_s" in rec and name.startswith("edge"):
             out["vs_best_peer"] = round(rec["steps_per_s"] / best_peer, 2)
-        if name == PROTOTYPE_SHARED and "steps_per_s" in rec:
-            for other, field in ((bench_peers.PYMDP_104, "vs_pymdp_104"),
-                                 ("edge-agent int8 refresh 1", "vs_int8_refresh_1")):
-                rate = by_name.get(other, {}).get("steps_per_s")
-                if rate:
-                    out[field] = round(rec["steps_per_s"] / rate, 2)
-        if name in (PER_AGENT, PROTOTYPE) and "steps_per_s" in rec:
-            others = ((bench_peers.PYMDP_104, "vs_pymdp_104"),
-                      (LEARNING_OFF, "vs_learning_off") if name == PER_AGENT
-                      else (PER_AGENT, "vs_per_agent"))
-            for other, field in others:
-                rate = by_name.get(other, {}).get("steps_per_s")
-                if rate:
-                    out[field] = round(rec["steps_per_s"] / rate, 2)
+        for other, field in RATIOS.get(name, ()) if "steps_per_s" in rec else ():
+            rate = by_name.get(other, {}).get("steps_per_s")
+            if rate:
+                out[field] = round(rec["steps_per_s"] / rate, 2)
         print(json.dumps(out), flush=True)
 
 

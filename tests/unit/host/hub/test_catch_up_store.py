@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,17 @@ def look(db: HubDatabase) -> dict[str, Any]:
 
 def started(out: dict[str, Any]) -> list[tuple[str, str]]:
     return [(s["node"], s["group"]) for s in out["started"]]
+
+
+def opener(path: Path) -> Callable[[], HubDatabase]:
+    """What a policy opens its own connections with: the SQLite hub database at ``path``."""
+
+    def open_db() -> HubDatabase:
+        db = HubDatabase(SqliteEngine(path))
+        db.open()
+        return db
+
+    return open_db
 
 
 def end(db: HubDatabase, rollout_id: str, state: RolloutState) -> None:
@@ -291,11 +302,7 @@ def test_a_look_catches_up_before_it_starts_a_rounds_rollout(tmp_path: Path) -> 
     finally:
         db.close()
 
-    def open_db() -> HubDatabase:
-        d = HubDatabase(SqliteEngine(path))
-        d.open()
-        return d
-
+    open_db = opener(path)
     section = LearningSection(min_experience=1, gate_rollouts=GATE.rollouts,
                               gate_steps=GATE.steps, publish=True,
                               rollout=["--group", "grid", "--waves", "100%"])  # fmt: skip
@@ -340,11 +347,7 @@ def test_the_learning_policy_catches_up_unless_switched_off(
     finally:
         db.close()
 
-    def open_db() -> HubDatabase:
-        d = HubDatabase(SqliteEngine(path))
-        d.open()
-        return d
-
+    open_db = opener(path)
     section = LearningSection(min_experience=10**9, catch_up=switch)
     policy = LearningPolicy(section, open_db, key, signer="t", owner="t",
                             silent_after_s=SILENT_AFTER_S)
