@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "compiled_tick.c"
+SOURCE = HERE.parents[1] / "edge_agent" / "aif" / "kernels" / "native" / "tick.c"
 REPO = HERE.parents[1]
-VMATH_SOURCE = HERE / "compiled_tick_vmath.c"
+VMATH_SOURCE = SOURCE.with_name("tick_vmath.c")
 #: The flags the kernel is compiled with (no fast-math: pymdp's results up to rounding; no
 #: -march: the baseline instruction set a package would ship; compiled_tick.c says why -O3).
 CFLAGS = ("-O3", "-fPIC", "-std=c11")

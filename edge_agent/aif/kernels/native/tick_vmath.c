@@ -1,4 +1,4 @@
-/* The compiled tick's logs and exps over flat arrays (compiled_tick.c calls them on a block's
+/* The compiled tick's logs and exps over flat arrays (tick.c calls them on a block's
  * values, agent index innermost). This translation unit alone is compiled with -ffast-math
  * (compiled_tick.py: VMATH_CFLAGS): it makes <math.h> declare glibc's vector variants
  * (libmvec, e.g. _ZGVbN2v_log on x86-64; glibc >= 2.38 also on aarch64) and lets gcc call them,
@@ -11,7 +11,7 @@
 #include <math.h>
 #include <stdint.h>
 
-/* As compiled_tick.c: a baseline and (x86-64) an x86-64-v3 version, chosen at load time. */
+/* As tick.c: a baseline and (x86-64) an x86-64-v3 version, chosen at load time. */
 #if defined(__x86_64__) && !defined(TICK_BASELINE_ONLY) && (defined(__GNUC__) || defined(__clang__))
 #define TARGETS __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else

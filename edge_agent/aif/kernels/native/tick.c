@@ -22,7 +22,7 @@
  * written back. What stays per agent, scalar: gathering the prior (each agent its own action)
  * and likelihood, the learning of each agent's own counts (row-major, as stored) and writing
  * the results back. The logs and exps are batched over flat arrays of a block's values
- * and done in compiled_tick_vmath.c, the one unit compiled with -ffast-math, where gcc calls
+ * and done in tick_vmath.c, the one unit compiled with -ffast-math, where gcc calls
  * glibc's vector log/exp (libmvec, within 4 ulp); this unit keeps IEEE arithmetic.
  *
  * Flags (compiled_tick.py): -O3 (gcc 12's -O2 vectorises with its "very cheap" cost model and
@@ -129,7 +129,7 @@ typedef double lane[BLK];
 #define TARGETS
 #endif
 
-/* compiled_tick_vmath.c (compiled with -ffast-math: glibc's vector log and exp). */
+/* tick_vmath.c (compiled with -ffast-math: glibc's vector log and exp). */
 void tick_log_inplace(double *x, int64_t n, double add);
 void tick_log(const double *restrict x, double *restrict y, int64_t n, double add);
 void tick_exp_inplace(double *x, int64_t n);
