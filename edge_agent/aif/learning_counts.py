@@ -311,6 +311,14 @@ class DirichletCounts:
         self.touched_by_agent[slot][agents, action] = True
         self.version += 1
 
+    def added_in_place(self, n_agents: int) -> None:
+        """A compiled pass did :meth:`add_rows` of every table for ``n_agents`` agents, in
+        place (counts and experience, forgetting 0): count the updates and agent-ticks as
+        :meth:`add_rows` and :meth:`note_agent_ticks` do. The touched columns are not kept: the
+        pass leaves the tables following the counts (:meth:`mark_refreshed` clears them)."""
+        self.note_agent_ticks(n_agents)
+        self.version += len(self.tables)
+
     def _forget(self, slot: int, forgetting: float, agents: np.ndarray | None = None) -> None:
         """Decay table ``slot`` toward its prior (per agent: the rows of ``agents``, all by
         default); the columns that still differ from it change, so they count as touched (an

@@ -175,8 +175,7 @@ class AifAgentGroup:
             floats = model.dequantize() if isinstance(model, QuantizedModel) else model
             self.learning = group_learning(
                 learning, floats, self._quantized, cm,
-                n_agents=n_agents, name=name, dtype=self.dtype, gamma=self.settings.gamma,
-                info_gain=self.settings.use_states_info_gain,
+                n_agents=n_agents, name=name, dtype=self.dtype, settings=self.settings,
                 trial_ends_at_reset=trial_ends_at_reset,
             )
         #: Agents with their own tables step through them (per-agent learning), else None.
@@ -740,23 +739,31 @@ class AifAgentGroup:
         agents seek novelty, or each agent has its own tables), in pymdp's order: every agent
         infers its states, learns (the tables are refreshed), then plans and acts with the
         current tables."""
-        state, learning = self.state, self.learning
+        state, learning, stepping = self.state, self.learning, self._stepping
         assert learning is not None
-        if self._stepping is not None:
-            self._stepping.infer_states(state, o, self.stepper)
-        else:
-            stepper = self.stepper
-            for rows in stepper.blocks(state):
-                stepper.infer(rows, o, None, roots=False)
-        learning.observe(o, state.prior)
         health = self.health
-        if health is not None:
-            health.before(o, state.prior)  # inference made the tick's prior
-        self._install(
-            learning.after_inference(o, state.qs, self.cm, state.action, state.has_action)
-        )
-        self.infer_policies()  # with the parameter information gain if the group seeks it
-        self.sample_action()
+        if stepping is not None and stepping.step_tick(
+            state, o, self.stepper, learn=not learning.frozen
+        ):  # one pass: inferred, learned, the tables following, planned and acted
+            learning.observe(o, state.prior, stepping.outcome_probabilities)
+            if health is not None:
+                health.before(o, state.prior)
+            learning.learned_in_pass(len(o))
+        else:
+            if stepping is not None:
+                stepping.infer_states(state, o, self.stepper)
+            else:
+                stepper = self.stepper
+                for rows in stepper.blocks(state):
+                    stepper.infer(rows, o, None, roots=False)
+            learning.observe(o, state.prior)
+            if health is not None:
+                health.before(o, state.prior)  # inference made the tick's prior
+            self._install(
+                learning.after_inference(o, state.qs, self.cm, state.action, state.has_action)
+            )
+            self.infer_policies()  # with the parameter information gain if the group seeks it
+            self.sample_action()
         history = self.recorder
         if record and history is not None:
             for rows in self.stepper.blocks(state):

@@ -64,7 +64,7 @@ from edge_agent.aif.learning_storage import counts_arrays, rows_arrays, saved_co
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.core.group_blocks import IntArray
-from edge_agent.core.surprise import SampledSurprise
+from edge_agent.core.surprise import OutcomeProbabilities, SampledSurprise
 from edge_agent.errors import InputError
 
 if TYPE_CHECKING:
@@ -143,6 +143,12 @@ class LearnedTables(Protocol):
         """The stepping of agents with their own tables (None: the group's shared kernels)."""
         ...
 
+    @property
+    def stepping_name(self) -> str:
+        """What steps the agents: ``"native"`` (one compiled pass per tick), ``"numpy"``, and
+        for a scope that could step natively but does not, why (``"numpy: <reason>"``)."""
+        ...
+
 
 class AgentStepping(Protocol):
     """How agents with their own tables infer, plan and act (per-agent learning): in place in the
@@ -153,6 +159,23 @@ class AgentStepping(Protocol):
     def infer_policies(self, state: AgentState, stepper: BlockStepper) -> None: ...
 
     def sample_action(self, state: AgentState, stepper: BlockStepper) -> None: ...
+
+    def step_tick(
+        self, state: AgentState, obs: IntArray, stepper: BlockStepper, *, learn: bool
+    ) -> bool:
+        """The whole learning tick in one pass, if this stepping has one: the prior (into
+        ``state.prior``), the posteriors, the counts' update (``learn``) and the tables
+        following them, ``G``, ``q_pi`` and the actions; the caller then keeps the rest
+        (:meth:`GroupLearning.learned_in_pass`). False: nothing done, the caller steps the
+        tick in stages."""
+        ...
+
+    def outcome_probabilities(
+        self, obs: IntArray, rows: IntArray, joint: np.ndarray
+    ) -> np.ndarray:
+        """The surprise's ``p(o_m)`` of the agents ``rows`` (an
+        :data:`~edge_agent.core.surprise.OutcomeProbabilities`) of the tick stepped last."""
+        ...
 
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
         """Each modality's ``A`` of the agents ``rows``: ``(r, O_m, S)`` where each learns its
@@ -340,10 +363,29 @@ class GroupLearning:
         self._stay = (key, found)
         return found
 
-    def observe(self, obs: IntArray, prior: Sequence[np.ndarray]) -> None:
+    def observe(
+        self, obs: IntArray, prior: Sequence[np.ndarray],
+        p_obs: OutcomeProbabilities | None = None,
+    ) -> None:
         """This tick's outcomes ``obs (N, M)`` and the prior ``prior[f] (N, S_f)`` the agents'
-        inference starts from: the surprise."""
-        self.surprise.note(obs, prior, self.scope.outcome_probabilities)
+        inference starts from: the surprise (``p_obs``: who gives ``p(o)``, by default the
+        scope's tables as they are)."""
+        self.surprise.note(obs, prior, p_obs or self.scope.outcome_probabilities)
+
+    def learned_in_pass(self, n_agents: int) -> None:
+        """A stepping's one pass (:meth:`AgentStepping.step_tick`) learned this tick: each
+        agent's ``pA`` counts gained their update, with the experience, and its tables
+        follow them. Keep what an update and a refresh keep besides: the versions and
+        agent-ticks of the counts, their masks the counts' support from the first refresh
+        on, the refreshes. Nothing while frozen (the pass did not learn)."""
+        if self.frozen:
+            return
+        learner = self._learner
+        assert learner.pA is not None  # the pass learns pA alone (native_pass)
+        learner.pA.added_in_place(n_agents)
+        learner.pA.mark_refreshed()
+        self._since_refresh = 0
+        self.refreshes += 1
 
     def keep_action(self, action: np.ndarray, has_action: np.ndarray) -> None:
         """Last tick's action and whether each agent acted, kept before a step replaces them:
@@ -597,6 +639,7 @@ class GroupLearning:
         ``snapshot``), whether they are frozen, refreshes and the numbers of :meth:`numbers`."""
         return {
             "scope": self.scope.name,
+            "stepping": self.scope.stepping_name,
             "tables": [f"p{c.kind}{i}" for c in self.learner.counts for i in c.tables],
             "counts_from": self.counts_origin,
             "frozen": self.frozen,

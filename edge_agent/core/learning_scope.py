@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from edge_agent.aif.learning import LearningSpec
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.aif.quant import QuantizedModel
+    from edge_agent.aif.settings import AifSettings
 
 __all__ = ["group_learning"]
 
@@ -34,15 +35,15 @@ def group_learning(
     n_agents: int,
     name: str,
     dtype: np.dtype,
-    gamma: float,
-    info_gain: bool,
+    settings: AifSettings,
     trial_ends_at_reset: bool = False,
 ) -> GroupLearning:
     """The learning of a group of ``n_agents`` on ``model`` (float, as loaded; ``quantized``:
     the int8 codes an int8 group steps with, else None; ``cm``: the compiled tables) that learns
-    ``spec``, with the tables of ``spec.settings.scope``. ``dtype``, ``gamma``, ``info_gain``:
-    the group's compute dtype and settings. InputError names the group for counts the model
-    cannot take."""
+    ``spec``, with the tables of ``spec.settings.scope`` (per agent: stepped in one compiled
+    pass per tick where it can, :func:`~edge_agent.core.native_pass.native_pass`). ``dtype``,
+    ``settings``: the group's compute dtype and settings. InputError names the group for
+    counts the model cannot take."""
     floats = model
     try:
         learner = Learner(
@@ -59,9 +60,16 @@ def group_learning(
         raise InputError(f"group {name!r}: {err}") from err
     scope: LearnedTables
     if spec.settings.scope == "per_agent":
+        from edge_agent.core.native_pass import native_pass  # noqa: PLC0415
         from edge_agent.core.per_agent_learning import AgentTables  # noqa: PLC0415
 
-        scope = AgentTables(floats, learner, n_agents, info_gain=info_gain)
+        tables = AgentTables(floats, learner, n_agents, info_gain=settings.use_states_info_gain)
+        found = native_pass(tables, learner, spec, cm=cm, settings=settings, n_agents=n_agents)
+        if isinstance(found, str):
+            tables.native_reason = found
+        else:
+            tables.native = found
+        scope = tables
     else:
         from edge_agent.core.shared_learning import SharedTables  # noqa: PLC0415
 
@@ -75,6 +83,6 @@ def group_learning(
         dtype=dtype,
         policies=cm.tree.policies,
         lnE=cm.lnE,
-        gamma=gamma,
+        gamma=settings.gamma,
         trial_ends_at_reset=trial_ends_at_reset,
     )

@@ -24,6 +24,7 @@ from edge_agent.aif.sparse_transitions import SparseTransitions
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import IntArray
+from edge_agent.core.learning import AgentStepping
 
 __all__ = ["OUTCOME_CHUNK", "AgentTables"]
 
@@ -92,6 +93,11 @@ class AgentTables:
             per_agent.outcome_tables(self.tables["A"], self._possible)
             if info_gain and learner.pA is None else None
         )
+        #: The compiled pass that steps the agents' learning ticks over these tables
+        #: (:func:`~edge_agent.core.native_pass.native_pass`, set by the group's learning), or
+        #: None and why not.
+        self.native: AgentStepping | None = None
+        self.native_reason = "not tried"
 
     @property
     def model(self) -> GenerativeModel:
@@ -103,9 +109,22 @@ class AgentTables:
         """No int8 codes: the tables are float64."""
         return None
 
-    def stepping(self) -> AgentTables:
-        """These tables step the agents."""
-        return self
+    def stepping(self) -> AgentStepping:
+        """What steps the agents: the compiled pass over these tables (:attr:`native`), else
+        these tables' numpy stages."""
+        return self.native or self
+
+    @property
+    def stepping_name(self) -> str:
+        """``"native"``, or ``"numpy: <why not native>"``."""
+        return "native" if self.native is not None else f"numpy: {self.native_reason}"
+
+    def step_tick(
+        self, state: AgentState, obs: IntArray, stepper: BlockStepper, *, learn: bool
+    ) -> bool:
+        """No one-pass tick in numpy: the group steps these tables in stages."""
+        del state, obs, stepper, learn
+        return False
 
     def bytes_per_agent(self, learner: Learner) -> int:
         """Each agent's copy of the learned tables (a learned ``B`` on its support when it is

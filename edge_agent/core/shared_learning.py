@@ -80,6 +80,11 @@ class SharedTables:
         """The group's shared kernels step the agents."""
         return
 
+    @property
+    def stepping_name(self) -> str:
+        """The group's kernels step the agents, with this one model."""
+        return "numpy"
+
     def bytes_per_agent(self, learner: Learner) -> int:
         """Nothing per agent: one model for the group."""
         del learner

@@ -8,6 +8,7 @@ import pytest
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.policies import construct_policies
+from edge_agent.aif.settings import AifSettings
 from edge_agent.core.learning_scope import group_learning
 from edge_agent.core.per_agent_learning import AgentTables
 from edge_agent.core.shared_learning import SharedTables
@@ -24,7 +25,7 @@ def test_the_scope_picks_the_tables(scope: str, tables: type) -> None:
     spec = LearningSpec(pA={1: model.A[1] * 2.0 + 0.5},
                         settings=LearningSettings(scope=scope))  # type: ignore[arg-type]
     learning = group_learning(spec, model, None, cm, n_agents=3, name="g",
-                              dtype=np.dtype(np.float64), gamma=16.0, info_gain=True)
+                              dtype=np.dtype(np.float64), settings=AifSettings(gamma=16.0))
     assert isinstance(learning.scope, tables)
     assert learning.scope.name == scope
     assert learning.spec is spec
@@ -43,4 +44,4 @@ def test_counts_the_model_cannot_take_are_refused_naming_the_group() -> None:
     spec = LearningSpec(pA={7: np.ones((2, 2))})
     with pytest.raises(InputError, match=r"group 'maze': pA7: learning asked for modality 7"):
         group_learning(spec, model, None, cm, n_agents=2, name="maze",
-                       dtype=np.dtype(np.float64), gamma=16.0, info_gain=True)
+                       dtype=np.dtype(np.float64), settings=AifSettings(gamma=16.0))

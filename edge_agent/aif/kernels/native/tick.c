@@ -97,12 +97,18 @@ typedef struct {
      * following them every tick: every agent infers and adds to the counts, the table becomes
      * their expectation once, then every agent plans with it (the shared scope's tick). */
     int64_t shared_counts;
+    /* 0: the counts are not updated (learning frozen): the agents infer and plan with the
+     * tables as they are. */
+    int64_t learn;
 } tick_model;
 
 typedef struct {
-    const int16_t *obs;   /* (N, M) */
-    const uint8_t *start; /* (N): the agent's episode starts (its prior is D) */
-    double *qs;           /* (N, sum S_f) */
+    const int64_t *obs;   /* (N, M) */
+    const uint8_t *start; /* (N): the agent's episode starts (its prior is D); NULL: none */
+    double *const *qs;    /* (F): (N, S_f) each factor's posteriors */
+    double *const *prior; /* (F): (N, S_f) the tick's prior, written; NULL: not kept */
+    double *p_obs;        /* (N, M): p(o_m) under the prior and the tables before the tick's
+                           * update, written; NULL: not taken */
     int64_t *action;      /* (N, F) */
     uint8_t *has_action;  /* (N) */
     double *G;            /* (N, P) */
@@ -311,23 +317,26 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     /* prior (B[f][:, :, a_f] @ qs[f] after an action, else D[f]) and its log */
     for (int b = 0; b < BLK; b++) {
         const int64_t n = agent[b];
-        const double *qs = st->qs + n * width;
-        const int acted = st->has_action[n] && !st->start[n];
+        const int acted = st->has_action[n] && !(st->start != NULL && st->start[n]);
         for (int64_t f = 0; f < F; f++) {
             lane *lp = sc->log_prior + offset[f];
             const int64_t s_f = m->num_states[f];
             if (acted) {
+                const double *qs = st->qs[f] + n * s_f;
                 const sparse_b *bm = &m->B[f];
                 const int64_t u = st->action[n * F + f];
                 for (int64_t i = 0; i < s_f; i++) lp[i][b] = 0.0;
                 for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++)
-                    lp[bm->row[e]][b] += bm->value[e] * qs[offset[f] + bm->col[e]];
+                    lp[bm->row[e]][b] += bm->value[e] * qs[bm->col[e]];
             } else {
                 for (int64_t i = 0; i < s_f; i++) lp[i][b] = m->D[f][i];
             }
+            if (st->prior != NULL && b < count)
+                for (int64_t i = 0; i < s_f; i++) st->prior[f][n * s_f + i] = lp[i][b];
         }
-        /* the likelihood of the outcomes over the joint state */
-        const int16_t *obs = st->obs + n * M;
+        /* the likelihood of the outcomes over the joint state (and, asked for, each
+         * outcome's probability under the prior: the surprise's p(o_m), before learning) */
+        const int64_t *obs = st->obs + n * M;
         double lik[MAX_S];
         const double *a0 = m->A[0] + n * m->A_agent_stride[0] + obs[0] * S;
         for (int64_t s = 0; s < S; s++) lik[s] = a0[s];
@@ -336,6 +345,20 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             for (int64_t s = 0; s < S; s++) lik[s] *= ak[s];
         }
         for (int64_t s = 0; s < S; s++) sc->log_lik[s][b] = lik[s];
+    }
+    if (st->p_obs != NULL) {
+        lane *p[MAX_F];
+        for (int64_t f = 0; f < F; f++) p[f] = sc->log_prior + offset[f];  /* not yet logs */
+        joint_of(m, p, sc->joint);
+        for (int64_t b = 0; b < count; b++) {
+            const int64_t n = first + b;
+            for (int64_t k = 0; k < M; k++) {
+                const double *ak = m->A[k] + n * m->A_agent_stride[k] + st->obs[n * M + k] * S;
+                double total = 0.0;
+                for (int64_t s = 0; s < S; s++) total += ak[s] * sc->joint[s][b];
+                st->p_obs[n * M + k] = total;
+            }
+        }
     }
     tick_log_inplace(&sc->log_prior[0][0], width * BLK, EPS);
     tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
@@ -357,6 +380,11 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             double *counts = m->pA[k] + (m->shared_counts ? 0 : n * O * S);
             const uint8_t *mask = m->pA_mask[k] + o_seen * S;
             double total[MAX_S];
+            if (!m->learn) {  /* frozen: the block's lanes of the agent's table as it is */
+                const double *table = m->A[k] + n * m->A_agent_stride[k];
+                for (int64_t i = 0; i < O * S; i++) Ab[i][b] = table[i];
+                continue;
+            }
             if (b < count) {
                 double *row = counts + o_seen * S, *seen = m->experience[k] + o_seen * S;
                 for (int64_t s = 0; s < S; s++) {
@@ -387,7 +415,7 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
  * sc->cur and the block's lanes of the learned tables in sc->A, the planning tables, G, q_pi,
  * the actions, and everything written back. */
 INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
-                       int64_t count, const int64_t *offset, int64_t width) {
+                       int64_t count, const int64_t *offset) {
     const int64_t F = m->factors, M = m->modalities, P = m->policies, S = m->joint;
     const int64_t K = m->outcomes, E = m->entries;
     lane *q[MAX_F];
@@ -511,7 +539,9 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     /* write back */
     for (int64_t b = 0; b < count; b++) {
         const int64_t n = first + b;
-        for (int64_t i = 0; i < width; i++) st->qs[n * width + i] = sc->cur[i][b];
+        for (int64_t f = 0; f < F; f++)
+            for (int64_t i = 0; i < m->num_states[f]; i++)
+                st->qs[f][n * m->num_states[f] + i] = sc->cur[offset[f] + i][b];
         for (int64_t p = 0; p < P; p++) {
             st->G[n * P + p] = G[p][b];
             st->q_pi[n * P + p] = q_pi[p][b];
@@ -541,10 +571,12 @@ static void normalise_shared(const tick_model *m) {
 /* Shared counts, second pass: the block's posteriors back from st->qs into sc->cur (lanes past
  * count repeat agent first) and every learned table, the same for all, into sc->A's lanes. */
 INLINE void load_block(const tick_model *m, const tick_state *st, block_scratch *sc,
-                       int64_t first, int64_t count, int64_t width) {
+                       int64_t first, int64_t count, const int64_t *offset) {
     for (int b = 0; b < BLK; b++) {
-        const double *qs = st->qs + (first + (b < count ? b : 0)) * width;
-        for (int64_t i = 0; i < width; i++) sc->cur[i][b] = qs[i];
+        const int64_t n = first + (b < count ? b : 0);
+        for (int64_t f = 0; f < m->factors; f++)
+            for (int64_t i = 0; i < m->num_states[f]; i++)
+                sc->cur[offset[f] + i][b] = st->qs[f][n * m->num_states[f] + i];
     }
     for (int64_t k = 0; k < m->modalities; k++) {
         if (m->pA[k] == NULL) continue;
@@ -563,7 +595,7 @@ TARGETS void edge_tick(const tick_model *m, tick_state *st) {
         for (int64_t first = 0; first < m->n; first += BLK) {
             int64_t count = m->n - first < BLK ? m->n - first : BLK;
             infer_block(m, st, &sc, first, count, offset, width);
-            plan_block(m, st, &sc, first, count, offset, width);
+            plan_block(m, st, &sc, first, count, offset);
         }
         return;
     }
@@ -572,12 +604,14 @@ TARGETS void edge_tick(const tick_model *m, tick_state *st) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         infer_block(m, st, &sc, first, count, offset, width);
         for (int64_t b = 0; b < count; b++)
-            for (int64_t i = 0; i < width; i++) st->qs[(first + b) * width + i] = sc.cur[i][b];
+            for (int64_t f = 0; f < m->factors; f++)
+                for (int64_t i = 0; i < m->num_states[f]; i++)
+                    st->qs[f][(first + b) * m->num_states[f] + i] = sc.cur[offset[f] + i][b];
     }
-    normalise_shared(m);
+    if (m->learn) normalise_shared(m);
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        load_block(m, st, &sc, first, count, width);
-        plan_block(m, st, &sc, first, count, offset, width);
+        load_block(m, st, &sc, first, count, offset);
+        plan_block(m, st, &sc, first, count, offset);
     }
 }

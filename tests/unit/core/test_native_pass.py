@@ -1,0 +1,191 @@
+"""A per-agent group that learns ``pA`` steps its learning tick in one compiled pass
+(edge_agent/core/native_pass.py over edge_agent/aif/kernels/native/tick.c) with the numbers of
+the numpy stages: posteriors, priors, expected free energies, policy posteriors, counts, each
+agent's tables, experience, versions, agent-ticks, surprise and health equal up to rounding,
+tick after tick, through resets, a freeze, a forget and a snapshot restored; actions optimal
+under the numpy group's posterior; each agent as its own float64 reference agent (pymdp
+0.0.7.1's maths). A group the pass does not do says why and steps with numpy.
+
+The library is the package's own (built by ``pip install -e .``, which scripts/test runs with a
+C compiler present): its absence fails here, saying how to get it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.kernels import native
+from edge_agent.aif.learning import LearningSettings, LearningSpec
+from edge_agent.aif.reference_learning import LearningReferenceAgent
+from edge_agent.aif.settings import AifSettings
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.native_pass import NATIVE_ENV
+from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
+
+TOL = {"rtol": 0.0, "atol": 1e-9}
+MODALITY = 1
+
+
+def _prior() -> dict[int, np.ndarray]:
+    model = tmaze_reversal_model()
+    # Counts wherever the cue could be (0.5 where the model has 0): the mask of the updates is
+    # the model's support until the first refresh, the counts' from then on.
+    return {MODALITY: model.A[MODALITY] * 2.0 + 0.5}
+
+
+def _group(n: int, *, native_tick: bool, monkeypatch: pytest.MonkeyPatch, lr: float = 0.7,
+           **kwargs: Any) -> AifAgentGroup:
+    monkeypatch.setenv(NATIVE_ENV, "1" if native_tick else "0")
+    spec = LearningSpec(pA=_prior(), settings=LearningSettings(scope="per_agent", lr_pA=lr))
+    group = AifAgentGroup(tmaze_reversal_model(), n, learning=spec, precision="float64",
+                          **kwargs)
+    monkeypatch.delenv(NATIVE_ENV)
+    return group
+
+
+def _stepping(group: AifAgentGroup) -> str:
+    learning = group.learning
+    assert learning is not None
+    return str(learning.describe()["stepping"])
+
+
+def test_the_package_carries_the_compiled_tick() -> None:
+    assert native.unavailable() is None, native.unavailable()
+
+
+def _assert_same(mine: AifAgentGroup, theirs: AifAgentGroup, *, since_start: bool = True) -> None:
+    """``since_start`` False: ``mine`` was restored from a snapshot of ``theirs``, and counts
+    its experience (what it has to report) and its refreshes from then on."""
+    for name in ("qs", "prior"):
+        for a, b in zip(getattr(mine.state, name), getattr(theirs.state, name), strict=True):
+            np.testing.assert_allclose(a, b, **TOL)
+    np.testing.assert_allclose(mine.state.G, theirs.state.G, **TOL)
+    np.testing.assert_allclose(mine.state.q_pi, theirs.state.q_pi, **TOL)
+    rows = np.arange(mine.n_agents)
+    np.testing.assert_allclose(mine._health_likelihood(rows)[MODALITY],
+                               theirs._health_likelihood(rows)[MODALITY], **TOL)
+    a, b = mine.learner.pA, theirs.learner.pA
+    assert a is not None
+    assert b is not None
+    np.testing.assert_allclose(a.counts[0], b.counts[0], **TOL)
+    np.testing.assert_array_equal(a.mask[0], b.mask[0])
+    if not since_start:
+        return
+    np.testing.assert_allclose(a.experience[0], b.experience[0], rtol=0, atol=1e-9 * len(rows))
+    assert (a.version, a.reset_at, list(a.agent_ticks)) == (b.version, b.reset_at,
+                                                            list(b.agent_ticks))
+    assert mine.refreshes == theirs.refreshes
+    assert mine.learning_state() == theirs.learning_state()
+    ours, others = mine._learning().numbers(), theirs._learning().numbers()
+    assert ours.keys() == others.keys()
+    for key, value in ours.items():
+        assert value == pytest.approx(others[key], rel=1e-9, abs=1e-9), key
+
+
+def _optimal(actions: np.ndarray, group: AifAgentGroup) -> None:
+    """Each agent's action is a maximum of its marginal under ``group``'s posterior."""
+    policies = group.cm.tree.policies[:, 0, :]
+    for f, u in enumerate(group.cm.num_controls):
+        marginal = group.state.q_pi @ np.eye(u)[policies[:, f]]
+        chosen = marginal[np.arange(len(actions)), actions[:, f]]
+        assert np.all(chosen >= marginal.max(axis=1) - 1e-9)
+
+
+# 1 agent; 13: a partial block of the pass's 8; 40: five whole ones.
+@pytest.mark.parametrize("n", [1, 13, 40])
+def test_the_pass_is_the_numpy_stages_up_to_rounding(
+    n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = _group(n, native_tick=True, monkeypatch=monkeypatch)
+    theirs = _group(n, native_tick=False, monkeypatch=monkeypatch)
+    assert _stepping(mine) == "native"
+    assert _stepping(theirs) == f"numpy: {NATIVE_ENV}=0"
+    rng = np.random.default_rng(n)
+    num_obs = mine.cm.num_obs
+    for t in range(48):
+        obs = np.stack([rng.integers(0, o, size=n) for o in num_obs], axis=1)
+        actions = mine.step(obs).copy()
+        theirs.step(obs)
+        _optimal(actions, theirs)
+        mine.set_action(theirs.action)  # a tie may be broken either way: go on together
+        _assert_same(mine, theirs)
+        if t % 7 == 3:  # some agents' episodes start again: their prior is D
+            who = rng.random(n) < 0.4
+            mine.reset(who)
+            theirs.reset(who)
+        if t == 20:  # frozen: the pass infers and plans with the tables, learns nothing
+            assert mine.freeze_learning()
+            assert theirs.freeze_learning()
+        if t == 26:
+            assert mine.resume_learning()
+            assert theirs.resume_learning()
+        if t == 32:  # forgotten: the counts their prior, the tables the model's again
+            mine.reset_learning()
+            theirs.reset_learning()
+        ours, others = mine.health_summary(), theirs.health_summary()
+        assert ours is not None
+        assert others is not None
+        assert ours.agent_steps == others.agent_steps
+        assert ours.measures.keys() == others.measures.keys()
+        for name, stats in ours.measures.items():
+            assert stats.n == others.measures[name].n
+            assert stats.mean == pytest.approx(others.measures[name].mean, rel=1e-9, abs=1e-9)
+
+
+def test_a_restored_snapshot_steps_on_as_the_group_it_was_taken_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    n = 9
+    first = _group(n, native_tick=True, monkeypatch=monkeypatch)
+    rng = np.random.default_rng(3)
+    sequence = [np.stack([rng.integers(0, o, size=n) for o in first.cm.num_obs], axis=1)
+                for _ in range(20)]
+    for obs in sequence[:10]:
+        first.step(obs)
+    second = _group(n, native_tick=True, monkeypatch=monkeypatch)
+    second.load_state_dict(first.state_dict())
+    for obs in sequence[10:]:
+        first.step(obs)
+        second.step(obs)
+        second.set_action(first.action)
+        _assert_same(second, first, since_start=False)
+
+
+def test_each_agent_learns_as_its_own_reference_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 4
+    model = tmaze_reversal_model()
+    group = _group(n, native_tick=True, monkeypatch=monkeypatch)
+    assert _stepping(group) == "native"
+    refs = [LearningReferenceAgent(model, pA=_prior(), lr_pA=0.7) for _ in range(n)]
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        obs = np.stack([rng.integers(0, o, size=n) for o in model.num_obs], axis=1)
+        actions = group.step(obs).copy()
+        for i, ref in enumerate(refs):
+            ref.infer_states(obs[i])
+            ref.update_A(obs[i])
+            ref.infer_policies()
+            for f, q in enumerate(ref.qs):
+                np.testing.assert_allclose(group.qs[f][i], q, **TOL)
+            assert ref.q_pi is not None
+            np.testing.assert_allclose(group.q_pi[i], ref.q_pi, **TOL)
+            for f, marginal in enumerate(ref.action_marginals()):
+                assert marginal[actions[i, f]] >= marginal.max() - 1e-9
+            pA = group.learner.pA
+            assert pA is not None
+            np.testing.assert_allclose(pA.counts[0][i], ref.pA[MODALITY], **TOL)
+            ref.action = actions[i].copy()  # the group's choice, optimal under the reference's
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({"settings": AifSettings(action_selection="stochastic")}, "stochastic action selection"),
+    ({"settings": AifSettings(policy_len=2)}, "policy_len 2"),
+])
+def test_a_group_the_pass_does_not_do_steps_with_numpy_and_says_why(
+    change: dict[str, Any], why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = _group(3, native_tick=True, monkeypatch=monkeypatch, **change)
+    assert _stepping(group) == f"numpy: {why}"
+    group.step(np.zeros((3, group.cm.num_modalities), dtype=np.int64))
