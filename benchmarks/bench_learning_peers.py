@@ -25,15 +25,16 @@ under ``.cache/peers`` (``--no-install``: never make one).
   set of counts: the peers have no such scope, their counts are per agent), tables refreshed
   every tick (``refresh 1``, the peers' cadence) and every 100 ticks (``refresh 100``); and
   per-agent ``learning=`` (``float64 per-agent``: each agent its own counts and tables, as the
-  peers; ``vs_pymdp_104`` is its like-for-like ratio, ``vs_learning_off`` its rate over the
-  same float64 group's without learning, ``float64 learning off``), up to N = 1,000; on the
-  T-maze (``pA``) also ``compiled prototype per-agent``: the same per-agent work as one compiled
-  pass per tick (``benchmarks/prototypes/compiled_tick.c``, built with the machine's C compiler;
-  issue 45's design change measured, not the package), with ``vs_pymdp_104`` and
-  ``vs_per_agent`` (its rate over the numpy group's), and (without ``--per-agent-only``)
-  ``compiled prototype shared refresh 1``, the shared scope's tick in float64 refreshed every
-  tick, with ``vs_pymdp_104`` (not like for like: one set of counts) and ``vs_int8_refresh_1``
-  (its rate over the int8 shared group's refreshed every tick);
+  peers, the group as a user gets it: on the T-maze (``pA``) it steps in the compiled pass,
+  on grid10 (``pB``) with numpy, its ``stepping`` says which; ``vs_pymdp_104`` is its
+  like-for-like ratio, ``vs_learning_off`` its rate over the same float64 group's without
+  learning, ``float64 learning off``), up to N = 1,000; on the T-maze also ``float64 per-agent
+  numpy``, the same group kept on numpy (``EDGE_AGENT_NATIVE_TICK=0``; the per-agent row's
+  ``vs_numpy``), and (without ``--per-agent-only``) ``compiled prototype shared refresh 1``,
+  the shared scope's tick in float64 refreshed every tick as the compiled pass driven on its
+  own (``benchmarks/prototypes/compiled_tick.py``; a shared group does not step with it yet),
+  with ``vs_pymdp_104`` (not like for like: one set of counts) and ``vs_int8_refresh_1`` (its
+  rate over the int8 shared group's refreshed every tick);
 * pymdp 0.0.7.1: one ``Agent`` per agent, ``update_A`` each tick, in a Python loop. Its rate does
   not depend on ``N`` (it steps agents one by one), so above ``--max-007`` agents it is measured
   on ``--max-007`` agents and marked ``"extrapolated": true``;
@@ -95,15 +96,18 @@ WORLDS = (("tmaze", "A", 1), ("grid10", "B", 0))
 TICKS = 20
 EDGE = (("edge-agent int8 refresh 1", 1), ("edge-agent int8 refresh 100", 100))
 PER_AGENT = "edge-agent float64 per-agent"
-#: issue 45's design change measured: the per-agent tick, and the shared scope's refreshed
-#: every tick, as one compiled pass (``pA`` only, float64).
-PROTOTYPE = "edge-agent compiled prototype per-agent"
+#: The same group kept on numpy (EDGE_AGENT_NATIVE_TICK=0) where the compiled pass steps it.
+PER_AGENT_NUMPY = "edge-agent float64 per-agent numpy"
+#: The shared scope's tick refreshed every tick as the compiled pass, driven on its own (``pA``
+#: only, float64; a shared group does not step with it yet).
 PROTOTYPE_SHARED = "edge-agent compiled prototype shared refresh 1"
 LEARNING_OFF = "edge-agent float64 learning off"
 #: The ratios a row states: (the other row, the field its rate over the other's goes to).
 RATIOS: dict[str, tuple[tuple[str, str], ...]] = {
-    PER_AGENT: ((bench_peers.PYMDP_104, "vs_pymdp_104"), (LEARNING_OFF, "vs_learning_off")),
-    PROTOTYPE: ((bench_peers.PYMDP_104, "vs_pymdp_104"), (PER_AGENT, "vs_per_agent")),
+    PER_AGENT: ((bench_peers.PYMDP_104, "vs_pymdp_104"), (LEARNING_OFF, "vs_learning_off"),
+                (PER_AGENT_NUMPY, "vs_numpy")),
+    PER_AGENT_NUMPY: ((bench_peers.PYMDP_104, "vs_pymdp_104"),
+                      (LEARNING_OFF, "vs_learning_off")),
     PROTOTYPE_SHARED: ((bench_peers.PYMDP_104, "vs_pymdp_104"),
                        (EDGE[0][0], "vs_int8_refresh_1")),
 }
@@ -172,8 +176,8 @@ def case_rows(
     if n <= PER_AGENT_MAX:
         rows.append((PER_AGENT, run(python, PER_AGENT, n)))
         rows.append((LEARNING_OFF, run(python, LEARNING_OFF, n)))
-        if kind == "A":
-            rows.append((PROTOTYPE, run(python, PROTOTYPE, n)))
+        if kind == "A":  # where the compiled pass steps the group: numpy's rate beside it
+            rows.append((PER_AGENT_NUMPY, run(python, PER_AGENT_NUMPY, n)))
     if bench_peers.PYMDP_007 in peers:
         probe = min(n, args.max_007)
         rec = run(peers[bench_peers.PYMDP_007], bench_peers.PYMDP_007, probe)

@@ -291,8 +291,9 @@ LEARNING_EDGE = (
     "edge-agent float64 per-agent", "edge-agent int8 refresh 1", "edge-agent int8 refresh 100",
 )
 TF_PYTHON = "PYTHONPATH=.:tools .cache/tf-venv/bin/python"
-#: The compiled per-agent tick (benchmarks/prototypes), a measured prototype of issue 45.
-PROTOTYPE = "edge-agent compiled prototype per-agent"
+#: The per-agent group kept on numpy where it steps in the compiled pass (the T-maze's pA).
+PER_AGENT_NUMPY = "edge-agent float64 per-agent numpy"
+#: The shared scope's tick as the compiled pass driven on its own (benchmarks/prototypes).
 PROTOTYPE_SHARED = "edge-agent compiled prototype shared refresh 1"
 
 
@@ -301,8 +302,8 @@ PER_AGENT_VS_PYMDP_104 = ratio(("edge-agent float64 per-agent", "steps_per_s"),
                                ("pymdp 1.0.4", "steps_per_s"))
 
 
-#: The compiled tick's (benchmarks/prototypes) per-agent rate over pymdp 1.0.4's.
-PROTOTYPE_VS_PYMDP_104 = ratio((PROTOTYPE, "steps_per_s"), ("pymdp 1.0.4", "steps_per_s"))
+#: The numpy per-agent group's rate over pymdp 1.0.4's (where the compiled pass steps the group).
+NUMPY_VS_PYMDP_104 = ratio((PER_AGENT_NUMPY, "steps_per_s"), ("pymdp 1.0.4", "steps_per_s"))
 
 
 def per_agent_peer_columns(label: str) -> tuple[Column, ...]:
@@ -612,21 +613,20 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
-        id="learning-compiled-prototype",
-        title="Against pymdp with learning: the per-agent tick compiled (a measured prototype)",
+        id="learning-native",
+        title="Against pymdp with learning: the per-agent tick in one compiled pass",
         scope=(
-            "Issue 45's design change measured before the package ships it: the T-maze's "
-            "per-agent learning (`pA1`, each agent its own counts, the table following them "
-            "every tick) as **one compiled pass per tick over the agents** "
-            "(`benchmarks/prototypes/compiled_tick.c`, C built with the machine's compiler, "
-            "loaded with ctypes; not part of the package), in the same runs as the two tables "
-            "above (open and closed loop, one thread, the same settings). Its posteriors, "
-            "expected free energies, counts and tables equal the per-agent group's up to "
-            "rounding, its actions optimal under the group's posterior "
-            "(`tests/unit/benchmarks/test_compiled_tick.py`); in the closed loop its agents "
-            "achieve what the group's do. Agent-steps/s; compiled / numpy: its rate over "
-            "edge-agent's numpy per-agent group's; bytes per agent as the budget counts them "
-            "(the agent's beliefs, action, `G`, `q_pi`, its own table and counts)."
+            "The T-maze's per-agent learning (`pA1`, each agent its own counts, the table "
+            "following them every tick) as the group steps it: **one compiled pass per tick "
+            "over the agents** (`edge_agent/aif/kernels/native`, C built with the package; "
+            "docs/learning.md, \"The compiled pass\"), beside the same group kept on numpy "
+            "(`EDGE_AGENT_NATIVE_TICK=0`) and pymdp 1.0.4, in the same runs as the two tables "
+            "above (open and closed loop, one thread, the same settings). The pass's "
+            "posteriors, expected free energies, counts and tables equal the numpy stages' up to "
+            "rounding, its actions optimal under their posterior "
+            "(`tests/unit/core/test_native_pass.py`); in the closed loop its agents achieve what "
+            "the numpy group's do. Agent-steps/s; compiled / numpy: the group's rate over its "
+            "rate on numpy; bytes per agent as the budget counts them."
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
@@ -641,22 +641,24 @@ TABLES: tuple[Table, ...] = (
         columns=(
             Column("loop", "loop"),
             Column("agents", "n", ",d"),
-            Column("compiled / pymdp 1.0.4", PROTOTYPE_VS_PYMDP_104, ".2f", suffix="x"),
-            Column("edge-agent compiled per-agent", "steps_per_s", ",.0f", of=PROTOTYPE),
-            Column("edge-agent numpy per-agent", "steps_per_s", ",.0f",
+            Column("compiled / pymdp 1.0.4", PER_AGENT_VS_PYMDP_104, ".2f", suffix="x"),
+            Column("edge-agent per-agent, compiled", "steps_per_s", ",.0f",
                    of="edge-agent float64 per-agent"),
+            Column("the same on numpy", "steps_per_s", ",.0f", of=PER_AGENT_NUMPY),
             Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
-            Column("compiled / numpy", "vs_per_agent", ".2f", suffix="x", of=PROTOTYPE),
-            Column("achieved: compiled", achieved_score(PROTOTYPE), ".3f"),
-            Column("numpy per-agent", achieved_score("edge-agent float64 per-agent"), ".3f"),
-            Column("bytes per agent: compiled", "state_bytes_per_agent", ",d", of=PROTOTYPE),
+            Column("compiled / numpy", "vs_numpy", ".2f", suffix="x",
+                   of="edge-agent float64 per-agent"),
+            Column("numpy / pymdp 1.0.4", NUMPY_VS_PYMDP_104, ".2f", suffix="x"),
+            Column("achieved: compiled", achieved_score("edge-agent float64 per-agent"), ".3f"),
+            Column("numpy", achieved_score(PER_AGENT_NUMPY), ".3f"),
+            Column("bytes per agent", "state_bytes_per_agent", ",d",
+                   of="edge-agent float64 per-agent"),
         ),
         headlines=(
             Headline(
-                "Learning against pymdp 1.0.4, like for like, the per-agent tick compiled "
-                "(measured prototype, not the package), T-maze learning `pA`, 1,000 agents, "
-                "closed loop",
-                lambda r: f"{PROTOTYPE_VS_PYMDP_104(r):.2f}x",
+                "Learning against pymdp 1.0.4, like for like, the per-agent tick in one "
+                "compiled pass, T-maze learning `pA`, 1,000 agents, closed loop",
+                lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
                 {"loop": "closed", "n": 1000},
             ),
         ),
@@ -669,10 +671,11 @@ TABLES: tuple[Table, ...] = (
             "**shared** counts (int8, every agent teaches one set of counts: a scope the peers do "
             "not have, so these ratios are not like for like), its tables refreshed every tick "
             "(the peers' cadence) and every 100 ticks; the peers as above (per-agent counts, "
-            "every tick). On the T-maze also issue 45's design change measured: the shared "
-            "scope's tick refreshed every tick as one compiled pass over the agents (float64, "
-            "`benchmarks/prototypes/compiled_tick.c`, not part of the package; equal to a "
-            "float64 shared group up to rounding, `tests/unit/benchmarks/test_compiled_tick.py`)."
+            "every tick). On the T-maze also the shared scope's tick refreshed every tick as "
+            "the package's compiled pass driven on its own (float64, "
+            "`benchmarks/prototypes/compiled_tick.py`; a shared group does not step with it yet; "
+            "equal to a float64 shared group up to rounding, "
+            "`tests/unit/benchmarks/test_compiled_tick.py`)."
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
@@ -693,7 +696,7 @@ TABLES: tuple[Table, ...] = (
             Column("/ best peer (shared, every 100 vs per-agent, every tick)",
                    over_best(("edge-agent int8 refresh 100", "steps_per_s"), PEERS), ".2f",
                    suffix="x"),
-            Column("compiled prototype, float64 shared, refresh every tick", "steps_per_s",
+            Column("compiled pass, float64 shared, refresh every tick", "steps_per_s",
                    ",.0f", of=PROTOTYPE_SHARED),
             Column("/ pymdp 1.0.4", ratio((PROTOTYPE_SHARED, "steps_per_s"),
                                           ("pymdp 1.0.4", "steps_per_s")), ".2f", suffix="x"),

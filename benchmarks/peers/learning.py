@@ -35,13 +35,15 @@ before and after the agent's last action (from the second tick of an episode on)
   ``shared`` (one set of counts that all ``N`` agents teach), tables refreshed every
   ``--refresh-every`` ticks (1: every tick, as the peers);
 * ``edge-agent float64 per-agent``: a :class:`~edge_agent.core.agents.AifAgentGroup` learning
-  per agent (each agent its own counts and tables, as the peers);
+  per agent (each agent its own counts and tables, as the peers), stepped in the compiled pass
+  where it can (the T-maze's ``pA``; ``stepping`` in the record says which);
+* ``edge-agent float64 per-agent numpy``: the same group kept on numpy
+  (``EDGE_AGENT_NATIVE_TICK=0``);
 * ``edge-agent float64 learning off``: the same group without learning (the model as loaded,
   float64): what learning costs on its own is the ratio of the two;
-* ``edge-agent compiled prototype per-agent`` and ``... shared refresh 1`` (``pA`` only, float64):
-  the per-agent tick, and the shared scope's tick refreshed every tick, as one compiled pass
-  over the agents (``benchmarks/prototypes/compiled_tick.c``, built with the machine's C
-  compiler): issue 45's design change measured before the package ships it.
+* ``edge-agent compiled prototype shared refresh 1`` (``pA`` only, float64): the shared scope's
+  tick refreshed every tick as the package's compiled pass, driven on its own
+  (``benchmarks/prototypes/compiled_tick.py``): a shared group does not step with it yet.
 
 After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
 runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
@@ -257,12 +259,18 @@ class EdgeAgent:
     def bytes_per_agent(self) -> int:
         return self.per_agent_bytes
 
+    def stepping(self) -> str:
+        """What steps a learning group's agents (``native``: the compiled pass; ``numpy``,
+        with why not), or ``numpy`` for a group that does not learn."""
+        learning = self.group.learning
+        return "numpy" if learning is None else str(learning.describe()["stepping"])
+
 
 class EdgePrototype:
-    """The compiled learning tick of ``benchmarks/prototypes/compiled_tick.c`` (a measured
-    prototype of the design change, not the package), one compiled pass per tick: ``scope``
-    ``per_agent`` (each agent its own ``pA`` counts and table) or ``shared`` (one set of counts,
-    the table following them every tick), float64."""
+    """The package's compiled learning tick driven on its own
+    (``benchmarks/prototypes/compiled_tick.py``), one compiled pass per tick: ``scope``
+    ``shared`` (one set of counts, the table following them every tick, float64; a shared group
+    does not step with it yet) or ``per_agent``."""
 
     def __init__(self, w: dict[str, Any], n: int, scope: str) -> None:
         from prototypes.compiled_tick import CompiledTick
@@ -281,15 +289,17 @@ class EdgePrototype:
 
 
 #: The compiled prototype's rows (T-maze pA only) by name: their scope.
-EDGE_PROTOTYPES = {"edge-agent compiled prototype per-agent": "per_agent",
-                   "edge-agent compiled prototype shared refresh 1": "shared"}
+EDGE_PROTOTYPES = {"edge-agent compiled prototype shared refresh 1": "shared"}
 
 #: edge-agent's rows by name: the learning scope (None: learning off).
 EDGE_SCOPES: dict[str, str | None] = {
     "edge-agent int8": "shared",
     "edge-agent float64 per-agent": "per_agent",
+    "edge-agent float64 per-agent numpy": "per_agent",
     "edge-agent float64 learning off": None,
 }
+#: The rows whose group steps with numpy where it could step in the compiled pass.
+EDGE_NUMPY = ("edge-agent float64 per-agent numpy",)
 
 
 class Replay:
@@ -339,6 +349,8 @@ def main() -> int:
         impl = EdgePrototype(w, args.n, EDGE_PROTOTYPES[args.impl])
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        if args.impl in EDGE_NUMPY:
+            os.environ["EDGE_AGENT_NATIVE_TICK"] = "0"  # read when the group is made
         impl = EdgeAgent(w, args.n, args.refresh_every, EDGE_SCOPES[args.impl])
     build_s = time.perf_counter() - t0
     obs, start = world.reset()
@@ -368,6 +380,7 @@ def main() -> int:
         "steps_per_s": round(statistics.median(rates)), "ticks": tick,
         **achieved,
         "state_bytes_per_agent": impl.bytes_per_agent(),
+        **({"stepping": impl.stepping()} if isinstance(impl, EdgeAgent) else {}),
     }) + "\n")
     return 0
 

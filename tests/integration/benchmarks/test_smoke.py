@@ -176,16 +176,21 @@ EXPECTED: dict[str, list[Record]] = {
            ("steps_per_s", score, "achieved_ticks", "world_step_timed"))
           for w, score in (("tmaze", "mean_reward"), ("grid10", "reach_rate"))
           for i in ("edge-agent float64 per-agent", "edge-agent float64 learning off")],
-        # The compiled tick (benchmarks/prototypes, built with cc): T-maze pA only.
+        # The T-maze's pA: the per-agent group in the compiled pass, beside it kept on numpy;
+        # the compiled pass of the shared scope driven on its own.
         ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "open",
-          "impl": "edge-agent compiled prototype per-agent"},
-         ("steps_per_s", "state_bytes_per_agent", "vs_per_agent")),
+          "impl": "edge-agent float64 per-agent", "stepping": "native"},
+         ("steps_per_s", "state_bytes_per_agent", "vs_numpy")),
+        ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "open",
+          "impl": "edge-agent float64 per-agent numpy",
+          "stepping": "numpy: EDGE_AGENT_NATIVE_TICK=0"},
+         ("steps_per_s", "state_bytes_per_agent", "vs_learning_off")),
         ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "open",
           "impl": "edge-agent compiled prototype shared refresh 1"},
          ("steps_per_s", "vs_int8_refresh_1")),
         ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "closed",
-          "impl": "edge-agent compiled prototype per-agent"},
-         ("steps_per_s", "mean_reward", "achieved_ticks", "world_step_timed", "vs_per_agent")),
+          "impl": "edge-agent float64 per-agent numpy"},
+         ("steps_per_s", "mean_reward", "achieved_ticks", "world_step_timed")),
         *[({"bench": "learning-reversal", "condition": c}, ("mean_reward_rate", "ticks_to_relearn"))
           for c in ("frozen", "learning", "forgetting")],
     ],

@@ -222,6 +222,9 @@ class NativeTick:
         self._state.prior = _addr(self._ptr["prior"], np.uintp)
         self._model_ref = ctypes.byref(self._model)
         self._state_ref = ctypes.byref(self._state)
+        #: The arrays bound last (their pointers are in the model's and the state's arrays).
+        self._bound_learning: tuple[np.ndarray, ...] = ()
+        self._bound_state: tuple[np.ndarray | None, ...] = ()
 
     def bind_learning(
         self, tables: Sequence[np.ndarray], counts: Sequence[np.ndarray],
@@ -231,6 +234,12 @@ class NativeTick:
         ...)`` shared), the masks their updates land on and the experience they add to, in the
         order of ``learned``: float64 (the masks bool), C-contiguous; read and written by the
         next :meth:`step` (bind again when one of them is replaced)."""
+        bound = (*tables, *counts, *masks, *experience)
+        if len(bound) == len(self._bound_learning) and all(
+            a is b for a, b in zip(bound, self._bound_learning, strict=True)
+        ):
+            return  # the same arrays as last time (a tick's case): their pointers are in
+        self._bound_learning = bound
         for m, table, count, mask, seen in zip(self.learned, tables, counts, masks, experience,
                                                strict=True):
             self._ptr["A"][m] = _addr(table)
@@ -256,8 +265,22 @@ class NativeTick:
         starts (their prior is ``D``); ``learn`` False: the counts stay (learning frozen)."""
         if self._scratch is None:
             raise RuntimeError("bind_learning before the first step")
+        self._model.learn = int(learn)
+        self._state.obs = _addr(obs, np.int64)  # a new array most ticks
+        bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi)
+        if len(bound) != len(self._bound_state) or any(
+            a is not b for a, b in zip(bound, self._bound_state, strict=True)
+        ):  # arrays not bound yet (a group's: the same every tick)
+            self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, start)
+            self._bound_state = bound
+        self._tick(self._model_ref, self._state_ref)
+
+    def _bind_state(  # noqa: PLR0913, PLR0917 - step's arrays, once each
+        self, qs: Sequence[np.ndarray], action: np.ndarray, has_action: np.ndarray,
+        G: np.ndarray, q_pi: np.ndarray, prior: Sequence[np.ndarray] | None,
+        p_obs: np.ndarray | None, start: np.ndarray | None,
+    ) -> None:
         st, ptr = self._state, self._ptr
-        st.obs = _addr(obs, np.int64)
         for f, q in enumerate(qs):
             ptr["qs"][f] = _addr(q)
         if prior is None:
@@ -272,8 +295,6 @@ class NativeTick:
         st.has_action = _addr(has_action, np.bool_)
         st.G = _addr(G)
         st.q_pi = _addr(q_pi)
-        self._model.learn = int(learn)
-        self._tick(self._model_ref, self._state_ref)
 
 
 def log_preferences(C: Sequence[np.ndarray]) -> list[np.ndarray]:
