@@ -136,6 +136,9 @@ def native_pass(
         return missing
     pA = learner.pA
     assert pA is not None
+    bound = [tables.tables["A"][m] for m in pA.tables] + pA.counts + pA.experience
+    if not all(a.dtype == np.float64 and a.flags.c_contiguous for a in bound):
+        return "tables or counts not C-contiguous float64"
     S = int(np.prod(model.num_states))
     supports = [(a > 0).reshape(a.shape[0], S) for a in model.A]
     for slot, m in enumerate(pA.tables):
