@@ -630,7 +630,9 @@ TABLES: tuple[Table, ...] = (
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
-               "world": "tmaze", "learned": "A1"},
+               "world": "tmaze", "learned": "A1",
+               "impl": lambda v: v in ("edge-agent float64 per-agent", PER_AGENT_NUMPY,
+                                       "pymdp 1.0.4")},
         key=("loop", "n"),
         pivot="impl",
         expect=tuple({"loop": loop, "n": n} for loop in ("open", "closed") for n in (1, 100, 1000)),
@@ -653,14 +655,6 @@ TABLES: tuple[Table, ...] = (
             Column("numpy", achieved_score(PER_AGENT_NUMPY), ".3f"),
             Column("bytes per agent", "state_bytes_per_agent", ",d",
                    of="edge-agent float64 per-agent"),
-        ),
-        headlines=(
-            Headline(
-                "Learning against pymdp 1.0.4, like for like, the per-agent tick in one "
-                "compiled pass, T-maze learning `pA`, 1,000 agents, closed loop",
-                lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
-                {"loop": "closed", "n": 1000},
-            ),
         ),
     ),
     Table(
