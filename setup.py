@@ -1,4 +1,4 @@
-"""What pyproject.toml cannot declare: the compiled learning tick, built with the machine's C compiler.
+"""What pyproject.toml cannot declare: the compiled learning tick, built with the C compiler.
 
 ``edge_agent.aif.kernels.native._tick`` is a plain shared library that the package loads with
 ctypes: no ``PyInit__tick``, no Python.h, so no python3-dev is needed; the wheel is still one per
