@@ -59,27 +59,46 @@ fi
 if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3-venv
 fi
+# The install compiles the learning tick (setup.py: edge_agent/aif/kernels/native) with the C
+# compiler and the C library's headers; no python3-dev. Without them the package would install
+# and learn with numpy, slower: every environment this repository makes has them.
+if ! command -v cc >/dev/null 2>&1; then
+    apt_install gcc libc6-dev
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "bootstrap: creating $VENV with $PY" >&2
     "$PY" -m venv "$VENV"
 fi
 # The stamp lists the extras installed into this venv (one per line). A caller that needs more
-# (scripts/demo installs none, scripts/test all) installs the union; a pyproject.toml newer than
-# the stamp reinstalls everything the venv already had.
+# (scripts/demo installs none, scripts/test all) installs the union. What the install is built
+# from, newer than the stamp (pyproject.toml; setup.py and the compiled tick's C sources, whose
+# library the editable install builds in place), or that library missing, reinstalls everything
+# the venv already had. Only then: pip's editable build compiles the tick afresh every time
+# (about 25 s), even when nothing changed.
+TICK_DIR="$ROOT/edge_agent/aif/kernels/native"
+TICK_LIBRARY="$TICK_DIR/_tick$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+built_current() {
+    local input
+    [ -f "$STAMP" ] && [ -f "$TICK_LIBRARY" ] || return 1
+    for input in "$ROOT/pyproject.toml" "$ROOT/setup.py" "$TICK_DIR"/*.[ch]; do
+        if [ "$input" -nt "$STAMP" ]; then return 1; fi
+    done
+}
 have=""
-if [ -f "$STAMP" ] && [ ! "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
-    have="$(tr -s ' \n' ',' <"$STAMP")"
-elif [ -f "$STAMP" ]; then
-    stale="$(tr -s ' \n' ',' <"$STAMP")"
-fi
-union="$(printf '%s,%s,%s' "${stale:-}" "$have" "$EXTRAS" | tr ', ' '\n\n' | sed '/^$/d' | sort -u | paste -sd, -)"
+if [ -f "$STAMP" ]; then have="$(tr -s ' \n' ',' <"$STAMP")"; fi
+union="$(printf '%s,%s' "$have" "$EXTRAS" | tr ', ' '\n\n' | sed '/^$/d' | sort -u | paste -sd, -)"
 missing="$(comm -13 <(printf '%s' "$have" | tr ',' '\n' | sed '/^$/d' | sort -u) \
     <(printf '%s' "$union" | tr ',' '\n' | sed '/^$/d' | sort -u) | paste -sd, -)"
-if [ ! -f "$STAMP" ] || [ -n "$missing" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+why=""  # what this venv lacks
+if [ -f "$STAMP" ] && [ -n "$missing" ]; then why="adding $missing"; fi
+if [ -f "$STAMP" ] && ! built_current; then
+    why="${why:+$why; }pyproject.toml, setup.py or the compiled tick's sources changed, or its library is missing"
+fi
+if [ ! -f "$STAMP" ] || [ -n "$why" ]; then
     target="$ROOT"
     [ -n "$union" ] && target="$ROOT[$union]"
-    echo "bootstrap: installing edge-agent-runtime${union:+[$union]} into $VENV${missing:+ (adding $missing)}" >&2
+    echo "bootstrap: installing edge-agent-runtime${union:+[$union]} into $VENV${why:+ ($why)}" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2
     # A venv made before the rename holds this checkout as the distribution 'edge-agent' (the
     # name of another project on PyPI since): both would own edge_agent, so the old one goes.
@@ -87,7 +106,16 @@ if [ ! -f "$STAMP" ] || [ -n "$missing" ] || [ "$ROOT/pyproject.toml" -nt "$STAM
         echo "bootstrap: removing the distribution 'edge-agent' (this project's old name)" >&2
         "$VENV/bin/python" -m pip uninstall -q -y edge-agent >&2
     fi
+    # The extension is optional (a machine without a compiler still installs), so pip succeeds
+    # without it, and a failed build would leave the previous library in place: here it must be
+    # built, from these sources. No stamp otherwise: the next run tries again.
+    rm -f "$TICK_LIBRARY"
     "$VENV/bin/python" -m pip install -q -e "$target" >&2
+    if [ ! -f "$TICK_LIBRARY" ]; then
+        echo "bootstrap: the compiled learning tick was not built (${TICK_LIBRARY#"$ROOT/"});" \
+            "the compiler's messages: $VENV/bin/python -m pip install -v --no-deps -e $ROOT" >&2
+        exit 1
+    fi
     printf '%s\n' "$union" | tr ',' '\n' | sed '/^$/d' >"$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

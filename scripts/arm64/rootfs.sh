@@ -18,6 +18,8 @@
 # so the cache stays as debootstrap and test-arm64 left it. A script that uses roots of both
 # suites or architectures in turn (test-deb) switches with use_root, each root cached apart
 # ($CACHE/<suite>-<arch>-rootfs and <suite>-<arch>.lock; pip's cache $CACHE/<arch>-pip).
+# The project's wheel is built with a C compiler (build_wheel_in_root), which the roots themselves
+# do not get: it is in a layer above each ($CACHE/<suite>-<arch>-build-layer, made once).
 #
 # Environment:
 #   EDGE_AGENT_ARM64_CACHE   cache directory (default: .cache in the repo; CI: outside the clone)
@@ -95,6 +97,7 @@ use_root() {
     # What the cached root was built from; a root with another key is rebuilt.
     ROOTFS_KEY="edge-agent-$ROOTFS_ARCH-rootfs v1 $SUITE $ROOTFS_ARCH minbase $INCLUDE"
     ROOTFS_STAMP="$ROOTFS/.edge-agent-rootfs"
+    BUILD_LAYER="$CACHE/$ROOTFS_NAME-build-layer"
 }
 use_root "$SUITE" "${ROOTFS_ARCH:-arm64}"
 
@@ -364,24 +367,31 @@ prepare_rootfs() {
 }
 
 overlay_root() {
-    # overlay_root NAME: mount a writable overlay of the cached root at $CACHE/NAME/root and point
-    # ROOT at it; what commands change there goes to $CACHE/NAME/upper, never into the cache.
-    local base="$CACHE/$1"
+    # overlay_root NAME [LAYER]: mount a writable overlay of the cached root (under LAYER, an
+    # earlier overlay's upper directory, when given) at $CACHE/NAME/root and point ROOT at it;
+    # what commands change there goes to $CACHE/NAME/upper, never into the cache.
+    local base="$CACHE/$1" lower="${2:+$2:}$ROOTFS"
     remove_overlay "$base"
     mkdir -p "$base/upper" "$base/work" "$base/root"
     mount_in "$base/root" -t overlay overlay \
-        -o "lowerdir=$ROOTFS,upperdir=$base/upper,workdir=$base/work" \
-        || die "cannot mount an overlay of $ROOTFS at $base/root" \
+        -o "lowerdir=$lower,upperdir=$base/upper,workdir=$base/work" \
+        || die "cannot mount an overlay of $lower at $base/root" \
             "the kernel needs overlayfs (modprobe overlay); in a container, run it privileged."
     ROOT="$base/root"
 }
 
-remove_overlay() {
-    # remove_overlay DIR: unmount what is below DIR/root and delete DIR.
-    local base="$1" target left
-    for target in $(mounts_under "$base/root"); do
+unmount_under() {
+    # unmount_under DIR: unmount DIR and everything below it, deepest first.
+    local target
+    for target in $(mounts_under "$1"); do
         umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null || true
     done
+}
+
+remove_overlay() {
+    # remove_overlay DIR: unmount what is below DIR/root and delete DIR.
+    local base="$1" left
+    unmount_under "$base/root"
     left="$(mounts_under "$base")"
     if [ -n "$left" ]; then
         die "something is still mounted under $base; not deleting it" "$left"
@@ -431,19 +441,103 @@ set_pip_env() {
     fi
 }
 
+# ------------------------------------------------------------------------------------ the wheel
+# The wheel compiles the learning tick (setup.py), so it is built with a C compiler and the C
+# library's headers (no python3-dev: the library does not use Python's C API). The cached roots do
+# not get them: test-arm64's venv, the .debs' test roots and test-docker's base image are what a
+# device has, no compiler. They are in a layer above the root instead, BUILD_LAYER: the upper
+# directory of an overlay in which `apt-get install $BUILD_PACKAGES` ran, kept and used as the
+# top layer of the overlay the wheel is built in. Made once per root and list: its key (beside
+# it, .key) is the root's (which a rebuilt root changes, with its stamp's time) and the list's.
+# dpkg-dev: dpkg-buildflags, the suite's flags for the .deb's build (build_wheel_in_root debian).
+BUILD_PACKAGES=(gcc libc6-dev dpkg-dev)
+
+ensure_build_layer() {
+    # The build layer of the current root, made when missing or stale (BUILD_LAYER_S: how long
+    # that took, 0 when it was there). After prepare_rootfs, with the root's lock held.
+    local key base="$BUILD_LAYER.partial" outer="$ROOT" mounted=${#MOUNTS[@]} start
+    BUILD_LAYER_S=0
+    key="$ROOTFS_KEY $(stat -c %Y "$ROOTFS_STAMP") ${BUILD_PACKAGES[*]}"
+    if [ -d "$BUILD_LAYER" ] && [ "$(cat "$BUILD_LAYER.key" 2>/dev/null)" = "$key" ]; then
+        return
+    fi
+    start="$(now)"
+    log "apt-get install ${BUILD_PACKAGES[*]} in a layer above the $SUITE $ROOTFS_ARCH root" \
+        "($BUILD_LAYER; once)"
+    rm -rf --one-file-system "$BUILD_LAYER" "$BUILD_LAYER.key"
+    overlay_root "${base##*/}"
+    mount_in "$ROOT/proc" -t proc proc
+    rm -f "$ROOT/etc/resolv.conf"
+    cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    in_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 \
+        || die "apt-get update in the $SUITE $ROOTFS_ARCH root failed (see above)"
+    in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Use-Pty=0 \
+        --no-install-recommends "${BUILD_PACKAGES[@]}" >&2 \
+        || die "apt-get install ${BUILD_PACKAGES[*]} in the $SUITE $ROOTFS_ARCH root failed (see above)"
+    rm -rf "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/lib/apt/lists/*
+    unmount_under "$base/root"
+    MOUNTS=("${MOUNTS[@]:0:mounted}")
+    ROOT="$outer"
+    mv "$base/upper" "$BUILD_LAYER"
+    remove_overlay "$base"
+    echo "$key" >"$BUILD_LAYER.key"
+    BUILD_LAYER_S="$(since "$start")"
+    log "build layer made in $BUILD_LAYER_S s ($(du -sm "$BUILD_LAYER" | cut -f1) MB)"
+}
+
 build_wheel_in_root() {
-    # build_wheel_in_root: edge-agent's wheel from the working tree, built by $VENV's pip in the
-    # root; WHEEL is its path there (under /tmp/edge-agent-build/wheel). Needs set_pip_env.
-    # The repo is read-only at /src; setuptools writes build/ and *.egg-info, so build a copy.
-    rm -rf "$ROOT/tmp/edge-agent-build"
+    # build_wheel_in_root [debian]: edge-agent's wheel from the working tree, built by the root's
+    # python3 and pip in an overlay of the root and its build layer (ensure_build_layer; with the
+    # root's lock held), checked to carry the compiled tick and copied into $ROOT; WHEEL is its
+    # path there (under /tmp/edge-agent-build/wheel), WHEEL_S the seconds it took, the build
+    # layer's aside. debian: the tick compiled and linked as a Debian package's binaries are, with
+    # the suite's flags (dpkg-buildflags; every hardening feature, bind-now too) and stripped (-s),
+    # for the .deb (lintian). Needs set_pip_env.
+    ensure_build_layer
+    local outer="$ROOT" mounted=${#MOUNTS[@]} base="$CACHE/wheel-build-$ROOTFS_NAME" name start
+    local flags=() var value
+    start="$(now)"
+    overlay_root "${base##*/}" "$BUILD_LAYER"
+    mount_rootfs
+    set_pip_env
+    # The repo is read-only at /src; setuptools writes build/ and *.egg-info, so build a copy (and
+    # without a library an editable install built in place there for the host's Python).
     in_root /bin/sh -c "mkdir -p /tmp/edge-agent-build/src && cd /src && tar -cf - \
         --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=./build --exclude=./dist \
         --exclude='*.egg-info' --exclude=__pycache__ --exclude=./.mypy_cache \
         --exclude=./.ruff_cache --exclude=./.pytest_cache --exclude=./.hypothesis \
-        --exclude=./state \
+        --exclude=./state --exclude='*.so' \
         . | tar -C /tmp/edge-agent-build/src -xf -"
-    in_root "${PIP_ENV[@]}" "$VENV/bin/pip" wheel --no-deps -q -w /tmp/edge-agent-build/wheel \
-        /tmp/edge-agent-build/src \
+    if [ "${1:-}" = debian ]; then
+        for var in CFLAGS CPPFLAGS LDFLAGS; do
+            value="$(in_root /bin/sh -c "cd /tmp/edge-agent-build/src \
+                && DEB_BUILD_MAINT_OPTIONS=hardening=+all dpkg-buildflags --get $var")" \
+                || die "dpkg-buildflags --get $var failed in the $SUITE $ROOTFS_ARCH root"
+            if [ "$var" = LDFLAGS ]; then value="$value -s"; fi
+            flags+=("$var=$value")
+        done
+        log "building the wheel with ${flags[*]}"
+    fi
+    # PIP_ROOT_USER_ACTION: pip wheel writes nothing into the root's Python; no warning about it.
+    in_root "${PIP_ENV[@]}" "${flags[@]}" PIP_ROOT_USER_ACTION=ignore /usr/bin/python3 -m pip \
+        wheel --no-deps -q -w /tmp/edge-agent-build/wheel /tmp/edge-agent-build/src \
         || die "building the edge-agent wheel in the $SUITE $ROOTFS_ARCH root failed (see pip's output above)"
-    WHEEL="/tmp/edge-agent-build/wheel/$(cd "$ROOT/tmp/edge-agent-build/wheel" && ls edge_agent_runtime-*.whl)"
+    name="$(cd "$ROOT/tmp/edge-agent-build/wheel" && ls edge_agent_runtime-*.whl)"
+    # The extension is optional (pip succeeds without it where there is no compiler): here the
+    # wheel must carry it.
+    python3 -c 'import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+sys.exit(not any(n.startswith("edge_agent/aif/kernels/native/_tick.") for n in names))' \
+        "$ROOT/tmp/edge-agent-build/wheel/$name" \
+        || die "the wheel $name has no compiled tick (pip wheel -v shows the compiler's errors)"
+    rm -rf "$outer/tmp/edge-agent-build"
+    mkdir -p "$outer/tmp/edge-agent-build/wheel"
+    cp "$ROOT/tmp/edge-agent-build/wheel/$name" "$outer/tmp/edge-agent-build/wheel/"
+    unmount_under "$base/root"
+    MOUNTS=("${MOUNTS[@]:0:mounted}")
+    ROOT="$outer"
+    remove_overlay "$base"
+    WHEEL="/tmp/edge-agent-build/wheel/$name"
+    WHEEL_S="$(since "$start")"
+    log "built $name in $WHEEL_S s"
 }

@@ -49,6 +49,9 @@ def test_make_test_arm64_ran_on_trixie() -> None:
     assert s["platform_machine"] == "aarch64"
     assert s["exit_code"] == 0
     assert s["watchdog_pings"] >= 2
+    # The wheel built in the root carries the learning tick compiled for aarch64, and the
+    # installed venv loads it (check-backends: edge_tick exported, no flush-to-zero).
+    assert s["native_tick"] == "_tick.cpython-313-aarch64-linux-gnu.so"
 
 
 def test_make_test_docker_built_and_ran_the_image() -> None:
@@ -57,6 +60,8 @@ def test_make_test_docker_built_and_ran_the_image() -> None:
     assert s["base_image"] == "edge-agent-base:trixie-py313-arm64"
     assert s["restart_restored"] is True
     assert s["demo"]["agents"] > 0
+    # The builder stage compiled the learning tick; the image (no compiler) loads it.
+    assert s["native_tick"] == "_tick.cpython-313-aarch64-linux-gnu.so"
 
 
 def test_the_image_block_forms_are_what_test_docker_runs() -> None:

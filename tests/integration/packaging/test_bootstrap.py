@@ -2,8 +2,9 @@
 
 The demo installs edge-agent without extras; the test script's bootstrap must then add the extras
 it needs (the stamp lists what a venv holds), and no console script may die with a traceback in
-the venv the demo made. Real venvs, real pip installs (from the pip cache when warm), real
-processes.
+the venv the demo made. The editable install builds the compiled learning tick in place
+(setup.py), and builds it again when a C source changed or the library is gone. Real venvs, real
+pip installs (from the pip cache when warm), a real compiler, real processes.
 """
 
 from __future__ import annotations
@@ -70,6 +71,20 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) ->
     )
 
 
+def tick_library(clone: Path, python: str, env: dict[str, str]) -> Path:
+    """Where the editable install of ``clone`` builds the compiled tick for ``python``, checked
+    to be what that interpreter imports and to load with its kernel."""
+    found = run([python, "-c", "import ctypes, importlib.util; "
+                 "origin = importlib.util.find_spec('edge_agent.aif.kernels.native._tick').origin; "
+                 "ctypes.CDLL(origin).edge_tick; print(origin)"], clone, env)
+    assert found.returncode == 0, found.stderr
+    suffix = run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"],
+                 clone, env).stdout.strip()
+    library = clone / "edge_agent" / "aif" / "kernels" / "native" / f"_tick{suffix}"
+    assert found.stdout.strip() == str(library)
+    return library
+
+
 def test_demo_then_test_bootstrap_adds_the_missing_extras(tmp_path: Path) -> None:
     if shutil.which("git") is None:
         pytest.fail("git is needed to list the checkout's files: apt-get install git")
@@ -91,6 +106,7 @@ def test_demo_then_test_bootstrap_adds_the_missing_extras(tmp_path: Path) -> Non
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert stamp.read_text().split() == []
     bin_dir = venv / "bin"
+    library = tick_library(clone, str(bin_dir / "python"), env)  # built in place, and loads
 
     # 2. Without extras every command and subcommand answers --help (28 of them, walked from
     #    the parsers), the tools print the package's version, and a command that needs an
@@ -158,3 +174,25 @@ def test_demo_then_test_bootstrap_adds_the_missing_extras(tmp_path: Path) -> Non
     quiet = run(boot, clone, env_spaced)
     assert quiet.returncode == 0
     assert "bootstrap:" not in quiet.stderr
+
+    # 6. The compiled tick: a C source newer than the install (and nothing else) rebuilds its
+    #    library in place; so does the library gone (git clean -X). Quiet again after each.
+    native = clone / "edge_agent" / "aif" / "kernels" / "native"
+    built_at = library.stat().st_mtime_ns
+    inputs = [clone / "pyproject.toml", clone / "setup.py", *native.glob("*.c")]
+    before = stamp.stat().st_mtime - 100
+    for path in inputs:
+        os.utime(path, (before, before))
+    os.utime(native / "tick_vmath.c")  # now: edited after the install
+    for change in ("edited", "removed"):
+        if change == "removed":
+            library.unlink()
+        rebuilt = run(boot, clone, env)
+        assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+        assert "the compiled tick's sources changed, or its library is missing" in rebuilt.stderr
+        assert tick_library(clone, str(bin_dir / "python"), env) == library
+        assert library.stat().st_mtime_ns > built_at
+        built_at = library.stat().st_mtime_ns
+        assert stamp.read_text().split() == ["dev", "host", "onnx", "tflite"]
+        quiet = run(boot, clone, env)
+        assert "bootstrap:" not in quiet.stderr, quiet.stderr

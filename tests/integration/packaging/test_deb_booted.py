@@ -92,10 +92,12 @@ def test_the_hub_installs_into_its_own_venv() -> None:
 def test_checks_after_the_blocks_passed() -> None:
     """The unit active after each install, the package's profile drop-in in effect, a refused
     config failing `systemctl reload` with the daemon still running, the hub's venv with its
-    extra: every check scripts/arm64/boot-doc-blocks made passed."""
+    extra, the compiled tick in the wheel built by hand: every check
+    scripts/arm64/boot-doc-blocks made passed."""
     checks = record()["checks"]
     names = " | ".join(c["check"] for c in checks)
-    needs = ("drop-in for the detected profile", "refused config", "hub's venv has its extra")
+    needs = ("drop-in for the detected profile", "refused config", "hub's venv has its extra",
+             "built by hand carries the compiled tick")
     for needed in needs:
         assert needed in names, f"no check '{needed}' in the record"
     failed = [c for c in checks if not c["ok"]]

@@ -1,0 +1,95 @@
+"""The project's sdist and wheel: the wheel carries the compiled learning tick (setup.py).
+
+From a fresh copy of the checkout, the sdist is built by the project's build backend (setuptools,
+as pyproject.toml requires it) and must carry the tick's C sources and setup.py; pip then builds
+the wheel from that sdist, as it would on a device. The wheel is one for this Python and machine,
+holds the library and no C source; the library exports the kernel, calls glibc's vector log/exp
+(libmvec: on x86-64, and on aarch64 from glibc 2.38), and loading it in a fresh interpreter leaves
+its floating point alone: subnormals stay subnormal (it is linked without -ffast-math, so no
+crtfastmath.o sets flush-to-zero). Real builds with the machine's C compiler (scripts/bootstrap.sh
+installs gcc), a real ctypes load.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.integration.packaging.test_bootstrap import fresh_copy
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+NATIVE = "edge_agent/aif/kernels/native"
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, f"{cmd}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+    return done
+
+
+def vector_math_expected() -> bool:
+    """glibc has vector log/exp for this machine (libmvec): x86-64 since 2.22, aarch64 since
+    2.38 (Debian trixie; bookworm's 2.36 has none, and the tick's logs stay scalar there)."""
+    if platform.machine() == "x86_64":
+        return True
+    name, version = platform.libc_ver()
+    return name == "glibc" and tuple(map(int, version.split("."))) >= (2, 38)
+
+
+def test_the_wheel_built_from_the_sdist_carries_the_compiled_tick(tmp_path: Path) -> None:
+    for tool in ("git", "cc", "nm"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is needed here: apt-get install git gcc libc6-dev "
+                        "(scripts/bootstrap.sh installs the compiler)")
+    src = fresh_copy(tmp_path / "src")
+
+    # The sdist, by the build backend pyproject.toml names, with its own requirements.
+    requires = tomllib.loads((src / "pyproject.toml").read_text())["build-system"]["requires"]
+    backend = tmp_path / "backend"
+    run([sys.executable, "-m", "pip", "install", "-q", "--target", str(backend), *requires],
+        tmp_path)
+    built = run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                 "import setuptools.build_meta as b; print(b.build_sdist(sys.argv[2]))",
+                 str(backend), str(tmp_path / "sdist")], src)
+    sdist = tmp_path / "sdist" / built.stdout.splitlines()[-1]
+    with tarfile.open(sdist) as archive:
+        members = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    assert {f"{NATIVE}/tick.c", f"{NATIVE}/tick_vmath.c", "setup.py"} <= members
+
+    # The wheel from the sdist, as pip builds it for a device.
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
+         str(sdist)], tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("edge_agent_runtime-*.whl")
+    python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    assert wheel.name.endswith(f"-{python}-{python}-linux_{platform.machine()}.whl"), wheel.name
+    library = f"{NATIVE}/_tick{sysconfig.get_config_var('EXT_SUFFIX')}"
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        assert library in names
+        assert not [n for n in names if n.endswith(".c")], names
+        archive.extract(library, tmp_path / "unpacked")
+    path = tmp_path / "unpacked" / library
+
+    symbols = run(["nm", "-D", str(path)], tmp_path).stdout.splitlines()
+    defined = {line.split()[-1] for line in symbols if line.split()[-2] in {"T", "i"}}
+    assert {"edge_tick", "edge_tick_scratch_doubles"} <= defined, symbols
+    vector_logs = [line for line in symbols if "_ZGV" in line and "log" in line]
+    assert bool(vector_logs) == vector_math_expected(), symbols
+
+    # Loaded with ctypes in a fresh interpreter: the kernel is there, subnormals survive.
+    loaded = run([sys.executable, "-c",
+                  "import ctypes, sys; import numpy as np; "
+                  "before = np.float64(5e-324) * 1.0 != 0; "
+                  "library = ctypes.CDLL(sys.argv[1]); library.edge_tick; "
+                  "print(before, np.float64(5e-324) * 1.0 != 0)", str(path)], tmp_path)
+    assert loaded.stdout.split() == ["True", "True"], loaded.stdout
