@@ -275,7 +275,7 @@ class NativeTick:
             self._bound_state = bound
         self._tick(self._model_ref, self._state_ref)
 
-    def _bind_state(  # noqa: PLR0913, PLR0917 - step's arrays, once each
+    def _bind_state(  # noqa: PLR0917 - step's arrays, once each
         self, qs: Sequence[np.ndarray], action: np.ndarray, has_action: np.ndarray,
         G: np.ndarray, q_pi: np.ndarray, prior: Sequence[np.ndarray] | None,
         p_obs: np.ndarray | None, start: np.ndarray | None,
