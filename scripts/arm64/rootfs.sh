@@ -98,6 +98,7 @@ use_root() {
     ROOTFS_KEY="edge-agent-$ROOTFS_ARCH-rootfs v1 $SUITE $ROOTFS_ARCH minbase $INCLUDE"
     ROOTFS_STAMP="$ROOTFS/.edge-agent-rootfs"
     BUILD_LAYER="$CACHE/$ROOTFS_NAME-build-layer"
+    CCACHE="$CACHE/$ROOTFS_NAME-ccache"
 }
 use_root "$SUITE" "${ROOTFS_ARCH:-arm64}"
 
@@ -450,7 +451,9 @@ set_pip_env() {
 # top layer of the overlay the wheel is built in. Made once per root and list: its key (beside
 # it, .key) is the root's (which a rebuilt root changes, with its stamp's time) and the list's.
 # dpkg-dev: dpkg-buildflags, the suite's flags for the .deb's build (build_wheel_in_root debian).
-BUILD_PACKAGES=(gcc libc6-dev dpkg-dev)
+# ccache: the tick's compilation under qemu takes a minute or more, and most runs compile the same
+# sources with the same flags again; its cache is $CACHE/<suite>-<arch>-ccache.
+BUILD_PACKAGES=(gcc libc6-dev dpkg-dev ccache)
 
 ensure_build_layer() {
     # The build layer of the current root, made when missing or stale (BUILD_LAYER_S: how long
@@ -500,6 +503,9 @@ build_wheel_in_root() {
     overlay_root "${base##*/}" "$BUILD_LAYER"
     mount_rootfs
     set_pip_env
+    mkdir -p "$CCACHE" "$ROOT/var/cache/edge-agent-ccache"
+    mount_in "$ROOT/var/cache/edge-agent-ccache" --bind "$CCACHE"
+    in_root env CCACHE_DIR=/var/cache/edge-agent-ccache ccache --zero-stats >/dev/null
     # The repo is read-only at /src; setuptools writes build/ and *.egg-info, so build a copy (and
     # without a library an editable install built in place there for the host's Python).
     in_root /bin/sh -c "mkdir -p /tmp/edge-agent-build/src && cd /src && tar -cf - \
@@ -519,10 +525,17 @@ build_wheel_in_root() {
         log "building the wheel with ${flags[*]}"
     fi
     # PIP_ROOT_USER_ACTION: pip wheel writes nothing into the root's Python; no warning about it.
-    in_root "${PIP_ENV[@]}" "${flags[@]}" PIP_ROOT_USER_ACTION=ignore /usr/bin/python3 -m pip \
-        wheel --no-deps -q -w /tmp/edge-agent-build/wheel /tmp/edge-agent-build/src \
+    # The compiler through ccache (/usr/lib/ccache first on PATH: setuptools calls the triplet's
+    # gcc, which ccache links there); a hit is what the same sources and flags gave before.
+    in_root "${PIP_ENV[@]}" "${flags[@]}" PIP_ROOT_USER_ACTION=ignore \
+        PATH="/usr/lib/ccache:$INNER_PATH" CCACHE_DIR=/var/cache/edge-agent-ccache \
+        CCACHE_MAXSIZE=200M /usr/bin/python3 -m pip wheel --no-deps -q \
+        -w /tmp/edge-agent-build/wheel /tmp/edge-agent-build/src \
         || die "building the edge-agent wheel in the $SUITE $ROOTFS_ARCH root failed (see pip's output above)"
     name="$(cd "$ROOT/tmp/edge-agent-build/wheel" && ls edge_agent_runtime-*.whl)"
+    WHEEL_CCACHE="$(in_root env CCACHE_DIR=/var/cache/edge-agent-ccache ccache --print-stats \
+        | awk '$1 ~ /_cache_hit$/ { hit += $2 } $1 == "cache_miss" { miss += $2 }
+               END { printf "%d of %d compilations from ccache", hit, hit + miss }')"
     # The extension is optional (pip succeeds without it where there is no compiler): here the
     # wheel must carry it.
     python3 -c 'import sys, zipfile
@@ -539,5 +552,5 @@ sys.exit(not any(n.startswith("edge_agent/aif/kernels/native/_tick.") for n in n
     remove_overlay "$base"
     WHEEL="/tmp/edge-agent-build/wheel/$name"
     WHEEL_S="$(since "$start")"
-    log "built $name in $WHEEL_S s"
+    log "built $name in $WHEEL_S s ($WHEEL_CCACHE)"
 }
