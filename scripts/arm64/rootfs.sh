@@ -262,6 +262,20 @@ lock_cache() {
         log "another script holds $CACHE/$ROOTFS_NAME.lock; waiting"
         flock 9
     }
+    clear_stale_mounts
+}
+
+clear_stale_mounts() {
+    # With the lock held nobody else uses this root: whatever is still mounted in it or in one of
+    # its overlays ($CACHE/*-$ROOTFS_NAME, the build layer's) was left by a run that was killed
+    # (SIGKILL skips the traps), and mounting proc or sysfs over it again fails (EBUSY).
+    local dir target
+    for dir in "$ROOTFS" "$ROOTFS.partial" "$BUILD_LAYER.partial" "$CACHE"/*-"$ROOTFS_NAME"; do
+        for target in $(mounts_under "$dir"); do
+            log "unmounting $target (left mounted by an earlier run)"
+            umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null || true
+        done
+    done
 }
 
 unlock_cache() { exec 9>&-; }
