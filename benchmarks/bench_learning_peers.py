@@ -30,11 +30,11 @@ under ``.cache/peers`` (``--no-install``: never make one).
   like-for-like ratio, ``vs_learning_off`` its rate over the same float64 group's without
   learning, ``float64 learning off``), up to N = 1,000; on the T-maze also ``float64 per-agent
   numpy``, the same group kept on numpy (``EDGE_AGENT_NATIVE_TICK=0``; the per-agent row's
-  ``vs_numpy``), and (without ``--per-agent-only``) ``compiled prototype shared refresh 1``,
-  the shared scope's tick in float64 refreshed every tick as the compiled pass driven on its
-  own (``benchmarks/prototypes/compiled_tick.py``; a shared group does not step with it yet),
-  with ``vs_pymdp_104`` (not like for like: one set of counts) and ``vs_int8_refresh_1`` (its
-  rate over the int8 shared group's refreshed every tick);
+  ``vs_numpy``); and (without ``--per-agent-only``) ``float64 shared refresh 1``, the shared
+  group in float64 refreshed every tick as a user gets it (on the T-maze it steps in the
+  compiled pass, ``stepping`` says which), with ``vs_pymdp_104`` (not like for like: one set of
+  counts), ``vs_int8_refresh_1`` (its rate over the int8 shared group's refreshed every tick)
+  and ``vs_learning_off``;
 * pymdp 0.0.7.1: one ``Agent`` per agent, ``update_A`` each tick, in a Python loop. Its rate does
   not depend on ``N`` (it steps agents one by one), so above ``--max-007`` agents it is measured
   on ``--max-007`` agents and marked ``"extrapolated": true``;
@@ -98,9 +98,8 @@ EDGE = (("edge-agent int8 refresh 1", 1), ("edge-agent int8 refresh 100", 100))
 PER_AGENT = "edge-agent float64 per-agent"
 #: The same group kept on numpy (EDGE_AGENT_NATIVE_TICK=0) where the compiled pass steps it.
 PER_AGENT_NUMPY = "edge-agent float64 per-agent numpy"
-#: The shared scope's tick refreshed every tick as the compiled pass, driven on its own (``pA``
-#: only, float64; a shared group does not step with it yet).
-PROTOTYPE_SHARED = "edge-agent compiled prototype shared refresh 1"
+#: The shared group in float64 refreshed every tick (the compiled pass steps it where it can).
+SHARED_FLOAT64 = "edge-agent float64 shared refresh 1"
 LEARNING_OFF = "edge-agent float64 learning off"
 #: The ratios a row states: (the other row, the field its rate over the other's goes to).
 RATIOS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -108,8 +107,8 @@ RATIOS: dict[str, tuple[tuple[str, str], ...]] = {
                 (PER_AGENT_NUMPY, "vs_numpy")),
     PER_AGENT_NUMPY: ((bench_peers.PYMDP_104, "vs_pymdp_104"),
                       (LEARNING_OFF, "vs_learning_off")),
-    PROTOTYPE_SHARED: ((bench_peers.PYMDP_104, "vs_pymdp_104"),
-                       (EDGE[0][0], "vs_int8_refresh_1")),
+    SHARED_FLOAT64: ((bench_peers.PYMDP_104, "vs_pymdp_104"), (EDGE[0][0], "vs_int8_refresh_1"),
+                     (LEARNING_OFF, "vs_learning_off")),
 }
 #: The per-agent group (float64, each agent's own tables) runs up to this many agents.
 PER_AGENT_MAX = 1000
@@ -171,11 +170,12 @@ def case_rows(
 
     for impl, every in () if per_agent_only else EDGE:
         rows.append((impl, run(python, "edge-agent int8", n, refresh_every=every)))
-    if kind == "A" and not per_agent_only:
-        rows.append((PROTOTYPE_SHARED, run(python, PROTOTYPE_SHARED, n)))
+    if not per_agent_only:
+        rows.append((SHARED_FLOAT64, run(python, "edge-agent float64 shared", n)))
+    if n <= PER_AGENT_MAX or not per_agent_only:
+        rows.append((LEARNING_OFF, run(python, LEARNING_OFF, n)))
     if n <= PER_AGENT_MAX:
         rows.append((PER_AGENT, run(python, PER_AGENT, n)))
-        rows.append((LEARNING_OFF, run(python, LEARNING_OFF, n)))
         if kind == "A":  # where the compiled pass steps the group: numpy's rate beside it
             rows.append((PER_AGENT_NUMPY, run(python, PER_AGENT_NUMPY, n)))
     if bench_peers.PYMDP_007 in peers:

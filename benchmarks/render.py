@@ -293,8 +293,8 @@ LEARNING_EDGE = (
 TF_PYTHON = "PYTHONPATH=.:tools .cache/tf-venv/bin/python"
 #: The per-agent group kept on numpy where it steps in the compiled pass (the T-maze's pA).
 PER_AGENT_NUMPY = "edge-agent float64 per-agent numpy"
-#: The shared scope's tick as the compiled pass driven on its own (benchmarks/prototypes).
-PROTOTYPE_SHARED = "edge-agent compiled prototype shared refresh 1"
+#: The shared group in float64 refreshed every tick (the T-maze's in the compiled pass).
+SHARED_FLOAT64 = "edge-agent float64 shared refresh 1"
 
 
 #: The like-for-like ratio of the learning tables: edge-agent's per-agent group over pymdp 1.0.4.
@@ -661,23 +661,23 @@ TABLES: tuple[Table, ...] = (
         id="learning-shared",
         title="Against pymdp with learning: edge-agent's shared counts",
         scope=(
-            "The same task and observations as the table above, edge-agent learning with "
-            "**shared** counts (int8, every agent teaches one set of counts: a scope the peers do "
-            "not have, so these ratios are not like for like), its tables refreshed every tick "
-            "(the peers' cadence) and every 100 ticks; the peers as above (per-agent counts, "
-            "every tick). On the T-maze also the shared scope's tick refreshed every tick as "
-            "the package's compiled pass driven on its own (float64, "
-            "`benchmarks/prototypes/compiled_tick.py`; a shared group does not step with it yet; "
-            "equal to a float64 shared group up to rounding, "
-            "`tests/unit/benchmarks/test_compiled_tick.py`)."
+            "The same task and observations as the tables above, edge-agent learning with "
+            "**shared** counts (every agent teaches one set of counts: a scope the peers do not "
+            "have, so these ratios are not like for like), int8, its tables refreshed every tick "
+            "(the peers' cadence) and every 100 ticks; and float64 refreshed every tick, the "
+            "group as a user gets it: on the T-maze (`pA`) its learning ticks step in the "
+            "**compiled pass** (docs/learning.md, \"The compiled pass\"; equal to the numpy "
+            "stages up to rounding, `tests/unit/core/test_native_pass.py`), on grid10 (`pB`) "
+            "with numpy. The peers as above (per-agent counts, every tick). Open loop, and "
+            "closed where a closed-loop run stored these rows."
         ),
         benchmark="bench_learning_peers.py",
-        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
-               "loop": lambda v: v != "closed"},
-        key=("world", "n"),
+        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None},
+        key=("loop", "world", "n"),
         pivot="impl",
         command=f"{RECORD} bench_learning_peers.py -- --agents 1,1000",
         columns=(
+            Column("loop", "loop"),
             Column("world", "world"),
             Column("agents", "n", ",d"),
             Column("int8 shared, refresh every tick", "steps_per_s", ",.0f",
@@ -690,10 +690,14 @@ TABLES: tuple[Table, ...] = (
             Column("/ best peer (shared, every 100 vs per-agent, every tick)",
                    over_best(("edge-agent int8 refresh 100", "steps_per_s"), PEERS), ".2f",
                    suffix="x"),
-            Column("compiled pass, float64 shared, refresh every tick", "steps_per_s",
-                   ",.0f", of=PROTOTYPE_SHARED),
-            Column("/ pymdp 1.0.4", ratio((PROTOTYPE_SHARED, "steps_per_s"),
+            Column("float64 shared, refresh every tick", "steps_per_s", ",.0f",
+                   of=SHARED_FLOAT64),
+            Column("/ pymdp 1.0.4", ratio((SHARED_FLOAT64, "steps_per_s"),
                                           ("pymdp 1.0.4", "steps_per_s")), ".2f", suffix="x"),
+            Column("/ learning off", ratio((SHARED_FLOAT64, "steps_per_s"),
+                                           ("edge-agent float64 learning off", "steps_per_s")),
+                   ".2f", suffix="x"),
+            Column("stepping", "stepping", of=SHARED_FLOAT64),
         ),
     ),
     Table(

@@ -34,16 +34,15 @@ before and after the agent's last action (from the second tick of an episode on)
 * ``edge-agent int8``: a :class:`~edge_agent.core.agents.AifAgentGroup` with ``learning=``, scope
   ``shared`` (one set of counts that all ``N`` agents teach), tables refreshed every
   ``--refresh-every`` ticks (1: every tick, as the peers);
+* ``edge-agent float64 shared``: the same shared group in float64, stepped in the compiled pass
+  where it can (the T-maze's ``pA``, refreshed every tick; ``stepping`` says which);
 * ``edge-agent float64 per-agent``: a :class:`~edge_agent.core.agents.AifAgentGroup` learning
   per agent (each agent its own counts and tables, as the peers), stepped in the compiled pass
   where it can (the T-maze's ``pA``; ``stepping`` in the record says which);
 * ``edge-agent float64 per-agent numpy``: the same group kept on numpy
   (``EDGE_AGENT_NATIVE_TICK=0``);
 * ``edge-agent float64 learning off``: the same group without learning (the model as loaded,
-  float64): what learning costs on its own is the ratio of the two;
-* ``edge-agent compiled prototype shared refresh 1`` (``pA`` only, float64): the shared scope's
-  tick refreshed every tick as the package's compiled pass, driven on its own
-  (``benchmarks/prototypes/compiled_tick.py``): a shared group does not step with it yet.
+  float64): what learning costs on its own is the ratio of the two.
 
 After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
 runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
@@ -224,7 +223,8 @@ class Pymdp104:
 
 
 class EdgeAgent:
-    def __init__(self, w: dict[str, Any], n: int, refresh_every: int, scope: str | None) -> None:
+    def __init__(self, w: dict[str, Any], n: int, refresh_every: int, scope: str | None,
+                 precision: str = "float64") -> None:
         from edge_agent.aif.learning import LearningSettings, LearningSpec
         from edge_agent.aif.model import GenerativeModel
         from edge_agent.aif.settings import AifSettings
@@ -240,7 +240,6 @@ class EdgeAgent:
                                 refresh_every=refresh_every,
                                 settings=LearningSettings(lr_pA=1.0, lr_pB=1.0, scope=scope))  # type: ignore[arg-type]
 
-        precision = "int8" if scope == "shared" else "float64"
         self.group = AifAgentGroup(model, n, settings=settings, precision=precision,
                                    learning=None if scope is None else spec(scope))
         # Per-agent learning as a group learning per agent holds it, per agent: the agent's
@@ -266,34 +265,10 @@ class EdgeAgent:
         return "numpy" if learning is None else str(learning.describe()["stepping"])
 
 
-class EdgePrototype:
-    """The package's compiled learning tick driven on its own
-    (``benchmarks/prototypes/compiled_tick.py``), one compiled pass per tick: ``scope``
-    ``shared`` (one set of counts, the table following them every tick, float64; a shared group
-    does not step with it yet) or ``per_agent``."""
-
-    def __init__(self, w: dict[str, Any], n: int, scope: str) -> None:
-        from prototypes.compiled_tick import CompiledTick
-
-        if w["kind"] != "A":
-            raise ValueError("the compiled prototype learns pA only")
-        self.agents = CompiledTick(w["A"], w["B"], w["C"], w["D"], {w["m"]: w["p"]}, n=n,
-                                   gamma=GAMMA, num_iter=NUM_ITER, dF_tol=0.001, lr=1.0,
-                                   scope=scope)
-
-    def act(self, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
-        return self.agents.act(obs, start)
-
-    def bytes_per_agent(self) -> int:
-        return self.agents.bytes_per_agent()
-
-
-#: The compiled prototype's rows (T-maze pA only) by name: their scope.
-EDGE_PROTOTYPES = {"edge-agent compiled prototype shared refresh 1": "shared"}
-
 #: edge-agent's rows by name: the learning scope (None: learning off).
 EDGE_SCOPES: dict[str, str | None] = {
     "edge-agent int8": "shared",
+    "edge-agent float64 shared": "shared",
     "edge-agent float64 per-agent": "per_agent",
     "edge-agent float64 per-agent numpy": "per_agent",
     "edge-agent float64 learning off": None,
@@ -344,14 +319,12 @@ def main() -> int:
         impl: Any = Pymdp007(w, args.n)
     elif args.impl == "pymdp 1.0.4":
         impl = Pymdp104(w, args.n)
-    elif args.impl in EDGE_PROTOTYPES:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        impl = EdgePrototype(w, args.n, EDGE_PROTOTYPES[args.impl])
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         if args.impl in EDGE_NUMPY:
             os.environ["EDGE_AGENT_NATIVE_TICK"] = "0"  # read when the group is made
-        impl = EdgeAgent(w, args.n, args.refresh_every, EDGE_SCOPES[args.impl])
+        impl = EdgeAgent(w, args.n, args.refresh_every, EDGE_SCOPES[args.impl],
+                         "int8" if args.impl == "edge-agent int8" else "float64")
     build_s = time.perf_counter() - t0
     obs, start = world.reset()
     t0 = time.perf_counter()

@@ -1,16 +1,16 @@
 """The package's compiled tick (:mod:`edge_agent.aif.kernels.native`) driven on its own, over
-arrays of its own: what the learning benchmark measures of it outside a group, and what
-``tests/unit/benchmarks/test_compiled_tick.py`` checks against the float64 group of each scope.
+arrays of its own: what ``tests/unit/benchmarks/test_compiled_tick.py`` checks against the
+float64 group of each scope kept on numpy, its baseline version included (the groups themselves
+step with the package's library: ``tests/unit/core/test_native_pass.py``).
 
 :class:`CompiledTick` steps ``N`` agents that learn the counts of one or more likelihoods
 (``pA``), the tables following them every tick, the rest of the model shared: each agent its own
 counts (``scope="per_agent"``: what ``AifAgentGroup(..., learning=LearningSpec(pA=...,
 settings=LearningSettings(scope="per_agent")), precision="float64")`` steps with the same
-kernel), or one set of counts every agent teaches (``scope="shared"``, ``refresh_every=1``), as
-the shared scope does in float64 (a shared group does not step with the kernel yet:
-docs/learning.md); with one-step policies, utility, state information gain and deterministic
-marginal action selection. ``baseline_only``: the kernel's baseline version, built here with
-the machine's C compiler (``CC``, ``cc`` by default) and cached under
+kernel), or one set of counts every agent teaches (``scope="shared"``, ``refresh_every=1``: a
+float64 shared group's learning tick); with one-step policies, utility, state information gain
+and deterministic marginal action selection. ``baseline_only``: the kernel's baseline version,
+built here with the machine's C compiler (``CC``, ``cc`` by default) and cached under
 ``${EDGE_AGENT_BENCH_CACHE:-.cache}/prototypes`` by the sources' and flags' hash, where the
 package's library would let an x86-64-v3 CPU choose its AVX2 version.
 """

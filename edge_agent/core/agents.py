@@ -79,7 +79,7 @@ from edge_agent.errors import BudgetError, InputError, SnapshotError
 if TYPE_CHECKING:
     from edge_agent.aif.learning import Learner, LearningSpec
     from edge_agent.aif.learning_counts import TableIncrements
-    from edge_agent.core.learning import AgentStepping, GroupLearning, NewTables
+    from edge_agent.core.learning import AgentStepping, GroupLearning, NewTables, TickPass
     from edge_agent.core.planning_pass import PolicyTicks
 
 #: What other modules import from here (the group's parts live in the modules above).
@@ -167,7 +167,9 @@ class AifAgentGroup:
         self._reservations: list[Reservation] = []
         # Reserve before allocating: shared tables once per model, then per-agent state.
         cm = shared_tables(self.key, source, pol, dtype)
-        self.stepper = BlockStepper(cm, self.settings, self.dtype, block_size=block_size, seed=seed)
+        self._stepper = BlockStepper(
+            cm, self.settings, self.dtype, block_size=block_size, seed=seed
+        )
         self.learning: GroupLearning | None = None
         if learning is not None:
             from edge_agent.core.learning_scope import group_learning  # noqa: PLC0415 - it learns
@@ -182,6 +184,13 @@ class AifAgentGroup:
         self._stepping: AgentStepping | None = (
             None if self.learning is None else self.learning.scope.stepping()
         )
+        #: The compiled pass that steps the learning ticks (None: the numpy stages), and
+        #: whether the last pass left the compiled tables behind the learned ones (a shared
+        #: group's: :attr:`stepper` brings them in when read).
+        self._tick_pass: TickPass | None = (
+            None if self.learning is None else self.learning.scope.tick_pass()
+        )
+        self._behind = False
         self.state = AgentState(
             cm.num_states, cm.num_policies, cm.num_factors, self.dtype, keep_prior=keep_prior
         )
@@ -251,6 +260,19 @@ class AifAgentGroup:
             )
 
     # -- what the parts hold -----------------------------------------------------------------------
+    @property
+    def stepper(self) -> BlockStepper:
+        """The blocks' stepper, with the compiled tables the agents step with. After a shared
+        group's compiled pass the learned tables are brought into them first
+        (:meth:`~edge_agent.core.learning.GroupLearning.tables_current`): whatever reads them
+        reads what the agents infer with. (What no pass changes, the sizes and ``D``, is read
+        from ``_stepper.cm`` directly.)"""
+        if self._behind:
+            self._behind = False
+            assert self.learning is not None  # only a learning group's pass leaves them behind
+            self._install(self.learning.tables_current(self._stepper.cm))
+        return self._stepper
+
     @property
     def cm(self) -> kernels.CompiledModel:
         """The compiled tables the agents step with (the stepper's)."""
@@ -428,7 +450,7 @@ class AifAgentGroup:
         a group that keeps no prior makes each block's there; a planning policy's gather
         buffers)."""
         sizes = self.stepper.sizes
-        prior = 0 if self._keeps_prior_at(n_agents) else sum(self.cm.num_states)
+        prior = 0 if self._keeps_prior_at(n_agents) else sum(self._stepper.cm.num_states)
         gather = 0 if self.plans is None else self.plans.gather_bytes_per_agent()
         return (
             min(sizes.block, n_agents) * (gather + prior * self.dtype.itemsize)
@@ -552,7 +574,7 @@ class AifAgentGroup:
         o = np.ascontiguousarray(arr, dtype=np.int64)
         if self.n_agents == 1:  # one agent: plain Python beats numpy calls (loop over modalities)
             values = o[0].tolist()
-            ok = min(values) >= 0 and all(map(operator.lt, values, self.cm.num_obs))
+            ok = min(values) >= 0 and all(map(operator.lt, values, self._stepper.cm.num_obs))
         else:  # one pass over the batch: negative outcomes wrap to huge unsigned values
             ok = bool(np.logical_and.reduce(np.less(o.view(np.uint64), self._obs_limit), axis=None))
         if not ok:
@@ -571,11 +593,11 @@ class AifAgentGroup:
             and obs
             and all(isinstance(p, np.ndarray) and p.dtype.kind == "f" for p in obs)
         ):
-            M = self.cm.num_modalities
+            M = self._stepper.cm.num_modalities
             if len(obs) != M:
                 raise InputError(f"soft evidence has {len(obs)} modalities, expected {M}")
             soft = []
-            for m, (p, o) in enumerate(zip(obs, self.cm.num_obs, strict=True)):
+            for m, (p, o) in enumerate(zip(obs, self._stepper.cm.num_obs, strict=True)):
                 if p.shape != (self.n_agents, o):
                     raise InputError(
                         f"soft evidence of modality {m} has shape {p.shape}, "
@@ -590,7 +612,7 @@ class AifAgentGroup:
         return self._checked_obs(np.asarray(obs)), None
 
     def _raise_out_of_range(self, obs: IntArray) -> None:
-        for m, o in enumerate(self.cm.num_obs):
+        for m, o in enumerate(self._stepper.cm.num_obs):
             col = obs[:, m]
             bad = (col < 0) | (col >= o)
             if bad.any():
@@ -602,12 +624,12 @@ class AifAgentGroup:
 
     def check_actions(self, actions: np.ndarray) -> IntArray:
         arr = np.asarray(actions)
-        expected = (self.n_agents, self.cm.num_factors)
+        expected = (self.n_agents, self._stepper.cm.num_factors)
         if arr.shape != expected:
             raise InputError(f"actions has shape {arr.shape}, expected {expected}")
         if not np.issubdtype(arr.dtype, np.integer):
             raise InputError(f"actions must be integers, got dtype {arr.dtype}")
-        for f, u in enumerate(self.cm.num_controls):
+        for f, u in enumerate(self._stepper.cm.num_controls):
             col = arr[:, f]
             if col.min() < 0 or col.max() >= u:
                 raise InputError(f"actions on factor {f} must be in [0, {u}), got {int(col.max())}")
@@ -738,17 +760,19 @@ class AifAgentGroup:
         """A tick whose tables change between inference and planning (a refresh is due, the
         agents seek novelty, or each agent has its own tables), in pymdp's order: every agent
         infers its states, learns (the tables are refreshed), then plans and acts with the
-        current tables."""
+        current tables; in one compiled pass where the scope has one."""
         state, learning, stepping = self.state, self.learning, self._stepping
         assert learning is not None
         health = self.health
-        if stepping is not None and stepping.step_tick(
-            state, o, self.stepper, learn=not learning.frozen
-        ):  # one pass: inferred, learned, the tables following, planned and acted
-            learning.observe(o, state.prior, stepping.outcome_probabilities)
+        tick_pass = self._tick_pass
+        if tick_pass is not None:  # one pass: inferred, learned, the tables following, acted
+            prior = tick_pass.step_tick(state, o, self._stepper, learn=not learning.frozen)
+            learning.observe(o, prior, tick_pass.outcome_probabilities)
             if health is not None:
-                health.before(o, state.prior)
-            learning.learned_in_pass(len(o))
+                health.before(o, prior)
+            behind = tick_pass.leaves_compiled_behind and not learning.frozen
+            learning.learned_in_pass(len(o), compiled_behind=behind)
+            self._behind = self._behind or behind
         else:
             if stepping is not None:
                 stepping.infer_states(state, o, self.stepper)
@@ -766,7 +790,7 @@ class AifAgentGroup:
             self.sample_action()
         history = self.recorder
         if record and history is not None:
-            for rows in self.stepper.blocks(state):
+            for rows in self._stepper.blocks(state):
                 history.stage_beliefs(rows)
             history.record(o, state.action, now)
         if health is not None:
@@ -833,7 +857,12 @@ class AifAgentGroup:
     def _health_likelihood(self, rows: IntArray) -> Sequence[np.ndarray]:
         """The ``A`` the agents ``rows`` infer with now: the compiled model's rows (refreshed
         by shared learning), or each agent's own where it learns its own (per-agent learning)."""
-        return self.cm.A_rows if self._stepping is None else self._stepping.likelihood(rows)
+        if self._stepping is not None:
+            return self._stepping.likelihood(rows)
+        if self._behind:  # the compiled tables lag the pass's (read them when they are needed)
+            assert self._tick_pass is not None
+            return self._tick_pass.likelihood(rows)
+        return self.cm.A_rows
 
     def _health_prior(self, rows: IntArray) -> list[np.ndarray]:
         """The prior of the agents ``rows`` for this tick, made again for a group that keeps
@@ -902,7 +931,7 @@ class AifAgentGroup:
     def _reset_agents(self, sel: slice | np.ndarray) -> None:
         """The agents ``sel`` start a trial from ``D`` (a new trial: they plan at its first
         tick)."""
-        self.state.reset(sel, self.cm.D)
+        self.state.reset(sel, self._stepper.cm.D)
         if self.plans is not None:
             self.plans.reset(sel)
 
@@ -1003,7 +1032,7 @@ class AifAgentGroup:
         return self.cores.start(
             count,
             blocks=len(self.blocks()),
-            obs_shape=(self.n_agents, self.cm.num_modalities),
+            obs_shape=(self.n_agents, self._stepper.cm.num_modalities),
             scratch_nbytes=self.scratch_nbytes(self.n_agents),
             share=self._share_state,
             step_block=self._step_index,
@@ -1084,7 +1113,7 @@ class AifAgentGroup:
         self.state.load_state_dict(
             state,
             take,
-            D=self.cm.D,
+            D=self._stepper.cm.D,
             blocks=len(self.blocks()),
             block_size=self.block_size,
             # an every-tick group's small blocks read the prior off the small-block planner
@@ -1116,10 +1145,11 @@ class AifAgentGroup:
         return self.step(obs, now)
 
     def io(self) -> GroupIO:
-        return GroupIO(num_obs=tuple(self.cm.num_obs), actions=tuple(self.cm.num_controls))
+        cm = self._stepper.cm
+        return GroupIO(num_obs=tuple(cm.num_obs), actions=tuple(cm.num_controls))
 
     def io_signature(self) -> tuple[object, ...]:
-        return ("aif", self.cm.num_obs, self.cm.num_controls)
+        return ("aif", self._stepper.cm.num_obs, self._stepper.cm.num_controls)
 
     def warm_up(self, obs: np.ndarray) -> None:
         """Step once on ``obs`` without recording, then put beliefs and actions back.
@@ -1165,7 +1195,8 @@ class AifAgentGroup:
 
     def random_inputs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         n = self.n_agents
-        return np.stack([rng.integers(0, o, size=n) for o in self.cm.num_obs], axis=1), None
+        num_obs = self._stepper.cm.num_obs
+        return np.stack([rng.integers(0, o, size=n) for o in num_obs], axis=1), None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {

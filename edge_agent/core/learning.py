@@ -38,7 +38,12 @@ learning is frozen with something not in the tables yet, after a snapshot's coun
 restored) is the scope's: a shared group's brings only ``A``'s touched columns into its compiled
 tables when nothing else moved, and builds, encodes (int8: only the touched columns of a table
 past its first refresh) and compiles the model again otherwise
-(:mod:`edge_agent.aif.learning_refresh`). With workers the workers step the blocks, the group
+(:mod:`edge_agent.aif.learning_refresh`). A scope may step the whole learning tick in one
+compiled pass (:meth:`LearnedTables.tick_pass`, :mod:`edge_agent.core.native_pass`): the group
+then calls :meth:`~GroupLearning.learned_in_pass` after it, and a shared pass, which leaves the
+group's compiled tables behind its own, has them brought in by
+:meth:`~GroupLearning.tables_current` when something reads them. With workers the workers step
+the blocks, the group
 learns from the posteriors they leave in shared memory, and forks them again whenever the tables
 change (they hold the old ones copy-on-write). The counts, their previous posteriors, the
 update's scratch and a shared int8 group's own codes are reserved in the memory budget
@@ -73,7 +78,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AgentStepping", "GroupLearning", "LearnedTables", "NewTables", "divergence_from_prior"]
+__all__ = [
+    "AgentStepping", "GroupLearning", "LearnedTables", "NewTables", "TickPass",
+    "divergence_from_prior",
+]
 
 
 class NewTables(NamedTuple):
@@ -145,8 +153,41 @@ class LearnedTables(Protocol):
 
     @property
     def stepping_name(self) -> str:
-        """What steps the agents: ``"native"`` (one compiled pass per tick), ``"numpy"``, and
-        for a scope that could step natively but does not, why (``"numpy: <reason>"``)."""
+        """What steps the agents' learning ticks: ``"native"`` (one compiled pass per tick), or
+        ``"numpy: <why not native>"``."""
+        ...
+
+    def tick_pass(self) -> TickPass | None:
+        """The compiled pass that steps the group's learning ticks (None: numpy stages)."""
+        ...
+
+
+class TickPass(Protocol):
+    """A group's whole learning tick in one pass (:mod:`edge_agent.core.native_pass`)."""
+
+    #: Whether the pass leaves the group's compiled tables behind the tables it learns (a
+    #: shared group's: :meth:`GroupLearning.tables_current` brings them in).
+    leaves_compiled_behind: bool
+
+    def step_tick(
+        self, state: AgentState, obs: IntArray, stepper: BlockStepper, *, learn: bool
+    ) -> Sequence[np.ndarray]:
+        """The whole learning tick: the posteriors, the counts' update (``learn``) and the
+        tables following them, ``G``, ``q_pi`` and the actions, and the prior ``state`` keeps
+        (per agent: the tick's; shared: the next); returns the tick's prior (the surprise's and
+        the health's). The caller then keeps the rest (:meth:`GroupLearning.learned_in_pass`)."""
+        ...
+
+    def outcome_probabilities(
+        self, obs: IntArray, rows: IntArray, joint: np.ndarray
+    ) -> np.ndarray:
+        """The surprise's ``p(o_m)`` of the agents ``rows`` (an
+        :data:`~edge_agent.core.surprise.OutcomeProbabilities`) of the tick stepped last."""
+        ...
+
+    def likelihood(self, rows: IntArray) -> list[np.ndarray]:
+        """Each modality's ``A`` the agents ``rows`` infer with now (see
+        :meth:`AgentStepping.likelihood`)."""
         ...
 
 
@@ -159,23 +200,6 @@ class AgentStepping(Protocol):
     def infer_policies(self, state: AgentState, stepper: BlockStepper) -> None: ...
 
     def sample_action(self, state: AgentState, stepper: BlockStepper) -> None: ...
-
-    def step_tick(
-        self, state: AgentState, obs: IntArray, stepper: BlockStepper, *, learn: bool
-    ) -> bool:
-        """The whole learning tick in one pass, if this stepping has one: the prior (into
-        ``state.prior``), the posteriors, the counts' update (``learn``) and the tables
-        following them, ``G``, ``q_pi`` and the actions; the caller then keeps the rest
-        (:meth:`GroupLearning.learned_in_pass`). False: nothing done, the caller steps the
-        tick in stages."""
-        ...
-
-    def outcome_probabilities(
-        self, obs: IntArray, rows: IntArray, joint: np.ndarray
-    ) -> np.ndarray:
-        """The surprise's ``p(o_m)`` of the agents ``rows`` (an
-        :data:`~edge_agent.core.surprise.OutcomeProbabilities`) of the tick stepped last."""
-        ...
 
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
         """Each modality's ``A`` of the agents ``rows``: ``(r, O_m, S)`` where each learns its
@@ -372,20 +396,34 @@ class GroupLearning:
         scope's tables as they are)."""
         self.surprise.note(obs, prior, p_obs or self.scope.outcome_probabilities)
 
-    def learned_in_pass(self, n_agents: int) -> None:
-        """A stepping's one pass (:meth:`AgentStepping.step_tick`) learned this tick: each
-        agent's ``pA`` counts gained their update, with the experience, and its tables
-        follow them. Keep what an update and a refresh keep besides: the versions and
-        agent-ticks of the counts, their masks the counts' support from the first refresh
-        on, the refreshes. Nothing while frozen (the pass did not learn)."""
+    def learned_in_pass(self, n_agents: int, *, compiled_behind: bool) -> None:
+        """A scope's one pass (:meth:`TickPass.step_tick`) learned this tick: the ``pA``
+        counts gained every agent's update, with the experience, and the tables the agents
+        infer with follow them. Keep what an update and a refresh keep besides: the versions
+        and agent-ticks of the counts, their masks the counts' support from the first refresh
+        on, the refreshes; ``compiled_behind`` (a shared pass): every column of the learned
+        tables counts as touched until :meth:`tables_current` brings them into the compiled
+        tables. Nothing while frozen (the pass did not learn)."""
         if self.frozen:
             return
-        learner = self._learner
-        assert learner.pA is not None  # the pass learns pA alone (native_pass)
-        learner.pA.added_in_place(n_agents)
-        learner.pA.mark_refreshed()
+        pA = self._learner.pA
+        assert pA is not None  # the pass learns pA alone (native_pass)
+        pA.added_in_place(n_agents)
+        pA.mark_refreshed()
+        if compiled_behind:
+            for touched in pA.touched:
+                touched.fill(True)
         self._since_refresh = 0
         self.refreshes += 1
+
+    def tables_current(self, cm: kernels.CompiledModel) -> NewTables | None:
+        """After a shared pass (:meth:`learned_in_pass`): the counts' expectation into the
+        group's compiled tables ``cm`` (the scope's refresh, incremental past the first: the
+        touched columns of ``A``). The refreshes were counted by the passes."""
+        new, incremental, encoded = self.scope.refresh(self._learner, cm)
+        self.incremental_refreshes += incremental
+        self.columns_encoded += encoded
+        return None if new is None else NewTables(new, same_layout=incremental)
 
     def keep_action(self, action: np.ndarray, has_action: np.ndarray) -> None:
         """Last tick's action and whether each agent acted, kept before a step replaces them:

@@ -40,8 +40,8 @@ def group_learning(
 ) -> GroupLearning:
     """The learning of a group of ``n_agents`` on ``model`` (float, as loaded; ``quantized``:
     the int8 codes an int8 group steps with, else None; ``cm``: the compiled tables) that learns
-    ``spec``, with the tables of ``spec.settings.scope`` (per agent: stepped in one compiled
-    pass per tick where it can, :func:`~edge_agent.core.native_pass.native_pass`). ``dtype``,
+    ``spec``, with the tables of ``spec.settings.scope``, its learning ticks stepped in one
+    compiled pass where it can (:mod:`edge_agent.core.native_pass`). ``dtype``,
     ``settings``: the group's compute dtype and settings. InputError names the group for
     counts the model cannot take."""
     floats = model
@@ -71,9 +71,17 @@ def group_learning(
             tables.native = found
         scope = tables
     else:
+        from edge_agent.core.native_pass import shared_native_pass  # noqa: PLC0415
         from edge_agent.core.shared_learning import SharedTables  # noqa: PLC0415
 
-        scope = SharedTables(floats, quantized, cm, dtype.type)
+        shared = SharedTables(floats, quantized, cm, dtype.type)
+        found_shared = shared_native_pass(shared, learner, spec, cm=cm, settings=settings,
+                                          n_agents=n_agents)
+        if isinstance(found_shared, str):
+            shared.native_reason = found_shared
+        else:
+            shared.native = found_shared
+        scope = shared
     return GroupLearning(
         spec,
         learner,

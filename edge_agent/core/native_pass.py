@@ -1,17 +1,25 @@
-"""Per-agent learning in one compiled pass per tick: :class:`NativePass`.
+"""Learning in one compiled pass per tick: :class:`NativePass` (each agent its own counts) and
+:class:`SharedNativePass` (one set of counts every agent teaches).
 
-A group whose agents each learn their own likelihood counts (``pA``, scope ``per_agent``) steps
-its learning tick (:meth:`~edge_agent.core.agents.AifAgentGroup.step`) in
-:mod:`edge_agent.aif.kernels.native`'s pass when the model and settings are what the pass does
-(:func:`native_pass` says which are not): every agent infers, learns its counts, its tables
-follow them, it plans and acts, agent block by agent block, in the arrays the group already
-holds (the agents' state; the counts, their masks and experience in the
-:class:`~edge_agent.aif.learning_counts.DirichletCounts`; each agent's tables in the
-:class:`~edge_agent.core.per_agent_learning.AgentTables`), with the numbers of the numpy stages
-up to rounding. What the counts keep besides (versions, agent-ticks, the refresh) is kept by
-:meth:`~edge_agent.core.learning.GroupLearning.learned_in_pass`. The group's verbs that step
-one stage (``infer_states``, ``infer_policies``, ``sample_action``) and everything that reads
-the tables go to the :class:`AgentTables` it wraps.
+A group that learns its likelihood counts (``pA``) every tick steps its learning tick
+(:meth:`~edge_agent.core.agents.AifAgentGroup.step`) in :mod:`edge_agent.aif.kernels.native`'s
+pass when the model and settings are what the pass does (:func:`native_pass` says which are
+not): every agent infers, learns, the tables follow the counts, it plans and acts, agent block by
+agent block, in the arrays the group already holds (the agents' state; the counts, their masks
+and experience in the :class:`~edge_agent.aif.learning_counts.DirichletCounts`; per agent, each
+agent's tables in the :class:`~edge_agent.core.per_agent_learning.AgentTables`), with the
+numbers of the numpy stages up to rounding. What the counts keep besides (versions, agent-ticks,
+the refresh) is kept by :meth:`~edge_agent.core.learning.GroupLearning.learned_in_pass`.
+
+Per agent, the group's verbs that step one stage (``infer_states``, ``infer_policies``,
+``sample_action``) and everything that reads the tables go to the :class:`AgentTables` it wraps.
+Shared, the pass keeps the learned tables the agents infer with (one ``(O_m, S)`` table per
+learned modality, following the counts every tick) and leaves the group's compiled tables
+(:class:`~edge_agent.aif.kernels.CompiledModel`: the numpy stages', the planners', what other
+parts read) behind them: the group brings those in when something reads them
+(:meth:`~edge_agent.core.learning.GroupLearning.tables_current`, one incremental refresh of the
+columns the passes touched), never on the pass's own ticks. The pass takes the group's tables
+again whenever they were replaced otherwise (a refresh, a snapshot, a forget).
 
 ``EDGE_AGENT_NATIVE_TICK=0`` in the environment keeps a group on numpy (read when the group is
 made; a benchmark's or a test's baseline).
@@ -20,6 +28,7 @@ made; a benchmark's or a test's baseline).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,39 +41,62 @@ from edge_agent.core.group_blocks import IntArray
 if TYPE_CHECKING:
     from edge_agent.aif import kernels
     from edge_agent.aif.learning import Learner, LearningSpec
+    from edge_agent.aif.model import GenerativeModel
     from edge_agent.aif.settings import AifSettings
     from edge_agent.core.per_agent_learning import AgentTables
+    from edge_agent.core.shared_learning import SharedTables
 
-__all__ = ["NATIVE_ENV", "NativePass", "native_pass"]
+__all__ = ["NATIVE_ENV", "NativePass", "SharedNativePass", "native_pass", "shared_native_pass"]
 
 #: The environment variable that keeps groups on numpy when it is ``0``.
 NATIVE_ENV = "EDGE_AGENT_NATIVE_TICK"
 
 
-class NativePass:
-    """The learning tick of a per-agent group (``tables``, ``learner``) as one compiled pass
-    (``kernel``); the stage verbs are ``tables``'."""
-
-    name = "native"
-    plans_by_policy = False
+class _CompiledPass:
+    """What both scopes' passes hold: the ``pA`` counts of ``learner``, the ``kernel`` and
+    this tick's ``p(o_m)`` of ``n_agents`` agents."""
 
     def __init__(
-        self, tables: AgentTables, learner: Learner, kernel: native.NativeTick, n_agents: int,
-        num_modalities: int,
+        self, learner: Learner, kernel: native.NativeTick, n_agents: int, num_modalities: int
     ) -> None:
-        assert learner.pA is not None  # native_pass checked
-        self.tables = tables
+        assert learner.pA is not None  # _kernel checked
         self._counts = learner.pA
         self._kernel = kernel
         #: This tick's p(o_m) under the prior and the tables before the update (the surprise's).
         self._p_obs = np.zeros((n_agents, num_modalities))
 
+    def outcome_probabilities(
+        self, obs: IntArray, rows: IntArray, joint: np.ndarray
+    ) -> np.ndarray:
+        """``(r, M)``: the agents ``rows``' ``p(o_m)`` the last pass took under their prior
+        and the tables before its update (``obs`` and ``joint``: the same, already in)."""
+        del obs, joint
+        return self._p_obs[rows]
+
+
+class NativePass(_CompiledPass):
+    """The learning tick of a per-agent group (``tables``, ``learner``) as one compiled pass
+    (``kernel``); the stage verbs are ``tables``'."""
+
+    name = "native"
+    plans_by_policy = False
+    #: The pass writes each agent's tables themselves: nothing is left behind.
+    leaves_compiled_behind = False
+
+    def __init__(
+        self, tables: AgentTables, learner: Learner, kernel: native.NativeTick, n_agents: int,
+        num_modalities: int,
+    ) -> None:
+        super().__init__(learner, kernel, n_agents, num_modalities)
+        self.tables = tables
+
     def step_tick(
         self, state: AgentState, obs: IntArray, stepper: BlockStepper, *, learn: bool
-    ) -> bool:
+    ) -> Sequence[np.ndarray]:
         """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the prior
-        into ``state.prior``, the posteriors, each agent's counts (``learn``: not frozen) and
-        tables, ``G``, ``q_pi`` and the actions."""
+        into ``state.prior`` (returned: the agents' next prior is made at the next
+        inference), the posteriors, each agent's counts (``learn``: not frozen) and tables,
+        ``G``, ``q_pi`` and the actions."""
         del stepper  # the pass has the stepper's settings (native_pass)
         counts, own = self._counts, self.tables.tables["A"]
         # The masks are replaced at the first refresh and at a reset: bound every tick.
@@ -72,15 +104,7 @@ class NativePass:
                                    counts.experience)
         self._kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
                           q_pi=state.q_pi, prior=state.prior, p_obs=self._p_obs, learn=learn)
-        return True
-
-    def outcome_probabilities(
-        self, obs: IntArray, rows: IntArray, joint: np.ndarray
-    ) -> np.ndarray:
-        """``(r, M)``: the agents ``rows``' ``p(o_m)`` the last pass took under their prior
-        and their tables before its update (``obs`` and ``joint``: the same, already in)."""
-        del obs, joint
-        return self._p_obs[rows]
+        return state.prior
 
     # -- the stage verbs: the tables' -------------------------------------------------------------
     def infer_states(self, state: AgentState, obs: IntArray, stepper: BlockStepper) -> None:
@@ -100,22 +124,112 @@ class NativePass:
         return self.tables.likelihood(rows)
 
 
+class SharedNativePass(_CompiledPass):
+    """The learning tick of a shared group (``tables``, ``learner``: one set of ``pA`` counts
+    every agent teaches, the tables following them every tick) as one compiled pass
+    (``kernel``); it holds the learned tables the agents infer with between a refresh and the
+    next (see the module doc)."""
+
+    #: The group's compiled tables lag the learned tables after a pass (the group brings them
+    #: in when read: :meth:`~edge_agent.core.learning.GroupLearning.tables_current`).
+    leaves_compiled_behind = True
+
+    def __init__(
+        self, tables: SharedTables, learner: Learner, kernel: native.NativeTick, n_agents: int,
+        num_modalities: int,
+    ) -> None:
+        super().__init__(learner, kernel, n_agents, num_modalities)
+        self.tables = tables
+        model = tables.model
+        #: Each learned modality's table ``(O_m, S)``, the pass's own (written every tick).
+        self._own = [
+            np.array(model.A[m].reshape(model.A[m].shape[0], -1), dtype=np.float64)
+            for m in self._counts.tables
+        ]
+        #: The group's model the tables were last taken from (or brought into).
+        self._synced: GenerativeModel = model
+        #: The tick's prior (the group keeps the next one in its state).
+        self._prior = [np.zeros((n_agents, s)) for s in model.num_states]
+
+    def step_tick(
+        self, state: AgentState, obs: IntArray, stepper: BlockStepper, *, learn: bool
+    ) -> Sequence[np.ndarray]:
+        """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the
+        tick's prior (returned), the posteriors, the counts (``learn``: not frozen) with
+        every agent's update and the tables their expectation, then ``G``, ``q_pi``, the
+        actions and from them the next prior, into ``state.prior`` (the group keeps it, as
+        its numpy stages do: ``stepper``'s transitions, which the pass does not learn)."""
+        model, counts = self.tables.model, self._counts
+        if model is not self._synced:  # replaced since: a refresh, a snapshot, a forget
+            for own, m in zip(self._own, counts.tables, strict=True):
+                np.copyto(own, model.A[m].reshape(own.shape))
+            self._synced = model
+        n = len(obs)
+        if len(self._p_obs) != n:  # the group was resized
+            self._p_obs = np.zeros((n, self._p_obs.shape[1]))
+            self._prior = [np.zeros((n, p.shape[1])) for p in self._prior]
+        self._kernel.bind_learning(self._own, counts.counts, counts.mask, counts.experience)
+        self._kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
+                          q_pi=state.q_pi, prior=self._prior, p_obs=self._p_obs, learn=learn)
+        for rows in stepper.blocks(state):
+            stepper.propagate(rows, rows.action)
+        return self._prior
+
+    def likelihood(self, rows: IntArray) -> list[np.ndarray]:
+        """Each modality's ``A`` ``(O_m, S)`` the agents infer with now: the learned ones the
+        pass's, the others the model's."""
+        del rows  # one table for every agent
+        A = [a.reshape(a.shape[0], -1) for a in self.tables.model.A]
+        for own, m in zip(self._own, self._counts.tables, strict=True):
+            A[m] = own
+        return A
+
+
 def native_pass(
     tables: AgentTables, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
     settings: AifSettings, n_agents: int,
 ) -> NativePass | str:
-    """The compiled pass of a per-agent group, or why it steps with numpy: the pass learns
-    ``pA`` alone, without forgetting or novelty, in float64 counts refreshed every tick, for
-    one-step policies, deterministic marginal action selection and a model within
-    :data:`~edge_agent.aif.kernels.native.LIMITS`."""
+    """The compiled pass of a per-agent group, or why it steps with numpy (:func:`_kernel`)."""
+    pA = learner.pA
+    own = [] if pA is None else [tables.tables["A"][m] for m in pA.tables]
+    found = _kernel(tables.model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
+                    shared=False, bound=own)
+    if isinstance(found, str):
+        return found
+    return NativePass(tables, learner, found, n_agents, tables.model.num_modalities)
+
+
+def shared_native_pass(
+    tables: SharedTables, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
+    settings: AifSettings, n_agents: int,
+) -> SharedNativePass | str:
+    """The compiled pass of a shared group, or why it steps with numpy (:func:`_kernel`; and
+    its tables must be float64: the pass does not compute in int8 codes)."""
+    if tables.quantized is not None or cm.dtype != np.float64:
+        return "int8 tables (the compiled tick computes in float64)"
+    found = _kernel(tables.model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
+                    shared=True, bound=[])
+    if isinstance(found, str):
+        return found
+    return SharedNativePass(tables, learner, found, n_agents, tables.model.num_modalities)
+
+
+def _kernel(
+    model: GenerativeModel, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
+    settings: AifSettings, n_agents: int, shared: bool, bound: list[np.ndarray],
+) -> native.NativeTick | str:
+    """The compiled tick of ``model``'s group (``shared``: one set of counts), or why it steps
+    with numpy: the pass learns ``pA`` alone, without forgetting or novelty, in float64 counts
+    refreshed every tick, for one-step policies, deterministic marginal action selection and a
+    model within :data:`~edge_agent.aif.kernels.native.LIMITS`, in C-contiguous float64
+    arrays (the counts, their experience and ``bound``: the tables it writes)."""
     s = spec.settings
     policies = cm.tree.policies
-    model = tables.model
     reasons = [
         (os.environ.get(NATIVE_ENV, "1") == "0", f"{NATIVE_ENV}=0"),
-        (learner.pA is None, "pA is not learned"),
         (learner.pB is not None or learner.pD is not None,
          "pB or pD learned (the compiled tick learns pA)"),
+        (learner.pA is None, "pA is not learned"),
         (spec.param_info_gain, "param_info_gain"),
         (spec.refresh_every != 1, f"refresh_every {spec.refresh_every}"),
         (s.forgetting != 0.0, "forgetting"),
@@ -136,19 +250,18 @@ def native_pass(
         return missing
     pA = learner.pA
     assert pA is not None
-    bound = [tables.tables["A"][m] for m in pA.tables] + pA.counts + pA.experience
-    if not all(a.dtype == np.float64 and a.flags.c_contiguous for a in bound):
+    if not all(a.dtype == np.float64 and a.flags.c_contiguous
+               for a in (*bound, *pA.counts, *pA.experience)):
         return "tables or counts not C-contiguous float64"
     S = int(np.prod(model.num_states))
     supports = [(a > 0).reshape(a.shape[0], S) for a in model.A]
     for slot, m in enumerate(pA.tables):
         supports[m] = supports[m] | (pA.prior[slot].reshape(supports[m].shape) > 0)
-    kernel = native.NativeTick(
+    return native.NativeTick(
         model.A, model.B, model.D, lnC=native.log_preferences(model.C),
         lnE=np.asarray(cm.lnE, dtype=np.float64), policies=policies, learned=pA.tables,
         supports=supports, n=n_agents,
         gamma=float(settings.gamma), num_iter=settings.num_iter, dF_tol=settings.dF_tol,
         lr=s.lr_pA, use_utility=settings.use_utility,
-        use_info_gain=settings.use_states_info_gain, shared_counts=False,
+        use_info_gain=settings.use_states_info_gain, shared_counts=shared,
     )
-    return NativePass(tables, learner, kernel, n_agents, model.num_modalities)

@@ -12,6 +12,8 @@ or :meth:`~edge_agent.core.agents.AifAgentGroup.resize` (each refused in one lin
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from edge_agent.aif import kernels, per_agent
@@ -25,6 +27,9 @@ from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import IntArray
 from edge_agent.core.learning import AgentStepping
+
+if TYPE_CHECKING:
+    from edge_agent.core.native_pass import NativePass
 
 __all__ = ["OUTCOME_CHUNK", "AgentTables"]
 
@@ -96,7 +101,7 @@ class AgentTables:
         #: The compiled pass that steps the agents' learning ticks over these tables
         #: (:func:`~edge_agent.core.native_pass.native_pass`, set by the group's learning), or
         #: None and why not.
-        self.native: AgentStepping | None = None
+        self.native: NativePass | None = None
         self.native_reason = "not tried"
 
     @property
@@ -119,12 +124,9 @@ class AgentTables:
         """``"native"``, or ``"numpy: <why not native>"``."""
         return "native" if self.native is not None else f"numpy: {self.native_reason}"
 
-    def step_tick(
-        self, state: AgentState, obs: IntArray, stepper: BlockStepper, *, learn: bool
-    ) -> bool:
-        """No one-pass tick in numpy: the group steps these tables in stages."""
-        del state, obs, stepper, learn
-        return False
+    def tick_pass(self) -> NativePass | None:
+        """The compiled pass that steps the learning ticks (:attr:`native`), if any."""
+        return self.native
 
     def bytes_per_agent(self, learner: Learner) -> int:
         """Each agent's copy of the learned tables (a learned ``B`` on its support when it is

@@ -12,6 +12,8 @@ model again otherwise; the group installs the compiled tables it returns.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from edge_agent.aif import kernels
@@ -28,6 +30,9 @@ from edge_agent.aif.learning_refresh import (
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.core.group_blocks import IntArray
+
+if TYPE_CHECKING:
+    from edge_agent.core.native_pass import SharedNativePass
 
 __all__ = ["SharedTables"]
 
@@ -64,6 +69,11 @@ class SharedTables:
         #: The model whose ``A`` the surprise last stacked, the stacked rows and each
         #: modality's first row (:meth:`outcome_probabilities`).
         self._stacked_A: tuple[GenerativeModel, np.ndarray, np.ndarray] | None = None
+        #: The compiled pass that steps the learning ticks
+        #: (:func:`~edge_agent.core.native_pass.shared_native_pass`, set by the group's
+        #: learning), or None and why not.
+        self.native: SharedNativePass | None = None
+        self.native_reason = "not tried"
 
     @property
     def model(self) -> GenerativeModel:
@@ -82,8 +92,12 @@ class SharedTables:
 
     @property
     def stepping_name(self) -> str:
-        """The group's kernels step the agents, with this one model."""
-        return "numpy"
+        """``"native"`` (the learning ticks in one compiled pass), or ``"numpy: <why not>"``."""
+        return "native" if self.native is not None else f"numpy: {self.native_reason}"
+
+    def tick_pass(self) -> SharedNativePass | None:
+        """The compiled pass that steps the learning ticks (:attr:`native`), if any."""
+        return self.native
 
     def bytes_per_agent(self, learner: Learner) -> int:
         """Nothing per agent: one model for the group."""

@@ -177,7 +177,7 @@ EXPECTED: dict[str, list[Record]] = {
           for w, score in (("tmaze", "mean_reward"), ("grid10", "reach_rate"))
           for i in ("edge-agent float64 per-agent", "edge-agent float64 learning off")],
         # The T-maze's pA: the per-agent group in the compiled pass, beside it kept on numpy;
-        # the compiled pass of the shared scope driven on its own.
+        # the float64 shared group in the compiled pass too (grid10's pB: numpy, saying why).
         ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "open",
           "impl": "edge-agent float64 per-agent", "stepping": "native"},
          ("steps_per_s", "state_bytes_per_agent", "vs_numpy")),
@@ -186,8 +186,12 @@ EXPECTED: dict[str, list[Record]] = {
           "stepping": "numpy: EDGE_AGENT_NATIVE_TICK=0"},
          ("steps_per_s", "state_bytes_per_agent", "vs_learning_off")),
         ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "open",
-          "impl": "edge-agent compiled prototype shared refresh 1"},
-         ("steps_per_s", "vs_int8_refresh_1")),
+          "impl": "edge-agent float64 shared refresh 1", "stepping": "native"},
+         ("steps_per_s", "vs_int8_refresh_1", "vs_learning_off")),
+        ({"bench": "learning-peers", "world": "grid10", "n": 20, "loop": "open",
+          "impl": "edge-agent float64 shared refresh 1",
+          "stepping": "numpy: pB or pD learned (the compiled tick learns pA)"},
+         ("steps_per_s", "vs_int8_refresh_1", "vs_learning_off")),
         ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "closed",
           "impl": "edge-agent float64 per-agent numpy"},
          ("steps_per_s", "mean_reward", "achieved_ticks", "world_step_timed")),

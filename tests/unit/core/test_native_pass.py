@@ -1,10 +1,13 @@
-"""A per-agent group that learns ``pA`` steps its learning tick in one compiled pass
-(edge_agent/core/native_pass.py over edge_agent/aif/kernels/native/tick.c) with the numbers of
-the numpy stages: posteriors, priors, expected free energies, policy posteriors, counts, each
-agent's tables, experience, versions, agent-ticks, surprise and health equal up to rounding,
-tick after tick, through resets, a freeze, a forget and a snapshot restored; actions optimal
-under the numpy group's posterior; each agent as its own float64 reference agent (pymdp
-0.0.7.1's maths). A group the pass does not do says why and steps with numpy.
+"""A group that learns ``pA`` every tick, per agent or with shared counts, steps its learning
+tick in one compiled pass (edge_agent/core/native_pass.py over
+edge_agent/aif/kernels/native/tick.c) with the numbers of the numpy stages: posteriors, priors,
+expected free energies, policy posteriors, counts, the tables (each agent's, or the shared
+ones), experience, versions, agent-ticks, surprise and health equal up to rounding, tick after
+tick, through resets, a freeze, a forget and a snapshot restored; actions optimal under the
+numpy group's posterior; each per-agent agent as its own float64 reference agent (pymdp
+0.0.7.1's maths). A shared group's compiled tables, which its pass leaves behind, are brought in
+whenever something reads them: the stage verbs, the compiled tables, a resize. A group the pass
+does not do says why and steps with numpy.
 
 The library is the package's own (built by ``pip install -e .``, which scripts/test runs with a
 C compiler present): its absence fails here, saying how to get it."""
@@ -36,11 +39,13 @@ def _prior() -> dict[int, np.ndarray]:
 
 
 def _group(n: int, *, native_tick: bool, monkeypatch: pytest.MonkeyPatch, lr: float = 0.7,
+           scope: str = "per_agent", precision: str = "float64",
            **kwargs: Any) -> AifAgentGroup:
     monkeypatch.setenv(NATIVE_ENV, "1" if native_tick else "0")
-    spec = LearningSpec(pA=_prior(), settings=LearningSettings(scope="per_agent", lr_pA=lr))
-    group = AifAgentGroup(tmaze_reversal_model(), n, learning=spec, precision="float64",
-                          **kwargs)
+    spec = LearningSpec(pA=_prior(), refresh_every=1,
+                        settings=LearningSettings(scope=scope, lr_pA=lr))  # type: ignore[arg-type]
+    group = AifAgentGroup(tmaze_reversal_model(), n, learning=spec,
+                          precision=precision, **kwargs)  # type: ignore[arg-type]
     monkeypatch.delenv(NATIVE_ENV)
     return group
 
@@ -81,6 +86,8 @@ def _assert_same(mine: AifAgentGroup, theirs: AifAgentGroup, *, since_start: boo
     ours, others = mine._learning().numbers(), theirs._learning().numbers()
     assert ours.keys() == others.keys()
     for key, value in ours.items():
+        if key == "incremental_refreshes":  # a shared pass brings its tables in when read
+            continue
         assert value == pytest.approx(others[key], rel=1e-9, abs=1e-9), key
 
 
@@ -93,24 +100,48 @@ def _optimal(actions: np.ndarray, group: AifAgentGroup) -> None:
         assert np.all(chosen >= marginal.max(axis=1) - 1e-9)
 
 
+def _compiled_follow(mine: AifAgentGroup, theirs: AifAgentGroup) -> None:
+    """A shared group's compiled tables, read, are the numpy group's up to rounding (they are
+    brought in from the pass's as they are read)."""
+    for a, b in zip(mine.cm.A_rows, theirs.cm.A_rows, strict=True):
+        np.testing.assert_allclose(a, b, **TOL)
+    np.testing.assert_allclose(mine.cm.utility, theirs.cm.utility, **TOL)
+    np.testing.assert_allclose(mine.cm.neg_entropy, theirs.cm.neg_entropy, **TOL)
+
+
 # 1 agent; 13: a partial block of the pass's 8; 40: five whole ones.
+@pytest.mark.parametrize("scope", ["per_agent", "shared"])
 @pytest.mark.parametrize("n", [1, 13, 40])
 def test_the_pass_is_the_numpy_stages_up_to_rounding(
-    n: int, monkeypatch: pytest.MonkeyPatch
+    n: int, scope: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mine = _group(n, native_tick=True, monkeypatch=monkeypatch)
-    theirs = _group(n, native_tick=False, monkeypatch=monkeypatch)
+    mine = _group(n, native_tick=True, monkeypatch=monkeypatch, scope=scope)
+    theirs = _group(n, native_tick=False, monkeypatch=monkeypatch, scope=scope)
     assert _stepping(mine) == "native"
     assert _stepping(theirs) == f"numpy: {NATIVE_ENV}=0"
     rng = np.random.default_rng(n)
-    num_obs = mine.cm.num_obs
+    num_obs = theirs.cm.num_obs
     for t in range(48):
         obs = np.stack([rng.integers(0, o, size=n) for o in num_obs], axis=1)
         actions = mine.step(obs).copy()
         theirs.step(obs)
         _optimal(actions, theirs)
-        mine.set_action(theirs.action)  # a tie may be broken either way: go on together
+        if t % 3:  # a tie may be broken either way: go on together (and on the other ticks
+            # with the pass's own choice where it is the numpy group's)
+            mine.set_action(theirs.action)
+        elif not np.array_equal(mine.action, theirs.action):
+            theirs.set_action(mine.action)
         _assert_same(mine, theirs)
+        if scope == "shared" and t % 5 == 1:
+            _compiled_follow(mine, theirs)
+        if scope == "shared" and t == 15:  # the stage verbs step with what the pass learned
+            mine.infer_states(obs)
+            theirs.infer_states(obs)
+            np.testing.assert_allclose(mine.infer_policies()[0], theirs.infer_policies()[0],
+                                       **TOL)
+            _optimal(mine.sample_action().copy(), theirs)
+            mine.set_action(theirs.sample_action())
+            _assert_same(mine, theirs)
         if t % 7 == 3:  # some agents' episodes start again: their prior is D
             who = rng.random(n) < 0.4
             mine.reset(who)
@@ -134,17 +165,18 @@ def test_the_pass_is_the_numpy_stages_up_to_rounding(
             assert stats.mean == pytest.approx(others.measures[name].mean, rel=1e-9, abs=1e-9)
 
 
+@pytest.mark.parametrize("scope", ["per_agent", "shared"])
 def test_a_restored_snapshot_steps_on_as_the_group_it_was_taken_from(
-    monkeypatch: pytest.MonkeyPatch,
+    scope: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     n = 9
-    first = _group(n, native_tick=True, monkeypatch=monkeypatch)
+    first = _group(n, native_tick=True, monkeypatch=monkeypatch, scope=scope)
     rng = np.random.default_rng(3)
     sequence = [np.stack([rng.integers(0, o, size=n) for o in first.cm.num_obs], axis=1)
                 for _ in range(20)]
     for obs in sequence[:10]:
         first.step(obs)
-    second = _group(n, native_tick=True, monkeypatch=monkeypatch)
+    second = _group(n, native_tick=True, monkeypatch=monkeypatch, scope=scope)
     second.load_state_dict(first.state_dict())
     for obs in sequence[10:]:
         first.step(obs)
@@ -179,6 +211,24 @@ def test_each_agent_learns_as_its_own_reference_agent(monkeypatch: pytest.Monkey
             ref.action = actions[i].copy()  # the group's choice, optimal under the reference's
 
 
+def test_a_resized_shared_group_steps_on_as_the_numpy_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mine = _group(6, native_tick=True, monkeypatch=monkeypatch, scope="shared")
+    theirs = _group(6, native_tick=False, monkeypatch=monkeypatch, scope="shared")
+    rng = np.random.default_rng(5)
+    for n in (6, 6, 6, 17, 17, 17, 17, 3, 3, 3):
+        if n != mine.n_agents:  # new agents start from D; the counts and tables stay
+            mine.resize(n)
+            theirs.resize(n)
+        obs = np.stack([rng.integers(0, o, size=n) for o in theirs.cm.num_obs], axis=1)
+        actions = mine.step(obs).copy()
+        theirs.step(obs)
+        _optimal(actions, theirs)
+        mine.set_action(theirs.action)
+        _assert_same(mine, theirs)
+
+
 @pytest.mark.parametrize(("change", "why"), [
     ({"settings": AifSettings(action_selection="stochastic")}, "stochastic action selection"),
     ({"settings": AifSettings(policy_len=2)}, "policy_len 2"),
@@ -188,4 +238,13 @@ def test_a_group_the_pass_does_not_do_steps_with_numpy_and_says_why(
 ) -> None:
     group = _group(3, native_tick=True, monkeypatch=monkeypatch, **change)
     assert _stepping(group) == f"numpy: {why}"
+    group.step(np.zeros((3, group.cm.num_modalities), dtype=np.int64))
+
+
+def test_a_shared_int8_group_steps_with_numpy_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    group = _group(3, native_tick=True, monkeypatch=monkeypatch, scope="shared",
+                   precision="int8")
+    assert _stepping(group) == "numpy: int8 tables (the compiled tick computes in float64)"
     group.step(np.zeros((3, group.cm.num_modalities), dtype=np.int64))

@@ -256,7 +256,8 @@ class NativeTick:
         prior: Sequence[np.ndarray] | None = None, p_obs: np.ndarray | None = None,
         start: np.ndarray | None = None, learn: bool = True,
     ) -> None:
-        """One tick of the ``n`` agents, in place: ``obs`` ``(N, M)`` int64 outcomes;
+        """One tick of the agents, in place (as many as ``obs`` has rows, the scratch is the
+        model's): ``obs`` ``(N, M)`` int64 outcomes;
         ``qs[f]`` ``(N, S_f)`` the beliefs (the last tick's in, this tick's out); ``action``
         ``(N, F)`` int64 and ``has_action`` ``(N,)`` bool (the prior is ``B`` after an action,
         else ``D``; out: the actions); ``G``, ``q_pi`` ``(N, P)``; ``prior[f]`` the tick's
@@ -266,6 +267,7 @@ class NativeTick:
         if self._scratch is None:
             raise RuntimeError("bind_learning before the first step")
         self._model.learn = int(learn)
+        self._model.n = self.n = len(obs)  # a shared group may have been resized
         self._state.obs = _addr(obs, np.int64)  # a new array most ticks
         bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi)
         if len(bound) != len(self._bound_state) or any(
