@@ -268,10 +268,15 @@ class AifAgentGroup:
         reads what the agents infer with. (What no pass changes, the sizes and ``D``, is read
         from ``_stepper.cm`` directly.)"""
         if self._behind:
-            self._behind = False
-            assert self.learning is not None  # only a learning group's pass leaves them behind
-            self._install(self.learning.tables_current(self._stepper.cm))
+            self._bring_in()
         return self._stepper
+
+    def _bring_in(self) -> None:
+        """A shared pass's learned tables into the compiled tables (the workers forked again
+        with them)."""
+        self._behind = False  # first: installing reads the stepper
+        assert self.learning is not None  # only a learning group's pass leaves them behind
+        self._install(self.learning.tables_current(self._stepper.cm))
 
     @property
     def cm(self) -> kernels.CompiledModel:
@@ -706,6 +711,8 @@ class AifAgentGroup:
             assert o is not None  # _step refused soft evidence
             if plans is None and learning.learns_before_planning():
                 return self._learning_tick(o, now, record)
+            if self._behind:  # the fused step (and the workers) read the compiled tables
+                self._bring_in()
             learning.observe(o, state.prior)  # the tick's prior, made by the last tick
             learning.keep_action(state.action, state.has_action)
         health = self.health
@@ -911,7 +918,8 @@ class AifAgentGroup:
         learning = self.learning
         if learning is not None:
             chosen = np.ones(self.n_agents, dtype=bool) if mask is None else np.asarray(mask, bool)
-            self._install(learning.on_reset(chosen, self.qs, self.has_action, self.cm))
+            # (its tables: a group that learns pD, which no compiled pass steps, so current)
+            self._install(learning.on_reset(chosen, self.qs, self.has_action, self._stepper.cm))
         self._reset_agents(sel)
         if self.health is not None and isinstance(sel, slice):  # every agent starts an episode
             self.health.aligned()
@@ -1005,7 +1013,7 @@ class AifAgentGroup:
         self._propagate(self.check_actions(actions))
 
     def _propagate(self, actions: IntArray) -> None:
-        state, stepper = self.state, self.stepper
+        state, stepper = self.state, self._stepper  # the transitions: no pass learns them
         state.beliefs_ahead = False
         for rows in stepper.blocks(state):
             if state.keeps_prior:

@@ -229,6 +229,35 @@ def test_a_resized_shared_group_steps_on_as_the_numpy_one(
         _assert_same(mine, theirs)
 
 
+def test_a_shared_group_with_workers_steps_frozen_ticks_with_what_the_pass_learned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its frozen ticks are the fused step, in a forked worker too: the tables the pass learned
+    are brought in (and the worker forked again with them) before it."""
+    n = 32
+    mine = _group(n, native_tick=True, monkeypatch=monkeypatch, scope="shared", block_size=16)
+    theirs = _group(n, native_tick=False, monkeypatch=monkeypatch, scope="shared",
+                    block_size=16)
+    assert mine.start_workers(2) == 2
+    try:
+        rng = np.random.default_rng(9)
+        for t in range(16):
+            obs = np.stack([rng.integers(0, o, size=n) for o in theirs.cm.num_obs], axis=1)
+            if t == 8:
+                assert mine.freeze_learning()
+                assert theirs.freeze_learning()
+            actions = mine.step(obs).copy()
+            theirs.step(obs)
+            _optimal(actions, theirs)
+            if not np.array_equal(actions, theirs.action):  # a tie broken the other way
+                mine.set_action(theirs.action)
+            _assert_same(mine, theirs)
+            if t >= 8:
+                _compiled_follow(mine, theirs)
+    finally:
+        mine.stop_workers()
+
+
 @pytest.mark.parametrize(("change", "why"), [
     ({"settings": AifSettings(action_selection="stochastic")}, "stochastic action selection"),
     ({"settings": AifSettings(policy_len=2)}, "policy_len 2"),
