@@ -158,7 +158,8 @@ class SharedNativePass(_CompiledPass):
         tick's prior (returned), the posteriors, the counts (``learn``: not frozen) with
         every agent's update and the tables their expectation, then ``G``, ``q_pi``, the
         actions and from them the next prior, into ``state.prior`` (the group keeps it, as
-        its numpy stages do: ``stepper``'s transitions, which the pass does not learn)."""
+        its numpy stages do)."""
+        del stepper  # the pass has the stepper's settings and transitions (_kernel)
         model, counts = self.tables.model, self._counts
         if model is not self._synced:  # replaced since: a refresh, a snapshot, a forget
             for own, m in zip(self._own, counts.tables, strict=True):
@@ -170,9 +171,8 @@ class SharedNativePass(_CompiledPass):
             self._prior = [np.zeros((n, p.shape[1])) for p in self._prior]
         self._kernel.bind_learning(self._own, counts.counts, counts.mask, counts.experience)
         self._kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
-                          q_pi=state.q_pi, prior=self._prior, p_obs=self._p_obs, learn=learn)
-        for rows in stepper.blocks(state):
-            stepper.propagate(rows, rows.action)
+                          q_pi=state.q_pi, prior=self._prior, p_obs=self._p_obs, learn=learn,
+                          next_prior=state.prior)
         return self._prior
 
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:

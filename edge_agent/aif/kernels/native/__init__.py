@@ -58,7 +58,7 @@ class _Model(ctypes.Structure):
 
 class _State(ctypes.Structure):
     _fields_ = [(name, _p) for name in ("obs", "start", "qs", "prior", "p_obs", "action",
-                                        "has_action", "G", "q_pi")]
+                                        "has_action", "G", "q_pi", "next_prior")]
 
 
 _LIBRARY: ctypes.CDLL | None = None
@@ -191,7 +191,7 @@ class NativeTick:
         # factors).
         self._ptr = {name: np.zeros(count, dtype=np.uintp) for name, count in (
             ("A", M), ("pA", M), ("mask", M), ("experience", M), ("qs", len(B)),
-            ("prior", len(B)))}
+            ("prior", len(B)), ("next_prior", len(B)))}
         for m, table in enumerate(self._shared_A):
             if table is not None:
                 self._ptr["A"][m] = _addr(table)
@@ -255,6 +255,7 @@ class NativeTick:
         has_action: np.ndarray, *, G: np.ndarray, q_pi: np.ndarray,
         prior: Sequence[np.ndarray] | None = None, p_obs: np.ndarray | None = None,
         start: np.ndarray | None = None, learn: bool = True,
+        next_prior: Sequence[np.ndarray] | None = None,
     ) -> None:
         """One tick of the agents, in place (as many as ``obs`` has rows, the scratch is the
         model's): ``obs`` ``(N, M)`` int64 outcomes;
@@ -263,17 +264,20 @@ class NativeTick:
         else ``D``; out: the actions); ``G``, ``q_pi`` ``(N, P)``; ``prior[f]`` the tick's
         prior, ``p_obs`` ``(N, M)`` each outcome's probability under it and the tables before
         the update (both written when given); ``start`` ``(N,)`` bool: the agents whose episode
-        starts (their prior is ``D``); ``learn`` False: the counts stay (learning frozen)."""
+        starts (their prior is ``D``); ``learn`` False: the counts stay (learning frozen);
+        ``next_prior[f]`` ``(N, S_f)``: the next tick's prior, ``B`` of the action chosen times
+        the posterior (written when given)."""
         if self._scratch is None:
             raise RuntimeError("bind_learning before the first step")
         self._model.learn = int(learn)
         self._model.n = self.n = len(obs)  # a shared group may have been resized
         self._state.obs = _addr(obs, np.int64)  # a new array most ticks
-        bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi)
+        bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi,
+                 *(next_prior or ()))
         if len(bound) != len(self._bound_state) or any(
             a is not b for a, b in zip(bound, self._bound_state, strict=True)
         ):  # arrays not bound yet (a group's: the same every tick)
-            self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, start)
+            self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, start, next_prior)
             self._bound_state = bound
         self._tick(self._model_ref, self._state_ref)
 
@@ -281,6 +285,7 @@ class NativeTick:
         self, qs: Sequence[np.ndarray], action: np.ndarray, has_action: np.ndarray,
         G: np.ndarray, q_pi: np.ndarray, prior: Sequence[np.ndarray] | None,
         p_obs: np.ndarray | None, start: np.ndarray | None,
+        next_prior: Sequence[np.ndarray] | None,
     ) -> None:
         st, ptr = self._state, self._ptr
         for f, q in enumerate(qs):
@@ -297,6 +302,12 @@ class NativeTick:
         st.has_action = _addr(has_action, np.bool_)
         st.G = _addr(G)
         st.q_pi = _addr(q_pi)
+        if next_prior is None:
+            st.next_prior = None
+        else:
+            for f, p in enumerate(next_prior):
+                ptr["next_prior"][f] = _addr(p)
+            st.next_prior = _addr(ptr["next_prior"], np.uintp)
 
 
 def log_preferences(C: Sequence[np.ndarray]) -> list[np.ndarray]:

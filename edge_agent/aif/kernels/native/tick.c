@@ -113,6 +113,8 @@ typedef struct {
     uint8_t *has_action;  /* (N) */
     double *G;            /* (N, P) */
     double *q_pi;         /* (N, P) */
+    double *const *next_prior; /* (F): (N, S_f) the next tick's prior, B[f][:, :, a_f] @ qs[f]
+                                * of the action chosen, written; NULL: not kept */
 } tick_state;
 
 /* An agent's values of a block: x[i][b] is agent b's value i. */
@@ -548,6 +550,16 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         }
         for (int64_t f = 0; f < F; f++) st->action[n * F + f] = chosen[f][b];
         st->has_action[n] = 1;
+        if (st->next_prior == NULL) continue;
+        for (int64_t f = 0; f < F; f++) {
+            const int64_t s_f = m->num_states[f];
+            const sparse_b *bm = &m->B[f];
+            const int64_t u = chosen[f][b];
+            double *next = st->next_prior[f] + n * s_f;
+            for (int64_t i = 0; i < s_f; i++) next[i] = 0.0;
+            for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++)
+                next[bm->row[e]] += bm->value[e] * sc->cur[offset[f] + bm->col[e]][b];
+        }
     }
 }
 
