@@ -57,8 +57,9 @@ thresholds' points, the mean difference and each one's speedup there (``bench:
 "triggers_at_equal_duty"``).
 
 ``--smoke`` runs every world and policy with 10 agents for 6 steps, and the daemon mode with 40
-agents for 2 s: the code path, for CI (tests/integration/benchmarks/test_smoke.py); its numbers
-mean nothing.
+agents for 2 s (when those 40 did not fit 10 Hz on a busy machine, the deadline run takes 80
+anyway: ``fits_from: "probe (none fitted)"``): the code path, for CI
+(tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -440,10 +441,11 @@ def fits(record: dict[str, Any]) -> bool:
 def daemon_deadline(
     world: str, policy_len: int, workers: int, seconds: float, deadline_ms: float | None, *,
     probe: int, search: int, given: int | None = None, fit_tick: bool = False,
-    profile: str = "x86-dev",
+    profile: str = "x86-dev", must_fit: bool = True,
 ) -> None:
     """``fits_every_tick`` by the daemon (or ``given``, from an earlier run), then twice as many
-    agents within the deadline."""
+    agents within the deadline. ``must_fit`` False (the smoke run: the code path on a machine
+    as busy as it is): when no run fitted, the probe stands in for what fitted."""
     n, best = probe, given
     for _ in range(0 if given else 1 + search):  # bounded: the probe, then the search
         rec = daemon_run(
@@ -459,14 +461,17 @@ def daemon_deadline(
         n = max(2 * workers, scaled if ok or best is None else min(scaled, n - 1))
         if best is not None and n <= best:
             n = int(best * 1.05) + 1  # just fits: probe a little above what fitted
+    fitted = best is not None
     if best is None:
-        raise SystemExit(f"no run of {world} fitted 10 Hz with every-tick planning")
+        if must_fit:
+            raise SystemExit(f"no run of {world} fitted 10 Hz with every-tick planning")
+        best = probe
     rec = daemon_run(
         world, policy_len, 2 * best, workers=workers, seconds=seconds, deadline_ms=deadline_ms,
         fit_tick=fit_tick, profile=profile,
     )
     rec["fits_every_tick"] = best
-    rec["fits_from"] = "given" if given else "measured"
+    rec["fits_from"] = "given" if given else "measured" if fitted else "probe (none fitted)"
     rec["met"] = rec["overruns"] == 0 and rec["missed"] == 0
     emit(rec)
 
@@ -520,7 +525,7 @@ def main() -> None:
         daemon_deadline(
             world, int(policy_len), args.workers, args.seconds, args.deadline_ms or None,
             probe=args.probe, search=args.search, given=args.fits, fit_tick=args.fit_tick,
-            profile=args.profile,
+            profile=args.profile, must_fit=not args.smoke,
         )
         if not args.smoke:
             return

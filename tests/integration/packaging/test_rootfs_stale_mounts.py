@@ -1,11 +1,13 @@
 """scripts/arm64/rootfs.sh: a run killed with SIGKILL leaves its mounts; the next one clears them.
 
 The traps of test-arm64, build-deb and test-deb unmount what they mounted, but SIGKILL skips
-them, and the next run's `mount -t sysfs` over the sysfs left in the cached root fails ("already
-mounted", exit 32). lock_cache, once it holds the root's lock, unmounts whatever is still mounted
-in that root and in its overlays ($CACHE/*-<suite>-<arch>) and says so, and leaves another root's
-mounts alone. Real mounts (sysfs, tmpfs) in a private mount namespace, the library sourced as the
-scripts source it, on a cache of empty directories.
+them, and the next run's `mount -t sysfs` over the sysfs left in the cached root failed on the
+CI machine ("already mounted", exit 32; whether a second sysfs mounts over the first depends on
+how /sys is mounted where the script runs: in the Python 3.13 stage's root it does). lock_cache,
+once it holds the root's lock, unmounts whatever is still mounted in that root and in its
+overlays ($CACHE/*-<suite>-<arch>) and says so, and leaves another root's mounts alone. Real
+mounts (sysfs, tmpfs) in a private mount namespace, the library sourced as the scripts source
+it, on a cache of empty directories.
 """
 
 from __future__ import annotations
@@ -35,9 +37,6 @@ mount -t tmpfs -o size=1m tmpfs "$CACHE/wheel-build-$ROOTFS_NAME/root"
 mkdir -p "$CACHE/wheel-build-$ROOTFS_NAME/root/sys"
 mount -t sysfs -o ro sysfs "$CACHE/wheel-build-$ROOTFS_NAME/root/sys"
 mount -t sysfs -o ro sysfs "$CACHE/bookworm-arm64-rootfs/sys"
-if mount -t sysfs -o ro sysfs "$ROOTFS/sys" 2>/dev/null; then
-    echo "a second sysfs mounted over the first: the failure this guards against is gone" >&2
-fi
 lock_cache
 echo "=== left"
 awk -v c="$CACHE" 'index($5, c "/") == 1 { print $5 }' /proc/self/mountinfo
@@ -58,7 +57,6 @@ def test_lock_cache_unmounts_what_a_killed_run_left_in_its_root_only(tmp_path: P
         env={**os.environ, "EDGE_AGENT_ARM64_CACHE": str(cache)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "the failure this guards against is gone" not in done.stderr
     root = cache / "trixie-arm64-rootfs"
     overlay = cache / "wheel-build-trixie-arm64" / "root"
     said = done.stderr
