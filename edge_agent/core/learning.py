@@ -417,10 +417,12 @@ class GroupLearning:
         self.refreshes += 1
 
     def tables_current(self, cm: kernels.CompiledModel) -> NewTables | None:
-        """After a shared pass (:meth:`learned_in_pass`): the counts' expectation into the
-        group's compiled tables ``cm`` (the scope's refresh, incremental past the first: the
-        touched columns of ``A``). The refreshes were counted by the passes."""
-        new, incremental, encoded = self.scope.refresh(self._learner, cm)
+        """The counts' expectation into the group's compiled tables ``cm`` (the scope's
+        refresh, incremental past the first: the touched columns of ``A``), not counted as a
+        refresh: :meth:`refresh` counts it, and after a shared pass (:meth:`learned_in_pass`)
+        the pass did. Returns the compiled tables to step with from now on (None: unchanged)."""
+        learner = self.learner  # the kept ticks learned first
+        new, incremental, encoded = self.scope.refresh(learner, cm)
         self.incremental_refreshes += incremental
         self.columns_encoded += encoded
         return None if new is None else NewTables(new, same_layout=incremental)
@@ -592,13 +594,10 @@ class GroupLearning:
         """The agents infer with the counts' expectation from now on (the scope's
         :meth:`LearnedTables.refresh`; ``cm``: the group's compiled tables now). Returns the
         compiled tables to step with from now on (None: unchanged)."""
-        learner = self.learner  # the kept ticks learned first
-        new, incremental, encoded = self.scope.refresh(learner, cm)
-        self.incremental_refreshes += incremental
-        self.columns_encoded += encoded
+        new = self.tables_current(cm)
         self._since_refresh = 0
         self.refreshes += 1
-        return None if new is None else NewTables(new, same_layout=incremental)
+        return new
 
     # -- verbs on the learning ---------------------------------------------------------------------
     def freeze(self, cm: kernels.CompiledModel) -> tuple[bool, NewTables | None]:

@@ -218,8 +218,6 @@ class NativeTick:
         self._scratch: np.ndarray | None = None  # sized once the learned tables are bound
         self._tick = lib.edge_tick
         self._state = _State()
-        self._state.qs = _addr(self._ptr["qs"], np.uintp)
-        self._state.prior = _addr(self._ptr["prior"], np.uintp)
         self._model_ref = ctypes.byref(self._model)
         self._state_ref = ctypes.byref(self._state)
         #: The arrays bound last (their pointers are in the model's and the state's arrays).
@@ -287,27 +285,26 @@ class NativeTick:
         p_obs: np.ndarray | None, start: np.ndarray | None,
         next_prior: Sequence[np.ndarray] | None,
     ) -> None:
-        st, ptr = self._state, self._ptr
-        for f, q in enumerate(qs):
-            ptr["qs"][f] = _addr(q)
-        if prior is None:
-            st.prior = None
-        else:
-            for f, p in enumerate(prior):
-                ptr["prior"][f] = _addr(p)
-            st.prior = _addr(ptr["prior"], np.uintp)
+        st = self._state
+        st.qs = self._bind_factors("qs", qs)
+        st.prior = self._bind_factors("prior", prior)
+        st.next_prior = self._bind_factors("next_prior", next_prior)
         st.p_obs = None if p_obs is None else _addr(p_obs)
         st.start = None if start is None else _addr(start, np.bool_)
         st.action = _addr(action, np.int64)
         st.has_action = _addr(has_action, np.bool_)
         st.G = _addr(G)
         st.q_pi = _addr(q_pi)
-        if next_prior is None:
-            st.next_prior = None
-        else:
-            for f, p in enumerate(next_prior):
-                ptr["next_prior"][f] = _addr(p)
-            st.next_prior = _addr(ptr["next_prior"], np.uintp)
+
+    def _bind_factors(self, name: str, arrays: Sequence[np.ndarray] | None) -> int | None:
+        """Each factor's array of ``arrays`` into the pointer array ``name``; its address
+        (None for no arrays: the kernel writes none)."""
+        if arrays is None:
+            return None
+        ptr = self._ptr[name]
+        for f, a in enumerate(arrays):
+            ptr[f] = _addr(a)
+        return _addr(ptr, np.uintp)
 
 
 def log_preferences(C: Sequence[np.ndarray]) -> list[np.ndarray]:
