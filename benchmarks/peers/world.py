@@ -27,6 +27,7 @@ sequences, and so their digests, are then equal.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
@@ -62,9 +63,24 @@ def _cdf_rows(table: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cdf.T)
 
 
-def _draw(cdf_rows: np.ndarray, cols: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draw per agent: outcome ``k`` with ``cdf[k - 1] <= u < cdf[k]``."""
-    drawn: np.ndarray = np.count_nonzero(cdf_rows[cols] <= u[:, None], axis=1)
+def _stacked(cdfs: list[np.ndarray]) -> np.ndarray:
+    """``(T, C, K)``: the tables' ``(C_t, K_t)`` cumulative rows (:func:`_cdf_rows`) in one
+    array, padded with 1.0 (a padded value is never at most a ``u < 1``, so it draws nothing,
+    and a padded row is never indexed): one draw for every table at once."""
+    stack = np.ones((len(cdfs), max(c.shape[0] for c in cdfs), max(c.shape[1] for c in cdfs)))
+    for t, cdf in enumerate(cdfs):
+        stack[t, : cdf.shape[0], : cdf.shape[1]] = cdf
+    return stack
+
+
+def _draw(stack: np.ndarray, tables: np.ndarray, cols: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draws ``(T, n)``, table ``t`` of :func:`_stacked` at its rows ``cols[t]``
+    (``cols`` ``(T, n)``, or ``(n,)`` the same rows of every table; ``tables``: ``(T, 1)`` the
+    tables' indices): outcome ``k`` with ``cdf[k - 1] <= u < cdf[k]``, the count of the row's
+    cumulative values at most ``u`` (the tables of a step drawn in a few calls, whatever their
+    number)."""
+    below = stack[tables, cols] <= u[:, :, None]
+    drawn: np.ndarray = below.sum(axis=2)
     return drawn
 
 
@@ -88,10 +104,16 @@ class ClosedLoopWorld:
         A, B = workload["A"], workload["B"]
         self.num_states = [b.shape[0] for b in B]
         self.num_controls = [b.shape[2] for b in B]
-        self.obs_cdf = [_cdf_rows(a.reshape(a.shape[0], -1)) for a in A]
-        self.move_cdf = [_cdf_rows(b.reshape(b.shape[0], -1)) for b in B]
-        self.spawn_cdf = [_cdf_rows(np.asarray(d, dtype=np.float64)[:, None]) for d in
-                          workload["spawn"]]
+        self.obs_cdf = _stacked([_cdf_rows(a.reshape(a.shape[0], -1)) for a in A])
+        self.move_cdf = _stacked([_cdf_rows(b.reshape(b.shape[0], -1)) for b in B])
+        self.spawn_cdf = _stacked([_cdf_rows(np.asarray(d, dtype=np.float64)[:, None])
+                                   for d in workload["spawn"]])
+        self.controls = np.asarray(self.num_controls, dtype=np.int64)
+        #: The joint state's index: ``states @ strides`` (C order, the layout of ``A``'s columns).
+        self.strides = np.array([math.prod(self.num_states[f + 1 :])
+                                 for f in range(len(B))], dtype=np.int64)
+        self.factors = np.arange(len(B))[:, None]
+        self.modalities = np.arange(len(A))[:, None]
         self.rule = workload["rule"]
         self.goal_state = workload["goal_state"]
         self.trial_len = workload["trial_len"]
@@ -110,17 +132,16 @@ class ClosedLoopWorld:
         self.scores: list[int] = []
 
     def _spawn(self, where: np.ndarray) -> None:
-        u = self.rng.random((len(self.num_states), self.n))
-        for f, cdf in enumerate(self.spawn_cdf):
-            drawn = _draw(cdf, self.zeros, u[f])
-            self.states[where, f] = drawn[where]
+        u = self.rng.random((len(self.num_states), self.n))  # drawn whoever respawns
+        if not where.any():
+            return
+        self.states[where] = _draw(self.spawn_cdf, self.factors, self.zeros, u).T[where]
         self.episode_steps[where] = 0
 
     def _observe(self) -> np.ndarray:
-        joint = np.asarray(np.ravel_multi_index(tuple(self.states.T), tuple(self.num_states)))
+        joint = self.states @ self.strides
         u = self.rng.random((len(self.obs_cdf), self.n))
-        for m, cdf in enumerate(self.obs_cdf):
-            self.obs[:, m] = _draw(cdf, joint, u[m])
+        self.obs[:] = _draw(self.obs_cdf, self.modalities, joint, u).T
         if self.reward_modality >= 0:
             self.scores.append(self._rewards(self.obs[:, self.reward_modality]))
         return self.obs
@@ -130,8 +151,9 @@ class ClosedLoopWorld:
         reward, loss = self.reward_outcome, self.loss_outcome
         if self.reverse_every > 0:
             flip = (self.trials // self.reverse_every) % 2 == 1
-            flip &= (outcome == reward) | (outcome == loss)
-            outcome[flip] = reward + loss - outcome[flip]
+            if flip.any():
+                flip &= (outcome == reward) | (outcome == loss)
+                outcome[flip] = reward + loss - outcome[flip]
         return int(np.count_nonzero(outcome == reward)) - int(np.count_nonzero(outcome == loss))
 
     def reset(self) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +171,8 @@ class ClosedLoopWorld:
         else:
             restart = self.episode_steps >= self.trial_len - 1
         u = self.rng.random((len(self.move_cdf), self.n))
-        for f, cdf in enumerate(self.move_cdf):
-            cols = self.states[:, f] * self.num_controls[f] + actions[:, f]
-            self.states[:, f] = _draw(cdf, cols, u[f])
+        cols = self.states * self.controls + actions
+        self.states[:] = _draw(self.move_cdf, self.factors, cols.T, u).T
         self.episode_steps += 1
         self._spawn(restart)
         self.trials += restart
