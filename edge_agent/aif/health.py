@@ -3,15 +3,14 @@ model predicted what they observed, and what their beliefs did with it.
 
 Every function takes its arrays and returns one value per agent, ``(r,)`` float64 over the ``r``
 agents it is given (a group's sampled rows: :class:`~edge_agent.core.health.AifHealth` picks
-them); no state, no I/O. Shapes:
+them), or for :func:`tick_measures` a row of those per measure; no state, no I/O. Shapes:
 
 - ``prior[f]``, ``qs[f]``: ``(r, S_f)`` the beliefs about factor ``f`` before the observation
   (the prior predictive's states) and after it (the posterior);
 - ``joint``: ``(r, S)`` the product of the factors' beliefs, C order (last factor fastest);
 - ``A[m]``: ``(O_m, S)`` one likelihood for every agent (a compiled model's ``A_rows``), or
   ``(r, O_m, S)`` each agent's own (per-agent learning);
-- ``obs``: ``(r, M)`` integer outcomes; ``p_o[m]``: ``(r, O_m)`` the predicted outcome
-  distribution ``p(o_m) = sum_s A_m(o_m | s) prior(s)``.
+- ``obs``: ``(r, M)`` integer outcomes.
 
 Logs take pymdp's ``EPS`` inside (``ln(p + EPS)``), as the inference does.
 """
@@ -19,22 +18,51 @@ Logs take pymdp's ``EPS`` inside (``ln(p + EPS)``), as the inference does.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache, partial
 
 import numpy as np
 
 from edge_agent.aif.constants import EPS
 
 __all__ = [
+    "TICK_MEASURES",
     "belief_change",
     "entropy",
-    "expected_log_likelihood",
-    "free_energy",
     "joint_beliefs",
-    "outcome_entropy",
-    "predicted_outcomes",
     "preference",
-    "surprise",
+    "tick_measures",
 ]
+
+
+#: ``(r, K)`` -> ``(r,)``: each row's sum (the ufunc's own reduction: a measured tick's arrays
+#: are small, and ``sum``'s and ``einsum``'s Python wrappers cost more than their arithmetic).
+_add_rows = partial(np.add.reduce, axis=1)
+
+
+def _side_by_side(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """The ``(r, K_i)`` arrays as one ``(r, sum K_i)`` (the one itself when it is one)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
+
+
+@cache
+def _offsets(num_obs: tuple[int, ...]) -> np.ndarray:
+    """``(M,)``: where each modality's outcomes start in the tables side by side (read-only:
+    one array per model's sizes, shared)."""
+    offsets = np.cumsum((0, *num_obs[:-1]))
+    offsets.flags.writeable = False
+    return offsets
+
+
+def _tables_side_by_side(A: Sequence[np.ndarray], r: int) -> np.ndarray:
+    """The modalities' ``A_m`` as one table: ``(sum O_m, S)`` when every agent has the same,
+    ``(r, sum O_m, S)`` when some modality's are each agent's own (the others then repeated per
+    agent)."""
+    if len(A) == 1:
+        return A[0]
+    if all(a.ndim == A[0].ndim for a in A):
+        return np.concatenate(A, axis=-2)
+    return np.concatenate([a if a.ndim == 3 else np.broadcast_to(a, (r, *a.shape)) for a in A],
+                          axis=1)
 
 
 def joint_beliefs(qs: Sequence[np.ndarray]) -> np.ndarray:
@@ -47,92 +75,86 @@ def joint_beliefs(qs: Sequence[np.ndarray]) -> np.ndarray:
     return joint
 
 
-def predicted_outcomes(A: Sequence[np.ndarray], joint: np.ndarray) -> list[np.ndarray]:
-    """``p(o_m)`` per agent and modality, ``(r, O_m)`` float64: ``A_m (O_m, S) @ joint`` (or
-    each agent's own ``A_m (r, O_m, S)``), summed in ``A``'s dtype (a float32 model's table is
-    not copied to float64: the sample's beliefs are cast to it instead)."""
-    out: list[np.ndarray] = []
-    for a in A:
-        q = joint if joint.dtype == a.dtype else joint.astype(a.dtype)
-        p = q @ a.T if a.ndim == 2 else np.einsum("ros,rs->ro", a, q)
-        out.append(np.asarray(p, dtype=np.float64))
-    return out
-
-
-def surprise(p_o: Sequence[np.ndarray], obs: np.ndarray) -> np.ndarray:
-    """``-sum_m ln p(o_m)``: each agent's surprise (nats) of its outcomes under the outcome
-    distributions it predicted, the modalities' surprises added up."""
-    r = obs.shape[0]
-    total = np.zeros(r)
-    rows = np.arange(r)
-    for m, p in enumerate(p_o):
-        total -= np.log(p[rows, obs[:, m]] + EPS)
-    return total
-
-
-def outcome_entropy(p_o: Sequence[np.ndarray]) -> np.ndarray:
-    """``sum_m H[p(o_m)]``: the entropy (nats) of each agent's predicted outcome distributions,
-    the surprise it expects; :func:`surprise` less this is the excess surprise, whose mean is 0
-    when the outcomes come from the distributions predicted."""
-    total = np.zeros(p_o[0].shape[0])
-    for p in p_o:
-        total -= (p * np.log(p + EPS)).sum(axis=1)
-    return total
-
-
 def entropy(q: np.ndarray) -> np.ndarray:
     """``H[q] = -sum q ln q`` of each row of ``q (r, K)`` (the policy posterior's entropy)."""
     q = np.asarray(q, dtype=np.float64)
-    out: np.ndarray = -(q * np.log(q + EPS)).sum(axis=1)
+    log_q = np.add(q, EPS)
+    np.log(log_q, out=log_q)
+    log_q *= q
+    out: np.ndarray = np.negative(_add_rows(log_q))
     return out
 
 
 def belief_change(qs: Sequence[np.ndarray], prior: Sequence[np.ndarray]) -> np.ndarray:
     """``sum_f KL(q_f || prior_f)`` (nats): how far the observation moved each agent's beliefs
-    (the factors are independent under the mean field, so their divergences add)."""
-    total = np.zeros(qs[0].shape[0])
-    for q, p in zip(qs, prior, strict=True):
-        q64 = np.asarray(q, dtype=np.float64)
-        log_q = np.add(q64, EPS)
-        np.log(log_q, out=log_q)
-        log_p = np.add(p, EPS, dtype=np.float64)
-        np.log(log_p, out=log_p)
-        log_q -= log_p
-        log_q *= q64
-        total += log_q.sum(axis=1)
-    return total
-
-
-def free_energy(
-    qs: Sequence[np.ndarray],
-    prior: Sequence[np.ndarray],
-    A: Sequence[np.ndarray],
-    obs: np.ndarray,
-) -> np.ndarray:
-    """Variational free energy (nats) of each agent's posterior, pymdp's ``calc_free_energy``:
-    ``sum_f KL(q_f || prior_f) - sum_s q(s) sum_m ln A_m(o_m | s)``, ``q(s)`` the joint of the
-    factors' posteriors (an upper bound on the surprise, equal to it for the exact posterior):
-    :func:`belief_change` less :func:`expected_log_likelihood`."""
-    out: np.ndarray = belief_change(qs, prior) - expected_log_likelihood(qs, A, obs)
+    (the factors are independent under the mean field, so their divergences add: one sum over
+    the factors' states side by side)."""
+    q = _side_by_side(qs)
+    log_q = np.add(q, EPS, dtype=np.float64)
+    np.log(log_q, out=log_q)
+    log_p = np.add(_side_by_side(prior), EPS, dtype=np.float64)
+    np.log(log_p, out=log_p)
+    log_q -= log_p
+    log_q *= q
+    out: np.ndarray = _add_rows(log_q)
     return out
 
 
-def expected_log_likelihood(
-    qs: Sequence[np.ndarray], A: Sequence[np.ndarray], obs: np.ndarray
+#: The rows of :func:`tick_measures`, in order.
+TICK_MEASURES = ("surprise", "excess_surprise", "free_energy", "belief_change")
+
+
+def tick_measures(
+    prior: Sequence[np.ndarray],
+    qs: Sequence[np.ndarray],
+    A: Sequence[np.ndarray],
+    obs: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``sum_s q(s) sum_m ln A_m(o_m | s)`` of each agent, ``q(s)`` the joint of the factors'
-    posteriors ``qs``: the accuracy term of the free energy."""
-    joint = joint_beliefs(qs)
+    """``(4, r)`` float64 (written into ``out`` when given), one row per :data:`TICK_MEASURES`,
+    of the agents whose beliefs were
+    ``prior`` before they saw ``obs`` and ``qs`` after it:
+
+    - ``surprise``: ``-sum_m ln p(o_m)``, the outcomes' surprise under the outcome distributions
+      ``p(o_m) = sum_s A_m(o_m | s) prior(s)`` the agents predicted (summed in ``A``'s dtype: a
+      float32 model's table is not copied to float64, the beliefs are cast to it instead);
+    - ``excess_surprise``: the surprise less the predicted distributions' entropy
+      ``sum_m H[p(o_m)]``, the surprise expected: its mean is 0 when the outcomes come from the
+      distributions predicted;
+    - ``free_energy``: the variational free energy of the posterior, pymdp's
+      ``calc_free_energy``: ``belief_change`` less the accuracy ``sum_s q(s) sum_m ln A_m(o_m |
+      s)``, ``q(s)`` the joint of the factors' posteriors (an upper bound on the surprise, equal
+      to it for the exact posterior);
+    - ``belief_change``: :func:`belief_change`.
+
+    The modalities' tables are taken side by side (``(sum O_m, S)``, or ``(r, sum O_m, S)``
+    when some are each agent's own), so that the four cost a few dozen numpy calls whatever the number of modalities: a measured
+    tick of a small group is mostly the fixed cost of its calls."""
     r = obs.shape[0]
-    rows = np.arange(r)
-    log_lik = np.zeros_like(joint)
-    for m, a in enumerate(A):
-        picked = a[obs[:, m]] if a.ndim == 2 else a[rows, obs[:, m]]  # (r, S)
-        log_a = np.add(picked, EPS, dtype=np.float64)
-        np.log(log_a, out=log_a)
-        log_lik += log_a
-    log_lik *= joint
-    out: np.ndarray = log_lik.sum(axis=1)
+    if out is None:
+        out = np.empty((len(TICK_MEASURES), r))
+    surprise, excess, free, change = out
+    change[:] = belief_change(qs, prior)
+    joint_prior = joint_beliefs(prior)
+    table = _tables_side_by_side(A, r)
+    seen = obs + _offsets(tuple(a.shape[-2] for a in A))  # (r, M): rows of the table
+    rows = np.arange(r)[:, None]
+    q = joint_prior if joint_prior.dtype == table.dtype else joint_prior.astype(table.dtype)
+    if table.ndim == 2:  # one table for every agent
+        p = np.asarray(q @ table.T, dtype=np.float64)  # (r, sum O_m): p(o_m) side by side
+        picked = table[seen]  # (r, M, S)
+    else:  # each agent's own
+        p = np.asarray(np.einsum("ros,rs->ro", table, q), dtype=np.float64)
+        picked = table[rows, seen]
+    log_p = np.add(p, EPS)
+    np.log(log_p, out=log_p)
+    np.negative(_add_rows(log_p[rows, seen]), out=surprise)
+    np.add(surprise, _add_rows(np.multiply(p, log_p, out=p)), out=excess)  # less the entropy
+    log_a = np.add(picked, EPS, dtype=np.float64)
+    np.log(log_a, out=log_a)
+    log_lik = _add_rows(log_a)  # (r, S): sum_m ln A_m(o_m | s)
+    log_lik *= joint_beliefs(qs)
+    np.subtract(change, _add_rows(log_lik), out=free)  # less the accuracy
     return out
 
 
@@ -140,7 +162,7 @@ def preference(lnC: Sequence[np.ndarray], obs: np.ndarray) -> np.ndarray:
     """``sum_m lnC_m[o_m]`` (nats): the log preference of each agent's outcomes, ``lnC_m`` the
     normalised ``ln softmax(C_m)`` of the model (so 0 is the most a modality gives when one
     outcome is all it prefers, and models of other ``C`` offsets compare)."""
-    total = np.zeros(obs.shape[0])
-    for m, c in enumerate(lnC):
-        total += np.asarray(c, dtype=np.float64)[obs[:, m]]
-    return total
+    table = np.concatenate(lnC, dtype=np.float64)
+    picked = table[obs + _offsets(tuple(c.shape[0] for c in lnC))]
+    out: np.ndarray = _add_rows(picked)
+    return out

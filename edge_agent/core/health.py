@@ -210,24 +210,26 @@ class AifHealth:
         if obs is None:
             return
         rows = self._rows
+        names: list[str] = []
+        values: list[np.ndarray] = []
         if q_pi is not None and q_pi.shape[0] == self.n_agents:
-            window.add("policy_entropy", kernels_health.entropy(q_pi[rows]))
+            names.append("policy_entropy")
+            values.append(kernels_health.entropy(q_pi[rows]))
         if self.lnC:
-            window.add("preference", kernels_health.preference(self.lnC, obs))
+            names.append("preference")
+            values.append(kernels_health.preference(self.lnC, obs))
         if prior is None:
+            if names:
+                window.add_rows(names, np.stack(values))
             return
+        measured = np.empty((len(names) + len(kernels_health.TICK_MEASURES), rows.shape[0]))
+        for i, v in enumerate(values):
+            measured[i] = v
         post = [np.asarray(q[rows], dtype=np.float64) for q in qs]
-        A = likelihood(rows)
-        joint = kernels_health.joint_beliefs(prior)
-        change = kernels_health.belief_change(post, prior)
-        p_o = kernels_health.predicted_outcomes(A, joint)
-        accuracy = kernels_health.expected_log_likelihood(post, A, obs)
-        window.add("free_energy", change - accuracy)  # kernels_health.free_energy
-        surprise = kernels_health.surprise(p_o, obs)
-        excess = surprise - kernels_health.outcome_entropy(p_o)
-        window.add("surprise", surprise)
-        window.add("excess_surprise", excess)
-        window.add("belief_change", change)
+        excess = kernels_health.tick_measures(
+            prior, post, likelihood(rows), obs, out=measured[len(names) :]
+        )[1]
+        window.add_rows([*names, *kernels_health.TICK_MEASURES], measured)
         if self.tap is not None:
             self.tap(self._clock - 1, excess)
         k = excess.shape[0]

@@ -46,44 +46,31 @@ def _flat(A: list[np.ndarray]) -> list[np.ndarray]:
     return [a.reshape(a.shape[0], -1) for a in A]
 
 
+def _measures(c: dict[str, object], A: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    out = health.tick_measures(
+        c["prior"], c["qs"], _flat(c["A"]) if A is None else A, c["obs"]  # type: ignore[arg-type]
+    )
+    assert out.shape == (len(health.TICK_MEASURES), R)
+    assert out.dtype == np.float64
+    return dict(zip(health.TICK_MEASURES, out, strict=True))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_surprise_entropy_and_excess_match_a_direct_computation(seed: int) -> None:
     c = _case(seed)
     A, prior, obs = c["A"], c["prior"], c["obs"]
     assert isinstance(obs, np.ndarray)
-    joint = health.joint_beliefs(prior)  # type: ignore[arg-type]
-    p_o = health.predicted_outcomes(_flat(A), joint)  # type: ignore[arg-type]
-    got_s = health.surprise(p_o, obs)
-    got_h = health.outcome_entropy(p_o)
+    got = _measures(c)
     for r in range(R):
         want_s = want_h = 0.0
         for m in range(len(O)):
             p = _p_o(A, prior, r, m)  # type: ignore[arg-type]
             assert math.isclose(sum(p), 1.0, rel_tol=1e-12)
-            np.testing.assert_allclose(p_o[m][r], p, rtol=1e-12)
             want_s -= math.log(p[int(obs[r, m])] + EPS)
             want_h -= sum(x * math.log(x + EPS) for x in p)
-        assert math.isclose(got_s[r], want_s, rel_tol=1e-12)
-        assert math.isclose(got_h[r], want_h, rel_tol=1e-12)
-
-
-def test_each_agents_own_likelihood_gives_the_same_as_a_shared_one() -> None:
-    c = _case(3)
-    A, prior = _flat(c["A"]), c["prior"]  # type: ignore[arg-type]
-    joint = health.joint_beliefs(prior)  # type: ignore[arg-type]
-    shared = health.predicted_outcomes(A, joint)
-    own = health.predicted_outcomes([np.broadcast_to(a, (R, *a.shape)) for a in A], joint)
-    for a, b in zip(shared, own, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-12)
-    obs = c["obs"]
-    assert isinstance(obs, np.ndarray)
-    np.testing.assert_allclose(
-        health.free_energy(c["qs"], prior, A, obs),  # type: ignore[arg-type]
-        health.free_energy(
-            c["qs"], prior, [np.broadcast_to(a, (R, *a.shape)) for a in A], obs  # type: ignore[arg-type]
-        ),
-        rtol=1e-12,
-    )
+        assert math.isclose(got["surprise"][r], want_s, rel_tol=1e-12)
+        assert math.isclose(got["excess_surprise"][r], want_s - want_h, rel_tol=1e-9,
+                            abs_tol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 4])
@@ -91,7 +78,7 @@ def test_free_energy_belief_change_and_entropy_match_a_direct_computation(seed: 
     c = _case(seed)
     A, prior, qs, obs = c["A"], c["prior"], c["qs"], c["obs"]
     assert isinstance(obs, np.ndarray)
-    got_f = health.free_energy(qs, prior, _flat(A), obs)  # type: ignore[arg-type]
+    got = _measures(c)
     got_kl = health.belief_change(qs, prior)  # type: ignore[arg-type]
     for r in range(R):
         kl = sum(
@@ -104,11 +91,47 @@ def test_free_energy_belief_change_and_entropy_match_a_direct_computation(seed: 
             for (s0, s1), w in _joint(qs, r).items()  # type: ignore[arg-type]
         )
         assert math.isclose(got_kl[r], kl, rel_tol=1e-12, abs_tol=1e-15)
-        assert math.isclose(got_f[r], kl - expected_loglik, rel_tol=1e-12)
+        assert math.isclose(got["belief_change"][r], kl, rel_tol=1e-12, abs_tol=1e-15)
+        assert math.isclose(got["free_energy"][r], kl - expected_loglik, rel_tol=1e-12)
     q_pi = np.random.default_rng(seed).dirichlet(np.ones(5), size=R)
     got_h = health.entropy(q_pi)
     for r in range(R):
         assert math.isclose(got_h[r], -sum(x * math.log(x + EPS) for x in q_pi[r]), rel_tol=1e-12)
+
+
+def test_each_agents_own_likelihood_gives_the_same_as_a_shared_one() -> None:
+    c = _case(3)
+    A = _flat(c["A"])  # type: ignore[arg-type]
+    shared = health.tick_measures(c["prior"], c["qs"], A, c["obs"])  # type: ignore[arg-type]
+    own = [np.broadcast_to(a, (R, *a.shape)) for a in A]
+    for tables in (own, [A[0], own[1]], [own[0], A[1]]):  # all, or one modality, per agent
+        np.testing.assert_allclose(
+            health.tick_measures(c["prior"], c["qs"], tables, c["obs"]),  # type: ignore[arg-type]
+            shared, rtol=1e-12, atol=1e-15,
+        )
+
+
+def test_modalities_measured_apart_add_up_and_a_float32_table_measures_the_same() -> None:
+    """The tables side by side: each modality measured on its own (its table taken as it is)
+    adds up to both measured at once; a float32 model's is summed in float32 (the beliefs cast
+    to it), within float32's rounding of the float64 result."""
+    c = _case(7)
+    A = _flat(c["A"])  # type: ignore[arg-type]
+    both = _measures(c)
+    first = health.tick_measures(c["prior"], c["qs"], A[:1], c["obs"][:, :1])  # type: ignore[arg-type, index]
+    second = health.tick_measures(c["prior"], c["qs"], A[1:], c["obs"][:, 1:])  # type: ignore[arg-type, index]
+    # The surprise, excess and accuracy of two modalities are those of each, added.
+    change = both["belief_change"]
+    np.testing.assert_allclose(first[0] + second[0], both["surprise"], rtol=1e-12)
+    np.testing.assert_allclose(first[1] + second[1], both["excess_surprise"], rtol=1e-9,
+                               atol=1e-12)
+    np.testing.assert_allclose((first[2] - change) + (second[2] - change),
+                               both["free_energy"] - change, rtol=1e-9)
+    f32 = health.tick_measures(
+        c["prior"], c["qs"], [a.astype(np.float32) for a in A], c["obs"]  # type: ignore[arg-type]
+    )
+    assert f32.dtype == np.float64
+    np.testing.assert_allclose(f32, np.stack(list(both.values())), rtol=1e-5, atol=1e-6)
 
 
 def test_the_free_energy_of_the_exact_posterior_is_the_surprise() -> None:
@@ -119,10 +142,8 @@ def test_the_free_energy_of_the_exact_posterior_is_the_surprise() -> None:
     obs = rng.integers(0, 4, size=(R, 1))
     post = A[0][obs[:, 0]] * prior[0]
     post /= post.sum(axis=1, keepdims=True)
-    p_o = health.predicted_outcomes(A, health.joint_beliefs(prior))
-    np.testing.assert_allclose(
-        health.free_energy([post], prior, A, obs), health.surprise(p_o, obs), rtol=1e-9
-    )
+    surprise, _, free, _ = health.tick_measures(prior, [post], A, obs)
+    np.testing.assert_allclose(free, surprise, rtol=1e-9)
 
 
 def test_preference_is_the_log_preference_of_the_outcomes_seen() -> None:
