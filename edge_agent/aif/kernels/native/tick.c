@@ -1,6 +1,9 @@
-/* A measured prototype, not part of the package: one compiled pass per tick over agents that
- * each learn their own likelihood counts (pA), with pymdp 0.0.7.1's maths as
- * edge_agent/aif/per_agent.py batches them (edge_agent/aif/reference.py writes them out):
+/* The learning tick compiled (edge_agent/aif/kernels/native; setup.py builds it into the
+ * package, benchmarks/prototypes/compiled_tick.py for the tests' other builds): one pass per
+ * tick over agents that learn likelihood counts (pA), each its own or all one set (shared
+ * counts: every agent infers and teaches them, the tables follow once, every agent plans with
+ * them), with pymdp 0.0.7.1's maths as edge_agent/aif/per_agent.py batches them
+ * (edge_agent/aif/reference.py writes them out):
  *
  *   prior     B[f][:, :, a_f] @ qs[f] after an action, D[f] at an episode's start
  *   states    softmax(ln L + ln prior) for one factor, else the vanilla fixed-point iteration,
@@ -25,7 +28,7 @@
  * and done in tick_vmath.c, the one unit compiled with -ffast-math, where gcc calls
  * glibc's vector log/exp (libmvec, within 4 ulp); this unit keeps IEEE arithmetic.
  *
- * Flags (compiled_tick.py): -O3 (gcc 12's -O2 vectorises with its "very cheap" cost model and
+ * Flags (setup.py; compiled_tick.py the same): -O3 (gcc 12's -O2 vectorises with its "very cheap" cost model and
  * leaves most b loops scalar: 1.12 us per agent-tick against 0.81 at -O3, baseline version,
  * T-maze, N = 1,000, one session; glibc's scalar log/exp in the vectorised loops instead of
  * libmvec: ~1.05), -std=c11, no -march (the baseline instruction set a package ships: SSE2 on
@@ -414,10 +417,11 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
 }
 
 /* The second half of a tick for the block's agents (as infer_block): with their posteriors in
- * sc->cur and the block's lanes of the learned tables in sc->A, the planning tables, G, q_pi,
+ * sc->cur and the block's lanes of the learned tables in sc->A, the planning tables (kept from
+ * the block before when tables_ready: shared counts, whose tables are every agent's), G, q_pi,
  * the actions, and everything written back. */
 INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
-                       int64_t count, const int64_t *offset) {
+                       int64_t count, const int64_t *offset, int tables_ready) {
     const int64_t F = m->factors, M = m->modalities, P = m->policies, S = m->joint;
     const int64_t K = m->outcomes, E = m->entries;
     lane *q[MAX_F];
@@ -425,28 +429,31 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     /* the planning tables: utility per state; the non-zero entries of the joint-outcome table
      * and each state's negative entropy over the joint outcomes */
     lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
-    for (int64_t s = 0; s < S; s++) LANES utility[s][b] = m->utility_shared[s];
-    if (m->use_utility)
-        for (int64_t k = 0; k < M; k++) {
-            if (m->pA[k] == NULL) continue;  /* a learned table: its lanes in sc->A */
-            for (int64_t o = 0; o < m->num_obs[k]; o++) {
-                double c = m->lnC[k][o];
-                for (int64_t s = 0; s < S; s++) LANES utility[s][b] += c * sc->A[k][o * S + s][b];
+    if (!tables_ready) {  /* (shared counts: made by the first block, the same for every agent) */
+        for (int64_t s = 0; s < S; s++) LANES utility[s][b] = m->utility_shared[s];
+        if (m->use_utility)
+            for (int64_t k = 0; k < M; k++) {
+                if (m->pA[k] == NULL) continue;  /* a learned table: its lanes in sc->A */
+                for (int64_t o = 0; o < m->num_obs[k]; o++) {
+                    double c = m->lnC[k][o];
+                    for (int64_t s = 0; s < S; s++)
+                        LANES utility[s][b] += c * sc->A[k][o * S + s][b];
+                }
             }
-        }
-    if (m->use_info_gain) {
-        for (int64_t s = 0; s < S; s++) LANES neg_entropy[s][b] = 0.0;
-        for (int64_t e = 0; e < E; e++) LANES value[e][b] = m->entry_shared[e];
-        for (int64_t k = 0; k < M; k++) {
-            const int64_t *index = m->entry_index[k];
-            if (index == NULL) continue;
-            for (int64_t e = 0; e < E; e++) LANES value[e][b] *= sc->A[k][index[e]][b];
-        }
-        /* p ln(p + exp(-16)): an entry that is 0 adds 0 (a zero times a finite log) */
-        tick_log(&value[0][0], &sc->log_value[0][0], E * BLK, EXP_M16);
-        for (int64_t e = 0; e < E; e++) {
-            double *to = neg_entropy[m->entry_state[e]];
-            LANES to[b] += value[e][b] * sc->log_value[e][b];
+        if (m->use_info_gain) {
+            for (int64_t s = 0; s < S; s++) LANES neg_entropy[s][b] = 0.0;
+            for (int64_t e = 0; e < E; e++) LANES value[e][b] = m->entry_shared[e];
+            for (int64_t k = 0; k < M; k++) {
+                const int64_t *index = m->entry_index[k];
+                if (index == NULL) continue;
+                for (int64_t e = 0; e < E; e++) LANES value[e][b] *= sc->A[k][index[e]][b];
+            }
+            /* p ln(p + exp(-16)): an entry that is 0 adds 0 (a zero times a finite log) */
+            tick_log(&value[0][0], &sc->log_value[0][0], E * BLK, EXP_M16);
+            for (int64_t e = 0; e < E; e++) {
+                double *to = neg_entropy[m->entry_state[e]];
+                LANES to[b] += value[e][b] * sc->log_value[e][b];
+            }
         }
     }
 
@@ -581,16 +588,17 @@ static void normalise_shared(const tick_model *m) {
 }
 
 /* Shared counts, second pass: the block's posteriors back from st->qs into sc->cur (lanes past
- * count repeat agent first) and every learned table, the same for all, into sc->A's lanes. */
+ * count repeat agent first) and, with_tables (the first block: no block after it changes them),
+ * every learned table, the same for all, into sc->A's lanes. */
 INLINE void load_block(const tick_model *m, const tick_state *st, block_scratch *sc,
-                       int64_t first, int64_t count, const int64_t *offset) {
+                       int64_t first, int64_t count, const int64_t *offset, int with_tables) {
     for (int b = 0; b < BLK; b++) {
         const int64_t n = first + (b < count ? b : 0);
         for (int64_t f = 0; f < m->factors; f++)
             for (int64_t i = 0; i < m->num_states[f]; i++)
                 sc->cur[offset[f] + i][b] = st->qs[f][n * m->num_states[f] + i];
     }
-    for (int64_t k = 0; k < m->modalities; k++) {
+    for (int64_t k = 0; with_tables && k < m->modalities; k++) {
         if (m->pA[k] == NULL) continue;
         const double *table = m->A[k];
         for (int64_t i = 0; i < m->num_obs[k] * m->joint; i++) LANES sc->A[k][i][b] = table[i];
@@ -607,11 +615,12 @@ TARGETS void edge_tick(const tick_model *m, tick_state *st) {
         for (int64_t first = 0; first < m->n; first += BLK) {
             int64_t count = m->n - first < BLK ? m->n - first : BLK;
             infer_block(m, st, &sc, first, count, offset, width);
-            plan_block(m, st, &sc, first, count, offset);
+            plan_block(m, st, &sc, first, count, offset, 0);
         }
         return;
     }
-    /* shared counts: every agent infers and teaches them, the tables follow, every agent plans */
+    /* shared counts: every agent infers and teaches them, the tables follow, every agent plans
+     * (with the planning tables the first block makes: a learned table is every agent's) */
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         infer_block(m, st, &sc, first, count, offset, width);
@@ -623,7 +632,7 @@ TARGETS void edge_tick(const tick_model *m, tick_state *st) {
     if (m->learn) normalise_shared(m);
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        load_block(m, st, &sc, first, count, offset);
-        plan_block(m, st, &sc, first, count, offset);
+        load_block(m, st, &sc, first, count, offset, first == 0);
+        plan_block(m, st, &sc, first, count, offset, first > 0);
     }
 }
