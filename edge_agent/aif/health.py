@@ -128,8 +128,9 @@ def tick_measures(
     - ``belief_change``: :func:`belief_change`.
 
     The modalities' tables are taken side by side (``(sum O_m, S)``, or ``(r, sum O_m, S)``
-    when some are each agent's own), so that the four cost a few dozen numpy calls whatever the number of modalities: a measured
-    tick of a small group is mostly the fixed cost of its calls."""
+    when some are each agent's own), so that the four cost a few dozen numpy calls whatever the
+    number of modalities: a measured tick of a small group is mostly the fixed cost of its
+    calls."""
     r = obs.shape[0]
     if out is None:
         out = np.empty((len(TICK_MEASURES), r))
