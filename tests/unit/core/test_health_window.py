@@ -82,3 +82,29 @@ def test_the_sample_is_every_stride_th_value_of_the_window() -> None:
     assert stride & (stride - 1) == 0  # a power of two
     np.testing.assert_array_equal(kept, np.arange(0, start, stride)[: len(kept)])
     assert len(kept) == len(range(0, start, stride)) <= RESERVOIR
+
+
+def test_rows_told_at_once_are_summarised_as_each_told_alone() -> None:
+    """``add_rows`` (a measured tick's measures in one call) keeps what ``add`` of each row
+    would: the same means, spreads, counts and kept samples, through the sample's stride
+    doubling; a row with a non-finite value has it left out, the other rows kept whole."""
+    names = ["surprise", "preference", "belief_change"]
+    together, apart = HealthWindow(names), HealthWindow(names)
+    rng = np.random.default_rng(3)
+    for tick in range(400):  # 400 ticks of 5 agents: past the reservoir of 512 values
+        values = rng.normal(size=(3, 5))
+        if tick == 7:
+            values[1, 2] = np.nan
+        together.add_rows(names, values)
+        for name, row in zip(names, values, strict=True):
+            apart.add(name, row)
+    for name in names:
+        np.testing.assert_array_equal(together.kept(name), apart.kept(name))
+    a, b = together.close(), apart.close()
+    assert a.measures["preference"].n == 400 * 5 - 1
+    for name in names:
+        x, y = a.measures[name], b.measures[name]
+        assert x.n == y.n
+        assert x.p95 == y.p95
+        assert math.isclose(x.mean, y.mean, rel_tol=1e-12, abs_tol=1e-15)
+        assert math.isclose(x.std, y.std, rel_tol=1e-12)
