@@ -18,7 +18,7 @@ Logs take pymdp's ``EPS`` inside (``ln(p + EPS)``), as the inference does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache, partial
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -44,10 +44,10 @@ def _side_by_side(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
 
 
-@cache
+@lru_cache(maxsize=64)
 def _offsets(num_obs: tuple[int, ...]) -> np.ndarray:
     """``(M,)``: where each modality's outcomes start in the tables side by side (read-only:
-    one array per model's sizes, shared)."""
+    one array per model's sizes, shared; at most 64 sizes kept, a daemon's models change)."""
     offsets = np.cumsum((0, *num_obs[:-1]))
     offsets.flags.writeable = False
     return offsets
