@@ -109,10 +109,8 @@ def tick_measures(
     qs: Sequence[np.ndarray],
     A: Sequence[np.ndarray],
     obs: np.ndarray,
-    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``(4, r)`` float64 (written into ``out`` when given), one row per :data:`TICK_MEASURES`,
-    of the agents whose beliefs were
+    """``(4, r)`` float64, one row per :data:`TICK_MEASURES`, of the agents whose beliefs were
     ``prior`` before they saw ``obs`` and ``qs`` after it:
 
     - ``surprise``: ``-sum_m ln p(o_m)``, the outcomes' surprise under the outcome distributions
@@ -132,8 +130,7 @@ def tick_measures(
     number of modalities: a measured tick of a small group is mostly the fixed cost of its
     calls."""
     r = obs.shape[0]
-    if out is None:
-        out = np.empty((len(TICK_MEASURES), r))
+    out = np.empty((len(TICK_MEASURES), r))
     surprise, excess, free, change = out
     change[:] = belief_change(qs, prior)
     joint_prior = joint_beliefs(prior)

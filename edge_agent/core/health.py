@@ -222,14 +222,10 @@ class AifHealth:
             if names:
                 window.add_rows(names, np.stack(values))
             return
-        measured = np.empty((len(names) + len(kernels_health.TICK_MEASURES), rows.shape[0]))
-        for i, v in enumerate(values):
-            measured[i] = v
         post = [np.asarray(q[rows], dtype=np.float64) for q in qs]
-        excess = kernels_health.tick_measures(
-            prior, post, likelihood(rows), obs, out=measured[len(names) :]
-        )[1]
-        window.add_rows([*names, *kernels_health.TICK_MEASURES], measured)
+        measured = kernels_health.tick_measures(prior, post, likelihood(rows), obs)
+        window.add_rows([*names, *kernels_health.TICK_MEASURES], np.vstack([*values, measured]))
+        excess = measured[1]
         if self.tap is not None:
             self.tap(self._clock - 1, excess)
         k = excess.shape[0]

@@ -28,16 +28,16 @@
  * and done in tick_vmath.c, the one unit compiled with -ffast-math, where gcc calls
  * glibc's vector log/exp (libmvec, within 4 ulp); this unit keeps IEEE arithmetic.
  *
- * Flags (setup.py; compiled_tick.py the same): -O3 (gcc 12's -O2 vectorises with its "very cheap" cost model and
- * leaves most b loops scalar: 1.12 us per agent-tick against 0.81 at -O3, baseline version,
- * T-maze, N = 1,000, one session; glibc's scalar log/exp in the vectorised loops instead of
- * libmvec: ~1.05), -std=c11, no -march (the baseline instruction set a package ships: SSE2 on
- * x86-64, 2 doubles a vector, NEON on aarch64). On x86-64 the pass (edge_tick, every helper
- * inlined into it) and the logs and exps are also compiled for x86-64-v3 (AVX2 and FMA, 4
- * doubles a vector, libmvec's AVX2 log/exp) with target_clones: one .so, the CPU choosing at
- * load time (an ifunc), as numpy dispatches; 0.64 us per agent-tick against 0.81 for the
- * baseline version on the same machine. -DTICK_BASELINE_ONLY builds the baseline version alone
- * (the test runs both). Temporaries: the caller's scratch
+ * Flags (setup.py; compiled_tick.py the same): -O3 (gcc 12's -O2 vectorises with its "very cheap"
+ * cost model and leaves most b loops scalar: 1.12 us per agent-tick against 0.81 at -O3, baseline
+ * version, T-maze, N = 1,000, one session; glibc's scalar log/exp in the vectorised loops instead
+ * of libmvec: ~1.05), -std=c11, no -march (the baseline instruction set a package ships: SSE2 on
+ * x86-64, 2 doubles a vector, NEON on aarch64). On x86-64 the pass (edge_tick, every helper inlined
+ * into it) and the logs and exps are also compiled for x86-64-v3 (AVX2 and FMA, 4 doubles a vector,
+ * libmvec's AVX2 log/exp) with target_clones: one .so, the CPU choosing at load time (an ifunc), as
+ * numpy dispatches; 0.64 us per agent-tick against 0.81 for the baseline version on the same
+ * machine. -DTICK_BASELINE_ONLY builds the baseline version alone (the test runs both).
+ * Temporaries: the caller's scratch
  * (edge_tick_scratch_doubles(model) doubles, sized by the model, carved once per tick) and
  * small per-block arrays on the stack (limits checked by compiled_tick.py); no allocation.
  * What it leaves out of pymdp's arithmetic, each a difference far below rounding of the free
@@ -416,46 +416,49 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
 
 }
 
+/* The planning tables of the block's agents, from the lanes of the learned tables in sc->A:
+ * utility per state; the non-zero entries of the joint-outcome table and each state's negative
+ * entropy over the joint outcomes. */
+INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
+    const int64_t M = m->modalities, S = m->joint, E = m->entries;
+    lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
+    for (int64_t s = 0; s < S; s++) LANES utility[s][b] = m->utility_shared[s];
+    if (m->use_utility)
+        for (int64_t k = 0; k < M; k++) {
+            if (m->pA[k] == NULL) continue;  /* a learned table: its lanes in sc->A */
+            for (int64_t o = 0; o < m->num_obs[k]; o++) {
+                double c = m->lnC[k][o];
+                for (int64_t s = 0; s < S; s++) LANES utility[s][b] += c * sc->A[k][o * S + s][b];
+            }
+        }
+    if (m->use_info_gain) {
+        for (int64_t s = 0; s < S; s++) LANES neg_entropy[s][b] = 0.0;
+        for (int64_t e = 0; e < E; e++) LANES value[e][b] = m->entry_shared[e];
+        for (int64_t k = 0; k < M; k++) {
+            const int64_t *index = m->entry_index[k];
+            if (index == NULL) continue;
+            for (int64_t e = 0; e < E; e++) LANES value[e][b] *= sc->A[k][index[e]][b];
+        }
+        /* p ln(p + exp(-16)): an entry that is 0 adds 0 (a zero times a finite log) */
+        tick_log(&value[0][0], &sc->log_value[0][0], E * BLK, EXP_M16);
+        for (int64_t e = 0; e < E; e++) {
+            double *to = neg_entropy[m->entry_state[e]];
+            LANES to[b] += value[e][b] * sc->log_value[e][b];
+        }
+    }
+}
+
 /* The second half of a tick for the block's agents (as infer_block): with their posteriors in
  * sc->cur and the block's lanes of the learned tables in sc->A, the planning tables (kept from
  * the block before when tables_ready: shared counts, whose tables are every agent's), G, q_pi,
  * the actions, and everything written back. */
 INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
                        int64_t count, const int64_t *offset, int tables_ready) {
-    const int64_t F = m->factors, M = m->modalities, P = m->policies, S = m->joint;
-    const int64_t K = m->outcomes, E = m->entries;
+    const int64_t F = m->factors, P = m->policies, S = m->joint, K = m->outcomes;
     lane *q[MAX_F];
 
-    /* the planning tables: utility per state; the non-zero entries of the joint-outcome table
-     * and each state's negative entropy over the joint outcomes */
     lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
-    if (!tables_ready) {  /* (shared counts: made by the first block, the same for every agent) */
-        for (int64_t s = 0; s < S; s++) LANES utility[s][b] = m->utility_shared[s];
-        if (m->use_utility)
-            for (int64_t k = 0; k < M; k++) {
-                if (m->pA[k] == NULL) continue;  /* a learned table: its lanes in sc->A */
-                for (int64_t o = 0; o < m->num_obs[k]; o++) {
-                    double c = m->lnC[k][o];
-                    for (int64_t s = 0; s < S; s++)
-                        LANES utility[s][b] += c * sc->A[k][o * S + s][b];
-                }
-            }
-        if (m->use_info_gain) {
-            for (int64_t s = 0; s < S; s++) LANES neg_entropy[s][b] = 0.0;
-            for (int64_t e = 0; e < E; e++) LANES value[e][b] = m->entry_shared[e];
-            for (int64_t k = 0; k < M; k++) {
-                const int64_t *index = m->entry_index[k];
-                if (index == NULL) continue;
-                for (int64_t e = 0; e < E; e++) LANES value[e][b] *= sc->A[k][index[e]][b];
-            }
-            /* p ln(p + exp(-16)): an entry that is 0 adds 0 (a zero times a finite log) */
-            tick_log(&value[0][0], &sc->log_value[0][0], E * BLK, EXP_M16);
-            for (int64_t e = 0; e < E; e++) {
-                double *to = neg_entropy[m->entry_state[e]];
-                LANES to[b] += value[e][b] * sc->log_value[e][b];
-            }
-        }
-    }
+    if (!tables_ready) planning_tables(m, sc);
 
     /* the policies: each factor's predicted states under each action, then per policy the
      * joint, its utility and information gain */
