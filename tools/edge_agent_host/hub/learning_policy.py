@@ -27,7 +27,10 @@ while it holds the catch-up look's lease (one replica looks at a time; the other
 and count it, ``catch_up_skipped``), and then builds the rounds due. First, because the rollout
 runner carries out one rollout at a time, oldest first: a catch-up started after a new round's
 staged rollout would wait for all of it (canaries, soaks, waves), its node on an older version
-meanwhile, and then deploy a version that is no longer the newest.
+meanwhile, and then deploy a version that is no longer the newest. The rounds a look builds are
+those already due before its catch-up: a line whose rollout ends while the catch-up runs (after it
+took the lines' current versions) waits for the next look, whose catch-up deploys that version
+first.
 """
 
 from __future__ import annotations
@@ -120,14 +123,16 @@ class LearningPolicy:
             logger.warning("learning rounds: the database cannot be opened: %s", err)
             return
         try:
+            lines: set[str] | None = None
             try:
                 if self.section.catch_up:  # first: module docstring
+                    lines = set(self.due(LearningStore(db), self.clock()))
                     self.catch_up(db)
             except Exception:  # logged, counted; the next look tries again
                 self.counts["catch_up_errors"] += 1
                 logger.exception("catch-up deployments failed")
             try:
-                self.run_due(db)
+                self.run_due(db, lines)
             except Exception:  # logged, counted; the next look tries again
                 self.counts["errors"] += 1
                 logger.exception("learning rounds failed")
@@ -167,12 +172,15 @@ class LearningPolicy:
             return False
         return state in ACTIVE
 
-    def run_due(self, db: HubDatabase) -> list[dict[str, Any]]:
-        """Build (and publish) every round due; their summaries (``rollout``: its id, or
-        ``publish_error``: why it was not published)."""
+    def run_due(self, db: HubDatabase, lines: set[str] | None = None) -> list[dict[str, Any]]:
+        """Build (and publish) every round due (of ``lines`` only, when given: those due before
+        the look's catch-up); their summaries (``rollout``: its id, or ``publish_error``: why it
+        was not published)."""
         store = LearningStore(db)
         done = []
         for line in self.due(store, self.clock()):
+            if lines is not None and line not in lines:
+                continue  # its rollout ended during the catch-up: the next look's (docstring)
             if not store.take_lease(line, self.owner, now=self.clock(),
                                     lease_s=self.section.lease_s):  # fmt: skip
                 self.counts["skipped"] += 1

@@ -326,6 +326,80 @@ def test_a_look_catches_up_before_it_starts_a_rounds_rollout(tmp_path: Path) -> 
     ], plans
 
 
+class RolloutEndsDuringTheCatchUp(LearningPolicy):
+    """A policy whose look sees the round's rollout end right after its catch-up took the lines'
+    current versions (the runner records the end on a connection of its own meanwhile)."""
+
+    def __init__(self, *args: Any, rollout_id: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rollout_id: str | None = rollout_id
+
+    def catch_up(self, db: HubDatabase) -> dict[str, Any]:
+        out = super().catch_up(db)
+        if self.rollout_id is not None:
+            end(db, self.rollout_id, RolloutState.DONE)
+            self.rollout_id = None
+        return out
+
+
+def test_a_rollout_that_ends_during_the_catch_up_leaves_its_next_round_to_the_next_look(
+    tmp_path: Path,
+) -> None:
+    """The round due once a rollout ended is built in a look whose catch-up saw that rollout
+    done: one that ends while the catch-up runs leaves the round to the next look, which deploys
+    the version to the node behind first (a round built in the same look would start its staged
+    rollout before that deployment, which then waits for all of it)."""
+    path = tmp_path / "hub.sqlite3"
+    db = HubDatabase(SqliteEngine(path))
+    db.open()
+    key = Ed25519PrivateKey.generate()
+    try:
+        fleet = Fleet(db)
+        old, round_rollout = published_round(db, fleet, key)
+        plan = RolloutStore(db).get(round_rollout).plan
+        new = plan.bundle_sha256
+        for node in ("n1", "n2"):
+            fleet.born(node, new)
+        learned = delta(new, 2, increments(5), model=f"{LINE}@{plan.bundle_version}")
+        write_all(db, heard("n1", learned, seq=200, ts=time.time()))
+        fleet.connect("n3", old)
+    finally:
+        db.close()
+
+    open_db = opener(path)
+    section = LearningSection(min_experience=1, gate_rollouts=GATE.rollouts,
+                              gate_steps=GATE.steps, publish=True,
+                              rollout=["--group", "grid", "--waves", "100%"])  # fmt: skip
+    policy = RolloutEndsDuringTheCatchUp(section, open_db, key, signer="t", owner="t",
+                                         silent_after_s=SILENT_AFTER_S,
+                                         rollout_id=round_rollout)  # fmt: skip
+
+    def pending() -> list[dict[str, Any]]:
+        db = open_db()
+        try:
+            rows = db.query(
+                "SELECT plan FROM rollouts WHERE state = :pending ORDER BY created",
+                {"pending": RolloutState.PENDING.value},
+            )
+        finally:
+            db.close()
+        return [json.loads(plan) for (plan,) in rows]
+
+    assert policy.step()
+    policy.join(60.0)
+    assert (policy.counts["errors"], policy.counts["catch_up_errors"]) == (0, 0), policy.counts
+    assert (policy.counts["built"], pending()) == (0, [])  # the round waits for the next look
+    assert policy.step()
+    policy.join(60.0)
+    assert (policy.counts["errors"], policy.counts["catch_up_errors"]) == (0, 0), policy.counts
+    assert policy.counts["built"] == 1
+    plans = pending()
+    assert [("catch_up" in p["selector"], p["bundle_sha256"] == new) for p in plans] == [
+        (True, True),  # n3 to the fleet's version, first
+        (False, False),  # the new round's rollout
+    ], plans
+
+
 @pytest.mark.parametrize("switch", [True, False])
 def test_the_learning_policy_catches_up_unless_switched_off(
     tmp_path: Path, switch: bool, capsys: pytest.CaptureFixture[str]
