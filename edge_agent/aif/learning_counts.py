@@ -359,6 +359,14 @@ class DirichletCounts:
         self._fixed[slot] = (mask, table, fixed)
         return fixed
 
+    def carry_fixed(self, slot: int, old: np.ndarray, new: np.ndarray) -> None:
+        """``new`` replaces ``old`` as table ``slot``'s, equal to it in every column
+        :meth:`fixed_columns` found for ``old`` (a refresh moved only the others): what was
+        found holds for ``new``, and is not looked for again."""
+        cached = self._fixed.get(slot)
+        if cached is not None and cached[1] is old:
+            self._fixed[slot] = (cached[0], new, cached[2])
+
     def restore(self, slot: int, counts: np.ndarray) -> None:
         """Counts from outside (a snapshot's) for table ``slot``: every column may differ from
         the table the agents use, and from what :meth:`fixed_columns` found."""

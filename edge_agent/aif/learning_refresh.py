@@ -6,8 +6,9 @@ values and the columns touched since the last refresh), the current float tables
 updated ones: :func:`refresh_model` builds the whole model again from the normalised counts
 (encoding only the touched columns of a table past its first refresh) and compiles it;
 :func:`refresh_touched_likelihood` brings only the touched columns of the learned likelihoods into
-the compiled tables, without a compile, when nothing else moved; :func:`same_transitions` says
-whether a learned ``B`` still normalises to the table the agents use; and
+the compiled tables, without a compile, and :func:`refresh_touched_transitions` the columns of a
+learned ``B`` that moved (:func:`moved_transition_columns`), with what the transitions give made
+again (not the likelihood's tables, the policy tree or ``D``), when its structure stays; and
 :func:`normalise_agent_tables` makes per-agent tables from per-agent counts. Nothing here marks
 the counts refreshed: the caller does, once it uses what a function returned.
 """
@@ -41,11 +42,12 @@ __all__ = [
     "codes_nbytes",
     "decoded_likelihoods",
     "learned_codes",
+    "moved_transition_columns",
     "normalise_agent_tables",
     "refresh_model",
     "refresh_touched_likelihood",
+    "refresh_touched_transitions",
     "refreshed_columns",
-    "same_transitions",
 ]
 
 #: A model's int8 tables by kind (``"A"``, ``"B"``, ``"D"``), by modality or factor:
@@ -205,6 +207,58 @@ def refresh_touched_likelihood(
     return Refreshed(replace(model, A=tuple(A)), quantized, refreshed, encoded)
 
 
+def refresh_touched_transitions(
+    cm: kernels.CompiledModel,
+    model: GenerativeModel,
+    quantized: QuantizedModel | None,
+    codes: Codes | None,
+    pB: DirichletCounts,
+) -> Refreshed | None:
+    """The learned transitions' columns that moved since the last refresh
+    (:func:`moved_transition_columns`: touched, and normalised to other values) brought into the
+    tables, encoded (int8: into ``codes``) and into the compiled tables without a compile: each
+    factor that moved gets its transitions from its table (int8: its codes), a dense one only
+    those columns written (:func:`~edge_agent.aif.kernels.refreshed_transition`), and
+    :func:`~edge_agent.aif.kernels.refresh_transitions` makes again only what they give; the
+    likelihood, ``D`` and the policy tree are kept; ``cm`` itself (and ``model``) when no column
+    moved (a deterministic move learned on its support never does). None when that does not
+    apply (the transitions' structure moved, a joint planner's distinct nodes changed, or a
+    deep planner): compile the model again then (the codes of the moved columns may be encoded
+    already, as :func:`refresh_model` encodes them). ``pB`` must be past its first refresh (its
+    tables follow its counts, and their support is the counts')."""
+    B = list(model.B)
+    new: list[kernels.Transition | None] = [None] * len(B)
+    columns: list[np.ndarray | None] = [None] * len(B)
+    encoded = 0
+    for slot, index in enumerate(pB.tables):
+        moved, values = moved_transition_columns(pB, slot, B[index])
+        if not values.shape[1]:
+            continue
+        table = np.array(B[index], dtype=np.float64)
+        table[:, moved] = values
+        table.setflags(write=False)
+        pB.carry_fixed(slot, B[index], table)
+        B[index] = table
+        source: np.ndarray | LogU8 | SparseColumns = table
+        if codes is not None:
+            encoded += reencode_columns(codes["B"][index], table, moved)
+            source = codes["B"][index]
+        new[index] = kernels.refreshed_transition(
+            cm.transitions[index], source, moved, cm.dtype.type
+        )
+        columns[index] = moved
+    if not any(t is not None for t in new):
+        return Refreshed(model, quantized, cm, 0)
+    refreshed = kernels.refresh_transitions(cm, new, columns)
+    if refreshed is None:
+        return None
+    if codes is not None and quantized is not None and any(
+        mine is not theirs for mine, theirs in zip(codes["B"], quantized.B, strict=True)
+    ):  # the group's own codes, encoded in place from their first refresh on
+        quantized = replace(quantized, B=tuple(codes["B"]))
+    return Refreshed(replace(model, B=tuple(B)), quantized, refreshed, encoded)
+
+
 def decoded_likelihoods(codes: Codes) -> list[np.ndarray]:
     """Every modality's int8 likelihood decoded whole, ``(O_m, S_joint)`` float64 (what
     :func:`~edge_agent.aif.kernels.compile_model` decodes): what
@@ -212,22 +266,23 @@ def decoded_likelihoods(codes: Codes) -> list[np.ndarray]:
     return [decode_log_u8(_flat_codes(q)) for q in codes["A"]]
 
 
-def same_transitions(pB: DirichletCounts, B: Sequence[np.ndarray]) -> bool:
-    """Whether every learned ``B`` (``pB`` past its first refresh) normalises, in the columns
-    touched since the last refresh, to exactly the table the agents use now (``B`` by factor):
-    a ``B`` whose columns each have one possible target (a deterministic move learned with counts
-    on its support only) stays what it was however its counts grow. Those columns are known
-    (:meth:`~edge_agent.aif.learning_counts.DirichletCounts.fixed_columns`): only the others are
-    normalised and compared."""
-    if not pB.refreshed:
-        return False
-    for slot, index in enumerate(pB.tables):
-        touched = pB.touched[slot] & ~pB.fixed_columns(slot, B[index])
-        if touched.any() and not np.array_equal(
-            normalise(pB.counts[slot][:, touched]), B[index][:, touched]
-        ):
-            return False
-    return True
+def moved_transition_columns(
+    pB: DirichletCounts, slot: int, table: np.ndarray
+) -> tuple[NDArray[np.bool_], np.ndarray]:
+    """The columns of learned ``B`` ``slot`` (``pB`` past its first refresh; ``table`` the one
+    the agents use now) touched since the last refresh whose counts normalise to other values
+    than ``table``'s (a mask over ``table.shape[1:]``), and those values ``(rows, moved)``.
+    The columns known to stay (a deterministic move learned on its support, however its counts
+    grow: :meth:`~edge_agent.aif.learning_counts.DirichletCounts.fixed_columns`) are neither
+    normalised nor compared."""
+    touched = pB.touched[slot] & ~pB.fixed_columns(slot, table)
+    if not np.count_nonzero(touched):
+        return touched, np.empty((table.shape[0], 0))
+    values = normalise(pB.counts[slot][:, touched])
+    differ = np.any(values != table[:, touched], axis=0)
+    moved = np.zeros_like(touched)
+    moved[touched] = differ
+    return moved, values[:, differ]
 
 
 def normalise_agent_tables(counts: np.ndarray, out: np.ndarray) -> None:

@@ -25,7 +25,7 @@ from edge_agent.aif.learning_refresh import (
     learned_codes,
     refresh_model,
     refresh_touched_likelihood,
-    same_transitions,
+    refresh_touched_transitions,
 )
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
@@ -120,32 +120,18 @@ class SharedTables:
     def refresh(
         self, learner: Learner, cm: kernels.CompiledModel
     ) -> tuple[kernels.CompiledModel | None, bool, int]:
-        """When every learned table already follows its counts and only ``A`` moved since the
-        last refresh (a ``B`` whose touched columns normalise to the tables the agents use,
-        :func:`same_transitions`, did not move for them), only the columns of ``A`` touched
-        since then are normalised, encoded (``int8``) and brought into the compiled tables
-        (:func:`refresh_touched_likelihood`: into the tables the last such refresh made, in
-        place; the other columns decoded once, at the first); with no ``A`` touched nothing is
-        (the compiled tables stay). Otherwise (a table's first refresh, ``B`` or ``D`` changed,
-        or the support moved) the model is built again from the normalised counts (quantized
-        again for ``int8``) and compiled (:func:`refresh_model`)."""
+        """Past every learned table's first refresh, with ``D`` unmoved since the last one, only
+        what moved since then is brought into the compiled tables, without a compile
+        (:meth:`_refresh_touched`); nothing when nothing moved (the compiled tables stay).
+        Otherwise (a table's first refresh, ``D`` changed, or a structure the compiled tables
+        follow moved) the model is built again from the normalised counts (quantized again for
+        ``int8``) and compiled (:func:`refresh_model`)."""
         codes = self._own_codes(learner)
-        if self._only_likelihood_moved(learner):
-            pA = learner.pA
-            if pA is None or not any(map(np.count_nonzero, pA.touched)):
+        if self._tables_follow(learner):
+            done = self._refresh_touched(learner, cm, codes)
+            if done is not None:
                 self._mark_refreshed(learner)
-                return None, True, 0
-            if codes is not None and self._decoded is None:
-                self._decoded = decoded_likelihoods(codes)
-            refreshed = refresh_touched_likelihood(
-                cm, self._model, self._quantized, codes, pA,
-                decoded=self._decoded, in_place=cm is self._own_cm,
-            )
-            if refreshed is not None:
-                self._mark_refreshed(learner)
-                self._model, self._quantized = refreshed.model, refreshed.quantized
-                self._own_cm = refreshed.cm
-                return refreshed.cm, True, refreshed.columns_encoded
+                return done
         self._forget_derived()
         refreshed = refresh_model(
             self._model, self._quantized, codes, learner.counts,
@@ -158,6 +144,47 @@ class SharedTables:
         self._versions = {counts.kind: counts.version for counts in learner.counts}
         return refreshed.cm, False, refreshed.columns_encoded
 
+    def _refresh_touched(
+        self, learner: Learner, cm: kernels.CompiledModel, codes: Codes | None
+    ) -> tuple[kernels.CompiledModel | None, bool, int] | None:
+        """The incremental refresh (:meth:`refresh`'s returns), or None when it does not apply
+        (then compile). The columns of a learned ``B`` that moved since the last refresh
+        (touched, and normalised to other values than the agents use) are brought into its
+        table, encoded (``int8``) and its factor's transitions into the compiled tables with what
+        they give (:func:`refresh_touched_transitions`, into new tables); then the columns of
+        ``A`` touched since the last refresh are normalised, encoded and brought in
+        (:func:`refresh_touched_likelihood`: into the tables the last such refresh made, in
+        place; the other columns decoded once, at the first)."""
+        pA, pB = learner.pA, learner.pB
+        assert self._versions is not None  # (_tables_follow)
+        own = cm is self._own_cm  # the likelihood's tables are the group's own: write in place
+        start = cm
+        encoded = 0
+        if pB is not None and self._versions.get("B") != pB.version:
+            refreshed = refresh_touched_transitions(cm, self._model, self._quantized, codes, pB)
+            if refreshed is None:
+                return None
+            self._model, self._quantized, cm = refreshed.model, refreshed.quantized, refreshed.cm
+            encoded += refreshed.columns_encoded
+        touched_A = pA is not None and any(map(np.count_nonzero, pA.touched))
+        if cm is start and not touched_A:
+            return None, True, 0
+        if touched_A:
+            assert pA is not None
+            if codes is not None and self._decoded is None:
+                self._decoded = decoded_likelihoods(codes)
+            refreshed = refresh_touched_likelihood(
+                cm, self._model, self._quantized, codes, pA, decoded=self._decoded, in_place=own
+            )
+            if refreshed is None:
+                return None
+            self._model, self._quantized, cm = refreshed.model, refreshed.quantized, refreshed.cm
+            encoded += refreshed.columns_encoded
+            own = True  # (refresh_touched_likelihood copies what it writes unless in place)
+        if own:
+            self._own_cm = cm
+        return cm, True, encoded
+
     def _mark_refreshed(self, learner: Learner) -> None:
         """The tables follow every learned count again (those that did not move are what
         they were)."""
@@ -166,21 +193,16 @@ class SharedTables:
                 counts.mark_refreshed()
         self._versions = {counts.kind: counts.version for counts in learner.counts}
 
-    def _only_likelihood_moved(self, learner: Learner) -> bool:
+    def _tables_follow(self, learner: Learner) -> bool:
         """Whether the incremental refresh may apply: every table learned so far follows its
-        counts (past its first refresh), ``D`` did not move since the last refresh, and a
-        ``B`` that moved normalises to the tables the agents use (:func:`same_transitions`)."""
+        counts (past its first refresh) and ``D`` did not move since the last refresh."""
         versions = self._versions
         if versions is None:
             return False
         if any(counts.learned and not counts.refreshed for counts in learner.counts):
             return False
-        pD, pB = learner.pD, learner.pB
-        if pD is not None and versions.get("D") != pD.version:
-            return False
-        return pB is None or versions.get("B") == pB.version or same_transitions(
-            pB, self._model.B
-        )
+        pD = learner.pD
+        return pD is None or versions.get("D") == pD.version
 
     def forget_versions(self) -> None:
         """The next refresh is a full one (counts from a snapshot may differ anywhere)."""

@@ -53,8 +53,9 @@ The code lives in one module per stage; this package re-exports what the rest of
 * :mod:`~edge_agent.aif.kernels.transitions`: one factor's ``B``, dense or column-sparse, and
   :func:`propagate` through it;
 * :mod:`~edge_agent.aif.kernels.tree`: the policy tree (shared prefixes, per factor and joint);
-* :mod:`~edge_agent.aif.kernels.compiled`: :class:`CompiledModel`, :func:`compile_model` and
-  :func:`refresh_likelihood` (a learned likelihood's touched columns brought in, no compile);
+* :mod:`~edge_agent.aif.kernels.compiled`: :class:`CompiledModel`, :func:`compile_model`,
+  :func:`refresh_likelihood` (a learned likelihood's touched columns brought in, no compile) and
+  :func:`refresh_transitions` (a factor's new transitions of the same structure, no compile);
 * :mod:`~edge_agent.aif.kernels.inference`: state inference on the general path;
 * :mod:`~edge_agent.aif.kernels.control`: expected free energy, policy posterior, action
   selection and the next prior on the general path;
@@ -97,7 +98,12 @@ from edge_agent.aif.kernels.block import (
     select_block,
     surprise_block,
 )
-from edge_agent.aif.kernels.compiled import CompiledModel, compile_model, refresh_likelihood
+from edge_agent.aif.kernels.compiled import (
+    CompiledModel,
+    compile_model,
+    refresh_likelihood,
+    refresh_transitions,
+)
 from edge_agent.aif.kernels.control import (
     evaluate_policies,
     next_prior,
@@ -134,8 +140,10 @@ from edge_agent.aif.kernels.small_plan import SMALL_BLOCK, SmallPlan
 from edge_agent.aif.kernels.transitions import (
     DenseTransition,
     Transition,
+    make_transition,
     propagate,
     propagate_per_agent,
+    refreshed_transition,
 )
 from edge_agent.aif.kernels.workspace import PROPAGATION_ROWS, Block, Workspace
 
@@ -170,6 +178,7 @@ __all__ = [
     "infer_joint",
     "infer_states",
     "load_roots",
+    "make_transition",
     "next_prior",
     "outcome_row_map",
     "policy_posterior",
@@ -181,6 +190,8 @@ __all__ = [
     "propagate_block",
     "propagate_per_agent",
     "refresh_likelihood",
+    "refresh_transitions",
+    "refreshed_transition",
     "select_actions",
     "select_block",
     "select_joint",

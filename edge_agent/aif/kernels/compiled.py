@@ -3,9 +3,11 @@
 Part of :mod:`edge_agent.aif.kernels`. :func:`compile_model` decodes a float or quantized model once
 (a quantized model keeps its sparse transitions sparse) and builds the general path's tables, the
 policy tree, the state-major fast path's tables and, where the model suits them, those of the local
-and small-block one-step planners. The maths is pymdp 0.0.7.1's (see
-:mod:`edge_agent.aif.reference`): utility is linear in the joint predicted state,
-``G_util = q(s) . sum_m A_m^T ln softmax(C_m)``, and the information gain is
+and small-block one-step planners. A learning group's refreshes bring what moved into compiled
+tables without a compile: :func:`refresh_likelihood` a likelihood's touched columns,
+:func:`refresh_transitions` a factor's new transitions of the same structure. The maths is
+pymdp 0.0.7.1's (see :mod:`edge_agent.aif.reference`): utility is linear in the joint predicted
+state, ``G_util = q(s) . sum_m A_m^T ln softmax(C_m)``, and the information gain is
 ``q(s) . negH(s) - H[q(o)]`` over joint outcomes, with pymdp's ``exp(-16)`` state threshold.
 """
 
@@ -23,15 +25,28 @@ from edge_agent.aif.kernels.fast_tables import (
     build_fast_plan,
     likelihood_fields,
     likelihood_table,
+    refreshed_propagation,
 )
 from edge_agent.aif.kernels.joint_plan import JointPlan, build_joint_plan
-from edge_agent.aif.kernels.local_plan import LocalPlan, build_local_plan, local_values
+from edge_agent.aif.kernels.local_plan import (
+    LocalPlan,
+    build_local_plan,
+    local_values,
+    refreshed_local,
+)
 from edge_agent.aif.kernels.small_plan import (
     SmallPlan,
     build_small_plan,
+    refreshed_small_rows,
     refreshed_small_values,
+    small_values,
 )
-from edge_agent.aif.kernels.transitions import SparseTransition, Transition, make_transition
+from edge_agent.aif.kernels.transitions import (
+    SparseTransition,
+    Transition,
+    make_transition,
+    same_structure,
+)
 from edge_agent.aif.kernels.tree import PolicyTree, build_policy_tree
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import LogU8, QuantizedModel, SparseColumns, decode_log_u8
@@ -375,6 +390,83 @@ def refresh_likelihood(
     return replace(
         cm, A_rows=A_rows, utility=utility, neg_entropy=neg_entropy, A_joint_T=A_joint_T,
         fast=fast, local=local, small=small, joint=joint_plan,
+    )
+
+
+def refresh_transitions(
+    cm: CompiledModel,
+    transitions: Sequence[Transition | None],
+    columns: Sequence[np.ndarray | None] | None = None,
+) -> CompiledModel | None:
+    """``cm`` with the transitions changed: ``transitions[f]`` factor ``f``'s new ones (as
+    :func:`~edge_agent.aif.kernels.transitions.make_transition` makes them from the new table),
+    None where a factor's did not change; ``columns[f]`` (``(S_f, U_f)``: source state, action;
+    None: any) the columns in which they changed. What the likelihood, the policy tree and ``E``
+    give is kept; what a changed factor's transitions give is made again from them: its
+    propagation at every depth of the fast path and its agent-major tables, the local planner's
+    prediction weights and utility by source, the small-block planner's rows of the changed
+    columns' sources, the joint planner's transition tables. Equal to ``compile_model`` of the
+    new model up to rounding. The tables another group may share are never written: a changed
+    table is a new one.
+
+    ``None`` when the new transitions have another structure than the old (dense against
+    sparse, or other non-zeros in a sparse one: the index maps, the planners' slots and the
+    scratch sizes follow it; compile the model again), when the joint planner's distinct nodes
+    change with them (nodes whose action prefixes predicted alike may no longer), or when the
+    model has a deep planner (deterministic transitions only)."""
+    changed = [f for f, t in enumerate(transitions) if t is not None]
+    if not changed:
+        return cm
+    if cm.deep is not None:
+        return None
+    new = list(cm.transitions)
+    for f in changed:
+        trans = transitions[f]
+        assert trans is not None
+        if not same_structure(cm.transitions[f], trans):
+            return None
+        new[f] = trans
+    dtype = cm.dtype
+    utility64 = cm.utility.astype(np.float64)
+    negH64 = cm.neg_entropy.astype(np.float64)
+    joint = old = cm.joint
+    if old is not None:
+        joint = build_joint_plan(
+            num_states=cm.num_states, num_controls=cm.num_controls, A_rows=cm.A_rows,
+            transitions=tuple(new), tree=cm.tree, A_joint_T=cm.A_joint_T, utility=utility64,
+            neg_entropy=negH64, lnE=cm.lnE, dtype=dtype,
+        )  # fmt: skip
+        if joint is None or not _same_nodes(joint, old):
+            return None
+    fast = cm.fast
+    for f in changed:
+        fast = refreshed_propagation(fast, cm.tree, f, new[f], dtype)
+    local, small = cm.local, cm.small
+    trans = new[0]
+    if local is not None:
+        if local.target_index is None or local.outcome_index is None:
+            return None
+        assert isinstance(trans, SparseTransition)  # (its structure is the old one's)
+        local = refreshed_local(local, trans, A=cm.A_rows[0], utility=utility64,
+                                neg_entropy=negH64, dtype=dtype)  # fmt: skip
+    if small is not None:
+        moved = None if columns is None else columns[0]
+        if moved is None:
+            small = replace(small, **small_values(
+                trans=trans, tree=cm.tree, A_joint_T=cm.A_joint_T, utility=utility64,
+                neg_entropy=negH64, dtype=dtype,
+            ))  # fmt: skip
+        else:
+            small = replace(small, BT_nodes=refreshed_small_rows(
+                small, tree=cm.tree, trans=trans, columns=moved, utility=utility64, dtype=dtype,
+            ))  # fmt: skip
+    return replace(cm, transitions=tuple(new), fast=fast, local=local, small=small, joint=joint)
+
+
+def _same_nodes(new: JointPlan, old: JointPlan) -> bool:
+    """Whether two joint plans evaluate the same distinct nodes (their scratch and layout)."""
+    return (new.num_nodes, new.factor_nodes) == (old.num_nodes, old.factor_nodes) and all(
+        np.array_equal(a, b) for a, b in zip(new.node_factor, old.node_factor, strict=True)
     )
 
 

@@ -12,7 +12,7 @@ described in the comment below.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from edge_agent.aif.kernels.array_types import IndexArray, IntArray
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
 
 if TYPE_CHECKING:
-    from edge_agent.aif.kernels.tree import PolicyTree
+    from edge_agent.aif.kernels.tree import Depth, PolicyTree
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,6 +557,44 @@ def _cheapest_outcome_map(A_joint: np.ndarray) -> RowMap | Diagonals | None:
     return best if best is not None and best.passes < dense_cost else None
 
 
+def _parents_and_actions(depth: Depth, f: int) -> tuple[IndexArray, IndexArray]:
+    """Factor ``f``'s nodes at one depth of the policy tree: each one's parent node and the
+    action that leads to it."""
+    parent = depth.parent[f].astype(np.intp)
+    action = np.empty(len(parent), dtype=np.intp)
+    for u, nodes in depth.by_action[f]:
+        action[nodes] = u
+    return parent, action
+
+
+def refreshed_propagation(
+    plan: FastPlan, tree: PolicyTree, f: int, trans: Transition, dtype: np.dtype[np.floating]
+) -> FastPlan:
+    """``plan`` with factor ``f``'s transitions ``trans``, of the same structure as those it was
+    built with (:func:`~edge_agent.aif.kernels.transitions.same_structure`): every depth's
+    propagation through them and their agent-major tables made again from ``trans``' weights;
+    the sizes the scratch follows (the largest extra layer, the most dense nodes) stay. Equal
+    to :func:`build_fast_plan` with ``trans``."""
+    depths = []
+    prev_nodes = 1
+    for fast_depth, depth in zip(plan.depths, tree.depths, strict=True):
+        old = fast_depth.propagation[f]
+        prop: RowMap | DensePropagation
+        if isinstance(trans, SparseTransition):
+            parent, action = _parents_and_actions(depth, f)
+            prop = propagation_row_map(trans, parent, action, prev_nodes, dtype)
+        else:
+            assert isinstance(old, DensePropagation)
+            prop = DensePropagation(BT=trans.BT, by_action=old.by_action, max_nodes=old.max_nodes)
+        props = list(fast_depth.propagation)
+        props[f] = prop
+        depths.append(replace(fast_depth, propagation=tuple(props)))
+        prev_nodes = fast_depth.num_nodes[f]
+    agent = list(plan.agent_propagation)
+    agent[f] = agent_propagation(trans, dtype) if isinstance(trans, SparseTransition) else None
+    return replace(plan, depths=tuple(depths), agent_propagation=tuple(agent))
+
+
 def build_fast_plan(
     *,
     lnE: np.ndarray,
@@ -581,10 +619,7 @@ def build_fast_plan(
         props: list[RowMap | DensePropagation] = []
         counts = []
         for f, trans in enumerate(transitions):
-            parent = depth.parent[f].astype(np.intp)
-            action = np.empty(len(parent), dtype=np.intp)
-            for u, nodes in depth.by_action[f]:
-                action[nodes] = u
+            parent, action = _parents_and_actions(depth, f)
             if isinstance(trans, SparseTransition):
                 rm = propagation_row_map(trans, parent, action, prev_nodes[f], dtype)
                 max_extra = max(max_extra, rm.max_extra)

@@ -9,7 +9,7 @@ are in :mod:`~edge_agent.aif.kernels.local`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -170,6 +170,42 @@ def build_local_plan(
             neg_entropy=neg_entropy, dtype=dtype,
         ),
     )
+
+
+def refreshed_local(
+    local: LocalPlan,
+    trans: SparseTransition,
+    *,
+    A: np.ndarray,
+    utility: np.ndarray,
+    neg_entropy: np.ndarray,
+    dtype: np.dtype[np.floating],
+) -> LocalPlan:
+    """``local`` with the transitions ``trans``, of the same structure as those it was built with
+    (:func:`~edge_agent.aif.kernels.transitions.same_structure`: the slots stay): the weights of
+    the prediction slots gathered from ``trans``' layers and the value tables made again
+    (:func:`local_values`). Equal to :func:`build_local_plan` with ``trans``.
+
+    A target's sources fill its slots in the order of the layers, one a layer (a layer's targets
+    are distinct, and a target with ``c`` sources is in the first ``c``): slot ``k`` of target
+    ``t`` under action ``u`` holds the weight of layer ``k``'s entry for ``t``."""
+    assert local.target_index is not None
+    assert local.outcome_index is not None
+    S = trans.num_states
+    weights = np.zeros((len(trans.layers), local.kin, S + 1))  # column S: the pads' target
+    for u, layers in enumerate(trans.layers):
+        for k, (tgt, _, w) in enumerate(layers):
+            weights[u, k, tgt] = 1.0 if w is None else w
+    num_out, K = local.pred_w.shape[0], len(local.node_action)
+    target = local.target_index.reshape(num_out, K, local.kt, 1)
+    action = local.node_action.reshape(1, K, 1, 1)
+    pred_w = weights[action, np.arange(local.kin).reshape(1, 1, 1, -1), target]
+    pred_w = np.ascontiguousarray(pred_w.reshape(num_out, -1), dtype=dtype)
+    pred_w.setflags(write=False)
+    return replace(local, pred_w=pred_w, **local_values(
+        local.target_index, local.outcome_index, local.node_action, A=A, trans=trans,
+        utility=utility, neg_entropy=neg_entropy, dtype=dtype,
+    ))  # fmt: skip
 
 
 def local_values(

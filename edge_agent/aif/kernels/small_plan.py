@@ -141,6 +141,39 @@ def refreshed_small_values(
     return _read_only(BT_nodes, A_joint_T, neg_entropy, dtype)
 
 
+def refreshed_small_rows(
+    small: SmallPlan,
+    *,
+    tree: PolicyTree,
+    trans: Transition,
+    columns: np.ndarray,
+    utility: np.ndarray,
+    dtype: np.dtype[np.floating],
+) -> np.ndarray:
+    """``small.BT_nodes`` after a refresh of the transitions to ``trans`` in the ``columns``
+    (``(S, U)``: source state, action) alone: a copy whose rows of those sources are made again
+    for the nodes of those actions (the predictions from each source, then its utility). Equal
+    to :func:`small_values`' up to rounding."""
+    S = small.BT_nodes.shape[0]
+    K = small.num_nodes
+    BT_nodes = small.BT_nodes.copy()
+    u64 = np.asarray(utility, dtype=np.float64)
+    for u, nodes in tree.depths[0].by_action[0]:
+        sources = np.flatnonzero(columns[:, u])
+        if not len(sources):
+            continue
+        if isinstance(trans, SparseTransition):
+            rows = propagate(trans, np.eye(S)[sources], u)
+        else:
+            rows = trans.BT[u][sources].astype(np.float64)  # row s: B[:, s, u]
+        gain = rows @ u64
+        for j in nodes:
+            BT_nodes[sources, j * S : (j + 1) * S] = rows
+            BT_nodes[sources, K * S + j] = gain
+    BT_nodes.setflags(write=False)
+    return BT_nodes
+
+
 def _read_only(
     BT_nodes: np.ndarray, A_joint_T: np.ndarray, neg_entropy: np.ndarray,
     dtype: np.dtype[np.floating],

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.quant import SPARSE_RATIO, LogU8, SparseColumns, decode_log_u8
@@ -95,11 +96,10 @@ def _sparse_transition(
         # Split into layers where each target appears at most once.
         order = np.lexsort((src, tgt))
         tgt, src, w = tgt[order], src[order], w[order]
-        rank = np.zeros(len(tgt), dtype=np.intp)
-        if len(tgt) > 1:
-            same = tgt[1:] == tgt[:-1]
-            for i in np.flatnonzero(same):  # model constant, compile time only
-                rank[i + 1] = rank[i] + 1
+        # Each entry's rank among its target's (the entries are sorted by target): its index
+        # less the index where its target's run starts.
+        starts = np.flatnonzero(np.diff(tgt, prepend=-1))
+        rank = np.arange(len(tgt)) - np.repeat(starts, np.diff(starts, append=len(tgt)))
         layers = []
         for r in range(int(rank.max()) + 1 if len(rank) else 0):
             sel = rank == r
@@ -108,6 +108,55 @@ def _sparse_transition(
         per_u.append(tuple(layers))
         full_first.append(bool(layers) and np.array_equal(layers[0][0], np.arange(S)))
     return SparseTransition(num_states=S, layers=tuple(per_u), full_first=tuple(full_first))
+
+
+def refreshed_transition(
+    old: Transition,
+    B: np.ndarray | LogU8 | SparseColumns,
+    columns: NDArray[np.bool_],
+    dtype: type[np.floating],
+) -> Transition:
+    """What :func:`make_transition` makes of ``B``, a table whose columns other than ``columns``
+    (a ``(S, U)`` mask: source state, action) are those ``old`` was made from. A dense ``old``
+    whose new columns keep it dense (each has as many non-zeros as a dense table has) gets only
+    those columns written, into a copy of its table; otherwise the transitions are made whole
+    (a sparse one's layers follow every column's non-zeros)."""
+    if isinstance(old, DenseTransition) and not isinstance(B, SparseColumns):
+        if isinstance(B, LogU8):
+            cols = decode_log_u8(LogU8(codes=B.codes[:, columns], top=B.top[columns],
+                                       step=B.step[columns]))  # fmt: skip
+        else:
+            cols = np.asarray(B, dtype=np.float64)[:, columns]
+        S = old.BT.shape[1]
+        if np.all(np.count_nonzero(cols, axis=0) * SPARSE_RATIO > S):
+            source, action = np.nonzero(columns)  # the order of cols' columns
+            BT = old.BT.copy()
+            BT[action, source, :] = cols.T
+            BT.setflags(write=False)
+            return DenseTransition(BT=BT)
+    return make_transition(B, dtype)
+
+
+def same_structure(old: Transition, new: Transition) -> bool:
+    """Whether ``new`` has ``old``'s layout: both dense (same shape), or both sparse with the same
+    (target, source) entries in every action's layers (the weights may differ): the tables built
+    from a transition's structure alone (index maps, the planners' slots, the scratch sizes)
+    then serve both."""
+    if isinstance(old, DenseTransition) or isinstance(new, DenseTransition):
+        return (
+            isinstance(old, DenseTransition)
+            and isinstance(new, DenseTransition)
+            and old.BT.shape == new.BT.shape
+        )
+    if old.num_states != new.num_states or len(old.layers) != len(new.layers):
+        return False
+    for mine, theirs in zip(old.layers, new.layers, strict=True):
+        if len(mine) != len(theirs):
+            return False
+        for (t0, s0, _), (t1, s1, _) in zip(mine, theirs, strict=True):
+            if not (np.array_equal(t0, t1) and np.array_equal(s0, s1)):
+                return False
+    return True
 
 
 def propagate(trans: Transition, q: np.ndarray, u: int) -> np.ndarray:

@@ -95,6 +95,15 @@ def test_fixed_columns_are_the_one_target_moves_learned_on_their_support() -> No
     again = counts.fixed_columns(0, B)
     assert not again[0, 0]
     np.testing.assert_array_equal(np.delete(again.reshape(-1), 0), np.delete(fixed.reshape(-1), 0))
+    # a refresh that replaces the table, moving only columns that are not fixed, carries what
+    # was found over to the new table (not looked for again); another table is looked at anew
+    refreshed = B.copy()
+    refreshed[:, 1, 2] = [0.1, 0.4, 0.0, 0.5, 0.0, 0.0]
+    counts.carry_fixed(0, B, refreshed)
+    assert counts.fixed_columns(0, refreshed) is again
+    counts.carry_fixed(0, B, B.copy())  # not the table it was found for: nothing carried
+    assert counts.fixed_columns(0, refreshed) is again
+    np.testing.assert_array_equal(counts.fixed_columns(0, B.copy()), again)
 
 
 @pytest.mark.parametrize("scope", ["shared", "per_agent"])

@@ -17,11 +17,11 @@ from edge_agent.aif.learning_kernels import normalise
 from edge_agent.aif.learning_refresh import (
     codes_nbytes,
     learned_codes,
+    moved_transition_columns,
     normalise_agent_tables,
     refresh_model,
     refresh_touched_likelihood,
     refreshed_columns,
-    same_transitions,
 )
 from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.quant import encode_log_u8, encode_transition, quantize_model
@@ -127,11 +127,34 @@ def test_a_transition_learned_on_its_one_target_stays_the_table() -> None:
     nxt = np.stack([B[:, :, a] @ s for s, a in zip(q, actions[:, 0], strict=True)])
     learner.learn_B([nxt], [q], actions, acted=np.ones(n, dtype=bool))
     assert pB.touched[0].any()
-    assert same_transitions(pB, model.B)
-    moved = pB.counts[0].copy()
-    moved[5, 0, 0] += 1.0  # off the one target of a column, from outside (a snapshot's)
-    pB.restore(0, moved)
-    assert not same_transitions(pB, model.B)
+    moved, values = moved_transition_columns(pB, 0, model.B[0])
+    assert (moved.any(), values.shape) == (False, (100, 0))
+    counts = pB.counts[0].copy()
+    counts[5, 0, 0] += 1.0  # off the one target of a column, from outside (a snapshot's)
+    pB.restore(0, counts)
+    moved, values = moved_transition_columns(pB, 0, model.B[0])
+    assert np.array_equal(np.argwhere(moved), [[0, 0]])
+    np.testing.assert_array_equal(values[:, 0], normalise(counts[:, 0, 0]))
+
+
+def test_the_moved_transition_columns_are_those_whose_normalised_counts_differ() -> None:
+    """A dense learned ``B``: of the touched columns, those whose counts normalise to other
+    values than the table's, with those values; an untouched column is not looked at, however
+    its counts differ."""
+    model = builtin_model("grid10")
+    B = model.B[0]
+    learner = Learner(model.A, model.B, model.D, pB={0: B * 2.0 + 0.5})
+    pB = learner.pB
+    assert pB is not None
+    table = normalise(pB.counts[0])
+    pB.mark_refreshed()
+    pB.counts[0][:, 3, 1] *= 2.0  # touched, normalises to the same table
+    pB.counts[0][7, 4, 2] += 1.0  # touched, moves
+    pB.counts[0][7, 5, 2] += 1.0  # moves, not touched
+    pB.touched[0][3, 1] = pB.touched[0][4, 2] = True
+    moved, values = moved_transition_columns(pB, 0, table)
+    assert np.array_equal(np.argwhere(moved), [[4, 2]])
+    np.testing.assert_array_equal(values[:, 0], normalise(pB.counts[0][:, 4, 2]))
 
 
 def test_per_agent_tables_are_each_agents_normalised_counts() -> None:
