@@ -16,9 +16,9 @@ One JSON object per line:
   median over rounds; ``ratio``: the median over rounds of learning time / plain time (the
   target is <= 1.25 for a shared-scope learning step);
 * ``refresh_ms``: one refresh after 20 ticks' worth of count updates (the touched columns
-  brought into the compiled tables, or, where ``B`` is learned, the model rebuilt, quantized
-  and compiled), the median of a few; its cost per tick is ``refresh_ms / refresh_every`` and
-  is included in the learning time;
+  brought into the compiled tables; a learned ``B``'s columns that moved come in with what its
+  transitions give, without a compile past its first refresh), the median of a few; its cost
+  per tick is ``refresh_ms / refresh_every`` and is included in the learning time;
 * ``learner_bytes``: the counts, their prior, masks and deltas (one model's worth, whatever N);
 * with ``--count-ops TICKS``: ``plain_numpy_calls``, ``learning_numpy_calls``, the numpy calls
   of one tick of each group (``benchmarks/peers/opcount.py``, the mean over TICKS ticks that do
@@ -27,7 +27,7 @@ One JSON object per line:
 The process runs one thread (``OPENBLAS_NUM_THREADS=1`` is set before numpy is imported).
 
     python benchmarks/bench_learning.py [--smoke] [--agents 1,1000,10000] [--rounds 5]
-        [--count-ops TICKS] [--cases tmaze-A1-every-1,grid10-B0-every-1]
+        [--count-ops TICKS] [--cases tmaze-A1-every-1,grid-slippery-B0-every-1-dense]
 
 ``--smoke`` runs the code path at tiny sizes, for CI (its numbers mean nothing).
 """
@@ -41,48 +41,64 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: (world, learned tables, refresh_every, learning rate): the T-maze learns its reward modality;
-#: the grid its observation model and its transitions. The last two are the shared rows
-#: at pymdp's cadence: the tables follow the counts every tick, learning rate 1 (the T-maze its
-#: reward modality, grid10 its transitions).
+class Case(NamedTuple):
+    """One row's setting: the world, the tables it learns, how often they follow the counts,
+    the learning rate, and where the prior puts counts (``support``: twice the table plus 0.5
+    on its support; ``dense``: plus 0.5 on every entry, so a learned ``B`` becomes a dense
+    table that normalises to another one at every update)."""
+
+    world: str
+    tables: tuple[str, ...]
+    refresh_every: int
+    lr: float
+    prior: str = "support"
+
+    @property
+    def name(self) -> str:
+        """``grid10-B0-every-1``: what ``--cases`` names a case by (``-dense``: that prior)."""
+        dense = "-dense" if self.prior == "dense" else ""
+        return f"{self.world}-{''.join(self.tables)}-every-{self.refresh_every}{dense}"
+
+
+#: The T-maze learns its reward modality; the grid its observation model and its transitions.
+#: The last three are the shared rows at pymdp's cadence: the tables follow the counts every
+#: tick, learning rate 1 (the T-maze its reward modality, grid10 its transitions; then the
+#: slippery grid's transitions from a prior on every entry: each refresh moves the columns the
+#: agents' moves touched, which come into the compiled tables without a compile).
 CASES = (
-    ("tmaze", ("A1",), 100, 0.01),
-    ("grid10", ("A0",), 100, 0.01),
-    ("grid10", ("A0", "B0"), 100, 0.01),
-    ("tmaze", ("A1",), 1, 1.0),
-    ("grid10", ("B0",), 1, 1.0),
+    Case("tmaze", ("A1",), 100, 0.01),
+    Case("grid10", ("A0",), 100, 0.01),
+    Case("grid10", ("A0", "B0"), 100, 0.01),
+    Case("tmaze", ("A1",), 1, 1.0),
+    Case("grid10", ("B0",), 1, 1.0),
+    Case("grid-slippery", ("B0",), 1, 1.0, "dense"),
 )
 
 
-def case_name(world: str, tables: tuple[str, ...], refresh_every: int) -> str:
-    """``grid10-B0-every-1``: what ``--cases`` names a case by."""
-    return f"{world}-{''.join(tables)}-every-{refresh_every}"
-
-
-def counts_for(model: Any, tables: tuple[str, ...]) -> dict[str, dict[int, Any]]:
-    """Weak counts (twice the table plus 0.5 on its support) for the named tables."""
+def counts_for(model: Any, tables: tuple[str, ...], prior: str) -> dict[str, dict[int, Any]]:
+    """Weak counts for the named tables: twice the table plus 0.5 on its support (``prior``
+    ``support``) or on every entry (``dense``)."""
     out: dict[str, dict[int, Any]] = {"A": {}, "B": {}}
     for name in tables:
         kind, index = name[0], int(name[1:])
         table = (model.A if kind == "A" else model.B)[index]
-        out[kind][index] = table * 2.0 + 0.5 * (table > 0)
+        out[kind][index] = table * 2.0 + 0.5 * ((table > 0) if prior == "support" else 1.0)
     return out
 
 
-def measure(  # noqa: PLR0917 - one row's whole description
-    world: str, tables: tuple[str, ...], refresh_every: int, n: int, ticks: int, rounds: int,
-    count_ops: int = 0, lr: float = 0.01,
-) -> dict[str, Any]:
+def measure(case: Case, n: int, ticks: int, rounds: int, count_ops: int = 0) -> dict[str, Any]:
     from edge_agent.aif.learning import LearningSettings, LearningSpec
     from edge_agent.core.agents import AifAgentGroup
     from edge_agent.sim.registry import builtin_model, make_env
 
+    world, tables, lr = case.world, case.tables, case.lr
+    refresh_every = min(case.refresh_every, ticks)
     model = builtin_model(world)
-    counts = counts_for(model, tables)
+    counts = counts_for(model, tables, case.prior)
     spec = LearningSpec(pA=counts["A"], pB=counts["B"], refresh_every=refresh_every,
                         settings=LearningSettings(lr_pA=lr, lr_pB=lr))
     learning = AifAgentGroup(model, n, learning=spec, precision="int8")
@@ -136,6 +152,7 @@ def measure(  # noqa: PLR0917 - one row's whole description
         "tables": list(tables),
         "learned": "+".join(tables),
         "scope": "shared",
+        "prior": case.prior,
         "refresh_every": refresh_every,
         "lr": lr,
         "agents": n,
@@ -160,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                              "group (a tick that does not refresh; 0: do not count)")
     parser.add_argument("--cases", default=None,
                         help="comma-separated cases (all): "
-                             + ", ".join(case_name(w, t, e) for w, t, e, _ in CASES))
+                             + ", ".join(case.name for case in CASES))
     args = parser.parse_args(argv)
-    names = [case_name(w, t, e) for w, t, e, _ in CASES]
+    names = [case.name for case in CASES]
     chosen = names if args.cases is None else [c for c in args.cases.split(",") if c]
     for name in chosen:
         if name not in names:
@@ -174,13 +191,11 @@ def main(argv: list[str] | None = None) -> int:
               .split(",")]
     ticks = args.ticks or (10 if args.smoke else 200)
     rounds = args.rounds or (1 if args.smoke else 5)
-    for world, tables, refresh_every, lr in CASES:
-        if case_name(world, tables, refresh_every) not in chosen:
+    for case in CASES:
+        if case.name not in chosen:
             continue
         for n in agents:
-            every = min(refresh_every, ticks)
-            row = measure(world, tables, every, n, ticks, rounds, args.count_ops, lr)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(measure(case, n, ticks, rounds, args.count_ops)), flush=True)
     return 0
 
 
