@@ -789,7 +789,7 @@ TABLES: tuple[Table, ...] = (
         columns=(
             Column("world", "world"),
             Column("learns", "learned"),
-            Column("prior counts on", lambda row: row.get("prior", "support")),
+            Column("prior counts on", lambda row: row.get("prior") or "support"),
             Column("agents", "agents", ",d"),
             Column("learning off, agent-steps/s", "plain_agent_steps_per_s", ",.0f"),
             Column("learning on, agent-steps/s", "learning_agent_steps_per_s", ",.0f"),
