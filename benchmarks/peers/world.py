@@ -63,25 +63,33 @@ def _cdf_rows(table: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cdf.T)
 
 
-def _stacked(cdfs: list[np.ndarray]) -> np.ndarray:
-    """``(T, C, K)``: the tables' ``(C_t, K_t)`` cumulative rows (:func:`_cdf_rows`) in one
-    array, padded with 1.0 (a padded value is never at most a ``u < 1``, so it draws nothing,
-    and a padded row is never indexed): one draw for every table at once."""
-    stack = np.ones((len(cdfs), max(c.shape[0] for c in cdfs), max(c.shape[1] for c in cdfs)))
-    for t, cdf in enumerate(cdfs):
-        stack[t, : cdf.shape[0], : cdf.shape[1]] = cdf
-    return stack
+class _Stacked:
+    """The tables' ``(C_t, K_t)`` cumulative rows (:func:`_cdf_rows`) in one ``(T * C, K)``
+    array, table ``t``'s rows from ``t * C`` on (``first``, ``(T, 1)``), padded with 1.0 (a
+    padded value is never at most a ``u < 1``, so it draws nothing, and a padded row is never
+    indexed): one draw for every table at once."""
+
+    def __init__(self, cdfs: list[np.ndarray]) -> None:
+        C, K = max(c.shape[0] for c in cdfs), max(c.shape[1] for c in cdfs)
+        stack = np.ones((len(cdfs), C, K))
+        for t, cdf in enumerate(cdfs):
+            stack[t, : cdf.shape[0], : cdf.shape[1]] = cdf
+        self.tables = len(cdfs)
+        self.rows = stack.reshape(-1, K)
+        self.first = np.arange(len(cdfs), dtype=np.int64)[:, None] * C
 
 
-def _draw(stack: np.ndarray, tables: np.ndarray, cols: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draws ``(T, n)``, table ``t`` of :func:`_stacked` at its rows ``cols[t]``
-    (``cols`` ``(T, n)``, or ``(n,)`` the same rows of every table; ``tables``: ``(T, 1)`` the
-    tables' indices): outcome ``k`` with ``cdf[k - 1] <= u < cdf[k]``, the count of the row's
-    cumulative values at most ``u``: the first of them above ``u`` (a row rises to exactly 1.0,
-    so there is one), which ``argmin`` finds faster than a sum counts (the tables of a step
-    drawn in a few calls, whatever their number)."""
-    below = stack[tables, cols] <= u[:, :, None]
-    drawn: np.ndarray = below.argmin(axis=2)
+def _draw(stack: _Stacked, cols: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draws ``(T, n)``, table ``t`` of ``stack`` at its rows ``cols[t]`` (``cols``
+    ``(T, n)``, or ``(n,)`` the same rows of every table): outcome ``k`` with ``cdf[k - 1] <= u
+    < cdf[k]``, the count of the row's cumulative values at most ``u``: the first of them above
+    ``u`` (a row rises to exactly 1.0, so there is one), which ``argmin`` finds faster than a
+    sum counts. The rows are gathered with one ``take`` of flat indices (half the time of
+    indexing the stacked tables by table and row), the tables of a step drawn in a few calls,
+    whatever their number."""
+    rows = stack.rows.take((cols + stack.first).reshape(-1), axis=0)
+    below = rows <= u.reshape(-1, 1)
+    drawn: np.ndarray = below.argmin(axis=1).reshape(u.shape)
     return drawn
 
 
@@ -105,16 +113,14 @@ class ClosedLoopWorld:
         A, B = workload["A"], workload["B"]
         self.num_states = [b.shape[0] for b in B]
         self.num_controls = [b.shape[2] for b in B]
-        self.obs_cdf = _stacked([_cdf_rows(a.reshape(a.shape[0], -1)) for a in A])
-        self.move_cdf = _stacked([_cdf_rows(b.reshape(b.shape[0], -1)) for b in B])
-        self.spawn_cdf = _stacked([_cdf_rows(np.asarray(d, dtype=np.float64)[:, None])
+        self.obs_cdf = _Stacked([_cdf_rows(a.reshape(a.shape[0], -1)) for a in A])
+        self.move_cdf = _Stacked([_cdf_rows(b.reshape(b.shape[0], -1)) for b in B])
+        self.spawn_cdf = _Stacked([_cdf_rows(np.asarray(d, dtype=np.float64)[:, None])
                                    for d in workload["spawn"]])
         self.controls = np.asarray(self.num_controls, dtype=np.int64)
         #: The joint state's index: ``states @ strides`` (C order, the layout of ``A``'s columns).
         self.strides = np.array([math.prod(self.num_states[f + 1 :])
                                  for f in range(len(B))], dtype=np.int64)
-        self.factors = np.arange(len(B))[:, None]
-        self.modalities = np.arange(len(A))[:, None]
         self.rule = workload["rule"]
         self.goal_state = workload["goal_state"]
         self.trial_len = workload["trial_len"]
@@ -136,13 +142,13 @@ class ClosedLoopWorld:
         u = self.rng.random((len(self.num_states), self.n))  # drawn whoever respawns
         if not where.any():
             return
-        self.states[where] = _draw(self.spawn_cdf, self.factors, self.zeros, u).T[where]
+        self.states[where] = _draw(self.spawn_cdf, self.zeros, u).T[where]
         self.episode_steps[where] = 0
 
     def _observe(self) -> np.ndarray:
         joint = self.states @ self.strides
-        u = self.rng.random((len(self.obs_cdf), self.n))
-        self.obs[:] = _draw(self.obs_cdf, self.modalities, joint, u).T
+        u = self.rng.random((self.obs_cdf.tables, self.n))
+        self.obs[:] = _draw(self.obs_cdf, joint, u).T
         if self.reward_modality >= 0:
             self.scores.append(self._rewards(self.obs[:, self.reward_modality]))
         return self.obs
@@ -171,9 +177,9 @@ class ClosedLoopWorld:
             restart = self.states[:, 0] == self.goal_state
         else:
             restart = self.episode_steps >= self.trial_len - 1
-        u = self.rng.random((len(self.move_cdf), self.n))
+        u = self.rng.random((self.move_cdf.tables, self.n))
         cols = self.states * self.controls + actions
-        self.states[:] = _draw(self.move_cdf, self.factors, cols.T, u).T
+        self.states[:] = _draw(self.move_cdf, cols.T, u).T
         self.episode_steps += 1
         self._spawn(restart)
         self.trials += restart
