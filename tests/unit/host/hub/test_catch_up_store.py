@@ -278,39 +278,45 @@ def test_a_look_taken_over_while_it_stalled_deploys_nothing(
     assert LearningStore(db).lease(CATCH_UP_LEASE) == ("hub-b", now + 2 * LEASE_S)
 
 
-def test_a_look_catches_up_before_it_starts_a_rounds_rollout(tmp_path: Path) -> None:
-    """The runner carries out rollouts one at a time, oldest first: in a look where a node is
-    behind and a round is due, the node's deployment of the fleet's version is started before
-    the round's staged rollout (after it, it would wait for all of that rollout, then deploy a
-    version no longer the newest)."""
-    path = tmp_path / "hub.sqlite3"
+def a_round_due_and_a_node_behind(
+    path: Path, key: Ed25519PrivateKey, *, ended: bool
+) -> tuple[str, str]:
+    """The hub database at ``path``: a round published to ``n1`` and ``n2`` (its rollout
+    ``done`` if ``ended``), both born on it, what ``n1`` learned on it (the next round is due),
+    and ``n3`` on the line's old version. Returns the round's rollout id and bundle sha256."""
     db = HubDatabase(SqliteEngine(path))
     db.open()
-    key = Ed25519PrivateKey.generate()
     try:
         fleet = Fleet(db)
         old, round_rollout = published_round(db, fleet, key)
         plan = RolloutStore(db).get(round_rollout).plan
-        new = plan.bundle_sha256
-        end(db, round_rollout, RolloutState.DONE)
+        if ended:
+            end(db, round_rollout, RolloutState.DONE)
         for node in ("n1", "n2"):
-            fleet.born(node, new)
-        # What n1 learned on the fleet's version: the next round is due.
-        learned = delta(new, 2, increments(5), model=f"{LINE}@{plan.bundle_version}")
+            fleet.born(node, plan.bundle_sha256)
+        learned = delta(plan.bundle_sha256, 2, increments(5),
+                        model=f"{LINE}@{plan.bundle_version}")  # fmt: skip
         write_all(db, heard("n1", learned, seq=200, ts=time.time()))
         fleet.connect("n3", old)
     finally:
         db.close()
+    return round_rollout, plan.bundle_sha256
 
-    open_db = opener(path)
-    section = LearningSection(min_experience=1, gate_rollouts=GATE.rollouts,
-                              gate_steps=GATE.steps, publish=True,
-                              rollout=["--group", "grid", "--waves", "100%"])  # fmt: skip
-    policy = LearningPolicy(section, open_db, key, signer="t", owner="t",
-                            silent_after_s=SILENT_AFTER_S)  # fmt: skip
+
+#: A policy that builds a round at every look with experience and publishes it.
+PUBLISHING = LearningSection(min_experience=1, gate_rollouts=GATE.rollouts, gate_steps=GATE.steps,
+                             publish=True, rollout=["--group", "grid", "--waves", "100%"])
+
+
+def look_once(policy: LearningPolicy) -> None:
+    """One look of ``policy`` on its thread, which must fail nowhere."""
     assert policy.step()
     policy.join(60.0)
     assert (policy.counts["errors"], policy.counts["catch_up_errors"]) == (0, 0), policy.counts
+
+
+def pending_plans(open_db: Callable[[], HubDatabase]) -> list[dict[str, Any]]:
+    """The plans of the rollouts not started yet, oldest first (the runner's order)."""
     db = open_db()
     try:
         rows = db.query(
@@ -319,8 +325,27 @@ def test_a_look_catches_up_before_it_starts_a_rounds_rollout(tmp_path: Path) -> 
         )
     finally:
         db.close()
-    plans = [json.loads(plan) for (plan,) in rows]
-    assert [("catch_up" in p["selector"], p["bundle_sha256"] == new) for p in plans] == [
+    return [json.loads(plan) for (plan,) in rows]
+
+
+def catch_up_then_round(plans: list[dict[str, Any]], new: str) -> list[tuple[bool, bool]]:
+    """Per plan: whether it is a catch-up, and whether it deploys ``new``."""
+    return [("catch_up" in p["selector"], p["bundle_sha256"] == new) for p in plans]
+
+
+def test_a_look_catches_up_before_it_starts_a_rounds_rollout(tmp_path: Path) -> None:
+    """The runner carries out rollouts one at a time, oldest first: in a look where a node is
+    behind and a round is due, the node's deployment of the fleet's version is started before
+    the round's staged rollout (after it, it would wait for all of that rollout, then deploy a
+    version no longer the newest)."""
+    path = tmp_path / "hub.sqlite3"
+    key = Ed25519PrivateKey.generate()
+    _, new = a_round_due_and_a_node_behind(path, key, ended=True)
+    open_db = opener(path)
+    look_once(LearningPolicy(PUBLISHING, open_db, key, signer="t", owner="t",
+                             silent_after_s=SILENT_AFTER_S))  # fmt: skip
+    plans = pending_plans(open_db)
+    assert catch_up_then_round(plans, new) == [
         (True, True),  # n3 to the fleet's version, first
         (False, False),  # the new round's rollout
     ], plans
@@ -350,51 +375,18 @@ def test_a_rollout_that_ends_during_the_catch_up_leaves_its_next_round_to_the_ne
     the version to the node behind first (a round built in the same look would start its staged
     rollout before that deployment, which then waits for all of it)."""
     path = tmp_path / "hub.sqlite3"
-    db = HubDatabase(SqliteEngine(path))
-    db.open()
     key = Ed25519PrivateKey.generate()
-    try:
-        fleet = Fleet(db)
-        old, round_rollout = published_round(db, fleet, key)
-        plan = RolloutStore(db).get(round_rollout).plan
-        new = plan.bundle_sha256
-        for node in ("n1", "n2"):
-            fleet.born(node, new)
-        learned = delta(new, 2, increments(5), model=f"{LINE}@{plan.bundle_version}")
-        write_all(db, heard("n1", learned, seq=200, ts=time.time()))
-        fleet.connect("n3", old)
-    finally:
-        db.close()
-
+    round_rollout, new = a_round_due_and_a_node_behind(path, key, ended=False)
     open_db = opener(path)
-    section = LearningSection(min_experience=1, gate_rollouts=GATE.rollouts,
-                              gate_steps=GATE.steps, publish=True,
-                              rollout=["--group", "grid", "--waves", "100%"])  # fmt: skip
-    policy = RolloutEndsDuringTheCatchUp(section, open_db, key, signer="t", owner="t",
+    policy = RolloutEndsDuringTheCatchUp(PUBLISHING, open_db, key, signer="t", owner="t",
                                          silent_after_s=SILENT_AFTER_S,
                                          rollout_id=round_rollout)  # fmt: skip
-
-    def pending() -> list[dict[str, Any]]:
-        db = open_db()
-        try:
-            rows = db.query(
-                "SELECT plan FROM rollouts WHERE state = :pending ORDER BY created",
-                {"pending": RolloutState.PENDING.value},
-            )
-        finally:
-            db.close()
-        return [json.loads(plan) for (plan,) in rows]
-
-    assert policy.step()
-    policy.join(60.0)
-    assert (policy.counts["errors"], policy.counts["catch_up_errors"]) == (0, 0), policy.counts
-    assert (policy.counts["built"], pending()) == (0, [])  # the round waits for the next look
-    assert policy.step()
-    policy.join(60.0)
-    assert (policy.counts["errors"], policy.counts["catch_up_errors"]) == (0, 0), policy.counts
+    look_once(policy)
+    assert (policy.counts["built"], pending_plans(open_db)) == (0, [])  # the next look's
+    look_once(policy)
     assert policy.counts["built"] == 1
-    plans = pending()
-    assert [("catch_up" in p["selector"], p["bundle_sha256"] == new) for p in plans] == [
+    plans = pending_plans(open_db)
+    assert catch_up_then_round(plans, new) == [
         (True, True),  # n3 to the fleet's version, first
         (False, False),  # the new round's rollout
     ], plans
