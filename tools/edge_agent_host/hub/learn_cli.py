@@ -255,6 +255,17 @@ def round_line(s: Mapping[str, Any]) -> str:
     )
 
 
+def _rollout_words(rollout: Mapping[str, Any] | None, version: str | None) -> str:
+    """How a round's rollout stands, for its ``learn status`` line: nothing without one; why it
+    halted, and the version the line stays on, when it halted or was rolled back."""
+    if rollout is None:
+        return ""
+    words = f"; rollout {rollout['id']} {rollout['state']}"
+    if "why" in rollout:
+        words += f": {rollout['why']}; the line stays on {version}"
+    return words
+
+
 def status_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """``learn status``'s lines, one paragraph per model line."""
     out: list[str] = []
@@ -264,6 +275,11 @@ def status_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{r['line']}: {r['accepted']} deltas accepted ({r['experience']} agent-ticks, "
             f"{r['nodes']} nodes), refused: {refused}; {r['capped']} capped"
         )
+        if r.get("version") is not None:
+            out.append(
+                f"  version {r['version']} ({str(r['current_sha256'])[:12]}): what the nodes "
+                "run and learn on"
+            )
         w = r["waiting"]
         out.append(f"  waiting for a round: {w['deltas']} deltas, {w['experience']} agent-ticks")
         last = r["last_round"]
@@ -274,6 +290,7 @@ def status_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             out.append(
                 f"  last round {last['id']} {stamp}: {last['state']} {r['line']}@"
                 f"{last['version']} ({last['nodes']} nodes, {last['experience']} agent-ticks)"
+                + _rollout_words(last.get("rollout"), r.get("version"))
             )
         fleet, attempts = r.get("fleet_version"), r.get("catch_ups") or {}
         if fleet is not None:

@@ -37,7 +37,7 @@ from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.learning_checks import Refusal, check_tables
 from edge_agent_host.hub.learning_model import LineModel, line_model
 from edge_agent_host.hub.queue import Heard
-from edge_agent_host.hub.rollout_plan import RolloutState
+from edge_agent_host.hub.rollout_plan import ACTIVE, NodeState, RolloutState
 from edge_agent_host.hub.store import HubDatabase, to_json
 
 __all__ = [
@@ -51,6 +51,17 @@ __all__ = [
 
 ACCEPTED: Final = "accepted"
 _MODELS_KEPT: Final = 8
+_ENDED_UNDEPLOYED: Final = {
+    "halted": RolloutState.HALTED.value,
+    "rolled_back": RolloutState.ROLLED_BACK.value,
+}
+"""How a staged rollout ends that leaves its bundle on no node's group (SQL parameters)."""
+_STAGED_STATE: Final = (
+    "(SELECT o.state FROM rollouts o WHERE o.bundle_sha256 = b.sha256 AND o.id NOT IN "
+    "(SELECT a.rollout FROM catch_up_attempts a) ORDER BY o.created DESC LIMIT 1)"
+)
+"""The state of bundle ``b``'s newest staged rollout (catch-ups left out: see
+:meth:`LearningStore.current_sha256`)."""
 _TABLES: Final = msgspec.msgpack.Decoder(list[CountsDelta])
 _ENCODE: Final = msgspec.msgpack.Encoder()
 
@@ -107,30 +118,85 @@ class LearningStore:
         return found
 
     def current_sha256(self, line: str) -> str | None:
-        """The line's current bundle: the newest of that name the hub holds, but one whose
-        newest rollout was rolled back (no node runs it: every node it reached was given the
-        rollback bundle again)."""
+        """The line's current bundle, the version the nodes run: the newest of that name the
+        hub holds, but one whose newest staged rollout halted or was rolled back (it never
+        reached the fleet, or every node it reached was given the rollback bundle again: the
+        nodes run the version before it). A catch-up (a one-node deployment of a version its
+        round's rollout judged already) does not count: a failed one leaves the version the
+        line's."""
         rows = self.db.query(
-            "SELECT b.sha256 FROM bundles b WHERE b.name = :name AND COALESCE((SELECT o.state "
-            "FROM rollouts o WHERE o.bundle_sha256 = b.sha256 ORDER BY o.created DESC LIMIT 1),"
-            " '') <> :rolled_back ORDER BY b.added DESC, b.sha256 LIMIT 1",
-            {"name": line, "rolled_back": RolloutState.ROLLED_BACK.value},
+            f"SELECT b.sha256 FROM bundles b WHERE b.name = :name AND COALESCE({_STAGED_STATE}, "
+            "'') NOT IN (:halted, :rolled_back) ORDER BY b.added DESC, b.sha256 LIMIT 1",
+            {"name": line, **_ENDED_UNDEPLOYED},
         )
         return str(rows[0][0]) if rows else None
+
+    def accepted_versions(self, line: str) -> tuple[str, ...]:
+        """The bundles of ``line`` a delta may be learned against: the current one, and while
+        its staged rollout runs, the rollout's rollback bundle (the version the nodes not yet
+        reached still run: should the rollout halt, it is the line's version again and their
+        deltas on it go into the next round). Empty when the hub holds no bundle of the line."""
+        current = self.current_sha256(line)
+        if current is None:
+            return ()
+        rows = self.db.query(
+            "SELECT o.state, o.plan FROM rollouts o WHERE o.bundle_sha256 = :sha AND o.id NOT IN "
+            "(SELECT a.rollout FROM catch_up_attempts a) ORDER BY o.created DESC LIMIT 1",
+            {"sha": current},
+        )
+        if rows and RolloutState(str(rows[0][0])) in ACTIVE:
+            rollback = json.loads(rows[0][1]).get("rollback_sha256")
+            if rollback and rollback != current:
+                return (current, str(rollback))
+        return (current,)
 
     def chained_round(self, line: str, sha256: str) -> dict[str, Any] | None:
         """The round a new round of ``line`` on its current bundle ``sha256`` goes on from: the
         newest built round that became that bundle or was built on it, but one whose rollout
-        was rolled back (its merge was judged worse: the next starts from the version the
-        nodes went back to, and the deltas it merged are not merged again)."""
+        halted or was rolled back (it never became the nodes' version, or its merge was judged
+        worse: the next starts from the version the nodes run, and the deltas it merged are not
+        merged again)."""
         rows = self.db.query(
             "SELECT r.id FROM learning_rounds r LEFT JOIN rollouts o ON o.id = r.rollout "
             "WHERE r.line = :line AND r.state = 'built' AND (r.bundle_sha256 = :sha OR "
-            "r.parent_sha256 = :sha) AND (o.state IS NULL OR o.state <> :rolled_back) "
-            "ORDER BY r.id DESC LIMIT 1",
-            {"line": line, "sha": sha256, "rolled_back": RolloutState.ROLLED_BACK.value},
+            "r.parent_sha256 = :sha) AND (o.state IS NULL OR o.state NOT IN (:halted, "
+            ":rolled_back)) ORDER BY r.id DESC LIMIT 1",
+            {"line": line, "sha": sha256, **_ENDED_UNDEPLOYED},
         )
         return self.latest_round(line, round_id=int(rows[0][0])) if rows else None
+
+    def rollout_end(self, rollout_id: str | None) -> dict[str, Any] | None:
+        """A round's rollout as ``learn status`` shows it: ``id``, ``state`` and, when it halted
+        or was rolled back, ``why`` (the rollout's detail and its first failed node's answer,
+        such as a canary's ``verify: bundle signed by untrusted key ...``); None without one."""
+        if rollout_id is None:
+            return None
+        rows = self.db.query(
+            "SELECT state, detail FROM rollouts WHERE id = :id", {"id": rollout_id}
+        )
+        if not rows:
+            return None
+        state, detail = str(rows[0][0]), str(rows[0][1])
+        out: dict[str, Any] = {"id": rollout_id, "state": state}
+        if state in _ENDED_UNDEPLOYED.values():
+            failed = self.db.query(
+                "SELECT node, detail FROM rollout_nodes WHERE rollout = :id AND state IN "
+                "(:failed, :revert_failed) ORDER BY wave, node LIMIT 1",
+                {"id": rollout_id, "failed": NodeState.FAILED.value,
+                 "revert_failed": NodeState.REVERT_FAILED.value},
+            )  # fmt: skip
+            node = f"; {failed[0][0]}: {failed[0][1]}" if failed else ""
+            out["why"] = f"{detail}{node}"[:1024]
+        return out
+
+    def version_of(self, sha256: str | None) -> str | None:
+        """``name@version`` of a bundle the hub holds (None: none)."""
+        if sha256 is None:
+            return None
+        rows = self.db.query(
+            "SELECT name, version FROM bundles WHERE sha256 = :sha", {"sha": sha256}
+        )
+        return f"{rows[0][0]}@{rows[0][1]}" if rows else None
 
     def lines(self) -> list[str]:
         """Model lines with a delta or a round."""
@@ -178,7 +244,7 @@ class LearningStore:
             return Refusal.UNKNOWN_MODEL.value
         if not model.counts:
             return Refusal.NO_LEARNING.value
-        if self.current_sha256(model.name) != model.sha256:
+        if model.sha256 not in self.accepted_versions(model.name):
             return Refusal.STALE_VERSION.value
         refusal = check_tables(body.tables, model.shapes)
         return ACCEPTED if refusal is None else refusal.value
@@ -425,6 +491,7 @@ class LearningStore:
                 {
                     "line": line,
                     "current_sha256": current,
+                    "version": self.version_of(current),
                     "accepted": by_status.get(ACCEPTED, 0),
                     "refused": refused,
                     "capped": capped,
@@ -442,6 +509,7 @@ class LearningStore:
                         "bundle_sha256": last["bundle_sha256"],
                         "nodes": len(last["provenance"].get("nodes", {})),
                         "experience": last["provenance"].get("experience", 0),
+                        "rollout": self.rollout_end(last["rollout"]),
                     },
                 }
             )

@@ -100,6 +100,7 @@ def test_learn_status_human_and_json(
     assert main(learn(hub, "status")) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{LINE}: 3 deltas accepted (120 agent-ticks, 3 nodes), refused: negative 1; 0 capped",
+        f"  version {LINE}@1.0.0 ({row['current_sha256'][:12]}): what the nodes run and learn on",
         "  waiting for a round: 3 deltas, 120 agent-ticks",
         "  no round yet",
     ]
@@ -149,8 +150,8 @@ def test_learn_build_refused_by_the_gate_then_built_then_nothing_left(
     one_line(capsys, f"edge-agent-hub learn build: model line '{LINE}': no accepted experience")
     assert main(learn(hub, "status")) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1] == "  waiting for a round: 0 deltas, 0 agent-ticks"
-    assert lines[2].endswith(f": built {LINE}@1.0.0+learn2 (3 nodes, 120 agent-ticks)")
+    assert lines[2] == "  waiting for a round: 0 deltas, 0 agent-ticks"
+    assert lines[3].endswith(f": built {LINE}@1.0.0+learn2 (3 nodes, 120 agent-ticks)")
 
 
 def test_learn_build_waits_for_whoever_holds_the_lines_lease_and_exits_3(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,23 +23,41 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
-from edge_agent.fleet.protocol import CountsDelta, LearningDelta, NodeState
+from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
+from edge_agent.fleet.outcomes import ResultCode
+from edge_agent.fleet.protocol import (
+    Command,
+    CommandResult,
+    CountsDelta,
+    Envelope,
+    LearningDelta,
+    NodeState,
+    decode,
+    encode,
+)
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 from edge_agent_host.converter.aif.options import AifOptions
 from edge_agent_host.converter.common import ConvertOptions
 from edge_agent_host.converter.formats.aif import convert_aif
 from edge_agent_host.fleet.transfer import DeployPlan
+from edge_agent_host.hub.config import LearningSection
 from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.health_gate import parse_criterion
+from edge_agent_host.hub.learn_cli import status_lines
 from edge_agent_host.hub.learning_checks import Refusal
 from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_model import line_model
+from edge_agent_host.hub.learning_policy import LearningPolicy
 from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
 from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.rollout_options import parse_start_options
-from edge_agent_host.hub.rollout_plan import RolloutState
+from edge_agent_host.hub.rollout_plan import Criteria, RolloutPlan, RolloutState
 from edge_agent_host.hub.rollout_start import store_rollout
 from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.rollouts import RolloutRunner
 from edge_agent_host.hub.store import HubDatabase
+from tests.unit.host.hub.test_rollouts import grid_health
+from tests.unit.host.hub.test_service import TOPICS, make_service
 from tests.unit.host.hub.test_store import birth, heard, write_all
 
 LINE = "tmaze"
@@ -351,6 +370,274 @@ LEARNING_SCENARIOS = [
     check_a_line_that_does_not_learn_is_refused,
     check_a_rolled_back_round_is_not_the_line_version,
 ]
+
+
+# --------------------------------------------------------------- a round that halts, each way
+class Answering:
+    """A node on the memory broker that answers every ``deploy`` command with ``code`` and
+    ``detail`` (a bundle it cannot verify: ``failed``, ``verify: ...``); ``code`` may be
+    changed between commands (its rollback is then answered ``ok``)."""
+
+    def __init__(self, broker: MemoryBroker, name: str, code: ResultCode, detail: str) -> None:
+        self.name, self.code, self.detail = name, code, detail
+        self._seq = 0
+        self.transport = MemoryTransport(broker, name)
+        self.transport.on_message = self._on_message
+        self.transport.subscribe(TOPICS.command(name), 1)
+        self.transport.connect()
+
+    def _on_message(self, msg: Any) -> None:
+        cmd = decode(msg.payload).body
+        assert isinstance(cmd, Command)
+        result = CommandResult(nonce=cmd.nonce, name=cmd.name, code=self.code, detail=self.detail)
+        self._seq += 1
+        env = Envelope(type=result.TYPE, node=self.name, seq=self._seq, bdseq=1, ts=time.time(),
+                       clock_synced=True, body=result)  # fmt: skip
+        self.transport.publish(TOPICS.command_result(self.name), encode(env), 1)
+
+
+UNTRUSTED = "verify: bundle signed by untrusted key f8422245126d6ab4 (trusted: fd38d8c32cd84092)"
+
+
+class HaltingRound:
+    """A line with a round built on its first bundle (from three nodes' deltas) and a staged
+    rollout of it whose rollback bundle is that first bundle, carried by a real
+    :class:`RolloutRunner` stepped by the test (``step(now)``) while the hub service, on a
+    thread of its own, stores the nodes' answers."""
+
+    def __init__(self, tmp: Path, nodes: dict[str, tuple[ResultCode, str]], waves: list[int],
+                 criteria: Criteria | None = None) -> None:  # fmt: skip
+        self.broker = MemoryBroker()
+        self.answering = {n: Answering(self.broker, n, c, d) for n, (c, d) in nodes.items()}
+        self.service, _ = make_service(tmp, self.broker)
+        self.service.start()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        self.db = HubDatabase(self.service.db.engine)
+        self.db.open()
+        self.store = learning_db(self.db)
+        self.parent = deploy(self.db)
+        _, self.key = line_bundle()
+        now = time.time()
+        for i, n in enumerate(nodes):
+            write_all(self.db, heard(n, NodeState(online=True), seq=1, ts=now, retained=True),
+                      heard(n, birth(sha=self.parent), seq=2, ts=now, retained=True),
+                      heard(n, delta(self.parent, 1, increments(i)), seq=3, ts=now))  # fmt: skip
+        self.round = build_round(self.store, LINE, self.key, settings=GATE)
+        built = self.store.latest_round(LINE)
+        assert built is not None
+        assert built["bundle"] is not None
+        plan = DeployPlan.from_bytes(built["bundle"])
+        rollouts = RolloutStore(self.db)
+        rollouts.put_bundle(plan.data, plan.sha256, plan.name, plan.version)
+        self.rollout = rollouts.create(
+            RolloutPlan(group="grid", bundle_sha256=plan.sha256, bundle_name=plan.name,
+                        bundle_version=plan.version, waves=waves, soak_s=60.0, watch_ticks=1,
+                        health_steps=1, deploy_timeout_s=30.0, rollback_sha256=self.parent,
+                        criteria=criteria or Criteria()),
+            list(nodes),
+        )  # fmt: skip
+        self.store.set_rollout(self.round["round"], self.rollout)
+        self.runner = RolloutRunner(
+            self._open, self.service.publisher, Ed25519PrivateKey.generate(), owner="hub-unit",
+            lease_s=600.0,
+        )  # fmt: skip
+
+    def _open(self) -> HubDatabase:
+        own = HubDatabase(self.service.db.engine)
+        own.open()
+        return own
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self.service.step(wait_s=0.02)
+
+    def state(self) -> RolloutState:
+        return RolloutStore(self.db).get(self.rollout).state
+
+    def step_until(self, states: set[RolloutState], now: float | None = None) -> None:
+        for _ in range(20):
+            if self.state() in states:
+                return
+            self.runner.step(now=now)
+        pytest.fail(f"the rollout is {self.state()}, not one of {states}")
+
+    def close(self) -> None:
+        self.runner.stop()
+        self._stop.set()
+        self._thread.join(10)
+        self.service.shutdown()
+        self.db.close()
+
+
+@pytest.fixture
+def halting(tmp_path: Path) -> Iterator[Any]:
+    made: list[HaltingRound] = []
+
+    def make(*args: Any, **kwargs: Any) -> HaltingRound:
+        made.append(HaltingRound(tmp_path, *args, **kwargs))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def assert_the_line_went_back(
+    h: HaltingRound, state: RolloutState, why: str, meanwhile: dict[str, np.ndarray] | None = None
+) -> None:
+    """After a halt: the line's version is the first bundle again (what the nodes run), its
+    deltas are accepted and waiting (with ``meanwhile``: what ``n2`` sent on it while the round
+    rolled out), ``learn status`` shows the round's rollout and why, the policy finds the next
+    round due, and it is built from the deltas on the first bundle with the first bundle's
+    counts as its prior (not the halted round's)."""
+    store = h.store
+    assert h.state() is state
+    assert store.current_sha256(LINE) == h.parent
+    assert store.accepted_versions(LINE) == (h.parent,)
+    now = time.time()
+    more = increments(30)
+    write_all(h.db, heard("n1", delta(h.parent, 2, more), seq=10, ts=now))
+    assert statuses(h.db)[("n1", 2)] == "accepted"
+    (line,) = store.status()
+    assert (line["current_sha256"], line["version"]) == (h.parent, f"{LINE}@1.0.0")
+    waiting = 1 + (meanwhile is not None)
+    assert line["waiting"] == {"deltas": waiting, "experience": 40 * waiting}
+    last = line["last_round"]
+    assert (last["id"], last["state"]) == (h.round["round"], "built")
+    assert (last["rollout"]["id"], last["rollout"]["state"]) == (h.rollout, state.value)
+    assert why in last["rollout"]["why"], last["rollout"]
+    text = "\n".join(status_lines([line]))
+    assert f"; rollout {h.rollout} {state.value}: " in text, text
+    assert f"the line stays on {LINE}@1.0.0" in text, text
+    policy = LearningPolicy(LearningSection(min_experience=40), h._open, h.key, signer="t",
+                            owner="hub-unit", silent_after_s=3600.0)  # fmt: skip
+    assert policy.due(store, now) == {LINE: 40 * waiting}
+    second = build_round(store, LINE, h.key, settings=GATE)
+    assert (second["state"], second["version"]) == ("built", "1.0.0+learn2")
+    assert second["deltas"] == waiting
+    assert second["parent"] == f"{LINE}@1.0.0"
+    again = store.latest_round(LINE)
+    assert again is not None
+    assert again["bundle"] is not None
+    prior = line_model(line_bundle()[0]).counts
+    halted = line_model(h.store.latest_round(LINE, round_id=h.round["round"])["bundle"]).counts
+    for t in prior:  # the first bundle's counts and what the deltas on it sent (less any cap)
+        new = line_model(again["bundle"]).counts[t]
+        extra = 0.0 if meanwhile is None else meanwhile[t]
+        if meanwhile is None:  # one node: neither capped nor scored
+            np.testing.assert_allclose(new, prior[t] + more[t], rtol=1e-9)
+        assert np.all(new >= prior[t] - 1e-9)
+        assert np.all(new <= prior[t] + more[t] + extra + 1e-9)
+        assert np.any(new < halted[t] - 1e-6)  # not on top of the halted round's counts
+
+
+def test_a_round_its_canary_cannot_verify_leaves_the_line_on_the_version_before(
+    halting: Any,
+) -> None:
+    h = halting({"n1": (ResultCode.FAILED, UNTRUSTED), "n2": (ResultCode.OK, "bundle runs"),
+                 "n3": (ResultCode.OK, "bundle runs")}, [1, 3])  # fmt: skip
+    store = h.store
+    # Published: the round is the line's version; the nodes not reached yet still learn on the
+    # version before, and what they send on it is accepted meanwhile.
+    assert store.current_sha256(LINE) == h.round["bundle_sha256"]
+    assert store.accepted_versions(LINE) == (h.round["bundle_sha256"], h.parent)
+    meanwhile = increments(8)
+    write_all(h.db, heard("n2", delta(h.parent, 2, meanwhile), seq=4, ts=time.time()))
+    assert statuses(h.db)[("n2", 2)] == "accepted"
+    h.step_until({RolloutState.HALTED})
+    r = RolloutStore(h.db).get(h.rollout)
+    assert r.deployed() == []  # nothing deployed: nothing to roll back
+    assert r.nodes["n1"]["state"] == "failed"
+    assert {r.nodes[n]["state"] for n in ("n2", "n3")} == {"pending"}
+    assert_the_line_went_back(h, RolloutState.HALTED, f"n1: failed: {UNTRUSTED}", meanwhile)
+
+
+def test_a_round_whose_deployment_fails_in_a_later_wave_is_rolled_back(halting: Any) -> None:
+    h = halting({"n1": (ResultCode.OK, "bundle runs"),
+                 "n2": (ResultCode.FAILED, "health check: 3 of 3 steps failed"),
+                 "n3": (ResultCode.OK, "bundle runs")}, [1, 3])  # fmt: skip
+    h.step_until({RolloutState.RUNNING})
+    h.step_until({RolloutState.HALTING}, now=time.time() + 61.0)  # the canary soaked: wave 2
+    h.answering["n2"].code = ResultCode.OK  # the rollback is taken where it was deployed
+    h.step_until({RolloutState.ROLLED_BACK})
+    r = RolloutStore(h.db).get(h.rollout)
+    assert {n: r.nodes[n]["state"] for n in ("n1", "n2")} == {"n1": "reverted", "n2": "failed"}
+    assert_the_line_went_back(
+        h, RolloutState.ROLLED_BACK, "n2: failed: health check: 3 of 3 steps failed"
+    )
+
+
+def gated(h: HaltingRound, wave_excess: float) -> None:
+    """Deploy the canaries (``c*``, wave 1) and give every node windows of excess surprise
+    inside their soak: around ``wave_excess`` for the canaries, 0 for the untouched nodes."""
+    h.step_until({RolloutState.RUNNING})
+    h.runner.step()  # wave 1 deployed: soaking from now
+    r = RolloutStore(h.db).get(h.rollout)
+    assert r.phase == "soaking"
+    assert r.phase_started is not None
+    since = r.phase_started
+    rng = np.random.default_rng(7)
+    level = {n: wave_excess if n.startswith("c") else 0.0 for n in r.nodes}
+    rows = [
+        heard(n, grid_health(float(level[n] + rng.normal(0, 0.05))), seq=100 + k,
+              ts=since + 10.0 * (k + 1))
+        for n in r.nodes for k in range(6)
+    ]  # fmt: skip
+    assert h.db.write(rows).written == len(rows)
+    h.runner.step(now=since + 61.0)
+
+
+GATED = dict.fromkeys(("c1", "c2", "n1", "n2", "n3", "n4"), (ResultCode.OK, "bundle runs"))
+
+
+def test_a_round_its_behaviour_gate_fails_is_rolled_back(halting: Any) -> None:
+    gate = [parse_criterion("excess_surprise:max_increase=0.1:min_samples=10")]
+    h = halting(GATED, [2, 6], Criteria(health=gate))
+    gated(h, 0.6)
+    h.step_until({RolloutState.ROLLED_BACK})
+    assert_the_line_went_back(h, RolloutState.ROLLED_BACK, "excess_surprise")
+
+
+def test_a_round_an_operator_aborts_after_an_inconclusive_gate_leaves_the_line(
+    halting: Any,
+) -> None:
+    gate = [parse_criterion("excess_surprise:max_increase=0.1:min_samples=20")]  # 12 windows
+    h = halting(GATED, [2, 6], Criteria(health=gate))
+    gated(h, 0.6)
+    assert h.state() is RolloutState.PAUSED
+    assert h.store.current_sha256(LINE) == h.round["bundle_sha256"]  # paused: still the round
+    RolloutStore(h.db).request(h.rollout, "abort")
+    h.step_until({RolloutState.ROLLED_BACK})
+    assert_the_line_went_back(h, RolloutState.ROLLED_BACK, "aborted by the operator")
+
+
+def test_a_failed_catch_up_does_not_make_the_version_not_the_line_s(tmp_path: Path) -> None:
+    """A one-node catch-up of the line's version that halts (the node refused it) is not a
+    staged rollout of that version: the version stays the line's."""
+    database = HubDatabase(SqliteEngine(tmp_path / "hub.db"))
+    database.open()
+    try:
+        store = learning_db(database)
+        sha = deploy(database)
+        rollouts = RolloutStore(database)
+        staged = rollouts.create(RolloutPlan(group="grid", bundle_sha256=sha, waves=[1]), ["n1"])
+        rollouts.update(staged, state=RolloutState.DONE)
+        one = rollouts.create(RolloutPlan(group="grid", bundle_sha256=sha, waves=[1]), ["n2"])
+        with database.transaction():
+            database.execute(
+                "INSERT INTO catch_up_attempts (node, grp, line, sha256, running, bdseq, rollout,"
+                " result, created, updated) VALUES ('n2', 'grid', :line, :sha, NULL, 1, :r, "
+                "'failed', 1, 1)",
+                {"line": LINE, "sha": sha, "r": one},
+            )
+        rollouts.update(one, state=RolloutState.HALTED)
+        assert store.current_sha256(LINE) == sha
+        rollouts.update(staged, state=RolloutState.HALTED)  # the staged one: not the line's
+        assert store.current_sha256(LINE) is None
+    finally:
+        database.close()
 
 
 @pytest.fixture

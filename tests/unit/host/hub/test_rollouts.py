@@ -223,7 +223,7 @@ def check_the_runner_reads_the_results_the_service_stored(db: HubDatabase) -> No
     assert [r.nonce for _, r in store.results([*many, other, other])] == [other]
 
 
-def _health(excess: float) -> Health:
+def grid_health(excess: float) -> Health:
     return Health(
         window_s=10.0,
         groups={
@@ -260,9 +260,8 @@ def _soaking_rollout(db: HubDatabase, criteria: list[str], wave_excess: float) -
     for i, node in enumerate(nodes):
         level = wave_excess if i < 2 else 0.0
         for k in range(8):  # windows ending t0 - 10 .. t0 + 60: 6 inside the soak
-            rows.append(
-                heard(node, _health(float(level + rng.normal(0, 0.05))), seq=k, ts=990.0 + 10 * k)
-            )
+            excess = float(level + rng.normal(0, 0.05))
+            rows.append(heard(node, grid_health(excess), seq=k, ts=990.0 + 10 * k))
     assert db.write(rows).written == len(rows)
     return store
 
