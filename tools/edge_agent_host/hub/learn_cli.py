@@ -275,6 +275,12 @@ def status_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{r['line']}: {r['accepted']} deltas accepted ({r['experience']} agent-ticks, "
             f"{r['nodes']} nodes), refused: {refused}; {r['capped']} capped"
         )
+        for u in r.get("unknown_models") or []:
+            what = "the hub holds it now: deltas on it are accepted" if u["held"] else u["fix"]
+            out.append(
+                f"  unknown_model: {u['deltas']} deltas of group {u['group']} against "
+                f"{u['model']} ({u['sha256'][:12]}): {what}"
+            )
         if r.get("version") is not None:
             out.append(
                 f"  version {r['version']} ({str(r['current_sha256'])[:12]}): what the nodes "

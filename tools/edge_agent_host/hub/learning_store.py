@@ -22,6 +22,7 @@ SQLite the hub has one replica, whose policy and a ``learn build`` by hand still
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,6 +41,8 @@ from edge_agent_host.hub.queue import Heard
 from edge_agent_host.hub.rollout_plan import ACTIVE, NodeState, RolloutState
 from edge_agent_host.hub.store import HubDatabase, to_json
 
+logger = logging.getLogger("edge_agent_host.hub.learning")
+
 __all__ = [
     "ACCEPTED",
     "LearningStore",
@@ -47,10 +50,13 @@ __all__ = [
     "LeaseLostError",
     "Pending",
     "split_model",
+    "unknown_model_fix",
 ]
 
 ACCEPTED: Final = "accepted"
 _MODELS_KEPT: Final = 8
+_TOLD_KEPT: Final = 1024
+_UNKNOWN_SHOWN: Final = 5
 _ENDED_UNDEPLOYED: Final = {
     "halted": RolloutState.HALTED.value,
     "rolled_back": RolloutState.ROLLED_BACK.value,
@@ -64,6 +70,15 @@ _STAGED_STATE: Final = (
 :meth:`LearningStore.current_sha256`)."""
 _TABLES: Final = msgspec.msgpack.Decoder(list[CountsDelta])
 _ENCODE: Final = msgspec.msgpack.Encoder()
+
+
+def unknown_model_fix(group: str) -> str:
+    """What makes the hub hold a bundle its nodes learn on: the command, in one line."""
+    return (
+        "the hub holds no such bundle; 'edge-agent-hub rollout start FILE --group "
+        f"{group}' stores it (FILE: that bundle; a node that runs it already answers ok at "
+        "once), and deltas on it are accepted from then on"
+    )
 
 
 def split_model(model: str) -> tuple[str, str]:
@@ -96,22 +111,26 @@ class LearningStore:
 
     def __init__(self, db: HubDatabase) -> None:
         self.db = db
-        self._models: OrderedDict[str, LineModel | None] = OrderedDict()
+        self._models: OrderedDict[str, LineModel] = OrderedDict()
+        self._told: OrderedDict[str, None] = OrderedDict()
+        """The bundles an ``unknown_model`` refusal was logged for (once each, bounded)."""
 
     # the bundles the hub holds ------------------------------------------------------------------
     def model(self, sha256: str) -> LineModel | None:
-        """The model of the bundle ``sha256`` the hub holds (None: it holds none; a few are
-        kept in memory: a bundle never changes)."""
+        """The model of the bundle ``sha256`` the hub holds (None: it holds none, or cannot read
+        it). A few bundles held are kept in memory (a bundle never changes); one not held is
+        looked up again each time, so that a bundle stored after a node's first delta (``rollout
+        start``, ``learn publish``) is learned from at once."""
         if sha256 in self._models:
             self._models.move_to_end(sha256)
             return self._models[sha256]
         rows = self.db.query("SELECT data FROM bundles WHERE sha256 = :sha", {"sha": sha256})
-        found = None
-        if rows:
-            try:
-                found = line_model(bytes(rows[0][0]))
-            except EdgeAgentError:
-                found = None
+        if not rows:
+            return None
+        try:
+            found = line_model(bytes(rows[0][0]))
+        except EdgeAgentError:
+            return None
         self._models[sha256] = found
         while len(self._models) > _MODELS_KEPT:
             self._models.popitem(last=False)
@@ -213,6 +232,8 @@ class LearningStore:
             raise TypeError(f"ingest takes learning deltas, not {type(body).__name__}")
         line, version = split_model(body.model)
         status = self.verdict(heard.node, body)
+        if status == Refusal.UNKNOWN_MODEL.value:
+            self._tell_unknown(body)
         self.db.execute(
             "INSERT INTO learning_deltas (node, grp, seq, received, line, version, model_sha256,"
             " experience, status, tables) VALUES (:node, :grp, :seq, :received, :line, :version,"
@@ -230,6 +251,44 @@ class LearningStore:
                 "tables": _ENCODE.encode(body.tables) if status == ACCEPTED else None,
             },
         )
+
+    def _tell_unknown(self, body: LearningDelta) -> None:
+        """Log a bundle the hub does not hold once (per bundle, the newest few remembered)."""
+        key = f"{body.model_sha256} {body.model}"
+        if key in self._told:
+            return
+        self._told[key] = None
+        while len(self._told) > _TOLD_KEPT:
+            self._told.popitem(last=False)
+        logger.warning(
+            "learning deltas against %s (%s) refused as unknown_model: %s",
+            body.model, body.model_sha256[:12], unknown_model_fix(body.group),
+        )  # fmt: skip
+
+    def unknown_models(self, line: str, limit: int = _UNKNOWN_SHOWN) -> list[dict[str, Any]]:
+        """The bundles of ``line`` its deltas were refused ``unknown_model`` for, most refused
+        first (at most ``limit``): ``model`` (``name@version`` as the deltas said), ``sha256``,
+        ``group``, ``deltas``, ``last`` (when the newest came), ``held`` (whether the hub holds
+        that bundle now: deltas after it came are accepted) and ``fix`` (the command that makes
+        the hub hold it)."""
+        rows = self.db.query(
+            "SELECT version, model_sha256, grp, COUNT(*), MAX(received) FROM learning_deltas "
+            "WHERE line = :line AND status = :unknown GROUP BY version, model_sha256, grp "
+            "ORDER BY COUNT(*) DESC, MAX(received) DESC LIMIT :limit",
+            {"line": line, "unknown": Refusal.UNKNOWN_MODEL.value, "limit": limit},
+        )
+        return [
+            {
+                "model": f"{line}@{version}" if version else line,
+                "sha256": str(sha),
+                "group": str(group),
+                "deltas": int(n),
+                "last": float(last),
+                "held": self.model(str(sha)) is not None,
+                "fix": unknown_model_fix(str(group)),
+            }
+            for version, sha, group, n, last in rows
+        ]
 
     def verdict(self, node: str, body: LearningDelta) -> str:
         """``accepted`` or the :class:`Refusal` of ``body`` sent by ``node``."""
@@ -400,8 +459,7 @@ class LearningStore:
         the check locks the lease's row until the round is stored)."""
         with self.db.transaction():
             if owner is not None and not self.db.execute(
-                "UPDATE learning_leases SET owner = owner WHERE line = :line "
-                "AND owner = :owner",
+                "UPDATE learning_leases SET owner = owner WHERE line = :line AND owner = :owner",
                 {"line": line, "owner": owner},
             ):
                 raise LeaseLostError(
@@ -498,6 +556,9 @@ class LearningStore:
                     "experience": experience,
                     "nodes": int(nodes),
                     "waiting": {"deltas": int(waiting[0]), "experience": int(waiting[1] or 0)},
+                    "unknown_models": self.unknown_models(line)
+                    if Refusal.UNKNOWN_MODEL.value in by_status
+                    else [],
                     "rounds": int(rounds),
                     "last_round": None
                     if last is None

@@ -364,7 +364,42 @@ def check_a_rolled_back_round_is_not_the_line_version(db: HubDatabase) -> None:
                                    rtol=1e-9)  # fmt: skip
 
 
+def check_a_bundle_stored_after_the_first_delta_is_learned_from_at_once(db: HubDatabase) -> None:
+    """Nodes that learn before the hub holds their bundle: refused ``unknown_model`` (with the
+    bundle's name, version and the command that stores it), and accepted as soon as ``rollout
+    start`` stored it, by the same store (no restart)."""
+    store = learning_db(db)
+    data, _ = line_bundle()
+    model = line_model(data)
+    write_all(db, heard("n1", birth(sha=model.sha256), ts=1.0))
+    write_all(db, *[heard("n1", delta(model.sha256, s, increments(s)), seq=s, ts=1.0 + s)
+                    for s in (1, 2)])  # fmt: skip
+    assert statuses(db) == {("n1", 1): Refusal.UNKNOWN_MODEL, ("n1", 2): Refusal.UNKNOWN_MODEL}
+    (line,) = store.status()
+    (unknown,) = line["unknown_models"]
+    assert unknown == {
+        "model": f"{LINE}@1.0.0", "sha256": model.sha256, "group": "grid", "deltas": 2,
+        "last": unknown["last"], "held": False,
+        "fix": "the hub holds no such bundle; 'edge-agent-hub rollout start FILE --group grid' "
+        "stores it (FILE: that bundle; a node that runs it already answers ok at once), and "
+        "deltas on it are accepted from then on",
+    }  # fmt: skip
+    text = status_lines([line])
+    assert (
+        f"  unknown_model: 2 deltas of group grid against {LINE}@1.0.0 ({model.sha256[:12]}): "
+        "the hub holds no such bundle; 'edge-agent-hub rollout start FILE --group grid' stores "
+        "it" in "\n".join(text)
+    ), text
+    RolloutStore(db).put_bundle(data, model.sha256, model.name, model.version)  # rollout start
+    write_all(db, heard("n1", delta(model.sha256, 3, increments(3)), seq=3, ts=5.0))
+    assert statuses(db)[("n1", 3)] == "accepted"
+    (line,) = store.status()
+    assert line["unknown_models"][0]["held"] is True
+    assert line["waiting"] == {"deltas": 1, "experience": 40}
+
+
 LEARNING_SCENARIOS = [
+    check_a_bundle_stored_after_the_first_delta_is_learned_from_at_once,
     check_deltas_are_checked_and_stored_once,
     check_a_round_merges_the_deltas_into_a_signed_bundle,
     check_a_line_that_does_not_learn_is_refused,
@@ -651,3 +686,19 @@ def db(tmp_path: Path) -> Iterator[HubDatabase]:
 @pytest.mark.parametrize("scenario", LEARNING_SCENARIOS, ids=lambda f: f.__name__[len("check_") :])
 def test_learning_scenario_on_sqlite(db: HubDatabase, scenario: Any) -> None:
     scenario(db)
+
+
+def test_an_unknown_bundle_is_logged_once_with_what_fixes_it(
+    db: HubDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    learning_db(db)
+    sha = line_model(line_bundle()[0]).sha256
+    write_all(db, heard("n1", birth(sha=sha), ts=1.0))
+    with caplog.at_level("WARNING", logger="edge_agent_host.hub.learning"):
+        write_all(db, *[heard("n1", delta(sha, s, increments(s)), seq=s, ts=1.0 + s)
+                        for s in range(1, 6)])  # fmt: skip
+    (record,) = [r for r in caplog.records if "unknown_model" in r.getMessage()]
+    assert record.getMessage().startswith(
+        f"learning deltas against {LINE}@1.0.0 ({sha[:12]}) refused as unknown_model: the hub "
+        "holds no such bundle; 'edge-agent-hub rollout start FILE --group grid' stores it"
+    ), record.getMessage()
