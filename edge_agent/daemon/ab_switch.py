@@ -189,6 +189,12 @@ class ABSwitch:
             group_exists=lambda name: self._find(name) is not None,
         )
 
+    def bundle_key_ids(self) -> list[str]:
+        """The ids of the keys deployed bundles are verified with (``[daemon]
+        trusted_keys_dir``; none set: none), sorted: what the node's birth says it trusts."""
+        keys = self._deployer.bundle_keys
+        return [] if keys is None else sorted(keys.key_ids)
+
     def configured(self, config: DaemonConfig) -> None:
         """A reload admitted ``config``: bundles are verified with its keys from now on."""
         self._deployer.bundle_keys = trusted_keys(config)

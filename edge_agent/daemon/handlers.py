@@ -183,6 +183,7 @@ class CommandHandlers:
             )
         old = self.daemon.base_hz
         self.daemon.set_base_rate(args.hz)
+        self.daemon.rebirth()  # the birth says the rate: what a hub bounds its deltas by
         logger.info("tick rate %.3g -> %.3g Hz by a hub command", old, args.hz)
         return Outcome(ResultCode.OK, f"{old:g} -> {args.hz:g} Hz", {"hz": self.daemon.clock.hz})
 

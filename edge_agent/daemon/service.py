@@ -774,7 +774,11 @@ class Daemon:
             self.uplink.publish_health(Health(window_s=round(window_s, 3), groups=groups))
 
     def _birth(self) -> Birth:
-        from edge_agent.fleet.protocol import Birth, GroupInfo  # noqa: PLC0415 - [mqtt] only
+        from edge_agent.fleet.protocol import (  # noqa: PLC0415 - [mqtt] only
+            MAX_BUNDLE_KEYS,
+            Birth,
+            GroupInfo,
+        )
 
         return Birth(
             software_version=__version__,
@@ -790,6 +794,8 @@ class Daemon:
             },
             capabilities=[*CAPABILITIES, *(["coordination"] if self.coordination else [])],
             labels=dict(self.config.mqtt.labels),
+            bundle_keys=self.ab_switch.bundle_key_ids()[:MAX_BUNDLE_KEYS],
+            tick_hz=self.base_hz,
         )
 
     def rebirth(self) -> None:

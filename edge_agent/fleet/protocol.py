@@ -215,6 +215,9 @@ NonNegFloat = Annotated[float, Meta(ge=0.0, le=_FLOAT_MAX)]
 ShortText = Annotated[str, Meta(max_length=256)]
 Detail = Annotated[str, Meta(max_length=1024)]
 Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
+KeyIdHex = Annotated[str, Meta(pattern=r"^[0-9a-f]{16}\Z")]
+"""A signing key's id: the first 16 hex digits of the sha256 of its raw public key."""
+MAX_BUNDLE_KEYS: Final = 256
 
 MAX_ARGS: Final = 64
 MAX_ARG_KEY: Final = 64
@@ -278,8 +281,12 @@ class GroupInfo(WireModel, frozen=True, kw_only=True):
     bundle_sha256: Annotated[Sha256Hex, Meta(description="sha256 of the manifest")] | None = None
 
 
-class Birth(Body, frozen=True, kw_only=True):
-    """Who the node is, sent on every connect and on request. Resets receivers' seq tracking."""
+class Birth(Body, frozen=True, kw_only=True, omit_defaults=True):
+    """Who the node is, sent on every connect and on request. Resets receivers' seq tracking.
+
+    ``bundle_keys`` and ``tick_hz`` came later: absent (not encoded at all), the node is of an
+    earlier version and says neither; a hub of an earlier version refuses a birth that carries
+    them (unknown fields): update the hub before the nodes."""
 
     TYPE: ClassVar[str] = "birth"
     software_version: ShortText
@@ -295,6 +302,21 @@ class Birth(Body, frozen=True, kw_only=True):
         dict[Name, ShortText],
         Meta(max_length=32, description="the node's [mqtt] labels: what rollouts select by"),
     ] = msgspec.field(default_factory=dict)
+    bundle_keys: (
+        Annotated[
+            list[KeyIdHex],
+            Meta(
+                max_length=MAX_BUNDLE_KEYS,
+                description="the ids of the keys bundles are verified with ([daemon] "
+                "trusted_keys_dir; empty: none): a bundle signed by another key is refused",
+            ),
+        ]
+        | None
+    ) = None
+    tick_hz: (
+        Annotated[float, Meta(gt=0.0, le=1000.0, description="the node's base tick rate (Hz)")]
+        | None
+    ) = None
 
 
 class DeathReason(StrEnum):

@@ -85,7 +85,8 @@ def _run_keygen(args: argparse.Namespace) -> int:
     print(f"private key: {pair.private_path}  (keep secret; mode 0600)")
     print(
         f"public key:  {pair.public_path}  (copy it to every device: into [daemon] "
-        "trusted_keys_dir if it signs bundles, [mqtt] hub_keys_dir if it signs hub commands)"
+        "trusted_keys_dir if it signs bundles (a CI's, a hub's [learning] key_file), [mqtt] "
+        "hub_keys_dir if it signs hub commands (a hub's [rollouts] key_file))"
     )
     return 0
 

@@ -447,7 +447,17 @@ def test_hub_commands_good_bad_and_hostile(
         birth = listener.envelopes("birth", "pi-03")[-1].body
         assert isinstance(birth, Birth)
         assert birth.groups["grid"].agents == 45
+        # The birth says which keys it verifies bundles with (its trusted_keys_dir: the hub's
+        # here) and its tick rate, which a hub bounds its learning deltas by: a new rate, a new
+        # birth.
+        assert birth.bundle_keys == [key_id(key.public_key())]
+        assert birth.tick_hz == 20.0
+        births = len(listener.envelopes("birth", "pi-03"))
         ok("set_tick_rate", hz=12.5)
+        wait_until(lambda: len(listener.envelopes("birth", "pi-03")) > births, "a new birth")
+        birth = listener.envelopes("birth", "pi-03")[-1].body
+        assert isinstance(birth, Birth)
+        assert birth.tick_hz == 12.5
         snap = ok("snapshot")
         assert Path(str(snap.data["path"])).is_file()
         status = node.wait_status(lambda s: s["tick"]["base_hz"] == 12.5, "the new tick rate")

@@ -494,9 +494,7 @@ def test_validate_and_as_builtins() -> None:
             "g": {"agents": 2, "bundle": None, "bundle_sha256": None},
             "h": {"agents": 3, "bundle": "b", "bundle_sha256": None},
         },
-        "capabilities": [],
-        "labels": {},
-    }
+    }  # a birth leaves out what is at its default (omit_defaults: every reader has them)
     result = CommandResult(nonce=bytes(8), name="x", code="ok", data={"b": b"\x01"})
     assert as_builtins(result)["code"] == "ok"
     assert as_builtins(result)["data"] == {"b": b"\x01"}
@@ -810,3 +808,24 @@ def test_every_wire_model_is_prepared_when_its_module_is_imported() -> None:
     ]
     assert len(defined_here) > 40
     assert [m for m in defined_here if m not in protocol._PREPARED] == []
+
+
+def test_a_birth_says_the_bundle_keys_it_trusts_and_its_tick_rate() -> None:
+    """``bundle_keys`` and ``tick_hz`` came later: a birth without them (a node of an earlier
+    version) encodes to the bytes it did and decodes with both None; one with them carries
+    them; a key id that is not 16 hex digits, or a rate out of the daemon's range, is refused."""
+    old = Birth(
+        software_version="1", profile="p", budget_bytes=5, groups={"g": GroupInfo(agents=2)}
+    )
+    payload = msgspec.msgpack.encode(old)
+    assert b"bundle_keys" not in payload
+    assert b"tick_hz" not in payload
+    back = msgspec.msgpack.decode(payload, type=Birth)
+    assert (back.bundle_keys, back.tick_hz) == (None, None)
+    new = replace(old, bundle_keys=["fd38d8c32cd84092", "f8422245126d6ab4"], tick_hz=20.0)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(new), type=Birth) == new
+    assert replace(old, bundle_keys=[]) != old  # trusts no key: not the same as not saying
+    for bad in ({"bundle_keys": ["FD38D8C32CD84092"]}, {"bundle_keys": ["fd38"]},
+                {"tick_hz": 0.0}, {"tick_hz": 1001.0}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            validate(Birth, {"software_version": "1", "profile": "p", "budget_bytes": 5, **bad})

@@ -72,7 +72,8 @@ def test_keygen_says_where_the_public_key_goes_by_the_key_s_role(
     line = capsys.readouterr().out.splitlines()[-1]
     assert line == (
         f"public key:  {tmp_path / 'hub.pub'}  (copy it to every device: into [daemon] "
-        "trusted_keys_dir if it signs bundles, [mqtt] hub_keys_dir if it signs hub commands)"
+        "trusted_keys_dir if it signs bundles (a CI's, a hub's [learning] key_file), [mqtt] "
+        "hub_keys_dir if it signs hub commands (a hub's [rollouts] key_file))"
     )
     fleet = (Path(__file__).resolve().parents[3] / "docs" / "fleet.md").read_text()
     assert "[daemon]\ntrusted_keys_dir" in fleet.replace('state_dir = "/var/lib/edge-agent"\n', "")

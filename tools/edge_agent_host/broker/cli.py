@@ -9,6 +9,7 @@ import getpass
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 from edge_agent.errors import InputError
 from edge_agent_host.broker.certs import utc_now
@@ -160,8 +161,21 @@ def _run_init(args: argparse.Namespace) -> int:
         print(
             f"  {ident.role.value:<8} {name}: {out / 'clients' / name / snippet_name(ident.role)}"
         )
+    if any(ident.role is Role.HUB for ident in state.identities.values()):
+        for line in SIGNING_KEYS:
+            print(f"  {line}")
     print(f"  keep {out / 'ca' / 'ca.key'} offline once every identity is issued")
     return 0
+
+
+SIGNING_KEYS: Final = (
+    "hub command key:  edge-agent-host keygen --out KEYS --name hub; hub.pub into the nodes' "
+    "[mqtt] hub_keys_dir, hub.key is the hub service's [rollouts] key_file",
+    "hub learning key: edge-agent-host keygen --out KEYS --name learning; learning.pub into the "
+    "nodes' [daemon] trusted_keys_dir (beside the CI's), learning.key is its [learning] key_file",
+)
+"""What ``broker init`` tells the operator about the hub's two signing keys (docs/fleet.md: "Two
+key directories, on purpose"): the command key is never a bundle key, nor the reverse."""
 
 
 def _run_issue(args: argparse.Namespace) -> int:

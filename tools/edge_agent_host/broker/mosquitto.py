@@ -176,7 +176,8 @@ def client_snippet(state: BrokerState, name: str, files: Mapping[str, str]) -> s
     lines = [
         f"# [mqtt] of {role.value} {name!r} in fleet {state.fleet!r} (edge-agent-host broker).",
         "# Install the files named here (the key or password readable by the daemon only; see",
-        "# docs/security.md for systemd credentials) and append other [mqtt] keys below.",
+        "# docs/security.md for systemd credentials) and append other [mqtt] keys below:",
+        "# hub_keys_dir, the directory of the hub's command key (docs/fleet.md).",
     ]
     if state.auth is Auth.CERT:
         flags = f"--cert-file {files['cert']} --key-file {files['key']}"
@@ -233,6 +234,9 @@ def _service_snippet(state: BrokerState, name: str, files: Mapping[str, str]) ->
         f"# per identity; {can}.",
         "# Install the files named here (readable by the edge-agent-hub user only), add",
         "# [database], [rollouts], [http] below, and other [mqtt] keys under [mqtt].",
+        "# Two signing keys, on purpose (docs/fleet.md): [rollouts] key_file, the command key",
+        "# (its .pub in the nodes' [mqtt] hub_keys_dir), and [learning] key_file, the bundle key",
+        "# learned rounds are signed with (its .pub in the nodes' [daemon] trusted_keys_dir).",
         "# The same connection as hub CLI arguments:",
         f"#   edge-agent-host hub --host {state.host} --port {state.port} "
         f"--fleet {state.fleet} --hub-id {name} --ca-file {files['ca']} {flags} ...",

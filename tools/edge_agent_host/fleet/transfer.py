@@ -332,6 +332,8 @@ class DeployPlan:
     name: str
     version: str
     chunk_size: int
+    key_id: str = ""
+    """The id of the key that signed the bundle (what a node must trust to take it)."""
 
     @classmethod
     def from_bundle(cls, bundle: str | Path, chunk_size: int = DEFAULT_CHUNK_BYTES) -> DeployPlan:
@@ -366,7 +368,10 @@ class DeployPlan:
             loaded = load_bundle(copy, trusted_keys=None, require_signature=False)
         if loaded.key_id is None:
             raise BundleError(f"{where}: unsigned; sign it (edge-agent-host sign) before deploying")
-        return cls(data, loaded.sha256, loaded.manifest.name, loaded.manifest.version, chunk_size)
+        return cls(
+            data, loaded.sha256, loaded.manifest.name, loaded.manifest.version, chunk_size,
+            loaded.key_id,
+        )  # fmt: skip
 
     @property
     def chunks(self) -> int:

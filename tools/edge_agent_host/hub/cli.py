@@ -55,6 +55,7 @@ from edge_agent_host.hub.config import (
     check_dependencies,
     example_config_text,
     file_problems,
+    key_id_of,
     load_hub_config,
 )
 from edge_agent_host.hub.store import DatabaseUnavailableError, HubDatabase, SchemaError
@@ -241,13 +242,19 @@ def describe_config(source: HubConfigFile) -> str:
 
 
 def _learning_line(s: LearningSection) -> str:
+    signed = (
+        f"; rounds signed by bundle key {key_id_of(s.key_file)} ([learning] key_file: its .pub "
+        "goes in the nodes' [daemon] trusted_keys_dir)"
+        if s.key_file is not None
+        else ""
+    )
     if not s.enabled:
-        return "  learning: rounds by hand (edge-agent-hub learn build)"
+        return f"  learning: rounds by hand (edge-agent-hub learn build){signed}"
     when = [f"every {s.every_s:g} s"] if s.every_s > 0 else []
     when += [f"at {s.min_experience} agent-ticks"] if s.min_experience > 0 else []
     lines = ", ".join(s.lines) if s.lines else "every line"
     publish = f", published: rollout start {' '.join(s.rollout)}" if s.publish else ""
-    return f"  learning: rounds of {lines} {' or '.join(when)}{publish}"
+    return f"  learning: rounds of {lines} {' or '.join(when)}{publish}{signed}"
 
 
 # ------------------------------------------------------------------------------ the database

@@ -26,12 +26,13 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from edge_agent.config.daemon import path_from_document
 from edge_agent.config.mqtt import MqttTls
 from edge_agent.config.toml_lines import Problem, TomlDocument, raise_problems, validate_toml
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.fleet.names import NAME_PATTERN
 from edge_agent_host.fleet.presence import SILENT_AFTER_S
 from edge_agent_host.hub.strict import StrictModel
 
 __all__ = [
+    "LEARNING_KEY_MISSING",
     "DatabaseSpec",
     "HubConfig",
     "HubConfigFile",
@@ -43,6 +44,8 @@ __all__ = [
     "RetentionSection",
     "SqliteDatabase",
     "example_config_text",
+    "key_id_of",
+    "learning_key_problems",
     "load_hub_config",
     "parse_hub_config",
     "read_password",
@@ -429,7 +432,16 @@ class RolloutsSection(StrictModel):
 # ------------------------------------------------------------------------------- [learning]
 class LearningSection(StrictModel):
     """``[learning]``: rounds the service runs by itself (docs/fleet-learning.md "Rounds run by
-    the service"): on the replica with ``[rollouts] key_file`` (it signs them)."""
+    the service"): on the replica with ``key_file``, the bundle key that signs them (and
+    ``[rollouts] key_file``, the command key, to publish them and catch nodes up)."""
+
+    key_file: Path | None = Field(
+        None,
+        description="The bundle signing key learned rounds are signed with (ed25519, "
+        "'edge-agent-host keygen --name learning'): a bundle signer like the CI's, whose .pub "
+        "the nodes hold in [daemon] trusted_keys_dir; never the hub's command key ([rollouts] "
+        "key_file), whose .pub goes to [mqtt] hub_keys_dir.",
+    )
 
     every_s: float = Field(
         0.0,
@@ -489,6 +501,11 @@ class LearningSection(StrictModel):
         "late or was reset.",
     )
 
+    @field_validator("key_file", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object, info: ValidationInfo) -> str | None:
+        return _path(value, info, optional=True)
+
     @property
     def enabled(self) -> bool:
         return self.every_s > 0 or self.min_experience > 0
@@ -529,13 +546,20 @@ class HubConfig(StrictModel):
 
     @model_validator(mode="after")
     def _learning_signs(self) -> HubConfig:
-        if self.learning.enabled and self.rollouts.key_file is None:
-            key = "every_s" if self.learning.every_s > 0 else "min_experience"
-            raise_problems(
-                "HubConfig",
-                [(("learning", key), "rounds are signed with the hub's key: set [rollouts] "
-                  "key_file")],
+        learning = self.learning
+        if not learning.enabled:
+            return self
+        key = "every_s" if learning.every_s > 0 else "min_experience"
+        problems: list[Problem] = []
+        if learning.key_file is None:
+            problems.append((("learning", key), LEARNING_KEY_MISSING))
+        if (learning.publish or learning.catch_up) and self.rollouts.key_file is None:
+            why = "publishes its rounds" if learning.publish else "catches late nodes up"
+            problems.append(
+                (("learning", key), f"the policy {why} with rollouts signed by the hub's command "
+                 "key: set [rollouts] key_file (or publish = false and catch_up = false)")
             )  # fmt: skip
+        raise_problems("HubConfig", problems)
         return self
 
     @property
@@ -633,6 +657,16 @@ def example_config_text() -> str:
     return resources.files("edge_agent_host.hub").joinpath("example.toml").read_text("utf-8")
 
 
+LEARNING_KEY_MISSING: Final = (
+    "rounds are signed with a bundle key of their own: set [learning] key_file (make one with "
+    "'edge-agent-host keygen --out DIR --name learning' and put learning.pub in the nodes' "
+    '[daemon] trusted_keys_dir; docs/fleet-learning.md "Signing keys")'
+)
+"""Why a hub whose ``[learning]`` runs rounds and has no ``key_file`` is refused: one line, at
+``check-config`` and at the start (a hub of an earlier version signed rounds with its command
+key, ``[rollouts] key_file``, which nodes set up as fleet.md says do not trust for bundles)."""
+
+
 def file_problems(source: HubConfigFile) -> list[Problem]:
     """The files the config names that cannot be read (the broker's TLS files, the password
     files, the rollouts' key): what ``run`` would meet at its first connection, reported by
@@ -641,6 +675,7 @@ def file_problems(source: HubConfigFile) -> list[Problem]:
     files: list[tuple[tuple[str, ...], Path | None]] = [
         (("mqtt", "password_file"), c.mqtt.password_file),
         (("rollouts", "key_file"), c.rollouts.key_file),
+        (("learning", "key_file"), c.learning.key_file),
     ]
     if c.mqtt.tls.enabled:
         tls = c.mqtt.tls
@@ -663,4 +698,39 @@ def file_problems(source: HubConfigFile) -> list[Problem]:
     hub_keys = c.mqtt.hub_keys_dir
     if hub_keys is not None and not hub_keys.is_dir():
         problems.append((("mqtt", "hub_keys_dir"), f"{hub_keys}: not a directory"))
+    if not problems:
+        problems += learning_key_problems(c)
     return problems
+
+
+def learning_key_problems(c: HubConfig) -> list[Problem]:
+    """``[learning] key_file`` that is the hub's command key (``[rollouts] key_file``), or
+    cannot be read as a key: what ``check-config``, the start and ``learn build`` refuse."""
+    if c.learning.key_file is None or c.rollouts.key_file is None:
+        return []
+    return _same_key(c.learning.key_file, c.rollouts.key_file)
+
+
+def key_id_of(path: Path) -> str:
+    """The key id of the private key file ``path`` (EdgeAgentError: not such a key)."""
+    # cryptography only where a key is named (hub/service.py imports it to run anyway).
+    from edge_agent.bundle.signing import key_id  # noqa: PLC0415
+    from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
+
+    return key_id(load_signing_key(path).public_key())
+
+
+def _same_key(learning: Path, command: Path) -> list[Problem]:
+    """A learning key that is the command key: the rule of docs/fleet.md's two key directories
+    would not hold (a node that trusts it for bundles obeys its commands, or the reverse)."""
+    try:
+        same = key_id_of(learning) == key_id_of(command)
+    except (OSError, EdgeAgentError) as err:
+        return [(("learning", "key_file"), str(err))]
+    if not same:
+        return []
+    return [
+        (("learning", "key_file"), f"{learning}: is the hub's command key ([rollouts] key_file): "
+         "rounds are signed with a bundle key of their own (edge-agent-host keygen --name "
+         "learning; its .pub in the nodes' [daemon] trusted_keys_dir)")
+    ]  # fmt: skip

@@ -11,8 +11,9 @@
 
 ``status``: per model line, the deltas accepted and refused by reason, the experience, the
 nodes, what waits for the next round and the last round. ``build``: the next round of the line
-(:func:`~edge_agent_host.hub.learning_round.build_round`), signed with the hub's key
-(``[rollouts] key_file``), its bundle also written to ``--out``; exit 0 built, 1 refused by the
+(:func:`~edge_agent_host.hub.learning_round.build_round`), signed with the learning key
+(``[learning] key_file``: a bundle key, never the hub's command key), its bundle also written
+to ``--out``; exit 0 built, 1 refused by the
 converter's int8 gate, 2 nothing to build (one line: no bundle of that name, a line that does
 not learn, no accepted experience), 3 the line's round is being built elsewhere (one line:
 another replica's policy or another ``learn build`` holds the line's lease, which a build by
@@ -34,16 +35,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edge_agent.errors import EdgeAgentError
 from edge_agent.fsutil import write_atomic
 from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.access import open_database
 from edge_agent_host.hub.catch_up_store import RESULTS as CATCH_UP_RESULTS
 from edge_agent_host.hub.catch_up_store import CatchUpStore
-from edge_agent_host.hub.config import HubConfigFile, load_hub_config
+from edge_agent_host.hub.config import (
+    LEARNING_KEY_MISSING,
+    HubConfigFile,
+    key_id_of,
+    learning_key_problems,
+    load_hub_config,
+)
 from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_store import LearningStore, LeaseHeldError, LeaseLostError
 from edge_agent_host.hub.rollout_cli import add_output_options, rollback_plan, start_plan
 from edge_agent_host.hub.rollout_options import add_start_options
+from edge_agent_host.hub.rollout_plan import untrusted_line
 from edge_agent_host.hub.store import HubDatabase
 
 __all__ = ["add_parser", "run", "status_lines"]
@@ -120,14 +129,22 @@ def run(args: argparse.Namespace) -> int:
     rollback = rollback_plan(args) if args.learn_command == "publish" else None
     source = load_hub_config(args.config)
     if args.learn_command == "status":
+        key = _learning_key_id(source)
         db = open_database(source)
         try:
-            rows = LearningStore(db).status()
+            store = LearningStore(db)
+            rows = store.status()
             catch_ups = CatchUpStore(db)
             attempts, fleet_versions = catch_ups.by_line(), catch_ups.current_versions()
+            silent_after_s = source.config.hub.silent_after_s
             for row in rows:
                 row["catch_ups"] = attempts.get(row["line"], dict.fromkeys(CATCH_UP_RESULTS, 0))
                 row["fleet_version"] = fleet_versions.get(row["line"])
+                row["learning_key"] = key
+                row["not_trusting"] = (
+                    {} if key is None
+                    else store.not_trusting(row["line"], key, silent_after_s=silent_after_s)
+                )  # fmt: skip
         finally:
             db.close()
         if args.json:
@@ -138,6 +155,17 @@ def run(args: argparse.Namespace) -> int:
     if args.learn_command == "publish":
         return _publish(args, source, rollback)
     return _build(args, source)
+
+
+def _learning_key_id(source: HubConfigFile) -> str | None:
+    """The id of ``[learning] key_file``'s key (None: not set, or not a key it can read)."""
+    path = source.config.learning.key_file
+    if path is None:
+        return None
+    try:
+        return key_id_of(path)
+    except (OSError, EdgeAgentError):
+        return None
 
 
 def _publish(args: argparse.Namespace, source: HubConfigFile, rollback: DeployPlan | None) -> int:
@@ -184,13 +212,12 @@ def _build(args: argparse.Namespace, source: HubConfigFile) -> int:
     )
     from edge_agent_host.keys import load_signing_key  # noqa: PLC0415
 
-    key_file = source.config.rollouts.key_file
+    key_file = source.config.learning.key_file
     if key_file is None:
-        print(
-            "edge-agent-hub learn build: it signs with the hub's key: set [rollouts] key_file",
-            file=sys.stderr,
-        )
+        print(f"edge-agent-hub learn build: {LEARNING_KEY_MISSING}", file=sys.stderr)
         return 2
+    if problems := learning_key_problems(source.config):
+        raise source.error(problems)
     asked = {"max_kl": args.max_kl, "min_action_agreement": args.min_action_agreement}
     gate = {k: v for k, v in asked.items() if v is not None}
     try:
@@ -281,6 +308,10 @@ def status_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"  unknown_model: {u['deltas']} deltas of group {u['group']} against "
                 f"{u['model']} ({u['sha256'][:12]}): {what}"
             )
+        if r.get("not_trusting"):
+            key = r["learning_key"]
+            where = f"the learning key {key} ([learning] key_file)"
+            out.append(f"  rounds not built: {untrusted_line(r['not_trusting'], key, where)}")
         if r.get("version") is not None:
             out.append(
                 f"  version {r['version']} ({str(r['current_sha256'])[:12]}): what the nodes "

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.bundle.signing import key_id
 from edge_agent_host.converter.aif.options import AifThresholds
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.transfer import DeployPlan
@@ -50,7 +51,7 @@ from edge_agent_host.hub.learning_merge import MergeSettings
 from edge_agent_host.hub.learning_round import LearnInputError, RoundSettings, build_round
 from edge_agent_host.hub.learning_store import LearningStore, LeaseLostError
 from edge_agent_host.hub.rollout_options import parse_start_options
-from edge_agent_host.hub.rollout_plan import ACTIVE
+from edge_agent_host.hub.rollout_plan import ACTIVE, untrusted_line
 from edge_agent_host.hub.rollout_start import store_rollout
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
@@ -93,11 +94,14 @@ class LearningPolicy:
             thresholds=AifThresholds(),
         )
         self.rollout = parse_start_options(section.rollout) if section.publish else None
+        self.key_id = key_id(key.public_key())
         self._refused_at: dict[str, int] = {}
+        self._untrusted: dict[str, str] = {}
+        """Per line, the refusal last logged for nodes that do not trust the key (once each)."""
         self._thread: threading.Thread | None = None
         self.counts = {
             "built": 0, "refused": 0, "published": 0, "skipped": 0, "lease_lost": 0, "errors": 0,
-            "catch_up_errors": 0, "catch_up_skipped": 0,
+            "catch_up_errors": 0, "catch_up_skipped": 0, "untrusted": 0,
         }  # fmt: skip
 
     # the service's side -----------------------------------------------------------------------
@@ -181,6 +185,8 @@ class LearningPolicy:
         for line in self.due(store, self.clock()):
             if lines is not None and line not in lines:
                 continue  # its rollout ended during the catch-up: the next look's (docstring)
+            if self._not_trusted(store, line):
+                continue
             if not store.take_lease(line, self.owner, now=self.clock(),
                                     lease_s=self.section.lease_s):  # fmt: skip
                 self.counts["skipped"] += 1
@@ -210,6 +216,22 @@ class LearningPolicy:
                 self._publish(db, store, summary)
             done.append(summary)
         return done
+
+    def _not_trusted(self, store: LearningStore, line: str) -> bool:
+        """Whether nodes that run ``line`` say (their births) they do not trust the learning
+        key: the round is not built (its canary would refuse it), counted, and said in one
+        line naming the key and the nodes' directory, once until it changes."""
+        refusing = store.not_trusting(line, self.key_id, silent_after_s=self.silent_after_s)
+        if not refusing:
+            self._untrusted.pop(line, None)
+            return False
+        self.counts["untrusted"] += 1
+        where = f"the learning key {self.key_id} ([learning] key_file = {self.section.key_file})"
+        why = untrusted_line(refusing, self.key_id, where)
+        if self._untrusted.get(line) != why:
+            self._untrusted[line] = why
+            logger.error("learning rounds of %s not built: %s", line, why)
+        return True
 
     def _build(self, store: LearningStore, line: str) -> dict[str, Any] | None:
         """The round of ``line`` under its lease, with ``waiting`` (the experience it saw due);

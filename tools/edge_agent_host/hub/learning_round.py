@@ -1,6 +1,7 @@
 """``learn build``'s round: the pending deltas of a model line merged
 (:mod:`.learning_merge`), made a model (:mod:`.learning_model`), converted by the host converter
-with its own int8 gate, signed with the hub's key, and stored with its provenance
+with its own int8 gate, signed with the learning key (``[learning] key_file``: a bundle key the
+nodes trust, never the hub's command key), and stored with its provenance
 (:mod:`.learning_store`).
 
 The round chains on the line's newest built round that was built on, or became, the line's

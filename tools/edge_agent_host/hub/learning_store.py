@@ -35,10 +35,11 @@ import msgspec
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.protocol import CountsDelta, LearningDelta
 from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.presence import presence
 from edge_agent_host.hub.learning_checks import Refusal, check_tables
 from edge_agent_host.hub.learning_model import LineModel, line_model
 from edge_agent_host.hub.queue import Heard
-from edge_agent_host.hub.rollout_plan import ACTIVE, NodeState, RolloutState
+from edge_agent_host.hub.rollout_plan import ACTIVE, NodeState, RolloutState, not_trusting
 from edge_agent_host.hub.store import HubDatabase, to_json
 
 logger = logging.getLogger("edge_agent_host.hub.learning")
@@ -216,6 +217,25 @@ class LearningStore:
             "SELECT name, version FROM bundles WHERE sha256 = :sha", {"sha": sha256}
         )
         return f"{rows[0][0]}@{rows[0][1]}" if rows else None
+
+    def not_trusting(
+        self, line: str, key_id: str, *, silent_after_s: float
+    ) -> dict[str, list[str]]:
+        """The online nodes whose groups run a bundle of ``line`` (their births) and whose
+        births say they do not trust ``key_id`` for bundles (``{node: the key ids they
+        trust}``): they could not verify a round signed with it."""
+        fleet = self.db.fleet()
+        running = [
+            str(row["node"])
+            for row in fleet
+            if presence(row, silent_after_s) == "online"
+            and any(
+                split_model(str(g.get("bundle")))[0] == line
+                for g in ((row.get("birth") or {}).get("groups") or {}).values()
+                if g.get("bundle") is not None
+            )
+        ]
+        return not_trusting(fleet, running, key_id)
 
     def lines(self) -> list[str]:
         """Model lines with a delta or a round."""
@@ -459,7 +479,8 @@ class LearningStore:
         the check locks the lease's row until the round is stored)."""
         with self.db.transaction():
             if owner is not None and not self.db.execute(
-                "UPDATE learning_leases SET owner = owner WHERE line = :line AND owner = :owner",
+                "UPDATE learning_leases SET owner = owner WHERE line = :line "
+                "AND owner = :owner",
                 {"line": line, "owner": owner},
             ):
                 raise LeaseLostError(

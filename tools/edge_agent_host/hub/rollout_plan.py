@@ -24,8 +24,10 @@ __all__ = [
     "NodeState",
     "RolloutPlan",
     "RolloutState",
+    "not_trusting",
     "plan_waves",
     "select_nodes",
+    "untrusted_line",
     "wave_of",
 ]
 
@@ -191,6 +193,35 @@ def select_nodes(
             continue
         chosen.append(node)
     return sorted(chosen), sorted(offline)
+
+
+def not_trusting(
+    fleet: Iterable[Mapping[str, Any]], nodes: Iterable[str], key_id: str
+) -> dict[str, list[str]]:
+    """Of ``nodes``, those whose birth says which bundle keys they trust (``bundle_keys``) and
+    not ``key_id``: ``{node: the key ids it trusts}``. A node whose birth does not say (of an
+    earlier version) is not among them: its deployment's answer will say."""
+    wanted = set(nodes)
+    out: dict[str, list[str]] = {}
+    for row in fleet:
+        node = str(row["node"])
+        trusted = (row.get("birth") or {}).get("bundle_keys")
+        if node in wanted and trusted is not None and key_id not in trusted:
+            out[node] = [str(k) for k in trusted]
+    return out
+
+
+def untrusted_line(out: Mapping[str, list[str]], key_id: str, where: str) -> str:
+    """One line for :func:`not_trusting`'s nodes: who, what they trust, what to do; ``where``
+    names the key (``"bundle key K"``, ``"the learning key K ([learning] key_file = F)"``)."""
+    names = sorted(out)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    trusted = sorted({k for keys in out.values() for k in keys})
+    theirs = ", ".join(trusted[:5]) if trusted else "none"
+    return (
+        f"{len(names)} node(s) ({shown}) do not trust {where}: put its .pub in their [daemon] "
+        f"trusted_keys_dir (their births say they trust {theirs}; key {key_id})"
+    )
 
 
 def wave_of(index: int, waves: Sequence[int]) -> int:

@@ -14,7 +14,14 @@ from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.health_gate import check_reported, parse_criterion
 from edge_agent_host.hub.rollout_options import check_shadow_time
-from edge_agent_host.hub.rollout_plan import Criteria, RolloutPlan, plan_waves, select_nodes
+from edge_agent_host.hub.rollout_plan import (
+    Criteria,
+    RolloutPlan,
+    not_trusting,
+    plan_waves,
+    select_nodes,
+    untrusted_line,
+)
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.shadow_gate import SHADOW_PREFIX, parse_shadow_criterion
 from edge_agent_host.hub.store import HubDatabase
@@ -45,7 +52,9 @@ def store_rollout(
     """The rollout of ``plan`` (``rollback``: of ``--rollback-bundle``) the options of
     :func:`add_start_options` in ``args`` say, stored in ``db`` with its bundles (not with
     ``args.dry_run``): its summary, with ``id`` when stored. FleetError or CriterionError (one
-    line) when it cannot be started."""
+    line) when it cannot be started: no node selected, a criterion no node reports, or nodes
+    whose births say they do not trust the key that signed the bundle (their canary would
+    refuse it: ``verify: bundle signed by untrusted key``)."""
     shadow = [
         parse_shadow_criterion(t) for t in args.criterion if t.strip().startswith(SHADOW_PREFIX)
     ]
@@ -55,8 +64,9 @@ def store_rollout(
     check_shadow_time(shadow, args.shadow_s)
     store = RolloutStore(db)
     labels = parse_labels(args.label)
+    fleet = db.fleet()
     nodes, offline = select_nodes(
-        db.fleet(),
+        fleet,
         args.group,
         names=args.node,
         labels=labels,
@@ -70,6 +80,9 @@ def store_rollout(
             + (f" matching {args.node}" if args.node else "")
             + (f" ({len(offline)} offline or silent)" if offline else "")
         )
+    if plan.key_id and (refusing := not_trusting(fleet, nodes, plan.key_id)):
+        where = f"bundle key {plan.key_id}, which signed {plan.name} {plan.version}"
+        raise FleetError(untrusted_line(refusing, plan.key_id, where))
     if health:
         check_reported(health, args.group, db.health_reported())
     waves = plan_waves(

@@ -148,14 +148,17 @@ def web_server(source: HubConfigFile) -> WebServer | None:
         raise source.error([(("http", "port"), problem)]) from err
 
 
-def _signing_key(source: HubConfigFile, key_file: Path) -> Ed25519PrivateKey:
-    """``[rollouts] key_file``'s key; a file that is not one: the config's error at that key."""
+def _signing_key(
+    source: HubConfigFile, key_file: Path, loc: tuple[str, ...] = ("rollouts", "key_file")
+) -> Ed25519PrivateKey:
+    """The key of ``key_file`` (``[rollouts]``' or ``[learning]``'s, ``loc``); a file that is
+    not one: the config's error at that key."""
     from edge_agent_host.keys import load_signing_key  # noqa: PLC0415 - only with rollouts
 
     try:
         return load_signing_key(key_file)
     except (OSError, EdgeAgentError) as err:
-        raise source.error([(("rollouts", "key_file"), str(err))]) from err
+        raise source.error([(loc, str(err))]) from err
 
 
 def _opener(source: HubConfigFile, role: str) -> Callable[[], HubDatabase]:
@@ -173,16 +176,17 @@ def _opener(source: HubConfigFile, role: str) -> Callable[[], HubDatabase]:
 
 def learning_policy(source: HubConfigFile) -> LearningPolicy | None:
     """The replica's learning rounds when ``[learning]`` runs them (``every_s`` or
-    ``min_experience``; the config makes sure ``[rollouts] key_file`` is set): a database
-    connection of its own for each look, signing with the hub's key."""
+    ``min_experience``; the config makes sure ``[learning] key_file`` is set): a database
+    connection of its own for each look, signing the rounds with the learning key (a bundle
+    key, never the hub's command key)."""
     config = source.config
-    key_file = config.rollouts.key_file
+    key_file = config.learning.key_file
     if not config.learning.enabled or key_file is None:
         return None
     # The converter a round uses, only on a replica that runs rounds.
     from edge_agent_host.hub.learning_policy import LearningPolicy  # noqa: PLC0415
 
-    key = _signing_key(source, key_file)
+    key = _signing_key(source, key_file, ("learning", "key_file"))
     hub_id = config.hub.effective_id()
     return LearningPolicy(
         config.learning, _opener(source, "learning"), key, signer=f"edge-agent-hub {hub_id}",

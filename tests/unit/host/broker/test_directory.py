@@ -396,6 +396,31 @@ def test_init_never_overwrites_a_broker(tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "b" / "ca" / "ca.key").read_bytes() == key
 
 
+def test_init_says_where_the_hub_s_two_signing_keys_go(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/fleet.md's two key directories: the hub's command key to the nodes' hub_keys_dir,
+    its learning key (the bundle key learned rounds are signed with) to trusted_keys_dir; said
+    by init and in the hub's and the nodes' snippets."""
+    out = tmp_path / "b"
+    argv = ["broker", "init", "--fleet", FLEET, "--node", "pi-a", "--port", "8883"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line for line in printed if "key:" in line] == [
+        "  hub command key:  edge-agent-host keygen --out KEYS --name hub; hub.pub into the "
+        "nodes' [mqtt] hub_keys_dir, hub.key is the hub service's [rollouts] key_file",
+        "  hub learning key: edge-agent-host keygen --out KEYS --name learning; learning.pub into "
+        "the nodes' [daemon] trusted_keys_dir (beside the CI's), learning.key is its [learning] "
+        "key_file",
+    ]
+    hub = (out / "clients" / "hub" / "hub.toml").read_text()
+    assert "# (its .pub in the nodes' [mqtt] hub_keys_dir), and [learning] key_file" in hub
+    assert (
+        "# hub_keys_dir, the directory of the hub's command key"
+        in (out / "clients" / "pi-a" / "mqtt.toml").read_text()
+    )
+
+
 # -------------------------------------------------------------------------------- the hub
 @pytest.mark.parametrize("command", [["hub", "--db", "h.db"], ["tasks"]])
 def test_the_hub_and_tasks_take_a_client_certificate(command: list[str]) -> None:

@@ -20,6 +20,7 @@ from edge_agent_host.hub.config import (
     load_hub_config,
     parse_hub_config,
 )
+from edge_agent_host.keys import generate_keypair
 
 ROOT = Path(__file__).resolve().parents[4]
 
@@ -176,6 +177,49 @@ def test_check_config_and_run_refuse_files_they_cannot_read(
                 "No such file or directory",
             ]
         ), err
+
+
+def test_learned_rounds_are_signed_with_a_bundle_key_of_their_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rule of docs/fleet.md's two key directories: rounds are signed with ``[learning]
+    key_file``, a bundle key, never the command key. A hub config of before (``[learning]``
+    without it) is refused in one line that says what to do, and so is the command key named
+    there; check-config and run alike. A good one says which key signs the rounds."""
+    hub_key = generate_keypair(tmp_path / "hub-keys", "hub")
+    learning = generate_keypair(tmp_path / "keys", "learning")
+    path = tmp_path / "hub.toml"
+    state = tmp_path / "state"
+    head = f'[hub]\nstate_dir = "{state}"\n[rollouts]\nkey_file = "{hub_key.private_path}"\n'
+    path.write_text(head + "[learning]\nmin_experience = 1000\n")
+    for command in (["check-config", str(path)], ["run", "--config", str(path)]):
+        assert main(command) == 2
+        assert capsys.readouterr().err == (
+            f"{path}:6: learning.min_experience: rounds are signed with a bundle key of their "
+            "own: set [learning] key_file (make one with 'edge-agent-host keygen --out DIR "
+            "--name learning' and put learning.pub in the nodes' [daemon] trusted_keys_dir; "
+            'docs/fleet-learning.md "Signing keys")\n'
+        )
+    path.write_text(
+        head + f'[learning]\nkey_file = "{hub_key.private_path}"\nmin_experience = 1000\n'
+    )
+    for command in (["check-config", str(path)], ["run", "--config", str(path)]):
+        assert main(command) == 2
+        assert capsys.readouterr().err == (
+            f"{path}:6: learning.key_file: {hub_key.private_path}: is the hub's command key "
+            "([rollouts] key_file): rounds are signed with a bundle key of their own "
+            "(edge-agent-host keygen --name learning; its .pub in the nodes' [daemon] "
+            "trusted_keys_dir)\n"
+        )
+    path.write_text(
+        head + f'[learning]\nkey_file = "{learning.private_path}"\nmin_experience = 1000\n'
+    )
+    assert main(["check-config", str(path)]) == 0
+    assert (
+        f"  learning: rounds of every line at 1000 agent-ticks; rounds signed by bundle key "
+        f"{learning.key_id} ([learning] key_file: its .pub goes in the nodes' [daemon] "
+        "trusted_keys_dir)\n"
+    ) in capsys.readouterr().out
 
 
 def test_the_unit_runs_the_console_script_under_systemd_notify() -> None:

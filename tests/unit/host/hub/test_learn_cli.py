@@ -43,10 +43,17 @@ def hub(tmp_path: Path) -> dict[str, Path]:
     one with a negative increment. Two configs: with the hub's key and without."""
     state = tmp_path / "state"
     state.mkdir()
-    keys = generate_keypair(tmp_path / "keys", "hub")
+    keys = generate_keypair(tmp_path / "keys", "learning")  # a bundle key: signs the rounds
+    hub_key = generate_keypair(tmp_path / "hub-keys", "hub")  # the command key
     base = f'[hub]\nstate_dir = "{state}"\n[database]\ntype = "sqlite"\n'
-    (tmp_path / "hub.toml").write_text(f'{base}[rollouts]\nkey_file = "{keys.private_path}"\n')
-    (tmp_path / "nokey.toml").write_text(base)
+    command = f'[rollouts]\nkey_file = "{hub_key.private_path}"\n'
+    (tmp_path / "hub.toml").write_text(
+        f'{base}{command}[learning]\nkey_file = "{keys.private_path}"\n'
+    )
+    (tmp_path / "nokey.toml").write_text(base + command)  # a hub of before: the command key
+    (tmp_path / "samekey.toml").write_text(
+        f'{base}{command}[learning]\nkey_file = "{hub_key.private_path}"\n'
+    )
     db = HubDatabase(SqliteEngine(state / "hub.sqlite3"))
     db.open()
     try:
@@ -69,6 +76,7 @@ def hub(tmp_path: Path) -> dict[str, Path]:
     return {
         "config": tmp_path / "hub.toml",
         "nokey": tmp_path / "nokey.toml",
+        "samekey": tmp_path / "samekey.toml",
         "db": state / "hub.sqlite3",
         "keys": keys.public_path.parent,
         "dir": tmp_path,
@@ -117,7 +125,16 @@ def test_learn_build_says_what_it_cannot_build_in_one_line_and_exits_2(
     hub: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(learn(hub, "build", LINE, config="nokey")) == 2
-    one_line(capsys, "edge-agent-hub learn build: it signs with the hub's key: set [rollouts]")
+    one_line(
+        capsys,
+        "edge-agent-hub learn build: rounds are signed with a bundle key of their own: set "
+        "[learning] key_file (make one with 'edge-agent-host keygen --out DIR --name learning' "
+        "and put learning.pub in the nodes' [daemon] trusted_keys_dir;",
+    )
+    assert main(learn(hub, "build", LINE, config="samekey")) == 2
+    err = one_line(capsys, f"{hub['samekey']}:")
+    assert "learning.key_file: " in err, err
+    assert "is the hub's command key ([rollouts] key_file): rounds are signed with" in err, err
     assert main(learn(hub, "build", "doors", *GATE)) == 2
     err = one_line(capsys, "edge-agent-hub learn build: model line 'doors'")
     assert "no bundle of that name" in err

@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 
+from edge_agent.bundle.signing import key_id
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
-from edge_agent.fleet.protocol import NodeState
+from edge_agent.fleet.protocol import Birth, GroupInfo, NodeState
 from edge_agent_host.hub.config import LearningSection, parse_hub_config
 from edge_agent_host.hub.engines import SqliteEngine
+from edge_agent_host.hub.learn_cli import status_lines
 from edge_agent_host.hub.learning_policy import LearningPolicy
 from edge_agent_host.hub.learning_round import build_round
 from edge_agent_host.hub.learning_store import LearningStore, LeaseHeldError, LeaseLostError
@@ -47,7 +49,8 @@ NODES = ("n1", "n2", "n3")
 
 
 def test_a_round_due_by_experience_is_built_and_published_by_the_service(tmp_path: Path) -> None:
-    keys = generate_keypair(tmp_path / "keys", "hub")
+    keys = generate_keypair(tmp_path / "hub-keys", "hub")
+    learning_key = generate_keypair(tmp_path / "keys", "learning")
     text = f"""
 [hub]
 id = "hub-unit"
@@ -64,6 +67,7 @@ type = "sqlite"
 key_file = "{keys.private_path}"
 
 [learning]
+key_file = "{learning_key.private_path}"
 min_experience = 100
 check_interval_s = 0.05
 gate_rollouts = 20
@@ -105,7 +109,7 @@ rollout = ["--group", "grid", "--waves", "1,100%", "--soak", "1"]
         service.shutdown()
     assert policy.counts == {
         "built": 1, "refused": 0, "published": 1, "skipped": 0, "lease_lost": 0, "errors": 0,
-        "catch_up_errors": 0, "catch_up_skipped": 0,
+        "catch_up_errors": 0, "catch_up_skipped": 0, "untrusted": 0,
     }  # fmt: skip
     assert service.status()["learning_rounds"]["published"] == 1
     db = HubDatabase(SqliteEngine(path))
@@ -141,7 +145,17 @@ rollout = ["--group", "grid", "--waves", "1,100%", "--soak", "1"]
 @pytest.mark.parametrize(
     ("learning", "where"),
     [
-        ("every_s = 3600", "hub.toml:4: learning.every_s: rounds are signed with the hub's key"),
+        (
+            "every_s = 3600",
+            "hub.toml:4: learning.every_s: rounds are signed with a bundle key of their own: set "
+            "[learning] key_file (make one with 'edge-agent-host keygen --out DIR --name "
+            "learning' and put learning.pub in the nodes' [daemon] trusted_keys_dir;",
+        ),
+        (
+            'key_file = "learning.key"\nmin_experience = 1',
+            "hub.toml:5: learning.min_experience: the policy catches late nodes up with "
+            "rollouts signed by the hub's command key: set [rollouts] key_file",
+        ),
         (
             'rollout = ["--group", "grid", "--waves"]',
             "hub.toml:4: learning.rollout: argument --waves: expected one argument",
@@ -176,6 +190,71 @@ def test_the_docs_learning_example_is_a_valid_config() -> None:
     assert (learning.enabled, learning.publish, learning.rollout[:2]) == (
         True, True, ["--group", "grid"],
     )  # fmt: skip
+    assert learning.key_file is not None
+    assert learning.key_file.name == "learning.key"
+
+
+# ------------------------------------------------------- nodes that could not verify a round
+def trusting_birth(sha: str, keys: list[str] | None) -> Birth:
+    """A birth of a daemon that runs the line's bundle ``sha`` in group ``grid`` and says it
+    trusts ``keys`` for bundles (None: a daemon of an earlier version, which does not say)."""
+    group = GroupInfo(agents=10, bundle=f"{LINE}@1.0.0", bundle_sha256=sha)
+    return Birth(software_version="0.1.0", profile="x86-dev", budget_bytes=2**30,
+                 groups={"grid": group}, bundle_keys=keys, tick_hz=10.0)  # fmt: skip
+
+
+def test_a_line_whose_nodes_do_not_trust_the_learning_key_gets_no_round(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nodes whose births say they do not trust the learning key would refuse its rounds: the
+    line's round is not built, one error line names the key (and its file) and the nodes'
+    directory, once; ``learn status`` says it too. Once they trust it (the .pub copied into
+    their trusted_keys_dir, a reload: a new birth), the round is built."""
+    db = HubDatabase(SqliteEngine(tmp_path / "hub.db"))
+    db.open()
+    try:
+        store = learning_db(db)
+        sha = deploy(db)
+        _, key = line_bundle()
+        kid = key_id(key.public_key())
+        ci = "fd38d8c32cd84092"
+        now = time.time()
+        for i, keys in enumerate(([ci], [ci], [ci], None)):  # n3: of an earlier version
+            write_all(db, heard(f"n{i}", NodeState(online=True), seq=1, ts=now, retained=True),
+                      heard(f"n{i}", trusting_birth(sha, keys), seq=2, ts=now, retained=True),
+                      heard(f"n{i}", delta(sha, 1, increments(i)), seq=3, ts=now))  # fmt: skip
+        section = LearningSection(min_experience=1, gate_rollouts=20, gate_steps=4,
+                                  catch_up=False,
+                                  key_file=Path("/etc/hub/learning.key"))  # fmt: skip
+        policy = LearningPolicy(section, lambda: db, key, signer="t", owner="hub-t",
+                                silent_after_s=3600.0)  # fmt: skip
+        with caplog.at_level("ERROR", logger="edge_agent_host.hub.learning"):
+            assert policy.run_due(db) == []
+            assert policy.run_due(db) == []
+        assert policy.counts["untrusted"] == 2
+        assert store.rounds(LINE) == 0
+        (record,) = caplog.records
+        assert record.getMessage() == (
+            f"learning rounds of {LINE} not built: 3 node(s) (n0, n1, n2) do not trust the "
+            f"learning key {kid} ([learning] key_file = /etc/hub/learning.key): put its .pub in "
+            f"their [daemon] trusted_keys_dir (their births say they trust {ci}; key {kid})"
+        )
+        refusing = store.not_trusting(LINE, kid, silent_after_s=3600.0)
+        assert refusing == {"n0": [ci], "n1": [ci], "n2": [ci]}
+        (row,) = store.status()
+        text = status_lines([{**row, "learning_key": kid, "not_trusting": refusing}])
+        assert (
+            f"  rounds not built: 3 node(s) (n0, n1, n2) do not trust the learning key {kid} "
+            "([learning] key_file): put its .pub in their [daemon] trusted_keys_dir"
+            in "\n".join(text)
+        )
+        for i in range(3):  # learning.pub copied, each daemon reloaded: a new birth
+            write_all(db, heard(f"n{i}", trusting_birth(sha, [ci, kid]), seq=4, ts=now + 1,
+                                retained=True))  # fmt: skip
+        (built,) = policy.run_due(db)
+        assert built["state"] == "built"
+    finally:
+        db.close()
 
 
 # ------------------------------------------------------------- replicas: a lease per model line

@@ -12,9 +12,11 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from edge_agent.fleet.protocol import NodeState
+from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.cli import main
 from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.rollout_cli import FOLLOW_EXIT, follow_line
@@ -184,3 +186,40 @@ def test_rollout_start_takes_a_shadow_criterion_and_its_time(
     text = capsys.readouterr().out
     assert "  shadow criteria (the first wave's shadow of 30 s):\n" in text
     assert "    shadow:excess_surprise:max_increase=0.1:min_pairs=20:alpha=0.05\n" in text
+
+
+def test_rollout_start_refuses_a_bundle_the_nodes_say_they_do_not_trust(
+    tmp_path: Path, signed_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nodes whose births list the bundle keys they trust, without the one that signed the
+    bundle, would refuse it at their canary (``verify: bundle signed by untrusted key``): one
+    line that names them, the key and the directory, and nothing is stored. A node that does
+    not say (of an earlier version) is not held against the rollout."""
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[hub]\nstate_dir = "{state}"\n[database]\ntype = "sqlite"\n')
+    signer = DeployPlan.from_bundle(signed_bundle).key_id
+    db = HubDatabase(SqliteEngine(state / "hub.sqlite3"))
+    db.open()
+    now = time.time()
+    trusts = {"pi-0": ["0123456789abcdef"], "pi-1": None, "pi-2": [signer]}
+    try:
+        for node, keys in trusts.items():
+            said = msgspec.structs.replace(birth(10), bundle_keys=keys)
+            write_all(db, heard(node, NodeState(online=True), retained=True, ts=now),
+                      heard(node, said, seq=1, ts=now))  # fmt: skip
+    finally:
+        db.close()
+    hub = {"config": config, "bundle": signed_bundle}
+    assert main(start(hub)) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"edge-agent-hub rollout: 1 node(s) (pi-0) do not trust bundle key {signer}, "
+        f"which signed {DeployPlan.from_bundle(signed_bundle).name} "
+        f"{DeployPlan.from_bundle(signed_bundle).version}: put its .pub in their [daemon] "
+        f"trusted_keys_dir (their births say they trust 0123456789abcdef; key {signer})\n"
+    )
+    assert rollouts_stored(state / "hub.sqlite3") == 0
+    assert main(start(hub, "--node", "pi-[12]", "--json")) == 0  # pi-1 does not say: taken
+    assert json.loads(capsys.readouterr().out)["nodes"] == ["pi-1", "pi-2"]
