@@ -145,7 +145,10 @@ class SysBytes:
 class Hub:
     """``edge-agent-hub run`` on the PostgreSQL database, with ``[learning]``."""
 
-    def __init__(self, root: Path, port: int, key: Path, database: str, gate: str) -> None:
+    def __init__(
+        self, root: Path, port: int, keys: tuple[Path, Path], database: str, gate: str
+    ) -> None:
+        key, learning_key = keys  # the command key ([rollouts]), the rounds' ([learning])
         self.dir = root / "hub"
         self.dir.mkdir(parents=True)
         self.config = self.dir / "hub.toml"
@@ -166,6 +169,7 @@ fleet = "{FLEET}"
 key_file = "{key}"
 
 [learning]
+key_file = "{learning_key}"
 min_experience = 1
 check_interval_s = 0.2
 lines = ["{LINE}"]
@@ -345,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     args, gate = arguments(argv)
     root = Path(tempfile.mkdtemp(prefix="bench-learning-fleet-"))
     keys = root / "keys"
-    hub_key = generate_keypair(keys, "hub").private_path
+    hub_key = generate_keypair(keys, "hub").private_path  # the command key (the simulators')
+    learning_key = generate_keypair(keys, "learning").private_path  # signs the rounds
     bundle = root / f"{LINE}.tar"
     data = line_bundle(bundle)
     model = line_model(data)
@@ -369,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
               "table": f"{LINE} B0", "experience": AGENTS * TICKS, "bundle_bytes": len(data),
               "database": "postgresql", "cpus": os.cpu_count(),
               "loadavg": [round(x, 2) for x in os.getloadavg()]})  # fmt: skip
-        hub = Hub(root, broker.port, hub_key, database, gate)
+        hub = Hub(root, broker.port, (hub_key, learning_key), database, gate)
         sims = launch_simulators(root, broker.port, keys, args.nodes, procs=args.procs, args=[
             "--telemetry", "3600", "--no-health", "--learn-bundle", str(bundle),
             "--learn-agents", str(AGENTS), "--learn-ticks", str(TICKS),

@@ -1,9 +1,14 @@
 """A fleet with real parts, set up as the docs recommend, for the end-to-end tests of the hub
 (``tests/integration/hub/test_behaviour_gate_e2e.py``, ``test_fleet_learning_e2e.py``):
 PostgreSQL, the broker ``edge-agent-host broker init`` made (TLS, one identity each, the ACL),
-the hub service configured from its generated ``hub.toml`` with a signing key, and edge-agentd
-processes, each on its own generated ``mqtt.toml``. :func:`secure_fleet` starts them and stops
-them in reverse order; the readers below look at what the nodes run and what the hub stored."""
+the hub service configured from its generated ``hub.toml`` with its two signing keys, and
+edge-agentd processes, each on its own generated ``mqtt.toml``. The keys as docs/fleet.md ("Two
+key directories, on purpose") and docs/fleet-learning.md ("Signing keys") say: the nodes'
+``[daemon] trusted_keys_dir`` holds the bundle keys (``ci.pub``, the CI's, and ``learning.pub``,
+the hub's learning key, ``[learning] key_file``), their ``[mqtt] hub_keys_dir`` the hub's
+command key (``hub.pub``, ``[rollouts] key_file``) alone. :func:`secure_fleet` starts them and
+stops them in reverse order; the readers below look at what the nodes run and what the hub
+stored."""
 
 from __future__ import annotations
 
@@ -28,16 +33,19 @@ from tests.support.postgres import PostgresMissingError, PostgresServer
 
 @dataclass
 class SecureFleet:
-    """What :func:`secure_fleet` started: ``keys`` (the nodes' trusted keys: ``hub`` signs what
-    the hub signs, ``ci`` what a test signs), ``clients`` (``broker init``'s identities)."""
+    """What :func:`secure_fleet` started: ``keys`` (the nodes' trusted bundle keys: ``ci``
+    signs what a test signs, ``learning`` the hub's rounds), ``hub_keys`` (the nodes' hub keys:
+    ``hub`` signs the hub's commands), ``clients`` (``broker init``'s identities)."""
 
     hub: Hub
     nodes: dict[str, Node]
     broker: MosquittoBroker
     clients: Path
     keys: Path
+    hub_keys: Path
     hub_key: Path
     ci_key: Path
+    learning_key: Path
 
 
 @contextmanager
@@ -53,11 +61,14 @@ def secure_fleet(
 ) -> Iterator[SecureFleet]:
     """The fleet: ``nodes`` maps each daemon's name to its ``[[groups]]`` tables;
     ``identities``: more node identities ``broker init`` makes (clients a test runs itself);
-    ``hub_tail``: tables after the hub's ``[rollouts]`` (which has the hub's key). The hub is up
-    before the nodes (it hears every health window); yields once every node is READY."""
+    ``hub_tail``: tables after the hub's ``[rollouts]`` (which has the hub's command key); its
+    ``[learning]`` gets ``key_file``, the learning key. The hub is up before the nodes (it hears
+    every health window); yields once every node is READY."""
     keys = tmp / "trusted"
-    hub_key = generate_keypair(keys, "hub").private_path
+    hub_keys = tmp / "hub-keys"
+    hub_key = generate_keypair(hub_keys, "hub").private_path
     ci_key = generate_keypair(keys, "ci").private_path
+    learning_key = generate_keypair(keys, "learning").private_path
     try:
         pg = PostgresServer()
     except PostgresMissingError as err:
@@ -80,13 +91,14 @@ def secure_fleet(
         hub.config.write_text(
             hub.config.read_text()
             + f'\n[rollouts]\nkey_file = "{hub_key}"\npoll_interval_s = 0.2\n'
-            + hub_tail
+            + hub_tail.replace("[learning]\n", f'[learning]\nkey_file = "{learning_key}"\n')
         )
         started.append(hub)
         hub.start()
         daemons = {
             name: secure_node(tmp, broker, name, clients, keys, tick_hz=tick_hz,
-                              telemetry_s=telemetry_s, groups=groups, tail="")
+                              telemetry_s=telemetry_s, groups=groups, tail="",
+                              hub_keys=hub_keys)
             for name, groups in nodes.items()
         }  # fmt: skip
         for node in daemons.values():
@@ -95,7 +107,8 @@ def secure_fleet(
         for node in daemons.values():
             assert node.notify is not None
             node.notify.wait_for("READY=1", 90)
-        yield SecureFleet(hub, daemons, broker, clients, keys, hub_key, ci_key)
+        yield SecureFleet(hub, daemons, broker, clients, keys, hub_keys, hub_key, ci_key,
+                          learning_key)  # fmt: skip
     finally:
         for part in reversed(started):
             if isinstance(part, Node):

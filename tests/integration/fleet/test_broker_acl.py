@@ -276,9 +276,13 @@ def secure_node(
     tick_hz: float = 10,
     telemetry_s: float = 0.5,
     tail: str = AUCTION,
+    hub_keys: Path | None = None,
 ) -> Node:
     """A daemon whose ``[mqtt]`` is the generated ``clients/NAME/mqtt.toml`` (plus test pacing);
-    ``groups`` and ``tail`` (tables after ``[mqtt]``): the coordinating grid by default."""
+    ``groups`` and ``tail`` (tables after ``[mqtt]``): the coordinating grid by default.
+    ``keys`` is its ``[daemon] trusted_keys_dir`` (the bundle keys); with ``hub_keys``, its
+    ``[mqtt] hub_keys_dir`` (the hub's command keys: two directories, as docs/fleet.md says),
+    else commands are verified with ``keys`` too."""
     node = Node(tmp, broker, name)
     state = node.state
     node.config.write_text(
@@ -292,6 +296,7 @@ log_level = "info"
 trusted_keys_dir = "{keys}"
 {groups}
 {(clients / name / "mqtt.toml").read_text()}keepalive_s = 5
+{f'hub_keys_dir = "{hub_keys}"' if hub_keys is not None else ""}
 telemetry_interval_s = {telemetry_s}
 reconnect_initial_s = 0.05
 reconnect_max_s = 0.3

@@ -3,7 +3,10 @@ three edge-agentd processes on the ``edge-agent-host broker init`` broker (TLS, 
 each, the ACL), the hub service on PostgreSQL with ``[learning]`` so that rounds run by
 themselves (``min_experience``, ``publish = true``, the behaviour gate's ``--criterion``) and
 nodes behind are caught up (``catch_up = true``), four clients with node identities of their
-own that poison what they report, and a fourth daemon on an older image of the line.
+own that poison what they report, and a fourth daemon on an older image of the line. The keys
+as the docs recommend (tests/support/secure_fleet.py): the rounds are signed with the hub's
+learning key, which the daemons trust for bundles beside the CI's and the factory's; the hub's
+command key is in their ``hub_keys_dir`` alone.
 
 The nodes' group ``tmaze`` (32 agents, 20 Hz) lives in pymdp's T-maze, whose cued arm pays with
 0.98, and the fleet is shipped (``rollout start``) the model line ``tmaze`` 1.0.0: the T-maze
