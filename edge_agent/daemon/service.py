@@ -191,8 +191,8 @@ class Daemon:
         if config.mqtt.enabled:
             self._open_fleet(config)
         self.ab_switch.bind(self)
-        if self.uplink is not None:  # the bundle keys are the switch's once it is bound
-            self.uplink.set_birth(self._birth())
+        if config.mqtt.enabled:
+            self.rebirth()  # the birth says the bundle keys: the switch's once it is bound
         for problem in self.overlay_problems:
             severity = "warning" if problem.superseded else "error"
             self._event("overlay_ignored", severity, problem.detail, group=problem.group)
