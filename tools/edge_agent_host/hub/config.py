@@ -332,6 +332,13 @@ class RetentionSection(StrictModel):
     telemetry_max_rows_per_node: int = Field(
         20_000, ge=10, le=10_000_000, description="Telemetry rows per node at most (oldest go)."
     )
+    health_groups_per_node: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="Health windows are kept for the groups a node's newest birth declares, "
+        "this many per node at most (the first by name); others are counted and dropped.",
+    )
     events_keep_s: float = Field(
         90 * _DAY, ge=60, le=10 * 365 * _DAY, description="Events older than this are deleted."
     )

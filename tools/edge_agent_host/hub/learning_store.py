@@ -36,7 +36,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.protocol import CountsDelta, LearningDelta
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.presence import presence
-from edge_agent_host.hub.learning_checks import Refusal, check_tables
+from edge_agent_host.hub.learning_checks import Allowance, Refusal, allowance, check_tables
 from edge_agent_host.hub.learning_model import LineModel, line_model
 from edge_agent_host.hub.queue import Heard
 from edge_agent_host.hub.rollout_plan import ACTIVE, NodeState, RolloutState, not_trusting
@@ -57,6 +57,9 @@ __all__ = [
 ACCEPTED: Final = "accepted"
 _MODELS_KEPT: Final = 8
 _TOLD_KEPT: Final = 1024
+_SUM_EXPERIENCE: Final = "SUM(CAST(experience AS DOUBLE PRECISION))"
+"""A sum of the stored experience that cannot overflow on either engine (a float: SQLite's
+SUM of integers raises at 2**63, and a node's experience may be up to 2**63 - 1)."""
 _UNKNOWN_SHOWN: Final = 5
 _ENDED_UNDEPLOYED: Final = {
     "halted": RolloutState.HALTED.value,
@@ -251,9 +254,18 @@ class LearningStore:
         if not isinstance(body, LearningDelta):
             raise TypeError(f"ingest takes learning deltas, not {type(body).__name__}")
         line, version = split_model(body.model)
-        status = self.verdict(heard.node, body)
+        status, left = self.verdict(heard.node, body, sent=heard.envelope.ts,
+                                    received=heard.received)  # fmt: skip
         if status == Refusal.UNKNOWN_MODEL.value:
             self._tell_unknown(body)
+        if left is not None:  # accepted: what it claimed is spent from the group's allowance
+            self.db.execute(
+                "INSERT INTO learning_allowance (node, grp, agent_ticks, at) VALUES (:node, "
+                ":grp, :ticks, :at) ON CONFLICT (node, grp) DO UPDATE SET agent_ticks = "
+                "excluded.agent_ticks, at = excluded.at",
+                {"node": heard.node, "grp": body.group, "ticks": left.agent_ticks,
+                 "at": left.at},
+            )  # fmt: skip
         self.db.execute(
             "INSERT INTO learning_deltas (node, grp, seq, received, line, version, model_sha256,"
             " experience, status, tables) VALUES (:node, :grp, :seq, :received, :line, :version,"
@@ -310,23 +322,40 @@ class LearningStore:
             for version, sha, group, n, last in rows
         ]
 
-    def verdict(self, node: str, body: LearningDelta) -> str:
-        """``accepted`` or the :class:`Refusal` of ``body`` sent by ``node``."""
+    def verdict(
+        self, node: str, body: LearningDelta, *, sent: float, received: float
+    ) -> tuple[str, Allowance | None]:
+        """``accepted`` or the :class:`Refusal` of ``body`` sent by ``node`` at ``sent`` (its
+        clock; the hub heard it at ``received``), and for an accepted one the group's allowance
+        left once its experience is spent (:func:`~.learning_checks.allowance`)."""
         rows = self.db.query(
-            "SELECT 1 FROM node_groups WHERE node = :node AND grp = :grp",
+            "SELECT agents, tick_hz FROM node_groups WHERE node = :node AND grp = :grp",
             {"node": node, "grp": body.group},
         )
         if not rows:
-            return Refusal.UNKNOWN_GROUP.value
+            return Refusal.UNKNOWN_GROUP.value, None
         model = self.model(body.model_sha256)
         if model is None or f"{model.name}@{model.version}" != body.model:
-            return Refusal.UNKNOWN_MODEL.value
+            return Refusal.UNKNOWN_MODEL.value, None
         if not model.counts:
-            return Refusal.NO_LEARNING.value
+            return Refusal.NO_LEARNING.value, None
         if model.sha256 not in self.accepted_versions(model.name):
-            return Refusal.STALE_VERSION.value
+            return Refusal.STALE_VERSION.value, None
         refusal = check_tables(body.tables, model.shapes)
-        return ACCEPTED if refusal is None else refusal.value
+        if refusal is not None:
+            return refusal.value, None
+        held = self.db.query(
+            "SELECT agent_ticks, at FROM learning_allowance WHERE node = :node AND grp = :grp",
+            {"node": node, "grp": body.group},
+        )
+        before = Allowance(float(held[0][0]), float(held[0][1])) if held else None
+        hz = None if rows[0][1] is None else float(rows[0][1])
+        now = allowance(before, agents=int(rows[0][0]), tick_hz=hz, sent=sent,
+                        received=received)  # fmt: skip
+        claimed = float(max(t.experience for t in body.tables))
+        if claimed > now.agent_ticks:
+            return Refusal.EXPERIENCE.value, None
+        return ACCEPTED, Allowance(now.agent_ticks - claimed, now.at)
 
     # rounds -------------------------------------------------------------------------------------
     def pending(self, line: str, sha256: str) -> list[Pending]:
@@ -336,10 +365,24 @@ class LearningStore:
             "AND model_sha256 = :sha AND status = :ok AND round_id IS NULL ORDER BY id",
             {"line": line, "sha": sha256, "ok": ACCEPTED},
         )
-        return [
-            Pending(int(r[0]), str(r[1]), str(r[2]), int(r[3]), _TABLES.decode(bytes(r[4])))
-            for r in rows
-        ]
+        out: list[Pending] = []
+        unreadable: list[int] = []
+        for r in rows:
+            try:
+                tables = _TABLES.decode(bytes(r[4]))
+            except (msgspec.DecodeError, TypeError, ValueError):
+                unreadable.append(int(r[0]))
+                continue
+            out.append(Pending(int(r[0]), str(r[1]), str(r[2]), int(r[3]), tables))
+        if unreadable:  # one refused delta each, counted; the round goes on without them
+            logger.warning("%d learning delta(s) of %s could not be read back: refused as %s",
+                           len(unreadable), line, Refusal.UNREADABLE.value)  # fmt: skip
+            with self.db.transaction():
+                self.db.execute_many(
+                    "UPDATE learning_deltas SET status = :status WHERE id = :id",
+                    [{"status": Refusal.UNREADABLE.value, "id": i} for i in unreadable],
+                )
+        return out
 
     def latest_round(
         self, line: str, *, built_only: bool = True, round_id: int | None = None
@@ -536,7 +579,7 @@ class LearningStore:
             by_status: dict[str, int] = {}
             experience = 0
             for status, n, exp in self.db.query(
-                "SELECT status, COUNT(*), SUM(experience) FROM learning_deltas "
+                f"SELECT status, COUNT(*), {_SUM_EXPERIENCE} FROM learning_deltas "
                 "WHERE line = :line GROUP BY status",
                 {"line": line},
             ):
@@ -550,7 +593,7 @@ class LearningStore:
             )[0][0]
             current = self.current_sha256(line)
             waiting = self.db.query(  # what the next round merges: against the current version
-                "SELECT COUNT(*), SUM(experience) FROM learning_deltas WHERE line = :line "
+                f"SELECT COUNT(*), {_SUM_EXPERIENCE} FROM learning_deltas WHERE line = :line "
                 "AND model_sha256 = :sha AND status = :ok AND round_id IS NULL",
                 {"line": line, "sha": current, "ok": ACCEPTED},
             )[0]

@@ -332,6 +332,23 @@ MIGRATIONS: Final = (
             )""",
         ),
     ),
+    Migration(
+        7,
+        "a learning delta's experience bounded by the node's birth",
+        (
+            # The node's base tick rate, from its newest birth (NULL: it does not say).
+            "ALTER TABLE node_groups ADD COLUMN tick_hz {real}",
+            # What each node's group may still claim as experience (agent-ticks), as of its
+            # last accepted delta (``at``: the node's clock): docs/fleet-learning.md "On the hub".
+            """CREATE TABLE learning_allowance (
+                node TEXT NOT NULL,
+                grp TEXT NOT NULL,
+                agent_ticks {real} NOT NULL,
+                at {real} NOT NULL,
+                PRIMARY KEY (node, grp)
+            )""",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -250,7 +250,9 @@ class HubService:
             else None
         )
         self.queue = HeldMessages(q.max_messages, q.max_bytes, self.spool)
-        self.db = HubDatabase(engine)
+        self.db = HubDatabase(
+            engine, health_groups_per_node=config.retention.health_groups_per_node
+        )
         # Learning deltas are stored, checked and counted by the learning tables' own module.
         self.learning = LearningStore(self.db)
         self.db.add_writer(LearningDelta.TYPE, self.learning.ingest)
@@ -385,6 +387,12 @@ class HubService:
             help="the database",
         )
         metrics.register("hub.maintenance", lambda: self.maintenance, help="retention")
+        metrics.register(
+            "hub.health_dropped",
+            lambda: dict(self.db.health_dropped),
+            help="health windows dropped: of a group the node's birth does not declare, or "
+            "beyond [retention] health_groups_per_node",
+        )
         metrics.register(
             "hub.mqtt", self._mqtt_numbers, gauges=("connected",), help="the broker link"
         )
@@ -856,6 +864,7 @@ class HubService:
             "dropped_forged": sum(n for k, n in heard.items() if k.startswith("forged.")),
             "rebirths_requested": self.rebirths_requested,
             "maintenance": dict(self.maintenance),
+            "health_dropped": dict(self.db.health_dropped),
             "counters": self.metrics.values(),
             "rollouts": None if self.rollouts is None else self.rollouts.status(),
             "learning": dict(self.learning_counts),

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from edge_agent.fleet.protocol import (
     Birth,
@@ -53,7 +53,11 @@ from edge_agent_host.hub.schema import LATEST, VERSIONS_TABLE, pending
 
 logger = logging.getLogger(__name__)
 
+HEALTH_DROPPED: Final = ("unknown_group", "over_cap")
+"""Why a health window is dropped (the labels of ``edge_agent_hub_health_dropped_total``)."""
+
 __all__ = [
+    "HEALTH_DROPPED",
     "DatabaseUnavailableError",
     "HubDatabase",
     "SchemaError",
@@ -107,7 +111,7 @@ class WriteOutcome:
 class HubDatabase:
     """The hub's registry, history and journals in one database (see the module docstring)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, health_groups_per_node: int = 64) -> None:
         self.engine = engine
         self._conn: Any = None
         self.schema_version = 0
@@ -117,6 +121,12 @@ class HubDatabase:
         self.rejected = 0
         self.last_error = ""
         self._writers: dict[str, Callable[[Heard], None]] = {}
+        self.health_groups_per_node = health_groups_per_node
+        """A node's groups whose health windows are kept at most (``[retention]``)."""
+        self.health_dropped = dict.fromkeys(HEALTH_DROPPED, 0)
+        """Health windows dropped: of a group the node's newest birth does not declare
+        (``unknown_group``), or beyond the node's first ``health_groups_per_node`` groups
+        (``over_cap``); counted in this process, shown by the status and /metrics."""
 
     def add_writer(self, msg_type: str, write: Callable[[Heard], None]) -> None:
         """Messages of ``msg_type`` are written by ``write`` (inside the batch's transaction,
@@ -366,9 +376,21 @@ class HubDatabase:
         if cur.rowcount != 1:
             return  # an older birth than the one stored
         self._run("DELETE FROM node_groups WHERE node = :node", {"node": heard.node})
+        # The newest window of a group the node no longer has goes with it: the series of
+        # /metrics and the page are the groups its newest birth declares, no more.
         self._many(
-            "INSERT INTO node_groups (node, grp, agents, bundle, bundle_sha256, since) "
-            "VALUES (:node, :grp, :agents, :bundle, :sha, :since)",
+            "DELETE FROM node_health WHERE node = :node AND grp = :grp",
+            [
+                {"node": heard.node, "grp": str(r[0])}
+                for r in self._run(
+                    "SELECT grp FROM node_health WHERE node = :node", {"node": heard.node}
+                ).fetchall()
+                if str(r[0]) not in body.groups
+            ],
+        )
+        self._many(
+            "INSERT INTO node_groups (node, grp, agents, bundle, bundle_sha256, since, tick_hz) "
+            "VALUES (:node, :grp, :agents, :bundle, :sha, :since, :hz)",
             [
                 {
                     "node": heard.node,
@@ -377,6 +399,7 @@ class HubDatabase:
                     "bundle": _text(group.bundle),
                     "sha": group.bundle_sha256,
                     "since": env.ts,
+                    "hz": body.tick_hz,
                 }
                 for name, group in sorted(body.groups.items())
             ],
@@ -427,7 +450,17 @@ class HubDatabase:
         env = heard.envelope
         rows = []
         newest = []
+        declared = [
+            str(r[0])
+            for r in self._run(
+                "SELECT grp FROM node_groups WHERE node = :node ORDER BY grp", {"node": heard.node}
+            ).fetchall()
+        ]
+        kept = set(declared[: self.health_groups_per_node])
         for name, group in sorted(body.groups.items()):
+            if name not in kept:  # bounds from the birth, not from the message (STYLE 32)
+                self.health_dropped["over_cap" if name in declared else "unknown_group"] += 1
+                continue
             drift = group.drift
             rows.append(
                 {
@@ -581,6 +614,7 @@ class HubDatabase:
                 self._bound_per_node(retention, done)
                 self._downsample_health(retention, now, done)
                 self._bound_health(retention, done)
+                self._undeclared_health(retention, done)
                 limit = retention.maintenance_batch
                 for table, keep_s, max_rows in (
                     ("telemetry", retention.telemetry_keep_s, None),
@@ -685,6 +719,17 @@ class HubDatabase:
             )
             deleted += max(cur.rowcount, 0)
         done["health_over_node_bound"] = deleted
+
+    def _undeclared_health(self, retention: RetentionSection, done: dict[str, int]) -> None:
+        """The health history of groups a node's newest birth does not declare goes with them
+        (at most ``maintenance_batch`` rows a pass): a node's history is of its groups alone,
+        however many names it used before."""
+        cur = self._run(
+            "DELETE FROM health WHERE id IN (SELECT h.id FROM health h WHERE NOT EXISTS (SELECT 1 "
+            "FROM node_groups g WHERE g.node = h.node AND g.grp = h.grp) ORDER BY h.id LIMIT :n)",
+            {"n": retention.maintenance_batch},
+        )
+        done["health_undeclared"] = max(int(cur.rowcount), 0)
 
     def _expire(self, table: str, cut: float, limit: int) -> int:
         if table == "node_health":  # groups a node no longer reports

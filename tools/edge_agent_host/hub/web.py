@@ -439,6 +439,16 @@ def _hub_families(status: Mapping[str, Any]) -> Iterable[Any]:
             f"edge_agent_hub_mqtt_{name}", doc, value=float(counters.get(key) or 0)
         )
 
+    health = CounterMetricFamily(
+        "edge_agent_hub_health_dropped",
+        "Health windows dropped by this replica: of a group the node's newest birth does not "
+        "declare (unknown_group), or beyond [retention] health_groups_per_node (over_cap)",
+        labels=["reason"],
+    )
+    for reason, n in sorted((status.get("health_dropped") or {}).items()):
+        health.add_metric([reason], float(n))
+    yield health
+
     yield from _learning_families(status)
 
     rollouts: Mapping[str, Any] | None = status.get("rollouts")

@@ -12,7 +12,7 @@ import pytest
 from edge_agent_host.hub.cli import main
 from edge_agent_host.hub.engines import SqliteEngine
 from edge_agent_host.hub.store import HubDatabase
-from tests.unit.host.hub.test_store import health_body, heard, write_all
+from tests.unit.host.hub.test_store import health_birth, health_body, heard, write_all
 
 NOW = 1_800_000_000.0
 
@@ -28,6 +28,8 @@ def config(tmp_path: Path) -> Path:
     try:
         write_all(
             db,
+            health_birth(node="pi-a"),
+            health_birth(node="pi-b"),
             heard("pi-a", health_body(0.0), seq=1, ts=NOW - 20),
             heard("pi-a", health_body(0.75, alarm=True), seq=2, ts=NOW - 10),
             heard("pi-b", health_body(0.125), seq=1, ts=NOW - 10),

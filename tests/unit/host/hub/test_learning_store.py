@@ -26,10 +26,12 @@ from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
+    Birth,
     Command,
     CommandResult,
     CountsDelta,
     Envelope,
+    GroupInfo,
     LearningDelta,
     NodeState,
     decode,
@@ -398,8 +400,67 @@ def check_a_bundle_stored_after_the_first_delta_is_learned_from_at_once(db: HubD
     assert line["waiting"] == {"deltas": 1, "experience": 40}
 
 
+def rated_birth(sha: str, *, agents: int = 10, tick_hz: float | None = 20.0) -> Birth:
+    """A birth running the line's bundle ``sha`` in group ``grid`` that says its tick rate."""
+    group = GroupInfo(agents=agents, bundle="b", bundle_sha256=sha)
+    return Birth(software_version="0.1.0", profile="x86-dev", budget_bytes=2**30,
+                 groups={"grid": group}, tick_hz=tick_hz)  # fmt: skip
+
+
+def check_experience_is_bounded_by_what_the_birth_could_have_lived(db: HubDatabase) -> None:
+    """Bounds from the hub, not the node (STYLE 32): 10 agents at 20 Hz, twice over, since the
+    group's last delta (a first delta: a day's worth); a claim beyond is refused ``experience``,
+    counted, and spends nothing; 2**63 - 1 agent-ticks are one refused delta, never a failed
+    ``learn status`` or policy look. Sums of what is stored cannot overflow either."""
+    store = learning_db(db)
+    sha = deploy(db)
+    rate = 10 * 20.0 * 2.0
+    big = 2**63 - 1
+    write_all(db, heard("n1", rated_birth(sha), ts=1.0))
+    day = int(rate * 86400)
+    inc = increments(1)
+    write_all(
+        db,
+        heard("n1", delta(sha, 1, inc, experience=day - 100), seq=1, ts=1000.0, received=1000.0),
+        heard("n1", delta(sha, 2, inc, experience=big), seq=2, ts=1001.0, received=1001.0),
+        heard("n1", delta(sha, 3, inc, experience=big), seq=3, ts=1002.0, received=1002.0),
+        # 10 s later: 100 left + 4,000 grown, so 4,100 is taken, 4,101 would not be
+        heard("n1", delta(sha, 4, inc, experience=4101), seq=4, ts=1010.0, received=1010.0),
+        heard("n1", delta(sha, 5, inc, experience=4100), seq=5, ts=1010.0, received=1010.0),
+        heard("n1", delta(sha, 6, inc, experience=40), seq=6, ts=1010.0, received=1010.0),
+    )
+    got = statuses(db)
+    assert [got[("n1", s)] for s in range(1, 7)] == [
+        "accepted", "experience", "experience", "experience", "accepted", "experience",
+    ]  # fmt: skip
+    assert store.counts_by_reason()[Refusal.EXPERIENCE] == 4
+    (line,) = store.status()
+    assert line["refused"]["experience"] == 4
+    assert line["waiting"]["experience"] == day - 100 + 4100
+    # Rows stored with the largest experience a node can send (a hub of before took them, or
+    # a damaged row): the sums stay numbers, the look and the status go on.
+    with db.transaction():
+        db.execute_many(
+            "INSERT INTO learning_deltas (node, grp, seq, received, line, version, model_sha256,"
+            " experience, status, tables) VALUES (:node, 'grid', :seq, 1.0, :line, '1.0.0', "
+            ":sha, :exp, 'accepted', :tables)",
+            [{"node": "old", "seq": s, "line": LINE, "sha": sha, "exp": big,
+              "tables": b"\xc1 not msgpack"} for s in (1, 2, 3)],
+        )  # fmt: skip
+    (line,) = store.status()
+    assert line["waiting"]["experience"] == pytest.approx(3 * big + day - 100 + 4100, rel=1e-12)
+    policy = LearningPolicy(LearningSection(min_experience=1), lambda: db, line_bundle()[1],
+                            signer="t", owner="o", silent_after_s=3600.0)  # fmt: skip
+    assert LINE in policy.due(store, 2000.0)
+    # The damaged rows are refused at the round (unreadable, counted); the good ones merge.
+    summary = build_round(store, LINE, line_bundle()[1], settings=GATE)
+    assert (summary["state"], summary["deltas"]) == ("built", 2)
+    assert store.counts_by_reason()[Refusal.UNREADABLE] == 3
+
+
 LEARNING_SCENARIOS = [
     check_a_bundle_stored_after_the_first_delta_is_learned_from_at_once,
+    check_experience_is_bounded_by_what_the_birth_could_have_lived,
     check_deltas_are_checked_and_stored_once,
     check_a_round_merges_the_deltas_into_a_signed_bundle,
     check_a_line_that_does_not_learn_is_refused,

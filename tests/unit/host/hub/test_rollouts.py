@@ -34,7 +34,7 @@ from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.rollouts import RolloutRunner
 from edge_agent_host.hub.shadow_gate import parse_shadow_criterion
 from edge_agent_host.hub.store import HubDatabase
-from tests.unit.host.hub.test_store import heard
+from tests.unit.host.hub.test_store import health_birth, heard
 
 SHA = "ab" * 32
 
@@ -256,7 +256,7 @@ def _soaking_rollout(db: HubDatabase, criteria: list[str], wave_excess: float) -
     store.update(rollout_id, state=RolloutState.RUNNING, phase="soaking", phase_started=1000.0)
     store.set_nodes(rollout_id, dict.fromkeys(nodes[:2], (NodeState.OK, "switched")))
     rng = np.random.default_rng(7)
-    rows = []
+    rows = [health_birth(node=node) for node in nodes]  # the births declare the group
     for i, node in enumerate(nodes):
         level = wave_excess if i < 2 else 0.0
         for k in range(8):  # windows ending t0 - 10 .. t0 + 60: 6 inside the soak

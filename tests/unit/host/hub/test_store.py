@@ -102,6 +102,14 @@ def birth(agents: int = 10, sha: str | None = None) -> Birth:
     )
 
 
+def health_birth(ts: float = 0.0, node: str = "h1") -> Heard:
+    """``node``'s birth that declares the groups of :func:`health_body` (``grid`` and ``cam``):
+    a hub keeps health windows of the groups a node's birth declares, no others."""
+    body = Birth(software_version="0.1.0", profile="x86-dev", budget_bytes=2**30,
+                 groups={"grid": GroupInfo(agents=10), "cam": GroupInfo(agents=4)})  # fmt: skip
+    return heard(node, body, ts=ts, seq=0)
+
+
 def online(db: HubDatabase, node: str) -> bool | None:
     return next(r["online"] for r in db.fleet() if r["node"] == node)
 
@@ -287,6 +295,7 @@ def check_events_and_journal_are_bounded(db: HubDatabase) -> None:
 
 def check_health_is_stored_per_group_and_window(db: HubDatabase) -> None:
     now = 200_000.0
+    write_all(db, health_birth(ts=1.0))
     # A window a minute for three hours, re-sent once (written once), then one late and older.
     rows = [
         heard("h1", health_body(0.01 * i), seq=i, ts=now - 3 * 3600 + 60 * i) for i in range(181)
@@ -329,6 +338,38 @@ def check_health_is_stored_per_group_and_window(db: HubDatabase) -> None:
     assert db.latest_health() == []
 
 
+def check_health_is_kept_for_the_groups_a_birth_declares(db: HubDatabase) -> None:
+    """Bounds from the birth, not the message: a window of a group the node's newest birth does
+    not declare is counted and dropped (1,024 new names a message change nothing), at most
+    ``health_groups_per_node`` of its groups are kept (the first by name), and a new birth
+    without a group takes that group's newest window with it (its history at maintenance)."""
+    write_all(db, health_birth(ts=1.0))
+    measures = {"excess_surprise": MeasureSummary(mean=0.1, p95=0.2, n=10)}
+    churn = Health(window_s=10.0, groups={
+        f"g{i:04d}": GroupHealth(model="m@1", agent_steps=10, measures=measures)
+        for i in range(1024)})  # fmt: skip
+    for k in range(3):
+        write_all(db, heard("h1", churn, seq=1 + k, ts=10.0 + k))
+    assert db.health_dropped == {"unknown_group": 3 * 1024, "over_cap": 0}
+    assert count(db, "health") == 0
+    assert count(db, "node_health") == 0
+    db.health_groups_per_node = 1
+    write_all(db, heard("h1", health_body(0.0), seq=5, ts=20.0))
+    assert db.health_dropped == {"unknown_group": 3 * 1024, "over_cap": 1}
+    assert [(r["node"], r["group"]) for r in db.latest_health()] == [("h1", "cam")]
+    db.health_groups_per_node = 64
+    write_all(db, heard("h1", health_body(0.0), seq=6, ts=30.0))
+    assert {r["group"] for r in db.latest_health()} == {"cam", "grid"}
+    assert count(db, "health") == 3
+    only_grid = Birth(software_version="0.1.0", profile="x86-dev", budget_bytes=2**30,
+                      groups={"grid": GroupInfo(agents=10)})  # fmt: skip
+    write_all(db, heard("h1", only_grid, seq=7, ts=40.0))
+    assert {r["group"] for r in db.latest_health()} == {"grid"}
+    done = db.maintain(RetentionSection(), 100.0)
+    assert done["health_undeclared"] == 2
+    assert [r["group"] for r in db.health("h1", since=0)] == ["grid"]
+
+
 SCENARIOS = [
     check_presence_follows_sessions_not_arrival,
     check_births_keep_the_newest_with_their_groups,
@@ -338,6 +379,7 @@ SCENARIOS = [
     check_downsampling_and_bounds,
     check_events_and_journal_are_bounded,
     check_health_is_stored_per_group_and_window,
+    check_health_is_kept_for_the_groups_a_birth_declares,
 ]
 
 

@@ -32,7 +32,13 @@ from edge_agent_host.hub.web import (
     collector_for,
     health_of,
 )
-from tests.unit.host.hub.test_store import health_body, heard, telemetry_body, write_all
+from tests.unit.host.hub.test_store import (
+    health_birth,
+    health_body,
+    heard,
+    telemetry_body,
+    write_all,
+)
 
 NOW = 1_800_000_000.0
 MB = 2**20
@@ -474,8 +480,10 @@ def test_a_nodes_group_health_goes_from_its_health_message_to_metrics(tmp_path: 
         write_all(
             db,
             heard("pi-a", NodeState(online=True), retained=True, received=NOW - 60),
+            health_birth(node="pi-a", ts=NOW - 60),
             heard("pi-a", health_body(0.25, alarm=True), ts=NOW - 1, received=NOW - 1),
             heard("pi-off", NodeState(online=False), retained=True, received=NOW - 60),
+            health_birth(node="pi-off", ts=NOW - 60),
             heard("pi-off", health_body(0.5), ts=NOW - 100, received=NOW - 100),
         )
         snap = build_snapshot(db, {"id": "hub-a"}, now=NOW)
