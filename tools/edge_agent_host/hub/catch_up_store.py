@@ -30,14 +30,17 @@ from typing import Any, Final
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.catch_up import CatchUp, behind
 from edge_agent_host.hub.learning_store import LearningStore, LeaseHeldError
-from edge_agent_host.hub.rollout_plan import ACTIVE, RolloutPlan, RolloutState
+from edge_agent_host.hub.rollout_plan import ACTIVE, WENT_OFFLINE, RolloutPlan, RolloutState
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.store import HubDatabase
 
-__all__ = ["CATCH_UP_LEASE", "RESULTS", "CatchUpStore", "catch_up"]
+__all__ = ["CATCH_UP_LEASE", "CATCH_UP_TIMEOUT_S", "RESULTS", "CatchUpStore", "catch_up"]
 
-RESULTS: Final = ("pending", "ok", "failed")
-"""An attempt's results (the label values of ``edge_agent_hub_learning_catch_ups``)."""
+RESULTS: Final = ("pending", "ok", "failed", "offline")
+"""An attempt's results (the label values of ``edge_agent_hub_learning_catch_ups``): ``offline``
+when its node went offline before the deployment's answer (tried again in its next session)."""
+CATCH_UP_TIMEOUT_S: Final = 120.0
+"""``[learning] catch_up_timeout_s``'s default: the most a catch-up waits for its node."""
 CATCH_UP_LEASE: Final = "catch-up look"
 """The lease (a row of ``learning_leases``; never a model line's name: those have no space) a
 replica holds while it looks, so that two replicas never both deploy to the same late node."""
@@ -68,13 +71,18 @@ class CatchUpStore:
     def settle(self, now: float) -> dict[str, int]:
         """Give the pending attempts whose rollout ended their result; how many of each."""
         ended: dict[str, int] = {}
-        for attempt_id, state in self.db.query(
-            "SELECT a.id, o.state FROM catch_up_attempts a JOIN rollouts o ON o.id = a.rollout "
-            "WHERE a.result = 'pending'"
+        for attempt_id, state, detail in self.db.query(
+            "SELECT a.id, o.state, n.detail FROM catch_up_attempts a JOIN rollouts o ON "
+            "o.id = a.rollout LEFT JOIN rollout_nodes n ON n.rollout = a.rollout AND "
+            "n.node = a.node WHERE a.result = 'pending'"
         ):
             if RolloutState(state) in ACTIVE:
                 continue
-            result = "ok" if state == RolloutState.DONE.value else "failed"
+            result = (
+                "ok" if state == RolloutState.DONE.value
+                else "offline" if detail == WENT_OFFLINE
+                else "failed"
+            )  # fmt: skip
             with self.db.transaction():
                 self.db.execute(
                     "UPDATE catch_up_attempts SET result = :result, updated = :now "
@@ -85,14 +93,16 @@ class CatchUpStore:
         return ended
 
     def not_again(self, fleet: Iterable[dict[str, Any]]) -> set[tuple[str, str, str]]:
-        """``(node, group, sha256)`` not to try: pending, failed, or ok in the node's session
-        of now (``bdseq`` of ``fleet``'s rows)."""
+        """``(node, group, sha256)`` not to try: pending, failed, or ok or offline in the
+        node's session of now (``bdseq`` of ``fleet``'s rows: a node that went offline during
+        its deployment is tried again when it comes back)."""
         session = {str(r["node"]): r.get("bdseq") for r in fleet}
         out: set[tuple[str, str, str]] = set()
         for node, group, sha, result, bdseq in self.db.query(
             "SELECT node, grp, sha256, result, bdseq FROM catch_up_attempts"
         ):
-            if result != "ok" or (node in session and session[node] == bdseq):
+            again = result in ("ok", "offline")
+            if not again or (node in session and session[node] == bdseq):
                 out.add((str(node), str(group), str(sha)))
         return out
 
@@ -147,8 +157,11 @@ def _selected(rollouts: RolloutStore) -> set[tuple[str, str]]:
     return out
 
 
-def _plan(c: CatchUp, model: RolloutPlan) -> RolloutPlan:
-    """A one-node deployment of ``c`` with the settings of ``model`` (the round's rollout)."""
+def _plan(c: CatchUp, model: RolloutPlan, timeout_s: float) -> RolloutPlan:
+    """A one-node deployment of ``c`` with the transfer and health-check settings of ``model``
+    (the round's rollout), ``timeout_s`` to answer, failed at once if its node goes offline: the
+    runner carries one rollout at a time, and a node that stops answering must not hold the
+    next round's rollout nor the other catch-ups longer than that."""
     return RolloutPlan(
         group=c.group,
         bundle_sha256=c.target,
@@ -158,10 +171,11 @@ def _plan(c: CatchUp, model: RolloutPlan) -> RolloutPlan:
         soak_s=0.0,
         chunk_size=model.chunk_size,
         rate_chunks_s=model.rate_chunks_s,
-        deploy_timeout_s=model.deploy_timeout_s,
+        deploy_timeout_s=min(timeout_s, model.deploy_timeout_s),
         watch_ticks=model.watch_ticks,
         health_steps=model.health_steps,
         selector={"catch_up": {"line": c.line, "running": c.running}},
+        stop_if_offline=True,
     )
 
 
@@ -173,6 +187,7 @@ def catch_up(
     now: float | None = None,
     owner: str | None = None,
     lease_s: float = 900.0,
+    timeout_s: float = CATCH_UP_TIMEOUT_S,
 ) -> dict[str, Any]:
     """One look (module docstring): what it settled (``ok``, ``failed``), the rollouts it
     started (``started``: node, group, line, running, target, rollout) and the groups it could
@@ -183,12 +198,12 @@ def catch_up(
     now = time.time() if now is None else now
     if owner is None:
         return _look(db, lines=lines, silent_after_s=silent_after_s, now=now, owner=None,
-                     lease_s=lease_s)  # fmt: skip
+                     lease_s=lease_s, timeout_s=timeout_s)  # fmt: skip
     leases = LearningStore(db)
     try:
         with leases.leased(CATCH_UP_LEASE, owner, now=now, lease_s=lease_s):
             return _look(db, lines=lines, silent_after_s=silent_after_s, now=now, owner=owner,
-                         lease_s=lease_s)  # fmt: skip
+                         lease_s=lease_s, timeout_s=timeout_s)  # fmt: skip
     except LeaseHeldError as err:
         logger.debug("catch-up: %s", err)
         return {"skipped": True, "started": [], "not_started": []}
@@ -202,6 +217,7 @@ def _look(
     now: float,
     owner: str | None,
     lease_s: float,
+    timeout_s: float,
 ) -> dict[str, Any]:
     store = CatchUpStore(db)
     rollouts = RolloutStore(db)
@@ -226,7 +242,7 @@ def _look(
             break
         model = rollouts.get(current[c.line]["rollout"]).plan
         try:
-            rollout_id = rollouts.create(_plan(c, model), [c.node])
+            rollout_id = rollouts.create(_plan(c, model, timeout_s), [c.node])
         except FleetError as err:
             out["not_started"].append({"node": c.node, "group": c.group, "why": str(err)})
             continue

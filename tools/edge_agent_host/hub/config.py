@@ -501,6 +501,15 @@ class LearningSection(StrictModel):
         "most: another replica takes the line over only after a holder that crashed left it "
         "this long (s; longer than a round takes).",
     )
+    catch_up_timeout_s: float = Field(
+        120.0,
+        ge=5.0,
+        le=86400.0,
+        description="A catch-up's node has this long to answer its deployment (no longer than "
+        "the round's rollout's deploy timeout); one that goes offline fails at once: the "
+        "rollout runner carries one rollout at a time, and a node that stops answering holds "
+        "the next round and the other catch-ups this long at most (s).",
+    )
     catch_up: bool = Field(
         True,
         description="Deploy a line's current version (its newest round whose rollout is done) "

@@ -55,7 +55,7 @@ from edge_agent_host.hub.rollout_options import add_start_options
 from edge_agent_host.hub.rollout_plan import untrusted_line
 from edge_agent_host.hub.store import HubDatabase
 
-__all__ = ["add_parser", "run", "status_lines"]
+__all__ = ["add_parser", "node_line", "run", "status_lines"]
 
 
 def add_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -282,6 +282,24 @@ def round_line(s: Mapping[str, Any]) -> str:
     )
 
 
+def node_line(n: Mapping[str, Any]) -> str:
+    """One node's deltas of a line: accepted, merged into which rounds, what waits, what was
+    refused."""
+    merged = ", ".join(f"round {k} {v}" for k, v in sorted(n["merged"].items(), key=_round_key))
+    words = [f"{n['node']}: {n['accepted']} accepted ({n['experience']} agent-ticks)"]
+    words.append(f"merged: {merged}" if merged else "merged: none")
+    words.append(f"{n['waiting']} waiting")
+    if n["replaced"]:
+        words.append(f"{n['replaced']} on a version since replaced (never merged)")
+    if n["refused"]:
+        words.append("refused " + ", ".join(f"{k} {v}" for k, v in sorted(n["refused"].items())))
+    return "; ".join(words)
+
+
+def _round_key(item: tuple[str, int]) -> int:
+    return int(item[0])
+
+
 def _rollout_words(rollout: Mapping[str, Any] | None, version: str | None) -> str:
     """How a round's rollout stands, for its ``learn status`` line: nothing without one; why it
     halted, and the version the line stays on, when it halted or was rolled back."""
@@ -329,6 +347,8 @@ def status_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"{last['version']} ({last['nodes']} nodes, {last['experience']} agent-ticks)"
                 + _rollout_words(last.get("rollout"), r.get("version"))
             )
+        for n in r.get("per_node") or []:
+            out.append(f"  {node_line(n)}")
         fleet, attempts = r.get("fleet_version"), r.get("catch_ups") or {}
         if fleet is not None:
             done = ", ".join(f"{attempts.get(k, 0)} {k}" for k in CATCH_UP_RESULTS)

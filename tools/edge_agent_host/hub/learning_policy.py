@@ -257,6 +257,7 @@ class LearningPolicy:
         out = catch_up(
             db, lines=self.section.lines, silent_after_s=self.silent_after_s, now=self.clock(),
             owner=self.owner, lease_s=self.section.lease_s,
+            timeout_s=self.section.catch_up_timeout_s,
         )  # fmt: skip
         if out.get("skipped"):
             self.counts["catch_up_skipped"] += 1

@@ -569,6 +569,37 @@ class LearningStore:
             out[Refusal.OUTLIER.value] += len(json.loads(text).get("outliers", []))
         return out
 
+    def per_node(self, line: str, current: str | None) -> list[dict[str, Any]]:
+        """``line``'s deltas node by node, as ``learn status`` shows them: ``accepted`` (and
+        their ``experience``), ``merged`` (round id -> deltas that round merged), ``waiting``
+        (accepted against ``current``, the line's version: the next round merges them),
+        ``replaced`` (accepted against a version since replaced or halted: never merged) and
+        ``refused`` (reason -> deltas)."""
+        out: dict[str, dict[str, Any]] = {}
+        for node, status, round_id, sha, n, exp in self.db.query(
+            f"SELECT node, status, round_id, model_sha256, COUNT(*), {_SUM_EXPERIENCE} FROM "
+            "learning_deltas WHERE line = :line GROUP BY node, status, round_id, model_sha256 "
+            "ORDER BY node",
+            {"line": line},
+        ):
+            row = out.setdefault(str(node), {
+                "node": str(node), "accepted": 0, "experience": 0, "merged": {}, "waiting": 0,
+                "replaced": 0, "refused": {},
+            })  # fmt: skip
+            if status != ACCEPTED:
+                row["refused"][str(status)] = row["refused"].get(str(status), 0) + int(n)
+                continue
+            row["accepted"] += int(n)
+            row["experience"] += int(exp or 0)
+            if round_id is not None:
+                key = str(int(round_id))
+                row["merged"][key] = row["merged"].get(key, 0) + int(n)
+            elif sha == current:
+                row["waiting"] += int(n)
+            else:
+                row["replaced"] += int(n)
+        return list(out.values())
+
     def status(self) -> list[dict[str, Any]]:
         """Per model line: deltas accepted and refused by reason, experience accepted, nodes,
         what waits for the next round (accepted deltas against the current version that no
@@ -620,6 +651,7 @@ class LearningStore:
                     "experience": experience,
                     "nodes": int(nodes),
                     "waiting": {"deltas": int(waiting[0]), "experience": int(waiting[1] or 0)},
+                    "per_node": self.per_node(line, current),
                     "unknown_models": self.unknown_models(line)
                     if Refusal.UNKNOWN_MODEL.value in by_status
                     else [],

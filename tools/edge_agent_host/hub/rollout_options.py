@@ -41,7 +41,9 @@ def add_start_options(start: argparse.ArgumentParser, *, files: bool = True) -> 
         help="cumulative node counts or percentages (default 1,10%%,50%%,100%%)",
     )
     how.add_argument("--exponential", type=float, help="waves of 1, F, F^2, ... nodes")
-    start.add_argument("--soak", type=float, default=60.0, help="seconds each wave soaks")
+    start.add_argument(
+        "--soak", type=float, default=60.0, help="seconds each wave soaks (default 60)"
+    )
     start.add_argument(
         "--max-failed-pct",
         type=float,
@@ -60,7 +62,9 @@ def add_start_options(start: argparse.ArgumentParser, *, files: bool = True) -> 
         default=0.0,
         help="halt when the wave's median tick p99 grows more than this factor (0: off)",
     )
-    start.add_argument("--baseline", type=float, default=300.0, help="baseline telemetry (s)")
+    start.add_argument(
+        "--baseline", type=float, default=300.0, help="baseline telemetry (s, default 300)"
+    )
     start.add_argument(
         "--criterion",
         action="append",
@@ -84,12 +88,27 @@ def add_start_options(start: argparse.ArgumentParser, *, files: bool = True) -> 
             "--rollback-bundle", type=Path, help="signed bundle the nodes get back after a halt"
         )
     start.add_argument(
-        "--chunk-size", type=int, default=DEFAULT_CHUNK_BYTES, help="bytes per chunk"
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_BYTES,
+        help=f"bytes per chunk (default {DEFAULT_CHUNK_BYTES})",
     )
-    start.add_argument("--rate", type=float, default=32.0, help="broadcast chunks per second")
-    start.add_argument("--deploy-timeout", type=float, default=600.0, help="per wave (s)")
-    start.add_argument("--watch-ticks", type=int, default=50, help="ticks watched after switch")
-    start.add_argument("--health-steps", type=int, default=20, help="health-check steps")
+    start.add_argument(
+        "--rate", type=float, default=32.0, help="broadcast chunks per second (default 32)"
+    )
+    start.add_argument(
+        "--deploy-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a wave's nodes have to answer their deployment (transfer, verification, "
+        "health check, switch) before they count as failed (default 600)",
+    )
+    start.add_argument(
+        "--watch-ticks", type=int, default=50, help="ticks watched after switch (default 50)"
+    )
+    start.add_argument(
+        "--health-steps", type=int, default=20, help="health-check steps (default 20)"
+    )
     start.add_argument(
         "--include-offline", action="store_true", help="select offline and silent nodes too"
     )

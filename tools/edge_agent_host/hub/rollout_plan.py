@@ -20,6 +20,7 @@ from edge_agent_host.hub.strict import StrictModel
 
 __all__ = [
     "ACTIVE",
+    "WENT_OFFLINE",
     "Criteria",
     "NodeState",
     "RolloutPlan",
@@ -47,6 +48,11 @@ class RolloutState(StrEnum):
 ACTIVE: Final = frozenset(
     {RolloutState.PENDING, RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTING}
 )
+
+
+WENT_OFFLINE: Final = "went offline while deploying"
+"""The detail of a ``stop_if_offline`` plan's node whose state said offline before its
+deployment's final answer."""
 
 
 class NodeState(StrEnum):
@@ -109,6 +115,12 @@ class RolloutPlan(StrictModel):
         0.0, ge=0.0, le=86400.0, description="the canaries' shadow before they switch (s); 0: none"
     )
     selector: dict[str, Any] = Field(default_factory=dict, description="as given, for status")
+    stop_if_offline: bool = Field(
+        False,
+        description="a wave's node that goes offline before its deployment's final answer "
+        "fails at once ('went offline while deploying'), not at deploy_timeout_s "
+        "(a catch-up's one-node deployment)",
+    )
 
 
 # ------------------------------------------------------------------------------------ planning

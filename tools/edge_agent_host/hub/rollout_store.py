@@ -411,6 +411,15 @@ class RolloutStore:
 
     # what the nodes said ---------------------------------------------------------------------
     @_guarded
+    def offline(self, nodes: Sequence[str]) -> list[str]:
+        """Those of ``nodes`` whose newest state says offline (their will, or a clean stop)."""
+        if not nodes:
+            return []
+        rows = self.db.query("SELECT node FROM nodes WHERE online = 0")
+        gone = {str(r[0]) for r in rows}
+        return [n for n in nodes if n in gone]
+
+    @_guarded
     def mean_tick_p99(self, nodes: Sequence[str], since: float, until: float) -> dict[str, float]:
         if not nodes:
             return {}

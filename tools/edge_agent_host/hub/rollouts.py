@@ -59,7 +59,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -72,7 +72,7 @@ from edge_agent_host.hub.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hub.health_gate import Outcome, Verdict, WaveWindow
 from edge_agent_host.hub.publisher import HubPublisher
 from edge_agent_host.hub.rollout_client import PublishRefusedError, ServiceDeployClient
-from edge_agent_host.hub.rollout_plan import ACTIVE, NodeState, RolloutState
+from edge_agent_host.hub.rollout_plan import ACTIVE, WENT_OFFLINE, NodeState, RolloutState
 from edge_agent_host.hub.rollout_store import Rollout, RolloutStore
 from edge_agent_host.hub.shadow_gate import ShadowResults
 from edge_agent_host.hub.store import HubDatabase
@@ -250,8 +250,11 @@ class RolloutRunner:
             store.update(r.id, request=None)
         logger.info("rollout %s: %s", r.id, req)
 
-    def _cancelled(self, store: RolloutStore, rollout_id: str) -> Callable[[], bool]:
-        """For the deploy loop: stop when the hub stops, the lease is lost or a request came
+    def _cancelled(
+        self, store: RolloutStore, rollout_id: str, watched: Sequence[str] = ()
+    ) -> Callable[[], bool]:
+        """For the deploy loop: stop when the hub stops, the lease is lost, a request came, or
+        (``watched``: a plan with ``stop_if_offline``) every one of those nodes went offline
         (checked once a second)."""
         checked = [0.0, False]
 
@@ -263,6 +266,8 @@ class RolloutRunner:
                 checked[0] = now
                 kept = store.renew(rollout_id, self.owner, self.lease_s)
                 checked[1] = not kept or store.get(rollout_id).request is not None
+                if watched and not checked[1]:
+                    checked[1] = set(store.offline(watched)) == set(watched)
             return bool(checked[1])
 
         return cancel
@@ -294,7 +299,7 @@ class RolloutRunner:
                 watch_ticks=plan.watch_ticks,
                 health_steps=plan.health_steps,
                 shadow_s=shadow_s,
-                cancel=self._cancelled(store, r.id),
+                cancel=self._cancelled(store, r.id, nodes if plan.stop_if_offline else ()),
             )
         except PublishRefusedError as err:
             why = str(err)[:900]
@@ -302,7 +307,12 @@ class RolloutRunner:
             self._start_halt(store, store.get(r.id), f"wave {wave + 1}: {why}")
             return
         store.set_nodes(r.id, {n: _node_outcome(res) for n, res in results.items()})
-        if len(results) < len(nodes):  # cancelled: the next step applies the request or resumes
+        missing = [n for n in nodes if n not in results]
+        if missing and plan.stop_if_offline and not self._stop.is_set():
+            gone = store.offline(missing)
+            store.set_nodes(r.id, dict.fromkeys(gone, (NodeState.FAILED, WENT_OFFLINE)))
+            missing = [n for n in missing if n not in gone]
+        if missing:  # cancelled: the next step applies the request or resumes
             return
         self.counters["waves_deployed"] += 1
         r = store.get(r.id)

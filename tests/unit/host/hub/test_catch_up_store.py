@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.fleet.comms.memory import MemoryBroker
 from edge_agent.fleet.protocol import Birth, GroupInfo, NodeState
 from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.catch_up import CatchUp, behind
@@ -29,8 +30,9 @@ from edge_agent_host.hub.learning_round import build_round
 from edge_agent_host.hub.learning_store import LearningStore
 from edge_agent_host.hub.rollout_cli import store_rollout
 from edge_agent_host.hub.rollout_options import parse_start_options
-from edge_agent_host.hub.rollout_plan import RolloutState
+from edge_agent_host.hub.rollout_plan import ACTIVE, WENT_OFFLINE, RolloutState
 from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.rollouts import RolloutRunner
 from edge_agent_host.hub.store import HubDatabase
 from tests.unit.host.hub.test_learning_store import (
     GATE,
@@ -40,6 +42,7 @@ from tests.unit.host.hub.test_learning_store import (
     increments,
     learning_db,
 )
+from tests.unit.host.hub.test_service import make_service
 from tests.unit.host.hub.test_store import heard, write_all
 
 SILENT_AFTER_S = 3600.0
@@ -160,7 +163,7 @@ def check_a_late_or_reset_node_is_brought_to_the_fleet_version(db: HubDatabase) 
     )  # fmt: skip
     assert (r.plan.health_steps, r.plan.soak_s, r.state) == (7, 0.0, RolloutState.PENDING)
     assert look(db)["started"] == []  # pending: not started twice
-    assert CatchUpStore(db).counts() == {"pending": 1, "ok": 0, "failed": 0}
+    assert CatchUpStore(db).counts() == {"pending": 1, "ok": 0, "failed": 0, "offline": 0}
 
     # The deployment failed (the node rolled back): not tried again for that version.
     end(db, c["rollout"], RolloutState.HALTED)
@@ -178,7 +181,7 @@ def check_a_late_or_reset_node_is_brought_to_the_fleet_version(db: HubDatabase) 
     # n4 comes back reset (a new session, the old bundle): brought up once more.
     fleet.connect("n4", old)
     assert started(look(db)) == [("n4", "grid")]
-    assert CatchUpStore(db).counts() == {"pending": 1, "ok": 1, "failed": 1}
+    assert CatchUpStore(db).counts() == {"pending": 1, "ok": 1, "failed": 1, "offline": 0}
     assert [(a["node"], a["result"]) for a in CatchUpStore(db).recent()] == [
         ("n4", "pending"), ("n4", "ok"), ("n3", "failed"),
     ]  # fmt: skip
@@ -431,10 +434,69 @@ def test_the_learning_policy_catches_up_unless_switched_off(
     config.write_text(f'[hub]\nstate_dir = "{tmp_path}"\n[database]\ntype = "sqlite"\n')
     assert main(["learn", "status", "--config", str(config), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["catch_ups"] == {"pending": int(switch), "ok": 0, "failed": 0}
+    assert row["catch_ups"] == {"pending": int(switch), "ok": 0, "failed": 0, "offline": 0}
     assert row["fleet_version"] == {"sha256": new, "round": 1, "rollout": round_rollout}
     assert main(["learn", "status", "--config", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"  fleet version {new[:12]} (round 1, rollout {round_rollout} done); catch-up "
-        f"deployments: {int(switch)} pending, 0 ok, 0 failed"
+        f"deployments: {int(switch)} pending, 0 ok, 0 failed, 0 offline"
     )
+
+
+def test_a_catch_up_whose_node_goes_offline_does_not_hold_the_next_rollout(
+    tmp_path: Path,
+) -> None:
+    """The runner carries one rollout at a time: a catch-up to a node that stops answering would
+    hold the next round's rollout (and the other catch-ups) until its deploy timeout. A
+    catch-up's plan waits ``catch_up_timeout_s`` at most (120 s, not the round's 600) and ends
+    as soon as its node's state says offline: failed ``went offline while deploying``, the
+    attempt ``offline``, tried again when the node comes back (a new session); the rollout
+    behind it is taken at once. Carried by the real runner (stepped here) through the hub
+    service, whose database the look and the runner share."""
+    broker = MemoryBroker()
+    service, _ = make_service(tmp_path, broker)
+    service.start()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            service.step(wait_s=0.02)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    db = HubDatabase(service.db.engine)
+    db.open()
+    runner = RolloutRunner(
+        opener(tmp_path / "state" / "hub.sqlite3"), service.publisher,
+        Ed25519PrivateKey.generate(), owner="hub-unit", lease_s=600.0,
+    )  # fmt: skip
+    try:
+        fleet, old = a_late_node(db)  # n3 joined late, on the old version
+        out = catch_up(db, silent_after_s=SILENT_AFTER_S, timeout_s=120.0)
+        (c,) = out["started"]
+        rollouts = RolloutStore(db)
+        plan = rollouts.get(c["rollout"]).plan
+        assert (plan.deploy_timeout_s, plan.stop_if_offline) == (120.0, True)
+        behind = rollouts.create(plan.model_copy(update={"stop_if_offline": False}), ["n1"])
+        fleet.born("n3", old, online=False)  # its will: offline, in the same session
+        while runner.current != c["rollout"] or rollouts.get(c["rollout"]).state in ACTIVE:
+            runner.step()
+        r = rollouts.get(c["rollout"])
+        assert r.state is RolloutState.HALTED
+        assert r.nodes["n3"] == {**r.nodes["n3"], "state": "failed", "detail": WENT_OFFLINE}
+        for _ in range(3):  # the next rollout, at once
+            runner.step()
+            if runner.current == behind:
+                break
+        assert runner.current == behind
+        assert look(db)["offline"] == 1  # settled
+        assert CatchUpStore(db).counts()["offline"] == 1
+        assert look(db)["started"] == []  # not again in this session (it is offline anyway)
+        fleet.connect("n3", old)  # back: a new session
+        assert started(look(db)) == [("n3", "grid")]
+    finally:
+        runner.stop()
+        db.close()
+        stop.set()
+        thread.join(10)
+        service.shutdown()

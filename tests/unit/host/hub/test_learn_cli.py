@@ -105,12 +105,19 @@ def test_learn_status_human_and_json(
     assert row["experience"] == 120
     assert row["waiting"] == {"deltas": 3, "experience": 120}
     assert (row["rounds"], row["last_round"]) == (0, None)
+    assert row["per_node"][0] == {
+        "node": "pi-1", "accepted": 1, "experience": 40, "merged": {}, "waiting": 1,
+        "replaced": 0, "refused": {"negative": 1},
+    }  # fmt: skip
     assert main(learn(hub, "status")) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{LINE}: 3 deltas accepted (120 agent-ticks, 3 nodes), refused: negative 1; 0 capped",
         f"  version {LINE}@1.0.0 ({row['current_sha256'][:12]}): what the nodes run and learn on",
         "  waiting for a round: 3 deltas, 120 agent-ticks",
         "  no round yet",
+        "  pi-1: 1 accepted (40 agent-ticks); merged: none; 1 waiting; refused negative 1",
+        "  pi-2: 1 accepted (40 agent-ticks); merged: none; 1 waiting",
+        "  pi-3: 1 accepted (40 agent-ticks); merged: none; 1 waiting",
     ]
     empty = tmp_path / "empty.toml"
     empty.write_text(f'[hub]\nstate_dir = "{tmp_path}"\n[database]\ntype = "sqlite"\n')
@@ -169,6 +176,10 @@ def test_learn_build_refused_by_the_gate_then_built_then_nothing_left(
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "  waiting for a round: 0 deltas, 0 agent-ticks"
     assert lines[3].endswith(f": built {LINE}@1.0.0+learn2 (3 nodes, 120 agent-ticks)")
+    # per node: what round 2 merged (round 1 was refused by the gate and merged nothing)
+    assert lines[4] == (
+        "  pi-1: 1 accepted (40 agent-ticks); merged: round 2 1; 0 waiting; refused negative 1"
+    )
 
 
 def test_learn_build_waits_for_whoever_holds_the_lines_lease_and_exits_3(

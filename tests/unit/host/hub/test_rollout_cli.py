@@ -223,3 +223,15 @@ def test_rollout_start_refuses_a_bundle_the_nodes_say_they_do_not_trust(
     assert rollouts_stored(state / "hub.sqlite3") == 0
     assert main(start(hub, "--node", "pi-[12]", "--json")) == 0  # pi-1 does not say: taken
     assert json.loads(capsys.readouterr().out)["nodes"] == ["pi-1", "pi-2"]
+
+
+def test_every_timeout_of_rollout_start_says_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``rollout start --help`` gives each time's default, as docs/hub.md does."""
+    with pytest.raises(SystemExit, match="0"):
+        main(["rollout", "start", "--help"])
+    text = " ".join(capsys.readouterr().out.split("\noptions:", 1)[1].split())
+    for option, default in (("--deploy-timeout", "600"), ("--soak", "60"), ("--baseline", "300")):
+        said = text[text.index(f"{option} ") :].split(" --", 1)[0]
+        assert f"default {default})" in said, said

@@ -319,14 +319,14 @@ def test_the_learning_deltas_become_counters_with_one_label_per_reason() -> None
     }
     assert refused == {r.value: float(learning.get(r.value, 0)) for r in Refusal}
     assert not any("learning" in name for name, _ in scrape(snapshot(), HUB_STATUS))
-    catch_ups = {"pending": 1, "ok": 4, "failed": 0}
+    catch_ups = {"pending": 1, "ok": 4, "failed": 0, "offline": 0}
     status = {**HUB_STATUS, "learning": learning, "catch_ups": catch_ups}
     values = scrape(snapshot(), status)
     assert {
         dict(labels)["result"]: v
         for (name, labels), v in values.items()
         if name == "edge_agent_hub_learning_catch_ups"
-    } == {"pending": 1.0, "ok": 4.0, "failed": 0.0}
+    } == {"pending": 1.0, "ok": 4.0, "failed": 0.0, "offline": 0.0}
     registry = CollectorRegistry()
     registry.register(collector_for(Holder(snapshot(), status)))
     promtool_check(generate_latest(registry))
