@@ -36,7 +36,8 @@ they tried is learned, by a node or by the fleet.)
    and round 2's cued arm pays with less than 0.5. The behaviour gate is the next line of
    defence: the canary's excess surprise rises, the rollout halts at wave 1 and rolls the canary
    back to round 1 (the round's parent); the other nodes are never touched, and round 1 is the
-   line's version again (their deltas on it are accepted).
+   line's version again: their deltas on it are accepted, and the next round (round 3) is
+   built from them on round 1, without what round 2 merged.
 4. **A node behind pulls the fleet's version** (issue 47 item 4). ``late-d`` is a daemon on
    the factory image: its group ``tmaze`` on the line's 0.9.0 (signed by a factory key the
    nodes trust), as a node that comes back reset, or joins with the image it was made with.
@@ -403,6 +404,17 @@ def test_rounds_run_by_themselves_refuse_a_poisoned_node_and_halt_a_worse_round(
     # next round, which waits for MIN_EXPERIENCE new agent-ticks: 9.6 s at 2,080 a second),
     # late-d's on top of the fleet's counts too (those against 0.9.0 were refused: no round's).
     wait_until(lambda: accepted(hub, v2, rolled_back) >= {*NODES, LATE}, "deltas on round 1 again")
+    # ... and the next round is built from them, on round 1 (not on the rolled-back round 2),
+    # without the deltas round 2 merged (the rogues'): the line went on.
+    third = published(hub, 3)
+    assert third["parent_sha256"] == v2
+    assert third["version"] == f"{first['version'].split('+')[0]}+learn3"
+    merged = set(third["provenance"]["nodes"])
+    assert merged <= {*NODES, LATE}, third["provenance"]["nodes"]  # no rogue
+    assert merged >= set(NODES), third["provenance"]["nodes"]
+    (status,) = learn_status(hub)
+    assert status["current_sha256"] == third["bundle_sha256"]  # published: the line's version
+    assert {n["node"] for n in status["per_node"] if n["merged"].get(str(third["id"]))} == merged
 
 
 def catch_ups(hub: Hub, node: str) -> list[tuple[str, ...]]:
