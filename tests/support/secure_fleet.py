@@ -58,17 +58,21 @@ def secure_fleet(
     hub_tail: str = "",
     tick_hz: float = 20,
     telemetry_s: float = 1.0,
+    learning_trusted: bool = True,
 ) -> Iterator[SecureFleet]:
     """The fleet: ``nodes`` maps each daemon's name to its ``[[groups]]`` tables;
     ``identities``: more node identities ``broker init`` makes (clients a test runs itself);
     ``hub_tail``: tables after the hub's ``[rollouts]`` (which has the hub's command key); its
-    ``[learning]`` gets ``key_file``, the learning key. The hub is up before the nodes (it hears
-    every health window); yields once every node is READY."""
+    ``[learning]`` gets ``key_file``, the learning key (without ``learning_trusted``, made in a
+    directory of its own: the nodes do not trust it yet). The hub is up before the nodes (it
+    hears every health window); yields once every node is READY."""
     keys = tmp / "trusted"
     hub_keys = tmp / "hub-keys"
     hub_key = generate_keypair(hub_keys, "hub").private_path
     ci_key = generate_keypair(keys, "ci").private_path
-    learning_key = generate_keypair(keys, "learning").private_path
+    learning_key = generate_keypair(
+        keys if learning_trusted else tmp / "learning-key", "learning"
+    ).private_path
     try:
         pg = PostgresServer()
     except PostgresMissingError as err:
