@@ -19,6 +19,7 @@ hub_keys_dir`` holds the hub's command key alone.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,16 +56,22 @@ report_every_s = 1
 """
 
 
+def tmaze_line(tmp: Path) -> tuple[Path, str]:
+    """The line's bundle ``tmaze`` 1.0.0, signed by a release key of the CI's made in the
+    nodes' trusted_keys_dir (before secure_fleet makes the others), and the ``[[groups]]``
+    table of a daemon that runs it from its config as group ``grid``."""
+    bundle = tmp / "tmaze-1.0.0.tar"
+    release = generate_keypair(tmp / "trusted", "release").private_path
+    convert_line(bundle, "1.0.0", release, "ci", tmaze_model(reward_probs=SHIPPED))
+    return bundle, GROUP.replace("BUNDLE", str(bundle))
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The fleet, its daemons on ``tmaze`` 1.0.0 (signed by a release key of the CI's in their
-    trusted_keys_dir) from their config; the hub holds no bundle yet."""
-    tmp = tmp_path_factory.mktemp("learn-by-hand")
-    bundle = tmp / "tmaze-1.0.0.tar"
-    release = generate_keypair(tmp / "trusted", "release").private_path  # a CI key, made first
-    convert_line(bundle, "1.0.0", release, "ci", tmaze_model(reward_probs=SHIPPED))
-    table = GROUP.replace("BUNDLE", str(bundle))
-    with secure_fleet(tmp, dict.fromkeys(NODES, table), database="learn_by_hand",
+    """The fleet, its daemons on ``tmaze`` 1.0.0 from their config; the hub holds no bundle
+    yet."""
+    bundle, table = tmaze_line(tmp_path_factory.mktemp("learn-by-hand"))
+    with secure_fleet(bundle.parent, dict.fromkeys(NODES, table), database="learn_by_hand",
                       hub_tail="[learning]\n") as parts:  # fmt: skip
         yield {"parts": parts, "bundle": bundle}
 

@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 
 from edge_agent.bundle.signing import key_id
-from edge_agent.sim.tmaze import tmaze_model
-from edge_agent_host.keys import generate_keypair, load_signing_key
+from edge_agent_host.keys import load_signing_key
 from tests.integration.fleet.test_fleet_daemon import wait_until
-from tests.integration.hub.test_fleet_learning_by_hand import GROUP, count
-from tests.integration.hub.test_fleet_learning_e2e import SHIPPED, convert_line, learn_status
+from tests.integration.hub.test_fleet_learning_by_hand import count, tmaze_line
+from tests.integration.hub.test_fleet_learning_e2e import learn_status
 from tests.integration.hub.test_rollout_health_gate import ENDS, wait_state
 from tests.integration.hub.test_rollouts import rollout, sha_of
 from tests.support.secure_fleet import runs_sha, secure_fleet
@@ -43,12 +42,8 @@ rollout = ["--group", "grid", "--waves", "1,100%", "--soak", "0", "--watch-ticks
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("learn-keys")
-    bundle = tmp / "tmaze-1.0.0.tar"
-    release = generate_keypair(tmp / "trusted", "release").private_path
-    convert_line(bundle, "1.0.0", release, "ci", tmaze_model(reward_probs=SHIPPED))
-    table = GROUP.replace("BUNDLE", str(bundle))
-    with secure_fleet(tmp, dict.fromkeys(NODES, table), database="learn_keys",
+    bundle, table = tmaze_line(tmp_path_factory.mktemp("learn-keys"))
+    with secure_fleet(bundle.parent, dict.fromkeys(NODES, table), database="learn_keys",
                       hub_tail=LEARNING, learning_trusted=False) as parts:  # fmt: skip
         yield {"parts": parts, "bundle": bundle}
 

@@ -49,10 +49,9 @@ from edge_agent.fleet.protocol import (
 )
 from edge_agent.sim.tmaze import tmaze_model
 from edge_agent_host.hub.store import HubDatabase
-from edge_agent_host.keys import generate_keypair
 from tests.integration.fleet.test_broker_acl import Client
 from tests.integration.fleet.test_fleet_daemon import TOPICS, wait_until
-from tests.integration.hub.test_fleet_learning_e2e import SHIPPED, convert_line
+from tests.integration.hub.test_fleet_learning_by_hand import tmaze_line
 from tests.integration.hub.test_hubd import Hub, db_rows
 from tests.integration.hub.test_rollouts import rollout, sha_of
 from tests.support.broker import free_port
@@ -64,19 +63,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 NODE = "pi-a"
 ROGUE = "rogue-1"
 LINE = "tmaze"
-HEALTHY = """
-[[groups]]
-name = "grid"
-model = { type = "bundle", path = "BUNDLE" }
-count = 16
-source = { type = "sim", world = "tmaze" }
-sink = { type = "sim" }
-
-[groups.learning]
-A = [1]
-lr_pA = 0.1
-report_every_s = 1
-"""
 HUB = """
 [learning]
 min_experience = 3000
@@ -118,12 +104,9 @@ class Rogue:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("one-node")
-    bundle = tmp / "tmaze-1.0.0.tar"
-    release = generate_keypair(tmp / "trusted", "release").private_path
-    convert_line(bundle, "1.0.0", release, "ci", tmaze_model(reward_probs=SHIPPED))
+    bundle, table = tmaze_line(tmp_path_factory.mktemp("one-node"))
     port = free_port()
-    with secure_fleet(tmp, {NODE: HEALTHY.replace("BUNDLE", str(bundle))},
+    with secure_fleet(bundle.parent, {NODE: table},
                       database="one_node", identities=(ROGUE,),
                       hub_tail=HUB.replace("PORT", str(port))) as parts:  # fmt: skip
         yield {"parts": parts, "bundle": bundle, "url": f"http://127.0.0.1:{port}"}

@@ -23,19 +23,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
-from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
+from edge_agent.fleet.comms.memory import MemoryBroker
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
     Birth,
-    Command,
-    CommandResult,
     CountsDelta,
-    Envelope,
     GroupInfo,
     LearningDelta,
     NodeState,
-    decode,
-    encode,
 )
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 from edge_agent_host.converter.aif.options import AifOptions
@@ -58,8 +53,9 @@ from edge_agent_host.hub.rollout_start import store_rollout
 from edge_agent_host.hub.rollout_store import RolloutStore
 from edge_agent_host.hub.rollouts import RolloutRunner
 from edge_agent_host.hub.store import HubDatabase
+from tests.unit.host.hub.test_rollout_client import DeployingNode
 from tests.unit.host.hub.test_rollouts import grid_health
-from tests.unit.host.hub.test_service import TOPICS, make_service
+from tests.unit.host.hub.test_service import make_service
 from tests.unit.host.hub.test_store import birth, heard, write_all
 
 LINE = "tmaze"
@@ -469,29 +465,6 @@ LEARNING_SCENARIOS = [
 
 
 # --------------------------------------------------------------- a round that halts, each way
-class Answering:
-    """A node on the memory broker that answers every ``deploy`` command with ``code`` and
-    ``detail`` (a bundle it cannot verify: ``failed``, ``verify: ...``); ``code`` may be
-    changed between commands (its rollback is then answered ``ok``)."""
-
-    def __init__(self, broker: MemoryBroker, name: str, code: ResultCode, detail: str) -> None:
-        self.name, self.code, self.detail = name, code, detail
-        self._seq = 0
-        self.transport = MemoryTransport(broker, name)
-        self.transport.on_message = self._on_message
-        self.transport.subscribe(TOPICS.command(name), 1)
-        self.transport.connect()
-
-    def _on_message(self, msg: Any) -> None:
-        cmd = decode(msg.payload).body
-        assert isinstance(cmd, Command)
-        result = CommandResult(nonce=cmd.nonce, name=cmd.name, code=self.code, detail=self.detail)
-        self._seq += 1
-        env = Envelope(type=result.TYPE, node=self.name, seq=self._seq, bdseq=1, ts=time.time(),
-                       clock_synced=True, body=result)  # fmt: skip
-        self.transport.publish(TOPICS.command_result(self.name), encode(env), 1)
-
-
 UNTRUSTED = "verify: bundle signed by untrusted key f8422245126d6ab4 (trusted: fd38d8c32cd84092)"
 
 
@@ -504,7 +477,7 @@ class HaltingRound:
     def __init__(self, tmp: Path, nodes: dict[str, tuple[ResultCode, str]], waves: list[int],
                  criteria: Criteria | None = None) -> None:  # fmt: skip
         self.broker = MemoryBroker()
-        self.answering = {n: Answering(self.broker, n, c, d) for n, (c, d) in nodes.items()}
+        self.answering = {n: DeployingNode(self.broker, n, c, d) for n, (c, d) in nodes.items()}
         self.service, _ = make_service(tmp, self.broker)
         self.service.start()
         self._stop = threading.Event()

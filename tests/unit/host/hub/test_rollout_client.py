@@ -42,10 +42,18 @@ def test_reason_codes_are_named() -> None:
 
 class DeployingNode:
     """A node on the memory broker that answers every ``deploy`` command ``ok`` (as a node whose
-    group already runs the bundle does) and remembers the commands it got."""
+    group already runs the bundle does), or with ``code`` and ``detail`` (a bundle it cannot
+    verify: ``failed``, ``verify: ...``; they may change between commands), and remembers the
+    commands it got."""
 
-    def __init__(self, broker: MemoryBroker, name: str) -> None:
-        self.name = name
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        name: str,
+        code: ResultCode = ResultCode.OK,
+        detail: str = "bundle runs",
+    ) -> None:
+        self.name, self.code, self.detail = name, code, detail
         self.commands: list[Command] = []
         self._seq = 0
         self.transport = MemoryTransport(broker, name)
@@ -57,9 +65,7 @@ class DeployingNode:
         cmd = decode(msg.payload).body
         assert isinstance(cmd, Command)
         self.commands.append(cmd)
-        result = CommandResult(
-            nonce=cmd.nonce, name=cmd.name, code=ResultCode.OK, detail="bundle runs"
-        )
+        result = CommandResult(nonce=cmd.nonce, name=cmd.name, code=self.code, detail=self.detail)
         env = Envelope(
             type=result.TYPE,
             node=self.name,
