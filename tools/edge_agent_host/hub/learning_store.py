@@ -328,8 +328,10 @@ class LearningStore:
         """``accepted`` or the :class:`Refusal` of ``body`` sent by ``node`` at ``sent`` (its
         clock; the hub heard it at ``received``), and for an accepted one the group's allowance
         left once its experience is spent (:func:`~.learning_checks.allowance`)."""
-        rows = self.db.query(
-            "SELECT agents, tick_hz FROM node_groups WHERE node = :node AND grp = :grp",
+        rows = self.db.query(  # the group, its birth's numbers and what it has left to claim
+            "SELECT g.agents, g.tick_hz, a.agent_ticks, a.at FROM node_groups g LEFT JOIN "
+            "learning_allowance a ON a.node = g.node AND a.grp = g.grp "
+            "WHERE g.node = :node AND g.grp = :grp",
             {"node": node, "grp": body.group},
         )
         if not rows:
@@ -344,14 +346,10 @@ class LearningStore:
         refusal = check_tables(body.tables, model.shapes)
         if refusal is not None:
             return refusal.value, None
-        held = self.db.query(
-            "SELECT agent_ticks, at FROM learning_allowance WHERE node = :node AND grp = :grp",
-            {"node": node, "grp": body.group},
-        )
-        before = Allowance(float(held[0][0]), float(held[0][1])) if held else None
-        hz = None if rows[0][1] is None else float(rows[0][1])
-        now = allowance(before, agents=int(rows[0][0]), tick_hz=hz, sent=sent,
-                        received=received)  # fmt: skip
+        agents, hz, left, at = rows[0]
+        before = None if left is None else Allowance(float(left), float(at))
+        now = allowance(before, agents=int(agents), tick_hz=None if hz is None else float(hz),
+                        sent=sent, received=received)  # fmt: skip
         claimed = float(max(t.experience for t in body.tables))
         if claimed > now.agent_ticks:
             return Refusal.EXPERIENCE.value, None
