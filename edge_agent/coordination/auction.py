@@ -97,6 +97,7 @@ class Auctioneer:
         self.current: dict[str, Bid] = {}
         self.teams: dict[str, Team] = {}
         self._seen_version = -1
+        self._rounds_version = -1
         self.peer_claims: OrderedDict[str, list[Claim]] = OrderedDict()
         self.conflicts: dict[tuple[str, str, str, int, int], _Conflict] = {}
         self.metrics = AuctionMetrics()
@@ -107,6 +108,16 @@ class Auctioneer:
         if self.board.version == self._seen_version:
             return []
         self._seen_version = self.board.version
+        opened = self.open_rounds(now)
+        self._award(now)
+        return opened
+
+    def open_rounds(self, now: float) -> list[tuple[str, int]]:
+        """Bring the rounds (not the award) up to date with the board; returns rounds opened
+        now. Cheap: what a node bids on is known before the award is computed again."""
+        if self.board.version == self._rounds_version:
+            return []
+        self._rounds_version = self.board.version
         open_epochs = self.board.open_epochs()
         opened = []
         for task, epoch in open_epochs.items():
@@ -117,6 +128,9 @@ class Auctioneer:
                 opened.append(key)
         for key in [k for k in self.rounds if open_epochs.get(k[0]) != k[1]]:
             self._finish(self.rounds.pop(key))
+        return opened
+
+    def _award(self, now: float) -> None:
         new = self.board.award()
         for task, bid in new.items():
             old = self.current.get(task)
@@ -136,7 +150,6 @@ class Auctioneer:
         self.current = new
         self._update_teams(self.board.teams(), now)
         self._check_conflicts(now)
-        return opened
 
     def _update_teams(self, teams: dict[str, Team], now: float) -> None:
         """Membership changes of the team rounds: formation (every slot filled, once), and
@@ -188,6 +201,11 @@ class Auctioneer:
             m.converged_rounds += 1
             m.converge_s_total += took
             m.converge_s_max = max(m.converge_s_max, took)
+
+    def open_for(self, task: str, epoch: int, now: float) -> float:
+        """How long the round has been open on this node (0 when it is not open)."""
+        rnd = self.rounds.get((task, epoch))
+        return 0.0 if rnd is None else now - rnd.opened
 
     def window_closed(self, task: str, epoch: int, now: float) -> bool:
         rnd = self.rounds.get((task, epoch))

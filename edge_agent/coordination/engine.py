@@ -87,6 +87,9 @@ TELEMETRY_KEY_CHARS: Final = 64
 """Longest counter name a Telemetry message carries."""
 SILENCE_PERIODS: Final = 2.5
 """A peer silent for this many task_state periods, then heard again, was cut off: sync."""
+HOLD_WAIT_STATES: Final = 2
+"""State periods after its window a team member waits at most for every live peer's bids before
+it holds its slot anyway (a peer with no agent to bid cannot keep a team from forming)."""
 DIGEST_HISTORY: Final = 64
 """Own ledger digests remembered (one per tick that changed the ledger), to explain peers'."""
 
@@ -195,6 +198,8 @@ class CoordinationEngine:
         self._last_heard: OrderedDict[str, float] = OrderedDict()
         self._acted_version = -1
         self._act_due = -math.inf
+        self._holds_pending = False
+        """Members whose window closed wait to hold for every peer's bids (:meth:`_hold`)."""
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "task_msgs_sent",
@@ -432,7 +437,7 @@ class CoordinationEngine:
         # Holders that finished let go first (their agents can bid again); then bids for the
         # rounds this node just saw and for rounds left without a winner; then one award.
         self._finish(wall)
-        opened = self._update(now)
+        opened = self.auctioneer.open_rounds(now)  # the award once, after this node's bids
         if opened:
             self._bid(opened, now, rebid=False)
         due = self.auctioneer.rebid_due(now)
@@ -440,6 +445,8 @@ class CoordinationEngine:
             self._bid(due, now, rebid=True)
         self._update(now)
         self._act(now)
+        if self._holds_pending:
+            self._hold(self.auctioneer.holdings(now), now)
         self._anti_entropy(now)
         self._publish_state(now)
 
@@ -528,10 +535,14 @@ class CoordinationEngine:
             return
         if kind is TopicKind.BIRTH:
             if isinstance(body, Birth):
+                new_session = env.bdseq > self.admission.born_session(env.node)
                 self.admission.born_in(env.node, env.bdseq)
-                # A new node, a restart, a reconnect, or a rebirth after a sequence gap (e.g. a
-                # healed partition): it may lack what we know, and we what it knows.
-                self._sync_wanted = True
+                # A new node, a restart or a reconnect: it may lack what we know, and we what it
+                # knows. A rebirth of the session we know (a peer asked for it after a gap in
+                # its sequence -- which a node's messages on topics that peer does not
+                # subscribe to make too) syncs only when the digests say facts are missing.
+                if new_session:
+                    self._sync_wanted = True
                 self._next_state = now
             return
         self.counters["task_msgs_received"] += 1
@@ -703,7 +714,7 @@ class CoordinationEngine:
     def _eligible(self, gs: GroupState, winners: set[tuple[str, int]]) -> NDArray[np.int64]:
         mask = np.ones(gs.group.n_agents, dtype=bool)
         mask[gs.prefs.rows] = False
-        taken = [a for g, a in winners if g == gs.name]
+        taken = [a for g, a in winners if g == gs.name and a < mask.size]
         if taken:
             mask[taken] = False
         return np.flatnonzero(mask)
@@ -848,8 +859,9 @@ class CoordinationEngine:
 
     def _act(self, now: float) -> None:
         """Give this node's winners and team members their tasks' preferences (a member its
-        role's goal), take them from agents that lost theirs; members take their slots
-        (:meth:`_hold`). Runs when the board changed or a bidding window closed."""
+        role's goal, once it holds its slot), take them from agents that lost theirs; members
+        take their slots (:meth:`_hold`). Runs when the board changed or a bidding window
+        closed."""
         if self.board.version == self._acted_version and now < self._act_due:
             return
         self._acted_version = self.board.version
@@ -872,6 +884,8 @@ class CoordinationEngine:
                 continue
             if target.prefs.slot[agent] >= 0:
                 continue
+            if bid.task in self.auctioneer.teams and not bid.held:
+                continue  # a team member pursues once it took its slot (its team is fixed)
             spec = self.board.specs[bid.task]
             utility = target.utility(spec, auction.preference_scale, bid.role)
             goal = spec.slots()[bid.role]
@@ -882,28 +896,42 @@ class CoordinationEngine:
                 self.counters["holdings_refused"] += 1
         if ghosts:
             self._give_up(ghosts)
-        self._hold(holdings)
+        self._hold(holdings, now)
 
-    def _hold(self, holdings: Mapping[tuple[str, int], Bid]) -> None:
+    def _hold(self, holdings: Mapping[tuple[str, int], Bid], now: float) -> None:
         """This node's team members whose window closed take their slots: each sends its bid
-        again as a *hold* (the award then keeps it in the team whatever else is bid). A hold
-        the award no longer counts (another agent's won the slot after a partition healed) is
-        sent again as a plain bid, so that it cannot count later over what the agent won
-        since."""
+        again as a *hold* (the award then keeps it in the team whatever else is bid) -- once
+        this node holds bids of the round from every live peer (a node that held with a peer's
+        bids missing would fix a team the others would not form), or :data:`HOLD_WAIT_STATES`
+        state periods after its window closed (a peer with no agent to bid), whichever comes
+        first. A hold the award no longer counts (another agent's won the slot after a
+        partition healed) is sent again as a plain bid, so that it cannot count later over what
+        the agent won since."""
         mine: dict[tuple[str, str], list[tuple[Bid, bool]]] = {}
+        late = self.settings.auction.window_s + HOLD_WAIT_STATES * (
+            self.settings.auction.state_every_s
+        )
+        peers = self.admission.live_peer_names(self.node_id)
+        ready: dict[str, bool] = {}
+        self._holds_pending = False
         for bid in holdings.values():
             if bid.task in self.auctioneer.teams and not bid.held:
-                mine.setdefault((bid.group, bid.task), []).append((bid, True))
+                if bid.task not in ready:
+                    ready[bid.task] = (
+                        self.board.bid_by_all(bid.task, peers)
+                        or self.auctioneer.open_for(bid.task, bid.epoch, now) >= late
+                    )
+                if ready[bid.task]:
+                    mine.setdefault((bid.group, bid.task), []).append((bid, True))
+                else:
+                    self._holds_pending = True
         members = {(b.task, b.group, b.agent, b.role) for b in holdings.values()}
-        for task, team in self.auctioneer.teams.items():
-            for bid in self.board.valid_bids(task):
-                if (
-                    bid.held
-                    and bid.node == self.node_id
-                    and (task, bid.group, bid.agent, bid.role) not in members
-                    and team.member(bid.holder) is None
-                ):
-                    mine.setdefault((bid.group, task), []).append((bid, False))
+        teams = self.auctioneer.teams
+        for bid in self.board.holds_of(self.node_id, teams):
+            if (bid.task, bid.group, bid.agent, bid.role) not in members and (
+                teams[bid.task].member(bid.holder) is None
+            ):
+                mine.setdefault((bid.group, bid.task), []).append((bid, False))
         by_group: dict[str, list[tuple[Bid, bool]]] = {}
         for (group, _), rows in sorted(mine.items()):
             by_group.setdefault(group, []).extend(rows)

@@ -33,7 +33,13 @@ from edge_agent.coordination.messages import (
     TaskSpec,
     TaskSync,
 )
-from edge_agent.coordination.team_award import RoleBids, RoleTable, counted_holds, fill
+from edge_agent.coordination.team_award import (
+    SALT_BITS,
+    RoleBids,
+    RoleTable,
+    counted_holds,
+    fill,
+)
 from edge_agent.fleet.names import UINT32
 
 #: Largest ``P * S`` for which :class:`TaskPreferences` keeps each holder's utility along every
@@ -514,6 +520,47 @@ class TaskBoard:
                 held,
             )
 
+    def holds_of(self, node: str, tasks: Iterable[str]) -> list[Bid]:
+        """``node``'s holds (bids flagged held) on ``tasks``."""
+        n = self._nodes.ids.get(node)
+        out: list[Bid] = []
+        if n is None:
+            return out
+        hn = self._holder_node.data
+        for task in tasks:
+            per = self.bids.get(task)
+            if per is None:
+                continue
+            keys, _, _, held = per.arrays()
+            mine = keys[held & (hn[keys // ROLE_SPAN] == n)]
+            for key in mine.tolist():
+                cost, k, _ = per.rows[key]
+                out.append(
+                    Bid(
+                        task,
+                        self.floor[task],
+                        *self._holder_name(key // ROLE_SPAN),
+                        cost,
+                        k >> 32,
+                        k & 0xFFFFFFFF,
+                        key % ROLE_SPAN,
+                        True,
+                    )
+                )
+        return out
+
+    def bid_by_all(self, task: str, nodes: Iterable[str]) -> bool:
+        """Whether every one of ``nodes`` has a bid on ``task``'s current round here."""
+        wanted = [self._nodes.ids.get(n) for n in nodes]
+        if not wanted:
+            return True
+        per = self.bids.get(task)
+        if per is None or None in wanted:
+            return False
+        keys = per.arrays()[0]
+        present = np.unique(self._holder_node.data[keys // ROLE_SPAN])
+        return bool(np.isin(np.array(wanted, dtype=np.int64), present).all())
+
     def is_team(self, task: str) -> bool:
         """Whether ``task``'s spec (as this board has it) asks for a team."""
         spec = self.specs.get(task)
@@ -584,17 +631,19 @@ class TaskBoard:
         )
         parts = [self.bids[t].arrays() for t in tasks if t in self.bids]
         where = [first_role[t] for t, task in enumerate(tasks) if task in self.bids]
+        salts = [self._salt_of(task) for task in tasks if task in self.bids]
         n_roles = [len(self.specs[task].slots()) for task in tasks if task in self.bids]
         empty = np.empty(0, dtype=np.int64)
         if not parts:
-            no_bids = RoleBids(empty, empty, empty, empty, np.empty(0, dtype=bool))
+            no_bids = RoleBids(empty, empty, empty, empty, np.empty(0, dtype=bool), empty)
             return roles, no_bids, empty
         keys = np.concatenate([p[0] for p in parts])
         role = keys % ROLE_SPAN
         base = np.repeat(np.array(where, dtype=np.int64), [p[0].size for p in parts])
         limit = np.repeat(np.array(n_roles, dtype=np.int64), [p[0].size for p in parts])
+        task_salt = np.repeat(np.array(salts, dtype=np.uint64), [p[0].size for p in parts])
         ok = role < limit  # admission refuses a role past the spec's; a spec taken over may differ
-        keys, role, base = keys[ok], role[ok], base[ok]
+        keys, role, base, task_salt = keys[ok], role[ok], base[ok], task_salt[ok]
         costs = np.concatenate([p[1] for p in parts])[ok]
         seqs = np.concatenate([p[2] for p in parts])[ok]
         held = np.concatenate([p[3] for p in parts])[ok]
@@ -612,8 +661,22 @@ class TaskBoard:
         col_of = np.empty(uniq.size, dtype=np.int64)
         col_of[np.searchsorted(uniq, canon)] = np.arange(uniq.size)
         col = col_of[np.searchsorted(uniq, holder)]
-        bids = RoleBids(base + role, col, fixed_point(costs), seqs, held)
+        # The tie-break: a hash of (task, role, holder), the same on every node.
+        mixed = _splitmix(
+            self._holder_hash.data[holder].view(np.uint64)
+            ^ task_salt
+            ^ (role.astype(np.uint64) * _ODD[1])
+        )
+        salt = (mixed >> np.uint64(64 - SALT_BITS)).astype(np.int64)
+        bids = RoleBids(base + role, col, fixed_point(costs), seqs, held, salt)
         return roles, bids, canon
+
+    def _salt_of(self, task: str) -> int:
+        """``task``'s part of its bids' tie-breaks (cached with its digest hash)."""
+        th = self._task_hash.get(task)
+        if th is None:
+            th = self._task_hash[task] = stable_hash64(("task", task))
+        return (th * int(_ODD[0])) & _MASK64
 
     def _team_view(
         self,
@@ -984,11 +1047,16 @@ class TaskBoard:
         role_of = [0] * n if roles is None else roles
         held_of = [False] * n if holds is None else holds
         inserted = False
+        holder: dict[int, int | None] = {}  # a message names each agent many times
         for t, agent, cost, role, held in zip(
             task_index, agents, costs, role_of, held_of, strict=True
         ):
             per = usable[t]
-            h = self._holder(node, group, agent) if per is not None else None
+            h = None
+            if per is not None:
+                h = holder.get(agent, -1)
+                if h == -1:
+                    h = holder[agent] = self._holder(node, group, agent)
             if (
                 per is None
                 or h is None
@@ -1088,8 +1156,16 @@ class TaskBoard:
             return False
         done = self.team_done.setdefault(task, {})
         holder = (rel.node, rel.group, rel.agent)
-        if holder in done or rel.role_index >= len(spec.slots()):
+        if rel.role_index >= len(spec.slots()):
             return False
+        cur = done.get(holder)
+        if cur is not None:
+            # One part per agent: of two, the larger (bdseq, bseq, role) -- a maximum, so the
+            # order they came in does not matter.
+            old = cur[0]
+            if (old.bdseq, old.bseq, old.role_index) >= (rel.bdseq, rel.bseq, rel.role_index):
+                return False
+            self._hash.remove(_done_fact(old))
         done[holder] = (rel, signature)
         self._hash.add(_done_fact(rel))
         self._changed()

@@ -121,6 +121,11 @@ class RelayAdmission:
         dead = self.board.dead
         return sum(1 for n, b in self._born.items() if n != me and b > dead.get(n, -1))
 
+    def live_peer_names(self, me: str) -> list[str]:
+        """The peers :meth:`live_peers` counts."""
+        dead = self.board.dead
+        return [n for n, b in self._born.items() if n != me and b > dead.get(n, -1)]
+
     def session_over(self, node: str, bdseq: int) -> bool:
         """Whether this node knows, from ``node`` itself, that session ``bdseq`` of it ended: it
         saw that session's will or death, or a message of a later session."""

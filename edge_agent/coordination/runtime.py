@@ -193,6 +193,7 @@ class CoordinationRuntime:
         self._current_teams: object = None
         self._holders: dict[str, tuple[str, str, int, int]] = {}
         self._teams: dict[str, dict[str, Any]] = {}
+        self._rosters: dict[str, tuple[int, list[tuple[str, str, int, int]], int]] = {}
         self._rounds_seen = 0
         self.award_changed_at: float | None = None
         self.rounds_opened_at: float | None = None
@@ -358,9 +359,14 @@ class CoordinationRuntime:
             return
         self._current, self._current_teams = auctioneer.current, auctioneer.teams
         holders = {t: (*b.holder, b.epoch) for t, b in auctioneer.current.items()}
-        teams = {t: _team_status(team) for t, team in auctioneer.teams.items()}
-        if holders != self._holders or teams != self._teams:
-            self._holders, self._teams = holders, teams
+        self._teams = {t: _team_status(team) for t, team in auctioneer.teams.items()}
+        # A member taking its slot (a hold) changes no one's place: the award is the same.
+        rosters = {
+            t: (team.epoch, sorted((*m.holder, m.role) for m in team.members), len(team.done))
+            for t, team in auctioneer.teams.items()
+        }
+        if holders != self._holders or rosters != self._rosters:
+            self._holders, self._rosters = holders, rosters
             self.award_changed_at = wall
 
     def status(self) -> dict[str, Any]:

@@ -12,11 +12,14 @@ a *hold* is a bid row its agent's node sent once the agent took its slot. The aw
 3. **Fill** (:func:`fill`): the vacant slots get agents by a minimum-cost assignment over the
    bids of the agents still free (:func:`~edge_agent.coordination.assignment.assign`), the
    slots of *formed* teams (with a member holding or done) first, then those of teams still
-   forming, in task order. A forming team is awarded whole or not at all: the first team (in
-   that order) with a slot left empty is taken out and the assignment made again without it,
-   until every forming team left is whole -- the teams formed are the first, in task order,
-   that can be formed together, each at least cost. (A role with fewer bidders than vacant
-   slots takes its team out at once.) At most one assignment per forming team.
+   forming, in task order. A forming team is awarded whole or not at all: its slots are added
+   to the assignment together, and when one of them cannot be filled the assignment goes back
+   to what it was before the team (:meth:`~edge_agent.coordination.assignment.Assignment.save`)
+   -- the teams formed are the first, in task order, that can be formed together, and the
+   assignment of their slots is one of least total cost. (A role with fewer bidders than
+   vacant slots is not tried.) One search per slot, at most, and at most
+   :data:`~edge_agent.coordination.assignment.MAX_ROWS` slots filled in one award (the teams
+   past it wait for slots to free).
 
 So a team that formed keeps its members (late bids, a healed partition's extra bids, another
 team's repair never move them: only the award's holds decide who is in), a member that leaves
@@ -28,15 +31,21 @@ every node holding the same bids computes the same award, to the bit.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.coordination.assignment import assign, edges_of
+from edge_agent.coordination.assignment import MAX_ROWS, Assignment, edges_of
 
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
+
+SALT_BITS: Final = 14
+"""Bits of a bid row's tie-break (:attr:`RoleBids.salt`)."""
+_TIE_SCALE: Final = 1 << (SALT_BITS + MAX_ROWS.bit_length() - 1)
+"""What a fixed-point cost unit weighs against the salts: more than the salts of every row of
+an assignment together, so a salt only ever chooses between assignments of equal cost."""
 
 
 class RoleTable(NamedTuple):
@@ -62,6 +71,11 @@ class RoleBids(NamedTuple):
     seq: IntArray
     """``(bdseq, bseq)`` as one int64."""
     held: BoolArray
+    salt: IntArray
+    """A tie-break per row in ``[0, 2**SALT_BITS)``, the same on every node (a hash of the
+    task, the role and the agent's names): the fill's costs are ``cost * 2**(SALT_BITS + 12) +
+    salt``, so among assignments of equal cost one is chosen by their salts, and that choice
+    does not depend on which members already hold (module docstring)."""
 
 
 def counted_holds(roles: RoleTable, bids: RoleBids, n_cols: int) -> BoolArray:
@@ -110,30 +124,38 @@ def fill(
     usable = np.flatnonzero(~members & ~busy[bids.col])
     if usable.size == 0:
         return out
-    edges = edges_of(bids.role[usable], bids.col[usable], bids.cost[usable], n_roles)
+    cost = bids.cost[usable] * _TIE_SCALE + bids.salt[usable]
+    edges = edges_of(bids.role[usable], bids.col[usable], cost, n_roles)
     n_cols = int(busy.size)
-    # Slots in award order: formed teams' first (a repair before a new team), then by task.
-    role_order = np.lexsort((np.arange(n_roles), roles.task, ~formed[roles.task]))
-    slot_role = np.repeat(role_order, vacant[role_order])
-    # A forming team with a role that fewer agents bid on than it has vacant slots cannot form.
+    solver = Assignment(edges, n_cols, min(int(vacant.sum()), MAX_ROWS))
+    rows: list[int] = []  # the role of each slot the solver holds, in the order added
+    # A formed team's vacant slots first (a repair before a new team), as many as can be filled.
+    for g in np.flatnonzero(formed[roles.task]).tolist():
+        for _ in range(int(vacant[g])):
+            if solver.add(g) >= 0:
+                rows.append(g)
+    # Then each forming team in task order, whole or not at all.
     bidders = np.bincount(bids.role[usable], minlength=n_roles)
-    active = np.ones(n_tasks, dtype=bool)
-    active[roles.task[(bidders < vacant) & ~formed[roles.task]]] = False
-    while True:
-        rows = slot_role[active[roles.task[slot_role]]]
-        col4row = assign(rows, edges, n_cols)
-        short = roles.task[rows[col4row < 0]]
-        short = short[~formed[short]]
-        if short.size == 0:
-            break
-        # A forming team is whole or nothing: the first one left short (rows are in task order,
-        # so every team before it is whole) goes, and the teams after it are tried again
-        # without it.
-        active[short[0]] = False
-    matched = col4row >= 0
+    for t in np.flatnonzero(~formed).tolist():
+        mine = np.flatnonzero(roles.task == t)
+        if mine.size == 0 or (bidders[mine] < vacant[mine]).any():
+            continue  # a role with fewer bidders than slots: it cannot form
+        saved = solver.save()
+        added = []
+        for g in mine.tolist():
+            for _ in range(int(vacant[g])):
+                if solver.add(g) < 0:
+                    break
+                added.append(g)
+        if len(added) < int(vacant[mine].sum()):
+            solver.restore(saved)
+        else:
+            rows += added
+    col4row = solver.columns()
+    row_role = np.array(rows, dtype=np.int64)
     # The bid row of each (role, agent) matched.
     keys = bids.role[usable] * n_cols + bids.col[usable]
     order = np.argsort(keys, kind="stable")
-    want = rows[matched] * n_cols + col4row[matched]
+    want = row_role * n_cols + col4row
     out[usable[order[np.searchsorted(keys[order], want)]]] = True
     return out

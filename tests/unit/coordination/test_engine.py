@@ -721,6 +721,21 @@ def test_a_spec_is_taken_only_with_its_announcer_s_signature() -> None:
 # team tasks
 
 
+def tick_until_held(fleet: SimFleet, most: int = 60) -> None:
+    """Tick until every live node's teams are whole and every member holds its slot, and one
+    tick more (members hold once their node has every live peer's bids, or two state periods
+    past their window, and pursue from the next tick; a bound, not a speed: the fleet runs on
+    a simulated clock)."""
+    for _ in range(most):
+        fleet.tick()
+        teams = [n.engine.board.teams() for n in fleet.live]
+        if all(t == teams[0] for t in teams) and all(
+            team.vacant == 0 and all(m.held for m in team.members) for team in teams[0].values()
+        ):
+            fleet.tick()  # the members' nodes give them their roles' preferences
+            return
+
+
 def team_tasks(n: int, *, seed: int = 0, by: str = "node0") -> list[TaskSpec]:
     """``n`` teams of 2-5 grid agents, in up to three roles with goals of their own."""
     return random_team_specs(
@@ -766,7 +781,7 @@ def test_five_nodes_form_fifty_teams_of_mixed_roles_the_same_everywhere(
     specs = team_tasks(50)
     assert any(len(s.slots()) > 1 for s in specs)
     fleet.nodes[0].engine.announce(specs)
-    fleet.tick(WINDOW_TICKS + 3)  # the announcement, the windows, the holds
+    tick_until_held(fleet)  # the announcement, the windows, the ledgers agree: holds
     award = assert_teams_agree(fleet, specs)
     assert all(m.held for t in award.values() for m in t.members)  # every member took its slot
     fleet.tick(10)
@@ -810,12 +825,12 @@ def test_a_dead_member_s_slot_is_repaired_and_the_others_keep_theirs(
     fleet = grid_fleet
     specs = team_tasks(30, seed=4)
     fleet.nodes[0].engine.announce(specs)
-    fleet.tick(WINDOW_TICKS + 2)
+    tick_until_held(fleet)
     before = assert_teams_agree(fleet, specs)
     lost = sum(m.node == "node3" for t in before.values() for m in t.members)
     assert lost
     fleet.kill("node3")
-    fleet.tick(3)  # the will, then the new members take their slots
+    tick_until_held(fleet)  # the will, the vacancies filled, the new members hold
     after = assert_teams_agree(fleet, specs)
     for task, team in after.items():
         stayed = {(*m.holder, m.role) for m in before[task].members if m.node != "node3"}
@@ -847,10 +862,7 @@ def test_slots_no_bid_held_can_fill_are_bid_again(tmp_path: Path) -> None:
         fleet.nodes[0].engine.announce([spec])
         fleet.tick(2)
         assert fleet.nodes[0].engine.board.teams()["T"].members == ()  # two bidders: nobody
-        for _ in range(4 * WINDOW_TICKS):
-            fleet.tick()
-            if all(n.engine.board.teams()["T"].formed for n in fleet.nodes):
-                break
+        tick_until_held(fleet)  # rebids until four agents bid, then the holds
         team = fleet.nodes[0].engine.board.teams()["T"]
         assert team.vacant == 0
         mine = [m for m in team.members if m.node == "node0"]
@@ -900,7 +912,7 @@ def test_a_team_task_closes_when_every_member_is_done(tmp_path: Path) -> None:
         spec = TaskSpec(task="T", epoch=0, capability="grid", goal_state=55, announced_by="node0",
                         team=2, roles=[Role(capability="grid", count=1, goal_state=9)])  # fmt: skip
         fleet.nodes[0].engine.announce([spec])
-        fleet.tick(WINDOW_TICKS + 2)
+        tick_until_held(fleet)
         team = fleet.nodes[0].engine.board.teams()["T"]
         first, *rest = team.members
         fleet.node(first.node).engine.complete("grid", [first.agent])
@@ -925,7 +937,7 @@ def test_one_agent_tasks_and_teams_share_the_agents_one_slot_each(grid_fleet: Si
     fleet = grid_fleet
     singles, teams = grid_tasks(40, seed=5), team_tasks(20, seed=6)
     fleet.nodes[0].engine.announce(singles + teams)
-    fleet.tick(WINDOW_TICKS + 2)
+    tick_until_held(fleet)
     award = assert_teams_agree(fleet, teams)
     singles_award = assert_one_holder_per_task_of(fleet, {s.task for s in singles})
     members = {m.holder for t in award.values() for m in t.members}

@@ -29,6 +29,7 @@ def bids(
         r[:, 2],
         np.array(seq or [1] * n, I64),
         np.array(held or [False] * n, bool),
+        np.zeros(n, I64),
     )
 
 
