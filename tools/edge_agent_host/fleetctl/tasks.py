@@ -7,15 +7,23 @@ doing that; a node can do the same (``CoordinationRuntime.announce``).
 
     edge-agent-host tasks [--host H --port P --fleet F] announce --key K --capability C ID=GOAL ...
     edge-agent-host tasks ... announce --key K --capability C --count N --goal-states S [--seed 0]
+    edge-agent-host tasks ... announce --key K --capability C --team K [--role CAP:N[:GOAL]] ...
+    edge-agent-host tasks ... announce --key K --capability C --count N --goal-states S \
+        --team-sizes LO-HI [--max-roles R]
     edge-agent-host tasks ... list [--wait S] [--json]
 
 ``ID=GOAL``: task ``ID`` (a topic-level name) is to reach state ``GOAL`` of hidden-state factor
 ``--goal-factor`` (default 0). ``--count N --goal-states S`` makes ``N`` tasks
 ``{prefix}0000 ...`` with goals drawn uniformly from ``0 ... S-1``. ``--epoch`` re-announces a
 task as a new round; ``--deadline-in S`` gives it a deadline ``S`` seconds from now.
-``announce --wait S`` then waits until a node claims every task (its holder's node says so in its
-periodic ``task_state``) and prints the assignment; ``list`` prints what the nodes claim and
-whether their ledgers agree (the same digest).
+``--team K`` makes each task a team task of ``K`` agents of ``--capability`` at its goal, and
+each ``--role CAP:N[:GOAL]`` adds ``N`` agents of capability ``CAP`` to reach ``GOAL`` (the task's
+goal when left out); ``--team-sizes LO-HI`` makes the ``--count`` tasks teams of ``LO ... HI``
+agents, split into up to ``--max-roles`` roles with goals of their own (docs/coordination.md,
+"Team tasks"). ``announce --wait S`` then waits until a node claims every task -- every slot of a
+team (its holder's node says so in its periodic ``task_state``) -- and prints the assignment;
+``list`` prints what the nodes claim and whether their ledgers agree (the same digest), and per
+team its slots, how many agents fill them and finished, and the vacant ones.
 
 Task specs are signed: ``announce --key`` is the hub's signing key (the ``command --key``), whose
 public half goes out retained as the hub's ``task_key`` on ``node/{hub-id}/tasks`` before the
@@ -68,6 +76,7 @@ __all__ = [
     "random_specs",
     "random_team_specs",
     "run",
+    "specs_of",
     "watch_claims",
 ]
 
@@ -473,7 +482,8 @@ def _client(args: argparse.Namespace) -> FleetClient:
     return connect(args, load_signing_key(args.key))
 
 
-def _specs(args: argparse.Namespace) -> list[TaskSpec]:
+def specs_of(args: argparse.Namespace) -> list[TaskSpec]:
+    """The specs ``tasks announce ARGS`` announces (:class:`InputError` for a bad one)."""
     common: dict[str, Any] = {
         "capability": args.capability,
         "announced_by": args.hub_id,
@@ -508,7 +518,7 @@ def _specs(args: argparse.Namespace) -> list[TaskSpec]:
 
 
 def _run_announce(args: argparse.Namespace) -> int:
-    specs = _specs(args)
+    specs = specs_of(args)
     client = _client(args)
     try:
         messages = announce(client, specs)
