@@ -703,7 +703,7 @@ class CoordinationEngine:
             self._sync_wanted = False
             self._last_sync = now
             self._publish_key()
-            for part in self.board.sync_parts():
+            for part in self.board.sync_parts(own=self.node_id):
                 if self._publish_task(part):
                     self.counters["syncs_sent"] += 1
 

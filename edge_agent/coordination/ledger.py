@@ -1216,7 +1216,7 @@ class TaskBoard:
         return held
 
     # -- sync -----------------------------------------------------------------------------------
-    def sync_parts(self) -> list[TaskSync]:
+    def sync_parts(self, own: str | None = None) -> list[TaskSync]:
         """The whole ledger as :class:`TaskSync` parts, each under the message limits. Specs go
         as their announcer signed them (a floor above a spec's epoch reaches peers in the bids
         of that round, which each bidder sends itself), and only signed ones; each closer goes
@@ -1224,7 +1224,8 @@ class TaskBoard:
 
         Team tasks' facts (their specs, bids, holds and members' signed releases) go in parts of
         their own (:meth:`team_sync_parts`): a node of the version before teams refuses those
-        parts whole and still takes the others."""
+        parts whole and still takes the others. ``own``: only that node's bids go (a receiver
+        takes no other node's bids from a sync: sending them was every sync's bulk)."""
         team = {t for t, spec in self.specs.items() if spec.is_team}
         specs = [
             (s, sig)
@@ -1241,7 +1242,13 @@ class TaskBoard:
             for (n, g, a), k in self.consumed.items()
         ]
         dead = [DeadSession(node=n, bdseq=b) for n, b in self.dead.items()]
-        bids = [b for t in self.bids if t not in team for b in self.valid_bids(t)]
+        bids = [
+            b
+            for t in self.bids
+            if t not in team
+            for b in self.valid_bids(t)
+            if own is None or b.node == own
+        ]
         # Facts go in parts of their own, bids in others: a part of either kind stays under the
         # message limit (FACTS_PER_PART facts of each kind; or 8,192 bids).
         step = FACTS_PER_PART
@@ -1264,7 +1271,7 @@ class TaskBoard:
             parts.append(TaskSync(bids=bid_columns(bids[start : start + MAX_BIDS_PER_MESSAGE])))
         if not parts:
             parts.append(TaskSync())
-        return parts + self.team_sync_parts()
+        return parts + self.team_sync_parts(own)
 
     def _closes_team(self, task: str, rel: Release) -> bool:
         """Whether ``rel``, the closer of ``task``, closed a team task (it relays with the
@@ -1273,7 +1280,7 @@ class TaskBoard:
         spec = held[0] if held is not None else self.specs.get(task)
         return spec is not None and spec.is_team
 
-    def team_sync_parts(self) -> list[TaskSync]:
+    def team_sync_parts(self, own: str | None = None) -> list[TaskSync]:
         """The team tasks' facts as :class:`TaskSync` parts: per task its signed spec with the
         signed releases of its members that a peer needs (the ``done`` parts of the current
         round, or what closed it), at most :data:`TEAM_FACTS_PER_PART` specs and releases in a
@@ -1305,7 +1312,13 @@ class TaskBoard:
             size += n
         if batch:
             parts.append(_team_part(batch))
-        bids = [b for t, s in self.specs.items() if s.is_team for b in self.valid_bids(t)]
+        bids = [
+            b
+            for t, s in self.specs.items()
+            if s.is_team
+            for b in self.valid_bids(t)
+            if own is None or b.node == own
+        ]
         for start in range(0, len(bids), MAX_BIDS_PER_MESSAGE):
             parts.append(TaskSync(bids=bid_columns(bids[start : start + MAX_BIDS_PER_MESSAGE])))
         return parts
