@@ -1260,6 +1260,285 @@ TABLES: tuple[Table, ...] = (
             Column("database added", measured_or_slope("db_bytes_added", ",.0f", " B", "round")),
         ),
     ),
+    Table(
+        id="coordination-allocation",
+        title="Task allocation between real daemons: one agent per task",
+        scope=(
+            "Five `edge-agentd` of 100 grid10 agents each (20 Hz) on a loopback mosquitto, "
+            "`window_s = 0.5`, `state_every_s = 1`; the hub announces 100 tasks at random cells "
+            "per round (earlier holders keep theirs). Agreed: the newest `award_changed_at` of "
+            "the daemons' status files after the announcement (their wall clocks, one machine), "
+            "and after the bidding window (negative: before it closed); messages and bytes on "
+            "the `tasks` topics until then, counted by a client subscribed to the fleet."
+        ),
+        benchmark="bench_coordination_daemons.py",
+        where={"bench": "allocation_daemons"},
+        key=("daemons", "agents", "round"),
+        expect=({"daemons": 5, "agents": 500, "round": 0},),
+        command=f"{RECORD} bench_coordination_daemons.py -- --rounds 3",
+        columns=(
+            Column("daemons", "daemons", "d"),
+            Column("agents", "agents", ",d"),
+            Column("round", "round", "d"),
+            Column("tasks held before", "held_before", ",d"),
+            Column("agreed after the announcement", "agreed_after_announce_s", ".2f",
+                   suffix=" s"),
+            Column("after the window", "agreed_after_window_s", "+.2f", suffix=" s"),
+            Column("every award final in its window", "final_before_own_window_closed"),
+            Column("messages", "messages_until_agreed", ",d"),
+            Column("bytes", "bytes_until_agreed", ",d"),
+            Column("re-awards", "reawards", ",d"),
+        ),
+        notes=f"[{NOTES}/coordination.md]({NOTES}/coordination.md)",
+    ),
+    Table(
+        id="coordination-allocation-protocol",
+        title="Task allocation, the protocol alone (one process, simulated clock)",
+        scope=(
+            "Five nodes of 100 grid10 agents each, every node a real `FleetLink` with its SQLite "
+            "outbox on the in-memory broker, ticked on a simulated clock (0.1 s a tick): delivery "
+            "is immediate, so the times are protocol round trips, not network latency; CPU is the "
+            "process's from the announcement of 100 tasks to agreement (all five nodes)."
+        ),
+        benchmark="bench_coordination.py",
+        where={"bench": "allocation"},
+        key=("nodes", "agents", "tasks"),
+        expect=({"nodes": 5, "agents": 500, "tasks": 100},),
+        command=f"{RECORD} bench_coordination.py",
+        columns=(
+            Column("nodes", "nodes", "d"),
+            Column("agents", "agents", ",d"),
+            Column("tasks", "tasks", ",d"),
+            Column("agreed after the announcement", "agreed_after_announce_s", ".1f",
+                   suffix=" s"),
+            Column("after the window", "agreed_after_window_s", "+.1f", suffix=" s"),
+            Column("messages / task", "messages_per_task", ".2f"),
+            Column("bytes / task", "bytes_per_task", ",.0f"),
+            Column("re-awards", "reawards", ",d"),
+            Column("fleet CPU until agreed", "cpu_ms_fleet_until_agreed", ",.0f", suffix=" ms"),
+        ),
+    ),
+    Table(
+        id="coordination-beliefs",
+        title="Belief sharing between real daemons: bytes on the wire",
+        scope=(
+            "Five `edge-agentd` of 100 agents observe a static 8-state factor per channel "
+            "through sensors right 30 % of the time (the benchmark is the sensors, over MQTT) and "
+            "share it with the default budget (64 B/agent/s, burst 2 s): the bytes on "
+            "`node/+/beliefs` at the broker per agent per second, and the daemons' own figure."
+        ),
+        benchmark="bench_coordination_daemons.py",
+        where={"bench": "belief_bandwidth_daemons"},
+        key=("daemons", "tick_hz"),
+        expect=({"daemons": 5, "tick_hz": 4.0}, {"daemons": 5, "tick_hz": 10.0}),
+        command=f"{RECORD} bench_coordination_daemons.py -- --rounds 3",
+        columns=(
+            Column("daemons", "daemons", "d"),
+            Column("tick rate", "tick_hz", "g", suffix=" Hz"),
+            Column("budget", "budget_bytes_per_agent_s", "g", suffix=" B/agent/s"),
+            Column("on the wire", "wire_bytes_per_agent_s", ".1f", suffix=" B/agent/s"),
+            Column("the daemons' figure", "reported_bytes_per_agent_s_mean", ".1f",
+                   suffix=" B/agent/s"),
+            Column("messages / daemon / s", "messages_per_daemon_s", ".1f"),
+        ),
+    ),
+    Table(
+        id="coordination-efficiency",
+        title="Coordination efficiency: a coordinated tick against one agent alone",
+        scope=(
+            "`efficiency(N) = X(N) / (N x X(1))`, `X` agent-steps per second of CPU, both terms "
+            "in one process (grid10, policy length 1, int8, the workloads interleaved): one agent "
+            "alone, `N` stepped as one batch without coordination, and a node's whole coordinated "
+            "tick (fleet link, engine, step) with 25 tasks held (`steady`) or finished and "
+            "replaced every tick (`busy`); a second node runs beside it, its time not counted."
+        ),
+        benchmark="bench_coordination.py",
+        where={"bench": "coordination_efficiency"},
+        key=("agents",),
+        expect=({"agents": 50}, {"agents": 1000}),
+        command=f"{RECORD} bench_coordination.py",
+        columns=(
+            Column("agents", "agents", ",d"),
+            Column("one agent alone", "single_agent_steps_per_s", ",.0f", suffix=" steps/s"),
+            Column("batch, no coordination", "efficiency_no_coordination", ".3f"),
+            Column("coordinated, steady", "steady_efficiency", ".3f"),
+            Column("steady tick", "steady_tick_ms", ".2f", suffix=" ms"),
+            Column("of it the engine", "steady_engine_ms", ".2f", suffix=" ms"),
+            Column("coordinated, busy", "busy_efficiency", ".3f"),
+            Column("busy tick", "busy_tick_ms", ".2f", suffix=" ms"),
+            Column("batching gain, steady", "steady_batching_gain", ".1f", suffix="x"),
+        ),
+    ),
+    Table(
+        id="team-formation",
+        title="Team tasks: formation between real daemons",
+        scope=(
+            "`D` `edge-agentd` of `A` grid10 agents each (20 Hz, `window_s = 0.5`, "
+            "`state_every_s = 1`) on a loopback mosquitto; the hub announces 50 team tasks at "
+            "once, teams of 2-5 agents in up to three roles with goals of their own. Agreed: "
+            "every daemon holds the same complete award (every team whole, the same members in "
+            "the same roles), the newest `award_changed_at` after the announcement; held: every "
+            "member took its slot (it waits for its window and every peer's bids). Messages "
+            "and bytes on the `tasks` topics until agreed, per agent. Rows marked (slope) are "
+            "from the least-squares line of the agreement time over the agents measured, not "
+            "measured."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": lambda b: b in ("team_formation", "team_formation_slope")},
+        key=("daemons", "agents"),
+        pivot="bench",
+        expect=({"daemons": 5, "agents": 500}, {"daemons": 20, "agents": 10000}),
+        command=f"{RECORD} bench_coordination_teams.py",
+        columns=(
+            Column("daemons", "daemons", "d"),
+            Column("agents", "agents", ",d"),
+            Column("slots", "slots", ",d", of="team_formation"),
+            Column("agreed after the announcement", lambda r: (
+                cell(r.get("agreed_after_announce_s", "team_formation"), ".2f", " s")
+                if r.get("agreed_after_announce_s", "team_formation") is not None
+                else cell(r.get("agreed_after_announce_s", "team_formation_slope"), ".2f",
+                          " s (slope)")
+            )),
+            Column("every member held", "held_seen_after_announce_s", ".2f",
+                   of="team_formation", suffix=" s"),
+            Column("messages / agent", "messages_per_agent", ".3f", of="team_formation"),
+            Column("bytes / agent", "bytes_per_agent", ",.0f", of="team_formation"),
+            Column("bids / slot", "bids_per_slot", ".1f", of="team_formation"),
+            Column("syncs", "syncs_sent", ",d", of="team_formation"),
+            Column("teams formed", "teams_formed", ",d", of="team_formation"),
+        ),
+        headlines=(
+            Headline(
+                "Team formation, 50 teams of 2-5 on 5 daemons x 100 agents: every daemon agreed",
+                lambda r: (
+                    None if r.get("agreed_after_announce_s", "team_formation") is None
+                    else f"{r.get('agreed_after_announce_s', 'team_formation'):.2f} s "
+                    "after the announcement"
+                ),
+                {"daemons": 5, "agents": 500},
+            ),
+        ),
+        notes=f"[{NOTES}/coordination.md]({NOTES}/coordination.md#team-tasks-issue-55)",
+    ),
+    Table(
+        id="team-repair",
+        title="Team tasks: a member's daemon killed",
+        scope=(
+            "After the formation above, the daemon with the most members is SIGKILLed (the "
+            "broker publishes its will): when every other daemon holds the same complete award "
+            "again, after the kill, whether the other members kept their slots and round, and "
+            "the bound the issue sets (one bidding window plus a `task_state` interval)."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": "team_repair"},
+        key=("daemons", "agents"),
+        expect=({"daemons": 5, "agents": 500},),
+        command=f"{RECORD} bench_coordination_teams.py",
+        columns=(
+            Column("daemons", "daemons", "d"),
+            Column("agents", "agents", ",d"),
+            Column("slots vacated", "slots_vacated", ",d"),
+            Column("agreed after the kill", "agreed_after_kill_s", ".2f", suffix=" s"),
+            Column("bound", "bound_s", ".1f", suffix=" s"),
+            Column("within it", "within_bound"),
+            Column("others kept their slots", "others_kept_their_slots"),
+            Column("repairs", "repairs", ",d"),
+            Column("messages", "messages_until_agreed", ",d"),
+        ),
+        headlines=(
+            Headline(
+                "Team repair after a member's daemon is killed (5 daemons, 50 teams)",
+                lambda r: (
+                    f"{r.get('agreed_after_kill_s'):.2f} s, the other members unchanged: "
+                    f"{cell(r.get('others_kept_their_slots'))}"
+                ),
+                {"daemons": 5, "agents": 500},
+            ),
+        ),
+    ),
+    Table(
+        id="team-quality",
+        title="The award against the optimum of the same bids",
+        scope=(
+            "Random instances in one process, bid as the daemons bid (5 nodes of grid10 agents "
+            "at random cells, each its `k = ceil(slots / 5)` cheapest agents per role, or per "
+            "task for one-agent tasks): the team award, a greedy that fills slots in increasing "
+            "cost (today's one-agent rule applied to slots) and, for one-agent tasks, today's "
+            "greedy award, each against scipy's `linear_sum_assignment` over the same bids. "
+            "Cost-efficiency is `(optimum - bound) / (award - bound)`, `bound` the sum of each "
+            "slot's cheapest bid (costs can be negative). The team award is exact on its "
+            "fixed-point costs (1/1024 nat): what is below 1 is that rounding."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": lambda b: b in ("team_quality", "single_quality")},
+        key=("agents", "nodes"),
+        pivot="bench",
+        expect=({"agents": 500, "nodes": 5}, {"agents": 100, "nodes": 5}),
+        command=f"{RECORD} bench_coordination_teams.py",
+        columns=(
+            Column("agents", "agents", ",d"),
+            Column("team tasks", "tasks", ",d", of="team_quality"),
+            Column("slots (mean)", "slots_mean", ".0f", of="team_quality"),
+            Column("instances", "instances", "d", of="team_quality"),
+            Column("team award: min / median", lambda r: (
+                None if r.get("award_efficiency_min", "team_quality") is None else
+                f"{r.get('award_efficiency_min', 'team_quality'):.4f} / "
+                f"{r.get('award_efficiency_median', 'team_quality'):.4f}"
+            )),
+            Column("slot greedy: min / median", lambda r: (
+                None if r.get("greedy_efficiency_min", "team_quality") is None else
+                f"{r.get('greedy_efficiency_min', 'team_quality'):.3f} / "
+                f"{r.get('greedy_efficiency_median', 'team_quality'):.3f}"
+            )),
+            Column("every team formed", "all_teams_formed", of="team_quality"),
+            Column("one-agent tasks", "tasks", ",d", of="single_quality"),
+            Column("today's greedy: min / median", lambda r: (
+                None if r.get("greedy_efficiency_min", "single_quality") is None else
+                f"{r.get('greedy_efficiency_min', 'single_quality'):.3f} / "
+                f"{r.get('greedy_efficiency_median', 'single_quality'):.3f}"
+            )),
+        ),
+        headlines=(
+            Headline(
+                "Team award's cost-efficiency against the optimum (500 agents, 50 teams)",
+                lambda r: (
+                    None if r.get("award_efficiency_min", "team_quality") is None
+                    else f"{r.get('award_efficiency_min', 'team_quality'):.4f} at worst; "
+                    f"today's greedy on one-agent tasks "
+                    f"{r.get('greedy_efficiency_min', 'single_quality'):.3f}"
+                ),
+                {"agents": 500, "nodes": 5},
+            ),
+        ),
+    ),
+    Table(
+        id="team-outcome",
+        title="Teams in the grid world: the award against the slot greedy",
+        scope=(
+            "The same agents and bids as above (one agent per cell on average, 20 teams of "
+            "2-5), teams awarded by the team award and by the slot greedy; each member pursues "
+            "its role's goal with the engine's holder step until it believes it is there "
+            "(`done_belief = 0.9`): teams complete within the horizon, mean steps until a "
+            "team's last member got there, mean steps of a member."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": "team_outcome"},
+        key=("agents", "tasks"),
+        expect=({"agents": 100, "tasks": 20},),
+        command=f"{RECORD} bench_coordination_teams.py",
+        columns=(
+            Column("agents", "agents", ",d"),
+            Column("teams", "teams", ",d"),
+            Column("horizon", "horizon_steps", "d", suffix=" steps"),
+            Column("complete: award / greedy", lambda r: (
+                f"{r.get('award_teams_complete')} / {r.get('greedy_teams_complete')}"
+            )),
+            Column("team steps: award", "award_team_steps_mean", ".2f"),
+            Column("greedy", "greedy_team_steps_mean", ".2f"),
+            Column("member steps: award", "award_member_steps_mean", ".2f"),
+            Column("greedy", "greedy_member_steps_mean", ".2f"),
+        ),
+    ),
 )
 
 

@@ -256,9 +256,7 @@ def _configure_convert(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="source_kind", required=True, metavar="KIND")
     for name in formats.REGISTRY:
         plugin = formats.converter(name)
-        plugin.configure(
-            kinds.add_parser(name, help=plugin.help, description=plugin.description)
-        )
+        plugin.configure(kinds.add_parser(name, help=plugin.help, description=plugin.description))
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -277,10 +275,15 @@ def _run_convert(args: argparse.Namespace) -> int:
         )
         return 1
     options = ConvertOptions(
-        model=args.model, out=args.out, name=args.name or default_name(args.model),
-        version=args.version, seed=args.seed, force=args.force,
+        model=args.model,
+        out=args.out,
+        name=args.name or default_name(args.model),
+        version=args.version,
+        seed=args.seed,
+        force=args.force,
         sign_key=load_signing_key(args.sign) if args.sign is not None else None,
-        signer=args.signer, show_progress=progress_enabled(args.quiet),
+        signer=args.signer,
+        show_progress=progress_enabled(args.quiet),
     )
     report = plugin.convert(args, options)
     if args.json:
@@ -372,9 +375,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
     )
-    parser.add_argument(
-        "--version", action="version", version=f"edge-agent-host {__version__}"
-    )
+    parser.add_argument("--version", action="version", version=f"edge-agent-host {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub = subparsers.add_parser(name, help=command.help, description=command.help)

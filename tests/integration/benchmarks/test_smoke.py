@@ -49,6 +49,18 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "belief_bandwidth_daemons"},
          ("wire_bytes_per_agent_s", "reported_bytes_per_agent_s_mean", "steps_per_daemon")),
     ],
+    "bench_coordination_teams.py": [
+        ({"bench": "team_formation", "daemons": 2},
+         ("agreed_after_announce_s", "held_seen_after_announce_s", "messages_per_agent",
+          "bytes_per_agent", "teams_formed")),
+        ({"bench": "team_repair", "daemons": 2},
+         ("agreed_after_kill_s", "bound_s", "others_kept_their_slots", "repairs")),
+        ({"bench": "team_quality"},
+         ("award_efficiency_min", "greedy_efficiency_min", "all_teams_formed")),
+        ({"bench": "single_quality"}, ("greedy_efficiency_min", "greedy_efficiency_median")),
+        ({"bench": "team_outcome"},
+         ("award_teams_complete", "greedy_teams_complete", "award_team_steps_mean")),
+    ],
     "bench_core.py": [
         ({"workload": "machine"}, ("cpus", "seconds")),
         *[({"workload": w, "policy_len": p, "N": 10},

@@ -95,9 +95,7 @@ def add_broker_arguments(parser: argparse.ArgumentParser, hub_id_help: str) -> N
     parser.add_argument("--hub-id", default="hub", help=hub_id_help)
     parser.add_argument("--username", default=None, help="broker user")
     parser.add_argument("--password-file", type=Path, default=None, help="broker password file")
-    parser.add_argument(
-        "--ca-file", type=Path, default=None, help="CA (PEM) for TLS to the broker"
-    )
+    parser.add_argument("--ca-file", type=Path, default=None, help="CA (PEM) for TLS to the broker")
     parser.add_argument(
         "--cert-file",
         type=Path,

@@ -58,9 +58,7 @@ def store_rollout(
     shadow = [
         parse_shadow_criterion(t) for t in args.criterion if t.strip().startswith(SHADOW_PREFIX)
     ]
-    health = [
-        parse_criterion(t) for t in args.criterion if not t.strip().startswith(SHADOW_PREFIX)
-    ]
+    health = [parse_criterion(t) for t in args.criterion if not t.strip().startswith(SHADOW_PREFIX)]
     check_shadow_time(shadow, args.shadow_s)
     store = RolloutStore(db)
     labels = parse_labels(args.label)

@@ -65,6 +65,7 @@ __all__ = [
     "collector_for",
     "group_summaries",
     "health_of",
+    "team_summary",
 ]
 
 _HEAD_LIMIT: Final = 16 * 1024
@@ -87,6 +88,8 @@ class FleetSnapshot:
     groups: list[dict[str, Any]] = field(default_factory=list)
     #: The newest learning rounds with their provenance (docs/fleet-learning.md).
     learning_rounds: list[dict[str, Any]] = field(default_factory=list)
+    #: Team tasks as the online nodes report them (:func:`team_summary`).
+    teams: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -96,7 +99,64 @@ class FleetSnapshot:
             "rollouts": self.rollouts,
             "groups": self.groups,
             "learning_rounds": self.learning_rounds,
+            "teams": self.teams,
         }
+
+
+#: A node's team counters (its ``coord.*`` telemetry, docs/coordination.md) as the snapshot
+#: keeps them.
+TEAM_COUNTERS: Final = {
+    "teams_open": "coord.teams_open",
+    "teams_formed": "coord.teams_formed",
+    "team_slots_vacant": "coord.team_slots_vacant",
+    "team_repairs": "coord.team_repairs",
+    "team_form_s_max": "coord.team_form_s_max",
+    "team_repair_s_max": "coord.team_repair_s_max",
+}
+
+
+_TEAM_GAUGES: Final = (
+    ("edge_agent_hub_node_teams_open", "teams_open", "Team tasks open in the node's award"),
+    (
+        "edge_agent_hub_node_teams_formed",
+        "teams_formed",
+        "Team tasks whose every slot was filled, since the node's daemon started",
+    ),
+    (
+        "edge_agent_hub_node_team_slots_vacant",
+        "team_slots_vacant",
+        "Slots of formed teams nobody fills now (repairs waiting for a bidder)",
+    ),
+    (
+        "edge_agent_hub_node_team_repairs",
+        "team_repairs",
+        "Slots of formed teams filled again after a member left, since the daemon started",
+    ),
+    (
+        "edge_agent_hub_node_team_formation_seconds",
+        "team_form_s_max",
+        "Longest time from a team task's announcement to every slot filled, on the node",
+    ),
+    (
+        "edge_agent_hub_node_team_repair_seconds",
+        "team_repair_s_max",
+        "Longest time a formed team's slot stayed vacant before it was filled again",
+    ),
+)
+
+
+def team_summary(nodes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The fleet's team tasks from its online nodes' counters: every node holds the same award,
+    so a figure is the largest any node reports (teams formed and repairs: since that node's
+    daemon started; formation and repair times: the worst it saw). Empty without teams."""
+    live = [n for n in nodes if n.get("online") and n.get("teams_open") is not None]
+    if not any(n.get("teams_open") or n.get("teams_formed") for n in live):
+        return {}
+    out: dict[str, Any] = {"nodes": len(live)}
+    for key in TEAM_COUNTERS:
+        values = [float(n[key]) for n in live if n.get(key) is not None]
+        out[key] = max(values) if values else None
+    return out
 
 
 #: The measure a group's health is summed up by on the page, the first it reports of these.
@@ -260,6 +320,8 @@ def build_snapshot(
             "groups_out_of_range": _counter(t, "input_range.alerting"),
             # Each group's newest health window (docs/health.md), by group name.
             "group_health": group_health.get(row["node"], {}),
+            # Team tasks as the node's award has them (docs/coordination.md).
+            **{key: _counter(t, counter) for key, counter in TEAM_COUNTERS.items()},
         }
         node["health"] = health_of(node, now)
         nodes.append(node)
@@ -270,6 +332,7 @@ def build_snapshot(
         rollouts=rollouts,
         groups=group_summaries(nodes, now, history),
         learning_rounds=LearningStore(db).recent_rounds(limit=10),
+        teams=team_summary(nodes),
     )
 
 
@@ -686,6 +749,8 @@ def collector_for(source: Any) -> Any:
                 "groups_out_of_range",
             )
             yield from _health_families(live)
+            for name, key, doc in _TEAM_GAUGES:
+                yield node_gauge(name, doc, live, key)
             nodes_g = GaugeMetricFamily(
                 "edge_agent_hub_rollout_nodes",
                 "A rollout's nodes by state",

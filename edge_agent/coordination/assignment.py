@@ -1,0 +1,207 @@
+"""A minimum-cost assignment of rows (a team task's slots) to columns (agents) over a sparse
+graph (the bids), in integers: the same result, to the bit, on every CPU.
+
+:func:`fixed_point` turns bid costs (float32 on the wire) into integers. :class:`Assignment`
+matches rows to columns with shortest augmenting paths (the Jonker-Volgenant family, as Crouse's
+rectangular variant that scipy's ``linear_sum_assignment`` uses), adding one row at a time in the
+order given, with row and column potentials that keep every reduced cost non-negative, so that
+after every row added the matching is one of least total cost for the rows it holds. A search
+takes every column at the least distance at once (a tie of many agents is one step, not one per
+agent) and prefers a free column, then the lowest index. Every number is an int64 and every tie
+is broken by index, so nodes holding the same bids compute the same assignment. The state can be
+saved and restored, so a caller can try a group of rows and take it back (a team that cannot be
+formed whole).
+
+Rows that share a cost row share one edge list (a role's slots: every slot of a role costs an
+agent the same), in CSR form: ``edges.indptr[g]:edges.indptr[g + 1]`` are the columns
+``edges.cols`` and costs ``edges.costs`` of list ``g``.
+
+:func:`assign` adds rows in order and leaves a row that no augmenting path reaches unmatched, so
+the rows matched are the first maximal set, in row order, that can be matched at once (the
+greedy basis of the transversal matroid: a row has no augmenting path later if it has none now),
+at least cost. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+IntArray = NDArray[np.int64]
+
+COST_SCALE: Final = 1024
+"""Fixed-point units per unit of cost: a cost is kept to 1/1024 (about 0.001 nats)."""
+COST_LIMIT: Final = 1 << 20
+"""Fixed-point costs are clipped to ``[-COST_LIMIT, COST_LIMIT]`` (+-1,024 nats: every cost a
+model computes is far inside, ``MIN_BID_COST`` is -134), so that a cost with its tie-break
+(:mod:`~edge_agent.coordination.team_award`) and sums of them over a path of up to
+:data:`MAX_ROWS` rows stay inside int64."""
+MAX_ROWS: Final = 1 << 12
+"""Rows one assignment holds at most (team slots filled in one award)."""
+_INF: Final = np.int64(1 << 62)
+
+
+def fixed_point(costs: NDArray[np.floating]) -> IntArray:
+    """``round(cost * COST_SCALE)``, clipped to ``COST_LIMIT``: exact for a float32 (its
+    float64 is exact, the product by a power of two too, and ``rint`` rounds half to even the
+    same way everywhere)."""
+    scaled = np.rint(np.asarray(costs, dtype=np.float64) * COST_SCALE)
+    return np.clip(scaled, -COST_LIMIT, COST_LIMIT).astype(np.int64)
+
+
+class Edges(NamedTuple):
+    """Edge lists in CSR form (module docstring)."""
+
+    indptr: IntArray
+    cols: IntArray
+    costs: IntArray
+
+
+def edges_of(lists: IntArray, cols: IntArray, costs: IntArray, n_lists: int) -> Edges:
+    """CSR edge lists from flat ``(list, col, cost)`` triples; within a list the triples keep
+    their order. At most one triple per ``(list, col)``."""
+    order = np.argsort(lists, kind="stable")
+    counts = np.bincount(lists, minlength=n_lists)
+    indptr = np.zeros(n_lists + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return Edges(indptr, cols[order].astype(np.int64), costs[order].astype(np.int64))
+
+
+class Saved(NamedTuple):
+    """An :class:`Assignment`'s state (:meth:`Assignment.save`)."""
+
+    rows: int
+    u: IntArray
+    v: IntArray
+    col4row: IntArray
+    row4col: IntArray
+
+
+class Assignment:
+    """Rows added one at a time (:meth:`add`) to a least-cost assignment over ``edges``.
+
+    ``capacity``: the most rows it will hold; ``n_cols``: columns are ``0 ... n_cols - 1``.
+    """
+
+    def __init__(self, edges: Edges, n_cols: int, capacity: int) -> None:
+        self.indptr = edges.indptr
+        self.cols = edges.cols
+        # Non-negative costs (a constant shift changes no choice: every matching of the rows
+        # matched has as many edges), so reduced costs start non-negative at zero potentials.
+        self.costs = edges.costs - edges.costs.min() if edges.costs.size else edges.costs
+        self.n_cols = n_cols
+        self.rows = 0
+        self.row_list = np.zeros(capacity, dtype=np.int64)
+        self.u = np.zeros(capacity, dtype=np.int64)
+        self.v = np.zeros(n_cols, dtype=np.int64)
+        self.col4row = np.full(capacity, -1, dtype=np.int64)
+        self.row4col = np.full(n_cols, -1, dtype=np.int64)
+        self._spc = np.empty(n_cols, dtype=np.int64)  # this search's path costs
+        self._path = np.empty(n_cols, dtype=np.int64)
+        self._done = np.empty(n_cols, dtype=bool)  # columns whose path cost is final
+        self._masked = np.empty(n_cols, dtype=np.int64)
+
+    def save(self) -> Saved:
+        return Saved(self.rows, self.u.copy(), self.v.copy(), self.col4row.copy(),
+                     self.row4col.copy())  # fmt: skip
+
+    def restore(self, saved: Saved) -> None:
+        self.rows = saved.rows
+        self.u[:] = saved.u
+        self.v[:] = saved.v
+        self.col4row[:] = saved.col4row
+        self.row4col[:] = saved.row4col
+
+    def add(self, g: int) -> int:
+        """Add a row of edge list ``g``; returns its column, or -1 when no augmenting path
+        reaches a free column or the assignment holds ``capacity`` rows already (the row is
+        then not added, and nothing changes)."""
+        cur = self.rows
+        if cur >= self.row_list.size:
+            return -1
+        self.row_list[cur] = g
+        self.col4row[cur] = -1
+        self.u[cur] = 0
+        found = self._search(cur)
+        if found is None:
+            return -1
+        sink, min_val, rows = found
+        # Potentials: every edge's reduced cost stays >= 0, the matched ones at 0.
+        spc, done = self._spc, self._done
+        self.u[cur] += min_val
+        self.u[rows] += min_val - spc[self.col4row[rows]]
+        self.v[done] -= min_val - spc[done]
+        self.rows += 1
+        j = sink
+        while True:
+            i = int(self._path[j])
+            self.row4col[j] = i
+            self.col4row[i], j = j, int(self.col4row[i])
+            if i == cur:
+                break
+        return int(self.col4row[cur])
+
+    def _search(self, cur: int) -> tuple[int, np.int64, IntArray] | None:
+        """Shortest augmenting path from row ``cur`` (Dijkstra on reduced costs, every column at
+        the least distance taken at once): ``(free column reached, its distance, the rows the
+        search went through)``, or None when no free column can be reached."""
+        spc, path, done, masked = self._spc, self._path, self._done, self._masked
+        indptr, cols, costs, u, v = self.indptr, self.cols, self.costs, self.u, self.v
+        spc.fill(_INF)
+        done.fill(False)
+        frontier = np.array([cur], dtype=np.int64)
+        visited: list[IntArray] = []
+        min_val = np.int64(0)
+        while True:
+            # Relax the edges of every row reached at this distance (lower rows first: on a
+            # tie a column keeps the path through the lower row).
+            for i in np.sort(frontier).tolist():
+                g = self.row_list[i]
+                lo, hi = indptr[g], indptr[g + 1]
+                js = cols[lo:hi]
+                r = min_val + costs[lo:hi] - u[i] - v[js]
+                better = (r < spc[js]) & ~done[js]
+                jb = js[better]
+                spc[jb] = r[better]
+                path[jb] = i
+            np.copyto(masked, spc)
+            masked[done] = _INF
+            lowest = masked.min()
+            if lowest >= _INF:
+                return None
+            min_val = lowest
+            ties = np.flatnonzero(masked == lowest)
+            free = ties[self.row4col[ties] < 0]
+            if free.size:
+                sink = int(free[0])
+                done[sink] = True
+                rows = np.concatenate(visited) if visited else np.empty(0, dtype=np.int64)
+                return sink, min_val, rows
+            done[ties] = True
+            frontier = self.row4col[ties]
+            visited.append(frontier)
+
+    def columns(self) -> IntArray:
+        """The column of every row added, in the order added."""
+        out: IntArray = self.col4row[: self.rows].copy()
+        return out
+
+
+def assign(row_list: IntArray, edges: Edges, n_cols: int) -> IntArray:
+    """The column of every row (``-1``: unmatched), rows added in order (module docstring).
+
+    ``row_list (R,)``: each row's edge list; ``edges``: integer costs, any sign; ``n_cols``:
+    columns are ``0 ... n_cols - 1`` (a lower index wins a tie).
+    """
+    out = np.full(row_list.size, -1, dtype=np.int64)
+    if row_list.size == 0 or n_cols == 0 or edges.cols.size == 0:
+        return out
+    solver = Assignment(edges, n_cols, row_list.size)
+    added = []
+    for i, g in enumerate(row_list.tolist()):
+        if solver.add(g) >= 0:
+            added.append(i)
+    out[added] = solver.columns()
+    return out
