@@ -197,7 +197,7 @@ def bytes_per_agent(agents: int, every: int) -> dict[str, Any]:
         env.model, 1000, history_capacity=64, history_beliefs="map", planning=policy,
         keep_prior=False,
     )
-    parts: dict[str, Any] = dict(probe.nbytes_by_part())
+    parts: dict[str, Any] = dict(probe.memory.nbytes_by_part())
     parts["world"] = round(arrays_nbytes(world, None) / agents, 1)
     # The workers' shared copy of each tick's observations (int64 per modality,
     # edge_agent.core.workers); the runtime's observations are the world's own array (counted
