@@ -34,7 +34,10 @@ class GroupInputs:
 
     def obs(self, obs: np.ndarray, n_agents: int) -> IntArray:
         """``obs (N, M)`` integer outcomes, each within its modality's range, as int64."""
-        arr = np.asarray(obs)
+        return self._outcomes(np.asarray(obs), n_agents)
+
+    def _outcomes(self, arr: np.ndarray, n_agents: int) -> IntArray:
+        """:meth:`obs` of an array."""
         expected = (n_agents, len(self.num_obs))
         if arr.shape != expected:
             raise InputError(f"obs has shape {arr.shape}, expected {expected}")
@@ -62,7 +65,7 @@ class GroupInputs:
             and obs
             and all(isinstance(p, np.ndarray) and p.dtype.kind == "f" for p in obs)
         ):
-            return self.obs(np.asarray(obs), n_agents), None
+            return self._outcomes(np.asarray(obs), n_agents), None
         M = len(self.num_obs)
         if len(obs) != M:
             raise InputError(f"soft evidence has {len(obs)} modalities, expected {M}")

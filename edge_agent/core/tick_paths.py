@@ -409,6 +409,7 @@ class PassTick:
         learn: bool,
     ) -> None:
         self._pass, self._learning, self._learn = tick_pass, learning, learn
+        self._scope = learning.scope
         self._state, self._stepper, self._recorder = state, stepper, recorder
 
     def tick_prior(self) -> TickPrior:
@@ -421,7 +422,7 @@ class PassTick:
         del soft, who_plans, ticks
         assert obs is not None  # a group that learns refuses soft evidence
         tick_pass, learning, state = self._pass, self._learning, self._state
-        prior = tick_pass.step_tick(state, obs, learn=self._learn, model=learning.model)
+        prior = tick_pass.step_tick(state, obs, learn=self._learn, model=self._scope.model)
         learning.observe(obs, prior, tick_pass.outcome_probabilities)
         learning.learned_in_pass(len(obs), compiled_behind=tick_pass.leaves_compiled_behind)
         if record:
