@@ -79,7 +79,8 @@ from edge_agent.core.health_window import HealthSummary
 from edge_agent.core.history import HistoryRing
 from edge_agent.core.history_recorder import HistoryRecorder, history_fields
 from edge_agent.core.installer import TablesInstaller
-from edge_agent.core.tick_paths import BlockTicks, SharedStages, TickPath, tick_path
+from edge_agent.core.path_choice import tick_path
+from edge_agent.core.tick_paths import BlockTicks, SharedStages, TickPath
 from edge_agent.errors import InputError
 
 if TYPE_CHECKING:
@@ -210,9 +211,7 @@ class AifAgentGroup:
         )
         state.keeps_prior = self.memory.keeps_prior_at(n_agents)
         # Reserve before allocating: shared tables once per model, then per-agent state.
-        self.shared_nbytes = cm.nbytes + (
-            self._quantized.nbytes if self._quantized is not None else 0
-        )
+        self.shared_nbytes = cm.nbytes + (0 if self._quantized is None else self._quantized.nbytes)
         self.memory.reserve_model(self.key, self.shared_nbytes)
         self.memory.reserve_agents(n_agents)
         self._installer = TablesInstaller(stepper, state, self.plans, self.memory, self.cores)
@@ -240,10 +239,9 @@ class AifAgentGroup:
     # -- what the parts hold -----------------------------------------------------------------------
     @property
     def stepper(self) -> BlockStepper:
-        """The blocks' stepper, with the compiled tables the agents step with. Tables a learning
-        verb made, or that a shared group's compiled pass left behind, are brought in first
-        (:meth:`~edge_agent.core.learning.GroupLearning.take_tables`): whatever reads them reads
-        what the agents infer with."""
+        """The blocks' stepper, with the compiled tables the agents step with (what a learning
+        verb made, or a shared group's compiled pass left behind, brought in first: whatever
+        reads them reads what the agents infer with)."""
         learning = self.learning
         if learning is not None and learning.owes_tables:
             self._installer.install(learning.take_tables())
@@ -364,8 +362,7 @@ class AifAgentGroup:
             self._choose_path()
 
     def _choose_path(self) -> None:
-        """The tick path for what the group is now (:func:`~edge_agent.core.tick_paths.
-        tick_path`), with the tables its learning made taken first."""
+        """The tick path for what the group is now, the tables its learning made taken first."""
         learning = self.learning
         if learning is not None:
             self._learning_seen = learning.changes
@@ -758,11 +755,8 @@ class AifAgentGroup:
 
     def describe(self) -> dict[str, Any]:
         cores = self.cores
-        out: dict[str, Any] = {
-            "workers": cores.count,
-            "workers_rss_bytes": cores.rss_bytes(),
-            "workers_restarts": cores.restarts,
-        }
+        out: dict[str, Any] = {"workers": cores.count, "workers_rss_bytes": cores.rss_bytes(),
+                               "workers_restarts": cores.restarts}
         if self.plans is not None:
             out["planning"] = self.plans.stats()  # the last tick's; docs/planning.md
         if self.learning is not None:
@@ -789,11 +783,10 @@ class AifAgentGroup:
         """The last tick's planning: agents planned and deferred, the duty cycle (share of the
         group planned), and the committed plans' mean and largest age in ticks. Every-tick
         groups plan all their agents."""
-        if self.plans is None:
-            n = self.n_agents
-            return {"planned": n, "deferred": 0, "duty_cycle": 1.0, "plan_age_mean": 0.0,
-                    "plan_age_max": 0}
-        return self.plans.stats()
+        if self.plans is not None:
+            return self.plans.stats()
+        return {"planned": self.n_agents, "deferred": 0, "duty_cycle": 1.0,
+                "plan_age_mean": 0.0, "plan_age_max": 0}
 
     def pace(self, left_s: float, rest_s: float | None) -> None:
         """Before a step, from the daemon (:class:`~edge_agent.core.contract.Paced`): the tick

@@ -1,41 +1,40 @@
 """The ways an Active Inference group steps one tick (its *tick paths*), one object each, chosen
 once.
 
-:func:`tick_path` picks the path for what a group is: whether it plans every tick, whether and
-how it learns (its scope's stages, the compiled pass its scope built), whether workers step its
-blocks. The group (:class:`~edge_agent.core.agents.AifAgentGroup`) asks it when it is made and
-again only when one of those changes (workers started or stopped, a resize, learning frozen or
-resumed or otherwise changed by a verb, a snapshot restored); between, every tick runs the same
-object, which asks nothing of what the group is. Each path holds the parts it needs, given
+:func:`~edge_agent.core.path_choice.tick_path` picks the path for what a group is: whether it
+plans every tick, whether and how it learns (its scope's stages, the compiled pass its scope
+built), whether workers step its blocks. The group (:class:`~edge_agent.core.agents.
+AifAgentGroup`) asks it when it is made and again only when one of those changes (workers
+started or stopped, a resize, learning frozen or resumed or otherwise changed by a verb, a
+snapshot restored); between, every tick runs the same object, which asks nothing of what the
+group is. Each path holds the parts it needs, given
 explicitly (the state, the stepper, the history's recorder, the learning, the installer of new
 compiled tables, the workers) and none holds the group.
 
-========================  ==========================================================================
-path                      its tick
-========================  ==========================================================================
-:class:`FusedTick`        every block whole (:meth:`BlockStepper.step_block <edge_agent.core.
-                          block_stepper.BlockStepper.step_block>`: infer, plan, act, the next
-                          prior), here or on the workers (:class:`BlockTicks`): a group that does
-                          not learn and plans every tick
-:class:`PolicyTick`       a planning policy's passes (:class:`~edge_agent.core.planning_pass.
-                          PolicyTicks`), every agent learning between inference and planning in a
-                          group that learns
-:class:`SharedLearningTick`  a shared learning group on numpy: the fused tick, learning after it
-                          from its posteriors; on a tick whose tables change between inference
-                          and planning (a refresh due, novelty sought) its :class:`StagesTick`
-:class:`StagesTick`       pymdp's order: every agent infers, learns (the tables refreshed), plans
-                          and acts, stage by stage (each agent's own tables: per-agent learning;
-                          the group's blocks: :class:`SharedStages`)
-:class:`PassTick`         the whole learning tick in one compiled pass (the scope's
-                          :class:`~edge_agent.core.learning.TickPass`)
-========================  ==========================================================================
+==================================  ================================================================
+path                                its tick
+==================================  ================================================================
+:class:`FusedTick`                  every block whole (:meth:`BlockStepper.step_block
+                                    <edge_agent.core.block_stepper.BlockStepper.step_block>`: infer,
+                                    plan, act, the next prior), here or on the workers
+                                    (:class:`BlockTicks`): a group that does not learn and plans
+                                    every tick
+:class:`PolicyTick`                 a planning policy's passes
+                                    (:class:`~edge_agent.core.planning_pass.PolicyTicks`), every
+                                    agent learning between inference and planning in a group that
+                                    learns
+the learning paths                  a group that learns every tick: ``SharedLearningTick``,
+                                    ``StagesTick``, ``PassTick`` (:mod:`edge_agent.core.
+                                    learning_ticks`, imported only by a group that learns)
+==================================  ================================================================
 
 Around every path the group does the same, once: the evidence checked; the health part told the
 tick's outcomes with the prior the agents predicted them with (:meth:`TickPath.tick_prior`: the
 state's, made again for a group that keeps none, or made by the tick itself where each agent
 infers with its own tables); the path run; the health part told the posteriors and the likelihood
-they were inferred with (:meth:`TickPath.likelihood`). A new path is one class here and one line
-in :func:`tick_path`.
+they were inferred with (:meth:`TickPath.likelihood`). A new path is one class here (or, for a
+group that learns, in :mod:`edge_agent.core.learning_ticks`) and one line where the choice is
+made (:func:`~edge_agent.core.path_choice.tick_path`).
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ from edge_agent.core.health import TickPrior
 if TYPE_CHECKING:
     from edge_agent.core.history_recorder import HistoryRecorder
     from edge_agent.core.installer import TablesInstaller
-    from edge_agent.core.learning import AgentStepping, GroupLearning, TickPass
+    from edge_agent.core.learning import GroupLearning
     from edge_agent.core.planning_pass import Chooser, PolicyTicks
     from edge_agent.core.workers import BlockWorkers
 
@@ -69,13 +68,13 @@ WhoPlans = NDArray[np.bool_] | None
 __all__ = [
     "BlockTicks",
     "FusedTick",
-    "PassTick",
+    "Obs",
     "PolicyTick",
-    "SharedLearningTick",
     "SharedStages",
-    "StagesTick",
+    "Soft",
     "TickPath",
-    "tick_path",
+    "WhoPlans",
+    "record_row",
 ]
 
 
@@ -102,26 +101,16 @@ class TickPath(Protocol):
         ...
 
 
-def _record(
+def record_row(
     recorder: HistoryRecorder, stepper: BlockStepper, state: AgentState, obs: Obs, soft: Soft,
     *, now: float | None,
 ) -> None:
-    """Append the tick's history row, its beliefs staged (soft evidence: each modality's most
-    probable outcome staged as the outcome)."""
+    """Append the tick's history row to ``recorder``, its beliefs staged by the tick (soft
+    evidence: each modality's most probable outcome staged as the outcome)."""
     if obs is None:
         assert soft is not None
         for rows in stepper.blocks(state):
             recorder.stage_outcomes(rows, soft)
-    recorder.record(obs, state.action, now)
-
-
-def _stage_and_record(
-    recorder: HistoryRecorder, stepper: BlockStepper, state: AgentState,
-    obs: IntArray, now: float | None,
-) -> None:
-    """Stage every block's beliefs, then append the row (a tick stepped stage by stage)."""
-    for rows in stepper.blocks(state):
-        recorder.stage_beliefs(rows)
     recorder.record(obs, state.action, now)
 
 
@@ -193,7 +182,7 @@ class FusedTick:
         self.step(obs, soft, record, ticks)
         if record:
             assert self._recorder is not None
-            _record(self._recorder, self._stepper, self._state, obs, soft, now=now)
+            record_row(self._recorder, self._stepper, self._state, obs, soft, now=now)
 
     def step(self, obs: Obs, soft: Soft, record: bool, ticks: int) -> None:
         """Every block's tick, its history row staged (not appended)."""
@@ -252,7 +241,7 @@ class PolicyTick:
                    start=start)
         if record:
             assert self._recorder is not None
-            _record(self._recorder, self._stepper, state, obs, soft, now=now)
+            record_row(self._recorder, self._stepper, state, obs, soft, now=now)
         plans.stepped()
 
     def likelihood(self, rows: IntArray) -> Sequence[np.ndarray]:
@@ -298,174 +287,3 @@ class SharedStages:
         """The compiled model's rows (one ``A`` for every agent)."""
         del rows
         return self._stepper.cm.A_rows
-
-
-class StagesTick:
-    """A learning tick in pymdp's order, stage by stage through ``stages``: every agent infers
-    its states, learns (the tables refreshed, installed by ``installer``), then plans and acts
-    with the current tables."""
-
-    def __init__(
-        self,
-        stages: AgentStepping,
-        *,
-        state: AgentState,
-        stepper: BlockStepper,
-        recorder: HistoryRecorder | None,
-        learning: GroupLearning,
-        installer: TablesInstaller,
-    ) -> None:
-        self._stages, self._learning, self._installer = stages, learning, installer
-        self._state, self._stepper, self._recorder = state, stepper, recorder
-
-    def tick_prior(self) -> TickPrior:
-        """The state's prior, or None where inference makes it (each agent's own tables)."""
-        return None if self._stages.makes_prior else self._state.prior
-
-    def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
-            who_plans: WhoPlans, ticks: int) -> None:
-        """See :meth:`TickPath.run` (integer outcomes only)."""
-        del soft, who_plans, ticks
-        assert obs is not None  # a group that learns refuses soft evidence
-        state, stepper, stages, learning = self._state, self._stepper, self._stages, self._learning
-        stages.infer_states(state, obs, stepper)
-        learning.observe(obs, state.prior)  # the tick's prior (made by inference, per agent)
-        self._installer.install(
-            learning.after_inference(obs, state.qs, state.action, state.has_action)
-        )
-        stages.infer_policies(state, stepper)  # with the parameter information gain if sought
-        stages.sample_action(state, stepper)
-        if record:
-            assert self._recorder is not None
-            _stage_and_record(self._recorder, stepper, state, obs, now)
-
-    def likelihood(self, rows: IntArray) -> Sequence[np.ndarray]:
-        """The stages' (each agent's own ``A`` where it learns its own)."""
-        return self._stages.likelihood(rows)
-
-
-class SharedLearningTick:
-    """A shared learning group's tick on numpy: the ``fused`` tick with the learning around it
-    (the tick's outcomes and prior observed, the last action kept, then learning from the fused
-    tick's posteriors), except on a tick whose tables change between inference and planning (a
-    refresh is due, or the agents seek novelty: :meth:`GroupLearning.learns_before_planning
-    <edge_agent.core.learning.GroupLearning.learns_before_planning>`), which runs ``stages``."""
-
-    def __init__(
-        self,
-        fused: FusedTick,
-        stages: StagesTick,
-        *,
-        state: AgentState,
-        stepper: BlockStepper,
-        recorder: HistoryRecorder | None,
-        learning: GroupLearning,
-        installer: TablesInstaller,
-    ) -> None:
-        self._fused, self._stages, self._learning = fused, stages, learning
-        self._state, self._stepper, self._recorder = state, stepper, recorder
-        self._installer = installer
-
-    def tick_prior(self) -> TickPrior:
-        """The state's prior (a group that learns keeps it)."""
-        return self._state.prior
-
-    def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
-            who_plans: WhoPlans, ticks: int) -> None:
-        """See :meth:`TickPath.run` (integer outcomes only)."""
-        learning, state = self._learning, self._state
-        if learning.learns_before_planning():
-            self._stages.run(obs, soft, now, record, who_plans=who_plans, ticks=ticks)
-            return
-        assert obs is not None  # a group that learns refuses soft evidence
-        learning.observe(obs, state.prior)  # the tick's prior, made by the last tick
-        learning.keep_action(state.action, state.has_action)
-        self._fused.step(obs, None, record, ticks)
-        # from the same posteriors, after the step
-        self._installer.install(learning.after_inference(obs, state.qs))
-        if record:
-            assert self._recorder is not None
-            _record(self._recorder, self._stepper, state, obs, None, now=now)
-
-    def likelihood(self, rows: IntArray) -> Sequence[np.ndarray]:
-        """The compiled model's rows (one ``A`` for every agent)."""
-        return self._fused.likelihood(rows)
-
-
-class PassTick:
-    """The whole learning tick in one compiled pass (``tick_pass``, its scope's): every agent
-    infers, learns (``learn``: not frozen), the tables follow, it plans and acts; then the
-    learning keeps what the pass does not (:meth:`GroupLearning.learned_in_pass
-    <edge_agent.core.learning.GroupLearning.learned_in_pass>`)."""
-
-    def __init__(
-        self,
-        tick_pass: TickPass,
-        *,
-        state: AgentState,
-        stepper: BlockStepper,
-        recorder: HistoryRecorder | None,
-        learning: GroupLearning,
-        learn: bool,
-    ) -> None:
-        self._pass, self._learning, self._learn = tick_pass, learning, learn
-        self._scope = learning.scope
-        self._state, self._stepper, self._recorder = state, stepper, recorder
-
-    def tick_prior(self) -> TickPrior:
-        """The state's prior, or None where the pass makes it (each agent's own tables)."""
-        return None if self._pass.makes_prior else self._state.prior
-
-    def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
-            who_plans: WhoPlans, ticks: int) -> None:
-        """See :meth:`TickPath.run` (integer outcomes only)."""
-        del soft, who_plans, ticks
-        assert obs is not None  # a group that learns refuses soft evidence
-        tick_pass, learning, state = self._pass, self._learning, self._state
-        prior = tick_pass.step_tick(state, obs, learn=self._learn, model=self._scope.model)
-        learning.observe(obs, prior, tick_pass.outcome_probabilities)
-        learning.learned_in_pass(len(obs), compiled_behind=tick_pass.leaves_compiled_behind)
-        if record:
-            assert self._recorder is not None
-            _stage_and_record(self._recorder, self._stepper, state, obs, now)
-
-    def likelihood(self, rows: IntArray) -> Sequence[np.ndarray]:
-        """The pass's (each agent's own ``A``; shared, the learned tables it keeps)."""
-        return self._pass.likelihood(rows)
-
-
-def tick_path(
-    *,
-    state: AgentState,
-    stepper: BlockStepper,
-    recorder: HistoryRecorder | None,
-    blocks: BlockTicks,
-    plans: PolicyTicks | None,
-    learning: GroupLearning | None,
-    stages: AgentStepping,
-    installer: TablesInstaller,
-    workers: BlockWorkers | None,
-    seed: int | None,
-) -> TickPath:
-    """The path of a group with these parts now: its ``plans`` (None: every agent plans every
-    tick), its ``learning`` (None: it does not learn) and ``stages`` (each agent's own tables,
-    or :class:`SharedStages`), its running ``workers`` (None: the caller steps every block) and
-    their ``seed``."""
-    if plans is not None:
-        return PolicyTick(plans, state=state, stepper=stepper, recorder=recorder,
-                          workers=workers, learning=learning, installer=installer)
-    fused = FusedTick(blocks, state=state, stepper=stepper, recorder=recorder, workers=workers,
-                      seed=seed)
-    if learning is None:
-        return fused
-    own_tables = learning.scope.stepping() is not None
-    tick_pass = learning.scope.tick_pass()
-    if tick_pass is not None and (own_tables or not learning.frozen):  # frozen shared: fused
-        return PassTick(tick_pass, state=state, stepper=stepper, recorder=recorder,
-                        learning=learning, learn=not learning.frozen)
-    staged = StagesTick(stages, state=state, stepper=stepper, recorder=recorder,
-                        learning=learning, installer=installer)
-    if own_tables:
-        return staged
-    return SharedLearningTick(fused, staged, state=state, stepper=stepper, recorder=recorder,
-                              learning=learning, installer=installer)

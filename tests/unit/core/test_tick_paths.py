@@ -13,14 +13,9 @@ import pytest
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.learning_ticks import PassTick, SharedLearningTick, StagesTick
 from edge_agent.core.native_pass import NATIVE_ENV
-from edge_agent.core.tick_paths import (
-    FusedTick,
-    PassTick,
-    PolicyTick,
-    SharedLearningTick,
-    StagesTick,
-)
+from edge_agent.core.tick_paths import FusedTick, PolicyTick
 from edge_agent.sim.registry import make_env
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 
