@@ -53,6 +53,13 @@ def agents_of(b: Transitions, sl: slice) -> Transitions:
     return b if b.shape[0] == 1 else b[sl]
 
 
+def agents_likelihood(A: Sequence[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+    """Each modality's ``A`` of the agents ``rows`` (indices): ``(r, O_m, S)`` for a table each
+    agent has its own of (``A[m]`` ``(N, O_m, S)``: a copy of those agents'), ``(O_m, S)`` for
+    one they share (``(1, O_m, S)``: a view)."""
+    return [flat[rows] if len(flat) > 1 else flat[0] for flat in A]
+
+
 def softmax_rows(x: np.ndarray) -> np.ndarray:
     e: np.ndarray = np.exp(x - x.max(axis=1, keepdims=True))
     out: np.ndarray = e / e.sum(axis=1, keepdims=True)

@@ -163,6 +163,7 @@ KEPT_OUT = (
     "edge_agent.aif.reference_learning",
     "edge_agent.core.learning",
     "edge_agent.core.learning_scope",
+    "edge_agent.core.learning_ticks",
     "edge_agent.core.per_agent_learning",
     "edge_agent.core.shared_learning",
     "edge_agent.core.surprise",

@@ -27,7 +27,7 @@ Two implementations of the same maths live here:
   out=..., mode="clip")``: with numpy's default ``mode="raise"`` a gather with ``out`` goes through
   a temporary the size of ``out`` (an allocation per call, up to a megabyte, and 2.5-3x the time
   of the gather), and every index is in range by construction (compiled tables, selected
-  actions, observations checked by ``AifAgentGroup.check_obs``).
+  actions, observations checked by ``GroupInputs.obs``).
   :class:`~edge_agent.core.agents.AifAgentGroup` runs them:
 
   - :func:`infer_block`: state inference, one factor agent-major, several factors state-major;

@@ -93,7 +93,7 @@ def test_the_compiled_tick_is_the_group_up_to_rounding(
         learned = proto.pA[0]
         np.testing.assert_allclose(learned, counts.counts[0].reshape(learned.shape), rtol=0,
                                    atol=TOL)
-        table = group._health_likelihood(np.arange(n))[w["m"]]
+        table = group.path.likelihood(np.arange(n))[w["m"]]
         if scope == "shared":
             table = np.asarray(table)[None]
         np.testing.assert_allclose(proto.A[0], table.reshape(proto.A[0].shape), rtol=0, atol=TOL)

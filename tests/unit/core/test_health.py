@@ -119,7 +119,7 @@ def test_a_group_that_keeps_no_prior_measures_the_same_as_one_that_does() -> Non
     for keep in (True, False):
         env: Any = make_env("grid10", 12, seed=0)
         group = AifAgentGroup(env.model, 12, precision="int8", keep_prior=keep)
-        assert group.keeps_prior is keep
+        assert group.state.keeps_prior is keep
         summaries.append(_run(env, group, 40))
     kept, derived = summaries
     for name in AIF_MEASURES:
