@@ -37,6 +37,7 @@ import numpy as np
 
 from edge_agent.aif import per_agent
 from edge_agent.aif.constants import EPS
+from edge_agent.aif.kernels.inference import softmax_rows
 
 __all__ = ["LIMITS", "NativeTick", "declared", "layout", "library_path", "limits", "load",
            "mismatch", "too_large", "unavailable"]
@@ -509,5 +510,4 @@ class NativeTick:
 
 def log_preferences(C: Sequence[np.ndarray]) -> list[np.ndarray]:
     """``ln softmax(C_m) + eps`` of each modality: the utility's log preferences."""
-    return [np.log(per_agent.softmax_rows(np.asarray(c, dtype=np.float64)[None])[0] + EPS)
-            for c in C]
+    return [np.log(softmax_rows(np.asarray(c, dtype=np.float64)[None])[0] + EPS) for c in C]
