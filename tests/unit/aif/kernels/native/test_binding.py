@@ -26,6 +26,7 @@ from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 from tests.support import native_builds
+from tests.support.native_tick import Pass, make_world
 
 REPO = Path(__file__).resolve().parents[5]
 
@@ -176,8 +177,6 @@ def test_a_group_steps_with_numpy_when_the_package_library_is_refused(
 def test_arrays_the_pass_would_read_or_write_past_are_refused() -> None:
     """Shapes are checked where they are bound: more agents' outcomes than the arrays hold, a
     factor's beliefs of another size, another number of policies, a table of another size."""
-    from tests.unit.aif.kernels.native.test_equality import Pass, make_world
-
     world = make_world("factors3", Path("unused"))
     tick = Pass(world, 5, "per_agent", native.load())
     obs = np.zeros((5, len(world.A)), dtype=np.int64)

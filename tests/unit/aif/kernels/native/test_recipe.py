@@ -19,10 +19,9 @@ from pathlib import Path
 from edge_agent.aif.kernels import native
 from edge_agent.aif.kernels.native import recipe
 from tests.support import native_builds
-from tests.unit.aif.kernels.native import test_equality
+from tests.support.native_tick import SANITIZED_ENV, SCOPES, SIZES, SUITE, sizes
 
 REPO = Path(__file__).resolve().parents[5]
-SUITE = Path(test_equality.__file__).relative_to(REPO)
 
 
 def test_the_sources_build_with_warnings_as_errors() -> None:
@@ -36,14 +35,14 @@ def _under_sanitizers(library: Path, *args: str) -> subprocess.CompletedProcess[
     """The equality suite's cases of the sanitized build (``args``: pytest's selection), run
     against ``library`` in a process that loads the ASan runtime first (not captured: a
     report comes as the process ends)."""
-    env = {**os.environ, test_equality.SANITIZED_ENV: str(library),
+    env = {**os.environ, SANITIZED_ENV: str(library),
            "LD_PRELOAD": str(recipe.asan_runtime()),
            # CPython frees nothing at exit: leaks are not the tick's
            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=97",
            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=98"}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "-o", "addopts=", str(SUITE), *args],
+         "-o", "addopts=", str(SUITE.relative_to(REPO)), *args],
         cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=1200)
 
 
@@ -56,8 +55,7 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     done = _under_sanitizers(library, "-k", "sanitized")
     report = done.stdout[-4000:] + done.stderr[-4000:]
     assert done.returncode == 0, report
-    cases = sum(len(test_equality.sizes(world, "sanitized"))
-                for world in test_equality.SIZES) * len(test_equality.SCOPES)
+    cases = sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
     assert re.search(rf"\b{cases} passed\b", done.stdout), report
     assert "Sanitizer" not in done.stderr, report
 
