@@ -136,6 +136,9 @@ _STRUCTS: dict[str, type[ctypes.Structure]] = {
 _KINDS: dict[Any, str] = {_i64: "i", _f64: "f", _p: "p"}
 _KIND_NAMES = {"i": "int64_t", "f": "double", "p": "a pointer"}
 
+#: The agents a shared table serves (any number).
+_ANY = 1 << 62
+
 _LIBRARY: ctypes.CDLL | None = None
 _REFUSED: str | None = None  # why the package's library was refused (None: not refused)
 
@@ -403,7 +406,8 @@ class NativeTick:
         #: The agents the bound arrays hold (a step of more is refused: the pass would read
         #: and write past them).
         self._rows = 0
-        self._learned_rows: int | None = None
+        self._learned_rows = _ANY  # shared tables: any number of agents
+        self._modalities = M
 
     def bind_learning(
         self, tables: Sequence[np.ndarray], counts: Sequence[np.ndarray],
@@ -430,7 +434,7 @@ class NativeTick:
             self._ptr["experience"][m] = _addr(seen, size=one)
         self._learned_rows = min(
             (len(t) for m, t in zip(self.learned, tables, strict=True) if self.stride[m]),
-            default=None)
+            default=_ANY)
         self._bound_learning = bound
         if self._scratch is None:  # the block's temporaries (the learned tables' lanes too)
             self._scratch = np.zeros(self._lib.edge_tick_scratch_doubles(self._model_ref))
@@ -456,7 +460,7 @@ class NativeTick:
         if self._scratch is None:
             raise RuntimeError("bind_learning before the first step")
         n = len(obs)
-        self._state.obs = _addr(obs, np.int64, size=n * len(self.num_obs))  # new most ticks
+        self._state.obs = _addr(obs, np.int64, size=n * self._modalities)  # new most ticks
         bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi,
                  *(next_prior or ()))
         if len(bound) != len(self._bound_state) or any(
@@ -465,8 +469,8 @@ class NativeTick:
             self._bound_state = ()  # until every pointer is the new arrays'
             self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, start, next_prior)
             self._bound_state = bound
-        if n > self._rows or (self._learned_rows is not None and n > self._learned_rows):
-            tables = "" if self._learned_rows is None else f" (tables of {self._learned_rows})"
+        if n > self._rows or n > self._learned_rows:
+            tables = "" if self._learned_rows == _ANY else f" (tables of {self._learned_rows})"
             raise ValueError(f"{n} agents' outcomes for arrays of {self._rows} agents{tables}")
         self._model.learn = int(learn)
         self._model.n = self.n = n  # a shared group may have been resized
