@@ -23,7 +23,7 @@ from functools import lru_cache, partial
 import numpy as np
 
 from edge_agent.aif.constants import EPS
-from edge_agent.aif.kernels.inference import free_energy, outer_rows
+from edge_agent.aif.kernels.inference import free_energy, joint_rows
 
 __all__ = [
     "TICK_MEASURES",
@@ -69,8 +69,7 @@ def _tables_side_by_side(A: Sequence[np.ndarray], r: int) -> np.ndarray:
 def joint_beliefs(qs: Sequence[np.ndarray]) -> np.ndarray:
     """``(r, S)`` float64: the outer product of the factors' beliefs ``qs[f] (r, S_f)`` per
     agent, C order over factors (the layout of ``A_rows``' columns)."""
-    joint = outer_rows([np.asarray(q, dtype=np.float64) for q in qs])
-    return joint.reshape(joint.shape[0], -1)
+    return joint_rows([q if q.dtype == np.float64 else q.astype(np.float64) for q in qs])
 
 
 def entropy(q: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.constants import EPS, EXP_M16
-from edge_agent.aif.kernels.inference import fixed_point, outer_rows, softmax_rows
+from edge_agent.aif.kernels.inference import fixed_point, joint_rows, softmax_rows
 from edge_agent.aif.sparse_transitions import SparseTransitions
 
 #: A factor's transitions: ``(N|1, S, S, U)``, or each agent's on its support.
@@ -52,12 +52,6 @@ def agents_of(b: Transitions, sl: slice) -> Transitions:
     if isinstance(b, SparseTransitions):
         return b._replace(values=b.values[sl])
     return b if b.shape[0] == 1 else b[sl]
-
-
-def joint(qs: Sequence[np.ndarray]) -> np.ndarray:
-    """``(N, S)``: the outer product of the factor marginals per agent, C order
-    (:func:`~edge_agent.aif.kernels.inference.outer_rows`, flattened)."""
-    return outer_rows(list(qs)).reshape(qs[0].shape[0], -1)
 
 
 def log_likelihood(A: Sequence[np.ndarray], obs: np.ndarray) -> np.ndarray:
@@ -274,7 +268,7 @@ def expected_free_energy(
         q: list[np.ndarray] = list(qs)
         for t in range(L):
             q = [_apply(B[f], q[f], int(policies[p, t, f])) for f in range(F)]
-            G[:, p] += _policy_terms(joint(q)[:, None, :], utility, outcomes)[:, 0]
+            G[:, p] += _policy_terms(joint_rows(q)[:, None, :], utility, outcomes)[:, 0]
     return G
 
 

@@ -14,12 +14,13 @@ yardstick for the fast paths. The maths is pymdp 0.0.7.1's, rearranged for batch
 layout and into the caller's buffers: every numpy path's stop (this fixed point, the fast
 path's, the joint path's) and the health measures call it; beside it are only the float64
 oracle's (:func:`edge_agent.aif.reference.free_energy`) and the compiled tick's
-(``native/tick.c``). :func:`softmax_rows` and :func:`outer_rows` are the agent-major softmax and
+(``native/tick.c``). :func:`softmax_rows` and :func:`joint_rows` are the agent-major softmax and
 joint every agent-major caller uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -106,26 +107,26 @@ def fixed_point(
         active = dF >= dF_tol
         if not active.any():
             break
-        weighted = lnL * outer_rows(qs)
+        weighted = lnL * joint_rows(qs).reshape(lnL.shape)
         new = []
         for f in range(F):
             others = tuple(1 + i for i in range(F) if i != f)
             qL = weighted.sum(axis=others) / np.maximum(qs[f], tiny)
             new.append(softmax_rows(qL + log_prior[f]))
-        vfe = free_energy(np.concatenate(new, axis=1), lp, outer_rows(new).reshape(N, -1), flat,
-                          axis=1)
+        vfe = free_energy(np.concatenate(new, axis=1), lp, joint_rows(new), flat, axis=1)
         qs = [np.where(active[:, None], n, o) for n, o in zip(new, qs, strict=True)]
         dF = np.where(active, np.abs(prev - vfe), dF)
         prev = np.where(active, vfe, prev)
     return qs
 
 
-def outer_rows(qs: list[np.ndarray]) -> np.ndarray:
-    """Joint ``(N, S_0, ..., S_{F-1})`` from per-factor ``(N, S_f)`` (any leading dims work)."""
+def joint_rows(qs: Sequence[np.ndarray]) -> np.ndarray:
+    """The joint ``(..., S_0 * ... * S_{F-1})`` of per-factor beliefs ``qs[f]`` ``(..., S_f)``
+    (any leading dims, the same for every factor), last factor fastest: the layout of the
+    joint states everywhere (``A_rows``' columns)."""
     joint = qs[0]
     for q in qs[1:]:
-        lead = q.shape[:-1] + (1,) * (joint.ndim - q.ndim + 1)
-        joint = joint[..., None] * q.reshape(lead + q.shape[-1:])
+        joint = (joint[..., None] * q[..., None, :]).reshape((*q.shape[:-1], -1))
     return joint
 
 

@@ -71,7 +71,7 @@ def test_one_step_policies_are_evaluated_at_once_as_one_by_one() -> None:
     for p, policy in enumerate(policies):
         q = [np.einsum("nij,nj->ni", B_own[:, :, :, policy[0, 0]], qs[0]),
              qs[1] @ model.B[1][:, :, policy[0, 1]].T]
-        q_joint = per_agent.joint(q)
+        q_joint = kernels.joint_rows(q)
         kept_q = np.where(q_joint > np.exp(-16), q_joint, 0.0)
         qo = np.einsum("nos,ns->no", kept[0], kept_q)
         want[:, p] = ((q_joint * utility).sum(axis=1) + (kept_q * kept[1]).sum(axis=1)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_agent.aif.constants import EPS
-from edge_agent.aif.kernels.inference import free_energy, outer_rows
+from edge_agent.aif.kernels.inference import free_energy, joint_rows
 from edge_agent.aif.reference import free_energy as oracle
 
 
@@ -24,7 +24,7 @@ def test_the_free_energy_is_the_oracle_s_in_either_layout(num_states: tuple[int,
     log_prior = [np.log(rng.dirichlet(np.ones(s), size=n) + EPS) for s in num_states]
     log_lik = np.log(rng.random((n, int(np.prod(num_states)))) + EPS)
     q, lp = np.concatenate(qs, axis=1), np.concatenate(log_prior, axis=1)
-    joint = outer_rows(qs).reshape(n, -1)
+    joint = joint_rows(qs)
     expected = np.array([oracle([f[i] for f in qs], [f[i] for f in log_prior],
                                 log_lik[i].reshape(num_states)) for i in range(n)])
     complexity = np.array([oracle([f[i] for f in qs], [f[i] for f in log_prior], None)
