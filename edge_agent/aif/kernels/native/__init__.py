@@ -238,7 +238,9 @@ def load(path: Path | None = None) -> ctypes.CDLL:
 
 def _checked(where: Path) -> ctypes.CDLL:
     """The library at ``where``, typed, its layout the binding's (else RuntimeError)."""
-    rebuild = "reinstall edge-agent to build it from its sources (pip install --force-reinstall)"
+    rebuild = ("reinstall edge-agent so that the library is built from its own sources: "
+               "scripts/bootstrap.sh in a checkout, else pip install --force-reinstall "
+               "edge-agent-runtime")
     try:
         lib = ctypes.CDLL(str(where))
     except OSError as err:
