@@ -212,7 +212,7 @@ def _kernel(
     """The compiled tick of ``model``'s group (``shared``: one set of counts), or why it steps
     with numpy: the pass learns ``pA`` alone, without forgetting or novelty, in float64 counts
     refreshed every tick, for one-step policies, deterministic marginal action selection and a
-    model within :data:`~edge_agent.aif.kernels.native.LIMITS`, in C-contiguous float64
+    model within :func:`~edge_agent.aif.kernels.native.limits`, in C-contiguous float64
     arrays (the counts, their experience and ``bound``: the tables it writes)."""
     s = spec.settings
     policies = cm.tree.policies
@@ -232,13 +232,13 @@ def _kernel(
     for found, why in reasons:
         if found:
             return why
+    missing = native.unavailable()  # no library, or not the binding's: its limits unknown
+    if missing is not None:
+        return missing
     too_large = native.too_large(model.num_states, model.num_controls, model.num_modalities,
                                  len(policies))
     if too_large is not None:
         return too_large
-    missing = native.unavailable()
-    if missing is not None:
-        return missing
     pA = learner.pA
     assert pA is not None
     if not all(a.dtype == np.float64 and a.flags.c_contiguous

@@ -96,7 +96,7 @@ class AgentTables:
             per_agent.joint_layout(self.tables["A"], supports, self._possible, learner.pA.tables)
             if self._possible is not None and learner.pA is not None and info_gain else None
         )
-        self._lnC = [np.log(per_agent.softmax_rows(c[None])[0] + EPS) for c in model.C]
+        self._lnC = [np.log(kernels.softmax_rows(c[None])[0] + EPS) for c in model.C]
         self._info_gain = info_gain
         # The joint-outcome tables of a shared A, made once; a learned A's are made each tick
         # from the agents' tables, a chunk of agents at a time (kept by no agent).
@@ -288,7 +288,7 @@ class AgentTables:
                 [q[sl] for q in state.qs], mine, [per_agent.agents_of(b, sl) for b in B],
                 self._lnC, policies, outcomes=outcomes, use_utility=stepper.use_utility,
             )
-        state.q_pi[...] = per_agent.softmax_rows(state.G * float(stepper.gamma) + cm.lnE)
+        state.q_pi[...] = kernels.softmax_rows(state.G * float(stepper.gamma) + cm.lnE)
 
     def sample_action(self, state: AgentState, stepper: BlockStepper) -> None:
         """Each agent's action from its ``q_pi`` (marginal, pymdp's)."""
