@@ -139,6 +139,7 @@ def test_device_package_does_not_import_the_host_package() -> None:
 #: tricks": the tricks and the rules, each with what it saves).
 KEPT_OUT = (
     "numpy.random",  # the worlds' SplitMix64; a group's generator made on first stochastic use
+    "numpy.ma",  # edge_agent.arrays: distinct() and percentiles() (np.unique asks numpy.ma)
     "importlib.metadata",  # distribution: the clash check lists sys.path's directories itself
     # daemon.snapshots.format: the header of format v3 is JSON; msgspec (1.2 MB with the decimal
     # module it imports) only to read a snapshot of format v2 or v1, and for the fleet's wire
