@@ -228,7 +228,9 @@ EXPECTED: dict[str, list[Record]] = {
         *[({"bench": "daemon", "config": c}, ("tick_p50_ms", "rss_mb"))
           for c in ("grid10", "neural", "perception")],
         ({"bench": "daemon", "config": "neural"}, ("tick_p50_vs_grid10", "rss_vs_grid10")),
-        ({"bench": "overhead"}, ("backend_run_ms", "backend_run_ratio")),
+        *[({"bench": "overhead", "kind": k},
+           ("backend_run_ms", "backend_run_ratio", "neural_step_ratio", "model"))
+          for k in ("neural", "perception")],
         ({"bench": "rss_breakdown"}, ("numpy_mb", "daemon_modules_mb")),
     ],
     "bench_neural_coupling.py": [
