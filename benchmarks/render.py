@@ -525,8 +525,8 @@ TABLES: tuple[Table, ...] = (
             "agent stepped one by one in the same process. Bytes per agent: "
             "`per_agent_nbytes(64)` of the group as built here, with the library's defaults: a "
             "64-step history of every state's belief (`history_beliefs = \"full\"`: 6,630 of "
-            "grid10's 7,479 B) and the prior kept between ticks (399 B more). The daemon builds its "
-            "groups with the compact history (`\"map\"`: the most probable state and its "
+            "grid10's 7,479 B) and the prior kept between ticks (399 B more). The daemon builds "
+            "its groups with the compact history (`\"map\"`: the most probable state and its "
             "probability, 264 B) and without the prior where nothing reads it, so its status "
             "says 714 B for the same grid10 agent ([memory.md](memory.md#a-million-agents))."
         ),
