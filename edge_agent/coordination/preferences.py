@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
 from edge_agent.aif.kernels import CompiledModel
+from edge_agent.arrays import distinct
 from edge_agent.coordination.messages import (
     TaskSpec,
 )
@@ -201,7 +202,7 @@ class TaskPreferences:
             return rows
         slots = self.slot[rows]
         p = np.zeros(rows.size)
-        for f in np.unique(self.goal_factor[slots]):
+        for f in distinct(self.goal_factor[slots]):
             sel = self.goal_factor[slots] == f
             p[sel] = qs[int(f)][rows[sel], self.goal_state[slots[sel]]]
         return rows[p >= threshold]
