@@ -185,7 +185,9 @@ def test_a_rollout_is_judged_on_the_health_of_its_waves(gated: dict[str, Any]) -
     canaries = [n for n, r in end["nodes"].items() if r["wave"] == 1]
     assert {end["nodes"][n]["state"] for n in canaries} == {"reverted"}
     assert {r["state"] for r in end["nodes"].values() if r["wave"] == 2} == {"pending"}
-    events = hub.cli("events", "--json", "--limit", "1000")
+    # The verdicts are the hub's events, under the replica's id (events --node takes it).
+    events = hub.cli("events", "--node", "hub-1", "--json", "--limit", "1000")
+    assert events.returncode == 0, events.stderr
     verdict_events = [
         e for e in map(json.loads, events.stdout.splitlines())
         if e["kind"] == "rollout" and e["data"]["rollout"] == rid
