@@ -15,7 +15,8 @@ the variational free energy, the policy posterior's entropy, the belief change
 ``KL(q || prior)`` and the realised preference ``ln softmax(C)[o]``. The values go into a
 :class:`~edge_agent.core.health_window.HealthWindow` (the reporting window's summaries) and each
 tick's mean excess surprise into a :class:`~edge_agent.core.drift.DriftDetector`, whose alarm
-is a ``drift`` :class:`~edge_agent.core.contract.GroupEvent` (:meth:`AifHealth.alerts`).
+raised is a ``drift`` :class:`~edge_agent.core.contract.GroupEvent` and cleared a
+``drift_cleared`` one (:meth:`AifHealth.alerts`; the daemon logs and publishes them).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 from edge_agent.aif import health as kernels_health
 from edge_agent.core.contract import GroupEvent
-from edge_agent.core.drift import DriftDetector, DriftSettings
+from edge_agent.core.drift import CLEAR, DriftDetector, DriftSettings
 from edge_agent.core.group_blocks import IntArray
 from edge_agent.core.health_window import HealthSummary, HealthWindow
 
@@ -235,9 +236,13 @@ class AifHealth:
         k = excess.shape[0]
         mean = float(excess.sum()) / k
         var = max(0.0, float(np.dot(excess, excess)) / k - mean * mean)
-        fired = self.detector.update(mean, var, k, time.time())
-        if fired:
+        now = time.time()
+        since = self.detector.since
+        moved = self.detector.update(mean, var, k, now)
+        if moved is True:
             self._raise_drift()
+        elif moved is False:
+            self._clear_drift(0.0 if since is None else now - since)
 
     def _raise_drift(self) -> None:
         d = self.detector
@@ -258,9 +263,29 @@ class AifHealth:
             )
         )
 
+    def _clear_drift(self, lasted_s: float) -> None:
+        d = self.detector
+        s = d.settings
+        self._pending.append(
+            GroupEvent(
+                "drift_cleared",
+                "info",
+                f"group {self.group}: the model fits what its agents observe again: the excess "
+                f"surprise's drift statistic {d.statistic:.1f} fell to {CLEAR * s.threshold:g} "
+                f"(half its threshold {s.threshold:g}) after {lasted_s:.0f} s in alarm",
+                {
+                    "statistic": round(d.statistic, 6),
+                    "threshold": s.threshold,
+                    "clear_at": CLEAR * s.threshold,
+                    "alarm_s": round(lasted_s, 3),
+                },
+            )
+        )
+
     # -- what it tells ----------------------------------------------------------------------------
     def alerts(self) -> list[GroupEvent]:
-        """The ``drift`` events raised since the last call."""
+        """The drift alarm's transitions since the last call: a ``drift`` event (warning) when
+        it was raised, a ``drift_cleared`` event (info) when it cleared."""
         pending, self._pending = self._pending, []
         return pending
 

@@ -24,7 +24,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from edge_agent import __version__
 from edge_agent.distribution import clash_notice
@@ -299,6 +299,65 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# variant -----------------------------------------------------------------------------------------
+
+
+def _configure_variant(parser: argparse.ArgumentParser) -> None:
+    from edge_agent_host.converter.aif import variant  # noqa: PLC0415 - imported when configured
+
+    def swap_of(table: Literal["A", "B"]) -> Callable[[str], variant.Swap]:
+        def parse(text: str) -> variant.Swap:
+            try:
+                return variant.parse_swap(text, table)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from err
+
+        return parse
+
+    parser.add_argument(
+        "model",
+        type=Path,
+        help="model: .npz (pymdp keys A0.., B0.., ...; Dirichlet counts pA0.., pB0.. are swapped "
+        "with their tables) or .json",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="the variant to write (.npz)")
+    parser.add_argument(
+        "--swap-outcomes",
+        action="append",
+        default=[],
+        type=swap_of("A"),
+        metavar="M:I,J",
+        help="in modality M's likelihood A[M], swap outcomes I and J: the model expects J where "
+        "the world gives I (the T-maze's 1:1,2: its reward arms swapped); repeatable",
+    )
+    parser.add_argument(
+        "--swap-actions",
+        action="append",
+        default=[],
+        type=swap_of("B"),
+        metavar="F:U,V",
+        help="in factor F's transitions B[F], swap actions U and V: the model believes U does "
+        "what V does (a grid's moves mirrored); repeatable",
+    )
+
+
+def _run_variant(args: argparse.Namespace) -> int:
+    from edge_agent.aif.model import Counts  # noqa: PLC0415 - imported when run
+    from edge_agent_host.converter.aif.source import load_aif_model  # noqa: PLC0415
+    from edge_agent_host.converter.aif.variant import make_variant, write_variant  # noqa: PLC0415
+
+    swaps = [*args.swap_outcomes, *args.swap_actions]
+    if not swaps:
+        print("error: nothing to change: give --swap-outcomes or --swap-actions", file=sys.stderr)
+        return 2
+    counts: Counts = {}
+    model, counts = make_variant(load_aif_model(args.model, counts=counts), counts, swaps)
+    write_variant(args.out, model, counts, source=str(args.model), swaps=swaps)
+    changes = "; ".join(swap.describe() for swap in swaps)
+    print(f"wrote {args.out}: {args.model} with {changes} (convert aif makes its bundle)")
+    return 0
+
+
 # hub, tasks, broker: their own modules, imported when configured or run -----------------------
 
 
@@ -347,6 +406,12 @@ COMMANDS: dict[str, Command] = {
         "quantize a model, report its accuracy and write a (signed) bundle",
         _configure_convert,
         _run_convert,
+    ),
+    "variant": Command(
+        "write a deliberately changed copy of an Active Inference model (outcomes or actions "
+        "swapped): a worse model to try a rollout's gate or a shadow evaluation with",
+        _configure_variant,
+        _run_variant,
     ),
     "hub": Command(
         "talk to a fleet over MQTT: list it, watch it, send commands, deploy bundles",
