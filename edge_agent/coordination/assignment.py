@@ -41,6 +41,21 @@ model computes is far inside, ``MIN_BID_COST`` is -134), so that a cost with its
 MAX_ROWS: Final = 1 << 12
 """Rows one assignment holds at most (team slots filled in one award)."""
 _INF: Final = np.int64(1 << 62)
+_NONE: Final = np.empty(0, dtype=np.int64)
+
+
+def _one_per_list(frontier: IntArray, row_list: IntArray, u: IntArray) -> list[int]:
+    """Of the rows ``frontier``, in increasing order, one per edge list: the largest ``u``,
+    the lower row on a tie (:meth:`Assignment._search`)."""
+    if frontier.size == 1:
+        return [int(frontier[0])]
+    rows = np.sort(frontier)
+    lists = row_list[rows]
+    order = np.lexsort((rows, -u[rows], lists))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = lists[order[1:]] != lists[order[:-1]]
+    out: list[int] = np.sort(rows[order[first]]).tolist()
+    return out
 
 
 def fixed_point(costs: NDArray[np.floating]) -> IntArray:
@@ -98,10 +113,8 @@ class Assignment:
         self.v = np.zeros(n_cols, dtype=np.int64)
         self.col4row = np.full(capacity, -1, dtype=np.int64)
         self.row4col = np.full(n_cols, -1, dtype=np.int64)
-        self._spc = np.empty(n_cols, dtype=np.int64)  # this search's path costs
+        self._spc = np.full(n_cols, _INF, dtype=np.int64)  # a search's path costs (_INF: unseen)
         self._path = np.empty(n_cols, dtype=np.int64)
-        self._done = np.empty(n_cols, dtype=bool)  # columns whose path cost is final
-        self._masked = np.empty(n_cols, dtype=np.int64)
 
     def save(self) -> Saved:
         return Saved(self.rows, self.u.copy(), self.v.copy(), self.col4row.copy(),
@@ -127,12 +140,13 @@ class Assignment:
         found = self._search(cur)
         if found is None:
             return -1
-        sink, min_val, rows = found
+        sink, min_val, rows, done, seen = found
         # Potentials: every edge's reduced cost stays >= 0, the matched ones at 0.
-        spc, done = self._spc, self._done
+        spc = self._spc
         self.u[cur] += min_val
         self.u[rows] += min_val - spc[self.col4row[rows]]
         self.v[done] -= min_val - spc[done]
+        spc[seen] = _INF
         self.rows += 1
         j = sink
         while True:
@@ -143,43 +157,93 @@ class Assignment:
                 break
         return int(self.col4row[cur])
 
-    def _search(self, cur: int) -> tuple[int, np.int64, IntArray] | None:
+    def add_slots(self, g: int, count: int) -> int:
+        """Add ``count`` rows of edge list ``g`` (a role's slots) as :meth:`add` would one
+        after the other, and stop at the first that cannot be added; returns how many were.
+
+        The same result, to the bit (columns and potentials), in one step for the rows that
+        need no search: when the first ``p`` of the list's columns in order of reduced cost
+        ``costs - v`` (a tie: the lower column) are all free, :meth:`add` would give the
+        ``i``-th row the ``i``-th of them (each search finds the earlier ones at a distance no
+        greater than its own, held by rows of the same list, and no shorter path), leave every
+        row's potential at the ``p``-th reduced cost and lower the ``i``-th column's by the
+        difference. The rest are searched one by one."""
+        lo, hi = int(self.indptr[g]), int(self.indptr[g + 1])
+        cur = self.rows
+        direct = min(count, hi - lo, self.row_list.size - cur)
+        if direct > 0:
+            js = self.cols[lo:hi]
+            r = self.costs[lo:hi] - self.v[js]
+            first = np.lexsort((js, r))[:direct]
+            free = self.row4col[js[first]] < 0
+            direct = direct if free.all() else int(np.argmin(free))
+        if direct > 0:
+            chosen, r_chosen = js[first[:direct]], r[first[:direct]]
+            rows = np.arange(cur, cur + direct)
+            last = r_chosen[-1]
+            self.row_list[rows] = g
+            self.u[rows] = last
+            self.v[chosen] -= last - r_chosen
+            self.col4row[rows] = chosen
+            self.row4col[chosen] = rows
+            self.rows += direct
+        added = direct
+        while added < count and self.add(g) >= 0:
+            added += 1
+        return added
+
+    def _search(self, cur: int) -> tuple[int, np.int64, IntArray, IntArray, IntArray] | None:
         """Shortest augmenting path from row ``cur`` (Dijkstra on reduced costs, every column at
         the least distance taken at once): ``(free column reached, its distance, the rows the
-        search went through)``, or None when no free column can be reached."""
-        spc, path, done, masked = self._spc, self._path, self._done, self._masked
-        indptr, cols, costs, u, v = self.indptr, self.cols, self.costs, self.u, self.v
-        spc.fill(_INF)
-        done.fill(False)
+        search went through, the columns whose distance is final, every column it reached)``,
+        or None when no free column can be reached.
+
+        It touches only the columns it reaches (``_spc`` is back to unseen for the others), and
+        of several rows of one edge list reached at one distance it relaxes one: the row of the
+        largest potential, the lower on a tie, whose path to every column is no longer than
+        another's of the list (so the paths and distances are those of relaxing every row)."""
+        spc, path, u, v = self._spc, self._path, self.u, self.v
+        indptr, cols, costs, row_list = self.indptr, self.cols, self.costs, self.row_list
         frontier = np.array([cur], dtype=np.int64)
         visited: list[IntArray] = []
+        final: list[IntArray] = []
+        seen: list[IntArray] = []
+        waiting = _NONE  # columns reached, distance not final
         min_val = np.int64(0)
         while True:
-            # Relax the edges of every row reached at this distance (lower rows first: on a
-            # tie a column keeps the path through the lower row).
-            for i in np.sort(frontier).tolist():
-                g = self.row_list[i]
+            # Relax the edges of the rows reached at this distance, lower rows first (on a tie
+            # a column keeps the path through the lower row); a final column is never improved
+            # (reduced costs are >= 0).
+            for i in _one_per_list(frontier, row_list, u):
+                g = row_list[i]
                 lo, hi = indptr[g], indptr[g + 1]
                 js = cols[lo:hi]
                 r = min_val + costs[lo:hi] - u[i] - v[js]
-                better = (r < spc[js]) & ~done[js]
+                better = r < spc[js]
                 jb = js[better]
-                spc[jb] = r[better]
-                path[jb] = i
-            np.copyto(masked, spc)
-            masked[done] = _INF
-            lowest = masked.min()
-            if lowest >= _INF:
+                if jb.size:
+                    new = jb[spc[jb] == _INF]
+                    spc[jb] = r[better]
+                    path[jb] = i
+                    if new.size:
+                        seen.append(new)
+                        waiting = np.concatenate((waiting, new)) if waiting.size else new
+            if waiting.size == 0:
+                if seen:
+                    spc[np.concatenate(seen)] = _INF
                 return None
-            min_val = lowest
-            ties = np.flatnonzero(masked == lowest)
+            dist = spc[waiting]
+            min_val = dist.min()
+            at = dist == min_val
+            ties = waiting[at]
+            waiting = waiting[~at]
             free = ties[self.row4col[ties] < 0]
             if free.size:
-                sink = int(free[0])
-                done[sink] = True
-                rows = np.concatenate(visited) if visited else np.empty(0, dtype=np.int64)
-                return sink, min_val, rows
-            done[ties] = True
+                sink = free.min()
+                final.append(sink.reshape(1))
+                rows = np.concatenate(visited) if visited else _NONE
+                return int(sink), min_val, rows, np.concatenate(final), np.concatenate(seen)
+            final.append(ties)
             frontier = self.row4col[ties]
             visited.append(frontier)
 

@@ -97,20 +97,38 @@ class Auctioneer:
         self.current: dict[str, Bid] = {}
         self.teams: dict[str, Team] = {}
         self._seen_version = -1
+        self._teams_version = -1
         self._rounds_version = -1
         self.peer_claims: OrderedDict[str, list[Claim]] = OrderedDict()
         self.conflicts: dict[tuple[str, str, str, int, int], _Conflict] = {}
         self.metrics = AuctionMetrics()
 
     # -- rounds and windows ---------------------------------------------------------------------
-    def update(self, now: float) -> list[tuple[str, int]]:
-        """Bring rounds and the award up to date with the board; returns rounds opened now."""
-        if self.board.version == self._seen_version:
+    def update(self, now: float, *, teams: bool = True) -> list[tuple[str, int]]:
+        """Bring rounds and the award up to date with the board; returns rounds opened now.
+
+        ``teams``: whether the team tasks' award is wanted now. The caller says no while a team
+        round is in its bidding window with bids of a live peer missing: the fill is the costly
+        part of an award, and until every peer's bids are in, what it gives would change as they
+        come (it is computed at the first update with ``teams`` true after the board changed)."""
+        board_changed = self.board.version != self._seen_version
+        teams_due = teams and self._teams_version != self.board.version
+        if not board_changed and not teams_due:
             return []
-        self._seen_version = self.board.version
-        opened = self.open_rounds(now)
-        self._award(now)
+        opened: list[tuple[str, int]] = []
+        if board_changed:
+            self._seen_version = self.board.version
+            opened = self.open_rounds(now)
+            self._award(now)
+        if teams_due:
+            self._teams_version = self.board.version
+            self._update_teams(self.board.teams(), now)
+        self._check_conflicts(now)
         return opened
+
+    def teams_stale(self) -> bool:
+        """Whether the board changed since the team award was last computed."""
+        return self._teams_version != self.board.version
 
     def open_rounds(self, now: float) -> list[tuple[str, int]]:
         """Bring the rounds (not the award) up to date with the board; returns rounds opened
@@ -148,8 +166,6 @@ class Auctioneer:
             if task not in new and (task, old.epoch) in self.rounds:
                 self.rounds[(task, old.epoch)].last_change = now
         self.current = new
-        self._update_teams(self.board.teams(), now)
-        self._check_conflicts(now)
 
     def _update_teams(self, teams: dict[str, Team], now: float) -> None:
         """Membership changes of the team rounds: formation (every slot filled, once), and
@@ -236,6 +252,8 @@ class Auctioneer:
         due = []
         for (task, epoch), rnd in self.rounds.items():
             team = self.teams.get(task)
+            if team is None and self.board.is_team(task):
+                continue  # its award not computed yet (update): nothing known to be vacant
             short = task not in self.current if team is None else team.vacant > 0
             if (
                 short

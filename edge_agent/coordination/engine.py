@@ -709,7 +709,25 @@ class CoordinationEngine:
 
     # -- internals: the auction -----------------------------------------------------------------
     def _update(self, now: float) -> list[tuple[str, int]]:
-        return self.auctioneer.update(now)
+        return self.auctioneer.update(now, teams=self._teams_ready(now))
+
+    def _teams_ready(self, now: float) -> bool:
+        """Whether to compute the team award now: unless a team round is in its bidding window
+        with bids of a live peer missing here. Until then the fill would change with every
+        peer's bids that come (one fill per peer's message, each of every slot); with them in,
+        one fill gives the award the window's close would (a peer with no agent to bid holds it
+        back until the window closes, as members' holds are, :meth:`_hold`)."""
+        if not self.auctioneer.teams_stale():
+            return True
+        peers: list[str] | None = None
+        for task, epoch in self.auctioneer.rounds:
+            if not self.board.is_team(task) or self.auctioneer.window_closed(task, epoch, now):
+                continue
+            if peers is None:
+                peers = self.admission.live_peer_names(self.node_id)
+            if not self.board.bid_by_all(task, peers):
+                return False
+        return True
 
     def _eligible(self, gs: GroupState, winners: set[tuple[str, int]]) -> NDArray[np.int64]:
         mask = np.ones(gs.group.n_agents, dtype=bool)
@@ -1036,7 +1054,7 @@ class CoordinationEngine:
                 filled=len(t.members),
                 done=len(t.done),
             )
-            for t in list(self.board.teams().values())[:MAX_TEAM_STATES]
+            for t in list(self.auctioneer.teams.values())[:MAX_TEAM_STATES]
         ]
         body = TaskState(
             digest=self.board.digest(),

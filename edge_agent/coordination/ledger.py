@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.coordination.assignment import fixed_point
+from edge_agent.coordination.bid_table import BidTable
 from edge_agent.coordination.messages import (
     DIGEST_BYTES,
     MAX_BIDS_PER_MESSAGE,
@@ -232,6 +233,17 @@ class _SetHash:
         self.value = (self.value - self._h(fact)) % self.MOD
 
 
+_NO_INTS: Final = np.empty(0, dtype=np.int64)
+
+
+def _int64s(values: Sequence[int] | NDArray[np.integer]) -> NDArray[np.int64]:
+    """``values`` as int64; one outside int64 (a caller's, never the wire's) becomes -1."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "i" or (arr.dtype.kind == "u" and arr.dtype.itemsize < 8):
+        return arr.astype(np.int64, copy=False)
+    return np.array([v if -(1 << 63) <= v < 1 << 63 else -1 for v in values], dtype=np.int64)
+
+
 def _done_fact(rel: Release) -> tuple[object, ...]:
     """A team member's finished part, as the digest holds it."""
     return ("done", rel.task, rel.epoch, rel.node, rel.group, rel.agent, rel.role_index)
@@ -261,33 +273,6 @@ def _splitmix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
     x = x ^ (x >> np.uint64(27))
     x = x * _MIX2
     return x ^ (x >> np.uint64(31))
-
-
-_BidArrays = tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int64], NDArray[np.bool_]]
-
-
-class _TaskBids:
-    """One task's bids at its current epoch: ``holder id * ROLE_SPAN + role -> (cost, seq_key,
-    held)`` (role 0 and never held for a one-agent task)."""
-
-    __slots__ = ("cache", "digest", "rows")
-
-    def __init__(self) -> None:
-        self.rows: dict[int, tuple[float, int, bool]] = {}
-        self.cache: _BidArrays | None = None
-        self.digest: int | None = None
-
-    def arrays(self) -> _BidArrays:
-        """``(keys, costs, seqs, held)``."""
-        if self.cache is None:
-            n = len(self.rows)
-            keys = np.fromiter(self.rows.keys(), dtype=np.int64, count=n)
-            values = list(self.rows.values())
-            costs = np.fromiter((v[0] for v in values), dtype=np.float64, count=n)
-            seqs = np.fromiter((v[1] for v in values), dtype=np.int64, count=n)
-            held = np.fromiter((v[2] for v in values), dtype=bool, count=n)
-            self.cache = (keys, costs, seqs, held)
-        return self.cache
 
 
 class TaskBoard:
@@ -367,7 +352,7 @@ class TaskBoard:
         """Per task in ``closers``, its signed spec when the closer came: a sync relays it with
         the closer, so that a peer that never knew the task can check the closer against what
         the task's announcer said (the spec of a closed task may be evicted from ``specs``)."""
-        self.bids: dict[str, _TaskBids] = {}
+        self.bids: dict[str, BidTable] = {}
         self.team_done: dict[str, dict[tuple[str, str, int], tuple[Release, bytes]]] = {}
         """Per open team task, its members' ``done`` releases of the current round (with their
         signatures): their slots are finished, and the task closes when all are."""
@@ -381,8 +366,11 @@ class TaskBoard:
         self._nodes = _Intern()
         self._groups = _Intern()
         self._holders: dict[tuple[int, int, int], int] = {}
-        self._holder_tasks: dict[int, set[tuple[str, int]]] = {}
-        """Per holder id, its stored bids as ``(task, key)``."""
+        self._agent_maps: dict[tuple[int, int], tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
+        """Per ``(node id, group id)``, its agents known as holders (sorted) and their ids."""
+        self._unsettled = False
+        """Consumed agents or dead sessions came since bids were last dropped for them
+        (:meth:`_settle`)."""
         self._holder_node = _Growable(0)
         self._holder_group = _Growable(0)
         self._holder_agent = _Growable(0)
@@ -394,7 +382,20 @@ class TaskBoard:
         self.version = 0
         self.overflow = 0
         self.stale_bids = 0
-        self._award: tuple[int, dict[str, Bid], dict[str, Team]] = (-1, {}, {})
+        self._single: tuple[int, dict[str, Bid]] = (-1, {})
+        self._teams: tuple[int, dict[str, Team]] = (-1, {})
+        self._team_rows: tuple[
+            int,
+            tuple[
+                dict[str, int],
+                list[str],
+                RoleTable,
+                RoleBids,
+                NDArray[np.int64],
+                NDArray[np.float64],
+            ]
+            | None,
+        ] = (-1, None)
         self._digest: tuple[int, bytes] = (-1, b"")
 
     # -- interning ------------------------------------------------------------------------------
@@ -473,18 +474,16 @@ class TaskBoard:
 
     def bidders(self, task: str, node: str, group: str, role: int | None = None) -> set[int]:
         """Agents of ``node/group`` with a bid on ``task`` (on its ``role``, when given)."""
+        self._settle()
         per = self.bids.get(task)
         n, g = self._nodes.ids.get(node), self._groups.ids.get(group)
         if per is None or n is None or g is None:
             return set()
-        hn, hg, ha = self._holder_node.data, self._holder_group.data, self._holder_agent.data
-        return {
-            int(ha[k // ROLE_SPAN])
-            for k in per.rows
-            if hn[k // ROLE_SPAN] == n
-            and hg[k // ROLE_SPAN] == g
-            and (role is None or k % ROLE_SPAN == role)
-        }
+        holder = per.keys // ROLE_SPAN
+        mine = (self._holder_node.data[holder] == n) & (self._holder_group.data[holder] == g)
+        if role is not None:
+            mine &= per.keys % ROLE_SPAN == role
+        return set(self._holder_agent.data[holder[mine]].tolist())
 
     def knows(self, bid: Bid) -> bool:
         """Whether this board holds ``bid`` or something that supersedes it (a later bid of
@@ -499,16 +498,20 @@ class TaskBoard:
         n, g = self._nodes.ids.get(bid.node), self._groups.ids.get(bid.group)
         h = None if n is None or g is None else self._holders.get((n, g, bid.agent))
         per = self.bids.get(bid.task)
-        row = None if h is None or per is None else per.rows.get(h * ROLE_SPAN + bid.role)
-        return row is not None and row[1] >= key
+        if h is None or per is None:
+            return False
+        row = per.find(h * ROLE_SPAN + bid.role)
+        return row >= 0 and int(per.seqs[row]) >= key
 
     def valid_bids(self, task: str) -> Iterator[Bid]:
         """Bids that count for ``task`` at its current epoch (all the stored ones)."""
+        self._settle()
         epoch = self.floor.get(task)
         per = self.bids.get(task)
         if epoch is None or per is None:
             return
-        for key, (cost, k, held) in per.rows.items():
+        keys, costs, seqs, helds = (a.tolist() for a in per.arrays())
+        for key, cost, k, held in zip(keys, costs, seqs, helds, strict=True):
             yield Bid(
                 task,
                 epoch,
@@ -522,6 +525,7 @@ class TaskBoard:
 
     def holds_of(self, node: str, tasks: Iterable[str]) -> list[Bid]:
         """``node``'s holds (bids flagged held) on ``tasks``."""
+        self._settle()
         n = self._nodes.ids.get(node)
         out: list[Bid] = []
         if n is None:
@@ -531,10 +535,11 @@ class TaskBoard:
             per = self.bids.get(task)
             if per is None:
                 continue
-            keys, _, _, held = per.arrays()
-            mine = keys[held & (hn[keys // ROLE_SPAN] == n)]
-            for key in mine.tolist():
-                cost, k, _ = per.rows[key]
+            keys, costs, seqs, held = per.arrays()
+            mine = np.flatnonzero(held & (hn[keys // ROLE_SPAN] == n))
+            for key, cost, k in zip(
+                keys[mine].tolist(), costs[mine].tolist(), seqs[mine].tolist(), strict=True
+            ):
                 out.append(
                     Bid(
                         task,
@@ -554,6 +559,7 @@ class TaskBoard:
         wanted = [self._nodes.ids.get(n) for n in nodes]
         if not wanted:
             return True
+        self._settle()
         per = self.bids.get(task)
         if per is None or None in wanted:
             return False
@@ -568,26 +574,30 @@ class TaskBoard:
 
     def award(self) -> dict[str, Bid]:
         """The one-agent tasks' award: :func:`award` over the current facts and the agents that
-        hold no team slot (the same result, vectorised; cached)."""
-        return self._awards()[0]
-
-    def teams(self) -> dict[str, Team]:
-        """The team tasks' award: every open team task with the members the award gives it
-        (:mod:`~edge_agent.coordination.team_award`; cached)."""
-        return self._awards()[1]
-
-    def _awards(self) -> tuple[dict[str, Bid], dict[str, Team]]:
-        version, single, teams = self._award
+        hold no team slot (the same result, vectorised; cached). It needs the team tasks'
+        counted holds, not their fill: a node of one-agent tasks pays nothing for teams, and
+        one of teams computes their fill only when asked (:meth:`teams`)."""
+        version, single = self._single
         if version == self.version:
-            return single, teams
-        open_epochs = self.open_epochs()
-        team_tasks = sorted(t for t in open_epochs if self.specs[t].is_team)
-        roles, rows, holders = self._role_bids(team_tasks)
+            return single
+        open_epochs, _, roles, rows, holders, _ = self._team_input()
         members = counted_holds(roles, rows, len(holders))
         single = self._single_award(
             {t: e for t, e in open_epochs.items() if not self.specs[t].is_team},
             {int(h) for h in holders[rows.col[members]]},
         )
+        self._single = (self.version, single)
+        return single
+
+    def teams(self) -> dict[str, Team]:
+        """The team tasks' award: every open team task with the members the award gives it
+        (:mod:`~edge_agent.coordination.team_award`; cached)."""
+        version, teams = self._teams
+        if version == self.version:
+            return teams
+        single = self.award()
+        open_epochs, team_tasks, roles, rows, holders, costs = self._team_input()
+        members = counted_holds(roles, rows, len(holders))
         busy = np.zeros(len(holders), dtype=bool)
         busy[rows.col[members]] = True
         if single:
@@ -603,16 +613,36 @@ class TaskBoard:
             open_epochs=open_epochs,
             roles=roles,
             rows=rows,
+            costs=costs,
             chosen=members | filled,
             holders=holders,
         )
-        self._award = (self.version, single, teams)
-        return single, teams
+        self._teams = (self.version, teams)
+        return teams
 
-    def _role_bids(self, tasks: list[str]) -> tuple[RoleTable, RoleBids, NDArray[np.int64]]:
+    def _team_input(
+        self,
+    ) -> tuple[
+        dict[str, int], list[str], RoleTable, RoleBids, NDArray[np.int64], NDArray[np.float64]
+    ]:
+        """The open rounds, the open team tasks (by name), their roles and bids
+        (:meth:`_role_bids`); cached until the ledger changes."""
+        version, cached = self._team_rows
+        if version == self.version and cached is not None:
+            return cached
+        self._settle()
+        open_epochs = self.open_epochs()
+        team_tasks = sorted(t for t in open_epochs if self.specs[t].is_team)
+        data = (open_epochs, team_tasks, *self._role_bids(team_tasks))
+        self._team_rows = (self.version, data)
+        return data
+
+    def _role_bids(
+        self, tasks: list[str]
+    ) -> tuple[RoleTable, RoleBids, NDArray[np.int64], NDArray[np.float64]]:
         """The team tasks' roles and bids as :mod:`~edge_agent.coordination.team_award` takes
-        them, and the holder id of every column (agents by their canonical rank: node name,
-        group name, agent)."""
+        them, the holder id of every column (agents by their canonical rank: node name, group
+        name, agent), and each bid row's cost as it came."""
         role_task: list[int] = []
         slots: list[int] = []
         done: list[int] = []
@@ -636,7 +666,7 @@ class TaskBoard:
         empty = np.empty(0, dtype=np.int64)
         if not parts:
             no_bids = RoleBids(empty, empty, empty, empty, np.empty(0, dtype=bool), empty)
-            return roles, no_bids, empty
+            return roles, no_bids, empty, np.empty(0, dtype=np.float64)
         keys = np.concatenate([p[0] for p in parts])
         role = keys % ROLE_SPAN
         base = np.repeat(np.array(where, dtype=np.int64), [p[0].size for p in parts])
@@ -669,7 +699,7 @@ class TaskBoard:
         )
         salt = (mixed >> np.uint64(64 - SALT_BITS)).astype(np.int64)
         bids = RoleBids(base + role, col, fixed_point(costs), seqs, held, salt)
-        return roles, bids, canon
+        return roles, bids, canon, costs
 
     def _salt_of(self, task: str) -> int:
         """``task``'s part of its bids' tie-breaks (cached with its digest hash)."""
@@ -685,6 +715,7 @@ class TaskBoard:
         open_epochs: Mapping[str, int],
         roles: RoleTable,
         rows: RoleBids,
+        costs: NDArray[np.float64],
         chosen: NDArray[np.bool_],
         holders: NDArray[np.int64],
     ) -> dict[str, Team]:
@@ -699,7 +730,7 @@ class TaskBoard:
                     tasks[t],
                     open_epochs[tasks[t]],
                     *self._holder_name(int(holders[rows.col[i]])),
-                    self._cost_of(tasks[t], int(holders[rows.col[i]]), g - int(first[t])),
+                    float(costs[i]),
                     k >> 32,
                     k & 0xFFFFFFFF,
                     g - int(first[t]),
@@ -721,9 +752,6 @@ class TaskBoard:
                 tuple(done),
             )
         return out
-
-    def _cost_of(self, task: str, holder: int, role: int) -> float:
-        return self.bids[task].rows[holder * ROLE_SPAN + role][0]
 
     def _single_award(self, open_epochs: dict[str, int], excluded: set[int]) -> dict[str, Bid]:
         """:func:`award` over the one-agent tasks ``open_epochs``, without the holders
@@ -779,6 +807,7 @@ class TaskBoard:
         version, cached = self._digest
         if version == self.version:
             return cached
+        self._settle()
         total = 0
         for task, per in self.bids.items():
             if per.digest is None:
@@ -789,8 +818,8 @@ class TaskBoard:
         self._digest = (self.version, result)
         return result
 
-    def _bids_hash(self, task: str, per: _TaskBids) -> int:
-        if not per.rows:
+    def _bids_hash(self, task: str, per: BidTable) -> int:
+        if not len(per):
             return 0
         th = self._task_hash.get(task)
         if th is None:
@@ -833,13 +862,22 @@ class TaskBoard:
     def _changed(self) -> None:
         self.version += 1
 
-    def _remove_bid(self, task: str, per: _TaskBids, key: int) -> None:
-        del per.rows[key]
-        per.cache = per.digest = None
-        self.n_bids -= 1
-        tasks = self._holder_tasks.get(key // ROLE_SPAN)
-        if tasks is not None:
-            tasks.discard((task, key))
+    def _settle(self) -> None:
+        """Drop the bids of agents consumed and of sessions dead since the last call: one pass
+        over the tasks with bids, vectorised, however many releases and deaths came (a bid a
+        consumed agent or a dead session made counts for nothing meanwhile: it can win no award,
+        as every reader settles first)."""
+        if not self._unsettled:
+            return
+        self._unsettled = False
+        consumed, dead = self._holder_consumed.data, self._node_dead.data
+        hn = self._holder_node.data
+        for per in self.bids.values():
+            if not len(per):
+                continue
+            holder = per.keys // ROLE_SPAN
+            gone = (per.seqs <= consumed[holder]) | ((per.seqs >> 32) <= dead[hn[holder]])
+            self.n_bids -= per.drop(gone)
 
     def _drop_bids(self, task: str) -> None:
         """The round ended (a new one, or the task closed): its bids and finished parts go."""
@@ -848,10 +886,8 @@ class TaskBoard:
             for rel, _ in done.values():
                 self._hash.remove(_done_fact(rel))
         per = self.bids.pop(task, None)
-        if per is None:
-            return
-        for key in list(per.rows):
-            self._remove_bid(task, per, key)
+        if per is not None:
+            self.n_bids -= len(per)
 
     def _evict_closed(self) -> None:
         for task in [t for t in self.floor if t not in self._live]:
@@ -975,26 +1011,6 @@ class TaskBoard:
         if task in self.floor and self._fact_floor.get(task, -1) < epoch:
             self._fact_floor[task] = epoch
 
-    def _insert(
-        self, task: str, per: _TaskBids, h: int, *, role: int, cost: float, key: int, held: bool
-    ) -> bool:
-        if key <= self._holder_consumed.data[h]:
-            return False
-        slot = h * ROLE_SPAN + role
-        cur = per.rows.get(slot)
-        if cur is not None:
-            if (cur[1], -cur[0], cur[2]) >= (key, -cost, held):
-                return False
-        else:
-            if self.n_bids >= self.max_bids:
-                self.overflow += 1
-                return False
-            self.n_bids += 1
-            self._holder_tasks.setdefault(h, set()).add((task, slot))
-        per.rows[slot] = (cost, key, held)
-        per.cache = per.digest = None
-        return True
-
     def add_bid(self, bid: Bid) -> bool:
         """Merge one bid. False when it changes nothing (stale, invalid, a duplicate)."""
         return self.add_bids(
@@ -1033,44 +1049,78 @@ class TaskBoard:
             return False
         key = seq_key(bdseq, bseq)
         changed = False
-        usable: list[_TaskBids | None] = []
+        usable: list[BidTable | None] = []
         for task, epoch in zip(tasks, epochs, strict=True):
             # A bid's epoch counts even when the bid does not: floors depend on every bid seen.
             ok, raised = self._accepts_epoch(task, epoch)
             changed |= raised
-            usable.append(self.bids.setdefault(task, _TaskBids()) if ok else None)
+            usable.append(self.bids.setdefault(task, BidTable()) if ok else None)
         node_id = self._node(node)
-        if node_id is None or self._node_dead.data[node_id] >= bdseq:
-            self.stale_bids += len(task_index)
-            return changed
         n = len(task_index)
-        role_of = [0] * n if roles is None else roles
-        held_of = [False] * n if holds is None else holds
-        inserted = False
-        holder: dict[int, int | None] = {}  # a message names each agent many times
-        for t, agent, cost, role, held in zip(
-            task_index, agents, costs, role_of, held_of, strict=True
-        ):
-            per = usable[t]
-            h = None
-            if per is not None:
-                h = holder.get(agent, -1)
-                if h == -1:
-                    h = holder[agent] = self._holder(node, group, agent)
-            if (
-                per is None
-                or h is None
-                or not 0 <= role < ROLE_SPAN
-                or not self._insert(
-                    tasks[t], per, h, role=int(role), cost=cost, key=key, held=bool(held)
-                )
-            ):
-                self.stale_bids += 1
+        if node_id is None or self._node_dead.data[node_id] >= bdseq:
+            self.stale_bids += n
+            return changed
+        if n == 0:
+            return changed
+        self._settle()
+        t_of = _int64s(task_index)
+        role = np.zeros(n, np.int64) if roles is None else _int64s(roles)
+        held = np.zeros(n, bool) if holds is None else np.asarray(holds, dtype=bool)
+        agent = _int64s(agents)
+        ok_task = np.array([per is not None for per in usable], dtype=bool)
+        rows = np.flatnonzero(ok_task[t_of] & (role >= 0) & (role < ROLE_SPAN) & (agent >= 0))
+        h = self._holders_of(node, group, agent[rows])
+        fresh = h >= 0
+        fresh[fresh] = key > self._holder_consumed.data[h[fresh]]
+        rows, h = rows[fresh], h[fresh]
+        slot = h * ROLE_SPAN + role[rows]
+        cost = np.asarray(costs, dtype=np.float64)[rows]
+        t_rows = t_of[rows]
+        by_task = np.argsort(t_rows, kind="stable")  # each task's rows, in the message's order
+        bounds = np.flatnonzero(np.diff(t_rows[by_task])) + 1
+        inserted = 0
+        for part in np.split(by_task, bounds) if by_task.size else ():
+            per = usable[int(t_rows[part[0]])]
+            if per is None:  # not reached: the rows are of usable tasks
                 continue
-            inserted = True
+            merged = per.merge(
+                slot[part], cost[part], key, held[rows[part]], room=self.max_bids - self.n_bids
+            )
+            self.n_bids += merged.added
+            self.overflow += merged.refused
+            inserted += merged.changed
+        self.stale_bids += n - inserted
         if inserted:
             self._changed()
-        return changed or inserted
+        return changed or inserted > 0
+
+    def _holders_of(self, node: str, group: str, agents: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The holder id of each of ``node/group``'s ``agents`` (-1: no room for a new one),
+        looked up in one vectorised step; agents new to the board get ids first, in order."""
+        n, g = self._nodes.ids[node], self._groups(group)
+        known, ids = self._agent_maps.get((n, g), (_NO_INTS, _NO_INTS))
+        at = np.searchsorted(known, agents)
+        found = at < known.size
+        found[found] = known[at[found]] == agents[found]
+        if not found.all():
+            new, first = np.unique(agents[~found], return_index=True)
+            made = []
+            for agent in new[np.argsort(first)].tolist():
+                h = self._holder(node, group, agent)
+                if h is not None:
+                    made.append((agent, h))
+            if made:
+                pairs = np.array(made, dtype=np.int64)
+                merged = np.concatenate([known, pairs[:, 0]])
+                order = np.argsort(merged, kind="stable")
+                known, ids = merged[order], np.concatenate([ids, pairs[:, 1]])[order]
+                self._agent_maps[(n, g)] = (known, ids)
+            at = np.searchsorted(known, agents)
+            found = at < known.size
+            found[found] = known[at[found]] == agents[found]
+        out = np.full(agents.size, -1, dtype=np.int64)
+        out[found] = ids[at[found]]
+        return out
 
     def add_consumed(self, node: str, group: str, agent: int, bdseq: int, bseq: int) -> bool:
         if bdseq > MAX_SESSION:
@@ -1091,10 +1141,7 @@ class TaskBoard:
         h = self._holder(node, group, agent)
         if h is not None:
             self._holder_consumed.data[h] = key
-            for task, slot in list(self._holder_tasks.get(h, ())):
-                per = self.bids[task]
-                if per.rows[slot][1] <= key:
-                    self._remove_bid(task, per, slot)
+            self._unsettled = True  # its bids up to key go (_settle)
         self._changed()
         return True
 
@@ -1203,15 +1250,7 @@ class TaskBoard:
         self._hash.add(("dead", node, bdseq))
         self.dead[node] = bdseq
         self._node_dead.data[node_id] = bdseq
-        hn = self._holder_node.data
-        for task, per in self.bids.items():
-            gone = [
-                key
-                for key, (_, k, _held) in per.rows.items()
-                if hn[key // ROLE_SPAN] == node_id and k >> 32 <= bdseq
-            ]
-            for key in gone:
-                self._remove_bid(task, per, key)
+        self._unsettled = True  # its bids go (_settle)
         self._changed()
         return held
 

@@ -131,9 +131,7 @@ def fill(
     rows: list[int] = []  # the role of each slot the solver holds, in the order added
     # A formed team's vacant slots first (a repair before a new team), as many as can be filled.
     for g in np.flatnonzero(formed[roles.task]).tolist():
-        for _ in range(int(vacant[g])):
-            if solver.add(g) >= 0:
-                rows.append(g)
+        rows += [g] * solver.add_slots(g, int(vacant[g]))
     # Then each forming team in task order, whole or not at all.
     bidders = np.bincount(bids.role[usable], minlength=n_roles)
     for t in np.flatnonzero(~formed).tolist():
@@ -141,12 +139,13 @@ def fill(
         if mine.size == 0 or (bidders[mine] < vacant[mine]).any():
             continue  # a role with fewer bidders than slots: it cannot form
         saved = solver.save()
-        added = []
+        added: list[int] = []
         for g in mine.tolist():
-            for _ in range(int(vacant[g])):
-                if solver.add(g) < 0:
-                    break
-                added.append(g)
+            wanted = int(vacant[g])
+            got = solver.add_slots(g, wanted)
+            added += [g] * got
+            if got < wanted:
+                break
         if len(added) < int(vacant[mine].sum()):
             solver.restore(saved)
         else:

@@ -9,6 +9,7 @@ from scipy.optimize import linear_sum_assignment
 from edge_agent.coordination.assignment import (
     COST_LIMIT,
     COST_SCALE,
+    Assignment,
     Edges,
     assign,
     edges_of,
@@ -112,3 +113,89 @@ def test_nothing_to_match() -> None:
     empty = edges_of(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), 2)
     assert assign(np.array([0, 1]), empty, 5).tolist() == [-1, -1]
     assert assign(np.empty(0, np.int64), empty, 5).size == 0
+
+
+class PlainAssignment:
+    """The search as it was first written (every row of the frontier relaxed, every column
+    scanned at each step): the reference :class:`Assignment` must match to the bit."""
+
+    def __init__(self, edges: Edges, n_cols: int, capacity: int) -> None:
+        self.indptr, self.cols = edges.indptr, edges.cols
+        self.costs = edges.costs - edges.costs.min() if edges.costs.size else edges.costs
+        self.rows = 0
+        self.row_list = np.zeros(capacity, dtype=np.int64)
+        self.u = np.zeros(capacity, dtype=np.int64)
+        self.v = np.zeros(n_cols, dtype=np.int64)
+        self.col4row = np.full(capacity, -1, dtype=np.int64)
+        self.row4col = np.full(n_cols, -1, dtype=np.int64)
+
+    def add(self, g: int) -> int:
+        cur = self.rows
+        if cur >= self.row_list.size:
+            return -1
+        self.row_list[cur], self.col4row[cur], self.u[cur] = g, -1, 0
+        n = self.v.size
+        spc, path, done = np.full(n, INF), np.zeros(n, np.int64), np.zeros(n, bool)
+        frontier, visited, min_val = [cur], [], 0
+        while True:
+            for i in sorted(frontier):
+                lo, hi = self.indptr[self.row_list[i]], self.indptr[self.row_list[i] + 1]
+                js = self.cols[lo:hi]
+                r = min_val + self.costs[lo:hi] - self.u[i] - self.v[js]
+                better = (r < spc[js]) & ~done[js]
+                spc[js[better]], path[js[better]] = r[better], i
+            masked = np.where(done, INF, spc)
+            if masked.min() >= INF:
+                return -1
+            min_val = masked.min()
+            ties = np.flatnonzero(masked == min_val)
+            free = ties[self.row4col[ties] < 0]
+            if free.size:
+                sink = int(free[0])
+                done[sink] = True
+                break
+            done[ties] = True
+            frontier = self.row4col[ties].tolist()
+            visited += frontier
+        self.u[cur] += min_val
+        rows = np.array(visited, dtype=np.int64)
+        self.u[rows] += min_val - spc[self.col4row[rows]]
+        self.v[done] -= min_val - spc[done]
+        self.rows += 1
+        j = sink
+        while True:
+            i = int(path[j])
+            self.row4col[j] = i
+            self.col4row[i], j = j, int(self.col4row[i])
+            if i == cur:
+                return int(self.col4row[cur])
+
+
+INF = 1 << 62
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_role_s_slots_added_at_once_are_as_added_one_by_one_to_the_bit(seed: int) -> None:
+    """:meth:`Assignment.add_slots` (the slots that need no search in one step, the others
+    searched touching only the columns reached) against the plain search row by row: the same
+    columns, row potentials and column potentials after every role, ties and contention
+    included (costs 0 ... spread, lists sharing columns)."""
+    rng = np.random.default_rng(300 + seed)
+    n_lists, n_cols = int(rng.integers(1, 30)), int(rng.integers(1, 80))
+    spread = int(rng.choice([3, 50, 10**6]))
+    _, _, edges = random_instance(rng, n_lists, n_cols, float(rng.uniform(0.05, 0.8)), spread)
+    slots = rng.integers(1, 6, n_lists)
+    order = rng.permutation(n_lists)
+    capacity = int(rng.integers(1, slots.sum() + 2))
+    fast, plain = Assignment(edges, n_cols, capacity), PlainAssignment(edges, n_cols, capacity)
+    for g in order.tolist():
+        got = fast.add_slots(g, int(slots[g]))
+        want = 0
+        while want < slots[g] and plain.add(g) >= 0:
+            want += 1
+        assert got == want
+        assert fast.rows == plain.rows
+        assert np.array_equal(fast.col4row, plain.col4row)
+        assert np.array_equal(fast.row4col, plain.row4col)
+        assert np.array_equal(fast.u[: fast.rows], plain.u[: plain.rows])
+        assert np.array_equal(fast.v, plain.v)
