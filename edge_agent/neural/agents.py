@@ -27,15 +27,15 @@ memory, flattened), or a camera frame ``(batch, C, H, W)`` / ``(batch, H, W, C)`
 flattened ``(N, C*H*W)``). Until an agent has seen ``T`` observations (at the start, after
 :meth:`NeuralAgentGroup.reset`) the missing older steps are zeros.
 
-Out of range: every tick the group counts the agents whose observation has a feature outside the
-range the bundle's model was calibrated on (:mod:`edge_agent.neural.input_range`: counts in
+Out of range: every 4th tick the group counts the agents whose observation has a feature outside
+the range the bundle's model was calibrated on (:mod:`edge_agent.neural.input_range`: counts in
 ``metrics()`` and ``describe()``, one ``input_out_of_range`` event through ``alerts()`` when
 their share crosses 1 %).
 
 Memory: the model bytes are reserved once per model (shared key: the model file's sha256); every
 agent reserves its ring (``capacity * F * 4`` bytes), its share of the session's buffers and its
-actions, and the group the sliding input's room and the range check's scratch
-(:meth:`NeuralAgentGroup.bytes_for`), before anything is allocated.
+actions, and the group the sliding input's room, the range check's scratch and the health
+measures' buffers (:meth:`NeuralAgentGroup.bytes_for`), before anything is allocated.
 """
 
 from __future__ import annotations
@@ -349,6 +349,7 @@ class NeuralAgentGroup:
         self._views: dict[int, tuple[FloatArray, FloatArray, np.ndarray]] = {}
         self._row_item = np.dtype((np.void, 4 * self.num_features))
         try:
+            self.health.allocate(self.num_actions)  # reserved with the agents (bytes_for)
             self._allocate(int(n_agents))
             self.session.warm_up()
         except BaseException:
@@ -401,20 +402,22 @@ class NeuralAgentGroup:
 
     def bytes_for(self, n_agents: int) -> int:
         """Bytes to reserve for ``n_agents`` (the model is reserved separately, once): the
-        agents' own bytes, the sliding window input's extra room (a few KB, once) and the range
-        check's scratch (at most 64 KB)."""
+        agents' own bytes, the sliding window input's extra room (a few KB, once), the range
+        check's scratch (at most 128 KB) and the health measures' buffers (about 30 KB)."""
         return (
             n_agents * self.per_agent_nbytes()
             + self.session.slide_nbytes(n_agents)
             + self.range_watch.scratch_nbytes(n_agents)
+            + self.health.nbytes_for(self.num_actions)
         )
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the per-agent arrays allocated by the group itself (ring, actions); the
-        windows are the session's input buffer, counted by the session."""
+        """Bytes of the arrays allocated by the group itself (ring, actions, the range check's
+        and the health measures'); the windows are the session's input buffer, counted by the
+        session."""
         arrays = [self._filled, self._actions, *self._sample_buffers()]
-        own = self._history.nbytes + sum(a.nbytes for a in arrays)
+        own = self._history.nbytes + sum(a.nbytes for a in arrays) + self.health.nbytes
         return int(own + self.range_watch.nbytes_for(self.n_agents))
 
     def _sample_buffers(self) -> list[np.ndarray]:
