@@ -302,19 +302,26 @@ def test_a_group_counts_agent_steps_out_of_the_calibrated_range(
     group.release()
 
 
-def test_counting_allocates_nothing_per_tick(policy_bundle: tuple[Path, np.ndarray]) -> None:
+@pytest.mark.parametrize("history", [0, 64], ids=["ring-of-the-window", "daemon-ring"])
+def test_counting_allocates_nothing_per_tick(
+    policy_bundle: tuple[Path, np.ndarray], history: int
+) -> None:
+    """With the range check and health on, as the daemon runs them (its ring longer than the
+    window: each tick's observations appended), over 64 ticks: 16 checked, 16 health samples
+    and two measures of the samples held."""
     bundle = load_bundle(policy_bundle[0], trusted_keys=None, require_signature=False)
     n = 20_000
-    group = NeuralAgentGroup.from_bundle(bundle, n)
+    group = NeuralAgentGroup.from_bundle(bundle, n, history_capacity=history)
     obs = np.random.default_rng(0).normal(0, 3, (n, F)).astype(np.float32)
     for _ in range(T + 2):
         group.step(obs)
     assert group.metrics()["obs_out_of_range"] > 0
+    measured = group.health.close(0, 0).measures["confidence"].n
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
-        for _ in range(30):
+        for _ in range(64):
             group.step(obs)
         after, peak = tracemalloc.get_traced_memory()
     finally:
@@ -323,6 +330,8 @@ def test_counting_allocates_nothing_per_tick(policy_bundle: tuple[Path, np.ndarr
     # numpy's ufunc buffer for a broadcast bound (about 33 KB, whatever N) is all a tick may
     # use: not one (N, F) temporary (160 KB here).
     assert peak - before < 2**16 < n * F
+    assert measured > 0
+    assert group.health.close(0, 0).measures["confidence"].n == 16 * 64  # every sample measured
     group.release()
 
 
