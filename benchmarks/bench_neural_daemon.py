@@ -56,7 +56,10 @@ Everything a user would do, in one run, one JSON object per line:
      time-major ring costs), and as one contiguous copy (the floor of any layout that copies).
 
    ``overhead_ratio`` is the median over rounds of ``neural_step / session_run`` (target
-   <= 1.2); ``*_ratio`` the same for every variant. ``paced_*``: ``session_run``,
+   <= 1.2); ``*_ratio`` the same for every variant. A round's median leaves out the work a
+   step does only every few ticks (the range check and the health sample every 4th, the health
+   measures every 32nd): ``neural_step_mean_ratio`` is the mean of every call of the step over
+   the mean of every call of the session, all rounds (``*_mean_ms``). ``paced_*``: ``session_run``,
    ``neural_step`` and ``group_tick`` called in turn once per tick period (``--paced`` calls
    each), so that every call starts cold after a sleep as in the daemon. ``paced_in_tick_*``:
    ``session_run`` and ``neural_step`` paced the same way, each call preceded (untimed) by what
@@ -449,9 +452,14 @@ def build_group(cfg_path: Path, threads: int) -> tuple[GroupRuntime, bytes]:
 
 
 def interleave(
-    variants: dict[str, Callable[[], object]], repeats: int, calls: int
+    variants: dict[str, Callable[[], object]],
+    repeats: int,
+    calls: int,
+    means: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """Per-round median seconds of each variant: ``calls`` calls in a row, order rotated."""
+    """Per-round median seconds of each variant: ``calls`` calls in a row, order rotated.
+    ``means``, when given, gets each variant's per-round mean seconds (which, unlike the median,
+    counts the work a step does only every few ticks)."""
     names = list(variants)
     medians: dict[str, list[float]] = {name: [] for name in names}
     times = [0.0] * calls
@@ -463,6 +471,8 @@ def interleave(
                 fn()
                 times[i] = time.perf_counter() - start
             medians[name].append(statistics.median(times))
+            if means is not None:
+                means.setdefault(name, []).append(statistics.fmean(times))
     return medians
 
 
@@ -563,7 +573,8 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
     variants, max_diff, batch = overhead_variants(runtime, net, model, args)
     for fn in variants.values():  # warm every path
         fn()
-    medians = interleave(variants, args.repeats, args.calls)
+    means: dict[str, list[float]] = {}
+    medians = interleave(variants, args.repeats, args.calls, means)
     slow = paced(
         {k: variants[k] for k in ("session_run", "neural_step", "group_tick")},
         args.paced,
@@ -582,6 +593,7 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
         before=tick_preamble,
     )
     base = medians["session_run"]
+    base_means = means["session_run"]
     row: dict[str, Any] = {
         "bench": "overhead",
         "kind": kind,
@@ -599,6 +611,12 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
             ratios = sorted(v / b for v, b in zip(values, base, strict=True))
             row[f"{name}_ratio"] = round(statistics.median(ratios), 3)
             row[f"{name}_ratio_range"] = [round(ratios[0], 3), round(ratios[-1], 3)]
+    # Every call counted: the mean over all rounds, the step's every-4th-tick health and range
+    # check and its every-32nd-tick health measures included.
+    mean_step, mean_base = statistics.fmean(means["neural_step"]), statistics.fmean(base_means)
+    row["neural_step_mean_ms"] = round(mean_step * 1e3, 4)
+    row["session_run_mean_ms"] = round(mean_base * 1e3, 4)
+    row["neural_step_mean_ratio"] = round(mean_step / mean_base, 3)
     for name, value in slow.items():
         row[f"paced_{name}_ms"] = round(value * 1e3, 4)
     row["paced_hz"] = args.tick_hz

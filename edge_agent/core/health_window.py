@@ -192,6 +192,21 @@ class HealthWindow:
         for name, row, total, square in zip(names, values, totals, squares, strict=True):
             self._measures[name].add_summed(row, total, square)
 
+    def add_rows_summed(
+        self, names: Sequence[str], values: np.ndarray, totals: np.ndarray, squares: np.ndarray
+    ) -> None:
+        """:meth:`add_rows` of ``values`` whose row sums ``totals`` and sums of squares
+        ``squares`` the caller worked out in its own buffers (nothing is allocated here). A row
+        whose sums are not finite holds a non-finite value and goes through :meth:`add`, which
+        leaves those out."""
+        for name, row, total, square in zip(
+            names, values, totals.tolist(), squares.tolist(), strict=True
+        ):
+            if math.isfinite(total) and math.isfinite(square):
+                self._measures[name].add_summed(row, total, square)
+            else:
+                self.add(name, row)
+
     def add_steps(self, n: int) -> None:
         """``n`` agent-steps were taken (whether or not any was sampled)."""
         self.agent_steps += int(n)

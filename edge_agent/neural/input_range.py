@@ -14,9 +14,9 @@ observations fell outside the example's 128 calibration windows, with it none of
 agent's observation of one tick counts once, however many of its features are out. That is one
 pass over the tick's ``(N, F)`` observations (:func:`count_outside`: two comparisons and an
 ``or``, element by element, against bounds laid out as the observations are, in blocks of at
-most :data:`SCRATCH_BYTES` of scratch; which agents are out is worked out only in a block that
-has a value out), no per-agent Python, nothing allocated. A tick between two checks costs a
-counter.
+most :data:`SCRATCH_BYTES` of scratch, and the agents out counted in one call, each agent's
+flags read as 64-bit words; which agents are out is worked out only when some are), no
+per-agent Python, nothing allocated. A tick between two checks costs a counter.
 
 :class:`RangeWatch` keeps the counts (``obs_checked``, ``obs_out_of_range``: counters in status,
 telemetry and Prometheus), the share of the last window of :data:`WINDOW_TICKS` ticks
@@ -53,6 +53,8 @@ __all__ = [
     "WINDOW_TICKS",
     "RangeWatch",
     "count_outside",
+    "flag_width",
+    "scratch_per_agent",
 ]
 
 #: Ticks per window over which the share of agent-steps out of range is taken.
@@ -67,12 +69,23 @@ ALERT_SHARE = 0.01
 #: After an event, a window's share must fall below this before the next one can be raised.
 CLEAR_SHARE = 0.005
 #: Scratch for the comparison, at most (the observations are compared in blocks of agents: per
-#: value of a block, its two bounds (float32) and two flags, :data:`SCRATCH_PER_VALUE` bytes).
+#: agent of a block, :func:`scratch_per_agent` bytes).
 SCRATCH_BYTES = 1 << 17
-#: Scratch bytes per observation value of a block (see :data:`SCRATCH_BYTES`).
-SCRATCH_PER_VALUE = 10
 #: Agents named in an event (the first ones out of range in the window's last tick checked).
 NAMED_AGENTS = 8
+
+
+def flag_width(features: int) -> int:
+    """Columns of a block's flags for ``features``: rounded up to a multiple of 8, so that each
+    row's flags read as whole 64-bit words (:func:`count_outside`)."""
+    return -(-max(1, features) // 8) * 8
+
+
+def scratch_per_agent(features: int) -> int:
+    """Scratch bytes per agent of a block (:func:`count_outside`): its bounds (float32, two per
+    feature), its flags below and above, and a 64-bit word when its flags are longer than one."""
+    width = flag_width(features)
+    return 9 * features + width + (8 if width > 8 else 0)
 
 
 def count_outside(
@@ -83,31 +96,47 @@ def count_outside(
     outside: NDArray[np.bool_],
     above: NDArray[np.bool_],
     rows: NDArray[np.bool_],
+    words: NDArray[np.uint64] | None = None,
 ) -> int:
-    """How many rows of ``obs`` ``(N, F)`` have a value below ``low`` or above ``high``;
-    ``rows`` ``(N,)`` is set to which. ``low`` and ``high`` are the bounds of a block of ``B``
-    rows, ``(B, F)``, every row the same (compared element by element: numpy's fastest loop),
-    or ``(F,)`` or ``(1,)`` (broadcast); ``outside`` and ``above`` are scratch of ``(B, F)``
-    (the last block uses part of them). Which rows are out is worked out only in a block with a
-    value out (the others' rows are cleared). NaN is in range (it compares false: the sources
-    drop it before a group sees it)."""
-    n = obs.shape[0]
+    """How many rows of ``obs`` ``(N, F)`` have a value below ``low`` or above ``high``. When
+    some have, ``rows`` ``(N,)`` is set to which; when none has, ``rows`` is left as it was (the
+    count says so). ``low`` and ``high`` are the bounds of a block of ``B`` rows, ``(B, F)``,
+    every row the same (compared element by element: numpy's fastest loop), or ``(F,)`` or
+    ``(1,)`` (broadcast). Scratch: ``outside`` ``(B, flag_width(F))`` bool whose columns from
+    ``F`` on stay False, so that each row's flags read as 64-bit words and a block's rows out
+    are counted in one call (the words of a row, when it has more than one, first or-ed into
+    ``words`` ``(B,)`` uint64); ``above`` ``(B, F)`` bool. The last block uses part of them.
+    NaN is in range (it compares false: the sources drop it before a group sees it)."""
+    n, f = obs.shape
     block = outside.shape[0]
+    per_row = outside.shape[1] // 8
     tiled = low.ndim == 2
     count = 0
+    quiet: list[int] = []  # blocks with no row out: their rows are cleared if another has one
     for start in range(0, n, block):  # over blocks of agents, never over agents
         part = obs[start : start + block]
         m = part.shape[0]
-        out, up = outside[:m], above[:m]
+        out, up = outside[:m, :f], above[:m]
         np.less(part, low[:m] if tiled else low, out=out)
         np.greater(part, high[:m] if tiled else high, out=up)
         np.logical_or(out, up, out=out)
-        block_rows = rows[start : start + m]
-        if out.any():
-            np.logical_or.reduce(out, axis=1, out=block_rows)
-            count += int(np.count_nonzero(block_rows))
+        flags = outside[:m].view(np.uint64)  # (m, per_row): a row is out when a word is not 0
+        if per_row == 1:
+            agent = flags[:, 0]
         else:
-            block_rows.fill(False)
+            if words is None:
+                raise ValueError("flags of more than 8 features need the words scratch")
+            agent = words[:m]
+            np.bitwise_or.reduce(flags, axis=1, out=agent)
+        found = int(np.count_nonzero(agent))
+        if found:
+            np.not_equal(agent, 0, out=rows[start : start + m])
+            count += found
+        else:
+            quiet.append(start)
+    if count:
+        for start in quiet:
+            rows[start : start + block] = False
     return count
 
 
@@ -147,6 +176,7 @@ class RangeWatch:
         self._window_ticks = 0
         self._window_checked = 0
         self._window_out = 0
+        self._last_out = 0  # agents out in the last tick checked
         self._pending: list[GroupEvent] = []
         self.n_agents = 0
         self.resize(n_agents)
@@ -154,16 +184,15 @@ class RangeWatch:
     # -- memory ----------------------------------------------------------------------------------
     def block_rows(self, n_agents: int) -> int:
         """Agents compared at once (their scratch within :data:`SCRATCH_BYTES`)."""
-        per_agent = SCRATCH_PER_VALUE * max(1, self.features)
-        return max(1, min(n_agents, SCRATCH_BYTES // per_agent))
+        return max(1, min(n_agents, SCRATCH_BYTES // scratch_per_agent(self.features)))
 
     def scratch_nbytes(self, n_agents: int) -> int:
         """Bytes of the comparison's scratch for ``n_agents`` (at most :data:`SCRATCH_BYTES`,
-        or one agent's where a frame is larger; 0 without a range): per value of a block, its
-        bounds (float32) and two flags."""
+        or one agent's where a frame is larger; 0 without a range): per agent of a block,
+        :func:`scratch_per_agent`."""
         if not self.calibrated:
             return 0
-        return SCRATCH_PER_VALUE * self.block_rows(n_agents) * self.features
+        return scratch_per_agent(self.features) * self.block_rows(n_agents)
 
     def nbytes_for(self, n_agents: int) -> int:
         """Bytes the watch allocates for ``n_agents``: its scratch and a flag per agent (0
@@ -175,14 +204,17 @@ class RangeWatch:
         if not self.calibrated:
             return
         block = self.block_rows(self.n_agents)
-        self._outside = np.zeros((block, self.features), dtype=bool)
+        width = flag_width(self.features)
+        self._outside = np.zeros((block, width), dtype=bool)  # columns from F on stay False
         self._above = np.zeros((block, self.features), dtype=bool)
+        self._words = np.zeros(block if width > 8 else 0, dtype=np.uint64)
         # The bounds laid out as a block of observations (one value: every feature's).
         self._low_rows = np.empty((block, self.features), dtype=np.float32)
         self._high_rows = np.empty((block, self.features), dtype=np.float32)
         self._low_rows[...] = self.low
         self._high_rows[...] = self.high
         self._rows = np.zeros(self.n_agents, dtype=bool)
+        self._last_out = 0
 
     # -- ticking ---------------------------------------------------------------------------------
     def observe(self, obs: np.ndarray) -> None:
@@ -200,7 +232,9 @@ class RangeWatch:
                 outside=self._outside,
                 above=self._above,
                 rows=self._rows,
+                words=self._words,
             )
+            self._last_out = out  # rows holds the last tick checked's agents out, if any
             n = obs.shape[0]
             self.checked += n
             self.out_of_range += out
@@ -215,7 +249,8 @@ class RangeWatch:
         if not self.alerting and self.share >= ALERT_SHARE:
             self.alerting = True
             self.alerts_raised += 1
-            agents = np.flatnonzero(self._rows)[:NAMED_AGENTS].tolist()
+            rows = self._rows if self._last_out else self._rows[:0]  # none out: rows is stale
+            agents = np.flatnonzero(rows)[:NAMED_AGENTS].tolist()
             self._pending.append(
                 GroupEvent(
                     "input_out_of_range",

@@ -33,8 +33,8 @@ import importlib
 import logging
 import platform
 import re
-from collections.abc import Mapping
-from functools import cache
+from collections.abc import Callable, Mapping
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
@@ -195,6 +195,41 @@ def _new_session(model_bytes: bytes, threads: int, spinning: bool, x64_precision
     )
 
 
+def _unbound(*_: object) -> None:
+    raise InputError("onnxruntime session: call set_batch(n) before running it")
+
+
+def _unbound_input(name: str, value: Any) -> None:
+    _unbound(name, value)
+
+
+def _direct_calls(
+    session: Any, binding: Any, values: list[Any]
+) -> tuple[Callable[[], object], Callable[[str, Any], object], bool]:
+    """``(run, bind_input, direct)`` for ``binding`` of ``session``: one run on the binding, and
+    a rebinding of an input (``bind_input(name, value)``). onnxruntime's Python wrappers check
+    on every call what a CPU session with its own binding never needs (a WebGPU graph capture,
+    a pinned binding, the OrtValue's session: 2 us of a 0.2 us rebind, 2026-11-28); where
+    this onnxruntime has the compiled objects under them (``_sess``, ``_iobinding``,
+    ``_ortvalue``, since 1.x), they are called directly (``direct``: a rebinding then takes
+    the compiled OrtValue, ``value._ortvalue``), else the wrappers."""
+    raw_session = getattr(session, "_sess", None)
+    raw_binding = getattr(binding, "_iobinding", None)
+    if (
+        raw_session is None
+        or raw_binding is None
+        or not hasattr(raw_session, "run_with_iobinding")
+        or not hasattr(raw_binding, "bind_ortvalue_input")
+        or not all(hasattr(v, "_ortvalue") for v in values)
+    ):
+        return partial(session.run_with_iobinding, binding), binding.bind_ortvalue_input, False
+    return (
+        partial(raw_session.run_with_iobinding, raw_binding, None),
+        raw_binding.bind_ortvalue_input,
+        True,
+    )
+
+
 class OnnxRuntimeSession(Session):
     """An ONNX model in an ``onnxruntime.InferenceSession``; see :class:`Session`.
 
@@ -247,10 +282,13 @@ class OnnxRuntimeSession(Session):
         self._output_specs = self._resolve_output_shapes()
         self._binding: Any = None
         self._values: list[Any] = []  # OrtValues that wrap our buffers: kept alive with them
+        self._run: Callable[[], object] = _unbound  # one run on the binding (_direct_calls)
+        self._bind_input: Callable[[str, Any], object] = _unbound_input
         self._model_in: dict[str, np.ndarray] = {}
         self._scratch: dict[str, FloatArray] = {}
         self._model_out: dict[str, np.ndarray] = {}
-        self._slide_values: dict[str, list[Any]] = {}  # a sliding float32 input's OrtValues
+        # A sliding float32 input's OrtValues, one per view, as _bind_input takes them.
+        self._slide_values: dict[str, list[Any]] = {}
         self._converted_inputs = [t for t in self._input_specs if t.dtype != "float32"]
         self._converted_outputs = [t for t in self._output_specs if t.dtype != "float32"]
 
@@ -277,6 +315,7 @@ class OnnxRuntimeSession(Session):
     def _resize(self, n: int) -> None:
         self._binding = None
         self._values = []
+        self._run, self._bind_input = _unbound, _unbound_input
 
     def _allocate_model_buffers(self, n: int) -> None:
         ort = _ort()
@@ -285,13 +324,14 @@ class OnnxRuntimeSession(Session):
         self._slide_values = {}
         binding = self._session.io_binding()
         values = []
+        slides: dict[str, list[Any]] = {}
         for spec in self._input_specs:
             staging = self._staging[spec.name]
             slide = self._slides.get(spec.name)
             if spec.dtype == "float32" and slide is not None:
                 # One OrtValue per view (the first is the staging array): a slide rebinds.
                 wrapped = [ort.OrtValue.ortvalue_from_numpy(v) for v in slide.views]
-                self._slide_values[spec.name] = wrapped
+                slides[spec.name] = wrapped
                 self._model_in[spec.name] = staging
                 binding.bind_ortvalue_input(spec.name, wrapped[0])
                 values.extend(wrapped)
@@ -319,12 +359,15 @@ class OnnxRuntimeSession(Session):
             values.append(value)
         self._binding = binding
         self._values = values
+        self._run, self._bind_input, direct = _direct_calls(self._session, binding, values)
+        for name, wrapped in slides.items():
+            self._slide_values[name] = [v._ortvalue for v in wrapped] if direct else wrapped
 
     def _slid(self, name: str, at: int) -> None:
         wrapped = self._slide_values.get(name)
         if wrapped is not None:
             self._model_in[name] = self._staging[name]
-            self._binding.bind_ortvalue_input(name, wrapped[at])
+            self._bind_input(name, wrapped[at])
 
     def _invoke(self) -> None:
         # float32 tensors are bound to the staging and result arrays themselves: only the
@@ -332,7 +375,7 @@ class OnnxRuntimeSession(Session):
         for spec in self._converted_inputs:
             self._stage(spec, self._model_in[spec.name], self._scratch.get(spec.name))
         try:
-            self._session.run_with_iobinding(self._binding)
+            self._run()
         except _errors() as err:
             raise ModelError(f"onnxruntime run failed: {ort_message(err)}") from err
         for spec in self._converted_outputs:

@@ -108,3 +108,32 @@ def test_rows_told_at_once_are_summarised_as_each_told_alone() -> None:
         assert x.p95 == y.p95
         assert math.isclose(x.mean, y.mean, rel_tol=1e-12, abs_tol=1e-15)
         assert math.isclose(x.std, y.std, rel_tol=1e-12)
+
+
+def test_rows_with_their_sums_are_summarised_as_each_told_alone() -> None:
+    """``add_rows_summed`` (the sums worked out by the caller in its own buffers) keeps what
+    ``add`` of each row would; a row whose sums are not finite (a NaN or an infinity in it)
+    goes through ``add``, which leaves the non-finite values out."""
+    names = ["confidence", "low_confidence_share", "output_entropy"]
+    summed, apart = HealthWindow(names), HealthWindow(names)
+    rng = np.random.default_rng(5)
+    for tick in range(300):  # past the reservoir of 512 values
+        values = rng.normal(size=(3, 7))
+        if tick == 4:
+            values[0, 1] = np.nan
+        if tick == 9:
+            values[2, 3] = np.inf
+        with np.errstate(invalid="ignore"):
+            totals, squares = values.sum(axis=1), (values * values).sum(axis=1)
+        summed.add_rows_summed(names, values, totals, squares)
+        for name, row in zip(names, values, strict=True):
+            apart.add(name, row)
+    for name in names:
+        np.testing.assert_array_equal(summed.kept(name), apart.kept(name))
+    a, b = summed.close(), apart.close()
+    assert a.measures["confidence"].n == a.measures["output_entropy"].n == 300 * 7 - 1
+    for name in names:
+        x, y = a.measures[name], b.measures[name]
+        assert (x.n, x.p95) == (y.n, y.p95)
+        assert math.isclose(x.mean, y.mean, rel_tol=1e-12, abs_tol=1e-15)
+        assert math.isclose(x.std, y.std, rel_tol=1e-12)

@@ -23,10 +23,11 @@ from edge_agent.neural.input_range import (
     INPUT_RANGE_METRICS,
     MARGIN,
     SCRATCH_BYTES,
-    SCRATCH_PER_VALUE,
     WINDOW_TICKS,
     RangeWatch,
     count_outside,
+    flag_width,
+    scratch_per_agent,
 )
 from edge_agent.sim.sensors import SensorWorld
 from edge_agent_host.converter.builders import mlp_onnx, sensor_policy
@@ -57,13 +58,17 @@ def reference(obs: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return ((obs < low) | (obs > high)).any(axis=1)
 
 
-@pytest.mark.parametrize(("n", "features", "block"), [(50, 8, 50), (300, 40, 7), (5, 1, 1)])
+@pytest.mark.parametrize(
+    ("n", "features", "block"), [(50, 8, 50), (300, 40, 7), (5, 1, 1), (40, 3, 16), (9, 17, 4)]
+)
 @pytest.mark.parametrize("tiled", [False, True])
 def test_count_outside_counts_rows_in_blocks(
     n: int, features: int, block: int, tiled: bool
 ) -> None:
-    """Bounds broadcast, or laid out as a block of observations (what a watch passes); a block
-    with nothing out leaves no stale row from the tick before."""
+    """Bounds broadcast, or laid out as a block of observations (what a watch passes); flags of
+    one word per agent (F <= 8) and of several; a block with nothing out leaves no stale row
+    from the tick before when another block has one, and a tick with none leaves the rows as
+    they were (the count says so)."""
     rng = np.random.default_rng(features)
     obs = rng.normal(0, 1.2, (n, features)).astype(np.float32)
     obs[-1, -1] = 9.0  # one out for sure, in the last block
@@ -77,23 +82,31 @@ def test_count_outside_counts_rows_in_blocks(
             low32 = np.broadcast_to(low32, (block, features)).copy()
             high32 = np.broadcast_to(high32, (block, features)).copy()
         rows = np.ones(n, dtype=bool)  # stale: every row set
-        count = count_outside(
-            obs, low32, high32,
-            outside=np.zeros((block, features), bool), above=np.zeros((block, features), bool),
-            rows=rows,
-        )
+        scratch = {
+            "outside": np.zeros((block, flag_width(features)), bool),
+            "above": np.zeros((block, features), bool),
+            "words": np.zeros(block, np.uint64),
+        }
+        count = count_outside(obs, low32, high32, rows=rows, **scratch)
         want = reference(np.nan_to_num(obs, nan=0.0), low32[:1] if tiled else low32,
                          high32[:1] if tiled else high32)
         assert count == int(want.sum()) > 0
         assert np.array_equal(rows, want)
+        calm = np.zeros_like(obs)
+        assert count_outside(calm, low32, high32, rows=rows, **scratch) == 0
+        assert np.array_equal(rows, want)  # left as it was
 
 
 def test_the_scratch_is_bounded_whatever_the_frame() -> None:
     watch = RangeWatch(bounds([0.0], [1.0]), 3 * 64 * 64, 500, group="cam")
     assert watch.block_rows(500) == 1  # one frame's bounds and flags are 120 KB
-    assert watch.scratch_nbytes(500) == SCRATCH_PER_VALUE * 3 * 64 * 64 <= SCRATCH_BYTES
+    frame = 3 * 64 * 64
+    assert scratch_per_agent(frame) == 8 * frame + 2 * frame + 8  # bounds, flags, a word
+    assert watch.scratch_nbytes(500) == scratch_per_agent(frame) <= SCRATCH_BYTES
     small = RangeWatch(bounds([0.0], [1.0]), 8, 5000, group="g")
-    assert small.block_rows(5000) == SCRATCH_BYTES // (SCRATCH_PER_VALUE * 8) < 5000
+    assert scratch_per_agent(8) == 80
+    assert scratch_per_agent(3) == 27 + 8  # flags of 8 columns
+    assert small.block_rows(5000) == SCRATCH_BYTES // 80 < 5000
     assert small.scratch_nbytes(5000) <= SCRATCH_BYTES
     assert watch.nbytes_for(500) == watch.scratch_nbytes(500) + 500
 
@@ -126,6 +139,18 @@ def tick(watch: RangeWatch, n: int, out: int) -> None:
     obs = np.zeros((n, 2), dtype=np.float32)
     obs[:out, 1] = 5.0
     watch.observe(obs)
+
+
+def test_the_event_names_only_agents_out_in_the_last_tick_checked() -> None:
+    """A window whose last tick checked had no agent out names none (the rows of an earlier
+    tick are not read again)."""
+    n = 100
+    watch = RangeWatch(bounds([-1, -1], [1, 1]), 2, n, group="g")
+    for i in range(WINDOW_TICKS):
+        tick(watch, n, 50 if i < WINDOW_TICKS // 2 else 0)
+    (event,) = watch.alerts()
+    assert event.data["agents"] == []
+    assert "agents none in the last tick checked" in event.detail
 
 
 def test_one_event_per_crossing_with_hysteresis() -> None:
@@ -277,19 +302,26 @@ def test_a_group_counts_agent_steps_out_of_the_calibrated_range(
     group.release()
 
 
-def test_counting_allocates_nothing_per_tick(policy_bundle: tuple[Path, np.ndarray]) -> None:
+@pytest.mark.parametrize("history", [0, 64], ids=["ring-of-the-window", "daemon-ring"])
+def test_counting_allocates_nothing_per_tick(
+    policy_bundle: tuple[Path, np.ndarray], history: int
+) -> None:
+    """With the range check and health on, as the daemon runs them (its ring longer than the
+    window: each tick's observations appended), over 64 ticks: 16 checked, 16 health samples
+    and two measures of the samples held."""
     bundle = load_bundle(policy_bundle[0], trusted_keys=None, require_signature=False)
     n = 20_000
-    group = NeuralAgentGroup.from_bundle(bundle, n)
+    group = NeuralAgentGroup.from_bundle(bundle, n, history_capacity=history)
     obs = np.random.default_rng(0).normal(0, 3, (n, F)).astype(np.float32)
     for _ in range(T + 2):
         group.step(obs)
     assert group.metrics()["obs_out_of_range"] > 0
+    measured = group.health.close(0, 0).measures["confidence"].n
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
-        for _ in range(30):
+        for _ in range(64):
             group.step(obs)
         after, peak = tracemalloc.get_traced_memory()
     finally:
@@ -298,6 +330,8 @@ def test_counting_allocates_nothing_per_tick(policy_bundle: tuple[Path, np.ndarr
     # numpy's ufunc buffer for a broadcast bound (about 33 KB, whatever N) is all a tick may
     # use: not one (N, F) temporary (160 KB here).
     assert peak - before < 2**16 < n * F
+    assert measured > 0
+    assert group.health.close(0, 0).measures["confidence"].n == 16 * 64  # every sample measured
     group.release()
 
 

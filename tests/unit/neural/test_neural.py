@@ -362,7 +362,11 @@ def test_per_agent_bytes_are_what_is_allocated() -> None:
         assert group.history.capacity == 20
         # The sliding window input's room: 64 steps of 8 float32 (100 agents x 8 steps / 8 > 64).
         assert group.session.slide_nbytes(N) == 64 * F * 4
-        assert _allocated(group) == group.bytes_for(N) == N * group.per_agent_nbytes() + 64 * F * 4
+        # The health measures' buffers: 8 measured ticks' samples of 64 agents' 4 logits.
+        health = group.health.nbytes_for(4)
+        assert health == 8 * 64 * (8 * (2 * 4 + 3 + 3) + 4 * 4) + 8 * 6
+        assert _allocated(group) == group.bytes_for(N)
+        assert group.bytes_for(N) == N * group.per_agent_nbytes() + 64 * F * 4 + health
     for kind, out_model, extra in (
         ("continuous", constant_onnx(T, F, [0.0, 1.0, 2.0]), {"low": (0, 0, 0), "high": (1, 1, 1)}),
         ("observation", flatten_onnx(T, F), {}),
@@ -370,7 +374,8 @@ def test_per_agent_bytes_are_what_is_allocated() -> None:
         group = group_for(out_model, T, N, kind, **extra)
         assert _allocated(group) == group.bytes_for(N), kind
     single = group_for(constant_onnx(1, F, [0.0, 1.0]), 1, N)  # window 1: nothing slides
-    assert _allocated(single) == single.bytes_for(N) == N * single.per_agent_nbytes()
+    assert _allocated(single) == single.bytes_for(N)
+    assert single.bytes_for(N) == N * single.per_agent_nbytes() + single.health.nbytes_for(2)
 
 
 def test_budget_reserves_before_allocating_and_shares_the_model() -> None:

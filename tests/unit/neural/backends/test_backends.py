@@ -469,6 +469,38 @@ def test_a_sliding_input_runs_as_the_shifted_copy_would(case: int) -> None:
         np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["compiled", "wrappers"])
+def test_onnxruntime_runs_and_rebinds_through_its_compiled_objects_or_its_wrappers(
+    direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session calls onnxruntime's compiled session and binding directly (its Python
+    wrappers check for WebGPU capture on every call); an onnxruntime without them under its
+    wrappers (stood for here by an OrtValue lacking ``_ortvalue``) runs through the wrappers,
+    with the same results."""
+    real = ort_plugin._direct_calls
+    if not direct:
+        monkeypatch.setattr(
+            ort_plugin, "_direct_calls", lambda s, b, v: real(s, b, [*v, object()])
+        )
+    model = mlp_bytes(seed=4)[0]
+    session = get_backend("onnxruntime").load(model)
+    plain = get_backend("onnxruntime").load(model)
+    session.enable_slide("window", F)
+    n = 8
+    session.set_batch(n)
+    plain.set_batch(n)
+    assert isinstance(session, ort_plugin.OnnxRuntimeSession)
+    wrapped = session._slide_values["window"][0]
+    assert isinstance(wrapped, ort_plugin._ort().OrtValue) is not direct
+    rng = np.random.default_rng(7)
+    for step in range(70):  # past the copy back to the start
+        staging = session.slide_input("window")
+        staging[:, -1] = rng.uniform(-1.0, 1.0, size=(n, F)).astype(np.float32)
+        got = session.run_staged()["logits"]
+        want = plain.run({"window": staging.copy()})["logits"]
+        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+
+
 def test_slides_are_set_up_before_the_batch_and_only_for_known_inputs() -> None:
     model, _ = mlp_bytes()
     session = get_backend("onnxruntime").load(model)
