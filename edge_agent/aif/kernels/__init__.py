@@ -151,10 +151,10 @@ from edge_agent.aif.kernels.transitions import (
     propagate_per_agent,
     refreshed_transition,
 )
-from edge_agent.aif.kernels.workspace import PROPAGATION_ROWS, Block, Workspace
+from edge_agent.aif.kernels.workspace import CHUNK_ROWS, Block, Workspace
 
 __all__ = [
-    "PROPAGATION_ROWS",
+    "CHUNK_ROWS",
     "SMALL_BLOCK",
     "Block",
     "CompiledModel",
