@@ -302,3 +302,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+#: The planners' modules a model has no use for: the joint small-block path (several factors)
+#: and the deep planner (one factor, policies of two or more steps, deterministic moves).
+PLANNERS = (
+    "edge_agent.aif.kernels.joint_plan",
+    "edge_agent.aif.kernels.joint_scratch",
+    "edge_agent.aif.kernels.joint_small",
+    "edge_agent.aif.kernels.deep_plan",
+    "edge_agent.aif.kernels.deep",
+)
+
+
+def test_a_daemon_imports_only_the_planners_its_models_use(tmp_path: Path) -> None:
+    """A daemon of grid10 agents with one-step policies (one factor: no joint path; one step: no
+    deep planner) never imports those planners' modules (aif/kernels/__init__.py's ``_BY_NEED``,
+    ``compile_model``); a small T-maze group (two factors, one small block) loads the joint
+    path's alone, and grid10 with two-step policies the deep planner's alone."""
+
+    def planners_of(name: str, group: str, tail: str = "") -> list[str]:
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f'[daemon]\nprofile = "x86-dev"\nstate_dir = "{tmp_path / name}"\ntick_hz = 20\n\n'
+            f'[[groups]]\n{group}source = {{ type = "sim" }}\nsink = {{ type = "sim" }}\n{tail}'
+        )
+        out = run_fresh(
+            f"""
+            import os, sys
+            os.environ.pop("NOTIFY_SOCKET", None)
+            os.environ["EDGE_AGENT_RUNTIME_DIR"] = {str(tmp_path / name / "run")!r}
+            from edge_agent.cli import main
+            assert main(["run", "--config", {str(config)!r}, "--duration", "0.5"]) == 0
+            print(sorted(m for m in sys.modules if m in {PLANNERS!r}))
+            """
+        )
+        return list(ast.literal_eval(out.strip().splitlines()[-1]))
+
+    grid = 'name = "grid"\nmodel = { type = "builtin", name = "grid10" }\ncount = 50\n'
+    assert planners_of("grid", grid) == []
+    tmaze = 'name = "tmaze"\nmodel = { type = "builtin", name = "tmaze" }\ncount = 5\n'
+    assert planners_of("tmaze", tmaze) == sorted(PLANNERS[:3])
+    two_steps = "[groups.settings]\npolicy_len = 2\n"
+    assert planners_of("deep", grid, two_steps) == sorted(PLANNERS[3:])
+

@@ -14,11 +14,11 @@ import numpy as np
 
 from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.fast_tables import RowMap
-from edge_agent.aif.kernels.joint_scratch import JointScratch, joint_layout
 from edge_agent.aif.kernels.small_plan import SMALL_BLOCK
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.compiled import CompiledModel
+    from edge_agent.aif.kernels.joint_scratch import JointScratch
     from edge_agent.aif.kernels.local_plan import LocalPlan
 
 
@@ -161,7 +161,9 @@ def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to a
         out["s_tmp"] = (K, fdt)
         out["s_vals"] = (K, fdt)
         out["s_node"] = (1, idt)
-    if cm.joint is not None:  # a multi-factor model
+    if cm.joint is not None:  # a multi-factor model (the module loads only for one)
+        from edge_agent.aif.kernels.joint_scratch import joint_layout  # noqa: PLC0415
+
         for name, entry in joint_layout(cm.joint).items():
             out[_JOINT + name] = entry
     props = [ap for ap in plan.agent_propagation if ap is not None]
@@ -393,6 +395,8 @@ class Block:
         #: The joint small-block path's views (a multi-factor model, a small block), else None.
         self.joint_small: JointScratch | None = None
         if cm.joint is not None and small:
+            from edge_agent.aif.kernels.joint_scratch import JointScratch  # noqa: PLC0415
+
             n = len(_JOINT)
             own = {k[n:]: v for k, v in flat.items() if k.startswith(_JOINT)}
             self.joint_small = JointScratch(cm.joint, own, nb)
