@@ -171,6 +171,9 @@ KEPT_OUT = (
     # docs/memory.md: SQLite and the fleet stack only with [mqtt] enabled; never the host tool.
     "sqlite3",  # fleet.outbox and the nonce store: the only databases
     "paho",  # fleet.comms.mqtt, when fleet.node builds a stack
+    # daemon.ab_switch: the deployment manager when a deployment needs it (a node nothing was
+    # deployed to, as the demo's fresh state directory, never builds it)
+    "edge_agent.fleet.deploy",
     "edge_agent.daemon.uplink",
     "edge_agent.fleet.node",
     "edge_agent.fleet.link",
@@ -346,3 +349,18 @@ def test_a_daemon_imports_only_the_planners_its_models_use(tmp_path: Path) -> No
     two_steps = "[groups.settings]\npolicy_len = 2\n"
     assert planners_of("deep", grid, two_steps) == sorted(PLANNERS[3:])
 
+
+def test_a_daemon_builds_the_deployment_manager_when_a_deployment_needs_it(
+    tmp_path: Path,
+) -> None:
+    """A node nothing was deployed to never imports the deployment manager, with ``[mqtt]``
+    enabled too (it would be built for the first ``deploy`` command: tests/unit/daemon/
+    test_ab_switch.py); a state directory that holds a deployment's directory has it built at
+    start, to recover what a deployment left there."""
+    mqtt = (
+        f'\n[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        'node_id = "n1"\n'
+    )
+    assert "edge_agent.fleet.deploy" not in daemon_imports(tmp_path, "never", mqtt)
+    (tmp_path / "deployed" / "bundles").mkdir(parents=True)
+    assert "edge_agent.fleet.deploy" in daemon_imports(tmp_path, "deployed")
