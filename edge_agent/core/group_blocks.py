@@ -91,6 +91,7 @@ class BlockSizes:
     dense: int
     deep_dense: int
     common: int
+    chunk: int
     dense_scratch: int
     small: int
     rows: int
@@ -101,7 +102,7 @@ class BlockSizes:
     def per_agent(self) -> int:
         """Kernel scratch per agent of a full block (an upper bound)."""
         return (
-            self.common + self.rows + self.dense_scratch + self.small + self.deep
+            self.common + self.chunk + self.rows + self.dense_scratch + self.small + self.deep
             + self.deep_dense_scratch
         )
 
@@ -109,7 +110,7 @@ class BlockSizes:
         """The kernel scratch of a group of ``n_agents`` (one block's, preallocated once)."""
         return (
             min(self.block, n_agents) * (self.common + self.deep)
-            + min(self.block, n_agents, kernels.PROPAGATION_ROWS) * self.rows
+            + min(self.block, n_agents, kernels.CHUNK_ROWS) * (self.chunk + self.rows)
             + min(self.dense, n_agents) * self.dense_scratch
             + min(self.block, n_agents, kernels.SMALL_BLOCK) * self.small
             + min(self.deep_dense, n_agents) * self.deep_dense_scratch
@@ -122,9 +123,10 @@ def block_sizes(cm: kernels.CompiledModel, *, info_gain: bool, block_size: int) 
     (``block_size``: the most the caller wants). A planner that hands only some agents to the
     dense evaluation (local, deep) keeps the dense scratch for at most ``DENSE_FALLBACK_BYTES``.
     The workspace's constant row offsets (``rows``) are counted in the scratch but do not size
-    blocks (which would move the blocks' bounds)."""
+    blocks (which would move the blocks' bounds); the buffers the propagation and the local
+    planner use a chunk of agents at a time (``chunk``) size them as if a block had them."""
     per = kernels.Workspace.bytes_per_agent(cm, info_gain=info_gain)
-    common, dense = per["all"], per["dense"]
+    common, dense = per["all"] + per["chunk"], per["dense"]
     deep_plan = cm.deep
     deep, deep_dense = (
         (0, 0)
@@ -148,7 +150,8 @@ def block_sizes(cm: kernels.CompiledModel, *, info_gain: bool, block_size: int) 
         dense=max(1, min(block, dense_block)),
         # The deep planner's dense form (blocks without an observation), like the dense tree.
         deep_dense=max(1, min(block, DENSE_FALLBACK_BYTES // max(1, deep_dense))),
-        common=common,
+        common=per["all"],
+        chunk=per["chunk"],
         dense_scratch=dense,
         small=per["small"],
         rows=per["rows"],

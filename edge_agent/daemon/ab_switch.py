@@ -38,6 +38,7 @@ service module.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,14 +61,16 @@ from edge_agent.daemon.group_runtime import (
 )
 from edge_agent.daemon.shadow import ShadowRun
 from edge_agent.errors import BudgetError, EdgeAgentError
-from edge_agent.fleet.deploy import DeployManager, HealthCheck, Phase, ReadyToSwitch, Report
 from edge_agent.fleet.outcomes import Outcome, ResultCode
-from edge_agent.fleet.overlay import OverlayEntry
+from edge_agent.fleet.overlay import BUNDLES_DIR, DEPLOY_COUNTERS, Overlay, OverlayEntry
 from edge_agent.kinds.base import LoadedModel
 from edge_agent.state_health import StateHealth
 
-if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
+if TYPE_CHECKING:
+    # commands and protocol: imported only by a daemon with [mqtt] enabled; deploy: when a
+    # deployment needs it (ABSwitch.deployment)
     from edge_agent.fleet.commands import ChunkArgs, DeployArgs
+    from edge_agent.fleet.deploy import DeployManager, HealthCheck, Phase, ReadyToSwitch, Report
     from edge_agent.fleet.protocol import BundleChunk
 
 logger = logging.getLogger(__name__)
@@ -151,9 +154,16 @@ def check_bundle(snapshot: CheckSnapshot, path: Path, steps: int, timeout_s: flo
 
 
 class ABSwitch:
-    """All deployment state of one daemon: the deployment manager (transfer, journal, overlay),
-    the group being watched and the old group kept to roll back to, and a reload waiting for the
-    watch to end."""
+    """All deployment state of one daemon: the deployed bundles (the overlay), the deployment
+    manager (transfer, journal, the overlay's writes), the group being watched and the old group
+    kept to roll back to, and a reload waiting for the watch to end.
+
+    The manager is built when a deployment needs it (:meth:`deployment`): at start when the
+    state directory holds a deployment's directory (a deployment was made there: its journal
+    says what the last one did, its files are cleaned up, one a crash interrupted is completed
+    or undone before groups are built), else by the first deployment command. A node nothing was
+    ever deployed to never imports it (docs/memory.md); it reports no phase and zero counters.
+    """
 
     def __init__(
         self,
@@ -163,27 +173,58 @@ class ABSwitch:
         health: StateHealth | None = None,
     ) -> None:
         self._report = report
+        self._state_dir = Path(state_dir)
+        self._health = health if health is not None else StateHealth()
         self._host: SwitchHost | None = None
         #: The group the new bundle replaced, kept while the new one is watched.
         self._old: GroupRuntime | None = None
         #: A checked bundle whose candidate runs as a shadow beside its group before the switch.
         self._shadowing: _Shadowing | None = None
         self._reload_deferred = False
-        # A deployment interrupted by a crash is completed or undone before groups are built
-        # (recovery verifies nothing, so the keys are set once the config has been admitted).
-        self._deployer = DeployManager(state_dir, bundle_keys=None, health=health)
-        self._deployer.recover()
+        #: The keys bundles are verified with (set once the config has been admitted: recovery
+        #: verifies nothing).
+        self._bundle_keys: TrustedKeys | None = None
+        #: The deployed bundles, read at start; the manager writes them.
+        self._overlay = Overlay(self._state_dir, health=self._health)
+        self._overlay.load()
+        self._deployer: DeployManager | None = None
+        if os.path.lexists(self._state_dir / BUNDLES_DIR):
+            self.deployment()
+
+    def deployment(self) -> DeployManager:
+        """The deployment manager, built on first need: its journal recovered (a deployment a
+        crash interrupted completed or undone) and, once the switch is bound, bound to the
+        daemon's groups."""
+        if self._deployer is None:
+            from edge_agent.fleet.deploy import DeployManager  # noqa: PLC0415 - a deployment's need
+
+            deployer = DeployManager(
+                self._state_dir,
+                bundle_keys=self._bundle_keys,
+                health=self._health,
+                overlay=self._overlay,
+            )
+            deployer.recover()
+            self._deployer = deployer
+            if self._host is not None:
+                self._bind(deployer)
+        return self._deployer
 
     def bind(self, host: SwitchHost) -> None:
         """Attach to the daemon's groups (restarts a verification a crash interrupted)."""
         self._host = host
-        self._deployer.bundle_keys = trusted_keys(host.config)
+        self._bundle_keys = trusted_keys(host.config)
+        if self._deployer is not None:
+            self._bind(self._deployer)
+
+    def _bind(self, deployer: DeployManager) -> None:
+        deployer.bundle_keys = self._bundle_keys
 
         def current_sha(name: str) -> str | None:
             g = self._find(name)
             return None if g is None else g.bundle_sha256
 
-        self._deployer.bind(
+        deployer.bind(
             self._prepare_check,
             current_sha=current_sha,
             group_exists=lambda name: self._find(name) is not None,
@@ -192,12 +233,14 @@ class ABSwitch:
     def bundle_key_ids(self) -> list[str]:
         """The ids of the keys deployed bundles are verified with (``[daemon]
         trusted_keys_dir``; none set: none), sorted: what the node's birth says it trusts."""
-        keys = self._deployer.bundle_keys
+        keys = self._bundle_keys
         return [] if keys is None else sorted(keys.key_ids)
 
     def configured(self, config: DaemonConfig) -> None:
         """A reload admitted ``config``: bundles are verified with its keys from now on."""
-        self._deployer.bundle_keys = trusted_keys(config)
+        self._bundle_keys = trusted_keys(config)
+        if self._deployer is not None:
+            self._deployer.bundle_keys = self._bundle_keys
 
     @property
     def host(self) -> SwitchHost:
@@ -212,12 +255,14 @@ class ABSwitch:
     @property
     def state(self) -> Phase | None:
         """The current or last deployment's phase; None before the first."""
-        return self._deployer.phase
+        return None if self._deployer is None else self._deployer.phase
 
     @property
     def watching(self) -> str | None:
         """The group whose new bundle is watched (the old one is still held), or None."""
-        return self._deployer.watching_group if self._old is not None else None
+        if self._old is None or self._deployer is None:
+            return None
+        return self._deployer.watching_group
 
     @property
     def shadowing(self) -> str | None:
@@ -226,15 +271,18 @@ class ABSwitch:
 
     def deployed_bundles(self) -> dict[str, OverlayEntry]:
         """Group -> the bundle deployed to it (what admission runs instead of its model)."""
-        return self._deployer.deployed_bundles()
+        return dict(self._overlay.entries)
 
     def forget(self, group: str) -> None:
         """Drop ``group``'s deployed bundle: the config's model of it changed (raises OSError
         when the overlay cannot be written; it is dropped in memory anyway)."""
-        self._deployer.forget(group)
+        self._overlay.restore(group, None)
 
     def stats(self) -> dict[str, Any]:
         """The status file's ``deploy`` object (docs/status.md)."""
+        if self._deployer is None:
+            overlay = {g: e.sha256 for g, e in self._overlay.entries.items()}
+            return {**self.counters(), "overlay": overlay}
         out = self._deployer.stats()
         shadow = self._shadowing
         if shadow is not None:
@@ -248,32 +296,35 @@ class ABSwitch:
 
     def counters(self) -> dict[str, int]:
         """The deployment counters, for the metrics registry."""
+        if self._deployer is None:
+            return dict.fromkeys(DEPLOY_COUNTERS, 0)
         return self._deployer.counters
 
     # -- hub commands and the bundle topic (the loop thread) -------------------------------------
     def start(self, args: DeployArgs, nonce: bytes) -> Outcome:
         """A verified ``deploy`` command: start, resume or refuse the deployment."""
+        deployer = self.deployment()
         g = self._find(args.group)
-        if g is not None and g.paused and g.name != self._deployer.watching_group:
+        if g is not None and g.paused and g.name != deployer.watching_group:
             return Outcome(
                 ResultCode.FAILED,
                 f"group {g.name!r} is paused ({g.paused_reason}): a deployment needs it running "
                 "to watch the new bundle",
             )
-        return self._deployer.start(args, nonce)
+        return deployer.start(args, nonce)
 
     def chunk(self, args: ChunkArgs) -> Outcome:
         """A ``deploy_chunk`` command."""
-        return self._deployer.chunk(args)
+        return self.deployment().chunk(args)
 
     @property
     def broadcast_bundle(self) -> str | None:
         """The bundle whose broadcast chunks this node takes now, else None."""
-        return self._deployer.broadcast_bundle
+        return None if self._deployer is None else self._deployer.broadcast_bundle
 
     def broadcast_chunk(self, chunk: BundleChunk) -> Outcome:
         """A chunk heard on the bundle topic."""
-        return self._deployer.broadcast_chunk(chunk)
+        return self.deployment().broadcast_chunk(chunk)
 
     # -- the health check: prepared on the loop thread, run on the worker's ---------------------
     def _prepare_check(self, group: str) -> HealthCheck:
@@ -304,6 +355,8 @@ class ABSwitch:
         """Switch a group whose bundle passed its health check; roll back one whose watch
         expired; hand the deployment's reports on."""
         deployer = self._deployer
+        if deployer is None:
+            return
         ready = deployer.poll()
         if ready is not None:
             if deployer.shadow_s > 0.0:
@@ -320,6 +373,8 @@ class ABSwitch:
         self.publish_reports()
 
     def publish_reports(self) -> None:
+        if self._deployer is None:
+            return
         reports = self._deployer.take_reports()
         if reports:
             self._report(reports)
@@ -349,7 +404,7 @@ class ABSwitch:
     def _watched_stepped(self) -> None:
         """The watched group's actions are out: count the good tick; at the end of the watch
         release the old group."""
-        if self._deployer.watch_tick():
+        if self.deployment().watch_tick():
             old, self._old = self._old, None
             if old is not None:
                 old.release()
@@ -403,7 +458,7 @@ class ABSwitch:
         """Run the checked bundle's agents beside ``ready.group`` for the deployment's
         ``shadow_s`` before the switch (refused, the deployment failed, when the candidate does
         not fit the memory budget beside the group)."""
-        deployer = self._deployer
+        deployer = self.deployment()
         found = self._checked(ready, deployer.shadow_failed)
         if found is None:
             return
@@ -451,11 +506,11 @@ class ABSwitch:
         try:
             result = run.finish()
         except EdgeAgentError as err:
-            self._deployer.shadow_failed(f"group {g.name!r}: {err}")
+            self.deployment().shadow_failed(f"group {g.name!r}: {err}")
             return
         data = {**result.as_data(), "shadow_s": run.duration_s, "shadow_ticks": run.ticks}
         t = "n/a" if result.t is None else f"{result.t:.3g}"
-        self._deployer.shadowed(
+        self.deployment().shadowed(
             f"group {g.name!r}: shadow of {ready.name} {ready.version} for {run.duration_s:g} s: "
             f"{result.n} paired ticks, excess surprise candidate {result.candidate_mean:+.4g} "
             f"vs live {result.live_mean:+.4g} nats (mean difference {result.mean_diff:+.4g}, "
@@ -466,7 +521,7 @@ class ABSwitch:
 
     def _switch(self, ready: ReadyToSwitch) -> None:
         """Run ``ready.group`` on the new bundle, keeping the old group to roll back to."""
-        deployer = self._deployer
+        deployer = self.deployment()
         host = self.host
         groups = host.groups
         found = self._checked(ready, deployer.switch_failed)
@@ -511,9 +566,10 @@ class ABSwitch:
         groups[index] = old  # on the source and sink the two share (GroupRuntime.replaced)
         self._old = None
         g.release()
-        self._deployer.rollback(problem)
+        self.deployment().rollback(problem)
         self.host.rebirth()
         self.publish_reports()
 
     def close(self) -> None:
-        self._deployer.close()
+        if self._deployer is not None:
+            self._deployer.close()

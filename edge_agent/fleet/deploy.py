@@ -78,6 +78,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fleet.overlay import (
     BUNDLES_DIR,
+    DEPLOY_COUNTERS,
     Overlay,
     OverlayEntry,
     read_json,
@@ -214,6 +215,7 @@ class DeployManager:
         bundle_keys: TrustedKeys | None,
         clock: Callable[[], float] = time.time,
         health: StateHealth | None = None,
+        overlay: Overlay | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.health = health if health is not None else StateHealth()
@@ -221,7 +223,8 @@ class DeployManager:
         self.incoming = self.dir / INCOMING_DIR
         self.journal_path = self.dir / JOURNAL_FILE
         self.bundle_keys = bundle_keys
-        self.overlay = Overlay(self.state_dir, health=self.health)
+        #: The overlay it writes (``overlay``: one its owner reads too; else its own).
+        self.overlay = Overlay(self.state_dir, health=self.health) if overlay is None else overlay
         self.journal: JournalRecord | None = None
         self._clock = clock
         self._transfer: _Transfer | None = None
@@ -237,23 +240,7 @@ class DeployManager:
         #: The shadow evaluation's paired result (``shadow_*`` keys), added to the deployment's
         #: final result; empty without one.
         self._shadow_data: dict[str, Any] = {}
-        self.counters: dict[str, int] = dict.fromkeys(
-            (
-                "started",
-                "resumed",
-                "chunks",
-                "chunk_bytes",
-                "chunks_rejected",
-                "chunks_duplicate",
-                "chunks_broadcast",
-                "chunks_ignored",
-                "done",
-                "failed",
-                "rolled_back",
-                "discarded",
-            ),
-            0,
-        )
+        self.counters: dict[str, int] = dict.fromkeys(DEPLOY_COUNTERS, 0)
 
     # Start-up ---------------------------------------------------------------------------------
     def recover(self) -> None:

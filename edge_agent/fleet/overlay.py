@@ -27,6 +27,7 @@ from edge_agent.state_health import StateHealth
 
 __all__ = [
     "BUNDLES_DIR",
+    "DEPLOY_COUNTERS",
     "OVERLAY_FILE",
     "Overlay",
     "OverlayEntry",
@@ -39,6 +40,23 @@ OVERLAY_FILE: Final = "deployed.json"
 #: The deployment's directory in the state directory: the staged bundles, the journal
 #: (``deploy.json``) and the transfer in progress (``incoming/``).
 BUNDLES_DIR: Final = "bundles"
+#: What :class:`~edge_agent.fleet.deploy.DeployManager` counts (the status file's and the
+#: metrics' ``deploy``): here, so that a node that never deployed reports them, zero, without
+#: the manager (built when a deployment needs it: daemon/ab_switch.py).
+DEPLOY_COUNTERS: Final = (
+    "started",
+    "resumed",
+    "chunks",
+    "chunk_bytes",
+    "chunks_rejected",
+    "chunks_duplicate",
+    "chunks_broadcast",
+    "chunks_ignored",
+    "done",
+    "failed",
+    "rolled_back",
+    "discarded",
+)
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:

@@ -28,7 +28,7 @@ Observations and transitions are drawn by inverse-CDF sampling on precomputed cu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -310,9 +310,15 @@ class BatchEnv:
         *,
         seed: int = 0,
         process: GenerativeModel | None = None,
+        model_recipe: Callable[[], GenerativeModel] | None = None,
     ) -> None:
         n = check_n_agents(n_agents)
-        self._model = model
+        # A world made from parameters (``model_recipe`` makes ``model`` from them: the built-in
+        # worlds) keeps its model only while it is built: stepping reads the samplers, never
+        # the model, and a daemon running the world never asks for it (grid10's float64 ``A``
+        # and ``B``: 480 KB). :attr:`model` makes it again when asked.
+        self._model: GenerativeModel | None = model
+        self._model_recipe = model_recipe
         # What the world samples from: the model itself, or a process its agents are not told
         # (``process``, the same shape), read here to build the samplers and not kept.
         source = model if process is None else process
@@ -350,14 +356,21 @@ class BatchEnv:
         self._views: dict[str, NDArray[Any]] = {}
         self._allocate(n)
         self.reset()
+        if model_recipe is not None:
+            self._model = None
 
     # -- public interface ------------------------------------------------------------------
 
     @property
     def model(self) -> GenerativeModel:
         """The generative model an agent should use for this world (the process itself unless
-        the world was built with another ``process``)."""
-        return self._model
+        the world was built with another ``process``). A world built with a ``model_recipe``
+        makes it again at each call (keep it to use it twice): nothing the world does reads
+        it."""
+        if self._model is not None:
+            return self._model
+        assert self._model_recipe is not None  # only a world with a recipe lets it go
+        return self._model_recipe()
 
     @property
     def n_agents(self) -> int:

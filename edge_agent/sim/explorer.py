@@ -19,6 +19,7 @@ other cell draws a type uniformly from 0..3.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -101,7 +102,8 @@ class ExplorerEnv(BatchEnv):
         target_preference: float = 2.0,
         map_seed: int = 0,
     ) -> None:
-        model = explorer_model(
+        recipe = partial(
+            explorer_model,
             height,
             width,
             noise=noise,
@@ -109,6 +111,7 @@ class ExplorerEnv(BatchEnv):
             target_preference=target_preference,
             map_seed=map_seed,
         )
+        model = recipe()
         terrain = explorer_terrain(
             height, width, target_fraction=target_fraction, map_seed=map_seed
         )
@@ -116,7 +119,7 @@ class ExplorerEnv(BatchEnv):
         self._terrain = terrain
         self._target_cells: BoolArray = terrain == TARGET
         self.height, self.width = int(height), int(width)
-        super().__init__(model, n_agents, seed=seed)
+        super().__init__(model, n_agents, seed=seed, model_recipe=recipe)
 
     @property
     def terrain(self) -> IntArray:

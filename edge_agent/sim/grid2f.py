@@ -35,6 +35,7 @@ moves. The step after ``t = trial_len - 1`` starts the next trial: its action is
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -159,7 +160,8 @@ class TwoFactorGridEnv(TrialEnv):
         punishment: float = -3.0,
         trial_len: int = 5,
     ) -> None:
-        model = grid2f_model(
+        recipe = partial(
+            grid2f_model,
             height,
             width,
             goals=goals,
@@ -173,7 +175,7 @@ class TwoFactorGridEnv(TrialEnv):
         self.goal_cells, self.cue_cell, self.start_cell = grid2f_layout(
             height, width, goals=goals, cue=cue, start=start
         )
-        super().__init__(model, n_agents, seed=seed, trial_len=trial_len)
+        super().__init__(recipe(), n_agents, seed=seed, trial_len=trial_len, model_recipe=recipe)
 
     @property
     def contexts(self) -> IntArray:

@@ -21,6 +21,7 @@ its action is ignored and it respawns (``episode_start`` True, ``episode_steps``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -184,9 +185,11 @@ class GridWorldEnv(BatchEnv):
         preference_scale: float = 1.0,
         start: tuple[int, int] | None = None,
     ) -> None:
-        model = gridworld_model(
-            height, width, goal=goal, noise=noise, preference_scale=preference_scale, start=start
-        )
+        recipe = partial(
+            gridworld_model, height, width, goal=goal, noise=noise,
+            preference_scale=preference_scale, start=start,
+        )  # fmt: skip
+        model = recipe()
         self.height, self.width = int(height), int(width)
         if goal is None:
             self.goal = (self.height - 1, self.width - 1)
@@ -194,7 +197,9 @@ class GridWorldEnv(BatchEnv):
             self.goal = (int(goal[0]), int(goal[1]))
         self._goal_index = self.goal[0] * self.width + self.goal[1]
         self._steps_reference: str | None = None  # references(): made when first asked
-        super().__init__(model, n_agents, seed=seed, process=self._process(model))
+        super().__init__(
+            model, n_agents, seed=seed, process=self._process(model), model_recipe=recipe
+        )
 
     def _process(self, model: GenerativeModel) -> GenerativeModel:
         """The generative process the world samples from; here the agents' model itself (a

@@ -28,6 +28,7 @@ starts the next trial: its action is ignored, ``episode_start`` is True.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -121,9 +122,9 @@ class TMazeEnv(TrialEnv):
         punishment: float = -3.0,
         trial_len: int = 3,
     ) -> None:
-        model = tmaze_model(reward_probs, reward, punishment)
+        recipe = partial(tmaze_model, reward_probs, reward, punishment)
         self.reward_probs = (float(reward_probs[0]), float(reward_probs[1]))
-        super().__init__(model, n_agents, seed=seed, trial_len=trial_len)
+        super().__init__(recipe(), n_agents, seed=seed, trial_len=trial_len, model_recipe=recipe)
 
     @property
     def conditions(self) -> IntArray:

@@ -21,6 +21,8 @@ The statistics (``rewards``, ``losses``) count what the agents observed, after t
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from edge_agent.aif.model import GenerativeModel
@@ -83,9 +85,11 @@ class ReversalTMazeEnv(TMazeEnv):
             raise InputError(f"reverse_every must be an int >= 1 (trials), got {reverse_every!r}")
         self.reverse_every = reverse_every
         # TMazeEnv's statistics and cue bookkeeping, on the maze whose arms hold the agent.
-        model = tmaze_reversal_model(reward_probs, reward, punishment)
+        recipe = partial(tmaze_reversal_model, reward_probs, reward, punishment)
         self.reward_probs = (float(reward_probs[0]), float(reward_probs[1]))
-        TrialEnv.__init__(self, model, n_agents, seed=seed, trial_len=trial_len)
+        TrialEnv.__init__(
+            self, recipe(), n_agents, seed=seed, trial_len=trial_len, model_recipe=recipe
+        )
 
     @property
     def reversed(self) -> BoolArray:

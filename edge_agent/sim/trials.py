@@ -10,6 +10,8 @@ all trials: ``rewards`` and ``losses`` (outcomes observed), ``cue_visits`` (step
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from edge_agent.aif.model import GenerativeModel
@@ -26,12 +28,18 @@ class TrialEnv(BatchEnv):
     """A :class:`~edge_agent.sim.BatchEnv` whose episodes are trials of ``trial_len`` steps."""
 
     def __init__(
-        self, model: GenerativeModel, n_agents: int, *, seed: int = 0, trial_len: int
+        self,
+        model: GenerativeModel,
+        n_agents: int,
+        *,
+        seed: int = 0,
+        trial_len: int,
+        model_recipe: Callable[[], GenerativeModel] | None = None,
     ) -> None:
         if isinstance(trial_len, bool) or not isinstance(trial_len, int) or trial_len < 2:
             raise InputError(f"trial_len must be an int >= 2, got {trial_len!r}")
         self.trial_len = trial_len
-        super().__init__(model, n_agents, seed=seed)
+        super().__init__(model, n_agents, seed=seed, model_recipe=model_recipe)
 
     @property
     def rewards(self) -> IntArray:

@@ -171,6 +171,9 @@ KEPT_OUT = (
     # docs/memory.md: SQLite and the fleet stack only with [mqtt] enabled; never the host tool.
     "sqlite3",  # fleet.outbox and the nonce store: the only databases
     "paho",  # fleet.comms.mqtt, when fleet.node builds a stack
+    # daemon.ab_switch: the deployment manager when a deployment needs it (a node nothing was
+    # deployed to, as the demo's fresh state directory, never builds it)
+    "edge_agent.fleet.deploy",
     "edge_agent.daemon.uplink",
     "edge_agent.fleet.node",
     "edge_agent.fleet.link",
@@ -302,3 +305,62 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+#: The planners' modules a model has no use for: the joint small-block path (several factors)
+#: and the deep planner (one factor, policies of two or more steps, deterministic moves).
+PLANNERS = (
+    "edge_agent.aif.kernels.joint_plan",
+    "edge_agent.aif.kernels.joint_scratch",
+    "edge_agent.aif.kernels.joint_small",
+    "edge_agent.aif.kernels.deep_plan",
+    "edge_agent.aif.kernels.deep",
+)
+
+
+def test_a_daemon_imports_only_the_planners_its_models_use(tmp_path: Path) -> None:
+    """A daemon of grid10 agents with one-step policies (one factor: no joint path; one step: no
+    deep planner) never imports those planners' modules (aif/kernels/__init__.py's ``_BY_NEED``,
+    ``compile_model``); a small T-maze group (two factors, one small block) loads the joint
+    path's alone, and grid10 with two-step policies the deep planner's alone."""
+
+    def planners_of(name: str, group: str, tail: str = "") -> list[str]:
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f'[daemon]\nprofile = "x86-dev"\nstate_dir = "{tmp_path / name}"\ntick_hz = 20\n\n'
+            f'[[groups]]\n{group}source = {{ type = "sim" }}\nsink = {{ type = "sim" }}\n{tail}'
+        )
+        out = run_fresh(
+            f"""
+            import os, sys
+            os.environ.pop("NOTIFY_SOCKET", None)
+            os.environ["EDGE_AGENT_RUNTIME_DIR"] = {str(tmp_path / name / "run")!r}
+            from edge_agent.cli import main
+            assert main(["run", "--config", {str(config)!r}, "--duration", "0.5"]) == 0
+            print(sorted(m for m in sys.modules if m in {PLANNERS!r}))
+            """
+        )
+        return list(ast.literal_eval(out.strip().splitlines()[-1]))
+
+    grid = 'name = "grid"\nmodel = { type = "builtin", name = "grid10" }\ncount = 50\n'
+    assert planners_of("grid", grid) == []
+    tmaze = 'name = "tmaze"\nmodel = { type = "builtin", name = "tmaze" }\ncount = 5\n'
+    assert planners_of("tmaze", tmaze) == sorted(PLANNERS[:3])
+    two_steps = "[groups.settings]\npolicy_len = 2\n"
+    assert planners_of("deep", grid, two_steps) == sorted(PLANNERS[3:])
+
+
+def test_a_daemon_builds_the_deployment_manager_when_a_deployment_needs_it(
+    tmp_path: Path,
+) -> None:
+    """A node nothing was deployed to never imports the deployment manager, with ``[mqtt]``
+    enabled too (it would be built for the first ``deploy`` command: tests/unit/daemon/
+    test_ab_switch.py); a state directory that holds a deployment's directory has it built at
+    start, to recover what a deployment left there."""
+    mqtt = (
+        f'\n[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        'node_id = "n1"\n'
+    )
+    assert "edge_agent.fleet.deploy" not in daemon_imports(tmp_path, "never", mqtt)
+    (tmp_path / "deployed" / "bundles").mkdir(parents=True)
+    assert "edge_agent.fleet.deploy" in daemon_imports(tmp_path, "deployed")

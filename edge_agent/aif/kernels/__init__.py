@@ -85,8 +85,11 @@ The code lives in one module per stage; this package re-exports what the rest of
 Imports between the modules, type-only ones included, run one way (no cycle): the tables
 (``transitions``, ``tree``, ``fast_tables``, ``local_plan``, ``small_plan``, ``joint_plan``,
 ``deep_plan``) sit below ``compiled``, which sits below ``workspace`` (and ``joint_scratch``)
-and the kernels.
+and the kernels. The joint and deep planners' modules load on first use (``_BY_NEED`` below).
 """
+
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 from edge_agent.aif.kernels.agent_major import propagate_block
 from edge_agent.aif.kernels.block import (
@@ -110,13 +113,6 @@ from edge_agent.aif.kernels.control import (
     policy_posterior,
     select_actions,
 )
-from edge_agent.aif.kernels.deep import (
-    DeepScratch,
-    deep_bytes_per_agent,
-    evaluate_deep_block,
-    evaluate_deep_rows,
-)
-from edge_agent.aif.kernels.deep_plan import DeepPlan
 from edge_agent.aif.kernels.fast_tables import (
     Diagonals,
     apply_diagonals,
@@ -131,14 +127,6 @@ from edge_agent.aif.kernels.inference import (
     soft_likelihood,
     softmax_rows,
 )
-from edge_agent.aif.kernels.joint_plan import JointPlan
-from edge_agent.aif.kernels.joint_small import (
-    evaluate_joint,
-    infer_joint,
-    posterior_joint,
-    prior_joint,
-    select_joint,
-)
 from edge_agent.aif.kernels.local import evaluate_local_block, policy_posterior_block
 from edge_agent.aif.kernels.local_plan import LocalPlan
 from edge_agent.aif.kernels.small import evaluate_small_block, small_predict, small_prior_block
@@ -151,10 +139,55 @@ from edge_agent.aif.kernels.transitions import (
     propagate_per_agent,
     refreshed_transition,
 )
-from edge_agent.aif.kernels.workspace import PROPAGATION_ROWS, Block, Workspace
+from edge_agent.aif.kernels.workspace import CHUNK_ROWS, Block, Workspace
+
+if TYPE_CHECKING:
+    from edge_agent.aif.kernels.deep import (
+        DeepScratch,
+        deep_bytes_per_agent,
+        evaluate_deep_block,
+        evaluate_deep_rows,
+    )
+    from edge_agent.aif.kernels.deep_plan import DeepPlan
+    from edge_agent.aif.kernels.joint_plan import JointPlan
+    from edge_agent.aif.kernels.joint_small import (
+        evaluate_joint,
+        infer_joint,
+        posterior_joint,
+        prior_joint,
+        select_joint,
+    )
+
+#: What the joint and deep planners' modules export, by module: imported on first use (PEP 562),
+#: so a process whose models have neither planner never loads their code (docs/memory.md;
+#: ``CompiledModel.joint`` and ``.deep`` are None for them, and ``compile_model`` and the
+#: workspace import the plans' builders and scratch only when a model has one).
+_BY_NEED = {
+    "DeepScratch": "deep",
+    "deep_bytes_per_agent": "deep",
+    "evaluate_deep_block": "deep",
+    "evaluate_deep_rows": "deep",
+    "DeepPlan": "deep_plan",
+    "JointPlan": "joint_plan",
+    "evaluate_joint": "joint_small",
+    "infer_joint": "joint_small",
+    "posterior_joint": "joint_small",
+    "prior_joint": "joint_small",
+    "select_joint": "joint_small",
+}
+
+if not TYPE_CHECKING:  # the type checker sees the imports above
+
+    def __getattr__(name: str) -> object:
+        module = _BY_NEED.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # once: later lookups find it
+        return value
 
 __all__ = [
-    "PROPAGATION_ROWS",
+    "CHUNK_ROWS",
     "SMALL_BLOCK",
     "Block",
     "CompiledModel",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_agent.aif.kernels.transitions import propagate_per_agent
-from edge_agent.aif.kernels.workspace import PROPAGATION_ROWS
+from edge_agent.aif.kernels.workspace import CHUNK_ROWS
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.compiled import CompiledModel
@@ -28,9 +28,9 @@ def propagate_agents(
     ap: AgentPropagation, q: np.ndarray, actions: np.ndarray, out: np.ndarray, blk: Block
 ) -> None:
     """``out[n] = B[:, :, actions[n]] @ q[n]`` for C-contiguous ``q`` and ``out`` ``(nb, S)``,
-    ``PROPAGATION_ROWS`` agents at a time."""
+    ``CHUNK_ROWS`` agents at a time."""
     nb, S = q.shape
-    step = PROPAGATION_ROWS
+    step = CHUNK_ROWS
     if nb <= step:
         _propagate_rows(ap, q, actions, out, blk.propagation_views(S, ap.extra_widths, nb))
         return

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.aif.constants import EPS, EXP_M16
-from edge_agent.aif.kernels.deep_plan import DeepPlan, build_deep_plan
 from edge_agent.aif.kernels.fast_tables import (
     FastPlan,
     build_fast_plan,
@@ -27,7 +27,6 @@ from edge_agent.aif.kernels.fast_tables import (
     likelihood_table,
     refreshed_propagation,
 )
-from edge_agent.aif.kernels.joint_plan import JointPlan, build_joint_plan
 from edge_agent.aif.kernels.local_plan import (
     LocalPlan,
     build_local_plan,
@@ -51,6 +50,10 @@ from edge_agent.aif.kernels.tree import PolicyTree, build_policy_tree
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import LogU8, QuantizedModel, SparseColumns, decode_log_u8
 from edge_agent.errors import ModelError
+
+if TYPE_CHECKING:  # the joint and deep planners' modules load only for models that have them
+    from edge_agent.aif.kernels.deep_plan import DeepPlan
+    from edge_agent.aif.kernels.joint_plan import JointPlan
 
 #: Joint outcome x joint state tables larger than this are refused (memory of the info gain).
 MAX_JOINT_TABLE = 1 << 24
@@ -181,9 +184,13 @@ def compile_model(
     transitions = tuple(make_transition(b, dtype) for b in B)
     tree = build_policy_tree(policies, num_controls, dtype)
     A_joint_T = c(A_joint.T)
+    # The joint and deep planners' modules are imported only for a model that has them (a
+    # daemon of one-factor, one-step models never loads their code: docs/memory.md).
     joint: JointPlan | None = None
     deep: DeepPlan | None = None
     if len(transitions) > 1:  # several factors: the joint small-block path
+        from edge_agent.aif.kernels.joint_plan import build_joint_plan  # noqa: PLC0415
+
         joint = build_joint_plan(
             num_states=num_states,
             num_controls=num_controls,
@@ -197,6 +204,8 @@ def compile_model(
             dtype=np.dtype(dtype),
         )
     elif len(tree.depths) > 1:  # one factor, policies of two or more steps: maybe deep
+        from edge_agent.aif.kernels.deep_plan import build_deep_plan  # noqa: PLC0415
+
         deep = build_deep_plan(
             A_rows=A_rows,
             transitions=transitions,
@@ -431,6 +440,8 @@ def refresh_transitions(
     negH64 = cm.neg_entropy.astype(np.float64)
     joint = old = cm.joint
     if old is not None:
+        from edge_agent.aif.kernels.joint_plan import build_joint_plan  # noqa: PLC0415
+
         joint = build_joint_plan(
             num_states=cm.num_states, num_controls=cm.num_controls, A_rows=cm.A_rows,
             transitions=tuple(new), tree=cm.tree, A_joint_T=cm.A_joint_T, utility=utility64,

@@ -7,17 +7,19 @@ agents.
 
 from __future__ import annotations
 
+import mmap
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.fast_tables import RowMap
-from edge_agent.aif.kernels.joint_scratch import JointScratch, joint_layout
 from edge_agent.aif.kernels.small_plan import SMALL_BLOCK
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.compiled import CompiledModel
+    from edge_agent.aif.kernels.joint_scratch import JointScratch
+    from edge_agent.aif.kernels.local_plan import LocalPlan
 
 
 # --------------------------------------------------------------------------------------------
@@ -31,11 +33,18 @@ _JOINT = "s_joint_"
 #: Prefix of the row offsets (:meth:`Block.row_offsets`), one array per row width and index
 #: count.
 _ROWS = "rows_"
-#: Agents :func:`~edge_agent.aif.kernels.agent_major.propagate_agents` propagates at a time: a
-#: block's index, weight and value buffers for this many stay in a core's cache (cold beliefs of
-#: 200,000 grid10 agents in blocks of 512, propagated 256 at a time: 12 % less CPU than all 512
-#: at once; 128 at a time: 5 % less). The row offsets have this many rows (at most).
-PROPAGATION_ROWS = 256
+#: Agents :func:`~edge_agent.aif.kernels.agent_major.propagate_agents` propagates, and
+#: :func:`~edge_agent.aif.kernels.local.evaluate_local_block` plans, at a time: a block's index,
+#: weight and value buffers for this many stay in a core's cache (cold beliefs of 200,000 grid10
+#: agents in blocks of 512, propagated 256 at a time: 12 % less CPU than all 512 at once; 128 at
+#: a time: 5 % less), and their scratch (class ``"chunk"``) and the row offsets (``"rows"``) are
+#: sized for this many agents, not a block's.
+CHUNK_ROWS = 256
+#: Each scratch buffer starts at a multiple of this many bytes of its class's arena (a cache
+#: line; numpy's own allocations are aligned to 16).
+ALIGN = 64
+#: The classes of scratch buffers (:func:`buffer_class`), each allocated as one arena.
+BUFFER_CLASSES = ("all", "chunk", "rows", "dense", "small")
 
 
 def _offset_shape(name: str) -> tuple[int, int]:
@@ -45,14 +54,18 @@ def _offset_shape(name: str) -> tuple[int, int]:
 
 
 def buffer_class(name: str) -> str:
-    """Which capacity a scratch buffer is sized for: ``"dense"``, ``"small"`` or ``"all"``; or
-    ``"rows"``: constants sized like ``"all"`` (see :func:`block_layout`)."""
+    """Which capacity a scratch buffer is sized for: ``"all"`` (a block's agents), ``"chunk"``
+    (:data:`CHUNK_ROWS` of them: the propagation's and the local planner's), ``"dense"`` (the
+    dense evaluation's), ``"small"`` (the small-block planner's); or ``"rows"``: constants
+    sized like ``"chunk"`` (see :func:`block_layout`)."""
     if name.startswith(_ROWS):
         return "rows"
     if name in _DENSE_ONLY or name.startswith(("root", "child", "gathered")):
         return "dense"
     if name.startswith("s_"):
         return "small"
+    if name.startswith("p_") or (name.startswith("l_") and name != "l_bad"):
+        return "chunk"
     return "all"
 
 
@@ -148,7 +161,9 @@ def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to a
         out["s_tmp"] = (K, fdt)
         out["s_vals"] = (K, fdt)
         out["s_node"] = (1, idt)
-    if cm.joint is not None:  # a multi-factor model
+    if cm.joint is not None:  # a multi-factor model (the module loads only for one)
+        from edge_agent.aif.kernels.joint_scratch import joint_layout  # noqa: PLC0415
+
         for name, entry in joint_layout(cm.joint).items():
             out[_JOINT + name] = entry
     props = [ap for ap in plan.agent_propagation if ap is not None]
@@ -159,7 +174,7 @@ def block_layout(  # noqa: PLR0915 - one line per scratch buffer, kept flat to a
         out["p_val"] = (max(*S, E), fdt)
         out["p_val2"] = (E, fdt)
     # Each agent's row offset ``n * S`` in every column of an ``(n, C)`` array (read-only
-    # constants of at most PROPAGATION_ROWS rows, class "rows"), for the ``C`` indices per agent
+    # constants of at most CHUNK_ROWS rows, class "rows"), for the ``C`` indices per agent
     # into beliefs ``(n, S)`` that the propagation gathers (C = S and each extra layer's E), a
     # chunk of agents at a time: one contiguous add, which numpy 2.4 runs 2.5x faster than an
     # add of broadcast ``(n, 1)`` int64 offsets (11 against 28 us for 512 x 100 on x86-64).
@@ -186,6 +201,50 @@ PropagationViews = tuple[
     list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
 ]
 
+
+def scratch_arena(nbytes: int) -> np.ndarray:
+    """``nbytes`` of zeros (uint8) in an anonymous private mapping of their own: its pages are
+    resident only once written. (An allocation from the heap may reuse pages the heap holds
+    already, which ``calloc`` writes zeros into: resident from the start, written or not.)"""
+    if nbytes == 0:
+        return np.zeros(0, dtype=np.uint8)
+    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(region, dtype=np.uint8)
+
+
+class LocalViews:
+    """The local planner's scratch (:func:`~edge_agent.aif.kernels.local.evaluate_local_block`)
+    shaped for ``n`` agents of a block, from ``flat`` (its ``l_*`` buffers) and the tables
+    ``lp``."""
+
+    def __init__(self, lp: LocalPlan, flat: dict[str, np.ndarray], n: int) -> None:
+        K = len(lp.node_action)
+        m = K * lp.kt * lp.kin
+
+        def shaped(name: str, *shape: int) -> np.ndarray:
+            return flat[name][: int(np.prod(shape))].reshape(shape)
+
+        self.idx = shaped("l_idx", n, m)
+        self.g = shaped("l_g", n, m)
+        self.g3 = self.g.reshape(n, K * lp.kt, lp.kin)
+        self.w = shaped("l_w", n, m)
+        self.pred = shaped("l_pred", n, K * lp.kt)
+        self.pred2 = self.pred.reshape(n * K, lp.kt)
+        self.mask = shaped("l_mask", n, K * lp.kt)
+        self.nh = shaped("l_nh", n, K * lp.kt)
+        self.nh2 = self.nh.reshape(n * K, lp.kt)
+        self.tmp = shaped("l_tmp", n * K)
+        self.tmp2 = self.tmp.reshape(n, K)
+        #: The values by node when policies are not nodes one to one (else G itself).
+        self.vals = shaped("l_vals", n, K) if "l_vals" in flat else self.tmp2
+        self.Q = shaped("l_Q", n, K * lp.kt * lp.kr)
+        self.Q3 = self.Q.reshape(n * K, lp.kt, lp.kr)
+        self.qo = shaped("l_qo", n, K * lp.kr)
+        self.qo2 = self.qo.reshape(n * K, lp.kr)
+        self.lq = shaped("l_lq", n, K * lp.kr)
+        self.lq2 = self.lq.reshape(n * K, lp.kr)
+
+
 class Block:
     """Views of a :class:`Workspace`'s buffers shaped for a block of ``nb`` agents.
 
@@ -209,6 +268,7 @@ class Block:
         F = len(S)
         Sj = plan.num_joint_states
         P = cm.num_policies
+        self._cm = cm
         self.nb = nb
         self.dense = dense
         self.small = small
@@ -268,7 +328,7 @@ class Block:
         #: Row offsets by row width and columns (:meth:`row_offsets`), views of the
         #: workspace's constants.
         self._row_offsets: dict[tuple[int, int], IndexArray] = {
-            _offset_shape(k): shaped(k, min(nb, PROPAGATION_ROWS), sizes[k])
+            _offset_shape(k): shaped(k, min(nb, CHUNK_ROWS), sizes[k])
             for k in flat
             if k.startswith(_ROWS)
         }
@@ -308,27 +368,10 @@ class Block:
                 for s, k in zip(S, plan.depths[0].num_nodes, strict=True)
             ]
         lp = cm.local
+        #: The local planner's buffers by agents (:meth:`local_views`).
+        self._local: dict[int, LocalViews] = {}
+        self._flat_local = {k: v for k, v in flat.items() if k.startswith("l_")}
         if lp is not None:
-            K = len(lp.node_action)
-            n = K * lp.kt * lp.kin
-            self.l_idx = shaped("l_idx", nb, n)
-            self.l_g = shaped("l_g", nb, n)
-            self.l_g3 = self.l_g.reshape(nb, K * lp.kt, lp.kin)
-            self.l_w = shaped("l_w", nb, n)
-            self.l_pred = shaped("l_pred", nb, K * lp.kt)
-            self.l_mask = shaped("l_mask", nb, K * lp.kt)
-            self.l_nh = shaped("l_nh", nb, K * lp.kt)
-            self.l_nh2 = self.l_nh.reshape(nb * K, lp.kt)
-            self.l_tmp = shaped("l_tmp", nb * K)
-            self.l_tmp2 = self.l_tmp.reshape(nb, K)
-            self.l_vals = shaped("l_vals", nb, K) if "l_vals" in flat else self.l_tmp2
-            self.l_Q = shaped("l_Q", nb, K * lp.kt * lp.kr)
-            self.l_Q3 = self.l_Q.reshape(nb * K, lp.kt, lp.kr)
-            self.l_pred2 = self.l_pred.reshape(nb * K, lp.kt)
-            self.l_qo = shaped("l_qo", nb, K * lp.kr)
-            self.l_qo2 = self.l_qo.reshape(nb * K, lp.kr)
-            self.l_lq = shaped("l_lq", nb, K * lp.kr)
-            self.l_lq2 = self.l_lq.reshape(nb * K, lp.kr)
             self.l_bad = shaped("l_bad", nb)
         sp = cm.small
         if sp is not None and small:
@@ -352,9 +395,21 @@ class Block:
         #: The joint small-block path's views (a multi-factor model, a small block), else None.
         self.joint_small: JointScratch | None = None
         if cm.joint is not None and small:
+            from edge_agent.aif.kernels.joint_scratch import JointScratch  # noqa: PLC0415
+
             n = len(_JOINT)
             own = {k[n:]: v for k, v in flat.items() if k.startswith(_JOINT)}
             self.joint_small = JointScratch(cm.joint, own, nb)
+
+    def local_views(self, rows: int) -> LocalViews:
+        """The local planner's buffers shaped for ``rows <= min(nb, CHUNK_ROWS)`` agents (made
+        once, then cached)."""
+        out = self._local.get(rows)
+        if out is None:
+            assert self._cm.local is not None  # only a model with a local planner asks
+            out = LocalViews(self._cm.local, self._flat_local, rows)
+            self._local[rows] = out
+        return out
 
     def view(self, buffer: np.ndarray, *shape: int) -> np.ndarray:
         """A prefix of one of this block's flat buffers, reshaped (made once, then cached)."""
@@ -445,30 +500,58 @@ class Workspace:
         self.capacity = capacity
         self.dense_capacity = dense_cap
         self.small_capacity = min(capacity, SMALL_BLOCK)
-        caps = {"all": capacity, "dense": dense_cap, "small": self.small_capacity}
-        caps["rows"] = min(capacity, PROPAGATION_ROWS)
+        chunk = min(capacity, CHUNK_ROWS)
+        caps = {"all": capacity, "chunk": chunk, "rows": chunk, "dense": dense_cap}
+        caps["small"] = self.small_capacity
+        layout = block_layout(cm, info_gain=info_gain)
+        self._per_agent: dict[str, int] = {name: per for name, (per, _) in layout.items()}
+        # One arena per class (:func:`arena`), each buffer a view of it: the buffers of a path
+        # a group's ticks never take (the dense evaluation's of a group the local planner
+        # serves, the small-block planner's of large blocks) cost no memory.
+        self._arenas: dict[str, np.ndarray] = {}
         self._flat: dict[str, np.ndarray] = {}
-        self._per_agent: dict[str, int] = {}
-        for name, (per, dt) in block_layout(cm, info_gain=info_gain).items():
-            self._flat[name] = np.zeros(per * caps[buffer_class(name)], dtype=dt)
-            self._per_agent[name] = per
+        for cls in BUFFER_CLASSES:
+            placed: list[tuple[str, int, int, np.dtype[np.generic]]] = []
+            end = 0
+            for name, (per, dt) in layout.items():
+                if buffer_class(name) == cls:
+                    start = -(-end // ALIGN) * ALIGN
+                    placed.append((name, start, per * caps[cls], dt))
+                    end = start + per * caps[cls] * dt.itemsize
+            arena = self._arenas[cls] = scratch_arena(end)
+            for name, start, count, dt in placed:
+                self._flat[name] = arena[start : start + count * dt.itemsize].view(dt)
+        for name, flat in self._flat.items():
             if buffer_class(name) == "rows":  # n * S in row n: a prefix serves any chunk
-                rows = self._flat[name].reshape(caps["rows"], per)
-                rows += np.arange(caps["rows"], dtype=np.intp)[:, None] * _offset_shape(name)[0]
-                self._flat[name].setflags(write=False)
+                rows = flat.reshape(chunk, self._per_agent[name])
+                rows += np.arange(chunk, dtype=np.intp)[:, None] * _offset_shape(name)[0]
+                flat.setflags(write=False)
         self._blocks: dict[int, Block] = {}
 
     @staticmethod
     def bytes_per_agent(cm: CompiledModel, *, info_gain: bool) -> dict[str, int]:
         """Scratch bytes per agent of capacity, by :func:`buffer_class`."""
-        out = {"all": 0, "dense": 0, "small": 0, "rows": 0}
+        out = dict.fromkeys(BUFFER_CLASSES, 0)
         for name, (per, dt) in block_layout(cm, info_gain=info_gain).items():
             out[buffer_class(name)] += per * dt.itemsize
         return out
 
     @property
     def nbytes(self) -> int:
+        """The buffers' bytes (their arenas pad each to :data:`ALIGN`)."""
         return int(sum(a.nbytes for a in self._flat.values()))
+
+    @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Every scratch buffer by name, flat, sized for its class's agents (the views of
+        :meth:`block` are prefixes of them)."""
+        return dict(self._flat)
+
+    @property
+    def arenas(self) -> dict[str, np.ndarray]:
+        """The arena of each class of buffers (:data:`BUFFER_CLASSES`), uint8: where its
+        buffers are."""
+        return dict(self._arenas)
 
     def block(self, nb: int) -> Block:
         """Buffers for ``nb`` agents, ``1 <= nb <= capacity``."""
@@ -480,7 +563,7 @@ class Workspace:
             flat = {
                 k: v
                 for k, v in self._flat.items()
-                if buffer_class(k) in ("all", "rows")
+                if buffer_class(k) in ("all", "chunk", "rows")
                 or (buffer_class(k) == "dense" and dense)
                 or (buffer_class(k) == "small" and small)
             }

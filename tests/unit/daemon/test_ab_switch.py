@@ -199,10 +199,14 @@ def test_the_switch_recovers_the_state_directory_as_its_manager_does(
     """Built on a state directory, the switch leaves it as a recovered manager leaves the same
     directory, reports and moves aside what that manager does, and its readers say what the
     manager's say (a watched bundle a crash interrupted is rolled back, its overlay entry
-    undone)."""
+    undone); a directory nothing was deployed to (no ``bundles``) gets no ``bundles`` either:
+    the switch builds no manager for it (docs/memory.md)."""
     state = make_state(tmp_path, name, STATES[name])
+    deployed_to = os.path.lexists(state / "bundles")
     manager, manager_health = recovered(state)
     expected, after = manager_readers(manager), tree(state)
+    if not deployed_to:
+        assert after.pop("bundles") == ("dir", None)
     reports = [(r.code, r.event, r.detail) for r in manager.take_reports()]
     moved = [n.part for n in manager_health.take_notices()]
     shutil.rmtree(state)  # the same state again, for the switch
@@ -217,6 +221,29 @@ def test_the_switch_recovers_the_state_directory_as_its_manager_does(
     if name == "a journal of a watched bundle":
         assert ab.state is Phase.ROLLED_BACK
         assert ab.deployed_bundles() == {}
+
+
+def test_a_switch_with_no_deployment_builds_its_manager_for_the_first_command(
+    tmp_path: Path,
+) -> None:
+    """A node nothing was deployed to answers the first ``deploy`` command as one whose manager
+    was built at start: the manager is built for it, recovers the (empty) directory and takes
+    the command, and the readers say what that manager's say."""
+    generate_keypair(tmp_path / "keys", "ci")
+    fresh, built = tmp_path / "fresh", tmp_path / "built"
+    fresh.mkdir()
+    (built / "bundles").mkdir(parents=True)
+    outcomes, views = [], []
+    for state in (fresh, built):
+        ab, _ = switch(state)
+        config = keys_config(state, tmp_path / "keys")
+        ab.bind(SimpleNamespace(config=config, groups=[]))  # type: ignore[arg-type]
+        outcomes.append(ab.start(deploy_args(b"z" * 100, SHA_A), NONCE))
+        views.append(readers(ab))
+    assert outcomes[0].code is ResultCode.BAD_ARGS, outcomes[0].detail  # no such group runs
+    assert outcomes[0] == outcomes[1]
+    assert views[0] == views[1]
+    assert tree(fresh) == tree(built)
 
 
 def keys_config(tmp_path: Path, keys_dir: Path | None) -> Any:

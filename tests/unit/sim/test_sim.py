@@ -867,8 +867,9 @@ def test_summaries_print_counts_as_integers() -> None:
     for env in envs:
         rng = np.random.default_rng(0)
         env.reset()
+        controls = env.model.num_controls
         for _ in range(30):
-            env.step(np.stack([rng.integers(0, u, 1000) for u in env.model.num_controls], axis=1))
+            env.step(np.stack([rng.integers(0, u, 1000) for u in controls], axis=1))
         summary = env.summary()
         assert summary["agents"] == 1000
         assert isinstance(summary["agents"], int)
@@ -1107,3 +1108,52 @@ def test_the_t_maze_s_references_are_what_following_the_cue_and_guessing_get() -
     assert ReversalTMazeEnv(1).references()["rewards_per_trial"].startswith(
         "cue then the arm that pays now 0.98"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("grid10", {"noise": 0.2}),
+        ("grid-slippery", {}),
+        ("explorer", {"map_seed": 3}),
+        ("grid2f", {}),
+        ("tmaze", {}),
+        ("tmaze-reversal", {}),
+    ],
+)
+def test_a_built_in_world_keeps_no_model_and_makes_it_again_when_asked(
+    name: str, params: dict[str, Any]
+) -> None:
+    """A memory rule (docs/memory.md): a world made from parameters keeps its samplers, not
+    its float model, which stepping never reads (grid10's ``A`` and ``B``: 480 KB of float64):
+    building one holds well under the model's size, and the model it makes when asked is
+    the registry's, equal array for array."""
+    make_env(name, 1, **params)  # imports and first-call caches outside the measurement
+    want = builtin_model(name, **params)
+    size = sum(a.nbytes for a in (*want.A, *want.B))
+    tracemalloc.start()
+    try:
+        env = make_env(name, 1, **params)
+        kept, _ = tracemalloc.get_traced_memory()
+        model = env.model
+        with_model, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert with_model - kept >= size  # made now, not held
+    if name == "grid10":
+        assert size == 480_000
+        assert kept < size / 4
+    assert env.model is not model  # made at each request
+    for got, expected in zip(
+        (*model.A, *model.B, *model.C, *model.D),
+        (*want.A, *want.B, *want.C, *want.D),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_a_world_built_from_a_model_keeps_that_model() -> None:
+    """``BatchEnv(model, n)`` simulates the model it is given and hands that model back."""
+    model = gridworld_model(4, 4)
+    env = BatchEnv(model, 3, seed=1)
+    assert env.model is model

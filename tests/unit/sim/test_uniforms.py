@@ -77,8 +77,9 @@ def test_a_world_is_fixed_by_its_seed_and_varies_with_it() -> None:
         env = make_env("grid10", 500, seed=seed)
         rows = [env.reset().copy()]
         actions = np.zeros((500, 1), dtype=np.int64)
+        (controls,) = env.model.num_controls
         for t in range(20):
-            actions[:, 0] = t % env.model.num_controls[0]
+            actions[:, 0] = t % controls
             rows.append(env.step(actions).copy())
         return np.stack(rows)
 
