@@ -21,6 +21,7 @@ import pytest
 
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.aif.settings import AifSettings
+from edge_agent.core import workers as workers_module
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget
 from edge_agent.core.workers import RESTART_AFTER_S, is_shared
@@ -45,6 +46,15 @@ def assert_same(one: AifAgentGroup, many: AifAgentGroup) -> None:
     np.testing.assert_array_equal(one.action, many.action)
     for a, b in zip(one.qs + one.prior, many.qs + many.prior, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def assert_thawed(others: int) -> None:
+    """This test's workers gave the heap back: the process's holders of a frozen heap are the
+    ``others`` there were before it (a group an earlier test of this process left with workers
+    keeps it frozen, rightly), and with none the heap is thawed."""
+    assert workers_module._Heap.holders == others
+    if others == 0:
+        assert gc.get_freeze_count() == 0
 
 
 def test_a_stalled_worker_leaves_its_blocks_to_the_others() -> None:
@@ -157,6 +167,7 @@ def test_stochastic_actions_do_not_depend_on_the_number_of_workers() -> None:
 
 
 def test_a_killed_worker_leaves_the_caller_stepping_every_block_until_a_restart() -> None:
+    others = workers_module._Heap.holders  # an earlier test's groups' workers
     env, one, many = pair("grid10", 6 * BLOCK, 3)
     obs = env.reset()
     for _ in range(2):
@@ -182,7 +193,7 @@ def test_a_killed_worker_leaves_the_caller_stepping_every_block_until_a_restart(
     assert str(victim) in workers.failure
     assert not workers.active
     assert workers.pids == []
-    assert gc.get_freeze_count() == 0  # no workers left in this process: the heap is thawed
+    assert_thawed(others)  # no workers of ours left in this process: the heap given back
     # RESTART_AFTER_S later, the next tick forks the workers again; results stay the same.
     deadline = time.monotonic() + RESTART_AFTER_S + 5
     while time.monotonic() < deadline and not workers.active:  # bounded
@@ -201,7 +212,7 @@ def test_a_killed_worker_leaves_the_caller_stepping_every_block_until_a_restart(
         assert_same(one, many)
         obs = env.step(actions)
     many.stop_workers()
-    assert gc.get_freeze_count() == 0
+    assert_thawed(others)
 
 
 def test_workers_exit_with_their_group_and_the_budget_counts_their_scratch() -> None:
@@ -303,6 +314,7 @@ def test_workers_with_the_deep_planner_give_the_results_of_one_process(workload:
 
 
 def test_a_group_dropped_without_stopping_its_workers_ends_them() -> None:
+    others = workers_module._Heap.holders  # an earlier test's groups' workers
     env: Any = make_env("grid10", 4 * BLOCK, seed=2)
     g = AifAgentGroup(env.model, 4 * BLOCK, block_size=BLOCK, name="dropped")
     g.start_workers(2)
@@ -315,4 +327,4 @@ def test_a_group_dropped_without_stopping_its_workers_ends_them() -> None:
     for pid in pids:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-    assert gc.get_freeze_count() == 0
+    assert_thawed(others)
