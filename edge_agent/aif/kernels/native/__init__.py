@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_agent.aif import per_agent
+from edge_agent.aif import joint_outcomes
 from edge_agent.aif.constants import EPS
 from edge_agent.aif.kernels.inference import softmax_rows
 
@@ -96,8 +96,10 @@ class _Model(ctypes.Structure):
         ("policies_first", _p),  # const int64_t *: (P, F)
         ("outcomes", _i64),  # int64_t
         ("entries", _i64),  # int64_t
-        ("outcome_start", _p),  # const int64_t *: (K + 1)
+        ("entry_outcome", _p),  # const int64_t *: (E)
         ("entry_state", _p),  # const int64_t *: (E)
+        ("state_start", _p),  # const int64_t *: (S + 1)
+        ("state_entry", _p),  # const int64_t *: (E)
         ("entry_shared", _p),  # const double *: (E)
         ("entry_index", _p),  # const int64_t *const *: (M)
         ("scratch", _p),  # double *
@@ -336,6 +338,29 @@ def support_entries(support: np.ndarray) -> TransitionEntries:
                              flat.astype(np.int64))
 
 
+def _factor_entries(
+    B: Sequence[np.ndarray], learned_B: Mapping[int, TransitionEntries]
+) -> list[tuple[np.ndarray, ...]]:
+    """Each factor's ``sparse_b`` arrays (start, row, col, value): its non-zero entries action
+    by action, or a learned factor's entries with a placeholder for its values (bound per
+    call)."""
+    out: list[tuple[np.ndarray, ...]] = []
+    for f, b in enumerate(B):
+        entries = learned_B.get(f)
+        if entries is not None:
+            if len(entries.start) != b.shape[2] + 1:
+                raise ValueError(f"factor {f}'s entries are for {len(entries.start) - 1} "
+                                 f"actions, its B has {b.shape[2]}")
+            out.append((*(np.ascontiguousarray(a, dtype=np.int64) for a in entries[:3]),
+                        np.zeros(max(entries.size, 1))))
+            continue
+        u, row, col = np.nonzero(np.asarray(b, dtype=np.float64).transpose(2, 0, 1))
+        start = np.searchsorted(u, np.arange(b.shape[2] + 1)).astype(np.int64)
+        out.append((start, row.astype(np.int64), col.astype(np.int64),
+                    np.ascontiguousarray(b.transpose(2, 0, 1)[u, row, col], dtype=np.float64)))
+    return out
+
+
 class NativeTick:
     """The compiled tick of ``n`` agents of the model ``A``, ``B``, ``D`` (float64 lists, as
     pymdp takes them; an int8 group's decoded from its codes) with log preferences ``lnC`` (``ln
@@ -346,8 +371,7 @@ class NativeTick:
     one set every agent teaches; ``supports[m]`` ``(O_m, S)``: where modality ``m``'s table can
     be non-zero (its counts' support, a learned one's). Nothing learned: the agents infer, plan
     and act (a frozen group). ``state_dtype``: the agents' beliefs, priors, ``G`` and ``q_pi``
-    (float64, or an int8 group's float32: read and written as they are); ``prior_given``: the
-    tick's prior is the one the caller keeps (``step``'s ``prior``), else made. Sizes within the
+    (float64, or an int8 group's float32: read and written as they are). Sizes within the
     library's limits (:func:`too_large`); ``library``: :func:`load`'s (default: the
     package's)."""
 
@@ -358,7 +382,7 @@ class NativeTick:
         num_iter: int, dF_tol: float, lr: float, use_utility: bool, use_info_gain: bool,
         shared_counts: bool, library: ctypes.CDLL | None = None,
         learned_B: Mapping[int, TransitionEntries] | None = None, lr_B: float = 0.0,
-        state_dtype: type[np.floating] = np.float64, prior_given: bool = False,
+        state_dtype: type[np.floating] = np.float64,
     ) -> None:
         num_states = [b.shape[0] for b in B]
         num_controls = [b.shape[2] for b in B]
@@ -375,28 +399,14 @@ class NativeTick:
         self.learned_B = dict(sorted((learned_B or {}).items()))
         self.state_dtype = np.dtype(state_dtype)
         self.lnC = [np.ascontiguousarray(c, dtype=np.float64) for c in lnC]
-        outcomes = per_agent.possible_outcomes(list(supports))
+        outcomes = joint_outcomes.possible_outcomes(list(supports))
         # The joint-outcome entries that can be non-zero, the shared modalities' product on them
-        # (per_agent.joint_layout, as the per-agent group plans with).
-        layout = per_agent.joint_layout([a.reshape(1, a.shape[0], S) for a in A],
+        # (joint_outcomes.joint_layout, as the per-agent group plans with).
+        layout = joint_outcomes.joint_layout([a.reshape(1, a.shape[0], S) for a in A],
                                         list(supports), outcomes, self.learned)
         # Each factor's transitions as their non-zero entries, action by action (a learned
         # factor's: its entries, the values bound with bind_transitions).
-        self._b_arrays: list[tuple[np.ndarray, ...]] = []
-        for f, b in enumerate(B):
-            entries = self.learned_B.get(f)
-            if entries is not None:
-                if len(entries.start) != b.shape[2] + 1:
-                    raise ValueError(f"factor {f}'s entries are for {len(entries.start) - 1} "
-                                     f"actions, its B has {b.shape[2]}")
-                self._b_arrays.append((*(np.ascontiguousarray(a, dtype=np.int64) for a in
-                                         entries[:3]), np.zeros(max(entries.size, 1))))
-                continue
-            u, row, col = np.nonzero(np.asarray(b, dtype=np.float64).transpose(2, 0, 1))
-            start = np.searchsorted(u, np.arange(b.shape[2] + 1)).astype(np.int64)
-            self._b_arrays.append((start, row.astype(np.int64), col.astype(np.int64),
-                                   np.ascontiguousarray(b.transpose(2, 0, 1)[u, row, col],
-                                                        dtype=np.float64)))
+        self._b_arrays = _factor_entries(B, self.learned_B)
         self._b = (_SparseB * F)(*(_SparseB(*(_addr(a, a.dtype) for a in arrays))
                                    for arrays in self._b_arrays))
         self.D = [np.ascontiguousarray(d, dtype=np.float64) for d in D]
@@ -404,9 +414,8 @@ class NativeTick:
         self.policies_first = np.ascontiguousarray(policies[:, 0, :], dtype=np.int64)
         self.state_index = np.ascontiguousarray(
             np.indices(num_states).reshape(len(num_states), S), dtype=np.int64)
-        entry_outcome = layout.to_outcome.argmax(axis=1)  # sorted (np.nonzero's order)
-        self.outcome_start = np.searchsorted(
-            entry_outcome, np.arange(len(outcomes) + 1)).astype(np.int64)
+        self.entry_outcome = np.ascontiguousarray(layout.to_outcome.argmax(axis=1),
+                                                  dtype=np.int64)
         # The shared modalities' utility, once: sum_m ln C_m . A_m over those not learned.
         self.utility_shared = np.zeros(S)
         self._shared_A: list[np.ndarray | None] = [None] * M
@@ -418,6 +427,9 @@ class NativeTick:
             if use_utility:
                 self.utility_shared += self.lnC[m] @ shared
         self.entry_state = np.ascontiguousarray(layout.state_of, dtype=np.int64)
+        self.state_entry = np.argsort(self.entry_state, kind="stable").astype(np.int64)
+        self.state_start = np.searchsorted(self.entry_state[self.state_entry],
+                                           np.arange(S + 1)).astype(np.int64)
         self.entry_shared = np.ascontiguousarray(layout.shared, dtype=np.float64)
         learned_index = dict(layout.learned)
         self.entry_index = [None if m not in learned_index else np.ascontiguousarray(
@@ -456,16 +468,21 @@ class NativeTick:
             _addr(self._ptr["experience"], np.uintp), ctypes.addressof(self._b),
             _addr(fixed["D"], np.uintp), _addr(fixed["lnC"], np.uintp),
             _addr(self.utility_shared), _addr(self.lnE), _addr(self.policies_first, np.int64),
-            len(outcomes), len(self.entry_state), _addr(self.outcome_start, np.int64),
-            _addr(self.entry_state, np.int64), _addr(self.entry_shared),
+            len(outcomes), len(self.entry_state), _addr(self.entry_outcome, np.int64),
+            _addr(self.entry_state, np.int64), _addr(self.state_start, np.int64),
+            _addr(self.state_entry, np.int64), _addr(self.entry_shared),
             _addr(fixed["entry_index"], np.uintp), 0, int(shared_counts), 1,
-            int(self.state_dtype == np.float32), int(prior_given), lr_B,
+            int(self.state_dtype == np.float32), 0, lr_B,
             _addr(self._ptr["B_values"], np.uintp), _addr(self.stride_B, np.int64),
             _addr(self._ptr["pB"], np.uintp), _addr(self._ptr["pB_mask"], np.uintp),
             _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0)
         if self.state_dtype not in (np.float32, np.float64):
             raise ValueError(f"the compiled tick's state is float32 or float64, not "
                              f"{self.state_dtype}")
+        self._start(lib)
+
+    def _start(self, lib: ctypes.CDLL) -> None:
+        """The library's call, the state's struct and what is bound per call (nothing yet)."""
         self._lib = lib
         self._scratch: np.ndarray | None = None  # sized once the learned tables are bound
         self._tick = lib.edge_tick
@@ -475,13 +492,18 @@ class NativeTick:
         #: The arrays bound last (their pointers are in the model's and the state's arrays).
         self._bound_learning: tuple[np.ndarray, ...] = ()
         self._bound_transitions: tuple[np.ndarray, ...] = ()
-        self._bound_state: tuple[np.ndarray | None, ...] = ()
+        self._bound_state: tuple[np.ndarray | bool | None, ...] = ()
+        self._bound_ids: tuple[int, ...] = ()
+        self._has_prior = False
+        self._obs = np.zeros((0, len(self.num_obs)), dtype=np.int64)
+        #: The last run's agents and flags, as set in the model (set again when they change).
+        self._flags: tuple[int, bool, bool, bool] = (-1, True, False, False)
         #: The agents the bound arrays hold (a step of more is refused: the pass would read
         #: and write past them).
         self._rows = 0
         self._learned_rows = _ANY  # shared tables: any number of agents
         self._learned_B_rows = _ANY
-        self._modalities = M
+        self._modalities = len(self.num_obs)
         if not self.learned:  # the scratch's size is known now (no learned table's lanes)
             self._make_scratch()
 
@@ -490,7 +512,8 @@ class NativeTick:
         """Bytes of the arrays the pass holds (the model's tables as it takes them, its
         scratch): the group's, whatever its agents."""
         arrays = [*(a for arrays in self._b_arrays for a in arrays), *self.D, self.lnE,
-                  self.policies_first, self.state_index, self.outcome_start,
+                  self.policies_first, self.state_index, self.entry_outcome, self.state_start,
+                  self.state_entry,
                   self.utility_shared, self.entry_state, self.entry_shared, *self.lnC,
                   *(a for a in self._shared_A if a is not None),
                   *(a for a in self.entry_index if a is not None),
@@ -569,48 +592,78 @@ class NativeTick:
         start: np.ndarray | None = None, learn: bool = True,
         next_prior: Sequence[np.ndarray] | None = None,
         qs_prev: Sequence[np.ndarray] | None = None, normalise_all: bool = False,
+        prior_given: bool = False,
     ) -> None:
-        """One tick of the agents, in place (as many as ``obs`` has rows, the scratch is the
-        model's): ``obs`` ``(N, M)`` int64 outcomes;
-        ``qs[f]`` ``(N, S_f)`` the beliefs (the last tick's in, this tick's out); ``action``
-        ``(N, F)`` int64 and ``has_action`` ``(N,)`` bool (the prior is ``B`` after an action,
-        else ``D``; out: the actions); ``G``, ``q_pi`` ``(N, P)``; ``prior[f]`` the tick's
-        prior (read: ``prior_given``; else written when given), ``p_obs`` ``(N, M)`` each
-        outcome's probability under it and the tables before the update (written when given);
-        ``start`` ``(N,)`` bool: the agents whose episode starts (their prior is ``D``);
-        ``learn`` False: the counts stay (learning frozen); ``next_prior[f]`` ``(N, S_f)``: the
-        next tick's prior, ``B`` of the action chosen times the posterior (written when given;
-        it may be ``prior``); ``qs_prev[f]`` ``(N, S_f)``: the posteriors a learned ``B`` learns
-        from, this tick's written (needed when one is); ``normalise_all``: every column of a
-        learned ``B`` follows its counts (the first refresh). The state's floats are
-        ``state_dtype``."""
+        """One tick of the agents, in place: :meth:`bind_state` of these arrays (nothing when
+        they are those bound last), then :meth:`run` of ``obs``."""
+        self.bind_state(qs, action, has_action, G=G, q_pi=q_pi, prior=prior, p_obs=p_obs,
+                        start=start, next_prior=next_prior, qs_prev=qs_prev)
+        self.run(obs, learn=learn, normalise_all=normalise_all, prior_given=prior_given)
+
+    def bind_state(
+        self, qs: Sequence[np.ndarray], action: np.ndarray, has_action: np.ndarray, *,
+        G: np.ndarray, q_pi: np.ndarray, prior: Sequence[np.ndarray] | None = None,
+        p_obs: np.ndarray | None = None, start: np.ndarray | None = None,
+        next_prior: Sequence[np.ndarray] | None = None,
+        qs_prev: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        """The agents' arrays the next :meth:`run` reads and writes (bind again when one of
+        them is replaced; the same arrays as last time bind nothing): ``qs[f]`` ``(N, S_f)`` the
+        beliefs (the last tick's in, this tick's out); ``action`` ``(N, F)`` int64 and
+        ``has_action`` ``(N,)`` bool (the prior is ``B`` after an action, else ``D``; out: the
+        actions); ``G``, ``q_pi`` ``(N, P)``; ``prior[f]`` the tick's prior (read with
+        ``run``'s ``prior_given``: the one the caller keeps; else made, and written when given),
+        ``p_obs`` ``(N, M)`` each outcome's probability under it and the tables before the
+        update (written when given); ``start`` ``(N,)`` bool: the agents whose episode starts
+        (their prior is ``D``); ``next_prior[f]`` ``(N, S_f)``: the next tick's prior, ``B`` of
+        the action chosen times the posterior (written when given; it may be ``prior``);
+        ``qs_prev[f]`` ``(N, S_f)``: the posteriors a learned ``B`` learns from, this tick's
+        written (needed when one is). The state's floats are ``state_dtype``."""
+        bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi,
+                 *(next_prior or ()), *(qs_prev or ()), prior is not None,
+                 next_prior is not None, qs_prev is not None)
+        if tuple(map(id, bound)) == self._bound_ids:
+            return  # the same arrays (held here: no other array can have their ids)
+        if self.learned_B and qs_prev is None:
+            raise ValueError("a pass that learns B needs qs_prev")
+        self._bound_state, self._bound_ids = (), ()  # until every pointer is the new arrays'
+        self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, start, next_prior,
+                         qs_prev)
+        self._has_prior = prior is not None
+        self._bound_state, self._bound_ids = bound, tuple(map(id, bound))
+
+    def run(self, obs: np.ndarray, *, learn: bool = True, normalise_all: bool = False,
+            prior_given: bool = False) -> None:
+        """One tick of the agents of the arrays bound last (:meth:`bind_state`), in place: as
+        many as ``obs`` ``(N, M)`` (integer outcomes, copied into the pass's own) has rows.
+        ``learn`` False: the counts stay (learning frozen); ``normalise_all``: every column of a
+        learned ``B`` follows its counts (the first refresh); ``prior_given``: the tick's prior
+        is the bound ``prior``."""
         if self._scratch is None:
             raise RuntimeError("bind_learning before the first step")
         if self.learned_B and not self._bound_transitions:
             raise RuntimeError("bind_transitions before the first step")
-        if self.learned_B and qs_prev is None:
-            raise ValueError("a pass that learns B needs qs_prev")
+        if not self._bound_state:
+            raise RuntimeError("bind_state before the first run")
         n = len(obs)
-        self._state.obs = _addr(obs, np.int64, size=n * self._modalities)  # new most ticks
-        bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi,
-                 *(next_prior or ()), *(qs_prev or ()))
-        if len(bound) != len(self._bound_state) or any(
-            a is not b for a, b in zip(bound, self._bound_state, strict=True)
-        ):  # arrays not bound yet (a group's: the same every tick)
-            self._bound_state = ()  # until every pointer is the new arrays'
-            self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, start, next_prior,
-                             qs_prev)
-            self._bound_state = bound
-        if n > min(self._rows, self._learned_rows, self._learned_B_rows):
+        if n > self._held:
             held = min(self._learned_rows, self._learned_B_rows)
             tables = "" if held == _ANY else f" (tables of {held})"
             raise ValueError(f"{n} agents' outcomes for arrays of {self._rows} agents{tables}")
-        if self._model.prior_given and prior is None:
+        if prior_given and not self._has_prior:
             raise ValueError("a pass given its prior needs prior")
-        self._model.learn = int(learn)
-        self._model.normalise_all = int(normalise_all)
-        self._model.n = self.n = n  # a shared group may have been resized
+        np.copyto(self._obs if n == self._rows else self._obs[:n], obs, casting="safe")
+        flags = (n, learn, normalise_all, prior_given)
+        if flags != self._flags:
+            model = self._model
+            model.n, model.learn, model.normalise_all, model.prior_given = map(int, flags)
+            self.n, self._flags = n, flags
         self._tick(self._model_ref, self._state_ref)
+
+    @property
+    def _held(self) -> int:
+        """The agents the bound arrays hold (a run of more is refused)."""
+        return min(self._rows, self._learned_rows, self._learned_B_rows)
 
     def _bind_state(  # noqa: PLR0917 - step's arrays, once each
         self, qs: Sequence[np.ndarray], action: np.ndarray, has_action: np.ndarray,
@@ -632,6 +685,9 @@ class NativeTick:
         st.has_action = _addr(has_action, np.bool_, size=rows)
         st.G = _addr(G, self.state_dtype, size=rows * P)
         st.q_pi = _addr(q_pi, self.state_dtype, size=rows * P)
+        if self._rows != rows:  # the outcomes are copied into the pass's own array
+            self._obs = np.zeros((rows, M), dtype=np.int64)
+            st.obs = _addr(self._obs, np.int64)
         self._rows = rows
 
     def _bind_factors(self, name: str, arrays: Sequence[np.ndarray] | None,

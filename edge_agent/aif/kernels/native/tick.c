@@ -112,6 +112,7 @@ typedef struct {
     lane *moved;                                               /* (sum_f U_f S_f) */
     lane *qo, *log_qo;                                         /* (P, K) */
     lane *G, *x, *q_pi;                                        /* (P) */
+    uint8_t *hit;                                              /* (P, K): an outcome reached */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
 } block_scratch;
 
@@ -135,6 +136,8 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
     TAKE(moved, moved);
     TAKE(qo, P * m->outcomes); TAKE(log_qo, P * m->outcomes);
     TAKE(G, P); TAKE(x, P); TAKE(q_pi, P);
+    if (base) sc->hit = (uint8_t *)(base + used);
+    used += (P * m->outcomes + (int64_t)sizeof(lane) - 1) / (int64_t)sizeof(lane);
     for (int64_t k = 0; k < m->modalities; k++) {
         if (base) sc->A[k] = NULL;
         if (m->pA[k] != NULL) TAKE(A[k], m->num_obs[k] * S);
@@ -327,6 +330,10 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             } else {
                 for (int64_t i = 0; i < s_f; i++) lp[i][b] = m->D[f][i];
             }
+            /* an int8 group's prior as it would keep it (float32): the same numbers whether
+             * the group keeps its prior or makes it here, bit for bit */
+            if (f32)
+                for (int64_t i = 0; i < s_f; i++) lp[i][b] = (double)(float)lp[i][b];
             if (st->prior != NULL && b < count)
                 for (int64_t i = 0; i < s_f; i++) state_put(st->prior[f], n * s_f + i, lp[i][b], f32);
         }
@@ -523,20 +530,37 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         if (m->use_utility)
             for (int64_t s = 0; s < S; s++) LANES g[b] += qj[s][b] * utility[s][b];
         if (m->use_info_gain) {
+            /* the predicted joint above pymdp's threshold (a state below it adds exactly
+             * nothing), and the states some agent of the block may reach */
+            int64_t active[MAX_S], reached = 0;
             for (int64_t s = 0; s < S; s++)
                 LANES {
                     qj[s][b] = qj[s][b] > EXP_M16 ? qj[s][b] : 0.0;
                     g[b] += qj[s][b] * neg_entropy[s][b];
                 }
+            for (int64_t s = 0; s < S; s++) {
+                int some = 0;
+                for (int b = 0; b < BLK; b++) some |= qj[s][b] > 0.0;
+                active[reached] = s;
+                reached += some;
+            }
+            /* each joint outcome's predicted probability, from the reached states' entries
+             * (hit: the outcomes some agent may see) */
             lane *qo = sc->qo + p * K;
+            uint8_t *hit = sc->hit + p * K;
             for (int64_t k = 0; k < K; k++) {
-                lane acc;
-                LANES acc[b] = 0.0;
-                for (int64_t e = m->outcome_start[k]; e < m->outcome_start[k + 1]; e++) {
-                    const double *from = qj[m->entry_state[e]];
-                    LANES acc[b] += from[b] * value[e][b];
+                LANES qo[k][b] = 0.0;
+                hit[k] = 0;
+            }
+            for (int64_t i = 0; i < reached; i++) {
+                const int64_t s = active[i];
+                const double *from = qj[s];
+                for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++) {
+                    const int64_t e = m->state_entry[r], k = m->entry_outcome[e];
+                    double *to = qo[k];
+                    LANES to[b] += from[b] * value[e][b];
+                    hit[k] = 1;
                 }
-                LANES qo[k][b] = acc[b];
             }
         }
         LANES G[p][b] = g[b];
@@ -551,9 +575,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         for (int64_t p = 0; p < P; p++) {
             begin[p] = packed;
             for (int64_t r = p * K; r < (p + 1) * K; r++) {
-                int64_t some = 0;
-                LANES some |= qo[r][b] != 0.0;
-                if (!some) continue;
+                if (!sc->hit[r]) continue;  /* no reached state gives it: 0 for every agent */
                 if (packed != r) LANES qo[packed][b] = qo[r][b];
                 packed++;
             }
@@ -610,8 +632,10 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             const int64_t u = chosen[f][b];
             double next[MAX_S];
             for (int64_t i = 0; i < s_f; i++) next[i] = 0.0;
+            /* from the posterior as it is kept (an int8 group's float32): the prior a group
+             * that keeps none makes from it at the next tick, bit for bit */
             for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++)
-                next[bm->row[e]] += values[e] * sc->cur[offset[f] + bm->col[e]][b];
+                next[bm->row[e]] += values[e] * state_get(st->qs[f], n * s_f + bm->col[e], f32);
             for (int64_t i = 0; i < s_f; i++) state_put(st->next_prior[f], n * s_f + i, next[i], f32);
         }
     }
@@ -661,10 +685,14 @@ TARGETS void edge_tick(const tick_model *m, tick_state *st) {
     carve(m, base, &sc);
     uint8_t taken[MAX_F][MAX_U] = {{0}};  /* shared counts: the actions some agent learned */
     if (!m->shared_counts) {  /* each agent its own counts (or none): a block at a time, whole */
+        /* without a learned likelihood every agent plans with the same planning tables: the
+         * first block makes them */
+        int64_t shared_tables = 1;
+        for (int64_t k = 0; k < m->modalities; k++) shared_tables &= m->pA[k] == NULL;
         for (int64_t first = 0; first < m->n; first += BLK) {
             int64_t count = m->n - first < BLK ? m->n - first : BLK;
             infer_block(m, st, &sc, first, count, offset, width, taken);
-            plan_block(m, st, &sc, first, count, offset, 0);
+            plan_block(m, st, &sc, first, count, offset, shared_tables && first > 0);
         }
         return;
     }

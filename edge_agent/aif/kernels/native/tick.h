@@ -44,10 +44,11 @@ typedef struct {
 } sparse_b;
 
 /* What a model gives the pass once (n, scratch and learn are set per call). The joint-outcome
- * table's entries that can be non-zero are grouped by joint outcome: outcome k's are
- * [outcome_start[k], outcome_start[k + 1]) (the T-maze: 22 entries of 12 outcomes x 8 states);
- * each entry's state, the shared modalities' product on it, and for each learned modality its
- * index into that modality's (O_m, S) table (NULL: shared). shared_counts 0: each agent its
+ * table's entries that can be non-zero (the T-maze: 22 entries of 12 outcomes x 8 states; grid10
+ * 460 of 100 x 100): each entry's outcome and state, the shared modalities' product on it, and
+ * for each learned modality its index into that modality's (O_m, S) table (NULL: shared); the
+ * entries of state s are state_entry[state_start[s] .. state_start[s + 1]) (a policy's
+ * predicted outcomes are summed over the states it may reach alone). shared_counts 0: each agent its
  * own counts and learned table (pA (N, O_m, S), A_agent_stride O_m S); 1: one set of counts
  * every agent teaches (pA (1, O_m, S), A_agent_stride 0), the table following them every tick:
  * every agent infers and adds to the counts, the table becomes their expectation once, then
@@ -92,8 +93,10 @@ typedef struct {
     X(const int64_t *, policies_first)    /* (P, F): each policy's action of every factor */ \
     X(int64_t, outcomes)                  /* K: the joint outcomes some state can produce */ \
     X(int64_t, entries)                   /* E */                                         \
-    X(const int64_t *, outcome_start)     /* (K + 1) */                                   \
+    X(const int64_t *, entry_outcome)     /* (E) */                                       \
     X(const int64_t *, entry_state)       /* (E) */                                       \
+    X(const int64_t *, state_start)       /* (S + 1) */                                   \
+    X(const int64_t *, state_entry)       /* (E): the entries, state by state */          \
     X(const double *, entry_shared)       /* (E) */                                       \
     X(const int64_t *const *, entry_index) /* (M) */                                      \
     X(double *, scratch)                  /* edge_tick_scratch_doubles(model) doubles */  \
