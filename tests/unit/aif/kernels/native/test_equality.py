@@ -51,6 +51,7 @@ from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.native_pass import NATIVE_ENV
 from tests.support import native_builds
 from tests.support.native_tick import (
+    FROZEN_WORLDS,
     SANITIZED_ENV,
     SCOPES,
     SETTINGS,
@@ -244,7 +245,7 @@ class FrozenCase(NamedTuple):
 
 def _frozen_cases() -> Iterator[Any]:
     for build in BUILDS:
-        for world in SIZES:
+        for world in FROZEN_WORLDS:
             for n in sizes(world, build):
                 for precision in ("float64", "int8"):
                     yield pytest.param(FrozenCase(world, n, precision, build),
@@ -332,3 +333,15 @@ def test_a_frozen_group_s_compiled_tick_is_its_numpy_twin_up_to_rounding(
         obs, start = env.step(actions)
     assert starts > n  # the episodes' starts were stepped through, not only the first
     assert float(np.median(np.concatenate(kl))) < 1e-4
+
+
+def test_a_frozen_group_of_a_local_planner_s_model_says_why_it_stays_on_numpy(
+    tmp_path: Path,
+) -> None:
+    """grid10's group that does not learn steps numpy's local planner, faster there than the
+    compiled tick's dense plan, and says so."""
+    world = make_world("grid10-A0", tmp_path)
+    for precision in ("float64", "int8"):
+        group = frozen_group(world, 13, precision)
+        assert group.stepping == ("numpy: the local one-step planner (numpy) outruns the "
+                                  "compiled tick's dense plan here")

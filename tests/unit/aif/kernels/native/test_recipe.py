@@ -19,7 +19,14 @@ from pathlib import Path
 from edge_agent.aif.kernels import native
 from edge_agent.aif.kernels.native import recipe
 from tests.support import native_builds
-from tests.support.native_tick import SANITIZED_ENV, SCOPES, SIZES, SUITE, sizes
+from tests.support.native_tick import (
+    FROZEN_WORLDS,
+    SANITIZED_ENV,
+    SCOPES,
+    SIZES,
+    SUITE,
+    sizes,
+)
 
 REPO = Path(__file__).resolve().parents[5]
 
@@ -56,7 +63,8 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     report = done.stdout[-4000:] + done.stderr[-4000:]
     assert done.returncode == 0, report
     # each world and agents: every scope learning, and a frozen group at either precision
-    cases = sum(len(sizes(world, "sanitized")) for world in SIZES) * (len(SCOPES) + 2)
+    cases = (sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
+             + sum(len(sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2)
     assert re.search(rf"\b{cases} passed\b", done.stdout), report
     assert "Sanitizer" not in done.stderr, report
 
