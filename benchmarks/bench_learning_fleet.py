@@ -85,13 +85,13 @@ from bench_hub_scale import (  # noqa: E402
 from bench_learning_merge import LINE, line_bundle  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from edge_agent_host.hub.engines import PostgresEngine  # noqa: E402
-from edge_agent_host.hub.learning_merge import MergeSettings, merge_sparse  # noqa: E402
-from edge_agent_host.hub.learning_model import line_model  # noqa: E402
-from edge_agent_host.hub.learning_round import per_node  # noqa: E402
-from edge_agent_host.hub.learning_store import LearningStore  # noqa: E402
-from edge_agent_host.hub.rollout_store import RolloutStore  # noqa: E402
-from edge_agent_host.hub.store import HubDatabase  # noqa: E402
+from edge_agent_host.hub.learning.merge import MergeSettings, merge_sparse  # noqa: E402
+from edge_agent_host.hub.learning.model import line_model  # noqa: E402
+from edge_agent_host.hub.learning.round import per_node  # noqa: E402
+from edge_agent_host.hub.learning.store import LearningStore  # noqa: E402
+from edge_agent_host.hub.rollouts.store import RolloutStore  # noqa: E402
+from edge_agent_host.hub.storage.database import HubDatabase  # noqa: E402
+from edge_agent_host.hub.storage.engines import PostgresEngine  # noqa: E402
 from edge_agent_host.keys import generate_keypair  # noqa: E402
 from tests.support.broker import MosquittoBroker  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402

@@ -73,15 +73,15 @@ from edge_agent.sim.registry import builtin_model  # noqa: E402
 from edge_agent_host.converter.aif.options import AifOptions  # noqa: E402
 from edge_agent_host.converter.common import ConvertOptions  # noqa: E402
 from edge_agent_host.converter.formats.aif import convert_aif  # noqa: E402
-from edge_agent_host.hub.engines import SqliteEngine  # noqa: E402
-from edge_agent_host.hub.learning_merge import MergeSettings, SparseTable, merge_sparse  # noqa: E402
-from edge_agent_host.hub.learning_merge_dense import merge_round_dense  # noqa: E402
-from edge_agent_host.hub.learning_model import line_model  # noqa: E402
-from edge_agent_host.hub.learning_round import per_node  # noqa: E402
-from edge_agent_host.hub.learning_store import LearningStore  # noqa: E402
-from edge_agent_host.hub.queue import Heard  # noqa: E402
-from edge_agent_host.hub.rollout_store import RolloutStore  # noqa: E402
-from edge_agent_host.hub.store import HubDatabase  # noqa: E402
+from edge_agent_host.hub.learning.merge import MergeSettings, SparseTable, merge_sparse  # noqa: E402
+from edge_agent_host.hub.learning.model import line_model  # noqa: E402
+from edge_agent_host.hub.learning.round import per_node  # noqa: E402
+from edge_agent_host.hub.learning.store import LearningStore  # noqa: E402
+from edge_agent_host.hub.rollouts.store import RolloutStore  # noqa: E402
+from edge_agent_host.hub.storage.database import HubDatabase  # noqa: E402
+from edge_agent_host.hub.storage.engines import SqliteEngine  # noqa: E402
+from edge_agent_host.hub.traffic.queue import Heard  # noqa: E402
+from tests.support.learning_merge_oracle import merge_round_dense  # noqa: E402
 
 LINE = "grid10"
 BATCH = 500  # the service's [queue] batch_max default

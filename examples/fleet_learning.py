@@ -65,8 +65,8 @@ from edge_agent.core.agents import AifAgentGroup
 from edge_agent.fleet.learning_deltas import learning_deltas
 from edge_agent.fleet.protocol import DEFAULT_MAX_BYTES, Envelope, LearningDelta, decode, encode
 from edge_agent.sim.grid_slippery import DEFAULT_BLOCKED, SlipperyGridEnv
-from edge_agent_host.hub.learning_checks import check_tables, dense_increments
-from edge_agent_host.hub.learning_merge import MergeSettings, merge_round
+from edge_agent_host.hub.learning.checks import check_tables, dense_increments
+from edge_agent_host.hub.learning.merge import MergeSettings, merge_round
 
 CONDITIONS = ("frozen", "alone", "fleet", "poisoned")
 COLOURS = {"frozen": "#888888", "alone": "#1f77b4", "fleet": "#d62728", "poisoned": "#ff9f1c"}

@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from edge_agent.sim.tmaze import tmaze_model
-from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.hub.storage.database import HubDatabase
 from tests.integration.fleet.test_fleet_daemon import wait_until
 from tests.integration.hub.test_hubd import Hub, db_rows
 from tests.integration.hub.test_rollout_health_gate import ENDS, wait_state

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.rollouts.store import RolloutStore
 from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import REPO
 from tests.integration.fleet.test_fleet_daemon import FLEET, wait_until

@@ -2,7 +2,7 @@
 
 Shared by both clients that deploy: the operator's client (:mod:`edge_agent_host.fleetctl`,
 :meth:`~edge_agent_host.fleetctl.client.FleetClient.deploy`) and the hub service's rollout runner
-(:mod:`edge_agent_host.hub.rollouts`), which never imports the client. Each drives it through
+(:mod:`edge_agent_host.hub.rollouts.runner`), which never imports the client. Each drives it through
 its own :class:`DeployClient`.
 
 :class:`DeployPlan` cuts a signed bundle into chunks and says what the ``deploy`` command carries.
