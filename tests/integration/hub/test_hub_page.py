@@ -25,7 +25,8 @@ from edge_agent.fleet.protocol import NodeState
 from edge_agent_host.hub.learning.store import LearningStore
 from edge_agent_host.hub.storage.database import HubDatabase
 from edge_agent_host.hub.storage.engines import SqliteEngine
-from edge_agent_host.hub.web.server import FleetSnapshot, WebServer, health_of
+from edge_agent_host.hub.web.server import WebServer
+from edge_agent_host.hub.web.snapshot import FleetSnapshot, health_of
 from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import REPO
 from tests.integration.fleet.test_fleet_daemon import FLEET, wait_until

@@ -80,7 +80,8 @@ from edge_agent_host.hub.traffic.listener import FleetListener
 from edge_agent_host.hub.traffic.publisher import HubPublisher
 from edge_agent_host.hub.traffic.queue import Heard, HeldMessages
 from edge_agent_host.hub.traffic.spool import Spool
-from edge_agent_host.hub.web.server import GroupHealthHistory, WebServer, build_snapshot
+from edge_agent_host.hub.web.server import WebServer
+from edge_agent_host.hub.web.snapshot import GroupHealthHistory, build_snapshot
 
 if TYPE_CHECKING:
     from pathlib import Path

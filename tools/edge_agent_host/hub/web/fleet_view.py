@@ -1,7 +1,7 @@
 """What the fleet page reads: each node's bundles and deployment, and ``/api/fleet.json``'s
 filtered, sorted, paged answer.
 
-The service's loop builds the snapshot (:func:`~.server.build_snapshot`); these
+The service's loop builds the snapshot (:func:`~.snapshot.build_snapshot`); these
 functions add to its rows what the page shows per node -- the bundle each group runs (from the
 node's birth) and where the node stands in the newest rollout that names it -- and answer one
 request from a finished snapshot without touching the database.

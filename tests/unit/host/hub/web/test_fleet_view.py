@@ -19,7 +19,8 @@ from edge_agent_host.hub.web.fleet_view import (
     fleet_page,
     rollout_failures,
 )
-from edge_agent_host.hub.web.server import FleetSnapshot, WebServer
+from edge_agent_host.hub.web.server import WebServer
+from edge_agent_host.hub.web.snapshot import FleetSnapshot
 
 NOW = 1_800_000_000.0
 MIB = 2**20
