@@ -39,7 +39,8 @@ from edge_agent_host.fleet.presence import presence
 from edge_agent_host.hub.learning.checks import Allowance, Refusal, allowance, check_tables
 from edge_agent_host.hub.learning.model import LineModel, line_model
 from edge_agent_host.hub.rollouts.plan import ACTIVE, NodeState, RolloutState, not_trusting
-from edge_agent_host.hub.storage.database import HubDatabase, to_json
+from edge_agent_host.hub.storage.database import HubDatabase
+from edge_agent_host.hub.storage.writers import to_json
 from edge_agent_host.hub.traffic.queue import Heard
 
 logger = logging.getLogger("edge_agent_host.hub.learning")

@@ -72,10 +72,10 @@ from edge_agent_host.hub.storage.database import (
     DatabaseUnavailableError,
     HubDatabase,
     WriteOutcome,
-    to_json,
 )
 from edge_agent_host.hub.storage.dbthread import DatabaseOverdueError, DatabaseThread
 from edge_agent_host.hub.storage.engines import Engine, PostgresEngine, SqliteEngine
+from edge_agent_host.hub.storage.writers import to_json
 from edge_agent_host.hub.traffic.listener import FleetListener
 from edge_agent_host.hub.traffic.publisher import HubPublisher
 from edge_agent_host.hub.traffic.queue import Heard, HeldMessages

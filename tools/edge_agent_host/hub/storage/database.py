@@ -5,18 +5,9 @@ one transaction each, applies the retention bounds (:meth:`HubDatabase.maintain`
 queries of the CLI (fleet, telemetry, events, commands, replicas, a summary). Every statement is
 the same text for both engines.
 
-Writes are idempotent, so that at-least-once delivery, outbox re-sends and replicas that hear the
-same retained presence never count a message twice or let an old one win:
-
-* telemetry, events and results are unique by ``(node, seq, ts)`` (a re-send carries the same
-  envelope) and inserted with ``ON CONFLICT DO NOTHING``;
-* a node's presence is ordered by ``(bdseq, offline after online)``: a will of an older session
-  than the presence stored, or an ``online`` of a session whose will was already stored, changes
-  nothing; an ``online`` with a smaller ``bdseq`` but a newer clock is taken (a node whose state
-  directory was wiped starts counting again);
-* a birth replaces the stored one when its ``bdseq`` is newer, or its clock is not older (a
-  rebirth keeps the session's ``bdseq``); the node's groups follow the birth that is stored;
-* a death counts once per death timestamp; a command once per nonce.
+Each kind of message is written by its writer (:mod:`.writers`: one table, idempotent writes);
+the telemetry and health histories are kept by one rule (:mod:`.series`, applied with the other
+bounds by :mod:`.retention`).
 
 :meth:`HubDatabase.write` never raises for database trouble: it returns what it wrote, what it
 rejected (one message the database refused: counted and dropped) and what is left because the
@@ -31,42 +22,30 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
-from edge_agent.fleet.protocol import (
-    Birth,
-    Command,
-    CommandResult,
-    Death,
-    Event,
-    Health,
-    NodeState,
-    Telemetry,
-    as_builtins,
-)
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.config.hub_toml import RetentionSection
-from edge_agent_host.hub.storage.downsample import downsample_cut, plan_downsample
 from edge_agent_host.hub.storage.engines import Engine
+from edge_agent_host.hub.storage.retention import apply_retention
 from edge_agent_host.hub.storage.schema import LATEST, VERSIONS_TABLE, pending
+from edge_agent_host.hub.storage.writers import (
+    HealthWriter,
+    Writer,
+    register_senders,
+    to_json,
+    writers,
+)
 from edge_agent_host.hub.traffic.queue import Heard
 
 logger = logging.getLogger(__name__)
 
-HEALTH_DROPPED: Final = ("unknown_group", "over_cap")
-"""Why a health window is dropped (the labels of ``edge_agent_hub_health_dropped_total``)."""
-
 __all__ = [
-    "HEALTH_DROPPED",
     "DatabaseUnavailableError",
     "HubDatabase",
     "SchemaError",
     "WriteOutcome",
-    "to_json",
 ]
-
-#: Nodes over their telemetry bound handled per maintenance pass at most.
-_MAX_NODES_PER_PASS = 1000
 
 
 class DatabaseUnavailableError(FleetError):
@@ -75,23 +54,6 @@ class DatabaseUnavailableError(FleetError):
 
 class SchemaError(FleetError):
     """The database's schema is newer than this software's (or is not a hub database)."""
-
-
-def to_json(value: Any) -> str:
-    """JSON text of a message body: bytes as hex, keys sorted, ASCII only (so NUL and every
-    control character are escaped: both engines store it as plain TEXT)."""
-
-    def default(obj: object) -> object:
-        if isinstance(obj, bytes | bytearray):
-            return obj.hex()
-        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-    return json.dumps(value, default=default, sort_keys=True)
-
-
-def _text(value: str | None) -> str | None:
-    """A free-text field as PostgreSQL's TEXT takes it (no NUL), the same in SQLite."""
-    return None if value is None else value.replace("\x00", "\ufffd")
 
 
 def _loads(text: str | None) -> Any:
@@ -120,19 +82,31 @@ class HubDatabase:
         self.written = 0
         self.rejected = 0
         self.last_error = ""
-        self._writers: dict[str, Callable[[Heard], None]] = {}
-        self.health_groups_per_node = health_groups_per_node
+        self._health = HealthWriter(health_groups_per_node)
+        self._writers: dict[str, Writer] = writers(self._health)
+
+    @property
+    def health_groups_per_node(self) -> int:
         """A node's groups whose health windows are kept at most (``[retention]``)."""
-        self.health_dropped = dict.fromkeys(HEALTH_DROPPED, 0)
+        return self._health.groups_per_node
+
+    @health_groups_per_node.setter
+    def health_groups_per_node(self, groups: int) -> None:
+        self._health.groups_per_node = groups
+
+    @property
+    def health_dropped(self) -> dict[str, int]:
         """Health windows dropped: of a group the node's newest birth does not declare
-        (``unknown_group``), or beyond the node's first ``health_groups_per_node`` groups
-        (``over_cap``); counted in this process, shown by the status and /metrics."""
+        (``unknown_group``), or beyond the node's first ``[retention] health_groups_per_node``
+        groups (``over_cap``); counted in this process, shown by the status and /metrics."""
+        return self._health.dropped
 
     def add_writer(self, msg_type: str, write: Callable[[Heard], None]) -> None:
-        """Messages of ``msg_type`` are written by ``write`` (inside the batch's transaction,
-        through :meth:`execute`), e.g. the learning deltas
+        """Messages of ``msg_type`` are written by ``write``, a part's writer of its own tables
+        (inside the batch's transaction, through this database's :meth:`rows`, :meth:`execute`
+        and :meth:`execute_many`), e.g. the learning deltas
         (:mod:`edge_agent_host.hub.learning.store`)."""
-        self._writers[msg_type] = write
+        self._writers[msg_type] = lambda _db, heard: write(heard)
 
     # connection -------------------------------------------------------------------------------
     @property
@@ -305,268 +279,11 @@ class HubDatabase:
         return outcome
 
     def _apply_all(self, batch: Sequence[Heard]) -> None:
-        self._register_nodes(batch)
+        register_senders(self, batch)
         for heard in batch:
-            body = heard.envelope.body
-            if isinstance(body, NodeState):
-                self._state(heard, body)
-            elif isinstance(body, Birth):
-                self._birth(heard, body)
-            elif isinstance(body, Death):
-                self._death(heard, body)
-            elif isinstance(body, Telemetry):
-                self._telemetry(heard, body)
-            elif isinstance(body, Health):
-                self._health(heard, body)
-            elif isinstance(body, Event):
-                self._event(heard, body)
-            elif isinstance(body, CommandResult):
-                self._result(heard, body)
-            elif isinstance(body, Command):
-                self._command(heard, body)
-            elif heard.kind in self._writers:
-                self._writers[heard.kind](heard)
-
-    def _register_nodes(self, batch: Sequence[Heard]) -> None:
-        """A row for every sender, and ``last_seen`` for those heard live (not retained)."""
-        first: dict[str, float] = {}
-        seen: dict[str, float] = {}
-        for heard in batch:
-            if heard.kind == "command":
-                continue  # a command names its target, which may not exist
-            first.setdefault(heard.node, heard.received)
-            if not heard.retained:
-                seen[heard.node] = max(seen.get(heard.node, 0.0), heard.received)
-        self._many(
-            "INSERT INTO nodes (node, first_seen) VALUES (:node, :now) "
-            "ON CONFLICT (node) DO NOTHING",
-            [{"node": n, "now": t} for n, t in sorted(first.items())],
-        )
-        self._many(
-            "UPDATE nodes SET last_seen = :now "
-            "WHERE node = :node AND (last_seen IS NULL OR last_seen < :now)",
-            [{"node": n, "now": t} for n, t in sorted(seen.items())],
-        )
-
-    def _state(self, heard: Heard, body: NodeState) -> None:
-        env = heard.envelope
-        self._run(
-            "UPDATE nodes SET online = :online, state_bdseq = :bdseq, state_ts = :ts "
-            "WHERE node = :node AND (state_bdseq IS NULL OR :bdseq > state_bdseq "
-            "OR (:bdseq = state_bdseq AND NOT (online = 0 AND :online = 1)) "
-            "OR (:online = 1 AND :bdseq < state_bdseq AND :ts > state_ts))",
-            {"online": int(body.online), "bdseq": env.bdseq, "ts": env.ts, "node": heard.node},
-        )
-
-    def _birth(self, heard: Heard, body: Birth) -> None:
-        env = heard.envelope
-        cur = self._run(
-            "UPDATE nodes SET birth = :birth, birth_bdseq = :bdseq, birth_ts = :ts, "
-            "software_version = :version, profile = :profile "
-            "WHERE node = :node AND (birth_bdseq IS NULL OR :bdseq > birth_bdseq "
-            "OR :ts >= birth_ts)",
-            {
-                "birth": to_json(as_builtins(body)),
-                "bdseq": env.bdseq,
-                "ts": env.ts,
-                "version": _text(body.software_version),
-                "profile": _text(body.profile),
-                "node": heard.node,
-            },
-        )
-        if cur.rowcount != 1:
-            return  # an older birth than the one stored
-        self._run("DELETE FROM node_groups WHERE node = :node", {"node": heard.node})
-        # The newest window of a group the node no longer has goes with it: the series of
-        # /metrics and the page are the groups its newest birth declares, no more.
-        self._many(
-            "DELETE FROM node_health WHERE node = :node AND grp = :grp",
-            [
-                {"node": heard.node, "grp": str(r[0])}
-                for r in self._run(
-                    "SELECT grp FROM node_health WHERE node = :node", {"node": heard.node}
-                ).fetchall()
-                if str(r[0]) not in body.groups
-            ],
-        )
-        self._many(
-            "INSERT INTO node_groups (node, grp, agents, bundle, bundle_sha256, since, tick_hz) "
-            "VALUES (:node, :grp, :agents, :bundle, :sha, :since, :hz)",
-            [
-                {
-                    "node": heard.node,
-                    "grp": name,
-                    "agents": group.agents,
-                    "bundle": _text(group.bundle),
-                    "sha": group.bundle_sha256,
-                    "since": env.ts,
-                    "hz": body.tick_hz,
-                }
-                for name, group in sorted(body.groups.items())
-            ],
-        )
-
-    def _death(self, heard: Heard, body: Death) -> None:
-        self._run(
-            "UPDATE nodes SET deaths = deaths + 1, death_ts = :ts, death_reason = :reason "
-            "WHERE node = :node AND (death_ts IS NULL OR death_ts < :ts)",
-            {"ts": heard.envelope.ts, "reason": body.reason.value, "node": heard.node},
-        )
-
-    def _telemetry(self, heard: Heard, body: Telemetry) -> None:
-        env = heard.envelope
-        text = to_json(as_builtins(body))
-        self._run(
-            "INSERT INTO telemetry (node, ts, bdseq, seq, received, uptime_s, rss_bytes, "
-            "budget_used_bytes, budget_total_bytes, ticks, tick_p50_ms, tick_p99_ms, overruns, "
-            "cpu_temp_c, outbox_depth, body) VALUES (:node, :ts, :bdseq, :seq, :received, "
-            ":uptime, :rss, :used, :total, :ticks, :p50, :p99, :overruns, :temp, :outbox, :body) "
-            "ON CONFLICT (node, seq, ts) DO NOTHING",
-            {
-                "node": heard.node,
-                "ts": env.ts,
-                "bdseq": env.bdseq,
-                "seq": env.seq,
-                "received": heard.received,
-                "uptime": body.uptime_s,
-                "rss": body.rss_bytes,
-                "used": body.budget_used_bytes,
-                "total": body.budget_total_bytes,
-                "ticks": body.ticks,
-                "p50": body.tick_p50_ms,
-                "p99": body.tick_p99_ms,
-                "overruns": body.overruns,
-                "temp": body.cpu_temp_c,
-                "outbox": body.outbox.depth_rows if body.outbox is not None else None,
-                "body": text,
-            },
-        )
-        self._run(
-            "UPDATE nodes SET telemetry_ts = :ts, telemetry = :body "
-            "WHERE node = :node AND (telemetry_ts IS NULL OR telemetry_ts < :ts)",
-            {"ts": env.ts, "body": text, "node": heard.node},
-        )
-
-    def _health(self, heard: Heard, body: Health) -> None:
-        env = heard.envelope
-        rows = []
-        newest = []
-        declared = [
-            str(r[0])
-            for r in self._run(
-                "SELECT grp FROM node_groups WHERE node = :node ORDER BY grp", {"node": heard.node}
-            ).fetchall()
-        ]
-        kept = set(declared[: self.health_groups_per_node])
-        for name, group in sorted(body.groups.items()):
-            if name not in kept:  # bounds from the birth, not from the message (STYLE 32)
-                self.health_dropped["over_cap" if name in declared else "unknown_group"] += 1
-                continue
-            drift = group.drift
-            rows.append(
-                {
-                    "node": heard.node,
-                    "grp": name,
-                    "ts": env.ts,
-                    "bdseq": env.bdseq,
-                    "seq": env.seq,
-                    "received": heard.received,
-                    "window_s": body.window_s,
-                    "model": _text(group.model),
-                    "steps": group.agent_steps,
-                    "alarm": None if drift is None else int(drift.alarm),
-                    "statistic": None if drift is None else drift.statistic,
-                    "threshold": None if drift is None else drift.threshold,
-                    "measures": to_json(
-                        {k: [m.mean, m.p95, m.n] for k, m in sorted(group.measures.items())}
-                    ),
-                }
-            )
-            newest.append(
-                {
-                    "node": heard.node,
-                    "grp": name,
-                    "ts": env.ts,
-                    "window_s": body.window_s,
-                    "model": _text(group.model),
-                    "body": to_json(as_builtins(group)),
-                }
-            )
-        self._many(
-            "INSERT INTO health (node, grp, ts, bdseq, seq, received, window_s, model, "
-            "agent_steps, drift_alarm, drift_statistic, drift_threshold, measures) VALUES "
-            "(:node, :grp, :ts, :bdseq, :seq, :received, :window_s, :model, :steps, :alarm, "
-            ":statistic, :threshold, :measures) ON CONFLICT (node, grp, seq, ts) DO NOTHING",
-            rows,
-        )
-        self._many(
-            "INSERT INTO node_health (node, grp, ts, window_s, model, body) VALUES (:node, :grp, "
-            ":ts, :window_s, :model, :body) ON CONFLICT (node, grp) DO UPDATE SET "
-            "ts = excluded.ts, window_s = excluded.window_s, model = excluded.model, "
-            "body = excluded.body "
-            "WHERE node_health.ts < excluded.ts",
-            newest,
-        )
-
-    def _event(self, heard: Heard, body: Event) -> None:
-        env = heard.envelope
-        self._run(
-            "INSERT INTO events (node, ts, bdseq, seq, received, kind, severity, grp, detail, "
-            "data) VALUES (:node, :ts, :bdseq, :seq, :received, :kind, :severity, :grp, "
-            ":detail, :data) ON CONFLICT (node, seq, ts) DO NOTHING",
-            {
-                "node": heard.node,
-                "ts": env.ts,
-                "bdseq": env.bdseq,
-                "seq": env.seq,
-                "received": heard.received,
-                "kind": body.kind.value,
-                "severity": body.severity.value,
-                "grp": body.group,
-                "detail": _text(body.detail),
-                "data": to_json(body.data),
-            },
-        )
-
-    def _result(self, heard: Heard, body: CommandResult) -> None:
-        env = heard.envelope
-        self._run(
-            "INSERT INTO results (node, ts, bdseq, seq, received, nonce, name, code, detail, "
-            "data) VALUES (:node, :ts, :bdseq, :seq, :received, :nonce, :name, :code, "
-            ":detail, :data) ON CONFLICT (node, seq, ts) DO NOTHING",
-            {
-                "node": heard.node,
-                "ts": env.ts,
-                "bdseq": env.bdseq,
-                "seq": env.seq,
-                "received": heard.received,
-                "nonce": body.nonce.hex(),
-                "name": body.name,
-                "code": body.code.value,
-                "detail": _text(body.detail),
-                "data": to_json(body.data),
-            },
-        )
-
-    def _command(self, heard: Heard, body: Command) -> None:
-        env = heard.envelope
-        self._run(
-            "INSERT INTO commands (nonce, target, name, key_id, verified, sender, ts, expires, "
-            "received, args) VALUES (:nonce, :target, :name, :key_id, :verified, :sender, :ts, "
-            ":expires, :received, :args) ON CONFLICT (nonce) DO NOTHING",
-            {
-                "nonce": body.nonce.hex(),
-                "target": body.target,
-                "name": body.name,
-                "key_id": _text(body.key_id),
-                "verified": int(heard.verified),
-                "sender": env.node,
-                "ts": env.ts,
-                "expires": body.expires,
-                "received": heard.received,
-                "args": to_json(body.args),
-            },
-        )
+            write = self._writers.get(heard.kind)
+            if write is not None:
+                write(self, heard)
 
     # replicas ---------------------------------------------------------------------------------
     def heartbeat(
@@ -606,28 +323,11 @@ class HubDatabase:
         call); returns what it did. Only one replica maintains at a time (PostgreSQL: an
         advisory lock; the others skip). Raises :class:`DatabaseUnavailableError`."""
         now = time.time() if now is None else now
-        done: dict[str, int] = {}
         try:
             with self._transaction():
                 if not self.engine.try_lock_maintenance(self._conn):
                     return {"skipped": 1}
-                self._downsample(retention, now, done)
-                self._bound_per_node(retention, done)
-                self._downsample_health(retention, now, done)
-                self._bound_health(retention, done)
-                self._undeclared_health(retention, done)
-                limit = retention.maintenance_batch
-                for table, keep_s, max_rows in (
-                    ("telemetry", retention.telemetry_keep_s, None),
-                    ("health", retention.telemetry_keep_s, None),
-                    ("node_health", retention.telemetry_keep_s, None),
-                    ("events", retention.events_keep_s, retention.events_max_rows),
-                    ("results", retention.commands_keep_s, retention.commands_max_rows),
-                    ("commands", retention.commands_keep_s, retention.commands_max_rows),
-                ):
-                    done[f"{table}_expired"] = self._expire(table, now - keep_s, limit)
-                    if max_rows is not None:
-                        done[f"{table}_over_bound"] = self._over_bound(table, max_rows, limit)
+                done = apply_retention(self, retention, now)
         except Exception as err:
             if not self.engine.is_database_error(err):
                 raise
@@ -635,130 +335,16 @@ class HubDatabase:
             raise DatabaseUnavailableError(f"maintenance: {self.last_error}") from err
         return done
 
-    def _downsample(self, retention: RetentionSection, now: float, done: dict[str, int]) -> None:
-        step = retention.telemetry_step_s
-        cut = downsample_cut(now, retention.telemetry_raw_s, step)
-        limit = retention.maintenance_batch
-        rows = self._run(
-            "SELECT id, node, ts, samples FROM telemetry WHERE coarse = 0 AND ts < :cut "
-            "ORDER BY node, ts, id LIMIT :n",
-            {"cut": cut, "n": limit},
-        ).fetchall()
-        plan = plan_downsample(
-            [(int(r[0]), str(r[1]), float(r[2]), int(r[3])) for r in rows],
-            step,
-            complete=len(rows) < limit,
-        )
-        self._many(
-            "UPDATE telemetry SET coarse = 1, samples = :samples WHERE id = :id",
-            [{"id": i, "samples": n} for i, n in plan.keep.items()],
-        )
-        self._many("DELETE FROM telemetry WHERE id = :id", [{"id": i} for i in plan.drop])
-        done["telemetry_downsampled"] = len(plan.drop)
-        done["telemetry_points_kept"] = len(plan.keep)
-
-    def _bound_per_node(self, retention: RetentionSection, done: dict[str, int]) -> None:
-        bound = retention.telemetry_max_rows_per_node
-        over = self._run(
-            "SELECT node, COUNT(*) FROM telemetry GROUP BY node HAVING COUNT(*) > :bound "
-            "ORDER BY node LIMIT :n",
-            {"bound": bound, "n": _MAX_NODES_PER_PASS},
-        ).fetchall()
-        deleted = 0
-        for node, count in over:
-            cur = self._run(
-                "DELETE FROM telemetry WHERE id IN (SELECT id FROM telemetry WHERE node = :node "
-                "ORDER BY ts, id LIMIT :n)",
-                {"node": node, "n": min(int(count) - bound, retention.maintenance_batch)},
-            )
-            deleted += max(cur.rowcount, 0)
-        done["telemetry_over_node_bound"] = deleted
-
-    def _downsample_health(
-        self, retention: RetentionSection, now: float, done: dict[str, int]
-    ) -> None:
-        """Health history, downsampled as telemetry is, per node and group."""
-        step = retention.telemetry_step_s
-        cut = downsample_cut(now, retention.telemetry_raw_s, step)
-        limit = retention.maintenance_batch
-        rows = self._run(
-            "SELECT id, node, grp, ts, samples FROM health WHERE coarse = 0 AND ts < :cut "
-            "ORDER BY node, grp, ts, id LIMIT :n",
-            {"cut": cut, "n": limit},
-        ).fetchall()
-        plan = plan_downsample(
-            # node and group names have no '/' (they are topic levels): one key of both
-            [(int(r[0]), f"{r[1]}/{r[2]}", float(r[3]), int(r[4])) for r in rows],
-            step,
-            complete=len(rows) < limit,
-        )
-        self._many(
-            "UPDATE health SET coarse = 1, samples = :samples WHERE id = :id",
-            [{"id": i, "samples": n} for i, n in plan.keep.items()],
-        )
-        self._many("DELETE FROM health WHERE id = :id", [{"id": i} for i in plan.drop])
-        done["health_downsampled"] = len(plan.drop)
-
-    def _bound_health(self, retention: RetentionSection, done: dict[str, int]) -> None:
-        """At most ``telemetry_max_rows_per_node`` health rows per node and group."""
-        bound = retention.telemetry_max_rows_per_node
-        over = self._run(
-            "SELECT node, grp, COUNT(*) FROM health GROUP BY node, grp "
-            "HAVING COUNT(*) > :bound ORDER BY node, grp LIMIT :n",
-            {"bound": bound, "n": _MAX_NODES_PER_PASS},
-        ).fetchall()
-        deleted = 0
-        for node, grp, count in over:
-            cur = self._run(
-                "DELETE FROM health WHERE id IN (SELECT id FROM health WHERE node = :node "
-                "AND grp = :grp ORDER BY ts, id LIMIT :n)",
-                {
-                    "node": node,
-                    "grp": grp,
-                    "n": min(int(count) - bound, retention.maintenance_batch),
-                },
-            )
-            deleted += max(cur.rowcount, 0)
-        done["health_over_node_bound"] = deleted
-
-    def _undeclared_health(self, retention: RetentionSection, done: dict[str, int]) -> None:
-        """The health history of groups a node's newest birth does not declare goes with them
-        (at most ``maintenance_batch`` rows a pass): a node's history is of its groups alone,
-        however many names it used before."""
-        cur = self._run(
-            "DELETE FROM health WHERE id IN (SELECT h.id FROM health h WHERE NOT EXISTS (SELECT 1 "
-            "FROM node_groups g WHERE g.node = h.node AND g.grp = h.grp) ORDER BY h.id LIMIT :n)",
-            {"n": retention.maintenance_batch},
-        )
-        done["health_undeclared"] = max(int(cur.rowcount), 0)
-
-    def _expire(self, table: str, cut: float, limit: int) -> int:
-        if table == "node_health":  # groups a node no longer reports
-            cur = self._run("DELETE FROM node_health WHERE ts < :cut", {"cut": cut})
-            return max(int(cur.rowcount), 0)
-        key = "nonce" if table == "commands" else "id"
-        cur = self._run(
-            f"DELETE FROM {table} WHERE {key} IN "
-            f"(SELECT {key} FROM {table} WHERE ts < :cut ORDER BY ts LIMIT :n)",
-            {"cut": cut, "n": limit},
-        )
-        return max(int(cur.rowcount), 0)
-
-    def _over_bound(self, table: str, max_rows: int, limit: int) -> int:
-        count = int(self._run(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-        if count <= max_rows:
-            return 0
-        key = "nonce" if table == "commands" else "id"
-        cur = self._run(
-            f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} ORDER BY ts LIMIT :n)",
-            {"n": min(count - max_rows, limit)},
-        )
-        return max(int(cur.rowcount), 0)
-
-    # for the other tables' modules (rollouts) -------------------------------------------------
+    # statements, for the writers, the bounds and the other parts' tables (rollouts, learning) ---
     def transaction(self) -> AbstractContextManager[None]:
         """One transaction (:class:`DatabaseUnavailableError` when not connected)."""
         return self._transaction()
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """The rows of one query inside :meth:`transaction` (database errors reach the
+        transaction's owner as they are: :meth:`query` outside one)."""
+        rows: list[Any] = self._run(sql, params).fetchall()
+        return rows
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         """One statement inside :meth:`transaction`; returns the rows it changed."""
