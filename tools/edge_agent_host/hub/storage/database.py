@@ -251,6 +251,10 @@ class HubDatabase:
         return self._write_one_by_one(batch)
 
     def _unavailable(self, err: BaseException) -> bool:
+        # A part's writer that read through query() met the same trouble and said so already
+        # (the connection is closed): the batch waits, as for the writers' own statements.
+        if isinstance(err, DatabaseUnavailableError):
+            return True
         return self.engine.is_database_error(err) and self.engine.is_unavailable(err)
 
     def _write_one_by_one(self, batch: Sequence[Heard]) -> WriteOutcome:

@@ -451,6 +451,28 @@ def test_an_unreachable_database_leaves_the_batch(tmp_path: Path) -> None:
     assert db.write(batch).left == batch
 
 
+def test_a_database_lost_inside_a_parts_writer_leaves_the_batch(tmp_path: Path) -> None:
+    """A part's writer (the learning deltas' reads the delta's line through ``query``) that
+    meets an unavailable database leaves the whole batch to be held, as the writers' own
+    statements do; before, every message of the batch was dropped as refused."""
+    from edge_agent_host.hub.storage.database import DatabaseUnavailableError
+
+    db = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
+    db.open()
+
+    def reads_a_lost_table(_heard: Heard) -> None:
+        db.query("SELECT line FROM a_table_gone")  # OperationalError: the database's trouble
+
+    db.add_writer("event", reads_a_lost_table)
+    batch = [heard("n1", telemetry_body(1), seq=1), heard("n1", Event(kind=EventKind.OTHER))]
+    outcome = db.write(batch)
+    assert (outcome.written, outcome.rejected, outcome.left) == (0, 0, batch)
+    assert not db.is_open
+    assert "a_table_gone" in db.last_error
+    with pytest.raises(DatabaseUnavailableError):
+        db.query("SELECT 1")
+
+
 class _Poisoned:
     """A connection that refuses one node's rows as bad data (as PostgreSQL refuses a value)."""
 
