@@ -34,10 +34,8 @@ from edge_agent_host.fleet.transfer import DeployPlan
 from edge_agent_host.hub.cli.access import open_database
 from edge_agent_host.hub.config.hub_toml import load_hub_config
 from edge_agent_host.hub.config.rollout_options import add_start_options
-from edge_agent_host.hub.gates.health import (
-    CriterionError,
-    HealthCriterion,
-)
+from edge_agent_host.hub.gates.criterion_text import CriterionError
+from edge_agent_host.hub.gates.health import HealthCriterion
 from edge_agent_host.hub.gates.shadow import (
     ShadowCriterion,
 )

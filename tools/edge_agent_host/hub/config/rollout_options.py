@@ -11,14 +11,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from edge_agent_host.fleet.transfer import DEFAULT_CHUNK_BYTES
-from edge_agent_host.hub.gates.health import CriterionError, parse_criterion
-from edge_agent_host.hub.gates.shadow import (
-    SHADOW_PREFIX,
-    ShadowCriterion,
-    parse_shadow_criterion,
-)
+from edge_agent_host.hub.gates.criteria import parse_criteria
+from edge_agent_host.hub.gates.criterion_text import CriterionError
 
-__all__ = ["add_start_options", "check_shadow_time", "parse_start_options"]
+__all__ = ["add_start_options", "parse_start_options"]
 
 
 def add_start_options(start: argparse.ArgumentParser, *, files: bool = True) -> None:
@@ -114,18 +110,6 @@ def add_start_options(start: argparse.ArgumentParser, *, files: bool = True) -> 
     )
 
 
-def check_shadow_time(shadow: Sequence[ShadowCriterion], shadow_s: float) -> None:
-    """``--shadow-s`` in range, and given when a criterion judges the canaries' shadow
-    (CriterionError, one line)."""
-    if not 0.0 <= shadow_s <= 86400.0:
-        raise CriterionError(f"--shadow-s {shadow_s:g}: seconds from 0 to 86400")
-    if shadow and shadow_s <= 0.0:
-        raise CriterionError(
-            f"--criterion {shadow[0].text()!r}: judges the canaries' shadow; give it a time "
-            "with --shadow-s S"
-        )
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise ValueError(message)
@@ -138,12 +122,7 @@ def parse_start_options(argv: Sequence[str]) -> argparse.Namespace:
     add_start_options(parser, files=False)
     try:
         args = parser.parse_args(list(argv))
-        shadow = [parse_shadow_criterion(t) for t in args.criterion
-                  if t.strip().startswith(SHADOW_PREFIX)]  # fmt: skip
-        for text in args.criterion:
-            if not text.strip().startswith(SHADOW_PREFIX):
-                parse_criterion(text)
-        check_shadow_time(shadow, args.shadow_s)
+        parse_criteria(args.criterion, args.shadow_s)
     except (argparse.ArgumentError, CriterionError) as err:
         raise ValueError(str(err)) from err
     args.rollback_bundle = None

@@ -40,19 +40,23 @@ from enum import StrEnum
 from typing import Any, Final, Literal, Protocol
 
 import numpy as np
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from edge_agent.fleet.health_measures import MEASURES, Better
 from edge_agent.fleet.names import NAME_PATTERN
-from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.hub.base.strict import StrictModel
+from edge_agent_host.hub.gates.criterion_text import (
+    CriterionError,
+    criterion_fields,
+    criterion_model,
+    criterion_number,
+)
 from edge_agent_host.hub.gates.mann_whitney import mann_whitney_u
 
 __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_MIN_SAMPLES",
     "Criterion",
-    "CriterionError",
     "HealthCriterion",
     "HealthEvidence",
     "Judge",
@@ -67,10 +71,6 @@ __all__ = [
 
 DEFAULT_MIN_SAMPLES: Final = 50
 DEFAULT_ALPHA: Final = 0.05
-
-
-class CriterionError(FleetError):
-    """A criterion ``rollout start`` cannot take (one line: what and why)."""
 
 
 class Outcome(StrEnum):
@@ -269,27 +269,12 @@ def parse_criterion(text: str) -> HealthCriterion:
             f"{where}: unknown health measure {head!r}; known: {', '.join(MEASURES)}"
         )
     measure = MEASURES[head]
-    fields: dict[str, str] = {}
-    dry_run = False
-    for part in rest:
-        key, sep, value = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if key == "dry_run" and not sep:
-            dry_run = True
-            continue
-        if not sep or key not in _KEYS:
-            raise CriterionError(
-                f"{where}: {part!r} is not KEY=VALUE with KEY one of {', '.join(sorted(_KEYS))}"
-                " (or dry_run)"
-            )
-        if key in fields:
-            raise CriterionError(f"{where}: {key} given twice")
-        fields[key] = value.strip()
+    fields, dry_run = criterion_fields(where, rest, _KEYS)
     limits = [k for k in ("max_increase", "max_decrease") if k in fields]
     if len(limits) != 1:
         raise CriterionError(f"{where}: give one of max_increase=D or max_decrease=D")
     direction = limits[0].removeprefix("max_")
-    threshold = _number(where, limits[0], fields[limits[0]], float)
+    threshold = criterion_number(where, limits[0], fields[limits[0]], float)
     if not math.isfinite(threshold) or threshold < 0.0:
         raise CriterionError(
             f"{where}: {limits[0]}={fields[limits[0]]} must be >= 0: it is how much worse than "
@@ -309,22 +294,10 @@ def parse_criterion(text: str) -> HealthCriterion:
     if "group" in fields:
         values["group"] = fields["group"]
     if "min_samples" in fields:
-        values["min_samples"] = _number(where, "min_samples", fields["min_samples"], int)
+        values["min_samples"] = criterion_number(where, "min_samples", fields["min_samples"], int)
     if "alpha" in fields:
-        values["alpha"] = _number(where, "alpha", fields["alpha"], float)
-    try:
-        return HealthCriterion(**values)
-    except ValidationError as err:  # the model's bounds: the first problem in one line
-        problem = err.errors()[0]
-        field = ".".join(str(p) for p in problem["loc"])
-        raise CriterionError(f"{where}: {field}: {problem['msg']}") from None
-
-
-def _number(where: str, key: str, text: str, kind: type[float] | type[int]) -> Any:
-    try:
-        return kind(text)
-    except ValueError:
-        raise CriterionError(f"{where}: {key}={text!r} is not {kind.__name__} number") from None
+        values["alpha"] = criterion_number(where, "alpha", fields["alpha"], float)
+    return criterion_model(where, HealthCriterion, values)
 
 
 def check_reported(

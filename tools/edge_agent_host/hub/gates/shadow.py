@@ -30,13 +30,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 
 import numpy as np
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from edge_agent.fleet.protocol import CommandResult
 from edge_agent_host.hub.base.strict import StrictModel
+from edge_agent_host.hub.gates.criterion_text import (
+    CriterionError,
+    criterion_fields,
+    criterion_model,
+    criterion_number,
+)
 from edge_agent_host.hub.gates.health import (
     DEFAULT_ALPHA,
-    CriterionError,
     Outcome,
     Verdict,
     WaveWindow,
@@ -143,7 +148,7 @@ _KEYS: Final = frozenset({"max_increase", "min_pairs", "alpha"})
 
 def parse_shadow_criterion(text: str) -> ShadowCriterion:
     """``shadow:excess_surprise:max_increase=D[:min_pairs=N][:alpha=A][:dry_run]`` (module
-    docstring); :class:`~.health.CriterionError` (one line) when it is malformed."""
+    docstring); :class:`~.criterion_text.CriterionError` (one line) when it is malformed."""
     where = f"--criterion {text!r}"
     body = text.strip()
     if not body.startswith(SHADOW_PREFIX):
@@ -153,27 +158,10 @@ def parse_shadow_criterion(text: str) -> ShadowCriterion:
         raise CriterionError(
             f"{where}: a shadow pairs {', '.join(SHADOW_MEASURES)}, not {measure!r}"
         )
-    fields: dict[str, str] = {}
-    dry_run = False
-    for part in rest:
-        key, sep, value = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if key == "dry_run" and not sep:
-            dry_run = True
-            continue
-        if key == "max_decrease":
-            raise CriterionError(
-                f"{where}: {measure} is worse higher, so a drop is not what makes it worse; "
-                "use max_increase=D"
-            )
-        if not sep or key not in _KEYS:
-            raise CriterionError(
-                f"{where}: {part!r} is not KEY=VALUE with KEY one of {', '.join(sorted(_KEYS))}"
-                " (or dry_run)"
-            )
-        if key in fields:
-            raise CriterionError(f"{where}: {key} given twice")
-        fields[key] = value.strip()
+    fields, dry_run = criterion_fields(where, rest, _KEYS, refused={
+        "max_decrease": f"{measure} is worse higher, so a drop is not what makes it worse; "
+        "use max_increase=D"
+    })  # fmt: skip
     if "max_increase" not in fields:
         raise CriterionError(f"{where}: give max_increase=D (nats)")
     values: dict[str, Any] = {"measure": measure, "dry_run": dry_run}
@@ -183,21 +171,11 @@ def parse_shadow_criterion(text: str) -> ShadowCriterion:
         ("alpha", float, "alpha"),
     ):
         if key in fields:
-            try:
-                values[name] = kind(fields[key])
-            except ValueError:
-                raise CriterionError(
-                    f"{where}: {key}={fields[key]!r} is not {kind.__name__} number"
-                ) from None
+            values[name] = criterion_number(where, key, fields[key], kind)
     threshold = values["threshold"]
     if not math.isfinite(threshold) or threshold < 0.0:
         raise CriterionError(
             f"{where}: max_increase={fields['max_increase']} must be >= 0: it is how much more "
             "surprised than the live model the candidate may be"
         )
-    try:
-        return ShadowCriterion(**values)
-    except ValidationError as err:  # the model's bounds: the first problem in one line
-        problem = err.errors()[0]
-        field = ".".join(str(p) for p in problem["loc"])
-        raise CriterionError(f"{where}: {field}: {problem['msg']}") from None
+    return criterion_model(where, ShadowCriterion, values)

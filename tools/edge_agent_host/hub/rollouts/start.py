@@ -13,9 +13,8 @@ from typing import Any
 
 from edge_agent_host.fleet.errors import FleetError
 from edge_agent_host.fleet.transfer import DeployPlan
-from edge_agent_host.hub.config.rollout_options import check_shadow_time
-from edge_agent_host.hub.gates.health import check_reported, parse_criterion
-from edge_agent_host.hub.gates.shadow import SHADOW_PREFIX, parse_shadow_criterion
+from edge_agent_host.hub.gates.criteria import parse_criteria
+from edge_agent_host.hub.gates.health import check_reported
 from edge_agent_host.hub.rollouts.plan import (
     Criteria,
     RolloutPlan,
@@ -56,13 +55,7 @@ def store_rollout(
     line) when it cannot be started: no node selected, a criterion no node reports, or nodes
     whose births say they do not trust the key that signed the bundle (their canary would
     refuse it: ``verify: bundle signed by untrusted key``)."""
-    shadow = [
-        parse_shadow_criterion(t) for t in args.criterion if t.strip().startswith(SHADOW_PREFIX)
-    ]
-    health = [
-        parse_criterion(t) for t in args.criterion if not t.strip().startswith(SHADOW_PREFIX)
-    ]
-    check_shadow_time(shadow, args.shadow_s)
+    health, shadow = parse_criteria(args.criterion, args.shadow_s)
     store = RolloutStore(db)
     labels = parse_labels(args.label)
     fleet = db.fleet()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_agent_host.hub.gates.criterion_text import CriterionError
 from edge_agent_host.hub.gates.health import (
-    CriterionError,
     HealthCriterion,
     Outcome,
     Verdict,
