@@ -23,7 +23,7 @@ ticks), in the smaller of the protocol's two encodings as a node sends it
    leave-one-out score, the sum) (``merge_s``; ``peak_mb``: its peak of numpy memory beyond
    what it was given, tracemalloc); ``round_bytes``: the nodes' deltas as they cross the
    broker. Up to ``--dense-max`` nodes, the dense reference merge
-   (``learning_merge_dense.merge_round_dense``, nodes x counts float64) of the same deltas in
+   (``tests/support/learning_merge_oracle.py``, nodes x counts float64) of the same deltas in
    the same process: its time, what it holds and its peak, ``speedup`` (dense / sparse time),
    ``memory_ratio`` (dense / sparse, held + peak), and the run stops if the two results differ
    (``equal``);
