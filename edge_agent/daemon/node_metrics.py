@@ -25,7 +25,7 @@ from edge_agent.core.budget import MemoryBudget, RssSampler
 from edge_agent.core.health_window import HealthSummary
 from edge_agent.daemon import metric_help
 from edge_agent.daemon.group_runtime import GroupRuntime
-from edge_agent.daemon.health import HealthMonitor
+from edge_agent.daemon.protection import Protection
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.service.metrics import Metrics
@@ -95,7 +95,7 @@ class MetricsView(Protocol):
     clock: TickClock
     started_wall: float
     started_mono: float
-    health: HealthMonitor
+    protection: Protection
     snapshots: SnapshotStore
     notifier: SdNotifier
     reloads_ok: int
@@ -179,7 +179,7 @@ def make_metrics(d: MetricsView, families: set[str]) -> Metrics:
     )
     metrics.register(
         "power",
-        lambda: {} if d.health.power is None else d.health.power.as_dict(),
+        lambda: {} if d.protection.power is None else d.protection.power.as_dict(),
         gauges=("*",),
         help="Raspberry Pi firmware flags",
         describe=metric_help.POWER,
@@ -287,7 +287,7 @@ def _totals_of(family: MetricFamily, d: MetricsView) -> Callable[[], dict[str, f
 
 
 def _daemon_metrics(d: MetricsView) -> dict[str, object]:
-    thermal = d.health.thermal
+    thermal = d.protection.thermal
     return {
         "started_at": d.started_wall,
         "uptime_s": round(time.monotonic() - d.started_mono, 3),

@@ -25,7 +25,7 @@ The service owns the state machine and the loop, and hands each job to its own m
 state in snapshots (:mod:`~edge_agent.daemon.snapshots.groups`), the numbers
 (:mod:`~edge_agent.daemon.node_metrics`), the status (:mod:`~edge_agent.daemon.status`), the
 node's deployments (:mod:`~edge_agent.daemon.ab_switch`), memory and temperature
-(:mod:`~edge_agent.daemon.health`) and, with ``[mqtt] enabled``, the fleet
+(:mod:`~edge_agent.daemon.protection`) and, with ``[mqtt] enabled``, the fleet
 (:mod:`~edge_agent.daemon.uplink`, :mod:`~edge_agent.daemon.handlers`).
 
 Runtime state heals itself: every store in the state directory reports to one
@@ -64,8 +64,8 @@ from edge_agent.daemon import status as status_view
 from edge_agent.daemon.ab_switch import ABSwitch
 from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
 from edge_agent.daemon.group_runtime import GroupRuntime
-from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.node_metrics import make_metrics, register_families
+from edge_agent.daemon.protection import Protection
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots.groups import restore_groups, save_groups
 from edge_agent.daemon.snapshots.store import SnapshotStore
@@ -165,7 +165,7 @@ class Daemon:
         self.overlay_problems: list[OverlayProblem] = []
         self.profile, self.budget, self.groups = self._admit(source)
         profile = self.profile
-        self.health = HealthMonitor(profile, self.rss, self._event)
+        self.protection = Protection(profile, self.rss, self._event)
         self.snapshots = SnapshotStore(
             self.state_dir / "snapshots",
             max_writes_per_hour=profile.max_snapshot_writes_per_hour,
@@ -596,17 +596,17 @@ class Daemon:
     def set_base_rate(self, hz: float) -> None:
         self.base_hz = hz
         factor = self.profile.thermal.throttled_tick_factor
-        self.clock.set_rate(hz * (factor if self.health.thermal.throttled else 1.0))
+        self.clock.set_rate(hz * (factor if self.protection.thermal.throttled else 1.0))
         self.watchdog.stale_after_s = max(2.0 / (hz * factor), 2.0)
 
-    # -- health -------------------------------------------------------------------------------
+    # -- protection ---------------------------------------------------------------------------
     def _check_memory(self) -> None:
-        self.health.check_memory(self.groups)
+        self.protection.check_memory(self.groups)
 
     def _check_thermal(self) -> None:
         temp = read_cpu_temp_c(self.profile.thermal.zone_glob)
-        self.health.check_thermal(self.groups, self.clock, self.base_hz, temp)
-        self.health.check_power(read_firmware_flags(self.firmware_flags_glob))
+        self.protection.check_thermal(self.groups, self.clock, self.base_hz, temp)
+        self.protection.check_power(read_firmware_flags(self.firmware_flags_glob))
 
     def _event(
         self,
@@ -724,7 +724,7 @@ class Daemon:
                 "tick_p99_ms": round(p99, 4),
                 "overruns": self.stats.overruns,
                 "groups": {g.name: g.n_agents for g in self.groups},
-                "cpu_temp_c": self.health.thermal.last_temp_c,
+                "cpu_temp_c": self.protection.thermal.last_temp_c,
             },
             self.metrics.values(),
         )

@@ -25,7 +25,7 @@ from edge_agent.config.daemon import DaemonConfig
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon.group_runtime import GroupRuntime
-from edge_agent.daemon.health import HealthMonitor
+from edge_agent.daemon.protection import Protection
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
@@ -59,7 +59,7 @@ class StatusView(Protocol):
     base_hz: float
     started_wall: float
     started_mono: float
-    health: HealthMonitor
+    protection: Protection
     snapshots: SnapshotStore
     last_snapshot: dict[str, Any] | None
     restored_from: str | None
@@ -130,14 +130,14 @@ def status(d: StatusView) -> dict[str, Any]:
         "agents": d.total_agents,
         "groups": [g.describe() for g in d.groups],
         "thermal": {
-            "temp_c": d.health.thermal.last_temp_c,
-            "throttled": d.health.thermal.throttled,
-            "throttle_c": d.health.thermal.throttle_c,
-            "critical": d.health.thermal.critical,
-            "critical_c": d.health.thermal.critical_c,
+            "temp_c": d.protection.thermal.last_temp_c,
+            "throttled": d.protection.thermal.throttled,
+            "throttle_c": d.protection.thermal.throttle_c,
+            "critical": d.protection.thermal.critical,
+            "critical_c": d.protection.thermal.critical_c,
         },
         # The Raspberry Pi firmware's under-voltage and throttling flags; None elsewhere.
-        "power": None if d.health.power is None else d.health.power.as_dict(),
+        "power": None if d.protection.power is None else d.protection.power.as_dict(),
         "snapshots": {
             **d.snapshots.stats(),
             "last": d.last_snapshot,
@@ -149,7 +149,7 @@ def status(d: StatusView) -> dict[str, Any]:
             "last_error": d.last_reload_error,
         },
         "counters": d.metrics.values(),
-        "degradations": d.health.degradations[-10:],
+        "degradations": d.protection.degradations[-10:],
         "events": d.events[-10:],
         "fleet": None if d.uplink is None else d.uplink.status(),
         "coordination": None if d.coordination is None else d.coordination.status(),

@@ -1,4 +1,4 @@
-"""The daemon's health reactions as a real process: thermal throttling and memory degradation."""
+"""The daemon's protection as a real process: thermal throttling and memory degradation."""
 
 from __future__ import annotations
 

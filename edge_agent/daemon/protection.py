@@ -1,4 +1,6 @@
-"""The daemon's health: memory degradation and thermal protection, one owner for both.
+"""The daemon's protection: memory degradation and thermal protection, one owner for both.
+
+(Not the groups' health, the measures of how their models fit what they see: docs/health.md.)
 
 Memory (every second): RSS above the profile's soft limit halves every history (not below
 :data:`MIN_HISTORY` steps), then pauses the lowest-priority running group, one step per check;
@@ -37,7 +39,7 @@ MIN_HISTORY = 8
 EventSink = Callable[[str, str, str], None]
 
 
-class HealthMonitor:
+class Protection:
     """Watches RSS and temperature and degrades, pauses and resumes groups accordingly."""
 
     def __init__(self, profile: FirmwareProfile, rss: RssSampler, emit: EventSink) -> None:
