@@ -64,7 +64,7 @@ from edge_agent.fleet.deploy import DeployManager, HealthCheck, Phase, ReadyToSw
 from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fleet.overlay import OverlayEntry
 from edge_agent.kinds.base import LoadedModel
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
     from edge_agent.fleet.commands import ChunkArgs, DeployArgs
@@ -160,7 +160,7 @@ class ABSwitch:
         state_dir: Path,
         *,
         report: Callable[[list[Report]], None],
-        health: StateHealth | None = None,
+        faults: StateFaults | None = None,
     ) -> None:
         self._report = report
         self._host: SwitchHost | None = None
@@ -171,7 +171,7 @@ class ABSwitch:
         self._reload_deferred = False
         # A deployment interrupted by a crash is completed or undone before groups are built
         # (recovery verifies nothing, so the keys are set once the config has been admitted).
-        self._deployer = DeployManager(state_dir, bundle_keys=None, health=health)
+        self._deployer = DeployManager(state_dir, bundle_keys=None, faults=faults)
         self._deployer.recover()
 
     def bind(self, host: SwitchHost) -> None:

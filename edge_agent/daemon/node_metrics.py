@@ -30,7 +30,7 @@ from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.service.metrics import Metrics
 from edge_agent.service.systemd import SdNotifier
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime
@@ -102,7 +102,7 @@ class MetricsView(Protocol):
     reloads_refused: int
     uplink: FleetUplink | None
     coordination: CoordinationRuntime | None
-    state_health: StateHealth
+    state_faults: StateFaults
 
     @property
     def ab_switch(self) -> DeploymentCounters: ...
@@ -193,7 +193,7 @@ def make_metrics(d: MetricsView, families: set[str]) -> Metrics:
     )
     metrics.register(
         "state",
-        d.state_health.metrics,
+        d.state_faults.metrics,
         gauges=("storage_failing",),
         help="state files moved aside and storage errors",
         describe=metric_help.STATE,

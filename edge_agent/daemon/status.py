@@ -4,7 +4,7 @@ the demo's periodic report, all rendered from one read-only view of the running 
 :class:`StatusView` is what they read (the service implements it); nothing here changes the
 daemon or imports its service module. The file is rewritten atomically every
 ``status_interval_s`` (tmpfs under systemd's ``RuntimeDirectory=``: no fsync); a write the storage
-refuses is counted (part ``status`` of the daemon's :class:`~edge_agent.state_health.StateHealth`,
+refuses is counted (part ``status`` of the daemon's :class:`~edge_agent.state_faults.StateFaults`,
 logged at most once a minute) and tried again at the next interval, and anything that is not a
 file in its place is moved aside.
 """
@@ -30,7 +30,7 @@ from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
 from edge_agent.service.metrics import Metrics
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime
@@ -70,7 +70,7 @@ class StatusView(Protocol):
     events: list[dict[str, Any]]
     uplink: FleetUplink | None
     coordination: CoordinationRuntime | None
-    state_health: StateHealth
+    state_faults: StateFaults
 
     @property
     def ab_switch(self) -> DeploymentStats: ...
@@ -156,15 +156,15 @@ def status(d: StatusView) -> dict[str, Any]:
         "commands": None if d.uplink is None else d.uplink.commands.stats(),
         "deploy": d.ab_switch.stats(),
         "overlay_problems": d.overlay_details,
-        "state_files": d.state_health.status(),
+        "state_files": d.state_faults.status(),
     }
 
 
-def write_status(path: Path, data: dict[str, Any], health: StateHealth | None = None) -> None:
+def write_status(path: Path, data: dict[str, Any], faults: StateFaults | None = None) -> None:
     """Atomically replace the status file (tmpfs under systemd; no fsync needed). Never raises:
-    a refused write is counted in ``health`` (part ``status``); a directory (or anything but a
+    a refused write is counted in ``faults`` (part ``status``); a directory (or anything but a
     file) in its place is moved aside."""
-    health = health if health is not None else StateHealth()
+    faults = faults if faults is not None else StateFaults()
     payload = json.dumps(data, default=str).encode()
     for _ in range(2):
         try:
@@ -173,19 +173,19 @@ def write_status(path: Path, data: dict[str, Any], health: StateHealth | None = 
             if (
                 not is_storage_error(err)
                 and not_a_file(path)
-                and health.move_aside("status", path, "not a regular file") is not None
+                and faults.move_aside("status", path, "not a regular file") is not None
             ):
                 continue
-            health.storage_error("status", err, f"write the status file {path}")
+            faults.storage_error("status", err, f"write the status file {path}")
             return
-        health.storage_ok("status")
+        faults.storage_ok("status")
         return
 
 
 def status_line(d: StatusView) -> str:
     """The systemd STATUS= line."""
     p50, p99 = d.stats.percentiles_ms()
-    state = d.state_health.status()
+    state = d.state_faults.status()
     failing = state["storage_failing"]
     storage = (
         f", STORAGE ERRORS {state['storage_errors_total']} ({', '.join(failing)})"

@@ -48,7 +48,7 @@ point lands in a state the rules above complete.
 The overlay (:mod:`edge_agent.fleet.overlay`, ``deployed.json`` in the state directory) maps a
 group to its deployed bundle; a switch writes it, a rollback restores it.
 
-Damage (reported to the :class:`~edge_agent.state_health.StateHealth` the manager is given): an
+Damage (reported to the :class:`~edge_agent.state_faults.StateFaults` the manager is given): an
 overlay, a journal or a ``bundles`` directory that is damaged (not JSON, not the schema, a
 directory where a file should be or a file where the directory should be) is moved aside at start
 (``NAME.corrupt-STAMP``) and the daemon starts without it: with a lost overlay the config's models
@@ -85,7 +85,7 @@ from edge_agent.fleet.overlay import (
 )
 from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file
 from edge_agent.records import Record, Rule, from_json
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:  # the wire models: imported by the command handlers, with [mqtt] only
     from edge_agent.fleet.commands import ChunkArgs, DeployArgs
@@ -213,15 +213,15 @@ class DeployManager:
         *,
         bundle_keys: TrustedKeys | None,
         clock: Callable[[], float] = time.time,
-        health: StateHealth | None = None,
+        faults: StateFaults | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
-        self.health = health if health is not None else StateHealth()
+        self.faults = faults if faults is not None else StateFaults()
         self.dir = self.state_dir / BUNDLES_DIR
         self.incoming = self.dir / INCOMING_DIR
         self.journal_path = self.dir / JOURNAL_FILE
         self.bundle_keys = bundle_keys
-        self.overlay = Overlay(self.state_dir, health=self.health)
+        self.overlay = Overlay(self.state_dir, faults=self.faults)
         self.journal: JournalRecord | None = None
         self._clock = clock
         self._transfer: _Transfer | None = None
@@ -261,11 +261,11 @@ class DeployManager:
 
         Damaged files are moved aside; writes the storage refuses are counted (module doc)."""
         if not_a_dir(self.dir):
-            self.health.move_aside("bundles", self.dir, "not a directory")
+            self.faults.move_aside("bundles", self.dir, "not a directory")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            self.health.storage_error("bundles", err, f"create {self.dir}")
+            self.faults.storage_error("bundles", err, f"create {self.dir}")
         self.overlay.load()
         self.journal = self._load_journal()
         try:
@@ -273,7 +273,7 @@ class DeployManager:
         except OSError as err:
             if not is_storage_error(err):
                 raise
-            self.health.storage_error("journal", err, "record the recovered deployment")
+            self.faults.storage_error("journal", err, "record the recovered deployment")
         if self.dir.is_dir():
             self._cleanup()
 
@@ -285,11 +285,11 @@ class DeployManager:
                 raw = read_json(path)
                 return from_json(JournalRecord, raw) if raw is not None else None
             except OSError as err:
-                self.health.storage_error("journal", err, f"read {path}")
+                self.faults.storage_error("journal", err, f"read {path}")
                 return None
             except ValueError as err:
                 reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-        self.health.move_aside("journal", path, f"{reason}; no deployment is in progress")
+        self.faults.move_aside("journal", path, f"{reason}; no deployment is in progress")
         return None
 
     def _recover_journal(self) -> None:

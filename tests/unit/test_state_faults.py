@@ -42,7 +42,7 @@ from edge_agent.fleet.protocol import (
     ResultCode,
     encode,
 )
-from edge_agent.state_health import Recovery, StateHealth, StorageNotice
+from edge_agent.state_faults import Recovery, StateFaults, StorageNotice
 
 NOW = 1_800_000_000.0
 FLEET = "plant"
@@ -170,34 +170,34 @@ def test_storage_errors_are_not_damage() -> None:
     assert not fsutil.sqlite_damaged(other, opening=False)  # running: never delete on a bug
 
 
-# ------------------------------------------------------------------------------ state health
-def test_state_health_logs_a_part_once_a_minute_and_folds_the_rest(
+# ------------------------------------------------------------------------------ state faults
+def test_state_faults_log_a_part_once_a_minute_and_fold_the_rest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     mono = [0.0]
-    health = StateHealth(monotonic=lambda: mono[0], wall=lambda: NOW)
+    faults = StateFaults(monotonic=lambda: mono[0], wall=lambda: NOW)
     err = OSError(errno.ENOSPC, "No space left on device")
-    with caplog.at_level(logging.ERROR, logger="edge_agent.state_health"):
+    with caplog.at_level(logging.ERROR, logger="edge_agent.state_faults"):
         for second in range(0, 130, 5):
             mono[0] = float(second)
-            health.storage_error("sequence", err, "save bdseq")
-        health.storage_error("outbox", err, "commit")
+            faults.storage_error("sequence", err, "save bdseq")
+        faults.storage_error("outbox", err, "commit")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 4  # sequence at 0, 60 and 120 s; outbox once
     assert "(11 more since the last such line)" in lines[1]
-    notices = health.take_notices()
+    notices = faults.take_notices()
     assert [(n.part, n.folded) for n in notices if isinstance(n, StorageNotice)] == [
         ("sequence", 0),
         ("sequence", 11),
         ("sequence", 11),
         ("outbox", 0),
     ]
-    metrics = health.metrics()
+    metrics = faults.metrics()
     assert metrics["storage_errors.sequence"] == 26
     assert metrics["storage_errors"] == 27
     assert metrics["storage_failing"] == 2
-    health.storage_ok("sequence")
-    status = health.status()
+    faults.storage_ok("sequence")
+    status = faults.status()
     assert status["storage_failing"] == ["outbox"]
     assert status["last_storage_error"]["part"] == "outbox"
     assert "No space left" in status["last_storage_error"]["error"]
@@ -211,18 +211,18 @@ def test_a_damaged_outbox_is_moved_aside_and_a_fresh_one_works(tmp_path: Path, k
         for i in range(400):
             box.put("t/x", os.urandom(300) + b"%d" % i, "event")
     damaged = garbage(path, kind)
-    health = StateHealth()
-    box = Outbox(path, health=health)
+    faults = StateFaults()
+    box = Outbox(path, faults=faults)
     assert box.recovered == 1
     assert not box.volatile
     assert box.depth_rows == 0
-    assert health.moved["outbox"] == 1
+    assert faults.moved["outbox"] == 1
     (moved,) = aside(tmp_path, "outbox.sqlite3")
     if damaged is not None:
         assert moved.read_bytes() == damaged
     else:
         assert (moved / "inside").is_file()
-    ((notice),) = health.take_notices()
+    ((notice),) = faults.take_notices()
     assert isinstance(notice, Recovery)
     assert notice.moved_to == str(moved)
     wire = Wire()
@@ -238,8 +238,8 @@ def test_a_damaged_outbox_is_moved_aside_and_a_fresh_one_works(tmp_path: Path, k
 
 def test_corruption_found_while_running_starts_a_fresh_outbox(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite3"
-    health = StateHealth()
-    box = Outbox(path, health=health)
+    faults = StateFaults()
+    box = Outbox(path, faults=faults)
     box.put("t/x", b"one", "event")
     box.flush()
     box._conn = FailingConn(  # type: ignore[assignment]
@@ -270,11 +270,11 @@ def test_a_full_disk_at_open_runs_the_outbox_in_memory_then_moves_it_to_disk(
         return real_connect(target, *args, **kwargs)
 
     monkeypatch.setattr(sqlite3, "connect", connect)
-    health = StateHealth()
-    box = Outbox(path, max_bytes=64 * 1024 * 1024, health=health, retry_interval_s=0.0)
+    faults = StateFaults()
+    box = Outbox(path, max_bytes=64 * 1024 * 1024, faults=faults, retry_interval_s=0.0)
     assert box.volatile
     assert box.capacity == VOLATILE_MAX_BYTES  # RAM, whatever max_bytes says
-    assert health.failing("outbox")
+    assert faults.failing("outbox")
     assert path.exists()  # a good file is never moved aside for a storage error
     box.put("t/new", b"while full", "event")
     box.flush()  # retries: still full
@@ -282,7 +282,7 @@ def test_a_full_disk_at_open_runs_the_outbox_in_memory_then_moves_it_to_disk(
     full[0] = False
     box.flush()  # retries: the file opens, the message in memory moves there
     assert not box.volatile
-    assert not health.failing("outbox")
+    assert not faults.failing("outbox")
     wire = Wire()
     assert box.pump(wire) == 2
     assert wire.sent == [b"from before", b"while full"]
@@ -290,8 +290,8 @@ def test_a_full_disk_at_open_runs_the_outbox_in_memory_then_moves_it_to_disk(
 
 
 def test_a_commit_refused_for_space_loses_that_batch_and_keeps_sending(tmp_path: Path) -> None:
-    health = StateHealth()
-    box = Outbox(tmp_path / "outbox.sqlite3", health=health, retry_interval_s=3600.0)
+    faults = StateFaults()
+    box = Outbox(tmp_path / "outbox.sqlite3", faults=faults, retry_interval_s=3600.0)
     box.put("t/x", b"committed", "event")
     box.flush()
     real = box._conn
@@ -303,7 +303,7 @@ def test_a_commit_refused_for_space_loses_that_batch_and_keeps_sending(tmp_path:
     assert box.lost == 2
     assert box.commit_failing
     assert box.depth_rows == 1
-    assert health.errors["outbox"] == 1
+    assert faults.errors["outbox"] == 1
     wire = Wire()
     assert box.pump(wire) == 1  # what was committed before still goes out
     assert wire.sent == [b"committed"]
@@ -311,13 +311,13 @@ def test_a_commit_refused_for_space_loses_that_batch_and_keeps_sending(tmp_path:
     box.put("t/x", b"next", "event")
     box.flush()
     assert not box.commit_failing
-    assert not health.failing("outbox")
+    assert not faults.failing("outbox")
     box.close()
 
 
 def test_a_failing_outbox_probes_the_storage_until_it_takes_writes_again(tmp_path: Path) -> None:
-    health = StateHealth()
-    box = Outbox(tmp_path / "outbox.sqlite3", health=health, retry_interval_s=0.0)
+    faults = StateFaults()
+    box = Outbox(tmp_path / "outbox.sqlite3", faults=faults, retry_interval_s=0.0)
     real = box._conn
     full = sqlite_error(sqlite3.SQLITE_FULL, "database or disk is full")
     box._conn = FailingConn(real, "COMMIT", full)  # type: ignore[assignment]
@@ -326,15 +326,15 @@ def test_a_failing_outbox_probes_the_storage_until_it_takes_writes_again(tmp_pat
     assert box.commit_failing
     box.flush()  # nothing to commit: a probe write, refused too
     assert box.commit_failing
-    assert health.errors["outbox"] == 2
+    assert faults.errors["outbox"] == 2
     box.put("t/x", b"lost too", "event")
     box.flush()  # an open transaction is committed (and fails), never probed over
-    assert health.errors["outbox"] == 3
+    assert faults.errors["outbox"] == 3
     assert box.lost == 2
     box._conn = real  # type: ignore[assignment]
     box.flush()  # the probe succeeds
     assert not box.commit_failing
-    assert not health.failing("outbox")
+    assert not faults.failing("outbox")
     box.close()
 
 
@@ -370,9 +370,9 @@ def test_a_lost_nonce_store_refuses_what_it_may_have_obeyed(tmp_path: Path, kind
     store.close()
     now[0] = NOW + 10
     garbage(path, kind)
-    health = StateHealth()
-    store = NonceStore(path, clock=lambda: now[0], lost_floor_s=600, health=health)
-    assert health.moved["nonces"] == 1
+    faults = StateFaults()
+    store = NonceStore(path, clock=lambda: now[0], lost_floor_s=600, faults=faults)
+    assert faults.moved["nonces"] == 1
     assert store.replay_floor == NOW + 10 + 600
     v = verifier(store, lambda: now[0])
     replay = v.verify(old)
@@ -414,19 +414,19 @@ def test_a_nonce_store_the_storage_refuses_fails_closed_then_recovers(
         return real_connect(target, *args, **kwargs)
 
     monkeypatch.setattr(sqlite3, "connect", connect)
-    health = StateHealth()
+    faults = StateFaults()
     store = NonceStore(
-        tmp_path / "n.sqlite3", clock=lambda: NOW, health=health, retry_interval_s=0.0
+        tmp_path / "n.sqlite3", clock=lambda: NOW, faults=faults, retry_interval_s=0.0
     )
     assert not store.available
     busy = verifier(store, lambda: NOW).verify(signed(NOW + 60))
     assert busy is not None
     assert busy.code is ResultCode.BUSY
-    assert health.failing("nonces")
+    assert faults.failing("nonces")
     assert not list(tmp_path.iterdir())  # nothing was moved aside or created
     full[0] = False
     assert verifier(store, lambda: NOW).verify(signed(NOW + 60)) is None
-    assert not health.failing("nonces")
+    assert not faults.failing("nonces")
     store.close()
 
 
@@ -454,7 +454,7 @@ class Mono:
         return self.now
 
 
-def make_link(root: Path, broker: MemoryBroker, health: StateHealth, mono: Mono) -> FleetLink:
+def make_link(root: Path, broker: MemoryBroker, faults: StateFaults, mono: Mono) -> FleetLink:
     return FleetLink(
         MemoryTransport(broker, f"ea-{NODE}"),
         Outbox(root / "outbox.sqlite3"),
@@ -463,7 +463,7 @@ def make_link(root: Path, broker: MemoryBroker, health: StateHealth, mono: Mono)
         root,
         monotonic=mono,
         clock_sync_check=lambda: True,
-        health=health,
+        faults=faults,
         save_retry_s=30.0,
     )
 
@@ -480,10 +480,10 @@ def test_a_damaged_sequence_file_is_moved_aside_and_the_count_restarts(
         path.mkdir()
     else:
         path.write_text("{not json" if kind == "not_json" else json.dumps({"bdseq": -4}))
-    health = StateHealth()
-    link = make_link(tmp_path, MemoryBroker(), health, Mono())
+    faults = StateFaults()
+    link = make_link(tmp_path, MemoryBroker(), faults, Mono())
     assert link.bdseq is None
-    assert health.moved["sequence"] == 1
+    assert faults.moved["sequence"] == 1
     link.start()
     link.pump()
     assert link.online
@@ -504,8 +504,8 @@ def test_a_full_disk_never_stops_the_link_connecting(
         real_write(path, data, **kwargs)
 
     monkeypatch.setattr(link_module, "write_atomic", write_atomic)
-    broker, health, mono = MemoryBroker(), StateHealth(), Mono()
-    link = make_link(tmp_path, broker, health, mono)
+    broker, faults, mono = MemoryBroker(), StateFaults(), Mono()
+    link = make_link(tmp_path, broker, faults, mono)
     with caplog.at_level(logging.INFO):
         link.start()
         link.pump()
@@ -518,7 +518,7 @@ def test_a_full_disk_never_stops_the_link_connecting(
             link.pump()
         assert link.online
         assert link.bdseq == 3  # kept in memory, still incremented per attempt
-    assert health.errors["sequence"] == 4
+    assert faults.errors["sequence"] == 4
     assert not any(r.exc_info for r in caplog.records)
     assert not (tmp_path / STATE_FILE).exists()
     full[0] = False
@@ -528,7 +528,7 @@ def test_a_full_disk_never_stops_the_link_connecting(
     mono.now += 30
     link.pump()  # retried: persisted now, while connected
     assert json.loads((tmp_path / STATE_FILE).read_text())["bdseq"] == 3
-    assert not health.failing("sequence")
+    assert not faults.failing("sequence")
     link.outbox.close()
 
 
@@ -548,8 +548,8 @@ def test_a_start_is_above_every_session_number_on_disk_the_outbox_included(
     outbox.put("t", b"\xc1 not msgpack", "event")  # skipped
     outbox.flush()
     outbox.close()
-    broker, health, mono = MemoryBroker(), StateHealth(), Mono()
-    link = make_link(tmp_path, broker, health, mono)
+    broker, faults, mono = MemoryBroker(), StateFaults(), Mono()
+    link = make_link(tmp_path, broker, faults, mono)
     assert link.bdseq == 15
     link.start()
     link.pump()
@@ -571,8 +571,8 @@ def test_a_full_disk_writes_the_number_over_the_old_file_and_the_stop_saves_it_a
         real_write(path, data, **kwargs)
 
     monkeypatch.setattr(link_module, "write_atomic", write_atomic)
-    broker, health, mono = MemoryBroker(), StateHealth(), Mono()
-    link = make_link(tmp_path, broker, health, mono)
+    broker, faults, mono = MemoryBroker(), StateFaults(), Mono()
+    link = make_link(tmp_path, broker, faults, mono)
     link.start()
     link.pump()
     assert link.bdseq == 0
@@ -585,12 +585,12 @@ def test_a_full_disk_writes_the_number_over_the_old_file_and_the_stop_saves_it_a
     assert link.bdseq == 12
     text = (tmp_path / STATE_FILE).read_text()
     assert json.loads(text)["bdseq"] == 12  # over the old file, padded to its length
-    assert health.failing("sequence")
+    assert faults.failing("sequence")
     full[0] = False
     link.stop()  # the storage is back: saved the ordinary way on the way out
     saved = json.loads((tmp_path / STATE_FILE).read_text())
     assert saved == {"bdseq": 12, "node": NODE, "fleet": FLEET}
-    assert not health.failing("sequence")
+    assert not faults.failing("sequence")
     link.outbox.close()
 
 
@@ -609,10 +609,10 @@ def test_damaged_deployment_state_is_moved_aside_at_start(tmp_path: Path, what: 
         kept.unlink()
         bundles.rmdir()
         bundles.write_text("a file where the bundles directory should be")
-    health = StateHealth()
-    manager = DeployManager(tmp_path, bundle_keys=None, health=health)
+    faults = StateFaults()
+    manager = DeployManager(tmp_path, bundle_keys=None, faults=faults)
     manager.recover()
-    assert health.moved[what] == 1
+    assert faults.moved[what] == 1
     assert manager.journal is None
     assert manager.overlay.entries == {}
     assert bundles.is_dir()
@@ -632,10 +632,10 @@ def test_damaged_deployment_state_is_moved_aside_at_start(tmp_path: Path, what: 
 def test_a_file_where_the_snapshot_directory_should_be(tmp_path: Path) -> None:
     snapdir = tmp_path / "snapshots"
     snapdir.write_bytes(b"not a directory")
-    health = StateHealth()
-    store = SnapshotStore(snapdir, max_writes_per_hour=10, health=health)
+    faults = StateFaults()
+    store = SnapshotStore(snapdir, max_writes_per_hour=10, faults=faults)
     assert snapdir.is_dir()
-    assert health.moved["snapshots"] == 1
+    assert faults.moved["snapshots"] == 1
     assert store.load_latest() is None
     info = store.save({"a": np.arange(3)}, {}, now=0.0)
     assert info is not None
@@ -645,15 +645,15 @@ def test_a_file_where_the_snapshot_directory_should_be(tmp_path: Path) -> None:
     snapdir.rmdir()
     snapdir.write_bytes(b"again")
     assert store.save({"a": np.arange(3)}, {}, now=1.0) is not None
-    assert health.moved["snapshots"] == 2
+    assert faults.moved["snapshots"] == 2
     assert len(aside(tmp_path, "snapshots")) == 2
 
 
 def test_a_snapshot_write_refused_for_space_is_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    health = StateHealth()
-    store = SnapshotStore(tmp_path / "snapshots", max_writes_per_hour=10, health=health)
+    faults = StateFaults()
+    store = SnapshotStore(tmp_path / "snapshots", max_writes_per_hour=10, faults=faults)
 
     def no_space(*_args: Any) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -662,11 +662,11 @@ def test_a_snapshot_write_refused_for_space_is_counted(
     with pytest.raises(SnapshotError, match="No space"):
         store.save({"a": np.arange(3)}, {}, now=0.0)
     assert store.stats()["write_errors"] == 1
-    assert health.errors["snapshots"] == 1
+    assert faults.errors["snapshots"] == 1
     assert list((tmp_path / "snapshots").iterdir()) == []  # no temporary file left
     monkeypatch.undo()
     assert store.save({"a": np.arange(3)}, {}, now=1.0) is not None
-    assert not health.failing("snapshots")
+    assert not faults.failing("snapshots")
 
 
 def test_the_status_file_moves_a_directory_aside_and_counts_a_full_disk(
@@ -674,18 +674,18 @@ def test_the_status_file_moves_a_directory_aside_and_counts_a_full_disk(
 ) -> None:
     path = tmp_path / "status.json"
     path.mkdir()
-    health = StateHealth()
-    status_view.write_status(path, {"ok": 1}, health)
+    faults = StateFaults()
+    status_view.write_status(path, {"ok": 1}, faults)
     assert json.loads(path.read_text()) == {"ok": 1}
-    assert health.moved["status"] == 1
+    assert faults.moved["status"] == 1
 
     def no_space(*_args: Any, **_kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(status_view, "write_atomic", no_space)
-    status_view.write_status(path, {"ok": 2}, health)  # never raises
-    assert health.errors["status"] == 1
-    assert health.status()["storage_failing"] == ["status"]
+    status_view.write_status(path, {"ok": 2}, faults)  # never raises
+    assert faults.errors["status"] == 1
+    assert faults.status()["storage_failing"] == ["status"]
 
 
 # -------------------------------------------------------------------------------- exit codes

@@ -2,17 +2,17 @@
 
 Every store of runtime state -- the outbox, the command nonce store, the fleet link's sequence
 file, the deployment overlay and journal, the snapshot directory, the status file -- is given the
-daemon's one :class:`StateHealth` and reports to it:
+daemon's one :class:`StateFaults` and reports to it:
 
 - **damaged** state (random bytes, a truncated database, a directory where a file should be) is
-  moved aside with :meth:`StateHealth.move_aside` (``NAME.corrupt-STAMP`` beside it, see
+  moved aside with :meth:`StateFaults.move_aside` (``NAME.corrupt-STAMP`` beside it, see
   :func:`edge_agent.fsutil.move_aside`), logged in one line, counted per part and queued as a
   notice the daemon publishes as a ``state_recovered`` event; the store then starts fresh;
 - a **storage error** (a full disk, a read-only file system, an I/O error) is counted per part
-  with :meth:`StateHealth.storage_error`, and the last one kept for the status file; it is logged
+  with :meth:`StateFaults.storage_error`, and the last one kept for the status file; it is logged
   at most once per ``log_interval_s`` per part (the first at once, later lines say how many were
   folded in) and queued as a ``storage_error`` notice at the same rate. The store keeps working
-  from memory and retries; :meth:`StateHealth.storage_ok` marks the part healthy again.
+  from memory and retries; :meth:`StateFaults.storage_ok` marks the part working again.
 
 Nothing here raises: reporting a problem must never become one. Thread-safe (the fleet link
 saves its sequence file on the transport's thread).
@@ -34,7 +34,7 @@ from edge_agent import fsutil
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PARTS", "Recovery", "StateHealth", "StorageNotice"]
+__all__ = ["PARTS", "Recovery", "StateFaults", "StorageNotice"]
 
 #: The parts of the daemon's state, always present in the metrics (zero until something happens).
 PARTS: Final = (
@@ -75,7 +75,7 @@ class StorageNotice:
     time: float
 
 
-class StateHealth:
+class StateFaults:
     """Counts and notices of damaged state and storage errors (see the module docstring)."""
 
     def __init__(
@@ -114,7 +114,7 @@ class StateHealth:
         notify: bool = True,
     ) -> Path | None:
         """Move the damaged ``path`` of ``part`` aside (see :func:`edge_agent.fsutil.move_aside`;
-        ``keep`` defaults to the health's), log it, count it and (``notify``) queue a notice.
+        ``keep`` defaults to this object's), log it, count it and (``notify``) queue a notice.
         Returns where it went, or None when it could not be moved (logged as an error and
         counted as a storage error: the caller carries on without that file)."""
         try:
