@@ -159,7 +159,7 @@ class DeployArgs(_Args, frozen=True, kw_only=True):
     shadow_s: Annotated[float, Meta(ge=0, le=86400)] = 0.0
     """Before switching, run the candidate beside the live group for this long on the same
     observations, its actions not taken, and report the paired result (docs/health.md
-    "Shadow evaluation"); 0: switch as soon as the health check passes."""
+    "Shadow evaluation"); 0: switch as soon as the preflight passes."""
 
     @property
     def chunks(self) -> int:

@@ -1,4 +1,4 @@
-"""Over-the-air bundle deployment: transfer, verify, stage, health-check, switch, watch, roll back.
+"""Over-the-air bundle deployment: transfer, verify, stage, preflight, switch, watch, roll back.
 
 The hub sends a signed ``deploy`` command naming the group, the bundle's identity (``sha256`` of
 its canonical manifest), the file's sha256 and size, the chunk size and the sha256 of every chunk;
@@ -13,7 +13,7 @@ happens on the device, one deployment at a time:
                 :func:`~edge_agent.bundle.loader.load_bundle` with the trusted bundle keys
                 (signature and every payload hash); the manifest's identity must be the one the
                 signed command named. Only then is the file *staged*: renamed to
-                ``bundles/{sha256}.tar``, beside the running bundle. Then the health check: the
+                ``bundles/{sha256}.tar``, beside the running bundle. Then the preflight: the
                 daemon loads it for the group and steps a scratch group of at most 64 agents
                 ``health_steps`` times on random valid observations within
                 ``health_timeout_s``, with finite beliefs and policies after every step.
@@ -37,7 +37,7 @@ the overlay are written with write-temp, fsync, rename, fsync-directory. On star
 - ``receiving``: the partial file is kept and the chunks it holds are found again by hashing
   them, unless nothing arrived for ``transfer_timeout_s`` (the file's mtime): then it is
   discarded and the deployment fails;
-- ``verifying``: verification and the health check run again (they are idempotent);
+- ``verifying``: verification and the preflight run again (they are idempotent);
 - ``watching``: the switch is rolled back (the overlay entry of the group is restored to what it
   was before), since the new bundle was not proven and may be what stopped the daemon.
 
@@ -96,8 +96,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BUNDLES_DIR",
     "DeployManager",
-    "HealthCheck",
     "Phase",
+    "PreflightCheck",
     "PrepareCheck",
     "ReadyToSwitch",
     "Report",
@@ -108,16 +108,17 @@ JOURNAL_FILE: Final = "deploy.json"
 SPACE_MARGIN_BYTES: Final = 1024 * 1024
 _HASH_BLOCK: Final = 1 << 20
 
-HealthCheck = Callable[[Path, int, float], object]
-"""``check(bundle_path, steps, timeout_s) -> payload``; raises EdgeAgentError when unhealthy.
+PreflightCheck = Callable[[Path, int, float], object]
+"""``check(bundle_path, steps, timeout_s) -> payload``: the bundle's preflight (``health_steps`` and
+``health_timeout_s``, the deploy command's wire names); raises EdgeAgentError when it fails.
 
 Runs on the deployment's worker thread, on what :data:`PrepareCheck` took for it. The payload
 (e.g. the loaded model) is handed back to the daemon with :class:`ReadyToSwitch`.
 """
 
-PrepareCheck = Callable[[str], HealthCheck]
+PrepareCheck = Callable[[str], PreflightCheck]
 """``prepare(group) -> check``: on the loop thread, as the verification starts, take what the
-health check of ``group`` needs (a snapshot); raises EdgeAgentError when it cannot be checked.
+preflight of ``group`` needs (a snapshot); raises EdgeAgentError when it cannot be checked.
 The check it returns reads nothing else, so the daemon may change meanwhile."""
 
 
@@ -185,7 +186,7 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class ReadyToSwitch:
-    """A verified, healthy, staged bundle the daemon should switch ``group`` to now."""
+    """A verified, preflighted, staged bundle the daemon should switch ``group`` to now."""
 
     group: str
     path: Path
@@ -610,13 +611,13 @@ class DeployManager:
         return None
 
     def _start_worker(self, rec: JournalRecord, source: Path) -> None:
-        """On the loop thread: take the trusted keys and the health check's snapshot, then verify
+        """On the loop thread: take the trusted keys and the preflight's snapshot, then verify
         and check on a worker thread (:meth:`poll` collects the verdict)."""
         with self._worker_lock:
             self._worker_result = None
         try:
             if self._prepare is None:
-                raise EdgeAgentError("no health check bound")
+                raise EdgeAgentError("no preflight bound")
             check = self._prepare(rec.group)
         except EdgeAgentError as err:
             with self._worker_lock:
@@ -631,7 +632,7 @@ class DeployManager:
         self._worker.start()
 
     def _work(
-        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: HealthCheck
+        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: PreflightCheck
     ) -> None:
         try:
             result: ReadyToSwitch | EdgeAgentError = self._verify_and_check(
@@ -646,7 +647,7 @@ class DeployManager:
             self._worker_result = result
 
     def _verify_and_check(
-        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: HealthCheck
+        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: PreflightCheck
     ) -> ReadyToSwitch:
         """The worker: ``keys`` and ``check`` were taken on the loop thread; nothing else of the
         manager's state but its directory is read here."""

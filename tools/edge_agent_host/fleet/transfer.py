@@ -313,7 +313,7 @@ def _take_answers(
 
 def _received(result: CommandResult, have: bytes | None, plan: DeployPlan) -> int:
     """The chunks a node held when it answered ``result`` (its final answer): as it says
-    (``received``: all of them for a failure after the transfer, a health check's), else all
+    (``received``: all of them for a failure after the transfer, a preflight's), else all
     for ``ok``, else its last bitmap's."""
     received = result.data.get("received")
     if isinstance(received, int) and not isinstance(received, bool):

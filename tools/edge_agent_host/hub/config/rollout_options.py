@@ -97,13 +97,20 @@ def add_start_options(start: argparse.ArgumentParser, *, files: bool = True) -> 
         type=float,
         default=600.0,
         help="seconds a wave's nodes have to answer their deployment (transfer, verification, "
-        "health check, switch) before they count as failed (default 600)",
+        "preflight, switch) before they count as failed (default 600)",
     )
     start.add_argument(
         "--watch-ticks", type=int, default=50, help="ticks watched after switch (default 50)"
     )
     start.add_argument(
-        "--health-steps", type=int, default=20, help="health-check steps (default 20)"
+        "--preflight-steps",
+        "--health-steps",
+        dest="health_steps",
+        metavar="N",
+        type=int,
+        default=20,
+        help="steps of the preflight each node runs the bundle's model for in a scratch group "
+        "before switching (default 20; --health-steps is its former name)",
     )
     start.add_argument(
         "--include-offline", action="store_true", help="select offline and silent nodes too"

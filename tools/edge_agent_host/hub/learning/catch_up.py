@@ -7,7 +7,7 @@ runs (``bundle``: ``name@version`` of its manifest, the name being the line's; `
 the version's identity) and is sent on every connect. A group whose bundle is of a line the hub
 has a current version of, and is not that version, is behind; the answer is a signed ``deploy``
 of the current version to that node and group, through the deploy path every deployment takes
-(chunks, verification, the health check, the A/B switch). Pure: the caller (the hub service)
+(chunks, verification, the preflight, the A/B switch). Pure: the caller (the hub service)
 gives the fleet's rows, each line's current version and what it must not try (below), and
 deploys what :func:`behind` returns.
 """

@@ -13,7 +13,7 @@ A look, on the learning policy's thread and connection (:mod:`.policy`):
    session (its birth may not say the new version yet: a rebirth keeps the session's
    ``bdseq``; a node that comes back reset connects with another one and is brought up again);
 4. starts **one deployment per group behind**: a rollout of one node and one wave, with the
-   round's rollout's transfer and health-check settings (``watch_ticks``, ``health_steps``),
+   round's rollout's transfer and preflight settings (``watch_ticks``, ``health_steps``),
    no soak and no behaviour criteria (no untouched node to compare with: the version passed its
    gate in its round's rollout), halted when the deployment fails. The rollout runner carries it
    out like any other.
@@ -158,7 +158,7 @@ def _selected(rollouts: RolloutStore) -> set[tuple[str, str]]:
 
 
 def _plan(c: CatchUp, model: RolloutPlan, timeout_s: float) -> RolloutPlan:
-    """A one-node deployment of ``c`` with the transfer and health-check settings of ``model``
+    """A one-node deployment of ``c`` with the transfer and preflight settings of ``model``
     (the round's rollout), ``timeout_s`` to answer, failed at once if its node goes offline: the
     runner carries one rollout at a time, and a node that stops answering must not hold the
     next round's rollout nor the other catch-ups longer than that."""

@@ -25,7 +25,7 @@ what the service stored (:class:`~.client.ServiceDeployClient`):
 =============  =====================================================================================
 
 Abort criteria, per wave (:class:`Criteria`): the share of the wave's nodes whose deployment
-failed (transfer, verification, health check, switch) or that rolled back while soaking
+failed (transfer, verification, preflight, switch) or that rolled back while soaking
 (``max_failed_pct``); the share of the deployed nodes that sent an error event since their
 switch (``max_error_events_pct``); the median over the deployed nodes of their tick p99 while
 soaking over their tick p99 in the ``baseline_s`` before their wave (``max_tick_p99_ratio``).
