@@ -26,7 +26,7 @@ from edge_agent_host.hub.learning.store import LearningStore
 from edge_agent_host.hub.storage.database import HubDatabase
 from edge_agent_host.hub.storage.engines import SqliteEngine
 from edge_agent_host.hub.web.server import WebServer
-from edge_agent_host.hub.web.snapshot import FleetSnapshot, health_of
+from edge_agent_host.hub.web.snapshot import FleetSnapshot, condition_of
 from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import REPO
 from tests.integration.fleet.test_fleet_daemon import FLEET, wait_until
@@ -515,7 +515,7 @@ def thousand_nodes(now: float) -> list[dict[str, Any]]:
             node |= {"outbox_uncommitted_rows": 17, "outbox_uncommitted_s": 0.25}
         if i == 8:  # its wave is being sent to it
             node["deployment"] |= {"state": "pending", "detail": "deploying"}
-        node["health"] = health_of(node, now)
+        node["health"] = condition_of(node, now)
         nodes.append(node)
     return nodes
 

@@ -11,7 +11,8 @@ request from a finished snapshot without touching the database.
 ============  =====================================================================================
 ``q``         text: the node's name, version, profile, bundle, or its deployment's state or
               reason contain it (case-insensitive)
-``health``    ``green``, ``amber`` or ``red``
+``health``    the node's condition (:func:`~.snapshot.condition_of`): ``green``, ``amber``,
+              ``red``
 ``presence``  ``online``, ``silent``, ``offline`` or ``unknown``
               (:func:`edge_agent_host.fleet.presence.presence`)
 ``deploy``    the node's state in its newest rollout: ``ok``, ``failed``, ``pending``,
@@ -52,7 +53,7 @@ MAX_LIMIT: Final = 1000
 MAX_FAILURES_SHOWN: Final = 5
 """A rollout's failed nodes listed with their reasons in the snapshot (the count is exact)."""
 
-HEALTH_RANK: Final = {"red": 0, "amber": 1, "green": 2}
+CONDITION_RANK: Final = {"red": 0, "amber": 1, "green": 2}
 DEPLOY_RANK: Final = {"revert_failed": 0, "failed": 1, "pending": 2, "reverted": 3, "ok": 4}
 DEPLOY_STATES: Final = (*DEPLOY_RANK, "none")
 FAILED_NODE_STATES: Final = frozenset({"failed", "revert_failed"})
@@ -70,7 +71,7 @@ def _deploy_state(n: Mapping[str, Any]) -> str:
 
 SORT_KEYS: Final[Mapping[str, Callable[[Mapping[str, Any]], Any]]] = {
     "node": lambda n: n["node"],
-    "health": lambda n: HEALTH_RANK.get(n.get("health", ""), 3),
+    "health": lambda n: CONDITION_RANK.get(n.get("health", ""), 3),
     "online": lambda n: n.get("online"),
     "last_seen": lambda n: n.get("last_seen"),
     "memory": _memory_fraction,
@@ -139,7 +140,7 @@ def rollout_failures(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 def fleet_counts(nodes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The whole fleet's tallies (the page's header, whatever its filter): ``online`` and
     ``silent`` are ``presence``'s two that the page shows beside the total."""
-    health = dict.fromkeys(HEALTH_RANK, 0)
+    health = dict.fromkeys(CONDITION_RANK, 0)
     deploy = dict.fromkeys(DEPLOY_STATES, 0)
     presences = dict.fromkeys(PRESENCES, 0)
     total = 0
@@ -178,7 +179,7 @@ class FleetQuery:
         offset: int = 0,
         limit: int | None = None,
     ) -> None:
-        if health is not None and health not in HEALTH_RANK:
+        if health is not None and health not in CONDITION_RANK:
             raise ValueError(f"health: {health!r} is not one of green, amber, red")
         if presence is not None and presence not in PRESENCES:
             raise ValueError(f"presence: {presence!r} is not one of {', '.join(PRESENCES)}")

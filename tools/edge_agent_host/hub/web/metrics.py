@@ -86,7 +86,8 @@ def collector_for(source: Any) -> Any:
 
 # the fleet, from the snapshot --------------------------------------------------------------------
 def _fleet_families(nodes: Sequence[Mapping[str, Any]]) -> Iterable[Family]:
-    """The nodes in the registry by presence, and by health at a glance."""
+    """The nodes in the registry by presence, and by condition (its label keeps the name
+    ``health``, which dashboards and alert rules read)."""
     g = GaugeMetricFamily(
         "edge_agent_hub_nodes",
         "Nodes in the registry, by presence (silent: its state says online, nothing came from it "
@@ -97,10 +98,12 @@ def _fleet_families(nodes: Sequence[Mapping[str, Any]]) -> Iterable[Family]:
         g.add_metric([here], sum(n["presence"] == here for n in nodes))
     yield g
     g = GaugeMetricFamily(
-        "edge_agent_hub_nodes_health", "Nodes by health at a glance", labels=["health"]
+        "edge_agent_hub_nodes_health",
+        "Nodes by condition at a glance (green, amber, red; docs/hub.md)",
+        labels=["health"],
     )
-    for health in ("green", "amber", "red"):
-        g.add_metric([health], sum(n["health"] == health for n in nodes))
+    for condition in ("green", "amber", "red"):
+        g.add_metric([condition], sum(n["health"] == condition for n in nodes))
     yield g
 
 

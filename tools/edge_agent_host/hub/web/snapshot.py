@@ -11,7 +11,9 @@ Presence (``presence`` in the JSON, ``edge_agent_hub_nodes{state}``) is the flee
 online, but nothing live came for ``[hub] silent_after_s``: a node the broker locked out),
 ``offline``, ``unknown``.
 
-Health at a glance (the page's dot, ``health`` in the JSON): **red** not online (offline, silent,
+A node's **condition**, at a glance (the page's dot; ``health`` in the JSON, its filter and the
+``edge_agent_hub_nodes_health`` metric: the names scripts and dashboards read, kept; "health"
+itself is the groups' measures): **red** not online (offline, silent,
 unknown), or no telemetry for 3 x its period (30 s by default); **amber** RSS over 90 % of the
 budget, tick p99 over 100 ms, CPU above 75 °C, an outbox holding over 1,000 messages, or a
 group whose observations are out of its bundle's calibrated range (its ``input_out_of_range``
@@ -37,8 +39,8 @@ __all__ = [
     "FleetSnapshot",
     "GroupHealthHistory",
     "build_snapshot",
+    "condition_of",
     "group_summaries",
-    "health_of",
 ]
 
 STALE_AFTER_S: Final = 30.0
@@ -158,8 +160,8 @@ def _counter(telemetry: Mapping[str, Any], key: str) -> float | None:
     return None
 
 
-def health_of(node: Mapping[str, Any], now: float) -> str:
-    """green / amber / red (the module docstring's rule)."""
+def condition_of(node: Mapping[str, Any], now: float) -> str:
+    """The node's condition: green / amber / red (the module docstring's rule)."""
     if not node.get("online"):
         return "red"
     ts = node.get("telemetry_ts")
@@ -267,5 +269,5 @@ def _node_row(
         # Each group's newest health window (docs/health.md), by group name.
         "group_health": group_health.get(row["node"], {}),
     }
-    node["health"] = health_of(node, now)
+    node["health"] = condition_of(node, now)  # the API's name of a node's condition
     return node

@@ -1,4 +1,4 @@
-"""The fleet snapshot the hub's HTTP side shows: the health rule, and a node's telemetry read
+"""The fleet snapshot the hub's HTTP side shows: a node's condition, and a node's telemetry read
 the daemon's way."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from edge_agent_host.hub.web import snapshot as web
-from edge_agent_host.hub.web.snapshot import FleetSnapshot, health_of
+from edge_agent_host.hub.web.snapshot import FleetSnapshot, condition_of
 
 NOW = 1_800_000_000.0
 MB = 2**20
@@ -34,7 +34,7 @@ def node(**over: Any) -> dict[str, Any]:
         base["online"] = over["presence"] == "online"
     else:
         base["presence"] = "online" if base["online"] else "offline"
-    base["health"] = health_of(base, NOW)
+    base["health"] = condition_of(base, NOW)
     return base
 
 
@@ -55,7 +55,7 @@ def node(**over: Any) -> dict[str, Any]:
         ({"rss_bytes": None, "tick_p99_ms": None, "cpu_temp_c": None}, "green"),
     ],
 )
-def test_health_at_a_glance(over: dict[str, Any], expected: str) -> None:
+def test_a_nodes_condition_at_a_glance(over: dict[str, Any], expected: str) -> None:
     assert node(**over)["health"] == expected
 
 
