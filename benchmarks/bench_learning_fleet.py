@@ -27,7 +27,7 @@ ticks of walks on grid10's true transitions, encoded by the daemon's own
    counters over the burst (``broker_bytes_received``: what the nodes sent, MQTT framing and
    keep-alives included; ``broker_bytes_sent``: what went on to the hub), per delta too;
 4. ``read_s`` and ``merge_s``: the round's read (``LearningStore.pending`` from PostgreSQL,
-   ``learning_round.per_node``) and merge (``merge_sparse``) of exactly those deltas, timed in
+   ``learning.round.per_node``) and merge (``merge_sparse``) of exactly those deltas, timed in
    this process while it holds the lease;
 5. the lease given up, the service's policy builds the round (read, merge, the int8 gate's
    conversion, signing, storing): ``round_s`` from the lease's release to the round's

@@ -18,7 +18,7 @@ ticks), in the smaller of the protocol's two encodings as a node sends it
    against the baseline of one telemetry message per node through the same path (``ratio``:
    deltas / telemetry, per second);
 3. ``merge``: a round: reading what waits into what each node sent (``read_s``,
-   ``learning_round.per_node``; ``held_mb``: those arrays: the values not 0, float32, their
+   ``learning.round.per_node``; ``held_mb``: those arrays: the values not 0, float32, their
    rows and their (node, column) pairs), then ``merge_sparse`` (the cap per column, the
    leave-one-out score, the sum) (``merge_s``; ``peak_mb``: its peak of numpy memory beyond
    what it was given, tracemalloc); ``round_bytes``: the nodes' deltas as they cross the

@@ -11,10 +11,10 @@
     edge-agent-hub rollout pause|resume|abort ID
 
 The commands write the rollout into the hub's database; the service replica with
-``[rollouts] key_file`` carries it out (``rollouts.RolloutRunner``). ``start`` prints the command
-that follows the rollout it stored; ``--follow`` (``start`` and ``status``) prints a line each
-time the rollout moves (its wave, the wave's nodes by state, a pause, a halt) until it ends, and
-exits with its outcome (:data:`FOLLOW_EXIT`): 0 done, 4 halted, 5 rolled back.
+``[rollouts] key_file`` carries it out (``rollouts.runner.RolloutRunner``). ``start`` prints the
+command that follows the rollout it stored; ``--follow`` (``start`` and ``status``) prints a line
+each time the rollout moves (its wave, the wave's nodes by state, a pause, a halt) until it ends,
+and exits with its outcome (:data:`FOLLOW_EXIT`): 0 done, 4 halted, 5 rolled back.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A rollout started from ``rollout start``'s options
 (:mod:`edge_agent_host.hub.config.rollout_options`): the nodes it selects, its waves and criteria,
 checked against what the hub's database knows, and stored with its bundles for the service's runner
-(``rollouts.RolloutRunner``) to carry out. ``rollout start``, ``learn publish`` and the learning
-policy's rounds (``[learning] publish``) start rollouts here.
+(``rollouts.runner.RolloutRunner``) to carry out. ``rollout start``, ``learn publish`` and the
+learning policy's rounds (``[learning] publish``) start rollouts here.
 """
 
 from __future__ import annotations
