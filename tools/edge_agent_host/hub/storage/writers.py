@@ -101,46 +101,45 @@ class Insert:
         )
 
     def __call__(self, db: Statements, heard: Heard) -> None:
-        self.put(db, self.row(heard, heard.envelope.body))
+        db.execute(self.sql, self.row(heard, heard.envelope.body))
 
     def put(self, db: Statements, row: Mapping[str, Any]) -> None:
         """Store ``row`` (unless its conflict columns are stored already)."""
         db.execute(self.sql, row)
 
 
-def _sent(heard: Heard) -> dict[str, Any]:
-    """The columns of a row that a node's message is one of: who, when, which."""
+def _sent(heard: Heard, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with the columns of a row that a node's message is one of: who, when, which."""
     env = heard.envelope
-    return {
-        "node": heard.node,
-        "ts": env.ts,
-        "bdseq": env.bdseq,
-        "seq": env.seq,
-        "received": heard.received,
-    }
+    row["node"] = heard.node
+    row["ts"] = env.ts
+    row["bdseq"] = env.bdseq
+    row["seq"] = env.seq
+    row["received"] = heard.received
+    return row
 
 
 _SENT: Final = ("node", "ts", "bdseq", "seq", "received")
 
 
 def _event_row(heard: Heard, body: Event) -> dict[str, Any]:
-    return _sent(heard) | {
+    return _sent(heard, {
         "kind": body.kind.value,
         "severity": body.severity.value,
         "grp": body.group,
         "detail": text(body.detail),
         "data": to_json(body.data),
-    }
+    })
 
 
 def _result_row(heard: Heard, body: CommandResult) -> dict[str, Any]:
-    return _sent(heard) | {
+    return _sent(heard, {
         "nonce": body.nonce.hex(),
         "name": body.name,
         "code": body.code.value,
         "detail": text(body.detail),
         "data": to_json(body.data),
-    }
+    })
 
 
 def _command_row(heard: Heard, body: Command) -> dict[str, Any]:
@@ -173,7 +172,7 @@ COMMANDS: Final = Insert(
     _command_row,
 )  # fmt: skip
 def _telemetry_row(heard: Heard, body: Telemetry) -> dict[str, Any]:
-    return _sent(heard) | {
+    return _sent(heard, {
         "uptime_s": body.uptime_s,
         "rss_bytes": body.rss_bytes,
         "budget_used_bytes": body.budget_used_bytes,
@@ -185,7 +184,7 @@ def _telemetry_row(heard: Heard, body: Telemetry) -> dict[str, Any]:
         "cpu_temp_c": body.cpu_temp_c,
         "outbox_depth": body.outbox.depth_rows if body.outbox is not None else None,
         "body": to_json(as_builtins(body)),
-    }
+    })
 
 
 TELEMETRY_ROWS: Final = Insert(
@@ -341,7 +340,7 @@ class HealthWriter:
     def _window(heard: Heard, body: Health, name: str, group: GroupHealth) -> dict[str, Any]:
         """One group's window as a row of the history."""
         drift = group.drift
-        return _sent(heard) | {
+        return _sent(heard, {
             "grp": name,
             "window_s": body.window_s,
             "model": text(group.model),
@@ -352,7 +351,7 @@ class HealthWriter:
             "measures": to_json(
                 {k: [m.mean, m.p95, m.n] for k, m in sorted(group.measures.items())}
             ),
-        }
+        })
 
 
 def register_senders(db: Statements, batch: Sequence[Heard]) -> None:
