@@ -109,7 +109,7 @@ def measure(case: Case, n: int, ticks: int, rounds: int, count_ops: int = 0) -> 
     for _ in range(ticks):
         obs_seq.append(obs.copy())
         obs = env.step(learning.step(obs))
-    learning.refresh()
+    learning.learning.refresh()
     times: dict[str, list[float]] = {"plain": [], "learning": []}
     for _ in range(rounds):
         # The plain group infers with the tables the learning group infers with now and starts
@@ -129,10 +129,11 @@ def measure(case: Case, n: int, ticks: int, rounds: int, count_ops: int = 0) -> 
         # What a refresh brings in: the counts moved by 20 ticks' worth of updates (B: from
         # each tick's posteriors to themselves, under the actions the agents last took).
         for o in obs_seq[:20]:
-            learning.learner.learn_A(o, learning.qs)
-            learning.learner.learn_B(learning.qs, learning.qs, learning.action)
+            learning.learning.learner.learn_A(o, learning.qs)
+            learning.learning.learner.learn_B(learning.qs, learning.qs, learning.action)
         start = time.perf_counter()
-        learning.refresh()
+        learning.learning.refresh()
+        _ = learning.cm  # the group takes the refreshed tables (as its next tick would)
         refresh.append(time.perf_counter() - start)
     ratios = [lt / pt for lt, pt in zip(times["learning"], times["plain"], strict=True)]
     steps = n * len(obs_seq)
@@ -141,7 +142,7 @@ def measure(case: Case, n: int, ticks: int, rounds: int, count_ops: int = 0) -> 
         sys.path.insert(0, str(REPO / "benchmarks" / "peers"))
         from opcount import count_numpy_calls
 
-        learning.refresh()  # the counted ticks do not refresh (refresh_every >= count_ops)
+        learning.learning.refresh()  # the counted ticks do not refresh (refresh_every >= count_ops)
         ops["plain_numpy_calls"] = round(count_numpy_calls(
             lambda: plain.step(obs_seq[0]), repeats=count_ops)[0], 1)
         ops["learning_numpy_calls"] = round(count_numpy_calls(
@@ -161,7 +162,7 @@ def measure(case: Case, n: int, ticks: int, rounds: int, count_ops: int = 0) -> 
         "learning_agent_steps_per_s": round(steps / statistics.median(times["learning"])),
         "ratio": round(statistics.median(ratios), 3),
         "refresh_ms": round(1e3 * statistics.median(refresh), 2),
-        "learner_bytes": learning.learner.nbytes,
+        "learner_bytes": learning.learning.learner.nbytes,
         **ops,
     }
 

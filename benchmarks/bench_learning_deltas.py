@@ -4,7 +4,7 @@ For the learning worlds (the reversal T-maze learning its reward modality ``pA1`
 learning its moves ``pB0``) with shared and per-agent counts, an
 :class:`~edge_agent.core.agents.AifAgentGroup` learns in a closed loop with its world; every
 ``--report-ticks`` ticks (a report period: ``report_every_s`` at ``--hz``) what it learned is
-taken as the daemon takes it (:meth:`~edge_agent.core.agents.AifAgentGroup.take_increments`) and
+taken as the daemon takes it (:meth:`~edge_agent.core.learning.GroupLearning.take_increments`) and
 made into :class:`~edge_agent.fleet.protocol.LearningDelta` messages as the daemon makes them
 (:func:`~edge_agent.fleet.learning_deltas.learning_deltas`), each encoded in its envelope as the
 link sends it. One JSON object per line (``"bench": "learning-deltas"``):
@@ -81,7 +81,7 @@ def measure(  # noqa: PLR0917 - one row's whole description
                 group.reset(starts)
             obs = env.step(group.step(obs))
         t0 = time.perf_counter()
-        tables = group.take_increments()
+        tables = group.learning.take_increments()
         t1 = time.perf_counter()
         deltas = learning_deltas("g", f"{world}@1", "ab" * 32, tables, next_seq=seq,
                                  max_payload_bytes=DEFAULT_MAX_BYTES)

@@ -91,8 +91,8 @@ def run(world: str, n: int, steps: int, name: str) -> dict[str, Any]:
         "cpu_agent_steps_per_s": round(n * steps / cpu) if cpu > 0 else None,
         "duty_cycle": round(planned / (n * steps), 4),
         "score_name": score_name, "score": round(score, 5),
-        "updates": sum(c.version for c in group.learner.counts),
-        "refreshes": group.refreshes,
+        "updates": sum(c.version for c in group.learning.learner.counts),
+        "refreshes": group.learning.refreshes,
     }
 
 
@@ -129,7 +129,7 @@ def run_workers(n: int, steps: int, workers: int, refresh_every: int) -> dict[st
         "bench": "learning_workers", "world": "grid-slippery", "N": n, "steps": steps,
         "workers": used, "refresh_every": refresh_every,
         "agent_steps_per_s": round(n * steps / wall), "refork_ms": round(1e3 * refork, 1),
-        "refreshes": group.refreshes,
+        "refreshes": group.learning.refreshes,
     }
 
 

@@ -20,9 +20,9 @@ every ``--every-s`` seconds:
   ``duty_cycle``: the last tick's share of agents planned.
 * ``score``: goals reached per agent-step (bench_planning's grid score), ``score_ratio``: over
   the ``every_tick`` run's when it is in ``--policies``.
-* ``bytes_per_agent``: the group's state by part (``AifAgentGroup.nbytes_by_part``), the world's
-  per-agent arrays and the daemon's observation buffers; ``budget_by_kind_mb``: the memory
-  budget's report.
+* ``bytes_per_agent``: the group's state by part (``AifAgentGroup.memory.nbytes_by_part``), the
+  world's per-agent arrays and the daemon's observation buffers; ``budget_by_kind_mb``: the
+  memory budget's report.
 
     python benchmarks/bench_million.py [--agents 1000000] [--workers 2] [--ticks 40]
         [--tick-hz 2] [--policies every_4,every_tick] [--restore-ticks 3]
@@ -197,7 +197,7 @@ def bytes_per_agent(agents: int, every: int) -> dict[str, Any]:
         env.model, 1000, history_capacity=64, history_beliefs="map", planning=policy,
         keep_prior=False,
     )
-    parts: dict[str, Any] = dict(probe.nbytes_by_part())
+    parts: dict[str, Any] = dict(probe.memory.nbytes_by_part())
     parts["world"] = round(arrays_nbytes(world, None) / agents, 1)
     # The workers' shared copy of each tick's observations (int64 per modality,
     # edge_agent.core.workers); the runtime's observations are the world's own array (counted

@@ -7,9 +7,11 @@ Everything a user would do, in one run, one JSON object per line:
    keygen``, then ``edge-agent-host convert onnx ... --sign ... --quiet --json``), each command's
    wall time (``convert_s``), sizes and held-out agreement from its JSON report:
 
-   * a sensor-world policy over a window of ``--window`` steps of 8 features
-     (:func:`edge_agent_host.converter.builders.sensor_policy` with ``--hidden`` units,
-     :func:`mlp_onnx`), calibrated on 1,024 windows and checked on 5,000
+   * the README's sensor-world policy (``examples/sensor_policy.onnx``: a window of 8 steps of
+     8 features, 32 hidden units, 4 actions) with the example calibration and held-out windows,
+     converted as the README converts it; or, with ``--window`` or ``--hidden``, a policy of
+     that window and width (:func:`edge_agent_host.converter.builders.sensor_policy`,
+     :func:`mlp_onnx`), calibrated on 1,024 windows and checked on ``--heldout``
      (``SensorWorld.sample_windows``);
    * the example perception model (``examples/sensor_perception.onnx``,
      ``--output-kind observation``) with the example calibration and held-out windows.
@@ -27,12 +29,14 @@ Everything a user would do, in one run, one JSON object per line:
    (:func:`edge_agent.daemon.admission.load_group_model` on the same config file and signed
    bundle, :func:`edge_agent.daemon.group_runtime.make_agents` with ``--threads`` intra-op threads,
    :func:`make_runtime`) against a plain ``onnxruntime.InferenceSession`` of the same model file
-   with onnxruntime's **default options** (no ``SessionOptions``; CPU provider) called as
+   with **one intra-op thread and onnxruntime's defaults otherwise** (CPU provider) called as
    ``session.run(None, {input: batch})`` on the same ``(N, T, F)`` float32 batch (a copy of the
    batch the group staged on its last tick). Variants, interleaved in ``--repeats`` rounds of
    ``--calls`` calls each (order rotated every round), per-round medians:
 
-   * ``session_run``: the direct onnxruntime call with default options (the baseline);
+   * ``session_run``: the direct onnxruntime call, one thread, default options (the baseline);
+   * ``session_run_default_threads``: the same with no ``SessionOptions`` at all (onnxruntime's
+     own thread count, spinning threads);
    * ``session_run_backend_options``: the same call on a plain session built with the backend's
      options (``--threads`` intra-op and 1 inter-op thread, sequential, all graph optimisations,
      no spinning, the x86 int8 precision mode only where the CPU needs it:
@@ -40,7 +44,8 @@ Everything a user would do, in one run, one JSON object per line:
    * ``session_run_x64_precision``: the same with ``session.x64quantprecision`` forced on (what
      the backend once set on every x86 CPU: on a VNNI CPU only slower);
    * ``backend_run``: the group's own backend session on its staged batch (IOBinding, no copy);
-   * ``neural_step``: the group's neural half: ``NeuralAgentGroup.step`` (append the
+   * ``neural_step``: the group's neural half, its health measures and out-of-range counting
+     on as the daemon runs them (every 4th tick): ``NeuralAgentGroup.step`` (append the
      observations to the ring, stack the windows into the session's input, one run, argmax) or,
      for perception, ``NeuralAgentGroup.forward`` of the group's perception model;
    * ``group_step``: the group's ``step`` as the daemon calls it (perception: forward, soft
@@ -62,8 +67,9 @@ Everything a user would do, in one run, one JSON object per line:
 
 Absolute times drift on a shared machine; compare the ratios, which are measured in one run.
 
-    python benchmarks/bench_neural_daemon.py [--seconds 25] [--agents 1000] [--window 32]
-        [--hidden 32] [--threads 1] [--inference-threads N] [--quick]
+    python benchmarks/bench_neural_daemon.py [--seconds 25] [--agents 1000] [--window W]
+        [--hidden H] [--threads 1] [--inference-threads N] [--repeats 300] [--quick]
+        [--only daemon,overhead,rss]
 
 ``--smoke``: 2 s daemons of 20 agents, 2 rounds of 3 calls, 500 held-out windows: the code path,
 for CI (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
@@ -106,6 +112,10 @@ from edge_agent.sim.sensors import SensorWorld  # noqa: E402
 
 FEATURES = 8
 OVERHEAD_TARGET = 1.2
+#: The README's policy (``edge-agent-host convert onnx examples/sensor_policy.onnx ...``).
+README_POLICY = "README sensor_policy.onnx (window 8, hidden 32)"
+README_WINDOW = 8
+PERCEPTION_MODEL = "examples/sensor_perception.onnx (window 1, hidden 32)"
 PROFILE = "x86-dev"
 HOST = Path(sys.executable).with_name("edge-agent-host")
 
@@ -190,29 +200,43 @@ def make_bundles(tmp: Path, args: argparse.Namespace) -> None:
 
     from edge_agent_host.converter.builders import mlp_onnx, sensor_policy
 
-    world = SensorWorld(1)
-    layers = sensor_policy(world.prototypes, world.noise, args.window, hidden=args.hidden)
-    policy = tmp / f"sensor_policy_w{args.window}.onnx"
-    onnx.save(mlp_onnx(layers, args.window, FEATURES), policy)
-    X, _ = world.sample_windows(1024, args.window, seed=1)
-    np.savez(tmp / "calibration.npz", window=X)
-    Xh, yh = world.sample_windows(args.heldout, args.window, seed=2)
-    np.savez(tmp / "heldout.npz", window=Xh, labels=yh)
-
     keygen_s, _ = host("keygen", "--out", tmp / "keys")
     key = tmp / "keys" / "edge-agent.key"
-    row = convert(
-        f"sensor policy mlp window={args.window} hidden={args.hidden}",
-        policy,
-        calibration=tmp / "calibration.npz",
-        heldout=tmp / "heldout.npz",
-        out=tmp / "policy.tar",
-        key=key,
-    )
-    emit({**row, "keygen_s": round(keygen_s, 3)})
+    if args.window is None and args.hidden is None:  # the README's policy, as it converts it
+        row = convert(
+            README_POLICY,
+            REPO / "examples" / "sensor_policy.onnx",
+            calibration=REPO / "examples" / "sensor_calibration.npz",
+            heldout=REPO / "examples" / "sensor_heldout.npz",
+            out=tmp / "policy.tar",
+            key=key,
+        )
+        emit({**row, "keygen_s": round(keygen_s, 3)})
+        args.window, args.model_label = README_WINDOW, README_POLICY
+    else:
+        args.window = args.window or README_WINDOW
+        hidden = args.hidden or 32
+        world = SensorWorld(1)
+        layers = sensor_policy(world.prototypes, world.noise, args.window, hidden=hidden)
+        policy = tmp / f"sensor_policy_w{args.window}.onnx"
+        onnx.save(mlp_onnx(layers, args.window, FEATURES), policy)
+        X, _ = world.sample_windows(1024, args.window, seed=1)
+        np.savez(tmp / "calibration.npz", window=X)
+        Xh, _yh = world.sample_windows(args.heldout, args.window, seed=2)
+        np.savez(tmp / "heldout.npz", window=Xh, labels=_yh)
+        args.model_label = f"sensor policy mlp window={args.window} hidden={hidden}"
+        row = convert(
+            args.model_label,
+            policy,
+            calibration=tmp / "calibration.npz",
+            heldout=tmp / "heldout.npz",
+            out=tmp / "policy.tar",
+            key=key,
+        )
+        emit({**row, "keygen_s": round(keygen_s, 3)})
     emit(
         convert(
-            "examples/sensor_perception.onnx (window 1, hidden 32)",
+            PERCEPTION_MODEL,
             REPO / "examples" / "sensor_perception.onnx",
             calibration=REPO / "examples" / "perception_calibration.npz",
             heldout=REPO / "examples" / "perception_heldout.npz",
@@ -379,18 +403,24 @@ def run_daemon(cfg: Path, seconds: float, env_extra: dict[str, str]) -> dict[str
 
 
 # -- overhead in process ------------------------------------------------------------------------
-def ort_session(model: bytes, threads: int | None = None, *, x64: bool | None = None) -> Any:
+def ort_session(
+    model: bytes, threads: int | None = None, *, x64: bool | None = None, plain: bool = False
+) -> Any:
     """A plain InferenceSession of ``model``: onnxruntime's default options (``threads=None``,
-    what a user who never read this project writes), or the project backend's options with
-    ``threads`` intra-op threads (1 inter-op thread, sequential, all graph optimisations, no
-    spinning, and the x86 int8 precision mode only where the CPU needs it, or as ``x64``
-    says)."""
+    what a user who never read this project writes) with ``plain`` and one intra-op thread
+    (the baseline), or the project backend's options with ``threads`` intra-op threads (1
+    inter-op thread, sequential, all graph optimisations, no spinning, and the x86 int8
+    precision mode only where the CPU needs it, or as ``x64`` says)."""
     import onnxruntime as ort
 
     from edge_agent.neural.backends.onnxruntime import x64_quant_precision
 
     if threads is None:
-        return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        if not plain:
+            return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        one = ort.SessionOptions()
+        one.intra_op_num_threads = 1
+        return ort.InferenceSession(model, sess_options=one, providers=["CPUExecutionProvider"])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -461,23 +491,19 @@ def paced(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    runtime, model = build_group(cfg_path, args.threads)
-    runtime.warm_up()
+def overhead_variants(
+    runtime: GroupRuntime, net: NeuralAgentGroup, model: bytes, args: argparse.Namespace
+) -> tuple[dict[str, Callable[[], object]], float, np.ndarray]:
+    """The variants :func:`overhead` times (the module's docstring), the largest difference
+    between the baseline's outputs and the group's own on the same batch, and that batch."""
     agents = runtime.agents
     source = runtime.source
     assert isinstance(source, WorldSource)  # a sim source
     env = source.world
-    for _ in range(2 * args.window):  # fill every window
-        runtime.tick(time.monotonic())
-    if isinstance(agents, PerceptionAifGroup):
-        net: NeuralAgentGroup = agents.perception
-    else:
-        assert isinstance(agents, NeuralAgentGroup)
-        net = agents
     staged = net.session.input_buffer(net.input_name)
     batch = np.ascontiguousarray(staged, dtype=np.float32).copy()  # (N, T, F) of the last tick
-    session = ort_session(model)  # onnxruntime's defaults: the baseline
+    session = ort_session(model, plain=True)  # one thread, defaults otherwise: the baseline
+    default = ort_session(model)  # onnxruntime's defaults, its own thread count
     pinned = ort_session(model, args.threads)  # the backend's options, in a plain session
     exact = ort_session(model, args.threads, x64=True)  # ... with the x86 exact mode forced on
     feed = {session.get_inputs()[0].name: batch}
@@ -495,6 +521,7 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
 
     variants: dict[str, Callable[[], object]] = {
         "session_run": lambda: session.run(None, feed),
+        "session_run_default_threads": lambda: default.run(None, feed),
         "session_run_backend_options": lambda: pinned.run(None, feed),
         "session_run_x64_precision": lambda: exact.run(None, feed),
         "backend_run": backend_run,
@@ -516,6 +543,24 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
     dst = np.empty_like(batch)
     variants["copy_transposing"] = lambda: np.copyto(dst.transpose(1, 0, 2), tmajor)
     variants["copy_plain"] = lambda: np.copyto(dst, batch)
+    return variants, max_diff, batch
+
+
+def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    runtime, model = build_group(cfg_path, args.threads)
+    runtime.warm_up()
+    agents = runtime.agents
+    source = runtime.source
+    assert isinstance(source, WorldSource)  # a sim source
+    env = source.world
+    for _ in range(2 * args.window):  # fill every window
+        runtime.tick(time.monotonic())
+    if isinstance(agents, PerceptionAifGroup):
+        net: NeuralAgentGroup = agents.perception
+    else:
+        assert isinstance(agents, NeuralAgentGroup)
+        net = agents
+    variants, max_diff, batch = overhead_variants(runtime, net, model, args)
     for fn in variants.values():  # warm every path
         fn()
     medians = interleave(variants, args.repeats, args.calls)
@@ -564,6 +609,7 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
     row["paced_in_tick_neural_step_ratio"] = round(
         in_tick["neural_step"] / in_tick["session_run"], 3
     )
+    row["model"] = args.model_label if kind == "neural" else PERCEPTION_MODEL
     row["overhead_ratio"] = row["neural_step_ratio"]
     row["target_overhead<=1.2"] = row["overhead_ratio"] <= OVERHEAD_TARGET
     return row
@@ -617,8 +663,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=25.0, help="daemon run after READY")
     parser.add_argument("--agents", type=int, default=1000, help="agents per group")
-    parser.add_argument("--window", type=int, default=32, help="policy window T")
-    parser.add_argument("--hidden", type=int, default=32, help="policy hidden units")
+    parser.add_argument(
+        "--window", type=int, default=None, help="a built policy's window T (default: README's)"
+    )
+    parser.add_argument(
+        "--hidden", type=int, default=None, help="a built policy's hidden units (README's: 32)"
+    )
     parser.add_argument("--tick-hz", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads, in process")
     parser.add_argument(
@@ -628,7 +678,10 @@ def main() -> int:
         help="override the profile's inference_threads for the daemons (default: as shipped)",
     )
     parser.add_argument("--heldout", type=int, default=5000, help="held-out windows to convert")
-    parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds")
+    parser.add_argument("--repeats", type=int, default=300, help="interleaved rounds")
+    parser.add_argument(
+        "--only", default="daemon,overhead,rss", help="the parts to run (comma-separated)"
+    )
     parser.add_argument("--calls", type=int, default=20, help="calls per variant and round")
     parser.add_argument(
         "--paced", type=int, default=20, help="calls per variant at --tick-hz (cold ticks)"
@@ -651,10 +704,11 @@ def main() -> int:
         threads = args.inference_threads
         if threads is None:
             threads = load_profiles(REPO / "firmware_profiles")[PROFILE].inference_threads
+        only = set(args.only.split(","))
         kinds = ("neural", "perception") if args.no_baseline else ("grid10", "neural", "perception")
         configs = {k: write_config(tmp, k, args.agents, args.tick_hz) for k in kinds}
         base: dict[str, Any] | None = None
-        for kind in kinds:
+        for kind in kinds if "daemon" in only else ():
             row = run_daemon(configs[kind], args.seconds, env)
             row["inference_threads"] = threads
             if kind == "grid10":
@@ -664,9 +718,10 @@ def main() -> int:
                 row["tick_p99_vs_grid10"] = round(row["tick_p99_ms"] / base["tick_p99_ms"], 2)
                 row["rss_vs_grid10"] = round(row["rss_mb"] / base["rss_mb"], 2)
             emit(row)
-        for kind in ("neural", "perception"):
+        for kind in ("neural", "perception") if "overhead" in only else ():
             emit(overhead(configs[kind], kind, args))
-        emit(rss_breakdown(tmp / "policy.tar", args.agents))
+        if "rss" in only:
+            emit(rss_breakdown(tmp / "policy.tar", args.agents))
     return 0
 
 

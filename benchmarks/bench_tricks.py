@@ -72,6 +72,9 @@ TRICKS: dict[str, Trick] = {
         "import importlib.metadata as md\n"
         "try:\n    md.distribution('edge-agent')\nexcept md.PackageNotFoundError:\n    pass",
     ),
+    # arrays.py: distinct() and percentiles() where np.unique and np.percentile ask numpy.ma
+    "numpy_ma": Trick(False, "import numpy.ma; numpy.ma.is_masked(numpy.zeros(3))"),
+    "numpy_ma_mqtt": Trick(True, "import numpy.ma; numpy.ma.is_masked(numpy.zeros(3))"),
     # snapshots/format.py: the header as JSON, msgspec only to read format v2 or v1
     "msgspec": Trick(False, "import msgspec.msgpack"),
     # sim/uniforms.py, block_maths: numpy.random only for stochastic action selection
@@ -90,8 +93,11 @@ CONFIG_PATH, SECONDS, AGENTS = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 SETUP, ACTION = sys.argv[4], sys.argv[5]
 
 # What `edge-agent run --config CONFIG_PATH` does (edge_agent/cli/run.py), keeping the daemon.
+from edge_agent.daemon.heap import tune_allocator
+tune_allocator()
 from edge_agent.daemon.footprint import keep_unused_modules_out
 keep_unused_modules_out()
+import numpy
 import edge_agent.cli.run
 from edge_agent.config.isolated import read_config_isolated
 from edge_agent.daemon.service import Daemon
@@ -107,7 +113,7 @@ def rss_mb():
     ctypes.CDLL(None).malloc_trim(0)  # glibc's free pages back: what is held, not what was
     return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
 
-scope = {"sys": sys, "CONFIG_PATH": CONFIG_PATH, "AGENTS": AGENTS}
+scope = {"sys": sys, "numpy": numpy, "CONFIG_PATH": CONFIG_PATH, "AGENTS": AGENTS}
 exec(SETUP, scope)
 before, modules = rss_mb(), set(sys.modules)
 exec(ACTION, scope)

@@ -163,7 +163,7 @@ def learning_hour(agents: int, ticks: int, root: Path) -> Iterator[dict[str, Any
             continue
         state = {f"group.grid.{k}": np.ascontiguousarray(v)
                  for k, v in group.state_dict().items()}
-        pB = group.learner.pB
+        pB = group.learning.learner.pB
         assert pB is not None
         whole = {k: v for k, v in state.items()
                  if ".learn.pB0." not in k and ".learn.qs_prev0." not in k}

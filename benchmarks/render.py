@@ -84,13 +84,48 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Ends:
+    """Both ends of a headline's comparison over every row of its table (of the headline row's
+    machine): the row's number (``value``, None where the row has none), shown with ``fmt`` and
+    ``suffix``, the row named by ``label``; ``higher_is_better`` says which end is the weakest."""
+
+    value: Getter
+    label: Callable[[Row], str]
+    fmt: str = ".2f"
+    suffix: str = "x"
+    higher_is_better: bool = True
+
+    def text(self, rows: Iterable[Row]) -> str | None:
+        """``weakest V (row), best V (row)`` over ``rows``; None without two numbers."""
+        found = []
+        for row in rows:
+            try:
+                value = self.value(row)
+            except (TypeError, ValueError, ZeroDivisionError):
+                value = None
+            if isinstance(value, int | float):
+                found.append((float(value), row))
+        if len(found) < 2:
+            return None
+        found.sort(key=lambda item: item[0], reverse=not self.higher_is_better)
+        (low, weak), (high, best) = found[0], found[-1]
+        return (
+            f"weakest {low:{self.fmt}}{self.suffix} ({self.label(weak)}), "
+            f"best {high:{self.fmt}}{self.suffix} ({self.label(best)})"
+        )
+
+
+@dataclass(frozen=True)
 class Headline:
     """A line of the headline table: ``label`` and ``text(row)`` of the row whose key has the
-    values of ``match`` (one line per machine that measured it)."""
+    values of ``match`` (one line per machine that measured it), and where the headline is a
+    comparison, both of its ends over the table's rows (``ends``): the weakest row beside the
+    best."""
 
     label: str
     text: Callable[[Row], str | None]
     match: Mapping[str, Any] = field(default_factory=dict)
+    ends: Ends | None = None
 
 
 @dataclass(frozen=True)
@@ -364,19 +399,29 @@ TABLES: tuple[Table, ...] = (
     ),
     Table(
         id="daemon-rss",
-        title="Daemon RSS with and without MQTT",
+        title="Daemon RSS with and without MQTT, in the device's venv and with every extra",
         scope=(
-            "The real daemon on 1,000 grid10 int8 agents with 64-step histories at 10 Hz "
-            "(`x86-dev`), `[mqtt]` off, and on (connected to a loopback mosquitto, publishing "
-            "telemetry); VmRSS after 30 s, the median of the run's rounds (`--agents` and "
-            "`--seconds` in the command change it)."
+            "The real daemon (`python -m edge_agent run`) on 1,000 grid10 int8 agents with "
+            "64-step histories at 10 Hz (`x86-dev`), `[mqtt]` off, and on (connected to a "
+            "loopback mosquitto, publishing telemetry); VmRSS after 20 s, the median of the "
+            "run's rounds. In two venvs made by the script: `device`, the runtime requirements "
+            "alone (what `scripts/demo` installs), and `extras`, every extra's beside them but "
+            "TensorFlow's; the daemon's code is the tree's, byte-compiled as installed. The "
+            "venv's libraries are dropped from the page cache before each run, so each daemon "
+            "maps them as one started after boot (the pages a process maps of a library depend "
+            "on what the page cache holds of it: [memory.md](memory.md)). Targets: 40 MB without "
+            "MQTT, 45 MB with it."
         ),
         benchmark="bench_memory.py",
-        where={"bench": "memory_summary", "this_rss_mb": lambda v: v is not None},
-        key=(),
+        where={"bench": "memory_summary", "this_rss_mb": lambda v: v is not None,
+               "venv": lambda v: v in ("device", "extras")},
+        key=("venv",),
         pivot="mqtt",
-        command=f"{RECORD} bench_memory.py -- --seconds 30 --rounds 2",
+        expect=({"venv": "device"}, {"venv": "extras"}),
+        command=f"{RECORD} bench_memory.py -- --rounds 2 --parts",
+        store=f"{RECORD} bench_memory.py -- --rounds 2 --parts",
         columns=(
+            Column("venv", "venv"),
             Column("RSS, MQTT off", "this_rss_mb", ".1f", of="off", suffix=" MB"),
             Column("RSS, MQTT on", "this_rss_mb", ".1f", of="on", suffix=" MB"),
             Column("what MQTT adds", lambda r: (
@@ -384,15 +429,56 @@ TABLES: tuple[Table, ...] = (
                 if r.get("this_rss_mb", "on") is not None
                 and r.get("this_rss_mb", "off") is not None else None
             ), "+.1f", suffix=" MB"),
+            Column("targets off / on", lambda r: pair(
+                r.get("target_mb", "off"), r.get("target_mb", "on"), ".0f"
+            ), suffix=" MB"),
+            Column("met off / on", lambda r: pair(r.get("met", "off"), r.get("met", "on"))),
         ),
         headlines=(
             Headline(
-                "Daemon RSS, 1,000 grid10 agents",
+                "Daemon RSS, 1,000 grid10 agents, the device's venv (targets 40 / 45 MB)",
                 lambda r: (
                     f"{r.get('this_rss_mb', 'off'):.1f} MB without MQTT, "
                     f"{r.get('this_rss_mb', 'on'):.1f} MB with"
                 ),
+                {"venv": "device"},
+                ends=Ends(lambda r: r.get("this_rss_mb", "on"), lambda r: f"{r.get('venv')}, MQTT",
+                         fmt=".1f", suffix=" MB", higher_is_better=False),
             ),
+        ),
+    ),
+    Table(
+        id="memory-parts",
+        title="What each part of the daemon's memory costs",
+        scope=(
+            "The same daemon built in one process as `edge-agent run` builds it (the device's "
+            "venv, its libraries read afresh): its RSS after each phase, in MB added: the "
+            "interpreter, `import numpy`, the daemon's modules, the config read (in a child "
+            "process), the groups built (and with MQTT the fleet stack: its modules, SQLite, "
+            "the link), 20 s of running (the kernel scratch and the history touched, the "
+            "library pages the tick uses); then what the group's own accounting says it holds "
+            "(docs/memory.md lists each part)."
+        ),
+        benchmark="bench_memory.py",
+        where={"bench": "memory_parts"},
+        key=("venv", "mqtt"),
+        expect=({"venv": "device", "mqtt": "off"}, {"venv": "device", "mqtt": "on"}),
+        command=f"{RECORD} bench_memory.py -- --rounds 2 --parts",
+        store=f"{RECORD} bench_memory.py -- --rounds 2 --parts",
+        columns=(
+            Column("venv", "venv"),
+            Column("MQTT", "mqtt"),
+            Column("interpreter", "interpreter_added_mb", ".1f"),
+            Column("numpy", "numpy_added_mb", "+.1f"),
+            Column("daemon's modules", "modules_added_mb", "+.1f"),
+            Column("config", "config_added_mb", "+.1f"),
+            Column("groups built", "groups_added_mb", "+.1f"),
+            Column("running", "running_added_mb", "+.1f"),
+            Column("RSS", "running_mb", ".1f", suffix=" MB"),
+            Column("agents' state", mb("group_state_bytes"), ".2f", suffix=" MB"),
+            Column("kernel scratch", mb("scratch_bytes"), ".2f", suffix=" MB"),
+            Column("model tables", mb("model_bytes"), ".2f", suffix=" MB"),
+            Column("modules", "modules", "d"),
         ),
     ),
     Table(
@@ -436,7 +522,13 @@ TABLES: tuple[Table, ...] = (
             "An `AifAgentGroup` (int8, no history) stepping through its own built-in world on "
             "one thread; only `group.step(obs)` is timed. Agent-steps/s over wall and over "
             "process CPU time; the whole group's step p50/p99; against the float64 reference "
-            "agent stepped one by one in the same process."
+            "agent stepped one by one in the same process. Bytes per agent: "
+            "`per_agent_nbytes(64)` of the group as built here, with the library's defaults: a "
+            "64-step history of every state's belief (`history_beliefs = \"full\"`: 6,630 of "
+            "grid10's 7,479 B) and the prior kept between ticks (399 B more). The daemon builds "
+            "its groups with the compact history (`\"map\"`: the most probable state and its "
+            "probability, 264 B) and without the prior where nothing reads it, so its status "
+            "says 714 B for the same grid10 agent ([memory.md](memory.md#a-million-agents))."
         ),
         benchmark="bench_core.py",
         where={"workload": lambda w: w not in ("machine", "import"),
@@ -451,7 +543,7 @@ TABLES: tuple[Table, ...] = (
             Column("CPU agent-steps/s", "cpu_agent_steps_per_s", ",.0f"),
             Column("step p50", "step_ms_p50", ".3f", suffix=" ms"),
             Column("step p99", "step_ms_p99", ".3f", suffix=" ms"),
-            Column("bytes per agent", "bytes_per_agent", ",d"),
+            Column("bytes per agent (full history, prior kept)", "bytes_per_agent", ",d"),
             Column("x float64 reference", "ratio_vs_reference", ",.0f", suffix="x"),
         ),
         headlines=(
@@ -459,6 +551,10 @@ TABLES: tuple[Table, ...] = (
                 "grid10 agent-steps/s, one core, 10,000 agents",
                 lambda r: f"{r.get('agent_steps_per_s'):,.0f}",
                 {"workload": "grid10", "policy_len": 1, "N": 10000},
+                ends=Ends(lambda r: r.get("ratio_vs_reference"),
+                          lambda r: f"{r.get('workload')} L{r.get('policy_len')} "
+                                    f"N={r.get('N'):,} against the float64 reference",
+                          fmt=",.0f"),
             ),
         ),
     ),
@@ -504,6 +600,9 @@ TABLES: tuple[Table, ...] = (
                     f"int8 {ratio(('edge-agent int8', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.1f}x"  # noqa: E501
                 ),
                 {"workload": "grid10", "policy_len": 1, "n": 1000},
+                ends=Ends(ratio(("edge-agent int8", "steps_per_s"), ("pymdp 1.0.4", "steps_per_s")),
+                          lambda r: f"int8, {r.get('workload')} L{r.get('policy_len')} "
+                                    f"N={r.get('n'):,}", fmt=".1f"),
             ),
         ),
     ),
@@ -546,12 +645,16 @@ TABLES: tuple[Table, ...] = (
                 "grid10 learning `pB`, 1,000 agents",
                 lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
                 {"world": "grid10", "learned": "B0", "n": 1000},
+                ends=Ends(PER_AGENT_VS_PYMDP_104,
+                          lambda r: f"{r.get('world')} {r.get('learned')} N={r.get('n'):,}"),
             ),
             Headline(
                 "Learning against pymdp 1.0.4, like for like (per-agent counts, every tick), "
                 "T-maze learning `pA`, 1,000 agents",
                 lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
                 {"world": "tmaze", "learned": "A1", "n": 1000},
+                ends=Ends(PER_AGENT_VS_PYMDP_104,
+                          lambda r: f"{r.get('world')} {r.get('learned')} N={r.get('n'):,}"),
             ),
         ),
     ),
@@ -603,12 +706,16 @@ TABLES: tuple[Table, ...] = (
                 "every tick, the world's step timed), grid10 learning `pB`, 1,000 agents",
                 lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
                 {"world": "grid10", "learned": "B0", "n": 1000},
+                ends=Ends(PER_AGENT_VS_PYMDP_104,
+                          lambda r: f"{r.get('world')} {r.get('learned')} N={r.get('n'):,}"),
             ),
             Headline(
                 "Learning against pymdp 1.0.4, closed loop, like for like (per-agent counts, "
                 "every tick, the world's step timed), T-maze learning `pA`, 1,000 agents",
                 lambda r: f"{PER_AGENT_VS_PYMDP_104(r):.2f}x",
                 {"world": "tmaze", "learned": "A1", "n": 1000},
+                ends=Ends(PER_AGENT_VS_PYMDP_104,
+                          lambda r: f"{r.get('world')} {r.get('learned')} N={r.get('n'):,}"),
             ),
         ),
     ),
@@ -890,6 +997,8 @@ TABLES: tuple[Table, ...] = (
                     f"{r.get('ours_top1'):.1%} at {r.get('ours_ratio'):.0%} of the float size"
                 ),
                 {"family": "mlp"},
+                ends=Ends(lambda r: r.get("ours_top1"), lambda r: str(r.get("family")),
+                          fmt=".1%", suffix=""),
             ),
         ),
     ),
@@ -998,6 +1107,9 @@ TABLES: tuple[Table, ...] = (
                 "Health measures' cost, 10,000 grid10 agents (with / without)",
                 lambda r: f"{r.get('ratio'):.3f}x",
                 {"world": "grid10", "n": 10000},
+                ends=Ends(lambda r: r.get("ratio"),
+                          lambda r: f"{r.get('world')} N={r.get('n'):,}", fmt=".3f",
+                          higher_is_better=False),
             ),
         ),
     ),
@@ -1067,6 +1179,9 @@ TABLES: tuple[Table, ...] = (
                 "A shadow's cost, 1,000 grid10 agents, close candidate (tick with / without)",
                 lambda r: f"{r.get('ratio'):.2f}x",
                 {"world": "grid10", "n": 1000, "candidate": "close"},
+                ends=Ends(lambda r: r.get("ratio"),
+                          lambda r: f"{r.get('world')} N={r.get('n'):,} {r.get('candidate')}",
+                          higher_is_better=False),
             ),
         ),
     ),
@@ -1260,6 +1375,332 @@ TABLES: tuple[Table, ...] = (
             Column("database added", measured_or_slope("db_bytes_added", ",.0f", " B", "round")),
         ),
     ),
+    Table(
+        id="coordination-allocation",
+        title="Task allocation between real daemons: one agent per task",
+        scope=(
+            "Five `edge-agentd` of 100 grid10 agents each (20 Hz) on a loopback mosquitto, "
+            "`window_s = 0.5`, `state_every_s = 1`; the hub announces 100 tasks at random cells "
+            "per round (earlier holders keep theirs). Agreed: the newest `award_changed_at` of "
+            "the daemons' status files after the announcement (their wall clocks, one machine), "
+            "and after the bidding window (negative: before it closed); messages and bytes on "
+            "the `tasks` topics until then, counted by a client subscribed to the fleet."
+        ),
+        benchmark="bench_coordination_daemons.py",
+        where={"bench": "allocation_daemons"},
+        key=("daemons", "agents", "round"),
+        expect=({"daemons": 5, "agents": 500, "round": 0},),
+        command=f"{RECORD} bench_coordination_daemons.py -- --rounds 3",
+        columns=(
+            Column("daemons", "daemons", "d"),
+            Column("agents", "agents", ",d"),
+            Column("round", "round", "d"),
+            Column("tasks held before", "held_before", ",d"),
+            Column("agreed after the announcement", "agreed_after_announce_s", ".2f",
+                   suffix=" s"),
+            Column("after the window", "agreed_after_window_s", "+.2f", suffix=" s"),
+            Column("every award final in its window", "final_before_own_window_closed"),
+            Column("messages", "messages_until_agreed", ",d"),
+            Column("bytes", "bytes_until_agreed", ",d"),
+            Column("re-awards", "reawards", ",d"),
+        ),
+        notes=f"[{NOTES}/coordination.md]({NOTES}/coordination.md)",
+    ),
+    Table(
+        id="coordination-allocation-protocol",
+        title="Task allocation, the protocol alone (one process, simulated clock)",
+        scope=(
+            "Five nodes of 100 grid10 agents each, every node a real `FleetLink` with its SQLite "
+            "outbox on the in-memory broker, ticked on a simulated clock (0.1 s a tick): delivery "
+            "is immediate, so the times are protocol round trips, not network latency; CPU is the "
+            "process's from the announcement of 100 tasks to agreement (all five nodes)."
+        ),
+        benchmark="bench_coordination.py",
+        where={"bench": "allocation"},
+        key=("nodes", "agents", "tasks"),
+        expect=({"nodes": 5, "agents": 500, "tasks": 100},),
+        command=f"{RECORD} bench_coordination.py",
+        columns=(
+            Column("nodes", "nodes", "d"),
+            Column("agents", "agents", ",d"),
+            Column("tasks", "tasks", ",d"),
+            Column("agreed after the announcement", "agreed_after_announce_s", ".1f",
+                   suffix=" s"),
+            Column("after the window", "agreed_after_window_s", "+.1f", suffix=" s"),
+            Column("messages / task", "messages_per_task", ".2f"),
+            Column("bytes / task", "bytes_per_task", ",.0f"),
+            Column("re-awards", "reawards", ",d"),
+            Column("fleet CPU until agreed", "cpu_ms_fleet_until_agreed", ",.0f", suffix=" ms"),
+        ),
+    ),
+    Table(
+        id="coordination-beliefs",
+        title="Belief sharing between real daemons: bytes on the wire",
+        scope=(
+            "Five `edge-agentd` of 100 agents observe a static 8-state factor per channel "
+            "through sensors right 30 % of the time (the benchmark is the sensors, over MQTT) and "
+            "share it with the default budget (64 B/agent/s, burst 2 s): the bytes on "
+            "`node/+/beliefs` at the broker per agent per second, and the daemons' own figure."
+        ),
+        benchmark="bench_coordination_daemons.py",
+        where={"bench": "belief_bandwidth_daemons"},
+        key=("daemons", "tick_hz"),
+        expect=({"daemons": 5, "tick_hz": 4.0}, {"daemons": 5, "tick_hz": 10.0}),
+        command=f"{RECORD} bench_coordination_daemons.py -- --rounds 3",
+        columns=(
+            Column("daemons", "daemons", "d"),
+            Column("tick rate", "tick_hz", "g", suffix=" Hz"),
+            Column("budget", "budget_bytes_per_agent_s", "g", suffix=" B/agent/s"),
+            Column("on the wire", "wire_bytes_per_agent_s", ".1f", suffix=" B/agent/s"),
+            Column("the daemons' figure", "reported_bytes_per_agent_s_mean", ".1f",
+                   suffix=" B/agent/s"),
+            Column("messages / daemon / s", "messages_per_daemon_s", ".1f"),
+        ),
+    ),
+    Table(
+        id="coordination-efficiency",
+        title="Coordination efficiency: a coordinated tick against one agent alone",
+        scope=(
+            "`efficiency(N) = X(N) / (N x X(1))`, `X` agent-steps per second of CPU, both terms "
+            "in one process (grid10, policy length 1, int8, the workloads interleaved): one agent "
+            "alone, `N` stepped as one batch without coordination, and a node's whole coordinated "
+            "tick (fleet link, engine, step) with 25 tasks held (`steady`) or finished and "
+            "replaced every tick (`busy`); a second node runs beside it, its time not counted."
+        ),
+        benchmark="bench_coordination.py",
+        where={"bench": "coordination_efficiency"},
+        key=("agents",),
+        expect=({"agents": 50}, {"agents": 1000}),
+        command=f"{RECORD} bench_coordination.py",
+        columns=(
+            Column("agents", "agents", ",d"),
+            Column("one agent alone", "single_agent_steps_per_s", ",.0f", suffix=" steps/s"),
+            Column("batch, no coordination", "efficiency_no_coordination", ".3f"),
+            Column("coordinated, steady", "steady_efficiency", ".3f"),
+            Column("steady tick", "steady_tick_ms", ".2f", suffix=" ms"),
+            Column("of it the engine", "steady_engine_ms", ".2f", suffix=" ms"),
+            Column("coordinated, busy", "busy_efficiency", ".3f"),
+            Column("busy tick", "busy_tick_ms", ".2f", suffix=" ms"),
+            Column("batching gain, steady", "steady_batching_gain", ".1f", suffix="x"),
+        ),
+    ),
+    Table(
+        id="team-formation",
+        title="Team tasks: formation between real daemons",
+        scope=(
+            "`D` `edge-agentd` of `A` grid10 agents each (20 Hz, `window_s = 0.5`, "
+            "`state_every_s = 1`) on a loopback mosquitto; the hub announces 50 team tasks at "
+            "once, teams of 2-5 agents in up to three roles with goals of their own. Agreed: "
+            "every daemon holds the same complete award (every team whole, the same members in "
+            "the same roles), the newest `award_changed_at` after the announcement; held: every "
+            "member took its slot (it waits for its window and every peer's bids). Messages "
+            "and bytes on the `tasks` topics until agreed, per agent. Rows marked (slope) are "
+            "from the least-squares line of the agreement time over the agents measured, not "
+            "measured."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": lambda b: b in ("team_formation", "team_formation_slope")},
+        key=("daemons", "agents"),
+        pivot="bench",
+        expect=({"daemons": 5, "agents": 500}, {"daemons": 20, "agents": 10000}),
+        command=f"{RECORD} bench_coordination_teams.py",
+        columns=(
+            Column("daemons", "daemons", "d"),
+            Column("agents", "agents", ",d"),
+            Column("slots", "slots", ",d", of="team_formation"),
+            Column("agreed after the announcement", lambda r: (
+                cell(r.get("agreed_after_announce_s", "team_formation"), ".2f", " s")
+                if r.get("agreed_after_announce_s", "team_formation") is not None
+                else cell(r.get("agreed_after_announce_s", "team_formation_slope"), ".2f",
+                          " s (slope)")
+            )),
+            Column("every member held", "held_seen_after_announce_s", ".2f",
+                   of="team_formation", suffix=" s"),
+            Column("messages / agent", "messages_per_agent", ".3f", of="team_formation"),
+            Column("bytes / agent", "bytes_per_agent", ",.0f", of="team_formation"),
+            Column("bids / slot", "bids_per_slot", ".1f", of="team_formation"),
+            Column("syncs", "syncs_sent", ",d", of="team_formation"),
+            Column("teams formed", "teams_formed", ",d", of="team_formation"),
+        ),
+        headlines=(
+            Headline(
+                "Team formation, 50 teams of 2-5 on 5 daemons x 100 agents: every daemon agreed",
+                lambda r: (
+                    None if r.get("agreed_after_announce_s", "team_formation") is None
+                    else f"{r.get('agreed_after_announce_s', 'team_formation'):.2f} s "
+                    "after the announcement"
+                ),
+                {"daemons": 5, "agents": 500},
+            ),
+        ),
+        notes=f"[{NOTES}/coordination.md]({NOTES}/coordination.md#team-tasks-issue-55)",
+    ),
+    Table(
+        id="team-repair",
+        title="Team tasks: a member's daemon killed",
+        scope=(
+            "After the formation above, the daemon with the most members is SIGKILLed (the "
+            "broker publishes its will): when every other daemon holds the same complete award "
+            "again, after the kill, whether the other members kept their slots and round, and "
+            "the bound the issue sets (one bidding window plus a `task_state` interval)."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": "team_repair"},
+        key=("daemons", "agents"),
+        expect=({"daemons": 5, "agents": 500},),
+        command=f"{RECORD} bench_coordination_teams.py",
+        columns=(
+            Column("daemons", "daemons", "d"),
+            Column("agents", "agents", ",d"),
+            Column("slots vacated", "slots_vacated", ",d"),
+            Column("agreed after the kill", "agreed_after_kill_s", ".2f", suffix=" s"),
+            Column("bound", "bound_s", ".1f", suffix=" s"),
+            Column("within it", "within_bound"),
+            Column("others kept their slots", "others_kept_their_slots"),
+            Column("repairs", "repairs", ",d"),
+            Column("messages", "messages_until_agreed", ",d"),
+        ),
+        headlines=(
+            Headline(
+                "Team repair after a member's daemon is killed (5 daemons, 50 teams)",
+                lambda r: (
+                    f"{r.get('agreed_after_kill_s'):.2f} s, the other members unchanged: "
+                    f"{cell(r.get('others_kept_their_slots'))}"
+                ),
+                {"daemons": 5, "agents": 500},
+            ),
+        ),
+    ),
+    Table(
+        id="team-quality",
+        title="The award against the optimum of the same bids",
+        scope=(
+            "Random instances in one process, bid as the daemons bid (5 nodes of grid10 agents "
+            "at random cells, each its `k = ceil(slots / 5)` cheapest agents per role, or per "
+            "task for one-agent tasks): the team award, a greedy that fills slots in increasing "
+            "cost (today's one-agent rule applied to slots) and, for one-agent tasks, today's "
+            "greedy award, each against scipy's `linear_sum_assignment` over the same bids. "
+            "Cost-efficiency is `(optimum - bound) / (award - bound)`, `bound` the sum of each "
+            "slot's cheapest bid (costs can be negative). The team award is exact on its "
+            "fixed-point costs (1/1024 nat): what is below 1 is that rounding."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": lambda b: b in ("team_quality", "single_quality")},
+        key=("agents", "nodes"),
+        pivot="bench",
+        expect=({"agents": 500, "nodes": 5}, {"agents": 100, "nodes": 5}),
+        command=f"{RECORD} bench_coordination_teams.py",
+        columns=(
+            Column("agents", "agents", ",d"),
+            Column("team tasks", "tasks", ",d", of="team_quality"),
+            Column("slots (mean)", "slots_mean", ".0f", of="team_quality"),
+            Column("instances", "instances", "d", of="team_quality"),
+            Column("team award: min / median", lambda r: (
+                None if r.get("award_efficiency_min", "team_quality") is None else
+                f"{r.get('award_efficiency_min', 'team_quality'):.4f} / "
+                f"{r.get('award_efficiency_median', 'team_quality'):.4f}"
+            )),
+            Column("slot greedy: min / median", lambda r: (
+                None if r.get("greedy_efficiency_min", "team_quality") is None else
+                f"{r.get('greedy_efficiency_min', 'team_quality'):.3f} / "
+                f"{r.get('greedy_efficiency_median', 'team_quality'):.3f}"
+            )),
+            Column("every team formed", "all_teams_formed", of="team_quality"),
+            Column("one-agent tasks", "tasks", ",d", of="single_quality"),
+            Column("today's greedy: min / median", lambda r: (
+                None if r.get("greedy_efficiency_min", "single_quality") is None else
+                f"{r.get('greedy_efficiency_min', 'single_quality'):.3f} / "
+                f"{r.get('greedy_efficiency_median', 'single_quality'):.3f}"
+            )),
+        ),
+        headlines=(
+            Headline(
+                "Team award's cost-efficiency against the optimum (500 agents, 50 teams)",
+                lambda r: (
+                    None if r.get("award_efficiency_min", "team_quality") is None
+                    else f"{r.get('award_efficiency_min', 'team_quality'):.4f} at worst; "
+                    f"today's greedy on one-agent tasks "
+                    f"{r.get('greedy_efficiency_min', 'single_quality'):.3f}"
+                ),
+                {"agents": 500, "nodes": 5},
+            ),
+        ),
+    ),
+    Table(
+        id="team-outcome",
+        title="Teams in the grid world: the award against the slot greedy",
+        scope=(
+            "The same agents and bids as above (one agent per cell on average, 20 teams of "
+            "2-5), teams awarded by the team award and by the slot greedy; each member pursues "
+            "its role's goal with the engine's holder step until it believes it is there "
+            "(`done_belief = 0.9`): teams complete within the horizon, mean steps until a "
+            "team's last member got there, mean steps of a member."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": "team_outcome"},
+        key=("agents", "tasks"),
+        expect=({"agents": 100, "tasks": 20},),
+        command=f"{RECORD} bench_coordination_teams.py",
+        columns=(
+            Column("agents", "agents", ",d"),
+            Column("teams", "teams", ",d"),
+            Column("horizon", "horizon_steps", "d", suffix=" steps"),
+            Column("complete: award / greedy", lambda r: (
+                f"{r.get('award_teams_complete')} / {r.get('greedy_teams_complete')}"
+            )),
+            Column("team steps: award", "award_team_steps_mean", ".2f"),
+            Column("greedy", "greedy_team_steps_mean", ".2f"),
+            Column("member steps: award", "award_member_steps_mean", ".2f"),
+            Column("greedy", "greedy_member_steps_mean", ".2f"),
+        ),
+    ),
+    Table(
+        id="neural-overhead",
+        title="A neural group's step against a plain onnxruntime session",
+        scope=(
+            "In one process, each group as the daemon builds it (`x86-dev`, the signed bundle, "
+            "one intra-op thread; its health measures and out-of-range counting on, every 4th "
+            "tick as the daemon runs them) against a plain `onnxruntime.InferenceSession` of the "
+            "same int8 model file, one thread and onnxruntime's defaults otherwise, on the same "
+            "`(N, T, F)` batch: the neural group (the README's `sensor_policy` bundle: window 8 "
+            "of 8 features, 32 hidden units) steps (the window's move and write, the ring, one "
+            "run, argmax), the perception group's classifier runs `forward`. Interleaved, rounds "
+            "of 20 calls each (`repeats`), the median over rounds of each round's median ratio "
+            "(its range beside it). Target: 1.2x."
+        ),
+        benchmark="bench_neural_daemon.py",
+        where={"bench": "overhead", "model": lambda m: m is not None},
+        key=("kind", "agents"),
+        expect=({"kind": "neural", "agents": 1000}, {"kind": "perception", "agents": 1000}),
+        command=f"{RECORD} bench_neural_daemon.py -- --only overhead",
+        store=f"{RECORD} bench_neural_daemon.py -- --only overhead",
+        columns=(
+            Column("group", "kind"),
+            Column("model", "model"),
+            Column("agents", "agents", ",d"),
+            Column("session, 1 thread", "session_run_ms", ".4f", suffix=" ms"),
+            Column("group's step", "neural_step_ms", ".4f", suffix=" ms"),
+            Column("step / session", "neural_step_ratio", ".2f", suffix="x"),
+            Column("range over rounds", lambda r: (
+                f"{r.get('neural_step_ratio_range')[0]:.2f}-{r.get('neural_step_ratio_range')[1]:.2f}x"
+                if r.get("neural_step_ratio_range") else None
+            )),
+            Column("its own session", "backend_run_ratio", ".2f", suffix="x"),
+            Column("session, onnxruntime's threads", "session_run_default_threads_ratio", ".2f",
+                   suffix="x"),
+            Column("rounds", "repeats", ",d"),
+        ),
+        headlines=(
+            Headline(
+                "A neural group's step against a plain onnxruntime session (1 thread), 1,000 "
+                "agents, the README's sensor_policy bundle",
+                lambda r: f"{r.get('neural_step_ratio'):.2f}x",
+                {"kind": "neural", "agents": 1000},
+                ends=Ends(lambda r: r.get("neural_step_ratio"), lambda r: str(r.get("kind")),
+                          higher_is_better=False),
+            ),
+        ),
+    ),
 )
 
 
@@ -1425,16 +1866,24 @@ def headline_table(lines: Sequence[Record]) -> list[str]:
                 if all(row.key.get(k) == v for k, v in headline.match.items())
             ]
             link = f"[{table.title}](#{table.id})"
-            for _, row in sorted(found, key=lambda item: str(item[0][0])):
+            for row_key, row in sorted(found, key=lambda item: str(item[0][0])):
                 try:
                     text = headline.text(row)
                 except (TypeError, ValueError):  # a field the run did not print
                     text = None
-                body.append([headline.label, cell(text), link, *provenance(row.lines)[:4]])
+                ends = None
+                if headline.ends is not None:
+                    same = (r for k, r in rows.items() if k[0] == row_key[0])
+                    ends = headline.ends.text(same)
+                body.append(
+                    [headline.label, cell(text), cell(ends), link, *provenance(row.lines)[:4]]
+                )
             if not found:
-                body.append([headline.label, "**not measured yet**", link, "", "", "", ""])
+                body.append([headline.label, "**not measured yet**", "", link, "", "", "", ""])
     return markdown_table(
-        ["question", "result", "table", "machine", "CPU", "commit", "date"], body
+        ["question", "result", "both ends over the table", "table", "machine", "CPU", "commit",
+         "date"],
+        body,
     )
 
 

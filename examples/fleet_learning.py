@@ -145,7 +145,7 @@ def report(node: Node) -> list[LearningDelta]:
     """What the node's daemon would send for its increments since its last report, through the
     wire format (encoded and decoded as the hub receives it); a poisoned node moves each
     column's mass onto its own state (every move failed)."""
-    tables = node.group.take_increments()
+    tables = node.group.learning.take_increments()
     if node.poisoned:
         tables = [t._replace(values=poison(t.columns, t.values)) for t in tables]
     deltas = learning_deltas(
@@ -211,10 +211,10 @@ def hub_round(
 
 def adopt(node: Node, counts: np.ndarray) -> None:
     """The node goes on from the fleet's counts and nothing else."""
-    pB = node.group.learner.pB
+    pB = node.group.learning.learner.pB
     assert pB is not None
     pB.restore(0, counts)
-    node.group.refresh()
+    node.group.learning.refresh()
 
 
 def run_condition(condition: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -72,16 +72,17 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # The stamp lists the extras installed into this venv (one per line). A caller that needs more
 # (scripts/demo installs none, scripts/test all) installs the union. What the install is built
-# from, newer than the stamp (pyproject.toml; setup.py and the compiled tick's C sources, whose
-# library the editable install builds in place), or that library missing, reinstalls everything
-# the venv already had. Only then: pip's editable build compiles the tick afresh every time
-# (about 25 s), even when nothing changed.
+# from, newer than the stamp (pyproject.toml; setup.py, the compiled tick's recipe and C sources,
+# whose library the editable install builds in place), or that library missing, reinstalls
+# everything the venv already had. Only then: pip's editable build compiles the tick afresh every
+# time (about 25 s), even when nothing changed.
 TICK_DIR="$ROOT/edge_agent/aif/kernels/native"
 TICK_LIBRARY="$TICK_DIR/_tick$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
 built_current() {
     local input
     [ -f "$STAMP" ] && [ -f "$TICK_LIBRARY" ] || return 1
-    for input in "$ROOT/pyproject.toml" "$ROOT/setup.py" "$TICK_DIR"/*.[ch]; do
+    for input in "$ROOT/pyproject.toml" "$ROOT/setup.py" "$TICK_DIR"/recipe.py \
+        "$TICK_DIR"/*.[ch]; do
         if [ "$input" -nt "$STAMP" ]; then return 1; fi
     done
 }

@@ -23,6 +23,7 @@ from functools import lru_cache, partial
 import numpy as np
 
 from edge_agent.aif.constants import EPS
+from edge_agent.aif.kernels.inference import free_energy, joint_rows
 
 __all__ = [
     "TICK_MEASURES",
@@ -68,11 +69,7 @@ def _tables_side_by_side(A: Sequence[np.ndarray], r: int) -> np.ndarray:
 def joint_beliefs(qs: Sequence[np.ndarray]) -> np.ndarray:
     """``(r, S)`` float64: the outer product of the factors' beliefs ``qs[f] (r, S_f)`` per
     agent, C order over factors (the layout of ``A_rows``' columns)."""
-    joint = np.asarray(qs[0], dtype=np.float64)
-    r = joint.shape[0]
-    for q in qs[1:]:
-        joint = (joint[:, :, None] * np.asarray(q, dtype=np.float64)[:, None, :]).reshape(r, -1)
-    return joint
+    return joint_rows([q if q.dtype == np.float64 else q.astype(np.float64) for q in qs])
 
 
 def entropy(q: np.ndarray) -> np.ndarray:
@@ -88,16 +85,27 @@ def entropy(q: np.ndarray) -> np.ndarray:
 def belief_change(qs: Sequence[np.ndarray], prior: Sequence[np.ndarray]) -> np.ndarray:
     """``sum_f KL(q_f || prior_f)`` (nats): how far the observation moved each agent's beliefs
     (the factors are independent under the mean field, so their divergences add: one sum over
-    the factors' states side by side)."""
-    q = _side_by_side(qs)
-    log_q = np.add(q, EPS, dtype=np.float64)
-    np.log(log_q, out=log_q)
+    the factors' states side by side), the free energy's complexity."""
+    return _change_and_free(qs, prior)[0]
+
+
+def _change_and_free(
+    qs: Sequence[np.ndarray], prior: Sequence[np.ndarray], joint: np.ndarray | None = None,
+    log_lik: np.ndarray | None = None, *, change: np.ndarray | None = None,
+    free: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`belief_change` (into ``change`` when given) and, with ``log_lik`` ``(r, S)``
+    and ``joint`` the posteriors' joint, the free energy
+    (:func:`~edge_agent.aif.kernels.inference.free_energy`: the change less the accuracy; into
+    ``free`` when given)."""
+    q = np.asarray(_side_by_side(qs), dtype=np.float64)
     log_p = np.add(_side_by_side(prior), EPS, dtype=np.float64)
     np.log(log_p, out=log_p)
-    log_q -= log_p
-    log_q *= q
-    out: np.ndarray = _add_rows(log_q)
-    return out
+    if log_lik is None:
+        return free_energy(q, log_p, axis=1, out=change), None
+    change = np.empty(len(q)) if change is None else change
+    return change, free_energy(q, log_p, joint, log_lik, axis=1, complexity=change, out=free,
+                               weighted=log_lik)
 
 
 #: The rows of :func:`tick_measures`, in order.
@@ -132,7 +140,6 @@ def tick_measures(
     r = obs.shape[0]
     out = np.empty((len(TICK_MEASURES), r))
     surprise, excess, free, change = out
-    change[:] = belief_change(qs, prior)
     joint_prior = joint_beliefs(prior)
     table = _tables_side_by_side(A, r)
     seen = obs + _offsets(tuple(a.shape[-2] for a in A))  # (r, M): rows of the table
@@ -151,8 +158,7 @@ def tick_measures(
     log_a = np.add(picked, EPS, dtype=np.float64)
     np.log(log_a, out=log_a)
     log_lik = _add_rows(log_a)  # (r, S): sum_m ln A_m(o_m | s)
-    log_lik *= joint_beliefs(qs)
-    np.subtract(change, _add_rows(log_lik), out=free)  # less the accuracy
+    _change_and_free(qs, prior, joint_beliefs(qs), log_lik, change=change, free=free)
     return out
 
 

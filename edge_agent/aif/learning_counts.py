@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif.learning_kernels import FloatArray, forget, normalise
+from edge_agent.arrays import distinct
 from edge_agent.errors import ModelError
 
 Scope = Literal["shared", "per_agent"]
@@ -270,7 +271,7 @@ class DirichletCounts:
             gain = lr * np.moveaxis(self.mask[slot][:, :, action], -1, 0) * increment
             counts[agents, :, :, action] += gain
             np.add.at(self.experience[slot].transpose(2, 0, 1), action, gain)
-            self.touched[slot][:, np.unique(action)] = True
+            self.touched[slot][:, distinct(action)] = True
             self.touched_by_agent[slot][agents, action] = True
         elif self.kind == "A":  # rows = (obs,): counts[n, o_n]
             (obs,) = rows
@@ -307,7 +308,7 @@ class DirichletCounts:
             where_in = np.unravel_index(entries, counts.shape[1:])
             np.add.at(counts, (agents[None, :, None], *where_in), values)
         np.add.at(self.experience[slot].reshape(-1), entries, values)
-        self.touched[slot][:, np.unique(action)] = True
+        self.touched[slot][:, distinct(action)] = True
         self.touched_by_agent[slot][agents, action] = True
         self.version += 1
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.constants import EPS, EXP_M16
+from edge_agent.aif.kernels.inference import fixed_point, joint_rows, softmax_rows
 from edge_agent.aif.sparse_transitions import SparseTransitions
 
 #: A factor's transitions: ``(N|1, S, S, U)``, or each agent's on its support.
@@ -53,19 +54,11 @@ def agents_of(b: Transitions, sl: slice) -> Transitions:
     return b if b.shape[0] == 1 else b[sl]
 
 
-def softmax_rows(x: np.ndarray) -> np.ndarray:
-    e: np.ndarray = np.exp(x - x.max(axis=1, keepdims=True))
-    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return out
-
-
-def joint(qs: Sequence[np.ndarray]) -> np.ndarray:
-    """``(N, S)``: the outer product of the factor marginals per agent, C order."""
-    n = qs[0].shape[0]
-    out = qs[0]
-    for q in qs[1:]:
-        out = (out[:, :, None] * q[:, None, :]).reshape(n, -1)
-    return out
+def agents_likelihood(A: Sequence[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+    """Each modality's ``A`` of the agents ``rows`` (indices): ``(r, O_m, S)`` for a table each
+    agent has its own of (``A[m]`` ``(N, O_m, S)``: a copy of those agents'), ``(O_m, S)`` for
+    one they share (``(1, O_m, S)``: a view)."""
+    return [flat[rows] if len(flat) > 1 else flat[0] for flat in A]
 
 
 def log_likelihood(A: Sequence[np.ndarray], obs: np.ndarray) -> np.ndarray:
@@ -100,48 +93,19 @@ def priors(
     return out
 
 
-def _free_energy(
-    qs: Sequence[np.ndarray], log_prior: Sequence[np.ndarray], log_lik: np.ndarray | None
-) -> np.ndarray:
-    vfe = np.zeros(qs[0].shape[0])
-    for q, lp in zip(qs, log_prior, strict=True):
-        vfe += (q * np.log(q + EPS)).sum(axis=1) - (q * lp).sum(axis=1)
-    if log_lik is not None:
-        vfe -= (joint(qs) * log_lik).sum(axis=1)
-    return vfe
-
-
 def infer_states(
     log_lik: np.ndarray, log_prior: Sequence[np.ndarray], num_states: Sequence[int],
     num_iter: int, dF_tol: float,
 ) -> list[np.ndarray]:
     """Posteriors ``qs[f]`` ``(N, S_f)``: ``softmax(ln L + ln prior)`` for one factor, else
     pymdp's vanilla fixed-point iteration, each agent stopping when its free energy changes by
-    less than ``dF_tol``."""
+    less than ``dF_tol`` (the general path's,
+    :func:`~edge_agent.aif.kernels.inference.fixed_point`)."""
     n = log_lik.shape[0]
     if len(num_states) == 1:
         return [softmax_rows(log_lik + log_prior[0])]
-    F = len(num_states)
-    qs = [np.full((n, s), 1.0 / s) for s in num_states]
-    prev = _free_energy(qs, log_prior, None)
-    dF = np.ones(n)
-    shaped = log_lik.reshape(n, *num_states)
-    for _ in range(num_iter):
-        active = dF >= dF_tol
-        if not active.any():
-            break
-        q_joint = joint(qs).reshape(n, *num_states)
-        weighted = shaped * q_joint
-        new = []
-        for f in range(F):
-            others = tuple(1 + i for i in range(F) if i != f)
-            qL = weighted.sum(axis=others) / qs[f]
-            new.append(softmax_rows(qL + log_prior[f]))
-        vfe = _free_energy(new, log_prior, log_lik)
-        qs = [np.where(active[:, None], q_new, q) for q_new, q in zip(new, qs, strict=True)]
-        dF = np.where(active, np.abs(prev - vfe), dF)
-        prev = np.where(active, vfe, prev)
-    return qs
+    return fixed_point(log_lik.reshape(n, *num_states), list(log_prior), num_iter=num_iter,
+                       dF_tol=dF_tol)
 
 
 def possible_outcomes(supports: Sequence[np.ndarray]) -> np.ndarray:
@@ -311,7 +275,7 @@ def expected_free_energy(
         q: list[np.ndarray] = list(qs)
         for t in range(L):
             q = [_apply(B[f], q[f], int(policies[p, t, f])) for f in range(F)]
-            G[:, p] += _policy_terms(joint(q)[:, None, :], utility, outcomes)[:, 0]
+            G[:, p] += _policy_terms(joint_rows(q)[:, None, :], utility, outcomes)[:, 0]
     return G
 
 

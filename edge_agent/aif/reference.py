@@ -20,7 +20,7 @@ from edge_agent.aif.policies import construct_policies, controllable_factors, va
 from edge_agent.aif.settings import AifSettings
 from edge_agent.errors import InputError
 
-__all__ = ["EPS", "EXP_M16", "ReferenceAgent", "joint_of", "log_stable", "softmax"]
+__all__ = ["EPS", "EXP_M16", "ReferenceAgent", "free_energy", "joint_of", "log_stable", "softmax"]
 
 
 def log_stable(x: np.ndarray) -> np.ndarray:
@@ -108,7 +108,7 @@ class ReferenceAgent:
         """pymdp's ``run_vanilla_fpi``: simultaneous mean-field updates until dF < dF_tol."""
         n_factors = self.model.num_factors
         qs = [np.full(s, 1.0 / s) for s in self.model.num_states]
-        prev_vfe = _free_energy(qs, log_prior, None)
+        prev_vfe = free_energy(qs, log_prior, None)
         dF = 1.0
         for _ in range(self.settings.num_iter):
             if dF < self.settings.dF_tol:
@@ -121,7 +121,7 @@ class ReferenceAgent:
                 qL = weighted.sum(axis=others) / qs[f]
                 new_qs.append(softmax(qL + log_prior[f]))
             qs = new_qs
-            vfe = _free_energy(qs, log_prior, log_likelihood)
+            vfe = free_energy(qs, log_prior, log_likelihood)
             dF = abs(prev_vfe - vfe)
             prev_vfe = vfe
         return qs
@@ -231,10 +231,12 @@ def joint_of(qs: list[np.ndarray]) -> np.ndarray:
     return joint
 
 
-def _free_energy(
+def free_energy(
     qs: list[np.ndarray], log_prior: list[np.ndarray], log_likelihood: np.ndarray | None
 ) -> float:
-    """pymdp's ``calc_free_energy``: -H[q] - E_q[ln prior] - E_q[ln likelihood]."""
+    """pymdp's ``calc_free_energy`` of one agent, the oracle's: -H[q] - E_q[ln prior] -
+    E_q[ln likelihood] (the numpy implementation every group runs is
+    :func:`edge_agent.aif.kernels.inference.free_energy`)."""
     vfe = 0.0
     for q, lp in zip(qs, log_prior, strict=True):
         vfe += float(q @ np.log(q + EPS)) - float(q @ lp)

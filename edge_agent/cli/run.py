@@ -50,7 +50,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.daemon.footprint import keep_unused_modules_out
+    from edge_agent.daemon.heap import tune_allocator
 
+    tune_allocator()  # before numpy and the groups allocate (docs/memory.md)
     keep_unused_modules_out()  # before anything imports hashlib, ssl or urllib.request
 
     import dataclasses

@@ -412,6 +412,12 @@ def _coordination_lines(s: dict[str, Any]) -> list[str]:
         f"{int(m['tasks_expired'])}, re-auctioned after deaths {int(m['death_reauctions'])}; "
         f"ledger {c['digest'][:12]}, memory {_mb(c['reserved_bytes'])}",
     ]
+    if m.get("teams_open"):
+        lines.append(
+            f"             teams {int(m['teams_open'])} open, {int(m['teams_formed'])} formed "
+            f"(in <= {m['team_form_s_max']:.3f} s), {int(m['team_slots_vacant'])} slot(s) "
+            f"vacant, {int(m['team_repairs'])} repaired (in <= {m['team_repair_s_max']:.3f} s)"
+        )
     for name, g in sorted(c["groups"].items()):
         caps = ", ".join(g["capabilities"]) or "no tasks"
         share = g.get("sharing")

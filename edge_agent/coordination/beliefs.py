@@ -52,6 +52,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.arrays import distinct
 from edge_agent.coordination import fusion
 from edge_agent.coordination.settings import SharingSettings
 from edge_agent.errors import InputError
@@ -115,7 +116,7 @@ class BeliefSharer:
             if chan.size and (chan.min() < 0 or chan.max() >= UINT32):
                 raise InputError("channels must be in [0, 2**32)")
             chan = chan.astype(np.uint32)
-            if np.unique(chan).size != n_agents:
+            if distinct(chan).size != n_agents:
                 raise InputError("channels must be unique within a group")
         self.channels = chan
         self._order = np.argsort(chan, kind="stable")

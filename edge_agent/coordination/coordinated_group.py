@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.coordination.beliefs import BeliefSharer
-from edge_agent.coordination.messages import TaskSpec
+from edge_agent.coordination.messages import Slots, TaskSpec
 from edge_agent.coordination.preferences import TaskPreferences
 from edge_agent.coordination.settings import SharingSettings
 from edge_agent.coordination.utility import task_utility
@@ -71,18 +71,25 @@ class GroupState:
         self.completed: NDArray[np.int64] = NO_ROWS
 
     def accepts(self, spec: TaskSpec) -> bool:
+        """Whether the group can take the task's first role (a one-agent task: the task)."""
+        return self.takes(spec.slots()[0])
+
+    def takes(self, role: Slots) -> bool:
+        """Whether the group has the role's capability and its model the role's goal."""
         cm = self.group.cm
         return (
-            spec.capability in self.capabilities
-            and spec.goal_factor < cm.num_factors
-            and spec.goal_state < cm.num_states[spec.goal_factor]
+            role.capability in self.capabilities
+            and role.goal_factor < cm.num_factors
+            and role.goal_state < cm.num_states[role.goal_factor]
         )
 
-    def utility(self, spec: TaskSpec, scale: float) -> np.ndarray:
-        key = (spec.goal_factor, spec.goal_state)
+    def utility(self, spec: TaskSpec, scale: float, role: int = 0) -> np.ndarray:
+        """The utility per joint state of the task's ``role`` goal (cached by goal)."""
+        goal = spec.slots()[role]
+        key = (goal.goal_factor, goal.goal_state)
         u = self.utilities.get(key)
         if u is None:
-            u = task_utility(self.group.cm, spec.goal_factor, spec.goal_state, scale=scale)
+            u = task_utility(self.group.cm, goal.goal_factor, goal.goal_state, scale=scale)
             self.utilities[key] = u
             while len(self.utilities) > UTILITY_CACHE:
                 self.utilities.popitem(last=False)

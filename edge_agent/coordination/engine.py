@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Final, Protocol
 
 import numpy as np
+from msgspec import UNSET
 from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
@@ -54,6 +55,7 @@ from edge_agent.coordination.messages import (
     MAX_BIDS_PER_MESSAGE,
     MAX_CLAIMS,
     MAX_TASKS_PER_MESSAGE,
+    MAX_TEAM_STATES,
     SIGNATURE_BYTES,
     Claim,
     Release,
@@ -65,6 +67,8 @@ from edge_agent.coordination.messages import (
     TaskSpec,
     TaskState,
     TaskSync,
+    TeamState,
+    announcement_parts,
 )
 from edge_agent.coordination.preferences import TaskPreferences
 from edge_agent.coordination.relay_admission import RelayAdmission, Verdict
@@ -83,6 +87,9 @@ TELEMETRY_KEY_CHARS: Final = 64
 """Longest counter name a Telemetry message carries."""
 SILENCE_PERIODS: Final = 2.5
 """A peer silent for this many task_state periods, then heard again, was cut off: sync."""
+HOLD_WAIT_STATES: Final = 2
+"""State periods after its window a team member waits at most for every live peer's bids before
+it holds its slot anyway (a peer with no agent to bid cannot keep a team from forming)."""
 DIGEST_HISTORY: Final = 64
 """Own ledger digests remembered (one per tick that changed the ledger), to explain peers'."""
 
@@ -191,6 +198,8 @@ class CoordinationEngine:
         self._last_heard: OrderedDict[str, float] = OrderedDict()
         self._acted_version = -1
         self._act_due = -math.inf
+        self._holds_pending = False
+        """Members whose window closed wait to hold for every peer's bids (:meth:`_hold`)."""
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "task_msgs_sent",
@@ -279,15 +288,18 @@ class CoordinationEngine:
         gone = {name for name, gs in self.groups.items() if new.get(name) is not gs}
         self.groups = new
         if gone:
-            won = self.board.award().values()
+            won = [*self.board.award().values()]
+            for team in self.board.teams().values():
+                won += team.members
             self._give_up([b for b in won if b.node == self.node_id and b.group in gone])
         self._acted_version = -1  # give the new groups' winners their tasks at the next tick
 
     def _give_up(self, bids: list[Bid]) -> None:
-        """Release won tasks as ``abandoned`` (re-auctioned at the next epoch everywhere)."""
+        """Release won tasks as ``abandoned`` (re-auctioned at the next epoch everywhere; a team
+        member's slot is left vacant, and filled again)."""
         if not bids:
             return
-        items = [abandon(b) for b in bids]
+        items = [abandon(b, team=self.board.is_team(b.task)) for b in bids]
         self._release(items)
         self.counters["tasks_abandoned"] += len(items)
         self._state_dirty = True
@@ -425,7 +437,7 @@ class CoordinationEngine:
         # Holders that finished let go first (their agents can bid again); then bids for the
         # rounds this node just saw and for rounds left without a winner; then one award.
         self._finish(wall)
-        opened = self._update(now)
+        opened = self.auctioneer.open_rounds(now)  # the award once, after this node's bids
         if opened:
             self._bid(opened, now, rebid=False)
         due = self.auctioneer.rebid_due(now)
@@ -433,6 +445,8 @@ class CoordinationEngine:
             self._bid(due, now, rebid=True)
         self._update(now)
         self._act(now)
+        if self._holds_pending:
+            self._hold(self.auctioneer.holdings(now), now)
         self._anti_entropy(now)
         self._publish_state(now)
 
@@ -452,13 +466,15 @@ class CoordinationEngine:
                     f"task {spec.task!r} is {self.board.owner(spec.task)!r}'s: "
                     "announce it under another id"
                 )
+        # Team specs in messages of their own: a node of the version before teams refuses a
+        # message with one, and takes the one-agent tasks of the others.
+        specs = [s for s in specs if not s.is_team] + [s for s in specs if s.is_team]
         sigs = sign_specs(self.signer.sign, self.topics.fleet, specs)
         for i, spec in enumerate(specs):
             self.board.add_spec(spec, sigs[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES])
-        step = MAX_TASKS_PER_MESSAGE
-        for start in range(0, len(specs), step):
-            part = sigs[start * SIGNATURE_BYTES : (start + step) * SIGNATURE_BYTES]
-            self._publish_task(TaskAnnounce(tasks=specs[start : start + step], sigs=part))
+        for start, end in announcement_parts(specs):
+            part = sigs[start * SIGNATURE_BYTES : end * SIGNATURE_BYTES]
+            self._publish_task(TaskAnnounce(tasks=specs[start:end], sigs=part))
 
     # -- internals: publishing ------------------------------------------------------------------
     def _publish(
@@ -519,10 +535,14 @@ class CoordinationEngine:
             return
         if kind is TopicKind.BIRTH:
             if isinstance(body, Birth):
+                new_session = env.bdseq > self.admission.born_session(env.node)
                 self.admission.born_in(env.node, env.bdseq)
-                # A new node, a restart, a reconnect, or a rebirth after a sequence gap (e.g. a
-                # healed partition): it may lack what we know, and we what it knows.
-                self._sync_wanted = True
+                # A new node, a restart or a reconnect: it may lack what we know, and we what it
+                # knows. A rebirth of the session we know (a peer asked for it after a gap in
+                # its sequence -- which a node's messages on topics that peer does not
+                # subscribe to make too) syncs only when the digests say facts are missing.
+                if new_session:
+                    self._sync_wanted = True
                 self._next_state = now
             return
         self.counters["task_msgs_received"] += 1
@@ -599,6 +619,8 @@ class CoordinationEngine:
             task_index=admitted.task_index,
             agents=admitted.agents,
             costs=admitted.costs,
+            roles=admitted.roles,
+            holds=admitted.holds,
         )
 
     def _on_dead(self, node: str, bdseq: int, now: float) -> None:
@@ -681,36 +703,65 @@ class CoordinationEngine:
             self._sync_wanted = False
             self._last_sync = now
             self._publish_key()
-            for part in self.board.sync_parts():
+            for part in self.board.sync_parts(own=self.node_id):
                 if self._publish_task(part):
                     self.counters["syncs_sent"] += 1
 
     # -- internals: the auction -----------------------------------------------------------------
     def _update(self, now: float) -> list[tuple[str, int]]:
-        return self.auctioneer.update(now)
+        return self.auctioneer.update(now, teams=self._teams_ready(now))
+
+    def _teams_ready(self, now: float) -> bool:
+        """Whether to compute the team award now: unless a team round is in its bidding window
+        with bids of a live peer missing here. Until then the fill would change with every
+        peer's bids that come (one fill per peer's message, each of every slot); with them in,
+        one fill gives the award the window's close would (a peer with no agent to bid holds it
+        back until the window closes, as members' holds are, :meth:`_hold`)."""
+        if not self.auctioneer.teams_stale():
+            return True
+        peers: list[str] | None = None
+        for task, epoch in self.auctioneer.rounds:
+            if not self.board.is_team(task) or self.auctioneer.window_closed(task, epoch, now):
+                continue
+            if peers is None:
+                peers = self.admission.live_peer_names(self.node_id)
+            if not self.board.bid_by_all(task, peers):
+                return False
+        return True
 
     def _eligible(self, gs: GroupState, winners: set[tuple[str, int]]) -> NDArray[np.int64]:
         mask = np.ones(gs.group.n_agents, dtype=bool)
         mask[gs.prefs.rows] = False
-        taken = [a for g, a in winners if g == gs.name]
+        taken = [a for g, a in winners if g == gs.name and a < mask.size]
         if taken:
             mask[taken] = False
         return np.flatnonzero(mask)
 
     def _bid(self, rounds: list[tuple[str, int]], now: float, *, rebid: bool) -> None:
+        """Bids of every group for ``rounds``: per role of each task (a one-agent task has
+        one), the ``k`` cheapest agents that neither hold nor win anything, ``k =
+        clamp(ceil(S / live_nodes), min_bids_per_task, max_bids_per_task)`` with ``S`` the slots
+        of the group's new rounds (their tasks, for one-agent tasks); a rebid bids
+        ``min_bids_per_task`` agents that have not bid on the role yet, and of a team only for
+        the roles with a vacant slot."""
         auction = self.settings.auction
         winners = self.auctioneer.winners()
         specs = [self.board.specs[t] for t, _ in rounds if t in self.board.specs]
         epochs = dict(rounds)
         for gs in self.groups.values():
-            mine = [s for s in specs if gs.accepts(s)]
-            if not mine:
+            columns = [
+                (s, r)
+                for s in specs
+                for r in self._roles_wanted(s, rebid=rebid)
+                if gs.takes(s.slots()[r])
+            ]
+            if not columns:
                 continue
             rows = self._eligible(gs, winners)
             if rows.size == 0:
                 continue
             group = gs.group
-            U = np.stack([gs.utility(s, auction.preference_scale) for s in mine], axis=1)
+            U = np.stack([gs.utility(s, auction.preference_scale, r) for s, r in columns], axis=1)
             costs = task_costs(
                 group.cm,
                 [q[rows] for q in group.qs],
@@ -720,77 +771,115 @@ class CoordinationEngine:
             )
             if rebid:
                 k = auction.min_bids_per_task
-                for j, s in enumerate(mine):
-                    already = self.board.bidders(s.task, self.node_id, gs.name)
+                for j, (s, r) in enumerate(columns):
+                    already = self.board.bidders(s.task, self.node_id, gs.name, r)
                     if already:
                         costs[np.isin(rows, list(already)), j] = np.inf
             else:
-                k = math.ceil(len(mine) / self.live_nodes())
+                slots = sum(s.slots()[r].agents for s, r in columns)
+                k = math.ceil(slots / self.live_nodes())
                 k = max(auction.min_bids_per_task, min(auction.max_bids_per_task, k))
-            task_index, agent_pos, cost = select_bids(costs, k)
+            column, agent_pos, cost = select_bids(costs, k)
             keep = np.isfinite(cost)
-            self._send_bids(
-                gs.name,
-                mine,
-                epochs,
-                task_index=task_index[keep],
-                agents=rows[agent_pos[keep]],
-                costs=cost[keep],
-            )
+            column, agents, cost = column[keep], rows[agent_pos[keep]], cost[keep]
+            team = np.array([s.is_team for s, _ in columns], dtype=bool)
+            for is_team in (False, True):
+                sel = team[column] == is_team
+                if sel.any():
+                    self._send_bids(
+                        gs.name,
+                        columns,
+                        epochs,
+                        column=column[sel],
+                        agents=agents[sel],
+                        costs=cost[sel],
+                        team=is_team,
+                    )
         for t, e in rounds:
             self.auctioneer.note_bid(t, e, now)
+
+    def _roles_wanted(self, spec: TaskSpec, *, rebid: bool) -> range | list[int]:
+        """The roles of ``spec`` to bid on: all of them, or in a rebid of a team those with a
+        vacant slot."""
+        n = len(spec.slots())
+        team = self.auctioneer.teams.get(spec.task) if rebid and spec.is_team else None
+        if team is None:
+            return range(n)
+        filled = [0] * n
+        for m in team.members:
+            filled[m.role] += 1
+        for d in team.done:
+            filled[d.role_index] += 1
+        return [r for r in range(n) if filled[r] < team.slots[r]]
 
     def _send_bids(
         self,
         group: str,
-        specs: list[TaskSpec],
+        columns: list[tuple[TaskSpec, int]],
         epochs: Mapping[str, int],
         *,
-        task_index: NDArray[np.int64],
+        column: NDArray[np.int64],
         agents: NDArray[np.int64],
         costs: np.ndarray,
+        team: bool,
+        holds: NDArray[np.bool_] | None = None,
     ) -> None:
-        if task_index.size == 0:
+        """Send (and merge) bids on ``columns`` (a task and its role each); a team task's bids
+        carry their role (and ``holds``), in messages of their own."""
+        if column.size == 0:
             return
-        bdseq = self.my_bdseq
+        names = sorted({columns[c][0].task for c in np.unique(column).tolist()})
+        index = {n: i for i, n in enumerate(names)}
+        task_of = np.array([index.get(s.task, -1) for s, _ in columns], dtype=np.int64)
+        role_of = np.array([r for _, r in columns], dtype=np.int64)
+        task_index, roles = task_of[column], role_of[column]
+        held = np.zeros(column.size, dtype=bool) if holds is None else holds
         order = np.argsort(task_index, kind="stable")
         task_index, agents, costs = task_index[order], agents[order], costs[order]
+        roles, held = roles[order], held[order]
         costs32 = costs.astype(np.float32)
-        per_msg_tasks = MAX_TASKS_PER_MESSAGE
-        for t0 in range(0, len(specs), per_msg_tasks):
-            t1 = min(len(specs), t0 + per_msg_tasks)
+        bdseq = self.my_bdseq
+        for t0 in range(0, len(names), MAX_TASKS_PER_MESSAGE):
+            t1 = min(len(names), t0 + MAX_TASKS_PER_MESSAGE)
             lo, hi = np.searchsorted(task_index, [t0, t1])
+            part = names[t0:t1]
+            part_epochs = [epochs[n] for n in part]
             for b0 in range(int(lo), int(hi), MAX_BIDS_PER_MESSAGE):
                 b1 = min(int(hi), b0 + MAX_BIDS_PER_MESSAGE)
                 sub_t = task_index[b0:b1] - t0
-                names = [s.task for s in specs[t0:t1]]
                 bseq = self._next_bseq()
                 body = TaskBids.from_arrays(
                     group,
                     bseq,
-                    names,
-                    epochs=[epochs[n] for n in names],
+                    part,
+                    epochs=part_epochs,
                     task_index=sub_t,
                     agents=agents[b0:b1],
                     costs=costs32[b0:b1],
+                    roles=roles[b0:b1] if team else None,
+                    holds=held[b0:b1] if team else None,
                 )
                 self.board.add_bids(
                     self.node_id,
                     group,
                     bdseq,
                     bseq,
-                    names,
-                    epochs=[epochs[n] for n in names],
+                    part,
+                    epochs=part_epochs,
                     task_index=sub_t.tolist(),
                     agents=agents[b0:b1].tolist(),
                     costs=costs32[b0:b1].tolist(),
+                    roles=roles[b0:b1].tolist() if team else None,
+                    holds=held[b0:b1].tolist() if team else None,
                 )
                 if self._publish_task(body):
                     self.counters["bids_sent"] += b1 - b0
 
     def _act(self, now: float) -> None:
-        """Give this node's winners their tasks' preferences, take them from agents that lost
-        theirs. Runs when the board changed or a bidding window closed."""
+        """Give this node's winners and team members their tasks' preferences (a member its
+        role's goal, once it holds its slot), take them from agents that lost theirs; members
+        take their slots (:meth:`_hold`). Runs when the board changed or a bidding window
+        closed."""
         if self.board.version == self._acted_version and now < self._act_due:
             return
         self._acted_version = self.board.version
@@ -801,7 +890,7 @@ class CoordinationEngine:
             prefs = gs.prefs
             for agent, held in prefs.held.items():
                 bid = holdings.get((gs.name, agent))
-                if bid is None or (bid.task, bid.epoch) != held:
+                if bid is None or (bid.task, bid.epoch, bid.role) != (*held, prefs.role(agent)):
                     prefs.release(agent)
                     self.counters["tasks_preempted"] += 1
                     self._state_dirty = True
@@ -813,15 +902,70 @@ class CoordinationEngine:
                 continue
             if target.prefs.slot[agent] >= 0:
                 continue
+            if bid.task in self.auctioneer.teams and not bid.held:
+                continue  # a team member pursues once it took its slot (its team is fixed)
             spec = self.board.specs[bid.task]
-            utility = target.utility(spec, auction.preference_scale)
-            key = (spec.goal_factor, spec.goal_state)
-            if target.prefs.assign(agent, spec, bid.epoch, utility, key=key):
+            utility = target.utility(spec, auction.preference_scale, bid.role)
+            goal = spec.slots()[bid.role]
+            key = (goal.goal_factor, goal.goal_state)
+            if target.prefs.assign(agent, spec, bid.epoch, utility, key=key, role=bid.role):
                 self._state_dirty = True
             else:
                 self.counters["holdings_refused"] += 1
         if ghosts:
             self._give_up(ghosts)
+        self._hold(holdings, now)
+
+    def _hold(self, holdings: Mapping[tuple[str, int], Bid], now: float) -> None:
+        """This node's team members whose window closed take their slots: each sends its bid
+        again as a *hold* (the award then keeps it in the team whatever else is bid) -- once
+        this node holds bids of the round from every live peer (a node that held with a peer's
+        bids missing would fix a team the others would not form), or :data:`HOLD_WAIT_STATES`
+        state periods after its window closed (a peer with no agent to bid), whichever comes
+        first. A hold the award no longer counts (another agent's won the slot after a
+        partition healed) is sent again as a plain bid, so that it cannot count later over what
+        the agent won since."""
+        mine: dict[tuple[str, str], list[tuple[Bid, bool]]] = {}
+        late = self.settings.auction.window_s + HOLD_WAIT_STATES * (
+            self.settings.auction.state_every_s
+        )
+        peers = self.admission.live_peer_names(self.node_id)
+        ready: dict[str, bool] = {}
+        self._holds_pending = False
+        for bid in holdings.values():
+            if bid.task in self.auctioneer.teams and not bid.held:
+                if bid.task not in ready:
+                    ready[bid.task] = (
+                        self.board.bid_by_all(bid.task, peers)
+                        or self.auctioneer.open_for(bid.task, bid.epoch, now) >= late
+                    )
+                if ready[bid.task]:
+                    mine.setdefault((bid.group, bid.task), []).append((bid, True))
+                else:
+                    self._holds_pending = True
+        members = {(b.task, b.group, b.agent, b.role) for b in holdings.values()}
+        teams = self.auctioneer.teams
+        for bid in self.board.holds_of(self.node_id, teams):
+            if (bid.task, bid.group, bid.agent, bid.role) not in members and (
+                teams[bid.task].member(bid.holder) is None
+            ):
+                mine.setdefault((bid.group, bid.task), []).append((bid, False))
+        by_group: dict[str, list[tuple[Bid, bool]]] = {}
+        for (group, _), rows in sorted(mine.items()):
+            by_group.setdefault(group, []).extend(rows)
+        for group, rows in by_group.items():
+            columns = [(self.board.specs[b.task], b.role) for b, _ in rows]
+            self._send_bids(
+                group,
+                columns,
+                {b.task: b.epoch for b, _ in rows},
+                column=np.arange(len(rows), dtype=np.int64),
+                agents=np.array([b.agent for b, _ in rows], dtype=np.int64),
+                costs=np.array([b.cost for b, _ in rows]),
+                team=True,
+                holds=np.array([held for _, held in rows], dtype=bool),
+            )
+            self._state_dirty = True
 
     def complete(self, group: str, agents: NDArray[np.integer] | list[int]) -> None:
         """The application says these agents of ``group`` finished their tasks (released as
@@ -851,6 +995,7 @@ class CoordinationEngine:
             expired = prefs.expired(wall)
             for rows, status in ((done, ReleaseStatus.DONE), (expired, ReleaseStatus.EXPIRED)):
                 for agent in rows.tolist():
+                    role = prefs.role(agent)
                     held = prefs.release(agent)
                     if held is None:
                         continue
@@ -865,6 +1010,7 @@ class CoordinationEngine:
                             bdseq=bdseq,
                             bseq=self._next_bseq(),
                             status=status,
+                            role=role if self.board.is_team(task) else UNSET,
                         )
                     )
                     key = "tasks_done" if status is ReleaseStatus.DONE else "tasks_expired"
@@ -898,11 +1044,23 @@ class CoordinationEngine:
         claims = []
         for gs in self.groups.values():
             for agent, (task, epoch) in gs.prefs.held.items():
-                claims.append(Claim(task=task, epoch=epoch, group=gs.name, agent=agent))
+                role = gs.prefs.role(agent) if self.board.is_team(task) else UNSET
+                claims.append(Claim(task=task, epoch=epoch, group=gs.name, agent=agent, role=role))
+        teams = [
+            TeamState(
+                task=t.task,
+                epoch=t.epoch,
+                slots=t.size,
+                filled=len(t.members),
+                done=len(t.done),
+            )
+            for t in list(self.auctioneer.teams.values())[:MAX_TEAM_STATES]
+        ]
         body = TaskState(
             digest=self.board.digest(),
             open_tasks=len(self.board.open_epochs()),
             claims=claims[:MAX_CLAIMS],
+            teams=teams or UNSET,
         )
         self._publish_task(body)
         self._last_state = now
@@ -942,6 +1100,7 @@ class CoordinationEngine:
             converge_s_max=worst,
             converged_rounds=float(n),
             messages_per_task=self.counters["task_msgs_sent"] / m.rounds if m.rounds else 0.0,
+            **self.auctioneer.team_stats(),
             tasks_open=float(len(self.board.open_epochs())),
             tasks_held=float(sum(gs.prefs.rows.size for gs in self.groups.values())),
             live_nodes=float(self.live_nodes()),

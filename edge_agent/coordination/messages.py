@@ -31,12 +31,12 @@ either matches exactly or is refused at decode time.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, ClassVar, Final, Self
+from typing import Annotated, ClassVar, Final, NamedTuple, Self
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from edge_agent.fleet.names import UINT32
 from edge_agent.fleet.protocol import (
@@ -61,14 +61,58 @@ KEY_BYTES: Final = 32
 """A raw ed25519 public key."""
 MAX_GOAL_FACTOR: Final = 63
 MAX_GOAL_STATE: Final = 1 << 20
+MAX_TEAM: Final = 64
+"""Agents one task may ask for (its slots, over all its roles)."""
+MAX_ROLES: Final = 16
+"""Roles of one task, the spec's own (role 0) included."""
+MAX_TEAM_STATES: Final = 1024
+"""Teams one ``task_state`` reports."""
 
 
 class _Strict(WireModel, frozen=True, kw_only=True):
     """The parts of task messages: checked as the protocol's models are."""
 
 
+GoalFactor = Annotated[
+    int, Meta(ge=0, le=MAX_GOAL_FACTOR, description="hidden-state factor the goal is on")
+]
+GoalState = Annotated[
+    int, Meta(ge=0, lt=MAX_GOAL_STATE, description="state of goal_factor the holder must reach")
+]
+RoleIndex = Annotated[int, Meta(ge=0, lt=MAX_ROLES)]
+
+
+class Role(_Strict, frozen=True, kw_only=True):
+    """``count`` agents of ``capability``, each to reach ``goal_state`` of ``goal_factor``: a
+    role of a team task beyond the spec's own."""
+
+    capability: Name
+    count: Annotated[int, Meta(ge=1, le=MAX_TEAM)]
+    goal_factor: GoalFactor = 0
+    goal_state: GoalState
+
+
+class Slots(NamedTuple):
+    """One role of a task as the award sees it: ``agents`` slots, each for an agent of
+    ``capability`` that is to reach ``goal_state`` of ``goal_factor``."""
+
+    capability: str
+    goal_factor: int
+    goal_state: int
+    agents: int
+
+
 class TaskSpec(_Strict, frozen=True, kw_only=True):
-    """What a task is. Two specs of one task are ordered by :meth:`order_key`; the larger wins."""
+    """What a task is. Two specs of one task are ordered by :meth:`order_key`; the larger wins.
+
+    A **team task** asks for several agents: ``team`` of the spec's own capability and goal
+    (role 0), and ``count`` more of each of ``roles`` (roles 1, 2, ...), at most
+    :data:`MAX_TEAM` in all. Both fields are left out of a one-agent task (they are
+    :data:`msgspec.UNSET`, not encoded): a one-agent spec is the same bytes as before teams
+    existed, and a node of that version refuses a message carrying a team spec (an unknown
+    field) -- counted by its link, never taken as a one-agent task. :attr:`is_team` is True as
+    soon as either is given, even for a team of one.
+    """
 
     task: Annotated[Name, Meta(description="task id, unique in the fleet")]
     epoch: Annotated[
@@ -86,9 +130,39 @@ class TaskSpec(_Strict, frozen=True, kw_only=True):
         NonNegFloat, Meta(description="wall-clock seconds since the epoch; 0 means none")
     ] = 0.0
     announced_by: Name
+    team: Annotated[int, Meta(ge=1, le=MAX_TEAM)] | UnsetType = UNSET
+    """Agents of the spec's own capability and goal (role 0); absent: one (a one-agent task,
+    unless ``roles`` is given)."""
+    roles: Annotated[list[Role], Meta(min_length=1, max_length=MAX_ROLES - 1)] | UnsetType = UNSET
+    """More roles of a team task (roles 1, 2, ...)."""
 
-    def order_key(self) -> tuple[int, str, str, int, int, float]:
-        return (
+    def _check(self) -> None:
+        if self.size > MAX_TEAM:
+            raise ValueError(f"a team of {self.size} agents, at most {MAX_TEAM}")
+
+    @property
+    def is_team(self) -> bool:
+        """Whether the spec asks for a team (``team`` or ``roles`` given)."""
+        return self.team is not UNSET or self.roles is not UNSET
+
+    @property
+    def size(self) -> int:
+        """Agents the task needs: its slots over all roles."""
+        return sum(r.agents for r in self.slots())
+
+    def slots(self) -> tuple[Slots, ...]:
+        """Its roles in order: the spec's own first (``team`` agents, or one), then ``roles``."""
+        own = Slots(
+            self.capability,
+            self.goal_factor,
+            self.goal_state,
+            1 if self.team is UNSET else self.team,
+        )
+        more = () if self.roles is UNSET else self.roles
+        return (own, *(Slots(r.capability, r.goal_factor, r.goal_state, r.count) for r in more))
+
+    def order_key(self) -> tuple[object, ...]:
+        base: tuple[object, ...] = (
             self.epoch,
             self.announced_by,
             self.capability,
@@ -96,6 +170,26 @@ class TaskSpec(_Strict, frozen=True, kw_only=True):
             self.goal_state,
             self.deadline,
         )
+        if not self.is_team:
+            return base
+        return (*base, tuple(self.slots()))
+
+
+def announcement_parts(specs: list[TaskSpec]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each ``task_announce`` that carries ``specs`` (in that order): at most
+    :data:`MAX_TASKS_PER_MESSAGE` each, and one-agent and team specs never in one message (a
+    node of the version before teams refuses a message with a team spec whole)."""
+    parts = []
+    start = 0
+    for i in range(1, len(specs) + 1):
+        if (
+            i == len(specs)
+            or i - start == MAX_TASKS_PER_MESSAGE
+            or specs[i].is_team != specs[start].is_team
+        ):
+            parts.append((start, i))
+            start = i
+    return parts
 
 
 class TaskAnnounce(Body, frozen=True, kw_only=True):
@@ -120,6 +214,10 @@ def _u16(values: npt.ArrayLike) -> bytes:
     return np.asarray(values).astype("<u2").tobytes()
 
 
+def _u8(values: npt.ArrayLike) -> bytes:
+    return np.asarray(values).astype(np.uint8).tobytes()
+
+
 def _f32(values: npt.ArrayLike) -> bytes:
     return np.asarray(values).astype("<f4").tobytes()
 
@@ -127,6 +225,29 @@ def _f32(values: npt.ArrayLike) -> bytes:
 def _check_column(name: str, data: bytes, itemsize: int, rows: int) -> None:
     if len(data) != rows * itemsize:
         raise ValueError(f"{name} has {len(data)} bytes, expected {rows} x {itemsize}")
+
+
+def _check_team_columns(roles: bytes | UnsetType, holds: bytes | UnsetType, rows: int) -> None:
+    """The optional uint8 columns of bids on team tasks: a role below :data:`MAX_ROLES`, a hold
+    flag of 0 or 1."""
+    if roles is not UNSET:
+        _check_column("roles", roles, 1, rows)
+        if rows and int(np.frombuffer(roles, np.uint8).max()) >= MAX_ROLES:
+            raise ValueError(f"a role of {MAX_ROLES} or more")
+    if holds is not UNSET:
+        _check_column("holds", holds, 1, rows)
+        if rows and int(np.frombuffer(holds, np.uint8).max()) > 1:
+            raise ValueError("a hold flag other than 0 or 1")
+
+
+def _team_columns(
+    roles: bytes | UnsetType, holds: bytes | UnsetType, rows: int
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    zeros = np.zeros(rows, np.uint8)
+    return (
+        zeros if roles is UNSET else np.frombuffer(roles, np.uint8),
+        zeros if holds is UNSET else np.frombuffer(holds, np.uint8),
+    )
 
 
 class TaskBids(Body, frozen=True, kw_only=True):
@@ -145,6 +266,16 @@ class TaskBids(Body, frozen=True, kw_only=True):
     task_index: Annotated[bytes, Meta(description="little-endian uint16 per bid")]
     agents: Annotated[bytes, Meta(description="little-endian uint32 per bid")]
     costs: Annotated[bytes, Meta(description="little-endian float32 per bid, finite")]
+    roles: (
+        Annotated[bytes, Meta(description="uint8 per bid: the role of a team task it is for")]
+        | UnsetType
+    ) = UNSET
+    holds: (
+        Annotated[
+            bytes, Meta(description="uint8 per bid: 1 when the agent takes its slot (a hold)")
+        ]
+        | UnsetType
+    ) = UNSET
 
     def _check(self) -> None:
         _check_column("epochs", self.epochs, 4, len(self.tasks))
@@ -155,6 +286,7 @@ class TaskBids(Body, frozen=True, kw_only=True):
             raise ValueError(f"{rows} bids in one message, at most {MAX_BIDS_PER_MESSAGE}")
         _check_column("agents", self.agents, 4, rows)
         _check_column("costs", self.costs, 4, rows)
+        _check_team_columns(self.roles, self.holds, rows)
         if rows and int(np.frombuffer(self.task_index, "<u2").max()) >= len(self.tasks):
             raise ValueError("task_index points past the task list")
         if not np.isfinite(np.frombuffer(self.costs, "<f4")).all():
@@ -175,7 +307,10 @@ class TaskBids(Body, frozen=True, kw_only=True):
         task_index: npt.ArrayLike,
         agents: npt.ArrayLike,
         costs: npt.ArrayLike,
+        roles: npt.ArrayLike | None = None,
+        holds: npt.ArrayLike | None = None,
     ) -> Self:
+        """``roles`` and ``holds`` only for bids on team tasks (left out otherwise)."""
         return cls(
             group=group,
             bseq=bseq,
@@ -184,7 +319,13 @@ class TaskBids(Body, frozen=True, kw_only=True):
             task_index=_u16(task_index),
             agents=_u32(agents),
             costs=_f32(costs),
+            roles=UNSET if roles is None else _u8(roles),
+            holds=UNSET if holds is None else _u8(holds),
         )
+
+    def team_columns(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+        """``(roles, holds)`` per bid (zeros when the message has none)."""
+        return _team_columns(self.roles, self.holds, self.n_bids)
 
     def arrays(
         self,
@@ -224,6 +365,12 @@ class Release(_Strict, frozen=True, kw_only=True):
     bdseq: U32
     bseq: U32
     status: ReleaseStatus
+    role: RoleIndex | UnsetType = UNSET
+    """The role of a team task the agent held (left out for a one-agent task)."""
+
+    @property
+    def role_index(self) -> int:
+        return 0 if self.role is UNSET else self.role
 
 
 def _check_sigs(name: str, sigs: bytes, rows: int, *, optional: bool) -> None:
@@ -255,6 +402,24 @@ class Claim(_Strict, frozen=True, kw_only=True):
     epoch: U32
     group: Name
     agent: U32
+    role: RoleIndex | UnsetType = UNSET
+    """The role of a team task it fills (left out for a one-agent task)."""
+
+
+class TeamState(_Strict, frozen=True, kw_only=True):
+    """A team task as the sender's award has it: of its ``slots``, how many agents fill
+    (``filled``: pursuing it) and how many finished their part (``done``); the rest are
+    vacant."""
+
+    task: Name
+    epoch: U32
+    slots: Annotated[int, Meta(ge=1, le=MAX_TEAM)]
+    filled: Annotated[int, Meta(ge=0, le=MAX_TEAM)]
+    done: Annotated[int, Meta(ge=0, le=MAX_TEAM)] = 0
+
+    @property
+    def vacant(self) -> int:
+        return max(0, self.slots - self.filled - self.done)
 
 
 class TaskState(Body, frozen=True, kw_only=True):
@@ -267,6 +432,8 @@ class TaskState(Body, frozen=True, kw_only=True):
     claims: Annotated[list[Claim], Meta(max_length=MAX_CLAIMS)] = msgspec.field(
         default_factory=list
     )
+    teams: Annotated[list[TeamState], Meta(max_length=MAX_TEAM_STATES)] | UnsetType = UNSET
+    """The team tasks of the sender's award (left out when it has none)."""
 
 
 class DeadSession(_Strict, frozen=True, kw_only=True):
@@ -309,6 +476,10 @@ class BidColumns(_Strict, frozen=True, kw_only=True):
     agent: bytes = b""
     cost: bytes = b""
     bseq: bytes = b""
+    role: bytes | UnsetType = UNSET
+    """uint8 per bid: its role of a team task (left out when no bid is on one)."""
+    held: bytes | UnsetType = UNSET
+    """uint8 per bid: 1 for a hold."""
 
     _SIZES: ClassVar[tuple[tuple[str, int], ...]] = (
         ("task_index", 2),
@@ -329,6 +500,7 @@ class BidColumns(_Strict, frozen=True, kw_only=True):
             raise ValueError(f"{rows} bids in one message, at most {MAX_BIDS_PER_MESSAGE}")
         for name, size in self._SIZES:
             _check_column(name, getattr(self, name), size, rows)
+        _check_team_columns(self.role, self.held, rows)
         if rows:
             for column, names in (
                 ("task_index", self.tasks),
@@ -349,6 +521,10 @@ class BidColumns(_Strict, frozen=True, kw_only=True):
         if name == "cost":
             dtype = "<f4"
         return np.frombuffer(getattr(self, name), dtype)
+
+    def team_columns(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+        """``(role, held)`` per bid (zeros when the columns are left out)."""
+        return _team_columns(self.role, self.held, self.n_bids)
 
 
 class TaskSync(Body, frozen=True, kw_only=True):

@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
 from edge_agent.aif.kernels import CompiledModel
+from edge_agent.arrays import distinct
 from edge_agent.coordination.messages import (
     TaskSpec,
 )
@@ -60,6 +61,8 @@ class TaskPreferences:
         self.goal_state = np.zeros(self.max_held, dtype=np.int64)
         self.deadline = np.zeros(self.max_held, dtype=np.float64)
         self.task_of_slot: list[tuple[str, int] | None] = [None] * self.max_held
+        self.role_of_slot = np.zeros(self.max_held, dtype=np.int64)
+        """The role of a team task each slot's holder fills (0 for a one-agent task)."""
         self._free = list(range(self.max_held - 1, -1, -1))
         self.rows: IntArray = np.empty(0, dtype=np.int64)
 
@@ -103,11 +106,14 @@ class TaskPreferences:
         utility: np.ndarray,
         *,
         key: Hashable | None = None,
+        role: int = 0,
     ) -> bool:
         """Give ``agent`` the task; False when the table is full (the caller counts it).
 
         ``key``: tasks with equal keys have equal ``utility`` (e.g. the same goal), so the
         per-policy utilities computed for one are reused for the next (LRU of ``max_held``).
+        ``role``: the role of a team task the agent fills; its goal (and ``utility``) are the
+        role's (:meth:`~edge_agent.coordination.messages.TaskSpec.slots`).
         """
         if not 0 <= agent < self.n_agents:
             raise InputError(f"agent {agent} is out of range [0, {self.n_agents})")
@@ -129,12 +135,19 @@ class TaskPreferences:
             elif key is not None:
                 self._backward_cache.move_to_end(key)
             self.backward[s] = cached
-        self.goal_factor[s] = spec.goal_factor
-        self.goal_state[s] = spec.goal_state
+        goal = spec.slots()[role]
+        self.goal_factor[s] = goal.goal_factor
+        self.goal_state[s] = goal.goal_state
         self.deadline[s] = spec.deadline
         self.task_of_slot[s] = (spec.task, epoch)
+        self.role_of_slot[s] = role
         self.rows = np.flatnonzero(self.slot >= 0)
         return True
+
+    def role(self, agent: int) -> int:
+        """The role ``agent`` fills in its team task (0: a one-agent task, or none)."""
+        s = int(self.slot[agent])
+        return int(self.role_of_slot[s]) if s >= 0 else 0
 
     def release(self, agent: int) -> tuple[str, int] | None:
         """Take the task away from ``agent``; returns what it held."""
@@ -189,7 +202,7 @@ class TaskPreferences:
             return rows
         slots = self.slot[rows]
         p = np.zeros(rows.size)
-        for f in np.unique(self.goal_factor[slots]):
+        for f in distinct(self.goal_factor[slots]):
             sel = self.goal_factor[slots] == f
             p[sel] = qs[int(f)][rows[sel], self.goal_state[slots[sel]]]
         return rows[p >= threshold]

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from enum import Enum
 from typing import NamedTuple
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
@@ -80,6 +81,8 @@ class AdmittedBids(NamedTuple):
     task_index: list[int]
     agents: list[int]
     costs: list[float]
+    roles: list[int] | None = None
+    holds: list[bool] | None = None
 
 
 class RelayAdmission:
@@ -117,6 +120,11 @@ class RelayAdmission:
         """Peers (not ``me``) whose newest session seen born is not dead."""
         dead = self.board.dead
         return sum(1 for n, b in self._born.items() if n != me and b > dead.get(n, -1))
+
+    def live_peer_names(self, me: str) -> list[str]:
+        """The peers :meth:`live_peers` counts."""
+        dead = self.board.dead
+        return [n for n, b in self._born.items() if n != me and b > dead.get(n, -1)]
 
     def session_over(self, node: str, bdseq: int) -> bool:
         """Whether this node knows, from ``node`` itself, that session ``bdseq`` of it ended: it
@@ -157,16 +165,42 @@ class RelayAdmission:
             return AdmittedBids([], [], [], [], []), body.n_bids
         limits = np.array([self.epoch_limit(t) for t in body.tasks], dtype=np.int64)
         task_ok = epochs.astype(np.int64) <= limits
-        row_ok = task_ok[task_index] & (costs >= MIN_BID_COST)
+        roles, holds = body.team_columns()
+        row_ok = (
+            task_ok[task_index]
+            & (costs >= MIN_BID_COST)
+            & self._slot_ok(body.tasks, task_index, roles, holds)
+        )
         renumber = np.cumsum(task_ok) - 1
+        team = body.roles is not msgspec.UNSET or body.holds is not msgspec.UNSET
         admitted = AdmittedBids(
             tasks=[t for t, ok in zip(body.tasks, task_ok.tolist(), strict=True) if ok],
             epochs=epochs[task_ok].tolist(),
             task_index=renumber[task_index[row_ok]].tolist(),
             agents=agents[row_ok].tolist(),
             costs=costs[row_ok].tolist(),
+            roles=roles[row_ok].tolist() if team else None,
+            holds=holds[row_ok].astype(bool).tolist() if team else None,
         )
         return admitted, int(row_ok.size - row_ok.sum())
+
+    def _slot_ok(
+        self,
+        tasks: list[str],
+        task_index: NDArray[np.integer],
+        roles: NDArray[np.uint8],
+        holds: NDArray[np.uint8],
+    ) -> NDArray[np.bool_]:
+        """Rows whose role is one of their task's (as its signed spec here says) and that hold
+        only a team task's slot: a one-agent task has role 0 and no holds."""
+        n_roles = np.array(
+            [len(spec.slots()) if (spec := self.board.specs.get(t)) else 1 for t in tasks],
+            dtype=np.int64,
+        )
+        team = np.array([self.board.is_team(t) for t in tasks], dtype=bool)
+        ti = task_index.astype(np.int64)
+        ok: NDArray[np.bool_] = (roles.astype(np.int64) < n_roles[ti]) & (team[ti] | (holds == 0))
+        return ok
 
     def release_verdict(self, rel: Release) -> Verdict:
         """What this node takes of a release its holder sent directly (:class:`Verdict`)."""
@@ -206,8 +240,21 @@ class RelayAdmission:
             return True
         if rel.epoch < floor or not board.is_open(rel.task):
             return False
+        holder = (rel.node, rel.group, rel.agent)
+        team = board.teams().get(rel.task)
+        if team is not None:
+            # A member's part, or a slot of its role that nobody fills.
+            member = team.member(holder)
+            if member is not None:
+                return member.role != rel.role_index
+            role = rel.role_index
+            if role >= len(team.slots):
+                return True
+            filled = sum(m.role == role for m in team.members)
+            filled += sum(d.role_index == role for d in team.done)
+            return filled >= team.slots[role]
         winner = board.award().get(rel.task)
-        return winner is not None and winner.holder != (rel.node, rel.group, rel.agent)
+        return winner is not None and winner.holder != holder
 
     def spec_signed(self, spec: TaskSpec, signature: bytes) -> bool:
         """Whether ``signature`` is the spec's announcer's (checked against the task key the
@@ -323,10 +370,12 @@ class RelayAdmission:
         born = np.int64(min(self._born.get(sender, -1), MAX_SESSION))
         limits = np.array([self.epoch_limit(t) for t in cols.tasks], dtype=np.int64)
         task_index = cols.column("task_index").astype(np.int64)
+        roles, holds = cols.team_columns()
         keep: NDArray[np.bool_] = (
             (cols.column("node_index") == own)
             & (cols.column("bdseq").astype(np.int64) <= born)
             & (cols.column("epoch").astype(np.int64) <= limits[task_index])
             & (cols.column("cost").astype(np.float64) >= MIN_BID_COST)
+            & self._slot_ok(cols.tasks, task_index, roles, holds)
         )
         return keep

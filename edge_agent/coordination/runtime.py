@@ -52,6 +52,7 @@ from edge_agent.coordination.engine import (
     LinkLike,
     MessageLike,
 )
+from edge_agent.coordination.ledger import Team
 from edge_agent.coordination.messages import TaskSpec
 from edge_agent.coordination.signing import TaskSigner
 from edge_agent.core.agents import AifAgentGroup
@@ -98,6 +99,12 @@ _NODE_METRICS: Final = (
     "malformed",
     "inbox_dropped",
     "board_overflow",
+    "teams_open",
+    "teams_formed",
+    "team_form_s_max",
+    "team_slots_vacant",
+    "team_repairs",
+    "team_repair_s_max",
 )
 """The engine metrics first in telemetry (the per-group belief counters follow while room is
 left)."""
@@ -183,7 +190,10 @@ class CoordinationRuntime:
             raise
         self._bound = self._signature(bindings, specs)
         self._current: object = None
+        self._current_teams: object = None
         self._holders: dict[str, tuple[str, str, int, int]] = {}
+        self._teams: dict[str, dict[str, Any]] = {}
+        self._rosters: dict[str, tuple[int, list[tuple[str, str, int, int]], int]] = {}
         self._rounds_seen = 0
         self.award_changed_at: float | None = None
         self.rounds_opened_at: float | None = None
@@ -345,12 +355,18 @@ class CoordinationRuntime:
         if auctioneer.metrics.rounds != self._rounds_seen:
             self._rounds_seen = auctioneer.metrics.rounds
             self.rounds_opened_at = wall
-        if auctioneer.current is self._current:
+        if auctioneer.current is self._current and auctioneer.teams is self._current_teams:
             return
-        self._current = auctioneer.current
+        self._current, self._current_teams = auctioneer.current, auctioneer.teams
         holders = {t: (*b.holder, b.epoch) for t, b in auctioneer.current.items()}
-        if holders != self._holders:
-            self._holders = holders
+        self._teams = {t: _team_status(team) for t, team in auctioneer.teams.items()}
+        # A member taking its slot (a hold) changes no one's place: the award is the same.
+        rosters = {
+            t: (team.epoch, sorted((*m.holder, m.role) for m in team.members), len(team.done))
+            for t, team in auctioneer.teams.items()
+        }
+        if holders != self._holders or rosters != self._rosters:
+            self._holders, self._rosters = holders, rosters
             self.award_changed_at = wall
 
     def status(self) -> dict[str, Any]:
@@ -358,10 +374,15 @@ class CoordinationRuntime:
         engine = self.engine
         award = sorted(self._holders.items())
         holding: dict[str, list[Any]] = {}
+        team_holding: dict[str, list[list[Any]]] = {}
         groups: dict[str, Any] = {}
         for name, gs in engine.groups.items():
             for agent, (task, epoch) in gs.prefs.held.items():
-                holding[task] = [name, agent, epoch]
+                if task in self._teams:
+                    members = team_holding.setdefault(task, [])
+                    members.append([name, agent, epoch, gs.prefs.role(agent)])
+                else:
+                    holding[task] = [name, agent, epoch]
             groups[name] = {
                 "agents": gs.group.n_agents,
                 "capabilities": sorted(gs.capabilities),
@@ -380,7 +401,9 @@ class CoordinationRuntime:
             "award_changed_at": self.award_changed_at,
             "awarded": len(award),
             "assignment": {t: list(h) for t, h in award[:STATUS_MAX_TASKS]},
+            "teams": dict(sorted(self._teams.items())[:STATUS_MAX_TASKS]),
             "holding": holding,
+            "team_holding": team_holding,
             "metrics": {k: round(v, 6) for k, v in metrics.items()},
         }
 
@@ -396,6 +419,19 @@ class CoordinationRuntime:
             if name not in out and len(name) <= TELEMETRY_KEY_CHARS:
                 out[name] = value
         return out
+
+
+def _team_status(team: Team) -> dict[str, Any]:
+    """A team task in the status file: its round, slots per role, members (``[node, group,
+    agent, role, held]``: ``held`` once the member took its slot), finished parts and vacant
+    slots. Every member can read who its team-mates are (node, group, agent) here."""
+    return {
+        "epoch": team.epoch,
+        "slots": list(team.slots),
+        "members": [[m.node, m.group, m.agent, m.role, m.held] for m in team.members],
+        "done": [[d.node, d.group, d.agent, d.role_index] for d in team.done],
+        "vacant": team.vacant,
+    }
 
 
 def _beliefs(agents: AifAgentGroup, factors: tuple[int, ...]) -> dict[str, Any]:

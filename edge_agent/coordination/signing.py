@@ -46,39 +46,44 @@ PART: Final = "coordination_key"
 
 
 def release_bytes(fleet: str, rel: Release) -> bytes:
-    """What a release's signature covers: the fleet and every field of the release."""
-    packed: bytes = msgspec.msgpack.encode(
-        [
-            "ea-task-release-v1",
-            fleet,
-            rel.task,
-            rel.epoch,
-            rel.node,
-            rel.group,
-            rel.agent,
-            rel.bdseq,
-            rel.bseq,
-            str(rel.status),
-        ],
-    )
+    """What a release's signature covers: the fleet and every field of the release (a team
+    member's role last: a one-agent task's release signs what it signed before teams)."""
+    fields: list[object] = [
+        "ea-task-release-v1",
+        fleet,
+        rel.task,
+        rel.epoch,
+        rel.node,
+        rel.group,
+        rel.agent,
+        rel.bdseq,
+        rel.bseq,
+        str(rel.status),
+    ]
+    if rel.role is not msgspec.UNSET:
+        fields.append(rel.role)
+    packed: bytes = msgspec.msgpack.encode(fields)
     return packed
 
 
 def spec_bytes(fleet: str, spec: TaskSpec) -> bytes:
-    """What a task spec's signature covers: the fleet and every field of the spec."""
-    packed: bytes = msgspec.msgpack.encode(
-        [
-            "ea-task-spec-v1",
-            fleet,
-            spec.task,
-            spec.epoch,
-            spec.capability,
-            spec.goal_factor,
-            spec.goal_state,
-            spec.deadline,
-            spec.announced_by,
-        ],
-    )
+    """What a task spec's signature covers: the fleet and every field of the spec. A team
+    task's (``ea-task-spec-v2``) adds its roles, the spec's own first, as ``(capability,
+    goal_factor, goal_state, count)``; a one-agent task signs what it signed before teams."""
+    fields: list[object] = [
+        "ea-task-spec-v2" if spec.is_team else "ea-task-spec-v1",
+        fleet,
+        spec.task,
+        spec.epoch,
+        spec.capability,
+        spec.goal_factor,
+        spec.goal_state,
+        spec.deadline,
+        spec.announced_by,
+    ]
+    if spec.is_team:
+        fields.append([list(role) for role in spec.slots()])
+    packed: bytes = msgspec.msgpack.encode(fields)
     return packed
 
 

@@ -19,6 +19,7 @@ from edge_agent.aif import kernels
 from edge_agent.aif.kernels import CompiledModel, DenseTransition
 from edge_agent.aif.kernels.compiled import MAX_JOINT_TABLE
 from edge_agent.aif.settings import MAX_POLICY_LEN
+from edge_agent.arrays import distinct
 from edge_agent.errors import InputError
 
 IntArray = NDArray[np.int64]
@@ -197,7 +198,7 @@ def policy_backward(cm: CompiledModel, W: np.ndarray) -> np.ndarray:
     acc = np.zeros((P, W.shape[0]))
     for t in range(L - 1, -1, -1):
         X = acc + W
-        for u in np.unique(policies[:, t]):
+        for u in distinct(policies[:, t]):
             rows = policies[:, t] == u
             acc[rows] = transpose_apply(trans, X[rows], int(u))
     return acc

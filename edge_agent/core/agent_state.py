@@ -16,7 +16,9 @@ import numpy as np
 import numpy.typing as npt
 from numpy.typing import NDArray
 
+from edge_agent.core.contract import StateReader
 from edge_agent.core.priors import resets_of_kept_priors, saved_small_flags
+from edge_agent.errors import InputError, SnapshotError
 
 #: ``new(shape, dtype)``: a zero-filled array of per-agent state (in shared memory when workers
 #: step the group).
@@ -24,6 +26,31 @@ Allocate = Callable[[int | tuple[int, ...], npt.DTypeLike], np.ndarray]
 #: ``take(name, out)``: a snapshot's array ``name`` copied into ``out`` (InputError if it lacks
 #: it or its shape differs).
 Take = Callable[[str, np.ndarray], None]
+
+
+def snapshot_taker(state: Mapping[str, np.ndarray], group: str) -> Take:
+    """The :data:`Take` of group ``group``'s snapshot ``state``: a
+    :class:`~edge_agent.core.contract.StateReader` (a snapshot's arrays) has each array copied
+    straight into the group's own, chunk by chunk, with no whole copy of it made."""
+    reader = state if isinstance(state, StateReader) else None
+
+    def take(name: str, out: np.ndarray) -> None:
+        if name not in state:
+            raise InputError(f"group {group!r} snapshot lacks {name!r}")
+        if reader is not None:
+            try:
+                reader.read_into(name, out)
+            except SnapshotError as err:
+                raise InputError(f"group {group!r} snapshot {err}") from err
+            return
+        arr = np.asarray(state[name])
+        if arr.shape != out.shape:
+            raise InputError(
+                f"group {group!r} snapshot {name!r} has shape {arr.shape}, expected {out.shape}"
+            )
+        out[...] = arr
+
+    return take
 
 
 class AgentState:
@@ -169,6 +196,15 @@ class AgentState:
         self.has_action[sel] = False
         self.q_pi[sel] = 1.0 / self.num_policies
         self.G[sel] = 0.0
+
+    def check_behind(self, group: str) -> None:
+        """A group that keeps no prior makes it from its beliefs: refuse to infer twice without
+        an action committed between (the second inference would start from the first's)."""
+        if self.beliefs_ahead:
+            raise InputError(
+                f"group {group!r} keeps no prior between ticks (keep_prior=False): commit "
+                "actions (sample_action, set_action) before inferring again"
+            )
 
     def commit(self, sl: slice, *, small: bool, index: int) -> None:
         """The agents ``sl`` (block ``index``) committed actions and the group keeps no prior:

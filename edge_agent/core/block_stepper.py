@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_agent.aif import kernels
+from edge_agent.aif.kernels.transitions import propagate_per_agent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.group_blocks import BlockRows, BlockSizes, IntArray, block_sizes
@@ -111,6 +112,14 @@ class BlockStepper:
                 dense_capacity=min(sizes.deep_dense, capacity),
             )
         self._rows_of = self._dense_rows_of = -1
+
+    def after_fork(self, state: AgentState) -> None:
+        """In the caller and in each worker once the workers are forked: scratch of its own.
+        The scratch allocated before the fork is shared copy-on-write, and the first writes of
+        either process would copy it page by page (splitting numpy's large pages); a new
+        allocation is private from the start."""
+        self.new_scratch(state)
+        self.blocks(state)
 
     def workspace_block(self, nb: int) -> kernels.Block:
         """The scratch of a block of ``nb`` agents."""
@@ -225,6 +234,37 @@ class BlockStepper:
             reset=state.prior_reset[rows.sl] if reset is None else reset,
             small=bool(state.prior_small[rows.index]) if small is None else small,
         )
+
+    def priors_of_first(self, state: AgentState, out: list[np.ndarray], n: int) -> None:
+        """The priors of the first ``n`` agents of a group that keeps none, made into ``out``
+        (it keeps them from now on: :meth:`AgentState.allocate`)."""
+        for rows in self.blocks(state):
+            if rows.sl.start >= n:
+                break
+            self.derive_prior(state, rows)
+            stop = min(rows.sl.stop, n)
+            for o, p in zip(out, rows.prior, strict=True):
+                o[rows.sl.start : stop] = p[: stop - rows.sl.start]
+
+    def priors_from_flags(self, state: AgentState, reset: np.ndarray, small: np.ndarray) -> None:
+        """Every block's prior made from the beliefs and actions, with a saved group's flags
+        (per agent ``reset``, per block ``small``: :meth:`AgentState.load_state_dict`)."""
+        for rows in self.blocks(state):
+            self.derive_prior(state, rows, reset[rows.sl], bool(small[rows.index]))
+
+    def remade_prior(self, state: AgentState, rows: IntArray) -> list[np.ndarray]:
+        """The prior of the agents ``rows`` (indices) for this tick, made again for a group that
+        keeps none (as :func:`~edge_agent.core.priors.make_block_prior` makes it, in float64:
+        ``D`` for an agent reset since it acted, else its beliefs propagated by its action): what
+        the health part measures them with."""
+        reset = state.prior_reset[rows]
+        out = []
+        for f, (trans, d) in enumerate(zip(self.cm.transitions, self.cm.D, strict=True)):
+            q = np.asarray(state.qs[f][rows], dtype=np.float64)
+            p = np.asarray(propagate_per_agent(trans, q, state.action[rows, f]), dtype=np.float64)
+            p[reset] = d
+            out.append(p)
+        return out
 
     def infer(
         self,
@@ -389,3 +429,13 @@ class BlockStepper:
     def propagate(self, rows: BlockRows, actions: np.ndarray) -> None:
         """The block's next prior from its beliefs and ``actions`` ``(nb, F)``."""
         kernels.propagate_block(self.cm, rows.qs, actions, rows.prior, rows.blk)
+
+    def drive(self, state: AgentState, actions: IntArray) -> None:
+        """Every agent's next prior from ``actions (N, F)`` (a group that keeps no prior: the
+        committed actions, which are the group's, make it at the next tick)."""
+        state.beliefs_ahead = False
+        for rows in self.blocks(state):
+            if state.keeps_prior:
+                self.propagate(rows, actions[rows.sl])
+            else:
+                state.commit(rows.sl, small=False, index=rows.index)

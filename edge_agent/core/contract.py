@@ -26,8 +26,9 @@ protocols by their shape: the floors below (``sim``) and beside (``fleet``) neve
 ``describe`` / ``metrics``         what the status shows of the kind; its numbers for telemetry
 =================================  ==============================================================
 
-A group that may learn its model (:mod:`edge_agent.core.learning`) is also a :class:`Learns`: the
-verbs the daemon's learning commands call, whatever the kind, and whether its agents learn. A
+A group that may learn its model (:mod:`edge_agent.core.learning`) is also a :class:`MayLearn`:
+its ``learning`` part (None: its agents do not learn) is a :class:`Learns`, the verbs the
+daemon's learning commands call, whatever the kind. A
 group that raises events of its own (a neural group whose observations left the range its model
 was calibrated on) is also an :class:`Alerting`: the daemon takes its :class:`GroupEvent`
 objects between ticks. A group that measures how well its model fits what its agents observe
@@ -60,6 +61,7 @@ __all__ = [
     "GroupEvent",
     "GroupIO",
     "Learns",
+    "MayLearn",
     "MetricFamily",
     "Paced",
     "ReportsHealth",
@@ -274,39 +276,51 @@ class MetricFamily:
     group_describe: Mapping[str, str] = field(default_factory=dict)
 
 
-@runtime_checkable
 class Learns(Protocol):
-    """A group whose agents may learn their model: whether they do (:attr:`learns`), and the
-    verbs on its learning (the signed commands ``learning_freeze``, ``learning_resume``,
-    ``learning_reset`` call them between ticks, on a group that learns)."""
+    """A group's learning, the part that holds what its agents learn: whether it is frozen, the
+    verbs on it (the signed commands ``learning_freeze``, ``learning_resume``, ``learning_reset``
+    call them between ticks), what the status and a command's result show of it, what the fleet
+    is sent of it, and what its counts were learned from (``export-model`` checks a snapshot's)."""
 
     @property
-    def learns(self) -> bool:
-        """Whether the agents learn (the group was built with what to learn)."""
+    def frozen(self) -> bool:
+        """Whether the counts are frozen (:meth:`freeze`)."""
         ...
 
-    @property
-    def learning_frozen(self) -> bool: ...
-
-    def freeze_learning(self) -> bool:
+    def freeze(self) -> bool:
         """Stop updating what is learned, keep using it; False if frozen already."""
         ...
 
-    def resume_learning(self) -> bool:
+    def resume(self) -> bool:
         """Learn again; False if it was not frozen."""
         ...
 
-    def reset_learning(self) -> None:
+    def forget(self) -> None:
         """Forget what was learned: back to the model as loaded."""
         ...
 
-    def learning_state(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         """What a command's result and the status show of the learning (frozen, versions)."""
         ...
 
     def take_increments(self) -> list[TableIncrements]:
         """What the agents learned since the last call, per learned table (the fleet's
         learning deltas, ``docs/fleet-learning.md``); the accumulation starts anew."""
+        ...
+
+    def identity(self) -> bytes:
+        """What the counts were learned from (a digest): a snapshot's counts of another
+        identity are another learning's."""
+        ...
+
+
+@runtime_checkable
+class MayLearn(Protocol):
+    """A group whose agents may learn their model: its learning part (None: they do not)."""
+
+    @property
+    def learning(self) -> Learns | None:
+        """The verbs on what the agents learn (None: the group was built without learning)."""
         ...
 
 

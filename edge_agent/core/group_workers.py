@@ -3,9 +3,10 @@
 
 :class:`GroupWorkers` owns the group's :class:`~edge_agent.core.workers.BlockWorkers`, what the
 budget reserves for their scratch and the seed of their per-block generators. The group hands it,
-when it starts them, what they need: how to move its state into shared memory, its per-block step
-and what each process does once forked (held weakly by the workers: the group is freed by
-reference counting, its workers with it).
+when it starts them, what they need from its parts: how to move its state into shared memory (its
+memory's ``share``), the per-block step (its blocks' or its planning policy's ``step_index``) and
+what each process does once forked (held weakly by the workers: the parts are the group's, which
+is freed by reference counting, its workers with it).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 (``docs/health.md``), a part the group holds (:class:`AifHealth`, ``AifAgentGroup.health``).
 
 Each tick the group tells it the tick's outcomes with the prior its agents predicted them with
-(:meth:`AifHealth.before`, where ``learning.observe`` is told the same) and, once the tick is
-stepped, the posteriors and policy posterior (:meth:`AifHealth.after`). On every
+(:meth:`AifHealth.before`, before whichever tick path steps the tick: :data:`TickPrior`) and,
+once the tick is stepped, the posteriors and policy posterior (:meth:`AifHealth.after`), the
+same two calls around every path (:mod:`edge_agent.core.tick_paths`). On every
 :data:`HEALTH_EVERY`-th tick it measures a sample of at most :data:`HEALTH_AGENTS` agents,
 spread evenly over the group and moved by one agent each time so that every agent is measured
 in turn (all agents of a group of at most that many), in float64 with the pure kernels of
@@ -14,7 +15,8 @@ the variational free energy, the policy posterior's entropy, the belief change
 ``KL(q || prior)`` and the realised preference ``ln softmax(C)[o]``. The values go into a
 :class:`~edge_agent.core.health_window.HealthWindow` (the reporting window's summaries) and each
 tick's mean excess surprise into a :class:`~edge_agent.core.drift.DriftDetector`, whose alarm
-is a ``drift`` :class:`~edge_agent.core.contract.GroupEvent` (:meth:`AifHealth.alerts`).
+raised is a ``drift`` :class:`~edge_agent.core.contract.GroupEvent` and cleared a
+``drift_cleared`` one (:meth:`AifHealth.alerts`; the daemon logs and publishes them).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 from edge_agent.aif import health as kernels_health
 from edge_agent.core.contract import GroupEvent
-from edge_agent.core.drift import DriftDetector, DriftSettings
+from edge_agent.core.drift import CLEAR, DriftDetector, DriftSettings
 from edge_agent.core.group_blocks import IntArray
 from edge_agent.core.health_window import HealthSummary, HealthWindow
 
@@ -42,6 +44,7 @@ __all__ = [
     "AifHealth",
     "ExcessTap",
     "Likelihood",
+    "TickPrior",
     "health_agents",
 ]
 
@@ -76,6 +79,12 @@ LEARNING_HEALTH = ("experience", "divergence")
 #: (O_m, S)`` when they share it (the compiled model's rows), ``(r, O_m, S)`` each agent's own
 #: where they learn their own (per-agent learning).
 Likelihood = Callable[[IntArray], Sequence[np.ndarray]]
+
+TickPrior = Sequence[np.ndarray] | Callable[[IntArray], Sequence[np.ndarray]] | None
+"""The prior the agents predicted a tick's outcomes with, as the group has it before the tick:
+``prior[f] (N, S_f)`` (kept by the last tick); or ``prior(rows)``, the prior of the agents
+``rows`` made again (a group that keeps none); or None: the tick's inference makes it (each
+agent's own tables), and :meth:`AifHealth.after` is given it."""
 
 ExcessTap = Callable[[int, np.ndarray], None]
 """``tap(clock, excess)``: a measured tick's number (the group's health clock) and the excess
@@ -162,17 +171,9 @@ class AifHealth:
         """The agents this tick measures (moved by one each tick, within the group)."""
         return self._rows
 
-    def before(
-        self,
-        obs: IntArray,
-        prior: Sequence[np.ndarray] | None,
-        *,
-        derive: Callable[[IntArray], list[np.ndarray]] | None = None,
-    ) -> None:
-        """This tick's outcomes ``obs (N, M)`` and the prior the agents predicted them with,
-        ``prior[f] (N, S_f)`` (or, for a group that keeps no prior, ``derive(rows)``: the
-        sampled agents' prior made again); the sampled rows are copied (the tick overwrites
-        the prior)."""
+    def before(self, obs: IntArray, prior: TickPrior) -> None:
+        """This tick's outcomes ``obs (N, M)`` and the prior the agents predicted them with
+        (:data:`TickPrior`); the sampled rows are copied (the tick overwrites the prior)."""
         n = obs.shape[0]
         if n != self.n_agents:
             self.resize(n)
@@ -186,10 +187,10 @@ class AifHealth:
         np.minimum(self._rows, n - 1, out=self._rows)
         rows = self._rows
         self._obs = obs[rows]
-        if prior is not None:
+        if callable(prior):
+            self._prior = [np.asarray(p, dtype=np.float64) for p in prior(rows)]
+        elif prior is not None:
             self._prior = [np.asarray(p[rows], dtype=np.float64) for p in prior]
-        elif derive is not None:
-            self._prior = [np.asarray(p, dtype=np.float64) for p in derive(rows)]
         else:
             self._prior = None
 
@@ -198,11 +199,13 @@ class AifHealth:
         qs: Sequence[np.ndarray],
         q_pi: np.ndarray | None,
         likelihood: Likelihood,
+        made: Sequence[np.ndarray] | None = None,
     ) -> None:
         """The tick is stepped: its posteriors ``qs[f] (N, S_f)`` and policy posterior ``q_pi
         (N, P)`` (None: not planned), and the likelihood the agents inferred with (see
         :data:`Likelihood`): measure the sampled agents and fold the measures into the window
-        and the drift detector."""
+        and the drift detector. ``made``: the prior as the tick made it, ``made[f] (N, S_f)``,
+        read where :meth:`before` was told none."""
         obs, prior = self._obs, self._prior
         self._obs = self._prior = None
         window = self.window
@@ -210,6 +213,8 @@ class AifHealth:
         if obs is None:
             return
         rows = self._rows
+        if prior is None and made:
+            prior = [np.asarray(p[rows], dtype=np.float64) for p in made]
         names: list[str] = []
         values: list[np.ndarray] = []
         if q_pi is not None and q_pi.shape[0] == self.n_agents:
@@ -231,9 +236,13 @@ class AifHealth:
         k = excess.shape[0]
         mean = float(excess.sum()) / k
         var = max(0.0, float(np.dot(excess, excess)) / k - mean * mean)
-        fired = self.detector.update(mean, var, k, time.time())
-        if fired:
+        now = time.time()
+        since = self.detector.since
+        moved = self.detector.update(mean, var, k, now)
+        if moved is True:
             self._raise_drift()
+        elif moved is False:
+            self._clear_drift(0.0 if since is None else now - since)
 
     def _raise_drift(self) -> None:
         d = self.detector
@@ -254,9 +263,29 @@ class AifHealth:
             )
         )
 
+    def _clear_drift(self, lasted_s: float) -> None:
+        d = self.detector
+        s = d.settings
+        self._pending.append(
+            GroupEvent(
+                "drift_cleared",
+                "info",
+                f"group {self.group}: the model fits what its agents observe again: the excess "
+                f"surprise's drift statistic {d.statistic:.1f} fell to {CLEAR * s.threshold:g} "
+                f"(half its threshold {s.threshold:g}) after {lasted_s:.0f} s in alarm",
+                {
+                    "statistic": round(d.statistic, 6),
+                    "threshold": s.threshold,
+                    "clear_at": CLEAR * s.threshold,
+                    "alarm_s": round(lasted_s, 3),
+                },
+            )
+        )
+
     # -- what it tells ----------------------------------------------------------------------------
     def alerts(self) -> list[GroupEvent]:
-        """The ``drift`` events raised since the last call."""
+        """The drift alarm's transitions since the last call: a ``drift`` event (warning) when
+        it was raised, a ``drift_cleared`` event (info) when it cleared."""
         pending, self._pending = self._pending, []
         return pending
 

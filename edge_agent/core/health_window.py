@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_agent.arrays import percentiles
+
 __all__ = ["RESERVOIR", "DriftReading", "HealthSummary", "HealthWindow", "MeasureStats"]
 
 #: Values a measure keeps per window for its 95th percentile (8 bytes each).
@@ -42,7 +44,7 @@ class MeasureStats:
         """The summary of ``values`` (at least one), exactly."""
         v = np.asarray(values, dtype=np.float64)
         return cls(
-            mean=float(v.mean()), p95=float(np.percentile(v, 95)), n=int(v.size),
+            mean=float(v.mean()), p95=float(percentiles(v, [95.0])[0]), n=int(v.size),
             std=float(v.std()),
         )
 
@@ -140,7 +142,7 @@ class _Measure:
         n = self.n
         mean = self.sum / n
         var = max(0.0, self.sumsq / n - mean * mean)
-        p95 = float(np.percentile(self.sample[: self.kept], 95))
+        p95 = float(percentiles(self.sample[: self.kept], [95.0])[0])
         return MeasureStats(mean=mean, p95=p95, n=n, std=math.sqrt(var))
 
     def clear(self) -> None:

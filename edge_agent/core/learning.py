@@ -12,7 +12,8 @@ itself. Its **scope** is what the counts refresh into (:class:`LearnedTables`): 
 by every agent (``shared``, :mod:`edge_agent.core.shared_learning`) or each agent's own tables
 (``per_agent``, :mod:`edge_agent.core.per_agent_learning`, which also step the agents).
 
-The group calls it at a few points of its tick, with what it needs:
+The group's tick paths (:mod:`edge_agent.core.tick_paths`) call it at a few points of the
+tick, with what it needs:
 
 * :meth:`~GroupLearning.observe` once the tick's outcomes and the prior the agents predicted
   them with are at hand (the surprise);
@@ -41,13 +42,20 @@ past its first refresh) and compiles the model again otherwise
 (:mod:`edge_agent.aif.learning_refresh`). A scope may step the whole learning tick in one
 compiled pass (:meth:`LearnedTables.tick_pass`, :mod:`edge_agent.core.native_pass`): the group
 then calls :meth:`~GroupLearning.learned_in_pass` after it, and a shared pass, which leaves the
-group's compiled tables behind its own, has them brought in by
-:meth:`~GroupLearning.tables_current` when something reads them. With workers the workers step
-the blocks, the group
-learns from the posteriors they leave in shared memory, and forks them again whenever the tables
-change (they hold the old ones copy-on-write). The counts, their previous posteriors, the
-update's scratch and a shared int8 group's own codes are reserved in the memory budget
+group's compiled tables behind its own, has them brought in (:meth:`~GroupLearning.take_tables`)
+when something reads them. With workers the workers step the blocks, the group learns from the
+posteriors they leave in shared memory, and forks them again whenever the tables change (they
+hold the old ones copy-on-write). The counts, their previous posteriors, the update's scratch
+and a shared int8 group's own codes are reserved in the memory budget
 (:attr:`GroupLearning.nbytes`, :meth:`GroupLearning.bytes_per_agent`).
+
+The verbs on the learning itself are its own (:class:`~edge_agent.core.contract.Learns`, which
+the daemon's learning commands call: :meth:`~GroupLearning.freeze`, :meth:`~GroupLearning.resume`,
+:meth:`~GroupLearning.forget`, and :meth:`~GroupLearning.refresh`, :meth:`~GroupLearning.summary`,
+:meth:`~GroupLearning.take_increments`). Every compiled table a learning group steps with is
+made here, so the learning keeps the latest it made (and holds no reference to the group): the
+group takes what a verb made, and chooses its tick path again (a freeze changes it), before its
+next tick (:attr:`GroupLearning.changes`, :meth:`GroupLearning.take_tables`).
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ from edge_agent.errors import InputError
 if TYPE_CHECKING:
     from edge_agent.core.agent_state import AgentState
     from edge_agent.core.block_stepper import BlockStepper
+    from edge_agent.core.health_window import HealthWindow
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +157,7 @@ class LearnedTables(Protocol):
         ...
 
     def stepping(self) -> AgentStepping | None:
-        """The stepping of agents with their own tables (None: the group's shared kernels)."""
+        """The stages of agents with their own tables (None: the group's shared kernels)."""
         ...
 
     @property
@@ -166,16 +175,21 @@ class TickPass(Protocol):
     """A group's whole learning tick in one pass (:mod:`edge_agent.core.native_pass`)."""
 
     #: Whether the pass leaves the group's compiled tables behind the tables it learns (a
-    #: shared group's: :meth:`GroupLearning.tables_current` brings them in).
+    #: shared group's: :meth:`GroupLearning.take_tables` brings them in).
     leaves_compiled_behind: bool
+    #: Whether the pass makes the tick's prior into the state (each agent's own tables: it is
+    #: there after the tick), or keeps the next one there (shared: the tick's is there before).
+    makes_prior: bool
 
     def step_tick(
-        self, state: AgentState, obs: IntArray, stepper: BlockStepper, *, learn: bool
+        self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel
     ) -> Sequence[np.ndarray]:
         """The whole learning tick: the posteriors, the counts' update (``learn``) and the
         tables following them, ``G``, ``q_pi`` and the actions, and the prior ``state`` keeps
-        (per agent: the tick's; shared: the next); returns the tick's prior (the surprise's and
-        the health's). The caller then keeps the rest (:meth:`GroupLearning.learned_in_pass`)."""
+        (per agent: the tick's; shared: the next); returns the tick's prior (the surprise's).
+        ``model``: the scope's model now (a shared pass takes its tables again when it was
+        replaced since: a refresh, a snapshot, a forget). The caller then keeps the rest
+        (:meth:`GroupLearning.learned_in_pass`)."""
         ...
 
     def outcome_probabilities(
@@ -192,8 +206,13 @@ class TickPass(Protocol):
 
 
 class AgentStepping(Protocol):
-    """How agents with their own tables infer, plan and act (per-agent learning): in place in the
-    group's ``state``, with the group's ``stepper`` for its blocks, settings and generator."""
+    """How agents infer, plan and act, stage by stage: in place in the group's ``state``, with
+    the group's ``stepper`` for its blocks, settings and generator; through each agent's own
+    tables (per-agent learning) or the group's blocks (:mod:`edge_agent.core.tick_paths`)."""
+
+    #: Whether inference makes the tick's prior (each agent's own tables: into ``state.prior``)
+    #: rather than starting from the one the last tick left there.
+    makes_prior: bool
 
     def infer_states(self, state: AgentState, obs: IntArray, stepper: BlockStepper) -> None: ...
 
@@ -201,7 +220,7 @@ class AgentStepping(Protocol):
 
     def sample_action(self, state: AgentState, stepper: BlockStepper) -> None: ...
 
-    def likelihood(self, rows: IntArray) -> list[np.ndarray]:
+    def likelihood(self, rows: IntArray) -> Sequence[np.ndarray]:
         """Each modality's ``A`` of the agents ``rows``: ``(r, O_m, S)`` where each learns its
         own, ``(O_m, S)`` where they share it (the health part's measures)."""
         ...
@@ -223,13 +242,24 @@ class GroupLearning:
         *,
         name: str,
         dtype: np.dtype[Any],
-        policies: np.ndarray,
-        lnE: np.ndarray,
+        cm: kernels.CompiledModel,
         gamma: float,
         trial_ends_at_reset: bool = False,
     ) -> None:
         self.spec = spec
-        self._policies, self._lnE, self._gamma = policies, lnE, gamma
+        self._policies, self._lnE, self._gamma = cm.tree.policies, cm.lnE, gamma
+        #: The compiled tables the group steps with, as this learning last made them (every
+        #: change of a learning group's tables is this learning's), and those it made since
+        #: the group last took them (:meth:`take_tables`).
+        self._cm = cm
+        self._pending: NewTables | None = None
+        #: Whether a shared compiled pass left the group's compiled tables behind the tables it
+        #: learned (:meth:`learned_in_pass`): :meth:`take_tables` brings them in first.
+        self.behind = False
+        #: Bumped by the verbs called between ticks (:meth:`freeze`, :meth:`resume`,
+        #: :meth:`forget`, :meth:`refresh`): the group takes their tables and chooses its tick
+        #: path again before its next tick.
+        self.changes = 0
         self.name = name
         self.scope = scope
         self.dtype = dtype
@@ -402,7 +432,7 @@ class GroupLearning:
         infer with follow them. Keep what an update and a refresh keep besides: the versions
         and agent-ticks of the counts, their masks the counts' support from the first refresh
         on, the refreshes; ``compiled_behind`` (a shared pass): every column of the learned
-        tables counts as touched until :meth:`tables_current` brings them into the compiled
+        tables counts as touched until :meth:`take_tables` brings them into the compiled
         tables. Nothing while frozen (the pass did not learn)."""
         if self.frozen:
             return
@@ -413,19 +443,52 @@ class GroupLearning:
         if compiled_behind:
             for touched in pA.touched:
                 touched.fill(True)
+            self.behind = True
         self._since_refresh = 0
         self.refreshes += 1
 
-    def tables_current(self, cm: kernels.CompiledModel) -> NewTables | None:
-        """The counts' expectation into the group's compiled tables ``cm`` (the scope's
-        refresh, incremental past the first: the touched columns of ``A``), not counted as a
-        refresh: :meth:`refresh` counts it, and after a shared pass (:meth:`learned_in_pass`)
-        the pass did. Returns the compiled tables to step with from now on (None: unchanged)."""
+    # -- the compiled tables the group steps with --------------------------------------------------
+    def take_tables(self) -> NewTables | None:
+        """The compiled tables the group steps with from now on, once (None: none new since it
+        last took them): those this learning made since, the learned tables a shared pass left
+        behind brought in first. The group takes them before its next tick (a verb's), when
+        something reads its compiled tables, and right after each of its calls here that may
+        make some (this tick's learning, a reset, a trial's end, a snapshot's counts)."""
+        self._catch_up()
+        new, self._pending = self._pending, None
+        return new
+
+    @property
+    def owes_tables(self) -> bool:
+        """Whether :meth:`take_tables` has tables for the group."""
+        return self.behind or self._pending is not None
+
+    def _catch_up(self) -> None:
+        """The learned tables a shared pass left behind into the compiled tables (one
+        incremental refresh of the columns the passes touched), before anything else reads or
+        replaces them."""
+        if self.behind:
+            self.behind = False
+            self._bring_current()
+
+    def _bring_current(self) -> None:
+        """The counts' expectation into the compiled tables (the scope's refresh, incremental
+        past the first: the touched columns of ``A``), not counted as a refresh: :meth:`refresh`
+        counts it, and after a shared pass (:meth:`learned_in_pass`) the pass did."""
         learner = self.learner  # the kept ticks learned first
-        new, incremental, encoded = self.scope.refresh(learner, cm)
+        new, incremental, encoded = self.scope.refresh(learner, self._cm)
         self.incremental_refreshes += incremental
         self.columns_encoded += encoded
-        return None if new is None else NewTables(new, same_layout=incremental)
+        self._made(new, same_layout=incremental)
+
+    def _made(self, cm: kernels.CompiledModel | None, *, same_layout: bool) -> None:
+        """``cm`` (None: nothing) is the compiled tables from now on, for the group to take
+        (``same_layout``: only values changed since the tables it took last)."""
+        if cm is None:
+            return
+        kept = self._pending
+        self._cm = cm
+        self._pending = NewTables(cm, same_layout and (kept is None or kept.same_layout))
 
     def keep_action(self, action: np.ndarray, has_action: np.ndarray) -> None:
         """Last tick's action and whether each agent acted, kept before a step replaces them:
@@ -438,21 +501,21 @@ class GroupLearning:
         self,
         obs: IntArray,
         qs: Sequence[np.ndarray],
-        cm: kernels.CompiledModel,
         action: np.ndarray | None = None,
         acted: np.ndarray | None = None,
     ) -> NewTables | None:
         """Learn from this tick's outcomes ``obs (N, M)`` and posteriors ``qs``, and the action
         that led to them (``action (N, F)``, ``acted (N,)``; by default what :meth:`keep_action`
         kept): ``pA`` from the outcomes, ``pB`` from the transition, the tables refreshed if due
-        (``cm``: the group's compiled tables; the new ones are returned). While frozen only the
+        (the new compiled tables are returned, :meth:`take_tables`). While frozen only the
         posteriors are kept."""
         if self.frozen:
             self._keep_posteriors(qs)
             return None
         if action is None or acted is None:
             action, acted = self._action_prev, self._acted_prev
-        return self._learn(obs, qs, action, acted, cm)
+        self._learn(obs, qs, action, acted)
+        return self.take_tables()
 
     def _learn(
         self,
@@ -460,8 +523,7 @@ class GroupLearning:
         qs: Sequence[np.ndarray],
         action: np.ndarray,
         acted: np.ndarray,
-        cm: kernels.CompiledModel,
-    ) -> NewTables | None:
+    ) -> None:
         """``pA`` from ``obs`` and the posteriors ``qs``, ``pB`` from the transition
         ``qs_prev -> qs`` of every agent that had acted (``action``, ``acted``: before this
         tick's choice); then the tables are refreshed if due (:meth:`refresh`), and ``qs``
@@ -483,14 +545,14 @@ class GroupLearning:
         self._since_refresh += 1
         if self._since_refresh >= self.spec.refresh_every:
             if not self._tables_stay():
-                return self.refresh(cm)
+                self._refresh()
+                return
             # nothing a refresh could install: the tables already follow the counts
             self._since_refresh = 0
             self.refreshes += 1
             self.incremental_refreshes += 1
         if experience is not None and experience.full:
             self._learn_experience()
-        return None
 
     def seeks_novelty(self) -> bool:
         """Whether the agents add the parameter information gain to ``G`` now."""
@@ -524,14 +586,13 @@ class GroupLearning:
         np.copyto(q_pi, logits)
 
     def on_reset(
-        self, sel: np.ndarray, qs: Sequence[np.ndarray], has_action: np.ndarray,
-        cm: kernels.CompiledModel,
+        self, sel: np.ndarray, qs: Sequence[np.ndarray], has_action: np.ndarray
     ) -> NewTables | None:
         """Before the agents ``sel (N,) bool`` start new trials: with ``trial_ends_at_reset``
         those that acted in theirs (``has_action``) end it first, ``pD`` learning from their
         last posterior (an agent reset before its first step has no trial to sum up)."""
         if self.trial_ends_at_reset and self._learner.pD is not None:
-            return self.end_trial(sel & has_action, qs, None, cm)
+            return self.end_trial(sel & has_action, qs, None)
         return None
 
     def end_trial(
@@ -539,7 +600,6 @@ class GroupLearning:
         sel: np.ndarray,
         qs: Sequence[np.ndarray],
         posterior: Sequence[np.ndarray] | None,
-        cm: kernels.CompiledModel,
     ) -> NewTables | None:
         """The agents ``sel (N,) bool`` finished a trial: ``pD`` learns from their posteriors
         (``qs``' rows; ``posterior[f]`` rows of the selected agents instead, e.g. a trial's
@@ -551,7 +611,8 @@ class GroupLearning:
                 [q[sel] for q in qs] if posterior is None else list(posterior),
                 agents=np.flatnonzero(sel),
             )
-            return self.refresh(cm)
+            self._refresh()
+            return self.take_tables()
         return None
 
     def _keep_posteriors(self, qs: Sequence[np.ndarray]) -> None:
@@ -590,26 +651,37 @@ class GroupLearning:
                 updates=acted_ticks,
             )
 
-    def refresh(self, cm: kernels.CompiledModel) -> NewTables | None:
+    def _refresh(self) -> None:
         """The agents infer with the counts' expectation from now on (the scope's
-        :meth:`LearnedTables.refresh`; ``cm``: the group's compiled tables now). Returns the
-        compiled tables to step with from now on (None: unchanged)."""
-        new = self.tables_current(cm)
+        :meth:`LearnedTables.refresh`), counted as a refresh."""
+        self._bring_current()
         self._since_refresh = 0
         self.refreshes += 1
-        return new
 
-    # -- verbs on the learning ---------------------------------------------------------------------
-    def freeze(self, cm: kernels.CompiledModel) -> tuple[bool, NewTables | None]:
+    # -- verbs on the learning (edge_agent.core.contract.Learns: the daemon's commands) -----------
+    # Called between ticks: the group takes the tables they make, and chooses its tick path
+    # again, before its next tick (:attr:`changes`).
+    def refresh(self) -> None:
+        """The agents infer with the counts' expectation from now on (the scope's
+        :meth:`LearnedTables.refresh`)."""
+        self._catch_up()
+        self._refresh()
+        self.changes += 1
+
+    def freeze(self) -> bool:
         """Stop updating the counts (no learning, no forgetting, no ``pD`` at a trial's end);
         the agents keep inferring and planning with the tables the counts stand for, refreshed
-        now if some of what was learned was not in them yet (the new compiled tables: the
-        second item). False if it was frozen already."""
+        now if some of what was learned was not in them yet. While frozen a tick is the plain
+        group's (without the parameter information gain: nothing is learned). False if it was
+        frozen already."""
         if self.frozen:
-            return False, None
-        new = self.refresh(cm) if self._since_refresh else None
+            return False
+        self._catch_up()
+        if self._since_refresh:
+            self._refresh()
         self.frozen = True
-        return True, new
+        self.changes += 1
+        return True
 
     def resume(self) -> bool:
         """Learn again from the next tick on, from the counts as they were frozen. False if it
@@ -617,22 +689,23 @@ class GroupLearning:
         if not self.frozen:
             return False
         self.frozen = False
+        self.changes += 1
         return True
 
-    def forget(self) -> NewTables | None:
+    def forget(self) -> None:
         """Forget what was learned: every learned table's counts back to their prior (every
-        agent's, per agent), the tables back to the model's as the group was loaded with them
-        (their compiled form is returned), each kind's ``version`` bumped
-        (:meth:`DirichletCounts.reset`). Beliefs, trials and whether learning is frozen stay as
-        they are."""
+        agent's, per agent), the tables back to the model's as the group was loaded with them,
+        each kind's ``version`` bumped (:meth:`DirichletCounts.reset`). Beliefs, trials and
+        whether learning is frozen stay as they are."""
+        self._catch_up()
         loaded = self._loaded
         tables = {"A": loaded.A, "B": loaded.B, "D": loaded.D}
         for counts in self.learner.counts:
             counts.reset(tables[counts.kind])
         self._since_refresh = 0
         self.counts_origin = "priors"
-        cm = self.scope.restore_loaded()
-        return None if cm is None else NewTables(cm, same_layout=False)
+        self._made(self.scope.restore_loaded(), same_layout=False)
+        self.changes += 1
 
     def summary(self) -> dict[str, Any]:
         """``frozen``, and per kind of counts (``pA``, ``pB``, ``pD``) its ``version`` (updates
@@ -683,6 +756,15 @@ class GroupLearning:
             "refreshes": self.refreshes,
             **self.numbers(),
         }
+
+    def add_health(self, window: HealthWindow, *, steps: int) -> None:
+        """The measures a learning group adds to its health window as it closes
+        (:data:`~edge_agent.core.health.LEARNING_HEALTH`): the ``steps`` agent-steps learned in
+        it (none while frozen) and the divergence of :meth:`numbers`."""
+        divergence = self.numbers()["divergence"]
+        if not self.frozen:
+            window.add("experience", np.array([float(steps)]))
+        window.add("divergence", np.array([float(divergence)]))
 
     def numbers(self) -> dict[str, float | int]:
         """``updates``: count updates so far (each table's updates added up); ``divergence``:
@@ -739,16 +821,15 @@ class GroupLearning:
         out["learn.frozen"] = np.array(self.frozen)
         return out
 
-    def load_state_dict(
-        self, state: Mapping[str, np.ndarray], cm: kernels.CompiledModel
-    ) -> NewTables | None:
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> NewTables | None:
         """Restore the counts, then refresh the tables from them (the new compiled tables are
-        returned; ``cm``: the group's now).
+        returned, :meth:`take_tables`).
 
         Counts are taken only from a state learned from the same priors (its
         ``learn.identity``; a state without one, e.g. of the group before it learned, or of
         another learning table, restores the beliefs alone): then learning goes on from the
         priors, and the log says so."""
+        self._catch_up()
         for f, q in enumerate(self._qs_prev):
             saved_rows(state, f"learn.qs_prev{f}", f"qs{f}", q,
                        where=f"group {self.name!r} snapshot")
@@ -762,7 +843,7 @@ class GroupLearning:
                     self.name,
                     "none at all" if identity is None else "another table, prior or scope",
                 )
-            return None
+            return self.take_tables()
         for counts in self.learner.counts:
             for slot, index in enumerate(counts.tables):
                 key = f"learn.p{counts.kind}{index}"
@@ -785,7 +866,7 @@ class GroupLearning:
         # Restored counts may differ anywhere from the tables, whatever their versions: the
         # refresh makes the tables from them in full (no incremental refresh without versions).
         self.scope.forget_versions()
-        new = self.refresh(cm)
+        self._refresh()
         if not self._quiet:
             self.counts_origin = "snapshot"
             logger.info(
@@ -793,7 +874,7 @@ class GroupLearning:
                 self.name,
                 ", ".join(f"p{c.kind} after {c.version} updates" for c in self.learner.counts),
             )
-        return new
+        return self.take_tables()
 
     @contextmanager
     def warming_up(self) -> Iterator[None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from edge_agent.aif.learning import Learner
-from edge_agent.core.learning import GroupLearning, LearnedTables
+from edge_agent.core.learning import GroupLearning
 from edge_agent.errors import InputError, ModelError
 
 if TYPE_CHECKING:
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.aif.quant import QuantizedModel
     from edge_agent.aif.settings import AifSettings
+    from edge_agent.core.per_agent_learning import AgentTables
+    from edge_agent.core.shared_learning import SharedTables
 
 __all__ = ["group_learning"]
 
@@ -41,7 +43,7 @@ def group_learning(
     """The learning of a group of ``n_agents`` on ``model`` (float, as loaded; ``quantized``:
     the int8 codes an int8 group steps with, else None; ``cm``: the compiled tables) that learns
     ``spec``, with the tables of ``spec.settings.scope``, its learning ticks stepped in one
-    compiled pass where it can (:mod:`edge_agent.core.native_pass`). ``dtype``,
+    compiled pass where it can (the scope builds it: :mod:`edge_agent.core.native_pass`). ``dtype``,
     ``settings``: the group's compute dtype and settings. InputError names the group for
     counts the model cannot take."""
     floats = model
@@ -58,30 +60,16 @@ def group_learning(
         )
     except ModelError as err:
         raise InputError(f"group {name!r}: {err}") from err
-    scope: LearnedTables
+    scope: AgentTables | SharedTables
     if spec.settings.scope == "per_agent":
-        from edge_agent.core.native_pass import native_pass  # noqa: PLC0415
         from edge_agent.core.per_agent_learning import AgentTables  # noqa: PLC0415
 
-        tables = AgentTables(floats, learner, n_agents, info_gain=settings.use_states_info_gain)
-        found = native_pass(tables, learner, spec, cm=cm, settings=settings, n_agents=n_agents)
-        if isinstance(found, str):
-            tables.native_reason = found
-        else:
-            tables.native = found
-        scope = tables
+        scope = AgentTables(floats, learner, n_agents, info_gain=settings.use_states_info_gain)
     else:
-        from edge_agent.core.native_pass import shared_native_pass  # noqa: PLC0415
         from edge_agent.core.shared_learning import SharedTables  # noqa: PLC0415
 
-        shared = SharedTables(floats, quantized, cm, dtype.type)
-        found_shared = shared_native_pass(shared, learner, spec, cm=cm, settings=settings,
-                                          n_agents=n_agents)
-        if isinstance(found_shared, str):
-            shared.native_reason = found_shared
-        else:
-            shared.native = found_shared
-        scope = shared
+        scope = SharedTables(floats, quantized, cm, dtype.type)
+    scope.build_pass(learner, spec, cm=cm, settings=settings, n_agents=n_agents)
     return GroupLearning(
         spec,
         learner,
@@ -89,8 +77,7 @@ def group_learning(
         scope,
         name=name,
         dtype=dtype,
-        policies=cm.tree.policies,
-        lnE=cm.lnE,
+        cm=cm,
         gamma=settings.gamma,
         trial_ends_at_reset=trial_ends_at_reset,
     )

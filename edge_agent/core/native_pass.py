@@ -2,24 +2,28 @@
 :class:`SharedNativePass` (one set of counts every agent teaches).
 
 A group that learns its likelihood counts (``pA``) every tick steps its learning tick
-(:meth:`~edge_agent.core.agents.AifAgentGroup.step`) in :mod:`edge_agent.aif.kernels.native`'s
-pass when the model and settings are what the pass does (:func:`native_pass` says which are
-not): every agent infers, learns, the tables follow the counts, it plans and acts, agent block by
-agent block, in the arrays the group already holds (the agents' state; the counts, their masks
-and experience in the :class:`~edge_agent.aif.learning_counts.DirichletCounts`; per agent, each
-agent's tables in the :class:`~edge_agent.core.per_agent_learning.AgentTables`), with the
-numbers of the numpy stages up to rounding. What the counts keep besides (versions, agent-ticks,
-the refresh) is kept by :meth:`~edge_agent.core.learning.GroupLearning.learned_in_pass`.
+(:class:`~edge_agent.core.tick_paths.PassTick`) in :mod:`edge_agent.aif.kernels.native`'s pass
+when the model and settings are what the pass does (:func:`_kernel` says which are not): every
+agent infers, learns, the tables follow the counts, it plans and acts, agent block by agent
+block, in the arrays the group already holds (the agents' state; the counts, their masks and
+experience in the :class:`~edge_agent.aif.learning_counts.DirichletCounts`; per agent, each
+agent's tables), with the numbers of the numpy stages up to rounding. What the counts keep
+besides (versions, agent-ticks, the refresh) is kept by
+:meth:`~edge_agent.core.learning.GroupLearning.learned_in_pass`.
 
-Per agent, the group's verbs that step one stage (``infer_states``, ``infer_policies``,
-``sample_action``) and everything that reads the tables go to the :class:`AgentTables` it wraps.
-Shared, the pass keeps the learned tables the agents infer with (one ``(O_m, S)`` table per
-learned modality, following the counts every tick) and leaves the group's compiled tables
+A scope builds its own pass from its own arrays (:meth:`AgentTables.build_pass
+<edge_agent.core.per_agent_learning.AgentTables.build_pass>` with :func:`per_agent_pass`,
+:meth:`SharedTables.build_pass <edge_agent.core.shared_learning.SharedTables.build_pass>` with
+:func:`shared_pass`); this module knows neither scope. Per agent, the pass writes each agent's
+tables in place (the stage verbs read them through the scope). Shared, the pass keeps the
+learned tables the agents infer with (one ``(O_m, S)`` table per learned modality, following the
+counts every tick) and leaves the group's compiled tables
 (:class:`~edge_agent.aif.kernels.CompiledModel`: the numpy stages', the planners', what other
 parts read) behind them: the group brings those in when something reads them
-(:meth:`~edge_agent.core.learning.GroupLearning.tables_current`, one incremental refresh of the
-columns the passes touched), never on the pass's own ticks. The pass takes the group's tables
-again whenever they were replaced otherwise (a refresh, a snapshot, a forget).
+(:meth:`~edge_agent.core.learning.GroupLearning.take_tables`, one incremental refresh of the
+columns the passes touched), never on the pass's own ticks. The pass takes the scope's tables
+again whenever they were replaced otherwise (a refresh, a snapshot, a forget: the model it is
+given each tick is another).
 
 ``EDGE_AGENT_NATIVE_TICK=0`` in the environment keeps a group on numpy (read when the group is
 made; a benchmark's or a test's baseline).
@@ -33,9 +37,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_agent.aif import per_agent
 from edge_agent.aif.kernels import native
 from edge_agent.core.agent_state import AgentState
-from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import IntArray
 
 if TYPE_CHECKING:
@@ -43,10 +47,8 @@ if TYPE_CHECKING:
     from edge_agent.aif.learning import Learner, LearningSpec
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.aif.settings import AifSettings
-    from edge_agent.core.per_agent_learning import AgentTables
-    from edge_agent.core.shared_learning import SharedTables
 
-__all__ = ["NATIVE_ENV", "NativePass", "SharedNativePass", "native_pass", "shared_native_pass"]
+__all__ = ["NATIVE_ENV", "NativePass", "SharedNativePass", "per_agent_pass", "shared_pass"]
 
 #: The environment variable that keeps groups on numpy when it is ``0``.
 NATIVE_ENV = "EDGE_AGENT_NATIVE_TICK"
@@ -75,30 +77,31 @@ class _CompiledPass:
 
 
 class NativePass(_CompiledPass):
-    """The learning tick of a per-agent group (``tables``, ``learner``) as one compiled pass
-    (``kernel``); the stage verbs are ``tables``'."""
+    """The learning tick of a per-agent group as one compiled pass (``kernel``): ``tables_A``,
+    each modality's ``(N, O_m, S)`` tables (the learned ones each agent's own, written in place;
+    ``(1, O_m, S)`` for one they share), and ``learner``'s ``pA`` counts."""
 
-    name = "native"
-    plans_by_policy = False
     #: The pass writes each agent's tables themselves: nothing is left behind.
     leaves_compiled_behind = False
+    #: The tick's prior is made from each agent's own tables, into the state.
+    makes_prior = True
 
     def __init__(
-        self, tables: AgentTables, learner: Learner, kernel: native.NativeTick, n_agents: int,
-        num_modalities: int,
+        self, tables_A: list[np.ndarray], learner: Learner, kernel: native.NativeTick,
+        n_agents: int,
     ) -> None:
-        super().__init__(learner, kernel, n_agents, num_modalities)
-        self.tables = tables
+        super().__init__(learner, kernel, n_agents, len(tables_A))
+        self._tables_A = tables_A
 
     def step_tick(
-        self, state: AgentState, obs: IntArray, stepper: BlockStepper, *, learn: bool
+        self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel
     ) -> Sequence[np.ndarray]:
         """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the prior
         into ``state.prior`` (returned: the agents' next prior is made at the next
         inference), the posteriors, each agent's counts (``learn``: not frozen) and tables,
-        ``G``, ``q_pi`` and the actions."""
-        del stepper  # the pass has the stepper's settings (native_pass)
-        counts, own = self._counts, self.tables.tables["A"]
+        ``G``, ``q_pi`` and the actions (``model``: the model as loaded, not read)."""
+        del model  # each agent's tables are the pass's own
+        counts, own = self._counts, self._tables_A
         # The masks are replaced at the first refresh and at a reset: bound every tick.
         self._kernel.bind_learning([own[m] for m in counts.tables], counts.counts, counts.mask,
                                    counts.experience)
@@ -106,61 +109,47 @@ class NativePass(_CompiledPass):
                           q_pi=state.q_pi, prior=state.prior, p_obs=self._p_obs, learn=learn)
         return state.prior
 
-    # -- the stage verbs: the tables' -------------------------------------------------------------
-    def infer_states(self, state: AgentState, obs: IntArray, stepper: BlockStepper) -> None:
-        """:meth:`AgentTables.infer_states`."""
-        self.tables.infer_states(state, obs, stepper)
-
-    def infer_policies(self, state: AgentState, stepper: BlockStepper) -> None:
-        """:meth:`AgentTables.infer_policies`."""
-        self.tables.infer_policies(state, stepper)
-
-    def sample_action(self, state: AgentState, stepper: BlockStepper) -> None:
-        """:meth:`AgentTables.sample_action`."""
-        self.tables.sample_action(state, stepper)
-
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
-        """:meth:`AgentTables.likelihood`."""
-        return self.tables.likelihood(rows)
+        """Each modality's ``A`` of the agents ``rows`` (:func:`~edge_agent.aif.per_agent.
+        agents_likelihood`)."""
+        return per_agent.agents_likelihood(self._tables_A, rows)
 
 
 class SharedNativePass(_CompiledPass):
-    """The learning tick of a shared group (``tables``, ``learner``: one set of ``pA`` counts
-    every agent teaches, the tables following them every tick) as one compiled pass
-    (``kernel``); it holds the learned tables the agents infer with between a refresh and the
-    next (see the module doc)."""
+    """The learning tick of a shared group on ``model`` (float64, as the scope has it now;
+    ``learner``: one set of ``pA`` counts every agent teaches, the tables following them every
+    tick) as one compiled pass (``kernel``); it holds the learned tables the agents infer with
+    between a refresh and the next (see the module doc)."""
 
     #: The group's compiled tables lag the learned tables after a pass (the group brings them
-    #: in when read: :meth:`~edge_agent.core.learning.GroupLearning.tables_current`).
+    #: in when read: :meth:`~edge_agent.core.learning.GroupLearning.take_tables`).
     leaves_compiled_behind = True
+    #: The state keeps the next prior, made by the pass: the tick's is there before it.
+    makes_prior = False
 
     def __init__(
-        self, tables: SharedTables, learner: Learner, kernel: native.NativeTick, n_agents: int,
-        num_modalities: int,
+        self, model: GenerativeModel, learner: Learner, kernel: native.NativeTick, n_agents: int
     ) -> None:
-        super().__init__(learner, kernel, n_agents, num_modalities)
-        self.tables = tables
-        model = tables.model
+        super().__init__(learner, kernel, n_agents, model.num_modalities)
         #: Each learned modality's table ``(O_m, S)``, the pass's own (written every tick).
         self._own = [
             np.array(model.A[m].reshape(model.A[m].shape[0], -1), dtype=np.float64)
             for m in self._counts.tables
         ]
-        #: The group's model the tables were last taken from (or brought into).
+        #: The scope's model the tables were last taken from (or brought into).
         self._synced: GenerativeModel = model
         #: The tick's prior (the group keeps the next one in its state).
         self._prior = [np.zeros((n_agents, s)) for s in model.num_states]
 
     def step_tick(
-        self, state: AgentState, obs: IntArray, stepper: BlockStepper, *, learn: bool
+        self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel
     ) -> Sequence[np.ndarray]:
         """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the
         tick's prior (returned), the posteriors, the counts (``learn``: not frozen) with
         every agent's update and the tables their expectation, then ``G``, ``q_pi``, the
         actions and from them the next prior, into ``state.prior`` (the group keeps it, as
-        its numpy stages do)."""
-        del stepper  # the pass has the stepper's settings and transitions (_kernel)
-        model, counts = self.tables.model, self._counts
+        its numpy stages do). ``model``: the scope's now."""
+        counts = self._counts
         if model is not self._synced:  # replaced since: a refresh, a snapshot, a forget
             for own, m in zip(self._own, counts.tables, strict=True):
                 np.copyto(own, model.A[m].reshape(own.shape))
@@ -179,39 +168,41 @@ class SharedNativePass(_CompiledPass):
         """Each modality's ``A`` ``(O_m, S)`` the agents infer with now: the learned ones the
         pass's, the others the model's."""
         del rows  # one table for every agent
-        A = [a.reshape(a.shape[0], -1) for a in self.tables.model.A]
+        A = [a.reshape(a.shape[0], -1) for a in self._synced.A]
         for own, m in zip(self._own, self._counts.tables, strict=True):
             A[m] = own
         return A
 
 
-def native_pass(
-    tables: AgentTables, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
-    settings: AifSettings, n_agents: int,
+def per_agent_pass(
+    model: GenerativeModel, tables_A: list[np.ndarray], learner: Learner, spec: LearningSpec, *,
+    cm: kernels.CompiledModel, settings: AifSettings, n_agents: int,
 ) -> NativePass | str:
-    """The compiled pass of a per-agent group, or why it steps with numpy (:func:`_kernel`)."""
+    """The compiled pass of a per-agent group on ``model`` (as loaded) whose agents' tables are
+    ``tables_A`` (see :class:`NativePass`), or why it steps with numpy (:func:`_kernel`)."""
     pA = learner.pA
-    own = [] if pA is None else [tables.tables["A"][m] for m in pA.tables]
-    found = _kernel(tables.model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
+    own = [] if pA is None else [tables_A[m] for m in pA.tables]
+    found = _kernel(model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
                     shared=False, bound=own)
     if isinstance(found, str):
         return found
-    return NativePass(tables, learner, found, n_agents, tables.model.num_modalities)
+    return NativePass(tables_A, learner, found, n_agents)
 
 
-def shared_native_pass(
-    tables: SharedTables, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
-    settings: AifSettings, n_agents: int,
+def shared_pass(
+    model: GenerativeModel, *, int8: bool, learner: Learner, spec: LearningSpec,
+    cm: kernels.CompiledModel, settings: AifSettings, n_agents: int,
 ) -> SharedNativePass | str:
-    """The compiled pass of a shared group, or why it steps with numpy (:func:`_kernel`; and
-    its tables must be float64: the pass does not compute in int8 codes)."""
-    if tables.quantized is not None or cm.dtype != np.float64:
+    """The compiled pass of a shared group on ``model`` (``int8``: it steps with int8 codes),
+    or why it steps with numpy (:func:`_kernel`; and its tables must be float64: the pass does
+    not compute in int8 codes)."""
+    if int8 or cm.dtype != np.float64:
         return "int8 tables (the compiled tick computes in float64)"
-    found = _kernel(tables.model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
+    found = _kernel(model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
                     shared=True, bound=[])
     if isinstance(found, str):
         return found
-    return SharedNativePass(tables, learner, found, n_agents, tables.model.num_modalities)
+    return SharedNativePass(model, learner, found, n_agents)
 
 
 def _kernel(
@@ -221,7 +212,7 @@ def _kernel(
     """The compiled tick of ``model``'s group (``shared``: one set of counts), or why it steps
     with numpy: the pass learns ``pA`` alone, without forgetting or novelty, in float64 counts
     refreshed every tick, for one-step policies, deterministic marginal action selection and a
-    model within :data:`~edge_agent.aif.kernels.native.LIMITS`, in C-contiguous float64
+    model within :func:`~edge_agent.aif.kernels.native.limits`, in C-contiguous float64
     arrays (the counts, their experience and ``bound``: the tables it writes)."""
     s = spec.settings
     policies = cm.tree.policies
@@ -241,13 +232,13 @@ def _kernel(
     for found, why in reasons:
         if found:
             return why
+    missing = native.unavailable()  # no library, or not the binding's: its limits unknown
+    if missing is not None:
+        return missing
     too_large = native.too_large(model.num_states, model.num_controls, model.num_modalities,
                                  len(policies))
     if too_large is not None:
         return too_large
-    missing = native.unavailable()
-    if missing is not None:
-        return missing
     pA = learner.pA
     assert pA is not None
     if not all(a.dtype == np.float64 and a.flags.c_contiguous

@@ -5,7 +5,9 @@ to the ``(N, ...)`` counts; tables nobody learns stay shared, with an agent axis
 the agents with them through the batched per-agent kernels of :mod:`edge_agent.aif.per_agent`
 (pymdp 0.0.7.1's maths, like the reference agent): the group's
 :class:`~edge_agent.core.learning.GroupLearning` refreshes them, the group's verbs infer, plan
-and act through them (:class:`~edge_agent.core.learning.AgentStepping`). A group of this scope
+and act through them (:class:`~edge_agent.core.learning.AgentStepping`), and it builds the
+compiled pass that steps the learning ticks over them where it can (:meth:`AgentTables.
+build_pass`, :mod:`edge_agent.core.native_pass`). A group of this scope
 runs float64 tables, without histories, several workers, a planning policy, ``param_info_gain``
 or :meth:`~edge_agent.core.agents.AifAgentGroup.resize` (each refused in one line).
 """
@@ -29,6 +31,8 @@ from edge_agent.core.group_blocks import IntArray
 from edge_agent.core.learning import AgentStepping
 
 if TYPE_CHECKING:
+    from edge_agent.aif.learning import LearningSpec
+    from edge_agent.aif.settings import AifSettings
     from edge_agent.core.native_pass import NativePass
 
 __all__ = ["OUTCOME_CHUNK", "AgentTables"]
@@ -47,6 +51,8 @@ class AgentTables:
     name = "per_agent"
     #: Every agent plans every tick, with its own tables.
     plans_by_policy = False
+    #: Inference makes each agent's prior from its own ``B`` (or ``D``), into the state.
+    makes_prior = True
 
     def __init__(
         self, model: GenerativeModel, learner: Learner, n_agents: int, *, info_gain: bool
@@ -90,7 +96,7 @@ class AgentTables:
             per_agent.joint_layout(self.tables["A"], supports, self._possible, learner.pA.tables)
             if self._possible is not None and learner.pA is not None and info_gain else None
         )
-        self._lnC = [np.log(per_agent.softmax_rows(c[None])[0] + EPS) for c in model.C]
+        self._lnC = [np.log(kernels.softmax_rows(c[None])[0] + EPS) for c in model.C]
         self._info_gain = info_gain
         # The joint-outcome tables of a shared A, made once; a learned A's are made each tick
         # from the agents' tables, a chunk of agents at a time (kept by no agent).
@@ -99,10 +105,24 @@ class AgentTables:
             if info_gain and learner.pA is None else None
         )
         #: The compiled pass that steps the agents' learning ticks over these tables
-        #: (:func:`~edge_agent.core.native_pass.native_pass`, set by the group's learning), or
-        #: None and why not.
+        #: (:meth:`build_pass`), or None and why not.
         self.native: NativePass | None = None
         self.native_reason = "not tried"
+
+    def build_pass(
+        self, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
+        settings: AifSettings, n_agents: int,
+    ) -> None:
+        """The compiled pass over these tables (:attr:`native`), or why the agents step with
+        numpy (:attr:`native_reason`: :func:`~edge_agent.core.native_pass.per_agent_pass`)."""
+        from edge_agent.core.native_pass import per_agent_pass  # noqa: PLC0415 - it learns
+
+        found = per_agent_pass(self._loaded, self.tables["A"], learner, spec, cm=cm,
+                               settings=settings, n_agents=n_agents)
+        if isinstance(found, str):
+            self.native_reason = found
+        else:
+            self.native = found
 
     @property
     def model(self) -> GenerativeModel:
@@ -115,9 +135,9 @@ class AgentTables:
         return None
 
     def stepping(self) -> AgentStepping:
-        """What steps the agents: the compiled pass over these tables (:attr:`native`), else
-        these tables' numpy stages."""
-        return self.native or self
+        """The stages of the agents: these tables' (the compiled pass, :meth:`tick_pass`, steps
+        whole learning ticks over them)."""
+        return self
 
     @property
     def stepping_name(self) -> str:
@@ -209,7 +229,7 @@ class AgentTables:
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
         """Each modality's ``A`` of the agents ``rows``: ``(r, O_m, S)`` for a learned one (a
         copy of those agents' tables), ``(O_m, S)`` for one they share (a view)."""
-        return [flat[rows] if len(flat) > 1 else flat[0] for flat in self.tables["A"]]
+        return per_agent.agents_likelihood(self.tables["A"], rows)
 
     # -- stepping ----------------------------------------------------------------------------------
     def infer_states(self, state: AgentState, obs: IntArray, stepper: BlockStepper) -> None:
@@ -268,7 +288,7 @@ class AgentTables:
                 [q[sl] for q in state.qs], mine, [per_agent.agents_of(b, sl) for b in B],
                 self._lnC, policies, outcomes=outcomes, use_utility=stepper.use_utility,
             )
-        state.q_pi[...] = per_agent.softmax_rows(state.G * float(stepper.gamma) + cm.lnE)
+        state.q_pi[...] = kernels.softmax_rows(state.G * float(stepper.gamma) + cm.lnE)
 
     def sample_action(self, state: AgentState, stepper: BlockStepper) -> None:
         """Each agent's action from its ``q_pi`` (marginal, pymdp's)."""

@@ -329,6 +329,11 @@ class PolicyTicks:
             if not self.step_block(i, obs, soft, record):
                 return
 
+    def step_index(self, i: int, obs: np.ndarray, record: bool) -> None:
+        """Block ``i`` of the current pass on integer outcomes ``obs`` (the workers' per-block
+        step: :data:`~edge_agent.core.workers.StepBlock`)."""
+        self.step_block(i, obs, None, record)
+
     def step_block(
         self, i: int, obs: IntArray | None, soft: list[np.ndarray] | None, record: bool
     ) -> bool:

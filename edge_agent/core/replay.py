@@ -211,7 +211,7 @@ def replay(
             first = t
         for f, q in enumerate(group.infer_states(obs[t : t + 1])):
             qs[f][t] = q[0]
-        if group.learns:
+        if group.learning is not None:
             group.learn(obs[t : t + 1])
         q_pi[t] = group.infer_policies()[0][0]
         chosen[t] = group.sample_action()[0]
@@ -228,9 +228,9 @@ def replay(
         tied=tied,
         recorded_shortfall=shortfall,
     )
-    if group.learns:
+    if group.learning is not None:
         _end_trial(group, qs, first if pD_from == "first" else T - 1)
-        for counts in group.learner.counts:
+        for counts in group.learning.learner.counts:
             for slot, index in enumerate(counts.tables):
                 out[f"p{counts.kind}{index}"] = counts.counts[slot]
     return out
@@ -273,6 +273,8 @@ def replay_planning(
         for name in ("plan_policy", "plan_left", "plan_age", "deferred")
     }
     who_plans = recording.get("planned")
+    committed = group.plans
+    assert committed is not None  # a planning policy's group
     onehot = group.cm.tree.first_action_onehot
     mode = group.settings.sampling_mode
     for t in range(T):
@@ -286,9 +288,9 @@ def replay_planning(
             qs[f][t] = q[0]
         q_pi[t] = group.q_pi[0]
         chosen[t] = group.action[0]
-        planned[t] = group.planning_counts["planned"] > 0
+        planned[t] = committed.counts["planned"] > 0
         for name, column in plans.items():
-            column[t] = getattr(group, name)[0]
+            column[t] = getattr(committed, name)[0]
         if planned[t]:
             tied[t] = agreement.count_ties(q_pi[t : t + 1], onehot)[0]
             shortfall[t] = agreement.action_shortfall(
@@ -313,7 +315,7 @@ def replay_planning(
 def _end_trial(group: AifAgentGroup, qs: list[np.ndarray], step: int) -> None:
     """A trial ended: a learning agent learns ``D`` from the posterior of ``step``; then the
     next trial starts from ``D``."""
-    if group.learns:
+    if group.learning is not None:
         group.end_trial(posterior=[q[step : step + 1] for q in qs])
     else:
         group.reset()

@@ -7,7 +7,9 @@ it was loaded with. A refresh (:mod:`edge_agent.aif.learning_refresh`) brings on
 columns of ``A`` into the compiled tables when nothing else moved since the last one (past the
 first such refresh, into the group's own compiled tables, in place, the modalities that did not
 move read from the codes decoded once: its cost follows what moved), and builds and compiles the
-model again otherwise; the group installs the compiled tables it returns.
+model again otherwise; the group installs the compiled tables it returns. It builds the compiled
+pass that steps the learning ticks of a float64 group where it can (:meth:`SharedTables.
+build_pass`, :mod:`edge_agent.core.native_pass`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from edge_agent.aif.quant import QuantizedModel
 from edge_agent.core.group_blocks import IntArray
 
 if TYPE_CHECKING:
+    from edge_agent.aif.learning import LearningSpec
+    from edge_agent.aif.settings import AifSettings
     from edge_agent.core.native_pass import SharedNativePass
 
 __all__ = ["SharedTables"]
@@ -69,11 +73,25 @@ class SharedTables:
         #: The model whose ``A`` the surprise last stacked, the stacked rows and each
         #: modality's first row (:meth:`outcome_probabilities`).
         self._stacked_A: tuple[GenerativeModel, np.ndarray, np.ndarray] | None = None
-        #: The compiled pass that steps the learning ticks
-        #: (:func:`~edge_agent.core.native_pass.shared_native_pass`, set by the group's
-        #: learning), or None and why not.
+        #: The compiled pass that steps the learning ticks (:meth:`build_pass`), or None and
+        #: why not.
         self.native: SharedNativePass | None = None
         self.native_reason = "not tried"
+
+    def build_pass(
+        self, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
+        settings: AifSettings, n_agents: int,
+    ) -> None:
+        """The compiled pass over this model (:attr:`native`), or why the agents step with
+        numpy (:attr:`native_reason`: :func:`~edge_agent.core.native_pass.shared_pass`)."""
+        from edge_agent.core.native_pass import shared_pass  # noqa: PLC0415 - it learns
+
+        found = shared_pass(self._model, int8=self._quantized is not None, learner=learner,
+                            spec=spec, cm=cm, settings=settings, n_agents=n_agents)
+        if isinstance(found, str):
+            self.native_reason = found
+        else:
+            self.native = found
 
     @property
     def model(self) -> GenerativeModel:

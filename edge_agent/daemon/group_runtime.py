@@ -48,6 +48,7 @@ from edge_agent.core.contract import (
     FleetPort,
     GroupEvent,
     Learns,
+    MayLearn,
     MetricFamily,
     Paced,
     ReportsHealth,
@@ -121,6 +122,8 @@ class GroupRuntime:
     _returned_at: float | None = field(default=None, init=False, repr=False)
     #: Agents that raise events of their own (:class:`Alerting`), asked between ticks.
     _alerting: Alerting | None = field(default=None, init=False, repr=False)
+    #: The agents' learning (:class:`MayLearn`; None: they do not learn).
+    _learning: Learns | None = field(default=None, init=False, repr=False)
     #: Agents that measure their health (:class:`ReportsHealth`), and the last window's.
     _reports_health: ReportsHealth | None = field(default=None, init=False, repr=False)
     health: HealthSummary | None = field(default=None, init=False)
@@ -132,6 +135,7 @@ class GroupRuntime:
         self._reset = self.agents.reset
         self._paced = self.agents if isinstance(self.agents, Paced) else None
         self._alerting = self.agents if isinstance(self.agents, Alerting) else None
+        self._learning = self.agents.learning if isinstance(self.agents, MayLearn) else None
         self._reports_health = self.agents if isinstance(self.agents, ReportsHealth) else None
 
     def coordinate(self, runtime: CoordinationRuntime | None) -> None:
@@ -190,9 +194,8 @@ class GroupRuntime:
 
     @property
     def learning(self) -> Learns | None:
-        """The verbs on the group's learning (None: its agents do not learn)."""
-        agents = self.agents
-        return agents if isinstance(agents, Learns) and agents.learns else None
+        """The group's learning, with the verbs on it (None: its agents do not learn)."""
+        return self._learning
 
     @property
     def kind(self) -> str:

@@ -234,7 +234,7 @@ class CommandHandlers:
     def learning_freeze(self, args: LearningArgs, _cmd: Command) -> Outcome:
         def act(g: GroupRuntime) -> str:
             assert g.learning is not None
-            done = g.learning.freeze_learning()
+            done = g.learning.freeze()
             return f"group {g.name!r}: learning {'frozen' if done else 'already frozen'}"
 
         return self._on_learning(args, "frozen", act)
@@ -242,7 +242,7 @@ class CommandHandlers:
     def learning_resume(self, args: LearningArgs, _cmd: Command) -> Outcome:
         def act(g: GroupRuntime) -> str:
             assert g.learning is not None
-            done = g.learning.resume_learning()
+            done = g.learning.resume()
             return f"group {g.name!r}: learning {'resumed' if done else 'was not frozen'}"
 
         return self._on_learning(args, "resumed", act)
@@ -250,8 +250,8 @@ class CommandHandlers:
     def learning_reset(self, args: LearningArgs, _cmd: Command) -> Outcome:
         def act(g: GroupRuntime) -> str:
             assert g.learning is not None
-            g.learning.reset_learning()
-            state = "frozen" if g.learning.learning_frozen else "learning"
+            g.learning.forget()
+            state = "frozen" if g.learning.frozen else "learning"
             return f"group {g.name!r}: counts back to the priors ({state})"
 
         return self._on_learning(args, "reset", act)
@@ -262,7 +262,7 @@ def _learning_data(groups: list[GroupRuntime]) -> dict[str, Any]:
     ``groups`` (names), ``frozen`` and, per kind of counts any of them learns, ``version_pA``
     and ``reset_at_pA`` ..., one entry per group in that order (None: the group does not learn
     that kind)."""
-    states = [g.learning.learning_state() for g in groups if g.learning is not None]
+    states = [g.learning.summary() for g in groups if g.learning is not None]
     data: dict[str, Any] = {
         "groups": [g.name for g in groups],
         "frozen": [bool(state["frozen"]) for state in states],

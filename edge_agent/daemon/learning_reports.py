@@ -34,16 +34,18 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from edge_agent import __version__
-from edge_agent.aif.learning_table import LearningTable
 from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet.learning_deltas import learning_deltas
 from edge_agent.fleet.protocol import LearningDelta
 from edge_agent.fsutil import not_a_file, write_atomic
 from edge_agent.state_faults import StateFaults
+
+if TYPE_CHECKING:  # the learning maths: in a daemon only once a group learns
+    from edge_agent.aif.learning_table import LearningTable
 
 __all__ = ["STATE_FILE", "LearningPort", "LearningReporter", "model_of"]
 
@@ -77,7 +79,8 @@ def report_every_s(group: GroupRuntime) -> float:
     """The group's ``[groups.learning] report_every_s`` (0: it does not report)."""
     if group.learning is None:
         return 0.0
-    table = group.config.table_of(LearningTable)
+    # By its key: a daemon whose groups do not learn never imports the learning maths.
+    table = cast("LearningTable | None", group.config.table("learning"))
     return 0.0 if table is None else table.report_every_s
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config.daemon import GroupConfig, read_config
+from edge_agent.core.contract import MayLearn
 from edge_agent.core.learning_export import learned_arrays
 from edge_agent.daemon.admission import load_group_model, trusted_keys
 from edge_agent.daemon.group_runtime import model_spec_key, with_bundle
@@ -142,8 +143,8 @@ def export_model(
     )
     try:
         key = probe.key
-        identity = getattr(probe, "learning_identity", None)
-        learned_from = identity() if identity is not None else None
+        learns = probe.learning if isinstance(probe, MayLearn) else None
+        learned_from = learns.identity() if learns is not None else None
     finally:
         probe.release()
     if meta.get("key") != key:

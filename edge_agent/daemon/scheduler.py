@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from edge_agent.arrays import percentiles
+
 
 class TickStats:
     """Latency of the last ``window`` ticks (a preallocated ring) and lifetime counters."""
@@ -40,7 +42,7 @@ class TickStats:
         n = min(self._n, len(self._lat))
         if n == 0:
             return 0.0, 0.0
-        p50, p99 = np.percentile(self._lat[:n], [50.0, 99.0])
+        p50, p99 = percentiles(self._lat[:n], [50.0, 99.0])
         return float(p50) * 1e3, float(p99) * 1e3
 
 

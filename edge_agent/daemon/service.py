@@ -689,9 +689,13 @@ class Daemon:
                 )
 
     def _report_group_alerts(self) -> None:
-        """The events groups raised in the last tick (observations out of range)."""
+        """The events groups raised in the last tick (a drift alarm raised or cleared,
+        observations out of range): each is one line of the daemon's log, at its severity
+        (``drift`` at WARNING, ``drift_cleared`` at INFO), then recorded and published."""
         for g in self.groups:
             for alert in g.alerts():
+                level = logging.getLevelNamesMapping().get(alert.severity.upper(), logging.WARNING)
+                logger.log(level, "%s: %s", alert.kind, alert.detail)
                 self._event(
                     alert.kind, alert.severity, alert.detail, group=g.name, data=dict(alert.data)
                 )

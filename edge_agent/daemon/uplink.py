@@ -104,6 +104,7 @@ EVENT_KINDS: Final = {
     "io_silent": EventKind.ALARM,
     "input_out_of_range": EventKind.ALARM,
     "drift": EventKind.ALARM,  # a group's model stopped fitting (docs/health.md)
+    "drift_cleared": EventKind.ALARM,  # ... and fits again (severity info)
     "deploy": EventKind.DEPLOY,
     "rollback": EventKind.ROLLBACK,
     "connectivity": EventKind.CONNECTIVITY,

@@ -48,6 +48,7 @@ from typing import Any, Final, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.arrays import distinct
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet.comms.base import Incoming, topic_matches
 from edge_agent.fleet.protocol import (
@@ -203,7 +204,7 @@ class ObservationBuffer:
         bad = n - int(ok.sum())
         if bad:
             ids, vals = ids[ok], vals[ok]
-        if len(ids) and len(np.unique(ids)) != len(ids):
+        if len(ids) and len(distinct(ids)) != len(ids):
             # Keep the last row of every agent: later rows of a batch are newer.
             _, last = np.unique(ids[::-1], return_index=True)
             keep = len(ids) - 1 - last

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from edge_agent.aif.learning_counts import TableIncrements
 from edge_agent.errors import ProtocolError
 from edge_agent.fleet.protocol import (
     MAX_DELTA_VALUES,
@@ -31,6 +30,9 @@ from edge_agent.fleet.protocol import (
     LearningDelta,
     sparse_counts_delta,
 )
+
+if TYPE_CHECKING:  # the learning maths: in a daemon only once a group learns
+    from edge_agent.aif.learning_counts import TableIncrements
 
 __all__ = ["ENVELOPE_BYTES", "MAX_TABLES_PER_DELTA", "TABLE_BYTES", "learning_deltas"]
 

@@ -4,12 +4,13 @@ A :class:`NeuralAgentGroup` keeps the last ``T`` observations of every agent in 
 session's own ``(N, T, F)`` input, which slides one step per tick (a view moved on in a slightly
 longer buffer, see :meth:`~edge_agent.neural.backends.base.Session.slide_input`), records every
 observation in a :class:`~edge_agent.core.history.HistoryRing` (what snapshots keep; the windows
-are rebuilt from it), and runs the model **once** for the whole group. A group that keeps no
-history beyond its window (``history_capacity <= T``, the default) writes its ring from the
-windows when the ring is read (:attr:`NeuralAgentGroup.history`, snapshots, resets, resizes)
-instead of copying every observation a second time each tick. Nothing that scales with
-``N`` is allocated per tick; buffers change only when :meth:`NeuralAgentGroup.resize` changes
-``N``.
+are rebuilt from it), and runs the model **once** for the whole group. The ring is written from
+the windows, not from each tick's observations: a group that keeps more history than its window
+(``history_capacity > T``, the daemon's) appends the window's ``T`` steps every ``T`` ticks,
+before the oldest would slide out, and a group that keeps no more (the default) only when the
+ring is read (:attr:`NeuralAgentGroup.history`, snapshots, resets, resizes); either way no
+observation is copied a second time each tick. Nothing that scales with ``N`` is allocated per
+tick; buffers change only when :meth:`NeuralAgentGroup.resize` changes ``N``.
 
 The model's first output becomes the actions:
 
@@ -42,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -323,6 +324,7 @@ class NeuralAgentGroup:
                 t for t in self.session.output_specs if t.name == spec.outputs[0].name
             )
             self._out_dims = self._check_output()
+            self._output_name = self.output.name
             if self.window > 1:  # each tick moves every window one step older (_push_window)
                 # Before the reservation: its room is part of bytes_for.
                 self.session.enable_slide(self.input_name, self.num_features)
@@ -447,6 +449,12 @@ class NeuralAgentGroup:
         kind = self.spec.output_kind
         A = self.num_actions
         self._probs = self._below = self._u = self._threshold = None
+        # A tick's actions from the model's first output, chosen once (a perception model has
+        # none: step() refuses it).
+        self._act: Callable[[FloatArray], np.ndarray] | None = {
+            "continuous": self._act_clip,
+            "discrete": self._act_sample if self.selection == "sample" else self._act_argmax,
+        }.get(kind)
         if kind == "continuous":
             self._actions = np.zeros((n_agents, A), dtype=np.float32)
             self._low = np.asarray(self.spec.action_low, dtype=np.float32)
@@ -543,10 +551,6 @@ class NeuralAgentGroup:
         del now  # observations are timed per tick by the caller; kept for a uniform signature
         o = self.check_obs(obs)
         self.range_watch.observe(o)
-        if self.history_capacity > self.window:
-            self._history.append_one("obs", o)
-        else:  # the ring holds no more than the windows: written when read
-            self._unrecorded += 1
         if not self._saturated:  # until every agent's window is full (then nothing to count)
             np.add(self._filled, 1, out=self._filled)
             np.minimum(self._filled, self.window, out=self._filled)
@@ -554,6 +558,12 @@ class NeuralAgentGroup:
         self._push_window(o)
         outputs = self.session.run_staged()  # the windows are the session's input already
         self.ticks += 1
+        # The ring gets the windows' steps (see _record_windows): a ring longer than the window
+        # once the window holds nothing else, before its oldest step would slide out; a ring no
+        # longer than the window only when it is read.
+        self._unrecorded += 1
+        if self._unrecorded >= self.window and self.history_capacity > self.window:
+            self._record_windows()
         return outputs
 
     def _push_window(self, obs: np.ndarray) -> None:
@@ -596,10 +606,13 @@ class NeuralAgentGroup:
         return self._history
 
     def _record_windows(self) -> None:
-        """Append the steps the ring has not recorded yet, from the windows (a group whose ring
-        is no longer than its window records them only when the ring is read). The ring then
-        holds what it would hold had every step been appended, except that its
-        ``total_appended`` counts at most ``T`` steps per read."""
+        """Append the steps the ring has not recorded yet, from the windows: a group whose ring
+        is longer than its window every ``T`` ticks (the window's ``T`` steps at once: the same
+        values a copy of each tick's observations would append, in ``T`` copies a tick in ``T``
+        instead of one every tick), and whenever the ring is read; a group whose ring is no
+        longer than its window only when the ring is read. The ring then holds what it would
+        hold had every step been appended, except that its ``total_appended`` counts at most
+        ``T`` steps per read of a ring no longer than the window."""
         pending = min(self._unrecorded, self.window)
         self._unrecorded = 0
         for j in range(self.window - pending, self.window):  # oldest first
@@ -625,21 +638,26 @@ class NeuralAgentGroup:
         Discrete: ``(N,)`` int64; continuous: ``(N, D)`` float32 within the bounds. The result is
         the group's own action array (overwritten next tick).
         """
-        kind = self.spec.output_kind
-        if kind == "observation":
+        if self._act is None:
             raise InputError(
                 f"group {self.name!r} runs a perception model (output_kind 'observation'): "
                 "use forward(), or PerceptionAifGroup to feed an Active Inference agent"
             )
-        out = self.forward(obs, now)[self.output.name]
+        out = self.forward(obs, now)[self._output_name]
         self._last_output = out
-        self.health.observe(out, out.shape[0])
-        if kind == "continuous":
-            np.clip(out, self._low, self._high, out=self._actions)
-        elif self.selection == "argmax":
-            out.argmax(axis=1, out=self._actions)  # the method: no Python wrapper per tick
-        else:
-            self._sample(out)
+        self.health.observe(out, self.n_agents)
+        return self._act(out)
+
+    def _act_argmax(self, out: FloatArray) -> np.ndarray:
+        out.argmax(axis=1, out=self._actions)  # the method: no Python wrapper per tick
+        return self._actions
+
+    def _act_sample(self, out: FloatArray) -> np.ndarray:
+        self._sample(out)
+        return self._actions
+
+    def _act_clip(self, out: FloatArray) -> np.ndarray:
+        np.clip(out, self._low, self._high, out=self._actions)
         return self._actions
 
     def _sample(self, logits: FloatArray) -> None:

@@ -62,7 +62,13 @@ def output_entropy(p: np.ndarray) -> np.ndarray:
 class NeuralHealth:
     """The health part of a neural group (see the module docstring). ``discrete``: whether its
     outputs are logits of actions (a continuous or perception output has no confidence: only
-    the out-of-range share is reported); ``threshold``: what a low-confidence step is under."""
+    the out-of-range share is reported); ``threshold``: what a low-confidence step is under.
+
+    A measured tick works in buffers of :data:`~edge_agent.core.health.HEALTH_AGENTS` rows made
+    on the first (the same numbers as :func:`output_probabilities`, :func:`confidence` and
+    :func:`output_entropy` up to rounding, from the softmax's sums alone: the top output's
+    probability is ``1 / sum exp(z - max z)``, the entropy ``ln s - sum p (z - max z)``); a tick
+    between two measured ones costs a counter."""
 
     def __init__(
         self, *, discrete: bool, temperature: float = 1.0, threshold: float = LOW_CONFIDENCE
@@ -74,23 +80,49 @@ class NeuralHealth:
         self._clock = 0
         self._checked = 0
         self._out = 0
+        self._z = np.zeros((0, 0))  # the sample's logits over the temperature, less their max
+        self._e = np.zeros((0, 0))  # their exponentials (both (A, HEALTH_AGENTS), see _measure)
+        self._row = np.zeros((3, 0))  # per sampled agent: max, sum, weighted sum
+        self._rows = np.zeros((len(NEURAL_MEASURES), 0))  # the measures, one row each
 
     def observe(self, logits: np.ndarray | None, n_agents: int) -> None:
         """A tick's outputs ``logits (N, A)`` (None: none to measure)."""
-        window = self.window
-        window.add_steps(n_agents)
+        self.window.add_steps(n_agents)
         clock = self._clock
-        self._clock += 1
-        if logits is None or not self.discrete or clock % HEALTH_EVERY:
+        self._clock = clock + 1
+        if clock % HEALTH_EVERY or logits is None or not self.discrete:
             return
         n = logits.shape[0]
         step = max(1, -(-n // HEALTH_AGENTS))
         offset = (clock // HEALTH_EVERY) % step
-        p = output_probabilities(logits[offset::step], self.temperature)
-        top = confidence(p)
-        window.add("confidence", top)
-        window.add("low_confidence_share", (top < self.threshold).astype(np.float64))
-        window.add("output_entropy", output_entropy(p))
+        self._measure(logits[offset::step])
+
+    def _measure(self, sample: np.ndarray) -> None:
+        """The measures of ``sample (r, A)``, ``r <= HEALTH_AGENTS``, into the window."""
+        r, a = sample.shape
+        if self._z.shape[0] != a:  # the first measured tick (the model's outputs are fixed)
+            # Outputs by row, agents along it: the sums over a sampled agent's outputs are
+            # element-wise operations on whole rows (numpy's fast loop), not short reductions.
+            self._z = np.zeros((a, HEALTH_AGENTS))
+            self._e = np.zeros((a, HEALTH_AGENTS))
+            self._row = np.zeros((3, HEALTH_AGENTS))
+            self._rows = np.zeros((len(NEURAL_MEASURES), HEALTH_AGENTS))
+        z, e = self._z[:, :r], self._e[:, :r]
+        top, total, weighted = self._row[:, :r]
+        conf, low_share, entropy = self._rows[:, :r]
+        np.divide(sample.T, self.temperature, out=z)
+        np.maximum.reduce(z, axis=0, out=top)
+        np.subtract(z, top, out=z)
+        np.exp(z, out=e)
+        np.add.reduce(e, axis=0, out=total)  # s = sum exp(z - max z) >= 1
+        np.reciprocal(total, out=conf)  # the top output's probability: exp(0) / s
+        np.less(conf, self.threshold, out=low_share)  # 1.0 or 0.0
+        np.multiply(e, z, out=e)
+        np.add.reduce(e, axis=0, out=weighted)
+        np.log(total, out=entropy)
+        np.multiply(weighted, conf, out=weighted)  # sum p (z - max z)
+        np.subtract(entropy, weighted, out=entropy)
+        self.window.add_rows(NEURAL_MEASURES, self._rows[:, :r])
 
     def close(self, checked: int, out_of_range: int) -> HealthSummary:
         """The window's summary; ``checked``, ``out_of_range``: the range watch's counts so far

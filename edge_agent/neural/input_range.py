@@ -6,22 +6,26 @@ agent a wrong action whatever the quantization. The converter records each obser
 ``[low, high]`` in its calibration data (in its held-out data for a dynamic or float model,
 which calibrates nothing; the manifest's ``neural.observation_range``,
 :class:`~edge_agent.bundle.loader.ObservationRange`); a neural group (and the classifier in front
-of an Active Inference group) counts, every tick, the **agent-steps** with a feature outside it
-by more than :data:`MARGIN` of the feature's width (a finite calibration set misses the inputs'
-rarest values: without the margin 1 % of the sensor world's own observations fell outside the
-example's 128 calibration windows, with it none of 16,000): one agent's observation of one tick
-counts once, however many of its features are out. That is
-a comparison of the tick's ``(N, F)`` observations with the bounds (:func:`count_outside`,
-vectorised, in blocks of at most :data:`SCRATCH_BYTES` of scratch), no per-agent Python.
+of an Active Inference group) counts, on every :data:`~edge_agent.core.health.HEALTH_EVERY`-th
+tick (the first included: the cadence of the groups' health measures), the **agent-steps** with
+a feature outside it by more than :data:`MARGIN` of the feature's width (a finite calibration
+set misses the inputs' rarest values: without the margin 1 % of the sensor world's own
+observations fell outside the example's 128 calibration windows, with it none of 16,000): one
+agent's observation of one tick counts once, however many of its features are out. That is one
+pass over the tick's ``(N, F)`` observations (:func:`count_outside`: two comparisons and an
+``or``, element by element, against bounds laid out as the observations are, in blocks of at
+most :data:`SCRATCH_BYTES` of scratch; which agents are out is worked out only in a block that
+has a value out), no per-agent Python, nothing allocated. A tick between two checks costs a
+counter.
 
 :class:`RangeWatch` keeps the counts (``obs_checked``, ``obs_out_of_range``: counters in status,
 telemetry and Prometheus), the share of the last window of :data:`WINDOW_TICKS` ticks
-(``obs_out_of_range_share``) and the alert: when a window's share reaches :data:`ALERT_SHARE`
-the group raises one ``input_out_of_range`` event (a warning: the share, the window, the first
-agents out of range in its last tick), and raises it again only after a window whose share fell
-below :data:`CLEAR_SHARE` (the hysteresis: a share that wobbles around 1 % raises one event, not
-one per window). A bundle without a range (converted before the range was recorded) counts
-nothing, and the status says so.
+(``obs_out_of_range_share``) and the alert: when a window's share reaches :data:`ALERT_SHARE` the
+group raises one ``input_out_of_range`` event (a warning: the share, the window, the first agents
+out of range in its last tick checked), and raises it again only after a window whose share fell
+below :data:`CLEAR_SHARE` (the hysteresis: a share that wobbles around 1 % raises one event, not one
+per window). A bundle without a range (converted before the range was recorded) counts nothing, and
+the status says so.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.core.contract import GroupEvent, MetricFamily
+from edge_agent.core.health import HEALTH_EVERY
 from edge_agent.errors import ModelError
 
 if TYPE_CHECKING:
@@ -61,9 +66,12 @@ MARGIN = 0.25
 ALERT_SHARE = 0.01
 #: After an event, a window's share must fall below this before the next one can be raised.
 CLEAR_SHARE = 0.005
-#: Scratch for the comparison, at most (the observations are compared in blocks of agents).
-SCRATCH_BYTES = 1 << 16
-#: Agents named in an event (the first ones out of range in the window's last tick).
+#: Scratch for the comparison, at most (the observations are compared in blocks of agents: per
+#: value of a block, its two bounds (float32) and two flags, :data:`SCRATCH_PER_VALUE` bytes).
+SCRATCH_BYTES = 1 << 17
+#: Scratch bytes per observation value of a block (see :data:`SCRATCH_BYTES`).
+SCRATCH_PER_VALUE = 10
+#: Agents named in an event (the first ones out of range in the window's last tick checked).
 NAMED_AGENTS = 8
 
 
@@ -76,20 +84,31 @@ def count_outside(
     above: NDArray[np.bool_],
     rows: NDArray[np.bool_],
 ) -> int:
-    """How many rows of ``obs`` ``(N, F)`` have a value below ``low`` or above ``high``
-    (``(F,)`` or ``(1,)``); ``rows`` ``(N,)`` is set to which. ``outside`` and ``above`` are
-    scratch of ``(B, F)`` for a block of ``B`` rows (the last block uses part of them). NaN is
-    in range (it compares false: the sources drop it before a group sees it)."""
+    """How many rows of ``obs`` ``(N, F)`` have a value below ``low`` or above ``high``;
+    ``rows`` ``(N,)`` is set to which. ``low`` and ``high`` are the bounds of a block of ``B``
+    rows, ``(B, F)``, every row the same (compared element by element: numpy's fastest loop),
+    or ``(F,)`` or ``(1,)`` (broadcast); ``outside`` and ``above`` are scratch of ``(B, F)``
+    (the last block uses part of them). Which rows are out is worked out only in a block with a
+    value out (the others' rows are cleared). NaN is in range (it compares false: the sources
+    drop it before a group sees it)."""
     n = obs.shape[0]
     block = outside.shape[0]
+    tiled = low.ndim == 2
+    count = 0
     for start in range(0, n, block):  # over blocks of agents, never over agents
         part = obs[start : start + block]
         m = part.shape[0]
-        np.less(part, low, out=outside[:m])
-        np.greater(part, high, out=above[:m])
-        np.logical_or(outside[:m], above[:m], out=outside[:m])
-        np.logical_or.reduce(outside[:m], axis=1, out=rows[start : start + m])
-    return int(np.count_nonzero(rows))
+        out, up = outside[:m], above[:m]
+        np.less(part, low[:m] if tiled else low, out=out)
+        np.greater(part, high[:m] if tiled else high, out=up)
+        np.logical_or(out, up, out=out)
+        block_rows = rows[start : start + m]
+        if out.any():
+            np.logical_or.reduce(out, axis=1, out=block_rows)
+            count += int(np.count_nonzero(block_rows))
+        else:
+            block_rows.fill(False)
+    return count
 
 
 class RangeWatch:
@@ -122,6 +141,7 @@ class RangeWatch:
         self.checked = 0
         self.out_of_range = 0
         self.share = 0.0  # the last full window's
+        self._clock = 0  # ticks observed: every HEALTH_EVERY-th is checked, the first included
         self.alerting = False
         self.alerts_raised = 0
         self._window_ticks = 0
@@ -134,14 +154,16 @@ class RangeWatch:
     # -- memory ----------------------------------------------------------------------------------
     def block_rows(self, n_agents: int) -> int:
         """Agents compared at once (their scratch within :data:`SCRATCH_BYTES`)."""
-        return max(1, min(n_agents, SCRATCH_BYTES // (2 * max(1, self.features))))
+        per_agent = SCRATCH_PER_VALUE * max(1, self.features)
+        return max(1, min(n_agents, SCRATCH_BYTES // per_agent))
 
     def scratch_nbytes(self, n_agents: int) -> int:
-        """Bytes of the comparison's scratch for ``n_agents`` (at most :data:`SCRATCH_BYTES`;
-        0 without a range)."""
+        """Bytes of the comparison's scratch for ``n_agents`` (at most :data:`SCRATCH_BYTES`,
+        or one agent's where a frame is larger; 0 without a range): per value of a block, its
+        bounds (float32) and two flags."""
         if not self.calibrated:
             return 0
-        return 2 * self.block_rows(n_agents) * self.features
+        return SCRATCH_PER_VALUE * self.block_rows(n_agents) * self.features
 
     def nbytes_for(self, n_agents: int) -> int:
         """Bytes the watch allocates for ``n_agents``: its scratch and a flag per agent (0
@@ -155,21 +177,35 @@ class RangeWatch:
         block = self.block_rows(self.n_agents)
         self._outside = np.zeros((block, self.features), dtype=bool)
         self._above = np.zeros((block, self.features), dtype=bool)
+        # The bounds laid out as a block of observations (one value: every feature's).
+        self._low_rows = np.empty((block, self.features), dtype=np.float32)
+        self._high_rows = np.empty((block, self.features), dtype=np.float32)
+        self._low_rows[...] = self.low
+        self._high_rows[...] = self.high
         self._rows = np.zeros(self.n_agents, dtype=bool)
 
     # -- ticking ---------------------------------------------------------------------------------
     def observe(self, obs: np.ndarray) -> None:
-        """Count one tick's observations ``(N, F)`` (already checked by the group)."""
+        """One tick's observations ``(N, F)`` (already checked by the group): counted on every
+        :data:`~edge_agent.core.health.HEALTH_EVERY`-th tick, the first included."""
         if not self.calibrated:
             return
-        out = count_outside(
-            obs, self.low, self.high, outside=self._outside, above=self._above, rows=self._rows
-        )
-        n = obs.shape[0]
-        self.checked += n
-        self.out_of_range += out
-        self._window_checked += n
-        self._window_out += out
+        clock = self._clock
+        self._clock = clock + 1
+        if clock % HEALTH_EVERY == 0:
+            out = count_outside(
+                obs,
+                self._low_rows,
+                self._high_rows,
+                outside=self._outside,
+                above=self._above,
+                rows=self._rows,
+            )
+            n = obs.shape[0]
+            self.checked += n
+            self.out_of_range += out
+            self._window_checked += n
+            self._window_out += out
         self._window_ticks += 1
         if self._window_ticks >= WINDOW_TICKS:
             self._close_window()
@@ -187,7 +223,8 @@ class RangeWatch:
                     f"group {self.group}: {100 * self.share:.2f} % of agent-steps in the last "
                     f"{self._window_ticks} ticks observed values outside the range the model "
                     f"was calibrated on (alert at {100 * ALERT_SHARE:g} %); agents "
-                    f"{agents or 'none'} in the last tick: a faulty or unnormalised sensor?",
+                    f"{agents or 'none'} in the last tick checked: a faulty or unnormalised "
+                    "sensor?",
                     {
                         "share": round(self.share, 6),
                         "out_of_range": self._window_out,

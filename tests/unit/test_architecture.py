@@ -139,6 +139,7 @@ def test_device_package_does_not_import_the_host_package() -> None:
 #: tricks": the tricks and the rules, each with what it saves).
 KEPT_OUT = (
     "numpy.random",  # the worlds' SplitMix64; a group's generator made on first stochastic use
+    "numpy.ma",  # edge_agent.arrays: distinct() and percentiles() (np.unique asks numpy.ma)
     "importlib.metadata",  # distribution: the clash check lists sys.path's directories itself
     # daemon.snapshots.format: the header of format v3 is JSON; msgspec (1.2 MB with the decimal
     # module it imports) only to read a snapshot of format v2 or v1, and for the fleet's wire
@@ -163,6 +164,7 @@ KEPT_OUT = (
     "edge_agent.aif.reference_learning",
     "edge_agent.core.learning",
     "edge_agent.core.learning_scope",
+    "edge_agent.core.learning_ticks",
     "edge_agent.core.per_agent_learning",
     "edge_agent.core.shared_learning",
     "edge_agent.core.surprise",
@@ -263,3 +265,40 @@ def test_a_daemon_imports_what_it_keeps_out_once_its_config_uses_it(tmp_path: Pa
     learns = daemon_imports(tmp_path, "learns", "[groups.learning]\nA = [0]\nlr_pA = 0.5\n")
     assert learns >= learning
     assert "edge_agent.aif.reference" not in learns
+
+
+#: The learning maths a daemon imports only once one of its groups learns.
+LEARNING = (
+    "edge_agent.aif.learning",
+    "edge_agent.aif.learning_counts",
+    "edge_agent.aif.learning_kernels",
+    "edge_agent.aif.learning_table",
+    "edge_agent.core.learning",
+)
+
+
+def test_a_daemon_with_mqtt_whose_groups_do_not_learn_never_imports_the_learning_maths(
+    tmp_path: Path,
+) -> None:
+    """The fleet path reports what learning groups learned (daemon.learning_reports): a daemon
+    with ``[mqtt] enabled`` builds its reporter whether or not a group learns, and the reporter
+    reads the learning table by its key, so that only a group that learns brings the maths in
+    (a broker nobody listens on: the daemon runs, reconnecting, as it would through an
+    outage)."""
+    mqtt = (
+        f'\n[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        'node_id = "n1"\n'
+    )
+    plain = daemon_imports(tmp_path, "mqtt-plain", mqtt)
+    assert "edge_agent.daemon.learning_reports" in plain
+    assert not plain & set(LEARNING), sorted(plain & set(LEARNING))
+    learns = daemon_imports(tmp_path, "mqtt-learns", "[groups.learning]\nA = [0]\n" + mqtt)
+    assert learns >= set(LEARNING)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -24,7 +24,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from edge_agent import __version__
 from edge_agent.distribution import clash_notice
@@ -256,9 +256,7 @@ def _configure_convert(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="source_kind", required=True, metavar="KIND")
     for name in formats.REGISTRY:
         plugin = formats.converter(name)
-        plugin.configure(
-            kinds.add_parser(name, help=plugin.help, description=plugin.description)
-        )
+        plugin.configure(kinds.add_parser(name, help=plugin.help, description=plugin.description))
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -277,10 +275,15 @@ def _run_convert(args: argparse.Namespace) -> int:
         )
         return 1
     options = ConvertOptions(
-        model=args.model, out=args.out, name=args.name or default_name(args.model),
-        version=args.version, seed=args.seed, force=args.force,
+        model=args.model,
+        out=args.out,
+        name=args.name or default_name(args.model),
+        version=args.version,
+        seed=args.seed,
+        force=args.force,
         sign_key=load_signing_key(args.sign) if args.sign is not None else None,
-        signer=args.signer, show_progress=progress_enabled(args.quiet),
+        signer=args.signer,
+        show_progress=progress_enabled(args.quiet),
     )
     report = plugin.convert(args, options)
     if args.json:
@@ -293,6 +296,65 @@ def _run_convert(args: argparse.Namespace) -> int:
         if not args.force:
             return 1
         logger.warning("accuracy checks failed; bundle written anyway because of --force")
+    return 0
+
+
+# variant -----------------------------------------------------------------------------------------
+
+
+def _configure_variant(parser: argparse.ArgumentParser) -> None:
+    from edge_agent_host.converter.aif import variant  # noqa: PLC0415 - imported when configured
+
+    def swap_of(table: Literal["A", "B"]) -> Callable[[str], variant.Swap]:
+        def parse(text: str) -> variant.Swap:
+            try:
+                return variant.parse_swap(text, table)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from err
+
+        return parse
+
+    parser.add_argument(
+        "model",
+        type=Path,
+        help="model: .npz (pymdp keys A0.., B0.., ...; Dirichlet counts pA0.., pB0.. are swapped "
+        "with their tables) or .json",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="the variant to write (.npz)")
+    parser.add_argument(
+        "--swap-outcomes",
+        action="append",
+        default=[],
+        type=swap_of("A"),
+        metavar="M:I,J",
+        help="in modality M's likelihood A[M], swap outcomes I and J: the model expects J where "
+        "the world gives I (the T-maze's 1:1,2: its reward arms swapped); repeatable",
+    )
+    parser.add_argument(
+        "--swap-actions",
+        action="append",
+        default=[],
+        type=swap_of("B"),
+        metavar="F:U,V",
+        help="in factor F's transitions B[F], swap actions U and V: the model believes U does "
+        "what V does (a grid's moves mirrored); repeatable",
+    )
+
+
+def _run_variant(args: argparse.Namespace) -> int:
+    from edge_agent.aif.model import Counts  # noqa: PLC0415 - imported when run
+    from edge_agent_host.converter.aif.source import load_aif_model  # noqa: PLC0415
+    from edge_agent_host.converter.aif.variant import make_variant, write_variant  # noqa: PLC0415
+
+    swaps = [*args.swap_outcomes, *args.swap_actions]
+    if not swaps:
+        print("error: nothing to change: give --swap-outcomes or --swap-actions", file=sys.stderr)
+        return 2
+    counts: Counts = {}
+    model, counts = make_variant(load_aif_model(args.model, counts=counts), counts, swaps)
+    write_variant(args.out, model, counts, source=str(args.model), swaps=swaps)
+    changes = "; ".join(swap.describe() for swap in swaps)
+    print(f"wrote {args.out}: {args.model} with {changes} (convert aif makes its bundle)")
     return 0
 
 
@@ -345,6 +407,12 @@ COMMANDS: dict[str, Command] = {
         _configure_convert,
         _run_convert,
     ),
+    "variant": Command(
+        "write a deliberately changed copy of an Active Inference model (outcomes or actions "
+        "swapped): a worse model to try a rollout's gate or a shadow evaluation with",
+        _configure_variant,
+        _run_variant,
+    ),
     "hub": Command(
         "talk to a fleet over MQTT: list it, watch it, send commands, deploy bundles",
         _configure_hub,
@@ -372,9 +440,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
     )
-    parser.add_argument(
-        "--version", action="version", version=f"edge-agent-host {__version__}"
-    )
+    parser.add_argument("--version", action="version", version=f"edge-agent-host {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub = subparsers.add_parser(name, help=command.help, description=command.help)

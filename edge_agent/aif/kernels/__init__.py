@@ -27,7 +27,7 @@ Two implementations of the same maths live here:
   out=..., mode="clip")``: with numpy's default ``mode="raise"`` a gather with ``out`` goes through
   a temporary the size of ``out`` (an allocation per call, up to a megabyte, and 2.5-3x the time
   of the gather), and every index is in range by construction (compiled tables, selected
-  actions, observations checked by ``AifAgentGroup.check_obs``).
+  actions, observations checked by ``GroupInputs.obs``).
   :class:`~edge_agent.core.agents.AifAgentGroup` runs them:
 
   - :func:`infer_block`: state inference, one factor agent-major, several factors state-major;
@@ -124,7 +124,13 @@ from edge_agent.aif.kernels.fast_tables import (
     diagonals,
     outcome_row_map,
 )
-from edge_agent.aif.kernels.inference import infer_states, soft_likelihood, softmax_rows
+from edge_agent.aif.kernels.inference import (
+    free_energy,
+    infer_states,
+    joint_rows,
+    soft_likelihood,
+    softmax_rows,
+)
 from edge_agent.aif.kernels.joint_plan import JointPlan
 from edge_agent.aif.kernels.joint_small import (
     evaluate_joint,
@@ -173,10 +179,12 @@ __all__ = [
     "evaluate_local_block",
     "evaluate_policies",
     "evaluate_small_block",
+    "free_energy",
     "infer_block",
     "infer_block_log_likelihood",
     "infer_joint",
     "infer_states",
+    "joint_rows",
     "load_roots",
     "make_transition",
     "next_prior",

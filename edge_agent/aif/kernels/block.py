@@ -29,6 +29,7 @@ from edge_agent.aif.kernels.fast_tables import (
     apply_diagonals,
     apply_row_map,
 )
+from edge_agent.aif.kernels.inference import free_energy
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.compiled import CompiledModel
@@ -57,34 +58,6 @@ def _outer_columns(qs: list[np.ndarray], out: np.ndarray, tmp: np.ndarray) -> No
         size *= s
     if F == 1:
         np.copyto(out, qs[0])
-
-
-def _free_energy_stacked(
-    Q: np.ndarray,
-    lnL: np.ndarray | None,
-    *,
-    joint: np.ndarray | None,
-    out: np.ndarray,
-    blk: Block,
-    eps: np.ndarray,
-) -> None:
-    """pymdp's ``calc_free_energy`` per agent into ``out (nb,)`` from the stacked beliefs ``Q
-    (sum S_f, nb)``: ``sum q (ln(q + eps) - ln prior)`` over every factor's states at once, less
-    ``sum_s q(s) lnL(s)`` over joint states when ``lnL`` is given (see :func:`_free_energy`).
-
-    Uses ``blk.stk_t`` and ``blk.col_a`` as scratch; with ``lnL``, leaves ``joint * lnL`` in
-    ``blk.weighted`` (what the next fixed-point iteration starts from).
-    """
-    t = blk.stk_t
-    np.add(Q, eps, out=t)
-    np.log(t, out=t)
-    np.subtract(t, blk.stk_lp, out=t)
-    np.multiply(Q, t, out=t)
-    np.add.reduce(t, axis=0, out=out)
-    if lnL is not None and joint is not None:
-        np.multiply(joint, lnL, out=blk.weighted)
-        np.add.reduce(blk.weighted, axis=0, out=blk.col_a)
-        np.subtract(out, blk.col_a, out=out)
 
 
 def fixed_point_block(
@@ -127,7 +100,7 @@ def fixed_point_block(
     np.multiply(lnL, blk.joint, out=blk.weighted)
     joint_new = blk.joint_new
     prev, vfe, dF, d, active = blk.prev, blk.vfe, blk.dF, blk.col_c, blk.active
-    _free_energy_stacked(Qs[0], None, joint=None, out=prev, blk=blk, eps=eps)
+    free_energy(Qs[0], blk.stk_lp, axis=0, eps=eps, out=prev, work=t)
     # dF starts at 1: every agent takes the first iteration unless dF_tol > 1 (the comparison
     # numpy makes, in the compute dtype).
     all_first = float(lnL.dtype.type(dF_tol)) <= 1.0
@@ -151,7 +124,10 @@ def fixed_point_block(
         np.divide(X, t, out=X)
         np.maximum(X, floor, out=t)
         _outer_columns(blk.stk_t_parts, joint_new, blk.X2)
-        _free_energy_stacked(X, lnL, joint=joint_new, out=vfe, blk=blk, eps=eps)
+        # every agent's free energy; leaves lnL * q(s) in blk.weighted, where the next
+        # iteration starts from
+        free_energy(X, blk.stk_lp, joint_new, lnL, axis=0, eps=eps, out=vfe, work=t,
+                    weighted=blk.weighted, accuracy=blk.col_a)
         np.subtract(prev, vfe, out=d)
         np.abs(d, out=d)
         if n_active == nb:

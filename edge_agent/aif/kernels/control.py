@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.array_types import IntArray
-from edge_agent.aif.kernels.inference import outer_rows, softmax_rows
+from edge_agent.aif.kernels.inference import joint_rows, softmax_rows
 from edge_agent.aif.kernels.transitions import propagate, propagate_per_agent
 
 if TYPE_CHECKING:
@@ -65,8 +65,7 @@ def evaluate_policies(
         if cm.num_factors == 1:
             qx = states[0] if depth.joint_is_identity else states[0][:, depth.joint[:, 0]]
         else:
-            qx = outer_rows([states[f][:, depth.joint[:, f]] for f in range(cm.num_factors)])
-            qx = qx.reshape(N, len(depth.joint), -1)
+            qx = joint_rows([states[f][:, depth.joint[:, f]] for f in range(cm.num_factors)])
         values = node_values(cm, qx, use_utility=use_utility, use_info_gain=use_info_gain)
         G += values[:, depth.policy_joint]
     return PolicyEvaluation(G=G, first_step=first_step)

@@ -18,6 +18,7 @@ from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.fast_tables import RowMap
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
+from edge_agent.arrays import distinct
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import PolicyTree
@@ -244,7 +245,7 @@ def _build_local(
     num_out, S = A.shape
     K = table.shape[0]
     cand = [np.flatnonzero(A[o]) for o in range(num_out)]
-    T_sets = [[np.unique(table[k][cand[o]]) for k in range(K)] for o in range(num_out)]
+    T_sets = [[distinct(table[k][cand[o]]) for k in range(K)] for o in range(num_out)]
     kt = max(1, *(len(t) for per_o in T_sets for t in per_o))
     R_sets = [[np.flatnonzero(A[:, T].any(axis=1)) for T in per_o] for per_o in T_sets]
     kr = max(1, *(len(r) for per_o in R_sets for r in per_o))

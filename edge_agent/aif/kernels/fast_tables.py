@@ -20,6 +20,7 @@ import numpy as np
 from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.array_types import IndexArray, IntArray
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
+from edge_agent.arrays import distinct
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import Depth, PolicyTree
@@ -217,7 +218,7 @@ def propagation_row_map(
     to parent node ``parent[j]``; rows are ``s * K + j`` (children) and ``s * num_parents + p``."""
     K = len(action)
     layers: list[list[tuple[IndexArray, IndexArray, np.ndarray]]] = []
-    for u in np.unique(action):  # model constants: actions and layers
+    for u in distinct(action):  # model constants: actions and layers
         nodes = np.flatnonzero(action == u)
         for ell, (tgt, src, w) in enumerate(trans.layers[int(u)]):
             while len(layers) <= ell:
@@ -278,7 +279,7 @@ def diagonals(A: np.ndarray) -> Diagonals:
     o_idx, s_idx = np.nonzero(A)
     offsets = s_idx - o_idx
     diags = []
-    for d in np.unique(offsets):  # model constant
+    for d in distinct(offsets):  # model constant
         rows = o_idx[offsets == d]
         lo, hi = int(rows.min()), int(rows.max()) + 1
         w = np.ascontiguousarray(A[np.arange(lo, hi), np.arange(lo, hi) + d][:, None])

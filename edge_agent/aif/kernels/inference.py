@@ -7,12 +7,21 @@ yardstick for the fast paths. The maths is pymdp 0.0.7.1's, rearranged for batch
 * single-factor inference ``softmax(ln(L + eps) + ln(prior + eps))`` is computed as the
   equivalent normalised product ``(L + eps) * (prior + eps) / Z``;
 * multi-factor inference runs pymdp's simultaneous fixed-point updates with a per-agent
-  convergence mask, so each agent stops exactly when pymdp would.
+  convergence mask, so each agent stops exactly when pymdp would (:func:`fixed_point`, which
+  the per-agent kernels of :mod:`edge_agent.aif.per_agent` call too).
+
+:func:`free_energy` is the one numpy implementation of pymdp's variational free energy, in any
+layout and into the caller's buffers: every numpy path's stop (this fixed point, the fast
+path's, the joint path's) and the health measures call it; beside it are only the float64
+oracle's (:func:`edge_agent.aif.reference.free_energy`) and the compiled tick's
+(``native/tick.c``). :func:`softmax_rows` and :func:`joint_rows` are the agent-major softmax and
+joint every agent-major caller uses.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -89,41 +98,75 @@ def fixed_point(
     F = lnL.ndim - 1
     dtype = lnL.dtype
     qs = [np.full((N, lnL.shape[f + 1]), 1.0 / lnL.shape[f + 1], dtype=dtype) for f in range(F)]
-    prev = _free_energy(qs, log_prior, None)
+    lp = np.concatenate(log_prior, axis=1)  # every factor's side by side, as the beliefs
+    flat = lnL.reshape(N, -1)
+    prev = free_energy(np.concatenate(qs, axis=1), lp, axis=1)
     dF = np.ones(N, dtype=dtype)
     tiny = np.finfo(dtype).tiny
     for _ in range(num_iter):
         active = dF >= dF_tol
         if not active.any():
             break
-        weighted = lnL * outer_rows(qs)
+        weighted = lnL * joint_rows(qs).reshape(lnL.shape)
         new = []
         for f in range(F):
             others = tuple(1 + i for i in range(F) if i != f)
             qL = weighted.sum(axis=others) / np.maximum(qs[f], tiny)
             new.append(softmax_rows(qL + log_prior[f]))
-        vfe = _free_energy(new, log_prior, lnL)
+        vfe = free_energy(np.concatenate(new, axis=1), lp, joint_rows(new), flat, axis=1)
         qs = [np.where(active[:, None], n, o) for n, o in zip(new, qs, strict=True)]
         dF = np.where(active, np.abs(prev - vfe), dF)
         prev = np.where(active, vfe, prev)
     return qs
 
 
-def outer_rows(qs: list[np.ndarray]) -> np.ndarray:
-    """Joint ``(N, S_0, ..., S_{F-1})`` from per-factor ``(N, S_f)`` (any leading dims work)."""
+def joint_rows(qs: Sequence[np.ndarray]) -> np.ndarray:
+    """The joint ``(..., S_0 * ... * S_{F-1})`` of per-factor beliefs ``qs[f]`` ``(..., S_f)``
+    (any leading dims, the same for every factor), last factor fastest: the layout of the
+    joint states everywhere (``A_rows``' columns)."""
     joint = qs[0]
     for q in qs[1:]:
-        lead = q.shape[:-1] + (1,) * (joint.ndim - q.ndim + 1)
-        joint = joint[..., None] * q.reshape(lead + q.shape[-1:])
+        joint = (joint[..., None] * q[..., None, :]).reshape((*q.shape[:-1], -1))
     return joint
 
 
-def _free_energy(
-    qs: list[np.ndarray], log_prior: list[np.ndarray], lnL: np.ndarray | None
+def free_energy(
+    q: np.ndarray,
+    log_prior: np.ndarray,
+    joint: np.ndarray | None = None,
+    log_lik: np.ndarray | None = None,
+    *,
+    axis: int = -1,
+    eps: Any = EPS,
+    out: np.ndarray | None = None,
+    complexity: np.ndarray | None = None,
+    work: np.ndarray | None = None,
+    weighted: np.ndarray | None = None,
+    accuracy: np.ndarray | None = None,
 ) -> np.ndarray:
-    vfe = np.zeros(qs[0].shape[0], dtype=qs[0].dtype)
-    for q, lp in zip(qs, log_prior, strict=True):
-        vfe += (q * np.log(q + EPS)).sum(axis=1) - (q * lp).sum(axis=1)
-    if lnL is not None:
-        vfe -= (outer_rows(qs) * lnL).reshape(lnL.shape[0], -1).sum(axis=1)
-    return vfe
+    """pymdp's ``calc_free_energy`` of every agent: the one numpy implementation, which the
+    general path, the per-agent kernels, the fast path's fixed point and the health measures
+    call (beside it: the float64 oracle's, :mod:`edge_agent.aif.reference`, and the compiled
+    tick's, ``native/tick.c``).
+
+    The complexity ``sum q (ln(q + eps) - ln prior)`` over every factor's states, each factor's
+    beliefs ``q`` and log prior ``log_prior`` side by side along ``axis``, less (``log_lik``
+    given) the accuracy ``sum_s joint(s) log_lik(s)`` over the joint states, along the same
+    axis: any layout, the agents along the other axis (agent-major ``(N, sum S_f)`` with
+    ``axis=1``, the fast path's state-major ``(sum S_f, nb)`` with ``axis=0``). Into ``out``
+    when given; ``complexity``: the complexity alone there too (without ``log_lik`` it is the
+    result); ``work`` (like ``q``), ``weighted`` (like ``joint``: left holding ``joint *
+    log_lik``) and ``accuracy`` (like ``out``) are scratch a caller gives to allocate
+    nothing."""
+    t = np.add(q, eps, out=work)
+    np.log(t, out=t)
+    np.subtract(t, log_prior, out=t)
+    np.multiply(q, t, out=t)
+    kl: np.ndarray = np.add.reduce(t, axis=axis, out=out if complexity is None else complexity)
+    if log_lik is None:
+        return kl
+    assert joint is not None
+    w = np.multiply(joint, log_lik, out=weighted)
+    fit = np.add.reduce(w, axis=axis, out=accuracy)
+    result: np.ndarray = np.subtract(kl, fit, out=kl if complexity is None else out)
+    return result

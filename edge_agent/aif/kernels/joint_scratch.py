@@ -89,14 +89,11 @@ class JointScratch:
         self.outer = tuple(
             _outer_ops(parts, flat, "joint", "joint_tmp", lead=(nb,)) for parts in self.parts
         )
-        self.Q3 = tuple(q.reshape(nb, 1, W) for q in self.Q)
         self.lp = shaped("lp", nb, W)
         self.lp_parts = tuple(self.lp[:, offs[f] : offs[f + 1]] for f in range(F))
         self.t = shaped("t", nb, W)
-        self.t3 = self.t.reshape(nb, W, 1)
         self.Z = shaped("Z", nb, W)
-        self.ent3 = shaped("ent", nb, 1, 1)
-        self.ent = self.ent3.reshape(nb)
+        self.ent = shaped("ent", nb)
         self.prev = shaped("prev", nb)
         self.vfe = shaped("vfe", nb)
         self.dF = shaped("dF", nb)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_agent.aif.kernels.inference import free_energy
 from edge_agent.aif.kernels.joint_plan import JointPlan
 from edge_agent.aif.kernels.joint_scratch import JointScratch
 
@@ -86,10 +87,8 @@ def _update(plan: JointPlan, sc: JointScratch, cur: int, first: bool) -> None:
         np.multiply(a, b, out=out)
     np.multiply(sc.lnL, sc.joint, out=sc.W)
     np.dot(sc.W, plan.M_ext, out=sc.R)  # every factor's marginal, and the total
-    np.add(X, plan.eps, out=sc.t)  # free energy: sum q (ln(q + eps) - ln prior) - sum q(s) lnL
-    np.log(sc.t, out=sc.t)
-    np.subtract(sc.t, sc.lp, out=sc.t)
-    np.matmul(sc.Q3[1 - cur], sc.t3, out=sc.ent3)
+    # the free energy's complexity (its accuracy is the total: the caller subtracts it)
+    free_energy(X, sc.lp, axis=1, eps=plan.eps, out=sc.ent, work=sc.t)
 
 
 def _iterate_one(plan: JointPlan, sc: JointScratch, num_iter: int, tol: float) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.kernels.transitions import SparseTransition, Transition
+from edge_agent.arrays import distinct
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import PolicyTree
@@ -229,7 +230,7 @@ def local_values(
     # sum over t of B[t, s, u] * utility[t], from B's layers (each layer's targets distinct):
     # one bincount over every action's layers, which adds each (u, s)'s terms from 0 in the
     # order of the layers, as np.add.at layer by layer did (the same sums, bit for bit)
-    by_action = _utility_by_action(trans, np.unique(node_action), utility).reshape(-1, S)
+    by_action = _utility_by_action(trans, distinct(node_action), utility).reshape(-1, S)
     utility_by_source = by_action[node_action].T
     out: dict[str, Any] = {
         "neg_entropy": padded_negH[target_index].reshape(num_out, -1),

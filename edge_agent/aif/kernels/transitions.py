@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from edge_agent.aif.kernels.array_types import IndexArray
 from edge_agent.aif.quant import SPARSE_RATIO, LogU8, SparseColumns, decode_log_u8
+from edge_agent.arrays import distinct
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def propagate(trans: Transition, q: np.ndarray, u: int) -> np.ndarray:
 def propagate_per_agent(trans: Transition, q: np.ndarray, actions: np.ndarray) -> np.ndarray:
     """``B[:, :, actions[n]] @ q[n]`` for every agent ``n``: loops over action values only."""
     out = np.empty_like(q)
-    for u in np.unique(actions):
+    for u in distinct(actions):
         sel = actions == u
         out[sel] = propagate(trans, q[sel], int(u))
     return out

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent.aif.kernels.array_types import IntArray
+from edge_agent.arrays import distinct
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def build_policy_tree(
             by_action.append(
                 tuple(
                     (int(u), np.flatnonzero(actions == u).astype(np.int64))
-                    for u in np.unique(actions)
+                    for u in distinct(actions)
                 )
             )
             node_of_policy.append(inverse.ravel().astype(np.int64))

@@ -261,6 +261,10 @@ class Transport(ABC):
         """What the broker wants that this client, without TLS settings, does not give (``TLS``,
         ``TLS with a client certificate``: :mod:`~edge_agent.fleet.comms.tls_probe`); empty
         unless a plain connection failed and the broker's port answered TLS."""
+        self.connect_error: OSError | None = None
+        """Why the last connection attempt reached no broker (a ``ConnectionRefusedError``:
+        nothing listens on the port; a ``socket.gaierror``: the host name does not resolve;
+        ...); None before any attempt and once one reached the broker's port."""
         self._subs: dict[str, Subscription] = {}
         self._subs_lock = threading.Lock()
 

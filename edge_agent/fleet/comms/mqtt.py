@@ -156,13 +156,19 @@ class MqttTransport(Transport):
         max_incoming: int = 1000,
         max_events: int = 10_000,
         tls_options: TlsOptions | None = CONFIG_TLS_OPTIONS,
+        log_failures: bool = True,
     ) -> None:
         """``tls_options``: how this client's user gives it TLS, for the one warning logged when
         a plain connection fails and the broker's port wants TLS (:attr:`tls_wanted`); None: no
-        warning, the caller reads :attr:`tls_wanted` and says it its way."""
+        warning, the caller reads :attr:`tls_wanted` and says it its way. ``log_failures``
+        False: an attempt that fails (no TCP connection, a refused or missing CONNACK) is
+        logged at DEBUG, not WARNING, for a caller that says it once its way from
+        :attr:`connect_error`, :attr:`last_refusal` and :attr:`tls_wanted` (a command line's
+        one error, instead of a warning per attempt)."""
         super().__init__(max_incoming=max_incoming, max_events=max_events)
         self.settings = settings
         self.tls_options = tls_options
+        self._failure_level = logging.WARNING if log_failures else logging.DEBUG
         self._tls_probed = False
         self.backoff = backoff or Backoff()
         self._lock = threading.Lock()
@@ -289,10 +295,13 @@ class MqttTransport(Transport):
                 properties=properties,
             )
         except (OSError, ValueError) as err:
-            logger.warning("MQTT connect to %s failed: %s", self._where(), err)
+            logger.log(self._failure_level, "MQTT connect to %s failed: %s", self._where(), err)
+            if isinstance(err, OSError):
+                self.connect_error = err
             if isinstance(err, ConnectionResetError):
                 self._probe_tls()
             return 0.0
+        self.connect_error = None  # the broker's host and port answered
         client.loop_start()
         connected_at = 0.0
         try:
@@ -300,14 +309,16 @@ class MqttTransport(Transport):
             while not (state.connack or state.lost or self._stop.is_set()):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    logger.warning("MQTT: no CONNACK from %s in time", self._where())
+                    logger.log(self._failure_level, "MQTT: no CONNACK from %s in time",
+                               self._where())  # fmt: skip
                     return 0.0
                 self._wake.wait(remaining)
                 self._wake.clear()
             if not state.accepted or state.lost or self._stop.is_set():
                 if state.connack and not state.accepted:
                     self.last_refusal = state.reason
-                    logger.warning("MQTT broker %s refused: %s", self._where(), state.reason)
+                    logger.log(self._failure_level, "MQTT broker %s refused: %s",
+                               self._where(), state.reason)  # fmt: skip
                 elif state.lost and not self._stop.is_set():  # closed before any CONNACK
                     self._probe_tls()
                 return 0.0

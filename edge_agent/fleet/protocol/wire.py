@@ -58,8 +58,13 @@ class WireModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
     def _validate(self) -> None:
         """Check the model as msgspec checks a decoded one (then :meth:`_check`), keep the
-        values the check made."""
-        fields = {name: getattr(self, name) for name in self.__struct_fields__}
+        values the check made. A field left :data:`msgspec.UNSET` stays unset (it is not
+        encoded: a field added later that way keeps the bytes of the messages without it)."""
+        fields = {
+            name: value
+            for name in self.__struct_fields__
+            if (value := getattr(self, name)) is not msgspec.UNSET
+        }
         adopt(self, convert(type(self), fields))
 
     def _check(self) -> None:

@@ -49,6 +49,18 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "belief_bandwidth_daemons"},
          ("wire_bytes_per_agent_s", "reported_bytes_per_agent_s_mean", "steps_per_daemon")),
     ],
+    "bench_coordination_teams.py": [
+        ({"bench": "team_formation", "daemons": 2},
+         ("agreed_after_announce_s", "held_seen_after_announce_s", "messages_per_agent",
+          "bytes_per_agent", "teams_formed")),
+        ({"bench": "team_repair", "daemons": 2},
+         ("agreed_after_kill_s", "bound_s", "others_kept_their_slots", "repairs")),
+        ({"bench": "team_quality"},
+         ("award_efficiency_min", "greedy_efficiency_min", "all_teams_formed")),
+        ({"bench": "single_quality"}, ("greedy_efficiency_min", "greedy_efficiency_median")),
+        ({"bench": "team_outcome"},
+         ("award_teams_complete", "greedy_teams_complete", "award_team_steps_mean")),
+    ],
     "bench_core.py": [
         ({"workload": "machine"}, ("cpus", "seconds")),
         *[({"workload": w, "policy_len": p, "N": 10},
@@ -204,9 +216,13 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "bound", "workload": "tmaze"}, ("of_bound", "measured_agent_steps_per_s")),
     ],
     "bench_memory.py": [
-        ({"bench": "memory", "mqtt": "off"}, ("rss_mb", "by_mapping", "pydantic_mapped")),
+        ({"bench": "memory", "mqtt": "off", "venv": "this"},
+         ("rss_mb", "anon_mb", "file_mb", "by_mapping", "pydantic_mapped")),
         ({"bench": "memory", "mqtt": "on"}, ("rss_mb", "by_mapping")),
-        ({"bench": "memory_summary", "mqtt": "on"}, ("this_rss_mb",)),
+        ({"bench": "memory_summary", "mqtt": "on"}, ("this_rss_mb", "target_mb", "met")),
+        *[({"bench": "memory_parts", "mqtt": m},
+           ("numpy_added_mb", "modules_added_mb", "groups_added_mb", "scratch_bytes"))
+          for m in ("off", "on")],
     ],
     "bench_million.py": [
         ({"bench": "million", "policy": "every_4"},
@@ -224,7 +240,9 @@ EXPECTED: dict[str, list[Record]] = {
         *[({"bench": "daemon", "config": c}, ("tick_p50_ms", "rss_mb"))
           for c in ("grid10", "neural", "perception")],
         ({"bench": "daemon", "config": "neural"}, ("tick_p50_vs_grid10", "rss_vs_grid10")),
-        ({"bench": "overhead"}, ("backend_run_ms", "backend_run_ratio")),
+        *[({"bench": "overhead", "kind": k},
+           ("backend_run_ms", "backend_run_ratio", "neural_step_ratio", "model"))
+          for k in ("neural", "perception")],
         ({"bench": "rss_breakdown"}, ("numpy_mb", "daemon_modules_mb")),
     ],
     "bench_neural_coupling.py": [

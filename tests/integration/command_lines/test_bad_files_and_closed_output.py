@@ -371,6 +371,7 @@ EXTRA: dict[str, list[str]] = {
     "edge-agent-host tasks announce": ["--wait", "0"],
     "edge-agent-host tasks list": ["--wait", "0"],
     "edge-agent-host broker issue": ["--hub", "hub", "--rotate"],  # again and again
+    "edge-agent-host variant": ["--swap-outcomes", "1:1,2"],  # something to change
 }
 
 
@@ -391,6 +392,8 @@ def valid(world: World, leaf: Leaf, dest: str) -> str:
             suffix = ".npz"  # replay and export-model write OUT.npz
         elif dest == "out" and words.startswith("convert"):
             suffix = ".tar"
+        elif dest == "out" and words == "variant":
+            suffix = ".npz"  # a model file
         target = world.dir / "outputs" / f"{leaf.name.replace(' ', '-')}-{dest}{suffix}"
         target.parent.mkdir(exist_ok=True)
         if target.is_dir():

@@ -230,10 +230,10 @@ def test_five_daemons_allocate_a_hundred_tasks_one_holder_each_everywhere(
         "every conflict resolved",
         60,
     )
-        # Whether every award was final before the window closed (no reawards) and how long
-        # after the announcement is the benchmark's to say (bench_coordination_daemons.py:
-        # final_before_own_window_closed, agreed_after_announce_s): at load 20-40 a daemon's
-        # bids arrive late, a better bid reawards a task, and the verdict would follow the load.
+    # Whether every award was final before the window closed (no reawards) and how long
+    # after the announcement is the benchmark's to say (bench_coordination_daemons.py:
+    # final_before_own_window_closed, agreed_after_announce_s): at load 20-40 a daemon's
+    # bids arrive late, a better bid reawards a task, and the verdict would follow the load.
     # What the hub's CLI and the status command show. ``list`` listens for all of --wait: 10 s
     # hears each daemon's task_state (every 0.5 s) twenty times over.
     out = subprocess.run(

@@ -54,6 +54,7 @@ from msgspec.structs import replace
 
 from edge_agent.coordination.ledger import Bid, bid_columns
 from edge_agent.coordination.messages import (
+    BidColumns,
     DeadSession,
     Release,
     ReleaseStatus,
@@ -69,7 +70,7 @@ from edge_agent.coordination.signing import TaskSigner, release_bytes, sign_spec
 from edge_agent.coordination.utility import MIN_BID_COST
 from edge_agent.fleet.names import UINT32
 from edge_agent.fleet.protocol import Birth, Body, Envelope, encode
-from edge_agent_host.fleetctl.tasks import random_specs
+from edge_agent_host.fleetctl.tasks import make_specs, random_specs
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.fleet.test_broker_acl import (
     Client,
@@ -198,9 +199,14 @@ def start_fleet(tmp_path: Path, daemons: list[Any], hub_id: str = "hub") -> Flee
     hub = hub_args(clients, broker, hub_id)
     held = announce(hub, hub_key, "before-", 4)
     assert sorted(held) == [f"before-{i:04d}" for i in range(4)]
-    wait_until(lambda: all(len(assignment(n)) == 4 for n in nodes), "both daemons to award 4 tasks")
+    # Each daemon awards as the bids reach it: under load one may award a task before the other's
+    # bids for it arrived, and both settle on the same award once they hold the same bids.
+    wait_until(
+        lambda: all(len(assignment(n)) == 4 for n in nodes)
+        and assignment(nodes[0]) == assignment(nodes[1]),
+        "both daemons to agree on the award of 4 tasks",
+    )
     before = assignment(nodes[0])
-    assert assignment(nodes[1]) == before
     epoch = int(before["before-0000"][3])
     return Fleet(broker, clients, hub, hub_key, nodes, before, epoch)
 
@@ -502,5 +508,123 @@ def test_a_node_re_announcing_the_hub_s_tasks_does_not_take_them_over(
         "the hub's next- tasks allocated to honest agents, in the hub's round",
     )
     wait_until(lambda: all(metric(n, "tasks_open") == 16 for n in nodes), "16 tasks open")
+    for node in nodes:
+        assert "Traceback" not in node.log()
+
+
+def team_view(node: Node) -> dict[str, Any]:
+    found: dict[str, Any] = coord(node).get("teams", {})
+    return found
+
+
+def team_holds(tasks: list[str], node: str, rows: int, cost: float, role: int = 0) -> BidColumns:
+    """Holds of ``node``'s agents ``0 ... rows - 1`` on every task's ``role``, as a sync relays
+    them."""
+    return bid_columns(
+        [
+            Bid(t, 0, node, "grid", agent, cost, 1, 1, role, True)
+            for t in tasks
+            for agent in range(rows)
+        ]
+    )
+
+
+def test_team_tasks_meet_the_same_refusals(tmp_path: Path, daemons: list[Any]) -> None:
+    """The probes above, on team tasks: holds of a node that does not exist or in another
+    node's name relayed, holds of a session never seen born, members' releases with a forged
+    signature, the hub's team spec relayed with another size, pi-a's own release of a slot its
+    agent does not fill. Both daemons refuse them, and the teams keep their members; born, pi-a
+    takes slots only with its own holds (what a node can still do in its own name)."""
+    fleet = start_fleet(tmp_path, daemons)
+    nodes = fleet.nodes
+    announced = json.loads(
+        host_tool(
+            "tasks", *fleet.hub, "announce", "--key", str(fleet.hub_key), "--capability", "grid",
+            "--team", "3", "T1=12", "T2=80", "--wait", "30", "--json",
+        )
+    )  # fmt: skip
+    assert sorted(announced["teams"]) == ["T1", "T2"]
+    wait_until(
+        lambda: all(
+            len(team_view(n)) == 2
+            and all(
+                not t["vacant"] and all(m[4] for m in t["members"]) for t in team_view(n).values()
+            )
+            for n in nodes
+        ),
+        "two whole teams, every member holding its slot",
+    )
+    teams = team_view(nodes[0])
+    assert team_view(nodes[1]) == teams
+    tasks = ["T1", "T2"]
+    attacker = fleet.attacker(daemons)
+    key = TaskSigner.generate()
+    topic = TOPICS.tasks("pi-a")
+    assert attacker.publish(topic, forged(TaskKey(key=key.public), 1), retain=True) == "Success"
+    wait_until(lambda: all(metric(n, "keys_learned") >= 2 for n in nodes), "pi-a's key")
+    baseline = {k: fleet.counters(k) for k in ("bids_refused", "relays_refused")}
+
+    members = [
+        Release(
+            task=t,
+            epoch=0,
+            node=m[0],
+            group="grid",
+            agent=m[2],
+            bdseq=1,
+            bseq=9,
+            status=ReleaseStatus.DONE,
+            role=m[3],
+        )
+        for t in tasks
+        for m in teams[t]["members"]
+    ]
+    specs = make_specs({"T1": 12, "T2": 80}, capability="grid", announced_by="hub", team=3, epoch=0)
+    hub_sigs = sign_specs(load_signing_key(fleet.hub_key).sign, FLEET, specs)
+    bigger = [replace(s, team=5) for s in specs]
+    not_mine = [
+        Release(
+            task=t,
+            epoch=0,
+            node="pi-a",
+            group="grid",
+            agent=0,
+            bdseq=1,
+            bseq=3,
+            status=ReleaseStatus.DONE,
+            role=0,
+        )
+        for t in tasks
+    ]
+    signed = b"".join(key.sign(release_bytes(FLEET, r)) for r in not_mine)
+    holds = TaskBids.from_arrays(
+        "grid", 1, tasks, epochs=[0, 0], task_index=[0, 0, 0, 1, 1, 1], agents=[0, 1, 2, 3, 4, 5],
+        costs=[MIN_BID_COST] * 6, roles=[0] * 6, holds=[1] * 6,
+    )  # fmt: skip
+    attack: list[Body] = [
+        holds,  # pi-a never born: refused
+        TaskSync(bids=team_holds(tasks, "ghost", 3, MIN_BID_COST)),
+        TaskSync(bids=team_holds(tasks, "pi-b", 3, MIN_BID_COST)),
+        TaskSync(closers=members, closer_sigs=os.urandom(64) * len(members)),
+        TaskSync(tasks=bigger, task_sigs=hub_sigs),
+        TaskRelease(items=not_mine, sigs=signed),
+    ]  # fmt: skip
+    fleet.send(attacker, attack, 2)
+    fleet.wait_refused(baseline, {"bids_refused": 6, "relays_refused": 6 + 6 + 6 + 2 + 2})
+    for node in nodes:
+        assert team_view(node) == teams, node.name  # the same members, holding, same round
+        assert metric(node, "team_slots_vacant") == 0
+        assert metric(node, "live_nodes") == 2
+    # What is left, as for one-agent tasks: born, pi-a's holds of its own agents at the lowest
+    # cost take slots (the honest members whose costs are highest give them up).
+    born(attacker, fleet, 8)
+    fleet.send(attacker, [replace(holds, bseq=10)], 9)  # past the release refused (bseq 3)
+    wait_until(
+        lambda: all(
+            sum(m[0] == "pi-a" for t in team_view(n).values() for m in t["members"]) == 6
+            for n in nodes
+        ),
+        "pi-a's own holds to take the slots",
+    )
     for node in nodes:
         assert "Traceback" not in node.log()

@@ -91,7 +91,7 @@ every = 4
             builtin_model("grid10"), 1, history_capacity=HISTORY, history_beliefs="map",
             planning=PlanningPolicy(every=4), keep_prior=False,
         )
-        assert probe.nbytes_by_part(n_agents=N) == parts
+        assert probe.memory.nbytes_by_part(n_agents=N) == parts
         by_owner = status["budget"]["by_owner"]
         assert by_owner["grid"] == probe.bytes_for(N, HISTORY)
         assert by_owner["grid:workers"] == probe.scratch_nbytes(N)

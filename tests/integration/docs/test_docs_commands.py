@@ -37,8 +37,13 @@ def environment(venv: ReadmeVenv, tmp: Path, **extra: str) -> dict[str, str]:
 
 def host(cwd: Path, *args: str) -> None:
     """A setup step (not part of a block): ``edge-agent-host ARGS`` in ``cwd``."""
-    subprocess.run([Path(sys.executable).parent / "edge-agent-host", *args], cwd=cwd, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [Path(sys.executable).parent / "edge-agent-host", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 def run_transcript(
@@ -56,8 +61,14 @@ def run_transcript(
     env = environment(venv, cwd)
     for step in steps(block):
         done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", step.command], cwd=cwd, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, check=False,
+            ["bash", "-euo", "pipefail", "-c", step.command],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=600,
+            check=False,
         )
         if step.command in failing:
             assert done.returncode != 0, f"$ {step.command}\n{done.stdout}"
@@ -95,11 +106,14 @@ def test_host_tool_convert_onnx_transcript(tmp_path: Path, readme_venv: ReadmeVe
     host(tmp_path, "keygen", "--out", "keys", "--name", "release")
     # The int8 kernels line is the CPU's (docs/host-tool.md names both forms): on a host without
     # VNNI it reads the exact mode's.
-    exact = ("onnxruntime's x86 exact mode (this CPU has no VNNI; a device with VNNI or an ARM "
-             "CPU runs faster int8 kernels)")
+    exact = (
+        "onnxruntime's x86 exact mode (this CPU has no VNNI; a device with VNNI or an ARM "
+        "CPU runs faster int8 kernels)"
+    )
     native = "native (this CPU's int8 dot products do not saturate: no x86 exact mode needed)"
-    run_transcript(readme_venv, doc_block("docs/host-tool.md", 1), tmp_path,
-                   host_lines={native: exact})
+    run_transcript(
+        readme_venv, doc_block("docs/host-tool.md", 1), tmp_path, host_lines={native: exact}
+    )
     assert (tmp_path / "out" / "policy.tar").is_file()
 
 
@@ -115,24 +129,37 @@ def test_bundle_format_command_line_transcript(tmp_path: Path, readme_venv: Read
     out = tmp_path / "out"
     write_bundle(
         out / "grid10",
-        name="grid10", version="1.0.0", kind="aif",
+        name="grid10",
+        version="1.0.0",
+        kind="aif",
         arrays={"A.npy": arrays["A0.codes"], "B.npy": arrays["B0.index"]},
-        aif=AifSpec(num_obs=[100], num_states=[100], num_controls=[5],
-                    quant_scheme="logu8-v1", arrays={"A": "A.npy", "B": "B.npy"}),
+        aif=AifSpec(
+            num_obs=[100],
+            num_states=[100],
+            num_controls=[5],
+            quant_scheme="logu8-v1",
+            arrays={"A": "A.npy", "B": "B.npy"},
+        ),
         quantization={"scheme": "logu8-v1", "max_rel_error": 0.011},
     )
     pack_tar(out / "grid10", out / "grid10.tar")
     host(tmp_path, "keygen", "--out", "other-keys", "--name", "other")
     block = doc_block("docs/bundle-format.md", 0)
-    run_transcript(readme_venv, block, tmp_path,
-                   failing=("edge-agent-host verify out/grid10.tar --trusted other-keys",))
+    run_transcript(
+        readme_venv,
+        block,
+        tmp_path,
+        failing=("edge-agent-host verify out/grid10.tar --trusted other-keys",),
+    )
 
 
 @pytest.fixture
 def plant3(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[list[Node]]:
     """Two daemons of 100 grid10 agents that bid for "grid" tasks, in the fleet "plant-3"."""
-    nodes = [Node(tmp_path, mosquitto, f"rover{i}", groups=GRID_GROUP + auction(0.5),
-                  telemetry_s=1.0) for i in range(2)]
+    nodes = [
+        Node(tmp_path, mosquitto, f"rover{i}", groups=GRID_GROUP + auction(0.5), telemetry_s=1.0)
+        for i in range(2)
+    ]
     for node in nodes:  # the doc's fleet instead of the harness's
         text = node.config.read_text()
         assert f'fleet = "{FLEET}"' in text
@@ -149,11 +176,21 @@ def test_coordination_announce_and_list(
     tmp_path: Path, mosquitto: MosquittoBroker, plant3: list[Node], readme_venv: ReadmeVenv
 ) -> None:
     host(tmp_path, "keygen", "--out", "keys", "--name", "hub")
-    env = environment(readme_venv, tmp_path, BROKER="127.0.0.1", PORT=str(mosquitto.port),
-                      K=str(tmp_path / "keys" / "hub.key"))
+    env = environment(
+        readme_venv,
+        tmp_path,
+        BROKER="127.0.0.1",
+        PORT=str(mosquitto.port),
+        K=str(tmp_path / "keys" / "hub.key"),
+    )
     done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", doc_block("docs/coordination.md", 0)], cwd=tmp_path,
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        ["bash", "-euo", "pipefail", "-c", doc_block("docs/coordination.md", 0)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
@@ -165,4 +202,52 @@ def test_coordination_announce_and_list(
     assert "ledgers agree" in out, out
     assert re.search(r"^\s*t1\s", out, flags=re.M), out
     assert re.search(r"^\s*t2\s", out, flags=re.M), out
+    assert "DUPLICATE" not in out
+
+
+def test_coordination_team_announce_and_list(
+    tmp_path: Path, mosquitto: MosquittoBroker, plant3: list[Node], readme_venv: ReadmeVenv
+) -> None:
+    """docs/coordination.md's team block: a team of three in two roles, six random teams of 2-4
+    waited for, and the list with each team's slots and no vacant one."""
+    host(tmp_path, "keygen", "--out", "keys", "--name", "hub")
+    env = environment(
+        readme_venv,
+        tmp_path,
+        BROKER="127.0.0.1",
+        PORT=str(mosquitto.port),
+        K=str(tmp_path / "keys" / "hub.key"),
+    )
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", doc_block("docs/coordination.md", 1)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert re.match(r"announced 1 task\(s\) in 1 message\(s\)\n", out), out
+    # announce --wait: every slot of the six squad- teams is claimed, with its role.
+    claimed = re.findall(
+        r"^\s*(squad-\d+)\s+\d+\s+(rover[01])\s+grid\s+\d+\s+role (\d)", out, flags=re.M
+    )
+    assert {task for task, _, _ in claimed} == {f"squad-{i:04d}" for i in range(6)}, out
+    # list: the teams with their slots, all filled; T1's three members in its two roles.
+    teams = dict(re.findall(r"^(T1|squad-\d+)\s+\d+\s+(\d+)\s+\d+\s+0 0$", out, flags=re.M))
+    assert teams.get("T1") == "3", out
+    assert len(teams) == 7, out
+    roles = sorted(
+        r
+        for t, _, r in re.findall(
+            r"^\s*(T1)\s+\d+\s+(rover[01])\s+grid\s+\d+\s+"
+            r"role (\d)",
+            out,
+            flags=re.M,
+        )
+    )
+    assert roles == ["0", "0", "1"], out
+    assert "ledgers agree" in out, out
     assert "DUPLICATE" not in out

@@ -67,7 +67,7 @@ def test_the_bundle_block_hands_the_counts_to_a_group(
         "import numpy as np\n"
         "for _ in range(5):\n"
         "    group.step(np.zeros((100, 3), dtype=np.int64))\n"
-        "print(sorted(counts), sorted(counts['A']), group.learner.pA.version)\n"
+        "print(sorted(counts), sorted(counts['A']), group.learning.learner.pA.version)\n"
     )
     result = run(readme_venv, ["python", "-c", code], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -7,6 +7,7 @@ show the same windows."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -46,6 +47,20 @@ sink = { type = "sim" }
 [groups.health]
 drift_threshold = 10
 """
+
+
+def drift_log(node: Node, group: str) -> list[tuple[str, str, str]]:
+    """The daemon's log lines of ``group``'s drift alarm, in order: (level, event, detail),
+    ``("WARNING", "drift", "group maze: the model stopped fitting ...")`` when it was raised,
+    ``("INFO", "drift_cleared", ...)`` when it cleared."""
+    path = node.config.with_suffix(".log")
+    text = path.read_text(errors="replace") if path.exists() else ""
+    line = (
+        r"^\S+ \S+ (WARNING|INFO) +edge_agent\.daemon\.service: (drift|drift_cleared): "
+        rf"(group {re.escape(group)}: .*)$"
+    )
+    found: list[tuple[str, str, str]] = re.findall(line, text, flags=re.M)
+    return found
 
 
 def assert_the_device_dashboard_queries(textfile: str) -> None:
@@ -123,6 +138,15 @@ def test_health_reaches_the_fleet_status_and_textfile(
         assert event.group == "misfit"
         assert event.kind == "alarm"
         assert event.data["threshold"] == alarmed.threshold
+        # ... and one line of the daemon's log, at WARNING, before the event went out (a
+        # clear is one at INFO: the raises and clears alternate, each transition one line).
+        logged = drift_log(node, "misfit")
+        assert logged[0] == ("WARNING", "drift", event.detail), logged
+        assert all(a[1] != b[1] for a, b in itertools.pairwise(logged)), logged
+        assert {(level, kind) for level, kind, _ in logged} <= {
+            ("WARNING", "drift"), ("INFO", "drift_cleared")
+        }
+        assert drift_log(node, "fits") == []
 
         status = node.wait_status(
             lambda s: all(g.get("health") for g in s["groups"]), "health in the status"

@@ -7,16 +7,24 @@ T-maze bundles rolled out to the nodes' group ``tmaze`` (32 agents, the built-in
 
 1. a **worse** model, the T-maze with its reward arms swapped, with ``--shadow-s``: the canary
    runs it as a shadow beside its live group, the shadow criterion fails, the rollout halts at
-   the canary and rolls it back;
+   the canary and rolls it back (docs/health.md's block, as written beside ``hub.toml``);
 2. the same worse model without a shadow: the canary switches, and the live criterion (the
-   canary's windows against the two untouched nodes', Mann-Whitney) fails: rolled back;
+   canary's windows against the two untouched nodes', Mann-Whitney) fails: rolled back
+   (docs/hub.md's block); its verdicts are the hub's events under the replica's own id;
 3. a **better** model (the same T-maze planning two steps ahead: its model fits as well, and it
    visits the cue first) passes every wave it is judged on;
 4. all along, node ``pi-c`` also runs a group ``maze`` whose world (the reversal T-maze) swaps its
    rewarded arm after 50 trials (150 ticks, about 7.5 s) while its model stays frozen: the world
    drifts mid-run, and the drift alarm rises on the device (its ``drift`` event) and on the hub
    (its events, and the windows it stored, ``edge-agent-hub health``), after windows in which
-   the model fitted. No switch of a deployment or rollback raises a drift alarm by itself.
+   the model fitted; it clears once the world is back (every 150 ticks it swaps again), and each
+   transition is one line of the daemon's log (WARNING raised, INFO cleared). No switch of a
+   deployment or rollback raises a drift alarm by itself. ``health --group`` with a group the
+   node has not is one line naming its groups.
+
+The two worse bundles are made by docs/health.md's block as written (``edge-agent-host variant``
+and ``convert aif``, in a directory holding ``examples/`` and ``keys/fleet.key``: the key the
+nodes trust for bundles, ``secure_fleet``'s CI key) and copied beside the service's ``hub.toml``.
 
 Why no verdict depends on the machine's speed: the swapped arms raise the excess surprise by
 about 1.2 nats per agent-step (+0.9 nats or more in every shadow window of 16 ticks,
@@ -31,18 +39,23 @@ sequence in one test, the drift group beside them."""
 
 from __future__ import annotations
 
+import itertools
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge_agent.sim.tmaze import tmaze_model
 from edge_agent_host.hub.storage.database import HubDatabase
+from tests.integration.daemon.test_daemon import REPO
 from tests.integration.fleet.test_fleet_daemon import wait_until
+from tests.integration.fleet.test_health_telemetry import drift_log
 from tests.integration.hub.test_hubd import Hub, db_rows
-from tests.integration.hub.test_rollout_health_gate import ENDS, wait_state
+from tests.integration.hub.test_hubd_faults import HUB
+from tests.integration.hub.test_rollout_health_gate import ENDS, shell, wait_state
 from tests.integration.hub.test_rollouts import rollout, sha_of
+from tests.support.doc_blocks import doc_block
 from tests.support.secure_fleet import bundle_of, hub_events, json_lines, runs_sha, secure_fleet
 from tests.unit.fleet.test_deploy import bundle_tar
 
@@ -77,20 +90,22 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("gate-e2e")
     groups = {n: GROUP + (DRIFTING if n == DRIFTER else "") for n in NODES}
     with secure_fleet(tmp, groups, database="gate_e2e") as parts:
-        ci = parts.ci_key
+        # docs/health.md's bundles, as written, where the docs make them: a checkout's
+        # examples/ and the CI key the nodes trust (keys/fleet.key); then beside hub.toml.
+        checkout = tmp / "checkout"
+        (checkout / "keys").mkdir(parents=True)
+        (checkout / "examples").symlink_to(REPO / "examples")
+        shutil.copy(parts.ci_key, checkout / "keys" / "fleet.key")
+        made = shell(doc_block("docs/health.md", 0), checkout)
+        assert made.returncode == 0, made.stdout + made.stderr
+        for name in ("tmaze-1.1.0.tar", "tmaze-2.0.0.tar"):
+            shutil.copy(checkout / name, parts.hub.dir / name)
         yield {
             "hub": parts.hub,
             "nodes": parts.nodes,
-            "good": bundle_tar(tmp / "good", ci, world="tmaze", policy_len=1),  # 1.1.0
-            "worse": bundle_tar(
-                tmp / "worse",
-                ci,
-                world="tmaze",
-                policy_len=1,
-                version="2.0.0-swapped",
-                model=tmaze_model(reward_probs=(0.02, 0.98)),
-            ),
-            "better": bundle_tar(tmp / "better", ci, world="tmaze", policy_len=2),  # 1.2.0
+            "good": checkout / "tmaze-1.1.0.tar",
+            "worse": checkout / "tmaze-2.0.0.tar",
+            "better": bundle_tar(tmp / "better", parts.ci_key, world="tmaze", policy_len=2),
             "keys": parts.keys,
         }
 
@@ -116,10 +131,17 @@ def test_rollouts_are_gated_on_behaviour_and_a_drifting_world_raises_the_alarm(
         timeout=120,
     )
 
-    # 1. The worse model as a shadow on the canary: the shadow verdict fails, rolled back to
-    # the good bundle; nothing goes beyond the canary.
-    rid = start(hub, fleet["worse"], "--shadow-s", "8", "--soak", "1", "--criterion", SHADOW,
-                "--rollback-bundle", str(fleet["good"]))  # fmt: skip
+    # 1. The worse model as a shadow on the canary (docs/health.md's block as written): the
+    # shadow verdict fails, rolled back to the good bundle; nothing goes beyond the canary.
+    shadowed = shell(doc_block("docs/health.md", 1), hub.dir)
+    print(shadowed.stdout)
+    assert shadowed.returncode == 5, shadowed.stdout + shadowed.stderr  # rolled back
+    rid = shadowed.stdout.split()[1]  # "rollout r-..."
+    assert (
+        "3 node(s) of group tmaze in 2 wave(s) of 1, 2\n  the first wave runs it as a shadow "
+        f"for 8 s\n  criterion {SHADOW}:alpha=0.05\n"
+    ) in shadowed.stdout, shadowed.stdout
+    assert shadowed.stdout.rstrip().splitlines()[-1].startswith(f"{rid} rolled_back: ")
     end = wait_state(hub, rid, ENDS, "the shadow's verdict")
     assert end["state"] == "rolled_back", end
     (verdict,) = end["verdicts"]
@@ -133,10 +155,13 @@ def test_rollouts_are_gated_on_behaviour_and_a_drifting_world_raises_the_alarm(
     wait_until(lambda: runs_sha(nodes[CANARY], "tmaze", good), "the canary rolled back")
     assert all(bundle_of(nodes[n], "tmaze") is None for n in NODES[1:])
 
-    # 2. The same model with the shadow off: the canary switches, and its live windows are
-    # judged against the untouched nodes' at the end of its soak.
-    rid = start(hub, fleet["worse"], "--soak", "6", "--criterion", LIVE,
-                "--rollback-bundle", str(fleet["good"]))  # fmt: skip
+    # 2. The same model with the shadow off (docs/hub.md's block as written): the canary
+    # switches, and its live windows are judged against the untouched nodes' at the end of its
+    # soak.
+    judged = shell(doc_block("docs/hub.md", 7), hub.dir)
+    print(judged.stdout)
+    assert judged.returncode == 5, judged.stdout + judged.stderr  # rolled back
+    rid = judged.stdout.split()[1]
     end = wait_state(hub, rid, ENDS, "the live verdict")
     assert end["state"] == "rolled_back", end
     (verdict,) = end["verdicts"]
@@ -147,6 +172,11 @@ def test_rollouts_are_gated_on_behaviour_and_a_drifting_world_raises_the_alarm(
     assert verdict["test"].startswith("Mann-Whitney U one-sided")
     assert end["nodes"][CANARY]["state"] == "reverted", end["nodes"]
     wait_until(lambda: runs_sha(nodes[CANARY], "tmaze", good), "the canary rolled back again")
+    # The verdicts are the hub's events under the replica's own id (events --node takes it).
+    own = json_lines(hub.cli("events", "--node", HUB, "--json", "--limit", "100"))
+    assert [(e["node"], e["kind"], e["data"]["outcome"]) for e in own] == [
+        (HUB, "rollout", "fail"), (HUB, "rollout", "fail")
+    ]  # fmt: skip
 
     # 4. The drifting world (pi-c's group maze; pi-c untouched so far): the alarm on the
     # device, its drift event in the status (which keeps the newest 10 events) ...
@@ -191,3 +221,34 @@ def test_rollouts_are_gated_on_behaviour_and_a_drifting_world_raises_the_alarm(
     first = states.index(True)
     assert first >= 2, states  # windows in which the model fitted ...
     assert not any(states[:first]), states  # ... and none alarmed before the world changed
+    # A group the node has not (a typo): one line naming its groups, exit 1.
+    typo = hub.cli("health", DRIFTER, "--group", "mazee")
+    assert (typo.returncode, typo.stdout) == (1, ""), typo
+    assert typo.stderr.splitlines() == [
+        f"edge-agent-hub health: node '{DRIFTER}' has no group 'mazee' (its groups: maze, "
+        "tmaze); --force to read it all the same"
+    ]
+
+    # 4. ... and in the daemon's log: one line per transition, WARNING when the alarm rose,
+    # INFO when it cleared (the world swaps back every 150 ticks), each the event's detail.
+    wait_until(
+        lambda: any(kind == "drift_cleared" for _, kind, _ in drift_log(drifting, "maze")),
+        f"the drift alarm cleared on {DRIFTER}",
+        timeout=120,
+    )
+    logged = drift_log(drifting, "maze")
+    assert [(level, kind) for level, kind, _ in logged[:2]] == [
+        ("WARNING", "drift"), ("INFO", "drift_cleared")
+    ], logged  # fmt: skip
+    assert all(a[1] != b[1] for a, b in itertools.pairwise(logged)), logged  # alternating
+    assert logged[0][2].startswith("group maze: the model stopped fitting"), logged
+    assert "the model fits what its agents observe again" in logged[1][2], logged
+    print("\n".join(f"{level} {kind}: {detail}" for level, kind, detail in logged[:2]))
+    wait_until(
+        lambda: {(kind, detail) for _, kind, detail in logged[:2]} <= {
+            (e["data"]["name"], e["detail"]) for e in hub_events(hub)
+            if (e["node"], e["group"]) == (DRIFTER, "maze")
+        },
+        "the hub's events of the two transitions the log shows",
+    )  # fmt: skip
+    assert drift_log(drifting, "tmaze") == []

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -586,3 +587,60 @@ def test_the_page_at_a_thousand_nodes(tmp_path: Path) -> None:
         assert png_size(tmp_path / "fleet-page-1000.png") == (1400, 900)
     finally:
         server.stop()
+
+
+def test_team_tasks_on_the_page_in_the_json_and_the_metrics(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    """Two coordinating nodes' team counters (their telemetry's coord.*, written before the
+    service starts, as it writes them): one line on the page in Chromium (red while a slot is
+    vacant), the fleet's figures in /api/fleet.json, per-node gauges in /metrics."""
+    port = free_port()
+    hub = Hub(tmp_path, "hub-teams", mosquitto, sqlite_table())
+    hub.config.write_text(
+        hub.config.read_text() + f'\n[http]\nenabled = true\nlisten = "127.0.0.1"\nport = {port}\n'
+    )
+    hub.state.mkdir(parents=True)
+    db = HubDatabase(SqliteEngine(hub.state / "hub.sqlite3"))
+    db.open()
+    now = time.time()
+    teams = {"coord.teams_open": 50, "coord.teams_formed": 52, "coord.team_slots_vacant": 2,
+             "coord.team_repairs": 9, "coord.team_form_s_max": 0.4,
+             "coord.team_repair_s_max": 0.7}  # fmt: skip
+    try:
+        for node, repairs in (("pi-a", 9), ("pi-b", 7)):
+            counters = {**teams, "coord.team_repairs": repairs}
+            body = msgspec.structs.replace(telemetry_body(40), counters=counters)
+            outcome = db.write(
+                [
+                    heard(node, NodeState(online=True), ts=now - 60, received=now - 60),
+                    heard(node, body, ts=now - 1, received=now - 1),
+                ]
+            )
+            assert outcome.written == 2
+    finally:
+        db.close()
+    hub.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: fleet_json(url).get("teams"), "the teams on /api/fleet.json", 60)
+        assert fleet_json(url)["teams"] == {
+            "nodes": 2, "teams_open": 50.0, "teams_formed": 52.0, "team_slots_vacant": 2.0,
+            "team_repairs": 9.0, "team_form_s_max": 0.4, "team_repair_s_max": 0.7,
+        }  # fmt: skip
+        values = samples(get(f"{url}/metrics")[2].decode())
+        assert values[("edge_agent_hub_node_team_repairs", (("node", "pi-b"),))] == 7
+        assert values[("edge_agent_hub_node_team_slots_vacant", (("node", "pi-a"),))] == 2
+        with Browser(tmp_path / "chromium", width=1400, height=900) as page:
+            page.open(f"{url}/")
+            page.wait_for(READY, "the first render")
+            line = page.evaluate("document.getElementById('teams').textContent")
+            assert line == (
+                "teams: 50 open, 52 formed (in \u2264 0.40 s), 2 slot(s) vacant, 9 repaired "
+                "(in \u2264 0.70 s)"
+            ), line
+            assert page.evaluate("document.getElementById('teams').firstChild.className") == (
+                "small err"
+            )
+    finally:
+        hub.kill()

@@ -127,3 +127,12 @@ def test_the_hub_s_readers_refuse_a_node_never_seen(hub: Hub) -> None:
     for args in (("telemetry", "pi-0049"), ("events", "--node", "pi-0049")):
         done = hub_cli(hub, *args)
         assert done.returncode == 0, done.stderr
+    # The hub's own id (a replica's: the rollouts' verdicts are stored under it) is known to
+    # events; a name like it is said with the replica among the closest; telemetry, a node's
+    # only, still refuses it.
+    done = hub_cli(hub, "events", "--node", "hub-1")
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    line = one_line(hub_cli(hub, "events", "--node", "hub-2"))
+    assert "node 'hub-2' was never seen by the hub (known: hub-1, ...)" in line, line
+    line = one_line(hub_cli(hub, "telemetry", "hub-1"))
+    assert "node 'hub-1' was never seen by the hub" in line, line

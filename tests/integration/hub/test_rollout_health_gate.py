@@ -1,6 +1,8 @@
-"""Rollouts gated on behaviour, end to end: the hub service (``edge-agent-hub run``, SQLite) hears
-the health of simulated nodes (the fleet simulator over a loopback mosquitto: real MQTT, real
-signed commands and deployments) and judges each wave's nodes against the untouched ones.
+"""Rollouts gated on behaviour, end to end on a simulated fleet: the hub service
+(``edge-agent-hub run``, SQLite) hears the health of simulated nodes (the fleet simulator over a
+loopback mosquitto: real MQTT, real signed commands and deployments) and judges each wave's nodes
+against the untouched ones. (The same gates with real daemons on the ``broker init`` broker, and
+docs/hub.md's and docs/health.md's blocks that show them: ``test_behaviour_gate_e2e.py``.)
 
 The simulated nodes report the excess surprise of a model that fits (around 0, noise 0.03 nats)
 and a worse model's (0.5 nats more) while they run a bundle of version 1.1.0
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -163,13 +164,11 @@ def test_a_rollout_is_judged_on_the_health_of_its_waves(gated: dict[str, Any]) -
     assert {h["node"] for h in history} == {"sim-0000"}
     assert "SUCCESS: 2 rules found" in viewed.stdout
 
-    # A worse model (docs/hub.md's block as written): the canaries fail the gate, the rollout
-    # halts and rolls them back.
-    shutil.copy(gated["worse"], hub.dir / "grid-v11.tar")
-    shutil.copy(gated["same"], hub.dir / "grid-v12.tar")
-    followed = shell(doc_block("docs/hub.md", 7), hub.dir)
+    # A worse model: the canaries fail the gate, the rollout halts and rolls them back (the
+    # same with real daemons is docs/hub.md's block: test_behaviour_gate_e2e.py).
+    rid = start(hub, gated["worse"], CRITERION, rollback=gated["same"])
+    followed = shell(f"edge-agent-hub rollout status --config hub.toml {rid} --follow", hub.dir)
     assert followed.returncode == 5, followed.stdout + followed.stderr  # rolled back
-    rid = followed.stdout.split()[1]  # "rollout r-..."
     verdict_lines = [line for line in followed.stdout.splitlines() if " fail: " in line]
     assert verdict_lines, followed.stdout
     assert verdict_lines[0].startswith(f"{rid} wave 1 {CRITERION}:alpha=0.05 fail: ")
@@ -185,7 +184,9 @@ def test_a_rollout_is_judged_on_the_health_of_its_waves(gated: dict[str, Any]) -
     canaries = [n for n, r in end["nodes"].items() if r["wave"] == 1]
     assert {end["nodes"][n]["state"] for n in canaries} == {"reverted"}
     assert {r["state"] for r in end["nodes"].values() if r["wave"] == 2} == {"pending"}
-    events = hub.cli("events", "--json", "--limit", "1000")
+    # The verdicts are the hub's events, under the replica's id (events --node takes it).
+    events = hub.cli("events", "--node", "hub-1", "--json", "--limit", "1000")
+    assert events.returncode == 0, events.stderr
     verdict_events = [
         e for e in map(json.loads, events.stdout.splitlines())
         if e["kind"] == "rollout" and e["data"]["rollout"] == rid

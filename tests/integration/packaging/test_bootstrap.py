@@ -179,7 +179,8 @@ def test_demo_then_test_bootstrap_adds_the_missing_extras(tmp_path: Path) -> Non
     #    library in place; so does the library gone (git clean -X). Quiet again after each.
     native = clone / "edge_agent" / "aif" / "kernels" / "native"
     built_at = library.stat().st_mtime_ns
-    inputs = [clone / "pyproject.toml", clone / "setup.py", *native.glob("*.c")]
+    inputs = [clone / "pyproject.toml", clone / "setup.py", native / "recipe.py",
+              *native.glob("*.[ch]")]
     before = stamp.stat().st_mtime - 100
     for path in inputs:
         os.utime(path, (before, before))

@@ -1,17 +1,20 @@
 """The project's sdist and wheel: the wheel carries the compiled learning tick (setup.py).
 
 From a fresh copy of the checkout, the sdist is built by the project's build backend (setuptools,
-as pyproject.toml requires it) and must carry the tick's C sources and setup.py; pip then builds
-the wheel from that sdist, as it would on a device. The wheel is one for this Python and machine,
-holds the library and no C source; the library exports the kernel, calls glibc's vector log/exp
-(libmvec: on x86-64, and on aarch64 from glibc 2.38), and loading it in a fresh interpreter leaves
-its floating point alone: subnormals stay subnormal (it is linked without -ffast-math, so no
-crtfastmath.o sets flush-to-zero). Real builds with the machine's C compiler (scripts/bootstrap.sh
-installs gcc), a real ctypes load.
+as pyproject.toml requires it) and must carry the tick's C sources, headers, recipe and setup.py;
+pip then builds the wheel from that sdist, as it would on a device. The wheel is one for this
+Python and machine, holds the library and no C source or header; the library exports the kernel
+and its layout table, calls glibc's vector log/exp (libmvec: on x86-64, and on aarch64 from glibc
+2.38), reports the layout the binding declares (every unit of the recipe was built into it), and
+loading it in a fresh interpreter leaves its floating point alone: subnormals stay subnormal (it is
+linked without -ffast-math, so no crtfastmath.o sets flush-to-zero). Without a C compiler the wheel
+still builds, without the library (the extension is optional: its groups step with numpy). Real
+builds with the machine's C compiler (scripts/bootstrap.sh installs gcc), a real ctypes load.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
@@ -31,8 +34,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NATIVE = "edge_agent/aif/kernels/native"
 
 
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, check=False)
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, check=False,
+                          env=None if env is None else {**os.environ, **env})
     assert done.returncode == 0, f"{cmd}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
     return done
 
@@ -64,7 +69,16 @@ def test_the_wheel_built_from_the_sdist_carries_the_compiled_tick(tmp_path: Path
     sdist = tmp_path / "sdist" / built.stdout.splitlines()[-1]
     with tarfile.open(sdist) as archive:
         members = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    assert {f"{NATIVE}/tick.c", f"{NATIVE}/tick_vmath.c", "setup.py"} <= members
+    sources = ("tick.c", "tick_layout.c", "tick_vmath.c", "tick.h", "tick_vmath.h", "recipe.py")
+    assert {*(f"{NATIVE}/{name}" for name in sources), "setup.py"} <= members
+
+    # Without a C compiler: the wheel, without the library.
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+         str(tmp_path / "no-cc"), str(sdist)], tmp_path, {"CC": str(tmp_path / "no-such-cc")})
+    (bare,) = (tmp_path / "no-cc").glob("edge_agent_runtime-*.whl")
+    with zipfile.ZipFile(bare) as archive:
+        assert not [n for n in archive.namelist() if n.startswith(f"{NATIVE}/_tick")]
+        assert f"{NATIVE}/__init__.py" in archive.namelist()
 
     # The wheel from the sdist, as pip builds it for a device.
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
@@ -76,13 +90,13 @@ def test_the_wheel_built_from_the_sdist_carries_the_compiled_tick(tmp_path: Path
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         assert library in names
-        assert not [n for n in names if n.endswith(".c")], names
+        assert not [n for n in names if n.endswith((".c", ".h"))], names
         archive.extract(library, tmp_path / "unpacked")
     path = tmp_path / "unpacked" / library
 
     symbols = run(["nm", "-D", str(path)], tmp_path).stdout.splitlines()
     defined = {line.split()[-1] for line in symbols if line.split()[-2] in {"T", "i"}}
-    assert {"edge_tick", "edge_tick_scratch_doubles"} <= defined, symbols
+    assert {"edge_tick", "edge_tick_scratch_doubles", "edge_tick_layout"} <= defined, symbols
     vector_logs = [line for line in symbols if "_ZGV" in line and "log" in line]
     assert bool(vector_logs) == vector_math_expected(), symbols
 
@@ -93,3 +107,10 @@ def test_the_wheel_built_from_the_sdist_carries_the_compiled_tick(tmp_path: Path
                   "library = ctypes.CDLL(sys.argv[1]); library.edge_tick; "
                   "print(before, np.float64(5e-324) * 1.0 != 0)", str(path)], tmp_path)
     assert loaded.stdout.split() == ["True", "True"], loaded.stdout
+    # Loaded by the binding: its layout is the one the binding declares.
+    checked = run([sys.executable, "-c",
+                   "import sys; from pathlib import Path; "
+                   "from edge_agent.aif.kernels import native; "
+                   "print(native.limits(native.load(Path(sys.argv[1]))) == native.limits())",
+                   str(path)], tmp_path)
+    assert checked.stdout.split() == ["True"], checked.stdout

@@ -95,7 +95,7 @@ def test_a_group_restores_its_counts_saved_either_way(scope: str) -> None:
     obs = env.reset()
     for _ in range(8):
         obs = env.step(group.step(obs))
-    pB = group.learner.pB
+    pB = group.learning.learner.pB
     assert pB is not None
     state = {k: np.array(v, copy=True) for k, v in group.state_dict().items()}
     assert "learn.pB0" not in state
@@ -105,7 +105,7 @@ def test_a_group_restores_its_counts_saved_either_way(scope: str) -> None:
     for saved in (state, whole):
         fresh = AifAgentGroup(model, n, learning=spec, precision=precision)
         fresh.load_state_dict(saved)
-        restored = fresh.learner.pB
+        restored = fresh.learning.learner.pB
         assert restored is not None
         np.testing.assert_array_equal(restored.counts[0], pB.counts[0])
         assert restored.version == pB.version
@@ -140,7 +140,7 @@ def test_previous_posteriors_are_stored_only_where_they_differ_from_the_beliefs(
         o = obs.copy()
         for g in (group, fresh):
             g.step(o)
-        pB, pB_fresh = group.learner.pB, fresh.learner.pB
+        pB, pB_fresh = group.learning.learner.pB, fresh.learning.learner.pB
         assert pB is not None
         assert pB_fresh is not None
         np.testing.assert_array_equal(pB_fresh.counts[0], pB.counts[0])

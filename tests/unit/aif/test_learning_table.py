@@ -66,26 +66,26 @@ def test_the_table_builds_a_learning_group_that_learns(
     _, budget, groups = admit(source)
     (g,) = groups
     agents = g.agents
-    assert agents.learns
+    assert agents.learning is not None
     assert agents.learning.trial_ends_at_reset
     model = builtin_model("tmaze-reversal")
-    assert agents.learner.pA is not None
-    assert agents.learner.pD is not None
-    assert agents.learner.pA.tables == (1,)
-    assert agents.learner.pD.tables == (0, 1)
-    assert np.allclose(agents.learner.pA.prior[0], 2.0 * model.A[1])  # prior_scale * A
+    assert agents.learning.learner.pA is not None
+    assert agents.learning.learner.pD is not None
+    assert agents.learning.learner.pA.tables == (1,)
+    assert agents.learning.learner.pD.tables == (0, 1)
+    assert np.allclose(agents.learning.learner.pA.prior[0], 2.0 * model.A[1])  # prior_scale * A
     spec = agents.learning.spec
     assert (spec.settings.lr_pA, spec.settings.forgetting, spec.refresh_every) == (0.5, 0.02, 3)
     # The world's episode starts end the agents' trials: pD learns there, A every tick.
     world = WorldSource("tmaze-reversal", 40, seed=2, reverse_every=3)
     g.source, g.sink = world, world.sink
-    before = agents.learner.pA.counts[0].sum()
+    before = agents.learning.learner.pA.counts[0].sum()
     for tick in range(12):
         assert g.tick(float(tick))
-    assert agents.learner.pA.version == 12
-    assert agents.learner.pA.counts[0].sum() > before
-    assert agents.learner.pD.version >= 1  # tmaze trials are 3 ticks long
-    assert agents.refreshes >= 4
+    assert agents.learning.learner.pA.version == 12
+    assert agents.learning.learner.pA.counts[0].sum() > before
+    assert agents.learning.learner.pD.version >= 1  # tmaze trials are 3 ticks long
+    assert agents.learning.refreshes >= 4
     agents.release()
     assert budget.used == budget.base
 
@@ -99,16 +99,16 @@ def test_shared_counts_learn_under_a_planning_policy(
     _, budget, groups = admit(read_config(daemon(tmp_path, body), profiles=profiles))
     (g,) = groups
     agents = g.agents
-    assert agents.learns
+    assert agents.learning is not None
     assert agents.planning.every == 4
     world = WorldSource("tmaze-reversal", 40, seed=2, reverse_every=3)
     g.source, g.sink = world, world.sink
     for tick in range(12):
         assert g.tick(float(tick))
-    assert agents.learner.pA is not None
-    assert agents.learner.pA.version == 12
+    assert agents.learning.learner.pA is not None
+    assert agents.learning.learner.pA.version == 12
     assert agents.planning_stats()["planned"] <= 10
-    assert agents.refreshes >= 6
+    assert agents.learning.refreshes >= 6
     agents.release()
     assert budget.used == budget.base
 
@@ -215,7 +215,7 @@ def test_the_budget_plans_the_learning_state_exactly(
                plan_requests(loaded, g, g.history_capacity_for(profile), 1)}
     _, budget, groups = admit(source)
     agents = groups[0].agents
-    assert agents.learns
+    assert agents.learning is not None
     if "per_agent" in learning:
         assert agents.learning.scope.name == "per_agent"
         assert agents.history_capacity == 0
@@ -266,9 +266,9 @@ def test_the_table_of_docs_learning_loads(
     source = read_config(daemon(tmp_path, block), profiles=profiles)
     _, _, groups = admit(source)
     agents = groups[0].agents
-    assert agents.learns
-    assert agents.learner.pA is not None
-    assert agents.learner.pA.tables == (1,)
+    assert agents.learning is not None
+    assert agents.learning.learner.pA is not None
+    assert agents.learning.learner.pA.tables == (1,)
     assert agents.learning.nbytes == 888  # what the doc says check-config prints
     agents.release()
 
@@ -293,8 +293,8 @@ def test_a_bundle_that_carries_counts_is_learned_from_them(
         body = f'trusted_keys_dir = "{tmp_path / "keys"}"\n{bundled}'
         _, _, groups = admit(read_config(daemon(tmp_path, body), profiles=profiles))
         agents = groups[0].agents
-        assert agents.learns
-        pA = agents.learner.pA
+        assert agents.learning is not None
+        pA = agents.learning.learner.pA
         assert pA is not None
         assert pA.tables == tables
         assert np.array_equal(pA.prior[tables.index(1)], carried)  # the bundle's own counts

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.aif import per_agent
+from edge_agent.aif import kernels, per_agent
 from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.policies import construct_policies
 from edge_agent.sim.registry import builtin_model
@@ -35,7 +35,7 @@ def test_possible_outcomes_give_the_same_expected_free_energy() -> None:
     np.testing.assert_allclose(kept[1], full[1], rtol=1e-13, atol=1e-15)
     qs = [rng.dirichlet(np.ones(s), size=n) for s in model.num_states]
     B = [b[None] for b in model.B]
-    lnC = [np.log(per_agent.softmax_rows(c[None])[0] + 1e-16) for c in model.C]
+    lnC = [np.log(kernels.softmax_rows(c[None])[0] + 1e-16) for c in model.C]
     policies = construct_policies(model.num_controls, 2, None)
     G_kept = per_agent.expected_free_energy(qs, A, B, lnC, policies, outcomes=kept,
                                             use_utility=True)
@@ -63,7 +63,7 @@ def test_one_step_policies_are_evaluated_at_once_as_one_by_one() -> None:
     B_own = np.repeat(model.B[0][None], n, axis=0) * rng.uniform(0.5, 1.5, (n, *model.B[0].shape))
     B_own /= B_own.sum(axis=1, keepdims=True)
     kept = per_agent.outcome_tables(A)
-    lnC = [np.log(per_agent.softmax_rows(c[None])[0] + 1e-16) for c in model.C]
+    lnC = [np.log(kernels.softmax_rows(c[None])[0] + 1e-16) for c in model.C]
     policies = construct_policies(model.num_controls, 1, None)
     qs = [rng.dirichlet(np.ones(s), size=n) for s in model.num_states]
     utility = sum(np.einsum("nos,o->ns", a, c) for a, c in zip(A, lnC, strict=True))
@@ -71,7 +71,7 @@ def test_one_step_policies_are_evaluated_at_once_as_one_by_one() -> None:
     for p, policy in enumerate(policies):
         q = [np.einsum("nij,nj->ni", B_own[:, :, :, policy[0, 0]], qs[0]),
              qs[1] @ model.B[1][:, :, policy[0, 1]].T]
-        q_joint = per_agent.joint(q)
+        q_joint = kernels.joint_rows(q)
         kept_q = np.where(q_joint > np.exp(-16), q_joint, 0.0)
         qo = np.einsum("nos,ns->no", kept[0], kept_q)
         want[:, p] = ((q_joint * utility).sum(axis=1) + (kept_q * kept[1]).sum(axis=1)
@@ -87,7 +87,7 @@ def test_one_step_policies_are_evaluated_at_once_as_one_by_one() -> None:
     assert st is not None
     sparse.fill_from_table(st, grid.B[0])
     A_grid = [grid.A[0][None]]
-    lnC_grid = [np.log(per_agent.softmax_rows(grid.C[0][None])[0] + 1e-16)]
+    lnC_grid = [np.log(kernels.softmax_rows(grid.C[0][None])[0] + 1e-16)]
     moves = construct_policies(grid.num_controls, 1, None)
     q_grid = [rng.dirichlet(np.ones(16), size=n)]
     outcomes = per_agent.outcome_tables(A_grid)
@@ -118,7 +118,7 @@ def test_a_learned_likelihood_plans_on_the_joint_entries_that_can_be_non_zero() 
     np.testing.assert_allclose(compact.neg_entropy, full[1], rtol=1e-13, atol=1e-15)
     qs = [rng.dirichlet(np.ones(s), size=n) for s in model.num_states]
     B = [b[None] for b in model.B]
-    lnC = [np.log(per_agent.softmax_rows(c[None])[0] + 1e-16) for c in model.C]
+    lnC = [np.log(kernels.softmax_rows(c[None])[0] + 1e-16) for c in model.C]
     policies = construct_policies(model.num_controls, 1, None)
     G = [per_agent.expected_free_energy(qs, A, B, lnC, policies, outcomes=outcomes,
                                         use_utility=True) for outcomes in (compact, full)]

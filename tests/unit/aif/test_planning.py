@@ -134,16 +134,16 @@ def test_a_committed_plan_is_followed_step_by_step_and_replanned_when_used_up() 
     )
     obs = env.reset()  # the same outcomes every tick: no episode ends, no reset
     policies = group.cm.tree.policies
-    committed = group.plan_policy.copy()
+    committed = group.plans.plan_policy.copy()
     for t in range(6):
         group.step(obs)
         if t % 3 == 0:  # no plan yet, or the last one used up
             assert group.planning_stats()["planned"] == 25
-            committed = group.plan_policy.copy()
+            committed = group.plans.plan_policy.copy()
         else:
             assert group.planning_stats()["planned"] == 0
             np.testing.assert_array_equal(group.action, policies[committed, t % 3])
-            np.testing.assert_array_equal(group.plan_left, 2 - t % 3)
+            np.testing.assert_array_equal(group.plans.plan_left, 2 - t % 3)
 
 
 def test_belief_change_trigger_plans_exactly_the_agents_whose_beliefs_moved() -> None:
@@ -158,7 +158,7 @@ def test_belief_change_trigger_plans_exactly_the_agents_whose_beliefs_moved() ->
         if env.episode_start.any():
             group.reset(env.episode_start)
         prior = [p.copy() for p in group.prior]
-        fresh = (group.plan_left <= 0).copy()
+        fresh = (group.plans.plan_left <= 0).copy()
         group.step(obs)
         moved = np.max(
             [0.5 * np.abs(q - p).sum(axis=1) for q, p in zip(group.qs, prior, strict=True)],
@@ -209,11 +209,11 @@ def test_surprise_trigger_plans_exactly_the_surprised_agents(
         if env.episode_start.any():
             group.reset(env.episode_start)
         prior = [p.copy() for p in group.prior]
-        fresh = (group.plan_left <= 0).copy()
+        fresh = (group.plans.plan_left <= 0).copy()
         group.step(obs)
         surprise = _surprise(env.model, obs, prior)
         clear = np.abs(surprise - threshold) > 1e-6  # not on the threshold, to rounding
-        planned = group.plan_age == 0
+        planned = group.plans.plan_age == 0
         np.testing.assert_array_equal(
             planned[clear], ((surprise >= threshold) | fresh)[clear], err_msg=str(t)
         )
@@ -274,8 +274,8 @@ def test_max_agents_defers_the_rest_and_they_go_first_next_tick() -> None:
     for group, _ in runs:
         stats = group.planning_stats()
         assert stats["planned"] == budget
-        assert stats["deferred"] == int(group.deferred.sum())
-        planned = group.plan_age == 0
+        assert stats["deferred"] == int(group.plans.deferred.sum())
+        planned = group.plans.plan_age == 0
         ever |= planned
         assert int(planned.sum()) == budget
         if deferred_before is not None:
@@ -285,7 +285,7 @@ def test_max_agents_defers_the_rest_and_they_go_first_next_tick() -> None:
                 assert planned[first].all()
             else:
                 assert planned[deferred_before].sum() == budget
-        deferred_before = group.deferred.copy()
+        deferred_before = group.plans.deferred.copy()
     assert ever.all()
 
 
@@ -318,11 +318,11 @@ def test_deadline_stops_between_blocks_and_the_deferred_carry_over() -> None:
         stats = group.planning_stats()
         assert stats["planned"] == 12  # reads at 0 (deadline set), 1 and 2 s: three blocks
         assert stats["deferred"] == n - 12
-        planned = group.plan_age == 0
+        planned = group.plans.plan_age == 0
         served += planned
         if previous_deferred is not None:
             assert planned[previous_deferred].all()  # 8 put off last tick plan first
-        previous_deferred = group.deferred.copy()
+        previous_deferred = group.plans.deferred.copy()
         obs = env.step(group.action)
     assert (served >= 2).all()  # everyone got a turn, none starved
 
@@ -361,8 +361,8 @@ def test_resize_keeps_plans_and_new_agents_plan_first() -> None:
     group.resize(14)
     group.step(np.vstack([obs, obs[:4]]))
     assert group.planning_stats()["planned"] == 4
-    assert (group.plan_age[10:] == 0).all()
-    assert (group.plan_age[:10] == 1).all()
+    assert (group.plans.plan_age[10:] == 0).all()
+    assert (group.plans.plan_age[:10] == 1).all()
 
 
 def test_planning_memory_is_counted() -> None:
@@ -380,7 +380,8 @@ def test_planning_memory_is_counted() -> None:
     assert budget.per_agent_nbytes() - planned.per_agent_nbytes() == 4 + 4 + 2 * 8
     for group in (planned, on_change, budget):  # what is counted is what is allocated
         arrays = [
-            group.plan_policy, group.plan_left, group.plan_age, group.deferred,
+            group.plans.plan_policy, group.plans.plan_left, group.plans.plan_age,
+            group.plans.deferred,
             group.plans.must, group.plans.planned, group.plans.flag, group.plans.evidence,
             group.plans.candidates, group.plans.arange, group.plans.change,
             group.plans.change_scratch, group.plans.keys, group.plans.index_scratch,
@@ -481,7 +482,7 @@ def test_workers_step_a_planning_group_as_one_process_does(policy: PlanningPolic
                 np.testing.assert_array_equal(v, _state(shared)[k], err_msg=k)
             obs = env.step(a)
         assert shared.workers == 2
-        assert shared.workers_restarts == 0
+        assert shared.cores.restarts == 0
     finally:
         shared.release()
 
@@ -522,12 +523,12 @@ def test_deep_planning_spreads_over_ticks_under_a_deadline() -> None:
     previous_deferred = np.zeros(n, dtype=bool)
     put_off = 0
     for t in range(9):
-        before = {k: getattr(group, k).copy() for k in ("plan_policy", "plan_left")}
+        before = {k: getattr(group.plans, k).copy() for k in ("plan_policy", "plan_left")}
         group.step(obs)
         stats = group.planning_stats()
-        planned = group.plan_age == 0
+        planned = group.plans.plan_age == 0
         assert stats["planned"] == int(planned.sum()) <= 12  # three blocks at most
-        assert stats["deferred"] == int(group.deferred.sum())
+        assert stats["deferred"] == int(group.plans.deferred.sum())
         put_off += stats["deferred"]
         assert planned[previous_deferred].all() or previous_deferred.sum() > 12
         # Those that did not plan took their committed plan's next step (the last one again
@@ -542,7 +543,7 @@ def test_deep_planning_spreads_over_ticks_under_a_deadline() -> None:
         check.infer_policies()
         np.testing.assert_allclose(group.q_pi[planned], check.q_pi[planned], atol=1e-5)
         served += planned
-        previous_deferred = group.deferred.copy()
+        previous_deferred = group.plans.deferred.copy()
         obs = env.step(group.action)
     assert put_off > 0  # the deadline did put agents off
     assert (served >= 2).all()  # none starved: deep plans spread over the ticks
@@ -582,10 +583,10 @@ def test_workers_honour_the_deadline_between_them() -> None:
             # Reads at t (the deadline: t + 2.5), then t + 1, t + 2 plan and t + 3, t + 4 stop:
             # three blocks of the five each tick.
             assert stats["planned"] == 12
-            assert stats["deferred"] == 8 == int(group.deferred.sum())
+            assert stats["deferred"] == 8 == int(group.plans.deferred.sum())
             obs = env.step(group.action)
         assert group.workers == 2
-        assert group.workers_restarts == 0
+        assert group.cores.restarts == 0
     finally:
         group.release()
 
@@ -599,8 +600,8 @@ def test_step_planned_plans_exactly_the_agents_given() -> None:
     obs = env.reset()
     who = np.arange(n) % 3 == 0
     group.step_planned(obs, who)  # the first tick: every agent must plan, four may
-    np.testing.assert_array_equal(group.plan_age == 0, who)
-    np.testing.assert_array_equal(group.deferred, ~who)
+    np.testing.assert_array_equal(group.plans.plan_age == 0, who)
+    np.testing.assert_array_equal(group.plans.deferred, ~who)
     assert group.planning_stats()["planned"] == 4
     assert group.planning_stats()["deferred"] == 8
     with pytest.raises(InputError, match=r"who_plans has shape \(3,\) and dtype bool"):
@@ -695,7 +696,7 @@ def test_a_paced_group_plans_what_fits_the_tick_and_the_put_off_go_first() -> No
     group.pace(4.0, 0.5)
     assert group.planning_stats()["after_planning_ms"] == 1500.0
     assert group.planning_stats()["block_ms"] == 1000.0
-    previous = group.deferred.copy()
+    previous = group.plans.deferred.copy()
     group.step(env.step(group.action))
     stats = group.planning_stats()
     # 4 * 0.9 - 1.5 - 1.0 = 1.1 s: the first block only (t + 3 is past t + 1.1)
@@ -704,10 +705,10 @@ def test_a_paced_group_plans_what_fits_the_tick_and_the_put_off_go_first() -> No
     assert stats["deferred"] == 16
     assert stats["ticks_cut"] == 1
     for _ in range(4):  # everyone must plan every tick: those put off go first
-        previous = group.deferred.copy()
+        previous = group.plans.deferred.copy()
         group.pace(4.0, 0.5)
         group.step(env.step(group.action))
-        planned = group.plan_age == 0
+        planned = group.plans.plan_age == 0
         assert planned.sum() == 4
         assert planned[previous].all() or not (planned & ~previous).any()
     assert group.planning_stats()["passed_over"] == 0

@@ -137,22 +137,41 @@ def test_a_pivot_puts_the_records_of_one_run_side_by_side_with_their_ratio() -> 
     ]
 
 
-def test_a_headline_is_the_row_it_names_on_each_machine() -> None:
+def test_a_headline_is_the_row_it_names_on_each_machine_with_both_ends_of_its_table() -> None:
     lines = [
-        line({"bench": "memory_summary", "mqtt": "off", "this_rss_mb": 40.04},
+        line({"bench": "memory_summary", "venv": "device", "mqtt": "off", "this_rss_mb": 40.04},
              benchmark="bench_memory.py", machine="pi4"),
-        line({"bench": "memory_summary", "mqtt": "on", "this_rss_mb": 46.0},
+        line({"bench": "memory_summary", "venv": "device", "mqtt": "on", "this_rss_mb": 46.0},
              benchmark="bench_memory.py", machine="pi4"),
+        line({"bench": "memory_summary", "venv": "extras", "mqtt": "on", "this_rss_mb": 46.5},
+             benchmark="bench_memory.py", machine="pi4"),
+        line({"bench": "memory_summary", "venv": "extras", "mqtt": "on", "this_rss_mb": 30.0},
+             benchmark="bench_memory.py", machine="other"),  # another machine's: not an end
     ]
     headline = [r for r in render.headline_table(lines) if r.startswith("| Daemon RSS")]
-    assert headline == [
-        "| Daemon RSS, 1,000 grid10 agents | 40.0 MB without MQTT, 46.0 MB with | "
-        "[Daemon RSS with and without MQTT](#daemon-rss) | pi4 | Cortex-A72 (4 cores) | "
-        "`aaaaaaaaa` | 2026-01-02 |"
-    ]
+    assert headline[0] == (
+        "| Daemon RSS, 1,000 grid10 agents, the device's venv (targets 40 / 45 MB) | 40.0 MB "
+        "without MQTT, 46.0 MB with | weakest 46.5 MB (extras, MQTT), best 46.0 MB (device, "
+        "MQTT) | [Daemon RSS with and without MQTT, in the device's venv and with every "
+        "extra](#daemon-rss) | pi4 | Cortex-A72 (4 cores) | `aaaaaaaaa` | 2026-01-02 |"
+    )
+    assert len(headline) == 1  # the other machine measured no device venv
     missing = [r for r in render.headline_table(lines) if r.startswith("| The hub at 1,000")]
     assert len(missing) == 1
     assert "**not measured yet**" in missing[0]
+
+
+def test_the_ends_of_a_comparison_are_its_weakest_and_best_rows() -> None:
+    def row(name: str, value: float | None) -> render.Row:
+        return render.Row(key={"name": name}, records={None: {"v": value}}, lines=())
+
+    rows = [row("a", 2.0), row("b", 7.5), row("c", None), row("d", 0.5)]
+    higher = render.Ends(lambda r: r.get("v"), lambda r: str(r.get("name")))
+    assert higher.text(rows) == "weakest 0.50x (d), best 7.50x (b)"
+    lower = render.Ends(lambda r: r.get("v"), lambda r: str(r.get("name")), fmt=".1f",
+                        suffix=" ms", higher_is_better=False)
+    assert lower.text(rows) == "weakest 7.5 ms (b), best 0.5 ms (d)"
+    assert higher.text(rows[:1]) is None  # one row has no two ends
 
 
 def test_cells() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from msgspec.structs import replace
+from scipy.optimize import linear_sum_assignment
 
 from edge_agent.aif import agreement
 from edge_agent.aif.settings import AifSettings
@@ -26,9 +27,10 @@ from edge_agent.coordination import (
     TaskState,
     task_utility,
 )
-from edge_agent.coordination.ledger import Bid, bid_columns
+from edge_agent.coordination.ledger import Bid, Team, bid_columns
 from edge_agent.coordination.messages import (
     DeadSession,
+    Role,
     TaskBids,
     TaskKey,
     TaskSync,
@@ -42,6 +44,7 @@ from edge_agent.fleet.protocol import Birth, Body, Envelope, Telemetry
 from edge_agent.fleet.topics import Route, TopicKind, Topics
 from edge_agent.sim import BatchEnv
 from edge_agent.sim.gridworld import gridworld_model
+from edge_agent_host.fleetctl.tasks import random_team_specs
 from tests.support.coordination_harness import (
     TICK_S,
     GroupSpec,
@@ -712,3 +715,239 @@ def test_a_spec_is_taken_only_with_its_announcer_s_signature() -> None:
     # An announcement without signatures is malformed (a node of an earlier version).
     with pytest.raises(ValueError, match="sigs has 0 bytes"):
         TaskAnnounce(tasks=[spec])
+
+
+# --------------------------------------------------------------------------------------------
+# team tasks
+
+
+def tick_until_held(fleet: SimFleet, most: int = 60) -> None:
+    """Tick until every live node's teams are whole and every member holds its slot, and one
+    tick more (members hold once their node has every live peer's bids, or two state periods
+    past their window, and pursue from the next tick; a bound, not a speed: the fleet runs on
+    a simulated clock)."""
+    for _ in range(most):
+        fleet.tick()
+        teams = [n.engine.board.teams() for n in fleet.live]
+        if all(t == teams[0] for t in teams) and all(
+            team.vacant == 0 and all(m.held for m in team.members) for team in teams[0].values()
+        ):
+            fleet.tick()  # the members' nodes give them their roles' preferences
+            return
+
+
+def team_tasks(n: int, *, seed: int = 0, by: str = "node0") -> list[TaskSpec]:
+    """``n`` teams of 2-5 grid agents, in up to three roles with goals of their own."""
+    return random_team_specs(
+        n, 100, sizes=(2, 5), max_roles=3, seed=seed, capability="grid", announced_by=by
+    )
+
+
+def assert_teams_agree(fleet: SimFleet, specs: list[TaskSpec]) -> dict[str, Team]:
+    """Every live node holds the same team award, every team whole, an agent in one slot at
+    most; each member, and no other agent, pursues its role's goal on its own node."""
+    teams = [n.engine.board.teams() for n in fleet.live]
+    assert all(t == teams[0] for t in teams[1:])
+    award = teams[0]
+    assert set(award) == {s.task for s in specs}
+    members = [m.holder for t in award.values() for m in t.members]
+    assert len(members) == len(set(members)) == sum(s.size for s in specs)
+    for spec in specs:
+        team = award[spec.task]
+        assert team.vacant == 0
+        for role, slots in enumerate(spec.slots()):
+            assert sum(m.role == role for m in team.members) == slots.agents
+    pursued = held_by_node(fleet)
+    assert {t: sorted(h) for t, h in pursued.items() if t in award} == {
+        t: sorted(m.holder for m in team.members) for t, team in award.items()
+    }
+    for node in fleet.live:
+        for name, gs in node.engine.groups.items():
+            for agent, (task, _) in gs.prefs.held.items():
+                if task not in award:
+                    continue
+                member = award[task].member((node.node_id, name, agent))
+                assert member is not None
+                goal = node.engine.board.specs[task].slots()[member.role]
+                slot = gs.prefs.slot[agent]
+                assert gs.prefs.goal_state[slot] == goal.goal_state  # its role's goal
+    return award
+
+
+def test_five_nodes_form_fifty_teams_of_mixed_roles_the_same_everywhere(
+    grid_fleet: SimFleet,
+) -> None:
+    fleet = grid_fleet
+    specs = team_tasks(50)
+    assert any(len(s.slots()) > 1 for s in specs)
+    fleet.nodes[0].engine.announce(specs)
+    tick_until_held(fleet)  # the announcement, the windows, the ledgers agree: holds
+    award = assert_teams_agree(fleet, specs)
+    assert all(m.held for t in award.values() for m in t.members)  # every member took its slot
+    fleet.tick(10)
+    assert assert_teams_agree(fleet, specs) == award
+    for node in fleet.nodes:
+        m = node.engine.metrics()
+        assert m["teams_formed"] == 50
+        assert m["team_slots_vacant"] == 0
+        assert m["team_form_s_max"] <= WINDOW_S
+        assert m["conflicts_open"] == 0
+        assert m["malformed"] == 0
+    # The award is the optimum over the bids (every team can form: the least total cost).
+    board = fleet.nodes[0].engine.board
+    assert team_award_cost(board, award) == pytest.approx(optimal_team_cost(board), abs=0.01)
+
+
+def team_award_cost(board: TaskBoard, award: dict[str, Team]) -> float:
+    return sum(m.cost for t in award.values() for m in t.members)
+
+
+def optimal_team_cost(board: TaskBoard) -> float:
+    """scipy's optimum over the team tasks' bids, slots expanded into a matrix."""
+    slots: list[tuple[str, int]] = []
+    for task, spec in sorted(board.specs.items()):
+        for role, s in enumerate(spec.slots()):
+            slots += [(task, role)] * s.agents
+    agents = sorted({b.holder for t in board.specs for b in board.valid_bids(t)})
+    col = {a: i for i, a in enumerate(agents)}
+    cost = np.full((len(slots), len(agents)), 1e9)
+    for i, (task, role) in enumerate(slots):
+        for b in board.valid_bids(task):
+            if b.role == role:
+                cost[i, col[b.holder]] = b.cost
+    r, c = linear_sum_assignment(cost)
+    return float(cost[r, c].sum())
+
+
+def test_a_dead_member_s_slot_is_repaired_and_the_others_keep_theirs(
+    grid_fleet: SimFleet,
+) -> None:
+    fleet = grid_fleet
+    specs = team_tasks(30, seed=4)
+    fleet.nodes[0].engine.announce(specs)
+    tick_until_held(fleet)
+    before = assert_teams_agree(fleet, specs)
+    lost = sum(m.node == "node3" for t in before.values() for m in t.members)
+    assert lost
+    fleet.kill("node3")
+    tick_until_held(fleet)  # the will, the vacancies filled, the new members hold
+    after = assert_teams_agree(fleet, specs)
+    for task, team in after.items():
+        stayed = {(*m.holder, m.role) for m in before[task].members if m.node != "node3"}
+        assert stayed <= {(*m.holder, m.role) for m in team.members}  # the others unchanged
+        assert team.epoch == before[task].epoch  # the same round: repaired, not re-auctioned
+        assert all(m.held for m in team.members)
+    for node in fleet.live:
+        m = node.engine.metrics()
+        assert m["team_repairs"] == lost
+        assert m["death_reauctions"] == 0
+        assert m["team_slots_vacant"] == 0
+
+
+def test_slots_no_bid_held_can_fill_are_bid_again(tmp_path: Path) -> None:
+    """Each node bids one agent per role and round (``max_bids_per_task = 1``): a team of four
+    on two nodes of three agents forms after rebids; when node1 dies its slots go to node0's
+    last agent, after a rebid, and the slot left vacant stays so while the members keep
+    pursuing."""
+    fleet = SimFleet(
+        tmp_path,
+        2,
+        {"grid": GroupSpec(GRID, 3, capabilities=("grid",))},
+        settings(min_bids_per_task=1, max_bids_per_task=1),
+    )
+    try:
+        fleet.tick(3)
+        spec = TaskSpec(task="T", epoch=0, capability="grid", goal_state=55, announced_by="node0",
+                        team=4)  # fmt: skip
+        fleet.nodes[0].engine.announce([spec])
+        fleet.tick(2)
+        assert fleet.nodes[0].engine.board.teams()["T"].members == ()  # two bidders: nobody
+        tick_until_held(fleet)  # rebids until four agents bid, then the holds
+        team = fleet.nodes[0].engine.board.teams()["T"]
+        assert team.vacant == 0
+        mine = [m for m in team.members if m.node == "node0"]
+        assert len(mine) < 3  # node0 has an agent left
+        fleet.kill("node1")
+        fleet.tick(2 * WINDOW_TICKS + 2)
+        team = fleet.nodes[0].engine.board.teams()["T"]
+        assert {m.holder for m in mine} < {m.holder for m in team.members}  # kept, and one more
+        assert [m.node for m in team.members] == ["node0"] * 3
+        assert team.vacant == 1
+        held = fleet.nodes[0].engine.groups["grid"].prefs.held
+        assert sorted(held) == sorted(m.agent for m in team.members)  # they keep pursuing
+        m = fleet.nodes[0].engine.metrics()
+        assert m["team_slots_vacant"] == 1
+        assert m["team_repairs"] == 1
+    finally:
+        fleet.close()
+
+
+def test_a_healed_partition_leaves_one_team_per_task(grid_fleet: SimFleet) -> None:
+    fleet = grid_fleet
+    specs = team_tasks(20, seed=2)
+    fleet.nodes[0].engine.announce(specs)
+    fleet.nodes[0].link.pump()
+    fleet.partition([{"node0", "node1"}, {"node2", "node3", "node4"}])
+    fleet.tick(WINDOW_TICKS + 3)  # each side forms every team among its own agents
+    left, right = fleet.nodes[0].engine.board.teams(), fleet.nodes[2].engine.board.teams()
+    assert all(t.vacant == 0 for t in left.values())
+    assert all(t.vacant == 0 for t in right.values())
+    assert all(m.node in {"node0", "node1"} for t in left.values() for m in t.members)
+    fleet.heal()
+    for _ in range(120):
+        fleet.tick()
+        teams = [n.engine.board.teams() for n in fleet.live]
+        pursued = held_by_node(fleet)
+        if all(t == teams[0] for t in teams) and all(
+            len(pursued.get(s.task, ())) == s.size for s in specs
+        ):
+            break
+    assert_teams_agree(fleet, specs)
+
+
+def test_a_team_task_closes_when_every_member_is_done(tmp_path: Path) -> None:
+    fleet = SimFleet(tmp_path, 2, {"grid": GroupSpec(GRID, 20, capabilities=("grid",))}, settings())
+    try:
+        fleet.tick(3)
+        spec = TaskSpec(task="T", epoch=0, capability="grid", goal_state=55, announced_by="node0",
+                        team=2, roles=[Role(capability="grid", count=1, goal_state=9)])  # fmt: skip
+        fleet.nodes[0].engine.announce([spec])
+        tick_until_held(fleet)
+        team = fleet.nodes[0].engine.board.teams()["T"]
+        first, *rest = team.members
+        fleet.node(first.node).engine.complete("grid", [first.agent])
+        fleet.tick(2)
+        for node in fleet.nodes:
+            t = node.engine.board.teams()["T"]
+            assert [d.agent for d in t.done] == [first.agent]
+            assert t.vacant == 0  # a finished part is not a vacancy
+        for member in rest:
+            fleet.node(member.node).engine.complete("grid", [member.agent])
+        fleet.tick(2)
+        for node in fleet.nodes:
+            assert not node.engine.board.is_open("T")
+            assert node.engine.board.closed["T"] == 0
+        assert sum(n.engine.counters["tasks_done"] for n in fleet.nodes) == 3
+        assert held_by_node(fleet) == {}
+    finally:
+        fleet.close()
+
+
+def test_one_agent_tasks_and_teams_share_the_agents_one_slot_each(grid_fleet: SimFleet) -> None:
+    fleet = grid_fleet
+    singles, teams = grid_tasks(40, seed=5), team_tasks(20, seed=6)
+    fleet.nodes[0].engine.announce(singles + teams)
+    tick_until_held(fleet)
+    award = assert_teams_agree(fleet, teams)
+    singles_award = assert_one_holder_per_task_of(fleet, {s.task for s in singles})
+    members = {m.holder for t in award.values() for m in t.members}
+    assert not members & set(singles_award.values())
+
+
+def assert_one_holder_per_task_of(
+    fleet: SimFleet, tasks: set[str]
+) -> dict[str, tuple[str, str, int]]:
+    awards = fleet.assignments()
+    assert all(a == awards[0] for a in awards[1:])
+    assert set(awards[0]) == tasks
+    return awards[0]

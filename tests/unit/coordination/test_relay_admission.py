@@ -16,6 +16,7 @@ from edge_agent.coordination.ledger import MAX_SESSION, Bid, bid_columns
 from edge_agent.coordination.messages import (
     Release,
     ReleaseStatus,
+    Role,
     TaskBids,
     TaskRelease,
     TaskSync,
@@ -389,3 +390,98 @@ def test_the_hub_takes_back_an_id_a_node_announced_first() -> None:
     t.engine.handle(announce_msg([replace(hub_b, epoch=1)], node="hub", signer=HUB_KEY))
     t.tick(WINDOW_TICKS + 1)
     assert t.engine.assignment()["b"][0] == "solo"
+
+
+# --------------------------------------------------------------------------------------------
+# team tasks
+
+
+def peer_team(t: Ticker, task: str = "T", team: int = 2) -> TaskSpec:
+    """``peer`` announces a team task of ``team`` agents at goal 5 and one at goal 9."""
+    spec = TaskSpec(task=task, epoch=0, capability="grid", goal_state=5, announced_by="peer",
+                    team=team, roles=[Role(capability="grid", count=1, goal_state=9)])  # fmt: skip
+    t.engine.handle(announce_msg([spec]))
+    t.tick()
+    assert t.engine.board.specs[task] == spec
+    return spec
+
+
+def team_bids(task: str, rows: list[tuple[int, int, float, int]], bseq: int = 1) -> TaskBids:
+    """``(agent, role, cost, hold)`` rows of the peer's group ``grid``."""
+    agents, roles, costs, holds = zip(*rows, strict=True)
+    return TaskBids.from_arrays(
+        "grid", bseq, [task], epochs=[0], task_index=[0] * len(rows), agents=agents,
+        costs=costs, roles=roles, holds=holds,
+    )  # fmt: skip
+
+
+def test_a_bid_names_only_a_role_the_signed_spec_has_and_holds_only_a_team_s_slot(
+    ticker: Ticker,
+) -> None:
+    t = ticker
+    peer_team(t)
+    peer_task(t, "s")
+    t.engine.handle(task_msg(team_bids("T", [(1, 0, 1.0, 0), (2, 1, 1.0, 0), (3, 2, 0.5, 0)])))
+    t.engine.handle(
+        task_msg(team_bids("s", [(4, 0, 1.0, 1)], bseq=2))
+    )  # a hold of a one-agent task
+    t.tick()
+    assert t.engine.counters["bids_refused"] == 2
+    board = t.engine.board
+    assert sorted((b.agent, b.role) for b in board.valid_bids("T") if b.node == "peer") == [
+        (1, 0),
+        (2, 1),
+    ]
+    assert not [b for b in board.valid_bids("s") if b.node == "peer"]
+
+
+def test_a_member_s_release_is_taken_only_for_its_own_slot(ticker: Ticker) -> None:
+    """The peer holds both slots of role 0; its release of an agent that is no member, or of a
+    member in another role, says more than it can know; a member's of its own role is taken."""
+    t = ticker
+    peer_team(t, team=2)
+    t.engine.handle(task_msg(team_bids("T", [(1, 0, MIN_BID_COST, 1), (2, 0, MIN_BID_COST, 1)])))
+    t.tick()
+    team = t.engine.board.teams()["T"]
+    assert sorted(m.agent for m in team.members if m.node == "peer") == [1, 2]
+
+    def done(agent: int, role: int, bseq: int) -> TaskRelease:
+        rel = Release(task="T", epoch=0, node="peer", group="grid", agent=agent, bdseq=0,
+                      bseq=bseq, status=ReleaseStatus.DONE, role=role)  # fmt: skip
+        return TaskRelease(items=[rel], sigs=PEER_KEY.sign(release_bytes("coord", rel)))
+
+    t.engine.handle(task_msg(done(7, 0, 10)))  # not a member, and role 0 is full
+    t.engine.handle(task_msg(done(1, 1, 11)))  # a member, but of role 0
+    t.tick()
+    assert t.engine.counters["relays_refused"] == 2
+    team = t.engine.board.teams()["T"]
+    assert team.done == ()
+    # A release refused still uses its agent's bids up (as a one-agent task's): agent 1 is out,
+    # and its slot is filled again.
+    assert [m.agent for m in team.members if m.node == "peer"] == [2]
+    t.engine.handle(task_msg(done(2, 0, 12)))
+    t.tick()
+    assert [d.agent for d in t.engine.board.teams()["T"].done] == [2]
+    assert t.engine.board.is_open("T")
+
+
+def test_a_relayed_member_s_release_needs_its_holder_s_signature(ticker: Ticker) -> None:
+    """A sync relays a team member's done release; forged, it is refused."""
+    t = ticker
+    spec = peer_team(t, team=1)
+    t.engine.handle(task_msg(team_bids("T", [(1, 0, MIN_BID_COST, 1)])))
+    t.tick()
+    rel = Release(task="T", epoch=0, node="peer", group="grid", agent=1, bdseq=0, bseq=5,
+                  status=ReleaseStatus.DONE, role=0)  # fmt: skip
+    forged = TaskSigner.generate().sign(release_bytes("coord", rel))
+    sigs = sign_specs(PEER_KEY.sign, "coord", [spec])
+    part = TaskSync(tasks=[spec], task_sigs=sigs, closers=[rel], closer_sigs=forged)
+    t.engine.handle(task_msg(part, node="other"))
+    t.tick()
+    assert t.engine.board.teams()["T"].done == ()
+    assert t.engine.counters["relays_refused"] >= 1
+    good = TaskSync(tasks=[spec], task_sigs=sigs, closers=[rel],
+                    closer_sigs=PEER_KEY.sign(release_bytes("coord", rel)))  # fmt: skip
+    t.engine.handle(task_msg(good, node="other"))
+    t.tick()
+    assert [d.agent for d in t.engine.board.teams()["T"].done] == [1]

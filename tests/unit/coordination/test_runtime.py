@@ -39,6 +39,7 @@ from edge_agent.fleet.outbox import DEFAULT_POLICIES
 from edge_agent.fleet.protocol import Telemetry
 from edge_agent.sim import BatchEnv
 from edge_agent.sim.gridworld import gridworld_model
+from edge_agent_host.fleetctl.tasks import random_team_specs
 from tests.support.coordination_harness import (
     FLEET,
     TICK_S,
@@ -574,3 +575,63 @@ def test_check_config_says_what_the_node_coordinates(tmp_path: Path) -> None:
     ok, report = check_config(path)
     assert ok, report
     assert "  coordination: off" in report.splitlines()
+
+
+def test_the_status_shows_each_team_s_members_roles_and_vacant_slots(fleet: Fleet) -> None:
+    a, b = fleet.nodes
+    specs = random_team_specs(
+        5, 100, sizes=(2, 4), max_roles=2, seed=3, capability="grid", announced_by="node0"
+    )
+    a.runtime.announce(specs)
+    fleet.tick(round(0.3 / TICK_S) + 4)
+    sa, sb = a.runtime.status(), b.runtime.status()
+    assert sa["teams"] == sb["teams"]
+    assert sa["assignment"] == {}  # no one-agent task
+    for spec in specs:
+        team = sa["teams"][spec.task]
+        assert team["slots"] == [s.agents for s in spec.slots()]
+        assert team["vacant"] == 0
+        assert len(team["members"]) == spec.size
+        assert all(held for *_, held in team["members"])  # every member took its slot
+    # Each node lists its own members (with their roles): together, every member of every team.
+    pursued = sorted(
+        [node, *h]
+        for node, s in (("node0", sa), ("node1", sb))
+        for task, hs in s["team_holding"].items()
+        for h in hs
+    )
+    listed = sorted(
+        [m[0], m[1], m[2], team["epoch"], m[3]]
+        for team in sa["teams"].values()
+        for m in team["members"]
+    )
+    assert [[p[0], p[1], p[2], p[3], p[4]] for p in pursued] == listed
+    m = sa["metrics"]
+    assert m["teams_formed"] == 5
+    assert m["team_slots_vacant"] == 0
+
+
+def test_a_resized_group_leaves_its_team_slots_to_be_filled_again(fleet: Fleet) -> None:
+    """node1's group is resized: it starts afresh and gives its members' slots up; the teams
+    keep node0's members and fill the slots again, in the same round."""
+    a, b = fleet.nodes
+    specs = random_team_specs(6, 100, sizes=(2, 3), seed=4, capability="grid", announced_by="node0")
+    a.runtime.announce(specs)
+    fleet.tick(round(0.3 / TICK_S) + 4)
+    before = a.runtime.engine.board.teams()
+    gone = sum(m.node == "node1" for team in before.values() for m in team.members)
+    assert gone
+    agents, _ = b.groups["grid"]
+    agents.resize(10)
+    b.worlds["grid"] = BatchEnv(GRID, 10, seed=9)
+    fleet.tick(round(0.3 / TICK_S) + 4)
+    after = a.runtime.engine.board.teams()
+    assert after == b.runtime.engine.board.teams()
+    for task, team in after.items():
+        kept = {m.holder for m in before[task].members if m.node == "node0"}
+        assert kept <= {m.holder for m in team.members}
+        assert team.epoch == 0  # repaired in the round, not re-auctioned
+        assert team.vacant == 0
+    # (and slots that bids of its agents beyond 10 filled meanwhile, given up as well)
+    assert b.runtime.engine.counters["tasks_abandoned"] >= gone
+    assert a.runtime.engine.metrics()["team_repairs"] >= gone

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from msgspec.structs import replace
 
-from edge_agent.coordination.messages import SIGNATURE_BYTES, Release, ReleaseStatus, TaskSpec
+from edge_agent.coordination.messages import (
+    SIGNATURE_BYTES,
+    Release,
+    ReleaseStatus,
+    Role,
+    TaskSpec,
+)
 from edge_agent.coordination.signing import (
     KEY_FILE,
     PeerKeys,
@@ -95,6 +101,8 @@ def test_a_spec_verifies_only_with_its_announcer_s_key_fleet_and_every_field() -
         "goal_state": 6,
         "deadline": 0.0,
         "announced_by": "pi-b",
+        "team": 2,  # a one-agent task made a team
+        "roles": [Role(capability="move", count=1, goal_state=5)],
     }
     assert set(changed) == set(TaskSpec.__struct_fields__)  # every field is covered
     for name, value in changed.items():
@@ -103,3 +111,36 @@ def test_a_spec_verifies_only_with_its_announcer_s_key_fleet_and_every_field() -
     # pi-b signing the hub's spec with its own key is no signature of the hub's
     own = node.sign(spec_bytes("plant", SPEC))
     assert not keys.verify("hub", spec_bytes("plant", SPEC), own)
+
+
+TEAM = replace(SPEC, team=2, roles=[Role(capability="escort", count=1, goal_state=7)])
+
+
+def test_a_team_spec_verifies_only_with_every_role_as_signed() -> None:
+    """A team's size, its roles' capabilities, counts and goals are signed: a relay can neither
+    change a team nor pass a team spec off as a one-agent task (or the other way round); a
+    one-agent spec signs the bytes it signed before teams existed."""
+    hub = TaskSigner.generate()
+    keys = PeerKeys(max_nodes=2)
+    keys.learn("hub", hub.public)
+    sig = hub.sign(spec_bytes("plant", TEAM))
+    assert keys.verify("hub", spec_bytes("plant", TEAM), sig)
+    role = Role(capability="escort", count=1, goal_state=7)
+    for forged in (
+        replace(TEAM, team=3),
+        replace(TEAM, roles=[replace(role, count=2)]),
+        replace(TEAM, roles=[replace(role, goal_state=8)]),
+        replace(TEAM, roles=[replace(role, capability="move")]),
+        replace(TEAM, roles=[role, role]),
+        SPEC,
+    ):
+        assert not keys.verify("hub", spec_bytes("plant", forged), sig), forged
+    assert spec_bytes("plant", SPEC).startswith(b"\x99\xafea-task-spec-v1")  # 9 fields, as before
+    # A member's release signs its role too; a one-agent release what it signed before.
+    member = Release(**{**_fields(REL), "role": 1})
+    signer = TaskSigner.generate()
+    keys.learn("pi-b", signer.public)
+    member_sig = signer.sign(release_bytes("plant", member))
+    assert keys.verify("pi-b", release_bytes("plant", member), member_sig)
+    assert not keys.verify("pi-b", release_bytes("plant", REL), member_sig)
+    assert release_bytes("plant", REL).startswith(b"\x9a")  # 10 fields, as before

@@ -99,12 +99,12 @@ def test_the_same_numbers_on_workers(planning: PlanningPolicy) -> None:
 def test_half_the_beliefs_bytes_and_no_prior() -> None:
     env: Any = make_env("grid10", 10, seed=0)
     kept, derived = group(env, 3000, True), group(env, 3000, False)
-    assert kept.keeps_prior
-    assert not derived.keeps_prior
+    assert kept.state.keeps_prior
+    assert not derived.state.keeps_prior
     assert derived.prior == []
     S = sum(derived.cm.num_states) * 4
-    assert kept.nbytes_by_part()["beliefs"] == 2 * S
-    assert derived.nbytes_by_part()["beliefs"] == S + 1  # qs, and whether the prior is D
+    assert kept.memory.nbytes_by_part()["beliefs"] == 2 * S
+    assert derived.memory.nbytes_by_part()["beliefs"] == S + 1  # qs, and whether the prior is D
     assert kept.nbytes - derived.nbytes == 3000 * (S - 1)
     # the block's prior is made in the scratch of each process instead
     assert derived.scratch_nbytes(3000) - kept.scratch_nbytes(3000) == derived.block_size * S
@@ -117,17 +117,17 @@ def test_a_prior_that_would_not_follow_is_kept() -> None:
     predictions: the group keeps it (a model without a local planner, a block of more agents
     than the small-block planner takes); a planning policy propagates every prior."""
     env: Any = make_env("explorer", 10, seed=0)
-    assert group(env, 300, False).keeps_prior
-    assert not group(env, 300, False, planning=PlanningPolicy(every=4)).keeps_prior
-    assert not group(env, 12, False).keeps_prior  # one small block
+    assert group(env, 300, False).state.keeps_prior
+    assert not group(env, 300, False, planning=PlanningPolicy(every=4)).state.keeps_prior
+    assert not group(env, 12, False).state.keeps_prior  # one small block
     tmaze: Any = make_env("tmaze", 10, seed=0)  # the joint small-block path gathers priors
-    assert group(tmaze, 300, False, planning=PlanningPolicy(every=4)).keeps_prior
+    assert group(tmaze, 300, False, planning=PlanningPolicy(every=4)).state.keeps_prior
 
 
 def test_what_needs_a_kept_prior_is_refused_in_one_line() -> None:
     env: Any = make_env("grid10", 200, seed=0)
     g = group(env, 200, False)
-    assert not g.keeps_prior
+    assert not g.state.keeps_prior
     obs = env.reset()
     g.infer_states(obs)
     with pytest.raises(InputError, match="commit actions"):
@@ -140,7 +140,8 @@ def test_what_needs_a_kept_prior_is_refused_in_one_line() -> None:
     with pytest.raises(InputError, match="drive_prior needs a group that keeps it"):
         g.drive_prior(np.zeros((200, 1), dtype=np.int64))
     learn_b = LearningSpec(pB={0: env.model.B[0] * 10.0 + 0.5})
-    assert AifAgentGroup(env.model, 5, learning=learn_b).keeps_prior  # learning reads, writes it
+    learns = AifAgentGroup(env.model, 5, learning=learn_b)
+    assert learns.state.keeps_prior  # learning reads, writes it
     with pytest.raises(InputError, match="a group that learns keeps its prior"):
         AifAgentGroup(env.model, 5, keep_prior=False, learning=learn_b)
 

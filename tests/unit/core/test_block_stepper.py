@@ -28,7 +28,7 @@ def test_stepping_each_block_is_the_groups_step(world: str, keep_prior: bool) ->
         actions = group.step(obs, record=False).copy()
         stepper = by_hand.stepper
         for rows in stepper.blocks(by_hand.state):
-            stepper.step_block(by_hand.state, rows, by_hand.check_obs(obs), None)
+            stepper.step_block(by_hand.state, rows, by_hand.inputs.obs(obs, 70), None)
         by_hand.ticks += 1
         np.testing.assert_array_equal(by_hand.action, actions)
         for a, b in zip(group.qs, by_hand.qs, strict=True):

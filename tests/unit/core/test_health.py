@@ -4,6 +4,7 @@ raises one drift event), and every scope reports its measures."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -17,7 +18,7 @@ from edge_agent.core.health import AIF_MEASURES, HEALTH_AGENTS, HEALTH_EVERY, LE
 from edge_agent.core.health_window import HealthSummary
 from edge_agent.sim.registry import make_env
 from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
-from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
+from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
 
 def _run(env: Any, group: AifAgentGroup, ticks: int) -> HealthSummary:
@@ -66,6 +67,41 @@ def test_a_model_with_the_reward_arms_swapped_is_surprised_and_raises_one_drift_
     assert event.kind == "drift"
     assert event.data["threshold"] == s.drift.threshold
     assert group.alerts() == []  # raised once
+
+
+def test_the_drift_alarm_raised_and_cleared_is_one_event_each_time() -> None:
+    """A frozen model in the reversal T-maze (the rewarded arm swaps every 20 trials, 60 ticks):
+    the alarm rises in a reversed phase and clears in the next normal one, each transition one
+    event (``drift`` at warning, ``drift_cleared`` at info) naming the group and the numbers
+    that crossed, in the order they happened, none while a state lasts."""
+    env = ReversalTMazeEnv(64, seed=11, reverse_every=20)
+    group = AifAgentGroup(env.model, 64, precision="int8", name="maze")
+    assert group.health is not None
+    threshold = group.health.detector.settings.threshold
+    obs = env.reset()
+    events = []
+    rises = 0
+    alarm = False
+    for t in range(360):  # normal, reversed, normal, reversed (60 ticks a phase)
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        obs = env.step(group.step(obs, now=float(t)))
+        events += group.alerts()
+        rises += group.health.detector.alarm and not alarm
+        alarm = group.health.detector.alarm
+    kinds = [e.kind for e in events]
+    assert kinds[:2] == ["drift", "drift_cleared"], kinds
+    assert all(a != b for a, b in itertools.pairwise(kinds)), kinds  # one per transition
+    assert kinds.count("drift") == rises
+    raised, cleared = events[0], events[1]
+    assert raised.severity == "warning"
+    assert raised.detail.startswith("group maze: the model stopped fitting")
+    assert raised.data["statistic"] > threshold
+    assert cleared.severity == "info"
+    assert cleared.detail.startswith("group maze: the model fits what its agents observe again")
+    assert f"fell to {threshold / 2:g} (half its threshold {threshold:g})" in cleared.detail
+    assert cleared.data["statistic"] <= cleared.data["clear_at"] == threshold / 2
+    assert cleared.data["alarm_s"] > 0
 
 
 @pytest.mark.parametrize("ticks_before", [10, 11, 12, 13, 14, 15])
@@ -119,7 +155,7 @@ def test_a_group_that_keeps_no_prior_measures_the_same_as_one_that_does() -> Non
     for keep in (True, False):
         env: Any = make_env("grid10", 12, seed=0)
         group = AifAgentGroup(env.model, 12, precision="int8", keep_prior=keep)
-        assert group.keeps_prior is keep
+        assert group.state.keeps_prior is keep
         summaries.append(_run(env, group, 40))
     kept, derived = summaries
     for name in AIF_MEASURES:

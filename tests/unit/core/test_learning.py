@@ -63,13 +63,13 @@ def test_incremental_refresh_of_b_equals_a_full_encoding() -> None:
     for _ in range(60):
         if env.episode_start.any():
             group.reset(env.episode_start)
-        before = group.columns_encoded
+        before = group.learning.columns_encoded
         obs = env.step(group.step(obs))
-        if group.columns_encoded != before:
-            per_refresh.append(group.columns_encoded - before)
+        if group.learning.columns_encoded != before:
+            per_refresh.append(group.learning.columns_encoded - before)
             assert group.quantized is not None
             same_codes(group.quantized.B[0], encode_transition(group.learning.model.B[0]))
-    assert group.refreshes == 12
+    assert group.learning.refreshes == 12
     assert per_refresh[0] == 100 * 5  # the first refresh encodes the whole table
     # Then only what was touched: fewer columns than the table has, but some.
     assert all(0 < k < 500 for k in per_refresh[1:]), per_refresh
@@ -92,7 +92,7 @@ def test_incremental_refresh_of_a_with_forgetting_equals_a_full_encoding() -> No
         if tick and env.episode_start.any():
             group.end_trial(env.episode_start)
         obs = env.step(group.step(obs))
-    assert group.refreshes > 10
+    assert group.learning.refreshes > 10
     assert group.quantized is not None
     full = quantize_model(group.learning.model)
     same_codes(group.quantized.A[1], full.A[1])
@@ -154,13 +154,14 @@ def test_the_budget_counts_the_counts_and_the_learned_codes() -> None:
     # From its first refresh B has the counts' support: two targets per column, with weights.
     codes = encode_transition(pB / pB.sum(axis=0)).nbytes
     assert codes > given
-    assert group.learning.nbytes == group.learner.nbytes + group.learner.gain_nbytes + codes
+    learner = group.learning.learner
+    assert group.learning.nbytes == learner.nbytes + learner.gain_nbytes + codes
     assert budget.by_owner()["grid:learning"] == group.learning.nbytes
     needed = budget.used
     obs = env.reset()
     for _ in range(4):
         obs = env.step(group.step(obs))
-    assert group.refreshes == 2
+    assert group.learning.refreshes == 2
     assert group.quantized.B[0].nbytes == codes  # the copy it writes is the size reserved
     # One byte short of what the first group needed when it was made: the learning
     # reservation, the last one, is what is refused.
@@ -185,8 +186,8 @@ def test_incremental_refresh_of_a_dense_b_equals_a_full_encoding() -> None:
         if tick and env.episode_start.any():
             group.reset(env.episode_start)
         obs = env.step(group.step(obs))
-        if group.refreshes != refreshes:
-            refreshes = group.refreshes
+        if group.learning.refreshes != refreshes:
+            refreshes = group.learning.refreshes
             assert group.quantized is not None
             assert isinstance(group.quantized.B[0], LogU8)
             same_codes(group.quantized.B[0], encode_transition(group.learning.model.B[0]))
@@ -226,8 +227,8 @@ def test_learning_group_float64_learns_as_pymdp(name: str) -> None:
         np.testing.assert_allclose(group.q_pi[0], g[f"{name}/q_pi"][t], **BELIEF_TOL)
         assert agreement.actions_agree(group.q_pi, onehots, g[f"{name}/action"][t][None]).all()
     group.end_trial()
-    for key, counts in (("pA", group.learner.pA), ("pB", group.learner.pB),
-                        ("pD", group.learner.pD)):
+    for key, counts in (("pA", group.learning.learner.pA), ("pB", group.learning.learner.pB),
+                        ("pD", group.learning.learner.pD)):
         final = indexed(name, f"final_{key}")
         assert counts is not None
         for slot, index in enumerate(counts.tables):
@@ -273,9 +274,9 @@ def test_a_small_group_that_keeps_its_ticks_learns_what_it_would_learn_every_tic
     ticks = 0
     while ticks < 75:
         if ticks == 40:  # a read between two updates learns from the ticks kept so far
-            assert kept.learner.pA is not None
-            assert every.learner.pA is not None
-            assert kept.learner.pA.version == every.learner.pA.version == 40
+            assert kept.learning.learner.pA is not None
+            assert every.learning.learner.pA is not None
+            assert kept.learning.learner.pA.version == every.learning.learner.pA.version == 40
         actions = kept.step(obs)
         every.step(obs)
         ticks += 1
@@ -290,7 +291,7 @@ def test_a_small_group_that_keeps_its_ticks_learns_what_it_would_learn_every_tic
     assert ticks > 30, "the groups parted before the first refresh: choose another seed"
     # Rounding: the posteriors' (float32 for int8), summed in another order and grouping.
     tol = {"rtol": 1e-9, "atol": 1e-12} if precision == "float64" else {"rtol": 1e-5, "atol": 1e-7}
-    for mine, ref in zip(kept.learner.counts, every.learner.counts, strict=True):
+    for mine, ref in zip(kept.learning.learner.counts, every.learning.learner.counts, strict=True):
         assert mine.version == ref.version
         for slot in range(len(mine.tables)):
             np.testing.assert_allclose(mine.counts[slot], ref.counts[slot], **tol)
@@ -298,11 +299,12 @@ def test_a_small_group_that_keeps_its_ticks_learns_what_it_would_learn_every_tic
             np.testing.assert_array_equal(mine.touched[slot], ref.touched[slot])
     for a, b in zip(kept.learning.model.A, every.learning.model.A, strict=True):
         np.testing.assert_allclose(a, b, **tol)
-    assert kept.refreshes == every.refreshes == ticks // 30
+    assert kept.learning.refreshes == every.learning.refreshes == ticks // 30
 
 
 def _pA(group: AifAgentGroup) -> DirichletCounts:  # noqa: N802 - pymdp's table names
-    counts = group.learner.pA  # each read through ``learner``: it learns what was kept first
+    # each read through ``learner``: it learns what was kept first
+    counts = group.learning.learner.pA
     assert counts is not None
     return counts
 
@@ -318,7 +320,7 @@ def test_kept_ticks_are_learned_before_a_resize_a_snapshot_and_a_freeze() -> Non
     env = ReversalTMazeEnv(2, seed=1)
     obs = env.reset()
     group.warm_up(obs)
-    assert group.learning_state()["counts"]["pA"]["version"] == 0
+    assert group.learning.summary()["counts"]["pA"]["version"] == 0
     for _ in range(3):
         obs = env.step(group.step(obs))
     assert int(group.state_dict()["learn.version.A"]) == 3
@@ -331,8 +333,8 @@ def test_kept_ticks_are_learned_before_a_resize_a_snapshot_and_a_freeze() -> Non
     group.step(obs)
     assert group.metrics()["learning_updates"] == 6
     group.step(obs)
-    assert group.freeze_learning()
-    assert group.refreshes == 1
+    assert group.learning.freeze()
+    assert group.learning.refreshes == 1
     assert _pA(group).version == 7
     counts = _pA(group).counts[0]
     np.testing.assert_allclose(group.learning.model.A[1], counts / counts.sum(axis=0), rtol=1e-12)
@@ -377,7 +379,7 @@ def test_a_b_that_cannot_move_is_learned_after_the_fused_step() -> None:
     assert all(fused[2:])
     assert learning.learning.refreshes == ticks  # one a tick
     assert learning.learning.incremental_refreshes == ticks - 2  # nothing compiled
-    pB, ref = learning.learner.pB, reference.pB
+    pB, ref = learning.learning.learner.pB, reference.pB
     assert pB is not None
     assert ref is not None
     assert pB.version == ref.version == ticks - 1

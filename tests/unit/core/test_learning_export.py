@@ -53,20 +53,20 @@ def test_the_export_is_the_model_the_agents_infer_with_and_its_counts(tmp_path: 
     for mine, theirs in zip((*model.A, *model.B, *model.D, *model.C),
                             (*now.A, *now.B, *now.D, *now.C), strict=True):
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-12)
-    assert group.learner.pA is not None
-    assert group.learner.pB is not None
-    np.testing.assert_array_equal(counts["A"][1], group.learner.pA.counts[0])
-    np.testing.assert_array_equal(counts["B"][0], group.learner.pB.counts[0])
+    assert group.learning.learner.pA is not None
+    assert group.learning.learner.pB is not None
+    np.testing.assert_array_equal(counts["A"][1], group.learning.learner.pA.counts[0])
+    np.testing.assert_array_equal(counts["B"][0], group.learning.learner.pB.counts[0])
     assert sorted(counts) == ["A", "B"]
-    assert int(arrays["meta_version_pA"]) == group.learner.pA.version == 10
+    assert int(arrays["meta_version_pA"]) == group.learning.learner.pA.version == 10
     assert int(arrays["meta_reset_at_pA"]) == 0
-    np.testing.assert_array_equal(arrays["meta_prior_pA1"], group.learner.pA.prior[0])
+    np.testing.assert_array_equal(arrays["meta_prior_pA1"], group.learning.learner.pA.prior[0])
     assert str(arrays["meta_scope"]) == "shared"
 
 
 def test_after_a_reset_the_export_is_the_loaded_model_with_the_priors() -> None:
     group = learned()
-    group.reset_learning()
+    group.learning.forget()
     arrays = learned_arrays(tmaze_reversal_model(), group.learning.spec, group.state_dict())
     loaded = tmaze_reversal_model()
     np.testing.assert_array_equal(arrays["A1"], loaded.A[1])  # not the normalised prior
@@ -77,10 +77,10 @@ def test_after_a_reset_the_export_is_the_loaded_model_with_the_priors() -> None:
 def test_per_agent_counts_export_one_agent() -> None:
     group = learned("float64", "per_agent")
     state = group.state_dict()
-    assert group.learner.pA is not None
+    assert group.learning.learner.pA is not None
     arrays = learned_arrays(tmaze_reversal_model(), group.learning.spec, state, agent=3)
-    np.testing.assert_array_equal(arrays["pA1"], group.learner.pA.counts[0][3])
-    np.testing.assert_allclose(arrays["A1"].reshape(-1), group.learner.pA.normalised(0)[3]
+    np.testing.assert_array_equal(arrays["pA1"], group.learning.learner.pA.counts[0][3])
+    np.testing.assert_allclose(arrays["A1"].reshape(-1), group.learning.learner.pA.normalised(0)[3]
                                .reshape(-1), atol=1e-12)
     assert int(arrays["meta_agent"]) == 3
 

@@ -36,22 +36,22 @@ def run(group: AifAgentGroup, ticks: int, seed: int = 1) -> None:
 
 def test_a_reset_ends_the_trials_of_the_agents_that_acted() -> None:
     group = AifAgentGroup(tmaze_reversal_model(), 6, learning=spec(), trial_ends_at_reset=True)
-    assert group.learner.pD is not None
+    assert group.learning.learner.pD is not None
     group.reset()  # nobody acted yet: no trial to sum up
-    assert group.learner.pD.version == 0
+    assert group.learning.learner.pD.version == 0
     run(group, 3)
-    before = group.learner.pD.counts[0].copy()
+    before = group.learning.learner.pD.counts[0].copy()
     posterior = np.asarray(group.qs[1], dtype=np.float64)
     mask = np.array([True, False, True, False, False, False])
     group.reset(mask)
-    learned = group.learner.pD.counts[0] - before
+    learned = group.learning.learner.pD.counts[0] - before
     assert np.allclose(learned, 1.0 * posterior[mask].sum(axis=0))  # lr_pD 1, last posteriors
     assert learned.sum() == pytest.approx(2.0)
     # Without the flag (the API's reset), trials end only at end_trial().
     plain = AifAgentGroup(tmaze_reversal_model(), 6, learning=spec())
     run(plain, 3)
-    assert plain.learner.pD is not None
-    assert plain.learner.pD.version == 0
+    assert plain.learning.learner.pD is not None
+    assert plain.learning.learner.pD.version == 0
 
 
 def test_the_numbers_are_updates_divergence_and_surprise() -> None:
@@ -61,7 +61,7 @@ def test_the_numbers_are_updates_divergence_and_surprise() -> None:
     assert numbers["learning_divergence"] == 0.0
     run(group, 9)
     numbers = group.metrics()
-    learner = group.learner
+    learner = group.learning.learner
     assert learner.pA is not None
     assert learner.pD is not None
     assert numbers["learning_updates"] == learner.pA.version + learner.pD.version
@@ -104,19 +104,19 @@ def test_a_warm_up_teaches_nothing() -> None:
     group = AifAgentGroup(tmaze_reversal_model(), 8, learning=spec(), precision="int8")
     run(group, 4)
     counts = {k: v.copy() for k, v in group.state_dict().items() if k.startswith("learn.")}
-    experience = [e.copy() for c in group.learner.counts for e in c.experience]
+    experience = [e.copy() for c in group.learning.learner.counts for e in c.experience]
     numbers = group.metrics()
     group.warm_up(np.zeros((8, 3), dtype=np.int64))
     after = group.state_dict()
     for key, value in counts.items():
         assert np.array_equal(after[key], value), key
-    for e, before in zip([e for c in group.learner.counts for e in c.experience], experience,
-                         strict=True):
+    kept = [e for c in group.learning.learner.counts for e in c.experience]
+    for e, before in zip(kept, experience, strict=True):
         assert np.array_equal(e, before)
     assert group.metrics()["learning_updates"] == numbers["learning_updates"]
     assert group.learning.counts_origin == "priors"
-    assert group.learner.pA is not None
-    assert group.learner.pA.agent_ticks.tolist() == [4 * 8]
+    assert group.learning.learner.pA is not None
+    assert group.learning.learner.pA.agent_ticks.tolist() == [4 * 8]
 
 
 @pytest.mark.parametrize("scope", ["shared", "per_agent"])
@@ -126,8 +126,8 @@ def test_the_increments_taken_are_what_the_agents_learned_since_the_last_take(sc
     kwargs = {"precision": "float64"} if scope == "per_agent" else {}
     group = AifAgentGroup(tmaze_reversal_model(), 8, learning=spec(scope=scope), **kwargs)
     run(group, 5)
-    (table,) = group.take_increments()  # pD learns at trials' ends: none here
-    pA = group.learner.pA
+    (table,) = group.learning.take_increments()  # pD learns at trials' ends: none here
+    pA = group.learning.learner.pA
     assert pA is not None
     assert (table.table, table.shape, table.agent_ticks, table.lr) == (
         "A1", pA.prior[0].shape, 5 * 8, 0.5)
@@ -141,9 +141,9 @@ def test_the_increments_taken_are_what_the_agents_learned_since_the_last_take(sc
     # every column that moved is there (one that moved by less than the counts' rounding too)
     assert set(np.flatnonzero(np.any(flat != 0, axis=0))) <= set(table.columns.tolist())
     assert table.values.sum() == pytest.approx(5 * 8 * 0.5, rel=1e-6)  # lr per agent-tick
-    assert group.take_increments() == []
+    assert group.learning.take_increments() == []
     run(group, 1, seed=3)
-    (again,) = group.take_increments()
+    (again,) = group.learning.take_increments()
     assert again.agent_ticks == 8
 
 
@@ -161,16 +161,16 @@ def test_counts_are_restored_only_into_the_same_learning(
     same = AifAgentGroup(model, 6, learning=spec(scope=scope), name="maze", **kwargs)
     same.load_state_dict(state)
     assert same.learning.counts_origin == "snapshot"
-    assert same.learner.pA is not None
-    assert group.learner.pA is not None
-    assert np.array_equal(same.learner.pA.counts[0], group.learner.pA.counts[0])
+    assert same.learning.learner.pA is not None
+    assert group.learning.learner.pA is not None
+    assert np.array_equal(same.learning.learner.pA.counts[0], group.learning.learner.pA.counts[0])
     assert "group 'maze': learned counts restored (pA after 5 updates" in caplog.text
     other = AifAgentGroup(model, 6, learning=spec(scale=3.0, scope=scope), name="maze",
                            **kwargs)
     other.load_state_dict(state)
     assert other.learning.counts_origin == "priors"
-    assert other.learner.pA is not None
-    assert (other.learner.pA.counts[0] == other.learner.pA.prior[0]).all()
+    assert other.learning.learner.pA is not None
+    assert (other.learning.learner.pA.counts[0] == other.learning.learner.pA.prior[0]).all()
     assert np.array_equal(other.qs[0], group.qs[0])  # the beliefs are restored all the same
     assert "another table, prior or scope), learning starts from the priors" in caplog.text
     frozen = {k: v for k, v in state.items() if not k.startswith("learn.")}

@@ -53,7 +53,8 @@ def test_every_tick_policy_learns_bit_for_bit_as_without_one() -> None:
                 group.end_trial(env.episode_start)
         obs_a, obs_b = env_a.step(plain.step(obs_a)), env_b.step(policy.step(obs_b))
         assert np.array_equal(plain.action, policy.action)
-    for mine, theirs in zip(plain.learner.counts, policy.learner.counts, strict=True):
+    mine_counts, their_counts = plain.learning.learner.counts, policy.learning.learner.counts
+    for mine, theirs in zip(mine_counts, their_counts, strict=True):
         for a, b in zip(mine.counts, theirs.counts, strict=True):
             assert np.array_equal(a, b)
 
@@ -73,7 +74,7 @@ def test_every_4_learns_from_every_agents_posteriors_and_committed_actions(
         if env.episode_start.any():
             group.end_trial(env.episode_start)
         qs_before = [q.copy() for q in group.qs]
-        action, acted = group.action.copy(), group.has_action.copy()
+        action, acted = group.action.copy(), group.state.has_action.copy()
         actions = group.step(obs)
         followed += group.planning_stats()["planned"] < N
         qs = [q.astype(np.float64) for q in group.qs]
@@ -82,12 +83,13 @@ def test_every_4_learns_from_every_agents_posteriors_and_committed_actions(
             reference.learn_B(qs, [q.astype(np.float64) for q in qs_before], action, acted)
         obs = env.step(actions)
     assert followed > 10  # most ticks, some agents acted from their committed plans
-    for mine, theirs in zip(group.learner.counts, reference.counts, strict=True):
+    for mine, theirs in zip(group.learning.learner.counts, reference.counts, strict=True):
         for a, b in zip(mine.counts, theirs.counts, strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=atol * max(1.0, float(b.max())))
     # the tables the agents infer with follow the counts (30 ticks, refreshed every 2)
     np.testing.assert_allclose(
-        group.learning.model.A[1], normalise(group.learner.counts[0].counts[0]), rtol=0, atol=1e-12
+        group.learning.model.A[1], normalise(group.learning.learner.counts[0].counts[0]), rtol=0,
+        atol=1e-12
     )
 
 
@@ -101,11 +103,12 @@ def test_novelty_is_added_for_the_agents_that_plan() -> None:
         if env.episode_start.any():
             group.end_trial(env.episode_start)
         obs = env.step(group.step(obs))
-        planned = group.plan_age == 0
+        planned = group.plans.plan_age == 0
         if planned.all() or not planned.any():
             continue
         G, q_pi = group.G.copy(), group.q_pi.copy()
-        for rows in group.blocks(dense=True):  # the planner alone: no novelty, same beliefs
+        # the planner alone: no novelty, same beliefs
+        for rows in group.stepper.blocks(group.state, dense=True):
             kernels.load_roots(rows.qs, rows.blk)
             group.stepper.plan(rows, None, group.stepper.planner(rows, None))
         plain = group.G.copy()
@@ -129,7 +132,7 @@ def test_a_learned_dense_transition_resizes_the_blocks_mid_tick() -> None:
     group = AifAgentGroup(model, n, learning=learning, precision="int8", seed=1,
                            planning=PlanningPolicy(every=3))
     assert group.cm.local is not None
-    blocks = (group.block_size, group.dense_block_size)
+    blocks = (group.block_size, group.stepper.sizes.dense)
     env = SlipperyGridEnv(n, seed=2)
     obs = env.reset()
     for _ in range(6):
@@ -137,9 +140,9 @@ def test_a_learned_dense_transition_resizes_the_blocks_mid_tick() -> None:
             group.end_trial(env.episode_start)
         obs = env.step(group.step(obs))
     assert group.cm.local is None
-    assert (group.block_size, group.dense_block_size) != blocks
+    assert (group.block_size, group.stepper.sizes.dense) != blocks
     assert group.finite()
-    assert group.learner.counts[0].version == 5  # the first tick has no transition yet
+    assert group.learning.learner.counts[0].version == 5  # the first tick has no transition yet
 
 
 def test_per_agent_counts_refuse_a_planning_policy() -> None:
@@ -150,7 +153,7 @@ def test_per_agent_counts_refuse_a_planning_policy() -> None:
 
 
 def counts_of(group: AifAgentGroup) -> list[np.ndarray]:
-    return [c.copy() for kind in group.learner.counts for c in kind.counts]
+    return [c.copy() for kind in group.learning.learner.counts for c in kind.counts]
 
 
 @pytest.mark.parametrize(
@@ -182,7 +185,7 @@ def test_two_workers_learn_the_counts_of_one_process(
                 obs[i] = env.step(group.step(obs[i]))
             np.testing.assert_allclose(groups[0].qs[0], groups[1].qs[0], rtol=0, atol=1e-5)
         assert groups[1].workers == 2
-        assert groups[1].refreshes == groups[0].refreshes >= 5
+        assert groups[1].learning.refreshes == groups[0].learning.refreshes >= 5
         running = groups[1].cores.running
         assert set(running.pids if running else ()) != pids  # reforked
         for mine, theirs in zip(counts_of(groups[0]), counts_of(groups[1]), strict=True):

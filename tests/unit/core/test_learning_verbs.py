@@ -48,7 +48,7 @@ def run(
 
 
 def snapshot_counts(group: AifAgentGroup) -> list[np.ndarray]:
-    return [c.copy() for kind in group.learner.counts for c in kind.counts]
+    return [c.copy() for kind in group.learning.learner.counts for c in kind.counts]
 
 
 @pytest.mark.parametrize(("precision", "scope"),
@@ -59,31 +59,31 @@ def test_freeze_keeps_the_counts_and_infers_with_what_was_learned(
     group = make(precision, scope)
     env = ReversalTMazeEnv(N, seed=5, reverse_every=4)
     obs = run(group, env, env.reset(), 9)  # 9 ticks: learning not yet in the tables (every 4)
-    assert group.freeze_learning()
-    assert not group.freeze_learning()  # already frozen
+    assert group.learning.freeze()
+    assert not group.learning.freeze()  # already frozen
     frozen = snapshot_counts(group)
-    versions = [c.version for c in group.learner.counts]
+    versions = [c.version for c in group.learning.learner.counts]
     # What was learned is in the tables the agents infer with from the freeze on.
     if scope == "shared":
-        assert group.learner.pA is not None
-        np.testing.assert_allclose(group.learning.model.A[1], group.learner.pA.normalised(0),
-                                   atol=1e-12)
+        assert group.learning.learner.pA is not None
+        np.testing.assert_allclose(group.learning.model.A[1],
+                                   group.learning.learner.pA.normalised(0), atol=1e-12)
         if precision == "int8":
             assert group.quantized is not None
             np.testing.assert_array_equal(group.quantized.A[1].codes,
                                           encode_log_u8(group.learning.model.A[1]).codes)
-    refreshes = group.refreshes
+    refreshes = group.learning.refreshes
     obs = run(group, env, obs, 12)  # trials end meanwhile: no pD either
     assert group.ticks == 21
     for now, then in zip(snapshot_counts(group), frozen, strict=True):
         np.testing.assert_array_equal(now, then)
-    assert [c.version for c in group.learner.counts] == versions
-    assert group.refreshes == refreshes
+    assert [c.version for c in group.learning.learner.counts] == versions
+    assert group.learning.refreshes == refreshes
     # Resume: learning goes on from the frozen counts.
-    assert group.resume_learning()
-    assert not group.resume_learning()
+    assert group.learning.resume()
+    assert not group.learning.resume()
     run(group, env, obs, 3)
-    assert all(c.version > v for c, v in zip(group.learner.counts, versions, strict=True))
+    assert all(c.version > v for c, v in zip(group.learning.learner.counts, versions, strict=True))
 
 
 def test_the_first_tick_after_resume_learns_the_transition_across_the_freeze() -> None:
@@ -92,16 +92,16 @@ def test_the_first_tick_after_resume_learns_the_transition_across_the_freeze() -
     group = make("float64", refresh_every=100)
     env = ReversalTMazeEnv(N, seed=6, reverse_every=100)
     obs = run(group, env, env.reset(), 2)
-    group.freeze_learning()
+    group.learning.freeze()
     obs = run(group, env, obs, 2)
     assert not env.episode_start.any()
     qs_prev = [q.copy() for q in group.qs]
-    actions, acted = group.action.copy(), group.has_action.copy()
+    actions, acted = group.action.copy(), group.state.has_action.copy()
     assert acted.all()
-    pB = group.learner.pB
+    pB = group.learning.learner.pB
     assert pB is not None
     before = pB.counts[0].copy()
-    group.resume_learning()
+    group.learning.resume()
     group.step(obs)
     decayed = pB.prior[0] + (1 - 0.05) * (before - pB.prior[0])
     inc = b_increment_shared(group.qs[0], qs_prev[0], actions[:, 0], 4)
@@ -117,12 +117,12 @@ def test_reset_goes_back_to_the_priors_and_the_loaded_tables(precision: str, sco
     cm = group.cm
     env = ReversalTMazeEnv(N, seed=7, reverse_every=3)
     obs = run(group, env, env.reset(), 13)
-    assert group.refreshes > 0
-    versions = [c.version for c in group.learner.counts]
-    group.freeze_learning()
-    group.reset_learning()
-    assert group.learning_frozen  # a reset does not resume
-    for c, v in zip(group.learner.counts, versions, strict=True):
+    assert group.learning.refreshes > 0
+    versions = [c.version for c in group.learning.learner.counts]
+    group.learning.freeze()
+    group.learning.forget()
+    assert group.learning.frozen  # a reset does not resume
+    for c, v in zip(group.learning.learner.counts, versions, strict=True):
         assert c.version == c.reset_at == v + 1
         assert not c.learned
         for slot, index in enumerate(c.tables):
@@ -149,9 +149,9 @@ def test_reset_goes_back_to_the_priors_and_the_loaded_tables(precision: str, sco
         assert group.cm is cm  # the loaded compilation again, nothing recompiled
         assert group.quantized is given  # int8: the loaded codes, not the learned ones
     # Learning again starts from the priors: the tables follow the new counts.
-    group.resume_learning()
+    group.learning.resume()
     run(group, env, obs, 4)
-    assert all(c.learned for c in group.learner.counts if c.kind != "D")
+    assert all(c.learned for c in group.learning.learner.counts if c.kind != "D")
     if scope == "shared" and precision == "int8":
         assert group.quantized is not given
         assert group.quantized is not None
@@ -168,13 +168,14 @@ def test_a_snapshot_carries_the_freeze_and_the_reset() -> None:
     group = make("int8")
     env = ReversalTMazeEnv(N, seed=8, reverse_every=3)
     run(group, env, env.reset(), 6)
-    group.reset_learning()
-    group.freeze_learning()
+    group.learning.forget()
+    group.learning.freeze()
     state = group.state_dict()
     other = make("int8")
     other.load_state_dict(state)
-    assert other.learning_frozen
-    for mine, theirs in zip(other.learner.counts, group.learner.counts, strict=True):
+    assert other.learning.frozen
+    mine_counts, their_counts = other.learning.learner.counts, group.learning.learner.counts
+    for mine, theirs in zip(mine_counts, their_counts, strict=True):
         assert (mine.version, mine.reset_at) == (theirs.version, theirs.reset_at)
         assert not mine.learned
 
@@ -186,7 +187,7 @@ def test_a_frozen_group_steps_as_a_plain_group_on_the_learned_model(precision: s
     group = make(precision)
     env = ReversalTMazeEnv(N, seed=9, reverse_every=3)
     obs = run(group, env, env.reset(), 10)
-    group.freeze_learning()
+    group.learning.freeze()
     learned = group.quantized if precision == "int8" else group.learning.model
     assert learned is not None
     plain = AifAgentGroup(learned, N, precision=precision, seed=3)  # type: ignore[arg-type]

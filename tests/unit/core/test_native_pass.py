@@ -69,9 +69,9 @@ def _assert_same(mine: AifAgentGroup, theirs: AifAgentGroup, *, since_start: boo
     np.testing.assert_allclose(mine.state.G, theirs.state.G, **TOL)
     np.testing.assert_allclose(mine.state.q_pi, theirs.state.q_pi, **TOL)
     rows = np.arange(mine.n_agents)
-    np.testing.assert_allclose(mine._health_likelihood(rows)[MODALITY],
-                               theirs._health_likelihood(rows)[MODALITY], **TOL)
-    a, b = mine.learner.pA, theirs.learner.pA
+    np.testing.assert_allclose(mine.path.likelihood(rows)[MODALITY],
+                               theirs.path.likelihood(rows)[MODALITY], **TOL)
+    a, b = mine.learning.learner.pA, theirs.learning.learner.pA
     assert a is not None
     assert b is not None
     np.testing.assert_allclose(a.counts[0], b.counts[0], **TOL)
@@ -81,9 +81,9 @@ def _assert_same(mine: AifAgentGroup, theirs: AifAgentGroup, *, since_start: boo
     np.testing.assert_allclose(a.experience[0], b.experience[0], rtol=0, atol=1e-9 * len(rows))
     assert (a.version, a.reset_at, list(a.agent_ticks)) == (b.version, b.reset_at,
                                                             list(b.agent_ticks))
-    assert mine.refreshes == theirs.refreshes
-    assert mine.learning_state() == theirs.learning_state()
-    ours, others = mine._learning().numbers(), theirs._learning().numbers()
+    assert mine.learning.refreshes == theirs.learning.refreshes
+    assert mine.learning.summary() == theirs.learning.summary()
+    ours, others = mine.learning.numbers(), theirs.learning.numbers()
     assert ours.keys() == others.keys()
     for key, value in ours.items():
         if key == "incremental_refreshes":  # a shared pass brings its tables in when read
@@ -147,14 +147,14 @@ def test_the_pass_is_the_numpy_stages_up_to_rounding(
             mine.reset(who)
             theirs.reset(who)
         if t == 20:  # frozen: the pass infers and plans with the tables, learns nothing
-            assert mine.freeze_learning()
-            assert theirs.freeze_learning()
+            assert mine.learning.freeze()
+            assert theirs.learning.freeze()
         if t == 26:
-            assert mine.resume_learning()
-            assert theirs.resume_learning()
+            assert mine.learning.resume()
+            assert theirs.learning.resume()
         if t == 32:  # forgotten: the counts their prior, the tables the model's again
-            mine.reset_learning()
-            theirs.reset_learning()
+            mine.learning.forget()
+            theirs.learning.forget()
         ours, others = mine.health_summary(), theirs.health_summary()
         assert ours is not None
         assert others is not None
@@ -205,7 +205,7 @@ def test_each_agent_learns_as_its_own_reference_agent(monkeypatch: pytest.Monkey
             np.testing.assert_allclose(group.q_pi[i], ref.q_pi, **TOL)
             for f, marginal in enumerate(ref.action_marginals()):
                 assert marginal[actions[i, f]] >= marginal.max() - 1e-9
-            pA = group.learner.pA
+            pA = group.learning.learner.pA
             assert pA is not None
             np.testing.assert_allclose(pA.counts[0][i], ref.pA[MODALITY], **TOL)
             ref.action = actions[i].copy()  # the group's choice, optimal under the reference's
@@ -244,8 +244,8 @@ def test_a_shared_group_with_workers_steps_frozen_ticks_with_what_the_pass_learn
         for t in range(16):
             obs = np.stack([rng.integers(0, o, size=n) for o in theirs.cm.num_obs], axis=1)
             if t == 8:
-                assert mine.freeze_learning()
-                assert theirs.freeze_learning()
+                assert mine.learning.freeze()
+                assert theirs.learning.freeze()
             actions = mine.step(obs).copy()
             theirs.step(obs)
             _optimal(actions, theirs)

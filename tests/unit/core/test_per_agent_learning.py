@@ -80,7 +80,7 @@ def test_each_agent_learns_as_its_own_reference_agent() -> None:
                 assert marginal[actions[n, f]] >= marginal.max() - 1e-9, (t, n, f, marginal)
             ties += int(not np.array_equal(actions[n], ref_action))
             ref.action = actions[n].copy()
-    learner = group.learner
+    learner = group.learning.learner
     assert learner.pA is not None
     assert learner.pB is not None
     assert learner.pD is not None
@@ -99,7 +99,7 @@ def test_per_agent_counts_are_reserved_and_refused_in_one_line() -> None:
     group = AifAgentGroup(model, 100, learning=spec(), precision="float64",
                                   budget=budget, name="maze")
     owners = budget.by_owner()
-    learner = group.learner
+    learner = group.learning.learner
     # N copies of each learned table's counts, besides one prior, mask and experience each.
     per_table = sum(c.prior[0].nbytes for c in learner.counts)
     assert learner.nbytes >= 100 * per_table
@@ -149,9 +149,10 @@ def test_a_snapshot_restores_every_agents_counts_and_tables() -> None:
         group.step(np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1))
     restored = AifAgentGroup(model, N, learning=spec(lr_pA=0.8), precision="float64")
     restored.load_state_dict(group.state_dict())
-    assert restored.learner.pA is not None
-    assert group.learner.pA is not None
-    np.testing.assert_array_equal(restored.learner.pA.counts[0], group.learner.pA.counts[0])
+    assert restored.learning.learner.pA is not None
+    assert group.learning.learner.pA is not None
+    np.testing.assert_array_equal(restored.learning.learner.pA.counts[0],
+                                  group.learning.learner.pA.counts[0])
     obs = np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1)
     np.testing.assert_array_equal(restored.step(obs), group.step(obs))
     np.testing.assert_allclose(restored.q_pi, group.q_pi, rtol=0, atol=1e-12)
@@ -193,7 +194,7 @@ def test_transitions_kept_on_their_support_learn_as_reference_agents() -> None:
             marginal = ref.action_marginals()[0]
             assert marginal[actions[i, 0]] >= marginal.max() - 1e-9, (t, i, marginal)
             ref.action = actions[i].copy()
-    pB = group.learner.pB
+    pB = group.learning.learner.pB
     assert pB is not None
     for i, ref in enumerate(refs):
         np.testing.assert_allclose(pB.counts[0][i], ref.pB[0], **TOL)
@@ -221,7 +222,7 @@ def test_learned_likelihoods_plan_a_chunk_of_agents_at_a_time(
     scope = groups[0].learning.scope
     assert isinstance(scope, AgentTables)
     assert not scope.transitions  # the maze's moves: too few states to keep B on its support
-    learner = groups[0].learner
+    learner = groups[0].learning.learner
     # Each agent's own A, B and D (float64), no 12 x 8 outcome table.
     assert scope.bytes_per_agent(learner) == sum(p.size * 8 for c in learner.counts
                                                  for p in c.prior)

@@ -14,7 +14,7 @@ from edge_agent.sim.registry import builtin_model
 
 def test_where_the_prior_follows() -> None:
     grid = AifAgentGroup(builtin_model("grid10"), 5)  # local planner; 1,645 a block
-    cm, block, dense = grid.cm, grid.block_size, grid.dense_block_size
+    cm, block, dense = grid.cm, grid.block_size, grid.stepper.sizes.dense
 
     def follows(n: int, every_tick: bool = True) -> bool:
         return prior_follows(

@@ -339,9 +339,9 @@ def _record_under_policy(
         actions = group.step(obs).copy()
         rows["actions"].append(actions)
         rows["q_pi"].append(group.q_pi.copy())
-        rows["planned"].append(group.plan_age == 0)
+        rows["planned"].append(group.plans.plan_age == 0)
         for k in ("plan_policy", "plan_left", "plan_age", "deferred"):
-            rows[k].append(getattr(group, k).copy())
+            rows[k].append(getattr(group.plans, k).copy())
         obs = env.step(actions)
     return env.model, {k: np.stack(v, axis=1) for k, v in rows.items()}  # (n, T, ...)
 

@@ -246,11 +246,12 @@ def test_state_allocated_shared_from_the_start_is_not_moved(
     many = AifAgentGroup(env.model, 5 * BLOCK, shared_state=True, **kw)
     def written(g: AifAgentGroup) -> list[np.ndarray]:  # what the workers write
         assert g.recorder is not None
-        arrays = [*g.qs, *g.prior, g.q_pi, g.G, g.action, g.has_action, g.recorder.map_row,
+        arrays = [*g.qs, *g.prior, g.q_pi, g.G, g.action, g.state.has_action, g.recorder.map_row,
                   g.recorder.p_row]
         if g.plans is not None:
-            arrays += [g.plan_policy, g.plan_left, g.plan_age, g.plans.change, g.plans.evidence,
-                       g.plans.candidates]
+            plans = g.plans
+            arrays += [plans.plan_policy, plans.plan_left, plans.plan_age, plans.change,
+                       plans.evidence, plans.candidates]
         return arrays
 
     state = written(many)

@@ -29,7 +29,7 @@ class Group:
 
     @property
     def learning(self) -> Any:
-        return self.agents if getattr(self.agents, "learns", False) else None
+        return self.agents.learning
 
 
 @dataclass
@@ -105,7 +105,8 @@ def test_every_learning_group_when_none_is_named_and_the_data_is_flat() -> None:
     assert d.snapshots == 5
     maze = d.find_group("maze")
     assert maze is not None
-    assert np.array_equal(maze.agents.learner.pA.counts[0], maze.agents.learner.pA.prior[0])
+    counts = maze.agents.learning.learner.pA
+    assert np.array_equal(counts.counts[0], counts.prior[0])
 
 
 def test_refusals_say_why() -> None:

@@ -76,7 +76,7 @@ def test_per_agent_counts_are_exported_one_agent_at_a_time(tmp_path: Path) -> No
     report = export_model(path, "maze", tmp_path / "a2.npz", agent=2)
     assert report.versions == {"pA": 8}
     with np.load(tmp_path / "a2.npz") as f:
-        np.testing.assert_array_equal(f["pA1"], agents.learner.pA.counts[0][2])
+        np.testing.assert_array_equal(f["pA1"], agents.learning.learner.pA.counts[0][2])
         assert int(f["meta_agent"]) == 2
         assert str(f["meta_scope"]) == "per_agent"
 
@@ -84,7 +84,7 @@ def test_per_agent_counts_are_exported_one_agent_at_a_time(tmp_path: Path) -> No
 def test_a_damaged_newest_snapshot_is_passed_over(tmp_path: Path) -> None:
     path = config(tmp_path, "A = [1]\nprior_scale = 2.0")
     agents = learn_and_save(path, ticks=4)
-    kept = agents.learner.pA.counts[0].copy()
+    kept = agents.learning.learner.pA.counts[0].copy()
     snapshots = tmp_path / "state" / "snapshots"
     (older,) = snapshots.glob("snapshot-*.eas")
     newest = snapshots / "snapshot-99.eas"

@@ -72,7 +72,7 @@ def test_a_round_of_one_node_adds_exactly_what_its_agents_learned() -> None:
     module = script()
     node = module.make_node(0, "alone", 4, 0.05, size=5)
     module.step_round(node, 12)
-    pB = node.group.learner.pB
+    pB = node.group.learning.learner.pB
     learned = pB.experience[0].astype(np.float64)
     ticks = int(pB.agent_ticks[0])
     assert 0 < ticks <= 4 * 11  # the first tick of an episode has no transition

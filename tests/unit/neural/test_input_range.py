@@ -1,5 +1,6 @@
-"""Observations outside a neural bundle's calibrated range: counted per agent-step, shown, and one
-event per crossing (``edge_agent.neural.input_range``), on real groups of real models."""
+"""Observations outside a neural bundle's calibrated range: counted per agent-step on every
+HEALTH_EVERY-th tick, shown, and one event per crossing (``edge_agent.neural.input_range``), on
+real groups of real models."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.manifest import ObservationRange
 from edge_agent.core.contract import Alerting, GroupEvent
+from edge_agent.core.health import HEALTH_EVERY
 from edge_agent.errors import ModelError
 from edge_agent.neural.agents import NeuralAgentGroup
 from edge_agent.neural.backends import available_backends
@@ -21,6 +23,7 @@ from edge_agent.neural.input_range import (
     INPUT_RANGE_METRICS,
     MARGIN,
     SCRATCH_BYTES,
+    SCRATCH_PER_VALUE,
     WINDOW_TICKS,
     RangeWatch,
     count_outside,
@@ -36,6 +39,8 @@ from edge_agent_host.converter.formats.onnx import (
 from tests.unit.neural.test_neural import spec_for
 
 T, F = 8, 8
+#: The ticks of a window that are checked (every HEALTH_EVERY-th, the first included).
+CHECKED = len(range(0, WINDOW_TICKS, HEALTH_EVERY))
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +58,12 @@ def reference(obs: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("n", "features", "block"), [(50, 8, 50), (300, 40, 7), (5, 1, 1)])
-def test_count_outside_counts_rows_in_blocks(n: int, features: int, block: int) -> None:
+@pytest.mark.parametrize("tiled", [False, True])
+def test_count_outside_counts_rows_in_blocks(
+    n: int, features: int, block: int, tiled: bool
+) -> None:
+    """Bounds broadcast, or laid out as a block of observations (what a watch passes); a block
+    with nothing out leaves no stale row from the tick before."""
     rng = np.random.default_rng(features)
     obs = rng.normal(0, 1.2, (n, features)).astype(np.float32)
     obs[-1, -1] = 9.0  # one out for sure, in the last block
@@ -63,21 +73,28 @@ def test_count_outside_counts_rows_in_blocks(n: int, features: int, block: int) 
         (np.array([-1.0]), np.array([1.0])),  # one range for every feature
     ):
         low32, high32 = low.astype(np.float32), high.astype(np.float32)
-        rows = np.zeros(n, dtype=bool)
+        if tiled:
+            low32 = np.broadcast_to(low32, (block, features)).copy()
+            high32 = np.broadcast_to(high32, (block, features)).copy()
+        rows = np.ones(n, dtype=bool)  # stale: every row set
         count = count_outside(
             obs, low32, high32,
             outside=np.zeros((block, features), bool), above=np.zeros((block, features), bool),
             rows=rows,
         )
-        want = reference(np.nan_to_num(obs, nan=0.0), low32, high32)
+        want = reference(np.nan_to_num(obs, nan=0.0), low32[:1] if tiled else low32,
+                         high32[:1] if tiled else high32)
         assert count == int(want.sum()) > 0
         assert np.array_equal(rows, want)
 
 
 def test_the_scratch_is_bounded_whatever_the_frame() -> None:
     watch = RangeWatch(bounds([0.0], [1.0]), 3 * 64 * 64, 500, group="cam")
-    assert watch.block_rows(500) == SCRATCH_BYTES // (2 * 3 * 64 * 64)
-    assert watch.scratch_nbytes(500) <= SCRATCH_BYTES
+    assert watch.block_rows(500) == 1  # one frame's bounds and flags are 120 KB
+    assert watch.scratch_nbytes(500) == SCRATCH_PER_VALUE * 3 * 64 * 64 <= SCRATCH_BYTES
+    small = RangeWatch(bounds([0.0], [1.0]), 8, 5000, group="g")
+    assert small.block_rows(5000) == SCRATCH_BYTES // (SCRATCH_PER_VALUE * 8) < 5000
+    assert small.scratch_nbytes(5000) <= SCRATCH_BYTES
     assert watch.nbytes_for(500) == watch.scratch_nbytes(500) + 500
 
 
@@ -90,8 +107,11 @@ def test_the_margin_widens_each_feature_by_a_quarter_of_its_width() -> None:
     obs = np.array([[4.9, 0, 5], [5.1, 0, 5], [0, -3.1, 5], [0, 0, 5.6]], dtype=np.float32)
     watch.observe(obs)
     assert watch.out_of_range == 2  # agents 1 and 2; agent 3's 5.6 is within 5 + 0.67
+    for _ in range(HEALTH_EVERY - 1):  # the ticks between two checks count nothing
+        watch.observe(obs * 100)
+    assert (watch.checked, watch.out_of_range) == (4, 2)
     watch.observe(obs + np.array([0, 0, 0.1], dtype=np.float32))  # 5.7: out
-    assert watch.out_of_range == 2 + 3
+    assert (watch.checked, watch.out_of_range) == (8, 2 + 3)
     assert MARGIN == 0.25
 
 
@@ -131,10 +151,10 @@ def test_one_event_per_crossing_with_hysteresis() -> None:
     assert event.detail == (
         "group pickers: 1.00 % of agent-steps in the last 100 ticks observed values outside the "
         "range the model was calibrated on (alert at 1 %); agents [0, 1, 2, 3, 4, 5, 6, 7] in "
-        "the last tick: a faulty or unnormalised sensor?"
+        "the last tick checked: a faulty or unnormalised sensor?"
     )
-    assert event.data == {
-        "share": 0.01, "out_of_range": 1000, "agent_steps": 100_000, "ticks": 100,
+    assert event.data == {  # the window's 25 checked ticks
+        "share": 0.01, "out_of_range": 10 * CHECKED, "agent_steps": n * CHECKED, "ticks": 100,
         "threshold": ALERT_SHARE, "agents": [0, 1, 2, 3, 4, 5, 6, 7],
     }
     assert watch.alerts() == []  # each event once
@@ -158,8 +178,8 @@ def test_one_event_per_crossing_with_hysteresis() -> None:
     (again,) = watch.alerts()
     assert again.data["share"] == 1.0
     assert watch.alerts_raised == 2
-    checked = 6 * WINDOW_TICKS * n
-    out = (9 + 10 + 6 + 100 + 4 + 1000) * WINDOW_TICKS
+    checked = 6 * CHECKED * n
+    out = (9 + 10 + 6 + 100 + 4 + 1000) * CHECKED
     assert watch.metrics() == {
         "obs_checked": checked, "obs_out_of_range": out, "obs_out_of_range_share": 1.0,
         "obs_range_alert": 1,
@@ -230,10 +250,11 @@ def test_a_group_counts_agent_steps_out_of_the_calibrated_range(
     group = NeuralAgentGroup.from_bundle(bundle, n)
     assert isinstance(group, Alerting)
     windows = kept.reshape(-1, T, F)[:n]
+    checks = len(range(0, T, HEALTH_EVERY))  # of T ticks: the 1st and the 5th
     for t in range(T):  # calibration data: in range by construction
         group.step(np.ascontiguousarray(windows[:, t]))
     assert group.metrics()["obs_out_of_range"] == 0
-    assert group.metrics()["obs_checked"] == n * T
+    assert group.metrics()["obs_checked"] == n * checks
     faulty = windows.copy()
     faulty[0] *= 100  # agent 0's sensor: every feature out (one agent-step per tick)
     bounds = spec.observation_range
@@ -242,15 +263,15 @@ def test_a_group_counts_agent_steps_out_of_the_calibrated_range(
     faulty[2, :, 3] = bounds.high[3] + 0.2 * width  # agent 2: within the margin, in range
     for t in range(T):
         group.step(np.ascontiguousarray(faulty[:, t]))
-    assert group.metrics()["obs_out_of_range"] == 2 * T
-    assert group.metrics()["obs_checked"] == 2 * n * T
+    assert group.metrics()["obs_out_of_range"] == 2 * checks
+    assert group.metrics()["obs_checked"] == 2 * n * checks
     shown = group.describe()["observation_range"]
-    assert (shown["calibrated"], shown["features"], shown["out_of_range"]) == (True, F, 2 * T)
+    assert (shown["calibrated"], shown["features"], shown["out_of_range"]) == (True, F, 2 * checks)
     # 2 of 50 agents is 4 %: the window's end raises the event, once.
     for _ in range(WINDOW_TICKS - 2 * T):
         group.step(np.ascontiguousarray(faulty[:, -1]))
     (event,) = group.alerts()
-    assert event.data["share"] == pytest.approx((2 * (WINDOW_TICKS - T)) / (n * WINDOW_TICKS))
+    assert event.data["share"] == pytest.approx((2 * (CHECKED - checks)) / (n * CHECKED))
     assert event.data["agents"] == [0, 1]
     assert group.alerts() == []
     group.release()

@@ -183,6 +183,33 @@ def test_a_ring_no_longer_than_the_window_is_written_when_read() -> None:
     np.testing.assert_array_equal(clone.forward(obs)["flat"], live.forward(obs)["flat"])
 
 
+def test_a_ring_longer_than_the_window_holds_every_observation_in_order() -> None:
+    """A group that keeps more history than its window writes the ring from the windows every
+    ``T`` ticks (and when the ring is read): whenever it is read, at any tick between two of
+    those and more than ``T`` ticks after the last read, through resets (which zero the
+    windows) and a snapshot, it holds each tick's observations as they came, oldest first."""
+    T, F, N, cap = 4, 3, 6, 11
+    group = group_for(flatten_onnx(T, F), T, N, "observation", history_capacity=cap)
+    rng = np.random.default_rng(5)
+    seen: list[np.ndarray] = []
+    for tick in range(37):
+        if tick % 9 == 4:
+            group.reset(rng.random(N) < 0.5)  # what was observed stays observed
+        if tick == 23:  # a snapshot mid-way between two writes, into a fresh group
+            state = {k: v.copy() for k, v in group.state_dict().items()}
+            group = group_for(flatten_onnx(T, F), T, N, "observation", history_capacity=cap)
+            group.load_state_dict(state)
+        obs = rng.normal(size=(N, F)).astype(np.float32)
+        seen.append(obs)
+        group.forward(obs)
+        if tick in (1, 2, 9, 17, 18, 30, 36):  # at any offset from the writes, most far apart
+            rows = min(len(seen), cap)
+            assert len(group.history) == rows
+            np.testing.assert_array_equal(
+                group.history.window("obs", rows), np.stack(seen[-rows:]), err_msg=f"tick {tick}"
+            )
+
+
 def test_flat_model_inputs_take_the_same_windows() -> None:
     T, F = 3, 2
     # A (batch, T*F) input: the window is the same memory, flattened.

@@ -990,9 +990,9 @@ def test_agents_learn_the_slippery_grids_transitions() -> None:
         if env.episode_start.any():
             group.reset(env.episode_start)
         obs = env.step(group.step(obs))
-    assert group.learner.pB is not None
+    assert group.learning.learner.pB is not None
     learned, true = group.learning.model.B[0], env.process.B[0]
-    used = group.learner.pB.counts[0].sum(axis=0) - pB.sum(axis=0) > 5
+    used = group.learning.learner.pB.counts[0].sum(axis=0) - pB.sum(axis=0) > 5
     assert used.sum() >= 10
     before = np.abs(model.B[0] - true).sum(axis=0)[used].mean()
     after = np.abs(learned - true).sum(axis=0)[used].mean()

@@ -159,8 +159,6 @@ def make_crl(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-
-
 def load_ca(out: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = serialization.load_pem_private_key((out / "ca" / "ca.key").read_bytes(), None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -168,10 +166,7 @@ def load_ca(out: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     return key, x509.load_pem_x509_certificate((out / "ca" / "ca.crt").read_bytes())
 
 
-
 def crl_pem(
     ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, revoked: Mapping[str, str]
 ) -> bytes:
     return make_crl(ca_key, ca_cert, revoked).public_bytes(serialization.Encoding.PEM)
-
-

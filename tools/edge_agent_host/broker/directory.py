@@ -63,8 +63,6 @@ def save_state(out: Path, state: BrokerState) -> None:
     write_file(out / "broker.json", state.model_dump_json(indent=2) + "\n")
 
 
-
-
 def _device_path(state: BrokerState, out: Path, name: str, file: str) -> str:
     base = Path(state.device_dir) if state.device_dir else (out / "clients" / name).resolve()
     return str(base / file)
@@ -162,8 +160,6 @@ def init_broker(state: BrokerState, out: Path) -> list[Path]:
     return written
 
 
-
-
 def _check_roles(state: BrokerState) -> None:
     for name in state.identities:
         check_identity(name)
@@ -214,5 +210,3 @@ def revoke_identity(out: Path, name: str) -> list[Path]:
         written.append(out / "passwords")
     save_state(out, state)
     return written
-
-

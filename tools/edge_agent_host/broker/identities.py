@@ -19,7 +19,6 @@ IDENTITY_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _IDENTITY_RE: Final = re.compile(IDENTITY_PATTERN)
 
 
-
 class Role(StrEnum):
     """What an identity may do (besides the node rights of its own name)."""
 
@@ -69,8 +68,6 @@ class BrokerState(BaseModel):
         return [n for n, i in self.identities.items() if i.role is role and not i.revoked]
 
 
-
-
 def check_fleet(name: str) -> str:
     """``name`` if it is a fleet's name (one topic level: 1-64 of A-Z a-z 0-9 _ . -), else an
     :class:`InputError` saying so."""
@@ -106,5 +103,3 @@ def check_io_filter(text: str, *, writable: bool) -> str:
             "--io-read; what nodes write there is fixed by the protocol"
         )
     return text
-
-

@@ -32,7 +32,6 @@ NODE_INBOX: Final = (TopicKind.COMMAND, TopicKind.REBIRTH, TopicKind.OBS)
 """What a node reads of its own topics: ``Topics.node_inbox``."""
 
 
-
 def _own(topics: Topics, kind: TopicKind) -> str:
     """``kind``'s topic (filter) of the connected identity: ``node/%u/...``."""
     return topics.all_nodes(kind).replace("/node/+/", "/node/%u/", 1)
@@ -250,5 +249,3 @@ def _service_snippet(state: BrokerState, name: str, files: Mapping[str, str]) ->
         *_credentials(state, name, files),
     ]
     return "\n".join(lines) + "\n"
-
-

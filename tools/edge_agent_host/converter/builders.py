@@ -171,8 +171,13 @@ def mlp_onnx(
             out = f"r{i}"
         current = out
     return _model(
-        nodes, initializers, window=window, features=features,
-        outputs=int(layers[-1][0].shape[1]), input_name=input_name, output_name=output_name,
+        nodes,
+        initializers,
+        window=window,
+        features=features,
+        outputs=int(layers[-1][0].shape[1]),
+        input_name=input_name,
+        output_name=output_name,
         graph_name="mlp",
     )
 
@@ -193,8 +198,9 @@ def conv_onnx(
         raise ValueError(f"kernel {kernel} is longer than the window {window}")
     rng = np.random.default_rng(seed)
     weights = {
-        "conv_w": rng.normal(0, np.sqrt(2.0 / (features * kernel)),
-                             size=(channels, features, kernel)).astype(np.float32),
+        "conv_w": rng.normal(
+            0, np.sqrt(2.0 / (features * kernel)), size=(channels, features, kernel)
+        ).astype(np.float32),
         "conv_b": rng.normal(0, 0.1, size=channels).astype(np.float32),
         "out_w": rng.normal(0, np.sqrt(2.0 / channels), size=(channels, outputs)).astype(
             np.float32
@@ -211,8 +217,14 @@ def conv_onnx(
     ]
     initializers = [numpy_helper.from_array(v, k) for k, v in weights.items()]
     model = _model(
-        nodes, initializers, window=window, features=features, outputs=outputs,
-        input_name=input_name, output_name=output_name, graph_name="conv",
+        nodes,
+        initializers,
+        window=window,
+        features=features,
+        outputs=outputs,
+        input_name=input_name,
+        output_name=output_name,
+        graph_name="conv",
     )
     return model, weights
 
@@ -226,8 +238,14 @@ def flatten_onnx(
     """
     nodes = [helper.make_node("Flatten", [input_name], [output_name], axis=1)]
     return _model(
-        nodes, [], window=window, features=features, outputs=window * features,
-        input_name=input_name, output_name=output_name, graph_name="flatten",
+        nodes,
+        [],
+        window=window,
+        features=features,
+        outputs=window * features,
+        input_name=input_name,
+        output_name=output_name,
+        graph_name="flatten",
     )
 
 
@@ -323,13 +341,17 @@ def recurrent_onnx(
         helper.make_node("Squeeze", ["h_last", "axis0"], ["h"]),
         helper.make_node("Gemm", ["h", "out_w", "out_b"], [output_name]),
     ]
-    initializers = [
-        numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()
-    ]
+    initializers = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
     initializers.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"))
     return _model(
-        nodes, initializers, window=window, features=features, outputs=outputs,
-        input_name=input_name, output_name=output_name, graph_name=cell.lower(),
+        nodes,
+        initializers,
+        window=window,
+        features=features,
+        outputs=outputs,
+        input_name=input_name,
+        output_name=output_name,
+        graph_name=cell.lower(),
     )
 
 
@@ -346,15 +368,22 @@ class ImageCnn:
 
 
 def random_image_cnn(
-    channels: int, height: int, width: int, classes: int, *, filters: int = 8,
-    pool: bool = False, seed: int = 0,
+    channels: int,
+    height: int,
+    width: int,
+    classes: int,
+    *,
+    filters: int = 8,
+    pool: bool = False,
+    seed: int = 0,
 ) -> ImageCnn:
     """He-initialised :class:`ImageCnn` weights for frames ``(channels, height, width)``."""
     rng = np.random.default_rng(seed)
     features = filters if pool else filters * (height - 2) * (width - 2)
     return ImageCnn(
-        conv_w=rng.normal(0, np.sqrt(2.0 / (9 * channels)),
-                          (filters, channels, 3, 3)).astype(np.float32),
+        conv_w=rng.normal(0, np.sqrt(2.0 / (9 * channels)), (filters, channels, 3, 3)).astype(
+            np.float32
+        ),
         conv_b=rng.normal(0, 0.1, filters).astype(np.float32),
         head_w=rng.normal(0, np.sqrt(2.0 / features), (features, classes)).astype(np.float32),
         head_b=rng.normal(0, 0.1, classes).astype(np.float32),
@@ -420,7 +449,8 @@ def image_cnn_onnx(
     ]
     classes = int(cnn.head_w.shape[1])
     graph = helper.make_graph(
-        nodes, "image_cnn",
+        nodes,
+        "image_cnn",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", *dims])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", classes])],
         initializers,

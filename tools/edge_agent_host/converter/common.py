@@ -123,18 +123,32 @@ def default_name(path: Path) -> str:
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """The options of every ``convert`` subcommand (read into :class:`ConvertOptions`)."""
     parser.add_argument(
-        "--out", required=True, type=Path,
+        "--out",
+        required=True,
+        type=Path,
         help="bundle to write: a new directory, or a .tar / .tar.gz file",
     )
-    parser.add_argument("--name", type=bundle_name, default=None,
-                        help="bundle name (default: from the model file name)")
+    parser.add_argument(
+        "--name",
+        type=bundle_name,
+        default=None,
+        help="bundle name (default: from the model file name)",
+    )
     parser.add_argument("--version", default="1.0.0", help="bundle version (default: 1.0.0)")
-    parser.add_argument("--sign", type=Path, default=None, metavar="KEY",
-                        help="sign the bundle with this private key (NAME.key)")
+    parser.add_argument(
+        "--sign",
+        type=Path,
+        default=None,
+        metavar="KEY",
+        help="sign the bundle with this private key (NAME.key)",
+    )
     parser.add_argument("--signer", default=None, help="who signs, recorded in the manifest")
     parser.add_argument("--seed", type=int, default=0, help="seed of simulations and samples")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--force", action="store_true",
-                        help="write the bundle even if an accuracy check fails (neural: and "
-                        "bundle the int8 model even when it is not smaller than float)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write the bundle even if an accuracy check fails (neural: and "
+        "bundle the int8 model even when it is not smaller than float)",
+    )

@@ -84,15 +84,29 @@ def write_output(
         with tempfile.TemporaryDirectory(prefix=".bundle-", dir=dest.parent) as tmp:
             staging = Path(tmp) / "bundle"
             write_bundle(
-                staging, name=name, version=version, kind=kind, arrays=arrays, files=files,
-                aif=aif, neural=neural, quantization=dict(quantization or {}),
+                staging,
+                name=name,
+                version=version,
+                kind=kind,
+                arrays=arrays,
+                files=files,
+                aif=aif,
+                neural=neural,
+                quantization=dict(quantization or {}),
             )
             pack_tar(staging, dest)
     else:
         existed = dest.exists()
         write_bundle(
-            dest, name=name, version=version, kind=kind, arrays=arrays, files=files, aif=aif,
-            neural=neural, quantization=dict(quantization or {}),
+            dest,
+            name=name,
+            version=version,
+            kind=kind,
+            arrays=arrays,
+            files=files,
+            aif=aif,
+            neural=neural,
+            quantization=dict(quantization or {}),
         )
         if not existed:
             logger.debug("created bundle directory %s", dest)

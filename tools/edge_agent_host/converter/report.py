@@ -36,9 +36,7 @@ def progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def progress(
-    iterable: Iterable[T], *, total: int | None, desc: str, enabled: bool
-) -> Iterator[T]:
+def progress(iterable: Iterable[T], *, total: int | None, desc: str, enabled: bool) -> Iterator[T]:
     """``iterable`` with a tqdm bar on stderr when ``enabled`` (and tqdm, from the ``host`` extra,
     is installed; without it, no bar)."""
     if not enabled:
@@ -86,8 +84,7 @@ class Check:
         op = "<=" if self.kind == "max" else ">="
         verdict = "ok" if self.passed else "FAILED"
         return (
-            f"{self.name} {self.value:.6g} (required {op} {self.limit:g}, {self.option}): "
-            f"{verdict}"
+            f"{self.name} {self.value:.6g} (required {op} {self.limit:g}, {self.option}): {verdict}"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -147,17 +144,27 @@ class ConversionReport:
         # A one-value row wider than all the value columns together (the agreement rows: a
         # figure and what it means) is written from the first value column on instead of
         # widening that column.
-        span = sum(
-            max((len(r[i]) for r in self.rows if len(r) > 2 and len(r) > i), default=0) + 2
-            for i in range(1, cols)
-        ) - 2
+        span = (
+            sum(
+                max((len(r[i]) for r in self.rows if len(r) > 2 and len(r) > i), default=0) + 2
+                for i in range(1, cols)
+            )
+            - 2
+        )
         long_rows = {
-            i for i, row in enumerate(self.rows) if cols > 2 and len(row) == 2
-            and len(row[1]) > span
+            i
+            for i, row in enumerate(self.rows)
+            if cols > 2 and len(row) == 2 and len(row[1]) > span
         }
         col_width = [
-            max((len(row[i]) for j, row in enumerate(self.rows)
-                 if len(row) > i and j not in long_rows), default=0)
+            max(
+                (
+                    len(row[i])
+                    for j, row in enumerate(self.rows)
+                    if len(row) > i and j not in long_rows
+                ),
+                default=0,
+            )
             for i in range(cols)
         ]
         for j, row in enumerate(self.rows):

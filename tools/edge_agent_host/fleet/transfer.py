@@ -306,8 +306,9 @@ def _take_answers(
             else:
                 run.result = result
                 if progress is not None:
-                    progress(run.node, _received(result, run.have, plan), plan.chunks,
-                             result.code.value)
+                    progress(
+                        run.node, _received(result, run.have, plan), plan.chunks, result.code.value
+                    )
                 return
 
 

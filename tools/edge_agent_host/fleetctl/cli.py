@@ -95,9 +95,7 @@ def add_broker_arguments(parser: argparse.ArgumentParser, hub_id_help: str) -> N
     parser.add_argument("--hub-id", default="hub", help=hub_id_help)
     parser.add_argument("--username", default=None, help="broker user")
     parser.add_argument("--password-file", type=Path, default=None, help="broker password file")
-    parser.add_argument(
-        "--ca-file", type=Path, default=None, help="CA (PEM) for TLS to the broker"
-    )
+    parser.add_argument("--ca-file", type=Path, default=None, help="CA (PEM) for TLS to the broker")
     parser.add_argument(
         "--cert-file",
         type=Path,
@@ -296,9 +294,11 @@ def _print_result(node: str, result: CommandResult, as_json: bool) -> None:
 def _run_fleet(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
-        client.listen(args.wait)
+        heard = client.listen(args.wait)
         assert client.store is not None
         rows = client.store.nodes()
+        if not heard:
+            print(nothing_heard(client, args.wait, rows), file=sys.stderr)
     finally:
         client.close()
     if args.json:  # each row with its presence, as edge-agent-hub fleet --json gives it
@@ -308,6 +308,30 @@ def _run_fleet(args: argparse.Namespace) -> int:
     else:
         print(format_fleet(rows, args.silent_after))
     return 0
+
+
+def nothing_heard(client: FleetClient, waited_s: float, rows: list[dict[str, Any]]) -> str:
+    """The one line ``hub fleet`` prints (to stderr) when the broker sent nothing while it
+    listened: the table is the one cached from earlier runs, how old it is, and what to check."""
+    where = f"the broker {client.broker} sent nothing in {waited_s:g} s (fleet {client.fleet!r})"
+    check = "no node online, none retained: is --fleet right, and may this identity read it?"
+    store = client.store.path if client.store is not None else "the client's database"
+    times = [t for r in rows for t in (r.get("last_seen"), r.get("first_seen")) if t is not None]
+    if not rows:
+        return f"note: {where}, and nothing is cached in {store}: no node yet ({check})"
+    age = f"last heard {format_age(time.time() - max(times))} ago" if times else "never heard"
+    return (
+        f"note: {where}: the table is the one cached in {store} by earlier runs, {age} "
+        f"({check})"
+    )
+
+
+def format_age(seconds: float) -> str:
+    """``42s``, ``12m``, ``3h``, ``2d``: an age in its largest whole unit."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{max(0.0, seconds):.0f}s"
 
 
 def _run_watch(args: argparse.Namespace) -> int:

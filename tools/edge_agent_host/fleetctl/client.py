@@ -157,15 +157,18 @@ class FleetClient:
                 backoff=Backoff(initial_s=0.1, max_s=2.0, stable_after_s=2.0),
                 max_incoming=100_000,
                 tls_options=None,  # connect() raises it as one error instead
+                log_failures=False,  # ... and each attempt's failure (a warning every 0.1-2 s)
             )
         self.transport = transport
         self.transport.subscribe(self.topics.fleet_all(), 1)
 
     # Connection -------------------------------------------------------------------------------
     def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect and wait until the broker accepted us; :class:`FleetError` if it does not
-        (at once when the broker wants TLS and this client has none: what to give, by the names
-        of ``tls_options``)."""
+        """Connect and wait until the broker accepted us; :class:`FleetError` if it does not, in
+        one line: at once when nothing listens on the broker's port (the host and port to
+        check) or the broker wants TLS and this client has none (what to give, by the names of
+        ``tls_options``); else after ``timeout_s``, with the broker's refusal or the last
+        attempt's error."""
         self.transport.connect()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -177,11 +180,24 @@ class FleetClient:
                 raise FleetError(
                     f"broker {self.broker} wants {wanted}: {self.tls_options.advice(wanted)}"
                 )
+            if isinstance(self.transport.connect_error, ConnectionRefusedError):
+                self.transport.disconnect()
+                raise FleetError(
+                    f"nothing listens on {self.broker} (connection refused): is the broker "
+                    "running on that host, and listening on that port?"
+                )
             time.sleep(0.02)
         refusal = self.transport.last_refusal
+        error = self.transport.connect_error
         self.transport.disconnect()
-        because = f": the broker refused it: {refusal}" if refusal else ""
-        raise FleetError(f"no connection to the broker within {timeout_s:g} s{because}")
+        because = (
+            f": the broker refused it: {refusal}"
+            if refusal
+            else f": {error.strerror or error}" if error is not None else ""
+        )
+        raise FleetError(
+            f"no connection to the broker {self.broker} within {timeout_s:g} s{because}"
+        )
 
     def close(self, ack_timeout_s: float = CLOSE_ACK_TIMEOUT_S) -> None:
         """Disconnect, once the broker acknowledged what this client published (waiting up to

@@ -23,6 +23,7 @@ __all__ = ["FleetStore"]
 # -------------------------------------------------------------------------------------- storage
 def json_text(value: Any) -> str:
     """``value`` as canonical JSON (sorted keys), bytes as hex: how the store keeps payloads."""
+
     def default(obj: object) -> object:
         if isinstance(obj, bytes | bytearray):
             return obj.hex()

@@ -7,15 +7,23 @@ doing that; a node can do the same (``CoordinationRuntime.announce``).
 
     edge-agent-host tasks [--host H --port P --fleet F] announce --key K --capability C ID=GOAL ...
     edge-agent-host tasks ... announce --key K --capability C --count N --goal-states S [--seed 0]
+    edge-agent-host tasks ... announce --key K --capability C --team K [--role CAP:N[:GOAL]] ...
+    edge-agent-host tasks ... announce --key K --capability C --count N --goal-states S \
+        --team-sizes LO-HI [--max-roles R]
     edge-agent-host tasks ... list [--wait S] [--json]
 
 ``ID=GOAL``: task ``ID`` (a topic-level name) is to reach state ``GOAL`` of hidden-state factor
 ``--goal-factor`` (default 0). ``--count N --goal-states S`` makes ``N`` tasks
 ``{prefix}0000 ...`` with goals drawn uniformly from ``0 ... S-1``. ``--epoch`` re-announces a
 task as a new round; ``--deadline-in S`` gives it a deadline ``S`` seconds from now.
-``announce --wait S`` then waits until a node claims every task (its holder's node says so in its
-periodic ``task_state``) and prints the assignment; ``list`` prints what the nodes claim and
-whether their ledgers agree (the same digest).
+``--team K`` makes each task a team task of ``K`` agents of ``--capability`` at its goal, and
+each ``--role CAP:N[:GOAL]`` adds ``N`` agents of capability ``CAP`` to reach ``GOAL`` (the task's
+goal when left out); ``--team-sizes LO-HI`` makes the ``--count`` tasks teams of ``LO ... HI``
+agents, split into up to ``--max-roles`` roles with goals of their own (docs/coordination.md,
+"Team tasks"). ``announce --wait S`` then waits until a node claims every task -- every slot of a
+team (its holder's node says so in its periodic ``task_state``) -- and prints the assignment;
+``list`` prints what the nodes claim and whether their ledgers agree (the same digest), and per
+team its slots, how many agents fill them and finished, and the vacant ones.
 
 Task specs are signed: ``announce --key`` is the hub's signing key (the ``command --key``), whose
 public half goes out retained as the hub's ``task_key`` on ``node/{hub-id}/tasks`` before the
@@ -40,14 +48,17 @@ from typing import Any, Final
 
 import msgspec
 import numpy as np
+from msgspec import UNSET
 
 from edge_agent.coordination.messages import (
-    MAX_TASKS_PER_MESSAGE,
     Claim,
+    Role,
     TaskAnnounce,
     TaskKey,
     TaskSpec,
     TaskState,
+    TeamState,
+    announcement_parts,
 )
 from edge_agent.coordination.signing import sign_specs
 from edge_agent.errors import InputError, ProtocolError
@@ -56,13 +67,16 @@ from edge_agent_host.fleetctl import FleetClient, FleetError
 from edge_agent_host.fleetctl.cli import add_broker_arguments, connect
 
 __all__ = [
+    "RoleArg",
     "TaskView",
     "announce",
     "configure",
     "format_claims",
     "make_specs",
     "random_specs",
+    "random_team_specs",
     "run",
+    "specs_of",
     "watch_claims",
 ]
 
@@ -79,24 +93,100 @@ def make_specs(
     goal_factor: int = 0,
     epoch: int = 0,
     deadline: float = 0.0,
+    team: int = 1,
+    roles: Sequence[RoleArg] = (),
 ) -> list[TaskSpec]:
-    """One :class:`TaskSpec` per ``task id -> goal state``; :class:`InputError` if one is bad."""
+    """One :class:`TaskSpec` per ``task id -> goal state``; :class:`InputError` if one is bad.
+
+    ``team > 1`` or ``roles``: team tasks of ``team`` agents of ``capability`` at the goal and
+    each role's ``count`` agents of its capability at its goal (the task's goal when None)."""
     try:
         return [
-            TaskSpec(
-                task=task,
-                epoch=epoch,
+            _spec(
+                task,
+                goal,
                 capability=capability,
-                goal_factor=goal_factor,
-                goal_state=goal,
-                deadline=deadline,
                 announced_by=announced_by,
+                goal_factor=goal_factor,
+                epoch=epoch,
+                deadline=deadline,
+                team=team,
+                roles=[
+                    Role(
+                        capability=r.capability,
+                        count=r.count,
+                        goal_factor=goal_factor,
+                        goal_state=goal if r.goal is None else r.goal,
+                    )
+                    for r in roles
+                ],
             )
             for task, goal in goals.items()
         ]
     except msgspec.ValidationError as err:
         # msgspec reports the first problem, with the field it is in (`` - at `$.task` ``).
         raise InputError(f"invalid task: {err}") from err
+
+
+def _spec(task: str, goal: int, *, team: int, roles: list[Role], **fields: Any) -> TaskSpec:
+    """A one-agent spec (``team == 1`` without roles: no team field at all), or a team's."""
+    if team == 1 and not roles:
+        return TaskSpec(task=task, goal_state=goal, **fields)
+    return TaskSpec(
+        task=task,
+        goal_state=goal,
+        team=UNSET if team == 1 else team,
+        roles=roles or UNSET,
+        **fields,
+    )
+
+
+@dataclass(frozen=True)
+class RoleArg:
+    """``--role CAPABILITY:COUNT[:GOAL]``: ``count`` more agents of ``capability``, to reach
+    ``goal`` (the task's own goal when None)."""
+
+    capability: str
+    count: int
+    goal: int | None = None
+
+
+def random_team_specs(
+    count: int,
+    goal_states: int,
+    *,
+    sizes: tuple[int, int] = (2, 5),
+    max_roles: int = 1,
+    seed: int = 0,
+    prefix: str = "team",
+    capability: str,
+    **spec: Any,
+) -> list[TaskSpec]:
+    """``count`` team tasks ``{prefix}0000 ...`` of ``sizes[0] ... sizes[1]`` agents of
+    ``capability`` each (uniform), split into up to ``max_roles`` roles (uniform), every role
+    with its own goal drawn uniformly from ``[0, goal_states)``: mixed roles, one capability."""
+    lo, hi = sizes
+    if count < 1 or goal_states < 1 or not 1 <= lo <= hi or max_roles < 1:
+        raise InputError(
+            f"need count >= 1, goal states >= 1, 1 <= team sizes {lo}-{hi}, roles >= 1"
+        )
+    rng = np.random.default_rng(seed)
+    width = max(4, len(str(count - 1)))
+    specs = []
+    for i in range(count):
+        size = int(rng.integers(lo, hi + 1))
+        n_roles = int(rng.integers(1, min(max_roles, size) + 1))
+        cuts = np.sort(rng.choice(np.arange(1, size), n_roles - 1, replace=False))
+        counts = np.diff(np.concatenate([[0], cuts, [size]])).tolist()
+        goals = rng.integers(0, goal_states, n_roles).tolist()
+        specs += make_specs(
+            {f"{prefix}{i:0{width}d}": goals[0]},
+            capability=capability,
+            team=counts[0],
+            roles=[RoleArg(capability, c, g) for c, g in zip(counts[1:], goals[1:], strict=True)],
+            **spec,
+        )
+    return specs
 
 
 def random_specs(
@@ -134,9 +224,12 @@ def announce(client: FleetClient, specs: Sequence[TaskSpec]) -> int:
     public = client.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     client.publish(topic, TaskKey(key=public), retain=True)
     fleet = client.topics.fleet
+    # Team specs in messages of their own: a node of the version before teams refuses those
+    # whole, and takes the one-agent tasks of the others.
+    ordered = [s for s in specs if not s.is_team] + [s for s in specs if s.is_team]
     sent = 0
-    for start in range(0, len(specs), MAX_TASKS_PER_MESSAGE):
-        part = list(specs[start : start + MAX_TASKS_PER_MESSAGE])
+    for start, end in announcement_parts(ordered):
+        part = ordered[start:end]
         client.publish(
             topic, TaskAnnounce(tasks=part, sigs=sign_specs(client.key.sign, fleet, part))
         )
@@ -154,6 +247,8 @@ class TaskView:
     digests: dict[str, bytes] = field(default_factory=dict)
     heard_at: dict[str, float] = field(default_factory=dict)
     announced: dict[str, TaskSpec] = field(default_factory=dict)
+    teams: dict[str, dict[str, TeamState]] = field(default_factory=dict)
+    """Per node, the team tasks of its award (task -> slots, filled, done)."""
 
     def take(self, node: str, body: object) -> None:
         if isinstance(body, TaskState):
@@ -161,6 +256,8 @@ class TaskView:
             self.open_tasks[node] = body.open_tasks
             self.digests[node] = body.digest
             self.heard_at[node] = time.monotonic()
+            teams = [] if body.teams is UNSET else body.teams
+            self.teams[node] = {t.task: t for t in teams}
         elif isinstance(body, TaskAnnounce):
             for spec in body.tasks:
                 self.announced[spec.task] = spec
@@ -172,6 +269,38 @@ class TaskView:
             for c in claims:
                 out.setdefault(c.task, []).append((node, c.group, c.agent, c.epoch))
         return {t: sorted(h) for t, h in sorted(out.items())}
+
+    def roles(self) -> dict[tuple[str, str, str, int], int]:
+        """``(task, node, group, agent) -> role`` of every claim of a team task."""
+        return {
+            (c.task, node, c.group, c.agent): c.role
+            for node, claims in self.claims.items()
+            for c in claims
+            if c.role is not UNSET
+        }
+
+    def team_states(self) -> dict[str, TeamState]:
+        """Every team task some node reported, as the node that reported the newest round
+        (then the most slots filled) has it."""
+        out: dict[str, TeamState] = {}
+        for node in sorted(self.teams):
+            for task, state in self.teams[node].items():
+                cur = out.get(task)
+                if cur is None or (state.epoch, state.filled + state.done) > (
+                    cur.epoch,
+                    cur.filled + cur.done,
+                ):
+                    out[task] = state
+        return dict(sorted(out.items()))
+
+    def duplicates(self) -> set[str]:
+        """Tasks claimed by more agents than they have slots (a partition not healed yet)."""
+        teams = self.team_states()
+        return {
+            t
+            for t, h in self.holders().items()
+            if len(h) > (teams[t].slots - teams[t].done if t in teams else 1)
+        }
 
     def agree(self) -> bool:
         """Whether every node heard from reports the same ledger digest."""
@@ -189,6 +318,20 @@ class TaskView:
             },
             "agree": self.agree(),
             "tasks": {t: [list(h) for h in hs] for t, hs in self.holders().items()},
+            "teams": {
+                t: {
+                    "epoch": s.epoch,
+                    "slots": s.slots,
+                    "filled": s.filled,
+                    "done": s.done,
+                    "vacant": s.vacant,
+                    "members": [
+                        [*h, self.roles().get((t, h[0], h[1], h[2]), 0)]
+                        for h in self.holders().get(t, [])
+                    ],
+                }
+                for t, s in self.team_states().items()
+            },
         }
 
 
@@ -226,12 +369,25 @@ def format_claims(view: TaskView, only: Iterable[str] | None = None) -> str:
         lines.append(f"ledgers DIFFER: {len(set(view.digests.values()))} digests")
     lines.append(f"{'TASK':<24} {'EPOCH':>5}  {'NODE':<20} {'GROUP':<16} {'AGENT':>6}")
     wanted = None if only is None else set(only)
+    teams = view.team_states()
+    roles = view.roles()
+    duplicates = view.duplicates()
     for task, holders in view.holders().items():
         if wanted is not None and task not in wanted:
             continue
-        flag = "  DUPLICATE" if len(holders) > 1 else ""
+        flag = "  DUPLICATE" if task in duplicates else ""
         for node, group, agent, epoch in holders:
-            lines.append(f"{task:<24} {epoch:>5}  {node:<20} {group:<16} {agent:>6}{flag}")
+            role = f"  role {roles[(task, node, group, agent)]}" if task in teams else ""
+            lines.append(f"{task:<24} {epoch:>5}  {node:<20} {group:<16} {agent:>6}{role}{flag}")
+    if teams:
+        lines.append(f"{'TEAM':<24} {'EPOCH':>5}  {'SLOTS':>5} {'FILLED':>6} {'DONE':>4} VACANT")
+        for task, state in teams.items():
+            if wanted is not None and task not in wanted:
+                continue
+            lines.append(
+                f"{task:<24} {state.epoch:>5}  {state.slots:>5} {state.filled:>6} "
+                f"{state.done:>4} {state.vacant}"
+            )
     return "\n".join(lines)
 
 
@@ -243,6 +399,28 @@ def _task_goal(text: str) -> tuple[str, int]:
             f"{text!r}: write tasks as ID=GOAL (ID: 1-64 of A-Z a-z 0-9 _ . -; GOAL: a state index)"
         )
     return task, int(goal)
+
+
+def _role(text: str) -> RoleArg:
+    parts = text.split(":")
+    ok = 2 <= len(parts) <= 3 and _NAME_RE.fullmatch(parts[0]) is not None
+    ok = ok and all(p.isdigit() for p in parts[1:]) and int(parts[1]) >= 1
+    if not ok:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write a role as CAPABILITY:COUNT[:GOAL] (COUNT >= 1 agents; GOAL: a "
+            "state index, the task's own when left out)"
+        )
+    return RoleArg(parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else None)
+
+
+def _sizes(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    if not lo.isdigit() or (sep and not hi.isdigit()) or int(lo) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: write team sizes as N or LO-HI (>= 1)")
+    low, high = int(lo), int(hi) if sep else int(lo)
+    if high < low:
+        raise argparse.ArgumentTypeError(f"{text!r}: the largest size comes last")
+    return low, high
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -263,6 +441,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ann.add_argument("--goal-states", type=int, default=0, help="random goals in 0 ... S-1")
     ann.add_argument("--prefix", default="t", help="id prefix of the random tasks")
     ann.add_argument("--seed", type=int, default=0, help="seed of the random goals")
+    ann.add_argument(
+        "--team", type=int, default=1, help="K agents of --capability per task (a team task)"
+    )
+    ann.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        type=_role,
+        metavar="CAP:COUNT[:GOAL]",
+        help="a team task's further role: COUNT agents of CAP to GOAL (repeatable)",
+    )
+    ann.add_argument(
+        "--team-sizes",
+        type=_sizes,
+        default=None,
+        metavar="LO-HI",
+        help="--count tasks are teams of LO ... HI agents (random), in up to --max-roles roles",
+    )
+    ann.add_argument(
+        "--max-roles", type=int, default=1, help="roles of a --team-sizes task (random goals)"
+    )
     ann.add_argument("--epoch", type=int, default=0, help="auction round (re-announce: +1)")
     ann.add_argument("--deadline-in", type=float, default=0.0, help="deadline, s from now")
     ann.add_argument(
@@ -283,7 +482,8 @@ def _client(args: argparse.Namespace) -> FleetClient:
     return connect(args, load_signing_key(args.key))
 
 
-def _specs(args: argparse.Namespace) -> list[TaskSpec]:
+def specs_of(args: argparse.Namespace) -> list[TaskSpec]:
+    """The specs ``tasks announce ARGS`` announces (:class:`InputError` for a bad one)."""
     common: dict[str, Any] = {
         "capability": args.capability,
         "announced_by": args.hub_id,
@@ -291,10 +491,23 @@ def _specs(args: argparse.Namespace) -> list[TaskSpec]:
         "epoch": args.epoch,
         "deadline": time.time() + args.deadline_in if args.deadline_in > 0 else 0.0,
     }
-    specs = make_specs(dict(args.tasks), **common)
-    if args.count:
+    if args.team < 1:
+        raise InputError(f"--team {args.team}: a team has at least one agent")
+    team = {"team": args.team, "roles": args.role}
+    specs = make_specs(dict(args.tasks), **common, **team)
+    if args.count and args.team_sizes is not None:
+        specs += random_team_specs(
+            args.count,
+            args.goal_states,
+            sizes=args.team_sizes,
+            max_roles=args.max_roles,
+            seed=args.seed,
+            prefix=args.prefix,
+            **common,
+        )
+    elif args.count:
         specs += random_specs(
-            args.count, args.goal_states, seed=args.seed, prefix=args.prefix, **common
+            args.count, args.goal_states, seed=args.seed, prefix=args.prefix, **common, **team
         )
     if not specs:
         raise InputError("no task: give ID=GOAL arguments or --count N --goal-states S")
@@ -305,11 +518,11 @@ def _specs(args: argparse.Namespace) -> list[TaskSpec]:
 
 
 def _run_announce(args: argparse.Namespace) -> int:
-    specs = _specs(args)
+    specs = specs_of(args)
     client = _client(args)
     try:
         messages = announce(client, specs)
-        wanted = {(s.task, s.epoch) for s in specs}
+        wanted = {(s.task, s.epoch): s.size for s in specs}
         if args.wait <= 0:
             if not client.wait_acknowledged(_ACK_TIMEOUT_S):
                 raise FleetError(
@@ -318,11 +531,7 @@ def _run_announce(args: argparse.Namespace) -> int:
             print(f"announced {len(specs)} task(s) in {messages} message(s)")
             return 0
 
-        def claimed(view: TaskView) -> bool:
-            held = {(t, h[3]) for t, hs in view.holders().items() for h in hs}
-            return wanted <= held
-
-        view = watch_claims(client, args.wait, until=claimed)
+        view = watch_claims(client, args.wait, until=lambda v: not _unclaimed(v, wanted))
     finally:
         client.close()
     names = [s.task for s in specs]
@@ -330,11 +539,23 @@ def _run_announce(args: argparse.Namespace) -> int:
         print(json.dumps(view.to_json(), sort_keys=True))
     else:
         print(format_claims(view, only=names))
-    missing = wanted - {(t, h[3]) for t, hs in view.holders().items() for h in hs}
+    missing = _unclaimed(view, wanted)
     if missing:
-        print(f"{len(missing)} of {len(specs)} unclaimed after {args.wait:g} s", file=sys.stderr)
+        print(
+            f"{len(missing)} of {len(specs)} without every holder after {args.wait:g} s",
+            file=sys.stderr,
+        )
         return 1
     return 0
+
+
+def _unclaimed(view: TaskView, wanted: Mapping[tuple[str, int], int]) -> set[tuple[str, int]]:
+    """The rounds of ``wanted`` (round -> agents it needs) fewer agents claim than it needs."""
+    held: dict[tuple[str, int], int] = {}
+    for task, holders in view.holders().items():
+        for h in holders:
+            held[(task, h[3])] = held.get((task, h[3]), 0) + 1
+    return {r for r, size in wanted.items() if held.get(r, 0) < size}
 
 
 def _run_list(args: argparse.Namespace) -> int:

@@ -13,12 +13,20 @@ own, or one set all teach), the tables normalised, utility, state information ga
 and the first maximum of each factor's action marginal (``tick.c`` says how, and what it
 leaves out of the arithmetic: nothing above rounding).
 
-:func:`load` finds the library; a machine where the package was installed without a C
-compiler has none (:func:`unavailable` says why), and its groups step with numpy.
+The library's contract is ``tick.h`` (its structs, limits and functions): the structs are
+declared again here, field by field beside the header's lists, and :func:`load` compares them
+with the layout the library reports (:func:`layout`: every struct's size, every field's offset,
+size and kind, every limit) before anything is passed to it. A library that differs (built from
+other sources, or a binding edited without its header) is refused, never called:
+:func:`unavailable` says why, and the groups step with numpy. The model sizes the pass takes
+(:func:`limits`) are the library's own, read from it, for the limits :data:`LIMITS` names.
+:func:`load` finds the library; a machine where the package was installed without a C compiler
+has none (:func:`unavailable` says so too). ``recipe.py`` is how it is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 from collections.abc import Sequence
@@ -29,39 +37,110 @@ import numpy as np
 
 from edge_agent.aif import per_agent
 from edge_agent.aif.constants import EPS
+from edge_agent.aif.kernels.inference import softmax_rows
 
-__all__ = ["LIMITS", "NativeTick", "library_path", "load", "unavailable"]
+__all__ = ["LIMITS", "NativeTick", "declared", "layout", "library_path", "limits", "load",
+           "mismatch", "too_large", "unavailable"]
 
-#: tick.c's fixed limits (its stack arrays): a model above one steps with numpy.
-LIMITS = {"factors": 4, "joint": 128, "modalities": 8, "policies": 64, "controls": 16}
+#: The model sizes the pass bounds, each by tick.h's limit (``TICK_LIMITS``); their values are
+#: the library's (:func:`limits`). A limit added to tick.h is named here too, or the library
+#: is refused.
+LIMITS = {"factors": "MAX_F", "joint": "MAX_S", "modalities": "MAX_M", "policies": "MAX_P",
+          "controls": "MAX_U"}
 
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
+_f64 = ctypes.c_double
 
 
 class _SparseB(ctypes.Structure):
-    _fields_ = [(name, _p) for name in ("start", "row", "col", "value")]
+    """tick.h's ``sparse_b`` (``TICK_SPARSE_B_FIELDS``)."""
+
+    _fields_ = [
+        ("start", _p),  # const int64_t *: (U + 1)
+        ("row", _p),  # const int64_t *: (nnz)
+        ("col", _p),  # const int64_t *: (nnz)
+        ("value", _p),  # const double *: (nnz)
+    ]
 
 
 class _Model(ctypes.Structure):
-    _fields_ = [(name, _i64) for name in (
-        "n", "factors", "modalities", "policies", "joint", "num_iter", "use_utility",
-        "use_info_gain")] + [
-        ("dF_tol", ctypes.c_double), ("gamma", ctypes.c_double), ("lr", ctypes.c_double)] + [
-        (name, _p) for name in (
-            "num_states", "num_controls", "num_obs", "state_index", "A", "A_agent_stride", "pA",
-            "pA_mask", "experience", "B", "D", "lnC", "utility_shared", "lnE", "policies_first")
-    ] + [("outcomes", _i64), ("entries", _i64)] + [
-        (name, _p) for name in ("outcome_start", "entry_state", "entry_shared", "entry_index",
-                                "scratch")] + [("shared_counts", _i64), ("learn", _i64)]
+    """tick.h's ``tick_model`` (``TICK_MODEL_FIELDS``)."""
+
+    _fields_ = [
+        ("n", _i64),  # int64_t
+        ("factors", _i64),  # int64_t
+        ("modalities", _i64),  # int64_t
+        ("policies", _i64),  # int64_t
+        ("joint", _i64),  # int64_t
+        ("num_iter", _i64),  # int64_t
+        ("use_utility", _i64),  # int64_t
+        ("use_info_gain", _i64),  # int64_t
+        ("dF_tol", _f64),  # double
+        ("gamma", _f64),  # double
+        ("lr", _f64),  # double
+        ("num_states", _p),  # const int64_t *: (F)
+        ("num_controls", _p),  # const int64_t *: (F)
+        ("num_obs", _p),  # const int64_t *: (M)
+        ("state_index", _p),  # const int64_t *: (F, S)
+        ("A", _p),  # double *const *: (M)
+        ("A_agent_stride", _p),  # const int64_t *: (M)
+        ("pA", _p),  # double *const *: (M)
+        ("pA_mask", _p),  # const uint8_t *const *: (M)
+        ("experience", _p),  # double *const *: (M)
+        ("B", _p),  # const sparse_b *: (F)
+        ("D", _p),  # const double *const *: (F)
+        ("lnC", _p),  # const double *const *: (M)
+        ("utility_shared", _p),  # const double *: (S)
+        ("lnE", _p),  # const double *: (P)
+        ("policies_first", _p),  # const int64_t *: (P, F)
+        ("outcomes", _i64),  # int64_t
+        ("entries", _i64),  # int64_t
+        ("outcome_start", _p),  # const int64_t *: (K + 1)
+        ("entry_state", _p),  # const int64_t *: (E)
+        ("entry_shared", _p),  # const double *: (E)
+        ("entry_index", _p),  # const int64_t *const *: (M)
+        ("scratch", _p),  # double *
+        ("shared_counts", _i64),  # int64_t
+        ("learn", _i64),  # int64_t
+    ]
 
 
 class _State(ctypes.Structure):
-    _fields_ = [(name, _p) for name in ("obs", "start", "qs", "prior", "p_obs", "action",
-                                        "has_action", "G", "q_pi", "next_prior")]
+    """tick.h's ``tick_state`` (``TICK_STATE_FIELDS``)."""
 
+    _fields_ = [
+        ("obs", _p),  # const int64_t *: (N, M)
+        ("start", _p),  # const uint8_t *: (N)
+        ("qs", _p),  # double *const *: (F)
+        ("prior", _p),  # double *const *: (F)
+        ("p_obs", _p),  # double *: (N, M)
+        ("action", _p),  # int64_t *: (N, F)
+        ("has_action", _p),  # uint8_t *: (N)
+        ("G", _p),  # double *: (N, P)
+        ("q_pi", _p),  # double *: (N, P)
+        ("next_prior", _p),  # double *const *: (F)
+    ]
+
+
+class _LayoutEntry(ctypes.Structure):
+    """tick.h's ``tick_layout_entry``: a row of the table the library reports."""
+
+    _fields_ = [("name", ctypes.c_char_p), ("kind", _i64), ("value", _i64), ("size", _i64)]
+
+
+#: The structs the binding passes, by tick.h's names.
+_STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "sparse_b": _SparseB, "tick_model": _Model, "tick_state": _State}
+#: A field's kind in the layout table, by its ctypes type.
+_KINDS: dict[Any, str] = {_i64: "i", _f64: "f", _p: "p"}
+_KIND_NAMES = {"i": "int64_t", "f": "double", "p": "a pointer"}
+
+#: The agents a shared table serves (any number).
+_ANY = 1 << 62
 
 _LIBRARY: ctypes.CDLL | None = None
+_REFUSED: str | None = None  # why the package's library was refused (None: not refused)
 
 
 def library_path() -> Path | None:
@@ -70,49 +149,151 @@ def library_path() -> Path | None:
     return None if spec is None or spec.origin is None else Path(spec.origin)
 
 
+def declared() -> dict[str, tuple[str, int, int]]:
+    """The layout the binding passes: ``{name: (kind, value, size)}`` as :func:`layout` reports
+    it (the structs' sizes and their fields' offsets; the limits, whose values are the
+    library's, as ``("l", 0, 0)``)."""
+    rows: dict[str, tuple[str, int, int]] = {}
+    for struct_name, struct in _STRUCTS.items():
+        rows[struct_name] = ("s", ctypes.sizeof(struct), ctypes.sizeof(struct))
+        for field, ctype, *_ in struct._fields_:
+            where = getattr(struct, field)
+            rows[f"{struct_name}.{field}"] = (_KINDS[ctype], where.offset, where.size)
+    rows.update((name, ("l", 0, 0)) for name in LIMITS.values())
+    return rows
+
+
+def layout(lib: ctypes.CDLL) -> dict[str, tuple[str, int, int]]:
+    """The layout ``lib`` reports (``edge_tick_layout``): ``{name: (kind, value, size)}``, as
+    :func:`declared`'s (a limit with its value)."""
+    entries = ctypes.POINTER(_LayoutEntry)()
+    count = lib.edge_tick_layout(ctypes.byref(entries))
+    rows = {}
+    for i in range(count):
+        entry = entries[i]
+        rows[(entry.name or b"").decode()] = (chr(entry.kind), entry.value, entry.size)
+    return rows
+
+
+def mismatch(reported: dict[str, tuple[str, int, int]]) -> str | None:
+    """How a library's layout (``reported``, :func:`layout`'s) differs from the binding's
+    (:func:`declared`), the first few differences (None: it does not)."""
+    ours = declared()
+    problems = [f"{name} only in the library" for name in reported if name not in ours]
+    problems += [f"{name} not in the library" for name in ours if name not in reported]
+    for name, row in ours.items():
+        theirs = reported.get(name)
+        if theirs is not None and row[0] != "l" and theirs != row:
+            problems.append(f"{name}: {_described(theirs)} in the library, {_described(row)} "
+                            "here")
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
+def _described(row: tuple[str, int, int]) -> str:
+    """A layout row in words: ``280 bytes`` (a struct), ``int64_t at 40 (8 bytes)`` (a
+    field)."""
+    kind, value, size = row
+    if kind == "s":
+        return f"{value} bytes"
+    return f"{_KIND_NAMES.get(kind, repr(kind))} at {value} ({size} bytes)"
+
+
 def unavailable() -> str | None:
-    """Why there is no compiled tick here (None: there is one)."""
+    """Why there is no compiled tick here (None: there is one, its layout the binding's)."""
     if library_path() is None:
         return ("edge-agent was installed without its compiled tick (no C compiler then): "
                 "reinstall it with gcc present (apt-get install gcc)")
-    return None
+    if _LIBRARY is None and _REFUSED is None:
+        with contextlib.suppress(RuntimeError):  # _REFUSED says why
+            load()
+    return _REFUSED
 
 
 def load(path: Path | None = None) -> ctypes.CDLL:
-    """The library's functions, typed (``path``: another build of ``tick.c``, e.g. its
-    baseline-only version; default: the package's, loaded once)."""
-    global _LIBRARY  # noqa: PLW0603 - one handle per process, as ctypes keeps it anyway
+    """The library's functions, typed, once its layout is checked (``path``: another build of
+    the sources, e.g. the tests' baseline or sanitized one; default: the package's, loaded
+    once). A library that cannot be loaded or whose layout is not the binding's raises
+    :class:`RuntimeError` saying why (the package's: :func:`unavailable` says it after)."""
+    global _LIBRARY, _REFUSED  # noqa: PLW0603 - one handle per process, as ctypes keeps it anyway
     if path is None and _LIBRARY is not None:
         return _LIBRARY
+    if path is None and _REFUSED is not None:
+        raise RuntimeError(_REFUSED)
     where = path or library_path()
     if where is None:
         raise RuntimeError(unavailable())
-    lib = ctypes.CDLL(str(where))
-    lib.edge_tick_scratch_doubles.argtypes = [ctypes.POINTER(_Model)]
-    lib.edge_tick_scratch_doubles.restype = _i64
-    lib.edge_tick.argtypes = [ctypes.POINTER(_Model), ctypes.POINTER(_State)]
-    lib.edge_tick.restype = None
+    try:
+        lib = _checked(where)
+    except RuntimeError as refused:
+        if path is None:
+            _REFUSED = str(refused)
+        raise
     if path is None:
         _LIBRARY = lib
     return lib
 
 
-def _addr(a: np.ndarray, dtype: Any = np.float64) -> int:
+def _checked(where: Path) -> ctypes.CDLL:
+    """The library at ``where``, typed, its layout the binding's (else RuntimeError)."""
+    rebuild = ("reinstall edge-agent so that the library is built from its own sources: "
+               "scripts/bootstrap.sh in a checkout, else pip install --force-reinstall "
+               "edge-agent-runtime")
+    try:
+        lib = ctypes.CDLL(str(where))
+    except OSError as err:
+        raise RuntimeError(f"the compiled tick {where.name} cannot be loaded ({err}): "
+                           f"{rebuild}") from None
+    if not hasattr(lib, "edge_tick_layout"):
+        raise RuntimeError(f"the compiled tick {where.name} reports no layout (built from "
+                           f"older sources): {rebuild}")
+    lib.edge_tick_layout.argtypes = [ctypes.POINTER(ctypes.POINTER(_LayoutEntry))]
+    lib.edge_tick_layout.restype = _i64
+    differs = mismatch(layout(lib))
+    missing = [name for name in ("edge_tick", "edge_tick_scratch_doubles")
+               if not hasattr(lib, name)]
+    if differs is None and missing:
+        differs = f"{', '.join(missing)} not exported"
+    if differs is not None:
+        raise RuntimeError(f"the compiled tick {where.name} does not match its binding "
+                           f"({differs}): {rebuild}")
+    lib.edge_tick_scratch_doubles.argtypes = [ctypes.POINTER(_Model)]
+    lib.edge_tick_scratch_doubles.restype = _i64
+    lib.edge_tick.argtypes = [ctypes.POINTER(_Model), ctypes.POINTER(_State)]
+    lib.edge_tick.restype = None
+    return lib
+
+
+def limits(library: ctypes.CDLL | None = None) -> dict[str, int]:
+    """The model sizes the pass takes, by :data:`LIMITS`' names: the values ``library``
+    (default: the package's) reports for tick.h's limits."""
+    reported = layout(library or load())
+    return {size: reported[limit][1] for size, limit in LIMITS.items()}
+
+
+def _addr(a: np.ndarray, dtype: Any = np.float64, size: int | None = None) -> int:
+    """``a``'s address, once it is what the pass reads: C-contiguous ``dtype``, ``size``
+    values (when given: the pass reads and writes that many)."""
     if not (a.flags.c_contiguous and a.dtype == dtype):
         raise ValueError(f"the compiled tick takes C-contiguous {np.dtype(dtype)} arrays, "
                          f"got {a.dtype} {'contiguous' if a.flags.c_contiguous else 'strided'}")
+    if size is not None and a.size != size:
+        raise ValueError(f"the compiled tick takes {size} values here, got {a.shape}")
     return int(a.ctypes.data)
 
 
 def too_large(num_states: Sequence[int], num_controls: Sequence[int], num_modalities: int,
-              num_policies: int) -> str | None:
-    """Which of :data:`LIMITS` a model is above (None: none)."""
+              num_policies: int, library: ctypes.CDLL | None = None) -> str | None:
+    """Which of the limits (:func:`limits`, ``library``'s) a model is above (None: none)."""
+    bounds = limits(library)
     sizes = {"factors": len(num_states), "joint": int(np.prod(num_states)),
              "modalities": num_modalities, "policies": num_policies,
              "controls": max(num_controls)}
     for name, value in sizes.items():
-        if value > LIMITS[name]:
-            return f"{name} {value} above the compiled tick's {LIMITS[name]}"
+        if value > bounds[name]:
+            return f"{name} {value} above the compiled tick's {bounds[name]}"
     return None
 
 
@@ -123,7 +304,8 @@ class NativeTick:
     (sorted) learning their counts: ``shared_counts`` False, each agent its own (tables and
     counts ``(N, O_m, S)``), True, one set (``(O_m, S)``) every agent teaches; ``supports[m]``
     ``(O_m, S)``: where modality ``m``'s table can be non-zero (its counts' support, a learned
-    one's). Sizes within :data:`LIMITS` (:func:`too_large`); ``library``: :func:`load`'s."""
+    one's). Sizes within the library's limits (:func:`too_large`); ``library``: :func:`load`'s
+    (default: the package's)."""
 
     def __init__(
         self, A: Sequence[np.ndarray], B: Sequence[np.ndarray], D: Sequence[np.ndarray], *,
@@ -138,7 +320,8 @@ class NativeTick:
         M = len(A)
         if policies.shape[1] != 1:
             raise ValueError("the compiled tick plans one-step policies")
-        found = too_large(num_states, num_controls, M, len(policies))
+        lib = library or load()
+        found = too_large(num_states, num_controls, M, len(policies), lib)
         if found is not None:
             raise ValueError(found)
         self.n = n
@@ -213,7 +396,6 @@ class NativeTick:
             len(outcomes), len(self.entry_state), _addr(self.outcome_start, np.int64),
             _addr(self.entry_state, np.int64), _addr(self.entry_shared),
             _addr(fixed["entry_index"], np.uintp), 0, int(shared_counts), 1)
-        lib = library or load()
         self._lib = lib
         self._scratch: np.ndarray | None = None  # sized once the learned tables are bound
         self._tick = lib.edge_tick
@@ -223,6 +405,11 @@ class NativeTick:
         #: The arrays bound last (their pointers are in the model's and the state's arrays).
         self._bound_learning: tuple[np.ndarray, ...] = ()
         self._bound_state: tuple[np.ndarray | None, ...] = ()
+        #: The agents the bound arrays hold (a step of more is refused: the pass would read
+        #: and write past them).
+        self._rows = 0
+        self._learned_rows = _ANY  # shared tables: any number of agents
+        self._modalities = M
 
     def bind_learning(
         self, tables: Sequence[np.ndarray], counts: Sequence[np.ndarray],
@@ -237,13 +424,20 @@ class NativeTick:
             a is b for a, b in zip(bound, self._bound_learning, strict=True)
         ):
             return  # the same arrays as last time (a tick's case): their pointers are in
-        self._bound_learning = bound
+        self._bound_learning = ()  # until every pointer is the new arrays'
+        S = int(self.state_index.shape[1])
         for m, table, count, mask, seen in zip(self.learned, tables, counts, masks, experience,
                                                strict=True):
-            self._ptr["A"][m] = _addr(table)
-            self._ptr["pA"][m] = _addr(count)
-            self._ptr["mask"][m] = _addr(mask, np.bool_)
-            self._ptr["experience"][m] = _addr(seen)
+            one = int(self.num_obs[m]) * S  # a table's values
+            copies = 1 if self.stride[m] == 0 else len(table)
+            self._ptr["A"][m] = _addr(table, size=copies * one)
+            self._ptr["pA"][m] = _addr(count, size=copies * one)
+            self._ptr["mask"][m] = _addr(mask, np.bool_, size=one)
+            self._ptr["experience"][m] = _addr(seen, size=one)
+        self._learned_rows = min(
+            (len(t) for m, t in zip(self.learned, tables, strict=True) if self.stride[m]),
+            default=_ANY)
+        self._bound_learning = bound
         if self._scratch is None:  # the block's temporaries (the learned tables' lanes too)
             self._scratch = np.zeros(self._lib.edge_tick_scratch_doubles(self._model_ref))
             self._model.scratch = _addr(self._scratch)
@@ -267,16 +461,21 @@ class NativeTick:
         the posterior (written when given)."""
         if self._scratch is None:
             raise RuntimeError("bind_learning before the first step")
-        self._model.learn = int(learn)
-        self._model.n = self.n = len(obs)  # a shared group may have been resized
-        self._state.obs = _addr(obs, np.int64)  # a new array most ticks
+        n = len(obs)
+        self._state.obs = _addr(obs, np.int64, size=n * self._modalities)  # new most ticks
         bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi,
                  *(next_prior or ()))
         if len(bound) != len(self._bound_state) or any(
             a is not b for a, b in zip(bound, self._bound_state, strict=True)
         ):  # arrays not bound yet (a group's: the same every tick)
+            self._bound_state = ()  # until every pointer is the new arrays'
             self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, start, next_prior)
             self._bound_state = bound
+        if n > self._rows or n > self._learned_rows:
+            tables = "" if self._learned_rows == _ANY else f" (tables of {self._learned_rows})"
+            raise ValueError(f"{n} agents' outcomes for arrays of {self._rows} agents{tables}")
+        self._model.learn = int(learn)
+        self._model.n = self.n = n  # a shared group may have been resized
         self._tick(self._model_ref, self._state_ref)
 
     def _bind_state(  # noqa: PLR0917 - step's arrays, once each
@@ -286,28 +485,35 @@ class NativeTick:
         next_prior: Sequence[np.ndarray] | None,
     ) -> None:
         st = self._state
-        st.qs = self._bind_factors("qs", qs)
-        st.prior = self._bind_factors("prior", prior)
-        st.next_prior = self._bind_factors("next_prior", next_prior)
-        st.p_obs = None if p_obs is None else _addr(p_obs)
-        st.start = None if start is None else _addr(start, np.bool_)
-        st.action = _addr(action, np.int64)
-        st.has_action = _addr(has_action, np.bool_)
-        st.G = _addr(G)
-        st.q_pi = _addr(q_pi)
+        rows, F, M, P = len(has_action), len(self.num_states), len(self.num_obs), len(self.lnE)
+        if G.shape[-1] != P:
+            raise ValueError(f"G of {G.shape[-1]} policies for a pass of {P}")
+        st.qs = self._bind_factors("qs", qs, rows)
+        st.prior = self._bind_factors("prior", prior, rows)
+        st.next_prior = self._bind_factors("next_prior", next_prior, rows)
+        st.p_obs = None if p_obs is None else _addr(p_obs, size=rows * M)
+        st.start = None if start is None else _addr(start, np.bool_, size=rows)
+        st.action = _addr(action, np.int64, size=rows * F)
+        st.has_action = _addr(has_action, np.bool_, size=rows)
+        st.G = _addr(G, size=rows * P)
+        st.q_pi = _addr(q_pi, size=rows * P)
+        self._rows = rows
 
-    def _bind_factors(self, name: str, arrays: Sequence[np.ndarray] | None) -> int | None:
-        """Each factor's array of ``arrays`` into the pointer array ``name``; its address
-        (None for no arrays: the kernel writes none)."""
+    def _bind_factors(self, name: str, arrays: Sequence[np.ndarray] | None,
+                      rows: int) -> int | None:
+        """Each factor's array of ``arrays`` (``(rows, S_f)``) into the pointer array
+        ``name``; its address (None for no arrays: the kernel writes none)."""
         if arrays is None:
             return None
+        if len(arrays) != len(self.num_states):
+            raise ValueError(f"{len(arrays)} factors' {name} for a model of "
+                             f"{len(self.num_states)}")
         ptr = self._ptr[name]
         for f, a in enumerate(arrays):
-            ptr[f] = _addr(a)
+            ptr[f] = _addr(a, size=rows * int(self.num_states[f]))
         return _addr(ptr, np.uintp)
 
 
 def log_preferences(C: Sequence[np.ndarray]) -> list[np.ndarray]:
     """``ln softmax(C_m) + eps`` of each modality: the utility's log preferences."""
-    return [np.log(per_agent.softmax_rows(np.asarray(c, dtype=np.float64)[None])[0] + EPS)
-            for c in C]
+    return [np.log(softmax_rows(np.asarray(c, dtype=np.float64)[None])[0] + EPS) for c in C]

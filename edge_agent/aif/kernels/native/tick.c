@@ -1,9 +1,10 @@
-/* The learning tick compiled (edge_agent/aif/kernels/native; setup.py builds it into the
- * package, benchmarks/prototypes/compiled_tick.py for the tests' other builds): one pass per
- * tick over agents that learn likelihood counts (pA), each its own or all one set (shared
- * counts: every agent infers and teaches them, the tables follow once, every agent plans with
- * them), with pymdp 0.0.7.1's maths as edge_agent/aif/per_agent.py batches them
- * (edge_agent/aif/reference.py writes them out):
+/* The learning tick compiled (edge_agent/aif/kernels/native: tick.h declares its structs,
+ * limits and functions; recipe.py is how it is built, by setup.py into the package and by the
+ * tests and benchmarks for their other builds): one pass per tick over agents that learn
+ * likelihood counts (pA), each its own or all one set (shared counts: every agent infers and
+ * teaches them, the tables follow once, every agent plans with them), with pymdp 0.0.7.1's
+ * maths as edge_agent/aif/per_agent.py batches them (edge_agent/aif/reference.py writes them
+ * out):
  *
  *   prior     B[f][:, :, a_f] @ qs[f] after an action, D[f] at an episode's start
  *   states    softmax(ln L + ln prior) for one factor, else the vanilla fixed-point iteration,
@@ -28,18 +29,18 @@
  * and done in tick_vmath.c, the one unit compiled with -ffast-math, where gcc calls
  * glibc's vector log/exp (libmvec, within 4 ulp); this unit keeps IEEE arithmetic.
  *
- * Flags (setup.py; compiled_tick.py the same): -O3 (gcc 12's -O2 vectorises with its "very cheap"
- * cost model and leaves most b loops scalar: 1.12 us per agent-tick against 0.81 at -O3, baseline
- * version, T-maze, N = 1,000, one session; glibc's scalar log/exp in the vectorised loops instead
- * of libmvec: ~1.05), -std=c11, no -march (the baseline instruction set a package ships: SSE2 on
+ * Flags (recipe.py): -O3 (gcc 12's -O2 vectorises with its "very cheap" cost model and
+ * leaves most b loops scalar: 1.12 us per agent-tick against 0.81 at -O3, baseline version,
+ * T-maze, N = 1,000, one session; glibc's scalar log/exp in the vectorised loops instead of
+ * libmvec: ~1.05), -std=c11, no -march (the baseline instruction set a package ships: SSE2 on
  * x86-64, 2 doubles a vector, NEON on aarch64). On x86-64 the pass (edge_tick, every helper inlined
  * into it) and the logs and exps are also compiled for x86-64-v3 (AVX2 and FMA, 4 doubles a vector,
  * libmvec's AVX2 log/exp) with target_clones: one .so, the CPU choosing at load time (an ifunc), as
  * numpy dispatches; 0.64 us per agent-tick against 0.81 for the baseline version on the same
- * machine. -DTICK_BASELINE_ONLY builds the baseline version alone (the test runs both).
- * Temporaries: the caller's scratch
- * (edge_tick_scratch_doubles(model) doubles, sized by the model, carved once per tick) and
- * small per-block arrays on the stack (limits checked by compiled_tick.py); no allocation.
+ * machine. -DTICK_BASELINE_ONLY builds the baseline version alone (the tests run both).
+ * Temporaries: the caller's scratch (edge_tick_scratch_doubles(model) doubles, sized by the
+ * model, carved once per tick) and small per-block arrays on the stack, sized by tick.h's
+ * limits (the binding refuses a model above one); no allocation.
  * What it leaves out of pymdp's arithmetic, each a difference far below rounding of the free
  * energy it feeds: ln(q + 1e-16) of a softmax is taken as the log-softmax (the term
  * q ln(q + 1e-16) moves by at most 1e-16). C11 and <math.h>, with GCC's (and clang's)
@@ -49,76 +50,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MAX_F 4
-#define MAX_S 128
-#define MAX_M 8
-#define MAX_P 64
-#define MAX_U 16
+#include "tick.h"
+#include "tick_vmath.h"
 
 static const double EPS = 1e-16;
 static const double EXP_M16 = 1.1253517471925912e-07; /* exp(-16) */
-
-/* A factor's shared transitions as its non-zero entries, action by action: entries
- * [start[u], start[u + 1]) of row/col/value are B[row, col, u]. */
-typedef struct {
-    const int64_t *start; /* (U + 1) */
-    const int64_t *row, *col;
-    const double *value;
-} sparse_b;
-
-typedef struct {
-    int64_t n, factors, modalities, policies, joint;
-    int64_t num_iter, use_utility, use_info_gain;
-    double dF_tol, gamma, lr;
-    const int64_t *num_states;   /* (F) */
-    const int64_t *num_controls; /* (F) */
-    const int64_t *num_obs;      /* (M) */
-    const int64_t *state_index;  /* (F, S): each joint state's state of factor f */
-    double *const *A;            /* (M): (N or 1, O_m, S) row-major */
-    const int64_t *A_agent_stride; /* (M): O_m * S for a per-agent table, 0 for a shared one */
-    double *const *pA;           /* (M): (N, O_m, S) counts of a learned modality, else NULL */
-    const uint8_t *const *pA_mask; /* (M): (O_m, S) prior counts > 0 of a learned modality */
-    double *const *experience;   /* (M): (O_m, S) what every agent's updates added */
-    const sparse_b *B;           /* (F) */
-    const double *const *D;      /* (F): (S_f) */
-    const double *const *lnC;    /* (M): (O_m) ln softmax(C_m) + eps */
-    const double *utility_shared; /* (S): sum over the shared modalities of ln C_m . A_m */
-    const double *lnE;           /* (P) */
-    const int64_t *policies_first; /* (P, F): each policy's action of every factor */
-    /* The joint-outcome table's entries that can be non-zero, grouped by joint outcome:
-     * outcome k's are [outcome_start[k], outcome_start[k + 1]) (the T-maze: 22 entries of 12
-     * outcomes x 8 states); each entry's state, the shared modalities' product on it, and for
-     * each learned modality its index into that modality's (O_m, S) table (NULL: shared). */
-    int64_t outcomes, entries;
-    const int64_t *outcome_start; /* (K + 1) */
-    const int64_t *entry_state;   /* (E) */
-    const double *entry_shared;   /* (E) */
-    const int64_t *const *entry_index; /* (M) */
-    double *scratch; /* edge_tick_scratch_doubles(model) doubles for the blocks' temporaries */
-    /* 0: each agent its own counts and learned table (pA (N, O_m, S), A_agent_stride O_m S).
-     * 1: one set of counts every agent teaches (pA (1, O_m, S), A_agent_stride 0), the table
-     * following them every tick: every agent infers and adds to the counts, the table becomes
-     * their expectation once, then every agent plans with it (the shared scope's tick). */
-    int64_t shared_counts;
-    /* 0: the counts are not updated (learning frozen): the agents infer and plan with the
-     * tables as they are. */
-    int64_t learn;
-} tick_model;
-
-typedef struct {
-    const int64_t *obs;   /* (N, M) */
-    const uint8_t *start; /* (N): the agent's episode starts (its prior is D); NULL: none */
-    double *const *qs;    /* (F): (N, S_f) each factor's posteriors */
-    double *const *prior; /* (F): (N, S_f) the tick's prior, written; NULL: not kept */
-    double *p_obs;        /* (N, M): p(o_m) under the prior and the tables before the tick's
-                           * update, written; NULL: not taken */
-    int64_t *action;      /* (N, F) */
-    uint8_t *has_action;  /* (N) */
-    double *G;            /* (N, P) */
-    double *q_pi;         /* (N, P) */
-    double *const *next_prior; /* (F): (N, S_f) the next tick's prior, B[f][:, :, a_f] @ qs[f]
-                                * of the action chosen, written; NULL: not kept */
-} tick_state;
 
 /* An agent's values of a block: x[i][b] is agent b's value i. */
 #ifndef BLK
@@ -139,11 +75,6 @@ typedef double lane[BLK];
 #else
 #define TARGETS
 #endif
-
-/* tick_vmath.c (compiled with -ffast-math: glibc's vector log and exp). */
-void tick_log_inplace(double *x, int64_t n, double add);
-void tick_log(const double *restrict x, double *restrict y, int64_t n, double add);
-void tick_exp_inplace(double *x, int64_t n);
 
 /* The block's temporaries, carved from the caller's scratch (edge_tick_scratch_doubles). */
 typedef struct {

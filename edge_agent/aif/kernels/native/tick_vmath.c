@@ -1,6 +1,6 @@
 /* The compiled tick's logs and exps over flat arrays (tick.c calls them on a block's
  * values, agent index innermost). This translation unit alone is compiled with -ffast-math
- * (compiled_tick.py: VMATH_CFLAGS): it makes <math.h> declare glibc's vector variants
+ * (recipe.py: VMATH_CFLAGS): it makes <math.h> declare glibc's vector variants
  * (libmvec, e.g. _ZGVbN2v_log on x86-64; glibc >= 2.38 also on aarch64) and lets gcc call them,
  * two or four values a call, for these loops; where the C library has none the loops stay
  * glibc's scalar log and exp. libmvec's log and exp are within 4 ulp, far below the 1e-9 the
@@ -10,6 +10,8 @@
  * gcc does not add crtfastmath.o (which would set flush-to-zero for the whole process). */
 #include <math.h>
 #include <stdint.h>
+
+#include "tick_vmath.h"
 
 /* As tick.c: a baseline and (x86-64) an x86-64-v3 version, chosen at load time. */
 #if defined(__x86_64__) && !defined(TICK_BASELINE_ONLY) && (defined(__GNUC__) || defined(__clang__))

@@ -57,9 +57,9 @@ def steps_checking_refreshes(group: AifAgentGroup, env: Any, ticks: int) -> int:
     rtol = 1e-5 if group.quantized is not None else 1e-12
     checked = 0
     for _ in range(ticks):
-        before = group.incremental_refreshes
+        before = group.learning.incremental_refreshes
         obs = env.step(group.step(obs))
-        if group.incremental_refreshes == before:
+        if group.learning.incremental_refreshes == before:
             continue
         source = group.quantized if group.quantized is not None else group.learning.model
         full = kernels.compile_model(source, group.cm.tree.policies, dtype=group.dtype.type)
@@ -91,7 +91,7 @@ def test_incremental_refresh_equals_a_full_compile(
                         settings=LearningSettings(lr_pA=0.5))
     group = AifAgentGroup(model, n, learning=spec, precision=precision)
     checked = steps_checking_refreshes(group, make_env(world, n, seed=3), 15)
-    assert group.refreshes == 5
+    assert group.learning.refreshes == 5
     assert checked == 4  # every refresh but the first (each learned A's first: a full compile)
 
 
@@ -117,12 +117,12 @@ def test_a_refresh_in_place_equals_a_full_refresh_and_leaves_the_shared_tables(
     obs = env.reset()
     own = []
     for _ in range(5):
-        before = group.incremental_refreshes
+        before = group.learning.incremental_refreshes
         obs = env.step(group.step(obs))
-        if group.incremental_refreshes == before:
+        if group.learning.incremental_refreshes == before:
             continue
         own.append((group.cm.utility, group.cm.A_joint_T, group.cm.A_rows))
-        pA, quantized = group.learner.pA, group.quantized
+        pA, quantized = group.learning.learner.pA, group.quantized
         assert pA is not None
         assert quantized is not None
         for slot, m in enumerate(pA.tables):
@@ -154,13 +154,13 @@ def test_a_changed_support_compiles_in_full() -> None:
     obs = env.reset()
     for _ in range(4):
         obs = env.step(group.step(obs))
-    assert group.incremental_refreshes == 1
-    pA = group.learner.pA
+    assert group.learning.incremental_refreshes == 1
+    pA = group.learning.learner.pA
     assert pA is not None
     pA.counts[0] += 0.25  # every entry, zeros included: the support moves
     pA.touched[0].fill(True)
-    group.refresh()
-    assert group.incremental_refreshes == 1
+    group.learning.refresh()
+    assert group.learning.incremental_refreshes == 1
     full = kernels.compile_model(group.learning.model, group.cm.tree.policies,
                                  dtype=group.dtype.type)
     assert_same_tables(group.cm, full, "cm", 1e-12)
@@ -253,9 +253,9 @@ def test_a_learned_deterministic_transition_keeps_the_refresh_incremental() -> N
     obs = env.reset()
     for _ in range(12):
         obs = env.step(group.step(obs))
-    assert group.refreshes == 4
-    assert group.incremental_refreshes == 3
-    pB = group.learner.pB
+    assert group.learning.refreshes == 4
+    assert group.learning.incremental_refreshes == 3
+    pB = group.learning.learner.pB
     assert pB is not None
     assert pB.version > 0
     assert not pB.touched[0].any()  # marked refreshed with the rest
@@ -281,8 +281,8 @@ def test_known_fixed_transition_columns_answer_as_the_full_comparison(n: int) ->
     for tick in range(16):
         if tick == 13:  # counts of a version no refresh had (a refresh follows their change)
             state = {key: value.copy() for key, value in group.state_dict().items()}
-        if tick % 4 == 3 and group.refreshes:  # the tick that refreshes
-            pB = group.learner.pB
+        if tick % 4 == 3 and group.learning.refreshes:  # the tick that refreshes
+            pB = group.learning.learner.pB
             assert pB is not None
             touched = pB.touched[0]
             full = bool(np.array_equal(normalise(pB.counts[0][:, touched]),
@@ -291,10 +291,10 @@ def test_known_fixed_transition_columns_answer_as_the_full_comparison(n: int) ->
             answers.append((not moved.any(), full))
         obs = env.step(group.step(obs))
     assert answers == [(True, True)] * 3
-    assert group.incremental_refreshes == 3
+    assert group.learning.incremental_refreshes == 3
     state["learn.pB0"] = _moved_off_the_target(state, group)
     group.load_state_dict(state)
-    assert group.incremental_refreshes == 3  # a full compile
+    assert group.learning.incremental_refreshes == 3  # a full compile
     assert group.learning.model.B[0][5, 0, 0] > 0
     source = group.quantized
     assert source is not None
@@ -305,7 +305,7 @@ def test_known_fixed_transition_columns_answer_as_the_full_comparison(n: int) ->
 def _moved_off_the_target(state: dict[str, np.ndarray], group: AifAgentGroup) -> np.ndarray:
     """``state``'s ``pB0`` with one count off the one target of a column (``B[:, 0, 0]``),
     saved whole (as snapshots held counts before they held what moved from the prior)."""
-    pB = group.learner.pB
+    pB = group.learning.learner.pB
     assert pB is not None
     counts = saved_counts(state, "learn.pB0", pB.prior[0], where="test")
     assert counts is not None
@@ -322,12 +322,12 @@ def test_counts_restored_at_the_version_of_the_last_refresh_are_refreshed_in_ful
     obs = env.reset()
     for _ in range(10):
         obs = env.step(group.step(obs))
-    group.refresh()
+    group.learning.refresh()
     state = {key: value.copy() for key, value in group.state_dict().items()}
     state["learn.pB0"] = _moved_off_the_target(state, group)
-    refreshes = group.incremental_refreshes
+    refreshes = group.learning.incremental_refreshes
     group.load_state_dict(state)  # pA and pB at the versions of the refresh just made
-    assert group.incremental_refreshes == refreshes
+    assert group.learning.incremental_refreshes == refreshes
     assert group.learning.model.B[0][5, 0, 0] > 0
     source = group.quantized
     assert source is not None
@@ -354,7 +354,7 @@ def test_the_update_scratch_is_within_what_the_budget_reserves(
     obs = env.reset()
     for _ in range(6):
         obs = env.step(group.step(obs))
-    learner = group.learner
+    learner = group.learning.learner
     held = sum(buf.nbytes for buf in learner._scratch.values())
     # An update takes the rows of the ticks the group keeps (4 ticks of 50 agents here), and the
     # group reserves the scratch for as many (AifAgentGroup.per_agent_nbytes).

@@ -125,7 +125,8 @@ def test_joint_path_equals_general_path(name: str, n: int, policy_len: int, prec
     group = AifAgentGroup(model, n, settings=st, precision=precision)  # type: ignore[arg-type]
     cm = group.cm
     assert cm.joint is not None
-    assert group.blocks()[0].blk.joint_small is not None  # the path under test runs
+    first = group.stepper.blocks(group.state)[0]
+    assert first.blk.joint_small is not None  # the path under test runs
     rng = np.random.default_rng(7)
     states = start_states(model, n, rng)
     prior = [np.array(p) for p in group.prior]
@@ -172,7 +173,7 @@ def test_joint_path_equals_block_path_with_history(
                       history_capacity=16)
         for _ in range(2)
     )  # fmt: skip
-    for rows in block.blocks():
+    for rows in block.stepper.blocks(block.state):
         rows.blk.joint_small = None
     rng = np.random.default_rng(11)
     states = start_states(model, n, rng)

@@ -501,7 +501,7 @@ def test_group_sends_contradicted_agents_to_the_dense_tree() -> None:
     obs = rng.integers(0, 64, (n, 1))
     group.step(obs)
     assert group.cm.local is not None
-    blk = group.blocks()[0].blk
+    blk = group.stepper.blocks(group.state)[0].blk
     assert 0 < int(blk.l_bad.sum()) < n, "some agents, not all, need the fallback"
     G_step = group.G.copy()
     group.infer_policies()  # the dense tree for everyone
@@ -584,7 +584,7 @@ def test_soft_evidence_on_a_model_with_a_local_planner() -> None:
     hard = AifAgentGroup(model, n, precision="float64")
     fuzzy = AifAgentGroup(model, n, precision="float64")
     assert fuzzy.cm.local is not None
-    assert fuzzy.dense_block_size < n
+    assert fuzzy.stepper.sizes.dense < n
     for _ in range(3):
         a = hard.step(obs).copy()
         b = fuzzy.step([np.eye(100)[obs[:, 0]]])

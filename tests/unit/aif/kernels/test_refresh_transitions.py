@@ -80,7 +80,7 @@ def test_a_learned_transition_refreshes_without_a_compile(
     group = AifAgentGroup(model, n, learning=spec, precision=precision)
     checked = steps_checking_refreshes(group, make_env(world, n, seed=3), 8)
     # tick 0 has no transition to learn from, tick 1 is B's first refresh: both compile
-    assert (group.refreshes, group.incremental_refreshes, checked) == (8, 6, 6)
+    assert (group.learning.refreshes, group.learning.incremental_refreshes, checked) == (8, 6, 6)
     cm = group.cm
     assert type(cm.transitions[0]).__name__ == has["trans"]
     for planner in ("local", "small", "joint"):

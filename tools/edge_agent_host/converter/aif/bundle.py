@@ -46,7 +46,6 @@ def aif_spec(quantized: QuantizedModel, settings: AifSettings, names: dict[str, 
     )
 
 
-
 def bundle_counts(model: GenerativeModel, counts: Counts) -> dict[str, np.ndarray]:
     """``{"pA1": counts, ...}``: each table's counts checked against ``model`` (one line for
     a wrong shape, NaN, a negative count, a zero where the table is not, a missing table)."""

@@ -59,9 +59,7 @@ def compare_rollouts(
     if n_agents < 1 or steps < 1:
         raise InputError(f"rollouts need n_agents >= 1 and steps >= 1, got {n_agents}, {steps}")
     float_group = AifAgentGroup(model, n_agents, settings=settings, precision="float64", seed=seed)
-    int8_group = AifAgentGroup(
-        quantized, n_agents, settings=settings, precision="int8", seed=seed
-    )
+    int8_group = AifAgentGroup(quantized, n_agents, settings=settings, precision="int8", seed=seed)
     world = BatchEnv(model, n_agents, seed=seed)
     obs = world.reset()
     kl = np.zeros((steps, n_agents), dtype=np.float64)
@@ -78,9 +76,7 @@ def compare_rollouts(
         # the two agents took the same action (under stochastic selection both groups draw the
         # same random numbers, so equal sampled actions agree whatever their probability).
         same = np.all(own_actions == float_actions, axis=1)
-        shortfall[t] = agreement.action_shortfall(
-            float_group.q_pi, onehot, own_actions, mode=mode
-        )
+        shortfall[t] = agreement.action_shortfall(float_group.q_pi, onehot, own_actions, mode=mode)
         shortfall[t, same] = 0.0
         exact += int(np.count_nonzero(same))
         ties += int(np.count_nonzero(agreement.count_ties(float_group.q_pi, onehot)))
@@ -135,8 +131,14 @@ def aif_report_data(
     float_bytes = model_nbytes(model)
     int8_bytes = quantized.nbytes
     rollouts_data = compare_rollouts(
-        model, quantized, settings, n_agents=rollouts, steps=steps, seed=seed,
-        tie_tol=tie_tol, show_progress=show_progress,
+        model,
+        quantized,
+        settings,
+        n_agents=rollouts,
+        steps=steps,
+        seed=seed,
+        tie_tol=tie_tol,
+        show_progress=show_progress,
     )
     bounds = quantized.error_bounds()
     data = {
@@ -159,16 +161,26 @@ def aif_report_data(
     log_bound = max((v for k, v in bounds.items() if not k.startswith("C")), default=0.0)
     rows: list[tuple[str, ...]] = [
         ("", "float64", "int8", "int8/float"),
-        ("model size (bytes)", f"{float_bytes:,}", f"{int8_bytes:,}",
-         f"{100 * int8_bytes / max(1, float_bytes):.1f} %"),
+        (
+            "model size (bytes)",
+            f"{float_bytes:,}",
+            f"{int8_bytes:,}",
+            f"{100 * int8_bytes / max(1, float_bytes):.1f} %",
+        ),
         ("rollouts", f"{rollouts_data['agents']} agents x {rollouts_data['steps']} steps"),
         ("belief KL mean", f"{kl['mean']:.3g}"),
         ("belief KL median / p99", f"{kl['median']:.3g} / {kl['p99']:.3g}"),
         ("belief KL max", f"{kl['max']:.3g}"),
-        ("action agreement", f"{100 * rollouts_data['action_agreement']:.2f} % (tie-aware, "
-         f"tolerance {rollouts_data['tie_tolerance']:g})"),
-        ("action agreement, exact", f"{100 * rollouts_data['action_agreement_exact']:.2f} % "
-         f"({100 * rollouts_data['tied_steps']:.1f} % of steps have tied actions)"),
+        (
+            "action agreement",
+            f"{100 * rollouts_data['action_agreement']:.2f} % (tie-aware, "
+            f"tolerance {rollouts_data['tie_tolerance']:g})",
+        ),
+        (
+            "action agreement, exact",
+            f"{100 * rollouts_data['action_agreement_exact']:.2f} % "
+            f"({100 * rollouts_data['tied_steps']:.1f} % of steps have tied actions)",
+        ),
         ("q_pi max abs diff", f"{rollouts_data['q_pi_max_abs_diff']:.3g}"),
         ("largest log error bound", f"{log_bound:.3g} (A, B, D, E)"),
     ]
@@ -178,8 +190,14 @@ def aif_report_data(
 def aif_checks(data: Mapping[str, Any], thresholds: AifThresholds) -> list[Check]:
     rollouts = data["rollouts"]
     return [
-        Check("belief KL mean", rollouts["belief_kl"]["mean"], thresholds.max_kl, "max",
-              "--max-kl"),
-        Check("action agreement", rollouts["action_agreement"], thresholds.min_action_agreement,
-              "min", "--min-action-agreement"),
+        Check(
+            "belief KL mean", rollouts["belief_kl"]["mean"], thresholds.max_kl, "max", "--max-kl"
+        ),
+        Check(
+            "action agreement",
+            rollouts["action_agreement"],
+            thresholds.min_action_agreement,
+            "min",
+            "--min-action-agreement",
+        ),
     ]

@@ -63,31 +63,54 @@ class AifOptions:
     thresholds: AifThresholds = field(default_factory=AifThresholds)
 
 
-
 def add_aif_options(parser: argparse.ArgumentParser) -> None:
     """The generative model's options: of ``convert aif``, and of a neural conversion that pairs
     an observation model with a generative model (``--aif``)."""
     group = parser.add_argument_group("Active Inference model")
-    group.add_argument("--policy-len", type=positive_int, default=1,
-                       help="planning horizon L stored in the bundle's settings (default 1)")
+    group.add_argument(
+        "--policy-len",
+        type=positive_int,
+        default=1,
+        help="planning horizon L stored in the bundle's settings (default 1)",
+    )
     group.add_argument("--gamma", type=float, default=16.0, help="policy precision (default 16)")
-    group.add_argument("--action-selection", choices=("deterministic", "stochastic"),
-                       default="deterministic", help="action selection (default deterministic)")
-    group.add_argument("--rollouts", type=positive_int, default=200,
-                       help="agents simulated for the agreement report (default 200)")
-    group.add_argument("--steps", type=positive_int, default=30,
-                       help="steps per simulated agent (default 30)")
-    group.add_argument("--max-kl", type=float, default=AifThresholds.max_kl,
-                       help=f"largest mean belief KL accepted (default {AifThresholds.max_kl})")
-    group.add_argument("--min-action-agreement", type=fraction,
-                       default=AifThresholds.min_action_agreement,
-                       help="smallest fraction of int8 actions that the float64 agents rate "
-                       "optimal, ties counted as agreeing "
-                       f"(default {AifThresholds.min_action_agreement})")
-    group.add_argument("--tie-tolerance", type=fraction, default=AifThresholds.tie_tolerance,
-                       help="an int8 action agrees when the float64 posterior gives it at most "
-                       "this much less probability than its best action "
-                       f"(default {AifThresholds.tie_tolerance})")
+    group.add_argument(
+        "--action-selection",
+        choices=("deterministic", "stochastic"),
+        default="deterministic",
+        help="action selection (default deterministic)",
+    )
+    group.add_argument(
+        "--rollouts",
+        type=positive_int,
+        default=200,
+        help="agents simulated for the agreement report (default 200)",
+    )
+    group.add_argument(
+        "--steps", type=positive_int, default=30, help="steps per simulated agent (default 30)"
+    )
+    group.add_argument(
+        "--max-kl",
+        type=float,
+        default=AifThresholds.max_kl,
+        help=f"largest mean belief KL accepted (default {AifThresholds.max_kl})",
+    )
+    group.add_argument(
+        "--min-action-agreement",
+        type=fraction,
+        default=AifThresholds.min_action_agreement,
+        help="smallest fraction of int8 actions that the float64 agents rate "
+        "optimal, ties counted as agreeing "
+        f"(default {AifThresholds.min_action_agreement})",
+    )
+    group.add_argument(
+        "--tie-tolerance",
+        type=fraction,
+        default=AifThresholds.tie_tolerance,
+        help="an int8 action agrees when the float64 posterior gives it at most "
+        "this much less probability than its best action "
+        f"(default {AifThresholds.tie_tolerance})",
+    )
 
 
 def aif_settings(args: argparse.Namespace) -> AifSettings:
@@ -103,18 +126,19 @@ def aif_settings(args: argparse.Namespace) -> AifSettings:
 def aif_thresholds(args: argparse.Namespace) -> AifThresholds:
     """The thresholds of :func:`add_aif_options`' arguments."""
     return AifThresholds(
-        max_kl=args.max_kl, min_action_agreement=args.min_action_agreement,
+        max_kl=args.max_kl,
+        min_action_agreement=args.min_action_agreement,
         tie_tolerance=args.tie_tolerance,
     )
-
 
 
 def aif_options(args: argparse.Namespace, model: GenerativeModel | None = None) -> AifOptions:
     """The :class:`AifOptions` of :func:`add_aif_options`' arguments, with ``model`` (``None``:
     :func:`convert_aif` reads it from the input file)."""
     return AifOptions(
-        model=model, settings=aif_settings(args), thresholds=aif_thresholds(args),
-        rollouts=args.rollouts, steps=args.steps,
+        model=model,
+        settings=aif_settings(args),
+        thresholds=aif_thresholds(args),
+        rollouts=args.rollouts,
+        steps=args.steps,
     )
-
-

@@ -209,8 +209,12 @@ def model_from_pymdp(agent: object) -> GenerativeModel:
         A, B = _one_of_batch(A, "A", batch), _one_of_batch(B, "B", batch)
         C = None if C is None else _one_of_batch(C, "C", batch)
         D = None if D is None else _one_of_batch(D, "D", batch)
-        E_list = None if E_list is None else _one_of_batch(
-            [np.concatenate([e.reshape(batch, -1) for e in E_list], axis=1)], "E", batch
+        E_list = (
+            None
+            if E_list is None
+            else _one_of_batch(
+                [np.concatenate([e.reshape(batch, -1) for e in E_list], axis=1)], "E", batch
+            )
         )
         b_deps = getattr(agent, "B_dependencies", None)
         if b_deps is not None and [list(map(int, d)) for d in b_deps] != [
@@ -220,8 +224,7 @@ def model_from_pymdp(agent: object) -> GenerativeModel:
                 f"pymdp agent: B_dependencies {b_deps} couple factors; edge-agent's transitions "
                 "depend on their own factor only"
             )
-        A = _expand_dependencies(A, getattr(agent, "A_dependencies", None),
-                                 [b.shape[0] for b in B])
+        A = _expand_dependencies(A, getattr(agent, "A_dependencies", None), [b.shape[0] for b in B])
     A, B = _renormalised(agent, "A", A), _renormalised(agent, "B", B)
     D = None if D is None else _renormalised(agent, "D", D)
     E = None if E_list is None else np.concatenate([e.ravel() for e in E_list])
@@ -332,16 +335,21 @@ def _refuse_unsupported_pymdp(agent: object, settings: AifSettings) -> None:
     """One line for each thing a pymdp agent computes that edge-agent does not: inductive
     planning, parameter information gain, actions shared between factors, its own policy list."""
     if getattr(agent, "use_inductive", False):
-        raise ModelError("pymdp agent: use_inductive is not supported (G is utility + state "
-                         "information gain here)")
+        raise ModelError(
+            "pymdp agent: use_inductive is not supported (G is utility + state "
+            "information gain here)"
+        )
     if getattr(agent, "use_param_info_gain", False) and (
         getattr(agent, "pA", None) is not None or getattr(agent, "pB", None) is not None
     ):
-        raise ModelError("pymdp agent: use_param_info_gain with pA/pB is not supported (no "
-                         "parameter learning on the device)")
+        raise ModelError(
+            "pymdp agent: use_param_info_gain with pA/pB is not supported (no "
+            "parameter learning on the device)"
+        )
     if getattr(agent, "action_maps", None) is not None:
-        raise ModelError("pymdp agent: B_action_dependencies (actions shared between factors) "
-                         "are not supported")
+        raise ModelError(
+            "pymdp agent: B_action_dependencies (actions shared between factors) are not supported"
+        )
     policies, B = getattr(agent, "policies", None), getattr(agent, "B", None)
     if policies is None or B is None:
         return

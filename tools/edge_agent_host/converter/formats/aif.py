@@ -98,7 +98,8 @@ def convert_pymdp(
     model = model_from_pymdp(agent)
     counts = aif.counts if aif.counts is not None else counts_from_pymdp(agent, model)
     return _convert_model(
-        options, replace(aif, model=model, settings=settings, counts=counts),
+        options,
+        replace(aif, model=model, settings=settings, counts=counts),
         f"pymdp agent {type(agent).__name__}",
     )
 
@@ -117,8 +118,14 @@ def _convert_model(options: ConvertOptions, aif: AifOptions, source: str) -> Con
     limits = aif.thresholds
     quantized = quantize_model(model)
     data, rows = aif_report_data(
-        model, quantized, agent_settings, rollouts=aif.rollouts, steps=aif.steps,
-        seed=options.seed, show_progress=options.show_progress, tie_tol=limits.tie_tolerance,
+        model,
+        quantized,
+        agent_settings,
+        rollouts=aif.rollouts,
+        steps=aif.steps,
+        seed=options.seed,
+        show_progress=options.show_progress,
+        tie_tol=limits.tie_tolerance,
     )
     report = ConversionReport(
         kind="aif", source=source, data=data, rows=rows, checks=aif_checks(data, limits)
@@ -134,9 +141,14 @@ def _convert_model(options: ConvertOptions, aif: AifOptions, source: str) -> Con
         arrays[rel] = array
         names[logical] = rel
     report.bundle = write_output(
-        options.out, name=options.name, version=options.version, kind="aif", arrays=arrays,
+        options.out,
+        name=options.name,
+        version=options.version,
+        kind="aif",
+        arrays=arrays,
         aif=aif_spec(quantized, agent_settings, names),
-        quantization=report.manifest_record(), sign_key=options.sign_key,
+        quantization=report.manifest_record(),
+        sign_key=options.sign_key,
         signer=options.signer,
     )
     return report
@@ -145,16 +157,15 @@ def _convert_model(options: ConvertOptions, aif: AifOptions, source: str) -> Con
 # ``convert aif`` -------------------------------------------------------------------------------
 
 
-
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "model", type=Path,
+        "model",
+        type=Path,
         help="model: .npz (pymdp keys A0.., B0.., ...; Dirichlet counts pA0.., pB0.., pD0.. "
         "are carried into the bundle for agents that learn) or .json",
     )
     add_common_options(parser)
     add_aif_options(parser)
-
 
 
 def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:

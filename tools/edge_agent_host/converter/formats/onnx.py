@@ -511,8 +511,15 @@ def _quantize(
         )
         record.update(
             _calibration_advice(
-                float_path, tmp, calibration, used, ref, heldout=heldout, options=options,
-                seconds=seconds, source=source,
+                float_path,
+                tmp,
+                calibration,
+                used,
+                ref,
+                heldout=heldout,
+                options=options,
+                seconds=seconds,
+                source=source,
             )
         )
     record["seconds"] = {mode: round(t, 3) for mode, t in seconds.items()}
@@ -543,16 +550,23 @@ def _calibration_advice(
         started = time.perf_counter()
         try:
             quantize_onnx(
-                float_path, out, calibration, dataclasses.replace(options, method="minmax"),
-                mode="static", warnings=[], source=source,
+                float_path,
+                out,
+                calibration,
+                dataclasses.replace(options, method="minmax"),
+                mode="static",
+                warnings=[],
+                source=source,
             )
         except ModelError as err:
             record["calibration_minmax_error"] = str(err).split(": ", 1)[-1]
         else:
             seconds["minmax (comparison)"] = time.perf_counter() - started
             got = agreement(
-                ref, get_backend("onnxruntime").load(out.read_bytes(), options.threads),
-                heldout, classify=classify,
+                ref,
+                get_backend("onnxruntime").load(out.read_bytes(), options.threads),
+                heldout,
+                classify=classify,
             )
             minmax = MethodResult("minmax", got.top1, got.max_abs_error, got.mean_abs_error)
             record["calibration_minmax"] = {
@@ -578,43 +592,76 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     add_common_options(parser)
     add_neural_options(parser)
     quant = parser.add_argument_group("ONNX quantization")
-    quant.add_argument("--mode", choices=QUANT_MODES, default="auto",
-                       help="static: QDQ int8 activations and weights, calibrated; dynamic: int8 "
-                       "weights (MatMul, Gemm, LSTM), activations quantized per call with a "
-                       "scale per row, so that no agent's input changes another's output "
-                       "(needs no calibration data); auto (default): quantize in both, measure "
-                       "both on the held-out set, never keep the less accurate one (top-1 more "
-                       f"than {100 * AUTO_TOP1_TOLERANCE:g} points lower, or mean abs error over "
-                       f"{AUTO_ERROR_FACTOR:g}x), else static (fixed scales: cheaper per tick), "
-                       f"dynamic only where static stays above {100 * SIZE_WARNING_RATIO:.0f} %% "
-                       "of the float size (an LSTM) and dynamic does not; with held-out data but "
-                       "no calibration data, dynamic")
-    quant.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
-                       help=METHOD_HELP)
-    quant.add_argument("--percentile", type=float, default=99.999,
-                       help="percentile kept by --method percentile (default 99.999)")
-    quant.add_argument("--symmetric-activations", action="store_true",
-                       help="static: activation ranges symmetric around 0 (zero point 0)")
-    quant.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NAME",
-                       help="leave these nodes (by name) in float")
-    quant.add_argument("--exclude-op-types", nargs="+", default=[], metavar="OP",
-                       help="leave every node of these op types (e.g. Softmax) in float")
-    quant.add_argument("--no-preprocess", action="store_true",
-                       help="skip onnxruntime's quant_pre_process (shape inference and graph "
-                       "optimisation); without it the converter falls back to this by itself "
-                       "when pre-processing fails or breaks quantization, and says so")
-    quant.add_argument("--output", action="append", default=[], metavar="NAME",
-                       dest="outputs",
-                       help="model output to bundle (repeat for several, in order; default: "
-                       "every output that can be a policy or classifier: integer labels, single "
-                       "columns and ZipMaps are dropped with a warning)")
+    quant.add_argument(
+        "--mode",
+        choices=QUANT_MODES,
+        default="auto",
+        help="static: QDQ int8 activations and weights, calibrated; dynamic: int8 "
+        "weights (MatMul, Gemm, LSTM), activations quantized per call with a "
+        "scale per row, so that no agent's input changes another's output "
+        "(needs no calibration data); auto (default): quantize in both, measure "
+        "both on the held-out set, never keep the less accurate one (top-1 more "
+        f"than {100 * AUTO_TOP1_TOLERANCE:g} points lower, or mean abs error over "
+        f"{AUTO_ERROR_FACTOR:g}x), else static (fixed scales: cheaper per tick), "
+        f"dynamic only where static stays above {100 * SIZE_WARNING_RATIO:.0f} %% "
+        "of the float size (an LSTM) and dynamic does not; with held-out data but "
+        "no calibration data, dynamic",
+    )
+    quant.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax", help=METHOD_HELP)
+    quant.add_argument(
+        "--percentile",
+        type=float,
+        default=99.999,
+        help="percentile kept by --method percentile (default 99.999)",
+    )
+    quant.add_argument(
+        "--symmetric-activations",
+        action="store_true",
+        help="static: activation ranges symmetric around 0 (zero point 0)",
+    )
+    quant.add_argument(
+        "--exclude-nodes",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="leave these nodes (by name) in float",
+    )
+    quant.add_argument(
+        "--exclude-op-types",
+        nargs="+",
+        default=[],
+        metavar="OP",
+        help="leave every node of these op types (e.g. Softmax) in float",
+    )
+    quant.add_argument(
+        "--no-preprocess",
+        action="store_true",
+        help="skip onnxruntime's quant_pre_process (shape inference and graph "
+        "optimisation); without it the converter falls back to this by itself "
+        "when pre-processing fails or breaks quantization, and says so",
+    )
+    quant.add_argument(
+        "--output",
+        action="append",
+        default=[],
+        metavar="NAME",
+        dest="outputs",
+        help="model output to bundle (repeat for several, in order; default: "
+        "every output that can be a policy or classifier: integer labels, single "
+        "columns and ZipMaps are dropped with a warning)",
+    )
 
 
 def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:
     neural = read_neural_options(
-        args, mode=args.mode, method=args.method, percentile=args.percentile,
-        preprocess=not args.no_preprocess, symmetric_activations=args.symmetric_activations,
-        exclude_nodes=tuple(args.exclude_nodes), exclude_op_types=tuple(args.exclude_op_types),
+        args,
+        mode=args.mode,
+        method=args.method,
+        percentile=args.percentile,
+        preprocess=not args.no_preprocess,
+        symmetric_activations=args.symmetric_activations,
+        exclude_nodes=tuple(args.exclude_nodes),
+        exclude_op_types=tuple(args.exclude_op_types),
         outputs=tuple(args.outputs),
     )
     return convert_onnx(options, neural)

@@ -100,9 +100,7 @@ def _saved_model_dir(tf: Any, source: Path, tmp: Path) -> Path:
         exported = tmp / "saved_model"
         model.export(str(exported), verbose=False)
         return exported
-    raise InputError(
-        f"{source}: expected a SavedModel directory, a .keras file or a float .tflite"
-    )
+    raise InputError(f"{source}: expected a SavedModel directory, a .keras file or a float .tflite")
 
 
 def tf_error_line(err: BaseException) -> str:
@@ -189,9 +187,7 @@ def _native_stderr_to(sink: IO[bytes]) -> Iterator[None]:
         os.close(saved)
 
 
-def _tflite(
-    source: Path, setup: Callable[[Any], None], what: str
-) -> tuple[bytes, tuple[str, ...]]:
+def _tflite(source: Path, setup: Callable[[Any], None], what: str) -> tuple[bytes, tuple[str, ...]]:
     """Convert a SavedModel or ``.keras`` model with a converter that ``setup`` configures.
 
     TFLite converts no recurrent loop over a dynamic batch (Keras' LSTM and GRU as saved by
@@ -285,8 +281,9 @@ def _full_integer(tf: Any, converter: Any, calibration: Samples, *, show_progres
     samples = next(iter(calibration.values())).astype(np.float32)
 
     def representative() -> Iterator[list[np.ndarray]]:
-        for i in progress(range(len(samples)), total=len(samples), desc="calibration",
-                          enabled=show_progress):
+        for i in progress(
+            range(len(samples)), total=len(samples), desc="calibration", enabled=show_progress
+        ):
             yield [samples[i : i + 1]]
 
     converter.representative_dataset = representative
@@ -339,16 +336,22 @@ def convert_tflite(
     inputs = float_session.input_specs
     window = infer_window(inputs, opts.window)
     check_outputs(float_session.output_specs, opts.output_kind)
-    if (prequantized or mode != "full-integer") and opts.heldout is not None and (
-        opts.calibration is None and opts.input_range is None
+    if (
+        (prequantized or mode != "full-integer")
+        and opts.heldout is not None
+        and (opts.calibration is None and opts.input_range is None)
     ):
         calibration: Samples = {}
         heldout, labels = load_samples(opts.heldout, inputs)
         data_source = "prequantized" if prequantized else "none"
     else:
         calibration, heldout, labels, data_source = gather_data(
-            inputs, calibration_path=opts.calibration, heldout_path=opts.heldout,
-            input_range=opts.input_range, samples=opts.samples, seed=options.seed,
+            inputs,
+            calibration_path=opts.calibration,
+            heldout_path=opts.heldout,
+            input_range=opts.input_range,
+            samples=opts.samples,
+            seed=options.seed,
         )
     if opts.output_kind != "continuous":
         check_labels(labels, float_session.output_specs[0], "held-out labels")
@@ -377,7 +380,10 @@ def convert_tflite(
         else ""
     )
     note = size_warning(
-        len(float_bytes), len(int8_bytes), {}, hint,
+        len(float_bytes),
+        len(int8_bytes),
+        {},
+        hint,
         overhead="the quantization bookkeeping of every tensor",
     )
     if note is not None:
@@ -391,11 +397,21 @@ def convert_tflite(
     if mode != "float16":
         quantization_info["per_channel"] = opts.per_channel
     converted = ConvertedModel(
-        backend="litert", model_file="model.tflite", scheme=SCHEMES[mode], source=str(src),
-        float_bytes=float_bytes, int8_bytes=int8_bytes, float_session=float_session,
-        int8_session=int8_session, window=window, heldout=heldout, labels=labels,
-        calibration=calibration, calibration_info=calibration_info,
-        quantization_info=quantization_info, warnings=warnings,
+        backend="litert",
+        model_file="model.tflite",
+        scheme=SCHEMES[mode],
+        source=str(src),
+        float_bytes=float_bytes,
+        int8_bytes=int8_bytes,
+        float_session=float_session,
+        int8_session=int8_session,
+        window=window,
+        heldout=heldout,
+        labels=labels,
+        calibration=calibration,
+        calibration_info=calibration_info,
+        quantization_info=quantization_info,
+        warnings=warnings,
     )
     return finish_neural(converted, options, opts)
 
@@ -421,8 +437,11 @@ def _check_mode(
     io_dtype = "int8" if mode == "full-integer" else "float32"
     for spec in (*session.input_specs, *session.output_specs):
         if spec.dtype != io_dtype:
-            what = ("a full-integer model has int8 inputs and outputs" if mode == "full-integer"
-                    else f"a {mode} model keeps float32 inputs and outputs")
+            what = (
+                "a full-integer model has int8 inputs and outputs"
+                if mode == "full-integer"
+                else f"a {mode} model keeps float32 inputs and outputs"
+            )
             raise ModelError(f"{path}: tensor {spec.name!r} is {spec.dtype}; {what}")
     weights = {"dynamic-range": "int8", "float16": "float16"}.get(mode)
     if weights is not None and weights not in _tensor_dtypes(model_bytes):
@@ -448,16 +467,26 @@ def _read(path: Path) -> bytes:
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path,
-                        help="SavedModel directory, .keras file, or float .tflite (with --int8)")
-    parser.add_argument("--int8", type=Path, default=None, metavar="INT8.tflite",
-                        help="already converted model of a float .tflite source (of --mode)")
+    parser.add_argument(
+        "model", type=Path, help="SavedModel directory, .keras file, or float .tflite (with --int8)"
+    )
+    parser.add_argument(
+        "--int8",
+        type=Path,
+        default=None,
+        metavar="INT8.tflite",
+        help="already converted model of a float .tflite source (of --mode)",
+    )
     add_common_options(parser)
     add_neural_options(parser)
-    parser.add_argument("--mode", choices=TFLITE_MODES, default="full-integer",
-                        help="full-integer: int8 weights, activations, inputs and outputs "
-                        "(default); dynamic-range: int8 weights, float activations; float16: "
-                        "float16 weights")
+    parser.add_argument(
+        "--mode",
+        choices=TFLITE_MODES,
+        default="full-integer",
+        help="full-integer: int8 weights, activations, inputs and outputs "
+        "(default); dynamic-range: int8 weights, float activations; float16: "
+        "float16 weights",
+    )
 
 
 def _convert(args: argparse.Namespace, options: ConvertOptions) -> ConversionReport:

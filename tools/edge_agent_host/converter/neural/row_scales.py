@@ -152,7 +152,12 @@ def per_row_activations(model: Any) -> int:
         nodes: list[Any] = []
         for product in products:
             width, product_nodes = _product_per_row(
-                g, product, stem, scale_out=scale_out, zp_out=zp_out, colsums=colsums,
+                g,
+                product,
+                stem,
+                scale_out=scale_out,
+                zp_out=zp_out,
+                colsums=colsums,
                 dropped=dropped,
             )
             widths.add(width)

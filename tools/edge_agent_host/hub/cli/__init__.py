@@ -109,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     events = sub.add_parser("events", help="events from the hub's database")
     with_config(events)
-    events.add_argument("--node", default=None, help="only this node's")
+    events.add_argument(
+        "--node",
+        default=None,
+        help="only this node's, or a hub replica's own (its id: a rollout's verdicts)",
+    )
     events.add_argument("--limit", type=int, default=50, help="the newest N (default 50)")
     events.add_argument("--follow", action="store_true", help="then print new ones as they come")
     events.add_argument("--duration", type=float, default=None, help="stop following after S s")
@@ -282,16 +286,23 @@ def _event_line(row: dict[str, Any]) -> str:
     return f"{stamp} {row['node']:<14} {row['severity']:<8} {row['kind']}{group}: {row['detail']}"
 
 
-def _require_seen(db: HubDatabase, args: argparse.Namespace, node: str | None) -> None:
-    """A node the hub never registered is an error unless ``--force`` (known_nodes.py)."""
+def _require_seen(
+    db: HubDatabase, args: argparse.Namespace, node: str | None, *, replicas: bool = False
+) -> None:
+    """A node the hub never registered is an error unless ``--force`` (known_nodes.py); with
+    ``replicas``, the hub's replicas are known too (the events the hub stores under its own
+    name: a rollout's verdicts)."""
     if node is not None and not args.force:
-        require_seen([node], db.node_names(), where="by the hub")
+        known = db.node_names()
+        if replicas:
+            known += [hub["hub_id"] for hub in db.hubs()]
+        require_seen([node], known, where="by the hub")
 
 
 def _events(args: argparse.Namespace) -> int:
     db = open_database(load_hub_config(args.config))
     try:
-        _require_seen(db, args, args.node)
+        _require_seen(db, args, args.node, replicas=True)
         newest = db.events(node=args.node, limit=args.limit, newest=True)
         for row in newest:
             print(_dumps(row) if args.json else _event_line(row), flush=True)

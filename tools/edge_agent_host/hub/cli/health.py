@@ -7,7 +7,9 @@ and the Prometheus alert rules shipped with it (docs/hub.md "Health on the hub")
     edge-agent-hub alert-rules
 
 Without a node: the newest window of every node's groups, one line each. With a node: its
-history (every window of every group, or of ``--group``), oldest first.
+history (every window of every group, or of ``--group``), oldest first. A node the hub never saw,
+or a ``--group`` the node (without one: any node) does not have, is one line and exit status 1
+(``--force``: read it all the same).
 """
 
 from __future__ import annotations
@@ -20,13 +22,24 @@ from importlib import resources
 from typing import Any, Final
 
 from edge_agent.fleet.health_measures import MEASURES
-from edge_agent_host.fleet.known_nodes import add_force_argument, require_seen
+from edge_agent_host.fleet.errors import FleetError
+from edge_agent_host.fleet.known_nodes import require_seen
 from edge_agent_host.hub.cli.access import open_database
 from edge_agent_host.hub.config.hub_toml import load_hub_config
+from edge_agent_host.hub.storage.database import HubDatabase
 
-__all__ = ["ALERT_RULES_FILE", "add_parsers", "alert_rules_text", "health_line", "run"]
+__all__ = [
+    "ALERT_RULES_FILE",
+    "add_parsers",
+    "alert_rules_text",
+    "health_line",
+    "require_group",
+    "run",
+]
 
 ALERT_RULES_FILE: Final = "alerts.yml"
+GROUPS_NAMED: Final = 20
+"""How many of a node's groups an unknown ``--group`` names (by name)."""
 
 
 def add_parsers(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -41,7 +54,12 @@ def add_parsers(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]
     )
     health.add_argument("--limit", type=int, default=1000, help="rows at most (default 1000)")
     health.add_argument("--json", action="store_true", help="one JSON object per line")
-    add_force_argument(health, "read the health of")
+    health.add_argument(
+        "--force",
+        action="store_true",
+        help="read the health of a node never seen, or of a group it does not have (without "
+        "it: an error naming the known nodes closest to it, or the node's groups)",
+    )
     sub.add_parser("alert-rules", help="print the Prometheus alert rules for the hub's /metrics")
 
 
@@ -51,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     db = open_database(load_hub_config(args.config))
     try:
+        if not args.force and args.node is not None:
+            require_seen([args.node], db.node_names(), where="by the hub")
+        if not args.force and args.group is not None:
+            require_group(db, args.node, args.group)
         if args.node is None:
             rows = [r for r in db.latest_health() if args.group in (None, r["group"])]
         else:
-            if not args.force:
-                require_seen([args.node], db.node_names(), where="by the hub")
             rows = [
                 {"node": args.node, **r}
                 for r in db.health(
@@ -69,6 +89,25 @@ def run(args: argparse.Namespace) -> int:
     if not rows and not args.json:
         print("no health reported" + (f" for group {args.group}" if args.group else ""))
     return 0
+
+
+def require_group(db: HubDatabase, node: str | None, group: str) -> None:
+    """:class:`FleetError` when ``node`` (None: every node) has no group ``group``: neither its
+    newest birth declares it nor its newest health window is of it. One line naming the groups it
+    has (the first :data:`GROUPS_NAMED` of them), e.g. ``node 'pi-a' has no group 'mazee' (its
+    groups: maze, tmaze); --force to read it all the same``."""
+    mine = {r["group"] for r in (*db.groups(), *db.latest_health()) if node in (None, r["node"])}
+    if group in mine:
+        return
+    names = sorted(mine)
+    listed = ", ".join(names[:GROUPS_NAMED]) or "none"
+    if len(names) > GROUPS_NAMED:
+        listed += f", ... ({len(names)} in all)"
+    whose = "no node has a" if node is None else f"node {node!r} has no"
+    theirs = "the fleet's groups" if node is None else "its groups"
+    raise FleetError(
+        f"{whose} group {group!r} ({theirs}: {listed}); --force to read it all the same"
+    )
 
 
 def health_line(row: Mapping[str, Any]) -> str:

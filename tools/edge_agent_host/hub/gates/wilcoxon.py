@@ -66,9 +66,7 @@ def wilcoxon_signed_rank(
         ties = ties[1:]
     mean = (n * (n + 1) - zeros * (zeros + 1)) / 4.0
     tie_term = float(np.sum(ties.astype(np.float64) ** 3 - ties)) / 2.0
-    variance = (
-        n * (n + 1) * (2 * n + 1) - zeros * (zeros + 1) * (2 * zeros + 1) - tie_term
-    ) / 24.0
+    variance = (n * (n + 1) * (2 * n + 1) - zeros * (zeros + 1) * (2 * zeros + 1) - tie_term) / 24.0
     if variance <= 0.0:  # every difference is 0
         return SignedRankTest(t_plus, 0.0, 1.0, n, zeros)
     z = (t_plus - mean) / math.sqrt(variance)

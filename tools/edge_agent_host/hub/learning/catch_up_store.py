@@ -85,8 +85,7 @@ class CatchUpStore:
             )  # fmt: skip
             with self.db.transaction():
                 self.db.execute(
-                    "UPDATE catch_up_attempts SET result = :result, updated = :now "
-                    "WHERE id = :id",
+                    "UPDATE catch_up_attempts SET result = :result, updated = :now WHERE id = :id",
                     {"result": result, "now": now, "id": attempt_id},
                 )
             ended[result] = ended.get(result, 0) + 1

@@ -170,8 +170,14 @@ class SparseTable:
 
     @classmethod
     def of_arrays(
-        cls, rows: int, columns: int, *, node: npt.ArrayLike, column: npt.ArrayLike,
-        row: npt.ArrayLike, values: npt.ArrayLike,
+        cls,
+        rows: int,
+        columns: int,
+        *,
+        node: npt.ArrayLike,
+        column: npt.ArrayLike,
+        row: npt.ArrayLike,
+        values: npt.ArrayLike,
     ) -> SparseTable:
         """From one place and value per entry, in any order (as :meth:`of_entries`)."""
         return cls._sorted(
@@ -181,7 +187,12 @@ class SparseTable:
 
     @classmethod
     def _sorted(  # noqa: PLR0917
-        cls, rows: int, columns: int, node: I32, column: I64, row: I64,
+        cls,
+        rows: int,
+        columns: int,
+        node: I32,
+        column: I64,
+        row: I64,
         values: npt.NDArray[np.floating],
     ) -> SparseTable:
         if column.size and (column.min() < 0 or column.max() >= columns):
@@ -287,7 +298,8 @@ def columns_of(table: npt.ArrayLike) -> F64:
 
 
 def round_prior(
-    base: Mapping[str, npt.ArrayLike], current: Mapping[str, npt.ArrayLike],
+    base: Mapping[str, npt.ArrayLike],
+    current: Mapping[str, npt.ArrayLike],
     settings: MergeSettings,
 ) -> dict[str, F64]:
     """``base + forgetting * (current - base)`` per table, ``(rows, columns)``: what the round
@@ -316,7 +328,7 @@ def _entries(table: SparseTable, part: slice) -> tuple[slice, I64]:
     """The values of the pairs ``part`` (a slice of them), and each one's pair."""
     first, last = int(part.start), int(part.stop)
     values = slice(int(table.start[first]), int(table.start[last]))
-    pair = np.repeat(np.arange(first, last, dtype=np.int64), np.diff(table.start[first:last + 1]))
+    pair = np.repeat(np.arange(first, last, dtype=np.int64), np.diff(table.start[first : last + 1]))
     return values, pair
 
 
@@ -384,7 +396,12 @@ def _typical(
 
 
 def _loglik(  # noqa: PLR0917
-    table: SparseTable, prior: F64, mass: F64, scale: F64, capped_mass: F64, visitors: I64,
+    table: SparseTable,
+    prior: F64,
+    mass: F64,
+    scale: F64,
+    capped_mass: F64,
+    visitors: I64,
     nodes: int,
 ) -> F64:
     """Per node, ``sum(d_n * log p_-n)`` over its values (module docstring, 2.), block by

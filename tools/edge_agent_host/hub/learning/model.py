@@ -70,8 +70,9 @@ def line_model(data: bytes) -> LineModel:
         bundle = load_bundle(path, trusted_keys=None, require_signature=False)
     counts = table_counts(bundle.aif_counts()) if bundle.manifest.aif is not None else {}
     m = bundle.manifest
-    return LineModel(name=m.name, version=m.version, sha256=bundle.sha256, counts=counts,
-                     bundle=bundle)
+    return LineModel(
+        name=m.name, version=m.version, sha256=bundle.sha256, counts=counts, bundle=bundle
+    )
 
 
 def learned_model(
@@ -87,8 +88,11 @@ def learned_model(
         raise ValueError(f"{line.name}@{line.version} is not an Active Inference bundle")
     arrays = {k: v for k, v in line.bundle.aif_arrays().items() if not COUNT_NAME.match(k)}
     model = QuantizedModel.from_arrays(arrays).dequantize()
-    tables: dict[str, list[np.ndarray]] = {"A": list(model.A), "B": list(model.B),
-                                           "D": list(model.D)}
+    tables: dict[str, list[np.ndarray]] = {
+        "A": list(model.A),
+        "B": list(model.B),
+        "D": list(model.D),
+    }
     by_kind: Counts = {}
     for name, c in counts.items():
         kind, index = name[0], int(name[1:])

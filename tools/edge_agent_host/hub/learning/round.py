@@ -69,9 +69,7 @@ def per_node(
     experience."""
     nodes = sorted({p.node for p in pending})
     index = {n: i for i, n in enumerate(nodes)}
-    parts: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = {
-        t: [] for t in shapes
-    }
+    parts: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = {t: [] for t in shapes}
     experience = dict.fromkeys(nodes, 0)
     for p in pending:
         for t in p.tables:

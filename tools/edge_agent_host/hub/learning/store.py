@@ -521,8 +521,7 @@ class LearningStore:
         the check locks the lease's row until the round is stored)."""
         with self.db.transaction():
             if owner is not None and not self.db.execute(
-                "UPDATE learning_leases SET owner = owner WHERE line = :line "
-                "AND owner = :owner",
+                "UPDATE learning_leases SET owner = owner WHERE line = :line AND owner = :owner",
                 {"line": line, "owner": owner},
             ):
                 raise LeaseLostError(

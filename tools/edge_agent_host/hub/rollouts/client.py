@@ -79,8 +79,13 @@ class ServiceDeployClient:
     ) -> Command:
         """A command for ``node``, signed with the hub key (``sign=False``: deploy chunks)."""
         return new_command(
-            node, name, args, fleet=self.topics.fleet, key=self.key if sign else None,
-            key_id=self.key_id, ttl_s=ttl_s,
+            node,
+            name,
+            args,
+            fleet=self.topics.fleet,
+            key=self.key if sign else None,
+            key_id=self.key_id,
+            ttl_s=ttl_s,
         )
 
     def _send(self, cmd: Command) -> bytes:

@@ -313,9 +313,7 @@ class HubService:
         self.learning_policy = learning
         if learning is not None:
             self._jobs.append(
-                Periodic(
-                    config.learning.check_interval_s, learning.step, now=now, first_after=True
-                )
+                Periodic(config.learning.check_interval_s, learning.step, now=now, first_after=True)
             )
 
     @classmethod

@@ -63,6 +63,23 @@ NODE_GAUGES: Final[tuple[tuple[str, str, str, float, bool], ...]] = (
     ("edge_agent_hub_node_groups_out_of_range",
      "The node's groups whose share of observations out of range raised the input_out_of_range "
      "alert and has not fallen back (online nodes)", "groups_out_of_range", 1.0, True),
+    ("edge_agent_hub_node_teams_open", "Team tasks open in the node's award", "teams_open", 1.0,
+     True),
+    ("edge_agent_hub_node_teams_formed",
+     "Team tasks whose every slot was filled, since the node's daemon started", "teams_formed",
+     1.0, True),
+    ("edge_agent_hub_node_team_slots_vacant",
+     "Slots of formed teams nobody fills now (repairs waiting for a bidder)",
+     "team_slots_vacant", 1.0, True),
+    ("edge_agent_hub_node_team_repairs",
+     "Slots of formed teams filled again after a member left, since the daemon started",
+     "team_repairs", 1.0, True),
+    ("edge_agent_hub_node_team_formation_seconds",
+     "Longest time from a team task's announcement to every slot filled, on the node",
+     "team_form_s_max", 1.0, True),
+    ("edge_agent_hub_node_team_repair_seconds",
+     "Longest time a formed team's slot stayed vacant before it was filled again",
+     "team_repair_s_max", 1.0, True),
 )  # fmt: skip
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "build_snapshot",
     "condition_of",
     "group_summaries",
+    "team_summary",
 ]
 
 STALE_AFTER_S: Final = 30.0
@@ -61,6 +62,8 @@ class FleetSnapshot:
     groups: list[dict[str, Any]] = field(default_factory=list)
     #: The newest learning rounds with their provenance (docs/fleet-learning.md).
     learning_rounds: list[dict[str, Any]] = field(default_factory=list)
+    #: Team tasks as the online nodes report them (:func:`team_summary`).
+    teams: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -70,7 +73,34 @@ class FleetSnapshot:
             "rollouts": self.rollouts,
             "groups": self.groups,
             "learning_rounds": self.learning_rounds,
+            "teams": self.teams,
         }
+
+
+#: A node's team counters (its ``coord.*`` telemetry, docs/coordination.md) as the snapshot
+#: keeps them.
+TEAM_COUNTERS: Final = {
+    "teams_open": "coord.teams_open",
+    "teams_formed": "coord.teams_formed",
+    "team_slots_vacant": "coord.team_slots_vacant",
+    "team_repairs": "coord.team_repairs",
+    "team_form_s_max": "coord.team_form_s_max",
+    "team_repair_s_max": "coord.team_repair_s_max",
+}
+
+
+def team_summary(nodes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The fleet's team tasks from its online nodes' counters: every node holds the same award,
+    so a figure is the largest any node reports (teams formed and repairs: since that node's
+    daemon started; formation and repair times: the worst it saw). Empty without teams."""
+    live = [n for n in nodes if n.get("online") and n.get("teams_open") is not None]
+    if not any(n.get("teams_open") or n.get("teams_formed") for n in live):
+        return {}
+    out: dict[str, Any] = {"nodes": len(live)}
+    for key in TEAM_COUNTERS:
+        values = [float(n[key]) for n in live if n.get(key) is not None]
+        out[key] = max(values) if values else None
+    return out
 
 
 #: The measure a group's health is summed up by on the page, the first it reports of these.
@@ -204,6 +234,7 @@ def build_snapshot(
         rollouts=rollouts,
         groups=group_summaries(nodes, now, history),
         learning_rounds=LearningStore(db).recent_rounds(limit=10),
+        teams=team_summary(nodes),
     )
 
 
@@ -268,6 +299,8 @@ def _node_row(
         "groups_out_of_range": _counter(t, "input_range.alerting"),
         # Each group's newest health window (docs/health.md), by group name.
         "group_health": group_health.get(row["node"], {}),
+        # Team tasks as the node's award has them (docs/coordination.md).
+        **{key: _counter(t, counter) for key, counter in TEAM_COUNTERS.items()},
     }
     node["health"] = condition_of(node, now)  # the API's name of a node's condition
     return node

@@ -80,12 +80,14 @@ def test_npz_counts_go_through_the_bundle_into_a_learning_group(
     # the same float model on the host (both quantize it with the same scheme).
     from_bundle = run_learning(QuantizedModel.from_arrays(bundle.aif_arrays()), carried)
     from_npz = run_learning(float_model, given)
-    assert from_bundle.learner.pA is not None
-    assert from_bundle.learner.pB is not None
-    assert from_bundle.learner.pA.version == 24
-    assert from_bundle.refreshes == 6
-    assert not np.allclose(from_bundle.learner.pA.counts[0], carried["A"][1])  # it learned
-    for mine, theirs in zip(from_bundle.learner.counts, from_npz.learner.counts, strict=True):
+    assert from_bundle.learning.learner.pA is not None
+    assert from_bundle.learning.learner.pB is not None
+    assert from_bundle.learning.learner.pA.version == 24
+    assert from_bundle.learning.refreshes == 6
+    assert not np.allclose(from_bundle.learning.learner.pA.counts[0], carried["A"][1])  # it learned
+    mine_counts = from_bundle.learning.learner.counts
+    their_counts = from_npz.learning.learner.counts
+    for mine, theirs in zip(mine_counts, their_counts, strict=True):
         for a, b in zip(mine.counts, theirs.counts, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 

@@ -67,3 +67,30 @@ def test_a_node_never_seen_is_one_line(config: Path, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert "pi-zz" in err
+
+
+def test_a_group_the_node_does_not_have_is_one_line_naming_its_groups(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--group`` with a group the node has not (a typo) said what it is in one line, exit 1,
+    instead of listing nothing with exit 0; without a node, a group no node has; --force reads
+    it all the same (nothing)."""
+    assert main(["health", "pi-a", "--config", str(config), "--group", "gird"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "edge-agent-hub health: node 'pi-a' has no group 'gird' (its groups: cam, grid); "
+        "--force to read it all the same"
+    ]
+    assert main(["health", "--config", str(config), "--group", "gird", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "edge-agent-hub health: no node has a group 'gird' (the fleet's groups: cam, grid); "
+        "--force to read it all the same"
+    ]
+    assert main(["health", "pi-a", "--config", str(config), "--group", "gird", "--force"]) == 0
+    assert capsys.readouterr().out == "no health reported for group gird\n"
+    # A group the node has: read as before.
+    assert main(["health", "pi-a", "--config", str(config), "--group", "cam"]) == 0
+    assert "pi-a" in capsys.readouterr().out

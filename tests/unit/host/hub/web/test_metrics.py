@@ -22,7 +22,7 @@ from edge_agent_host.hub.storage.database import HubDatabase
 from edge_agent_host.hub.storage.engines import SqliteEngine
 from edge_agent_host.hub.web.fleet_view import FleetQuery, fleet_page
 from edge_agent_host.hub.web.metrics import collector_for
-from edge_agent_host.hub.web.snapshot import FleetSnapshot, build_snapshot
+from edge_agent_host.hub.web.snapshot import FleetSnapshot, build_snapshot, team_summary
 from tests.unit.host.hub.storage.test_database import (
     health_birth,
     health_body,
@@ -205,7 +205,6 @@ def test_the_hubs_own_numbers_become_these_metrics() -> None:
     assert values[("edge_agent_hub_http_connections_total", (("outcome", "evicted"),))] == 2
 
 
-
 def promtool_check(text: bytes) -> None:
     """promtool takes the exposition as it is (Debian's prometheus package ships promtool)."""
     promtool = shutil.which("promtool")
@@ -242,6 +241,7 @@ def test_the_learning_deltas_become_counters_with_one_label_per_reason() -> None
     registry.register(collector_for(Holder(snapshot(), status)))
     promtool_check(generate_latest(registry))
 
+
 def test_the_grafana_dashboard_asks_only_for_exported_metrics() -> None:
     exported = {name for name, _ in scrape(snapshot(), HUB_STATUS)}
     raw = resources.files("edge_agent_host.hub").joinpath("grafana/edge-agent-fleet.json")
@@ -267,14 +267,22 @@ def test_observations_out_of_range_go_from_a_nodes_telemetry_to_metrics(tmp_path
     db.open()
     try:
         body = msgspec.structs.replace(telemetry_body(40), budget_total_bytes=200 * MB)
-        counters = {"telemetry.n": 1, "input_range.checked": 40_000,
-                    "input_range.out_of_range": 1_234, "input_range.alerting": 1,
-                    "input_range.groups": 2}
+        counters = {
+            "telemetry.n": 1,
+            "input_range.checked": 40_000,
+            "input_range.out_of_range": 1_234,
+            "input_range.alerting": 1,
+            "input_range.groups": 2,
+        }
         write_all(
             db,
             heard("pi-sensor", NodeState(online=True), retained=True, received=NOW - 60),
-            heard("pi-sensor", msgspec.structs.replace(body, counters=counters), ts=NOW - 1,
-                  received=NOW - 1),
+            heard(
+                "pi-sensor",
+                msgspec.structs.replace(body, counters=counters),
+                ts=NOW - 1,
+                received=NOW - 1,
+            ),
             heard("pi-grid", NodeState(online=True), retained=True, received=NOW - 60),
             heard("pi-grid", body, ts=NOW - 1, received=NOW - 1),
         )
@@ -346,3 +354,53 @@ def test_a_nodes_group_health_goes_from_its_health_message_to_metrics(tmp_path: 
         dict(labels)["stat"] for name, labels in values if name == "edge_agent_hub_group_health"
     }
     assert stats == {"mean", "p95"}
+
+
+def test_a_nodes_team_counters_go_from_its_telemetry_to_the_page_and_metrics(
+    tmp_path: Path,
+) -> None:
+    """The coordination counters of team tasks (docs/coordination.md) in the snapshot per
+    node, summed up for the page (the largest an online node reports: every node holds the
+    same award), and as per-node gauges."""
+    db = HubDatabase(SqliteEngine(tmp_path / "hub.sqlite3"))
+    db.open()
+    try:
+        body = telemetry_body(40)
+        teams = {"coord.teams_open": 50, "coord.teams_formed": 50, "coord.team_slots_vacant": 1,
+                 "coord.team_repairs": 7, "coord.team_form_s_max": 0.31,
+                 "coord.team_repair_s_max": 0.6}  # fmt: skip
+        write_all(
+            db,
+            heard("pi-a", NodeState(online=True), retained=True, received=NOW - 60),
+            heard(
+                "pi-a", msgspec.structs.replace(body, counters=teams), ts=NOW - 1, received=NOW - 1
+            ),
+            heard("pi-b", NodeState(online=True), retained=True, received=NOW - 60),
+            heard(
+                "pi-b",
+                msgspec.structs.replace(body, counters={**teams, "coord.team_repairs": 4}),
+                ts=NOW - 1,
+                received=NOW - 1,
+            ),
+            heard("pi-c", NodeState(online=True), retained=True, received=NOW - 60),
+            heard("pi-c", body, ts=NOW - 1, received=NOW - 1),  # no coordination
+        )
+        snap = build_snapshot(db, {"id": "hub-a"}, now=NOW)
+    finally:
+        db.close()
+    by_node = {n["node"]: n for n in snap.nodes}
+    assert by_node["pi-a"]["team_repairs"] == 7
+    assert by_node["pi-c"]["teams_open"] is None
+    assert snap.teams == {
+        "nodes": 2, "teams_open": 50.0, "teams_formed": 50.0, "team_slots_vacant": 1.0,
+        "team_repairs": 7.0, "team_form_s_max": 0.31, "team_repair_s_max": 0.6,
+    }  # fmt: skip
+    assert snap.as_json()["teams"] == snap.teams
+    values = scrape(snap)
+    label = (("node", "pi-b"),)
+    assert values[("edge_agent_hub_node_teams_formed", label)] == 50
+    assert values[("edge_agent_hub_node_team_slots_vacant", label)] == 1
+    assert values[("edge_agent_hub_node_team_repairs", label)] == 4
+    assert values[("edge_agent_hub_node_team_formation_seconds", label)] == pytest.approx(0.31)
+    assert ("edge_agent_hub_node_teams_formed", (("node", "pi-c"),)) not in values
+    assert team_summary([]) == {}

@@ -1,0 +1,135 @@
+/* The compiled tick's contract with its binding (edge_agent/aif/kernels/native/__init__.py):
+ * the limits of its stack arrays, the structs the caller fills and the functions the library
+ * exports. tick.c and tick_layout.c include it; nothing else declares these.
+ *
+ * Each struct's fields and each limit are one list below (an X-macro: X(type, name) per field,
+ * X(name, value) per limit), from which the struct and the layout table the library reports
+ * (tick_layout.c, edge_tick_layout) are both made: a field or a limit added here is in the
+ * table with nothing else to write, and the binding refuses the library (the group then steps
+ * with numpy and says why) until its own declaration (the ctypes fields beside these, LIMITS)
+ * says the same. A field's type is int64_t, double or a pointer (tick_layout.c reports each
+ * kind; another type needs its kind there and in the binding).
+ */
+#ifndef EDGE_TICK_H
+#define EDGE_TICK_H
+
+#include <stdint.h>
+
+/* The sizes the pass's stack arrays hold: a model above one steps with numpy. */
+#define TICK_LIMITS(X)                                                                    \
+    X(MAX_F, 4)   /* state factors */                                                     \
+    X(MAX_S, 128) /* joint states: the product of the factors' states */                  \
+    X(MAX_M, 8)   /* modalities */                                                        \
+    X(MAX_P, 64)  /* policies (one-step: one action of every factor) */                   \
+    X(MAX_U, 16)  /* controls of a factor */
+
+#define TICK_LIMIT_ENUM(name, value) name = (value),
+enum { TICK_LIMITS(TICK_LIMIT_ENUM) };
+#undef TICK_LIMIT_ENUM
+
+#define TICK_DECLARE_FIELD(type, name) type name;
+
+/* A factor's shared transitions as their non-zero entries, action by action: entries
+ * [start[u], start[u + 1]) of row/col/value are B[row, col, u]. */
+#define TICK_SPARSE_B_FIELDS(X)                                                           \
+    X(const int64_t *, start) /* (U + 1) */                                               \
+    X(const int64_t *, row)   /* (nnz) */                                                 \
+    X(const int64_t *, col)   /* (nnz) */                                                 \
+    X(const double *, value)  /* (nnz) */
+
+typedef struct {
+    TICK_SPARSE_B_FIELDS(TICK_DECLARE_FIELD)
+} sparse_b;
+
+/* What a model gives the pass once (n, scratch and learn are set per call). The joint-outcome
+ * table's entries that can be non-zero are grouped by joint outcome: outcome k's are
+ * [outcome_start[k], outcome_start[k + 1]) (the T-maze: 22 entries of 12 outcomes x 8 states);
+ * each entry's state, the shared modalities' product on it, and for each learned modality its
+ * index into that modality's (O_m, S) table (NULL: shared). shared_counts 0: each agent its
+ * own counts and learned table (pA (N, O_m, S), A_agent_stride O_m S); 1: one set of counts
+ * every agent teaches (pA (1, O_m, S), A_agent_stride 0), the table following them every tick:
+ * every agent infers and adds to the counts, the table becomes their expectation once, then
+ * every agent plans with it (the shared scope's tick). learn 0: the counts are not updated
+ * (learning frozen): the agents infer and plan with the tables as they are. */
+#define TICK_MODEL_FIELDS(X)                                                              \
+    X(int64_t, n)                         /* agents of this call */                       \
+    X(int64_t, factors)                   /* F */                                         \
+    X(int64_t, modalities)                /* M */                                         \
+    X(int64_t, policies)                  /* P */                                         \
+    X(int64_t, joint)                     /* S: the joint states */                       \
+    X(int64_t, num_iter)                                                                  \
+    X(int64_t, use_utility)                                                               \
+    X(int64_t, use_info_gain)                                                             \
+    X(double, dF_tol)                                                                     \
+    X(double, gamma)                                                                      \
+    X(double, lr)                                                                         \
+    X(const int64_t *, num_states)        /* (F) */                                       \
+    X(const int64_t *, num_controls)      /* (F) */                                       \
+    X(const int64_t *, num_obs)           /* (M) */                                       \
+    X(const int64_t *, state_index)       /* (F, S): each joint state's state of factor f */ \
+    X(double *const *, A)                 /* (M): (N or 1, O_m, S) row-major */           \
+    X(const int64_t *, A_agent_stride)    /* (M): O_m S per agent's table, 0 shared */    \
+    X(double *const *, pA)                /* (M): counts of a learned modality, else NULL */ \
+    X(const uint8_t *const *, pA_mask)    /* (M): (O_m, S) prior counts > 0 (learned) */  \
+    X(double *const *, experience)        /* (M): (O_m, S) what every agent's updates added */ \
+    X(const sparse_b *, B)                /* (F) */                                       \
+    X(const double *const *, D)           /* (F): (S_f) */                                \
+    X(const double *const *, lnC)         /* (M): (O_m) ln softmax(C_m) + eps */          \
+    X(const double *, utility_shared)     /* (S): sum over shared modalities of ln C_m . A_m */ \
+    X(const double *, lnE)                /* (P) */                                       \
+    X(const int64_t *, policies_first)    /* (P, F): each policy's action of every factor */ \
+    X(int64_t, outcomes)                  /* K: the joint outcomes some state can produce */ \
+    X(int64_t, entries)                   /* E */                                         \
+    X(const int64_t *, outcome_start)     /* (K + 1) */                                   \
+    X(const int64_t *, entry_state)       /* (E) */                                       \
+    X(const double *, entry_shared)       /* (E) */                                       \
+    X(const int64_t *const *, entry_index) /* (M) */                                      \
+    X(double *, scratch)                  /* edge_tick_scratch_doubles(model) doubles */  \
+    X(int64_t, shared_counts)                                                             \
+    X(int64_t, learn)
+
+typedef struct {
+    TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)
+} tick_model;
+
+/* The agents' state, read and written by a call. */
+#define TICK_STATE_FIELDS(X)                                                              \
+    X(const int64_t *, obs)         /* (N, M) */                                          \
+    X(const uint8_t *, start)       /* (N): the episode starts (prior D); NULL: none */   \
+    X(double *const *, qs)          /* (F): (N, S_f) each factor's posteriors */          \
+    X(double *const *, prior)       /* (F): (N, S_f) the tick's prior, written; NULL */   \
+    X(double *, p_obs)              /* (N, M): p(o_m) under the prior and the tables before \
+                                     * the tick's update, written; NULL: not taken */     \
+    X(int64_t *, action)            /* (N, F) */                                          \
+    X(uint8_t *, has_action)        /* (N) */                                             \
+    X(double *, G)                  /* (N, P) */                                          \
+    X(double *, q_pi)               /* (N, P) */                                          \
+    X(double *const *, next_prior)  /* (F): (N, S_f) B of the action chosen times the     \
+                                     * posterior, written; NULL: not kept */
+
+typedef struct {
+    TICK_STATE_FIELDS(TICK_DECLARE_FIELD)
+} tick_state;
+
+#undef TICK_DECLARE_FIELD
+
+/* One row of the layout the library reports: a struct ('s': value its sizeof), a field
+ * ("struct.field"; 'i' int64_t, 'f' double, 'p' pointer: value its offsetof, size its sizeof)
+ * or a limit ('l': value the limit). */
+typedef struct {
+    const char *name;
+    int64_t kind;
+    int64_t value;
+    int64_t size;
+} tick_layout_entry;
+
+/* The library's layout table (*entries) and its number of rows (tick_layout.c). */
+int64_t edge_tick_layout(const tick_layout_entry **entries);
+
+/* The doubles of scratch edge_tick needs for this model (tick_model.scratch). */
+int64_t edge_tick_scratch_doubles(const tick_model *m);
+
+/* One tick of the model's m->n agents, in place (tick.c). */
+void edge_tick(const tick_model *m, tick_state *st);
+
+#endif

@@ -1,0 +1,55 @@
+"""The tests' builds of the compiled tick, from its recipe (edge_agent/aif/kernels/native/
+recipe.py: the sources and flags setup.py builds the package's library with), each with the
+recipe's flags for it added; cached under ``${EDGE_AGENT_BENCH_CACHE:-.cache}/native-builds``
+by what it is built from (the sources' bytes, the flags, the compiler and its version), so a
+run builds only what changed. They need the C compiler (``cc``; ``apt-get install gcc
+libc6-dev``, which scripts/test installs): without one the recipe's error says so, and the test
+fails with it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_agent.aif.kernels.native import recipe
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: The builds by name: the recipe's flags each adds.
+BUILDS: dict[str, tuple[str, ...]] = {
+    # The recipe alone (the tests' changed sources, with their own flags after).
+    "plain": (),
+    # Warnings as errors, as the package's library is built otherwise (its x86-64-v3 clone too).
+    "warnings": recipe.WARNINGS,
+    # The kernel's baseline version alone, warnings as errors too.
+    "baseline": (*recipe.WARNINGS, *recipe.BASELINE_ONLY),
+    # AddressSanitizer and UBSan (loaded only with the ASan runtime preloaded).
+    "sanitized": recipe.SANITIZE,
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGE_AGENT_BENCH_CACHE", str(REPO / ".cache"))) / "native-builds"
+
+
+def build(name: str, *, extra: Sequence[str] = (), where: Path = recipe.HERE) -> Path:
+    """The library of build ``name`` (:data:`BUILDS`) of the sources in ``where``, with
+    ``extra`` flags after the build's (built once per sources, flags and compiler)."""
+    flags = (*BUILDS[name], *extra)
+    cc = recipe.compiler()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True,
+                             timeout=60).stdout
+    key = hashlib.sha256(b"\0".join([
+        *(path.read_bytes() for path in recipe.sources(where)), repr(recipe.UNITS).encode(),
+        " ".join(flags).encode(), str(shutil.which(cc)).encode(), version.encode(),
+    ])).hexdigest()[:16]
+    out = cache_dir() / f"tick-{name}-{key}.so"
+    if not out.exists():
+        tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")
+        recipe.build(tmp, extra=flags, where=where)
+        tmp.replace(out)  # atomic: another worker's same build is the same file
+    return out

@@ -1,0 +1,202 @@
+"""The compiled tick's binding (edge_agent/aif/kernels/native/__init__.py) holds the library to
+its contract, tick.h: the package's library reports the layout the binding declares (every
+struct's size, every field's offset, size and kind, every limit), and the model sizes the pass
+takes are the library's own limits (those docs/learning.md states). A library built from
+another header (a field of another type, a field or a limit added, no layout table at all) or
+one that cannot be loaded is refused with a reason that names the difference, never called;
+the package's library refused, a group that would take the pass steps with numpy and says why.
+A limit changed in the header is taken from the library (no second copy to drift).
+
+The changed libraries are built from copies of the sources with the recipe
+(tests/support/native_builds.py; the C compiler needed: ``apt-get install gcc libc6-dev``)."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.kernels import native
+from edge_agent.aif.kernels.native import recipe
+from edge_agent.aif.learning import LearningSettings, LearningSpec
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
+from tests.support import native_builds
+from tests.support.native_tick import Pass, make_world
+
+REPO = Path(__file__).resolve().parents[5]
+
+
+def test_the_package_library_reports_the_layout_the_binding_declares() -> None:
+    assert native.unavailable() is None, native.unavailable()
+    reported = native.layout(native.load())
+    assert native.mismatch(reported) is None
+    ours = native.declared()
+    assert reported.keys() == ours.keys()
+    for name, (kind, value, size) in ours.items():
+        if kind != "l":
+            assert reported[name] == (kind, value, size), name
+    # Every struct the binding passes and every field of it is in the table.
+    assert {"sparse_b", "tick_model", "tick_state", "tick_model.learn",
+            "tick_state.next_prior"} <= reported.keys()
+
+
+def test_the_limits_are_the_library_s_and_the_docs_state_them() -> None:
+    limits = native.limits()
+    assert set(limits) == set(native.LIMITS)
+    text = " ".join((REPO / "docs" / "learning.md").read_text().split())
+    stated = re.search(r"within the pass's sizes \((\d+) factors, (\d+) joint states, (\d+) "
+                       r"modalities, (\d+) policies, (\d+) controls a factor\)", text)
+    assert stated is not None, "docs/learning.md no longer states the pass's sizes"
+    assert tuple(map(int, stated.groups())) == (
+        limits["factors"], limits["joint"], limits["modalities"], limits["policies"],
+        limits["controls"])
+
+
+def _changed(tmp_path: Path, file: str, old: str, new: str) -> Path:
+    """A library of the sources with ``old`` replaced by ``new`` in ``file`` (quick to build:
+    the baseline version, unoptimised)."""
+    where = tmp_path / "src"
+    where.mkdir()
+    for source in recipe.sources():
+        shutil.copy(source, where / source.name)
+    text = (where / file).read_text()
+    assert old in text, old
+    (where / file).write_text(text.replace(old, new))
+    return native_builds.build("plain", extra=(*recipe.BASELINE_ONLY, "-O0"), where=where)
+
+
+@pytest.mark.parametrize(("file", "old", "new", "why"), [
+    ("tick.h", "X(int64_t, num_iter)", "X(double, num_iter)",
+     r"tick_model\.num_iter: double at 40 \(8 bytes\) in the library, int64_t at 40 \(8 "
+     r"bytes\) here"),
+    ("tick.h", "X(int64_t, learn)", "X(int64_t, learn) X(int64_t, spare)",
+     r"tick_model\.spare only in the library; tick_model: 288 bytes in the library, 280 bytes "
+     r"here"),
+    ("tick.h", "X(MAX_U, 16)", "X(MAX_U, 16) X(MAX_K, 256)", r"MAX_K only in the library"),
+    ("tick_layout.c", "int64_t edge_tick_layout(", "int64_t edge_tick_layout_other(",
+     r"reports no layout \(built from older sources\)"),
+], ids=["a-field-of-another-type", "a-field-added", "a-limit-added", "no-layout-table"])
+def test_a_library_of_another_header_is_refused_saying_what_differs(
+    file: str, old: str, new: str, why: str, tmp_path: Path
+) -> None:
+    built = _changed(tmp_path, file, old, new)
+    with pytest.raises(RuntimeError, match=why) as refused:
+        native.load(built)
+    assert "reinstall edge-agent" in str(refused.value)
+
+
+def test_a_file_that_is_no_library_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "_tick.so"
+    bad.write_bytes(b"not an ELF file")
+    with pytest.raises(RuntimeError, match=r"_tick\.so cannot be loaded"):
+        native.load(bad)
+
+
+def test_a_binding_edited_without_its_header_refuses_the_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Shorter(ctypes.Structure):  # tick_state without its last field
+        _fields_ = [(name, ctype) for name, ctype, *_ in native._State._fields_[:-1]]
+
+    monkeypatch.setitem(native._STRUCTS, "tick_state", Shorter)
+    assert native.mismatch(native.layout(native.load())) == (
+        "tick_state.next_prior only in the library; tick_state: 80 bytes in the library, 72 "
+        "bytes here")
+    path = native.library_path()
+    assert path is not None
+    with pytest.raises(RuntimeError, match="does not match its binding"):
+        native.load(path)
+
+
+def test_a_limit_changed_in_the_header_is_the_library_s(tmp_path: Path) -> None:
+    built = native.load(_changed(tmp_path, "tick.h", "X(MAX_S, 128)", "X(MAX_S, 64)"))
+    assert native.limits(built)["joint"] == 64
+    model = tmaze_reversal_model()  # 8 joint states
+    assert native.too_large(model.num_states, model.num_controls, 2, 4, built) is None
+    assert native.too_large([4, 4, 4, 2], [2, 2, 2, 2], 1, 16, built) == (
+        "joint 128 above the compiled tick's 64")
+    assert native.too_large([4, 4, 4, 2], [2, 2, 2, 2], 1, 16) is None  # the package's: 128
+
+
+def _steps_with_numpy_saying(why: str) -> None:
+    """A group the pass would step (per-agent float64 ``pA`` learning every tick) steps with
+    numpy, its learning's ``stepping`` saying ``why``."""
+    model = tmaze_reversal_model()
+    spec = LearningSpec(pA={1: model.A[1] * 2.0 + 0.5}, refresh_every=1,
+                        settings=LearningSettings(scope="per_agent"))
+    group = AifAgentGroup(model, 3, learning=spec, precision="float64")
+    assert group.learning is not None
+    assert group.learning.describe()["stepping"] == f"numpy: {why}"
+    actions = group.step(np.zeros((3, model.num_modalities), dtype=np.int64))
+    assert actions.shape == (3, model.num_factors)
+
+
+def test_installed_without_the_library_a_group_steps_with_numpy_saying_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(native, "library_path", lambda: None)
+    monkeypatch.setattr(native, "_LIBRARY", None)
+    monkeypatch.setattr(native, "_REFUSED", None)
+    why = native.unavailable()
+    assert why == ("edge-agent was installed without its compiled tick (no C compiler then): "
+                   "reinstall it with gcc present (apt-get install gcc)")
+    with pytest.raises(RuntimeError, match="installed without its compiled tick"):
+        native.load()
+    _steps_with_numpy_saying(why)
+
+
+@pytest.fixture
+def package_library_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The package's library replaced by one whose tick_model has a field of another type
+    (as if the package were built from another header): the binding's verdict on it."""
+    built = _changed(tmp_path, "tick.h", "X(int64_t, num_iter)", "X(double, num_iter)")
+    monkeypatch.setattr(native, "library_path", lambda: built)
+    monkeypatch.setattr(native, "_LIBRARY", None)
+    monkeypatch.setattr(native, "_REFUSED", None)
+    why = native.unavailable()
+    assert why is not None
+    return why
+
+
+def test_a_group_steps_with_numpy_when_the_package_library_is_refused(
+    package_library_refused: str,
+) -> None:
+    assert package_library_refused.startswith("the compiled tick ")
+    assert "tick_model.num_iter: double at 40 (8 bytes) in the library" in (
+        package_library_refused)
+    with pytest.raises(RuntimeError, match="does not match its binding"):
+        native.load()
+    _steps_with_numpy_saying(package_library_refused)
+
+
+def test_arrays_the_pass_would_read_or_write_past_are_refused() -> None:
+    """Shapes are checked where they are bound: more agents' outcomes than the arrays hold, a
+    factor's beliefs of another size, another number of policies, a table of another size."""
+    world = make_world("factors3", Path("unused"))
+    tick = Pass(world, 5, "per_agent", native.load())
+    obs = np.zeros((5, len(world.A)), dtype=np.int64)
+    start = np.zeros(5, dtype=bool)
+    tick.step(obs, start, learn=True)
+    kernel = tick.kernel
+    state = {"G": tick.G, "q_pi": tick.q_pi}
+    with pytest.raises(ValueError, match=r"6 agents' outcomes for arrays of 5 agents"):
+        kernel.step(np.zeros((6, len(world.A)), dtype=np.int64), tick.qs, tick.action,
+                    tick.has_action, **state)
+    wrong = [*tick.qs[:-1], np.zeros((5, tick.qs[-1].shape[1] + 1))]
+    with pytest.raises(ValueError, match=r"takes 10 values here, got \(5, 3\)"):
+        kernel.step(obs, wrong, tick.action, tick.has_action, **state)
+    with pytest.raises(ValueError, match="G of 17 policies for a pass of 18"):
+        kernel.step(obs, tick.qs, tick.action, tick.has_action, G=tick.G[:, 1:].copy(),
+                    q_pi=tick.q_pi)
+    with pytest.raises(ValueError, match=r"takes 72 values here, got \(3, 23\)"):
+        kernel.bind_learning(tick.A, tick.counts, [tick.mask[0][:, 1:].copy(), tick.mask[1]],
+                             tick.experience)
+    kernel.bind_learning([tick.A[0][:4].copy(), tick.A[1]], [tick.counts[0][:4].copy(),
+                         tick.counts[1]], tick.mask, tick.experience)
+    with pytest.raises(ValueError, match=r"for arrays of 5 agents \(tables of 4\)"):
+        kernel.step(obs, tick.qs, tick.action, tick.has_action, **state)

@@ -1,0 +1,231 @@
+"""The compiled tick's one equality suite: the pass (tick.c through its binding, driven here
+over arrays of its own) does its numpy twin's work, up to rounding (``TOL``), tick after tick,
+for every world x scope x build:
+
+- worlds: the T-maze learning its cue or its reward modality and grid10 its observation model
+  (the benchmark's workloads, closed loop: the world steps with the actions, episode starts
+  included), a random 3-factor model of 18 policies learning two modalities, and a random model
+  at every limit the binding admits (tick.h's, read from the library: 4 factors, 128 joint
+  states, 8 modalities, 64 policies, 16 controls of a factor) learning three; 1, 13 (a whole
+  block of the pass's 8 and a partial one) or 40 agents (five whole blocks);
+- scopes: each agent its own counts (``per_agent``), one set every agent teaches (``shared``),
+  and each of them frozen for a third of the ticks (the pass's ``learn`` off: the tables as they
+  are), then learning again;
+- builds: the package's library, its baseline version alone (built here with the recipe,
+  warnings as errors: on x86-64 the package's library runs its AVX2 version), and, in the
+  subprocess tests/unit/aif/kernels/native/test_recipe.py starts with the AddressSanitizer
+  runtime preloaded, the sanitized build (``EDGE_AGENT_TEST_SANITIZED_TICK``: its path); the
+  last two every world and scope at 1 and 13 agents.
+
+The twin is the group on numpy (``EDGE_AGENT_NATIVE_TICK=0``), float64, the same settings:
+posteriors, the tick's prior (and a shared group's next prior where the actions agree),
+``p(o_m)`` under the prior and the tables before the update, ``G``, ``q_pi``, the counts, the
+learned tables (their counts' expectation), the experience every agent added; the pass's
+actions optimal under the group's posterior (a tie may be broken either way: both then go on
+with the group's). Each tick starts from the same numbers (the pass takes the twin's: left
+alone they drift apart as the maths amplifies rounding, ``Pass.follow`` says how far). The
+worlds, their sizes and the driver are tests/support/native_tick.py's. Each per-agent agent is
+also its own float64 reference agent (pymdp 0.0.7.1's maths, aif/reference_learning.py) at
+every world.
+
+The baseline build needs a C compiler (``cc``; ``apt-get install gcc libc6-dev``; scripts/test
+installs one)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+
+from edge_agent.aif.kernels import native
+from edge_agent.aif.learning import LearningSettings, LearningSpec
+from edge_agent.aif.model import GenerativeModel
+from edge_agent.aif.reference_learning import LearningReferenceAgent
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.native_pass import NATIVE_ENV
+from tests.support import native_builds
+from tests.support.native_tick import (
+    SANITIZED_ENV,
+    SCOPES,
+    SETTINGS,
+    SIZES,
+    Pass,
+    World,
+    make_world,
+    outcomes,
+    sizes,
+)
+
+TOL = 1e-9
+
+
+def numpy_twin(world: World, n: int, scope: str, monkeypatch: pytest.MonkeyPatch
+               ) -> AifAgentGroup:
+    """The group of ``world`` learning in ``scope``, float64, kept on numpy."""
+    monkeypatch.setenv(NATIVE_ENV, "0")
+    spec = LearningSpec(pA=world.pA, refresh_every=1,
+                        settings=LearningSettings(lr_pA=world.lr, scope=scope))  # type: ignore[arg-type]
+    group = AifAgentGroup(GenerativeModel.from_arrays(world.A, world.B, world.C, world.D), n,
+                          settings=SETTINGS, precision="float64", learning=spec)
+    monkeypatch.delenv(NATIVE_ENV)
+    assert group.learning is not None
+    assert group.learning.describe()["stepping"] == f"numpy: {NATIVE_ENV}=0"
+    return group
+
+
+def library(build: str) -> ctypes.CDLL:
+    """The library of ``build``: the package's, its baseline version, or (in test_recipe.py's
+    subprocess) the sanitized one."""
+    if build == "installed":
+        return native.load()
+    if build == "sanitized":
+        return native.load(Path(os.environ[SANITIZED_ENV]))
+    return native.load(native_builds.build(build))
+
+
+BUILDS = ("installed", "baseline", *(("sanitized",) if SANITIZED_ENV in os.environ else ()))
+
+
+class Case(NamedTuple):
+    """One equality case: the world, its agents, the scope and the build."""
+
+    world: str
+    n: int
+    scope: str
+    build: str
+
+
+def _cases() -> Iterator[Any]:
+    for build in BUILDS:
+        for world in SIZES:
+            for n in sizes(world, build):
+                for scope in SCOPES:
+                    yield pytest.param(Case(world, n, scope, build),
+                                       id=f"{world}-n{n}-{scope}-{build}")
+
+
+def _optimal(actions: np.ndarray, q_pi: np.ndarray, policies_first: np.ndarray,
+             num_controls: list[int]) -> None:
+    """Each agent's action of every factor is a maximum of its marginal under ``q_pi``."""
+    for f, u in enumerate(num_controls):
+        marginal = q_pi @ np.eye(u)[policies_first[:, f]]
+        chosen = marginal[np.arange(len(actions)), actions[:, f]]
+        assert np.all(chosen >= marginal.max(axis=1) - TOL), f"factor {f}"
+
+
+def _joint(qs: list[np.ndarray]) -> np.ndarray:
+    joint = qs[0]
+    for q in qs[1:]:
+        joint = (joint[:, :, None] * q[:, None, :]).reshape(len(q), -1)
+    return joint
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_the_compiled_tick_is_its_numpy_twin_up_to_rounding(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world_name, n, scope, build = case
+    world = make_world(world_name, tmp_path)
+    counting = scope.removesuffix("-frozen")
+    frozen = scope.endswith("-frozen")
+    group = numpy_twin(world, n, counting, monkeypatch)
+    tick = Pass(world, n, counting, library(build))
+    env = outcomes(world, n)
+    ticks = 12 if world_name == "limits" else 36
+    pA = group.learning.learner.pA  # type: ignore[union-attr]
+    assert pA is not None
+    assert list(pA.tables) == tick.learned
+    obs, start = env.reset()
+    starts = 0
+    for t in range(ticks):
+        learn = not (frozen and ticks // 3 <= t < 2 * ticks // 3)
+        if frozen and t == ticks // 3:
+            assert group.learning.freeze()
+        if frozen and t == 2 * ticks // 3:
+            assert group.learning.resume()
+        starts += int(start.sum())
+        if start.any():
+            group.reset(start)
+        before = [a.copy() for a in tick.A]  # the tables the tick's p(o_m) is under
+        prior_in = [p.copy() for p in group.state.prior]  # a shared group's: this tick's
+        actions = group.step(obs).copy()
+        tick.step(obs, start, learn=learn)
+
+        for mine, theirs in zip(tick.qs, group.state.qs, strict=True):
+            np.testing.assert_allclose(mine, theirs, rtol=0, atol=TOL)
+        np.testing.assert_allclose(tick.G, group.state.G, rtol=0, atol=TOL)
+        np.testing.assert_allclose(tick.q_pi, group.state.q_pi, rtol=0, atol=TOL)
+        prior = group.state.prior if counting == "per_agent" else prior_in
+        for mine, theirs in zip(tick.prior, prior, strict=True):
+            np.testing.assert_allclose(mine, theirs, rtol=0, atol=TOL)
+        # p(o_m): each modality's table before the update (a learned one's from the pass's
+        # tables of the last tick, checked then) under the joint prior
+        joint = _joint(tick.prior)
+        for m, a in enumerate(world.A):
+            table = (before[tick.learned.index(m)] if m in world.pA
+                     else a.reshape(a.shape[0], -1))
+            rows = table[np.arange(n), obs[:, m]] if table.ndim == 3 else table[obs[:, m]]
+            np.testing.assert_allclose(tick.p_obs[:, m], (rows * joint).sum(axis=1), rtol=0,
+                                       atol=TOL)
+        for slot, _ in enumerate(tick.learned):
+            theirs = pA.counts[slot].reshape(tick.counts[slot].shape)
+            np.testing.assert_allclose(tick.counts[slot], theirs, rtol=0, atol=TOL)
+            np.testing.assert_allclose(tick.A[slot], theirs / theirs.sum(axis=-2, keepdims=True),
+                                       rtol=0, atol=TOL)
+            seen = pA.experience[slot].reshape(tick.experience[slot].shape)
+            np.testing.assert_allclose(tick.experience[slot], seen, rtol=0, atol=TOL * n)
+        _optimal(tick.action, group.state.q_pi, tick.policies_first,
+                 [b.shape[2] for b in world.B])
+        if counting == "shared":  # the next prior, of the pass's actions where they agree
+            same = (tick.action == actions).all(axis=1)
+            for mine, theirs in zip(tick.next_prior, group.state.prior, strict=True):
+                np.testing.assert_allclose(mine[same], theirs[same], rtol=0, atol=TOL)
+        tick.follow(group, actions)
+        obs, start = env.step(actions)
+    assert starts > n  # the episodes' starts were stepped through, not only the first
+
+
+@pytest.mark.parametrize("world_name", list(SIZES))
+def test_each_agent_is_its_float64_reference_agent(world_name: str, tmp_path: Path) -> None:
+    """The pass of each agent's own counts, agent by agent the oracle of pymdp 0.0.7.1's
+    learning (its posteriors, ``q_pi`` and counts; the pass's actions optimal under its
+    marginals, then the oracle's)."""
+    world = make_world(world_name, tmp_path)
+    n, ticks = 3, 8
+    model = GenerativeModel.from_arrays(world.A, world.B, world.C, world.D)
+    tick = Pass(world, n, "per_agent", native.load())
+    refs = [LearningReferenceAgent(model, SETTINGS, pA=world.pA, lr_pA=world.lr)
+            for _ in range(n)]
+    rng = np.random.default_rng(11)
+    for _ in range(ticks):
+        obs = np.stack([rng.integers(0, a.shape[0], size=n) for a in world.A], axis=1)
+        tick.step(obs, np.zeros(n, dtype=bool), learn=True)
+        for i, ref in enumerate(refs):
+            ref.infer_states(obs[i])
+            ref.update_A(obs[i])
+            ref.infer_policies()
+            for f, q in enumerate(ref.qs):
+                np.testing.assert_allclose(tick.qs[f][i], q, rtol=0, atol=TOL)
+            assert ref.q_pi is not None
+            np.testing.assert_allclose(tick.q_pi[i], ref.q_pi, rtol=0, atol=TOL)
+            for slot, m in enumerate(tick.learned):
+                np.testing.assert_allclose(tick.counts[slot][i],
+                                           ref.pA[m].reshape(tick.counts[slot][i].shape),
+                                           rtol=0, atol=TOL)
+            for f, marginal in enumerate(ref.action_marginals()):
+                assert marginal[tick.action[i, f]] >= marginal.max() - TOL
+            ref.action = tick.action[i].copy()  # the pass's choice, optimal under the oracle's
+
+
+def test_the_pass_refuses_a_model_above_the_library_s_limits() -> None:
+    states = native.limits()["joint"] + 72  # a joint state above the pass's stack arrays
+    A = [np.full((2, states), 0.5)]
+    world = World(A, [np.eye(states)[:, :, None]], [np.zeros(2)],
+                  [np.full(states, 1.0 / states)], {0: A[0] * 2}, 1.0)
+    with pytest.raises(ValueError, match=f"joint {states} above the compiled tick's 128"):
+        Pass(world, 2, "per_agent", native.load())

@@ -1,0 +1,77 @@
+"""The compiled tick's recipe (edge_agent/aif/kernels/native/recipe.py), the one setup.py builds
+the package's library with: its sources build with warnings as errors (every version: the
+x86-64-v3 clone and the baseline alone), and the equality suite's cases run clean against its
+AddressSanitizer + UBSan build, in a subprocess with the sanitizer's runtime preloaded (a
+process must load it first); a build with a write past an array's end fails there, saying so.
+
+The builds need the C compiler (``cc``; ``apt-get install gcc libc6-dev``, which scripts/test
+installs) and gcc's libasan (part of gcc): without them these fail with that message."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from edge_agent.aif.kernels import native
+from edge_agent.aif.kernels.native import recipe
+from tests.support import native_builds
+from tests.support.native_tick import SANITIZED_ENV, SCOPES, SIZES, SUITE, sizes
+
+REPO = Path(__file__).resolve().parents[5]
+
+
+def test_the_sources_build_with_warnings_as_errors() -> None:
+    for name in ("warnings", "baseline"):
+        assert "-Werror" in native_builds.BUILDS[name]
+        built = native_builds.build(name)  # the compiler's errors, if any, fail here
+        assert native.mismatch(native.layout(native.load(built))) is None
+
+
+def _under_sanitizers(library: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The equality suite's cases of the sanitized build (``args``: pytest's selection), run
+    against ``library`` in a process that loads the ASan runtime first (not captured: a
+    report comes as the process ends)."""
+    env = {**os.environ, SANITIZED_ENV: str(library),
+           "LD_PRELOAD": str(recipe.asan_runtime()),
+           # CPython frees nothing at exit: leaks are not the tick's
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=97",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=98"}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "-o", "addopts=", str(SUITE.relative_to(REPO)), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=1200)
+
+
+def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sanitizers() -> None:
+    library = native_builds.build("sanitized")
+    symbols = subprocess.run(["nm", "-D", str(library)], capture_output=True, text=True,
+                             check=True, timeout=60).stdout
+    assert "__asan_report" in symbols
+    assert "__ubsan_handle" in symbols
+    done = _under_sanitizers(library, "-k", "sanitized")
+    report = done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, report
+    cases = sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
+    assert re.search(rf"\b{cases} passed\b", done.stdout), report
+    assert "Sanitizer" not in done.stderr, report
+
+
+def test_a_write_past_an_array_s_end_fails_under_the_sanitizers(tmp_path: Path) -> None:
+    """The sanitized run catches what it is there for: a build whose write-back puts each
+    agent's policy posterior one place later (the last agent's past the array's end)."""
+    where = tmp_path / "src"
+    where.mkdir()
+    for source in recipe.sources():
+        shutil.copy(source, where / source.name)
+    kernel = (where / "tick.c").read_text()
+    good = "st->q_pi[n * P + p] = q_pi[p][b];"
+    assert good in kernel
+    (where / "tick.c").write_text(kernel.replace(good, "st->q_pi[n * P + p + 1] = q_pi[p][b];"))
+    broken = native_builds.build("sanitized", extra=("-O1",), where=where)
+    done = _under_sanitizers(broken, "-x", "-k", "tmaze-A1-n13-per_agent-sanitized")
+    assert done.returncode == 97, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "AddressSanitizer: heap-buffer-overflow" in done.stderr

@@ -1,0 +1,85 @@
+"""One task's bids in columns: a message merged at once keeps per slot the largest bid, in any
+order, within the room given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.coordination.bid_table import BidTable
+
+
+def rows_of(table: BidTable) -> dict[int, tuple[float, int, bool]]:
+    keys, costs, seqs, held = table.arrays()
+    assert np.all(np.diff(keys) > 0)  # sorted, one row per slot
+    return {
+        int(k): (float(c), int(s), bool(h))
+        for k, c, s, h in zip(keys, costs, seqs, held, strict=True)
+    }
+
+
+def one_by_one(messages: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]) -> dict:
+    """The rule bid by bid, as the ledger applied it before: a row replaces the slot's when
+    ``(seq, -cost, held)`` is larger."""
+    out: dict[int, tuple[float, int, bool]] = {}
+    for keys, costs, seq, held in messages:
+        for k, c, h in zip(keys.tolist(), costs.tolist(), held.tolist(), strict=True):
+            cur = out.get(k)
+            if cur is None or (cur[1], -cur[0], cur[2]) < (seq, -c, h):
+                out[k] = (c, seq, h)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_slot_keeps_its_largest_bid_whatever_the_order(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    messages = []
+    for _ in range(int(rng.integers(1, 8))):
+        n = int(rng.integers(0, 40))
+        messages.append(
+            (
+                rng.integers(0, 30, n).astype(np.int64),
+                rng.integers(0, 4, n).astype(np.float64),  # ties of cost
+                int(rng.integers(0, 4)),  # ties of sequence between messages
+                rng.random(n) < 0.3,
+            )
+        )
+    want = one_by_one(messages)
+    for order in (range(len(messages)), rng.permutation(len(messages))):
+        table = BidTable()
+        changed = 0
+        for i in order:
+            keys, costs, seq, held = messages[i]
+            changed += table.merge(keys, costs, seq, held, room=10**6).changed
+        assert rows_of(table) == want
+        assert changed >= len(want)
+
+
+def test_new_slots_beyond_the_room_are_refused_first_come_first_kept() -> None:
+    table = BidTable()
+    m = table.merge(np.array([5, 3, 9, 3]), np.array([1.0, 2.0, 3.0, 1.0]), 7,
+                    np.zeros(4, bool), room=2)  # fmt: skip
+    assert (m.changed, m.added, m.refused) == (2, 2, 1)
+    assert rows_of(table) == {5: (1.0, 7, False), 3: (1.0, 7, False)}  # the cheaper 3 of two
+    # A slot held already is replaced without room; a new one is refused.
+    m = table.merge(np.array([5, 4]), np.array([0.5, 0.5]), 8, np.array([True, False]), room=0)
+    assert (m.changed, m.added, m.refused) == (1, 0, 1)
+    assert rows_of(table)[5] == (0.5, 8, True)
+    # An older or costlier bid changes nothing; at equal cost a hold wins over a plain bid.
+    assert table.merge(np.array([5]), np.array([0.1]), 7, np.zeros(1, bool), room=9).changed == 0
+    assert table.merge(np.array([3]), np.array([1.0]), 7, np.ones(1, bool), room=9).changed == 1
+    assert rows_of(table)[3] == (1.0, 7, True)
+
+
+def test_find_and_drop() -> None:
+    table = BidTable()
+    table.merge(np.arange(10, 0, -1), np.arange(10.0), 1, np.zeros(10, bool), room=99)
+    assert table.find(4) >= 0
+    assert table.costs[table.find(4)] == 6.0
+    assert table.find(11) == -1
+    assert table.find(0) == -1
+    table.digest = 123
+    assert table.drop(table.keys % 2 == 0) == 5
+    assert table.digest is None
+    assert sorted(rows_of(table)) == [1, 3, 5, 7, 9]
+    assert table.drop(np.zeros(len(table), bool)) == 0

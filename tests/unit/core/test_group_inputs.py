@@ -1,0 +1,59 @@
+"""What a group's tick takes from outside, checked at the boundary
+(edge_agent.core.group_inputs): each wrong input refused naming what is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.core.group_inputs import GroupInputs
+from edge_agent.errors import InputError
+
+INPUTS = GroupInputs((3, 2), (4,), np.dtype(np.float32))
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_outcomes_in_range_are_taken_as_int64(n: int) -> None:
+    obs = np.tile(np.array([[2, 1]], dtype=np.uint8), (n, 1))
+    checked = INPUTS.obs(obs, n)
+    assert checked.dtype == np.int64
+    np.testing.assert_array_equal(checked, obs)
+    hard, soft = INPUTS.evidence(obs, n)
+    assert soft is None
+    assert hard is not None
+    np.testing.assert_array_equal(hard, obs)
+
+
+@pytest.mark.parametrize(("obs", "message"), [
+    (np.zeros((2, 3), dtype=np.int64), r"obs has shape \(2, 3\), expected \(2, 2\)"),
+    (np.zeros((2, 2)), "obs must be integer outcomes, got dtype float64"),
+    (np.array([[0, 0], [3, 1]]), r"obs\[1, 0\] = 3 is out of range \[0, 3\) \(1 agent"),
+    (np.array([[0, -1], [0, 0]]), r"obs\[0, 1\] = -1 is out of range \[0, 2\)"),
+])
+def test_wrong_outcomes_are_refused_naming_what_is_wrong(obs: np.ndarray, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        INPUTS.obs(obs, 2)
+
+
+def test_soft_evidence_is_a_distribution_per_modality() -> None:
+    p0, p1 = np.full((2, 3), 1 / 3), np.full((2, 2), 0.5)
+    hard, soft = INPUTS.evidence([p0, p1], 2)
+    assert hard is None
+    assert soft is not None
+    assert [s.dtype for s in soft] == [np.float32, np.float32]
+    with pytest.raises(InputError, match="soft evidence has 1 modalities, expected 2"):
+        INPUTS.evidence([p0], 2)
+    with pytest.raises(InputError, match=r"modality 1 has shape \(2, 3\), expected \(2, 2\)"):
+        INPUTS.evidence([p0, p0], 2)
+    with pytest.raises(InputError, match="modality 0 must be finite and non-negative"):
+        INPUTS.evidence([-p0, p1], 2)
+
+
+def test_actions_within_each_factors_controls() -> None:
+    np.testing.assert_array_equal(INPUTS.actions(np.array([[3], [0]]), 2), [[3], [0]])
+    with pytest.raises(InputError, match=r"actions has shape \(2,\), expected \(2, 1\)"):
+        INPUTS.actions(np.array([1, 2]), 2)
+    with pytest.raises(InputError, match="actions must be integers"):
+        INPUTS.actions(np.array([[1.0], [2.0]]), 2)
+    with pytest.raises(InputError, match=r"actions on factor 0 must be in \[0, 4\), got 4"):
+        INPUTS.actions(np.array([[4], [0]]), 2)
