@@ -15,9 +15,14 @@ line.
   will): when every other daemon holds the same complete award again (the newest
   ``award_changed_at``) after the kill, whether the others' members kept their slots and round,
   and ``window_s + state_every_s`` beside it (the bound the issue sets).
+  Each daemon's CPU from the announcement until the bench saw the award agreed, above its
+  idle rate (measured over a second before): ``formation_cpu_s_mean``/``_max``; from the
+  largest, ``one_core_estimate_s``, the agreement time with a core per daemon, computed (the
+  CPU plus a 20 Hz tick per message of the critical path: :func:`one_core_estimate`).
 - ``team_formation_slope``: where the machine could not hold the daemons (``--scale``), the
-  least-squares line of the agreement time over the agents of the sizes measured, at the sizes
-  asked for (marked ``slope``, not measured).
+  least-squares lines of the agreement time and of the largest formation CPU over the agents
+  of the sizes measured, at the sizes asked for (marked ``slope``, not measured), and the
+  one-core estimate from the extrapolated CPU.
 - ``team_quality``: random instances in one process, bid as the daemons bid (``D`` nodes of
   grid10 agents at random cells, each bidding its ``k = ceil(slots / D)`` cheapest agents per
   role, ``task_costs``/``select_bids``): the team award's total cost against scipy's
@@ -56,6 +61,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 from bench_coordination_daemons import Counted, emit  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
@@ -109,6 +115,11 @@ capabilities = ["grid"]
 
 
 # ------------------------------------------------------------------------------ real daemons
+def _cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
 def _teams_agreed(nodes: list[Node], tasks: int) -> list[dict[str, Any]] | None:
     """The daemons' coordination sections once they hold the same complete award of ``tasks``
     teams (the same members in the same roles); else None."""
@@ -171,20 +182,36 @@ def bench_daemons(
     started = time.time()
     try:
         start_all(nodes)
-        time.sleep(3.0)  # births, the syncs they cause and the first task_state are behind us
+        time.sleep(2.0)  # births, the syncs they cause and the first task_state are behind us
+        # Each daemon's CPU while idle (ticking, telemetry) over a second, the baseline its
+        # formation CPU is counted above.
+        procs = [psutil.Process(n.pid) for n in nodes]
+        idle_from, idle_cpu = time.time(), [_cpu(p) for p in procs]
+        time.sleep(1.0)
+        idle_rate = [
+            (_cpu(p) - c) / (time.time() - idle_from) for p, c in zip(procs, idle_cpu, strict=True)
+        ]
         specs = random_team_specs(
             tasks, 100, sizes=(2, 5), max_roles=3, seed=seed, capability="grid",
             announced_by="hub", prefix=f"s{seed}-",
         )  # fmt: skip
         slots = sum(s.size for s in specs)
         with hub(broker) as client:
+            cpu_before = [_cpu(p) for p in procs]
             announced = time.time()
             announce(client, specs)
             views = _wait(nodes, tasks, timeout=60)
+            cpu_after, cpu_at = [_cpu(p) for p in procs], time.time()
             held_views, held_seen = _wait_held(nodes, tasks, timeout=60)
         agreed = max(v["award_changed_at"] for v in views)
         msgs = counter.between(announced - 0.01, agreed + 0.01, "tasks")
         every = daemons * agents
+        # CPU each daemon spent between the announcement and the moment the bench saw the award
+        # agreed (its status file is written once a second: an upper bound), above its idle rate.
+        formation_cpu = [
+            max(0.0, a - b - rate * (cpu_at - announced))
+            for a, b, rate in zip(cpu_after, cpu_before, idle_rate, strict=True)
+        ]
         out.append(
             {
                 "bench": "team_formation",
@@ -218,6 +245,11 @@ def bench_daemons(
                         "tasks_preempted",
                     )
                 },
+                "formation_cpu_s_mean": round(statistics.fmean(formation_cpu), 4),
+                "formation_cpu_s_max": round(max(formation_cpu), 4),
+                "idle_cpu_per_s_mean": round(statistics.fmean(idle_rate), 4),
+                "cpu_window_s": round(cpu_at - announced, 4),
+                "one_core_estimate_s": one_core_estimate(max(formation_cpu)),
                 "start_s": round(announced - started, 1),
             }
         )
@@ -276,6 +308,18 @@ def _repair(
     }
 
 
+HOPS = 3
+"""Messages in a formation's critical path: the announcement, the bids, the holds."""
+
+
+def one_core_estimate(cpu_s: float) -> float:
+    """The agreement time of a fleet with a core per daemon, computed (not measured): the most
+    CPU a daemon spent on the formation, all of it on its own core, plus a tick (20 Hz) per
+    message in the critical path, which a daemon reads on its tick; the broker's loopback
+    delivery (well under a millisecond on an idle machine) is left out."""
+    return round(cpu_s + HOPS / 20, 4)
+
+
 def slope_rows(
     measured: list[dict[str, Any]], wanted: list[tuple[int, int]]
 ) -> list[dict[str, Any]]:
@@ -283,10 +327,12 @@ def slope_rows(
     done = {(r["daemons"], r["agents"] // r["daemons"]) for r in measured}
     xs = [r["agents"] for r in measured]
     ys = [r["agreed_after_announce_s"] for r in measured]
+    cpus = [r["formation_cpu_s_max"] for r in measured]
     rows: list[dict[str, Any]] = []
     if len(set(xs)) < 2:
         return rows
     slope, intercept = np.polyfit(xs, ys, 1)
+    cpu_slope, cpu_intercept = np.polyfit(xs, cpus, 1)
     for daemons, agents in wanted:
         if (daemons, agents) in done:
             continue
@@ -299,6 +345,13 @@ def slope_rows(
                 "agreed_after_announce_s": round(float(intercept + slope * daemons * agents), 4),
                 "from_sizes": sorted(set(xs)),
                 "slope_s_per_1000_agents": round(float(slope) * 1000, 4),
+                "formation_cpu_s_max": round(
+                    float(cpu_intercept + cpu_slope * daemons * agents), 4
+                ),
+                "cpu_slope_s_per_1000_agents": round(float(cpu_slope) * 1000, 4),
+                "one_core_estimate_s": one_core_estimate(
+                    float(cpu_intercept + cpu_slope * daemons * agents)
+                ),
             }
         )
     return rows

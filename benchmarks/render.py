@@ -170,6 +170,13 @@ class Table:
 # -- what a cell shows ---------------------------------------------------------------------------
 
 
+def _measured_or_slope(r: Any, field: str, fmt: str) -> str:
+    """``field`` (seconds) of the measured ``team_formation`` row, else the slope row's, marked."""
+    if r.get(field, "team_formation") is not None:
+        return cell(r.get(field, "team_formation"), fmt, " s")
+    return cell(r.get(field, "team_formation_slope"), fmt, " s (slope)")
+
+
 def cell(value: Any, fmt: str = "", suffix: str = "") -> str:
     """``value`` as table text: ``-`` for nothing, yes/no for booleans, ``fmt`` for numbers."""
     if value is None or value == "":
@@ -1494,9 +1501,13 @@ TABLES: tuple[Table, ...] = (
             "every daemon holds the same complete award (every team whole, the same members in "
             "the same roles), the newest `award_changed_at` after the announcement; held: every "
             "member took its slot (it waits for its window and every peer's bids). Messages "
-            "and bytes on the `tasks` topics until agreed, per agent. Rows marked (slope) are "
-            "from the least-squares line of the agreement time over the agents measured, not "
-            "measured."
+            "and bytes on the `tasks` topics until agreed, per agent. Formation CPU: each "
+            "daemon's CPU from the announcement until the award was seen agreed, above its idle "
+            "rate, the largest of the daemons (measured). With a core per daemon: computed, not "
+            "measured, as that CPU plus a 20 Hz tick for each of the three messages of the "
+            "critical path (announcement, bids, holds); on this 2-core machine the daemons "
+            "share two cores. Rows marked (slope) are from the least-squares lines of the "
+            "agreement time and of the CPU over the agents measured, not measured."
         ),
         benchmark="bench_coordination_teams.py",
         where={"bench": lambda b: b in ("team_formation", "team_formation_slope")},
@@ -1521,6 +1532,10 @@ TABLES: tuple[Table, ...] = (
             Column("bids / slot", "bids_per_slot", ".1f", of="team_formation"),
             Column("syncs", "syncs_sent", ",d", of="team_formation"),
             Column("teams formed", "teams_formed", ",d", of="team_formation"),
+            Column("formation CPU / daemon (max)",
+                   lambda r: _measured_or_slope(r, "formation_cpu_s_max", ".2f")),
+            Column("with a core per daemon (computed)",
+                   lambda r: _measured_or_slope(r, "one_core_estimate_s", ".2f")),
         ),
         headlines=(
             Headline(
