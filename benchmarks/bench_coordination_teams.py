@@ -38,6 +38,7 @@ line.
   teams complete within the horizon.
 
     python benchmarks/bench_coordination_teams.py [--scale 5x100,5x500,10x500,20x500]
+        [--skip-daemons | --skip-one-process]
 
 ``--smoke``: two daemons of 20 agents, four teams, tiny instances: the code path, for CI
 (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
@@ -642,6 +643,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=20)
     parser.add_argument("--skip-daemons", action="store_true", help="only the one-process parts")
     parser.add_argument(
+        "--skip-one-process", action="store_true", help="only the daemons' formation and repair"
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="2 daemons of 20 agents, 4 teams, tiny instances: for CI",
@@ -686,6 +690,8 @@ def main() -> None:
                 broker.kill()
             for row in slope_rows(measured, args.fit):
                 emit(row)
+    if args.skip_one_process:
+        return
     for sizes in quality:
         team, single = bench_quality(**sizes)
         emit(team)
