@@ -23,6 +23,11 @@ line.
   least-squares lines of the agreement time and of the largest formation CPU over the agents
   of the sizes measured, at the sizes asked for (marked ``slope``, not measured), and the
   one-core estimate from the extrapolated CPU.
+- ``team_formation_cpu``: the same formation in one process (``--cpu NODESxAGENTS``, nodes on
+  the in-memory broker, a simulated clock): each node's CPU (``process_time``) from the
+  announcement until every team is whole and held everywhere, above its idle ticks', against
+  twice as many one-agent tasks on a fleet of the same size: the per-node CPU as a function of
+  the fleet's size, which the machine's load barely moves.
 - ``team_quality``: random instances in one process, bid as the daemons bid (``D`` nodes of
   grid10 agents at random cells, each bidding its ``k = ceil(slots / D)`` cheapest agents per
   role, ``task_costs``/``select_bids``): the team award's total cost against scipy's
@@ -463,6 +468,91 @@ def team_awards(
     }
 
 
+def bench_formation_cpu(
+    root: Path, *, nodes: int, agents: int, tasks: int, seed: int, most_ticks: int = 80
+) -> dict[str, Any]:
+    """One formation in one process (the in-memory broker, a simulated 10 Hz clock): each node's
+    CPU (``process_time`` around its ticks) from the announcement until every node holds the
+    same award of whole teams and every member holds its slot, above the CPU of as many idle
+    ticks of that node measured just before (its agents ticking, nothing to allocate); and the
+    same for ``2 x tasks`` one-agent tasks on a fresh fleet of the same size, the baseline the
+    ratio is against. The machine's load barely moves a process's CPU time, unlike the daemons'
+    wall clock."""
+    from tests.support.coordination_harness import TICK_S, GroupSpec, SimFleet
+
+    settings = CoordinationSettings(
+        auction=AuctionSettings(window_s=WINDOW_S, done_belief=None), tick_period_s=TICK_S
+    )
+
+    def one(kind: str, sub: Path) -> tuple[list[float], int]:
+        fleet = SimFleet(
+            sub, nodes, {"grid": GroupSpec(GRID, agents, capabilities=("grid",))}, settings
+        )
+        try:
+            fleet.tick(3)  # agents localise themselves before they bid
+            idle = [0.0] * nodes
+            for _ in range(10):
+                for i, node in enumerate(fleet.nodes):
+                    t0 = time.process_time()
+                    node.tick()
+                    idle[i] += time.process_time() - t0
+                fleet.clock.now += TICK_S
+            if kind == "teams":
+                specs = random_team_specs(
+                    tasks, 100, sizes=(2, 5), max_roles=3, seed=seed, capability="grid",
+                    announced_by="node0",
+                )  # fmt: skip
+            else:
+                specs = random_specs(2 * tasks, 100, capability="grid", announced_by="node0",
+                                     seed=seed)  # fmt: skip
+            fleet.nodes[0].engine.announce(specs)
+            cpu = [0.0] * nodes
+            for tick in range(1, most_ticks + 1):
+                for i, node in enumerate(fleet.nodes):
+                    t0 = time.process_time()
+                    node.tick()
+                    cpu[i] += time.process_time() - t0
+                fleet.clock.now += TICK_S
+                if _formed(fleet, kind, len(specs)):
+                    return [
+                        max(0.0, c - tick * d / 10) for c, d in zip(cpu, idle, strict=True)
+                    ], tick
+            raise SystemExit(f"bench: {nodes} nodes did not form {kind} in {most_ticks} ticks")
+        finally:
+            fleet.close()
+
+    teams_cpu, teams_ticks = one("teams", root / f"cpu-teams-{nodes}x{agents}")
+    single_cpu, single_ticks = one("single", root / f"cpu-single-{nodes}x{agents}")
+    return {
+        "bench": "team_formation_cpu",
+        "nodes": nodes,
+        "agents": nodes * agents,
+        "tasks": tasks,
+        "ticks": teams_ticks,
+        "cpu_s_per_node_mean": round(statistics.fmean(teams_cpu), 4),
+        "cpu_s_per_node_max": round(max(teams_cpu), 4),
+        "cpu_s_fleet": round(sum(teams_cpu), 4),
+        "single_tasks": 2 * tasks,
+        "single_ticks": single_ticks,
+        "single_cpu_s_per_node_mean": round(statistics.fmean(single_cpu), 4),
+        "teams_over_single": round(sum(teams_cpu) / max(sum(single_cpu), 1e-9), 2),
+    }
+
+
+def _formed(fleet: Any, kind: str, count: int) -> bool:
+    """Every node holds the same award of ``count`` tasks, every team whole and every member
+    holding its slot (teams), or one holder each (one-agent tasks)."""
+    if kind == "single":
+        awards = fleet.assignments()
+        return len(awards[0]) == count and all(a == awards[0] for a in awards[1:])
+    teams = [n.engine.board.teams() for n in fleet.nodes]
+    return (
+        len(teams[0]) == count
+        and all(t == teams[0] for t in teams[1:])
+        and all(t.vacant == 0 and all(m.held for m in t.members) for t in teams[0].values())
+    )
+
+
 def bench_quality(
     *, instances: int, agents: int, tasks: int, nodes: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -639,6 +729,12 @@ def main() -> None:
         default=_sizes("20x500"),
         help="sizes a slope row is given for when not measured",
     )
+    parser.add_argument(
+        "--cpu",
+        type=_sizes,
+        default=_sizes("5x100,10x100,20x100,5x500,10x500,20x500"),
+        help="NODESxAGENTS sizes of the one-process formation CPU rows",
+    )
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--instances", type=int, default=20)
     parser.add_argument("--skip-daemons", action="store_true", help="only the one-process parts")
@@ -662,7 +758,7 @@ def main() -> None:
          "horizon": 60},
     ]  # fmt: skip
     if args.smoke:
-        args.scale, args.fit, args.tasks = [(2, 20)], [], 4
+        args.scale, args.fit, args.tasks, args.cpu = [(2, 20)], [], 4, [(2, 20)]
         quality = [{"instances": 2, "agents": 40, "tasks": 4, "nodes": 2}]
         outcome = [{"instances": 1, "agents": 40, "tasks": 4, "nodes": 2, "horizon": 10}]
     if not args.skip_daemons:
@@ -692,6 +788,10 @@ def main() -> None:
                 emit(row)
     if args.skip_one_process:
         return
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (nodes, agents) in enumerate(args.cpu):
+            emit(bench_formation_cpu(Path(tmp) / str(i), nodes=nodes, agents=agents,
+                                     tasks=args.tasks, seed=i))  # fmt: skip
     for sizes in quality:
         team, single = bench_quality(**sizes)
         emit(team)
