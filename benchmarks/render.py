@@ -1551,6 +1551,38 @@ TABLES: tuple[Table, ...] = (
         notes=f"[{NOTES}/coordination.md]({NOTES}/coordination.md#team-tasks-issue-55)",
     ),
     Table(
+        id="team-formation-cpu",
+        title="Team tasks: a formation's CPU per node",
+        scope=(
+            "The formation above in one process (`N` nodes of `A` grid10 agents on the "
+            "in-memory broker, a simulated 10 Hz clock, `window_s = 0.5`, 50 teams of 2-5 in "
+            "up to three roles): each node's CPU (`process_time` around its ticks) from the "
+            "announcement until every node holds the same award, every team whole and every "
+            "member holding its slot, above the CPU of as many idle ticks measured before; "
+            "against 100 one-agent tasks on a fleet of the same size. A process's CPU time is "
+            "barely moved by the machine's load: these are the per-daemon CPU and its slope "
+            "over the fleet's size that the daemons' agreement time with a core each is "
+            "computed from."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": "team_formation_cpu"},
+        key=("nodes", "agents"),
+        expect=({"nodes": 5, "agents": 500}, {"nodes": 20, "agents": 10000}),
+        command=f"{RECORD} bench_coordination_teams.py",
+        columns=(
+            Column("nodes", "nodes", "d"),
+            Column("agents", "agents", ",d"),
+            Column("ticks", "ticks", "d"),
+            Column("CPU / node: mean", "cpu_s_per_node_mean", ".3f", suffix=" s"),
+            Column("max", "cpu_s_per_node_max", ".3f", suffix=" s"),
+            Column("fleet", "cpu_s_fleet", ".2f", suffix=" s"),
+            Column("100 one-agent tasks: CPU / node", "single_cpu_s_per_node_mean", ".3f",
+                   suffix=" s"),
+            Column("teams / one-agent", "teams_over_single", ".2f", suffix="x"),
+        ),
+        notes=f"[{NOTES}/coordination.md]({NOTES}/coordination.md#team-tasks-issue-55)",
+    ),
+    Table(
         id="team-repair",
         title="Team tasks: a member's daemon killed",
         scope=(
