@@ -15,9 +15,19 @@ line.
   will): when every other daemon holds the same complete award again (the newest
   ``award_changed_at``) after the kill, whether the others' members kept their slots and round,
   and ``window_s + state_every_s`` beside it (the bound the issue sets).
+  Each daemon's CPU from the announcement until the bench saw the award agreed, above its
+  idle rate (measured over a second before): ``formation_cpu_s_mean``/``_max``; from the
+  largest, ``one_core_estimate_s``, the agreement time with a core per daemon, computed (the
+  CPU plus a 20 Hz tick per message of the critical path: :func:`one_core_estimate`).
 - ``team_formation_slope``: where the machine could not hold the daemons (``--scale``), the
-  least-squares line of the agreement time over the agents of the sizes measured, at the sizes
-  asked for (marked ``slope``, not measured).
+  least-squares lines of the agreement time and of the largest formation CPU over the agents
+  of the sizes measured, at the sizes asked for (marked ``slope``, not measured), and the
+  one-core estimate from the extrapolated CPU.
+- ``team_formation_cpu``: the same formation in one process (``--cpu NODESxAGENTS``, nodes on
+  the in-memory broker, a simulated clock): each node's CPU (``process_time``) from the
+  announcement until every team is whole and held everywhere, above its idle ticks', against
+  twice as many one-agent tasks on a fleet of the same size: the per-node CPU as a function of
+  the fleet's size, which the machine's load barely moves.
 - ``team_quality``: random instances in one process, bid as the daemons bid (``D`` nodes of
   grid10 agents at random cells, each bidding its ``k = ceil(slots / D)`` cheapest agents per
   role, ``task_costs``/``select_bids``): the team award's total cost against scipy's
@@ -33,6 +43,7 @@ line.
   teams complete within the horizon.
 
     python benchmarks/bench_coordination_teams.py [--scale 5x100,5x500,10x500,20x500]
+        [--skip-daemons | --skip-one-process]
 
 ``--smoke``: two daemons of 20 agents, four teams, tiny instances: the code path, for CI
 (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
@@ -56,6 +67,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 from bench_coordination_daemons import Counted, emit  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
@@ -109,6 +121,11 @@ capabilities = ["grid"]
 
 
 # ------------------------------------------------------------------------------ real daemons
+def _cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
 def _teams_agreed(nodes: list[Node], tasks: int) -> list[dict[str, Any]] | None:
     """The daemons' coordination sections once they hold the same complete award of ``tasks``
     teams (the same members in the same roles); else None."""
@@ -171,20 +188,36 @@ def bench_daemons(
     started = time.time()
     try:
         start_all(nodes)
-        time.sleep(3.0)  # births, the syncs they cause and the first task_state are behind us
+        time.sleep(2.0)  # births, the syncs they cause and the first task_state are behind us
+        # Each daemon's CPU while idle (ticking, telemetry) over a second, the baseline its
+        # formation CPU is counted above.
+        procs = [psutil.Process(n.pid) for n in nodes]
+        idle_from, idle_cpu = time.time(), [_cpu(p) for p in procs]
+        time.sleep(1.0)
+        idle_rate = [
+            (_cpu(p) - c) / (time.time() - idle_from) for p, c in zip(procs, idle_cpu, strict=True)
+        ]
         specs = random_team_specs(
             tasks, 100, sizes=(2, 5), max_roles=3, seed=seed, capability="grid",
             announced_by="hub", prefix=f"s{seed}-",
         )  # fmt: skip
         slots = sum(s.size for s in specs)
         with hub(broker) as client:
+            cpu_before = [_cpu(p) for p in procs]
             announced = time.time()
             announce(client, specs)
             views = _wait(nodes, tasks, timeout=60)
+            cpu_after, cpu_at = [_cpu(p) for p in procs], time.time()
             held_views, held_seen = _wait_held(nodes, tasks, timeout=60)
         agreed = max(v["award_changed_at"] for v in views)
         msgs = counter.between(announced - 0.01, agreed + 0.01, "tasks")
         every = daemons * agents
+        # CPU each daemon spent between the announcement and the moment the bench saw the award
+        # agreed (its status file is written once a second: an upper bound), above its idle rate.
+        formation_cpu = [
+            max(0.0, a - b - rate * (cpu_at - announced))
+            for a, b, rate in zip(cpu_after, cpu_before, idle_rate, strict=True)
+        ]
         out.append(
             {
                 "bench": "team_formation",
@@ -218,6 +251,11 @@ def bench_daemons(
                         "tasks_preempted",
                     )
                 },
+                "formation_cpu_s_mean": round(statistics.fmean(formation_cpu), 4),
+                "formation_cpu_s_max": round(max(formation_cpu), 4),
+                "idle_cpu_per_s_mean": round(statistics.fmean(idle_rate), 4),
+                "cpu_window_s": round(cpu_at - announced, 4),
+                "one_core_estimate_s": one_core_estimate(max(formation_cpu)),
                 "start_s": round(announced - started, 1),
             }
         )
@@ -276,6 +314,18 @@ def _repair(
     }
 
 
+HOPS = 3
+"""Messages in a formation's critical path: the announcement, the bids, the holds."""
+
+
+def one_core_estimate(cpu_s: float) -> float:
+    """The agreement time of a fleet with a core per daemon, computed (not measured): the most
+    CPU a daemon spent on the formation, all of it on its own core, plus a tick (20 Hz) per
+    message in the critical path, which a daemon reads on its tick; the broker's loopback
+    delivery (well under a millisecond on an idle machine) is left out."""
+    return round(cpu_s + HOPS / 20, 4)
+
+
 def slope_rows(
     measured: list[dict[str, Any]], wanted: list[tuple[int, int]]
 ) -> list[dict[str, Any]]:
@@ -283,10 +333,12 @@ def slope_rows(
     done = {(r["daemons"], r["agents"] // r["daemons"]) for r in measured}
     xs = [r["agents"] for r in measured]
     ys = [r["agreed_after_announce_s"] for r in measured]
+    cpus = [r["formation_cpu_s_max"] for r in measured]
     rows: list[dict[str, Any]] = []
     if len(set(xs)) < 2:
         return rows
     slope, intercept = np.polyfit(xs, ys, 1)
+    cpu_slope, cpu_intercept = np.polyfit(xs, cpus, 1)
     for daemons, agents in wanted:
         if (daemons, agents) in done:
             continue
@@ -299,6 +351,13 @@ def slope_rows(
                 "agreed_after_announce_s": round(float(intercept + slope * daemons * agents), 4),
                 "from_sizes": sorted(set(xs)),
                 "slope_s_per_1000_agents": round(float(slope) * 1000, 4),
+                "formation_cpu_s_max": round(
+                    float(cpu_intercept + cpu_slope * daemons * agents), 4
+                ),
+                "cpu_slope_s_per_1000_agents": round(float(cpu_slope) * 1000, 4),
+                "one_core_estimate_s": one_core_estimate(
+                    float(cpu_intercept + cpu_slope * daemons * agents)
+                ),
             }
         )
     return rows
@@ -407,6 +466,91 @@ def team_awards(
         "chosen": chosen,
         "greedy": greedy,
     }
+
+
+def bench_formation_cpu(
+    root: Path, *, nodes: int, agents: int, tasks: int, seed: int, most_ticks: int = 80
+) -> dict[str, Any]:
+    """One formation in one process (the in-memory broker, a simulated 10 Hz clock): each node's
+    CPU (``process_time`` around its ticks) from the announcement until every node holds the
+    same award of whole teams and every member holds its slot, above the CPU of as many idle
+    ticks of that node measured just before (its agents ticking, nothing to allocate); and the
+    same for ``2 x tasks`` one-agent tasks on a fresh fleet of the same size, the baseline the
+    ratio is against. The machine's load barely moves a process's CPU time, unlike the daemons'
+    wall clock."""
+    from tests.support.coordination_harness import TICK_S, GroupSpec, SimFleet
+
+    settings = CoordinationSettings(
+        auction=AuctionSettings(window_s=WINDOW_S, done_belief=None), tick_period_s=TICK_S
+    )
+
+    def one(kind: str, sub: Path) -> tuple[list[float], int]:
+        fleet = SimFleet(
+            sub, nodes, {"grid": GroupSpec(GRID, agents, capabilities=("grid",))}, settings
+        )
+        try:
+            fleet.tick(3)  # agents localise themselves before they bid
+            idle = [0.0] * nodes
+            for _ in range(10):
+                for i, node in enumerate(fleet.nodes):
+                    t0 = time.process_time()
+                    node.tick()
+                    idle[i] += time.process_time() - t0
+                fleet.clock.now += TICK_S
+            if kind == "teams":
+                specs = random_team_specs(
+                    tasks, 100, sizes=(2, 5), max_roles=3, seed=seed, capability="grid",
+                    announced_by="node0",
+                )  # fmt: skip
+            else:
+                specs = random_specs(2 * tasks, 100, capability="grid", announced_by="node0",
+                                     seed=seed)  # fmt: skip
+            fleet.nodes[0].engine.announce(specs)
+            cpu = [0.0] * nodes
+            for tick in range(1, most_ticks + 1):
+                for i, node in enumerate(fleet.nodes):
+                    t0 = time.process_time()
+                    node.tick()
+                    cpu[i] += time.process_time() - t0
+                fleet.clock.now += TICK_S
+                if _formed(fleet, kind, len(specs)):
+                    return [
+                        max(0.0, c - tick * d / 10) for c, d in zip(cpu, idle, strict=True)
+                    ], tick
+            raise SystemExit(f"bench: {nodes} nodes did not form {kind} in {most_ticks} ticks")
+        finally:
+            fleet.close()
+
+    teams_cpu, teams_ticks = one("teams", root / f"cpu-teams-{nodes}x{agents}")
+    single_cpu, single_ticks = one("single", root / f"cpu-single-{nodes}x{agents}")
+    return {
+        "bench": "team_formation_cpu",
+        "nodes": nodes,
+        "agents": nodes * agents,
+        "tasks": tasks,
+        "ticks": teams_ticks,
+        "cpu_s_per_node_mean": round(statistics.fmean(teams_cpu), 4),
+        "cpu_s_per_node_max": round(max(teams_cpu), 4),
+        "cpu_s_fleet": round(sum(teams_cpu), 4),
+        "single_tasks": 2 * tasks,
+        "single_ticks": single_ticks,
+        "single_cpu_s_per_node_mean": round(statistics.fmean(single_cpu), 4),
+        "teams_over_single": round(sum(teams_cpu) / max(sum(single_cpu), 1e-9), 2),
+    }
+
+
+def _formed(fleet: Any, kind: str, count: int) -> bool:
+    """Every node holds the same award of ``count`` tasks, every team whole and every member
+    holding its slot (teams), or one holder each (one-agent tasks)."""
+    if kind == "single":
+        awards = fleet.assignments()
+        return len(awards[0]) == count and all(a == awards[0] for a in awards[1:])
+    teams = [n.engine.board.teams() for n in fleet.nodes]
+    return (
+        len(teams[0]) == count
+        and all(t == teams[0] for t in teams[1:])
+        and all(t.vacant == 0 and all(m.held for m in t.members) for t in teams[0].values())
+    )
 
 
 def bench_quality(
@@ -585,9 +729,18 @@ def main() -> None:
         default=_sizes("20x500"),
         help="sizes a slope row is given for when not measured",
     )
+    parser.add_argument(
+        "--cpu",
+        type=_sizes,
+        default=_sizes("5x100,10x100,20x100,5x500,10x500,20x500"),
+        help="NODESxAGENTS sizes of the one-process formation CPU rows",
+    )
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--instances", type=int, default=20)
     parser.add_argument("--skip-daemons", action="store_true", help="only the one-process parts")
+    parser.add_argument(
+        "--skip-one-process", action="store_true", help="only the daemons' formation and repair"
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -605,7 +758,7 @@ def main() -> None:
          "horizon": 60},
     ]  # fmt: skip
     if args.smoke:
-        args.scale, args.fit, args.tasks = [(2, 20)], [], 4
+        args.scale, args.fit, args.tasks, args.cpu = [(2, 20)], [], 4, [(2, 20)]
         quality = [{"instances": 2, "agents": 40, "tasks": 4, "nodes": 2}]
         outcome = [{"instances": 1, "agents": 40, "tasks": 4, "nodes": 2, "horizon": 10}]
     if not args.skip_daemons:
@@ -633,6 +786,12 @@ def main() -> None:
                 broker.kill()
             for row in slope_rows(measured, args.fit):
                 emit(row)
+    if args.skip_one_process:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (nodes, agents) in enumerate(args.cpu):
+            emit(bench_formation_cpu(Path(tmp) / str(i), nodes=nodes, agents=agents,
+                                     tasks=args.tasks, seed=i))  # fmt: skip
     for sizes in quality:
         team, single = bench_quality(**sizes)
         emit(team)

@@ -38,9 +38,9 @@ One JSON object per line:
   mirrored in ``B``, up for down and left for right) should fail, ``same`` (the live model) and
   ``close`` (the T-maze rewarding 0.95 instead of 0.98, grid10 seeing its cell with noise 0.15
   instead of 0.1: fits about as well) should pass. Tests: ``paired`` is the shadow (candidate
-  beside the live group, the hub's :class:`~edge_agent_host.hub.shadow_gate.ShadowCriterion`,
+  beside the live group, the hub's :class:`~edge_agent_host.hub.gates.shadow.ShadowCriterion`,
   one-sided Wilcoxon on the windows' differences); ``unpaired`` is the live gate
-  (:class:`~edge_agent_host.hub.health_gate.HealthCriterion`, one-sided Mann-Whitney) on ``K``
+  (:class:`~edge_agent_host.hub.gates.health.HealthCriterion`, one-sided Mann-Whitney) on ``K``
   health windows of 16 ticks of a group running the candidate in its own world against ``K`` of
   a group running the live model in another (another seed). Both with ``max_increase``
   ``threshold`` (0.3 nats, the docs' example) at ``alpha`` 0.05 and ``min_pairs`` /
@@ -341,8 +341,8 @@ def shadow_power(
     world: str, n: int, kind: str, windows: list[int], seeds: int
 ) -> list[dict[str, Any]]:
     from edge_agent.sim.registry import make_env
-    from edge_agent_host.hub.health_gate import DEFAULT_ALPHA, HealthCriterion, Outcome
-    from edge_agent_host.hub.shadow_gate import ShadowCriterion
+    from edge_agent_host.hub.gates.health import DEFAULT_ALPHA, HealthCriterion, Outcome
+    from edge_agent_host.hub.gates.shadow import ShadowCriterion
 
     expected = Outcome(CANDIDATES[kind])
     paired = ShadowCriterion(threshold=THRESHOLD, min_pairs=3)

@@ -51,11 +51,11 @@ from edge_agent.fleet.protocol import (  # noqa: E402
     Health,
     MeasureSummary,
 )
-from edge_agent_host.hub.engines import SqliteEngine  # noqa: E402
-from edge_agent_host.hub.health_gate import WaveWindow, parse_criterion  # noqa: E402
-from edge_agent_host.hub.queue import Heard  # noqa: E402
-from edge_agent_host.hub.rollout_store import RolloutStore  # noqa: E402
-from edge_agent_host.hub.store import HubDatabase  # noqa: E402
+from edge_agent_host.hub.gates.health import WaveWindow, parse_criterion  # noqa: E402
+from edge_agent_host.hub.rollouts.store import RolloutStore  # noqa: E402
+from edge_agent_host.hub.storage.database import HubDatabase  # noqa: E402
+from edge_agent_host.hub.storage.engines import SqliteEngine  # noqa: E402
+from edge_agent_host.hub.traffic.queue import Heard  # noqa: E402
 from edge_agent_host.keys import generate_keypair  # noqa: E402
 from tests.support.broker import MosquittoBroker  # noqa: E402
 

@@ -50,9 +50,9 @@ from edge_agent.aif.settings import AifSettings, settings_to_json  # noqa: E402
 from edge_agent.bundle.signing import load_private_key  # noqa: E402
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle  # noqa: E402
 from edge_agent.sim.registry import builtin_model  # noqa: E402
-from edge_agent_host.hub.engines import SqliteEngine  # noqa: E402
-from edge_agent_host.hub.rollout_store import RolloutStore  # noqa: E402
-from edge_agent_host.hub.store import HubDatabase  # noqa: E402
+from edge_agent_host.hub.rollouts.store import RolloutStore  # noqa: E402
+from edge_agent_host.hub.storage.database import HubDatabase  # noqa: E402
+from edge_agent_host.hub.storage.engines import SqliteEngine  # noqa: E402
 from edge_agent_host.keys import generate_keypair  # noqa: E402
 from tests.support.broker import MosquittoBroker, free_port  # noqa: E402
 

@@ -27,7 +27,7 @@ ticks of walks on grid10's true transitions, encoded by the daemon's own
    counters over the burst (``broker_bytes_received``: what the nodes sent, MQTT framing and
    keep-alives included; ``broker_bytes_sent``: what went on to the hub), per delta too;
 4. ``read_s`` and ``merge_s``: the round's read (``LearningStore.pending`` from PostgreSQL,
-   ``learning_round.per_node``) and merge (``merge_sparse``) of exactly those deltas, timed in
+   ``learning.round.per_node``) and merge (``merge_sparse``) of exactly those deltas, timed in
    this process while it holds the lease;
 5. the lease given up, the service's policy builds the round (read, merge, the int8 gate's
    conversion, signing, storing): ``round_s`` from the lease's release to the round's
@@ -85,13 +85,13 @@ from bench_hub_scale import (  # noqa: E402
 from bench_learning_merge import LINE, line_bundle  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from edge_agent_host.hub.engines import PostgresEngine  # noqa: E402
-from edge_agent_host.hub.learning_merge import MergeSettings, merge_sparse  # noqa: E402
-from edge_agent_host.hub.learning_model import line_model  # noqa: E402
-from edge_agent_host.hub.learning_round import per_node  # noqa: E402
-from edge_agent_host.hub.learning_store import LearningStore  # noqa: E402
-from edge_agent_host.hub.rollout_store import RolloutStore  # noqa: E402
-from edge_agent_host.hub.store import HubDatabase  # noqa: E402
+from edge_agent_host.hub.learning.merge import MergeSettings, merge_sparse  # noqa: E402
+from edge_agent_host.hub.learning.model import line_model  # noqa: E402
+from edge_agent_host.hub.learning.round import per_node  # noqa: E402
+from edge_agent_host.hub.learning.store import LearningStore  # noqa: E402
+from edge_agent_host.hub.rollouts.store import RolloutStore  # noqa: E402
+from edge_agent_host.hub.storage.database import HubDatabase  # noqa: E402
+from edge_agent_host.hub.storage.engines import PostgresEngine  # noqa: E402
 from edge_agent_host.keys import generate_keypair  # noqa: E402
 from tests.support.broker import MosquittoBroker  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402

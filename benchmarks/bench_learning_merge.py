@@ -18,12 +18,12 @@ ticks), in the smaller of the protocol's two encodings as a node sends it
    against the baseline of one telemetry message per node through the same path (``ratio``:
    deltas / telemetry, per second);
 3. ``merge``: a round: reading what waits into what each node sent (``read_s``,
-   ``learning_round.per_node``; ``held_mb``: those arrays: the values not 0, float32, their
+   ``learning.round.per_node``; ``held_mb``: those arrays: the values not 0, float32, their
    rows and their (node, column) pairs), then ``merge_sparse`` (the cap per column, the
    leave-one-out score, the sum) (``merge_s``; ``peak_mb``: its peak of numpy memory beyond
    what it was given, tracemalloc); ``round_bytes``: the nodes' deltas as they cross the
    broker. Up to ``--dense-max`` nodes, the dense reference merge
-   (``learning_merge_dense.merge_round_dense``, nodes x counts float64) of the same deltas in
+   (``tests/support/learning_merge_oracle.py``, nodes x counts float64) of the same deltas in
    the same process: its time, what it holds and its peak, ``speedup`` (dense / sparse time),
    ``memory_ratio`` (dense / sparse, held + peak), and the run stops if the two results differ
    (``equal``);
@@ -73,15 +73,15 @@ from edge_agent.sim.registry import builtin_model  # noqa: E402
 from edge_agent_host.converter.aif.options import AifOptions  # noqa: E402
 from edge_agent_host.converter.common import ConvertOptions  # noqa: E402
 from edge_agent_host.converter.formats.aif import convert_aif  # noqa: E402
-from edge_agent_host.hub.engines import SqliteEngine  # noqa: E402
-from edge_agent_host.hub.learning_merge import MergeSettings, SparseTable, merge_sparse  # noqa: E402
-from edge_agent_host.hub.learning_merge_dense import merge_round_dense  # noqa: E402
-from edge_agent_host.hub.learning_model import line_model  # noqa: E402
-from edge_agent_host.hub.learning_round import per_node  # noqa: E402
-from edge_agent_host.hub.learning_store import LearningStore  # noqa: E402
-from edge_agent_host.hub.queue import Heard  # noqa: E402
-from edge_agent_host.hub.rollout_store import RolloutStore  # noqa: E402
-from edge_agent_host.hub.store import HubDatabase  # noqa: E402
+from edge_agent_host.hub.learning.merge import MergeSettings, SparseTable, merge_sparse  # noqa: E402
+from edge_agent_host.hub.learning.model import line_model  # noqa: E402
+from edge_agent_host.hub.learning.round import per_node  # noqa: E402
+from edge_agent_host.hub.learning.store import LearningStore  # noqa: E402
+from edge_agent_host.hub.rollouts.store import RolloutStore  # noqa: E402
+from edge_agent_host.hub.storage.database import HubDatabase  # noqa: E402
+from edge_agent_host.hub.storage.engines import SqliteEngine  # noqa: E402
+from edge_agent_host.hub.traffic.queue import Heard  # noqa: E402
+from tests.support.learning_merge_oracle import merge_round_dense  # noqa: E402
 
 LINE = "grid10"
 BATCH = 500  # the service's [queue] batch_max default

@@ -170,6 +170,13 @@ class Table:
 # -- what a cell shows ---------------------------------------------------------------------------
 
 
+def _measured_or_slope(r: Any, field: str, fmt: str) -> str:
+    """``field`` (seconds) of the measured ``team_formation`` row, else the slope row's, marked."""
+    if r.get(field, "team_formation") is not None:
+        return cell(r.get(field, "team_formation"), fmt, " s")
+    return cell(r.get(field, "team_formation_slope"), fmt, " s (slope)")
+
+
 def cell(value: Any, fmt: str = "", suffix: str = "") -> str:
     """``value`` as table text: ``-`` for nothing, yes/no for booleans, ``fmt`` for numbers."""
     if value is None or value == "":
@@ -1494,9 +1501,13 @@ TABLES: tuple[Table, ...] = (
             "every daemon holds the same complete award (every team whole, the same members in "
             "the same roles), the newest `award_changed_at` after the announcement; held: every "
             "member took its slot (it waits for its window and every peer's bids). Messages "
-            "and bytes on the `tasks` topics until agreed, per agent. Rows marked (slope) are "
-            "from the least-squares line of the agreement time over the agents measured, not "
-            "measured."
+            "and bytes on the `tasks` topics until agreed, per agent. Formation CPU: each "
+            "daemon's CPU from the announcement until the award was seen agreed, above its idle "
+            "rate, the largest of the daemons (measured). With a core per daemon: computed, not "
+            "measured, as that CPU plus a 20 Hz tick for each of the three messages of the "
+            "critical path (announcement, bids, holds); on this 2-core machine the daemons "
+            "share two cores. Rows marked (slope) are from the least-squares lines of the "
+            "agreement time and of the CPU over the agents measured, not measured."
         ),
         benchmark="bench_coordination_teams.py",
         where={"bench": lambda b: b in ("team_formation", "team_formation_slope")},
@@ -1521,6 +1532,10 @@ TABLES: tuple[Table, ...] = (
             Column("bids / slot", "bids_per_slot", ".1f", of="team_formation"),
             Column("syncs", "syncs_sent", ",d", of="team_formation"),
             Column("teams formed", "teams_formed", ",d", of="team_formation"),
+            Column("formation CPU / daemon (max)",
+                   lambda r: _measured_or_slope(r, "formation_cpu_s_max", ".2f")),
+            Column("with a core per daemon (computed)",
+                   lambda r: _measured_or_slope(r, "one_core_estimate_s", ".2f")),
         ),
         headlines=(
             Headline(
@@ -1532,6 +1547,38 @@ TABLES: tuple[Table, ...] = (
                 ),
                 {"daemons": 5, "agents": 500},
             ),
+        ),
+        notes=f"[{NOTES}/coordination.md]({NOTES}/coordination.md#team-tasks-issue-55)",
+    ),
+    Table(
+        id="team-formation-cpu",
+        title="Team tasks: a formation's CPU per node",
+        scope=(
+            "The formation above in one process (`N` nodes of `A` grid10 agents on the "
+            "in-memory broker, a simulated 10 Hz clock, `window_s = 0.5`, 50 teams of 2-5 in "
+            "up to three roles): each node's CPU (`process_time` around its ticks) from the "
+            "announcement until every node holds the same award, every team whole and every "
+            "member holding its slot, above the CPU of as many idle ticks measured before; "
+            "against 100 one-agent tasks on a fleet of the same size. A process's CPU time is "
+            "barely moved by the machine's load: these are the per-daemon CPU and its slope "
+            "over the fleet's size that the daemons' agreement time with a core each is "
+            "computed from."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": "team_formation_cpu"},
+        key=("nodes", "agents"),
+        expect=({"nodes": 5, "agents": 500}, {"nodes": 20, "agents": 10000}),
+        command=f"{RECORD} bench_coordination_teams.py",
+        columns=(
+            Column("nodes", "nodes", "d"),
+            Column("agents", "agents", ",d"),
+            Column("ticks", "ticks", "d"),
+            Column("CPU / node: mean", "cpu_s_per_node_mean", ".3f", suffix=" s"),
+            Column("max", "cpu_s_per_node_max", ".3f", suffix=" s"),
+            Column("fleet", "cpu_s_fleet", ".2f", suffix=" s"),
+            Column("100 one-agent tasks: CPU / node", "single_cpu_s_per_node_mean", ".3f",
+                   suffix=" s"),
+            Column("teams / one-agent", "teams_over_single", ".2f", suffix="x"),
         ),
         notes=f"[{NOTES}/coordination.md]({NOTES}/coordination.md#team-tasks-issue-55)",
     ),

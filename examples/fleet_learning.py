@@ -14,8 +14,8 @@ own seed, so each sees the cells its few agents walk through. The runs share the
 * ``fleet``: the same learning, and every ``--round`` ticks (a round) each node's increments
   since its last report are taken (``take_increments``), made into the messages the daemon
   sends (:func:`~edge_agent.fleet.learning_deltas.learning_deltas`, encoded and decoded as
-  envelopes), checked as the hub checks them (``learning_checks.check_tables``) and merged by
-  the hub's own ``learning_merge.merge_round`` (its default settings: cap 0.25 per column plus
+  envelopes), checked as the hub checks them (``learning.checks.check_tables``) and merged by
+  the hub's own ``learning.merge.merge_round`` (its default settings: cap 0.25 per column plus
   5 % of the column's prior mass, leave-one-out score at 5 MADs). Every node then goes on from
   the fleet's counts and nothing else (its counts replaced by the merged ones and its tables
   refreshed from them, as a node that deploys the round's version starts from its counts);
@@ -65,8 +65,8 @@ from edge_agent.core.agents import AifAgentGroup
 from edge_agent.fleet.learning_deltas import learning_deltas
 from edge_agent.fleet.protocol import DEFAULT_MAX_BYTES, Envelope, LearningDelta, decode, encode
 from edge_agent.sim.grid_slippery import DEFAULT_BLOCKED, SlipperyGridEnv
-from edge_agent_host.hub.learning_checks import check_tables, dense_increments
-from edge_agent_host.hub.learning_merge import MergeSettings, merge_round
+from edge_agent_host.hub.learning.checks import check_tables, dense_increments
+from edge_agent_host.hub.learning.merge import MergeSettings, merge_round
 
 CONDITIONS = ("frozen", "alone", "fleet", "poisoned")
 COLOURS = {"frozen": "#888888", "alone": "#1f77b4", "fleet": "#d62728", "poisoned": "#ff9f1c"}

@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 #: keys, the memory plan, a backend it needs, a state directory another daemon holds. Restarting
 #: cannot help, so ``run`` exits 2 (the unit's RestartPreventExitStatus=2); anything else that
 #: stops the daemon exits 1 and systemd restarts it (damaged runtime state does not stop it at
-#: all: edge_agent/state_health.py).
+#: all: edge_agent/state_faults.py).
 CONFIG_ERRORS: Final = (
     ConfigError,
     BudgetError,

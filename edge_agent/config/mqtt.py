@@ -1,7 +1,7 @@
 """The daemon config's ``[mqtt]`` table: the broker connection of the fleet protocol and of
 MQTT sources and sinks (``[mqtt.tls]`` too). Part of :mod:`edge_agent.config.daemon`, whose
-``DaemonConfig`` holds it; the hub's config (``tools/edge_agent_host/hub/config.py``) takes its
-TLS record from here. ``docs/configuration.md`` documents every key.
+``DaemonConfig`` holds it; the hub's config (``tools/edge_agent_host/hub/config/hub_toml.py``) takes
+its TLS record from here. ``docs/configuration.md`` documents every key.
 """
 
 from __future__ import annotations

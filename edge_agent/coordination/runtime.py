@@ -59,7 +59,7 @@ from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, Reservation
 from edge_agent.core.contract import AgentGroup
 from edge_agent.errors import BudgetError, EdgeAgentError
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def _task_signer(link: object) -> TaskSigner:
     state_dir = getattr(link, "state_dir", None)
     if not isinstance(state_dir, Path):
         return TaskSigner.generate()
-    health = getattr(link, "health", None)
-    return TaskSigner.load_or_create(state_dir, health if isinstance(health, StateHealth) else None)
+    faults = getattr(link, "faults", None)
+    return TaskSigner.load_or_create(state_dir, faults if isinstance(faults, StateFaults) else None)
 
 
 class CoordinationRuntime:

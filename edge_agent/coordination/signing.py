@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -109,7 +109,7 @@ class TaskSigner:
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
-    def load_or_create(cls, state_dir: Path, health: StateHealth | None = None) -> TaskSigner:
+    def load_or_create(cls, state_dir: Path, faults: StateFaults | None = None) -> TaskSigner:
         """The key kept in ``state_dir``; a new one (saved when the storage lets it) when there
         is none or the file is damaged. Never raises for the file's sake."""
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -119,21 +119,21 @@ class TaskSigner:
             PrivateFormat,
         )
 
-        health = health if health is not None else StateHealth()
+        faults = faults if faults is not None else StateFaults()
         path = state_dir / KEY_FILE
         if not_a_file(path):
-            health.move_aside(PART, path, "not a regular file")
+            faults.move_aside(PART, path, "not a regular file")
         else:
             try:
                 seed = path.read_bytes()
             except FileNotFoundError:
                 pass
             except OSError as err:
-                health.storage_error(PART, err, f"read {path}")
+                faults.storage_error(PART, err, f"read {path}")
             else:
                 if len(seed) == SEED_BYTES:
                     return cls(Ed25519PrivateKey.from_private_bytes(seed))
-                health.move_aside(PART, path, f"{len(seed)} bytes, expected {SEED_BYTES}")
+                faults.move_aside(PART, path, f"{len(seed)} bytes, expected {SEED_BYTES}")
         private = Ed25519PrivateKey.generate()
         seed = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         try:
@@ -141,7 +141,7 @@ class TaskSigner:
         except OSError as err:
             if not is_storage_error(err):
                 logger.warning("coordination: cannot save the task key to %s: %s", path, err)
-            health.storage_error(PART, err, f"save the task key to {path}")
+            faults.storage_error(PART, err, f"save the task key to {path}")
         return cls(private)
 
     def sign(self, data: bytes) -> bytes:

@@ -22,7 +22,7 @@ protocols by their shape: the floors below (``sim``) and beside (``fleet``) neve
 ``per_agent_nbytes`` ...           memory: bytes per agent, shared model bytes, history rows
 ``io`` / ``io_signature``          what its source and sink are built for
 ``warm_up`` / ``finite``           the first real tick not cold; a deployment's watch
-``random_inputs``                  valid inputs of one tick, for a deployment's health check
+``random_inputs``                  valid inputs of one tick, for a deployment's preflight
 ``describe`` / ``metrics``         what the status shows of the kind; its numbers for telemetry
 =================================  ==============================================================
 

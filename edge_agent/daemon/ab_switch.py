@@ -1,4 +1,4 @@
-"""The node's deployments, one owner: transfer, verify, health check, switch, watch, roll back.
+"""The node's deployments, one owner: transfer, verify, preflight, switch, watch, roll back.
 
 The rest of the daemon talks to :class:`ABSwitch` alone, through a few verbs: the hub commands
 (:meth:`ABSwitch.start`, :meth:`ABSwitch.chunk`), the uplink's broadcast chunks
@@ -24,7 +24,7 @@ any group (a deployment whose shadow does not fit fails in one line, the group u
 its time is over the paired result is reported (an event now, and the deployment's final
 result), then the switch goes on as above. A reload waits for the shadow as for a watch.
 
-The health check works on a :class:`CheckSnapshot` taken on the loop thread as the verification
+The preflight works on a :class:`CheckSnapshot` taken on the loop thread as the verification
 starts (the group's config, the trusted keys, the running group's size and signature): the worker
 never reads the daemon's live groups or config, so a reload or a resize meanwhile cannot change
 what it checks. A switch whose group's config changed since (a reload) is refused.
@@ -53,10 +53,10 @@ from edge_agent.core.contract import TickWindow
 from edge_agent.daemon.admission import load_group_model, trusted_keys
 from edge_agent.daemon.group_runtime import (
     GroupRuntime,
-    healthy_steps,
     io_signature,
     make_agents,
     model_spec_key,
+    preflight_steps,
     with_bundle,
 )
 from edge_agent.daemon.shadow import ShadowRun
@@ -64,18 +64,18 @@ from edge_agent.errors import BudgetError, EdgeAgentError
 from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fleet.overlay import BUNDLES_DIR, DEPLOY_COUNTERS, Overlay, OverlayEntry
 from edge_agent.kinds.base import LoadedModel
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:
     # commands and protocol: imported only by a daemon with [mqtt] enabled; deploy: when a
     # deployment needs it (ABSwitch.deployment)
     from edge_agent.fleet.commands import ChunkArgs, DeployArgs
-    from edge_agent.fleet.deploy import DeployManager, HealthCheck, Phase, ReadyToSwitch, Report
+    from edge_agent.fleet.deploy import DeployManager, Phase, PreflightCheck, ReadyToSwitch, Report
     from edge_agent.fleet.protocol import BundleChunk
 
 logger = logging.getLogger(__name__)
 
-#: Agents of the scratch group a deployment's health check steps.
+#: Agents of the scratch group a deployment's preflight steps.
 HEALTH_CHECK_AGENTS = 64
 
 
@@ -105,7 +105,7 @@ class _NonFiniteError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class CheckSnapshot:
-    """What a deployment's health check works on, taken on the loop thread when the check is
+    """What a deployment's preflight works on, taken on the loop thread when the check is
     prepared: the worker thread reads nothing else of the daemon."""
 
     #: The daemon's config then (frozen: a reload replaces it, never changes it).
@@ -124,7 +124,7 @@ class CheckSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class CheckedBundle:
-    """A bundle that passed its health check: the model loaded, and the snapshot it was checked
+    """A bundle that passed its preflight: the model loaded, and the snapshot it was checked
     on (the payload of :class:`~edge_agent.fleet.deploy.ReadyToSwitch`)."""
 
     snapshot: CheckSnapshot
@@ -147,7 +147,7 @@ def check_bundle(snapshot: CheckSnapshot, path: Path, steps: int, timeout_s: flo
                 f"{snapshot.signature[1:]}; the bundle's are {io_signature(scratch)[1:]} "
                 f"({loaded.kind}): its source and sink cannot take it"
             )
-        healthy_steps(scratch, steps, deadline=deadline, timeout_s=timeout_s, seed=cfg.seed)
+        preflight_steps(scratch, steps, deadline=deadline, timeout_s=timeout_s, seed=cfg.seed)
     finally:
         scratch.release()
     return loaded
@@ -170,11 +170,11 @@ class ABSwitch:
         state_dir: Path,
         *,
         report: Callable[[list[Report]], None],
-        health: StateHealth | None = None,
+        faults: StateFaults | None = None,
     ) -> None:
         self._report = report
         self._state_dir = Path(state_dir)
-        self._health = health if health is not None else StateHealth()
+        self._faults = faults if faults is not None else StateFaults()
         self._host: SwitchHost | None = None
         #: The group the new bundle replaced, kept while the new one is watched.
         self._old: GroupRuntime | None = None
@@ -185,7 +185,7 @@ class ABSwitch:
         #: verifies nothing).
         self._bundle_keys: TrustedKeys | None = None
         #: The deployed bundles, read at start; the manager writes them.
-        self._overlay = Overlay(self._state_dir, health=self._health)
+        self._overlay = Overlay(self._state_dir, faults=self._faults)
         self._overlay.load()
         self._deployer: DeployManager | None = None
         if os.path.lexists(self._state_dir / BUNDLES_DIR):
@@ -201,7 +201,7 @@ class ABSwitch:
             deployer = DeployManager(
                 self._state_dir,
                 bundle_keys=self._bundle_keys,
-                health=self._health,
+                faults=self._faults,
                 overlay=self._overlay,
             )
             deployer.recover()
@@ -326,9 +326,9 @@ class ABSwitch:
         """A chunk heard on the bundle topic."""
         return self.deployment().broadcast_chunk(chunk)
 
-    # -- the health check: prepared on the loop thread, run on the worker's ---------------------
-    def _prepare_check(self, group: str) -> HealthCheck:
-        """Take the health check's :class:`CheckSnapshot` of ``group`` now (loop thread)."""
+    # -- the preflight: prepared on the loop thread, run on the worker's -----------------------
+    def _prepare_check(self, group: str) -> PreflightCheck:
+        """Take the preflight's :class:`CheckSnapshot` of ``group`` now (loop thread)."""
         config = self.host.config
         try:
             cfg = config.group(group)
@@ -352,7 +352,7 @@ class ABSwitch:
 
     # -- between ticks ---------------------------------------------------------------------------
     def before_tick(self) -> None:
-        """Switch a group whose bundle passed its health check; roll back one whose watch
+        """Switch a group whose bundle passed its preflight; roll back one whose watch
         expired; hand the deployment's reports on."""
         deployer = self._deployer
         if deployer is None:
@@ -440,7 +440,7 @@ class ABSwitch:
         old = groups[index]
         checked = ready.payload
         if not isinstance(checked, CheckedBundle):
-            fail("internal: the health check returned no model")
+            fail("internal: the preflight returned no model")
             return None
         try:
             cfg = host.config.group(old.name)

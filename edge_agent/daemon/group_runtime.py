@@ -13,7 +13,7 @@ after asks which ones a group has. The rest of the daemon asks a group to do thi
 verbs (pause, resize, halve its history, save and restore its state, carry over, be replaced by
 a deployed bundle's group) and reads what it tells (``describe``, ``metrics``, ``footprint``);
 nothing outside this module touches its agents or its fields. :func:`make_agents` builds the
-agents of a loaded model through its kind (the factory, a deployment's health check and its
+agents of a loaded model through its kind (the factory, a deployment's preflight and its
 switch all come through it) and :func:`plan_requests` says what they will reserve, before
 anything is allocated. Nothing here imports the service module.
 """
@@ -539,7 +539,7 @@ def make_agents(
     workers: int = 1,
 ) -> Agents:
     """The agents of group ``cfg`` on ``loaded`` (reserved in ``budget`` when given; without a
-    budget, a scratch group such as a deployment's health check steps). ``threads``: intra-op
+    budget, a scratch group such as a deployment's preflight steps). ``threads``: intra-op
     threads of a neural backend (the profile's ``inference_threads``); ``workers``: processes
     that step an Active Inference group's blocks (:meth:`GroupConfig.workers_for`)."""
     return get_kind(loaded.kind).build(
@@ -608,11 +608,11 @@ def make_runtime(cfg: GroupConfig, agents: Agents, loaded: LoadedModel) -> Group
     )
 
 
-def healthy_steps(
+def preflight_steps(
     agents: Agents, steps: int, *, deadline: float, timeout_s: float, seed: int | None
 ) -> None:
-    """Step ``agents`` ``steps`` times on random valid inputs; raise EdgeAgentError at the first
-    non-finite state or when ``deadline`` (monotonic) passes."""
+    """A deployment's preflight: step ``agents`` ``steps`` times on random valid inputs; raise
+    EdgeAgentError at the first non-finite state or when ``deadline`` (monotonic) passes."""
     rng = np.random.default_rng(seed)
     for step in range(steps):
         obs, outcomes = agents.random_inputs(rng)

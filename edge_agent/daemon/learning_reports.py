@@ -42,7 +42,7 @@ from edge_agent.errors import ProtocolError
 from edge_agent.fleet.learning_deltas import learning_deltas
 from edge_agent.fleet.protocol import LearningDelta
 from edge_agent.fsutil import not_a_file, write_atomic
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:  # the learning maths: in a daemon only once a group learns
     from edge_agent.aif.learning_table import LearningTable
@@ -91,13 +91,13 @@ class LearningReporter:
         self,
         state_dir: Path,
         port: LearningPort,
-        health: StateHealth,
+        faults: StateFaults,
         *,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._path = state_dir / STATE_FILE
         self._port = port
-        self._health = health
+        self._faults = faults
         self._wall = wall
         #: Numbers below this were maybe used (a damaged file): the next is above it.
         self._floor = 0
@@ -123,7 +123,7 @@ class LearningReporter:
         except FileNotFoundError:
             return {}
         except OSError as err:
-            self._health.storage_error(PART, err, f"read {path}")
+            self._faults.storage_error(PART, err, f"read {path}")
             self._floor = int(self._wall() * 1000)
             return {}
         try:
@@ -140,7 +140,7 @@ class LearningReporter:
 
     def _damaged(self, reason: str) -> None:
         """Move the file aside; numbering goes on above the wall clock in milliseconds."""
-        self._health.move_aside(PART, self._path, reason)
+        self._faults.move_aside(PART, self._path, reason)
         self._floor = int(self._wall() * 1000)
 
     def _save(self, seq: dict[str, int]) -> bool:
@@ -148,9 +148,9 @@ class LearningReporter:
         try:
             write_atomic(self._path, data)
         except OSError as err:
-            self._health.storage_error(PART, err, f"write {self._path}")
+            self._faults.storage_error(PART, err, f"write {self._path}")
             return False
-        self._health.storage_ok(PART)
+        self._faults.storage_ok(PART)
         return True
 
     # -- reporting ----------------------------------------------------------------------------

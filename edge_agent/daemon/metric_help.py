@@ -111,7 +111,7 @@ DEPLOY: Final[Described] = {
     "chunks_ignored": "Broadcast chunks of a bundle this node is not receiving.",
     "done": "Deployments completed.",
     "failed": "Deployments that failed.",
-    "rolled_back": "Deployments rolled back after their health check.",
+    "rolled_back": "Deployments rolled back after their preflight or watch.",
     "discarded": "Deployments discarded (superseded or abandoned).",
 }
 

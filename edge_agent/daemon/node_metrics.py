@@ -25,12 +25,12 @@ from edge_agent.core.budget import MemoryBudget, RssSampler
 from edge_agent.core.health_window import HealthSummary
 from edge_agent.daemon import metric_help
 from edge_agent.daemon.group_runtime import GroupRuntime
-from edge_agent.daemon.health import HealthMonitor
+from edge_agent.daemon.protection import Protection
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.service.metrics import Metrics
 from edge_agent.service.systemd import SdNotifier
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime
@@ -95,14 +95,14 @@ class MetricsView(Protocol):
     clock: TickClock
     started_wall: float
     started_mono: float
-    health: HealthMonitor
+    protection: Protection
     snapshots: SnapshotStore
     notifier: SdNotifier
     reloads_ok: int
     reloads_refused: int
     uplink: FleetUplink | None
     coordination: CoordinationRuntime | None
-    state_health: StateHealth
+    state_faults: StateFaults
 
     @property
     def ab_switch(self) -> DeploymentCounters: ...
@@ -179,7 +179,7 @@ def make_metrics(d: MetricsView, families: set[str]) -> Metrics:
     )
     metrics.register(
         "power",
-        lambda: {} if d.health.power is None else d.health.power.as_dict(),
+        lambda: {} if d.protection.power is None else d.protection.power.as_dict(),
         gauges=("*",),
         help="Raspberry Pi firmware flags",
         describe=metric_help.POWER,
@@ -193,7 +193,7 @@ def make_metrics(d: MetricsView, families: set[str]) -> Metrics:
     )
     metrics.register(
         "state",
-        d.state_health.metrics,
+        d.state_faults.metrics,
         gauges=("storage_failing",),
         help="state files moved aside and storage errors",
         describe=metric_help.STATE,
@@ -287,7 +287,7 @@ def _totals_of(family: MetricFamily, d: MetricsView) -> Callable[[], dict[str, f
 
 
 def _daemon_metrics(d: MetricsView) -> dict[str, object]:
-    thermal = d.health.thermal
+    thermal = d.protection.thermal
     return {
         "started_at": d.started_wall,
         "uptime_s": round(time.monotonic() - d.started_mono, 3),

@@ -25,11 +25,11 @@ The service owns the state machine and the loop, and hands each job to its own m
 state in snapshots (:mod:`~edge_agent.daemon.snapshots.groups`), the numbers
 (:mod:`~edge_agent.daemon.node_metrics`), the status (:mod:`~edge_agent.daemon.status`), the
 node's deployments (:mod:`~edge_agent.daemon.ab_switch`), memory and temperature
-(:mod:`~edge_agent.daemon.health`) and, with ``[mqtt] enabled``, the fleet
+(:mod:`~edge_agent.daemon.protection`) and, with ``[mqtt] enabled``, the fleet
 (:mod:`~edge_agent.daemon.uplink`, :mod:`~edge_agent.daemon.handlers`).
 
 Runtime state heals itself: every store in the state directory reports to one
-:class:`~edge_agent.state_health.StateHealth`; damaged state is moved aside and started fresh
+:class:`~edge_agent.state_faults.StateFaults`; damaged state is moved aside and started fresh
 (a ``state_recovered`` event), a full disk is counted (a ``storage_error`` event at most once a
 minute per part) and never stops the ticks or the reconnects. Only a refused configuration stops
 the process (``edge-agent run`` exits 2; see ``docs/deployment.md``).
@@ -64,8 +64,8 @@ from edge_agent.daemon import status as status_view
 from edge_agent.daemon.ab_switch import ABSwitch
 from edge_agent.daemon.admission import OverlayProblem, admit, check_state_dir
 from edge_agent.daemon.group_runtime import GroupRuntime
-from edge_agent.daemon.health import HealthMonitor
 from edge_agent.daemon.node_metrics import make_metrics, register_families
+from edge_agent.daemon.protection import Protection
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots.groups import restore_groups, save_groups
 from edge_agent.daemon.snapshots.store import SnapshotStore
@@ -79,7 +79,7 @@ from edge_agent.errors import (
 )
 from edge_agent.service.periodic import Periodic
 from edge_agent.service.systemd import SdNotifier, WatchdogGate
-from edge_agent.state_health import Recovery, StateHealth
+from edge_agent.state_faults import Recovery, StateFaults
 
 if TYPE_CHECKING:  # the fleet stack is imported only by a daemon with [mqtt] enabled
     from edge_agent.bundle.signing import TrustedKeys
@@ -157,19 +157,19 @@ class Daemon:
         admission, the stores, the clock, the metrics and the fleet link."""
         config = source.config
         #: What became of the files in state_dir: parts moved aside, storage errors.
-        self.state_health = StateHealth()
+        self.state_faults = StateFaults()
         # A deployment interrupted by a crash is completed or undone before groups are built.
         self.ab_switch = ABSwitch(
-            self.state_dir, report=self._publish_deploy_reports, health=self.state_health
+            self.state_dir, report=self._publish_deploy_reports, faults=self.state_faults
         )
         self.overlay_problems: list[OverlayProblem] = []
         self.profile, self.budget, self.groups = self._admit(source)
         profile = self.profile
-        self.health = HealthMonitor(profile, self.rss, self._event)
+        self.protection = Protection(profile, self.rss, self._event)
         self.snapshots = SnapshotStore(
             self.state_dir / "snapshots",
             max_writes_per_hour=profile.max_snapshot_writes_per_hour,
-            health=self.state_health,
+            faults=self.state_faults,
         )
         self.status_path = status_view.status_path(config)
         self.base_hz = config.daemon.tick_hz_for(profile)
@@ -225,7 +225,7 @@ class Daemon:
                 try:
                     self.ab_switch.forget(problem.group)
                 except OSError as err:  # dropped in memory; the next save writes it
-                    self.state_health.storage_error("overlay", err, "drop a superseded entry")
+                    self.state_faults.storage_error("overlay", err, "drop a superseded entry")
         self.overlay_problems = problems
         return admitted
 
@@ -243,10 +243,10 @@ class Daemon:
             handlers=CommandHandlers(self).table(),
             event=self._event,
             bundles=self.ab_switch,
-            health=self.state_health,
+            faults=self.state_faults,
         )
         self.uplink = uplink
-        self.learning_reports = LearningReporter(self.state_dir, uplink, self.state_health)
+        self.learning_reports = LearningReporter(self.state_dir, uplink, self.state_faults)
         self._open_coordination(config, uplink.link, uplink.hub_keys)
         uplink.coordination = self.coordination
         for g in self.groups:
@@ -457,7 +457,7 @@ class Daemon:
 
     def _report_state(self) -> None:
         """Events for the state moved aside and the storage errors noticed since last time."""
-        for notice in self.state_health.take_notices():
+        for notice in self.state_faults.take_notices():
             if isinstance(notice, Recovery):
                 if notice.moved_to is None:
                     self._event(
@@ -596,17 +596,17 @@ class Daemon:
     def set_base_rate(self, hz: float) -> None:
         self.base_hz = hz
         factor = self.profile.thermal.throttled_tick_factor
-        self.clock.set_rate(hz * (factor if self.health.thermal.throttled else 1.0))
+        self.clock.set_rate(hz * (factor if self.protection.thermal.throttled else 1.0))
         self.watchdog.stale_after_s = max(2.0 / (hz * factor), 2.0)
 
-    # -- health -------------------------------------------------------------------------------
+    # -- protection ---------------------------------------------------------------------------
     def _check_memory(self) -> None:
-        self.health.check_memory(self.groups)
+        self.protection.check_memory(self.groups)
 
     def _check_thermal(self) -> None:
         temp = read_cpu_temp_c(self.profile.thermal.zone_glob)
-        self.health.check_thermal(self.groups, self.clock, self.base_hz, temp)
-        self.health.check_power(read_firmware_flags(self.firmware_flags_glob))
+        self.protection.check_thermal(self.groups, self.clock, self.base_hz, temp)
+        self.protection.check_power(read_firmware_flags(self.firmware_flags_glob))
 
     def _event(
         self,
@@ -728,7 +728,7 @@ class Daemon:
                 "tick_p99_ms": round(p99, 4),
                 "overruns": self.stats.overruns,
                 "groups": {g.name: g.n_agents for g in self.groups},
-                "cpu_temp_c": self.health.thermal.last_temp_c,
+                "cpu_temp_c": self.protection.thermal.last_temp_c,
             },
             self.metrics.values(),
         )
@@ -822,7 +822,7 @@ class Daemon:
         return status_view.status(self)
 
     def write_status(self) -> None:
-        status_view.write_status(self.status_path, self.status(), self.state_health)
+        status_view.write_status(self.status_path, self.status(), self.state_faults)
 
     def _status_line(self) -> str:
         return status_view.status_line(self)

@@ -4,7 +4,7 @@ the demo's periodic report, all rendered from one read-only view of the running 
 :class:`StatusView` is what they read (the service implements it); nothing here changes the
 daemon or imports its service module. The file is rewritten atomically every
 ``status_interval_s`` (tmpfs under systemd's ``RuntimeDirectory=``: no fsync); a write the storage
-refuses is counted (part ``status`` of the daemon's :class:`~edge_agent.state_health.StateHealth`,
+refuses is counted (part ``status`` of the daemon's :class:`~edge_agent.state_faults.StateFaults`,
 logged at most once a minute) and tried again at the next interval, and anything that is not a
 file in its place is moved aside.
 """
@@ -25,12 +25,12 @@ from edge_agent.config.daemon import DaemonConfig
 from edge_agent.config.profiles import FirmwareProfile
 from edge_agent.core.budget import MemoryBudget, RssSampler, format_bytes
 from edge_agent.daemon.group_runtime import GroupRuntime
-from edge_agent.daemon.health import HealthMonitor
+from edge_agent.daemon.protection import Protection
 from edge_agent.daemon.scheduler import TickClock, TickStats
 from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
 from edge_agent.service.metrics import Metrics
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:  # imported only by a daemon with [mqtt] enabled
     from edge_agent.coordination.runtime import CoordinationRuntime
@@ -59,7 +59,7 @@ class StatusView(Protocol):
     base_hz: float
     started_wall: float
     started_mono: float
-    health: HealthMonitor
+    protection: Protection
     snapshots: SnapshotStore
     last_snapshot: dict[str, Any] | None
     restored_from: str | None
@@ -70,7 +70,7 @@ class StatusView(Protocol):
     events: list[dict[str, Any]]
     uplink: FleetUplink | None
     coordination: CoordinationRuntime | None
-    state_health: StateHealth
+    state_faults: StateFaults
 
     @property
     def ab_switch(self) -> DeploymentStats: ...
@@ -130,14 +130,14 @@ def status(d: StatusView) -> dict[str, Any]:
         "agents": d.total_agents,
         "groups": [g.describe() for g in d.groups],
         "thermal": {
-            "temp_c": d.health.thermal.last_temp_c,
-            "throttled": d.health.thermal.throttled,
-            "throttle_c": d.health.thermal.throttle_c,
-            "critical": d.health.thermal.critical,
-            "critical_c": d.health.thermal.critical_c,
+            "temp_c": d.protection.thermal.last_temp_c,
+            "throttled": d.protection.thermal.throttled,
+            "throttle_c": d.protection.thermal.throttle_c,
+            "critical": d.protection.thermal.critical,
+            "critical_c": d.protection.thermal.critical_c,
         },
         # The Raspberry Pi firmware's under-voltage and throttling flags; None elsewhere.
-        "power": None if d.health.power is None else d.health.power.as_dict(),
+        "power": None if d.protection.power is None else d.protection.power.as_dict(),
         "snapshots": {
             **d.snapshots.stats(),
             "last": d.last_snapshot,
@@ -149,22 +149,22 @@ def status(d: StatusView) -> dict[str, Any]:
             "last_error": d.last_reload_error,
         },
         "counters": d.metrics.values(),
-        "degradations": d.health.degradations[-10:],
+        "degradations": d.protection.degradations[-10:],
         "events": d.events[-10:],
         "fleet": None if d.uplink is None else d.uplink.status(),
         "coordination": None if d.coordination is None else d.coordination.status(),
         "commands": None if d.uplink is None else d.uplink.commands.stats(),
         "deploy": d.ab_switch.stats(),
         "overlay_problems": d.overlay_details,
-        "state_files": d.state_health.status(),
+        "state_files": d.state_faults.status(),
     }
 
 
-def write_status(path: Path, data: dict[str, Any], health: StateHealth | None = None) -> None:
+def write_status(path: Path, data: dict[str, Any], faults: StateFaults | None = None) -> None:
     """Atomically replace the status file (tmpfs under systemd; no fsync needed). Never raises:
-    a refused write is counted in ``health`` (part ``status``); a directory (or anything but a
+    a refused write is counted in ``faults`` (part ``status``); a directory (or anything but a
     file) in its place is moved aside."""
-    health = health if health is not None else StateHealth()
+    faults = faults if faults is not None else StateFaults()
     payload = json.dumps(data, default=str).encode()
     for _ in range(2):
         try:
@@ -173,19 +173,19 @@ def write_status(path: Path, data: dict[str, Any], health: StateHealth | None = 
             if (
                 not is_storage_error(err)
                 and not_a_file(path)
-                and health.move_aside("status", path, "not a regular file") is not None
+                and faults.move_aside("status", path, "not a regular file") is not None
             ):
                 continue
-            health.storage_error("status", err, f"write the status file {path}")
+            faults.storage_error("status", err, f"write the status file {path}")
             return
-        health.storage_ok("status")
+        faults.storage_ok("status")
         return
 
 
 def status_line(d: StatusView) -> str:
     """The systemd STATUS= line."""
     p50, p99 = d.stats.percentiles_ms()
-    state = d.state_health.status()
+    state = d.state_faults.status()
     failing = state["storage_failing"]
     storage = (
         f", STORAGE ERRORS {state['storage_errors_total']} ({', '.join(failing)})"

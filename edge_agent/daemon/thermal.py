@@ -27,7 +27,7 @@ def read_cpu_temp_c(zone_glob: str = "/sys/class/thermal/thermal_zone*/temp") ->
 class ThermalGovernor:
     """The thermal state of the device, from readings: ``throttled`` from ``throttle_c`` until
     the temperature falls ``hysteresis_c`` below it; ``critical`` from ``critical_c`` until it
-    falls below ``throttle_c`` (every group pauses meanwhile: :mod:`edge_agent.daemon.health`).
+    falls below ``throttle_c`` (every group pauses meanwhile: :mod:`edge_agent.daemon.protection`).
     A state machine only: the daemon acts on its changes."""
 
     def __init__(

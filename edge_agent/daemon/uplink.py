@@ -53,7 +53,7 @@ from edge_agent.fleet.protocol import (
     Severity,
 )
 from edge_agent.fleet.topics import Topics
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:  # the engine is imported only by a daemon that coordinates (service.py)
     from edge_agent.coordination.runtime import CoordinationRuntime
@@ -130,7 +130,7 @@ class FleetUplink:
         handlers: dict[str, Handler],
         event: EventSink,
         bundles: BundleReceiver | None = None,
-        health: StateHealth | None = None,
+        faults: StateFaults | None = None,
     ) -> None:
         # paho is imported only by daemons that use MQTT.
         from edge_agent.fleet.comms.mqtt import MqttSettings, TlsSettings  # noqa: PLC0415
@@ -183,7 +183,7 @@ class FleetUplink:
                 max_inbox=128 + (config.coordination or CoordinationConfig()).max_inbox,
                 command_max_ttl_s=m.command_max_ttl_s,
             ),
-            health=health if health is not None else StateHealth(),
+            faults=faults if faults is not None else StateFaults(),
         )
         self.outbox = self.stack.outbox
         self.transport = self.stack.transport

@@ -61,7 +61,7 @@ from edge_agent.fleet.protocol import (
     validate,
 )
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class DeployArgs(_Args, frozen=True, kw_only=True):
     shadow_s: Annotated[float, Meta(ge=0, le=86400)] = 0.0
     """Before switching, run the candidate beside the live group for this long on the same
     observations, its actions not taken, and report the paired result (docs/health.md
-    "Shadow evaluation"); 0: switch as soon as the health check passes."""
+    "Shadow evaluation"); 0: switch as soon as the preflight passes."""
 
     @property
     def chunks(self) -> int:
@@ -248,7 +248,7 @@ class NonceStore:
     expired, so forgetting the nonce cannot open a replay. When ``max_entries`` unexpired nonces
     are held, :meth:`record` refuses (the daemon answers ``busy``) rather than forget one early.
 
-    Damage and loss (reported to ``health``, part ``nonces``). A damaged database (not a database,
+    Damage and loss (reported to ``faults``, part ``nonces``). A damaged database (not a database,
     corrupt, another schema, a directory in its place) is moved aside and a fresh one started, at
     open or when SQLite reports corruption later. The nonces it held are lost, so the fresh store
     sets a **replay floor**: ``now + lost_floor_s`` (the daemon passes ``command_max_ttl_s``).
@@ -270,7 +270,7 @@ class NonceStore:
         *,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.time,
-        health: StateHealth | None = None,
+        faults: StateFaults | None = None,
         lost_floor_s: float = 3600.0,
         missing_is_lost: bool = False,
         retry_interval_s: float = 60.0,
@@ -280,7 +280,7 @@ class NonceStore:
         self.path = Path(path)
         self.max_entries = max_entries
         self._clock = clock
-        self.health = health if health is not None else StateHealth()
+        self.faults = faults if faults is not None else StateFaults()
         self.lost_floor_s = lost_floor_s
         self.retry_interval_s = retry_interval_s
         self.replay_floor = 0.0
@@ -310,12 +310,12 @@ class NonceStore:
                     reason = str(err)
                 except (sqlite3.DatabaseError, OSError) as err:
                     if isinstance(err, OSError) or not sqlite_damaged(err, opening=True):
-                        self.health.storage_error(_PART, err, f"open {self.path}")
+                        self.faults.storage_error(_PART, err, f"open {self.path}")
                         return False
                     reason = f"{type(err).__name__}: {err}"
                 else:
                     return self._opened(conn, lost)
-            moved = self.health.move_aside(_PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+            moved = self.faults.move_aside(_PART, self.path, reason, sidecars=SQLITE_SIDECARS)
             if moved is None:
                 return False
             lost = f"damaged ({reason}); moved aside to {moved.name}"
@@ -364,11 +364,11 @@ class NonceStore:
             count: int = conn.execute("SELECT count(*) FROM nonces").fetchone()[0]
         except sqlite3.DatabaseError as err:
             conn.close()
-            self.health.storage_error(_PART, err, f"write {self.path}")
+            self.faults.storage_error(_PART, err, f"write {self.path}")
             return False
         self._conn = conn
         self._count = count
-        self.health.storage_ok(_PART)
+        self.faults.storage_ok(_PART)
         return True
 
     def _db(self) -> sqlite3.Connection:
@@ -386,13 +386,13 @@ class NonceStore:
         """A statement failed: a damaged database is moved aside and a fresh one started (with
         a replay floor); a storage error is counted. Raises when nothing can be recorded."""
         if not sqlite_damaged(err, opening=False):
-            self.health.storage_error(_PART, err, action)
+            self.faults.storage_error(_PART, err, action)
             raise NonceStoreUnavailableError(f"nonce store {self.path}: {err}") from err
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
         reason = f"{type(err).__name__}: {err} (while trying to {action})"
-        moved = self.health.move_aside(_PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+        moved = self.faults.move_aside(_PART, self.path, reason, sidecars=SQLITE_SIDECARS)
         if moved is None or not self._open(lost=f"damaged ({reason}); moved aside"):
             raise NonceStoreUnavailableError(f"nonce store {self.path}: {err}") from err
 
@@ -446,10 +446,10 @@ class NonceStore:
             try:
                 self._db().execute(insert, (nonce, expires))
             except sqlite3.DatabaseError as again:
-                self.health.storage_error(_PART, again, "record a nonce")
+                self.faults.storage_error(_PART, again, "record a nonce")
                 raise NonceStoreUnavailableError(f"nonce store {self.path}: {again}") from again
         self._count += 1
-        self.health.storage_ok(_PART)
+        self.faults.storage_ok(_PART)
         return True
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Over-the-air bundle deployment: transfer, verify, stage, health-check, switch, watch, roll back.
+"""Over-the-air bundle deployment: transfer, verify, stage, preflight, switch, watch, roll back.
 
 The hub sends a signed ``deploy`` command naming the group, the bundle's identity (``sha256`` of
 its canonical manifest), the file's sha256 and size, the chunk size and the sha256 of every chunk;
@@ -13,7 +13,7 @@ happens on the device, one deployment at a time:
                 :func:`~edge_agent.bundle.loader.load_bundle` with the trusted bundle keys
                 (signature and every payload hash); the manifest's identity must be the one the
                 signed command named. Only then is the file *staged*: renamed to
-                ``bundles/{sha256}.tar``, beside the running bundle. Then the health check: the
+                ``bundles/{sha256}.tar``, beside the running bundle. Then the preflight: the
                 daemon loads it for the group and steps a scratch group of at most 64 agents
                 ``health_steps`` times on random valid observations within
                 ``health_timeout_s``, with finite beliefs and policies after every step.
@@ -37,7 +37,7 @@ the overlay are written with write-temp, fsync, rename, fsync-directory. On star
 - ``receiving``: the partial file is kept and the chunks it holds are found again by hashing
   them, unless nothing arrived for ``transfer_timeout_s`` (the file's mtime): then it is
   discarded and the deployment fails;
-- ``verifying``: verification and the health check run again (they are idempotent);
+- ``verifying``: verification and the preflight run again (they are idempotent);
 - ``watching``: the switch is rolled back (the overlay entry of the group is restored to what it
   was before), since the new bundle was not proven and may be what stopped the daemon.
 
@@ -48,7 +48,7 @@ point lands in a state the rules above complete.
 The overlay (:mod:`edge_agent.fleet.overlay`, ``deployed.json`` in the state directory) maps a
 group to its deployed bundle; a switch writes it, a rollback restores it.
 
-Damage (reported to the :class:`~edge_agent.state_health.StateHealth` the manager is given): an
+Damage (reported to the :class:`~edge_agent.state_faults.StateFaults` the manager is given): an
 overlay, a journal or a ``bundles`` directory that is damaged (not JSON, not the schema, a
 directory where a file should be or a file where the directory should be) is moved aside at start
 (``NAME.corrupt-STAMP``) and the daemon starts without it: with a lost overlay the config's models
@@ -86,7 +86,7 @@ from edge_agent.fleet.overlay import (
 )
 from edge_agent.fsutil import fsync_dir, is_storage_error, not_a_dir, not_a_file
 from edge_agent.records import Record, Rule, from_json
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:  # the wire models: imported by the command handlers, with [mqtt] only
     from edge_agent.fleet.commands import ChunkArgs, DeployArgs
@@ -97,8 +97,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BUNDLES_DIR",
     "DeployManager",
-    "HealthCheck",
     "Phase",
+    "PreflightCheck",
     "PrepareCheck",
     "ReadyToSwitch",
     "Report",
@@ -109,16 +109,17 @@ JOURNAL_FILE: Final = "deploy.json"
 SPACE_MARGIN_BYTES: Final = 1024 * 1024
 _HASH_BLOCK: Final = 1 << 20
 
-HealthCheck = Callable[[Path, int, float], object]
-"""``check(bundle_path, steps, timeout_s) -> payload``; raises EdgeAgentError when unhealthy.
+PreflightCheck = Callable[[Path, int, float], object]
+"""``check(bundle_path, steps, timeout_s) -> payload``: the bundle's preflight (``health_steps`` and
+``health_timeout_s``, the deploy command's wire names); raises EdgeAgentError when it fails.
 
 Runs on the deployment's worker thread, on what :data:`PrepareCheck` took for it. The payload
 (e.g. the loaded model) is handed back to the daemon with :class:`ReadyToSwitch`.
 """
 
-PrepareCheck = Callable[[str], HealthCheck]
+PrepareCheck = Callable[[str], PreflightCheck]
 """``prepare(group) -> check``: on the loop thread, as the verification starts, take what the
-health check of ``group`` needs (a snapshot); raises EdgeAgentError when it cannot be checked.
+preflight of ``group`` needs (a snapshot); raises EdgeAgentError when it cannot be checked.
 The check it returns reads nothing else, so the daemon may change meanwhile."""
 
 
@@ -186,7 +187,7 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class ReadyToSwitch:
-    """A verified, healthy, staged bundle the daemon should switch ``group`` to now."""
+    """A verified, preflighted, staged bundle the daemon should switch ``group`` to now."""
 
     group: str
     path: Path
@@ -214,17 +215,17 @@ class DeployManager:
         *,
         bundle_keys: TrustedKeys | None,
         clock: Callable[[], float] = time.time,
-        health: StateHealth | None = None,
+        faults: StateFaults | None = None,
         overlay: Overlay | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
-        self.health = health if health is not None else StateHealth()
+        self.faults = faults if faults is not None else StateFaults()
         self.dir = self.state_dir / BUNDLES_DIR
         self.incoming = self.dir / INCOMING_DIR
         self.journal_path = self.dir / JOURNAL_FILE
         self.bundle_keys = bundle_keys
         #: The overlay it writes (``overlay``: one its owner reads too; else its own).
-        self.overlay = Overlay(self.state_dir, health=self.health) if overlay is None else overlay
+        self.overlay = Overlay(self.state_dir, faults=self.faults) if overlay is None else overlay
         self.journal: JournalRecord | None = None
         self._clock = clock
         self._transfer: _Transfer | None = None
@@ -248,11 +249,11 @@ class DeployManager:
 
         Damaged files are moved aside; writes the storage refuses are counted (module doc)."""
         if not_a_dir(self.dir):
-            self.health.move_aside("bundles", self.dir, "not a directory")
+            self.faults.move_aside("bundles", self.dir, "not a directory")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            self.health.storage_error("bundles", err, f"create {self.dir}")
+            self.faults.storage_error("bundles", err, f"create {self.dir}")
         self.overlay.load()
         self.journal = self._load_journal()
         try:
@@ -260,7 +261,7 @@ class DeployManager:
         except OSError as err:
             if not is_storage_error(err):
                 raise
-            self.health.storage_error("journal", err, "record the recovered deployment")
+            self.faults.storage_error("journal", err, "record the recovered deployment")
         if self.dir.is_dir():
             self._cleanup()
 
@@ -272,11 +273,11 @@ class DeployManager:
                 raw = read_json(path)
                 return from_json(JournalRecord, raw) if raw is not None else None
             except OSError as err:
-                self.health.storage_error("journal", err, f"read {path}")
+                self.faults.storage_error("journal", err, f"read {path}")
                 return None
             except ValueError as err:
                 reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-        self.health.move_aside("journal", path, f"{reason}; no deployment is in progress")
+        self.faults.move_aside("journal", path, f"{reason}; no deployment is in progress")
         return None
 
     def _recover_journal(self) -> None:
@@ -597,13 +598,13 @@ class DeployManager:
         return None
 
     def _start_worker(self, rec: JournalRecord, source: Path) -> None:
-        """On the loop thread: take the trusted keys and the health check's snapshot, then verify
+        """On the loop thread: take the trusted keys and the preflight's snapshot, then verify
         and check on a worker thread (:meth:`poll` collects the verdict)."""
         with self._worker_lock:
             self._worker_result = None
         try:
             if self._prepare is None:
-                raise EdgeAgentError("no health check bound")
+                raise EdgeAgentError("no preflight bound")
             check = self._prepare(rec.group)
         except EdgeAgentError as err:
             with self._worker_lock:
@@ -618,7 +619,7 @@ class DeployManager:
         self._worker.start()
 
     def _work(
-        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: HealthCheck
+        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: PreflightCheck
     ) -> None:
         try:
             result: ReadyToSwitch | EdgeAgentError = self._verify_and_check(
@@ -633,7 +634,7 @@ class DeployManager:
             self._worker_result = result
 
     def _verify_and_check(
-        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: HealthCheck
+        self, rec: JournalRecord, source: Path, keys: TrustedKeys | None, check: PreflightCheck
     ) -> ReadyToSwitch:
         """The worker: ``keys`` and ``check`` were taken on the loop thread; nothing else of the
         manager's state but its directory is read here."""

@@ -76,7 +76,7 @@ from edge_agent.fleet.protocol import (
 )
 from edge_agent.fleet.topics import Route, Topics, check_name
 from edge_agent.fsutil import is_storage_error, not_a_file, write_atomic
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class FleetLink:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         clock_sync_check: Callable[[], bool] = clock_synced,
-        health: StateHealth | None = None,
+        faults: StateFaults | None = None,
         save_retry_s: float = 60.0,
     ) -> None:
         self.node_id = check_name(node_id, "node")
@@ -138,7 +138,7 @@ class FleetLink:
         self._wall = wall_clock
         self._mono = monotonic
         self._clock_sync_check = clock_sync_check
-        self.health = health if health is not None else StateHealth()
+        self.faults = faults if faults is not None else StateFaults()
         self.save_retry_s = save_retry_s
         self._unsaved = False
         self._save_retry_at = 0.0
@@ -555,14 +555,14 @@ class FleetLink:
         moved aside; one the storage will not read is left alone."""
         path = self._state_path()
         if not_a_file(path):
-            self.health.move_aside(PART, path, "not a regular file")
+            self.faults.move_aside(PART, path, "not a regular file")
             return None
         try:
             text = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as err:
-            self.health.storage_error(PART, err, f"read {path}")
+            self.faults.storage_error(PART, err, f"read {path}")
             return None
         try:
             data = json.loads(text)
@@ -573,7 +573,7 @@ class FleetLink:
             if type(value) is int and 0 <= value < UINT32:
                 return value
             problem = "no valid bdseq"
-        self.health.move_aside(PART, path, f"{problem}; bdseq restarts")
+        self.faults.move_aside(PART, path, f"{problem}; bdseq restarts")
         return None
 
     def _save_bdseq(self, bdseq: int) -> None:
@@ -592,7 +592,7 @@ class FleetLink:
                 if (
                     not is_storage_error(err)
                     and not_a_file(path)
-                    and self.health.move_aside(PART, path, "not a regular file") is not None
+                    and self.faults.move_aside(PART, path, "not a regular file") is not None
                 ):
                     continue  # a directory was in its place: moved aside, write again
                 # A full disk refuses the atomic write's new file, not the blocks of the old
@@ -602,11 +602,11 @@ class FleetLink:
                 self._unsaved = True
                 self._save_retry_at = self._mono() + self.save_retry_s
                 done = " (written over the old file in place)" if in_place else ""
-                self.health.storage_error(PART, err, f"save bdseq {bdseq} to {path}{done}")
+                self.faults.storage_error(PART, err, f"save bdseq {bdseq} to {path}{done}")
                 return
             if self._unsaved:
                 self._unsaved = False
-                self.health.storage_ok(PART)
+                self.faults.storage_ok(PART)
             return
 
     def _on_message(self, msg: Incoming) -> None:

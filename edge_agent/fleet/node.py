@@ -29,7 +29,7 @@ from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.outcomes import Outcome
 from edge_agent.fleet.protocol import Birth
 from edge_agent.fleet.topics import Topics
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:
     from edge_agent.fleet.comms.mqtt import MqttSettings, MqttTransport
@@ -72,7 +72,7 @@ class NodeStack:
 
     ``handlers``: the hub-command table of the command processor. ``bundles``: the node's
     deployment, owned by the caller (the stack follows its bundle broadcast and never
-    closes it). ``health``: shared by the stores; a fresh one when not given.
+    closes it). ``faults``: shared by the stores; a fresh one when not given.
     """
 
     def __init__(
@@ -88,13 +88,13 @@ class NodeStack:
         handlers: Mapping[str, Handler],
         bundles: BundleReceiver | None = None,
         limits: NodeLimits | None = None,
-        health: StateHealth | None = None,
+        faults: StateFaults | None = None,
     ) -> None:
         # paho is imported only by nodes that use MQTT.
         from edge_agent.fleet.comms.mqtt import MqttTransport  # noqa: PLC0415
 
         limits = limits or NodeLimits()
-        health = health if health is not None else StateHealth()
+        faults = faults if faults is not None else StateFaults()
         self.node_id = node_id
         self.topics = Topics(fleet)
         self.bundles = bundles
@@ -106,7 +106,7 @@ class NodeStack:
             state_dir / OUTBOX_DB,
             max_bytes=limits.outbox_max_bytes,
             relaxed_commit_interval_s=limits.outbox_commit_interval_s,
-            health=health,
+            faults=faults,
         )
         self.transport: MqttTransport = MqttTransport(mqtt, backoff=backoff)
         self.link = FleetLink(
@@ -117,11 +117,11 @@ class NodeStack:
             state_dir,
             birth=birth,
             max_inbox=limits.max_inbox,
-            health=health,
+            faults=faults,
         )
         self.nonces = NonceStore(
             state_dir / NONCE_DB,
-            health=health,
+            faults=faults,
             lost_floor_s=limits.command_max_ttl_s,
             missing_is_lost=ran_before,
         )

@@ -41,7 +41,7 @@ Contract
   the first refusal at once, then how many more, per reason (a revoked node has every message
   refused and would otherwise write a line for each).
 
-Damage and storage errors (reported to the :class:`~edge_agent.state_health.StateHealth` it is
+Damage and storage errors (reported to the :class:`~edge_agent.state_faults.StateFaults` it is
 given, part ``outbox``; nothing here stops the daemon):
 
 - A database that is damaged -- not a database, corrupt (SQLite's ``quick_check`` runs at open),
@@ -75,7 +75,7 @@ from typing import Any, Final
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.comms.base import reason_text
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class Outbox:
         low_water: float = 0.8,
         synchronous_full: bool = False,
         clock: Callable[[], float] = time.time,
-        health: StateHealth | None = None,
+        faults: StateFaults | None = None,
         retry_interval_s: float = 60.0,
         refusal_log_interval_s: float = 60.0,
     ) -> None:
@@ -193,7 +193,7 @@ class Outbox:
         self.expire_every_s = expire_every_s
         self.low_water = low_water
         self.synchronous_full = synchronous_full
-        self.health = health if health is not None else StateHealth()
+        self.faults = faults if faults is not None else StateFaults()
         self.retry_interval_s = retry_interval_s
         self.refusal_log_interval_s = refusal_log_interval_s
         self._clock = clock
@@ -255,10 +255,10 @@ class Outbox:
                     reason = str(err)
                 except (sqlite3.DatabaseError, OSError) as err:
                     if isinstance(err, OSError) or not sqlite_damaged(err, opening=True):
-                        self.health.storage_error(PART, err, f"open {self.path}")
+                        self.faults.storage_error(PART, err, f"open {self.path}")
                         return None
                     reason = f"{type(err).__name__}: {err}"
-            moved = self.health.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+            moved = self.faults.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
             if moved is None:
                 return None
             self.recovered += 1
@@ -313,7 +313,7 @@ class Outbox:
         if sqlite_damaged(err, opening=False):
             self._start_fresh(f"{type(err).__name__}: {err} (while trying to {action})")
             return
-        self.health.storage_error(PART, err, action)
+        self.faults.storage_error(PART, err, action)
         if not self.volatile:
             self.commit_failing = True
             self._retry_at = time.monotonic() + self.retry_interval_s
@@ -330,7 +330,7 @@ class Outbox:
             self._conn.close()
         conn = None
         if not self.volatile:
-            moved = self.health.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+            moved = self.faults.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
             if moved is not None:
                 self.recovered += 1
                 conn = self._open_file()
@@ -359,7 +359,7 @@ class Outbox:
             self._failed(err, "write (a probe)")
             return
         self.commit_failing = False
-        self.health.storage_ok(PART)
+        self.faults.storage_ok(PART)
 
     def _become_durable(self) -> None:
         conn = self._open_file()
@@ -378,7 +378,7 @@ class Outbox:
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as err:
             conn.close()
-            self.health.storage_error(PART, err, f"copy the messages in memory to {self.path}")
+            self.faults.storage_error(PART, err, f"copy the messages in memory to {self.path}")
             return
         self._conn.close()
         self._conn = conn
@@ -386,7 +386,7 @@ class Outbox:
         self._txn_reset()
         self.on_connection_lost()  # the rows have new ids: the window starts again
         self._recount()
-        self.health.storage_ok(PART)
+        self.faults.storage_ok(PART)
         logger.info(
             "outbox %s: on disk again, %d message(s) moved there from memory", self.path, len(rows)
         )
@@ -563,7 +563,7 @@ class Outbox:
                 self.commits += 1
             if self.commit_failing:
                 self.commit_failing = False
-                self.health.storage_ok(PART)
+                self.faults.storage_ok(PART)
         elif self.commit_failing:
             self._retry()  # nothing to commit: probe with a small write when due
         self._txn_reset()

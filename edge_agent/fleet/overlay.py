@@ -23,7 +23,7 @@ from typing import Annotated, Any, Final
 
 from edge_agent.fsutil import not_a_file, write_atomic
 from edge_agent.records import Record, Rule, from_json
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 __all__ = [
     "BUNDLES_DIR",
@@ -104,11 +104,11 @@ def read_overlay(state_dir: Path) -> dict[str, OverlayEntry]:
 class Overlay:
     """``state_dir/deployed.json``: group -> :class:`OverlayEntry` (see the module docstring)."""
 
-    def __init__(self, state_dir: Path, *, health: StateHealth | None = None) -> None:
+    def __init__(self, state_dir: Path, *, faults: StateFaults | None = None) -> None:
         self.path = Path(state_dir) / OVERLAY_FILE
         self.entries: dict[str, OverlayEntry] = {}
         self.load_error = ""
-        self.health = health if health is not None else StateHealth()
+        self.faults = faults if faults is not None else StateFaults()
         #: True when :meth:`load` found the file damaged and moved it aside.
         self.recovered = False
 
@@ -124,13 +124,13 @@ class Overlay:
                 data = from_json(_OverlayFile, raw) if raw is not None else _OverlayFile()
             except OSError as err:
                 self.load_error = f"{self.path}: unreadable, deployed bundles are ignored: {err}"
-                self.health.storage_error("overlay", err, f"read {self.path}")
+                self.faults.storage_error("overlay", err, f"read {self.path}")
             except ValueError as err:
                 reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
         if reason:
             self.load_error = f"{self.path}: damaged, deployed bundles are ignored: {reason}"
             self.recovered = True
-            self.health.move_aside("overlay", self.path, f"{reason}; the config's models run")
+            self.faults.move_aside("overlay", self.path, f"{reason}; the config's models run")
         self.load_error = self.load_error[:512]
         self.entries = dict(data.groups)
 

@@ -90,7 +90,7 @@ class GroupKind(Protocol):
         threads: int,
         workers: int,
     ) -> AgentGroup:
-        """The agents, reserved in ``budget`` when given (none: a health check's scratch)."""
+        """The agents, reserved in ``budget`` when given (none: a preflight's scratch)."""
         ...
 
 

@@ -2,8 +2,8 @@
 
 The contracts (``[tool.importlinter]`` in ``pyproject.toml``, ``docs/architecture.md``): the floors
 of the house, the device never importing the host, the shared service parts and the hub, the hub
-service and the operator's client apart, the kernels' internal order. ``lint-imports`` checks
-them here and in ``scripts/test``.
+service and the operator's client apart, the hub's parts, the kernels' internal order.
+``lint-imports`` checks them here and in ``scripts/test``.
 
 The memory rules: what a daemon must not import unless it uses it (pydantic, the inference
 runtimes, the coordination engine, the modules :data:`KEPT_OUT`), each checked in a fresh

@@ -12,7 +12,7 @@ deleted.
 One process owns a state directory: it calls :meth:`SnapshotStore.load_latest` once at start-up
 (which also removes the temporary files a crash left behind) and then saves.
 
-Damage and storage (reported to the :class:`~edge_agent.state_health.StateHealth` the store is
+Damage and storage (reported to the :class:`~edge_agent.state_faults.StateFaults` the store is
 given, part ``snapshots``): an unusable snapshot file is moved to ``corrupt/``; anything but a
 directory where the snapshot directory should be is moved aside (``snapshots.corrupt-STAMP``) and
 a fresh directory made, at start or when a save meets it; a write the storage refuses (a full
@@ -44,7 +44,7 @@ from edge_agent.daemon.snapshots.format import (
 )
 from edge_agent.errors import SnapshotError
 from edge_agent.fsutil import atomic_writer, is_storage_error, not_a_dir
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class SnapshotStore:
         max_writes_per_hour: int,
         keep: int = 2,
         keep_corrupt: int = 3,
-        health: StateHealth | None = None,
+        faults: StateFaults | None = None,
         compress: bool = True,
     ) -> None:
         if max_writes_per_hour < 1:
@@ -104,7 +104,7 @@ class SnapshotStore:
         self.keep = keep
         self.keep_corrupt = keep_corrupt
         self.compress = compress
-        self.health = health if health is not None else StateHealth()
+        self.faults = faults if faults is not None else StateFaults()
         self._make_dir()
 
         self._lock = threading.Lock()
@@ -115,7 +115,7 @@ class SnapshotStore:
         try:
             existing = self._list_snapshots()
         except SnapshotError as err:  # the storage refuses the directory: the next save retries
-            self.health.storage_error(PART, err, f"list {self.state_dir}")
+            self.faults.storage_error(PART, err, f"list {self.state_dir}")
             existing = []
         self._next_seq = existing[0][0] + 1 if existing else 1
         self._unremovable: set[Path] = set()
@@ -136,11 +136,11 @@ class SnapshotStore:
         """Create the snapshot directory, after moving aside what is in its place; False when
         the storage refuses (counted; the next save tries again)."""
         if not_a_dir(self.state_dir):
-            self.health.move_aside(PART, self.state_dir, "not a directory")
+            self.faults.move_aside(PART, self.state_dir, "not a directory")
         try:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as err:
-            self.health.storage_error(PART, err, f"create {self.state_dir}")
+            self.faults.storage_error(PART, err, f"create {self.state_dir}")
             return False
         return True
 
@@ -192,9 +192,9 @@ class SnapshotStore:
             with self._lock:
                 self.write_errors += 1
             if is_storage_error(err):
-                self.health.storage_error(PART, err, f"write {path.name}")
+                self.faults.storage_error(PART, err, f"write {path.name}")
             raise SnapshotError(f"writing snapshot {path} failed: {err}") from err
-        self.health.storage_ok(PART)
+        self.faults.storage_ok(PART)
         duration = time.perf_counter() - started
 
         with self._lock:
@@ -280,7 +280,7 @@ class SnapshotStore:
     def _set_aside(self, path: Path, reason: str) -> None:
         """Move an unusable snapshot to ``corrupt/`` (the newest ``keep_corrupt`` stay there);
         one that cannot be moved is skipped now and deleted at the next save."""
-        dest = self.health.move_aside(
+        dest = self.faults.move_aside(
             PART,
             path,
             reason,

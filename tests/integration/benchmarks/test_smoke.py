@@ -52,7 +52,10 @@ EXPECTED: dict[str, list[Record]] = {
     "bench_coordination_teams.py": [
         ({"bench": "team_formation", "daemons": 2},
          ("agreed_after_announce_s", "held_seen_after_announce_s", "messages_per_agent",
-          "bytes_per_agent", "teams_formed")),
+          "bytes_per_agent", "teams_formed", "formation_cpu_s_max", "one_core_estimate_s")),
+        ({"bench": "team_formation_cpu", "nodes": 2},
+         ("cpu_s_per_node_mean", "cpu_s_per_node_max", "single_cpu_s_per_node_mean",
+          "teams_over_single")),
         ({"bench": "team_repair", "daemons": 2},
          ("agreed_after_kill_s", "bound_s", "others_kept_their_slots", "repairs")),
         ({"bench": "team_quality"},

@@ -7,7 +7,11 @@ hub announcing with ``edge-agent-host tasks announce --team-sizes``.
   slot; ``tasks list`` shows each team's members and vacant slots, ``edge-agent status`` the
   teams formed;
 * the daemon with the most members is SIGKILLed: on the two others every team keeps its other
-  members and round, and the vacant slots are filled again (repairs counted) from the bids held.
+  members and round, and the vacant slots are filled again (repairs counted) from the bids held;
+* the network splits (two brokers bridged through a proxy that stops forwarding, as the one-agent
+  partition test in test_coordination_daemons.py), the same team tasks are announced on both
+  sides, each side forms every team among its own agents, and after the heal one team per task is
+  left, the same on every daemon, its members (and no other agent) pursuing it.
 
 Every daemon is a real process; what they hold comes from their status files. A machine without
 mosquitto fails these tests with the way to install it; they never skip.
@@ -21,7 +25,15 @@ from typing import Any
 
 import pytest
 
+from edge_agent_host.fleetctl.tasks import announce, random_team_specs
 from edge_agent_host.keys import generate_keypair
+from tests.integration.coordination.test_coordination_daemons import (
+    GRID_GROUP,
+    Proxy,
+    auction,
+    hub,
+    start_all,
+)
 from tests.integration.coordination.test_coordination_relays import daemons  # noqa: F401
 from tests.integration.fleet.test_broker_acl import (
     broker_init,
@@ -33,7 +45,7 @@ from tests.integration.fleet.test_broker_acl import (
     start_broker,
 )
 from tests.integration.fleet.test_fleet_daemon import Node, status_view, wait_until
-from tests.support.broker import free_port
+from tests.support.broker import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +167,55 @@ def test_teams_form_agree_and_are_repaired_on_the_secured_broker(
         assert metric(node, "death_reauctions") == 0
         assert metric(node, "team_slots_vacant") == 0
         assert "Traceback" not in node.log()
+
+
+def test_a_healed_partition_leaves_one_team_per_task(tmp_path: Path, daemons: list[Any]) -> None:  # noqa: F811
+    side_b = MosquittoBroker(tmp_path / "broker-b")
+    side_b.start()
+    daemons.append(side_b)
+    proxy = Proxy(side_b.port)
+    bridge = f"""
+connection ab
+address 127.0.0.1:{proxy.port}
+topic ea/# both 1
+cleansession true
+restart_timeout 1
+keepalive_interval 5
+notifications false
+"""
+    side_a = MosquittoBroker(tmp_path / "broker-a", extra_config=bridge)
+    side_a.start()
+    daemons.append(side_a)
+    try:
+        # 40 agents a daemon, 80 a side: enough for every team on either side alone.
+        group = GRID_GROUP.replace("count = 100", "count = 40") + auction(0.5)
+        west = [Node(tmp_path, side_a, f"w{i}", groups=group, telemetry_s=1.0) for i in range(2)]
+        east = [Node(tmp_path, side_b, f"e{i}", groups=group, telemetry_s=1.0) for i in range(2)]
+        nodes = west + east
+        daemons.extend(nodes)
+        start_all(nodes)
+        proxy.split()
+        specs = random_team_specs(
+            10, 100, sizes=(2, 4), max_roles=2, capability="grid", announced_by="hub", seed=4
+        )
+        for broker in (side_a, side_b):  # the same teams are announced on both sides
+            with hub(broker) as client:
+                announce(client, specs)
+        wait_agreed(west, 10, "the west side to form every team")
+        wait_agreed(east, 10, "the east side to form every team")
+        for side in (west, east):  # each side formed the teams among its own agents
+            names = {n.name for n in side}
+            assert all(m[0] in names for t in teams(side[0]).values() for m in t["members"])
+
+        proxy.heal()
+        wait_agreed(nodes, 10, "four daemons to agree on one team per task after the heal")
+        award = teams(nodes[0])
+        assert {t: sum(team["slots"]) for t, team in award.items()} == {
+            s.task: s.size for s in specs
+        }
+        members = [tuple(m[:3]) for team in award.values() for m in team["members"]]
+        assert len(members) == len(set(members)) == sum(s.size for s in specs)  # one slot each
+        for node in nodes:
+            assert "Traceback" not in node.log()
+    finally:
+        proxy.close()

@@ -47,7 +47,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.hub.storage.database import HubDatabase
 from tests.integration.daemon.test_daemon import REPO
 from tests.integration.fleet.test_fleet_daemon import wait_until
 from tests.integration.fleet.test_health_telemetry import drift_log

@@ -96,9 +96,9 @@ from edge_agent.sim.tmaze import CENTRE, CUE_LOCATION, LOSS, NO_REWARD, REWARD, 
 from edge_agent_host.converter.aif.options import AifOptions
 from edge_agent_host.converter.common import ConvertOptions
 from edge_agent_host.converter.formats.aif import convert_aif
-from edge_agent_host.hub.learning_model import counts_from_npz
-from edge_agent_host.hub.learning_store import LearningStore
-from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.hub.learning.model import counts_from_npz
+from edge_agent_host.hub.learning.store import LearningStore
+from edge_agent_host.hub.storage.database import HubDatabase
 from edge_agent_host.keys import generate_keypair
 from tests.integration.fleet.test_broker_acl import Client
 from tests.integration.fleet.test_fleet_daemon import TOPICS, wait_until
@@ -107,7 +107,7 @@ from tests.integration.hub.test_rollout_health_gate import ENDS, wait_state
 from tests.integration.hub.test_rollouts import rollout, sha_of
 from tests.support.broker import MosquittoBroker
 from tests.support.secure_fleet import json_lines, runs_sha, secure_fleet
-from tests.unit.host.hub.test_learning_store import counts_delta
+from tests.unit.host.hub.learning.test_store import counts_delta
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

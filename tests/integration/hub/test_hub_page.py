@@ -23,10 +23,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.fleet.protocol import NodeState
-from edge_agent_host.hub.engines import SqliteEngine
-from edge_agent_host.hub.learning_store import LearningStore
-from edge_agent_host.hub.store import HubDatabase
-from edge_agent_host.hub.web import FleetSnapshot, WebServer, health_of
+from edge_agent_host.hub.learning.store import LearningStore
+from edge_agent_host.hub.storage.database import HubDatabase
+from edge_agent_host.hub.storage.engines import SqliteEngine
+from edge_agent_host.hub.web.server import WebServer
+from edge_agent_host.hub.web.snapshot import FleetSnapshot, condition_of
 from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import REPO
 from tests.integration.fleet.test_fleet_daemon import FLEET, wait_until
@@ -34,7 +35,7 @@ from tests.integration.hub.test_hubd import Hub, sqlite_table
 from tests.support.broker import MosquittoBroker, free_port
 from tests.support.chromium import FLAGS, Browser, chromium
 from tests.unit.fleet.test_deploy import bundle_tar
-from tests.unit.host.hub.test_store import heard, telemetry_body
+from tests.unit.host.hub.storage.test_database import heard, telemetry_body
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +150,7 @@ def test_metrics_json_and_the_page_in_chromium(served: dict[str, Any]) -> None:
         lambda: rollout_state(url, halted_id) == "halted", "the second rollout halted",
         timeout=120,
     )  # fmt: skip
-    # Two learning rounds of a model line, as a round stores them (hub/learning_round.py): one
+    # Two learning rounds of a model line, as a round stores them (hub/learning/round.py): one
     # built and published, one the int8 gate refused; the page shows their provenance.
     rounds = HubDatabase(SqliteEngine(hub.state / "hub.sqlite3"))
     rounds.open()
@@ -515,7 +516,7 @@ def thousand_nodes(now: float) -> list[dict[str, Any]]:
             node |= {"outbox_uncommitted_rows": 17, "outbox_uncommitted_s": 0.25}
         if i == 8:  # its wave is being sent to it
             node["deployment"] |= {"state": "pending", "detail": "deploying"}
-        node["health"] = health_of(node, now)
+        node["health"] = condition_of(node, now)
         nodes.append(node)
     return nodes
 

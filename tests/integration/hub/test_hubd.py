@@ -7,7 +7,7 @@ a process, SQLite and a real PostgreSQL started by the test (``postgres.py``).
 * PostgreSQL killed and restarted while the nodes publish: the hub holds the messages, says so
   (status, log, exit status of ``status``), and writes every one afterwards;
 * malformed and forged messages counted (status, Prometheus) and dropped;
-* the data layer's scenarios (``tests/unit/host/hub/test_store.py``) on PostgreSQL.
+* the data layer's scenarios (``tests/unit/host/hub/storage/test_database.py``) on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,19 +30,19 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_agent.fleet.protocol import Envelope, Event, EventKind, Telemetry, encode
 from edge_agent_host.fleetctl import FleetClient
-from edge_agent_host.hub.config import load_hub_config
-from edge_agent_host.hub.engines import PostgresEngine
-from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.hub.config.hub_toml import load_hub_config
+from edge_agent_host.hub.storage.database import HubDatabase
+from edge_agent_host.hub.storage.engines import PostgresEngine
 from edge_agent_host.keys import generate_keypair, load_signing_key
 from tests.integration.daemon.test_daemon import REPO, NotifySocket
 from tests.integration.fleet.test_fleet_daemon import FLEET, TOPICS, Node, wait_until
 from tests.support.broker import MosquittoBroker
 from tests.support.postgres import PostgresMissingError, PostgresServer, find_pg_bindir
-from tests.unit.host.hub.test_catch_up_store import CATCH_UP_SCENARIOS
-from tests.unit.host.hub.test_learning_policy import POLICY_SCENARIOS
-from tests.unit.host.hub.test_learning_store import LEARNING_SCENARIOS
-from tests.unit.host.hub.test_rollouts import ROLLOUT_SCENARIOS
-from tests.unit.host.hub.test_store import SCENARIOS
+from tests.unit.host.hub.learning.test_catch_up_store import CATCH_UP_SCENARIOS
+from tests.unit.host.hub.learning.test_policy import POLICY_SCENARIOS
+from tests.unit.host.hub.learning.test_store import LEARNING_SCENARIOS
+from tests.unit.host.hub.rollouts.test_runner import ROLLOUT_SCENARIOS
+from tests.unit.host.hub.storage.test_database import SCENARIOS
 
 pytestmark = pytest.mark.integration
 
@@ -623,7 +623,8 @@ def test_malformed_and_forged_messages_are_counted_and_dropped(
     ids=lambda f: f.__name__[len("check_") :],
 )
 def test_the_data_layer_on_postgresql(pg_shared: PostgresServer, scenario: Any) -> None:
-    """The same statements as on SQLite (tests/unit/host/hub/test_store.py), on PostgreSQL."""
+    """The same statements as on SQLite (tests/unit/host/hub/storage/test_database.py), on
+    PostgreSQL."""
     engine = PostgresEngine(
         host=pg_shared.host,
         port=pg_shared.port,

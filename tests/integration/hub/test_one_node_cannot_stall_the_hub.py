@@ -48,7 +48,7 @@ from edge_agent.fleet.protocol import (
     encode,
 )
 from edge_agent.sim.tmaze import tmaze_model
-from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.hub.storage.database import HubDatabase
 from tests.integration.fleet.test_broker_acl import Client
 from tests.integration.fleet.test_fleet_daemon import TOPICS, wait_until
 from tests.integration.hub.test_fleet_learning_by_hand import tmaze_line
@@ -56,7 +56,7 @@ from tests.integration.hub.test_hubd import Hub, db_rows
 from tests.integration.hub.test_rollouts import rollout, sha_of
 from tests.support.broker import free_port
 from tests.support.secure_fleet import secure_fleet
-from tests.unit.host.hub.test_learning_store import counts_delta
+from tests.unit.host.hub.learning.test_store import counts_delta
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

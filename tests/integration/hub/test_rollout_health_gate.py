@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent_host.hub.rollout_store import RolloutStore
+from edge_agent_host.hub.rollouts.store import RolloutStore
 from edge_agent_host.keys import generate_keypair
 from tests.integration.daemon.test_daemon import REPO
 from tests.integration.fleet.test_fleet_daemon import FLEET, wait_until
@@ -165,10 +165,17 @@ def test_a_rollout_is_judged_on_the_health_of_its_waves(gated: dict[str, Any]) -
     assert "SUCCESS: 2 rules found" in viewed.stdout
 
     # A worse model: the canaries fail the gate, the rollout halts and rolls them back (the
-    # same with real daemons is docs/hub.md's block: test_behaviour_gate_e2e.py).
-    rid = start(hub, gated["worse"], CRITERION, rollback=gated["same"])
-    followed = shell(f"edge-agent-hub rollout status --config hub.toml {rid} --follow", hub.dir)
+    # same with real daemons is docs/hub.md's block: test_behaviour_gate_e2e.py). Started and
+    # followed in one command: a later 'status --follow' prints only the verdicts to come, and
+    # on a loaded machine the wave's verdict can come before it starts.
+    followed = shell(
+        f"edge-agent-hub rollout start --config hub.toml {gated['worse']} --group grid"
+        f" --waves 2,100% --soak 2 --watch-ticks 3 --criterion {CRITERION}"
+        f" --rollback-bundle {gated['same']} --follow",
+        hub.dir,
+    )
     assert followed.returncode == 5, followed.stdout + followed.stderr  # rolled back
+    rid = followed.stdout.split()[1]  # "rollout r-..."
     verdict_lines = [line for line in followed.stdout.splitlines() if " fail: " in line]
     assert verdict_lines, followed.stdout
     assert verdict_lines[0].startswith(f"{rid} wave 1 {CRITERION}:alpha=0.05 fail: ")

@@ -15,7 +15,7 @@ import pytest
 
 from edge_agent.bundle.loader import load_bundle
 from edge_agent.bundle.signing import TrustedKeys
-from edge_agent_host.hub.rollout_store import Rollout, RolloutStore
+from edge_agent_host.hub.rollouts.store import Rollout, RolloutStore
 from edge_agent_host.keys import generate_keypair
 from tests.integration.fleet.test_fleet_daemon import Node, wait_until
 from tests.integration.hub.test_hubd import Hub, sqlite_table

@@ -22,7 +22,7 @@ from edge_agent.coordination.signing import (
     sign_specs,
     spec_bytes,
 )
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 
 REL = Release(
     task="t", epoch=2, node="pi-b", group="g", agent=3, bdseq=4, bseq=5, status=ReleaseStatus.DONE
@@ -39,7 +39,7 @@ def test_the_key_is_the_same_after_a_restart_and_private_to_the_daemon(tmp_path:
 def test_a_damaged_key_file_is_moved_aside_and_a_new_key_made(tmp_path: Path) -> None:
     old = TaskSigner.load_or_create(tmp_path)
     (tmp_path / KEY_FILE).write_bytes(b"short")
-    health = StateHealth()
+    health = StateFaults()
     new = TaskSigner.load_or_create(tmp_path, health)
     assert new.public != old.public
     assert TaskSigner.load_or_create(tmp_path).public == new.public

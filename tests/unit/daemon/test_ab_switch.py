@@ -25,7 +25,7 @@ from edge_agent.daemon.ab_switch import ABSwitch
 from edge_agent.fleet.deploy import DeployManager, JournalRecord, Phase, Report
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.overlay import OVERLAY_FILE
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 from edge_agent_host.keys import generate_keypair
 from tests.unit.fleet.test_deploy import NONCE, deploy_args
 
@@ -155,16 +155,16 @@ def tree(root: Path) -> dict[str, tuple[str, bytes | None]]:
     return out
 
 
-def recovered(state: Path) -> tuple[DeployManager, StateHealth]:
-    health = StateHealth()
-    manager = DeployManager(state, bundle_keys=None, health=health)
+def recovered(state: Path) -> tuple[DeployManager, StateFaults]:
+    faults = StateFaults()
+    manager = DeployManager(state, bundle_keys=None, faults=faults)
     manager.recover()
-    return manager, health
+    return manager, faults
 
 
-def switch(state: Path, health: StateHealth | None = None) -> tuple[ABSwitch, list[Report]]:
+def switch(state: Path, faults: StateFaults | None = None) -> tuple[ABSwitch, list[Report]]:
     reports: list[Report] = []
-    return ABSwitch(state, report=reports.extend, health=health), reports
+    return ABSwitch(state, report=reports.extend, faults=faults), reports
 
 
 def readers(ab: ABSwitch) -> dict[str, Any]:
@@ -211,11 +211,11 @@ def test_the_switch_recovers_the_state_directory_as_its_manager_does(
     moved = [n.part for n in manager_health.take_notices()]
     shutil.rmtree(state)  # the same state again, for the switch
     make_state(tmp_path, name, STATES[name])
-    health = StateHealth()
-    ab, published = switch(state, health)
+    faults = StateFaults()
+    ab, published = switch(state, faults)
     assert readers(ab) == expected
     assert tree(state) == after
-    assert [n.part for n in health.take_notices()] == moved
+    assert [n.part for n in faults.take_notices()] == moved
     ab.publish_reports()
     assert [(r.code, r.event, r.detail) for r in published] == reports
     if name == "a journal of a watched bundle":

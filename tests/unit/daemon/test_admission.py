@@ -1,5 +1,5 @@
 """Neural and perception groups through the daemon's one admission path: the memory plan, the
-checks at their lines, and a group's step, snapshot and health check."""
+checks at their lines, and a group's step, snapshot and preflight."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.config.daemon import read_config
 from edge_agent.config.profiles import FirmwareProfile, load_profiles
 from edge_agent.daemon.admission import admit, load_group_model, trusted_keys
-from edge_agent.daemon.group_runtime import GroupRuntime, healthy_steps, make_agents
+from edge_agent.daemon.group_runtime import GroupRuntime, make_agents, preflight_steps
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.kinds.base import LoadedModel
 from edge_agent.neural.agents import MODEL_BYTES_FACTOR, NeuralAgentGroup
@@ -201,10 +201,10 @@ def test_groups_step_snapshot_and_pass_a_health_check(
         clone.load_state_dict(state)
         for key, value in clone.state_dict().items():
             np.testing.assert_array_equal(value, state[key], err_msg=key)
-        healthy_steps(clone, 5, deadline=time.monotonic() + 60, timeout_s=60, seed=1)
+        preflight_steps(clone, 5, deadline=time.monotonic() + 60, timeout_s=60, seed=1)
         clone.release()
         with pytest.raises(EdgeAgentError, match="within"):
-            healthy_steps(g.agents, 3, deadline=time.monotonic() - 1, timeout_s=0.5, seed=1)
+            preflight_steps(g.agents, 3, deadline=time.monotonic() - 1, timeout_s=0.5, seed=1)
 
 
 def _loaded_of(g: GroupRuntime, root: Path, profiles: dict[str, FirmwareProfile]) -> LoadedModel:

@@ -19,7 +19,7 @@ from edge_agent.daemon.snapshots.groups import restore_groups, save_groups
 from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.fleet.protocol import LearningDelta, decode, encode
 from edge_agent.sim.endpoints import WorldSource
-from edge_agent.state_health import StateHealth
+from edge_agent.state_faults import StateFaults
 from tests.unit.fleet.test_protocol import envelope
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -88,7 +88,7 @@ def test_reports_come_at_the_cadence_numbered_from_1_with_the_model_and_agent_ti
 ) -> None:
     g = maze(tmp_path, profiles)
     port = Port()
-    reporter = LearningReporter(tmp_path, port, StateHealth())
+    reporter = LearningReporter(tmp_path, port, StateFaults())
     reporter.report_due([g], now=100.0)  # the first report is one period away
     tick(g, 4)
     reporter.report_due([g], now=129.0)
@@ -117,7 +117,7 @@ def test_numbers_go_on_across_a_restart_from_a_real_snapshot_and_are_never_reuse
     store = SnapshotStore(tmp_path / "state", max_writes_per_hour=10)
     g = maze(tmp_path, profiles)
     port = Port()
-    reporter = LearningReporter(tmp_path / "state", port, StateHealth())
+    reporter = LearningReporter(tmp_path / "state", port, StateFaults())
     tick(g, 3)
     reporter.report(g)
     save_groups(store, [g], "test")  # the snapshot: counts as they were after report 1
@@ -129,7 +129,7 @@ def test_numbers_go_on_across_a_restart_from_a_real_snapshot_and_are_never_reuse
     g2 = maze(tmp_path, profiles)
     assert restore_groups(store, [g2], lambda *_: None) is not None
     assert g2.agents.learning.counts_origin == "snapshot"
-    again = LearningReporter(tmp_path / "state", port, StateHealth())
+    again = LearningReporter(tmp_path / "state", port, StateFaults())
     assert again.last_seq("maze") == 2
     assert g2.learning is not None
     assert g2.learning.take_increments() == []
@@ -143,7 +143,7 @@ def test_a_damaged_number_file_is_moved_aside_and_numbering_goes_on_above_any_us
     tmp_path: Path, profiles: dict[str, FirmwareProfile]
 ) -> None:
     (tmp_path / STATE_FILE).write_text('{"groups": {"maze": "seven"}}')
-    health = StateHealth()
+    health = StateFaults()
     port = Port()
     reporter = LearningReporter(tmp_path, port, health, wall=lambda: 1_800_000_000.0)
     assert health.moved["learning_reports"] == 1
@@ -159,7 +159,7 @@ def test_a_replaced_group_reports_what_it_learned_against_its_model_then_starts_
 ) -> None:
     old = maze(tmp_path, profiles)
     port = Port()
-    reporter = LearningReporter(tmp_path, port, StateHealth())
+    reporter = LearningReporter(tmp_path, port, StateFaults())
     reporter.report_due([old], now=0.0)
     tick(old, 2)
     new = maze(tmp_path, profiles)  # a deployment's group: the same name, its own agents

@@ -220,7 +220,7 @@ def test_every_pip_install_names_ours_or_a_known_dependency() -> None:
 
 def test_the_messages_for_a_missing_extra_are_read() -> None:
     where = {line.where.split(":")[0] for line in install_lines()}
-    assert {"edge_agent/errors.py", "tools/edge_agent_host/hub/engines.py", "README.md",
+    assert {"edge_agent/errors.py", "tools/edge_agent_host/hub/storage/engines.py", "README.md",
             "docs/deployment.md", "docs/host-tool.md"} <= where
 
 

@@ -337,7 +337,7 @@ def test_batched_commits(tmp_path: Path) -> None:
 
 def test_unknown_schema_and_garbage_are_moved_aside(tmp_path: Path) -> None:
     # More damage (truncation, a directory in its place, corruption found later, a full disk):
-    # tests/unit/test_state_health.py.
+    # tests/unit/test_state_faults.py.
     path = tmp_path / "o.db"
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version=7")
@@ -355,7 +355,7 @@ def test_unknown_schema_and_garbage_are_moved_aside(tmp_path: Path) -> None:
     garbage = tmp_path / "g.db"
     garbage.write_bytes(b"this is not a database" * 100)
     box = Outbox(garbage)
-    assert box.health.moved["outbox"] == 1
+    assert box.faults.moved["outbox"] == 1
     box.close()
     (moved,) = (p for p in tmp_path.iterdir() if p.name.startswith("g.db.corrupt-"))
     assert moved.read_bytes() == b"this is not a database" * 100

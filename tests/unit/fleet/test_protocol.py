@@ -48,10 +48,12 @@ from edge_agent.fleet.protocol import (
     SeqVerdict,
     Telemetry,
     as_builtins,
+    clock,
     decode,
     encode,
     sparse_counts_delta,
     validate,
+    wire,
 )
 from edge_agent.fleet.topics import Topics
 
@@ -639,20 +641,20 @@ def test_seq_tracker_counts_missing_exactly(start: int, steps: list[int]) -> Non
 
 def test_clock_synced_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     flag = tmp_path / "synchronized"
-    monkeypatch.setattr(protocol, "TIMESYNC_FLAG", flag)
-    monkeypatch.setattr(protocol, "_adjtimex_state", lambda: 5)  # TIME_ERROR
+    monkeypatch.setattr(clock, "TIMESYNC_FLAG", flag)
+    monkeypatch.setattr(clock, "_adjtimex_state", lambda: 5)  # TIME_ERROR
     assert protocol.clock_synced() is False
-    monkeypatch.setattr(protocol, "_adjtimex_state", lambda: None)  # unavailable
+    monkeypatch.setattr(clock, "_adjtimex_state", lambda: None)  # unavailable
     assert protocol.clock_synced() is False
-    monkeypatch.setattr(protocol, "_adjtimex_state", lambda: 0)  # TIME_OK
+    monkeypatch.setattr(clock, "_adjtimex_state", lambda: 0)  # TIME_OK
     assert protocol.clock_synced() is True
-    monkeypatch.setattr(protocol, "_adjtimex_state", lambda: 5)
+    monkeypatch.setattr(clock, "_adjtimex_state", lambda: 5)
     flag.touch()
     assert protocol.clock_synced() is True
 
 
 def test_adjtimex_reads_the_kernel_state() -> None:
-    state = protocol._adjtimex_state()
+    state = clock._adjtimex_state()
     assert state is not None
     assert 0 <= state <= 5
 
@@ -801,13 +803,13 @@ def test_every_wire_model_is_prepared_when_its_module_is_imported() -> None:
         for m in models
         if m.__module__
         in {
-            protocol.__name__,
+            *(f"{protocol.__name__}.{part}" for part in ("wire", "bodies", "envelope")),
             edge_agent.fleet.commands.__name__,
             edge_agent.coordination.messages.__name__,
         }
     ]
     assert len(defined_here) > 40
-    assert [m for m in defined_here if m not in protocol._PREPARED] == []
+    assert [m for m in defined_here if m not in wire._PREPARED] == []
 
 
 def test_a_birth_says_the_bundle_keys_it_trusts_and_its_tick_rate() -> None:

@@ -2,7 +2,7 @@
 
 One helper for both clients that command nodes: the operator's client (``edge-agent-host hub``,
 :class:`edge_agent_host.fleetctl.client.FleetClient`) and the hub service's rollout runner
-(:class:`edge_agent_host.hub.rollout_client.ServiceDeployClient`). What a node checks is in
+(:class:`edge_agent_host.hub.rollouts.client.ServiceDeployClient`). What a node checks is in
 :mod:`edge_agent.fleet.commands`.
 """
 

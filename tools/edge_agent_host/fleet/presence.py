@@ -39,7 +39,7 @@ def presence(
     event, result; wall clock) and ``first_seen`` (when the node was first registered, by any
     message, retained or not): a node only ever heard in retained messages counts from then.
     Without either, an online node is taken at its word. Both stores keep them so: the hub
-    service's (``hub/store.py``) and the operator's client's (``fleetctl/store.py``).
+    service's (``hub/storage/database.py``) and the operator's client's (``fleetctl/store.py``).
     """
     online = row.get("online")
     if online is None:

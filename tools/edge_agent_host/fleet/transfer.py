@@ -2,7 +2,7 @@
 
 Shared by both clients that deploy: the operator's client (:mod:`edge_agent_host.fleetctl`,
 :meth:`~edge_agent_host.fleetctl.client.FleetClient.deploy`) and the hub service's rollout runner
-(:mod:`edge_agent_host.hub.rollouts`), which never imports the client. Each drives it through
+(:mod:`edge_agent_host.hub.rollouts.runner`), which never imports the client. Each drives it through
 its own :class:`DeployClient`.
 
 :class:`DeployPlan` cuts a signed bundle into chunks and says what the ``deploy`` command carries.
@@ -314,7 +314,7 @@ def _take_answers(
 
 def _received(result: CommandResult, have: bytes | None, plan: DeployPlan) -> int:
     """The chunks a node held when it answered ``result`` (its final answer): as it says
-    (``received``: all of them for a failure after the transfer, a health check's), else all
+    (``received``: all of them for a failure after the transfer, a preflight's), else all
     for ``ok``, else its last bitmap's."""
     received = result.data.get("received")
     if isinstance(received, int) and not isinstance(received, bool):

@@ -194,7 +194,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--window", type=int, default=8, help="unicast: unacknowledged chunks at most"
     )
     deploy.add_argument("--watch-ticks", type=int, default=50, help="ticks watched after switch")
-    deploy.add_argument("--health-steps", type=int, default=20, help="health-check steps")
+    deploy.add_argument(
+        "--preflight-steps",
+        "--health-steps",
+        dest="health_steps",
+        metavar="N",
+        type=int,
+        default=20,
+        help="steps of the preflight the node runs the bundle's model for (default 20; "
+        "--health-steps is its former name)",
+    )
     deploy.add_argument(
         "--watch-timeout", type=float, default=120.0, help="seconds the watch may take"
     )

@@ -1,5 +1,5 @@
 """The operator's client's memory between runs: a small SQLite file of nodes, telemetry, events
-and commands (the hub service keeps its own database, :mod:`edge_agent_host.hub.store`).
+and commands (the hub service keeps its own database, :mod:`edge_agent_host.hub.storage.database`).
 
 A node's presence is :func:`edge_agent_host.fleet.presence.presence`'s, fed as the hub service
 feeds it: every message from a node registers it (``first_seen``, once) and every live one, not

@@ -2,7 +2,7 @@
 
 Nodes ``{prefix}{first:04d}`` .. ``{prefix}{first + nodes - 1:04d}``, each with its state in
 ``{state_dir}/{node}``; ``--fail-fraction`` of them (chosen by a hash of the name and ``--seed``)
-fail every health check. At each telemetry period every node publishes its group's health too
+fail every preflight. At each telemetry period every node publishes its group's health too
 (``--no-health``: not), a worse model's while it runs a bundle of ``--worse-version``
 (:mod:`.node`). All are stepped from one thread every ``--tick`` seconds; the status
 line on stdout (JSON) says how many are online. SIGTERM stops them cleanly (death, offline will).
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", type=Path, required=True, help="one directory per node")
     parser.add_argument("--hub-keys", type=Path, help="directory of the hub keys (*.pub)")
     parser.add_argument("--bundle-keys", type=Path, help="directory of the bundle keys (*.pub)")
-    parser.add_argument("--fail-fraction", type=float, default=0.0, help="health checks fail")
+    parser.add_argument("--fail-fraction", type=float, default=0.0, help="preflights fail")
     parser.add_argument("--seed", type=int, default=0, help="which nodes fail")
     parser.add_argument(
         "--fail-version", help="the failing nodes fail only bundles of this manifest version"

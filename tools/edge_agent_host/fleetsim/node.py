@@ -7,7 +7,7 @@ A :class:`SimNode` is what a real node shows the hub and the broker, built by th
 (signatures, nonces and replays in a real nonce store) and the real deployment transfer
 (:class:`~edge_agent.fleet.deploy.DeployManager`: unicast chunks and the bundle broadcast, the
 whole file's hash, the bundle's signature against the trusted keys, staging, the overlay and the
-journal). Only the agents are missing: the health check is a rule (``fails``: this node's check
+journal). Only the agents are missing: the preflight is a rule (``fails``: this node's check
 fails) instead of stepping a scratch group, and the "group" steps by itself once per
 :meth:`step`, so that a switched bundle is watched for ``watch_ticks`` steps and reported.
 
@@ -45,7 +45,7 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.commands import DeployArgs, Outcome
 from edge_agent.fleet.comms.base import Backoff
 from edge_agent.fleet.comms.mqtt import MqttSettings
-from edge_agent.fleet.deploy import DeployManager, HealthCheck
+from edge_agent.fleet.deploy import DeployManager, PreflightCheck
 from edge_agent.fleet.node import NodeStack
 from edge_agent.fleet.outcomes import ResultCode
 from edge_agent.fleet.protocol import (
@@ -312,8 +312,8 @@ class SimNode:
     def _deploy(self, args: DeployArgs, cmd: Command) -> Outcome:
         return self.deployer.start(args, cmd.nonce)
 
-    def _prepare_check(self, group: str) -> HealthCheck:
-        """The health check of ``group``'s new bundle (no agents here: a simulated verdict)."""
+    def _prepare_check(self, group: str) -> PreflightCheck:
+        """The preflight of ``group``'s new bundle (no agents here: a simulated verdict)."""
         return lambda path, _steps, _timeout_s: self._health_check(group, path)
 
     def _health_check(self, group: str, path: Path) -> object:

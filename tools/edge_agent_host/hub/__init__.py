@@ -7,18 +7,21 @@ PostgreSQL, through one data layer: the fleet registry (nodes, presence, births,
 bundles), the telemetry history (raw for an hour, then downsampled, bounded per node), events,
 and the journal of commands and their results. ``docs/hub.md`` is the guide.
 
-One job a module: ``config`` (the TOML file), ``listener`` (subscriptions; decode, validate,
-count, enqueue), ``queue`` (the bounded queue in front of the database), ``schema`` (versioned
-migrations), ``engines`` (SQLite and PostgreSQL), ``store`` (the data layer:
-:class:`HubDatabase`), ``downsample`` (the telemetry downsampling plan), ``service`` (the
-supervised loop: :class:`HubService`) and ``cli`` (``edge-agent-hub``).
+One sub-package a part, each importing only the parts below it (the ``hub-parts`` contract in
+``pyproject.toml``), from the top: ``cli`` (``edge-agent-hub``'s command lines), ``service``
+(the supervised loop: :class:`~edge_agent_host.hub.service.loop.HubService`), ``web`` (the page,
+``/api/fleet.json``, ``/metrics``), ``learning`` (fleet learning: deltas, merge, rounds, the
+policy, catch-up), ``rollouts`` (staged rollouts: plan, tables, runner), ``storage`` (the data
+layer over SQLite and PostgreSQL: :class:`HubDatabase`), ``traffic`` (what the hub hears and
+publishes through its one broker connection) beside ``config`` (``hub.toml`` and ``rollout
+start``'s options), ``gates`` (a rollout's criteria on behaviour) and ``base``.
 """
 
 from __future__ import annotations
 
-from edge_agent_host.hub.config import HubConfig, load_hub_config, parse_hub_config
-from edge_agent_host.hub.queue import Heard, HeldMessages
-from edge_agent_host.hub.store import HubDatabase
+from edge_agent_host.hub.config.hub_toml import HubConfig, load_hub_config, parse_hub_config
+from edge_agent_host.hub.storage.database import HubDatabase
+from edge_agent_host.hub.traffic.queue import Heard, HeldMessages
 
 __all__ = [
     "Heard",

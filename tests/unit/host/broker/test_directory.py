@@ -30,7 +30,7 @@ from edge_agent_host.broker.directory import init_broker, issue_identity, revoke
 from edge_agent_host.broker.identities import Auth, BrokerState, Identity, Role
 from edge_agent_host.broker.mosquitto import acl_text, password_line
 from edge_agent_host.fleetctl import FleetClient, FleetError
-from edge_agent_host.hub.config import parse_hub_config
+from edge_agent_host.hub.config.hub_toml import parse_hub_config
 
 FLEET = "plant-3"
 T = Topics(FLEET)

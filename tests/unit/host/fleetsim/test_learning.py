@@ -11,10 +11,10 @@ import pytest
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent_host.fleetsim.learning import DeltaMaker, Schedule
-from edge_agent_host.hub.engines import SqliteEngine
-from edge_agent_host.hub.store import HubDatabase
-from tests.unit.host.hub.test_learning_store import deploy, learning_db, line_bundle, statuses
-from tests.unit.host.hub.test_store import birth, heard, write_all
+from edge_agent_host.hub.storage.database import HubDatabase
+from edge_agent_host.hub.storage.engines import SqliteEngine
+from tests.unit.host.hub.learning.test_store import deploy, learning_db, line_bundle, statuses
+from tests.unit.host.hub.storage.test_database import birth, heard, write_all
 
 
 def test_reports_are_accepted_by_the_hub_with_their_experience(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""``edge-agent-hub run``: the hub service's supervised loop (:mod:`.loop`)."""
