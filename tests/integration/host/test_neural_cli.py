@@ -85,11 +85,13 @@ def test_convert_sign_verify_and_run_a_thousand_int8_agents(tmp_path: Path) -> N
             rewards.append(float(worlds.reward.mean()))
     assert np.mean(agree[T:]) >= 0.99  # int8 agents act like the float ones
     assert np.mean(rewards) > 0.93
-    # The agents, and the range check's scratch (the bundle records its calibrated range).
+    # The agents, the range check's scratch (the bundle records its calibrated range) and the
+    # health measures' buffers.
     assert int8_group.range_watch.calibrated
     assert budget.by_kind()["agents"] == int8_group.bytes_for(N) == (
         N * int8_group.per_agent_nbytes() + int8_group.session.slide_nbytes(N)
         + int8_group.range_watch.scratch_nbytes(N)
+        + int8_group.health.nbytes_for(int8_group.num_actions)
     )
 
 
