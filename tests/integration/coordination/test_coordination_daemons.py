@@ -379,9 +379,9 @@ class Proxy:
         self.server.close()
 
 
-def test_a_healed_partition_resolves_duplicate_awards(
-    fleet_nodes: list[Node], tmp_path: Path
-) -> None:
+def bridged_brokers(tmp_path: Path) -> tuple[MosquittoBroker, MosquittoBroker, Proxy]:
+    """Two started brokers, ``a`` bridged to ``b`` through a :class:`Proxy` that can split and
+    heal the link: ``(side_a, side_b, proxy)``. The caller closes the proxy and stops both."""
     side_b = MosquittoBroker(tmp_path / "broker-b")
     side_b.start()
     proxy = Proxy(side_b.port)
@@ -396,6 +396,13 @@ notifications false
 """
     side_a = MosquittoBroker(tmp_path / "broker-a", extra_config=bridge)
     side_a.start()
+    return side_a, side_b, proxy
+
+
+def test_a_healed_partition_resolves_duplicate_awards(
+    fleet_nodes: list[Node], tmp_path: Path
+) -> None:
+    side_a, side_b, proxy = bridged_brokers(tmp_path)
     try:
         west = [
             Node(tmp_path, side_a, f"w{i}", groups=GRID_GROUP + auction(0.5), telemetry_s=1.0)

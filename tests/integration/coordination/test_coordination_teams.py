@@ -29,8 +29,8 @@ from edge_agent_host.fleetctl.tasks import announce, random_team_specs
 from edge_agent_host.keys import generate_keypair
 from tests.integration.coordination.test_coordination_daemons import (
     GRID_GROUP,
-    Proxy,
     auction,
+    bridged_brokers,
     hub,
     start_all,
 )
@@ -45,7 +45,7 @@ from tests.integration.fleet.test_broker_acl import (
     start_broker,
 )
 from tests.integration.fleet.test_fleet_daemon import Node, status_view, wait_until
-from tests.support.broker import MosquittoBroker, free_port
+from tests.support.broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -170,22 +170,8 @@ def test_teams_form_agree_and_are_repaired_on_the_secured_broker(
 
 
 def test_a_healed_partition_leaves_one_team_per_task(tmp_path: Path, daemons: list[Any]) -> None:  # noqa: F811
-    side_b = MosquittoBroker(tmp_path / "broker-b")
-    side_b.start()
-    daemons.append(side_b)
-    proxy = Proxy(side_b.port)
-    bridge = f"""
-connection ab
-address 127.0.0.1:{proxy.port}
-topic ea/# both 1
-cleansession true
-restart_timeout 1
-keepalive_interval 5
-notifications false
-"""
-    side_a = MosquittoBroker(tmp_path / "broker-a", extra_config=bridge)
-    side_a.start()
-    daemons.append(side_a)
+    side_a, side_b, proxy = bridged_brokers(tmp_path)
+    daemons += (side_b, side_a)
     try:
         # 40 agents a daemon, 80 a side: enough for every team on either side alone.
         group = GRID_GROUP.replace("count = 100", "count = 40") + auction(0.5)
