@@ -395,6 +395,41 @@ class BoardState:
                 self._holder_consumed.data[h] = consumed
         return h
 
+    def _new_holders(self, node: str, group: str, agents: list[int]) -> list[tuple[int, int]]:
+        """Holder ids for ``node/group``'s distinct ``agents``, those new made in one step (as
+        :meth:`_holder` makes one): ``(agent, id)`` of each that has one or there was room
+        for, in order."""
+        n = self._node(node)
+        if n is None:
+            return []
+        g = self._groups(group)
+        have = [(a, h) for a in agents if (h := self._holders.get((n, g, a))) is not None]
+        if have:  # made by another path (a consumed fact, one bid): kept as they are
+            known = {a for a, _ in have}
+            return have + self._new_holders(node, group, [a for a in agents if a not in known])
+        room = max(0, self.max_holders - len(self._holders))
+        if len(agents) > room:
+            self.overflow += len(agents) - room
+            agents = agents[:room]
+        if not agents:
+            return []
+        first = len(self._holders)
+        ids = range(first, first + len(agents))
+        self._holders.update(zip([(n, g, a) for a in agents], ids, strict=True))
+        end = first + len(agents)
+        hashes = np.array([stable_hash64((node, group, a)) for a in agents], dtype=np.uint64)
+        consumed = [self.consumed.get((node, group, a), -1) for a in agents]
+        for arr, values in (
+            (self._holder_node, n),
+            (self._holder_group, g),
+            (self._holder_agent, agents),
+            (self._holder_consumed, consumed),
+            (self._holder_hash, hashes.view(np.int64)),
+        ):
+            arr.ensure(end)
+            arr.data[first:end] = values
+        return list(zip(agents, ids, strict=True))
+
     def _holder_name(self, h: int) -> tuple[str, str, int]:
         return (
             self._nodes.names[self._holder_node.data[h]],

@@ -323,11 +323,7 @@ class TaskBoard(BoardState):
         found[found] = known[at[found]] == agents[found]
         if not found.all():
             new, first = np.unique(agents[~found], return_index=True)
-            made = []
-            for agent in new[np.argsort(first)].tolist():
-                h = self._holder(node, group, agent)
-                if h is not None:
-                    made.append((agent, h))
+            made = self._new_holders(node, group, new[np.argsort(first)].tolist())
             if made:
                 pairs = np.array(made, dtype=np.int64)
                 merged = np.concatenate([known, pairs[:, 0]])
