@@ -12,7 +12,8 @@ be merged (valid sessions, agents not consumed, the bound on bids).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Final, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,6 +35,10 @@ class Merged(NamedTuple):
 
 
 _EMPTY_I = np.empty(0, dtype=np.int64)
+
+SMALL: Final = 16
+"""Up to this many rows a merge compares them in Python (:meth:`BidTable._merge_small`): a
+node bids a task's ``k`` cheapest agents per role, a handful of rows per task per message."""
 
 
 def _merged(old: np.ndarray, new: np.ndarray, put: IntArray, old_rows: BoolArray) -> np.ndarray:
@@ -77,6 +82,14 @@ class BidTable:
         input's order."""
         if keys.size == 0:
             return Merged(0, 0, 0)
+        if keys.size <= SMALL:
+            return self._merge_small(keys, costs, seq, held, room)
+        return self._merge_rows(keys, costs, seq, held, room)
+
+    def _merge_rows(
+        self, keys: IntArray, costs: FloatArray, seq: int, held: BoolArray, room: int
+    ) -> Merged:
+        """:meth:`merge` in a few dozen numpy calls, whatever the number of rows."""
         # The input's best row per slot key, in the order of its first appearance.
         order = np.lexsort((~held, costs, keys))
         sk = keys[order]
@@ -125,6 +138,60 @@ class BidTable:
         if replaced or fresh.size:
             self.digest = None
         return Merged(replaced + int(fresh.size), int(fresh.size), refused)
+
+    def _merge_small(
+        self, keys: IntArray, costs: FloatArray, seq: int, held: BoolArray, room: int
+    ) -> Merged:
+        """:meth:`merge` for a few rows (a node's bids for one task, usually): the same
+        result, the rows compared one by one in Python, where a few dozen numpy calls on a
+        handful of rows cost more than the work; only new slots are inserted with numpy."""
+        best: dict[int, tuple[float, bool]] = {}
+        for k, c, h in zip(keys.tolist(), costs.tolist(), held.tolist(), strict=True):
+            cur = best.get(k)
+            if cur is None or c < cur[0] or (c == cur[0] and h and not cur[1]):
+                best[k] = (c, h)
+            elif not math.isfinite(c):  # not the wire's (it refuses them): numpy's order
+                return self._merge_rows(keys, costs, seq, held, room)
+        if not all(math.isfinite(c) for c, _ in best.values()):
+            return self._merge_rows(keys, costs, seq, held, room)
+        at = np.searchsorted(self.keys, list(best)).tolist()
+        n_old = int(self.keys.size)
+        old_keys, old_seqs, old_costs, old_held = self.keys, self.seqs, self.costs, self.held
+        replaced = 0
+        fresh: list[int] = []
+        for j, (k, (c, h)) in enumerate(best.items()):
+            i = at[j]
+            if i < n_old and int(old_keys[i]) == k:
+                s0, c0, h0 = int(old_seqs[i]), float(old_costs[i]), bool(old_held[i])
+                if seq > s0 or (seq == s0 and (c < c0 or (c == c0 and h and not h0))):
+                    old_seqs[i], old_costs[i], old_held[i] = seq, c, h
+                    replaced += 1
+            else:
+                fresh.append(j)
+        refused = max(0, len(fresh) - max(room, 0))
+        if refused:
+            del fresh[len(fresh) - refused :]
+        if fresh:
+            items = list(best.items())
+            rows = sorted(fresh, key=lambda j: items[j][0])
+            new_keys = np.array([items[j][0] for j in rows], dtype=np.int64)
+            new_costs = np.array([items[j][1][0] for j in rows], dtype=np.float64)
+            new_held = np.array([items[j][1][1] for j in rows], dtype=bool)
+            new_seqs = np.full(len(rows), seq, dtype=np.int64)
+            if n_old == 0:
+                self.keys, self.costs, self.held = new_keys, new_costs, new_held
+                self.seqs = new_seqs
+            else:
+                put = np.array([at[j] for j in rows], dtype=np.int64) + np.arange(len(rows))
+                old_rows = np.ones(n_old + len(rows), dtype=bool)
+                old_rows[put] = False
+                self.keys = _merged(self.keys, new_keys, put, old_rows)
+                self.costs = _merged(self.costs, new_costs, put, old_rows)
+                self.seqs = _merged(self.seqs, new_seqs, put, old_rows)
+                self.held = _merged(self.held, new_held, put, old_rows)
+        if replaced or fresh:
+            self.digest = None
+        return Merged(replaced + len(fresh), len(fresh), refused)
 
     def drop(self, gone: BoolArray) -> int:
         """Remove the rows where ``gone`` is True; returns how many."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.coordination.bid_table import BidTable
+from edge_agent.coordination.bid_table import SMALL, BidTable
 
 
 def rows_of(table: BidTable) -> dict[int, tuple[float, int, bool]]:
@@ -83,3 +83,22 @@ def test_find_and_drop() -> None:
     assert table.digest is None
     assert sorted(rows_of(table)) == [1, 3, 5, 7, 9]
     assert table.drop(np.zeros(len(table), bool)) == 0
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_few_rows_merge_as_many_rows_do(seed: int) -> None:
+    """The Python path for a handful of rows (``_merge_small``) leaves the same table and
+    says the same as the numpy path, ties, repeated slots and the room's bound included."""
+    rng = np.random.default_rng(seed)
+    small, rows = BidTable(), BidTable()
+    for _ in range(12):
+        n = int(rng.integers(1, SMALL + 1))
+        keys = rng.integers(0, 24, n).astype(np.int64)
+        costs = rng.integers(0, 3, n).astype(np.float64)
+        held = rng.random(n) < 0.3
+        seq, room = int(rng.integers(0, 3)), int(rng.integers(0, 6))
+        a = small.merge(keys, costs, seq, held, room=room)
+        b = rows._merge_rows(keys, costs, seq, held, room)
+        assert a == b
+        assert rows_of(small) == rows_of(rows)
+        assert [x.dtype for x in small.arrays()] == [x.dtype for x in rows.arrays()]
