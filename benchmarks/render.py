@@ -364,6 +364,15 @@ def per_agent_peer_columns(label: str) -> tuple[Column, ...]:
                of="edge-agent float64 learning off"),
     )
 
+#: The columns of the team repair tables after the daemons and agents (and the stall).
+REPAIR_COLUMNS = (
+    Column("slots vacated", "slots_vacated", ",d"),
+    Column("agreed after the kill", "agreed_after_kill_s", ".2f", suffix=" s"),
+    Column("bound", "bound_s", ".1f", suffix=" s"),
+    Column("within it", "within_bound"),
+    Column("others kept their slots", "others_kept_their_slots"),
+)
+
 TABLES: tuple[Table, ...] = (
     Table(
         id="agents-at-10-hz",
@@ -1599,11 +1608,7 @@ TABLES: tuple[Table, ...] = (
         columns=(
             Column("daemons", "daemons", "d"),
             Column("agents", "agents", ",d"),
-            Column("slots vacated", "slots_vacated", ",d"),
-            Column("agreed after the kill", "agreed_after_kill_s", ".2f", suffix=" s"),
-            Column("bound", "bound_s", ".1f", suffix=" s"),
-            Column("within it", "within_bound"),
-            Column("others kept their slots", "others_kept_their_slots"),
+            *REPAIR_COLUMNS,
             Column("repairs", "repairs", ",d"),
             Column("messages", "messages_until_agreed", ",d"),
         ),
@@ -1638,11 +1643,7 @@ TABLES: tuple[Table, ...] = (
             Column("daemons", "daemons", "d"),
             Column("agents", "agents", ",d"),
             Column("stalled", "stalled_s", ".1f", suffix=" s"),
-            Column("slots vacated", "slots_vacated", ",d"),
-            Column("agreed after the kill", "agreed_after_kill_s", ".2f", suffix=" s"),
-            Column("bound", "bound_s", ".1f", suffix=" s"),
-            Column("within it", "within_bound"),
-            Column("others kept their slots", "others_kept_their_slots"),
+            *REPAIR_COLUMNS,
             Column("messages", "messages_until_agreed", ",d"),
             Column("bytes", "bytes_until_agreed", ",d"),
         ),

@@ -241,22 +241,31 @@ def test_a_team_sync_part_of_the_largest_facts_fits_a_message() -> None:
 
 
 NODES = ["a", "b", "c"]
-team_bids = st.lists(
-    st.builds(
-        Bid,
-        task=st.sampled_from(["T", "U", "s"]),
-        epoch=st.just(0),
-        node=st.sampled_from(NODES),
-        group=st.just("g"),
-        agent=st.integers(0, 3),
-        cost=st.sampled_from([0.0, 1.0, 2.0]),
-        bdseq=st.integers(0, 1),
-        bseq=st.integers(0, 3),
-        role=st.integers(0, 1),
-        held=st.booleans(),
-    ),
-    max_size=30,
-)
+
+
+def bids_of(
+    epoch: st.SearchStrategy[int], group: st.SearchStrategy[str], most: int
+) -> st.SearchStrategy[list[Bid]]:
+    """Lists of up to ``most`` bids on T, U (teams) and s (one agent) by NODES."""
+    return st.lists(
+        st.builds(
+            Bid,
+            task=st.sampled_from(["T", "U", "s"]),
+            epoch=epoch,
+            node=st.sampled_from(NODES),
+            group=group,
+            agent=st.integers(0, 3),
+            cost=st.sampled_from([0.0, 1.0, 2.0]),
+            bdseq=st.integers(0, 1),
+            bseq=st.integers(0, 3),
+            role=st.integers(0, 1),
+            held=st.booleans(),
+        ),
+        max_size=most,
+    )
+
+
+team_bids = bids_of(st.just(0), st.just("g"), 30)
 
 
 @settings(max_examples=150, deadline=None)
@@ -314,22 +323,7 @@ def test_a_board_with_teams_is_a_pure_function_of_its_facts(
 @settings(max_examples=150, deadline=None)
 @given(
     held=team_bids,
-    synced=st.lists(
-        st.builds(
-            Bid,
-            task=st.sampled_from(["T", "U", "s"]),
-            epoch=st.integers(0, 1),
-            node=st.sampled_from(NODES),
-            group=st.sampled_from(["g", "h"]),
-            agent=st.integers(0, 3),
-            cost=st.sampled_from([0.0, 1.0, 2.0]),
-            bdseq=st.integers(0, 1),
-            bseq=st.integers(0, 3),
-            role=st.integers(0, 1),
-            held=st.booleans(),
-        ),
-        max_size=40,
-    ),
+    synced=bids_of(st.integers(0, 1), st.sampled_from(["g", "h"]), 40),
     dead=st.lists(st.tuples(st.sampled_from(NODES), st.integers(0, 1)), max_size=1),
 )
 def test_a_sync_s_bids_merge_in_columns_as_a_bid_at_a_time(
