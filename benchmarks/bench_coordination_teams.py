@@ -14,7 +14,10 @@ line.
 - ``team_repair``: then the daemon with the most members is SIGKILLed (the broker publishes its
   will): when every other daemon holds the same complete award again (the newest
   ``award_changed_at``) after the kill, whether the others' members kept their slots and round,
-  and ``window_s + state_every_s`` beside it (the bound the issue sets).
+  and ``window_s + state_every_s`` beside it (the bound the issue sets). With ``--stall S``,
+  another daemon is first stopped for ``S`` seconds (SIGSTOP, then SIGCONT) and the kill comes
+  as it resumes: a daemon starved of CPU on a loaded machine, made on purpose
+  (``stalled_s``; issue 55: such stalls set off a sync storm that held repair back 12-35 s).
   Each daemon's CPU from the announcement until the bench saw the award agreed, above its
   idle rate (measured over a second before): ``formation_cpu_s_mean``/``_max``; from the
   largest, ``one_core_estimate_s``, the agreement time with a core per daemon, computed (the
@@ -54,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import statistics
 import sys
 import tempfile
@@ -171,7 +175,7 @@ def _wait_held(nodes: list[Node], tasks: int, timeout: float) -> tuple[list[dict
 
 def bench_daemons(
     root: Path, broker: MosquittoBroker, *, daemons: int, agents: int, tasks: int, seed: int,
-    repair: bool,
+    repair: bool, stall_s: float = 0.0,
 ) -> list[dict[str, Any]]:  # fmt: skip
     nodes = [
         Node(
@@ -260,7 +264,7 @@ def bench_daemons(
             }
         )
         if repair:
-            out.append(_repair(nodes, held_views, tasks, counter))
+            out.append(_repair(nodes, held_views, tasks, counter, stall_s=stall_s))
     finally:
         counter.close()
         for node in nodes:
@@ -269,12 +273,19 @@ def bench_daemons(
 
 
 def _repair(
-    nodes: list[Node], before: list[dict[str, Any]], tasks: int, counter: Counted
-) -> dict[str, Any]:
+    nodes: list[Node], before: list[dict[str, Any]], tasks: int, counter: Counted,
+    *, stall_s: float = 0.0,
+) -> dict[str, Any]:  # fmt: skip
     teams = before[0]["teams"]
     count = Counter(m[0] for team in teams.values() for m in team["members"])
     victim = max(nodes, key=lambda n: count[n.name])
     survivors = [n for n in nodes if n is not victim]
+    if stall_s:
+        survivors[0].signal(signal.SIGSTOP)
+        try:
+            time.sleep(stall_s)
+        finally:
+            survivors[0].signal(signal.SIGCONT)
     killed = time.time()
     victim.kill()
     deadline = time.monotonic() + 60
@@ -306,6 +317,7 @@ def _repair(
         "slots_vacated": count[victim.name],
         "agreed_after_kill_s": round(agreed - killed, 4),
         "bound_s": WINDOW_S + STATE_EVERY_S,
+        "stalled_s": stall_s,
         "within_bound": agreed - killed <= WINDOW_S + STATE_EVERY_S,
         "others_kept_their_slots": kept,
         "repairs": int(min(v["metrics"]["team_repairs"] for v in views)),
@@ -735,6 +747,12 @@ def main() -> None:
         default=_sizes("5x100,10x100,20x100,5x500,10x500,20x500"),
         help="NODESxAGENTS sizes of the one-process formation CPU rows",
     )
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=0.0,
+        help="seconds another daemon is stopped (SIGSTOP) just before the repair's kill",
+    )
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--instances", type=int, default=20)
     parser.add_argument("--skip-daemons", action="store_true", help="only the one-process parts")
@@ -773,6 +791,7 @@ def main() -> None:
                         rows = bench_daemons(
                             root / f"teams-{daemons}x{agents}", broker, daemons=daemons,
                             agents=agents, tasks=args.tasks, seed=i, repair=i == 0,
+                            stall_s=args.stall,
                         )  # fmt: skip
                     except SystemExit as err:  # the machine could not hold it: say so, go on
                         print(json.dumps({"bench": "team_formation_failed", "daemons": daemons,

@@ -364,6 +364,15 @@ def per_agent_peer_columns(label: str) -> tuple[Column, ...]:
                of="edge-agent float64 learning off"),
     )
 
+#: The columns of the team repair tables after the daemons and agents (and the stall).
+REPAIR_COLUMNS = (
+    Column("slots vacated", "slots_vacated", ",d"),
+    Column("agreed after the kill", "agreed_after_kill_s", ".2f", suffix=" s"),
+    Column("bound", "bound_s", ".1f", suffix=" s"),
+    Column("within it", "within_bound"),
+    Column("others kept their slots", "others_kept_their_slots"),
+)
+
 TABLES: tuple[Table, ...] = (
     Table(
         id="agents-at-10-hz",
@@ -1592,18 +1601,14 @@ TABLES: tuple[Table, ...] = (
             "the bound the issue sets (one bidding window plus a `task_state` interval)."
         ),
         benchmark="bench_coordination_teams.py",
-        where={"bench": "team_repair"},
+        where={"bench": "team_repair", "stalled_s": lambda v: not v},
         key=("daemons", "agents"),
         expect=({"daemons": 5, "agents": 500},),
         command=f"{RECORD} bench_coordination_teams.py",
         columns=(
             Column("daemons", "daemons", "d"),
             Column("agents", "agents", ",d"),
-            Column("slots vacated", "slots_vacated", ",d"),
-            Column("agreed after the kill", "agreed_after_kill_s", ".2f", suffix=" s"),
-            Column("bound", "bound_s", ".1f", suffix=" s"),
-            Column("within it", "within_bound"),
-            Column("others kept their slots", "others_kept_their_slots"),
+            *REPAIR_COLUMNS,
             Column("repairs", "repairs", ",d"),
             Column("messages", "messages_until_agreed", ",d"),
         ),
@@ -1617,6 +1622,32 @@ TABLES: tuple[Table, ...] = (
                 {"daemons": 5, "agents": 500},
             ),
         ),
+    ),
+    Table(
+        id="team-repair-stalled",
+        title="Team tasks: a member's daemon killed as another resumes from a stall",
+        scope=(
+            "The repair above, with another daemon stopped (SIGSTOP) for `stalled` seconds "
+            "just before the kill and resumed (SIGCONT) as it comes: a daemon starved of CPU "
+            "on a loaded machine, made on purpose (`--stall`). Issue 55: before 6fa0ea2 such a "
+            "stall set off a sync storm (every stalled node synced to all, and merging a sync "
+            "took 0.2 s of CPU) that held repair back 12-35 s."
+        ),
+        benchmark="bench_coordination_teams.py",
+        where={"bench": "team_repair", "stalled_s": bool},
+        key=("daemons", "agents", "stalled_s"),
+        expect=({"daemons": 5, "agents": 500, "stalled_s": 3.0},),
+        command=f"{RECORD} bench_coordination_teams.py -- --scale 5x100 --fit '' "
+        "--skip-one-process --stall 3",
+        columns=(
+            Column("daemons", "daemons", "d"),
+            Column("agents", "agents", ",d"),
+            Column("stalled", "stalled_s", ".1f", suffix=" s"),
+            *REPAIR_COLUMNS,
+            Column("messages", "messages_until_agreed", ",d"),
+            Column("bytes", "bytes_until_agreed", ",d"),
+        ),
+        notes=f"[{NOTES}/coordination.md]({NOTES}/coordination.md#team-tasks-issue-55)",
     ),
     Table(
         id="team-quality",

@@ -171,7 +171,8 @@ class EngineIO:
         self._digests: deque[tuple[bytes, float]] = deque(maxlen=DIGEST_HISTORY)
         self._digest_version = -1
         self._unexplained: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        self._last_heard: OrderedDict[str, float] = OrderedDict()
+        self._last_heard: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        """Per peer, when its last ``task_state`` was merged here and when it says it sent it."""
         self._acted_version = -1
         self._act_due = -math.inf
         self._holds_pending = False
@@ -422,7 +423,7 @@ class EngineIO:
                 refused = self.admission.merge_release(item, verdict, body.signature(i))
                 self.counters["relays_refused"] += refused
         elif isinstance(body, TaskState):
-            self._on_state(env.node, body, now)
+            self._on_state(env.node, body, now, sent=env.ts)
         elif isinstance(body, TaskSync):
             self.counters["syncs_received"] += 1
             admitted, refused_facts = self.admission.admit_sync(env.node, body)
@@ -495,7 +496,7 @@ class EngineIO:
             self.admission.merge_release(rel, self.admission.release_verdict(rel))
         self.counters["death_reauctions"] += len(held)
 
-    def _on_state(self, node: str, body: TaskState, now: float) -> None:
+    def _on_state(self, node: str, body: TaskState, now: float, *, sent: float) -> None:
         """Claims feed conflict detection; the digest is checked against ours (anti-entropy).
 
         A peer's digest is *explained* when our ledger had that digest within ``sync_after_s``
@@ -503,14 +504,20 @@ class EngineIO:
         unexplained for ``sync_after_s`` means facts are missing on one side: we send a sync.
         A peer heard again after more than ``SILENCE_PERIODS`` state periods of silence (a
         partition, a broker outage), or claiming a task our award gives to someone else (a
-        conflict: its ledger or ours lacks bids), gets a sync at once.
+        conflict: its ledger or ours lacks bids), gets a sync at once. Silent by both clocks:
+        here (``now``) and by the times it stamped on its messages (``sent``, its own clock,
+        compared with its own): a node that stalled itself (starved of CPU on a loaded
+        machine) merges its peers' queued ``task_state`` late, but they were sent a period
+        apart, and it missed nothing (issue 55: every stalled node synced to all, whose merge
+        stalled them in turn, for seconds).
         """
         period = self.settings.auction.state_every_s
         last = self._last_heard.get(node)
-        if last is not None and now - last > SILENCE_PERIODS * period:
+        silence = SILENCE_PERIODS * period
+        if last is not None and now - last[0] > silence and sent - last[1] > silence:
             self._sync_wanted = True
             self.counters["peers_returned"] += 1
-        self._last_heard[node] = now
+        self._last_heard[node] = (now, sent)
         self._last_heard.move_to_end(node)
         while len(self._last_heard) > self.settings.max_peers:
             self._last_heard.popitem(last=False)

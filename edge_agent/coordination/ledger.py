@@ -255,11 +255,11 @@ class TaskBoard(BoardState):
         tasks: Sequence[str],
         *,
         epochs: Sequence[int],
-        task_index: Sequence[int],
-        agents: Sequence[int],
-        costs: Sequence[float],
-        roles: Sequence[int] | None = None,
-        holds: Sequence[bool] | None = None,
+        task_index: Sequence[int] | NDArray[np.integer],
+        agents: Sequence[int] | NDArray[np.integer],
+        costs: Sequence[float] | NDArray[np.floating],
+        roles: Sequence[int] | NDArray[np.integer] | None = None,
+        holds: Sequence[bool] | NDArray[np.bool_] | None = None,
     ) -> bool:
         """Merge one node's bid message (columnar, as :class:`TaskBids` carries it); ``roles``
         and ``holds`` per bid for team tasks (0 and False when None)."""
@@ -594,9 +594,53 @@ class TaskBoard(BoardState):
         held: list[Bid] = []
         for d in part.dead:
             held += self.add_dead(d.node, d.bdseq)
-        for bid in bids_from_columns(part.bids):
-            self.add_bid(bid)
+        self.add_bid_columns(part.bids)
         return self.version != before, held
+
+    def add_bid_columns(self, cols: BidColumns) -> None:
+        """Merge bids of any nodes, columnar (a sync's): one :meth:`add_bids` per bid message
+        they came in (the same node, group, session and ``bseq``), as that message merged; the
+        ledger it leaves is the one merging them a bid at a time leaves (the merge does not
+        depend on the order). A message's rows naming one task at two epochs (not sent by this
+        version) merge a bid at a time."""
+        n = cols.n_bids
+        if n == 0:
+            return
+        task = cols.column("task_index").astype(np.int64)
+        epoch = cols.column("epoch").astype(np.int64)
+        node = cols.column("node_index").astype(np.int64)
+        bdseq = cols.column("bdseq").astype(np.int64)
+        group = cols.column("group_index").astype(np.int64)
+        agent = cols.column("agent").astype(np.int64)
+        cost = cols.column("cost").astype(np.float64)
+        bseq = cols.column("bseq").astype(np.int64)
+        role_col, held_col = cols.team_columns()
+        role, held = role_col.astype(np.int64), held_col.astype(bool)
+        order = np.lexsort((task, bseq, bdseq, group, node))
+        keys = np.stack((node, group, bdseq, bseq))[:, order]
+        starts = np.flatnonzero(np.r_[True, (keys[:, 1:] != keys[:, :-1]).any(axis=0)])
+        for lo, hi in zip(starts.tolist(), [*starts[1:].tolist(), n], strict=True):
+            rows = order[lo:hi]
+            tasks, first, local = np.unique(task[rows], return_index=True, return_inverse=True)
+            epochs = epoch[rows][first]
+            if not np.array_equal(epochs[local], epoch[rows]):
+                for bid in bids_from_columns(bid_rows(cols, np.isin(np.arange(n), rows))):
+                    self.add_bid(bid)
+                continue
+            r = int(rows[0])
+            self.add_bids(
+                cols.nodes[node[r]],
+                cols.groups[group[r]],
+                int(bdseq[r]),
+                int(bseq[r]),
+                [cols.tasks[t] for t in tasks.tolist()],
+                epochs=epochs.tolist(),
+                task_index=local,
+                agents=agent[rows],
+                costs=cost[rows],
+                roles=role[rows],
+                holds=held[rows],
+            )
 
 
 def _team_part(

@@ -34,6 +34,8 @@ from edge_agent.sim import BatchEnv
 
 FLEET = "coord"
 TICK_S = 0.1
+WALL_START = 1.7e9
+"""The wall clock of the test's clock's zero (the links stamp messages with it)."""
 
 
 class Clock:
@@ -107,6 +109,7 @@ def memory_link(
         FLEET,
         root / node_id,
         monotonic=clock,
+        wall_clock=lambda: WALL_START + clock.now,  # the times stamped on messages follow it
         clock_sync_check=lambda: False,
         max_inbox=100_000,
     )
@@ -231,6 +234,17 @@ class SimFleet:
         for _ in range(n):
             for node in self.live:
                 node.tick()
+            self.clock.now += TICK_S
+            self.ticks += 1
+
+    def stall(self, node_id: str, ticks: int) -> None:
+        """``ticks`` ticks of the others while ``node_id`` does not tick (a process starved of
+        CPU): what they send waits in its link, and it sends nothing."""
+        stalled = self.node(node_id)
+        for _ in range(ticks):
+            for node in self.live:
+                if node is not stalled:
+                    node.tick()
             self.clock.now += TICK_S
             self.ticks += 1
 

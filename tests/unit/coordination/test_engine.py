@@ -844,6 +844,66 @@ def test_a_dead_member_s_slot_is_repaired_and_the_others_keep_theirs(
         assert m["team_slots_vacant"] == 0
 
 
+STATE_TICKS = round(AuctionSettings().state_every_s / TICK_S)
+
+
+def syncs_sent(fleet: SimFleet) -> dict[str, int]:
+    """Each live node's ``syncs_sent`` (it counts a sync's parts)."""
+    return {n.node_id: n.engine.counters["syncs_sent"] for n in fleet.live}
+
+
+def test_a_node_that_stalled_catches_up_without_a_sync_storm(grid_fleet: SimFleet) -> None:
+    """Issue 55: a daemon starved of CPU for a few state periods merged its peers' queued
+    ``task_state`` late, took every peer for one that had been cut off and synced to all;
+    under load their merging stalled them in turn (repair agreed 17-20 s after a kill, 1.17 MB
+    of syncs). Its peers were only late: it syncs to nobody, and after the peers' one sync each
+    (it was silent by its own clock) the fleet is quiet."""
+    fleet = grid_fleet
+    specs = team_tasks(20, seed=5)
+    fleet.nodes[0].engine.announce(specs)
+    tick_until_held(fleet)
+    fleet.tick(3 * STATE_TICKS)  # the births' syncs are behind
+    before = syncs_sent(fleet)
+    fleet.stall("node2", 4 * STATE_TICKS)
+    fleet.tick(STATE_TICKS + 1)  # it merges what waited and speaks again; the peers hear it
+    stalled = fleet.node("node2").engine
+    assert stalled.counters["peers_returned"] == 0
+    after = syncs_sent(fleet)
+    assert after["node2"] == before["node2"]
+    one_sync = {n.node_id: len(n.engine.board.sync_parts(own=n.node_id)) for n in fleet.live}
+    assert all(after[n] - before[n] in (0, one_sync[n]) for n in after)  # one each at most
+    fleet.tick(6 * STATE_TICKS)
+    assert syncs_sent(fleet) == after  # no sync answers a sync
+    assert_teams_agree(fleet, specs)
+
+
+def test_a_member_s_node_that_dies_mid_bidding_holds_no_team_back(grid_fleet: SimFleet) -> None:
+    """A node killed inside the teams' bidding window (some of its bids in, its members not
+    held): the survivors form every team without it within the window and a state period,
+    the same everywhere, and sync no more than their births did."""
+    fleet = grid_fleet
+    specs = team_tasks(20, seed=6)
+    fleet.nodes[0].engine.announce(specs)
+    fleet.tick(2)  # the announcement and the first bids are out
+    before = syncs_sent(fleet)
+    fleet.kill("node3")
+    formed_after = None
+    for tick in range(1, WINDOW_TICKS + STATE_TICKS + 1):
+        fleet.tick()
+        teams = [n.engine.board.teams() for n in fleet.live]
+        if all(t == teams[0] for t in teams) and all(
+            t.vacant == 0 and all(m.held for m in t.members) for t in teams[0].values()
+        ):
+            formed_after = tick
+            break
+    assert formed_after is not None  # within a window and a state period of the kill
+    fleet.tick()
+    award = assert_teams_agree(fleet, specs)
+    assert all(m.node != "node3" for t in award.values() for m in t.members)
+    del before["node3"]
+    assert syncs_sent(fleet) == before
+
+
 def test_slots_no_bid_held_can_fill_are_bid_again(tmp_path: Path) -> None:
     """Each node bids one agent per role and round (``max_bids_per_task = 1``): a team of four
     on two nodes of three agents forms after rebids; when node1 dies its slots go to node0's
