@@ -7,6 +7,14 @@ The programs here are a probe's: a console script ``zygote-probe`` whose entry p
 module written for the test (its distribution's metadata beside it, on the zygote's
 ``PYTHONPATH``), so that each case asks the child for exactly what it checks. Real processes,
 pipes, signals and file descriptors; nothing is mocked.
+
+The zygotes here start under ``env --default-signal=INT`` (GNU coreutils), so that SIGINT's
+disposition at start-up is the default whatever this process inherited: a job a
+non-interactive shell starts in the background (as ``.ci/run`` starts the 3.13 suite) has
+SIGINT ignored, an interpreter started so keeps it ignored, and a probe interrupting itself
+would then sleep until its timeout. The test of the inherited disposition starts the zygote and
+the script alone under the same prefix, default or ignored, and compares what the two children
+have.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ def main():
             "path0": sys.path[0], "probe": os.environ.get("PROBE"), "calls": CALLS,
             "stdin": sys.stdin.read(),
             "sigpipe": signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN,
+            "sigint": str(signal.getsignal(signal.SIGINT)),
         }))
         print("to stderr", file=sys.stderr)
         return 0
@@ -69,6 +78,9 @@ THREADED = """import threading, time
 threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
 """
 
+#: The prefix the zygotes start under: SIGINT's start-up disposition the default (module doc).
+SIGINT_DEFAULT = ("env", "--default-signal=INT")
+
 
 def probe_package(top: Path) -> tuple[Path, Path]:
     """The probe's module and distribution metadata in ``top/site``, its console script in
@@ -96,14 +108,20 @@ def unbuffered_not(env: Any) -> dict[str, str]:
 class Probe:
     """A zygote serving ``zygote-probe`` (``preload``: modules it imports first)."""
 
-    def __init__(self, top: Path, preload: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        top: Path,
+        preload: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = SIGINT_DEFAULT,
+    ) -> None:
         self.site, self.script = probe_package(top)
         self.cwd = top
         # Standard output buffered, as for a pipe without PYTHONUNBUFFERED (the last flush).
         self.env = {
             **unbuffered_not(os.environ), "PYTHONPATH": str(self.site), "PROBE": "zygote's",
         }  # fmt: skip
-        self.zygote = Zygote([self.script], cwd=top, env=self.env, preload=preload)
+        self.prefix = prefix
+        self.zygote = Zygote([self.script], prefix=prefix, cwd=top, env=self.env, preload=preload)
 
     def run(self, *args: str, timeout: float = 60, **how: Any) -> subprocess.CompletedProcess[str]:
         how.setdefault("cwd", self.cwd)
@@ -147,10 +165,35 @@ def test_exit_codes_exceptions_and_signals_are_the_process_s_own(probe: Probe) -
     assert raised.stderr.startswith("Traceback (most recent call last):")
     assert raised.stderr.endswith("ValueError: the probe raised\n")
     assert probe.run("signal").returncode == -signal.SIGTERM
-    # SIGINT raises KeyboardInterrupt; uncaught, the interpreter ends by the signal itself.
+    # SIGINT raises KeyboardInterrupt (the zygote started with its default disposition: module
+    # doc); uncaught, the interpreter ends by the signal itself.
     interrupted = probe.run("interrupt")
     assert interrupted.returncode == -signal.SIGINT
     assert interrupted.stderr.endswith("KeyboardInterrupt\n")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "handler"),
+    [
+        (SIGINT_DEFAULT, str(signal.default_int_handler)),
+        (("env", "--ignore-signal=INT"), str(signal.SIG_IGN)),
+    ],
+    ids=["default", "ignored"],
+)
+def test_sigint_is_as_the_zygote_was_started_as_for_the_script_alone(
+    tmp_path: Path, prefix: tuple[str, ...], handler: str
+) -> None:
+    """The start-up disposition of SIGINT is inherited: raising KeyboardInterrupt when the
+    zygote started with the default, ignored when it started ignoring it (a background job of
+    a non-interactive shell), as for the script started alone the same way."""
+    started = Probe(tmp_path, prefix=prefix)
+    try:
+        forked = json.loads(started.run("report").stdout)
+    finally:
+        started.zygote.close()
+    alone = script_alone(started)("report", stdout=subprocess.PIPE)
+    assert alone.returncode == 0, alone.stderr
+    assert forked["sigint"] == json.loads(alone.stdout)["sigint"] == handler
 
 
 def test_a_command_past_its_timeout_is_killed_and_the_zygote_serves_on(probe: Probe) -> None:
@@ -189,8 +232,9 @@ def script_alone(probe: Probe) -> Any:
 
     def run(*args: str, stdout: int) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(probe.script), *args], cwd=probe.cwd, env=probe.env, stdin=subprocess.DEVNULL,
-            stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+            [*probe.prefix, str(probe.script), *args], cwd=probe.cwd, env=probe.env,
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60,
+            check=False,
         )  # fmt: skip
 
     return run
