@@ -10,11 +10,11 @@ pipes, signals and file descriptors; nothing is mocked.
 
 The zygotes here start under ``env --default-signal=INT`` (GNU coreutils), so that SIGINT's
 disposition at start-up is the default whatever this process inherited: a job a
-non-interactive shell starts in the background (as ``.ci/run`` starts the 3.13 suite) has
-SIGINT ignored, an interpreter started so keeps it ignored, and a probe interrupting itself
-would then sleep until its timeout. The test of the inherited disposition starts the zygote and
-the script alone under the same prefix, default or ignored, and compares what the two children
-have.
+non-interactive shell starts in the background (as ``scripts/test-py313`` started the 3.13
+suite before it reset both) has SIGINT ignored, an interpreter started so keeps it ignored, and
+a probe interrupting itself would then sleep until its timeout. The test of the inherited
+disposition starts the zygote and the script alone under the same prefix, default or ignored,
+and compares what the two children have.
 """
 
 from __future__ import annotations
