@@ -48,8 +48,8 @@ system, every thread) per call (``cpu_ms_per_call``), its share of one core over
     python benchmarks/bench_neural_digits.py [--agents 1000] [--repeats 30] [--calls 20]
         [--threads 1] [--spin-seconds 10]
 
-``--smoke``: 20 agents, 2 rounds of 3 calls, 0.1 s paced: the code path, for CI; its numbers
-mean nothing.
+``--smoke``: 20 agents, 2 rounds of 3 calls, 0.1 s paced, the models fitted in a few iterations:
+the code path, for CI; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -194,7 +194,10 @@ def fresh_calls(
 
 
 def measure(family: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    spec = sklearn_model("mlp", tmp) if family == "mlp" else cnn_model(tmp)
+    # A smoke run fits the models in a few iterations, as bench_convert's does (the training was
+    # two thirds of its time, and its numbers mean nothing).
+    smoke = args.smoke
+    spec = sklearn_model("mlp", tmp, smoke) if family == "mlp" else cnn_model(tmp, smoke)
     np.savez(tmp / f"{family}.cal.npz", x=spec["calibration"])
     np.savez(tmp / f"{family}.held.npz", x=spec["heldout"], labels=spec["labels"])
     with quiet():

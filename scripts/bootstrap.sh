@@ -35,6 +35,18 @@ run_pytest() {
     # where nothing writes bytecode (PYTHONDONTWRITEBYTECODE=1, a fresh clone): about 0.6 s of
     # CPU per daemon start. Python reads a valid .pyc whatever that variable says.
     python -m compileall -q -j 0 edge_agent tools benchmarks examples tests/support >/dev/null
+    # The tests that build the project (a fresh copy's bootstrap, the wheel, the README's venv)
+    # compile the learning tick about ten times, each the same sources with the same flags:
+    # through ccache (Debian's compiler links in /usr/lib/ccache, where it is installed:
+    # scripts/test installs it) every one after the first is a hit, about 10 s of CPU less each.
+    # Each copy and venv has paths of its own: ccache hashes them relative to the directory it
+    # compiles in (CCACHE_BASEDIR=/) and not that directory itself (NOHASHDIR: the object's
+    # debug information names the first one's). The cache is outside the checkout.
+    if [ -d /usr/lib/ccache ]; then
+        export PATH="/usr/lib/ccache:$PATH" CCACHE_BASEDIR=/ CCACHE_NOHASHDIR=true \
+            CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-200M}" \
+            CCACHE_DIR="${CCACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ccache}"
+    fi
     echo "== pytest ($workers workers)" >&2
     if [ "$workers" = 0 ]; then
         exec python -m pytest "$@"

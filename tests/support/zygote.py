@@ -126,7 +126,10 @@ class Zygote:
                 err_read, err_write = os.pipe()
                 passed.append(err_write)
                 readers = {fd: bytearray() for fd in (out_read, err_read) if fd != -1}
-                socket.send_fds(self.channel, [json.dumps(request).encode()], passed)
+                try:
+                    socket.send_fds(self.channel, [json.dumps(request).encode()], passed)
+                except OSError as gone:  # it ended before reading the request
+                    raise ZygoteError(f"the zygote went away:\n{self.close()}") from gone
             finally:  # the child's now: the pipes close when it (and what it started) ends
                 for fd in passed:
                     os.close(fd)
@@ -145,7 +148,10 @@ class Zygote:
         return subprocess.CompletedProcess(list(argv), code, out, err)
 
     def _reply(self, key: str) -> dict[str, Any]:
-        data = self.channel.recv(MAX_REQUEST)
+        try:
+            data = self.channel.recv(MAX_REQUEST)
+        except ConnectionResetError:  # it ended with our request unread
+            data = b""
         if not data:
             raise ZygoteError(f"the zygote went away:\n{self.close()}")
         reply: dict[str, Any] = json.loads(data)

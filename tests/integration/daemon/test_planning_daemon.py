@@ -136,7 +136,8 @@ def test_planning_yields_to_the_tick_and_no_tick_is_skipped(tmp_path: Path) -> N
     durations: the machine's speed only sets the size. That no tick is skipped (the daemon's
     ``missed`` counter) is a matter of time, not asserted here: a machine busy enough takes whole
     periods from any process; ``benchmarks/bench_planning.py --daemon ... --fit-tick`` measures
-    it (docs/performance.md)."""
+    it (docs/performance.md), and tests/unit/core/test_tick_fit.py asserts it on a clock of its
+    own, where a block of planning and the daemon's part of a tick take fixed times)."""
     from edge_agent.aif.planning import PlanningPolicy
 
     period = 1.0 / HZ

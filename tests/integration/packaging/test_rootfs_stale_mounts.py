@@ -3,7 +3,8 @@
 The traps of test-arm64, build-deb and test-deb unmount what they mounted, but SIGKILL skips
 them, and the next run's `mount -t sysfs` over the sysfs left in the cached root failed on the
 CI machine ("already mounted", exit 32; whether a second sysfs mounts over the first depends on
-how /sys is mounted where the script runs: in the Python 3.13 stage's root it does). lock_cache,
+how /sys is mounted where the script runs: in the Python 3.13 stage's root it does, and two are
+stacked there). lock_cache,
 once it holds the root's lock, unmounts whatever is still mounted in that root and in its
 overlays ($CACHE/*-<suite>-<arch>) and says so, and leaves another root's mounts alone. Real
 mounts (sysfs, tmpfs) in a private mount namespace, the library sourced as the scripts source
@@ -40,9 +41,10 @@ mount -t sysfs -o ro sysfs "$CACHE/bookworm-arm64-rootfs/sys"
 lock_cache
 echo "=== left"
 awk -v c="$CACHE" 'index($5, c "/") == 1 { print $5 }' /proc/self/mountinfo
-# The next mount_rootfs step succeeds now.
+# The next mount_rootfs step succeeds now, and its sysfs is the only one there.
 mount -t sysfs -o ro sysfs "$ROOTFS/sys"
 echo "=== mounted again"
+awk -v c="$CACHE" 'index($5, c "/") == 1 { print $5 }' /proc/self/mountinfo
 """
 
 
@@ -64,6 +66,12 @@ def test_lock_cache_unmounts_what_a_killed_run_left_in_its_root_only(tmp_path: P
         assert f"stale-test: unmounting {target} (left mounted by an earlier run)" in said, said
     # Deepest first: the overlay's sysfs before the overlay itself.
     assert said.index(f"unmounting {overlay / 'sys'} ") < said.index(f"unmounting {overlay} ")
-    left = done.stdout.split("=== left\n", 1)[1].split("=== mounted again", 1)[0].split()
-    assert left == [str(cache / "bookworm-arm64-rootfs" / "sys")]
+    left, again = done.stdout.split("=== left\n", 1)[1].split("=== mounted again\n", 1)
+    assert left.split() == [str(cache / "bookworm-arm64-rootfs" / "sys")]
+    # Without the unmounting the next run's sysfs either fails to mount over the one left
+    # ("already mounted", exit 32, on the CI machine) or mounts on top of it (in the Python 3.13
+    # stage's root): after it, that sysfs is the one mount in the root, not a second.
+    assert sorted(again.split()) == sorted(
+        [str(cache / "bookworm-arm64-rootfs" / "sys"), str(root / "sys")]
+    ), again
     assert "bookworm-arm64-rootfs" not in said
