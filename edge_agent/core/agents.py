@@ -79,11 +79,13 @@ from edge_agent.core.health_window import HealthSummary
 from edge_agent.core.history import HistoryRing
 from edge_agent.core.history_recorder import HistoryRecorder, history_fields
 from edge_agent.core.installer import TablesInstaller
+from edge_agent.core.native_tick import frozen_kernel
 from edge_agent.core.path_choice import tick_path
-from edge_agent.core.tick_paths import BlockTicks, SharedStages, TickPath
+from edge_agent.core.tick_paths import BlockTicks, CompiledTick, SharedStages, TickPath
 from edge_agent.errors import InputError
 
 if TYPE_CHECKING:
+    from edge_agent.aif.kernels.native import NativeTick
     from edge_agent.aif.learning import LearningSpec
     from edge_agent.core.learning import AgentStepping, GroupLearning
     from edge_agent.core.planning_pass import PolicyTicks
@@ -201,6 +203,17 @@ class AifAgentGroup:
                 self.planning, clock, state=state, stepper=stepper,
                 history=self.recorder, chooser=self.learning,
             )
+        #: The compiled tick of a group that does not learn and plans every tick (None: numpy
+        #: steps it, :attr:`_native_reason` says why; a group that learns: its learning's pass).
+        self._native: NativeTick | None = None
+        self._native_reason = "its learning steps it" if self.learning is not None else (
+            "a planning policy" if self.plans is not None else "")
+        if not self._native_reason:
+            found = frozen_kernel(cm, self.settings)
+            if isinstance(found, str):
+                self._native_reason = found
+            else:
+                self._native = found
         self.cores = GroupWorkers(name, budget)
         self.memory = GroupMemory(
             name, budget, state=state, stepper=stepper, recorder=self.recorder,
@@ -212,6 +225,8 @@ class AifAgentGroup:
         state.keeps_prior = self.memory.keeps_prior_at(n_agents)
         # Reserve before allocating: shared tables once per model, then per-agent state.
         self.shared_nbytes = cm.nbytes + (0 if self._quantized is None else self._quantized.nbytes)
+        if self._native is not None:  # the tables as the compiled tick takes them, its scratch
+            self.shared_nbytes += self._native.nbytes
         self.memory.reserve_model(self.key, self.shared_nbytes)
         self.memory.reserve_agents(n_agents)
         self._installer = TablesInstaller(stepper, state, self.plans, self.memory, self.cores)
@@ -370,7 +385,7 @@ class AifAgentGroup:
         self.path = tick_path(
             state=self.state, stepper=self._stepper, recorder=self.recorder, blocks=self._blocks,
             plans=self.plans, learning=learning, stages=self._stages, installer=self._installer,
-            workers=self.cores.running, seed=self.cores.seed,
+            workers=self.cores.running, seed=self.cores.seed, kernel=self._native,
         )
 
     def resize(self, n_agents: int) -> None:
@@ -759,9 +774,21 @@ class AifAgentGroup:
                                "workers_restarts": cores.restarts}
         if self.plans is not None:
             out["planning"] = self.plans.stats()  # the last tick's; docs/planning.md
+        out["stepping"] = self.stepping
         if self.learning is not None:
             out["learning"] = self.learning.describe()
         return out
+
+    @property
+    def stepping(self) -> str:
+        """What steps the group's ticks: ``"native"`` (the compiled tick, one pass per tick),
+        or ``"numpy: <why not native>"`` (a learning group: its learning's)."""
+        if self.learning is not None:
+            return str(self.learning.describe()["stepping"])
+        if isinstance(self.path, CompiledTick):
+            return "native"
+        why = self._native_reason or "workers step its blocks"
+        return f"numpy: {why}"
 
     def metrics(self) -> dict[str, object]:
         """The planning policy's numbers of the last tick, when agents do not plan every tick

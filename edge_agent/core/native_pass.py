@@ -41,6 +41,7 @@ from edge_agent.aif import per_agent
 from edge_agent.aif.kernels import native
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.group_blocks import IntArray
+from edge_agent.core.native_tick import NATIVE_ENV
 
 if TYPE_CHECKING:
     from edge_agent.aif import kernels
@@ -49,10 +50,6 @@ if TYPE_CHECKING:
     from edge_agent.aif.settings import AifSettings
 
 __all__ = ["NATIVE_ENV", "NativePass", "SharedNativePass", "per_agent_pass", "shared_pass"]
-
-#: The environment variable that keeps groups on numpy when it is ``0``.
-NATIVE_ENV = "EDGE_AGENT_NATIVE_TICK"
-
 
 class _CompiledPass:
     """What both scopes' passes hold: the ``pA`` counts of ``learner``, the ``kernel`` and

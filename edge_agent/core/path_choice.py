@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge_agent.core.tick_paths import BlockTicks, FusedTick, PolicyTick, TickPath
+from edge_agent.core.tick_paths import BlockTicks, CompiledTick, FusedTick, PolicyTick, TickPath
 
 if TYPE_CHECKING:
+    from edge_agent.aif.kernels.native import NativeTick
     from edge_agent.core.agent_state import AgentState
     from edge_agent.core.block_stepper import BlockStepper
     from edge_agent.core.history_recorder import HistoryRecorder
@@ -33,17 +34,22 @@ def tick_path(
     installer: TablesInstaller,
     workers: BlockWorkers | None,
     seed: int | None,
+    kernel: NativeTick | None,
 ) -> TickPath:
     """The path of a group with these parts now: its ``plans`` (None: every agent plans every
     tick), its ``learning`` (None: it does not learn) and ``stages`` (each agent's own tables,
     or :class:`~edge_agent.core.tick_paths.SharedStages`), its running ``workers`` (None: the
-    caller steps every block) and their ``seed``."""
+    caller steps every block) and their ``seed``, and the compiled tick of a group that does not
+    learn (``kernel``; None: numpy steps it, :func:`~edge_agent.core.native_tick.frozen_kernel`
+    says why)."""
     if plans is not None:
         return PolicyTick(plans, state=state, stepper=stepper, recorder=recorder,
                           workers=workers, learning=learning, installer=installer)
     fused = FusedTick(blocks, state=state, stepper=stepper, recorder=recorder, workers=workers,
                       seed=seed)
     if learning is None:
+        if kernel is not None and workers is None:
+            return CompiledTick(kernel, fused, state=state, stepper=stepper, recorder=recorder)
         return fused
     from edge_agent.core.learning_ticks import learning_path  # noqa: PLC0415 - it learns
 
