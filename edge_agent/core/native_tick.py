@@ -12,8 +12,11 @@ codes decoded once, as the kernels decoded them), in float64: the pass's results
 kernels' on the same tables up to float32 rounding for an int8 group (far inside
 docs/quantization.md's bound) and rounding for a float64 one.
 
+Where the compiled tick can take a group, the group measures both paths once when it is made
+and keeps the cheaper (:func:`~edge_agent.core.path_choice.measure_costs`).
 ``EDGE_AGENT_NATIVE_TICK=0`` in the environment (:data:`NATIVE_ENV`) keeps every group on numpy,
-the reference twin (read when the group is made).
+the reference twin; ``EDGE_AGENT_NATIVE_TICK=1`` puts every group the compiled tick can take in it,
+unmeasured (the tests of its results); read when the group is made.
 """
 
 from __future__ import annotations
@@ -26,10 +29,16 @@ from edge_agent.aif import kernels
 from edge_agent.aif.kernels import native
 from edge_agent.aif.settings import AifSettings
 
-__all__ = ["NATIVE_ENV", "frozen_kernel", "numpy_reasons"]
+__all__ = ["NATIVE_ENV", "choice_measured", "frozen_kernel", "numpy_reasons"]
 
 #: The environment variable that keeps groups on numpy when it is ``0``.
 NATIVE_ENV = "EDGE_AGENT_NATIVE_TICK"
+
+
+def choice_measured() -> bool:
+    """Whether a group the compiled tick can take measures both paths (:data:`NATIVE_ENV` not
+    ``1``) rather than taking it unmeasured."""
+    return os.environ.get(NATIVE_ENV, "") != "1"
 
 
 def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | None:

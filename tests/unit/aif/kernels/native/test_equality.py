@@ -269,10 +269,10 @@ def test_a_frozen_group_s_compiled_tick_is_its_numpy_twin_up_to_rounding(
     case: FrozenCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The group that does not learn steps on the compiled tick (the build's library as the
-    package's), its numpy twin on numpy (``EDGE_AGENT_NATIVE_TICK=0``): the same stored codes
-    or tables, the same posteriors, priors, ``G`` and ``q_pi`` up to rounding, the compiled
-    group's actions optimal under the twin's ``q_pi`` (each tick both go on from the twin's
-    numbers and actions)."""
+    package's, taken unmeasured: ``EDGE_AGENT_NATIVE_TICK=1``), its numpy twin on numpy
+    (``EDGE_AGENT_NATIVE_TICK=0``): the same stored codes or tables, the same posteriors,
+    priors, ``G`` and ``q_pi`` up to rounding, the compiled group's actions optimal under the
+    twin's ``q_pi`` (each tick both go on from the twin's numbers and actions)."""
     world_name, n, precision, build = case
     world = make_world(world_name, tmp_path)
     tol = FROZEN_TOL[precision]
@@ -281,7 +281,9 @@ def test_a_frozen_group_s_compiled_tick_is_its_numpy_twin_up_to_rounding(
     monkeypatch.delenv(NATIVE_ENV)
     assert twin.stepping == f"numpy: {NATIVE_ENV}=0"
     monkeypatch.setattr(native, "_LIBRARY", library(build))
+    monkeypatch.setenv(NATIVE_ENV, "1")  # the compiled tick, unmeasured: its results the subject
     group = frozen_group(world, n, precision)
+    monkeypatch.delenv(NATIVE_ENV)
     assert group.stepping == "native"
     if precision == "int8":  # the same stored codes, decoded the same way
         assert group.quantized is not None
