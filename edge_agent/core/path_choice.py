@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from edge_agent.aif.kernels import dense_table
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.tick_paths import BlockTicks, CompiledTick, FusedTick, PolicyTick, TickPath
@@ -36,13 +37,17 @@ if TYPE_CHECKING:
     from edge_agent.core.planning_pass import PolicyTicks
     from edge_agent.core.workers import BlockWorkers
 
-__all__ = ["MEASURE_AGENTS", "MEASURE_TICKS", "TickCosts", "measure_costs", "tick_path"]
+__all__ = [
+    "MEASURE_AGENTS", "MEASURE_TICKS", "WARM_TICKS", "TickCosts", "measure_costs", "tick_path",
+]
 
 #: The most agents the measured choice steps (a larger group is measured on this many: both
 #: paths' cost grows with the agents, numpy's per-call floor shared by fewer of them here).
 MEASURE_AGENTS = 1024
-#: The ticks of each path that are timed (after one that is not: each path's first-tick costs).
-MEASURE_TICKS = 3
+#: The ticks of each path that are timed, after the untimed ones (each path's first-tick costs,
+#: and the beliefs settling as they do in use).
+MEASURE_TICKS = 5
+WARM_TICKS = 4
 
 
 class TickCosts(NamedTuple):
@@ -70,21 +75,35 @@ class TickCosts(NamedTuple):
                 "numpy_ms": round(1e3 * self.numpy_s, 4), "agents": self.agents}
 
 
-def _outcomes(cm: kernels.CompiledModel, n: int, ticks: int) -> list[np.ndarray]:
-    """``ticks`` outcome batches ``(n, M)`` drawn (seeded: the same every time) from each
-    modality's outcome distribution under ``D``: outcomes the agents' model expects."""
-    joint = np.ones(1)
-    for d in cm.D:
-        joint = np.multiply.outer(joint, np.asarray(d, dtype=np.float64)).ravel()
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(ticks):
-        cols = []
-        for a in cm.A_rows:
-            p = np.asarray(a, dtype=np.float64) @ joint
-            cols.append(rng.choice(len(p), size=n, p=p / p.sum()))
-        out.append(np.stack(cols, axis=1).astype(np.int64))
-    return out
+class _ModelWorld:
+    """``n`` agents' world as their own model says it goes (seeded: the same every time): each
+    agent's hidden state drawn from ``D``, its outcomes from ``A`` at that state, its next state
+    from ``B`` under the action it took. Beliefs there become what they are in use (a belief
+    spread over every state plans otherwise than a settled one, on either path)."""
+
+    def __init__(self, cm: kernels.CompiledModel, n: int) -> None:
+        self._A = [np.asarray(a, dtype=np.float64) for a in cm.A_rows]  # (O_m, S_joint)
+        self._B = [dense_table(t) for t in cm.transitions]  # (S_f, S_f, U_f)
+        self._rng = np.random.default_rng(0)
+        self._states = [self._draw(np.broadcast_to(np.asarray(d, dtype=np.float64), (n, len(d))))
+                        for d in cm.D]
+
+    def _draw(self, p: np.ndarray) -> np.ndarray:
+        """One index per row of ``p`` ``(n, K)``, drawn from that row's distribution."""
+        cdf = np.cumsum(p, axis=1)
+        u = self._rng.random(len(p)) * cdf[:, -1]
+        out: np.ndarray = np.minimum((cdf < u[:, None]).sum(axis=1), p.shape[1] - 1)
+        return out
+
+    def outcomes(self) -> np.ndarray:
+        """Every agent's outcomes ``(n, M)`` at its state."""
+        joint = np.ravel_multi_index(tuple(self._states), tuple(b.shape[0] for b in self._B))
+        return np.stack([self._draw(a[:, joint].T) for a in self._A], axis=1)
+
+    def step(self, action: np.ndarray) -> None:
+        """Every agent's next state under its ``action`` ``(n, F)``."""
+        self._states = [self._draw(b[:, s, action[:, f]].T)
+                        for f, (b, s) in enumerate(zip(self._B, self._states, strict=True))]
 
 
 def measure_costs(
@@ -102,17 +121,20 @@ def measure_costs(
     """What a tick of a group of ``cm`` with ``settings`` (state in ``dtype``, keeping its prior
     or not, in blocks of ``block_size``) costs in the compiled ``kernel`` and on numpy: both
     paths step ``min(n_agents, MEASURE_AGENTS)`` agents of scratch state of their own (the
-    group's is not touched) on the same seeded outcomes, alternated, one untimed tick each and
-    then ``ticks`` timed by ``timer``; each path's fastest tick."""
+    group's is not touched) on the same outcomes, alternated, in a world that goes as their
+    model says (:class:`_ModelWorld`, seeded, moved by numpy's actions): ``WARM_TICKS`` untimed
+    ticks each, then ``ticks`` timed by ``timer``; each path's fastest tick."""
     n = min(n_agents, MEASURE_AGENTS)
     stepper = BlockStepper(cm, settings, dtype, block_size=block_size, seed=0)
     paths: list[TickPath] = []
+    states: list[AgentState] = []
     for native in (True, False):
         state = AgentState(cm.num_states, cm.num_policies, cm.num_factors, dtype,
                            keep_prior=keeps_prior)
         state.allocate(n, keeps_prior=keeps_prior, block_size=block_size, new=np.zeros,
                        make_priors=lambda out, k: None)
         state.reset(slice(None), cm.D)
+        states.append(state)
         fused = FusedTick(BlockTicks(state, stepper, None), state=state, stepper=stepper,
                           recorder=None, workers=None, seed=None)
         if native:  # integer outcomes, no history: the stepper's blocks are not asked for
@@ -121,13 +143,16 @@ def measure_costs(
         else:
             stepper.new_scratch(state)
             paths.append(fused)
+    world = _ModelWorld(cm, n)
     best = [float("inf"), float("inf")]
-    for t, obs in enumerate(_outcomes(cm, n, ticks + 1)):
+    for t in range(WARM_TICKS + ticks):
+        obs = world.outcomes()
         for i, path in enumerate(paths):
             start = timer()
             path.run(obs, None, None, False, who_plans=None, ticks=t)
-            if t:  # the first tick of each is not timed
+            if t >= WARM_TICKS:
                 best[i] = min(best[i], timer() - start)
+        world.step(states[1].action)  # numpy's actions move the world (the reference twin)
     return TickCosts(native_s=best[0], numpy_s=best[1], agents=n)
 
 
