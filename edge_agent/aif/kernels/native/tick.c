@@ -505,8 +505,15 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
     if (!tables_ready) planning_tables(m, sc);
 
-    /* the policies: each factor's predicted states under each action, then per policy the
-     * joint, its utility and information gain */
+    /* an int8 group's posteriors as it keeps them (float32): its plan and its next prior are
+     * made from the numbers a group that keeps no prior makes its next one from */
+    if (f32)
+        for (int64_t i = 0, width = width_of(m); i < width; i++)
+            LANES sc->cur[i][b] = (double)(float)sc->cur[i][b];
+
+    /* the policies: each factor's predicted states under each action (the next prior too: B
+     * of the action chosen times the posterior), then per policy the joint, its utility and
+     * information gain */
     lane *moved[MAX_F][MAX_U];
     {
         lane *at = sc->moved;
@@ -626,17 +633,13 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         st->has_action[n] = 1;
         if (st->next_prior == NULL) continue;
         for (int64_t f = 0; f < F; f++) {
+            /* the chosen action's predicted states: B's entries in the order a group that keeps
+             * no prior sums them at the next tick, from the posterior as it is kept (an int8
+             * group's float32, rounded above): that prior, bit for bit */
             const int64_t s_f = m->num_states[f];
-            const sparse_b *bm = &m->B[f];
-            const double *values = b_values(m, f, n);
-            const int64_t u = chosen[f][b];
-            double next[MAX_S];
-            for (int64_t i = 0; i < s_f; i++) next[i] = 0.0;
-            /* from the posterior as it is kept (an int8 group's float32): the prior a group
-             * that keeps none makes from it at the next tick, bit for bit */
-            for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++)
-                next[bm->row[e]] += values[e] * state_get(st->qs[f], n * s_f + bm->col[e], f32);
-            for (int64_t i = 0; i < s_f; i++) state_put(st->next_prior[f], n * s_f + i, next[i], f32);
+            const lane *next = moved[f][chosen[f][b]];
+            for (int64_t i = 0; i < s_f; i++)
+                state_put(st->next_prior[f], n * s_f + i, next[i][b], f32);
         }
     }
 }
