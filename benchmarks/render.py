@@ -741,7 +741,15 @@ TABLES: tuple[Table, ...] = (
             "`stepping` says which and why) and float64, against pymdp 1.0.4 (one batched "
             "`Agent`, the tick jitted) and pymdp 0.0.7.1 (`*`: measured on at most 100 agents, "
             "its rate does not depend on `N`) without counts. Agent-steps/s; ratios over "
-            "pymdp 1.0.4 and over the better peer."
+            "pymdp 1.0.4 and over the better peer. **Which groups take the compiled tick**: a "
+            "group that does not learn, plans one-step policies every tick with deterministic "
+            "marginal action selection on one process, whose model has no local planner and "
+            "fits `tick.h`'s limits, and where the tick was measured faster than numpy when the "
+            "group was made (the T-maze at every N here); the others step numpy's kernels, "
+            "faster there: grid10's local one-step planner, a dense shared `B` that numpy "
+            "multiplies for the whole batch in one BLAS call (docs/architecture.md, \"The "
+            "compiled tick's contract\"; benchmarks/notes/learning.md, issue 58). The int8 group's "
+            "`stepping` says which and why."
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
