@@ -80,7 +80,7 @@ from edge_agent.core.health_window import HealthSummary
 from edge_agent.core.history import HistoryRing
 from edge_agent.core.history_recorder import HistoryRecorder, history_fields
 from edge_agent.core.installer import TablesInstaller
-from edge_agent.core.native_tick import choice_measured, frozen_kernel
+from edge_agent.core.native_pass import choice_measured, frozen_kernel
 from edge_agent.core.path_choice import TickCosts, measure_costs, tick_path
 from edge_agent.core.tick_paths import BlockTicks, CompiledTick, SharedStages, TickPath
 from edge_agent.errors import InputError
@@ -254,7 +254,7 @@ class AifAgentGroup:
         """The compiled tick that steps the group, or None: numpy does, and why
         (:attr:`_native_reason`): numpy for a group that learns (its learning's pass) or plans
         by a policy, or whose model the compiled tick does not take
-        (:func:`~edge_agent.core.native_tick.frozen_kernel`); else the path measured cheaper on
+        (:func:`~edge_agent.core.native_pass.frozen_kernel`); else the path measured cheaper on
         the group's model and agents (:func:`~edge_agent.core.path_choice.measure_costs`), in
         the status and the log."""
         if self.learning is not None or self.plans is not None:

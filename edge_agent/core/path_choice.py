@@ -174,7 +174,7 @@ def tick_path(
     tick), its ``learning`` (None: it does not learn) and ``stages`` (each agent's own tables,
     or :class:`~edge_agent.core.tick_paths.SharedStages`), its running ``workers`` (None: the
     caller steps every block) and their ``seed``, and the compiled tick of a group that does not
-    learn (``kernel``; None: numpy steps it, :func:`~edge_agent.core.native_tick.frozen_kernel`
+    learn (``kernel``; None: numpy steps it, :func:`~edge_agent.core.native_pass.frozen_kernel`
     says why)."""
     if plans is not None:
         return PolicyTick(plans, state=state, stepper=stepper, recorder=recorder,

@@ -22,7 +22,7 @@ path                                its tick
 :class:`CompiledTick`               every agent's whole tick in one pass of the compiled tick
                                     (:mod:`edge_agent.aif.kernels.native`): a group that does
                                     not learn, plans every tick and steps here, where the pass
-                                    takes its model (:func:`~edge_agent.core.native_tick.
+                                    takes its model (:func:`~edge_agent.core.native_pass.
                                     frozen_kernel`)
 :class:`PolicyTick`                 a planning policy's passes
                                     (:class:`~edge_agent.core.planning_pass.PolicyTicks`), every
@@ -206,7 +206,7 @@ class FusedTick:
 
 class CompiledTick:
     """Every agent's whole tick in one pass of the compiled ``kernel`` (a group that does not
-    learn: :func:`~edge_agent.core.native_tick.frozen_kernel`), in the state's own arrays: the
+    learn: :func:`~edge_agent.core.native_pass.frozen_kernel`), in the state's own arrays: the
     prior the group keeps read and the next one written in its place, or, where it keeps none,
     made in the pass from the beliefs and actions (``D`` for an agent reset since); then the
     history row. Soft evidence is stepped by ``fused`` (numpy: the pass takes outcomes)."""

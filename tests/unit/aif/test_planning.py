@@ -26,7 +26,7 @@ from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.settings import AifSettings
 from edge_agent.config.daemon import check_config, load_config
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_tick import NATIVE_ENV
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.errors import ConfigError, InputError
 from edge_agent.records import RecordError
 from edge_agent.sim.registry import make_env

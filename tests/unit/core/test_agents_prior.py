@@ -17,7 +17,7 @@ from edge_agent.aif.learning import LearningSpec
 from edge_agent.aif.planning import EVERY_TICK, PlanningPolicy
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_tick import NATIVE_ENV
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.errors import InputError
 from edge_agent.sim.registry import make_env
 

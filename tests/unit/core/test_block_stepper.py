@@ -14,7 +14,7 @@ from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.block_stepper import BlockStepper
-from edge_agent.core.native_tick import NATIVE_ENV
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.sim.registry import make_env
 
 

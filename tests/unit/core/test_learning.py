@@ -16,7 +16,7 @@ from edge_agent.aif.learning_counts import DirichletCounts, counts_storage_bound
 from edge_agent.aif.quant import LogU8, SparseColumns, encode_transition, quantize_model
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, MiB
-from edge_agent.core.native_tick import NATIVE_ENV
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.errors import BudgetError
 from edge_agent.sim.grid_slippery import SlipperyGridEnv
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model

@@ -12,7 +12,7 @@ from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.learning_kernels import b_increment_shared
 from edge_agent.aif.quant import encode_log_u8, encode_transition
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_tick import NATIVE_ENV
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.core.per_agent_learning import AgentTables
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 

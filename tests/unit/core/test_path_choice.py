@@ -13,7 +13,7 @@ import pytest
 
 from edge_agent.core import agents
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_tick import NATIVE_ENV, frozen_kernel
+from edge_agent.core.native_pass import NATIVE_ENV, frozen_kernel
 from edge_agent.core.path_choice import MEASURE_AGENTS, TickCosts, measure_costs
 from edge_agent.core.tick_paths import CompiledTick, FusedTick
 from edge_agent.sim.registry import builtin_model, make_env

@@ -15,7 +15,7 @@ from edge_agent.aif.reference import ReferenceAgent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.cli import main
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_tick import NATIVE_ENV
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 from edge_agent.sim.registry import make_env
 from tests.support.pymdp_learning_golden import (

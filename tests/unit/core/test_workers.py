@@ -24,7 +24,7 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.core import workers as workers_module
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget
-from edge_agent.core.native_tick import NATIVE_ENV
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.core.workers import RESTART_AFTER_S, is_shared
 from edge_agent.sim.registry import make_env
 

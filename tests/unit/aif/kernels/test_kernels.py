@@ -23,7 +23,7 @@ from edge_agent.aif.quant import quantize_model
 from edge_agent.aif.reference import EPS, EXP_M16, ReferenceAgent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_tick import NATIVE_ENV
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.errors import InputError
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 
