@@ -50,18 +50,25 @@ Memory, ``state_bytes_per_agent``: what each agent's learning state holds in arr
 N; edge-agent, on every edge row: what a group learning per agent reserves per agent, its state
 with its own learned table, and its float64 counts).
 
+``--frozen``: the same worlds, loops and peers with **nobody learning**, the frozen rows (their
+``learned`` is ``none``): edge-agent's int8 group without learning (``edge-agent int8 learning
+off``, the daemon's everyday group, in the compiled tick or on numpy as it measured faster when
+it was made: ``stepping`` says which) and the float64 one (``edge-agent float64 learning off``)
+against pymdp 0.0.7.1 and 1.0.4 without counts; ``vs_pymdp_104`` and ``vs_best_peer`` on the
+edge rows.
+
 The reversal: ``examples/learning_reversal.py`` (frozen, learning, learning with forgetting),
 whose ``ticks_to_relearn`` are printed as they are.
 
     python benchmarks/bench_learning_peers.py [--agents 1,1000,10000] [--seconds 1]
         [--repeats 3] [--no-install] [--per-agent-only] [--no-reversal] [--closed-loop]
-        [--smoke]
+        [--frozen] [--smoke]
 
 ``--per-agent-only``: the per-agent rows, learning off and the peers (no shared int8 rows);
 ``--no-reversal``: without the reversal runs.
 
-``--smoke``: edge-agent only, N = 1 and 20, short runs, then the per-agent rows in the closed
-loop at N = 20, and the reversal at its smoke size: the code paths, for CI
+``--smoke``: edge-agent only, N = 1 and 20, short runs, then the per-agent rows and the frozen
+rows in the closed loop at N = 20, and the reversal at its smoke size: the code paths, for CI
 (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
@@ -101,6 +108,8 @@ PER_AGENT_NUMPY = "edge-agent float64 per-agent numpy"
 #: The shared group in float64 refreshed every tick (the compiled pass steps it where it can).
 SHARED_FLOAT64 = "edge-agent float64 shared refresh 1"
 LEARNING_OFF = "edge-agent float64 learning off"
+#: The int8 group without learning (``--frozen``).
+INT8_OFF = "edge-agent int8 learning off"
 #: The ratios a row states: (the other row, the field its rate over the other's goes to).
 RATIOS: dict[str, tuple[tuple[str, str], ...]] = {
     PER_AGENT: ((bench_peers.PYMDP_104, "vs_pymdp_104"), (LEARNING_OFF, "vs_learning_off"),
@@ -109,7 +118,10 @@ RATIOS: dict[str, tuple[tuple[str, str], ...]] = {
                       (LEARNING_OFF, "vs_learning_off")),
     SHARED_FLOAT64: ((bench_peers.PYMDP_104, "vs_pymdp_104"), (EDGE[0][0], "vs_int8_refresh_1"),
                      (LEARNING_OFF, "vs_learning_off")),
+    INT8_OFF: ((bench_peers.PYMDP_104, "vs_pymdp_104"), (LEARNING_OFF, "vs_float64")),
 }
+#: The float64 group without learning against pymdp 1.0.4 in the frozen rows.
+FROZEN_RATIOS = {LEARNING_OFF: ((bench_peers.PYMDP_104, "vs_pymdp_104"),)}
 #: The per-agent group (float64, each agent's own tables) runs up to this many agents.
 PER_AGENT_MAX = 1000
 
@@ -141,11 +153,12 @@ def write_workload(world: str, kind: str, index: int, n: int, path: Path) -> Non
 
 def run_worker(
     python: Path, impl: str, workload: Path, n: int, args: argparse.Namespace, *,
-    refresh_every: int = 1, closed_loop: bool = False,
+    refresh_every: int = 1, closed_loop: bool = False, frozen: bool = False,
 ) -> dict[str, Any]:
     cmd = [str(python), str(WORKER), impl, str(workload), str(n), "--seconds",
            str(args.seconds), "--repeats", str(args.repeats), "--refresh-every",
-           str(refresh_every), *(["--closed-loop"] if closed_loop else [])]
+           str(refresh_every), *(["--closed-loop"] if closed_loop else []),
+           *(["--frozen"] if frozen else [])]
     env = bench_peers.worker_env("1")
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
                          timeout=3600)
@@ -158,23 +171,28 @@ def run_worker(
 def case_rows(
     workload: Path, n: int, peers: dict[str, Path], args: argparse.Namespace, *,
     closed_loop: bool, per_agent_only: bool, bytes_104: int | None, kind: str,
+    frozen: bool = False,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Every implementation's record of one world at ``n`` agents, in one loop (open or closed;
     ``bytes_104``: pymdp 1.0.4's state bytes per agent at a smaller ``n``, to skip it above
-    ``--max-104-bytes``)."""
+    ``--max-104-bytes``; ``frozen``: nobody learns)."""
     python = Path(sys.executable)
     rows: list[tuple[str, dict[str, Any]]] = []
 
     def run(py: Path, impl: str, agents: int, **kw: Any) -> dict[str, Any]:
-        return run_worker(py, impl, workload, agents, args, closed_loop=closed_loop, **kw)
+        return run_worker(py, impl, workload, agents, args, closed_loop=closed_loop,
+                          frozen=frozen, **kw)
 
-    for impl, every in () if per_agent_only else EDGE:
-        rows.append((impl, run(python, "edge-agent int8", n, refresh_every=every)))
-    if not per_agent_only:
-        rows.append((SHARED_FLOAT64, run(python, "edge-agent float64 shared", n)))
-    if n <= PER_AGENT_MAX or not per_agent_only:
+    if frozen:  # nobody learns: edge-agent's int8 and float64 groups, the peers
+        rows.append((INT8_OFF, run(python, INT8_OFF, n)))
         rows.append((LEARNING_OFF, run(python, LEARNING_OFF, n)))
-    if n <= PER_AGENT_MAX:
+    for impl, every in () if per_agent_only or frozen else EDGE:
+        rows.append((impl, run(python, "edge-agent int8", n, refresh_every=every)))
+    if not per_agent_only and not frozen:
+        rows.append((SHARED_FLOAT64, run(python, "edge-agent float64 shared", n)))
+    if (n <= PER_AGENT_MAX or not per_agent_only) and not frozen:
+        rows.append((LEARNING_OFF, run(python, LEARNING_OFF, n)))
+    if n <= PER_AGENT_MAX and not frozen:
         rows.append((PER_AGENT, run(python, PER_AGENT, n)))
         if kind == "A":  # where the compiled pass steps the group: numpy's rate beside it
             rows.append((PER_AGENT_NUMPY, run(python, PER_AGENT_NUMPY, n)))
@@ -194,7 +212,7 @@ def case_rows(
 
 
 def print_rows(world: str, learned: str, n: int, closed_loop: bool,
-               rows: list[tuple[str, dict[str, Any]]]) -> None:
+               rows: list[tuple[str, dict[str, Any]]], *, frozen: bool = False) -> None:
     """One JSON line per record, with the ratios against the peers of the same loop and, in
     the closed loop, what its agents achieved over the ticks that edge-agent's per-agent group
     and pymdp 1.0.4 both ran (``achieved_ticks``; fewer where the row ran fewer)."""
@@ -220,7 +238,8 @@ def print_rows(world: str, learned: str, n: int, closed_loop: bool,
             out["achieved_ticks"] = ticks
         if best_peer and "steps_per_s" in rec and name.startswith("edge"):
             out["vs_best_peer"] = round(rec["steps_per_s"] / best_peer, 2)
-        for other, field in RATIOS.get(name, ()) if "steps_per_s" in rec else ():
+        ratios = (FROZEN_RATIOS if frozen else RATIOS).get(name, RATIOS.get(name, ()))
+        for other, field in ratios if "steps_per_s" in rec else ():
             rate = by_name.get(other, {}).get("steps_per_s")
             if rate:
                 out[field] = round(rec["steps_per_s"] / rate, 2)
@@ -242,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reversal", action="store_true", help="no reversal runs")
     parser.add_argument("--closed-loop", action="store_true",
                         help="each implementation acts in its own world (its step timed)")
+    parser.add_argument("--frozen", action="store_true",
+                        help="nobody learns: the frozen rows (int8 and float64 against the peers)")
     parser.add_argument("--smoke", action="store_true", help="edge-agent only, tiny, for CI")
     args = parser.parse_args(argv)
     agents = [int(a) for a in (args.agents or ("1,20" if args.smoke else "1,1000,10000"))
@@ -256,24 +277,27 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, subprocess.CalledProcessError) as err:
                 print(json.dumps({"bench": "learning-peers", "impl": impl,
                                   "error": f"cannot install or start: {err}"}), flush=True)
-    # (closed loop, Ns, per-agent rows only): the smoke run adds the closed loop's per-agent
-    # rows at its largest N, for the code path.
-    passes = [(args.closed_loop, agents, args.per_agent_only)]
+    # (closed loop, Ns, per-agent rows only, frozen): the smoke run adds the closed loop's
+    # per-agent rows and its frozen rows at its largest N, for the code paths.
+    passes = [(args.closed_loop, agents, args.per_agent_only, args.frozen)]
     if args.smoke and not args.closed_loop:
-        passes.append((True, agents[-1:], True))
+        passes.append((True, agents[-1:], True, False))
+    if args.smoke and not args.frozen:
+        passes.append((True, agents[-1:], True, True))
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
         for world, kind, index in WORLDS:
             workload = Path(tmp) / f"{world}.npz"
             write_workload(world, kind, index, max(agents), workload)
-            for closed_loop, ns, per_agent_only in passes:
+            for closed_loop, ns, per_agent_only, frozen in passes:
                 bytes_104: int | None = None
                 for n in ns:
                     rows = case_rows(workload, n, peers, args, closed_loop=closed_loop,
                                      per_agent_only=per_agent_only, bytes_104=bytes_104,
-                                     kind=kind)
+                                     kind=kind, frozen=frozen)
                     bytes_104 = dict(rows).get(bench_peers.PYMDP_104, {}).get(
                         "state_bytes_per_agent", bytes_104)
-                    print_rows(world, f"{kind}{index}", n, closed_loop, rows)
+                    print_rows(world, "none" if frozen else f"{kind}{index}", n,
+                               closed_loop, rows, frozen=frozen)
     if args.no_reversal:
         return 0
     reversal = [sys.executable, str(REVERSAL), "--out", os.devnull]

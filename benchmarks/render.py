@@ -329,6 +329,8 @@ def firmware_profiles() -> tuple[dict[str, Any], ...]:
 # -- the tables ------------------------------------------------------------------------------------
 
 PEERS = ("pymdp 0.0.7.1", "pymdp 1.0.4")
+#: The int8 group without learning (bench_learning_peers.py --frozen).
+INT8_OFF = "edge-agent int8 learning off"
 LEARNING_EDGE = (
     "edge-agent float64 per-agent", "edge-agent int8 refresh 1", "edge-agent int8 refresh 100",
 )
@@ -736,6 +738,55 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
+        id="frozen-peers",
+        title="Against pymdp, frozen models: the same side-by-side benchmark, nobody learning",
+        scope=(
+            "The worlds, loop and settings of the learning tables above (closed loop: each "
+            "implementation's agents act in their own copy of the world, **the world's step "
+            "timed** on every side; one thread, policy length 1, gamma 16, utility and state "
+            "information gain, deterministic marginal action selection), **nobody learning**: "
+            "edge-agent's group without learning, int8 (the daemon's everyday group: it "
+            "measures the compiled tick against numpy when it is made and keeps the cheaper, "
+            "`stepping` says which and why) and float64, against pymdp 1.0.4 (one batched "
+            "`Agent`, the tick jitted) and pymdp 0.0.7.1 (`*`: measured on at most 100 agents, "
+            "its rate does not depend on `N`) without counts. Agent-steps/s; ratios over "
+            "pymdp 1.0.4 and over the better peer. **Which groups take the compiled tick**: a "
+            "group that does not learn, plans one-step policies every tick with deterministic "
+            "marginal action selection on one process, whose model has no local planner and "
+            "fits `tick.h`'s limits, and where the tick was measured faster than numpy when the "
+            "group was made (the T-maze at every N here); the others step numpy's kernels, "
+            "faster there: grid10's local one-step planner, a dense shared `B` that numpy "
+            "multiplies for the whole batch in one BLAS call (docs/architecture.md, \"The "
+            "compiled tick's contract\"; benchmarks/notes/learning.md, issue 58). The int8 group's "
+            "`stepping` says which and why."
+        ),
+        benchmark="bench_learning_peers.py",
+        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
+               "learned": "none"},
+        key=("loop", "world", "n"),
+        pivot="impl",
+        expect=tuple({"loop": "closed", "world": w, "n": n}
+                     for w in ("tmaze", "grid10") for n in (1, 100, 1000)),
+        command=f"{RECORD} bench_learning_peers.py -- --frozen --closed-loop --agents 1,100,1000 "
+                "--no-reversal --repeats 2",
+        store=f"{RECORD} bench_learning_peers.py -- --frozen --closed-loop --agents 1,100,1000 "
+              "--no-reversal --repeats 2",
+        columns=(
+            Column("loop", "loop"),
+            Column("world", "world"),
+            Column("agents", "n", ",d"),
+            Column("int8 / pymdp 1.0.4", "vs_pymdp_104", ".2f", suffix="x", of=INT8_OFF),
+            Column("int8 / best peer", "vs_best_peer", ".2f", suffix="x", of=INT8_OFF),
+            Column("edge-agent int8", "steps_per_s", ",.0f", of=INT8_OFF),
+            Column("edge-agent float64", "steps_per_s", ",.0f",
+                   of="edge-agent float64 learning off"),
+            Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
+            Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
+                                           of="pymdp 0.0.7.1")),
+            Column("int8 stepping", "stepping", of=INT8_OFF),
+        ),
+    ),
+    Table(
         id="learning-native",
         title="Against pymdp with learning: the per-agent tick in one compiled pass",
         scope=(
@@ -795,7 +846,8 @@ TABLES: tuple[Table, ...] = (
             "closed where a closed-loop run stored these rows."
         ),
         benchmark="bench_learning_peers.py",
-        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None},
+        where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
+               "learned": lambda v: v != "none"},
         key=("loop", "world", "n"),
         pivot="impl",
         command=f"{RECORD} bench_learning_peers.py -- --agents 1,1000",

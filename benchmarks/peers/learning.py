@@ -4,7 +4,7 @@ Run by ``bench_learning_peers.py`` with the python of edge-agent's venv or of a 
 (``bench_peers.py`` makes those).
 
     python learning.py IMPL WORKLOAD.npz N [--seconds S] [--repeats R] [--refresh-every K]
-        [--closed-loop]
+        [--closed-loop] [--frozen]
 
 ``WORKLOAD.npz``: the model (``A0``.., ``B0``.., ``C0``.., ``D0``..), the learned table's counts
 (``pA{m}``, one modality ``m``, or ``pB{f}``, one factor ``f``), ``obs`` ``(T, N_max, M)`` and
@@ -18,7 +18,8 @@ timed loop for every implementation: the same work on every side. One tick, per 
 states, learn ``pA[m]`` from the outcome and the posterior, or ``pB[f]`` from the posteriors
 before and after the agent's last action (from the second tick of an episode on), learning rate
 1, plan (one-step policies, utility and state information gain, gamma 16), choose an action
-(deterministic, from the action marginals):
+(deterministic, from the action marginals). ``--frozen``: nobody learns (the peers without
+counts, edge-agent's groups without ``learning=``), the tick the rest of the same:
 
 * ``pymdp 0.0.7.1``: ``N`` ``Agent`` objects with ``pA`` and ``modalities_to_learn=[m]`` (or
   ``pB`` and ``factors_to_learn=[f]``), ``infer_states``, ``update_A`` (or ``update_B``),
@@ -42,7 +43,10 @@ before and after the agent's last action (from the second tick of an episode on)
 * ``edge-agent float64 per-agent numpy``: the same group kept on numpy
   (``EDGE_AGENT_NATIVE_TICK=0``);
 * ``edge-agent float64 learning off``: the same group without learning (the model as loaded,
-  float64): what learning costs on its own is the ratio of the two.
+  float64): what learning costs on its own is the ratio of the two;
+* ``edge-agent int8 learning off``: the int8 group without learning, the daemon's everyday
+  group (in the compiled tick or on numpy, whichever it measured faster when it was made:
+  ``stepping`` says which).
 
 After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
 runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
@@ -53,7 +57,8 @@ grid10, and ``scores``, its sum at every tick: :class:`peers.world.ClosedLoopWor
 of the arrays each agent's learning state holds (pymdp 0.0.7.1: every array of one ``Agent``;
 pymdp 1.0.4: every array leaf of the batched agent over ``N``; edge-agent, whatever the row's
 scope: what a group learning per agent reserves per agent, its state with its own learned table
-(and joint-outcome table) plus its counts, as the memory budget counts them).
+(and joint-outcome table) plus its counts, as the memory budget counts them; ``--frozen``: the
+group's own state per agent).
 """
 
 from __future__ import annotations
@@ -115,16 +120,16 @@ def _array_bytes(value: Any, seen: set[int]) -> int:
 
 
 class Pymdp007:
-    def __init__(self, w: dict[str, Any], n: int) -> None:
+    def __init__(self, w: dict[str, Any], n: int, frozen: bool = False) -> None:
         from pymdp.agent import Agent
 
         m, learns_A = w["m"], w["kind"] == "A"
         tables = _obj_array([w["p"] if i == m else a.copy()
                              for i, a in enumerate(w["A" if learns_A else "B"])])
-        learning: dict[str, Any] = (
+        learning: dict[str, Any] = {} if frozen else (
             {"pA": tables, "modalities_to_learn": [m], "lr_pA": 1.0} if learns_A
             else {"pB": tables, "factors_to_learn": [m], "lr_pB": 1.0})
-        self.learns_A = learns_A
+        self.learns_A, self.frozen = learns_A, frozen
         self.actions = np.zeros((n, len(w["B"])), dtype=np.int64)
         self.agents = [
             Agent(
@@ -146,7 +151,9 @@ class Pymdp007:
                 agent.action = None  # ... no last action: the prior is D, no update_B
             qs_prev = agent.qs
             agent.infer_states(rows[i])
-            if self.learns_A:
+            if self.frozen:
+                pass
+            elif self.learns_A:
                 agent.update_A(rows[i])
             elif agent.action is not None:
                 agent.update_B(qs_prev)
@@ -159,7 +166,7 @@ class Pymdp007:
 
 
 class Pymdp104:
-    def __init__(self, w: dict[str, Any], n: int) -> None:
+    def __init__(self, w: dict[str, Any], n: int, frozen: bool = False) -> None:
         import equinox as eqx
         import jax
         import jax.numpy as jnp
@@ -172,7 +179,7 @@ class Pymdp104:
         self.agent = Agent(
             A=[jnp.asarray(a) for a in w["A"]], B=[jnp.asarray(b) for b in w["B"]],
             C=[jnp.asarray(c) for c in w["C"]], D=[jnp.asarray(d) for d in w["D"]],
-            **{f"p{table}": counts, f"learn_{table}": True},
+            **({} if frozen else {f"p{table}": counts, f"learn_{table}": True}),
             policy_len=1, gamma=GAMMA, use_utility=True,
             use_states_info_gain=True, use_param_info_gain=False,
             action_selection="deterministic", sampling_mode="marginal", inference_algo="fpi",
@@ -192,6 +199,10 @@ class Pymdp104:
             last = jnp.where(start[:, None], -1, last)
             observations = [obs[:, j] for j in range(obs.shape[1])]
             qs = agent.infer_states(observations, prior)
+            if frozen:
+                q_pi, _neg_efe = agent.infer_policies(qs)
+                action = agent.sample_action(q_pi)
+                return agent, agent.update_empirical_prior(action, qs), action, qs
             if learns_A:
                 learned = agent.infer_parameters(qs, [o[:, None] for o in observations], None)
             else:
@@ -224,7 +235,7 @@ class Pymdp104:
 
 class EdgeAgent:
     def __init__(self, w: dict[str, Any], n: int, refresh_every: int, scope: str | None,
-                 precision: str = "float64") -> None:
+                 precision: str = "float64", *, frozen: bool = False) -> None:
         from edge_agent.aif.learning import LearningSettings, LearningSpec
         from edge_agent.aif.model import GenerativeModel
         from edge_agent.aif.settings import AifSettings
@@ -249,6 +260,8 @@ class EdgeAgent:
         assert probe.learning is not None
         self.per_agent_bytes = probe.per_agent_nbytes() + sum(
             c.nbytes_per_agent for c in probe.learning.learner.counts)
+        if frozen:  # nobody learns: the group's own state per agent
+            self.per_agent_bytes = self.group.per_agent_nbytes()
 
     def act(self, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
         if start.any():
@@ -259,10 +272,9 @@ class EdgeAgent:
         return self.per_agent_bytes
 
     def stepping(self) -> str:
-        """What steps a learning group's agents (``native``: the compiled pass; ``numpy``,
-        with why not), or ``numpy`` for a group that does not learn."""
-        learning = self.group.learning
-        return "numpy" if learning is None else str(learning.describe()["stepping"])
+        """What steps the group's agents (``native``: the compiled pass or tick; ``numpy``,
+        with why not)."""
+        return str(self.group.describe()["stepping"])
 
 
 #: edge-agent's rows by name: the learning scope (None: learning off).
@@ -272,7 +284,10 @@ EDGE_SCOPES: dict[str, str | None] = {
     "edge-agent float64 per-agent": "per_agent",
     "edge-agent float64 per-agent numpy": "per_agent",
     "edge-agent float64 learning off": None,
+    "edge-agent int8 learning off": None,
 }
+#: The int8 rows (the others are float64).
+EDGE_INT8 = ("edge-agent int8", "edge-agent int8 learning off")
 #: The rows whose group steps with numpy where it could step in the compiled pass.
 EDGE_NUMPY = ("edge-agent float64 per-agent numpy",)
 
@@ -307,6 +322,7 @@ def main() -> int:
     parser.add_argument("--max-ticks", type=int, default=1_000_000)
     parser.add_argument("--closed-loop", action="store_true",
                         help="act in the world (peers.world), its step timed; else replay obs")
+    parser.add_argument("--frozen", action="store_true", help="nobody learns")
     args = parser.parse_args()
     out = sys.stdout
     sys.stdout = sys.stderr  # stray prints of the libraries must not break the JSON line
@@ -316,15 +332,16 @@ def main() -> int:
         else Replay(w["obs"][:, : args.n]))
     t0 = time.perf_counter()
     if args.impl == "pymdp 0.0.7.1":
-        impl: Any = Pymdp007(w, args.n)
+        impl: Any = Pymdp007(w, args.n, args.frozen)
     elif args.impl == "pymdp 1.0.4":
-        impl = Pymdp104(w, args.n)
+        impl = Pymdp104(w, args.n, args.frozen)
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         if args.impl in EDGE_NUMPY:
             os.environ["EDGE_AGENT_NATIVE_TICK"] = "0"  # read when the group is made
-        impl = EdgeAgent(w, args.n, args.refresh_every, EDGE_SCOPES[args.impl],
-                         "int8" if args.impl == "edge-agent int8" else "float64")
+        impl = EdgeAgent(w, args.n, args.refresh_every,
+                         None if args.frozen else EDGE_SCOPES[args.impl],
+                         "int8" if args.impl in EDGE_INT8 else "float64", frozen=args.frozen)
     build_s = time.perf_counter() - t0
     obs, start = world.reset()
     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ import numpy as np
 
 from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.constants import EPS, EXP_M16
+from edge_agent.aif.joint_outcomes import JointLayout
 from edge_agent.aif.kernels.inference import fixed_point, joint_rows, softmax_rows
 from edge_agent.aif.sparse_transitions import SparseTransitions
 
@@ -108,27 +109,14 @@ def infer_states(
                        dF_tol=dF_tol)
 
 
-def possible_outcomes(supports: Sequence[np.ndarray]) -> np.ndarray:
-    """``(K, M)``: the joint outcomes (each modality's outcome, C order) that some state can
-    produce under ``supports[m]`` ``(O_m, S)`` bool (where ``A[m]`` may be non-zero): the rows
-    :func:`outcome_tables` keeps. The others are 0 for every state and add exactly nothing to
-    the information gain."""
-    num_obs = tuple(s.shape[0] for s in supports)
-    every = np.indices(num_obs).reshape(len(num_obs), -1).T  # (O_joint, M), C order
-    possible = np.ones((every.shape[0], supports[0].shape[1]), dtype=bool)
-    for m, s in enumerate(supports):
-        possible &= s[every[:, m]]
-    out: np.ndarray = every[possible.any(axis=1)]
-    return out
-
-
 def outcome_tables(
     A: Sequence[np.ndarray], outcomes: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(A_joint, neg_entropy)``: per agent the joint-outcome likelihood ``(N|1, O, S)`` (last
     modality fastest; ``A[0]`` itself for one modality) and ``sum_o p(o|s) ln(p(o|s) + e^-16)``
-    ``(N|1, S)``. ``outcomes`` ``(K, M)`` (from :func:`possible_outcomes`): only those rows of
-    ``A_joint``, the same products in the same order (the others are zeros)."""
+    ``(N|1, S)``. ``outcomes`` ``(K, M)`` (from :func:`~edge_agent.aif.joint_outcomes.
+    possible_outcomes`): only those rows of ``A_joint``, the same products in the same order
+    (the others are zeros)."""
     n = max(a.shape[0] for a in A)
     S = A[0].shape[2]
     out = A[0]
@@ -144,49 +132,14 @@ def outcome_tables(
     return out, neg_entropy_rows(out)
 
 
-class JointLayout(NamedTuple):
-    """Where the joint-outcome table of agents with their own likelihoods can be non-zero:
-    entries ``e`` of (joint outcome ``k_e``, state ``s_e``) where every modality's support
-    holds (the T-maze: 22 of 12 x 8). ``shared`` ``(E,)``: the product of the shared
-    modalities' entries; ``learned``: per learned modality ``m``, the index of each entry into
-    ``A[m]`` ``(O_m, S)`` flattened; ``state_of`` ``(E,)`` intp; ``to_outcome`` ``(E, K)`` and
-    ``to_state`` ``(E, S)``: 0/1 float64, entry to its outcome and state."""
-
-    shared: np.ndarray
-    learned: tuple[tuple[int, np.ndarray], ...]
-    state_of: np.ndarray
-    to_outcome: np.ndarray
-    to_state: np.ndarray
-
-
 class CompactJoint(NamedTuple):
-    """The agents' joint-outcome tables on a :class:`JointLayout`: ``values`` ``(N, E)`` and
-    ``neg_entropy`` ``(N, S)`` (as :func:`outcome_tables`)."""
+    """The agents' joint-outcome tables on a :class:`~edge_agent.aif.joint_outcomes.
+    JointLayout`: ``values`` ``(N, E)`` and ``neg_entropy`` ``(N, S)`` (as
+    :func:`outcome_tables`)."""
 
     values: np.ndarray
     neg_entropy: np.ndarray
     layout: JointLayout
-
-
-def joint_layout(
-    A: Sequence[np.ndarray], supports: Sequence[np.ndarray], outcomes: np.ndarray,
-    learned: Sequence[int],
-) -> JointLayout:
-    """The :class:`JointLayout` of ``outcomes`` ``(K, M)`` (:func:`possible_outcomes`) under
-    ``supports[m]`` ``(O_m, S)`` bool; ``A[m]`` ``(1, O_m, S)`` gives the shared modalities'
-    values (those not in ``learned``, whose tables are the agents' own)."""
-    S = supports[0].shape[1]
-    where = np.ones((len(outcomes), S), dtype=bool)
-    for m, support in enumerate(supports):
-        where &= support[outcomes[:, m]]
-    k_of, state_of = np.nonzero(where)
-    shared = np.ones(len(k_of))
-    for m, a in enumerate(A):
-        if m not in learned:
-            shared *= a[0][outcomes[k_of, m], state_of]
-    own = tuple((m, outcomes[k_of, m] * S + state_of) for m in learned)
-    return JointLayout(shared=shared, learned=own, state_of=state_of,
-                       to_outcome=np.eye(len(outcomes))[k_of], to_state=np.eye(S)[state_of])
 
 
 def compact_joint(A: Sequence[np.ndarray], layout: JointLayout) -> CompactJoint:

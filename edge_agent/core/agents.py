@@ -41,6 +41,7 @@ float tables in float64 and gives pymdp's numbers.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -79,11 +80,13 @@ from edge_agent.core.health_window import HealthSummary
 from edge_agent.core.history import HistoryRing
 from edge_agent.core.history_recorder import HistoryRecorder, history_fields
 from edge_agent.core.installer import TablesInstaller
-from edge_agent.core.path_choice import tick_path
-from edge_agent.core.tick_paths import BlockTicks, SharedStages, TickPath
+from edge_agent.core.native_pass import choice_measured, frozen_kernel
+from edge_agent.core.path_choice import TickCosts, measure_costs, tick_path
+from edge_agent.core.tick_paths import BlockTicks, CompiledTick, SharedStages, TickPath
 from edge_agent.errors import InputError
 
 if TYPE_CHECKING:
+    from edge_agent.aif.kernels.native import NativeTick
     from edge_agent.aif.learning import LearningSpec
     from edge_agent.core.learning import AgentStepping, GroupLearning
     from edge_agent.core.planning_pass import PolicyTicks
@@ -100,6 +103,8 @@ __all__ = [
     "Precision",
     "model_key",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class AifAgentGroup:
@@ -210,8 +215,17 @@ class AifAgentGroup:
             shared=shared_state and -(-n_agents // stepper.sizes.block) >= 2,
         )
         state.keeps_prior = self.memory.keeps_prior_at(n_agents)
+        #: The compiled tick of a group that does not learn and plans every tick (None: numpy
+        #: steps it, :attr:`_native_reason` says why; a group that learns: its learning's
+        #: pass), and its cost and numpy's a tick, measured when the group was made (None: not
+        #: measured: numpy steps it anyway, or ``EDGE_AGENT_NATIVE_TICK=1``).
+        self._native_reason = ""
+        self.stepping_cost: TickCosts | None = None
+        self._native: NativeTick | None = self._choose_native(cm, n_agents)
         # Reserve before allocating: shared tables once per model, then per-agent state.
         self.shared_nbytes = cm.nbytes + (0 if self._quantized is None else self._quantized.nbytes)
+        if self._native is not None:  # the tables as the compiled tick takes them, its scratch
+            self.shared_nbytes += self._native.nbytes
         self.memory.reserve_model(self.key, self.shared_nbytes)
         self.memory.reserve_agents(n_agents)
         self._installer = TablesInstaller(stepper, state, self.plans, self.memory, self.cores)
@@ -235,6 +249,35 @@ class AifAgentGroup:
             extra_measures=() if self.learning is None else LEARNING_HEALTH,
         )
         self.memory.reserve_learning()
+
+    def _choose_native(self, cm: kernels.CompiledModel, n_agents: int) -> NativeTick | None:
+        """The compiled tick that steps the group, or None: numpy does, and why
+        (:attr:`_native_reason`): numpy for a group that learns (its learning's pass) or plans
+        by a policy, or whose model the compiled tick does not take
+        (:func:`~edge_agent.core.native_pass.frozen_kernel`); else the path measured cheaper on
+        the group's model and agents (:func:`~edge_agent.core.path_choice.measure_costs`), in
+        the status and the log."""
+        if self.learning is not None or self.plans is not None:
+            self._native_reason = ("its learning steps it" if self.learning is not None
+                                   else "a planning policy")
+            return None
+        found = frozen_kernel(cm, self.settings)
+        if isinstance(found, str):
+            self._native_reason = found
+            return None
+        if not choice_measured():
+            return found
+        self.stepping_cost = costs = measure_costs(
+            found, cm, self.settings, self.dtype, n_agents=n_agents,
+            keeps_prior=self.state.keeps_prior, block_size=self._stepper.sizes.block,
+        )
+        logger.info("group %r steps %s: %s", self.name,
+                    "in the compiled tick" if costs.native_faster else "on numpy",
+                    costs.describe())
+        if costs.native_faster:
+            return found
+        self._native_reason = f"measured faster ({costs.describe()})"
+        return None
 
     # -- what the parts hold -----------------------------------------------------------------------
     @property
@@ -370,7 +413,7 @@ class AifAgentGroup:
         self.path = tick_path(
             state=self.state, stepper=self._stepper, recorder=self.recorder, blocks=self._blocks,
             plans=self.plans, learning=learning, stages=self._stages, installer=self._installer,
-            workers=self.cores.running, seed=self.cores.seed,
+            workers=self.cores.running, seed=self.cores.seed, kernel=self._native,
         )
 
     def resize(self, n_agents: int) -> None:
@@ -759,9 +802,23 @@ class AifAgentGroup:
                                "workers_restarts": cores.restarts}
         if self.plans is not None:
             out["planning"] = self.plans.stats()  # the last tick's; docs/planning.md
+        out["stepping"] = self.stepping
+        if self.stepping_cost is not None:
+            out["stepping_cost"] = self.stepping_cost.as_dict()
         if self.learning is not None:
             out["learning"] = self.learning.describe()
         return out
+
+    @property
+    def stepping(self) -> str:
+        """What steps the group's ticks: ``"native"`` (the compiled tick, one pass per tick),
+        or ``"numpy: <why not native>"`` (a learning group: its learning's)."""
+        if self.learning is not None:
+            return str(self.learning.describe()["stepping"])
+        if isinstance(self.path, CompiledTick):
+            return "native"
+        why = self._native_reason or "workers step its blocks"
+        return f"numpy: {why}"
 
     def metrics(self) -> dict[str, object]:
         """The planning policy's numbers of the last tick, when agents do not plan every tick

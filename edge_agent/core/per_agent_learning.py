@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.aif import kernels, per_agent
+from edge_agent.aif import joint_outcomes, kernels, per_agent
 from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.constants import EPS
 from edge_agent.aif.learning import Learner
@@ -89,11 +89,12 @@ class AgentTables:
                 supports[index] = supports[index] | (
                     learner.pA.prior[slot].reshape(supports[index].shape) > 0
                 )
-        self._possible = per_agent.possible_outcomes(supports) if len(model.A) > 1 else None
+        self._possible = joint_outcomes.possible_outcomes(supports) if len(model.A) > 1 else None
         # A learned A among several modalities: the joint-outcome entries that can be non-zero
         # (the T-maze: 22 of 12 x 8), the shared modalities' product on them made once.
         self._layout = (
-            per_agent.joint_layout(self.tables["A"], supports, self._possible, learner.pA.tables)
+            joint_outcomes.joint_layout(self.tables["A"], supports, self._possible,
+                                        learner.pA.tables)
             if self._possible is not None and learner.pA is not None and info_gain else None
         )
         self._lnC = [np.log(kernels.softmax_rows(c[None])[0] + EPS) for c in model.C]

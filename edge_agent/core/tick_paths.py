@@ -19,6 +19,11 @@ path                                its tick
                                     plan, act, the next prior), here or on the workers
                                     (:class:`BlockTicks`): a group that does not learn and plans
                                     every tick
+:class:`CompiledTick`               every agent's whole tick in one pass of the compiled tick
+                                    (:mod:`edge_agent.aif.kernels.native`): a group that does
+                                    not learn, plans every tick and steps here, where the pass
+                                    takes its model (:func:`~edge_agent.core.native_pass.
+                                    frozen_kernel`)
 :class:`PolicyTick`                 a planning policy's passes
                                     (:class:`~edge_agent.core.planning_pass.PolicyTicks`), every
                                     agent learning between inference and planning in a group that
@@ -53,6 +58,7 @@ from edge_agent.core.group_blocks import IntArray
 from edge_agent.core.health import TickPrior
 
 if TYPE_CHECKING:
+    from edge_agent.aif.kernels.native import NativeTick
     from edge_agent.core.history_recorder import HistoryRecorder
     from edge_agent.core.installer import TablesInstaller
     from edge_agent.core.learning import GroupLearning
@@ -67,6 +73,7 @@ WhoPlans = NDArray[np.bool_] | None
 
 __all__ = [
     "BlockTicks",
+    "CompiledTick",
     "FusedTick",
     "Obs",
     "PolicyTick",
@@ -190,6 +197,59 @@ class FusedTick:
             self._workers.step(obs, record, ticks)
         else:
             self._blocks.step_here(obs, soft, record, ticks, self._seed)
+
+    def likelihood(self, rows: IntArray) -> Sequence[np.ndarray]:
+        """The compiled model's rows (one ``A`` for every agent)."""
+        del rows
+        return self._stepper.cm.A_rows
+
+
+class CompiledTick:
+    """Every agent's whole tick in one pass of the compiled ``kernel`` (a group that does not
+    learn: :func:`~edge_agent.core.native_pass.frozen_kernel`), in the state's own arrays: the
+    prior the group keeps read and the next one written in its place, or, where it keeps none,
+    made in the pass from the beliefs and actions (``D`` for an agent reset since); then the
+    history row. Soft evidence is stepped by ``fused`` (numpy: the pass takes outcomes)."""
+
+    def __init__(
+        self,
+        kernel: NativeTick,
+        fused: FusedTick,
+        *,
+        state: AgentState,
+        stepper: BlockStepper,
+        recorder: HistoryRecorder | None,
+    ) -> None:
+        self._kernel, self._fused = kernel, fused
+        self._state, self._stepper, self._recorder = state, stepper, recorder
+        self._remade = partial(stepper.remade_prior, state)
+
+    def tick_prior(self) -> TickPrior:
+        """The state's prior (made again for the sampled agents where none is kept)."""
+        return self._state.prior if self._state.keeps_prior else self._remade
+
+    def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
+            who_plans: WhoPlans, ticks: int) -> None:
+        """See :meth:`TickPath.run` (``who_plans`` is a planning policy's: None here)."""
+        if obs is None:  # soft evidence: numpy's blocks
+            self._fused.run(obs, soft, now, record, who_plans=who_plans, ticks=ticks)
+            return
+        state = self._state
+        if state.keeps_prior:
+            self._kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
+                              q_pi=state.q_pi, prior=state.prior, next_prior=state.prior,
+                              prior_given=True)
+        else:  # made in the pass; every agent commits an action: its next prior follows
+            self._kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
+                              q_pi=state.q_pi, start=state.prior_reset)
+            state.prior_reset.fill(False)
+            state.prior_small.fill(0)
+        if record:
+            recorder = self._recorder
+            assert recorder is not None
+            for rows in self._stepper.blocks(state):
+                recorder.stage_beliefs(rows)
+            record_row(recorder, self._stepper, state, obs, None, now=now)
 
     def likelihood(self, rows: IntArray) -> Sequence[np.ndarray]:
         """The compiled model's rows (one ``A`` for every agent)."""

@@ -134,6 +134,7 @@ from edge_agent.aif.kernels.small_plan import SMALL_BLOCK, SmallPlan
 from edge_agent.aif.kernels.transitions import (
     DenseTransition,
     Transition,
+    dense_table,
     make_transition,
     propagate,
     propagate_per_agent,
@@ -204,6 +205,7 @@ __all__ = [
     "apply_row_map",
     "compile_model",
     "deep_bytes_per_agent",
+    "dense_table",
     "diagonals",
     "evaluate_block",
     "evaluate_deep_block",

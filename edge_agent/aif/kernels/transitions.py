@@ -160,6 +160,19 @@ def same_structure(old: Transition, new: Transition) -> bool:
     return True
 
 
+def dense_table(trans: Transition) -> np.ndarray:
+    """``B`` ``(S, S, U)`` float64 as ``trans`` holds it (its values in the compute dtype, as
+    the kernels read them)."""
+    if isinstance(trans, DenseTransition):
+        return np.asarray(trans.BT, dtype=np.float64).transpose(2, 1, 0).copy()
+    S = trans.num_states
+    out = np.zeros((S, S, len(trans.layers)))
+    for u, layers in enumerate(trans.layers):
+        for tgt, src, w in layers:
+            out[tgt, src, u] += 1.0 if w is None else np.asarray(w, dtype=np.float64)
+    return out
+
+
 def propagate(trans: Transition, q: np.ndarray, u: int) -> np.ndarray:
     """Predicted next state ``B[:, :, u] @ q`` for every row of ``q`` (shape ``(..., S)``)."""
     if isinstance(trans, DenseTransition):

@@ -210,6 +210,13 @@ EXPECTED: dict[str, list[Record]] = {
         ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "closed",
           "impl": "edge-agent float64 per-agent numpy"},
          ("steps_per_s", "mean_reward", "achieved_ticks", "world_step_timed")),
+        # --frozen: nobody learns; the int8 group says what steps it
+        *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i, "loop": "closed",
+            "learned": "none"}, ("steps_per_s", "stepping", score, "world_step_timed"))
+          for w, score in (("tmaze", "mean_reward"), ("grid10", "reach_rate"))
+          for i in ("edge-agent int8 learning off", "edge-agent float64 learning off")],
+        ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "closed",
+          "learned": "none", "impl": "edge-agent int8 learning off"}, ("vs_float64",)),
         *[({"bench": "learning-reversal", "condition": c}, ("mean_reward_rate", "ticks_to_relearn"))
           for c in ("frozen", "learning", "forgetting")],
     ],

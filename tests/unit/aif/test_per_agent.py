@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.aif import kernels, per_agent
+from edge_agent.aif import joint_outcomes, kernels, per_agent
 from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.policies import construct_policies
 from edge_agent.sim.registry import builtin_model
@@ -23,7 +23,7 @@ def test_possible_outcomes_give_the_same_expected_free_energy() -> None:
     A = [a.reshape(1, a.shape[0], S) for a in model.A]
     noisy = A[1] * rng.uniform(0.5, 1.5, size=(n, *A[1].shape[1:]))
     A[1] = noisy / noisy.sum(axis=1, keepdims=True)
-    possible = per_agent.possible_outcomes([np.asarray((a > 0).any(axis=0)) for a in A])
+    possible = joint_outcomes.possible_outcomes([np.asarray((a > 0).any(axis=0)) for a in A])
     assert possible.shape == (12, 3)
     full = per_agent.outcome_tables(A)
     kept = per_agent.outcome_tables(A, possible)
@@ -110,8 +110,8 @@ def test_a_learned_likelihood_plans_on_the_joint_entries_that_can_be_non_zero() 
     noisy = A[1] * rng.uniform(0.5, 1.5, size=(n, *A[1].shape[1:]))
     A[1] = noisy / noisy.sum(axis=1, keepdims=True)
     supports = [np.asarray((a > 0).any(axis=0)) for a in A]
-    possible = per_agent.possible_outcomes(supports)
-    layout = per_agent.joint_layout(A, supports, possible, [1])
+    possible = joint_outcomes.possible_outcomes(supports)
+    layout = joint_outcomes.joint_layout(A, supports, possible, [1])
     assert len(layout.state_of) == 22
     compact = per_agent.compact_joint(A, layout)
     full = per_agent.outcome_tables(A, possible)

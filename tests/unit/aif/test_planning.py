@@ -26,6 +26,7 @@ from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.settings import AifSettings
 from edge_agent.config.daemon import check_config, load_config
 from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.errors import ConfigError, InputError
 from edge_agent.records import RecordError
 from edge_agent.sim.registry import make_env
@@ -77,10 +78,12 @@ def test_every_tick_policy_is_todays_path_bit_for_bit(world: str, policy_len: in
      ("explorer", 3, 512), ("explorer", 1, 16)],
 )
 def test_gathered_planning_of_every_agent_matches_every_tick(
-    world: str, policy_len: int, block: int
+    world: str, policy_len: int, block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A budget that lets every agent plan takes the gather-plan-scatter path over all agents:
-    beliefs, G, q_pi and actions are those of the every-tick group, to rounding."""
+    beliefs, G, q_pi and actions are those of the every-tick group, to rounding (numpy's: on
+    one process that group would take the compiled tick)."""
+    monkeypatch.setenv(NATIVE_ENV, "0")
     n = 60
     plain = _run(world, n, 10, None, policy_len, block_size=block)
     gathered = _run(world, n, 10, PlanningPolicy(max_agents=n), policy_len, block_size=block)

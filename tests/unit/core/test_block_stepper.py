@@ -14,7 +14,16 @@ from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.block_stepper import BlockStepper
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.sim.registry import make_env
+
+
+@pytest.fixture(autouse=True)
+def _numpy_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocks stepped by hand are numpy's: so are the groups' (on one process a group that
+    does not learn would take the compiled tick)."""
+    monkeypatch.setenv(NATIVE_ENV, "0")
+
 
 
 @pytest.mark.parametrize(("world", "keep_prior"), [("grid10", True), ("grid10", False),

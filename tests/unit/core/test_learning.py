@@ -16,6 +16,7 @@ from edge_agent.aif.learning_counts import DirichletCounts, counts_storage_bound
 from edge_agent.aif.quant import LogU8, SparseColumns, encode_transition, quantize_model
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, MiB
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.errors import BudgetError
 from edge_agent.sim.grid_slippery import SlipperyGridEnv
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
@@ -340,7 +341,9 @@ def test_kept_ticks_are_learned_before_a_resize_a_snapshot_and_a_freeze() -> Non
     np.testing.assert_allclose(group.learning.model.A[1], counts / counts.sum(axis=0), rtol=1e-12)
 
 
-def test_a_b_that_cannot_move_is_learned_after_the_fused_step() -> None:
+def test_a_b_that_cannot_move_is_learned_after_the_fused_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """grid10 learning pB on B's support (deterministic moves: every column normalises to the
     same one-hot table however its counts grow), refreshed every tick: past the first refresh
     the tables cannot change, so the group runs its fused step and learns after it (a small
@@ -350,6 +353,7 @@ def test_a_b_that_cannot_move_is_learned_after_the_fused_step() -> None:
     inference and planning."""
     from edge_agent.sim.registry import make_env
 
+    monkeypatch.setenv(NATIVE_ENV, "0")  # the fused step is numpy's: so is the plain group's
     n, ticks = 7, 80  # more ticks than a group of 7 keeps (256 rows)
     env = make_env("grid10", n, seed=5)
     model = env.model

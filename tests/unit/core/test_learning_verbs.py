@@ -12,6 +12,7 @@ from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.learning_kernels import b_increment_shared
 from edge_agent.aif.quant import encode_log_u8, encode_transition
 from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.core.per_agent_learning import AgentTables
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 
@@ -181,9 +182,14 @@ def test_a_snapshot_carries_the_freeze_and_the_reset() -> None:
 
 
 @pytest.mark.parametrize("precision", ["float64", "int8"])
-def test_a_frozen_group_steps_as_a_plain_group_on_the_learned_model(precision: str) -> None:
+def test_a_frozen_group_steps_as_a_plain_group_on_the_learned_model(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """While frozen, beliefs and actions are exactly those of a group that never learned,
-    given the learned model (its int8 codes) and the same beliefs."""
+    given the learned model (its int8 codes) and the same beliefs (both on numpy: on one
+    process the plain group would take the compiled tick, compared with numpy in the equality
+    suite)."""
+    monkeypatch.setenv(NATIVE_ENV, "0")
     group = make(precision)
     env = ReversalTMazeEnv(N, seed=9, reverse_every=3)
     obs = run(group, env, env.reset(), 10)

@@ -15,7 +15,7 @@ from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.learning_ticks import PassTick, SharedLearningTick, StagesTick
 from edge_agent.core.native_pass import NATIVE_ENV
-from edge_agent.core.tick_paths import FusedTick, PolicyTick
+from edge_agent.core.tick_paths import CompiledTick, FusedTick, PolicyTick
 from edge_agent.sim.registry import make_env
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 
@@ -42,7 +42,8 @@ def _obs(group: AifAgentGroup, rng: np.random.Generator) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("kwargs", "native", "path"), [
-    ({}, True, FusedTick),
+    ({}, True, CompiledTick),
+    ({}, False, FusedTick),
     ({"planning": PlanningPolicy(every=3)}, True, PolicyTick),
     ({"planning": PlanningPolicy(every=3), "learning": _learning("shared")}, True, PolicyTick),
     ({"learning": _learning("shared")}, True, PassTick),

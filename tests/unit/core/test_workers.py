@@ -24,10 +24,19 @@ from edge_agent.aif.settings import AifSettings
 from edge_agent.core import workers as workers_module
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.core.workers import RESTART_AFTER_S, is_shared
 from edge_agent.sim.registry import make_env
 
 BLOCK = 64
+
+@pytest.fixture(autouse=True)
+def _numpy_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers step numpy's blocks: the one-process groups they are compared with bit for bit
+    step them too (on one process a group that does not learn would take the compiled tick,
+    whose ties may break the other way)."""
+    monkeypatch.setenv(NATIVE_ENV, "0")
+
 
 
 def pair(

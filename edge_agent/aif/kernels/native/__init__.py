@@ -29,18 +29,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_agent.aif import per_agent
+from edge_agent.aif import joint_outcomes
 from edge_agent.aif.constants import EPS
 from edge_agent.aif.kernels.inference import softmax_rows
 
-__all__ = ["LIMITS", "NativeTick", "declared", "layout", "library_path", "limits", "load",
-           "mismatch", "too_large", "unavailable"]
+__all__ = ["LIMITS", "NativeTick", "TransitionEntries", "declared", "layout", "library_path",
+           "limits", "load", "mismatch", "support_entries", "too_large", "unavailable"]
 
 #: The model sizes the pass bounds, each by tick.h's limit (``TICK_LIMITS``); their values are
 #: the library's (:func:`limits`). A limit added to tick.h is named here too, or the library
@@ -96,13 +96,25 @@ class _Model(ctypes.Structure):
         ("policies_first", _p),  # const int64_t *: (P, F)
         ("outcomes", _i64),  # int64_t
         ("entries", _i64),  # int64_t
-        ("outcome_start", _p),  # const int64_t *: (K + 1)
+        ("entry_outcome", _p),  # const int64_t *: (E)
         ("entry_state", _p),  # const int64_t *: (E)
+        ("state_start", _p),  # const int64_t *: (S + 1)
+        ("state_entry", _p),  # const int64_t *: (E)
         ("entry_shared", _p),  # const double *: (E)
         ("entry_index", _p),  # const int64_t *const *: (M)
         ("scratch", _p),  # double *
         ("shared_counts", _i64),  # int64_t
         ("learn", _i64),  # int64_t
+        ("state_f32", _i64),  # int64_t
+        ("prior_given", _i64),  # int64_t
+        ("lr_B", _f64),  # double
+        ("B_values", _p),  # double *const *: (F)
+        ("B_agent_stride", _p),  # const int64_t *: (F)
+        ("pB", _p),  # double *const *: (F)
+        ("pB_mask", _p),  # const uint8_t *const *: (F)
+        ("B_experience", _p),  # double *const *: (F)
+        ("B_flat", _p),  # const int64_t *const *: (F)
+        ("normalise_all", _i64),  # int64_t
     ]
 
 
@@ -112,14 +124,15 @@ class _State(ctypes.Structure):
     _fields_ = [
         ("obs", _p),  # const int64_t *: (N, M)
         ("start", _p),  # const uint8_t *: (N)
-        ("qs", _p),  # double *const *: (F)
-        ("prior", _p),  # double *const *: (F)
+        ("qs", _p),  # void *const *: (F)
+        ("prior", _p),  # void *const *: (F)
         ("p_obs", _p),  # double *: (N, M)
         ("action", _p),  # int64_t *: (N, F)
         ("has_action", _p),  # uint8_t *: (N)
-        ("G", _p),  # double *: (N, P)
-        ("q_pi", _p),  # double *: (N, P)
-        ("next_prior", _p),  # double *const *: (F)
+        ("G", _p),  # void *: (N, P)
+        ("q_pi", _p),  # void *: (N, P)
+        ("next_prior", _p),  # void *const *: (F)
+        ("qs_prev", _p),  # void *const *: (F)
     ]
 
 
@@ -297,15 +310,70 @@ def too_large(num_states: Sequence[int], num_controls: Sequence[int], num_modali
     return None
 
 
+class TransitionEntries(NamedTuple):
+    """A learned factor's transitions as the pass takes them: entries ``[start[u], start[u +
+    1])`` are action ``u``'s, ``row`` and ``col`` each entry's next state and state, ``flat``
+    its index into the factor's ``(S, S, U)`` counts (C order; -1: a pad, whose value is 0 and
+    which learns nothing). The values are the caller's, in this order (:meth:`NativeTick.
+    bind_transitions`)."""
+
+    start: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    flat: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """The entries (the values one agent's table holds)."""
+        return len(self.row)
+
+
+def support_entries(support: np.ndarray) -> TransitionEntries:
+    """Every entry of ``support`` ``(S, S, U)`` (bool), action by action, row-major."""
+    S, _, U = support.shape
+    u, row, col = np.nonzero(support.transpose(2, 0, 1))
+    start = np.searchsorted(u, np.arange(U + 1)).astype(np.int64)
+    flat = (row * S + col) * U + u
+    return TransitionEntries(start, row.astype(np.int64), col.astype(np.int64),
+                             flat.astype(np.int64))
+
+
+def _factor_entries(
+    B: Sequence[np.ndarray], learned_B: Mapping[int, TransitionEntries]
+) -> list[tuple[np.ndarray, ...]]:
+    """Each factor's ``sparse_b`` arrays (start, row, col, value): its non-zero entries action
+    by action, or a learned factor's entries with a placeholder for its values (bound per
+    call)."""
+    out: list[tuple[np.ndarray, ...]] = []
+    for f, b in enumerate(B):
+        entries = learned_B.get(f)
+        if entries is not None:
+            if len(entries.start) != b.shape[2] + 1:
+                raise ValueError(f"factor {f}'s entries are for {len(entries.start) - 1} "
+                                 f"actions, its B has {b.shape[2]}")
+            out.append((*(np.ascontiguousarray(a, dtype=np.int64) for a in entries[:3]),
+                        np.zeros(max(entries.size, 1))))
+            continue
+        u, row, col = np.nonzero(np.asarray(b, dtype=np.float64).transpose(2, 0, 1))
+        start = np.searchsorted(u, np.arange(b.shape[2] + 1)).astype(np.int64)
+        out.append((start, row.astype(np.int64), col.astype(np.int64),
+                    np.ascontiguousarray(b.transpose(2, 0, 1)[u, row, col], dtype=np.float64)))
+    return out
+
+
 class NativeTick:
     """The compiled tick of ``n`` agents of the model ``A``, ``B``, ``D`` (float64 lists, as
-    pymdp takes them) with log preferences ``lnC`` (``ln softmax(C) + eps``) and policy prior
-    ``lnE``, planning the one-step ``policies`` ``(P, 1, F)``, the modalities ``learned``
-    (sorted) learning their counts: ``shared_counts`` False, each agent its own (tables and
-    counts ``(N, O_m, S)``), True, one set (``(O_m, S)``) every agent teaches; ``supports[m]``
-    ``(O_m, S)``: where modality ``m``'s table can be non-zero (its counts' support, a learned
-    one's). Sizes within the library's limits (:func:`too_large`); ``library``: :func:`load`'s
-    (default: the package's)."""
+    pymdp takes them; an int8 group's decoded from its codes) with log preferences ``lnC`` (``ln
+    softmax(C) + eps``) and policy prior ``lnE``, planning the one-step ``policies`` ``(P, 1,
+    F)``, the modalities ``learned`` (sorted) learning their counts and the factors
+    ``learned_B`` (each with its entries, :class:`TransitionEntries`) theirs, at ``lr`` and
+    ``lr_B``: ``shared_counts`` False, each agent its own (tables and counts ``(N, ...)``), True,
+    one set every agent teaches; ``supports[m]`` ``(O_m, S)``: where modality ``m``'s table can
+    be non-zero (its counts' support, a learned one's). Nothing learned: the agents infer, plan
+    and act (a frozen group). ``state_dtype``: the agents' beliefs, priors, ``G`` and ``q_pi``
+    (float64, or an int8 group's float32: read and written as they are). Sizes within the
+    library's limits (:func:`too_large`); ``library``: :func:`load`'s (default: the
+    package's)."""
 
     def __init__(
         self, A: Sequence[np.ndarray], B: Sequence[np.ndarray], D: Sequence[np.ndarray], *,
@@ -313,11 +381,13 @@ class NativeTick:
         learned: Sequence[int], supports: Sequence[np.ndarray], n: int, gamma: float,
         num_iter: int, dF_tol: float, lr: float, use_utility: bool, use_info_gain: bool,
         shared_counts: bool, library: ctypes.CDLL | None = None,
+        learned_B: Mapping[int, TransitionEntries] | None = None, lr_B: float = 0.0,
+        state_dtype: type[np.floating] = np.float64,
     ) -> None:
         num_states = [b.shape[0] for b in B]
         num_controls = [b.shape[2] for b in B]
         S = int(np.prod(num_states))
-        M = len(A)
+        M, F = len(A), len(B)
         if policies.shape[1] != 1:
             raise ValueError("the compiled tick plans one-step policies")
         lib = library or load()
@@ -326,30 +396,26 @@ class NativeTick:
             raise ValueError(found)
         self.n = n
         self.learned = tuple(learned)
+        self.learned_B = dict(sorted((learned_B or {}).items()))
+        self.state_dtype = np.dtype(state_dtype)
         self.lnC = [np.ascontiguousarray(c, dtype=np.float64) for c in lnC]
-        outcomes = per_agent.possible_outcomes(list(supports))
+        outcomes = joint_outcomes.possible_outcomes(list(supports))
         # The joint-outcome entries that can be non-zero, the shared modalities' product on them
-        # (per_agent.joint_layout, as the per-agent group plans with).
-        layout = per_agent.joint_layout([a.reshape(1, a.shape[0], S) for a in A],
+        # (joint_outcomes.joint_layout, as the per-agent group plans with).
+        layout = joint_outcomes.joint_layout([a.reshape(1, a.shape[0], S) for a in A],
                                         list(supports), outcomes, self.learned)
-        # Each factor's transitions as their non-zero entries, action by action.
-        self._b_arrays = []
-        for b in B:
-            u, row, col = np.nonzero(np.asarray(b, dtype=np.float64).transpose(2, 0, 1))
-            start = np.searchsorted(u, np.arange(b.shape[2] + 1)).astype(np.int64)
-            self._b_arrays.append((start, row.astype(np.int64), col.astype(np.int64),
-                                   np.ascontiguousarray(b.transpose(2, 0, 1)[u, row, col],
-                                                        dtype=np.float64)))
-        self._b = (_SparseB * len(B))(*(_SparseB(*(_addr(a, a.dtype) for a in arrays))
-                                        for arrays in self._b_arrays))
+        # Each factor's transitions as their non-zero entries, action by action (a learned
+        # factor's: its entries, the values bound with bind_transitions).
+        self._b_arrays = _factor_entries(B, self.learned_B)
+        self._b = (_SparseB * F)(*(_SparseB(*(_addr(a, a.dtype) for a in arrays))
+                                   for arrays in self._b_arrays))
         self.D = [np.ascontiguousarray(d, dtype=np.float64) for d in D]
         self.lnE = np.ascontiguousarray(lnE, dtype=np.float64)
         self.policies_first = np.ascontiguousarray(policies[:, 0, :], dtype=np.int64)
         self.state_index = np.ascontiguousarray(
             np.indices(num_states).reshape(len(num_states), S), dtype=np.int64)
-        entry_outcome = layout.to_outcome.argmax(axis=1)  # sorted (np.nonzero's order)
-        self.outcome_start = np.searchsorted(
-            entry_outcome, np.arange(len(outcomes) + 1)).astype(np.int64)
+        self.entry_outcome = np.ascontiguousarray(layout.to_outcome.argmax(axis=1),
+                                                  dtype=np.int64)
         # The shared modalities' utility, once: sum_m ln C_m . A_m over those not learned.
         self.utility_shared = np.zeros(S)
         self._shared_A: list[np.ndarray | None] = [None] * M
@@ -361,6 +427,9 @@ class NativeTick:
             if use_utility:
                 self.utility_shared += self.lnC[m] @ shared
         self.entry_state = np.ascontiguousarray(layout.state_of, dtype=np.int64)
+        self.state_entry = np.argsort(self.entry_state, kind="stable").astype(np.int64)
+        self.state_start = np.searchsorted(self.entry_state[self.state_entry],
+                                           np.arange(S + 1)).astype(np.int64)
         self.entry_shared = np.ascontiguousarray(layout.shared, dtype=np.float64)
         learned_index = dict(layout.learned)
         self.entry_index = [None if m not in learned_index else np.ascontiguousarray(
@@ -370,21 +439,27 @@ class NativeTick:
         self.num_obs = np.array([a.shape[0] for a in A], dtype=np.int64)
         self.stride = np.array([a.shape[0] * S if m in self.learned and not shared_counts
                                 else 0 for m, a in enumerate(A)], dtype=np.int64)
+        self.stride_B = np.array([self.learned_B[f].size if f in self.learned_B and
+                                  not shared_counts else 0 for f in range(F)], dtype=np.int64)
+        self._shared_counts = shared_counts
         # The pointers bound per call (learned tables, counts, masks, experience; the state's
         # factors).
         self._ptr = {name: np.zeros(count, dtype=np.uintp) for name, count in (
-            ("A", M), ("pA", M), ("mask", M), ("experience", M), ("qs", len(B)),
-            ("prior", len(B)), ("next_prior", len(B)))}
+            ("A", M), ("pA", M), ("mask", M), ("experience", M), ("qs", F), ("prior", F),
+            ("next_prior", F), ("qs_prev", F), ("B_values", F), ("pB", F), ("pB_mask", F),
+            ("B_experience", F))}
         for m, table in enumerate(self._shared_A):
             if table is not None:
                 self._ptr["A"][m] = _addr(table)
+        self._flat = [np.ascontiguousarray(self.learned_B[f].flat, dtype=np.int64)
+                      if f in self.learned_B else None for f in range(F)]
         fixed = {name: np.array([0 if a is None else _addr(a, a.dtype) for a in arrays],
                                 dtype=np.uintp)
                  for name, arrays in (("D", self.D), ("lnC", self.lnC),
-                                      ("entry_index", self.entry_index))}
+                                      ("entry_index", self.entry_index), ("B_flat", self._flat))}
         self._fixed = fixed
         self._model = _Model(
-            n, len(B), M, len(policies), S, num_iter, int(use_utility), int(use_info_gain),
+            n, F, M, len(policies), S, num_iter, int(use_utility), int(use_info_gain),
             dF_tol, gamma, lr,
             _addr(self.num_states, np.int64), _addr(self.num_controls, np.int64),
             _addr(self.num_obs, np.int64), _addr(self.state_index, np.int64),
@@ -393,9 +468,21 @@ class NativeTick:
             _addr(self._ptr["experience"], np.uintp), ctypes.addressof(self._b),
             _addr(fixed["D"], np.uintp), _addr(fixed["lnC"], np.uintp),
             _addr(self.utility_shared), _addr(self.lnE), _addr(self.policies_first, np.int64),
-            len(outcomes), len(self.entry_state), _addr(self.outcome_start, np.int64),
-            _addr(self.entry_state, np.int64), _addr(self.entry_shared),
-            _addr(fixed["entry_index"], np.uintp), 0, int(shared_counts), 1)
+            len(outcomes), len(self.entry_state), _addr(self.entry_outcome, np.int64),
+            _addr(self.entry_state, np.int64), _addr(self.state_start, np.int64),
+            _addr(self.state_entry, np.int64), _addr(self.entry_shared),
+            _addr(fixed["entry_index"], np.uintp), 0, int(shared_counts), 1,
+            int(self.state_dtype == np.float32), 0, lr_B,
+            _addr(self._ptr["B_values"], np.uintp), _addr(self.stride_B, np.int64),
+            _addr(self._ptr["pB"], np.uintp), _addr(self._ptr["pB_mask"], np.uintp),
+            _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0)
+        if self.state_dtype not in (np.float32, np.float64):
+            raise ValueError(f"the compiled tick's state is float32 or float64, not "
+                             f"{self.state_dtype}")
+        self._start(lib)
+
+    def _start(self, lib: ctypes.CDLL) -> None:
+        """The library's call, the state's struct and what is bound per call (nothing yet)."""
         self._lib = lib
         self._scratch: np.ndarray | None = None  # sized once the learned tables are bound
         self._tick = lib.edge_tick
@@ -404,12 +491,39 @@ class NativeTick:
         self._state_ref = ctypes.byref(self._state)
         #: The arrays bound last (their pointers are in the model's and the state's arrays).
         self._bound_learning: tuple[np.ndarray, ...] = ()
-        self._bound_state: tuple[np.ndarray | None, ...] = ()
+        self._bound_transitions: tuple[np.ndarray, ...] = ()
+        self._bound_state: tuple[np.ndarray | bool | None, ...] = ()
+        self._bound_ids: tuple[int, ...] = ()
+        self._has_prior = False
+        self._obs = np.zeros((0, len(self.num_obs)), dtype=np.int64)
+        #: The last run's agents and flags, as set in the model (set again when they change).
+        self._flags: tuple[int, bool, bool, bool] = (-1, True, False, False)
         #: The agents the bound arrays hold (a step of more is refused: the pass would read
         #: and write past them).
         self._rows = 0
         self._learned_rows = _ANY  # shared tables: any number of agents
-        self._modalities = M
+        self._learned_B_rows = _ANY
+        self._modalities = len(self.num_obs)
+        if not self.learned:  # the scratch's size is known now (no learned table's lanes)
+            self._make_scratch()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays the pass holds (the model's tables as it takes them, its
+        scratch): the group's, whatever its agents."""
+        arrays = [*(a for arrays in self._b_arrays for a in arrays), *self.D, self.lnE,
+                  self.policies_first, self.state_index, self.entry_outcome, self.state_start,
+                  self.state_entry,
+                  self.utility_shared, self.entry_state, self.entry_shared, *self.lnC,
+                  *(a for a in self._shared_A if a is not None),
+                  *(a for a in self.entry_index if a is not None),
+                  *(a for a in self._flat if a is not None)]
+        scratch = 0 if self._scratch is None else self._scratch.nbytes
+        return int(sum(a.nbytes for a in arrays)) + scratch
+
+    def _make_scratch(self) -> None:
+        self._scratch = np.zeros(self._lib.edge_tick_scratch_doubles(self._model_ref))
+        self._model.scratch = _addr(self._scratch)
 
     def bind_learning(
         self, tables: Sequence[np.ndarray], counts: Sequence[np.ndarray],
@@ -439,8 +553,37 @@ class NativeTick:
             default=_ANY)
         self._bound_learning = bound
         if self._scratch is None:  # the block's temporaries (the learned tables' lanes too)
-            self._scratch = np.zeros(self._lib.edge_tick_scratch_doubles(self._model_ref))
-            self._model.scratch = _addr(self._scratch)
+            self._make_scratch()
+
+    def bind_transitions(
+        self, values: Sequence[np.ndarray], counts: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray], experience: Sequence[np.ndarray],
+    ) -> None:
+        """The learned factors' values (``(N, nnz)`` per agent, ``(1, nnz)`` shared: their
+        entries' order), counts (``(N, S, S, U)`` per agent, ``(S, S, U)`` shared), the masks
+        their updates land on and the experience they add to (``(S, S, U)``), in the order of
+        ``learned_B``: float64 (the masks bool), C-contiguous; read and written by the next
+        :meth:`step` (bind again when one of them is replaced)."""
+        bound = (*values, *counts, *masks, *experience)
+        if len(bound) == len(self._bound_transitions) and all(
+            a is b for a, b in zip(bound, self._bound_transitions, strict=True)
+        ):
+            return
+        self._bound_transitions = ()
+        for f, value, count, mask, seen in zip(self.learned_B, values, counts, masks,
+                                               experience, strict=True):
+            nnz = self.learned_B[f].size
+            S, U = int(self.num_states[f]), int(self.num_controls[f])
+            copies = 1 if self.stride_B[f] == 0 else len(value)
+            self._ptr["B_values"][f] = address = _addr(value, size=copies * nnz)
+            self._b[f].value = address
+            self._ptr["pB"][f] = _addr(count, size=copies * S * S * U)
+            self._ptr["pB_mask"][f] = _addr(mask, np.bool_, size=S * S * U)
+            self._ptr["B_experience"][f] = _addr(seen, size=S * S * U)
+        self._learned_B_rows = min(
+            (len(v) for f, v in zip(self.learned_B, values, strict=True) if self.stride_B[f]),
+            default=_ANY)
+        self._bound_transitions = bound
 
     def step(
         self, obs: np.ndarray, qs: Sequence[np.ndarray], action: np.ndarray,
@@ -448,41 +591,85 @@ class NativeTick:
         prior: Sequence[np.ndarray] | None = None, p_obs: np.ndarray | None = None,
         start: np.ndarray | None = None, learn: bool = True,
         next_prior: Sequence[np.ndarray] | None = None,
+        qs_prev: Sequence[np.ndarray] | None = None, normalise_all: bool = False,
+        prior_given: bool = False,
     ) -> None:
-        """One tick of the agents, in place (as many as ``obs`` has rows, the scratch is the
-        model's): ``obs`` ``(N, M)`` int64 outcomes;
-        ``qs[f]`` ``(N, S_f)`` the beliefs (the last tick's in, this tick's out); ``action``
-        ``(N, F)`` int64 and ``has_action`` ``(N,)`` bool (the prior is ``B`` after an action,
-        else ``D``; out: the actions); ``G``, ``q_pi`` ``(N, P)``; ``prior[f]`` the tick's
-        prior, ``p_obs`` ``(N, M)`` each outcome's probability under it and the tables before
-        the update (both written when given); ``start`` ``(N,)`` bool: the agents whose episode
-        starts (their prior is ``D``); ``learn`` False: the counts stay (learning frozen);
-        ``next_prior[f]`` ``(N, S_f)``: the next tick's prior, ``B`` of the action chosen times
-        the posterior (written when given)."""
+        """One tick of the agents, in place: :meth:`bind_state` of these arrays (nothing when
+        they are those bound last), then :meth:`run` of ``obs``."""
+        self.bind_state(qs, action, has_action, G=G, q_pi=q_pi, prior=prior, p_obs=p_obs,
+                        start=start, next_prior=next_prior, qs_prev=qs_prev)
+        self.run(obs, learn=learn, normalise_all=normalise_all, prior_given=prior_given)
+
+    def bind_state(
+        self, qs: Sequence[np.ndarray], action: np.ndarray, has_action: np.ndarray, *,
+        G: np.ndarray, q_pi: np.ndarray, prior: Sequence[np.ndarray] | None = None,
+        p_obs: np.ndarray | None = None, start: np.ndarray | None = None,
+        next_prior: Sequence[np.ndarray] | None = None,
+        qs_prev: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        """The agents' arrays the next :meth:`run` reads and writes (bind again when one of
+        them is replaced; the same arrays as last time bind nothing): ``qs[f]`` ``(N, S_f)`` the
+        beliefs (the last tick's in, this tick's out); ``action`` ``(N, F)`` int64 and
+        ``has_action`` ``(N,)`` bool (the prior is ``B`` after an action, else ``D``; out: the
+        actions); ``G``, ``q_pi`` ``(N, P)``; ``prior[f]`` the tick's prior (read with
+        ``run``'s ``prior_given``: the one the caller keeps; else made, and written when given),
+        ``p_obs`` ``(N, M)`` each outcome's probability under it and the tables before the
+        update (written when given); ``start`` ``(N,)`` bool: the agents whose episode starts
+        (their prior is ``D``); ``next_prior[f]`` ``(N, S_f)``: the next tick's prior, ``B`` of
+        the action chosen times the posterior (written when given; it may be ``prior``);
+        ``qs_prev[f]`` ``(N, S_f)``: the posteriors a learned ``B`` learns from, this tick's
+        written (needed when one is). The state's floats are ``state_dtype``."""
+        bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi,
+                 *(next_prior or ()), *(qs_prev or ()), prior is not None,
+                 next_prior is not None, qs_prev is not None)
+        if tuple(map(id, bound)) == self._bound_ids:
+            return  # the same arrays (held here: no other array can have their ids)
+        if self.learned_B and qs_prev is None:
+            raise ValueError("a pass that learns B needs qs_prev")
+        self._bound_state, self._bound_ids = (), ()  # until every pointer is the new arrays'
+        self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, start, next_prior,
+                         qs_prev)
+        self._has_prior = prior is not None
+        self._bound_state, self._bound_ids = bound, tuple(map(id, bound))
+
+    def run(self, obs: np.ndarray, *, learn: bool = True, normalise_all: bool = False,
+            prior_given: bool = False) -> None:
+        """One tick of the agents of the arrays bound last (:meth:`bind_state`), in place: as
+        many as ``obs`` ``(N, M)`` (integer outcomes, copied into the pass's own) has rows.
+        ``learn`` False: the counts stay (learning frozen); ``normalise_all``: every column of a
+        learned ``B`` follows its counts (the first refresh); ``prior_given``: the tick's prior
+        is the bound ``prior``."""
         if self._scratch is None:
             raise RuntimeError("bind_learning before the first step")
+        if self.learned_B and not self._bound_transitions:
+            raise RuntimeError("bind_transitions before the first step")
+        if not self._bound_state:
+            raise RuntimeError("bind_state before the first run")
         n = len(obs)
-        self._state.obs = _addr(obs, np.int64, size=n * self._modalities)  # new most ticks
-        bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi,
-                 *(next_prior or ()))
-        if len(bound) != len(self._bound_state) or any(
-            a is not b for a, b in zip(bound, self._bound_state, strict=True)
-        ):  # arrays not bound yet (a group's: the same every tick)
-            self._bound_state = ()  # until every pointer is the new arrays'
-            self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, start, next_prior)
-            self._bound_state = bound
-        if n > self._rows or n > self._learned_rows:
-            tables = "" if self._learned_rows == _ANY else f" (tables of {self._learned_rows})"
+        if n > self._held:
+            held = min(self._learned_rows, self._learned_B_rows)
+            tables = "" if held == _ANY else f" (tables of {held})"
             raise ValueError(f"{n} agents' outcomes for arrays of {self._rows} agents{tables}")
-        self._model.learn = int(learn)
-        self._model.n = self.n = n  # a shared group may have been resized
+        if prior_given and not self._has_prior:
+            raise ValueError("a pass given its prior needs prior")
+        np.copyto(self._obs if n == self._rows else self._obs[:n], obs, casting="safe")
+        flags = (n, learn, normalise_all, prior_given)
+        if flags != self._flags:
+            model = self._model
+            model.n, model.learn, model.normalise_all, model.prior_given = map(int, flags)
+            self.n, self._flags = n, flags
         self._tick(self._model_ref, self._state_ref)
+
+    @property
+    def _held(self) -> int:
+        """The agents the bound arrays hold (a run of more is refused)."""
+        return min(self._rows, self._learned_rows, self._learned_B_rows)
 
     def _bind_state(  # noqa: PLR0917 - step's arrays, once each
         self, qs: Sequence[np.ndarray], action: np.ndarray, has_action: np.ndarray,
         G: np.ndarray, q_pi: np.ndarray, prior: Sequence[np.ndarray] | None,
         p_obs: np.ndarray | None, start: np.ndarray | None,
-        next_prior: Sequence[np.ndarray] | None,
+        next_prior: Sequence[np.ndarray] | None, qs_prev: Sequence[np.ndarray] | None,
     ) -> None:
         st = self._state
         rows, F, M, P = len(has_action), len(self.num_states), len(self.num_obs), len(self.lnE)
@@ -491,18 +678,22 @@ class NativeTick:
         st.qs = self._bind_factors("qs", qs, rows)
         st.prior = self._bind_factors("prior", prior, rows)
         st.next_prior = self._bind_factors("next_prior", next_prior, rows)
+        st.qs_prev = self._bind_factors("qs_prev", qs_prev, rows)
         st.p_obs = None if p_obs is None else _addr(p_obs, size=rows * M)
         st.start = None if start is None else _addr(start, np.bool_, size=rows)
         st.action = _addr(action, np.int64, size=rows * F)
         st.has_action = _addr(has_action, np.bool_, size=rows)
-        st.G = _addr(G, size=rows * P)
-        st.q_pi = _addr(q_pi, size=rows * P)
+        st.G = _addr(G, self.state_dtype, size=rows * P)
+        st.q_pi = _addr(q_pi, self.state_dtype, size=rows * P)
+        if self._rows != rows:  # the outcomes are copied into the pass's own array
+            self._obs = np.zeros((rows, M), dtype=np.int64)
+            st.obs = _addr(self._obs, np.int64)
         self._rows = rows
 
     def _bind_factors(self, name: str, arrays: Sequence[np.ndarray] | None,
                       rows: int) -> int | None:
-        """Each factor's array of ``arrays`` (``(rows, S_f)``) into the pointer array
-        ``name``; its address (None for no arrays: the kernel writes none)."""
+        """Each factor's array of ``arrays`` (``(rows, S_f)``, the state's dtype) into the
+        pointer array ``name``; its address (None for no arrays: the kernel writes none)."""
         if arrays is None:
             return None
         if len(arrays) != len(self.num_states):
@@ -510,7 +701,7 @@ class NativeTick:
                              f"{len(self.num_states)}")
         ptr = self._ptr[name]
         for f, a in enumerate(arrays):
-            ptr[f] = _addr(a, size=rows * int(self.num_states[f]))
+            ptr[f] = _addr(a, self.state_dtype, size=rows * int(self.num_states[f]))
         return _addr(ptr, np.uintp)
 
 

@@ -1,19 +1,27 @@
-/* The learning tick compiled (edge_agent/aif/kernels/native: tick.h declares its structs,
- * limits and functions; recipe.py is how it is built, by setup.py into the package and by the
- * tests and benchmarks for their other builds): one pass per tick over agents that learn
- * likelihood counts (pA), each its own or all one set (shared counts: every agent infers and
- * teaches them, the tables follow once, every agent plans with them), with pymdp 0.0.7.1's
- * maths as edge_agent/aif/per_agent.py batches them (edge_agent/aif/reference.py writes them
- * out):
+/* The tick compiled (edge_agent/aif/kernels/native: tick.h declares its structs, limits and
+ * functions; recipe.py is how it is built, by setup.py into the package and by the tests and
+ * benchmarks for their other builds): one pass per tick over a group's agents, whether they
+ * learn or not; those that learn likelihood counts (pA) or transition counts (pB) each their own
+ * or all one set (shared counts: every agent infers and teaches them, the tables follow once,
+ * every agent plans with them), with pymdp 0.0.7.1's maths as edge_agent/aif/per_agent.py
+ * batches them (edge_agent/aif/reference.py writes them out):
  *
- *   prior     B[f][:, :, a_f] @ qs[f] after an action, D[f] at an episode's start
+ *   prior     B[f][:, :, a_f] @ qs[f] after an action, D[f] at an episode's start (or the
+ *             prior the caller keeps: prior_given)
  *   states    softmax(ln L + ln prior) for one factor, else the vanilla fixed-point iteration,
  *             each agent stopping when its free energy moves by less than dF_tol
  *   learning  pA[m][o_m, s] += lr * (prior counts > 0)[o_m, s] * q(s); the learned A[m] its
- *             counts' expectation (every column); what every agent added summed (experience)
+ *             counts' expectation (every column); pB[f][s', s, a_f] += lr_B * mask * q(s')
+ *             q_prev(s) for the action a_f that led here, the columns of a_f their counts'
+ *             expectation; what every agent added summed (experience)
  *   planning  one-step policies: utility q . sum_m ln C_m . A_m and the state information gain
  *             over the joint outcomes some state can produce (pymdp's exp(-16) threshold)
  *   acting    q_pi = softmax(gamma G + ln E), the first maximum of each factor's action marginal
+ *
+ * The state (beliefs, priors, G, q_pi) is read and written in double or, for an int8 group, in
+ * float (state_f32: the group's arrays as they are, no copy); the arithmetic is double either
+ * way, on the tables the caller decoded (an int8 group's codes decoded as its numpy kernels
+ * decode them).
  *
  * Agents in blocks of BLK (8), the agent index innermost: inside a block every temporary is
  * x[i][b], value i of the block's agent b, so each loop over the model's dimensions (states,
@@ -25,7 +33,8 @@
  * may be partial: its lanes past N repeat the block's first agent, are computed, and are never
  * written back. What stays per agent, scalar: gathering the prior (each agent its own action)
  * and likelihood, the learning of each agent's own counts (row-major, as stored) and writing
- * the results back. The logs and exps are batched over flat arrays of a block's values
+ * the results back; an agent's own transitions are gathered into the block's lanes value by
+ * value where they are applied. The logs and exps are batched over flat arrays of a block's values
  * and done in tick_vmath.c, the one unit compiled with -ffast-math, where gcc calls
  * glibc's vector log/exp (libmvec, within 4 ulp); this unit keeps IEEE arithmetic.
  *
@@ -76,6 +85,25 @@ typedef double lane[BLK];
 #define TARGETS
 #endif
 
+/* A value of the state (tick_state's void pointers): float for an int8 group (state_f32), else
+ * double. */
+INLINE double state_get(const void *a, int64_t i, int64_t f32) {
+    return f32 ? (double)((const float *)a)[i] : ((const double *)a)[i];
+}
+INLINE void state_put(void *a, int64_t i, double v, int64_t f32) {
+    if (f32)
+        ((float *)a)[i] = (float)v;
+    else
+        ((double *)a)[i] = v;
+}
+
+/* Agent n's values of factor f's transitions: its own or the group's learned ones (B_values),
+ * else the table's. */
+INLINE const double *b_values(const tick_model *m, int64_t f, int64_t n) {
+    const double *own = m->B_values[f];
+    return own == NULL ? m->B[f].value : own + n * m->B_agent_stride[f];
+}
+
 /* The block's temporaries, carved from the caller's scratch (edge_tick_scratch_doubles). */
 typedef struct {
     lane *log_prior, *cur, *nxt, *log_cur, *log_nxt, *qL; /* (sum S_f) */
@@ -84,6 +112,7 @@ typedef struct {
     lane *moved;                                               /* (sum_f U_f S_f) */
     lane *qo, *log_qo;                                         /* (P, K) */
     lane *G, *x, *q_pi;                                        /* (P) */
+    uint8_t *hit;                                              /* (P, K): an outcome reached */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
 } block_scratch;
 
@@ -107,6 +136,8 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
     TAKE(moved, moved);
     TAKE(qo, P * m->outcomes); TAKE(log_qo, P * m->outcomes);
     TAKE(G, P); TAKE(x, P); TAKE(q_pi, P);
+    if (base) sc->hit = (uint8_t *)(base + used);
+    used += (P * m->outcomes + (int64_t)sizeof(lane) - 1) / (int64_t)sizeof(lane);
     for (int64_t k = 0; k < m->modalities; k++) {
         if (base) sc->A[k] = NULL;
         if (m->pA[k] != NULL) TAKE(A[k], m->num_obs[k] * S);
@@ -153,15 +184,41 @@ INLINE void joint_of(const tick_model *m, lane *const *q, lane *out) {
     }
 }
 
-/* y = B[:, :, u] @ x for every agent of the block. */
-INLINE void apply_b(const sparse_b *bm, int64_t u, const lane *x, lane *y, int64_t s_f) {
+/* y = B[:, :, u] @ x for every agent of the block, lane b's values vals[b] (the same for every
+ * lane: shared). */
+INLINE void apply_b(const sparse_b *bm, const double *const *vals, int shared, int64_t u,
+                    const lane *x, lane *y, int64_t s_f) {
     for (int64_t i = 0; i < s_f; i++) LANES y[i][b] = 0.0;
+    if (shared) {
+        const double *value = vals[0];
+        for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++) {
+            double v = value[e];
+            const double *src = x[bm->col[e]];
+            double *dst = y[bm->row[e]];
+            LANES dst[b] += v * src[b];
+        }
+        return;
+    }
     for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++) {
-        double v = bm->value[e];
+        lane v;
+        for (int b = 0; b < BLK; b++) v[b] = vals[b][e];
         const double *src = x[bm->col[e]];
         double *dst = y[bm->row[e]];
-        LANES dst[b] += v * src[b];
+        LANES dst[b] += v[b] * src[b];
     }
+}
+
+/* The columns of action u of a learned factor's transitions (values, in its sparse_b's order)
+ * become their counts' expectation: each entry over its column's sum (pymdp's B = pB / pB.sum(0);
+ * the counts are 0 off the support; a pad stays 0). */
+static void normalise_b(const sparse_b *bm, const int64_t *flat, const double *counts,
+                        double *values, int64_t u, int64_t s_f) {
+    double total[MAX_S];
+    for (int64_t i = 0; i < s_f; i++) total[i] = 0.0;
+    for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++)
+        if (flat[e] >= 0) total[bm->col[e]] += counts[flat[e]];
+    for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++)
+        values[e] = flat[e] >= 0 ? counts[flat[e]] / total[bm->col[e]] : 0.0;
 }
 
 /* pymdp's calc_free_energy of the factors' q (log_q: their logs), without the likelihood term
@@ -245,30 +302,40 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
  * learned tables (sc->A) become theirs. Shared counts: the agents' updates are added to them
  * (the table follows once every block has, in edge_tick). */
 INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
-                        int64_t count, const int64_t *offset, int64_t width) {
-    const int64_t F = m->factors, M = m->modalities, S = m->joint;
-    int64_t agent[BLK];
+                        int64_t count, const int64_t *offset, int64_t width,
+                        uint8_t taken[MAX_F][MAX_U]) {
+    const int64_t F = m->factors, M = m->modalities, S = m->joint, f32 = m->state_f32;
+    int64_t agent[BLK], acted[BLK];
     LANES agent[b] = first + (b < count ? b : 0);
 
-    /* prior (B[f][:, :, a_f] @ qs[f] after an action, else D[f]) and its log */
+    /* prior (B[f][:, :, a_f] @ qs[f] after an action, else D[f]; or the kept one) and its log */
     for (int b = 0; b < BLK; b++) {
         const int64_t n = agent[b];
-        const int acted = st->has_action[n] && !(st->start != NULL && st->start[n]);
+        acted[b] = st->has_action[n] && !(st->start != NULL && st->start[n]);
         for (int64_t f = 0; f < F; f++) {
             lane *lp = sc->log_prior + offset[f];
             const int64_t s_f = m->num_states[f];
-            if (acted) {
-                const double *qs = st->qs[f] + n * s_f;
+            if (m->prior_given) {
+                for (int64_t i = 0; i < s_f; i++) lp[i][b] = state_get(st->prior[f], n * s_f + i, f32);
+                continue;
+            }
+            if (acted[b]) {
+                const void *qs = st->qs[f];
                 const sparse_b *bm = &m->B[f];
+                const double *value = b_values(m, f, n);
                 const int64_t u = st->action[n * F + f];
                 for (int64_t i = 0; i < s_f; i++) lp[i][b] = 0.0;
                 for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++)
-                    lp[bm->row[e]][b] += bm->value[e] * qs[bm->col[e]];
+                    lp[bm->row[e]][b] += value[e] * state_get(qs, n * s_f + bm->col[e], f32);
             } else {
                 for (int64_t i = 0; i < s_f; i++) lp[i][b] = m->D[f][i];
             }
+            /* an int8 group's prior as it would keep it (float32): the same numbers whether
+             * the group keeps its prior or makes it here, bit for bit */
+            if (f32)
+                for (int64_t i = 0; i < s_f; i++) lp[i][b] = (double)(float)lp[i][b];
             if (st->prior != NULL && b < count)
-                for (int64_t i = 0; i < s_f; i++) st->prior[f][n * s_f + i] = lp[i][b];
+                for (int64_t i = 0; i < s_f; i++) state_put(st->prior[f], n * s_f + i, lp[i][b], f32);
         }
         /* the likelihood of the outcomes over the joint state (and, asked for, each
          * outcome's probability under the prior: the surprise's p(o_m), before learning) */
@@ -345,6 +412,50 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
         }
     }
 
+    /* a learned factor's transitions, agent by agent (the lanes past count learn nothing): the
+     * counts of the action that led here gain q(s') q_prev(s) on the mask; each agent its own
+     * counts: that action's columns follow them (every column at the first refresh), before it
+     * plans; shared counts: the actions taken are noted, their columns follow after every
+     * block (edge_tick) */
+    for (int64_t f = 0; f < F && m->learn; f++) {
+        if (m->pB[f] == NULL) continue;
+        const sparse_b *bm = &m->B[f];
+        const int64_t s_f = m->num_states[f], u_f = m->num_controls[f];
+        const int64_t *flat = m->B_flat[f];
+        const lane *now = sc->cur + offset[f];
+        for (int64_t b = 0; b < count; b++) {
+            const int64_t n = first + b;
+            double *counts = m->pB[f] + (m->shared_counts ? 0 : n * s_f * s_f * u_f);
+            double *values = m->B_values[f] + n * m->B_agent_stride[f];
+            if (acted[b]) {
+                const int64_t u = st->action[n * F + f];
+                const uint8_t *mask = m->pB_mask[f];
+                double *seen = m->B_experience[f];
+                const void *prev = st->qs_prev[f];
+                for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++) {
+                    const int64_t at = flat[e];
+                    if (at < 0 || !mask[at]) continue;
+                    const double gain =
+                        m->lr_B * now[bm->row[e]][b] * state_get(prev, n * s_f + bm->col[e], f32);
+                    counts[at] += gain;
+                    seen[at] += gain;
+                }
+                if (m->shared_counts)
+                    taken[f][u] = 1;
+                else if (!m->normalise_all)
+                    normalise_b(bm, flat, counts, values, u, s_f);
+            }
+            if (!m->shared_counts && m->normalise_all)
+                for (int64_t u = 0; u < u_f; u++) normalise_b(bm, flat, counts, values, u, s_f);
+        }
+    }
+    /* the posteriors the next tick's transitions learn from (kept while frozen too) */
+    if (st->qs_prev != NULL)
+        for (int64_t b = 0; b < count; b++)
+            for (int64_t f = 0; f < F; f++)
+                for (int64_t i = 0; i < m->num_states[f]; i++)
+                    state_put(st->qs_prev[f], (first + b) * m->num_states[f] + i,
+                              sc->cur[offset[f] + i][b], f32);
 }
 
 /* The planning tables of the block's agents, from the lanes of the learned tables in sc->A:
@@ -386,22 +497,36 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
 INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
                        int64_t count, const int64_t *offset, int tables_ready) {
     const int64_t F = m->factors, P = m->policies, S = m->joint, K = m->outcomes;
+    const int64_t f32 = m->state_f32;
     lane *q[MAX_F];
+    int64_t agent[BLK];
+    LANES agent[b] = first + (b < count ? b : 0);
 
     lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
     if (!tables_ready) planning_tables(m, sc);
 
-    /* the policies: each factor's predicted states under each action, then per policy the
-     * joint, its utility and information gain */
+    /* an int8 group's posteriors as it keeps them (float32): its plan and its next prior are
+     * made from the numbers a group that keeps no prior makes its next one from */
+    if (f32)
+        for (int64_t i = 0, width = width_of(m); i < width; i++)
+            LANES sc->cur[i][b] = (double)(float)sc->cur[i][b];
+
+    /* the policies: each factor's predicted states under each action (the next prior too: B
+     * of the action chosen times the posterior), then per policy the joint, its utility and
+     * information gain */
     lane *moved[MAX_F][MAX_U];
     {
         lane *at = sc->moved;
-        for (int64_t f = 0; f < F; f++)
+        for (int64_t f = 0; f < F; f++) {
+            const double *vals[BLK];
+            const int shared = m->B_values[f] == NULL || m->B_agent_stride[f] == 0;
+            for (int b = 0; b < BLK; b++) vals[b] = b_values(m, f, agent[b]);
             for (int64_t u = 0; u < m->num_controls[f]; u++) {
                 moved[f][u] = at;
-                apply_b(&m->B[f], u, sc->cur + offset[f], at, m->num_states[f]);
+                apply_b(&m->B[f], vals, shared, u, sc->cur + offset[f], at, m->num_states[f]);
                 at += m->num_states[f];
             }
+        }
     }
     lane *G = sc->G, *qj = sc->qj;
     for (int64_t p = 0; p < P; p++) {
@@ -412,20 +537,37 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         if (m->use_utility)
             for (int64_t s = 0; s < S; s++) LANES g[b] += qj[s][b] * utility[s][b];
         if (m->use_info_gain) {
+            /* the predicted joint above pymdp's threshold (a state below it adds exactly
+             * nothing), and the states some agent of the block may reach */
+            int64_t active[MAX_S], reached = 0;
             for (int64_t s = 0; s < S; s++)
                 LANES {
                     qj[s][b] = qj[s][b] > EXP_M16 ? qj[s][b] : 0.0;
                     g[b] += qj[s][b] * neg_entropy[s][b];
                 }
+            for (int64_t s = 0; s < S; s++) {
+                int some = 0;
+                for (int b = 0; b < BLK; b++) some |= qj[s][b] > 0.0;
+                active[reached] = s;
+                reached += some;
+            }
+            /* each joint outcome's predicted probability, from the reached states' entries
+             * (hit: the outcomes some agent may see) */
             lane *qo = sc->qo + p * K;
+            uint8_t *hit = sc->hit + p * K;
             for (int64_t k = 0; k < K; k++) {
-                lane acc;
-                LANES acc[b] = 0.0;
-                for (int64_t e = m->outcome_start[k]; e < m->outcome_start[k + 1]; e++) {
-                    const double *from = qj[m->entry_state[e]];
-                    LANES acc[b] += from[b] * value[e][b];
+                LANES qo[k][b] = 0.0;
+                hit[k] = 0;
+            }
+            for (int64_t i = 0; i < reached; i++) {
+                const int64_t s = active[i];
+                const double *from = qj[s];
+                for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++) {
+                    const int64_t e = m->state_entry[r], k = m->entry_outcome[e];
+                    double *to = qo[k];
+                    LANES to[b] += from[b] * value[e][b];
+                    hit[k] = 1;
                 }
-                LANES qo[k][b] = acc[b];
             }
         }
         LANES G[p][b] = g[b];
@@ -440,9 +582,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         for (int64_t p = 0; p < P; p++) {
             begin[p] = packed;
             for (int64_t r = p * K; r < (p + 1) * K; r++) {
-                int64_t some = 0;
-                LANES some |= qo[r][b] != 0.0;
-                if (!some) continue;
+                if (!sc->hit[r]) continue;  /* no reached state gives it: 0 for every agent */
                 if (packed != r) LANES qo[packed][b] = qo[r][b];
                 packed++;
             }
@@ -484,22 +624,22 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         const int64_t n = first + b;
         for (int64_t f = 0; f < F; f++)
             for (int64_t i = 0; i < m->num_states[f]; i++)
-                st->qs[f][n * m->num_states[f] + i] = sc->cur[offset[f] + i][b];
+                state_put(st->qs[f], n * m->num_states[f] + i, sc->cur[offset[f] + i][b], f32);
         for (int64_t p = 0; p < P; p++) {
-            st->G[n * P + p] = G[p][b];
-            st->q_pi[n * P + p] = q_pi[p][b];
+            state_put(st->G, n * P + p, G[p][b], f32);
+            state_put(st->q_pi, n * P + p, q_pi[p][b], f32);
         }
         for (int64_t f = 0; f < F; f++) st->action[n * F + f] = chosen[f][b];
         st->has_action[n] = 1;
         if (st->next_prior == NULL) continue;
         for (int64_t f = 0; f < F; f++) {
+            /* the chosen action's predicted states: B's entries in the order a group that keeps
+             * no prior sums them at the next tick, from the posterior as it is kept (an int8
+             * group's float32, rounded above): that prior, bit for bit */
             const int64_t s_f = m->num_states[f];
-            const sparse_b *bm = &m->B[f];
-            const int64_t u = chosen[f][b];
-            double *next = st->next_prior[f] + n * s_f;
-            for (int64_t i = 0; i < s_f; i++) next[i] = 0.0;
-            for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++)
-                next[bm->row[e]] += bm->value[e] * sc->cur[offset[f] + bm->col[e]][b];
+            const lane *next = moved[f][chosen[f][b]];
+            for (int64_t i = 0; i < s_f; i++)
+                state_put(st->next_prior[f], n * s_f + i, next[i][b], f32);
         }
     }
 }
@@ -530,7 +670,8 @@ INLINE void load_block(const tick_model *m, const tick_state *st, block_scratch 
         const int64_t n = first + (b < count ? b : 0);
         for (int64_t f = 0; f < m->factors; f++)
             for (int64_t i = 0; i < m->num_states[f]; i++)
-                sc->cur[offset[f] + i][b] = st->qs[f][n * m->num_states[f] + i];
+                sc->cur[offset[f] + i][b] =
+                    state_get(st->qs[f], n * m->num_states[f] + i, m->state_f32);
     }
     for (int64_t k = 0; with_tables && k < m->modalities; k++) {
         if (m->pA[k] == NULL) continue;
@@ -545,11 +686,16 @@ TARGETS void edge_tick(const tick_model *m, tick_state *st) {
     block_scratch sc = {0};
     lane *base = (lane *)(((uintptr_t)m->scratch + sizeof(lane) - 1) / sizeof(lane) * sizeof(lane));
     carve(m, base, &sc);
-    if (!m->shared_counts) {  /* each agent its own counts: a block at a time, whole */
+    uint8_t taken[MAX_F][MAX_U] = {{0}};  /* shared counts: the actions some agent learned */
+    if (!m->shared_counts) {  /* each agent its own counts (or none): a block at a time, whole */
+        /* without a learned likelihood every agent plans with the same planning tables: the
+         * first block makes them */
+        int64_t shared_tables = 1;
+        for (int64_t k = 0; k < m->modalities; k++) shared_tables &= m->pA[k] == NULL;
         for (int64_t first = 0; first < m->n; first += BLK) {
             int64_t count = m->n - first < BLK ? m->n - first : BLK;
-            infer_block(m, st, &sc, first, count, offset, width);
-            plan_block(m, st, &sc, first, count, offset, 0);
+            infer_block(m, st, &sc, first, count, offset, width, taken);
+            plan_block(m, st, &sc, first, count, offset, shared_tables && first > 0);
         }
         return;
     }
@@ -557,13 +703,23 @@ TARGETS void edge_tick(const tick_model *m, tick_state *st) {
      * (with the planning tables the first block makes: a learned table is every agent's) */
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        infer_block(m, st, &sc, first, count, offset, width);
+        infer_block(m, st, &sc, first, count, offset, width, taken);
         for (int64_t b = 0; b < count; b++)
             for (int64_t f = 0; f < m->factors; f++)
                 for (int64_t i = 0; i < m->num_states[f]; i++)
-                    st->qs[f][(first + b) * m->num_states[f] + i] = sc.cur[offset[f] + i][b];
+                    state_put(st->qs[f], (first + b) * m->num_states[f] + i,
+                              sc.cur[offset[f] + i][b], m->state_f32);
     }
-    if (m->learn) normalise_shared(m);
+    if (m->learn) {
+        normalise_shared(m);
+        for (int64_t f = 0; f < m->factors; f++) {
+            if (m->pB[f] == NULL) continue;
+            for (int64_t u = 0; u < m->num_controls[f]; u++)
+                if (m->normalise_all || taken[f][u])
+                    normalise_b(&m->B[f], m->B_flat[f], m->pB[f], m->B_values[f], u,
+                                m->num_states[f]);
+        }
+    }
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         load_block(m, st, &sc, first, count, offset, first == 0);

@@ -29,8 +29,10 @@ enum { TICK_LIMITS(TICK_LIMIT_ENUM) };
 
 #define TICK_DECLARE_FIELD(type, name) type name;
 
-/* A factor's shared transitions as their non-zero entries, action by action: entries
- * [start[u], start[u + 1]) of row/col/value are B[row, col, u]. */
+/* A factor's transitions as their entries, action by action: entries [start[u], start[u + 1])
+ * of row/col/value are B[row, col, u] (the non-zero ones of a table nobody learns; a learned
+ * table's support, whose values are tick_model.B_values', value then pointing at the first
+ * agent's). */
 #define TICK_SPARSE_B_FIELDS(X)                                                           \
     X(const int64_t *, start) /* (U + 1) */                                               \
     X(const int64_t *, row)   /* (nnz) */                                                 \
@@ -42,15 +44,26 @@ typedef struct {
 } sparse_b;
 
 /* What a model gives the pass once (n, scratch and learn are set per call). The joint-outcome
- * table's entries that can be non-zero are grouped by joint outcome: outcome k's are
- * [outcome_start[k], outcome_start[k + 1]) (the T-maze: 22 entries of 12 outcomes x 8 states);
- * each entry's state, the shared modalities' product on it, and for each learned modality its
- * index into that modality's (O_m, S) table (NULL: shared). shared_counts 0: each agent its
+ * table's entries that can be non-zero (the T-maze: 22 entries of 12 outcomes x 8 states; grid10
+ * 460 of 100 x 100): each entry's outcome and state, the shared modalities' product on it, and
+ * for each learned modality its index into that modality's (O_m, S) table (NULL: shared); the
+ * entries of state s are state_entry[state_start[s] .. state_start[s + 1]) (a policy's
+ * predicted outcomes are summed over the states it may reach alone). shared_counts 0: each agent its
  * own counts and learned table (pA (N, O_m, S), A_agent_stride O_m S); 1: one set of counts
  * every agent teaches (pA (1, O_m, S), A_agent_stride 0), the table following them every tick:
  * every agent infers and adds to the counts, the table becomes their expectation once, then
  * every agent plans with it (the shared scope's tick). learn 0: the counts are not updated
- * (learning frozen): the agents infer and plan with the tables as they are. */
+ * (learning frozen): the agents infer and plan with the tables as they are. A learned factor's
+ * transitions (pB non-NULL) likewise: its values B_values (N or 1, nnz: the entries of its
+ * sparse_b, B_agent_stride nnz per agent or 0 shared), its counts pB (N or 1, S_f, S_f, U_f)
+ * row-major, each entry's index into them B_flat (-1: a pad, value 0, never learned); an agent
+ * that acted (has_action, not at a start) adds lr_B q(s') q_prev(s) on the mask to the counts of
+ * the action it took, and that action's columns become their counts' expectation (every column
+ * of every action with normalise_all: the first refresh). Without a learned table (nothing
+ * learns: a frozen group) the pass infers, plans and acts. state_f32 1: the state's beliefs,
+ * priors, G and q_pi (tick_state's void pointers) are float (an int8 group's), else double: the
+ * pass computes in double either way. prior_given 1: the tick's prior is st->prior as the caller
+ * keeps it (read; the next prior written there when next_prior is the same), else made. */
 #define TICK_MODEL_FIELDS(X)                                                              \
     X(int64_t, n)                         /* agents of this call */                       \
     X(int64_t, factors)                   /* F */                                         \
@@ -80,32 +93,48 @@ typedef struct {
     X(const int64_t *, policies_first)    /* (P, F): each policy's action of every factor */ \
     X(int64_t, outcomes)                  /* K: the joint outcomes some state can produce */ \
     X(int64_t, entries)                   /* E */                                         \
-    X(const int64_t *, outcome_start)     /* (K + 1) */                                   \
+    X(const int64_t *, entry_outcome)     /* (E) */                                       \
     X(const int64_t *, entry_state)       /* (E) */                                       \
+    X(const int64_t *, state_start)       /* (S + 1) */                                   \
+    X(const int64_t *, state_entry)       /* (E): the entries, state by state */          \
     X(const double *, entry_shared)       /* (E) */                                       \
     X(const int64_t *const *, entry_index) /* (M) */                                      \
     X(double *, scratch)                  /* edge_tick_scratch_doubles(model) doubles */  \
     X(int64_t, shared_counts)                                                             \
-    X(int64_t, learn)
+    X(int64_t, learn)                                                                     \
+    X(int64_t, state_f32)                                                                 \
+    X(int64_t, prior_given)                                                               \
+    X(double, lr_B)                                                                       \
+    X(double *const *, B_values)          /* (F): a learned factor's (N or 1, nnz), else NULL */ \
+    X(const int64_t *, B_agent_stride)    /* (F): nnz per agent's values, 0 shared */     \
+    X(double *const *, pB)                /* (F): a learned factor's counts, else NULL */ \
+    X(const uint8_t *const *, pB_mask)    /* (F): (S_f, S_f, U_f) where an update lands */ \
+    X(double *const *, B_experience)      /* (F): (S_f, S_f, U_f) what every update added */ \
+    X(const int64_t *const *, B_flat)     /* (F): (nnz) each entry's index into pB, -1 a pad */ \
+    X(int64_t, normalise_all)
 
 typedef struct {
     TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)
 } tick_model;
 
-/* The agents' state, read and written by a call. */
+/* The agents' state, read and written by a call; a void pointer is float or double
+ * (tick_model.state_f32). */
 #define TICK_STATE_FIELDS(X)                                                              \
     X(const int64_t *, obs)         /* (N, M) */                                          \
     X(const uint8_t *, start)       /* (N): the episode starts (prior D); NULL: none */   \
-    X(double *const *, qs)          /* (F): (N, S_f) each factor's posteriors */          \
-    X(double *const *, prior)       /* (F): (N, S_f) the tick's prior, written; NULL */   \
+    X(void *const *, qs)            /* (F): (N, S_f) each factor's posteriors */          \
+    X(void *const *, prior)         /* (F): (N, S_f) the tick's prior, written (read:     \
+                                     * prior_given); NULL */                              \
     X(double *, p_obs)              /* (N, M): p(o_m) under the prior and the tables before \
                                      * the tick's update, written; NULL: not taken */     \
     X(int64_t *, action)            /* (N, F) */                                          \
     X(uint8_t *, has_action)        /* (N) */                                             \
-    X(double *, G)                  /* (N, P) */                                          \
-    X(double *, q_pi)               /* (N, P) */                                          \
-    X(double *const *, next_prior)  /* (F): (N, S_f) B of the action chosen times the     \
-                                     * posterior, written; NULL: not kept */
+    X(void *, G)                    /* (N, P) */                                          \
+    X(void *, q_pi)                 /* (N, P) */                                          \
+    X(void *const *, next_prior)    /* (F): (N, S_f) B of the action chosen times the     \
+                                     * posterior, written; NULL: not kept */              \
+    X(void *const *, qs_prev)       /* (F): (N, S_f) the posteriors a learned B learns    \
+                                     * from (the last tick's), this tick's written; NULL */
 
 typedef struct {
     TICK_STATE_FIELDS(TICK_DECLARE_FIELD)

@@ -23,6 +23,7 @@ from edge_agent.aif.quant import quantize_model
 from edge_agent.aif.reference import EPS, EXP_M16, ReferenceAgent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.errors import InputError
 from edge_agent.sim.gridworld import GridWorldEnv, gridworld_model
 
@@ -490,7 +491,10 @@ def test_group_on_the_grid_matches_the_reference_agent() -> None:
         obs = env.step(actions)
 
 
-def test_group_sends_contradicted_agents_to_the_dense_tree() -> None:
+def test_group_sends_contradicted_agents_to_the_dense_tree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(NATIVE_ENV, "0")  # numpy's dense tree is the subject
     model = grid_without_ties(8, 8, seed=4)
     n = 50
     group = AifAgentGroup(model, n, precision="float64", block_size=n)

@@ -19,7 +19,14 @@ from pathlib import Path
 from edge_agent.aif.kernels import native
 from edge_agent.aif.kernels.native import recipe
 from tests.support import native_builds
-from tests.support.native_tick import SANITIZED_ENV, SCOPES, SIZES, SUITE, sizes
+from tests.support.native_tick import (
+    FROZEN_WORLDS,
+    SANITIZED_ENV,
+    SCOPES,
+    SIZES,
+    SUITE,
+    sizes,
+)
 
 REPO = Path(__file__).resolve().parents[5]
 
@@ -55,7 +62,9 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     done = _under_sanitizers(library, "-k", "sanitized")
     report = done.stdout[-4000:] + done.stderr[-4000:]
     assert done.returncode == 0, report
-    cases = sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
+    # each world and agents: every scope learning, and a frozen group at either precision
+    cases = (sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
+             + sum(len(sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2)
     assert re.search(rf"\b{cases} passed\b", done.stdout), report
     assert "Sanitizer" not in done.stderr, report
 
@@ -68,9 +77,10 @@ def test_a_write_past_an_array_s_end_fails_under_the_sanitizers(tmp_path: Path) 
     for source in recipe.sources():
         shutil.copy(source, where / source.name)
     kernel = (where / "tick.c").read_text()
-    good = "st->q_pi[n * P + p] = q_pi[p][b];"
+    good = "state_put(st->q_pi, n * P + p, q_pi[p][b], f32);"
     assert good in kernel
-    (where / "tick.c").write_text(kernel.replace(good, "st->q_pi[n * P + p + 1] = q_pi[p][b];"))
+    (where / "tick.c").write_text(kernel.replace(
+        good, "state_put(st->q_pi, n * P + p + 1, q_pi[p][b], f32);"))
     broken = native_builds.build("sanitized", extra=("-O1",), where=where)
     done = _under_sanitizers(broken, "-x", "-k", "tmaze-A1-n13-per_agent-sanitized")
     assert done.returncode == 97, done.stdout[-2000:] + done.stderr[-4000:]
