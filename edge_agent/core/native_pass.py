@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.aif import kernels, per_agent
+from edge_agent.aif import kernels
 from edge_agent.aif.kernels import native
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.group_blocks import IntArray
@@ -189,6 +189,10 @@ class NativePass(_CompiledPass):
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
         """Each modality's ``A`` of the agents ``rows`` (:func:`~edge_agent.aif.per_agent.
         agents_likelihood`)."""
+        # Here, not at the top: a frozen group imports this module for its compiled tick
+        # (frozen_kernel) and must not import learning's maths (test_architecture).
+        from edge_agent.aif import per_agent  # noqa: PLC0415 - a group that learns
+
         return per_agent.agents_likelihood(self._tables_A, rows)
 
 

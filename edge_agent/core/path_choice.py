@@ -24,6 +24,7 @@ from edge_agent.aif.kernels import dense_table
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.tick_paths import BlockTicks, CompiledTick, FusedTick, PolicyTick, TickPath
+from edge_agent.sim.uniforms import SplitMix64
 
 if TYPE_CHECKING:
     from edge_agent.aif import kernels
@@ -84,14 +85,14 @@ class _ModelWorld:
     def __init__(self, cm: kernels.CompiledModel, n: int) -> None:
         self._A = [np.asarray(a, dtype=np.float64) for a in cm.A_rows]  # (O_m, S_joint)
         self._B = [dense_table(t) for t in cm.transitions]  # (S_f, S_f, U_f)
-        self._rng = np.random.default_rng(0)
+        self._rng = SplitMix64(0)  # not numpy.random: a daemon keeps it out (docs/memory.md)
         self._states = [self._draw(np.broadcast_to(np.asarray(d, dtype=np.float64), (n, len(d))))
                         for d in cm.D]
 
     def _draw(self, p: np.ndarray) -> np.ndarray:
         """One index per row of ``p`` ``(n, K)``, drawn from that row's distribution."""
         cdf = np.cumsum(p, axis=1)
-        u = self._rng.random(len(p)) * cdf[:, -1]
+        u = self._rng.random(np.empty(len(p))) * cdf[:, -1]
         out: np.ndarray = np.minimum((cdf < u[:, None]).sum(axis=1), p.shape[1] - 1)
         return out
 
