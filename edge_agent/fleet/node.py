@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.fleet.commands import (
+    LEGACY_NONCE_DB,
     NONCE_DB,
     CommandProcessor,
     CommandVerifier,
@@ -124,6 +125,7 @@ class NodeStack:
             faults=faults,
             lost_floor_s=limits.command_max_ttl_s,
             missing_is_lost=ran_before,
+            legacy=state_dir / LEGACY_NONCE_DB,
         )
         verifier = CommandVerifier(
             hub_keys,

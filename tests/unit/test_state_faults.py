@@ -28,6 +28,7 @@ from edge_agent.cli import run as cli_run
 from edge_agent.daemon import status as status_view
 from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.errors import BundleError, ConfigError, EdgeAgentError, SnapshotError
+from edge_agent.fleet import commands as commands_module
 from edge_agent.fleet import link as link_module
 from edge_agent.fleet.commands import CommandVerifier, NonceStore
 from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
@@ -42,6 +43,7 @@ from edge_agent.fleet.protocol import (
     ResultCode,
     encode,
 )
+from edge_agent.fleet.record_log import RecordLog
 from edge_agent.state_faults import Recovery, StateFaults, StorageNotice
 
 NOW = 1_800_000_000.0
@@ -360,7 +362,7 @@ def verifier(store: NonceStore, now: Callable[[], float]) -> CommandVerifier:
 
 @pytest.mark.parametrize("kind", ["random", "truncated", "directory"])
 def test_a_lost_nonce_store_refuses_what_it_may_have_obeyed(tmp_path: Path, kind: str) -> None:
-    path = tmp_path / "command_nonces.sqlite3"
+    path = tmp_path / "command_nonces.log"
     now = [NOW]
     store = NonceStore(path, clock=lambda: now[0], lost_floor_s=600)
     old = signed(NOW + 60)
@@ -391,11 +393,11 @@ def test_a_lost_nonce_store_refuses_what_it_may_have_obeyed(tmp_path: Path, kind
 
 
 def test_a_missing_nonce_store_is_lost_only_when_the_node_ran_before(tmp_path: Path) -> None:
-    first = NonceStore(tmp_path / "a.sqlite3", clock=lambda: NOW, missing_is_lost=False)
+    first = NonceStore(tmp_path / "a.log", clock=lambda: NOW, missing_is_lost=False)
     assert first.replay_floor == 0.0
     first.close()
     deleted = NonceStore(
-        tmp_path / "b.sqlite3", clock=lambda: NOW, missing_is_lost=True, lost_floor_s=3600
+        tmp_path / "b.log", clock=lambda: NOW, missing_is_lost=True, lost_floor_s=3600
     )
     assert deleted.replay_floor == NOW + 3600
     assert deleted.lost.startswith("missing")
@@ -405,19 +407,17 @@ def test_a_missing_nonce_store_is_lost_only_when_the_node_ran_before(tmp_path: P
 def test_a_nonce_store_the_storage_refuses_fails_closed_then_recovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_connect = sqlite3.connect
+    real_open = RecordLog.open
     full = [True]
 
-    def connect(target: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+    def open_log(path: Path, magic: bytes) -> tuple[RecordLog, list[bytes]]:
         if full[0]:
-            raise sqlite_error(sqlite3.SQLITE_FULL, "database or disk is full")
-        return real_connect(target, *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, magic)
 
-    monkeypatch.setattr(sqlite3, "connect", connect)
+    monkeypatch.setattr(commands_module.RecordLog, "open", open_log)
     faults = StateFaults()
-    store = NonceStore(
-        tmp_path / "n.sqlite3", clock=lambda: NOW, faults=faults, retry_interval_s=0.0
-    )
+    store = NonceStore(tmp_path / "n.log", clock=lambda: NOW, faults=faults, retry_interval_s=0.0)
     assert not store.available
     busy = verifier(store, lambda: NOW).verify(signed(NOW + 60))
     assert busy is not None
@@ -431,12 +431,12 @@ def test_a_nonce_store_the_storage_refuses_fails_closed_then_recovers(
 
 
 def test_a_nonce_write_refused_for_space_refuses_the_command(tmp_path: Path) -> None:
-    store = NonceStore(tmp_path / "n.sqlite3", clock=lambda: NOW)
-    store._conn = FailingConn(  # type: ignore[assignment]
-        store._conn,  # type: ignore[arg-type]
-        "INSERT INTO nonces",
-        sqlite_error(sqlite3.SQLITE_FULL, "database or disk is full"),
-    )
+    store = NonceStore(tmp_path / "n.log", clock=lambda: NOW)
+
+    def full(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store._log.append = full  # type: ignore[method-assign,union-attr]
     cmd = signed(NOW + 60)
     outcome = verifier(store, lambda: NOW).verify(cmd)
     assert outcome is not None

@@ -69,8 +69,8 @@ def _garbled_json(path: Path) -> None:
 DAMAGE: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "outbox_random": ("outbox.sqlite3", _random, "outbox"),
     "outbox_truncated": ("outbox.sqlite3", _truncated_outbox, "outbox"),
-    "nonces_random": ("command_nonces.sqlite3", _random, "nonces"),
-    "nonces_directory": ("command_nonces.sqlite3", _directory, "nonces"),
+    "nonces_random": ("command_nonces.log", _random, "nonces"),
+    "nonces_directory": ("command_nonces.log", _directory, "nonces"),
     "sequence_directory": ("fleet_link.json", _directory, "sequence"),
     "sequence_garbled": ("fleet_link.json", _garbled_json, "sequence"),
     "snapshots_file": ("snapshots", _file, "snapshots"),
@@ -158,7 +158,7 @@ def test_a_replayed_command_stays_refused_after_the_nonce_store_is_lost(
     node = Node(tmp_path, mosquitto, "pi-12", keys_dir=keys_dir)
     nodes.append(node)
     node.start()
-    db = node.state / "command_nonces.sqlite3"
+    db = node.state / "command_nonces.log"
     with hub_for(mosquitto, key, "pi-12") as hub:
         good = hub.make_command("pi-12", "ping", ttl_s=600)
         assert _answer(hub, good, "pi-12").code is ResultCode.OK
