@@ -137,7 +137,8 @@ class RecordLog:
         try:
             written = os.write(self._fd, data)
             if written != len(data):
-                raise OSError(errno.ENOSPC, f"short write to {self.path}: {written} of {len(data)} bytes")
+                short = f"short write to {self.path}: {written} of {len(data)} bytes"
+                raise OSError(errno.ENOSPC, short)
             if sync:
                 os.fsync(self._fd)
         except OSError:
