@@ -60,7 +60,7 @@ from edge_agent.fleet.protocol import (
     prepare_all,
     validate,
 )
-from edge_agent.fleet.record_log import LogDamagedError, RecordLog
+from edge_agent.fleet.record_log import LogDamagedError, RecordLog, write_log
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
 from edge_agent.state_faults import StateFaults
 
@@ -332,6 +332,15 @@ class NonceStore:
             if migrated is None:
                 return False
             carried, lost = migrated[0], migrated[1] or lost
+            if carried or self.replay_floor > 0:
+                self._nonces = carried
+                try:  # all of it or nothing: the old database goes only once the file is whole
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    write_log(self.path, _MAGIC, self._records())
+                except OSError as err:
+                    self.faults.storage_error(_PART, err, f"write {self.path}")
+                    return False
+                carried = {}  # read back from the file below
         for _ in range(2):
             reason = "not a regular file" if not_a_file(self.path) else ""
             if not reason:

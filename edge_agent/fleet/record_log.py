@@ -35,21 +35,24 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from edge_agent.fsutil import atomic_writer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FRAME", "MAX_RECORD_BYTES", "LogDamagedError", "RecordLog", "frames"]
+__all__ = ["FRAME", "MAX_RECORD_BYTES", "LogDamagedError", "RecordLog", "frames", "write_log"]
 
 FRAME: Final = struct.Struct("<II")
 """A record's frame: the payload's length and its CRC32."""
 MAX_RECORD_BYTES: Final = 64 * 1024 * 1024
 """A frame that says more is damage, not a record (no store writes one this large)."""
 MAGIC_BYTES: Final = 8
+
+
+T = TypeVar("T")
 
 
 class LogDamagedError(Exception):
@@ -63,6 +66,17 @@ def frames(payloads: Iterable[bytes]) -> bytes:
         parts.append(FRAME.pack(len(payload), zlib.crc32(payload)))
         parts.append(payload)
     return b"".join(parts)
+
+
+def write_log(path: str | Path, magic: bytes, payloads: Iterable[bytes]) -> None:
+    """Create (or replace) the log at ``path`` holding ``payloads``, crash safely and ``fsync``-ed:
+    after a crash it is either all there or not there (a migration writes its new file so, before
+    it deletes the old one). Raises :class:`OSError`."""
+    with atomic_writer(path, durable=True, mode=0o600) as fh:
+        fh.write(magic)
+        for payload in payloads:
+            fh.write(FRAME.pack(len(payload), zlib.crc32(payload)))
+            fh.write(payload)
 
 
 class RecordLog:
@@ -79,11 +93,22 @@ class RecordLog:
         self.dropped_bytes = 0
         """Bytes dropped from the tail when it was opened (a torn or damaged record)."""
 
+        self._undo = False  # an append failed and could not be undone yet
+
     @classmethod
     def open(cls, path: str | Path, magic: bytes) -> tuple[RecordLog, list[bytes]]:
         """Open (or create) the log at ``path``; returns it and the payloads it holds, oldest
         first. Raises :class:`LogDamagedError` for a file of another kind, :class:`OSError` when
         the storage refuses it."""
+        return cls.open_with(path, magic, lambda payload, _at: bytes(payload))
+
+    @classmethod
+    def open_with(
+        cls, path: str | Path, magic: bytes, decode: Callable[[memoryview, int], T]
+    ) -> tuple[RecordLog, list[T]]:
+        """:meth:`open`, keeping ``decode(payload, at)`` of each record instead of its bytes
+        (``at``: the offset of the record's frame in the file, for :meth:`read`), so that a
+        large log is never held in memory twice. ``decode`` may raise :class:`LogDamagedError`."""
         if len(magic) != MAGIC_BYTES:
             raise ValueError(f"a record log's magic is {MAGIC_BYTES} bytes, not {len(magic)}")
         target = Path(path)
@@ -101,7 +126,7 @@ class RecordLog:
                     f"not a {magic.decode('ascii', 'replace')} record log "
                     f"(it starts with {data[:MAGIC_BYTES]!r})"
                 )
-            payloads, good = _parse(data)
+            payloads, good = _parse(data, decode)
             log = cls(target, magic, fd, good)
             log.records = len(payloads)
             log.dropped_bytes = len(data) - good
@@ -130,6 +155,9 @@ class RecordLog:
         Raises :class:`OSError` (the file is then as it was)."""
         if self.dropped_bytes:
             raise RuntimeError(f"{self.path}: a damaged tail is still there (drop_tail first)")
+        if self._undo:  # the last failed append left part of itself: cut it first
+            os.ftruncate(self._fd, self.size)
+            self._undo = False
         items = list(payloads)
         data = frames(items)
         if not data:
@@ -142,26 +170,45 @@ class RecordLog:
             if sync:
                 os.fsync(self._fd)
         except OSError:
+            self._undo = True
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.size)
+                self._undo = False
             raise
         self.size += len(data)
         self.records += len(items)
 
+    def read(self, at: int, length: int) -> bytes:
+        """The payload of the record whose frame is at ``at`` and whose payload is ``length``
+        bytes (as :meth:`open_with` and :func:`frames` placed it), checked against its CRC.
+        Raises :class:`LogDamagedError` when it no longer is that record, :class:`OSError`."""
+        data = os.pread(self._fd, FRAME.size + length, at)
+        if len(data) == FRAME.size + length:
+            size, crc = FRAME.unpack_from(data)
+            payload = data[FRAME.size :]
+            if size == length and zlib.crc32(payload) == crc:
+                return payload
+        raise LogDamagedError(f"the record at byte {at} of {self.path} is damaged")
+
     def rewrite(self, payloads: Iterable[bytes], *, sync: bool = True) -> None:
-        """Replace the file with the magic and ``payloads`` only (compaction), crash safely.
-        Raises :class:`OSError` (the file is then as it was)."""
-        items = list(payloads)
-        body = frames(items)
+        """Replace the file with the magic and ``payloads`` only (compaction), crash safely;
+        ``payloads`` is consumed one at a time (it may read this log: the old file stays open
+        until the new one replaced it). Raises :class:`OSError` (the file is then as it was)."""
+        size, records = MAGIC_BYTES, 0
         with atomic_writer(self.path, durable=sync, mode=0o600) as fh:
             fh.write(self.magic)
-            fh.write(body)
+            for payload in payloads:
+                fh.write(FRAME.pack(len(payload), zlib.crc32(payload)))
+                fh.write(payload)
+                size += FRAME.size + len(payload)
+                records += 1
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         os.close(self._fd)
         self._fd = fd
-        self.size = MAGIC_BYTES + len(body)
-        self.records = len(items)
+        self.size = size
+        self.records = records
         self.dropped_bytes = 0
+        self._undo = False
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -169,9 +216,9 @@ class RecordLog:
             self._fd = -1
 
 
-def _parse(data: bytes) -> tuple[list[bytes], int]:
-    """The payloads of ``data`` (a whole file) and the length of its good prefix."""
-    payloads: list[bytes] = []
+def _parse(data: bytes, decode: Callable[[memoryview, int], T]) -> tuple[list[T], int]:
+    """The decoded payloads of ``data`` (a whole file) and the length of its good prefix."""
+    payloads: list[T] = []
     pos = MAGIC_BYTES
     end = len(data)
     view = memoryview(data)
@@ -180,9 +227,9 @@ def _parse(data: bytes) -> tuple[list[bytes], int]:
         start = pos + FRAME.size
         if length > MAX_RECORD_BYTES or start + length > end:
             break
-        payload = bytes(view[start : start + length])
+        payload = view[start : start + length]
         if zlib.crc32(payload) != crc:
             break
-        payloads.append(payload)
+        payloads.append(decode(payload, pos))
         pos = start + length
     return payloads, pos

@@ -209,5 +209,5 @@ def test_a_node_without_mqtt_sources_or_sinks_never_imports_the_groups_mqtt_io(
         uplink.stop()
         """
     )
-    # sqlite3: the outbox's database still (issue 56 left it for the outbox's own change).
-    assert out.split() == ["False", "True"]
+    # Nor SQLite: the outbox and the nonce store are record logs (fleet/record_log.py).
+    assert out.split() == ["False", "False"]

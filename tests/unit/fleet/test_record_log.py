@@ -5,11 +5,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from edge_agent.fleet.record_log import FRAME, MAGIC_BYTES, LogDamagedError, RecordLog, frames
+from edge_agent.fleet.record_log import (
+    FRAME,
+    MAGIC_BYTES,
+    LogDamagedError,
+    RecordLog,
+    frames,
+    write_log,
+)
 
 MAGIC = b"EATEST01"
 
@@ -135,3 +143,22 @@ log.append([b"fits"], sync=True)
     assert out.stdout.split() == ["refused", "ENOSPC"]  # a short write, said as a full disk
     _, payloads = RecordLog.open(path, MAGIC)
     assert payloads == [b"kept", b"fits"]
+
+
+def test_write_log_makes_a_whole_log_in_one_step(tmp_path: Path) -> None:
+    path = tmp_path / "x.log"
+    write_log(path, MAGIC, [b"a", b"bc"])
+    assert [p.name for p in tmp_path.iterdir()] == ["x.log"]
+    log, payloads = RecordLog.open(path, MAGIC)
+    assert payloads == [b"a", b"bc"]
+    log.close()
+
+    def failing() -> Iterator[bytes]:
+        yield b"partial"
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):  # a writer that fails leaves the old file
+        write_log(path, MAGIC, failing())
+    assert [p.name for p in tmp_path.iterdir()] == ["x.log"]
+    _, payloads = RecordLog.open(path, MAGIC)
+    assert payloads == [b"a", b"bc"]
