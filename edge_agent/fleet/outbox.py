@@ -52,8 +52,10 @@ Contract
   refused and would otherwise write a line for each).
 
 What stays in memory: per message its class, topic, times and where it is in the file (about
-200 bytes); the payloads of the open transaction (and, while volatile, of every message). A
+300 bytes a message held, measured with tracemalloc over 20,000; the class and topic strings are
+shared); the payloads of the open transaction (and, while volatile, of every message). A
 committed payload is read from the file (``pread``, checked against its CRC) when it is sent.
+Opening reads the whole file once (its records decoded one at a time, the payloads not kept).
 
 Damage and storage errors (reported to the :class:`~edge_agent.state_faults.StateFaults` it is
 given, part ``outbox``; nothing here stops the daemon):
@@ -83,6 +85,7 @@ import contextlib
 import logging
 import os
 import struct
+import sys
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
@@ -121,10 +124,6 @@ _HEAD: Final = 1 + _PUT_HEAD.size
 
 class OutboxFullError(EdgeAgentError):
     """The outbox is full of messages that must be kept; the new one was refused."""
-
-
-class OutboxStorageError(EdgeAgentError):
-    """The storage refused to store the message (a full disk); it was not kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +195,9 @@ def _decode(record: memoryview, at: int) -> _Record:
         end = _HEAD + n_cls + n_topic
         if end <= len(record):
             try:
-                cls = str(record[_HEAD : _HEAD + n_cls], "utf-8")
-                topic = str(record[_HEAD + n_cls : end], "utf-8")
+                # Interned: a backlog's messages share a few classes and topics.
+                cls = sys.intern(str(record[_HEAD : _HEAD + n_cls], "utf-8"))
+                topic = sys.intern(str(record[_HEAD + n_cls : end], "utf-8"))
             except UnicodeDecodeError as err:
                 raise LogDamagedError(f"a message record at byte {at}: {err}") from err
             size = len(record) - end + n_topic
