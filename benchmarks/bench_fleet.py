@@ -5,13 +5,13 @@ Everything runs against a real mosquitto started here on a free loopback port (t
 ``tests/support/broker.py``), with persistence off.
 
 - ``outbox_throughput``: events published through FleetLink (msgspec body and envelope,
-  SQLite outbox, paho) until every one is acknowledged, against a baseline in the same run: the
-  same payloads published with bare paho at QoS 1 with the same in-flight window (16), no
+  the outbox's record log, paho) until every one is acknowledged, against a baseline in the same
+  run: the same payloads published with bare paho at QoS 1 with the same in-flight window (16), no
   outbox. Two outbox cases: ``bulk`` (the link's batched commits, messages back to back) and
   ``per_tick`` (one message, then ``flush()``, as a daemon that publishes one message per tick).
 - ``write_amplification``: bytes this process caused to be written to storage
-  (``/proc/self/io`` write_bytes) per message, and per payload byte, for both cases; the SQLite
-  file + WAL sizes at the end.
+  (``/proc/self/io`` write_bytes) per message, and per payload byte, for both cases; the outbox
+  file's size at the end.
 - ``command_latency``: a real daemon (``python -m edge_agent run``) at two tick rates; the hub
   client sends signed ``ping`` commands one at a time and times each until its result arrives.
   Commands are applied between ticks, so about half a tick period is expected on top of the
@@ -53,6 +53,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E40
 from edge_agent.fleet.comms.base import Backoff  # noqa: E402
 from edge_agent.fleet.comms.mqtt import MqttSettings, MqttTransport  # noqa: E402
 from edge_agent.fleet.link import FleetLink  # noqa: E402
+from edge_agent.fleet.node import OUTBOX_DB  # noqa: E402
 from edge_agent.fleet.outbox import Outbox  # noqa: E402
 from edge_agent.fleet.protocol import Envelope, Event, encode  # noqa: E402
 from tests.support.broker import MosquittoBroker  # noqa: E402
@@ -81,7 +82,7 @@ def new_link(broker: MosquittoBroker, state: Path, backoff: Backoff) -> tuple[Fl
         MqttSettings(client_id=f"bench-{os.urandom(3).hex()}", port=broker.port),
         backoff=backoff,
     )
-    outbox = Outbox(state / "outbox.sqlite3")
+    outbox = Outbox(state / OUTBOX_DB)
     link = FleetLink(
         transport,
         outbox,
@@ -176,15 +177,14 @@ def outbox_run(
         elapsed = time.perf_counter() - start
         outbox.flush()
         written = write_bytes() - written_before
-        db = state / "outbox.sqlite3"
-        sizes = {p.name: p.stat().st_size for p in state.iterdir() if p.name.startswith(db.name)}
+        sizes = {p.name: p.stat().st_size for p in state.iterdir() if p.name.startswith(OUTBOX_DB)}
         stats = outbox.stats()
         link.stop(drain_timeout_s=0.5)
         outbox.close()
     return {
         "msgs_per_s": round(n / elapsed, 1),
         "write_bytes_per_msg": round(written / n, 1),
-        "sqlite_files_bytes": sizes,
+        "outbox_files_bytes": sizes,
         "acked": stats["acked"],
     }
 
@@ -216,7 +216,7 @@ def bench_throughput(broker: MosquittoBroker, n: int) -> None:
                 "payload_bytes": len(payload),
                 "write_bytes_per_msg": result["write_bytes_per_msg"],
                 "amplification": round(result["write_bytes_per_msg"] / len(payload), 2),
-                "sqlite_files_bytes_at_end": result["sqlite_files_bytes"],
+                "outbox_files_bytes_at_end": result["outbox_files_bytes"],
             }
         )
 

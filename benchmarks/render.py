@@ -472,8 +472,8 @@ TABLES: tuple[Table, ...] = (
             "The same daemon built in one process as `edge-agent run` builds it (the device's "
             "venv, its libraries read afresh): its RSS after each phase, in MB added: the "
             "interpreter, `import numpy`, the daemon's modules, the config read (in a child "
-            "process), the groups built (and with MQTT the fleet stack: its modules, SQLite, "
-            "the link), 20 s of running (the kernel scratch and the history touched, the "
+            "process), the groups built (and with MQTT the fleet stack: its modules, the "
+            "outbox, the link), 20 s of running (the kernel scratch and the history touched, the "
             "library pages the tick uses); then what the group's own accounting says it holds "
             "(docs/memory.md lists each part)."
         ),

@@ -61,8 +61,9 @@ _MOVED_RE = re.compile(r"(?P<name>.+)\.corrupt-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>
 #: error, locked, out of memory), as opposed to a damaged file (corrupt, not a database).
 #: A directory in the database's place is also SQLITE_CANTOPEN: openers check
 #: :func:`not_a_file` first. The numbers are SQLite's C API (https://sqlite.org/rescode.html),
-#: fixed for good; written out so that this module does not load SQLite into a daemon that
-#: keeps no database (one without MQTT: 1.5 MB resident).
+#: fixed for good; written out so that this module does not load SQLite into a daemon: none
+#: keeps a database (the fleet's stores are record logs, fleet/record_log.py); SQLite is loaded
+#: only to migrate an old one (2.1 MB resident, docs/memory.md).
 _SQLITE_UNAVAILABLE: Final = frozenset(
     {
         3,  # SQLITE_PERM

@@ -33,9 +33,8 @@ from edge_agent.coordination.config import CoordinationConfig
 from edge_agent.daemon.admission import hub_keys, mqtt_password
 from edge_agent.daemon.group_runtime import GroupRuntime
 from edge_agent.errors import EdgeAgentError
-from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer, ObservationRouter
 from edge_agent.fleet.commands import Handler
-from edge_agent.fleet.comms.base import Backoff, reason_text
+from edge_agent.fleet.comms.base import Backoff, Incoming, reason_text
 from edge_agent.fleet.link import Received
 from edge_agent.fleet.node import BundleReceiver, NodeLimits, NodeStack
 from edge_agent.fleet.outcomes import ResultCode
@@ -57,6 +56,10 @@ from edge_agent.state_faults import StateFaults
 
 if TYPE_CHECKING:  # the engine is imported only by a daemon that coordinates (service.py)
     from edge_agent.coordination.runtime import CoordinationRuntime
+
+    # The groups' MQTT I/O: imported only when a group has an MQTT source or sink (bind_sources,
+    # group_runtime.py), 0.16 MB a node without one does not pay (docs/memory.md).
+    from edge_agent.fleet.agent_io import ActionPublisher, ObservationBuffer, ObservationRouter
 
 logger = logging.getLogger(__name__)
 
@@ -190,12 +193,12 @@ class FleetUplink:
         self.link = self.stack.link
         self.nonces = self.stack.nonces
         self.commands = self.stack.commands
-        self.router = ObservationRouter(self.topics)
+        self.router: ObservationRouter | None = None  # built by bind_sources for MQTT sources
         self._routes: dict[str, list[ObservationBuffer]] = {}  # filled by listen
         self._sinks: dict[str, list[ActionPublisher]] = {}  # filled by publishes
         self._io_said: set[tuple[str, str, str]] = set()  # (what, topic, group) logged once
         self._online_since: float | None = None  # monotonic; the link's last connect
-        self.link.claim(self.router.handle)  # MQTT sources' topics never reach the link's inbox
+        self.link.claim(self._claim)  # MQTT sources' topics never reach the link's inbox
         self.link.on_refused = self._refused
         self.coordination: CoordinationRuntime | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -240,6 +243,12 @@ class FleetUplink:
     def online(self) -> bool:
         return self.link.online
 
+    def _claim(self, msg: Incoming) -> bool:
+        """The link's claim (transport thread): a message on an MQTT source's topic filter goes
+        to the router; none is claimed while no group has an MQTT source."""
+        router = self.router
+        return router is not None and router.handle(msg)
+
     def bind_sources(self, groups: Sequence[GroupRuntime]) -> None:
         """Point the MQTT sources' topic filters at their groups' observation buffers, and
         subscribe to the filters outside the node's own inbox; connect the MQTT sinks to this
@@ -247,6 +256,12 @@ class FleetUplink:
         self._routes, self._sinks = {}, {}
         for g in groups:
             g.connect(self)  # the inboxes call listen, the mqtt sinks publishes
+        if self._routes and self.router is None:
+            from edge_agent.fleet.agent_io import ObservationRouter  # noqa: PLC0415
+
+            self.router = ObservationRouter(self.topics)
+        if self.router is None:
+            return
         self.router.bind(self._routes)
         inbox_prefix = self.topics.obs_all(self.node_id)[:-1]  # the node subscribes to obs/#
         for pattern in self.router.patterns:
@@ -377,7 +392,8 @@ class FleetUplink:
                     self.bundles.broadcast_chunk(body)
             elif isinstance(body, ObservationBatch):
                 # An observation on the node's own inbox topic (obs/#), routed to its group.
-                if not self.router.deliver(received.topic, received.envelope):
+                router = self.router
+                if router is None or not router.deliver(received.topic, received.envelope):
                     self.counters["obs_unrouted"] += 1
             else:
                 self.counters["messages_ignored"] += 1

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
+import struct
 import threading
 import time
 from collections import deque
@@ -60,6 +60,7 @@ from edge_agent.fleet.protocol import (
     prepare_all,
     validate,
 )
+from edge_agent.fleet.record_log import LogDamagedError, RecordLog, write_log
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
 from edge_agent.state_faults import StateFaults
 
@@ -88,7 +89,9 @@ __all__ = [
     "parse_args",
 ]
 
-NONCE_DB: Final = "command_nonces.sqlite3"
+NONCE_DB: Final = "command_nonces.log"
+LEGACY_NONCE_DB: Final = "command_nonces.sqlite3"
+"""The SQLite nonce store of earlier versions: migrated once (:class:`NonceStore`)."""
 UNSIGNED_COMMANDS: Final = frozenset({"deploy_chunk"})
 """Commands authenticated by something else than their own signature (see the module docstring)."""
 
@@ -234,34 +237,50 @@ class NonceStoreUnavailableError(NonceStoreError):
     """The storage refuses the nonce store (a full disk): no nonce can be recorded durably."""
 
 
-class _DamagedError(Exception):
-    """The database opened but is not a nonce store this build can use."""
-
-
 _PART: Final = "nonces"
+_MAGIC: Final = b"EANONCE1"
+_NONCE: Final = b"N"  # + expires (f64 LE) + the nonce
+_FLOOR: Final = b"F"  # + the replay floor (f64 LE)
+_F64: Final = struct.Struct("<d")
+#: Compact when the file holds more than this many records per live nonce (see ``_compact``).
+_COMPACT_RATIO: Final = 4
 
 
 class NonceStore:
-    """Nonces of obeyed commands until they expire: bounded, durable (SQLite, synchronous=FULL).
+    """Nonces of obeyed commands until they expire: bounded, durable (an append-only file of
+    framed records, :mod:`edge_agent.fleet.record_log`, ``fsync``-ed before :meth:`record`
+    returns: what SQLite's ``synchronous=FULL`` gave before).
 
     A nonce is kept until its command's expiry; after that the command itself is refused as
     expired, so forgetting the nonce cannot open a replay. When ``max_entries`` unexpired nonces
     are held, :meth:`record` refuses (the daemon answers ``busy``) rather than forget one early.
+    The nonces are held in memory as well (at most ``max_entries``); the file is read once, at
+    open, and rewritten with only the live nonces when it holds ``_COMPACT_RATIO`` times more
+    records than that (expired nonces are simply not carried over).
 
-    Damage and loss (reported to ``faults``, part ``nonces``). A damaged database (not a database,
-    corrupt, another schema, a directory in its place) is moved aside and a fresh one started, at
-    open or when SQLite reports corruption later. The nonces it held are lost, so the fresh store
-    sets a **replay floor**: ``now + lost_floor_s`` (the daemon passes ``command_max_ttl_s``).
-    A command accepted before the loss expired at most ``max_ttl_s`` after it arrived, that is
-    before the floor; every command that expires before the floor is therefore refused
-    (:attr:`replay_floor`, checked by :class:`CommandVerifier`), and one that expires after it
-    cannot have been seen before. The floor is kept in the new database, so a restart keeps it.
-    ``missing_is_lost`` treats a database that does not exist at all the same way (the daemon
-    sets it when its state directory shows that the node ran before).
+    Damage and loss (reported to ``faults``, part ``nonces``). A damaged file (not a nonce store,
+    a directory in its place, a record cut short or failing its CRC) is moved aside and a fresh
+    one started, holding the nonces that could still be read. The nonces past the damage
+    are lost, so the fresh store sets a **replay floor**: ``now + lost_floor_s`` (the daemon
+    passes ``command_max_ttl_s``). A command accepted before the loss expired at most
+    ``max_ttl_s`` after it arrived, that is before the floor; every command that expires before
+    the floor is therefore refused (:attr:`replay_floor`, checked by :class:`CommandVerifier`),
+    and one that expires after it cannot have been seen before. The floor is kept in the new
+    file, so a restart keeps it. A record cut short is a loss too: a crash in the middle of
+    :meth:`record` (whose command was then never obeyed) cannot be told from a file cut short
+    after it, so the store fails closed, at the cost of refusing commands until the floor after
+    such a crash (the record is written and ``fsync``-ed in well under a millisecond).
+    ``missing_is_lost`` treats a store that does not exist at all the same way (the daemon sets
+    it when its state directory shows that the node ran before).
 
-    When the storage refuses the database (a full disk, read-only), nothing can be recorded
-    durably, so every signed command is refused (:class:`NonceStoreUnavailableError`, ``busy``)
-    until it opens again (tried again every ``retry_interval_s``): fail closed, never open.
+    ``legacy``: the SQLite nonce store of earlier versions (``command_nonces.sqlite3``). When it
+    exists and the file does not, its nonces and floor are read once (the only time this module
+    imports ``sqlite3``), written to the new file, and the old database is deleted. A damaged old
+    database is moved aside as a loss (a replay floor).
+
+    When the storage refuses the file (a full disk, read-only), nothing can be recorded durably,
+    so every signed command is refused (:class:`NonceStoreUnavailableError`, ``busy``) until it
+    opens again (tried again every ``retry_interval_s``): fail closed, never open.
     """
 
     def __init__(
@@ -274,10 +293,12 @@ class NonceStore:
         lost_floor_s: float = 3600.0,
         missing_is_lost: bool = False,
         retry_interval_s: float = 60.0,
+        legacy: str | Path | None = None,
     ) -> None:
         if max_entries < 1:
             raise EdgeAgentError(f"nonce store max_entries is {max_entries}, need >= 1")
         self.path = Path(path)
+        self.legacy = Path(legacy) if legacy is not None else None
         self.max_entries = max_entries
         self._clock = clock
         self.faults = faults if faults is not None else StateFaults()
@@ -287,141 +308,180 @@ class NonceStore:
         """Commands that expire before this wall-clock time are refused (0: no floor)."""
         self.lost = ""
         """Why the nonces were lost, when they were; empty otherwise."""
-        self._conn: sqlite3.Connection | None = None
-        self._count = 0
+        self.migrated = 0
+        """Nonces read from the legacy SQLite store (0: there was none)."""
+        self._log: RecordLog | None = None
+        self._nonces: dict[bytes, float] = {}
         self._retry_at = 0.0
-        missing = not os.path.lexists(self.path)
+        self._compact_at = 64
+        old = self.legacy is not None and os.path.lexists(self.legacy)
+        missing = not os.path.lexists(self.path) and not old
         self._open(lost="missing: the node ran before" if missing and missing_is_lost else "")
 
     @property
     def available(self) -> bool:
-        return self._conn is not None
+        return self._log is not None
 
     def _open(self, lost: str = "") -> bool:
-        """Open (or create) the database; True when it is usable. Moves a damaged one aside."""
+        """Open (or create) the file; True when it is usable. Moves a damaged one aside."""
         self._retry_at = time.monotonic() + self.retry_interval_s
+        carried: dict[bytes, float] = {}
+        legacy = self.legacy
+        if legacy is not None and os.path.lexists(legacy) and not os.path.lexists(self.path):
+            migrated = self._read_legacy(legacy)
+            if migrated is None:
+                return False
+            carried, lost = migrated[0], migrated[1] or lost
+            if carried or self.replay_floor > 0:
+                self._nonces = carried
+                try:  # all of it or nothing: the old database goes only once the file is whole
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    write_log(self.path, _MAGIC, self._records())
+                except OSError as err:
+                    self.faults.storage_error(_PART, err, f"write {self.path}")
+                    return False
+                carried = {}  # read back from the file below
         for _ in range(2):
             reason = "not a regular file" if not_a_file(self.path) else ""
             if not reason:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                    conn = self._connect()
-                except _DamagedError as err:
+                    log, payloads = RecordLog.open(self.path, _MAGIC)
+                except LogDamagedError as err:
                     reason = str(err)
-                except (sqlite3.DatabaseError, OSError) as err:
-                    if isinstance(err, OSError) or not sqlite_damaged(err, opening=True):
-                        self.faults.storage_error(_PART, err, f"open {self.path}")
-                        return False
-                    reason = f"{type(err).__name__}: {err}"
+                except OSError as err:
+                    self.faults.storage_error(_PART, err, f"open {self.path}")
+                    return False
                 else:
-                    return self._opened(conn, lost)
-            moved = self.faults.move_aside(_PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+                    carried.update(self._read(payloads))
+                    if not log.dropped_bytes:
+                        return self._opened(log, carried, lost)
+                    reason = (
+                        f"a record cut short or damaged at byte {log.size} "
+                        f"({log.dropped_bytes} byte(s) unreadable)"
+                    )
+                    log.close()
+            moved = self.faults.move_aside(_PART, self.path, reason)
             if moved is None:
                 return False
             lost = f"damaged ({reason}); moved aside to {moved.name}"
         return False
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            (check,) = conn.execute("PRAGMA quick_check(1)").fetchone()
-            if check != "ok":
-                raise _DamagedError(f"quick_check: {check}")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS nonces (nonce BLOB PRIMARY KEY, expires REAL NOT NULL)"
-            )
-            conn.execute("CREATE INDEX IF NOT EXISTS nonces_by_expiry ON nonces (expires)")
-            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL)")
-            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(nonces)"))
-            if columns != ("nonce", "expires"):
-                raise _DamagedError(f"a nonces table with columns {columns}, not this store's")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    def _read(self, payloads: list[bytes]) -> dict[bytes, float]:
+        """The unexpired nonces of ``payloads``; a floor among them raises :attr:`replay_floor`."""
+        now = self._clock()
+        nonces: dict[bytes, float] = {}
+        for payload in payloads:
+            kind = payload[:1]
+            if len(payload) < 1 + _F64.size or kind not in (_NONCE, _FLOOR):
+                continue  # a record of a later version: nothing this build can use
+            (value,) = _F64.unpack_from(payload, 1)
+            if kind == _FLOOR:
+                self.replay_floor = max(self.replay_floor, value)
+            elif value >= now:
+                nonces[payload[1 + _F64.size :]] = value
+        return nonces
 
-    def _opened(self, conn: sqlite3.Connection, lost: str) -> bool:
-        """Adopt ``conn``: the floor it keeps, a new one if the nonces were ``lost``."""
+    def _read_legacy(self, legacy: Path) -> tuple[dict[bytes, float], str] | None:
+        """The nonces (and floor) of an earlier version's SQLite store, and why they were lost
+        (when it is damaged: then it is moved aside). None when the storage refuses it."""
+        import sqlite3  # noqa: PLC0415  (only to migrate: a daemon keeps no SQLite otherwise)
+
+        now = self._clock()
+        reason = "not a regular file" if not_a_file(legacy) else ""
+        nonces: dict[bytes, float] = {}
+        if not reason:
+            try:
+                with contextlib.closing(sqlite3.connect(legacy)) as conn:
+                    for nonce, expires in conn.execute(
+                        "SELECT nonce, expires FROM nonces WHERE expires >= ?", (now,)
+                    ):
+                        nonces[bytes(nonce)] = float(expires)
+                    with contextlib.suppress(sqlite3.OperationalError):  # no meta table
+                        for (floor,) in conn.execute(
+                            "SELECT value FROM meta WHERE key = 'replay_floor'"
+                        ):
+                            self.replay_floor = max(self.replay_floor, float(floor))
+            except sqlite3.DatabaseError as err:
+                if not sqlite_damaged(err, opening=True):
+                    self.faults.storage_error(_PART, err, f"read {legacy}")
+                    return None
+                reason = f"{type(err).__name__}: {err}"
+        if reason:
+            moved = self.faults.move_aside(_PART, legacy, reason, sidecars=SQLITE_SIDECARS)
+            if moved is None:
+                return None
+            return {}, f"damaged ({reason}); moved aside to {moved.name}"
+        self.migrated = len(nonces)
+        return nonces, ""
+
+    def _opened(self, log: RecordLog, nonces: dict[bytes, float], lost: str) -> bool:
+        """Adopt ``log`` holding ``nonces``: a new floor if they were ``lost``; a file that needs
+        it is rewritten (a damaged tail, nonces migrated or carried from a damaged file)."""
+        if lost:
+            self.lost = lost
+            self.replay_floor = max(self.replay_floor, self._clock() + self.lost_floor_s)
+            logger.warning(
+                "command nonces lost (%s): commands that expire before %s are refused "
+                "(commands accepted before the loss cannot be told from replays)",
+                lost,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.replay_floor)),
+            )
+        self._nonces = nonces
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'replay_floor'").fetchone()
-            self.replay_floor = max(self.replay_floor, float(row[0]) if row else 0.0)
-            if lost:
-                self.lost = lost
-                self.replay_floor = max(self.replay_floor, self._clock() + self.lost_floor_s)
-                logger.warning(
-                    "command nonces lost (%s): commands that expire before %s are refused "
-                    "(commands accepted before the loss cannot be told from replays)",
-                    lost,
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.replay_floor)),
-                )
-            if self.replay_floor > 0:
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('replay_floor', ?)",
-                    (self.replay_floor,),
-                )
-            count: int = conn.execute("SELECT count(*) FROM nonces").fetchone()[0]
-        except sqlite3.DatabaseError as err:
-            conn.close()
+            fresh = log.records == 0 and (nonces or self.replay_floor > 0)
+            if lost or fresh:  # else the file holds all of it already
+                log.rewrite(self._records())
+        except OSError as err:
+            log.close()
             self.faults.storage_error(_PART, err, f"write {self.path}")
             return False
-        self._conn = conn
-        self._count = count
+        self._log = log
+        self._compact_at = log.records + max(64, (_COMPACT_RATIO - 1) * len(nonces))
+        if self.legacy is not None:
+            for suffix in ("", *SQLITE_SIDECARS):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.legacy}{suffix}")
+            if self.migrated:
+                logger.info(
+                    "%d command nonce(s) moved from %s to %s", self.migrated, self.legacy, self.path
+                )
         self.faults.storage_ok(_PART)
         return True
 
-    def _db(self) -> sqlite3.Connection:
-        """The open database; tries to open it again when due. Raises when unavailable."""
-        if self._conn is None and time.monotonic() >= self._retry_at:
+    def _records(self) -> list[bytes]:
+        """The file's records for what is held now: the floor, then the nonces."""
+        out = [_FLOOR + _F64.pack(self.replay_floor)] if self.replay_floor > 0 else []
+        out.extend(_NONCE + _F64.pack(expires) + nonce for nonce, expires in self._nonces.items())
+        return out
+
+    def _store(self) -> RecordLog:
+        """The open file; tries to open it again when due. Raises when unavailable."""
+        if self._log is None and time.monotonic() >= self._retry_at:
             self._open()
-        if self._conn is None:
+        if self._log is None:
             raise NonceStoreUnavailableError(
                 f"the nonce store {self.path} cannot be written (see the storage errors); "
                 "refusing commands until it can"
             )
-        return self._conn
-
-    def _failed(self, err: sqlite3.DatabaseError, action: str) -> None:
-        """A statement failed: a damaged database is moved aside and a fresh one started (with
-        a replay floor); a storage error is counted. Raises when nothing can be recorded."""
-        if not sqlite_damaged(err, opening=False):
-            self.faults.storage_error(_PART, err, action)
-            raise NonceStoreUnavailableError(f"nonce store {self.path}: {err}") from err
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-        reason = f"{type(err).__name__}: {err} (while trying to {action})"
-        moved = self.faults.move_aside(_PART, self.path, reason, sidecars=SQLITE_SIDECARS)
-        if moved is None or not self._open(lost=f"damaged ({reason}); moved aside"):
-            raise NonceStoreUnavailableError(f"nonce store {self.path}: {err}") from err
+        return self._log
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._nonces)
 
     def seen(self, nonce: bytes) -> bool:
         """True when ``nonce`` was recorded. Raises :class:`NonceStoreUnavailableError`."""
-        try:
-            row = self._db().execute("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)).fetchone()
-        except sqlite3.DatabaseError as err:
-            self._failed(err, "read nonces")
-            return False  # a fresh store: the replay floor stands in for what it held
-        return row is not None
+        self._store()
+        return nonce in self._nonces
 
     def prune(self, now: float | None = None) -> int:
-        """Forget nonces whose commands have expired; returns how many."""
+        """Forget nonces whose commands have expired; returns how many. The file keeps them
+        until it is compacted (they are skipped when it is read)."""
         now = self._clock() if now is None else now
-        try:
-            cur = self._db().execute("DELETE FROM nonces WHERE expires < ?", (now,))
-        except NonceStoreUnavailableError:
-            return 0
-        except sqlite3.DatabaseError as err:
-            with contextlib.suppress(NonceStoreUnavailableError):
-                self._failed(err, "forget expired nonces")
-            return 0
-        removed = max(cur.rowcount, 0)
-        self._count -= removed
-        return removed
+        doomed = [nonce for nonce, expires in self._nonces.items() if expires < now]
+        for nonce in doomed:
+            del self._nonces[nonce]
+        return len(doomed)
 
     def record(self, nonce: bytes, expires: float) -> bool:
         """Remember ``nonce`` until ``expires``; False if it was already there (a replay).
@@ -431,31 +491,41 @@ class NonceStore:
         """
         if self.seen(nonce):
             return False
-        if self._count >= self.max_entries:
+        if len(self._nonces) >= self.max_entries:
             self.prune()
-            if self._count >= self.max_entries:
+            if len(self._nonces) >= self.max_entries:
                 raise NonceStoreFullError(
-                    f"{self._count} unexpired command nonces are held (the bound); "
+                    f"{len(self._nonces)} unexpired command nonces are held (the bound); "
                     "refusing new commands until some expire"
                 )
-        insert = "INSERT INTO nonces (nonce, expires) VALUES (?, ?)"
+        log = self._store()
         try:
-            self._db().execute(insert, (nonce, expires))
-        except sqlite3.DatabaseError as err:
-            self._failed(err, "record a nonce")  # raises unless a fresh store was opened
-            try:
-                self._db().execute(insert, (nonce, expires))
-            except sqlite3.DatabaseError as again:
-                self.faults.storage_error(_PART, again, "record a nonce")
-                raise NonceStoreUnavailableError(f"nonce store {self.path}: {again}") from again
-        self._count += 1
+            log.append([_NONCE + _F64.pack(expires) + nonce], sync=True)
+        except OSError as err:
+            self.faults.storage_error(_PART, err, "record a nonce")
+            raise NonceStoreUnavailableError(f"nonce store {self.path}: {err}") from err
+        self._nonces[nonce] = expires
         self.faults.storage_ok(_PART)
+        if log.records >= self._compact_at:
+            self._compact(log)
         return True
 
+    def _compact(self, log: RecordLog) -> None:
+        """Forget the expired nonces; rewrite the file with the live ones only when it holds
+        ``_COMPACT_RATIO`` times more records. A failure leaves it as it was (counted). The
+        file holds at most ``_COMPACT_RATIO`` x the live nonces + 64 records."""
+        self.prune()
+        if log.records > _COMPACT_RATIO * len(self._nonces):
+            try:
+                log.rewrite(self._records())
+            except OSError as err:
+                self.faults.storage_error(_PART, err, f"compact {self.path}")
+        self._compact_at = log.records + max(64, (_COMPACT_RATIO - 1) * len(self._nonces))
+
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 # ---------------------------------------------------------------------------------- verification

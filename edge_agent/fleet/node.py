@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.fleet.commands import (
+    LEGACY_NONCE_DB,
     NONCE_DB,
     CommandProcessor,
     CommandVerifier,
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = ["OUTBOX_DB", "BundleReceiver", "NodeLimits", "NodeStack"]
 
-OUTBOX_DB: Final = "outbox.sqlite3"
+OUTBOX_DB: Final = "outbox.log"
+LEGACY_OUTBOX_DB: Final = "outbox.sqlite3"
+"""The SQLite outbox of earlier versions: migrated once (:class:`Outbox`)."""
 
 
 class BundleReceiver(Protocol):
@@ -101,12 +104,15 @@ class NodeStack:
         self._bundle_topic: str | None = None  # the broadcast this node is subscribed to
         # A node that ran before (it has a sequence file or an outbox) and has no nonce store
         # lost it: the store then refuses commands that may be replays (NonceStore).
-        ran_before = any((state_dir / name).exists() for name in (STATE_FILE, OUTBOX_DB))
+        ran_before = any(
+            (state_dir / name).exists() for name in (STATE_FILE, OUTBOX_DB, LEGACY_OUTBOX_DB)
+        )
         self.outbox = Outbox(
             state_dir / OUTBOX_DB,
             max_bytes=limits.outbox_max_bytes,
             relaxed_commit_interval_s=limits.outbox_commit_interval_s,
             faults=faults,
+            legacy=state_dir / LEGACY_OUTBOX_DB,
         )
         self.transport: MqttTransport = MqttTransport(mqtt, backoff=backoff)
         self.link = FleetLink(
@@ -124,6 +130,7 @@ class NodeStack:
             faults=faults,
             lost_floor_s=limits.command_max_ttl_s,
             missing_is_lost=ran_before,
+            legacy=state_dir / LEGACY_NONCE_DB,
         )
         verifier = CommandVerifier(
             hub_keys,

@@ -1,57 +1,76 @@
-"""Durable store-and-forward for QoS 1 messages, in SQLite (WAL).
+"""Durable store-and-forward for QoS 1 messages, in an append-only file of framed records.
 
 Contract
 --------
-- Every message is inserted here before it is sent, and its row is deleted only when the broker
+- Every message is stored here before it is sent, and it is deleted only when the broker
   acknowledged it (PUBACK). Nothing is kept in paho's or the broker's session memory.
-- Durability is per class (``ClassPolicy.durable``), because an SD card wears with every commit
-  (a commit costs ~16 KB of page writes whatever the message size):
+- The file (:mod:`edge_agent.fleet.record_log`: records framed by their length and CRC32) holds
+  one ``put`` record per message and ``delete`` records naming messages gone; the messages held
+  are what the file says once read from the start. The open **transaction** is what was written
+  since the last commit: its messages are in memory (and sent from there), the deletions of
+  committed messages wait as a list. A commit appends them in one ``write``; with
+  ``synchronous_full=True`` it is also ``fsync``-ed.
+- Durability is per class (``ClassPolicy.durable``), because an SD card wears with every write:
 
   - **durable** classes (event, result, coordination): a transaction holding one is committed
     after ``commit_every`` writes, after ``commit_interval_s`` (checked on the next call), on
     :meth:`Outbox.commit_due` (the FleetLink calls it at the end of every tick) and at the start
     of :meth:`Outbox.pump`, so such a message never goes on the wire before it is committed. **A
     durable message is durable once ``commit_due()`` (or ``flush()``) returned.**
-  - **relaxed** classes (telemetry, action): written to the same table in the open transaction
-    and sent from it at once; the transaction is committed every ``relaxed_commit_interval_s``
-    (or with the next durable message). When every row written since the last commit has been
-    acknowledged by then and nothing else changed, the transaction is rolled back instead: with a
-    healthy broker, relaxed traffic writes nothing to storage. A relaxed message survives a
-    broker outage like any other; a crash (SIGKILL, power cut) loses the relaxed messages that
-    were neither acknowledged nor committed: at most ``relaxed_commit_interval_s`` of them.
+  - **relaxed** classes (telemetry, action): held in the open transaction and sent from it at
+    once; the transaction is committed every ``relaxed_commit_interval_s`` (or with the next
+    durable message). When every message written since the last commit has been acknowledged by
+    then and nothing else changed, nothing is written (counted as a ``rollback``): with a healthy
+    broker, relaxed traffic writes nothing to storage. Relaxed messages still in flight then
+    stay in the next transaction. A relaxed message survives a broker outage like any other; a
+    crash (SIGKILL, power cut) loses the relaxed messages that were neither acknowledged nor
+    committed: at most ``relaxed_commit_interval_s`` of them.
 
-  With WAL and ``synchronous=NORMAL`` a committed transaction survives the daemon being
-  SIGKILLed (the WAL is in the OS page cache); a power cut can lose the last transactions before
-  a WAL checkpoint, unless ``synchronous_full=True`` (fsync on every commit). Deletions of acked
-  rows are committed with the next commit, so a crash can re-send a few acked messages: delivery
-  is at-least-once.
-- Bounded in bytes (payload + topic per row). Per-class policy: ``drop_oldest`` classes
-  (telemetry) make room by deleting their own oldest rows and, when nothing of theirs is left to
-  drop, drop the new message (counted ``dropped``); other classes (event, action, result,
-  coordination) are kept: a new one first evicts drop-oldest rows, and if it still does not fit
-  it is refused with :class:`OutboxFullError`, counted ``refused``, and :attr:`Outbox.full_alarm`
-  is raised until the depth falls below ``low_water`` of the bound.
-- Per-class TTL on the wall clock: expired rows are deleted (counted ``expired``) when met by the
-  pump and in a sweep every ``expire_every_s``. A clock step moves expiry with it.
-- Our own in-flight window: at most ``max_inflight`` sent-but-unacked rows. After a reconnect
-  (:meth:`Outbox.on_connection_lost`), everything unacked is sent again from the oldest row.
-- A PUBACK with an error reason code (>= 0x80, e.g. not authorised) deletes the row and counts it
-  ``rejected``: retrying cannot succeed; 0x97 (quota exceeded) keeps it for the next session.
+  A committed transaction survives the daemon being SIGKILLed (the ``write`` returned: the data
+  are in the OS page cache, what SQLite's WAL with ``synchronous=NORMAL`` gave before); a power
+  cut can lose the last transactions not yet written back by the kernel, unless
+  ``synchronous_full=True`` (``fsync`` on every commit). Deletions of acked messages are
+  written with the next commit, so a crash can re-send a few acked messages: delivery is
+  at-least-once. A crash in the middle of a commit leaves a torn last record: it is dropped when
+  the file is read (counted ``torn``, logged), so that transaction is lost, as an uncommitted one.
+- The file is **compacted** (rewritten with only the messages held, crash safely) after a commit
+  when it is over :data:`COMPACT_MIN_BYTES` and more than twice what those messages take.
+- Bounded in bytes (payload + topic per message). Per-class policy: ``drop_oldest`` classes
+  (telemetry) make room by deleting their own oldest messages and, when nothing of theirs is left
+  to drop, drop the new message (counted ``dropped``); other classes (event, action, result,
+  coordination) are kept: a new one first evicts drop-oldest messages, and if it still does not
+  fit it is refused with :class:`OutboxFullError`, counted ``refused``, and
+  :attr:`Outbox.full_alarm` is raised until the depth falls below ``low_water`` of the bound.
+- Per-class TTL on the wall clock: expired messages are deleted (counted ``expired``) when met by
+  the pump and in a sweep every ``expire_every_s``. A clock step moves expiry with it.
+- Our own in-flight window: at most ``max_inflight`` sent-but-unacked messages. After a reconnect
+  (:meth:`Outbox.on_connection_lost`), everything unacked is sent again from the oldest.
+- A PUBACK with an error reason code (>= 0x80, e.g. not authorised) deletes the message and counts
+  it ``rejected``: retrying cannot succeed; 0x97 (quota exceeded) keeps it for the next session.
   The log says so by the reason's name, at most one line per ``refusal_log_interval_s`` (60 s):
   the first refusal at once, then how many more, per reason (a revoked node has every message
   refused and would otherwise write a line for each).
 
+What stays in memory: per message its class, topic, times and where it is in the file (about
+300 bytes a message held, measured with tracemalloc over 20,000; the class and topic strings are
+shared); the payloads of the open transaction (and, while volatile, of every message). A
+committed payload is read from the file (``pread``, checked against its CRC) when it is sent.
+Opening reads the whole file once (its records decoded one at a time, the payloads not kept).
+
 Damage and storage errors (reported to the :class:`~edge_agent.state_faults.StateFaults` it is
 given, part ``outbox``; nothing here stops the daemon):
 
-- A database that is damaged -- not a database, corrupt (SQLite's ``quick_check`` runs at open),
-  another schema, a directory in its place -- is moved aside as ``NAME.corrupt-STAMP`` with its
-  ``-wal``/``-shm`` files, at open or when SQLite reports corruption later, and a fresh one is
-  started: the messages it held are lost (counted ``recovered``).
-- When the storage refuses the database at open (a full disk, a read-only file system) the outbox
+- A file that is damaged -- not an outbox (another kind of file, an old SQLite outbox in its
+  place), a record it cannot decode, a directory in its place -- is moved aside as
+  ``NAME.corrupt-STAMP`` at open, or when a message read to be sent fails its CRC later, and a
+  fresh one is started: the messages it held are lost (counted ``recovered``).
+- ``legacy``: the SQLite outbox of earlier versions (``outbox.sqlite3``). When it exists and the
+  file does not, its messages are read once (the only time this module imports ``sqlite3``),
+  written to the new file, and the old database is deleted; a damaged one is moved aside.
+- When the storage refuses the file at open (a full disk, a read-only file system) the outbox
   runs *volatile*: in memory, bounded by ``min(max_bytes, VOLATILE_MAX_BYTES)``, and
-  :meth:`Outbox.flush` tries the file again every ``retry_interval_s``; when it opens, the rows in
-  memory are copied into it (the in-flight window restarts: at-least-once).
+  :meth:`Outbox.flush` tries the file again every ``retry_interval_s``; when it opens, the
+  messages in memory are written to it (the in-flight window restarts: at-least-once).
 - When a commit fails for want of space, the transaction's new messages are lost (counted
   ``lost``) and what was committed before stays and is sent; :attr:`Outbox.commit_failing` says
   so until a commit (or a probe write every ``retry_interval_s``) succeeds again, so that the
@@ -64,22 +83,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
+import os
+import struct
+import sys
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Final
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.comms.base import reason_text
+from edge_agent.fleet.record_log import FRAME, LogDamagedError, RecordLog, write_log
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
 from edge_agent.state_faults import StateFaults
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
 PUBACK_QUOTA_EXCEEDED: Final = 0x97
 _REFUSAL_HINTS: Final = {
     0x87: " (the broker's ACL does not let this identity write that topic: a revoked identity, "
@@ -90,27 +111,27 @@ VOLATILE_MAX_BYTES: Final = 4 * 1024 * 1024
 PART: Final = "outbox"
 #: A relaxed-only transaction is committed after this many writes at the latest.
 RELAXED_MAX_WRITES: Final = 65536
-_COLUMNS: Final = ("id", "cls", "topic", "payload", "retain", "created", "expires", "size")
+#: The file is compacted only when it is larger than this (and than twice what it holds).
+COMPACT_MIN_BYTES: Final = 1024 * 1024
+MAGIC: Final = b"EAOUTBX1"
+_PUT: Final = b"P"  # + _PUT_HEAD + class + topic + payload
+_DELETE: Final = b"D"  # + ids (u64 LE each)
+_PROBE: Final = b"N"  # nothing: a probe write while the storage refuses commits
+#: id, created, expires, retain, len(class), len(topic)
+_PUT_HEAD: Final = struct.Struct("<QddBBH")
+_HEAD: Final = 1 + _PUT_HEAD.size
 
 
 class OutboxFullError(EdgeAgentError):
     """The outbox is full of messages that must be kept; the new one was refused."""
 
 
-class OutboxStorageError(EdgeAgentError):
-    """The storage refused to store the message (a full disk); it was not kept."""
-
-
-class _DamagedError(Exception):
-    """The database opened but is not one this build can use (schema, quick_check)."""
-
-
 @dataclass(frozen=True, slots=True)
 class ClassPolicy:
     drop_oldest: bool
-    """True: when full, older rows of this class are dropped (telemetry). False: keep, refuse."""
+    """True: when full, older messages of this class are dropped (telemetry). False: keep."""
     ttl_s: float
-    """Rows older than this are deleted unsent."""
+    """Messages older than this are deleted unsent."""
     durable: bool = True
     """True: committed before it is sent (end of tick). False: committed at the relaxed interval
     (see the module docstring): a crash can lose the unacknowledged ones of that interval."""
@@ -133,20 +154,21 @@ DEFAULT_POLICIES: Final[Mapping[str, ClassPolicy]] = MappingProxyType(
 Send = Callable[[str, bytes, bool], Hashable | None]
 """``send(topic, payload, retain)`` -> a handle for the ACK, or None when it could not be sent."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    cls TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    retain INTEGER NOT NULL,
-    created REAL NOT NULL,
-    expires REAL NOT NULL,
-    size INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_class ON messages (cls, id);
-CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires);
-"""
+
+@dataclass(slots=True)
+class _Row:
+    cls: str
+    topic: str
+    retain: bool
+    created: float
+    expires: float
+    size: int
+    payload: bytes | None
+    """In memory: uncommitted, or volatile. None: in the file at ``at``."""
+    at: int = -1
+    """The offset of its ``put`` record's frame in the file (-1: not in the file)."""
+    length: int = 0
+    """Its ``put`` record's length (the frame's payload)."""
 
 
 @dataclass(slots=True)
@@ -154,6 +176,43 @@ class _Inflight:
     row_id: int
     size: int
     topic: str
+
+
+def _put_record(row_id: int, row: _Row, payload: bytes) -> bytes:
+    cls, topic = row.cls.encode(), row.topic.encode()
+    head = _PUT_HEAD.pack(row_id, row.created, row.expires, row.retain, len(cls), len(topic))
+    return b"".join((_PUT, head, cls, topic, payload))
+
+
+_Record = tuple[bytes, int, "_Row | None", tuple[int, ...]]
+
+
+def _decode(record: memoryview, at: int) -> _Record:
+    """One record of the file: ``(kind, id, row, ids)``: a put's id and row, a deletion's ids."""
+    kind = bytes(record[:1])
+    if kind == _PUT and len(record) >= _HEAD:
+        row_id, created, expires, retain, n_cls, n_topic = _PUT_HEAD.unpack_from(record, 1)
+        end = _HEAD + n_cls + n_topic
+        if end <= len(record):
+            try:
+                # Interned: a backlog's messages share a few classes and topics.
+                cls = sys.intern(str(record[_HEAD : _HEAD + n_cls], "utf-8"))
+                topic = sys.intern(str(record[_HEAD + n_cls : end], "utf-8"))
+            except UnicodeDecodeError as err:
+                raise LogDamagedError(f"a message record at byte {at}: {err}") from err
+            size = len(record) - end + n_topic
+            row = _Row(cls, topic, bool(retain), created, expires, size, None, at, len(record))
+            return _PUT, row_id, row, ()
+    elif kind == _DELETE and (len(record) - 1) % 8 == 0:
+        return _DELETE, 0, None, struct.unpack_from(f"<{(len(record) - 1) // 8}Q", record, 1)
+    elif kind == _PROBE:
+        return _PROBE, 0, None, ()
+    raise LogDamagedError(f"a record at byte {at} is not one this outbox writes")
+
+
+def _payload_of(record: bytes, row: _Row) -> bytes:
+    """The message payload in its ``put`` record."""
+    return record[_HEAD + len(row.cls.encode()) + len(row.topic.encode()) :]
 
 
 class Outbox:
@@ -176,6 +235,7 @@ class Outbox:
         faults: StateFaults | None = None,
         retry_interval_s: float = 60.0,
         refusal_log_interval_s: float = 60.0,
+        legacy: str | Path | None = None,
     ) -> None:
         if max_bytes < 1024:
             raise EdgeAgentError(f"outbox max_bytes is {max_bytes}, need >= 1024")
@@ -184,6 +244,7 @@ class Outbox:
         if not policies:
             raise EdgeAgentError("outbox needs at least one message class policy")
         self.path = Path(path)
+        self.legacy = Path(legacy) if legacy is not None else None
         self.max_bytes = max_bytes
         self.policies = dict(policies)
         self.max_inflight = max_inflight
@@ -209,20 +270,25 @@ class Outbox:
         self.full_alarm = False
         self.stored = self.sent = self.acked = self.rejected = 0
         self.expired = self.dropped = self.refused = 0
-        self.lost = self.recovered = 0
+        self.lost = self.recovered = self.torn = self.migrated = 0
+        self.compactions = 0
         self.commit_failing = False
-        # The open transaction: rows it inserted that are still there, whether it holds a durable
-        # message, whether it changed rows committed before (then it must be committed).
+        # Every message held, by id (ids only grow, so this is oldest first).
+        self._rows: dict[int, _Row] = {}
+        self._next_id = 1
+        self._file_bytes = 0  # what the messages in the file take there (their frames)
+        # The open transaction: messages it stored that are still here (in memory), committed
+        # messages it deleted (their deletion is written at the commit), whether it holds a
+        # durable message, whether it is open at all.
+        self._txn_open = False
         self._txn_live: set[int] = set()
-        self._txn_first_id = 0
+        self._txn_dead: list[int] = []
         self._durable_pending = False
-        self._txn_keep = False
         self.commits = self.rollbacks = 0
         self._retry_at = time.monotonic() + retry_interval_s
         self.depth_rows = self.depth_bytes = 0
-        conn = self._open_file()
-        self.volatile = conn is None
-        self._conn = conn if conn is not None else self._connect(":memory:")
+        self._log = self._open_file()
+        self.volatile = self._log is None
         if self.volatile:
             logger.warning(
                 "outbox %s: running in memory (at most %d bytes, lost on a restart) until the "
@@ -230,7 +296,6 @@ class Outbox:
                 self.path,
                 self.capacity,
             )
-        self._recount()
 
     # Opening --------------------------------------------------------------------------------
     @property
@@ -242,108 +307,154 @@ class Outbox:
     def low_water_bytes(self) -> int:
         return int(self.capacity * self.low_water)
 
-    def _open_file(self) -> sqlite3.Connection | None:
-        """The database file, after moving a damaged one aside; None when the storage refuses
-        it (then the outbox runs volatile and retries later)."""
+    def _open_file(self) -> RecordLog | None:
+        """The file, its messages read into :attr:`_rows` (after moving a damaged one aside,
+        migrating an old SQLite outbox); None when the storage refuses it (then the outbox runs
+        volatile and retries later)."""
+        legacy = self.legacy
+        old = legacy is not None and os.path.lexists(legacy) and not os.path.lexists(self.path)
+        if old and legacy is not None and not self._migrate(legacy):
+            return None
         for _ in range(2):
             reason = "not a regular file" if not_a_file(self.path) else ""
             if not reason:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                    return self._connect(self.path)
-                except _DamagedError as err:
+                    log, records = RecordLog.open_with(self.path, MAGIC, _decode)
+                except LogDamagedError as err:
                     reason = str(err)
-                except (sqlite3.DatabaseError, OSError) as err:
-                    if isinstance(err, OSError) or not sqlite_damaged(err, opening=True):
+                except OSError as err:
+                    self.faults.storage_error(PART, err, f"open {self.path}")
+                    return None
+                else:
+                    try:
+                        if log.dropped_bytes:  # a crash in the middle of a commit
+                            self.torn += 1
+                        log.drop_tail()
+                    except OSError as err:
+                        log.close()
                         self.faults.storage_error(PART, err, f"open {self.path}")
                         return None
-                    reason = f"{type(err).__name__}: {err}"
+                    self._adopt(records)
+                    self._remove_legacy()
+                    return log
             moved = self.faults.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
             if moved is None:
                 return None
             self.recovered += 1
         return None
 
-    def _connect(self, target: str | Path) -> sqlite3.Connection:
-        """Open ``target`` (a path, or ``:memory:``), check it and create the schema."""
-        durable = target != ":memory:"
-        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
-        try:
-            if durable:
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    logger.warning("outbox %s: journal_mode is %s, not WAL", target, mode)
-                sync = "FULL" if self.synchronous_full else "NORMAL"
-                conn.execute(f"PRAGMA synchronous={sync}")
-                (check,) = conn.execute("PRAGMA quick_check(1)").fetchone()
-                if check != "ok":
-                    raise _DamagedError(f"quick_check: {check}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise _DamagedError(f"schema version {version}, this build reads {SCHEMA_VERSION}")
-            conn.executescript(_SCHEMA)
-            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(messages)"))
-            if columns != _COLUMNS:
-                raise _DamagedError(f"a messages table with columns {columns}, not this outbox's")
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    def _adopt(self, records: list[_Record]) -> None:
+        """Hold the messages the file's ``records`` say (after anything held before: a volatile
+        outbox's messages are renumbered after them by :meth:`_become_durable`)."""
+        rows: dict[int, _Row] = {}
+        for kind, row_id, row, ids in records:
+            if row is not None:
+                rows[row_id] = row
+            elif kind == _DELETE:
+                for gone in ids:
+                    rows.pop(gone, None)
+        for row_id in sorted(rows):  # in file order already: a check more than a sort
+            self._rows[row_id] = rows[row_id]
+        self._file_bytes = sum(FRAME.size + row.length for row in rows.values())
+        self._next_id = max(self._next_id, max(rows, default=0) + 1)
+        self._recount()
+
+    def _migrate(self, legacy: Path) -> bool:
+        """Write an old SQLite outbox's messages to the new file and delete it (a damaged one
+        is moved aside). False when the storage refuses it."""
+        import sqlite3  # noqa: PLC0415  (only to migrate: a node keeps no SQLite otherwise)
+
+        reason = "not a regular file" if not_a_file(legacy) else ""
+        records: list[bytes] = []
+        if not reason:
+            try:
+                with contextlib.closing(sqlite3.connect(legacy)) as conn:
+                    (check,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+                    if check != "ok":
+                        raise sqlite3.DatabaseError(f"quick_check: {check}")
+                    query = (
+                        "SELECT cls, topic, payload, retain, created, expires FROM messages "
+                        "ORDER BY id"
+                    )
+                    for n, (cls, topic, payload, retain, created, expires) in enumerate(
+                        conn.execute(query), start=1
+                    ):
+                        row = _Row(cls, topic, bool(retain), created, expires, 0, None)
+                        records.append(_put_record(n, row, bytes(payload)))
+            except sqlite3.DatabaseError as err:
+                if not sqlite_damaged(err, opening=True):
+                    self.faults.storage_error(PART, err, f"read {legacy}")
+                    return False
+                reason = f"{type(err).__name__}: {err}"
+        if reason:
+            moved = self.faults.move_aside(PART, legacy, reason, sidecars=SQLITE_SIDECARS)
+            if moved is None:
+                return False
+            self.recovered += 1
+            return True
+        try:  # all of it or nothing: the old database goes only once the new file is whole
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_log(self.path, MAGIC, records)
+        except OSError as err:
+            self.faults.storage_error(PART, err, f"write {self.path}")
+            return False
+        self.migrated = len(records)
+        logger.info("outbox: %d message(s) moved from %s to %s", len(records), legacy, self.path)
+        return True
+
+    def _remove_legacy(self) -> None:
+        """The old SQLite outbox, once its messages are in the file (or it was moved aside)."""
+        if self.legacy is None:
+            return
+        for suffix in ("", *SQLITE_SIDECARS):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.legacy}{suffix}")
 
     def _recount(self) -> None:
-        rows, size = self._conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM messages"
-        ).fetchone()
-        self.depth_rows = rows
-        self.depth_bytes = size
+        self.depth_rows = len(self._rows)
+        self.depth_bytes = sum(row.size for row in self._rows.values())
 
     # Damage and storage errors --------------------------------------------------------------
-    def _failed(self, err: sqlite3.DatabaseError, action: str) -> None:
-        """A statement failed: roll the transaction back, then move a damaged database aside
-        and start fresh, or count a storage error. The transaction's new messages are lost."""
-        with contextlib.suppress(sqlite3.DatabaseError):
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-        self.lost += len(self._txn_live)
-        had_txn_rows = bool(self._txn_live)
+    def _failed(self, err: OSError, action: str) -> None:
+        """A write failed (the storage refused it): the transaction's new messages are lost, a
+        storage error is counted; the file is as it was before the write."""
+        lost = [row_id for row_id in self._txn_live if row_id in self._rows]
+        for row_id in lost:
+            row = self._rows.pop(row_id)
+            self.depth_rows -= 1
+            self.depth_bytes -= row.size
+        self.lost += len(lost)
         self._txn_reset()
-        if had_txn_rows:
+        if lost:
             self.on_connection_lost()  # rows in flight may be gone: resend what is left
-        if sqlite_damaged(err, opening=False):
-            self._start_fresh(f"{type(err).__name__}: {err} (while trying to {action})")
-            return
         self.faults.storage_error(PART, err, action)
         if not self.volatile:
             self.commit_failing = True
             self._retry_at = time.monotonic() + self.retry_interval_s
-        try:
-            self._recount()
-        except sqlite3.DatabaseError as again:
-            if sqlite_damaged(again, opening=False):
-                self._start_fresh(f"{type(again).__name__}: {again}")
 
     def _start_fresh(self, reason: str) -> None:
-        """The open database turned out damaged: close it, move it aside, open a new one."""
-        lost = self.depth_rows
-        with contextlib.suppress(sqlite3.DatabaseError):
-            self._conn.close()
-        conn = None
+        """The open file turned out damaged: close it, move it aside, open a new one."""
+        self.lost += self.depth_rows
+        if self._log is not None:
+            self._log.close()
+        self._log = None
+        self._rows.clear()
+        self._file_bytes = 0
+        self._txn_reset()
         if not self.volatile:
             moved = self.faults.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
             if moved is not None:
                 self.recovered += 1
-                conn = self._open_file()
-        self.volatile = conn is None
-        self._conn = conn if conn is not None else self._connect(":memory:")
+                self._log = self._open_file()
+        self.volatile = self._log is None
         self.commit_failing = False
-        self.lost += lost
         self.on_connection_lost()
         self._recount()
 
     def _retry(self) -> None:
         """Every ``retry_interval_s`` while the storage refused us: a volatile outbox tries the
-        file again (and moves its rows there); a failing one probes with a small write."""
+        file again (and moves its messages there); a failing one probes with a small write."""
         now = time.monotonic()
         if now < self._retry_at:
             return
@@ -351,56 +462,65 @@ class Outbox:
         if self.volatile:
             self._become_durable()
             return
+        assert self._log is not None
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self._conn.execute("COMMIT")
-        except sqlite3.DatabaseError as err:
+            self._log.append([_PROBE], sync=self.synchronous_full)
+        except OSError as err:
             self._failed(err, "write (a probe)")
             return
         self.commit_failing = False
         self.faults.storage_ok(PART)
 
     def _become_durable(self) -> None:
-        conn = self._open_file()
-        if conn is None:
+        before = (dict(self._rows), self._next_id)
+        held = list(self._rows.values())
+        self._rows.clear()
+        self._next_id = 1
+        log = self._open_file()
+        if log is None:  # back as they were
+            self._rows, self._next_id = before
+            self._recount()
             return
-        rows = self._conn.execute(
-            "SELECT cls, topic, payload, retain, created, expires, size FROM messages ORDER BY id"
-        ).fetchall()
+        moved: list[tuple[int, _Row]] = []
+        for row in held:  # after what the file holds, under new ids
+            moved.append((self._next_id, row))
+            self._next_id += 1
+        base = log.size
+        records = [_put_record(row_id, row, row.payload or b"") for row_id, row in moved]
         try:
-            conn.execute("BEGIN")
-            conn.executemany(
-                "INSERT INTO messages (cls, topic, payload, retain, created, expires, size) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            conn.execute("COMMIT")
-        except sqlite3.DatabaseError as err:
-            conn.close()
+            log.append(records, sync=self.synchronous_full)
+        except OSError as err:
+            log.close()
+            self._rows, self._next_id = before
+            self._file_bytes = 0
+            self._recount()
             self.faults.storage_error(PART, err, f"copy the messages in memory to {self.path}")
             return
-        self._conn.close()
-        self._conn = conn
+        for (row_id, row), record in zip(moved, records, strict=True):
+            row.payload, row.at, row.length = None, base, len(record)
+            base += FRAME.size + len(record)
+            self._file_bytes += FRAME.size + len(record)
+            self._rows[row_id] = row
+        self._log = log
         self.volatile = False
         self._txn_reset()
-        self.on_connection_lost()  # the rows have new ids: the window starts again
+        self.on_connection_lost()  # the messages have new ids: the window starts again
         self._recount()
         self.faults.storage_ok(PART)
         logger.info(
-            "outbox %s: on disk again, %d message(s) moved there from memory", self.path, len(rows)
+            "outbox %s: on disk again, %d message(s) moved there from memory", self.path, len(held)
         )
 
     # Writing --------------------------------------------------------------------------------
     def put(self, topic: str, payload: bytes, cls: str, *, retain: bool = False) -> int | None:
-        """Store one message; returns its row id, or None when a drop-oldest class had no room.
+        """Store one message; returns its id, or None when a drop-oldest class had no room.
 
         Raises :class:`OutboxFullError` when a keep class does not fit.
         """
         policy = self.policies.get(cls)
         if policy is None:
             raise EdgeAgentError(f"unknown outbox class {cls!r}; known: {sorted(self.policies)}")
-        size = len(payload) + len(topic.encode())  # SQLite's own overhead is not counted
+        size = len(payload) + len(topic.encode())  # the records' own overhead is not counted
         limit = self.capacity
         if size > limit:
             self.refused += 1
@@ -424,32 +544,21 @@ class Outbox:
                 f"outbox full: {self.depth_bytes} of {limit} bytes used by messages that "
                 f"must be kept; a {size}-byte {cls} message was refused"
             )
-        try:
-            self._begin()
-            cur = self._conn.execute(
-                "INSERT INTO messages (cls, topic, payload, retain, created, expires, size) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (cls, topic, bytes(payload), int(retain), now, now + policy.ttl_s, size),
-            )
-        except sqlite3.DatabaseError as err:
-            self._failed(err, "store a message")
-            self.lost += 1
-            raise OutboxStorageError(f"outbox {self.path}: cannot store a {cls}: {err}") from err
-        if cur.lastrowid is None:
-            raise EdgeAgentError("SQLite did not report the new outbox row id")
-        if not self._txn_live and not self._txn_first_id:
-            self._txn_first_id = cur.lastrowid
-        self._txn_live.add(cur.lastrowid)
+        self._begin()
+        row_id = self._next_id
+        self._next_id += 1
+        self._rows[row_id] = _Row(cls, topic, retain, now, now + policy.ttl_s, size, bytes(payload))
+        self._txn_live.add(row_id)
         if policy.durable:
             self._durable_pending = True
         self.stored += 1
         self.depth_rows += 1
         self.depth_bytes += size
         self._wrote()
-        return cur.lastrowid
+        return row_id
 
     def _make_room(self, size: int, own_cls: str | None, now: float) -> None:
-        """Expire, then drop oldest rows of drop-oldest classes until ``size`` fits."""
+        """Expire, then drop oldest messages of drop-oldest classes until ``size`` fits."""
         self.expire(now)
         if own_cls is not None:
             victims = [own_cls]
@@ -459,50 +568,40 @@ class Outbox:
         for name in victims:
             if self.depth_bytes + size <= limit:
                 return
-            rows = self._select("SELECT id, size FROM messages WHERE cls = ? ORDER BY id", (name,))
-            doomed: list[tuple[int]] = []
+            doomed: list[int] = []
             freed = 0
-            for row_id, row_size in rows:
-                if row_id in self._inflight_rows:
+            for row_id, row in self._rows.items():
+                if row.cls != name or row_id in self._inflight_rows:
                     continue
-                doomed.append((row_id,))
-                freed += row_size
+                doomed.append(row_id)
+                freed += row.size
                 if self.depth_bytes - freed + size <= limit:
                     break
             if doomed:
-                self._delete(doomed, freed)
+                self._delete(doomed)
                 self.dropped += len(doomed)
 
-    def _select(self, sql: str, params: tuple[object, ...]) -> list[Any]:
-        """Rows of a query; none when the database failed (handled by :meth:`_failed`)."""
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as err:
-            self._failed(err, "read messages")
-            return []
-
-    def _delete(self, ids: list[tuple[int]], size: int) -> None:
-        try:
-            self._begin()
-            self._conn.executemany("DELETE FROM messages WHERE id = ?", ids)
-        except sqlite3.DatabaseError as err:
-            self._failed(err, "delete messages")  # they stay, and are sent again: at-least-once
-            return
-        for (row_id,) in ids:
+    def _delete(self, ids: list[int]) -> None:
+        self._begin()
+        for row_id in ids:
+            row = self._rows.pop(row_id, None)
+            if row is None:
+                continue
             if row_id in self._txn_live:
-                self._txn_live.discard(row_id)
-            else:
-                self._txn_keep = True  # a committed row deleted: keep that
-        self.depth_rows -= len(ids)
-        self.depth_bytes -= size
+                self._txn_live.discard(row_id)  # never written: nothing to undo in the file
+            elif row.at >= 0:
+                self._txn_dead.append(row_id)  # a committed message deleted: keep that
+                self._file_bytes -= FRAME.size + row.length
+            self.depth_rows -= 1
+            self.depth_bytes -= row.size
         self._wrote(len(ids))
         if self.full_alarm and self.depth_bytes <= self.low_water_bytes:
             self.full_alarm = False
             logger.info("outbox %s is below its low-water mark again", self.path)
 
     def _begin(self) -> None:
-        if not self._conn.in_transaction:
-            self._conn.execute("BEGIN")
+        if not self._txn_open:
+            self._txn_open = True
             self._txn_started = time.monotonic()
             self._writes = 0
 
@@ -516,15 +615,16 @@ class Outbox:
             self.flush()
 
     def _txn_reset(self) -> None:
+        self._txn_open = False
         self._txn_live.clear()
-        self._txn_first_id = 0
-        self._durable_pending = self._txn_keep = False
+        self._txn_dead.clear()
+        self._durable_pending = False
         self._writes = 0
 
     def commit_due(self) -> None:
         """Commit when the open transaction holds a durable message or the relaxed interval
         has passed (the FleetLink calls this at the end of every tick). Never raises."""
-        relaxed_only = self._conn.in_transaction and not self._durable_pending
+        relaxed_only = self._txn_open and not self._durable_pending
         if relaxed_only and time.monotonic() - self._txn_started < self.relaxed_commit_interval_s:
             if self.volatile or self.commit_failing:
                 self._retry()
@@ -534,32 +634,30 @@ class Outbox:
     def flush(self) -> None:
         """Commit everything written so far. Messages put before this call are now durable.
 
-        A transaction whose rows were all acknowledged, and that changed nothing committed
-        before, is rolled back instead: nothing of it needs to reach storage.
-        Never raises for the storage: a failed commit is counted (see the module docstring).
-        While the storage refuses writes, this is also where they are retried.
+        A transaction whose messages were all acknowledged or are still in flight, and that
+        deleted nothing committed before, writes nothing (a ``rollback``; the ones in flight
+        stay in the next transaction). Never raises for the storage: a failed commit is counted
+        (see the module docstring). While the storage refuses writes, this is also where they
+        are retried.
         """
         if self.volatile:
             self._retry()  # to the file, with what is in memory (committed or not)
-        if self._conn.in_transaction:
-            keep = self._txn_keep or self._durable_pending
+        if self._txn_open:
+            keep = bool(self._txn_dead) or self._durable_pending
             carry = [] if keep else [r for r in self._txn_live if r in self._inflight_rows]
-            needless = not keep and len(carry) == len(self._txn_live)
-            try:
-                rows = self._carried(carry)
-                self._conn.execute("ROLLBACK" if needless else "COMMIT")
-            except sqlite3.DatabaseError as err:
-                self._failed(err, "commit")
-                return
-            if needless:
+            if not keep and len(carry) == len(self._txn_live):
                 self.rollbacks += 1
-                if self._txn_first_id:  # its row ids are free again: send them when reused
-                    self._cursor = min(self._cursor, self._txn_first_id - 1)
                 self._txn_reset()
-                if rows:
-                    self._carry_over(rows)
+                if carry:  # in flight, not yet acknowledged: still held, in a new transaction
+                    self._begin()
+                    self._txn_live.update(carry)
                     return
             else:
+                try:
+                    self._commit()
+                except OSError as err:
+                    self._failed(err, "commit")
+                    return
                 self.commits += 1
             if self.commit_failing:
                 self.commit_failing = False
@@ -568,55 +666,69 @@ class Outbox:
             self._retry()  # nothing to commit: probe with a small write when due
         self._txn_reset()
 
-    def _carried(self, row_ids: list[int]) -> list[tuple[Any, ...]]:
-        """The rows of relaxed messages still in flight, read before a rollback drops them."""
-        if not row_ids:
-            return []
-        rows: list[tuple[Any, ...]] = []
-        for row_id in sorted(row_ids):
-            rows.extend(
-                self._conn.execute(
-                    "SELECT id, cls, topic, payload, retain, created, expires, size "
-                    "FROM messages WHERE id = ?",
-                    (row_id,),
-                ).fetchall()
-            )
-        return rows
+    def _commit(self) -> None:
+        """Append the transaction: its messages still held, the deletions of committed ones.
+        Raises :class:`OSError` (nothing was written)."""
+        log = self._log
+        if log is None:  # volatile: the messages stay in memory
+            return
+        live = sorted(self._txn_live)
+        records = [
+            _put_record(row_id, self._rows[row_id], self._payload(row_id)) for row_id in live
+        ]
+        if self._txn_dead:
+            records.append(_DELETE + struct.pack(f"<{len(self._txn_dead)}Q", *self._txn_dead))
+        base = log.size
+        log.append(records, sync=self.synchronous_full)
+        for row_id, record in zip(live, records, strict=False):
+            row = self._rows[row_id]
+            row.payload, row.at, row.length = None, base, len(record)
+            base += FRAME.size + len(record)
+            self._file_bytes += FRAME.size + len(record)
+        self._txn_reset()
+        if log.size > max(COMPACT_MIN_BYTES, 2 * self._file_bytes):
+            self._compact(log)
 
-    def _carry_over(self, rows: list[tuple[Any, ...]]) -> None:
-        """After a rollback: the relaxed messages that were in flight (sent, not yet acked) go
-        into a new transaction, under new ids that their in-flight entries now point to. So a
-        broker that goes away before acknowledging them still finds them here."""
-        by_row = {entry.row_id: handle for handle, entry in self._inflight.items()}
+    def _compact(self, log: RecordLog) -> None:
+        """Rewrite the file with the messages it holds only (crash safely); a failure leaves
+        it as it was (counted)."""
+        committed = [(row_id, row) for row_id, row in self._rows.items() if row.at >= 0]
+
+        def records() -> Iterator[bytes]:
+            for _, row in committed:
+                yield log.read(row.at, row.length)
+
         try:
-            self._begin()
-            for old_id, cls, topic, payload, retain, created, expires, size in rows:
-                cur = self._conn.execute(
-                    "INSERT INTO messages (cls, topic, payload, retain, created, expires, size) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (cls, topic, payload, retain, created, expires, size),
-                )
-                new_id = cur.lastrowid
-                assert new_id is not None
-                if not self._txn_first_id:
-                    self._txn_first_id = new_id
-                self._txn_live.add(new_id)
-                self._cursor = max(self._cursor, new_id)  # already sent
-                handle = by_row.get(old_id)
-                if handle is not None:
-                    self._inflight[handle] = _Inflight(new_id, size, topic)
-                self._inflight_rows.discard(old_id)
-                self._inflight_rows.add(new_id)
-        except sqlite3.DatabaseError as err:
-            self._failed(err, "carry messages in flight over")
+            log.rewrite(records(), sync=True)
+        except OSError as err:
+            self.faults.storage_error(PART, err, f"compact {self.path}")
+            return
+        except LogDamagedError as err:
+            self._start_fresh(f"{err} (while compacting)")
+            return
+        at = len(MAGIC)
+        for _, row in committed:
+            row.at = at
+            at += FRAME.size + row.length
+        self._file_bytes = at - len(MAGIC)
+        self.compactions += 1
+
+    def _payload(self, row_id: int) -> bytes:
+        """A message's payload: in memory, or read from the file. Raises
+        :class:`LogDamagedError` when its record there is damaged, :class:`OSError`."""
+        row = self._rows[row_id]
+        if row.payload is not None:
+            return row.payload
+        assert self._log is not None
+        return _payload_of(self._log.read(row.at, row.length), row)
 
     # Sending --------------------------------------------------------------------------------
     def pump(self, send: Send) -> int:
-        """Send stored rows, oldest first, while the in-flight window has room.
+        """Send stored messages, oldest first, while the in-flight window has room.
 
         Returns how many were sent. Stops at the first ``send`` that returns None (not
         connected). An :class:`EdgeAgentError` from ``send`` (e.g. an invalid topic) rejects that
-        row for good.
+        message for good.
         """
         now = self._clock()
         if now >= self._next_expire:
@@ -626,38 +738,59 @@ class Outbox:
         self.commit_due()  # a durable message is committed before it is sent
         sent = 0
         while len(self._inflight) < self.max_inflight:
-            rows = self._select(
-                "SELECT id, topic, payload, retain, expires, size FROM messages "
-                "WHERE id > ? ORDER BY id LIMIT ?",
-                (self._cursor, self.max_inflight - len(self._inflight)),
-            )
-            if not rows:
+            batch = self._after(self._cursor, self.max_inflight - len(self._inflight))
+            if not batch:
                 break
-            for row_id, topic, payload, retain, expires, size in rows:
-                if row_id in self._inflight_rows:
+            for row_id in batch:
+                row = self._rows.get(row_id)
+                if row is None or row_id in self._inflight_rows:
                     self._cursor = row_id
                     continue
-                if expires <= now:
+                if row.expires <= now:
                     self._cursor = row_id
-                    self._delete([(row_id,)], size)
+                    self._delete([row_id])
                     self.expired += 1
                     continue
                 try:
-                    handle = send(topic, payload, bool(retain))
+                    payload = self._payload(row_id)
+                except (LogDamagedError, OSError) as err:
+                    self._unreadable(err)
+                    return sent
+                try:
+                    handle = send(row.topic, payload, row.retain)
                 except EdgeAgentError as err:
-                    logger.error("outbox: rejecting row %d for %s: %s", row_id, topic, err)
+                    logger.error("outbox: rejecting row %d for %s: %s", row_id, row.topic, err)
                     self._cursor = row_id
-                    self._delete([(row_id,)], size)
+                    self._delete([row_id])
                     self.rejected += 1
                     continue
                 if handle is None:
                     return sent
                 self._cursor = row_id
-                self._inflight[handle] = _Inflight(row_id, size, topic)
+                self._inflight[handle] = _Inflight(row_id, row.size, row.topic)
                 self._inflight_rows.add(row_id)
                 self.sent += 1
                 sent += 1
         return sent
+
+    def _after(self, cursor: int, n: int) -> list[int]:
+        """The ids of the first ``n`` messages after ``cursor``, oldest first. Those at or
+        before it are the ones in flight (and kept for quota): a short walk."""
+        out: list[int] = []
+        for row_id in self._rows:
+            if row_id > cursor:
+                out.append(row_id)
+                if len(out) >= n:
+                    break
+        return out
+
+    def _unreadable(self, err: LogDamagedError | OSError) -> None:
+        """A message's record could not be read back: damage starts a fresh file; an I/O
+        error is a storage error (the message stays and is tried again)."""
+        if isinstance(err, LogDamagedError):
+            self._start_fresh(f"{err} (while reading a message to send)")
+        else:
+            self.faults.storage_error(PART, err, "read a message")
 
     def topic_in_flight(self, handle: Hashable) -> str | None:
         """The topic of the message in flight under ``handle`` (None: not one of ours)."""
@@ -665,7 +798,7 @@ class Outbox:
         return None if entry is None else entry.topic
 
     def on_ack(self, handle: Hashable, reason_code: int = 0) -> bool:
-        """A PUBACK arrived; delete the row. False when ``handle`` is not one of ours."""
+        """A PUBACK arrived; delete the message. False when ``handle`` is not one of ours."""
         entry = self._inflight.pop(handle, None)
         if entry is None:
             return False
@@ -677,7 +810,7 @@ class Outbox:
             self._log_refusal(entry.row_id, reason_code)
         else:
             self.acked += 1
-        self._delete([(entry.row_id,)], entry.size)
+        self._delete([entry.row_id])
         return True
 
     def _log_refusal(self, row_id: int, code: int) -> None:
@@ -722,21 +855,23 @@ class Outbox:
         self._refusals.clear()
 
     def on_connection_lost(self) -> None:
-        """Forget the in-flight window: every unacked row is sent again, oldest first."""
+        """Forget the in-flight window: every unacked message is sent again, oldest first."""
         self._inflight.clear()
         self._inflight_rows.clear()
         self._cursor = 0
 
     def expire(self, now: float | None = None) -> int:
-        """Delete rows past their TTL (not those in flight); returns how many."""
+        """Delete messages past their TTL (not those in flight); returns how many."""
         now = self._clock() if now is None else now
         self._next_expire = now + self.expire_every_s
-        rows = self._select("SELECT id, size FROM messages WHERE expires <= ?", (now,))
-        doomed = [(row_id,) for row_id, _ in rows if row_id not in self._inflight_rows]
+        doomed = [
+            row_id
+            for row_id, row in self._rows.items()
+            if row.expires <= now and row_id not in self._inflight_rows
+        ]
         if not doomed:
             return 0
-        size = sum(s for row_id, s in rows if row_id not in self._inflight_rows)
-        self._delete(doomed, size)
+        self._delete(doomed)
         self.expired += len(doomed)
         return len(doomed)
 
@@ -744,8 +879,14 @@ class Outbox:
     def payloads(self) -> Iterator[bytes]:
         """Every stored message's payload, oldest first (at start: the FleetLink reads the
         newest session number any of them carries)."""
-        for (payload,) in self._select("SELECT payload FROM messages ORDER BY id", ()):
-            yield bytes(payload)
+        for row_id in list(self._rows):
+            if row_id not in self._rows:
+                continue
+            try:
+                yield self._payload(row_id)
+            except (LogDamagedError, OSError) as err:
+                self._unreadable(err)
+                return
 
     @property
     def inflight(self) -> int:
@@ -778,6 +919,8 @@ class Outbox:
             else 0.0,
             "commits": self.commits,
             "rollbacks": self.rollbacks,
+            "torn": self.torn,
+            "file_bytes": self._log.size if self._log is not None else 0,
         }
 
     def close(self) -> None:
@@ -785,7 +928,8 @@ class Outbox:
         try:
             self.flush()
         finally:
-            self._conn.close()
+            if self._log is not None:
+                self._log.close()
 
     def __enter__(self) -> Outbox:
         return self

@@ -100,7 +100,7 @@ def memory_link(
 ) -> tuple[FleetLink, Outbox, MemoryTransport]:
     """A node's FleetLink with its SQLite outbox (under ``root/node_id``) on ``broker``, on the
     test's clock; the caller starts it."""
-    outbox = Outbox(root / node_id / "outbox.sqlite3", max_inflight=256)
+    outbox = Outbox(root / node_id / "outbox.log", max_inflight=256)
     transport = MemoryTransport(broker, f"ea-{node_id}", max_incoming=100_000)
     link = FleetLink(
         transport,

@@ -168,8 +168,9 @@ KEPT_OUT = (
     "edge_agent.core.per_agent_learning",
     "edge_agent.core.shared_learning",
     "edge_agent.core.surprise",
-    # docs/memory.md: SQLite and the fleet stack only with [mqtt] enabled; never the host tool.
-    "sqlite3",  # fleet.outbox and the nonce store: the only databases
+    # docs/memory.md: the fleet stack only with [mqtt] enabled; never the host tool. SQLite only
+    # to migrate the outbox and the nonce store of earlier versions (fleet/outbox.py, commands.py).
+    "sqlite3",
     "paho",  # fleet.comms.mqtt, when fleet.node builds a stack
     # daemon.ab_switch: the deployment manager when a deployment needs it (a node nothing was
     # deployed to, as the demo's fresh state directory, never builds it)

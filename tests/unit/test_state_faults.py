@@ -1,8 +1,8 @@
 """Runtime state heals itself: each store moves damaged state aside and starts fresh, and keeps
 working from memory when the storage refuses writes (a full disk).
 
-Real files throughout. A full disk is simulated in-process here (an ``ENOSPC``/``SQLITE_FULL``
-raised where the write would fail); ``tests/integration/daemon/test_state_recovery.py`` fills a real
+Real files throughout. A full disk is simulated in-process here (an ``ENOSPC``/``EIO`` raised
+where the write would fail); ``tests/integration/daemon/test_state_recovery.py`` fills a real
 tmpfs under a real daemon.
 """
 
@@ -28,7 +28,9 @@ from edge_agent.cli import run as cli_run
 from edge_agent.daemon import status as status_view
 from edge_agent.daemon.snapshots.store import SnapshotStore
 from edge_agent.errors import BundleError, ConfigError, EdgeAgentError, SnapshotError
+from edge_agent.fleet import commands as commands_module
 from edge_agent.fleet import link as link_module
+from edge_agent.fleet import outbox as outbox_module
 from edge_agent.fleet.commands import CommandVerifier, NonceStore
 from edge_agent.fleet.comms.memory import MemoryBroker, MemoryTransport
 from edge_agent.fleet.deploy import DeployManager
@@ -42,6 +44,7 @@ from edge_agent.fleet.protocol import (
     ResultCode,
     encode,
 )
+from edge_agent.fleet.record_log import RecordLog
 from edge_agent.state_faults import Recovery, StateFaults, StorageNotice
 
 NOW = 1_800_000_000.0
@@ -79,37 +82,6 @@ def sqlite_error(code: int, message: str) -> sqlite3.DatabaseError:
     err = cls(message)
     err.sqlite_errorcode = code  # type: ignore[attr-defined]
     return err
-
-
-class FailingConn:
-    """A SQLite connection whose statements matching ``fail_on`` raise ``error`` (a full disk or
-    corruption found while running), passing everything else to the real one."""
-
-    def __init__(self, conn: sqlite3.Connection, fail_on: str, error: sqlite3.DatabaseError):
-        self.conn = conn
-        self.fail_on = fail_on
-        self.error = error
-        self.failures = 0
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if self.fail_on in sql:
-            self.failures += 1
-            if sql == "COMMIT" and self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")  # what SQLite does when a commit hits SQLITE_FULL
-            raise self.error
-        return self.conn.execute(sql, *args)
-
-    def executemany(self, sql: str, rows: Any) -> Any:
-        if self.fail_on in sql:
-            raise self.error
-        return self.conn.executemany(sql, rows)
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.conn.in_transaction
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 class Wire:
@@ -204,9 +176,9 @@ def test_state_faults_log_a_part_once_a_minute_and_fold_the_rest(
 
 
 # ----------------------------------------------------------------------------------- outbox
-@pytest.mark.parametrize("kind", ["random", "truncated", "empty_header", "directory"])
+@pytest.mark.parametrize("kind", ["random", "empty_header", "directory"])
 def test_a_damaged_outbox_is_moved_aside_and_a_fresh_one_works(tmp_path: Path, kind: str) -> None:
-    path = tmp_path / "outbox.sqlite3"
+    path = tmp_path / "outbox.log"
     with Outbox(path) as box:
         for i in range(400):
             box.put("t/x", os.urandom(300) + b"%d" % i, "event")
@@ -217,7 +189,7 @@ def test_a_damaged_outbox_is_moved_aside_and_a_fresh_one_works(tmp_path: Path, k
     assert not box.volatile
     assert box.depth_rows == 0
     assert faults.moved["outbox"] == 1
-    (moved,) = aside(tmp_path, "outbox.sqlite3")
+    (moved,) = aside(tmp_path, "outbox.log")
     if damaged is not None:
         assert moved.read_bytes() == damaged
     else:
@@ -236,19 +208,48 @@ def test_a_damaged_outbox_is_moved_aside_and_a_fresh_one_works(tmp_path: Path, k
         assert again.depth_rows == 0
 
 
+def test_a_truncated_outbox_keeps_the_messages_before_the_cut(tmp_path: Path) -> None:
+    """A file cut short is what a crash in the middle of a commit leaves: the torn record is
+    dropped (counted, logged), every whole record before it is kept, nothing is moved aside."""
+    path = tmp_path / "outbox.log"
+    with Outbox(path, commit_every=1) as box:  # one record a commit
+        for i in range(400):
+            box.put("t/x", os.urandom(300) + b"%d" % i, "event")
+    garbage(path, "truncated")
+    cut = path.stat().st_size
+    copy = tmp_path / "copy"
+    copy.write_bytes(path.read_bytes())
+    log, whole_records = RecordLog.open(copy, outbox_module.MAGIC)
+    log.close()
+    assert 100 < len(whole_records) < 400
+    faults = StateFaults()
+    with Outbox(path, faults=faults, max_inflight=1000) as box:
+        assert (box.recovered, box.torn) == (0, 1)
+        assert faults.moved["outbox"] == 0
+        assert box.depth_rows == len(whole_records)
+        wire = Wire()
+        assert box.pump(wire) == box.depth_rows
+        assert [p[300:] for p in wire.sent] == [b"%d" % i for i in range(box.depth_rows)]
+        assert path.stat().st_size < cut  # the torn tail is gone: new records follow whole ones
+        box.put("t/y", b"after", "event")
+    with Outbox(path, max_inflight=1000) as again:
+        assert again.torn == 0
+        assert list(again.payloads())[-1] == b"after"
+
+
 def test_corruption_found_while_running_starts_a_fresh_outbox(tmp_path: Path) -> None:
-    path = tmp_path / "outbox.sqlite3"
+    path = tmp_path / "outbox.log"
     faults = StateFaults()
     box = Outbox(path, faults=faults)
     box.put("t/x", b"one", "event")
     box.flush()
-    box._conn = FailingConn(  # type: ignore[assignment]
-        box._conn, "SELECT id, topic", sqlite_error(sqlite3.SQLITE_CORRUPT, "malformed")
-    )
-    assert box.pump(Wire()) == 0  # the read failed: moved aside, started fresh
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the committed message's last byte, behind the outbox's back
+    path.write_bytes(bytes(data))
+    assert box.pump(Wire()) == 0  # the read failed its CRC: moved aside, started fresh
     assert box.recovered == 1
     assert box.lost == 1
-    assert len(aside(tmp_path, "outbox.sqlite3")) == 1
+    assert len(aside(tmp_path, "outbox.log")) == 1
     box.put("t/x", b"two", "event")
     wire = Wire()
     assert box.pump(wire) == 1
@@ -258,18 +259,18 @@ def test_corruption_found_while_running_starts_a_fresh_outbox(tmp_path: Path) ->
 def test_a_full_disk_at_open_runs_the_outbox_in_memory_then_moves_it_to_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "outbox.sqlite3"
+    path = tmp_path / "outbox.log"
     with Outbox(path) as box:
         box.put("t/old", b"from before", "event")
-    real_connect = sqlite3.connect
+    real_open = RecordLog.open_with
     full = [True]
 
-    def connect(target: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
-        if full[0] and target != ":memory:":
-            raise sqlite_error(sqlite3.SQLITE_IOERR, "disk I/O error")
-        return real_connect(target, *args, **kwargs)
+    def open_with(*args: Any, **kwargs: Any) -> Any:
+        if full[0]:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(*args, **kwargs)
 
-    monkeypatch.setattr(sqlite3, "connect", connect)
+    monkeypatch.setattr(outbox_module.RecordLog, "open_with", open_with)
     faults = StateFaults()
     box = Outbox(path, max_bytes=64 * 1024 * 1024, faults=faults, retry_interval_s=0.0)
     assert box.volatile
@@ -287,16 +288,29 @@ def test_a_full_disk_at_open_runs_the_outbox_in_memory_then_moves_it_to_disk(
     assert box.pump(wire) == 2
     assert wire.sent == [b"from before", b"while full"]
     box.close()
+    with Outbox(path) as again:  # and it is in the file
+        assert list(again.payloads()) == [b"from before", b"while full"]
+
+
+def refuse_writes(box: Outbox) -> None:
+    """The outbox's file refuses every append from now on (a full disk)."""
+
+    def append(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    box._log.append = append  # type: ignore[method-assign,union-attr]
+
+
+def accept_writes(box: Outbox) -> None:
+    del box._log.append  # type: ignore[union-attr]  # the class's again: space again
 
 
 def test_a_commit_refused_for_space_loses_that_batch_and_keeps_sending(tmp_path: Path) -> None:
     faults = StateFaults()
-    box = Outbox(tmp_path / "outbox.sqlite3", faults=faults, retry_interval_s=3600.0)
+    box = Outbox(tmp_path / "outbox.log", faults=faults, retry_interval_s=3600.0)
     box.put("t/x", b"committed", "event")
     box.flush()
-    real = box._conn
-    failing = FailingConn(real, "COMMIT", sqlite_error(sqlite3.SQLITE_FULL, "disk is full"))
-    box._conn = failing  # type: ignore[assignment]
+    refuse_writes(box)
     box.put("t/x", b"lost 1", "event")
     box.put("t/x", b"lost 2", "telemetry")
     box.flush()  # no exception: counted
@@ -307,7 +321,7 @@ def test_a_commit_refused_for_space_loses_that_batch_and_keeps_sending(tmp_path:
     wire = Wire()
     assert box.pump(wire) == 1  # what was committed before still goes out
     assert wire.sent == [b"committed"]
-    box._conn = real  # type: ignore[assignment]  # space again
+    accept_writes(box)
     box.put("t/x", b"next", "event")
     box.flush()
     assert not box.commit_failing
@@ -317,10 +331,8 @@ def test_a_commit_refused_for_space_loses_that_batch_and_keeps_sending(tmp_path:
 
 def test_a_failing_outbox_probes_the_storage_until_it_takes_writes_again(tmp_path: Path) -> None:
     faults = StateFaults()
-    box = Outbox(tmp_path / "outbox.sqlite3", faults=faults, retry_interval_s=0.0)
-    real = box._conn
-    full = sqlite_error(sqlite3.SQLITE_FULL, "database or disk is full")
-    box._conn = FailingConn(real, "COMMIT", full)  # type: ignore[assignment]
+    box = Outbox(tmp_path / "outbox.log", faults=faults, retry_interval_s=0.0)
+    refuse_writes(box)
     box.put("t/x", b"lost", "event")
     box.flush()
     assert box.commit_failing
@@ -331,7 +343,7 @@ def test_a_failing_outbox_probes_the_storage_until_it_takes_writes_again(tmp_pat
     box.flush()  # an open transaction is committed (and fails), never probed over
     assert faults.errors["outbox"] == 3
     assert box.lost == 2
-    box._conn = real  # type: ignore[assignment]
+    accept_writes(box)
     box.flush()  # the probe succeeds
     assert not box.commit_failing
     assert not faults.failing("outbox")
@@ -360,7 +372,7 @@ def verifier(store: NonceStore, now: Callable[[], float]) -> CommandVerifier:
 
 @pytest.mark.parametrize("kind", ["random", "truncated", "directory"])
 def test_a_lost_nonce_store_refuses_what_it_may_have_obeyed(tmp_path: Path, kind: str) -> None:
-    path = tmp_path / "command_nonces.sqlite3"
+    path = tmp_path / "command_nonces.log"
     now = [NOW]
     store = NonceStore(path, clock=lambda: now[0], lost_floor_s=600)
     old = signed(NOW + 60)
@@ -391,11 +403,11 @@ def test_a_lost_nonce_store_refuses_what_it_may_have_obeyed(tmp_path: Path, kind
 
 
 def test_a_missing_nonce_store_is_lost_only_when_the_node_ran_before(tmp_path: Path) -> None:
-    first = NonceStore(tmp_path / "a.sqlite3", clock=lambda: NOW, missing_is_lost=False)
+    first = NonceStore(tmp_path / "a.log", clock=lambda: NOW, missing_is_lost=False)
     assert first.replay_floor == 0.0
     first.close()
     deleted = NonceStore(
-        tmp_path / "b.sqlite3", clock=lambda: NOW, missing_is_lost=True, lost_floor_s=3600
+        tmp_path / "b.log", clock=lambda: NOW, missing_is_lost=True, lost_floor_s=3600
     )
     assert deleted.replay_floor == NOW + 3600
     assert deleted.lost.startswith("missing")
@@ -405,19 +417,17 @@ def test_a_missing_nonce_store_is_lost_only_when_the_node_ran_before(tmp_path: P
 def test_a_nonce_store_the_storage_refuses_fails_closed_then_recovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_connect = sqlite3.connect
+    real_open = RecordLog.open
     full = [True]
 
-    def connect(target: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+    def open_log(path: Path, magic: bytes) -> tuple[RecordLog, list[bytes]]:
         if full[0]:
-            raise sqlite_error(sqlite3.SQLITE_FULL, "database or disk is full")
-        return real_connect(target, *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, magic)
 
-    monkeypatch.setattr(sqlite3, "connect", connect)
+    monkeypatch.setattr(commands_module.RecordLog, "open", open_log)
     faults = StateFaults()
-    store = NonceStore(
-        tmp_path / "n.sqlite3", clock=lambda: NOW, faults=faults, retry_interval_s=0.0
-    )
+    store = NonceStore(tmp_path / "n.log", clock=lambda: NOW, faults=faults, retry_interval_s=0.0)
     assert not store.available
     busy = verifier(store, lambda: NOW).verify(signed(NOW + 60))
     assert busy is not None
@@ -431,12 +441,12 @@ def test_a_nonce_store_the_storage_refuses_fails_closed_then_recovers(
 
 
 def test_a_nonce_write_refused_for_space_refuses_the_command(tmp_path: Path) -> None:
-    store = NonceStore(tmp_path / "n.sqlite3", clock=lambda: NOW)
-    store._conn = FailingConn(  # type: ignore[assignment]
-        store._conn,  # type: ignore[arg-type]
-        "INSERT INTO nonces",
-        sqlite_error(sqlite3.SQLITE_FULL, "database or disk is full"),
-    )
+    store = NonceStore(tmp_path / "n.log", clock=lambda: NOW)
+
+    def full(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store._log.append = full  # type: ignore[method-assign,union-attr]
     cmd = signed(NOW + 60)
     outcome = verifier(store, lambda: NOW).verify(cmd)
     assert outcome is not None
@@ -457,7 +467,7 @@ class Mono:
 def make_link(root: Path, broker: MemoryBroker, faults: StateFaults, mono: Mono) -> FleetLink:
     return FleetLink(
         MemoryTransport(broker, f"ea-{NODE}"),
-        Outbox(root / "outbox.sqlite3"),
+        Outbox(root / "outbox.log"),
         NODE,
         FLEET,
         root,
@@ -538,7 +548,7 @@ def test_a_start_is_above_every_session_number_on_disk_the_outbox_included(
     """Sessions whose number could not be saved (a full disk) may have left messages in the
     outbox: the next session starts above the newest number any of them carries."""
     (tmp_path / STATE_FILE).write_text(json.dumps({"bdseq": 4}))
-    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    outbox = Outbox(tmp_path / "outbox.log")
     for bdseq in (5, 15, 9):
         env = Envelope(
             type="event", node=NODE, seq=1, bdseq=bdseq, ts=1.0, clock_synced=False,

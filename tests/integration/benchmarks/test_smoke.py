@@ -84,7 +84,7 @@ EXPECTED: dict[str, list[Record]] = {
     "bench_fleet.py": [
         ({"bench": "outbox_throughput", "mode": "bulk"}, ("msgs_per_s", "ratio_to_baseline")),
         ({"bench": "outbox_throughput", "mode": "per_tick"}, ("msgs_per_s", "ratio_to_baseline")),
-        ({"bench": "write_amplification"}, ("amplification", "sqlite_files_bytes_at_end")),
+        ({"bench": "write_amplification"}, ("amplification", "outbox_files_bytes_at_end")),
         ({"bench": "command_latency", "clients_tcp_nodelay": False}, ("p50_ms", "p99_ms")),
         ({"bench": "command_latency", "clients_tcp_nodelay": True}, ("p50_ms", "p99_ms")),
         *[({"bench": "reconnect", "case": case}, ("median_s", "max_s"))

@@ -22,7 +22,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent import fsutil
-from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.protocol import Command, CommandResult, ResultCode
 from edge_agent_host.fleetctl import FleetClient
 from tests.integration.daemon.test_daemon import Daemon, NotifySocket
@@ -35,6 +34,7 @@ from tests.integration.fleet.test_fleet_daemon import (
     wait_until,
 )
 from tests.support.broker import MosquittoBroker
+from tests.support.old_stores import old_outbox
 
 pytestmark = pytest.mark.integration
 __all__ = ["hub_key"]  # a fixture of test_fleet_daemon.py, used here
@@ -44,10 +44,11 @@ def _random(path: Path) -> None:
     path.write_bytes(os.urandom(6000))
 
 
-def _truncated_outbox(path: Path) -> None:
-    with Outbox(path) as box:
-        for i in range(300):
-            box.put("t/x", os.urandom(400) + b"%d" % i, "event")
+def _truncated_old_outbox(path: Path) -> None:
+    """The SQLite outbox of earlier versions, cut short: damaged, found when it is migrated."""
+    old_outbox(path, [("event", "t/x", os.urandom(400), False, 0.0, 4e9) for _ in range(300)])
+    for sidecar in fsutil.SQLITE_SIDECARS:  # checkpointed into the file when it closed
+        Path(f"{path}{sidecar}").unlink(missing_ok=True)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
 
@@ -67,10 +68,10 @@ def _garbled_json(path: Path) -> None:
 
 #: damage -> (file or directory in the state dir, how to damage it, the part that reports it)
 DAMAGE: dict[str, tuple[str, Callable[[Path], None], str]] = {
-    "outbox_random": ("outbox.sqlite3", _random, "outbox"),
-    "outbox_truncated": ("outbox.sqlite3", _truncated_outbox, "outbox"),
-    "nonces_random": ("command_nonces.sqlite3", _random, "nonces"),
-    "nonces_directory": ("command_nonces.sqlite3", _directory, "nonces"),
+    "outbox_random": ("outbox.log", _random, "outbox"),
+    "outbox_old_truncated": ("outbox.sqlite3", _truncated_old_outbox, "outbox"),
+    "nonces_random": ("command_nonces.log", _random, "nonces"),
+    "nonces_directory": ("command_nonces.log", _directory, "nonces"),
     "sequence_directory": ("fleet_link.json", _directory, "sequence"),
     "sequence_garbled": ("fleet_link.json", _garbled_json, "sequence"),
     "snapshots_file": ("snapshots", _file, "snapshots"),
@@ -182,7 +183,7 @@ def test_a_replayed_command_stays_refused_after_the_nonce_store_is_lost(
     node = Node(tmp_path, mosquitto, "pi-12", keys_dir=keys_dir)
     nodes.append(node)
     node.start()
-    db = node.state / "command_nonces.sqlite3"
+    db = node.state / "command_nonces.log"
     with hub_for(mosquitto, key, "pi-12") as hub:
         good = hub.make_command("pi-12", "ping", ttl_s=600)
         assert _answer(hub, good, "pi-12").code is ResultCode.OK
@@ -334,9 +335,11 @@ def test_a_full_disk_never_stops_ticking_or_reconnecting(
         connects = s["fleet"]["link"]["connects"]
         mosquitto.restart()
         s = wait_status(
-            lambda s: s["fleet"]["online"]
-            and s["fleet"]["link"]["connects"] > connects
-            and "sequence" not in s["state_files"]["storage_failing"],
+            lambda s: (
+                s["fleet"]["online"]
+                and s["fleet"]["link"]["connects"] > connects
+                and "sequence" not in s["state_files"]["storage_failing"]
+            ),
             "the sequence file saved once there is space",
         )
         saved = json.loads((state / "fleet_link.json").read_text())

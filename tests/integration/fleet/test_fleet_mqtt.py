@@ -87,7 +87,7 @@ def node_main(argv: list[str]) -> int:
         ),
         backoff=Backoff(initial_s=0.05, max_s=0.4, stable_after_s=1.0),
     )
-    outbox = Outbox(args.state_dir / "outbox.sqlite3", max_inflight=16)
+    outbox = Outbox(args.state_dir / "outbox.log", max_inflight=16)
     link = FleetLink(
         transport,
         outbox,

@@ -1,5 +1,6 @@
 """``edge_agent.daemon.footprint``: the daemon maps OpenSSL, and runs paho's proxy imports, only
-when it uses them.
+when it uses them; and the groups' MQTT I/O (``fleet/agent_io.py``) is imported only by a node
+whose groups have an MQTT source or sink.
 
 Each check runs in a fresh interpreter (a child process), since what it changes is which modules
 a process imports; the daemon itself is checked in ``tests/integration/fleet/test_fleet_daemon.py``
@@ -11,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from tests.integration.daemon.test_daemon import REPO
 
@@ -162,3 +164,50 @@ def test_urllib_request_runs_on_first_use_only() -> None:
         """
     )
     assert out.strip() == "ok"
+
+
+def test_a_node_without_mqtt_sources_or_sinks_never_imports_the_groups_mqtt_io(
+    tmp_path: Path,
+) -> None:
+    out = run_fresh(
+        f"""
+        import sys
+        from pathlib import Path
+        from edge_agent.config.daemon import ConfigFile, parse_config
+        from edge_agent.config.toml_lines import TomlDocument
+        from edge_agent.daemon.uplink import FleetUplink
+        from edge_agent.fleet.comms.base import Incoming
+        from edge_agent.fleet.protocol import Birth
+        text = '''[daemon]
+        profile = "x86-dev"
+        state_dir = "{tmp_path}"
+        [[groups]]
+        name = "grid"
+        model = {{ type = "builtin", name = "grid10" }}
+        count = 1
+        source = {{ type = "sim" }}
+        sink = {{ type = "sim" }}
+        [mqtt]
+        enabled = true
+        host = "127.0.0.1"
+        port = 1
+        node_id = "pi-1"
+        '''
+        config = parse_config(text.replace("\\n        ", "\\n"), "node.toml")
+        uplink = FleetUplink(
+            config,
+            ConfigFile(config, TomlDocument.parse("", "node.toml")),
+            Path({str(tmp_path)!r}),
+            birth=Birth(software_version="0", profile="x86-dev", budget_bytes=1, groups={{}}),
+            handlers={{}},
+            event=lambda *a, **k: None,
+        )
+        uplink.bind_sources([])
+        assert uplink.router is None
+        assert not uplink._claim(Incoming("plant/x/obs", b"", 1, False, 0))
+        print("edge_agent.fleet.agent_io" in sys.modules, "sqlite3" in sys.modules)
+        uplink.stop()
+        """
+    )
+    # Nor SQLite: the outbox and the nonce store are record logs (fleet/record_log.py).
+    assert out.split() == ["False", "False"]

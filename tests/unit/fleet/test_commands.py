@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from edge_agent.fleet.protocol import (
     decode,
     encode,
 )
+from edge_agent.state_faults import StateFaults
 
 FLEET = "unit"
 NODE = "pi-01"
@@ -67,7 +71,7 @@ def signed(
 
 @pytest.fixture
 def nonces(tmp_path: Path) -> Iterator[NonceStore]:
-    store = NonceStore(tmp_path / "nonces.sqlite3", max_entries=8, clock=lambda: NOW)
+    store = NonceStore(tmp_path / "nonces.log", max_entries=8, clock=lambda: NOW)
     yield store
     store.close()
 
@@ -158,7 +162,7 @@ def test_deploy_chunks_skip_signature_and_nonce_but_not_the_target(nonces: Nonce
 
 # ---------------------------------------------------------------------------------- nonce store
 def test_nonces_survive_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "n.sqlite3"
+    path = tmp_path / "n.log"
     first = NonceStore(path, clock=lambda: NOW)
     cmd = signed()
     assert verifier(first).verify(cmd) is None
@@ -174,7 +178,7 @@ def test_nonces_survive_a_reopen(tmp_path: Path) -> None:
 
 def test_nonce_store_is_bounded_and_forgets_only_expired_nonces(tmp_path: Path) -> None:
     now = [NOW]
-    store = NonceStore(tmp_path / "n.sqlite3", max_entries=3, clock=lambda: now[0])
+    store = NonceStore(tmp_path / "n.log", max_entries=3, clock=lambda: now[0])
     try:
         for i in range(3):
             assert store.record(bytes([i]) * 8, NOW + 10 * (i + 1))
@@ -189,6 +193,128 @@ def test_nonce_store_is_bounded_and_forgets_only_expired_nonces(tmp_path: Path) 
         assert store.seen(b"\x01" * 8)
     finally:
         store.close()
+
+
+def test_a_nonce_store_rewrites_itself_with_only_the_live_nonces(tmp_path: Path) -> None:
+    now = [NOW]
+    path = tmp_path / "n.log"
+    store = NonceStore(path, max_entries=1000, clock=lambda: now[0])
+    try:
+        for i in range(400):  # each lives 5 s: at most ~6 are live at once
+            now[0] = NOW + i
+            assert store.record(i.to_bytes(8, "big"), now[0] + 5)
+        # Compacted when it held 4 x the live nonces + 64 records: never more on disk.
+        assert store._log is not None
+        assert store._log.records <= 4 * 6 + 64
+        assert path.stat().st_size == store._log.size < (4 * 6 + 64) * 40
+    finally:
+        store.close()
+    again = NonceStore(path, clock=lambda: now[0])
+    try:
+        assert again.seen((399).to_bytes(8, "big"))
+        assert not again.seen((10).to_bytes(8, "big"))  # expired: not carried over
+        assert again.replay_floor == 0.0
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("cut", ["torn", "crc"])
+def test_a_damaged_tail_moves_the_file_aside_keeps_what_it_can_and_sets_a_floor(
+    tmp_path: Path, cut: str
+) -> None:
+    path = tmp_path / "n.log"
+    store = NonceStore(path, clock=lambda: NOW, lost_floor_s=600)
+    for i in range(5):
+        store.record(bytes([i]) * 16, NOW + 60)
+    store.close()
+    data = path.read_bytes()
+    if cut == "torn":  # a crash in the middle of the last append
+        path.write_bytes(data[:-7])
+    else:  # one bit of the last record's nonce flipped
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    faults = StateFaults()
+    store = NonceStore(path, clock=lambda: NOW, lost_floor_s=600, faults=faults)
+    try:
+        assert faults.moved["nonces"] == 1
+        assert store.lost.startswith("damaged (a record cut short or damaged at byte")
+        assert store.replay_floor == NOW + 600
+        assert all(store.seen(bytes([i]) * 16) for i in range(4))  # read before the damage
+        assert not store.seen(bytes([4]) * 16)
+        assert store.record(b"new-nonce", NOW + 700)
+    finally:
+        store.close()
+    again = NonceStore(path, clock=lambda: NOW, lost_floor_s=600, faults=faults)
+    try:
+        assert faults.moved["nonces"] == 1  # the fresh file is whole
+        assert again.replay_floor == NOW + 600
+        assert again.seen(b"new-nonce")
+        assert again.seen(bytes([3]) * 16)
+    finally:
+        again.close()
+
+
+def test_an_old_sqlite_nonce_store_is_migrated_once(tmp_path: Path) -> None:
+    import sqlite3
+
+    legacy = tmp_path / "command_nonces.sqlite3"
+    with contextlib.closing(sqlite3.connect(legacy)) as conn, conn:
+        conn.execute("CREATE TABLE nonces (nonce BLOB PRIMARY KEY, expires REAL NOT NULL)")
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value REAL)")
+        conn.executemany(
+            "INSERT INTO nonces VALUES (?, ?)",
+            [(b"live-one", NOW + 60), (b"live-two", NOW + 90), (b"gone-old", NOW - 1)],
+        )
+        conn.execute("INSERT INTO meta VALUES ('replay_floor', ?)", (NOW + 30,))
+    path = tmp_path / "command_nonces.log"
+    store = NonceStore(path, clock=lambda: NOW, legacy=legacy, missing_is_lost=True)
+    try:
+        assert store.migrated == 2
+        assert store.lost == ""  # the old store is not missing: it was moved over
+        assert store.replay_floor == NOW + 30
+        assert store.seen(b"live-one")
+        assert store.seen(b"live-two")
+        assert not store.seen(b"gone-old")
+        assert not legacy.exists()
+    finally:
+        store.close()
+    again = NonceStore(path, clock=lambda: NOW, legacy=legacy)
+    try:
+        assert again.migrated == 0
+        assert again.seen(b"live-two")
+        assert again.replay_floor == NOW + 30
+    finally:
+        again.close()
+
+
+def test_a_damaged_old_sqlite_nonce_store_is_a_loss(tmp_path: Path) -> None:
+    legacy = tmp_path / "command_nonces.sqlite3"
+    legacy.write_bytes(os.urandom(4096))
+    faults = StateFaults()
+    store = NonceStore(
+        tmp_path / "command_nonces.log",
+        clock=lambda: NOW,
+        legacy=legacy,
+        lost_floor_s=600,
+        faults=faults,
+    )
+    try:
+        assert faults.moved["nonces"] == 1
+        assert store.replay_floor == NOW + 600
+        assert store.available
+    finally:
+        store.close()
+
+
+def test_a_node_without_an_old_store_never_loads_sqlite(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from edge_agent.fleet.commands import NonceStore\n"
+        f"s = NonceStore({str(tmp_path / 'n.log')!r}, legacy={str(tmp_path / 'old')!r})\n"
+        "s.record(b'12345678', 2e9)\n"
+        "s.close()\n"
+        "assert 'sqlite3' not in sys.modules, 'sqlite3 was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 # ------------------------------------------------------------------------------------- dispatch
@@ -276,7 +402,7 @@ args_st = st.dictionaries(st.text(min_size=1, max_size=12), arg_values, max_size
 def test_any_signed_command_verifies_and_any_changed_byte_does_not(
     tmp_path: Path, name: str, args: dict[str, Any], ttl: float
 ) -> None:
-    store = NonceStore(tmp_path / f"{os.urandom(4).hex()}.sqlite3", clock=lambda: NOW)
+    store = NonceStore(tmp_path / f"{os.urandom(4).hex()}.log", clock=lambda: NOW)
     try:
         v = verifier(store)
         cmd = signed(name, args, expires=NOW + ttl)

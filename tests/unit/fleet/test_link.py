@@ -61,7 +61,7 @@ class Node:
         self.node_id = node_id
         self.mono = Mono()
         self.kw = kw
-        self.outbox = Outbox(self.root / "outbox.sqlite3", max_inflight=8)
+        self.outbox = Outbox(self.root / "outbox.log", max_inflight=8)
         self.transport = MemoryTransport(broker, f"ea-{node_id}")
         self.link = FleetLink(
             self.transport,

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import EdgeAgentError, ProtocolError
-from edge_agent.fleet.outbox import ClassPolicy, Outbox, OutboxFullError
+from edge_agent.fleet.outbox import MAGIC, ClassPolicy, Outbox, OutboxFullError, _decode
+from edge_agent.fleet.record_log import RecordLog
+from tests.support.old_stores import old_outbox
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -56,9 +58,22 @@ def clock() -> Clock:
 
 @pytest.fixture
 def outbox(tmp_path: Path, clock: Clock) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "outbox.sqlite3", max_inflight=4, clock=clock)
+    box = Outbox(tmp_path / "outbox.log", max_inflight=4, clock=clock)
     yield box
     box.close()
+
+
+def committed(path: Path) -> int:
+    """How many messages the outbox's file holds (what a crash would leave)."""
+    log, records = RecordLog.open_with(path, MAGIC, _decode)
+    log.close()
+    held: set[int] = set()
+    for kind, row_id, row, ids in records:
+        if row is not None:
+            held.add(row_id)
+        elif kind == b"D":
+            held.difference_update(ids)
+    return len(held)
 
 
 def msg(i: int, size: int = 10) -> bytes:
@@ -312,27 +327,18 @@ def test_survives_reopen(tmp_path: Path) -> None:
 def test_batched_commits(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path, commit_every=10, commit_interval_s=3600) as box:
-        reader = sqlite3.connect(path)
-        try:
-
-            def committed() -> int:
-                count: int = reader.execute("SELECT count(*) FROM messages").fetchone()[0]
-                return count
-
-            for i in range(9):
-                box.put("t", msg(i), "event")
-            assert committed() == 0
-            box.put("t", msg(9), "event")
-            assert committed() == 10
-            box.put("t", msg(10), "event")
-            assert committed() == 10
-            box.flush()
-            assert committed() == 11
-            box.put("t", msg(11), "event")
-            box.pump(FakeWire())  # nothing goes out before it is committed
-            assert committed() == 12
-        finally:
-            reader.close()
+        for i in range(9):
+            box.put("t", msg(i), "event")
+        assert committed(path) == 0
+        box.put("t", msg(9), "event")
+        assert committed(path) == 10
+        box.put("t", msg(10), "event")
+        assert committed(path) == 10
+        box.flush()
+        assert committed(path) == 11
+        box.put("t", msg(11), "event")
+        box.pump(FakeWire())  # nothing goes out before it is committed
+        assert committed(path) == 12
 
 
 def test_unknown_schema_and_garbage_are_moved_aside(tmp_path: Path) -> None:
@@ -379,7 +385,7 @@ WRITER = textwrap.dedent(
 
 
 def test_flushed_messages_survive_sigkill(tmp_path: Path) -> None:
-    path = tmp_path / "outbox.sqlite3"
+    path = tmp_path / "outbox.log"
     n = 500
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
@@ -411,9 +417,8 @@ def test_flushed_messages_survive_sigkill(tmp_path: Path) -> None:
 
 # Per-class durability: relaxed classes (telemetry, action) are sent from the open transaction and
 # reach storage only at the relaxed interval, and not at all when the broker acknowledged them.
-def wal_bytes(path: Path) -> int:
-    wal = path.with_name(path.name + "-wal")
-    return wal.stat().st_size if wal.exists() else 0
+def file_bytes(path: Path) -> int:
+    return path.stat().st_size
 
 
 def test_relaxed_messages_go_out_before_any_commit_and_acked_ones_never_reach_storage(
@@ -427,7 +432,7 @@ def test_relaxed_messages_go_out_before_any_commit_and_acked_ones_never_reach_st
         box.pump(wire)
         box.on_ack(wire.handles()[0])
         box.flush()  # the ack's deletion is committed
-        before = wal_bytes(path)
+        before = file_bytes(path)
         commits = box.commits
         for tick in range(1000):  # a tick: publish, pump, the broker acks, commit_due
             box.put("act", msg(tick), "action")
@@ -440,35 +445,26 @@ def test_relaxed_messages_go_out_before_any_commit_and_acked_ones_never_reach_st
         assert box.depth_rows == 0
         assert box.commits == commits  # every transaction was rolled back: nothing to keep
         assert box.rollbacks == 10
-        assert wal_bytes(path) == before  # not one page written
+        assert file_bytes(path) == before  # not one page written
 
 
 def test_a_durable_message_is_committed_before_it_is_sent_with_the_relaxed_ones(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "o.db"
-    reader = sqlite3.connect(path)
-    try:
-        with Outbox(path, max_inflight=8, relaxed_commit_interval_s=3600) as box:
-
-            def committed() -> int:
-                count: int = reader.execute("SELECT count(*) FROM messages").fetchone()[0]
-                return count
-
-            wire = FakeWire()
-            box.put("tel", msg(0), "telemetry")
-            box.put("act", msg(1), "action")
-            box.commit_due()
-            assert committed() == 0  # relaxed: not due yet
-            box.pump(wire)
-            assert wire.payloads() == [msg(0), msg(1)]  # sent without a commit
-            assert committed() == 0
-            box.put("ev", msg(2), "event")
-            box.pump(wire)  # the event is committed first, the unacked relaxed rows with it
-            assert committed() == 3
-            assert wire.payloads()[-1] == msg(2)
-    finally:
-        reader.close()
+    with Outbox(path, max_inflight=8, relaxed_commit_interval_s=3600) as box:
+        wire = FakeWire()
+        box.put("tel", msg(0), "telemetry")
+        box.put("act", msg(1), "action")
+        box.commit_due()
+        assert committed(path) == 0  # relaxed: not due yet
+        box.pump(wire)
+        assert wire.payloads() == [msg(0), msg(1)]  # sent without a commit
+        assert committed(path) == 0
+        box.put("ev", msg(2), "event")
+        box.pump(wire)  # the event is committed first, the unacked relaxed rows with it
+        assert committed(path) == 3
+        assert wire.payloads()[-1] == msg(2)
 
 
 def test_relaxed_messages_wait_out_a_broker_outage_and_are_committed_at_the_interval(
@@ -526,7 +522,7 @@ RELAXED_WRITER = textwrap.dedent(
 
 
 def test_sigkill_loses_only_relaxed_messages_since_the_last_commit(tmp_path: Path) -> None:
-    path = tmp_path / "outbox.sqlite3"
+    path = tmp_path / "outbox.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-c", RELAXED_WRITER, str(path)],
@@ -565,7 +561,7 @@ def test_relaxed_messages_in_flight_at_the_interval_are_carried_over_not_committ
         box.pump(wire)
         box.on_ack(wire.handles()[0])
         box.flush()
-        before, commits = wal_bytes(path), box.commits
+        before, commits = file_bytes(path), box.commits
         # As in the daemon: a tick publishes and sends; the PUBACK is handled in the next tick,
         # so at the end of every tick one action is in flight.
         for tick in range(500):
@@ -577,7 +573,7 @@ def test_relaxed_messages_in_flight_at_the_interval_are_carried_over_not_committ
                 box.flush()  # the relaxed interval passed, with the newest action in flight
         assert box.commits == commits
         assert box.rollbacks == 10
-        assert wal_bytes(path) == before
+        assert file_bytes(path) == before
         assert box.depth_rows == 1
         # The broker goes away before acknowledging the last one: it is still here, sent again.
         box.on_connection_lost()
@@ -586,3 +582,76 @@ def test_relaxed_messages_in_flight_at_the_interval_are_carried_over_not_committ
         assert again.payloads() == [msg(499)]
         box.on_ack(again.handles()[0])
         assert box.depth_rows == 0
+
+
+# Upgrades: the SQLite outbox of earlier versions is read once and deleted.
+def test_an_old_sqlite_outbox_is_migrated_once_in_order(tmp_path: Path, clock: Clock) -> None:
+    legacy = tmp_path / "outbox.sqlite3"
+    now = clock.now
+    old_outbox(
+        legacy,
+        [
+            ("event", "t/e", b"event-0", False, now - 10, now + 3600),
+            ("telemetry", "t/t", b"tel-1", False, now - 9, now + 3600),
+            ("result", "t/r", b"result-2", True, now - 8, now + 3600),
+            ("action", "t/a", b"stale-3", False, now - 400, now - 100),  # expired meanwhile
+        ],
+    )
+    path = tmp_path / "outbox.log"
+    with Outbox(path, legacy=legacy, clock=clock) as box:
+        assert box.migrated == 4
+        assert not legacy.exists()
+        assert not any(p.name.startswith("outbox.sqlite3") for p in tmp_path.iterdir())
+        assert box.depth_rows == 4
+        assert box.depth_bytes == 7 + 3 + 5 + 3 + 8 + 3 + 7 + 3
+        wire = FakeWire()
+        box.pump(wire)
+        assert [(t, p, r) for _, t, p, r in wire.sent] == [
+            ("t/e", b"event-0", False),
+            ("t/t", b"tel-1", False),
+            ("t/r", b"result-2", True),
+        ]
+        assert box.expired == 1
+    with Outbox(path, legacy=legacy, clock=clock) as again:  # read from the new file only
+        assert again.migrated == 0
+        assert list(again.payloads()) == [b"event-0", b"tel-1", b"result-2"]
+
+
+def test_a_node_without_an_old_outbox_never_loads_sqlite(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from edge_agent.fleet.outbox import Outbox
+        with Outbox({str(tmp_path / "outbox.log")!r}, legacy={str(tmp_path / "old")!r}) as box:
+            box.put("t", b"x", "event")
+            box.flush()
+        print("sqlite3" in sys.modules)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_the_file_is_compacted_to_what_it_holds(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, max_inflight=8) as box:
+        keep = box.put("t/keep", b"k" * 1000, "event")  # never acknowledged: always held
+        box.flush()
+        wire = FakeWire()
+        box.pump(wire)
+        sizes = []
+        for i in range(3000):  # 3 MB through a file that holds one message at the end
+            box.put("t", msg(i, 1000), "event")
+            box.flush()
+            box.pump(wire)
+            box.on_ack(wire.handles()[-1])
+            box.flush()
+            sizes.append(path.stat().st_size)
+        assert box.compactions >= 2
+        assert max(sizes) < 1024 * 1024 + 4096  # COMPACT_MIN_BYTES and one commit more
+        assert box.depth_rows == 1
+        assert keep is not None
+    with Outbox(path) as again:
+        assert list(again.payloads()) == [b"k" * 1000]
