@@ -58,6 +58,7 @@ from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
 from edge_agent.neural.health import LOW_CONFIDENCE, NeuralHealth
 from edge_agent.neural.input_range import RangeWatch
+from edge_agent.neural.native_pass import NeuralPass, unavailable
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle
@@ -221,6 +222,16 @@ def _quantization(spec: NeuralSpec) -> dict[str, tuple[float, int]]:
     }
 
 
+def _compiled_pass(compiled: bool | None, group: str) -> tuple[NeuralPass | None, str]:
+    """The compiled pass a group does its work around the run with (``compiled``: None, where
+    there is one; True, or an InputError saying why not; False, never), and why not ("": it
+    has one)."""
+    missing = "compiled=False" if compiled is False else unavailable() or ""
+    if compiled and missing:
+        raise InputError(f"group {group!r}: no compiled pass: {missing}")
+    return (None if missing else NeuralPass()), missing
+
+
 class NeuralAgentGroup:
     """``n_agents`` agents sharing one neural policy (see the module docstring).
 
@@ -260,6 +271,19 @@ class NeuralAgentGroup:
     _below: NDArray[np.bool_] | None
     _u: NDArray[np.float64] | None
     _threshold: FloatArray | None
+    # The compiled pass's arguments made once per batch size (_bind_pass), the address of the
+    # window's newest step (_use_input), and the last observations', logits' and ring's
+    # addresses, kept while they are the same arrays.
+    _newest_at: int
+    _actions_at: int
+    _range_at: tuple[int, int, int]
+    _obs_seen: np.ndarray | None
+    _obs_at: int
+    _logits_seen: np.ndarray | None
+    _logits_at: int
+    _ring_arena: np.ndarray | None
+    _ring_at: int
+    _ring_row: int
 
     def __init__(
         self,
@@ -277,6 +301,7 @@ class NeuralAgentGroup:
         name: str = "neural",
         check_finite: bool = True,
         low_confidence: float = LOW_CONFIDENCE,
+        compiled: bool | None = None,
     ) -> None:
         if isinstance(n_agents, bool) or not isinstance(n_agents, int | np.integer) or n_agents < 1:
             raise InputError(f"group {name!r}: n_agents must be an integer >= 1, got {n_agents!r}")
@@ -287,6 +312,7 @@ class NeuralAgentGroup:
         self.name = name
         self.spec = spec
         self.check_finite = bool(check_finite)
+        self._pass, self.compiled_missing = _compiled_pass(compiled, name)
         self.selection: Selection = selection
         self.temperature = float(temperature)
         self.window = spec.window
@@ -346,8 +372,9 @@ class NeuralAgentGroup:
         self.ticks = 0
         self._last_output: np.ndarray = np.zeros(0, dtype=np.float32)
         self._inputs: dict[str, FloatArray] = {}
-        # The input's views by staging array (see _use_input); one step of one agent as an item.
-        self._views: dict[int, tuple[FloatArray, FloatArray, np.ndarray]] = {}
+        # The input's views by staging array (see _use_input); one step of one agent as an item,
+        # and the address of the first agent's newest step (the compiled pass writes there).
+        self._views: dict[int, tuple[FloatArray, FloatArray, np.ndarray, int]] = {}
         self._row_item = np.dtype((np.void, 4 * self.num_features))
         try:
             self.health.allocate(self.num_actions)  # reserved with the agents (bytes_for)
@@ -455,9 +482,10 @@ class NeuralAgentGroup:
         self._probs = self._below = self._u = self._threshold = None
         # A tick's actions from the model's first output, chosen once (a perception model has
         # none: step() refuses it).
+        argmax = self._act_argmax if self._pass is None else self._act_argmax_compiled
         self._act: Callable[[FloatArray], np.ndarray] | None = {
             "continuous": self._act_clip,
-            "discrete": self._act_sample if self.selection == "sample" else self._act_argmax,
+            "discrete": self._act_sample if self.selection == "sample" else argmax,
         }.get(kind)
         if kind == "continuous":
             self._actions = np.zeros((n_agents, A), dtype=np.float32)
@@ -472,6 +500,20 @@ class NeuralAgentGroup:
                 self._threshold = np.zeros(n_agents, dtype=np.float32)
         self.range_watch.resize(n_agents)
         self.n_agents = n_agents
+        self._bind_pass()
+
+    def _bind_pass(self) -> None:
+        """The compiled pass's arguments for this batch size (the actions', the range's); the
+        ring's, the observations' and the logits' are taken at the next tick."""
+        self._ring_arena = self._obs_seen = self._logits_seen = None
+        self._obs_at = self._logits_at = self._ring_at = self._ring_row = 0
+        self._actions_at, self._range_at = 0, (0, 0, 0)
+        if self._pass is None:
+            return
+        self._actions_at = int(self._actions.ctypes.data)
+        if self.range_watch.calibrated:
+            low, high, rows = self.range_watch.bounds()
+            self._range_at = (int(low.ctypes.data), int(high.ctypes.data), int(rows.ctypes.data))
 
     def resize(self, n_agents: int) -> None:
         """Grow or shrink the group, reserving first; new agents start with an empty window."""
@@ -554,22 +596,62 @@ class NeuralAgentGroup:
         """
         del now  # observations are timed per tick by the caller; kept for a uniform signature
         o = self.check_obs(obs)
-        self.range_watch.observe(o)
         if not self._saturated:  # until every agent's window is full (then nothing to count)
             np.add(self._filled, 1, out=self._filled)
             np.minimum(self._filled, self.window, out=self._filled)
             self._saturated = bool(self._filled.min() >= self.window)
-        self._push_window(o)
-        # A ring longer than the window records each observation as it comes (one contiguous
-        # copy); a ring no longer than the window holds what the windows hold, and is written
-        # from them only when it is read (_record_windows).
-        if self.history_capacity > self.window:
-            self._history.append_one("obs", o if o.dtype == np.float32 else self._batch[:, -1])
+        if self._pass is not None and o.dtype == np.float32 and o.flags.c_contiguous:
+            self._observe_compiled(o)
         else:
-            self._unrecorded += 1
+            self.range_watch.observe(o)
+            self._push_window(o)
+            # A ring longer than the window records each observation as it comes (one
+            # contiguous copy); a ring no longer than the window holds what the windows hold,
+            # and is written from them only when it is read (_record_windows).
+            if self.history_capacity > self.window:
+                self._history.append_one(
+                    "obs", o if o.dtype == np.float32 else self._batch[:, -1]
+                )
+            else:
+                self._unrecorded += 1
         outputs = self.session.run_staged()  # the windows are the session's input already
         self.ticks += 1
         return outputs
+
+    def _observe_compiled(self, obs: FloatArray) -> None:
+        """What the numpy branch of :meth:`forward` does with the tick's observations (float32,
+        C-contiguous), in one call of the compiled pass: the window's newest step, the ring's
+        row (a ring longer than the window), the range check on a checked tick."""
+        if self.window > 1:  # the window slides first: its newest step is then the one to write
+            self._use_input(self.session.slide_input(self.input_name))
+        ring = None
+        if self.history_capacity > self.window:
+            arena = self._history.arena("obs")
+            if arena is not self._ring_arena:  # a new ring (a resize): its rows' addresses
+                self._ring_arena = arena
+                self._ring_at = int(arena.ctypes.data)
+                self._ring_row = arena[0].nbytes
+            ring = self._ring_at + self._history.claim_one() * self._ring_row
+        else:
+            self._unrecorded += 1
+        if obs is not self._obs_seen:  # held, so its memory stays where it is
+            self._obs_seen = obs
+            self._obs_at = int(obs.ctypes.data)
+        watch = self.range_watch
+        due = watch.due()
+        low, high, rows = self._range_at
+        out = self._pass.observe(  # type: ignore[union-attr]  # the caller checked it
+            self._obs_at,
+            self.n_agents,
+            self.num_features,
+            self._newest_at,
+            self.window * self.num_features,
+            ring,
+            low if due else None,
+            high,
+            rows,
+        )
+        watch.counted(self.n_agents, out if due else None)
 
     def _push_window(self, obs: np.ndarray) -> None:
         """Append ``obs`` ``(N, F)`` to every agent's window, in the session's input itself.
@@ -597,11 +679,16 @@ class NeuralAgentGroup:
         for staging in self.session.input_views(self.input_name):
             batch = staging.reshape(len(staging), self.window, self.num_features)
             # The tuple holds ``staging``, so its id stays its own while it is a key.
-            self._views[id(staging)] = (staging, batch, batch[:, -1].view(self._row_item)[:, 0])
+            self._views[id(staging)] = (
+                staging,
+                batch,
+                batch[:, -1].view(self._row_item)[:, 0],
+                int(batch[:, -1].ctypes.data),
+            )
 
     def _use_input(self, staging: FloatArray) -> None:
         """Point the group's views at the session's current input staging array."""
-        _, self._batch, self._newest = self._views[id(staging)]
+        _, self._batch, self._newest, self._newest_at = self._views[id(staging)]
         self._inputs[self.input_name] = staging
 
     @property
@@ -652,6 +739,22 @@ class NeuralAgentGroup:
 
     def _act_argmax(self, out: FloatArray) -> np.ndarray:
         out.argmax(axis=1, out=self._actions)  # the method: no Python wrapper per tick
+        return self._actions
+
+    def _act_argmax_compiled(self, out: FloatArray) -> np.ndarray:
+        """:meth:`_act_argmax` in the compiled pass (the same actions: numpy's rule)."""
+        if out is not self._logits_seen:  # the session's output buffer: the same every tick
+            if not (
+                out.dtype == np.float32
+                and out.flags.c_contiguous
+                and out.shape == (self.n_agents, self.num_actions)
+            ):
+                return self._act_argmax(out)
+            self._logits_seen = out
+            self._logits_at = int(out.ctypes.data)
+        self._pass.argmax(  # type: ignore[union-attr]  # chosen only with a pass
+            self._logits_at, self.n_agents, self.num_actions, self._actions_at
+        )
         return self._actions
 
     def _act_sample(self, out: FloatArray) -> np.ndarray:
