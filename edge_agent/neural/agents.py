@@ -284,6 +284,8 @@ class NeuralAgentGroup:
     _ring_arena: np.ndarray | None
     _ring_at: int
     _ring_row: int
+    _obs_shape: tuple[int, int]
+    _lean: bool
 
     def __init__(
         self,
@@ -508,6 +510,9 @@ class NeuralAgentGroup:
         self._ring_arena = self._obs_seen = self._logits_seen = None
         self._obs_at = self._logits_at = self._ring_at = self._ring_row = 0
         self._actions_at, self._range_at = 0, (0, 0, 0)
+        self._obs_shape = (self.n_agents, self.num_features)
+        # step() goes straight to the pass (_step_compiled) when there is nothing else to do.
+        self._lean = self._act == self._act_argmax_compiled
         if self._pass is None:
             return
         self._actions_at = int(self._actions.ctypes.data)
@@ -732,10 +737,40 @@ class NeuralAgentGroup:
                 f"group {self.name!r} runs a perception model (output_kind 'observation'): "
                 "use forward(), or PerceptionAifGroup to feed an Active Inference agent"
             )
+        if (
+            self._lean
+            and not self.check_finite
+            and type(obs) is np.ndarray
+            and obs.shape == self._obs_shape
+            and obs.dtype == np.float32
+            and obs.flags.c_contiguous
+        ):
+            return self._step_compiled(obs)
         out = self.forward(obs, now)[self._output_name]
         self._last_output = out
         self.health.observe(out, self.n_agents)
         return self._act(out)
+
+    def _step_compiled(self, obs: FloatArray) -> np.ndarray:
+        """:meth:`step` of a group that takes the argmax and scans no values, on observations
+        of its shape, float32 and C-contiguous: what :meth:`forward` and :meth:`_act` do, in
+        the compiled pass's two calls and the model's run, with no call between them that this
+        case does not need (they cost 3 us of a 55 us step at 1,000 agents, 2026-11-28)."""
+        if not self._saturated:
+            np.add(self._filled, 1, out=self._filled)
+            np.minimum(self._filled, self.window, out=self._filled)
+            self._saturated = bool(self._filled.min() >= self.window)
+        self._observe_compiled(obs)
+        out = self.session.run_staged()[self._output_name]
+        self.ticks += 1
+        self._last_output = out
+        self.health.observe(out, self.n_agents)
+        if out is not self._logits_seen:
+            return self._act_argmax_compiled(out)
+        self._pass.argmax(  # type: ignore[union-attr]  # _lean only with a pass
+            self._logits_at, self.n_agents, self.num_actions, self._actions_at
+        )
+        return self._actions
 
     def _act_argmax(self, out: FloatArray) -> np.ndarray:
         out.argmax(axis=1, out=self._actions)  # the method: no Python wrapper per tick
