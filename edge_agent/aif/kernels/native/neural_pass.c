@@ -26,6 +26,31 @@
 /* Inlined into each width's case of the switches below. */
 #define INLINE static inline __attribute__((always_inline))
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+/* The ring's row of the tick: values values of src into dst, which nothing reads soon (a
+ * snapshot, telemetry): with SSE2, streaming stores that bypass the cache (no line of the
+ * 64-step ring, 2 MB at 1,000 agents, is fetched to be overwritten), else memcpy. */
+INLINE void copy_out(float *dst, const float *src, int64_t values) {
+#if defined(__SSE2__)
+    int64_t k = 0;
+    for (; k < values && ((uintptr_t)(dst + k) & 15) != 0; k++) {
+        dst[k] = src[k];
+    }
+    for (; k + 4 <= values; k += 4) {
+        _mm_stream_ps(dst + k, _mm_loadu_ps(src + k));
+    }
+    for (; k < values; k++) {
+        dst[k] = src[k];
+    }
+    _mm_sfence();
+#else
+    memcpy(dst, src, (size_t)values * sizeof(float));
+#endif
+}
+
 INLINE int64_t observe(const float *obs, int64_t n, int64_t f, float *newest, int64_t stride,
                        float *ring, const float *low, const float *high, uint8_t *rows) {
     const size_t row = (size_t)f * sizeof(float);
@@ -33,7 +58,7 @@ INLINE int64_t observe(const float *obs, int64_t n, int64_t f, float *newest, in
         memcpy(newest + i * stride, obs + i * f, row);
     }
     if (ring != NULL) {
-        memcpy(ring, obs, (size_t)n * row);
+        copy_out(ring, obs, n * f);
     }
     if (low == NULL) {
         return 0;
