@@ -285,6 +285,7 @@ class NeuralAgentGroup:
     _ring_at: int
     _ring_row: int
     _obs_shape: tuple[int, int]
+    _stride: int
     _lean: bool
 
     def __init__(
@@ -511,6 +512,7 @@ class NeuralAgentGroup:
         self._obs_at = self._logits_at = self._ring_at = self._ring_row = 0
         self._actions_at, self._range_at = 0, (0, 0, 0)
         self._obs_shape = (self.n_agents, self.num_features)
+        self._stride = self.window * self.num_features  # values between two agents' windows
         # step() goes straight to the pass (_step_compiled) when there is nothing else to do.
         self._lean = self._act == self._act_argmax_compiled
         if self._pass is None:
@@ -628,7 +630,9 @@ class NeuralAgentGroup:
         C-contiguous), in one call of the compiled pass: the window's newest step, the ring's
         row (a ring longer than the window), the range check on a checked tick."""
         if self.window > 1:  # the window slides first: its newest step is then the one to write
-            self._use_input(self.session.slide_input(self.input_name))
+            staging = self.session.slide_input(self.input_name)
+            _, self._batch, self._newest, self._newest_at = self._views[id(staging)]
+            self._inputs[self.input_name] = staging
         ring = None
         if self.history_capacity > self.window:
             arena = self._history.arena("obs")
@@ -650,7 +654,7 @@ class NeuralAgentGroup:
             self.n_agents,
             self.num_features,
             self._newest_at,
-            self.window * self.num_features,
+            self._stride,
             ring,
             low if due else None,
             high,
