@@ -81,6 +81,9 @@ Selection = Literal["argmax", "sample"]
 FloatArray = NDArray[np.float32]
 IntArray = NDArray[np.int64]
 
+#: float32 in this machine's byte order (``is`` compares it in 20 ns, ``==`` in 90).
+_FLOAT32 = np.dtype(np.float32)
+
 #: Shared bytes reserved per model, as a multiple of the model file: the verified file bytes plus
 #: the runtime's own copy of the weights (an estimate; activations are counted per agent).
 MODEL_BYTES_FACTOR = 2
@@ -607,7 +610,7 @@ class NeuralAgentGroup:
             np.add(self._filled, 1, out=self._filled)
             np.minimum(self._filled, self.window, out=self._filled)
             self._saturated = bool(self._filled.min() >= self.window)
-        if self._pass is not None and o.dtype == np.float32 and o.flags.c_contiguous:
+        if self._pass is not None and o.dtype is _FLOAT32 and o.flags.c_contiguous:
             self._observe_compiled(o)
         else:
             self.range_watch.observe(o)
@@ -745,8 +748,8 @@ class NeuralAgentGroup:
             self._lean
             and not self.check_finite
             and type(obs) is np.ndarray
+            and obs.dtype is _FLOAT32
             and obs.shape == self._obs_shape
-            and obs.dtype == np.float32
             and obs.flags.c_contiguous
         ):
             return self._step_compiled(obs)
