@@ -613,6 +613,8 @@ class NeuralAgentGroup:
         if self._pass is not None and o.dtype is _FLOAT32 and o.flags.c_contiguous:
             self._observe_compiled(o)
         else:
+            if self._unrecorded and self.history_capacity > self.window:
+                self._record_windows()  # the steps the compiled pass left in the windows first
             self.range_watch.observe(o)
             self._push_window(o)
             # A ring longer than the window records each observation as it comes (one
@@ -630,22 +632,16 @@ class NeuralAgentGroup:
 
     def _observe_compiled(self, obs: FloatArray) -> None:
         """What the numpy branch of :meth:`forward` does with the tick's observations (float32,
-        C-contiguous), in one call of the compiled pass: the window's newest step, the ring's
-        row (a ring longer than the window), the range check on a checked tick."""
+        C-contiguous), in one call of the compiled pass: the window's newest step, the range
+        check on a checked tick. The ring is written from the windows (:meth:`_record_windows`)
+        once they hold ``T`` steps it has not recorded, or when it is read: ``T`` rows in one
+        burst of the pass's streaming stores every ``T`` ticks rather than a cold row of the
+        ring every tick (the same bytes; a row a tick cost 3 us of a 56 us step, 2026-11-28)."""
         if self.window > 1:  # the window slides first: its newest step is then the one to write
             staging = self.session.slide_input(self.input_name)
             _, self._batch, self._newest, self._newest_at = self._views[id(staging)]
             self._inputs[self.input_name] = staging
-        ring = None
-        if self.history_capacity > self.window:
-            arena = self._history.arena("obs")
-            if arena is not self._ring_arena:  # a new ring (a resize): its rows' addresses
-                self._ring_arena = arena
-                self._ring_at = int(arena.ctypes.data)
-                self._ring_row = arena[0].nbytes
-            ring = self._ring_at + self._history.claim_one() * self._ring_row
-        else:
-            self._unrecorded += 1
+        self._unrecorded += 1
         if obs is not self._obs_seen:  # held, so its memory stays where it is
             self._obs_seen = obs
             self._obs_at = int(obs.ctypes.data)
@@ -658,12 +654,14 @@ class NeuralAgentGroup:
             self.num_features,
             self._newest_at,
             self._stride,
-            ring,
+            None,
             low if due else None,
             high,
             rows,
         )
         watch.counted(self.n_agents, out if due else None)
+        if self._unrecorded >= self.window and self.history_capacity > self.window:
+            self._record_windows()
 
     def _push_window(self, obs: np.ndarray) -> None:
         """Append ``obs`` ``(N, F)`` to every agent's window, in the session's input itself.
@@ -710,14 +708,30 @@ class NeuralAgentGroup:
         return self._history
 
     def _record_windows(self) -> None:
-        """Append the steps a ring no longer than the window has not recorded yet, from the
-        windows, when the ring is read (a longer ring records every observation as it comes:
-        nothing is pending). The ring then holds what it would hold had every step been
-        appended, except that its ``total_appended`` counts at most ``T`` steps per read."""
+        """Append the steps the ring has not recorded yet, from the windows: a ring no longer
+        than the window when it is read, a longer one also every ``T`` ticks of the compiled
+        pass (a longer ring on numpy records every observation as it comes: nothing is
+        pending). The ring then holds what it would hold had every step been appended; a ring
+        no longer than the window counts at most ``T`` steps per read in ``total_appended``."""
         pending = min(self._unrecorded, self.window)
         self._unrecorded = 0
+        if self._pass is not None and self._newest_at:
+            F, row = self.num_features, self._ring_row_at
+            for j in range(self.window - pending, self.window):  # oldest first
+                step = self._newest_at - 4 * F * (self.window - 1 - j)  # the window's step j
+                self._pass.gather(step, self.n_agents, F, self._stride, row())
+            return
         for j in range(self.window - pending, self.window):  # oldest first
             self._history.append_one("obs", self._batch[:, j])
+
+    def _ring_row_at(self) -> int:
+        """The address of the ring's next row, claimed (:meth:`HistoryRing.claim_one`)."""
+        arena = self._history.arena("obs")
+        if arena is not self._ring_arena:  # a new ring (a resize): its rows' addresses
+            self._ring_arena = arena
+            self._ring_at = int(arena.ctypes.data)
+            self._ring_row = arena[0].nbytes
+        return self._ring_at + self._history.claim_one() * self._ring_row
 
     def _rebuild_windows(self) -> None:
         """The windows from the history and the fill counters (after a snapshot load): each

@@ -2,14 +2,16 @@
 
 Before the run, :meth:`NeuralPass.observe` takes the tick's observations ``(N, F)`` float32 in
 one call: each agent's row into its window's newest step (the model's ``(N, T, F)`` input, a row
-every ``T * F`` values), into the history ring's row of the tick, and, on a checked tick, against
-the calibrated range (:mod:`edge_agent.neural.input_range`: the agents out flagged and counted).
-After it, :meth:`NeuralPass.argmax` writes each agent's action, numpy's argmax of its logits (the
-first of equal values; the first NaN of a row that has one). numpy does the same in four to six
-calls (the strided write into the window, the ring's copy, two comparisons, an ``or`` and a count,
-the argmax), each a microsecond or more of its own on a 40 us model call
-(``benchmarks/notes/neural-and-converter.md``, issue 56); here each is a loop in C
-(``edge_agent/aif/kernels/native/neural_pass.c``).
+every ``T * F`` values) and, on a checked tick, against the calibrated range
+(:mod:`edge_agent.neural.input_range`: the agents out flagged and counted); every ``T`` ticks
+:meth:`NeuralPass.gather` copies the windows' ``T`` steps into the history ring's rows, a row a
+call (streaming stores: the ring is not read soon; ``observe`` can also copy the block to a
+ring's row itself). After it, :meth:`NeuralPass.argmax` writes each agent's action, numpy's
+argmax of its logits (the first of equal values; the first NaN of a row that has one). numpy
+does the same in four to six calls (the strided write into the window, the ring's copy, two
+comparisons, an ``or`` and a count, the argmax), each a microsecond or more of its own on a 40
+us model call (``benchmarks/notes/neural-and-converter.md``, issue 56); here each is a loop in
+C (``edge_agent/aif/kernels/native/neural_pass.c``).
 
 The functions are in the compiled tick's library (:mod:`edge_agent.aif.kernels.native`, built by
 ``setup.py`` from ``recipe.py``'s units; loaded once its layout is checked). Plain arguments: the
@@ -37,7 +39,7 @@ from edge_agent.core.native_pass import NATIVE_ENV
 __all__ = ["SYMBOLS", "NeuralPass", "argmax_numpy", "observe_numpy", "unavailable"]
 
 #: The library's functions the pass calls (``neural_pass.h``).
-SYMBOLS = ("edge_neural_observe", "edge_neural_argmax")
+SYMBOLS = ("edge_neural_observe", "edge_neural_gather", "edge_neural_argmax")
 
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -71,6 +73,9 @@ class NeuralPass:
         observe = lib.edge_neural_observe
         observe.argtypes = [_p, _i64, _i64, _p, _i64, _p, _p, _p, _p]
         observe.restype = _i64
+        gather = lib.edge_neural_gather
+        gather.argtypes = [_p, _i64, _i64, _i64, _p]
+        gather.restype = None
         argmax = lib.edge_neural_argmax
         argmax.argtypes = [_p, _i64, _i64, _p]
         argmax.restype = None
@@ -78,6 +83,9 @@ class NeuralPass:
         #: addresses (``ring`` None: no ring row this tick; ``low`` None: no range check, and
         #: ``rows`` is not written), the count of agents out (0 unchecked).
         self.observe: Any = observe
+        #: ``gather(step, n, f, stride, row)``: one step of every agent's window (a row every
+        #: ``stride`` values from ``step``) into the ring's ``(n, f)`` row at ``row``.
+        self.gather: Any = gather
         #: ``argmax(logits, n, a, actions)``: addresses of ``(n, a)`` float32 and ``(n,)``
         #: int64.
         self.argmax: Any = argmax

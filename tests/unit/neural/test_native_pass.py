@@ -99,6 +99,24 @@ def test_observe_writes_and_counts_what_numpy_does(compiled: NeuralPass, n: int,
     assert np_rows.all()
 
 
+@pytest.mark.parametrize("n", [1, 1000])
+@pytest.mark.parametrize("f", [1, 3, 8, 13])
+def test_gather_copies_one_step_of_every_window_into_a_ring_row(
+    compiled: NeuralPass, n: int, f: int
+) -> None:
+    T = 5
+    inputs = np.random.default_rng(f).normal(0, 1, (n, T, f)).astype(np.float32)
+    for step in range(T):
+        row = np.full((n, f), 3.0, dtype=np.float32)
+        compiled.gather(_at(inputs[:, step]), n, f, T * f, _at(row))
+        np.testing.assert_array_equal(row, inputs[:, step])
+    # A row that does not start on 16 bytes (the streaming stores' alignment): the same.
+    buffer = np.full(n * f + 1, 3.0, dtype=np.float32)
+    compiled.gather(_at(inputs[:, 2]), n, f, T * f, _at(buffer[1:]))
+    np.testing.assert_array_equal(buffer[1:].reshape(n, f), inputs[:, 2])
+    assert buffer[0] == 3.0
+
+
 @pytest.mark.parametrize("n", [1, 7, 1000])
 @pytest.mark.parametrize("a", [1, 2, 4, 7, 9])
 def test_argmax_is_numpy_s_with_ties_and_nans(compiled: NeuralPass, n: int, a: int) -> None:
@@ -148,6 +166,8 @@ def test_a_group_steps_the_same_with_the_pass_and_with_numpy(
         np.testing.assert_array_equal(fast.step(obs), slow.step(obs))
         np.testing.assert_array_equal(fast.session.input_buffer(fast.input_name),
                                       slow.session.input_buffer(slow.input_name))
+        if tick % 7 == 3:  # read between two of the pass's ring writes: the steps pending too
+            np.testing.assert_array_equal(fast.history.window("obs"), slow.history.window("obs"))
     np.testing.assert_array_equal(fast.history.window("obs"), slow.history.window("obs"))
     assert fast.history.total_appended == slow.history.total_appended == 150
     assert fast.metrics() == slow.metrics()
@@ -242,6 +262,9 @@ for n in (1, 7, 1000):
         out = neural.observe(at(obs), n, f, at(inputs[:, -1]), T * f, at(ring), at(low),
                              at(high), at(rows))
         twin = np.zeros(n, bool)
+        row = np.zeros((n, f), np.float32)
+        neural.gather(at(inputs[:, 1]), n, f, T * f, at(row))
+        assert (row == inputs[:, 1]).all()
         assert out == observe_numpy(obs, np.zeros((n, f), np.float32), None, low=low, high=high,
                                     rows=twin)
     for a in (1, 2, 4, 9):
