@@ -5,13 +5,19 @@ session's own ``(N, T, F)`` input, which slides one step per tick (a view moved 
 longer buffer, see :meth:`~edge_agent.neural.backends.base.Session.slide_input`), records every
 observation in a :class:`~edge_agent.core.history.HistoryRing` (what snapshots keep; the windows
 are rebuilt from it), and runs the model **once** for the whole group. A group that keeps more
-history than its window (``history_capacity > T``, the daemon's) appends each tick's
-observations to the ring as they come, one contiguous copy (the window's ``T`` steps gathered
-every ``T`` ticks cost 3.4 times as much a step, strided copies: 6.4 against 1.9 us at 1,000
-agents of 8 features, 2026-11-28); a group that keeps no more (the default) writes the ring
-from the windows only when it is read (:attr:`NeuralAgentGroup.history`, snapshots, resets,
-resizes). Nothing is allocated on any tick; buffers change only when
+history than its window (``history_capacity > T``, the daemon's) writes the windows' ``T`` steps
+into the ring every ``T`` ticks with the compiled pass (streaming stores: a cold row of a 2 MB
+ring every tick cost 3 us of a 56 us step), and appends each tick's observations as they come
+on numpy's path (one contiguous copy: numpy's strided gather of ``T`` steps cost 3.4 times as
+much a step); a group that keeps no more (the default) writes the ring from the windows only
+when it is read (:attr:`NeuralAgentGroup.history`, snapshots, resets, resizes), as every group
+writes the steps still pending then. Nothing is allocated on any tick; buffers change only when
 :meth:`NeuralAgentGroup.resize` changes ``N``.
+
+The work around the model's run (each observation into its window's newest step, the range
+check, the ring, the argmax) is two calls into the compiled library's pass when the package
+was built with it (:mod:`edge_agent.neural.native_pass`; ``compiled=``), numpy's otherwise,
+with the same results.
 
 The model's first output becomes the actions:
 
@@ -261,6 +267,11 @@ class NeuralAgentGroup:
         and drops a non-finite row or frame where it arrives, the built-in worlds make finite
         values), so the scan would read every observation a second time each tick. Shapes and
         dtypes are checked either way.
+    compiled:
+        Do the work around the model's run (the window's newest step, the range check, the
+        ring, the argmax) in the compiled library's pass (:mod:`edge_agent.neural.native_pass`):
+        None where there is one, True or an InputError saying why not, False never (numpy).
+        ``compiled_missing`` says why a group has none ("": it has one).
     """
 
     #: The bundle's model is int8 (the daemon's status reports a group's precision).
