@@ -1794,14 +1794,16 @@ TABLES: tuple[Table, ...] = (
             "same int8 model file, one thread and onnxruntime's defaults otherwise, on the same "
             "`(N, T, F)` batch: the neural group (the README's `sensor_policy` bundle: window 8 "
             "of 8 features, 32 hidden units) steps (the window's move and write, the ring, one "
-            "run, argmax), the perception group's classifier runs `forward`. The group's "
+            "run, argmax; since `b172c00` the work around the run in the compiled library's "
+            "neural pass, and since `75cc63a` the 64-step ring written from the windows every 8 "
+            "ticks), the perception group's classifier runs `forward`. The group's "
             "session binds its buffers (onnxruntime's IO binding: the window is the bound input, "
             "written in place; the outputs land in preallocated arrays); the baseline is a plain "
             "`session.run(None, {input: batch})`. Interleaved, rounds of 20 calls each "
             "(`repeats`), the median over rounds of each round's median ratio (its range beside "
-            "it); a round's median leaves out what the step does only every few ticks, the mean "
-            "of every call counts it (a run before the column was added shows none). Target: "
-            "1.2x."
+            "it); a round's median leaves out what the step does only every few ticks (the "
+            "health sample and the range check every 4th, the ring every 8th), the mean of every "
+            "call counts it (a run before the column was added shows none). Target: 1.2x."
         ),
         benchmark="bench_neural_daemon.py",
         where={"bench": "overhead", "model": lambda m: m is not None},

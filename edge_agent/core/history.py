@@ -301,6 +301,23 @@ class HistoryRing:
             self._len += 1
         self._total += 1
 
+    def claim_one(self) -> int:
+        """The index of the row the next append writes in every field's arena
+        (:meth:`arena`), counted as appended: the caller writes that row now, before the ring
+        is read (a group whose compiled pass copies the tick's observations there itself)."""
+        head = self._head
+        self._head = (head + 1) % self._capacity
+        if self._len < self._capacity:
+            self._len += 1
+        self._total += 1
+        return head
+
+    def arena(self, field: str) -> np.ndarray:
+        """Field ``field``'s arena ``(capacity, n_agents, *field_shape)``, as stored (writable:
+        for a caller that writes the row :meth:`claim_one` claimed); a new array after
+        :meth:`resize` and :meth:`resize_agents`."""
+        return self._arena(field)
+
     # --------------------------------------------------------------------------------- reading
     def _arena(self, field: str) -> np.ndarray:
         try:

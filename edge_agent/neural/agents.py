@@ -5,13 +5,19 @@ session's own ``(N, T, F)`` input, which slides one step per tick (a view moved 
 longer buffer, see :meth:`~edge_agent.neural.backends.base.Session.slide_input`), records every
 observation in a :class:`~edge_agent.core.history.HistoryRing` (what snapshots keep; the windows
 are rebuilt from it), and runs the model **once** for the whole group. A group that keeps more
-history than its window (``history_capacity > T``, the daemon's) appends each tick's
-observations to the ring as they come, one contiguous copy (the window's ``T`` steps gathered
-every ``T`` ticks cost 3.4 times as much a step, strided copies: 6.4 against 1.9 us at 1,000
-agents of 8 features, 2026-11-28); a group that keeps no more (the default) writes the ring
-from the windows only when it is read (:attr:`NeuralAgentGroup.history`, snapshots, resets,
-resizes). Nothing is allocated on any tick; buffers change only when
+history than its window (``history_capacity > T``, the daemon's) writes the windows' ``T`` steps
+into the ring every ``T`` ticks with the compiled pass (streaming stores: a cold row of a 2 MB
+ring every tick cost 3 us of a 56 us step), and appends each tick's observations as they come
+on numpy's path (one contiguous copy: numpy's strided gather of ``T`` steps cost 3.4 times as
+much a step); a group that keeps no more (the default) writes the ring from the windows only
+when it is read (:attr:`NeuralAgentGroup.history`, snapshots, resets, resizes), as every group
+writes the steps still pending then. Nothing is allocated on any tick; buffers change only when
 :meth:`NeuralAgentGroup.resize` changes ``N``.
+
+The work around the model's run (each observation into its window's newest step, the range
+check, the ring, the argmax) is two calls into the compiled library's pass when the package
+was built with it (:mod:`edge_agent.neural.native_pass`; ``compiled=``), numpy's otherwise,
+with the same results.
 
 The model's first output becomes the actions:
 
@@ -58,6 +64,7 @@ from edge_agent.errors import BundleError, InputError, ModelError
 from edge_agent.neural.backends import Session, get_backend
 from edge_agent.neural.health import LOW_CONFIDENCE, NeuralHealth
 from edge_agent.neural.input_range import RangeWatch
+from edge_agent.neural.native_pass import NeuralPass, unavailable
 
 if TYPE_CHECKING:
     from edge_agent.bundle.loader import Bundle
@@ -79,6 +86,9 @@ __all__ = [
 Selection = Literal["argmax", "sample"]
 FloatArray = NDArray[np.float32]
 IntArray = NDArray[np.int64]
+
+#: float32 in this machine's byte order (``is`` compares it in 20 ns, ``==`` in 90).
+_FLOAT32 = np.dtype(np.float32)
 
 #: Shared bytes reserved per model, as a multiple of the model file: the verified file bytes plus
 #: the runtime's own copy of the weights (an estimate; activations are counted per agent).
@@ -221,6 +231,16 @@ def _quantization(spec: NeuralSpec) -> dict[str, tuple[float, int]]:
     }
 
 
+def _compiled_pass(compiled: bool | None, group: str) -> tuple[NeuralPass | None, str]:
+    """The compiled pass a group does its work around the run with (``compiled``: None, where
+    there is one; True, or an InputError saying why not; False, never), and why not ("": it
+    has one)."""
+    missing = "compiled=False" if compiled is False else unavailable() or ""
+    if compiled and missing:
+        raise InputError(f"group {group!r}: no compiled pass: {missing}")
+    return (None if missing else NeuralPass()), missing
+
+
 class NeuralAgentGroup:
     """``n_agents`` agents sharing one neural policy (see the module docstring).
 
@@ -247,6 +267,11 @@ class NeuralAgentGroup:
         and drops a non-finite row or frame where it arrives, the built-in worlds make finite
         values), so the scan would read every observation a second time each tick. Shapes and
         dtypes are checked either way.
+    compiled:
+        Do the work around the model's run (the window's newest step, the range check, the
+        ring, the argmax) in the compiled library's pass (:mod:`edge_agent.neural.native_pass`):
+        None where there is one, True or an InputError saying why not, False never (numpy).
+        ``compiled_missing`` says why a group has none ("": it has one).
     """
 
     #: The bundle's model is int8 (the daemon's status reports a group's precision).
@@ -260,6 +285,22 @@ class NeuralAgentGroup:
     _below: NDArray[np.bool_] | None
     _u: NDArray[np.float64] | None
     _threshold: FloatArray | None
+    # The compiled pass's arguments made once per batch size (_bind_pass), the address of the
+    # window's newest step (_use_input), and the last observations', logits' and ring's
+    # addresses, kept while they are the same arrays.
+    _newest_at: int
+    _actions_at: int
+    _range_at: tuple[int, int, int]
+    _obs_seen: np.ndarray | None
+    _obs_at: int
+    _logits_seen: np.ndarray | None
+    _logits_at: int
+    _ring_arena: np.ndarray | None
+    _ring_at: int
+    _ring_row: int
+    _obs_shape: tuple[int, int]
+    _stride: int
+    _lean: bool
 
     def __init__(
         self,
@@ -277,6 +318,7 @@ class NeuralAgentGroup:
         name: str = "neural",
         check_finite: bool = True,
         low_confidence: float = LOW_CONFIDENCE,
+        compiled: bool | None = None,
     ) -> None:
         if isinstance(n_agents, bool) or not isinstance(n_agents, int | np.integer) or n_agents < 1:
             raise InputError(f"group {name!r}: n_agents must be an integer >= 1, got {n_agents!r}")
@@ -287,6 +329,7 @@ class NeuralAgentGroup:
         self.name = name
         self.spec = spec
         self.check_finite = bool(check_finite)
+        self._pass, self.compiled_missing = _compiled_pass(compiled, name)
         self.selection: Selection = selection
         self.temperature = float(temperature)
         self.window = spec.window
@@ -346,8 +389,9 @@ class NeuralAgentGroup:
         self.ticks = 0
         self._last_output: np.ndarray = np.zeros(0, dtype=np.float32)
         self._inputs: dict[str, FloatArray] = {}
-        # The input's views by staging array (see _use_input); one step of one agent as an item.
-        self._views: dict[int, tuple[FloatArray, FloatArray, np.ndarray]] = {}
+        # The input's views by staging array (see _use_input); one step of one agent as an item,
+        # and the address of the first agent's newest step (the compiled pass writes there).
+        self._views: dict[int, tuple[FloatArray, FloatArray, np.ndarray, int]] = {}
         self._row_item = np.dtype((np.void, 4 * self.num_features))
         try:
             self.health.allocate(self.num_actions)  # reserved with the agents (bytes_for)
@@ -455,9 +499,10 @@ class NeuralAgentGroup:
         self._probs = self._below = self._u = self._threshold = None
         # A tick's actions from the model's first output, chosen once (a perception model has
         # none: step() refuses it).
+        argmax = self._act_argmax if self._pass is None else self._act_argmax_compiled
         self._act: Callable[[FloatArray], np.ndarray] | None = {
             "continuous": self._act_clip,
-            "discrete": self._act_sample if self.selection == "sample" else self._act_argmax,
+            "discrete": self._act_sample if self.selection == "sample" else argmax,
         }.get(kind)
         if kind == "continuous":
             self._actions = np.zeros((n_agents, A), dtype=np.float32)
@@ -472,6 +517,24 @@ class NeuralAgentGroup:
                 self._threshold = np.zeros(n_agents, dtype=np.float32)
         self.range_watch.resize(n_agents)
         self.n_agents = n_agents
+        self._bind_pass()
+
+    def _bind_pass(self) -> None:
+        """The compiled pass's arguments for this batch size (the actions', the range's); the
+        ring's, the observations' and the logits' are taken at the next tick."""
+        self._ring_arena = self._obs_seen = self._logits_seen = None
+        self._obs_at = self._logits_at = self._ring_at = self._ring_row = 0
+        self._actions_at, self._range_at = 0, (0, 0, 0)
+        self._obs_shape = (self.n_agents, self.num_features)
+        self._stride = self.window * self.num_features  # values between two agents' windows
+        # step() goes straight to the pass (_step_compiled) when there is nothing else to do.
+        self._lean = self._act == self._act_argmax_compiled
+        if self._pass is None:
+            return
+        self._actions_at = int(self._actions.ctypes.data)
+        if self.range_watch.calibrated:
+            low, high, rows = self.range_watch.bounds()
+            self._range_at = (int(low.ctypes.data), int(high.ctypes.data), int(rows.ctypes.data))
 
     def resize(self, n_agents: int) -> None:
         """Grow or shrink the group, reserving first; new agents start with an empty window."""
@@ -554,22 +617,62 @@ class NeuralAgentGroup:
         """
         del now  # observations are timed per tick by the caller; kept for a uniform signature
         o = self.check_obs(obs)
-        self.range_watch.observe(o)
         if not self._saturated:  # until every agent's window is full (then nothing to count)
             np.add(self._filled, 1, out=self._filled)
             np.minimum(self._filled, self.window, out=self._filled)
             self._saturated = bool(self._filled.min() >= self.window)
-        self._push_window(o)
-        # A ring longer than the window records each observation as it comes (one contiguous
-        # copy); a ring no longer than the window holds what the windows hold, and is written
-        # from them only when it is read (_record_windows).
-        if self.history_capacity > self.window:
-            self._history.append_one("obs", o if o.dtype == np.float32 else self._batch[:, -1])
+        if self._pass is not None and o.dtype is _FLOAT32 and o.flags.c_contiguous:
+            self._observe_compiled(o)
         else:
-            self._unrecorded += 1
+            if self._unrecorded and self.history_capacity > self.window:
+                self._record_windows()  # the steps the compiled pass left in the windows first
+            self.range_watch.observe(o)
+            self._push_window(o)
+            # A ring longer than the window records each observation as it comes (one
+            # contiguous copy); a ring no longer than the window holds what the windows hold,
+            # and is written from them only when it is read (_record_windows).
+            if self.history_capacity > self.window:
+                self._history.append_one(
+                    "obs", o if o.dtype == np.float32 else self._batch[:, -1]
+                )
+            else:
+                self._unrecorded += 1
         outputs = self.session.run_staged()  # the windows are the session's input already
         self.ticks += 1
         return outputs
+
+    def _observe_compiled(self, obs: FloatArray) -> None:
+        """What the numpy branch of :meth:`forward` does with the tick's observations (float32,
+        C-contiguous), in one call of the compiled pass: the window's newest step, the range
+        check on a checked tick. The ring is written from the windows (:meth:`_record_windows`)
+        once they hold ``T`` steps it has not recorded, or when it is read: ``T`` rows in one
+        burst of the pass's streaming stores every ``T`` ticks rather than a cold row of the
+        ring every tick (the same bytes; a row a tick cost 3 us of a 56 us step, 2026-11-28)."""
+        if self.window > 1:  # the window slides first: its newest step is then the one to write
+            staging = self.session.slide_input(self.input_name)
+            _, self._batch, self._newest, self._newest_at = self._views[id(staging)]
+            self._inputs[self.input_name] = staging
+        self._unrecorded += 1
+        if obs is not self._obs_seen:  # held, so its memory stays where it is
+            self._obs_seen = obs
+            self._obs_at = int(obs.ctypes.data)
+        watch = self.range_watch
+        due = watch.due()
+        low, high, rows = self._range_at
+        out = self._pass.observe(  # type: ignore[union-attr]  # the caller checked it
+            self._obs_at,
+            self.n_agents,
+            self.num_features,
+            self._newest_at,
+            self._stride,
+            None,
+            low if due else None,
+            high,
+            rows,
+        )
+        watch.counted(self.n_agents, out if due else None)
+        if self._unrecorded >= self.window and self.history_capacity > self.window:
+            self._record_windows()
 
     def _push_window(self, obs: np.ndarray) -> None:
         """Append ``obs`` ``(N, F)`` to every agent's window, in the session's input itself.
@@ -597,11 +700,16 @@ class NeuralAgentGroup:
         for staging in self.session.input_views(self.input_name):
             batch = staging.reshape(len(staging), self.window, self.num_features)
             # The tuple holds ``staging``, so its id stays its own while it is a key.
-            self._views[id(staging)] = (staging, batch, batch[:, -1].view(self._row_item)[:, 0])
+            self._views[id(staging)] = (
+                staging,
+                batch,
+                batch[:, -1].view(self._row_item)[:, 0],
+                int(batch[:, -1].ctypes.data),
+            )
 
     def _use_input(self, staging: FloatArray) -> None:
         """Point the group's views at the session's current input staging array."""
-        _, self._batch, self._newest = self._views[id(staging)]
+        _, self._batch, self._newest, self._newest_at = self._views[id(staging)]
         self._inputs[self.input_name] = staging
 
     @property
@@ -611,14 +719,30 @@ class NeuralAgentGroup:
         return self._history
 
     def _record_windows(self) -> None:
-        """Append the steps a ring no longer than the window has not recorded yet, from the
-        windows, when the ring is read (a longer ring records every observation as it comes:
-        nothing is pending). The ring then holds what it would hold had every step been
-        appended, except that its ``total_appended`` counts at most ``T`` steps per read."""
+        """Append the steps the ring has not recorded yet, from the windows: a ring no longer
+        than the window when it is read, a longer one also every ``T`` ticks of the compiled
+        pass (a longer ring on numpy records every observation as it comes: nothing is
+        pending). The ring then holds what it would hold had every step been appended; a ring
+        no longer than the window counts at most ``T`` steps per read in ``total_appended``."""
         pending = min(self._unrecorded, self.window)
         self._unrecorded = 0
+        if self._pass is not None and self._newest_at:
+            F, row = self.num_features, self._ring_row_at
+            for j in range(self.window - pending, self.window):  # oldest first
+                step = self._newest_at - 4 * F * (self.window - 1 - j)  # the window's step j
+                self._pass.gather(step, self.n_agents, F, self._stride, row())
+            return
         for j in range(self.window - pending, self.window):  # oldest first
             self._history.append_one("obs", self._batch[:, j])
+
+    def _ring_row_at(self) -> int:
+        """The address of the ring's next row, claimed (:meth:`HistoryRing.claim_one`)."""
+        arena = self._history.arena("obs")
+        if arena is not self._ring_arena:  # a new ring (a resize): its rows' addresses
+            self._ring_arena = arena
+            self._ring_at = int(arena.ctypes.data)
+            self._ring_row = arena[0].nbytes
+        return self._ring_at + self._history.claim_one() * self._ring_row
 
     def _rebuild_windows(self) -> None:
         """The windows from the history and the fill counters (after a snapshot load): each
@@ -645,13 +769,59 @@ class NeuralAgentGroup:
                 f"group {self.name!r} runs a perception model (output_kind 'observation'): "
                 "use forward(), or PerceptionAifGroup to feed an Active Inference agent"
             )
+        if (
+            self._lean
+            and not self.check_finite
+            and type(obs) is np.ndarray
+            and obs.dtype is _FLOAT32
+            and obs.shape == self._obs_shape
+            and obs.flags.c_contiguous
+        ):
+            return self._step_compiled(obs)
         out = self.forward(obs, now)[self._output_name]
         self._last_output = out
         self.health.observe(out, self.n_agents)
         return self._act(out)
 
+    def _step_compiled(self, obs: FloatArray) -> np.ndarray:
+        """:meth:`step` of a group that takes the argmax and scans no values, on observations
+        of its shape, float32 and C-contiguous: what :meth:`forward` and :meth:`_act` do, in
+        the compiled pass's two calls and the model's run, with no call between them that this
+        case does not need (they cost 3 us of a 55 us step at 1,000 agents, 2026-11-28)."""
+        if not self._saturated:
+            np.add(self._filled, 1, out=self._filled)
+            np.minimum(self._filled, self.window, out=self._filled)
+            self._saturated = bool(self._filled.min() >= self.window)
+        self._observe_compiled(obs)
+        out = self.session.run_staged()[self._output_name]
+        self.ticks += 1
+        self._last_output = out
+        self.health.observe(out, self.n_agents)
+        if out is not self._logits_seen:
+            return self._act_argmax_compiled(out)
+        self._pass.argmax(  # type: ignore[union-attr]  # _lean only with a pass
+            self._logits_at, self.n_agents, self.num_actions, self._actions_at
+        )
+        return self._actions
+
     def _act_argmax(self, out: FloatArray) -> np.ndarray:
         out.argmax(axis=1, out=self._actions)  # the method: no Python wrapper per tick
+        return self._actions
+
+    def _act_argmax_compiled(self, out: FloatArray) -> np.ndarray:
+        """:meth:`_act_argmax` in the compiled pass (the same actions: numpy's rule)."""
+        if out is not self._logits_seen:  # the session's output buffer: the same every tick
+            if not (
+                out.dtype == np.float32
+                and out.flags.c_contiguous
+                and out.shape == (self.n_agents, self.num_actions)
+            ):
+                return self._act_argmax(out)
+            self._logits_seen = out
+            self._logits_at = int(out.ctypes.data)
+        self._pass.argmax(  # type: ignore[union-attr]  # chosen only with a pass
+            self._logits_at, self.n_agents, self.num_actions, self._actions_at
+        )
         return self._actions
 
     def _act_sample(self, out: FloatArray) -> np.ndarray:

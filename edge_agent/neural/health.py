@@ -93,7 +93,7 @@ class NeuralHealth:
     max z)``, the entropy ``ln s - sum p (z - max z)``. The buffers (:meth:`nbytes_for`) are
     made by :meth:`allocate` when the model's outputs are known, or on the first measured
     tick; nothing is allocated on any tick after that; a tick between two measured ones costs
-    a counter."""
+    a counter (its agent-steps are added to the window at its close)."""
 
     def __init__(
         self, *, discrete: bool, temperature: float = 1.0, threshold: float = LOW_CONFIDENCE
@@ -103,6 +103,7 @@ class NeuralHealth:
         self.threshold = float(threshold)
         self.window = HealthWindow(NEURAL_MEASURES if discrete else ())
         self._clock = 0
+        self._steps = 0  # agent-steps not yet added to the window (at its close)
         self._checked = 0
         self._out = 0
         self._held = 0  # sampled agent-steps held whose measures are not yet taken
@@ -145,7 +146,7 @@ class NeuralHealth:
 
     def observe(self, logits: np.ndarray | None, n_agents: int) -> None:
         """A tick's outputs ``logits (N, A)`` (None: none to measure)."""
-        self.window.add_steps(n_agents)
+        self._steps += n_agents
         clock = self._clock
         self._clock = clock + 1
         if clock % HEALTH_EVERY or logits is None or not self.discrete:
@@ -195,6 +196,8 @@ class NeuralHealth:
         (None of a group without a calibrated range: 0, 0), whose growth since the last close
         is the window's out-of-range share."""
         self._measure()  # the samples still held belong to this window
+        self.window.add_steps(self._steps)
+        self._steps = 0
         summary = self.window.close()
         total, out = checked - self._checked, out_of_range - self._out
         self._checked, self._out = checked, out_of_range

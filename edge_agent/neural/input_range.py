@@ -222,9 +222,8 @@ class RangeWatch:
         :data:`~edge_agent.core.health.HEALTH_EVERY`-th tick, the first included."""
         if not self.calibrated:
             return
-        clock = self._clock
-        self._clock = clock + 1
-        if clock % HEALTH_EVERY == 0:
+        out = None
+        if self._clock % HEALTH_EVERY == 0:
             out = count_outside(
                 obs,
                 self._low_rows,
@@ -234,8 +233,29 @@ class RangeWatch:
                 rows=self._rows,
                 words=self._words,
             )
+        self.counted(obs.shape[0], out)
+
+    def due(self) -> bool:
+        """Whether the next tick is one the watch checks (a calibrated range, every
+        :data:`~edge_agent.core.health.HEALTH_EVERY`-th tick): for a caller that counts the
+        agents out itself (a group's compiled pass, :meth:`bounds`), then :meth:`counted`."""
+        return self.calibrated and self._clock % HEALTH_EVERY == 0
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray, NDArray[np.bool_]]:
+        """What a caller that counts itself compares with: the bounds ``low``, ``high``
+        ``(F,)`` float32 (one value: every feature's) and the flags ``(N,)`` it sets to which
+        agents are out (only when the range is calibrated; new arrays after :meth:`resize`)."""
+        return self._low_rows[0], self._high_rows[0], self._rows
+
+    def counted(self, n: int, out: int | None) -> None:
+        """One tick of ``n`` agents observed: ``out`` of them out of range, counted by the
+        caller when :meth:`due` said so (its flags in :meth:`bounds`' ``rows``), None on a
+        tick not checked."""
+        if not self.calibrated:
+            return
+        self._clock += 1
+        if out is not None:
             self._last_out = out  # rows holds the last tick checked's agents out, if any
-            n = obs.shape[0]
             self.checked += n
             self.out_of_range += out
             self._window_checked += n

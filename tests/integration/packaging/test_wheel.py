@@ -69,7 +69,8 @@ def test_the_wheel_built_from_the_sdist_carries_the_compiled_tick(tmp_path: Path
     sdist = tmp_path / "sdist" / built.stdout.splitlines()[-1]
     with tarfile.open(sdist) as archive:
         members = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    sources = ("tick.c", "tick_layout.c", "tick_vmath.c", "tick.h", "tick_vmath.h", "recipe.py")
+    sources = ("tick.c", "tick_layout.c", "tick_vmath.c", "neural_pass.c", "tick.h",
+               "tick_vmath.h", "neural_pass.h", "recipe.py")
     assert {*(f"{NATIVE}/{name}" for name in sources), "setup.py"} <= members
 
     # Without a C compiler: the wheel, without the library.
@@ -96,7 +97,8 @@ def test_the_wheel_built_from_the_sdist_carries_the_compiled_tick(tmp_path: Path
 
     symbols = run(["nm", "-D", str(path)], tmp_path).stdout.splitlines()
     defined = {line.split()[-1] for line in symbols if line.split()[-2] in {"T", "i"}}
-    assert {"edge_tick", "edge_tick_scratch_doubles", "edge_tick_layout"} <= defined, symbols
+    assert {"edge_tick", "edge_tick_scratch_doubles", "edge_tick_layout", "edge_neural_observe",
+            "edge_neural_argmax"} <= defined, symbols
     vector_logs = [line for line in symbols if "_ZGV" in line and "log" in line]
     assert bool(vector_logs) == vector_math_expected(), symbols
 

@@ -484,3 +484,22 @@ def test_append_one_is_append_for_a_one_field_ring() -> None:
     two = HistoryRing(3, 4, {"obs": ((2,), np.dtype(np.float32)), "a": ((), np.dtype(np.int64))})
     with pytest.raises(InputError, match="exactly the fields"):
         two.append_one("obs", np.zeros((3, 2), dtype=np.float32))
+
+
+def test_a_claimed_row_written_in_the_arena_is_an_append() -> None:
+    """What a neural group's compiled pass does: claim the next row, write it in the arena."""
+    claimed = HistoryRing(3, 4, {"obs": ((2,), np.dtype(np.float32))})
+    appended = HistoryRing(3, 4, {"obs": ((2,), np.dtype(np.float32))})
+    rng = np.random.default_rng(1)
+    for _ in range(7):  # past the capacity: the rows wrap
+        row = rng.random((3, 2)).astype(np.float32)
+        claimed.arena("obs")[claimed.claim_one()] = row
+        appended.append_one("obs", row)
+    assert (len(claimed), claimed.total_appended) == (len(appended), appended.total_appended)
+    np.testing.assert_array_equal(claimed.window("obs"), appended.window("obs"))
+    arena = claimed.arena("obs")
+    assert arena.shape == (4, 3, 2)
+    claimed.resize_agents(5)
+    assert claimed.arena("obs") is not arena  # a new arena: a writer takes its address again
+    with pytest.raises(InputError, match="no field 'qs'"):
+        claimed.arena("qs")

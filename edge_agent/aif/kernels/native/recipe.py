@@ -5,9 +5,10 @@ version) and the benchmarks take them from.
 The standard library only: ``setup.py`` loads this file by its path, before the package (or
 numpy) can be imported. Two kinds of unit, each with its flags (tick.c's top comment says why):
 
-- the kernel and its layout table (``tick.c``, ``tick_layout.c``): :data:`CFLAGS`, ``-O3
-  -std=c11`` and no ``-march`` (the baseline instruction set; on x86-64 ``tick.c`` adds an
-  x86-64-v3 version itself, chosen at load time);
+- the kernel and its layout table (``tick.c``, ``tick_layout.c``), and a neural group's work
+  around its model's run (``neural_pass.c``, bound by :mod:`edge_agent.neural.native_pass`):
+  :data:`CFLAGS`, ``-O3 -std=c11`` and no ``-march`` (the baseline instruction set; on x86-64
+  ``tick.c`` adds an x86-64-v3 version itself, chosen at load time);
 - the logs and exps (``tick_vmath.c``): :data:`VMATH_CFLAGS`, the same plus ``-ffast-math``, so
   that gcc calls glibc's vector log/exp (libmvec). The library is linked without it: gcc then
   does not add crtfastmath.o, which would set flush-to-zero for the whole process that loads it.
@@ -35,9 +36,10 @@ CFLAGS = ("-O3", "-std=c11")
 #: The logs' and exps' flags: fast-math for glibc's vector variants (tick_vmath.c's comment).
 VMATH_CFLAGS = (*CFLAGS, "-ffast-math")
 #: Each unit with its flags, in link order.
-UNITS = (("tick.c", CFLAGS), ("tick_layout.c", CFLAGS), ("tick_vmath.c", VMATH_CFLAGS))
+UNITS = (("tick.c", CFLAGS), ("tick_layout.c", CFLAGS), ("tick_vmath.c", VMATH_CFLAGS),
+         ("neural_pass.c", CFLAGS))
 #: What the units include (a change rebuilds the library).
-HEADERS = ("tick.h", "tick_vmath.h")
+HEADERS = ("tick.h", "tick_vmath.h", "neural_pass.h")
 #: Linked with the maths library.
 LIBRARIES = ("m",)
 #: The warnings build the suite checks: every warning gcc's -Wall -Wextra gives and the ones
