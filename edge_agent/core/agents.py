@@ -271,7 +271,9 @@ class AifAgentGroup:
             found, cm, self.settings, self.dtype, n_agents=n_agents,
             keeps_prior=self.state.keeps_prior, block_size=self._stepper.sizes.block,
         )
-        logger.info("group %r steps %s: %s", self.name,
+        # DEBUG: the status says it (``stepping``, ``stepping_cost``); a group built to be
+        # sized (a config refused for its budget) must not print before the refusal.
+        logger.debug("group %r steps %s: %s", self.name,
                     "in the compiled tick" if costs.native_faster else "on numpy",
                     costs.describe())
         if costs.native_faster:
