@@ -84,7 +84,7 @@ DAMAGE: dict[str, tuple[str, Callable[[Path], None], str]] = {
 DAMAGE_SETS: tuple[tuple[str, ...], ...] = (
     ("outbox_random", "nonces_random", "sequence_directory", "snapshots_file",
      "overlay_garbled", "status_directory"),
-    ("outbox_truncated", "nonces_directory", "sequence_garbled"),
+    ("outbox_old_truncated", "nonces_directory", "sequence_garbled"),
 )  # fmt: skip
 
 
