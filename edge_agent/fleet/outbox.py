@@ -51,11 +51,13 @@ Contract
   the first refusal at once, then how many more, per reason (a revoked node has every message
   refused and would otherwise write a line for each).
 
-What stays in memory: per message its class, topic, times and where it is in the file (about
-300 bytes a message held, measured with tracemalloc over 20,000; the class and topic strings are
-shared); the payloads of the open transaction (and, while volatile, of every message). A
-committed payload is read from the file (``pread``, checked against its CRC) when it is sent.
-Opening reads the whole file once (its records decoded one at a time, the payloads not kept).
+What stays in memory: an index of the messages held in columns
+(:mod:`edge_agent.fleet.outbox_index`: per message its id, expiry, size, class and topic as
+indexes into interned tables, where its record is in the file; 49 bytes a message held, measured
+with tracemalloc over 20,000, at most 53); the payloads and record fields of the messages not in
+the file: the open transaction's (and, while volatile, every message's). A committed payload is
+read from the file (``pread``, checked against its CRC) when it is sent. Opening reads the whole
+file once (its records decoded into the columns one at a time, the payloads not kept).
 
 Damage and storage errors (reported to the :class:`~edge_agent.state_faults.StateFaults` it is
 given, part ``outbox``; nothing here stops the daemon):
