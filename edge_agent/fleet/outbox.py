@@ -51,11 +51,13 @@ Contract
   the first refusal at once, then how many more, per reason (a revoked node has every message
   refused and would otherwise write a line for each).
 
-What stays in memory: per message its class, topic, times and where it is in the file (about
-300 bytes a message held, measured with tracemalloc over 20,000; the class and topic strings are
-shared); the payloads of the open transaction (and, while volatile, of every message). A
-committed payload is read from the file (``pread``, checked against its CRC) when it is sent.
-Opening reads the whole file once (its records decoded one at a time, the payloads not kept).
+What stays in memory: an index of the messages held in columns
+(:mod:`edge_agent.fleet.outbox_index`: per message its id, expiry, size, class and topic as
+indexes into interned tables, where its record is in the file; 49 bytes a message held, measured
+with tracemalloc over 20,000, at most 53); the payloads and record fields of the messages not in
+the file: the open transaction's (and, while volatile, every message's). A committed payload is
+read from the file (``pread``, checked against its CRC) when it is sent. Opening reads the whole
+file once (its records decoded into the columns one at a time, the payloads not kept).
 
 Damage and storage errors (reported to the :class:`~edge_agent.state_faults.StateFaults` it is
 given, part ``outbox``; nothing here stops the daemon):
@@ -85,7 +87,6 @@ import contextlib
 import logging
 import os
 import struct
-import sys
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
@@ -93,8 +94,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
+
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.comms.base import reason_text
+from edge_agent.fleet.outbox_index import GONE, RETAIN, OutboxIndex
 from edge_agent.fleet.record_log import FRAME, LogDamagedError, RecordLog, write_log
 from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
 from edge_agent.state_faults import StateFaults
@@ -156,63 +161,63 @@ Send = Callable[[str, bytes, bool], Hashable | None]
 
 
 @dataclass(slots=True)
-class _Row:
-    cls: str
-    topic: str
-    retain: bool
-    created: float
-    expires: float
-    size: int
-    payload: bytes | None
-    """In memory: uncommitted, or volatile. None: in the file at ``at``."""
-    at: int = -1
-    """The offset of its ``put`` record's frame in the file (-1: not in the file)."""
-    length: int = 0
-    """Its ``put`` record's length (the frame's payload)."""
-
-
-@dataclass(slots=True)
 class _Inflight:
     row_id: int
     size: int
     topic: str
 
 
-def _put_record(row_id: int, row: _Row, payload: bytes) -> bytes:
-    cls, topic = row.cls.encode(), row.topic.encode()
-    head = _PUT_HEAD.pack(row_id, row.created, row.expires, row.retain, len(cls), len(topic))
-    return b"".join((_PUT, head, cls, topic, payload))
+def _put_record(
+    row_id: int,
+    cls: str,
+    topic: str,
+    payload: bytes,
+    *,
+    retain: bool,
+    created: float,
+    expires: float,
+) -> bytes:
+    cls_b, topic_b = cls.encode(), topic.encode()
+    head = _PUT_HEAD.pack(row_id, created, expires, retain, len(cls_b), len(topic_b))
+    return b"".join((_PUT, head, cls_b, topic_b, payload))
 
 
-_Record = tuple[bytes, int, "_Row | None", tuple[int, ...]]
+class _Reader:
+    """Decodes the file's records into a fresh index as they are read (no object kept per
+    message): a put holds its message, a deletion drops the messages it names."""
+
+    def __init__(self) -> None:
+        self.index = OutboxIndex()
+
+    def __call__(self, record: memoryview, at: int) -> None:
+        kind = bytes(record[:1])
+        if kind == _PUT and len(record) >= _HEAD:
+            row_id, _created, expires, retain, n_cls, n_topic = _PUT_HEAD.unpack_from(record, 1)
+            end = _HEAD + n_cls + n_topic
+            if end <= len(record):
+                try:
+                    cls = str(record[_HEAD : _HEAD + n_cls], "utf-8")
+                    topic = str(record[_HEAD + n_cls : end], "utf-8")
+                except UnicodeDecodeError as err:
+                    raise LogDamagedError(f"a message record at byte {at}: {err}") from err
+                size = len(record) - end + n_topic
+                self.index.append(
+                    row_id, cls, topic, expires=expires, at=at, size=size, retain=bool(retain)
+                )
+                return
+        elif kind == _DELETE and (len(record) - 1) % 8 == 0:
+            ids = np.frombuffer(record, "<u8", offset=1).astype(np.int64)
+            found = self.index.find_many(ids)
+            self.index.remove(np.unique(found[found >= 0]))
+            return
+        elif kind == _PROBE:
+            return
+        raise LogDamagedError(f"a record at byte {at} is not one this outbox writes")
 
 
-def _decode(record: memoryview, at: int) -> _Record:
-    """One record of the file: ``(kind, id, row, ids)``: a put's id and row, a deletion's ids."""
-    kind = bytes(record[:1])
-    if kind == _PUT and len(record) >= _HEAD:
-        row_id, created, expires, retain, n_cls, n_topic = _PUT_HEAD.unpack_from(record, 1)
-        end = _HEAD + n_cls + n_topic
-        if end <= len(record):
-            try:
-                # Interned: a backlog's messages share a few classes and topics.
-                cls = sys.intern(str(record[_HEAD : _HEAD + n_cls], "utf-8"))
-                topic = sys.intern(str(record[_HEAD + n_cls : end], "utf-8"))
-            except UnicodeDecodeError as err:
-                raise LogDamagedError(f"a message record at byte {at}: {err}") from err
-            size = len(record) - end + n_topic
-            row = _Row(cls, topic, bool(retain), created, expires, size, None, at, len(record))
-            return _PUT, row_id, row, ()
-    elif kind == _DELETE and (len(record) - 1) % 8 == 0:
-        return _DELETE, 0, None, struct.unpack_from(f"<{(len(record) - 1) // 8}Q", record, 1)
-    elif kind == _PROBE:
-        return _PROBE, 0, None, ()
-    raise LogDamagedError(f"a record at byte {at} is not one this outbox writes")
-
-
-def _payload_of(record: bytes, row: _Row) -> bytes:
-    """The message payload in its ``put`` record."""
-    return record[_HEAD + len(row.cls.encode()) + len(row.topic.encode()) :]
+_Kept = tuple[bytes, float, str, str, bool, float]
+"""A message not in the file: its payload, created, class, topic, retain, expires (its record's
+fields, so that a commit writes it without reading the index)."""
 
 
 class Outbox:
@@ -273,8 +278,10 @@ class Outbox:
         self.lost = self.recovered = self.torn = self.migrated = 0
         self.compactions = 0
         self.commit_failing = False
-        # Every message held, by id (ids only grow, so this is oldest first).
-        self._rows: dict[int, _Row] = {}
+        # Every message held, in columns sorted by id (ids only grow: oldest first), and the
+        # payload and creation time of those not in the file (uncommitted, or volatile).
+        self._index = OutboxIndex()
+        self._mem: dict[int, _Kept] = {}
         self._next_id = 1
         self._file_bytes = 0  # what the messages in the file take there (their frames)
         # The open transaction: messages it stored that are still here (in memory), committed
@@ -308,7 +315,7 @@ class Outbox:
         return int(self.capacity * self.low_water)
 
     def _open_file(self) -> RecordLog | None:
-        """The file, its messages read into :attr:`_rows` (after moving a damaged one aside,
+        """The file, its messages read into :attr:`_index` (after moving a damaged one aside,
         migrating an old SQLite outbox); None when the storage refuses it (then the outbox runs
         volatile and retries later)."""
         legacy = self.legacy
@@ -320,7 +327,8 @@ class Outbox:
             if not reason:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                    log, records = RecordLog.open_with(self.path, MAGIC, _decode)
+                    reader = _Reader()
+                    log, _ = RecordLog.open_with(self.path, MAGIC, reader)
                 except LogDamagedError as err:
                     reason = str(err)
                 except OSError as err:
@@ -335,7 +343,7 @@ class Outbox:
                         log.close()
                         self.faults.storage_error(PART, err, f"open {self.path}")
                         return None
-                    self._adopt(records)
+                    self._adopt(reader.index)
                     self._remove_legacy()
                     return log
             moved = self.faults.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
@@ -344,21 +352,26 @@ class Outbox:
             self.recovered += 1
         return None
 
-    def _adopt(self, records: list[_Record]) -> None:
-        """Hold the messages the file's ``records`` say (after anything held before: a volatile
-        outbox's messages are renumbered after them by :meth:`_become_durable`)."""
-        rows: dict[int, _Row] = {}
-        for kind, row_id, row, ids in records:
-            if row is not None:
-                rows[row_id] = row
-            elif kind == _DELETE:
-                for gone in ids:
-                    rows.pop(gone, None)
-        for row_id in sorted(rows):  # in file order already: a check more than a sort
-            self._rows[row_id] = rows[row_id]
-        self._file_bytes = sum(FRAME.size + row.length for row in rows.values())
-        self._next_id = max(self._next_id, max(rows, default=0) + 1)
+    def _adopt(self, index: OutboxIndex) -> None:
+        """Hold the messages the file said (nothing is held before: a volatile outbox's messages
+        are renumbered after them by :meth:`_become_durable`)."""
+        self._index = index
+        self._mem = {}
+        held = index.held()
+        self._file_bytes = int(np.sum(self._lengths(held))) + FRAME.size * len(held)
+        if len(held):
+            self._next_id = max(self._next_id, int(index.ids[held[-1]]) + 1)
         self._recount()
+
+    def _lengths(self, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The lengths of the ``put`` records of the messages at ``positions``."""
+        index = self._index
+        extra = np.asarray(index.class_bytes, np.int64) + _HEAD
+        return index.size[positions].astype(np.int64) + extra[index.cls[positions]]
+
+    def _length(self, pos: int) -> int:
+        index = self._index
+        return index.size.item(pos) + _HEAD + index.class_bytes[index.cls.item(pos)]
 
     def _migrate(self, legacy: Path) -> bool:
         """Write an old SQLite outbox's messages to the new file and delete it (a damaged one
@@ -380,8 +393,17 @@ class Outbox:
                     for n, (cls, topic, payload, retain, created, expires) in enumerate(
                         conn.execute(query), start=1
                     ):
-                        row = _Row(cls, topic, bool(retain), created, expires, 0, None)
-                        records.append(_put_record(n, row, bytes(payload)))
+                        records.append(
+                            _put_record(
+                                n,
+                                cls,
+                                topic,
+                                payload,
+                                retain=bool(retain),
+                                created=created,
+                                expires=expires,
+                            )
+                        )
             except sqlite3.DatabaseError as err:
                 if not sqlite_damaged(err, opening=True):
                     self.faults.storage_error(PART, err, f"read {legacy}")
@@ -412,21 +434,26 @@ class Outbox:
                 os.unlink(f"{self.legacy}{suffix}")
 
     def _recount(self) -> None:
-        self.depth_rows = len(self._rows)
-        self.depth_bytes = sum(row.size for row in self._rows.values())
+        index = self._index
+        held = index.held()
+        self.depth_rows = len(held)
+        self.depth_bytes = int(np.sum(index.size[held], dtype=np.int64))
 
     # Damage and storage errors --------------------------------------------------------------
     def _failed(self, err: OSError, action: str) -> None:
         """A write failed (the storage refused it): the transaction's new messages are lost, a
         storage error is counted; the file is as it was before the write."""
-        lost = [row_id for row_id in self._txn_live if row_id in self._rows]
-        for row_id in lost:
-            row = self._rows.pop(row_id)
-            self.depth_rows -= 1
-            self.depth_bytes -= row.size
+        index = self._index
+        found = index.find_many(np.fromiter(self._txn_live, np.int64, len(self._txn_live)))
+        lost = np.sort(found[found >= 0])
+        for row_id in self._txn_live:
+            self._mem.pop(row_id, None)
+        self.depth_rows -= len(lost)
+        self.depth_bytes -= int(np.sum(index.size[lost], dtype=np.int64))
+        index.remove(lost)
         self.lost += len(lost)
         self._txn_reset()
-        if lost:
+        if len(lost):
             self.on_connection_lost()  # rows in flight may be gone: resend what is left
         self.faults.storage_error(PART, err, action)
         if not self.volatile:
@@ -439,7 +466,8 @@ class Outbox:
         if self._log is not None:
             self._log.close()
         self._log = None
-        self._rows.clear()
+        self._index = OutboxIndex()
+        self._mem = {}
         self._file_bytes = 0
         self._txn_reset()
         if not self.volatile:
@@ -472,35 +500,51 @@ class Outbox:
         self.faults.storage_ok(PART)
 
     def _become_durable(self) -> None:
-        before = (dict(self._rows), self._next_id)
-        held = list(self._rows.values())
-        self._rows.clear()
+        before = (self._index, self._mem, self._next_id)
+        old, mem = self._index, self._mem
+        self._index, self._mem = OutboxIndex(), {}
         self._next_id = 1
         log = self._open_file()
         if log is None:  # back as they were
-            self._rows, self._next_id = before
+            self._index, self._mem, self._next_id = before
             self._recount()
             return
-        moved: list[tuple[int, _Row]] = []
-        for row in held:  # after what the file holds, under new ids
-            moved.append((self._next_id, row))
-            self._next_id += 1
+        index = self._index
+        held = old.held().tolist()
         base = log.size
-        records = [_put_record(row_id, row, row.payload or b"") for row_id, row in moved]
+        records: list[bytes] = []
+        for pos in held:  # after what the file holds, under new ids, in their order
+            row_id = self._next_id + len(records)
+            payload, created, cls, topic, retain, expires = mem[int(old.ids[pos])]
+            records.append(
+                _put_record(
+                    row_id, cls, topic, payload, retain=retain, created=created, expires=expires
+                )
+            )
         try:
             log.append(records, sync=self.synchronous_full)
         except OSError as err:
             log.close()
-            self._rows, self._next_id = before
+            self._index, self._mem, self._next_id = before
             self._file_bytes = 0
             self._recount()
             self.faults.storage_error(PART, err, f"copy the messages in memory to {self.path}")
             return
-        for (row_id, row), record in zip(moved, records, strict=True):
-            row.payload, row.at, row.length = None, base, len(record)
+        for pos, record in zip(held, records, strict=True):
+            cls, topic = old.classes[int(old.cls[pos])], old.topics[int(old.topic[pos])]
+            retain, expires = bool(old.flags[pos] & RETAIN), float(old.expires[pos])
+            index.append(
+                self._next_id,
+                cls,
+                topic,
+                expires=expires,
+                at=base,
+                size=int(old.size[pos]),
+                retain=retain,
+            )
+            self._next_id += 1
             base += FRAME.size + len(record)
             self._file_bytes += FRAME.size + len(record)
-            self._rows[row_id] = row
         self._log = log
         self.volatile = False
         self._txn_reset()
@@ -547,7 +591,10 @@ class Outbox:
         self._begin()
         row_id = self._next_id
         self._next_id += 1
-        self._rows[row_id] = _Row(cls, topic, retain, now, now + policy.ttl_s, size, bytes(payload))
+        self._index.append(
+            row_id, cls, topic, expires=now + policy.ttl_s, at=-1, size=size, retain=retain
+        )
+        self._mem[row_id] = (bytes(payload), now, cls, topic, retain, now + policy.ttl_s)
         self._txn_live.add(row_id)
         if policy.durable:
             self._durable_pending = True
@@ -568,33 +615,67 @@ class Outbox:
         for name in victims:
             if self.depth_bytes + size <= limit:
                 return
-            doomed: list[int] = []
-            freed = 0
-            for row_id, row in self._rows.items():
-                if row.cls != name or row_id in self._inflight_rows:
-                    continue
-                doomed.append(row_id)
-                freed += row.size
-                if self.depth_bytes - freed + size <= limit:
-                    break
-            if doomed:
-                self._delete(doomed)
-                self.dropped += len(doomed)
+            index = self._index
+            cls = index.class_index(name)
+            n = index.n
+            mine = (index.cls[:n] == cls) & ((index.flags[:n] & GONE) == 0)
+            for row_id in self._inflight_rows:
+                pos = index.find(row_id)
+                if pos >= 0:
+                    mine[pos] = False
+            positions = np.flatnonzero(mine)
+            if not len(positions):
+                continue
+            # The oldest first, until the new message fits (or all of them).
+            freed = np.cumsum(index.size[positions], dtype=np.int64)
+            fits = np.flatnonzero(self.depth_bytes - freed + size <= limit)
+            doomed = positions if not len(fits) else positions[: int(fits[0]) + 1]
+            self._delete_at(doomed, len(doomed))
+            self.dropped += len(doomed)
 
     def _delete(self, ids: list[int]) -> None:
+        index = self._index
+        if len(ids) == 1:  # an ack, a rejection, an expiry met by the pump
+            pos = index.find(ids[0])
+            self._delete_at([pos] if pos >= 0 else [], 1)
+            return
+        found = index.find_many(np.asarray(ids, np.int64))
+        self._delete_at(np.unique(found[found >= 0]), len(ids))
+
+    def _delete_at(self, positions: npt.NDArray[np.int64] | list[int], writes: int) -> None:
+        """Delete the messages at ``positions`` (held ones, each once, in order), counted as
+        ``writes`` writes of the transaction."""
         self._begin()
-        for row_id in ids:
-            row = self._rows.pop(row_id, None)
-            if row is None:
-                continue
-            if row_id in self._txn_live:
-                self._txn_live.discard(row_id)  # never written: nothing to undo in the file
-            elif row.at >= 0:
-                self._txn_dead.append(row_id)  # a committed message deleted: keep that
-                self._file_bytes -= FRAME.size + row.length
-            self.depth_rows -= 1
-            self.depth_bytes -= row.size
-        self._wrote(len(ids))
+        index = self._index
+        if isinstance(positions, list):  # one message (or none): without array operations
+            for pos in positions:
+                row_id, size = index.ids.item(pos), index.size.item(pos)
+                if index.at.item(pos) < 0:
+                    self._txn_live.discard(row_id)  # never written: nothing to undo in the file
+                    self._mem.pop(row_id, None)
+                else:
+                    self._txn_dead.append(row_id)  # a committed message deleted: keep that
+                    self._file_bytes -= FRAME.size + self._length(pos)
+                self.depth_rows -= 1
+                self.depth_bytes -= size
+            index.remove(positions)
+            self._deleted(writes)
+            return
+        in_file = index.at[positions] >= 0
+        for row_id in index.ids[positions[~in_file]].tolist():
+            self._txn_live.discard(row_id)  # never written: nothing to undo in the file
+            self._mem.pop(row_id, None)
+        if in_file.any():  # committed messages deleted: keep that
+            kept = positions[in_file]
+            self._txn_dead.extend(index.ids[kept].tolist())
+            self._file_bytes -= int(np.sum(self._lengths(kept))) + FRAME.size * len(kept)
+        self.depth_rows -= len(positions)
+        self.depth_bytes -= int(np.sum(index.size[positions], dtype=np.int64))
+        index.remove(positions)
+        self._deleted(writes)
+
+    def _deleted(self, writes: int) -> None:
+        self._wrote(writes)
         if self.full_alarm and self.depth_bytes <= self.low_water_bytes:
             self.full_alarm = False
             logger.info("outbox %s is below its low-water mark again", self.path)
@@ -672,19 +753,31 @@ class Outbox:
         log = self._log
         if log is None:  # volatile: the messages stay in memory
             return
+        index, mem = self._index, self._mem
         live = sorted(self._txn_live)
-        records = [
-            _put_record(row_id, self._rows[row_id], self._payload(row_id)) for row_id in live
-        ]
+        records: list[bytes] = []
+        for row_id in live:
+            payload, created, cls, topic, retain, expires = mem[row_id]
+            records.append(
+                _put_record(
+                    row_id, cls, topic, payload, retain=retain, created=created, expires=expires
+                )
+            )
         if self._txn_dead:
             records.append(_DELETE + struct.pack(f"<{len(self._txn_dead)}Q", *self._txn_dead))
         base = log.size
         log.append(records, sync=self.synchronous_full)
-        for row_id, record in zip(live, records, strict=False):
-            row = self._rows[row_id]
-            row.payload, row.at, row.length = None, base, len(record)
+        if len(live) <= 16:
+            positions = [index.find(row_id) for row_id in live]
+        else:
+            positions = index.find_many(np.asarray(live, np.int64)).tolist()
+        for row_id, pos, record in zip(live, positions, records, strict=False):
+            del mem[row_id]
+            index.at[pos] = base
             base += FRAME.size + len(record)
             self._file_bytes += FRAME.size + len(record)
+        if not mem:  # a dict keeps its largest table: a backlog's would stay allocated
+            self._mem = {}
         self._txn_reset()
         if log.size > max(COMPACT_MIN_BYTES, 2 * self._file_bytes):
             self._compact(log)
@@ -692,11 +785,15 @@ class Outbox:
     def _compact(self, log: RecordLog) -> None:
         """Rewrite the file with the messages it holds only (crash safely); a failure leaves
         it as it was (counted)."""
-        committed = [(row_id, row) for row_id, row in self._rows.items() if row.at >= 0]
+        index = self._index
+        held = index.held()
+        committed = held[index.at[held] >= 0]
+        places = index.at[committed].tolist()
+        lengths = self._lengths(committed)
 
         def records() -> Iterator[bytes]:
-            for _, row in committed:
-                yield log.read(row.at, row.length)
+            for at, length in zip(places, lengths.tolist(), strict=True):
+                yield log.read(at, length)
 
         try:
             log.rewrite(records(), sync=True)
@@ -706,21 +803,25 @@ class Outbox:
         except LogDamagedError as err:
             self._start_fresh(f"{err} (while compacting)")
             return
-        at = len(MAGIC)
-        for _, row in committed:
-            row.at = at
-            at += FRAME.size + row.length
-        self._file_bytes = at - len(MAGIC)
+        frames = lengths + FRAME.size
+        ends = np.cumsum(frames)
+        index.at[committed] = len(MAGIC) + ends - frames
+        self._file_bytes = int(ends[-1]) if len(ends) else 0
         self.compactions += 1
 
-    def _payload(self, row_id: int) -> bytes:
+    def _payload(self, row_id: int, pos: int | None = None) -> bytes:
         """A message's payload: in memory, or read from the file. Raises
         :class:`LogDamagedError` when its record there is damaged, :class:`OSError`."""
-        row = self._rows[row_id]
-        if row.payload is not None:
-            return row.payload
+        kept = self._mem.get(row_id)
+        if kept is not None:
+            return kept[0]
         assert self._log is not None
-        return _payload_of(self._log.read(row.at, row.length), row)
+        index = self._index
+        if pos is None:
+            pos = index.find(row_id)
+        cls, topic = index.cls.item(pos), index.topics[index.topic.item(pos)]
+        record = self._log.read(index.at.item(pos), self._length(pos))
+        return record[_HEAD + index.class_bytes[cls] + len(topic.encode()) :]
 
     # Sending --------------------------------------------------------------------------------
     def pump(self, send: Send) -> int:
@@ -738,28 +839,38 @@ class Outbox:
         self.commit_due()  # a durable message is committed before it is sent
         sent = 0
         while len(self._inflight) < self.max_inflight:
-            batch = self._after(self._cursor, self.max_inflight - len(self._inflight))
+            # The first messages after the cursor, oldest first; those at or before it are the
+            # ones in flight (and kept for quota).
+            batch = self._index.after(self._cursor, self.max_inflight - len(self._inflight))
             if not batch:
                 break
+            index = self._index
             for row_id in batch:
-                row = self._rows.get(row_id)
-                if row is None or row_id in self._inflight_rows:
+                pos = index.find(row_id)
+                if pos < 0 or row_id in self._inflight_rows:
                     self._cursor = row_id
                     continue
-                if row.expires <= now:
+                if index.expires.item(pos) <= now:
                     self._cursor = row_id
                     self._delete([row_id])
                     self.expired += 1
                     continue
+                size = index.size.item(pos)
+                kept = self._mem.get(row_id)
+                if kept is not None:
+                    payload, topic, retain = kept[0], kept[3], kept[4]
+                else:
+                    topic = index.topics[index.topic.item(pos)]
+                    retain = bool(index.flags.item(pos) & RETAIN)
+                    try:
+                        payload = self._payload(row_id, pos)
+                    except (LogDamagedError, OSError) as err:
+                        self._unreadable(err)
+                        return sent
                 try:
-                    payload = self._payload(row_id)
-                except (LogDamagedError, OSError) as err:
-                    self._unreadable(err)
-                    return sent
-                try:
-                    handle = send(row.topic, payload, row.retain)
+                    handle = send(topic, payload, retain)
                 except EdgeAgentError as err:
-                    logger.error("outbox: rejecting row %d for %s: %s", row_id, row.topic, err)
+                    logger.error("outbox: rejecting row %d for %s: %s", row_id, topic, err)
                     self._cursor = row_id
                     self._delete([row_id])
                     self.rejected += 1
@@ -767,22 +878,11 @@ class Outbox:
                 if handle is None:
                     return sent
                 self._cursor = row_id
-                self._inflight[handle] = _Inflight(row_id, row.size, row.topic)
+                self._inflight[handle] = _Inflight(row_id, size, topic)
                 self._inflight_rows.add(row_id)
                 self.sent += 1
                 sent += 1
         return sent
-
-    def _after(self, cursor: int, n: int) -> list[int]:
-        """The ids of the first ``n`` messages after ``cursor``, oldest first. Those at or
-        before it are the ones in flight (and kept for quota): a short walk."""
-        out: list[int] = []
-        for row_id in self._rows:
-            if row_id > cursor:
-                out.append(row_id)
-                if len(out) >= n:
-                    break
-        return out
 
     def _unreadable(self, err: LogDamagedError | OSError) -> None:
         """A message's record could not be read back: damage starts a fresh file; an I/O
@@ -864,14 +964,19 @@ class Outbox:
         """Delete messages past their TTL (not those in flight); returns how many."""
         now = self._clock() if now is None else now
         self._next_expire = now + self.expire_every_s
-        doomed = [
-            row_id
-            for row_id, row in self._rows.items()
-            if row.expires <= now and row_id not in self._inflight_rows
-        ]
-        if not doomed:
+        index = self._index
+        n = index.n
+        if not index.live:
             return 0
-        self._delete(doomed)
+        due = (index.expires[:n] <= now) & ((index.flags[:n] & GONE) == 0)
+        for row_id in self._inflight_rows:
+            pos = index.find(row_id)
+            if pos >= 0:
+                due[pos] = False
+        doomed = np.flatnonzero(due)
+        if not len(doomed):
+            return 0
+        self._delete_at(doomed, len(doomed))
         self.expired += len(doomed)
         return len(doomed)
 
@@ -879,8 +984,9 @@ class Outbox:
     def payloads(self) -> Iterator[bytes]:
         """Every stored message's payload, oldest first (at start: the FleetLink reads the
         newest session number any of them carries)."""
-        for row_id in list(self._rows):
-            if row_id not in self._rows:
+        index = self._index
+        for row_id in index.ids[index.held()].tolist():
+            if index is not self._index or index.find(row_id) < 0:
                 continue
             try:
                 yield self._payload(row_id)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 import pytest
 
 from edge_agent.errors import EdgeAgentError, ProtocolError
-from edge_agent.fleet.outbox import MAGIC, ClassPolicy, Outbox, OutboxFullError, _decode
+from edge_agent.fleet.outbox import MAGIC, ClassPolicy, Outbox, OutboxFullError, _Reader
 from edge_agent.fleet.record_log import RecordLog
 from tests.support.old_stores import old_outbox
 
@@ -65,15 +67,10 @@ def outbox(tmp_path: Path, clock: Clock) -> Iterator[Outbox]:
 
 def committed(path: Path) -> int:
     """How many messages the outbox's file holds (what a crash would leave)."""
-    log, records = RecordLog.open_with(path, MAGIC, _decode)
+    reader = _Reader()  # the file's records read into an index of their own, as at open
+    log, _ = RecordLog.open_with(path, MAGIC, reader)
     log.close()
-    held: set[int] = set()
-    for kind, row_id, row, ids in records:
-        if row is not None:
-            held.add(row_id)
-        elif kind == b"D":
-            held.difference_update(ids)
-    return len(held)
+    return reader.index.live
 
 
 def msg(i: int, size: int = 10) -> bytes:
@@ -655,3 +652,88 @@ def test_the_file_is_compacted_to_what_it_holds(tmp_path: Path, clock: Clock) ->
         assert keep is not None
     with Outbox(path) as again:
         assert list(again.payloads()) == [b"k" * 1000]
+
+
+def traced_bytes() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def test_a_held_message_costs_under_64_bytes_of_memory(tmp_path: Path) -> None:
+    # The index in columns (outbox_index.py): 35 bytes a slot, up to half as many again unused
+    # after a growth; it was a dataclass object and a dict entry a message, about 300 bytes.
+    n = 20_000
+    path = tmp_path / "outbox.log"
+    payload = b"p" * 230  # a 250-byte message with its topic
+    tracemalloc.start()
+    try:
+        box = Outbox(path)
+        box.put("ea/f/node/event", payload, "event")
+        box.flush()
+        before = traced_bytes()
+        for _ in range(n - 1):
+            box.put("ea/f/node/event", payload, "event")
+        box.flush()
+        held = (traced_bytes() - before) / n
+        assert box.depth_rows == n
+        box.close()
+        del box
+        before = traced_bytes()
+        again = Outbox(path)  # a backlog read back from the file costs the same
+        reopened = (traced_bytes() - before) / n
+        assert again.depth_rows == n
+        again.close()
+    finally:
+        tracemalloc.stop()
+    assert held <= 64, f"{held:.1f} bytes a held message"
+    assert reopened <= 64, f"{reopened:.1f} bytes a message after a reopen"
+
+
+def test_order_and_sizes_after_a_reopen_of_a_compacted_index(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.log"
+    wire = FakeWire()
+    with Outbox(path, max_inflight=1000) as box:
+        for i in range(1000):
+            box.put(f"t/{i % 3}", msg(i, 10 + i % 5), "event", retain=i % 7 == 0)
+        box.flush()
+        assert box.pump(wire) == 1000
+        for handle, _, payload, _ in wire.sent:
+            if int(payload[:6]) % 10:  # nine in ten acknowledged: the columns compacted
+                box.on_ack(handle)
+        box.flush()
+        assert box.depth_rows == 100
+        assert box._index.compactions >= 1  # the columns lost the gone ones
+    kept = [i for i in range(1000) if i % 10 == 0]
+    with Outbox(path, max_inflight=200) as again:
+        assert again.depth_rows == 100
+        assert again.depth_bytes == sum(len(f"t/{i % 3}") + 10 + i % 5 for i in kept)
+        wire2 = FakeWire()
+        again.pump(wire2)
+        assert wire2.payloads() == [msg(i, 10 + i % 5) for i in kept]
+        assert [(t, r) for _, t, _, r in wire2.sent] == [(f"t/{i % 3}", i % 7 == 0) for i in kept]
+
+
+def test_an_idle_outbox_allocates_nothing_tick_after_tick(tmp_path: Path, clock: Clock) -> None:
+    wire = FakeWire()
+    wire.up = False  # a broker outage: the backlog stays
+    with Outbox(tmp_path / "outbox.log", clock=clock) as box:
+        for i in range(1000):
+            box.put("t", msg(i), "event")
+        box.flush()
+
+        def ticks(count: int) -> None:
+            for _ in range(count):
+                clock.now += 0.1  # the expiry sweep runs every 5 s of it
+                box.pump(wire)
+                box.commit_due()
+
+        ticks(200)  # warm
+        tracemalloc.start()
+        try:
+            before = traced_bytes()
+            ticks(2000)
+            grown = traced_bytes() - before
+        finally:
+            tracemalloc.stop()
+        assert box.depth_rows == 1000
+    assert grown < 4096, f"{grown} bytes more after 2,000 idle ticks"
