@@ -41,13 +41,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
 from msgspec import Meta
 
 from edge_agent.bundle.signing import TrustedKeys
 from edge_agent.errors import EdgeAgentError, SignatureError
+from edge_agent.fleet.old_sqlite import read_old, remove_old
 from edge_agent.fleet.outcomes import Outcome, ResultCode
 from edge_agent.fleet.protocol import (
     MAX_CHUNK_BYTES,
@@ -61,8 +62,11 @@ from edge_agent.fleet.protocol import (
     validate,
 )
 from edge_agent.fleet.record_log import LogDamagedError, RecordLog, write_log
-from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
+from edge_agent.fsutil import not_a_file
 from edge_agent.state_faults import StateFaults
+
+if TYPE_CHECKING:
+    import sqlite3
 
 logger = logging.getLogger(__name__)
 
@@ -274,8 +278,9 @@ class NonceStore:
     it when its state directory shows that the node ran before).
 
     ``legacy``: the SQLite nonce store of earlier versions (``command_nonces.sqlite3``). When it
-    exists and the file does not, its nonces and floor are read once (the only time this module
-    imports ``sqlite3``), written to the new file, and the old database is deleted. A damaged old
+    exists and the file does not, its nonces and floor are read once
+    (:func:`~edge_agent.fleet.old_sqlite.read_old`, the only time ``sqlite3`` is imported),
+    written to the new file, and the old database is deleted. A damaged old
     database is moved aside as a loss (a replay floor).
 
     When the storage refuses the file (a full disk, read-only), nothing can be recorded durably,
@@ -385,35 +390,25 @@ class NonceStore:
     def _read_legacy(self, legacy: Path) -> tuple[dict[bytes, float], str] | None:
         """The nonces (and floor) of an earlier version's SQLite store, and why they were lost
         (when it is damaged: then it is moved aside). None when the storage refuses it."""
-        import sqlite3  # noqa: PLC0415  (only to migrate: a daemon keeps no SQLite otherwise)
-
         now = self._clock()
-        reason = "not a regular file" if not_a_file(legacy) else ""
-        nonces: dict[bytes, float] = {}
-        if not reason:
-            try:
-                with contextlib.closing(sqlite3.connect(legacy)) as conn:
-                    for nonce, expires in conn.execute(
-                        "SELECT nonce, expires FROM nonces WHERE expires >= ?", (now,)
-                    ):
-                        nonces[bytes(nonce)] = float(expires)
-                    with contextlib.suppress(sqlite3.OperationalError):  # no meta table
-                        for (floor,) in conn.execute(
-                            "SELECT value FROM meta WHERE key = 'replay_floor'"
-                        ):
-                            self.replay_floor = max(self.replay_floor, float(floor))
-            except sqlite3.DatabaseError as err:
-                if not sqlite_damaged(err, opening=True):
-                    self.faults.storage_error(_PART, err, f"read {legacy}")
-                    return None
-                reason = f"{type(err).__name__}: {err}"
-        if reason:
-            moved = self.faults.move_aside(_PART, legacy, reason, sidecars=SQLITE_SIDECARS)
-            if moved is None:
-                return None
-            return {}, f"damaged ({reason}); moved aside to {moved.name}"
-        self.migrated = len(nonces)
-        return nonces, ""
+
+        def read(conn: sqlite3.Connection) -> dict[bytes, float]:
+            import sqlite3  # noqa: PLC0415  (imported by read_old already: for its errors)
+
+            rows = conn.execute("SELECT nonce, expires FROM nonces WHERE expires >= ?", (now,))
+            nonces = {bytes(nonce): float(expires) for nonce, expires in rows}
+            with contextlib.suppress(sqlite3.OperationalError):  # no meta table
+                for (floor,) in conn.execute("SELECT value FROM meta WHERE key = 'replay_floor'"):
+                    self.replay_floor = max(self.replay_floor, float(floor))
+            return nonces
+
+        old = read_old(legacy, read, faults=self.faults, part=_PART)
+        if old is None:
+            return None
+        if old.value is None:
+            return {}, old.lost
+        self.migrated = len(old.value)
+        return old.value, ""
 
     def _opened(self, log: RecordLog, nonces: dict[bytes, float], lost: str) -> bool:
         """Adopt ``log`` holding ``nonces``: a new floor if they were ``lost``; a file that needs
@@ -439,9 +434,7 @@ class NonceStore:
         self._log = log
         self._compact_at = log.records + max(64, (_COMPACT_RATIO - 1) * len(nonces))
         if self.legacy is not None:
-            for suffix in ("", *SQLITE_SIDECARS):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{self.legacy}{suffix}")
+            remove_old(self.legacy)
             if self.migrated:
                 logger.info(
                     "%d command nonce(s) moved from %s to %s", self.migrated, self.legacy, self.path

@@ -67,8 +67,9 @@ given, part ``outbox``; nothing here stops the daemon):
   ``NAME.corrupt-STAMP`` at open, or when a message read to be sent fails its CRC later, and a
   fresh one is started: the messages it held are lost (counted ``recovered``).
 - ``legacy``: the SQLite outbox of earlier versions (``outbox.sqlite3``). When it exists and the
-  file does not, its messages are read once (the only time this module imports ``sqlite3``),
-  written to the new file, and the old database is deleted; a damaged one is moved aside.
+  file does not, its messages are read once (:func:`~edge_agent.fleet.old_sqlite.read_old`,
+  the only time ``sqlite3`` is imported), written to the new file, and the old database is
+  deleted; a damaged one is moved aside.
 - When the storage refuses the file at open (a full disk, a read-only file system) the outbox
   runs *volatile*: in memory, bounded by ``min(max_bytes, VOLATILE_MAX_BYTES)``, and
   :meth:`Outbox.flush` tries the file again every ``retry_interval_s``; when it opens, the
@@ -83,7 +84,6 @@ Single-threaded: one owner thread calls every method (the daemon loop, via the F
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import struct
@@ -92,17 +92,21 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.comms.base import reason_text
+from edge_agent.fleet.old_sqlite import read_old, remove_old
 from edge_agent.fleet.outbox_index import GONE, RETAIN, OutboxIndex
 from edge_agent.fleet.record_log import FRAME, LogDamagedError, RecordLog, write_log
-from edge_agent.fsutil import SQLITE_SIDECARS, not_a_file, sqlite_damaged
+from edge_agent.fsutil import not_a_file
 from edge_agent.state_faults import StateFaults
+
+if TYPE_CHECKING:
+    import sqlite3
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +350,7 @@ class Outbox:
                     self._adopt(reader.index)
                     self._remove_legacy()
                     return log
-            moved = self.faults.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+            moved = self.faults.move_aside(PART, self.path, reason)
             if moved is None:
                 return None
             self.recovered += 1
@@ -376,45 +380,32 @@ class Outbox:
     def _migrate(self, legacy: Path) -> bool:
         """Write an old SQLite outbox's messages to the new file and delete it (a damaged one
         is moved aside). False when the storage refuses it."""
-        import sqlite3  # noqa: PLC0415  (only to migrate: a node keeps no SQLite otherwise)
 
-        reason = "not a regular file" if not_a_file(legacy) else ""
-        records: list[bytes] = []
-        if not reason:
-            try:
-                with contextlib.closing(sqlite3.connect(legacy)) as conn:
-                    (check,) = conn.execute("PRAGMA quick_check(1)").fetchone()
-                    if check != "ok":
-                        raise sqlite3.DatabaseError(f"quick_check: {check}")
-                    query = (
-                        "SELECT cls, topic, payload, retain, created, expires FROM messages "
-                        "ORDER BY id"
-                    )
-                    for n, (cls, topic, payload, retain, created, expires) in enumerate(
-                        conn.execute(query), start=1
-                    ):
-                        records.append(
-                            _put_record(
-                                n,
-                                cls,
-                                topic,
-                                payload,
-                                retain=bool(retain),
-                                created=created,
-                                expires=expires,
-                            )
-                        )
-            except sqlite3.DatabaseError as err:
-                if not sqlite_damaged(err, opening=True):
-                    self.faults.storage_error(PART, err, f"read {legacy}")
-                    return False
-                reason = f"{type(err).__name__}: {err}"
-        if reason:
-            moved = self.faults.move_aside(PART, legacy, reason, sidecars=SQLITE_SIDECARS)
-            if moved is None:
-                return False
+        def read(conn: sqlite3.Connection) -> list[bytes]:
+            import sqlite3  # noqa: PLC0415  (imported by read_old already: for its errors)
+
+            (check,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            query = (
+                "SELECT cls, topic, payload, retain, created, expires FROM messages ORDER BY id"
+            )
+            return [
+                _put_record(
+                    n, cls, topic, payload, retain=bool(retain), created=created, expires=expires
+                )
+                for n, (cls, topic, payload, retain, created, expires) in enumerate(
+                    conn.execute(query), start=1
+                )
+            ]
+
+        old = read_old(legacy, read, faults=self.faults, part=PART)
+        if old is None:
+            return False
+        if old.value is None:  # damaged: moved aside
             self.recovered += 1
             return True
+        records = old.value
         try:  # all of it or nothing: the old database goes only once the new file is whole
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_log(self.path, MAGIC, records)
@@ -427,11 +418,8 @@ class Outbox:
 
     def _remove_legacy(self) -> None:
         """The old SQLite outbox, once its messages are in the file (or it was moved aside)."""
-        if self.legacy is None:
-            return
-        for suffix in ("", *SQLITE_SIDECARS):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{self.legacy}{suffix}")
+        if self.legacy is not None:
+            remove_old(self.legacy)
 
     def _recount(self) -> None:
         index = self._index
@@ -471,7 +459,7 @@ class Outbox:
         self._file_bytes = 0
         self._txn_reset()
         if not self.volatile:
-            moved = self.faults.move_aside(PART, self.path, reason, sidecars=SQLITE_SIDECARS)
+            moved = self.faults.move_aside(PART, self.path, reason)
             if moved is not None:
                 self.recovered += 1
                 self._log = self._open_file()
