@@ -86,7 +86,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
@@ -101,6 +100,14 @@ from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.comms.base import reason_text
 from edge_agent.fleet.old_sqlite import read_old, remove_old
 from edge_agent.fleet.outbox_index import GONE, RETAIN, OutboxIndex
+from edge_agent.fleet.outbox_records import (
+    HEAD,
+    MAGIC,
+    PROBE,
+    Reader,
+    delete_record,
+    put_record,
+)
 from edge_agent.fleet.record_log import FRAME, LogDamagedError, RecordLog, write_log
 from edge_agent.fsutil import not_a_file
 from edge_agent.state_faults import StateFaults
@@ -122,13 +129,6 @@ PART: Final = "outbox"
 RELAXED_MAX_WRITES: Final = 65536
 #: The file is compacted only when it is larger than this (and than twice what it holds).
 COMPACT_MIN_BYTES: Final = 1024 * 1024
-MAGIC: Final = b"EAOUTBX1"
-_PUT: Final = b"P"  # + _PUT_HEAD + class + topic + payload
-_DELETE: Final = b"D"  # + ids (u64 LE each)
-_PROBE: Final = b"N"  # nothing: a probe write while the storage refuses commits
-#: id, created, expires, retain, len(class), len(topic)
-_PUT_HEAD: Final = struct.Struct("<QddBBH")
-_HEAD: Final = 1 + _PUT_HEAD.size
 
 
 class OutboxFullError(EdgeAgentError):
@@ -169,54 +169,6 @@ class _Inflight:
     row_id: int
     size: int
     topic: str
-
-
-def _put_record(
-    row_id: int,
-    cls: str,
-    topic: str,
-    payload: bytes,
-    *,
-    retain: bool,
-    created: float,
-    expires: float,
-) -> bytes:
-    cls_b, topic_b = cls.encode(), topic.encode()
-    head = _PUT_HEAD.pack(row_id, created, expires, retain, len(cls_b), len(topic_b))
-    return b"".join((_PUT, head, cls_b, topic_b, payload))
-
-
-class _Reader:
-    """Decodes the file's records into a fresh index as they are read (no object kept per
-    message): a put holds its message, a deletion drops the messages it names."""
-
-    def __init__(self) -> None:
-        self.index = OutboxIndex()
-
-    def __call__(self, record: memoryview, at: int) -> None:
-        kind = bytes(record[:1])
-        if kind == _PUT and len(record) >= _HEAD:
-            row_id, _created, expires, retain, n_cls, n_topic = _PUT_HEAD.unpack_from(record, 1)
-            end = _HEAD + n_cls + n_topic
-            if end <= len(record):
-                try:
-                    cls = str(record[_HEAD : _HEAD + n_cls], "utf-8")
-                    topic = str(record[_HEAD + n_cls : end], "utf-8")
-                except UnicodeDecodeError as err:
-                    raise LogDamagedError(f"a message record at byte {at}: {err}") from err
-                size = len(record) - end + n_topic
-                self.index.append(
-                    row_id, cls, topic, expires=expires, at=at, size=size, retain=bool(retain)
-                )
-                return
-        elif kind == _DELETE and (len(record) - 1) % 8 == 0:
-            ids = np.frombuffer(record, "<u8", offset=1).astype(np.int64)
-            found = self.index.find_many(ids)
-            self.index.remove(np.unique(found[found >= 0]))
-            return
-        elif kind == _PROBE:
-            return
-        raise LogDamagedError(f"a record at byte {at} is not one this outbox writes")
 
 
 _Kept = tuple[bytes, float, str, str, bool, float]
@@ -331,7 +283,7 @@ class Outbox:
             if not reason:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                    reader = _Reader()
+                    reader = Reader()
                     log, _ = RecordLog.open_with(self.path, MAGIC, reader)
                 except LogDamagedError as err:
                     reason = str(err)
@@ -370,12 +322,12 @@ class Outbox:
     def _lengths(self, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """The lengths of the ``put`` records of the messages at ``positions``."""
         index = self._index
-        extra = np.asarray(index.class_bytes, np.int64) + _HEAD
+        extra = np.asarray(index.class_bytes, np.int64) + HEAD
         return index.size[positions].astype(np.int64) + extra[index.cls[positions]]
 
     def _length(self, pos: int) -> int:
         index = self._index
-        return index.size.item(pos) + _HEAD + index.class_bytes[index.cls.item(pos)]
+        return index.size.item(pos) + HEAD + index.class_bytes[index.cls.item(pos)]
 
     def _migrate(self, legacy: Path) -> bool:
         """Write an old SQLite outbox's messages to the new file and delete it (a damaged one
@@ -391,7 +343,7 @@ class Outbox:
                 "SELECT cls, topic, payload, retain, created, expires FROM messages ORDER BY id"
             )
             return [
-                _put_record(
+                put_record(
                     n, cls, topic, payload, retain=bool(retain), created=created, expires=expires
                 )
                 for n, (cls, topic, payload, retain, created, expires) in enumerate(
@@ -480,7 +432,7 @@ class Outbox:
             return
         assert self._log is not None
         try:
-            self._log.append([_PROBE], sync=self.synchronous_full)
+            self._log.append([PROBE], sync=self.synchronous_full)
         except OSError as err:
             self._failed(err, "write (a probe)")
             return
@@ -505,7 +457,7 @@ class Outbox:
             row_id = self._next_id + len(records)
             payload, created, cls, topic, retain, expires = mem[int(old.ids[pos])]
             records.append(
-                _put_record(
+                put_record(
                     row_id, cls, topic, payload, retain=retain, created=created, expires=expires
                 )
             )
@@ -747,12 +699,12 @@ class Outbox:
         for row_id in live:
             payload, created, cls, topic, retain, expires = mem[row_id]
             records.append(
-                _put_record(
+                put_record(
                     row_id, cls, topic, payload, retain=retain, created=created, expires=expires
                 )
             )
         if self._txn_dead:
-            records.append(_DELETE + struct.pack(f"<{len(self._txn_dead)}Q", *self._txn_dead))
+            records.append(delete_record(self._txn_dead))
         base = log.size
         log.append(records, sync=self.synchronous_full)
         if len(live) <= 16:
@@ -809,7 +761,7 @@ class Outbox:
             pos = index.find(row_id)
         cls, topic = index.cls.item(pos), index.topics[index.topic.item(pos)]
         record = self._log.read(index.at.item(pos), self._length(pos))
-        return record[_HEAD + index.class_bytes[cls] + len(topic.encode()) :]
+        return record[HEAD + index.class_bytes[cls] + len(topic.encode()) :]
 
     # Sending --------------------------------------------------------------------------------
     def pump(self, send: Send) -> int:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import EdgeAgentError, ProtocolError
-from edge_agent.fleet.outbox import MAGIC, ClassPolicy, Outbox, OutboxFullError, _Reader
+from edge_agent.fleet.outbox import MAGIC, ClassPolicy, Outbox, OutboxFullError
+from edge_agent.fleet.outbox_records import Reader
 from edge_agent.fleet.record_log import RecordLog
 from tests.support.old_stores import old_outbox
 
@@ -67,7 +68,7 @@ def outbox(tmp_path: Path, clock: Clock) -> Iterator[Outbox]:
 
 def committed(path: Path) -> int:
     """How many messages the outbox's file holds (what a crash would leave)."""
-    reader = _Reader()  # the file's records read into an index of their own, as at open
+    reader = Reader()  # the file's records read into an index of their own, as at open
     log, _ = RecordLog.open_with(path, MAGIC, reader)
     log.close()
     return reader.index.live
