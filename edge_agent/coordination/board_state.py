@@ -369,36 +369,14 @@ class BoardState:
         return i
 
     def _holder(self, node: str, group: str, agent: int) -> int | None:
-        n = self._node(node)
-        if n is None:
-            return None
-        g = self._groups(group)
-        key = (n, g, agent)
-        h = self._holders.get(key)
-        if h is None:
-            if len(self._holders) >= self.max_holders:
-                self.overflow += 1
-                return None
-            h = self._holders[key] = len(self._holders)
-            signed = np.int64(np.uint64(stable_hash64((node, group, agent))).view(np.int64))
-            for arr, value in (
-                (self._holder_node, n),
-                (self._holder_group, g),
-                (self._holder_agent, agent),
-                (self._holder_consumed, -1),
-                (self._holder_hash, signed),
-            ):
-                arr.ensure(h + 1)
-                arr.data[h] = value
-            consumed = self.consumed.get((node, group, agent))
-            if consumed is not None:
-                self._holder_consumed.data[h] = consumed
-        return h
+        """The holder id of ``node/group/agent``, made when it has none (None: no room)."""
+        made = self._new_holders(node, group, [agent])
+        return made[0][1] if made else None
 
     def _new_holders(self, node: str, group: str, agents: list[int]) -> list[tuple[int, int]]:
-        """Holder ids for ``node/group``'s distinct ``agents``, those new made in one step (as
-        :meth:`_holder` makes one): ``(agent, id)`` of each that has one or there was room
-        for, in order."""
+        """Holder ids for ``node/group``'s distinct ``agents``, made for those that have none
+        in one step (their ids, hashes and columns at once; a full board counts the rest in
+        ``overflow``): ``(agent, id)`` of each that has one or there was room for."""
         n = self._node(node)
         if n is None:
             return []
