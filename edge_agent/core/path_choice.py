@@ -24,6 +24,7 @@ from edge_agent.aif.kernels import dense_table
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.tick_paths import BlockTicks, CompiledTick, FusedTick, PolicyTick, TickPath
+from edge_agent.sim import ColumnSampler, SamplerScratch, sample_columns
 from edge_agent.sim.uniforms import SplitMix64
 
 if TYPE_CHECKING:
@@ -83,28 +84,39 @@ class _ModelWorld:
     spread over every state plans otherwise than a settled one, on either path)."""
 
     def __init__(self, cm: kernels.CompiledModel, n: int) -> None:
-        self._A = [np.asarray(a, dtype=np.float64) for a in cm.A_rows]  # (O_m, S_joint)
-        self._B = [dense_table(t) for t in cm.transitions]  # (S_f, S_f, U_f)
+        # The worlds' column samplers (edge_agent.sim): A's columns are joint states, B's
+        # (S_f', S_f * U_f) a state and an action, D's one column.
+        self._A = [ColumnSampler.from_table(np.asarray(a, dtype=np.float64)) for a in cm.A_rows]
+        dense = [dense_table(t) for t in cm.transitions]  # (S_f, S_f, U_f)
+        self._B = [ColumnSampler.from_table(b.reshape(b.shape[0], -1)) for b in dense]
+        self._controls = [b.shape[2] for b in dense]
+        self._sizes = tuple(b.shape[0] for b in dense)
         self._rng = SplitMix64(0)  # not numpy.random: a daemon keeps it out (docs/memory.md)
-        self._states = [self._draw(np.broadcast_to(np.asarray(d, dtype=np.float64), (n, len(d))))
-                        for d in cm.D]
+        self._scratch = SamplerScratch(n)
+        self._u = np.empty(n)
+        zeros = np.zeros(n, dtype=np.intp)
+        self._states = [
+            self._draw(ColumnSampler.from_table(np.asarray(d, dtype=np.float64)[:, None]), zeros)
+            for d in cm.D
+        ]
 
-    def _draw(self, p: np.ndarray) -> np.ndarray:
-        """One index per row of ``p`` ``(n, K)``, drawn from that row's distribution."""
-        cdf = np.cumsum(p, axis=1)
-        u = self._rng.random(np.empty(len(p))) * cdf[:, -1]
-        out: np.ndarray = np.minimum((cdf < u[:, None]).sum(axis=1), p.shape[1] - 1)
+    def _draw(self, sampler: ColumnSampler, cols: np.ndarray) -> np.ndarray:
+        """One index per agent, drawn from column ``cols[i]`` of ``sampler``'s table."""
+        out = np.empty(len(cols), dtype=np.intp)
+        sample_columns(sampler, cols, self._rng.random(self._u), out, self._scratch)
         return out
 
     def outcomes(self) -> np.ndarray:
         """Every agent's outcomes ``(n, M)`` at its state."""
-        joint = np.ravel_multi_index(tuple(self._states), tuple(b.shape[0] for b in self._B))
-        return np.stack([self._draw(a[:, joint].T) for a in self._A], axis=1)
+        joint = np.ravel_multi_index(tuple(self._states), self._sizes)
+        return np.stack([self._draw(a, joint) for a in self._A], axis=1)
 
     def step(self, action: np.ndarray) -> None:
         """Every agent's next state under its ``action`` ``(n, F)``."""
-        self._states = [self._draw(b[:, s, action[:, f]].T)
-                        for f, (b, s) in enumerate(zip(self._B, self._states, strict=True))]
+        self._states = [
+            self._draw(b, s * u + action[:, f].astype(np.intp))
+            for f, (b, s, u) in enumerate(zip(self._B, self._states, self._controls, strict=True))
+        ]
 
 
 def measure_costs(
