@@ -276,6 +276,8 @@ print("clean")
 """
 
 
+# The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
+@pytest.mark.timeout(1800)
 def test_the_pass_runs_clean_under_address_and_undefined_behaviour_sanitizers() -> None:
     """Every width's case of both functions on arrays exactly their size (the ends of numpy's
     buffers are the allocator's, which AddressSanitizer guards), in the sanitized build of

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edge_agent.aif.kernels import native
 from edge_agent.aif.kernels.native import recipe
 from tests.support import native_builds
@@ -53,6 +55,8 @@ def _under_sanitizers(library: Path, *args: str) -> subprocess.CompletedProcess[
         cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=1200)
 
 
+# The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
+@pytest.mark.timeout(1800)
 def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sanitizers() -> None:
     library = native_builds.build("sanitized")
     symbols = subprocess.run(["nm", "-D", str(library)], capture_output=True, text=True,
@@ -69,6 +73,8 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     assert "Sanitizer" not in done.stderr, report
 
 
+# The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
+@pytest.mark.timeout(1800)
 def test_a_write_past_an_array_s_end_fails_under_the_sanitizers(tmp_path: Path) -> None:
     """The sanitized run catches what it is there for: a build whose write-back puts each
     agent's policy posterior one place later (the last agent's past the array's end)."""
