@@ -52,6 +52,13 @@ def test_make_test_arm64_ran_on_trixie() -> None:
     # The wheel built in the root carries the learning tick compiled for aarch64, and the
     # installed venv loads it (check-backends: edge_tick exported, no flush-to-zero).
     assert s["native_tick"] == "_tick.cpython-313-aarch64-linux-gnu.so"
+    # That library's equality suite passed in the arm64 venv, and gcc vectorised its loops with
+    # NEON's 16-byte vectors there (the loops listed in the cache's tick-vectorised.log).
+    assert s["tick_equality_passed"] > 0
+    assert s["tick_neon_loops"] > 0
+    log = cache_dir() / "trixie-arm64-tick-vectorised.log"
+    assert sum("using 16 byte vectors" in line
+               for line in log.read_text().splitlines()) == s["tick_neon_loops"]
 
 
 def test_make_test_docker_built_and_ran_the_image() -> None:
