@@ -502,6 +502,24 @@ ensure_build_layer() {
     log "build layer made in $BUILD_LAYER_S s ($(du -sm "$BUILD_LAYER" | cut -f1) MB)"
 }
 
+enter_build_overlay() {
+    # enter_build_overlay NAME: ROOT becomes a writable overlay of the root under its build layer
+    # (ensure_build_layer first) at $CACHE/NAME, mounted as mount_rootfs mounts, with pip's
+    # environment (set_pip_env) and the root's ccache at /var/cache/edge-agent-ccache;
+    # OVERLAY_OUTER is the ROOT before. leave_build_overlay goes back and deletes the overlay.
+    OVERLAY_OUTER="$ROOT" OVERLAY_MOUNTED=${#MOUNTS[@]} OVERLAY_BASE="$CACHE/$1"
+    overlay_root "$1" "$BUILD_LAYER"
+    mount_rootfs
+    set_pip_env
+    mkdir -p "$CCACHE" "$ROOT/var/cache/edge-agent-ccache"
+    mount_in "$ROOT/var/cache/edge-agent-ccache" --bind "$CCACHE"
+}
+leave_build_overlay() {
+    unmount_under "$OVERLAY_BASE/root"
+    MOUNTS=("${MOUNTS[@]:0:OVERLAY_MOUNTED}")
+    ROOT="$OVERLAY_OUTER"
+    remove_overlay "$OVERLAY_BASE"
+}
 build_wheel_in_root() {
     # build_wheel_in_root [debian]: edge-agent's wheel from the working tree, built by the root's
     # python3 and pip in an overlay of the root and its build layer (ensure_build_layer; with the
@@ -511,14 +529,9 @@ build_wheel_in_root() {
     # the suite's flags (dpkg-buildflags; every hardening feature, bind-now too) and stripped (-s),
     # for the .deb (lintian). Needs set_pip_env.
     ensure_build_layer
-    local outer="$ROOT" mounted=${#MOUNTS[@]} base="$CACHE/wheel-build-$ROOTFS_NAME" name start
-    local flags=() var value
+    local name start flags=() var value
     start="$(now)"
-    overlay_root "${base##*/}" "$BUILD_LAYER"
-    mount_rootfs
-    set_pip_env
-    mkdir -p "$CCACHE" "$ROOT/var/cache/edge-agent-ccache"
-    mount_in "$ROOT/var/cache/edge-agent-ccache" --bind "$CCACHE"
+    enter_build_overlay "wheel-build-$ROOTFS_NAME"
     in_root env CCACHE_DIR=/var/cache/edge-agent-ccache ccache --zero-stats >/dev/null
     # The repo is read-only at /src; setuptools writes build/ and *.egg-info, so build a copy (and
     # without a library an editable install built in place there for the host's Python).
@@ -557,13 +570,10 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 sys.exit(not any(n.startswith("edge_agent/aif/kernels/native/_tick.") for n in names))' \
         "$ROOT/tmp/edge-agent-build/wheel/$name" \
         || die "the wheel $name has no compiled tick (pip wheel -v shows the compiler's errors)"
-    rm -rf "$outer/tmp/edge-agent-build"
-    mkdir -p "$outer/tmp/edge-agent-build/wheel"
-    cp "$ROOT/tmp/edge-agent-build/wheel/$name" "$outer/tmp/edge-agent-build/wheel/"
-    unmount_under "$base/root"
-    MOUNTS=("${MOUNTS[@]:0:mounted}")
-    ROOT="$outer"
-    remove_overlay "$base"
+    rm -rf "$OVERLAY_OUTER/tmp/edge-agent-build"
+    mkdir -p "$OVERLAY_OUTER/tmp/edge-agent-build/wheel"
+    cp "$ROOT/tmp/edge-agent-build/wheel/$name" "$OVERLAY_OUTER/tmp/edge-agent-build/wheel/"
+    leave_build_overlay
     WHEEL="/tmp/edge-agent-build/wheel/$name"
     WHEEL_S="$(since "$start")"
     log "built $name in $WHEEL_S s ($WHEEL_CCACHE)"
