@@ -549,17 +549,19 @@ class BoardState:
     def award(self) -> dict[str, Bid]:
         """The one-agent tasks' award: :func:`award` over the current facts and the agents that
         hold no team slot (the same result, vectorised; cached). It needs the team tasks'
-        counted holds, not their fill: a node of one-agent tasks pays nothing for teams, and
-        one of teams computes their fill only when asked (:meth:`teams`)."""
+        counted holds, not their fill, and those only when a one-agent task has bids: a node
+        of one-agent tasks pays nothing for teams, and one of teams computes their rows and
+        fill only when asked (:meth:`teams`)."""
         version, single = self._single
         if version == self.version:
             return single
-        open_epochs, _, roles, rows, holders, _ = self._team_input()
-        members = counted_holds(roles, rows, len(holders))
-        single = self._single_award(
-            {t: e for t, e in open_epochs.items() if not self.specs[t].is_team},
-            {int(h) for h in holders[rows.col[members]]},
-        )
+        singles = {t: e for t, e in self.open_epochs().items() if not self.specs[t].is_team}
+        if any(t in self.bids for t in singles):
+            _, _, roles, rows, holders, _ = self._team_input()
+            members = counted_holds(roles, rows, len(holders))
+            single = self._single_award(singles, {int(h) for h in holders[rows.col[members]]})
+        else:  # no one-agent task has bids: nothing to award, the teams' rows not needed
+            single = {}
         self._single = (self.version, single)
         return single
 
