@@ -249,6 +249,15 @@ def stable_hash64(fact: tuple[object, ...]) -> int:
     return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
 
 
+def holder_hashes(node: str, group: str, agents: list[int]) -> NDArray[np.uint64]:
+    """``stable_hash64((node, group, agent))`` of each of ``agents``: the tuple's msgpack is
+    a three-element array's header, the two names (encoded once) and the agent."""
+    encode, blake2b, from_bytes = msgspec.msgpack.encode, hashlib.blake2b, int.from_bytes
+    prefix = b"\x93" + encode(node) + encode(group)
+    digests = [blake2b(prefix + encode(a), digest_size=8).digest() for a in agents]
+    return np.array([from_bytes(d, "little") for d in digests], dtype=np.uint64)
+
+
 _MASK64: Final = (1 << 64) - 1
 _MIX1: Final = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2: Final = np.uint64(0x94D049BB133111EB)
@@ -381,22 +390,26 @@ class BoardState:
         if n is None:
             return []
         g = self._groups(group)
-        have = [(a, h) for a in agents if (h := self._holders.get((n, g, a))) is not None]
-        if have:  # made by another path (a consumed fact, one bid): kept as they are
+        keys = [(n, g, a) for a in agents]
+        if not self._holders.keys().isdisjoint(keys):
+            # Some made by another path (a consumed fact, one bid): kept as they are.
+            have = [(a, h) for a in agents if (h := self._holders.get((n, g, a))) is not None]
             known = {a for a, _ in have}
             return have + self._new_holders(node, group, [a for a in agents if a not in known])
         room = max(0, self.max_holders - len(self._holders))
         if len(agents) > room:
             self.overflow += len(agents) - room
-            agents = agents[:room]
+            agents, keys = agents[:room], keys[:room]
         if not agents:
             return []
         first = len(self._holders)
         ids = range(first, first + len(agents))
-        self._holders.update(zip([(n, g, a) for a in agents], ids, strict=True))
+        self._holders.update(zip(keys, ids, strict=True))
         end = first + len(agents)
-        hashes = np.array([stable_hash64((node, group, a)) for a in agents], dtype=np.uint64)
-        consumed = [self.consumed.get((node, group, a), -1) for a in agents]
+        hashes = holder_hashes(node, group, agents)
+        consumed: list[int] | int = (
+            [self.consumed.get((node, group, a), -1) for a in agents] if self.consumed else -1
+        )
         for arr, values in (
             (self._holder_node, n),
             (self._holder_group, g),
