@@ -551,8 +551,9 @@ class BoardState:
         if per is None or None in wanted:
             return False
         keys = per.arrays()[0]
-        present = np.unique(self._holder_node.data[keys // ROLE_SPAN])
-        return bool(np.isin(np.array(wanted, dtype=np.int64), present).all())
+        present = np.zeros(len(self._nodes.names), dtype=bool)
+        present[self._holder_node.data[keys // ROLE_SPAN]] = True
+        return bool(present[wanted].all())
 
     def is_team(self, task: str) -> bool:
         """Whether ``task``'s spec (as this board has it) asks for a team."""

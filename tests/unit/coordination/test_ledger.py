@@ -433,3 +433,17 @@ def test_a_board_of_team_tasks_only_awards_no_one_agent_task_without_its_team_ro
     board.add_bid(bid("s", "n1", 1, 0.7))
     assert board.award()["s"].agent == 1
     assert [m.agent for m in board.teams()["T"].members] == [0]
+
+
+def test_bid_by_all_says_whether_every_node_named_has_a_bid_on_the_round() -> None:
+    board = TaskBoard()
+    board.add_spec(team("T", 2))
+    board.add_spec(team("U", 2))
+    board.add_bid(bid("T", "n1", 0, 1.0))
+    board.add_bid(bid("T", "n2", 0, 1.0))
+    board.add_bid(bid("U", "n3", 0, 1.0))
+    assert board.bid_by_all("T", ["n1", "n2"])
+    assert board.bid_by_all("T", [])
+    assert not board.bid_by_all("T", ["n1", "n3"])  # n3 bid on U only
+    assert not board.bid_by_all("T", ["n1", "n4"])  # never heard of
+    assert not board.bid_by_all("V", ["n1"])
