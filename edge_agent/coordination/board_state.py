@@ -668,7 +668,11 @@ class BoardState:
         seqs = np.concatenate([p[2] for p in parts])[ok]
         held = np.concatenate([p[3] for p in parts])[ok]
         holder = keys // ROLE_SPAN
-        uniq = np.unique(holder)
+        # Holder ids are dense (0 ... holders made - 1): a mask finds the distinct ones in
+        # order, and an array indexed by id maps each to its column.
+        seen = np.zeros(len(self._holders), dtype=bool)
+        seen[holder] = True
+        uniq = np.flatnonzero(seen)
         canon = uniq[
             np.lexsort(
                 (
@@ -678,9 +682,9 @@ class BoardState:
                 )
             )
         ]
-        col_of = np.empty(uniq.size, dtype=np.int64)
-        col_of[np.searchsorted(uniq, canon)] = np.arange(uniq.size)
-        col = col_of[np.searchsorted(uniq, holder)]
+        col_of = np.empty(seen.size, dtype=np.int64)
+        col_of[canon] = np.arange(canon.size)
+        col = col_of[holder]
         # The tie-break: a hash of (task, role, holder), the same on every node.
         mixed = _splitmix(
             self._holder_hash.data[holder].view(np.uint64)
