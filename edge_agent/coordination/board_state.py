@@ -553,7 +553,7 @@ class BoardState:
         keys = per.arrays()[0]
         present = np.zeros(len(self._nodes.names), dtype=bool)
         present[self._holder_node.data[keys // ROLE_SPAN]] = True
-        return bool(present[wanted].all())
+        return bool(present[np.array(wanted, dtype=np.int64)].all())
 
     def is_team(self, task: str) -> bool:
         """Whether ``task``'s spec (as this board has it) asks for a team."""
