@@ -802,31 +802,45 @@ class BoardState:
         if version == self.version:
             return cached
         self._settle()
+        self._bids_hashes([(t, per) for t, per in self.bids.items() if per.digest is None])
         total = 0
-        for task, per in self.bids.items():
-            if per.digest is None:
-                per.digest = self._bids_hash(task, per)
-            total = (total + per.digest) & _MASK64
+        for per in self.bids.values():
+            total = (total + (per.digest or 0)) & _MASK64
         packed = self._hash.value.to_bytes(16, "little") + total.to_bytes(8, "little")
         result = hashlib.blake2b(packed, digest_size=DIGEST_BYTES).digest()
         self._digest = (self.version, result)
         return result
 
-    def _bids_hash(self, task: str, per: BidTable) -> int:
-        if not len(per):
-            return 0
-        th = self._task_hash.get(task)
-        if th is None:
-            th = self._task_hash[task] = stable_hash64(("task", task))
-        keys, costs, seqs, held = per.arrays()
+    def _bids_hashes(self, tables: list[tuple[str, BidTable]]) -> None:
+        """Each table's hash of its rows (``per.digest``), the tables' rows in one pass: the
+        sum of a hash per row of its task, holder, cost, ``(bdseq, bseq)``, role and hold."""
+        parts = []
+        for task, per in tables:
+            if not len(per):
+                per.digest = 0
+                continue
+            th = self._task_hash.get(task)
+            if th is None:
+                th = self._task_hash[task] = stable_hash64(("task", task))
+            parts.append((per, per.arrays(), (th * int(_ODD[2])) & _MASK64))
+        if not parts:
+            return
+        sizes = [a[0].size for _, a, _ in parts]
+        keys = np.concatenate([a[0] for _, a, _ in parts])
+        costs = np.concatenate([a[1] for _, a, _ in parts])
+        seqs = np.concatenate([a[2] for _, a, _ in parts])
+        held = np.concatenate([a[3] for _, a, _ in parts])
+        salt = np.repeat(np.array([t for _, _, t in parts], dtype=np.uint64), sizes)
         x = self._holder_hash.data[keys // ROLE_SPAN].view(np.uint64)
         x = x ^ (costs.view(np.uint64) * _ODD[0]) ^ (seqs.view(np.uint64) * _ODD[1])
         # A team task's role and hold flag (0 for a one-agent task's bids: their hash is as it
         # was before teams, so that nodes of both versions agree on one-agent ledgers).
         slot = (keys % ROLE_SPAN + ROLE_SPAN * held).astype(np.uint64)
-        x = x ^ (slot * _ODD[3])
-        x = _splitmix(x ^ np.uint64((th * int(_ODD[2])) & _MASK64))
-        return int(x.sum(dtype=np.uint64))
+        x = _splitmix(x ^ (slot * _ODD[3]) ^ salt)
+        starts = np.cumsum([0, *sizes[:-1]])  # every table has rows: no empty segment
+        sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
+        for (per, _, _), total in zip(parts, sums, strict=True):
+            per.digest = int(total)
 
     # -- canonical facts in the digest ----------------------------------------------------------
     def _spec_fact(self, spec: TaskSpec) -> tuple[object, ...]:
