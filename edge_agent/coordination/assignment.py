@@ -174,7 +174,12 @@ class Assignment:
         if direct > 0:
             js = self.cols[lo:hi]
             r = self.costs[lo:hi] - self.v[js]
-            first = np.lexsort((js, r))[:direct]
+            if direct < r.size:  # the first ``direct`` in (r, column) order are at r <= kth
+                kth = np.partition(r, direct - 1)[direct - 1]
+                near = np.flatnonzero(r <= kth)
+                first = near[np.lexsort((js[near], r[near]))[:direct]]
+            else:
+                first = np.lexsort((js, r))
             free = self.row4col[js[first]] < 0
             direct = direct if free.all() else int(np.argmin(free))
         if direct > 0:

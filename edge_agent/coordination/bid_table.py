@@ -53,9 +53,10 @@ class BidTable:
     """The rows, sorted by slot key (module docstring). New slots a few-row merge brings are
     kept aside (``_pending``) and inserted together when the rows are next read: a formation
     brings a task a few new slots per message from every peer, and inserting each message's
-    into the columns copied them all each time."""
+    into the columns copied them all each time. Rows the caller knows to be new slots
+    (:meth:`add_new`) wait aside as the message's arrays (``_chunks``), with no look-up."""
 
-    __slots__ = ("_costs", "_held", "_keys", "_pending", "_seqs", "digest")
+    __slots__ = ("_chunks", "_costs", "_held", "_keys", "_pending", "_seqs", "digest")
 
     def __init__(self) -> None:
         self._keys: IntArray = _EMPTY_I
@@ -64,11 +65,13 @@ class BidTable:
         self._held: BoolArray = np.empty(0, dtype=bool)
         self._pending: dict[int, tuple[float, int, bool]] = {}
         """New slots not yet in the columns: key -> (cost, seq, held)."""
+        self._chunks: list[tuple[IntArray, FloatArray, int, BoolArray]] = []
+        """New slots not yet in the columns (:meth:`add_new`), none in ``_pending``."""
         self.digest: int | None = None
         """The ledger's hash of these rows (None: not computed since they changed)."""
 
     def __len__(self) -> int:
-        return int(self._keys.size) + len(self._pending)
+        return int(self._keys.size) + len(self._pending) + sum(c[0].size for c in self._chunks)
 
     @property
     def keys(self) -> IntArray:
@@ -110,10 +113,25 @@ class BidTable:
         input's order."""
         if keys.size == 0:
             return Merged(0, 0, 0)
+        if self._chunks:  # their keys are looked up in the columns only
+            self._flush()
         if keys.size <= SMALL:
             return self._merge_small(keys, costs, seq, held, room)
         self._flush()
         return self._merge_rows(keys, costs, seq, held, room)
+
+    def add_new(
+        self, keys: IntArray, costs: FloatArray, seq: int, held: BoolArray, *, room: int
+    ) -> Merged:
+        """:meth:`merge` of rows the caller knows to be new slots: distinct keys, none in the
+        table (of agents the ledger saw first in this message), finite costs. The first
+        ``room`` are kept as they are, put in the columns with the rest at the next read: no
+        look-up, no copy of the columns."""
+        take = min(int(keys.size), max(room, 0))
+        if take:
+            self._chunks.append((keys[:take], costs[:take], seq, held[:take]))
+            self.digest = None
+        return Merged(take, take, int(keys.size) - take)
 
     def _insert(self, keys: IntArray, costs: FloatArray, seq: IntArray, held: BoolArray) -> None:
         """Put new slots (sorted, none in the columns) among the rows."""
@@ -129,16 +147,26 @@ class BidTable:
         self._held = _merged(self._held, held, put, old_rows)
 
     def _flush(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._chunks:
             return
-        keys = sorted(self._pending)
-        rows = [self._pending[k] for k in keys]
-        self._pending = {}
+        pending, chunks = self._pending, self._chunks
+        self._pending, self._chunks = {}, []
+        keys = [np.fromiter(pending, dtype=np.int64, count=len(pending))]
+        costs = [np.fromiter((r[0] for r in pending.values()), np.float64, len(pending))]
+        seqs = [np.fromiter((r[1] for r in pending.values()), np.int64, len(pending))]
+        held = [np.fromiter((r[2] for r in pending.values()), bool, len(pending))]
+        for k, c, s, h in chunks:
+            keys.append(k)
+            costs.append(c)
+            seqs.append(np.full(k.size, s, dtype=np.int64))
+            held.append(h)
+        all_keys = np.concatenate(keys)
+        order = np.argsort(all_keys)
         self._insert(
-            np.array(keys, dtype=np.int64),
-            np.array([r[0] for r in rows], dtype=np.float64),
-            np.array([r[1] for r in rows], dtype=np.int64),
-            np.array([r[2] for r in rows], dtype=bool),
+            all_keys[order],
+            np.concatenate(costs)[order],
+            np.concatenate(seqs)[order],
+            np.concatenate(held)[order].astype(bool),
         )
 
     def _merge_rows(

@@ -249,6 +249,15 @@ def stable_hash64(fact: tuple[object, ...]) -> int:
     return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
 
 
+def holder_hashes(node: str, group: str, agents: list[int]) -> NDArray[np.uint64]:
+    """``stable_hash64((node, group, agent))`` of each of ``agents``: the tuple's msgpack is
+    a three-element array's header, the two names (encoded once) and the agent."""
+    encode, blake2b, from_bytes = msgspec.msgpack.encode, hashlib.blake2b, int.from_bytes
+    prefix = b"\x93" + encode(node) + encode(group)
+    digests = [blake2b(prefix + encode(a), digest_size=8).digest() for a in agents]
+    return np.array([from_bytes(d, "little") for d in digests], dtype=np.uint64)
+
+
 _MASK64: Final = (1 << 64) - 1
 _MIX1: Final = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2: Final = np.uint64(0x94D049BB133111EB)
@@ -381,22 +390,26 @@ class BoardState:
         if n is None:
             return []
         g = self._groups(group)
-        have = [(a, h) for a in agents if (h := self._holders.get((n, g, a))) is not None]
-        if have:  # made by another path (a consumed fact, one bid): kept as they are
+        keys = [(n, g, a) for a in agents]
+        if not self._holders.keys().isdisjoint(keys):
+            # Some made by another path (a consumed fact, one bid): kept as they are.
+            have = [(a, h) for a in agents if (h := self._holders.get((n, g, a))) is not None]
             known = {a for a, _ in have}
             return have + self._new_holders(node, group, [a for a in agents if a not in known])
         room = max(0, self.max_holders - len(self._holders))
         if len(agents) > room:
             self.overflow += len(agents) - room
-            agents = agents[:room]
+            agents, keys = agents[:room], keys[:room]
         if not agents:
             return []
         first = len(self._holders)
         ids = range(first, first + len(agents))
-        self._holders.update(zip([(n, g, a) for a in agents], ids, strict=True))
+        self._holders.update(zip(keys, ids, strict=True))
         end = first + len(agents)
-        hashes = np.array([stable_hash64((node, group, a)) for a in agents], dtype=np.uint64)
-        consumed = [self.consumed.get((node, group, a), -1) for a in agents]
+        hashes = holder_hashes(node, group, agents)
+        consumed: list[int] | int = (
+            [self.consumed.get((node, group, a), -1) for a in agents] if self.consumed else -1
+        )
         for arr, values in (
             (self._holder_node, n),
             (self._holder_group, g),
@@ -538,8 +551,9 @@ class BoardState:
         if per is None or None in wanted:
             return False
         keys = per.arrays()[0]
-        present = np.unique(self._holder_node.data[keys // ROLE_SPAN])
-        return bool(np.isin(np.array(wanted, dtype=np.int64), present).all())
+        present = np.zeros(len(self._nodes.names), dtype=bool)
+        present[self._holder_node.data[keys // ROLE_SPAN]] = True
+        return bool(present[np.array(wanted, dtype=np.int64)].all())
 
     def is_team(self, task: str) -> bool:
         """Whether ``task``'s spec (as this board has it) asks for a team."""
@@ -549,17 +563,19 @@ class BoardState:
     def award(self) -> dict[str, Bid]:
         """The one-agent tasks' award: :func:`award` over the current facts and the agents that
         hold no team slot (the same result, vectorised; cached). It needs the team tasks'
-        counted holds, not their fill: a node of one-agent tasks pays nothing for teams, and
-        one of teams computes their fill only when asked (:meth:`teams`)."""
+        counted holds, not their fill, and those only when a one-agent task has bids: a node
+        of one-agent tasks pays nothing for teams, and one of teams computes their rows and
+        fill only when asked (:meth:`teams`)."""
         version, single = self._single
         if version == self.version:
             return single
-        open_epochs, _, roles, rows, holders, _ = self._team_input()
-        members = counted_holds(roles, rows, len(holders))
-        single = self._single_award(
-            {t: e for t, e in open_epochs.items() if not self.specs[t].is_team},
-            {int(h) for h in holders[rows.col[members]]},
-        )
+        singles = {t: e for t, e in self.open_epochs().items() if not self.specs[t].is_team}
+        if any(t in self.bids for t in singles):
+            _, _, roles, rows, holders, _ = self._team_input()
+            members = counted_holds(roles, rows, len(holders))
+            single = self._single_award(singles, {int(h) for h in holders[rows.col[members]]})
+        else:  # no one-agent task has bids: nothing to award, the teams' rows not needed
+            single = {}
         self._single = (self.version, single)
         return single
 
@@ -652,7 +668,11 @@ class BoardState:
         seqs = np.concatenate([p[2] for p in parts])[ok]
         held = np.concatenate([p[3] for p in parts])[ok]
         holder = keys // ROLE_SPAN
-        uniq = np.unique(holder)
+        # Holder ids are dense (0 ... holders made - 1): a mask finds the distinct ones in
+        # order, and an array indexed by id maps each to its column.
+        seen = np.zeros(len(self._holders), dtype=bool)
+        seen[holder] = True
+        uniq = np.flatnonzero(seen)
         canon = uniq[
             np.lexsort(
                 (
@@ -662,9 +682,9 @@ class BoardState:
                 )
             )
         ]
-        col_of = np.empty(uniq.size, dtype=np.int64)
-        col_of[np.searchsorted(uniq, canon)] = np.arange(uniq.size)
-        col = col_of[np.searchsorted(uniq, holder)]
+        col_of = np.empty(seen.size, dtype=np.int64)
+        col_of[canon] = np.arange(canon.size)
+        col = col_of[holder]
         # The tie-break: a hash of (task, role, holder), the same on every node.
         mixed = _splitmix(
             self._holder_hash.data[holder].view(np.uint64)
@@ -782,31 +802,45 @@ class BoardState:
         if version == self.version:
             return cached
         self._settle()
+        self._bids_hashes([(t, per) for t, per in self.bids.items() if per.digest is None])
         total = 0
-        for task, per in self.bids.items():
-            if per.digest is None:
-                per.digest = self._bids_hash(task, per)
-            total = (total + per.digest) & _MASK64
+        for per in self.bids.values():
+            total = (total + (per.digest or 0)) & _MASK64
         packed = self._hash.value.to_bytes(16, "little") + total.to_bytes(8, "little")
         result = hashlib.blake2b(packed, digest_size=DIGEST_BYTES).digest()
         self._digest = (self.version, result)
         return result
 
-    def _bids_hash(self, task: str, per: BidTable) -> int:
-        if not len(per):
-            return 0
-        th = self._task_hash.get(task)
-        if th is None:
-            th = self._task_hash[task] = stable_hash64(("task", task))
-        keys, costs, seqs, held = per.arrays()
+    def _bids_hashes(self, tables: list[tuple[str, BidTable]]) -> None:
+        """Each table's hash of its rows (``per.digest``), the tables' rows in one pass: the
+        sum of a hash per row of its task, holder, cost, ``(bdseq, bseq)``, role and hold."""
+        parts = []
+        for task, per in tables:
+            if not len(per):
+                per.digest = 0
+                continue
+            th = self._task_hash.get(task)
+            if th is None:
+                th = self._task_hash[task] = stable_hash64(("task", task))
+            parts.append((per, per.arrays(), (th * int(_ODD[2])) & _MASK64))
+        if not parts:
+            return
+        sizes = [a[0].size for _, a, _ in parts]
+        keys = np.concatenate([a[0] for _, a, _ in parts])
+        costs = np.concatenate([a[1] for _, a, _ in parts])
+        seqs = np.concatenate([a[2] for _, a, _ in parts])
+        held = np.concatenate([a[3] for _, a, _ in parts])
+        salt = np.repeat(np.array([t for _, _, t in parts], dtype=np.uint64), sizes)
         x = self._holder_hash.data[keys // ROLE_SPAN].view(np.uint64)
         x = x ^ (costs.view(np.uint64) * _ODD[0]) ^ (seqs.view(np.uint64) * _ODD[1])
         # A team task's role and hold flag (0 for a one-agent task's bids: their hash is as it
         # was before teams, so that nodes of both versions agree on one-agent ledgers).
         slot = (keys % ROLE_SPAN + ROLE_SPAN * held).astype(np.uint64)
-        x = x ^ (slot * _ODD[3])
-        x = _splitmix(x ^ np.uint64((th * int(_ODD[2])) & _MASK64))
-        return int(x.sum(dtype=np.uint64))
+        x = _splitmix(x ^ (slot * _ODD[3]) ^ salt)
+        starts = np.cumsum([0, *sizes[:-1]])  # every table has rows: no empty segment
+        sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
+        for (per, _, _), total in zip(parts, sums, strict=True):
+            per.digest = int(total)
 
     # -- canonical facts in the digest ----------------------------------------------------------
     def _spec_fact(self, spec: TaskSpec) -> tuple[object, ...]:

@@ -288,6 +288,7 @@ class TaskBoard(BoardState):
         agent = _int64s(agents)
         ok_task = np.array([per is not None for per in usable], dtype=bool)
         rows = np.flatnonzero(ok_task[t_of] & (role >= 0) & (role < ROLE_SPAN) & (agent >= 0))
+        first_new = len(self._holders)
         h = self._holders_of(node, group, agent[rows])
         fresh = h >= 0
         fresh[fresh] = key > self._holder_consumed.data[h[fresh]]
@@ -297,12 +298,25 @@ class TaskBoard(BoardState):
         t_rows = t_of[rows]
         by_task = np.argsort(t_rows, kind="stable")  # each task's rows, in the message's order
         bounds = np.flatnonzero(np.diff(t_rows[by_task])) + 1
+        # A task's rows are new slots, added with no look-up (BidTable.add_new), when their
+        # agents are new to the ledger (holder ids made by this message: no table has a row of
+        # them), their slots distinct and their costs finite: a node's first bids.
+        new = (h >= first_new) & np.isfinite(cost)
+        by_slot = np.lexsort((slot, t_rows))
+        twice = (slot[by_slot[1:]] == slot[by_slot[:-1]]) & (
+            t_rows[by_slot[1:]] == t_rows[by_slot[:-1]]
+        )
+        new[by_slot[1:][twice]] = False
+        all_new = (
+            np.logical_and.reduceat(new[by_task], np.r_[0, bounds]).tolist() if by_task.size else []
+        )
         inserted = 0
-        for part in np.split(by_task, bounds) if by_task.size else ():
+        for j, part in enumerate(np.split(by_task, bounds) if by_task.size else ()):
             per = usable[int(t_rows[part[0]])]
             if per is None:  # not reached: the rows are of usable tasks
                 continue
-            merged = per.merge(
+            merge = per.add_new if all_new[j] else per.merge
+            merged = merge(
                 slot[part], cost[part], key, held[rows[part]], room=self.max_bids - self.n_bids
             )
             self.n_bids += merged.added

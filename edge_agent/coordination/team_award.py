@@ -134,19 +134,22 @@ def fill(
         rows += [g] * solver.add_slots(g, int(vacant[g]))
     # Then each forming team in task order, whole or not at all.
     bidders = np.bincount(bids.role[usable], minlength=n_roles)
+    by_task = np.argsort(roles.task, kind="stable")  # each task's roles, in order
+    bounds = np.searchsorted(roles.task[by_task], np.arange(n_tasks + 1)).tolist()
+    role_of, wants = by_task.tolist(), vacant.tolist()
+    short = (bidders < vacant).tolist()
     for t in np.flatnonzero(~formed).tolist():
-        mine = np.flatnonzero(roles.task == t)
-        if mine.size == 0 or (bidders[mine] < vacant[mine]).any():
+        mine = role_of[bounds[t] : bounds[t + 1]]
+        if not mine or any(short[g] for g in mine):
             continue  # a role with fewer bidders than slots: it cannot form
         saved = solver.save()
         added: list[int] = []
-        for g in mine.tolist():
-            wanted = int(vacant[g])
-            got = solver.add_slots(g, wanted)
+        for g in mine:
+            got = solver.add_slots(g, wants[g])
             added += [g] * got
-            if got < wanted:
+            if got < wants[g]:
                 break
-        if len(added) < int(vacant[mine].sum()):
+        if len(added) < sum(wants[g] for g in mine):
             solver.restore(saved)
         else:
             rows += added

@@ -106,3 +106,31 @@ def test_a_few_rows_merge_as_many_rows_do(seed: int) -> None:
             assert rows_of(small) == rows_of(rows)
     assert rows_of(small) == rows_of(rows)
     assert [x.dtype for x in small.arrays()] == [x.dtype for x in rows.arrays()]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_new_slots_added_without_a_look_up_leave_what_a_merge_leaves(seed: int) -> None:
+    """``add_new`` (rows the ledger knows to be new slots: a node's first bids) kept aside as
+    the message's arrays, between merges of slots new and old and reads: the same table, the
+    same counts and the same room's bound as merging every message."""
+    rng = np.random.default_rng(seed)
+    fast, merged = BidTable(), BidTable()
+    unused = iter(rng.permutation(np.arange(2000, 3000)).tolist())  # never merged
+    for _ in range(16):
+        seq, room = int(rng.integers(0, 3)), int(rng.integers(0, 12))
+        n = int(rng.integers(1, 20))
+        costs = rng.integers(0, 3, n).astype(np.float64)
+        held = rng.random(n) < 0.3
+        if rng.random() < 0.5:
+            keys = np.array([next(unused) for _ in range(n)], dtype=np.int64)
+            a = fast.add_new(keys, costs, seq, held, room=room)
+        else:
+            keys = rng.choice(np.r_[fast.keys, np.arange(1000, 1020)], n).astype(np.int64)
+            a = fast.merge(keys, costs, seq, held, room=room)
+        b = merged.merge(keys, costs, seq, held, room=room)
+        assert a == b
+        assert len(fast) == len(merged)
+        if rng.random() < 0.3:
+            assert rows_of(fast) == rows_of(merged)
+    assert rows_of(fast) == rows_of(merged)
+    assert [x.dtype for x in fast.arrays()] == [x.dtype for x in merged.arrays()]

@@ -377,3 +377,73 @@ def test_a_release_of_a_team_task_is_a_sync_s_closer_only_with_its_signature() -
     assert all(not p.closers for p in parts)
     assert isinstance(parts, list)
     assert all(isinstance(p, TaskSync) for p in parts)
+
+
+def test_a_node_s_first_bids_merge_as_a_bid_at_a_time() -> None:
+    """A message of agents new to the ledger goes into each task's table without a look-up,
+    unless a slot comes twice in it: either way the ledger is the one a bid at a time leaves,
+    the bound on bids (first come, first kept) included."""
+    rows = [("T", 1, 0, 2.0), ("T", 2, 0, 1.0), ("T", 1, 0, 0.5), ("U", 3, 0, 1.0),
+            ("T", 3, 1, 0.25), ("U", 1, 0, 3.0), ("U", 4, 0, 0.5)]  # fmt: skip
+    for max_bids in (100, 4):
+
+        def board(max_bids: int = max_bids) -> TaskBoard:
+            b = TaskBoard(max_bids=max_bids)
+            b.add_spec(team("T", 2, roles=[Role(capability="grid", count=1, goal_state=4)]))
+            b.add_spec(team("U", 2))
+            return b
+
+        one_by_one, message = board(), board()
+        for task, agent, role, cost in rows:
+            one_by_one.add_bid(bid(task, "n1", agent, cost, role=role))
+        tasks = ["T", "U"]
+        assert message.add_bids(
+            "n1", "g", 0, 1, tasks, epochs=[0, 0],
+            task_index=[tasks.index(r[0]) for r in rows], agents=[r[1] for r in rows],
+            costs=[r[3] for r in rows], roles=[r[2] for r in rows],
+        )  # fmt: skip
+        assert message.digest() == one_by_one.digest()
+        assert message.teams() == one_by_one.teams()
+        assert (message.n_bids, message.overflow) == (one_by_one.n_bids, one_by_one.overflow)
+        assert message.n_bids == min(6, max_bids)
+
+
+def test_a_board_of_team_tasks_only_awards_no_one_agent_task_without_its_team_rows() -> None:
+    """The one-agent award of a board whose one-agent tasks have no bids is empty and costs
+    nothing (issue 55: a node of a team formation built the team rows for it on every
+    change, a third of its award's CPU); with a one-agent task's bids, team members are left
+    out of it as before."""
+    board = TaskBoard()
+    board.add_spec(team("T", 1))
+    board.add_spec(single("s"))
+    board.add_bid(bid("T", "n1", 0, 1.0, held=True))
+    built: list[int] = []
+    role_bids = board._role_bids
+
+    def counting(tasks: list[str]):  # type: ignore[no-untyped-def]
+        built.append(len(tasks))
+        return role_bids(tasks)
+
+    board._role_bids = counting  # type: ignore[method-assign]
+    assert board.award() == {}
+    assert built == []
+    board.add_bid(bid("s", "n1", 0, 0.5))  # the member: not the one-agent task's winner
+    assert board.award() == {}
+    assert built == [1]
+    board.add_bid(bid("s", "n1", 1, 0.7))
+    assert board.award()["s"].agent == 1
+    assert [m.agent for m in board.teams()["T"].members] == [0]
+
+
+def test_bid_by_all_says_whether_every_node_named_has_a_bid_on_the_round() -> None:
+    board = TaskBoard()
+    board.add_spec(team("T", 2))
+    board.add_spec(team("U", 2))
+    board.add_bid(bid("T", "n1", 0, 1.0))
+    board.add_bid(bid("T", "n2", 0, 1.0))
+    board.add_bid(bid("U", "n3", 0, 1.0))
+    assert board.bid_by_all("T", ["n1", "n2"])
+    assert board.bid_by_all("T", [])
+    assert not board.bid_by_all("T", ["n1", "n3"])  # n3 bid on U only
+    assert not board.bid_by_all("T", ["n1", "n4"])  # never heard of
+    assert not board.bid_by_all("V", ["n1"])
