@@ -222,3 +222,14 @@ def sizes(world: str, build: str) -> tuple[int, ...]:
     """The agents ``world`` is stepped with in ``build``: the package's library every size,
     the others all but the five whole blocks."""
     return SIZES[world] if build == "installed" else tuple(n for n in SIZES[world] if n < 40)
+
+
+#: The agents a world's group that does not learn is stepped with where not :data:`SIZES`'s:
+#: grid10's steps numpy's local planner above LOCAL_NATIVE_AGENTS (core/native_pass.py); one
+#: agent (seven padding lanes) and a full and a partial block.
+FROZEN_SIZES = {"grid10-A0": (1, 13)}
+
+
+def frozen_sizes(world: str, build: str) -> tuple[int, ...]:
+    """The agents ``world``'s group that does not learn is stepped with in ``build``."""
+    return FROZEN_SIZES.get(world) or sizes(world, build)
