@@ -83,10 +83,10 @@ NATIVE_ENV = "EDGE_AGENT_NATIVE_TICK"
 #: The most agents of a group whose model numpy's local one-step planner steps (grid10's, ``B``
 #: local) that the compiled tick takes (measured against numpy there). grid10 frozen, both
 #: paths' fastest tick in measure_costs, 3 groups each (load 1.9-2.5): numpy's local planner
-#: over the compiled tick 1.8-2.2x at N = 1, 2.3-3.3x at 8 and 16, 1.1-1.4x at 32; at 100 the
-#: local planner is cheaper (the compiled tick 1.2-1.6x its cost; in the benchmark's closed
+#: over the compiled tick 1.8-2.2x at N = 1, 2.1-3.3x at 8 and 16, 1.1-1.4x at 32; at 100 the
+#: local planner is cheaper (the compiled tick 1.2-1.7x its cost; in the benchmark's closed
 #: loop float64 numpy 350-368 k agent-steps/s, the compiled tick 270-286 k) and at 1,000
-#: 1.4-2.4x (benchmarks/notes/learning.md).
+#: 1.4-2.3x (benchmarks/notes/learning.md).
 LOCAL_NATIVE_AGENTS = 32
 
 
