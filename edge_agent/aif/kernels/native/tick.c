@@ -476,6 +476,21 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
     if (m->use_info_gain) {
         for (int64_t s = 0; s < S; s++) LANES neg_entropy[s][b] = 0.0;
         for (int64_t e = 0; e < E; e++) LANES value[e][b] = m->entry_shared[e];
+        int64_t learned = 0;
+        for (int64_t k = 0; k < M; k++) learned |= m->entry_index[k] != NULL;
+        if (!learned) {
+            /* no table learned: the entries are the shared ones, the same in every lane, so
+             * their p ln p once (E logs, not E * BLK: grid10's 460 entries at N = 1 were a
+             * fifth of the tick), into every lane; sc->log_value as the E values' scratch */
+            double *logs = &sc->log_value[0][0];
+            tick_log(m->entry_shared, logs, E, EXP_M16);
+            for (int64_t e = 0; e < E; e++) {
+                const double term = m->entry_shared[e] * logs[e];
+                double *to = neg_entropy[m->entry_state[e]];
+                LANES to[b] += term;
+            }
+            return;
+        }
         for (int64_t k = 0; k < M; k++) {
             const int64_t *index = m->entry_index[k];
             if (index == NULL) continue;
