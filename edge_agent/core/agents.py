@@ -261,7 +261,7 @@ class AifAgentGroup:
             self._native_reason = ("its learning steps it" if self.learning is not None
                                    else "a planning policy")
             return None
-        found = frozen_kernel(cm, self.settings, n_agents=n_agents)
+        found = frozen_kernel(cm, self.settings)
         if isinstance(found, str):
             self._native_reason = found
             return None

@@ -66,7 +66,6 @@ if TYPE_CHECKING:
     from edge_agent.aif.settings import AifSettings
 
 __all__ = [
-    "LOCAL_NATIVE_AGENTS",
     "NATIVE_ENV",
     "NativePass",
     "SharedNativePass",
@@ -80,15 +79,6 @@ __all__ = [
 #: The environment variable that keeps groups on numpy when it is ``0``.
 NATIVE_ENV = "EDGE_AGENT_NATIVE_TICK"
 
-#: The most agents of a group whose model numpy's local one-step planner steps (grid10's, ``B``
-#: local) that the compiled tick takes (measured against numpy there). grid10 frozen, both
-#: paths' fastest tick in measure_costs, 3 groups each (load 1.9-2.5): numpy's local planner
-#: over the compiled tick 1.8-2.2x at N = 1, 2.1-3.3x at 8 and 16, 1.1-1.4x at 32; at 100 the
-#: local planner is cheaper (the compiled tick 1.2-1.7x its cost; in the benchmark's closed
-#: loop float64 numpy 350-368 k agent-steps/s, the compiled tick 270-286 k) and at 1,000
-#: 1.4-2.3x (benchmarks/notes/learning.md).
-LOCAL_NATIVE_AGENTS = 32
-
 
 def choice_measured() -> bool:
     """Whether a group the compiled tick can take measures both paths (:data:`NATIVE_ENV` not
@@ -96,16 +86,11 @@ def choice_measured() -> bool:
     return os.environ.get(NATIVE_ENV, "") != "1"
 
 
-def numpy_reasons(
-    cm: kernels.CompiledModel, settings: AifSettings, *, n_agents: int
-) -> str | None:
+def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | None:
     """Why a group of ``cm`` with ``settings`` steps with numpy whatever it learns (None: the
     compiled tick takes it): the environment asks for numpy, policies of more than one step,
-    stochastic or whole-policy action selection, no library (or not the binding's), a model
-    above the library's limits, or a model numpy's local one-step planner steps (grid10) in a
-    group of more than :data:`LOCAL_NATIVE_AGENTS` agents (``n_agents``). A smaller group of
-    such a model is taken, and measures both paths
-    (:func:`~edge_agent.core.path_choice.measure_costs`)."""
+    stochastic or whole-policy action selection, a model numpy's local planner steps (faster),
+    no library (or not the binding's), a model above the library's limits."""
     policies = cm.tree.policies
     reasons = [
         (os.environ.get(NATIVE_ENV, "1") == "0", f"{NATIVE_ENV}=0"),
@@ -113,9 +98,10 @@ def numpy_reasons(
          f"policy_len {policies.shape[1]} (the compiled tick plans one-step policies)"),
         (settings.action_selection != "deterministic", "stochastic action selection"),
         (settings.sampling_mode != "marginal", f"sampling_mode {settings.sampling_mode}"),
-        (cm.local is not None and n_agents > LOCAL_NATIVE_AGENTS,
-         f"the local one-step planner (numpy) outruns the compiled tick's dense plan above "
-         f"{LOCAL_NATIVE_AGENTS} agents"),
+        # grid10 frozen, N = 1,000, interleaved in one process: the compiled tick 0.45x numpy's
+        # (int8), 0.62x (float64); at N = 1 1.1x (benchmarks/notes/learning.md)
+        (cm.local is not None,
+         "the local one-step planner (numpy) outruns the compiled tick's dense plan here"),
     ]
     for found, why in reasons:
         if found:
@@ -126,12 +112,10 @@ def numpy_reasons(
     return native.too_large(cm.num_states, cm.num_controls, cm.num_modalities, len(policies))
 
 
-def frozen_kernel(
-    cm: kernels.CompiledModel, settings: AifSettings, *, n_agents: int
-) -> native.NativeTick | str:
-    """The compiled tick of a group of ``n_agents`` that steps with ``cm`` and does not learn
-    (its state in ``cm.dtype``), or why it steps with numpy (:func:`numpy_reasons`)."""
-    why = numpy_reasons(cm, settings, n_agents=n_agents)
+def frozen_kernel(cm: kernels.CompiledModel, settings: AifSettings) -> native.NativeTick | str:
+    """The compiled tick of a group that steps with ``cm`` and does not learn (its state in
+    ``cm.dtype``), or why it steps with numpy (:func:`numpy_reasons`)."""
+    why = numpy_reasons(cm, settings)
     if why is not None:
         return why
     A = [np.asarray(a, dtype=np.float64) for a in cm.A_rows]

@@ -56,7 +56,7 @@ def test_measure_costs_times_each_path_on_its_own_scratch(native_cost: float) ->
     """Each path's fastest timed tick, by the timer given: the compiled tick's steps cost what
     the clock says, numpy's nothing; a tie keeps the compiled tick."""
     group = AifAgentGroup(builtin_model("tmaze"), 3, precision="int8")
-    kernel = frozen_kernel(group.cm, group.settings, n_agents=3)
+    kernel = frozen_kernel(group.cm, group.settings)
     assert not isinstance(kernel, str)
     clock = _Clock()
     costs = measure_costs(_SlowKernel(kernel, clock, native_cost), group.cm,  # type: ignore[arg-type]
@@ -72,7 +72,7 @@ def test_measure_costs_leaves_the_group_s_state_alone_and_caps_the_agents() -> N
     n = MEASURE_AGENTS + 5
     group = AifAgentGroup(builtin_model("tmaze"), n, precision="int8")
     before = {k: np.array(v, copy=True) for k, v in group.state_dict().items()}
-    kernel = frozen_kernel(group.cm, group.settings, n_agents=n)
+    kernel = frozen_kernel(group.cm, group.settings)
     assert not isinstance(kernel, str)
     costs = measure_costs(kernel, group.cm, group.settings, group.dtype, n_agents=n,
                           keeps_prior=group.state.keeps_prior, block_size=64)

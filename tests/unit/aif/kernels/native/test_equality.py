@@ -47,10 +47,8 @@ from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.reference_learning import LearningReferenceAgent
-from edge_agent.core import agents
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_pass import LOCAL_NATIVE_AGENTS, NATIVE_ENV
-from edge_agent.core.path_choice import TickCosts
+from edge_agent.core.native_pass import NATIVE_ENV
 from tests.support import native_builds
 from tests.support.native_tick import (
     FROZEN_WORLDS,
@@ -60,7 +58,6 @@ from tests.support.native_tick import (
     SIZES,
     Pass,
     World,
-    frozen_sizes,
     make_world,
     outcomes,
     sizes,
@@ -249,7 +246,7 @@ class FrozenCase(NamedTuple):
 def _frozen_cases() -> Iterator[Any]:
     for build in BUILDS:
         for world in FROZEN_WORLDS:
-            for n in frozen_sizes(world, build):
+            for n in sizes(world, build):
                 for precision in ("float64", "int8"):
                     yield pytest.param(FrozenCase(world, n, precision, build),
                                        id=f"{world}-n{n}-{precision}-{build}")
@@ -347,44 +344,13 @@ def test_a_frozen_group_s_compiled_tick_is_its_numpy_twin_up_to_rounding(
     assert float(np.median(np.concatenate(kl))) < 1e-4
 
 
-@pytest.mark.parametrize("native_faster", [True, False])
-def test_a_small_frozen_group_of_a_local_planner_s_model_keeps_the_path_measured_cheaper(
-    native_faster: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_frozen_group_of_a_local_planner_s_model_says_why_it_stays_on_numpy(
+    tmp_path: Path,
 ) -> None:
-    """grid10's group that does not learn (numpy steps it with the local one-step planner), of
-    at most LOCAL_NATIVE_AGENTS agents, measures both paths and keeps the cheaper (the costs
-    here the test's own, not the machine's)."""
+    """grid10's group that does not learn steps numpy's local planner, faster there than the
+    compiled tick's dense plan, and says so."""
     world = make_world("grid10-A0", tmp_path)
-    costs = TickCosts(native_s=0.001 if native_faster else 0.005, numpy_s=0.002, agents=13)
-    monkeypatch.setattr(agents, "measure_costs", lambda *a, **k: costs)
-    monkeypatch.delenv(NATIVE_ENV, raising=False)
     for precision in ("float64", "int8"):
         group = frozen_group(world, 13, precision)
-        assert group.cm.local is not None  # numpy's path is the local planner
-        if native_faster:
-            assert group.stepping == "native"
-        else:
-            assert group.stepping.startswith("numpy: measured faster (numpy 2 ms a tick")
-
-
-def test_a_larger_frozen_group_of_a_local_planner_s_model_stays_on_numpy_and_says_why(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Above LOCAL_NATIVE_AGENTS agents grid10's group that does not learn steps numpy's local
-    planner, unmeasured (cheaper there than the compiled tick's dense plan), and says so; the
-    environment's ``1`` does not take it either."""
-    def refuse(*args: Any, **kwargs: Any) -> TickCosts:
-        raise AssertionError("measured")
-
-    monkeypatch.setattr(agents, "measure_costs", refuse)
-    world = make_world("grid10-A0", tmp_path)
-    for env in (None, "1"):
-        if env is None:
-            monkeypatch.delenv(NATIVE_ENV, raising=False)
-        else:
-            monkeypatch.setenv(NATIVE_ENV, env)
-        for precision in ("float64", "int8"):
-            group = frozen_group(world, LOCAL_NATIVE_AGENTS + 1, precision)
-            assert group.stepping == (
-                "numpy: the local one-step planner (numpy) outruns the compiled tick's dense "
-                f"plan above {LOCAL_NATIVE_AGENTS} agents")
+        assert group.stepping == ("numpy: the local one-step planner (numpy) outruns the "
+                                  "compiled tick's dense plan here")
