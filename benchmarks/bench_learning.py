@@ -49,7 +49,9 @@ class Case(NamedTuple):
     """One row's setting: the world, the tables it learns, how often they follow the counts,
     the learning rate, and where the prior puts counts (``support``: twice the table plus 0.5
     on its support; ``dense``: plus 0.5 on every entry, so a learned ``B`` becomes a dense
-    table that normalises to another one at every update)."""
+    table that normalises to another one at every update; ``reach``: plus 0.5 on every target
+    some action reaches from the column's state, a learner that does not know where its moves
+    take it: a sparse ``B`` whose touched columns move within that support)."""
 
     world: str
     tables: tuple[str, ...]
@@ -59,16 +61,19 @@ class Case(NamedTuple):
 
     @property
     def name(self) -> str:
-        """``grid10-B0-every-1``: what ``--cases`` names a case by (``-dense``: that prior)."""
-        dense = "-dense" if self.prior == "dense" else ""
-        return f"{self.world}-{''.join(self.tables)}-every-{self.refresh_every}{dense}"
+        """``grid10-B0-every-1``: what ``--cases`` names a case by (``-dense``, ``-reach``: that
+        prior)."""
+        prior = "" if self.prior == "support" else f"-{self.prior}"
+        return f"{self.world}-{''.join(self.tables)}-every-{self.refresh_every}{prior}"
 
 
 #: The T-maze learns its reward modality; the grid its observation model and its transitions.
-#: The last three are the shared rows at pymdp's cadence: the tables follow the counts every
+#: The last four are the shared rows at pymdp's cadence: the tables follow the counts every
 #: tick, learning rate 1 (the T-maze its reward modality, grid10 its transitions; then the
 #: slippery grid's transitions from a prior on every entry: each refresh moves the columns the
-#: agents' moves touched, which come into the compiled tables without a compile).
+#: agents' moves touched, which come into the compiled tables without a compile; then grid10's
+#: from a prior on every target a move reaches: a sparse B whose moved columns keep their
+#: support, refreshed by their weights alone).
 CASES = (
     Case("tmaze", ("A1",), 100, 0.01),
     Case("grid10", ("A0",), 100, 0.01),
@@ -76,17 +81,22 @@ CASES = (
     Case("tmaze", ("A1",), 1, 1.0),
     Case("grid10", ("B0",), 1, 1.0),
     Case("grid-slippery", ("B0",), 1, 1.0, "dense"),
+    Case("grid10", ("B0",), 1, 1.0, "reach"),
 )
 
 
 def counts_for(model: Any, tables: tuple[str, ...], prior: str) -> dict[str, dict[int, Any]]:
     """Weak counts for the named tables: twice the table plus 0.5 on its support (``prior``
-    ``support``) or on every entry (``dense``)."""
+    ``support``), on every entry (``dense``) or, for a ``B``, on every target some action
+    reaches from the column's state (``reach``)."""
     out: dict[str, dict[int, Any]] = {"A": {}, "B": {}}
     for name in tables:
         kind, index = name[0], int(name[1:])
         table = (model.A if kind == "A" else model.B)[index]
-        out[kind][index] = table * 2.0 + 0.5 * ((table > 0) if prior == "support" else 1.0)
+        where: Any = {"support": table > 0, "dense": 1.0}.get(prior)
+        if prior == "reach":
+            where = table.sum(axis=2, keepdims=True) > 0  # (S, S, 1): every action's column
+        out[kind][index] = table * 2.0 + 0.5 * where
     return out
 
 

@@ -942,7 +942,10 @@ TABLES: tuple[Table, ...] = (
             "prior counts twice the table plus 0.5 on its support; the slippery grid its "
             "transitions from counts plus 0.5 on **every** entry, so that `B` is dense and every "
             "update moves the columns the agents' moves touched, which a refresh brings into "
-            "the compiled tables without a compile), against the same group without learning "
+            "the compiled tables without a compile; grid10's transitions also from counts plus "
+            "0.5 on every target some move reaches from the column's state, `reach`: a sparse "
+            "`B` whose touched columns move within that support, refreshed by their weights "
+            "alone), against the same group without learning "
             "on the learning group's tables and beliefs, in alternating rounds on the same "
             "observations (drawn once from the world under the learning group's actions), one "
             "thread. The ratio is the median over rounds of the learning tick's time over the "
@@ -951,20 +954,21 @@ TABLES: tuple[Table, ...] = (
         ),
         benchmark="bench_learning.py",
         where={"bench": "learning", "refresh_every": 1},
-        key=("world", "learned", "agents"),
+        key=("world", "learned", "prior", "agents"),
         expect=tuple(
-            {"world": w, "learned": t, "agents": n}
-            for w, t in (("tmaze", "A1"), ("grid10", "B0"), ("grid-slippery", "B0"))
+            {"world": w, "learned": t, "prior": p, "agents": n}
+            for w, t, p in (("tmaze", "A1", "support"), ("grid10", "B0", "support"),
+                            ("grid-slippery", "B0", "dense"), ("grid10", "B0", "reach"))
             for n in (1, 100, 1000)
         ),
         command=f"{RECORD} bench_learning.py -- --cases tmaze-A1-every-1,grid10-B0-every-1,"
-                "grid-slippery-B0-every-1-dense --agents 1,100,1000",
+                "grid-slippery-B0-every-1-dense,grid10-B0-every-1-reach --agents 1,100,1000",
         store=f"{RECORD} bench_learning.py -- --cases tmaze-A1-every-1,grid10-B0-every-1,"
-              "grid-slippery-B0-every-1-dense --agents 1,100,1000",
+              "grid-slippery-B0-every-1-dense,grid10-B0-every-1-reach --agents 1,100,1000",
         columns=(
             Column("world", "world"),
             Column("learns", "learned"),
-            Column("prior counts on", lambda row: row.get("prior") or "support"),
+            Column("prior counts on", "prior"),
             Column("agents", "agents", ",d"),
             Column("learning off, agent-steps/s", "plain_agent_steps_per_s", ",.0f"),
             Column("learning on, agent-steps/s", "learning_agent_steps_per_s", ",.0f"),

@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_agent.aif.constants import EPS, EXP_M16
 from edge_agent.aif.kernels.array_types import IndexArray, IntArray
-from edge_agent.aif.kernels.transitions import SparseTransition, Transition
+from edge_agent.aif.kernels.transitions import SparseTransition, Transition, entry_weights
 from edge_agent.arrays import distinct
 
 if TYPE_CHECKING:
@@ -578,12 +578,19 @@ def refreshed_propagation(
     to :func:`build_fast_plan` with ``trans``."""
     depths = []
     prev_nodes = 1
+    values = _entry_values(trans) if isinstance(trans, SparseTransition) else None
     for fast_depth, depth in zip(plan.depths, tree.depths, strict=True):
         old = fast_depth.propagation[f]
         prop: RowMap | DensePropagation
         if isinstance(trans, SparseTransition):
-            parent, action = _parents_and_actions(depth, f)
-            prop = propagation_row_map(trans, parent, action, prev_nodes, dtype)
+            assert values is not None
+            assert isinstance(old, RowMap)
+            ids = old.__dict__.get(_IDS)
+            if ids is None:  # (once per structure: where each weight comes from)
+                parent, action = _parents_and_actions(depth, f)
+                ids = propagation_row_map(_entry_ids(trans), parent, action, prev_nodes,
+                                          np.dtype(np.float64))  # fmt: skip
+            prop = _reweighted_row_map(old, ids, values, dtype)
         else:
             assert isinstance(old, DensePropagation)
             prop = DensePropagation(BT=trans.BT, by_action=old.by_action, max_nodes=old.max_nodes)
@@ -592,8 +599,90 @@ def refreshed_propagation(
         depths.append(replace(fast_depth, propagation=tuple(props)))
         prev_nodes = fast_depth.num_nodes[f]
     agent = list(plan.agent_propagation)
-    agent[f] = agent_propagation(trans, dtype) if isinstance(trans, SparseTransition) else None
+    mine = agent[f]
+    if values is not None and mine is not None:
+        agent_ids = mine.__dict__.get(_IDS)
+        if agent_ids is None:
+            assert isinstance(trans, SparseTransition)
+            agent_ids = agent_propagation(_entry_ids(trans), np.dtype(np.float64))
+        agent[f] = _reweighted_agent(mine, agent_ids, values, dtype)
+    else:
+        agent[f] = (agent_propagation(trans, dtype) if isinstance(trans, SparseTransition)
+                    else None)  # fmt: skip
     return replace(plan, depths=tuple(depths), agent_propagation=tuple(agent))
+
+
+#: Where a RowMap's or an AgentPropagation's weights come from, kept on it by
+#: :func:`refreshed_propagation` (and carried to the one it makes): the same tables built from
+#: the transition's entry ids (:func:`_entry_ids`) in place of its weights, so that new weights
+#: of the same structure are one gather (0: a padding zero, 1: a default one).
+_IDS = "_weight_ids"
+
+
+def _entry_ids(trans: SparseTransition) -> SparseTransition:
+    """``trans`` with every entry's weight its id + 2 (entries in :attr:`SparseTransition.entries`
+    order): built into a table, each weight says which entry it is (0 and 1 are the tables'
+    defaults: no weight, weight one)."""
+    starts = trans.entries[3]
+    layers = []
+    i = 0
+    for per_u in trans.layers:
+        out = []
+        for tgt, src, _ in per_u:
+            out.append((tgt, src, np.arange(starts[i], starts[i + 1], dtype=np.float64) + 2.0))
+            i += 1
+        layers.append(tuple(out))
+    return SparseTransition(num_states=trans.num_states, layers=tuple(layers),
+                            full_first=trans.full_first)  # fmt: skip
+
+
+def _entry_values(trans: SparseTransition) -> np.ndarray:
+    """float64 ``[0, 1, w_0, w_1, ...]``: the defaults, then every entry's weight (ids as
+    :func:`_entry_ids` gives them)."""
+    return np.concatenate([np.array([0.0, 1.0]), entry_weights(trans)])
+
+
+def _gathered(
+    ids: np.ndarray | None, values: np.ndarray, dtype: np.dtype[np.floating], none_if_ones: bool
+) -> np.ndarray | None:
+    if ids is None:
+        return None
+    out = values.take(ids.astype(np.intp)).astype(dtype)
+    if none_if_ones and np.all(out == 1):
+        return None
+    out.setflags(write=False)
+    return out
+
+
+def _reweighted_row_map(
+    old: RowMap, ids: RowMap, values: np.ndarray, dtype: np.dtype[np.floating]
+) -> RowMap:
+    """``old`` (of the structure ``ids`` was built with) with the weights ``values`` gathers:
+    what :func:`propagation_row_map` makes of the new transition."""
+    extra = tuple(
+        (tgt, src, _gathered(w_ids, values, dtype, True))
+        for (tgt, src, _), (_, _, w_ids) in zip(old.extra, ids.extra, strict=True)
+    )
+    new = RowMap(num_in=old.num_in, first_src=old.first_src,
+                 first_w=_gathered(ids.first_w, values, dtype, True), extra=extra)  # fmt: skip
+    new.__dict__[_IDS] = ids
+    return new
+
+
+def _reweighted_agent(
+    old: AgentPropagation, ids: AgentPropagation, values: np.ndarray, dtype: np.dtype[np.floating]
+) -> AgentPropagation:
+    """As :func:`_reweighted_row_map`, for :func:`agent_propagation`'s tables."""
+    extra = []
+    for (tgt, src, _), (_, _, w_ids) in zip(old.extra, ids.extra, strict=True):
+        w = _gathered(w_ids, values, dtype, False)
+        assert w is not None
+        extra.append((tgt, src, w))
+    new = AgentPropagation(first_src=old.first_src,
+                           first_w=_gathered(ids.first_w, values, dtype, True),
+                           extra=tuple(extra))  # fmt: skip
+    new.__dict__[_IDS] = ids
+    return new
 
 
 def build_fast_plan(

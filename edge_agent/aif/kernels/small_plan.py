@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.aif.kernels.array_types import IndexArray
-from edge_agent.aif.kernels.transitions import SparseTransition, Transition, propagate
+from edge_agent.aif.kernels.transitions import (
+    SparseTransition,
+    Transition,
+    propagate,
+    source_rows,
+)
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.tree import PolicyTree
@@ -163,9 +168,9 @@ def refreshed_small_rows(
         if not len(sources):
             continue
         if isinstance(trans, SparseTransition):
-            rows = propagate(trans, np.eye(S)[sources], u)
+            rows = source_rows(trans, sources, u)  # row s: B[:, s, u]
         else:
-            rows = trans.BT[u][sources].astype(np.float64)  # row s: B[:, s, u]
+            rows = trans.BT[u][sources].astype(np.float64)
         gain = rows @ u64
         for j in nodes:
             BT_nodes[sources, j * S : (j + 1) * S] = rows

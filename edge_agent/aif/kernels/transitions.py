@@ -9,6 +9,7 @@ allocated.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,30 @@ class SparseTransition:
     num_states: int
     layers: tuple[tuple[tuple[IndexArray, IndexArray, np.ndarray | None], ...], ...]  # [u][layer]
     full_first: tuple[bool, ...]  # [u]: first layer's targets are exactly 0..S-1 in order
+
+    @functools.cached_property
+    def entries(self) -> tuple[IndexArray, IndexArray, IndexArray, IndexArray]:
+        """Every layer's entries in one run (actions, then layers, in order): their action,
+        target and source, and where each layer starts (``len(layers)`` starts, one end)."""
+        acts, tgts, srcs, starts = [], [], [], [0]
+        for u, per_u in enumerate(self.layers):
+            for tgt, src, _ in per_u:
+                acts.append(np.full(len(tgt), u, dtype=np.intp))
+                tgts.append(np.asarray(tgt, dtype=np.intp))
+                srcs.append(np.asarray(src, dtype=np.intp))
+                starts.append(starts[-1] + len(tgt))
+        empty = np.zeros(0, dtype=np.intp)
+        return (
+            np.concatenate(acts) if acts else empty,
+            np.concatenate(tgts) if tgts else empty,
+            np.concatenate(srcs) if srcs else empty,
+            np.asarray(starts, dtype=np.intp),
+        )
+
+    @functools.cached_property
+    def layer_index(self) -> tuple[tuple[int, int], ...]:
+        """``(action, layer)`` of each layer in :attr:`entries` order."""
+        return tuple((u, j) for u, per_u in enumerate(self.layers) for j in range(len(per_u)))
 
     @property
     def nbytes(self) -> int:
@@ -135,7 +160,91 @@ def refreshed_transition(
             BT[action, source, :] = cols.T
             BT.setflags(write=False)
             return DenseTransition(BT=BT)
+    if isinstance(old, SparseTransition):
+        same = _reweighted(old, B, columns, dtype)
+        if same is not None:
+            return same
     return make_transition(B, dtype)
+
+
+def _moved_columns(B: np.ndarray | LogU8 | SparseColumns, columns: NDArray[np.bool_]) -> np.ndarray:
+    """``(S, n)`` float64: ``B``'s columns ``columns`` (a ``(S, U)`` mask, in its C order) dense,
+    as :func:`make_transition` reads them (int8: decoded)."""
+    if isinstance(B, np.ndarray):
+        return np.asarray(B, dtype=np.float64)[:, columns]
+    if isinstance(B, LogU8):
+        return decode_log_u8(LogU8(codes=B.codes[:, columns], top=B.top[columns],
+                                   step=B.step[columns]))  # fmt: skip
+    index = B.index[:, columns].astype(np.intp)  # (k, n)
+    n = index.shape[1]
+    weights = (np.ones(index.shape) if B.values is None else decode_log_u8(LogU8(
+        codes=B.values.codes[:, columns], top=B.values.top[columns],
+        step=B.values.step[columns])))  # fmt: skip
+    out = np.zeros((B.num_states, n))
+    keep = weights > 0  # (padding: target 0, weight 0)
+    out[index[keep], np.broadcast_to(np.arange(n), index.shape)[keep]] = weights[keep]
+    return out
+
+
+def _reweighted(
+    old: SparseTransition,
+    B: np.ndarray | LogU8 | SparseColumns,
+    columns: NDArray[np.bool_],
+    dtype: type[np.floating],
+) -> SparseTransition | None:
+    """What :func:`make_transition` makes of ``B`` when its columns ``columns`` keep the
+    non-zeros ``old`` has there (a learned table's support is its counts'): ``old``'s layers
+    with only the weights of those columns' entries read again (the targets and sources are
+    ``old``'s own arrays; a layer with no such entry is ``old``'s). None when a column's
+    non-zeros are not ``old``'s there (make the transitions whole then)."""
+    cols = _moved_columns(B, columns)  # (S, n)
+    S, U = columns.shape
+    position = np.full(S * U, -1, dtype=np.intp)
+    position[np.flatnonzero(columns)] = np.arange(cols.shape[1])
+    acts, tgts, srcs, starts = old.entries
+    where = position[srcs * U + acts]
+    sel = where >= 0
+    values = cols[tgts[sel], where[sel]]
+    # every non-zero of the moved columns must be one of old's entries there, and each > 0
+    if not np.all(values > 0) or len(values) != np.count_nonzero(cols):
+        return None
+    hit = np.flatnonzero(sel)  # the moved columns' entries, in order; values[i] is hit[i]'s
+    layer_of = np.searchsorted(starts, hit, side="right") - 1
+    layers = [list(per_u) for per_u in old.layers]
+    where_layer = old.layer_index
+    for i in distinct(layer_of):
+        u, j = where_layer[int(i)]
+        tgt, src, w = layers[u][j]
+        mine = layer_of == i
+        full = np.ones(len(tgt), dtype=dtype) if w is None else np.array(w, dtype=dtype)
+        full[hit[mine] - starts[i]] = values[mine]
+        layers[u][j] = (tgt, src, None if np.all(full == 1) else full)
+    new = SparseTransition(num_states=old.num_states, layers=tuple(map(tuple, layers)),
+                           full_first=old.full_first)  # fmt: skip
+    new.__dict__["entries"] = old.entries  # (the same structure: its entries are old's)
+    new.__dict__["layer_index"] = old.layer_index
+    return new
+
+
+def entry_weights(trans: SparseTransition) -> np.ndarray:
+    """float64: every entry's weight, in :attr:`SparseTransition.entries` order (1 in a layer
+    whose weights are all one)."""
+    parts = [np.ones(len(tgt)) if w is None else np.asarray(w, dtype=np.float64)
+             for per_u in trans.layers for tgt, _, w in per_u]  # fmt: skip
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def source_rows(trans: SparseTransition, sources: IndexArray, u: int) -> np.ndarray:
+    """``(len(sources), S)`` float64: row ``i`` is ``B[:, sources[i], u]`` (what
+    :func:`propagate` gives a one-hot belief on each source), from the entries directly."""
+    acts, tgts, srcs, _ = trans.entries
+    S = trans.num_states
+    position = np.full(S, -1, dtype=np.intp)
+    position[sources] = np.arange(len(sources))
+    pick = (acts == u) & (position[srcs] >= 0)
+    rows = np.zeros((len(sources), S))
+    rows[position[srcs[pick]], tgts[pick]] = entry_weights(trans)[pick]
+    return rows
 
 
 def same_structure(old: Transition, new: Transition) -> bool:
@@ -155,7 +264,7 @@ def same_structure(old: Transition, new: Transition) -> bool:
         if len(mine) != len(theirs):
             return False
         for (t0, s0, _), (t1, s1, _) in zip(mine, theirs, strict=True):
-            if not (np.array_equal(t0, t1) and np.array_equal(s0, s1)):
+            if not ((t0 is t1 or np.array_equal(t0, t1)) and (s0 is s1 or np.array_equal(s0, s1))):
                 return False
     return True
 

@@ -148,6 +148,9 @@ EXPECTED: dict[str, list[Record]] = {
           for w, t, e in (("tmaze", ["A1"], 10), ("grid10", ["A0"], 10),
                           ("grid10", ["A0", "B0"], 10), ("tmaze", ["A1"], 1),
                           ("grid10", ["B0"], 1))],
+        ({"bench": "learning", "world": "grid10", "tables": ["B0"], "prior": "reach",
+          "agents": 20, "refresh_every": 1},
+         ("plain_agent_steps_per_s", "learning_agent_steps_per_s", "ratio", "refresh_ms")),
     ],
     "bench_learning_deltas.py": [
         *[({"bench": "learning-deltas", "world": w, "scope": s, "agents": 10},

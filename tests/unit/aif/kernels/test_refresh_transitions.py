@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from edge_agent.aif import kernels
+from edge_agent.aif.kernels.transitions import SparseTransition, source_rows
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies
+from edge_agent.aif.quant import encode_transition, reencode_columns
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.sim.registry import builtin_model, make_env
 from tests.unit.aif.kernels.test_compiled import (
@@ -50,6 +52,8 @@ CASES = [
     ("grid10", "slip", True, {"trans": "SparseTransition", "local": True, "small": True}),
     ("tmaze", "dense", True, {"trans": "DenseTransition", "joint": True}),
     ("grid2f", "reach", False, {"trans": "SparseTransition", "joint": True}),
+    # the issue-58 learner that does not know where its moves take it: every neighbour's column
+    ("grid10", "reach", False, {"trans": "SparseTransition", "small": True}),
 ]
 
 
@@ -145,3 +149,80 @@ def test_a_joint_planner_whose_nodes_change_and_a_deep_planner_are_refused() -> 
     assert deep.deep is not None
     same = kernels.make_transition(grid.B[0], np.float64)
     assert kernels.refresh_transitions(deep, [same]) is None
+
+
+def _same_layers(mine: SparseTransition, theirs: SparseTransition) -> None:
+    assert (mine.num_states, mine.full_first) == (theirs.num_states, theirs.full_first)
+    assert [len(per_u) for per_u in mine.layers] == [len(per_u) for per_u in theirs.layers]
+    for a, b in zip(mine.layers, theirs.layers, strict=True):
+        for (t0, s0, w0), (t1, s1, w1) in zip(a, b, strict=True):
+            np.testing.assert_array_equal(t0, t1)
+            np.testing.assert_array_equal(s0, s1)
+            assert (w0 is None) == (w1 is None)
+            if w0 is not None:
+                assert w0.dtype == w1.dtype
+                np.testing.assert_array_equal(w0, w1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("form", ["float", "int8"])
+def test_a_sparse_transition_reweighted_in_its_moved_columns_is_make_transitions(
+    form: str, dtype: type[np.floating]
+) -> None:
+    """Moved columns that keep their non-zeros: only their entries' weights are read again, and
+    the layers equal :func:`make_transition` of the whole new table (targets, sources, weights
+    and which layers are all ones, exactly); a moved column with other non-zeros gives the
+    whole make (another structure, which the refresh then refuses)."""
+    model = builtin_model("grid10")
+    old_B = _normalised(transition_prior(model, "reach"))
+    rng = np.random.default_rng(1)
+    moved = np.zeros(old_B.shape[1:], dtype=bool)
+    moved[rng.choice(old_B.shape[1], 7, replace=False), rng.integers(0, old_B.shape[2], 7)] = True
+    new_B = old_B.copy()
+    new_B[:, moved] = _normalised(old_B[:, moved] * rng.uniform(0.5, 2.0, old_B[:, moved].shape))
+    if form == "int8":
+        old_src: Any = encode_transition(old_B)
+        new_src: Any = encode_transition(old_B)
+        reencode_columns(new_src, new_B, moved)
+    else:
+        old_src, new_src = old_B, new_B
+    old = kernels.make_transition(old_src, dtype)
+    assert isinstance(old, SparseTransition)
+    mine = kernels.refreshed_transition(old, new_src, moved, dtype)
+    assert isinstance(mine, SparseTransition)
+    _same_layers(mine, kernels.make_transition(new_src, dtype))  # type: ignore[arg-type]
+    # its structure is old's own arrays: the refresh's structure check is a look
+    assert all(t0 is t1 for a, b in zip(mine.layers, old.layers, strict=True)
+               for (t0, _, _), (t1, _, _) in zip(a, b, strict=True))  # fmt: skip
+    again = kernels.refreshed_transition(mine, new_src, moved, dtype)  # entries carried over
+    _same_layers(again, kernels.make_transition(new_src, dtype))  # type: ignore[arg-type]
+    if form == "float":  # a moved column with one more non-zero: made whole
+        wider = new_B.copy()
+        s, u = np.argwhere(moved)[0]
+        zero = np.flatnonzero(wider[:, s, u] == 0)[0]
+        wider[zero, s, u] = 0.1
+        wider[:, s, u] /= wider[:, s, u].sum()
+        made = kernels.refreshed_transition(old, wider, moved, dtype)
+        assert isinstance(made, SparseTransition)
+        _same_layers(made, kernels.make_transition(wider, dtype))  # type: ignore[arg-type]
+        assert (
+            kernels.refresh_transitions(
+                kernels.compile_model(
+                    with_transitions(model, old_B), construct_policies(model.num_controls, 1)
+                ),
+                [made],
+            )
+            is None
+        )
+
+
+def test_source_rows_are_what_propagate_gives_a_one_hot() -> None:
+    model = builtin_model("grid10")
+    B = _normalised(transition_prior(model, "reach"))
+    trans = kernels.make_transition(B, np.float64)
+    assert isinstance(trans, SparseTransition)
+    sources = np.array([0, 5, 42, 99])
+    for u in range(B.shape[2]):
+        np.testing.assert_array_equal(
+            source_rows(trans, sources, u), kernels.propagate(trans, np.eye(B.shape[0])[sources], u)
+        )
