@@ -26,6 +26,7 @@ sequences, and so their digests, are then equal.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from typing import Any
@@ -93,6 +94,20 @@ class _Stacked:
             self.breaks[r, : ks.size] = full[r, ks]
             self.outcomes[r, : ks.size] = ks
         self.outcomes_flat = self.outcomes.reshape(-1)
+        #: Each row's breaks and outcomes as Python lists (one agent's draw: a ``bisect``).
+        self.breaks_rows = [self.breaks[r, : int(rises[r].sum())].tolist()
+                            for r in range(full.shape[0])]
+        self.outcome_rows = [self.outcomes[r, : int(rises[r].sum())].tolist()
+                             for r in range(full.shape[0])]
+        self.first_rows = self.first.reshape(-1).tolist()
+
+    def draw_one(self, rows: list[int], u: list[float]) -> list[int]:
+        """One agent's draws, table ``t`` at its row ``rows[t]`` (flat, ``first`` included)
+        under ``u[t]``: the count of the row's breaks at most ``u``, the outcome there (what
+        :class:`_Draws` gives, without a numpy call)."""
+        breaks, outcomes = self.breaks_rows, self.outcome_rows
+        return [outcomes[r][bisect.bisect_right(breaks[r], x)]
+                for r, x in zip(rows, u, strict=True)]
 
 
 class _Draws:
@@ -203,6 +218,8 @@ class ClosedLoopWorld:
             "mean_reward" if self.reward_modality >= 0
             else "reach_rate" if self.rule == "goal" else None)
         self.scores: list[int] = []
+        #: One agent: :meth:`step` in Python scalars (:meth:`_step_one`), the same results.
+        self.one = n == 1
 
     def _spawn(self, where: np.ndarray) -> None:
         draws = self._spawn_draws
@@ -260,6 +277,8 @@ class ClosedLoopWorld:
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Move every agent by ``actions`` ``(n, F)`` int; start episodes by the rule."""
+        if self.one:
+            return self._step_one(actions)
         by_factor, restart = self.by_factor, self._restart
         if self.rule == "goal":
             np.equal(by_factor[0], self.goal_state, out=restart)
@@ -282,6 +301,50 @@ class ClosedLoopWorld:
             reached &= ~restart
             self.scores.append(int(np.count_nonzero(reached)))
         return self._observe(), restart
+
+
+    def _step_one(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step` of a world of one agent, in Python scalars: the same random numbers in
+        the same order (``rng.random`` of the same sizes), the same draws (:meth:`_Stacked.
+        draw_one`), the same state, scores and buffers after it; three ``rng`` calls and a few
+        list operations instead of some thirty numpy calls on arrays of one."""
+        rng, move, spawn, see = self.rng, self.move_cdf, self.spawn_cdf, self.obs_cdf
+        states = self.by_factor[:, 0].tolist()
+        steps = int(self.episode_steps[0])
+        if self.rule == "goal":
+            restart = states[0] == self.goal_state
+        else:
+            restart = steps >= self.trial_len - 1
+        u = rng.random(move.tables).tolist()
+        chosen = actions[0].tolist()
+        states = move.draw_one(
+            [first + s * c + a for first, s, c, a in zip(
+                move.first_rows, states, self.num_controls, chosen, strict=True)], u)
+        steps += 1
+        u = rng.random(spawn.tables).tolist()  # drawn whoever respawns
+        if restart:
+            states = spawn.draw_one(spawn.first_rows, u)
+            steps = 0
+            trials = int(self.trials[0]) + 1
+            self.trials[0] = trials
+            if self.reverse_every > 0:
+                self.reversed[0] = (trials // self.reverse_every) % 2 == 1
+        self.by_factor[:, 0] = states
+        self.episode_steps[0] = steps
+        self._restart[0] = restart
+        if self.rule == "goal":
+            self.scores.append(int(states[0] == self.goal_state and not restart))
+        joint = sum(s * stride for s, stride in zip(states, self.strides.tolist(), strict=True))
+        u = rng.random(see.tables).tolist()
+        seen = see.draw_one([first + joint for first in see.first_rows], u)
+        if self.reward_modality >= 0:
+            m, reward, loss = self.reward_modality, self.reward_outcome, self.loss_outcome
+            o = seen[m]
+            if self.reverse_every > 0 and self.reversed[0] and o in (reward, loss):
+                seen[m] = o = reward + loss - o
+            self.scores.append(int(o == reward) - int(o == loss))
+        self.obs[0] = seen
+        return self.obs, self._restart
 
 
 def achieved(scores: list[int], n: int, steps: int | None = None) -> float:

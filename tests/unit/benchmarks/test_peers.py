@@ -160,6 +160,46 @@ def test_world_draws_from_the_support_are_the_full_inverse_cdf_draws() -> None:
     assert [draws.rows, draws.below, draws.out] == buffers  # the same buffers every step
 
 
+def _one_agent_worlds() -> list[tuple[str, int]]:
+    return [("grid10", 0), ("grid2f", 0), ("tmaze", 0), ("reversal", 1), ("reversal", 3)]
+
+
+@pytest.mark.parametrize(("world", "reverse_every"), _one_agent_worlds())
+def test_a_world_of_one_agent_steps_as_the_batched_world_does(
+    world: str, reverse_every: int, tmp_path: Path
+) -> None:
+    """A world of one agent steps in Python scalars (``_step_one``): the same observations,
+    episode starts, states, trial counts and scores as the batched step of the same world, and
+    the same random numbers left after (the reversal T-maze's phases included)."""
+    from bench_learning_peers import write_workload as write_reversal
+
+    path = tmp_path / f"{world}.npz"
+    if world == "reversal":
+        write_reversal("tmaze", "A", 1, 1, path)
+    else:
+        bench_peers.write_workload(world, path)
+    w = load_workload(str(path))
+    if world == "reversal":
+        w["reverse_every"] = reverse_every
+    controls = [b.shape[2] for b in w["B"]]
+    for seed in (0, 1):
+        scalar, batched = ClosedLoopWorld(w, 1, seed=seed), ClosedLoopWorld(w, 1, seed=seed)
+        batched.one = False
+        got, want = scalar.reset(), batched.reset()
+        rng = np.random.default_rng(seed)
+        for _ in range(400):
+            for a, b in zip(got, want, strict=True):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(scalar.states, batched.states)
+            np.testing.assert_array_equal(scalar.episode_steps, batched.episode_steps)
+            np.testing.assert_array_equal(scalar.trials, batched.trials)
+            actions = np.array([[rng.integers(0, u) for u in controls]], dtype=np.int64)
+            got, want = scalar.step(actions), batched.step(actions)
+        assert scalar.scores == batched.scores
+        np.testing.assert_array_equal(scalar.rng.random(4), batched.rng.random(4))
+
+
 def test_first_action_agreement_counts_ties_as_agreement() -> None:
     policies = np.array([[[0]], [[1]], [[2]]])  # (P, L=1, F=1)
     q_pi = np.array([[0.45, 0.45, 0.10], [0.2, 0.7, 0.1]])
