@@ -693,7 +693,16 @@ TABLES: tuple[Table, ...] = (
             "does not depend on `N`). Agent-steps/s; learning on / off as in the open loop. "
             "Achieved: what the agents did over the first ticks that the per-agent group and "
             "pymdp 1.0.4 both ran (T-maze: mean reward per agent-step, +1 a reward, -1 a loss; "
-            "grid10: goals reached per agent-step): the same algorithm, equal up to noise."
+            "grid10: goals reached per agent-step): the same algorithm, equal up to noise. "
+            "The world draws into buffers reserved once, from each CDF row's support only "
+            "(the same draws as the full rows; one agent in Python scalars): a step costs about "
+            "15 us at N = 1 and 70 (grid10) to 110 us (T-maze) at N = 1,000, on every side. "
+            "**Under 5x or about it, and why** (benchmarks/notes/learning.md, issue 58): T-maze "
+            "N = 1 and 100 (3.7x to 5.4x between runs at load 4), the group's health measures "
+            "(a measured tick every 4th; the tick without them is 51 and 121 us, 7.5x and 5.8x "
+            "pymdp 1.0.4's rate in the run of `9bb695e`); T-maze N = 1,000, the compiled pass "
+            "itself (0.5 us an agent, the whole 5x budget before the world's step); grid10 N = "
+            "1, per-agent `pB` on numpy (the compiled pass learns `pA`)."
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,

@@ -26,6 +26,7 @@ sequences, and so their digests, are then equal.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from typing import Any
@@ -64,10 +65,15 @@ def _cdf_rows(table: np.ndarray) -> np.ndarray:
 
 
 class _Stacked:
-    """The tables' ``(C_t, K_t)`` cumulative rows (:func:`_cdf_rows`) in one ``(T * C, K)``
-    array, table ``t``'s rows from ``t * C`` on (``first``, ``(T, 1)``), padded with 1.0 (a
-    padded value is never at most a ``u < 1``, so it draws nothing, and a padded row is never
-    indexed): one draw for every table at once."""
+    """The tables' ``(C_t, K_t)`` cumulative rows (:func:`_cdf_rows`) in one ``(T * C, W)``
+    array, table ``t``'s rows from ``t * C`` on (``first``, ``(T, 1)``), each row kept only at
+    its **support**, the outcomes ``k`` where the cumulative value rises (``cdf[k] >
+    cdf[k - 1]``): ``breaks`` those values, ``outcomes`` those ``k``, ``W`` the widest support
+    (grid10: 1 of 100 for a move, 5 of 100 for an observation), padded with 2.0 (never at most a
+    ``u < 1``, so a padded value draws nothing; a padded row is never indexed). The inverse-CDF
+    draw, the first ``k`` with ``u < cdf[k]``, is always such a ``k`` (``cdf[k - 1] <= u``), so
+    the draws are those of the full rows, exactly, at ``W / K`` of the compares. ``dense``: every
+    row rises at every ``k`` (the outcome is the break's position, no second gather)."""
 
     def __init__(self, cdfs: list[np.ndarray]) -> None:
         C, K = max(c.shape[0] for c in cdfs), max(c.shape[1] for c in cdfs)
@@ -75,22 +81,76 @@ class _Stacked:
         for t, cdf in enumerate(cdfs):
             stack[t, : cdf.shape[0], : cdf.shape[1]] = cdf
         self.tables = len(cdfs)
-        self.rows = stack.reshape(-1, K)
-        self.first = np.arange(len(cdfs), dtype=np.int64)[:, None] * C
+        self.first = np.arange(len(cdfs), dtype=np.intp)[:, None] * C
+        full = stack.reshape(-1, K)
+        rises = full > np.concatenate([np.zeros((full.shape[0], 1)), full[:, :-1]], axis=1)
+        width = int(rises.sum(axis=1).max())
+        self.dense = bool(rises.all())
+        self.width = K if self.dense else width
+        self.breaks = np.full((full.shape[0], self.width), 2.0)
+        self.outcomes = np.zeros((full.shape[0], self.width), dtype=np.intp)
+        for r in range(full.shape[0]):
+            (ks,) = np.nonzero(rises[r])
+            self.breaks[r, : ks.size] = full[r, ks]
+            self.outcomes[r, : ks.size] = ks
+        self.outcomes_flat = self.outcomes.reshape(-1)
+        #: Each row's breaks and outcomes as Python lists (one agent's draw: a ``bisect``).
+        self.breaks_rows = [self.breaks[r, : int(rises[r].sum())].tolist()
+                            for r in range(full.shape[0])]
+        self.outcome_rows = [self.outcomes[r, : int(rises[r].sum())].tolist()
+                             for r in range(full.shape[0])]
+        self.first_rows = self.first.reshape(-1).tolist()
+
+    def draw_one(self, rows: list[int], u: list[float]) -> list[int]:
+        """One agent's draws, table ``t`` at its row ``rows[t]`` (flat, ``first`` included)
+        under ``u[t]``: the count of the row's breaks at most ``u``, the outcome there (what
+        :class:`_Draws` gives, without a numpy call)."""
+        breaks, outcomes = self.breaks_rows, self.outcome_rows
+        return [outcomes[r][bisect.bisect_right(breaks[r], x)]
+                for r, x in zip(rows, u, strict=True)]
 
 
-def _draw(stack: _Stacked, cols: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draws ``(T, n)``, table ``t`` of ``stack`` at its rows ``cols[t]`` (``cols``
-    ``(T, n)``, or ``(n,)`` the same rows of every table): outcome ``k`` with ``cdf[k - 1] <= u
-    < cdf[k]``, the count of the row's cumulative values at most ``u``: the first of them above
+class _Draws:
+    """Inverse-CDF draws of one :class:`_Stacked` for ``n`` agents into buffers reserved once:
+    the flat row indices ``index`` ``(T, n)`` (written by the caller, table ``t``'s rows offset
+    by ``first``), the uniforms ``u`` ``(T, n)``, the gathered breaks, their comparison and the
+    draws ``out`` ``(T, n)``: a step allocates nothing and makes a few numpy calls whatever
+    ``T``. The draw is the count of the row's breaks at most ``u``, the first of them above
     ``u`` (a row rises to exactly 1.0, so there is one), which ``argmin`` finds faster than a
-    sum counts. The rows are gathered with one ``take`` of flat indices (half the time of
-    indexing the stacked tables by table and row), the tables of a step drawn in a few calls,
-    whatever their number."""
-    rows = stack.rows.take((cols + stack.first).reshape(-1), axis=0)
-    below = rows <= u.reshape(-1, 1)
-    drawn: np.ndarray = below.argmin(axis=1).reshape(u.shape)
-    return drawn
+    sum counts; the rows are gathered with one ``take`` of flat indices (``mode="clip"``: into
+    ``out`` unbuffered; the indices are in range), the outcome then taken at that break."""
+
+    def __init__(self, stack: _Stacked, n: int) -> None:
+        T, W = stack.tables, stack.width
+        self.stack = stack
+        self.first = stack.first  # (T, 1)
+        self.index = np.zeros((T, n), dtype=np.intp)
+        self.u = np.zeros((T, n))
+        self.rows = np.zeros((T * n, W))
+        self.below = np.zeros((T * n, W), dtype=np.bool_)
+        self.at = np.zeros(T * n, dtype=np.intp)
+        self.out = np.zeros((T, n), dtype=np.intp)
+        self._flat_index = self.index.reshape(-1)
+        self._flat_u = self.u.reshape(-1, 1)
+        self._flat_out = self.out.reshape(-1)
+
+    def uniforms(self, rng: np.random.Generator) -> None:
+        """This step's uniforms, the numbers ``rng.random((T, n))`` gives."""
+        rng.random(out=self.u)
+
+    def draw(self) -> np.ndarray:
+        """The outcomes ``(T, n)`` at the rows of ``index`` under ``u`` (the buffer ``out``)."""
+        stack = self.stack
+        stack.breaks.take(self._flat_index, axis=0, out=self.rows, mode="clip")
+        np.less_equal(self.rows, self._flat_u, out=self.below)
+        if stack.dense:
+            self.below.argmin(axis=1, out=self._flat_out)
+            return self.out
+        at = self.at
+        self.below.argmin(axis=1, out=at)
+        at += self._flat_index * stack.width  # the break's flat position in ``outcomes``
+        stack.outcomes_flat.take(at, out=self._flat_out, mode="clip")
+        return self.out
 
 
 class ClosedLoopWorld:
@@ -98,13 +158,18 @@ class ClosedLoopWorld:
 
     ``reset()`` and ``step(actions)`` return ``(obs, episode_start)``: ``obs`` ``(n, M)`` int64
     outcomes and ``episode_start`` ``(n,)`` bool, True where the agent's episode began at this
-    step (its beliefs must go back to ``D`` before it sees ``obs``).
+    step (its beliefs must go back to ``D`` before it sees ``obs``); both are the world's own
+    buffers, overwritten by the next step.
 
     What the agents achieved, the same counting whoever acts: ``score`` names it
     (``mean_reward``: +1 a reward, -1 a loss, where the workload names a reward modality;
     ``reach_rate``: goals reached, under the goal rule; None: neither) and ``scores`` holds its
     sum over the agents at every observation since the world was made (``reset`` included);
     :func:`achieved` makes it a rate.
+
+    A step is a fixed set of batched numpy calls into buffers reserved here (:class:`_Draws`),
+    the hidden states kept by factor (``states`` ``(n, F)`` is a view of them): its cost at
+    N = 1 is those calls, the same for every implementation that acts in it.
     """
 
     def __init__(self, workload: dict[str, Any], n: int, seed: int) -> None:
@@ -117,38 +182,68 @@ class ClosedLoopWorld:
         self.move_cdf = _Stacked([_cdf_rows(b.reshape(b.shape[0], -1)) for b in B])
         self.spawn_cdf = _Stacked([_cdf_rows(np.asarray(d, dtype=np.float64)[:, None])
                                    for d in workload["spawn"]])
+        self._obs_draws = _Draws(self.obs_cdf, n)
+        self._move_draws = _Draws(self.move_cdf, n)
+        self._spawn_draws = _Draws(self.spawn_cdf, n)
+        self._spawn_draws.index[:] = self.spawn_cdf.first  # the one row of each table
         self.controls = np.asarray(self.num_controls, dtype=np.int64)
+        self._controls_col = self.controls.reshape(-1, 1)
         #: The joint state's index: ``states @ strides`` (C order, the layout of ``A``'s columns).
         self.strides = np.array([math.prod(self.num_states[f + 1 :])
                                  for f in range(len(B))], dtype=np.int64)
         self.rule = workload["rule"]
         self.goal_state = workload["goal_state"]
         self.trial_len = workload["trial_len"]
-        self.states = np.zeros((n, len(B)), dtype=np.int64)
+        #: The hidden states by factor ``(F, n)``; ``states`` is its ``(n, F)`` view.
+        self.by_factor = np.zeros((len(B), n), dtype=np.intp)
+        self.states = self.by_factor.T
+        self._joint = np.zeros(n, dtype=np.intp)
+        self._term = np.zeros(n, dtype=np.intp)
         self.obs = np.zeros((n, len(A)), dtype=np.int64)
         self.episode_steps = np.zeros(n, dtype=np.int64)
-        self.zeros = np.zeros(n, dtype=np.int64)
+        self._restart = np.zeros(n, dtype=np.bool_)
+        self._reached = np.zeros(n, dtype=np.bool_)
         self.reverse_every = workload.get("reverse_every", 0)
         self.reward_modality = workload.get("reward_modality", -1)
         self.reward_outcome = workload.get("reward_outcome", -1)
         self.loss_outcome = workload.get("loss_outcome", -1)
         self.trials = np.zeros(n, dtype=np.int64)
+        #: The agents in a reversed phase (their trials so far ``// reverse_every`` odd), kept
+        #: as the trials change (at the episode starts), not recomputed every observation.
+        self.reversed = np.zeros(n, dtype=np.bool_)
+        self._flip = np.zeros(n, dtype=np.bool_)
+        self._outcome_bins = int(A[self.reward_modality].shape[0]) if self.reward_modality >= 0 \
+            else 0
         self.score: str | None = (
             "mean_reward" if self.reward_modality >= 0
             else "reach_rate" if self.rule == "goal" else None)
         self.scores: list[int] = []
+        #: One agent: :meth:`step` in Python scalars (:meth:`_step_one`), the same results.
+        self.one = n == 1
 
     def _spawn(self, where: np.ndarray) -> None:
-        u = self.rng.random((len(self.num_states), self.n))  # drawn whoever respawns
+        draws = self._spawn_draws
+        draws.uniforms(self.rng)  # drawn whoever respawns
         if not where.any():
             return
-        self.states[where] = _draw(self.spawn_cdf, self.zeros, u).T[where]
-        self.episode_steps[where] = 0
+        drawn = draws.draw()
+        if where.all():
+            self.by_factor[:] = drawn
+            self.episode_steps[:] = 0
+        else:
+            self.by_factor[:, where] = drawn[:, where]
+            self.episode_steps[where] = 0
 
     def _observe(self) -> np.ndarray:
-        joint = self.states @ self.strides
-        u = self.rng.random((self.obs_cdf.tables, self.n))
-        self.obs[:] = _draw(self.obs_cdf, joint, u).T
+        draws, by_factor, strides = self._obs_draws, self.by_factor, self.strides
+        joint = self._joint
+        joint[:] = by_factor[-1]  # the last factor's stride is 1
+        for f in range(len(strides) - 1):
+            np.multiply(by_factor[f], strides[f], out=self._term)
+            joint += self._term
+        np.add(draws.first, joint, out=draws.index)
+        draws.uniforms(self.rng)
+        self.obs[:] = draws.draw().T
         if self.reward_modality >= 0:
             self.scores.append(self._rewards(self.obs[:, self.reward_modality]))
         return self.obs
@@ -156,37 +251,100 @@ class ClosedLoopWorld:
     def _rewards(self, outcome: np.ndarray) -> int:
         """Swap reward and loss in the reversed phases (in place); rewards less losses."""
         reward, loss = self.reward_outcome, self.loss_outcome
+        if self.reverse_every > 0 and self.reversed.any():
+            flip = self._flip
+            np.equal(outcome, reward, out=flip)
+            flip |= outcome == loss
+            flip &= self.reversed
+            outcome[flip] = reward + loss - outcome[flip]
+        counts = np.bincount(outcome, minlength=self._outcome_bins)
+        return int(counts[reward]) - int(counts[loss])
+
+    def _count_trials(self, restart: np.ndarray) -> None:
+        """The agents of ``restart`` start a trial: their count and reversed phase follow."""
+        self.trials += restart
         if self.reverse_every > 0:
-            flip = (self.trials // self.reverse_every) % 2 == 1
-            if flip.any():
-                flip &= (outcome == reward) | (outcome == loss)
-                outcome[flip] = reward + loss - outcome[flip]
-        return int(np.count_nonzero(outcome == reward)) - int(np.count_nonzero(outcome == loss))
+            np.equal((self.trials // self.reverse_every) % 2, 1, out=self.reversed)
 
     def reset(self) -> tuple[np.ndarray, np.ndarray]:
         start = np.ones(self.n, dtype=np.bool_)
         self._spawn(start)
         self.trials[:] = 0
+        self.reversed[:] = False
         if self.rule == "goal":
             self.scores.append(0)
         return self._observe(), start
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Move every agent by ``actions`` ``(n, F)`` int; start episodes by the rule."""
+        if self.one:
+            return self._step_one(actions)
+        by_factor, restart = self.by_factor, self._restart
         if self.rule == "goal":
-            restart = self.states[:, 0] == self.goal_state
+            np.equal(by_factor[0], self.goal_state, out=restart)
         else:
-            restart = self.episode_steps >= self.trial_len - 1
-        u = self.rng.random((self.move_cdf.tables, self.n))
-        cols = self.states * self.controls + actions
-        self.states[:] = _draw(self.move_cdf, cols.T, u).T
+            np.greater_equal(self.episode_steps, self.trial_len - 1, out=restart)
+        move = self._move_draws
+        move.uniforms(self.rng)
+        index = move.index  # (F, n): state * controls + action, in table f's rows
+        np.multiply(by_factor, self._controls_col, out=index)
+        index += actions.T
+        index += move.first
+        by_factor[:] = move.draw()
         self.episode_steps += 1
         self._spawn(restart)
-        self.trials += restart
+        if restart.any():
+            self._count_trials(restart)
         if self.rule == "goal":
-            reached = (self.states[:, 0] == self.goal_state) & ~restart
+            reached = self._reached
+            np.equal(by_factor[0], self.goal_state, out=reached)
+            reached &= ~restart
             self.scores.append(int(np.count_nonzero(reached)))
         return self._observe(), restart
+
+
+    def _step_one(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step` of a world of one agent, in Python scalars: the same random numbers in
+        the same order (``rng.random`` of the same sizes), the same draws (:meth:`_Stacked.
+        draw_one`), the same state, scores and buffers after it; three ``rng`` calls and a few
+        list operations instead of some thirty numpy calls on arrays of one."""
+        rng, move, spawn, see = self.rng, self.move_cdf, self.spawn_cdf, self.obs_cdf
+        states = self.by_factor[:, 0].tolist()
+        steps = int(self.episode_steps[0])
+        if self.rule == "goal":
+            restart = states[0] == self.goal_state
+        else:
+            restart = steps >= self.trial_len - 1
+        u = rng.random(move.tables).tolist()
+        chosen = actions[0].tolist()
+        states = move.draw_one(
+            [first + s * c + a for first, s, c, a in zip(
+                move.first_rows, states, self.num_controls, chosen, strict=True)], u)
+        steps += 1
+        u = rng.random(spawn.tables).tolist()  # drawn whoever respawns
+        if restart:
+            states = spawn.draw_one(spawn.first_rows, u)
+            steps = 0
+            trials = int(self.trials[0]) + 1
+            self.trials[0] = trials
+            if self.reverse_every > 0:
+                self.reversed[0] = (trials // self.reverse_every) % 2 == 1
+        self.by_factor[:, 0] = states
+        self.episode_steps[0] = steps
+        self._restart[0] = restart
+        if self.rule == "goal":
+            self.scores.append(int(states[0] == self.goal_state and not restart))
+        joint = sum(s * stride for s, stride in zip(states, self.strides.tolist(), strict=True))
+        u = rng.random(see.tables).tolist()
+        seen = see.draw_one([first + joint for first in see.first_rows], u)
+        if self.reward_modality >= 0:
+            m, reward, loss = self.reward_modality, self.reward_outcome, self.loss_outcome
+            o = seen[m]
+            if self.reverse_every > 0 and self.reversed[0] and o in (reward, loss):
+                seen[m] = o = reward + loss - o
+            self.scores.append(int(o == reward) - int(o == loss))
+        self.obs[0] = seen
+        return self.obs, self._restart
 
 
 def achieved(scores: list[int], n: int, steps: int | None = None) -> float:

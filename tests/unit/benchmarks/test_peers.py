@@ -116,6 +116,90 @@ def test_grid2f_workload_is_two_factors_and_in_the_default_cases(tmp_path: Path)
     assert 0.45 < world.states[:, 1].mean() < 0.55
 
 
+def test_world_draws_from_the_support_are_the_full_inverse_cdf_draws() -> None:
+    """A row kept at its support (the outcomes where its CDF rises) draws what the full row
+    draws, for every uniform, the first outcome with ``u < cdf[k]``: zero-probability outcomes
+    anywhere in the column, a dense column and a one-outcome column, tables of several sizes."""
+    from peers.world import _cdf_rows, _Draws, _Stacked
+
+    rng = np.random.default_rng(7)
+    tables = []
+    for k, cols in ((6, 9), (3, 4), (10, 2)):
+        t = rng.random((k, cols)) * (rng.random((k, cols)) < 0.5)
+        t[rng.integers(0, k, cols), np.arange(cols)] += 1.0  # no empty column
+        t[:, 0] = 0.0
+        t[k - 1, 0] = 1.0  # one outcome, the last
+        if k < 10:
+            t[:, 1] = 1.0 / k  # dense
+        else:
+            t[:, 1] = 0.0
+            t[:6, 1] = 1.0  # the widest support: 6 of 10
+        t[:, 2:] *= np.arange(k)[:, None] < 6  # (the others: at most 6 outcomes)
+        t[0, 2:] += 1.0
+        tables.append(t / t.sum(axis=0))
+    cdfs = [_cdf_rows(t) for t in tables]
+    stack = _Stacked(cdfs)
+    assert not stack.dense
+    assert stack.width == 6  # of 10 outcomes at most
+    n = 500
+    draws = _Draws(stack, n)
+    buffers = [draws.rows, draws.below, draws.out]
+    for _ in range(20):
+        cols = np.stack([rng.integers(0, c.shape[0], n) for c in cdfs])
+        draws.index[:] = cols + stack.first
+        draws.uniforms(rng)
+        u = draws.u.copy()
+        u[:, :5] = 0.0  # the ends of the interval
+        u[:, 5:10] = np.nextafter(1.0, 0.0)
+        draws.u[:] = u
+        got = draws.draw()
+        for t, cdf in enumerate(cdfs):
+            full = (cdf[cols[t]] <= u[t][:, None]).sum(axis=1)
+            np.testing.assert_array_equal(got[t], full)
+            assert (tables[t][got[t], cols[t]] > 0).all()  # never an outcome of probability 0
+    assert [draws.rows, draws.below, draws.out] == buffers  # the same buffers every step
+
+
+def _one_agent_worlds() -> list[tuple[str, int]]:
+    return [("grid10", 0), ("grid2f", 0), ("tmaze", 0), ("reversal", 1), ("reversal", 3)]
+
+
+@pytest.mark.parametrize(("world", "reverse_every"), _one_agent_worlds())
+def test_a_world_of_one_agent_steps_as_the_batched_world_does(
+    world: str, reverse_every: int, tmp_path: Path
+) -> None:
+    """A world of one agent steps in Python scalars (``_step_one``): the same observations,
+    episode starts, states, trial counts and scores as the batched step of the same world, and
+    the same random numbers left after (the reversal T-maze's phases included)."""
+    from bench_learning_peers import write_workload as write_reversal
+
+    path = tmp_path / f"{world}.npz"
+    if world == "reversal":
+        write_reversal("tmaze", "A", 1, 1, path)
+    else:
+        bench_peers.write_workload(world, path)
+    w = load_workload(str(path))
+    if world == "reversal":
+        w["reverse_every"] = reverse_every
+    controls = [b.shape[2] for b in w["B"]]
+    for seed in (0, 1):
+        scalar, batched = ClosedLoopWorld(w, 1, seed=seed), ClosedLoopWorld(w, 1, seed=seed)
+        batched.one = False
+        got, want = scalar.reset(), batched.reset()
+        rng = np.random.default_rng(seed)
+        for _ in range(400):
+            for a, b in zip(got, want, strict=True):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(scalar.states, batched.states)
+            np.testing.assert_array_equal(scalar.episode_steps, batched.episode_steps)
+            np.testing.assert_array_equal(scalar.trials, batched.trials)
+            actions = np.array([[rng.integers(0, u) for u in controls]], dtype=np.int64)
+            got, want = scalar.step(actions), batched.step(actions)
+        assert scalar.scores == batched.scores
+        np.testing.assert_array_equal(scalar.rng.random(4), batched.rng.random(4))
+
+
 def test_first_action_agreement_counts_ties_as_agreement() -> None:
     policies = np.array([[[0]], [[1]], [[2]]])  # (P, L=1, F=1)
     q_pi = np.array([[0.45, 0.45, 0.10], [0.2, 0.7, 0.1]])
