@@ -12,7 +12,7 @@ described in the comment below.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -139,6 +139,10 @@ class RowMap:
     first_src: IndexArray
     first_w: np.ndarray | None
     extra: LayerList
+    #: The same map built from the transition's entry ids in place of its weights (kept by
+    #: :func:`refreshed_propagation` after its first refresh: new weights of the same structure
+    #: are then one gather; a few KB a shared model, not counted in :attr:`nbytes`); None before.
+    weight_ids: RowMap | None = field(default=None, repr=False, compare=False)
 
     @property
     def max_extra(self) -> int:
@@ -333,6 +337,8 @@ class AgentPropagation:
     first_src: IndexArray
     first_w: np.ndarray | None
     extra: tuple[tuple[IndexArray, IndexArray, np.ndarray], ...]
+    #: As :attr:`RowMap.weight_ids`, for these tables.
+    weight_ids: AgentPropagation | None = field(default=None, repr=False, compare=False)
 
     @property
     def max_extra(self) -> int:
@@ -585,7 +591,7 @@ def refreshed_propagation(
         if isinstance(trans, SparseTransition):
             assert values is not None
             assert isinstance(old, RowMap)
-            ids = old.__dict__.get(_IDS)
+            ids = old.weight_ids
             if ids is None:  # (once per structure: where each weight comes from)
                 parent, action = _parents_and_actions(depth, f)
                 ids = propagation_row_map(_entry_ids(trans), parent, action, prev_nodes,
@@ -601,7 +607,7 @@ def refreshed_propagation(
     agent = list(plan.agent_propagation)
     mine = agent[f]
     if values is not None and mine is not None:
-        agent_ids = mine.__dict__.get(_IDS)
+        agent_ids = mine.weight_ids
         if agent_ids is None:
             assert isinstance(trans, SparseTransition)
             agent_ids = agent_propagation(_entry_ids(trans), np.dtype(np.float64))
@@ -610,13 +616,6 @@ def refreshed_propagation(
         agent[f] = (agent_propagation(trans, dtype) if isinstance(trans, SparseTransition)
                     else None)  # fmt: skip
     return replace(plan, depths=tuple(depths), agent_propagation=tuple(agent))
-
-
-#: Where a RowMap's or an AgentPropagation's weights come from, kept on it by
-#: :func:`refreshed_propagation` (and carried to the one it makes): the same tables built from
-#: the transition's entry ids (:func:`_entry_ids`) in place of its weights, so that new weights
-#: of the same structure are one gather (0: a padding zero, 1: a default one).
-_IDS = "_weight_ids"
 
 
 def _entry_ids(trans: SparseTransition) -> SparseTransition:
@@ -663,10 +662,9 @@ def _reweighted_row_map(
         (tgt, src, _gathered(w_ids, values, dtype, True))
         for (tgt, src, _), (_, _, w_ids) in zip(old.extra, ids.extra, strict=True)
     )
-    new = RowMap(num_in=old.num_in, first_src=old.first_src,
-                 first_w=_gathered(ids.first_w, values, dtype, True), extra=extra)  # fmt: skip
-    new.__dict__[_IDS] = ids
-    return new
+    return RowMap(num_in=old.num_in, first_src=old.first_src,
+                  first_w=_gathered(ids.first_w, values, dtype, True), extra=extra,
+                  weight_ids=ids)  # fmt: skip
 
 
 def _reweighted_agent(
@@ -678,11 +676,9 @@ def _reweighted_agent(
         w = _gathered(w_ids, values, dtype, False)
         assert w is not None
         extra.append((tgt, src, w))
-    new = AgentPropagation(first_src=old.first_src,
-                           first_w=_gathered(ids.first_w, values, dtype, True),
-                           extra=tuple(extra))  # fmt: skip
-    new.__dict__[_IDS] = ids
-    return new
+    return AgentPropagation(first_src=old.first_src,
+                            first_w=_gathered(ids.first_w, values, dtype, True),
+                            extra=tuple(extra), weight_ids=ids)  # fmt: skip
 
 
 def build_fast_plan(
