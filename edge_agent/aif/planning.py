@@ -294,11 +294,13 @@ def planning_order(
     top: float = 1.0,
 ) -> NDArray[np.int64]:
     """Sort ``candidates (k,)`` (agent indices, ascending) in place into the order they plan in:
-    deferred agents first, then by belief change (largest first; or surprise), then by plan age
-    (oldest first), ties by index. ``change``, ``age``, ``deferred``: ``(N,)`` per agent;
-    ``priority``, ``scratch`` (int64) and ``fscratch`` (``change``'s dtype) are ``(N,)``
-    buffers; ``top``: the ``change`` at the top of the order (1: a belief change;
-    :data:`SURPRISE_TOP`: a surprise), larger ones tie.
+    deferred agents first, the oldest plan first among them (then the largest change: a backlog
+    is served in the order it formed, so no agent put off waits longer than the backlog takes,
+    whatever the others' beliefs do), then the others by belief change (largest first; or
+    surprise), then by plan age (oldest first), ties by index. ``change``, ``age``,
+    ``deferred``: ``(N,)`` per agent; ``priority``, ``scratch`` (int64) and ``fscratch``
+    (``change``'s dtype) are ``(N,)`` buffers; ``top``: the ``change`` at the top of the order
+    (1: a belief change; :data:`SURPRISE_TOP`: a surprise), larger ones tie.
 
     One in-place sort of ``priority << 32 | index`` (indices below 2**32); returns
     ``candidates``."""
@@ -306,12 +308,15 @@ def planning_order(
     if k == 0:
         return candidates
     lim = (1 << CHANGE_BITS) - 1
-    # The belief change quantized to CHANGE_BITS bits, then the capped age, the deferred bit.
+    # The belief change quantized to CHANGE_BITS bits, then the capped age (a deferred agent's
+    # the other way round: its age above its change), the deferred bit.
     np.multiply(change, lim if top == 1.0 else lim / top, out=fscratch)
     np.clip(fscratch, 0, lim, out=fscratch)
     np.copyto(priority, fscratch, casting="unsafe")
     np.left_shift(priority, AGE_BITS, out=priority)
+    np.right_shift(priority, AGE_BITS, out=priority, where=deferred)
     np.minimum(age, (1 << AGE_BITS) - 1, out=scratch)
+    np.left_shift(scratch, CHANGE_BITS, out=scratch, where=deferred)
     np.bitwise_or(priority, scratch, out=priority)
     np.multiply(deferred, _DEFERRED, out=scratch)
     np.bitwise_or(priority, scratch, out=priority)

@@ -269,6 +269,41 @@ def test_planning_order_serves_deferred_then_most_changed_then_oldest() -> None:
     assert order.tolist() == [5, 3, 0]
 
 
+def test_a_backlog_of_deferred_agents_is_served_oldest_first_so_none_starves() -> None:
+    """Among the agents put off, the oldest plan goes first (then the largest change): with a
+    budget of 3 a tick and 12 agents that must plan every tick, the quiet agents (no belief
+    change) are served within the backlog's turn, not after every changing one."""
+    change = np.array([0.0, 0.9, 0.5, 0.0, 0.9], dtype=np.float32)
+    age = np.array([9, 2, 7, 3, 4], dtype=np.int32)
+    deferred = np.array([True, True, True, True, False])
+    n = len(change)
+    order = planning_order(
+        np.arange(n, dtype=np.int64), change, age, deferred, priority=np.empty(n, np.int64),
+        scratch=np.empty(n, np.int64), fscratch=np.empty(n, np.float32),
+    )
+    assert order.tolist() == [0, 2, 3, 1, 4]
+
+    n, budget = 12, 3
+    rng = np.random.default_rng(0)
+    age = np.zeros(n, np.int32)
+    deferred = np.zeros(n, bool)
+    waited = np.zeros(n, np.int64)
+    for _ in range(40):
+        age += 1
+        change = np.where(np.arange(n) < 4, 0.0, rng.uniform(0.5, 1.0, n)).astype(np.float32)
+        order = planning_order(
+            np.arange(n, dtype=np.int64), change, age, deferred,
+            priority=np.empty(n, np.int64), scratch=np.empty(n, np.int64),
+            fscratch=np.empty(n, np.float32),
+        )
+        planned = order[:budget]
+        age[planned] = 0
+        deferred[:] = True
+        deferred[planned] = False
+        waited = np.maximum(waited, age)
+    assert waited.max() <= n // budget  # every agent's turn within the backlog's length
+
+
 def test_max_agents_defers_the_rest_and_they_go_first_next_tick() -> None:
     n, budget = 40, 15
     runs = _run("grid10", n, 8, PlanningPolicy(max_agents=budget))
