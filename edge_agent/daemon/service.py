@@ -120,6 +120,9 @@ class Daemon:
         resolve_profile(source)
         config = source.config
         self.config = config
+        #: The status file's ``config_digest`` of ``config``: computed once per config (a reload
+        #: replaces it), not at every status write (2-3 ms of a 500-agent daemon's second).
+        self.config_digest = status_view.config_digest(config)
         self.config_path = config_path
         #: Where ``config`` came from, for file:line in problems found later.
         self.source = source
@@ -574,6 +577,7 @@ class Daemon:
         if new_config.coordination != self.config.coordination:
             logger.warning("[coordination] changes take effect at the next restart")
         self.config, self.profile, self.budget, self.groups = new_config, profile, budget, groups
+        self.config_digest = status_view.config_digest(new_config)
         self.source = source
         self.ab_switch.configured(new_config)
         self.set_base_rate(new_config.daemon.tick_hz_for(profile))

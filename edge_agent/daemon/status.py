@@ -49,6 +49,7 @@ class StatusView(Protocol):
     """What the status file, the STATUS= line and the report show of the running daemon."""
 
     config: DaemonConfig
+    config_digest: str  # config_digest(config), kept with it
     config_path: Path | None
     profile: FirmwareProfile
     budget: MemoryBudget
@@ -112,7 +113,7 @@ def status(d: StatusView) -> dict[str, Any]:
         "started_at": d.started_wall,
         "uptime_s": round(time.monotonic() - d.started_mono, 3),
         "config": str(d.config_path) if d.config_path else "(embedded default)",
-        "config_digest": config_digest(d.config),
+        "config_digest": d.config_digest,
         "profile": d.profile.name,
         "budget": d.budget.report(),
         "rss_bytes": d.rss.last,
