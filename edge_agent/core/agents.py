@@ -247,6 +247,7 @@ class AifAgentGroup:
             lnC=cm.lnC,
             drift=drift,
             extra_measures=() if self.learning is None else LEARNING_HEALTH,
+            num_policies=cm.num_policies,
         )
         self.memory.reserve_learning()
 
