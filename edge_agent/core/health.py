@@ -436,12 +436,14 @@ class _Held:
         arrays = [self.obs, self.seen, *self.prior, *self.qs, self.q_pi, self.p, self.picked]
         return sum(a.nbytes for a in arrays)
 
-    def before(self, t: int, obs: IntArray, rows: IntArray, prior: TickPrior) -> list[np.ndarray]:
+    def before(
+        self, t: int, obs: IntArray, rows: IntArray, prior: TickPrior
+    ) -> list[np.ndarray] | None:
         """Tick ``t``'s outcomes and prior of the agents ``rows`` into its slot; the prior's
-        slot (empty: none given, :meth:`after` is given the prior the tick made)."""
+        slot (None: none given, :meth:`after` is given the prior the tick made)."""
         _take(obs, rows, self.obs[t])
         if prior is None:
-            return []
+            return None
         slots = [b[t] for b in self.prior]
         if callable(prior):
             for p, slot in zip(prior(rows), slots, strict=True):
