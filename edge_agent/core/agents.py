@@ -212,7 +212,7 @@ class AifAgentGroup:
             plans=self.plans, learning=self.learning, fields=fields, beliefs=history_beliefs,
             history_capacity=history_capacity, every_tick=self.planning.every_tick,
             # one block: the caller steps it alone
-            shared=shared_state and -(-n_agents // stepper.sizes.block) >= 2,
+            shared=shared_state and -(-n_agents // stepper.sizes.block) >= 2, health=health,
         )
         state.keeps_prior = self.memory.keeps_prior_at(n_agents)
         #: The compiled tick of a group that does not learn and plans every tick (None: numpy
