@@ -248,6 +248,7 @@ class AifAgentGroup:
             drift=drift,
             extra_measures=() if self.learning is None else LEARNING_HEALTH,
             num_policies=cm.num_policies,
+            fixed_tables=self.learning is None,  # (a learning group's change between ticks)
         )
         self.memory.reserve_learning()
 

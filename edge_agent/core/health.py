@@ -122,11 +122,15 @@ class AifHealth:
         drift: DriftSettings | None = None,
         extra_measures: Sequence[str] = (),
         num_policies: int = 0,
+        fixed_tables: bool = False,
     ) -> None:
         self.group = group
         self.num_states = tuple(int(s) for s in num_states)
         self.num_obs = tuple(int(o) for o in num_obs)
         self.num_policies = int(num_policies)
+        #: The likelihood's arrays are never written (a group that does not learn: a new model
+        #: is new arrays): a held tick keeps a reference to them (see :class:`_Held`).
+        self.fixed_tables = fixed_tables
         self.sample_agents = health_agents(num_states, self.num_obs)
         self.lnC = tuple(np.asarray(c, dtype=np.float64) for c in lnC)
         names = [m for m in AIF_MEASURES if m != "preference" or self.lnC]
@@ -167,7 +171,8 @@ class AifHealth:
         held = self._hold
         if 0 < r < MIN_HEALTH_AGENTS:
             if held is None or held.rows != r:
-                self._hold = _Held(r, self.num_states, self.num_obs, self.num_policies)
+                self._hold = _Held(r, self.num_states, self.num_obs, self.num_policies,
+                                   fixed_tables=self.fixed_tables)
         else:
             self._hold = None
 
@@ -399,17 +404,24 @@ class _Held:
     """The samples of a small group's measured ticks (``rows`` agents each, fewer than
     :data:`MIN_HEALTH_AGENTS`), held in buffers made with the agents until
     :meth:`AifHealth.flush` measures them at once. What depends on the likelihood is worked
-    out at the tick, with the tables the agents inferred with that tick (a learning group's
-    change between ticks, a shared table in place): the predicted outcome distributions and the
-    observed outcomes' likelihood rows (:func:`~edge_agent.aif.health.predictions`), a few
-    dozen floats an agent; the rest (logs, entropies, divergences, free energy) at the flush,
-    a few dozen numpy calls for every tick held."""
+    out with the tables the agents inferred with at that tick: a learning group's change
+    between ticks (each agent's own, or a shared table written in place by a refresh), so its
+    ticks work it out at the tick (the predicted outcome distributions and the observed
+    outcomes' likelihood rows, :func:`~edge_agent.aif.health.predictions`, a few dozen floats
+    an agent, not its tables: a 10 x 10 grid's are 80 KB); ``fixed_tables`` (a group that does
+    not learn, whose tables are never written: a new model is new arrays) keeps a reference to
+    each tick's tables instead and works it out at the flush, for every tick held on the same
+    tables at once. The rest (logs, entropies, divergences, free energy) at the flush: a few
+    dozen numpy calls for every tick held."""
 
     def __init__(
-        self, rows: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int
+        self, rows: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int,
+        *, fixed_tables: bool = False,
     ) -> None:
         t, r, m = HELD_TICKS, rows, len(num_obs)
         self.rows = r
+        self.fixed_tables = fixed_tables
+        self.tables: list[Sequence[np.ndarray] | None] = [None] * t  # (fixed_tables)
         self.num_obs = tuple(num_obs)
         self.obs = np.zeros((t, r, m), dtype=np.intp)
         self.seen = np.zeros((t, r, m), dtype=np.intp)  # rows of the tables side by side
@@ -486,12 +498,44 @@ class _Held:
             return
         for q, slot in zip(qs, self.qs, strict=True):
             _take(q, rows, slot[t])
+        if self.fixed_tables:
+            self.tables[t] = likelihood(rows)
+            return
+        self._predict(t, likelihood(rows))
+
+    def _predict(self, t: int, tables: Sequence[np.ndarray]) -> None:
+        """Tick ``t``'s predictions (:func:`~edge_agent.aif.health.predictions`) with the
+        likelihood ``tables`` of its agents, into its slot."""
         seen = kernels_health.outcome_rows(self.num_obs, self.obs[t])
         self.seen[t] = seen
         joint = kernels_health.joint_beliefs([b[t] for b in self.prior])
-        p, picked = kernels_health.predictions(joint, likelihood(rows), seen)
+        p, picked = kernels_health.predictions(joint, tables, seen)
         self.p[t] = p
         self.picked[t] = picked
+
+    def _predict_held(self, ticks: list[int]) -> None:
+        """The predictions of the held ``ticks`` whose tables were kept (``fixed_tables``): at
+        once for ticks on the same tables (all of them, but after a new model), else by tick."""
+        tables = self.tables
+        first = tables[ticks[0]]
+        assert first is not None
+        if any(tables[t] is not first for t in ticks) or ticks != list(range(len(ticks))):
+            for t in ticks:
+                kept = tables[t]
+                assert kept is not None
+                self._predict(t, kept)
+        else:
+            k = len(ticks) * self.rows
+            obs = self.obs[: len(ticks)].reshape(k, -1)
+            seen = kernels_health.outcome_rows(self.num_obs, obs)
+            self.seen[: len(ticks)] = seen.reshape(self.seen[: len(ticks)].shape)
+            joint = kernels_health.joint_beliefs(
+                [b[: len(ticks)].reshape(k, -1) for b in self.prior])
+            p, picked = kernels_health.predictions(joint, first, seen)
+            self.p[: len(ticks)] = p.reshape(self.p[: len(ticks)].shape)
+            self.picked[: len(ticks)] = picked.reshape(self.picked[: len(ticks)].shape)
+        for t in ticks:
+            tables[t] = None
 
     def measured_ticks(self, held: int) -> list[int]:
         """The slots of the first ``held`` ticks measured with their prior, in tick order."""
@@ -514,6 +558,8 @@ class _Held:
             obs = self.obs[:held].reshape(held * r, -1)
             blocks.append((["preference"], kernels_health.preference(lnC, obs)[None]))
         ticks = self.measured_ticks(held)
+        if ticks and self.fixed_tables:
+            self._predict_held(ticks)
         if ticks:
             pick: slice | list[int] = slice(0, held) if len(ticks) == held else ticks
             k = len(ticks) * r

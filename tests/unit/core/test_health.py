@@ -264,8 +264,7 @@ def _reversal_run(
                                               for e in group.alerts())]
 
 
-@pytest.mark.parametrize("n", [1, 3, MIN_HEALTH_AGENTS - 1])
-@pytest.mark.parametrize("close_every", [0, 37])
+@pytest.mark.parametrize(("n", "close_every"), [(1, 0), (3, 37), (MIN_HEALTH_AGENTS - 1, 37)])
 def test_a_small_group_measured_a_few_ticks_at_once_reports_what_each_tick_measured_would(
     n: int, close_every: int
 ) -> None:
@@ -339,9 +338,9 @@ def _same_tables(A: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
     return A
 
 
-def _direct(n: int, holds: bool = True) -> AifHealth:
+def _direct(n: int, holds: bool = True, fixed_tables: bool = False) -> AifHealth:
     health = AifHealth(n, group="g", num_states=(2, 3), num_obs=(2, 4), lnC=[np.zeros(2),
-                       np.log(np.full(4, 0.25))], num_policies=5)
+                       np.log(np.full(4, 0.25))], num_policies=5, fixed_tables=fixed_tables)
     health.holds = holds
     health.aligned()
     return health
@@ -371,14 +370,19 @@ def test_held_ticks_are_measured_on_resize_and_when_a_tap_is_set() -> None:
     assert _direct(MIN_HEALTH_AGENTS).nbytes == 0
 
 
-def test_held_ticks_of_random_beliefs_give_each_tick_s_measures() -> None:
+@pytest.mark.parametrize("fixed_tables", [False, True])
+def test_held_ticks_of_random_beliefs_give_each_tick_s_measures(fixed_tables: bool) -> None:
     """AifHealth fed the same random ticks (two factors, two modalities, a policy posterior, a
     preference), holding and not: the same window to rounding, HELD_TICKS + 3 measured ticks
-    (one full hold and three more, measured at the close)."""
+    (one full hold and three more, measured at the close). The likelihood is another after 5
+    measured ticks, within a hold: with ``fixed_tables`` (the held ticks keep a reference to
+    theirs and are predicted at the flush) each tick is measured with its own."""
     summaries = []
     for holds in (True, False):
-        health = _direct(2, holds)
-        _feed(health, np.random.default_rng(4), 2, (HELD_TICKS + 3) * HEALTH_EVERY)
+        health = _direct(2, holds, fixed_tables)
+        rng = np.random.default_rng(4)
+        _feed(health, rng, 2, 5 * HEALTH_EVERY)
+        _feed(health, rng, 2, (HELD_TICKS - 2) * HEALTH_EVERY)
         summaries.append(health.close())
     held, each = summaries
     assert held.measures["surprise"].n == (HELD_TICKS + 3) * 2
