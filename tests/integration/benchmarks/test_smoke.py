@@ -95,6 +95,9 @@ EXPECTED: dict[str, list[Record]] = {
         *[({"bench": "health-cost", "world": w, "n": 20},
            ("plain_ms", "health_ms", "ratio", "measured_agents", "every_ticks"))
           for w in ("tmaze", "grid10")],
+        *[({"bench": "health-cost-small", "world": w, "learning": k, "n": 1},
+           ("plain_us", "held_us", "each_us", "held_ratio", "each_ratio", "held_vs_each"))
+          for w in ("tmaze", "grid10") for k in ("frozen", "pA")],
         *[({"bench": "drift-false-alarms", "world": w},
            ("alarms", "updates", "alarms_per_100k_updates", "threshold"))
           for w in ("tmaze", "grid10")],
