@@ -243,9 +243,10 @@ class AifHealth:
         fresh, self._fresh = self._fresh, False
         if clock % HEALTH_EVERY or fresh:
             return
-        offset = (clock // HEALTH_EVERY) % self._step
-        np.add(self._base, offset, out=self._rows)
-        np.minimum(self._rows, n - 1, out=self._rows)
+        if self._step > 1:  # (a group measured whole: its rows are every agent, always)
+            offset = (clock // HEALTH_EVERY) % self._step
+            np.add(self._base, offset, out=self._rows)
+            np.minimum(self._rows, n - 1, out=self._rows)
         rows = self._rows
         hold = self._hold
         if hold is not None and self._tap is None and self.holds:
@@ -588,6 +589,6 @@ class _Held:
 def _take(src: np.ndarray, rows: IntArray, out: np.ndarray) -> None:
     """``out[...] = src[rows]`` (one call, nothing allocated, when the dtypes are the same)."""
     if src.dtype == out.dtype:
-        np.take(src, rows, axis=0, out=out, mode="clip")
+        src.take(rows, axis=0, out=out, mode="clip")
     else:
         np.copyto(out, src[rows], casting="unsafe")
