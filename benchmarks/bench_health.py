@@ -12,16 +12,16 @@ One JSON object per line:
   issue asks for no measurable cost at N = 10,000);
 * ``bench = "health-cost-small"`` (the ``small`` part), per world and learning (``frozen``: an
   int8 group; ``pA``: a float64 group each of whose agents learns its own ``pA`` of every
-  modality, its tables following every tick), a group of ``n`` = 1 agent (``--small-agents``)
-  stepping a recorded walk in alternating rounds from the same beliefs (and counts), three
-  groups: ``plain`` (``health=False``), ``held`` (its health part as it is: a small sample's
-  measured ticks held and measured :data:`~edge_agent.core.health.HELD_TICKS` at once) and
-  ``each`` (its health part with ``holds = False``: each measured tick measured when it
-  happens, as before the holding), on the same path (``stepping``: each group's, made again
-  up to 5 times where its measured choice differs from the plain group's). ``plain_us``,
-  ``held_us``, ``each_us``: the median over rounds of a tick's mean time (microseconds);
-  ``held_ratio``, ``each_ratio``: the medians of held / plain and each / plain;
-  ``held_vs_each``: the median of held / each;
+  modality, its tables following every tick; ``pB``, grid10 only: its own ``pB``), a group of
+  ``n`` = 1 agent (``--small-agents``) stepping a recorded walk in alternating rounds from the
+  same beliefs (and counts), three groups: ``plain`` (``health=False``), ``held`` (its health
+  part as it is: a small sample's measured ticks held and measured
+  :data:`~edge_agent.core.health.HELD_TICKS` at once) and ``each`` (its health part with
+  ``holds = False``: each measured tick measured when it happens, as before the holding), on
+  the same path (``stepping``: each group's, made again up to 5 times where its measured
+  choice differs from the plain group's). ``plain_us``, ``held_us``, ``each_us``: the median
+  over rounds of a tick's mean time (microseconds); ``held_ratio``, ``each_ratio``: the
+  medians of held / plain and each / plain; ``held_vs_each``: the median of held / each;
 * ``bench = "drift-false-alarms"``, per world: agents stepped in the very world their model
   describes (which does not change), ``seeds`` runs of ``ticks`` ticks each; ``alarms``: drift
   alarms raised over all of them (each is a false alarm), ``updates``: the detector's updates
@@ -158,6 +158,10 @@ def small_cost(world: str, learning: str, n: int, ticks: int, rounds: int) -> di
             pA={m: a * 2.0 + 0.5 * (a > 0) for m, a in enumerate(model.A)},
             settings=LearningSettings(scope="per_agent"),
         )
+    elif learning == "pB":
+        precision = "float64"
+        spec = LearningSpec(pB={0: 10.0 * model.B[0] + 0.05},
+                            settings=LearningSettings(scope="per_agent"))
     walker = AifAgentGroup(model, n, precision="int8", health=False)
     obs_seq, starts = [], []
     obs = env.reset()
@@ -518,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     if "small" in parts:
         small_ticks = args.ticks or (8 if smoke else 400)
         for world in WORLDS:
-            for learning in ("frozen", "pA"):
+            for learning in ("frozen", "pA", "pB") if world == "grid10" else ("frozen", "pA"):
                 for n in small_agents:
                     row = small_cost(world, learning, n, small_ticks, rounds)
                     print(json.dumps(row), flush=True)

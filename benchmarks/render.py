@@ -1204,13 +1204,14 @@ TABLES: tuple[Table, ...] = (
             "once, docs/health.md), and with each measured tick measured when it happens (the "
             "part with `holds = False`, as before the holding); frozen: an int8 group; pA: a "
             "float64 group learning its own `pA` of every modality, its tables following every "
-            "tick. One thread; medians over rounds of a tick's mean time and of the ratios."
+            "tick; pB: its own `pB` (grid10). One thread; medians over rounds of a tick's mean "
+            "time and of the ratios."
         ),
         benchmark="bench_health.py",
         where={"bench": "health-cost-small"},
         key=("world", "learning", "n"),
-        expect=tuple({"world": w, "learning": k, "n": 1}
-                     for w in ("tmaze", "grid10") for k in ("frozen", "pA")),
+        expect=tuple({"world": w, "learning": k, "n": 1} for w, kinds in (
+            ("tmaze", ("frozen", "pA")), ("grid10", ("frozen", "pA", "pB"))) for k in kinds),
         command=f"{RECORD} bench_health.py -- --parts small --rounds 9",
         columns=(
             Column("world", "world"),
