@@ -321,16 +321,18 @@ def test_a_learning_group_s_held_ticks_are_measured_with_each_tick_s_own_tables(
     assert any(not np.array_equal(first[0], t) for t in first[1:])  # they learned in between
 
 
-def _feed(health: AifHealth, rng: np.random.Generator, n: int, ticks: int) -> None:
+def _feed(
+    health: AifHealth, rng: np.random.Generator, n: int, ticks: int, policies: int = 5
+) -> None:
     """``ticks`` ticks of ``n`` agents of a 2-factor (2 x 3 states), 2-modality (2, 4 outcomes)
-    model, 5 policies: random outcomes, beliefs and likelihood."""
+    model, ``policies`` policies: random outcomes, beliefs and likelihood."""
     A = [rng.dirichlet(np.ones(o), size=6).T for o in (2, 4)]
     for _ in range(ticks):
         obs = np.stack([rng.integers(0, 2, n), rng.integers(0, 4, n)], axis=1)
         prior = [rng.dirichlet(np.ones(s), size=n) for s in (2, 3)]
         health.before(obs, prior)
         health.after([rng.dirichlet(np.ones(s), size=n) for s in (2, 3)],
-                     rng.dirichlet(np.ones(5), size=n), partial(_same_tables, A))
+                     rng.dirichlet(np.ones(policies), size=n), partial(_same_tables, A))
 
 
 def _same_tables(A: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
@@ -386,4 +388,20 @@ def test_held_ticks_of_random_beliefs_give_each_tick_s_measures(fixed_tables: bo
         summaries.append(health.close())
     held, each = summaries
     assert held.measures["surprise"].n == (HELD_TICKS + 3) * 2
+    _same_summary(held, each)
+
+
+def test_a_policy_posterior_of_other_policies_than_the_buffers_is_measured_too() -> None:
+    """The buffers are made for the policies the group was made with; a policy posterior of
+    another number (a part made without them: 0) measures the ticks held first and makes its
+    buffer again: the same window as measuring each tick when it happens."""
+    summaries = []
+    for holds in (True, False):
+        health = _direct(2, holds)
+        rng = np.random.default_rng(6)
+        _feed(health, rng, 2, 3 * HEALTH_EVERY, policies=5)
+        _feed(health, rng, 2, 3 * HEALTH_EVERY, policies=3)
+        summaries.append(health.close())
+    held, each = summaries
+    assert held.measures["policy_entropy"].n == 6 * 2
     _same_summary(held, each)
