@@ -350,7 +350,10 @@ class AifHealth:
         excess = values[names.index("excess_surprise")].reshape(len(ticks), k)
         totals = np.add.reduce(excess, axis=1).tolist()
         squares = np.add.reduce(excess * excess, axis=1).tolist()
+        tap = self._tap  # (None: a group with a tap measures each tick when it happens)
         for i, t in enumerate(ticks):
+            if tap is not None:
+                tap(hold.clocks[t], excess[i])
             mean = totals[i] / k
             self._detect(mean, max(0.0, squares[i] / k - mean * mean), k, hold.times[t])
 
@@ -523,11 +526,13 @@ class _Held:
 
     def _predict_held(self, ticks: list[int]) -> None:
         """The predictions of the held ``ticks`` whose tables were kept (``fixed_tables``): at
-        once for ticks on the same tables (all of them, but after a new model), else by tick."""
+        once for ticks on the same tables shared by their agents (all of them, but after a new
+        model), else by tick."""
         tables = self.tables
         first = tables[ticks[0]]
         assert first is not None
-        if any(tables[t] is not first for t in ticks) or ticks != list(range(len(ticks))):
+        if (any(tables[t] is not first for t in ticks) or ticks != list(range(len(ticks)))
+                or any(a.ndim != 2 for a in first)):  # (each agent's own: by tick)
             for t in ticks:
                 kept = tables[t]
                 assert kept is not None
