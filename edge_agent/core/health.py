@@ -288,8 +288,7 @@ class AifHealth:
                 hold.for_policies(q_pi.shape[1], t)
                 t = 0
             hold.after(t, rows, given=prior is not None, qs=qs, q_pi=q_pi,
-                       n_agents=self.n_agents, likelihood=likelihood, made=made,
-                       clock=self._clock - 1)
+                       n_agents=self.n_agents, likelihood=likelihood, made=made)
             self._held = t + 1
             if t + 1 == HELD_TICKS:
                 self.flush()
@@ -332,8 +331,9 @@ class AifHealth:
     def flush(self) -> None:
         """Measure the measured ticks held (a small group's, :data:`HELD_TICKS` at most) at
         once: their values go to the window in tick order, and per tick, in order, its excess
-        surprise to the tap and its mean and variance to the drift detector, as each would
-        have when it happened (up to rounding)."""
+        surprise's mean and variance to the drift detector with the tick's wall clock, as each
+        would have when it happened (up to rounding). A group with a tap (a shadow's) holds
+        none: the tap is told each measured tick when it happens."""
         held, hold = self._held, self._hold
         if not held or hold is None:
             return
@@ -350,10 +350,7 @@ class AifHealth:
         excess = values[names.index("excess_surprise")].reshape(len(ticks), k)
         totals = np.add.reduce(excess, axis=1).tolist()
         squares = np.add.reduce(excess * excess, axis=1).tolist()
-        tap = self._tap  # (None: a group with a tap measures each tick when it happens)
-        for i, t in enumerate(ticks):
-            if tap is not None:
-                tap(hold.clocks[t], excess[i])
+        for i, t in enumerate(ticks):  # (no tap: a group with one holds no tick)
             mean = totals[i] / k
             self._detect(mean, max(0.0, squares[i] / k - mean * mean), k, hold.times[t])
 
@@ -442,7 +439,6 @@ class _Held:
         self.p = np.zeros((t, r, sum(num_obs)))
         self.picked = np.zeros((t, r, m, math.prod(num_states)))
         self.times = [0.0] * t  # each tick's wall clock (the drift detector's)
-        self.clocks = [0] * t
         self.has_prior = [False] * t  # measured (a tick without its prior: only its outcomes)
         self.has_policy = [False] * t
 
@@ -490,10 +486,9 @@ class _Held:
     def after(
         self, t: int, rows: IntArray, *, given: bool, qs: Sequence[np.ndarray],
         q_pi: np.ndarray | None, n_agents: int, likelihood: Likelihood,
-        made: Sequence[np.ndarray] | None, clock: int,
+        made: Sequence[np.ndarray] | None,
     ) -> None:
         """Tick ``t``'s posteriors, policy posterior and what its likelihood predicted."""
-        self.clocks[t] = clock
         self.times[t] = time.time()
         policy = q_pi is not None and q_pi.shape[0] == n_agents
         self.has_policy[t] = policy
