@@ -10,6 +10,18 @@ One JSON object per line:
   ``plain_ms``, ``health_ms``: the median over rounds of a tick's mean time; ``ratio``: the
   median over rounds of health time / plain time (the same work but the health measures: the
   issue asks for no measurable cost at N = 10,000);
+* ``bench = "health-cost-small"`` (the ``small`` part), per world and learning (``frozen``: an
+  int8 group; ``pA``: a float64 group each of whose agents learns its own ``pA`` of every
+  modality, its tables following every tick; ``pB``, grid10 only: its own ``pB``), a group of
+  ``n`` = 1 agent (``--small-agents``) stepping a recorded walk in alternating rounds from the
+  same beliefs (and counts), three groups: ``plain`` (``health=False``), ``held`` (its health
+  part as it is: a small sample's measured ticks held and measured
+  :data:`~edge_agent.core.health.HELD_TICKS` at once) and ``each`` (its health part with
+  ``holds = False``: each measured tick measured when it happens, as before the holding), on
+  the same path (``stepping``: each group's, made again up to 5 times where its measured
+  choice differs from the plain group's). ``plain_us``, ``held_us``, ``each_us``: the median
+  over rounds of a tick's mean time (microseconds); ``held_ratio``, ``each_ratio``: the
+  medians of held / plain and each / plain; ``held_vs_each``: the median of held / each;
 * ``bench = "drift-false-alarms"``, per world: agents stepped in the very world their model
   describes (which does not change), ``seeds`` runs of ``ticks`` ticks each; ``alarms``: drift
   alarms raised over all of them (each is a false alarm), ``updates``: the detector's updates
@@ -51,7 +63,7 @@ One JSON object per line:
 The process runs one thread (``OPENBLAS_NUM_THREADS=1`` is set before numpy is imported).
 
     python benchmarks/bench_health.py [--smoke] [--agents 100,10000] [--rounds 5]
-        [--parts cost,drift,shadow] [--drift-ticks 20000] [--seeds 4]
+        [--parts cost,drift,shadow,small] [--small-agents 1] [--drift-ticks 20000] [--seeds 4]
         [--windows 5,10,20,40] [--power-seeds 10] [--power-agents 100]
 
 ``--smoke`` runs every part at tiny sizes, for CI (its numbers mean nothing; the shadow's power
@@ -125,6 +137,87 @@ def cost(world: str, n: int, ticks: int, rounds: int) -> dict[str, Any]:
         "ratio": round(statistics.median(ratios), 4),
         "measured_agents": min(n, health_agents(cm.num_states, cm.num_obs)),
         "every_ticks": HEALTH_EVERY,
+    }
+
+
+def small_cost(world: str, learning: str, n: int, ticks: int, rounds: int) -> dict[str, Any]:
+    """The ``health-cost-small`` row of ``world``'s group of ``n`` agents (see the module
+    docstring)."""
+    from edge_agent.aif.learning import LearningSettings, LearningSpec
+    from edge_agent.core.agents import AifAgentGroup
+    from edge_agent.core.health import HELD_TICKS
+    from edge_agent.sim.registry import make_env
+
+    env = make_env(world, n, seed=0)
+    model = env.model
+    spec = None
+    precision = "int8"
+    if learning == "pA":
+        precision = "float64"
+        spec = LearningSpec(
+            pA={m: a * 2.0 + 0.5 * (a > 0) for m, a in enumerate(model.A)},
+            settings=LearningSettings(scope="per_agent"),
+        )
+    elif learning == "pB":
+        precision = "float64"
+        spec = LearningSpec(pB={0: 10.0 * model.B[0] + 0.05},
+                            settings=LearningSettings(scope="per_agent"))
+    walker = AifAgentGroup(model, n, precision="int8", health=False)
+    obs_seq, starts = [], []
+    obs = env.reset()
+    for _ in range(ticks):
+        starts.append(env.episode_start.copy() if env.episode_start.any() else None)
+        obs_seq.append(obs.copy())
+        obs = env.step(walker.step(obs))
+
+    def group(health: bool) -> AifAgentGroup:
+        return AifAgentGroup(model, n, precision=precision, health=health,  # type: ignore[arg-type]
+                             learning=spec)
+
+    def path(g: AifAgentGroup) -> str:
+        return g.stepping.split(":")[0]  # native or numpy (each group measures its choice)
+
+    groups = {"plain": group(False), "held": group(True), "each": group(True)}
+    for name in ("held", "each"):  # the same path on every side (a loaded machine may differ)
+        for _ in range(5):
+            if path(groups[name]) == path(groups["plain"]):
+                break
+            groups[name] = group(True)
+    assert groups["each"].health is not None
+    groups["each"].health.holds = False
+    initial = {k: v.copy() for k, v in groups["plain"].state_dict().items()}
+    for g in groups.values():
+        g.step(obs_seq[0])  # one-off costs outside the timing
+    times: dict[str, list[float]] = {name: [] for name in groups}
+    for _ in range(rounds):
+        for name, g in groups.items():
+            g.load_state_dict(initial)
+            start = time.perf_counter()
+            for o, s in zip(obs_seq, starts, strict=True):
+                if s is not None:
+                    g.reset(s)
+                g.step(o)
+            times[name].append((time.perf_counter() - start) / ticks)
+            g.health_summary()  # (the window's close, and a held tick's flush, not timed)
+
+    def ratio(a: str, b: str) -> float:
+        return round(statistics.median(x / y for x, y in zip(times[a], times[b], strict=True)), 4)
+
+    return {
+        "bench": "health-cost-small",
+        "world": world,
+        "learning": learning,
+        "n": n,
+        "ticks": ticks,
+        "rounds": rounds,
+        "plain_us": round(1e6 * statistics.median(times["plain"]), 2),
+        "held_us": round(1e6 * statistics.median(times["held"]), 2),
+        "each_us": round(1e6 * statistics.median(times["each"]), 2),
+        "held_ratio": ratio("held", "plain"),
+        "each_ratio": ratio("each", "plain"),
+        "held_vs_each": ratio("held", "each"),
+        "held_ticks": HELD_TICKS,
+        "stepping": {name: path(g) for name, g in groups.items()},
     }
 
 
@@ -400,7 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--power-agents", default=None,
                         help="comma-separated Ns of the shadow's power (100)")
     parser.add_argument("--parts", default=None,
-                        help="what to measure, of cost, drift, shadow (cost,drift; --smoke: all)")
+                        help="what to measure, of cost, drift, shadow, small (cost,drift; "
+                             "--smoke: all)")
+    parser.add_argument("--small-agents", default=None,
+                        help="comma-separated Ns of the small part (1)")
     args = parser.parse_args(argv)
     os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy is imported (lazily, above)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -411,10 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if smoke else 5)
     seeds = args.seeds or (1 if smoke else 4)
     drift_ticks = args.drift_ticks or (40 if smoke else 20_000)
-    parts = set((args.parts or ("cost,drift,shadow" if smoke else "cost,drift")).split(","))
-    unknown = parts - {"cost", "drift", "shadow"}
+    parts = set((args.parts or ("cost,drift,shadow,small" if smoke else "cost,drift")).split(","))
+    unknown = parts - {"cost", "drift", "shadow", "small"}
     if unknown:
-        parser.error(f"--parts: {', '.join(sorted(unknown))}: not cost, drift or shadow")
+        parser.error(f"--parts: {', '.join(sorted(unknown))}: not cost, drift, shadow or small")
+    small_agents = [int(a) for a in (args.small_agents or "1").split(",")]
     windows = [int(k) for k in (args.windows or ("3" if smoke else "5,10,20,40")).split(",")]
     power_seeds = args.power_seeds or (1 if smoke else 10)
     power_agents = [int(a) for a in (args.power_agents or ("20" if smoke else "100")).split(",")]
@@ -422,6 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         for world in WORLDS:
             for n in agents:
                 print(json.dumps(cost(world, n, ticks, rounds)), flush=True)
+    if "small" in parts:
+        small_ticks = args.ticks or (8 if smoke else 400)
+        for world in WORLDS:
+            for learning in ("frozen", "pA", "pB") if world == "grid10" else ("frozen", "pA"):
+                for n in small_agents:
+                    row = small_cost(world, learning, n, small_ticks, rounds)
+                    print(json.dumps(row), flush=True)
     if "drift" in parts:
         for world in WORLDS:
             print(json.dumps(false_alarms(world, 16, drift_ticks, seeds)), flush=True)

@@ -1195,6 +1195,37 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
+        id="health-cost-small",
+        title="What a small group's health measures cost its tick, held and measured at once",
+        scope=(
+            "A group of one agent steps a recorded walk of its world in alternating rounds from "
+            "the same beliefs and counts: without its health part, with it as it is (a sample "
+            "of fewer than 8 agents: its measured ticks, every 4th, held and measured 8 at "
+            "once, docs/health.md), and with each measured tick measured when it happens (the "
+            "part with `holds = False`, as before the holding); frozen: an int8 group; pA: a "
+            "float64 group learning its own `pA` of every modality, its tables following every "
+            "tick; pB: its own `pB` (grid10). One thread; medians over rounds of a tick's mean "
+            "time and of the ratios."
+        ),
+        benchmark="bench_health.py",
+        where={"bench": "health-cost-small"},
+        key=("world", "learning", "n"),
+        expect=tuple({"world": w, "learning": k, "n": 1} for w, kinds in (
+            ("tmaze", ("frozen", "pA")), ("grid10", ("frozen", "pA", "pB"))) for k in kinds),
+        command=f"{RECORD} bench_health.py -- --parts small --rounds 9",
+        columns=(
+            Column("world", "world"),
+            Column("learning", "learning"),
+            Column("agents", "n", ",d"),
+            Column("tick without health", "plain_us", ".1f", suffix=" us"),
+            Column("held", "held_us", ".1f", suffix=" us"),
+            Column("each measured when it happens", "each_us", ".1f", suffix=" us"),
+            Column("held / without", "held_ratio", ".2f", suffix="x"),
+            Column("each / without", "each_ratio", ".2f", suffix="x"),
+            Column("held / each", "held_vs_each", ".2f", suffix="x"),
+        ),
+    ),
+    Table(
         id="drift-false-alarms",
         title="The drift alarm on a world that does not change",
         scope=(

@@ -30,6 +30,9 @@ __all__ = [
     "belief_change",
     "entropy",
     "joint_beliefs",
+    "measures_of",
+    "outcome_rows",
+    "predictions",
     "preference",
     "tick_measures",
 ]
@@ -137,20 +140,54 @@ def tick_measures(
     when some are each agent's own), so that the four cost a few dozen numpy calls whatever the
     number of modalities: a measured tick of a small group is mostly the fixed cost of its
     calls."""
-    r = obs.shape[0]
-    out = np.empty((len(TICK_MEASURES), r))
-    surprise, excess, free, change = out
-    joint_prior = joint_beliefs(prior)
+    seen = outcome_rows(tuple(a.shape[-2] for a in A), obs)
+    p, picked = predictions(joint_beliefs(prior), A, seen)
+    return measures_of(prior, qs, p, picked, seen)
+
+
+def outcome_rows(num_obs: tuple[int, ...], obs: np.ndarray) -> np.ndarray:
+    """``(r, M)``: the rows of the modalities' tables side by side that the outcomes ``obs (r,
+    M)`` are (each modality's outcome plus the outcomes of the modalities before it)."""
+    out: np.ndarray = obs + _offsets(num_obs)
+    return out
+
+
+def predictions(
+    joint_prior: np.ndarray, A: Sequence[np.ndarray], seen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """What of :func:`tick_measures` depends on the likelihood ``A`` the agents inferred with:
+    ``p`` ``(r, sum O_m)`` float64, the outcome distributions ``p(o_m) = sum_s A_m(o_m | s)
+    prior(s)`` side by side (summed in ``A``'s dtype), and ``picked`` ``(r, M, S)`` in ``A``'s
+    dtype, each observed outcome's likelihood row ``A_m(o_m | .)``; ``joint_prior`` ``(r, S)``
+    (:func:`joint_beliefs` of the prior), ``seen`` the outcomes (:func:`outcome_rows`). A
+    group that holds measured ticks works these out at the tick (a learning group's tables
+    change between ticks) and the rest later (:func:`measures_of`)."""
+    r = seen.shape[0]
     table = _tables_side_by_side(A, r)
-    seen = obs + _offsets(tuple(a.shape[-2] for a in A))  # (r, M): rows of the table
-    rows = np.arange(r)[:, None]
     q = joint_prior if joint_prior.dtype == table.dtype else joint_prior.astype(table.dtype)
     if table.ndim == 2:  # one table for every agent
         p = np.asarray(q @ table.T, dtype=np.float64)  # (r, sum O_m): p(o_m) side by side
         picked = table[seen]  # (r, M, S)
     else:  # each agent's own
         p = np.asarray(np.einsum("ros,rs->ro", table, q), dtype=np.float64)
-        picked = table[rows, seen]
+        picked = table[np.arange(r)[:, None], seen]
+    return p, picked
+
+
+def measures_of(
+    prior: Sequence[np.ndarray],
+    qs: Sequence[np.ndarray],
+    p: np.ndarray,
+    picked: np.ndarray,
+    seen: np.ndarray,
+) -> np.ndarray:
+    """:func:`tick_measures` from the :func:`predictions` ``p`` and ``picked`` of the agents
+    that saw ``seen`` (:func:`outcome_rows`; ``p`` is overwritten): the rows of any number of
+    ticks side by side are worked out at once."""
+    r = seen.shape[0]
+    out = np.empty((len(TICK_MEASURES), r))
+    surprise, excess, free, change = out
+    rows = np.arange(r)[:, None]
     log_p = np.add(p, EPS)
     np.log(log_p, out=log_p)
     np.negative(_add_rows(log_p[rows, seen]), out=surprise)

@@ -212,7 +212,7 @@ class AifAgentGroup:
             plans=self.plans, learning=self.learning, fields=fields, beliefs=history_beliefs,
             history_capacity=history_capacity, every_tick=self.planning.every_tick,
             # one block: the caller steps it alone
-            shared=shared_state and -(-n_agents // stepper.sizes.block) >= 2,
+            shared=shared_state and -(-n_agents // stepper.sizes.block) >= 2, health=health,
         )
         state.keeps_prior = self.memory.keeps_prior_at(n_agents)
         #: The compiled tick of a group that does not learn and plans every tick (None: numpy
@@ -247,6 +247,8 @@ class AifAgentGroup:
             lnC=cm.lnC,
             drift=drift,
             extra_measures=() if self.learning is None else LEARNING_HEALTH,
+            num_policies=cm.num_policies,
+            fixed_tables=self.learning is None,  # (a learning group's change between ticks)
         )
         self.memory.reserve_learning()
 

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.core.budget import MemoryBudget, Reservation
+from edge_agent.core.health import AifHealth
 from edge_agent.core.history_recorder import Fields, history_bytes_per_agent
 from edge_agent.core.priors import prior_follows
 from edge_agent.errors import BudgetError
@@ -55,6 +56,7 @@ class GroupMemory:
         history_capacity: int,
         every_tick: bool,
         shared: bool,
+        health: bool = False,
     ) -> None:
         self.name = name
         self._budget = budget
@@ -67,6 +69,9 @@ class GroupMemory:
         #: group started with workers in mind, or once they started; the arrays move nothing
         #: when they start, so the state never has two copies at once).
         self.shared = shared
+        #: Whether the group measures its health (a small group's held measured ticks'
+        #: buffers are reserved with its agents: :meth:`health_nbytes`).
+        self.health = health
         self.recorder, self.plans, self.learning = recorder, plans, learning
         self._reservations: list[Reservation] = []
         self._agents: Reservation | None = None
@@ -154,10 +159,20 @@ class GroupMemory:
             + sizes.scratch_nbytes(n_agents)
         )
 
+    def health_nbytes(self, n_agents: int) -> int:
+        """Bytes of the buffers a group of ``n_agents`` holds its measured ticks in (a small
+        group's, :meth:`AifHealth.nbytes_for <edge_agent.core.health.AifHealth.nbytes_for>`;
+        0 for a group without health)."""
+        if not self.health:
+            return 0
+        cm = self._stepper.cm
+        return AifHealth.nbytes_for(n_agents, cm.num_states, cm.num_obs, cm.num_policies)
+
     def bytes_for(self, n_agents: int, history_capacity: int) -> int:
-        """Bytes to reserve for ``n_agents``: state, history, shared timestamps, block scratch."""
+        """Bytes to reserve for ``n_agents``: state, history, shared timestamps, block scratch,
+        a small group's held health samples."""
         times = 8 * history_capacity
-        scratch = self.scratch_nbytes(n_agents)
+        scratch = self.scratch_nbytes(n_agents) + self.health_nbytes(n_agents)
         return n_agents * self.per_agent_nbytes(history_capacity, n_agents) + times + scratch
 
     @property

@@ -17,6 +17,13 @@ the variational free energy, the policy posterior's entropy, the belief change
 tick's mean excess surprise into a :class:`~edge_agent.core.drift.DriftDetector`, whose alarm
 raised is a ``drift`` :class:`~edge_agent.core.contract.GroupEvent` and cleared a
 ``drift_cleared`` one (:meth:`AifHealth.alerts`; the daemon logs and publishes them).
+
+A measured tick whose sample has fewer than :data:`MIN_HEALTH_AGENTS` agents (a small group) is
+held: its sample copied into buffers made with the agents, at most :data:`HELD_TICKS` ticks,
+then measured together (:meth:`AifHealth.flush`: when full, and before the window closes, a
+resize and a tap set), each tick's values and drift update in tick order, so that a group of
+one agent pays a measured tick's fixed cost of numpy calls once per 8 (its drift alarm at most
+32 ticks late).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ if TYPE_CHECKING:  # a group that does not learn never imports learning's module
 __all__ = [
     "AIF_MEASURES",
     "HEALTH_AGENTS",
+    "HELD_TICKS",
     "LEARNING_HEALTH",
     "AifHealth",
     "ExcessTap",
@@ -59,6 +67,10 @@ MIN_HEALTH_AGENTS = 8
 #: keeps the cost at about 1 % of a tick of 10,000 agents of the 10 x 10 grid, and that of a
 #: small group's tick low (``benchmarks/bench_health.py``).
 HEALTH_EVERY = 4
+#: A group whose measured ticks sample fewer than :data:`MIN_HEALTH_AGENTS` agents (a group of
+#: fewer agents) holds at most this many measured ticks' samples and measures them at once: its
+#: drift alarm is then at most ``HELD_TICKS * HEALTH_EVERY`` = 32 ticks late.
+HELD_TICKS = 8
 
 #: The measures an Active Inference group reports every tick (learning adds its own at the
 #: window's close).
@@ -116,9 +128,16 @@ class AifHealth:
         lnC: Sequence[np.ndarray],
         drift: DriftSettings | None = None,
         extra_measures: Sequence[str] = (),
+        num_policies: int = 0,
+        fixed_tables: bool = False,
     ) -> None:
         self.group = group
+        self.num_states = tuple(int(s) for s in num_states)
         self.num_obs = tuple(int(o) for o in num_obs)
+        self.num_policies = int(num_policies)
+        #: The likelihood's arrays are never written (a group that does not learn: a new model
+        #: is new arrays): a held tick keeps a reference to them (see :class:`_Held`).
+        self.fixed_tables = fixed_tables
         self.sample_agents = health_agents(num_states, self.num_obs)
         self.lnC = tuple(np.asarray(c, dtype=np.float64) for c in lnC)
         names = [m for m in AIF_MEASURES if m != "preference" or self.lnC]
@@ -129,11 +148,14 @@ class AifHealth:
         self._rows: IntArray = np.zeros(0, dtype=np.intp)
         self._base: IntArray = np.zeros(0, dtype=np.intp)
         self._step = 1
-        #: Told each measured tick's clock and its sampled agents' excess surprise (a shadow
-        #: evaluation pairs two groups' on the same ticks: :mod:`edge_agent.core.shadow`).
-        self.tap: ExcessTap | None = None
+        self._tap: ExcessTap | None = None
         self._obs: IntArray | None = None
         self._prior: list[np.ndarray] | None = None
+        self._held = 0  # measured ticks held (see _Held), not yet measured
+        self._hold: _Held | None = None
+        #: Whether a small sample's measured ticks are held (False: each measured when it
+        #: happens, as a large group's; the tests compare the two).
+        self.holds = True
         #: The agents' beliefs are still the group's start (``D``, or a snapshot's), not yet a
         #: prediction of the world's present: a group built beside a running world (a
         #: deployment's switch or rollback, a shadow of another model) meets it mid-episode.
@@ -144,12 +166,51 @@ class AifHealth:
 
     # -- memory -----------------------------------------------------------------------------------
     def resize(self, n_agents: int) -> None:
-        """The group has ``n_agents`` now: the sampled rows again."""
+        """The group has ``n_agents`` now: the measured ticks held measured, the sampled rows
+        again (and the buffers that hold a small sample's ticks, :meth:`nbytes_for`)."""
+        self.flush()
         self.n_agents = n = int(n_agents)
         self._step = max(1, -(-n // self.sample_agents))
         self._base = np.arange(0, n, self._step, dtype=np.intp)
         self._rows = self._base.copy()
         self._obs = self._prior = None
+        r = self._base.shape[0]
+        held = self._hold
+        if 0 < r < MIN_HEALTH_AGENTS:
+            if held is None or held.rows != r:
+                self._hold = _Held(r, self.num_states, self.num_obs, self.num_policies,
+                                   fixed_tables=self.fixed_tables)
+        else:
+            self._hold = None
+
+    @staticmethod
+    def nbytes_for(
+        n_agents: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int
+    ) -> int:
+        """Bytes of the buffers a group of ``n_agents`` holds its measured ticks in (0: its
+        sample is not small, each measured tick is measured when it happens)."""
+        r = min(n_agents, health_agents(num_states, num_obs))
+        if not 0 < r < MIN_HEALTH_AGENTS:
+            return 0
+        return _Held.nbytes_for(r, num_states, num_obs, num_policies)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffers made for held measured ticks (0: none)."""
+        return 0 if self._hold is None else self._hold.nbytes
+
+    # -- the shadow's tap -------------------------------------------------------------------------
+    @property
+    def tap(self) -> ExcessTap | None:
+        """Told each measured tick's clock and its sampled agents' excess surprise (a shadow
+        evaluation pairs two groups' on the same ticks: :mod:`edge_agent.core.shadow`). A group
+        with a tap measures each tick when it happens (the pairs are made tick by tick)."""
+        return self._tap
+
+    @tap.setter
+    def tap(self, tap: ExcessTap | None) -> None:
+        self.flush()  # the ticks held are told to the tap they were measured under
+        self._tap = tap
 
     def align(self, other: AifHealth) -> None:
         """Measure the same agents on the same ticks as ``other`` from now on (a group of the
@@ -182,10 +243,16 @@ class AifHealth:
         fresh, self._fresh = self._fresh, False
         if clock % HEALTH_EVERY or fresh:
             return
-        offset = (clock // HEALTH_EVERY) % self._step
-        np.add(self._base, offset, out=self._rows)
-        np.minimum(self._rows, n - 1, out=self._rows)
+        if self._step > 1:  # (a group measured whole: its rows are every agent, always)
+            offset = (clock // HEALTH_EVERY) % self._step
+            np.add(self._base, offset, out=self._rows)
+            np.minimum(self._rows, n - 1, out=self._rows)
         rows = self._rows
+        hold = self._hold
+        if hold is not None and self._tap is None and self.holds:
+            self._prior = hold.before(self._held, obs, rows, prior)
+            self._obs = hold.obs[self._held]
+            return
         self._obs = obs[rows]
         if callable(prior):
             self._prior = [np.asarray(p, dtype=np.float64) for p in prior(rows)]
@@ -213,6 +280,19 @@ class AifHealth:
         if obs is None:
             return
         rows = self._rows
+        hold = self._hold
+        if hold is not None and self._tap is None and self.holds:
+            t = self._held
+            if q_pi is not None and not hold.fits(q_pi):  # (made before the policies were known)
+                self.flush()
+                hold.for_policies(q_pi.shape[1], t)
+                t = 0
+            hold.after(t, rows, given=prior is not None, qs=qs, q_pi=q_pi,
+                       n_agents=self.n_agents, likelihood=likelihood, made=made)
+            self._held = t + 1
+            if t + 1 == HELD_TICKS:
+                self.flush()
+            return
         if prior is None and made:
             prior = [np.asarray(p[rows], dtype=np.float64) for p in made]
         names: list[str] = []
@@ -231,18 +311,48 @@ class AifHealth:
         measured = kernels_health.tick_measures(prior, post, likelihood(rows), obs)
         window.add_rows([*names, *kernels_health.TICK_MEASURES], np.vstack([*values, measured]))
         excess = measured[1]
-        if self.tap is not None:
-            self.tap(self._clock - 1, excess)
+        if self._tap is not None:
+            self._tap(self._clock - 1, excess)
         k = excess.shape[0]
         mean = float(excess.sum()) / k
         var = max(0.0, float(np.dot(excess, excess)) / k - mean * mean)
-        now = time.time()
+        self._detect(mean, var, k, time.time())
+
+    def _detect(self, mean: float, var: float, k: int, now: float) -> None:
+        """One measured tick's mean and variance of its ``k`` agents' excess surprise into the
+        drift detector (at ``now``, the tick's wall clock), its alarm's transitions events."""
         since = self.detector.since
         moved = self.detector.update(mean, var, k, now)
         if moved is True:
             self._raise_drift()
         elif moved is False:
             self._clear_drift(0.0 if since is None else now - since)
+
+    def flush(self) -> None:
+        """Measure the measured ticks held (a small group's, :data:`HELD_TICKS` at most) at
+        once: their values go to the window in tick order, and per tick, in order, its excess
+        surprise's mean and variance to the drift detector with the tick's wall clock, as each
+        would have when it happened (up to rounding). A group with a tap (a shadow's) holds
+        none: the tap is told each measured tick when it happens."""
+        held, hold = self._held, self._hold
+        if not held or hold is None:
+            return
+        self._held = 0
+        blocks = hold.measures(held, self.lnC)
+        window = self.window
+        for names, values in blocks:
+            window.add_rows(names, values)
+        ticks = hold.measured_ticks(held)
+        if not ticks:
+            return
+        names, values = blocks[-1]
+        k = hold.rows
+        excess = values[names.index("excess_surprise")].reshape(len(ticks), k)
+        totals = np.add.reduce(excess, axis=1).tolist()
+        squares = np.add.reduce(excess * excess, axis=1).tolist()
+        for i, t in enumerate(ticks):  # (no tap: a group with one holds no tick)
+            mean = totals[i] / k
+            self._detect(mean, max(0.0, squares[i] / k - mean * mean), k, hold.times[t])
 
     def _raise_drift(self) -> None:
         d = self.detector
@@ -292,6 +402,193 @@ class AifHealth:
     def close(self, extra: Callable[[HealthWindow], None] | None = None) -> HealthSummary:
         """The reporting window's summary, and a new window (``extra`` adds the measures the
         group's other parts report, e.g. learning's, before it closes)."""
+        self.flush()  # the ticks held belong to this window
         if extra is not None:
             extra(self.window)
         return self.window.close(self.detector.reading())
+
+
+class _Held:
+    """The samples of a small group's measured ticks (``rows`` agents each, fewer than
+    :data:`MIN_HEALTH_AGENTS`), held in buffers made with the agents until
+    :meth:`AifHealth.flush` measures them at once. What depends on the likelihood is worked
+    out with the tables the agents inferred with at that tick: a learning group's change
+    between ticks (each agent's own, or a shared table written in place by a refresh), so its
+    ticks work it out at the tick (the predicted outcome distributions and the observed
+    outcomes' likelihood rows, :func:`~edge_agent.aif.health.predictions`, a few dozen floats
+    an agent, not its tables: a 10 x 10 grid's are 80 KB); ``fixed_tables`` (a group that does
+    not learn, whose tables are never written: a new model is new arrays) keeps a reference to
+    each tick's tables instead and works it out at the flush, for every tick held on the same
+    tables at once. The rest (logs, entropies, divergences, free energy) at the flush: a few
+    dozen numpy calls for every tick held."""
+
+    def __init__(
+        self, rows: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int,
+        *, fixed_tables: bool = False,
+    ) -> None:
+        t, r, m = HELD_TICKS, rows, len(num_obs)
+        self.rows = r
+        self.fixed_tables = fixed_tables
+        self.tables: list[Sequence[np.ndarray] | None] = [None] * t  # (fixed_tables)
+        self.num_obs = tuple(num_obs)
+        self.obs = np.zeros((t, r, m), dtype=np.intp)
+        self.seen = np.zeros((t, r, m), dtype=np.intp)  # rows of the tables side by side
+        self.prior = [np.zeros((t, r, s)) for s in num_states]
+        self.qs = [np.zeros((t, r, s)) for s in num_states]
+        self.q_pi = np.zeros((t, r, num_policies))
+        self.p = np.zeros((t, r, sum(num_obs)))
+        self.picked = np.zeros((t, r, m, math.prod(num_states)))
+        self.times = [0.0] * t  # each tick's wall clock (the drift detector's)
+        self.has_prior = [False] * t  # measured (a tick without its prior: only its outcomes)
+        self.has_policy = [False] * t
+
+    @staticmethod
+    def nbytes_for(
+        rows: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int
+    ) -> int:
+        m = len(num_obs)
+        floats = 2 * sum(num_states) + num_policies + sum(num_obs) + m * math.prod(num_states)
+        return HELD_TICKS * rows * (8 * floats + 2 * m * np.dtype(np.intp).itemsize)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self.obs, self.seen, *self.prior, *self.qs, self.q_pi, self.p, self.picked]
+        return sum(a.nbytes for a in arrays)
+
+    def before(
+        self, t: int, obs: IntArray, rows: IntArray, prior: TickPrior
+    ) -> list[np.ndarray] | None:
+        """Tick ``t``'s outcomes and prior of the agents ``rows`` into its slot; the prior's
+        slot (None: none given, :meth:`after` is given the prior the tick made)."""
+        _take(obs, rows, self.obs[t])
+        if prior is None:
+            return None
+        slots = [b[t] for b in self.prior]
+        if callable(prior):
+            for p, slot in zip(prior(rows), slots, strict=True):
+                np.copyto(slot, p)
+        else:
+            for p, slot in zip(prior, slots, strict=True):
+                _take(p, rows, slot)
+        return slots
+
+    def fits(self, q_pi: np.ndarray | None) -> bool:
+        """Whether a policy posterior ``q_pi`` has the policies the buffers were made for."""
+        return q_pi is None or q_pi.shape[1] == self.q_pi.shape[2]
+
+    def for_policies(self, num_policies: int, t: int) -> None:
+        """Buffers for ``num_policies`` (the ticks held are measured first), slot ``t``'s
+        outcomes and prior moved to the first."""
+        self.q_pi = np.zeros((HELD_TICKS, self.rows, num_policies))
+        for b in (self.obs, *self.prior):
+            b[0] = b[t]
+
+    def after(
+        self, t: int, rows: IntArray, *, given: bool, qs: Sequence[np.ndarray],
+        q_pi: np.ndarray | None, n_agents: int, likelihood: Likelihood,
+        made: Sequence[np.ndarray] | None,
+    ) -> None:
+        """Tick ``t``'s posteriors, policy posterior and what its likelihood predicted."""
+        self.times[t] = time.time()
+        policy = q_pi is not None and q_pi.shape[0] == n_agents
+        self.has_policy[t] = policy
+        if policy:
+            assert q_pi is not None
+            _take(q_pi, rows, self.q_pi[t])
+        if not given and made:
+            for p, slot in zip(made, self.prior, strict=True):
+                _take(p, rows, slot[t])
+            given = True
+        self.has_prior[t] = given
+        if not given:
+            return
+        for q, slot in zip(qs, self.qs, strict=True):
+            _take(q, rows, slot[t])
+        if self.fixed_tables:
+            self.tables[t] = likelihood(rows)
+            return
+        self._predict(t, likelihood(rows))
+
+    def _predict(self, t: int, tables: Sequence[np.ndarray]) -> None:
+        """Tick ``t``'s predictions (:func:`~edge_agent.aif.health.predictions`) with the
+        likelihood ``tables`` of its agents, into its slot."""
+        seen = kernels_health.outcome_rows(self.num_obs, self.obs[t])
+        self.seen[t] = seen
+        joint = kernels_health.joint_beliefs([b[t] for b in self.prior])
+        p, picked = kernels_health.predictions(joint, tables, seen)
+        self.p[t] = p
+        self.picked[t] = picked
+
+    def _predict_held(self, ticks: list[int]) -> None:
+        """The predictions of the held ``ticks`` whose tables were kept (``fixed_tables``): at
+        once for ticks on the same tables shared by their agents (all of them, but after a new
+        model), else by tick."""
+        tables = self.tables
+        first = tables[ticks[0]]
+        assert first is not None
+        if (any(tables[t] is not first for t in ticks) or ticks != list(range(len(ticks)))
+                or any(a.ndim != 2 for a in first)):  # (each agent's own: by tick)
+            for t in ticks:
+                kept = tables[t]
+                assert kept is not None
+                self._predict(t, kept)
+        else:
+            k = len(ticks) * self.rows
+            obs = self.obs[: len(ticks)].reshape(k, -1)
+            seen = kernels_health.outcome_rows(self.num_obs, obs)
+            self.seen[: len(ticks)] = seen.reshape(self.seen[: len(ticks)].shape)
+            joint = kernels_health.joint_beliefs(
+                [b[: len(ticks)].reshape(k, -1) for b in self.prior])
+            p, picked = kernels_health.predictions(joint, first, seen)
+            self.p[: len(ticks)] = p.reshape(self.p[: len(ticks)].shape)
+            self.picked[: len(ticks)] = picked.reshape(self.picked[: len(ticks)].shape)
+        for t in ticks:
+            tables[t] = None
+
+    def measured_ticks(self, held: int) -> list[int]:
+        """The slots of the first ``held`` ticks measured with their prior, in tick order."""
+        return [t for t in range(held) if self.has_prior[t]]
+
+    def measures(
+        self, held: int, lnC: Sequence[np.ndarray]
+    ) -> list[tuple[list[str], np.ndarray]]:
+        """The first ``held`` ticks' measures, rows of names and values in tick order (the
+        tick measures last, ``(4, ticks * rows)``, when some tick was measured with its
+        prior)."""
+        blocks: list[tuple[list[str], np.ndarray]] = []
+        r = self.rows
+        policy = [t for t in range(held) if self.has_policy[t]]
+        if policy:
+            q = self.q_pi[:held] if len(policy) == held else self.q_pi[policy]
+            blocks.append((["policy_entropy"], kernels_health.entropy(
+                q.reshape(-1, self.q_pi.shape[2]))[None]))
+        if lnC:
+            obs = self.obs[:held].reshape(held * r, -1)
+            blocks.append((["preference"], kernels_health.preference(lnC, obs)[None]))
+        ticks = self.measured_ticks(held)
+        if ticks and self.fixed_tables:
+            self._predict_held(ticks)
+        if ticks:
+            pick: slice | list[int] = slice(0, held) if len(ticks) == held else ticks
+            k = len(ticks) * r
+
+            def rows_of(a: np.ndarray) -> np.ndarray:
+                return a[pick].reshape(k, *a.shape[2:])
+
+            measured = kernels_health.measures_of(
+                [rows_of(b) for b in self.prior], [rows_of(b) for b in self.qs],
+                rows_of(self.p), rows_of(self.picked), rows_of(self.seen),
+            )
+            blocks.append((list(kernels_health.TICK_MEASURES), measured))
+        if len(blocks) > 1 and all(v.shape[1] == blocks[-1][1].shape[1] for _, v in blocks):
+            names = [n for ns, _ in blocks for n in ns]
+            return [(names, np.vstack([v for _, v in blocks]))]
+        return blocks
+
+
+def _take(src: np.ndarray, rows: IntArray, out: np.ndarray) -> None:
+    """``out[...] = src[rows]`` (one call, nothing allocated, when the dtypes are the same)."""
+    if src.dtype == out.dtype:
+        src.take(rows, axis=0, out=out, mode="clip")
+    else:
+        np.copyto(out, src[rows], casting="unsafe")

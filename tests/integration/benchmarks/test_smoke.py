@@ -95,6 +95,10 @@ EXPECTED: dict[str, list[Record]] = {
         *[({"bench": "health-cost", "world": w, "n": 20},
            ("plain_ms", "health_ms", "ratio", "measured_agents", "every_ticks"))
           for w in ("tmaze", "grid10")],
+        *[({"bench": "health-cost-small", "world": w, "learning": k, "n": 1},
+           ("plain_us", "held_us", "each_us", "held_ratio", "each_ratio", "held_vs_each"))
+          for w, kinds in (("tmaze", ("frozen", "pA")), ("grid10", ("frozen", "pA", "pB")))
+          for k in kinds],
         *[({"bench": "drift-false-alarms", "world": w},
            ("alarms", "updates", "alarms_per_100k_updates", "threshold"))
           for w in ("tmaze", "grid10")],

@@ -66,3 +66,23 @@ def test_what_workers_write_is_allocated_in_shared_memory_once_the_group_is() ->
     alone.memory.share()  # starting workers moves the state there
     assert alone.memory.shared
     assert is_shared(alone.state.qs[0])
+
+
+def test_a_small_group_reserves_its_held_health_samples() -> None:
+    """A group of fewer agents than a measured tick samples at least holds its measured ticks'
+    samples in buffers reserved with its agents (what its health part made); a larger group
+    and one without health hold none."""
+    budget = MemoryBudget(256 << 20)
+    env: Any = make_env("tmaze", 3, seed=1)
+    group = AifAgentGroup(env.model, 3, budget=budget, name="g")
+    memory = group.memory
+    assert group.health is not None
+    assert memory.health_nbytes(3) == group.health.nbytes > 0
+    scratch = memory.scratch_nbytes(3)
+    per_agent = memory.per_agent_nbytes()
+    assert budget.by_owner()["g"] == memory.bytes_for(3, 0) == (
+        3 * per_agent + scratch + group.health.nbytes
+    )
+    assert memory.health_nbytes(100) == 0
+    bare = AifAgentGroup(env.model, 3, health=False)
+    assert bare.memory.health_nbytes(3) == 0

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -14,7 +15,15 @@ import pytest
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.health import AIF_MEASURES, HEALTH_AGENTS, HEALTH_EVERY, LEARNING_HEALTH
+from edge_agent.core.health import (
+    AIF_MEASURES,
+    HEALTH_AGENTS,
+    HEALTH_EVERY,
+    HELD_TICKS,
+    LEARNING_HEALTH,
+    MIN_HEALTH_AGENTS,
+    AifHealth,
+)
 from edge_agent.core.health_window import HealthSummary
 from edge_agent.sim.registry import make_env
 from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
@@ -209,3 +218,190 @@ def test_a_warm_up_step_that_is_put_back_is_not_measured() -> None:
         assert s is not None
         assert s.agent_steps == 0
         assert "surprise" not in s.measures
+
+
+# -- a small group's measured ticks held and measured at once ------------------------------------
+
+
+def _same_summary(held: HealthSummary, each: HealthSummary) -> None:
+    """Two windows' summaries equal up to rounding (the same values, summed in another order)."""
+    assert held.agent_steps == each.agent_steps
+    assert set(held.measures) == set(each.measures)
+    for name, a in held.measures.items():
+        b = each.measures[name]
+        assert (a.n, a.p95) == (b.n, b.p95), name
+        assert math.isclose(a.mean, b.mean, rel_tol=1e-9, abs_tol=1e-12), name
+        assert math.isclose(a.std, b.std, rel_tol=1e-9, abs_tol=1e-12), name
+    assert held.drift is not None
+    assert each.drift is not None
+    assert held.drift.alarm == each.drift.alarm
+    assert math.isclose(held.drift.statistic, each.drift.statistic, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _reversal_run(
+    group: AifAgentGroup, n: int, ticks: int, *, holds: bool, close_every: int = 0
+) -> tuple[list[HealthSummary], list[tuple[str, float]]]:
+    """``group`` stepped ``ticks`` in a reversal T-maze (its rewarded arm swapping every 50
+    trials), its health holding small samples or not; the summaries (every ``close_every``
+    ticks and at the end) and the events in order (kind, statistic)."""
+    assert group.health is not None
+    group.health.holds = holds
+    env = ReversalTMazeEnv(n, seed=11, reverse_every=50)
+    obs = env.reset()
+    summaries, events = [], []
+    for t in range(ticks):
+        if env.episode_start.any():
+            group.reset(env.episode_start)
+        obs = env.step(group.step(obs, now=float(t)))
+        events += [(e.kind, float(e.data["statistic"])) for e in group.alerts()]
+        if close_every and (t + 1) % close_every == 0:
+            summary = group.health_summary()
+            assert summary is not None
+            summaries.append(summary)
+    summary = group.health_summary()
+    assert summary is not None
+    return [*summaries, summary], [*events, *((e.kind, float(e.data["statistic"]))
+                                              for e in group.alerts())]
+
+
+@pytest.mark.parametrize(("n", "close_every"), [(1, 0), (3, 37), (MIN_HEALTH_AGENTS - 1, 37)])
+def test_a_small_group_measured_a_few_ticks_at_once_reports_what_each_tick_measured_would(
+    n: int, close_every: int
+) -> None:
+    """A frozen int8 group of fewer than MIN_HEALTH_AGENTS agents in the reversal T-maze, its
+    model the maze's unreversed one (its alarm rises and clears): holding its measured ticks
+    and measuring them at once gives the windows (closed every 37 ticks, a window's close
+    measures what is held), the drift statistic and the drift / drift_cleared events, in order,
+    of measuring each tick when it happens, up to rounding; the events come at most HELD_TICKS
+    measured ticks later."""
+    runs = []
+    for holds in (True, False):
+        group = AifAgentGroup(tmaze_reversal_model(), n, precision="int8")
+        runs.append(_reversal_run(group, n, 1200, holds=holds, close_every=close_every))
+    (held, held_events), (each, each_events) = runs
+    assert len(held) == len(each)
+    for a, b in zip(held, each, strict=True):
+        _same_summary(a, b)
+    assert [k for k, _ in held_events] == [k for k, _ in each_events]
+    assert len(held_events) >= 2  # raised and cleared
+    for (_, x), (_, y) in zip(held_events, each_events, strict=True):
+        assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("scope", ["shared", "per_agent"])
+def test_a_learning_group_s_held_ticks_are_measured_with_each_tick_s_own_tables(
+    scope: Literal["shared", "per_agent"],
+) -> None:
+    """A group of 2 agents learning ``pA`` (its tables change every tick: each agent's own, or
+    the shared one written in place): the held ticks measured at once give what each measured
+    with the tables of its own tick gives, up to rounding, and those tables did change between
+    the ticks held together."""
+    model = tmaze_reversal_model()
+    pA = {1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)}
+    runs, tables = [], []
+    for holds in (True, False):
+        spec = LearningSpec(pA=pA, settings=LearningSettings(scope=scope))
+        group = AifAgentGroup(model, 2, precision="float64", learning=spec)
+        seen: list[np.ndarray] = []
+        likelihood = group.path.likelihood
+
+        def spy(rows: np.ndarray, read: Any = likelihood, seen: list[np.ndarray] = seen) -> Any:
+            A = read(rows)
+            seen.append(np.array(A[1], copy=True))
+            return A
+
+        group.path.likelihood = spy  # type: ignore[method-assign]
+        runs.append(_reversal_run(group, 2, 200, holds=holds))
+        tables.append(seen)
+    (held, held_events), (each, each_events) = runs
+    for a, b in zip(held, each, strict=True):
+        _same_summary(a, b)
+    assert [k for k, _ in held_events] == [k for k, _ in each_events]
+    first = tables[0][:HELD_TICKS]
+    assert any(not np.array_equal(first[0], t) for t in first[1:])  # they learned in between
+
+
+def _feed(
+    health: AifHealth, rng: np.random.Generator, n: int, ticks: int, policies: int = 5
+) -> None:
+    """``ticks`` ticks of ``n`` agents of a 2-factor (2 x 3 states), 2-modality (2, 4 outcomes)
+    model, ``policies`` policies: random outcomes, beliefs and likelihood."""
+    A = [rng.dirichlet(np.ones(o), size=6).T for o in (2, 4)]
+    for _ in range(ticks):
+        obs = np.stack([rng.integers(0, 2, n), rng.integers(0, 4, n)], axis=1)
+        prior = [rng.dirichlet(np.ones(s), size=n) for s in (2, 3)]
+        health.before(obs, prior)
+        health.after([rng.dirichlet(np.ones(s), size=n) for s in (2, 3)],
+                     rng.dirichlet(np.ones(policies), size=n), partial(_same_tables, A))
+
+
+def _same_tables(A: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+    del rows
+    return A
+
+
+def _direct(n: int, holds: bool = True, fixed_tables: bool = False) -> AifHealth:
+    health = AifHealth(n, group="g", num_states=(2, 3), num_obs=(2, 4), lnC=[np.zeros(2),
+                       np.log(np.full(4, 0.25))], num_policies=5, fixed_tables=fixed_tables)
+    health.holds = holds
+    health.aligned()
+    return health
+
+
+def test_held_ticks_are_measured_on_resize_and_when_a_tap_is_set() -> None:
+    """A resize (another sample: the buffers are made again) and a tap set measure the ticks
+    held first; a group with a tap measures each tick when it happens, and the tap is told each
+    measured tick's clock in order; the buffers' bytes are what nbytes_for says, none for a
+    sample of MIN_HEALTH_AGENTS agents."""
+    health = _direct(2)
+    assert health.nbytes == AifHealth.nbytes_for(2, (2, 3), (2, 4), 5) > 0
+    _feed(health, np.random.default_rng(1), 2, 3 * HEALTH_EVERY)  # 3 measured ticks held
+    assert health.window.kept("surprise").size == 0
+    health.resize(3)
+    assert health.window.kept("surprise").size == 3 * 2
+    assert health.nbytes == AifHealth.nbytes_for(3, (2, 3), (2, 4), 5)
+    _feed(health, np.random.default_rng(2), 3, 2 * HEALTH_EVERY)
+    told: list[tuple[int, int]] = []
+    health.tap = lambda clock, excess: told.append((clock, excess.shape[0]))
+    assert told == []  # the ticks held were measured before the tap was set
+    assert health.window.kept("surprise").size == 3 * 2 + 2 * 3
+    _feed(health, np.random.default_rng(3), 3, 2 * HEALTH_EVERY)
+    clock = 3 * HEALTH_EVERY + 2 * HEALTH_EVERY
+    assert told == [(clock, 3), (clock + HEALTH_EVERY, 3)]
+    assert AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5) == 0
+    assert _direct(MIN_HEALTH_AGENTS).nbytes == 0
+
+
+@pytest.mark.parametrize("fixed_tables", [False, True])
+def test_held_ticks_of_random_beliefs_give_each_tick_s_measures(fixed_tables: bool) -> None:
+    """AifHealth fed the same random ticks (two factors, two modalities, a policy posterior, a
+    preference), holding and not: the same window to rounding, HELD_TICKS + 3 measured ticks
+    (one full hold and three more, measured at the close). The likelihood is another after 5
+    measured ticks, within a hold: with ``fixed_tables`` (the held ticks keep a reference to
+    theirs and are predicted at the flush) each tick is measured with its own."""
+    summaries = []
+    for holds in (True, False):
+        health = _direct(2, holds, fixed_tables)
+        rng = np.random.default_rng(4)
+        _feed(health, rng, 2, 5 * HEALTH_EVERY)
+        _feed(health, rng, 2, (HELD_TICKS - 2) * HEALTH_EVERY)
+        summaries.append(health.close())
+    held, each = summaries
+    assert held.measures["surprise"].n == (HELD_TICKS + 3) * 2
+    _same_summary(held, each)
+
+
+def test_a_policy_posterior_of_other_policies_than_the_buffers_is_measured_too() -> None:
+    """The buffers are made for the policies the group was made with; a policy posterior of
+    another number (a part made without them: 0) measures the ticks held first and makes its
+    buffer again: the same window as measuring each tick when it happens."""
+    summaries = []
+    for holds in (True, False):
+        health = _direct(2, holds)
+        rng = np.random.default_rng(6)
+        _feed(health, rng, 2, 3 * HEALTH_EVERY, policies=5)
+        _feed(health, rng, 2, 3 * HEALTH_EVERY, policies=3)
+        summaries.append(health.close())
+    held, each = summaries
+    assert held.measures["policy_entropy"].n == 6 * 2
+    _same_summary(held, each)
